@@ -1,0 +1,289 @@
+"""The ``rollout`` command: one command per job, each a thin call into the library.
+
+Exit codes (DESIGN.md): 0 success, 1 failure, 2 bad usage or bad input, 3 refused by a
+safety guard. Messages and progress go to stderr; stdout carries only the listing.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from rollout import __version__
+from rollout.config import Settings, load_settings
+from rollout.errors import EXIT_BAD_INPUT, RolloutError
+from rollout.output import Format, emit, emit_record, stderr
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="rollout",
+    help="Move a package registry's maintainers to mandatory two-factor authentication.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="The registry database: migrations and status.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+FormatOption = Annotated[
+    Format, typer.Option("--format", "-f", help="Output format: table, csv or json.")
+]
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def reports_errors(function: F) -> F:
+    """Turn the library's errors into a message on stderr and the promised exit code."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except RolloutError as error:
+            stderr.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+            raise typer.Exit(error.exit_code) from error
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=True,
+    )
+
+
+@app.callback(invoke_without_command=True)
+def main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """rollout: measure reach, pick cohorts, warn, rehearse, enforce and report 2FA."""
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+# --- db ----------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+@reports_errors
+def db_upgrade() -> None:
+    """Create or migrate the registry database to the newest schema."""
+    from rollout.registry import migrate
+    from rollout.registry.engine import make_engine
+
+    settings = _settings()
+    engine = make_engine(settings.registry_url)
+    migrate.upgrade(engine)
+    stderr.print(f"registry at revision {migrate.current_revision(engine)}")
+
+
+@db_app.command("status")
+@reports_errors
+def db_status(fmt: FormatOption = Format.table) -> None:
+    """Show the registry's schema revision and whether it is up to date."""
+    from rollout.registry import migrate
+    from rollout.registry.engine import make_engine
+
+    settings = _settings()
+    engine = make_engine(settings.registry_url)
+    current, head = migrate.current_revision(engine), migrate.head_revision()
+    emit_record(
+        {
+            "registry": engine.url.render_as_string(hide_password=True),
+            "revision": current,
+            "newest": head,
+            "up_to_date": current == head,
+        },
+        fmt,
+    )
+
+
+# --- sample ------------------------------------------------------------------------
+
+
+@app.command()
+@reports_errors
+def sample(
+    scale: Annotated[
+        str, typer.Option(help="tiny (~1k packages), small (~20k), medium (~250k) or npm (4M).")
+    ] = "small",
+    seed: Annotated[int, typer.Option(help="Same seed, same registry and files.")] = 1,
+    end: Annotated[
+        str, typer.Option(help="Last day of download history, YYYY-MM-DD.")
+    ] = "2022-01-31",
+    days: Annotated[
+        int | None, typer.Option(help="Days of download history (default: the scale's).")
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option(help="Replace an existing registry and landing files.")
+    ] = False,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Write a seeded, realistic sample registry database and landing files."""
+    from rollout import sample as sample_module
+
+    if scale not in sample_module.SCALES:
+        raise RolloutError(
+            f"unknown scale {scale!r}: use one of {', '.join(sample_module.SCALES)}"
+        ).with_exit(EXIT_BAD_INPUT)
+    settings = _settings()
+    settings.ensure_home()
+    with _progress() as progress:
+        task = progress.add_task("sample", total=None)
+
+        def report(stage: str, done: int, total: int) -> None:
+            progress.update(task, description=stage, completed=done, total=total or None)
+
+        summary = sample_module.generate_sample(
+            scale,
+            seed,
+            registry_url=settings.registry_url,
+            landing_dir=settings.landing_dir,
+            end=_parse_day(end, "--end"),
+            days=days,
+            replace=replace,
+            progress=report,
+        )
+    record = {k: v for k, v in vars(summary).items() if k != "landing_files"}
+    record["landing_files"] = len(summary.landing_files)
+    emit_record(record, fmt, title=f"sample registry ({scale}, seed {seed})")
+
+
+def _parse_day(text: str, option: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as error:
+        raise RolloutError(f"{option}: {text!r} is not a date (YYYY-MM-DD)").with_exit(
+            EXIT_BAD_INPUT
+        ) from error
+
+
+# --- ingest ------------------------------------------------------------------------
+
+
+@app.command()
+@reports_errors
+def ingest(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Landing files or folders (default: $ROLLOUT_HOME/landing)."),
+    ] = None,
+    registry: Annotated[
+        bool, typer.Option(help="Also extract the registry tables into the warehouse.")
+    ] = True,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Load landing files into the warehouse, validated; bad rows go to quarantine."""
+    from rollout import extract, warehouse
+    from rollout import ingest as ingest_module
+
+    settings = _settings()
+    targets = paths or [settings.landing_dir]
+    root = settings.landing_dir if not paths else None
+    with (
+        warehouse.open_warehouse(
+            settings.warehouse_path, memory_limit=settings.duckdb_memory_limit
+        ) as con,
+        _progress() as progress,
+    ):
+        task = progress.add_task("ingest", total=None)
+
+        def report(file: Any, done: int, total: int) -> None:
+            progress.update(
+                task, description=f"ingest {file.path.name}", completed=done, total=total
+            )
+
+        result = ingest_module.ingest(
+            con,
+            targets,
+            quarantine_limit=settings.quarantine_limit,
+            landing_root=root,
+            progress=report,
+        )
+        registry_counts: dict[str, int] = {}
+        if registry:
+            progress.update(task, description="extract registry")
+            registry_counts = extract.extract_registry(con, settings.registry_url)
+    rows = [
+        {
+            "file": str(f.path),
+            "kind": f.kind,
+            "status": f.status,
+            "rows": f.rows_read,
+            "loaded": f.rows_loaded,
+            "duplicates": f.rows_duplicate,
+            "quarantined": f.rows_quarantined,
+            "message": f.message,
+        }
+        for f in result.files
+    ]
+    emit(rows, fmt, title="landing files")
+    stderr.print(
+        f"{result.loaded} loaded, {result.skipped} skipped (already loaded), "
+        f"{len(result.rejected)} refused; {result.rows_loaded:,} rows loaded, "
+        f"{result.rows_quarantined:,} quarantined"
+        + (f"; registry: {registry_counts.get('accounts', 0):,} accounts" if registry else ""),
+        highlight=False,
+    )
+    for refused in result.rejected:
+        stderr.print(f"[bold red]refused:[/] {refused.message}", highlight=False)
+    if result.rejected:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@app.command()
+@reports_errors
+def quarantine(
+    limit: Annotated[int, typer.Option(help="Show at most this many rows.")] = 100,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """List rows refused by ingest validation, with file, line and reason."""
+    from rollout import warehouse
+
+    settings = _settings()
+    with warehouse.open_warehouse(settings.warehouse_path) as con:
+        rows = con.execute(
+            "select path as file, line, reason, record from quarantine "
+            "order by quarantined_at, path, line limit $limit",
+            {"limit": limit},
+        ).fetchall()
+    emit(
+        [{"file": r[0], "line": r[1], "reason": r[2], "record": r[3]} for r in rows],
+        fmt,
+        title="quarantine",
+        columns=["file", "line", "reason", "record"],
+    )
+
+
+@app.command()
+@reports_errors
+def summary(fmt: FormatOption = Format.table) -> None:
+    """What the warehouse holds: packages, dependency edges, accounts, 2FA share, files."""
+    from rollout import warehouse
+
+    settings = _settings()
+    with warehouse.open_warehouse(settings.warehouse_path) as con:
+        result = con.execute(warehouse.sql_text("summary/warehouse_summary"))
+        names = [d[0] for d in result.description]
+        values = result.fetchall()[0]
+    emit_record(dict(zip(names, values, strict=True)), fmt, title="warehouse")
+
+
+def run() -> None:  # pragma: no cover - the console script
+    sys.exit(app())

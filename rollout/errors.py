@@ -1,0 +1,65 @@
+"""Errors that users see, each tied to the exit code the CLI promises (DESIGN.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+EXIT_REFUSED = 3
+
+
+class RolloutError(Exception):
+    """Base for errors the CLI turns into a message on stderr and an exit code."""
+
+    exit_code = EXIT_FAILURE
+
+    def with_exit(self, code: int) -> RolloutError:
+        """The same error with another exit code (e.g. 2 for a bad option value)."""
+        self.exit_code = code
+        return self
+
+
+class BadInput(RolloutError):
+    """Input that cannot be used; the message names the file, the line and the reason."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, path: Path | str | None, line: int | None, reason: str) -> None:
+        self.path = Path(path) if path is not None else None
+        self.line = line
+        self.reason = reason
+        where = str(self.path) if self.path is not None else "<input>"
+        if line is not None:
+            where = f"{where}:{line}"
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """One bad row found while validating a landing file."""
+
+    line: int
+    reason: str
+
+
+class FileRejected(BadInput):
+    """A landing file refused whole: nothing of it was loaded."""
+
+    def __init__(self, path: Path, problems: list[RowProblem], summary: str) -> None:
+        self.problems = problems
+        first = problems[0] if problems else None
+        detail = summary
+        if first is not None:
+            shown = "; ".join(f"line {p.line}: {p.reason}" for p in problems[:5])
+            more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
+            detail = f"{summary}: {shown}{more}"
+        super().__init__(path, first.line if first else None, detail)
+
+
+class GuardRefused(RolloutError):
+    """A safety guard refused the run (count mismatch, blast radius, lock held)."""
+
+    exit_code = EXIT_REFUSED

@@ -1,0 +1,530 @@
+"""Landing files: which kind and format a file is, and how to read it into DuckDB.
+
+Each reader stages one file into the temp table ``incoming`` in a common shape per
+kind (see ``STAGED_COLUMNS``) so that validation is one SQL file per kind, whatever
+the format. Parse errors become ``BadInput`` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rollout.errors import BadInput
+
+Kind = Literal["downloads", "manifests", "logins"]
+KINDS: tuple[Kind, ...] = ("downloads", "manifests", "logins")
+
+REQUIRED_COLUMNS: dict[Kind, tuple[str, ...]] = {
+    "downloads": ("package", "day", "downloads"),
+    "manifests": ("name", "version", "maintainers"),
+    "logins": ("occurred_at", "username", "second_factor", "outcome"),
+}
+MANIFEST_MAPS = ("dependencies", "devDependencies", "peerDependencies")
+
+_COMPRESSION = (".gz", ".zst")
+_FORMATS = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+_SUPPORTED: dict[Kind, tuple[str, ...]] = {
+    "downloads": ("csv", "parquet", "json", "jsonl"),
+    "manifests": ("jsonl", "parquet"),
+    "logins": ("csv", "parquet"),
+}
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    path: Path
+    kind: Kind
+    format: str
+
+    @property
+    def row_word(self) -> str:
+        """Parquet has rows, text files have lines: errors say which."""
+        return "row" if self.format == "parquet" else "line"
+
+
+def _format_of(path: Path) -> str | None:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSION:
+        suffixes = suffixes[:-1]
+    return _FORMATS.get(suffixes[-1]) if suffixes else None
+
+
+def _kind_of(path: Path, root: Path | None) -> Kind | None:
+    parts: list[str] = []
+    if root is not None:
+        try:
+            parts = list(path.resolve().relative_to(root.resolve()).parts[:-1])
+        except ValueError:
+            parts = []
+    for part in [*parts, path.parent.name]:
+        if part in KINDS:
+            return part  # type: ignore[return-value]
+    for kind in KINDS:
+        if path.name.lower().startswith(kind):
+            return kind
+    return None
+
+
+def classify(path: Path, root: Path | None = None) -> LandingFile:
+    fmt = _format_of(path)
+    kind = _kind_of(path, root)
+    if kind is None:
+        raise BadInput(
+            path,
+            None,
+            "cannot tell what this file holds: put it under "
+            "downloads/, manifests/ or logins/, or start its name with one of those",
+        )
+    if fmt is None or fmt not in _SUPPORTED[kind]:
+        allowed = ", ".join(f".{f}" for f in _SUPPORTED[kind])
+        raise BadInput(path, None, f"{kind} files must be {allowed}")
+    return LandingFile(path, kind, fmt)
+
+
+def discover(paths: Iterable[Path], root: Path | None = None) -> list[LandingFile]:
+    """The landing files named or found under ``paths``, in a stable order."""
+    found: list[LandingFile] = []
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                if child.name.startswith(".") or _format_of(child) is None:
+                    continue
+                found.append(classify(child, root or path))
+        elif path.is_file():
+            found.append(classify(path, root))
+        else:
+            raise BadInput(path, None, "no such file or folder")
+    # Older downloads and manifests first: file names carry the day, so sorting by
+    # name within a kind loads history in order.
+    return sorted(found, key=lambda f: (KINDS.index(f.kind), f.path.name, str(f.path)))
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix.lower() == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    if path.suffix.lower() == ".zst":
+        raise BadInput(path, None, "zstd-compressed text files are read by DuckDB only")
+    return path.open(encoding="utf-8", newline="")
+
+
+# --- physical line numbers ----------------------------------------------------------
+# DuckDB skips blank lines, so the n-th record is not always on line n + header.
+# Mapping back is only done for the few rows that have a problem.
+
+
+def record_lines(file: LandingFile, ordinals: Iterable[int]) -> dict[int, int]:
+    """Physical line (or Parquet row) of each 1-based record ordinal."""
+    wanted = set(ordinals)
+    if not wanted or file.format == "parquet" or file.format == "json":
+        return {o: o for o in wanted}
+    result: dict[int, int] = {}
+    last = max(wanted)
+    with _open_text(file.path) as handle:
+        if file.format == "csv":
+            reader = csv.reader(handle)
+            ordinal = -1  # the header is record 0
+            for row in reader:
+                if not row:
+                    continue
+                ordinal += 1
+                if ordinal in wanted:
+                    # line_num is the line where the record ended; records rarely span lines.
+                    result[ordinal] = reader.line_num
+                if ordinal >= last:
+                    break
+        else:
+            ordinal = 0
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                ordinal += 1
+                if ordinal in wanted:
+                    result[ordinal] = number
+                if ordinal >= last:
+                    break
+    return result
+
+
+# --- staging -----------------------------------------------------------------------
+
+_LINE_IN_MESSAGE = re.compile(r"(?:in line|on Line:?)\s*(\d+)", re.IGNORECASE)
+
+
+def _parse_error(file: LandingFile, error: duckdb.Error, what: str) -> BadInput:
+    message = str(error)
+    match = _LINE_IN_MESSAGE.search(message)
+    line = int(match.group(1)) if match else None
+    lines = [part.strip() for part in message.splitlines() if part.strip()]
+    reason = re.sub(r"^[A-Za-z ]+Error: ", "", lines[0]) if lines else message
+    if lines and lines[0].startswith("Invalid Input Error: CSV Error"):
+        found = re.search(r"Expected Number of Columns: (\d+) Found: (\d+)", message)
+        original = next(
+            (p[len("Original Line: ") :] for p in lines if p.startswith("Original Line: ")), ""
+        )
+        if found:
+            reason = f"expected {found.group(1)} columns, found {found.group(2)}: {original}"
+    return BadInput(file.path, line, f"malformed {what}: {reason}")
+
+
+def _first_bad_json_line(file: LandingFile) -> BadInput | None:
+    """Where a JSON-lines file first breaks its contract: one object per line.
+
+    DuckDB's parser reports where it noticed the damage, which for an unclosed
+    object is the next line; a line-by-line read names the line at fault.
+    """
+    with _open_text(file.path) as handle:
+        for number, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                document = json.loads(text)
+            except json.JSONDecodeError as error:
+                return BadInput(file.path, number, f"malformed JSON: {error.msg}")
+            except UnicodeDecodeError as error:
+                return BadInput(file.path, number, f"not UTF-8 text: {error.reason}")
+            if not isinstance(document, dict):
+                return BadInput(
+                    file.path,
+                    number,
+                    "malformed JSON lines: expected one "
+                    f"object per line, found {type(document).__name__}",
+                )
+    return None
+
+
+def _csv_header(file: LandingFile) -> list[str]:
+    with _open_text(file.path) as handle:
+        try:
+            for row in csv.reader(handle):
+                if row:
+                    return [c.strip() for c in row]
+        except (csv.Error, UnicodeDecodeError) as error:
+            raise BadInput(file.path, 1, f"malformed CSV header: {error}") from error
+    raise BadInput(file.path, 1, "empty file: expected a CSV header")
+
+
+def _require_columns(file: LandingFile, present: Iterable[str], line: int | None) -> None:
+    present_set = set(present)
+    missing = [c for c in REQUIRED_COLUMNS[file.kind] if c not in present_set]
+    if missing:
+        raise BadInput(
+            file.path,
+            line,
+            f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"(found: {', '.join(sorted(present_set)) or 'none'})",
+        )
+
+
+def _stage_csv_as_text(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
+    header = _csv_header(file)
+    _require_columns(file, header, 1)
+    if len(set(header)) != len(header):
+        raise BadInput(file.path, 1, "a column name appears twice in the header")
+    columns = {name: "VARCHAR" for name in header}
+    wanted = ", ".join(f'"{c}"' for c in REQUIRED_COLUMNS[file.kind])
+    try:
+        con.execute(
+            f"""
+            create or replace temp table incoming_raw as
+            select {wanted} from read_csv($path, header = true, auto_detect = false,
+                delim = ',', quote = '"', escape = '"', columns = $columns)
+            """,
+            {"path": str(file.path), "columns": columns},
+        )
+    except duckdb.Error as error:
+        raise _parse_error(file, error, "CSV") from error
+
+
+def _stage_parquet(con: duckdb.DuckDBPyConnection, file: LandingFile) -> dict[str, str]:
+    """Parquet keeps its types; returns the DuckDB type of each required column."""
+    try:
+        schema = pq.read_schema(file.path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise BadInput(file.path, None, f"not a readable Parquet file: {error}") from error
+    _require_columns(file, schema.names, None)
+    names = [c for c in (*REQUIRED_COLUMNS[file.kind], *MANIFEST_MAPS) if c in schema.names]
+    wanted = ", ".join(f'"{c}"' for c in names)
+    try:
+        con.execute(
+            f"create or replace temp table incoming_raw as "
+            f"select {wanted}, file_row_number + 1 as ordinal "
+            f"from read_parquet($path, file_row_number = true)",
+            {"path": str(file.path)},
+        )
+    except duckdb.Error as error:
+        raise _parse_error(file, error, "Parquet") from error
+    described = con.execute("describe incoming_raw").fetchall()
+    return {row[0]: row[1] for row in described}
+
+
+def _text_or_typed(column: str, types: dict[str, str] | None) -> str:
+    return "VARCHAR" if types is None else types.get(column, "VARCHAR")
+
+
+def _downloads_expressions(types: dict[str, str] | None) -> tuple[str, str]:
+    """SQL for the typed day and count of a downloads row, whatever the source types."""
+    day_type = _text_or_typed("day", types)
+    if day_type == "DATE":
+        day = "day"
+    elif day_type.startswith("TIMESTAMP"):
+        day = "case when day = date_trunc('day', day) then cast(day as date) end"
+    else:
+        day = (
+            "case when regexp_full_match(trim(cast(day as varchar)), '\\d{4}-\\d{2}-\\d{2}') "
+            "then try_cast(trim(cast(day as varchar)) as date) end"
+        )
+    count_type = _text_or_typed("downloads", types)
+    if count_type in (
+        "BIGINT",
+        "INTEGER",
+        "SMALLINT",
+        "TINYINT",
+        "UBIGINT",
+        "UINTEGER",
+        "USMALLINT",
+        "UTINYINT",
+        "HUGEINT",
+    ):
+        count = "try_cast(downloads as bigint)"
+    elif count_type in ("DOUBLE", "FLOAT") or count_type.startswith("DECIMAL"):
+        count = "case when downloads = floor(downloads) then try_cast(downloads as bigint) end"
+    else:
+        # try_cast would round '10.5' and accept '1e3': whole numbers are digits only.
+        count = (
+            "case when regexp_full_match(trim(cast(downloads as varchar)), '-?\\d{1,18}') "
+            "then cast(trim(cast(downloads as varchar)) as bigint) end"
+        )
+    return day, count
+
+
+def _finish_downloads(
+    con: duckdb.DuckDBPyConnection, types: dict[str, str] | None, has_ordinal: bool
+) -> None:
+    day, count = _downloads_expressions(types)
+    ordinal = "ordinal" if has_ordinal else "rowid + 1"
+    line = "line" if has_ordinal and types is None else ordinal
+    con.execute(
+        f"""
+        create or replace temp table incoming as
+        select
+            {ordinal} as ordinal,
+            {line} as line,
+            cast(package as varchar) as package,
+            cast(day as varchar) as day_text,
+            {day} as day,
+            cast(downloads as varchar) as downloads_text,
+            {count} as downloads
+        from incoming_raw
+        """
+    )
+
+
+def _json_count(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    # Anything else (a string, a float) must fail the whole-number check.
+    return json.dumps(value)
+
+
+def _range_rows(file: LandingFile) -> Iterator[tuple[int, int, object, object, str | None]]:
+    """(ordinal, line, package, day, count) from the downloads API's range format."""
+    ordinal = 0
+    with _open_text(file.path) as handle:
+        if file.format == "json":
+            try:
+                documents = [(1, json.load(handle))]
+            except json.JSONDecodeError as error:
+                raise BadInput(file.path, error.lineno, f"malformed JSON: {error.msg}") from error
+            if isinstance(documents[0][1], list):
+                documents = [(1, d) for d in documents[0][1]]
+        else:
+            documents = []
+            for number, text in enumerate(handle, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    documents.append((number, json.loads(text)))
+                except json.JSONDecodeError as error:
+                    raise BadInput(file.path, number, f"malformed JSON: {error.msg}") from error
+    for line, document in documents:
+        if not isinstance(document, dict) or not isinstance(document.get("downloads"), list):
+            raise BadInput(
+                file.path,
+                line,
+                'expected {"package", "start", "end", "downloads": [{"day", "downloads"}, ...]}',
+            )
+        if "package" not in document:
+            raise BadInput(file.path, line, "missing field package")
+        package = document["package"]
+        for entry in document["downloads"]:
+            ordinal += 1
+            if not isinstance(entry, dict) or "day" not in entry or "downloads" not in entry:
+                yield ordinal, line, package, None, None
+                continue
+            yield ordinal, line, package, entry["day"], _json_count(entry["downloads"])
+
+
+def _stage_json_range(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
+    rows = list(_range_rows(file))
+    table = pa.table(
+        {
+            "ordinal": pa.array([r[0] for r in rows], pa.int64()),
+            "line": pa.array([r[1] for r in rows], pa.int64()),
+            "package": pa.array(
+                [r[2] if isinstance(r[2], str) else None for r in rows], pa.string()
+            ),
+            "day": pa.array([r[3] if isinstance(r[3], str) else None for r in rows], pa.string()),
+            "downloads": pa.array([r[4] for r in rows], pa.string()),
+        }
+    )
+    con.register("range_rows", table)
+    try:
+        con.execute("create or replace temp table incoming_raw as select * from range_rows")
+    finally:
+        con.unregister("range_rows")
+
+
+def stage_downloads(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
+    if file.format == "csv":
+        _stage_csv_as_text(con, file)
+        _finish_downloads(con, None, has_ordinal=False)
+    elif file.format == "parquet":
+        types = _stage_parquet(con, file)
+        _finish_downloads(con, types, has_ordinal=True)
+    else:
+        _stage_json_range(con, file)
+        _finish_downloads(con, None, has_ordinal=True)
+
+
+_MAP_TYPE = "MAP(VARCHAR, VARCHAR)"
+
+
+def stage_manifests(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
+    if file.format == "parquet":
+        types = _stage_parquet(con, file)
+        maps = []
+        for name in MANIFEST_MAPS:
+            if name in types:
+                maps.append(
+                    f'try_cast("{name}" as {_MAP_TYPE}) as "{name}", '
+                    f'("{name}" is not null and try_cast("{name}" as {_MAP_TYPE}) is null)'
+                    f' as "{name}_malformed"'
+                )
+            else:
+                maps.append(f'cast(null as {_MAP_TYPE}) as "{name}", false as "{name}_malformed"')
+        con.execute(
+            f"""
+            create or replace temp table incoming as
+            select ordinal, ordinal as line,
+                try_cast(name as varchar) as name,
+                try_cast(version as varchar) as version,
+                try_cast(maintainers as varchar[]) as maintainers,
+                (maintainers is not null and try_cast(maintainers as varchar[]) is null)
+                    as maintainers_malformed,
+                {", ".join(maps)}
+            from incoming_raw
+            """
+        )
+        return
+    columns = {c: "JSON" for c in ("name", "version", "maintainers", *MANIFEST_MAPS)}
+    try:
+        con.execute(
+            "create or replace temp table incoming_raw as "
+            "select * from read_json($path, format = 'newline_delimited', columns = $columns)",
+            {"path": str(file.path), "columns": columns},
+        )
+    except duckdb.Error as error:
+        raise (_first_bad_json_line(file) or _parse_error(file, error, "JSON")) from error
+    maps = ", ".join(
+        f"""case when json_type("{m}") = 'OBJECT' then try_cast("{m}" as {_MAP_TYPE}) end
+                as "{m}",
+            coalesce(json_type("{m}") not in ('OBJECT', 'NULL'), false) as "{m}_malformed\""""
+        for m in MANIFEST_MAPS
+    )
+    # Registries' own manifests list maintainers as {"name", "email"}: take the name.
+    con.execute(
+        f"""
+        create or replace temp table incoming as
+        select rowid + 1 as ordinal, rowid + 1 as line,
+            case when json_type(name) = 'VARCHAR' then name ->> '$' end as name,
+            case when json_type(version) = 'VARCHAR' then version ->> '$' end as version,
+            case when json_type(maintainers) = 'ARRAY' then list_transform(
+                json_extract(maintainers, '$[*]'),
+                lambda m: case json_type(m) when 'VARCHAR' then m ->> '$'
+                                       when 'OBJECT' then m ->> 'name' end)
+            end as maintainers,
+            coalesce(json_type(maintainers) not in ('ARRAY', 'NULL'), false)
+                as maintainers_malformed,
+            {maps}
+        from incoming_raw
+        """
+    )
+
+
+# ISO 8601 as exports write it: date, time, optional fraction and offset.
+_ISO_TIMESTAMP = r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?"
+
+
+def _logins_timestamp(types: dict[str, str] | None) -> str:
+    kind = _text_or_typed("occurred_at", types)
+    if kind == "TIMESTAMP":
+        return "occurred_at"
+    if kind.startswith("TIMESTAMP"):  # with time zone, or another unit
+        return "cast(timezone('UTC', cast(occurred_at as timestamptz)) as timestamp)"
+    text = "trim(cast(occurred_at as varchar))"
+    return (
+        f"case when regexp_full_match({text}, '{_ISO_TIMESTAMP}') "
+        f"then cast(timezone('UTC', try_cast({text} as timestamptz)) as timestamp) end"
+    )
+
+
+def stage_logins(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
+    if file.format == "csv":
+        _stage_csv_as_text(con, file)
+        types, ordinal = None, "rowid + 1"
+    else:
+        types, ordinal = _stage_parquet(con, file), "ordinal"
+    con.execute(
+        f"""
+        create or replace temp table incoming as
+        select {ordinal} as ordinal, {ordinal} as line,
+            cast(occurred_at as varchar) as occurred_at_text,
+            {_logins_timestamp(types)} as occurred_at,
+            trim(cast(username as varchar)) as username,
+            trim(cast(second_factor as varchar)) as second_factor,
+            trim(cast(outcome as varchar)) as outcome
+        from incoming_raw
+        """
+    )
+
+
+STAGERS = {"downloads": stage_downloads, "manifests": stage_manifests, "logins": stage_logins}

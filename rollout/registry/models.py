@@ -1,0 +1,327 @@
+"""The registry database: what the pipeline may read and change.
+
+All times are naive UTC datetimes: SQLite has no time zones and DuckDB/Arrow
+extracts stay simple when every backend stores the same thing.
+Enumerations are strings with CHECK constraints rather than native enums so that
+SQLite and PostgreSQL migrate the same way.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+TFA_KINDS = ("totp", "webauthn")
+TOKEN_KINDS = ("automation", "publish", "read_only")
+ORG_ROLES = ("owner", "admin", "developer")
+TEAM_PERMISSIONS = ("read", "write")
+NOTIFICATION_STATES = ("queued", "sending", "sent", "failed", "skipped")
+PLAN_RUN_MODES = ("preview", "apply", "rollback")
+PLAN_RUN_STATES = ("running", "succeeded", "failed")
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    quoted = ", ".join(f"'{v}'" for v in values)
+    return f"{column} IN ({quoted})"
+
+
+# BIGINT on PostgreSQL, but INTEGER on SQLite so the column is the rowid alias.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    username: Mapped[str] = mapped_column(String(214), unique=True)
+    email: Mapped[str] = mapped_column(String(320))
+    email_verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime)
+    elv_enrolled_at: Mapped[datetime | None] = mapped_column(DateTime)
+    tfa_required_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class TfaFactor(Base):
+    __tablename__ = "tfa_factors"
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", TFA_KINDS), name="kind"),
+        # "Has 2FA" is asked of every cohort account: an active-factor lookup by account.
+        Index(
+            "ix_tfa_factors_active",
+            "account_id",
+            sqlite_where=text("removed_at IS NULL"),
+            postgresql_where=text("removed_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class WebSession(Base):
+    __tablename__ = "web_sessions"
+    __table_args__ = (
+        # Enforcement revokes the live sessions of an account: find them without a scan.
+        Index(
+            "ix_web_sessions_live",
+            "account_id",
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    revoked_reason: Mapped[str | None] = mapped_column(String(200))
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", TOKEN_KINDS), name="kind"),
+        Index("ix_tokens_account", "account_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    # Legacy tokens were created before tokens had names: NULL is meaningful.
+    name: Mapped[str | None] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Org(Base):
+    __tablename__ = "orgs"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(214), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    tfa_enforced_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class OrgMember(Base):
+    __tablename__ = "org_members"
+    __table_args__ = (
+        CheckConstraint(_one_of("role", ORG_ROLES), name="role"),
+        UniqueConstraint("org_id", "account_id", name="uq_org_members_org_account"),
+        Index("ix_org_members_account", "account_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(16))
+    joined_at: Mapped[datetime] = mapped_column(DateTime)
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    removed_reason: Mapped[str | None] = mapped_column(String(200))
+
+
+class Team(Base):
+    __tablename__ = "teams"
+    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_teams_org_name"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(214))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class TeamMember(Base):
+    __tablename__ = "team_members"
+    __table_args__ = (Index("ix_team_members_account", "account_id"),)
+
+    team_id: Mapped[int] = mapped_column(
+        ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True
+    )
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class TeamPackage(Base):
+    __tablename__ = "team_packages"
+    __table_args__ = (
+        CheckConstraint(_one_of("permission", TEAM_PERMISSIONS), name="permission"),
+        Index("ix_team_packages_package", "package_name"),
+    )
+
+    team_id: Mapped[int] = mapped_column(
+        ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True
+    )
+    package_name: Mapped[str] = mapped_column(String(214), primary_key=True)
+    permission: Mapped[str] = mapped_column(String(8))
+
+
+# --- the pipeline's own ledger -------------------------------------------------------
+
+
+class PlanRun(Base):
+    """One run of one plan step (preview, apply or rollback), the id every effect cites."""
+
+    __tablename__ = "plan_runs"
+    __table_args__ = (
+        CheckConstraint(_one_of("mode", PLAN_RUN_MODES), name="mode"),
+        CheckConstraint(_one_of("state", PLAN_RUN_STATES), name="state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    plan: Mapped[str] = mapped_column(String(200))
+    step: Mapped[str] = mapped_column(String(200))
+    mode: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    parameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class CohortMembership(Base):
+    """An account required to use 2FA because of the packages it maintains."""
+
+    __tablename__ = "cohort_memberships"
+    __table_args__ = (
+        UniqueConstraint("cohort", "account_id", name="uq_cohort_memberships_cohort_account"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    cohort: Mapped[str] = mapped_column(String(100))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    packages: Mapped[list[Any]] = mapped_column(default=list)
+    first_qualified_on: Mapped[date] = mapped_column(Date)
+    last_qualified_on: Mapped[date] = mapped_column(Date)
+    released_at: Mapped[datetime | None] = mapped_column(DateTime)
+    released_reason: Mapped[str | None] = mapped_column(Text)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("plan_runs.id"))
+
+
+class Action(Base):
+    """The append-only audit ledger: who changed what, why and when.
+
+    ``effect_key`` is the natural key of the effect (e.g. ``revoke-session:1234``):
+    the unique constraint is what makes a re-run after a crash write nothing twice.
+    Database triggers (see the migration) refuse UPDATE and DELETE.
+    """
+
+    __tablename__ = "actions"
+    __table_args__ = (
+        Index("ix_actions_account", "account_id"),
+        Index("ix_actions_run", "run_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    effect_key: Mapped[str] = mapped_column(String(300), unique=True)
+    action: Mapped[str] = mapped_column(String(100))
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"))
+    subject: Mapped[str | None] = mapped_column(String(300))
+    phase: Mapped[str | None] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(200))
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("plan_runs.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Notification(Base):
+    """One email to one account for one reason; the outbox and its delivery record."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        CheckConstraint(_one_of("state", NOTIFICATION_STATES), name="state"),
+        # An email for the same account, email kind and phase exists at most once.
+        UniqueConstraint("account_id", "email", "phase", name="uq_notifications_natural_key"),
+        Index("ix_notifications_state", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    email: Mapped[str] = mapped_column(String(100))
+    # '' rather than NULL for emails outside a phase: NULLs never collide in UNIQUE.
+    phase: Mapped[str] = mapped_column(String(100), default="")
+    state: Mapped[str] = mapped_column(String(16))
+    skip_reason: Mapped[str | None] = mapped_column(String(200))
+    context: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    message_id: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("plan_runs.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class BrownoutWindow(Base):
+    """A span during which every account without 2FA must pass enhanced login verification."""
+
+    __tablename__ = "brownout_windows"
+    __table_args__ = (CheckConstraint("ends_at > starts_at", name="ordered"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    starts_at: Mapped[datetime] = mapped_column(DateTime)
+    ends_at: Mapped[datetime] = mapped_column(DateTime)
+    ended_early_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    created_by: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+# The tables the sample generator and the warehouse extract know, in dependency order.
+REGISTRY_TABLES: tuple[str, ...] = (
+    "accounts",
+    "tfa_factors",
+    "web_sessions",
+    "tokens",
+    "orgs",
+    "org_members",
+    "teams",
+    "team_members",
+    "team_packages",
+)
+LEDGER_TABLES: tuple[str, ...] = (
+    "plan_runs",
+    "cohort_memberships",
+    "actions",
+    "notifications",
+    "brownout_windows",
+)

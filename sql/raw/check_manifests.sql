@@ -1,0 +1,81 @@
+-- Validate the staged manifests file (temp table `incoming`): one row per manifest
+-- with `problem` (why it is bad, else null). Later files supersede earlier ones, so
+-- only repeats within this file are a conflict.
+create or replace temp table checked as
+with
+
+staged as (
+    select * from incoming
+),
+
+row_checks as (
+    select
+        *,
+        list_filter(
+            list_concat(
+                coalesce(map_keys(dependencies), []),
+                coalesce(map_keys(devDependencies), []),
+                coalesce(map_keys(peerDependencies), [])
+            ),
+            lambda dependency: dependency is null
+                or not regexp_full_match(dependency, $name_pattern)
+        ) as bad_dependency_names,
+        case
+            when name is null then 'name is missing or not a string'
+            when name = '' then 'name is empty'
+            when lower(name) in ('node_modules', 'favicon.ico')
+                then 'package name ''' || name || ''' is reserved'
+            when not regexp_full_match(name, $name_pattern)
+                then 'package name ''' || name || ''' is not a valid npm package name'
+            when version is null or trim(version) = ''
+                then 'version is missing or not a string'
+            when maintainers_malformed or maintainers is null or len(maintainers) = 0
+                then 'maintainers must be a non-empty list of usernames'
+            when len(list_filter(maintainers, lambda m: m is null or trim(m) = '')) > 0
+                then 'a maintainer has no username'
+            when dependencies_malformed
+                then 'dependencies must be an object of package name to version range'
+            when devDependencies_malformed
+                then 'devDependencies must be an object of package name to version range'
+            when peerDependencies_malformed
+                then 'peerDependencies must be an object of package name to version range'
+        end as row_problem
+    from staged
+),
+
+repeated_in_file as (
+    select name, count(*) as copies
+    from row_checks
+    where name is not null
+    group by name
+    having count(*) > 1
+),
+
+final as (
+    select
+        row_checks.ordinal,
+        row_checks.line,
+        row_checks.name,
+        row_checks.version,
+        row_checks.maintainers,
+        row_checks.dependencies,
+        row_checks.devDependencies,
+        row_checks.peerDependencies,
+        json_object('name', row_checks.name, 'version', row_checks.version)::varchar as record,
+        coalesce(
+            row_checks.row_problem,
+            case
+                when len(row_checks.bad_dependency_names) > 0
+                    then 'dependency name ''' || coalesce(row_checks.bad_dependency_names[1], '')
+                        || ''' is not a valid npm package name'
+                when repeated_in_file.copies > 1
+                    then 'package ' || row_checks.name || ' appears '
+                        || repeated_in_file.copies || ' times in this file'
+            end
+        ) as problem,
+        false as duplicate
+    from row_checks
+    left join repeated_in_file using (name)
+)
+
+select * from final

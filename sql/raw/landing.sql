@@ -1,0 +1,61 @@
+-- Raw tables: landing files as loaded, one row per valid input row, tagged with the
+-- file it came from. Everything downstream (sql/staging ...) reads these.
+
+create sequence if not exists ingested_file_ids start 1;
+
+create table if not exists ingested_files (
+    file_id       bigint primary key,
+    kind          varchar not null,      -- downloads | manifests | logins
+    path          varchar not null,
+    sha256        varchar not null unique,
+    bytes         bigint not null,
+    rows_read     bigint not null,
+    rows_loaded   bigint not null,
+    rows_duplicate bigint not null,      -- repeats of a row already present, skipped
+    rows_quarantined bigint not null,
+    loaded_at     timestamp not null
+);
+
+create table if not exists raw_downloads (
+    package   varchar not null,
+    day       date not null,
+    downloads bigint not null,
+    file_id   bigint not null
+);
+
+create table if not exists raw_manifests (
+    name        varchar not null,
+    version     varchar not null,
+    maintainers varchar[] not null,
+    file_id     bigint not null
+);
+
+-- One row per declared dependency of a manifest; kind is prod, dev or peer.
+create table if not exists raw_dependencies (
+    package    varchar not null,
+    dependency varchar not null,
+    range      varchar,
+    kind       varchar not null,
+    file_id    bigint not null
+);
+
+create table if not exists raw_logins (
+    occurred_at   timestamp not null,
+    username      varchar not null,
+    second_factor varchar not null,
+    outcome       varchar not null,
+    file_id       bigint not null
+);
+
+-- Rows refused by validation, kept with the reason so they can be fixed and re-sent.
+create table if not exists quarantine (
+    file_id   bigint,
+    path      varchar not null,
+    kind      varchar not null,
+    line      bigint,
+    reason    varchar not null,
+    record    varchar,
+    quarantined_at timestamp not null
+);
+
+create schema if not exists registry;

@@ -1,0 +1,22 @@
+-- The latest manifest of each package: the newest loaded file that holds it wins.
+create or replace view stg_manifests as
+with
+
+manifests as (
+    select * from raw_manifests
+),
+
+ranked as (
+    select
+        *,
+        row_number() over (partition by name order by file_id desc) as recency
+    from manifests
+),
+
+final as (
+    select name as package, version, maintainers, file_id
+    from ranked
+    where recency = 1
+)
+
+select * from final

@@ -1,0 +1,293 @@
+"""Ingestion: bad input is refused with file, line and reason; good input loads once."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rollout import ingest, landing, warehouse
+from rollout.errors import BadInput
+
+from .conftest import DATA
+
+BAD = DATA / "bad"
+GOOD = DATA / "good"
+NOW = datetime(2022, 2, 1, 12, 0)
+LIMIT = 0.01
+
+
+@pytest.fixture
+def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
+    connection = warehouse.connect(tmp_path / "warehouse.duckdb")
+    yield connection
+    connection.close()
+
+
+def load(con: duckdb.DuckDBPyConnection, path: Path, limit: float = LIMIT) -> ingest.FileResult:
+    return ingest.ingest_file(con, landing.classify(path), quarantine_limit=limit, now=NOW)
+
+
+def row_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    tables = (
+        "ingested_files",
+        "raw_downloads",
+        "raw_manifests",
+        "raw_dependencies",
+        "raw_logins",
+        "quarantine",
+    )
+    return {t: warehouse.scalar(con, f"select count(*) from {t}") for t in tables}
+
+
+NOTHING = {
+    "ingested_files": 0,
+    "raw_downloads": 0,
+    "raw_manifests": 0,
+    "raw_dependencies": 0,
+    "raw_logins": 0,
+    "quarantine": 0,
+}
+
+# One file per failure class: (file, line named, reason named).
+BAD_CASES = [
+    ("downloads-malformed.csv", 3, "malformed CSV: expected 3 columns, found 4"),
+    ("downloads-missing-column.csv", 1, "missing column downloads"),
+    ("downloads-negative-count.csv", 3, "downloads -5 is negative"),
+    ("downloads-non-integer-count.csv", 3, "downloads '12.5' is not a whole number"),
+    ("downloads-impossible-date.csv", 3, "day '2022-02-30' is not a real date"),
+    ("downloads-future-date.csv", 3, "day 2099-01-01 is in the future"),
+    (
+        "downloads-conflicting-duplicate.csv",
+        2,
+        "conflicting counts for react on 2022-01-10 within this file",
+    ),
+    (
+        "downloads-invalid-package-name.csv",
+        3,
+        "package name '.hidden-pkg' is not a valid npm package name",
+    ),
+    ("downloads-api-malformed.json", 3, "malformed JSON: Expecting ',' delimiter"),
+    ("manifests-malformed.jsonl", 2, "malformed JSON"),
+    ("manifests-missing-maintainers.jsonl", 2, "maintainers must be a non-empty list"),
+    (
+        "manifests-invalid-dependency-name.jsonl",
+        2,
+        "dependency name 'Not Valid!' is not a valid npm package name",
+    ),
+    ("manifests-repeated-package.jsonl", 1, "package react appears 2 times in this file"),
+    ("logins-unknown-outcome.csv", 3, "outcome 'lost' is not one of success, failed, abandoned"),
+    ("logins-bad-timestamp.csv", 3, "occurred_at 'yesterday' is not an ISO 8601 timestamp"),
+]
+
+
+def test_every_failure_class_has_a_sample_file() -> None:
+    assert sorted(p.name for p in BAD.iterdir()) == sorted(name for name, _, _ in BAD_CASES)
+
+
+@pytest.mark.parametrize(("name", "line", "reason"), BAD_CASES)
+def test_bad_file_is_refused_naming_file_line_and_reason(
+    con: duckdb.DuckDBPyConnection, name: str, line: int, reason: str
+) -> None:
+    with pytest.raises(BadInput) as refused:
+        load(con, BAD / name)
+    message = str(refused.value)
+    assert message.startswith(f"{BAD / name}:{line}: ")
+    assert reason in message
+    assert refused.value.line == line
+    assert row_counts(con) == NOTHING
+
+
+def test_row_level_refusal_says_how_much_was_bad_and_that_nothing_loaded(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    with pytest.raises(
+        BadInput,
+        match=r"1 of 3 lines are bad \(33\.3%, over the 1\.0% limit\); "
+        r"nothing was loaded: line 3: downloads -5 is negative",
+    ):
+        load(con, BAD / "downloads-negative-count.csv")
+
+
+def test_bad_rows_within_the_limit_are_quarantined_and_the_rest_loads(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    result = load(con, BAD / "downloads-negative-count.csv", limit=0.5)
+    assert (result.status, result.rows_read, result.rows_loaded, result.rows_quarantined) == (
+        "loaded",
+        3,
+        2,
+        1,
+    )
+    assert con.execute(
+        "select package, downloads from raw_downloads order by package"
+    ).fetchall() == [("lodash", 300), ("react", 120)]
+    assert con.execute("select path, line, reason, record from quarantine").fetchall() == [
+        (
+            str(BAD / "downloads-negative-count.csv"),
+            3,
+            "downloads -5 is negative",
+            '{"package":"vue","day":"2022-01-10","downloads":"-5"}',
+        )
+    ]
+
+
+def test_line_numbers_count_blank_lines(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    path = tmp_path / "downloads" / "d.csv"
+    path.parent.mkdir()
+    path.write_text("package,day,downloads\n\nreact,2022-01-10,1\n\n\nvue,2022-01-10,x\n")
+    with pytest.raises(BadInput) as refused:
+        load(con, path)
+    assert refused.value.line == 6
+
+
+def test_good_files_load_with_legacy_and_scoped_names(con: duckdb.DuckDBPyConnection) -> None:
+    report = ingest.ingest(con, [GOOD], quarantine_limit=LIMIT, now=NOW)
+    assert [f.status for f in report.files] == ["loaded"] * 4
+    assert con.execute(
+        "select package, day, downloads from stg_downloads order by package, day"
+    ).fetchall() == [
+        ("@babel/core", date(2022, 1, 10), 700),
+        ("JSONStream", date(2022, 1, 10), 33),
+        ("react", date(2022, 1, 10), 120),
+        ("react", date(2022, 1, 11), 125),
+        ("react", date(2022, 1, 12), 90),
+    ]
+    assert con.execute(
+        "select package, dependency, kind from stg_dependencies order by all"
+    ).fetchall() == [
+        ("@babel/core", "@babel/parser", "prod"),
+        ("@babel/core", "react", "dev"),
+        ("JSONStream", "react", "peer"),
+        ("react", "loose-envify", "prod"),
+        ("react", "object-assign", "prod"),
+    ]
+    # Registries list maintainers as {"name", "email"} objects too: the name is kept.
+    assert warehouse.scalar(
+        con, "select maintainers from stg_manifests where package = '@babel/core'"
+    ) == ["hzoo"]
+    # Times are UTC whatever zone the event carried.
+    assert con.execute("select username, occurred_at from stg_logins order by 1").fetchall() == [
+        ("acdlite", datetime(2022, 1, 10, 9, 0)),
+        ("gaearon", datetime(2022, 1, 10, 10, 0)),
+        ("hzoo", datetime(2022, 1, 10, 12, 0)),
+    ]
+
+
+def test_repeats_with_the_same_count_are_skipped_not_doubled(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    load(con, GOOD / "downloads-2022-01-10.csv")
+    result = load(con, GOOD / "downloads-api-react.json")
+    # react on the 10th and 11th were loaded from the CSV: only the 12th is new.
+    assert (result.rows_read, result.rows_loaded, result.rows_duplicate) == (3, 1, 2)
+    assert warehouse.scalar(con, "select count(*) from raw_downloads where package = 'react'") == 3
+
+
+def test_a_count_that_contradicts_loaded_data_is_bad(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    load(con, GOOD / "downloads-2022-01-10.csv")
+    changed = tmp_path / "downloads-again.csv"
+    changed.write_text("package,day,downloads\nreact,2022-01-10,999\n")
+    with pytest.raises(
+        BadInput,
+        match=r"conflicts with 120 downloads for react on 2022-01-10 "
+        r"already loaded from .*downloads-2022-01-10\.csv",
+    ):
+        load(con, changed)
+
+
+def test_loading_the_same_file_twice_changes_nothing(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    first = ingest.ingest(con, [GOOD], quarantine_limit=LIMIT, now=NOW)
+    before = row_counts(con)
+    # Same content under another name is the same file.
+    copy = tmp_path / "downloads" / "renamed.csv"
+    copy.parent.mkdir()
+    shutil.copy(GOOD / "downloads-2022-01-10.csv", copy)
+    second = ingest.ingest(con, [GOOD, copy], quarantine_limit=LIMIT, now=NOW)
+    assert first.loaded == 4
+    assert (second.loaded, second.skipped) == (0, 5)
+    assert row_counts(con) == before
+
+
+def test_parquet_downloads_keep_their_types_and_name_rows(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    path = tmp_path / "downloads" / "downloads-2022-01-10.parquet"
+    path.parent.mkdir()
+    pq.write_table(
+        pa.table(
+            {
+                "package": ["react", "vue", "left-pad"],
+                "day": pa.array([date(2022, 1, 10)] * 3, pa.date32()),
+                "downloads": pa.array([5, -1, 7], pa.int64()),
+            }
+        ),
+        path,
+    )
+    with pytest.raises(BadInput) as refused:
+        load(con, path)
+    assert refused.value.line == 2
+    assert "row" in str(refused.value) and "downloads -1 is negative" in str(refused.value)
+
+
+def test_parquet_manifests_load(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    path = tmp_path / "manifests" / "manifests.parquet"
+    path.parent.mkdir()
+    deps = pa.map_(pa.string(), pa.string())
+    pq.write_table(
+        pa.table(
+            {
+                "name": ["a", "b"],
+                "version": ["1.0.0", "2.0.0"],
+                "dependencies": pa.array([[("b", "^2")], None], deps),
+                "devDependencies": pa.array([None, [("a", "*")]], deps),
+                "maintainers": [["u1"], ["u1", "u2"]],
+            }
+        ),
+        path,
+    )
+    result = load(con, path)
+    assert (result.status, result.rows_loaded) == ("loaded", 2)
+    assert con.execute(
+        "select package, dependency, kind from stg_dependencies order by 1"
+    ).fetchall() == [("a", "b", "prod"), ("b", "a", "dev")]
+
+
+def test_missing_parquet_column_is_named(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    path = tmp_path / "downloads" / "d.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.table({"package": ["a"], "downloads": [1]}), path)
+    with pytest.raises(BadInput, match="missing column day"):
+        load(con, path)
+
+
+def test_a_refused_file_does_not_stop_the_others(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    folder = tmp_path / "landing"
+    shutil.copytree(
+        GOOD, folder / "downloads", ignore=shutil.ignore_patterns("manifests*", "logins*")
+    )
+    shutil.copy(BAD / "downloads-negative-count.csv", folder / "downloads")
+    report = ingest.ingest(con, [folder], quarantine_limit=LIMIT, landing_root=folder, now=NOW)
+    assert sorted((f.path.name, f.status) for f in report.files) == [
+        ("downloads-2022-01-10.csv", "loaded"),
+        ("downloads-api-react.json", "loaded"),
+        ("downloads-negative-count.csv", "rejected"),
+    ]
+
+
+def test_a_file_of_unknown_kind_is_bad_input(tmp_path: Path) -> None:
+    stray = tmp_path / "notes.csv"
+    stray.write_text("a,b\n")
+    with pytest.raises(BadInput, match="cannot tell what this file holds"):
+        landing.discover([stray])

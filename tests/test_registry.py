@@ -1,0 +1,186 @@
+"""The registry schema on SQLite and PostgreSQL: migrations, constraints, the ledger."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from rollout import warehouse
+from rollout.extract import EXTRACTED_TABLES, extract_registry
+from rollout.registry import migrate
+from rollout.registry.engine import make_engine, normalize_url, session_scope
+from rollout.registry.models import (
+    Account,
+    Action,
+    Base,
+    Notification,
+    TfaFactor,
+    Token,
+    WebSession,
+)
+
+T0 = datetime(2022, 1, 1, 12, 0)
+
+
+def add_account(engine: Engine, username: str = "alice", **fields: object) -> int:
+    with session_scope(engine) as session:
+        account = Account(
+            username=username,
+            email=f"{username}@example.com",
+            email_verified=True,
+            created_at=T0,
+            **fields,
+        )
+        session.add(account)
+        session.flush()
+        return account.id
+
+
+def test_upgrade_creates_every_table_and_downgrade_removes_them(empty_registry_url: str) -> None:
+    engine = make_engine(empty_registry_url)
+    migrate.upgrade(engine)
+    assert migrate.is_up_to_date(engine)
+    assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
+    migrate.downgrade(engine, "base")
+    assert migrate.current_revision(engine) is None
+    assert not set(Base.metadata.tables) & set(inspect(engine).get_table_names())
+    engine.dispose()
+
+
+def test_migrations_match_the_models(registry: Engine) -> None:
+    """An autogenerate diff after upgrade is empty: models and migrations agree."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with registry.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []
+
+
+def test_usernames_are_unique(registry: Engine) -> None:
+    add_account(registry, "alice")
+    with pytest.raises(IntegrityError):
+        add_account(registry, "alice")
+
+
+def test_kinds_are_checked(registry: Engine) -> None:
+    account = add_account(registry)
+    with pytest.raises(IntegrityError), session_scope(registry) as session:
+        session.add(TfaFactor(account_id=account, kind="sms", created_at=T0))
+
+
+def test_legacy_tokens_have_no_name(registry: Engine) -> None:
+    account = add_account(registry)
+    with session_scope(registry) as session:
+        session.add(Token(account_id=account, name=None, kind="publish", created_at=T0))
+    with session_scope(registry) as session:
+        assert session.scalars(select(Token.name)).all() == [None]
+
+
+def test_the_audit_ledger_is_append_only(registry: Engine) -> None:
+    with session_scope(registry) as session:
+        session.add(
+            Action(
+                effect_key="revoke-session:1",
+                action="revoke_session",
+                reason="phase top-100",
+                actor="test",
+                created_at=T0,
+            )
+        )
+    for statement in ("update actions set reason = 'rewritten'", "delete from actions"):
+        with pytest.raises(DBAPIError, match="append-only"), registry.begin() as connection:
+            connection.execute(text(statement))
+    with session_scope(registry) as session:
+        assert session.scalars(select(Action.reason)).all() == ["phase top-100"]
+
+
+def test_an_effect_is_recorded_once(registry: Engine) -> None:
+    with session_scope(registry) as session:
+        session.add(
+            Action(
+                effect_key="revoke-session:1",
+                action="revoke_session",
+                reason="r",
+                actor="test",
+                created_at=T0,
+            )
+        )
+    with pytest.raises(IntegrityError), session_scope(registry) as session:
+        session.add(
+            Action(
+                effect_key="revoke-session:1",
+                action="revoke_session",
+                reason="r",
+                actor="test",
+                created_at=T0,
+            )
+        )
+
+
+def test_an_email_exists_once_per_account_kind_and_phase(registry: Engine) -> None:
+    account = add_account(registry)
+
+    def queue(phase: str) -> None:
+        with session_scope(registry) as session:
+            session.add(
+                Notification(
+                    account_id=account,
+                    email="phase_notice",
+                    phase=phase,
+                    state="queued",
+                    created_at=T0,
+                    updated_at=T0,
+                )
+            )
+
+    queue("top-100")
+    queue("high-impact")
+    with pytest.raises(IntegrityError):
+        queue("top-100")
+
+
+def test_live_sessions_are_indexed_for_revocation(registry: Engine) -> None:
+    indexes = {ix["name"]: ix for ix in inspect(registry).get_indexes("web_sessions")}
+    assert indexes["ix_web_sessions_live"]["column_names"] == ["account_id"]
+
+
+def test_postgres_urls_as_people_paste_them_use_psycopg() -> None:
+    assert normalize_url("postgresql://u:p@h/db").drivername == "postgresql+psycopg"
+    assert normalize_url("postgres://u:p@h/db").drivername == "postgresql+psycopg"
+    assert normalize_url("sqlite:///x.db").drivername == "sqlite"
+
+
+def test_extract_copies_every_table_with_model_types(
+    registry: Engine, registry_url: str, tmp_path: Path
+) -> None:
+    alice = add_account(registry, "alice", last_login_at=datetime(2022, 1, 5, 8, 30))
+    bob = add_account(registry, "bob")
+    with session_scope(registry) as session:
+        session.add(TfaFactor(account_id=alice, kind="webauthn", created_at=T0))
+        # Many NULLs then a value: the SQLite driver must not guess the column's type.
+        for index in range(1500):
+            session.add(
+                WebSession(account_id=bob, created_at=T0, revoked_at=T0 if index == 1499 else None)
+            )
+    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        counts = extract_registry(con, registry_url)
+        assert set(counts) == set(EXTRACTED_TABLES)
+        assert (counts["accounts"], counts["tfa_factors"], counts["web_sessions"]) == (2, 1, 1500)
+        assert con.execute(
+            "select username, email_verified, last_login_at from registry.accounts order by id"
+        ).fetchall() == [("alice", True, datetime(2022, 1, 5, 8, 30)), ("bob", True, None)]
+        assert warehouse.scalar(con, "select count(revoked_at) from registry.web_sessions") == 1
+        types = dict(
+            con.execute(
+                "select column_name, data_type from information_schema.columns "
+                "where table_schema = 'registry' and table_name = 'web_sessions'"
+            ).fetchall()
+        )
+        assert types["revoked_at"] == "TIMESTAMP" and types["account_id"] == "BIGINT"
+        # A second extract replaces, never appends.
+        assert extract_registry(con, registry_url)["web_sessions"] == 1500
