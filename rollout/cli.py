@@ -32,6 +32,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="The registry database: migrations and status.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+plan_app = typer.Typer(help="The rollout plan: validate and inspect it.", no_args_is_help=True)
+app.add_typer(plan_app, name="plan")
 
 FormatOption = Annotated[
     Format, typer.Option("--format", "-f", help="Output format: table, csv or json.")
@@ -111,6 +113,39 @@ def db_status(fmt: FormatOption = Format.table) -> None:
             "up_to_date": current == head,
         },
         fmt,
+    )
+
+
+# --- plan --------------------------------------------------------------------------
+
+
+@plan_app.command("check")
+@reports_errors
+def plan_check(
+    file: Annotated[
+        Path | None, typer.Argument(help="The plan (default: $ROLLOUT_PLAN, plans/npm-2022.yaml).")
+    ] = None,
+) -> None:
+    """Validate a plan file: dates in order, known cohorts, no overlapping brown-outs."""
+    from rollout.plan import parse_plan
+
+    path = file or _settings().plan_path
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise RolloutError(f"{path}: cannot read the plan: {error.strerror}").with_exit(
+            EXIT_BAD_INPUT
+        ) from error
+    plan, problems = parse_plan(text, path)
+    for problem in problems:
+        stderr.print(f"[bold red]error:[/] {problem}", highlight=False)
+    if problems:
+        raise typer.Exit(EXIT_BAD_INPUT)
+    assert plan is not None
+    stderr.print(
+        f"{path}: plan {plan.name} is valid: {len(plan.cohorts)} cohorts, "
+        f"{len(plan.phases)} phases, {len(plan.brownouts)} brown-outs",
+        highlight=False,
     )
 
 

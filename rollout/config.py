@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     # loading its good rows and quarantining the rest.
     quarantine_limit: float = Field(0.01, validation_alias="ROLLOUT_QUARANTINE_LIMIT", ge=0, le=1)
     duckdb_memory_limit: str | None = Field(None, validation_alias="ROLLOUT_DUCKDB_MEMORY_LIMIT")
+    plan_path: Path = Field(Path("plans/npm-2022.yaml"), validation_alias="ROLLOUT_PLAN")
 
     @field_validator("sendgrid_api_key", mode="before")
     @classmethod

@@ -77,11 +77,19 @@ def _check_parameters(
     if file.kind == "downloads":
         bounds = warehouse.one(con, "select min(day), max(day) from incoming")
         lowest, highest = bounds if bounds else (None, None)
+        lowest, highest = lowest or date.min, highest or date.min
+        # Zone maps answer this without reading data; usually no loaded day overlaps.
+        overlaps = warehouse.scalar(
+            con,
+            "select exists (select 1 from raw_downloads where day between $low and $high)",
+            {"low": lowest, "high": highest},
+        )
         return {
             "name_pattern": PACKAGE_NAME_PATTERN,
             "today": now.date(),
-            "min_day": lowest or date.min,
-            "max_day": highest or date.min,
+            "min_day": lowest,
+            "max_day": highest,
+            "overlaps": bool(overlaps),
         }
     if file.kind == "manifests":
         return {"name_pattern": PACKAGE_NAME_PATTERN}
@@ -91,7 +99,7 @@ def _check_parameters(
 def _problems(
     con: duckdb.DuckDBPyConnection, file: LandingFile, limit: int | None
 ) -> list[RowProblem]:
-    query = "select ordinal, line, problem from checked where problem is not null order by ordinal"
+    query = "select ordinal, line, problem from flagged where problem is not null order by ordinal"
     if limit is not None:
         query += f" limit {int(limit)}"
     rows = con.execute(query).fetchall()
@@ -111,7 +119,7 @@ def _record_quarantine(
     now: datetime,
 ) -> None:
     records = con.execute(
-        "select record from checked where problem is not null order by ordinal"
+        "select record from flagged where problem is not null order by ordinal"
     ).fetchall()
     table = pa.table(
         {
@@ -143,8 +151,15 @@ def _load(con: duckdb.DuckDBPyConnection, file: LandingFile, file_id: int) -> No
 
 
 def _drop_staging(con: duckdb.DuckDBPyConnection) -> None:
-    for table in ("incoming_raw", "incoming", "checked"):
-        con.execute(f"drop table if exists {table}")
+    for name in ("incoming_raw", "incoming", "flagged"):
+        kind = warehouse.scalar(
+            con,
+            "select table_type from information_schema.tables "
+            "where table_schema = 'main' and table_catalog = 'temp' and table_name = $name",
+            {"name": name},
+        )
+        if kind is not None:
+            con.execute(f"drop {'view' if kind == 'VIEW' else 'table'} {name}")
 
 
 def ingest_file(
@@ -173,10 +188,11 @@ def ingest_file(
     # then the record order (inside one, DuckDB numbers uncommitted rows from 2**55).
     landing.STAGERS[file.kind](con, file)
     warehouse.run(con, f"raw/check_{file.kind}", _check_parameters(file, con, now))
+    rows_read = warehouse.scalar(con, "select count(*) from incoming")
     counts = warehouse.one(
-        con, "select count(*), count(problem), count(*) filter (where duplicate) from checked"
+        con, "select count(problem), count(*) filter (where duplicate) from flagged"
     )
-    rows_read, rows_bad, rows_duplicate = counts if counts else (0, 0, 0)
+    rows_bad, rows_duplicate = counts if counts else (0, 0)
     if rows_read == 0:
         raise BadInput(file.path, None, "no rows: the file is empty")
     if rows_bad / rows_read > quarantine_limit:

@@ -272,11 +272,12 @@ def _stage_parquet(con: duckdb.DuckDBPyConnection, file: LandingFile) -> dict[st
     names = [c for c in (*REQUIRED_COLUMNS[file.kind], *MANIFEST_MAPS) if c in schema.names]
     wanted = ", ".join(f'"{c}"' for c in names)
     try:
+        # A view: Parquet is already columnar and typed, so the one copy made is
+        # the typed `incoming` table built over it.
         con.execute(
-            f"create or replace temp table incoming_raw as "
+            f"create or replace temp view incoming_raw as "
             f"select {wanted}, file_row_number + 1 as ordinal "
-            f"from read_parquet($path, file_row_number = true)",
-            {"path": str(file.path)},
+            f"from read_parquet({_sql_string(str(file.path))}, file_row_number = true)"
         )
     except duckdb.Error as error:
         raise _parse_error(file, error, "Parquet") from error
@@ -284,15 +285,38 @@ def _stage_parquet(con: duckdb.DuckDBPyConnection, file: LandingFile) -> dict[st
     return {row[0]: row[1] for row in described}
 
 
+def _sql_string(text: str) -> str:
+    """A SQL string literal: views cannot take parameters, so the path is quoted here."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _text_or_typed(column: str, types: dict[str, str] | None) -> str:
     return "VARCHAR" if types is None else types.get(column, "VARCHAR")
 
 
-def _downloads_expressions(types: dict[str, str] | None) -> tuple[str, str]:
-    """SQL for the typed day and count of a downloads row, whatever the source types."""
+_INTEGER_TYPES = (
+    "BIGINT",
+    "INTEGER",
+    "SMALLINT",
+    "TINYINT",
+    "UBIGINT",
+    "UINTEGER",
+    "USMALLINT",
+    "UTINYINT",
+    "HUGEINT",
+)
+
+
+def _downloads_expressions(types: dict[str, str] | None) -> tuple[str, str, str, str]:
+    """SQL for a downloads row's typed day and count, and their values as sent.
+
+    The as-sent values only serve messages, so where the file's own type is already
+    right they are NULL: a constant column costs nothing, a copy of 4M values does.
+    """
     day_type = _text_or_typed("day", types)
+    day_raw = "day"
     if day_type == "DATE":
-        day = "day"
+        day, day_raw = "day", "cast(null as varchar)"
     elif day_type.startswith("TIMESTAMP"):
         day = "case when day = date_trunc('day', day) then cast(day as date) end"
     else:
@@ -301,18 +325,9 @@ def _downloads_expressions(types: dict[str, str] | None) -> tuple[str, str]:
             "then try_cast(trim(cast(day as varchar)) as date) end"
         )
     count_type = _text_or_typed("downloads", types)
-    if count_type in (
-        "BIGINT",
-        "INTEGER",
-        "SMALLINT",
-        "TINYINT",
-        "UBIGINT",
-        "UINTEGER",
-        "USMALLINT",
-        "UTINYINT",
-        "HUGEINT",
-    ):
-        count = "try_cast(downloads as bigint)"
+    count_raw = "downloads"
+    if count_type in _INTEGER_TYPES:
+        count, count_raw = "try_cast(downloads as bigint)", "cast(null as varchar)"
     elif count_type in ("DOUBLE", "FLOAT") or count_type.startswith("DECIMAL"):
         count = "case when downloads = floor(downloads) then try_cast(downloads as bigint) end"
     else:
@@ -321,13 +336,13 @@ def _downloads_expressions(types: dict[str, str] | None) -> tuple[str, str]:
             "case when regexp_full_match(trim(cast(downloads as varchar)), '-?\\d{1,18}') "
             "then cast(trim(cast(downloads as varchar)) as bigint) end"
         )
-    return day, count
+    return day, day_raw, count, count_raw
 
 
 def _finish_downloads(
     con: duckdb.DuckDBPyConnection, types: dict[str, str] | None, has_ordinal: bool
 ) -> None:
-    day, count = _downloads_expressions(types)
+    day, day_raw, count, count_raw = _downloads_expressions(types)
     ordinal = "ordinal" if has_ordinal else "rowid + 1"
     line = "line" if has_ordinal and types is None else ordinal
     con.execute(
@@ -337,9 +352,9 @@ def _finish_downloads(
             {ordinal} as ordinal,
             {line} as line,
             cast(package as varchar) as package,
-            cast(day as varchar) as day_text,
+            {day_raw} as day_raw,
             {day} as day,
-            cast(downloads as varchar) as downloads_text,
+            {count_raw} as downloads_raw,
             {count} as downloads
         from incoming_raw
         """

@@ -1,44 +1,70 @@
--- Validate the staged downloads file (temp table `incoming`) row by row, then against
--- itself and against what is already loaded. One row per input row, with `problem`
--- (why it is bad, else null) and `duplicate` (a repeat of a row already kept).
-create or replace temp table checked as
+-- Validate the staged downloads file (temp table `incoming`): row by row, against
+-- itself and against what is already loaded. Keeps only the rows that are bad
+-- (`problem`) or repeat a row already kept (`duplicate`); the rest load as they are.
+-- Written for 4M-row daily files: each CTE is one pass, never a copy of the file.
+create or replace temp table flagged as
 with
 
-staged as (
+staged as not materialized (
     select * from incoming
 ),
 
-row_checks as (
+row_problems as (
     select
-        *,
+        ordinal,
         case
             when package is null or package = '' then 'package name is missing'
             when lower(package) in ('node_modules', 'favicon.ico')
                 then 'package name ''' || package || ''' is reserved'
             when not regexp_full_match(package, $name_pattern)
                 then 'package name ''' || package || ''' is not a valid npm package name'
-            when day_text is null then 'day is missing'
+            when day is null and day_raw is null then 'day is missing'
             when day is null
-                then 'day ''' || day_text || ''' is not a real date (expected YYYY-MM-DD)'
+                then 'day ''' || cast(day_raw as varchar)
+                    || ''' is not a real date (expected YYYY-MM-DD)'
             when day > $today then 'day ' || day || ' is in the future'
-            when downloads_text is null then 'downloads is missing'
+            when downloads is null and downloads_raw is null then 'downloads is missing'
             when downloads is null
-                then 'downloads ''' || downloads_text || ''' is not a whole number'
+                then 'downloads ''' || cast(downloads_raw as varchar)
+                    || ''' is not a whole number'
             when downloads < 0 then 'downloads ' || downloads || ' is negative'
-        end as row_problem
+        end as problem
     from staged
 ),
 
-repeated_in_file as (
-    select
-        package,
-        day,
-        count(distinct downloads) as distinct_counts,
-        min(ordinal) as first_ordinal
-    from row_checks
-    where row_problem is null
+-- A plain count finds the repeated keys in one cheap pass; the costly distinct
+-- count then runs on those few rows only.
+repeated_keys as (
+    select package, day
+    from staged
     group by package, day
     having count(*) > 1
+),
+
+repeated_rows as (
+    select staged.ordinal, staged.package, staged.day, staged.downloads
+    from staged
+    inner join repeated_keys using (package, day)
+),
+
+repeated_counts as (
+    select package, day, count(distinct downloads) as distinct_counts, min(ordinal) as first
+    from repeated_rows
+    group by package, day
+),
+
+repeats as (
+    select
+        repeated_rows.ordinal,
+        case
+            when repeated_counts.distinct_counts > 1
+                then 'conflicting counts for ' || repeated_rows.package || ' on '
+                    || repeated_rows.day || ' within this file'
+        end as problem,
+        repeated_counts.distinct_counts = 1 and repeated_rows.ordinal <> repeated_counts.first
+            as duplicate
+    from repeated_rows
+    inner join repeated_counts using (package, day)
 ),
 
 already_loaded as (
@@ -49,41 +75,68 @@ already_loaded as (
         any_value(files.path) as path
     from raw_downloads as loaded
     inner join ingested_files as files using (file_id)
-    -- Constant bounds let DuckDB skip row groups of other days (data lands day by day).
-    where loaded.day between $min_day and $max_day
-      and (loaded.package, loaded.day) in (select package, day from row_checks)
+    -- $overlaps is false when no loaded row falls in this file's days, the usual
+    -- case (one new file a day): the join is then skipped. The constant day bounds
+    -- let DuckDB skip row groups of other days.
+    where $overlaps
+      and loaded.day between $min_day and $max_day
+      and (loaded.package, loaded.day) in (select package, day from staged)
     group by loaded.package, loaded.day
+),
+
+against_loaded as (
+    select
+        staged.ordinal,
+        case
+            when already_loaded.downloads <> staged.downloads
+                then 'conflicts with ' || already_loaded.downloads || ' downloads for '
+                    || staged.package || ' on ' || staged.day
+                    || ' already loaded from ' || already_loaded.path
+        end as problem,
+        already_loaded.downloads = staged.downloads as duplicate
+    from staged
+    inner join already_loaded using (package, day)
+),
+
+findings as (
+    select ordinal, problem, false as duplicate, 1 as priority
+    from row_problems
+    where problem is not null
+    union all
+    select ordinal, problem, duplicate, 2 as priority
+    from repeats
+    where problem is not null or duplicate
+    union all
+    select ordinal, problem, duplicate, 3 as priority
+    from against_loaded
+),
+
+-- A row can be found twice (bad, repeated in the file, already loaded): the first
+-- finding by priority names it.
+first_finding as (
+    select
+        ordinal,
+        arg_min(problem, priority) as problem,
+        arg_min(duplicate, priority) as duplicate
+    from findings
+    group by ordinal
 ),
 
 final as (
     select
-        row_checks.ordinal,
-        row_checks.line,
-        row_checks.package,
-        row_checks.day,
-        row_checks.downloads,
+        staged.ordinal,
+        staged.line,
+        first_finding.problem,
+        coalesce(first_finding.problem is null and first_finding.duplicate, false)
+            as duplicate,
         json_object(
-            'package', row_checks.package,
-            'day', row_checks.day_text,
-            'downloads', row_checks.downloads_text
-        )::varchar as record,
-        case
-            when row_checks.row_problem is not null then row_checks.row_problem
-            when repeated_in_file.distinct_counts > 1
-                then 'conflicting counts for ' || row_checks.package || ' on '
-                    || row_checks.day || ' within this file'
-            when already_loaded.downloads <> row_checks.downloads
-                then 'conflicts with ' || already_loaded.downloads || ' downloads for '
-                    || row_checks.package || ' on ' || row_checks.day
-                    || ' already loaded from ' || already_loaded.path
-        end as problem,
-        coalesce(
-            repeated_in_file.distinct_counts = 1
-            and row_checks.ordinal <> repeated_in_file.first_ordinal, false
-        ) or coalesce(already_loaded.downloads = row_checks.downloads, false) as duplicate
-    from row_checks
-    left join repeated_in_file using (package, day)
-    left join already_loaded using (package, day)
+            'package', staged.package,
+            'day', coalesce(cast(staged.day_raw as varchar), cast(staged.day as varchar)),
+            'downloads',
+            coalesce(cast(staged.downloads_raw as varchar), cast(staged.downloads as varchar))
+        )::varchar as record
+    from first_finding
+    inner join staged using (ordinal)
 )
 
 select * from final

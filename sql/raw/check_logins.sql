@@ -1,5 +1,5 @@
--- Validate the staged login events file (temp table `incoming`).
-create or replace temp table checked as
+-- Validate the staged login events file (temp table `incoming`); keeps the bad rows.
+create or replace temp table flagged as
 with
 
 staged as (
@@ -10,10 +10,6 @@ final as (
     select
         ordinal,
         line,
-        occurred_at,
-        username,
-        second_factor,
-        outcome,
         json_object(
             'occurred_at', occurred_at_text, 'username', username,
             'second_factor', second_factor, 'outcome', outcome
@@ -37,3 +33,4 @@ final as (
 )
 
 select * from final
+where problem is not null

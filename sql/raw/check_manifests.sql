@@ -1,7 +1,7 @@
--- Validate the staged manifests file (temp table `incoming`): one row per manifest
--- with `problem` (why it is bad, else null). Later files supersede earlier ones, so
--- only repeats within this file are a conflict.
-create or replace temp table checked as
+-- Validate the staged manifests file (temp table `incoming`); keeps the bad rows
+-- with their `problem`. Later files supersede earlier ones, so only repeats within
+-- this file are a conflict.
+create or replace temp table flagged as
 with
 
 staged as (
@@ -55,12 +55,6 @@ final as (
     select
         row_checks.ordinal,
         row_checks.line,
-        row_checks.name,
-        row_checks.version,
-        row_checks.maintainers,
-        row_checks.dependencies,
-        row_checks.devDependencies,
-        row_checks.peerDependencies,
         json_object('name', row_checks.name, 'version', row_checks.version)::varchar as record,
         coalesce(
             row_checks.row_problem,
@@ -79,3 +73,4 @@ final as (
 )
 
 select * from final
+where problem is not null

@@ -4,8 +4,8 @@ with
 
 accepted as (
     select name, dependencies, devDependencies, peerDependencies
-    from checked
-    where problem is null
+    from incoming
+    anti join flagged using (ordinal)
 ),
 
 declared as (

@@ -1,5 +1,6 @@
 insert into raw_downloads (package, day, downloads, file_id)
 select package, day, downloads, $file_id
-from checked
-where problem is null and not duplicate
-order by day, package
+from incoming
+-- Everything but the flagged rows (usually none): an anti join, not NOT IN, whose
+-- NULL semantics cost a full mark join.
+anti join flagged using (ordinal)

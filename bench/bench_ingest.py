@@ -1,0 +1,65 @@
+"""Benchmark: ingest npm-scale landing files into DuckDB.
+
+Usage:
+    python bench/bench_ingest.py --landing DIR [--work DIR]
+
+DIR is a landing folder written by ``rollout sample --scale npm`` (see
+bench/bench_sample.py). Downloads and manifests are ingested into a fresh
+warehouse, each kind timed on its own; the figures print as Markdown rows for
+bench/RESULTS.md. Target (issue 2): at least 5M download rows/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+from rollout import ingest, landing, warehouse
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--landing", type=Path, required=True)
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args()
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    work.mkdir(parents=True, exist_ok=True)
+    db = work / "warehouse.duckdb"
+    db.unlink(missing_ok=True)
+    files = landing.discover([args.landing], args.landing)
+    print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}; date {date.today()}")
+    with warehouse.open_warehouse(db) as con:
+        for kind in ("downloads", "manifests"):
+            chosen = [f for f in files if f.kind == kind]
+            started = time.perf_counter()
+            rows = 0
+            for file in chosen:
+                result = ingest.ingest_file(con, file, quarantine_limit=0.01)
+                rows += result.rows_read
+            seconds = time.perf_counter() - started
+            extra = ""
+            if kind == "manifests":
+                edges = warehouse.scalar(con, "select count(*) from raw_dependencies")
+                extra = f", {edges:,} dependency rows"
+            print(
+                f"| ingest {kind} | {len(chosen)} files, {rows:,} rows{extra} | "
+                f"{seconds:.1f} s | {rows / seconds / 1e6:.2f} M rows/s | "
+                f"peak RSS so far {peak_rss_gib():.2f} GiB |"
+            )
+    if args.work is None:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()

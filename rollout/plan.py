@@ -1,0 +1,288 @@
+"""The plan file: cohorts, phases, thresholds and dates, validated with line numbers.
+
+A plan is YAML (``plans/npm-2022.yaml`` is the reference). ``load_plan`` returns a
+validated ``Plan`` or raises ``BadInput`` naming the file, the line and the reason,
+for the first of all the problems found (``plan_problems`` lists them all).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rollout.errors import BadInput
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MetricsWindows(_Strict):
+    weekly_window_days: int = Field(7, ge=1, le=90)
+    monthly_window_days: int = Field(30, ge=1, le=366)
+
+
+class CohortRule(_Strict):
+    """Which packages put their maintainers in a cohort. Criteria combine with OR."""
+
+    description: str = ""
+    top_by_dependents: int | None = Field(None, ge=1)
+    weekly_downloads_gt: int | None = Field(None, ge=0)
+    dependents_gte: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _has_a_criterion(self) -> CohortRule:
+        if (
+            self.top_by_dependents is None
+            and self.weekly_downloads_gt is None
+            and self.dependents_gte is None
+        ):
+            raise ValueError(
+                "a cohort needs at least one of top_by_dependents, weekly_downloads_gt, "
+                "dependents_gte"
+            )
+        return self
+
+
+class Window(_Strict):
+    starts: date
+    ends: date
+
+
+class Elv(_Strict):
+    trial: Window | None = None
+    enroll_all_on: date
+    heads_up_days_before: int = Field(7, ge=0, le=60)
+
+
+class Brownout(_Strict):
+    name: str = Field(min_length=1, max_length=100)
+    starts_at: datetime
+    hours: int = Field(24, ge=1, le=168)
+    heads_up_days_before: int = Field(3, ge=0, le=60)
+
+    @property
+    def ends_at(self) -> datetime:
+        return self.starts_at + timedelta(hours=self.hours)
+
+
+class Phase(_Strict):
+    name: str = Field(min_length=1, max_length=100)
+    cohort: str
+    cohort_as_of: date
+    notice_on: date
+    reminders_days_before: list[int] = Field(default_factory=list)
+    enforce_on: date
+    batch_size: int = Field(1000, ge=1, le=100_000)
+    # The blast-radius guard: enforcement refuses to touch more accounts than this.
+    max_accounts: int = Field(ge=1)
+
+
+class ExemptAccount(_Strict):
+    username: str
+    reason: str = Field(min_length=1)
+
+
+class Exemptions(_Strict):
+    accounts: list[ExemptAccount] = Field(default_factory=list)
+
+
+class Plan(_Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+    metrics: MetricsWindows = MetricsWindows()
+    cohorts: dict[str, CohortRule]
+    elv: Elv
+    brownouts: list[Brownout] = Field(default_factory=list)
+    phases: list[Phase]
+    exemptions: Exemptions = Exemptions()
+
+    def phase(self, name: str) -> Phase:
+        for phase in self.phases:
+            if phase.name == name:
+                return phase
+        known = ", ".join(p.name for p in self.phases)
+        raise BadInput(None, None, f"no phase {name!r} in plan {self.name} (phases: {known})")
+
+    def cohort(self, name: str) -> CohortRule:
+        if name not in self.cohorts:
+            known = ", ".join(self.cohorts)
+            raise BadInput(None, None, f"no cohort {name!r} in plan {self.name} (cohorts: {known})")
+        return self.cohorts[name]
+
+    @property
+    def exempt_usernames(self) -> frozenset[str]:
+        return frozenset(a.username for a in self.exemptions.accounts)
+
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class PlanProblem:
+    path: Path_
+    message: str
+
+
+def plan_problems(plan: Plan) -> list[PlanProblem]:
+    """What is wrong with a plan that parsed: order of dates, references, overlaps."""
+    problems: list[PlanProblem] = []
+    elv = plan.elv
+    if elv.trial is not None and elv.trial.ends <= elv.trial.starts:
+        problems.append(
+            PlanProblem(("elv", "trial", "ends"), "the ELV trial ends before it starts")
+        )
+    if elv.trial is not None and elv.enroll_all_on < elv.trial.ends:
+        problems.append(
+            PlanProblem(
+                ("elv", "enroll_all_on"), "everyone is enrolled in ELV before the trial ends"
+            )
+        )
+    seen: dict[str, int] = {}
+    ordered = sorted(enumerate(plan.brownouts), key=lambda item: item[1].starts_at)
+    for index, brownout in enumerate(plan.brownouts):
+        if brownout.name in seen:
+            problems.append(
+                PlanProblem(
+                    ("brownouts", index, "name"), f"brown-out name {brownout.name!r} is used twice"
+                )
+            )
+        seen[brownout.name] = index
+    for (_, earlier), (index, later) in pairwise(ordered):
+        if later.starts_at < earlier.ends_at:
+            problems.append(
+                PlanProblem(
+                    ("brownouts", index, "starts_at"),
+                    f"brown-out {later.name} overlaps {earlier.name} "
+                    f"({earlier.starts_at:%Y-%m-%d %H:%M} + {earlier.hours} h)",
+                )
+            )
+    phase_names: set[str] = set()
+    for index, phase in enumerate(plan.phases):
+        where: Path_ = ("phases", index)
+        if phase.name in phase_names:
+            problems.append(
+                PlanProblem((*where, "name"), f"phase name {phase.name!r} is used twice")
+            )
+        phase_names.add(phase.name)
+        if phase.cohort not in plan.cohorts:
+            known = ", ".join(plan.cohorts) or "none"
+            problems.append(
+                PlanProblem(
+                    (*where, "cohort"), f"unknown cohort {phase.cohort!r} (cohorts: {known})"
+                )
+            )
+        if phase.notice_on < phase.cohort_as_of:
+            problems.append(
+                PlanProblem(
+                    (*where, "notice_on"),
+                    "notices go out before the cohort is fixed (cohort_as_of)",
+                )
+            )
+        if phase.enforce_on <= phase.notice_on:
+            problems.append(
+                PlanProblem(
+                    (*where, "enforce_on"), "enforcement is not after the notice (notice_on)"
+                )
+            )
+        for position, days in enumerate(phase.reminders_days_before):
+            reminder = phase.enforce_on - timedelta(days=days)
+            if days < 1 or reminder <= phase.notice_on:
+                problems.append(
+                    PlanProblem(
+                        (*where, "reminders_days_before", position),
+                        f"a reminder {days} days before enforcement ({reminder}) is not between "
+                        f"the notice and enforcement",
+                    )
+                )
+    usernames: set[str] = set()
+    for index, exempt in enumerate(plan.exemptions.accounts):
+        if exempt.username in usernames:
+            problems.append(
+                PlanProblem(
+                    ("exemptions", "accounts", index, "username"),
+                    f"{exempt.username} is exempted twice",
+                )
+            )
+        usernames.add(exempt.username)
+    return problems
+
+
+# --- YAML with line numbers -------------------------------------------------------
+
+
+def _line_of(node: yaml.Node | None, path: Path_) -> int | None:
+    """The line of the YAML key at ``path`` (or of its nearest existing parent)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in path:
+        if isinstance(node, yaml.MappingNode):
+            pair = next(((k, v) for k, v in node.value if k.value == key), None)
+            if pair is None:
+                return line
+            line = pair[0].start_mark.line + 1
+            node = pair[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _describe(loc: Path_) -> str:
+    return ".".join(str(part) for part in loc) or "plan"
+
+
+def parse_plan(text: str, path: Path | str = "<plan>") -> tuple[Plan | None, list[BadInput]]:
+    """A plan and every problem with it, each a BadInput naming the line."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        return None, [BadInput(path, line, f"not valid YAML: {getattr(error, 'problem', error)}")]
+    if not isinstance(data, dict):
+        return None, [BadInput(path, 1, "a plan is a YAML mapping (name, cohorts, phases, ...)")]
+    try:
+        plan = Plan.model_validate(data)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            loc = tuple(
+                p for p in item["loc"] if not isinstance(p, str) or not p.startswith("function-")
+            )
+            message = item["msg"].removeprefix("Value error, ")
+            if item["type"] == "missing":
+                message = "required field is missing"
+            elif item["type"] == "extra_forbidden":
+                message = "unknown field (a typo?)"
+            problems.append(BadInput(path, _line_of(node, loc), f"{_describe(loc)}: {message}"))
+        return None, problems
+    return plan, [
+        BadInput(path, _line_of(node, p.path), f"{_describe(p.path)}: {p.message}")
+        for p in plan_problems(plan)
+    ]
+
+
+def load_plan(path: Path | str) -> Plan:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise BadInput(path, None, f"cannot read the plan: {error.strerror}") from error
+    plan, problems = parse_plan(text, path)
+    if problems:
+        first = problems[0]
+        if len(problems) > 1:
+            more = "; ".join(f"line {p.line}: {p.reason}" for p in problems[1:4])
+            raise BadInput(path, first.line, f"{first.reason} (also {more})")
+        raise first
+    assert plan is not None
+    return plan
