@@ -257,7 +257,7 @@ def ingest(
             registry_counts = extract.extract_registry(con, settings.registry_url)
     rows = [
         {
-            "file": str(f.path),
+            "file": str(f.path) if fmt is not Format.table else _short(f.path, targets),
             "kind": f.kind,
             "status": f.status,
             "rows": f.rows_read,
@@ -268,7 +268,10 @@ def ingest(
         }
         for f in result.files
     ]
-    emit(rows, fmt, title="landing files")
+    columns = list(rows[0]) if rows else None
+    if fmt is Format.table and columns and not any(r["message"] for r in rows):
+        columns.remove("message")
+    emit(rows, fmt, title="landing files", columns=columns)
     stderr.print(
         f"{result.loaded} loaded, {result.skipped} skipped (already loaded), "
         f"{len(result.rejected)} refused; {result.rows_loaded:,} rows loaded, "
@@ -280,6 +283,17 @@ def ingest(
         stderr.print(f"[bold red]refused:[/] {refused.message}", highlight=False)
     if result.rejected:
         raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _short(path: Path, roots: list[Path]) -> str:
+    """A path as people read it in a table: relative to the folder they named."""
+    for root in roots:
+        if root.is_dir():
+            try:
+                return str(path.relative_to(root))
+            except ValueError:
+                continue
+    return path.name
 
 
 @app.command()

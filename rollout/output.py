@@ -62,7 +62,13 @@ def emit(
             table.add_column(name, overflow="fold")
         for row in rows:
             table.add_row(*("" if row.get(k) is None else str(_plain(row.get(k))) for k in names))
-        Console().print(table)
+        console = Console()
+        if not console.is_terminal:
+            # Piped or captured output has no width to respect: print rows whole
+            # rather than folding every cell to fit 80 columns.
+            needed = Console(width=100_000).measure(table).maximum
+            console = Console(width=max(console.width, needed))
+        console.print(table)
 
 
 def emit_record(record: Mapping[str, Any], fmt: Format, *, title: str | None = None) -> None:

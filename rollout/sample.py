@@ -1,0 +1,1453 @@
+"""A seeded, realistic sample registry and landing files, from a thousand packages to npm's size.
+
+Real package names and monthly download totals come from the bundled list of 226,974 npm
+packages; past that a synthetic long tail is added. Everything else (dependencies,
+accounts, 2FA factors, sessions, tokens, orgs, login events) is drawn from distributions
+shaped like npm's. The same seed gives the same registry rows and byte-identical landing
+files. Every stage is vectorised numpy/Arrow: no Python object per row, so the 4 million
+package ``npm`` scale runs in minutes.
+
+Plain Python on purpose: the CLI and the flows call :func:`generate_sample`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from sqlalchemy import Engine, text
+
+from rollout.errors import BadInput
+from rollout.registry import bulk, migrate
+from rollout.registry.engine import make_engine
+from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES
+
+REAL_DOWNLOADS = Path(__file__).parent / "data" / "npm-monthly-downloads.tsv.gz"
+# The landing subfolders the sample owns: replace=True deletes these and nothing else.
+LANDING_KINDS = ("manifests", "downloads", "logins")
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big a sample is and which file formats it writes."""
+
+    name: str
+    packages: int
+    accounts: int
+    mean_dependencies: float
+    days: int
+    # "mixed": JSONL manifests, older days as CSV and newer as Parquet, API JSON files;
+    # "parquet": Parquet only (the npm scale, where CSV/JSON would be tens of GB).
+    formats: str
+    # The most-downloaded real packages always kept when the real list is sampled.
+    top_real: int
+    # Dependency targets are drawn with weight (popularity rank + 1) ** -skew.
+    dependency_skew: float
+
+
+SCALES: dict[str, Scale] = {
+    "tiny": Scale("tiny", 1_000, 700, 4.0, 35, "mixed", 25, 0.8),
+    "small": Scale("small", 20_000, 12_000, 4.5, 35, "mixed", 200, 0.85),
+    "medium": Scale("medium", 250_000, 140_000, 5.0, 35, "mixed", 300, 0.75),
+    "npm": Scale("npm", 4_000_000, 2_000_000, 5.0, 30, "parquet", 300, 0.68),
+}
+
+
+@dataclass
+class SampleSummary:
+    """What was generated. Row counts are table rows (web_sessions and tokens include
+    revoked ones); download_rows counts the daily files only, not the API files that
+    repeat their last week; dependency_edges counts ``dependencies`` (not dev/peer)."""
+
+    scale: str
+    seed: int
+    packages: int
+    dependency_edges: int
+    accounts: int
+    accounts_with_2fa: int
+    web_sessions: int
+    tokens: int
+    orgs: int
+    landing_files: list[Path]
+    download_rows: int
+    login_events: int
+    seconds: float
+    dev_dependency_edges: int = 0
+    peer_dependency_edges: int = 0
+
+
+# --- time ------------------------------------------------------------------------------
+
+US = 1_000_000
+DAY_US = 86_400 * US
+_EPOCH = datetime(1970, 1, 1)
+REGISTRY_START = datetime(2010, 1, 1)
+TOTP_LAUNCH = datetime(2017, 10, 1)
+WEBAUTHN_LAUNCH = datetime(2021, 6, 1)
+ORGS_LAUNCH = datetime(2015, 4, 14)
+# Tokens got names (and the automation kind) at the end of 2020: older ones are legacy.
+NAMED_TOKENS_SINCE = datetime(2021, 1, 1)
+# About 1,000,000 weekly downloads: the maintainers of such packages use 2FA more often.
+POPULAR_MONTHLY = 4_300_000
+
+
+def _us(moment: datetime | date) -> int:
+    """Microseconds since the epoch of a naive UTC datetime (or midnight of a date)."""
+    if not isinstance(moment, datetime):
+        moment = datetime(moment.year, moment.month, moment.day)
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _between(
+    rng: np.random.Generator,
+    lo: np.ndarray | int,
+    hi: np.ndarray | int,
+    power: float = 1.0,
+    size: int | None = None,
+) -> np.ndarray:
+    """Whole-second instants between lo and hi (µs); power < 1 leans late, > 1 early.
+
+    ``size`` is needed only when both bounds are scalars.
+    """
+    lo = np.asarray(lo, dtype=np.int64)
+    hi = np.maximum(np.asarray(hi, dtype=np.int64), lo)
+    u = rng.random(np.broadcast(lo, hi).shape if size is None else size)
+    if power != 1.0:
+        u = u**power
+    value = lo + (u * (hi - lo)).astype(np.int64)
+    # Round up to a whole second so the result stays >= lo (all anchors are whole seconds).
+    return np.minimum(-(-value // US) * US, hi)
+
+
+def _ts(values: np.ndarray, null: np.ndarray | None = None) -> pa.Array:
+    return pa.array(values.astype(np.int64), type=pa.timestamp("us"), mask=null)
+
+
+# --- small helpers ---------------------------------------------------------------------
+
+
+def _null_strings(n: int) -> pa.Array:
+    return pa.nulls(n, pa.string())
+
+
+def _where(mask: np.ndarray, strings: pa.Array) -> pa.Array:
+    """``strings`` where mask, null elsewhere (a piece to skip when joining)."""
+    return pc.if_else(pa.array(mask), strings, _null_strings(len(strings)))
+
+
+def _labels(values: Sequence[str], index: np.ndarray, null: np.ndarray | None = None) -> pa.Array:
+    """values[index] as an Arrow string array (null where ``null``), without Python strings."""
+    labels = pa.array(list(values), pa.string()).take(pa.array(index))
+    return labels if null is None else _where(~null, labels)
+
+
+def _join(*parts: pa.Array, sep: str = "") -> pa.Array:
+    return pc.binary_join_element_wise(*parts, sep, null_handling="skip")
+
+
+def _digits(rng: np.random.Generator, n: int) -> pa.Array:
+    """Numbers as people put them in names: mostly small, some years, some longer."""
+    kind = rng.random(n)
+    value = np.where(
+        kind < 0.6,
+        rng.integers(1, 100, n),
+        np.where(kind < 0.8, rng.integers(1975, 2023, n), rng.integers(100, 10_000, n)),
+    )
+    return pc.cast(pa.array(value), pa.string())
+
+
+def _pick(
+    rng: np.random.Generator, words: pa.Array, n: int, cdf: np.ndarray | None = None
+) -> pa.Array:
+    if cdf is None:
+        index = rng.integers(0, len(words), n)
+    else:
+        index = np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right")
+    return words.take(pa.array(index))
+
+
+def _cdf(weights: np.ndarray) -> np.ndarray:
+    return np.cumsum(weights, dtype=np.float64)
+
+
+def _offsets(group: np.ndarray, groups: int) -> np.ndarray:
+    """List offsets for rows sorted by ``group``."""
+    out = np.zeros(groups + 1, dtype=np.int64)
+    np.cumsum(np.bincount(group, minlength=groups), out=out[1:])
+    return out
+
+
+def _power_law(rng: np.random.Generator, items: int, exponent: float, n: int) -> np.ndarray:
+    """n draws of 0..items-1 with P(r) roughly proportional to (r + 1) ** -exponent.
+
+    The continuous inverse CDF: no cumulative table to search, which at 20 million
+    draws over 4 million items is ten times faster than searchsorted.
+    """
+    u = rng.random(n)
+    if abs(exponent - 1.0) < 1e-9:
+        x = np.expm1(u * np.log1p(items))
+    else:
+        a = 1.0 - exponent
+        x = (1.0 + u * ((items + 1.0) ** a - 1.0)) ** (1.0 / a) - 1.0
+    return np.minimum(x.astype(np.int64), items - 1)
+
+
+def _first_positions(key: np.ndarray) -> np.ndarray:
+    """Positions of the first occurrence of each distinct key, in position order.
+
+    Sort-based: numpy's hash-based unique is several times slower on tens of millions.
+    """
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    first = np.ones(len(key), bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    return np.sort(order[first])
+
+
+def _sorted_unique(key: np.ndarray) -> np.ndarray:
+    key = np.sort(key)
+    keep = np.ones(len(key), bool)
+    keep[1:] = key[1:] != key[:-1]
+    return key[keep]
+
+
+def _in_sorted(key: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Whether each key is in ``sorted_set`` (sorted, distinct)."""
+    if len(sorted_set) == 0:
+        return np.zeros(len(key), bool)
+    at = np.minimum(np.searchsorted(sorted_set, key), len(sorted_set) - 1)
+    return sorted_set[at] == key
+
+
+def _unique_pairs(a: np.ndarray, b: np.ndarray, b_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (a, b) pairs sorted by a then b."""
+    key = _sorted_unique(a.astype(np.int64) * b_size + b)
+    return key // b_size, key % b_size
+
+
+_MAX_ROUNDS = 50
+
+
+def _new_unique(
+    make: Callable[[int], tuple[pa.Array, np.ndarray]], n: int, taken: pa.Array
+) -> tuple[pa.Array, np.ndarray]:
+    """n distinct strings from ``make`` that are not in ``taken`` (compared lowercase).
+
+    ``make(k)`` returns k candidates and a parallel int array (e.g. a scope index) that is
+    kept with each accepted string. Candidates are drawn in rounds until n are accepted,
+    so the result depends only on the generator's state: deterministic.
+    """
+    names: list[pa.Array] = []
+    extra: list[np.ndarray] = []
+    have = 0
+    seen = pc.utf8_lower(taken)
+    accepted_share = 0.8
+    for _ in range(_MAX_ROUNDS):
+        if have >= n:
+            break
+        want = n - have
+        # Draw for the share accepted last round: saturated patterns (jane-doe) collide
+        # a lot, and each round hashes everything accepted so far, so rounds are few.
+        candidates, data = make(int(want / max(accepted_share, 0.05) * 1.1) + 64)
+        lower = pc.utf8_lower(candidates)
+        first = _first_positions(pc.dictionary_encode(lower).indices.to_numpy())
+        new = ~pc.is_in(lower.take(pa.array(first)), value_set=seen).to_numpy(zero_copy_only=False)
+        accepted_share = new.sum() / len(candidates)
+        fresh = first[new][:want]
+        names.append(candidates.take(pa.array(fresh)))
+        extra.append(data[fresh])
+        seen = pa.concat_arrays([seen, lower.take(pa.array(fresh))])
+        have += len(fresh)
+    else:
+        raise RuntimeError(f"could not make {n} distinct names; the patterns are exhausted")
+    return pa.concat_arrays(names), np.concatenate(extra)
+
+
+# --- the real package list -------------------------------------------------------------
+
+
+@functools.cache
+def _real_packages() -> tuple[pa.Array, np.ndarray]:
+    """Names and monthly downloads of the real npm packages bundled with rollout."""
+    table = pacsv.read_csv(
+        REAL_DOWNLOADS,
+        parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
+        convert_options=pacsv.ConvertOptions(
+            column_types={"name": pa.string(), "downloads_a_month": pa.int64()}
+        ),
+    )
+    names = table["name"].combine_chunks()
+    return names, table["downloads_a_month"].to_numpy()
+
+
+@functools.cache
+def _name_words() -> tuple[pa.Array, np.ndarray]:
+    """Words of real package names ('eslint', 'plugin', 'loader') and how common they are.
+
+    Synthetic names built from them look like the names people really choose.
+    """
+    names, _ = _real_packages()
+    base = pc.utf8_lower(pc.replace_substring_regex(names, r"^@[^/]*/", ""))
+    tokens = pc.list_flatten(pc.split_pattern_regex(base, r"[-._]"))
+    tokens = tokens.filter(pc.match_substring_regex(tokens, r"^[a-z]{3,10}$"))
+    counts = pc.value_counts(tokens)
+    words = counts.field("values")
+    frequency = counts.field("counts").to_numpy()
+    order = pc.sort_indices(words).to_numpy()
+    keep = order[frequency[order] >= 3]
+    return words.take(pa.array(keep)), _cdf(frequency[keep].astype(np.float64) ** 0.7)
+
+
+# --- packages --------------------------------------------------------------------------
+
+
+@dataclass
+class Packages:
+    names: pa.Array  # sorted bytewise; every index below refers to this order
+    monthly: np.ndarray
+    real: np.ndarray
+    rank: np.ndarray  # 0 = most downloaded
+    scope: np.ndarray  # index into scopes, -1 when unscoped
+    scopes: pa.Array  # '@scope'
+    versions: pa.Array
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _choose_real(scale: Scale, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the real packages to keep: the top few hundred plus a random sample."""
+    names, monthly = _real_packages()
+    if scale.packages >= len(names):
+        return np.arange(len(names))
+    # Most downloaded first; the name index breaks ties so the order is total.
+    by_popularity = np.lexsort((np.arange(len(names)), -monthly))
+    top = by_popularity[: scale.top_real]
+    rest = by_popularity[scale.top_real :]
+    sampled = rng.choice(rest, scale.packages - len(top), replace=False)
+    return np.concatenate([top, sampled])
+
+
+def _synthetic_monthly(rng: np.random.Generator, n: int, below: int) -> np.ndarray:
+    """Heavy-tailed monthly downloads under the real minimum: most get a handful."""
+    return np.floor(float(below) ** (rng.random(n) ** 1.4)).astype(np.int64) - 1
+
+
+def _word_names(rng: np.random.Generator, n: int) -> pa.Array:
+    """'word', 'word-word', 'word-word-word', sometimes with a number."""
+    words, cdf = _name_words()
+    length = rng.choice(3, n, p=[0.15, 0.6, 0.25])
+    parts = [_pick(rng, words, n, cdf) for _ in range(3)]
+    base = _join(parts[0], _where(length >= 1, parts[1]), _where(length >= 2, parts[2]), sep="-")
+    kind = rng.random(n)
+    number = _digits(rng, n)
+    dashed = _join(base, _where(kind < 0.12, number), sep="-")
+    return _join(dashed, _where((kind >= 0.12) & (kind < 0.25), number))
+
+
+def _scope_names(rng: np.random.Generator, n: int) -> pa.Array:
+    """'@word' or '@word-word', like the orgs and companies that own scopes."""
+    words, cdf = _name_words()
+    second = _where(rng.random(n) < 0.6, _pick(rng, words, n, cdf))
+    return _join(pa.scalar("@"), _join(_pick(rng, words, n, cdf), second, sep="-"))
+
+
+def _synthetic_packages(
+    rng: np.random.Generator, n: int, taken: pa.Array, real_scopes: pa.Array
+) -> pa.Array:
+    """n new unique package names, about a third of them in new scopes."""
+    if n == 0:
+        return pa.array([], pa.string())
+    # New scopes with Zipf-like sizes: a few big orgs, many with one or two packages.
+    scope_count = max(1, n // 12)
+    scopes, _ = _new_unique(
+        lambda k: (_scope_names(rng, k), np.zeros(k, np.int64)), scope_count, real_scopes
+    )
+
+    def make(k: int) -> tuple[pa.Array, np.ndarray]:
+        scoped = rng.random(k) < 0.33
+        scope = scopes.take(pa.array(_power_law(rng, scope_count, 0.9, k)))
+        return _join(_where(scoped, scope), _word_names(rng, k), sep="/"), np.zeros(k, np.int64)
+
+    names, _ = _new_unique(make, n, taken)
+    return names
+
+
+def _scope_of(names: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Scope index per package (-1 when unscoped) and the scopes in sorted order."""
+    scoped = pc.starts_with(names, "@")
+    first = pc.list_element(pc.split_pattern(names, "/", max_splits=1), 0)
+    encoded = pc.dictionary_encode(pc.if_else(scoped, first, _null_strings(len(names))))
+    dictionary = encoded.dictionary
+    order = pc.sort_indices(dictionary).to_numpy()
+    remap = np.empty(len(order), np.int64)
+    remap[order] = np.arange(len(order))
+    codes = encoded.indices.fill_null(-1).to_numpy().astype(np.int64)
+    scope = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)
+    return scope, dictionary.take(pa.array(order))
+
+
+def _versions(rng: np.random.Generator, real: np.ndarray) -> pa.Array:
+    """Semver strings: real packages are further along than the fresh synthetic tail."""
+    n = len(real)
+    major = np.where(real, rng.geometric(0.25, n), rng.geometric(0.55, n)) - 1
+    minor = np.minimum(rng.geometric(0.15, n) - 1, 60)
+    patch = np.minimum(rng.geometric(0.2, n) - 1, 40)
+    parts = [pc.cast(pa.array(part), pa.string()) for part in (major, minor, patch)]
+    return _join(*parts, sep=".")
+
+
+def make_packages(scale: Scale, rng: np.random.Generator) -> Packages:
+    real_names, real_monthly = _real_packages()
+    chosen = _choose_real(scale, rng)
+    synthetic = max(0, scale.packages - len(chosen))
+    real_scopes = pc.unique(pc.list_element(pc.split_pattern(real_names, "/", max_splits=1), 0))
+    new_names = _synthetic_packages(rng, synthetic, real_names, real_scopes)
+    names = pa.concat_arrays([real_names.take(pa.array(chosen)), new_names])
+    monthly = np.concatenate(
+        [real_monthly[chosen], _synthetic_monthly(rng, synthetic, int(real_monthly.min()))]
+    )
+    real = np.arange(len(names)) < len(chosen)
+    order = pc.sort_indices(names).to_numpy()
+    names, monthly, real = names.take(pa.array(order)), monthly[order], real[order]
+    by_popularity = np.lexsort((np.arange(len(names)), -monthly))
+    rank = np.empty(len(names), np.int64)
+    rank[by_popularity] = np.arange(len(names))
+    scope, scopes = _scope_of(names)
+    return Packages(names, monthly, real, rank, scope, scopes, _versions(rng, real))
+
+
+# --- dependencies ----------------------------------------------------------------------
+
+
+@dataclass
+class Edges:
+    """Dependencies of one kind, sorted by package then target."""
+
+    package: np.ndarray
+    target_index: np.ndarray  # the package drawn as target
+    target: pa.Array  # its name, or for a few the name of a package that does not exist
+    range: pa.Array
+    missing: int
+
+    def __len__(self) -> int:
+        return len(self.package)
+
+
+def _dependency_counts(rng: np.random.Generator, n: int, mean: float, cap: int) -> np.ndarray:
+    """Negative binomial: a quarter of packages have none, a few have a hundred."""
+    shape = 0.8
+    counts = rng.negative_binomial(shape, shape / (shape + mean), n)
+    return np.minimum(counts, cap)
+
+
+def _ranges(rng: np.random.Generator, versions: np.ndarray | pa.Array) -> pa.Array:
+    """'^1.2.3' mostly, then '~1.2.3', exact, '>=1.2.3' and '*'."""
+    n = len(versions)
+    kind = rng.choice(5, n, p=[0.72, 0.12, 0.06, 0.05, 0.05])
+    prefix = _labels(["^", "~", "", ">=", ""], kind)
+    ranged = _join(prefix, versions)
+    return pc.if_else(pa.array(kind == 4), pa.scalar("*"), ranged)
+
+
+def _missing_names(rng: np.random.Generator, n: int) -> pa.Array:
+    """Names of packages that were unpublished or never existed: not in the registry.
+
+    Joined with '_', which synthetic names never contain, so only the real list can
+    collide: checking 4 million registry names per call would cost seconds.
+    """
+    words, cdf = _name_words()
+
+    def make(k: int) -> tuple[pa.Array, np.ndarray]:
+        name = _join(_pick(rng, words, k, cdf), _pick(rng, words, k, cdf), sep="_")
+        return name, np.zeros(k, np.int64)
+
+    return _new_unique(make, n, _real_packages()[0])[0]
+
+
+def make_edges(
+    rng: np.random.Generator,
+    pk: Packages,
+    counts: np.ndarray,
+    by_rank: np.ndarray,
+    skew: float,
+    exclude: Edges | None = None,
+    missing_share: float = 0.001,
+) -> Edges:
+    """Dependencies with targets drawn by popularity, without self or duplicate pairs.
+
+    ``by_rank`` lists the packages most downloaded first; a target of rank r is drawn
+    with weight (r + 1) ** -skew.
+    """
+    n = len(pk)
+    package = np.repeat(np.arange(n, dtype=np.int64), counts)
+    target = by_rank[_power_law(rng, n, skew, len(package))]
+    keep = package != target
+    package, target = _unique_pairs(package[keep], target[keep], n)
+    if exclude is not None and len(exclude):
+        # A devDependency that is already a dependency would be listed twice by no one.
+        fresh = ~_in_sorted(package * n + target, exclude.package * n + exclude.target_index)
+        package, target = package[fresh], target[fresh]
+    names = pk.names.take(pa.array(target))
+    # An exact count (at least one) so even a tiny sample has a dangling dependency.
+    missing = np.zeros(len(package), bool)
+    if missing_share > 0 and len(package):
+        missing[rng.choice(len(package), max(1, round(missing_share * len(package))), False)] = True
+    if missing.any():
+        ghosts = _missing_names(rng, int(missing.sum()))
+        # replace_with_mask fills the masked slots in order from the replacements.
+        names = pc.replace_with_mask(names, pa.array(missing), ghosts)
+    ranges = _ranges(rng, pk.versions.take(pa.array(target)))
+    return Edges(package, target, names, ranges, int(missing.sum()))
+
+
+def make_dependencies(
+    rng: np.random.Generator, pk: Packages, scale: Scale
+) -> tuple[Edges, Edges, Edges]:
+    n = len(pk)
+    cap = min(n - 1, 250)
+    # Rank, not raw downloads: the real list's top is flat (hundreds of packages near a
+    # billion a month), so downloads ** alpha cannot give npm's skew of dependents.
+    by_rank = np.argsort(pk.rank)
+    skew = scale.dependency_skew
+    counts = _dependency_counts(rng, n, scale.mean_dependencies, cap)
+    deps = make_edges(rng, pk, counts, by_rank, skew)
+    counts = _dependency_counts(rng, n, scale.mean_dependencies, cap)
+    dev = make_edges(rng, pk, counts, by_rank, skew, exclude=deps)
+    # Peer dependencies are rare and name frameworks: a steeper pull to the very top.
+    counts = np.minimum(np.where(rng.random(n) < 0.03, rng.integers(1, 3, n), 0), cap)
+    peer = make_edges(rng, pk, counts, by_rank, 1.3, missing_share=0.0)
+    return deps, dev, peer
+
+
+# --- maintainers and accounts ----------------------------------------------------------
+
+
+@dataclass
+class Maintainers:
+    package: np.ndarray  # sorted by package, then account
+    account: np.ndarray
+    team_start: np.ndarray  # per scope: the scope's maintainer team in team_account
+    team_size: np.ndarray
+    team_account: np.ndarray
+
+
+def _maintainer_draw(rng: np.random.Generator, accounts: int, n: int) -> np.ndarray:
+    """Who maintains: a power law over 60% of accounts, so a few maintain thousands."""
+    return _power_law(rng, max(1, round(accounts * 0.6)), 0.6, n)
+
+
+def _scope_teams(
+    rng: np.random.Generator, pk: Packages, account_of_rank: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each scope's maintainer team: bigger scopes have bigger teams."""
+    scopes = len(pk.scopes)
+    per_scope = np.bincount(pk.scope[pk.scope >= 0], minlength=scopes)
+    wanted = np.minimum(1 + rng.poisson(0.3 + 0.6 * np.log2(1 + per_scope)), 40)
+    scope = np.repeat(np.arange(scopes, dtype=np.int64), wanted)
+    member = account_of_rank[_maintainer_draw(rng, len(account_of_rank), len(scope))]
+    # Keep the draw order inside each team (its first member is the org's first owner).
+    first = _first_positions(scope * len(account_of_rank) + member)
+    scope, member = scope[first], member[first]
+    size = np.bincount(scope, minlength=scopes)
+    return _offsets(scope, scopes)[:-1], size, member
+
+
+def make_maintainers(rng: np.random.Generator, pk: Packages, accounts: int) -> Maintainers:
+    n = len(pk)
+    # Spread the prolific accounts over the id range rather than giving them ids 1, 2, 3.
+    account_of_rank = rng.permutation(accounts).astype(np.int64)
+    wanted = rng.choice(np.arange(1, 6), n, p=[0.72, 0.16, 0.07, 0.03, 0.02])
+    start, size, team = _scope_teams(rng, pk, account_of_rank)
+    scoped = pk.scope >= 0
+    # A scoped package is maintained by members of its scope's team.
+    wanted = np.where(scoped, np.minimum(wanted, size[np.maximum(pk.scope, 0)]), wanted)
+    package = np.repeat(np.arange(n, dtype=np.int64), wanted)
+    account = account_of_rank[_maintainer_draw(rng, accounts, len(package))]
+    slot = np.arange(len(package)) - np.repeat(_offsets(package, n)[:-1], wanted)
+    in_scope = np.flatnonzero(pk.scope[package] >= 0)
+    if len(in_scope):
+        # Consecutive members of the team from a random start: distinct by construction.
+        scope = pk.scope[package[in_scope]]
+        offset = rng.integers(0, 1 << 30, n)[package[in_scope]]
+        account[in_scope] = team[start[scope] + (offset + slot[in_scope]) % size[scope]]
+    # Dropping duplicate draws never empties a package: its first draw always stays.
+    package, account = _unique_pairs(package, account, accounts)
+    return Maintainers(package, account, start, size, team)
+
+
+def _word_list(words: str) -> tuple[str, ...]:
+    return tuple(words.split())
+
+
+# Handles built like people build them: janedoe, jane-doe, jane.doe, jane42, cosmic-fox7.
+FIRST_NAMES = _word_list("""
+aaron abby adam adrian ahmed aisha alex alice amir ana andre andrea anna ben
+bruno carla carlos chen chloe chris clara daniel david diego dmitri elena eli emma eric eva
+felix fiona gabriel george grace hana hugo ian igor ines ivan jack jade james jan jana jason
+jin joao john jonas jose juan julia kai karim kate kenji kevin kim lars laura leo lena liam
+lin lucas lucia luis maya marco maria mark marta max mei mia michael mike nadia nina noah
+olga omar oscar pablo paul pedro peter priya rafael rahul raj ravi rosa ryan sam sara sean
+sofia stefan sven tara tom tomas uma victor wei yuki yusuf zoe""")
+LAST_NAMES = _word_list("""
+abe adams ali alves andersen berg brown bui chen cohen costa cruz das diaz
+dubois evans fischer garcia gomez gupta hall hansen ito jensen jones kim koch kumar lee lopez
+martin meyer miller moreau muller nakamura nguyen novak olsen park patel perez petrov rossi
+santos sato schmidt silva singh smith tanaka taylor wagner wang weber white wilson wong yamada
+young zhang""")
+ADJECTIVES = _word_list("""
+happy lazy brave quiet rapid clever cosmic dark bright tiny mega super hyper
+ultra little big red blue green silver golden crazy wild smart""")
+NOUNS = _word_list("""
+byte code coder dev pixel stack node cloud data script hack ninja wizard panda fox
+owl wolf tiger otter koala falcon raven cat dog bear lambda vector kernel quark photon rocket
+comet nova orbit echo delta sigma omega zen lab forge works studio""")
+EMAIL_DOMAINS = ("example.com", "example.org", "example.net")  # RFC 2606: never real mail
+
+
+def _handles(rng: np.random.Generator, n: int) -> pa.Array:
+    first = _pick(rng, pa.array(FIRST_NAMES), n)
+    last = _pick(rng, pa.array(LAST_NAMES), n)
+    adjective = _pick(rng, pa.array(ADJECTIVES), n)
+    noun = _pick(rng, pa.array(NOUNS), n)
+    number = _digits(rng, n)
+    pattern = rng.choice(7, n, p=[0.16, 0.1, 0.08, 0.22, 0.14, 0.15, 0.15])
+    sep = _labels(["", "-", ".", "", "", "-", ""], pattern)
+    head = pc.if_else(pa.array(pattern >= 5), adjective, first)
+    tail = pc.if_else(pa.array(pattern >= 5), noun, _where(pattern != 3, last))
+    with_number = (pattern == 3) | (pattern == 4) | ((pattern >= 5) & (rng.random(n) < 0.5))
+    return _join(head, sep, tail, _where(with_number, number))
+
+
+@dataclass
+class Accounts:
+    username: pa.Array
+    email: pa.Array
+    email_verified: np.ndarray
+    created: np.ndarray  # µs
+    last_login: np.ndarray  # µs; meaningless where never_logged_in
+    never_logged_in: np.ndarray
+    maintains: np.ndarray  # number of packages
+    top_monthly: np.ndarray  # downloads of the most-downloaded package maintained
+
+    def __len__(self) -> int:
+        return len(self.username)
+
+
+def make_accounts(
+    rng: np.random.Generator, n: int, pk: Packages, mt: Maintainers, end_us: int
+) -> Accounts:
+    orgs = pc.utf8_slice_codeunits(pk.scopes, 1)
+    username, _ = _new_unique(lambda k: (_handles(rng, k), np.zeros(k, np.int64)), n, orgs)
+    domain = _labels(EMAIL_DOMAINS, rng.integers(0, len(EMAIL_DOMAINS), n))
+    email = _join(username, domain, sep="@")
+    maintains = np.bincount(mt.account, minlength=n)
+    top_monthly = np.zeros(n, np.int64)
+    np.maximum.at(top_monthly, mt.account, pk.monthly[mt.package])
+    # npm grew fast: most accounts are recent, but maintainers of big packages are old.
+    popular = top_monthly >= POPULAR_MONTHLY
+    start = _us(REGISTRY_START)
+    created = _between(rng, start, end_us - DAY_US, power=0.7, size=n)
+    old = _between(rng, start, end_us - 365 * DAY_US, power=1.5, size=n)
+    created = np.where(popular, old, created)
+    return Accounts(
+        username=username,
+        email=email,
+        email_verified=rng.random(n) < 0.93,
+        created=created,
+        last_login=_last_logins(rng, created, end_us),
+        never_logged_in=rng.random(n) < 0.07,
+        maintains=maintains,
+        top_monthly=top_monthly,
+    )
+
+
+def _last_logins(rng: np.random.Generator, created: np.ndarray, end_us: int) -> np.ndarray:
+    """Half the accounts logged in within 90 days of the end, most of those recently."""
+    n = len(created)
+    recent = end_us - (90 * DAY_US * rng.random(n) ** 2).astype(np.int64)
+    older = _between(rng, created, end_us - 90 * DAY_US)
+    last = np.where(rng.random(n) < 0.5, recent, older)
+    return np.clip(-(-last // US) * US, created + 60 * US, end_us)
+
+
+# --- 2FA, sessions, tokens -------------------------------------------------------------
+
+
+@dataclass
+class Factors:
+    account: np.ndarray
+    kind: np.ndarray  # 0 totp, 1 webauthn
+    created: np.ndarray
+    removed: np.ndarray
+    is_removed: np.ndarray
+    active_kinds: np.ndarray  # per account: bit 1 totp, bit 2 webauthn
+
+    def __len__(self) -> int:
+        return len(self.account)
+
+
+def _weighted_sample(rng: np.random.Generator, weights: np.ndarray, k: int) -> np.ndarray:
+    """k distinct indices, each drawn with probability proportional to its weight.
+
+    Efraimidis-Spirakis: the k largest log(u) / w. Exactly k, so the 2FA share is what
+    was asked for even in a tiny sample.
+    """
+    keys = np.log(rng.random(len(weights))) / weights
+    return np.sort(np.argpartition(-keys, k - 1)[:k]) if k else np.zeros(0, np.int64)
+
+
+def make_factors(rng: np.random.Generator, acc: Accounts, end_us: int) -> Factors:
+    n = len(acc)
+    weight = np.ones(n)
+    weight[acc.maintains > 0] = 1.3
+    # Maintainers of big packages were asked to turn 2FA on long before it was required.
+    weight[acc.top_monthly >= POPULAR_MONTHLY] = 3.5
+    weight[acc.never_logged_in] = 0.4
+    enabled = _weighted_sample(rng, weight, round(n * 0.125))
+    primary = (rng.random(len(enabled)) < 0.25).astype(np.int64)
+    both = enabled[rng.random(len(enabled)) < 0.12]
+    other = 1 - primary[np.searchsorted(enabled, both)]
+    active_account = np.concatenate([enabled, both])
+    active_kind = np.concatenate([primary, other])
+    # Some gave up on 2FA (factor removed, none left); some replaced an old device.
+    has_none = np.ones(n, bool)
+    has_none[enabled] = False
+    gave_up = np.flatnonzero(has_none & (rng.random(n) < 0.04))
+    replaced = enabled[rng.random(len(enabled)) < 0.05]
+    old_account = np.concatenate([gave_up, replaced])
+    old_kind = (rng.random(len(old_account)) < 0.2).astype(np.int64)
+
+    account = np.concatenate([active_account, old_account])
+    kind = np.concatenate([active_kind, old_kind])
+    is_removed = np.arange(len(account)) >= len(active_account)
+    launch = np.where(kind == 0, _us(TOTP_LAUNCH), _us(WEBAUTHN_LAUNCH))
+    lo = np.minimum(np.maximum(acc.created[account], launch), end_us - DAY_US)
+    created = _between(rng, lo, end_us)
+    # A replaced factor was removed before its successor was added.
+    first_active = np.full(n, end_us)
+    np.minimum.at(first_active, active_account, created[: len(active_account)])
+    until = np.where(is_removed, first_active[account], end_us)
+    created = np.where(is_removed, _between(rng, np.minimum(lo, until), until), created)
+    removed = _between(rng, created, until)
+    order = np.lexsort((created, account))
+    active_kinds = np.zeros(n, np.int64)
+    np.bitwise_or.at(active_kinds, active_account, 1 << active_kind)
+    return Factors(
+        account[order],
+        kind[order],
+        created[order],
+        removed[order],
+        is_removed[order],
+        active_kinds,
+    )
+
+
+@dataclass
+class Sessions:
+    account: np.ndarray
+    created: np.ndarray
+    last_seen: np.ndarray
+    revoked: np.ndarray
+    is_revoked: np.ndarray
+    reason: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.account)
+
+
+SESSION_REVOKE_REASONS = ("logged out", "password changed", "signed out everywhere")
+
+
+def make_sessions(rng: np.random.Generator, acc: Accounts, end_us: int) -> Sessions:
+    n = len(acc)
+    age = end_us - acc.last_login
+    recent = ~acc.never_logged_in & (age <= 30 * DAY_US)
+    lately = ~acc.never_logged_in & (age > 30 * DAY_US) & (age <= 90 * DAY_US)
+    count = np.zeros(n, np.int64)
+    count[recent] = rng.choice(np.arange(1, 5), int(recent.sum()), p=[0.5, 0.3, 0.13, 0.07])
+    count[lately] = (rng.random(int(lately.sum())) < 0.3).astype(np.int64)
+    account = np.repeat(np.arange(n, dtype=np.int64), count)
+    login = acc.last_login[account]
+    # Sessions start up to a month before the last login and were used until about then.
+    created = _between(rng, np.maximum(login - 30 * DAY_US, acc.created[account]), login)
+    last_seen = _between(rng, created, np.minimum(login + 2 * DAY_US, end_us), power=0.3)
+    revoke_share = np.where(end_us - login > 30 * DAY_US, 0.4, 0.1)
+    is_revoked = rng.random(len(account)) < revoke_share
+    revoked = _between(rng, last_seen, end_us, power=0.5)
+    reason = rng.integers(0, len(SESSION_REVOKE_REASONS), len(account))
+    order = np.lexsort((created, account))
+    return Sessions(
+        account[order],
+        created[order],
+        last_seen[order],
+        revoked[order],
+        is_revoked[order],
+        reason[order],
+    )
+
+
+TOKEN_KINDS = ("automation", "publish", "read_only")
+TOKEN_NAMES = (
+    (
+        "github-actions",
+        "ci-release",
+        "semantic-release",
+        "circleci",
+        "gitlab-ci",
+        "release-bot",
+        "changesets",
+        "azure-pipelines",
+        "jenkins",
+        "travis-ci",
+    ),
+    ("laptop", "publish", "release", "workstation", "manual-release", "local-publish"),
+    ("ci-install", "renovate", "dependabot", "docker-build", "mirror", "read-only"),
+)
+
+
+@dataclass
+class Tokens:
+    account: np.ndarray
+    kind: np.ndarray
+    name: pa.Array
+    created: np.ndarray
+    last_used: np.ndarray
+    never_used: np.ndarray
+    revoked: np.ndarray
+    is_revoked: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.account)
+
+
+def make_tokens(rng: np.random.Generator, acc: Accounts, end_us: int) -> Tokens:
+    n = len(acc)
+    maintainer = acc.maintains > 0
+    has = np.where(maintainer, rng.random(n) < 0.45, rng.random(n) < 0.05)
+    # Prolific maintainers publish from more places.
+    extra = np.minimum(rng.geometric(0.55, n) - 1 + (acc.maintains > 20), 6)
+    count = np.where(has, 1 + np.where(maintainer, extra, 0), 0)
+    account = np.repeat(np.arange(n, dtype=np.int64), count)
+    created = _between(rng, acc.created[account], end_us, power=0.6)
+    legacy = created < _us(NAMED_TOKENS_SINCE)
+    size = len(account)
+    kind = np.where(
+        legacy,
+        np.where(rng.random(size) < 0.7, 1, 2),
+        rng.choice(3, size, p=[0.5, 0.3, 0.2]),
+    )
+    # One flat list of names; each kind picks from its own stretch of it.
+    flat = [name for options in TOKEN_NAMES for name in options]
+    first = np.cumsum([0] + [len(options) for options in TOKEN_NAMES])
+    choice = first[kind] + rng.integers(0, 1 << 30, size) % np.diff(first)[kind]
+    names = _labels(flat, choice, null=legacy)
+    is_revoked = rng.random(size) < 0.15
+    revoked = _between(rng, created, end_us, power=0.7)
+    never_used = rng.random(size) < 0.12
+    used_until = np.where(is_revoked, revoked, end_us)
+    # A token in use is mostly used lately (CI runs every day), so lean late.
+    last_used = _between(rng, created, used_until, power=0.25)
+    order = np.lexsort((created, account))
+    return Tokens(
+        account[order],
+        kind[order],
+        names.take(pa.array(order)),
+        created[order],
+        last_used[order],
+        never_used[order],
+        revoked[order],
+        is_revoked[order],
+    )
+
+
+# --- orgs ------------------------------------------------------------------------------
+
+
+@dataclass
+class Orgs:
+    created: np.ndarray  # per scope: org id = scope index + 1
+    member_org: np.ndarray
+    member_account: np.ndarray
+    member_role: np.ndarray  # 0 owner, 1 admin, 2 developer
+    member_joined: np.ndarray
+    member_removed: np.ndarray
+    member_is_removed: np.ndarray
+    member_removed_reason: np.ndarray
+    member_publishes: np.ndarray  # in the org's publishers team
+
+    def __len__(self) -> int:
+        return len(self.created)
+
+
+ORG_ROLES = ("owner", "admin", "developer")
+ORG_REMOVED_REASONS = ("left the organization", "removed by an owner")
+
+
+def make_orgs(
+    rng: np.random.Generator, pk: Packages, mt: Maintainers, acc: Accounts, end_us: int
+) -> Orgs:
+    scopes = len(pk.scopes)
+    n = len(acc)
+    launch = min(_us(ORGS_LAUNCH), end_us - 30 * DAY_US)
+    created = _between(rng, launch, end_us - DAY_US, size=scopes)
+    team_org = np.repeat(np.arange(scopes, dtype=np.int64), mt.team_size)
+    first = np.zeros(len(team_org), bool)
+    first[mt.team_start[mt.team_size > 0]] = True
+    team_role = np.where(first, 0, rng.choice(3, len(team_org), p=[0.12, 0.2, 0.68]))
+    # A few members who maintain nothing in the scope: designers, managers, new hires.
+    extra_count = rng.poisson(0.5, scopes)
+    extra_org = np.repeat(np.arange(scopes, dtype=np.int64), extra_count)
+    extra_account = rng.integers(0, n, len(extra_org))
+    extra_role = rng.choice(3, len(extra_org), p=[0.0, 0.15, 0.85])
+
+    org = np.concatenate([team_org, extra_org])
+    account = np.concatenate([mt.team_account, extra_account])
+    role = np.concatenate([team_role, extra_role])
+    publishes = np.concatenate([np.ones(len(team_org), bool), np.zeros(len(extra_org), bool)])
+    keep_first = np.concatenate([first, np.zeros(len(extra_org), bool)])
+    # Team members come first, so a duplicate extra is the one dropped.
+    unique = _first_positions(org * n + account)
+    unique = unique[np.argsort(org[unique], kind="stable")]  # member ids grouped by org
+    org, account, role = org[unique], account[unique], role[unique]
+    publishes, keep_first = publishes[unique], keep_first[unique]
+    joined = _between(rng, np.maximum(created[org], acc.created[account]), end_us, power=1.5)
+    # The first owner stays so every org keeps an owner.
+    is_removed = ~keep_first & (rng.random(len(org)) < 0.03)
+    removed = _between(rng, joined, end_us)
+    reason = rng.integers(0, len(ORG_REMOVED_REASONS), len(org))
+    return Orgs(created, org, account, role, joined, removed, is_removed, reason, publishes)
+
+
+# --- login events ----------------------------------------------------------------------
+
+
+def make_logins(
+    rng: np.random.Generator, acc: Accounts, factors: Factors, window_start_us: int, end_us: int
+) -> pa.Table:
+    """Login events in the download window: the last one of each account is its last login."""
+    active = ~acc.never_logged_in & (acc.last_login >= window_start_us)
+    who = np.flatnonzero(active)
+    count = 1 + rng.poisson(0.6, len(who))
+    account = np.repeat(who, count)
+    last = np.zeros(len(account), bool)
+    last[np.cumsum(count) - 1] = True
+    lo = np.maximum(window_start_us, acc.created[account])
+    occurred = np.where(
+        last, acc.last_login[account], _between(rng, lo, acc.last_login[account] - US)
+    )
+    bits = factors.active_kinds[account]
+    webauthn = np.where(bits == 3, rng.random(len(account)) < 0.5, bits == 2)
+    second = np.where(bits == 0, 0, np.where(webauthn, 3, 2))  # none, elv, totp, webauthn
+    # Accounts without 2FA are sometimes challenged with an emailed code (ELV).
+    second = np.where((bits == 0) & (rng.random(len(account)) < 0.02), 1, second)
+    r = rng.random(len(account))
+    outcome = np.where(
+        second == 1, np.where(r < 0.2, 2, np.where(r < 0.25, 1, 0)), np.where(r < 0.04, 1, 0)
+    )
+    outcome = np.where(last, 0, outcome)  # the last login succeeded: that is what it records
+    order = np.lexsort((account, occurred))
+    return pa.table(
+        {
+            "occurred_at": pa.array(occurred[order], pa.timestamp("us", tz="UTC")),
+            "username": acc.username.take(pa.array(account[order])),
+            "second_factor": _labels(["none", "elv", "totp", "webauthn"], second[order]),
+            "outcome": _labels(["success", "failed", "abandoned"], outcome[order]),
+        }
+    )
+
+
+# --- daily downloads -------------------------------------------------------------------
+
+
+def _block_counts(rng: np.random.Generator, monthly: np.ndarray, weekend: np.ndarray) -> np.ndarray:
+    """(packages, blocks, 30) daily counts: each block sums exactly to the monthly total.
+
+    Weekdays weigh 1, weekend days about 0.6, times mild noise; the rounding remainder
+    goes one download each to the largest days, so counts stay integers.
+    """
+    n = len(monthly)
+    blocks = weekend.shape[0] // 30
+    factor = rng.uniform(0.55, 0.65, (n, 1)).astype(np.float64)
+    w = np.where(weekend[None, :], factor, 1.0) * rng.lognormal(0.0, 0.08, (n, len(weekend)))
+    w = w.reshape(n, blocks, 30)
+    exact = w * (monthly[:, None, None] / w.sum(axis=2, keepdims=True))
+    counts = np.floor(exact).astype(np.int64)
+    remainder = monthly[:, None] - counts.sum(axis=2)
+    rank = np.argsort(np.argsort(-w, axis=2, kind="stable"), axis=2, kind="stable")
+    counts += rank < remainder[:, :, None]
+    counts -= rank < -remainder[:, :, None]  # float rounding the other way: never > 1
+    return counts
+
+
+def daily_downloads(
+    rng: np.random.Generator, monthly: np.ndarray, end: date, days: int, chunk: int = 200_000
+) -> tuple[list[date], np.ndarray]:
+    """The days and a (days, packages) matrix of counts ending at ``end``.
+
+    Whole 30-day blocks are drawn ending at ``end`` and the last ``days`` days kept, so
+    every full block inside the window sums to the package's monthly total.
+    """
+    blocks = math.ceil(days / 30)
+    span = [end - timedelta(days=blocks * 30 - 1 - k) for k in range(blocks * 30)]
+    weekend = np.array([d.weekday() >= 5 for d in span])
+    out = np.empty((days, len(monthly)), np.int64)
+    for lo in range(0, len(monthly), chunk):
+        counts = _block_counts(rng, monthly[lo : lo + chunk], weekend)
+        out[:, lo : lo + chunk] = counts.reshape(counts.shape[0], -1)[:, -days:].T
+    return span[-days:], out
+
+
+# --- registry tables -------------------------------------------------------------------
+
+
+def _ids(n: int) -> pa.Array:
+    return pa.array(np.arange(1, n + 1, dtype=np.int64))
+
+
+def _nullable_ts(n: int) -> pa.Array:
+    return pa.nulls(n, pa.timestamp("us"))
+
+
+def registry_tables(
+    acc: Accounts, fac: Factors, ses: Sessions, tok: Tokens, org: Orgs, pk: Packages
+) -> list[tuple[str, pa.Table]]:
+    """The registry's rows as Arrow tables, named and typed as models.py says."""
+    n = len(acc)
+    accounts = pa.table(
+        {
+            "id": _ids(n),
+            "username": acc.username,
+            "email": acc.email,
+            "email_verified": pa.array(acc.email_verified),
+            "created_at": _ts(acc.created),
+            "last_login_at": _ts(acc.last_login, acc.never_logged_in),
+            "elv_enrolled_at": _nullable_ts(n),
+            "tfa_required_at": _nullable_ts(n),
+        }
+    )
+    tfa = pa.table(
+        {
+            "id": _ids(len(fac)),
+            "account_id": pa.array(fac.account + 1),
+            "kind": _labels(["totp", "webauthn"], fac.kind),
+            "created_at": _ts(fac.created),
+            "removed_at": _ts(fac.removed, ~fac.is_removed),
+        }
+    )
+    sessions = pa.table(
+        {
+            "id": _ids(len(ses)),
+            "account_id": pa.array(ses.account + 1),
+            "created_at": _ts(ses.created),
+            "last_seen_at": _ts(ses.last_seen),
+            "revoked_at": _ts(ses.revoked, ~ses.is_revoked),
+            "revoked_reason": _labels(SESSION_REVOKE_REASONS, ses.reason, null=~ses.is_revoked),
+        }
+    )
+    tokens = pa.table(
+        {
+            "id": _ids(len(tok)),
+            "account_id": pa.array(tok.account + 1),
+            "name": tok.name,
+            "kind": _labels(TOKEN_KINDS, tok.kind),
+            "created_at": _ts(tok.created),
+            "last_used_at": _ts(tok.last_used, tok.never_used),
+            "revoked_at": _ts(tok.revoked, ~tok.is_revoked),
+        }
+    )
+    return [
+        ("accounts", accounts),
+        ("tfa_factors", tfa),
+        ("web_sessions", sessions),
+        ("tokens", tokens),
+        *_org_tables(org, pk, n),
+    ]
+
+
+def _org_tables(org: Orgs, pk: Packages, accounts: int) -> list[tuple[str, pa.Table]]:
+    scopes = len(org)
+    orgs = pa.table(
+        {
+            "id": _ids(scopes),
+            "name": pc.utf8_slice_codeunits(pk.scopes, 1),
+            "created_at": _ts(org.created),
+            "tfa_enforced_at": _nullable_ts(scopes),
+        }
+    )
+    members = pa.table(
+        {
+            "id": _ids(len(org.member_org)),
+            "org_id": pa.array(org.member_org + 1),
+            "account_id": pa.array(org.member_account + 1),
+            "role": _labels(ORG_ROLES, org.member_role),
+            "joined_at": _ts(org.member_joined),
+            "removed_at": _ts(org.member_removed, ~org.member_is_removed),
+            "removed_reason": _labels(
+                ORG_REMOVED_REASONS, org.member_removed_reason, null=~org.member_is_removed
+            ),
+        }
+    )
+    # Two teams per org: developers read everything, publishers may publish it.
+    team_org = np.repeat(np.arange(scopes, dtype=np.int64), 2)
+    teams = pa.table(
+        {
+            "id": _ids(2 * scopes),
+            "org_id": pa.array(team_org + 1),
+            "name": _labels(["developers", "publishers"], np.tile([0, 1], scopes)),
+            "created_at": _ts(org.created[team_org] + 3600 * US),
+        }
+    )
+    live = ~org.member_is_removed
+    dev_team = 2 * org.member_org[live] + 1
+    pub = live & (org.member_publishes | (org.member_role < 2))
+    team_id = np.concatenate([dev_team, 2 * org.member_org[pub] + 2])
+    team_account = np.concatenate([org.member_account[live], org.member_account[pub]])
+    team_id, team_account = _unique_pairs(team_id, team_account, accounts)
+    team_members = pa.table(
+        {"team_id": pa.array(team_id), "account_id": pa.array(team_account + 1)}
+    )
+    scoped = np.flatnonzero(pk.scope >= 0)
+    package_team = np.concatenate([2 * pk.scope[scoped] + 1, 2 * pk.scope[scoped] + 2])
+    package_index = np.concatenate([scoped, scoped])
+    permission = np.repeat([0, 1], len(scoped))
+    order = np.lexsort((package_index, package_team))
+    team_packages = pa.table(
+        {
+            "team_id": pa.array(package_team[order]),
+            "package_name": pk.names.take(pa.array(package_index[order])),
+            "permission": _labels(["read", "write"], permission[order]),
+        }
+    )
+    return [
+        ("orgs", orgs),
+        ("org_members", members),
+        ("teams", teams),
+        ("team_members", team_members),
+        ("team_packages", team_packages),
+    ]
+
+
+# --- landing files ---------------------------------------------------------------------
+
+
+def _map(package: np.ndarray, keys: pa.Array, values: pa.Array, n: int) -> pa.Array:
+    """One map per package (empty when it has none): JSON writes {} rather than null."""
+    offsets = pa.array(_offsets(package, n).astype(np.int32))
+    return pa.MapArray.from_arrays(offsets, keys, values)
+
+
+def manifests_table(
+    pk: Packages, deps: Edges, dev: Edges, peer: Edges, mt: Maintainers, acc: Accounts
+) -> pa.Table:
+    n = len(pk)
+    maintainers = pa.ListArray.from_arrays(
+        pa.array(_offsets(mt.package, n).astype(np.int32)),
+        acc.username.take(pa.array(mt.account)),
+    )
+    return pa.table(
+        {
+            "name": pk.names,
+            "version": pk.versions,
+            "dependencies": _map(deps.package, deps.target, deps.range, n),
+            "devDependencies": _map(dev.package, dev.target, dev.range, n),
+            "peerDependencies": _map(peer.package, peer.target, peer.range, n),
+            "maintainers": maintainers,
+        }
+    )
+
+
+def _write_jsonl(table: pa.Table, path: Path) -> None:
+    import duckdb
+
+    with duckdb.connect() as con:
+        con.register("manifests", table)
+        target = str(path).replace("'", "''")
+        # DuckDB writes maps as JSON objects and keeps the column names as they are.
+        con.execute(f"COPY manifests TO '{target}' (FORMAT json)")
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path, compression="zstd")
+
+
+def write_downloads(
+    folder: Path,
+    names: pa.Array,
+    days: Sequence[date],
+    counts: np.ndarray,
+    mixed: bool,
+    progress: Callable[[int], None],
+) -> tuple[list[Path], int]:
+    """One file per day. Mixed: the older half as CSV, the newer half as Parquet.
+
+    A package without downloads on a day has no row that day, as in npm's dumps.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_days = len(days) // 2 if mixed else 0
+    files: list[Path] = []
+    rows = 0
+    for i, day in enumerate(days):
+        has = counts[i] > 0
+        table = pa.table(
+            {
+                "package": names.filter(pa.array(has)),
+                "day": pa.array(np.full(int(has.sum()), np.datetime64(day, "D")), pa.date32()),
+                "downloads": pa.array(counts[i][has]),
+            }
+        )
+        if i < csv_days:
+            path = folder / f"downloads-{day.isoformat()}.csv"
+            pacsv.write_csv(table, path)
+        else:
+            path = folder / f"downloads-{day.isoformat()}.parquet"
+            _write_parquet(table, path)
+        files.append(path)
+        rows += table.num_rows
+        progress(i + 1)
+    return files, rows
+
+
+def write_api_files(
+    folder: Path,
+    pk: Packages,
+    days: Sequence[date],
+    counts: np.ndarray,
+    top: int = 5,
+    span: int = 7,
+) -> list[Path]:
+    """The downloads API's range format for the top packages' last week.
+
+    The same counts as the daily files: loading both exercises duplicate skipping.
+    """
+    files = []
+    last = list(range(max(0, len(days) - span), len(days)))
+    for package in np.argsort(pk.rank)[:top]:
+        name = pk.names[int(package)].as_py()
+        body = {
+            "package": name,
+            "start": days[last[0]].isoformat(),
+            "end": days[last[-1]].isoformat(),
+            "downloads": [
+                {"day": days[i].isoformat(), "downloads": int(counts[i, package])} for i in last
+            ],
+        }
+        path = folder / f"api-{name.replace('/', '__')}.json"
+        path.write_text(json.dumps(body) + "\n", encoding="utf-8")
+        files.append(path)
+    return files
+
+
+# --- the entry point -------------------------------------------------------------------
+
+
+def _resolve_scale(scale: str | Scale) -> Scale:
+    if isinstance(scale, Scale):
+        return scale
+    if scale not in SCALES:
+        raise BadInput(None, None, f"unknown scale {scale!r}; one of {', '.join(SCALES)}")
+    return SCALES[scale]
+
+
+def _end_instant(end: date) -> int:
+    """The last whole second of ``end`` (or now, when end is today): nothing in the future."""
+    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    if end > now.date():
+        raise BadInput(None, None, f"end {end.isoformat()} is in the future")
+    if end < date(2012, 1, 1):
+        raise BadInput(None, None, "end must be in 2012 or later: the registry starts in 2010")
+    return min(_us(end + timedelta(days=1)) - US, _us(now))
+
+
+def _landing_files(landing_dir: Path) -> list[Path]:
+    if not landing_dir.exists():
+        return []
+    return sorted(p for p in landing_dir.rglob("*") if p.is_file())
+
+
+def prepare_registry(registry_url: str, replace: bool, landing_dir: Path) -> None:
+    """Create the schema; refuse to overwrite anything unless ``replace``, then empty it."""
+    engine = make_engine(registry_url)
+    try:
+        migrate.upgrade(engine)
+        with engine.connect() as connection:
+            has_accounts = connection.execute(text("SELECT 1 FROM accounts LIMIT 1")).first()
+        existing = _landing_files(landing_dir)
+        if not replace:
+            if has_accounts is not None:
+                raise BadInput(
+                    None,
+                    None,
+                    "the registry already has accounts; pass replace=True to empty it first",
+                )
+            if existing:
+                raise BadInput(
+                    landing_dir,
+                    None,
+                    f"the landing folder already has "
+                    f"{len(existing)} files; pass replace=True to delete them",
+                )
+            return
+        if has_accounts is not None or _has_rows(engine):
+            # Down and up again: the ledger's append-only triggers refuse a DELETE.
+            migrate.downgrade(engine, "base")
+            migrate.upgrade(engine)
+        for kind in LANDING_KINDS:
+            shutil.rmtree(landing_dir / kind, ignore_errors=True)
+    finally:
+        engine.dispose()
+
+
+def _has_rows(engine: Engine) -> bool:
+    with engine.connect() as connection:
+        return any(
+            connection.execute(text(f"SELECT 1 FROM {table} LIMIT 1")).first() is not None
+            for table in (*REGISTRY_TABLES, *LEDGER_TABLES)
+        )
+
+
+class _Stages:
+    """Reports ``progress(stage, done, total)``: (stage, 0, total) when a stage starts,
+    (stage, k, total) as its chunks finish and (stage, total, total) when it ends, so a
+    caller can drive one progress bar per stage.
+    """
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.current: tuple[str, int] | None = None
+        self.done = 0
+
+    def __call__(self, stage: str, total: int = 1) -> None:
+        self.finish()
+        self.current = (stage, total)
+        self._report(0)
+
+    def step(self, done: int) -> None:
+        self._report(done)
+
+    def finish(self) -> None:
+        if self.current is not None:
+            if self.done < self.current[1]:
+                self._report(self.current[1])
+            self.current = None
+
+    def _report(self, done: int) -> None:
+        self.done = done
+        if self.progress is not None and self.current is not None:
+            self.progress(self.current[0], done, self.current[1])
+
+
+def generate_sample(
+    scale: str | Scale,
+    seed: int,
+    *,
+    registry_url: str,
+    landing_dir: Path,
+    end: date = date(2022, 1, 31),
+    days: int | None = None,
+    replace: bool = False,
+    progress: Progress | None = None,
+) -> SampleSummary:
+    """Fill the registry at ``registry_url`` and write landing files under ``landing_dir``.
+
+    Refuses (BadInput) when the registry has accounts or the landing folder has files,
+    unless ``replace``: then the registry tables are emptied and the sample's own landing
+    subfolders deleted. ``progress(stage, done, total)`` is called as stages advance.
+
+    On SQLite, the caller must hold no open connection to the registry meanwhile: rows go
+    in through ADBC's own SQLite library (see rollout/registry/bulk.py).
+    """
+    started = time.perf_counter()
+    sc = _resolve_scale(scale)
+    days = sc.days if days is None else days
+    if days < 1:
+        raise BadInput(None, None, f"days must be at least 1, not {days}")
+    end_us = _end_instant(end)
+    landing_dir = Path(landing_dir)
+    stage = _Stages(progress)
+    stage("Preparing the registry")
+    prepare_registry(registry_url, replace, landing_dir)
+
+    # Independent streams per stage: changing one stage leaves the others' draws alone.
+    streams = iter(np.random.default_rng(seed).spawn(12))
+    stage("Choosing packages")
+    pk = make_packages(sc, next(streams))
+    stage("Drawing dependencies")
+    deps, dev, peer = make_dependencies(next(streams), pk, sc)
+    stage("Drawing maintainers and accounts")
+    mt = make_maintainers(next(streams), pk, sc.accounts)
+    acc = make_accounts(next(streams), sc.accounts, pk, mt, end_us)
+    stage("Drawing 2FA factors, sessions and tokens")
+    fac = make_factors(next(streams), acc, end_us)
+    ses = make_sessions(next(streams), acc, end_us)
+    tok = make_tokens(next(streams), acc, end_us)
+    stage("Drawing orgs and teams")
+    org = make_orgs(next(streams), pk, mt, acc, end_us)
+
+    tables = registry_tables(acc, fac, ses, tok, org, pk)
+    stage("Writing the registry", len(tables))
+    done = iter(range(1, len(tables) + 1))
+    bulk.insert_tables(registry_url, tables, progress=lambda _t, _n: stage.step(next(done)))
+    bulk.reset_id_sequences(registry_url, [name for name, t in tables if "id" in t.column_names])
+    del tables
+
+    mixed = sc.formats == "mixed"
+    files: list[Path] = []
+    stage("Writing manifests")
+    (landing_dir / "manifests").mkdir(parents=True, exist_ok=True)
+    manifests = manifests_table(pk, deps, dev, peer, mt, acc)
+    path = landing_dir / "manifests" / ("manifests.jsonl" if mixed else "manifests.parquet")
+    (_write_jsonl if mixed else _write_parquet)(manifests, path)
+    files.append(path)
+    del manifests
+
+    stage("Drawing daily downloads")
+    day_list, counts = daily_downloads(next(streams), pk.monthly, end, days)
+    stage("Writing downloads", days)
+    written, download_rows = write_downloads(
+        landing_dir / "downloads", pk.names, day_list, counts, mixed, stage.step
+    )
+    files += written
+    if mixed:
+        files += write_api_files(landing_dir / "downloads", pk, day_list, counts)
+    del counts
+
+    stage("Writing login events")
+    logins = make_logins(next(streams), acc, fac, _us(day_list[0]), end_us)
+    (landing_dir / "logins").mkdir(parents=True, exist_ok=True)
+    path = landing_dir / "logins" / "logins.parquet"
+    _write_parquet(logins, path)
+    files.append(path)
+    stage.finish()
+
+    return SampleSummary(
+        scale=sc.name,
+        seed=seed,
+        packages=len(pk),
+        dependency_edges=len(deps),
+        accounts=len(acc),
+        accounts_with_2fa=int((fac.active_kinds > 0).sum()),
+        web_sessions=len(ses),
+        tokens=len(tok),
+        orgs=len(org),
+        landing_files=sorted(files),
+        download_rows=download_rows,
+        login_events=logins.num_rows,
+        seconds=round(time.perf_counter() - started, 3),
+        dev_dependency_edges=len(dev),
+        peer_dependency_edges=len(peer),
+    )
