@@ -151,7 +151,13 @@ def _load(con: duckdb.DuckDBPyConnection, file: LandingFile, file_id: int) -> No
 
 
 def _drop_staging(con: duckdb.DuckDBPyConnection) -> None:
-    for name in ("incoming_raw", "incoming", "flagged"):
+    for name in (
+        "manifests_shaped",
+        "incoming_raw",
+        "incoming",
+        "incoming_dependencies",
+        "flagged",
+    ):
         kind = warehouse.scalar(
             con,
             "select table_type from information_schema.tables "

@@ -443,33 +443,30 @@ def stage_downloads(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
 _MAP_TYPE = "MAP(VARCHAR, VARCHAR)"
 
 
-def stage_manifests(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
-    if file.format == "parquet":
-        types = _stage_parquet(con, file)
-        maps = []
-        for name in MANIFEST_MAPS:
-            if name in types:
-                maps.append(
-                    f'try_cast("{name}" as {_MAP_TYPE}) as "{name}", '
-                    f'("{name}" is not null and try_cast("{name}" as {_MAP_TYPE}) is null)'
-                    f' as "{name}_malformed"'
-                )
-            else:
-                maps.append(f'cast(null as {_MAP_TYPE}) as "{name}", false as "{name}_malformed"')
-        con.execute(
-            f"""
-            create or replace temp table incoming as
-            select ordinal, ordinal as line,
-                try_cast(name as varchar) as name,
-                try_cast(version as varchar) as version,
-                try_cast(maintainers as varchar[]) as maintainers,
-                (maintainers is not null and try_cast(maintainers as varchar[]) is null)
-                    as maintainers_malformed,
-                {", ".join(maps)}
-            from incoming_raw
-            """
-        )
-        return
+def _shape_parquet_manifests(types: dict[str, str]) -> str:
+    maps = []
+    for name in MANIFEST_MAPS:
+        if name in types:
+            maps.append(
+                f'try_cast("{name}" as {_MAP_TYPE}) as "{name}", '
+                f'("{name}" is not null and try_cast("{name}" as {_MAP_TYPE}) is null)'
+                f' as "{name}_malformed"'
+            )
+        else:
+            maps.append(f'cast(null as {_MAP_TYPE}) as "{name}", false as "{name}_malformed"')
+    return f"""
+        select ordinal, ordinal as line,
+            try_cast(name as varchar) as name,
+            try_cast(version as varchar) as version,
+            try_cast(maintainers as varchar[]) as maintainers,
+            (maintainers is not null and try_cast(maintainers as varchar[]) is null)
+                as maintainers_malformed,
+            {", ".join(maps)}
+        from incoming_raw
+    """
+
+
+def _shape_json_manifests(con: duckdb.DuckDBPyConnection, file: LandingFile) -> str:
     columns = {c: "JSON" for c in ("name", "version", "maintainers", *MANIFEST_MAPS)}
     try:
         con.execute(
@@ -486,9 +483,7 @@ def stage_manifests(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
         for m in MANIFEST_MAPS
     )
     # Registries' own manifests list maintainers as {"name", "email"}: take the name.
-    con.execute(
-        f"""
-        create or replace temp table incoming as
+    return f"""
         select rowid + 1 as ordinal, rowid + 1 as line,
             case when json_type(name) = 'VARCHAR' then name ->> '$' end as name,
             case when json_type(version) = 'VARCHAR' then version ->> '$' end as version,
@@ -501,6 +496,44 @@ def stage_manifests(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
                 as maintainers_malformed,
             {maps}
         from incoming_raw
+    """
+
+
+def stage_manifests(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
+    """Stage manifests as ``incoming`` (a table, one row a manifest) and
+    ``incoming_dependencies`` (a view, one row a declared dependency by ordinal and
+    kind).
+
+    The dependencies stay a view: at npm scale they are ~40M rows, read twice (the
+    name check and the load), and streaming them costs less than a copy in memory.
+    """
+    if file.format == "parquet":
+        shaped = _shape_parquet_manifests(_stage_parquet(con, file))
+    else:
+        shaped = _shape_json_manifests(con, file)
+    con.execute(f"create or replace temp view manifests_shaped as {shaped}")
+    con.execute(
+        """
+        create or replace temp table incoming as
+        select ordinal, line, name, version, maintainers, maintainers_malformed,
+            dependencies_malformed, devDependencies_malformed, peerDependencies_malformed
+        from manifests_shaped
+        """
+    )
+    con.execute(
+        """
+        create or replace temp view incoming_dependencies as
+        select ordinal, unnest(map_keys(dependencies)) as dependency,
+            unnest(map_values(dependencies)) as range, 'prod' as kind
+        from manifests_shaped where dependencies is not null
+        union all
+        select ordinal, unnest(map_keys(devDependencies)), unnest(map_values(devDependencies)),
+            'dev'
+        from manifests_shaped where devDependencies is not null
+        union all
+        select ordinal, unnest(map_keys(peerDependencies)), unnest(map_values(peerDependencies)),
+            'peer'
+        from manifests_shaped where peerDependencies is not null
         """
     )
 

@@ -4,22 +4,13 @@
 create or replace temp table flagged as
 with
 
-staged as (
+staged as not materialized (
     select * from incoming
 ),
 
 row_checks as (
     select
         *,
-        list_filter(
-            list_concat(
-                coalesce(map_keys(dependencies), []),
-                coalesce(map_keys(devDependencies), []),
-                coalesce(map_keys(peerDependencies), [])
-            ),
-            lambda dependency: dependency is null
-                or not regexp_full_match(dependency, $name_pattern)
-        ) as bad_dependency_names,
         case
             when name is null then 'name is missing or not a string'
             when name = '' then 'name is empty'
@@ -43,9 +34,20 @@ row_checks as (
     from staged
 ),
 
+dependencies as (
+    select * from incoming_dependencies
+),
+
+bad_dependency_names as (
+    select ordinal, min(coalesce(dependency, '')) as dependency
+    from dependencies
+    where dependency is null or not regexp_full_match(dependency, $name_pattern)
+    group by ordinal
+),
+
 repeated_in_file as (
     select name, count(*) as copies
-    from row_checks
+    from staged
     where name is not null
     group by name
     having count(*) > 1
@@ -59,8 +61,8 @@ final as (
         coalesce(
             row_checks.row_problem,
             case
-                when len(row_checks.bad_dependency_names) > 0
-                    then 'dependency name ''' || coalesce(row_checks.bad_dependency_names[1], '')
+                when bad_dependency_names.dependency is not null
+                    then 'dependency name ''' || bad_dependency_names.dependency
                         || ''' is not a valid npm package name'
                 when repeated_in_file.copies > 1
                     then 'package ' || row_checks.name || ' appears '
@@ -69,6 +71,7 @@ final as (
         ) as problem,
         false as duplicate
     from row_checks
+    left join bad_dependency_names using (ordinal)
     left join repeated_in_file using (name)
 )
 

@@ -27,16 +27,19 @@ create table if not exists raw_manifests (
     name        varchar not null,
     version     varchar not null,
     maintainers varchar[] not null,
-    file_id     bigint not null
+    file_id     bigint not null,
+    ordinal     bigint not null      -- the manifest's record number in its file
 );
 
--- One row per declared dependency of a manifest; kind is prod, dev or peer.
+-- One row per declared dependency of a manifest, which (file_id, ordinal) names;
+-- kind is prod, dev or peer. Integers rather than the package name: at npm scale
+-- this table has ~40M rows and the name would be its costliest column to load.
 create table if not exists raw_dependencies (
-    package    varchar not null,
+    file_id    bigint not null,
+    ordinal    bigint not null,
     dependency varchar not null,
     range      varchar,
-    kind       varchar not null,
-    file_id    bigint not null
+    kind       varchar not null
 );
 
 create table if not exists raw_logins (

@@ -1,27 +1,6 @@
--- One row per declared dependency, by kind, of every manifest that passed the checks.
-insert into raw_dependencies (package, dependency, range, kind, file_id)
-with
-
-accepted as (
-    select name, dependencies, devDependencies, peerDependencies
-    from incoming
-    anti join flagged using (ordinal)
-),
-
-declared as (
-    select name, unnest(map_entries(dependencies)) as entry, 'prod' as kind
-    from accepted where dependencies is not null
-    union all
-    select name, unnest(map_entries(devDependencies)) as entry, 'dev' as kind
-    from accepted where devDependencies is not null
-    union all
-    select name, unnest(map_entries(peerDependencies)) as entry, 'peer' as kind
-    from accepted where peerDependencies is not null
-),
-
-final as (
-    select name as package, entry.key as dependency, entry.value as range, kind, $file_id
-    from declared
-)
-
-select * from final
+-- One row per declared dependency, by kind, of every manifest that passed the checks;
+-- (file_id, ordinal) points at the manifest in raw_manifests.
+insert into raw_dependencies (file_id, ordinal, dependency, range, kind)
+select $file_id, ordinal, dependency, range, kind
+from incoming_dependencies
+anti join flagged using (ordinal)

@@ -7,13 +7,13 @@ dependencies as (
 ),
 
 latest as (
-    select package, file_id from stg_manifests
+    select package, file_id, ordinal from stg_manifests
 ),
 
 final as (
-    select dependencies.package, dependencies.dependency, dependencies.range, dependencies.kind
+    select latest.package, dependencies.dependency, dependencies.range, dependencies.kind
     from dependencies
-    inner join latest using (package, file_id)
+    inner join latest using (file_id, ordinal)
 )
 
 select * from final

@@ -1,0 +1,39 @@
+-- Reach of every known package on $as_of: weekly and 30-day downloads, dependents
+-- by kind, and ranks with a deterministic tie-break on the name. One row a package.
+with
+
+packages as (
+    select package from stg_manifests
+),
+
+windows as (
+    select * from ({{ int_download_windows }})
+),
+
+dependents as (
+    select * from ({{ int_package_dependents }})
+),
+
+joined as (
+    select
+        packages.package,
+        coalesce(windows.weekly_downloads, 0) as weekly_downloads,
+        coalesce(windows.monthly_downloads, 0) as monthly_downloads,
+        coalesce(dependents.dependents, 0) as dependents,
+        coalesce(dependents.dev_dependents, 0) as dev_dependents,
+        coalesce(dependents.peer_dependents, 0) as peer_dependents
+    from packages
+    left join windows using (package)
+    left join dependents using (package)
+),
+
+final as (
+    select
+        cast($as_of as date) as as_of,
+        *,
+        row_number() over (order by dependents desc, package) as rank_by_dependents,
+        row_number() over (order by weekly_downloads desc, package) as rank_by_downloads
+    from joined
+)
+
+select * from final
