@@ -150,22 +150,29 @@ def _load(con: duckdb.DuckDBPyConnection, file: LandingFile, file_id: int) -> No
         warehouse.run(con, f"raw/load_{file.kind}", params)
 
 
+# Views first: they read the tables.
+_STAGING = (
+    "manifests_shaped",
+    "incoming_dependencies",
+    "incoming",
+    "incoming_raw",
+    "incoming_rows",
+    "flagged",
+)
+
+
 def _drop_staging(con: duckdb.DuckDBPyConnection) -> None:
-    for name in (
-        "manifests_shaped",
-        "incoming_raw",
-        "incoming",
-        "incoming_dependencies",
-        "flagged",
-    ):
-        kind = warehouse.scalar(
-            con,
-            "select table_type from information_schema.tables "
-            "where table_schema = 'main' and table_catalog = 'temp' and table_name = $name",
-            {"name": name},
-        )
-        if kind is not None:
-            con.execute(f"drop {'view' if kind == 'VIEW' else 'table'} {name}")
+    # A staging name is a view or a table depending on the file's format.
+    present = dict(
+        con.execute(
+            "select table_name, table_type from information_schema.tables "
+            "where table_catalog = 'temp' and table_name in $names",
+            {"names": list(_STAGING)},
+        ).fetchall()
+    )
+    for name in _STAGING:
+        if name in present:
+            con.execute(f"drop {'view' if present[name] == 'VIEW' else 'table'} {name}")
 
 
 def ingest_file(

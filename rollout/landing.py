@@ -342,21 +342,37 @@ def _downloads_expressions(types: dict[str, str] | None) -> tuple[str, str, str,
 def _finish_downloads(
     con: duckdb.DuckDBPyConnection, types: dict[str, str] | None, has_ordinal: bool
 ) -> None:
+    """Materialize what varies by row in ``incoming_rows``; ``incoming`` is a view
+    adding what does not (for a typed Parquet file, the line is the row number and
+    there are no as-sent texts), so no constant column is ever copied."""
     day, day_raw, count, count_raw = _downloads_expressions(types)
     ordinal = "ordinal" if has_ordinal else "rowid + 1"
-    line = "line" if has_ordinal and types is None else ordinal
+    stored = [
+        f"{ordinal} as ordinal",
+        "cast(package as varchar) as package",
+        f"{day} as day",
+        f"{count} as downloads",
+    ]
+    line = "ordinal"
+    if has_ordinal and types is None:  # the JSON range format knows its lines
+        stored.append("line")
+        line = "line"
+    constant = "cast(null as varchar)"
+    for value, name in ((day_raw, "day_raw"), (count_raw, "downloads_raw")):
+        if value != constant:
+            stored.append(f"{value} as {name}")
+    con.execute(
+        f"create or replace temp table incoming_rows as select {', '.join(stored)} "
+        "from incoming_raw"
+    )
+    day_raw_column = "day_raw" if day_raw != constant else constant
+    count_raw_column = "downloads_raw" if count_raw != constant else constant
     con.execute(
         f"""
-        create or replace temp table incoming as
-        select
-            {ordinal} as ordinal,
-            {line} as line,
-            cast(package as varchar) as package,
-            {day_raw} as day_raw,
-            {day} as day,
-            {count_raw} as downloads_raw,
-            {count} as downloads
-        from incoming_raw
+        create or replace temp view incoming as
+        select ordinal, {line} as line, package, {day_raw_column} as day_raw, day,
+            {count_raw_column} as downloads_raw, downloads
+        from incoming_rows
         """
     )
 

@@ -32,11 +32,20 @@ row_problems as (
     from staged
 ),
 
--- A plain count finds the repeated keys in one cheap pass; the costly distinct
--- count then runs on those few rows only.
+-- Repeats are found in one pass over a 64-bit hash of the key (cheaper to group than
+-- the strings); the rows behind a repeated hash are then compared exactly, so a hash
+-- collision can never pass for a duplicate.
+repeated_hashes as (
+    select hash(package, day) as key_hash
+    from staged
+    group by key_hash
+    having count(*) > 1
+),
+
 repeated_keys as (
     select package, day
     from staged
+    where hash(package, day) in (select key_hash from repeated_hashes)
     group by package, day
     having count(*) > 1
 ),
