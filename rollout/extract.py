@@ -1,31 +1,33 @@
 """Copy the registry tables the warehouse needs into DuckDB, through Arrow.
 
-DuckDB 2.0 has no SQLite/PostgreSQL scanner offline, so rows travel through ADBC as
-Arrow record batches. Column types come from the SQLAlchemy models, so the
-warehouse's ``registry.*`` tables have the same types whatever the backend.
+DuckDB 2.0 has no SQLite/PostgreSQL scanner offline, so rows travel as Arrow record
+batches: from PostgreSQL through ADBC (binary COPY, fast), from SQLite through the
+same sqlite3 library SQLAlchemy uses. ADBC's SQLite driver carries its own copy of
+SQLite, and two copies in one process do not share file locks: reads after a write
+through SQLAlchemy came back stale. Column types come from the SQLAlchemy models, so
+the warehouse's ``registry.*`` tables have the same types whatever the backend.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 from sqlalchemy import JSON, BigInteger, Boolean, Date, DateTime, Integer, Table
+from sqlalchemy.engine import make_url
 from sqlalchemy.types import TypeEngine
 
 from rollout import warehouse
-from rollout.registry.engine import adbc_uri, is_sqlite
+from rollout.registry.engine import adbc_uri, is_sqlite, normalize_url
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Base
 
 EXTRACTED_TABLES = (*REGISTRY_TABLES, *LEDGER_TABLES)
 
-# SQLite's ADBC driver guesses each column's type from the values in a batch, and a
-# batch whose values are all NULL is guessed as an integer. Selecting a typed
-# sentinel instead of NULL keeps every batch's type stable; DuckDB turns it back.
-_NULL_TEXT = "\x00null"
-_NULL_INT = -(2**63)
+_BATCH_ROWS = 100_000
 
 
 def _duckdb_type(sql_type: TypeEngine[Any]) -> str:
@@ -46,55 +48,78 @@ def _is_numeric(duck_type: str) -> bool:
     return duck_type in ("BIGINT", "BOOLEAN")
 
 
-def _source_query(table: Table, sqlite: bool) -> str:
-    columns = []
-    for column in table.columns:
-        name = column.name
-        if not sqlite:
-            columns.append(f'"{name}"')
-        elif _is_numeric(_duckdb_type(column.type)):
-            columns.append(f'coalesce("{name}", {_NULL_INT}) as "{name}"')
-        else:
-            columns.append(f'coalesce(cast("{name}" as text), char(0) || \'null\') as "{name}"')
-    return f"select {', '.join(columns)} from {table.name}"
+def _source_query(table: Table) -> str:
+    columns = ", ".join(f'"{column.name}"' for column in table.columns)
+    return f"select {columns} from {table.name}"
 
 
-def _target_select(table: Table, sqlite: bool) -> str:
-    columns = []
-    for column in table.columns:
-        duck_type = _duckdb_type(column.type)
-        value = f'"{column.name}"'
-        if sqlite:
-            sentinel = str(_NULL_INT) if _is_numeric(duck_type) else "chr(0) || 'null'"
-            value = f"nullif({value}, {sentinel})"
-        columns.append(f'cast({value} as {duck_type}) as "{column.name}"')
-    return ", ".join(columns)
+def _target_select(table: Table) -> str:
+    return ", ".join(
+        f'cast("{column.name}" as {_duckdb_type(column.type)}) as "{column.name}"'
+        for column in table.columns
+    )
+
+
+def _sqlite_batches(registry_url: str, table: Table) -> pa.RecordBatchReader:
+    """The table's rows from SQLite as Arrow batches: numbers as int64, the rest as
+    text that DuckDB casts (SQLite stores times as text anyway)."""
+    schema = pa.schema(
+        (c.name, pa.int64() if _is_numeric(_duckdb_type(c.type)) else pa.string())
+        for c in table.columns
+    )
+    database = make_url(normalize_url(registry_url)).database or ":memory:"
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        # DuckDB pulls batches from its own threads, one at a time.
+        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            cursor = connection.execute(_source_query(table))
+            while rows := cursor.fetchmany(_BATCH_ROWS):
+                columns = list(zip(*rows, strict=True))
+                yield pa.record_batch(
+                    [
+                        pa.array(values, field.type)
+                        for values, field in zip(columns, schema, strict=True)
+                    ],
+                    schema=schema,
+                )
+        finally:
+            connection.close()
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 @contextmanager
-def _adbc_cursor(registry_url: str) -> Iterator[Any]:
-    if is_sqlite(registry_url):
-        import adbc_driver_sqlite.dbapi as driver
-    else:
-        import adbc_driver_postgresql.dbapi as driver  # type: ignore[no-redef]
+def _postgres_cursor(registry_url: str) -> Iterator[Any]:
+    import adbc_driver_postgresql.dbapi as driver
+
     with driver.connect(adbc_uri(registry_url)) as connection, connection.cursor() as cursor:
         yield cursor
 
 
-def extract_registry(con: duckdb.DuckDBPyConnection, registry_url: str) -> dict[str, int]:
+def _batches(cursor: Any, registry_url: str, table: Table) -> pa.RecordBatchReader:
+    if cursor is None:
+        return _sqlite_batches(registry_url, table)
+    cursor.execute(_source_query(table))
+    return cursor.fetch_record_batch()
+
+
+def extract_registry(
+    con: duckdb.DuckDBPyConnection,
+    registry_url: str,
+    tables: tuple[str, ...] = EXTRACTED_TABLES,
+) -> dict[str, int]:
     """Replace ``registry.*`` in the warehouse with the registry's current rows."""
-    sqlite = is_sqlite(registry_url)
     counts: dict[str, int] = {}
-    with _adbc_cursor(registry_url) as cursor, warehouse.transaction(con):
-        for name in EXTRACTED_TABLES:
+    source = nullcontext(None) if is_sqlite(registry_url) else _postgres_cursor(registry_url)
+    with source as cursor, warehouse.transaction(con):
+        for name in tables:
             table = Base.metadata.tables[name]
-            cursor.execute(_source_query(table, sqlite))
-            batches = cursor.fetch_record_batch()
-            con.register("registry_batches", batches)
+            con.register("registry_batches", _batches(cursor, registry_url, table))
             try:
                 con.execute(
                     f"create or replace table registry.{name} as "
-                    f"select {_target_select(table, sqlite)} from registry_batches"
+                    f"select {_target_select(table)} from registry_batches"
                 )
             finally:
                 con.unregister("registry_batches")

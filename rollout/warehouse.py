@@ -4,13 +4,20 @@ a registry extract. SQL lives in ``sql/``; this module runs it with named parame
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
+from rollout.errors import RolloutError
+
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+# Bumped whenever a table's shape changes: the warehouse has no migrations, it is
+# rebuilt from landing files, and a file of another version is refused clearly.
+SCHEMA_VERSION = 2
 
 # Views over the raw tables, in dependency order.
 STAGING_VIEWS = ("stg_downloads", "stg_logins", "stg_manifests", "stg_dependencies")
@@ -58,20 +65,70 @@ def open_warehouse(
         con.close()
 
 
+def _check_schema_version(con: duckdb.DuckDBPyConnection) -> None:
+    tables = {
+        row[0]
+        for row in con.execute(
+            "select table_name from information_schema.tables where table_schema = 'main'"
+        ).fetchall()
+    }
+    if "warehouse_meta" in tables:
+        found = scalar(con, "select schema_version from warehouse_meta")
+    elif tables:
+        found = 1  # before the version was recorded
+    else:
+        con.execute("create table warehouse_meta (schema_version integer not null)")
+        con.execute("insert into warehouse_meta values ($v)", {"v": SCHEMA_VERSION})
+        return
+    if found != SCHEMA_VERSION:
+        raise RolloutError(
+            f"the warehouse {_database_path(con)} has schema version {found}, this rollout "
+            f"needs {SCHEMA_VERSION}: it is derived data, so delete the file and run "
+            "`rollout ingest` to rebuild it from the landing files"
+        )
+
+
+def _database_path(con: duckdb.DuckDBPyConnection) -> str:
+    return str(
+        scalar(con, "select path from duckdb_databases() where database_name = current_database()")
+    )
+
+
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Raw tables, an empty ``registry`` schema, and the staging views over them."""
+    _check_schema_version(con)
     con.execute(sql_text("raw/landing"))
+    con.execute(sql_text("marts/history"))
     for table, definition in _REGISTRY_PLACEHOLDERS.items():
         con.execute(f"create table if not exists registry.{table} ({definition})")
     for view in STAGING_VIEWS:
         con.execute(sql_text(f"staging/{view}"))
+    con.execute(sql_text("marts/analyst_views"))
+
+
+_INCLUDE = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
+_LAYERS = ("staging", "intermediate", "marts")
+
+
+def render(name: str) -> str:
+    """The SQL of ``sql/<name>.sql`` with each ``{{ model }}`` replaced by that model's
+    query (looked up in the staging, intermediate and marts layers), like dbt's ref."""
+
+    def include(match: re.Match[str]) -> str:
+        model = match.group(1)
+        for layer in _LAYERS:
+            if (SQL_DIR / layer / f"{model}.sql").exists():
+                return render(f"{layer}/{model}")
+        raise FileNotFoundError(f"sql model {model!r} (from {name}) not found in {_LAYERS}")
+
+    return _INCLUDE.sub(include, sql_text(name))
 
 
 def run(
     con: duckdb.DuckDBPyConnection, name: str, params: Mapping[str, Any] | None = None
 ) -> duckdb.DuckDBPyConnection:
     """Run one single-statement SQL file with named ``$parameters``."""
-    return con.execute(sql_text(name), dict(params or {}))
+    return con.execute(render(name), dict(params or {}))
 
 
 @contextmanager

@@ -216,8 +216,38 @@ class PlanRun(Base):
     summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class CohortPackage(Base):
+    """A package in a cohort. Sticky: once it qualifies it stays, whatever its numbers
+    do later, until someone releases it explicitly (with a reason and an audit row).
+
+    ``package_key`` is the lower-cased name: a package re-published under another
+    capitalization is still the same cohort entry.
+    """
+
+    __tablename__ = "cohort_packages"
+    __table_args__ = (
+        UniqueConstraint("cohort", "package_key", name="uq_cohort_packages_cohort_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    cohort: Mapped[str] = mapped_column(String(100))
+    package_key: Mapped[str] = mapped_column(String(214))
+    package: Mapped[str] = mapped_column(String(214))
+    first_qualified_on: Mapped[date] = mapped_column(Date)
+    last_qualified_on: Mapped[date] = mapped_column(Date)
+    reasons: Mapped[list[Any]] = mapped_column(default=list)
+    released_at: Mapped[datetime | None] = mapped_column(DateTime)
+    released_reason: Mapped[str | None] = mapped_column(Text)
+    released_by: Mapped[str | None] = mapped_column(String(200))
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("plan_runs.id"))
+
+
 class CohortMembership(Base):
-    """An account required to use 2FA because of the packages it maintains."""
+    """An account required to use 2FA because of the cohort packages it can publish.
+
+    Derived each day from the cohort's packages: ``left_on`` is set when the account
+    no longer maintains any of them (and cleared if it does again).
+    """
 
     __tablename__ = "cohort_memberships"
     __table_args__ = (
@@ -230,6 +260,7 @@ class CohortMembership(Base):
     packages: Mapped[list[Any]] = mapped_column(default=list)
     first_qualified_on: Mapped[date] = mapped_column(Date)
     last_qualified_on: Mapped[date] = mapped_column(Date)
+    left_on: Mapped[date | None] = mapped_column(Date)
     released_at: Mapped[datetime | None] = mapped_column(DateTime)
     released_reason: Mapped[str | None] = mapped_column(Text)
     run_id: Mapped[str | None] = mapped_column(ForeignKey("plan_runs.id"))
@@ -320,6 +351,7 @@ REGISTRY_TABLES: tuple[str, ...] = (
 )
 LEDGER_TABLES: tuple[str, ...] = (
     "plan_runs",
+    "cohort_packages",
     "cohort_memberships",
     "actions",
     "notifications",

@@ -1,0 +1,498 @@
+"""Cohorts: which packages, and so which accounts, must use 2FA.
+
+``build_cohorts`` reads a day's package metrics, adds the packages that qualify under
+each cohort rule of the plan to the registry's ``cohort_packages`` (sticky: nothing
+leaves except by ``release_package``), derives the accounts that can publish them
+into ``cohort_memberships``, and snapshots both in the warehouse for analysts.
+Every entry, exit and release writes an audit row keyed so that a rerun adds none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from sqlalchemy import Engine, and_, select, update
+
+from rollout import warehouse
+from rollout.errors import BadInput
+from rollout.extract import EXTRACTED_TABLES, extract_registry
+from rollout.plan import CohortRule, Plan
+from rollout.registry.engine import make_engine
+from rollout.registry.ledger import finish_run, record_actions, start_run, upsert, utc_now
+from rollout.registry.models import CohortMembership, CohortPackage
+
+COHORT_PACKAGES = CohortPackage.__table__
+MEMBERSHIPS = CohortMembership.__table__
+
+
+@dataclass
+class CohortResult:
+    cohort: str
+    as_of: date
+    packages: int
+    packages_qualifying_today: int
+    packages_entered: list[str] = field(default_factory=list)
+    accounts: int = 0
+    accounts_without_2fa: int = 0
+    accounts_entered: int = 0
+    accounts_left: int = 0
+    unresolved_maintainers: int = 0
+
+
+@dataclass
+class CohortSizes:
+    """A what-if: cohort size under other thresholds, nothing written."""
+
+    packages: int
+    accounts: int
+    accounts_without_2fa: int
+    accounts_with_totp: int
+    accounts_with_webauthn: int
+
+
+def rule_parameters(rule: CohortRule, as_of: date) -> dict[str, Any]:
+    return {
+        "as_of": as_of,
+        "top_by_dependents": rule.top_by_dependents,
+        "weekly_downloads_gt": rule.weekly_downloads_gt,
+        "dependents_gte": rule.dependents_gte,
+    }
+
+
+def require_metrics(con: duckdb.DuckDBPyConnection, as_of: date, *, allow_gaps: bool) -> None:
+    run = warehouse.one(
+        con,
+        "select weekly_window_complete, missing_days from metrics_runs where as_of = $d",
+        {"d": as_of},
+    )
+    if run is None:
+        raise BadInput(
+            None,
+            None,
+            f"no package metrics for {as_of}: run `rollout metrics --as-of {as_of}` first",
+        )
+    complete, missing = run
+    if not complete and not allow_gaps:
+        days = ", ".join(str(d) for d in missing)
+        raise BadInput(
+            None,
+            None,
+            f"download data for {as_of}'s weekly window is missing "
+            f"({days}): load it, or pass --allow-gaps to decide on partial data",
+        )
+
+
+@contextmanager
+def _selected(con: duckdb.DuckDBPyConnection, query: str, params: dict[str, Any]) -> Iterator[None]:
+    """Fill temp table ``selected_packages`` (package_key) for the account models."""
+    con.execute(f"create or replace temp table selected_packages as {query}", params)
+    try:
+        yield
+    finally:
+        con.execute("drop table if exists selected_packages")
+
+
+def _qualified_today(
+    con: duckdb.DuckDBPyConnection, rule: CohortRule, as_of: date
+) -> list[tuple[str, str, list[str]]]:
+    return con.execute(
+        warehouse.render("marts/cohort_qualified_packages"), rule_parameters(rule, as_of)
+    ).fetchall()
+
+
+def _add_packages(
+    engine: Engine,
+    cohort: str,
+    as_of: date,
+    qualified: list[tuple[str, str, list[str]]],
+    run_id: str,
+    actor: str,
+) -> list[str]:
+    """Upsert today's qualifying packages; returns the ones that entered today."""
+    with engine.begin() as connection:
+        existing = {
+            key
+            for (key,) in connection.execute(
+                select(COHORT_PACKAGES.c.package_key).where(COHORT_PACKAGES.c.cohort == cohort)
+            )
+        }
+        rows = [
+            {
+                "cohort": cohort,
+                "package_key": key,
+                "package": package,
+                "first_qualified_on": as_of,
+                "last_qualified_on": as_of,
+                "reasons": reasons,
+                "run_id": run_id,
+            }
+            for package, key, reasons in qualified
+        ]
+        c = COHORT_PACKAGES.c
+        upsert(
+            connection,
+            COHORT_PACKAGES,
+            rows,
+            ["cohort", "package_key"],
+            {
+                # A backfill of an earlier day moves the first day back, never forward.
+                "first_qualified_on": lambda new: _least(
+                    c.first_qualified_on, new.first_qualified_on
+                ),
+                "last_qualified_on": lambda new: _greatest(
+                    c.last_qualified_on, new.last_qualified_on
+                ),
+            },
+        )
+        entered = [row for row in rows if row["package_key"] not in existing]
+        record_actions(
+            connection,
+            (
+                {
+                    "effect_key": f"cohort-package-enter:{cohort}:{row['package_key']}",
+                    "action": "cohort_package_enter",
+                    "subject": row["package"],
+                    "phase": cohort,
+                    "reason": "; ".join(row["reasons"]),
+                    "actor": actor,
+                    "run_id": run_id,
+                    "details": {"as_of": as_of.isoformat()},
+                }
+                for row in entered
+            ),
+        )
+    return [row["package"] for row in entered]
+
+
+def _least(a: Any, b: Any) -> Any:
+    from sqlalchemy import case
+
+    return case((a <= b, a), else_=b)
+
+
+def _greatest(a: Any, b: Any) -> Any:
+    from sqlalchemy import case
+
+    return case((a >= b, a), else_=b)
+
+
+def _update_memberships(
+    engine: Engine, cohort: str, as_of: date, accounts: pa.Table, run_id: str, actor: str
+) -> tuple[int, int]:
+    """Upsert today's accounts, mark the ones no longer there as left; (entered, left)."""
+    today = accounts.to_pylist()
+    with engine.begin() as connection:
+        c = MEMBERSHIPS.c
+        before = {
+            account_id: left_on
+            for account_id, left_on in connection.execute(
+                select(c.account_id, c.left_on).where(c.cohort == cohort)
+            )
+        }
+        rows = [
+            {
+                "cohort": cohort,
+                "account_id": row["account_id"],
+                "packages": row["packages"],
+                "first_qualified_on": as_of,
+                "last_qualified_on": as_of,
+                "left_on": None,
+                "run_id": run_id,
+            }
+            for row in today
+        ]
+        upsert(
+            connection,
+            MEMBERSHIPS,
+            rows,
+            ["cohort", "account_id"],
+            {
+                "packages": lambda new: new.packages,
+                "first_qualified_on": lambda new: _least(
+                    c.first_qualified_on, new.first_qualified_on
+                ),
+                "last_qualified_on": lambda new: _greatest(
+                    c.last_qualified_on, new.last_qualified_on
+                ),
+                "left_on": lambda new: new.left_on,
+                "run_id": lambda new: new.run_id,
+            },
+        )
+        present = {row["account_id"] for row in today}
+        entered = [
+            row
+            for row in today
+            if row["account_id"] not in before or before[row["account_id"]] is not None
+        ]
+        gone = [a for a, left_on in before.items() if a not in present and left_on is None]
+        if gone:
+            connection.execute(
+                update(MEMBERSHIPS)
+                .where(and_(c.cohort == cohort, c.account_id.in_(gone)))
+                .values(left_on=as_of, run_id=run_id)
+            )
+        record_actions(
+            connection,
+            [
+                *(
+                    {
+                        "effect_key": f"cohort-enter:{cohort}:{row['account_id']}:{as_of}",
+                        "action": "cohort_enter",
+                        "account_id": row["account_id"],
+                        "phase": cohort,
+                        "reason": "can publish "
+                        + ", ".join(row["packages"][:5])
+                        + (
+                            f" and {len(row['packages']) - 5} more"
+                            if len(row["packages"]) > 5
+                            else ""
+                        ),
+                        "actor": actor,
+                        "run_id": run_id,
+                    }
+                    for row in entered
+                ),
+                *(
+                    {
+                        "effect_key": f"cohort-leave:{cohort}:{account_id}:{as_of}",
+                        "action": "cohort_leave",
+                        "account_id": account_id,
+                        "phase": cohort,
+                        "reason": "no longer publishes any package of the cohort",
+                        "actor": actor,
+                        "run_id": run_id,
+                    }
+                    for account_id in gone
+                ),
+            ],
+        )
+    return len(entered), len(gone)
+
+
+def _snapshot(
+    con: duckdb.DuckDBPyConnection,
+    cohort: str,
+    as_of: date,
+    accounts: pa.Table,
+    qualified_keys: list[str],
+) -> None:
+    con.register("today_accounts", accounts)
+    con.register("today_keys", pa.table({"package_key": pa.array(qualified_keys, pa.string())}))
+    try:
+        with warehouse.transaction(con):
+            params = {"cohort": cohort, "as_of": as_of}
+            con.execute(
+                "delete from cohort_package_snapshots where as_of = $as_of and cohort = $cohort",
+                params,
+            )
+            con.execute(
+                "delete from cohort_account_snapshots where as_of = $as_of and cohort = $cohort",
+                params,
+            )
+            con.execute(
+                """
+                insert into cohort_package_snapshots
+                select $as_of, $cohort, package, first_qualified_on,
+                    from_json(reasons, '["VARCHAR"]'),
+                    package_key in (select package_key from today_keys)
+                from registry.cohort_packages
+                where cohort = $cohort and released_at is null
+                """,
+                params,
+            )
+            con.execute(
+                """
+                insert into cohort_account_snapshots
+                select $as_of, $cohort, today.account_id, today.username, today.tfa_status,
+                    today.tfa_methods, today.last_login_at, memberships.first_qualified_on,
+                    today.packages, today.via
+                from today_accounts as today
+                inner join registry.cohort_memberships as memberships
+                    on memberships.cohort = $cohort and memberships.account_id = today.account_id
+                """,
+                params,
+            )
+    finally:
+        con.unregister("today_accounts")
+        con.unregister("today_keys")
+
+
+def build_cohort(
+    con: duckdb.DuckDBPyConnection,
+    engine: Engine,
+    registry_url: str,
+    cohort: str,
+    rule: CohortRule,
+    as_of: date,
+    run_id: str,
+    actor: str,
+) -> CohortResult:
+    qualified = _qualified_today(con, rule, as_of)
+    entered = _add_packages(engine, cohort, as_of, qualified, run_id, actor)
+    extract_registry(con, registry_url, ("cohort_packages",))
+    in_cohort = (
+        "select package_key from registry.cohort_packages "
+        "where cohort = $cohort and released_at is null"
+    )
+    with _selected(con, in_cohort, {"cohort": cohort}):
+        accounts = con.sql(warehouse.render("marts/cohort_accounts")).to_arrow_table()
+        unresolved = warehouse.scalar(
+            con, f"select count(*) from ({warehouse.render('marts/unresolved_maintainers')})"
+        )
+    accounts_entered, accounts_left = _update_memberships(
+        engine, cohort, as_of, accounts, run_id, actor
+    )
+    extract_registry(con, registry_url, ("cohort_memberships",))
+    _snapshot(con, cohort, as_of, accounts, [key for _, key, _ in qualified])
+    total = warehouse.scalar(
+        con,
+        "select count(*) from registry.cohort_packages where "
+        "cohort = $cohort and released_at is null",
+        {"cohort": cohort},
+    )
+    statuses = accounts.column("tfa_status").to_pylist()
+    return CohortResult(
+        cohort=cohort,
+        as_of=as_of,
+        packages=total,
+        packages_qualifying_today=len(qualified),
+        packages_entered=entered,
+        accounts=accounts.num_rows,
+        accounts_without_2fa=statuses.count("none"),
+        accounts_entered=accounts_entered,
+        accounts_left=accounts_left,
+        unresolved_maintainers=unresolved or 0,
+    )
+
+
+def build_cohorts(
+    con: duckdb.DuckDBPyConnection,
+    registry_url: str,
+    plan: Plan,
+    as_of: date,
+    *,
+    actor: str,
+    cohorts: list[str] | None = None,
+    allow_gaps: bool = False,
+) -> list[CohortResult]:
+    require_metrics(con, as_of, allow_gaps=allow_gaps)
+    names = cohorts or list(plan.cohorts)
+    for name in names:
+        plan.cohort(name)
+    extract_registry(con, registry_url, EXTRACTED_TABLES)
+    engine = make_engine(registry_url)
+    try:
+        with engine.begin() as connection:
+            run_id = start_run(
+                connection,
+                plan=plan.name,
+                step=f"cohorts {as_of}",
+                mode="apply",
+                actor=actor,
+                parameters={"as_of": as_of.isoformat(), "cohorts": names},
+            )
+        results = []
+        try:
+            for name in names:
+                results.append(
+                    build_cohort(
+                        con, engine, registry_url, name, plan.cohorts[name], as_of, run_id, actor
+                    )
+                )
+        except BaseException:
+            with engine.begin() as connection:
+                finish_run(connection, run_id, state="failed", summary={})
+            raise
+        with engine.begin() as connection:
+            finish_run(
+                connection,
+                run_id,
+                state="succeeded",
+                summary={
+                    r.cohort: {
+                        "packages": r.packages,
+                        "accounts": r.accounts,
+                        "entered": len(r.packages_entered),
+                    }
+                    for r in results
+                },
+            )
+        return results
+    finally:
+        engine.dispose()
+
+
+def release_package(
+    registry_url: str, cohort: str, package: str, *, reason: str, actor: str
+) -> str:
+    """Take a package out of a cohort for good; returns its name as recorded."""
+    if not reason.strip():
+        raise BadInput(None, None, "a release needs a --reason")
+    key = package.lower()
+    engine = make_engine(registry_url)
+    try:
+        with engine.begin() as connection:
+            c = COHORT_PACKAGES.c
+            row = connection.execute(
+                select(c.id, c.package, c.released_at).where(
+                    and_(c.cohort == cohort, c.package_key == key)
+                )
+            ).first()
+            if row is None:
+                raise BadInput(None, None, f"{package} is not in cohort {cohort}")
+            if row.released_at is not None:
+                raise BadInput(
+                    None,
+                    None,
+                    f"{row.package} was already released from {cohort} "
+                    f"on {row.released_at:%Y-%m-%d}",
+                )
+            connection.execute(
+                update(COHORT_PACKAGES)
+                .where(c.id == row.id)
+                .values(released_at=utc_now(), released_reason=reason, released_by=actor)
+            )
+            record_actions(
+                connection,
+                [
+                    {
+                        "effect_key": f"cohort-package-release:{cohort}:{key}",
+                        "action": "cohort_package_release",
+                        "subject": row.package,
+                        "phase": cohort,
+                        "reason": reason,
+                        "actor": actor,
+                    }
+                ],
+            )
+            return str(row.package)
+    finally:
+        engine.dispose()
+
+
+def simulate(con: duckdb.DuckDBPyConnection, rule: CohortRule, as_of: date) -> CohortSizes:
+    """Cohort sizes under ``rule`` on ``as_of``'s metrics; writes nothing."""
+    query = f"select package_key from ({warehouse.render('marts/cohort_qualified_packages')})"
+    with _selected(con, query, rule_parameters(rule, as_of)):
+        packages = warehouse.scalar(con, "select count(*) from selected_packages")
+        sizes = warehouse.one(
+            con,
+            f"""
+            select count(*), count(*) filter (where tfa_status = 'none'),
+                count(*) filter (where tfa_status = 'totp'),
+                count(*) filter (where tfa_status = 'webauthn')
+            from ({warehouse.render("marts/cohort_accounts")})
+            """,
+        )
+    accounts, none, totp, webauthn = sizes or (0, 0, 0, 0)
+    return CohortSizes(packages, accounts, none, totp, webauthn)
+
+
+def latest_as_of(con: duckdb.DuckDBPyConnection, table: str) -> date | None:
+    return warehouse.scalar(con, f"select max(as_of) from {table}")

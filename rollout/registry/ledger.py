@@ -1,0 +1,98 @@
+"""Writing to the registry exactly once: upserts keyed by natural keys, and the audit
+ledger, whose unique ``effect_key`` turns a replayed effect into a no-op."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from rollout.registry.models import Action, PlanRun
+
+ACTIONS: Table = Action.__table__  # type: ignore[assignment]
+PLAN_RUNS: Table = PlanRun.__table__  # type: ignore[assignment]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _insert(connection: Connection, table: Table) -> Any:
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def insert_ignoring_existing(
+    connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]
+) -> int:
+    """Insert rows whose natural key is new; returns how many were inserted."""
+    if not rows:
+        return 0
+    statement = _insert(connection, table).on_conflict_do_nothing(index_elements=list(keys))
+    result = connection.execute(statement, list(rows))
+    return max(result.rowcount, 0)
+
+
+def upsert(
+    connection: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    updates: Mapping[str, Any],
+) -> None:
+    """Insert rows, or on a natural-key clash apply ``updates`` (SQL expressions that
+    may use ``excluded``-style values via ``excluded_columns``)."""
+    if not rows:
+        return
+    statement = _insert(connection, table)
+    statement = statement.on_conflict_do_update(
+        index_elements=list(keys),
+        set_={name: value(statement.excluded) for name, value in updates.items()},
+    )
+    connection.execute(statement, list(rows))
+
+
+def record_actions(connection: Connection, actions: Iterable[Mapping[str, Any]]) -> int:
+    """Append audit rows; an effect already recorded (same effect_key) is skipped."""
+    rows = [{"details": {}, "created_at": utc_now(), **action} for action in actions]
+    return insert_ignoring_existing(connection, ACTIONS, rows, ["effect_key"])
+
+
+def start_run(
+    connection: Connection,
+    *,
+    plan: str,
+    step: str,
+    mode: str,
+    actor: str,
+    parameters: Mapping[str, Any],
+) -> str:
+    run_id = uuid.uuid4().hex
+    connection.execute(
+        PLAN_RUNS.insert().values(
+            id=run_id,
+            plan=plan,
+            step=step,
+            mode=mode,
+            state="running",
+            actor=actor,
+            started_at=utc_now(),
+            parameters=dict(parameters),
+            summary={},
+        )
+    )
+    return run_id
+
+
+def finish_run(
+    connection: Connection, run_id: str, *, state: str, summary: Mapping[str, Any]
+) -> None:
+    connection.execute(
+        update(PLAN_RUNS)
+        .where(PLAN_RUNS.c.id == run_id)
+        .values(state=state, finished_at=utc_now(), summary=dict(summary))
+    )

@@ -1,0 +1,51 @@
+-- Tables the pipeline appends to, one snapshot per as-of day: the history analysts
+-- query. Each run for a day replaces that day's rows, so a rerun never doubles them.
+
+create table if not exists package_metrics_daily (
+    as_of              date not null,
+    package            varchar not null,
+    weekly_downloads   bigint not null,
+    monthly_downloads  bigint not null,
+    dependents         bigint not null,
+    dev_dependents     bigint not null,
+    peer_dependents    bigint not null,
+    rank_by_dependents bigint not null,
+    rank_by_downloads  bigint not null
+);
+
+create table if not exists metrics_runs (
+    as_of                  date primary key,
+    computed_at            timestamp not null,
+    packages               bigint not null,
+    missing_days           date[] not null,  -- days of the 30-day window with no data
+    weekly_window_complete boolean not null,
+    self_dependencies      bigint not null,
+    unknown_dependencies   bigint not null,
+    unknown_packages       bigint not null,
+    seconds                double not null
+);
+
+-- Cohort packages as of each day (sticky: everything that ever qualified and was not
+-- released), with why it first qualified and whether it still qualifies that day.
+create table if not exists cohort_package_snapshots (
+    as_of              date not null,
+    cohort             varchar not null,
+    package            varchar not null,
+    first_qualified_on date not null,
+    reasons            varchar[] not null,
+    qualifies_today    boolean not null
+);
+
+-- Cohort accounts as of each day, with 2FA status and the packages that put them there.
+create table if not exists cohort_account_snapshots (
+    as_of              date not null,
+    cohort             varchar not null,
+    account_id         bigint not null,
+    username           varchar not null,
+    tfa_status         varchar not null,   -- none | totp | webauthn
+    tfa_methods        varchar[] not null,
+    last_login_at      timestamp,
+    first_qualified_on date not null,
+    packages           varchar[] not null,
+    via                varchar[] not null  -- maintainer, or team org/name
+);
