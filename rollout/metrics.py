@@ -50,10 +50,8 @@ def compute_metrics(
     self_deps, unknown_deps, unknown_packages = exclusions or (0, 0, 0)
     with warehouse.transaction(con):
         con.execute("delete from package_metrics_daily where as_of = $as_of", {"as_of": as_of})
-        con.execute(
-            f"insert into package_metrics_daily by name ({warehouse.render('marts/package_metrics')})",
-            params,
-        )
+        model = warehouse.render("marts/package_metrics")
+        con.execute(f"insert into package_metrics_daily by name ({model})", params)
         packages = warehouse.scalar(
             con, "select count(*) from package_metrics_daily where as_of = $as_of", {"as_of": as_of}
         )

@@ -3,8 +3,8 @@ a registry extract. SQL lives in ``sql/``; this module runs it with named parame
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 import re
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
