@@ -428,6 +428,40 @@ def build_cohorts(
         engine.dispose()
 
 
+def release_preview(registry_url: str, cohort: str, package: str) -> str:
+    """What a release would change, in words, for the preview that comes first."""
+    engine = make_engine(registry_url)
+    try:
+        with engine.connect() as connection:
+            c = COHORT_PACKAGES.c
+            row = connection.execute(
+                select(c.package, c.first_qualified_on, c.reasons, c.released_at).where(
+                    and_(c.cohort == cohort, c.package_key == package.lower())
+                )
+            ).first()
+            if row is None:
+                raise BadInput(None, None, f"{package} is not in cohort {cohort}")
+            m = MEMBERSHIPS.c
+            members = [
+                packages
+                for (packages,) in connection.execute(
+                    select(m.packages).where(and_(m.cohort == cohort, m.left_on.is_(None)))
+                )
+            ]
+    finally:
+        engine.dispose()
+    only_this = sum(1 for packages in members if packages == [row.package])
+    state = (
+        f"released on {row.released_at:%Y-%m-%d}"
+        if row.released_at
+        else f"in {cohort} since {row.first_qualified_on} ({'; '.join(row.reasons)})"
+    )
+    return (
+        f"{row.package}: {state}; {only_this} account(s) are in {cohort} only through it "
+        "and would leave at the next build"
+    )
+
+
 def release_package(
     registry_url: str, cohort: str, package: str, *, reason: str, actor: str
 ) -> str:

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     quarantine_limit: float = Field(0.01, validation_alias="ROLLOUT_QUARANTINE_LIMIT", ge=0, le=1)
     duckdb_memory_limit: str | None = Field(None, validation_alias="ROLLOUT_DUCKDB_MEMORY_LIMIT")
     plan_path: Path = Field(Path("plans/npm-2022.yaml"), validation_alias="ROLLOUT_PLAN")
+    # Who the audit ledger says acted: set it in deployments (e.g. the flow's name).
+    actor: str = Field("rollout", validation_alias="ROLLOUT_ACTOR")
 
     @field_validator("sendgrid_api_key", mode="before")
     @classmethod
@@ -79,4 +81,7 @@ _ENV_NAMES = {
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``environ`` (default: the process environment), nothing else."""
     source = os.environ if environ is None else environ
-    return Settings(**{name: source[name] for name in _ENV_NAMES if name in source})
+    values = {name: source[name] for name in _ENV_NAMES if name in source}
+    if "ROLLOUT_ACTOR" not in values and source.get("USER"):
+        values["ROLLOUT_ACTOR"] = source["USER"]
+    return Settings(**values)
