@@ -1,18 +1,20 @@
 """Copy the registry tables the warehouse needs into DuckDB, through Arrow.
 
 DuckDB 2.0 has no SQLite/PostgreSQL scanner offline, so rows travel as Arrow record
-batches: from PostgreSQL through ADBC (binary COPY, fast), from SQLite through the
-same sqlite3 library SQLAlchemy uses. ADBC's SQLite driver carries its own copy of
-SQLite, and two copies in one process do not share file locks: reads after a write
-through SQLAlchemy came back stale. Column types come from the SQLAlchemy models, so
-the warehouse's ``registry.*`` tables have the same types whatever the backend.
+batches: from PostgreSQL through ADBC (binary COPY), from SQLite through ADBC in a
+child process (rollout.registry.sqlite_export says why). Column types come from the
+SQLAlchemy models, so the warehouse's ``registry.*`` tables have the same types
+whatever the backend.
 """
 
 from __future__ import annotations
 
-import sqlite3
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -22,12 +24,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.types import TypeEngine
 
 from rollout import warehouse
-from rollout.registry.engine import adbc_uri, is_sqlite, normalize_url
+from rollout.errors import RolloutError
+from rollout.registry import migrate
+from rollout.registry.engine import adbc_uri, is_sqlite, make_engine, normalize_url
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Base
+from rollout.registry.sqlite_export import NULL_INT
 
 EXTRACTED_TABLES = (*REGISTRY_TABLES, *LEDGER_TABLES)
-
-_BATCH_ROWS = 100_000
 
 
 def _duckdb_type(sql_type: TypeEngine[Any]) -> str:
@@ -60,33 +63,36 @@ def _target_select(table: Table) -> str:
     )
 
 
-def _sqlite_batches(registry_url: str, table: Table) -> pa.RecordBatchReader:
-    """The table's rows from SQLite as Arrow batches: numbers as int64, the rest as
-    text that DuckDB casts (SQLite stores times as text anyway)."""
-    schema = pa.schema(
-        (c.name, pa.int64() if _is_numeric(_duckdb_type(c.type)) else pa.string())
-        for c in table.columns
-    )
+def _numeric_columns(table: Table) -> list[str]:
+    return [c.name for c in table.columns if _is_numeric(_duckdb_type(c.type))]
+
+
+def _export_sqlite(registry_url: str, tables: tuple[str, ...], folder: Path) -> None:
+    """Dump the tables to Arrow files through ADBC, in a child process (see
+    rollout.registry.sqlite_export for why not in this one)."""
     database = make_url(normalize_url(registry_url)).database or ":memory:"
+    specs = [f"{name}:{','.join(_numeric_columns(Base.metadata.tables[name]))}" for name in tables]
+    done = subprocess.run(
+        [sys.executable, "-m", "rollout.registry.sqlite_export", database, str(folder), *specs],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RolloutError(f"reading the registry {database} failed: {last}")
 
-    def batches() -> Iterator[pa.RecordBatch]:
-        # DuckDB pulls batches from its own threads, one at a time.
-        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, check_same_thread=False)
-        try:
-            cursor = connection.execute(_source_query(table))
-            while rows := cursor.fetchmany(_BATCH_ROWS):
-                columns = list(zip(*rows, strict=True))
-                yield pa.record_batch(
-                    [
-                        pa.array(values, field.type)
-                        for values, field in zip(columns, schema, strict=True)
-                    ],
-                    schema=schema,
-                )
-        finally:
-            connection.close()
 
-    return pa.RecordBatchReader.from_batches(schema, batches())
+def _sqlite_select(table: Table) -> str:
+    """Cast the exported columns to the model's types, sentinels back to NULL."""
+    columns = []
+    for column in table.columns:
+        duck_type = _duckdb_type(column.type)
+        sentinel = str(NULL_INT) if _is_numeric(duck_type) else "chr(0) || 'null'"
+        columns.append(
+            f'cast(nullif("{column.name}", {sentinel}) as {duck_type}) as "{column.name}"'
+        )
+    return ", ".join(columns)
 
 
 @contextmanager
@@ -97,11 +103,18 @@ def _postgres_cursor(registry_url: str) -> Iterator[Any]:
         yield cursor
 
 
-def _batches(cursor: Any, registry_url: str, table: Table) -> pa.RecordBatchReader:
-    if cursor is None:
-        return _sqlite_batches(registry_url, table)
-    cursor.execute(_source_query(table))
-    return cursor.fetch_record_batch()
+def require_current_schema(registry_url: str) -> None:
+    """Refuse to read a registry whose schema is older (or newer) than this code's."""
+    engine = make_engine(registry_url)
+    try:
+        current, newest = migrate.current_revision(engine), migrate.head_revision()
+    finally:
+        engine.dispose()
+    if current != newest:
+        raise RolloutError(
+            f"the registry is at schema revision {current or 'none'}, this rollout needs "
+            f"{newest}: run `rollout db upgrade`"
+        )
 
 
 def extract_registry(
@@ -110,18 +123,33 @@ def extract_registry(
     tables: tuple[str, ...] = EXTRACTED_TABLES,
 ) -> dict[str, int]:
     """Replace ``registry.*`` in the warehouse with the registry's current rows."""
+    require_current_schema(registry_url)
     counts: dict[str, int] = {}
-    source = nullcontext(None) if is_sqlite(registry_url) else _postgres_cursor(registry_url)
-    with source as cursor, warehouse.transaction(con):
-        for name in tables:
-            table = Base.metadata.tables[name]
-            con.register("registry_batches", _batches(cursor, registry_url, table))
-            try:
-                con.execute(
-                    f"create or replace table registry.{name} as "
-                    f"select {_target_select(table)} from registry_batches"
-                )
-            finally:
-                con.unregister("registry_batches")
-            counts[name] = warehouse.scalar(con, f"select count(*) from registry.{name}")
+    with tempfile.TemporaryDirectory(prefix="rollout-extract-") as scratch:
+        sqlite = is_sqlite(registry_url)
+        if sqlite:
+            _export_sqlite(registry_url, tables, Path(scratch))
+        source = nullcontext(None) if sqlite else _postgres_cursor(registry_url)
+        with source as cursor, warehouse.transaction(con):
+            for name in tables:
+                table = Base.metadata.tables[name]
+                if cursor is None:
+                    data: Any = pa.ipc.open_file(
+                        pa.memory_map(f"{scratch}/{name}.arrow")
+                    ).read_all()
+                    select_list = _sqlite_select(table)
+                else:
+                    cursor.execute(_source_query(table))
+                    data = cursor.fetch_record_batch()
+                    select_list = _target_select(table)
+                con.register("registry_batches", data)
+                try:
+                    con.execute(
+                        f"create or replace table registry.{name} as "
+                        f"select {select_list} from registry_batches"
+                    )
+                finally:
+                    with suppress(duckdb.Error):  # never hide the error that got us here
+                        con.unregister("registry_batches")
+                counts[name] = warehouse.scalar(con, f"select count(*) from registry.{name}")
     return counts

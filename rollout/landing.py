@@ -532,7 +532,15 @@ def stage_manifests(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
         """
         create or replace temp table incoming as
         select ordinal, line, name, version, maintainers, maintainers_malformed,
-            dependencies_malformed, devDependencies_malformed, peerDependencies_malformed
+            dependencies_malformed, devDependencies_malformed, peerDependencies_malformed,
+            -- Which of its own maps list the package itself: known here for 4M rows,
+            -- it spares the metrics a 40M-row string comparison.
+            list_filter(
+                [case when list_contains(map_keys(dependencies), name) then 'prod' end,
+                 case when list_contains(map_keys(devDependencies), name) then 'dev' end,
+                 case when list_contains(map_keys(peerDependencies), name) then 'peer' end],
+                lambda kind: kind is not null
+            ) as self_dependency_kinds
         from manifests_shaped
         """
     )

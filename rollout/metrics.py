@@ -43,6 +43,11 @@ def compute_metrics(
 ) -> MetricsReport:
     started = time.perf_counter()
     params = window_parameters(as_of, windows)
+    # Read twice below (dependents and exclusions): computed once, as a temp table.
+    con.execute(
+        "create or replace temp table int_dependency_counts as "
+        + warehouse.render("intermediate/int_dependency_counts")
+    )
     gaps = con.execute(warehouse.render("intermediate/int_download_gaps"), params).fetchall()
     missing = [row[0] for row in gaps]
     weekly_complete = not any(row[1] for row in gaps)
@@ -73,6 +78,7 @@ def compute_metrics(
                 "seconds": seconds,
             },
         )
+    con.execute("drop table if exists int_dependency_counts")
     return MetricsReport(
         as_of=as_of,
         packages=packages,

@@ -17,10 +17,16 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
 # Bumped whenever a table's shape changes: the warehouse has no migrations, it is
 # rebuilt from landing files, and a file of another version is refused clearly.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Views over the raw tables, in dependency order.
-STAGING_VIEWS = ("stg_downloads", "stg_logins", "stg_manifests", "stg_dependencies")
+STAGING_VIEWS = (
+    "stg_downloads",
+    "stg_logins",
+    "stg_manifests",
+    "stg_dependencies",
+    "stg_dependency_edges",
+)
 
 # Until the first registry extract, views and summaries still need these to exist.
 _REGISTRY_PLACEHOLDERS = {

@@ -1,25 +1,27 @@
--- What the dependents count leaves out, for the run's report.
+-- What the dependents counts leave out, for the run's report: self-dependencies, and
+-- dependencies on names the registry has no manifest for. Reads int_dependency_counts.
 with
 
-dependencies as (
-    select * from stg_dependencies
+counts as (
+    select * from int_dependency_counts
 ),
 
 packages as (
-    select package from stg_manifests
+    select package, self_dependency_kinds from stg_manifests
+),
+
+unknown as (
+    select counts.dependency, counts.edges
+    from counts
+    anti join packages on packages.package = counts.dependency
 ),
 
 final as (
     select
-        count(*) filter (where dependencies.dependency = dependencies.package)
+        (select coalesce(sum(len(self_dependency_kinds)), 0) from packages)
             as self_dependencies,
-        count(*) filter (
-            where dependencies.dependency <> dependencies.package and packages.package is null
-        ) as unknown_dependencies,
-        count(distinct dependencies.dependency) filter (where packages.package is null)
-            as unknown_packages
-    from dependencies
-    left join packages on packages.package = dependencies.dependency
+        (select coalesce(sum(edges), 0) from unknown) as unknown_dependencies,
+        (select count(*) from unknown) as unknown_packages
 )
 
 select * from final

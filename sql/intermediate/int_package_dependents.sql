@@ -1,32 +1,28 @@
--- Dependents of each known package: the distinct packages whose latest manifest
--- declares it, counted per kind. Self-dependencies and dependencies on packages the
--- registry does not know are left out (and counted by int_dependency_exclusions).
+-- Dependents of each known package: the distinct other packages whose latest manifest
+-- declares it, counted per kind. Reads int_dependency_counts (materialized by
+-- rollout.metrics); a package listing itself is not its own dependent, and names
+-- with no manifest are left out (both counted by int_dependency_exclusions).
 with
 
-dependencies as (
-    select * from stg_dependencies
+counts as (
+    select * from int_dependency_counts
 ),
 
 packages as (
-    select package from stg_manifests
-),
-
-counted as (
-    select dependencies.package as dependent, dependencies.dependency, dependencies.kind
-    from dependencies
-    inner join packages on packages.package = dependencies.dependency
-    where dependencies.dependency <> dependencies.package
+    select package, self_dependency_kinds from stg_manifests
 ),
 
 final as (
     select
-        dependency as package,
-        -- A manifest's dependency map has unique keys, so a row is a distinct dependent.
-        count(*) filter (where kind = 'prod') as dependents,
-        count(*) filter (where kind = 'dev') as dev_dependents,
-        count(*) filter (where kind = 'peer') as peer_dependents
-    from counted
-    group by dependency
+        packages.package,
+        counts.dependents - list_contains(packages.self_dependency_kinds, 'prod')::int
+            as dependents,
+        counts.dev_dependents - list_contains(packages.self_dependency_kinds, 'dev')::int
+            as dev_dependents,
+        counts.peer_dependents - list_contains(packages.self_dependency_kinds, 'peer')::int
+            as peer_dependents
+    from counts
+    inner join packages on packages.package = counts.dependency
 )
 
 select * from final

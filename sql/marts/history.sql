@@ -3,7 +3,7 @@
 
 create table if not exists package_metrics_daily (
     as_of              date not null,
-    package            varchar not null,
+    package            varchar using compression uncompressed not null,
     weekly_downloads   bigint not null,
     monthly_downloads  bigint not null,
     dependents         bigint not null,
@@ -30,7 +30,7 @@ create table if not exists metrics_runs (
 create table if not exists cohort_package_snapshots (
     as_of              date not null,
     cohort             varchar not null,
-    package            varchar not null,
+    package            varchar using compression uncompressed not null,
     first_qualified_on date not null,
     reasons            varchar[] not null,
     qualifies_today    boolean not null

@@ -31,7 +31,9 @@ create table if not exists raw_manifests (
     version     varchar not null,
     maintainers varchar[] not null,
     file_id     bigint not null,
-    ordinal     bigint not null      -- the manifest's record number in its file
+    ordinal     bigint not null,     -- the manifest's record number in its file
+    -- prod/dev/peer when the manifest lists the package itself in that map
+    self_dependency_kinds varchar[] not null
 );
 
 -- One row per declared dependency of a manifest, which (file_id, ordinal) names;

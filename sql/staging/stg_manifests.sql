@@ -14,7 +14,7 @@ ranked as (
 ),
 
 final as (
-    select name as package, version, maintainers, file_id, ordinal
+    select name as package, version, maintainers, self_dependency_kinds, file_id, ordinal
     from ranked
     where recency = 1
 )
