@@ -21,12 +21,24 @@ from sqlalchemy import Engine, and_, select, update
 
 from rollout import warehouse
 from rollout.errors import BadInput
-from rollout.extract import EXTRACTED_TABLES, extract_registry
+from rollout.extract import extract_registry
 from rollout.plan import CohortRule, Plan
 from rollout.registry.engine import make_engine
 from rollout.registry.ledger import finish_run, record_actions, start_run, upsert, utc_now
 from rollout.registry.models import CohortMembership, CohortPackage
 
+# The registry tables a cohort build reads: who can publish, and their 2FA factors.
+COHORT_INPUTS = (
+    "accounts",
+    "tfa_factors",
+    "orgs",
+    "org_members",
+    "teams",
+    "team_members",
+    "team_packages",
+    "cohort_packages",
+    "cohort_memberships",
+)
 COHORT_PACKAGES = CohortPackage.__table__
 MEMBERSHIPS = CohortMembership.__table__
 
@@ -84,7 +96,8 @@ def require_metrics(con: duckdb.DuckDBPyConnection, as_of: date, *, allow_gaps: 
             None,
             None,
             f"download data for {as_of}'s weekly window is missing "
-            f"({days}): load it, or pass --allow-gaps to decide on partial data",
+            f"({days}): load it, or allow gaps (--allow-gaps; allow_gaps in the flows) "
+            "to decide on partial data",
         )
 
 
@@ -335,7 +348,7 @@ def build_cohort(
 ) -> CohortResult:
     qualified = _qualified_today(con, rule, as_of)
     entered = _add_packages(engine, cohort, as_of, qualified, run_id, actor)
-    extract_registry(con, registry_url, ("cohort_packages",))
+    extract_registry(con, registry_url, ("cohort_packages",), small=True)
     in_cohort = (
         "select package_key from registry.cohort_packages "
         "where cohort = $cohort and released_at is null"
@@ -348,7 +361,7 @@ def build_cohort(
     accounts_entered, accounts_left = _update_memberships(
         engine, cohort, as_of, accounts, run_id, actor
     )
-    extract_registry(con, registry_url, ("cohort_memberships",))
+    extract_registry(con, registry_url, ("cohort_memberships",), small=True)
     _snapshot(con, cohort, as_of, accounts, [key for _, key, _ in qualified])
     total = warehouse.scalar(
         con,
@@ -385,7 +398,7 @@ def build_cohorts(
     names = cohorts or list(plan.cohorts)
     for name in names:
         plan.cohort(name)
-    extract_registry(con, registry_url, EXTRACTED_TABLES)
+    extract_registry(con, registry_url, COHORT_INPUTS)
     engine = make_engine(registry_url)
     try:
         with engine.begin() as connection:

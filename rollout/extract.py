@@ -9,6 +9,7 @@ whatever the backend.
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from rollout.errors import RolloutError
 from rollout.registry import migrate
 from rollout.registry.engine import adbc_uri, is_sqlite, make_engine, normalize_url
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Base
-from rollout.registry.sqlite_export import NULL_INT
+from rollout.registry.sqlite_export import NULL_INT, select_with_sentinels
 
 EXTRACTED_TABLES = (*REGISTRY_TABLES, *LEDGER_TABLES)
 
@@ -117,17 +118,53 @@ def require_current_schema(registry_url: str) -> None:
         )
 
 
+def _read_sqlite_here(registry_url: str, tables: tuple[str, ...], folder: Path) -> None:
+    """The same export in this process through sqlite3: slower per row, but no child
+    process to start, for re-reading a few thousand rows just written."""
+    database = make_url(normalize_url(registry_url)).database or ":memory:"
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        for name in tables:
+            table = Base.metadata.tables[name]
+            numeric = set(_numeric_columns(table))
+            rows = connection.execute(select_with_sentinels(name, numeric)).fetchall()
+            columns = list(zip(*rows, strict=True)) or [() for _ in table.columns]
+            data = pa.table(
+                {
+                    column.name: pa.array(
+                        values, pa.int64() if column.name in numeric else pa.string()
+                    )
+                    for column, values in zip(table.columns, columns, strict=True)
+                }
+            )
+            with (
+                pa.OSFile(str(folder / f"{name}.arrow"), "wb") as sink,
+                pa.ipc.new_file(sink, data.schema) as writer,
+            ):
+                writer.write_table(data)
+    finally:
+        connection.close()
+
+
 def extract_registry(
     con: duckdb.DuckDBPyConnection,
     registry_url: str,
     tables: tuple[str, ...] = EXTRACTED_TABLES,
+    *,
+    small: bool = False,
 ) -> dict[str, int]:
-    """Replace ``registry.*`` in the warehouse with the registry's current rows."""
+    """Replace ``registry.*`` in the warehouse with the registry's current rows.
+
+    ``small``: the tables hold a few thousand rows; on SQLite read them in this
+    process rather than starting the (faster per row) child exporter.
+    """
     require_current_schema(registry_url)
     counts: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="rollout-extract-") as scratch:
         sqlite = is_sqlite(registry_url)
-        if sqlite:
+        if sqlite and small:
+            _read_sqlite_here(registry_url, tables, Path(scratch))
+        elif sqlite:
             _export_sqlite(registry_url, tables, Path(scratch))
         source = nullcontext(None) if sqlite else _postgres_cursor(registry_url)
         with source as cursor, warehouse.transaction(con):

@@ -1,0 +1,85 @@
+"""The ``cohorts`` flow (build a day's cohorts) and ``daily`` (metrics, then cohorts).
+
+``cohorts`` is ``rollout cohorts build --as-of DAY`` with a markdown artifact
+``cohorts-DAY``; it refuses a day whose weekly download window has gaps unless
+``allow_gaps``. ``daily`` is the scheduled run: metrics first, then cohorts, same day.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import artifact_key, day_or_today, run_actor, table, warehouse
+from flows.metrics import metrics
+from rollout.cohorts import CohortResult, build_cohorts
+from rollout.config import load_settings
+from rollout.plan import load_plan
+
+ENTERED_LISTED = 20
+
+
+@task(name="build-cohorts", cache_policy=NO_CACHE)
+def build_all_cohorts(as_of: date, allow_gaps: bool, actor: str) -> list[CohortResult]:
+    settings = load_settings()
+    plan = load_plan(settings.plan_path)
+    with warehouse(settings) as con:
+        return build_cohorts(
+            con, settings.registry_url, plan, as_of, actor=actor, allow_gaps=allow_gaps
+        )
+
+
+def entered_list(packages: Sequence[str], limit: int = ENTERED_LISTED) -> str:
+    if not packages:
+        return "none"
+    shown = ", ".join(f"`{p}`" for p in packages[:limit])
+    more = len(packages) - limit
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def cohorts_markdown(as_of: date, results: Sequence[CohortResult]) -> str:
+    """The artifact: one table per cohort."""
+    parts = [f"# Cohorts {as_of}"]
+    for r in results:
+        rows = [
+            ("packages", r.packages),
+            ("qualifying today", r.packages_qualifying_today),
+            ("packages entered", len(r.packages_entered)),
+            ("accounts", r.accounts),
+            ("without 2FA", r.accounts_without_2fa),
+            ("accounts entered", r.accounts_entered),
+            ("accounts left", r.accounts_left),
+            ("unresolved maintainers", r.unresolved_maintainers),
+        ]
+        parts.append(
+            f"## {r.cohort}\n\n{table(rows)}\n\n"
+            f"Packages entered: {entered_list(r.packages_entered)}"
+        )
+    return "\n\n".join(parts) + "\n"
+
+
+@flow(name="cohorts", description="Build a day's cohorts from its package metrics.")
+def cohorts(as_of: date | None = None, allow_gaps: bool = False) -> list[CohortResult]:
+    """Cohorts for ``as_of`` (default: today, UTC); the day's metrics must exist."""
+    day = day_or_today(as_of)
+    results = build_all_cohorts(day, allow_gaps, run_actor(load_settings()))
+    create_markdown_artifact(
+        markdown=cohorts_markdown(day, results),
+        key=artifact_key("cohorts", day),
+        description=f"Cohorts for {day}",
+    )
+    return results
+
+
+@flow(name="daily", description="The daily run: package metrics, then cohorts, for one day.")
+def daily(
+    as_of: date | None = None, ingest_first: bool = True, allow_gaps: bool = False
+) -> list[CohortResult]:
+    """``metrics`` then ``cohorts`` as subflows; a failed metrics run stops the cohorts."""
+    day = day_or_today(as_of)
+    metrics(as_of=day, ingest_first=ingest_first)
+    return cohorts(as_of=day, allow_gaps=allow_gaps)

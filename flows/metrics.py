@@ -1,0 +1,115 @@
+"""The ``metrics`` flow: ingest the landing files, then compute a day's package metrics.
+
+Same as ``rollout ingest`` then ``rollout metrics --as-of DAY``, with a markdown
+artifact ``metrics-DAY`` that says what the numbers rest on.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import artifact_key, day_or_today, table, warehouse
+from rollout.config import load_settings
+from rollout.extract import extract_registry
+from rollout.ingest import IngestReport, ingest
+from rollout.metrics import MetricsReport, compute_metrics
+from rollout.plan import load_plan
+
+
+@task(name="ingest", cache_policy=NO_CACHE)
+def ingest_landing() -> IngestReport:
+    """Load new landing files (a refused one is reported, not raised), extract the registry."""
+    settings = load_settings()
+    with warehouse(settings) as con:
+        report = ingest(
+            con,
+            [settings.landing_dir],
+            quarantine_limit=settings.quarantine_limit,
+            landing_root=settings.landing_dir,
+        )
+        extract_registry(con, settings.registry_url)
+    logger = get_run_logger()
+    logger.info(
+        "%d files loaded, %d skipped, %d refused; %d rows loaded, %d quarantined",
+        report.loaded,
+        report.skipped,
+        len(report.rejected),
+        report.rows_loaded,
+        report.rows_quarantined,
+    )
+    for refused in report.rejected:
+        logger.warning("landing file refused, nothing of it loaded: %s", refused.message)
+    return report
+
+
+@task(name="compute-metrics", cache_policy=NO_CACHE)
+def compute_package_metrics(as_of: date) -> MetricsReport:
+    settings = load_settings()
+    plan = load_plan(settings.plan_path)
+    with warehouse(settings) as con:
+        report = compute_metrics(con, as_of, plan.metrics)
+    if not report.weekly_window_complete:
+        get_run_logger().warning(
+            "download data missing for %s", ", ".join(str(d) for d in report.missing_days)
+        )
+    return report
+
+
+def metrics_markdown(report: MetricsReport, ingested: IngestReport | None) -> str:
+    """The artifact: what the day's metrics rest on, gaps and refused files first."""
+    missing = ", ".join(str(d) for d in report.missing_days) or "none"
+    parts = [f"# Package metrics {report.as_of}"]
+    if not report.weekly_window_complete:
+        parts.append(
+            f"> **Warning: the weekly window is incomplete.** Download data is missing for "
+            f"{missing}. Weekly downloads are undercounted; `cohorts` refuses this day "
+            "unless run with `allow_gaps`."
+        )
+    if ingested is not None and ingested.rejected:
+        parts.append(
+            f"> **Warning: {len(ingested.rejected)} landing file(s) refused**, nothing of "
+            "them loaded; the metrics use the files that did load."
+        )
+    rows: list[tuple[str, object]] = [
+        ("packages", report.packages),
+        ("weekly window complete", "yes" if report.weekly_window_complete else "**no**"),
+        ("missing download days", missing),
+        ("self-dependencies ignored", report.self_dependencies),
+        ("dependencies on unknown packages ignored", report.unknown_dependencies),
+        ("unknown packages depended on", report.unknown_packages),
+        ("seconds", round(report.seconds, 2)),
+    ]
+    if ingested is None:
+        rows.append(("ingest", "skipped (ingest_first=false)"))
+    else:
+        rows += [
+            ("files loaded", ingested.loaded),
+            ("files skipped (already loaded)", ingested.skipped),
+            ("files refused", len(ingested.rejected)),
+            ("rows loaded", ingested.rows_loaded),
+            ("rows quarantined", ingested.rows_quarantined),
+        ]
+    parts.append(table(rows))
+    if ingested is not None and ingested.rejected:
+        # The message names the file and line, then the reason.
+        lines = [f"- {f.message}" for f in ingested.rejected]
+        parts.append("## Refused landing files\n\n" + "\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+@flow(name="metrics", description="Ingest landing files, then compute a day's package metrics.")
+def metrics(as_of: date | None = None, ingest_first: bool = True) -> MetricsReport:
+    """Package metrics for ``as_of`` (default: today, UTC; the week is the 7 days before)."""
+    day = day_or_today(as_of)
+    ingested = ingest_landing() if ingest_first else None
+    report = compute_package_metrics(day)
+    create_markdown_artifact(
+        markdown=metrics_markdown(report, ingested),
+        key=artifact_key("metrics", day),
+        description=f"Package metrics for {day}",
+    )
+    return report

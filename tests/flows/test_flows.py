@@ -1,0 +1,245 @@
+"""The flows against a temporary Prefect server, on the tiny sample (downloads end 2022-01-31).
+
+One module-scoped home: the sample, plus one landing file that ingest refuses. The
+daily run for 2022-02-01 has a complete weekly window; 2022-02-02's window misses
+2022-02-01, so its cohorts refuse to build without allow_gaps. The markdown is also
+checked through the plain functions that render it, without a server.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.cohorts import cohorts, cohorts_markdown, daily, entered_list
+from flows.common import artifact_key
+from flows.metrics import metrics_markdown
+from rollout.cohorts import CohortResult
+from rollout.config import Settings, load_settings
+from rollout.errors import BadInput
+from rollout.ingest import FileResult, IngestReport
+from rollout.metrics import MetricsReport
+from rollout.sample import generate_sample
+from rollout.warehouse import open_warehouse
+
+ROOT = Path(__file__).resolve().parents[2]
+DAY = date(2022, 2, 1)
+GAP_DAY = date(2022, 2, 2)  # its weekly window, 2022-01-26..2022-02-01, misses 2022-02-01
+BROKEN = "downloads-broken.csv"
+
+
+@dataclass
+class Home:
+    path: Path
+    settings: Settings
+
+    def warehouse_rows(self, query: str, **params: Any) -> list[tuple[Any, ...]]:
+        with open_warehouse(self.settings.warehouse_path, read_only=True) as con:
+            return con.execute(query, params).fetchall()
+
+    def registry_rows(self, query: str) -> list[tuple[Any, ...]]:
+        database = self.settings.registry_url.removeprefix("sqlite:///")
+        with closing(sqlite3.connect(database)) as connection:
+            return connection.execute(query).fetchall()
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
+    """Like tests/conftest.py's rollout_home, for the module: the tiny sample in a temp home."""
+    path = tmp_path_factory.mktemp("flows") / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith("ROLLOUT_") and not name.startswith("ROLLOUT_TEST_"):
+                mp.delenv(name)
+        mp.delenv("SENDGRID_API_KEY", raising=False)
+        mp.setenv("ROLLOUT_HOME", str(path))
+        mp.setenv("ROLLOUT_PLAN", str(ROOT / "plans" / "npm-2022.yaml"))
+        settings = load_settings()
+        generate_sample(
+            "tiny", 7, registry_url=settings.registry_url, landing_dir=settings.landing_dir
+        )
+        # Every row bad: ingest refuses the whole file, the others still load.
+        (settings.landing_dir / "downloads" / BROKEN).write_text(
+            "package,day,downloads\nreact,2022-01-10,-5\nvue,2022-01-10,-7\n"
+        )
+        yield Home(path, settings)
+
+
+@pytest.fixture(scope="module")
+def daily_state(prefect_server: None, home: Home) -> Any:
+    return daily(as_of=DAY, return_state=True)
+
+
+@pytest.fixture(scope="module")
+def gap_state(daily_state: Any) -> Any:
+    """After the complete day: the landing files are already loaded."""
+    return daily(as_of=GAP_DAY, ingest_first=False, return_state=True)
+
+
+def read_artifact(key: str) -> Any:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.UPDATED_DESC,
+            limit=1,
+        )
+    assert found, f"no artifact {key}"
+    assert found[0].type == "markdown"
+    return found[0]
+
+
+# --- with the Prefect server ---------------------------------------------------------
+
+
+def test_the_daily_run_completes(daily_state: Any) -> None:
+    assert daily_state.is_completed(), daily_state.message
+
+
+def test_it_writes_the_days_metrics_and_both_cohorts(daily_state: Any, home: Home) -> None:
+    [(packages,)] = home.warehouse_rows(
+        "select count(*) from package_metrics_daily where as_of = $d", d=DAY
+    )
+    assert packages == 1000
+    snapshots = home.warehouse_rows(
+        "select cohort, count(*) from cohort_package_snapshots where as_of = $d group by cohort",
+        d=DAY,
+    )
+    assert {cohort for cohort, count in snapshots if count > 0} == {"top-100", "high-impact"}
+    accounts = home.warehouse_rows(
+        "select distinct cohort from cohort_account_snapshots where as_of = $d", d=DAY
+    )
+    assert {cohort for (cohort,) in accounts} == {"top-100", "high-impact"}
+
+
+def test_cohorts_ran_after_metrics_with_the_flow_run_as_actor(daily_state: Any, home: Home) -> None:
+    [(computed_at,)] = home.warehouse_rows(
+        "select computed_at from metrics_runs where as_of = $d", d=DAY
+    )
+    [(actor, started_at, state)] = home.registry_rows(
+        "select actor, started_at, state from plan_runs where step = 'cohorts 2022-02-01'"
+    )
+    assert actor.startswith("prefect/") and len(actor) > len("prefect/")
+    assert state == "succeeded"
+    assert datetime.fromisoformat(str(started_at)) > computed_at
+
+
+def test_the_metrics_artifact_says_what_the_numbers_rest_on(daily_state: Any) -> None:
+    markdown = read_artifact("metrics-2022-02-01").data
+    assert "# Package metrics 2022-02-01" in markdown
+    assert "| packages | 1000 |" in markdown
+    assert "| missing download days | none |" in markdown
+    assert "| self-dependencies ignored |" in markdown
+    assert "| dependencies on unknown packages ignored |" in markdown
+    assert "| files loaded | 42 |" in markdown
+    assert "| files refused | 1 |" in markdown
+    assert "weekly window is incomplete" not in markdown
+    # The refused file is not silently ignored.
+    assert "landing file(s) refused" in markdown
+    assert f"/downloads/{BROKEN}:2: " in markdown
+    assert "nothing was loaded" in markdown
+
+
+def test_the_cohorts_artifact_has_a_table_per_cohort(daily_state: Any) -> None:
+    markdown = read_artifact("cohorts-2022-02-01").data
+    assert "## top-100" in markdown and "## high-impact" in markdown
+    top, high = markdown.split("## high-impact")
+    assert "| packages | 100 |" in top and "| packages entered | 100 |" in top
+    assert "and 80 more" in top  # 20 listed
+    for text in (top, high):
+        for row in ("qualifying today", "accounts", "without 2FA", "accounts entered"):
+            assert f"| {row} |" in text
+        assert "| accounts left | 0 |" in text
+        assert "| unresolved maintainers |" in text
+
+
+def test_a_gap_in_the_weekly_window_stops_the_cohorts(gap_state: Any, home: Home) -> None:
+    assert gap_state.is_failed()
+    with pytest.raises(BadInput, match=r"weekly window is missing \(2022-02-01\)"):
+        gap_state.result()
+    markdown = read_artifact("metrics-2022-02-02").data
+    assert "**Warning: the weekly window is incomplete.**" in markdown
+    assert "| missing download days | 2022-02-01 |" in markdown
+    assert "| ingest | skipped (ingest_first=false) |" in markdown
+    snapshots = home.warehouse_rows(
+        "select count(*) from cohort_package_snapshots where as_of = $d", d=GAP_DAY
+    )
+    assert snapshots == [(0,)]
+
+
+def test_allow_gaps_decides_on_partial_data(gap_state: Any, home: Home) -> None:
+    state = cohorts(as_of=GAP_DAY, allow_gaps=True, return_state=True)
+    assert state.is_completed(), state.message
+    assert "## top-100" in read_artifact("cohorts-2022-02-02").data
+
+
+# --- the markdown, without a server ------------------------------------------------
+
+
+def metrics_report(**changes: Any) -> MetricsReport:
+    values: dict[str, Any] = {
+        "as_of": DAY,
+        "packages": 12,
+        "missing_days": [],
+        "weekly_window_complete": True,
+        "self_dependencies": 3,
+        "unknown_dependencies": 4,
+        "unknown_packages": 2,
+        "seconds": 0.5,
+    }
+    return MetricsReport(**(values | changes))
+
+
+def test_metrics_markdown_without_gaps_or_refusals() -> None:
+    ingested = IngestReport([FileResult(Path("a.csv"), "downloads", "loaded")])
+    markdown = metrics_markdown(metrics_report(), ingested)
+    assert "Warning" not in markdown
+    assert "| missing download days | none |" in markdown
+    assert "| self-dependencies ignored | 3 |" in markdown
+    assert "| dependencies on unknown packages ignored | 4 |" in markdown
+    assert "| files loaded | 1 |" in markdown and "| files refused | 0 |" in markdown
+
+
+def test_metrics_markdown_puts_gaps_and_refused_files_first() -> None:
+    report = metrics_report(
+        missing_days=[date(2022, 1, 30), date(2022, 1, 31)], weekly_window_complete=False
+    )
+    ingested = IngestReport(
+        [
+            FileResult(Path("x/ok.csv"), "downloads", "skipped"),
+            FileResult(
+                Path("x/bad.csv"), "downloads", "rejected", message="x/bad.csv:2: 3 of 3 bad | 100%"
+            ),
+        ]
+    )
+    markdown = metrics_markdown(report, ingested)
+    warning = markdown.index("**Warning: the weekly window is incomplete.**")
+    assert warning < markdown.index("| packages |")
+    assert "2022-01-30, 2022-01-31" in markdown[warning:]
+    assert markdown.index("1 landing file(s) refused") < markdown.index("| packages |")
+    assert "- x/bad.csv:2: 3 of 3 bad | 100%" in markdown
+    assert "| files skipped (already loaded) | 1 |" in markdown
+
+
+def test_cohorts_markdown_lists_at_most_20_entered_packages() -> None:
+    names = [f"pkg-{i}" for i in range(23)]
+    result = CohortResult("top-100", DAY, 30, 25, names, 40, 9, 5, 1, 2)
+    markdown = cohorts_markdown(DAY, [result])
+    assert "| without 2FA | 9 |" in markdown and "| accounts left | 1 |" in markdown
+    assert "`pkg-19` and 3 more" in markdown and "pkg-20" not in markdown
+    assert entered_list([]) == "none"
+
+
+def test_artifact_keys_are_lowercase_letters_digits_and_dashes() -> None:
+    assert artifact_key("metrics", DAY) == "metrics-2022-02-01"

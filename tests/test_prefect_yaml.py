@@ -1,0 +1,99 @@
+"""prefect.yaml names real flows with real parameters, and schedules the daily run.
+
+No Prefect server: the entrypoints are imported from their files, as a worker does.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import inspect
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+# Importing prefect creates PREFECT_HOME: not ~/.prefect (tests/flows/conftest.py sets
+# its own first when the flow tests run too).
+if "PREFECT_HOME" not in os.environ and "prefect" not in sys.modules:
+    os.environ["PREFECT_HOME"] = _home = tempfile.mkdtemp(prefix="rollout-prefect-")
+    atexit.register(shutil.rmtree, _home, True)
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+DEPLOYMENTS = {d["name"]: d for d in CONFIG["deployments"]}
+
+
+def load_entrypoint(entrypoint: str) -> Any:
+    """The object an entrypoint ``path.py:function`` names, imported from the file."""
+    path, _, function = entrypoint.partition(":")
+    file = ROOT / path
+    assert file.is_file(), f"{entrypoint}: no file {file}"
+    name = f"_prefect_yaml_{file.stem}"
+    spec = importlib.util.spec_from_file_location(name, file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT))  # as the worker does: the project folder is importable
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT))
+    assert hasattr(module, function), f"{entrypoint}: {path} has no {function}"
+    return getattr(module, function)
+
+
+def test_the_file_is_what_prefect_deploy_reads() -> None:
+    # prefect deploy skips a file that fails this model with only a warning.
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    model = PrefectYamlModel.model_validate(CONFIG)
+    assert model.name == "rollout"
+    assert {d.name for d in model.deployments} == {"daily", "metrics", "cohorts"}
+
+
+def test_no_build_or_push_steps() -> None:
+    # Nothing needs the network: the worker runs the flows from this checkout.
+    assert not CONFIG.get("build") and not CONFIG.get("push")
+    for deployment in CONFIG["deployments"]:
+        assert not deployment.get("build") and not deployment.get("push")
+    [step] = CONFIG["pull"]
+    assert list(step) == ["prefect.deployments.steps.set_working_directory"]
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_the_entrypoint_is_a_flow_with_the_parameters_given(name: str) -> None:
+    from prefect import Flow
+
+    deployment = DEPLOYMENTS[name]
+    flow = load_entrypoint(deployment["entrypoint"])
+    assert isinstance(flow, Flow), f"{deployment['entrypoint']} is not a Prefect flow"
+    assert flow.name == name
+    accepted = inspect.signature(flow.fn).parameters
+    unknown = set(deployment.get("parameters") or {}) - set(accepted)
+    assert not unknown, f"{name}: parameters {unknown} are not parameters of the flow"
+    # The values pass the flow's own parameter validation, as at run time.
+    flow.validate_parameters(dict(deployment.get("parameters") or {}))
+    assert deployment["work_pool"]["name"] == "rollout-process"
+    assert deployment.get("description", "").strip()
+    assert "rollout" in deployment.get("tags", [])
+
+
+def test_the_daily_deployment_runs_on_a_utc_cron_schedule() -> None:
+    from prefect.client.schemas.schedules import CronSchedule
+
+    [schedule] = DEPLOYMENTS["daily"]["schedules"]
+    cron = CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))
+    assert cron.cron == "30 2 * * *"
+    assert cron.timezone == "UTC"
+    assert schedule.get("active", True)
+
+
+@pytest.mark.parametrize("name", ["metrics", "cohorts"])
+def test_the_single_step_deployments_are_manual(name: str) -> None:
+    assert not DEPLOYMENTS[name].get("schedules")
