@@ -26,6 +26,13 @@ demo: $(STAMP)
 	$(BIN)/rollout ingest
 	@echo "== what the warehouse holds"
 	$(BIN)/rollout summary
+	@echo "== package metrics and cohorts for 2022-02-01 (the reference plan's thresholds)"
+	$(BIN)/rollout metrics --as-of 2022-02-01
+	$(BIN)/rollout cohorts build --as-of 2022-02-01
+	@echo "== what-if: high-impact at 5M weekly downloads or 1000 dependents"
+	$(BIN)/rollout cohorts simulate --weekly-downloads-gt 5000000 --dependents-gte 1000
+	@echo "== done: the warehouse is $(DEMO_HOME)/warehouse.duckdb (see docs/warehouse.md);"
+	@echo "   try: $(BIN)/rollout cohorts show top-100 --without-2fa"
 
 test: $(STAMP)
 	$(BIN)/ruff check .

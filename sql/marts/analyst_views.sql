@@ -22,3 +22,16 @@ from cohort_package_snapshots as snapshots
 inner join (
     select cohort, max(as_of) as as_of from cohort_package_snapshots group by cohort
 ) as latest using (cohort, as_of);
+
+comment on view package_metrics is
+    'Reach of every package on the latest computed day: weekly/30-day downloads, '
+    'dependents by kind, ranks. History: package_metrics_daily.';
+comment on view cohort_membership_history is
+    'Every cohort account on every built day, with 2FA status and the packages that '
+    'put it in the cohort.';
+comment on view cohort_accounts is
+    'The accounts of each cohort on its latest built day, with 2FA status, methods, '
+    'last login and the packages (and routes: maintainer or team) behind it.';
+comment on view cohort_packages is
+    'The packages of each cohort on its latest built day: when they first qualified, '
+    'why, and whether they still qualify (cohorts are sticky).';
