@@ -12,6 +12,8 @@ from rollout.cli import app
 
 from .conftest import DATA
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def run(*args: str) -> object:
     return CliRunner().invoke(app, list(args))
@@ -66,3 +68,58 @@ def test_summary_csv(rollout_home: Path) -> None:
     assert row["packages"] == "3"
     assert row["dependency_edges"] == "3"
     assert row["files_loaded"] == "4"
+
+
+def test_plan_check_names_the_line_and_exits_2(rollout_home: Path, tmp_path: Path) -> None:
+    good = run("plan", "check", str(ROOT / "plans" / "npm-2022.yaml"))
+    assert good.exit_code == 0 and "is valid" in good.stderr
+    broken = tmp_path / "plan.yaml"
+    broken.write_text(
+        (ROOT / "plans" / "npm-2022.yaml")
+        .read_text()
+        .replace("    cohort: high-impact", "    cohort: nobody")
+    )
+    result = run("plan", "check", str(broken))
+    assert result.exit_code == 2
+    assert f"{broken}:" in result.stderr and "unknown cohort 'nobody'" in result.stderr
+
+
+def test_metrics_and_cohorts_from_the_command_line(rollout_home: Path) -> None:
+    assert run("sample", "--scale", "tiny", "--seed", "3").exit_code == 0
+    assert run("ingest").exit_code == 0
+    computed = run("metrics", "--as-of", "2022-02-01", "--format", "json")
+    assert computed.exit_code == 0, computed.stderr
+    assert json.loads(computed.stdout)["weekly_window_complete"] is True
+    built = run("cohorts", "build", "--as-of", "2022-02-01", "--format", "json")
+    assert built.exit_code == 0, built.stderr
+    sizes = {row["cohort"]: row for row in json.loads(built.stdout)}
+    assert sizes["top-100"]["packages"] == 100
+    shown = run("cohorts", "show", "top-100", "--without-2fa", "--format", "json")
+    accounts = json.loads(shown.stdout)
+    assert len(accounts) == sizes["top-100"]["without_2fa"]
+    assert {a["tfa_status"] for a in accounts} == {"none"}
+    assert all(isinstance(a["packages"], list) and a["packages"] for a in accounts)
+    simulated = run("cohorts", "simulate", "--top", "100", "--format", "json")
+    assert json.loads(simulated.stdout)["accounts"] == sizes["top-100"]["accounts"]
+    assert run("cohorts", "show", "nobody").exit_code == 2
+    assert run("cohorts", "simulate").exit_code == 2
+
+
+def test_release_only_previews_without_apply(rollout_home: Path) -> None:
+    run("sample", "--scale", "tiny", "--seed", "3")
+    run("ingest")
+    run("metrics", "--as-of", "2022-02-01")
+    run("cohorts", "build", "--as-of", "2022-02-01")
+    package = json.loads(
+        run("cohorts", "show", "top-100", "--packages", "--format", "json").stdout
+    )[0]["package"]
+    preview = run("cohorts", "release", package, "--cohort", "top-100", "--reason", "test")
+    assert preview.exit_code == 0 and "preview only" in preview.stderr
+    rebuilt = run("cohorts", "build", "--as-of", "2022-02-01", "--format", "json")
+    assert json.loads(rebuilt.stdout)[0]["packages"] == 100
+    applied = run(
+        "cohorts", "release", package, "--cohort", "top-100", "--reason", "test", "--apply"
+    )
+    assert applied.exit_code == 0 and f"released {package}" in applied.stderr
+    rebuilt = run("cohorts", "build", "--as-of", "2022-02-01", "--format", "json")
+    assert json.loads(rebuilt.stdout)[0]["packages"] == 99
