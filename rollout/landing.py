@@ -463,13 +463,19 @@ def _shape_parquet_manifests(types: dict[str, str]) -> str:
     maps = []
     for name in MANIFEST_MAPS:
         if name in types:
+            # An Arrow map may repeat a key; a manifest's may not (it would count twice).
             maps.append(
                 f'try_cast("{name}" as {_MAP_TYPE}) as "{name}", '
                 f'("{name}" is not null and try_cast("{name}" as {_MAP_TYPE}) is null)'
-                f' as "{name}_malformed"'
+                f' as "{name}_malformed", '
+                f'coalesce(len(map_keys("{name}")) <> len(list_distinct(map_keys("{name}"))),'
+                f' false) as "{name}_repeats"'
             )
         else:
-            maps.append(f'cast(null as {_MAP_TYPE}) as "{name}", false as "{name}_malformed"')
+            maps.append(
+                f'cast(null as {_MAP_TYPE}) as "{name}", false as "{name}_malformed", '
+                f'false as "{name}_repeats"'
+            )
     return f"""
         select ordinal, ordinal as line,
             try_cast(name as varchar) as name,
@@ -492,10 +498,16 @@ def _shape_json_manifests(con: duckdb.DuckDBPyConnection, file: LandingFile) -> 
         )
     except duckdb.Error as error:
         raise (_first_bad_json_line(file) or _parse_error(file, error, "JSON")) from error
+    # JSON allows an object to repeat a key (JSON.parse keeps the last); DuckDB's cast
+    # to a map then gives NULL. Either way the manifest is ambiguous: flagged, not
+    # silently loaded without its dependencies.
     maps = ", ".join(
         f"""case when json_type("{m}") = 'OBJECT' then try_cast("{m}" as {_MAP_TYPE}) end
                 as "{m}",
-            coalesce(json_type("{m}") not in ('OBJECT', 'NULL'), false) as "{m}_malformed\""""
+            coalesce(json_type("{m}") not in ('OBJECT', 'NULL'), false) as "{m}_malformed",
+            coalesce(json_type("{m}") = 'OBJECT'
+                and len(json_keys("{m}")) <> len(list_distinct(json_keys("{m}"))), false)
+                as "{m}_repeats\""""
         for m in MANIFEST_MAPS
     )
     # Registries' own manifests list maintainers as {"name", "email"}: take the name.
@@ -533,6 +545,7 @@ def stage_manifests(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
         create or replace temp table incoming as
         select ordinal, line, name, version, maintainers, maintainers_malformed,
             dependencies_malformed, devDependencies_malformed, peerDependencies_malformed,
+            dependencies_repeats, devDependencies_repeats, peerDependencies_repeats,
             -- Which of its own maps list the package itself: known here for 4M rows,
             -- it spares the metrics a 40M-row string comparison.
             list_filter(

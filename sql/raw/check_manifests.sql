@@ -30,6 +30,12 @@ row_checks as (
                 then 'devDependencies must be an object of package name to version range'
             when peerDependencies_malformed
                 then 'peerDependencies must be an object of package name to version range'
+            when dependencies_repeats
+                then 'dependencies lists a package more than once'
+            when devDependencies_repeats
+                then 'devDependencies lists a package more than once'
+            when peerDependencies_repeats
+                then 'peerDependencies lists a package more than once'
         end as row_problem
     from staged
 ),
