@@ -24,12 +24,20 @@ ENTERED_LISTED = 20
 
 
 @task(name="build-cohorts", cache_policy=NO_CACHE)
-def build_all_cohorts(as_of: date, allow_gaps: bool, actor: str) -> list[CohortResult]:
+def build_all_cohorts(
+    as_of: date, allow_gaps: bool, actor: str, refresh_registry: bool = True
+) -> list[CohortResult]:
     settings = load_settings()
     plan = load_plan(settings.plan_path)
     with warehouse(settings) as con:
         return build_cohorts(
-            con, settings.registry_url, plan, as_of, actor=actor, allow_gaps=allow_gaps
+            con,
+            settings.registry_url,
+            plan,
+            as_of,
+            actor=actor,
+            allow_gaps=allow_gaps,
+            refresh_registry=refresh_registry,
         )
 
 
@@ -63,10 +71,15 @@ def cohorts_markdown(as_of: date, results: Sequence[CohortResult]) -> str:
 
 
 @flow(name="cohorts", description="Build a day's cohorts from its package metrics.")
-def cohorts(as_of: date | None = None, allow_gaps: bool = False) -> list[CohortResult]:
-    """Cohorts for ``as_of`` (default: today, UTC); the day's metrics must exist."""
+def cohorts(
+    as_of: date | None = None, allow_gaps: bool = False, refresh_registry: bool = True
+) -> list[CohortResult]:
+    """Cohorts for ``as_of`` (default: today, UTC); the day's metrics must exist.
+
+    ``refresh_registry=False`` trusts the registry extract a preceding ingest made.
+    """
     day = day_or_today(as_of)
-    results = build_all_cohorts(day, allow_gaps, run_actor(load_settings()))
+    results = build_all_cohorts(day, allow_gaps, run_actor(load_settings()), refresh_registry)
     create_markdown_artifact(
         markdown=cohorts_markdown(day, results),
         key=artifact_key("cohorts", day),
@@ -82,4 +95,5 @@ def daily(
     """``metrics`` then ``cohorts`` as subflows; a failed metrics run stops the cohorts."""
     day = day_or_today(as_of)
     metrics(as_of=day, ingest_first=ingest_first)
-    return cohorts(as_of=day, allow_gaps=allow_gaps)
+    # The ingest just extracted the registry: no need to read it again.
+    return cohorts(as_of=day, allow_gaps=allow_gaps, refresh_registry=not ingest_first)

@@ -393,12 +393,22 @@ def build_cohorts(
     actor: str,
     cohorts: list[str] | None = None,
     allow_gaps: bool = False,
+    refresh_registry: bool = True,
 ) -> list[CohortResult]:
+    """Build the plan's cohorts (or the named ones) for ``as_of``.
+
+    ``refresh_registry=False`` uses the warehouse's registry extract as it is (who can
+    publish, 2FA factors): for a run that extracted it minutes ago (the daily flow
+    ingests first). The cohort tables themselves are always read fresh.
+    """
     require_metrics(con, as_of, allow_gaps=allow_gaps)
     names = cohorts or list(plan.cohorts)
     for name in names:
         plan.cohort(name)
-    extract_registry(con, registry_url, COHORT_INPUTS)
+    if refresh_registry:
+        extract_registry(con, registry_url, COHORT_INPUTS)
+    else:
+        extract_registry(con, registry_url, ("cohort_packages", "cohort_memberships"))
     engine = make_engine(registry_url)
     try:
         with engine.begin() as connection:
