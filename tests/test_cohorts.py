@@ -37,18 +37,29 @@ MANIFESTS = [
     {"name": "big", "version": "1.0.0", "maintainers": ["alice"]},
     {"name": "core", "version": "2.0.0", "maintainers": ["bob", "ghost"]},
     {"name": "small", "version": "0.1.0", "maintainers": ["erin"]},
-    *({"name": f"app{i}", "version": "1.0.0", "dependencies": {"core": "^2"},
-       "maintainers": ["erin"]} for i in range(3)),
+    *(
+        {
+            "name": f"app{i}",
+            "version": "1.0.0",
+            "dependencies": {"core": "^2"},
+            "maintainers": ["erin"],
+        }
+        for i in range(3)
+    ),
 ]
 
 
 @pytest.fixture
 def plan() -> Plan:
     reference = load_plan(ROOT / "plans" / "npm-2022.yaml")
-    return reference.model_copy(update={"cohorts": {
-        "top-1": CohortRule(top_by_dependents=1),
-        "high-impact": CohortRule(weekly_downloads_gt=1000, dependents_gte=3),
-    }})
+    return reference.model_copy(
+        update={
+            "cohorts": {
+                "top-1": CohortRule(top_by_dependents=1),
+                "high-impact": CohortRule(weekly_downloads_gt=1000, dependents_gte=3),
+            }
+        }
+    )
 
 
 def write_downloads(folder: Path, first: date, days: int, per_day: dict[str, int]) -> None:
@@ -65,14 +76,17 @@ def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
     (landing / "manifests").mkdir(parents=True)
     (landing / "downloads").mkdir()
     (landing / "manifests" / "manifests.jsonl").write_text(
-        "\n".join(json.dumps(m) for m in MANIFESTS) + "\n")
+        "\n".join(json.dumps(m) for m in MANIFESTS) + "\n"
+    )
     # 200 a day for big: 1,400 a week, over the 1,000 threshold, until it dips.
-    write_downloads(landing / "downloads", D1 - timedelta(days=30), 30,
-                    {"big": 200, "core": 10, "small": 5})
+    write_downloads(
+        landing / "downloads", D1 - timedelta(days=30), 30, {"big": 200, "core": 10, "small": 5}
+    )
     write_downloads(landing / "downloads", D1, 7, {"big": 20, "core": 10, "small": 5})
     connection = warehouse.connect(tmp_path / "w.duckdb")
-    report = ingest.ingest(connection, [landing], quarantine_limit=0.01, landing_root=landing,
-                           now=datetime(2022, 3, 1))
+    report = ingest.ingest(
+        connection, [landing], quarantine_limit=0.01, landing_root=landing, now=datetime(2022, 3, 1)
+    )
     assert report.rejected == []
     yield connection
     connection.close()
@@ -81,9 +95,12 @@ def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
 @pytest.fixture
 def people(registry: Engine) -> dict[str, int]:
     with session_scope(registry) as session:
-        accounts = {name: Account(username=name, email=f"{name}@example.com",
-                                  email_verified=True, created_at=T0)
-                    for name in ("alice", "bob", "carol", "dave", "erin")}
+        accounts = {
+            name: Account(
+                username=name, email=f"{name}@example.com", email_verified=True, created_at=T0
+            )
+            for name in ("alice", "bob", "carol", "dave", "erin")
+        }
         session.add_all(accounts.values())
         session.flush()
         ids = {name: account.id for name, account in accounts.items()}
@@ -97,23 +114,32 @@ def people(registry: Engine) -> dict[str, int]:
         readers = Team(org_id=org.id, name="readers", created_at=T0)
         session.add_all([team, readers])
         session.flush()
-        session.add_all([
-            OrgMember(org_id=org.id, account_id=ids["carol"], role="owner", joined_at=T0),
-            # dave left the org: his team membership no longer lets him publish.
-            OrgMember(org_id=org.id, account_id=ids["dave"], role="developer", joined_at=T0,
-                      removed_at=T0 + timedelta(days=30), removed_reason="left"),
-            OrgMember(org_id=org.id, account_id=ids["erin"], role="developer", joined_at=T0),
-            TeamMember(team_id=team.id, account_id=ids["carol"]),
-            TeamMember(team_id=team.id, account_id=ids["dave"]),
-            TeamMember(team_id=readers.id, account_id=ids["erin"]),
-            TeamPackage(team_id=team.id, package_name="core", permission="write"),
-            TeamPackage(team_id=readers.id, package_name="core", permission="read"),
-        ])
+        session.add_all(
+            [
+                OrgMember(org_id=org.id, account_id=ids["carol"], role="owner", joined_at=T0),
+                # dave left the org: his team membership no longer lets him publish.
+                OrgMember(
+                    org_id=org.id,
+                    account_id=ids["dave"],
+                    role="developer",
+                    joined_at=T0,
+                    removed_at=T0 + timedelta(days=30),
+                    removed_reason="left",
+                ),
+                OrgMember(org_id=org.id, account_id=ids["erin"], role="developer", joined_at=T0),
+                TeamMember(team_id=team.id, account_id=ids["carol"]),
+                TeamMember(team_id=team.id, account_id=ids["dave"]),
+                TeamMember(team_id=readers.id, account_id=ids["erin"]),
+                TeamPackage(team_id=team.id, package_name="core", permission="write"),
+                TeamPackage(team_id=readers.id, package_name="core", permission="read"),
+            ]
+        )
     return ids
 
 
-def build(con: duckdb.DuckDBPyConnection, url: str, plan: Plan, day: date
-          ) -> dict[str, cohorts.CohortResult]:
+def build(
+    con: duckdb.DuckDBPyConnection, url: str, plan: Plan, day: date
+) -> dict[str, cohorts.CohortResult]:
     metrics.compute_metrics(con, day, plan.metrics)
     return {r.cohort: r for r in cohorts.build_cohorts(con, url, plan, day, actor="test")}
 
@@ -121,7 +147,9 @@ def build(con: duckdb.DuckDBPyConnection, url: str, plan: Plan, day: date
 def accounts_of(con: duckdb.DuckDBPyConnection, cohort: str, day: date) -> dict[str, tuple]:
     rows = con.execute(
         "select username, tfa_status, packages, via from cohort_account_snapshots "
-        "where cohort = $c and as_of = $d", {"c": cohort, "d": day}).fetchall()
+        "where cohort = $c and as_of = $d",
+        {"c": cohort, "d": day},
+    ).fetchall()
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
@@ -131,7 +159,10 @@ def action_count(registry: Engine) -> int:
 
 
 def test_maintainers_and_team_publishers_make_the_cohort(
-    con: duckdb.DuckDBPyConnection, registry: Engine, registry_url: str, plan: Plan,
+    con: duckdb.DuckDBPyConnection,
+    registry: Engine,
+    registry_url: str,
+    plan: Plan,
     people: dict[str, int],
 ) -> None:
     results = build(con, registry_url, plan, D1)
@@ -145,15 +176,22 @@ def test_maintainers_and_team_publishers_make_the_cohort(
     assert results["high-impact"].accounts_without_2fa == 1
     # "ghost" maintains core but has no account: counted, not silently dropped.
     assert results["high-impact"].unresolved_maintainers == 1
-    reasons = dict(con.execute(
-        "select package, reasons from cohort_package_snapshots where cohort = 'high-impact'"
-    ).fetchall())
-    assert reasons == {"big": ["1400 weekly downloads (more than 1000)"],
-                       "core": ["3 dependents (at least 3)"]}
+    reasons = dict(
+        con.execute(
+            "select package, reasons from cohort_package_snapshots where cohort = 'high-impact'"
+        ).fetchall()
+    )
+    assert reasons == {
+        "big": ["1400 weekly downloads (more than 1000)"],
+        "core": ["3 dependents (at least 3)"],
+    }
 
 
 def test_a_package_that_dips_stays_in_its_cohort(
-    con: duckdb.DuckDBPyConnection, registry: Engine, registry_url: str, plan: Plan,
+    con: duckdb.DuckDBPyConnection,
+    registry: Engine,
+    registry_url: str,
+    plan: Plan,
     people: dict[str, int],
 ) -> None:
     build(con, registry_url, plan, D1)
@@ -161,13 +199,17 @@ def test_a_package_that_dips_stays_in_its_cohort(
     assert later.packages == 2 and later.packages_qualifying_today == 1
     assert con.execute(
         "select package, first_qualified_on, qualifies_today from cohort_package_snapshots "
-        "where cohort = 'high-impact' and as_of = $d order by package", {"d": D2}
+        "where cohort = 'high-impact' and as_of = $d order by package",
+        {"d": D2},
     ).fetchall() == [("big", D1, False), ("core", D1, True)]
     assert "alice" in accounts_of(con, "high-impact", D2)
 
 
 def test_rerunning_a_day_writes_nothing_twice(
-    con: duckdb.DuckDBPyConnection, registry: Engine, registry_url: str, plan: Plan,
+    con: duckdb.DuckDBPyConnection,
+    registry: Engine,
+    registry_url: str,
+    plan: Plan,
     people: dict[str, int],
 ) -> None:
     build(con, registry_url, plan, D1)
@@ -177,26 +219,35 @@ def test_rerunning_a_day_writes_nothing_twice(
     assert again["high-impact"].packages_entered == []
     assert again["high-impact"].accounts_entered == 0
     with registry.connect() as connection:
-        assert connection.execute(
-            select(func.count()).select_from(CohortMembership)).scalar_one() == 5
+        assert (
+            connection.execute(select(func.count()).select_from(CohortMembership)).scalar_one() == 5
+        )
 
 
 def test_release_previews_then_takes_the_package_out_with_an_audit_row(
-    con: duckdb.DuckDBPyConnection, registry: Engine, registry_url: str, plan: Plan,
+    con: duckdb.DuckDBPyConnection,
+    registry: Engine,
+    registry_url: str,
+    plan: Plan,
     people: dict[str, int],
 ) -> None:
     build(con, registry_url, plan, D1)
     preview = cohorts.release_preview(registry_url, "high-impact", "BIG")
     assert "1 account(s) are in high-impact only through it" in preview
-    cohorts.release_package(registry_url, "high-impact", "big", reason="inflated downloads",
-                            actor="rm")
+    cohorts.release_package(
+        registry_url, "high-impact", "big", reason="inflated downloads", actor="rm"
+    )
     with registry.connect() as connection:
         released = connection.execute(
-            select(CohortPackage.released_reason, CohortPackage.released_by)
-            .where(CohortPackage.package == "big")).one()
+            select(CohortPackage.released_reason, CohortPackage.released_by).where(
+                CohortPackage.package == "big"
+            )
+        ).one()
         audit = connection.execute(
-            select(Action.action, Action.reason, Action.actor)
-            .where(Action.action == "cohort_package_release")).all()
+            select(Action.action, Action.reason, Action.actor).where(
+                Action.action == "cohort_package_release"
+            )
+        ).all()
     assert tuple(released) == ("inflated downloads", "rm")
     assert [tuple(a) for a in audit] == [("cohort_package_release", "inflated downloads", "rm")]
     after = build(con, registry_url, plan, D2)["high-impact"]
@@ -207,15 +258,22 @@ def test_release_previews_then_takes_the_package_out_with_an_audit_row(
 
 
 def test_cohorts_need_that_days_metrics(
-    con: duckdb.DuckDBPyConnection, registry_url: str, plan: Plan,
+    con: duckdb.DuckDBPyConnection,
+    registry_url: str,
+    plan: Plan,
 ) -> None:
-    with pytest.raises(BadInput, match="no package metrics for 2022-02-01: run `rollout "
-                       "metrics --as-of 2022-02-01` first"):
+    with pytest.raises(
+        BadInput,
+        match="no package metrics for 2022-02-01: run `rollout metrics --as-of 2022-02-01` first",
+    ):
         cohorts.build_cohorts(con, registry_url, plan, D1, actor="test")
 
 
 def test_a_gap_in_the_weekly_window_refuses_unless_allowed(
-    con: duckdb.DuckDBPyConnection, registry_url: str, plan: Plan, people: dict[str, int],
+    con: duckdb.DuckDBPyConnection,
+    registry_url: str,
+    plan: Plan,
+    people: dict[str, int],
 ) -> None:
     late = date(2022, 2, 10)  # the window runs to 2022-02-09; data ends 2022-02-07
     report = metrics.compute_metrics(con, late, plan.metrics)
@@ -226,7 +284,10 @@ def test_a_gap_in_the_weekly_window_refuses_unless_allowed(
 
 
 def test_simulate_writes_nothing(
-    con: duckdb.DuckDBPyConnection, registry: Engine, registry_url: str, plan: Plan,
+    con: duckdb.DuckDBPyConnection,
+    registry: Engine,
+    registry_url: str,
+    plan: Plan,
     people: dict[str, int],
 ) -> None:
     metrics.compute_metrics(con, D1, plan.metrics)
