@@ -616,3 +616,136 @@ def cohorts_release(
         f"released {name} from {cohort}; accounts leave at the next `rollout cohorts build`",
         highlight=False,
     )
+
+
+# --- phases ------------------------------------------------------------------------------
+
+phase_app = typer.Typer(
+    help="Rollout phases: preview, enforce, roll back (previews by default).",
+    no_args_is_help=True,
+)
+app.add_typer(phase_app, name="phase")
+
+
+def _preview(phase: str) -> Any:
+    from rollout.enforce import preview_phase
+    from rollout.registry.engine import make_engine
+
+    settings, plan = _settings(), _plan()
+    engine = make_engine(settings.registry_url)
+    try:
+        return preview_phase(engine, plan, plan.phase(phase))
+    finally:
+        engine.dispose()
+
+
+@phase_app.command("preview")
+@reports_errors
+def phase_preview(
+    phase: Annotated[str, typer.Argument(help="The phase, as named in the plan.")],
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Exactly who enforcing a phase would change: accounts without 2FA, their sessions."""
+    preview = _preview(phase)
+    emit(
+        [
+            {
+                "account_id": t.account_id,
+                "username": t.username,
+                "email": t.email,
+                "last_login_at": t.last_login_at,
+                "live_sessions": t.live_sessions,
+                "already_required": t.already_required,
+            }
+            for t in preview.targets
+        ],
+        fmt,
+        title=f"phase {phase}: {preview.count} accounts, {preview.sessions} web sessions",
+        columns=[
+            "account_id",
+            "username",
+            "email",
+            "last_login_at",
+            "live_sessions",
+            "already_required",
+        ],
+    )
+    stderr.print(
+        f"{preview.count} accounts without 2FA in cohort {preview.cohort} would be required "
+        f"to enrol and signed out of {preview.sessions} web sessions; {preview.compliant} "
+        f"already use 2FA; exempted: {', '.join(preview.exempted) or 'none'}.\n"
+        f"To apply: rollout phase enforce {phase} --apply --expect {preview.count}",
+        highlight=False,
+    )
+
+
+@phase_app.command("enforce")
+@reports_errors
+def phase_enforce(
+    phase: Annotated[str, typer.Argument(help="The phase, as named in the plan.")],
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Make the change (without: preview only).")
+    ] = False,
+    expect: Annotated[
+        int | None, typer.Option(help="The account count the preview showed, typed back.")
+    ] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Require 2FA of the phase's non-compliant accounts and revoke their web sessions."""
+    from rollout.enforce import enforce_phase
+
+    if not apply:
+        phase_preview(phase, fmt)
+        return
+    if expect is None:
+        raise RolloutError(
+            "--apply needs --expect N, the count `rollout phase preview` showed"
+        ).with_exit(EXIT_BAD_INPUT)
+    settings = _settings()
+    result = enforce_phase(
+        settings.registry_url, _plan(), phase, expect=expect, actor=settings.actor
+    )
+    emit_record(
+        {
+            "phase": result.phase,
+            "run_id": result.run_id,
+            "accounts_flagged": result.accounts_flagged,
+            "sessions_revoked": result.sessions_revoked,
+            "emails_queued": result.emails_queued,
+            "skipped_now_compliant": result.skipped_now_compliant,
+            "batches": result.batches,
+        },
+        fmt,
+        title=f"phase {phase} enforced",
+    )
+
+
+@phase_app.command("rollback")
+@reports_errors
+def phase_rollback(
+    phase: Annotated[str, typer.Argument(help="The phase, as named in the plan.")],
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Make the change (without: preview only).")
+    ] = False,
+) -> None:
+    """Clear the 2FA-required flags a phase set (revoked sessions stay revoked)."""
+    from rollout.enforce import rollback_phase, rollback_preview
+    from rollout.registry.engine import make_engine
+
+    settings, plan = _settings(), _plan()
+    plan.phase(phase)
+    engine = make_engine(settings.registry_url)
+    try:
+        accounts = rollback_preview(engine, phase)
+    finally:
+        engine.dispose()
+    stderr.print(
+        f"rollback of {phase} would clear the 2FA requirement of {len(accounts)} "
+        "accounts; revoked sessions stay revoked",
+        highlight=False,
+    )
+    if not apply:
+        stderr.print("preview only: add --apply to roll back", highlight=False)
+        return
+    run_id, cleared = rollback_phase(settings.registry_url, plan, phase, actor=settings.actor)
+    stderr.print(f"cleared {cleared} accounts (run {run_id})", highlight=False)

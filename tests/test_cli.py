@@ -123,3 +123,26 @@ def test_release_only_previews_without_apply(rollout_home: Path) -> None:
     assert applied.exit_code == 0 and f"released {package}" in applied.stderr
     rebuilt = run("cohorts", "build", "--as-of", "2022-02-01", "--format", "json")
     assert json.loads(rebuilt.stdout)[0]["packages"] == 99
+
+
+def test_phase_enforce_previews_then_needs_the_count_typed_back(rollout_home: Path) -> None:
+    run("sample", "--scale", "tiny", "--seed", "3")
+    run("ingest")
+    run("metrics", "--as-of", "2022-02-01")
+    run("cohorts", "build", "--as-of", "2022-02-01")
+    preview = run("phase", "preview", "top-100", "--format", "json")
+    targets = json.loads(preview.stdout)
+    assert targets and all(t["live_sessions"] >= 0 for t in targets)
+    assert f"--apply --expect {len(targets)}" in preview.stderr
+    assert run("phase", "enforce", "top-100", "--apply").exit_code == 2
+    wrong = run("phase", "enforce", "top-100", "--apply", "--expect", str(len(targets) + 1))
+    assert wrong.exit_code == 3 and "not the" in wrong.stderr
+    done = run(
+        "phase", "enforce", "top-100", "--apply", "--expect", str(len(targets)), "--format", "json"
+    )
+    assert done.exit_code == 0, done.stderr
+    assert json.loads(done.stdout)["accounts_flagged"] == len(targets)
+    rollback = run("phase", "rollback", "top-100")
+    assert rollback.exit_code == 0 and "preview only" in rollback.stderr
+    applied = run("phase", "rollback", "top-100", "--apply")
+    assert f"cleared {len(targets)} accounts" in applied.stderr

@@ -32,9 +32,12 @@ def insert_ignoring_existing(
     """Insert rows whose natural key is new; returns how many were inserted."""
     if not rows:
         return 0
-    statement = _insert(connection, table).on_conflict_do_nothing(index_elements=list(keys))
-    result = connection.execute(statement, list(rows))
-    return max(result.rowcount, 0)
+    # Counted from RETURNING: rowcount is not reliable for executemany on psycopg.
+    key = next(iter(table.primary_key.columns))
+    statement = (
+        _insert(connection, table).on_conflict_do_nothing(index_elements=list(keys)).returning(key)
+    )
+    return len(connection.execute(statement, list(rows)).all())
 
 
 def upsert(

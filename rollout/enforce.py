@@ -1,0 +1,424 @@
+"""Phase enforcement: require 2FA of a cohort's accounts that still have none.
+
+``preview_phase`` lists exactly who would change; ``enforce_phase`` changes them, in
+batches, each batch one transaction that marks ``tfa_required_at``, writes one audit
+row per effect and queues the enforcement email, and revokes the account's live web
+sessions last (the one effect that cannot be undone). Exactly once across crashes:
+each change is a guarded UPDATE (``... IS NULL``) whose RETURNING rows are the only
+ones audited, so a rerun after a crash changes, and audits, only what is left.
+Guards: the expected count typed back, the plan's blast radius, one run at a time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, exists, func, select, text, update
+from sqlalchemy.pool import NullPool
+
+from rollout.errors import GuardRefused
+from rollout.plan import Phase, Plan
+from rollout.registry.engine import make_engine, normalize_url
+from rollout.registry.ledger import (
+    finish_run,
+    insert_ignoring_existing,
+    record_actions,
+    start_run,
+    utc_now,
+)
+from rollout.registry.models import (
+    Account,
+    Action,
+    CohortMembership,
+    Notification,
+    TfaFactor,
+    WebSession,
+)
+
+ACCOUNTS = Account.__table__
+SESSIONS = WebSession.__table__
+ACTIONS = Action.__table__
+NOTIFICATIONS = Notification.__table__
+ENFORCEMENT_EMAIL = "enforcement_notice"
+
+
+@dataclass(frozen=True)
+class Target:
+    account_id: int
+    username: str
+    email: str
+    last_login_at: datetime | None
+    live_sessions: int
+    already_required: bool
+
+
+@dataclass
+class PhasePreview:
+    phase: str
+    cohort: str
+    targets: list[Target]
+    compliant: int
+    exempted: list[str]
+
+    @property
+    def count(self) -> int:
+        return len(self.targets)
+
+    @property
+    def sessions(self) -> int:
+        return sum(t.live_sessions for t in self.targets)
+
+
+@dataclass
+class EnforceResult:
+    phase: str
+    run_id: str
+    accounts_flagged: int = 0
+    sessions_revoked: int = 0
+    emails_queued: int = 0
+    skipped_now_compliant: int = 0
+    batches: int = 0
+    flagged_ids: list[int] = field(default_factory=list)
+
+
+def _has_factor(account_id: Any) -> Any:
+    return exists().where(and_(TfaFactor.account_id == account_id, TfaFactor.removed_at.is_(None)))
+
+
+def preview_phase(engine: Engine, plan: Plan, phase: Phase) -> PhasePreview:
+    """Who ``enforce`` would change: the cohort's current accounts without a 2FA
+    factor, minus the plan's exemptions. Reads only."""
+    exempt = plan.exempt_usernames
+    live = (
+        select(func.count())
+        .where(and_(WebSession.account_id == Account.id, WebSession.revoked_at.is_(None)))
+        .scalar_subquery()
+    )
+    query = (
+        select(
+            Account.id,
+            Account.username,
+            Account.email,
+            Account.last_login_at,
+            live,
+            Account.tfa_required_at,
+            _has_factor(Account.id),
+        )
+        .join(CohortMembership, CohortMembership.account_id == Account.id)
+        .where(and_(CohortMembership.cohort == phase.cohort, CohortMembership.left_on.is_(None)))
+        .order_by(Account.id)
+    )
+    targets, exempted, compliant = [], [], 0
+    with engine.connect() as connection:
+        for row in connection.execute(query):
+            account_id, username, email, last_login, sessions, required_at, has_factor = row
+            if has_factor:
+                compliant += 1
+            elif username in exempt:
+                exempted.append(username)
+            else:
+                targets.append(
+                    Target(
+                        account_id, username, email, last_login, sessions, required_at is not None
+                    )
+                )
+    return PhasePreview(phase.name, phase.cohort, targets, compliant, exempted)
+
+
+# --- one run at a time -------------------------------------------------------------------
+
+
+@contextmanager
+def exclusive_run(registry_url: str, name: str) -> Iterator[None]:
+    """Refuse a second concurrent run: an advisory lock on PostgreSQL, a lock file
+    next to the database on SQLite. Both vanish with the process that held them, so
+    a crash never leaves a stale lock behind."""
+    url = normalize_url(registry_url)
+    if url.get_backend_name() == "sqlite":
+        path = Path(f"{url.database}.{name}.lock")
+        handle = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as error:
+                raise GuardRefused(
+                    f"another {name} run holds {path}; wait for it to finish"
+                ) from error
+            yield
+        finally:
+            os.close(handle)
+        return
+    # Its own connection, not pooled: the lock lives exactly as long as it.
+    engine = make_engine(registry_url, poolclass=NullPool)
+    key = int.from_bytes(f"rollout:{name}".encode()[:8].ljust(8, b"\0"), "big") >> 1
+    with engine.connect() as connection:
+        got = connection.execute(text("select pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+        if not got:
+            raise GuardRefused(
+                f"another {name} run holds the registry's advisory lock; wait for it to finish"
+            )
+        try:
+            yield
+        finally:
+            connection.execute(text("select pg_advisory_unlock(:k)"), {"k": key})
+            connection.commit()
+    engine.dispose()
+
+
+# --- enforcement ---------------------------------------------------------------------------
+
+
+def _enforce_batch(
+    connection: Connection,
+    phase: Phase,
+    account_ids: list[int],
+    run_id: str,
+    actor: str,
+    now: datetime,
+) -> tuple[list[int], int, int, int]:
+    """One transaction: flag, audit, queue the email, revoke sessions last."""
+    still_without = [
+        account_id
+        for (account_id,) in connection.execute(
+            select(Account.id).where(and_(Account.id.in_(account_ids), ~_has_factor(Account.id)))
+        )
+    ]
+    skipped = len(account_ids) - len(still_without)
+    if not still_without:
+        return [], 0, 0, skipped
+    reason = f"phase {phase.name}: 2FA required of cohort {phase.cohort}"
+    flagged = [
+        row[0]
+        for row in connection.execute(
+            update(ACCOUNTS)
+            .where(and_(ACCOUNTS.c.id.in_(still_without), ACCOUNTS.c.tfa_required_at.is_(None)))
+            .values(tfa_required_at=now)
+            .returning(ACCOUNTS.c.id)
+        )
+    ]
+    queued = insert_ignoring_existing(
+        connection,
+        NOTIFICATIONS,
+        [
+            {
+                "account_id": account_id,
+                "email": ENFORCEMENT_EMAIL,
+                "phase": phase.name,
+                "state": "queued",
+                "context": {"phase": phase.name, "cohort": phase.cohort},
+                "attempts": 0,
+                "run_id": run_id,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for account_id in still_without
+        ],
+        ["account_id", "email", "phase"],
+    )
+    revoked = connection.execute(
+        update(SESSIONS)
+        .where(and_(SESSIONS.c.account_id.in_(still_without), SESSIONS.c.revoked_at.is_(None)))
+        .values(revoked_at=now, revoked_reason=reason[:200])
+        .returning(SESSIONS.c.id, SESSIONS.c.account_id)
+    ).all()
+    record_actions(
+        connection,
+        [
+            *(
+                {
+                    "effect_key": f"tfa-required:{phase.name}:{account_id}:{run_id}",
+                    "action": "tfa_required",
+                    "account_id": account_id,
+                    "phase": phase.name,
+                    "reason": reason,
+                    "actor": actor,
+                    "run_id": run_id,
+                    "created_at": now,
+                }
+                for account_id in flagged
+            ),
+            *(
+                {
+                    "effect_key": f"revoke-session:{session_id}",
+                    "action": "revoke_session",
+                    "account_id": account_id,
+                    "subject": f"web_session:{session_id}",
+                    "phase": phase.name,
+                    "reason": reason,
+                    "actor": actor,
+                    "run_id": run_id,
+                    "created_at": now,
+                }
+                for session_id, account_id in revoked
+            ),
+        ],
+    )
+    return flagged, len(revoked), queued, skipped
+
+
+def enforce_phase(
+    registry_url: str,
+    plan: Plan,
+    phase_name: str,
+    *,
+    expect: int,
+    actor: str,
+    batch_size: int | None = None,
+) -> EnforceResult:
+    """Apply a phase to exactly the previewed accounts, refusing on any mismatch."""
+    phase = plan.phase(phase_name)
+    with exclusive_run(registry_url, "enforce"):
+        engine = make_engine(registry_url)
+        try:
+            preview = preview_phase(engine, plan, phase)
+            if preview.count != expect:
+                raise GuardRefused(
+                    f"phase {phase.name} would change {preview.count} accounts, not the "
+                    f"{expect} expected: run `rollout phase preview {phase.name}` and check"
+                )
+            if preview.count > phase.max_accounts:
+                raise GuardRefused(
+                    f"phase {phase.name} would change {preview.count} accounts, over the "
+                    f"plan's blast-radius limit of {phase.max_accounts}"
+                )
+            with engine.begin() as connection:
+                run_id = start_run(
+                    connection,
+                    plan=plan.name,
+                    step=f"phase {phase.name}",
+                    mode="apply",
+                    actor=actor,
+                    parameters={"expect": expect, "phase": phase.name},
+                )
+            result = EnforceResult(phase.name, run_id)
+            ids = [t.account_id for t in preview.targets]
+            size = batch_size or phase.batch_size
+            try:
+                for start in range(0, len(ids), size):
+                    with engine.begin() as connection:
+                        flagged, revoked, queued, skipped = _enforce_batch(
+                            connection, phase, ids[start : start + size], run_id, actor, utc_now()
+                        )
+                    result.flagged_ids += flagged
+                    result.accounts_flagged += len(flagged)
+                    result.sessions_revoked += revoked
+                    result.emails_queued += queued
+                    result.skipped_now_compliant += skipped
+                    result.batches += 1
+            except BaseException:
+                with engine.begin() as connection:
+                    finish_run(connection, run_id, state="failed", summary=_summary(result))
+                raise
+            with engine.begin() as connection:
+                finish_run(connection, run_id, state="succeeded", summary=_summary(result))
+            return result
+        finally:
+            engine.dispose()
+
+
+def _summary(result: EnforceResult) -> dict[str, int]:
+    return {
+        "accounts_flagged": result.accounts_flagged,
+        "sessions_revoked": result.sessions_revoked,
+        "emails_queued": result.emails_queued,
+        "skipped_now_compliant": result.skipped_now_compliant,
+        "batches": result.batches,
+    }
+
+
+def rollback_preview(engine: Engine, phase_name: str) -> list[int]:
+    """Accounts whose 2FA requirement this phase set and only this phase: what a
+    rollback clears (revoked sessions stay revoked)."""
+    other = ACTIONS.alias("other")
+    query = (
+        select(ACCOUNTS.c.id)
+        .distinct()
+        .join(ACTIONS, ACTIONS.c.account_id == ACCOUNTS.c.id)
+        .where(
+            and_(
+                ACTIONS.c.action == "tfa_required",
+                ACTIONS.c.phase == phase_name,
+                ACCOUNTS.c.tfa_required_at.is_not(None),
+                ~exists().where(
+                    and_(
+                        other.c.account_id == ACCOUNTS.c.id,
+                        other.c.action == "tfa_required",
+                        other.c.phase != phase_name,
+                    )
+                ),
+            )
+        )
+        .order_by(ACCOUNTS.c.id)
+    )
+    with engine.connect() as connection:
+        return [row[0] for row in connection.execute(query)]
+
+
+def rollback_phase(
+    registry_url: str, plan: Plan, phase_name: str, *, actor: str
+) -> tuple[str, int]:
+    """Clear the 2FA-required flags this phase set; returns (run id, accounts cleared)."""
+    phase = plan.phase(phase_name)
+    with exclusive_run(registry_url, "enforce"):
+        engine = make_engine(registry_url)
+        try:
+            ids = rollback_preview(engine, phase.name)
+            with engine.begin() as connection:
+                run_id = start_run(
+                    connection,
+                    plan=plan.name,
+                    step=f"phase {phase.name}",
+                    mode="rollback",
+                    actor=actor,
+                    parameters={},
+                )
+            cleared = 0
+            for start in range(0, len(ids), phase.batch_size):
+                batch = ids[start : start + phase.batch_size]
+                with engine.begin() as connection:
+                    changed = [
+                        row[0]
+                        for row in connection.execute(
+                            update(ACCOUNTS)
+                            .where(
+                                and_(
+                                    ACCOUNTS.c.id.in_(batch),
+                                    ACCOUNTS.c.tfa_required_at.is_not(None),
+                                )
+                            )
+                            .values(tfa_required_at=None)
+                            .returning(ACCOUNTS.c.id)
+                        )
+                    ]
+                    record_actions(
+                        connection,
+                        (
+                            {
+                                "effect_key": (
+                                    f"tfa-required-cleared:{phase.name}:{account_id}:{run_id}"
+                                ),
+                                "action": "tfa_required_cleared",
+                                "account_id": account_id,
+                                "phase": phase.name,
+                                "reason": f"rollback of phase {phase.name}",
+                                "actor": actor,
+                                "run_id": run_id,
+                            }
+                            for account_id in changed
+                        ),
+                    )
+                    cleared += len(changed)
+            with engine.begin() as connection:
+                finish_run(
+                    connection, run_id, state="succeeded", summary={"accounts_cleared": cleared}
+                )
+            return run_id, cleared
+        finally:
+            engine.dispose()

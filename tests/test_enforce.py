@@ -1,0 +1,230 @@
+"""Phase enforcement on SQLite and PostgreSQL: previews first, only the non-compliant,
+guards, audit rows, and exactly once across crashes and reruns."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from rollout import enforce
+from rollout.errors import GuardRefused
+from rollout.plan import ExemptAccount, Exemptions, Plan, load_plan
+from rollout.registry.engine import session_scope
+from rollout.registry.ledger import start_run
+from rollout.registry.models import (
+    Account,
+    Action,
+    CohortMembership,
+    Notification,
+    TfaFactor,
+    WebSession,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = datetime(2021, 6, 1)
+
+
+@pytest.fixture
+def plan() -> Plan:
+    reference = load_plan(ROOT / "plans" / "npm-2022.yaml")
+    return reference.model_copy(
+        update={
+            "exemptions": Exemptions(
+                accounts=[ExemptAccount(username="carol", reason="security team service account")]
+            )
+        }
+    )
+
+
+@pytest.fixture
+def ids(registry: Engine) -> dict[str, int]:
+    """alice: no 2FA, 2 live sessions. bob: TOTP. carol: no 2FA, exempt. dave: no 2FA,
+    one live and one already revoked session. erin: no 2FA, left the cohort."""
+    with session_scope(registry) as session:
+        accounts = {
+            n: Account(username=n, email=f"{n}@example.com", email_verified=True, created_at=T0)
+            for n in ("alice", "bob", "carol", "dave", "erin")
+        }
+        session.add_all(accounts.values())
+        session.flush()
+        found = {n: a.id for n, a in accounts.items()}
+        session.add(TfaFactor(account_id=found["bob"], kind="totp", created_at=T0))
+        for name, live, revoked in (
+            ("alice", 2, 0),
+            ("bob", 1, 0),
+            ("carol", 1, 0),
+            ("dave", 1, 1),
+            ("erin", 1, 0),
+        ):
+            session.add_all(WebSession(account_id=found[name], created_at=T0) for _ in range(live))
+            session.add_all(
+                WebSession(
+                    account_id=found[name],
+                    created_at=T0,
+                    revoked_at=T0,
+                    revoked_reason="signed out",
+                )
+                for _ in range(revoked)
+            )
+        for name in found:
+            session.add(
+                CohortMembership(
+                    cohort="top-100",
+                    account_id=found[name],
+                    packages=["pkg"],
+                    first_qualified_on=date(2022, 1, 3),
+                    last_qualified_on=date(2022, 1, 3),
+                    left_on=date(2022, 1, 10) if name == "erin" else None,
+                )
+            )
+    return found
+
+
+def count(registry: Engine, model: type, *where: object) -> int:
+    with registry.connect() as connection:
+        return connection.execute(
+            select(func.count()).select_from(model).where(*where)
+        ).scalar_one()
+
+
+def required(registry: Engine) -> set[str]:
+    with registry.connect() as connection:
+        return {
+            u
+            for (u,) in connection.execute(
+                select(Account.username).where(Account.tfa_required_at.is_not(None))
+            )
+        }
+
+
+def live_sessions(registry: Engine, account_id: int) -> int:
+    return count(
+        registry, WebSession, WebSession.account_id == account_id, WebSession.revoked_at.is_(None)
+    )
+
+
+def test_preview_lists_exactly_the_non_compliant(
+    registry: Engine, plan: Plan, ids: dict[str, int]
+) -> None:
+    preview = enforce.preview_phase(registry, plan, plan.phase("top-100"))
+    assert [t.username for t in preview.targets] == ["alice", "dave"]
+    assert preview.sessions == 3
+    assert (preview.compliant, preview.exempted) == (1, ["carol"])
+    assert count(registry, Action) == 0 and required(registry) == set()
+
+
+def test_a_wrong_expected_count_refuses_and_changes_nothing(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+) -> None:
+    with pytest.raises(GuardRefused, match="would change 2 accounts, not the 3 expected"):
+        enforce.enforce_phase(registry_url, plan, "top-100", expect=3, actor="rm")
+    assert required(registry) == set() and count(registry, Action) == 0
+
+
+def test_the_blast_radius_limit_refuses(registry_url: str, plan: Plan, ids: dict[str, int]) -> None:
+    phases = [p.model_copy(update={"max_accounts": 1}) for p in plan.phases]
+    small = plan.model_copy(update={"phases": phases})
+    with pytest.raises(GuardRefused, match="over the plan's blast-radius limit of 1"):
+        enforce.enforce_phase(registry_url, small, "top-100", expect=2, actor="rm")
+
+
+def test_enforce_flags_revokes_audits_and_queues_once(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+) -> None:
+    result = enforce.enforce_phase(
+        registry_url, plan, "top-100", expect=2, actor="rm", batch_size=1
+    )
+    assert (
+        result.accounts_flagged,
+        result.sessions_revoked,
+        result.emails_queued,
+        result.batches,
+    ) == (2, 3, 2, 2)
+    assert required(registry) == {"alice", "dave"}
+    assert [live_sessions(registry, ids[n]) for n in ("alice", "bob", "carol", "dave", "erin")] == [
+        0,
+        1,
+        1,
+        0,
+        1,
+    ]
+    assert count(registry, Action, Action.action == "tfa_required") == 2
+    assert count(registry, Action, Action.action == "revoke_session") == 3
+    assert count(registry, Notification, Notification.email == "enforcement_notice") == 2
+    again = enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")
+    assert (again.accounts_flagged, again.sessions_revoked, again.emails_queued) == (0, 0, 0)
+    assert count(registry, Action, Action.action.in_(["tfa_required", "revoke_session"])) == 5
+    assert count(registry, Notification) == 2
+
+
+def test_a_crash_between_batches_then_a_rerun_finishes_exactly_once(
+    registry: Engine,
+    registry_url: str,
+    plan: Plan,
+    ids: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real, calls = enforce._enforce_batch, []
+
+    def crash_on_second(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(enforce, "_enforce_batch", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm", batch_size=1)
+    assert required(registry) == {"alice"}
+    monkeypatch.setattr(enforce, "_enforce_batch", real)
+    enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm", batch_size=1)
+    assert required(registry) == {"alice", "dave"}
+    assert count(registry, Action, Action.action == "tfa_required") == 2
+    assert count(registry, Action, Action.action == "revoke_session") == 3
+    assert count(registry, Notification) == 2
+
+
+def test_an_account_that_enrolled_since_the_preview_is_left_alone(
+    registry: Engine, plan: Plan, ids: dict[str, int]
+) -> None:
+    with session_scope(registry) as session:
+        session.add(TfaFactor(account_id=ids["alice"], kind="webauthn", created_at=T0))
+    with registry.begin() as connection:
+        run_id = start_run(connection, plan="p", step="s", mode="apply", actor="rm", parameters={})
+        flagged, revoked, queued, skipped = enforce._enforce_batch(
+            connection,
+            plan.phase("top-100"),
+            [ids["alice"], ids["dave"]],
+            run_id,
+            "rm",
+            datetime(2022, 2, 1),
+        )
+    assert (flagged, revoked, queued, skipped) == ([ids["dave"]], 1, 1, 1)
+    assert live_sessions(registry, ids["alice"]) == 2
+
+
+def test_rollback_clears_the_flags_but_not_the_revocations(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+) -> None:
+    enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")
+    assert enforce.rollback_preview(registry, "top-100") == [ids["alice"], ids["dave"]]
+    _, cleared = enforce.rollback_phase(registry_url, plan, "top-100", actor="rm")
+    assert cleared == 2 and required(registry) == set()
+    assert live_sessions(registry, ids["alice"]) == 0
+    assert count(registry, Action, Action.action == "tfa_required_cleared") == 2
+    _, again = enforce.rollback_phase(registry_url, plan, "top-100", actor="rm")
+    assert again == 0
+    assert count(registry, Action, Action.action == "tfa_required_cleared") == 2
+
+
+def test_a_second_run_at_once_is_refused(
+    registry_url: str, plan: Plan, ids: dict[str, int]
+) -> None:
+    with (
+        enforce.exclusive_run(registry_url, "enforce"),
+        pytest.raises(GuardRefused, match="another enforce run"),
+    ):
+        enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")
