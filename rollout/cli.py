@@ -749,3 +749,116 @@ def phase_rollback(
         return
     run_id, cleared = rollback_phase(settings.registry_url, plan, phase, actor=settings.actor)
     stderr.print(f"cleared {cleared} accounts (run {run_id})", highlight=False)
+
+
+# --- orgs ----------------------------------------------------------------------------------
+
+orgs_app = typer.Typer(help="Org 2FA: audit members, turn enforcement on.", no_args_is_help=True)
+app.add_typer(orgs_app, name="orgs")
+
+
+def _members_rows(members: list[Any], fmt: Format) -> list[dict[str, Any]]:
+    return [
+        {
+            "username": m.username,
+            "role": m.role,
+            "tfa_status": m.tfa_status,
+            "tfa_methods": m.tfa_methods if fmt is Format.json else ", ".join(m.tfa_methods),
+            "joined_at": m.joined_at,
+        }
+        for m in members
+    ]
+
+
+@orgs_app.command("audit")
+@reports_errors
+def orgs_audit(
+    org: Annotated[str, typer.Argument(help="The org's name.")],
+    without_2fa: Annotated[
+        bool, typer.Option("--without-2fa", help="Only members with no 2FA.")
+    ] = False,
+    role: Annotated[
+        str | None, typer.Option(help="Only this role: owner, admin or developer.")
+    ] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Every member of an org with 2FA status and method; filter by status or role."""
+    from rollout.orgs import audit_org
+    from rollout.registry.engine import make_engine
+
+    if role is not None and role not in ("owner", "admin", "developer"):
+        raise RolloutError(f"--role {role!r}: use owner, admin or developer").with_exit(
+            EXIT_BAD_INPUT
+        )
+    engine = make_engine(_settings().registry_url)
+    try:
+        members = audit_org(engine, org)
+    finally:
+        engine.dispose()
+    shown = [
+        m
+        for m in members
+        if (not without_2fa or m.tfa_status == "none") and (role is None or m.role == role)
+    ]
+    emit(
+        _members_rows(shown, fmt),
+        fmt,
+        title=f"{org}: {len(shown)} of {len(members)} members",
+        columns=["username", "role", "tfa_status", "tfa_methods", "joined_at"],
+    )
+
+
+@orgs_app.command("enforce")
+@reports_errors
+def orgs_enforce(
+    org: Annotated[str, typer.Argument(help="The org's name.")],
+    confirm: Annotated[
+        str | None, typer.Option(help="The org's name typed back: applies (without: preview only).")
+    ] = None,
+    owner: Annotated[
+        str | None, typer.Option(help="The owner turning enforcement on (must use 2FA).")
+    ] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Turn on 2FA enforcement for an org; members without 2FA are removed."""
+    from rollout.orgs import enforce_org, enforcement_preview
+    from rollout.registry.engine import make_engine
+
+    settings = _settings()
+    engine = make_engine(settings.registry_url)
+    try:
+        members = enforcement_preview(engine, org)
+    finally:
+        engine.dispose()
+    if confirm is None:
+        emit(
+            _members_rows(members, fmt),
+            fmt,
+            title=f"{org}: {len(members)} members would be removed",
+            columns=["username", "role", "tfa_status", "tfa_methods", "joined_at"],
+        )
+        stderr.print(
+            f"preview only: to remove these {len(members)} members run "
+            f"rollout orgs enforce {org} --owner YOU --confirm {org}",
+            highlight=False,
+        )
+        return
+    if owner is None:
+        raise RolloutError("--confirm needs --owner: the owner turning enforcement on").with_exit(
+            EXIT_BAD_INPUT
+        )
+    result = enforce_org(
+        settings.registry_url, org, confirm=confirm, owner=owner, actor=settings.actor
+    )
+    emit_record(
+        {
+            "org": result.org,
+            "run_id": result.run_id,
+            "removed": len(result.removed),
+            "removed_members": ", ".join(result.removed) or "none",
+            "owners_notified": result.owners_notified,
+            "was_already_enforced": result.already_enforced,
+        },
+        fmt,
+        title=f"{org}: 2FA enforced",
+    )

@@ -146,3 +146,26 @@ def test_phase_enforce_previews_then_needs_the_count_typed_back(rollout_home: Pa
     assert rollback.exit_code == 0 and "preview only" in rollback.stderr
     applied = run("phase", "rollback", "top-100", "--apply")
     assert f"cleared {len(targets)} accounts" in applied.stderr
+
+
+def test_orgs_audit_and_enforce_preview(rollout_home: Path) -> None:
+    import sqlite3
+
+    run("sample", "--scale", "tiny", "--seed", "3")
+    with sqlite3.connect(rollout_home / "registry.db") as connection:
+        org = connection.execute(
+            "select o.name from orgs o join org_members m on m.org_id = o.id "
+            "group by o.name order by count(*) desc, o.name limit 1"
+        ).fetchone()[0]
+    audit = run("orgs", "audit", org, "--format", "json")
+    assert audit.exit_code == 0, audit.stderr
+    members = json.loads(audit.stdout)
+    assert members and {m["tfa_status"] for m in members} <= {"none", "totp", "webauthn"}
+    owners = json.loads(run("orgs", "audit", org, "--role", "owner", "--format", "json").stdout)
+    assert owners and all(m["role"] == "owner" for m in owners)
+    preview = run("orgs", "enforce", org, "--format", "json")
+    assert preview.exit_code == 0 and "preview only" in preview.stderr
+    without = [m["username"] for m in members if m["tfa_status"] == "none"]
+    assert [m["username"] for m in json.loads(preview.stdout)] == without
+    assert run("orgs", "enforce", org, "--confirm", org).exit_code == 2
+    assert run("orgs", "audit", "no-such-org").exit_code == 2

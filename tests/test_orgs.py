@@ -1,0 +1,113 @@
+"""Org 2FA enforcement on SQLite and PostgreSQL: audit, owner guard, confirm, removals."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from rollout import orgs
+from rollout.errors import BadInput, GuardRefused
+from rollout.registry.engine import session_scope
+from rollout.registry.models import Account, Action, Notification, Org, OrgMember, TfaFactor
+
+T0 = datetime(2021, 6, 1)
+
+
+@pytest.fixture
+def acme(registry: Engine) -> dict[str, int]:
+    """owner ada (WebAuthn), owner bo (none), admin cy (TOTP), developers di (none) and
+    ed (none, already removed)."""
+    with session_scope(registry) as session:
+        people = {
+            n: Account(username=n, email=f"{n}@example.com", email_verified=True, created_at=T0)
+            for n in ("ada", "bo", "cy", "di", "ed")
+        }
+        session.add_all(people.values())
+        org = Org(name="acme", created_at=T0)
+        session.add(org)
+        session.flush()
+        session.add(TfaFactor(account_id=people["ada"].id, kind="webauthn", created_at=T0))
+        session.add(TfaFactor(account_id=people["cy"].id, kind="totp", created_at=T0))
+        for name, role in (
+            ("ada", "owner"),
+            ("bo", "owner"),
+            ("cy", "admin"),
+            ("di", "developer"),
+            ("ed", "developer"),
+        ):
+            session.add(
+                OrgMember(
+                    org_id=org.id,
+                    account_id=people[name].id,
+                    role=role,
+                    joined_at=T0,
+                    removed_at=T0 if name == "ed" else None,
+                    removed_reason="left" if name == "ed" else None,
+                )
+            )
+        return {n: a.id for n, a in people.items()}
+
+
+def test_audit_lists_current_members_with_status(registry: Engine, acme: dict[str, int]) -> None:
+    members = orgs.audit_org(registry, "acme")
+    assert [(m.username, m.role, m.tfa_status) for m in members] == [
+        ("ada", "owner", "webauthn"),
+        ("bo", "owner", "none"),
+        ("cy", "admin", "totp"),
+        ("di", "developer", "none"),
+    ]
+    assert [m.username for m in orgs.enforcement_preview(registry, "acme")] == ["bo", "di"]
+    with pytest.raises(BadInput, match="no org named 'nope'"):
+        orgs.audit_org(registry, "nope")
+
+
+def test_enforce_needs_the_name_typed_back(registry_url: str, acme: dict[str, int]) -> None:
+    with pytest.raises(GuardRefused, match="--confirm acme"):
+        orgs.enforce_org(registry_url, "acme", confirm="acne", owner="ada", actor="t")
+
+
+def test_an_owner_without_2fa_cannot_turn_it_on(registry_url: str, acme: dict[str, int]) -> None:
+    with pytest.raises(GuardRefused, match="bo has no 2FA"):
+        orgs.enforce_org(registry_url, "acme", confirm="acme", owner="bo", actor="t")
+    with pytest.raises(GuardRefused, match="cy is not an owner"):
+        orgs.enforce_org(registry_url, "acme", confirm="acme", owner="cy", actor="t")
+
+
+def test_enforce_removes_members_without_2fa_once(
+    registry: Engine, registry_url: str, acme: dict[str, int]
+) -> None:
+    result = orgs.enforce_org(registry_url, "acme", confirm="acme", owner="ada", actor="t")
+    assert (result.removed, result.owners_notified, result.already_enforced) == (
+        ["bo", "di"],
+        1,
+        False,
+    )
+    assert [m.username for m in orgs.audit_org(registry, "acme")] == ["ada", "cy"]
+    with registry.connect() as connection:
+        assert connection.execute(select(Org.tfa_enforced_at)).scalar_one() is not None
+        emails = sorted(
+            connection.execute(
+                select(Notification.email, Account.username).join(
+                    Account, Account.id == Notification.account_id
+                )
+            ).all()
+        )
+        audit = sorted(connection.execute(select(Action.action, Action.account_id)).all())
+    assert emails == [
+        ("org_enforcement_summary", "ada"),
+        ("org_removal_notice", "bo"),
+        ("org_removal_notice", "di"),
+    ]
+    assert audit == sorted(
+        [
+            ("org_tfa_enforced", acme["ada"]),
+            ("org_member_removed", acme["bo"]),
+            ("org_member_removed", acme["di"]),
+        ]
+    )
+    again = orgs.enforce_org(registry_url, "acme", confirm="acme", owner="ada", actor="t")
+    assert (again.removed, again.already_enforced) == ([], True)
+    with registry.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(Action)).scalar_one() == 3
