@@ -862,3 +862,137 @@ def orgs_enforce(
         fmt,
         title=f"{org}: 2FA enforced",
     )
+
+
+# --- brown-outs and ELV --------------------------------------------------------------------
+
+brownout_app = typer.Typer(
+    help="Brown-outs: 24 h rehearsals of enhanced login verification.", no_args_is_help=True
+)
+app.add_typer(brownout_app, name="brownout")
+elv_app = typer.Typer(help="Enhanced login verification (ELV).", no_args_is_help=True)
+app.add_typer(elv_app, name="elv")
+
+ApplyOption = Annotated[
+    bool, typer.Option("--apply", help="Make the change (without: preview only).")
+]
+
+
+@brownout_app.command("status")
+@reports_errors
+def brownout_status(fmt: FormatOption = Format.table) -> None:
+    """Every brown-out window and its state now: scheduled, active, ended, ended early."""
+    from rollout.brownouts import status
+    from rollout.registry.engine import make_engine
+
+    engine = make_engine(_settings().registry_url)
+    try:
+        windows = status(engine)
+    finally:
+        engine.dispose()
+    emit(
+        [vars(w) for w in windows],
+        fmt,
+        title="brown-out windows",
+        columns=["name", "state", "starts_at", "ends_at", "ended_early_at"],
+    )
+
+
+@brownout_app.command("schedule")
+@reports_errors
+def brownout_schedule(apply: ApplyOption = False) -> None:
+    """Create the plan's brown-out windows (or move ones that have not started)."""
+    from rollout.brownouts import schedule, schedule_preview
+    from rollout.registry.engine import make_engine
+
+    settings, plan = _settings(), _plan()
+    engine = make_engine(settings.registry_url)
+    try:
+        changes = schedule_preview(engine, plan)
+    finally:
+        engine.dispose()
+    for name, what in changes:
+        stderr.print(f"{name}: {what}", highlight=False)
+    if not apply:
+        stderr.print("preview only: add --apply to schedule", highlight=False)
+        return
+    schedule(settings.registry_url, plan, actor=settings.actor)
+    stderr.print("scheduled", highlight=False)
+
+
+@brownout_app.command("start")
+@reports_errors
+def brownout_start(
+    name: Annotated[str, typer.Argument(help="The window, as named in the plan.")],
+    reason: Annotated[str, typer.Option(help="Why now: recorded in the audit ledger.")],
+    apply: ApplyOption = False,
+) -> None:
+    """Begin a scheduled brown-out now (it keeps its planned length)."""
+    from rollout.brownouts import start_now
+
+    if not apply:
+        stderr.print(
+            f"would start {name} now, for its planned length; preview only: add --apply",
+            highlight=False,
+        )
+        return
+    settings = _settings()
+    window = start_now(settings.registry_url, name, actor=settings.actor, reason=reason)
+    stderr.print(
+        f"{name} is {window.state} until {window.ends_at:%Y-%m-%d %H:%M} UTC", highlight=False
+    )
+
+
+@brownout_app.command("end")
+@reports_errors
+def brownout_end(
+    name: Annotated[str, typer.Argument(help="The window to stop.")],
+    reason: Annotated[str, typer.Option(help="Why: recorded in the audit ledger.")],
+    apply: ApplyOption = False,
+) -> None:
+    """The emergency stop: a brown-out stops applying now, whatever its state."""
+    from rollout.brownouts import end_now
+
+    if not apply:
+        stderr.print(f"would end {name} now; preview only: add --apply", highlight=False)
+        return
+    settings = _settings()
+    window = end_now(settings.registry_url, name, actor=settings.actor, reason=reason)
+    stderr.print(f"{name}: {window.state}", highlight=False)
+
+
+@elv_app.command("enroll-all")
+@reports_errors
+def elv_enroll_all(
+    apply: ApplyOption = False,
+    batch_size: Annotated[int, typer.Option(help="Accounts per transaction.")] = 50_000,
+) -> None:
+    """Enrol every account in ELV, in resumable batches with a progress bar."""
+    from sqlalchemy import func, select
+
+    from rollout.brownouts import enroll_all
+    from rollout.registry.engine import make_engine
+    from rollout.registry.models import Account
+
+    settings = _settings()
+    engine = make_engine(settings.registry_url)
+    try:
+        with engine.connect() as connection:
+            pending = connection.execute(
+                select(func.count()).select_from(Account).where(Account.elv_enrolled_at.is_(None))
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    stderr.print(f"{pending:,} accounts are not enrolled in ELV yet", highlight=False)
+    if not apply:
+        stderr.print("preview only: add --apply to enrol them", highlight=False)
+        return
+    with _progress() as progress:
+        task = progress.add_task("enrolling", total=pending)
+        enrolled = enroll_all(
+            settings.registry_url,
+            actor=settings.actor,
+            batch_size=batch_size,
+            progress=lambda done, total: progress.update(task, completed=done),
+        )
+    stderr.print(f"enrolled {enrolled:,} accounts", highlight=False)

@@ -169,3 +169,21 @@ def test_orgs_audit_and_enforce_preview(rollout_home: Path) -> None:
     assert [m["username"] for m in json.loads(preview.stdout)] == without
     assert run("orgs", "enforce", org, "--confirm", org).exit_code == 2
     assert run("orgs", "audit", "no-such-org").exit_code == 2
+
+
+def test_brownouts_and_elv_from_the_command_line(rollout_home: Path) -> None:
+    run("sample", "--scale", "tiny", "--seed", "3")
+    preview = run("brownout", "schedule")
+    assert "brownout-1: create 2022-02-16 00:00 + 24 h" in preview.stderr
+    assert json.loads(run("brownout", "status", "--format", "json").stdout) == []
+    assert run("brownout", "schedule", "--apply").exit_code == 0
+    windows = json.loads(run("brownout", "status", "--format", "json").stdout)
+    assert [(w["name"], w["state"]) for w in windows] == [
+        ("brownout-1", "ended"),
+        ("brownout-2", "ended"),
+    ]
+    ended = run("brownout", "end", "brownout-1", "--reason", "test", "--apply")
+    assert ended.exit_code == 3 and "already ended" in ended.stderr
+    assert "preview only" in run("elv", "enroll-all").stderr
+    enrolled = run("elv", "enroll-all", "--apply")
+    assert enrolled.exit_code == 0 and "enrolled 700 accounts" in enrolled.stderr

@@ -1,0 +1,304 @@
+"""Brown-outs and enhanced login verification (ELV).
+
+A brown-out is a window during which every account without 2FA must pass ELV (an
+emailed one-time code) at login, as a rehearsal of the real thing. Windows live in
+the registry's ``brownout_windows``: scheduled from the plan, started early or ended
+at any time (an emergency end needs nothing but the name). ``elv_required`` states
+the login rule the registry applies; ``enroll_all`` turns ELV on for every account.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine, and_, exists, func, or_, select, update
+
+from rollout.errors import BadInput, GuardRefused
+from rollout.plan import Plan
+from rollout.registry.engine import make_engine
+from rollout.registry.ledger import finish_run, record_actions, start_run, utc_now
+from rollout.registry.models import Account, BrownoutWindow, TfaFactor
+
+WINDOWS = BrownoutWindow.__table__
+ACCOUNTS = Account.__table__
+
+
+@dataclass(frozen=True)
+class WindowState:
+    name: str
+    starts_at: datetime
+    ends_at: datetime
+    ended_early_at: datetime | None
+    state: str  # scheduled | active | ended | ended early
+
+
+def state_at(window: object, at: datetime) -> str:
+    """scheduled, active, ended or ended early, for any row with the window's times."""
+    if window.ended_early_at is not None and window.ended_early_at <= at:
+        return "ended early"
+    if at < window.starts_at:
+        return "scheduled"
+    return "active" if at < window.ends_at else "ended"
+
+
+def status(engine: Engine, at: datetime | None = None) -> list[WindowState]:
+    at = at or utc_now()
+    with engine.connect() as connection:
+        windows = connection.execute(
+            select(
+                WINDOWS.c.name, WINDOWS.c.starts_at, WINDOWS.c.ends_at, WINDOWS.c.ended_early_at
+            ).order_by(WINDOWS.c.starts_at)
+        ).all()
+    return [
+        WindowState(w.name, w.starts_at, w.ends_at, w.ended_early_at, state_at(w, at))
+        for w in windows
+    ]
+
+
+def _active_window(at: datetime) -> object:
+    return exists().where(
+        and_(
+            WINDOWS.c.starts_at <= at,
+            WINDOWS.c.ends_at > at,
+            or_(WINDOWS.c.ended_early_at.is_(None), WINDOWS.c.ended_early_at > at),
+        )
+    )
+
+
+def elv_required(connection: Connection, account_id: int, at: datetime) -> bool:
+    """The login rule: no active 2FA factor, and either enrolled in ELV by ``at`` or
+    ``at`` falls in a brown-out window that has not been ended."""
+    has_factor = connection.execute(
+        select(
+            exists().where(and_(TfaFactor.account_id == account_id, TfaFactor.removed_at.is_(None)))
+        )
+    ).scalar_one()
+    if has_factor:
+        return False
+    enrolled = connection.execute(
+        select(Account.elv_enrolled_at).where(Account.id == account_id)
+    ).scalar_one_or_none()
+    if enrolled is not None and enrolled <= at:
+        return True
+    return bool(connection.execute(select(_active_window(at))).scalar_one())
+
+
+def schedule_preview(engine: Engine, plan: Plan) -> list[tuple[str, str]]:
+    """(window, what scheduling would do) for each brown-out of the plan."""
+    existing = {w.name: w for w in status(engine)}
+    changes = []
+    for planned in plan.brownouts:
+        current = existing.get(planned.name)
+        if current is None:
+            changes.append(
+                (planned.name, f"create {planned.starts_at:%Y-%m-%d %H:%M} + {planned.hours} h")
+            )
+        elif (current.starts_at, current.ends_at) == (planned.starts_at, planned.ends_at):
+            changes.append((planned.name, f"unchanged ({current.state})"))
+        elif current.state != "scheduled":
+            changes.append((planned.name, f"refused: already {current.state}, cannot move"))
+        else:
+            changes.append(
+                (planned.name, f"move to {planned.starts_at:%Y-%m-%d %H:%M} + {planned.hours} h")
+            )
+    return changes
+
+
+def schedule(registry_url: str, plan: Plan, *, actor: str) -> list[tuple[str, str]]:
+    """Create (or move, while not started) the plan's brown-out windows."""
+    engine = make_engine(registry_url)
+    try:
+        changes = schedule_preview(engine, plan)
+        refused = [f"{name}: {what}" for name, what in changes if what.startswith("refused")]
+        if refused:
+            raise GuardRefused("; ".join(refused))
+        now = utc_now()
+        with engine.begin() as connection:
+            run_id = start_run(
+                connection,
+                plan=plan.name,
+                step="brownouts schedule",
+                mode="apply",
+                actor=actor,
+                parameters={},
+            )
+            for planned, (_, what) in zip(plan.brownouts, changes, strict=True):
+                if what.startswith("unchanged"):
+                    continue
+                if what.startswith("create"):
+                    connection.execute(
+                        WINDOWS.insert().values(
+                            name=planned.name,
+                            starts_at=planned.starts_at,
+                            ends_at=planned.ends_at,
+                            created_at=now,
+                            created_by=actor,
+                            reason=f"plan {plan.name}",
+                        )
+                    )
+                else:
+                    connection.execute(
+                        update(WINDOWS)
+                        .where(WINDOWS.c.name == planned.name)
+                        .values(starts_at=planned.starts_at, ends_at=planned.ends_at)
+                    )
+                when = f"{planned.starts_at:%Y%m%d%H%M}:{planned.hours}"
+                record_actions(
+                    connection,
+                    [
+                        {
+                            "effect_key": f"brownout-schedule:{planned.name}:{when}",
+                            "action": "brownout_scheduled",
+                            "subject": f"brownout:{planned.name}",
+                            "reason": what,
+                            "actor": actor,
+                            "run_id": run_id,
+                            "created_at": now,
+                        }
+                    ],
+                )
+            finish_run(connection, run_id, state="succeeded", summary={"changes": len(changes)})
+        return changes
+    finally:
+        engine.dispose()
+
+
+def _change_window(
+    registry_url: str,
+    name: str,
+    actor: str,
+    reason: str,
+    decide: Callable[[WindowState, datetime], dict[str, datetime]],
+    action: str,
+) -> WindowState:
+    engine = make_engine(registry_url)
+    try:
+        now = utc_now()
+        current = {w.name: w for w in status(engine, now)}.get(name)
+        if current is None:
+            raise BadInput(None, None, f"no brown-out window named {name!r}")
+        values = decide(current, now)
+        with engine.begin() as connection:
+            connection.execute(update(WINDOWS).where(WINDOWS.c.name == name).values(**values))
+            record_actions(
+                connection,
+                [
+                    {
+                        "effect_key": f"{action}:{name}:{now.isoformat()}",
+                        "action": action,
+                        "subject": f"brownout:{name}",
+                        "reason": reason,
+                        "actor": actor,
+                        "created_at": now,
+                    }
+                ],
+            )
+        return {w.name: w for w in status(engine, now)}[name]
+    finally:
+        engine.dispose()
+
+
+def start_now(registry_url: str, name: str, *, actor: str, reason: str) -> WindowState:
+    """Begin a scheduled window now (it keeps its planned length)."""
+
+    def decide(window: WindowState, now: datetime) -> dict[str, datetime]:
+        if window.state != "scheduled":
+            raise GuardRefused(
+                f"brown-out {name} is {window.state}: only a scheduled window can be started"
+            )
+        return {"starts_at": now, "ends_at": now + (window.ends_at - window.starts_at)}
+
+    return _change_window(registry_url, name, actor, reason, decide, "brownout_started")
+
+
+def end_now(registry_url: str, name: str, *, actor: str, reason: str) -> WindowState:
+    """The emergency stop: the window stops applying now, whatever its state."""
+
+    def decide(window: WindowState, now: datetime) -> dict[str, datetime]:
+        if window.state in ("ended", "ended early"):
+            raise GuardRefused(f"brown-out {name} has already {window.state}")
+        return {"ended_early_at": now}
+
+    return _change_window(registry_url, name, actor, reason, decide, "brownout_ended")
+
+
+def enroll_all(
+    registry_url: str,
+    *,
+    actor: str,
+    batch_size: int = 50_000,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Enrol every account in ELV, in batches of ascending ids; resumable: a rerun
+    touches only accounts still not enrolled. One audit row per batch (first and last
+    id, count): at 2M accounts a row each would double the work for no more truth,
+    since ``elv_enrolled_at`` itself records each account's change."""
+    engine = make_engine(registry_url)
+    try:
+        with engine.connect() as connection:
+            total = connection.execute(
+                select(func.count())
+                .select_from(ACCOUNTS)
+                .where(ACCOUNTS.c.elv_enrolled_at.is_(None))
+            ).scalar_one()
+        with engine.begin() as connection:
+            run_id = start_run(
+                connection,
+                plan="elv",
+                step="enroll all",
+                mode="apply",
+                actor=actor,
+                parameters={"batch_size": batch_size},
+            )
+        enrolled, last_id = 0, -1
+        while True:
+            now = utc_now()
+            with engine.begin() as connection:
+                ids = [
+                    row[0]
+                    for row in connection.execute(
+                        select(ACCOUNTS.c.id)
+                        .where(and_(ACCOUNTS.c.id > last_id, ACCOUNTS.c.elv_enrolled_at.is_(None)))
+                        .order_by(ACCOUNTS.c.id)
+                        .limit(batch_size)
+                    )
+                ]
+                if not ids:
+                    break
+                changed = connection.execute(
+                    update(ACCOUNTS)
+                    .where(
+                        and_(
+                            ACCOUNTS.c.id >= ids[0],
+                            ACCOUNTS.c.id <= ids[-1],
+                            ACCOUNTS.c.elv_enrolled_at.is_(None),
+                        )
+                    )
+                    .values(elv_enrolled_at=now)
+                ).rowcount
+                record_actions(
+                    connection,
+                    [
+                        {
+                            "effect_key": f"elv-enroll:{run_id}:{ids[0]}",
+                            "action": "elv_enrolled",
+                            "subject": f"accounts {ids[0]}..{ids[-1]}",
+                            "reason": "enhanced login verification for all accounts",
+                            "actor": actor,
+                            "run_id": run_id,
+                            "created_at": now,
+                            "details": {"first_id": ids[0], "last_id": ids[-1], "count": changed},
+                        }
+                    ],
+                )
+            enrolled += changed
+            last_id = ids[-1]
+            if progress:
+                progress(enrolled, total)
+        with engine.begin() as connection:
+            finish_run(connection, run_id, state="succeeded", summary={"enrolled": enrolled})
+        return enrolled
+    finally:
+        engine.dispose()

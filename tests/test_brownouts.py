@@ -1,0 +1,141 @@
+"""Brown-outs and ELV on SQLite and PostgreSQL: the login rule, scheduling from the
+plan, starting early, the emergency end, and enrolling everyone."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from rollout import brownouts
+from rollout.errors import BadInput, GuardRefused
+from rollout.plan import Brownout, Plan, load_plan
+from rollout.registry.engine import session_scope
+from rollout.registry.ledger import utc_now
+from rollout.registry.models import Account, Action, BrownoutWindow, TfaFactor
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = datetime(2021, 6, 1)
+
+
+@pytest.fixture
+def plan() -> Plan:
+    return load_plan(ROOT / "plans" / "npm-2022.yaml")
+
+
+def soon(plan: Plan) -> Plan:
+    """The plan with one brown-out tomorrow, so it can still be started or ended."""
+    tomorrow = utc_now().replace(microsecond=0) + timedelta(days=1)
+    return plan.model_copy(update={"brownouts": [Brownout(name="drill", starts_at=tomorrow)]})
+
+
+@pytest.fixture
+def accounts(registry: Engine) -> dict[str, int]:
+    with session_scope(registry) as session:
+        people = {
+            n: Account(username=n, email=f"{n}@example.com", email_verified=True, created_at=T0)
+            for n in ("kim", "lee", "max")
+        }
+        session.add_all(people.values())
+        session.flush()
+        session.add(TfaFactor(account_id=people["lee"].id, kind="totp", created_at=T0))
+        return {n: a.id for n, a in people.items()}
+
+
+def required(registry: Engine, account_id: int, at: datetime) -> bool:
+    with registry.connect() as connection:
+        return brownouts.elv_required(connection, account_id, at)
+
+
+def test_the_reference_brownouts_schedule_once(
+    registry: Engine, registry_url: str, plan: Plan
+) -> None:
+    assert [what for _, what in brownouts.schedule_preview(registry, plan)] == [
+        "create 2022-02-16 00:00 + 24 h",
+        "create 2022-02-23 00:00 + 24 h",
+    ]
+    brownouts.schedule(registry_url, plan, actor="rm")
+    assert [(w.name, w.state) for w in brownouts.status(registry)] == [
+        ("brownout-1", "ended"),
+        ("brownout-2", "ended"),
+    ]
+    assert [(w.name, w.state) for w in brownouts.status(registry, datetime(2022, 2, 16, 12))] == [
+        ("brownout-1", "active"),
+        ("brownout-2", "scheduled"),
+    ]
+    brownouts.schedule(registry_url, plan, actor="rm")
+    with registry.connect() as connection:
+        assert (
+            connection.execute(select(func.count()).select_from(BrownoutWindow)).scalar_one() == 2
+        )
+        assert connection.execute(select(func.count()).select_from(Action)).scalar_one() == 2
+
+
+def test_a_window_that_started_cannot_be_moved(
+    registry: Engine, registry_url: str, plan: Plan
+) -> None:
+    brownouts.schedule(registry_url, plan, actor="rm")
+    moved = plan.model_copy(
+        update={
+            "brownouts": [plan.brownouts[0].model_copy(update={"starts_at": datetime(2022, 2, 17)})]
+        }
+    )
+    with pytest.raises(GuardRefused, match="brownout-1: refused: already ended"):
+        brownouts.schedule(registry_url, moved, actor="rm")
+
+
+def test_the_login_rule(
+    registry: Engine, registry_url: str, plan: Plan, accounts: dict[str, int]
+) -> None:
+    brownouts.schedule(registry_url, plan, actor="rm")
+    inside, outside = datetime(2022, 2, 16, 9), datetime(2022, 2, 18, 9)
+    assert required(registry, accounts["kim"], inside)
+    assert not required(registry, accounts["kim"], outside)
+    # An account with 2FA never gets the emailed code.
+    assert not required(registry, accounts["lee"], inside)
+
+
+def test_start_early_and_the_emergency_end(
+    registry: Engine, registry_url: str, plan: Plan, accounts: dict[str, int]
+) -> None:
+    drill = soon(plan)
+    brownouts.schedule(registry_url, drill, actor="rm")
+    assert not required(registry, accounts["kim"], utc_now())
+    started = brownouts.start_now(registry_url, "drill", actor="rm", reason="rehearsal")
+    assert started.state == "active" and started.ends_at - started.starts_at == timedelta(hours=24)
+    assert required(registry, accounts["kim"], utc_now())
+    ended = brownouts.end_now(registry_url, "drill", actor="rm", reason="login errors spiking")
+    assert ended.state == "ended early"
+    assert not required(registry, accounts["kim"], utc_now() + timedelta(seconds=1))
+    with pytest.raises(GuardRefused, match="already ended early"):
+        brownouts.end_now(registry_url, "drill", actor="rm", reason="again")
+    with pytest.raises(BadInput, match="no brown-out window named 'nope'"):
+        brownouts.end_now(registry_url, "nope", actor="rm", reason="x")
+
+
+def test_enroll_all_is_resumable_and_audited_per_batch(
+    registry: Engine, registry_url: str, accounts: dict[str, int]
+) -> None:
+    seen: list[tuple[int, int]] = []
+    assert (
+        brownouts.enroll_all(
+            registry_url,
+            actor="rm",
+            batch_size=2,
+            progress=lambda done, total: seen.append((done, total)),
+        )
+        == 3
+    )
+    assert seen == [(2, 3), (3, 3)]
+    assert required(registry, accounts["kim"], utc_now() + timedelta(seconds=1))
+    assert not required(registry, accounts["lee"], utc_now())
+    assert brownouts.enroll_all(registry_url, actor="rm") == 0
+    with registry.connect() as connection:
+        assert (
+            connection.execute(
+                select(func.count()).select_from(Action).where(Action.action == "elv_enrolled")
+            ).scalar_one()
+            == 2
+        )
