@@ -17,8 +17,8 @@ from sqlalchemy import Connection, Engine, and_, exists, func, or_, select, upda
 
 from rollout.errors import BadInput, GuardRefused
 from rollout.plan import Plan
-from rollout.registry.engine import make_engine
 from rollout.registry.ledger import finish_run, record_actions, start_run, utc_now
+from rollout.registry.migrate import open_registry
 from rollout.registry.models import Account, BrownoutWindow, TfaFactor
 
 WINDOWS = BrownoutWindow.__table__
@@ -108,7 +108,7 @@ def schedule_preview(engine: Engine, plan: Plan) -> list[tuple[str, str]]:
 
 def schedule(registry_url: str, plan: Plan, *, actor: str) -> list[tuple[str, str]]:
     """Create (or move, while not started) the plan's brown-out windows."""
-    engine = make_engine(registry_url)
+    engine = open_registry(registry_url)
     try:
         changes = schedule_preview(engine, plan)
         refused = [f"{name}: {what}" for name, what in changes if what.startswith("refused")]
@@ -173,7 +173,7 @@ def _change_window(
     decide: Callable[[WindowState, datetime], dict[str, datetime]],
     action: str,
 ) -> WindowState:
-    engine = make_engine(registry_url)
+    engine = open_registry(registry_url)
     try:
         now = utc_now()
         current = {w.name: w for w in status(engine, now)}.get(name)
@@ -235,7 +235,7 @@ def enroll_all(
     touches only accounts still not enrolled. One audit row per batch (first and last
     id, count): at 2M accounts a row each would double the work for no more truth,
     since ``elv_enrolled_at`` itself records each account's change."""
-    engine = make_engine(registry_url)
+    engine = open_registry(registry_url)
     try:
         with engine.connect() as connection:
             total = connection.execute(

@@ -629,10 +629,10 @@ app.add_typer(phase_app, name="phase")
 
 def _preview(phase: str) -> Any:
     from rollout.enforce import preview_phase
-    from rollout.registry.engine import make_engine
+    from rollout.registry.migrate import open_registry
 
     settings, plan = _settings(), _plan()
-    engine = make_engine(settings.registry_url)
+    engine = open_registry(settings.registry_url)
     try:
         return preview_phase(engine, plan, plan.phase(phase))
     finally:
@@ -730,11 +730,11 @@ def phase_rollback(
 ) -> None:
     """Clear the 2FA-required flags a phase set (revoked sessions stay revoked)."""
     from rollout.enforce import rollback_phase, rollback_preview
-    from rollout.registry.engine import make_engine
+    from rollout.registry.migrate import open_registry
 
     settings, plan = _settings(), _plan()
     plan.phase(phase)
-    engine = make_engine(settings.registry_url)
+    engine = open_registry(settings.registry_url)
     try:
         accounts = rollback_preview(engine, phase)
     finally:
@@ -784,13 +784,13 @@ def orgs_audit(
 ) -> None:
     """Every member of an org with 2FA status and method; filter by status or role."""
     from rollout.orgs import audit_org
-    from rollout.registry.engine import make_engine
+    from rollout.registry.migrate import open_registry
 
     if role is not None and role not in ("owner", "admin", "developer"):
         raise RolloutError(f"--role {role!r}: use owner, admin or developer").with_exit(
             EXIT_BAD_INPUT
         )
-    engine = make_engine(_settings().registry_url)
+    engine = open_registry(_settings().registry_url)
     try:
         members = audit_org(engine, org)
     finally:
@@ -822,10 +822,10 @@ def orgs_enforce(
 ) -> None:
     """Turn on 2FA enforcement for an org; members without 2FA are removed."""
     from rollout.orgs import enforce_org, enforcement_preview
-    from rollout.registry.engine import make_engine
+    from rollout.registry.migrate import open_registry
 
     settings = _settings()
-    engine = make_engine(settings.registry_url)
+    engine = open_registry(settings.registry_url)
     try:
         members = enforcement_preview(engine, org)
     finally:
@@ -883,9 +883,9 @@ ApplyOption = Annotated[
 def brownout_status(fmt: FormatOption = Format.table) -> None:
     """Every brown-out window and its state now: scheduled, active, ended, ended early."""
     from rollout.brownouts import status
-    from rollout.registry.engine import make_engine
+    from rollout.registry.migrate import open_registry
 
-    engine = make_engine(_settings().registry_url)
+    engine = open_registry(_settings().registry_url)
     try:
         windows = status(engine)
     finally:
@@ -903,10 +903,10 @@ def brownout_status(fmt: FormatOption = Format.table) -> None:
 def brownout_schedule(apply: ApplyOption = False) -> None:
     """Create the plan's brown-out windows (or move ones that have not started)."""
     from rollout.brownouts import schedule, schedule_preview
-    from rollout.registry.engine import make_engine
+    from rollout.registry.migrate import open_registry
 
     settings, plan = _settings(), _plan()
-    engine = make_engine(settings.registry_url)
+    engine = open_registry(settings.registry_url)
     try:
         changes = schedule_preview(engine, plan)
     finally:
@@ -971,11 +971,11 @@ def elv_enroll_all(
     from sqlalchemy import func, select
 
     from rollout.brownouts import enroll_all
-    from rollout.registry.engine import make_engine
+    from rollout.registry.migrate import open_registry
     from rollout.registry.models import Account
 
     settings = _settings()
-    engine = make_engine(settings.registry_url)
+    engine = open_registry(settings.registry_url)
     try:
         with engine.connect() as connection:
             pending = connection.execute(

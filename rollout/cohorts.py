@@ -23,8 +23,8 @@ from rollout import warehouse
 from rollout.errors import BadInput
 from rollout.extract import extract_registry
 from rollout.plan import CohortRule, Plan
-from rollout.registry.engine import make_engine
 from rollout.registry.ledger import finish_run, record_actions, start_run, upsert, utc_now
+from rollout.registry.migrate import open_registry
 from rollout.registry.models import CohortMembership, CohortPackage
 
 # The registry tables a cohort build reads: who can publish, and their 2FA factors.
@@ -409,7 +409,7 @@ def build_cohorts(
         extract_registry(con, registry_url, COHORT_INPUTS)
     else:
         extract_registry(con, registry_url, ("cohort_packages", "cohort_memberships"))
-    engine = make_engine(registry_url)
+    engine = open_registry(registry_url)
     try:
         with engine.begin() as connection:
             run_id = start_run(
@@ -453,7 +453,7 @@ def build_cohorts(
 
 def release_preview(registry_url: str, cohort: str, package: str) -> str:
     """What a release would change, in words, for the preview that comes first."""
-    engine = make_engine(registry_url)
+    engine = open_registry(registry_url)
     try:
         with engine.connect() as connection:
             c = COHORT_PACKAGES.c
@@ -492,7 +492,7 @@ def release_package(
     if not reason.strip():
         raise BadInput(None, None, "a release needs a --reason")
     key = package.lower()
-    engine = make_engine(registry_url)
+    engine = open_registry(registry_url)
     try:
         with engine.begin() as connection:
             c = COHORT_PACKAGES.c

@@ -33,6 +33,7 @@ from rollout.registry.ledger import (
     start_run,
     utc_now,
 )
+from rollout.registry.migrate import open_registry
 from rollout.registry.models import (
     Account,
     Action,
@@ -275,7 +276,7 @@ def enforce_phase(
     """Apply a phase to exactly the previewed accounts, refusing on any mismatch."""
     phase = plan.phase(phase_name)
     with exclusive_run(registry_url, "enforce"):
-        engine = make_engine(registry_url)
+        engine = open_registry(registry_url)
         try:
             preview = preview_phase(engine, plan, phase)
             if preview.count != expect:
@@ -367,7 +368,7 @@ def rollback_phase(
     """Clear the 2FA-required flags this phase set; returns (run id, accounts cleared)."""
     phase = plan.phase(phase_name)
     with exclusive_run(registry_url, "enforce"):
-        engine = make_engine(registry_url)
+        engine = open_registry(registry_url)
         try:
             ids = rollback_preview(engine, phase.name)
             with engine.begin() as connection:

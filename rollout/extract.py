@@ -26,8 +26,8 @@ from sqlalchemy.types import TypeEngine
 
 from rollout import warehouse
 from rollout.errors import RolloutError
-from rollout.registry import migrate
-from rollout.registry.engine import adbc_uri, is_sqlite, make_engine, normalize_url
+from rollout.registry.engine import adbc_uri, is_sqlite, normalize_url
+from rollout.registry.migrate import require_current_schema
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Base
 from rollout.registry.sqlite_export import NULL_INT, select_with_sentinels
 
@@ -102,20 +102,6 @@ def _postgres_cursor(registry_url: str) -> Iterator[Any]:
 
     with driver.connect(adbc_uri(registry_url)) as connection, connection.cursor() as cursor:
         yield cursor
-
-
-def require_current_schema(registry_url: str) -> None:
-    """Refuse to read a registry whose schema is older (or newer) than this code's."""
-    engine = make_engine(registry_url)
-    try:
-        current, newest = migrate.current_revision(engine), migrate.head_revision()
-    finally:
-        engine.dispose()
-    if current != newest:
-        raise RolloutError(
-            f"the registry is at schema revision {current or 'none'}, this rollout needs "
-            f"{newest}: run `rollout db upgrade`"
-        )
 
 
 def _read_sqlite_here(registry_url: str, tables: tuple[str, ...], folder: Path) -> None:

@@ -14,7 +14,6 @@ from datetime import datetime
 from sqlalchemy import Engine, and_, case, exists, func, select, update
 
 from rollout.errors import BadInput, GuardRefused
-from rollout.registry.engine import make_engine
 from rollout.registry.ledger import (
     finish_run,
     insert_ignoring_existing,
@@ -22,6 +21,7 @@ from rollout.registry.ledger import (
     start_run,
     utc_now,
 )
+from rollout.registry.migrate import open_registry
 from rollout.registry.models import Account, Notification, Org, OrgMember, TfaFactor
 
 ORGS = Org.__table__
@@ -110,7 +110,7 @@ def enforce_org(
     """Turn on 2FA enforcement for ``org`` as ``owner`` and remove members without 2FA."""
     if confirm != org:
         raise GuardRefused(f"type the org's name back to confirm: --confirm {org}")
-    engine = make_engine(registry_url)
+    engine = open_registry(registry_url)
     try:
         org_id, enforced_at = _org_id(engine, org)
         members = audit_org(engine, org)

@@ -32,6 +32,9 @@ def insert_ignoring_existing(
     """Insert rows whose natural key is new; returns how many were inserted."""
     if not rows:
         return 0
+    columns = set(rows[0])
+    if any(set(row) != columns for row in rows):
+        raise ValueError(f"rows for {table.name} must all have the same columns")
     # Counted from RETURNING: rowcount is not reliable for executemany on psycopg.
     key = next(iter(table.primary_key.columns))
     statement = (
@@ -59,9 +62,23 @@ def upsert(
     connection.execute(statement, list(rows))
 
 
+_ACTION_DEFAULTS: dict[str, Any] = {
+    "account_id": None,
+    "subject": None,
+    "phase": None,
+    "run_id": None,
+    "details": {},
+}
+
+
 def record_actions(connection: Connection, actions: Iterable[Mapping[str, Any]]) -> int:
-    """Append audit rows; an effect already recorded (same effect_key) is skipped."""
-    rows = [{"details": {}, "created_at": utc_now(), **action} for action in actions]
+    """Append audit rows; an effect already recorded (same effect_key) is skipped.
+
+    Every row gets every column: a multi-row INSERT takes its columns from the first
+    row, so a key only later rows carry would be silently dropped.
+    """
+    now = utc_now()
+    rows = [{**_ACTION_DEFAULTS, "created_at": now, **action} for action in actions]
     return insert_ignoring_existing(connection, ACTIONS, rows, ["effect_key"])
 
 

@@ -10,6 +10,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+from rollout.errors import RolloutError
+from rollout.registry.engine import make_engine
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -39,3 +42,24 @@ def head_revision() -> str | None:
 
 def is_up_to_date(engine: Engine) -> bool:
     return current_revision(engine) == head_revision()
+
+
+def require_current_schema(registry_url: str) -> None:
+    """Refuse to work on a registry whose schema is older (or newer) than this code's."""
+    engine = make_engine(registry_url)
+    try:
+        current, newest = current_revision(engine), head_revision()
+    finally:
+        engine.dispose()
+    if current != newest:
+        raise RolloutError(
+            f"the registry is at schema revision {current or 'none'}, this rollout needs "
+            f"{newest}: run `rollout db upgrade`"
+        )
+
+
+def open_registry(registry_url: str) -> Engine:
+    """An engine on a registry at this code's schema (else a clear error, not a
+    'no such column' half way through a run)."""
+    require_current_schema(registry_url)
+    return make_engine(registry_url)
