@@ -28,6 +28,7 @@ from rollout import enforce
 from rollout.plan import CohortRule, Phase, Plan, load_plan
 from rollout.registry.engine import make_engine
 from rollout.registry.ledger import utc_now
+from rollout.registry.migrate import upgrade
 from rollout.registry.models import Account, Action, TfaFactor, WebSession
 
 NAIVE_ACCOUNTS = 2_000
@@ -159,6 +160,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-enforce-") as scratch:
         copy = Path(scratch) / "registry.db"
         shutil.copy(args.registry, copy)
+        engine = make_engine(f"sqlite:///{copy}")
+        upgrade(engine)  # a registry made by an older rollout
+        engine.dispose()
         run("SQLite", f"sqlite:///{copy}", plan)
     if args.postgres:
         from rollout.registry.migrate import downgrade
