@@ -17,7 +17,13 @@ from sqlalchemy import Connection, Engine, and_, exists, func, or_, select, upda
 
 from rollout.errors import BadInput, GuardRefused
 from rollout.plan import Plan
-from rollout.registry.ledger import finish_run, record_actions, start_run, utc_now
+from rollout.registry.ledger import (
+    finish_run,
+    record_actions,
+    recorded_run,
+    start_run,
+    utc_now,
+)
 from rollout.registry.migrate import open_registry
 from rollout.registry.models import Account, BrownoutWindow, TfaFactor
 
@@ -243,62 +249,67 @@ def enroll_all(
                 .select_from(ACCOUNTS)
                 .where(ACCOUNTS.c.elv_enrolled_at.is_(None))
             ).scalar_one()
-        with engine.begin() as connection:
-            run_id = start_run(
-                connection,
-                plan="elv",
-                step="enroll all",
-                mode="apply",
-                actor=actor,
-                parameters={"batch_size": batch_size},
-            )
-        enrolled, last_id = 0, -1
-        while True:
-            now = utc_now()
-            with engine.begin() as connection:
-                ids = [
-                    row[0]
-                    for row in connection.execute(
-                        select(ACCOUNTS.c.id)
-                        .where(and_(ACCOUNTS.c.id > last_id, ACCOUNTS.c.elv_enrolled_at.is_(None)))
-                        .order_by(ACCOUNTS.c.id)
-                        .limit(batch_size)
-                    )
-                ]
-                if not ids:
-                    break
-                changed = connection.execute(
-                    update(ACCOUNTS)
-                    .where(
-                        and_(
-                            ACCOUNTS.c.id >= ids[0],
-                            ACCOUNTS.c.id <= ids[-1],
-                            ACCOUNTS.c.elv_enrolled_at.is_(None),
+        with recorded_run(
+            engine,
+            plan="elv",
+            step="enroll all",
+            mode="apply",
+            actor=actor,
+            parameters={"batch_size": batch_size},
+        ) as run:
+            run_id = run.id
+            enrolled, last_id = 0, -1
+            while True:
+                now = utc_now()
+                with engine.begin() as connection:
+                    ids = [
+                        row[0]
+                        for row in connection.execute(
+                            select(ACCOUNTS.c.id)
+                            .where(
+                                and_(ACCOUNTS.c.id > last_id, ACCOUNTS.c.elv_enrolled_at.is_(None))
+                            )
+                            .order_by(ACCOUNTS.c.id)
+                            .limit(batch_size)
                         )
+                    ]
+                    if not ids:
+                        break
+                    changed = connection.execute(
+                        update(ACCOUNTS)
+                        .where(
+                            and_(
+                                ACCOUNTS.c.id >= ids[0],
+                                ACCOUNTS.c.id <= ids[-1],
+                                ACCOUNTS.c.elv_enrolled_at.is_(None),
+                            )
+                        )
+                        .values(elv_enrolled_at=now)
+                    ).rowcount
+                    record_actions(
+                        connection,
+                        [
+                            {
+                                "effect_key": f"elv-enroll:{run_id}:{ids[0]}",
+                                "action": "elv_enrolled",
+                                "subject": f"accounts {ids[0]}..{ids[-1]}",
+                                "reason": "enhanced login verification for all accounts",
+                                "actor": actor,
+                                "run_id": run_id,
+                                "created_at": now,
+                                "details": {
+                                    "first_id": ids[0],
+                                    "last_id": ids[-1],
+                                    "count": changed,
+                                },
+                            }
+                        ],
                     )
-                    .values(elv_enrolled_at=now)
-                ).rowcount
-                record_actions(
-                    connection,
-                    [
-                        {
-                            "effect_key": f"elv-enroll:{run_id}:{ids[0]}",
-                            "action": "elv_enrolled",
-                            "subject": f"accounts {ids[0]}..{ids[-1]}",
-                            "reason": "enhanced login verification for all accounts",
-                            "actor": actor,
-                            "run_id": run_id,
-                            "created_at": now,
-                            "details": {"first_id": ids[0], "last_id": ids[-1], "count": changed},
-                        }
-                    ],
-                )
-            enrolled += changed
-            last_id = ids[-1]
-            if progress:
-                progress(enrolled, total)
-        with engine.begin() as connection:
-            finish_run(connection, run_id, state="succeeded", summary={"enrolled": enrolled})
+                enrolled += changed
+                last_id = ids[-1]
+                run.summary = {"enrolled": enrolled}
+                if progress:
+                    progress(enrolled, total)
         return enrolled
     finally:
         engine.dispose()

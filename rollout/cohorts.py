@@ -23,7 +23,7 @@ from rollout import warehouse
 from rollout.errors import BadInput
 from rollout.extract import extract_registry
 from rollout.plan import CohortRule, Plan
-from rollout.registry.ledger import finish_run, record_actions, start_run, upsert, utc_now
+from rollout.registry.ledger import record_actions, recorded_run, upsert, utc_now
 from rollout.registry.migrate import open_registry
 from rollout.registry.models import CohortMembership, CohortPackage
 
@@ -411,41 +411,25 @@ def build_cohorts(
         extract_registry(con, registry_url, ("cohort_packages", "cohort_memberships"))
     engine = open_registry(registry_url)
     try:
-        with engine.begin() as connection:
-            run_id = start_run(
-                connection,
-                plan=plan.name,
-                step=f"cohorts {as_of}",
-                mode="apply",
-                actor=actor,
-                parameters={"as_of": as_of.isoformat(), "cohorts": names},
-            )
-        results = []
-        try:
+        results: list[CohortResult] = []
+        with recorded_run(
+            engine,
+            plan=plan.name,
+            step=f"cohorts {as_of}",
+            mode="apply",
+            actor=actor,
+            parameters={"as_of": as_of.isoformat(), "cohorts": names},
+        ) as run:
             for name in names:
-                results.append(
-                    build_cohort(
-                        con, engine, registry_url, name, plan.cohorts[name], as_of, run_id, actor
-                    )
+                result = build_cohort(
+                    con, engine, registry_url, name, plan.cohorts[name], as_of, run.id, actor
                 )
-        except BaseException:
-            with engine.begin() as connection:
-                finish_run(connection, run_id, state="failed", summary={})
-            raise
-        with engine.begin() as connection:
-            finish_run(
-                connection,
-                run_id,
-                state="succeeded",
-                summary={
-                    r.cohort: {
-                        "packages": r.packages,
-                        "accounts": r.accounts,
-                        "entered": len(r.packages_entered),
-                    }
-                    for r in results
-                },
-            )
+                results.append(result)
+                run.summary[name] = {
+                    "packages": result.packages,
+                    "accounts": result.accounts,
+                    "entered": len(result.packages_entered),
+                }
         return results
     finally:
         engine.dispose()

@@ -43,13 +43,7 @@ from sqlalchemy.pool import NullPool
 from rollout.errors import GuardRefused
 from rollout.plan import Phase, Plan
 from rollout.registry.engine import make_engine, normalize_url
-from rollout.registry.ledger import (
-    dialect_insert,
-    finish_run,
-    record_actions,
-    start_run,
-    utc_now,
-)
+from rollout.registry.ledger import dialect_insert, record_actions, recorded_run, utc_now
 from rollout.registry.migrate import open_registry
 from rollout.registry.models import (
     Account,
@@ -377,23 +371,21 @@ def enforce_phase(
                     f"phase {phase.name} would change {preview.count} accounts, over the "
                     f"plan's blast-radius limit of {phase.max_accounts}"
                 )
-            with engine.begin() as connection:
-                run_id = start_run(
-                    connection,
-                    plan=plan.name,
-                    step=f"phase {phase.name}",
-                    mode="apply",
-                    actor=actor,
-                    parameters={"expect": expect, "phase": phase.name},
-                )
-            result = EnforceResult(phase.name, run_id)
             ids = [t.account_id for t in preview.targets]
             size = batch_size or phase.batch_size
-            try:
+            with recorded_run(
+                engine,
+                plan=plan.name,
+                step=f"phase {phase.name}",
+                mode="apply",
+                actor=actor,
+                parameters={"expect": expect, "phase": phase.name},
+            ) as run:
+                result = EnforceResult(phase.name, run.id)
                 for start in range(0, len(ids), size):
                     with engine.begin() as connection:
                         flagged, revoked, queued, skipped = _enforce_batch(
-                            connection, phase, ids[start : start + size], run_id, actor, utc_now()
+                            connection, phase, ids[start : start + size], run.id, actor, utc_now()
                         )
                     result.flagged_ids += flagged
                     result.accounts_flagged += len(flagged)
@@ -401,12 +393,7 @@ def enforce_phase(
                     result.emails_queued += queued
                     result.skipped_now_compliant += skipped
                     result.batches += 1
-            except BaseException:
-                with engine.begin() as connection:
-                    finish_run(connection, run_id, state="failed", summary=_summary(result))
-                raise
-            with engine.begin() as connection:
-                finish_run(connection, run_id, state="succeeded", summary=_summary(result))
+                    run.summary = _summary(result)
             return result
         finally:
             engine.dispose()
@@ -459,55 +446,46 @@ def rollback_phase(
         engine = open_registry(registry_url)
         try:
             ids = rollback_preview(engine, phase.name)
-            with engine.begin() as connection:
-                run_id = start_run(
-                    connection,
-                    plan=plan.name,
-                    step=f"phase {phase.name}",
-                    mode="rollback",
-                    actor=actor,
-                    parameters={},
-                )
             cleared = 0
-            for start in range(0, len(ids), phase.batch_size):
-                batch = ids[start : start + phase.batch_size]
-                with engine.begin() as connection:
-                    changed = [
-                        row[0]
-                        for row in connection.execute(
-                            update(ACCOUNTS)
-                            .where(
-                                and_(
-                                    ACCOUNTS.c.id.in_(batch),
-                                    ACCOUNTS.c.tfa_required_at.is_not(None),
+            with recorded_run(
+                engine, plan=plan.name, step=f"phase {phase.name}", mode="rollback", actor=actor
+            ) as run:
+                for start in range(0, len(ids), phase.batch_size):
+                    batch = ids[start : start + phase.batch_size]
+                    with engine.begin() as connection:
+                        changed = [
+                            row[0]
+                            for row in connection.execute(
+                                update(ACCOUNTS)
+                                .where(
+                                    and_(
+                                        ACCOUNTS.c.id.in_(batch),
+                                        ACCOUNTS.c.tfa_required_at.is_not(None),
+                                    )
                                 )
+                                .values(tfa_required_at=None)
+                                .returning(ACCOUNTS.c.id)
                             )
-                            .values(tfa_required_at=None)
-                            .returning(ACCOUNTS.c.id)
+                        ]
+                        record_actions(
+                            connection,
+                            (
+                                {
+                                    "effect_key": (
+                                        f"tfa-required-cleared:{phase.name}:{account_id}:{run.id}"
+                                    ),
+                                    "action": "tfa_required_cleared",
+                                    "account_id": account_id,
+                                    "phase": phase.name,
+                                    "reason": f"rollback of phase {phase.name}",
+                                    "actor": actor,
+                                    "run_id": run.id,
+                                }
+                                for account_id in changed
+                            ),
                         )
-                    ]
-                    record_actions(
-                        connection,
-                        (
-                            {
-                                "effect_key": (
-                                    f"tfa-required-cleared:{phase.name}:{account_id}:{run_id}"
-                                ),
-                                "action": "tfa_required_cleared",
-                                "account_id": account_id,
-                                "phase": phase.name,
-                                "reason": f"rollback of phase {phase.name}",
-                                "actor": actor,
-                                "run_id": run_id,
-                            }
-                            for account_id in changed
-                        ),
-                    )
                     cleared += len(changed)
-            with engine.begin() as connection:
-                finish_run(
-                    connection, run_id, state="succeeded", summary={"accounts_cleared": cleared}
-                )
-            return run_id, cleared
+                    run.summary = {"accounts_cleared": cleared}
+            return run.id, cleared
         finally:
             engine.dispose()

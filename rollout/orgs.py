@@ -15,10 +15,9 @@ from sqlalchemy import Engine, and_, case, exists, func, select, update
 
 from rollout.errors import BadInput, GuardRefused
 from rollout.registry.ledger import (
-    finish_run,
     insert_ignoring_existing,
     record_actions,
-    start_run,
+    recorded_run,
     utc_now,
 )
 from rollout.registry.migrate import open_registry
@@ -125,119 +124,113 @@ def enforce_org(
         owners = [m for m in members if m.role == "owner" and m.tfa_status != "none"]
         reason = f"org {org} requires 2FA"
         now = utc_now()
-        with engine.begin() as connection:
-            run_id = start_run(
-                connection,
-                plan="orgs",
-                step=f"enforce {org}",
-                mode="apply",
-                actor=actor,
-                parameters={"org": org, "owner": owner},
-            )
-        with engine.begin() as connection:
-            turned_on = connection.execute(
-                update(ORGS)
-                .where(and_(ORGS.c.id == org_id, ORGS.c.tfa_enforced_at.is_(None)))
-                .values(tfa_enforced_at=now)
-                .returning(ORGS.c.id)
-            ).all()
-            removed = connection.execute(
-                update(MEMBERS)
-                .where(
-                    and_(
-                        MEMBERS.c.id.in_([m.member_id for m in to_remove]),
-                        MEMBERS.c.removed_at.is_(None),
-                        # Re-checked here: a member who enrolled since is kept.
-                        ~exists().where(
-                            and_(
-                                TfaFactor.account_id == MEMBERS.c.account_id,
-                                TfaFactor.removed_at.is_(None),
-                            )
-                        ),
+        with recorded_run(
+            engine,
+            plan="orgs",
+            step=f"enforce {org}",
+            mode="apply",
+            actor=actor,
+            parameters={"org": org, "owner": owner},
+        ) as run:
+            run_id = run.id
+            with engine.begin() as connection:
+                turned_on = connection.execute(
+                    update(ORGS)
+                    .where(and_(ORGS.c.id == org_id, ORGS.c.tfa_enforced_at.is_(None)))
+                    .values(tfa_enforced_at=now)
+                    .returning(ORGS.c.id)
+                ).all()
+                removed = connection.execute(
+                    update(MEMBERS)
+                    .where(
+                        and_(
+                            MEMBERS.c.id.in_([m.member_id for m in to_remove]),
+                            MEMBERS.c.removed_at.is_(None),
+                            # Re-checked here: a member who enrolled since is kept.
+                            ~exists().where(
+                                and_(
+                                    TfaFactor.account_id == MEMBERS.c.account_id,
+                                    TfaFactor.removed_at.is_(None),
+                                )
+                            ),
+                        )
                     )
-                )
-                .values(removed_at=now, removed_reason=reason)
-                .returning(MEMBERS.c.id, MEMBERS.c.account_id)
-            ).all()
-            by_member = {m.member_id: m for m in to_remove}
-            removed_names = sorted(by_member[member_id].username for member_id, _ in removed)
-            phase = f"org:{org}"
-            insert_ignoring_existing(
-                connection,
-                NOTIFICATIONS,
-                [
-                    {
-                        "account_id": account_id,
-                        "email": REMOVAL_EMAIL,
-                        "phase": phase,
-                        "state": "queued",
-                        "context": {"org": org},
-                        "attempts": 0,
-                        "run_id": run_id,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for _, account_id in removed
-                ],
-                ["account_id", "email", "phase"],
-            )
-            notified = insert_ignoring_existing(
-                connection,
-                NOTIFICATIONS,
-                [
-                    {
-                        "account_id": m.account_id,
-                        "email": SUMMARY_EMAIL,
-                        "phase": phase,
-                        "state": "queued",
-                        "context": {"org": org, "removed": removed_names},
-                        "attempts": 0,
-                        "run_id": run_id,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for m in owners
-                ],
-                ["account_id", "email", "phase"],
-            )
-            record_actions(
-                connection,
-                [
-                    *(
+                    .values(removed_at=now, removed_reason=reason)
+                    .returning(MEMBERS.c.id, MEMBERS.c.account_id)
+                ).all()
+                by_member = {m.member_id: m for m in to_remove}
+                removed_names = sorted(by_member[member_id].username for member_id, _ in removed)
+                phase = f"org:{org}"
+                insert_ignoring_existing(
+                    connection,
+                    NOTIFICATIONS,
+                    [
                         {
-                            "effect_key": f"org-enforce:{org}",
-                            "action": "org_tfa_enforced",
-                            "account_id": acting.account_id,
-                            "subject": f"org:{org}",
-                            "reason": reason,
-                            "actor": actor,
-                            "run_id": run_id,
-                            "created_at": now,
-                        }
-                        for _ in turned_on
-                    ),
-                    *(
-                        {
-                            "effect_key": f"org-remove:{org}:{member_id}",
-                            "action": "org_member_removed",
                             "account_id": account_id,
-                            "subject": f"org:{org}",
-                            "reason": reason,
-                            "actor": actor,
+                            "email": REMOVAL_EMAIL,
+                            "phase": phase,
+                            "state": "queued",
+                            "context": {"org": org},
+                            "attempts": 0,
                             "run_id": run_id,
                             "created_at": now,
+                            "updated_at": now,
                         }
-                        for member_id, account_id in removed
-                    ),
-                ],
-            )
-        with engine.begin() as connection:
-            finish_run(
-                connection,
-                run_id,
-                state="succeeded",
-                summary={"removed": len(removed), "owners_notified": notified},
-            )
+                        for _, account_id in removed
+                    ],
+                    ["account_id", "email", "phase"],
+                )
+                notified = insert_ignoring_existing(
+                    connection,
+                    NOTIFICATIONS,
+                    [
+                        {
+                            "account_id": m.account_id,
+                            "email": SUMMARY_EMAIL,
+                            "phase": phase,
+                            "state": "queued",
+                            "context": {"org": org, "removed": removed_names},
+                            "attempts": 0,
+                            "run_id": run_id,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for m in owners
+                    ],
+                    ["account_id", "email", "phase"],
+                )
+                record_actions(
+                    connection,
+                    [
+                        *(
+                            {
+                                "effect_key": f"org-enforce:{org}",
+                                "action": "org_tfa_enforced",
+                                "account_id": acting.account_id,
+                                "subject": f"org:{org}",
+                                "reason": reason,
+                                "actor": actor,
+                                "run_id": run_id,
+                                "created_at": now,
+                            }
+                            for _ in turned_on
+                        ),
+                        *(
+                            {
+                                "effect_key": f"org-remove:{org}:{member_id}",
+                                "action": "org_member_removed",
+                                "account_id": account_id,
+                                "subject": f"org:{org}",
+                                "reason": reason,
+                                "actor": actor,
+                                "run_id": run_id,
+                                "created_at": now,
+                            }
+                            for member_id, account_id in removed
+                        ),
+                    ],
+                )
+            run.summary = {"removed": len(removed), "owners_notified": notified}
         return OrgEnforcement(org, run_id, removed_names, notified, enforced_at is not None)
     finally:
         engine.dispose()

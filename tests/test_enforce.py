@@ -19,6 +19,7 @@ from rollout.registry.models import (
     Action,
     CohortMembership,
     Notification,
+    PlanRun,
     TfaFactor,
     WebSession,
 )
@@ -179,6 +180,10 @@ def test_a_crash_between_batches_then_a_rerun_finishes_exactly_once(
     with pytest.raises(KeyboardInterrupt):
         enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm", batch_size=1)
     assert required(registry) == {"alice"}
+    with registry.connect() as connection:
+        interrupted = connection.execute(select(PlanRun.state, PlanRun.summary)).one()
+    assert interrupted.state == "failed"
+    assert interrupted.summary["accounts_flagged"] == 1
     monkeypatch.setattr(enforce, "_enforce_batch", real)
     enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm", batch_size=1)
     assert required(registry) == {"alice", "dave"}

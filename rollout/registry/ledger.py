@@ -4,11 +4,13 @@ ledger, whose unique ``effect_key`` turns a replayed effect into a no-op."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, update
+from sqlalchemy import Connection, Engine, Table, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from rollout.registry.models import Action, PlanRun
@@ -124,3 +126,45 @@ def finish_run(
         .where(PLAN_RUNS.c.id == run_id)
         .values(state=state, finished_at=utc_now(), summary=dict(summary))
     )
+
+
+@dataclass
+class RunRecord:
+    """The plan_runs row of a run in progress: its id, and the summary to store."""
+
+    id: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def recorded_run(
+    engine: Engine,
+    *,
+    plan: str,
+    step: str,
+    mode: str,
+    actor: str,
+    parameters: Mapping[str, Any] | None = None,
+) -> Iterator[RunRecord]:
+    """A plan_runs row around a run: 'running' at once (its own transaction, so the
+    effects can cite it), then 'succeeded' with the summary, or 'failed' with what
+    was done so far if anything, a kill aside, goes wrong."""
+    with engine.begin() as connection:
+        run = RunRecord(
+            start_run(
+                connection,
+                plan=plan,
+                step=step,
+                mode=mode,
+                actor=actor,
+                parameters=parameters or {},
+            )
+        )
+    try:
+        yield run
+    except BaseException:
+        with engine.begin() as connection:
+            finish_run(connection, run.id, state="failed", summary=run.summary)
+        raise
+    with engine.begin() as connection:
+        finish_run(connection, run.id, state="succeeded", summary=run.summary)
