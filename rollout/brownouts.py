@@ -25,7 +25,7 @@ from rollout.registry.ledger import (
     utc_now,
 )
 from rollout.registry.migrate import open_registry
-from rollout.registry.models import Account, BrownoutWindow, TfaFactor
+from rollout.registry.models import Account, BrownoutWindow, has_active_factor
 
 WINDOWS = BrownoutWindow.__table__
 ACCOUNTS = Account.__table__
@@ -76,11 +76,7 @@ def _active_window(at: datetime) -> object:
 def elv_required(connection: Connection, account_id: int, at: datetime) -> bool:
     """The login rule: no active 2FA factor, and either enrolled in ELV by ``at`` or
     ``at`` falls in a brown-out window that has not been ended."""
-    has_factor = connection.execute(
-        select(
-            exists().where(and_(TfaFactor.account_id == account_id, TfaFactor.removed_at.is_(None)))
-        )
-    ).scalar_one()
+    has_factor = connection.execute(select(has_active_factor(account_id))).scalar_one()
     if has_factor:
         return False
     enrolled = connection.execute(
@@ -114,8 +110,7 @@ def schedule_preview(engine: Engine, plan: Plan) -> list[tuple[str, str]]:
 
 def schedule(registry_url: str, plan: Plan, *, actor: str) -> list[tuple[str, str]]:
     """Create (or move, while not started) the plan's brown-out windows."""
-    engine = open_registry(registry_url)
-    try:
+    with open_registry(registry_url) as engine:
         changes = schedule_preview(engine, plan)
         refused = [f"{name}: {what}" for name, what in changes if what.startswith("refused")]
         if refused:
@@ -167,8 +162,6 @@ def schedule(registry_url: str, plan: Plan, *, actor: str) -> list[tuple[str, st
                 )
             finish_run(connection, run_id, state="succeeded", summary={"changes": len(changes)})
         return changes
-    finally:
-        engine.dispose()
 
 
 def _change_window(
@@ -179,8 +172,7 @@ def _change_window(
     decide: Callable[[WindowState, datetime], dict[str, datetime]],
     action: str,
 ) -> WindowState:
-    engine = open_registry(registry_url)
-    try:
+    with open_registry(registry_url) as engine:
         now = utc_now()
         current = {w.name: w for w in status(engine, now)}.get(name)
         if current is None:
@@ -202,8 +194,6 @@ def _change_window(
                 ],
             )
         return {w.name: w for w in status(engine, now)}[name]
-    finally:
-        engine.dispose()
 
 
 def start_now(registry_url: str, name: str, *, actor: str, reason: str) -> WindowState:
@@ -241,8 +231,7 @@ def enroll_all(
     touches only accounts still not enrolled. One audit row per batch (first and last
     id, count): at 2M accounts a row each would double the work for no more truth,
     since ``elv_enrolled_at`` itself records each account's change."""
-    engine = open_registry(registry_url)
-    try:
+    with open_registry(registry_url) as engine:
         with engine.connect() as connection:
             total = connection.execute(
                 select(func.count())
@@ -311,5 +300,3 @@ def enroll_all(
                 if progress:
                     progress(enrolled, total)
         return enrolled
-    finally:
-        engine.dispose()

@@ -632,11 +632,8 @@ def _preview(phase: str) -> Any:
     from rollout.registry.migrate import open_registry
 
     settings, plan = _settings(), _plan()
-    engine = open_registry(settings.registry_url)
-    try:
+    with open_registry(settings.registry_url) as engine:
         return preview_phase(engine, plan, plan.phase(phase))
-    finally:
-        engine.dispose()
 
 
 @phase_app.command("preview")
@@ -734,11 +731,8 @@ def phase_rollback(
 
     settings, plan = _settings(), _plan()
     plan.phase(phase)
-    engine = open_registry(settings.registry_url)
-    try:
+    with open_registry(settings.registry_url) as engine:
         accounts = rollback_preview(engine, phase)
-    finally:
-        engine.dispose()
     stderr.print(
         f"rollback of {phase} would clear the 2FA requirement of {len(accounts)} "
         "accounts; revoked sessions stay revoked",
@@ -790,11 +784,8 @@ def orgs_audit(
         raise RolloutError(f"--role {role!r}: use owner, admin or developer").with_exit(
             EXIT_BAD_INPUT
         )
-    engine = open_registry(_settings().registry_url)
-    try:
+    with open_registry(_settings().registry_url) as engine:
         members = audit_org(engine, org)
-    finally:
-        engine.dispose()
     shown = [
         m
         for m in members
@@ -825,11 +816,8 @@ def orgs_enforce(
     from rollout.registry.migrate import open_registry
 
     settings = _settings()
-    engine = open_registry(settings.registry_url)
-    try:
+    with open_registry(settings.registry_url) as engine:
         members = enforcement_preview(engine, org)
-    finally:
-        engine.dispose()
     if confirm is None:
         emit(
             _members_rows(members, fmt),
@@ -885,11 +873,8 @@ def brownout_status(fmt: FormatOption = Format.table) -> None:
     from rollout.brownouts import status
     from rollout.registry.migrate import open_registry
 
-    engine = open_registry(_settings().registry_url)
-    try:
+    with open_registry(_settings().registry_url) as engine:
         windows = status(engine)
-    finally:
-        engine.dispose()
     emit(
         [vars(w) for w in windows],
         fmt,
@@ -906,11 +891,8 @@ def brownout_schedule(apply: ApplyOption = False) -> None:
     from rollout.registry.migrate import open_registry
 
     settings, plan = _settings(), _plan()
-    engine = open_registry(settings.registry_url)
-    try:
+    with open_registry(settings.registry_url) as engine:
         changes = schedule_preview(engine, plan)
-    finally:
-        engine.dispose()
     for name, what in changes:
         stderr.print(f"{name}: {what}", highlight=False)
     if not apply:
@@ -975,14 +957,10 @@ def elv_enroll_all(
     from rollout.registry.models import Account
 
     settings = _settings()
-    engine = open_registry(settings.registry_url)
-    try:
-        with engine.connect() as connection:
-            pending = connection.execute(
-                select(func.count()).select_from(Account).where(Account.elv_enrolled_at.is_(None))
-            ).scalar_one()
-    finally:
-        engine.dispose()
+    with open_registry(settings.registry_url) as engine, engine.connect() as connection:
+        pending = connection.execute(
+            select(func.count()).select_from(Account).where(Account.elv_enrolled_at.is_(None))
+        ).scalar_one()
     stderr.print(f"{pending:,} accounts are not enrolled in ELV yet", highlight=False)
     if not apply:
         stderr.print("preview only: add --apply to enrol them", highlight=False)

@@ -17,7 +17,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-from sqlalchemy import Engine, and_, select, update
+from sqlalchemy import Engine, and_, case, select, update
 
 from rollout import warehouse
 from rollout.errors import BadInput
@@ -184,14 +184,10 @@ def _add_packages(
 
 
 def _least(a: Any, b: Any) -> Any:
-    from sqlalchemy import case
-
     return case((a <= b, a), else_=b)
 
 
 def _greatest(a: Any, b: Any) -> Any:
-    from sqlalchemy import case
-
     return case((a >= b, a), else_=b)
 
 
@@ -409,8 +405,7 @@ def build_cohorts(
         extract_registry(con, registry_url, COHORT_INPUTS)
     else:
         extract_registry(con, registry_url, ("cohort_packages", "cohort_memberships"))
-    engine = open_registry(registry_url)
-    try:
+    with open_registry(registry_url) as engine:
         results: list[CohortResult] = []
         with recorded_run(
             engine,
@@ -431,32 +426,26 @@ def build_cohorts(
                     "entered": len(result.packages_entered),
                 }
         return results
-    finally:
-        engine.dispose()
 
 
 def release_preview(registry_url: str, cohort: str, package: str) -> str:
     """What a release would change, in words, for the preview that comes first."""
-    engine = open_registry(registry_url)
-    try:
-        with engine.connect() as connection:
-            c = COHORT_PACKAGES.c
-            row = connection.execute(
-                select(c.package, c.first_qualified_on, c.reasons, c.released_at).where(
-                    and_(c.cohort == cohort, c.package_key == package.lower())
-                )
-            ).first()
-            if row is None:
-                raise BadInput(None, None, f"{package} is not in cohort {cohort}")
-            m = MEMBERSHIPS.c
-            members = [
-                packages
-                for (packages,) in connection.execute(
-                    select(m.packages).where(and_(m.cohort == cohort, m.left_on.is_(None)))
-                )
-            ]
-    finally:
-        engine.dispose()
+    with open_registry(registry_url) as engine, engine.connect() as connection:
+        c = COHORT_PACKAGES.c
+        row = connection.execute(
+            select(c.package, c.first_qualified_on, c.reasons, c.released_at).where(
+                and_(c.cohort == cohort, c.package_key == package.lower())
+            )
+        ).first()
+        if row is None:
+            raise BadInput(None, None, f"{package} is not in cohort {cohort}")
+        m = MEMBERSHIPS.c
+        members = [
+            packages
+            for (packages,) in connection.execute(
+                select(m.packages).where(and_(m.cohort == cohort, m.left_on.is_(None)))
+            )
+        ]
     only_this = sum(1 for packages in members if packages == [row.package])
     state = (
         f"released on {row.released_at:%Y-%m-%d}"
@@ -476,45 +465,40 @@ def release_package(
     if not reason.strip():
         raise BadInput(None, None, "a release needs a --reason")
     key = package.lower()
-    engine = open_registry(registry_url)
-    try:
-        with engine.begin() as connection:
-            c = COHORT_PACKAGES.c
-            row = connection.execute(
-                select(c.id, c.package, c.released_at).where(
-                    and_(c.cohort == cohort, c.package_key == key)
-                )
-            ).first()
-            if row is None:
-                raise BadInput(None, None, f"{package} is not in cohort {cohort}")
-            if row.released_at is not None:
-                raise BadInput(
-                    None,
-                    None,
-                    f"{row.package} was already released from {cohort} "
-                    f"on {row.released_at:%Y-%m-%d}",
-                )
-            connection.execute(
-                update(COHORT_PACKAGES)
-                .where(c.id == row.id)
-                .values(released_at=utc_now(), released_reason=reason, released_by=actor)
+    with open_registry(registry_url) as engine, engine.begin() as connection:
+        c = COHORT_PACKAGES.c
+        row = connection.execute(
+            select(c.id, c.package, c.released_at).where(
+                and_(c.cohort == cohort, c.package_key == key)
             )
-            record_actions(
-                connection,
-                [
-                    {
-                        "effect_key": f"cohort-package-release:{cohort}:{key}",
-                        "action": "cohort_package_release",
-                        "subject": row.package,
-                        "phase": cohort,
-                        "reason": reason,
-                        "actor": actor,
-                    }
-                ],
+        ).first()
+        if row is None:
+            raise BadInput(None, None, f"{package} is not in cohort {cohort}")
+        if row.released_at is not None:
+            raise BadInput(
+                None,
+                None,
+                f"{row.package} was already released from {cohort} on {row.released_at:%Y-%m-%d}",
             )
-            return str(row.package)
-    finally:
-        engine.dispose()
+        connection.execute(
+            update(COHORT_PACKAGES)
+            .where(c.id == row.id)
+            .values(released_at=utc_now(), released_reason=reason, released_by=actor)
+        )
+        record_actions(
+            connection,
+            [
+                {
+                    "effect_key": f"cohort-package-release:{cohort}:{key}",
+                    "action": "cohort_package_release",
+                    "subject": row.package,
+                    "phase": cohort,
+                    "reason": reason,
+                    "actor": actor,
+                }
+            ],
+        )
+        return str(row.package)
 
 
 def simulate(con: duckdb.DuckDBPyConnection, rule: CohortRule, as_of: date) -> CohortSizes:

@@ -15,7 +15,7 @@ import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ from rollout.registry.models import (
     Notification,
     TfaFactor,
     WebSession,
+    has_active_factor,
 )
 
 ACCOUNTS = Account.__table__
@@ -97,11 +98,6 @@ class EnforceResult:
     emails_queued: int = 0
     skipped_now_compliant: int = 0
     batches: int = 0
-    flagged_ids: list[int] = field(default_factory=list)
-
-
-def _has_factor(account_id: Any) -> Any:
-    return exists().where(and_(TfaFactor.account_id == account_id, TfaFactor.removed_at.is_(None)))
 
 
 def preview_phase(engine: Engine, plan: Plan, phase: Phase) -> PhasePreview:
@@ -180,18 +176,20 @@ def exclusive_run(registry_url: str, name: str) -> Iterator[None]:
     # Its own connection, not pooled: the lock lives exactly as long as it.
     engine = make_engine(registry_url, poolclass=NullPool)
     key = int.from_bytes(f"rollout:{name}".encode()[:8].ljust(8, b"\0"), "big") >> 1
-    with engine.connect() as connection:
-        got = connection.execute(text("select pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-        if not got:
-            raise GuardRefused(
-                f"another {name} run holds the registry's advisory lock; wait for it to finish"
-            )
-        try:
-            yield
-        finally:
-            connection.execute(text("select pg_advisory_unlock(:k)"), {"k": key})
-            connection.commit()
-    engine.dispose()
+    try:
+        with engine.connect() as connection:
+            got = connection.execute(text("select pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+            if not got:
+                raise GuardRefused(
+                    f"another {name} run holds the registry's advisory lock; wait for it to finish"
+                )
+            try:
+                yield
+            finally:
+                connection.execute(text("select pg_advisory_unlock(:k)"), {"k": key})
+                connection.commit()
+    finally:
+        engine.dispose()
 
 
 # --- enforcement ---------------------------------------------------------------------------
@@ -238,7 +236,7 @@ def _enforce_batch(
         account_id
         for (account_id,) in connection.execute(
             select(Account.id).where(
-                and_(_among(connection, Account.id, account_ids), ~_has_factor(Account.id))
+                and_(_among(connection, Account.id, account_ids), ~has_active_factor(Account.id))
             )
         )
     ]
@@ -357,46 +355,41 @@ def enforce_phase(
 ) -> EnforceResult:
     """Apply a phase to exactly the previewed accounts, refusing on any mismatch."""
     phase = plan.phase(phase_name)
-    with exclusive_run(registry_url, "enforce"):
-        engine = open_registry(registry_url)
-        try:
-            preview = preview_phase(engine, plan, phase)
-            if preview.count != expect:
-                raise GuardRefused(
-                    f"phase {phase.name} would change {preview.count} accounts, not the "
-                    f"{expect} expected: run `rollout phase preview {phase.name}` and check"
-                )
-            if preview.count > phase.max_accounts:
-                raise GuardRefused(
-                    f"phase {phase.name} would change {preview.count} accounts, over the "
-                    f"plan's blast-radius limit of {phase.max_accounts}"
-                )
-            ids = [t.account_id for t in preview.targets]
-            size = batch_size or phase.batch_size
-            with recorded_run(
-                engine,
-                plan=plan.name,
-                step=f"phase {phase.name}",
-                mode="apply",
-                actor=actor,
-                parameters={"expect": expect, "phase": phase.name},
-            ) as run:
-                result = EnforceResult(phase.name, run.id)
-                for start in range(0, len(ids), size):
-                    with engine.begin() as connection:
-                        flagged, revoked, queued, skipped = _enforce_batch(
-                            connection, phase, ids[start : start + size], run.id, actor, utc_now()
-                        )
-                    result.flagged_ids += flagged
-                    result.accounts_flagged += len(flagged)
-                    result.sessions_revoked += revoked
-                    result.emails_queued += queued
-                    result.skipped_now_compliant += skipped
-                    result.batches += 1
-                    run.summary = _summary(result)
-            return result
-        finally:
-            engine.dispose()
+    with exclusive_run(registry_url, "enforce"), open_registry(registry_url) as engine:
+        preview = preview_phase(engine, plan, phase)
+        if preview.count != expect:
+            raise GuardRefused(
+                f"phase {phase.name} would change {preview.count} accounts, not the "
+                f"{expect} expected: run `rollout phase preview {phase.name}` and check"
+            )
+        if preview.count > phase.max_accounts:
+            raise GuardRefused(
+                f"phase {phase.name} would change {preview.count} accounts, over the "
+                f"plan's blast-radius limit of {phase.max_accounts}"
+            )
+        ids = [t.account_id for t in preview.targets]
+        size = batch_size or phase.batch_size
+        with recorded_run(
+            engine,
+            plan=plan.name,
+            step=f"phase {phase.name}",
+            mode="apply",
+            actor=actor,
+            parameters={"expect": expect, "phase": phase.name},
+        ) as run:
+            result = EnforceResult(phase.name, run.id)
+            for start in range(0, len(ids), size):
+                with engine.begin() as connection:
+                    flagged, revoked, queued, skipped = _enforce_batch(
+                        connection, phase, ids[start : start + size], run.id, actor, utc_now()
+                    )
+                result.accounts_flagged += len(flagged)
+                result.sessions_revoked += revoked
+                result.emails_queued += queued
+                result.skipped_now_compliant += skipped
+                result.batches += 1
+                run.summary = _summary(result)
+        return result
 
 
 def _summary(result: EnforceResult) -> dict[str, int]:
@@ -442,50 +435,46 @@ def rollback_phase(
 ) -> tuple[str, int]:
     """Clear the 2FA-required flags this phase set; returns (run id, accounts cleared)."""
     phase = plan.phase(phase_name)
-    with exclusive_run(registry_url, "enforce"):
-        engine = open_registry(registry_url)
-        try:
-            ids = rollback_preview(engine, phase.name)
-            cleared = 0
-            with recorded_run(
-                engine, plan=plan.name, step=f"phase {phase.name}", mode="rollback", actor=actor
-            ) as run:
-                for start in range(0, len(ids), phase.batch_size):
-                    batch = ids[start : start + phase.batch_size]
-                    with engine.begin() as connection:
-                        changed = [
-                            row[0]
-                            for row in connection.execute(
-                                update(ACCOUNTS)
-                                .where(
-                                    and_(
-                                        ACCOUNTS.c.id.in_(batch),
-                                        ACCOUNTS.c.tfa_required_at.is_not(None),
-                                    )
+    with exclusive_run(registry_url, "enforce"), open_registry(registry_url) as engine:
+        ids = rollback_preview(engine, phase.name)
+        cleared = 0
+        with recorded_run(
+            engine, plan=plan.name, step=f"phase {phase.name}", mode="rollback", actor=actor
+        ) as run:
+            for start in range(0, len(ids), phase.batch_size):
+                batch = ids[start : start + phase.batch_size]
+                with engine.begin() as connection:
+                    changed = [
+                        row[0]
+                        for row in connection.execute(
+                            update(ACCOUNTS)
+                            .where(
+                                and_(
+                                    ACCOUNTS.c.id.in_(batch),
+                                    ACCOUNTS.c.tfa_required_at.is_not(None),
                                 )
-                                .values(tfa_required_at=None)
-                                .returning(ACCOUNTS.c.id)
                             )
-                        ]
-                        record_actions(
-                            connection,
-                            (
-                                {
-                                    "effect_key": (
-                                        f"tfa-required-cleared:{phase.name}:{account_id}:{run.id}"
-                                    ),
-                                    "action": "tfa_required_cleared",
-                                    "account_id": account_id,
-                                    "phase": phase.name,
-                                    "reason": f"rollback of phase {phase.name}",
-                                    "actor": actor,
-                                    "run_id": run.id,
-                                }
-                                for account_id in changed
-                            ),
+                            .values(tfa_required_at=None)
+                            .returning(ACCOUNTS.c.id)
                         )
-                    cleared += len(changed)
-                    run.summary = {"accounts_cleared": cleared}
-            return run.id, cleared
-        finally:
-            engine.dispose()
+                    ]
+                    record_actions(
+                        connection,
+                        (
+                            {
+                                "effect_key": (
+                                    f"tfa-required-cleared:{phase.name}:{account_id}:{run.id}"
+                                ),
+                                "action": "tfa_required_cleared",
+                                "account_id": account_id,
+                                "phase": phase.name,
+                                "reason": f"rollback of phase {phase.name}",
+                                "actor": actor,
+                                "run_id": run.id,
+                            }
+                            for account_id in changed
+                        ),
+                    )
+                cleared += len(changed)
+                run.summary = {"accounts_cleared": cleared}
+        return run.id, cleared

@@ -103,11 +103,7 @@ def _problems(
     if limit is not None:
         query += f" limit {int(limit)}"
     rows = con.execute(query).fetchall()
-    # CSV and JSON lines: the staged line is a record ordinal; map it to the real line.
-    needs_mapping = file.format in ("csv", "jsonl") and not (
-        file.kind == "downloads" and file.format == "jsonl"
-    )
-    lines = landing.record_lines(file, [r[0] for r in rows]) if needs_mapping else {}
+    lines = landing.record_lines(file, [r[0] for r in rows]) if file.lines_need_mapping else {}
     return [RowProblem(lines.get(ordinal, line), problem) for ordinal, line, problem in rows]
 
 

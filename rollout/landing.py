@@ -56,6 +56,13 @@ class LandingFile:
     format: str
 
     @property
+    def lines_need_mapping(self) -> bool:
+        """Whether the staged ``line`` is a record ordinal, not the physical line: text
+        that DuckDB reads skipping blank lines. Parquet has rows; the downloads API
+        format is parsed here, keeping its real lines."""
+        return self.format == "csv" or (self.format == "jsonl" and self.kind != "downloads")
+
+    @property
     def row_word(self) -> str:
         """Parquet has rows, text files have lines: errors say which."""
         return "row" if self.format == "parquet" else "line"
@@ -140,10 +147,10 @@ def _open_text(path: Path) -> io.TextIOBase:
 
 
 def record_lines(file: LandingFile, ordinals: Iterable[int]) -> dict[int, int]:
-    """Physical line (or Parquet row) of each 1-based record ordinal."""
+    """Physical line of each 1-based record ordinal of a CSV or JSON-lines file."""
     wanted = set(ordinals)
-    if not wanted or file.format == "parquet" or file.format == "json":
-        return {o: o for o in wanted}
+    if not wanted:
+        return {}
     result: dict[int, int] = {}
     last = max(wanted)
     with _open_text(file.path) as handle:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, and_, case, exists, func, select, update
+from sqlalchemy import Engine, and_, case, func, select, update
 
 from rollout.errors import BadInput, GuardRefused
 from rollout.registry.ledger import (
@@ -21,7 +21,14 @@ from rollout.registry.ledger import (
     utc_now,
 )
 from rollout.registry.migrate import open_registry
-from rollout.registry.models import Account, Notification, Org, OrgMember, TfaFactor
+from rollout.registry.models import (
+    Account,
+    Notification,
+    Org,
+    OrgMember,
+    TfaFactor,
+    has_active_factor,
+)
 
 ORGS = Org.__table__
 MEMBERS = OrgMember.__table__
@@ -109,8 +116,7 @@ def enforce_org(
     """Turn on 2FA enforcement for ``org`` as ``owner`` and remove members without 2FA."""
     if confirm != org:
         raise GuardRefused(f"type the org's name back to confirm: --confirm {org}")
-    engine = open_registry(registry_url)
-    try:
+    with open_registry(registry_url) as engine:
         org_id, enforced_at = _org_id(engine, org)
         members = audit_org(engine, org)
         acting = next((m for m in members if m.username == owner), None)
@@ -147,12 +153,7 @@ def enforce_org(
                             MEMBERS.c.id.in_([m.member_id for m in to_remove]),
                             MEMBERS.c.removed_at.is_(None),
                             # Re-checked here: a member who enrolled since is kept.
-                            ~exists().where(
-                                and_(
-                                    TfaFactor.account_id == MEMBERS.c.account_id,
-                                    TfaFactor.removed_at.is_(None),
-                                )
-                            ),
+                            ~has_active_factor(MEMBERS.c.account_id),
                         )
                     )
                     .values(removed_at=now, removed_reason=reason)
@@ -232,5 +233,3 @@ def enforce_org(
                 )
             run.summary = {"removed": len(removed), "owners_notified": notified}
         return OrgEnforcement(org, run_id, removed_names, notified, enforced_at is not None)
-    finally:
-        engine.dispose()

@@ -55,8 +55,8 @@ def upsert(
     keys: Sequence[str],
     updates: Mapping[str, Any],
 ) -> None:
-    """Insert rows, or on a natural-key clash apply ``updates`` (SQL expressions that
-    may use ``excluded``-style values via ``excluded_columns``)."""
+    """Insert rows, or on a natural-key clash set each column of ``updates`` to what
+    its function returns given the proposed row (``excluded`` in SQL)."""
     if not rows:
         return
     statement = dialect_insert(connection, table)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -58,8 +60,13 @@ def require_current_schema(registry_url: str) -> None:
         )
 
 
-def open_registry(registry_url: str) -> Engine:
+@contextmanager
+def open_registry(registry_url: str) -> Iterator[Engine]:
     """An engine on a registry at this code's schema (else a clear error, not a
-    'no such column' half way through a run)."""
+    'no such column' half way through a run), disposed of when done."""
     require_current_schema(registry_url)
-    return make_engine(registry_url)
+    engine = make_engine(registry_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()

@@ -25,6 +25,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
+    exists,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -91,6 +93,12 @@ class TfaFactor(Base):
     kind: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime)
     removed_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+def has_active_factor(account_id: Any) -> Any:
+    """SQL: the account (an id or an id column) has a 2FA factor not removed, the one
+    test of "uses 2FA" every action applies."""
+    return exists().where(and_(TfaFactor.account_id == account_id, TfaFactor.removed_at.is_(None)))
 
 
 class WebSession(Base):

@@ -7,6 +7,18 @@ from typing import Any
 
 import pytest
 
+# The columns of package_metrics_daily the tests compare, in the mart's order.
+METRIC_COLUMNS = (
+    "package",
+    "weekly_downloads",
+    "monthly_downloads",
+    "dependents",
+    "dev_dependents",
+    "peer_dependents",
+    "rank_by_dependents",
+    "rank_by_downloads",
+)
+
 
 def _as_csv_lines(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
     lines = [",".join(columns)]

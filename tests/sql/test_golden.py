@@ -36,21 +36,11 @@ from rollout.ingest import ingest
 from rollout.metrics import MetricsReport, compute_metrics, window_parameters
 from rollout.plan import CohortRule, MetricsWindows, load_plan
 
-from .rows import assert_same_rows
+from .rows import METRIC_COLUMNS, assert_same_rows
 
 CASES_DIR = Path(__file__).parent / "cases"
 REFERENCE_PLAN = Path(__file__).parents[2] / "plans" / "npm-2022.yaml"
 
-METRIC_COLUMNS = (
-    "package",
-    "weekly_downloads",
-    "monthly_downloads",
-    "dependents",
-    "dev_dependents",
-    "peer_dependents",
-    "rank_by_dependents",
-    "rank_by_downloads",
-)
 CASE_KEYS = {"description", "as_of", "windows", "rule", "xfail"}
 EXCLUSION_KEYS = {"self_dependencies", "unknown_dependencies", "unknown_packages"}
 

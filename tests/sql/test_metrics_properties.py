@@ -32,7 +32,7 @@ from rollout.ingest import ingest
 from rollout.metrics import MetricsReport, compute_metrics
 from rollout.plan import CohortRule, MetricsWindows
 
-from .rows import assert_same_rows
+from .rows import METRIC_COLUMNS, assert_same_rows
 
 # Packages are drawn from POOL; dependencies and downloads also name UNKNOWN ones,
 # which never get a manifest (nor does a POOL name that was not drawn).
@@ -43,17 +43,6 @@ MANIFEST_KEYS = {"prod": "dependencies", "dev": "devDependencies", "peer": "peer
 
 FIRST_DAY = date(2022, 1, 1)
 DAYS = 35  # download data can exist on FIRST_DAY .. FIRST_DAY + 34
-
-METRIC_COLUMNS = (
-    "package",
-    "weekly_downloads",
-    "monthly_downloads",
-    "dependents",
-    "dev_dependents",
-    "peer_dependents",
-    "rank_by_dependents",
-    "rank_by_downloads",
-)
 
 # ROLLOUT_TEST_PROPERTY_EXAMPLES=2000 for a deeper search than the suite's 40.
 PROPERTY_SETTINGS = settings(
