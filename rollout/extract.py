@@ -104,18 +104,19 @@ def _postgres_cursor(registry_url: str) -> Iterator[Any]:
         yield cursor
 
 
-def _read_sqlite_here(registry_url: str, tables: tuple[str, ...], folder: Path) -> None:
-    """The same export in this process through sqlite3: slower per row, but no child
-    process to start, for re-reading a few thousand rows just written."""
+def _read_sqlite_here(registry_url: str, tables: tuple[str, ...]) -> dict[str, pa.Table]:
+    """The same export in this process through sqlite3, straight to Arrow: slower per
+    row, but no child process to start, for re-reading a few thousand rows just written."""
     database = make_url(normalize_url(registry_url)).database or ":memory:"
     connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    read: dict[str, pa.Table] = {}
     try:
         for name in tables:
             table = Base.metadata.tables[name]
             numeric = set(_numeric_columns(table))
             rows = connection.execute(select_with_sentinels(name, numeric)).fetchall()
             columns = list(zip(*rows, strict=True)) or [() for _ in table.columns]
-            data = pa.table(
+            read[name] = pa.table(
                 {
                     column.name: pa.array(
                         values, pa.int64() if column.name in numeric else pa.string()
@@ -123,13 +124,9 @@ def _read_sqlite_here(registry_url: str, tables: tuple[str, ...], folder: Path) 
                     for column, values in zip(table.columns, columns, strict=True)
                 }
             )
-            with (
-                pa.OSFile(str(folder / f"{name}.arrow"), "wb") as sink,
-                pa.ipc.new_file(sink, data.schema) as writer,
-            ):
-                writer.write_table(data)
     finally:
         connection.close()
+    return read
 
 
 def extract_registry(
@@ -148,18 +145,18 @@ def extract_registry(
     counts: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="rollout-extract-") as scratch:
         sqlite = is_sqlite(registry_url)
-        if sqlite and small:
-            _read_sqlite_here(registry_url, tables, Path(scratch))
-        elif sqlite:
+        in_memory = _read_sqlite_here(registry_url, tables) if sqlite and small else {}
+        if sqlite and not small:
             _export_sqlite(registry_url, tables, Path(scratch))
         source = nullcontext(None) if sqlite else _postgres_cursor(registry_url)
         with source as cursor, warehouse.transaction(con):
             for name in tables:
                 table = Base.metadata.tables[name]
                 if cursor is None:
-                    data: Any = pa.ipc.open_file(
-                        pa.memory_map(f"{scratch}/{name}.arrow")
-                    ).read_all()
+                    data: Any = (
+                        in_memory.get(name)
+                        or pa.ipc.open_file(pa.memory_map(f"{scratch}/{name}.arrow")).read_all()
+                    )
                     select_list = _sqlite_select(table)
                 else:
                     cursor.execute(_source_query(table))
