@@ -153,9 +153,11 @@ def extract_registry(
             for name in tables:
                 table = Base.metadata.tables[name]
                 if cursor is None:
+                    # Not `.get() or ...`: an empty Arrow table is falsy.
                     data: Any = (
-                        in_memory.get(name)
-                        or pa.ipc.open_file(pa.memory_map(f"{scratch}/{name}.arrow")).read_all()
+                        in_memory[name]
+                        if name in in_memory
+                        else pa.ipc.open_file(pa.memory_map(f"{scratch}/{name}.arrow")).read_all()
                     )
                     select_list = _sqlite_select(table)
                 else:
