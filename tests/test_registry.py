@@ -184,3 +184,12 @@ def test_extract_copies_every_table_with_model_types(
         assert types["revoked_at"] == "TIMESTAMP" and types["account_id"] == "BIGINT"
         # A second extract replaces, never appends.
         assert extract_registry(con, registry_url)["web_sessions"] == 1500
+
+
+def test_a_small_extract_of_an_empty_table_gives_an_empty_table(
+    registry_url: str, tmp_path: Path
+) -> None:
+    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        assert extract_registry(con, registry_url, ("cohort_packages",), small=True) == {
+            "cohort_packages": 0
+        }
