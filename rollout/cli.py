@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -149,6 +149,49 @@ def plan_check(
     )
 
 
+@plan_app.command("show")
+@reports_errors
+def plan_show(
+    at: Annotated[
+        str | None,
+        typer.Option("--at", help="Show states as of this UTC time (default: now)."),
+    ] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """The plan's timeline and each step's state: pending, previewed, applied, rolled back."""
+    from rollout.registry.migrate import open_registry
+    from rollout.timeline import step_states
+
+    settings, plan = _settings(), _plan()
+    moment = _parse_time(at) if at else None
+    with open_registry(settings.registry_url) as engine:
+        states = step_states(engine, settings.registry_url, plan, moment)
+    emit(
+        [
+            {
+                "on": s.step.on,
+                "step": s.step.what,
+                "state": s.state,
+                "when": s.at.replace(microsecond=0) if s.at else None,
+                "run": s.run_id[:12] if s.run_id and fmt is Format.table else s.run_id,
+                "by": s.actor,
+                "detail": s.detail,
+            }
+            for s in states
+        ],
+        fmt,
+        title=f"plan {plan.name}",
+        columns=["on", "step", "state", "when", "run", "by", "detail"],
+    )
+    interrupted = [s for s in states if s.state == "interrupted"]
+    for s in interrupted:
+        stderr.print(
+            f"{s.step.what}: run {s.run_id} stopped before finishing; re-run it to resume "
+            "(done batches are not redone)",
+            highlight=False,
+        )
+
+
 # --- sample ------------------------------------------------------------------------
 
 
@@ -207,6 +250,19 @@ def _parse_day(text: str, option: str) -> date:
         raise RolloutError(f"{option}: {text!r} is not a date (YYYY-MM-DD)").with_exit(
             EXIT_BAD_INPUT
         ) from error
+
+
+def _parse_time(text: str, option: str = "--at") -> datetime:
+    """A UTC time, YYYY-MM-DD[THH:MM[:SS]]; stored naive, as the registry keeps UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as error:
+        raise RolloutError(
+            f"{option}: {text!r} is not a time (YYYY-MM-DD or YYYY-MM-DDTHH:MM)"
+        ).with_exit(EXIT_BAD_INPUT) from error
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
 
 
 # --- ingest ------------------------------------------------------------------------
@@ -627,50 +683,35 @@ phase_app = typer.Typer(
 app.add_typer(phase_app, name="phase")
 
 
-def _preview(phase: str) -> Any:
-    from rollout.enforce import preview_phase
-    from rollout.registry.migrate import open_registry
-
-    settings, plan = _settings(), _plan()
-    with open_registry(settings.registry_url) as engine:
-        return preview_phase(engine, plan, plan.phase(phase))
-
-
 @phase_app.command("preview")
 @reports_errors
 def phase_preview(
     phase: Annotated[str, typer.Argument(help="The phase, as named in the plan.")],
     fmt: FormatOption = Format.table,
 ) -> None:
-    """Exactly who enforcing a phase would change: accounts without 2FA, their sessions."""
-    preview = _preview(phase)
+    """Exactly who enforcing a phase would change: accounts without 2FA, their sessions.
+
+    Changes no account; saves the list as a CSV under reports/previews/ and records
+    the preview for `rollout plan show`."""
+    from rollout.enforce import preview_phase
+    from rollout.previews import COLUMNS, preview_rows, save_preview
+    from rollout.registry.migrate import open_registry
+
+    settings, plan = _settings(), _plan()
+    with open_registry(settings.registry_url) as engine:
+        preview = preview_phase(engine, plan, plan.phase(phase))
+        saved = save_preview(engine, plan, preview, settings.reports_dir, actor=settings.actor)
     emit(
-        [
-            {
-                "account_id": t.account_id,
-                "username": t.username,
-                "email": t.email,
-                "last_login_at": t.last_login_at,
-                "live_sessions": t.live_sessions,
-                "already_required": t.already_required,
-            }
-            for t in preview.targets
-        ],
+        preview_rows(preview),
         fmt,
         title=f"phase {phase}: {preview.count} accounts, {preview.sessions} web sessions",
-        columns=[
-            "account_id",
-            "username",
-            "email",
-            "last_login_at",
-            "live_sessions",
-            "already_required",
-        ],
+        columns=COLUMNS,
     )
     stderr.print(
         f"{preview.count} accounts without 2FA in cohort {preview.cohort} would be required "
         f"to enrol and signed out of {preview.sessions} web sessions; {preview.compliant} "
         f"already use 2FA; exempted: {', '.join(preview.exempted) or 'none'}.\n"
+        f"The list: {saved.csv_path}\n"
         f"To apply: rollout phase enforce {phase} --apply --expect {preview.count}",
         highlight=False,
     )

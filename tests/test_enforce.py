@@ -12,6 +12,7 @@ from sqlalchemy import Engine, func, select
 from rollout import enforce
 from rollout.errors import GuardRefused
 from rollout.plan import ExemptAccount, Exemptions, Plan, load_plan
+from rollout.previews import preview_markdown, save_preview
 from rollout.registry.engine import session_scope
 from rollout.registry.ledger import start_run
 from rollout.registry.models import (
@@ -23,6 +24,7 @@ from rollout.registry.models import (
     TfaFactor,
     WebSession,
 )
+from rollout.timeline import plan_steps, step_states
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2021, 6, 1)
@@ -233,3 +235,74 @@ def test_a_second_run_at_once_is_refused(
         pytest.raises(GuardRefused, match="another enforce run"),
     ):
         enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")
+
+
+def test_a_saved_preview_keeps_the_list_and_records_the_run_but_changes_no_account(
+    registry: Engine, plan: Plan, ids: dict[str, int], tmp_path: Path
+) -> None:
+    preview = enforce.preview_phase(registry, plan, plan.phase("top-100"))
+    saved = save_preview(registry, plan, preview, tmp_path, actor="rm")
+    assert saved.csv_path.parent == tmp_path / "previews"
+    lines = saved.csv_path.read_text().splitlines()
+    assert lines[0] == "account_id,username,email,last_login_at,live_sessions,already_required"
+    assert [line.split(",")[1] for line in lines[1:]] == ["alice", "dave"]
+    with registry.connect() as connection:
+        run = connection.execute(select(PlanRun)).one()
+    assert (run.mode, run.state, run.step) == ("preview", "succeeded", "phase top-100")
+    assert run.summary["accounts"] == 2 and run.summary["exempted"] == 1
+    markdown = preview_markdown(saved)
+    assert "| accounts without 2FA to require it of | 2 |" in markdown
+    assert "`alice`" not in markdown and "| alice |" in markdown
+    assert "--expect 2" in markdown and "Exempted: `carol`" in markdown
+    assert required(registry) == set() and count(registry, Action) == 0
+
+
+def _state(registry: Engine, registry_url: str, plan: Plan, what: str) -> str:
+    states = step_states(registry, registry_url, plan, datetime(2022, 2, 2))
+    return next(s.state for s in states if s.step.what == what)
+
+
+def test_plan_show_follows_a_phase_from_pending_to_rolled_back(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int], tmp_path: Path
+) -> None:
+    enforced = "phase top-100 enforced"
+    assert _state(registry, registry_url, plan, enforced) == "pending"
+    preview = enforce.preview_phase(registry, plan, plan.phase("top-100"))
+    save_preview(registry, plan, preview, tmp_path, actor="rm")
+    assert _state(registry, registry_url, plan, enforced) == "previewed"
+    enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")
+    assert _state(registry, registry_url, plan, enforced) == "applied"
+    enforce.rollback_phase(registry_url, plan, "top-100", actor="rm")
+    assert _state(registry, registry_url, plan, enforced) == "rolled back"
+    assert _state(registry, registry_url, plan, "ELV opt-in trial ends") == "passed"
+    assert _state(registry, registry_url, plan, "every account enrolled in ELV") == "pending"
+    assert _state(registry, registry_url, plan, "brownout-1: 24 h of ELV for all") == (
+        "not scheduled"
+    )
+
+
+def test_plan_show_tells_an_interrupted_enforce_run_from_a_running_one(
+    registry: Engine, registry_url: str, plan: Plan
+) -> None:
+    with registry.begin() as connection:
+        start_run(
+            connection,
+            plan=plan.name,
+            step="phase top-100",
+            mode="apply",
+            actor="rm",
+            parameters={},
+        )
+    assert _state(registry, registry_url, plan, "phase top-100 enforced") == "interrupted"
+    with enforce.exclusive_run(registry_url, "enforce"):
+        assert _state(registry, registry_url, plan, "phase top-100 enforced") == "running"
+
+
+def test_the_timeline_is_in_calendar_order(plan: Plan) -> None:
+    steps = plan_steps(plan)
+    assert [s.on for s in steps] == sorted(s.on for s in steps)
+    whats = [s.what for s in steps]
+    assert whats.index("phase top-100 notices") < whats.index(
+        "phase top-100 reminders (14 days before)"
+    )
+    assert whats[-1] == "phase high-impact enforced"

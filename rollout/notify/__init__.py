@@ -1,0 +1,1 @@
+"""Emails to maintainers: definitions, rendering, the outbox ledger and the senders."""

@@ -1,0 +1,138 @@
+"""A phase preview kept for the record: its CSV, its plan_runs row, its markdown.
+
+The release manager signs off on a list, so the list is saved as it was shown (a CSV
+under ``reports/previews/``) and the preview is recorded in ``plan_runs`` (mode
+``preview``) for ``rollout plan show``. Neither touches an account or a session.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from rollout.enforce import PhasePreview
+from rollout.plan import Plan
+from rollout.registry.ledger import recorded_run, utc_now
+
+COLUMNS = (
+    "account_id",
+    "username",
+    "email",
+    "last_login_at",
+    "live_sessions",
+    "already_required",
+)
+# Rows the markdown artifact lists; the CSV always has them all.
+MARKDOWN_ROWS = 50
+
+
+@dataclass(frozen=True)
+class SavedPreview:
+    preview: PhasePreview
+    run_id: str
+    csv_path: Path
+    at: datetime
+
+
+def preview_rows(preview: PhasePreview) -> list[dict[str, Any]]:
+    return [
+        {
+            "account_id": t.account_id,
+            "username": t.username,
+            "email": t.email,
+            "last_login_at": t.last_login_at,
+            "live_sessions": t.live_sessions,
+            "already_required": t.already_required,
+        }
+        for t in preview.targets
+    ]
+
+
+def _plain(value: Any) -> Any:
+    if value is None:
+        return ""
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Write atomically: a reader (or a crash) never sees half a list."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", newline="") as out:
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(columns)
+            for row in rows:
+                writer.writerow([_plain(row[c]) for c in columns])
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_preview(
+    engine: Engine, plan: Plan, preview: PhasePreview, reports_dir: Path, *, actor: str
+) -> SavedPreview:
+    """Write the preview's CSV and record the preview run (counts, exemptions, CSV path)."""
+    at = utc_now()
+    with recorded_run(
+        engine,
+        plan=plan.name,
+        step=f"phase {preview.phase}",
+        mode="preview",
+        actor=actor,
+        parameters={"phase": preview.phase},
+    ) as run:
+        path = reports_dir / "previews" / f"{preview.phase}-{at:%Y%m%dT%H%M%S}-{run.id[:8]}.csv"
+        write_csv(path, preview_rows(preview), COLUMNS)
+        run.summary = {
+            "accounts": preview.count,
+            "sessions": preview.sessions,
+            "compliant": preview.compliant,
+            "exempted": len(preview.exempted),
+            "csv": str(path),
+        }
+    return SavedPreview(preview, run.id, path, at)
+
+
+def _cell(value: Any) -> str:
+    return str(_plain(value)).replace("|", "\\|").replace("\n", " ")
+
+
+def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
+    """The artifact a release manager reads before approving an enforce run."""
+    p = saved.preview
+    lines = [
+        f"# Phase {p.phase}: preview",
+        "",
+        f"Cohort `{p.cohort}`, previewed {saved.at:%Y-%m-%d %H:%M} UTC (run `{saved.run_id}`).",
+        "",
+        "| what | count |",
+        "| --- | ---: |",
+        f"| accounts without 2FA to require it of | {p.count} |",
+        f"| their live web sessions to revoke | {p.sessions} |",
+        f"| accounts already compliant (untouched) | {p.compliant} |",
+        f"| accounts exempted by the plan (untouched) | {len(p.exempted)} |",
+        "",
+        f"To apply, approve with the expected count **{p.count}** "
+        f"(`rollout phase enforce {p.phase} --apply --expect {p.count}`).",
+        "",
+        f"Full list: `{saved.csv_path}`.",
+    ]
+    if p.targets:
+        shown = preview_rows(p)[:limit]
+        lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+        lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in shown]
+        if p.count > limit:
+            lines += ["", f"... and {p.count - limit} more in the CSV."]
+    if p.exempted:
+        lines += ["", "Exempted: " + ", ".join(f"`{name}`" for name in p.exempted)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,175 @@
+"""The plan as a timeline, and where each step stands (``rollout plan show``).
+
+Each step the pipeline acts on is named as its runs name themselves in ``plan_runs``
+(``phase top-100``, ``notices top-100``...), so a step's state is read from its
+runs: pending, previewed, applied, rolled back, failed, or interrupted (a run still
+marked running that no process is doing any more).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import Engine, select
+
+from rollout.brownouts import state_at
+from rollout.enforce import exclusive_run
+from rollout.errors import GuardRefused
+from rollout.plan import Plan
+from rollout.registry.ledger import utc_now
+from rollout.registry.models import BrownoutWindow, PlanRun
+
+
+@dataclass(frozen=True)
+class Step:
+    on: date
+    key: str  # the plan_runs.step its runs carry; "" for a milestone nothing runs for
+    what: str
+
+
+@dataclass(frozen=True)
+class StepState:
+    step: Step
+    state: str
+    at: datetime | None = None
+    run_id: str | None = None
+    actor: str | None = None
+    detail: str = ""
+
+
+def notices_step(phase: str) -> str:
+    return f"notices {phase}"
+
+
+def reminders_step(phase: str, days_before: int) -> str:
+    return f"reminders {phase} {days_before}d"
+
+
+def heads_up_step(name: str) -> str:
+    return f"heads-up {name}"
+
+
+def plan_steps(plan: Plan) -> list[Step]:
+    """Every dated step of the plan, in calendar order (ties keep the plan's order)."""
+    steps: list[Step] = []
+    if plan.elv.trial:
+        steps.append(Step(plan.elv.trial.starts, "", "ELV opt-in trial starts"))
+        steps.append(Step(plan.elv.trial.ends, "", "ELV opt-in trial ends"))
+    for b in plan.brownouts:
+        day = b.starts_at.date()
+        steps.append(
+            Step(
+                day - timedelta(days=b.heads_up_days_before),
+                heads_up_step(b.name),
+                f"brown-out heads-up emails for {b.name}",
+            )
+        )
+        steps.append(Step(day, f"brownout {b.name}", f"{b.name}: {b.hours} h of ELV for all"))
+    on = plan.elv.enroll_all_on
+    steps.append(
+        Step(
+            on - timedelta(days=plan.elv.heads_up_days_before),
+            heads_up_step("elv"),
+            "ELV enrollment notice emails",
+        )
+    )
+    steps.append(Step(on, "enroll all", "every account enrolled in ELV"))
+    for phase in plan.phases:
+        steps.append(
+            Step(
+                phase.cohort_as_of,
+                f"cohorts {phase.cohort_as_of}",
+                f"cohort {phase.cohort} fixed for phase {phase.name}",
+            )
+        )
+        steps.append(Step(phase.notice_on, notices_step(phase.name), f"phase {phase.name} notices"))
+        for days in sorted(phase.reminders_days_before, reverse=True):
+            steps.append(
+                Step(
+                    phase.enforce_on - timedelta(days=days),
+                    reminders_step(phase.name, days),
+                    f"phase {phase.name} reminders ({days} days before)",
+                )
+            )
+        steps.append(Step(phase.enforce_on, f"phase {phase.name}", f"phase {phase.name} enforced"))
+    return sorted(steps, key=lambda s: s.on)
+
+
+def _lock_free(registry_url: str, name: str) -> bool:
+    try:
+        with exclusive_run(registry_url, name):
+            return True
+    except GuardRefused:
+        return False
+
+
+def _state_of(runs: Sequence[PlanRun], enforce_idle: bool) -> tuple[str, PlanRun | None]:
+    """A step's state from its runs, oldest first."""
+    if not runs:
+        return "pending", None
+    last = runs[-1]
+    if last.state == "running":
+        # An enforce run holds the lock while it works: a free lock means it died.
+        if last.step.startswith("phase ") and enforce_idle:
+            return "interrupted", last
+        return "running", last
+    if last.state == "failed":
+        return f"{last.mode} failed", last
+    done = [r for r in runs if r.state == "succeeded" and r.mode in ("apply", "rollback")]
+    if done:
+        final = done[-1]
+        return ("rolled back" if final.mode == "rollback" else "applied"), final
+    return "previewed", last
+
+
+def _detail(run: PlanRun | None) -> str:
+    if run is None or not run.summary:
+        return ""
+    return ", ".join(f"{k} {v}" for k, v in run.summary.items() if k != "csv")
+
+
+def step_states(
+    engine: Engine, registry_url: str, plan: Plan, at: datetime | None = None
+) -> list[StepState]:
+    """Each step of the plan with its state, from plan_runs and brownout_windows."""
+    now = at or utc_now()
+    with engine.connect() as connection:
+        runs: dict[str, list[PlanRun]] = defaultdict(list)
+        for run in connection.execute(select(PlanRun).order_by(PlanRun.started_at)).all():
+            runs[run.step].append(run)
+        windows = {w.name: w for w in connection.execute(select(BrownoutWindow)).all()}
+    enforce_idle = _lock_free(registry_url, "enforce")
+    states = []
+    for step in plan_steps(plan):
+        if not step.key:
+            passed = step.on <= now.date()
+            states.append(StepState(step, "passed" if passed else "upcoming"))
+        elif step.key.startswith("brownout "):
+            window = windows.get(step.key.removeprefix("brownout "))
+            if window is None:
+                states.append(StepState(step, "not scheduled"))
+            else:
+                states.append(
+                    StepState(
+                        step,
+                        state_at(window, now),
+                        window.ended_early_at or window.starts_at,
+                        actor=window.created_by,
+                    )
+                )
+        else:
+            state, run = _state_of(runs.get(step.key, []), enforce_idle)
+            states.append(
+                StepState(
+                    step,
+                    state,
+                    (run.finished_at or run.started_at) if run else None,
+                    run.id if run else None,
+                    run.actor if run else None,
+                    _detail(run),
+                )
+            )
+    return states
