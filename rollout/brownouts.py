@@ -300,3 +300,18 @@ def enroll_all(
                 if progress:
                     progress(enrolled, total)
         return enrolled
+
+
+def accounts_challenged(engine: Engine) -> dict[str, int]:
+    """Who a brown-out reaches: accounts without 2FA, and those not yet ELV-enrolled
+    (the ones for whom the window changes anything)."""
+    without = ~has_active_factor(ACCOUNTS.c.id)
+    with engine.connect() as connection:
+        row = connection.execute(
+            select(
+                func.count().filter(without),
+                func.count().filter(and_(without, ACCOUNTS.c.elv_enrolled_at.is_(None))),
+                func.count().filter(ACCOUNTS.c.elv_enrolled_at.is_(None)),
+            ).select_from(ACCOUNTS)
+        ).one()
+    return {"without_2fa": row[0], "without_2fa_nor_elv": row[1], "not_elv_enrolled": row[2]}

@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
+from datetime import datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,16 @@ def test_the_file_is_what_prefect_deploy_reads() -> None:
 
     model = PrefectYamlModel.model_validate(CONFIG)
     assert model.name == "rollout"
-    assert {d.name for d in model.deployments} == {"daily", "metrics", "cohorts"}
+    assert {d.name for d in model.deployments} == {
+        "daily",
+        "metrics",
+        "cohorts",
+        "phase-preview",
+        "phase-enforce",
+        "brownout-start",
+        "brownout-end",
+        "elv-enroll-all",
+    }
 
 
 def test_no_build_or_push_steps() -> None:
@@ -77,8 +87,11 @@ def test_the_entrypoint_is_a_flow_with_the_parameters_given(name: str) -> None:
     accepted = inspect.signature(flow.fn).parameters
     unknown = set(deployment.get("parameters") or {}) - set(accepted)
     assert not unknown, f"{name}: parameters {unknown} are not parameters of the flow"
-    # The values pass the flow's own parameter validation, as at run time.
-    flow.validate_parameters(dict(deployment.get("parameters") or {}))
+    # The values pass the flow's own parameter validation, as at run time, with
+    # each schedule's own parameters on top.
+    base = dict(deployment.get("parameters") or {})
+    for schedule in deployment.get("schedules") or [{}]:
+        flow.validate_parameters({**base, **schedule.get("parameters", {})})
     assert deployment["work_pool"]["name"] == "rollout-process"
     assert deployment.get("description", "").strip()
     assert "rollout" in deployment.get("tags", [])
@@ -94,6 +107,31 @@ def test_the_daily_deployment_runs_on_a_utc_cron_schedule() -> None:
     assert schedule.get("active", True)
 
 
-@pytest.mark.parametrize("name", ["metrics", "cohorts"])
+@pytest.mark.parametrize("name", ["metrics", "cohorts", "phase-preview", "phase-enforce"])
 def test_the_single_step_deployments_are_manual(name: str) -> None:
     assert not DEPLOYMENTS[name].get("schedules")
+
+
+def _one_off_runs(name: str) -> dict[str, datetime]:
+    """{parameters: when} for a deployment whose schedules each run exactly once."""
+    from prefect.client.schemas.schedules import RRuleSchedule
+
+    runs = {}
+    for schedule in DEPLOYMENTS[name]["schedules"]:
+        rule = RRuleSchedule(rrule=schedule["rrule"], timezone=schedule["timezone"])
+        [when] = list(rule.to_rrule())  # COUNT=1: one run, not a repeating one
+        # The plan keeps naive UTC times.
+        runs[schedule.get("parameters", {}).get("name", "")] = when.replace(tzinfo=None)
+        assert when.utcoffset().total_seconds() == 0
+    return runs
+
+
+def test_brownouts_and_elv_enrollment_run_at_the_plans_times() -> None:
+    from rollout.plan import load_plan
+
+    plan = load_plan(ROOT / "plans" / "npm-2022.yaml")
+    assert _one_off_runs("brownout-start") == {b.name: b.starts_at for b in plan.brownouts}
+    assert _one_off_runs("brownout-end") == {b.name: b.ends_at for b in plan.brownouts}
+    assert _one_off_runs("elv-enroll-all") == {"": datetime.combine(plan.elv.enroll_all_on, time())}
+    for name in ("brownout-start", "brownout-end", "elv-enroll-all"):
+        assert all(s["timezone"] == "UTC" for s in DEPLOYMENTS[name]["schedules"])

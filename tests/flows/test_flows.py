@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from flows import brownouts as brownout_flows
+from flows import phases
 from flows.cohorts import cohorts, cohorts_markdown, daily, entered_list
 from flows.common import artifact_key
 from flows.metrics import metrics_markdown
@@ -243,3 +247,121 @@ def test_cohorts_markdown_lists_at_most_20_entered_packages() -> None:
 
 def test_artifact_keys_are_lowercase_letters_digits_and_dashes() -> None:
     assert artifact_key("metrics", DAY) == "metrics-2022-02-01"
+
+
+# --- the rollout engine's flows -------------------------------------------------------
+
+
+def _paused_run(flow_name: str, timeout: float = 60) -> Any:
+    """The flow run of ``flow_name`` that is paused, waiting for its approval."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowRunFilter
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(
+                flow_filter=FlowFilter(name={"any_": [flow_name]}),
+                flow_run_filter=FlowRunFilter(state={"type": {"any_": ["PAUSED"]}}),
+            )
+            if runs:
+                return runs[0]
+            time.sleep(0.5)
+    raise AssertionError(f"no paused {flow_name} run within {timeout} s")
+
+
+def _enforce_with_approval(monkeypatch: pytest.MonkeyPatch, approval: dict[str, Any]) -> Any:
+    """Run phase-enforce in a thread, approve it as a release manager would, return its state."""
+    from prefect.flow_runs import resume_flow_run
+
+    monkeypatch.setattr(phases, "APPROVAL_POLL_SECONDS", 1)
+    result: dict[str, Any] = {}
+    worker = threading.Thread(
+        target=lambda: result.update(state=phases.phase_enforce("top-100", return_state=True))
+    )
+    worker.start()
+    paused = _paused_run("phase-enforce")
+    resume_flow_run(paused.id, run_input=approval)
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    return result["state"]
+
+
+def _required(home: Home) -> int:
+    [(count,)] = home.registry_rows(
+        "select count(*) from accounts where tfa_required_at is not null"
+    )
+    return count
+
+
+@pytest.fixture(scope="module")
+def preview_count(daily_state: Any, home: Home) -> int:
+    count = phases.phase_preview("top-100")
+    assert count > 0, "the tiny sample's top-100 cohort has accounts without 2FA"
+    return count
+
+
+def test_the_phase_preview_flow_publishes_the_list_and_changes_nothing(
+    preview_count: int, home: Home
+) -> None:
+    markdown = read_artifact("phase-preview-top-100").data
+    assert f"| accounts without 2FA to require it of | {preview_count} |" in markdown
+    [csv] = (home.path / "reports" / "previews").glob("top-100-*.csv")
+    assert len(csv.read_text().splitlines()) == preview_count + 1
+    assert _required(home) == 0
+
+
+def test_an_approval_with_the_wrong_count_applies_nothing(
+    preview_count: int, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = _enforce_with_approval(
+        monkeypatch, {"expect": preview_count + 1, "approved_by": "rita"}
+    )
+    assert state.is_failed()
+    assert f"not the {preview_count + 1} expected" in state.message
+    assert _required(home) == 0
+
+
+def test_an_approved_enforce_run_applies_exactly_the_previewed_accounts(
+    preview_count: int, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = _enforce_with_approval(monkeypatch, {"expect": preview_count, "approved_by": "rita"})
+    assert state.is_completed(), state.message
+    assert state.result()["accounts_flagged"] == preview_count
+    assert _required(home) == preview_count
+    [(actor,)] = home.registry_rows(
+        "select distinct actor from actions where action = 'tfa_required'"
+    )
+    assert actor.startswith("rita via prefect/")
+    assert "Approved by rita" in read_artifact("phase-enforce-top-100").data
+
+
+def _plan_with_brownout_soon(home: Home) -> Path:
+    """The reference plan with brownout-1 starting in an hour (the real one is in 2022)."""
+    text = (ROOT / "plans" / "npm-2022.yaml").read_text()
+    soon = (datetime.now(UTC) + timedelta(hours=1)).replace(tzinfo=None, microsecond=0)
+    path = home.path / "plan-brownout-soon.yaml"
+    path.write_text(text.replace("2022-02-16T00:00:00", soon.isoformat()))
+    return path
+
+
+def test_the_brownout_flows_start_and_end_a_window(
+    daily_state: Any, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROLLOUT_PLAN", str(_plan_with_brownout_soon(home)))
+    assert brownout_flows.brownout_start("brownout-1") == "active"
+    assert "| state | active |" in read_artifact("brownout-brownout-1-started").data
+    assert brownout_flows.brownout_end("brownout-1") == "ended early"
+    ended = brownout_flows.brownout_end("brownout-1", return_state=True)
+    assert ended.is_completed()  # ending an ended window again is a no-op
+    refused = brownout_flows.brownout_start("brownout-1", return_state=True)
+    assert refused.is_failed() and "cannot start again" in refused.message
+
+
+def test_the_elv_flow_enrols_every_account(daily_state: Any, home: Home) -> None:
+    enrolled = brownout_flows.elv_enroll_all(batch_size=100)
+    [(total, left)] = home.registry_rows(
+        "select count(*), count(*) - count(elv_enrolled_at) from accounts"
+    )
+    assert left == 0 and 0 < enrolled <= total
+    assert brownout_flows.elv_enroll_all() == 0  # a rerun has nothing left to do

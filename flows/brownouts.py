@@ -1,0 +1,130 @@
+"""Brown-out and ELV flows, deployed on the plan's schedule (see prefect.yaml).
+
+``brownout-start`` runs at a window's planned start: the window (scheduled from the
+plan) begins to apply by itself at that time, so the flow checks and reports it, and
+starts it if it was never scheduled early. ``brownout-end`` runs at the planned end:
+a window ends by itself too; the flow confirms it, or ends it if still active (a
+late-running window must never outlive its plan). The emergency stop stays the CLI's
+``rollout brownout end NAME``, which works at any time. ``elv-enroll-all`` turns on
+ELV for every account on the plan's day.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import run_actor, table
+from flows.phases import key_for
+from rollout import brownouts
+from rollout.config import load_settings
+from rollout.errors import GuardRefused
+from rollout.plan import load_plan
+from rollout.registry.migrate import open_registry
+
+
+def _find(name: str) -> brownouts.WindowState | None:
+    settings = load_settings()
+    with open_registry(settings.registry_url) as engine:
+        return {w.name: w for w in brownouts.status(engine)}.get(name)
+
+
+def _window(name: str) -> brownouts.WindowState:
+    window = _find(name)
+    if window is None:
+        raise GuardRefused(f"no brown-out window named {name!r}: run `rollout brownout schedule`")
+    return window
+
+
+@task(name="schedule-brownouts", cache_policy=NO_CACHE)
+def schedule_from_plan(actor: str) -> None:
+    """Create the plan's windows: the schedule reached a window nobody scheduled."""
+    settings = load_settings()
+    brownouts.schedule(settings.registry_url, load_plan(settings.plan_path), actor=actor)
+
+
+def _report(name: str, what: str) -> brownouts.WindowState:
+    settings = load_settings()
+    window = _window(name)
+    with open_registry(settings.registry_url) as engine:
+        reach = brownouts.accounts_challenged(engine)
+    rows = [
+        ("state", window.state),
+        ("starts", f"{window.starts_at:%Y-%m-%d %H:%M} UTC"),
+        ("ends", f"{window.ends_at:%Y-%m-%d %H:%M} UTC"),
+        ("accounts without 2FA (challenged at login)", reach["without_2fa"]),
+        ("of which not ELV-enrolled otherwise", reach["without_2fa_nor_elv"]),
+    ]
+    create_markdown_artifact(
+        markdown=f"# Brown-out {name}: {what}\n\n{table(rows)}\n",
+        key=key_for("brownout", name, what),
+        description=f"Brown-out {name} {what}",
+    )
+    return window
+
+
+@flow(name="brownout-start", description="Begin a brown-out window at its planned start.")
+def brownout_start(name: str) -> str:
+    logger = get_run_logger()
+    actor = run_actor(load_settings())
+    if _find(name) is None:
+        schedule_from_plan(actor)
+    window = _window(name)
+    if window.state == "scheduled":
+        settings = load_settings()
+        window = brownouts.start_now(
+            settings.registry_url, name, actor=actor, reason="planned start (Prefect schedule)"
+        )
+    elif window.state != "active":
+        raise GuardRefused(f"brown-out {name} has {window.state}: it cannot start again")
+    logger.info("brown-out %s is %s until %s UTC", name, window.state, window.ends_at)
+    return _report(name, "started").state
+
+
+@flow(name="brownout-end", description="Close a brown-out window at its planned end.")
+def brownout_end(name: str) -> str:
+    logger = get_run_logger()
+    window = _window(name)
+    if window.state == "scheduled":
+        raise GuardRefused(f"brown-out {name} has not started: there is nothing to end")
+    if window.state == "active":
+        settings = load_settings()
+        window = brownouts.end_now(
+            settings.registry_url,
+            name,
+            actor=run_actor(settings),
+            reason="planned end (Prefect schedule)",
+        )
+    logger.info("brown-out %s is %s", name, window.state)
+    return _report(name, "ended").state
+
+
+@flow(name="elv-enroll-all", description="Enrol every account in enhanced login verification.")
+def elv_enroll_all(batch_size: int = 50_000) -> int:
+    """Resumable: a rerun enrols only accounts still not enrolled."""
+    logger = get_run_logger()
+    settings = load_settings()
+    with open_registry(settings.registry_url) as engine:
+        before = brownouts.accounts_challenged(engine)["not_elv_enrolled"]
+    logger.info("%d accounts to enrol in ELV", before)
+
+    def progress(done: int, total: int) -> None:
+        logger.info("enrolled %d of %d accounts", done, total)
+
+    enrolled = brownouts.enroll_all(
+        settings.registry_url,
+        actor=run_actor(settings),
+        batch_size=batch_size,
+        progress=progress,
+    )
+    create_markdown_artifact(
+        markdown=(
+            "# ELV for all accounts\n\n"
+            + table([("accounts to enrol", before), ("enrolled by this run", enrolled)])
+            + "\n"
+        ),
+        key="elv-enroll-all",
+        description="Enhanced login verification enrollment",
+    )
+    return enrolled

@@ -1,0 +1,141 @@
+"""Phase flows: ``phase-preview`` (who would change) and ``phase-enforce`` (apply it,
+after a person approves the exact count).
+
+``phase-enforce`` previews, publishes the preview artifact, then pauses until a release
+manager resumes it with an :class:`Approval` (in the Prefect UI, or
+``resume_flow_run(id, run_input={...})``) typing back the account count the preview
+showed. Enforcement itself re-checks that count against a fresh preview, under the
+enforce lock, so a cohort that moved while the run waited is refused, not applied.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+
+from flows.common import run_actor, table
+from rollout.config import load_settings
+from rollout.enforce import EnforceResult, enforce_phase, preview_phase
+from rollout.plan import load_plan
+from rollout.previews import SavedPreview, preview_markdown, save_preview
+from rollout.registry.migrate import open_registry
+
+# A day is long enough to reach a release manager; after it the run fails unapplied.
+APPROVAL_TIMEOUT_SECONDS = 24 * 3600
+# How often the paused run looks for the approval.
+APPROVAL_POLL_SECONDS = 10
+
+
+class Approval(RunInput):
+    """What the approver types back: the count the preview showed, and their name."""
+
+    expect: int
+    approved_by: str
+
+
+def key_for(*parts: str) -> str:
+    """An artifact key: Prefect allows lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+@task(name="preview-phase", cache_policy=NO_CACHE)
+def preview_task(phase: str, actor: str) -> SavedPreview:
+    settings = load_settings()
+    plan = load_plan(settings.plan_path)
+    with open_registry(settings.registry_url) as engine:
+        preview = preview_phase(engine, plan, plan.phase(phase))
+        return save_preview(engine, plan, preview, settings.reports_dir, actor=actor)
+
+
+@task(name="enforce-phase", cache_policy=NO_CACHE)
+def enforce_task(phase: str, expect: int, actor: str) -> EnforceResult:
+    settings = load_settings()
+    return enforce_phase(
+        settings.registry_url, load_plan(settings.plan_path), phase, expect=expect, actor=actor
+    )
+
+
+def publish_preview(saved: SavedPreview) -> None:
+    create_markdown_artifact(
+        markdown=preview_markdown(saved),
+        key=key_for("phase-preview", saved.preview.phase),
+        description=f"Who enforcing phase {saved.preview.phase} would change",
+    )
+
+
+@flow(name="phase-preview", description="Preview a phase: exactly who enforcing it would change.")
+def phase_preview(phase: str) -> int:
+    """The preview as an artifact and a CSV; changes no account. Returns the count."""
+    saved = preview_task(phase, run_actor(load_settings()))
+    publish_preview(saved)
+    return saved.preview.count
+
+
+def enforce_markdown(result: EnforceResult, approval: Approval) -> str:
+    rows: list[tuple[str, Any]] = [
+        ("accounts required to use 2FA", result.accounts_flagged),
+        ("web sessions revoked", result.sessions_revoked),
+        ("enforcement emails queued", result.emails_queued),
+        ("skipped: enrolled since the preview", result.skipped_now_compliant),
+        ("batches", result.batches),
+    ]
+    return (
+        f"# Phase {result.phase}: enforced\n\n"
+        f"Approved by {approval.approved_by} for {approval.expect} accounts; "
+        f"registry run `{result.run_id}`.\n\n{table(rows)}\n"
+    )
+
+
+@flow(
+    name="phase-enforce",
+    description="Enforce a phase after a person approves the previewed count.",
+)
+def phase_enforce(phase: str, approval_timeout_seconds: int = APPROVAL_TIMEOUT_SECONDS) -> dict:
+    """Preview, pause for an :class:`Approval`, then enforce exactly the approved count."""
+    logger = get_run_logger()
+    settings = load_settings()
+    saved = preview_task(phase, run_actor(settings))
+    publish_preview(saved)
+    count = saved.preview.count
+    logger.info(
+        "phase %s would require 2FA of %d accounts and revoke %d web sessions; "
+        "waiting for approval (type back the count %d)",
+        phase,
+        count,
+        saved.preview.sessions,
+        count,
+    )
+    approval = pause_flow_run(
+        wait_for_input=Approval.with_initial_data(
+            description=(
+                f"Enforce phase **{phase}**: {count} accounts, {saved.preview.sessions} web "
+                f"sessions. Type back the account count to approve (list: {saved.csv_path})."
+            ),
+            expect=0,
+            approved_by="",
+        ),
+        timeout=approval_timeout_seconds,
+        poll_interval=APPROVAL_POLL_SECONDS,
+        key=key_for("approve", phase),
+    )
+    if not approval.approved_by.strip():
+        raise ValueError("an approval must name who approved it")
+    actor = f"{approval.approved_by.strip()} via {run_actor(settings)}"
+    result = enforce_task(phase, approval.expect, actor)
+    create_markdown_artifact(
+        markdown=enforce_markdown(result, approval),
+        key=key_for("phase-enforce", phase),
+        description=f"Phase {phase} enforcement",
+    )
+    return {
+        "run_id": result.run_id,
+        "accounts_flagged": result.accounts_flagged,
+        "sessions_revoked": result.sessions_revoked,
+        "emails_queued": result.emails_queued,
+    }

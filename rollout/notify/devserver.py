@@ -1,0 +1,809 @@
+"""A local stand-in for SendGrid's ``POST /v3/mail/send``, for development and tests.
+
+It checks the bearer key and validates the request body against the rules SendGrid
+documents for Mail Send (answering 400 with SendGrid's ``{"errors": [...]}`` shape),
+answers 202 with an ``X-Message-Id`` for accepted mail and remembers what it accepted.
+It never delivers anything.
+
+Beyond the SendGrid API it has a few development endpoints (no authentication: bind it
+to localhost only):
+
+- ``GET /dev/messages``: every accepted message, as a JSON list of
+  ``{"message_id", "received_at", "body"}``; ``DELETE /dev/messages`` forgets them.
+- ``POST /dev/faults``: a JSON list of faults that replaces the pending fault script.
+
+Faults are applied in order, one per ``/v3/mail/send`` request, before authentication
+(they stand for trouble in front of the API: rate limiter, load balancer, network):
+
+- ``{"status": 429, "retry_after": 1}``: 429 with ``Retry-After`` and rate-limit headers.
+- ``{"status": 500}`` (any 4xx/5xx): that status with a SendGrid-like error body.
+- ``{"stall": 1.5}``: wait that long, then answer normally. A stalled request that ends in
+  202 IS recorded, even when the client gave up waiting: the server cannot know. That is
+  also what real SendGrid may do, so tests should count deliveries by outbox id.
+  ``stall`` can be combined with ``status`` (wait, then fail).
+- ``{"drop": true}``: read the request, then close the connection without any response.
+
+Tests use :class:`DevSendGrid` (a context manager running the server on a free port in a
+background thread); ``rollout dev sendgrid`` runs :func:`serve` in the foreground.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hmac
+import json
+import logging
+import re
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_KEY = "SG.dev.local-development-key"
+MAIL_SEND_PATH = "/v3/mail/send"
+HELP_URL = "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html"
+
+# Documented Mail Send limits.
+MAX_PERSONALIZATIONS = 1000
+MAX_RECIPIENTS = 1000
+MAX_CUSTOM_ARGS_BYTES = 10_000
+MAX_CATEGORIES = 10
+MAX_CATEGORY_LENGTH = 255
+MAX_BODY_BYTES = 30 * 1024 * 1024
+RESERVED_HEADERS = frozenset(
+    {
+        "x-sg-id",
+        "x-sg-eid",
+        "received",
+        "dkim-signature",
+        "content-type",
+        "content-transfer-encoding",
+        "to",
+        "from",
+        "subject",
+        "reply-to",
+        "cc",
+        "bcc",
+    }
+)
+# Deliberately loose (one @, a dotted domain, no spaces or brackets): the point is to
+# catch obviously broken addresses the way SendGrid does, not to implement RFC 5322.
+_EMAIL_RE = re.compile(r"^[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+\.[^@\s<>()\[\],;:\"]+$")
+_FAULT_KEYS = frozenset({"status", "retry_after", "stall", "drop"})
+
+
+# --- validation ------------------------------------------------------------------------
+
+Errors = list[dict[str, Any]]
+
+# SendGrid's wording, where its error reference gives one.
+_EXAMPLE_RECIPIENT = (
+    '{"email": "example@example.com"} or '
+    '{"email": "example@example.com", "name": "Example Recipient"}'
+)
+MSG_NO_PERSONALIZATION = "You must have at least one personalization."
+MSG_TOO_MANY_PERSONALIZATIONS = (
+    "The personalization block is limited to 1000 personalizations per API request. "
+    "You have provided {n} personalizations. Please consider splitting this into multiple "
+    "requests and resending your request."
+)
+MSG_TOO_MANY_RECIPIENTS = "There is a limit of 1000 total recipients (to + cc + bcc) per request."
+MSG_TO_REQUIRED = "The to parameter is required for all personalization objects."
+MSG_RECIPIENT = (
+    "Each {kind} object must at least have an email address and may also contain a name. "
+    "e.g. {example}"
+)
+MSG_DUPLICATE = (
+    "Each unique email address in the personalizations array should only be included once. "
+    "You have included {address} more than once."
+)
+MSG_FROM_REQUIRED = (
+    "The from object must be provided for every email send. It is an object that requires "
+    "the email parameter, but may also contain a name parameter."
+)
+MSG_FROM_INVALID = "The from email does not contain a valid address."
+MSG_REPLY_TO_INVALID = "The reply_to email does not contain a valid address."
+MSG_SUBJECT_REQUIRED = (
+    "The subject is required. You can get around this requirement if you use a template "
+    "with a subject defined or if every personalization has a subject defined."
+)
+MSG_SUBJECT_EMPTY = "The subject of your email must be a string at least one character in length."
+MSG_CONTENT_REQUIRED = (
+    "Unless a valid template_id is provided, the content parameter is required. "
+    "There must be at least one defined content block."
+)
+MSG_CONTENT_TYPE = (
+    "The content type cannot contain ';', or CRLF characters. "
+    "The content type must also be at least one character in length."
+)
+MSG_CONTENT_VALUE = "The content value must be a string at least one character in length."
+MSG_CONTENT_ORDER = "If present, text/plain and text/html may only be provided in this order."
+MSG_CUSTOM_ARGS_SIZE = "The total size of custom arguments may not exceed 10,000 bytes."
+MSG_CRLF = "Header names and values may not contain CR or LF characters."
+MSG_RESERVED_HEADER = "The following header is reserved and cannot be set: {name}."
+MSG_TOO_MANY_CATEGORIES = "Too many categories on this message. The maximum is 10."
+MSG_CATEGORY_LENGTH = "A category cannot have more than 255 characters."
+
+
+def error(message: str, field_name: str | None = None) -> dict[str, Any]:
+    """One entry of SendGrid's ``errors`` list."""
+    anchor = field_name.split(".")[0] if field_name else None
+    help_url = f"{HELP_URL}#message.{anchor}" if anchor else None
+    return {"message": message, "field": field_name, "help": help_url}
+
+
+# bool before int: True is an int too.
+_TYPE_NAMES: tuple[tuple[type, str], ...] = (
+    (bool, "boolean"),
+    (int, "integer"),
+    (float, "number"),
+    (str, "string"),
+    (list, "array"),
+)
+
+
+def _type_name(value: object) -> str:
+    # The names SendGrid's JSON-schema errors use ("Expected: string, given: integer").
+    if value is None:
+        return "null"
+    for kind, name in _TYPE_NAMES:
+        if isinstance(value, kind):
+            return name
+    return "object"
+
+
+def _type_error(expected: str, value: object, field_name: str) -> dict[str, Any]:
+    return error(f"Invalid type. Expected: {expected}, given: {_type_name(value)}.", field_name)
+
+
+def is_valid_email(value: object) -> bool:
+    return isinstance(value, str) and bool(_EMAIL_RE.match(value))
+
+
+def _has_crlf(value: str) -> bool:
+    return "\r" in value or "\n" in value
+
+
+def _check_address(value: object, where: str, message: str) -> Errors:
+    """An ``{"email": ..., "name": ...}`` object (from, reply_to, each recipient)."""
+    if not isinstance(value, dict):
+        return [error(message, where)]
+    if not is_valid_email(value.get("email")):
+        return [error(message, f"{where}.email")]
+    name = value.get("name")
+    if name is not None and not isinstance(name, str):
+        return [_type_error("string", name, f"{where}.name")]
+    if name and _has_crlf(name):
+        return [error(MSG_CRLF, f"{where}.name")]
+    return []
+
+
+def _check_recipients(value: object, where: str, kind: str) -> Errors:
+    if value is None:
+        return [error(MSG_TO_REQUIRED, where)] if kind == "to" else []
+    if not isinstance(value, list):
+        return [_type_error("array", value, where)]
+    if kind == "to" and not value:
+        return [error(MSG_TO_REQUIRED, where)]
+    message = MSG_RECIPIENT.format(kind=kind, example=_EXAMPLE_RECIPIENT)
+    errors: Errors = []
+    for index, recipient in enumerate(value):
+        errors += _check_address(recipient, f"{where}.{index}", message)
+    return errors
+
+
+def _addresses(personalization: Mapping[str, Any]) -> list[str]:
+    found: list[str] = []
+    for kind in ("to", "cc", "bcc"):
+        recipients = personalization.get(kind)
+        if isinstance(recipients, list):
+            found += [r["email"] for r in recipients if isinstance(r, dict) and "email" in r]
+    return found
+
+
+def _check_duplicates(personalization: Mapping[str, Any], where: str) -> Errors:
+    seen: set[str] = set()
+    errors: Errors = []
+    for address in _addresses(personalization):
+        key = str(address).lower()
+        if key in seen:
+            errors.append(error(MSG_DUPLICATE.format(address=address), where))
+        seen.add(key)
+    return errors
+
+
+def _check_string_map(value: object, where: str, *, headers: bool = False) -> Errors:
+    """``headers`` / ``custom_args``: an object whose values are all strings."""
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        return [_type_error("object", value, where)]
+    errors: Errors = []
+    for key, item in value.items():
+        if not isinstance(item, str):
+            errors.append(_type_error("string", item, f"{where}.{key}"))
+        elif headers and (_has_crlf(item) or _has_crlf(key)):
+            errors.append(error(MSG_CRLF, f"{where}.{key}"))
+        if headers and key.lower() in RESERVED_HEADERS:
+            errors.append(error(MSG_RESERVED_HEADER.format(name=key), where))
+    return errors
+
+
+def _custom_args_size(*maps: object) -> int:
+    # Message-level custom_args are merged into each personalization's, so they count too.
+    merged: dict[str, Any] = {}
+    for item in maps:
+        if isinstance(item, dict):
+            merged.update(item)
+    return sum(len(str(k).encode()) + len(str(v).encode()) for k, v in merged.items())
+
+
+def _check_subject(value: object, where: str) -> Errors:
+    if not isinstance(value, str) or not value:
+        return [error(MSG_SUBJECT_EMPTY, where)]
+    if _has_crlf(value):
+        return [error(MSG_CRLF, where)]
+    return []
+
+
+def _check_personalization(body: Mapping[str, Any], item: object, where: str) -> Errors:
+    if not isinstance(item, dict):
+        return [_type_error("object", item, where)]
+    errors: Errors = []
+    for kind in ("to", "cc", "bcc"):
+        errors += _check_recipients(item.get(kind), f"{where}.{kind}", kind)
+    errors += _check_duplicates(item, where)
+    if "subject" in item:
+        errors += _check_subject(item["subject"], f"{where}.subject")
+    errors += _check_string_map(item.get("headers"), f"{where}.headers", headers=True)
+    errors += _check_string_map(item.get("custom_args"), f"{where}.custom_args")
+    if _custom_args_size(body.get("custom_args"), item.get("custom_args")) > MAX_CUSTOM_ARGS_BYTES:
+        errors.append(error(MSG_CUSTOM_ARGS_SIZE, f"{where}.custom_args"))
+    return errors
+
+
+def _check_personalizations(body: Mapping[str, Any]) -> Errors:
+    items = body.get("personalizations")
+    if not isinstance(items, list) or not items:
+        return [error(MSG_NO_PERSONALIZATION, "personalizations")]
+    if len(items) > MAX_PERSONALIZATIONS:
+        return [error(MSG_TOO_MANY_PERSONALIZATIONS.format(n=len(items)), "personalizations")]
+    errors: Errors = []
+    for index, item in enumerate(items):
+        errors += _check_personalization(body, item, f"personalizations.{index}")
+    total = sum(len(_addresses(item)) for item in items if isinstance(item, dict))
+    if total > MAX_RECIPIENTS:
+        errors.append(error(MSG_TOO_MANY_RECIPIENTS, "personalizations"))
+    return errors
+
+
+def _check_from(body: Mapping[str, Any]) -> Errors:
+    if "from" not in body:
+        return [error(MSG_FROM_REQUIRED, "from")]
+    errors = _check_address(body["from"], "from", MSG_FROM_INVALID)
+    if "reply_to" in body:
+        errors += _check_address(body["reply_to"], "reply_to", MSG_REPLY_TO_INVALID)
+    return errors
+
+
+def _check_subject_required(body: Mapping[str, Any]) -> Errors:
+    if "subject" in body:
+        return _check_subject(body["subject"], "subject")
+    items = body.get("personalizations")
+    every_has_one = isinstance(items, list) and all(
+        isinstance(p, dict) and "subject" in p for p in items
+    )
+    if every_has_one or body.get("template_id"):
+        return []
+    return [error(MSG_SUBJECT_REQUIRED, "subject")]
+
+
+def _check_content(body: Mapping[str, Any]) -> Errors:
+    content = body.get("content")
+    if content is None and body.get("template_id"):
+        return []
+    if not isinstance(content, list) or not content:
+        return [error(MSG_CONTENT_REQUIRED, "content")]
+    errors: Errors = []
+    types: list[str] = []
+    for index, block in enumerate(content):
+        where = f"content.{index}"
+        if not isinstance(block, dict):
+            errors.append(_type_error("object", block, where))
+            continue
+        kind, value = block.get("type"), block.get("value")
+        if not isinstance(kind, str) or not kind or ";" in kind or _has_crlf(kind):
+            errors.append(error(MSG_CONTENT_TYPE, f"{where}.type"))
+        else:
+            types.append(kind)
+        if not isinstance(value, str) or not value:
+            errors.append(error(MSG_CONTENT_VALUE, f"{where}.value"))
+    return errors + _check_content_order(types)
+
+
+def _check_content_order(types: list[str]) -> Errors:
+    # text/plain must come first when present, and text/html after it.
+    if "text/plain" in types and types[0] != "text/plain":
+        return [error(MSG_CONTENT_ORDER, "content")]
+    return []
+
+
+def _check_categories(value: object) -> Errors:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        return [_type_error("array", value, "categories")]
+    if len(value) > MAX_CATEGORIES:
+        return [error(MSG_TOO_MANY_CATEGORIES, "categories")]
+    errors: Errors = []
+    for index, name in enumerate(value):
+        if not isinstance(name, str):
+            errors.append(_type_error("string", name, f"categories.{index}"))
+        elif len(name) > MAX_CATEGORY_LENGTH:
+            errors.append(error(MSG_CATEGORY_LENGTH, f"categories.{index}"))
+    return errors
+
+
+def _check_template_id(body: Mapping[str, Any]) -> Errors:
+    template_id = body.get("template_id")
+    if template_id is None or (isinstance(template_id, str) and template_id):
+        return []
+    return [_type_error("string", template_id, "template_id")]
+
+
+def validate_mail(body: object) -> Errors:
+    """SendGrid-style errors for a Mail Send body; empty when SendGrid would accept it."""
+    if not isinstance(body, dict):
+        return [_type_error("object", body, "")]
+    return (
+        _check_personalizations(body)
+        + _check_from(body)
+        + _check_subject_required(body)
+        + _check_content(body)
+        + _check_template_id(body)
+        + _check_string_map(body.get("headers"), "headers", headers=True)
+        + _check_string_map(body.get("custom_args"), "custom_args")
+        + _check_categories(body.get("categories"))
+    )
+
+
+# --- faults ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fault:
+    status: int | None = None
+    retry_after: float | None = None
+    stall: float = 0.0
+    drop: bool = False
+
+
+def parse_fault(raw: Mapping[str, Any]) -> Fault:
+    """A fault from its JSON form; ValueError says what is wrong with it."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"a fault must be an object, not {_type_name(raw)}")
+    unknown = set(raw) - _FAULT_KEYS
+    if unknown:
+        raise ValueError(f"unknown fault keys: {sorted(unknown)}")
+    status = raw.get("status")
+    if status is not None and (not isinstance(status, int) or not 400 <= status <= 599):
+        raise ValueError("fault status must be an integer 400..599")
+    fault = Fault(
+        status=status,
+        retry_after=_non_negative(raw.get("retry_after"), "retry_after"),
+        stall=_non_negative(raw.get("stall"), "stall") or 0.0,
+        drop=bool(raw.get("drop", False)),
+    )
+    if fault.status is None and not fault.drop and not fault.stall:
+        raise ValueError("a fault needs status, stall or drop")
+    if fault.drop and fault.status is not None:
+        raise ValueError("a dropped connection has no status")
+    return fault
+
+
+def _non_negative(value: object, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"fault {name} must be a non-negative number")
+    return float(value)
+
+
+# --- state shared by the handler threads ----------------------------------------------
+
+
+@dataclass
+class _State:
+    api_key: str
+    record_path: Path | None
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    faults: deque[Fault] = field(default_factory=deque)
+    requests_seen: int = 0
+    stopping: threading.Event = field(default_factory=threading.Event)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def next_fault(self) -> Fault | None:
+        with self.changed:
+            self.requests_seen += 1
+            return self.faults.popleft() if self.faults else None
+
+    def record(self, body: Any) -> str:
+        entry = {
+            "message_id": new_message_id(),
+            "received_at": datetime.now(UTC).isoformat(),
+            "body": body,
+        }
+        with self.changed:
+            if self.record_path is not None:
+                self.record_path.parent.mkdir(parents=True, exist_ok=True)
+                with self.record_path.open("a", encoding="utf-8") as out:
+                    out.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            self.messages.append(entry)
+            self.changed.notify_all()
+        return entry["message_id"]
+
+
+def new_message_id() -> str:
+    # SendGrid's ids are opaque ~22-character strings; a url-safe uuid is alike enough.
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+# --- HTTP ------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "DevSendGrid/1"
+    server: _Server
+
+    @property
+    def state(self) -> _State:
+        return self.server.state
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Only the request line and status: never headers (they carry the key).
+        log.info("%s - %s", self.address_string(), format % args)
+
+    # --- routing
+
+    def do_POST(self) -> None:
+        if self.path == MAIL_SEND_PATH:
+            self._guarded(self._mail_send)
+        elif self.path == "/dev/faults":
+            self._set_faults()
+        else:
+            self._not_found()
+
+    def do_GET(self) -> None:
+        if self.path == "/dev/messages":
+            with self.state.changed:
+                listing = list(self.state.messages)
+            self._send_json(HTTPStatus.OK, listing)
+        elif self.path == MAIL_SEND_PATH:
+            self._method_not_allowed()
+        else:
+            self._not_found()
+
+    def do_DELETE(self) -> None:
+        if self.path == "/dev/messages":
+            with self.state.changed:
+                self.state.messages.clear()
+            self._send_empty(HTTPStatus.NO_CONTENT)
+        else:
+            self._not_found()
+
+    def do_PUT(self) -> None:
+        if self.path == MAIL_SEND_PATH:
+            self._method_not_allowed()
+        else:
+            self._not_found()
+
+    def _guarded(self, handler: Callable[[], None]) -> None:
+        # A bug here should look like SendGrid's 500, not like a dropped connection
+        # (which the sender would retry as a network fault).
+        try:
+            handler()
+        except Exception:
+            log.exception("dev SendGrid failed on %s %s", self.command, self.path)
+            self._send_errors(HTTPStatus.INTERNAL_SERVER_ERROR, [error("internal error")])
+
+    # --- /v3/mail/send
+
+    def _mail_send(self) -> None:
+        raw = self._read_body()
+        if raw is None:
+            return
+        fault = self.state.next_fault()
+        if fault is not None and self._apply_fault(fault):
+            return
+        if not self._authorised():
+            return
+        content_type = self.headers.get("Content-Type", "")
+        if content_type.split(";")[0].strip().lower() != "application/json":
+            self._send_errors(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                [error("Content-Type should be application/json.")],
+            )
+            return
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            self._send_errors(HTTPStatus.BAD_REQUEST, [error("Bad Request")])
+            return
+        errors = validate_mail(body)
+        if errors:
+            self._send_errors(HTTPStatus.BAD_REQUEST, errors)
+            return
+        message_id = self.state.record(body)
+        self._send_empty(HTTPStatus.ACCEPTED, {"X-Message-Id": message_id})
+
+    def _read_body(self) -> bytes | None:
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._send_errors(HTTPStatus.BAD_REQUEST, [error("Bad Request")])
+            return None
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            self._send_errors(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                [error("The JSON payload you have included in your request is too large.")],
+            )
+            return None
+        return self.rfile.read(length)
+
+    def _authorised(self) -> bool:
+        header = self.headers.get("Authorization")
+        if not header:
+            self._send_errors(HTTPStatus.UNAUTHORIZED, [error("authorization required")])
+            return False
+        scheme, _, key = header.partition(" ")
+        expected = self.state.api_key.encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), expected):
+            self._send_errors(
+                HTTPStatus.UNAUTHORIZED,
+                [error("The provided authorization grant is invalid, expired, or revoked")],
+            )
+            return False
+        return True
+
+    def _apply_fault(self, fault: Fault) -> bool:
+        """Carry out a fault; True when it answered (or dropped) the request."""
+        if fault.stall and self.state.stopping.wait(fault.stall):
+            self._drop()  # shutting down: don't hold the test run hostage
+            return True
+        if fault.drop:
+            self._drop()
+            return True
+        if fault.status is None:
+            return False  # a pure stall: go on and answer normally
+        if fault.status == HTTPStatus.TOO_MANY_REQUESTS:
+            self._send_rate_limited(fault.retry_after)
+        else:
+            self._send_errors(fault.status, [error(_fault_message(fault.status))])
+        return True
+
+    def _send_rate_limited(self, retry_after: float | None) -> None:
+        wait = retry_after if retry_after is not None else 1.0
+        headers = {
+            "X-RateLimit-Limit": "600",
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": str(int(time.time() + wait)),
+        }
+        if retry_after is not None:
+            headers["Retry-After"] = f"{retry_after:g}"
+        self._send_errors(HTTPStatus.TOO_MANY_REQUESTS, [error("too many requests")], headers)
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        with contextlib.suppress(OSError):  # the client may be gone already
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    # --- /dev/faults
+
+    def _set_faults(self) -> None:
+        raw = self._read_body()
+        if raw is None:
+            return
+        try:
+            faults = json.loads(raw)
+            if not isinstance(faults, list):
+                raise ValueError("expected a JSON list of faults")
+            parsed = [parse_fault(item) for item in faults]
+        except ValueError as exc:  # JSONDecodeError is a ValueError
+            self._send_errors(HTTPStatus.BAD_REQUEST, [error(str(exc), "faults")])
+            return
+        with self.state.changed:
+            self.state.faults = deque(parsed)
+        self._send_empty(HTTPStatus.NO_CONTENT)
+
+    # --- responses
+
+    def _not_found(self) -> None:
+        self._send_errors(HTTPStatus.NOT_FOUND, [error("resource not found")])
+
+    def _method_not_allowed(self) -> None:
+        self._send_errors(HTTPStatus.METHOD_NOT_ALLOWED, [error("method not allowed")])
+
+    def _send_errors(
+        self, status: int, errors: list[dict[str, Any]], headers: Mapping[str, str] | None = None
+    ) -> None:
+        self._send_json(status, {"errors": errors}, headers)
+
+    def _send_json(
+        self, status: int, payload: object, headers: Mapping[str, str] | None = None
+    ) -> None:
+        data = json.dumps(payload).encode()
+        self._respond(status, data, {"Content-Type": "application/json", **(headers or {})})
+
+    def _send_empty(self, status: int, headers: Mapping[str, str] | None = None) -> None:
+        self._respond(status, b"", headers or {})
+
+    def _respond(self, status: int, data: bytes, headers: Mapping[str, str]) -> None:
+        try:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            # The client gave up (e.g. timed out during a stall); nothing left to tell it.
+            self.close_connection = True
+
+
+def _fault_message(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase.lower()
+    except ValueError:
+        return "injected fault"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a stalled handler must never keep the process alive
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], state: _State) -> None:
+        self.state = state
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Resets from clients that gave up are routine here; keep them off stderr.
+        log.debug("connection from %s ended abruptly", client_address, exc_info=True)
+
+
+# --- public API ------------------------------------------------------------------------
+
+
+class DevSendGrid:
+    """The dev server on a background thread. Use as a context manager.
+
+    ``port=0`` picks a free port; ``url`` is then e.g. ``http://127.0.0.1:54321``, to be
+    used as the SendGrid client's host (``ROLLOUT_SENDGRID_URL``).
+    """
+
+    def __init__(
+        self,
+        api_key: str = DEFAULT_API_KEY,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        record_path: Path | None = None,
+    ) -> None:
+        self.api_key = api_key
+        self._state = _State(api_key=api_key, record_path=record_path)
+        self._address = (host, port)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> DevSendGrid:
+        if self._server is not None:
+            return self
+        self._state.stopping.clear()
+        self._server = _Server(self._address, self._state)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="dev-sendgrid",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._state.stopping.set()  # wakes stalled handlers
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> DevSendGrid:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("DevSendGrid is not running")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """Accepted messages, oldest first: ``{"message_id", "received_at", "body"}``."""
+        with self._state.changed:
+            return list(self._state.messages)
+
+    @property
+    def requests_seen(self) -> int:
+        """``/v3/mail/send`` requests received, including rejected and faulted ones."""
+        with self._state.changed:
+            return self._state.requests_seen
+
+    def script(self, faults: Iterable[Mapping[str, Any]]) -> None:
+        """Replace the pending fault script; each fault applies to one upcoming request."""
+        parsed = [parse_fault(item) for item in faults]
+        with self._state.changed:
+            self._state.faults = deque(parsed)
+
+    @property
+    def pending_faults(self) -> int:
+        with self._state.changed:
+            return len(self._state.faults)
+
+    def clear(self) -> None:
+        """Forget accepted messages, pending faults and the request count."""
+        with self._state.changed:
+            self._state.messages.clear()
+            self._state.faults.clear()
+            self._state.requests_seen = 0
+
+    def wait_for_messages(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Block until at least ``count`` messages were accepted (or ``timeout`` passes)."""
+        deadline = time.monotonic() + timeout
+        with self._state.changed:
+            while len(self._state.messages) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._state.changed.wait(remaining)
+            return list(self._state.messages)
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 3030,
+    api_key: str = DEFAULT_API_KEY,
+    record_path: Path | None = None,
+) -> None:
+    """Run the dev server in the foreground until Ctrl-C."""
+    server = DevSendGrid(api_key, host=host, port=port, record_path=record_path).start()
+    # The key is not printed: someone may have started this with a real one.
+    print(f"SendGrid dev server on {server.url} (POST /v3/mail/send, GET /dev/messages)")
+    if record_path is not None:
+        print(f"recording accepted messages to {record_path}")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()

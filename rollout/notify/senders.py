@@ -1,0 +1,461 @@
+"""Senders: SendGrid's v3 API through its official client, and a file outbox for development.
+
+:func:`make_sender` picks one from the settings: SendGrid when ``SENDGRID_API_KEY`` is
+set (at ``ROLLOUT_SENDGRID_URL``, which may be the local dev server), else ``.eml`` files
+under the outbox directory.
+
+The API key must never show up in an exception, a reason or a log record. The official
+client logs every request's headers, ``Authorization: Bearer <key>`` included, at DEBUG
+(``python_http_client.client``); a filter on that logger redacts them. Failures are turned
+into :class:`DeliveryFailed` outside any ``except`` block, so no client exception (nor the
+request it holds in its traceback frames) is chained onto what callers see.
+"""
+
+from __future__ import annotations
+
+import email.errors
+import email.utils
+import http.client
+import json
+import logging
+import os
+import random
+import re
+import tempfile
+import threading
+import time
+import urllib.error
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import python_http_client.exceptions
+from pydantic import SecretStr
+from sendgrid import SendGridAPIClient
+from sendgrid.helpers.mail import (
+    Category,
+    Content,
+    CustomArg,
+    From,
+    Mail,
+    Personalization,
+    SendGridException,
+    Subject,
+    To,
+)
+
+from rollout.notify.message import DeliveryFailed, Message, Sender
+
+if TYPE_CHECKING:
+    from rollout.config import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FROM_ADDRESS = "noreply@registry.example"
+DEFAULT_FROM_NAME = "Registry security"
+REDACTED = "[REDACTED]"
+MAX_REASON = 500
+
+# Statuses that say our configuration is wrong (key, scopes, URL), not the message: every
+# other message would fail the same way, so none of them should be given up on for good.
+_CONFIGURATION_STATUSES = frozenset({401, 403, 404, 405})
+# Loose on purpose: what matters is one @ and no whitespace/control characters.
+_ADDRESS_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is allowed, CR/LF are not
+
+
+class SenderMisconfigured(DeliveryFailed):
+    """The provider refused our credentials or endpoint, whatever the message.
+
+    Not permanent: the message is fine and should be sent once the configuration is fixed.
+    Callers should stop sending rather than fail every remaining message.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, permanent=False)
+
+
+# --- keeping the key out of logs and reasons -------------------------------------------
+
+
+class _Redactor(logging.Filter):
+    """Removes bearer tokens and known API keys from log records and strings."""
+
+    _BEARER = re.compile(r"(Bearer\s+)[^\s'\",}]+", re.IGNORECASE)
+    _SENDGRID_KEY = re.compile(r"SG\.[\w-]+\.[\w-]+")
+    # A very short "key" would redact random words; the bearer pattern still covers it.
+    _MIN_SECRET = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._secrets: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, secret: str) -> None:
+        if len(secret) >= self._MIN_SECRET:
+            with self._lock:
+                self._secrets.add(secret)
+
+    def scrub(self, text: str) -> str:
+        with self._lock:
+            secrets = sorted(self._secrets, key=len, reverse=True)
+        for secret in secrets:
+            text = text.replace(secret, REDACTED)
+        text = self._BEARER.sub(rf"\g<1>{REDACTED}", text)
+        return self._SENDGRID_KEY.sub(REDACTED, text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: leave it to the logging machinery
+            return True
+        clean = self.scrub(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+_redactor = _Redactor()
+# python_http_client logs "HEADERS: {... 'Authorization': 'Bearer <key>' ...}" at DEBUG.
+# Logger filters run where a record is made, before any handler (caplog's included).
+_LEAKY_LOGGERS = ("python_http_client.client", "python_http_client", "sendgrid")
+
+
+def _install_redactor() -> None:
+    for name in _LEAKY_LOGGERS:
+        logger = logging.getLogger(name)
+        if _redactor not in logger.filters:
+            logger.addFilter(_redactor)
+
+
+def _truncate(text: str, limit: int = MAX_REASON) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- checks shared by both senders ----------------------------------------------------
+
+
+def header_problem(message: Message) -> str | None:
+    """Why the message's header values are unsafe to send, or None.
+
+    CR/LF in a name or subject could inject headers; the stdlib refuses them and SendGrid
+    may fold or reject them. A rendered subject with a newline is a template bug: fail the
+    message permanently with a clear reason instead of sending something mangled.
+    """
+    if not _ADDRESS_RE.match(message.to_address):
+        return f"invalid recipient address {message.to_address!r}"
+    for label, value in (("recipient name", message.to_name), ("subject", message.subject)):
+        if value and _CONTROL_RE.search(value):
+            return f"{label} contains control characters (CR/LF?): {_truncate(repr(value), 120)}"
+    if not message.subject.strip():
+        return "empty subject"
+    if not message.text and not message.html:
+        return "message has neither text nor HTML content"
+    return None
+
+
+def _check_sendable(message: Message) -> None:
+    problem = header_problem(message)
+    if problem is not None:
+        raise DeliveryFailed(f"outbox {message.outbox_id}: {problem}", permanent=True)
+
+
+# --- SendGrid --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one attempt came to; exceptions are turned into this inside ``except``."""
+
+    message_id: str | None = None
+    reason: str = ""
+    retryable: bool = False
+    misconfigured: bool = False
+    retry_after: float | None = None
+
+
+class SendGridSender:
+    """Sends through SendGrid's Mail Send API, retrying what is worth retrying.
+
+    Retried, with exponential backoff and full jitter (or ``Retry-After`` when given):
+    429, 5xx, timeouts, refused and dropped connections. Other 4xx fail at once: 400/413
+    permanently, 401/403/404/405 as :class:`SenderMisconfigured`. Running out of
+    attempts is not permanent: the outbox can try again later.
+
+    A timeout or a dropped connection after SendGrid accepted the request means the retry
+    sends the email twice; the ``outbox_id`` custom arg lets events be matched up.
+    """
+
+    name = "sendgrid"
+
+    def __init__(
+        self,
+        api_key: SecretStr | str,
+        base_url: str = "https://api.sendgrid.com",
+        timeout: float = 10.0,
+        max_attempts: int = 5,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+        *,
+        from_address: str = DEFAULT_FROM_ADDRESS,
+        from_name: str = DEFAULT_FROM_NAME,
+        rng: random.Random | None = None,
+    ) -> None:
+        key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+        if not key:
+            # The client would silently fall back to $SENDGRID_API_KEY.
+            raise ValueError("SendGridSender needs a non-empty API key")
+        if max_attempts < 1 or timeout <= 0:
+            raise ValueError("max_attempts must be >= 1 and timeout > 0")
+        _redactor.add(key)
+        _install_redactor()
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.from_address = from_address
+        self.from_name = from_name
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._client = SendGridAPIClient(api_key=key, host=self.base_url)
+        # The client has no timeout by default (urllib would wait forever). It is applied
+        # per socket operation (connect, each read), not to the request as a whole.
+        self._client.client.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"SendGridSender(base_url={self.base_url!r}, timeout={self.timeout})"
+
+    def send(self, message: Message) -> str:
+        body = self.request_body(message)
+        outcome = _Outcome()
+        for attempt in range(1, self.max_attempts + 1):
+            outcome = self._attempt(body)
+            if outcome.message_id is not None:
+                return outcome.message_id
+            if outcome.misconfigured:
+                raise SenderMisconfigured(outcome.reason)
+            if not outcome.retryable:
+                raise DeliveryFailed(outcome.reason, permanent=True)
+            if attempt < self.max_attempts:
+                delay = self._delay(attempt, outcome.retry_after)
+                log.info(
+                    "outbox %s: %s; retry %d/%d in %.2fs",
+                    message.outbox_id,
+                    outcome.reason,
+                    attempt,
+                    self.max_attempts - 1,
+                    delay,
+                )
+                self._sleep(delay)
+        reason = f"gave up after {self.max_attempts} attempts: {outcome.reason}"
+        raise DeliveryFailed(reason, permanent=False)
+
+    def request_body(self, message: Message) -> dict[str, Any]:
+        """The Mail Send JSON for one message, built with the official helpers."""
+        _check_sendable(message)
+        try:
+            return self._mail(message).get()
+        except SendGridException as exc:
+            # ApiKeyIncludedException: the content starts with something like "SG.x.y".
+            problem = getattr(exc, "message", None) or type(exc).__name__
+            raise DeliveryFailed(f"outbox {message.outbox_id}: {problem}", permanent=True) from None
+
+    def _mail(self, message: Message) -> Mail:
+        mail = Mail()
+        mail.from_email = From(self.from_address, self.from_name or None)
+        # Set fields directly: To(address) alone would parse "Name <addr>" strings.
+        recipient = To()
+        recipient.email = message.to_address
+        if message.to_name:
+            recipient.name = message.to_name
+        personalization = Personalization()
+        personalization.add_to(recipient)
+        mail.add_personalization(personalization)
+        mail.subject = Subject(message.subject)
+        # add_content puts text/plain first whatever the call order; SendGrid requires it.
+        if message.text:
+            mail.add_content(Content("text/plain", message.text))
+        if message.html:
+            mail.add_content(Content("text/html", message.html))
+        mail.add_custom_arg(CustomArg("outbox_id", str(message.outbox_id)))
+        mail.add_custom_arg(CustomArg("email", message.email))
+        mail.add_category(Category(message.email))
+        return mail
+
+    def _attempt(self, body: dict[str, Any]) -> _Outcome:
+        try:
+            response = self._client.send(body)
+        except python_http_client.exceptions.HTTPError as exc:
+            return _http_error_outcome(exc.status_code, exc.body, exc.headers)
+        except (OSError, http.client.HTTPException) as exc:
+            # URLError (refused, DNS, connect timeout), TimeoutError (read timeout),
+            # RemoteDisconnected / ConnectionError (dropped), IncompleteRead...
+            return _Outcome(reason=_redactor.scrub(self._network_reason(exc)), retryable=True)
+        if not 200 <= response.status_code < 300:
+            return _http_error_outcome(response.status_code, response.body, response.headers)
+        message_id = response.headers.get("X-Message-Id")
+        if not message_id:
+            # Accepted all the same: retrying would send it twice.
+            log.warning("SendGrid accepted a message without an X-Message-Id header")
+        return _Outcome(message_id=message_id or "")
+
+    def _network_reason(self, exc: BaseException) -> str:
+        cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(cause, TimeoutError):
+            return f"no answer from SendGrid within {self.timeout:g}s"
+        if isinstance(exc, http.client.RemoteDisconnected):
+            return "SendGrid closed the connection without answering"
+        return f"could not reach SendGrid: {type(cause).__name__}: {cause}"
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.backoff_cap)
+        # Full jitter: spreads out retries from many workers hitting the same limit.
+        ceiling = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
+        return self._rng.uniform(0, ceiling)
+
+
+def _http_error_outcome(status: int, body: bytes | None, headers: Any) -> _Outcome:
+    reason = _redactor.scrub(f"SendGrid answered {status}: {_error_messages(body)}")
+    if status == 429:
+        return _Outcome(reason=reason, retryable=True, retry_after=_retry_after(headers))
+    if status >= 500:
+        return _Outcome(reason=reason, retryable=True)
+    return _Outcome(reason=reason, misconfigured=status in _CONFIGURATION_STATUSES)
+
+
+def _error_messages(body: bytes | str | None) -> str:
+    """SendGrid's ``errors[].message`` (with their fields), or the start of the body."""
+    if not body:
+        return "(no body)"
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        errors = json.loads(text)["errors"]
+        parts = [
+            f"{item['field']}: {item['message']}" if item.get("field") else str(item["message"])
+            for item in errors
+        ]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return _truncate(text.strip(), 200)
+    return _truncate("; ".join(parts))
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait: ``Retry-After`` (seconds or a date), else ``X-RateLimit-Reset``."""
+    if headers is None:
+        return None
+    value = headers.get("Retry-After")
+    if value:
+        with suppress(ValueError):
+            return max(float(value), 0.0)
+        with suppress(TypeError, ValueError):
+            when = email.utils.parsedate_to_datetime(value)
+            return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+    reset = headers.get("X-RateLimit-Reset")  # what SendGrid itself sends: epoch seconds
+    if reset:
+        with suppress(ValueError):
+            return max(float(reset) - time.time(), 0.0)
+    return None
+
+
+# --- file outbox -----------------------------------------------------------------------
+
+
+class FileSender:
+    """Writes each message as an ``.eml`` file, for development and demos.
+
+    Files are named ``{outbox_id:08d}-{email}.eml`` and written atomically, so a reader
+    (or a crash) never sees half a message. Sending the same outbox id again replaces
+    its file.
+    """
+
+    name = "file"
+
+    def __init__(
+        self,
+        outbox_dir: Path,
+        from_address: str = DEFAULT_FROM_ADDRESS,
+        from_name: str = DEFAULT_FROM_NAME,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.outbox_dir = Path(outbox_dir)
+        self.from_address = from_address
+        self.from_name = from_name
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"FileSender(outbox_dir={str(self.outbox_dir)!r})"
+
+    def path_for(self, message: Message) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9_-]+", "_", message.email).strip("_")[:80] or "email"
+        return self.outbox_dir / f"{message.outbox_id:08d}-{safe}.eml"
+
+    def send(self, message: Message) -> str:
+        _check_sendable(message)
+        try:
+            mime = self.build(message)
+            data = mime.as_bytes()
+        except (ValueError, TypeError, IndexError, email.errors.MessageError) as exc:
+            # What slipped past header_problem (e.g. an address the parser refuses).
+            reason = f"outbox {message.outbox_id}: cannot build the email: {exc}"
+            raise DeliveryFailed(_truncate(reason), permanent=True) from None
+        try:
+            _write_atomically(self.path_for(message), data)
+        except OSError as exc:
+            reason = f"outbox {message.outbox_id}: cannot write to {self.outbox_dir}: {exc}"
+            raise DeliveryFailed(reason, permanent=False) from None
+        return str(mime["Message-ID"])
+
+    def build(self, message: Message) -> EmailMessage:
+        """The message as MIME: multipart/alternative, text then HTML."""
+        mime = EmailMessage()  # policy=default: refuses CR/LF in headers, encodes non-ASCII
+        mime["From"] = Address(display_name=self.from_name, addr_spec=self.from_address)
+        mime["To"] = Address(display_name=message.to_name or "", addr_spec=message.to_address)
+        mime["Subject"] = message.subject
+        mime["Date"] = email.utils.format_datetime(self._clock())
+        domain = self.from_address.rpartition("@")[2] or "localhost"
+        # Passing the domain also avoids make_msgid's slow getfqdn() lookup.
+        mime["Message-ID"] = email.utils.make_msgid(f"outbox-{message.outbox_id}", domain)
+        mime["X-Rollout-Outbox-Id"] = str(message.outbox_id)
+        mime["X-Rollout-Email"] = message.email
+        if message.text:
+            mime.set_content(message.text)
+            if message.html:
+                mime.add_alternative(message.html, subtype="html")
+        else:
+            mime.set_content(message.html, subtype="html")
+        return mime
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temp file is hidden and in the same directory, so os.replace is atomic.
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+
+
+# --- choosing ---------------------------------------------------------------------------
+
+
+def make_sender(settings: Settings) -> Sender:
+    """SendGrid when an API key is configured, else the file outbox."""
+    if settings.sendgrid_api_key is not None:
+        return SendGridSender(settings.sendgrid_api_key, settings.sendgrid_url)
+    return FileSender(settings.outbox_dir)
