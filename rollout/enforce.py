@@ -284,7 +284,7 @@ def _enforce_batch(
                 literal(now, DateTime),
             ).where(_among(connection, ACCOUNTS.c.id, still_without)),
         )
-        .on_conflict_do_nothing(index_elements=["account_id", "email", "phase"])
+        .on_conflict_do_nothing(index_elements=["account_id", "email", "phase", "occasion"])
         # Counted from RETURNING: an INSERT's rowcount is not reliable on every driver.
         .returning(NOTIFICATIONS.c.id)
     ).all()

@@ -179,7 +179,7 @@ def enforce_org(
                         }
                         for _, account_id in removed
                     ],
-                    ["account_id", "email", "phase"],
+                    ["account_id", "email", "phase", "occasion"],
                 )
                 notified = insert_ignoring_existing(
                     connection,
@@ -198,7 +198,7 @@ def enforce_org(
                         }
                         for m in owners
                     ],
-                    ["account_id", "email", "phase"],
+                    ["account_id", "email", "phase", "occasion"],
                 )
                 record_actions(
                     connection,

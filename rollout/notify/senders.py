@@ -14,6 +14,7 @@ request it holds in its traceback frames) is chained onto what callers see.
 from __future__ import annotations
 
 import email.errors
+import email.policy
 import email.utils
 import http.client
 import json
@@ -265,7 +266,8 @@ class SendGridSender:
         except SendGridException as exc:
             # ApiKeyIncludedException: the content starts with something like "SG.x.y".
             problem = getattr(exc, "message", None) or type(exc).__name__
-            raise DeliveryFailed(f"outbox {message.outbox_id}: {problem}", permanent=True) from None
+        # Raised outside the except block, so nothing is chained onto it.
+        raise DeliveryFailed(f"outbox {message.outbox_id}: {problem}", permanent=True)
 
     def _mail(self, message: Message) -> Mail:
         mail = Mail()
@@ -402,9 +404,16 @@ class FileSender:
         _check_sendable(message)
         try:
             mime = self.build(message)
-            data = mime.as_bytes()
-        except (ValueError, TypeError, IndexError, email.errors.MessageError) as exc:
-            # What slipped past header_problem (e.g. an address the parser refuses).
+            data = mime.as_bytes(policy=_UNFOLDED)
+        except (
+            ValueError,
+            TypeError,
+            IndexError,
+            AttributeError,
+            email.errors.MessageError,
+        ) as exc:
+            # What slipped past header_problem: an address the parser refuses. (AttributeError:
+            # CPython 3.11's address parser trips over some malformed ones, e.g. "a@[x".)
             reason = f"outbox {message.outbox_id}: cannot build the email: {exc}"
             raise DeliveryFailed(_truncate(reason), permanent=True) from None
         try:
@@ -423,7 +432,7 @@ class FileSender:
         mime["Date"] = email.utils.format_datetime(self._clock())
         domain = self.from_address.rpartition("@")[2] or "localhost"
         # Passing the domain also avoids make_msgid's slow getfqdn() lookup.
-        mime["Message-ID"] = email.utils.make_msgid(f"outbox-{message.outbox_id}", domain)
+        mime["Message-ID"] = email.utils.make_msgid(domain=domain)
         mime["X-Rollout-Outbox-Id"] = str(message.outbox_id)
         mime["X-Rollout-Email"] = message.email
         if message.text:
@@ -433,6 +442,11 @@ class FileSender:
         else:
             mime.set_content(message.html, subtype="html")
         return mime
+
+
+# Headers are written unfolded (RFC 5322 allows 998 characters): the 3.11 parser reads a
+# folded Message-ID back with a leading space.
+_UNFOLDED = email.policy.default.clone(max_line_length=998)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

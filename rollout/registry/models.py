@@ -310,8 +310,11 @@ class Notification(Base):
     __tablename__ = "notifications"
     __table_args__ = (
         CheckConstraint(_one_of("state", NOTIFICATION_STATES), name="state"),
-        # An email for the same account, email kind and phase exists at most once.
-        UniqueConstraint("account_id", "email", "phase", name="uq_notifications_natural_key"),
+        # An email for the same account, email kind, phase and occasion exists at most
+        # once: re-running a flow, a phase or the whole plan can never send it again.
+        UniqueConstraint(
+            "account_id", "email", "phase", "occasion", name="uq_notifications_natural_key"
+        ),
         Index("ix_notifications_state", "state"),
     )
 
@@ -320,6 +323,8 @@ class Notification(Base):
     email: Mapped[str] = mapped_column(String(100))
     # '' rather than NULL for emails outside a phase: NULLs never collide in UNIQUE.
     phase: Mapped[str] = mapped_column(String(100), default="")
+    # Which of the phase's emails of this kind: "14d" for a reminder, a brown-out's name.
+    occasion: Mapped[str] = mapped_column(String(100), default="", server_default="")
     state: Mapped[str] = mapped_column(String(16))
     skip_reason: Mapped[str | None] = mapped_column(String(200))
     context: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -330,6 +335,17 @@ class Notification(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class EmailSuppression(Base):
+    """An address no email goes to (bounced, complained, asked to stop): skipped, recorded."""
+
+    __tablename__ = "email_suppressions"
+
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    created_by: Mapped[str] = mapped_column(String(200))
 
 
 class BrownoutWindow(Base):
@@ -366,5 +382,6 @@ LEDGER_TABLES: tuple[str, ...] = (
     "cohort_memberships",
     "actions",
     "notifications",
+    "email_suppressions",
     "brownout_windows",
 )

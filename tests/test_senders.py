@@ -1,0 +1,443 @@
+"""Senders: SendGrid through the official client against the dev server, and the file outbox."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rollout.config import load_settings
+from rollout.notify.devserver import DevSendGrid
+from rollout.notify.message import DeliveryFailed, Message
+from rollout.notify.senders import (
+    REDACTED,
+    FileSender,
+    SenderMisconfigured,
+    SendGridSender,
+    _http_error_outcome,
+    make_sender,
+)
+
+MESSAGE = Message(
+    outbox_id=42,
+    email="phase-notice",
+    to_address="ann@example.com",
+    to_name="Ann Example",
+    subject="Two-factor authentication is coming",
+    text="Hello Ann,\nplease enrol.",
+    html="<p>Hello Ann,</p><p>please enrol.</p>",
+)
+
+
+def message(**changes: Any) -> Message:
+    return Message(**{**MESSAGE.__dict__, **changes})
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # urllib would send even 127.0.0.1 through a proxy configured in the environment.
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def dev() -> Iterator[DevSendGrid]:
+    with DevSendGrid() as server:
+        yield server
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def make(dev: DevSendGrid, sleeps: list[float]) -> Callable[..., SendGridSender]:
+    """A sender pointed at the dev server, whose sleeps are recorded instead of slept."""
+
+    def build(**kwargs: Any) -> SendGridSender:
+        kwargs.setdefault("api_key", dev.api_key)
+        kwargs.setdefault("base_url", dev.url)
+        kwargs.setdefault("timeout", 2.0)
+        return SendGridSender(sleep=sleeps.append, rng=random.Random(7), **kwargs)
+
+    return build
+
+
+# --- SendGrid: the happy path -------------------------------------------------------------
+
+
+def test_sends_and_returns_the_message_id(dev: DevSendGrid, make: Callable[..., Any]) -> None:
+    message_id = make().send(MESSAGE)
+
+    [record] = dev.messages
+    assert message_id == record["message_id"]
+    body = record["body"]
+    assert body["personalizations"] == [
+        {"to": [{"email": "ann@example.com", "name": "Ann Example"}]}
+    ]
+    assert body["from"] == {"email": "noreply@registry.example", "name": "Registry security"}
+    assert body["subject"] == MESSAGE.subject
+    assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]
+    assert [c["value"] for c in body["content"]] == [MESSAGE.text, MESSAGE.html]
+    assert body["custom_args"] == {"outbox_id": "42", "email": "phase-notice"}
+    assert body["categories"] == ["phase-notice"]
+
+
+def test_recipient_without_name_and_custom_from(dev: DevSendGrid, make: Callable) -> None:
+    sender = make(from_address="security@registry.example", from_name="Security team")
+    sender.send(message(to_name=None, to_address="bob@example.com"))
+
+    body = dev.messages[0]["body"]
+    assert body["personalizations"][0]["to"] == [{"email": "bob@example.com"}]
+    assert body["from"] == {"email": "security@registry.example", "name": "Security team"}
+
+
+def test_html_only_message(dev: DevSendGrid, make: Callable) -> None:
+    make().send(message(text=""))
+    assert [c["type"] for c in dev.messages[0]["body"]["content"]] == ["text/html"]
+
+
+def test_repr_does_not_show_the_key(dev: DevSendGrid, make: Callable) -> None:
+    assert dev.api_key not in repr(make())
+
+
+def test_an_empty_key_is_refused() -> None:
+    # The official client would quietly fall back to $SENDGRID_API_KEY.
+    with pytest.raises(ValueError):
+        SendGridSender("", "http://127.0.0.1:9")
+
+
+# --- SendGrid: faults -----------------------------------------------------------------------
+
+
+def test_429_waits_for_retry_after(dev: DevSendGrid, make: Callable, sleeps: list) -> None:
+    dev.script([{"status": 429, "retry_after": 1}])
+    message_id = make().send(MESSAGE)
+
+    assert sleeps == [1.0]
+    assert dev.requests_seen == 2
+    assert [m["message_id"] for m in dev.messages] == [message_id]
+
+
+def test_retry_after_is_capped(dev: DevSendGrid, make: Callable, sleeps: list) -> None:
+    dev.script([{"status": 429, "retry_after": 600}])
+    make(backoff_cap=5.0).send(MESSAGE)
+    assert sleeps == [5.0]
+
+
+def test_500_then_success(dev: DevSendGrid, make: Callable, sleeps: list) -> None:
+    dev.script([{"status": 500}])
+    message_id = make(backoff_base=0.5).send(MESSAGE)
+
+    assert len(sleeps) == 1
+    assert 0 <= sleeps[0] <= 0.5  # full jitter within the first backoff step
+    assert [m["message_id"] for m in dev.messages] == [message_id]
+
+
+def test_backoff_grows_exponentially_with_full_jitter(
+    dev: DevSendGrid, make: Callable, sleeps: list
+) -> None:
+    dev.script([{"status": 503}] * 4)
+    make(backoff_base=1.0, backoff_cap=6.0).send(MESSAGE)
+
+    ceilings = [1.0, 2.0, 4.0, 6.0]
+    assert len(sleeps) == 4
+    assert all(0 <= slept <= ceiling for slept, ceiling in zip(sleeps, ceilings, strict=True))
+
+
+def test_stall_past_the_timeout_then_success(
+    dev: DevSendGrid, make: Callable, sleeps: list
+) -> None:
+    dev.script([{"stall": 1.5}])
+    message_id = make(timeout=0.5).send(MESSAGE)
+
+    assert len(sleeps) == 1
+    assert dev.requests_seen == 2
+    # The stalled request answers 202 later, after the client gave up: SendGrid would
+    # have accepted it too, so the email went out twice, both tagged with the outbox id.
+    records = dev.wait_for_messages(2, timeout=3)
+    assert len(records) == 2
+    assert message_id in [r["message_id"] for r in records]
+    assert {r["body"]["custom_args"]["outbox_id"] for r in records} == {"42"}
+
+
+def test_dropped_connection_then_success(dev: DevSendGrid, make: Callable, sleeps: list) -> None:
+    dev.script([{"drop": True}])
+    message_id = make().send(MESSAGE)
+
+    assert len(sleeps) == 1
+    assert [m["message_id"] for m in dev.messages] == [message_id]
+
+
+def test_400_is_permanent_with_the_reason(dev: DevSendGrid, make: Callable, sleeps: list) -> None:
+    dev.script([{"status": 400}])
+    with pytest.raises(DeliveryFailed) as caught:
+        make().send(MESSAGE)
+
+    assert caught.value.permanent
+    assert "400" in caught.value.reason
+    assert "bad request" in caught.value.reason
+    assert sleeps == []
+    assert dev.requests_seen == 1
+
+
+def test_validation_error_reason_names_the_field(dev: DevSendGrid, make: Callable) -> None:
+    with pytest.raises(DeliveryFailed) as caught:
+        make(from_address="not-an-address").send(MESSAGE)
+
+    assert caught.value.permanent
+    assert caught.value.reason == (
+        "SendGrid answered 400: from.email: The from email does not contain a valid address."
+    )
+
+
+def test_retries_exhausted_is_not_permanent(dev: DevSendGrid, make: Callable, sleeps: list) -> None:
+    dev.script([{"status": 500}] * 3)
+    with pytest.raises(DeliveryFailed) as caught:
+        make(max_attempts=3).send(MESSAGE)
+
+    assert not caught.value.permanent
+    assert caught.value.reason.startswith("gave up after 3 attempts: SendGrid answered 500")
+    assert len(sleeps) == 2
+    assert dev.requests_seen == 3
+    assert dev.messages == []
+
+
+def test_wrong_key_fails_fast_as_misconfiguration(
+    dev: DevSendGrid, make: Callable, sleeps: list
+) -> None:
+    with pytest.raises(SenderMisconfigured) as caught:
+        make(api_key="SG.not-the-right.key").send(MESSAGE)
+
+    # Not the message's fault: it must stay sendable once the key is fixed.
+    assert not caught.value.permanent
+    assert "401" in caught.value.reason
+    assert sleeps == []
+
+
+def test_unreachable_server_is_retried_then_not_permanent(make: Callable, sleeps: list) -> None:
+    with pytest.raises(DeliveryFailed) as caught:
+        make(base_url=f"http://127.0.0.1:{_closed_port()}", max_attempts=2).send(MESSAGE)
+
+    assert not caught.value.permanent
+    assert "could not reach SendGrid" in caught.value.reason
+    assert len(sleeps) == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"subject": "Hi\r\nBcc: evil@example.com"}, "subject"),
+        ({"to_name": "Ann\nBcc: evil@example.com"}, "recipient name"),
+        ({"to_address": "ann@example.com\r\nBcc: evil@example.com"}, "invalid recipient"),
+        ({"text": "", "html": ""}, "neither text nor HTML"),
+        ({"text": "SG.abcdefgh.ijklmnop is a key"}, "API Key"),
+    ],
+)
+def test_unsendable_messages_fail_permanently_without_a_request(
+    dev: DevSendGrid, make: Callable, changes: dict[str, str], words: str
+) -> None:
+    with pytest.raises(DeliveryFailed) as caught:
+        make().send(message(**changes))
+
+    assert caught.value.permanent
+    assert words in caught.value.reason
+    assert dev.requests_seen == 0
+
+
+# --- SendGrid: the key never leaks ----------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+FAILURES = {
+    "unauthorized": [],  # the server expects another key
+    "bad-request": [{"status": 400}],
+    "rate-limited": [{"status": 429, "retry_after": 0}] * 2,
+    "server-error": [{"status": 500}] * 2,
+    "timeout": [{"stall": 2}] * 2,
+    "dropped": [{"drop": True}] * 2,
+    "refused": None,  # nothing listening
+}
+
+
+@pytest.mark.parametrize("kind", list(FAILURES))
+def test_the_api_key_never_leaks(kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    key = f"SG.Distinctive-{uuid.uuid4().hex}.Secret-{uuid.uuid4().hex}"
+    caplog.set_level(logging.DEBUG)
+    server_key = "SG.some-other.key" if kind == "unauthorized" else key
+    with DevSendGrid(server_key) as dev:
+        faults = FAILURES[kind]
+        url = f"http://127.0.0.1:{_closed_port()}" if faults is None else dev.url
+        dev.script(faults or [])
+        sender = SendGridSender(key, url, timeout=0.3, max_attempts=2, sleep=lambda _: None)
+        with pytest.raises(DeliveryFailed) as caught:
+            sender.send(MESSAGE)
+
+    failure = caught.value
+    shown = [
+        str(failure),
+        repr(failure),
+        failure.reason,
+        "".join(traceback.format_exception(failure)),
+        caplog.text,
+        *(record.getMessage() for record in caplog.records),
+    ]
+    assert not any(key in text for text in shown)
+    # Nothing from the client is chained on (its frames hold the request and its headers).
+    assert failure.__cause__ is None and failure.__context__ is None
+    # The client did log its headers, with the key redacted.
+    assert any("HEADERS" in r.getMessage() and REDACTED in r.getMessage() for r in caplog.records)
+
+
+def test_a_key_echoed_by_the_server_is_redacted() -> None:
+    key = f"SG.Echoed-{uuid.uuid4().hex}.Key"
+    SendGridSender(key, "http://127.0.0.1:9")  # registers the key with the redactor
+    body = f'{{"errors": [{{"message": "bad header Authorization: Bearer {key}"}}]}}'
+    outcome = _http_error_outcome(400, body.encode(), {})
+    assert key not in outcome.reason
+    assert REDACTED in outcome.reason
+
+
+# --- the file outbox ---------------------------------------------------------------------
+
+
+def parse(path: Path) -> Any:
+    return BytesParser(policy=policy.default).parse(path.open("rb"))
+
+
+def test_file_sender_writes_a_parseable_multipart_email(tmp_path: Path) -> None:
+    sender = FileSender(tmp_path / "outbox")
+    message_id = sender.send(MESSAGE)
+
+    path = tmp_path / "outbox" / "00000042-phase-notice.eml"
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp files
+    parsed = parse(path)
+    assert parsed["Message-ID"] == message_id
+    assert parsed["From"].addresses[0].addr_spec == "noreply@registry.example"
+    assert parsed["From"].addresses[0].display_name == "Registry security"
+    assert parsed["To"].addresses[0].addr_spec == "ann@example.com"
+    assert parsed["To"].addresses[0].display_name == "Ann Example"
+    assert parsed["Subject"] == MESSAGE.subject
+    assert parsed["Date"].datetime is not None
+    assert parsed["X-Rollout-Outbox-Id"] == "42"
+    assert parsed.get_content_type() == "multipart/alternative"
+    parts = [part.get_content_type() for part in parsed.iter_parts()]
+    assert parts == ["text/plain", "text/html"]
+    assert parsed.get_body(("plain",)).get_content().rstrip("\n") == MESSAGE.text
+    assert parsed.get_body(("html",)).get_content().rstrip("\n") == MESSAGE.html
+
+
+def test_file_sender_html_only(tmp_path: Path) -> None:
+    sender = FileSender(tmp_path)
+    sender.send(message(text=""))
+    parsed = parse(sender.path_for(MESSAGE))
+    assert parsed.get_content_type() == "text/html"
+
+
+def test_hostile_but_printable_values_stay_inside_their_headers(tmp_path: Path) -> None:
+    sender = FileSender(tmp_path)
+    hostile = message(
+        to_name='Mallory "Admin", <script>alert(1)</script> evil@attacker.example;',
+        subject='Re: <b>urgent</b> "quoted" — ünïcödé, Bcc: evil@attacker.example',
+        email="../../etc/passwd",
+    )
+    sender.send(hostile)
+
+    [path] = tmp_path.iterdir()
+    assert path.name == "00000042-etc_passwd.eml"
+    parsed = parse(path)
+    [recipient] = parsed["To"].addresses
+    assert recipient.addr_spec == "ann@example.com"
+    assert recipient.display_name == hostile.to_name
+    assert parsed["Subject"] == hostile.subject
+    assert parsed["Bcc"] is None
+    assert parsed["Cc"] is None
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"subject": "Hello\r\nBcc: evil@attacker.example"},
+        {"subject": "Hello\nX-Injected: yes"},
+        {"to_name": "Ann\r\nBcc: evil@attacker.example"},
+        {"to_address": "ann@example.com\nBcc: evil@attacker.example"},
+    ],
+)
+def test_header_injection_fails_the_message_permanently(
+    tmp_path: Path, changes: dict[str, str]
+) -> None:
+    with pytest.raises(DeliveryFailed) as caught:
+        FileSender(tmp_path).send(message(**changes))
+    assert caught.value.permanent
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_address_the_parser_refuses_fails_permanently(tmp_path: Path) -> None:
+    with pytest.raises(DeliveryFailed) as caught:
+        FileSender(tmp_path).send(message(to_address="ann@[unclosed"))
+    assert caught.value.permanent
+    assert "cannot build the email" in caught.value.reason
+
+
+def test_a_failed_write_leaves_no_file_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(DeliveryFailed) as caught:
+        FileSender(tmp_path).send(MESSAGE)
+
+    assert not caught.value.permanent  # the message is fine; the disk may not be
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sending_again_replaces_the_file(tmp_path: Path) -> None:
+    sender = FileSender(tmp_path)
+    sender.send(MESSAGE)
+    second = sender.send(message(subject="Updated"))
+    [path] = tmp_path.iterdir()
+    assert parse(path)["Message-ID"] == second
+    assert parse(path)["Subject"] == "Updated"
+
+
+# --- choosing a sender -----------------------------------------------------------------
+
+
+def test_make_sender_defaults_to_the_file_outbox(tmp_path: Path) -> None:
+    settings = load_settings({"ROLLOUT_HOME": str(tmp_path), "SENDGRID_API_KEY": ""})
+    sender = make_sender(settings)
+    assert isinstance(sender, FileSender)
+    assert sender.name == "file"
+    assert sender.outbox_dir == tmp_path / "outbox"
+
+
+def test_make_sender_uses_sendgrid_when_a_key_is_set(tmp_path: Path, dev: DevSendGrid) -> None:
+    settings = load_settings(
+        {
+            "ROLLOUT_HOME": str(tmp_path),
+            "SENDGRID_API_KEY": dev.api_key,
+            "ROLLOUT_SENDGRID_URL": dev.url,
+        }
+    )
+    sender = make_sender(settings)
+    assert isinstance(sender, SendGridSender)
+    assert sender.name == "sendgrid"
+    assert sender.send(MESSAGE) == dev.messages[0]["message_id"]
