@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rollout import __version__
 from rollout.config import Settings, load_settings
-from rollout.errors import EXIT_BAD_INPUT, RolloutError
+from rollout.errors import EXIT_BAD_INPUT, EXIT_FAILURE, RolloutError
 from rollout.output import Format, emit, emit_record, stderr
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -784,6 +784,219 @@ def phase_rollback(
         return
     run_id, cleared = rollback_phase(settings.registry_url, plan, phase, actor=settings.actor)
     stderr.print(f"cleared {cleared} accounts (run {run_id})", highlight=False)
+
+
+# --- notify --------------------------------------------------------------------------------
+
+notify_app = typer.Typer(
+    help="Emails: preview them, queue what the plan calls for, send the outbox.",
+    no_args_is_help=True,
+)
+app.add_typer(notify_app, name="notify")
+
+
+@notify_app.command("preview")
+@reports_errors
+def notify_preview(
+    email: Annotated[
+        str | None, typer.Argument(help="The email's name (default: every email).")
+    ] = None,
+    account: Annotated[
+        str | None, typer.Option(help="Render it for this account (username) instead.")
+    ] = None,
+) -> None:
+    """Render examples of an email to outbox/preview/: subject, text and HTML."""
+    from rollout.notify.emails import EMAILS
+    from rollout.notify.examples import example_stored, preview_examples, write_preview
+    from rollout.notify.outbox import account_recipient
+    from rollout.notify.render import render
+    from rollout.registry.migrate import open_registry
+
+    settings, plan = _settings(), _plan()
+    if email is not None and email not in EMAILS:
+        raise RolloutError(f"no email named {email!r} (emails: {', '.join(EMAILS)})").with_exit(
+            EXIT_BAD_INPUT
+        )
+    names = [email] if email else list(EMAILS)
+    directory = settings.outbox_dir / "preview"
+    if account is None:
+        written = preview_examples(plan, names, directory)
+    else:
+        written = []
+        with open_registry(settings.registry_url) as engine:
+            for name in names:
+                stored = example_stored(name, plan)
+                recipient = account_recipient(engine, plan, account, stored.get("phase"))
+                rendered = render(name, recipient, stored, plan)
+                written += write_preview(directory, f"{name}-{account}", rendered)
+    for path in written:
+        typer.echo(str(path))
+    stderr.print(f"{len(written)} files under {directory}", highlight=False)
+
+
+@notify_app.command("queue")
+@reports_errors
+def notify_queue(
+    as_of: Annotated[
+        str | None, typer.Option(help="The day, YYYY-MM-DD (default: today, UTC).")
+    ] = None,
+    apply: Annotated[bool, typer.Option("--apply", help="Queue them (without: preview).")] = False,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Queue the emails the plan calls for on a day (notices, reminders, heads-ups)."""
+    from rollout.notify.outbox import queue_due, queue_preview
+    from rollout.registry.ledger import utc_now
+    from rollout.registry.migrate import open_registry
+
+    settings, plan = _settings(), _plan()
+    day = _parse_day(as_of, "--as-of") if as_of else utc_now().date()
+    if apply:
+        outcomes = queue_due(settings.registry_url, plan, day, actor=settings.actor)
+    else:
+        with open_registry(settings.registry_url) as engine:
+            outcomes = queue_preview(engine, plan, day)
+    emit(
+        [
+            {
+                "step": o.occasion.step,
+                "email": o.occasion.email,
+                "due_on": o.occasion.due_on,
+                "audience": o.audience,
+                "new": o.added,
+                "already": o.already,
+            }
+            for o in outcomes
+        ],
+        fmt,
+        title=f"emails due on {day}" + ("" if apply else " (preview)"),
+        columns=["step", "email", "due_on", "audience", "new", "already"],
+    )
+    if not outcomes:
+        stderr.print(f"nothing is due on {day}", highlight=False)
+    elif not apply:
+        stderr.print("preview only: add --apply to queue them", highlight=False)
+
+
+@notify_app.command("send")
+@reports_errors
+def notify_send(
+    apply: Annotated[bool, typer.Option("--apply", help="Send (without: count only).")] = False,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Messages sent at once.")] = 8,
+    limit: Annotated[int | None, typer.Option(min=1, help="Send at most this many.")] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Queue failed emails again first.")
+    ] = False,
+) -> None:
+    """Drain the outbox: render and send every queued email, exactly once."""
+    from rollout.notify.outbox import drain, pending
+    from rollout.notify.outbox import retry_failed as requeue
+    from rollout.notify.senders import make_sender
+    from rollout.registry.migrate import open_registry
+
+    settings, plan = _settings(), _plan()
+    with open_registry(settings.registry_url) as engine:
+        if retry_failed and apply:
+            stderr.print(f"{requeue(engine)} failed emails queued again", highlight=False)
+        queued = pending(engine)
+    sender = make_sender(
+        settings,
+        from_address=plan.notifications.from_address,
+        from_name=plan.notifications.from_name,
+    )
+    for email, count in queued.items():
+        stderr.print(f"  {email}: {count}", highlight=False)
+    stderr.print(f"{sum(queued.values())} emails queued; sender: {sender.name}", highlight=False)
+    if not apply:
+        stderr.print("preview only: add --apply to send them", highlight=False)
+        return
+    with _progress() as progress:
+        task = progress.add_task("sending", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        report = drain(
+            settings.registry_url,
+            plan,
+            sender,
+            concurrency=concurrency,
+            limit=limit,
+            progress=advance,
+        )
+    skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items())) or "none"
+    stderr.print(
+        f"sent {report.sent}, failed {report.failed}, skipped {sum(report.skipped.values())} "
+        f"({skipped}); resent after a crash: {report.resumed}",
+        highlight=False,
+    )
+    for outbox_id, reason in report.failures[:20]:
+        stderr.print(f"  failed #{outbox_id}: {reason}", highlight=False)
+    if report.failed:
+        raise typer.Exit(EXIT_FAILURE)
+
+
+@notify_app.command("status")
+@reports_errors
+def notify_status(fmt: FormatOption = Format.table) -> None:
+    """The outbox: emails by kind, state and skip reason."""
+    from rollout.notify.outbox import outbox_status
+    from rollout.registry.migrate import open_registry
+
+    with open_registry(_settings().registry_url) as engine:
+        rows = outbox_status(engine)
+    emit(rows, fmt, title="outbox", columns=["email", "state", "reason", "count"])
+
+
+@notify_app.command("suppress")
+@reports_errors
+def notify_suppress(
+    address: Annotated[str, typer.Argument(help="The email address to stop writing to.")],
+    reason: Annotated[str, typer.Option(help="Why (bounced, complained, asked).")],
+) -> None:
+    """Stop every email to an address (recorded as a skip with the reason 'suppressed')."""
+    from rollout.notify.outbox import suppress
+    from rollout.registry.migrate import open_registry
+
+    settings = _settings()
+    with open_registry(settings.registry_url) as engine:
+        added = suppress(engine, address, reason=reason, actor=settings.actor)
+    stderr.print(
+        f"{address}: " + ("suppressed" if added else "was already suppressed"), highlight=False
+    )
+
+
+# --- dev -----------------------------------------------------------------------------------
+
+dev_app = typer.Typer(help="Development tools.", no_args_is_help=True)
+app.add_typer(dev_app, name="dev")
+
+
+@dev_app.command("sendgrid")
+@reports_errors
+def dev_sendgrid(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 3030,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="The key clients must send (default: $SENDGRID_API_KEY or a dev key)."),
+    ] = None,
+    record: Annotated[
+        Path | None, typer.Option(help="Append each accepted message to this JSON lines file.")
+    ] = None,
+) -> None:
+    """A local server that speaks SendGrid's v3 mail/send API, for development and tests.
+
+    Point rollout at it: ROLLOUT_SENDGRID_URL=http://HOST:PORT SENDGRID_API_KEY=KEY."""
+    import logging
+
+    from rollout.notify.devserver import DEFAULT_API_KEY, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    settings = _settings()
+    key = api_key or (
+        settings.sendgrid_api_key.get_secret_value() if settings.sendgrid_api_key else None
+    )
+    serve(host, port, key or DEFAULT_API_KEY, record)
 
 
 # --- orgs ----------------------------------------------------------------------------------

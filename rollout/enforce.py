@@ -11,13 +11,8 @@ Guards: the expected count typed back, the plan's blast radius, one run at a tim
 
 from __future__ import annotations
 
-import fcntl
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -35,14 +30,13 @@ from sqlalchemy import (
     func,
     literal,
     select,
-    text,
     update,
 )
-from sqlalchemy.pool import NullPool
 
 from rollout.errors import GuardRefused
+from rollout.locks import exclusive_run
+from rollout.notify.outbox import queue_phase_summary
 from rollout.plan import Phase, Plan
-from rollout.registry.engine import make_engine, normalize_url
 from rollout.registry.ledger import dialect_insert, record_actions, recorded_run, utc_now
 from rollout.registry.migrate import open_registry
 from rollout.registry.models import (
@@ -148,48 +142,6 @@ def preview_phase(engine: Engine, plan: Plan, phase: Phase) -> PhasePreview:
                     )
                 )
     return PhasePreview(phase.name, phase.cohort, targets, compliant, exempted)
-
-
-# --- one run at a time -------------------------------------------------------------------
-
-
-@contextmanager
-def exclusive_run(registry_url: str, name: str) -> Iterator[None]:
-    """Refuse a second concurrent run: an advisory lock on PostgreSQL, a lock file
-    next to the database on SQLite. Both vanish with the process that held them, so
-    a crash never leaves a stale lock behind."""
-    url = normalize_url(registry_url)
-    if url.get_backend_name() == "sqlite":
-        path = Path(f"{url.database}.{name}.lock")
-        handle = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as error:
-                raise GuardRefused(
-                    f"another {name} run holds {path}; wait for it to finish"
-                ) from error
-            yield
-        finally:
-            os.close(handle)
-        return
-    # Its own connection, not pooled: the lock lives exactly as long as it.
-    engine = make_engine(registry_url, poolclass=NullPool)
-    key = int.from_bytes(f"rollout:{name}".encode()[:8].ljust(8, b"\0"), "big") >> 1
-    try:
-        with engine.connect() as connection:
-            got = connection.execute(text("select pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-            if not got:
-                raise GuardRefused(
-                    f"another {name} run holds the registry's advisory lock; wait for it to finish"
-                )
-            try:
-                yield
-            finally:
-                connection.execute(text("select pg_advisory_unlock(:k)"), {"k": key})
-                connection.commit()
-    finally:
-        engine.dispose()
 
 
 # --- enforcement ---------------------------------------------------------------------------
@@ -389,6 +341,16 @@ def enforce_phase(
                 result.skipped_now_compliant += skipped
                 result.batches += 1
                 run.summary = _summary(result)
+            if result.accounts_flagged or result.sessions_revoked:
+                with engine.begin() as connection:
+                    queue_phase_summary(
+                        connection,
+                        plan,
+                        phase.name,
+                        counts=_summary(result),
+                        run_id=run.id,
+                        now=utc_now(),
+                    )
         return result
 
 

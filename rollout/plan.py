@@ -93,6 +93,22 @@ class Exemptions(_Strict):
     accounts: list[ExemptAccount] = Field(default_factory=list)
 
 
+class Notifications(_Strict):
+    """Who the emails come from, where they point, and how often they may repeat."""
+
+    from_address: str = Field("security@registry.example", pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    from_name: str = "Registry security"
+    help_url: str = "https://docs.registry.example/2fa"
+    tokens_url: str = "https://docs.registry.example/automation-tokens"
+    report_url: str = "https://rollout.registry.example/reports"
+    # Usernames of the registry staff who get each phase's summary.
+    release_managers: list[str] = Field(default_factory=list)
+    # The least number of days between two emails of one kind to one account.
+    repeat_days: dict[str, int] = Field(
+        default_factory=lambda: {"reminder": 7, "brownout_heads_up": 4}
+    )
+
+
 class Plan(_Strict):
     name: str = Field(min_length=1)
     description: str = ""
@@ -102,6 +118,7 @@ class Plan(_Strict):
     brownouts: list[Brownout] = Field(default_factory=list)
     phases: list[Phase]
     exemptions: Exemptions = Exemptions()
+    notifications: Notifications = Notifications()
 
     def phase(self, name: str) -> Phase:
         for phase in self.phases:

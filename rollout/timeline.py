@@ -16,8 +16,8 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import Engine, select
 
 from rollout.brownouts import state_at
-from rollout.enforce import exclusive_run
 from rollout.errors import GuardRefused
+from rollout.locks import exclusive_run
 from rollout.plan import Plan
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import BrownoutWindow, PlanRun

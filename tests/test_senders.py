@@ -90,7 +90,7 @@ def test_sends_and_returns_the_message_id(dev: DevSendGrid, make: Callable[..., 
     assert body["subject"] == MESSAGE.subject
     assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]
     assert [c["value"] for c in body["content"]] == [MESSAGE.text, MESSAGE.html]
-    assert body["custom_args"] == {"outbox_id": "42", "email": "phase-notice"}
+    assert body["custom_args"] == {"outbox_id": "42", "email_name": "phase-notice"}
     assert body["categories"] == ["phase-notice"]
 
 

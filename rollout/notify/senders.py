@@ -287,7 +287,7 @@ class SendGridSender:
         if message.html:
             mail.add_content(Content("text/html", message.html))
         mail.add_custom_arg(CustomArg("outbox_id", str(message.outbox_id)))
-        mail.add_custom_arg(CustomArg("email", message.email))
+        mail.add_custom_arg(CustomArg("email_name", message.email))
         mail.add_category(Category(message.email))
         return mail
 
@@ -468,8 +468,19 @@ def _write_atomically(path: Path, data: bytes) -> None:
 # --- choosing ---------------------------------------------------------------------------
 
 
-def make_sender(settings: Settings) -> Sender:
-    """SendGrid when an API key is configured, else the file outbox."""
+def make_sender(
+    settings: Settings,
+    *,
+    from_address: str = DEFAULT_FROM_ADDRESS,
+    from_name: str = DEFAULT_FROM_NAME,
+) -> Sender:
+    """SendGrid when an API key is configured, else the file outbox: the one place
+    the choice is made. The plan says who the emails come from."""
     if settings.sendgrid_api_key is not None:
-        return SendGridSender(settings.sendgrid_api_key, settings.sendgrid_url)
-    return FileSender(settings.outbox_dir)
+        return SendGridSender(
+            settings.sendgrid_api_key,
+            settings.sendgrid_url,
+            from_address=from_address,
+            from_name=from_name,
+        )
+    return FileSender(settings.outbox_dir, from_address=from_address, from_name=from_name)

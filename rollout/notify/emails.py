@@ -1,0 +1,186 @@
+"""Every email the rollout sends: a name, a function returning its context, templates.
+
+Like PyPI warehouse's ``@_email``: each email is declared once with :func:`email`,
+its templates live in ``templates/<name>.{subject.txt,txt,html}``, and its context
+function turns the recipient plus what was stored when the email was queued into
+what the templates need. Context is built at send time, so the wording follows the
+recipient's 2FA status then, not when it was queued: an account that enrolled in the
+meantime gets a thank-you (``when_compliant="adapt"``) or nothing (``"skip"``), never
+a warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Literal
+
+from rollout.plan import Plan
+
+ContextFunction = Callable[["Recipient", Mapping[str, Any], Plan], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """The account an email goes to, as it is at send time."""
+
+    account_id: int
+    username: str
+    address: str
+    verified: bool
+    method: str | None  # "webauthn", "totp" or None: the strongest active 2FA factor
+    packages: tuple[str, ...] = ()  # what put it in the email's cohort, if any
+
+    @property
+    def compliant(self) -> bool:
+        return self.method is not None
+
+
+@dataclass(frozen=True)
+class Email:
+    name: str
+    summary: str
+    context: ContextFunction
+    # What a recipient who already uses 2FA gets: the adapted wording, or nothing.
+    when_compliant: Literal["adapt", "skip"]
+    # Read the recipient's packages in the phase's cohort (phase emails only).
+    needs_packages: bool = False
+
+
+EMAILS: dict[str, Email] = {}
+
+
+def email(
+    name: str, summary: str, *, when_compliant: Literal["adapt", "skip"], needs_packages=False
+) -> Callable[[ContextFunction], ContextFunction]:
+    def register(function: ContextFunction) -> ContextFunction:
+        if name in EMAILS:
+            raise ValueError(f"email {name!r} is declared twice")
+        EMAILS[name] = Email(name, summary, function, when_compliant, needs_packages)
+        return function
+
+    return register
+
+
+def common(recipient: Recipient, plan: Plan) -> dict[str, Any]:
+    """What every template may use."""
+    n = plan.notifications
+    return {
+        "username": recipient.username,
+        "compliant": recipient.compliant,
+        "method": {"webauthn": "a security key", "totp": "an authenticator app"}.get(
+            recipient.method or "", ""
+        ),
+        "help_url": n.help_url,
+        "tokens_url": n.tokens_url,
+        "sender_name": n.from_name,
+    }
+
+
+def _phase(plan: Plan, stored: Mapping[str, Any]) -> dict[str, Any]:
+    phase = plan.phase(stored["phase"])
+    return {
+        "phase": phase.name,
+        "cohort": phase.cohort,
+        "cohort_description": plan.cohort(phase.cohort).description,
+        "deadline": phase.enforce_on,
+    }
+
+
+def _day(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+
+
+def _time(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+@email(
+    "phase_notice",
+    "2FA will be required of this account: why, by when, how",
+    when_compliant="adapt",
+    needs_packages=True,
+)
+def phase_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
+    return {**common(r, plan), **_phase(plan, stored), "packages": list(r.packages)}
+
+
+@email(
+    "reminder",
+    "the 2FA deadline is near and this account still has none",
+    when_compliant="skip",
+    needs_packages=True,
+)
+def reminder(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
+    return {
+        **common(r, plan),
+        **_phase(plan, stored),
+        "packages": list(r.packages),
+        "days_left": int(stored["days_before"]),
+    }
+
+
+@email(
+    "enforcement_notice",
+    "2FA is now required; web sessions were signed out",
+    when_compliant="adapt",
+)
+def enforcement_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
+    return {**common(r, plan), **_phase(plan, stored)}
+
+
+@email(
+    "brownout_heads_up",
+    "a 24-hour rehearsal of login verification is coming",
+    when_compliant="skip",
+)
+def brownout_heads_up(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
+    return {
+        **common(r, plan),
+        "starts_at": _time(stored["starts_at"]),
+        "ends_at": _time(stored["ends_at"]),
+        "hours": int(stored["hours"]),
+    }
+
+
+@email(
+    "elv_enrollment",
+    "every login will need an emailed code from this day on",
+    when_compliant="skip",
+)
+def elv_enrollment(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
+    return {**common(r, plan), "enrolled_on": _day(stored["enrolled_on"])}
+
+
+@email(
+    "org_removal_notice",
+    "this account was removed from an org that requires 2FA",
+    when_compliant="adapt",
+)
+def org_removal_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
+    return {**common(r, plan), "org": stored["org"]}
+
+
+@email(
+    "org_enforcement_summary",
+    "to an org's owners: 2FA enforcement is on, who was removed",
+    when_compliant="adapt",
+)
+def org_enforcement_summary(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
+    return {**common(r, plan), "org": stored["org"], "removed": list(stored.get("removed", []))}
+
+
+@email(
+    "phase_summary",
+    "to release managers: what a phase's enforcement did, and the report",
+    when_compliant="adapt",
+)
+def phase_summary(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
+    return {
+        **common(r, plan),
+        **_phase(plan, stored),
+        "counts": dict(stored.get("counts", {})),
+        "run_id": stored.get("run_id", ""),
+        "report_url": plan.notifications.report_url,
+    }

@@ -1,0 +1,75 @@
+"""Example recipients and stored contexts: what `rollout notify preview` renders and
+what the golden files pin down, for every email, compliant and not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rollout.notify.emails import EMAILS, Recipient
+from rollout.notify.render import Rendered, render
+from rollout.plan import Plan
+
+PACKAGES = ("left-pad", "@example/parser", "tiny-colors")
+EXAMPLE_RECIPIENTS = {
+    "non-compliant": Recipient(1, "sam-example", "sam@example.com", True, None, PACKAGES),
+    "compliant": Recipient(2, "kim-example", "kim@example.com", True, "webauthn", PACKAGES),
+}
+
+
+def example_stored(email: str, plan: Plan) -> dict[str, Any]:
+    """What queueing would have stored for this email, from the plan's first occasion."""
+    phase = plan.phases[0]
+    if email in ("phase_notice", "enforcement_notice"):
+        return {"phase": phase.name, "cohort": phase.cohort}
+    if email == "reminder":
+        return {"phase": phase.name, "days_before": min(phase.reminders_days_before, default=3)}
+    if email == "brownout_heads_up":
+        if not plan.brownouts:
+            raise ValueError(f"plan {plan.name} has no brown-outs to preview")
+        b = plan.brownouts[0]
+        return {
+            "brownout": b.name,
+            "starts_at": b.starts_at.isoformat(),
+            "ends_at": b.ends_at.isoformat(),
+            "hours": b.hours,
+        }
+    if email == "elv_enrollment":
+        return {"enrolled_on": plan.elv.enroll_all_on.isoformat()}
+    if email == "org_removal_notice":
+        return {"org": "example-org"}
+    if email == "org_enforcement_summary":
+        return {"org": "example-org", "removed": ["sam-example", "lee-example"]}
+    if email == "phase_summary":
+        return {
+            "phase": phase.name,
+            "run_id": "0123456789abcdef",
+            "counts": {"accounts_flagged": 412, "sessions_revoked": 1380, "emails_queued": 412},
+        }
+    raise KeyError(email)
+
+
+def write_preview(directory: Path, name: str, rendered: Rendered) -> list[Path]:
+    """``<name>.subject.txt``, ``<name>.txt`` and ``<name>.html`` under ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {
+        directory / f"{name}.subject.txt": rendered.subject + "\n",
+        directory / f"{name}.txt": rendered.text,
+        directory / f"{name}.html": rendered.html,
+    }
+    for path, content in files.items():
+        path.write_text(content)
+    return list(files)
+
+
+def preview_examples(plan: Plan, emails: list[str], directory: Path) -> list[Path]:
+    """Render each email for each example recipient it would reach."""
+    written = []
+    for email in emails:
+        definition = EMAILS[email]
+        for variant, recipient in EXAMPLE_RECIPIENTS.items():
+            if recipient.compliant and definition.when_compliant == "skip":
+                continue  # a compliant account gets nothing: there is nothing to show
+            rendered = render(definition, recipient, example_stored(email, plan), plan)
+            written += write_preview(directory, f"{email}-{variant}", rendered)
+    return written

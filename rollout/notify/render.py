@@ -1,0 +1,69 @@
+"""Jinja2 rendering of an email: subject, plain text and HTML.
+
+HTML is autoescaped (usernames, package and org names are the registry's users'
+input); an undefined variable is an error, never an empty string; the subject is
+one line whatever a value contains, so nothing can add a header.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from functools import cache
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from rollout.notify.emails import EMAILS, Email, Recipient
+from rollout.plan import Plan
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str
+
+
+def _day(value: date | datetime) -> str:
+    return f"{value:%A} {value.day} {value:%B %Y}"
+
+
+def _when(value: datetime) -> str:
+    return f"{_day(value)}, {value:%H:%M} UTC"
+
+
+@cache
+def environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("rollout.notify", "templates"),
+        undefined=StrictUndefined,
+        autoescape=select_autoescape(enabled_extensions=("html",), default=False),
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["day"] = _day
+    env.filters["when"] = _when
+    return env
+
+
+def one_line(text: str) -> str:
+    """Whitespace (CR and LF included) collapsed: a subject cannot spill into headers."""
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def template_names(name: str) -> tuple[str, str, str]:
+    return f"{name}.subject.txt", f"{name}.txt", f"{name}.html"
+
+
+def render(
+    email: Email | str, recipient: Recipient, stored: Mapping[str, Any], plan: Plan
+) -> Rendered:
+    definition = EMAILS[email] if isinstance(email, str) else email
+    context = definition.context(recipient, stored, plan)
+    env = environment()
+    subject, text, html = (env.get_template(t) for t in template_names(definition.name))
+    return Rendered(one_line(subject.render(context)), text.render(context), html.render(context))
