@@ -64,6 +64,7 @@ def test_the_file_is_what_prefect_deploy_reads() -> None:
         "brownout-start",
         "brownout-end",
         "elv-enroll-all",
+        "notify",
     }
 
 
@@ -97,12 +98,13 @@ def test_the_entrypoint_is_a_flow_with_the_parameters_given(name: str) -> None:
     assert "rollout" in deployment.get("tags", [])
 
 
-def test_the_daily_deployment_runs_on_a_utc_cron_schedule() -> None:
+@pytest.mark.parametrize(("name", "when"), [("daily", "30 2 * * *"), ("notify", "0 9 * * *")])
+def test_the_daily_deployments_run_on_a_utc_cron_schedule(name: str, when: str) -> None:
     from prefect.client.schemas.schedules import CronSchedule
 
-    [schedule] = DEPLOYMENTS["daily"]["schedules"]
+    [schedule] = DEPLOYMENTS[name]["schedules"]
     cron = CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))
-    assert cron.cron == "30 2 * * *"
+    assert cron.cron == when
     assert cron.timezone == "UTC"
     assert schedule.get("active", True)
 

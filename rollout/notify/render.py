@@ -14,7 +14,7 @@ from datetime import date, datetime
 from functools import cache
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, Undefined, select_autoescape
 
 from rollout.notify.emails import EMAILS, Email, Recipient
 from rollout.plan import Plan
@@ -27,11 +27,20 @@ class Rendered:
     html: str
 
 
+def _defined(value: Any) -> None:
+    """Raise the UndefinedError naming the variable: formatting an Undefined with a date
+    format would raise a TypeError that names none."""
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()
+
+
 def _day(value: date | datetime) -> str:
+    _defined(value)
     return f"{value:%A} {value.day} {value:%B %Y}"
 
 
 def _when(value: datetime) -> str:
+    _defined(value)
     return f"{_day(value)}, {value:%H:%M} UTC"
 
 

@@ -9,10 +9,11 @@ production does: ``prefect server start``, ``prefect work-pool create``, ``prefe
 Every Prefect process is a subprocess with an explicit environment: its own
 PREFECT_HOME (and server database) in a temp dir, no inherited PREFECT_* or ROLLOUT_*
 variable. So nothing touches ~/.prefect, the repo's var/, or the in-process harness
-other tests share. Each process starts in its own session, carries a marker variable
-that its descendants inherit, and is killed, group and marked descendants (the process
-worker starts flow runs in a session of their own), whatever happens. Server, worker
-and CLI output go to log files whose tails the failure messages quote.
+other tests share. Each process starts in a session of its own and carries a marker
+variable its descendants inherit; teardown kills every such session, then any process
+left with the marker (the process worker starts each flow run in a session of its
+own), pass or fail. Server, worker and CLI output go to log files whose tails the
+failure messages quote.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ MARKER = "ROLLOUT_TEST_E2E_ID"  # inherited by every process this module starts
 SERVER_STARTUP_SECONDS = 120
 COMMAND_SECONDS = 120
 WORKER_SECONDS = 180
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -127,7 +129,10 @@ class Prefect:
         env.update(extra)
         return env
 
-    def start(self, name: str, args: list[str], env: dict[str, str], cwd: Path) -> Any:
+    def start(
+        self, name: str, args: list[str], env: dict[str, str], cwd: Path
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        """A process in a session of its own, its output (both streams) in ``<name>.log``."""
         log = self.dir / f"{name}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
@@ -246,9 +251,10 @@ def checkout_state() -> tuple[list[str], str]:
 @dataclass
 class Deployed:
     prefect: Prefect
-    before: tuple[list[str], str]
-    after: tuple[list[str], str]
-    deployments: dict[str, dict[str, Any]]  # by deployment name, with "flow_name" added
+    before: tuple[list[str], str] = field(repr=False)
+    after: tuple[list[str], str] = field(repr=False)
+    # By deployment name, each with a "flow_name" added.
+    deployments: dict[str, dict[str, Any]] = field(repr=False)
 
 
 @pytest.fixture(scope="module")
@@ -304,7 +310,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
 
 @dataclass
 class PreviewRun:
-    flow_run: dict[str, Any]
+    flow_run: dict[str, Any] = field(repr=False)
     worker_exit: int
 
 
@@ -342,15 +348,12 @@ def preview_run(deployed: Deployed, home: Home) -> PreviewRun:
     except subprocess.TimeoutExpired:
         prefect.kill_group(worker)
         pytest.fail(f"the worker still ran after {WORKER_SECONDS} s\n" + prefect.diagnostics())
-    # The worker waits for the runs it submitted; allow the last state write to land.
+    # The worker waits for the runs it submitted; allow a last state write to land.
     deadline = time.monotonic() + 10
-    while True:
-        flow_run = prefect.api("GET", f"/flow_runs/{runs[0]['id']}")
-        if flow_run["state_type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
-            break
-        if time.monotonic() > deadline:
-            break
+    flow_run = prefect.api("GET", f"/flow_runs/{runs[0]['id']}")
+    while flow_run["state_type"] not in FINAL and time.monotonic() < deadline:
         time.sleep(0.5)
+        flow_run = prefect.api("GET", f"/flow_runs/{runs[0]['id']}")
     return PreviewRun(flow_run, code)
 
 

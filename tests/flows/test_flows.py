@@ -8,6 +8,7 @@ checked through the plain functions that render it, without a server.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 from flows import brownouts as brownout_flows
+from flows import notify as notify_flows
 from flows import phases
 from flows.cohorts import cohorts, cohorts_markdown, daily, entered_list
 from flows.common import artifact_key
@@ -365,3 +367,38 @@ def test_the_elv_flow_enrols_every_account(daily_state: Any, home: Home) -> None
     )
     assert left == 0 and 0 < enrolled <= total
     assert brownout_flows.elv_enroll_all() == 0  # a rerun has nothing left to do
+
+
+def test_the_notify_flow_queues_the_days_mailings_and_sends_them_once(
+    daily_state: Any, home: Home
+) -> None:
+    first = notify_flows.notify(as_of=date(2022, 1, 4))
+    assert first["queued"] > 0 and first["sent"] > 0 and first["failed"] == 0
+    assert len(list((home.path / "outbox").glob("*.eml"))) == first["sent"]
+    assert "notices top-100 (phase_notice)" in read_artifact("notify-2022-01-04").data
+    again = notify_flows.notify(as_of=date(2022, 1, 4))
+    assert (again["queued"], again["sent"]) == (0, 0)
+
+
+def test_the_sendgrid_key_can_come_from_a_secret_block_and_never_shows(
+    daily_state: Any, home: Home, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from prefect.blocks.system import Secret
+
+    from rollout.notify.devserver import DevSendGrid
+
+    key = "SG.flow-secret.never-to-be-seen"
+    Secret(value=key).save("sendgrid-api-key", overwrite=True)
+    try:
+        with DevSendGrid(api_key=key) as server, caplog.at_level(logging.DEBUG):
+            monkeypatch.setenv("ROLLOUT_SENDGRID_URL", server.url)
+            state = notify_flows.notify(as_of=date(2022, 1, 18), return_state=True)
+            received = len(server.messages)
+    finally:
+        Secret(value="").save("sendgrid-api-key", overwrite=True)
+    assert state.is_completed(), state.message
+    assert state.result()["sent"] == received > 0
+    artifact = read_artifact("notify-2022-01-18").data
+    assert "| sender | sendgrid |" in artifact
+    assert key not in artifact and key not in caplog.text
+    assert not any(key in p.read_text(errors="ignore") for p in home.path.rglob("*") if p.is_file())

@@ -1,0 +1,106 @@
+"""The ``notify`` flow: queue the emails the plan calls for today, then send the outbox.
+
+The SendGrid key comes from the environment (``SENDGRID_API_KEY``) or, in a
+deployment, from the Prefect Secret block named by ``ROLLOUT_SENDGRID_SECRET_BLOCK``
+(default ``sendgrid-api-key``); without either, emails go to the file outbox. The key
+is handed to the sender and nowhere else: not a parameter, not logged, not in the
+artifact.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import date
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.blocks.system import Secret
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import artifact_key, day_or_today, run_actor, table
+from rollout.config import Settings, load_settings
+from rollout.notify.outbox import DrainReport, QueueOutcome, drain, queue_due
+from rollout.notify.senders import make_sender
+from rollout.plan import load_plan
+
+SECRET_BLOCK = "sendgrid-api-key"
+
+
+def settings_with_secret(environ: Mapping[str, str] = os.environ) -> Settings:
+    """Settings, with the SendGrid key from a Secret block when the environment has none."""
+    if environ.get("SENDGRID_API_KEY"):
+        return load_settings(environ)
+    name = environ.get("ROLLOUT_SENDGRID_SECRET_BLOCK", SECRET_BLOCK)
+    try:
+        key = Secret.load(name).get()
+    except ValueError:  # no such block: the file outbox
+        return load_settings(environ)
+    return load_settings({**environ, "SENDGRID_API_KEY": str(key)})
+
+
+@task(name="queue-due-emails", cache_policy=NO_CACHE)
+def queue_task(day: date, actor: str) -> list[QueueOutcome]:
+    settings = load_settings()
+    return queue_due(settings.registry_url, load_plan(settings.plan_path), day, actor=actor)
+
+
+@task(name="send-outbox", cache_policy=NO_CACHE)
+def send_task(concurrency: int) -> DrainReport:
+    logger = get_run_logger()
+    settings = settings_with_secret()
+    plan = load_plan(settings.plan_path)
+    sender = make_sender(
+        settings,
+        from_address=plan.notifications.from_address,
+        from_name=plan.notifications.from_name,
+    )
+    logger.info("sending the outbox through %s", sender.name)
+
+    def progress(done: int, total: int) -> None:
+        if done % 1000 == 0 or done == total:
+            logger.info("%d of %d emails done", done, total)
+
+    return drain(settings.registry_url, plan, sender, concurrency=concurrency, progress=progress)
+
+
+def notify_markdown(day: date, queued: list[QueueOutcome], report: DrainReport | None) -> str:
+    parts = [f"# Emails {day}"]
+    if queued:
+        parts.append(
+            "## Queued\n\n"
+            + table(
+                [(f"{o.occasion.step} ({o.occasion.email})", o.added) for o in queued],
+                ("mailing", "new"),
+            )
+        )
+    else:
+        parts.append("Nothing new was due today.")
+    if report is not None:
+        rows = [("sender", report.sender), ("sent", report.sent), ("failed", report.failed)]
+        rows += [(f"skipped: {why}", n) for why, n in sorted(report.skipped.items())]
+        rows.append(("resent after an interrupted drain", report.resumed))
+        parts.append("## Sent\n\n" + table(rows))
+        if report.failures:
+            parts.append(
+                "## Failures\n\n"
+                + table([(f"#{i}", why) for i, why in report.failures[:50]], ("outbox", "reason"))
+            )
+    return "\n\n".join(parts) + "\n"
+
+
+@flow(name="notify", description="Queue today's emails from the plan, then send the outbox.")
+def notify(as_of: date | None = None, send: bool = True, concurrency: int = 8) -> dict:
+    day = day_or_today(as_of)
+    queued = queue_task(day, run_actor(load_settings()))
+    report = send_task(concurrency) if send else None
+    create_markdown_artifact(
+        markdown=notify_markdown(day, queued, report),
+        key=artifact_key("notify", day),
+        description=f"Emails for {day}",
+    )
+    return {
+        "queued": sum(o.added for o in queued),
+        "sent": report.sent if report else 0,
+        "failed": report.failed if report else 0,
+    }

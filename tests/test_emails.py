@@ -1,0 +1,435 @@
+"""Emails: golden renderings of every email, template hygiene, strictness, hostile values.
+
+The golden files under ``tests/golden/emails/`` are ``<email>-<variant>.txt`` (the
+subject, a blank line, the text body) and ``<email>-<variant>.html``, for each example
+recipient an email reaches. They were read and checked by hand: change a template, run
+
+    ROLLOUT_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_emails.py
+
+and read the diff of the golden files before committing it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import replace
+from email import policy
+from email.parser import BytesParser
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+
+from rollout.notify.emails import EMAILS, Recipient
+from rollout.notify.examples import EXAMPLE_RECIPIENTS, example_stored
+from rollout.notify.message import DeliveryFailed, Message
+from rollout.notify.render import Rendered, render, template_names
+from rollout.notify.senders import FileSender, SendGridSender
+from rollout.plan import Plan, load_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden" / "emails"
+TEMPLATES = ROOT / "rollout" / "notify" / "templates"
+UPDATE_GOLDEN = os.environ.get("ROLLOUT_UPDATE_GOLDEN") == "1"
+
+# (email, variant) for every example recipient each email reaches: a compliant account
+# gets nothing at all from a "skip" email, so there is nothing to pin down.
+CASES = [
+    (name, variant)
+    for name, definition in EMAILS.items()
+    for variant, recipient in EXAMPLE_RECIPIENTS.items()
+    if not (recipient.compliant and definition.when_compliant == "skip")
+]
+CASE_IDS = [f"{name}-{variant}" for name, variant in CASES]
+
+# What an account that already uses 2FA must never be told.
+WARNINGS = (
+    "action needed",
+    "does not use 2fa",
+    "does not use two-factor",
+    "not use 2fa yet",
+    "signed out of the website",
+    "you were signed out",
+    "set up 2fa, then",
+)
+
+HOSTILE_USERNAME = "<script>alert(1)</script>\"'&"
+HOSTILE_PACKAGES = ('<img src=x onerror="alert(1)">', "@evil/\"quoted\"'pkg'", "a&b<i>")
+HOSTILE_ORG = "example-org\r\nBcc: victim@example.com"
+
+
+@pytest.fixture(scope="module")
+def plan() -> Plan:
+    return load_plan(ROOT / "plans" / "npm-2022.yaml")
+
+
+def render_example(name: str, variant: str, plan: Plan) -> Rendered:
+    return render(name, EXAMPLE_RECIPIENTS[variant], example_stored(name, plan), plan)
+
+
+def words(text: str) -> str:
+    """The text with its line breaks and runs of spaces made single spaces."""
+    return " ".join(text.split())
+
+
+def message_for(name: str, recipient: Recipient, rendered: Rendered) -> Message:
+    """What the outbox hands a sender: the username is the To display name."""
+    return Message(
+        7,
+        name,
+        recipient.address,
+        recipient.username,
+        rendered.subject,
+        rendered.text,
+        rendered.html,
+    )
+
+
+def check_golden(path: Path, actual: str) -> None:
+    if UPDATE_GOLDEN:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(actual)
+        return
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run with ROLLOUT_UPDATE_GOLDEN=1", pytrace=False)
+    expected = path.read_text()
+    if actual != expected:
+        diff = difflib.unified_diff(
+            expected.splitlines(keepends=True),
+            actual.splitlines(keepends=True),
+            fromfile=f"{path.relative_to(ROOT)} (golden)",
+            tofile=f"{path.name} (rendered now)",
+        )
+        pytest.fail(
+            "rendering differs from the golden file (ROLLOUT_UPDATE_GOLDEN=1 rewrites it):\n"
+            + "".join(diff),
+            pytrace=False,
+        )
+
+
+class _Tags(HTMLParser):
+    """Collects start tags and the href of every link."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag == "a":
+            self.hrefs += [value or "" for key, value in attrs if key == "href"]
+
+
+def parse_html(html: str) -> _Tags:
+    parser = _Tags()
+    parser.feed(html)
+    parser.close()
+    return parser
+
+
+# --- golden files -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "variant"), CASES, ids=CASE_IDS)
+def test_rendering_matches_the_golden_files(name: str, variant: str, plan: Plan) -> None:
+    rendered = render_example(name, variant, plan)
+    check_golden(GOLDEN / f"{name}-{variant}.txt", f"{rendered.subject}\n\n{rendered.text}")
+    check_golden(GOLDEN / f"{name}-{variant}.html", rendered.html)
+
+
+def test_every_golden_file_belongs_to_an_email_and_recipient_it_reaches() -> None:
+    expected = {f"{case}{suffix}" for case in CASE_IDS for suffix in (".txt", ".html")}
+    stale = sorted(p.name for p in GOLDEN.glob("*") if p.name not in expected)
+    if UPDATE_GOLDEN:
+        for name in stale:
+            (GOLDEN / name).unlink()
+        return
+    assert not stale, f"golden files for no email/recipient (delete them): {stale}"
+
+
+def test_the_examples_cover_a_compliant_and_a_non_compliant_recipient() -> None:
+    assert {r.compliant for r in EXAMPLE_RECIPIENTS.values()} == {True, False}
+    adapted = [name for name, e in EMAILS.items() if e.when_compliant == "adapt"]
+    assert {f"{name}-compliant" for name in adapted} <= set(CASE_IDS)
+
+
+# --- wording ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", [n for n, v in CASES if v == "compliant"], ids=lambda name: f"{name}-compliant"
+)
+def test_a_compliant_recipient_is_never_warned(name: str, plan: Plan) -> None:
+    rendered = render_example(name, "compliant", plan)
+    for part in (rendered.subject, rendered.text, rendered.html):
+        lowered = words(part).lower()
+        assert not [w for w in WARNINGS if w in lowered]
+
+
+def test_the_phase_notice_says_what_why_by_when_and_how(plan: Plan) -> None:
+    recipient = EXAMPLE_RECIPIENTS["non-compliant"]
+    rendered = render_example("phase_notice", "non-compliant", plan)
+    phase = plan.phases[0]
+    deadline = f"{phase.enforce_on:%A} {phase.enforce_on.day} {phase.enforce_on:%B %Y}"
+    assert deadline in rendered.subject
+    for body in (words(rendered.text), words(rendered.html)):
+        assert "must use two-factor authentication (2FA)" in body  # what
+        assert plan.cohort(phase.cohort).description in body  # why this account
+        assert all(package in body for package in recipient.packages)
+        assert deadline in body  # by when
+        assert plan.notifications.help_url in body  # how
+        assert "named automation token" in body  # CI publishing
+        assert plan.notifications.tokens_url in body
+
+
+def test_the_compliant_phase_notice_thanks_instead_of_warning(plan: Plan) -> None:
+    rendered = render_example("phase_notice", "compliant", plan)
+    assert rendered.subject.startswith("Thank you")
+    for body in (words(rendered.text), words(rendered.html)):
+        assert "already uses a security key" in body  # the recipient's method, in words
+        assert "nothing for you to do" in body
+
+
+def test_the_reminder_says_how_many_days_are_left(plan: Plan) -> None:
+    stored = example_stored("reminder", plan)
+    recipient = EXAMPLE_RECIPIENTS["non-compliant"]
+    assert f"in {stored['days_before']} days" in render("reminder", recipient, stored, plan).subject
+    one_day = render("reminder", recipient, {**stored, "days_before": 1}, plan)
+    assert "in 1 day" in one_day.subject
+    assert "1 days" not in one_day.subject + one_day.text + one_day.html
+
+
+def test_an_org_summary_with_one_removed_member_is_grammatical(plan: Plan) -> None:
+    owner = EXAMPLE_RECIPIENTS["compliant"]
+    rendered = render("org_enforcement_summary", owner, {"org": "o", "removed": ["sam"]}, plan)
+    assert "1 member removed" in rendered.subject
+    assert "1 members" not in rendered.subject + rendered.text + rendered.html
+
+
+# --- templates and declarations ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(EMAILS))
+def test_every_email_has_its_three_templates_and_a_summary(name: str) -> None:
+    definition = EMAILS[name]
+    assert definition.name == name
+    assert definition.summary.strip()
+    assert definition.when_compliant in ("adapt", "skip")
+    missing = [t for t in template_names(name) if not (TEMPLATES / t).is_file()]
+    assert not missing
+
+
+def test_every_template_belongs_to_a_declared_email_or_is_a_partial() -> None:
+    declared = {t for name in EMAILS for t in template_names(name)}
+    files = {p.name for p in TEMPLATES.iterdir() if p.is_file()}
+    orphans = sorted(f for f in files - declared if not f.startswith("_"))
+    assert not orphans, f"templates of no declared email: {orphans}"
+
+
+# --- strictness -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("missing", ["username", "help_url", "deadline", "packages"])
+def test_a_variable_missing_from_the_context_is_an_error_not_blank(
+    missing: str, plan: Plan
+) -> None:
+    real = EMAILS["phase_notice"]
+
+    def without(r: Recipient, stored: Any, p: Plan) -> dict[str, Any]:
+        context = real.context(r, stored, p)
+        del context[missing]
+        return context
+
+    broken = replace(real, context=without)
+    recipient = EXAMPLE_RECIPIENTS["non-compliant"]
+    with pytest.raises(jinja2.UndefinedError, match=missing):
+        render(broken, recipient, example_stored("phase_notice", plan), plan)
+
+
+def test_a_variable_used_only_in_the_compliant_branch_is_still_required(plan: Plan) -> None:
+    real = EMAILS["enforcement_notice"]
+
+    def without_method(r: Recipient, stored: Any, p: Plan) -> dict[str, Any]:
+        return {k: v for k, v in real.context(r, stored, p).items() if k != "method"}
+
+    broken = replace(real, context=without_method)
+    compliant = EXAMPLE_RECIPIENTS["compliant"]
+    with pytest.raises(jinja2.UndefinedError, match="method"):
+        render(broken, compliant, example_stored("enforcement_notice", plan), plan)
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("phase_notice", "phase"),
+        ("reminder", "days_before"),
+        ("brownout_heads_up", "starts_at"),
+        ("elv_enrollment", "enrolled_on"),
+        ("org_removal_notice", "org"),
+    ],
+)
+def test_a_stored_context_missing_a_key_does_not_render(name: str, key: str, plan: Plan) -> None:
+    stored = {k: v for k, v in example_stored(name, plan).items() if k != key}
+    with pytest.raises((KeyError, jinja2.UndefinedError)):
+        render(name, EXAMPLE_RECIPIENTS["non-compliant"], stored, plan)
+
+
+# --- hostile values ---------------------------------------------------------------------
+
+
+def hostile_stored(name: str, plan: Plan) -> dict[str, Any]:
+    stored = example_stored(name, plan)
+    if "org" in stored:
+        stored["org"] = HOSTILE_ORG
+    if "removed" in stored:
+        stored["removed"] = [HOSTILE_USERNAME, *HOSTILE_PACKAGES]
+    return stored
+
+
+HOSTILE = Recipient(
+    3, HOSTILE_USERNAME, "mallory@example.com", True, None, packages=HOSTILE_PACKAGES
+)
+
+
+@pytest.mark.parametrize("name", list(EMAILS))
+def test_hostile_values_are_escaped_in_html_and_kept_out_of_the_subject_line(
+    name: str, plan: Plan
+) -> None:
+    rendered = render(name, HOSTILE, hostile_stored(name, plan), plan)
+
+    assert "\r" not in rendered.subject and "\n" not in rendered.subject
+    assert "<script" not in rendered.html.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in rendered.html
+    assert "<img" not in rendered.html and "<i>" not in rendered.html
+    # Nothing the values contain opened a tag: the markup is the templates' own.
+    template_only = render(
+        name, EXAMPLE_RECIPIENTS["non-compliant"], example_stored(name, plan), plan
+    )
+    assert set(parse_html(rendered.html).tags) == set(parse_html(template_only.html).tags)
+    if EMAILS[name].needs_packages:
+        assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in rendered.html
+        assert "@evil/&#34;quoted&#34;&#39;pkg&#39;" in rendered.html
+    if "org" in example_stored(name, plan):
+        assert "Bcc: victim@example.com" in rendered.subject  # folded into the words
+        assert "\r\nBcc" not in rendered.subject
+
+
+def assert_one_recipient_and_no_injected_header(mime: Any, subject: str) -> None:
+    assert len(mime.get_all("To")) == 1
+    assert [a.addr_spec for a in mime["To"].addresses] == ["mallory@example.com"]
+    assert mime["To"].addresses[0].display_name == HOSTILE_USERNAME
+    for header in ("Bcc", "Cc", "Reply-To"):
+        assert mime.get_all(header) is None
+    assert mime.get_all("Subject") == [subject]
+
+
+@pytest.mark.parametrize("name", list(EMAILS))
+def test_hostile_values_add_no_header_or_recipient_to_an_eml(
+    name: str, plan: Plan, tmp_path: Path
+) -> None:
+    rendered = render(name, HOSTILE, hostile_stored(name, plan), plan)
+    message = message_for(name, HOSTILE, rendered)
+    sender = FileSender(tmp_path)
+
+    assert_one_recipient_and_no_injected_header(sender.build(message), rendered.subject)
+    # And read back from the bytes the file outbox writes.
+    sender.send(message)
+    eml = BytesParser(policy=policy.default).parsebytes(sender.path_for(message).read_bytes())
+    assert_one_recipient_and_no_injected_header(eml, rendered.subject)
+    [html] = [part for part in eml.walk() if part.get_content_type() == "text/html"]
+    # The same HTML, line endings aside (a CR/LF in a value is a line break in MIME).
+    assert html.get_content().splitlines() == rendered.html.splitlines()
+
+
+@pytest.mark.parametrize("name", list(EMAILS))
+def test_hostile_values_add_no_recipient_to_a_sendgrid_request(name: str, plan: Plan) -> None:
+    rendered = render(name, HOSTILE, hostile_stored(name, plan), plan)
+    sender = SendGridSender("SG.test-key-not-real.abcdefgh", "http://127.0.0.1:9")
+
+    body = sender.request_body(message_for(name, HOSTILE, rendered))
+
+    [personalization] = body["personalizations"]
+    assert personalization["to"] == [{"email": "mallory@example.com", "name": HOSTILE_USERNAME}]
+    assert not {"cc", "bcc", "headers"} & set(personalization)
+    assert not {"headers", "reply_to", "reply_to_list"} & set(body)
+    assert body["subject"] == rendered.subject
+    assert "\r" not in body["subject"] and "\n" not in body["subject"]
+
+
+CRLF_NAMES = [
+    "sam\r\nBcc: victim@example.com",
+    "sam\nBcc: victim@example.com",
+    "sam\rBcc: victim@example.com",
+]
+
+
+@pytest.mark.parametrize("username", CRLF_NAMES, ids=["crlf", "lf", "cr"])
+def test_a_username_with_a_line_break_is_refused_or_adds_no_header_to_an_eml(
+    username: str, plan: Plan, tmp_path: Path
+) -> None:
+    recipient = replace(EXAMPLE_RECIPIENTS["non-compliant"], username=username)
+    rendered = render("phase_notice", recipient, example_stored("phase_notice", plan), plan)
+    sender = FileSender(tmp_path)
+    try:
+        sender.send(message_for("phase_notice", recipient, rendered))
+    except DeliveryFailed as refused:
+        assert refused.permanent
+        assert not list(tmp_path.glob("*.eml"))
+        return
+    [eml] = tmp_path.glob("*.eml")
+    parsed = BytesParser(policy=policy.default).parsebytes(eml.read_bytes())
+    assert len(parsed.get_all("To")) == 1
+    assert [a.addr_spec for a in parsed["To"].addresses] == [recipient.address]
+    assert parsed.get_all("Bcc") is None
+
+
+@pytest.mark.parametrize("username", CRLF_NAMES, ids=["crlf", "lf", "cr"])
+def test_a_username_with_a_line_break_is_refused_or_adds_no_sendgrid_recipient(
+    username: str, plan: Plan
+) -> None:
+    recipient = replace(EXAMPLE_RECIPIENTS["non-compliant"], username=username)
+    rendered = render("phase_notice", recipient, example_stored("phase_notice", plan), plan)
+    sender = SendGridSender("SG.test-key-not-real.abcdefgh", "http://127.0.0.1:9")
+    try:
+        body = sender.request_body(message_for("phase_notice", recipient, rendered))
+    except DeliveryFailed as refused:
+        assert refused.permanent
+        return
+    [personalization] = body["personalizations"]
+    assert [to["email"] for to in personalization["to"]] == [recipient.address]
+    assert not {"cc", "bcc", "headers"} & set(personalization)
+    assert "headers" not in body
+
+
+# --- text and HTML parts ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "variant"), CASES, ids=CASE_IDS)
+def test_the_text_part_has_no_html_and_the_html_part_is_a_full_document(
+    name: str, variant: str, plan: Plan
+) -> None:
+    rendered = render_example(name, variant, plan)
+    help_url = plan.notifications.help_url
+
+    assert not re.search(r"</?[A-Za-z][^>]*>|&(?:lt|gt|amp|#\d+);", rendered.text)
+    assert help_url in rendered.text
+
+    assert rendered.html.startswith("<!DOCTYPE html>\n<html")
+    assert rendered.html.rstrip().endswith("</html>")
+    tags = parse_html(rendered.html)
+    assert {"html", "head", "title", "body"} <= set(tags.tags)
+    assert help_url in tags.hrefs
+    # Every link is a real address, never an unrendered or empty one.
+    assert all(href.startswith("https://") for href in tags.hrefs)
+
+
+@pytest.mark.parametrize(("name", "variant"), CASES, ids=CASE_IDS)
+def test_the_subject_is_one_nonempty_line(name: str, variant: str, plan: Plan) -> None:
+    subject = render_example(name, variant, plan).subject
+    assert subject and subject == subject.strip()
+    assert "\n" not in subject and "\r" not in subject and "  " not in subject

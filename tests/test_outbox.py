@@ -1,0 +1,370 @@
+"""The outbox on SQLite and PostgreSQL: the plan's mailings queued once, each skip
+recorded with its reason, every message delivered exactly once through the real
+SendGrid client and the local SendGrid server, whatever the server does."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select, update
+
+from rollout.errors import RolloutError
+from rollout.notify import outbox
+from rollout.notify.devserver import DevSendGrid
+from rollout.notify.message import DeliveryFailed, Message
+from rollout.notify.senders import FileSender, SendGridSender
+from rollout.plan import Plan, load_plan
+from rollout.registry.engine import session_scope
+from rollout.registry.models import Account, CohortMembership, Notification, TfaFactor
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = datetime(2021, 6, 1)
+NOTICE_DAY = date(2022, 1, 4)  # the reference plan's top-100 notices
+KEY = "SG.test-outbox.k3y-that-must-never-leak"
+
+
+@pytest.fixture
+def plan() -> Plan:
+    return load_plan(ROOT / "plans" / "npm-2022.yaml")
+
+
+@pytest.fixture
+def ids(registry: Engine) -> dict[str, int]:
+    """In the top-100 cohort: ann (no 2FA), ben (TOTP), cat (unverified email), dan
+    (suppressed address). eve has no 2FA and is in no cohort."""
+    with session_scope(registry) as session:
+        accounts = {
+            n: Account(
+                username=n, email=f"{n}@example.com", email_verified=n != "cat", created_at=T0
+            )
+            for n in ("ann", "ben", "cat", "dan", "eve")
+        }
+        session.add_all(accounts.values())
+        session.flush()
+        found = {n: a.id for n, a in accounts.items()}
+        session.add(TfaFactor(account_id=found["ben"], kind="totp", created_at=T0))
+        for name in ("ann", "ben", "cat", "dan"):
+            session.add(
+                CohortMembership(
+                    cohort="top-100",
+                    account_id=found[name],
+                    packages=["zeta-pkg", f"{name}-lib"],
+                    first_qualified_on=date(2022, 1, 3),
+                    last_qualified_on=date(2022, 1, 3),
+                )
+            )
+    outbox.suppress(registry, "DAN@example.com", reason="hard bounce", actor="ops")
+    return found
+
+
+def rows(registry: Engine, email: str | None = None) -> dict[str, tuple[str, str | None]]:
+    """{username: (state, skip reason or error)} of the notifications, one email kind."""
+    with registry.connect() as connection:
+        query = select(
+            Account.username, Notification.state, Notification.skip_reason, Notification.error
+        ).join(Account, Account.id == Notification.account_id)
+        if email:
+            query = query.where(Notification.email == email)
+        return {u: (s, r or e) for u, s, r, e in connection.execute(query)}
+
+
+class Recording:
+    """A sender that keeps what it was given."""
+
+    name = "recording"
+
+    def __init__(self, fail_for: str = "", misconfigured: bool = False) -> None:
+        self.sent: list[Message] = []
+        self.fail_for = fail_for
+        self.misconfigured = misconfigured
+
+    def send(self, message: Message) -> str:
+        if self.misconfigured:
+            from rollout.notify.senders import SenderMisconfigured
+
+            raise SenderMisconfigured("SendGrid answered 401: check the API key")
+        if message.to_name == self.fail_for:
+            raise DeliveryFailed("SendGrid answered 400: bad recipient", permanent=True)
+        self.sent.append(message)
+        return f"id-{message.outbox_id}"
+
+
+# --- queueing --------------------------------------------------------------------------
+
+
+def test_the_plan_calls_for_notices_reminders_heads_ups_and_the_elv_notice(plan: Plan) -> None:
+    mailings = [(o.email, o.phase, o.occasion, o.due_on) for o in outbox.plan_occasions(plan)]
+    assert ("phase_notice", "top-100", "", date(2022, 1, 4)) in mailings
+    assert ("reminder", "top-100", "14d", date(2022, 1, 18)) in mailings
+    assert ("reminder", "top-100", "3d", date(2022, 1, 29)) in mailings
+    assert ("brownout_heads_up", "", "brownout-1", date(2022, 2, 13)) in mailings
+    assert ("elv_enrollment", "", "elv", date(2022, 2, 22)) in mailings
+
+
+def test_a_missed_day_is_caught_up_but_never_after_the_deadline(plan: Plan) -> None:
+    assert [o.step for o in outbox.due_occasions(plan, date(2022, 1, 6))] == ["notices top-100"]
+    late = {o.step for o in outbox.due_occasions(plan, date(2022, 2, 1))}
+    assert not any("top-100" in step for step in late)
+
+
+def test_notices_reach_the_cohort_and_record_why_some_get_nothing(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+) -> None:
+    [preview] = outbox.queue_preview(registry, plan, NOTICE_DAY)
+    assert (preview.audience, preview.added) == (4, 4)
+    [outcome] = outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    assert (outcome.audience, outcome.added, outcome.already) == (4, 4, 0)
+    assert rows(registry) == {
+        "ann": ("queued", None),
+        "ben": ("queued", None),  # compliant: a thank-you, not a warning
+        "cat": ("skipped", "unverified email"),
+        "dan": ("skipped", "suppressed"),
+    }
+    [again] = outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    assert (again.added, again.already) == (0, 4)
+    assert len(rows(registry)) == 4
+
+
+def test_reminders_skip_accounts_that_already_use_2fa(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+) -> None:
+    outbox.queue_due(registry_url, plan, date(2022, 1, 18), actor="rm")
+    assert rows(registry, "reminder")["ben"] == ("skipped", "already compliant")
+    assert rows(registry, "reminder")["ann"] == ("queued", None)
+
+
+# --- delivery ----------------------------------------------------------------------------
+
+
+def test_each_email_is_sent_once_with_wording_for_the_recipient(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+) -> None:
+    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    sender = Recording()
+    report = outbox.drain(registry_url, plan, sender)
+    assert (report.sent, report.failed) == (2, 0)
+    by_name = {m.to_name: m for m in sender.sent}
+    assert by_name["ann"].subject.startswith("Action needed")
+    assert "ann-lib" in by_name["ann"].text and "zeta-pkg" in by_name["ann"].html
+    assert by_name["ben"].subject.startswith("Thank you")
+    assert "does not use 2FA" not in by_name["ben"].text
+    assert rows(registry)["ann"] == ("sent", None)
+    with registry.connect() as connection:
+        assert (
+            connection.execute(
+                select(Notification.message_id).where(Notification.account_id == ids["ann"])
+            ).scalar_one()
+            == f"id-{by_name['ann'].outbox_id}"
+        )
+    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    assert outbox.drain(registry_url, plan, sender).sent == 0
+    assert len(sender.sent) == 2
+
+
+def test_an_account_that_enrolled_after_queueing_gets_no_reminder(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+) -> None:
+    outbox.queue_due(registry_url, plan, date(2022, 1, 18), actor="rm")
+    with session_scope(registry) as session:
+        session.add(TfaFactor(account_id=ids["ann"], kind="webauthn", created_at=T0))
+    sender = Recording()
+    outbox.drain(registry_url, plan, sender)
+    assert "reminder" not in {m.email for m in sender.sent}
+    assert rows(registry, "reminder")["ann"] == ("skipped", "already compliant")
+
+
+def test_a_reminder_inside_the_repeat_window_is_skipped(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+) -> None:
+    outbox.queue_due(registry_url, plan, date(2022, 1, 18), actor="rm")
+    first = datetime(2022, 1, 18, 9)
+    outbox.drain(registry_url, plan, Recording(), clock=lambda: first)
+    outbox.queue_due(registry_url, plan, date(2022, 1, 29), actor="rm")
+    # Sent late (the 14-day reminder went out only 5 days ago): at most weekly.
+    outbox.drain(registry_url, plan, Recording(), clock=lambda: first + timedelta(days=5))
+    with registry.connect() as connection:
+        late = connection.execute(
+            select(Notification.state, Notification.skip_reason).where(
+                Notification.account_id == ids["ann"], Notification.occasion == "3d"
+            )
+        ).one()
+    assert tuple(late) == ("skipped", "inside the repeat window")
+
+
+def test_a_rejected_message_fails_with_its_reason_and_the_rest_go_on(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+) -> None:
+    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    report = outbox.drain(registry_url, plan, Recording(fail_for="ann"))
+    assert (report.sent, report.failed) == (1, 1)
+    assert rows(registry)["ann"] == ("failed", "SendGrid answered 400: bad recipient")
+    assert outbox.retry_failed(registry) == 1
+    assert outbox.drain(registry_url, plan, Recording()).sent == 1
+    assert rows(registry)["ann"] == ("sent", None)
+
+
+def test_a_misconfigured_sender_stops_the_drain_and_loses_nothing(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+) -> None:
+    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    with pytest.raises(RolloutError, match="answered 401"):
+        outbox.drain(registry_url, plan, Recording(misconfigured=True))
+    assert rows(registry)["ann"] == ("queued", None)
+    assert outbox.drain(registry_url, plan, Recording()).sent == 2
+
+
+def test_the_file_outbox_writes_one_eml_per_message(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int], tmp_path: Path
+) -> None:
+    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    outbox.drain(registry_url, plan, FileSender(tmp_path / "outbox"))
+    files = sorted(p.name for p in (tmp_path / "outbox").glob("*.eml"))
+    assert len(files) == 2 and all(name.endswith("-phase_notice.eml") for name in files)
+
+
+# --- against the local SendGrid server -----------------------------------------------
+
+
+def _many(registry: Engine, count: int) -> None:
+    """``count`` more accounts without 2FA in the top-100 cohort."""
+    with session_scope(registry) as session:
+        extra = [
+            Account(
+                username=f"user{i:04d}",
+                email=f"user{i:04d}@example.com",
+                email_verified=True,
+                created_at=T0,
+            )
+            for i in range(count)
+        ]
+        session.add_all(extra)
+        session.flush()
+        session.add_all(
+            CohortMembership(
+                cohort="top-100",
+                account_id=a.id,
+                packages=["zeta-pkg"],
+                first_qualified_on=date(2022, 1, 3),
+                last_qualified_on=date(2022, 1, 3),
+            )
+            for a in extra
+        )
+
+
+def _delivered(server: DevSendGrid) -> Counter[int]:
+    return Counter(int(m["body"]["custom_args"]["outbox_id"]) for m in server.messages)
+
+
+def test_the_fault_matrix_ends_with_each_message_sent_once_or_failed_with_its_reason(
+    registry: Engine,
+    registry_url: str,
+    plan: Plan,
+    ids: dict[str, int],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _many(registry, 4)
+    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")  # ann, ben + 4
+    waits: list[float] = []
+    with DevSendGrid(api_key=KEY) as server, caplog.at_level(logging.DEBUG):
+        # In order, one at a time: the first message meets a 429, a 500, a stall past
+        # the timeout and a dropped connection before it gets through; the second is
+        # refused outright with a 400.
+        server.script(
+            [
+                {"status": 429, "retry_after": 2},
+                {"status": 500},
+                {"stall": 1.5, "status": 503},
+                {"drop": True},
+                {"status": 400},
+            ]
+        )
+        sender = SendGridSender(KEY, server.url, timeout=0.5, max_attempts=5, sleep=waits.append)
+        report = outbox.drain(registry_url, plan, sender, concurrency=1)
+        delivered = _delivered(server)
+    assert (report.sent, report.failed) == (5, 1)
+    assert waits[0] == 2  # Retry-After honoured
+    with registry.connect() as connection:
+        states = connection.execute(
+            select(Notification.id, Notification.state, Notification.error, Notification.attempts)
+            .where(Notification.state != "skipped")
+            .order_by(Notification.id)
+        ).all()
+    [failed] = [s for s in states if s.state == "failed"]
+    assert "400" in failed.error and failed.id not in delivered
+    assert {s.id for s in states if s.state == "sent"} == set(delivered)
+    assert set(delivered.values()) == {1}  # nothing twice
+    # The key never shows: not in the ledger, the logs or the report.
+    assert KEY not in caplog.text and KEY not in repr(report)
+    assert all(KEY not in (s.error or "") for s in states)
+
+
+DRAIN_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from rollout.notify.outbox import drain
+    from rollout.notify.senders import SendGridSender
+    from rollout.plan import load_plan
+    url, server, key, plan = sys.argv[1:5]
+    drain(url, load_plan(plan), SendGridSender(key, server, timeout=5), concurrency=4)
+    """
+)
+
+
+def test_a_killed_drain_resends_at_most_what_was_in_flight(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+) -> None:
+    _many(registry, 60)
+    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    with DevSendGrid(api_key=KEY) as server:
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                DRAIN_SCRIPT,
+                registry_url,
+                server.url,
+                KEY,
+                str(ROOT / "plans" / "npm-2022.yaml"),
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        deadline = time.monotonic() + 60
+        while len(server.messages) < 20 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        first = _delivered(server)
+        assert 20 <= sum(first.values()) < 62, "the kill should land mid-drain"
+        report = outbox.drain(registry_url, plan, SendGridSender(KEY, server.url, timeout=5))
+        delivered = _delivered(server)
+    assert report.resumed <= 4
+    with registry.connect() as connection:
+        sent = connection.execute(select(Notification.id).where(Notification.state == "sent")).all()
+    assert len(sent) == 62 and set(delivered) == {row.id for row in sent}  # none lost
+    twice = [i for i, n in delivered.items() if n > 1]
+    assert len(twice) <= 4  # at most the in-flight handful, never a batch
+    assert max(delivered.values()) <= 2
+
+
+def test_rows_left_in_flight_are_sent_again_by_the_next_drain(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+) -> None:
+    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    with registry.begin() as connection:
+        connection.execute(
+            update(Notification)
+            .where(Notification.account_id == ids["ann"])
+            .values(state="sending")
+        )
+    report = outbox.drain(registry_url, plan, Recording())
+    assert (report.resumed, report.sent) == (1, 2)
