@@ -211,6 +211,13 @@ def test_an_org_summary_with_one_removed_member_is_grammatical(plan: Plan) -> No
     assert "1 members" not in rendered.subject + rendered.text + rendered.html
 
 
+def test_a_phase_summary_with_one_flagged_account_is_grammatical(plan: Plan) -> None:
+    manager = EXAMPLE_RECIPIENTS["compliant"]
+    stored = {**example_stored("phase_summary", plan), "counts": {"accounts_flagged": 1}}
+    subject = render("phase_summary", manager, stored, plan).subject
+    assert "1 account now required" in subject
+
+
 # --- templates and declarations ---------------------------------------------------------
 
 
@@ -414,7 +421,9 @@ def test_the_text_part_has_no_html_and_the_html_part_is_a_full_document(
     name: str, variant: str, plan: Plan
 ) -> None:
     rendered = render_example(name, variant, plan)
-    help_url = plan.notifications.help_url
+    # Maintainers are pointed at the 2FA help; release managers at the report.
+    n = plan.notifications
+    help_url = n.report_url if name == "phase_summary" else n.help_url
 
     assert not re.search(r"</?[A-Za-z][^>]*>|&(?:lt|gt|amp|#\d+);", rendered.text)
     assert help_url in rendered.text

@@ -51,6 +51,8 @@ def environment() -> Environment:
         undefined=StrictUndefined,
         autoescape=select_autoescape(enabled_extensions=("html",), default=False),
         keep_trailing_newline=True,
+        # Templates ship with the code: no stat() of three files per email sent.
+        auto_reload=False,
         trim_blocks=True,
         lstrip_blocks=True,
     )
