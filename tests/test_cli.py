@@ -187,3 +187,63 @@ def test_brownouts_and_elv_from_the_command_line(rollout_home: Path) -> None:
     assert "preview only" in run("elv", "enroll-all").stderr
     enrolled = run("elv", "enroll-all", "--apply")
     assert enrolled.exit_code == 0 and "enrolled 700 accounts" in enrolled.stderr
+
+
+def _tiny_with_cohorts(day: str = "2022-01-03") -> None:
+    run("sample", "--scale", "tiny", "--seed", "3")
+    run("ingest")
+    run("metrics", "--as-of", day)
+    assert run("cohorts", "build", "--as-of", day, "--allow-gaps").exit_code == 0
+
+
+def test_plan_show_lists_the_timeline_with_states(rollout_home: Path) -> None:
+    _tiny_with_cohorts()
+    run("phase", "preview", "top-100")
+    shown = run("plan", "show", "--format", "json")
+    assert shown.exit_code == 0, shown.stderr
+    steps = {s["step"]: s for s in json.loads(shown.stdout)}
+    assert steps["phase top-100 enforced"]["state"] == "previewed"
+    assert steps["cohort top-100 fixed for phase top-100"]["state"] == "applied"
+    assert steps["phase high-impact enforced"]["state"] == "pending"
+    assert [s["on"] for s in steps.values()] == sorted(s["on"] for s in steps.values())
+    assert run("plan", "show", "--at", "yesterday").exit_code == 2
+
+
+def test_notify_queues_previews_first_then_sends_to_the_file_outbox(rollout_home: Path) -> None:
+    _tiny_with_cohorts()
+    preview = run("notify", "queue", "--as-of", "2022-01-04", "--format", "json")
+    assert preview.exit_code == 0 and "preview only" in preview.stderr
+    [due] = json.loads(preview.stdout)
+    assert due["email"] == "phase_notice" and due["new"] == due["audience"] > 0
+    assert json.loads(run("notify", "status", "--format", "json").stdout) == []
+    queued = run("notify", "queue", "--as-of", "2022-01-04", "--apply", "--format", "json")
+    assert json.loads(queued.stdout)[0]["new"] == due["new"]
+    counted = run("notify", "send")
+    assert counted.exit_code == 0 and "preview only" in counted.stderr
+    sent = run("notify", "send", "--apply")
+    assert sent.exit_code == 0, sent.stderr
+    status = json.loads(run("notify", "status", "--format", "json").stdout)
+    by_state = {(r["state"], r["reason"]): r["count"] for r in status}
+    assert sum(by_state.values()) == due["new"]
+    emls = list((rollout_home / "outbox").glob("*.eml"))
+    assert len(emls) == by_state[("sent", "")]
+    again = run("notify", "queue", "--as-of", "2022-01-04", "--apply", "--format", "json")
+    assert json.loads(again.stdout)[0]["new"] == 0
+
+
+def test_notify_preview_renders_every_email(rollout_home: Path) -> None:
+    run("db", "upgrade")
+    result = run("notify", "preview")
+    assert result.exit_code == 0, result.stderr
+    files = {Path(line).name for line in result.stdout.split()}
+    assert "phase_notice-compliant.html" in files and "reminder-non-compliant.txt" in files
+    assert "reminder-compliant.txt" not in files  # a compliant account gets no reminder
+    assert run("notify", "preview", "no_such_email").exit_code == 2
+
+
+def test_notify_suppress_is_idempotent(rollout_home: Path) -> None:
+    run("db", "upgrade")
+    first = run("notify", "suppress", "Someone@Example.com", "--reason", "hard bounce")
+    assert first.exit_code == 0 and "suppressed" in first.stderr
+    again = run("notify", "suppress", "someone@example.com", "--reason", "again")
+    assert "already suppressed" in again.stderr
