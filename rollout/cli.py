@@ -91,8 +91,13 @@ def db_upgrade() -> None:
 
     settings = _settings()
     engine = make_engine(settings.registry_url)
-    migrate.upgrade(engine)
-    stderr.print(f"registry at revision {migrate.current_revision(engine)}")
+    try:
+        migrate.upgrade(engine)
+        stderr.print(f"registry at revision {migrate.current_revision(engine)}")
+    finally:
+        # A pooled connection left for the garbage collector would still be open
+        # when `sample` writes the same SQLite file through ADBC, in this process.
+        engine.dispose()
 
 
 @db_app.command("status")
@@ -104,7 +109,10 @@ def db_status(fmt: FormatOption = Format.table) -> None:
 
     settings = _settings()
     engine = make_engine(settings.registry_url)
-    current, head = migrate.current_revision(engine), migrate.head_revision()
+    try:
+        current, head = migrate.current_revision(engine), migrate.head_revision()
+    finally:
+        engine.dispose()
     emit_record(
         {
             "registry": engine.url.render_as_string(hide_password=True),
@@ -962,6 +970,49 @@ def notify_suppress(
         added = suppress(engine, address, reason=reason, actor=settings.actor)
     stderr.print(
         f"{address}: " + ("suppressed" if added else "was already suppressed"), highlight=False
+    )
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+
+@app.command()
+@reports_errors
+def demo(
+    start: Annotated[str, typer.Option(help="First day of the calendar.")] = "2021-12-01",
+    end: Annotated[str, typer.Option(help="Last day of the calendar.")] = "2022-05-10",
+    seed: Annotated[int, typer.Option(help="Same seed, same story.")] = 7,
+) -> None:
+    """Run the plan day by day over a simulated calendar on the sample registry.
+
+    Maintainers respond as people do (some enrol after a notice, more after a
+    brown-out, most once enforcement signs them out); emails go to the file outbox.
+    Run `rollout sample` first (its downloads must reach the last cohort day)."""
+    from rollout.story import Story
+
+    settings, plan = _settings(), _plan()
+    first, last = _parse_day(start, "--start"), _parse_day(end, "--end")
+    if last < first:
+        raise RolloutError("--end is before --start").with_exit(EXIT_BAD_INPUT)
+    story = Story(
+        settings, plan, first, last, seed=seed, log=lambda line: stderr.print(line, highlight=False)
+    )
+    report = story.run()
+    emit_record(
+        {
+            "days": (last - first).days + 1,
+            "logins": report.logins,
+            "elv_challenges": report.elv_challenges,
+            "emails_sent": report.emails["sent"],
+            **{f"enforced {phase}": n for phase, n in report.enforced.items()},
+            "sessions_revoked": report.sessions_revoked,
+            "elv_enrolled": report.elv_enrolled,
+            **{f"enrolled after {cause}": n for cause, n in sorted(report.enrolled.items())},
+            "seconds": round(report.seconds, 1),
+            **{f"seconds {job}": round(t, 1) for job, t in report.job_seconds.items()},
+        },
+        Format.table,
+        title=f"the plan from {first} to {last}",
     )
 
 

@@ -7,12 +7,13 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from rollout import clock
 from rollout.registry.models import Action, PlanRun
 
 ACTIONS: Table = Action.__table__  # type: ignore[assignment]
@@ -20,7 +21,8 @@ PLAN_RUNS: Table = PlanRun.__table__  # type: ignore[assignment]
 
 
 def utc_now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    """Now, naive UTC, from the pipeline's clock (real, or the demo's simulated one)."""
+    return clock.utc_now()
 
 
 def dialect_insert(connection: Connection, table: Table) -> Any:

@@ -3,17 +3,22 @@
 Unlike tests/flows (flows called in-process against the test harness), this goes the way
 production does: ``prefect server start``, ``prefect work-pool create``, ``prefect deploy
 --all`` from the repo root, ``prefect deployment run``, then ``prefect worker start
---run-once``, whose flow-run subprocess pulls the code from this checkout through the
-``set_working_directory`` step and ``$ROLLOUT_PROJECT_DIR``.
+--run-once``, whose flow-run subprocess gets to this checkout through the pull step
+(``set_working_directory`` to ``$ROLLOUT_PROJECT_DIR``).
 
-Every Prefect process is a subprocess with an explicit environment: its own
-PREFECT_HOME (and server database) in a temp dir, no inherited PREFECT_* or ROLLOUT_*
-variable. So nothing touches ~/.prefect, the repo's var/, or the in-process harness
-other tests share. Each process starts in a session of its own and carries a marker
-variable its descendants inherit; teardown kills every such session, then any process
-left with the marker (the process worker starts each flow run in a session of its
-own), pass or fail. Server, worker and CLI output go to log files whose tails the
-failure messages quote.
+Everything runs in subprocesses with explicit environments: Prefect gets its own
+PREFECT_HOME (and server database) in a temp dir, and no inherited PREFECT_* or
+ROLLOUT_* variable reaches any of them. So nothing touches ~/.prefect, the repo's var/,
+or the in-process harness other tests share. The home is prepared with the ``rollout``
+CLI, one process per command as an operator would, and read back in subprocesses too:
+this process never opens its SQLite registry (in-process, a pooled connection left
+open by one command next to ADBC's own SQLite copy can corrupt it: see
+rollout/registry/bulk.py).
+
+Each process starts in a session of its own and carries a marker variable its
+descendants inherit; teardown kills every such session, then any process still
+carrying the marker (the process worker starts each flow run in a session of its own),
+pass or fail. Output goes to log files whose tails the failure messages quote.
 """
 
 from __future__ import annotations
@@ -24,13 +29,12 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import closing, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,13 +42,6 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from typer.testing import CliRunner
-
-from rollout.cli import app
-from rollout.config import load_settings
-from rollout.enforce import preview_phase
-from rollout.plan import load_plan
-from rollout.registry.migrate import open_registry
 
 pytestmark = pytest.mark.slow
 
@@ -55,12 +52,36 @@ POOL = "rollout-process"
 DAY = "2022-02-01"
 PHASE = "top-100"
 PREFECT = [sys.executable, "-m", "prefect"]
+ROLLOUT = [sys.executable, "-m", "rollout"]
 MARKER = "ROLLOUT_TEST_E2E_ID"  # inherited by every process this module starts
 
 SERVER_STARTUP_SECONDS = 120
 COMMAND_SECONDS = 120
 WORKER_SECONDS = 180
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+# Read in a subprocess: what the preview should find, and what the ledger recorded.
+EXPECTED_COUNT = """
+from rollout.config import load_settings
+from rollout.enforce import preview_phase
+from rollout.plan import load_plan
+from rollout.registry.migrate import open_registry
+
+settings = load_settings()
+plan = load_plan(settings.plan_path)
+with open_registry(settings.registry_url) as engine:
+    print(preview_phase(engine, plan, plan.phase(%r)).count)
+"""
+LEDGER = """
+import json, sqlite3, sys
+from contextlib import closing
+
+with closing(sqlite3.connect(sys.argv[1])) as connection:
+    rows = connection.execute(
+        "select id, mode, state, actor from plan_runs where step = ?", (sys.argv[2],)
+    ).fetchall()
+print(json.dumps(rows))
+"""
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -77,7 +98,7 @@ def free_port() -> int:
 
 
 def marked_pids(marker: str) -> list[int]:
-    """Live processes carrying this module's marker (Linux /proc; elsewhere none found)."""
+    """Live processes carrying this marker (Linux /proc; elsewhere none are found)."""
     needle = f"{MARKER}={marker}".encode()
     found = []
     for entry in Path("/proc").glob("[0-9]*"):
@@ -89,25 +110,34 @@ def marked_pids(marker: str) -> list[int]:
     return [pid for pid in found if pid != os.getpid()]
 
 
+def kill_group(process: subprocess.Popen[bytes], grace: float = 10) -> None:
+    """SIGTERM the process's session, then SIGKILL whatever is left of it."""
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace)
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace)
+
+
 @dataclass
-class Prefect:
-    """A Prefect server, and the CLI and worker processes run against it."""
+class Processes:
+    """The processes this module starts, their logs, and the one Prefect server's address."""
 
     dir: Path
-    port: int = field(default_factory=free_port)
     marker: str = field(default_factory=lambda: uuid.uuid4().hex)
-    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
-    @property
-    def home(self) -> Path:
-        return self.dir / "prefect-home"
-
     def env(self, **extra: str) -> dict[str, str]:
-        """The outer environment (PATH...), minus anything Prefect or rollout would read."""
+        """The outer environment (PATH...) minus what Prefect or rollout would read, plus
+        this module's Prefect settings and ``extra``."""
         env = {
             name: value
             for name, value in os.environ.items()
@@ -116,7 +146,7 @@ class Prefect:
         }
         env.update(
             {
-                "PREFECT_HOME": str(self.home),
+                "PREFECT_HOME": str(self.dir / "prefect-home"),
                 "PREFECT_API_URL": self.api_url,
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                 "DO_NOT_TRACK": "1",
@@ -131,10 +161,9 @@ class Prefect:
 
     def start(
         self, name: str, args: list[str], env: dict[str, str], cwd: Path
-    ) -> tuple[subprocess.Popen[bytes], Path]:
-        """A process in a session of its own, its output (both streams) in ``<name>.log``."""
-        log = self.dir / f"{name}.log"
-        with log.open("wb") as out:
+    ) -> subprocess.Popen[bytes]:
+        """A process in a session of its own, both its streams in ``<name>.log``."""
+        with (self.dir / f"{name}.log").open("wb") as out:
             process = subprocess.Popen(
                 args,
                 env=env,
@@ -145,47 +174,38 @@ class Prefect:
                 start_new_session=True,
             )
         self.started.append(process)
-        return process, log
+        return process
 
-    def run(self, name: str, *args: str, cwd: Path | None = None, **env: str) -> str:
-        """A CLI command to completion; fails the test (with its output) unless it exits 0."""
-        process, log = self.start(name, [*PREFECT, *args], self.env(**env), cwd or self.dir)
+    def run(self, name: str, args: list[str], env: dict[str, str], cwd: Path | None = None) -> str:
+        """A command to completion; fails the test (with its output) unless it exits 0."""
+        process = self.start(name, args, env, cwd or self.dir)
+        log = self.dir / f"{name}.log"
         try:
             code = process.wait(timeout=COMMAND_SECONDS)
         except subprocess.TimeoutExpired:
-            self.kill_group(process)
+            kill_group(process)
             pytest.fail(
-                f"`prefect {' '.join(args)}` still running after {COMMAND_SECONDS} s\n"
+                f"`{' '.join(args[2:])}` still running after {COMMAND_SECONDS} s\n"
                 + self.diagnostics(log)
             )
         if code != 0:
-            pytest.fail(f"`prefect {' '.join(args)}` exited {code}\n" + self.diagnostics(log))
+            pytest.fail(f"`{' '.join(args[2:])}` exited {code}\n" + self.diagnostics(log))
         return log.read_text(errors="replace")
 
     def diagnostics(self, *logs: Path) -> str:
-        """What a CI failure needs to be understood: the tails of the server's and the
-        worker's logs (the flow run logs there too), and of any other log given."""
-        parts = [tail(self.dir / "server.log", 30), *(tail(log) for log in logs)]
+        """What a CI failure needs: the tails of the server's log, of ``logs``, and of
+        the worker's log (flow runs log there too)."""
+        parts = [tail(log) for log in logs]
+        if (server := self.dir / "server.log").exists():
+            parts.insert(0, tail(server, 30))
         if (worker := self.dir / "worker.log").exists():
             parts.append(tail(worker, 80))
         return "\n".join(parts)
 
-    @staticmethod
-    def kill_group(process: subprocess.Popen[bytes], grace: float = 10) -> None:
-        """SIGTERM the process's group, then SIGKILL whatever is left of it."""
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=grace)
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        with suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=grace)
-
     def stop_all(self) -> list[int]:
-        """Kill everything started here; returns what was still alive after that."""
+        """Kill everything started here; returns what is still alive after that."""
         for process in reversed(self.started):
-            self.kill_group(process)
+            kill_group(process)
         for pid in marked_pids(self.marker):  # e.g. a flow run in its own session
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -194,9 +214,8 @@ class Prefect:
             time.sleep(0.2)
         return left
 
-    # --- the REST API ---------------------------------------------------------------
-
     def api(self, method: str, path: str, body: Any = None) -> Any:
+        """The server's REST API (no in-process Prefect client: its settings are global)."""
         response = httpx.request(method, self.api_url + path, json=body, timeout=30)
         assert response.is_success, (
             f"{method} {path}: {response.status_code} {response.text}\n{self.diagnostics()}"
@@ -204,40 +223,42 @@ class Prefect:
         return response.json()
 
 
+@pytest.fixture(scope="module")
+def processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    processes = Processes(tmp_path_factory.mktemp("e2e"))
+    (processes.dir / "prefect-home").mkdir()
+    try:
+        yield processes
+    finally:
+        left = processes.stop_all()
+    assert not left, f"processes left running after teardown: {left}"
+
+
 @dataclass
 class Home:
     path: Path
+    env: dict[str, str] = field(repr=False)
     expected_count: int
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Home:
+def home(processes: Processes) -> Home:
     """ROLLOUT_HOME with the tiny sample ingested, metrics and cohorts built for DAY."""
-    path = tmp_path_factory.mktemp("e2e-rollout") / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith("ROLLOUT_") and not name.startswith("ROLLOUT_TEST_"):
-                mp.delenv(name)
-        mp.delenv("SENDGRID_API_KEY", raising=False)
-        mp.setenv("ROLLOUT_HOME", str(path))
-        mp.setenv("ROLLOUT_PLAN", str(PLAN))
-        for command in (
-            ["db", "upgrade"],
-            ["sample", "--scale", "tiny", "--seed", "7", "--replace"],
-            ["ingest"],
-            ["metrics", "--as-of", DAY],
-            ["cohorts", "build", "--as-of", DAY],
-        ):
-            result = CliRunner().invoke(app, command)
-            assert result.exit_code == 0, (command, result.output, result.exception)
-        # What the worker's run should find: computed here, read-only, in-process.
-        settings = load_settings()
-        plan = load_plan(settings.plan_path)
-        with open_registry(settings.registry_url) as engine:
-            count = preview_phase(engine, plan, plan.phase(PHASE)).count
+    path = processes.dir / "rollout-home"
+    env = processes.env(ROLLOUT_HOME=str(path), ROLLOUT_PLAN=str(PLAN))
+    for name, *command in (
+        ("db-upgrade", "db", "upgrade"),
+        ("sample", "sample", "--scale", "tiny", "--seed", "7", "--replace"),
+        ("ingest", "ingest"),
+        ("metrics", "metrics", "--as-of", DAY),
+        ("cohorts", "cohorts", "build", "--as-of", DAY),
+    ):
+        processes.run(f"rollout-{name}", [*ROLLOUT, *command], env)
+    out = processes.run("expected-count", [sys.executable, "-c", EXPECTED_COUNT % PHASE], env)
+    count = int(out.strip().splitlines()[-1])
     assert count > 0, f"the {PHASE} cohort has no account without 2FA to preview"
     assert not (path / "reports" / "previews").exists()
-    return Home(path, count)
+    return Home(path, env, count)
 
 
 def checkout_state() -> tuple[list[str], str]:
@@ -250,7 +271,6 @@ def checkout_state() -> tuple[list[str], str]:
 
 @dataclass
 class Deployed:
-    prefect: Prefect
     before: tuple[list[str], str] = field(repr=False)
     after: tuple[list[str], str] = field(repr=False)
     # By deployment name, each with a "flow_name" added.
@@ -258,54 +278,57 @@ class Deployed:
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
-    """A fresh server, the work pool, and `prefect deploy --all` from the repo root."""
-    prefect = Prefect(tmp_path_factory.mktemp("e2e-prefect"))
-    prefect.home.mkdir()
-    try:
-        server, _ = prefect.start(
-            "server",
-            [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(prefect.port)],
-            prefect.env(
-                PREFECT_SERVER_DATABASE_CONNECTION_URL=(
-                    f"sqlite+aiosqlite:///{prefect.home / 'server.db'}"
-                ),
-                # No scheduler: the daily deployment's cron runs must never reach the
-                # worker (at 02:29:50 UTC one would be due within its prefetch window).
-                PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
-                PREFECT_UI_ENABLED="false",
+def server(processes: Processes) -> subprocess.Popen[bytes]:
+    """`prefect server start`, not waited for: it boots while the home is prepared."""
+    return processes.start(
+        "server",
+        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(processes.port)],
+        processes.env(
+            PREFECT_SERVER_DATABASE_CONNECTION_URL=(
+                f"sqlite+aiosqlite:///{processes.dir / 'prefect-home' / 'server.db'}"
             ),
-            prefect.dir,
-        )
-        deadline = time.monotonic() + SERVER_STARTUP_SECONDS
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"the server exited {server.returncode}\n" + prefect.diagnostics())
-            try:
-                if httpx.get(prefect.api_url + "/health", timeout=2).is_success:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"no /api/health after {SERVER_STARTUP_SECONDS} s\n" + prefect.diagnostics()
-                )
-            time.sleep(0.25)
+            # No scheduler: the daily deployment's cron runs must never reach the worker
+            # (at 02:29:55 UTC one would be due within its prefetch window).
+            PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
+            PREFECT_UI_ENABLED="false",
+        ),
+        processes.dir,
+    )
 
-        prefect.run("work-pool-create", "work-pool", "create", POOL, "--type", "process")
-        before = checkout_state()
-        prefect.run("deploy", "--no-prompt", "deploy", "--all", cwd=ROOT)
-        after = checkout_state()
 
-        flows = {f["id"]: f["name"] for f in prefect.api("POST", "/flows/filter", {})}
-        deployments = {}
-        for deployment in prefect.api("POST", "/deployments/filter", {}):
-            deployment["flow_name"] = flows[deployment["flow_id"]]
-            deployments[deployment["name"]] = deployment
-        yield Deployed(prefect, before, after, deployments)
-    finally:
-        left = prefect.stop_all()
-    assert not left, f"processes left running after teardown: {left}"
+@pytest.fixture(scope="module")
+def deployed(processes: Processes, server: subprocess.Popen[bytes], home: Home) -> Deployed:
+    """The server up, the work pool, and `prefect deploy --all` from the repo root.
+
+    (``home`` only so that it is prepared while the server boots.)
+    """
+    deadline = time.monotonic() + SERVER_STARTUP_SECONDS
+    while True:
+        if server.poll() is not None:
+            pytest.fail(f"the server exited {server.returncode}\n" + processes.diagnostics())
+        with suppress(httpx.TransportError):
+            if httpx.get(processes.api_url + "/health", timeout=2).is_success:
+                break
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"no /api/health after {SERVER_STARTUP_SECONDS} s\n" + processes.diagnostics()
+            )
+        time.sleep(0.25)
+
+    env = processes.env()
+    processes.run(
+        "work-pool-create", [*PREFECT, "work-pool", "create", POOL, "--type", "process"], env
+    )
+    before = checkout_state()
+    processes.run("deploy", [*PREFECT, "--no-prompt", "deploy", "--all"], env, cwd=ROOT)
+    after = checkout_state()
+
+    flows = {f["id"]: f["name"] for f in processes.api("POST", "/flows/filter", {})}
+    deployments = {}
+    for deployment in processes.api("POST", "/deployments/filter", {}):
+        deployment["flow_name"] = flows[deployment["flow_id"]]
+        deployments[deployment["name"]] = deployment
+    return Deployed(before, after, deployments)
 
 
 @dataclass
@@ -315,45 +338,35 @@ class PreviewRun:
 
 
 @pytest.fixture(scope="module")
-def preview_run(deployed: Deployed, home: Home) -> PreviewRun:
+def preview_run(processes: Processes, deployed: Deployed, home: Home) -> PreviewRun:
     """`prefect deployment run phase-preview/phase-preview`, then one worker pass."""
-    prefect = deployed.prefect
-    prefect.run(
+    processes.run(
         "deployment-run",
-        "deployment",
-        "run",
-        "phase-preview/phase-preview",
-        "--param",
-        f"phase={PHASE}",
+        [*PREFECT, "deployment", "run", "phase-preview/phase-preview", "--param", f"phase={PHASE}"],
+        processes.env(),
     )
     deployment_id = deployed.deployments["phase-preview"]["id"]
-    runs = prefect.api(
-        "POST",
-        "/flow_runs/filter",
-        {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}},
+    runs = processes.api(
+        "POST", "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}}
     )
     assert len(runs) == 1, runs
-    worker, _ = prefect.start(
+    worker = processes.start(
         "worker",
         [*PREFECT, "worker", "start", "--pool", POOL, "--run-once"],
-        prefect.env(
-            ROLLOUT_PROJECT_DIR=str(ROOT),
-            ROLLOUT_HOME=str(home.path),
-            ROLLOUT_PLAN=str(PLAN),
-        ),
-        prefect.dir,  # not the checkout: the pull step must get the run there
+        {**home.env, "ROLLOUT_PROJECT_DIR": str(ROOT)},
+        processes.dir,  # not the checkout: the pull step must take the run there
     )
     try:
         code = worker.wait(timeout=WORKER_SECONDS)
     except subprocess.TimeoutExpired:
-        prefect.kill_group(worker)
-        pytest.fail(f"the worker still ran after {WORKER_SECONDS} s\n" + prefect.diagnostics())
+        kill_group(worker)
+        pytest.fail(f"the worker still ran after {WORKER_SECONDS} s\n" + processes.diagnostics())
     # The worker waits for the runs it submitted; allow a last state write to land.
     deadline = time.monotonic() + 10
-    flow_run = prefect.api("GET", f"/flow_runs/{runs[0]['id']}")
-    while flow_run["state_type"] not in FINAL and time.monotonic() < deadline:
+    flow_run = processes.api("GET", f"/flow_runs/{runs[0]['id']}")
+    while flow_run["state_type"] not in FINAL_STATES and time.monotonic() < deadline:
         time.sleep(0.5)
-        flow_run = prefect.api("GET", f"/flow_runs/{runs[0]['id']}")
+        flow_run = processes.api("GET", f"/flow_runs/{runs[0]['id']}")
     return PreviewRun(flow_run, code)
 
 
@@ -375,7 +388,9 @@ def schedules(listed: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     return sorted(found)
 
 
-def test_deploy_creates_every_deployment_of_prefect_yaml(deployed: Deployed) -> None:
+def test_deploy_creates_every_deployment_of_prefect_yaml(
+    processes: Processes, deployed: Deployed
+) -> None:
     assert set(deployed.deployments) == {d["name"] for d in CONFIG["deployments"]}
     for expected in CONFIG["deployments"]:
         created = deployed.deployments[expected["name"]]
@@ -386,9 +401,9 @@ def test_deploy_creates_every_deployment_of_prefect_yaml(deployed: Deployed) -> 
         assert set(created["tags"]) == set(expected["tags"]), where
         assert created["parameters"] == (expected.get("parameters") or {}), where
         assert schedules(created["schedules"]) == schedules(expected.get("schedules") or []), where
-    # Each one answers to the flow/deployment name operators type.
+    # Each answers to the flow/deployment name operators type.
     for name, created in deployed.deployments.items():
-        found = deployed.prefect.api("GET", f"/deployments/name/{created['flow_name']}/{name}")
+        found = processes.api("GET", f"/deployments/name/{created['flow_name']}/{name}")
         assert found["id"] == created["id"]
 
 
@@ -402,24 +417,24 @@ def test_deploy_writes_nothing_in_the_checkout(deployed: Deployed) -> None:
 # --- a run on a worker ---------------------------------------------------------------
 
 
-def test_the_preview_run_completes_on_a_worker(deployed: Deployed, preview_run: PreviewRun) -> None:
+def test_the_preview_run_completes_on_a_worker(
+    processes: Processes, preview_run: PreviewRun
+) -> None:
     flow_run = preview_run.flow_run
     assert flow_run["state_type"] == "COMPLETED", (
         f"flow run {flow_run['name']} is {flow_run['state_type']}: "
-        f"{(flow_run.get('state') or {}).get('message')}\n{deployed.prefect.diagnostics()}"
+        f"{(flow_run.get('state') or {}).get('message')}\n{processes.diagnostics()}"
     )
     assert flow_run["parameters"] == {"phase": PHASE}
-    assert preview_run.worker_exit == 0, deployed.prefect.diagnostics()
+    assert preview_run.worker_exit == 0, processes.diagnostics()
 
 
 def test_its_artifact_names_the_account_count(
-    deployed: Deployed, preview_run: PreviewRun, home: Home
+    processes: Processes, preview_run: PreviewRun, home: Home
 ) -> None:
     key = f"phase-preview-{PHASE}"
-    artifacts = deployed.prefect.api(
-        "POST", "/artifacts/filter", {"artifacts": {"key": {"any_": [key]}}}
-    )
-    assert len(artifacts) == 1, f"artifacts {key}: {artifacts}\n{deployed.prefect.diagnostics()}"
+    artifacts = processes.api("POST", "/artifacts/filter", {"artifacts": {"key": {"any_": [key]}}})
+    assert len(artifacts) == 1, f"artifacts {key}: {artifacts}\n{processes.diagnostics()}"
     [artifact] = artifacts
     assert artifact["type"] == "markdown"
     assert artifact["flow_run_id"] == preview_run.flow_run["id"]
@@ -429,18 +444,24 @@ def test_its_artifact_names_the_account_count(
 
 
 def test_it_writes_the_csv_and_records_the_preview(
-    deployed: Deployed, preview_run: PreviewRun, home: Home
+    processes: Processes, preview_run: PreviewRun, home: Home
 ) -> None:
     previews = home.path / "reports" / "previews"
     csvs = sorted(previews.glob(f"{PHASE}-*.csv")) if previews.exists() else []
-    assert len(csvs) == 1, f"{previews}: {csvs}\n{deployed.prefect.diagnostics()}"
+    assert len(csvs) == 1, f"{previews}: {csvs}\n{processes.diagnostics()}"
     with csvs[0].open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == home.expected_count
-    assert {row["already_required"] for row in rows} <= {"False", "True"}
-    # The registry's ledger names the Prefect run as the actor.
-    with closing(sqlite3.connect(home.path / "registry.db")) as connection:
-        recorded = connection.execute(
-            "select mode, state, actor from plan_runs where step = ?", (f"phase {PHASE}",)
-        ).fetchall()
-    assert recorded == [("preview", "succeeded", f"prefect/{preview_run.flow_run['name']}")]
+    # The registry's ledger records the preview, with the Prefect run as its actor.
+    out = processes.run(
+        "ledger",
+        [sys.executable, "-c", LEDGER, str(home.path / "registry.db"), f"phase {PHASE}"],
+        home.env,
+    )
+    [[run_id, mode, state, actor]] = json.loads(out.strip().splitlines()[-1])
+    assert (mode, state, actor) == (
+        "preview",
+        "succeeded",
+        f"prefect/{preview_run.flow_run['name']}",
+    )
+    assert run_id[:8] in csvs[0].name

@@ -1,0 +1,141 @@
+"""The adoption marts: what the report, the notebooks and analysts read.
+
+``build_adoption`` rebuilds every table of ``ADOPTION_TABLES`` from the extracted
+registry (``registry.*``) and the login events (``stg_logins``), one model under
+``sql/marts/`` each, as docs/adoption-marts.md specifies. All of them are replaced in
+one transaction: a failing model leaves the previous tables as they were.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import duckdb
+
+from rollout import warehouse
+from rollout.errors import RolloutError
+from rollout.plan import Plan
+
+# In the order a reader meets them: the daily curve, then its breakdowns and causes.
+ADOPTION_TABLES: tuple[str, ...] = (
+    "adoption_daily",
+    "adoption_by_org",
+    "compliance_funnel",
+    "time_to_comply",
+    "brownout_impact",
+    "token_readiness",
+    "ledger_activity",
+)
+
+# The daily series starts this long before the plan's first milestone.
+LEAD_DAYS = 14
+
+_PARAMETER = re.compile(r"\$([a-z_]+)")
+_REGISTRY_TABLE = re.compile(r"\bregistry\.([a-z_]+)")
+
+
+@dataclass(frozen=True)
+class AdoptionSummary:
+    as_of: date
+    since: date
+    rows: dict[str, int]  # table name -> rows, in ADOPTION_TABLES order
+    seconds: float
+
+
+def adoption_since(plan: Plan) -> date:
+    """The first day of adoption_daily: the plan's first milestone (a notice, an
+    enforcement, a brown-out, everyone's ELV enrolment) minus ``LEAD_DAYS``, or the
+    ELV trial's start when that is earlier."""
+    milestones = [plan.elv.enroll_all_on]
+    milestones += [day for phase in plan.phases for day in (phase.notice_on, phase.enforce_on)]
+    milestones += [brownout.starts_at.date() for brownout in plan.brownouts]
+    since = min(milestones) - timedelta(days=LEAD_DAYS)
+    if plan.elv.trial is not None:
+        since = min(since, plan.elv.trial.starts)
+    return since
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    """Every time in the warehouse is naive UTC; a plan may give an offset."""
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _create_plan_tables(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
+    con.execute(
+        "create or replace temp table plan_phases "
+        "(phase varchar, cohort varchar, notice_on date, enforce_on date)"
+    )
+    for phase in plan.phases:
+        con.execute(
+            "insert into plan_phases values ($phase, $cohort, $notice_on, $enforce_on)",
+            {
+                "phase": phase.name,
+                "cohort": phase.cohort,
+                "notice_on": phase.notice_on,
+                "enforce_on": phase.enforce_on,
+            },
+        )
+    con.execute(
+        "create or replace temp table plan_brownouts "
+        "(name varchar, starts_at timestamp, ends_at timestamp)"
+    )
+    for brownout in plan.brownouts:
+        con.execute(
+            "insert into plan_brownouts values ($name, $starts_at, $ends_at)",
+            {
+                "name": brownout.name,
+                "starts_at": _naive_utc(brownout.starts_at),
+                "ends_at": _naive_utc(brownout.ends_at),
+            },
+        )
+
+
+def _drop_plan_tables(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("drop table if exists plan_phases")
+    con.execute("drop table if exists plan_brownouts")
+
+
+def _require_registry(con: duckdb.DuckDBPyConnection, models: dict[str, str]) -> None:
+    needed = sorted({t for sql in models.values() for t in _REGISTRY_TABLE.findall(sql)})
+    present = {
+        row[0]
+        for row in con.execute(
+            "select table_name from information_schema.tables where table_schema = 'registry'"
+        ).fetchall()
+    }
+    missing = [table for table in needed if table not in present]
+    if missing:
+        raise RolloutError(
+            "the warehouse has no registry extract of "
+            + ", ".join(f"registry.{table}" for table in missing)
+            + ": extract the registry (rollout.extract.extract_registry) before the adoption marts"
+        )
+
+
+def build_adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> AdoptionSummary:
+    """Replace every table of ``ADOPTION_TABLES`` with its model's rows for ``as_of``."""
+    started = time.perf_counter()
+    since = adoption_since(plan)
+    values: dict[str, Any] = {"as_of": as_of, "since": since}
+    models = {name: warehouse.render(f"marts/{name}") for name in ADOPTION_TABLES}
+    _require_registry(con, models)
+    rows: dict[str, int] = {}
+    _create_plan_tables(con, plan)
+    try:
+        with warehouse.transaction(con):
+            for name, sql in models.items():
+                # DuckDB refuses parameters a statement does not use: pass its own.
+                params = {key: values[key] for key in dict.fromkeys(_PARAMETER.findall(sql))}
+                con.execute(f"create or replace table {name} as\n{sql}", params)
+                rows[name] = warehouse.scalar(con, f"select count(*) from {name}")
+    finally:
+        _drop_plan_tables(con)
+    return AdoptionSummary(
+        as_of=as_of, since=since, rows=rows, seconds=time.perf_counter() - started
+    )

@@ -1,0 +1,419 @@
+"""The demo: the reference plan run day by day over a simulated calendar.
+
+Each day the real jobs run under a simulated clock (:mod:`rollout.clock`), at the
+hours a deployment would run them: metrics and cohorts at 02:30, ELV for all at
+00:00 on its day, enforcement at 10:00 on a phase's day (preview, then the
+previewed count typed back), the day's emails at 09:00 to the file outbox. Between
+jobs, maintainers respond (:class:`Responses`): some enrol in 2FA after a notice or a
+reminder, more after being challenged during a brown-out, most once enforcement
+signs them out. Every login is recorded as a landing login event, with the ELV
+challenge the registry would have made, so the warehouse sees what users did.
+
+Before day one the registry is rewound to the calendar's start: 2FA factors the
+sample dated later are held back and re-added on their day (the organic adoption
+the program adds to), and the sample's login events after the start are dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock_time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy import Engine, and_, delete, insert, select
+
+from rollout import brownouts, cohorts, enforce, extract, ingest, metrics, warehouse
+from rollout.clock import SimulatedClock, use_clock
+from rollout.config import Settings
+from rollout.notify import outbox
+from rollout.notify.senders import FileSender
+from rollout.plan import Plan
+from rollout.registry.migrate import open_registry
+from rollout.registry.models import Account, BrownoutWindow, Notification, TfaFactor
+
+ACTOR = "demo"
+STORY_LOGINS = "logins-story.parquet"
+
+
+@dataclass(frozen=True)
+class Responses:
+    """How maintainers respond: daily chances of enrolling in 2FA, and of logging in."""
+
+    login_active: float = 0.06  # accounts that logged in within 90 days of the start
+    login_dormant: float = 0.004
+    after_notice: float = 0.03  # each day in the 14 days after a phase notice
+    after_reminder: float = 0.05  # each day in the 3 days after a reminder
+    after_challenge: float = 0.12  # the day an account meets an ELV challenge
+    at_forced_setup: float = 0.7  # a signed-out account told to set up 2FA at login
+    elv_outcomes: tuple[float, float, float] = (0.8, 0.05, 0.15)  # success, failed, abandoned
+    webauthn_share: float = 0.4
+
+
+@dataclass
+class StoryReport:
+    start: date
+    end: date
+    enrolled: Counter[str] = field(default_factory=Counter)  # by cause
+    emails: Counter[str] = field(default_factory=Counter)  # sent, by email
+    enforced: dict[str, int] = field(default_factory=dict)  # phase -> accounts flagged
+    sessions_revoked: int = 0
+    elv_enrolled: int = 0
+    logins: int = 0
+    elv_challenges: int = 0
+    milestones: list[tuple[date, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    job_seconds: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _People:
+    """The registry's accounts as arrays, kept in step with what the story writes."""
+
+    ids: np.ndarray
+    usernames: list[str]
+    method: np.ndarray  # 0 none, 1 totp, 2 webauthn
+    active: np.ndarray  # logged in within 90 days before the start
+    index: dict[int, int]
+
+
+def calendar(start: date, end: date) -> Iterator[date]:
+    day = start
+    while day <= end:
+        yield day
+        day += timedelta(days=1)
+
+
+def _at(day: date, hour: int, minute: int = 0) -> datetime:
+    return datetime.combine(day, clock_time(hour, minute))
+
+
+# --- rewinding the sample to the start --------------------------------------------------
+
+
+def rewind(engine: Engine, landing_dir: Path, start: date) -> list[dict[str, Any]]:
+    """Hold back the factors dated on or after ``start`` (returned, to re-add on their
+    day) and drop the sample's login events from ``start`` on."""
+    cutoff = _at(start, 0)
+    with engine.begin() as connection:
+        later = [
+            dict(row._mapping)
+            for row in connection.execute(
+                select(TfaFactor.account_id, TfaFactor.kind, TfaFactor.created_at).where(
+                    TfaFactor.created_at >= cutoff
+                )
+            )
+        ]
+        connection.execute(delete(TfaFactor).where(TfaFactor.created_at >= cutoff))
+    for path in sorted((landing_dir / "logins").glob("*.parquet")):
+        if path.name == STORY_LOGINS:
+            path.unlink()
+            continue
+        events = pq.read_table(path)
+        times = events.column("occurred_at").cast(pa.timestamp("us")).to_numpy()
+        keep = times < np.datetime64(cutoff, "us")
+        if not keep.all():
+            pq.write_table(events.filter(pa.array(keep)), path)
+    return later
+
+
+def _people(engine: Engine, start: date) -> _People:
+    with engine.connect() as connection:
+        accounts = connection.execute(
+            select(Account.id, Account.username, Account.last_login_at).order_by(Account.id)
+        ).all()
+        kinds = connection.execute(
+            select(TfaFactor.account_id, TfaFactor.kind).where(TfaFactor.removed_at.is_(None))
+        ).all()
+    ids = np.array([a.id for a in accounts], dtype=np.int64)
+    index = {int(i): n for n, i in enumerate(ids)}
+    method = np.zeros(len(ids), np.int8)
+    for account_id, kind in kinds:
+        n = index[account_id]
+        method[n] = max(method[n], 2 if kind == "webauthn" else 1)
+    recent = _at(start, 0) - timedelta(days=90)
+    active = np.array([a.last_login_at is not None and a.last_login_at >= recent for a in accounts])
+    return _People(ids, [a.username for a in accounts], method, active, index)
+
+
+# --- one day ------------------------------------------------------------------------------
+
+
+class Story:
+    def __init__(
+        self,
+        settings: Settings,
+        plan: Plan,
+        start: date,
+        end: date,
+        *,
+        seed: int = 7,
+        responses: Responses | None = None,
+        cohorts_every: int = 7,
+        log: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.start, self.end = start, end
+        self.rng = np.random.default_rng(seed)
+        self.responses = responses or Responses()
+        self.cohorts_every = cohorts_every
+        self.log = log
+        self.clock = SimulatedClock(_at(start, 0))
+        self.report = StoryReport(start, end)
+        self.sender = FileSender(
+            settings.outbox_dir,
+            from_address=plan.notifications.from_address,
+            from_name=plan.notifications.from_name,
+            clock=lambda: self.clock().replace(tzinfo=UTC),
+        )
+        self.events: list[tuple[datetime, str, str, str]] = []
+        self.last_download_day: date | None = None
+
+    # The jobs, each as its deployment would run it, at the simulated hour.
+
+    def _move(self, day: date, hour: int, minute: int = 0) -> None:
+        self.clock.move_to(max(self.clock(), _at(day, hour, minute)))
+
+    @contextmanager
+    def _timed(self, job: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.report.job_seconds[job] += time.perf_counter() - started
+
+    def _milestone(self, day: date, what: str) -> None:
+        self.report.milestones.append((day, what))
+        self.log(f"{day}  {what}")
+
+    def metrics_and_cohorts(self, con: Any, day: date) -> None:
+        if self.last_download_day is None or day > self.last_download_day + timedelta(days=1):
+            return  # no download data for the week before: metrics would report a gap
+        metrics.compute_metrics(con, day, self.plan.metrics)
+        as_of_days = {p.cohort_as_of for p in self.plan.phases}
+        if day in as_of_days or (day - self.start).days % self.cohorts_every == 0:
+            results = cohorts.build_cohorts(
+                con, self.settings.registry_url, self.plan, day, actor=ACTOR, allow_gaps=True
+            )
+            if day in as_of_days:
+                sizes = ", ".join(f"{r.cohort} {r.accounts} accounts" for r in results)
+                self._milestone(day, f"cohorts fixed: {sizes}")
+
+    def emails(self, day: date) -> None:
+        queued = outbox.queue_due(self.settings.registry_url, self.plan, day, actor=ACTOR)
+        for o in queued:
+            if o.added:
+                self._milestone(day, f"{o.occasion.step}: {o.added} emails queued")
+        result = outbox.drain(self.settings.registry_url, self.plan, self.sender, concurrency=16)
+        self.report.emails["sent"] += result.sent
+
+    def enforcement(self, day: date) -> None:
+        for phase in self.plan.phases:
+            if phase.enforce_on != day:
+                continue
+            with open_registry(self.settings.registry_url) as engine:
+                preview = enforce.preview_phase(engine, self.plan, phase)
+            result = enforce.enforce_phase(
+                self.settings.registry_url, self.plan, phase.name, expect=preview.count, actor=ACTOR
+            )
+            self.report.enforced[phase.name] = result.accounts_flagged
+            self.report.sessions_revoked += result.sessions_revoked
+            self._milestone(
+                day,
+                f"phase {phase.name} enforced: {result.accounts_flagged} accounts required "
+                f"to use 2FA, {result.sessions_revoked} web sessions revoked",
+            )
+
+    def elv_for_all(self, day: date) -> None:
+        if day != self.plan.elv.enroll_all_on:
+            return
+        enrolled = brownouts.enroll_all(self.settings.registry_url, actor=ACTOR)
+        self.report.elv_enrolled = enrolled
+        self._milestone(day, f"ELV for all: {enrolled} accounts enrolled")
+
+    # What maintainers do.
+
+    def _recent_emails(self, engine: Engine, day: date) -> tuple[set[int], set[int]]:
+        """Accounts sent a phase notice in the last 14 days, and a reminder in the last 3."""
+        with engine.connect() as connection:
+
+            def sent(email: str, days: int) -> set[int]:
+                since = _at(day, 0) - timedelta(days=days)
+                return {
+                    row[0]
+                    for row in connection.execute(
+                        select(Notification.account_id).where(
+                            and_(
+                                Notification.email == email,
+                                Notification.state == "sent",
+                                Notification.sent_at >= since,
+                            )
+                        )
+                    )
+                }
+
+            return sent("phase_notice", 14), sent("reminder", 3)
+
+    def _elv_state(self, engine: Engine, day: date) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                select(Account.id, Account.elv_enrolled_at, Account.tfa_required_at)
+            ).all()
+            windows = connection.execute(select(BrownoutWindow)).all()
+        enrolled = np.zeros(len(self.people.ids), bool)
+        required = np.zeros(len(self.people.ids), bool)
+        end_of_day = _at(day, 23, 59)
+        for account_id, elv_at, required_at in rows:
+            n = self.people.index.get(account_id)
+            if n is None:
+                continue
+            enrolled[n] = elv_at is not None and elv_at <= end_of_day
+            required[n] = required_at is not None and required_at <= end_of_day
+        return enrolled, required, windows
+
+    def respond(self, engine: Engine, day: date, organic: list[dict[str, Any]]) -> None:
+        p, r, rng = self.people, self.responses, self.rng
+        new_factors: list[dict[str, Any]] = []
+
+        def enrol(n: int, at: datetime, cause: str) -> None:
+            kind = "webauthn" if rng.random() < r.webauthn_share else "totp"
+            p.method[n] = 2 if kind == "webauthn" else 1
+            new_factors.append({"account_id": int(p.ids[n]), "kind": kind, "created_at": at})
+            self.report.enrolled[cause] += 1
+
+        for factor in organic:
+            n = p.index.get(factor["account_id"])
+            if n is not None and factor["created_at"].date() == day:
+                new_factors.append(factor)
+                p.method[n] = max(p.method[n], 2 if factor["kind"] == "webauthn" else 1)
+                self.report.enrolled["organic"] += 1
+        notified, reminded = self._recent_emails(engine, day)
+        elv_enrolled, required, windows = self._elv_state(engine, day)
+
+        # Logins, through the day: what each account meets at the door.
+        chance = np.where(p.active, r.login_active, r.login_dormant)
+        who = np.flatnonzero(rng.random(len(p.ids)) < chance)
+        seconds = rng.integers(6 * 3600, 23 * 3600, len(who))
+        for n, second in zip(who, seconds, strict=True):
+            at = _at(day, 0) + timedelta(seconds=int(second))
+            if p.method[n]:
+                self._login(at, n, "webauthn" if p.method[n] == 2 else "totp", "success")
+            elif required[n]:
+                # Signed out and told to set up 2FA: most do it there and then.
+                if rng.random() < r.at_forced_setup:
+                    enrol(n, at, "enforcement")
+                    self._login(at, n, "webauthn" if p.method[n] == 2 else "totp", "success")
+                else:
+                    self._login(at, n, "none", "abandoned")
+            elif elv_enrolled[n] or any(w.starts_at <= at < _window_end(w) for w in windows):
+                outcome = rng.choice(["success", "failed", "abandoned"], p=r.elv_outcomes)
+                self._login(at, n, "elv", str(outcome))
+                self.report.elv_challenges += 1
+                in_brownout = any(w.starts_at <= at < _window_end(w) for w in windows)
+                odds = r.after_challenge if in_brownout else r.after_challenge / 6
+                if rng.random() < odds:
+                    enrol(n, at + timedelta(minutes=5), "brown-out" if in_brownout else "ELV")
+            else:
+                self._login(at, n, "none", "success")
+
+        # Emails read at some point in the day.
+        for account_id in notified | reminded:
+            n = p.index.get(account_id)
+            if n is None or p.method[n]:
+                continue
+            odds = r.after_reminder if account_id in reminded else r.after_notice
+            if rng.random() < odds:
+                at = _at(day, int(rng.integers(10, 22)), int(rng.integers(0, 60)))
+                enrol(n, at, "reminder" if account_id in reminded else "notice")
+
+        if new_factors:
+            with engine.begin() as connection:
+                connection.execute(insert(TfaFactor), new_factors)
+
+    def _login(self, at: datetime, n: int, second_factor: str, outcome: str) -> None:
+        self.events.append((at, self.people.usernames[n], second_factor, outcome))
+        self.report.logins += 1
+
+    def write_logins(self) -> Path:
+        path = self.settings.landing_dir / "logins" / STORY_LOGINS
+        path.parent.mkdir(parents=True, exist_ok=True)
+        events = sorted(self.events)
+        table = pa.table(
+            {
+                "occurred_at": pa.array([e[0] for e in events], pa.timestamp("us", tz="UTC")),
+                "username": [e[1] for e in events],
+                "second_factor": [e[2] for e in events],
+                "outcome": [e[3] for e in events],
+            }
+        )
+        pq.write_table(table, path)
+        return path
+
+    # The whole calendar.
+
+    def run(self) -> StoryReport:
+        started = time.perf_counter()
+        settings = self.settings
+        with open_registry(settings.registry_url) as engine:
+            organic = rewind(engine, settings.landing_dir, self.start)
+            self.people = _people(engine, self.start)
+        with (
+            use_clock(self.clock),
+            warehouse.open_warehouse(
+                settings.warehouse_path, memory_limit=settings.duckdb_memory_limit
+            ) as con,
+        ):
+            ingest.ingest(
+                con,
+                [settings.landing_dir],
+                quarantine_limit=settings.quarantine_limit,
+                landing_root=settings.landing_dir,
+            )
+            self.last_download_day = warehouse.scalar(con, "select max(day) from stg_downloads")
+            self._move(self.start, 1)
+            brownouts.schedule(settings.registry_url, self.plan, actor=ACTOR)
+            with open_registry(settings.registry_url) as engine:
+                for day in calendar(self.start, self.end):
+                    self._move(day, 0)
+                    with self._timed("elv"):
+                        self.elv_for_all(day)
+                    self._move(day, 2, 30)
+                    with self._timed("metrics and cohorts"):
+                        self.metrics_and_cohorts(con, day)
+                    self._move(day, 9)
+                    with self._timed("emails"):
+                        self.emails(day)
+                    self._move(day, 10)
+                    with self._timed("enforcement"):
+                        self.enforcement(day)
+                    for b in self.plan.brownouts:
+                        if b.starts_at.date() == day:
+                            self._milestone(
+                                day, f"{b.name}: {b.hours} h of ELV for all without 2FA"
+                            )
+                    self._move(day, 11)
+                    with self._timed("maintainers"):
+                        self.respond(engine, day, organic)
+            self._move(self.end, 23, 59)
+            ingest.ingest(
+                con,
+                [self.write_logins()],
+                quarantine_limit=settings.quarantine_limit,
+                landing_root=settings.landing_dir,
+            )
+            extract.extract_registry(con, settings.registry_url)
+        self.report.seconds = time.perf_counter() - started
+        return self.report
+
+
+def _window_end(window: Any) -> datetime:
+    return window.ended_early_at or window.ends_at

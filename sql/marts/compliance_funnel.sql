@@ -1,0 +1,186 @@
+-- Each plan phase from notice to enforcement: who was asked, who enrolled how soon,
+-- who was enforced, and who is still without 2FA on $as_of.
+with
+
+phases as (
+    select phase, cohort, notice_on, enforce_on from plan_phases
+),
+
+memberships as (
+    select
+        cohort,
+        account_id,
+        first_qualified_on,
+        -- a departure after the as-of day is not known yet
+        case when left_on <= $as_of::date then left_on end as left_on
+    from registry.cohort_memberships
+    where first_qualified_on <= $as_of::date
+),
+
+-- Active on day D when active_from <= D < active_until (null: still active).
+factors as (
+    select
+        account_id,
+        created_at,
+        cast(created_at as date) as active_from,
+        case when removed_at < $as_of::date + 1 then cast(removed_at as date) end as active_until
+    from registry.tfa_factors
+    where created_at < $as_of::date + 1
+),
+
+actions as (
+    select action, phase, account_id, created_at
+    from registry.actions
+    where action in ('tfa_required', 'revoke_session')
+        and created_at < $as_of::date + 1
+),
+
+phase_notices as (
+    select phase, account_id
+    from registry.notifications
+    where email = 'phase_notice'
+        and state = 'sent'
+        and coalesce(sent_at, updated_at) < $as_of::date + 1
+),
+
+cohort_at_notice as (
+    select phases.phase, memberships.account_id
+    from phases
+    inner join memberships
+        on memberships.cohort = phases.cohort
+        and memberships.first_qualified_on <= phases.notice_on
+        and (memberships.left_on is null or memberships.left_on > phases.notice_on)
+),
+
+-- "At notice" is the start of notice_on, before the notices go out: 2FA on the day
+-- before. Whoever enrols on the notice day itself enrolled 0 days after the notice.
+with_2fa_at_notice as (
+    select distinct cohort_at_notice.phase, cohort_at_notice.account_id
+    from cohort_at_notice
+    inner join phases using (phase)
+    inner join factors using (account_id)
+    where factors.active_from < phases.notice_on
+        and (factors.active_until is null or factors.active_until >= phases.notice_on)
+),
+
+without_2fa_at_notice as (
+    select phase, account_id from cohort_at_notice
+    anti join with_2fa_at_notice using (phase, account_id)
+),
+
+enrolments as (
+    select
+        without_2fa_at_notice.phase,
+        without_2fa_at_notice.account_id,
+        min(factors.created_at) as enrolled_at
+    from without_2fa_at_notice
+    inner join phases using (phase)
+    inner join factors using (account_id)
+    where factors.created_at >= phases.notice_on
+    group by all
+),
+
+-- "Within N days after notice_on": before notice_on + N days, 00:00 UTC.
+enrolment_counts as (
+    select
+        enrolments.phase,
+        count(*) filter (where enrolments.enrolled_at < phases.notice_on + 7) as enrolled_7d,
+        count(*) filter (where enrolments.enrolled_at < phases.notice_on + 14) as enrolled_14d,
+        count(*) filter (where enrolments.enrolled_at < phases.notice_on + 30) as enrolled_30d,
+        count(*) filter (
+            where enrolments.enrolled_at < phases.enforce_on
+        ) as enrolled_by_enforcement
+    from enrolments
+    inner join phases using (phase)
+    group by enrolments.phase
+),
+
+notice_counts as (
+    select
+        cohort_at_notice.phase,
+        count(*) as accounts,
+        count(without_2fa_at_notice.account_id) as without_2fa_at_notice
+    from cohort_at_notice
+    left join without_2fa_at_notice using (phase, account_id)
+    group by cohort_at_notice.phase
+),
+
+notified as (
+    select phase, count(distinct account_id) as notified
+    from phase_notices
+    group by phase
+),
+
+-- An account enforced twice (another run) counts from its first tfa_required.
+enforced as (
+    select phase, account_id, min(created_at) as enforced_at
+    from actions
+    where action = 'tfa_required'
+    group by phase, account_id
+),
+
+enforcement_counts as (
+    select
+        enforced.phase,
+        count(*) as enforced,
+        count(*) filter (
+            where exists (
+                select 1 from factors
+                where factors.account_id = enforced.account_id
+                    and factors.created_at > enforced.enforced_at
+            )
+        ) as enrolled_after_enforcement
+    from enforced
+    group by enforced.phase
+),
+
+revocations as (
+    select phase, count(*) as sessions_revoked
+    from actions
+    where action = 'revoke_session'
+    group by phase
+),
+
+with_2fa_now as (
+    select distinct account_id from factors where active_until is null
+),
+
+still_without as (
+    select phases.phase, count(*) as still_without
+    from phases
+    inner join memberships
+        on memberships.cohort = phases.cohort
+        and memberships.left_on is null
+    anti join with_2fa_now using (account_id)
+    group by phases.phase
+),
+
+final as (
+    select
+        phases.phase,
+        phases.cohort,
+        phases.notice_on,
+        phases.enforce_on,
+        coalesce(notice_counts.accounts, 0) as accounts,
+        coalesce(notice_counts.without_2fa_at_notice, 0) as without_2fa_at_notice,
+        coalesce(notified.notified, 0) as notified,
+        coalesce(enrolment_counts.enrolled_7d, 0) as enrolled_7d,
+        coalesce(enrolment_counts.enrolled_14d, 0) as enrolled_14d,
+        coalesce(enrolment_counts.enrolled_30d, 0) as enrolled_30d,
+        coalesce(enrolment_counts.enrolled_by_enforcement, 0) as enrolled_by_enforcement,
+        coalesce(enforcement_counts.enforced, 0) as enforced,
+        coalesce(revocations.sessions_revoked, 0) as sessions_revoked,
+        coalesce(enforcement_counts.enrolled_after_enforcement, 0)
+            as enrolled_after_enforcement,
+        coalesce(still_without.still_without, 0) as still_without
+    from phases
+    left join notice_counts using (phase)
+    left join notified using (phase)
+    left join enrolment_counts using (phase)
+    left join enforcement_counts using (phase)
+    left join revocations using (phase)
+    left join still_without using (phase)
+    order by phases.notice_on, phases.phase
+)
+
+select * from final

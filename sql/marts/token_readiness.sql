@@ -1,0 +1,59 @@
+-- Whether each cohort's maintainers could keep publishing once 2FA is required of
+-- them: who still publishes with a legacy (unnamed) or personal publish token, and
+-- who already has a named automation token for CI.
+with
+
+cohorts as (
+    select distinct cohort from registry.cohort_memberships
+),
+
+members as (
+    select cohort, account_id
+    from registry.cohort_memberships
+    where first_qualified_on <= $as_of::date
+        and (left_on is null or left_on > $as_of::date)
+),
+
+tokens as (
+    select
+        account_id,
+        name,
+        kind,
+        -- the 90 days ending with the as-of day
+        last_used_at >= $as_of::date - 89 and last_used_at < $as_of::date + 1 as used_lately
+    from registry.tokens
+    where created_at < $as_of::date + 1
+        and (revoked_at is null or revoked_at >= $as_of::date + 1)
+),
+
+account_tokens as (
+    select
+        account_id,
+        -- a legacy read-only token cannot publish
+        coalesce(bool_or(name is null and kind <> 'read_only' and used_lately), false)
+            as publishing_legacy,
+        coalesce(bool_or(name is not null and kind = 'publish' and used_lately), false)
+            as publishing_personal,
+        bool_or(name is not null and kind = 'automation') as with_automation
+    from tokens
+    group by account_id
+),
+
+final as (
+    select
+        cohorts.cohort,
+        count(members.account_id) as maintainers,
+        count(*) filter (where account_tokens.publishing_legacy) as publishing_legacy,
+        count(*) filter (where account_tokens.publishing_personal) as publishing_personal,
+        count(*) filter (where account_tokens.with_automation) as with_automation,
+        count(members.account_id) - count(*) filter (
+            where account_tokens.publishing_legacy or account_tokens.publishing_personal
+        ) as ready
+    from cohorts
+    left join members using (cohort)
+    left join account_tokens using (account_id)
+    group by cohorts.cohort
+    order by cohorts.cohort
+)
+
+select * from final

@@ -1,0 +1,419 @@
+"""Golden cases for the adoption marts (docs/adoption-marts.md), in the style of
+test_golden.py: each folder under ``adoption_cases/`` holds tiny input tables and the
+expected output of some marts, worked out by hand from the inputs.
+
+A case folder holds:
+
+- ``case.yaml``: ``description``, ``as_of`` and ``since`` (the first day of the daily
+  series the plan implies);
+- ``plan.yaml``: the plan (the reference plan when absent);
+- ``registry/<table>.csv``: rows of ``registry.<table>``, only the columns that
+  matter (the rest are null); tables without a file are empty;
+- optionally ``logins.csv``: a login events landing file;
+- ``expected/<mart>.csv``: every row of that mart, with its columns in order. Shares
+  are rounded to 6 places; an empty cell is null.
+
+Adding a folder adds a test. Below them: a property test of adoption_daily against a
+plain Python count, the .yml beside each model, and the all-or-nothing rebuild.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from collections.abc import Iterator
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rollout import adoption, warehouse
+from rollout.adoption import ADOPTION_TABLES, adoption_since, build_adoption
+from rollout.errors import RolloutError
+from rollout.extract import extract_registry
+from rollout.ingest import ingest
+from rollout.plan import Plan, load_plan
+from rollout.registry.engine import make_engine
+from rollout.registry.migrate import upgrade
+
+from .rows import assert_same_rows
+
+CASES_DIR = Path(__file__).parent / "adoption_cases"
+MARTS_DIR = Path(__file__).parents[2] / "sql" / "marts"
+REFERENCE_PLAN = Path(__file__).parents[2] / "plans" / "npm-2022.yaml"
+CASE_KEYS = {"description", "as_of", "since"}
+
+
+# --- a warehouse with an empty registry extract ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def empty_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A warehouse file whose ``registry.*`` tables come from extracting an empty
+    registry at the current schema: the same columns and types as a real extract."""
+    folder = tmp_path_factory.mktemp("adoption")
+    registry_url = f"sqlite:///{folder / 'registry.db'}"
+    engine = make_engine(registry_url)
+    upgrade(engine)
+    engine.dispose()
+    path = folder / "empty.duckdb"
+    with warehouse.open_warehouse(path) as con:
+        extract_registry(con, registry_url, small=True)
+    return path
+
+
+@pytest.fixture
+def fresh_warehouse(empty_warehouse: Path, tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    path = tmp_path / "w.duckdb"
+    shutil.copy(empty_warehouse, path)
+    con = warehouse.connect(path)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def _column_types(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> dict[str, str]:
+    rows = con.execute(
+        "select column_name, data_type from information_schema.columns "
+        "where table_schema = $schema and table_name = $table order by ordinal_position",
+        {"schema": schema, "table": table},
+    ).fetchall()
+    return dict(rows)
+
+
+def _load_registry_csv(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    table = path.stem
+    types = _column_types(con, "registry", table)
+    assert types, f"{path}: no table registry.{table} in the extract"
+    with path.open(newline="") as handle:
+        header = next(csv.reader(handle))
+    unknown = [column for column in header if column not in types]
+    assert not unknown, f"{path}: registry.{table} has no columns {unknown}"
+    columns = ", ".join(f'"{c}"' for c in header)
+    casts = ", ".join(f'cast("{c}" as {types[c]})' for c in header)
+    con.execute(
+        f"insert into registry.{table} ({columns}) select {casts} "
+        "from read_csv($path, header = true, all_varchar = true, nullstr = '')",
+        {"path": str(path)},
+    )
+
+
+def _ingest_logins(con: duckdb.DuckDBPyConnection, path: Path, as_of: date) -> None:
+    now = datetime.combine(as_of + timedelta(days=1), time(6, 0))
+    report = ingest(con, [path], quarantine_limit=0.0, now=now)
+    assert report.rejected == [] and report.rows_quarantined == 0, (
+        f"{path} must load cleanly: {report.files}"
+    )
+
+
+# --- comparing rows ----------------------------------------------------------------------
+
+
+def _cell(value: Any, expected: str) -> str:
+    """The actual value as the expected file would write it."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if expected and abs(float(expected) - value) <= 5e-7:
+            return expected
+        return repr(value)
+    return str(value)
+
+
+def _compare_mart(con: duckdb.DuckDBPyConnection, table: str, path: Path) -> None:
+    with path.open(newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        expected_rows = list(reader)
+    result = con.execute(f"select * from {table}")
+    columns = [d[0] for d in result.description]
+    actual_rows = result.fetchall()
+    assert columns == header, f"{table}: columns {columns}, {path.name} says {header}"
+    blank = [""] * len(columns)
+    actual = [
+        [
+            _cell(value, (expected_rows[i] if i < len(expected_rows) else blank)[j])
+            for j, value in enumerate(row)
+        ]
+        for i, row in enumerate(actual_rows)
+    ]
+    assert_same_rows(
+        table,
+        [dict(zip(columns, row, strict=True)) for row in expected_rows],
+        [dict(zip(columns, row, strict=True)) for row in actual],
+    )
+
+
+# --- the golden cases --------------------------------------------------------------------
+
+
+def _case_folders() -> list[Path]:
+    return sorted(p for p in CASES_DIR.iterdir() if (p / "case.yaml").is_file())
+
+
+@pytest.mark.parametrize("folder", _case_folders(), ids=lambda p: p.name)
+def test_golden_case(folder: Path, fresh_warehouse: duckdb.DuckDBPyConnection) -> None:
+    con = fresh_warehouse
+    spec = yaml.safe_load((folder / "case.yaml").read_text())
+    assert set(spec) == CASE_KEYS, f"{folder}/case.yaml: keys must be {sorted(CASE_KEYS)}"
+    plan_file = folder / "plan.yaml"
+    plan = load_plan(plan_file if plan_file.exists() else REFERENCE_PLAN)
+    for path in sorted((folder / "registry").glob("*.csv")):
+        _load_registry_csv(con, path)
+    if (folder / "logins.csv").exists():
+        _ingest_logins(con, folder / "logins.csv", spec["as_of"])
+
+    summary = build_adoption(con, plan, spec["as_of"])
+
+    assert summary.since == spec["since"]
+    assert list(summary.rows) == list(ADOPTION_TABLES)
+    expected_files = sorted((folder / "expected").glob("*.csv"))
+    assert expected_files, f"{folder}: no expected/*.csv"
+    for path in expected_files:
+        assert path.stem in ADOPTION_TABLES, f"{path}: not an adoption mart"
+        _compare_mart(con, path.stem, path)
+        assert summary.rows[path.stem] == sum(1 for _ in path.open()) - 1
+
+
+def test_every_case_folder_is_a_case() -> None:
+    folders = sorted(p.name for p in CASES_DIR.iterdir() if p.is_dir())
+    assert folders == [p.name for p in _case_folders()]
+    checked = {p.stem for folder in _case_folders() for p in (folder / "expected").glob("*.csv")}
+    assert checked == set(ADOPTION_TABLES), "every mart needs a golden case"
+
+
+# --- the series' first day -----------------------------------------------------------------
+
+
+def test_since_of_the_reference_plan_is_the_elv_trial_start() -> None:
+    assert adoption_since(load_plan(REFERENCE_PLAN)) == date(2021, 12, 7)
+
+
+def test_since_is_the_first_milestone_minus_14_days_without_an_earlier_trial() -> None:
+    plan = load_plan(REFERENCE_PLAN)
+    plan = plan.model_copy(update={"elv": plan.elv.model_copy(update={"trial": None})})
+    # top-100's notice on 2022-01-04 comes first.
+    assert adoption_since(plan) == date(2021, 12, 21)
+
+
+# --- adoption_daily against a plain count ---------------------------------------------------
+
+PROPERTY_PLAN = Plan.model_validate(
+    {
+        "name": "property",
+        "cohorts": {"c": {"top_by_dependents": 1}},
+        "elv": {"enroll_all_on": "2022-01-20"},
+        "phases": [
+            {
+                "name": "p",
+                "cohort": "c",
+                "cohort_as_of": "2022-01-19",
+                "notice_on": "2022-01-20",
+                "enforce_on": "2022-01-30",
+                "max_accounts": 10,
+            }
+        ],
+    }
+)
+SINCE = date(2022, 1, 6)
+AS_OF = date(2022, 1, 14)
+BASE = datetime(2022, 1, 1)
+
+# Offsets in hours from BASE: some before the series, some after the as-of day.
+hours = st.integers(min_value=-24 * 10, max_value=24 * 16)
+account_strategy = st.fixed_dictionaries(
+    {
+        "created": hours,
+        "factors": st.lists(
+            st.tuples(st.sampled_from(["totp", "webauthn"]), hours, st.none() | hours),
+            max_size=3,
+        ),
+        "cohort": st.none() | st.tuples(st.integers(-3, 12), st.none() | st.integers(-3, 14)),
+    }
+)
+
+
+def _at(offset_hours: int) -> datetime:
+    return BASE + timedelta(hours=offset_hours)
+
+
+def _replace_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]]) -> None:
+    types = _column_types(con, "registry", table)
+    con.execute(f"delete from registry.{table}")
+    if not rows:
+        return
+    data = pa.Table.from_pylist(rows)
+    con.register("property_rows", data)
+    try:
+        columns = ", ".join(data.column_names)
+        casts = ", ".join(f"cast({c} as {types[c]})" for c in data.column_names)
+        con.execute(f"insert into registry.{table} ({columns}) select {casts} from property_rows")
+    finally:
+        con.unregister("property_rows")
+
+
+def _expected_daily(accounts: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """adoption_daily by brute force: every population, day and account."""
+    rows = []
+    end = datetime.combine(AS_OF + timedelta(days=1), time())
+    for population in ("all", "cohort:c"):
+        day = SINCE
+        while day <= AS_OF:
+            day_end = datetime.combine(day + timedelta(days=1), time())
+            counts = {"accounts": 0, "totp": 0, "webauthn": 0, "new": 0}
+            for account in accounts:
+                if population == "all":
+                    member = _at(account["created"]) < min(day_end, end)
+                else:
+                    if account["cohort"] is None:
+                        continue
+                    first = BASE.date() + timedelta(days=account["cohort"][0])
+                    left = account["cohort"][1]
+                    left_on = None if left is None else BASE.date() + timedelta(days=left)
+                    member = first <= day and (left_on is None or left_on > day)
+                if not member:
+                    continue
+                counts["accounts"] += 1
+                kinds = {
+                    kind
+                    for kind, created, removed in account["factors"]
+                    if _at(created) < day_end and (removed is None or _at(removed) >= day_end)
+                }
+                if "webauthn" in kinds:
+                    counts["webauthn"] += 1
+                elif "totp" in kinds:
+                    counts["totp"] += 1
+                created_days = [_at(c).date() for _, c, _ in account["factors"] if _at(c) < end]
+                if created_days and min(created_days) == day:
+                    counts["new"] += 1
+            with_2fa = counts["totp"] + counts["webauthn"]
+            share = with_2fa / counts["accounts"] if counts["accounts"] else 0.0
+            rows.append(
+                (
+                    day,
+                    population,
+                    counts["accounts"],
+                    with_2fa,
+                    counts["totp"],
+                    counts["webauthn"],
+                    round(share, 9),
+                    counts["new"],
+                )
+            )
+            day += timedelta(days=1)
+    return rows
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(accounts=st.lists(account_strategy, min_size=1, max_size=6))
+def test_adoption_daily_matches_a_plain_count(
+    fresh_warehouse: duckdb.DuckDBPyConnection, accounts: list[dict[str, Any]]
+) -> None:
+    con = fresh_warehouse
+    _replace_rows(
+        con,
+        "accounts",
+        [
+            {"id": i, "username": f"u{i}", "created_at": _at(a["created"])}
+            for i, a in enumerate(accounts, start=1)
+        ],
+    )
+    _replace_rows(
+        con,
+        "tfa_factors",
+        [
+            {
+                "account_id": i,
+                "kind": kind,
+                "created_at": _at(created),
+                "removed_at": None if removed is None else _at(removed),
+            }
+            for i, a in enumerate(accounts, start=1)
+            for kind, created, removed in a["factors"]
+        ],
+    )
+    # The cohort exists (as a population) whenever it has a row, even a later one.
+    _replace_rows(
+        con,
+        "cohort_memberships",
+        [
+            {
+                "cohort": "c",
+                "account_id": i,
+                "first_qualified_on": BASE.date() + timedelta(days=a["cohort"][0]),
+                "left_on": None
+                if a["cohort"][1] is None
+                else BASE.date() + timedelta(days=a["cohort"][1]),
+            }
+            for i, a in enumerate(accounts, start=1)
+            if a["cohort"] is not None
+        ],
+    )
+    assert adoption_since(PROPERTY_PLAN) == SINCE
+    build_adoption(con, PROPERTY_PLAN, AS_OF)
+    actual = [
+        (*row[:6], round(row[6], 9), row[7])
+        for row in con.execute(
+            "select * from adoption_daily order by population <> 'all', day"
+        ).fetchall()
+    ]
+    expected = _expected_daily(accounts)
+    if not any(a["cohort"] for a in accounts):
+        expected = [row for row in expected if row[1] == "all"]
+    assert actual == expected
+
+
+# --- the models' metadata and the rebuild ----------------------------------------------------
+
+
+@pytest.mark.parametrize("table", ADOPTION_TABLES)
+def test_yml_describes_the_table(table: str, fresh_warehouse: duckdb.DuckDBPyConnection) -> None:
+    meta = yaml.safe_load((MARTS_DIR / f"{table}.yml").read_text())
+    assert meta["model"] == table
+    assert meta["description"] and meta["grain"]
+    build_adoption(fresh_warehouse, load_plan(REFERENCE_PLAN), date(2022, 3, 1))
+    assert list(meta["columns"]) == list(_column_types(fresh_warehouse, "main", table))
+
+
+def test_a_failing_model_leaves_the_previous_tables(
+    fresh_warehouse: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    con = fresh_warehouse
+    plan = load_plan(REFERENCE_PLAN)
+    _load_registry_csv(con, CASES_DIR / "daily_series" / "registry" / "accounts.csv")
+    build_adoption(con, plan, date(2022, 1, 12))
+    before = {t: con.execute(f"select * from {t}").fetchall() for t in ADOPTION_TABLES}
+    con.execute("delete from registry.accounts")
+
+    real_render = warehouse.render
+
+    def broken_last_model(name: str) -> str:
+        if name == f"marts/{ADOPTION_TABLES[-1]}":
+            return "select * from no_such_table"
+        return real_render(name)
+
+    monkeypatch.setattr(adoption.warehouse, "render", broken_last_model)
+    with pytest.raises(duckdb.CatalogException):
+        build_adoption(con, plan, date(2022, 1, 12))
+    after = {t: con.execute(f"select * from {t}").fetchall() for t in ADOPTION_TABLES}
+    assert after == before
+    assert any(accounts > 0 for _day, _population, accounts, *_ in after["adoption_daily"])
+
+
+def test_needs_a_registry_extract(tmp_path: Path) -> None:
+    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        with pytest.raises(RolloutError, match=r"registry\.cohort_memberships"):
+            build_adoption(con, load_plan(REFERENCE_PLAN), date(2022, 3, 1))
+        tables = {row[0] for row in con.execute("show tables").fetchall()}
+    assert not tables & set(ADOPTION_TABLES)
