@@ -19,20 +19,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@echo "== registry schema"
 	$(BIN)/rollout db upgrade
-	@echo "== sample registry (small: ~20k real npm packages)"
-	$(BIN)/rollout sample --scale small --seed 7 --replace
-	@echo "== ingest landing files into a fresh warehouse"
-	rm -f $(DEMO_HOME)/warehouse.duckdb $(DEMO_HOME)/warehouse.duckdb.wal
-	$(BIN)/rollout ingest
-	@echo "== what the warehouse holds"
-	$(BIN)/rollout summary
-	@echo "== package metrics and cohorts for 2022-02-01 (the reference plan's thresholds)"
-	$(BIN)/rollout metrics --as-of 2022-02-01
-	$(BIN)/rollout cohorts build --as-of 2022-02-01
-	@echo "== what-if: high-impact at 5M weekly downloads or 1000 dependents"
-	$(BIN)/rollout cohorts simulate --weekly-downloads-gt 5000000 --dependents-gte 1000
-	@echo "== done: the warehouse is $(DEMO_HOME)/warehouse.duckdb (see docs/warehouse.md);"
-	@echo "   try: $(BIN)/rollout cohorts show top-100 --without-2fa"
+	@echo "== sample registry (small: ~20k real npm packages, 12k accounts; downloads to 2022-03-13)"
+	$(BIN)/rollout sample --scale small --seed 7 --end 2022-03-13 --days 110 --replace
+	rm -rf $(DEMO_HOME)/warehouse.duckdb $(DEMO_HOME)/warehouse.duckdb.wal $(DEMO_HOME)/outbox $(DEMO_HOME)/reports
+	@echo "== the reference plan, day by day from 2021-12-01 to 2022-05-10 (simulated clock)"
+	$(BIN)/rollout demo --start 2021-12-01 --end 2022-05-10
+	@echo "== where each step of the plan stands"
+	$(BIN)/rollout plan show
+	@echo "== done: open $(DEMO_HOME)/reports/2022-05-10/adoption.html in a browser;"
+	@echo "   the warehouse is $(DEMO_HOME)/warehouse.duckdb (docs/warehouse.md), the emails $(DEMO_HOME)/outbox/"
 
 test: $(STAMP)
 	$(BIN)/ruff check .

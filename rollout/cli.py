@@ -973,6 +973,47 @@ def notify_suppress(
     )
 
 
+# --- report --------------------------------------------------------------------------------
+
+
+@app.command()
+@reports_errors
+def report(
+    as_of: Annotated[
+        str | None, typer.Option(help="The last day reported, YYYY-MM-DD (default: today).")
+    ] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Write the adoption report of a day: HTML, Markdown and one CSV per adoption mart.
+
+    Refreshes the registry's rows in the warehouse and rebuilds the adoption marts
+    first, so the report is as of now."""
+    from rollout import warehouse
+    from rollout.registry.ledger import utc_now
+    from rollout.reporting import report_from_registry
+
+    settings, plan = _settings(), _plan()
+    day = _parse_day(as_of, "--as-of") if as_of else utc_now().date()
+    with warehouse.open_warehouse(
+        settings.warehouse_path, memory_limit=settings.duckdb_memory_limit
+    ) as con:
+        files = report_from_registry(con, settings.registry_url, plan, day, settings.reports_dir)
+    everyone = files.all_accounts
+    emit_record(
+        {
+            "as_of": day,
+            "data_through": files.data_through or "no data",
+            "accounts": everyone.accounts if everyone else 0,
+            "with_2fa": everyone.with_2fa if everyone else 0,
+            "share": round(everyone.share, 4) if everyone else 0,
+            "html": files.html,
+            "markdown": files.markdown,
+        },
+        fmt,
+        title=f"adoption report {day}",
+    )
+
+
 # --- demo ----------------------------------------------------------------------------------
 
 
@@ -1014,6 +1055,14 @@ def demo(
         Format.table,
         title=f"the plan from {first} to {last}",
     )
+    if report.files is not None:
+        stderr.print(
+            f"\nThe adoption report: {report.files.html}\n"
+            f"Emails sent: {settings.outbox_dir} (one .eml each)\n"
+            f"The warehouse: {settings.warehouse_path} (docs/warehouse.md)\n"
+            f"Where each step stands: rollout plan show",
+            highlight=False,
+        )
 
 
 # --- dev -----------------------------------------------------------------------------------

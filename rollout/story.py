@@ -39,6 +39,7 @@ from rollout.notify.senders import FileSender
 from rollout.plan import Plan
 from rollout.registry.migrate import open_registry
 from rollout.registry.models import Account, BrownoutWindow, Notification, TfaFactor
+from rollout.reporting import ReportFiles, report_from_registry
 
 ACTOR = "demo"
 STORY_LOGINS = "logins-story.parquet"
@@ -72,6 +73,7 @@ class StoryReport:
     milestones: list[tuple[date, str]] = field(default_factory=list)
     seconds: float = 0.0
     job_seconds: Counter[str] = field(default_factory=Counter)
+    files: ReportFiles | None = None
 
 
 @dataclass
@@ -157,6 +159,7 @@ class Story:
         *,
         seed: int = 7,
         responses: Responses | None = None,
+        metrics_every: int = 1,
         cohorts_every: int = 7,
         log: Callable[[str], None] = lambda _: None,
     ) -> None:
@@ -165,6 +168,7 @@ class Story:
         self.start, self.end = start, end
         self.rng = np.random.default_rng(seed)
         self.responses = responses or Responses()
+        self.metrics_every = metrics_every
         self.cohorts_every = cohorts_every
         self.log = log
         self.clock = SimulatedClock(_at(start, 0))
@@ -198,9 +202,12 @@ class Story:
     def metrics_and_cohorts(self, con: Any, day: date) -> None:
         if self.last_download_day is None or day > self.last_download_day + timedelta(days=1):
             return  # no download data for the week before: metrics would report a gap
-        metrics.compute_metrics(con, day, self.plan.metrics)
         as_of_days = {p.cohort_as_of for p in self.plan.phases}
-        if day in as_of_days or (day - self.start).days % self.cohorts_every == 0:
+        age = (day - self.start).days
+        if day not in as_of_days and age % self.metrics_every:
+            return
+        metrics.compute_metrics(con, day, self.plan.metrics)
+        if day in as_of_days or age % self.cohorts_every == 0:
             results = cohorts.build_cohorts(
                 con, self.settings.registry_url, self.plan, day, actor=ACTOR, allow_gaps=True
             )
@@ -411,6 +418,15 @@ class Story:
                 landing_root=settings.landing_dir,
             )
             extract.extract_registry(con, settings.registry_url)
+            with self._timed("report"):
+                self.report.files = report_from_registry(
+                    con,
+                    settings.registry_url,
+                    self.plan,
+                    self.end,
+                    settings.reports_dir,
+                    refresh_registry=False,
+                )
         self.report.seconds = time.perf_counter() - started
         return self.report
 

@@ -65,6 +65,7 @@ def test_the_file_is_what_prefect_deploy_reads() -> None:
         "brownout-end",
         "elv-enroll-all",
         "notify",
+        "report",
     }
 
 
@@ -98,7 +99,9 @@ def test_the_entrypoint_is_a_flow_with_the_parameters_given(name: str) -> None:
     assert "rollout" in deployment.get("tags", [])
 
 
-@pytest.mark.parametrize(("name", "when"), [("daily", "30 2 * * *"), ("notify", "0 9 * * *")])
+@pytest.mark.parametrize(
+    ("name", "when"), [("daily", "30 2 * * *"), ("notify", "0 9 * * *"), ("report", "0 10 * * *")]
+)
 def test_the_daily_deployments_run_on_a_utc_cron_schedule(name: str, when: str) -> None:
     from prefect.client.schemas.schedules import CronSchedule
 

@@ -25,6 +25,7 @@ import pytest
 from flows import brownouts as brownout_flows
 from flows import notify as notify_flows
 from flows import phases
+from flows import report as report_flows
 from flows.cohorts import cohorts, cohorts_markdown, daily, entered_list
 from flows.common import artifact_key
 from flows.metrics import metrics_markdown
@@ -402,3 +403,13 @@ def test_the_sendgrid_key_can_come_from_a_secret_block_and_never_shows(
     assert "| sender | sendgrid |" in artifact
     assert key not in artifact and key not in caplog.text
     assert not any(key in p.read_text(errors="ignore") for p in home.path.rglob("*") if p.is_file())
+
+
+def test_the_report_flow_writes_the_report_and_publishes_its_markdown(
+    daily_state: Any, home: Home
+) -> None:
+    html = Path(report_flows.report(as_of=DAY))
+    assert html == home.path / "reports" / DAY.isoformat() / "adoption.html"
+    assert "<svg" in html.read_text()
+    assert (html.parent / "adoption_daily.csv").exists()
+    assert "2FA adoption" in read_artifact(f"adoption-{DAY}").data

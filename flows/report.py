@@ -1,0 +1,37 @@
+"""The ``report`` flow: the adoption report of a day, also as a markdown artifact."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import artifact_key, day_or_today, warehouse
+from rollout.config import load_settings
+from rollout.plan import load_plan
+from rollout.reporting import ReportFiles, report_from_registry
+
+
+@task(name="build-report", cache_policy=NO_CACHE)
+def build(day: date) -> ReportFiles:
+    settings = load_settings()
+    with warehouse(settings) as con:
+        return report_from_registry(
+            con, settings.registry_url, load_plan(settings.plan_path), day, settings.reports_dir
+        )
+
+
+@flow(name="report", description="The adoption report: HTML, Markdown and CSV per mart.")
+def report(as_of: date | None = None) -> str:
+    """Rebuild the adoption marts for ``as_of`` (default: today, UTC) and write the
+    report under reports/<as_of>/; the Markdown is published as an artifact."""
+    day = day_or_today(as_of)
+    files = build(day)
+    create_markdown_artifact(
+        markdown=files.markdown.read_text(),
+        key=artifact_key("adoption", day),
+        description=f"2FA adoption {day}",
+    )
+    return str(files.html)

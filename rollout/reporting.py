@@ -1,0 +1,728 @@
+"""The adoption report: marts -> report context -> HTML / Markdown / CSV.
+
+``build_report`` reads only the adoption marts (``docs/adoption-marts.md``) and writes
+``reports/<as_of>/``:
+
+- ``adoption.html``: one self-contained page (inline CSS and SVG charts, no script, no
+  font, image or link that loads anything; a Content-Security-Policy says so too);
+- ``adoption.md``: the same story in GitHub-flavoured Markdown (published as a
+  Prefect artifact by the flow, so it stays small: top rows only);
+- ``<mart>.csv``: every row of each mart, for analysts and spreadsheets.
+
+Each file is written to a temporary file first; only when all of them are complete
+are they moved into place (``os.replace``), the HTML last, so a crash leaves the
+previous report as it was and never half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from jinja2 import Environment, PackageLoader, StrictUndefined, Undefined
+
+from rollout.adoption import adoption_since
+from rollout.charts import (
+    BrownoutBars,
+    FunnelPhase,
+    MethodMix,
+    Milestone,
+    Series,
+    adoption_chart,
+    brownout_chart,
+    finite,
+    funnel_chart,
+    method_mix_chart,
+)
+from rollout.errors import RolloutError
+from rollout.plan import Plan
+
+# The contract (docs/adoption-marts.md): each mart and its columns, in CSV order.
+MARTS: dict[str, tuple[str, ...]] = {
+    "adoption_daily": (
+        "day",
+        "population",
+        "accounts",
+        "with_2fa",
+        "totp",
+        "webauthn",
+        "share",
+        "newly_enrolled",
+    ),
+    "adoption_by_org": (
+        "org",
+        "members",
+        "with_2fa",
+        "share",
+        "owners",
+        "owners_with_2fa",
+        "tfa_enforced_at",
+    ),
+    "compliance_funnel": (
+        "phase",
+        "cohort",
+        "notice_on",
+        "enforce_on",
+        "accounts",
+        "without_2fa_at_notice",
+        "notified",
+        "enrolled_7d",
+        "enrolled_14d",
+        "enrolled_30d",
+        "enrolled_by_enforcement",
+        "enforced",
+        "sessions_revoked",
+        "enrolled_after_enforcement",
+        "still_without",
+    ),
+    "time_to_comply": ("phase", "days_after_notice", "accounts"),
+    "brownout_impact": (
+        "brownout",
+        "period",
+        "starts_at",
+        "ends_at",
+        "logins",
+        "elv_challenges",
+        "elv_completed",
+        "elv_failed",
+        "elv_abandoned",
+        "enrolments_next_7d",
+    ),
+    "token_readiness": (
+        "cohort",
+        "maintainers",
+        "publishing_legacy",
+        "publishing_personal",
+        "with_automation",
+        "ready",
+    ),
+    "ledger_activity": ("day", "activity", "count"),
+}
+
+# Row order of each CSV: the grain, so two reports of one day are identical files.
+_CSV_ORDER = {
+    "adoption_daily": "day, population",
+    "adoption_by_org": "members desc, org",
+    "compliance_funnel": "notice_on, phase",
+    "time_to_comply": "phase, days_after_notice",
+    "brownout_impact": "min(starts_at) over (partition by brownout), brownout, period",
+    "token_readiness": "cohort",
+    "ledger_activity": "day, activity",
+}
+
+TOP_ORGS = 20
+BROWNOUT_MEASURES = (
+    ("logins", "Logins"),
+    ("elv_challenges", "ELV challenges"),
+    ("elv_completed", "ELV completed"),
+    ("elv_failed", "ELV failed"),
+    ("elv_abandoned", "ELV abandoned"),
+    ("enrolments_next_7d", "2FA enrolments, next 7 days"),
+)
+FUNNEL_STAGES = (
+    ("without_2fa_at_notice", "without 2FA at notice"),
+    ("notified", "notified"),
+    ("enrolled_7d", "enrolled within 7 days"),
+    ("enrolled_14d", "enrolled within 14 days"),
+    ("enrolled_30d", "enrolled within 30 days"),
+    ("enforced", "enforced (2FA required)"),
+    ("enrolled_after_enforcement", "enrolled after enforcement"),
+)
+
+
+@dataclass(frozen=True)
+class PopulationFigures:
+    """One population on the report's last day (``adoption_daily``)."""
+
+    population: str  # as in the mart: "all", "cohort:top-100", ...
+    label: str
+    day: date
+    accounts: int
+    with_2fa: int
+    share: float
+    totp: int
+    webauthn: int
+    change_7d: float | None  # share minus the share 7 days before (None: no such day)
+    change_30d: float | None
+    enrolled_last_7d: int  # newly_enrolled over the 7 days ending on ``day``
+
+    @property
+    def webauthn_share(self) -> float | None:
+        """Of the accounts with 2FA, the share whose strongest method is WebAuthn."""
+        total = self.webauthn + self.totp
+        return self.webauthn / total if total else None
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    out_dir: Path
+    html: Path
+    markdown: Path
+    csvs: Mapping[str, Path]  # mart table -> its CSV
+    as_of: date
+    data_through: date | None  # the last day of adoption_daily up to as_of
+    populations: tuple[PopulationFigures, ...] = ()
+    # Enforced phases (enforce_on <= as_of): cohort accounts still without 2FA.
+    still_without_2fa: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def all_accounts(self) -> PopulationFigures | None:
+        return next((p for p in self.populations if p.population == "all"), None)
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return (self.html, self.markdown, *self.csvs.values())
+
+
+def report_dir(reports_dir: Path, as_of: date) -> Path:
+    """Where the report of ``as_of`` goes: ``<reports_dir>/<YYYY-MM-DD>/``."""
+    return Path(reports_dir) / as_of.isoformat()
+
+
+# --- the plan's milestones --------------------------------------------------------
+
+
+def plan_milestones(plan: Plan) -> list[Milestone]:
+    """The dates marked on the adoption chart, in calendar order."""
+    marks: list[Milestone] = []
+    if plan.elv.trial is not None:
+        marks.append(Milestone(plan.elv.trial.starts, "ELV trial", "trial", plan.elv.trial.ends))
+    for brownout in plan.brownouts:
+        marks.append(
+            Milestone(brownout.starts_at.date(), brownout.name, "brownout", brownout.ends_at.date())
+        )
+    marks.append(Milestone(plan.elv.enroll_all_on, "ELV for all", "elv"))
+    for phase in plan.phases:
+        marks.append(Milestone(phase.notice_on, f"{phase.name} notices", "notice"))
+        for days in sorted(phase.reminders_days_before, reverse=True):
+            marks.append(
+                Milestone(
+                    phase.enforce_on - timedelta(days=days),
+                    f"{phase.name} reminder ({days} days before)",
+                    "reminder",
+                )
+            )
+        marks.append(Milestone(phase.enforce_on, f"{phase.name} enforced", "enforce"))
+    return sorted(marks, key=lambda m: m.on)
+
+
+# --- reading the marts -----------------------------------------------------------
+
+
+def _columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
+    """Each mart's columns, contract columns first; a missing table or column is an error."""
+    found: dict[str, list[str]] = {}
+    problems: list[str] = []
+    for table, required in MARTS.items():
+        try:
+            description = con.execute(f"select * from {table} limit 0").description
+        except duckdb.CatalogException:
+            problems.append(f"table {table} is missing")
+            continue
+        actual = [column[0] for column in description]
+        missing = [c for c in required if c not in actual]
+        if missing:
+            problems.append(f"{table} lacks {', '.join(missing)}")
+            continue
+        found[table] = [*required, *(c for c in actual if c not in required)]
+    if problems:
+        raise RolloutError(
+            "the warehouse's adoption marts do not match docs/adoption-marts.md ("
+            + "; ".join(problems)
+            + "): build them first (rollout.adoption.build_adoption)"
+        )
+    return found
+
+
+def _rows(
+    con: duckdb.DuckDBPyConnection, query: str, params: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    result = con.execute(query, dict(params or {}))
+    names = [column[0] for column in result.description]
+    return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+
+
+def _int(value: object) -> int:
+    return int(finite(value))
+
+
+def _share(part: object, whole: object) -> float:
+    whole_ = finite(whole)
+    return finite(part) / whole_ if whole_ > 0 else 0.0
+
+
+def _day(value: object) -> date | None:
+    if isinstance(value, datetime):
+        return value.date()
+    return value if isinstance(value, date) else None
+
+
+def population_label(population: str) -> str:
+    if population == "all":
+        return "All accounts"
+    if population.startswith("cohort:"):
+        return f"Cohort {population.removeprefix('cohort:')}"
+    return population
+
+
+def _population_order(plan: Plan, populations: Sequence[str]) -> list[str]:
+    rank = {"all": (0, 0)}
+    for index, cohort in enumerate(plan.cohorts):
+        rank[f"cohort:{cohort}"] = (1, index)
+    return sorted(populations, key=lambda p: (*rank.get(p, (2, 0)), p))
+
+
+# --- the context -----------------------------------------------------------------
+
+
+def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str, Any]:
+    rows = _rows(
+        con,
+        "select day, population, accounts, with_2fa, totp, webauthn, share, newly_enrolled "
+        "from adoption_daily where day <= $as_of order by day, population",
+        {"as_of": as_of},
+    )
+    by_population: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        row["day"] = _day(row["day"])
+        if row["day"] is None:
+            continue
+        share = finite(row["share"], default=-1.0)
+        row["share"] = share if 0.0 <= share <= 1.0 else _share(row["with_2fa"], row["accounts"])
+        by_population.setdefault(str(row["population"]), []).append(row)
+    order = _population_order(plan, list(by_population))
+    data_through = max((r["day"] for r in rows if r["day"] is not None), default=None)
+
+    figures: list[PopulationFigures] = []
+    for population in order:
+        series = by_population[population]
+        last = series[-1]
+        share_on = {r["day"]: r["share"] for r in series}
+        before_7, before_30 = (share_on.get(last["day"] - timedelta(days=n)) for n in (7, 30))
+        week = [r for r in series if r["day"] > last["day"] - timedelta(days=7)]
+        figures.append(
+            PopulationFigures(
+                population=population,
+                label=population_label(population),
+                day=last["day"],
+                accounts=_int(last["accounts"]),
+                with_2fa=_int(last["with_2fa"]),
+                share=last["share"],
+                totp=_int(last["totp"]),
+                webauthn=_int(last["webauthn"]),
+                change_7d=None if before_7 is None else last["share"] - before_7,
+                change_30d=None if before_30 is None else last["share"] - before_30,
+                enrolled_last_7d=sum(_int(r["newly_enrolled"]) for r in week),
+            )
+        )
+
+    start = min(days_[0]["day"] for days_ in by_population.values()) if rows else None
+    chart = adoption_chart(
+        [
+            Series(population_label(p), [(r["day"], r["share"]) for r in by_population[p]])
+            for p in order
+        ],
+        plan_milestones(plan),
+        start or adoption_since(plan),
+        data_through or as_of,
+    )
+    # The chart's data table: one row a day, the share of each population.
+    shares: dict[date, dict[str, float]] = {}
+    for population in order:
+        for r in by_population[population]:
+            shares.setdefault(r["day"], {})[population] = r["share"]
+    daily = [{"day": day, "shares": [shares[day].get(p) for p in order]} for day in sorted(shares)]
+    # The Markdown's: one row a week, ending on the last day.
+    weekly_days = set()
+    if data_through is not None and start is not None:
+        day = data_through
+        while day >= start:
+            weekly_days.add(day)
+            day -= timedelta(days=7)
+    weekly = [row for row in daily if row["day"] in weekly_days]
+    methods = method_mix_chart(
+        [MethodMix(f.label, f.with_2fa, f.totp, f.webauthn) for f in figures],
+        data_through or as_of,
+    )
+    return {
+        "data_through": data_through,
+        "populations": figures,
+        "population_labels": [population_label(p) for p in order],
+        "daily": daily,
+        "weekly": weekly,
+        "adoption_chart": chart,
+        "methods_chart": methods,
+    }
+
+
+def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str, Any]:
+    rows = {
+        str(r["phase"]): r
+        for r in _rows(con, "select * from compliance_funnel order by notice_on, phase")
+    }
+    histogram: dict[str, list[tuple[int, int]]] = {}
+    for r in _rows(
+        con,
+        "select phase, days_after_notice, accounts from time_to_comply "
+        "order by phase, days_after_notice",
+    ):
+        histogram.setdefault(str(r["phase"]), []).append(
+            (_int(r["days_after_notice"]), _int(r["accounts"]))
+        )
+
+    def quantile(phase: str, q: float) -> int | None:
+        counts = histogram.get(phase, [])
+        total = sum(n for _, n in counts)
+        if total <= 0:
+            return None
+        running = 0
+        for days, n in counts:
+            running += n
+            if running >= q * total:
+                return days
+        return counts[-1][0]
+
+    plan_names = [p.name for p in plan.phases]
+    names = plan_names + [name for name in rows if name not in plan_names]
+    table: list[dict[str, Any]] = []
+    chart_phases: list[FunnelPhase] = []
+    for name in names:
+        planned = next((p for p in plan.phases if p.name == name), None)
+        row = rows.get(name)
+        notice_on = _day(row["notice_on"]) if row else planned.notice_on if planned else None
+        enforce_on = _day(row["enforce_on"]) if row else planned.enforce_on if planned else None
+        cohort = str(row["cohort"]) if row else planned.cohort if planned else ""
+        subtitle = f"cohort {cohort}, notice {notice_on or '?'}, enforcement {enforce_on or '?'}"
+        if notice_on is not None and notice_on > as_of:
+            note = f"notices go out on {notice_on}"
+        elif row is None:
+            note = "no data yet"
+        else:
+            note = ""
+        counts = {c: _int(row[c]) for c in MARTS["compliance_funnel"][4:]} if row else {}
+        base = counts.get("without_2fa_at_notice", 0)
+        chart_phases.append(
+            FunnelPhase(
+                name,
+                subtitle,
+                [(label, counts.get(key, 0)) for key, label in FUNNEL_STAGES],
+                base,
+                note,
+            )
+        )
+        if row is not None:
+            table.append(
+                {
+                    "phase": name,
+                    "cohort": cohort,
+                    "notice_on": notice_on,
+                    "enforce_on": enforce_on,
+                    "started": note == "",
+                    "enforced_yet": enforce_on is not None and enforce_on <= as_of,
+                    **counts,
+                    "base": base,
+                    "median_days": quantile(name, 0.5),
+                    "p90_days": quantile(name, 0.9),
+                }
+            )
+    return {"funnel": table, "funnel_chart": funnel_chart(chart_phases)}
+
+
+def _brownouts(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    rows = _rows(con, f"select * from brownout_impact order by {_CSV_ORDER['brownout_impact']}")
+    windows: dict[str, dict[str, dict[str, float]]] = {}
+    table = []
+    for r in rows:
+        name, period = str(r["brownout"]), str(r["period"])
+        values = {key: finite(r[key]) for key, _ in BROWNOUT_MEASURES}
+        windows.setdefault(name, {})[period] = values
+        table.append(
+            {
+                "brownout": name,
+                "period": period,
+                "starts_at": r["starts_at"],
+                "ends_at": r["ends_at"],
+                **{key: _int(r[key]) for key, _ in BROWNOUT_MEASURES},
+                "completion": _share(r["elv_completed"], r["elv_challenges"])
+                if finite(r["elv_challenges"]) > 0
+                else None,
+            }
+        )
+    bars = [
+        BrownoutBars(name, periods.get("baseline", {}), periods.get("brownout", {}))
+        for name, periods in windows.items()
+    ]
+    return {
+        "brownouts": table,
+        "brownout_chart": brownout_chart(bars, BROWNOUT_MEASURES),
+        "brownout_measures": BROWNOUT_MEASURES,
+    }
+
+
+def _orgs(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    top = _rows(
+        con,
+        "select org, members, with_2fa, share, owners, owners_with_2fa, tfa_enforced_at "
+        "from adoption_by_org order by members desc nulls last, org limit $n",
+        {"n": TOP_ORGS},
+    )
+    for r in top:
+        r["org"] = "" if r["org"] is None else str(r["org"])
+        r["share"] = _share(r["with_2fa"], r["members"])
+        for key in ("members", "with_2fa", "owners", "owners_with_2fa"):
+            r[key] = _int(r[key])
+    totals = _rows(
+        con,
+        "select count(*) as orgs, count(tfa_enforced_at) as enforcing, "
+        "count(*) filter (where members > 0 and with_2fa >= members) as all_members_2fa "
+        "from adoption_by_org",
+    )[0]
+    return {"orgs": top, "org_totals": {k: _int(v) for k, v in totals.items()}}
+
+
+def _tokens(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    rows = _rows(con, "select * from token_readiness order by cohort")
+    out = []
+    for r in rows:
+        counts = {c: _int(r[c]) for c in MARTS["token_readiness"][1:]}
+        out.append(
+            {
+                "cohort": str(r["cohort"]),
+                **counts,
+                "ready_share": _share(counts["ready"], counts["maintainers"]),
+            }
+        )
+    return out
+
+
+def _ledger(con: duckdb.DuckDBPyConnection, as_of: date) -> list[dict[str, Any]]:
+    rows = _rows(
+        con,
+        'select activity, sum("count") as total, '
+        'coalesce(sum("count") filter (where day > $week_ago and day <= $as_of), 0) as last_7d, '
+        "min(day) as first_day, max(day) as last_day "
+        "from ledger_activity group by activity order by total desc, activity",
+        {"as_of": as_of, "week_ago": as_of - timedelta(days=7)},
+    )
+    for r in rows:
+        r["activity"] = str(r["activity"])
+        r["total"], r["last_7d"] = _int(r["total"]), _int(r["last_7d"])
+    return rows
+
+
+def build_context(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str, Any]:
+    """Everything the templates show, from the marts and the plan."""
+    columns = _columns(con)
+    context: dict[str, Any] = {
+        "plan": plan,
+        "as_of": as_of,
+        "marts": list(MARTS),
+        "columns": columns,
+        "top_orgs": TOP_ORGS,
+        "milestones": [
+            {"on": m.on, "label": m.label, "kind": m.kind, "past": m.on <= as_of}
+            for m in plan_milestones(plan)
+        ],
+    }
+    context.update(_adoption(con, plan, as_of))
+    context.update(_funnel(con, plan, as_of))
+    context.update(_brownouts(con))
+    context.update(_orgs(con))
+    context["tokens"] = _tokens(con)
+    context["ledger"] = _ledger(con, as_of)
+    context["headline"] = next((p for p in context["populations"] if p.population == "all"), None)
+    return context
+
+
+# --- rendering -------------------------------------------------------------------
+
+
+def _defined(value: Any) -> None:
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()
+
+
+def _count(value: Any) -> str:
+    _defined(value)
+    return "—" if value is None else f"{_int(value):,}"
+
+
+def _pct(value: Any) -> str:
+    _defined(value)
+    return "—" if value is None else f"{finite(value) * 100:.1f}%"
+
+
+def _pp(value: Any) -> str:
+    """A change of share in percentage points, signed."""
+    _defined(value)
+    return "—" if value is None else f"{finite(value) * 100:+.1f} pp"
+
+
+def _when(value: Any) -> str:
+    _defined(value)
+    if value is None:
+        return "—"
+    if isinstance(value, datetime):
+        return f"{value:%Y-%m-%d %H:%M}"
+    return str(value)
+
+
+def _md(value: Any) -> str:
+    """Markdown-safe text: no HTML, no emphasis, links, code or table breaks."""
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()
+    text = "" if value is None else str(value)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = " ".join(text.splitlines())
+    for char in "\\`*_[]|~!#":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def _environment(markdown: bool) -> Environment:
+    env = Environment(
+        loader=PackageLoader("rollout", "report_templates"),
+        undefined=StrictUndefined,
+        # HTML escapes everything that is not Markup; Markdown escapes every {{ value }}.
+        autoescape=not markdown,
+        finalize=_md if markdown else None,
+        keep_trailing_newline=True,
+        auto_reload=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(count=_count, pct=_pct, pp=_pp, when=_when)
+    return env
+
+
+@cache
+def _html_env() -> Environment:
+    return _environment(markdown=False)
+
+
+@cache
+def _markdown_env() -> Environment:
+    return _environment(markdown=True)
+
+
+def render_html(context: Mapping[str, Any]) -> str:
+    return _html_env().get_template("adoption.html").render(context)
+
+
+def render_markdown(context: Mapping[str, Any]) -> str:
+    return _markdown_env().get_template("adoption.md").render(context)
+
+
+# --- writing ---------------------------------------------------------------------
+
+
+class _Staging:
+    """Temporary files beside their targets, moved into place together."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.moves: list[tuple[Path, Path]] = []
+
+    def temporary(self, name: str) -> Path:
+        """A fresh path beside ``name`` (not created: DuckDB's COPY creates its own file,
+        and files made by ``open`` get the umask's permissions, unlike ``mkstemp``'s 0600)."""
+        path = self.out_dir / f".{name}.{secrets.token_hex(8)}.tmp"
+        self.moves.append((path, self.out_dir / name))
+        return path
+
+    def write_text(self, name: str, text: str) -> Path:
+        path = self.temporary(name)
+        with path.open("x", encoding="utf-8", newline="\n") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        return self.out_dir / name
+
+    def commit(self) -> None:
+        for temporary, target in self.moves:
+            os.replace(temporary, target)
+        self.moves = []
+
+    def discard(self) -> None:
+        for temporary, _ in self.moves:
+            temporary.unlink(missing_ok=True)
+        self.moves = []
+
+
+@contextmanager
+def _staged(out_dir: Path) -> Iterator[_Staging]:
+    staging = _Staging(out_dir)
+    try:
+        yield staging
+        staging.commit()
+    finally:
+        staging.discard()
+
+
+def _copy_csv(
+    con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str], path: Path
+) -> None:
+    select = ", ".join(f'"{c}"' for c in columns)
+    target = str(path).replace("'", "''")
+    con.execute(
+        f"copy (select {select} from {table} order by {_CSV_ORDER[table]}) "
+        f"to '{target}' (format csv, header true, delimiter ',')"
+    )
+
+
+def build_report(
+    con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date, out_dir: Path
+) -> ReportFiles:
+    """Write the report of ``as_of`` into ``out_dir`` (normally ``report_dir(...)``)."""
+    out_dir = Path(out_dir)
+    context = build_context(con, plan, as_of)
+    html = render_html(context)
+    markdown = render_markdown(context)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csvs: dict[str, Path] = {}
+    with _staged(out_dir) as staging:
+        for table, columns in context["columns"].items():
+            name = f"{table}.csv"
+            _copy_csv(con, table, columns, staging.temporary(name))
+            csvs[table] = out_dir / name
+        markdown_path = staging.write_text("adoption.md", markdown)
+        html_path = staging.write_text("adoption.html", html)
+    funnel = context["funnel"]
+    return ReportFiles(
+        out_dir=out_dir,
+        html=html_path,
+        markdown=markdown_path,
+        csvs=csvs,
+        as_of=as_of,
+        data_through=context["data_through"],
+        populations=tuple(context["populations"]),
+        still_without_2fa={r["phase"]: r["still_without"] for r in funnel if r["enforced_yet"]},
+    )
+
+
+def report_from_registry(
+    con: duckdb.DuckDBPyConnection,
+    registry_url: str,
+    plan: Plan,
+    as_of: date,
+    reports_dir: Path,
+    *,
+    refresh_registry: bool = True,
+) -> ReportFiles:
+    """The whole report job: the registry's current rows into the warehouse, the
+    adoption marts rebuilt for ``as_of``, then the files under ``reports/<as_of>/``."""
+    from rollout.adoption import build_adoption
+    from rollout.extract import extract_registry
+
+    if refresh_registry:
+        extract_registry(con, registry_url)
+    build_adoption(con, plan, as_of)
+    return build_report(con, plan, as_of, report_dir(reports_dir, as_of))

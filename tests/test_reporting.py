@@ -1,0 +1,620 @@
+"""The adoption report from hand-made marts (docs/adoption-marts.md is the contract).
+
+The marts are created here with the contract's columns and rows made by hand, so
+these tests pin the report, not the SQL that builds the marts.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from rollout.adoption import adoption_since
+from rollout.errors import RolloutError
+from rollout.plan import Plan, load_plan
+from rollout.reporting import (
+    MARTS,
+    ReportFiles,
+    build_report,
+    plan_milestones,
+    report_dir,
+)
+from rollout.warehouse import open_warehouse
+
+ROOT = Path(__file__).resolve().parent.parent
+PLAN_PATH = ROOT / "plans" / "npm-2022.yaml"
+AS_OF = date(2022, 5, 31)
+HOSTILE_ORG = '<b>x</b>&"'
+CSV_HOSTILE_ORG = 'comma, "quote"\nand a new line'
+HOSTILE_ACTIVITY = "email <script>alert(1)</script> sent"
+
+MART_DDL = {
+    "adoption_daily": "day date, population varchar, accounts bigint, with_2fa bigint, "
+    "totp bigint, webauthn bigint, share double, newly_enrolled bigint",
+    "adoption_by_org": "org varchar, members bigint, with_2fa bigint, share double, "
+    "owners bigint, owners_with_2fa bigint, tfa_enforced_at timestamp",
+    "compliance_funnel": "phase varchar, cohort varchar, notice_on date, enforce_on date, "
+    "accounts bigint, without_2fa_at_notice bigint, notified bigint, enrolled_7d bigint, "
+    "enrolled_14d bigint, enrolled_30d bigint, enrolled_by_enforcement bigint, "
+    "enforced bigint, sessions_revoked bigint, enrolled_after_enforcement bigint, "
+    "still_without bigint",
+    "time_to_comply": "phase varchar, days_after_notice integer, accounts bigint",
+    "brownout_impact": "brownout varchar, period varchar, starts_at timestamp, "
+    "ends_at timestamp, logins bigint, elv_challenges bigint, elv_completed bigint, "
+    "elv_failed bigint, elv_abandoned bigint, enrolments_next_7d bigint",
+    "token_readiness": "cohort varchar, maintainers bigint, publishing_legacy bigint, "
+    "publishing_personal bigint, with_automation bigint, ready bigint",
+    "ledger_activity": "day date, activity varchar, count bigint",
+}
+
+
+@pytest.fixture(scope="module")
+def plan() -> Plan:
+    return load_plan(PLAN_PATH)
+
+
+def create_marts(con: duckdb.DuckDBPyConnection) -> None:
+    """The seven marts, empty, with the contract's columns."""
+    assert set(MART_DDL) == set(MARTS)
+    for table, columns in MART_DDL.items():
+        con.execute(f"create or replace table {table} ({columns})")
+
+
+def _logistic(day: date, middle: date, low: float, high: float, width: float) -> float:
+    return low + (high - low) / (1 + math.exp(-(day - middle).days / width))
+
+
+def adoption_rows(plan: Plan, as_of: date) -> Iterator[tuple[object, ...]]:
+    """A plausible npm-like adoption curve per population, one row a day."""
+    since = adoption_since(plan)
+    top100_enforce, high_enforce = (p.enforce_on for p in plan.phases)
+    populations = {
+        "all": (2_000_000, lambda d: _logistic(d, date(2022, 3, 1), 0.06, 0.2, 20)),
+        "cohort:top-100": (
+            250,
+            lambda d: (
+                _logistic(d, date(2022, 1, 15), 0.55, 0.93, 6)
+                + (0.05 if d >= top100_enforce else 0)
+            ),
+        ),
+        "cohort:high-impact": (
+            8000,
+            lambda d: (
+                _logistic(d, date(2022, 4, 5), 0.3, 0.85, 10) + (0.08 if d >= high_enforce else 0)
+            ),
+        ),
+    }
+    for population, (size, curve) in populations.items():
+        previous = None
+        day = since
+        while day <= as_of:
+            accounts = size + (day - since).days * (100 if population == "all" else 0)
+            with_2fa = round(accounts * min(curve(day), 1.0))
+            webauthn = with_2fa // 5
+            newly = 0 if previous is None else max(with_2fa - previous, 0)
+            yield (
+                day,
+                population,
+                accounts,
+                with_2fa,
+                with_2fa - webauthn,
+                webauthn,
+                with_2fa / accounts,
+                newly,
+            )
+            previous = with_2fa
+            day += timedelta(days=1)
+
+
+def fill_marts(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date = AS_OF) -> None:
+    create_marts(con)
+    daily = pd.DataFrame(list(adoption_rows(plan, as_of)), columns=list(MARTS["adoption_daily"]))
+    con.register("daily_rows", daily)
+    con.execute("insert into adoption_daily select * from daily_rows")
+    con.unregister("daily_rows")
+    orgs = [(f"org-{i:02d}", 40 - i, (40 - i) // 2, 0.5, 2, 1, None) for i in range(30)]
+    orgs.append((HOSTILE_ORG, 500, 250, 0.5, 3, 3, datetime(2022, 3, 2, 9, 30)))
+    orgs.append((CSV_HOSTILE_ORG, 450, 450, 1.0, 1, 1, datetime(2022, 4, 1)))
+    con.executemany("insert into adoption_by_org values (?, ?, ?, ?, ?, ?, ?)", orgs)
+    con.execute(
+        "insert into compliance_funnel values "
+        "('top-100', 'top-100', '2022-01-04', '2022-02-01', 250, 100, 100, 30, 45, 70, 75, "
+        "25, 40, 15, 10), "
+        "('high-impact', 'high-impact', '2022-03-15', '2022-05-03', 8000, 5600, 5550, 1200, "
+        "2100, 3500, 4500, 1100, 1500, 600, 500)"
+    )
+    con.executemany(
+        "insert into time_to_comply values (?, ?, ?)",
+        [("top-100", d, max(12 - d // 3, 1)) for d in range(0, 35)]
+        + [("high-impact", d, max(200 - 4 * d, 5)) for d in range(0, 60)],
+    )
+    con.execute(
+        "insert into brownout_impact values "
+        "('brownout-1', 'baseline', '2022-02-09 00:00', '2022-02-10 00:00', 1200000, 41000, "
+        "39500, 900, 600, 800), "
+        "('brownout-1', 'brownout', '2022-02-16 00:00', '2022-02-17 00:00', 1150000, 610000, "
+        "571000, 21000, 18000, 9400), "
+        "('brownout-2', 'baseline', '2022-02-16 00:00', '2022-02-17 00:00', 1150000, 610000, "
+        "571000, 21000, 18000, 9400), "
+        "('brownout-2', 'brownout', '2022-02-23 00:00', '2022-02-24 00:00', 1180000, 598000, "
+        "575000, 12000, 11000, 5100)"
+    )
+    con.execute(
+        "insert into token_readiness values "
+        "('high-impact', 8000, 900, 1400, 2600, 5700), ('top-100', 250, 12, 30, 160, 208)"
+    )
+    con.executemany(
+        "insert into ledger_activity values (?, ?, ?)",
+        [
+            (date(2022, 1, 4), "email phase_notice sent", 100),
+            (date(2022, 2, 1), "tfa_required", 25),
+            (date(2022, 2, 1), "revoke_session", 40),
+            (date(2022, 2, 13), "email brownout_heads_up sent", 51000),
+            (date(2022, 2, 13), "email brownout_heads_up failed", 12),
+            (date(2022, 3, 1), "elv_enrolled", 1_700_000),
+            (date(2022, 5, 3), "tfa_required", 1100),
+            (date(2022, 5, 30), "org_member_removed", 7),
+            (date(2022, 5, 30), HOSTILE_ACTIVITY, 1),
+        ],
+    )
+
+
+def make_warehouse(tmp_path: Path, plan: Plan, *, empty: bool = False) -> Path:
+    path = tmp_path / "warehouse.duckdb"
+    with open_warehouse(path) as con:
+        if empty:
+            create_marts(con)
+        else:
+            fill_marts(con, plan)
+    return path
+
+
+def run_report(tmp_path: Path, plan: Plan, *, empty: bool = False) -> ReportFiles:
+    warehouse = make_warehouse(tmp_path, plan, empty=empty)
+    with open_warehouse(warehouse, read_only=True) as con:
+        return build_report(con, plan, AS_OF, report_dir(tmp_path / "reports", AS_OF))
+
+
+@pytest.fixture
+def report(tmp_path: Path, plan: Plan) -> ReportFiles:
+    return run_report(tmp_path, plan)
+
+
+@pytest.fixture
+def empty_report(tmp_path: Path, plan: Plan) -> ReportFiles:
+    return run_report(tmp_path, plan, empty=True)
+
+
+class _Loads(HTMLParser):
+    """Every tag and every attribute that could make a browser fetch something."""
+
+    FETCHING_TAGS = frozenset(
+        [
+            "script",
+            "link",
+            "img",
+            "iframe",
+            "frame",
+            "object",
+            "embed",
+            "audio",
+            "video",
+            "source",
+            "track",
+            "base",
+            "image",
+            "use",
+            "feimage",
+            "picture",
+            "portal",
+        ]
+    )
+    URL_ATTRIBUTES = frozenset(
+        [
+            "src",
+            "href",
+            "srcset",
+            "poster",
+            "data",
+            "action",
+            "formaction",
+            "xlink:href",
+            "background",
+            "ping",
+            "manifest",
+            "codebase",
+            "cite",
+            "longdesc",
+        ]
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.urls: list[tuple[str, str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        for name, value in attrs:
+            if name in self.URL_ATTRIBUTES:
+                self.urls.append((tag, name, value or ""))
+
+
+def loads_of(html: str) -> _Loads:
+    parser = _Loads()
+    parser.feed(html)
+    parser.close()
+    return parser
+
+
+def table_blocks(markdown: str) -> list[list[str]]:
+    blocks: list[list[str]] = []
+    current: list[str] = []
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            blocks.append(current)
+            current = []
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def cells(line: str) -> list[str]:
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+
+
+NAN_IN_ATTRIBUTE = re.compile(r'="[^"]*\b(nan|inf|infinity)\b[^"]*"', re.I)
+
+
+# --- files -----------------------------------------------------------------------
+
+
+def test_the_report_is_written_where_the_contract_says(report: ReportFiles, tmp_path: Path) -> None:
+    assert report.out_dir == tmp_path / "reports" / "2022-05-31"
+    assert report.html == report.out_dir / "adoption.html"
+    assert report.markdown == report.out_dir / "adoption.md"
+    assert set(report.csvs) == set(MARTS)
+    for path in report.paths:
+        assert path.is_file() and path.stat().st_size > 0, path
+    assert sorted(p.name for p in report.out_dir.iterdir()) == sorted(
+        ["adoption.html", "adoption.md", *(f"{t}.csv" for t in MARTS)]
+    )
+    # Readable like any file this process makes (a temporary file would be 0600).
+    plain = report.out_dir.parent / "plain"
+    plain.write_text("")
+    for path in report.paths:
+        assert path.stat().st_mode == plain.stat().st_mode, path
+
+
+def test_the_headline_figures(report: ReportFiles, plan: Plan) -> None:
+    everyone = report.all_accounts
+    assert everyone is not None
+    assert report.data_through == AS_OF
+    rows = [r for r in adoption_rows(plan, AS_OF) if r[1] == "all"]
+    last, week_ago = rows[-1], rows[-8]
+    assert (everyone.accounts, everyone.with_2fa) == (last[2], last[3])
+    assert everyone.share == pytest.approx(last[3] / last[2])
+    assert everyone.change_7d == pytest.approx(last[6] - week_ago[6])
+    assert everyone.enrolled_last_7d == sum(r[7] for r in rows[-7:])
+    assert [p.population for p in report.populations] == [
+        "all",
+        "cohort:top-100",
+        "cohort:high-impact",
+    ]
+    # Both phases are enforced by 2022-05-31.
+    assert report.still_without_2fa == {"top-100": 10, "high-impact": 500}
+
+
+# --- HTML ------------------------------------------------------------------------
+
+
+def test_the_html_has_four_accessible_charts(report: ReportFiles) -> None:
+    html = report.html.read_text()
+    assert html.count("<svg") == 4
+    charts = re.findall(r"<svg\b[^>]*>", html)
+    for tag in charts:
+        assert 'role="img"' in tag and "aria-labelledby=" in tag, tag
+    ids = re.findall(r'<svg\b[^>]*\bid="([^"]+)"', html)
+    assert ids == ["chart-adoption", "chart-methods", "chart-brownouts", "chart-funnel"]
+    for chart_id in ids:
+        assert f'<title id="{chart_id}-title">' in html
+        assert f'<desc id="{chart_id}-desc">' in html
+    # Each chart has a data table in the page.
+    for table in ("adoption", "methods", "brownouts", "funnel"):
+        assert f'<table id="table-{table}">' in html
+    for table in ("orgs", "tokens", "ledger", "milestones", "headline"):
+        assert f'<table id="table-{table}">' in html
+    assert "No data yet" not in html
+    assert not NAN_IN_ATTRIBUTE.search(html)
+
+
+def test_the_adoption_chart_marks_the_plans_milestones(report: ReportFiles, plan: Plan) -> None:
+    html = report.html.read_text()
+    adoption = re.search(r'<svg\b[^>]*id="chart-adoption".*?</svg>', html, re.S)
+    assert adoption is not None
+    labels = " ".join(re.findall(r'class="milestone-label"[^>]*>([^<]*)<', adoption.group(0)))
+    for expected in (
+        "ELV trial",
+        "top-100 notices",
+        "top-100 enforced",
+        "brownout-1",
+        "brownout-2",
+        "ELV for all",
+        "high-impact notices",
+        "high-impact enforced",
+    ):
+        assert expected in labels, (expected, labels)
+    # Every milestone of the plan (reminders too) has its line, with the date in a tooltip.
+    for milestone in plan_milestones(plan):
+        assert f"<title>{milestone.on}: {milestone.label}</title>" in adoption.group(0)
+    # One line a population, in the legend with its last share.
+    assert adoption.group(0).count("<polyline") == 3
+    assert "All accounts: " in adoption.group(0)
+
+
+def test_the_html_loads_nothing(report: ReportFiles) -> None:
+    html = report.html.read_text()
+    found = loads_of(html)
+    assert not set(found.tags) & _Loads.FETCHING_TAGS
+    assert all(name == "href" and value.startswith("#") for _, name, value in found.urls), (
+        found.urls
+    )
+    assert "<script" not in html.lower()
+    assert "http://" not in html and "https://" not in html
+    assert "url(" not in html and "@import" not in html
+    assert "default-src 'none'" in html  # the CSP: a browser refuses any fetch anyway
+
+
+def test_user_input_is_escaped_in_the_html(report: ReportFiles) -> None:
+    html = report.html.read_text()
+    assert HOSTILE_ORG not in html
+    assert "&lt;b&gt;x&lt;/b&gt;&amp;&#34;" in html
+    assert "<script>alert" not in html
+    assert "email &lt;script&gt;alert(1)&lt;/script&gt; sent" in html
+
+
+def test_only_the_largest_orgs_are_in_the_page(report: ReportFiles) -> None:
+    html = report.html.read_text()
+    table = re.search(r'<table id="table-orgs">.*?</table>', html, re.S)
+    assert table is not None
+    assert table.group(0).count('<th scope="row">') == 20
+    # Ordered by members: the two hand-made large orgs first, then org-00 (40 members).
+    rows = re.findall(r'<th scope="row">(.*?)</th>', table.group(0), re.S)
+    assert rows[:3] == [
+        "&lt;b&gt;x&lt;/b&gt;&amp;&#34;",
+        "comma, &#34;quote&#34;\nand a new line",
+        "org-00",
+    ]
+    assert "32 orgs; 2 enforce 2FA" in html
+
+
+# --- Markdown --------------------------------------------------------------------
+
+
+def test_the_markdown_tells_the_same_story(report: ReportFiles) -> None:
+    markdown = report.markdown.read_text()
+    assert len(markdown.encode()) < 1_000_000
+    assert markdown.startswith("# 2FA adoption: plan npm-2022, as of 2022-05-31\n")
+    header = (
+        "| population | accounts | with 2FA | share | change, 7 days | change, 30 days "
+        "| enrolled, last 7 days |"
+    )
+    assert header in markdown
+    everyone = report.all_accounts
+    assert everyone is not None
+    assert (
+        f"| All accounts | {everyone.accounts:,} | {everyone.with_2fa:,} | "
+        f"{everyone.share * 100:.1f}% |" in markdown
+    )
+    for heading in (
+        "## Adoption over time",
+        "## 2FA methods",
+        "## Brown-out impact",
+        "## Compliance funnel",
+        "## Orgs",
+        "## Token readiness",
+        "## Actions taken",
+        "## Milestones",
+    ):
+        assert f"\n{heading}\n" in markdown
+    assert "| top-100 | 2022-01-04 | 2022-02-01 | 100 | 100 | 30 | 45 | 70 | 25 | 15 | 10 | " in (
+        markdown
+    )
+
+
+def test_markdown_tables_are_well_formed(report: ReportFiles) -> None:
+    blocks = table_blocks(report.markdown.read_text())
+    assert len(blocks) == 9
+    for block in blocks:
+        widths = {len(cells(line)) for line in block}
+        assert len(widths) == 1, block
+        assert all(re.fullmatch(r"-{3,}:?", c) for c in cells(block[1])), block[1]
+    orgs = next(b for b in blocks if b[0].startswith("| org |"))
+    assert len(orgs) == 2 + 20
+
+
+def test_user_input_is_escaped_in_the_markdown(report: ReportFiles) -> None:
+    markdown = report.markdown.read_text()
+    assert "<b>" not in markdown and "<script" not in markdown
+    assert '| &lt;b&gt;x&lt;/b&gt;&amp;" | 500 |' in markdown
+    # A new line in a name would end the table row: it becomes a space.
+    assert '| comma, "quote" and a new line | 450 |' in markdown
+    assert "email &lt;script&gt;alert(1)&lt;/script&gt; sent" in markdown
+
+
+# --- CSV -------------------------------------------------------------------------
+
+
+def test_every_mart_round_trips_through_its_csv(report: ReportFiles, tmp_path: Path) -> None:
+    with open_warehouse(tmp_path / "warehouse.duckdb", read_only=True) as con:
+        for table, columns in MARTS.items():
+            path = report.csvs[table]
+            with path.open(newline="") as handle:
+                rows = list(csv.reader(handle))
+            assert tuple(rows[0]) == columns, table
+            count = con.execute(f"select count(*) from {table}").fetchall()[0][0]
+            assert len(rows) - 1 == count, table
+            types = dict(
+                con.execute(f"select column_name, column_type from (describe {table})").fetchall()
+            )
+            spec = "{" + ", ".join(f"'{c}': '{types[c]}'" for c in columns) + "}"
+            con.execute(
+                f"create temp table back as select * from read_csv('{path}', header = true, "
+                f"columns = {spec}, quote = '\"', escape = '\"')"
+            )
+            for a, b in ((table, "back"), ("back", table)):
+                difference = con.execute(
+                    f"select count(*) from (select * from {a} except all select * from {b})"
+                ).fetchall()[0][0]
+                assert difference == 0, (table, a, b)
+            con.execute("drop table back")
+    with report.csvs["adoption_by_org"].open(newline="") as handle:
+        orgs = [row["org"] for row in csv.DictReader(handle)]
+    assert orgs[:2] == [HOSTILE_ORG, CSV_HOSTILE_ORG]
+    assert len(orgs) == 32
+
+
+def test_extra_columns_follow_the_contracts(tmp_path: Path, plan: Plan) -> None:
+    warehouse = make_warehouse(tmp_path, plan)
+    with open_warehouse(warehouse) as con:
+        con.execute("alter table token_readiness add column note varchar")
+        files = build_report(con, plan, AS_OF, tmp_path / "out")
+    header = files.csvs["token_readiness"].read_text().splitlines()[0]
+    assert header == ",".join((*MARTS["token_readiness"], "note"))
+
+
+# --- edge cases ------------------------------------------------------------------
+
+
+def test_empty_marts_make_a_valid_report(empty_report: ReportFiles) -> None:
+    html = empty_report.html.read_text()
+    assert html.count("<svg") == 4
+    assert html.count("No data yet") >= 4
+    assert not NAN_IN_ATTRIBUTE.search(html)
+    assert "<script" not in html
+    # Even without data, the adoption chart's axis shows the plan's milestones.
+    assert "ELV for all" in html
+    markdown = empty_report.markdown.read_text()
+    assert "_No adoption data yet._" in markdown
+    for block in table_blocks(markdown):
+        assert len({len(cells(line)) for line in block}) == 1
+    for table, path in empty_report.csvs.items():
+        assert path.read_text().splitlines() == [",".join(MARTS[table])]
+    assert empty_report.all_accounts is None
+    assert empty_report.data_through is None
+    assert empty_report.still_without_2fa == {}
+
+
+def test_degenerate_values_never_reach_the_svg(tmp_path: Path, plan: Plan) -> None:
+    """No accounts (share 0/0), NaN and NULL shares, one single day, zero brown-outs."""
+    path = tmp_path / "warehouse.duckdb"
+    with open_warehouse(path) as con:
+        create_marts(con)
+        con.execute(
+            "insert into adoption_daily values "
+            "('2022-05-31', 'all', 0, 0, 0, 0, 'nan'::double, 0), "
+            "('2022-05-31', 'cohort:top-100', 10, 5, null, null, null, null), "
+            "('2022-05-31', 'cohort:odd', 10, 5, 5, 0, 'inf'::double, 1)"
+        )
+        con.execute(
+            "insert into brownout_impact values "
+            "('brownout-1', 'brownout', '2022-02-16', '2022-02-17', 0, 0, 0, 0, 0, 0)"
+        )
+        con.execute(
+            "insert into compliance_funnel values ('top-100', 'top-100', '2022-01-04', "
+            "'2022-02-01', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)"
+        )
+        con.execute("insert into adoption_by_org values (null, null, null, 'nan', 0, 0, null)")
+        files = build_report(con, plan, AS_OF, tmp_path / "out")
+    html = files.html.read_text()
+    assert html.count("<svg") == 4
+    assert not NAN_IN_ATTRIBUTE.search(html)
+    assert "nan%" not in html.lower()
+    shares = {p.population: p.share for p in files.populations}
+    assert shares == {"all": 0.0, "cohort:top-100": 0.5, "cohort:odd": 0.5}
+
+
+def test_a_missing_mart_is_named(tmp_path: Path, plan: Plan) -> None:
+    warehouse = make_warehouse(tmp_path, plan)
+    with open_warehouse(warehouse) as con:
+        con.execute("drop table token_readiness")
+        con.execute("alter table ledger_activity drop column count")
+        with pytest.raises(
+            RolloutError, match=r"token_readiness is missing.*ledger_activity lacks count"
+        ):
+            build_report(con, plan, AS_OF, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_build_leaves_the_previous_report_whole(
+    report: ReportFiles, tmp_path: Path, plan: Plan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = {p.name: p.read_bytes() for p in report.out_dir.iterdir()}
+    import rollout.reporting as reporting
+
+    real_copy = reporting._copy_csv
+    copied: list[str] = []
+
+    def crash_on_the_fourth(con, table, columns, path):  # type: ignore[no-untyped-def]
+        if len(copied) == 3:
+            raise OSError("disk full")
+        copied.append(table)
+        real_copy(con, table, columns, path)
+
+    monkeypatch.setattr(reporting, "_copy_csv", crash_on_the_fourth)
+    with open_warehouse(tmp_path / "warehouse.duckdb") as con:
+        con.execute("update adoption_daily set accounts = accounts + 1")
+        with pytest.raises(OSError, match="disk full"):
+            build_report(con, plan, AS_OF, report.out_dir)
+    after = {p.name: p.read_bytes() for p in report.out_dir.iterdir()}
+    assert after == before  # no temporary file left, nothing half-replaced
+
+
+def test_the_same_marts_make_the_same_files(
+    report: ReportFiles, tmp_path: Path, plan: Plan
+) -> None:
+    with open_warehouse(tmp_path / "warehouse.duckdb", read_only=True) as con:
+        again = build_report(con, plan, AS_OF, tmp_path / "again")
+    for first, second in zip(report.paths, again.paths, strict=True):
+        assert first.read_bytes() == second.read_bytes(), first.name
+
+
+def test_an_earlier_as_of_reports_up_to_that_day(
+    report: ReportFiles, tmp_path: Path, plan: Plan
+) -> None:
+    with open_warehouse(tmp_path / "warehouse.duckdb", read_only=True) as con:
+        files = build_report(con, plan, date(2022, 2, 20), tmp_path / "early")
+    assert files.data_through == date(2022, 2, 20)
+    assert files.still_without_2fa == {"top-100": 10}
+    html = files.html.read_text()
+    adoption = re.search(r'<svg\b[^>]*id="chart-adoption".*?</svg>', html, re.S)
+    assert adoption is not None
+    assert "brownout-1" in adoption.group(0) and "high-impact enforced" not in adoption.group(0)
+    assert "notices go out on 2022-03-15" in html  # the high-impact funnel, not started
+
+
+def test_npm_scale(tmp_path: Path, plan: Plan) -> None:
+    """~150 days x 3 populations and 100,000 orgs: all orgs in the CSV, 20 in the page."""
+    path = tmp_path / "warehouse.duckdb"
+    with open_warehouse(path) as con:
+        fill_marts(con, plan)
+        con.execute(
+            "insert into adoption_by_org select 'scale-' || i, 1 + i % 37, i % 11, "
+            "(i % 11) / (1 + i % 37), 1, 0, null from range(100000) t(i)"
+        )
+        files = build_report(con, plan, AS_OF, tmp_path / "out")
+    assert files.html.stat().st_size < 1_000_000
+    assert files.markdown.stat().st_size < 200_000
+    with files.csvs["adoption_by_org"].open(newline="") as handle:
+        assert sum(1 for _ in csv.reader(handle)) == 1 + 100_032

@@ -1,0 +1,92 @@
+"""The demo story on the tiny sample, on SQLite and PostgreSQL: the whole reference
+plan over its calendar, with maintainers responding, ends with adoption up, both
+phases enforced, every mailing sent once, and the logins in the warehouse."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from rollout.config import load_settings
+from rollout.notify.outbox import outbox_status
+from rollout.plan import load_plan
+from rollout.registry.migrate import open_registry
+from rollout.registry.models import Account, Notification
+from rollout.sample import generate_sample
+from rollout.story import Story
+from rollout.timeline import step_states
+from rollout.warehouse import open_warehouse
+
+ROOT = Path(__file__).resolve().parent.parent
+START, END = date(2021, 12, 1), date(2022, 5, 10)
+
+
+@pytest.fixture
+def story(empty_registry_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Story:
+    monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", empty_registry_url)
+    settings = load_settings()
+    generate_sample(
+        "tiny",
+        7,
+        registry_url=settings.registry_url,
+        landing_dir=settings.landing_dir,
+        end=date(2022, 3, 13),
+        days=110,
+    )
+    plan = load_plan(ROOT / "plans" / "npm-2022.yaml")
+    # Metrics every fortnight and on the cohort days: the story, in less time.
+    return Story(settings, plan, START, END, metrics_every=14, cohorts_every=14)
+
+
+def test_the_reference_plan_runs_start_to_end(story: Story) -> None:
+    report = story.run()
+    settings, plan = story.settings, story.plan
+    assert set(report.enforced) == {"top-100", "high-impact"}
+    assert report.enforced["top-100"] > 0 and report.sessions_revoked > 0
+    assert report.elv_challenges > 0 and report.enrolled["brown-out"] + report.enrolled["ELV"] > 0
+    assert report.enrolled["notice"] + report.enrolled["reminder"] > 0
+    assert report.enrolled["enforcement"] > 0
+    with open_registry(settings.registry_url) as engine:
+        with engine.connect() as connection:
+            not_elv = connection.execute(
+                select(func.count()).where(Account.elv_enrolled_at.is_(None))
+            ).scalar_one()
+            sent_twice = connection.execute(
+                select(func.count()).select_from(
+                    select(Notification.account_id)
+                    .group_by(
+                        Notification.account_id,
+                        Notification.email,
+                        Notification.phase,
+                        Notification.occasion,
+                    )
+                    .having(func.count() > 1)
+                    .subquery()
+                )
+            ).scalar_one()
+        sent = {row["email"] for row in outbox_status(engine) if row["state"] == "sent"}
+        states = {s.step.what: s.state for s in step_states(engine, settings.registry_url, plan)}
+    assert not_elv == 0 and sent_twice == 0
+    assert sent >= {
+        "phase_notice",
+        "reminder",
+        "enforcement_notice",
+        "brownout_heads_up",
+        "elv_enrollment",
+    }
+    assert len(list(settings.outbox_dir.glob("*.eml"))) == report.emails["sent"]
+    assert states["phase top-100 enforced"] == "applied"
+    assert states["phase high-impact enforced"] == "applied"
+    assert states["every account enrolled in ELV"] == "applied"
+    assert states["brownout-2: 24 h of ELV for all"] == "ended"
+    with open_warehouse(settings.warehouse_path, read_only=True) as con:
+        [(logins, elv)] = con.execute(
+            "select count(*), count(*) filter (second_factor = 'elv') from stg_logins "
+            "where occurred_at >= $start",
+            {"start": START},
+        ).fetchall()
+    assert logins == report.logins and elv == report.elv_challenges
