@@ -108,6 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--emails", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--registry-url", help="an empty registry (default: a temp SQLite)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-notify-"))
@@ -126,7 +127,9 @@ def main() -> None:
         try:
             sender = SendGridSender(KEY, f"http://127.0.0.1:{port}", timeout=10)
             started = time.perf_counter()
-            report = outbox.drain(url, plan, sender, concurrency=args.concurrency)
+            report = outbox.drain(
+                url, plan, sender, concurrency=args.concurrency, processes=args.processes
+            )
             send_s = time.perf_counter() - started
         finally:
             server.terminate()
@@ -143,7 +146,8 @@ def main() -> None:
         print(f"queued {queued.added} phase notices in {queue_s:.1f} s")
         print(
             f"sent {report.sent} (failed {report.failed}) in {send_s:.1f} s: "
-            f"{report.sent / send_s:,.0f} messages/s at concurrency {args.concurrency}; "
+            f"{report.sent / send_s:,.0f} messages/s at concurrency {args.concurrency} "
+            f"x {args.processes} processes; "
             f"server received {received}, ledger says sent {len(sent)}; "
             f"peak RSS {peak:,.0f} MiB"
         )

@@ -889,7 +889,12 @@ def notify_queue(
 @reports_errors
 def notify_send(
     apply: Annotated[bool, typer.Option("--apply", help="Send (without: count only).")] = False,
-    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Messages sent at once.")] = 8,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=64, help="Messages sent at once, per process.")
+    ] = 8,
+    processes: Annotated[
+        int, typer.Option(min=1, max=16, help="Processes rendering and sending.")
+    ] = 1,
     limit: Annotated[int | None, typer.Option(min=1, help="Send at most this many.")] = None,
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Queue failed emails again first.")
@@ -928,6 +933,7 @@ def notify_send(
             plan,
             sender,
             concurrency=concurrency,
+            processes=processes,
             limit=limit,
             progress=advance,
         )

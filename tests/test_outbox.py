@@ -368,3 +368,25 @@ def test_rows_left_in_flight_are_sent_again_by_the_next_drain(
         )
     report = outbox.drain(registry_url, plan, Recording())
     assert (report.resumed, report.sent) == (1, 2)
+
+
+def test_a_drain_in_several_processes_sends_each_message_once(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+) -> None:
+    _many(registry, 40)
+    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    seen: list[tuple[int, int]] = []
+    with DevSendGrid(api_key=KEY) as server:
+        sender = SendGridSender(KEY, server.url, timeout=5)
+        report = outbox.drain(
+            registry_url,
+            plan,
+            sender,
+            concurrency=4,
+            processes=2,
+            progress=lambda done, total: seen.append((done, total)),
+        )
+        delivered = _delivered(server)
+    assert report.sent == 42 and set(delivered.values()) == {1}
+    assert rows(registry)["ann"] == ("sent", None)
+    assert seen and seen[-1][1] == 42

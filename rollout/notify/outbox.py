@@ -16,6 +16,7 @@ One drain runs at a time.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -634,22 +635,82 @@ def _count(report: DrainReport, outcomes: Iterable[_Outcome]) -> None:
             report.skipped[o.reason or ""] += 1
 
 
+def _drain_loop(
+    engine: Engine,
+    plan: Plan,
+    sender: Sender,
+    *,
+    concurrency: int,
+    limit: int | None,
+    clock: Callable[[], datetime],
+    progress: Callable[[DrainReport], None] | None = None,
+) -> DrainReport:
+    """Claim, send and record batches until nothing is queued (or ``limit`` is reached)."""
+    report = DrainReport(sender.name)
+    claimed = 0
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send") as pool:
+        while limit is None or claimed < limit:
+            size = concurrency if limit is None else min(concurrency, limit - claimed)
+            batch = _next_batch(engine, plan, size, clock)
+            if batch is None:
+                break
+            claimed += len(batch.ids)
+            futures = [pool.submit(_deliver, sender, m) for m in batch.messages]
+            try:
+                sent = [f.result() for f in futures]
+            except DeliveryFailed as misconfigured:
+                _record(engine, batch.outcomes, clock())
+                _release(engine, [m.outbox_id for m in batch.messages])
+                raise RolloutError(
+                    f"{sender.name}: {misconfigured.reason}; nothing more was sent "
+                    "(fix the settings and run again)"
+                ) from None
+            _record(engine, [*batch.outcomes, *sent], clock())
+            _count(report, [*batch.outcomes, *sent])
+            if progress:
+                progress(report)
+    return report
+
+
+def _drain_worker(
+    registry_url: str, plan: Plan, sender: Sender, concurrency: int, limit: int | None
+) -> DrainReport:
+    """One worker process of a drain: its own connections, the real clock."""
+    with open_registry(registry_url) as engine:
+        return _drain_loop(
+            engine, plan, sender, concurrency=concurrency, limit=limit, clock=utc_now
+        )
+
+
+def _merge(reports: Iterable[DrainReport], into: DrainReport) -> DrainReport:
+    for r in reports:
+        into.sent += r.sent
+        into.failed += r.failed
+        into.skipped.update(r.skipped)
+        into.failures += r.failures
+    return into
+
+
 def drain(
     registry_url: str,
     plan: Plan,
     sender: Sender,
     *,
     concurrency: int = DEFAULT_CONCURRENCY,
+    processes: int = 1,
     limit: int | None = None,
     clock: Callable[[], datetime] = utc_now,
     progress: Callable[[int, int], None] | None = None,
 ) -> DrainReport:
-    """Send every queued email (at most ``limit``), ``concurrency`` at a time.
+    """Send every queued email (at most ``limit``), ``concurrency`` at a time in each
+    of ``processes`` processes.
 
     Claimed rows are sent and recorded before more are claimed: a crash leaves at
-    most ``concurrency`` rows in flight, the only messages a rerun may duplicate.
-    (Claiming the next batch while one is on the wire did not go faster on 2 cores:
-    the drain is CPU-bound, not waiting on the network.)"""
+    most ``concurrency`` rows in flight per process, the only messages a rerun may
+    duplicate. More processes help where rendering and the HTTP client's own work
+    are the limit (a local server on a small machine); against SendGrid, more
+    concurrency is the lever. Worker processes use the real clock and need a
+    sender that pickles (both senders do)."""
     report = DrainReport(sender.name)
     with exclusive_run(registry_url, "notify"), open_registry(registry_url) as engine:
         with engine.begin() as connection:
@@ -659,34 +720,36 @@ def drain(
                 .where(NOTIFICATIONS.c.state == "sending")
                 .values(state="queued", updated_at=clock())
             ).rowcount
-        total = sum(pending(engine).values())
-        total = min(total, limit) if limit is not None else total
-        claimed = 0
-
-        def claim_next() -> _Batch | None:
-            nonlocal claimed
-            size = concurrency if limit is None else min(concurrency, limit - claimed)
-            batch = _next_batch(engine, plan, size, clock)
-            claimed += len(batch.ids) if batch else 0
-            return batch
-
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send") as pool:
-            while (batch := claim_next()) is not None:
-                futures = [pool.submit(_deliver, sender, m) for m in batch.messages]
-                try:
-                    sent = [f.result() for f in futures]
-                except DeliveryFailed as misconfigured:
-                    _record(engine, batch.outcomes, clock())
-                    _release(engine, [m.outbox_id for m in batch.messages])
-                    raise RolloutError(
-                        f"{sender.name}: {misconfigured.reason}; nothing more was sent "
-                        "(fix the settings and run again)"
-                    ) from None
-                _record(engine, [*batch.outcomes, *sent], clock())
-                _count(report, [*batch.outcomes, *sent])
+        waiting = sum(pending(engine).values())
+        total = min(waiting, limit) if limit is not None else waiting
+        if processes <= 1:
+            return _merge(
+                [
+                    _drain_loop(
+                        engine,
+                        plan,
+                        sender,
+                        concurrency=concurrency,
+                        limit=limit,
+                        clock=clock,
+                        progress=(lambda r: progress(r.done, total)) if progress else None,
+                    )
+                ],
+                report,
+            )
+        share = None if limit is None else -(-limit // processes)
+        context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+        with context.Pool(processes) as pool:
+            running = pool.starmap_async(
+                _drain_worker,
+                [(registry_url, plan, sender, concurrency, share)] * processes,
+            )
+            while not running.ready():
+                running.wait(0.5)
                 if progress:
-                    progress(report.done, total)
-    return report
+                    done = waiting - sum(pending(engine).values())
+                    progress(min(done, total), total)
+            return _merge(running.get(), report)
 
 
 def retry_failed(engine: Engine) -> int:

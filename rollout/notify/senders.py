@@ -370,6 +370,11 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
 # --- file outbox -----------------------------------------------------------------------
 
 
+def _aware_now() -> datetime:
+    """A module function, not a lambda: a FileSender must pickle (a drain's worker processes)."""
+    return datetime.now(UTC)
+
+
 class FileSender:
     """Writes each message as an ``.eml`` file, for development and demos.
 
@@ -386,7 +391,7 @@ class FileSender:
         from_address: str = DEFAULT_FROM_ADDRESS,
         from_name: str = DEFAULT_FROM_NAME,
         *,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = _aware_now,
     ) -> None:
         self.outbox_dir = Path(outbox_dir)
         self.from_address = from_address
