@@ -54,6 +54,10 @@ class Responses:
     after_notice: float = 0.03  # each day in the 14 days after a phase notice
     after_reminder: float = 0.05  # each day in the 3 days after a reminder
     after_challenge: float = 0.12  # the day an account meets an ELV challenge
+    # A brown-out bites harder: that day, and each of the week after (the rehearsal
+    # made the point; people set 2FA up when they next have a minute).
+    after_brownout: float = 0.25
+    week_after_brownout: float = 0.05
     at_forced_setup: float = 0.7  # a signed-out account told to set up 2FA at login
     elv_outcomes: tuple[float, float, float] = (0.8, 0.05, 0.15)  # success, failed, abandoned
     webauthn_share: float = 0.4
@@ -180,6 +184,7 @@ class Story:
             clock=lambda: self.clock().replace(tzinfo=UTC),
         )
         self.events: list[tuple[datetime, str, str, str]] = []
+        self.brownout_challenged: dict[int, date] = {}  # account index -> day challenged
         self.last_download_day: date | None = None
 
     # The jobs, each as its deployment would run it, at the simulated hour.
@@ -326,11 +331,20 @@ class Story:
                 self._login(at, n, "elv", str(outcome))
                 self.report.elv_challenges += 1
                 in_brownout = any(w.starts_at <= at < _window_end(w) for w in windows)
-                odds = r.after_challenge if in_brownout else r.after_challenge / 6
+                if in_brownout:
+                    self.brownout_challenged[n] = day
+                odds = r.after_brownout if in_brownout else r.after_challenge / 6
                 if rng.random() < odds:
                     enrol(n, at + timedelta(minutes=5), "brown-out" if in_brownout else "ELV")
             else:
                 self._login(at, n, "none", "success")
+
+        # The week after a brown-out, those it challenged come back to it.
+        for n, challenged_on in list(self.brownout_challenged.items()):
+            if p.method[n] or (day - challenged_on).days > 7:
+                del self.brownout_challenged[n]
+            elif day > challenged_on and rng.random() < r.week_after_brownout:
+                enrol(n, _at(day, int(rng.integers(8, 22))), "brown-out")
 
         # Emails read at some point in the day.
         for account_id in notified | reminded:
