@@ -1,0 +1,162 @@
+"""The analysts' notebooks (notebooks/*.ipynb) run top to bottom against the tiny
+demo's warehouse, under nbmake in a pytest subprocess, and are committed without
+outputs. Their first cell finds the warehouse the way the pipeline does, and says how
+to create it when there is none."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from rollout.config import load_settings
+from rollout.plan import load_plan
+from rollout.sample import generate_sample
+from rollout.story import Story
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+EXPECTED = {"cohort_explorer.ipynb", "adoption_trends.ipynb", "brownout_impact.ipynb"}
+START, END = date(2021, 12, 1), date(2022, 5, 10)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the kernel colours its tracebacks
+
+
+def notebook_paths() -> list[Path]:
+    return sorted(NOTEBOOKS.glob("*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny demo, the reference plan played start to end: a SQLite registry, the
+    landing files and the warehouse with its adoption marts, under one ROLLOUT_HOME."""
+    home = tmp_path_factory.mktemp("notebooks") / "home"
+    settings = load_settings({"ROLLOUT_HOME": str(home)})
+    settings.ensure_home()
+    generate_sample(
+        "tiny",
+        7,
+        registry_url=settings.registry_url,
+        landing_dir=settings.landing_dir,
+        end=date(2022, 3, 13),
+        days=110,
+    )
+    plan = load_plan(ROOT / "plans" / "npm-2022.yaml")
+    Story(settings, plan, START, END, metrics_every=14, cohorts_every=14).run()
+    return home
+
+
+def notebook_env(home: Path, scratch: Path) -> dict[str, str]:
+    """The environment the notebooks run in: the demo's home, and Jupyter's and
+    IPython's state in temp dirs. Nothing of the outer pytest or rollout settings."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("ROLLOUT_", "PYTEST_", "JUPYTER_", "IPYTHON"))
+    }
+    for name in ("ipython", "jupyter-data", "jupyter-runtime", "jupyter-config", "mpl"):
+        (scratch / name).mkdir(parents=True, exist_ok=True)
+    env.update(
+        ROLLOUT_HOME=str(home),
+        ROLLOUT_WAREHOUSE=str(home / "warehouse.duckdb"),
+        IPYTHONDIR=str(scratch / "ipython"),
+        JUPYTER_DATA_DIR=str(scratch / "jupyter-data"),
+        JUPYTER_RUNTIME_DIR=str(scratch / "jupyter-runtime"),
+        JUPYTER_CONFIG_DIR=str(scratch / "jupyter-config"),
+        MPLCONFIGDIR=str(scratch / "mpl"),
+        MPLBACKEND="Agg",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    return env
+
+
+@pytest.mark.slow
+def test_every_notebook_runs_top_to_bottom_on_the_demo(demo_home: Path, tmp_path: Path) -> None:
+    notebooks = notebook_paths()
+    assert notebooks, f"no notebooks in {NOTEBOOKS}"
+    # Serially (no xdist), no cache written into the repository, no addopts from outside.
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--nbmake",
+        "--nbmake-timeout=300",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:xdist",
+        "-q",
+        *map(str, notebooks),
+    ]
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        env=notebook_env(demo_home, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    output = ANSI.sub("", f"$ {' '.join(command)}\n{result.stdout}\n{result.stderr}")
+    assert result.returncode == 0, output
+    assert f"{len(notebooks)} passed" in result.stdout, output
+
+
+@pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.name)
+def test_notebook_is_committed_without_outputs(path: Path) -> None:
+    raw = json.loads(path.read_text())
+    assert raw["nbformat"] == 4
+    nbformat.validate(nbformat.reads(path.read_text(), as_version=4))
+    assert raw["cells"][0]["cell_type"] == "markdown", "start with what the notebook answers"
+    for n, cell in enumerate(raw["cells"]):
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [], f"cell {n} has outputs: clear them before committing"
+            assert cell["execution_count"] is None, f"cell {n} has an execution count"
+
+
+def test_the_three_notebooks_exist() -> None:
+    assert {p.name for p in notebook_paths()} >= EXPECTED
+
+
+def first_code_cell(path: Path) -> str:
+    notebook = nbformat.read(path, as_version=4)
+    return next(cell.source for cell in notebook.cells if cell.cell_type == "code")
+
+
+def test_every_notebook_finds_the_warehouse_the_same_way() -> None:
+    assert len({first_code_cell(path) for path in notebook_paths()}) == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "missing"),
+    [
+        ({"ROLLOUT_HOME": "{tmp}/home"}, "{tmp}/home/warehouse.duckdb"),
+        # Relative to the repository root, though the notebook runs in notebooks/.
+        ({"ROLLOUT_HOME": "no-such-home"}, "{root}/no-such-home/warehouse.duckdb"),
+        (
+            {"ROLLOUT_HOME": "{tmp}/home", "ROLLOUT_WAREHOUSE": "{tmp}/elsewhere.duckdb"},
+            "{tmp}/elsewhere.duckdb",
+        ),
+    ],
+    ids=["home", "relative-home", "warehouse-first"],
+)
+def test_a_missing_warehouse_says_how_to_create_it(
+    env: dict[str, str],
+    missing: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ROLLOUT_WAREHOUSE", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(tmp=tmp_path, root=ROOT))
+    monkeypatch.chdir(NOTEBOOKS)
+    with pytest.raises(FileNotFoundError) as raised:
+        exec(first_code_cell(notebook_paths()[0]), {})
+    message = str(raised.value)
+    assert f"No warehouse at {missing.format(tmp=tmp_path, root=ROOT)}" in message
+    assert "make demo" in message
