@@ -174,10 +174,7 @@ def _change_window(
 ) -> WindowState:
     with open_registry(registry_url) as engine:
         now = utc_now()
-        current = {w.name: w for w in status(engine, now)}.get(name)
-        if current is None:
-            raise BadInput(None, None, f"no brown-out window named {name!r}")
-        values = decide(current, now)
+        values = decide(_current(engine, name, now), now)
         with engine.begin() as connection:
             connection.execute(update(WINDOWS).where(WINDOWS.c.name == name).values(**values))
             record_actions(
@@ -196,28 +193,49 @@ def _change_window(
         return {w.name: w for w in status(engine, now)}[name]
 
 
+def _start_values(window: WindowState, now: datetime) -> dict[str, datetime]:
+    if window.state != "scheduled":
+        raise GuardRefused(
+            f"brown-out {window.name} is {window.state}: only a scheduled window can be started"
+        )
+    return {"starts_at": now, "ends_at": now + (window.ends_at - window.starts_at)}
+
+
+def _end_values(window: WindowState, now: datetime) -> dict[str, datetime]:
+    if window.state in ("ended", "ended early"):
+        raise GuardRefused(f"brown-out {window.name} has already {window.state}")
+    return {"ended_early_at": now}
+
+
+def _current(engine: Engine, name: str, now: datetime) -> WindowState:
+    current = {w.name: w for w in status(engine, now)}.get(name)
+    if current is None:
+        raise BadInput(None, None, f"no brown-out window named {name!r}")
+    return current
+
+
+def change_preview(registry_url: str, name: str, change: str) -> str:
+    """What ``start``/``end`` would do now, or GuardRefused saying why it would not."""
+    decide = {"start": _start_values, "end": _end_values}[change]
+    with open_registry(registry_url) as engine:
+        now = utc_now()
+        window = _current(engine, name, now)
+    values = decide(window, now)
+    if change == "start":
+        return (
+            f"would start {name} now ({window.state}), until {values['ends_at']:%Y-%m-%d %H:%M} UTC"
+        )
+    return f"would end {name} now ({window.state})"
+
+
 def start_now(registry_url: str, name: str, *, actor: str, reason: str) -> WindowState:
     """Begin a scheduled window now (it keeps its planned length)."""
-
-    def decide(window: WindowState, now: datetime) -> dict[str, datetime]:
-        if window.state != "scheduled":
-            raise GuardRefused(
-                f"brown-out {name} is {window.state}: only a scheduled window can be started"
-            )
-        return {"starts_at": now, "ends_at": now + (window.ends_at - window.starts_at)}
-
-    return _change_window(registry_url, name, actor, reason, decide, "brownout_started")
+    return _change_window(registry_url, name, actor, reason, _start_values, "brownout_started")
 
 
 def end_now(registry_url: str, name: str, *, actor: str, reason: str) -> WindowState:
     """The emergency stop: the window stops applying now, whatever its state."""
-
-    def decide(window: WindowState, now: datetime) -> dict[str, datetime]:
-        if window.state in ("ended", "ended early"):
-            raise GuardRefused(f"brown-out {name} has already {window.state}")
-        return {"ended_early_at": now}
-
-    return _change_window(registry_url, name, actor, reason, decide, "brownout_ended")
+    return _change_window(registry_url, name, actor, reason, _end_values, "brownout_ended")
 
 
 def enroll_all(

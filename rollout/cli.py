@@ -1270,15 +1270,13 @@ def brownout_start(
     apply: ApplyOption = False,
 ) -> None:
     """Begin a scheduled brown-out now (it keeps its planned length)."""
-    from rollout.brownouts import start_now
+    from rollout.brownouts import change_preview, start_now
 
-    if not apply:
-        stderr.print(
-            f"would start {name} now, for its planned length; preview only: add --apply",
-            highlight=False,
-        )
-        return
     settings = _settings()
+    if not apply:
+        preview = change_preview(settings.registry_url, name, "start")
+        stderr.print(f"{preview}; preview only: add --apply", highlight=False)
+        return
     window = start_now(settings.registry_url, name, actor=settings.actor, reason=reason)
     stderr.print(
         f"{name} is {window.state} until {window.ends_at:%Y-%m-%d %H:%M} UTC", highlight=False
@@ -1293,12 +1291,13 @@ def brownout_end(
     apply: ApplyOption = False,
 ) -> None:
     """The emergency stop: a brown-out stops applying now, whatever its state."""
-    from rollout.brownouts import end_now
+    from rollout.brownouts import change_preview, end_now
 
-    if not apply:
-        stderr.print(f"would end {name} now; preview only: add --apply", highlight=False)
-        return
     settings = _settings()
+    if not apply:
+        preview = change_preview(settings.registry_url, name, "end")
+        stderr.print(f"{preview}; preview only: add --apply", highlight=False)
+        return
     window = end_now(settings.registry_url, name, actor=settings.actor, reason=reason)
     stderr.print(f"{name}: {window.state}", highlight=False)
 

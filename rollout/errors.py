@@ -31,9 +31,10 @@ class BadInput(RolloutError):
         self.path = Path(path) if path is not None else None
         self.line = line
         self.reason = reason
-        where = str(self.path) if self.path is not None else "<input>"
-        if line is not None:
-            where = f"{where}:{line}"
+        if self.path is None:  # a name or value given on the command line
+            super().__init__(reason)
+            return
+        where = f"{self.path}:{line}" if line is not None else str(self.path)
         super().__init__(f"{where}: {reason}")
 
 

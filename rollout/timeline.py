@@ -107,7 +107,9 @@ def _lock_free(registry_url: str, name: str) -> bool:
 
 
 def _state_of(runs: Sequence[PlanRun], enforce_idle: bool) -> tuple[str, PlanRun | None]:
-    """A step's state from its runs, oldest first."""
+    """A step's state from its runs, oldest first, and the run that decided it: for an
+    applied step its first apply since the last rollback (a later no-op rerun, or a
+    catch-up that found nothing new, does not hide what the step did)."""
     if not runs:
         return "pending", None
     last = runs[-1]
@@ -119,10 +121,15 @@ def _state_of(runs: Sequence[PlanRun], enforce_idle: bool) -> tuple[str, PlanRun
     if last.state == "failed":
         return f"{last.mode} failed", last
     done = [r for r in runs if r.state == "succeeded" and r.mode in ("apply", "rollback")]
-    if done:
-        final = done[-1]
-        return ("rolled back" if final.mode == "rollback" else "applied"), final
-    return "previewed", last
+    if not done:
+        return "previewed", last
+    if done[-1].mode == "rollback":
+        return "rolled back", done[-1]
+    since = [r for r in done if r.mode == "rollback"]
+    applies = [
+        r for r in done if r.mode == "apply" and (not since or r.started_at > since[-1].started_at)
+    ]
+    return "applied", applies[0]
 
 
 def _detail(run: PlanRun | None) -> str:
@@ -138,7 +145,10 @@ def step_states(
     now = at or utc_now()
     with engine.connect() as connection:
         runs: dict[str, list[PlanRun]] = defaultdict(list)
-        for run in connection.execute(select(PlanRun).order_by(PlanRun.started_at)).all():
+        # As of ``now``: runs that started later have not happened yet.
+        for run in connection.execute(
+            select(PlanRun).where(PlanRun.started_at <= now).order_by(PlanRun.started_at)
+        ).all():
             runs[run.step].append(run)
         windows = {w.name: w for w in connection.execute(select(BrownoutWindow)).all()}
     enforce_idle = _lock_free(registry_url, "enforce")
@@ -149,7 +159,7 @@ def step_states(
             states.append(StepState(step, "passed" if passed else "upcoming"))
         elif step.key.startswith("brownout "):
             window = windows.get(step.key.removeprefix("brownout "))
-            if window is None:
+            if window is None or window.created_at > now:
                 states.append(StepState(step, "not scheduled"))
             else:
                 states.append(

@@ -103,12 +103,17 @@ def test_start_early_and_the_emergency_end(
     drill = soon(plan)
     brownouts.schedule(registry_url, drill, actor="rm")
     assert not required(registry, accounts["kim"], utc_now())
+    assert brownouts.change_preview(registry_url, "drill", "start").startswith(
+        "would start drill now (scheduled)"
+    )
     started = brownouts.start_now(registry_url, "drill", actor="rm", reason="rehearsal")
     assert started.state == "active" and started.ends_at - started.starts_at == timedelta(hours=24)
     assert required(registry, accounts["kim"], utc_now())
     ended = brownouts.end_now(registry_url, "drill", actor="rm", reason="login errors spiking")
     assert ended.state == "ended early"
     assert not required(registry, accounts["kim"], utc_now() + timedelta(seconds=1))
+    with pytest.raises(GuardRefused, match="already ended early"):
+        brownouts.change_preview(registry_url, "drill", "end")  # the preview says so too
     with pytest.raises(GuardRefused, match="already ended early"):
         brownouts.end_now(registry_url, "drill", actor="rm", reason="again")
     with pytest.raises(BadInput, match="no brown-out window named 'nope'"):
