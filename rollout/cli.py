@@ -370,7 +370,7 @@ def quarantine(
     from rollout import warehouse
 
     settings = _settings()
-    with warehouse.open_warehouse(settings.warehouse_path) as con:
+    with warehouse.open_warehouse(settings.warehouse_path, read_only=True) as con:
         rows = con.execute(
             "select path as file, line, reason, record from quarantine "
             "order by quarantined_at, path, line limit $limit",
@@ -391,7 +391,7 @@ def summary(fmt: FormatOption = Format.table) -> None:
     from rollout import warehouse
 
     settings = _settings()
-    with warehouse.open_warehouse(settings.warehouse_path) as con:
+    with warehouse.open_warehouse(settings.warehouse_path, read_only=True) as con:
         result = con.execute(warehouse.sql_text("summary/warehouse_summary"))
         names = [d[0] for d in result.description]
         values = result.fetchall()[0]
@@ -539,7 +539,7 @@ def cohorts_show(
 
     settings = _settings()
     _plan().cohort(cohort)
-    with warehouse.open_warehouse(settings.warehouse_path) as con:
+    with warehouse.open_warehouse(settings.warehouse_path, read_only=True) as con:
         table = "cohort_package_snapshots" if packages else "cohort_account_snapshots"
         day = _day_or_latest(con, as_of, table)
         if packages:
@@ -596,7 +596,7 @@ def cohorts_diff(
 
     settings = _settings()
     days = {"d1": _parse_day(first, "D1"), "d2": _parse_day(second, "D2"), "cohort": cohort}
-    with warehouse.open_warehouse(settings.warehouse_path) as con:
+    with warehouse.open_warehouse(settings.warehouse_path, read_only=True) as con:
         result = con.execute(warehouse.render("marts/cohort_diff"), days)
         names = [d[0] for d in result.description]
         rows = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
@@ -636,7 +636,7 @@ def cohorts_simulate(
         top_by_dependents=top,
     )
     settings = _settings()
-    with warehouse.open_warehouse(settings.warehouse_path) as con:
+    with warehouse.open_warehouse(settings.warehouse_path, read_only=True) as con:
         day = _day_or_latest(con, as_of, "package_metrics_daily")
         sizes = simulate(con, rule, day)
     emit_record(

@@ -52,7 +52,20 @@ def connect(
     config: dict[str, Any] = {}
     if memory_limit:
         config["memory_limit"] = memory_limit
-    con = duckdb.connect(str(path), read_only=read_only, config=config)
+    if read_only and not path.exists():
+        raise RolloutError(f"{path}: no warehouse yet: run `rollout ingest` first")
+    try:
+        con = duckdb.connect(str(path), read_only=read_only, config=config)
+    except duckdb.IOException as error:
+        if "lock" not in str(error).lower():
+            raise
+        # DuckDB allows one writer, or readers, not both: say so, not a traceback.
+        holder = re.search(r"\(PID (\d+)\)", str(error))
+        who = f"process {holder.group(1)}" if holder else "another process"
+        raise RolloutError(
+            f"{path}: the warehouse is open in {who} (a notebook, a duckdb shell, another "
+            "rollout run?); close it or wait, then run again"
+        ) from None
     # Every time in the pipeline is UTC; never let the machine's zone leak in.
     con.execute("set TimeZone = 'UTC'")
     if not read_only:
