@@ -96,6 +96,12 @@ def _create_plan_tables(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
         )
 
 
+def registry_inputs() -> tuple[str, ...]:
+    """The registry tables the marts read: all a report's extract needs to copy."""
+    models = [warehouse.render(f"marts/{name}") for name in ADOPTION_TABLES]
+    return tuple(sorted({t for sql in models for t in _REGISTRY_TABLE.findall(sql)}))
+
+
 def _drop_plan_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("drop table if exists plan_phases")
     con.execute("drop table if exists plan_brownouts")

@@ -267,8 +267,7 @@ def _enforce_batch(
         literal({}, JSON),
     ]
     connection.execute(
-        dialect_insert(connection, ACTIONS)
-        .from_select(
+        dialect_insert(connection, ACTIONS).from_select(
             _audit_columns(),
             select(
                 literal(f"tfa-required:{phase.name}:")
@@ -285,8 +284,7 @@ def _enforce_batch(
         # fail the batch loudly. (Speculative inserts cost a fifth more on PostgreSQL.)
     )
     connection.execute(
-        dialect_insert(connection, ACTIONS)
-        .from_select(
+        dialect_insert(connection, ACTIONS).from_select(
             _audit_columns(),
             select(
                 literal("revoke-session:") + cast(SESSIONS.c.id, String),

@@ -28,7 +28,7 @@ from rollout import warehouse
 from rollout.errors import RolloutError
 from rollout.registry.engine import adbc_uri, is_sqlite, normalize_url
 from rollout.registry.migrate import require_current_schema
-from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Base
+from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Base, extracted_columns
 from rollout.registry.sqlite_export import NULL_INT, select_with_sentinels
 
 EXTRACTED_TABLES = (*REGISTRY_TABLES, *LEDGER_TABLES)
@@ -53,19 +53,19 @@ def _is_numeric(duck_type: str) -> bool:
 
 
 def _source_query(table: Table) -> str:
-    columns = ", ".join(f'"{column.name}"' for column in table.columns)
+    columns = ", ".join(f'"{column.name}"' for column in extracted_columns(table))
     return f"select {columns} from {table.name}"
 
 
 def _target_select(table: Table) -> str:
     return ", ".join(
         f'cast("{column.name}" as {_duckdb_type(column.type)}) as "{column.name}"'
-        for column in table.columns
+        for column in extracted_columns(table)
     )
 
 
 def _numeric_columns(table: Table) -> list[str]:
-    return [c.name for c in table.columns if _is_numeric(_duckdb_type(c.type))]
+    return [c.name for c in extracted_columns(table) if _is_numeric(_duckdb_type(c.type))]
 
 
 def _export_sqlite(registry_url: str, tables: tuple[str, ...], folder: Path) -> None:
@@ -87,7 +87,7 @@ def _export_sqlite(registry_url: str, tables: tuple[str, ...], folder: Path) -> 
 def _sqlite_select(table: Table) -> str:
     """Cast the exported columns to the model's types, sentinels back to NULL."""
     columns = []
-    for column in table.columns:
+    for column in extracted_columns(table):
         duck_type = _duckdb_type(column.type)
         sentinel = str(NULL_INT) if _is_numeric(duck_type) else "chr(0) || 'null'"
         columns.append(
@@ -115,13 +115,14 @@ def _read_sqlite_here(registry_url: str, tables: tuple[str, ...]) -> dict[str, p
             table = Base.metadata.tables[name]
             numeric = set(_numeric_columns(table))
             rows = connection.execute(select_with_sentinels(name, numeric)).fetchall()
-            columns = list(zip(*rows, strict=True)) or [() for _ in table.columns]
+            wanted = extracted_columns(table)
+            columns = list(zip(*rows, strict=True)) or [() for _ in wanted]
             read[name] = pa.table(
                 {
                     column.name: pa.array(
                         values, pa.int64() if column.name in numeric else pa.string()
                     )
-                    for column, values in zip(table.columns, columns, strict=True)
+                    for column, values in zip(wanted, columns, strict=True)
                 }
             )
     finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 import adbc_driver_sqlite.dbapi as adbc_sqlite
 import pyarrow as pa
 
-from rollout.registry.models import Base
+from rollout.registry.models import Base, extracted_columns
 
 # ADBC's SQLite driver guesses each column's type from a batch's values, and a batch
 # whose values are all NULL is guessed as an integer; a later text value then fails.
@@ -28,7 +28,7 @@ NULL_INT = -(2**63)
 def select_with_sentinels(table_name: str, numeric: set[str]) -> str:
     table = Base.metadata.tables[table_name]
     columns = []
-    for column in table.columns:
+    for column in extracted_columns(table):
         name = column.name
         if name in numeric:
             columns.append(f'coalesce("{name}", {NULL_INT}) as "{name}"')
