@@ -147,10 +147,39 @@ def run(label: str, url: str, plan: Plan) -> None:
     )
 
 
+def undo_earlier_run(url: str) -> None:
+    """Back to the sample as generated: the sample flags no account and revokes
+    sessions only for its own reasons; the ledger tables start empty."""
+    engine = make_engine(url)
+    upgrade(engine)
+    with engine.begin() as connection:
+        connection.execute(text("truncate actions, notifications, cohort_memberships"))
+        connection.execute(text("delete from plan_runs"))
+        connection.execute(
+            text(
+                "update web_sessions set revoked_at = null, revoked_reason = null "
+                "where revoked_reason = 'naive' or revoked_reason like 'phase bench:%'"
+            )
+        )
+        connection.execute(
+            text("update accounts set tfa_required_at = null where tfa_required_at is not null")
+        )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        for table in ("accounts", "web_sessions", "actions", "notifications"):
+            connection.execute(text(f"vacuum analyze {table}"))
+    engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registry", type=Path, required=True)
     parser.add_argument("--postgres", help="URL of an empty PostgreSQL database")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="the PostgreSQL database already holds the npm sample from an earlier run: "
+        "undo that run's changes instead of generating the sample again (~10 min)",
+    )
     args = parser.parse_args()
     plan = bench_plan()
     print(
@@ -164,7 +193,10 @@ def main() -> None:
         upgrade(engine)  # a registry made by an older rollout
         engine.dispose()
         run("SQLite", f"sqlite:///{copy}", plan)
-    if args.postgres:
+    if args.postgres and args.reuse:
+        undo_earlier_run(args.postgres)
+        run("PostgreSQL", args.postgres, plan)
+    elif args.postgres:
         from rollout.registry.migrate import downgrade
         from rollout.sample import generate_sample
 

@@ -248,16 +248,6 @@ def _enforce_batch(
         # Counted from RETURNING: psycopg reports -1 as this INSERT's rowcount.
         .returning(NOTIFICATIONS.c.id)
     ).all()
-    revoked = connection.execute(
-        update(SESSIONS)
-        .where(
-            and_(
-                _among(connection, SESSIONS.c.account_id, still_without),
-                SESSIONS.c.revoked_at.is_(None),
-            )
-        )
-        .values(revoked_at=now, revoked_reason=reason[:200])
-    ).rowcount
     common = [
         literal(phase.name),
         literal(reason),
@@ -283,23 +273,48 @@ def _enforce_batch(
         # an IS NULL guard, so their keys are new; were one not, the unique key should
         # fail the batch loudly. (Speculative inserts cost a fifth more on PostgreSQL.)
     )
-    connection.execute(
-        dialect_insert(connection, ACTIONS).from_select(
+    revoke = (
+        update(SESSIONS)
+        .where(
+            and_(
+                _among(connection, SESSIONS.c.account_id, still_without),
+                SESSIONS.c.revoked_at.is_(None),
+            )
+        )
+        .values(revoked_at=now, revoked_reason=reason[:200])
+    )
+
+    def session_audit(sessions: Any) -> Any:
+        return dialect_insert(connection, ACTIONS).from_select(
             _audit_columns(),
             select(
-                literal("revoke-session:") + cast(SESSIONS.c.id, String),
+                literal("revoke-session:") + cast(sessions.c.id, String),
                 literal("revoke_session"),
-                SESSIONS.c.account_id,
-                literal("web_session:") + cast(SESSIONS.c.id, String),
+                sessions.c.account_id,
+                literal("web_session:") + cast(sessions.c.id, String),
                 *common,
-            ).where(
+            ),
+        )
+
+    if connection.dialect.name == "postgresql":
+        # Revoked and audited in one statement: the audit reads the rows the UPDATE
+        # returns instead of finding them again by account and time.
+        revoked_rows = revoke.returning(SESSIONS.c.id, SESSIONS.c.account_id).cte("revoked")
+        audited = session_audit(revoked_rows).returning(ACTIONS.c.id).cte("audited")
+        revoked = connection.execute(select(func.count()).select_from(audited)).scalar_one()
+    else:
+        revoked = connection.execute(revoke).rowcount
+        revoked_now = (
+            select(SESSIONS.c.id, SESSIONS.c.account_id)
+            .where(
                 and_(
                     _among(connection, SESSIONS.c.account_id, still_without),
                     SESSIONS.c.revoked_at == now,
                 )
-            ),
+            )
+            .subquery()
         )
-    )
+        connection.execute(session_audit(revoked_now))
     return flagged, revoked, len(queued), skipped
 
 
