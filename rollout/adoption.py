@@ -24,6 +24,7 @@ from rollout.plan import Plan
 ADOPTION_TABLES: tuple[str, ...] = (
     "adoption_daily",
     "adoption_by_org",
+    "adoption_daily_by_org",
     "compliance_funnel",
     "time_to_comply",
     "brownout_impact",

@@ -390,21 +390,22 @@ def build_cohorts(
     cohorts: list[str] | None = None,
     allow_gaps: bool = False,
     refresh_registry: bool = True,
+    small_registry: bool = False,
 ) -> list[CohortResult]:
     """Build the plan's cohorts (or the named ones) for ``as_of``.
 
     ``refresh_registry=False`` uses the warehouse's registry extract as it is (who can
     publish, 2FA factors): for a run that extracted it minutes ago (the daily flow
     ingests first). The cohort tables themselves are always read fresh.
+    ``small_registry``: a registry of a few thousand accounts, read in this process (see
+    ``extract_registry``) rather than by the faster-per-row child exporter.
     """
     require_metrics(con, as_of, allow_gaps=allow_gaps)
     names = cohorts or list(plan.cohorts)
     for name in names:
         plan.cohort(name)
-    if refresh_registry:
-        extract_registry(con, registry_url, COHORT_INPUTS)
-    else:
-        extract_registry(con, registry_url, ("cohort_packages", "cohort_memberships"))
+    inputs = COHORT_INPUTS if refresh_registry else ("cohort_packages", "cohort_memberships")
+    extract_registry(con, registry_url, inputs, small=small_registry)
     with open_registry(registry_url) as engine:
         results: list[CohortResult] = []
         with recorded_run(
