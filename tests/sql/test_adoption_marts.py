@@ -13,8 +13,9 @@ A case folder holds:
 - ``expected/<mart>.csv``: every row of that mart, with its columns in order. Shares
   are rounded to 6 places; an empty cell is null.
 
-Adding a folder adds a test. Below them: a property test of adoption_daily against a
-plain Python count, the .yml beside each model, and the all-or-nothing rebuild.
+Adding a folder adds a test. Below them: property tests of adoption_daily and of
+adoption_daily_by_org (forward-filled) against a plain Python count, the .yml beside
+each model, and the all-or-nothing rebuild.
 """
 
 from __future__ import annotations
@@ -372,6 +373,117 @@ def test_adoption_daily_matches_a_plain_count(
     if not any(a["cohort"] for a in accounts):
         expected = [row for row in expected if row[1] == "all"]
     assert actual == expected
+
+
+# --- adoption_daily_by_org, forward-filled, against a plain count -----------------------------
+
+ORGS = ("o1", "o2", "o3")
+member_strategy = st.fixed_dictionaries(
+    {
+        "factors": st.lists(
+            st.tuples(st.sampled_from(["totp", "webauthn"]), hours, st.none() | hours),
+            max_size=3,
+        ),
+        # org index -> (joined, removed): at most one membership per org, as the registry
+        "orgs": st.dictionaries(
+            st.integers(0, len(ORGS) - 1), st.tuples(hours, st.none() | hours), max_size=2
+        ),
+    }
+)
+
+
+def _org_figures(accounts: list[dict[str, Any]], org: int, day: date) -> tuple[Any, ...]:
+    """One org's figures on one day by brute force, as adoption_daily_by_org's columns."""
+    end = datetime.combine(AS_OF + timedelta(days=1), time())
+    day_end = datetime.combine(day + timedelta(days=1), time())
+    members = totp = webauthn = new = 0
+    for account in accounts:
+        if org not in account["orgs"]:
+            continue
+        joined, removed = account["orgs"][org]
+        if not (_at(joined) < day_end and (removed is None or _at(removed) >= day_end)):
+            continue
+        members += 1
+        kinds = {
+            kind
+            for kind, created, removed_at in account["factors"]
+            if _at(created) < day_end and (removed_at is None or _at(removed_at) >= day_end)
+        }
+        if "webauthn" in kinds:
+            webauthn += 1
+        elif "totp" in kinds:
+            totp += 1
+        created_days = [_at(c).date() for _, c, _ in account["factors"] if _at(c) < end]
+        if created_days and min(created_days) == day:
+            new += 1
+    share = (totp + webauthn) / members if members else 0.0
+    return (members, totp + webauthn, totp, webauthn, round(share, 9), new)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(accounts=st.lists(member_strategy, min_size=1, max_size=6))
+def test_adoption_daily_by_org_forward_filled_matches_a_plain_count(
+    fresh_warehouse: duckdb.DuckDBPyConnection, accounts: list[dict[str, Any]]
+) -> None:
+    con = fresh_warehouse
+    _replace_rows(
+        con,
+        "orgs",
+        [
+            {"id": i, "name": name, "created_at": BASE - timedelta(days=30)}
+            for i, name in enumerate(ORGS)
+        ],
+    )
+    _replace_rows(
+        con,
+        "org_members",
+        [
+            {
+                "org_id": org,
+                "account_id": i,
+                "role": "developer",
+                "joined_at": _at(joined),
+                "removed_at": None if removed is None else _at(removed),
+            }
+            for i, a in enumerate(accounts, start=1)
+            for org, (joined, removed) in a["orgs"].items()
+        ],
+    )
+    _replace_rows(
+        con,
+        "tfa_factors",
+        [
+            {
+                "account_id": i,
+                "kind": kind,
+                "created_at": _at(created),
+                "removed_at": None if removed is None else _at(removed),
+            }
+            for i, a in enumerate(accounts, start=1)
+            for kind, created, removed in a["factors"]
+        ],
+    )
+    build_adoption(con, PROPERTY_PLAN, AS_OF)
+    rows = con.execute("select * from adoption_daily_by_org order by org, day").fetchall()
+
+    days = [SINCE + timedelta(days=n) for n in range((AS_OF - SINCE).days + 1)]
+    for org, name in enumerate(ORGS):
+        sparse = [(row[0], (*row[2:6], round(row[6], 9), row[7])) for row in rows if row[1] == name]
+        # Sparse: within the series, each row differs from the one before (all 0 at first).
+        assert all(SINCE <= day <= AS_OF for day, _ in sparse)
+        figures = [f for _, f in sparse]
+        zeros = (0, 0, 0, 0, 0.0, 0)
+        assert all(a != b for a, b in zip([zeros, *figures], figures, strict=False)), sparse
+        # Forward-filled: every day's figures are the last row's on or before it.
+        filled = []
+        for day in days:
+            before = [f for row_day, f in sparse if row_day <= day]
+            filled.append(before[-1] if before else zeros)
+        assert filled == [_org_figures(accounts, org, day) for day in days], name
 
 
 # --- the models' metadata and the rebuild ----------------------------------------------------
