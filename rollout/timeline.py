@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, select
 
@@ -133,9 +134,21 @@ def _state_of(runs: Sequence[PlanRun], enforce_idle: bool) -> tuple[str, PlanRun
 
 
 def _detail(run: PlanRun | None) -> str:
+    """A run's summary in words: ``accounts_flagged 45, batches 1``, or per part
+    (``top-100: packages 100, accounts 140; high-impact: ...``)."""
     if run is None or not run.summary:
         return ""
-    return ", ".join(f"{k} {v}" for k, v in run.summary.items() if k != "csv")
+
+    def words(summary: dict[str, Any]) -> str:
+        parts = [
+            f"{key}: {words(value)}" if isinstance(value, dict) else f"{key} {value}"
+            for key, value in summary.items()
+            if key != "csv"
+        ]
+        nested = any(isinstance(value, dict) for value in summary.values())
+        return ("; " if nested else ", ").join(parts)
+
+    return words(run.summary)
 
 
 def step_states(
