@@ -1,6 +1,7 @@
 -- The accounts that can publish the packages in temp table `selected_packages`
--- (package_key): listed maintainers of the package's latest manifest, and members of
--- org teams with write access to it. One row an account, with its 2FA status, last
+-- (package_key): listed maintainers of the package's latest manifest (temp table
+-- `selected_manifests`, int_selected_manifests), and members of org teams with write
+-- access to it. One row an account, with its 2FA status, last
 -- login and the packages (and routes) that put it there.
 with
 
@@ -9,7 +10,7 @@ selected as (
 ),
 
 manifests as (
-    select package, lower(package) as package_key, maintainers from stg_manifests
+    select package, package_key, maintainers from selected_manifests
 ),
 
 accounts as (
@@ -19,7 +20,6 @@ accounts as (
 listed_maintainers as (
     select manifests.package, unnest(manifests.maintainers) as username
     from manifests
-    inner join selected using (package_key)
 ),
 
 via_maintainer as (

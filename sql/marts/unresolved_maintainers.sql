@@ -1,15 +1,15 @@
--- Maintainer usernames of the selected packages with no registry account: reported,
--- since nobody can be required to enable 2FA through them.
+-- Maintainer usernames of the selected packages (temp table `selected_manifests`,
+-- int_selected_manifests) with no registry account: reported, since nobody can be
+-- required to enable 2FA through them.
 with
 
-selected as (
-    select distinct package_key from selected_packages
+manifests as (
+    select package, maintainers from selected_manifests
 ),
 
 listed as (
-    select stg_manifests.package, unnest(stg_manifests.maintainers) as username
-    from stg_manifests
-    inner join selected on selected.package_key = lower(stg_manifests.package)
+    select manifests.package, unnest(manifests.maintainers) as username
+    from manifests
 ),
 
 final as (
