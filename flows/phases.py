@@ -50,7 +50,7 @@ def preview_task(phase: str, actor: str) -> SavedPreview:
     plan = load_plan(settings.plan_path)
     with open_registry(settings.registry_url) as engine:
         preview = preview_phase(engine, plan, plan.phase(phase))
-        return save_preview(engine, plan, preview, settings.reports_dir, actor=actor)
+    return save_preview(plan, preview, settings.reports_dir, actor=actor)
 
 
 @task(name="enforce-phase", cache_policy=NO_CACHE)

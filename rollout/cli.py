@@ -173,7 +173,7 @@ def plan_show(
     settings, plan = _settings(), _plan()
     moment = _parse_time(at) if at else None
     with open_registry(settings.registry_url) as engine:
-        states = step_states(engine, settings.registry_url, plan, moment)
+        states = step_states(engine, settings.registry_url, plan, moment, settings.reports_dir)
     emit(
         [
             {
@@ -699,8 +699,8 @@ def phase_preview(
 ) -> None:
     """Exactly who enforcing a phase would change: accounts without 2FA, their sessions.
 
-    Changes no account; saves the list as a CSV under reports/previews/ and records
-    the preview for `rollout plan show`."""
+    Writes nothing to the registry; saves the list as a CSV under reports/previews/
+    with a record beside it that `rollout plan show` reads."""
     from rollout.enforce import preview_phase
     from rollout.previews import COLUMNS, preview_rows, save_preview
     from rollout.registry.migrate import open_registry
@@ -708,7 +708,7 @@ def phase_preview(
     settings, plan = _settings(), _plan()
     with open_registry(settings.registry_url) as engine:
         preview = preview_phase(engine, plan, plan.phase(phase))
-        saved = save_preview(engine, plan, preview, settings.reports_dir, actor=settings.actor)
+    saved = save_preview(plan, preview, settings.reports_dir, actor=settings.actor)
     emit(
         preview_rows(preview),
         fmt,

@@ -1,26 +1,28 @@
-"""A phase preview kept for the record: its CSV, its plan_runs row, its markdown.
+"""A phase preview kept for the record: its CSV, its record, its markdown.
 
 The release manager signs off on a list, so the list is saved as it was shown (a CSV
-under ``reports/previews/``) and the preview is recorded in ``plan_runs`` (mode
-``preview``) for ``rollout plan show``. Neither touches an account or a session.
+under ``reports/previews/``) with a JSON record beside it (who, when, the counts) that
+``rollout plan show`` reads. A preview writes nothing to the registry.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import tempfile
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine
+from rollout.registry.ledger import utc_now
 
-from rollout.enforce import PhasePreview
-from rollout.plan import Plan
-from rollout.registry.ledger import recorded_run, utc_now
+if TYPE_CHECKING:  # enforce reaches this module again through the outbox and timeline
+    from rollout.enforce import PhasePreview
+    from rollout.plan import Plan
 
 COLUMNS = (
     "account_id",
@@ -62,45 +64,65 @@ def _plain(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    """Write atomically: a reader (or a crash) never sees half a list."""
+def _write_atomically(path: Path, write: Any) -> None:
+    """Write through a temp file and rename: a reader (or a crash) never sees half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", newline="") as out:
-            writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(columns)
-            for row in rows:
-                writer.writerow([_plain(row[c]) for c in columns])
+            write(out)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
 
 
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    def write(out: Any) -> None:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_plain(row[c]) for c in columns])
+
+    _write_atomically(path, write)
+
+
 def save_preview(
-    engine: Engine, plan: Plan, preview: PhasePreview, reports_dir: Path, *, actor: str
+    plan: Plan, preview: PhasePreview, reports_dir: Path, *, actor: str
 ) -> SavedPreview:
-    """Write the preview's CSV and record the preview run (counts, exemptions, CSV path)."""
+    """Write the preview's CSV, then its record (``.json`` beside it, last: a record
+    always has its list)."""
     at = utc_now()
-    with recorded_run(
-        engine,
-        plan=plan.name,
-        step=f"phase {preview.phase}",
-        mode="preview",
-        actor=actor,
-        parameters={"phase": preview.phase},
-    ) as run:
-        path = reports_dir / "previews" / f"{preview.phase}-{at:%Y%m%dT%H%M%S}-{run.id[:8]}.csv"
-        write_csv(path, preview_rows(preview), COLUMNS)
-        run.summary = {
-            "accounts": preview.count,
-            "sessions": preview.sessions,
-            "compliant": preview.compliant,
-            "exempted": len(preview.exempted),
-            "csv": str(path),
-        }
-    return SavedPreview(preview, run.id, path, at)
+    run_id = uuid.uuid4().hex
+    path = reports_dir / "previews" / f"{preview.phase}-{at:%Y%m%dT%H%M%S}-{run_id[:8]}.csv"
+    write_csv(path, preview_rows(preview), COLUMNS)
+    record = {
+        "plan": plan.name,
+        "phase": preview.phase,
+        "run_id": run_id,
+        "at": at.isoformat(),
+        "actor": actor,
+        "accounts": preview.count,
+        "sessions": preview.sessions,
+        "compliant": preview.compliant,
+        "exempted": len(preview.exempted),
+        "csv": path.name,
+    }
+    _write_atomically(path.with_suffix(".json"), lambda out: json.dump(record, out, indent=2))
+    return SavedPreview(preview, run_id, path, at)
+
+
+def saved_previews(reports_dir: Path) -> list[dict[str, Any]]:
+    """Every preview record under ``reports/previews/``, oldest first."""
+    records = []
+    for path in (reports_dir / "previews").glob("*.json"):
+        try:
+            record = json.loads(path.read_text())
+            record["at"] = datetime.fromisoformat(record["at"])
+        except (OSError, ValueError, KeyError):
+            continue  # not a preview record: plan show is no place to fail on it
+        records.append(record)
+    return sorted(records, key=lambda r: r["at"])
 
 
 def _cell(value: Any) -> str:

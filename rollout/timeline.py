@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -20,6 +21,7 @@ from rollout.brownouts import state_at
 from rollout.errors import GuardRefused
 from rollout.locks import exclusive_run
 from rollout.plan import Plan
+from rollout.previews import saved_previews
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import BrownoutWindow, PlanRun
 
@@ -151,19 +153,50 @@ def _detail(run: PlanRun | None) -> str:
     return words(run.summary)
 
 
+@dataclass(frozen=True)
+class _PreviewRun:
+    """A saved preview (reports/previews/*.json) in the shape of a plan_runs row."""
+
+    id: str
+    step: str
+    actor: str
+    started_at: datetime
+    summary: dict[str, Any]
+    mode: str = "preview"
+    state: str = "succeeded"
+
+    @property
+    def finished_at(self) -> datetime:
+        return self.started_at
+
+
 def step_states(
-    engine: Engine, registry_url: str, plan: Plan, at: datetime | None = None
+    engine: Engine,
+    registry_url: str,
+    plan: Plan,
+    at: datetime | None = None,
+    reports_dir: Path | None = None,
 ) -> list[StepState]:
-    """Each step of the plan with its state, from plan_runs and brownout_windows."""
+    """Each step of the plan with its state, from plan_runs, brownout_windows and the
+    previews saved under ``reports_dir`` (a preview writes nothing to the registry)."""
     now = at or utc_now()
     with engine.connect() as connection:
-        runs: dict[str, list[PlanRun]] = defaultdict(list)
+        runs: dict[str, list[Any]] = defaultdict(list)
         # As of ``now``: runs that started later have not happened yet.
         for run in connection.execute(
             select(PlanRun).where(PlanRun.started_at <= now).order_by(PlanRun.started_at)
         ).all():
             runs[run.step].append(run)
         windows = {w.name: w for w in connection.execute(select(BrownoutWindow)).all()}
+    for record in saved_previews(reports_dir) if reports_dir else []:
+        if record.get("plan") == plan.name and record["at"] <= now:
+            summary = {k: record[k] for k in ("accounts", "sessions", "compliant", "exempted")}
+            step = f"phase {record['phase']}"
+            runs[step].append(
+                _PreviewRun(record["run_id"], step, record["actor"], record["at"], summary)
+            )
+    for step_runs in runs.values():
+        step_runs.sort(key=lambda r: r.started_at)
     enforce_idle = _lock_free(registry_url, "enforce")
     states = []
     for step in plan_steps(plan):

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, func, select
 from rollout import enforce
 from rollout.errors import GuardRefused
 from rollout.plan import ExemptAccount, Exemptions, Plan, load_plan
-from rollout.previews import preview_markdown, save_preview
+from rollout.previews import preview_markdown, save_preview, saved_previews
 from rollout.registry.engine import session_scope
 from rollout.registry.ledger import start_run
 from rollout.registry.models import (
@@ -237,19 +237,19 @@ def test_a_second_run_at_once_is_refused(
         enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")
 
 
-def test_a_saved_preview_keeps_the_list_and_records_the_run_but_changes_no_account(
+def test_a_saved_preview_keeps_the_list_and_its_record_and_writes_nothing_to_the_registry(
     registry: Engine, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
     preview = enforce.preview_phase(registry, plan, plan.phase("top-100"))
-    saved = save_preview(registry, plan, preview, tmp_path, actor="rm")
+    saved = save_preview(plan, preview, tmp_path, actor="rm")
     assert saved.csv_path.parent == tmp_path / "previews"
     lines = saved.csv_path.read_text().splitlines()
     assert lines[0] == "account_id,username,email,last_login_at,live_sessions,already_required"
     assert [line.split(",")[1] for line in lines[1:]] == ["alice", "dave"]
-    with registry.connect() as connection:
-        run = connection.execute(select(PlanRun)).one()
-    assert (run.mode, run.state, run.step) == ("preview", "succeeded", "phase top-100")
-    assert run.summary["accounts"] == 2 and run.summary["exempted"] == 1
+    [record] = saved_previews(tmp_path)
+    assert (record["phase"], record["actor"], record["run_id"]) == ("top-100", "rm", saved.run_id)
+    assert record["accounts"] == 2 and record["exempted"] == 1
+    assert count(registry, PlanRun) == 0
     markdown = preview_markdown(saved)
     assert "| accounts without 2FA to require it of | 2 |" in markdown
     assert "`alice`" not in markdown and "| alice |" in markdown
@@ -257,9 +257,11 @@ def test_a_saved_preview_keeps_the_list_and_records_the_run_but_changes_no_accou
     assert required(registry) == set() and count(registry, Action) == 0
 
 
-def _state(registry: Engine, registry_url: str, plan: Plan, what: str) -> str:
+def _state(
+    registry: Engine, registry_url: str, plan: Plan, what: str, reports: Path | None = None
+) -> str:
     # Far ahead: every run of the test has happened by then.
-    states = step_states(registry, registry_url, plan, datetime(2999, 1, 1))
+    states = step_states(registry, registry_url, plan, datetime(2999, 1, 1), reports)
     return next(s.state for s in states if s.step.what == what)
 
 
@@ -267,14 +269,14 @@ def test_plan_show_follows_a_phase_from_pending_to_rolled_back(
     registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
     enforced = "phase top-100 enforced"
-    assert _state(registry, registry_url, plan, enforced) == "pending"
+    assert _state(registry, registry_url, plan, enforced, tmp_path) == "pending"
     preview = enforce.preview_phase(registry, plan, plan.phase("top-100"))
-    save_preview(registry, plan, preview, tmp_path, actor="rm")
-    assert _state(registry, registry_url, plan, enforced) == "previewed"
+    save_preview(plan, preview, tmp_path, actor="rm")
+    assert _state(registry, registry_url, plan, enforced, tmp_path) == "previewed"
     enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")
-    assert _state(registry, registry_url, plan, enforced) == "applied"
+    assert _state(registry, registry_url, plan, enforced, tmp_path) == "applied"
     enforce.rollback_phase(registry_url, plan, "top-100", actor="rm")
-    assert _state(registry, registry_url, plan, enforced) == "rolled back"
+    assert _state(registry, registry_url, plan, enforced, tmp_path) == "rolled back"
     assert _state(registry, registry_url, plan, "ELV opt-in trial ends") == "passed"
     assert _state(registry, registry_url, plan, "every account enrolled in ELV") == "pending"
     assert _state(registry, registry_url, plan, "brownout-1: 24 h of ELV for all") == (
