@@ -32,6 +32,9 @@ ADOPTION_TABLES: tuple[str, ...] = (
     "ledger_activity",
 )
 
+# Made once per build as temp tables, read by more than one mart.
+ADOPTION_INPUTS: tuple[str, ...] = ("int_method_spans", "int_first_factors")
+
 # The daily series starts this long before the plan's first milestone.
 LEAD_DAYS = 14
 
@@ -99,8 +102,13 @@ def _create_plan_tables(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
 
 def registry_inputs() -> tuple[str, ...]:
     """The registry tables the marts read: all a report's extract needs to copy."""
-    models = [warehouse.render(f"marts/{name}") for name in ADOPTION_TABLES]
-    return tuple(sorted({t for sql in models for t in _REGISTRY_TABLE.findall(sql)}))
+    return tuple(sorted({t for sql in _models().values() for t in _REGISTRY_TABLE.findall(sql)}))
+
+
+def _models() -> dict[str, str]:
+    """Every query a build runs, by the table it makes: the shared inputs first."""
+    inputs = {name: warehouse.render(f"intermediate/{name}") for name in ADOPTION_INPUTS}
+    return inputs | {name: warehouse.render(f"marts/{name}") for name in ADOPTION_TABLES}
 
 
 def _drop_plan_tables(con: duckdb.DuckDBPyConnection) -> None:
@@ -130,7 +138,7 @@ def build_adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> A
     started = time.perf_counter()
     since = adoption_since(plan)
     values: dict[str, Any] = {"as_of": as_of, "since": since}
-    models = {name: warehouse.render(f"marts/{name}") for name in ADOPTION_TABLES}
+    models = _models()
     _require_registry(con, models)
     rows: dict[str, int] = {}
     _create_plan_tables(con, plan)
@@ -139,10 +147,14 @@ def build_adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> A
             for name, sql in models.items():
                 # DuckDB refuses parameters a statement does not use: pass its own.
                 params = {key: values[key] for key in dict.fromkeys(_PARAMETER.findall(sql))}
-                con.execute(f"create or replace table {name} as\n{sql}", params)
-                rows[name] = warehouse.scalar(con, f"select count(*) from {name}")
+                kind = "temp table" if name in ADOPTION_INPUTS else "table"
+                con.execute(f"create or replace {kind} {name} as\n{sql}", params)
+                if name in ADOPTION_TABLES:
+                    rows[name] = warehouse.scalar(con, f"select count(*) from {name}")
     finally:
         _drop_plan_tables(con)
+        for name in ADOPTION_INPUTS:
+            con.execute(f"drop table if exists temp.{name}")
     return AdoptionSummary(
         as_of=as_of, since=since, rows=rows, seconds=time.perf_counter() - started
     )

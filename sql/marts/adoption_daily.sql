@@ -25,15 +25,14 @@ cohorts as (
     select distinct cohort from registry.cohort_memberships
 ),
 
--- Active on day D when active_from <= D < active_until (null: still active).
-factors as (
-    select
-        account_id,
-        kind,
-        cast(created_at as date) as active_from,
-        case when removed_at < $as_of::date + 1 then cast(removed_at as date) end as active_until
-    from registry.tfa_factors
-    where created_at < $as_of::date + 1
+-- Each account's strongest method as spans of days, and its first factor's day
+-- (temp tables made once by build_adoption from the intermediate models).
+method_spans as (
+    select * from int_method_spans
+),
+
+first_factors as (
+    select * from int_first_factors
 ),
 
 days as (
@@ -57,48 +56,6 @@ population_spans as (
     where left_on is null or left_on > first_qualified_on
 ),
 
-factor_changes as (
-    select account_id, active_from as day, kind, 1 as delta
-    from factors
-    where active_until is null or active_until > active_from
-    union all
-    select account_id, active_until, kind, -1
-    from factors
-    where active_until > active_from
-),
-
-account_day_changes as (
-    select
-        account_id,
-        day,
-        coalesce(sum(delta) filter (where kind = 'totp'), 0) as totp_delta,
-        coalesce(sum(delta) filter (where kind = 'webauthn'), 0) as webauthn_delta
-    from factor_changes
-    group by account_id, day
-),
-
--- The strongest method an account has from each day its factors change (null: none).
-method_changes as (
-    select
-        account_id,
-        day,
-        case
-            when sum(webauthn_delta) over by_day > 0 then 'webauthn'
-            when sum(totp_delta) over by_day > 0 then 'totp'
-        end as method
-    from account_day_changes
-    window by_day as (partition by account_id order by day rows unbounded preceding)
-),
-
-method_spans as (
-    select
-        account_id,
-        method,
-        day as from_day,
-        lead(day) over (partition by account_id order by day) as until_day
-    from method_changes
-),
-
 -- Where an account's method spans and its population spans overlap.
 population_method_spans as (
     select
@@ -109,12 +66,6 @@ population_method_spans as (
     from method_spans
     inner join population_spans using (account_id)
     where method_spans.method is not null
-),
-
-first_factors as (
-    select account_id, min(active_from) as enrolled_on
-    from factors
-    group by account_id
 ),
 
 changes as (
