@@ -33,7 +33,11 @@ ADOPTION_TABLES: tuple[str, ...] = (
 )
 
 # Made once per build as temp tables, read by more than one mart.
-ADOPTION_INPUTS: tuple[str, ...] = ("int_method_spans", "int_first_factors")
+ADOPTION_INPUTS: tuple[str, ...] = (
+    "int_method_spans",
+    "int_first_factors",
+    "int_notice_enrolments",
+)
 
 # The daily series starts this long before the plan's first milestone.
 LEAD_DAYS = 14

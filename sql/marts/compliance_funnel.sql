@@ -17,12 +17,11 @@ memberships as (
     where first_qualified_on <= $as_of::date
 ),
 
--- Active on day D when active_from <= D < active_until (null: still active).
+-- Active until active_until (null: still active on $as_of).
 factors as (
     select
         account_id,
         created_at,
-        cast(created_at as date) as active_from,
         case when removed_at < $as_of::date + 1 then cast(removed_at as date) end as active_until
     from registry.tfa_factors
     where created_at < $as_of::date + 1
@@ -43,41 +42,16 @@ phase_notices as (
         and coalesce(sent_at, updated_at) < $as_of::date + 1
 ),
 
-cohort_at_notice as (
-    select phases.phase, memberships.account_id
-    from phases
-    inner join memberships
-        on memberships.cohort = phases.cohort
-        and memberships.first_qualified_on <= phases.notice_on
-        and (memberships.left_on is null or memberships.left_on > phases.notice_on)
-),
-
--- "At notice" is the start of notice_on, before the notices go out: 2FA on the day
--- before. Whoever enrols on the notice day itself enrolled 0 days after the notice.
-with_2fa_at_notice as (
-    select distinct cohort_at_notice.phase, cohort_at_notice.account_id
-    from cohort_at_notice
-    inner join phases using (phase)
-    inner join factors using (account_id)
-    where factors.active_from < phases.notice_on
-        and (factors.active_until is null or factors.active_until >= phases.notice_on)
-),
-
-without_2fa_at_notice as (
-    select phase, account_id from cohort_at_notice
-    anti join with_2fa_at_notice using (phase, account_id)
+-- The cohort at each notice, who was without 2FA then and when they enrolled (a temp
+-- table made once by build_adoption from the intermediate model).
+notice_enrolments as (
+    select * from int_notice_enrolments
 ),
 
 enrolments as (
-    select
-        without_2fa_at_notice.phase,
-        without_2fa_at_notice.account_id,
-        min(factors.created_at) as enrolled_at
-    from without_2fa_at_notice
-    inner join phases using (phase)
-    inner join factors using (account_id)
-    where factors.created_at >= phases.notice_on
-    group by all
+    select phase, account_id, enrolled_at
+    from notice_enrolments
+    where enrolled_at is not null
 ),
 
 -- "Within N days after notice_on": before notice_on + N days, 00:00 UTC.
@@ -97,12 +71,11 @@ enrolment_counts as (
 
 notice_counts as (
     select
-        cohort_at_notice.phase,
+        phase,
         count(*) as accounts,
-        count(without_2fa_at_notice.account_id) as without_2fa_at_notice
-    from cohort_at_notice
-    left join without_2fa_at_notice using (phase, account_id)
-    group by cohort_at_notice.phase
+        count(*) filter (where without_2fa_at_notice) as without_2fa_at_notice
+    from notice_enrolments
+    group by phase
 ),
 
 notified as (

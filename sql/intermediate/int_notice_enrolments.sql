@@ -1,0 +1,80 @@
+-- Each plan phase's cohort accounts at its notice: whether they were without 2FA at
+-- the start of notice_on, and when those first enrolled after it. A temp table during
+-- build_adoption, read by compliance_funnel and time_to_comply.
+with
+
+phases as (
+    select phase, cohort, notice_on from plan_phases
+),
+
+memberships as (
+    select
+        cohort,
+        account_id,
+        first_qualified_on,
+        -- a departure after the as-of day is not known yet
+        case when left_on <= $as_of::date then left_on end as left_on
+    from registry.cohort_memberships
+    where first_qualified_on <= $as_of::date
+),
+
+-- Active on day D when active_from <= D < active_until (null: still active).
+factors as (
+    select
+        account_id,
+        created_at,
+        cast(created_at as date) as active_from,
+        case when removed_at < $as_of::date + 1 then cast(removed_at as date) end as active_until
+    from registry.tfa_factors
+    where created_at < $as_of::date + 1
+),
+
+cohort_at_notice as (
+    select phases.phase, memberships.account_id
+    from phases
+    inner join memberships
+        on memberships.cohort = phases.cohort
+        and memberships.first_qualified_on <= phases.notice_on
+        and (memberships.left_on is null or memberships.left_on > phases.notice_on)
+),
+
+-- "At notice" is the start of notice_on, before the notices go out: 2FA on the day
+-- before. Whoever enrols on the notice day itself enrolled 0 days after the notice.
+with_2fa_at_notice as (
+    select distinct cohort_at_notice.phase, cohort_at_notice.account_id
+    from cohort_at_notice
+    inner join phases using (phase)
+    inner join factors using (account_id)
+    where factors.active_from < phases.notice_on
+        and (factors.active_until is null or factors.active_until >= phases.notice_on)
+),
+
+without_2fa_at_notice as (
+    select phase, account_id from cohort_at_notice
+    anti join with_2fa_at_notice using (phase, account_id)
+),
+
+enrolments as (
+    select
+        without_2fa_at_notice.phase,
+        without_2fa_at_notice.account_id,
+        min(factors.created_at) as enrolled_at
+    from without_2fa_at_notice
+    inner join phases using (phase)
+    inner join factors using (account_id)
+    where factors.created_at >= phases.notice_on
+    group by all
+),
+
+final as (
+    select
+        cohort_at_notice.phase,
+        cohort_at_notice.account_id,
+        without_2fa_at_notice.account_id is not null as without_2fa_at_notice,
+        enrolments.enrolled_at
+    from cohort_at_notice
+    left join without_2fa_at_notice using (phase, account_id)
+    left join enrolments using (phase, account_id)
+)
+
+select * from final
