@@ -12,6 +12,7 @@ import duckdb
 from prefect.runtime import flow_run
 
 from rollout.config import Settings
+from rollout.output import markdown_cell as cell
 from rollout.warehouse import open_warehouse
 
 
@@ -36,11 +37,6 @@ def run_actor(settings: Settings, environ: Mapping[str, str] = os.environ) -> st
 def warehouse(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
     with open_warehouse(settings.warehouse_path, memory_limit=settings.duckdb_memory_limit) as con:
         yield con
-
-
-def cell(value: Any) -> str:
-    """A markdown table cell: pipes escaped, no line breaks."""
-    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def table(rows: Sequence[tuple[str, Any]], header: tuple[str, str] = ("what", "value")) -> str:

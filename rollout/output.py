@@ -80,3 +80,8 @@ def emit_record(record: Mapping[str, Any], fmt: Format, *, title: str | None = N
         emit([record], fmt)
     else:
         emit([{"what": k, "value": v} for k, v in record.items()], fmt, title=title)
+
+
+def markdown_cell(value: Any) -> str:
+    """A markdown table cell: pipes escaped, no line breaks."""
+    return str(value).replace("|", "\\|").replace("\n", " ")

@@ -8,9 +8,8 @@ under ``reports/previews/``) with a JSON record beside it (who, when, the counts
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
-import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rollout.files import write_atomically
+from rollout.output import markdown_cell
 from rollout.registry.ledger import utc_now
 
 if TYPE_CHECKING:  # enforce reaches this module again through the outbox and timeline
@@ -64,27 +65,13 @@ def _plain(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def _write_atomically(path: Path, write: Any) -> None:
-    """Write through a temp file and rename: a reader (or a crash) never sees half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as out:
-            write(out)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    def write(out: Any) -> None:
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([_plain(row[c]) for c in columns])
-
-    _write_atomically(path, write)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_plain(row[c]) for c in columns])
+    write_atomically(path, out.getvalue())
 
 
 def save_preview(
@@ -108,7 +95,7 @@ def save_preview(
         "exempted": len(preview.exempted),
         "csv": path.name,
     }
-    _write_atomically(path.with_suffix(".json"), lambda out: json.dump(record, out, indent=2))
+    write_atomically(path.with_suffix(".json"), json.dumps(record, indent=2))
     return SavedPreview(preview, run_id, path, at)
 
 
@@ -123,10 +110,6 @@ def saved_previews(reports_dir: Path) -> list[dict[str, Any]]:
             continue  # not a preview record: plan show is no place to fail on it
         records.append(record)
     return sorted(records, key=lambda r: r["at"])
-
-
-def _cell(value: Any) -> str:
-    return str(_plain(value)).replace("|", "\\|").replace("\n", " ")
 
 
 def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
@@ -152,7 +135,8 @@ def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
     if p.targets:
         shown = preview_rows(p)[:limit]
         lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-        lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in shown]
+        for row in shown:
+            lines.append("| " + " | ".join(markdown_cell(_plain(row[c])) for c in COLUMNS) + " |")
         if p.count > limit:
             lines += ["", f"... and {p.count - limit} more in the CSV."]
     if p.exempted:

@@ -19,10 +19,8 @@ import email.utils
 import http.client
 import json
 import logging
-import os
 import random
 import re
-import tempfile
 import threading
 import time
 import urllib.error
@@ -50,6 +48,7 @@ from sendgrid.helpers.mail import (
     To,
 )
 
+from rollout.files import write_atomically
 from rollout.notify.message import DeliveryFailed, Message, Sender
 
 if TYPE_CHECKING:
@@ -422,7 +421,7 @@ class FileSender:
             reason = f"outbox {message.outbox_id}: cannot build the email: {exc}"
             raise DeliveryFailed(_truncate(reason), permanent=True) from None
         try:
-            _write_atomically(self.path_for(message), data)
+            write_atomically(self.path_for(message), data)
         except OSError as exc:
             reason = f"outbox {message.outbox_id}: cannot write to {self.outbox_dir}: {exc}"
             raise DeliveryFailed(reason, permanent=False) from None
@@ -452,22 +451,6 @@ class FileSender:
 # Headers are written unfolded (RFC 5322 allows 998 characters): the 3.11 parser reads a
 # folded Message-ID back with a leading space.
 _UNFOLDED = email.policy.default.clone(max_line_length=998)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temp file is hidden and in the same directory, so os.replace is atomic.
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
 
 
 # --- choosing ---------------------------------------------------------------------------
