@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,9 +38,13 @@ def exclusive_run(registry_url: str, name: str) -> Iterator[None]:
         return
     # Its own connection, not pooled: the lock lives exactly as long as it.
     engine = make_engine(registry_url, poolclass=NullPool)
-    key = int.from_bytes(f"rollout:{name}".encode()[:8].ljust(8, b"\0"), "big") >> 1
     try:
         with engine.connect() as connection:
+            # One lock per run kind and per registry: the schema is part of the key, so
+            # registries sharing a database (one a schema) do not block each other.
+            schema = connection.execute(text("select current_schema()")).scalar()
+            digest = hashlib.sha256(f"rollout:{schema}:{name}".encode()).digest()
+            key = int.from_bytes(digest[:8], "big", signed=True)
             got = connection.execute(text("select pg_try_advisory_lock(:k)"), {"k": key}).scalar()
             if not got:
                 raise GuardRefused(

@@ -321,3 +321,11 @@ def test_plan_show_at_a_past_time_ignores_the_runs_that_came_after(
     assert enforced.state == "applied" and "accounts_flagged 2" in enforced.detail
     before = step_states(registry, registry_url, plan, datetime(2022, 2, 2))
     assert {s.state for s in before if s.step.key} == {"pending", "not scheduled"}
+
+
+def test_different_run_kinds_do_not_block_each_other(registry_url: str) -> None:
+    with (
+        enforce.exclusive_run(registry_url, "enforce"),
+        enforce.exclusive_run(registry_url, "notify"),
+    ):
+        pass
