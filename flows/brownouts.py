@@ -15,8 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import run_actor, table
-from flows.phases import key_for
+from flows.common import key_for, run_actor, table
 from rollout import brownouts
 from rollout.config import load_settings
 from rollout.errors import GuardRefused

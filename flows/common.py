@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -21,9 +22,14 @@ def day_or_today(as_of: date | None) -> date:
     return as_of or datetime.now(UTC).date()
 
 
+def key_for(*parts: str) -> str:
+    """An artifact key from its parts: Prefect allows lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
 def artifact_key(prefix: str, as_of: date) -> str:
-    """``<prefix>-YYYY-MM-DD``: Prefect keys allow lowercase letters, digits and dashes."""
-    return f"{prefix}-{as_of.isoformat()}"
+    """``<prefix>-YYYY-MM-DD``, a day's artifact."""
+    return key_for(prefix, as_of.isoformat())
 
 
 def run_actor(settings: Settings, environ: Mapping[str, str] = os.environ) -> str:

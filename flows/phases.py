@@ -10,7 +10,6 @@ enforce lock, so a cohort that moved while the run waited is refused, not applie
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -19,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
-from flows.common import run_actor, table
+from flows.common import key_for, run_actor, table
 from rollout.config import load_settings
 from rollout.enforce import EnforceResult, enforce_phase, preview_phase
 from rollout.plan import load_plan
@@ -37,11 +36,6 @@ class Approval(RunInput):
 
     expect: int
     approved_by: str
-
-
-def key_for(*parts: str) -> str:
-    """An artifact key: Prefect allows lowercase letters, digits and dashes only."""
-    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
 
 
 @task(name="preview-phase", cache_policy=NO_CACHE)
