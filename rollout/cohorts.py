@@ -420,14 +420,18 @@ def build_cohorts(
         extract_registry(con, registry_url, ("cohort_packages", "cohort_memberships"), small=True)
     with open_registry(registry_url) as engine:
         results: list[CohortResult] = []
-        with recorded_run(
-            engine,
-            plan=plan.name,
-            step=f"cohorts {as_of}",
-            mode="apply",
-            actor=actor,
-            parameters={"as_of": as_of.isoformat(), "cohorts": names},
-        ) as run:
+        # Each cohort's account models read the latest manifests: found once.
+        with (
+            recorded_run(
+                engine,
+                plan=plan.name,
+                step=f"cohorts {as_of}",
+                mode="apply",
+                actor=actor,
+                parameters={"as_of": as_of.isoformat(), "cohorts": names},
+            ) as run,
+            warehouse.materialized(con, "stg_manifests", ("package", "maintainers")),
+        ):
             for name in names:
                 result = build_cohort(
                     con, engine, registry_url, name, plan.cohorts[name], as_of, run.id, actor

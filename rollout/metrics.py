@@ -42,6 +42,15 @@ def compute_metrics(
     con: duckdb.DuckDBPyConnection, as_of: date, windows: MetricsWindows
 ) -> MetricsReport:
     started = time.perf_counter()
+    # Every model below reads the latest manifests, most of them more than once.
+    latest = ("package", "self_dependency_kinds", "file_id", "ordinal")
+    with warehouse.materialized(con, "stg_manifests", latest):
+        return _compute(con, as_of, windows, started)
+
+
+def _compute(
+    con: duckdb.DuckDBPyConnection, as_of: date, windows: MetricsWindows, started: float
+) -> MetricsReport:
     params = window_parameters(as_of, windows)
     # Read twice below (dependents and exclusions): computed once, as a temp table.
     con.execute(

@@ -1,6 +1,6 @@
 -- Declared dependents per dependency name, by kind, over every latest manifest: known
--- packages and unknown names alike, self-dependencies included (int_package_dependents
--- takes them out). Grouping the ~10 edges a package first and matching names to
+-- packages and unknown names alike, self-dependencies included (package_metrics takes
+-- them out). Grouping the ~10 edges a package first and matching names to
 -- packages after makes the string join 4M rows instead of 40M. rollout.metrics
 -- materializes this model as a temp table of the same name.
 with

@@ -3,15 +3,19 @@
 with
 
 packages as (
-    select package from stg_manifests
+    select package, self_dependency_kinds from stg_manifests
 ),
 
 windows as (
     select * from ({{ int_download_windows }})
 ),
 
-dependents as (
-    select * from ({{ int_package_dependents }})
+-- Declared dependents by name (materialized by rollout.metrics), matched to the
+-- packages here, in the one join that also brings the downloads: a package listing
+-- itself is not its own dependent, and names with no manifest drop out (both are
+-- counted by int_dependency_exclusions).
+counts as (
+    select * from int_dependency_counts
 ),
 
 joined as (
@@ -19,12 +23,15 @@ joined as (
         packages.package,
         coalesce(windows.weekly_downloads, 0) as weekly_downloads,
         coalesce(windows.monthly_downloads, 0) as monthly_downloads,
-        coalesce(dependents.dependents, 0) as dependents,
-        coalesce(dependents.dev_dependents, 0) as dev_dependents,
-        coalesce(dependents.peer_dependents, 0) as peer_dependents
+        coalesce(counts.dependents, 0)
+            - list_contains(packages.self_dependency_kinds, 'prod')::int as dependents,
+        coalesce(counts.dev_dependents, 0)
+            - list_contains(packages.self_dependency_kinds, 'dev')::int as dev_dependents,
+        coalesce(counts.peer_dependents, 0)
+            - list_contains(packages.self_dependency_kinds, 'peer')::int as peer_dependents
     from packages
     left join windows using (package)
-    left join dependents using (package)
+    left join counts on counts.dependency = packages.package
 ),
 
 -- Both ranks break ties by name. Sorting the names once and then the two ranks on
