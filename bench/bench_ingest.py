@@ -43,11 +43,14 @@ def main() -> None:
         for kind in ("downloads", "manifests"):
             chosen = [f for f in files if f.kind == kind]
             started = time.perf_counter()
-            rows = 0
-            for file in chosen:
-                result = ingest.ingest_file(con, file, quarantine_limit=0.01)
-                rows += result.rows_read
+            # What `rollout ingest` runs, one kind's folder at a time.
+            report = ingest.ingest(
+                con, [args.landing / kind], quarantine_limit=0.01, landing_root=args.landing
+            )
             seconds = time.perf_counter() - started
+            if report.rejected or report.loaded != len(chosen):
+                raise SystemExit(f"{kind}: not every file loaded: {report.files}")
+            rows = sum(f.rows_read for f in report.files)
             extra = ""
             if kind == "manifests":
                 edges = warehouse.scalar(con, "select count(*) from raw_dependencies")

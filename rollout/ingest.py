@@ -4,11 +4,17 @@ Each file is one transaction: it is staged, checked by ``sql/raw/check_<kind>.sq
 and then either loaded (good rows in, bad rows to ``quarantine``) or refused whole
 when its bad share exceeds the limit. A file already loaded (same SHA-256) is
 skipped, so re-running an ingest changes nothing.
+
+Downloads in typed Parquet, the daily bulk, first try a faster way: loaded in place,
+with no staging copy, and checked where they landed by the same SQL, in a transaction
+that commits only if no row is bad or repeated (``_load_in_place``). Otherwise it is
+rolled back and the file takes the staged way, which names the rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -72,8 +78,10 @@ def _utc_now() -> datetime:
 
 
 def _check_parameters(
-    file: LandingFile, con: duckdb.DuckDBPyConnection, now: datetime
+    file: LandingFile, con: duckdb.DuckDBPyConnection, now: datetime, file_id: int | None = None
 ) -> dict[str, object]:
+    """``file_id``: the file's own, when its rows are in raw_downloads already (the
+    in-place load) and must not count as loaded before."""
     if file.kind == "downloads":
         bounds = warehouse.one(con, "select min(day), max(day) from incoming")
         lowest, highest = bounds if bounds else (None, None)
@@ -81,8 +89,9 @@ def _check_parameters(
         # Zone maps answer this without reading data; usually no loaded day overlaps.
         overlaps = warehouse.scalar(
             con,
-            "select exists (select 1 from raw_downloads where day between $low and $high)",
-            {"low": lowest, "high": highest},
+            "select exists (select 1 from raw_downloads where day between $low and $high "
+            "and file_id is distinct from $file_id)",
+            {"low": lowest, "high": highest, "file_id": file_id},
         )
         return {
             "name_pattern": PACKAGE_NAME_PATTERN,
@@ -90,6 +99,7 @@ def _check_parameters(
             "min_day": lowest,
             "max_day": highest,
             "overlaps": bool(overlaps),
+            "file_id": file_id,
         }
     if file.kind == "manifests":
         return {"name_pattern": PACKAGE_NAME_PATTERN}
@@ -146,6 +156,86 @@ def _load(con: duckdb.DuckDBPyConnection, file: LandingFile, file_id: int) -> No
         warehouse.run(con, f"raw/load_{file.kind}", params)
 
 
+def _record_file(
+    con: duckdb.DuckDBPyConnection,
+    file: LandingFile,
+    file_id: int,
+    digest: str,
+    counts: tuple[int, int, int, int],
+    now: datetime,
+) -> None:
+    """The ``ingested_files`` row: what makes a second load of the file a no-op."""
+    rows_read, rows_loaded, rows_duplicate, rows_quarantined = counts
+    con.execute(
+        """
+        insert into ingested_files values ($file_id, $kind, $path, $sha, $bytes, $read,
+            $loaded, $duplicate, $quarantined, $now)
+        """,
+        {
+            "file_id": file_id,
+            "kind": file.kind,
+            "path": str(file.path),
+            "sha": digest,
+            "bytes": file.path.stat().st_size,
+            "read": rows_read,
+            "loaded": rows_loaded,
+            "duplicate": rows_duplicate,
+            "quarantined": rows_quarantined,
+            "now": now,
+        },
+    )
+
+
+class _NotClean(Exception):
+    """The in-place load met a row it cannot keep: rolled back, the file is staged."""
+
+
+def _load_in_place(
+    con: duckdb.DuckDBPyConnection, file: LandingFile, digest: str, now: datetime
+) -> FileResult | None:
+    """Load a typed Parquet downloads file with no copy: its rows go into raw_downloads
+    and are checked there, by the same SQL as a staged file, in one transaction that
+    commits only when no row is bad or repeated. Anything else (a NULL, a bad name, a
+    repeat, an empty file) rolls it all back and returns None: the staged path then
+    loads the file again and names the rows. Clean files are the daily case; this path
+    was 11% of an npm-scale ingest."""
+    try:
+        with warehouse.transaction(con):
+            file_id = int(warehouse.scalar(con, "select nextval('ingested_file_ids')"))
+            try:
+                warehouse.run(
+                    con, "raw/load_downloads_in_place", {"path": str(file.path), "file_id": file_id}
+                )
+            except duckdb.Error as error:  # a NULL, a count beyond BIGINT, an unreadable file
+                raise _NotClean from error
+            # The checks read `incoming`; here it is the file's rows where they landed.
+            # Their rowids number them (unique, if not the file's rows), as no row is
+            # named unless something is wrong, and then the staged path names it.
+            con.execute(
+                f"""
+                create or replace temp view incoming as
+                select rowid as ordinal, rowid as line, package,
+                    cast(null as varchar) as day_raw, day,
+                    cast(null as varchar) as downloads_raw, downloads
+                from raw_downloads
+                where file_id = {file_id}
+                """
+            )
+            warehouse.run(con, "raw/check_downloads", _check_parameters(file, con, now, file_id))
+            counts = warehouse.one(
+                con, "select (select count(*) from incoming), (select count(*) from flagged)"
+            )
+            rows_read, rows_flagged = counts if counts else (0, 0)
+            if rows_read == 0 or rows_flagged:
+                raise _NotClean
+            _record_file(con, file, file_id, digest, (rows_read, rows_read, 0, 0), now)
+    except _NotClean:
+        _drop_staging(con)
+        return None
+    _drop_staging(con)
+    return FileResult(file.path, file.kind, "loaded", rows_read, rows_read, file_id=file_id)
+
+
 # Views first: they read the tables.
 _STAGING = (
     "manifests_shaped",
@@ -177,10 +267,12 @@ def ingest_file(
     *,
     quarantine_limit: float,
     now: datetime | None = None,
+    digest: str | None = None,
 ) -> FileResult:
-    """Load one landing file; raises BadInput (nothing loaded) when it is refused."""
+    """Load one landing file; raises BadInput (nothing loaded) when it is refused.
+    ``digest``: the file's SHA-256 when the caller has it already."""
     now = now or _utc_now()
-    digest = landing.sha256(file.path)
+    digest = digest or landing.sha256(file.path)
     earlier = warehouse.one(
         con, "select file_id, path from ingested_files where sha256 = $sha", {"sha": digest}
     )
@@ -192,6 +284,11 @@ def ingest_file(
             file_id=earlier[0],
             message=f"already loaded as file {earlier[0]} ({earlier[1]})",
         )
+
+    if landing.loads_in_place(file):
+        loaded = _load_in_place(con, file, digest, now)
+        if loaded is not None:
+            return loaded
 
     # Staging and checks use temp tables outside the transaction: their rowids are
     # then the record order (inside one, DuckDB numbers uncommitted rows from 2**55).
@@ -219,24 +316,8 @@ def ingest_file(
         _load(con, file, file_id)
         if problems:
             _record_quarantine(con, file, file_id, problems, now)
-        con.execute(
-            """
-            insert into ingested_files values ($file_id, $kind, $path, $sha, $bytes, $read,
-                $loaded, $duplicate, $quarantined, $now)
-            """,
-            {
-                "file_id": file_id,
-                "kind": file.kind,
-                "path": str(file.path),
-                "sha": digest,
-                "bytes": file.path.stat().st_size,
-                "read": rows_read,
-                "loaded": rows_loaded,
-                "duplicate": rows_duplicate,
-                "quarantined": rows_bad,
-                "now": now,
-            },
-        )
+        counts = (rows_read, rows_loaded, rows_duplicate, rows_bad)
+        _record_file(con, file, file_id, digest, counts, now)
     _drop_staging(con)
     return FileResult(
         file.path,
@@ -262,14 +343,28 @@ def ingest(
     """Load every landing file under ``paths``; a refused file does not stop the others."""
     files = landing.discover(paths, landing_root)
     report = IngestReport()
-    for index, file in enumerate(files):
-        if progress:
-            progress(file, index, len(files))
-        try:
-            report.files.append(ingest_file(con, file, quarantine_limit=quarantine_limit, now=now))
-        except BadInput as error:
-            _drop_staging(con)
-            report.files.append(FileResult(file.path, file.kind, "rejected", message=str(error)))
+    # The checksums are read ahead on a thread of their own (hashlib lets go of the
+    # GIL): a 20 MB file's is 17 ms, 4% of loading it, spent while DuckDB works.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hashing:
+        digests = [hashing.submit(landing.sha256, file.path) for file in files]
+        for index, (file, digest) in enumerate(zip(files, digests, strict=True)):
+            if progress:
+                progress(file, index, len(files))
+            try:
+                report.files.append(
+                    ingest_file(
+                        con,
+                        file,
+                        quarantine_limit=quarantine_limit,
+                        now=now,
+                        digest=digest.result(),
+                    )
+                )
+            except BadInput as error:
+                _drop_staging(con)
+                report.files.append(
+                    FileResult(file.path, file.kind, "rejected", message=str(error))
+                )
     if progress and files:
         progress(files[-1], len(files), len(files))
     return report

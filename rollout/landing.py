@@ -292,6 +292,26 @@ def _stage_parquet(con: duckdb.DuckDBPyConnection, file: LandingFile) -> dict[st
     return {row[0]: row[1] for row in described}
 
 
+def loads_in_place(file: LandingFile) -> bool:
+    """Whether a downloads file can go straight into ``raw_downloads``: Parquet whose
+    package, day and count already have the stored types, so nothing needs converting
+    and a row can only be wrong in ways the checks see after it is in."""
+    if file.kind != "downloads" or file.format != "parquet":
+        return False
+    try:
+        schema = pq.read_schema(file.path)
+    except (pa.ArrowInvalid, OSError):
+        return False  # staging says what is wrong with it
+    types = {name: schema.field(name).type for name in schema.names}
+    if not all(name in types for name in REQUIRED_COLUMNS["downloads"]):
+        return False
+    return (
+        (pa.types.is_string(types["package"]) or pa.types.is_large_string(types["package"]))
+        and pa.types.is_date32(types["day"])
+        and pa.types.is_integer(types["downloads"])
+    )
+
+
 def _sql_string(text: str) -> str:
     """A SQL string literal: views cannot take parameters, so the path is quoted here."""
     return "'" + text.replace("'", "''") + "'"

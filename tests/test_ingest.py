@@ -291,3 +291,103 @@ def test_a_file_of_unknown_kind_is_bad_input(tmp_path: Path) -> None:
     stray.write_text("a,b\n")
     with pytest.raises(BadInput, match="cannot tell what this file holds"):
         landing.discover([stray])
+
+
+# Typed Parquet downloads load in place (straight into raw_downloads, checked there);
+# anything wrong sends the file through staging, which names the rows.
+
+
+def typed_parquet(directory: Path, name: str, rows: list[tuple[str | None, date, int]]) -> Path:
+    path = directory / "downloads" / name
+    path.parent.mkdir(exist_ok=True)
+    pq.write_table(
+        pa.table(
+            {
+                "package": pa.array([r[0] for r in rows], pa.string()),
+                "day": pa.array([r[1] for r in rows], pa.date32()),
+                "downloads": pa.array([r[2] for r in rows], pa.int32()),
+            }
+        ),
+        path,
+    )
+    return path
+
+
+def loaded_rows(con: duckdb.DuckDBPyConnection) -> list[tuple[str, date, int]]:
+    return con.execute("select package, day, downloads from raw_downloads order by all").fetchall()
+
+
+DAY = date(2022, 1, 10)
+
+
+def test_a_clean_typed_parquet_file_loads_without_being_staged(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def staged(*_: object) -> None:
+        raise AssertionError("a clean typed file was staged")
+
+    monkeypatch.setitem(landing.STAGERS, "downloads", staged)
+    path = typed_parquet(tmp_path, "clean.parquet", [("vue", DAY, 7), ("@babel/core", DAY, 5)])
+    result = load(con, path)
+    assert (result.status, result.rows_read, result.rows_loaded) == ("loaded", 2, 2)
+    assert loaded_rows(con) == [("@babel/core", DAY, 5), ("vue", DAY, 7)]
+    assert warehouse.scalar(con, "select rows_loaded from ingested_files") == 2
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "reason"),
+    [
+        ((None, DAY, 3), "package name is missing"),
+        (("Not Valid!", DAY, 3), "package name 'Not Valid!' is not a valid npm package name"),
+        (("vue", date(2099, 1, 1), 3), "day 2099-01-01 is in the future"),
+    ],
+)
+def test_a_typed_parquet_file_with_a_bad_row_is_staged_and_the_row_named(
+    con: duckdb.DuckDBPyConnection,
+    tmp_path: Path,
+    bad_row: tuple[str | None, date, int],
+    reason: str,
+) -> None:
+    rows = [("react", DAY, 1), bad_row, ("zod", DAY, 2)]
+    result = load(con, typed_parquet(tmp_path, "one-bad.parquet", rows), limit=0.5)
+    assert (result.rows_loaded, result.rows_quarantined) == (2, 1)
+    # Nothing of the rolled-back in-place attempt is left: the good rows are in once.
+    assert loaded_rows(con) == [("react", DAY, 1), ("zod", DAY, 2)]
+    assert con.execute("select line, reason from quarantine").fetchall() == [(2, reason)]
+    assert warehouse.scalar(con, "select count(*) from ingested_files") == 1
+
+
+def test_a_refused_typed_parquet_file_leaves_nothing_behind(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    load(con, typed_parquet(tmp_path, "first.parquet", [("react", DAY, 1)]))
+    before = row_counts(con)
+    rows = [("vue", DAY, 1), ("vue", DAY, 2), ("zod", DAY, 3)]
+    with pytest.raises(BadInput, match="conflicting counts for vue on 2022-01-10"):
+        load(con, typed_parquet(tmp_path, "conflict.parquet", rows))
+    assert row_counts(con) == before
+
+
+def test_a_typed_parquet_file_is_checked_against_what_is_loaded_not_against_itself(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    load(con, typed_parquet(tmp_path, "first.parquet", [("react", DAY, 1), ("vue", DAY, 2)]))
+    # Overlapping days: the same count again is a duplicate, skipped.
+    again = [("vue", DAY, 2), ("zod", DAY, 3)]
+    result = load(con, typed_parquet(tmp_path, "again.parquet", again))
+    assert (result.rows_loaded, result.rows_duplicate) == (1, 1)
+    assert loaded_rows(con) == [("react", DAY, 1), ("vue", DAY, 2), ("zod", DAY, 3)]
+    # A new file of a day already loaded, with nothing in common, loads whole.
+    other = [("a-new-one", DAY, 4)]
+    assert load(con, typed_parquet(tmp_path, "other.parquet", other)).rows_loaded == 1
+
+
+def test_a_file_in_key_order_with_a_repeated_key_is_still_caught(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    # Sorted input skips the grouping only when no key repeats: adjacent equal keys
+    # are not "strictly increasing", so the grouping runs and finds them.
+    rows = [("a-pkg", DAY, 1), ("b-pkg", DAY, 2), ("b-pkg", DAY, 2), ("c-pkg", DAY, 3)]
+    result = load(con, typed_parquet(tmp_path, "sorted.parquet", rows), limit=0.5)
+    assert (result.rows_loaded, result.rows_duplicate) == (3, 1)
+    assert [r[0] for r in loaded_rows(con)] == ["a-pkg", "b-pkg", "c-pkg"]

@@ -1,0 +1,84 @@
+"""Property: the fast ways a downloads file loads give what the general way gives.
+
+A typed Parquet file loads in place (straight into raw_downloads, checked there) and,
+when its keys come in order, skips grouping them; any finding sends it through
+staging. Whatever the rows, the outcome must be the one staging alone gives.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import date, datetime
+from pathlib import Path
+from unittest import mock
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rollout import ingest, landing, warehouse
+
+NOW = datetime(2022, 2, 1, 12, 0)
+DAYS = [date(2022, 1, 10), date(2022, 1, 11), date(2099, 1, 1)]
+NAMES = ["react", "vue", "@babel/core", "JSONStream", ".bad", "node_modules", "", None]
+
+Row = tuple[str | None, date, int]
+rows_strategy = st.lists(
+    st.tuples(st.sampled_from(NAMES), st.sampled_from(DAYS), st.integers(-1, 3)),
+    min_size=1,
+    max_size=12,
+)
+
+
+def outcome(rows: list[Row], *, in_place: bool) -> tuple[object, ...]:
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "downloads" / "downloads.parquet"
+        path.parent.mkdir()
+        pq.write_table(
+            pa.table(
+                {
+                    "package": pa.array([r[0] for r in rows], pa.string()),
+                    "day": pa.array([r[1] for r in rows], pa.date32()),
+                    "downloads": pa.array([r[2] for r in rows], pa.int64()),
+                }
+            ),
+            path,
+        )
+        with (
+            mock.patch.object(landing, "loads_in_place", return_value=in_place),
+            warehouse.open_warehouse(Path(scratch) / "warehouse.duckdb") as con,
+        ):
+            result = ingest.ingest_file(con, landing.classify(path), quarantine_limit=1.0, now=NOW)
+            loaded = con.execute(
+                "select package, day, downloads from raw_downloads order by all"
+            ).fetchall()
+            quarantined = con.execute("select line, reason from quarantine order by all").fetchall()
+        counts = (result.rows_read, result.rows_loaded, result.rows_duplicate)
+        return result.status, counts, result.rows_quarantined, loaded, quarantined
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=rows_strategy, in_key_order=st.booleans())
+def test_in_place_loading_gives_what_staging_gives(rows: list[Row], in_key_order: bool) -> None:
+    if in_key_order:
+        rows = sorted(rows, key=lambda r: (r[0] or "", r[1]))
+    assert outcome(rows, in_place=True) == outcome(rows, in_place=False)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=rows_strategy, in_key_order=st.booleans())
+def test_valid_rows_with_distinct_keys_all_load(rows: list[Row], in_key_order: bool) -> None:
+    valid = {
+        (name, day): count
+        for name, day, count in rows
+        if name in ("react", "vue", "@babel/core", "JSONStream") and day.year == 2022 and count >= 0
+    }
+    unique = [(name, day, count) for (name, day), count in valid.items()]
+    if not unique:
+        return
+    if in_key_order:
+        unique.sort()
+    status, counts, quarantined, loaded, _ = outcome(unique, in_place=True)
+    assert (status, counts, quarantined) == ("loaded", (len(unique),) * 2 + (0,), 0)
+    assert loaded == sorted(unique)
