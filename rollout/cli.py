@@ -1050,6 +1050,7 @@ def demo(
             "days": (last - first).days + 1,
             "logins": report.logins,
             "elv_challenges": report.elv_challenges,
+            "token_uses": report.token_uses,
             "emails_sent": report.emails["sent"],
             **{f"enforced {phase}": n for phase, n in report.enforced.items()},
             "sessions_revoked": report.sessions_revoked,

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import Engine, and_, delete, insert, select
+from sqlalchemy import Engine, and_, bindparam, delete, insert, or_, select, update
 
 from rollout import brownouts, cohorts, enforce, extract, ingest, metrics, warehouse
 from rollout.clock import SimulatedClock, use_clock
@@ -38,7 +38,7 @@ from rollout.notify import outbox
 from rollout.notify.senders import FileSender
 from rollout.plan import Plan
 from rollout.registry.migrate import open_registry
-from rollout.registry.models import Account, BrownoutWindow, Notification, TfaFactor
+from rollout.registry.models import Account, BrownoutWindow, Notification, TfaFactor, Token
 from rollout.reporting import ReportFiles, report_from_registry
 
 ACTOR = "demo"
@@ -61,6 +61,10 @@ class Responses:
     at_forced_setup: float = 0.7  # a signed-out account told to set up 2FA at login
     elv_outcomes: tuple[float, float, float] = (0.8, 0.05, 0.15)  # success, failed, abandoned
     webauthn_share: float = 0.4
+    # Publishing goes on: a token used in the 90 days before the start is used again
+    # on a day with this chance (CI and release days), any other unrevoked one rarely.
+    token_in_use: float = 0.3
+    token_idle: float = 0.002
 
 
 @dataclass
@@ -74,6 +78,7 @@ class StoryReport:
     elv_enrolled: int = 0
     logins: int = 0
     elv_challenges: int = 0
+    token_uses: int = 0
     milestones: list[tuple[date, str]] = field(default_factory=list)
     seconds: float = 0.0
     job_seconds: Counter[str] = field(default_factory=Counter)
@@ -89,6 +94,8 @@ class _People:
     method: np.ndarray  # 0 none, 1 totp, 2 webauthn
     active: np.ndarray  # logged in within 90 days before the start
     index: dict[int, int]
+    token_ids: np.ndarray  # unrevoked tokens
+    token_in_use: np.ndarray  # of those, used within 90 days before the start
 
 
 def calendar(start: date, end: date) -> Iterator[date]:
@@ -139,6 +146,10 @@ def _people(engine: Engine, start: date) -> _People:
         kinds = connection.execute(
             select(TfaFactor.account_id, TfaFactor.kind).where(TfaFactor.removed_at.is_(None))
         ).all()
+        unrevoked = Token.revoked_at.is_(None)
+        tokens = connection.execute(
+            select(Token.id, Token.last_used_at).where(unrevoked).order_by(Token.id)
+        ).all()
     ids = np.array([a.id for a in accounts], dtype=np.int64)
     index = {int(i): n for n, i in enumerate(ids)}
     method = np.zeros(len(ids), np.int8)
@@ -147,7 +158,11 @@ def _people(engine: Engine, start: date) -> _People:
         method[n] = max(method[n], 2 if kind == "webauthn" else 1)
     recent = _at(start, 0) - timedelta(days=90)
     active = np.array([a.last_login_at is not None and a.last_login_at >= recent for a in accounts])
-    return _People(ids, [a.username for a in accounts], method, active, index)
+    token_ids = np.array([t.id for t in tokens], dtype=np.int64)
+    in_use = np.array(
+        [t.last_used_at is not None and t.last_used_at >= recent for t in tokens], dtype=bool
+    )
+    return _People(ids, [a.username for a in accounts], method, active, index, token_ids, in_use)
 
 
 # --- one day ------------------------------------------------------------------------------
@@ -366,6 +381,32 @@ class Story:
         if new_factors:
             with engine.begin() as connection:
                 connection.execute(insert(TfaFactor), new_factors)
+        self.use_tokens(engine, day)
+
+    def use_tokens(self, engine: Engine, day: date) -> None:
+        """Tokens used today: a token's last use only moves forward (the sample may
+        have dated one later than the simulated day)."""
+        p, r, rng = self.people, self.responses, self.rng
+        chance = np.where(p.token_in_use, r.token_in_use, r.token_idle)
+        used = p.token_ids[rng.random(len(p.token_ids)) < chance]
+        if not used.size:
+            return
+        seconds = rng.integers(0, 24 * 3600, len(used))
+        uses = [
+            {"token_id": int(i), "used_at": _at(day, 0) + timedelta(seconds=int(s))}
+            for i, s in zip(used, seconds, strict=True)
+        ]
+        tokens = Token.__table__
+        last_used = tokens.c.last_used_at
+        with engine.begin() as connection:
+            connection.execute(
+                update(tokens)
+                .where(tokens.c.id == bindparam("token_id"))
+                .where(or_(last_used.is_(None), last_used < bindparam("used_at")))
+                .values(last_used_at=bindparam("used_at")),
+                uses,
+            )
+        self.report.token_uses += len(uses)
 
     def _login(self, at: datetime, n: int, second_factor: str, outcome: str) -> None:
         self.events.append((at, self.people.usernames[n], second_factor, outcome))

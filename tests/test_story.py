@@ -4,7 +4,8 @@ phases enforced, every mailing sent once, and the logins in the warehouse."""
 
 from __future__ import annotations
 
-from datetime import date
+import csv
+from datetime import date, datetime
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from rollout.config import load_settings
 from rollout.notify.outbox import outbox_status
 from rollout.plan import load_plan
 from rollout.registry.migrate import open_registry
-from rollout.registry.models import Account, Notification
+from rollout.registry.models import Account, Notification, Token
 from rollout.sample import generate_sample
 from rollout.story import Story
 from rollout.timeline import step_states
@@ -90,3 +91,18 @@ def test_the_reference_plan_runs_start_to_end(story: Story) -> None:
             {"start": START},
         ).fetchall()
     assert logins == report.logins and elv == report.elv_challenges
+    # Maintainers kept publishing through the plan, so the report can say who would
+    # be stopped by a token that 2FA does not cover.
+    assert report.token_uses > 0 and report.files is not None
+    with open_registry(settings.registry_url) as engine, engine.connect() as connection:
+        # The sample's last day is 2022-03-13: a token used in May was used by the story.
+        used_in_the_last_week = connection.execute(
+            select(func.count()).where(Token.last_used_at >= datetime(2022, 5, 4))
+        ).scalar_one()
+    assert used_in_the_last_week > 0
+    with report.files.csvs["token_readiness"].open() as handle:
+        readiness = list(csv.DictReader(handle))
+    publishing = sum(
+        int(row["publishing_legacy"]) + int(row["publishing_personal"]) for row in readiness
+    )
+    assert {row["cohort"] for row in readiness} == {"top-100", "high-impact"} and publishing > 0
