@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import date
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
@@ -21,6 +24,25 @@ from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
 
 DATA = Path(__file__).parent / "data"
+
+
+def typed_parquet_downloads(path: Path, rows: Sequence[tuple[str | None, date, int]]) -> Path:
+    """A downloads landing file in Parquet with the stored types (string, date,
+    integer): the kind that loads in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(
+        pa.table(
+            {
+                "package": pa.array([r[0] for r in rows], pa.string()),
+                "day": pa.array([r[1] for r in rows], pa.date32()),
+                "downloads": pa.array([r[2] for r in rows], pa.int32()),
+            }
+        ),
+        path,
+    )
+    return path
+
+
 POSTGRES_URL = os.environ.get("ROLLOUT_TEST_POSTGRES_URL")
 REQUIRE_POSTGRES = os.environ.get("ROLLOUT_REQUIRE_POSTGRES") == "1"
 

@@ -14,7 +14,7 @@ import pytest
 from rollout import ingest, landing, warehouse
 from rollout.errors import BadInput
 
-from .conftest import DATA
+from .conftest import DATA, typed_parquet_downloads
 
 BAD = DATA / "bad"
 GOOD = DATA / "good"
@@ -298,19 +298,7 @@ def test_a_file_of_unknown_kind_is_bad_input(tmp_path: Path) -> None:
 
 
 def typed_parquet(directory: Path, name: str, rows: list[tuple[str | None, date, int]]) -> Path:
-    path = directory / "downloads" / name
-    path.parent.mkdir(exist_ok=True)
-    pq.write_table(
-        pa.table(
-            {
-                "package": pa.array([r[0] for r in rows], pa.string()),
-                "day": pa.array([r[1] for r in rows], pa.date32()),
-                "downloads": pa.array([r[2] for r in rows], pa.int32()),
-            }
-        ),
-        path,
-    )
-    return path
+    return typed_parquet_downloads(directory / "downloads" / name, rows)
 
 
 def loaded_rows(con: duckdb.DuckDBPyConnection) -> list[tuple[str, date, int]]:

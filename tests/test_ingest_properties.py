@@ -12,12 +12,12 @@ from datetime import date, datetime
 from pathlib import Path
 from unittest import mock
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rollout import ingest, landing, warehouse
+
+from .conftest import typed_parquet_downloads
 
 NOW = datetime(2022, 2, 1, 12, 0)
 DAYS = [date(2022, 1, 10), date(2022, 1, 11), date(2099, 1, 1)]
@@ -33,18 +33,7 @@ rows_strategy = st.lists(
 
 def outcome(rows: list[Row], *, in_place: bool) -> tuple[object, ...]:
     with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / "downloads" / "downloads.parquet"
-        path.parent.mkdir()
-        pq.write_table(
-            pa.table(
-                {
-                    "package": pa.array([r[0] for r in rows], pa.string()),
-                    "day": pa.array([r[1] for r in rows], pa.date32()),
-                    "downloads": pa.array([r[2] for r in rows], pa.int64()),
-                }
-            ),
-            path,
-        )
+        path = typed_parquet_downloads(Path(scratch) / "downloads" / "downloads.parquet", rows)
         with (
             mock.patch.object(landing, "loads_in_place", return_value=in_place),
             warehouse.open_warehouse(Path(scratch) / "warehouse.duckdb") as con,
