@@ -91,6 +91,22 @@ def _kind_of(path: Path, root: Path | None) -> Kind | None:
     return None
 
 
+# DuckDB's readers expand these in a path as a glob: `d[12].parquet` would read d1.parquet.
+GLOB_CHARACTERS = re.compile(r"[*?\[\]]")
+
+
+def require_plain_path(file: LandingFile) -> None:
+    """Refuse a path DuckDB would read as a pattern, which could load another file's
+    rows under this file's checksum."""
+    if GLOB_CHARACTERS.search(str(file.path)):
+        raise BadInput(
+            file.path,
+            None,
+            "the path has a character DuckDB reads as a pattern (*, ?, [ or ]): "
+            "rename the file or its folder",
+        )
+
+
 def classify(path: Path, root: Path | None = None) -> LandingFile:
     fmt = _format_of(path)
     kind = _kind_of(path, root)
@@ -302,7 +318,9 @@ def loads_in_place(file: LandingFile) -> bool:
         schema = pq.read_schema(file.path)
     except (pa.ArrowInvalid, OSError):
         return False  # staging says what is wrong with it
-    types = {name: schema.field(name).type for name in schema.names}
+    if len(set(schema.names)) != len(schema.names):
+        return False  # a repeated column name: staging decides what it means
+    types = dict(zip(schema.names, schema.types, strict=True))
     if not all(name in types for name in REQUIRED_COLUMNS["downloads"]):
         return False
     return (
@@ -321,6 +339,8 @@ def _text_or_typed(column: str, types: dict[str, str] | None) -> str:
     return "VARCHAR" if types is None else types.get(column, "VARCHAR")
 
 
+# Integer types whose every value fits the stored BIGINT.
+_ALWAYS_BIGINT = ("BIGINT", "INTEGER", "SMALLINT", "TINYINT", "UINTEGER", "USMALLINT", "UTINYINT")
 _INTEGER_TYPES = (
     "BIGINT",
     "INTEGER",
@@ -353,15 +373,18 @@ def _downloads_expressions(types: dict[str, str] | None) -> tuple[str, str, str,
         )
     count_type = _text_or_typed("downloads", types)
     count_raw = "downloads"
-    if count_type in _INTEGER_TYPES:
-        count, count_raw = "try_cast(downloads as bigint)", "cast(null as varchar)"
+    if count_type in _ALWAYS_BIGINT:
+        count, count_raw = "cast(downloads as bigint)", "cast(null as varchar)"
+    elif count_type in _INTEGER_TYPES:
+        # Wider than BIGINT: the text is kept, so a count too large says so.
+        count, count_raw = "try_cast(downloads as bigint)", "cast(downloads as varchar)"
     elif count_type in ("DOUBLE", "FLOAT") or count_type.startswith("DECIMAL"):
         count = "case when downloads = floor(downloads) then try_cast(downloads as bigint) end"
     else:
         # try_cast would round '10.5' and accept '1e3': whole numbers are digits only.
         count = (
-            "case when regexp_full_match(trim(cast(downloads as varchar)), '-?\\d{1,18}') "
-            "then cast(trim(cast(downloads as varchar)) as bigint) end"
+            "case when regexp_full_match(trim(cast(downloads as varchar)), '-?\\d+') "
+            "then try_cast(trim(cast(downloads as varchar)) as bigint) end"
         )
     return day, day_raw, count, count_raw
 

@@ -45,18 +45,21 @@ def compute_metrics(
     # Every model below reads the latest manifests, most of them more than once.
     latest = ("package", "self_dependency_kinds", "file_id", "ordinal")
     with warehouse.materialized(con, "stg_manifests", latest):
-        return _compute(con, as_of, windows, started)
+        # Read twice (package_metrics and the exclusions): computed once, as a temp table.
+        con.execute(
+            "create or replace temp table int_dependency_counts as "
+            + warehouse.render("intermediate/int_dependency_counts")
+        )
+        try:
+            return _compute(con, as_of, windows, started)
+        finally:
+            con.execute("drop table if exists int_dependency_counts")
 
 
 def _compute(
     con: duckdb.DuckDBPyConnection, as_of: date, windows: MetricsWindows, started: float
 ) -> MetricsReport:
     params = window_parameters(as_of, windows)
-    # Read twice below (dependents and exclusions): computed once, as a temp table.
-    con.execute(
-        "create or replace temp table int_dependency_counts as "
-        + warehouse.render("intermediate/int_dependency_counts")
-    )
     gaps = con.execute(warehouse.render("intermediate/int_download_gaps"), params).fetchall()
     missing = [row[0] for row in gaps]
     weekly_complete = not any(row[1] for row in gaps)
@@ -87,7 +90,6 @@ def _compute(
                 "seconds": seconds,
             },
         )
-    con.execute("drop table if exists int_dependency_counts")
     return MetricsReport(
         as_of=as_of,
         packages=packages,

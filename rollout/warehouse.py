@@ -173,6 +173,7 @@ def materialized(
     DuckDB resolves a name to the temp schema before ``main``, inside views too, so
     every model and view reading it reads the copy: a view read several times by one
     run (the latest of 4M manifests is a window over all of them) is computed once.
+    Not to be nested for one view: the inner block would drop the outer's copy.
     """
     if view not in STAGING_VIEWS:
         raise ValueError(f"{view!r} is not a staging view")

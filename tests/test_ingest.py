@@ -379,3 +379,62 @@ def test_a_file_in_key_order_with_a_repeated_key_is_still_caught(
     result = load(con, typed_parquet(tmp_path, "sorted.parquet", rows), limit=0.5)
     assert (result.rows_loaded, result.rows_duplicate) == (3, 1)
     assert [r[0] for r in loaded_rows(con)] == ["a-pkg", "b-pkg", "c-pkg"]
+
+
+def test_a_repeated_column_nobody_reads_does_not_stop_a_parquet_file(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    path = tmp_path / "downloads" / "with-notes.parquet"
+    path.parent.mkdir()
+    columns = [
+        pa.array(["react", "vue"]),
+        pa.array([DAY, DAY], pa.date32()),
+        pa.array([1, 2], pa.int64()),
+        pa.array(["a", "b"]),
+        pa.array(["c", "d"]),
+    ]
+    names = ["package", "day", "downloads", "note", "note"]
+    pq.write_table(pa.Table.from_arrays(columns, names=names), path)
+    assert load(con, path).rows_loaded == 2
+    assert loaded_rows(con) == [("react", DAY, 1), ("vue", DAY, 2)]
+
+
+def test_a_path_duckdb_would_read_as_a_pattern_is_refused_and_the_others_load(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    # `d[12].parquet` is a glob to DuckDB: it would load d1.parquet's rows.
+    typed_parquet(tmp_path, "d1.parquet", [("react", DAY, 1)])
+    typed_parquet(tmp_path, "d[12].parquet", [("vue", DAY, 2)])
+    report = ingest.ingest(con, [tmp_path / "downloads"], quarantine_limit=LIMIT, now=NOW)
+    assert report.loaded == 1
+    [refused] = report.rejected
+    assert refused.path.name == "d[12].parquet"
+    assert "a character DuckDB reads as a pattern" in refused.message
+    assert loaded_rows(con) == [("react", DAY, 1)]
+
+
+def test_a_count_beyond_bigint_is_out_of_range_not_missing(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    path = tmp_path / "downloads" / "huge.parquet"
+    path.parent.mkdir()
+    too_many = 2**64 - 1
+    pq.write_table(
+        pa.table(
+            {
+                "package": ["react", "vue"],
+                "day": pa.array([DAY, DAY], pa.date32()),
+                "downloads": pa.array([5, too_many], pa.uint64()),
+            }
+        ),
+        path,
+    )
+    result = load(con, path, limit=0.5)
+    assert (result.rows_loaded, result.rows_quarantined) == (1, 1)
+    assert con.execute("select line, reason from quarantine").fetchall() == [
+        (2, f"downloads {too_many} is out of range (at most 9223372036854775807)")
+    ]
+    text = tmp_path / "downloads" / "huge.csv"
+    text.write_text("package,day,downloads\nreact,2022-01-11,99999999999999999999\n")
+    with pytest.raises(BadInput, match="downloads 99999999999999999999 is out of range"):
+        load(con, text)

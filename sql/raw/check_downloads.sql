@@ -25,6 +25,10 @@ row_problems as (
             when day > $today then 'day ' || day || ' is in the future'
             when downloads is null and downloads_raw is null then 'downloads is missing'
             when downloads is null
+                and regexp_full_match(trim(cast(downloads_raw as varchar)), '-?\d+')
+                then 'downloads ' || trim(cast(downloads_raw as varchar))
+                    || ' is out of range (at most 9223372036854775807)'
+            when downloads is null
                 then 'downloads ''' || cast(downloads_raw as varchar)
                     || ''' is not a whole number'
             when downloads < 0 then 'downloads ' || downloads || ' is negative'
