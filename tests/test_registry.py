@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from rollout import warehouse
+from rollout import extract, warehouse
+from rollout.errors import RolloutError
 from rollout.extract import EXTRACTED_TABLES, extract_registry
 from rollout.registry import migrate
 from rollout.registry.engine import make_engine, normalize_url, session_scope
@@ -193,3 +195,47 @@ def test_a_small_extract_of_an_empty_table_gives_an_empty_table(
         assert extract_registry(con, registry_url, ("cohort_packages",), small=True) == {
             "cohort_packages": 0
         }
+
+
+def test_the_export_is_shared_out_evenly_smallest_share_first() -> None:
+    sizes = {"notifications": 100, "accounts": 60, "tokens": 50, "orgs": 5}
+    shares = extract._share(sizes, 2)
+    assert sorted(name for share in shares for name in share) == sorted(sizes)
+    totals = [sum(sizes[name] for name in share) for share in shares]
+    assert totals == sorted(totals) and totals[-1] - totals[0] <= max(sizes.values())
+    assert extract._share({"orgs": 5}, 2) == [("orgs",)]
+
+
+def test_a_failed_exporter_changes_nothing_and_leaves_no_process_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    add_account(engine, "alice")
+    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        extract_registry(con, url, ("accounts", "tokens"))
+        add_account(engine, "bob")
+        with engine.begin() as connection:  # the registry loses a table: its export fails
+            connection.execute(text("drop table tokens"))
+        engine.dispose()
+        shares = [("tokens",), ("accounts",)]  # the failing share is waited for first
+        monkeypatch.setattr(extract, "_share", lambda sizes, ways: shares)
+        monkeypatch.setattr(extract, "_table_sizes", lambda database, tables: {})
+        with pytest.raises(RolloutError, match=r"reading the registry .* failed: .*tokens"):
+            extract_registry(con, url, ("accounts", "tokens"))
+        # All or nothing: bob, exported by the other share, did not come in.
+        assert warehouse.scalar(con, "select count(*) from registry.accounts") == 1
+    children = [
+        status
+        for status in Path("/proc").glob("[0-9]*/status")
+        if f"PPid:\t{os.getpid()}\n" in _read(status)
+    ]
+    assert children == []
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:  # a process that ended while we looked
+        return ""
