@@ -77,6 +77,20 @@ def _utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+# Whether a downloads file's first rows come in key order: if not, the checks skip
+# proving the whole file is (about 0.05 s of a 2M-row file, 10% of loading it).
+_FIRST_ROWS_IN_ORDER = """
+    select count(*) filter (
+        where package > previous_package or (package = previous_package and day > previous_day)
+    ) = count(*) - 1
+    from (
+        select package, day, lag(package) over () as previous_package,
+            lag(day) over () as previous_day
+        from (select package, day from incoming limit 1000)
+    )
+"""
+
+
 def _check_parameters(
     file: LandingFile, con: duckdb.DuckDBPyConnection, now: datetime, file_id: int | None = None
 ) -> dict[str, object]:
@@ -100,6 +114,7 @@ def _check_parameters(
             "max_day": highest,
             "overlaps": bool(overlaps),
             "file_id": file_id,
+            "may_be_in_order": bool(warehouse.scalar(con, _FIRST_ROWS_IN_ORDER)),
         }
     if file.kind == "manifests":
         return {"name_pattern": PACKAGE_NAME_PATTERN}

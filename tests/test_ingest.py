@@ -438,3 +438,14 @@ def test_a_count_beyond_bigint_is_out_of_range_not_missing(
     text.write_text("package,day,downloads\nreact,2022-01-11,99999999999999999999\n")
     with pytest.raises(BadInput, match="downloads 99999999999999999999 is out of range"):
         load(con, text)
+
+
+def test_a_repeat_after_the_first_rows_in_order_is_caught(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    # The first thousand rows are in key order (so the whole file is checked for it);
+    # the repeat comes later, and the file is then not in order after all.
+    rows = [(f"pkg-{n:05d}", DAY, n) for n in range(1500)]
+    rows.append(("pkg-00007", DAY, 7))
+    result = load(con, typed_parquet(tmp_path, "late-repeat.parquet", rows), limit=0.5)
+    assert (result.rows_loaded, result.rows_duplicate) == (1500, 1)

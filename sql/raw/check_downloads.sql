@@ -40,7 +40,9 @@ row_problems as (
 -- takes one comparison a row, half the cost of grouping 2M keys. The rows come in
 -- whatever order the scan gives, and that is sound: if every row is above the one
 -- before it, the sequence is strictly increasing, so no key repeats. A NULL makes its
--- comparison fail, so such a file takes the grouping below.
+-- comparison fail, so such a file takes the grouping below. $may_be_in_order is
+-- false when the file's first rows are already out of order (rollout.ingest looks):
+-- then no row is compared, and the grouping runs, as it would anyway.
 previous_keys as (
     select
         package,
@@ -48,6 +50,7 @@ previous_keys as (
         lag(package) over () as previous_package,
         lag(day) over () as previous_day
     from staged
+    where $may_be_in_order
 ),
 
 in_key_order as (
