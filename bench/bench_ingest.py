@@ -20,6 +20,9 @@ import time
 from datetime import date
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
+
 from rollout import ingest, landing, warehouse
 
 
@@ -27,11 +30,38 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
 
 
+def shuffle_downloads(source: Path, target: Path, seed: int = 1) -> Path:
+    """A copy of the landing folder whose downloads files have their rows shuffled,
+    written with the sample's Parquet settings (zstd, 1M-row groups)."""
+    rng = np.random.default_rng(seed)
+    for path in sorted(source.rglob("*")):
+        if not path.is_file():
+            continue
+        copy = target / path.relative_to(source)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent.name == "downloads" and path.suffix == ".parquet":
+            table = pq.read_table(path)
+            shuffled = table.take(rng.permutation(table.num_rows))
+            pq.write_table(shuffled, copy, compression="zstd", row_group_size=1 << 20)
+        else:
+            shutil.copy(path, copy)
+    return target
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--landing", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument(
+        "--shuffled",
+        type=Path,
+        default=None,
+        help="first write the landing files into this folder with each downloads file's "
+        "rows in random order (seeded), and load those: a real export may not be sorted",
+    )
     args = parser.parse_args()
+    if args.shuffled:
+        args.landing = shuffle_downloads(args.landing, args.shuffled)
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     work.mkdir(parents=True, exist_ok=True)
