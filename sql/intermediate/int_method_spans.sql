@@ -6,13 +6,7 @@ with
 
 -- Active on day D when active_from <= D < active_until (null: still active).
 factors as (
-    select
-        account_id,
-        kind,
-        cast(created_at as date) as active_from,
-        case when removed_at < $as_of::date + 1 then cast(removed_at as date) end as active_until
-    from registry.tfa_factors
-    where created_at < $as_of::date + 1
+    select * from ({{ int_factors_known }})
 ),
 
 factor_changes as (

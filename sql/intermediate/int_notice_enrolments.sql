@@ -8,25 +8,12 @@ phases as (
 ),
 
 memberships as (
-    select
-        cohort,
-        account_id,
-        first_qualified_on,
-        -- a departure after the as-of day is not known yet
-        case when left_on <= $as_of::date then left_on end as left_on
-    from registry.cohort_memberships
-    where first_qualified_on <= $as_of::date
+    select * from ({{ int_memberships_known }})
 ),
 
 -- Active on day D when active_from <= D < active_until (null: still active).
 factors as (
-    select
-        account_id,
-        created_at,
-        cast(created_at as date) as active_from,
-        case when removed_at < $as_of::date + 1 then cast(removed_at as date) end as active_until
-    from registry.tfa_factors
-    where created_at < $as_of::date + 1
+    select * from ({{ int_factors_known }})
 ),
 
 cohort_at_notice as (

@@ -11,14 +11,7 @@ accounts as (
 ),
 
 memberships as (
-    select
-        cohort,
-        account_id,
-        first_qualified_on,
-        -- a departure after the as-of day is not known yet
-        case when left_on <= $as_of::date then left_on end as left_on
-    from registry.cohort_memberships
-    where first_qualified_on <= $as_of::date
+    select * from ({{ int_memberships_known }})
 ),
 
 cohorts as (
