@@ -366,8 +366,8 @@ def ingest(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hashing:
 
         def checksum(index: int) -> Future[str] | None:
-            if index >= len(files) or landing.GLOB_CHARACTERS.search(str(files[index].path)):
-                return None  # ingest_file refuses it before reading it
+            if index >= len(files):
+                return None
             return hashing.submit(landing.sha256, files[index].path)
 
         upcoming = checksum(0)

@@ -92,13 +92,13 @@ def _kind_of(path: Path, root: Path | None) -> Kind | None:
 
 
 # DuckDB's readers expand these in a path as a glob: `d[12].parquet` would read d1.parquet.
-GLOB_CHARACTERS = re.compile(r"[*?\[\]]")
+_GLOB_CHARACTERS = re.compile(r"[*?\[\]]")
 
 
 def require_plain_path(file: LandingFile) -> None:
     """Refuse a path DuckDB would read as a pattern, which could load another file's
     rows under this file's checksum."""
-    if GLOB_CHARACTERS.search(str(file.path)):
+    if _GLOB_CHARACTERS.search(str(file.path)):
         raise BadInput(
             file.path,
             None,
