@@ -33,22 +33,11 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
+from registry_copy import copy_registry
+
 
 def peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
-
-
-def upgrade_registry(path: Path) -> None:
-    """The copy, migrated to this rollout's schema: a sample made by an older rollout
-    works as it is given (the original is never changed)."""
-    from rollout.registry.engine import make_engine
-    from rollout.registry.migrate import upgrade
-
-    engine = make_engine(f"sqlite:///{path}")
-    try:
-        upgrade(engine)
-    finally:
-        engine.dispose()
 
 
 def run_rollout(work: Path, as_of: date) -> dict[str, object]:
@@ -196,8 +185,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-metrics-") as scratch:
         work = Path(scratch)
         shutil.copy(args.warehouse, work / "warehouse.duckdb")
-        shutil.copy(args.registry, work / "registry.db")
-        upgrade_registry(work / "registry.db")
+        copy_registry(args.registry, work)
         results = {}
         for part in ("rollout", "floor", "pandas"):
             # The copies above (3 GB) and the part before leave dirty pages: flushed

@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from registry_copy import copy_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = ROOT / "plans" / "npm-2022.yaml"
@@ -114,22 +115,6 @@ def ensure_sample(registry: Path, landing: Path) -> None:
 
     print(f"no npm sample at {registry}: generating it (about 85 s, 4.2 GB peak)")
     generate_sample("npm", 1, registry_url=f"sqlite:///{registry}", landing_dir=landing)
-
-
-def copy_registry(source: Path, work: Path) -> str:
-    from rollout.registry.engine import make_engine
-    from rollout.registry.migrate import upgrade
-
-    for leftover in work.glob("registry.db*"):
-        leftover.unlink()
-    for suffix in ("", "-wal"):  # a WAL file holds committed rows too
-        if Path(f"{source}{suffix}").exists():
-            shutil.copy(f"{source}{suffix}", work / f"registry.db{suffix}")
-    url = f"sqlite:///{work / 'registry.db'}"
-    engine = make_engine(url)
-    upgrade(engine)  # a registry made by an older rollout
-    engine.dispose()
-    return url
 
 
 def cohort_days(plan: Any, last_download_day: date) -> dict[date, list[str]]:
