@@ -20,10 +20,33 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
+from rollout.config import Settings
+from rollout.plan import load_plan
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
+from rollout.sample import generate_sample
+from rollout.story import Story
 
 DATA = Path(__file__).parent / "data"
+
+
+STORY_START, STORY_END = date(2021, 12, 1), date(2022, 5, 10)
+
+
+def tiny_story(settings: Settings) -> Story:
+    """The tiny sample written under ``settings``, and the reference plan ready to play
+    over it from STORY_START to STORY_END, metrics every fortnight and on the cohort
+    days: the demo story in less time."""
+    generate_sample(
+        "tiny",
+        7,
+        registry_url=settings.registry_url,
+        landing_dir=settings.landing_dir,
+        end=date(2022, 3, 13),  # the downloads reach the last cohort day
+        days=110,
+    )
+    plan = load_plan(Path(__file__).resolve().parent.parent / "plans" / "npm-2022.yaml")
+    return Story(settings, plan, STORY_START, STORY_END, metrics_every=14, cohorts_every=14)
 
 
 def typed_parquet_downloads(path: Path, rows: Sequence[tuple[str | None, date, int]]) -> Path:

@@ -10,21 +10,18 @@ import os
 import re
 import subprocess
 import sys
-from datetime import date
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from rollout.config import load_settings
-from rollout.plan import load_plan
-from rollout.sample import generate_sample
-from rollout.story import Story
+
+from .conftest import tiny_story
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 EXPECTED = {"cohort_explorer.ipynb", "adoption_trends.ipynb", "brownout_impact.ipynb"}
-START, END = date(2021, 12, 1), date(2022, 5, 10)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the kernel colours its tracebacks
 
 
@@ -39,16 +36,7 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("notebooks") / "home"
     settings = load_settings({"ROLLOUT_HOME": str(home)})
     settings.ensure_home()
-    generate_sample(
-        "tiny",
-        7,
-        registry_url=settings.registry_url,
-        landing_dir=settings.landing_dir,
-        end=date(2022, 3, 13),
-        days=110,
-    )
-    plan = load_plan(ROOT / "plans" / "npm-2022.yaml")
-    Story(settings, plan, START, END, metrics_every=14, cohorts_every=14).run()
+    tiny_story(settings).run()
     return home
 
 

@@ -5,7 +5,7 @@ phases enforced, every mailing sent once, and the logins in the warehouse."""
 from __future__ import annotations
 
 import csv
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -13,34 +13,20 @@ from sqlalchemy import func, select
 
 from rollout.config import load_settings
 from rollout.notify.outbox import outbox_status
-from rollout.plan import load_plan
 from rollout.registry.migrate import open_registry
 from rollout.registry.models import Account, Notification, Token
-from rollout.sample import generate_sample
 from rollout.story import Story
 from rollout.timeline import step_states
 from rollout.warehouse import open_warehouse
 
-ROOT = Path(__file__).resolve().parent.parent
-START, END = date(2021, 12, 1), date(2022, 5, 10)
+from .conftest import STORY_START, tiny_story
 
 
 @pytest.fixture
 def story(empty_registry_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Story:
     monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("ROLLOUT_REGISTRY_URL", empty_registry_url)
-    settings = load_settings()
-    generate_sample(
-        "tiny",
-        7,
-        registry_url=settings.registry_url,
-        landing_dir=settings.landing_dir,
-        end=date(2022, 3, 13),
-        days=110,
-    )
-    plan = load_plan(ROOT / "plans" / "npm-2022.yaml")
-    # Metrics every fortnight and on the cohort days: the story, in less time.
-    return Story(settings, plan, START, END, metrics_every=14, cohorts_every=14)
+    return tiny_story(load_settings())
 
 
 def test_the_reference_plan_runs_start_to_end(story: Story) -> None:
@@ -88,7 +74,7 @@ def test_the_reference_plan_runs_start_to_end(story: Story) -> None:
         [(logins, elv)] = con.execute(
             "select count(*), count(*) filter (second_factor = 'elv') from stg_logins "
             "where occurred_at >= $start",
-            {"start": START},
+            {"start": STORY_START},
         ).fetchall()
     assert logins == report.logins and elv == report.elv_challenges
     # Maintainers kept publishing through the plan, so the report can say who would
