@@ -312,24 +312,15 @@ def _expected_daily(accounts: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return rows
 
 
-@settings(
+PROPERTY_SETTINGS = settings(
     max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(accounts=st.lists(account_strategy, min_size=1, max_size=6))
-def test_adoption_daily_matches_a_plain_count(
-    fresh_warehouse: duckdb.DuckDBPyConnection, accounts: list[dict[str, Any]]
-) -> None:
-    con = fresh_warehouse
-    _replace_rows(
-        con,
-        "accounts",
-        [
-            {"id": i, "username": f"u{i}", "created_at": _at(a["created"])}
-            for i, a in enumerate(accounts, start=1)
-        ],
-    )
+
+
+def _replace_factors(con: duckdb.DuckDBPyConnection, accounts: list[dict[str, Any]]) -> None:
+    """registry.tfa_factors: each drawn account's (kind, created, removed) factors."""
     _replace_rows(
         con,
         "tfa_factors",
@@ -344,6 +335,23 @@ def test_adoption_daily_matches_a_plain_count(
             for kind, created, removed in a["factors"]
         ],
     )
+
+
+@PROPERTY_SETTINGS
+@given(accounts=st.lists(account_strategy, min_size=1, max_size=6))
+def test_adoption_daily_matches_a_plain_count(
+    fresh_warehouse: duckdb.DuckDBPyConnection, accounts: list[dict[str, Any]]
+) -> None:
+    con = fresh_warehouse
+    _replace_rows(
+        con,
+        "accounts",
+        [
+            {"id": i, "username": f"u{i}", "created_at": _at(a["created"])}
+            for i, a in enumerate(accounts, start=1)
+        ],
+    )
+    _replace_factors(con, accounts)
     # The cohort exists (as a population) whenever it has a row, even a later one.
     _replace_rows(
         con,
@@ -420,11 +428,7 @@ def _org_figures(accounts: list[dict[str, Any]], org: int, day: date) -> tuple[A
     return (members, totp + webauthn, totp, webauthn, round(share, 9), new)
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@PROPERTY_SETTINGS
 @given(accounts=st.lists(member_strategy, min_size=1, max_size=6))
 def test_adoption_daily_by_org_forward_filled_matches_a_plain_count(
     fresh_warehouse: duckdb.DuckDBPyConnection, accounts: list[dict[str, Any]]
@@ -453,20 +457,7 @@ def test_adoption_daily_by_org_forward_filled_matches_a_plain_count(
             for org, (joined, removed) in a["orgs"].items()
         ],
     )
-    _replace_rows(
-        con,
-        "tfa_factors",
-        [
-            {
-                "account_id": i,
-                "kind": kind,
-                "created_at": _at(created),
-                "removed_at": None if removed is None else _at(removed),
-            }
-            for i, a in enumerate(accounts, start=1)
-            for kind, created, removed in a["factors"]
-        ],
-    )
+    _replace_factors(con, accounts)
     build_adoption(con, PROPERTY_PLAN, AS_OF)
     rows = con.execute("select * from adoption_daily_by_org order by org, day").fetchall()
 
