@@ -1,13 +1,17 @@
 # Two commands for a new user: `make demo` and `make test`. Both build the virtualenv
-# on first use and re-install only when pyproject.toml changes.
+# on first use and re-install only when pyproject.toml changes. `make test-fast` is the
+# inner loop while editing: no PostgreSQL, browser, Prefect or slow tests.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_HOME := $(or $(ROLLOUT_HOME),var)
+# The demo replaces its registry: every location is the demo home's own, whatever the
+# shell points at (a production registry, warehouse or SendGrid key).
+DEMO_ENV := env -u ROLLOUT_REGISTRY_URL -u ROLLOUT_WAREHOUSE -u SENDGRID_API_KEY ROLLOUT_HOME=$(DEMO_HOME)
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,21 +22,32 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	@echo "== registry schema"
-	$(BIN)/rollout db upgrade
+	$(DEMO_ENV) $(BIN)/rollout db upgrade
 	@echo "== sample registry (small: ~20k real npm packages, 12k accounts; downloads to 2022-03-13)"
-	$(BIN)/rollout sample --scale small --seed 7 --end 2022-03-13 --days 110 --replace
+	@# Replaces $(DEMO_HOME)/registry.db only if an earlier demo made it (else exit 3).
+	$(DEMO_ENV) $(BIN)/rollout sample --scale small --seed 7 --end 2022-03-13 --days 110 --replace --confirm registry.db
 	rm -rf $(DEMO_HOME)/warehouse.duckdb $(DEMO_HOME)/warehouse.duckdb.wal $(DEMO_HOME)/outbox $(DEMO_HOME)/reports
 	@echo "== the reference plan, day by day from 2021-12-01 to 2022-05-10 (simulated clock)"
-	$(BIN)/rollout demo --start 2021-12-01 --end 2022-05-10
+	$(DEMO_ENV) $(BIN)/rollout demo --start 2021-12-01 --end 2022-05-10
 	@echo "== where each step of the plan stands"
-	$(BIN)/rollout plan show
+	$(DEMO_ENV) $(BIN)/rollout plan show
 	@echo "== done: open $(DEMO_HOME)/reports/2022-05-10/adoption.html in a browser;"
 	@echo "   the warehouse is $(DEMO_HOME)/warehouse.duckdb (docs/warehouse.md), the emails $(DEMO_HOME)/outbox/"
 
+# The whole suite, with lint first. Chromium is installed if missing (as root with apt;
+# otherwise it stops before any test with the command to run), and the PostgreSQL tests
+# get a throwaway server of their own (tests/support/with-postgres), unless
+# ROLLOUT_TEST_POSTGRES_URL names one. CI=true makes PostgreSQL a must (.ci/run).
 test: $(STAMP)
+	tests/support/ensure-chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -n auto
+	tests/support/with-postgres $(BIN)/pytest -n auto
+
+# Leaves out what needs PostgreSQL, Chromium or Prefect, and the slow tests (markers
+# assigned in tests/conftest.py), so it needs nothing but the virtualenv.
+test-fast: $(STAMP)
+	$(BIN)/pytest -n auto -m "not browser and not prefect and not postgres and not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

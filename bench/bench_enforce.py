@@ -29,7 +29,7 @@ from rollout.plan import CohortRule, Phase, Plan, load_plan
 from rollout.registry.engine import make_engine
 from rollout.registry.ledger import utc_now
 from rollout.registry.migrate import upgrade
-from rollout.registry.models import Account, Action, TfaFactor, WebSession
+from rollout.registry.models import Account, Action, PhaseRequirement, TfaFactor, WebSession
 
 NAIVE_ACCOUNTS = 2_000
 
@@ -85,6 +85,7 @@ def naive(url: str, account_ids: list[int]) -> float:
                 continue
             now = utc_now()
             account.tfa_required_at = now
+            session.add(PhaseRequirement(account_id=account_id, phase="bench", required_at=now))
             session.add(
                 Action(
                     effect_key=f"naive-flag:{account_id}",
@@ -153,7 +154,9 @@ def undo_earlier_run(url: str) -> None:
     engine = make_engine(url)
     upgrade(engine)
     with engine.begin() as connection:
-        connection.execute(text("truncate actions, notifications, cohort_memberships"))
+        connection.execute(
+            text("truncate actions, notifications, cohort_memberships, phase_requirements")
+        )
         connection.execute(text("delete from plan_runs"))
         connection.execute(
             text(
@@ -165,7 +168,7 @@ def undo_earlier_run(url: str) -> None:
             text("update accounts set tfa_required_at = null where tfa_required_at is not null")
         )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        for table in ("accounts", "web_sessions", "actions", "notifications"):
+        for table in ("accounts", "web_sessions", "actions", "notifications", "phase_requirements"):
             connection.execute(text(f"vacuum analyze {table}"))
     engine.dispose()
 

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import key_for, run_actor, table
+from flows.common import cell, key_for, run_actor, table
 from rollout import brownouts
 from rollout.config import load_settings
 from rollout.errors import GuardRefused
@@ -56,9 +56,9 @@ def _report(name: str, what: str) -> brownouts.WindowState:
         ("of which not ELV-enrolled otherwise", reach["without_2fa_nor_elv"]),
     ]
     create_markdown_artifact(
-        markdown=f"# Brown-out {name}: {what}\n\n{table(rows)}\n",
+        markdown=f"# Brown-out {cell(name)}: {what}\n\n{table(rows)}\n",
         key=key_for("brownout", name, what),
-        description=f"Brown-out {name} {what}",
+        description=f"Brown-out {cell(name)} {what}",
     )
     return window
 

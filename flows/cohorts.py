@@ -14,7 +14,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import artifact_key, day_or_today, run_actor, table, warehouse
+from flows.common import artifact_key, cell, day_or_today, run_actor, table, warehouse
 from flows.metrics import metrics
 from rollout.cohorts import CohortResult, build_cohorts
 from rollout.config import load_settings
@@ -44,7 +44,7 @@ def build_all_cohorts(
 def entered_list(packages: Sequence[str], limit: int = ENTERED_LISTED) -> str:
     if not packages:
         return "none"
-    shown = ", ".join(f"`{p}`" for p in packages[:limit])
+    shown = ", ".join(cell(p) for p in packages[:limit])
     more = len(packages) - limit
     return shown + (f" and {more} more" if more > 0 else "")
 
@@ -64,7 +64,7 @@ def cohorts_markdown(as_of: date, results: Sequence[CohortResult]) -> str:
             ("unresolved maintainers", r.unresolved_maintainers),
         ]
         parts.append(
-            f"## {r.cohort}\n\n{table(rows)}\n\n"
+            f"## {cell(r.cohort)}\n\n{table(rows)}\n\n"
             f"Packages entered: {entered_list(r.packages_entered)}"
         )
     return "\n\n".join(parts) + "\n"

@@ -13,7 +13,7 @@ import duckdb
 from prefect.runtime import flow_run
 
 from rollout.config import Settings
-from rollout.output import markdown_cell as cell
+from rollout.output import markdown_text as cell
 from rollout.warehouse import open_warehouse
 
 
@@ -46,6 +46,7 @@ def warehouse(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def table(rows: Sequence[tuple[str, Any]], header: tuple[str, str] = ("what", "value")) -> str:
+    """A two-column Markdown table; every name and value shown as text (``cell``)."""
     lines = [f"| {header[0]} | {header[1]} |", "| --- | ---: |"]
     lines += [f"| {cell(name)} | {cell(value)} |" for name, value in rows]
     return "\n".join(lines)

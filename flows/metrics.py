@@ -12,11 +12,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import artifact_key, day_or_today, table, warehouse
+from flows.common import artifact_key, cell, day_or_today, table, warehouse
 from rollout.config import load_settings
 from rollout.extract import extract_registry
 from rollout.ingest import IngestReport, ingest
 from rollout.metrics import MetricsReport, compute_metrics
+from rollout.output import Markdown
 from rollout.plan import load_plan
 
 
@@ -76,7 +77,7 @@ def metrics_markdown(report: MetricsReport, ingested: IngestReport | None) -> st
         )
     rows: list[tuple[str, object]] = [
         ("packages", report.packages),
-        ("weekly window complete", "yes" if report.weekly_window_complete else "**no**"),
+        ("weekly window complete", "yes" if report.weekly_window_complete else Markdown("**no**")),
         ("missing download days", missing),
         ("self-dependencies ignored", report.self_dependencies),
         ("dependencies on unknown packages ignored", report.unknown_dependencies),
@@ -84,7 +85,7 @@ def metrics_markdown(report: MetricsReport, ingested: IngestReport | None) -> st
         ("seconds", round(report.seconds, 2)),
     ]
     if ingested is None:
-        rows.append(("ingest", "skipped (ingest_first=false)"))
+        rows.append(("ingest", Markdown("skipped (ingest_first=false)")))
     else:
         rows += [
             ("files loaded", ingested.loaded),
@@ -96,7 +97,7 @@ def metrics_markdown(report: MetricsReport, ingested: IngestReport | None) -> st
     parts.append(table(rows))
     if ingested is not None and ingested.rejected:
         # The message names the file and line, then the reason.
-        lines = [f"- {f.message}" for f in ingested.rejected]
+        lines = [f"- {cell(f.message)}" for f in ingested.rejected]
         parts.append("## Refused landing files\n\n" + "\n".join(lines))
     return "\n\n".join(parts) + "\n"
 

@@ -10,15 +10,16 @@ enforce lock, so a cohort that moved while the run waited is refused, not applie
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from pydantic import Field
 
-from flows.common import key_for, run_actor, table
+from flows.common import cell, key_for, run_actor, table
 from rollout.config import load_settings
 from rollout.enforce import EnforceResult, enforce_phase, preview_phase
 from rollout.plan import load_plan
@@ -34,8 +35,10 @@ APPROVAL_POLL_SECONDS = 10
 class Approval(RunInput):
     """What the approver types back: the count the preview showed, and their name."""
 
-    expect: int
-    approved_by: str
+    expect: int = Field(ge=0)
+    # Refused by the form itself when empty or too long for the audit ledger's actor
+    # ("<approver> via <run>" must fit its 200 characters).
+    approved_by: str = Field(min_length=1, max_length=80, pattern=r"^\S(.*\S)?$")
 
 
 @task(name="preview-phase", cache_policy=NO_CACHE)
@@ -59,7 +62,7 @@ def publish_preview(saved: SavedPreview) -> None:
     create_markdown_artifact(
         markdown=preview_markdown(saved),
         key=key_for("phase-preview", saved.preview.phase),
-        description=f"Who enforcing phase {saved.preview.phase} would change",
+        description=f"Who enforcing phase {cell(saved.preview.phase)} would change",
     )
 
 
@@ -73,15 +76,16 @@ def phase_preview(phase: str) -> int:
 
 def enforce_markdown(result: EnforceResult, approval: Approval) -> str:
     rows: list[tuple[str, Any]] = [
-        ("accounts required to use 2FA", result.accounts_flagged),
+        ("accounts the phase now requires 2FA of", result.accounts_required),
+        ("of them, not required by another phase before", result.accounts_flagged),
         ("web sessions revoked", result.sessions_revoked),
         ("enforcement emails queued", result.emails_queued),
         ("skipped: enrolled since the preview", result.skipped_now_compliant),
         ("batches", result.batches),
     ]
     return (
-        f"# Phase {result.phase}: enforced\n\n"
-        f"Approved by {approval.approved_by} for {approval.expect} accounts; "
+        f"# Phase {cell(result.phase)}: enforced\n\n"
+        f"Approved by {cell(approval.approved_by)} for {approval.expect} accounts; "
         f"registry run `{result.run_id}`.\n\n{table(rows)}\n"
     )
 
@@ -90,7 +94,10 @@ def enforce_markdown(result: EnforceResult, approval: Approval) -> str:
     name="phase-enforce",
     description="Enforce a phase after a person approves the previewed count.",
 )
-def phase_enforce(phase: str, approval_timeout_seconds: int = APPROVAL_TIMEOUT_SECONDS) -> dict:
+def phase_enforce(
+    phase: str,
+    approval_timeout_seconds: Annotated[int, Field(ge=60)] = APPROVAL_TIMEOUT_SECONDS,
+) -> dict:
     """Preview, pause for an :class:`Approval`, then enforce exactly the approved count."""
     logger = get_run_logger()
     settings = load_settings()
@@ -108,8 +115,9 @@ def phase_enforce(phase: str, approval_timeout_seconds: int = APPROVAL_TIMEOUT_S
     approval = pause_flow_run(
         wait_for_input=Approval.with_initial_data(
             description=(
-                f"Enforce phase **{phase}**: {count} accounts, {saved.preview.sessions} web "
-                f"sessions. Type back the account count to approve (list: {saved.csv_path})."
+                f"Enforce phase **{cell(phase)}**: {count} accounts, {saved.preview.sessions} "
+                f"web sessions. Type back the account count to approve (list: "
+                f"{cell(saved.csv_path)})."
             ),
             expect=0,
             approved_by="",
@@ -125,11 +133,6 @@ def phase_enforce(phase: str, approval_timeout_seconds: int = APPROVAL_TIMEOUT_S
     create_markdown_artifact(
         markdown=enforce_markdown(result, approval),
         key=key_for("phase-enforce", phase),
-        description=f"Phase {phase} enforcement",
+        description=f"Phase {cell(phase)} enforcement",
     )
-    return {
-        "run_id": result.run_id,
-        "accounts_flagged": result.accounts_flagged,
-        "sessions_revoked": result.sessions_revoked,
-        "emails_queued": result.emails_queued,
-    }
+    return result.summary()

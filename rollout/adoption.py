@@ -11,12 +11,13 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import duckdb
 
 from rollout import warehouse
+from rollout.clock import naive_utc
 from rollout.errors import RolloutError
 from rollout.plan import Plan
 
@@ -67,13 +68,6 @@ def adoption_since(plan: Plan) -> date:
     return since
 
 
-def _naive_utc(moment: datetime) -> datetime:
-    """Every time in the warehouse is naive UTC; a plan may give an offset."""
-    if moment.tzinfo is None:
-        return moment
-    return moment.astimezone(UTC).replace(tzinfo=None)
-
-
 def _create_plan_tables(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
     con.execute(
         "create or replace temp table plan_phases "
@@ -98,8 +92,8 @@ def _create_plan_tables(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
             "insert into plan_brownouts values ($name, $starts_at, $ends_at)",
             {
                 "name": brownout.name,
-                "starts_at": _naive_utc(brownout.starts_at),
-                "ends_at": _naive_utc(brownout.ends_at),
+                "starts_at": naive_utc(brownout.starts_at),
+                "ends_at": naive_utc(brownout.ends_at),
             },
         )
 

@@ -15,8 +15,10 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, and_, exists, func, or_, select, update
 
+from rollout.clock import naive_utc
 from rollout.errors import BadInput, GuardRefused
-from rollout.plan import Plan
+from rollout.locks import exclusive_run
+from rollout.plan import Brownout, Plan
 from rollout.registry.ledger import (
     finish_run,
     record_actions,
@@ -87,23 +89,28 @@ def elv_required(connection: Connection, account_id: int, at: datetime) -> bool:
     return bool(connection.execute(select(_active_window(at))).scalar_one())
 
 
+def planned_window(planned: Brownout) -> tuple[datetime, datetime]:
+    """A plan's window as the registry stores it: naive UTC, the one form in which two
+    windows can be compared (a plan that came from a file is in it already)."""
+    return naive_utc(planned.starts_at), naive_utc(planned.ends_at)
+
+
 def schedule_preview(engine: Engine, plan: Plan) -> list[tuple[str, str]]:
     """(window, what scheduling would do) for each brown-out of the plan."""
     existing = {w.name: w for w in status(engine)}
     changes = []
     for planned in plan.brownouts:
         current = existing.get(planned.name)
+        window = planned_window(planned)
         if current is None:
-            changes.append(
-                (planned.name, f"create {planned.starts_at:%Y-%m-%d %H:%M} + {planned.hours} h")
-            )
-        elif (current.starts_at, current.ends_at) == (planned.starts_at, planned.ends_at):
+            changes.append((planned.name, f"create {window[0]:%Y-%m-%d %H:%M} + {planned.hours} h"))
+        elif (naive_utc(current.starts_at), naive_utc(current.ends_at)) == window:
             changes.append((planned.name, f"unchanged ({current.state})"))
         elif current.state != "scheduled":
             changes.append((planned.name, f"refused: already {current.state}, cannot move"))
         else:
             changes.append(
-                (planned.name, f"move to {planned.starts_at:%Y-%m-%d %H:%M} + {planned.hours} h")
+                (planned.name, f"move to {window[0]:%Y-%m-%d %H:%M} + {planned.hours} h")
             )
     return changes
 
@@ -128,12 +135,13 @@ def schedule(registry_url: str, plan: Plan, *, actor: str) -> list[tuple[str, st
             for planned, (_, what) in zip(plan.brownouts, changes, strict=True):
                 if what.startswith("unchanged"):
                     continue
+                starts_at, ends_at = planned_window(planned)
                 if what.startswith("create"):
                     connection.execute(
                         WINDOWS.insert().values(
                             name=planned.name,
-                            starts_at=planned.starts_at,
-                            ends_at=planned.ends_at,
+                            starts_at=starts_at,
+                            ends_at=ends_at,
                             created_at=now,
                             created_by=actor,
                             reason=f"plan {plan.name}",
@@ -143,9 +151,9 @@ def schedule(registry_url: str, plan: Plan, *, actor: str) -> list[tuple[str, st
                     connection.execute(
                         update(WINDOWS)
                         .where(WINDOWS.c.name == planned.name)
-                        .values(starts_at=planned.starts_at, ends_at=planned.ends_at)
+                        .values(starts_at=starts_at, ends_at=ends_at)
                     )
-                when = f"{planned.starts_at:%Y%m%d%H%M}:{planned.hours}"
+                when = f"{starts_at:%Y%m%d%H%M}:{planned.hours}"
                 record_actions(
                     connection,
                     [
@@ -249,7 +257,10 @@ def enroll_all(
     touches only accounts still not enrolled. One audit row per batch (first and last
     id, count): at 2M accounts a row each would double the work for no more truth,
     since ``elv_enrolled_at`` itself records each account's change."""
-    with open_registry(registry_url) as engine:
+    if batch_size < 1:
+        # 0 would enrol nobody and report success; a negative LIMIT means no limit.
+        raise BadInput(None, None, f"batch size {batch_size}: must be at least 1")
+    with exclusive_run(registry_url, "elv"), open_registry(registry_url) as engine:
         with engine.connect() as connection:
             total = connection.execute(
                 select(func.count())
@@ -262,6 +273,7 @@ def enroll_all(
             step="enroll all",
             mode="apply",
             actor=actor,
+            lock="elv",
             parameters={"batch_size": batch_size},
         ) as run:
             run_id = run.id

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -17,9 +17,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rollout import __version__
+from rollout.clock import naive_utc
 from rollout.config import Settings, load_settings
 from rollout.errors import EXIT_BAD_INPUT, EXIT_FAILURE, RolloutError
-from rollout.output import Format, emit, emit_record, stderr
+from rollout.output import Format, emit, emit_record, labelled, stderr, visible
+from rollout.stopping import Stopped
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,15 +54,18 @@ def reports_errors(function: F) -> F:
         try:
             return function(*args, **kwargs)
         except RolloutError as error:
-            stderr.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+            stderr.print(labelled("error:", "bold red", error))
             raise typer.Exit(error.exit_code) from error
+        except Stopped as stopped:  # SIGTERM/SIGINT: every child is gone, nothing half-done
+            stderr.print(str(stopped), highlight=False, markup=False)
+            raise typer.Exit(stopped.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
 
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -135,18 +140,12 @@ def plan_check(
     ] = None,
 ) -> None:
     """Validate a plan file: dates in order, known cohorts, no overlapping brown-outs."""
-    from rollout.plan import parse_plan
+    from rollout.plan import parse_plan, read_plan_text
 
     path = file or _settings().plan_path
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise RolloutError(f"{path}: cannot read the plan: {error.strerror}").with_exit(
-            EXIT_BAD_INPUT
-        ) from error
-    plan, problems = parse_plan(text, path)
+    plan, problems = parse_plan(read_plan_text(path), path)
     for problem in problems:
-        stderr.print(f"[bold red]error:[/] {problem}", highlight=False)
+        stderr.print(labelled("error:", "bold red", problem))
     if problems:
         raise typer.Exit(EXIT_BAD_INPUT)
     assert plan is not None
@@ -209,26 +208,51 @@ def sample(
     scale: Annotated[
         str, typer.Option(help="tiny (~1k packages), small (~20k), medium (~250k) or npm (4M).")
     ] = "small",
-    seed: Annotated[int, typer.Option(help="Same seed, same registry and files.")] = 1,
+    seed: Annotated[int, typer.Option(min=0, help="Same seed, same registry and files.")] = 1,
     end: Annotated[
         str, typer.Option(help="Last day of download history, YYYY-MM-DD.")
     ] = "2022-01-31",
     days: Annotated[
-        int | None, typer.Option(help="Days of download history (default: the scale's).")
+        int | None, typer.Option(min=1, help="Days of download history (default: the scale's).")
     ] = None,
     replace: Annotated[
-        bool, typer.Option(help="Replace an existing registry and landing files.")
+        bool,
+        typer.Option(help="Replace a sample registry (with --confirm) and its landing files."),
     ] = False,
+    confirm: Annotated[
+        str | None,
+        typer.Option(
+            help="With --replace: the database's name typed back (the SQLite file's name, "
+            "or the PostgreSQL database, database/schema when the URL sets a search_path)."
+        ),
+    ] = None,
     fmt: FormatOption = Format.table,
 ) -> None:
-    """Write a seeded, realistic sample registry database and landing files."""
+    """Write a seeded, realistic sample registry database and landing files.
+
+    An empty database is filled; one with rows only previews what replacing it would
+    lose, and only a registry `rollout sample` made can be replaced (--replace --confirm).
+    """
     from rollout import sample as sample_module
 
     if scale not in sample_module.SCALES:
         raise RolloutError(
             f"unknown scale {scale!r}: use one of {', '.join(sample_module.SCALES)}"
         ).with_exit(EXIT_BAD_INPUT)
+    if confirm is not None and not replace:
+        raise RolloutError("--confirm goes with --replace").with_exit(EXIT_BAD_INPUT)
     settings = _settings()
+    contents = sample_module.registry_contents(settings.registry_url)
+    if contents.has_rows and contents.is_sample and not replace:
+        # The preview (DESIGN.md rule 1): what --replace would destroy, and how.
+        stderr.print(
+            f"preview only: {contents.describe()}.\nTo replace it, add: "
+            f"--replace --confirm {contents.name}",
+            highlight=False,
+        )
+        return
+    # Refused here (exit 3), before ensure_home creates anything.
+    sample_module.check_replace(contents, replace, confirm)
     settings.ensure_home()
     with _progress() as progress:
         task = progress.add_task("sample", total=None)
@@ -244,6 +268,7 @@ def sample(
             end=_parse_day(end, "--end"),
             days=days,
             replace=replace,
+            confirm=confirm,
             progress=report,
         )
     record = {k: v for k, v in vars(summary).items() if k != "landing_files"}
@@ -268,9 +293,7 @@ def _parse_time(text: str, option: str = "--at") -> datetime:
         raise RolloutError(
             f"{option}: {text!r} is not a time (YYYY-MM-DD or YYYY-MM-DDTHH:MM)"
         ).with_exit(EXIT_BAD_INPUT) from error
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment
+    return naive_utc(moment)
 
 
 # --- ingest ------------------------------------------------------------------------
@@ -305,7 +328,7 @@ def ingest(
 
         def report(file: Any, done: int, total: int) -> None:
             progress.update(
-                task, description=f"ingest {file.path.name}", completed=done, total=total
+                task, description=f"ingest {visible(file.path.name)}", completed=done, total=total
             )
 
         result = ingest_module.ingest(
@@ -344,7 +367,7 @@ def ingest(
         highlight=False,
     )
     for refused in result.rejected:
-        stderr.print(f"[bold red]refused:[/] {refused.message}", highlight=False)
+        stderr.print(labelled("refused:", "bold red", refused.message))
     if result.rejected:
         raise typer.Exit(EXIT_BAD_INPUT)
 
@@ -363,7 +386,7 @@ def _short(path: Path, roots: list[Path]) -> str:
 @app.command()
 @reports_errors
 def quarantine(
-    limit: Annotated[int, typer.Option(help="Show at most this many rows.")] = 100,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many rows.")] = 100,
     fmt: FormatOption = Format.table,
 ) -> None:
     """List rows refused by ingest validation, with file, line and reason."""
@@ -466,11 +489,8 @@ def metrics(
         title=f"package metrics {day}",
     )
     if not report.weekly_window_complete:
-        stderr.print(
-            f"[yellow]warning:[/] download data missing for "
-            f"{', '.join(str(d) for d in report.missing_days)}",
-            highlight=False,
-        )
+        missing = ", ".join(str(d) for d in report.missing_days)
+        stderr.print(labelled("warning:", "yellow", f"download data missing for {missing}"))
 
 
 @cohorts_app.command("build")
@@ -610,13 +630,13 @@ def cohorts_diff(
 @reports_errors
 def cohorts_simulate(
     weekly_downloads_gt: Annotated[
-        int | None, typer.Option(help="More than this many weekly downloads qualifies.")
+        int | None, typer.Option(min=0, help="More than this many weekly downloads qualifies.")
     ] = None,
     dependents_gte: Annotated[
-        int | None, typer.Option(help="At least this many dependents qualifies.")
+        int | None, typer.Option(min=1, help="At least this many dependents qualifies.")
     ] = None,
     top: Annotated[
-        int | None, typer.Option(help="The top N packages by dependents qualify.")
+        int | None, typer.Option(min=1, help="The top N packages by dependents qualify.")
     ] = None,
     as_of: AsOfOption = None,
     fmt: FormatOption = Format.table,
@@ -733,7 +753,7 @@ def phase_enforce(
         bool, typer.Option("--apply", help="Make the change (without: preview only).")
     ] = False,
     expect: Annotated[
-        int | None, typer.Option(help="The account count the preview showed, typed back.")
+        int | None, typer.Option(min=0, help="The account count the preview showed, typed back.")
     ] = None,
     fmt: FormatOption = Format.table,
 ) -> None:
@@ -751,19 +771,7 @@ def phase_enforce(
     result = enforce_phase(
         settings.registry_url, _plan(), phase, expect=expect, actor=settings.actor
     )
-    emit_record(
-        {
-            "phase": result.phase,
-            "run_id": result.run_id,
-            "accounts_flagged": result.accounts_flagged,
-            "sessions_revoked": result.sessions_revoked,
-            "emails_queued": result.emails_queued,
-            "skipped_now_compliant": result.skipped_now_compliant,
-            "batches": result.batches,
-        },
-        fmt,
-        title=f"phase {phase} enforced",
-    )
+    emit_record(result.summary(), fmt, title=f"phase {phase} enforced")
 
 
 @phase_app.command("rollback")
@@ -773,25 +781,48 @@ def phase_rollback(
     apply: Annotated[
         bool, typer.Option("--apply", help="Make the change (without: preview only).")
     ] = False,
+    fmt: FormatOption = Format.table,
 ) -> None:
-    """Clear the 2FA-required flags a phase set (revoked sessions stay revoked)."""
+    """Withdraw a phase's 2FA requirement (revoked sessions stay revoked).
+
+    An account stays required while another applied phase requires it: the preview
+    lists every account the phase requires and what the rollback does to each."""
     from rollout.enforce import rollback_phase, rollback_preview
     from rollout.registry.migrate import open_registry
 
     settings, plan = _settings(), _plan()
     plan.phase(phase)
     with open_registry(settings.registry_url) as engine:
-        accounts = rollback_preview(engine, phase)
+        preview = rollback_preview(engine, phase)
+    if not apply:
+        emit(
+            [
+                {
+                    "account_id": a.account_id,
+                    "username": a.username,
+                    "outcome": "cleared"
+                    if a.cleared
+                    else f"still required by {', '.join(a.still_required_by)}",
+                }
+                for a in preview.accounts
+            ],
+            fmt,
+            title=f"rollback of phase {phase}",
+            columns=["account_id", "username", "outcome"],
+        )
     stderr.print(
-        f"rollback of {phase} would clear the 2FA requirement of {len(accounts)} "
-        "accounts; revoked sessions stay revoked",
+        f"rollback of {phase} would withdraw its 2FA requirement from "
+        f"{len(preview.accounts)} accounts: {len(preview.cleared)} no longer required, "
+        f"{len(preview.kept)} still required by another applied phase; "
+        f"{preview.queued_emails} queued emails of its enforcement withdrawn; "
+        "revoked sessions stay revoked",
         highlight=False,
     )
     if not apply:
         stderr.print("preview only: add --apply to roll back", highlight=False)
         return
-    run_id, cleared = rollback_phase(settings.registry_url, plan, phase, actor=settings.actor)
-    stderr.print(f"cleared {cleared} accounts (run {run_id})", highlight=False)
+    result = rollback_phase(settings.registry_url, plan, phase, actor=settings.actor)
+    emit_record(result.summary(), fmt, title=f"phase {phase} rolled back")
 
 
 # --- notify --------------------------------------------------------------------------------
@@ -922,6 +953,7 @@ def notify_send(
     if not apply:
         stderr.print("preview only: add --apply to send them", highlight=False)
         return
+    # A stop (SIGTERM/SIGINT) raises Stopped once every worker is gone: reports_errors.
     with _progress() as progress:
         task = progress.add_task("sending", total=None)
 
@@ -979,6 +1011,53 @@ def notify_suppress(
     )
 
 
+@notify_app.command("withdraw")
+@reports_errors
+def notify_withdraw(
+    phase: Annotated[
+        str | None, typer.Option(help="Only emails of this phase (or org:NAME, or '' for none).")
+    ] = None,
+    email: Annotated[
+        str | None, typer.Option(help="Only emails of this kind, e.g. enforcement_notice.")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why they must not go (kept with each).")] = "",
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Withdraw them (without: preview only).")
+    ] = False,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Take back queued emails that must no longer go, by phase, kind or both.
+
+    They stay in the outbox as skipped ('withdrawn: REASON'), audited; emails already
+    sent or being sent are not touched."""
+    from rollout.notify.emails import EMAILS
+    from rollout.notify.withdraw import Selection, withdraw, withdraw_preview
+    from rollout.registry.migrate import open_registry
+
+    if phase is None and email is None:
+        raise RolloutError("say which emails: --phase, --email or both").with_exit(EXIT_BAD_INPUT)
+    if email is not None and email not in EMAILS:
+        raise RolloutError(
+            f"no email named {email!r}: one of {', '.join(sorted(EMAILS))}"
+        ).with_exit(EXIT_BAD_INPUT)
+    selection = Selection(phase=phase, email=email)
+    settings = _settings()
+    with open_registry(settings.registry_url) as engine:
+        with engine.connect() as connection:
+            queued = withdraw_preview(connection, selection)
+        emit(queued, fmt, title="queued emails to withdraw", columns=["phase", "email", "queued"])
+        total = sum(row["queued"] for row in queued)
+        if not apply:
+            stderr.print(
+                f"{total} queued emails would be withdrawn; preview only: add --apply "
+                "--reason '...'",
+                highlight=False,
+            )
+            return
+        withdrawn = withdraw(engine, selection, reason=reason, actor=settings.actor)
+    stderr.print(f"withdrew {withdrawn} queued emails", highlight=False)
+
+
 # --- report --------------------------------------------------------------------------------
 
 
@@ -1028,7 +1107,7 @@ def report(
 def demo(
     start: Annotated[str, typer.Option(help="First day of the calendar.")] = "2021-12-01",
     end: Annotated[str, typer.Option(help="Last day of the calendar.")] = "2022-05-10",
-    seed: Annotated[int, typer.Option(help="Same seed, same story.")] = 7,
+    seed: Annotated[int, typer.Option(min=0, help="Same seed, same story.")] = 7,
 ) -> None:
     """Run the plan day by day over a simulated calendar on the sample registry.
 
@@ -1082,7 +1161,7 @@ app.add_typer(dev_app, name="dev")
 @reports_errors
 def dev_sendgrid(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 3030,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 3030,
     api_key: Annotated[
         str | None,
         typer.Option(help="The key clients must send (default: $SENDGRID_API_KEY or a dev key)."),
@@ -1307,7 +1386,7 @@ def brownout_end(
 @reports_errors
 def elv_enroll_all(
     apply: ApplyOption = False,
-    batch_size: Annotated[int, typer.Option(help="Accounts per transaction.")] = 50_000,
+    batch_size: Annotated[int, typer.Option(min=1, help="Accounts per transaction.")] = 50_000,
 ) -> None:
     """Enrol every account in ELV, in resumable batches with a progress bar."""
     from sqlalchemy import func, select

@@ -19,6 +19,15 @@ def real_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def naive_utc(moment: datetime) -> datetime:
+    """The one normal form of a time in the pipeline: naive, meaning UTC (what the
+    registry and the warehouse store). A time with an offset is converted; a naive one
+    is taken as UTC already. Comparing two times is only safe after this."""
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
 _clock: ContextVar[Callable[[], datetime]] = ContextVar("rollout_clock", default=real_now)
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import Engine, and_, case, select, update
 from rollout import warehouse
 from rollout.errors import BadInput
 from rollout.extract import extract_registry
+from rollout.locks import exclusive_run
 from rollout.plan import CohortRule, Plan
 from rollout.registry.ledger import record_actions, recorded_run, upsert, utc_now
 from rollout.registry.migrate import open_registry
@@ -418,7 +419,7 @@ def build_cohorts(
         # The cohort tables alone: thousands of rows, read faster here than by
         # starting the child exporter (0.8 s of an npm-scale build).
         extract_registry(con, registry_url, ("cohort_packages", "cohort_memberships"), small=True)
-    with open_registry(registry_url) as engine:
+    with exclusive_run(registry_url, "cohorts"), open_registry(registry_url) as engine:
         results: list[CohortResult] = []
         # Each cohort's account models read the latest manifests: found once.
         with (
@@ -428,6 +429,7 @@ def build_cohorts(
                 step=f"cohorts {as_of}",
                 mode="apply",
                 actor=actor,
+                lock="cohorts",
                 parameters={"as_of": as_of.isoformat(), "cohorts": names},
             ) as run,
             warehouse.materialized(con, "stg_manifests", ("package", "maintainers")),

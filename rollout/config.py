@@ -10,8 +10,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from rollout.errors import BadInput
+
+# The registry runs on these (DESIGN.md); `postgres://` is what people paste.
+_REGISTRY_BACKENDS = ("sqlite", "postgresql", "postgres")
+_MAY_HOLD_SECRETS = frozenset({"SENDGRID_API_KEY", "ROLLOUT_REGISTRY_URL"})
 
 
 class Settings(BaseSettings):
@@ -21,19 +27,71 @@ class Settings(BaseSettings):
     registry_url_override: str | None = Field(None, validation_alias="ROLLOUT_REGISTRY_URL")
     warehouse_path_override: Path | None = Field(None, validation_alias="ROLLOUT_WAREHOUSE")
     sendgrid_api_key: SecretStr | None = Field(None, validation_alias="SENDGRID_API_KEY")
-    sendgrid_url: str = Field("https://api.sendgrid.com", validation_alias="ROLLOUT_SENDGRID_URL")
+    sendgrid_url: str = Field(
+        "https://api.sendgrid.com",
+        validation_alias="ROLLOUT_SENDGRID_URL",
+        description="an http(s) URL",
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
+    )
     # Share of bad rows above which a landing file is refused whole instead of
     # loading its good rows and quarantining the rest.
     quarantine_limit: float = Field(0.01, validation_alias="ROLLOUT_QUARANTINE_LIMIT", ge=0, le=1)
-    duckdb_memory_limit: str | None = Field(None, validation_alias="ROLLOUT_DUCKDB_MEMORY_LIMIT")
+    # As DuckDB takes it: a size with its unit (4GB, 512MiB) or a share of RAM (80%).
+    duckdb_memory_limit: str | None = Field(
+        None,
+        validation_alias="ROLLOUT_DUCKDB_MEMORY_LIMIT",
+        description="a size with its unit (4GB, 512MiB) or a share of memory (80%)",
+        pattern=r"(?i)^\d+(\.\d+)?\s*([kmgt]i?b|b|%)$",
+    )
     plan_path: Path = Field(Path("plans/npm-2022.yaml"), validation_alias="ROLLOUT_PLAN")
     # Who the audit ledger says acted: set it in deployments (e.g. the flow's name).
-    actor: str = Field("rollout", validation_alias="ROLLOUT_ACTOR")
+    actor: str = Field(
+        "rollout",
+        validation_alias="ROLLOUT_ACTOR",
+        description="a name on one line, without spaces around it, at most 100 characters",
+        pattern=r"^\S(.*\S)?$",
+        # The audit ledger's actor columns hold 200: room for "<approver> via <actor>".
+        max_length=100,
+    )
 
-    @field_validator("sendgrid_api_key", mode="before")
+    @field_validator(
+        "sendgrid_api_key",
+        "registry_url_override",
+        "warehouse_path_override",
+        "duckdb_memory_limit",
+        mode="before",
+    )
     @classmethod
-    def _blank_key_means_none(cls, value: object) -> object:
+    def _blank_means_none(cls, value: object) -> object:
+        # An override set to "" (as compose files and CI templates do) is not set.
         return None if value == "" else value
+
+    @field_validator("home", "plan_path", mode="before")
+    @classmethod
+    def _path_not_blank(cls, value: object) -> object:
+        # Path("") is the current directory: never what someone meant.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty")
+        return value
+
+    @field_validator("registry_url_override")
+    @classmethod
+    def _registry_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        # Imported here: only an override needs SQLAlchemy's URL parser at start-up.
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            backend = make_url(value).get_backend_name()
+        except ArgumentError as error:
+            raise ValueError(
+                "is not a database URL (sqlite:///PATH or postgresql://...)"
+            ) from error
+        if backend not in _REGISTRY_BACKENDS:
+            raise ValueError(f"names {backend!r}: the registry runs on sqlite or postgresql")
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -76,12 +134,35 @@ _ENV_NAMES = {
     for field in Settings.model_fields.values()
     if isinstance(field.validation_alias, str)
 }
+_DESCRIPTIONS = {
+    field.validation_alias: field.description
+    for field in Settings.model_fields.values()
+    if isinstance(field.validation_alias, str)
+}
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Settings from ``environ`` (default: the process environment), nothing else."""
+    """Settings from ``environ`` (default: the process environment), nothing else.
+
+    A value that cannot be used is ``BadInput`` naming the variable, so every command
+    refuses it with one line and exit code 2 rather than a traceback."""
     source = os.environ if environ is None else environ
     values = {name: source[name] for name in _ENV_NAMES if name in source}
     if "ROLLOUT_ACTOR" not in values and source.get("USER"):
         values["ROLLOUT_ACTOR"] = source["USER"]
-    return Settings(**values)
+    try:
+        return Settings(**values)
+    except ValidationError as error:
+        raise _bad_setting(error, values) from None
+
+
+def _bad_setting(error: ValidationError, values: Mapping[str, str]) -> BadInput:
+    first = error.errors()[0]
+    name = str(first["loc"][0]) if first["loc"] else "environment"
+    reason = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "string_pattern_mismatch":
+        reason = f"expected {_DESCRIPTIONS.get(name) or 'another form'}"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    # The API key, and a database URL's password, are never echoed.
+    shown = "" if name in _MAY_HOLD_SECRETS else f"={values.get(name, '')!r}"
+    return BadInput(None, None, f"environment variable {name}{shown}: {reason}{more}")

@@ -11,7 +11,7 @@ Guards: the expected count typed back, the plan's blast radius, one run at a tim
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +37,7 @@ from sqlalchemy import (
 from rollout.errors import GuardRefused
 from rollout.locks import exclusive_run
 from rollout.notify.outbox import queue_phase_summary
+from rollout.notify.withdraw import Selection, withdraw_preview, withdraw_queued
 from rollout.plan import Phase, Plan
 from rollout.registry.ledger import dialect_insert, record_actions, recorded_run, utc_now
 from rollout.registry.migrate import open_registry
@@ -45,6 +46,8 @@ from rollout.registry.models import (
     Action,
     CohortMembership,
     Notification,
+    PhaseRequirement,
+    PlanRun,
     TfaFactor,
     WebSession,
     has_active_factor,
@@ -54,7 +57,10 @@ ACCOUNTS = Account.__table__
 SESSIONS = WebSession.__table__
 ACTIONS = Action.__table__
 NOTIFICATIONS = Notification.__table__
+REQUIREMENTS = PhaseRequirement.__table__
+PLAN_RUNS = PlanRun.__table__
 ENFORCEMENT_EMAIL = "enforcement_notice"
+LOCK = "enforce"
 
 
 @dataclass(frozen=True)
@@ -88,11 +94,23 @@ class PhasePreview:
 class EnforceResult:
     phase: str
     run_id: str
+    # The phase now requires 2FA of this many accounts it did not before; of them,
+    # ``accounts_flagged`` were not required by any other phase.
+    accounts_required: int = 0
     accounts_flagged: int = 0
     sessions_revoked: int = 0
     emails_queued: int = 0
     skipped_now_compliant: int = 0
     batches: int = 0
+
+    def add(self, batch: BatchOutcome) -> None:
+        for name, value in asdict(batch).items():
+            setattr(self, name, getattr(self, name) + value)
+        self.batches += 1
+
+    def summary(self) -> dict[str, Any]:
+        """The result as one record: what the CLI prints, flows return, runs store."""
+        return asdict(self)
 
 
 def preview_phase(engine: Engine, plan: Plan, phase: Phase) -> PhasePreview:
@@ -171,6 +189,17 @@ def _audit_columns() -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What one batch changed."""
+
+    accounts_required: int = 0
+    accounts_flagged: int = 0
+    sessions_revoked: int = 0
+    emails_queued: int = 0
+    skipped_now_compliant: int = 0
+
+
 def _enforce_batch(
     connection: Connection,
     phase: Phase,
@@ -178,8 +207,9 @@ def _enforce_batch(
     run_id: str,
     actor: str,
     now: datetime,
-) -> tuple[list[int], int, int, int]:
-    """One transaction: flag, queue the email, revoke sessions last, audit each effect.
+) -> BatchOutcome:
+    """One transaction: record the phase's requirement, flag, queue the email, revoke
+    sessions last, audit each effect.
 
     Set-based on the server: the audit rows and emails are INSERT ... SELECTs over the
     rows this batch changed, which carry its timestamp ``now``; nothing travels row by
@@ -195,12 +225,26 @@ def _enforce_batch(
     ]
     skipped = len(account_ids) - len(still_without)
     if not still_without:
-        return [], 0, 0, skipped
+        return BatchOutcome(skipped_now_compliant=skipped)
     reason = f"phase {phase.name}: 2FA required of cohort {phase.cohort}"
     if connection.dialect.name == "postgresql":
         # A batch commits or vanishes whole either way; not waiting for its WAL flush
         # cannot lose half a batch, only delay when a server crash would lose it all.
         connection.execute(text("set local synchronous_commit to off"))
+    # The phase's own record of whom it requires, whether or not another phase already
+    # does: what a rollback of either phase must know.
+    required = connection.execute(
+        dialect_insert(connection, REQUIREMENTS)
+        .from_select(
+            ["account_id", "phase", "required_at", "run_id"],
+            select(
+                ACCOUNTS.c.id, literal(phase.name), literal(now, DateTime), literal(run_id)
+            ).where(_among(connection, ACCOUNTS.c.id, still_without)),
+        )
+        .on_conflict_do_nothing(index_elements=["account_id", "phase"])
+        # Counted from RETURNING: psycopg reports -1 as this INSERT's rowcount.
+        .returning(REQUIREMENTS.c.account_id)
+    ).all()
     flagged = [
         row[0]
         for row in connection.execute(
@@ -215,8 +259,11 @@ def _enforce_batch(
             .returning(ACCOUNTS.c.id)
         )
     ]
-    flagged_here = and_(
-        _among(connection, ACCOUNTS.c.id, flagged), ACCOUNTS.c.tfa_required_at == now
+    required_here = and_(
+        REQUIREMENTS.c.phase == phase.name,
+        _among(connection, REQUIREMENTS.c.account_id, still_without),
+        REQUIREMENTS.c.run_id == run_id,
+        REQUIREMENTS.c.required_at == now,
     )
     # Not outbox.queue_email: its queue-time skip checks (suppressed, unverified) cost
     # 2 s of an npm-scale run, over the 30 s target; the drain makes them at send time.
@@ -263,17 +310,18 @@ def _enforce_batch(
             _audit_columns(),
             select(
                 literal(f"tfa-required:{phase.name}:")
-                + cast(ACCOUNTS.c.id, String)
+                + cast(REQUIREMENTS.c.account_id, String)
                 + literal(f":{run_id}"),
                 literal("tfa_required"),
-                ACCOUNTS.c.id,
+                REQUIREMENTS.c.account_id,
                 literal(None, String),
                 *common,
-            ).where(flagged_here),
+            ).where(required_here),
         )
-        # No ON CONFLICT: these rows describe changes this transaction just made behind
-        # an IS NULL guard, so their keys are new; were one not, the unique key should
-        # fail the batch loudly. (Speculative inserts cost a fifth more on PostgreSQL.)
+        # No ON CONFLICT: these rows describe requirements this transaction just added
+        # (the insert above skipped existing ones), so their keys are new; were one
+        # not, the unique key should fail the batch loudly. (Speculative inserts cost a
+        # fifth more on PostgreSQL.)
     )
     revoke = (
         update(SESSIONS)
@@ -283,7 +331,7 @@ def _enforce_batch(
                 SESSIONS.c.revoked_at.is_(None),
             )
         )
-        .values(revoked_at=now, revoked_reason=reason[:200])
+        .values(revoked_at=now, revoked_reason=reason)
     )
 
     def session_audit(sessions: Any) -> Any:
@@ -317,7 +365,7 @@ def _enforce_batch(
             .subquery()
         )
         connection.execute(session_audit(revoked_now))
-    return flagged, revoked, len(queued), skipped
+    return BatchOutcome(len(required), len(flagged), revoked, len(queued), skipped)
 
 
 def enforce_phase(
@@ -331,7 +379,7 @@ def enforce_phase(
 ) -> EnforceResult:
     """Apply a phase to exactly the previewed accounts, refusing on any mismatch."""
     phase = plan.phase(phase_name)
-    with exclusive_run(registry_url, "enforce"), open_registry(registry_url) as engine:
+    with exclusive_run(registry_url, LOCK), open_registry(registry_url) as engine:
         preview = preview_phase(engine, plan, phase)
         if preview.count != expect:
             raise GuardRefused(
@@ -351,21 +399,18 @@ def enforce_phase(
             step=f"phase {phase.name}",
             mode="apply",
             actor=actor,
+            lock=LOCK,
             parameters={"expect": expect, "phase": phase.name},
         ) as run:
             result = EnforceResult(phase.name, run.id)
             for start in range(0, len(ids), size):
                 with engine.begin() as connection:
-                    flagged, revoked, queued, skipped = _enforce_batch(
+                    outcome = _enforce_batch(
                         connection, phase, ids[start : start + size], run.id, actor, utc_now()
                     )
-                result.accounts_flagged += len(flagged)
-                result.sessions_revoked += revoked
-                result.emails_queued += queued
-                result.skipped_now_compliant += skipped
-                result.batches += 1
+                result.add(outcome)
                 run.summary = _summary(result)
-            if result.accounts_flagged or result.sessions_revoked:
+            if result.accounts_required or result.sessions_revoked:
                 with engine.begin() as connection:
                     queue_phase_summary(
                         connection,
@@ -379,88 +424,193 @@ def enforce_phase(
 
 
 def _summary(result: EnforceResult) -> dict[str, int]:
-    return {
-        "accounts_flagged": result.accounts_flagged,
-        "sessions_revoked": result.sessions_revoked,
-        "emails_queued": result.emails_queued,
-        "skipped_now_compliant": result.skipped_now_compliant,
-        "batches": result.batches,
-    }
+    """What the run's plan_runs row and the release managers' summary email keep."""
+    return {k: v for k, v in result.summary().items() if isinstance(v, int)}
 
 
-def rollback_preview(engine: Engine, phase_name: str) -> list[int]:
-    """Accounts whose 2FA requirement this phase set and only this phase: what a
-    rollback clears (revoked sessions stay revoked)."""
-    other = ACTIONS.alias("other")
-    query = (
-        select(ACCOUNTS.c.id)
-        .distinct()
-        .join(ACTIONS, ACTIONS.c.account_id == ACCOUNTS.c.id)
-        .where(
-            and_(
-                ACTIONS.c.action == "tfa_required",
-                ACTIONS.c.phase == phase_name,
-                ACCOUNTS.c.tfa_required_at.is_not(None),
-                ~exists().where(
-                    and_(
-                        other.c.account_id == ACCOUNTS.c.id,
-                        other.c.action == "tfa_required",
-                        other.c.phase != phase_name,
-                    )
-                ),
-            )
-        )
-        .order_by(ACCOUNTS.c.id)
+@dataclass(frozen=True)
+class Withdrawal:
+    """An account the phase requires, and what rolling the phase back does to it."""
+
+    account_id: int
+    username: str
+    # The other applied phases that still require it: empty means its flag is cleared.
+    still_required_by: tuple[str, ...]
+
+    @property
+    def cleared(self) -> bool:
+        return not self.still_required_by
+
+
+@dataclass
+class RollbackPreview:
+    phase: str
+    accounts: list[Withdrawal]
+    # Emails the phase's enforcement queued that have not gone: withdrawn, not sent.
+    queued_emails: int
+
+    @property
+    def cleared(self) -> list[int]:
+        return [a.account_id for a in self.accounts if a.cleared]
+
+    @property
+    def kept(self) -> list[Withdrawal]:
+        return [a for a in self.accounts if not a.cleared]
+
+
+def _queued_by_enforcement(phase_name: str) -> Selection:
+    """The phase's emails that its enforcement runs queued and nobody sent yet."""
+    runs = select(PLAN_RUNS.c.id).where(
+        and_(PLAN_RUNS.c.step == f"phase {phase_name}", PLAN_RUNS.c.mode == "apply")
     )
+    return Selection(runs=runs)
+
+
+def rollback_preview(engine: Engine, phase_name: str) -> RollbackPreview:
+    """What rolling ``phase_name`` back would do: withdraw its requirement from every
+    account it requires, clearing the flag of exactly those no other applied phase
+    requires (revoked sessions stay revoked). Reads only."""
+    other = REQUIREMENTS.alias("other")
+    query = (
+        select(ACCOUNTS.c.id, ACCOUNTS.c.username, other.c.phase)
+        .join(REQUIREMENTS, REQUIREMENTS.c.account_id == ACCOUNTS.c.id)
+        .outerjoin(other, and_(other.c.account_id == ACCOUNTS.c.id, other.c.phase != phase_name))
+        .where(REQUIREMENTS.c.phase == phase_name)
+        .order_by(ACCOUNTS.c.id, other.c.phase)
+    )
+    by_account: dict[int, tuple[str, list[str]]] = {}
     with engine.connect() as connection:
-        return [row[0] for row in connection.execute(query)]
+        for account_id, username, other_phase in connection.execute(query):
+            _, others = by_account.setdefault(account_id, (username, []))
+            if other_phase is not None:
+                others.append(other_phase)
+        queued = sum(
+            row["queued"]
+            for row in withdraw_preview(connection, _queued_by_enforcement(phase_name))
+        )
+    return RollbackPreview(
+        phase_name,
+        [Withdrawal(i, name, tuple(others)) for i, (name, others) in by_account.items()],
+        queued,
+    )
 
 
-def rollback_phase(
-    registry_url: str, plan: Plan, phase_name: str, *, actor: str
-) -> tuple[str, int]:
-    """Clear the 2FA-required flags this phase set; returns (run id, accounts cleared)."""
+@dataclass
+class RollbackResult:
+    phase: str
+    run_id: str
+    requirements_withdrawn: int = 0
+    accounts_cleared: int = 0
+    emails_withdrawn: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _rollback_batch(
+    connection: Connection, phase_name: str, ids: list[int], run_id: str, actor: str
+) -> tuple[int, int]:
+    """One transaction: withdraw the phase's requirement of these accounts, clear the
+    flag of those no other phase requires, audit both."""
+    reason = f"rollback of phase {phase_name}"
+    withdrawn = [
+        row[0]
+        for row in connection.execute(
+            REQUIREMENTS.delete()
+            .where(
+                and_(
+                    REQUIREMENTS.c.phase == phase_name,
+                    _among(connection, REQUIREMENTS.c.account_id, ids),
+                )
+            )
+            .returning(REQUIREMENTS.c.account_id)
+        )
+    ]
+    required_elsewhere = exists().where(REQUIREMENTS.c.account_id == ACCOUNTS.c.id)
+    cleared = [
+        row[0]
+        for row in connection.execute(
+            update(ACCOUNTS)
+            .where(
+                and_(
+                    _among(connection, ACCOUNTS.c.id, withdrawn),
+                    ACCOUNTS.c.tfa_required_at.is_not(None),
+                    ~required_elsewhere,
+                )
+            )
+            .values(tfa_required_at=None)
+            .returning(ACCOUNTS.c.id)
+        )
+    ]
+    record_actions(
+        connection,
+        [
+            *(
+                {
+                    "effect_key": f"tfa-required-withdrawn:{phase_name}:{account_id}:{run_id}",
+                    "action": "tfa_required_withdrawn",
+                    "account_id": account_id,
+                    "phase": phase_name,
+                    "reason": reason,
+                    "actor": actor,
+                    "run_id": run_id,
+                }
+                for account_id in withdrawn
+            ),
+            *(
+                {
+                    "effect_key": f"tfa-required-cleared:{phase_name}:{account_id}:{run_id}",
+                    "action": "tfa_required_cleared",
+                    "account_id": account_id,
+                    "phase": phase_name,
+                    "reason": reason,
+                    "actor": actor,
+                    "run_id": run_id,
+                }
+                for account_id in cleared
+            ),
+        ],
+    )
+    return len(withdrawn), len(cleared)
+
+
+def rollback_phase(registry_url: str, plan: Plan, phase_name: str, *, actor: str) -> RollbackResult:
+    """Withdraw the phase's 2FA requirement: clear the flag of the accounts no other
+    applied phase requires, and withdraw the emails its enforcement queued and has not
+    sent (recorded as skipped, with the reason). Revoked sessions stay revoked."""
     phase = plan.phase(phase_name)
-    with exclusive_run(registry_url, "enforce"), open_registry(registry_url) as engine:
-        ids = rollback_preview(engine, phase.name)
-        cleared = 0
+    with exclusive_run(registry_url, LOCK), open_registry(registry_url) as engine:
+        ids = [a.account_id for a in rollback_preview(engine, phase.name).accounts]
         with recorded_run(
-            engine, plan=plan.name, step=f"phase {phase.name}", mode="rollback", actor=actor
+            engine,
+            plan=plan.name,
+            step=f"phase {phase.name}",
+            mode="rollback",
+            actor=actor,
+            lock=LOCK,
         ) as run:
+            result = RollbackResult(phase.name, run.id)
             for start in range(0, len(ids), phase.batch_size):
-                batch = ids[start : start + phase.batch_size]
                 with engine.begin() as connection:
-                    changed = [
-                        row[0]
-                        for row in connection.execute(
-                            update(ACCOUNTS)
-                            .where(
-                                and_(
-                                    ACCOUNTS.c.id.in_(batch),
-                                    ACCOUNTS.c.tfa_required_at.is_not(None),
-                                )
-                            )
-                            .values(tfa_required_at=None)
-                            .returning(ACCOUNTS.c.id)
-                        )
-                    ]
-                    record_actions(
-                        connection,
-                        (
-                            {
-                                "effect_key": (
-                                    f"tfa-required-cleared:{phase.name}:{account_id}:{run.id}"
-                                ),
-                                "action": "tfa_required_cleared",
-                                "account_id": account_id,
-                                "phase": phase.name,
-                                "reason": f"rollback of phase {phase.name}",
-                                "actor": actor,
-                                "run_id": run.id,
-                            }
-                            for account_id in changed
-                        ),
+                    withdrawn, cleared = _rollback_batch(
+                        connection, phase.name, ids[start : start + phase.batch_size], run.id, actor
                     )
-                cleared += len(changed)
-                run.summary = {"accounts_cleared": cleared}
-        return run.id, cleared
+                result.requirements_withdrawn += withdrawn
+                result.accounts_cleared += cleared
+                run.summary = _rollback_summary(result)
+            with engine.begin() as connection:
+                # After the requirements: a crash in between leaves emails queued that
+                # a rerun (which finds no requirement left) still withdraws.
+                result.emails_withdrawn = withdraw_queued(
+                    connection,
+                    _queued_by_enforcement(phase.name),
+                    reason=f"phase {phase.name} rolled back",
+                    actor=actor,
+                    run_id=run.id,
+                )
+            run.summary = _rollback_summary(result)
+        return result
+
+
+def _rollback_summary(result: RollbackResult) -> dict[str, int]:
+    return {k: v for k, v in result.summary().items() if isinstance(v, int)}

@@ -9,6 +9,7 @@ tables have the same types whatever the backend.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from rollout.registry.engine import adbc_uri, is_sqlite, normalize_url
 from rollout.registry.migrate import require_current_schema
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Base, extracted_columns
 from rollout.registry.sqlite_export import NULL_INT, select_with_sentinels
+from rollout.stopping import PARENT_PID_VARIABLE, stop_requested_by_signals
 
 EXTRACTED_TABLES = (*REGISTRY_TABLES, *LEDGER_TABLES)
 
@@ -110,31 +112,38 @@ def _export_sqlite(
     database = make_url(normalize_url(registry_url)).database or ":memory:"
     shares = _share(_table_sizes(database, tables), EXPORTERS)
     running: list[tuple[subprocess.Popen[str], tuple[str, ...]]] = []
-    try:
-        for share in shares:
-            specs = [
-                f"{name}:{','.join(_numeric_columns(Base.metadata.tables[name]))}" for name in share
-            ]
-            command = [sys.executable, "-m", "rollout.registry.sqlite_export", database]
-            child = subprocess.Popen(
-                [*command, str(folder), *specs],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            running.append((child, share))
-        # The share with the fewest rows first: most likely done first.
-        for child, share in running:
-            _, errors = child.communicate()
-            if child.returncode != 0:
-                last = (errors.strip().splitlines() or ["no output"])[-1]
-                raise RolloutError(f"reading the registry {database} failed: {last}")
-            yield share
-    finally:
-        for child, _ in running:  # an error or a caller that stopped early
-            if child.poll() is None:
-                child.kill()
-                child.communicate()
+    # They die with this process (rollout.stopping.as_child), and a stop ends it at
+    # once: the exporters have nothing to put back, and the finally below kills them
+    # before their folder is removed.
+    environment = {**os.environ, PARENT_PID_VARIABLE: str(os.getpid())}
+    with stop_requested_by_signals(raise_at_once=True):
+        try:
+            for share in shares:
+                specs = [
+                    f"{name}:{','.join(_numeric_columns(Base.metadata.tables[name]))}"
+                    for name in share
+                ]
+                command = [sys.executable, "-m", "rollout.registry.sqlite_export", database]
+                child = subprocess.Popen(
+                    [*command, str(folder), *specs],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=environment,
+                )
+                running.append((child, share))
+            # The share with the fewest rows first: most likely done first.
+            for child, share in running:
+                _, errors = child.communicate()
+                if child.returncode != 0:
+                    last = (errors.strip().splitlines() or ["no output"])[-1]
+                    raise RolloutError(f"reading the registry {database} failed: {last}")
+                yield share
+        finally:
+            for child, _ in running:  # an error, a stop or a caller that stopped early
+                if child.poll() is None:
+                    child.kill()
+                    child.communicate()
 
 
 def _sqlite_select(table: Table) -> str:

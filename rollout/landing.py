@@ -149,12 +149,17 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# UTF-8, with or without the byte-order mark spreadsheet programs write first: DuckDB's
+# readers skip it, so the Python readers must too (else the first column is not found).
+_TEXT_ENCODING = "utf-8-sig"
+
+
 def _open_text(path: Path) -> io.TextIOBase:
     if path.suffix.lower() == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=_TEXT_ENCODING, newline="")
     if path.suffix.lower() == ".zst":
         raise BadInput(path, None, "zstd-compressed text files are read by DuckDB only")
-    return path.open(encoding="utf-8", newline="")
+    return path.open(encoding=_TEXT_ENCODING, newline="")
 
 
 # --- physical line numbers ----------------------------------------------------------

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.pool import NullPool
 
 from rollout.errors import GuardRefused
+from rollout.names import safe_path_component
 from rollout.registry.engine import make_engine, normalize_url
 
 
@@ -23,7 +24,7 @@ def exclusive_run(registry_url: str, name: str) -> Iterator[None]:
     a crash never leaves a stale lock behind."""
     url = normalize_url(registry_url)
     if url.get_backend_name() == "sqlite":
-        path = Path(f"{url.database}.{name}.lock")
+        path = Path(f"{url.database}.{safe_path_component(name, 'lock')}.lock")
         handle = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
             try:

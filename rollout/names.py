@@ -8,7 +8,10 @@ as a named parameter), so Python and SQL cannot disagree.
 
 from __future__ import annotations
 
+import hashlib
 import re
+
+from rollout.errors import BadInput
 
 # Characters encodeURIComponent leaves alone; a scope is @scope/ before the name.
 _URL_SAFE = r"[A-Za-z0-9\-_.!~*'()]"
@@ -32,3 +35,39 @@ def package_name_problem(name: object) -> str | None:
 
 def is_valid_package_name(name: object) -> bool:
     return package_name_problem(name) is None
+
+
+# --- names that become file names or keys ----------------------------------------------
+# Phase, cohort and brown-out names end up in file names (reports/previews/), ledger
+# keys and email contexts. A conservative pattern keeps them from naming another
+# folder (`..`, `/`), a hidden file, or anything a shell or spreadsheet reads twice.
+SAFE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+_SAFE_NAME = re.compile(SAFE_NAME_PATTERN)
+SAFE_NAME_RULE = "letters, digits, '.', '_' or '-', starting with a letter or digit, at most 100"
+
+
+def is_safe_name(value: object) -> bool:
+    return isinstance(value, str) and _SAFE_NAME.fullmatch(value) is not None
+
+
+def safe_path_component(value: str, what: str = "name") -> str:
+    """``value`` itself, if it can be one component of a path; else ``BadInput``.
+
+    Path builders call this on every value they put in a file name, whatever its
+    source (plan, command line, database), so none can leave its folder."""
+    if not is_safe_name(value):
+        raise BadInput(
+            None, None, f"{what} {value!r} cannot be used in a file name: {SAFE_NAME_RULE}"
+        )
+    return value
+
+
+def file_stem_for(value: str) -> str:
+    """A safe file name stem for any text (a username from the registry, say): the
+    text itself when safe, else its safe characters plus a hash of the whole, so two
+    different values never share a file."""
+    if is_safe_name(value):
+        return value
+    kept = re.sub(r"[^A-Za-z0-9._-]+", "_", value).strip("._-")[:80] or "x"
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{kept}-{digest}"

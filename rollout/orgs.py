@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy import Engine, and_, case, func, select, update
 
 from rollout.errors import BadInput, GuardRefused
+from rollout.locks import exclusive_run
 from rollout.registry.ledger import (
     insert_ignoring_existing,
     record_actions,
@@ -116,7 +117,7 @@ def enforce_org(
     """Turn on 2FA enforcement for ``org`` as ``owner`` and remove members without 2FA."""
     if confirm != org:
         raise GuardRefused(f"type the org's name back to confirm: --confirm {org}")
-    with open_registry(registry_url) as engine:
+    with exclusive_run(registry_url, "orgs"), open_registry(registry_url) as engine:
         org_id, enforced_at = _org_id(engine, org)
         members = audit_org(engine, org)
         acting = next((m for m in members if m.username == owner), None)
@@ -136,6 +137,7 @@ def enforce_org(
             step=f"enforce {org}",
             mode="apply",
             actor=actor,
+            lock="orgs",
             parameters={"org": org, "owner": owner},
         ) as run:
             run_id = run.id

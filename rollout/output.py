@@ -1,24 +1,38 @@
 """Lists on stdout as a table, CSV or JSON; everything else goes to stderr.
 
 ``--format json`` prints nothing but JSON on stdout so it can be piped.
+
+Every value shown here may be hostile (DESIGN.md rule 7), so this module is the one home
+of the rules that keep it data, whatever the output:
+
+- a CSV cell that a spreadsheet would run as a formula gets a leading ``'``
+  (:func:`csv_cell`, and :func:`csv_cells` for a column of an Arrow table);
+- text for a terminal shows its control characters as escapes (:func:`visible`) and
+  is never read as Rich markup (:data:`stderr` and every console made here);
+- text for Markdown shows as the text it is, never as markup, HTML or a link
+  (:func:`markdown_text`).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
+import io
 import json
+import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-# soft_wrap: messages name files and lines; never wrap or cut them.
-stderr = Console(stderr=True, soft_wrap=True)
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class Format(StrEnum):
@@ -33,6 +47,105 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+# --- CSV: no formulas -------------------------------------------------------------------
+
+# What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection"): these
+# first characters. Such a string cell gets a leading ' and shows as the text it is.
+# Line feed too: some spreadsheets skip a leading line break before reading the rest.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell: empty for None, ISO for dates, and a string that a
+    spreadsheet would run as a formula prefixed with ``'``. Numbers stay numbers
+    (-5 in a count column is a number, not a formula)."""
+    value = _plain(value)
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def csv_cells(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """:func:`csv_cell`'s rule over a whole Arrow column at once (vectorised: the report's
+    CSVs are npm-sized). Text columns only: numbers, dates and the rest stay as they are."""
+    import pyarrow as pa  # here: only the report needs it, the CLI starts faster without
+    import pyarrow.compute as pc
+
+    if pa.types.is_dictionary(column.type):  # a DuckDB ENUM
+        column = pc.cast(column, pa.string())
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return column
+    formula = functools.reduce(pc.or_, (pc.starts_with(column, p) for p in FORMULA_PREFIXES))
+    return pc.if_else(formula, pc.binary_join_element_wise("'", column, ""), column)
+
+
+def write_csv(out: TextIO, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
+    """Every CSV written in Python: a header, then each row's ``columns`` as cells."""
+    buffer = io.StringIO()
+    # With "\r\n" as its line end the writer quotes a field holding a lone CR (with "\n"
+    # it would not, and a reader would split the row there); rows still end with "\n".
+    writer = csv.writer(buffer, lineterminator="\r\n")
+
+    def line(cells: list[Any]) -> str:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(cells)
+        return buffer.getvalue()[:-2] + "\n"
+
+    out.write(line([csv_cell(c) for c in columns]))
+    for row in rows:
+        out.write(line([csv_cell(row.get(c)) for c in columns]))
+
+
+# --- terminals: control characters visible, no markup ---------------------------------
+
+# C0 and C1 controls and DEL (ESC starts the sequences that move the cursor and erase
+# lines), the line and paragraph separators, and the bidirectional overrides that
+# reorder what a line shows.
+_OTHER_CONTROLS = (
+    r"\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+)
+_CONTROLS = re.compile(rf"[\t\n{_OTHER_CONTROLS}]")
+_CONTROLS_BUT_LINES = re.compile(rf"[{_OTHER_CONTROLS}]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def visible(text: object, *, lines: bool = False) -> str:
+    """``text`` with every control character shown as its escape (ESC as ``\\x1b``), so
+    nothing it holds can move the cursor, erase a line or fake a row. ``lines=True``
+    keeps line breaks and tabs: a message of several lines, not one table cell."""
+    return (_CONTROLS_BUT_LINES if lines else _CONTROLS).sub(_escape, str(text))
+
+
+class DataConsole(Console):
+    """A Rich console on which every string is data: never markup or an emoji code, and
+    its control characters visible. Style comes only from :class:`rich.text.Text`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("highlight", False)
+        super().__init__(**{**kwargs, "markup": False, "emoji": False})
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        # Every string printed, in a table cell or a title goes through here.
+        kwargs.update(markup=False, emoji=False)
+        return super().render_str(visible(text, lines=True), **kwargs)
+
+
+# soft_wrap: messages name files and lines; never wrap or cut them.
+stderr = DataConsole(stderr=True, soft_wrap=True)
+
+
+def labelled(label: str, style: str, message: object) -> Text:
+    """``label`` in ``style`` then ``message`` as plain text: an error or warning line."""
+    return Text.assemble((label, style), " ", visible(message, lines=True))
 
 
 def emit(
@@ -52,22 +165,22 @@ def emit(
         )
         sys.stdout.write("\n")
     elif fmt is Format.csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(names)
-        for row in rows:
-            writer.writerow(["" if row.get(k) is None else _plain(row.get(k)) for k in names])
+        write_csv(sys.stdout, names, rows)
     else:
-        table = Table(title=title, show_lines=False)
+        table = Table(title=None if title is None else visible(title), show_lines=False)
         for name in names:
             table.add_column(name, overflow="fold")
         for row in rows:
-            table.add_row(*("" if row.get(k) is None else str(_plain(row.get(k))) for k in names))
-        console = Console()
+            # One line a cell: a line break in a value would look like another row.
+            table.add_row(
+                *("" if row.get(k) is None else visible(_plain(row.get(k))) for k in names)
+            )
+        console = DataConsole()
         if not console.is_terminal:
             # Piped or captured output has no width to respect: print rows whole
             # rather than folding every cell to fit 80 columns.
-            needed = Console(width=100_000).measure(table).maximum
-            console = Console(width=max(console.width, needed))
+            needed = DataConsole(width=100_000).measure(table).maximum
+            console = DataConsole(width=max(console.width, needed))
         console.print(table)
 
 
@@ -82,6 +195,37 @@ def emit_record(record: Mapping[str, Any], fmt: Format, *, title: str | None = N
         emit([{"what": k, "value": v} for k, v in record.items()], fmt, title=title)
 
 
-def markdown_cell(value: Any) -> str:
-    """A markdown table cell: pipes escaped, no line breaks."""
-    return str(value).replace("|", "\\|").replace("\n", " ")
+# --- Markdown: text, never markup ------------------------------------------------------
+
+
+class Markdown(str):
+    """Markdown written by this tool (``**no**``), passed through :func:`markdown_text`
+    as is. Never wrap a value from the registry, a file or a person in it."""
+
+
+# Backslash-escaped wherever they are: emphasis, code, links and images, tables, HTML
+# is done by entities below, strikethrough, headings' closing #s, math ($), and the @
+# of mentions and email autolinks.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#|~!$@])")
+# Escaped only where they would start a block (at the value's start, as it has no line
+# breaks): list items "- x" and "1. x", thematic breaks and setext underlines "---" and
+# "===" (block quotes are &gt; already). "-5" or "19.9%" stay as they are.
+_BLOCK_START = re.compile(r"^(\s*)([-+=](?=[-+=\s]|$)|\d{1,9}\.(?=\s|$))")
+# GitHub, Prefect (marked) and markdown-it's linkify turn these into links by themselves;
+# an escaped ":" or "." is shown the same but breaks the pattern.
+_AUTOLINK = re.compile(r"(?i)(https?|ftp|mailto|xmpp)(:)|(www)(\.)")
+
+
+def markdown_text(value: Any) -> str:
+    """``value`` as Markdown that shows exactly its text, wherever it is put: a table
+    cell, a heading, a list item or a sentence (GitHub's and Prefect's renderers). No
+    HTML, emphasis, code, link, image, table cell break, autolink, list or heading
+    comes out of it, and it is one line."""
+    if isinstance(value, Markdown):
+        return str(value)
+    text = "" if value is None else str(_plain(value))
+    text = " ".join(text.replace("\t", " ").splitlines())
+    text = visible(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    text = _AUTOLINK.sub(lambda m: f"{m[1] or m[3]}\\{m[2] or m[4]}", text)
+    return _BLOCK_START.sub(lambda m: m[1] + m[2][:-1] + "\\" + m[2][-1], text)

@@ -11,30 +11,99 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
+from rollout.clock import naive_utc
 from rollout.errors import BadInput
+from rollout.names import SAFE_NAME_RULE, is_safe_name
 
 
 class _Strict(BaseModel):
+    # Every plan model refuses fields it does not know: a typo is an error, not a default.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# --- the value types of a plan ------------------------------------------------------
+# Numbers are strict (``true`` is not 1, ``1.5`` and ``"7"`` are not 7) and every count,
+# number of days or limit carries its bounds where it is declared.
+
+
+def _safe_name(value: str) -> str:
+    if not is_safe_name(value):
+        raise ValueError(f"{value!r} cannot be a name: use {SAFE_NAME_RULE} characters")
+    return value
+
+
+# A phase, cohort or brown-out name: it becomes part of file names and ledger keys.
+Name = Annotated[str, AfterValidator(_safe_name)]
+
+
+def _no_number(expected: str) -> BeforeValidator:
+    def refuse(value: object) -> object:
+        # YAML reads 20220301 as a number, which pydantic would take as seconds since 1970.
+        if isinstance(value, int | float):
+            raise ValueError(f"expected {expected}, not a number")
+        return value
+
+    return BeforeValidator(refuse)
+
+
+Day = Annotated[date, _no_number("a date, YYYY-MM-DD")]
+# Times are compared with each other and with the registry's, which are naive UTC: a
+# time given with an offset is converted once, here, so every plan time is naive UTC.
+Moment = Annotated[
+    datetime,
+    _no_number("a time, YYYY-MM-DDTHH:MM:SS (UTC, or with an offset)"),
+    AfterValidator(naive_utc),
+]
+
+
+def _one_line(value: str) -> str:
+    # These go into email headers: a line break there would add a header.
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must be one line without control characters")
+    return value
+
+
+OneLine = Annotated[str, AfterValidator(_one_line)]
+Url = Annotated[str, Field(pattern=r"^https?://[^\s]+$")]
+Username = Annotated[str, Field(min_length=1, max_length=214), AfterValidator(_one_line)]
+# The emails a plan can tune, one per email rollout.notify.emails defines (a test checks).
+EmailName = Literal[
+    "phase_notice",
+    "reminder",
+    "enforcement_notice",
+    "brownout_heads_up",
+    "elv_enrollment",
+    "org_removal_notice",
+    "org_enforcement_summary",
+    "phase_summary",
+]
+
+
 class MetricsWindows(_Strict):
-    weekly_window_days: int = Field(7, ge=1, le=90)
-    monthly_window_days: int = Field(30, ge=1, le=366)
+    weekly_window_days: int = Field(7, strict=True, ge=1, le=90)
+    monthly_window_days: int = Field(30, strict=True, ge=1, le=366)
 
 
 class CohortRule(_Strict):
     """Which packages put their maintainers in a cohort. Criteria combine with OR."""
 
     description: str = ""
-    top_by_dependents: int | None = Field(None, ge=1)
-    weekly_downloads_gt: int | None = Field(None, ge=0)
-    dependents_gte: int | None = Field(None, ge=1)
+    top_by_dependents: int | None = Field(None, strict=True, ge=1)
+    weekly_downloads_gt: int | None = Field(None, strict=True, ge=0)
+    dependents_gte: int | None = Field(None, strict=True, ge=1)
 
     @model_validator(mode="after")
     def _has_a_criterion(self) -> CohortRule:
@@ -51,21 +120,21 @@ class CohortRule(_Strict):
 
 
 class Window(_Strict):
-    starts: date
-    ends: date
+    starts: Day
+    ends: Day
 
 
 class Elv(_Strict):
     trial: Window | None = None
-    enroll_all_on: date
-    heads_up_days_before: int = Field(7, ge=0, le=60)
+    enroll_all_on: Day
+    heads_up_days_before: int = Field(7, strict=True, ge=0, le=60)
 
 
 class Brownout(_Strict):
-    name: str = Field(min_length=1, max_length=100)
-    starts_at: datetime
-    hours: int = Field(24, ge=1, le=168)
-    heads_up_days_before: int = Field(3, ge=0, le=60)
+    name: Name
+    starts_at: Moment
+    hours: int = Field(24, strict=True, ge=1, le=168)
+    heads_up_days_before: int = Field(3, strict=True, ge=0, le=60)
 
     @property
     def ends_at(self) -> datetime:
@@ -73,19 +142,20 @@ class Brownout(_Strict):
 
 
 class Phase(_Strict):
-    name: str = Field(min_length=1, max_length=100)
-    cohort: str
-    cohort_as_of: date
-    notice_on: date
-    reminders_days_before: list[int] = Field(default_factory=list)
-    enforce_on: date
-    batch_size: int = Field(1000, ge=1, le=100_000)
+    name: Name
+    cohort: Name
+    cohort_as_of: Day
+    notice_on: Day
+    # Whether each falls between the notice and enforcement is checked in plan_problems.
+    reminders_days_before: list[Annotated[int, Field(strict=True)]] = Field(default_factory=list)
+    enforce_on: Day
+    batch_size: int = Field(1000, strict=True, ge=1, le=100_000)
     # The blast-radius guard: enforcement refuses to touch more accounts than this.
-    max_accounts: int = Field(ge=1)
+    max_accounts: int = Field(strict=True, ge=1)
 
 
 class ExemptAccount(_Strict):
-    username: str
+    username: Username
     reason: str = Field(min_length=1)
 
 
@@ -97,23 +167,23 @@ class Notifications(_Strict):
     """Who the emails come from, where they point, and how often they may repeat."""
 
     from_address: str = Field("security@registry.example", pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-    from_name: str = "Registry security"
-    help_url: str = "https://docs.registry.example/2fa"
-    tokens_url: str = "https://docs.registry.example/automation-tokens"
-    report_url: str = "https://rollout.registry.example/reports"
+    from_name: OneLine = "Registry security"
+    help_url: Url = "https://docs.registry.example/2fa"
+    tokens_url: Url = "https://docs.registry.example/automation-tokens"
+    report_url: Url = "https://rollout.registry.example/reports"
     # Usernames of the registry staff who get each phase's summary.
-    release_managers: list[str] = Field(default_factory=list)
+    release_managers: list[Username] = Field(default_factory=list)
     # The least number of days between two emails of one kind to one account.
-    repeat_days: dict[str, int] = Field(
+    repeat_days: dict[EmailName, Annotated[int, Field(strict=True, ge=1, le=366)]] = Field(
         default_factory=lambda: {"reminder": 7, "brownout_heads_up": 4}
     )
 
 
 class Plan(_Strict):
-    name: str = Field(min_length=1)
+    name: Name
     description: str = ""
     metrics: MetricsWindows = MetricsWindows()
-    cohorts: dict[str, CohortRule]
+    cohorts: dict[Name, CohortRule]
     elv: Elv
     brownouts: list[Brownout] = Field(default_factory=list)
     phases: list[Phase]
@@ -234,6 +304,47 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
 # --- YAML with line numbers -------------------------------------------------------
 
 
+class _PlanYamlError(yaml.constructor.ConstructorError):
+    """YAML that parses but cannot be a plan as written (its reason needs no prefix)."""
+
+
+class _PlanLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, minus what it lets through: a repeated key (it keeps the
+    last one, silently) and an impossible date (it raises a bare ValueError)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` may be overridden by the keys beside it
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                earlier = first_line.get(key)
+            except TypeError:
+                continue  # an unhashable key: PyYAML's own check refuses it
+            line = key_node.start_mark.line + 1
+            if earlier is not None:
+                raise _PlanYamlError(
+                    None,
+                    None,
+                    f"{key!r} appears twice in one mapping (first on line {earlier})",
+                    key_node.start_mark,
+                )
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> date | datetime:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError as error:
+            raise _PlanYamlError(
+                None, None, f"{node.value!r} is not a real date or time: {error}", node.start_mark
+            ) from error
+
+
+_PlanLoader.add_constructor("tag:yaml.org,2002:timestamp", _PlanLoader.construct_yaml_timestamp)
+
+
 def _line_of(node: yaml.Node | None, path: Path_) -> int | None:
     """The line of the YAML key at ``path`` (or of its nearest existing parent)."""
     line = node.start_mark.line + 1 if node is not None else None
@@ -253,18 +364,21 @@ def _line_of(node: yaml.Node | None, path: Path_) -> int | None:
 
 
 def _describe(loc: Path_) -> str:
-    return ".".join(str(part) for part in loc) or "plan"
+    # pydantic marks a problem with a mapping's key with a last "[key]": the key says it.
+    return ".".join(str(part) for part in loc if part != "[key]") or "plan"
 
 
 def parse_plan(text: str, path: Path | str = "<plan>") -> tuple[Plan | None, list[BadInput]]:
     """A plan and every problem with it, each a BadInput naming the line."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data: Any = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=_PlanLoader)
+        data: Any = yaml.load(text, Loader=_PlanLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        return None, [BadInput(path, line, f"not valid YAML: {getattr(error, 'problem', error)}")]
+        problem = getattr(error, "problem", error)
+        reason = problem if isinstance(error, _PlanYamlError) else f"not valid YAML: {problem}"
+        return None, [BadInput(path, line, reason)]
     if not isinstance(data, dict):
         return None, [BadInput(path, 1, "a plan is a YAML mapping (name, cohorts, phases, ...)")]
     try:
@@ -288,13 +402,20 @@ def parse_plan(text: str, path: Path | str = "<plan>") -> tuple[Plan | None, lis
     ]
 
 
-def load_plan(path: Path | str) -> Plan:
-    path = Path(path)
+def read_plan_text(path: Path) -> str:
+    """The plan file's text, or BadInput saying why it cannot be read."""
     try:
-        text = path.read_text()
+        return path.read_text(encoding="utf-8")
     except OSError as error:
         raise BadInput(path, None, f"cannot read the plan: {error.strerror}") from error
-    plan, problems = parse_plan(text, path)
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise BadInput(path, line, f"not UTF-8 text: {error.reason}") from error
+
+
+def load_plan(path: Path | str) -> Plan:
+    path = Path(path)
+    plan, problems = parse_plan(read_plan_text(path), path)
     if problems:
         first = problems[0]
         if len(problems) > 1:

@@ -7,18 +7,18 @@ under ``reports/previews/``) with a JSON record beside it (who, when, the counts
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rollout.files import write_atomically
-from rollout.output import markdown_cell
+from rollout.names import safe_path_component
+from rollout.output import markdown_text as md
+from rollout.output import write_csv
 from rollout.registry.ledger import utc_now
 
 if TYPE_CHECKING:  # enforce reaches this module again through the outbox and timeline
@@ -59,21 +59,6 @@ def preview_rows(preview: PhasePreview) -> list[dict[str, Any]]:
     ]
 
 
-def _plain(value: Any) -> Any:
-    if value is None:
-        return ""
-    return value.isoformat() if isinstance(value, datetime) else value
-
-
-def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_plain(row[c]) for c in columns])
-    write_atomically(path, out.getvalue())
-
-
 def save_preview(
     plan: Plan, preview: PhasePreview, reports_dir: Path, *, actor: str
 ) -> SavedPreview:
@@ -81,8 +66,11 @@ def save_preview(
     always has its list)."""
     at = utc_now()
     run_id = uuid.uuid4().hex
-    path = reports_dir / "previews" / f"{preview.phase}-{at:%Y%m%dT%H%M%S}-{run_id[:8]}.csv"
-    write_csv(path, preview_rows(preview), COLUMNS)
+    phase = safe_path_component(preview.phase, "phase")
+    path = reports_dir / "previews" / f"{phase}-{at:%Y%m%dT%H%M%S}-{run_id[:8]}.csv"
+    out = io.StringIO()
+    write_csv(out, COLUMNS, preview_rows(preview))
+    write_atomically(path, out.getvalue())
     record = {
         "plan": plan.name,
         "phase": preview.phase,
@@ -115,10 +103,11 @@ def saved_previews(reports_dir: Path) -> list[dict[str, Any]]:
 def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
     """The artifact a release manager reads before approving an enforce run."""
     p = saved.preview
+    # Every value through md(), never inside `code`: a backtick in a name would end it.
     lines = [
-        f"# Phase {p.phase}: preview",
+        f"# Phase {md(p.phase)}: preview",
         "",
-        f"Cohort `{p.cohort}`, previewed {saved.at:%Y-%m-%d %H:%M} UTC (run `{saved.run_id}`).",
+        f"Cohort {md(p.cohort)}, previewed {saved.at:%Y-%m-%d %H:%M} UTC (run `{saved.run_id}`).",
         "",
         "| what | count |",
         "| --- | ---: |",
@@ -127,18 +116,19 @@ def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
         f"| accounts already compliant (untouched) | {p.compliant} |",
         f"| accounts exempted by the plan (untouched) | {len(p.exempted)} |",
         "",
-        f"To apply, approve with the expected count **{p.count}** "
-        f"(`rollout phase enforce {p.phase} --apply --expect {p.count}`).",
+        # Not the CLI's `--apply` command: the approver approves the paused run, and
+        # pasting a command from here would enforce without that approval.
+        f"To apply, approve the paused phase-enforce run with the expected count **{p.count}**.",
         "",
-        f"Full list: `{saved.csv_path}`.",
+        f"Full list: {md(saved.csv_path)}.",
     ]
     if p.targets:
         shown = preview_rows(p)[:limit]
         lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
         for row in shown:
-            lines.append("| " + " | ".join(markdown_cell(_plain(row[c])) for c in COLUMNS) + " |")
+            lines.append("| " + " | ".join(md(row[c]) for c in COLUMNS) + " |")
         if p.count > limit:
             lines += ["", f"... and {p.count - limit} more in the CSV."]
     if p.exempted:
-        lines += ["", "Exempted: " + ", ".join(f"`{name}`" for name in p.exempted)]
+        lines += ["", "Exempted: " + ", ".join(md(name) for name in p.exempted)]
     return "\n".join(lines) + "\n"

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 from jinja2 import Environment, PackageLoader, StrictUndefined, Undefined
 
 from rollout.adoption import adoption_since
@@ -43,6 +44,7 @@ from rollout.charts import (
     method_mix_chart,
 )
 from rollout.errors import RolloutError
+from rollout.output import csv_cells, markdown_text
 from rollout.plan import Plan
 
 # The contract (docs/adoption-marts.md): each mart and its columns, in CSV order.
@@ -576,15 +578,9 @@ def _when(value: Any) -> str:
 
 
 def _md(value: Any) -> str:
-    """Markdown-safe text: no HTML, no emphasis, links, code or table breaks."""
-    if isinstance(value, Undefined):
-        value._fail_with_undefined_error()
-    text = "" if value is None else str(value)
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    text = " ".join(text.splitlines())
-    for char in "\\`*_[]|~!#":
-        text = text.replace(char, "\\" + char)
-    return text
+    """Every ``{{ value }}`` of the Markdown: shown as text, never as markup."""
+    _defined(value)
+    return markdown_text(value)
 
 
 def _environment(markdown: bool) -> Environment:
@@ -670,12 +666,19 @@ def _staged(out_dir: Path) -> Iterator[_Staging]:
 def _copy_csv(
     con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str], path: Path
 ) -> None:
+    """A mart as CSV: its rows in the grain's order, text cells through the CSV cell rule
+    (no formulas for a spreadsheet), written by DuckDB as it writes any CSV."""
     select = ", ".join(f'"{c}"' for c in columns)
+    ordered = con.sql(f"select {select} from {table} order by {_CSV_ORDER[table]}").to_arrow_table()
+    cells = pa.table([csv_cells(c) for c in ordered.columns], names=ordered.column_names)
+    view = f"_csv_{secrets.token_hex(8)}"
     target = str(path).replace("'", "''")
-    con.execute(
-        f"copy (select {select} from {table} order by {_CSV_ORDER[table]}) "
-        f"to '{target}' (format csv, header true, delimiter ',')"
-    )
+    con.register(view, cells)
+    try:
+        # A scan of an Arrow table keeps its rows' order (DuckDB's insertion order).
+        con.execute(f"copy (select * from {view}) to '{target}' (format csv, header true)")
+    finally:
+        con.unregister(view)
 
 
 def build_report(

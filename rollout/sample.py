@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -27,12 +28,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from sqlalchemy import Engine, text
+from sqlalchemy import delete, insert, inspect, text
 
-from rollout.errors import BadInput
+from rollout.errors import BadInput, GuardRefused
 from rollout.registry import bulk, migrate
-from rollout.registry.engine import make_engine
-from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES
+from rollout.registry.engine import make_engine, normalize_url
+from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, RegistryMark
 
 REAL_DOWNLOADS = Path(__file__).parent / "data" / "npm-monthly-downloads.tsv.gz"
 # The landing subfolders the sample owns: replace=True deletes these and nothing else.
@@ -1279,45 +1280,140 @@ def _landing_files(landing_dir: Path) -> list[Path]:
     return sorted(p for p in landing_dir.rglob("*") if p.is_file())
 
 
-def prepare_registry(registry_url: str, replace: bool, landing_dir: Path) -> None:
-    """Create the schema; refuse to overwrite anything unless ``replace``, then empty it."""
+@dataclass(frozen=True)
+class RegistryContents:
+    """What a registry holds, read before anything is changed: what replacing it loses."""
+
+    url: str  # the password hidden
+    name: str  # what --confirm must be to replace it (confirm_name)
+    is_sample: bool
+    has_rows: bool
+    accounts: int
+    emails: int
+    runs: int
+
+    def describe(self) -> str:
+        kind = "a sample registry" if self.is_sample else "a registry `rollout sample` did not make"
+        return (
+            f"{self.url} holds {kind}: {self.accounts} accounts, {self.emails} emails and "
+            f"{self.runs} runs would be lost"
+        )
+
+
+def confirm_name(registry_url: str) -> str:
+    """The name to type back to replace a registry: the SQLite file's name, or the
+    PostgreSQL database's, with the schema when the URL sets a search_path."""
+    url = normalize_url(registry_url)
+    if url.get_backend_name() == "sqlite":
+        return Path(url.database or ":memory:").name
+    options = url.query.get("options", "")
+    if isinstance(options, tuple):
+        options = " ".join(options)
+    schema = re.search(r"-c\s*search_path\s*=\s*([^\s,]+)", options)
+    return f"{url.database}/{schema.group(1)}" if schema else str(url.database)
+
+
+def registry_contents(registry_url: str) -> RegistryContents:
+    """Read what the registry holds, changing nothing (not even its schema)."""
+    engine = make_engine(registry_url)
+    try:
+        with engine.connect() as connection:
+            tables = set(inspect(connection).get_table_names())
+
+            def count(table: str) -> int:
+                if table not in tables:
+                    return 0
+                return connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+            has_rows = any(
+                connection.execute(text(f"SELECT 1 FROM {table} LIMIT 1")).first() is not None
+                for table in (*REGISTRY_TABLES, *LEDGER_TABLES)
+                if table in tables
+            )
+            is_sample = "registry_marks" in tables and (
+                connection.execute(
+                    text("SELECT 1 FROM registry_marks WHERE kind = 'sample'")
+                ).first()
+                is not None
+            )
+            return RegistryContents(
+                url=engine.url.render_as_string(hide_password=True),
+                name=confirm_name(registry_url),
+                is_sample=is_sample,
+                has_rows=has_rows,
+                accounts=count("accounts"),
+                emails=count("notifications"),
+                runs=count("plan_runs"),
+            )
+    finally:
+        engine.dispose()
+
+
+def check_replace(contents: RegistryContents, replace: bool, confirm: str | None) -> None:
+    """Refuse (GuardRefused, nothing changed) to fill a registry that has rows, unless it
+    is a sample, ``replace`` is asked for and its name is typed back."""
+    if not contents.has_rows:
+        return  # nothing to lose: an empty database is filled without asking
+    if not contents.is_sample:
+        raise GuardRefused(
+            f"refusing to replace it: {contents.describe()}. Nothing was changed. To "
+            "rehearse, point ROLLOUT_HOME and ROLLOUT_REGISTRY_URL at a scratch copy (a "
+            "scratch SQLite file that is not a sample: delete it yourself)."
+        )
+    if not replace:
+        raise GuardRefused(
+            f"{contents.describe()}. Nothing was changed; to replace it: "
+            f"--replace --confirm {contents.name}"
+        )
+    if confirm != contents.name:
+        raise GuardRefused(
+            f"type the database's name back to replace it: --confirm {contents.name} "
+            f"({contents.describe()}). Nothing was changed."
+        )
+
+
+def prepare_registry(
+    registry_url: str,
+    replace: bool,
+    landing_dir: Path,
+    confirm: str | None = None,
+    note: str = "rollout sample",
+) -> None:
+    """Refuse to overwrite anything unless allowed (check_replace), then empty the
+    registry at the newest schema and mark it a sample."""
+    contents = registry_contents(registry_url)
+    check_replace(contents, replace, confirm)
+    existing = _landing_files(landing_dir)
+    if existing and not replace:
+        raise BadInput(
+            landing_dir,
+            None,
+            f"the landing folder already has {len(existing)} files; pass replace=True to "
+            "delete them",
+        )
     engine = make_engine(registry_url)
     try:
         migrate.upgrade(engine)
-        with engine.connect() as connection:
-            has_accounts = connection.execute(text("SELECT 1 FROM accounts LIMIT 1")).first()
-        existing = _landing_files(landing_dir)
-        if not replace:
-            if has_accounts is not None:
-                raise BadInput(
-                    None,
-                    None,
-                    "the registry already has accounts; pass replace=True to empty it first",
-                )
-            if existing:
-                raise BadInput(
-                    landing_dir,
-                    None,
-                    f"the landing folder already has "
-                    f"{len(existing)} files; pass replace=True to delete them",
-                )
-            return
-        if has_accounts is not None or _has_rows(engine):
+        if contents.has_rows:
             # Down and up again: the ledger's append-only triggers refuse a DELETE.
+            # check_replace let only a sample this far.
             migrate.downgrade(engine, "base")
             migrate.upgrade(engine)
+        # Marked before any row goes in: a run that dies half way leaves a registry
+        # that can still be replaced.
+        with engine.begin() as connection:
+            connection.execute(delete(RegistryMark))
+            connection.execute(
+                insert(RegistryMark).values(kind="sample", created_at=_utc_now(), note=note)
+            )
         for kind in LANDING_KINDS:
             shutil.rmtree(landing_dir / kind, ignore_errors=True)
     finally:
         engine.dispose()
 
 
-def _has_rows(engine: Engine) -> bool:
-    with engine.connect() as connection:
-        return any(
-            connection.execute(text(f"SELECT 1 FROM {table} LIMIT 1")).first() is not None
-            for table in (*REGISTRY_TABLES, *LEDGER_TABLES)
-        )
+def _utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class _Stages:
@@ -1360,13 +1456,16 @@ def generate_sample(
     end: date = date(2022, 1, 31),
     days: int | None = None,
     replace: bool = False,
+    confirm: str | None = None,
     progress: Progress | None = None,
 ) -> SampleSummary:
     """Fill the registry at ``registry_url`` and write landing files under ``landing_dir``.
 
-    Refuses (BadInput) when the registry has accounts or the landing folder has files,
-    unless ``replace``: then the registry tables are emptied and the sample's own landing
-    subfolders deleted. ``progress(stage, done, total)`` is called as stages advance.
+    An empty registry (no tables, or no rows) is filled and marked a sample. One with
+    rows is replaced only if it is a sample, ``replace`` is set and ``confirm`` is its
+    name (confirm_name): otherwise GuardRefused, nothing changed. Landing files already
+    there are refused (BadInput) unless ``replace``, which deletes the sample's own
+    landing subfolders. ``progress(stage, done, total)`` is called as stages advance.
 
     On SQLite, the caller must hold no open connection to the registry meanwhile: rows go
     in through ADBC's own SQLite library (see rollout/registry/bulk.py).
@@ -1380,7 +1479,13 @@ def generate_sample(
     landing_dir = Path(landing_dir)
     stage = _Stages(progress)
     stage("Preparing the registry")
-    prepare_registry(registry_url, replace, landing_dir)
+    prepare_registry(
+        registry_url,
+        replace,
+        landing_dir,
+        confirm,
+        note=f"rollout sample --scale {sc.name} --seed {seed} --end {end} --days {days}",
+    )
 
     # Independent streams per stage: changing one stage leaves the others' draws alone.
     streams = iter(np.random.default_rng(seed).spawn(12))

@@ -259,11 +259,11 @@ class Story:
             result = enforce.enforce_phase(
                 self.settings.registry_url, self.plan, phase.name, expect=preview.count, actor=ACTOR
             )
-            self.report.enforced[phase.name] = result.accounts_flagged
+            self.report.enforced[phase.name] = result.accounts_required
             self.report.sessions_revoked += result.sessions_revoked
             self._milestone(
                 day,
-                f"phase {phase.name} enforced: {result.accounts_flagged} accounts required "
+                f"phase {phase.name} enforced: {result.accounts_required} accounts required "
                 f"to use 2FA, {result.sessions_revoked} web sessions revoked",
             )
 

@@ -9,7 +9,7 @@ marked running that no process is doing any more).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -109,7 +109,9 @@ def _lock_free(registry_url: str, name: str) -> bool:
         return False
 
 
-def _state_of(runs: Sequence[PlanRun], enforce_idle: bool) -> tuple[str, PlanRun | None]:
+def _state_of(
+    runs: Sequence[PlanRun], lock_free: Callable[[str], bool]
+) -> tuple[str, PlanRun | None]:
     """A step's state from its runs, oldest first, and the run that decided it: for an
     applied step its first apply since the last rollback (a later no-op rerun, or a
     catch-up that found nothing new, does not hide what the step did)."""
@@ -117,8 +119,8 @@ def _state_of(runs: Sequence[PlanRun], enforce_idle: bool) -> tuple[str, PlanRun
         return "pending", None
     last = runs[-1]
     if last.state == "running":
-        # An enforce run holds the lock while it works: a free lock means it died.
-        if last.step.startswith("phase ") and enforce_idle:
+        # A run holds its lock while it works: a free lock means its process is gone.
+        if last.lock_name and lock_free(last.lock_name):
             return "interrupted", last
         return "running", last
     if last.state == "failed":
@@ -164,6 +166,7 @@ class _PreviewRun:
     summary: dict[str, Any]
     mode: str = "preview"
     state: str = "succeeded"
+    lock_name: str | None = None
 
     @property
     def finished_at(self) -> datetime:
@@ -197,7 +200,13 @@ def step_states(
             )
     for step_runs in runs.values():
         step_runs.sort(key=lambda r: r.started_at)
-    enforce_idle = _lock_free(registry_url, "enforce")
+    free: dict[str, bool] = {}
+
+    def lock_free(name: str) -> bool:
+        if name not in free:
+            free[name] = _lock_free(registry_url, name)
+        return free[name]
+
     states = []
     for step in plan_steps(plan):
         if not step.key:
@@ -217,7 +226,7 @@ def step_states(
                     )
                 )
         else:
-            state, run = _state_of(runs.get(step.key, []), enforce_idle)
+            state, run = _state_of(runs.get(step.key, []), lock_free)
             states.append(
                 StepState(
                     step,

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from rollout.config import Settings
-from rollout.plan import load_plan
+from rollout.plan import Plan, load_plan
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
 from rollout.sample import generate_sample
@@ -126,6 +126,21 @@ def registry(registry_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
+def factories(registry: Engine) -> Iterator[None]:
+    """tests.factories write their rows to this test's registry."""
+    from tests.factories import bound_to
+
+    with bound_to(registry):
+        yield
+
+
+@pytest.fixture
+def reference_plan() -> Plan:
+    """The reference plan, plans/npm-2022.yaml, as shipped."""
+    return load_plan(Path(__file__).resolve().parent.parent / "plans" / "npm-2022.yaml")
+
+
+@pytest.fixture
 def rollout_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """ROLLOUT_HOME in a temp dir, with nothing else from the outer environment."""
     home = tmp_path / "home"
@@ -135,3 +150,57 @@ def rollout_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("SENDGRID_API_KEY", raising=False)
     monkeypatch.setenv("ROLLOUT_HOME", str(home))
     return home
+
+
+# Markers by where a test lives and what it uses, so `make test-fast` can leave out all
+# that needs a service or takes long, without anyone remembering to mark new tests.
+# Entries are a directory (ending in /), a module, or a test (all its parameters).
+BROWSER_TESTS = ("tests/test_report_browser.py",)
+PREFECT_TESTS = ("tests/flows/", "tests/e2e/")
+# Whole modules, then tests measured over ~5 s with --durations on a 2-core machine.
+SLOW_TESTS = (
+    "tests/e2e/",
+    "tests/test_notebooks.py",
+    "tests/test_story.py",
+    "tests/sql/test_adoption_marts.py::test_adoption_daily_matches_a_plain_count",
+    "tests/sql/test_adoption_marts.py::test_adoption_daily_by_org_forward_filled_matches_a_plain_count",
+    "tests/sql/test_metrics_properties.py::test_metrics_equal_the_definitions",
+    "tests/sql/test_metrics_properties.py::test_qualified_packages_are_the_rule_applied_to_the_metrics",
+    "tests/test_cli.py::test_ingest_json_output_is_only_json_and_rerun_skips",
+    "tests/test_cli.py::test_metrics_and_cohorts_from_the_command_line",
+    "tests/test_cli.py::test_notify_queues_previews_first_then_sends_to_the_file_outbox",
+    "tests/test_cli.py::test_phase_enforce_previews_then_needs_the_count_typed_back",
+    "tests/test_cli.py::test_plan_show_lists_the_timeline_with_states",
+    "tests/test_cli.py::test_release_only_previews_without_apply",
+    "tests/test_cohorts.py::test_a_package_that_dips_stays_in_its_cohort",
+    "tests/test_cohorts.py::test_maintainers_and_team_publishers_make_the_cohort",
+    "tests/test_cohorts.py::test_release_previews_then_takes_the_package_out_with_an_audit_row",
+    "tests/test_cohorts.py::test_rerunning_a_day_writes_nothing_twice",
+    "tests/test_enforce_faults.py::test_killed_runs_then_a_rerun_change_everything_exactly_once",
+    "tests/test_ingest_properties.py::test_in_place_loading_gives_what_staging_gives",
+    "tests/test_registry.py::test_a_failed_exporter_changes_nothing_and_leaves_no_process_behind",
+    "tests/test_registry.py::test_extract_copies_every_table_with_model_types",
+    "tests/test_stop.py::test_a_stopped_send_in_processes_ends_them_all_and_finishes_later",
+    "tests/test_stop.py::test_the_extract_s_exporters_end_with_the_command",
+    "tests/test_stop.py::test_workers_whose_parent_is_killed_stop_and_put_back_what_they_held",
+)
+
+
+def _listed(item: pytest.Item, entries: tuple[str, ...]) -> bool:
+    test = item.nodeid.split("[", 1)[0]
+    return any(test == e or test.startswith(e if e.endswith("/") else f"{e}::") for e in entries)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        # The postgresql param of empty_registry_url carries its own mark.
+        if "postgres_schema_url" in fixtures:
+            item.add_marker(pytest.mark.postgres)
+        if _listed(item, BROWSER_TESTS):
+            item.add_marker(pytest.mark.browser)
+        # prefect_server is the session's prefect_test_harness.
+        if _listed(item, PREFECT_TESTS) or "prefect_server" in fixtures:
+            item.add_marker(pytest.mark.prefect)
+        if _listed(item, SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)

@@ -3,7 +3,7 @@ plan, starting early, the emergency end, and enrolling everyone."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -143,4 +143,55 @@ def test_enroll_all_is_resumable_and_audited_per_batch(
                 select(func.count()).select_from(Action).where(Action.action == "elv_enrolled")
             ).scalar_one()
             == 2
+        )
+
+
+def test_windows_given_with_offsets_are_stored_in_utc_and_stay_unchanged(
+    registry: Engine, registry_url: str, tmp_path: Path
+) -> None:
+    text = (ROOT / "plans" / "npm-2022.yaml").read_text()
+    text = text.replace("starts_at: 2022-02-16T00:00:00", "starts_at: 2022-02-16T02:00:00+02:00")
+    text = text.replace("starts_at: 2022-02-23T00:00:00", "starts_at: 2022-02-22T19:00:00-05:00")
+    path = tmp_path / "offsets.yaml"
+    path.write_text(text)
+    offsets = load_plan(path)
+    brownouts.schedule(registry_url, offsets, actor="rm")
+    assert [(w.name, w.starts_at, w.ends_at) for w in brownouts.status(registry)] == [
+        ("brownout-1", datetime(2022, 2, 16), datetime(2022, 2, 17)),
+        ("brownout-2", datetime(2022, 2, 23), datetime(2022, 2, 24)),
+    ]
+    assert [what for _, what in brownouts.schedule_preview(registry, offsets)] == [
+        "unchanged (ended)",
+        "unchanged (ended)",
+    ]
+    brownouts.schedule(registry_url, offsets, actor="rm")  # not refused: nothing moves
+
+
+def test_a_plan_built_in_code_with_an_offset_is_compared_in_utc(
+    registry: Engine, registry_url: str, plan: Plan
+) -> None:
+    brownouts.schedule(registry_url, plan, actor="rm")
+    # model_copy skips validation: the comparison itself must normalise.
+    shifted = plan.brownouts[0].model_copy(
+        update={"starts_at": datetime(2022, 2, 16, 1, tzinfo=timezone(timedelta(hours=1)))}
+    )
+    aware = plan.model_copy(update={"brownouts": [shifted]})
+    assert brownouts.schedule_preview(registry, aware) == [("brownout-1", "unchanged (ended)")]
+    assert datetime(2022, 2, 16, tzinfo=UTC) == shifted.starts_at
+
+
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_enroll_all_refuses_a_batch_size_below_one(
+    registry: Engine, registry_url: str, accounts: dict[str, int], batch_size: int
+) -> None:
+    with pytest.raises(BadInput, match=f"batch size {batch_size}: must be at least 1"):
+        brownouts.enroll_all(registry_url, actor="rm", batch_size=batch_size)
+    with registry.connect() as connection:
+        assert (
+            connection.execute(
+                select(func.count())
+                .select_from(Account)
+                .where(Account.elv_enrolled_at.is_not(None))
+            ).scalar_one()
+            == 0
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -142,10 +144,14 @@ def test_phase_enforce_previews_then_needs_the_count_typed_back(rollout_home: Pa
     )
     assert done.exit_code == 0, done.stderr
     assert json.loads(done.stdout)["accounts_flagged"] == len(targets)
-    rollback = run("phase", "rollback", "top-100")
+    rollback = run("phase", "rollback", "top-100", "--format", "json")
     assert rollback.exit_code == 0 and "preview only" in rollback.stderr
-    applied = run("phase", "rollback", "top-100", "--apply")
-    assert f"cleared {len(targets)} accounts" in applied.stderr
+    listed = json.loads(rollback.stdout)
+    assert len(listed) == len(targets) and {a["outcome"] for a in listed} == {"cleared"}
+    applied = run("phase", "rollback", "top-100", "--apply", "--format", "json")
+    assert applied.exit_code == 0, applied.stderr
+    summary = json.loads(applied.stdout)
+    assert summary["accounts_cleared"] == summary["emails_withdrawn"] == len(targets)
 
 
 def test_orgs_audit_and_enforce_preview(rollout_home: Path) -> None:
@@ -247,3 +253,45 @@ def test_notify_suppress_is_idempotent(rollout_home: Path) -> None:
     assert first.exit_code == 0 and "suppressed" in first.stderr
     again = run("notify", "suppress", "someone@example.com", "--reason", "again")
     assert "already suppressed" in again.stderr
+
+
+def test_hostile_names_stay_text_in_tables_csv_and_messages(rollout_home: Path) -> None:
+    from datetime import datetime
+
+    from rollout.registry.engine import make_engine, session_scope
+    from rollout.registry.models import Account, Org, OrgMember
+
+    from .hostile import FORMULAS, RICH_MARKUP, TERMINAL
+
+    run("db", "upgrade")
+    org = "[bold]org[/bold]\x1b[2K"
+    names = [*TERMINAL, *RICH_MARKUP, *FORMULAS]
+    engine = make_engine(f"sqlite:///{rollout_home / 'registry.db'}")
+    with session_scope(engine) as session:
+        t0 = datetime(2022, 1, 1)
+        team = Org(name=org, created_at=t0)
+        accounts = [
+            Account(username=n, email=f"u{i}@example.com", email_verified=True, created_at=t0)
+            for i, n in enumerate(names)
+        ]
+        session.add_all([team, *accounts])
+        session.flush()
+        session.add_all(
+            OrgMember(org_id=team.id, account_id=a.id, role="developer", joined_at=t0)
+            for a in accounts
+        )
+    engine.dispose()
+
+    table = run("orgs", "audit", org)
+    assert table.exit_code == 0, table.stderr
+    assert "\x1b" not in table.stdout and "\x07" not in table.stdout
+    assert "\\x1b[2K\\x1b[1Amallory" in table.stdout
+    assert "[bold]org[/bold]\\x1b[2K" in table.stdout  # the title, as typed
+    for markup in RICH_MARKUP:
+        assert markup in table.stdout
+    listed = run("orgs", "audit", org, "--format", "csv")
+    usernames = [row["username"] for row in csv.DictReader(io.StringIO(listed.stdout, newline=""))]
+    assert sorted(usernames) == sorted(("'" + n if n in FORMULAS else n) for n in names)
+    missing = run("orgs", "audit", "[red]nobody[/red]\x1b[1A")
+    assert missing.exit_code == 2
+    assert "\x1b" not in missing.stderr and "[red]nobody[/red]" in missing.stderr

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
-from rollout.config import load_settings
+from rollout.config import Settings, load_settings
+from rollout.errors import BadInput
 
 
 def test_defaults_live_under_var() -> None:
@@ -49,5 +49,65 @@ def test_only_the_given_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_a_bad_quarantine_limit_is_refused() -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(BadInput, match=r"^environment variable ROLLOUT_QUARANTINE_LIMIT='1\.5': "):
         load_settings({"ROLLOUT_QUARANTINE_LIMIT": "1.5"})
+
+
+# Every variable Settings reads, with a value it cannot use.
+BAD_VALUES = {
+    "ROLLOUT_HOME": "",
+    "ROLLOUT_REGISTRY_URL": "not a url",
+    "ROLLOUT_WAREHOUSE": None,  # any path will do: nothing to refuse
+    "ROLLOUT_SENDGRID_URL": "api.sendgrid.com",
+    "ROLLOUT_QUARANTINE_LIMIT": "abc",
+    "ROLLOUT_DUCKDB_MEMORY_LIMIT": "lots",
+    "ROLLOUT_PLAN": " ",
+    "ROLLOUT_ACTOR": "",
+    "SENDGRID_API_KEY": None,  # any text may be a key
+}
+
+
+def test_every_setting_is_covered() -> None:
+    assert set(BAD_VALUES) == {
+        f.validation_alias for f in Settings.model_fields.values() if f.validation_alias
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [(n, v) for n, v in BAD_VALUES.items() if v is not None]
+)
+def test_a_bad_setting_is_bad_input_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(BadInput) as refused:
+        load_settings({name: value})
+    message = str(refused.value)
+    assert message.startswith(f"environment variable {name}")
+    assert "\n" not in message
+
+
+def test_a_refused_database_url_is_not_echoed() -> None:
+    with pytest.raises(BadInput) as refused:
+        load_settings({"ROLLOUT_REGISTRY_URL": "mysql://rollout:s3cret@db/registry"})
+    assert "s3cret" not in str(refused.value)
+    assert "sqlite or postgresql" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ROLLOUT_REGISTRY_URL", "postgres://rollout@db/rollout"),
+        ("ROLLOUT_REGISTRY_URL", "sqlite:////srv/registry.db"),
+        ("ROLLOUT_DUCKDB_MEMORY_LIMIT", "4GB"),
+        ("ROLLOUT_DUCKDB_MEMORY_LIMIT", "512MiB"),
+        ("ROLLOUT_DUCKDB_MEMORY_LIMIT", "80%"),
+        ("ROLLOUT_SENDGRID_URL", "http://127.0.0.1:3030"),
+        ("ROLLOUT_QUARANTINE_LIMIT", "0"),
+    ],
+)
+def test_usable_settings_are_accepted(name: str, value: str) -> None:
+    load_settings({name: value})
+
+
+def test_a_blank_override_means_unset() -> None:
+    settings = load_settings({"ROLLOUT_REGISTRY_URL": "", "ROLLOUT_DUCKDB_MEMORY_LIMIT": ""})
+    assert settings.registry_url == "sqlite:///var/registry.db"
+    assert settings.duckdb_memory_limit is None

@@ -31,6 +31,8 @@ from rollout.notify.render import Rendered, render, template_names
 from rollout.notify.senders import FileSender, SendGridSender
 from rollout.plan import Plan, load_plan
 
+from .hostile import HEADERS
+
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden" / "emails"
 TEMPLATES = ROOT / "rollout" / "notify" / "templates"
@@ -411,6 +413,34 @@ def test_a_username_with_a_line_break_is_refused_or_adds_no_sendgrid_recipient(
     assert [to["email"] for to in personalization["to"]] == [recipient.address]
     assert not {"cc", "bcc", "headers"} & set(personalization)
     assert "headers" not in body
+
+
+@pytest.mark.parametrize("username", HEADERS)
+@pytest.mark.parametrize("name", ["enforcement_notice", "org_removal_notice"])
+def test_a_control_character_in_a_name_still_sends_every_email(
+    name: str, username: str, plan: Plan, tmp_path: Path
+) -> None:
+    """A username or org with CR/LF or ESC: the email goes out, to the address alone, with
+    a one-line subject free of control characters, and adds no header."""
+    recipient = replace(EXAMPLE_RECIPIENTS["non-compliant"], username=username)
+    stored = example_stored(name, plan)
+    if "org" in stored:
+        stored["org"] = f"org {username}"
+    rendered = render(name, recipient, stored, plan)
+    assert not re.search(r"[\x00-\x1f\x7f-\x9f]", rendered.subject)
+    message = message_for(name, recipient, rendered)
+    sender = FileSender(tmp_path)
+
+    sender.send(message)
+
+    eml = BytesParser(policy=policy.default).parsebytes(sender.path_for(message).read_bytes())
+    [to] = eml["To"].addresses
+    assert (to.addr_spec, to.display_name) == (recipient.address, "")
+    assert eml["Subject"] == rendered.subject
+    for header in ("Bcc", "Cc", "X-Injected"):
+        assert eml.get_all(header) is None
+    body = SendGridSender("SG.test-key-not-real.abcdefgh").request_body(message)
+    assert body["personalizations"][0]["to"] == [{"email": recipient.address}]
 
 
 # --- text and HTML parts ----------------------------------------------------------------

@@ -201,7 +201,7 @@ def test_an_account_that_enrolled_since_the_preview_is_left_alone(
         session.add(TfaFactor(account_id=ids["alice"], kind="webauthn", created_at=T0))
     with registry.begin() as connection:
         run_id = start_run(connection, plan="p", step="s", mode="apply", actor="rm", parameters={})
-        flagged, revoked, queued, skipped = enforce._enforce_batch(
+        outcome = enforce._enforce_batch(
             connection,
             plan.phase("top-100"),
             [ids["alice"], ids["dave"]],
@@ -209,7 +209,13 @@ def test_an_account_that_enrolled_since_the_preview_is_left_alone(
             "rm",
             datetime(2022, 2, 1),
         )
-    assert (flagged, revoked, queued, skipped) == ([ids["dave"]], 1, 1, 1)
+    assert outcome == enforce.BatchOutcome(
+        accounts_required=1,
+        accounts_flagged=1,
+        sessions_revoked=1,
+        emails_queued=1,
+        skipped_now_compliant=1,
+    )
     assert live_sessions(registry, ids["alice"]) == 2
 
 
@@ -217,13 +223,13 @@ def test_rollback_clears_the_flags_but_not_the_revocations(
     registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
 ) -> None:
     enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")
-    assert enforce.rollback_preview(registry, "top-100") == [ids["alice"], ids["dave"]]
-    _, cleared = enforce.rollback_phase(registry_url, plan, "top-100", actor="rm")
+    assert enforce.rollback_preview(registry, "top-100").cleared == [ids["alice"], ids["dave"]]
+    cleared = enforce.rollback_phase(registry_url, plan, "top-100", actor="rm").accounts_cleared
     assert cleared == 2 and required(registry) == set()
     assert live_sessions(registry, ids["alice"]) == 0
     assert count(registry, Action, Action.action == "tfa_required_cleared") == 2
-    _, again = enforce.rollback_phase(registry_url, plan, "top-100", actor="rm")
-    assert again == 0
+    again = enforce.rollback_phase(registry_url, plan, "top-100", actor="rm")
+    assert (again.requirements_withdrawn, again.accounts_cleared) == (0, 0)
     assert count(registry, Action, Action.action == "tfa_required_cleared") == 2
 
 
@@ -253,7 +259,8 @@ def test_a_saved_preview_keeps_the_list_and_its_record_and_writes_nothing_to_the
     markdown = preview_markdown(saved)
     assert "| accounts without 2FA to require it of | 2 |" in markdown
     assert "`alice`" not in markdown and "| alice |" in markdown
-    assert "--expect 2" in markdown and "Exempted: `carol`" in markdown
+    assert "expected count **2**" in markdown and "--apply" not in markdown
+    assert "Exempted: carol" in markdown
     assert required(registry) == set() and count(registry, Action) == 0
 
 
@@ -295,6 +302,7 @@ def test_plan_show_tells_an_interrupted_enforce_run_from_a_running_one(
             mode="apply",
             actor="rm",
             parameters={},
+            lock="enforce",
         )
     assert _state(registry, registry_url, plan, "phase top-100 enforced") == "interrupted"
     with enforce.exclusive_run(registry_url, "enforce"):

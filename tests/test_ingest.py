@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from datetime import date, datetime
 from pathlib import Path
@@ -449,3 +450,48 @@ def test_a_repeat_after_the_first_rows_in_order_is_caught(
     rows.append(("pkg-00007", DAY, 7))
     result = load(con, typed_parquet(tmp_path, "late-repeat.parquet", rows), limit=0.5)
     assert (result.rows_loaded, result.rows_duplicate) == (1500, 1)
+
+
+# --- the byte-order mark spreadsheet programs write -------------------------------------
+
+BOM = b"\xef\xbb\xbf"
+TEXT_KINDS = [
+    "downloads-2022-01-10.csv",
+    "logins-2022-01-10.csv",
+    "downloads-api-react.json",
+    "manifests.jsonl",
+]
+
+
+def with_bom(source: Path, target: Path, compressed: bool) -> Path:
+    data = BOM + source.read_bytes()
+    target = target.with_name(target.name + (".gz" if compressed else ""))
+    target.write_bytes(gzip.compress(data) if compressed else data)
+    return target
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gz"])
+@pytest.mark.parametrize("name", TEXT_KINDS)
+def test_a_byte_order_mark_is_read_past(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, name: str, compressed: bool
+) -> None:
+    path = with_bom(GOOD / name, tmp_path / name, compressed)
+    result = load(con, path)
+    with warehouse.connect(tmp_path / "without.duckdb") as plain:
+        expected = load(plain, GOOD / name)
+    assert (result.status, result.rows_read, result.rows_loaded) == (
+        "loaded",
+        expected.rows_read,
+        expected.rows_loaded,
+    )
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gz"])
+def test_a_bad_row_after_a_byte_order_mark_keeps_its_line(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, compressed: bool
+) -> None:
+    path = with_bom(BAD / "downloads-negative-count.csv", tmp_path / "downloads.csv", compressed)
+    with pytest.raises(BadInput) as refused:
+        load(con, path)
+    assert refused.value.line == 3 and "downloads -5 is negative" in str(refused.value)
+    assert row_counts(con) == NOTHING

@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rollout.names import PACKAGE_NAME_PATTERN, is_valid_package_name, package_name_problem
+from rollout.errors import BadInput
+from rollout.names import (
+    PACKAGE_NAME_PATTERN,
+    file_stem_for,
+    is_safe_name,
+    is_valid_package_name,
+    package_name_problem,
+    safe_path_component,
+)
 
 VALID = [
     "react",
@@ -69,3 +77,27 @@ def test_duckdb_and_python_agree(name: str) -> None:
         {"name": name, "pattern": PACKAGE_NAME_PATTERN},
     ).fetchall()[0][0]
     assert bool(in_sql) == is_valid_package_name(name) or name == ""
+
+
+# --- names that become file names ---------------------------------------------------
+
+UNSAFE_COMPONENTS = ["../../x", "..", ".", "", "a/b", "a\\b", ".hidden", "-rf", "x\n", "a" * 101]
+
+
+@pytest.mark.parametrize("name", ["top-100", "brownout-1", "High.Impact_2", "a" * 100])
+def test_a_safe_name_is_its_own_path_component(name: str) -> None:
+    assert safe_path_component(name) == name
+    assert file_stem_for(name) == name
+
+
+@pytest.mark.parametrize("name", UNSAFE_COMPONENTS)
+def test_a_path_component_that_could_leave_its_folder_is_refused(name: str) -> None:
+    with pytest.raises(BadInput, match=r"phase .* cannot be used in a file name"):
+        safe_path_component(name, "phase")
+
+
+@given(st.text(max_size=300))
+def test_any_text_maps_to_a_safe_distinct_file_stem(text: str) -> None:
+    stem = file_stem_for(text)
+    assert is_safe_name(stem)
+    assert stem == text or stem != file_stem_for(text + "/")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from pydantic import BaseModel
 
+from rollout import plan as plan_module
 from rollout.errors import BadInput
-from rollout.plan import load_plan, parse_plan
+from rollout.notify.emails import EMAILS
+from rollout.plan import EmailName, load_plan, parse_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "plans" / "npm-2022.yaml"
@@ -109,3 +113,149 @@ def test_load_plan_raises_the_first_problem_naming_file_and_line(tmp_path: Path)
 def test_broken_yaml_names_the_line() -> None:
     [(line, reason)] = problems_in("name: x\ncohorts: [\n")
     assert line == 3 and reason.startswith("not valid YAML: ")
+
+
+# --- input that used to crash or pass silently -----------------------------------------
+
+
+def test_an_impossible_date_names_its_line_instead_of_crashing(tmp_path: Path) -> None:
+    text = edited("    notice_on: 2022-01-04", "    notice_on: 2022-02-30")
+    assert problems_in(text) == [
+        (
+            line_of(text, "notice_on: 2022-02-30"),
+            "'2022-02-30' is not a real date or time: day is out of range for month",
+        )
+    ]
+    path = tmp_path / "plan.yaml"
+    path.write_text(text)
+    with pytest.raises(BadInput, match=rf"^{path}:{line_of(text, '2022-02-30')}: '2022-02-30'"):
+        load_plan(path)
+
+
+def test_brownout_times_with_and_without_offsets_are_all_naive_utc() -> None:
+    text = edited("starts_at: 2022-02-23T00:00:00", "starts_at: 2022-02-23T02:00:00+02:00")
+    plan, problems = parse_plan(text, "plan.yaml")
+    assert problems == [] and plan is not None
+    assert [(b.starts_at, b.ends_at) for b in plan.brownouts] == [
+        (datetime(2022, 2, 16), datetime(2022, 2, 17)),
+        (datetime(2022, 2, 23), datetime(2022, 2, 24)),
+    ]
+    assert all(b.starts_at.tzinfo is None for b in plan.brownouts)
+
+
+def test_overlap_is_judged_in_utc_whatever_the_offsets() -> None:
+    # 23:00 at UTC-01:00 is midnight UTC: brownout-1 (00:00 + 24 h) has just ended.
+    touching = edited("starts_at: 2022-02-23T00:00:00", "starts_at: 2022-02-16T23:00:00-01:00")
+    assert problems_in(touching) == []
+    overlapping = edited("starts_at: 2022-02-23T00:00:00", "starts_at: 2022-02-16T22:00:00-01:00")
+    assert problems_in(overlapping) == [
+        (
+            line_of(overlapping, "2022-02-16T22:00:00-01:00"),
+            "brownouts.1.starts_at: brown-out brownout-2 overlaps brownout-1 "
+            "(2022-02-16 00:00 + 24 h)",
+        )
+    ]
+
+
+def test_a_repeated_key_names_the_line_of_the_repeat() -> None:
+    text = edited("    batch_size: 500\n", "    batch_size: 500\n    batch_size: 5000\n")
+    assert problems_in(text) == [
+        (
+            line_of(text, "batch_size: 5000"),
+            f"'batch_size' appears twice in one mapping (first on line "
+            f"{line_of(text, 'batch_size: 500')})",
+        )
+    ]
+
+
+def test_a_repeated_cohort_is_refused_too() -> None:
+    text = edited("  high-impact:\n", "  top-100:\n")
+    [(line, reason)] = problems_in(text)
+    assert line == line_of(text, "description: maintainers of packages with more") - 1
+    assert reason.startswith("'top-100' appears twice")
+
+
+def test_a_yaml_merge_key_is_not_a_repeat() -> None:
+    text = edited(
+        "  top-100:\n    description:",
+        "  base: &base\n    top_by_dependents: 5\n  top-5:\n    <<: *base\n"
+        "    top_by_dependents: 6\n  top-100:\n    description:",
+    )
+    plan, problems = parse_plan(text, "plan.yaml")
+    assert problems == [] and plan is not None
+    assert plan.cohorts["top-5"].top_by_dependents == 6
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where"),
+    [
+        ("reminder: 7", "reminder: -7", "notifications.repeat_days.reminder"),
+        ("reminder: 7", "reminder: 0", "notifications.repeat_days.reminder"),
+        ("reminder: 7", "reminderr: 7", "notifications.repeat_days.reminderr"),
+        ("weekly_window_days: 7", "weekly_window_days: 0", "metrics.weekly_window_days"),
+        ("monthly_window_days: 30", "monthly_window_days: -30", "metrics.monthly_window_days"),
+        ("top_by_dependents: 100", "top_by_dependents: 0", "cohorts.top-100.top_by_dependents"),
+        ("top_by_dependents: 100", "top_by_dependents: true", "cohorts.top-100.top_by_dependents"),
+        (
+            "weekly_downloads_gt: 1000000",
+            "weekly_downloads_gt: -1",
+            "cohorts.high-impact.weekly_downloads_gt",
+        ),
+        ("dependents_gte: 500", "dependents_gte: 0", "cohorts.high-impact.dependents_gte"),
+        (
+            "  heads_up_days_before: 7",
+            "  heads_up_days_before: -7",
+            "elv.heads_up_days_before",
+        ),
+        ("    hours: 24", "    hours: 0", "brownouts.0.hours"),
+        ("    hours: 24", "    hours: 1.5", "brownouts.0.hours"),
+        ("    heads_up_days_before: 3", "    heads_up_days_before: -3", "brownouts.0"),
+        ("    batch_size: 500", "    batch_size: 0", "phases.0.batch_size"),
+        ("    batch_size: 500", "    batch_size: '500'", "phases.0.batch_size"),
+        ("    max_accounts: 1000", "    max_accounts: -1", "phases.0.max_accounts"),
+        ("reminders_days_before: [14, 3]", "reminders_days_before: [14, true]", "phases.0"),
+        ("enroll_all_on: 2022-03-01", "enroll_all_on: 20220301", "elv.enroll_all_on"),
+        ("starts_at: 2022-02-16T00:00:00", "starts_at: 1645000000", "brownouts.0.starts_at"),
+        ("  - name: top-100", "  - name: ../../x", "phases.0.name"),
+        ("  - name: top-100", "  - name: .hidden", "phases.0.name"),
+        ("    cohort: top-100", "    cohort: top/100", "phases.0.cohort"),
+        ("  top-100:\n", "  ../top-100:\n", "cohorts.../top-100"),
+        ("  - name: brownout-1", "  - name: a/b", "brownouts.0.name"),
+        ("name: npm-2022", "name: npm 2022", "name"),
+        (
+            "from_name: Registry security",
+            'from_name: "Security\\nBcc: x@y.z"',
+            "notifications.from_name",
+        ),
+        ("release_managers: []", "release_managers: ['']", "notifications.release_managers.0"),
+        ("report_url: https://", "report_url: javascript://", "notifications.report_url"),
+    ],
+)
+def test_every_plan_field_refuses_what_it_cannot_mean(old: str, new: str, where: str) -> None:
+    text = edited(old, new)
+    problems = problems_in(text)
+    assert problems, f"{new!r} was accepted"
+    line, reason = problems[0]
+    assert reason.startswith(where)
+    assert line == line_of(text, new.strip())
+
+
+def test_every_plan_model_refuses_unknown_fields() -> None:
+    models = [
+        value
+        for value in vars(plan_module).values()
+        if isinstance(value, type) and issubclass(value, BaseModel) and value is not BaseModel
+    ]
+    assert len(models) >= 10
+    assert {m.__name__ for m in models if m.model_config.get("extra") != "forbid"} == set()
+
+
+def test_repeat_days_knows_exactly_the_emails_there_are() -> None:
+    assert set(get_args(EmailName)) == set(EMAILS)
+
+
+def test_a_plan_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_bytes(b"name: x\ndescription: caf\xe9\n")
+    with pytest.raises(BadInput, match=rf"^{path}:2: not UTF-8 text"):
+        load_plan(path)

@@ -17,9 +17,11 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
+from markdown_it import MarkdownIt
 
 from rollout.adoption import adoption_since
 from rollout.errors import RolloutError
+from rollout.output import FORMULA_PREFIXES
 from rollout.plan import Plan, load_plan
 from rollout.reporting import (
     MARTS,
@@ -29,6 +31,8 @@ from rollout.reporting import (
     report_dir,
 )
 from rollout.warehouse import open_warehouse
+
+from .hostile import FORMULAS, MARKUP
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN_PATH = ROOT / "plans" / "npm-2022.yaml"
@@ -450,7 +454,7 @@ def test_user_input_is_escaped_in_the_markdown(report: ReportFiles) -> None:
     assert '| &lt;b&gt;x&lt;/b&gt;&amp;" | 500 |' in markdown
     # A new line in a name would end the table row: it becomes a space.
     assert '| comma, "quote" and a new line | 450 |' in markdown
-    assert "email &lt;script&gt;alert(1)&lt;/script&gt; sent" in markdown
+    assert "email &lt;script&gt;alert\\(1\\)&lt;/script&gt; sent" in markdown
 
 
 # --- CSV -------------------------------------------------------------------------
@@ -483,6 +487,46 @@ def test_every_mart_round_trips_through_its_csv(report: ReportFiles, tmp_path: P
         orgs = [row["org"] for row in csv.DictReader(handle)]
     assert orgs[:2] == [HOSTILE_ORG, CSV_HOSTILE_ORG]
     assert len(orgs) == 32
+
+
+def test_no_csv_cell_runs_as_a_formula_and_numbers_stay_numbers(tmp_path: Path, plan: Plan) -> None:
+    warehouse = make_warehouse(tmp_path, plan)
+    with open_warehouse(warehouse) as con:
+        con.executemany(
+            "insert into adoption_by_org values (?, ?, ?, ?, ?, ?, ?)",
+            [(name, 1000 + i, 1, 0.0, 1, 0, None) for i, name in enumerate(FORMULAS)],
+        )
+        con.execute("insert into time_to_comply values ('=phase', -3, 1)")
+        files = build_report(con, plan, AS_OF, tmp_path / "out")
+    with files.csvs["adoption_by_org"].open(newline="") as handle:
+        orgs = [row["org"] for row in csv.DictReader(handle)]
+    # The largest first: the hostile ones, each shown as text with a leading quote.
+    assert orgs[: len(FORMULAS)] == ["'" + name for name in reversed(FORMULAS)]
+    with files.csvs["time_to_comply"].open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {"phase": "'=phase", "days_after_notice": "-3", "accounts": "1"} in rows
+    for path in files.csvs.values():
+        with path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                for cell in row.values():
+                    if cell.startswith(FORMULA_PREFIXES):
+                        float(cell)  # only a number may start with - or +
+
+
+def test_a_name_makes_no_link_or_markup_in_the_markdown(tmp_path: Path, plan: Plan) -> None:
+    with open_warehouse(make_warehouse(tmp_path, plan)) as con:
+        con.executemany(
+            "insert into adoption_by_org values (?, ?, ?, ?, ?, ?, ?)",
+            [(name, 1000 + i, 1, 0.0, 1, 0, None) for i, name in enumerate(MARKUP)],
+        )
+        files = build_report(con, plan, AS_OF, tmp_path / "out")
+    markdown = files.markdown.read_text()
+    assert "https://evil" not in markdown and "www.evil" not in markdown  # no autolink
+    rendered = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(markdown)
+    for tag in ("<a ", "<img", "<script", "<code", "<em", "<del", "<blockquote"):
+        assert tag not in rendered, tag
+    orgs = next(b for b in table_blocks(markdown) if b[0].startswith("| org |"))
+    assert len({len(cells(line)) for line in orgs}) == 1
 
 
 def test_extra_columns_follow_the_contracts(tmp_path: Path, plan: Plan) -> None:

@@ -25,15 +25,24 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.engine import make_url
+from typer.testing import CliRunner
 
-from rollout.errors import BadInput
+from rollout.cli import app
+from rollout.errors import BadInput, GuardRefused
 from rollout.names import is_valid_package_name
 from rollout.registry import bulk, migrate
 from rollout.registry.engine import make_engine, session_scope
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Account
-from rollout.sample import REAL_DOWNLOADS, SampleSummary, generate_sample
+from rollout.sample import (
+    REAL_DOWNLOADS,
+    SampleSummary,
+    confirm_name,
+    generate_sample,
+    registry_contents,
+)
+from tests.factories import AccountFactory, NotificationFactory
 
 SEED = 7
 END = date(2022, 1, 31)
@@ -137,7 +146,7 @@ def test_same_seed_same_output_and_other_seed_differs(run: Run, tmp_path: Path) 
 
 def test_refuses_to_overwrite_unless_replace(run: Run, tmp_path: Path) -> None:
     first = _generate(tmp_path)
-    with pytest.raises(BadInput, match="already has accounts"):
+    with pytest.raises(GuardRefused, match=r"--replace --confirm registry\.db"):
         _generate(tmp_path)
     with pytest.raises(BadInput, match="landing folder already has"):
         generate_sample(
@@ -162,11 +171,147 @@ def test_refuses_to_overwrite_unless_replace(run: Run, tmp_path: Path) -> None:
     mine = first.landing / "notes.txt"
     mine.write_text("not the sample's", encoding="utf-8")
 
-    replaced = _generate(tmp_path, replace=True)
+    replaced = _generate(tmp_path, replace=True, confirm="registry.db")
     assert _registry_checksum(replaced) == _registry_checksum(run)
     assert all(replaced.query(f"SELECT count(*) FROM {t}")[0][0] == 0 for t in LEDGER_TABLES)
     assert not stray.exists()
     assert mine.exists()  # outside the sample's subfolders: left alone
+
+
+# --- replacing: only a sample, only with its name typed back ---------------------------
+
+
+def _state(url: str) -> tuple[str | None, dict[str, int]]:
+    """The schema revision and rows per table: what a refusal must leave as it was."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            tables = set(inspect(connection).get_table_names())
+            counts = {
+                t: connection.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+                for t in sorted(tables)
+            }
+        return migrate.current_revision(engine), counts
+    finally:
+        engine.dispose()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_a_registry_sample_did_not_make_is_never_replaced(
+    registry_url: str, registry: Engine, factories: None, tmp_path: Path
+) -> None:
+    """`rollout db upgrade` made it and it holds real rows: whatever is typed back, it
+    is left alone, schema included (this one is a revision behind)."""
+    AccountFactory(with_totp=True, sessions=2, in_cohort="top-100")
+    NotificationFactory()  # and its own account
+    migrate.downgrade(registry, "0005")
+    registry.dispose()
+    before = _state(registry_url)
+    landing = tmp_path / "landing"
+    for replace, confirm in ((False, None), (True, None), (True, confirm_name(registry_url))):
+        with pytest.raises(GuardRefused) as refused:
+            generate_sample(
+                "tiny",
+                SEED,
+                registry_url=registry_url,
+                landing_dir=landing,
+                replace=replace,
+                confirm=confirm,
+            )
+        message = str(refused.value)
+        assert "a registry `rollout sample` did not make: 2 accounts, 1 emails and 0 runs" in (
+            message
+        )
+        assert make_url(registry_url).render_as_string(hide_password=True) in message
+        assert "Nothing was changed" in message
+    assert _state(registry_url) == before
+    assert not landing.exists()
+
+
+def test_a_sample_is_replaced_only_with_its_name_typed_back(tmp_path: Path) -> None:
+    first = _generate(tmp_path)
+    before = (_registry_checksum(first), _landing_bytes(first.landing))
+    for confirm in (None, "registry", "production.db"):
+        with pytest.raises(GuardRefused, match=r"--confirm registry\.db") as refused:
+            _generate(tmp_path, replace=True, confirm=confirm)
+        assert (
+            f"sqlite:///{first.db} holds a sample registry: {first.summary.accounts} accounts, "
+            "0 emails and 0 runs would be lost"
+        ) in str(refused.value)
+    assert (_registry_checksum(first), _landing_bytes(first.landing)) == before
+
+
+def test_an_empty_registry_is_filled_without_asking_and_marked_a_sample(
+    registry_url: str, tmp_path: Path
+) -> None:
+    made_by_db_upgrade = registry_contents(registry_url)
+    assert not made_by_db_upgrade.has_rows and not made_by_db_upgrade.is_sample
+    landing = tmp_path / "landing"
+    summary = generate_sample("tiny", SEED, registry_url=registry_url, landing_dir=landing)
+    filled = registry_contents(registry_url)
+    assert filled.is_sample and filled.accounts == summary.accounts
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("sqlite:////srv/rollout-home/registry.db", "registry.db"),
+        ("postgresql://rollout:secret@db.internal:5432/rollout", "rollout"),
+        ("postgres://u:p@h/rollout_test?options=-csearch_path%3Dt_0123", "rollout_test/t_0123"),
+        ("postgresql://u:p@h/rollout?options=-c%20search_path%3Dscratch", "rollout/scratch"),
+    ],
+)
+def test_the_name_to_type_back(url: str, name: str) -> None:
+    assert confirm_name(url) == name
+
+
+def test_the_rehearsal_that_emptied_production_is_refused(
+    rollout_home: Path,
+    registry_url: str,
+    factories: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A scratch ROLLOUT_HOME, but ROLLOUT_REGISTRY_URL still on the real registry."""
+    AccountFactory(sessions=2, in_cohort="top-100")
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    before = _state(registry_url)
+    name = confirm_name(registry_url)
+    for flags in ([], ["--replace"], ["--replace", "--confirm", name]):
+        result = CliRunner().invoke(app, ["sample", "--scale", "tiny", *flags])
+        assert result.exit_code == 3, result.output
+        said = _one_line(result.stderr)
+        assert "did not make: 1 accounts, 0 emails and 0 runs would be lost" in said
+        password = make_url(registry_url).password
+        assert not password or f":{password}@" not in said
+    assert _state(registry_url) == before
+    assert not rollout_home.exists()
+
+
+def test_the_command_previews_then_needs_the_name(rollout_home: Path) -> None:
+    def sample(*flags: str) -> Any:
+        return CliRunner().invoke(app, ["sample", "--scale", "tiny", "--seed", "3", *flags])
+
+    assert sample().exit_code == 0
+    db = rollout_home / "registry.db"
+    accounts = registry_contents(f"sqlite:///{db}").accounts
+    before = _state(f"sqlite:///{db}")
+
+    preview = sample()
+    assert preview.exit_code == 0 and preview.stdout == ""
+    said = _one_line(preview.stderr)
+    assert f"preview only: sqlite:///{db} holds a sample registry: {accounts} accounts" in said
+    assert "--replace --confirm registry.db" in said
+    for flags in (["--replace"], ["--replace", "--confirm", "other.db"]):
+        refused = sample(*flags)
+        assert refused.exit_code == 3
+        assert "type the database's name back" in _one_line(refused.stderr)
+    assert sample("--confirm", "registry.db").exit_code == 2
+    assert _state(f"sqlite:///{db}") == before
+
+    assert sample("--replace", "--confirm", "registry.db").exit_code == 0
 
 
 def test_progress_reports_each_stage_from_zero_to_total(run: Run) -> None:
@@ -504,6 +649,11 @@ def test_postgres_gets_the_same_rows_and_fresh_ids(
         engine.dispose()
     # Replace works on PostgreSQL too (the ledger trigger is a function there).
     again = generate_sample(
-        "tiny", SEED, registry_url=postgres_url, landing_dir=tmp_path / "landing", replace=True
+        "tiny",
+        SEED,
+        registry_url=postgres_url,
+        landing_dir=tmp_path / "landing",
+        replace=True,
+        confirm=make_url(postgres_url).database,
     )
     assert again.accounts == summary.accounts

@@ -28,6 +28,8 @@ from rollout.notify.senders import (
     make_sender,
 )
 
+from .hostile import HEADERS
+
 MESSAGE = Message(
     outbox_id=42,
     email="phase-notice",
@@ -239,7 +241,6 @@ def test_unreachable_server_is_retried_then_not_permanent(make: Callable, sleeps
     ("changes", "words"),
     [
         ({"subject": "Hi\r\nBcc: evil@example.com"}, "subject"),
-        ({"to_name": "Ann\nBcc: evil@example.com"}, "recipient name"),
         ({"to_address": "ann@example.com\r\nBcc: evil@example.com"}, "invalid recipient"),
         ({"text": "", "html": ""}, "neither text nor HTML"),
         ({"text": "SG.abcdefgh.ijklmnop is a key"}, "API Key"),
@@ -375,7 +376,6 @@ def test_hostile_but_printable_values_stay_inside_their_headers(tmp_path: Path) 
     [
         {"subject": "Hello\r\nBcc: evil@attacker.example"},
         {"subject": "Hello\nX-Injected: yes"},
-        {"to_name": "Ann\r\nBcc: evil@attacker.example"},
         {"to_address": "ann@example.com\nBcc: evil@attacker.example"},
     ],
 )
@@ -386,6 +386,40 @@ def test_header_injection_fails_the_message_permanently(
         FileSender(tmp_path).send(message(**changes))
     assert caught.value.permanent
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", [*HEADERS, "Ann\tExample", "Ann\u2028Example"])
+def test_a_name_with_control_characters_is_left_out_not_refused(tmp_path: Path, name: str) -> None:
+    sender = FileSender(tmp_path)
+    sender.send(message(to_name=name))
+
+    parsed = parse(sender.path_for(MESSAGE))
+    [recipient] = parsed["To"].addresses
+    assert (recipient.addr_spec, recipient.display_name) == ("ann@example.com", "")
+    assert parsed["Bcc"] is None and parsed["X-Injected"] is None
+    body = SendGridSender("SG.test-key-not-real.abcdefgh").request_body(message(to_name=name))
+    assert body["personalizations"][0]["to"] == [{"email": "ann@example.com"}]
+
+
+def test_an_internationalised_domain_is_written_in_its_idna_form(tmp_path: Path) -> None:
+    sender = FileSender(tmp_path)
+    sender.send(message(to_address="o'neil+2fa@bücher.example", to_name="Jürgen"))
+
+    raw = sender.path_for(MESSAGE).read_bytes()
+    assert b"=?utf-8?" not in raw.split(b"\nTo: ")[1].split(b"\n")[0].split(b"<")[1]
+    [recipient] = parse(sender.path_for(MESSAGE))["To"].addresses
+    assert recipient.addr_spec == "o'neil+2fa@xn--bcher-kva.example"
+    assert recipient.display_name == "Jürgen"
+    body = SendGridSender("SG.test-key-not-real.abcdefgh").request_body(
+        message(to_address="ann@bücher.example")
+    )
+    assert body["personalizations"][0]["to"][0]["email"] == "ann@xn--bcher-kva.example"
+
+
+def test_a_domain_idna_cannot_encode_fails_permanently(tmp_path: Path) -> None:
+    with pytest.raises(DeliveryFailed) as caught:
+        FileSender(tmp_path).send(message(to_address="ann@" + "ü" * 70 + ".example"))
+    assert caught.value.permanent and "IDNA" in caught.value.reason
 
 
 def test_an_address_the_parser_refuses_fails_permanently(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rollout.names import file_stem_for
 from rollout.notify.emails import EMAILS, Recipient
 from rollout.notify.render import Rendered, render
 from rollout.plan import Plan
@@ -44,13 +45,22 @@ def example_stored(email: str, plan: Plan) -> dict[str, Any]:
         return {
             "phase": phase.name,
             "run_id": "0123456789abcdef",
-            "counts": {"accounts_flagged": 412, "sessions_revoked": 1380, "emails_queued": 412},
+            "counts": {
+                "accounts_required": 412,
+                "accounts_flagged": 412,
+                "sessions_revoked": 1380,
+                "emails_queued": 412,
+            },
         }
     raise KeyError(email)
 
 
 def write_preview(directory: Path, name: str, rendered: Rendered) -> list[Path]:
-    """``<name>.subject.txt``, ``<name>.txt`` and ``<name>.html`` under ``directory``."""
+    """``<name>.subject.txt``, ``<name>.txt`` and ``<name>.html`` under ``directory``.
+
+    ``name`` may carry a username from the registry: it is made a safe file name (a
+    hash stands in for what is not), so the files stay in ``directory``."""
+    name = file_stem_for(name)
     directory.mkdir(parents=True, exist_ok=True)
     files = {
         directory / f"{name}.subject.txt": rendered.subject + "\n",

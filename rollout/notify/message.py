@@ -2,8 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol
+
+# C0 and C1 controls and DEL, and the line and paragraph separators: none belongs in a
+# header, and CR/LF could start a new one.
+_HEADER_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def header_text(text: str) -> str:
+    """``text`` as one line of a header (the subject): every control character and run of
+    whitespace made one space, so nothing in a value can start a header of its own."""
+    return " ".join(_HEADER_CONTROLS.sub(" ", text).split())
+
+
+def header_address(address: str) -> str:
+    """The address as it goes into the To header: an internationalised domain in its
+    IDNA form (``xn--``), the local part as it is. Raises UnicodeError for a domain
+    IDNA cannot encode."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii():
+        return address
+    return f"{local}@{domain.encode('idna').decode('ascii')}"
 
 
 @dataclass(frozen=True)
@@ -17,6 +38,15 @@ class Message:
     subject: str
     text: str
     html: str
+
+    @property
+    def header_name(self) -> str | None:
+        """The display name beside the address in To: the username, or none at all when
+        it holds a control character (the address alone delivers; refusing the message
+        would keep an account from every email, the enforcement notice included)."""
+        if not self.to_name or _HEADER_CONTROLS.search(self.to_name):
+            return None
+        return self.to_name
 
 
 class DeliveryFailed(Exception):

@@ -11,17 +11,30 @@ are sent at once), renders and sends them concurrently, and records each outcome
 A crash leaves at most that handful in ``sending``; the next drain sends them again
 (the only possible duplicates, bounded by the concurrency), never a whole batch.
 One drain runs at a time.
+
+A stop (SIGTERM, SIGINT; rollout.stopping) claims nothing more, gives the sends in flight
+a moment, records what they came to and puts back the rest; worker processes are told
+and, after a grace, killed; the run lock is let go only once the last of them is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import os
+import pickle
+import queue
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
+from multiprocessing.connection import Connection as Pipe
+from multiprocessing.connection import wait as wait_for_pipes
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from sqlalchemy import (
@@ -56,6 +69,13 @@ from rollout.registry.models import (
     TfaFactor,
     has_active_factor,
 )
+from rollout.stopping import (
+    StopRequest,
+    as_child,
+    hold_for_multiprocessing,
+    stop_processes,
+    stop_requested_by_signals,
+)
 from rollout.timeline import heads_up_step, notices_step, reminders_step
 
 log = logging.getLogger(__name__)
@@ -70,6 +90,12 @@ COMPLIANT = "already compliant"
 REPEAT = "inside the repeat window"
 # Messages sent at once, and so at most claimed at once: the most a crash can resend.
 DEFAULT_CONCURRENCY = 8
+# After a stop: how long sends in flight may still finish (and be recorded as sent)
+# before their rows are put back; and how long a worker process has to do that and
+# report before it is killed. Together they bound how long a stop takes.
+IN_FLIGHT_GRACE = 0.5
+WORKER_GRACE = 1.0
+_POLL = 0.05  # seconds between looks at a stop request while waiting
 
 
 # --- what the plan calls for, and when ---------------------------------------------------
@@ -271,7 +297,7 @@ def queue_preview(engine: Engine, plan: Plan, day: date) -> list[QueueOutcome]:
 def queue_due(registry_url: str, plan: Plan, day: date, *, actor: str) -> list[QueueOutcome]:
     """Queue every mailing due on ``day``: one recorded run per mailing."""
     outcomes = []
-    with open_registry(registry_url) as engine:
+    with exclusive_run(registry_url, "queue"), open_registry(registry_url) as engine:
         for o in due_occasions(plan, day):
             with recorded_run(
                 engine,
@@ -279,6 +305,7 @@ def queue_due(registry_url: str, plan: Plan, day: date, *, actor: str) -> list[Q
                 step=o.step,
                 mode="apply",
                 actor=actor,
+                lock="queue",
                 parameters={"day": day.isoformat(), "email": o.email},
             ) as run:
                 ids = audience(o.audience)
@@ -337,6 +364,7 @@ class DrainReport:
     failed: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     resumed: int = 0  # rows a crashed drain left in flight, sent again
+    put_back: int = 0  # claimed rows queued again by a stop: unsent, or not known to be
     failures: list[tuple[int, str]] = field(default_factory=list)
 
     @property
@@ -582,6 +610,29 @@ def _release(engine: Engine, ids: list[int]) -> None:
         )
 
 
+def _put_back(engine: Engine, ids: list[int], now: datetime) -> None:
+    """Queue claimed rows again whose sends a stop cut short: they may have gone out, so
+    the attempt counts (the next drain sends them again, the only duplicates)."""
+    with engine.begin() as connection:
+        connection.execute(
+            update(NOTIFICATIONS)
+            .where(and_(NOTIFICATIONS.c.id.in_(ids), NOTIFICATIONS.c.state == "sending"))
+            .values(state="queued", updated_at=now)
+        )
+
+
+def _requeue_in_flight(engine: Engine, now: datetime) -> int:
+    """Queue again every row in flight. Only while holding the run lock with no drain
+    process left: the rows are then those of a drain (or worker) that died, and it may or
+    may not have sent them."""
+    with engine.begin() as connection:
+        return connection.execute(
+            update(NOTIFICATIONS)
+            .where(NOTIFICATIONS.c.state == "sending")
+            .values(state="queued", updated_at=now)
+        ).rowcount
+
+
 @dataclass
 class _Batch:
     """Claimed rows: those that end here (skips, render failures) and those to send."""
@@ -635,6 +686,46 @@ def _count(report: DrainReport, outcomes: Iterable[_Outcome]) -> None:
             report.skipped[o.reason or ""] += 1
 
 
+class _SendThreads:
+    """``count`` daemon threads that send. Not a ThreadPoolExecutor: its threads are
+    joined when the process exits, so a send stuck on a slow server would keep a stopped
+    process alive; a stop has put such a send's row back already."""
+
+    def __init__(self, sender: Sender, count: int) -> None:
+        self._work: queue.SimpleQueue[tuple[Message, Future[_Outcome]] | None]
+        self._work = queue.SimpleQueue()
+        self._count = count
+        for n in range(count):
+            threading.Thread(
+                target=self._run, args=(sender,), name=f"send-{n}", daemon=True
+            ).start()
+
+    def submit(self, message: Message) -> Future[_Outcome]:
+        future: Future[_Outcome] = Future()
+        self._work.put((message, future))
+        return future
+
+    def close(self) -> None:
+        for _ in range(self._count):
+            self._work.put(None)
+
+    def _run(self, sender: Sender) -> None:
+        while (item := self._work.get()) is not None:
+            message, future = item
+            try:
+                future.set_result(_deliver(sender, message))
+            except Exception as error:  # the drain decides (a misconfigured sender stops it)
+                future.set_exception(error)
+
+
+def _await_sends(futures: list[Future[_Outcome]], stop: StopRequest) -> None:
+    """Wait for a batch's sends; once a stop is asked for, IN_FLIGHT_GRACE more at most."""
+    waiting = set(futures)
+    while waiting and not stop.is_set():
+        _, waiting = wait(waiting, timeout=_POLL)
+    wait(waiting, timeout=IN_FLIGHT_GRACE)
+
+
 def _drain_loop(
     engine: Engine,
     plan: Plan,
@@ -644,42 +735,164 @@ def _drain_loop(
     limit: int | None,
     clock: Callable[[], datetime],
     progress: Callable[[DrainReport], None] | None = None,
+    stop: StopRequest | None = None,
 ) -> DrainReport:
-    """Claim, send and record batches until nothing is queued (or ``limit`` is reached)."""
+    """Claim, send and record batches until nothing is queued (or ``limit`` is reached,
+    or a stop is asked for: then the batch in flight is recorded or put back)."""
+    stop = stop or StopRequest()
     report = DrainReport(sender.name)
     claimed = 0
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send") as pool:
-        while limit is None or claimed < limit:
+    sends = _SendThreads(sender, concurrency)
+    try:
+        while (limit is None or claimed < limit) and not stop.is_set():
             size = concurrency if limit is None else min(concurrency, limit - claimed)
             batch = _next_batch(engine, plan, size, clock)
             if batch is None:
                 break
             claimed += len(batch.ids)
-            futures = [pool.submit(_deliver, sender, m) for m in batch.messages]
-            try:
-                sent = [f.result() for f in futures]
-            except DeliveryFailed as misconfigured:
-                _record(engine, batch.outcomes, clock())
-                _release(engine, [m.outbox_id for m in batch.messages])
-                raise RolloutError(
-                    f"{sender.name}: {misconfigured.reason}; nothing more was sent "
-                    "(fix the settings and run again)"
-                ) from None
-            _record(engine, [*batch.outcomes, *sent], clock())
-            _count(report, [*batch.outcomes, *sent])
+            futures = [sends.submit(m) for m in batch.messages]
+            _await_sends(futures, stop)
+            # Looked at once: a send may still finish while the lists are made.
+            settled = {
+                m.outbox_id: f for m, f in zip(batch.messages, futures, strict=True) if f.done()
+            }
+            finished = [f.result() for f in settled.values() if not f.exception()]
+            refused = [(i, e) for i, f in settled.items() if (e := f.exception())]
+            unsent = [m.outbox_id for m in batch.messages if m.outbox_id not in settled]  # a stop
+            _record(engine, [*batch.outcomes, *finished], clock())
+            _count(report, [*batch.outcomes, *finished])
+            if unsent:
+                _put_back(engine, unsent, clock())
+                report.put_back += len(unsent)
+            if refused:
+                _release(engine, [outbox_id for outbox_id, _ in refused])
+                error = refused[0][1]
+                if isinstance(error, DeliveryFailed):  # misconfigured (see _deliver)
+                    raise RolloutError(
+                        f"{sender.name}: {error.reason}; nothing more was sent "
+                        "(fix the settings and run again)"
+                    ) from None
+                raise error
             if progress:
                 progress(report)
+    finally:
+        sends.close()
     return report
 
 
 def _drain_worker(
-    registry_url: str, plan: Plan, sender: Sender, concurrency: int, limit: int | None
-) -> DrainReport:
-    """One worker process of a drain: its own connections, the real clock."""
-    with open_registry(registry_url) as engine:
-        return _drain_loop(
-            engine, plan, sender, concurrency=concurrency, limit=limit, clock=utc_now
-        )
+    registry_url: str,
+    plan: Plan,
+    sender: Sender,
+    concurrency: int,
+    limit: int | None,
+    parent_pid: int,
+    results: Pipe,
+) -> None:
+    """One worker process of a drain: its own connections, the real clock. It stops as
+    the parent does, when the parent says so (SIGTERM) or dies, and reports through
+    ``results``: its DrainReport, or the error that ended it."""
+    stop = as_child(parent_pid)
+    outcome: DrainReport | Exception
+    try:
+        with open_registry(registry_url) as engine:
+            outcome = _drain_loop(
+                engine, plan, sender, concurrency=concurrency, limit=limit, clock=utc_now, stop=stop
+            )
+    except Exception as error:
+        outcome = error
+    with contextlib.suppress(OSError):  # the parent is gone: nobody left to tell
+        results.send(_picklable(outcome))
+
+
+def _picklable(outcome: DrainReport | Exception) -> DrainReport | Exception:
+    """The outcome, or an error that says what it was when it cannot travel (an exception
+    whose constructor takes other arguments than its message)."""
+    try:
+        pickle.loads(pickle.dumps(outcome))
+    except Exception:
+        return RolloutError(f"a drain worker failed: {type(outcome).__name__}: {outcome}")
+    return outcome
+
+
+@dataclass
+class _Worker:
+    process: BaseProcess
+    results: Pipe
+    outcome: DrainReport | Exception | None = None  # None: it died without a word
+    reported: bool = False
+
+
+def _start_workers(count: int, args: tuple[Any, ...]) -> list[_Worker]:
+    context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+    workers = []
+    with hold_for_multiprocessing():
+        for _ in range(count):
+            results, sink = context.Pipe(duplex=False)
+            process = context.Process(
+                target=_drain_worker,
+                args=(*args, os.getpid(), sink),
+                name="rollout-drain",
+                daemon=True,
+            )
+            process.start()
+            sink.close()
+            workers.append(_Worker(process, results))
+    return workers
+
+
+def _gather(workers: list[_Worker], timeout: float) -> None:
+    """Take the reports that come within ``timeout``: a worker reports just before it exits."""
+    waiting = {w.results: w for w in workers if not w.reported}
+    for ready in wait_for_pipes(list(waiting), timeout):
+        worker = waiting[ready]  # type: ignore[index]
+        with contextlib.suppress(EOFError):  # died without a word: None
+            worker.outcome = ready.recv()  # type: ignore[union-attr]
+        worker.reported = True
+
+
+def _drain_in_processes(
+    registry_url: str,
+    plan: Plan,
+    sender: Sender,
+    *,
+    processes: int,
+    concurrency: int,
+    limit: int | None,
+    stop: StopRequest,
+    progress: Callable[[], None] | None,
+) -> list[DrainReport]:
+    """Run the drain in ``processes`` workers and wait for them, looking at ``stop``; on
+    a stop or an error, tell them to wind down, then kill what is left. No worker is left
+    when this returns, however it returns."""
+    share = None if limit is None else -(-limit // processes)
+    workers = _start_workers(processes, (registry_url, plan, sender, concurrency, share))
+    try:
+        shown = time.monotonic()
+        while not stop.is_set() and not all(w.reported for w in workers):
+            _gather(workers, 4 * _POLL)
+            if any(w.reported and not isinstance(w.outcome, DrainReport) for w in workers):
+                break  # a worker failed: stop the others rather than drain on half-manned
+            if progress and time.monotonic() - shown >= 0.5:
+                progress()
+                shown = time.monotonic()
+    finally:
+        for w in workers:
+            if not w.reported:
+                w.process.terminate()  # wind down: record or put back the batch in flight
+        deadline = time.monotonic() + WORKER_GRACE
+        while not all(w.reported for w in workers) and (left := deadline - time.monotonic()) > 0:
+            _gather(workers, left)
+        stop_processes([w.process for w in workers], grace=WORKER_GRACE / 2)
+        for w in workers:
+            w.results.close()
+    for w in workers:
+        if isinstance(w.outcome, Exception):
+            raise w.outcome
+    if not stop.is_set() and any(w.outcome is None for w in workers):
+        codes = ", ".join(str(w.process.exitcode) for w in workers if w.outcome is None)
+        raise RolloutError(f"a drain worker died (exit code {codes}); run again to finish")
+    return [w.outcome for w in workers if isinstance(w.outcome, DrainReport)]
 
 
 def _merge(reports: Iterable[DrainReport], into: DrainReport) -> DrainReport:
@@ -687,6 +900,7 @@ def _merge(reports: Iterable[DrainReport], into: DrainReport) -> DrainReport:
         into.sent += r.sent
         into.failed += r.failed
         into.skipped.update(r.skipped)
+        into.put_back += r.put_back
         into.failures += r.failures
     return into
 
@@ -710,20 +924,23 @@ def drain(
     duplicate. More processes help where rendering and the HTTP client's own work
     are the limit (a local server on a small machine); against SendGrid, more
     concurrency is the lever. Worker processes use the real clock and need a
-    sender that pickles (both senders do)."""
+    sender that pickles (both senders do).
+
+    SIGTERM or SIGINT (from the main thread's point of view) stops the drain: what was
+    in flight is recorded or put back, every worker is gone before the run lock is let
+    go, and then :class:`rollout.stopping.Stopped` is raised with the counts."""
     report = DrainReport(sender.name)
-    with exclusive_run(registry_url, "notify"), open_registry(registry_url) as engine:
-        with engine.begin() as connection:
-            # Left in flight by a drain that died: it may or may not have sent them.
-            report.resumed = connection.execute(
-                update(NOTIFICATIONS)
-                .where(NOTIFICATIONS.c.state == "sending")
-                .values(state="queued", updated_at=clock())
-            ).rowcount
+    with (
+        stop_requested_by_signals() as stop,
+        exclusive_run(registry_url, "notify"),
+        open_registry(registry_url) as engine,
+    ):
+        # Left in flight by a drain that died: it may or may not have sent them.
+        report.resumed = _requeue_in_flight(engine, clock())
         waiting = sum(pending(engine).values())
         total = min(waiting, limit) if limit is not None else waiting
         if processes <= 1:
-            return _merge(
+            _merge(
                 [
                     _drain_loop(
                         engine,
@@ -733,23 +950,35 @@ def drain(
                         limit=limit,
                         clock=clock,
                         progress=(lambda r: progress(r.done, total)) if progress else None,
+                        stop=stop,
                     )
                 ],
                 report,
             )
-        share = None if limit is None else -(-limit // processes)
-        context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
-        with context.Pool(processes) as pool:
-            running = pool.starmap_async(
-                _drain_worker,
-                [(registry_url, plan, sender, concurrency, share)] * processes,
-            )
-            while not running.ready():
-                running.wait(0.5)
+        else:
+
+            def advance() -> None:
                 if progress:
                     done = waiting - sum(pending(engine).values())
                     progress(min(done, total), total)
-            return _merge(running.get(), report)
+
+            try:
+                reports = _drain_in_processes(
+                    registry_url,
+                    plan,
+                    sender,
+                    processes=processes,
+                    concurrency=concurrency,
+                    limit=limit,
+                    stop=stop,
+                    progress=advance,
+                )
+                _merge(reports, report)
+            finally:
+                # What killed workers held: no drain process is left, the lock still held.
+                report.put_back += _requeue_in_flight(engine, clock())
+    stop.raise_if_set(f"stopped: {report.sent} sent, {report.put_back} put back")
+    return report
 
 
 def retry_failed(engine: Engine) -> int:

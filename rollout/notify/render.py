@@ -7,7 +7,6 @@ one line whatever a value contains, so nothing can add a header.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -17,6 +16,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, Undefined, select_autoescape
 
 from rollout.notify.emails import EMAILS, Email, Recipient
+from rollout.notify.message import header_text
 from rollout.plan import Plan
 
 
@@ -62,8 +62,9 @@ def environment() -> Environment:
 
 
 def one_line(text: str) -> str:
-    """Whitespace (CR and LF included) collapsed: a subject cannot spill into headers."""
-    return re.sub(r"\s+", " ", text).strip()
+    """Control characters and whitespace (CR and LF included) collapsed: a subject cannot
+    spill into headers, nor fail to send for a control character in an org's name."""
+    return header_text(text)
 
 
 def template_names(name: str) -> tuple[str, str, str]:

@@ -49,7 +49,7 @@ from sendgrid.helpers.mail import (
 )
 
 from rollout.files import write_atomically
-from rollout.notify.message import DeliveryFailed, Message, Sender
+from rollout.notify.message import DeliveryFailed, Message, Sender, header_address
 
 if TYPE_CHECKING:
     from rollout.config import Settings
@@ -143,15 +143,21 @@ def _truncate(text: str, limit: int = MAX_REASON) -> str:
 def header_problem(message: Message) -> str | None:
     """Why the message's header values are unsafe to send, or None.
 
-    CR/LF in a name or subject could inject headers; the stdlib refuses them and SendGrid
-    may fold or reject them. A rendered subject with a newline is a template bug: fail the
-    message permanently with a clear reason instead of sending something mangled.
+    CR/LF in a subject could inject headers; the stdlib refuses them and SendGrid may fold
+    or reject them. Rendering makes every subject one line, so one with a newline is a
+    bug: fail the message permanently with a clear reason instead of sending something
+    mangled. (A name with control characters is left out instead: ``header_name``.)
     """
     if not _ADDRESS_RE.match(message.to_address):
         return f"invalid recipient address {message.to_address!r}"
-    for label, value in (("recipient name", message.to_name), ("subject", message.subject)):
-        if value and _CONTROL_RE.search(value):
-            return f"{label} contains control characters (CR/LF?): {_truncate(repr(value), 120)}"
+    try:
+        header_address(message.to_address)
+    except UnicodeError:
+        return f"invalid recipient address {message.to_address!r} (its domain is not IDNA)"
+    if _CONTROL_RE.search(message.subject):
+        return (
+            f"subject contains control characters (CR/LF?): {_truncate(repr(message.subject), 120)}"
+        )
     if not message.subject.strip():
         return "empty subject"
     if not message.text and not message.html:
@@ -273,9 +279,9 @@ class SendGridSender:
         mail.from_email = From(self.from_address, self.from_name or None)
         # Set fields directly: To(address) alone would parse "Name <addr>" strings.
         recipient = To()
-        recipient.email = message.to_address
-        if message.to_name:
-            recipient.name = message.to_name
+        recipient.email = header_address(message.to_address)
+        if message.header_name:
+            recipient.name = message.header_name
         personalization = Personalization()
         personalization.add_to(recipient)
         mail.add_personalization(personalization)
@@ -431,7 +437,9 @@ class FileSender:
         """The message as MIME: multipart/alternative, text then HTML."""
         mime = EmailMessage()  # policy=default: refuses CR/LF in headers, encodes non-ASCII
         mime["From"] = Address(display_name=self.from_name, addr_spec=self.from_address)
-        mime["To"] = Address(display_name=message.to_name or "", addr_spec=message.to_address)
+        mime["To"] = Address(
+            display_name=message.header_name or "", addr_spec=header_address(message.to_address)
+        )
         mime["Subject"] = message.subject
         mime["Date"] = email.utils.format_datetime(self._clock())
         domain = self.from_address.rpartition("@")[2] or "localhost"

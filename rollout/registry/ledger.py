@@ -102,6 +102,7 @@ def start_run(
     mode: str,
     actor: str,
     parameters: Mapping[str, Any],
+    lock: str | None = None,
 ) -> str:
     run_id = uuid.uuid4().hex
     connection.execute(
@@ -115,6 +116,7 @@ def start_run(
             started_at=utc_now(),
             parameters=dict(parameters),
             summary={},
+            lock_name=lock,
         )
     )
     return run_id
@@ -146,11 +148,16 @@ def recorded_run(
     step: str,
     mode: str,
     actor: str,
+    lock: str,
     parameters: Mapping[str, Any] | None = None,
 ) -> Iterator[RunRecord]:
     """A plan_runs row around a run: 'running' at once (its own transaction, so the
     effects can cite it), then 'succeeded' with the summary, or 'failed' with what
-    was done so far if anything, a kill aside, goes wrong."""
+    was done so far if anything, a kill aside, goes wrong.
+
+    ``lock`` names the run lock (``locks.exclusive_run``) the caller holds for the
+    whole run: after a kill, the row stays 'running' while its lock is free, which is
+    how ``plan show`` tells an interrupted run from one still at work."""
     with engine.begin() as connection:
         run = RunRecord(
             start_run(
@@ -160,6 +167,7 @@ def recorded_run(
                 mode=mode,
                 actor=actor,
                 parameters=parameters or {},
+                lock=lock,
             )
         )
     try:

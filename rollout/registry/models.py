@@ -48,6 +48,7 @@ TEAM_PERMISSIONS = ("read", "write")
 NOTIFICATION_STATES = ("queued", "sending", "sent", "failed", "skipped")
 PLAN_RUN_MODES = ("preview", "apply", "rollback")
 PLAN_RUN_STATES = ("running", "succeeded", "failed")
+REGISTRY_KINDS = ("sample",)
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
@@ -120,7 +121,8 @@ class WebSession(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
-    revoked_reason: Mapped[str | None] = mapped_column(String(200))
+    # Says which phase and cohort (plan names, up to 100 characters each).
+    revoked_reason: Mapped[str | None] = mapped_column(String(300))
 
 
 class Token(Base):
@@ -163,7 +165,8 @@ class OrgMember(Base):
     role: Mapped[str] = mapped_column(String(16))
     joined_at: Mapped[datetime] = mapped_column(DateTime)
     removed_at: Mapped[datetime | None] = mapped_column(DateTime)
-    removed_reason: Mapped[str | None] = mapped_column(String(200))
+    # Names the org (up to 214 characters).
+    removed_reason: Mapped[str | None] = mapped_column(String(300))
 
 
 class Team(Base):
@@ -216,7 +219,9 @@ class PlanRun(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     plan: Mapped[str] = mapped_column(String(200))
-    step: Mapped[str] = mapped_column(String(200))
+    # Wide enough for any name the registry allows: ``enforce <org>`` with a 214-character
+    # org name (NAME_LIMIT).
+    step: Mapped[str] = mapped_column(String(300))
     mode: Mapped[str] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16))
     actor: Mapped[str] = mapped_column(String(200))
@@ -224,6 +229,30 @@ class PlanRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     parameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
     summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The run lock (locks.exclusive_run) the run holds while it works: a row still
+    # 'running' whose lock is free was left by a process that is gone (interrupted).
+    lock_name: Mapped[str | None] = mapped_column(String(50))
+
+
+class PhaseRequirement(Base):
+    """An applied phase requires 2FA of an account: one row per account and phase.
+
+    An account is 2FA-required (``accounts.tfa_required_at``) while at least one row
+    names it. Enforcing a phase adds its rows, rolling it back deletes them and clears
+    the flag of exactly the accounts left with none: the truth of "who requires whom"
+    is here, by construction, not read back from the audit ledger (which records both
+    directions).
+    """
+
+    __tablename__ = "phase_requirements"
+    __table_args__ = (Index("ix_phase_requirements_phase", "phase"),)
+
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    phase: Mapped[str] = mapped_column(String(100), primary_key=True)
+    required_at: Mapped[datetime] = mapped_column(DateTime)
+    run_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class CohortPackage(Base):
@@ -291,7 +320,8 @@ class Action(Base):
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
-    effect_key: Mapped[str] = mapped_column(String(300), unique=True)
+    # Keys join a kind, plan names (<= 100 characters) and registry names (<= 214).
+    effect_key: Mapped[str] = mapped_column(String(500), unique=True)
     action: Mapped[str] = mapped_column(String(100))
     # No foreign keys: the ledger outlives what it describes (an account may be
     # deleted, its history may not), and on PostgreSQL the per-row checks were a third
@@ -324,7 +354,8 @@ class Notification(Base):
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
     email: Mapped[str] = mapped_column(String(100))
     # '' rather than NULL for emails outside a phase: NULLs never collide in UNIQUE.
-    phase: Mapped[str] = mapped_column(String(100), default="")
+    # A plan phase, or ``org:<org>`` for an org's enforcement (an org name is up to 214).
+    phase: Mapped[str] = mapped_column(String(300), default="")
     # Which of the phase's emails of this kind: "14d" for a reminder, a brown-out's name.
     occasion: Mapped[str] = mapped_column(String(100), default="", server_default="")
     state: Mapped[str] = mapped_column(String(16))
@@ -366,6 +397,23 @@ class BrownoutWindow(Base):
     reason: Mapped[str | None] = mapped_column(Text)
 
 
+class RegistryMark(Base):
+    """What made this registry, when something other than ``rollout db upgrade`` did.
+
+    ``rollout sample`` writes kind 'sample' when it fills a registry, and replaces only
+    registries carrying that mark: a registry without it holds real accounts and
+    history, and no rehearsal may empty it. Not extracted to the warehouse.
+    """
+
+    __tablename__ = "registry_marks"
+    __table_args__ = (CheckConstraint(_one_of("kind", REGISTRY_KINDS), name="kind"),)
+
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    # What wrote it, e.g. "rollout sample --scale tiny --seed 7".
+    note: Mapped[str] = mapped_column(Text)
+
+
 # The tables the sample generator and the warehouse extract know, in dependency order.
 REGISTRY_TABLES: tuple[str, ...] = (
     "accounts",
@@ -380,6 +428,7 @@ REGISTRY_TABLES: tuple[str, ...] = (
 )
 LEDGER_TABLES: tuple[str, ...] = (
     "plan_runs",
+    "phase_requirements",
     "cohort_packages",
     "cohort_memberships",
     "actions",

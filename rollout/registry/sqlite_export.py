@@ -16,6 +16,7 @@ import adbc_driver_sqlite.dbapi as adbc_sqlite
 import pyarrow as pa
 
 from rollout.registry.models import Base, extracted_columns
+from rollout.stopping import as_child
 
 # ADBC's SQLite driver guesses each column's type from a batch's values, and a batch
 # whose values are all NULL is guessed as an integer; a later text value then fails.
@@ -51,6 +52,9 @@ def export(database: str, folder: Path, tables: list[str], numeric: dict[str, se
 
 
 def main(argv: list[str]) -> None:
+    # Nothing to put back: SIGTERM (the parent's stop, or its death) ends it at once;
+    # Ctrl-C reaches the whole process group, and the parent decides.
+    as_child(wind_down=False)
     database, folder, *specs = argv
     tables, numeric = [], {}
     for spec in specs:  # TABLE:col1,col2 (the numeric columns)

@@ -440,7 +440,8 @@ def test_its_artifact_names_the_account_count(
     assert artifact["flow_run_id"] == preview_run.flow_run["id"]
     count = home.expected_count
     assert f"| accounts without 2FA to require it of | {count} |" in artifact["data"]
-    assert f"--expect {count}`" in artifact["data"]
+    assert f"expected count **{count}**" in artifact["data"]
+    assert "--apply" not in artifact["data"]  # the approval is the way, not a CLI bypass
 
 
 def test_it_writes_the_csv_and_its_record_but_nothing_to_the_registry(

@@ -13,13 +13,48 @@ target_metadata = Base.metadata
 def run_migrations_online() -> None:
     engine = config.attributes["engine"]
     with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite alters a table by copying it and dropping the old one, which its
+            # foreign keys refuse while other tables' rows point at it (plan_runs, on
+            # any registry that has run a step). Off for the migration (the pragma is
+            # ignored inside a transaction, so before it), then every key checked.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            # Ends the transaction SQLAlchemy began around the pragma, so that the
+            # migration's own transaction is a real one and commits.
+            connection.commit()
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
-            render_as_batch=connection.dialect.name == "sqlite",
+            render_as_batch=sqlite,
+            # One transaction for the whole run on SQLite too (its DDL is
+            # transactional): a downgrade one revision refuses leaves the revisions
+            # above it as they were, not half undone.
+            transactional_ddl=True,
         )
-        with context.begin_transaction():
-            context.run_migrations()
+        driver = connection.connection.driver_connection
+        if sqlite:
+            # pysqlite begins a transaction only before INSERT/UPDATE/DELETE, so DDL
+            # ahead of them committed at once: left in autocommit, the driver runs the
+            # explicit BEGIN below and everything after it in that one transaction.
+            isolation = driver.isolation_level
+            driver.isolation_level = None
+        try:
+            with context.begin_transaction():
+                if sqlite:
+                    connection.exec_driver_sql("BEGIN")
+                context.run_migrations()
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"the migration broke foreign keys: {broken[:5]}")
+        finally:
+            if sqlite:
+                # The pooled connection goes back as it came, even from a failed run:
+                # the driver's usual transactions, foreign keys checked.
+                driver.isolation_level = isolation
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
 
 
 run_migrations_online()

@@ -39,7 +39,44 @@ def upgrade() -> None:
     )
 
 
+# Below this revision an account has one email of a kind per phase, so rows that differ
+# only by occasion (the 14- and 3-day reminders) cannot all stay. They are merged rather
+# than the downgrade refused: every registry that has sent a phase's reminders has such
+# rows, so refusing would make this revision impossible to leave. The row kept is the
+# one that went furthest towards the inbox, the earliest sent first: to code at 0003 a
+# row means "this account got this email for this phase", which it states truly, and a
+# queued row kept beside a sent one would send the email a second time.
+_MERGE_OCCASIONS = """
+DELETE FROM notifications
+WHERE id IN (
+    SELECT id
+    FROM (
+        SELECT
+            id,
+            row_number() OVER (
+                PARTITION BY account_id, email, phase
+                ORDER BY
+                    CASE state
+                        WHEN 'sent' THEN 0
+                        WHEN 'sending' THEN 1
+                        WHEN 'failed' THEN 2
+                        WHEN 'queued' THEN 3
+                        ELSE 4
+                    END,
+                    CASE WHEN sent_at IS NULL THEN 1 ELSE 0 END,
+                    sent_at,
+                    created_at,
+                    id
+            ) AS rank
+        FROM notifications
+    ) AS ranked
+    WHERE ranked.rank > 1
+)
+"""
+
+
 def downgrade() -> None:
+    op.execute(_MERGE_OCCASIONS)
     op.drop_table("email_suppressions")
     with op.batch_alter_table("notifications", schema=None) as batch_op:
         batch_op.drop_constraint("uq_notifications_natural_key", type_="unique")

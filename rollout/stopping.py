@@ -1,0 +1,202 @@
+"""A stop stops (DESIGN.md rule 8): SIGTERM or SIGINT ends a command and every process
+it started, promptly, with what was in flight put back or recorded.
+
+The parent turns the signal into a stop request that its loops check between units of
+work (or, where there is nothing to put back, into :class:`Stopped` at once), asks its
+children to stop with SIGTERM, kills those still there after a short grace, reaps them
+all, and only then leaves the run lock. A child ignores SIGINT, because a terminal's
+Ctrl-C reaches the whole process group and the parent coordinates; it winds down on
+SIGTERM; and it gets SIGTERM when its parent dies, however the parent died.
+
+Plain standard library, so that every layer may use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from multiprocessing.process import BaseProcess
+from subprocess import Popen
+from types import FrameType
+from typing import Any
+
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+# How a parent tells a child started with subprocess who it is (see as_child).
+PARENT_PID_VARIABLE = "ROLLOUT_PARENT_PID"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_WATCH_PARENT_EVERY = 0.2  # seconds; where prctl is missing
+
+
+class Stopped(KeyboardInterrupt):
+    """The command was asked to stop, by ``signum``, and wound down.
+
+    A KeyboardInterrupt, so that no ``except Exception`` on the way up mistakes it for a
+    failure of the work at hand (a message that failed to render, say)."""
+
+    def __init__(self, signum: int, summary: str = "") -> None:
+        super().__init__(summary or f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a death by signal: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + self.signum
+
+
+class StopRequest:
+    """Whether a stop was asked for, and by which signal.
+
+    Set from signal handlers, hence a plain attribute: ``threading.Event.set`` takes a
+    lock that the interrupted code may be holding."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def set(self, signum: int = signal.SIGTERM) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def is_set(self) -> bool:
+        return self.signum is not None
+
+    def raise_if_set(self, summary: str = "") -> None:
+        if self.signum is not None:
+            raise Stopped(self.signum, summary)
+
+
+@contextlib.contextmanager
+def stop_requested_by_signals(*, raise_at_once: bool = False) -> Iterator[StopRequest]:
+    """For the duration, SIGTERM and SIGINT set the returned request instead of ending
+    the process; the code checks it between units of work and winds down.
+
+    ``raise_at_once``: the first signal also raises :class:`Stopped` in the main thread,
+    for work with nothing to put back that waits where no loop could check (a child's
+    output). Later signals only set the request, so clean-up code is not cut short.
+
+    Outside the main thread (a Prefect task may run in a worker thread) handlers cannot
+    be installed: the request is never set, and children still stop with the process."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        first = not request.is_set()
+        request.set(signum)
+        if raise_at_once and first:
+            raise Stopped(signum)
+
+    previous = {signum: signal.signal(signum, handle) for signum in STOP_SIGNALS}
+    try:
+        yield request
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back in this thread while children start. A child inherits
+    the mask, so one that lands while it boots waits until :func:`as_child` has installed
+    its handlers (rather than printing a KeyboardInterrupt traceback); the parent gets its
+    own once the block ends, none lost.
+
+    multiprocessing's spawn starts its resource tracker first and unblocks both signals on
+    the way: start the tracker before holding them (``hold_for_multiprocessing``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def hold_for_multiprocessing() -> contextlib.AbstractContextManager[None]:
+    """:func:`signals_held`, for starting multiprocessing's spawn children."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    return signals_held()
+
+
+def as_child(parent_pid: int | None = None, *, wind_down: bool = True) -> StopRequest:
+    """Call first thing in a child process: ignore SIGINT, stop on SIGTERM, and get
+    SIGTERM when the parent dies.
+
+    ``wind_down``: SIGTERM sets the returned request (the child's loop checks it and puts
+    back what it holds); without, SIGTERM ends the child at once (it has nothing to save).
+    ``parent_pid`` defaults to :data:`PARENT_PID_VARIABLE` from the environment."""
+    if parent_pid is None:
+        parent_pid = int(os.environ.get(PARENT_PID_VARIABLE) or os.getppid())
+    request = StopRequest()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if wind_down:
+        signal.signal(signal.SIGTERM, lambda signum, frame: request.set(signum))
+    else:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not _die_with_parent():
+        _watch_parent(parent_pid)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # see signals_held
+    if os.getppid() != parent_pid:  # it died before the death signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+    return request
+
+
+def _die_with_parent() -> bool:
+    """Ask Linux for SIGTERM when the parent dies; False where that cannot be had.
+
+    The signal comes when the parent's thread that started us ends; a parent waits for
+    its children in that thread, so that is when the parent is done or gone."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """The portable fallback: a thread that sends us SIGTERM once we are orphaned."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_WATCH_PARENT_EVERY)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+Child = BaseProcess | Popen[Any]
+
+
+def _running(child: Child) -> bool:
+    if isinstance(child, Popen):
+        return child.poll() is None
+    return child.is_alive()
+
+
+def stop_processes(children: Sequence[Child], grace: float) -> None:
+    """SIGTERM every child still running, give them ``grace`` seconds to wind down, kill
+    those still there, and reap them all: when this returns, none is left."""
+    for child in children:
+        if _running(child):
+            child.terminate()
+    deadline = time.monotonic() + grace
+    while any(_running(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for child in children:
+        if _running(child):
+            child.kill()
+        if isinstance(child, Popen):
+            child.wait()
+        else:
+            child.join()

@@ -1,0 +1,207 @@
+"""Registry rows for tests, from factory_boy factories with traits.
+
+Bind a registry first (the ``factories`` fixture of tests/conftest.py does), then::
+
+    alice = AccountFactory(sessions=2, in_cohort="top-100")
+    bob = AccountFactory(with_totp=True, in_cohort="top-100")
+
+Each factory call commits, so the code under test (which opens its own connections)
+sees the rows at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, datetime
+from typing import Any
+
+import factory
+from factory.alchemy import SQLAlchemyModelFactory
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from rollout.registry.models import (
+    Account,
+    CohortMembership,
+    CohortPackage,
+    Notification,
+    Org,
+    OrgMember,
+    TfaFactor,
+    Token,
+    WebSession,
+)
+
+T0 = datetime(2021, 6, 1)
+COHORT_DAY = date(2022, 1, 3)
+
+_sessions: list[Session] = []
+
+
+@contextmanager
+def bound_to(engine: Engine) -> Iterator[Session]:
+    """Make the factories write to ``engine`` for the duration of the block."""
+    with Session(engine, expire_on_commit=False) as session:
+        _sessions.append(session)
+        try:
+            yield session
+        finally:
+            _sessions.pop()
+
+
+def _current() -> Session:
+    if not _sessions:
+        raise RuntimeError("bind the factories to a registry first (the `factories` fixture)")
+    return _sessions[-1]
+
+
+class _Factory(SQLAlchemyModelFactory):
+    class Meta:
+        abstract = True
+        sqlalchemy_session_factory = _current
+        sqlalchemy_session_persistence = "commit"
+
+
+class AccountFactory(_Factory):
+    """An account without 2FA. Traits: ``with_totp``, ``with_webauthn``; ``sessions=N``
+    live web sessions; ``in_cohort="name"`` (or a list of names) a current membership."""
+
+    class Meta:
+        model = Account
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    email = factory.LazyAttribute(lambda a: f"{a.username}@example.com")
+    email_verified = True
+    created_at = T0
+
+    class Params:
+        with_totp = factory.Trait(
+            totp=factory.RelatedFactory("tests.factories.FactorFactory", "account", kind="totp")
+        )
+        with_webauthn = factory.Trait(
+            webauthn=factory.RelatedFactory(
+                "tests.factories.FactorFactory", "account", kind="webauthn"
+            )
+        )
+
+    @factory.post_generation
+    def sessions(account: Account, create: bool, extracted: int | None, **_: Any) -> None:
+        for _ in range(extracted or 0):
+            SessionFactory(account=account)
+
+    @factory.post_generation
+    def in_cohort(account: Account, create: bool, extracted: str | list[str] | None, **_: Any):
+        names = [extracted] if isinstance(extracted, str) else list(extracted or [])
+        for name in names:
+            MembershipFactory(account=account, cohort=name)
+
+
+class FactorFactory(_Factory):
+    class Meta:
+        model = TfaFactor
+        exclude = ("account",)
+
+    account = factory.SubFactory(AccountFactory)
+    account_id = factory.SelfAttribute("account.id")
+    kind = "totp"
+    created_at = T0
+
+
+class SessionFactory(_Factory):
+    """A live web session (``revoked=True``: one already signed out)."""
+
+    class Meta:
+        model = WebSession
+        exclude = ("account",)
+
+    account = factory.SubFactory(AccountFactory)
+    account_id = factory.SelfAttribute("account.id")
+    created_at = T0
+
+    class Params:
+        revoked = factory.Trait(revoked_at=T0, revoked_reason="signed out")
+
+
+class TokenFactory(_Factory):
+    class Meta:
+        model = Token
+        exclude = ("account",)
+
+    account = factory.SubFactory(AccountFactory)
+    account_id = factory.SelfAttribute("account.id")
+    name = factory.Sequence(lambda n: f"ci-{n}")
+    kind = "automation"
+    created_at = T0
+
+
+class MembershipFactory(_Factory):
+    """A current cohort membership (``left=True``: the account has since left)."""
+
+    class Meta:
+        model = CohortMembership
+        exclude = ("account",)
+
+    account = factory.SubFactory(AccountFactory)
+    account_id = factory.SelfAttribute("account.id")
+    cohort = "top-100"
+    packages = factory.LazyFunction(lambda: ["pkg"])
+    first_qualified_on = COHORT_DAY
+    last_qualified_on = COHORT_DAY
+
+    class Params:
+        left = factory.Trait(left_on=date(2022, 1, 10))
+
+
+class OrgFactory(_Factory):
+    class Meta:
+        model = Org
+
+    name = factory.Sequence(lambda n: f"org{n}")
+    created_at = T0
+
+
+class OrgMemberFactory(_Factory):
+    class Meta:
+        model = OrgMember
+        exclude = ("org", "account")
+
+    org = factory.SubFactory(OrgFactory)
+    account = factory.SubFactory(AccountFactory)
+    org_id = factory.SelfAttribute("org.id")
+    account_id = factory.SelfAttribute("account.id")
+    role = "developer"
+    joined_at = T0
+
+
+class NotificationFactory(_Factory):
+    """An email in the outbox, queued unless told otherwise."""
+
+    class Meta:
+        model = Notification
+        exclude = ("account",)
+
+    account = factory.SubFactory(AccountFactory)
+    account_id = factory.SelfAttribute("account.id")
+    email = "phase_notice"
+    phase = "top-100"
+    occasion = ""
+    state = "queued"
+    context = factory.LazyFunction(dict)
+    attempts = 0
+    created_at = T0
+    updated_at = T0
+
+
+class CohortPackageFactory(_Factory):
+    """A package in a cohort since COHORT_DAY."""
+
+    class Meta:
+        model = CohortPackage
+
+    cohort = "top-100"
+    package = factory.Sequence(lambda n: f"pkg{n}")
+    package_key = factory.LazyAttribute(lambda p: p.package.lower())
+    first_qualified_on = COHORT_DAY
+    last_qualified_on = COHORT_DAY
+    reasons = factory.LazyFunction(lambda: ["top-100 by dependents"])

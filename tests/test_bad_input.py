@@ -1,0 +1,286 @@
+"""Input that cannot be used is refused, never crashed on: exit code 2, the file, line and
+reason on stderr (DESIGN.md), and nothing written or changed."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner, Result
+
+from rollout.cli import app
+from rollout.errors import BadInput
+from rollout.locks import exclusive_run
+from rollout.plan import load_plan
+from rollout.previews import save_preview
+from rollout.registry.engine import make_engine, session_scope
+from rollout.registry.migrate import upgrade
+from rollout.registry.models import Account
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT / "plans" / "npm-2022.yaml"
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+def files_under(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` with its size and mtime: what "changed nothing" compares."""
+    if not folder.exists():
+        return {}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def refused(result: Result) -> str:
+    """The one-line refusal of a command that exited 2, never a traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+# --- plan files -----------------------------------------------------------------------
+
+# (what is wrong, edit of the reference plan, the reason stderr must give)
+BAD_PLANS = [
+    (
+        "impossible date",
+        ("notice_on: 2022-01-04", "notice_on: 2022-02-30"),
+        "'2022-02-30' is not a real date",
+    ),
+    (
+        "repeated key",
+        ("    batch_size: 500\n", "    batch_size: 500\n    batch_size: 50\n"),
+        "'batch_size' appears twice",
+    ),
+    ("negative repeat_days", ("reminder: 7", "reminder: -7"), "repeat_days.reminder"),
+    ("misspelt repeat_days", ("reminder: 7", "remidner: 7"), "repeat_days.remidner"),
+    ("phase name with a path", ("  - name: top-100", "  - name: ../../x"), "phases.0.name"),
+]
+
+
+def bad_plan(tmp_path: Path, edit: tuple[str, str]) -> tuple[Path, int]:
+    """The reference plan with one edit, and the line of the edit."""
+    old, new = edit
+    text = REFERENCE.read_text()
+    assert old in text
+    text = text.replace(old, new, 1)
+    path = tmp_path / "plan.yaml"
+    path.write_text(text)
+    last = new.splitlines()[-1].strip()
+    return path, next(n for n, line in enumerate(text.splitlines(), 1) if line.strip() == last)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["plan", "show"],
+        ["phase", "preview", "top-100"],
+        ["brownout", "schedule"],
+        ["notify", "preview"],
+        ["cohorts", "show", "top-100"],
+        ["report", "--as-of", "2022-02-01"],
+    ],
+    ids=" ".join,
+)
+@pytest.mark.parametrize(("what", "edit", "reason"), BAD_PLANS, ids=[c[0] for c in BAD_PLANS])
+def test_every_command_refuses_a_bad_plan_naming_file_and_line(
+    rollout_home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+    what: str,
+    edit: tuple[str, str],
+    reason: str,
+) -> None:
+    path, line = bad_plan(tmp_path, edit)
+    monkeypatch.setenv("ROLLOUT_PLAN", str(path))
+    stderr = refused(run(*command))
+    assert f"{path}:{line}: " in stderr and reason in stderr
+    assert not rollout_home.exists()
+
+
+@pytest.mark.parametrize(("what", "edit", "reason"), BAD_PLANS, ids=[c[0] for c in BAD_PLANS])
+def test_plan_check_refuses_a_bad_plan(
+    rollout_home: Path, tmp_path: Path, what: str, edit: tuple[str, str], reason: str
+) -> None:
+    path, line = bad_plan(tmp_path, edit)
+    stderr = refused(run("plan", "check", str(path)))
+    assert f"{path}:{line}: " in stderr and reason in stderr
+
+
+def test_a_plan_mixing_utc_and_offset_times_is_valid(rollout_home: Path, tmp_path: Path) -> None:
+    path, _ = bad_plan(
+        tmp_path, ("starts_at: 2022-02-23T00:00:00", "starts_at: 2022-02-23T00:00:00+02:00")
+    )
+    result = run("plan", "check", str(path))
+    assert result.exit_code == 0, result.stderr
+
+
+def test_a_preview_never_writes_outside_reports_previews(tmp_path: Path) -> None:
+    reports = tmp_path / "home" / "reports"
+    preview = SimpleNamespace(
+        phase="../../escaped", cohort="c", targets=[], count=0, sessions=0, compliant=0, exempted=[]
+    )
+    with pytest.raises(BadInput, match=r"phase '\.\./\.\./escaped' cannot be used in a file name"):
+        save_preview(load_plan(REFERENCE), preview, reports, actor="test")  # type: ignore[arg-type]
+    assert files_under(tmp_path) == {}
+
+
+def test_a_lock_file_never_lands_outside_the_database_folder(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db' / 'registry.db'}"
+    with (
+        pytest.raises(BadInput, match=r"lock '/\.\./x' cannot be used in a file name"),
+        exclusive_run(url, "/../x"),
+    ):
+        pass
+    assert files_under(tmp_path) == {}
+
+
+# --- numeric options ------------------------------------------------------------------
+
+BAD_NUMBERS = [
+    ["cohorts", "simulate", "--top", "-5"],
+    ["cohorts", "simulate", "--top", "0"],
+    ["cohorts", "simulate", "--weekly-downloads-gt", "-1"],
+    ["cohorts", "simulate", "--dependents-gte", "0"],
+    ["quarantine", "--limit", "-1"],
+    ["quarantine", "--limit", "0"],
+    ["elv", "enroll-all", "--apply", "--batch-size", "0"],
+    ["elv", "enroll-all", "--apply", "--batch-size", "-1"],
+    ["sample", "--scale", "tiny", "--seed", "-1"],
+    ["sample", "--scale", "tiny", "--days", "0"],
+    ["phase", "enforce", "top-100", "--apply", "--expect", "-1"],
+    ["notify", "send", "--apply", "--limit", "0"],
+    ["demo", "--seed", "-1"],
+    ["dev", "sendgrid", "--port", "70000"],
+]
+
+
+@pytest.fixture
+def registry_with_accounts(rollout_home: Path) -> Path:
+    """A registry of three accounts none of which is enrolled in ELV."""
+    database = rollout_home / "registry.db"
+    rollout_home.mkdir(parents=True)
+    engine = make_engine(f"sqlite:///{database}")
+    try:
+        upgrade(engine)
+        with session_scope(engine) as session:
+            session.add_all(
+                Account(
+                    username=name,
+                    email=f"{name.replace('/', '_')}@example.com",
+                    email_verified=True,
+                    created_at=datetime(2021, 6, 1),
+                )
+                for name in ("kim", "a/b", "../../../escaped")
+            )
+    finally:
+        engine.dispose()
+    return database
+
+
+@pytest.mark.parametrize("command", BAD_NUMBERS, ids=" ".join)
+def test_a_number_out_of_range_is_refused_before_anything_runs(
+    registry_with_accounts: Path, command: list[str]
+) -> None:
+    home = registry_with_accounts.parent
+    before = files_under(home)
+    stderr = refused(run(*command))
+    assert "Invalid value for" in stderr and f"'{command[-2]}'" in stderr
+    assert files_under(home) == before
+    with sqlite3.connect(registry_with_accounts) as connection:
+        enrolled = connection.execute(
+            "select count(*) from accounts where elv_enrolled_at is not null"
+        ).fetchone()[0]
+    assert enrolled == 0
+
+
+def numeric_parameters(command: Any, path: str = "rollout") -> list[tuple[str, Any]]:
+    """Every int or float option and argument of every command, by its command path."""
+    found = []
+    for name, sub in getattr(command, "commands", {}).items():
+        found += numeric_parameters(sub, f"{path} {name}")
+    for param in command.params:
+        if param.type_descriptor.annotation in (int, float):
+            found.append((f"{path} {param.opts[0]}", param))
+    return found
+
+
+def test_every_numeric_option_has_a_lower_bound() -> None:
+    parameters = numeric_parameters(typer.main.get_command(app))
+    assert len(parameters) >= 10
+    assert [name for name, param in parameters if param.min is None] == []
+
+
+# --- environment ----------------------------------------------------------------------
+
+BAD_ENVIRONMENT = [
+    ("ROLLOUT_QUARANTINE_LIMIT", "abc"),
+    ("ROLLOUT_QUARANTINE_LIMIT", "2"),
+    ("ROLLOUT_REGISTRY_URL", "nonsense"),
+    ("ROLLOUT_REGISTRY_URL", "mysql://db/registry"),
+    ("ROLLOUT_DUCKDB_MEMORY_LIMIT", "lots"),
+    ("ROLLOUT_SENDGRID_URL", "not a url"),
+    ("ROLLOUT_ACTOR", ""),
+    ("ROLLOUT_HOME", ""),
+    ("ROLLOUT_PLAN", ""),
+]
+
+
+@pytest.mark.parametrize("command", [["db", "status"], ["ingest"], ["summary"]], ids=" ".join)
+@pytest.mark.parametrize(("name", "value"), BAD_ENVIRONMENT)
+def test_a_bad_setting_is_one_line_naming_the_variable(
+    rollout_home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+    name: str,
+    value: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where a blank ROLLOUT_HOME would point
+    monkeypatch.setenv(name, value)
+    stderr = refused(run(*command))
+    assert f"environment variable {name}" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert files_under(tmp_path) == {}
+
+
+# --- usernames that become file names -------------------------------------------------
+
+
+@pytest.mark.parametrize("username", ["a/b", "../../../escaped"])
+def test_notify_preview_for_any_username_stays_in_outbox_preview(
+    registry_with_accounts: Path, monkeypatch: pytest.MonkeyPatch, username: str
+) -> None:
+    monkeypatch.setenv("ROLLOUT_PLAN", str(REFERENCE))
+    home = registry_with_accounts.parent
+    preview = home / "outbox" / "preview"
+    result = run("notify", "preview", "phase_notice", "--account", username)
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    written = [Path(line) for line in result.stdout.split()]
+    assert len(written) == 3
+    assert all(path.resolve().parent == preview.resolve() for path in written)
+    assert {str(Path("outbox/preview") / p.name) for p in written} | {"registry.db"} == set(
+        files_under(home)
+    )
+
+
+def test_notify_preview_for_an_unknown_account_writes_nothing(
+    registry_with_accounts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROLLOUT_PLAN", str(REFERENCE))
+    home = registry_with_accounts.parent
+    before = files_under(home)
+    stderr = refused(run("notify", "preview", "phase_notice", "--account", "../nobody"))
+    assert "no account named '../nobody'" in stderr
+    assert files_under(home) == before

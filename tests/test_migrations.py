@@ -1,0 +1,232 @@
+"""Every migration's downgrade works on data its upgrade produced, or says it cannot.
+
+On SQLite and PostgreSQL: the tiny sample at the newest revision, with a phase
+enforced, rolled back and enforced again, notices and two reminders queued (so the
+occasion of revision 0004 matters), brown-outs scheduled and an address suppressed:
+a row in every table. Then down one revision at a time to base, each step checked,
+and from each revision back up to the newest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect, text
+
+from rollout import brownouts, enforce
+from rollout.notify import outbox
+from rollout.plan import Plan
+from rollout.registry import migrate
+from rollout.registry.engine import make_engine
+from rollout.registry.models import Base
+from rollout.sample import generate_sample
+from tests.factories import AccountFactory, CohortPackageFactory, NotificationFactory, bound_to
+
+PHASE = "top-100"
+# The documented refusal: "cannot downgrade below <revision>: ...; nothing was changed".
+CANNOT = "cannot downgrade"
+
+
+def _revisions() -> list[str]:
+    """Every revision, newest first."""
+    script = ScriptDirectory(str(migrate.MIGRATIONS))
+    return [r.revision for r in script.walk_revisions()]
+
+
+REVISIONS = _revisions()
+
+
+def _counts(engine: Engine) -> dict[str, int]:
+    """Rows per table (alembic's own aside), read fresh."""
+    with engine.connect() as connection:
+        tables = set(inspect(connection).get_table_names()) - {"alembic_version"}
+        return {
+            t: connection.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+            for t in sorted(tables)
+        }
+
+
+def _columns(engine: Engine) -> dict[str, list[str]]:
+    with engine.connect() as connection:
+        inspector = inspect(connection)
+        return {
+            t: [c["name"] for c in inspector.get_columns(t)] for t in inspector.get_table_names()
+        }
+
+
+def _state(engine: Engine) -> tuple[str | None, dict[str, int], dict[str, list[str]]]:
+    return migrate.current_revision(engine), _counts(engine), _columns(engine)
+
+
+def _notification_keys(engine: Engine) -> int:
+    """Distinct (account, email, phase): all a registry below 0004 can hold."""
+    with engine.connect() as connection:
+        return connection.execute(
+            text(
+                "SELECT count(*) FROM (SELECT DISTINCT account_id, email, phase "
+                "FROM notifications) AS keys"
+            )
+        ).scalar_one()
+
+
+def _step_down(engine: Engine, target: str) -> bool:
+    """Downgrade one revision: True when it worked; False when it refused as documented,
+    in which case nothing may have changed."""
+    before = _state(engine)
+    try:
+        migrate.downgrade(engine, target)
+    except Exception as error:
+        assert CANNOT in str(error), f"downgrade to {target} failed: {error}"
+        assert "nothing was changed" in str(error)
+        assert _state(engine) == before
+        return False
+    assert migrate.current_revision(engine) == (None if target == "base" else target)
+    return True
+
+
+def _assert_matches_the_models(engine: Engine) -> None:
+    with engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+
+
+@pytest.fixture
+def populated(empty_registry_url: str, tmp_path: Path, reference_plan: Plan) -> Iterator[Engine]:
+    """A registry at the newest revision with realistic rows in every table."""
+    url = empty_registry_url
+    generate_sample(
+        "tiny",
+        7,
+        registry_url=url,
+        landing_dir=tmp_path / "landing",
+        end=date(2022, 3, 13),
+        days=110,
+    )
+    engine = make_engine(url)
+    with bound_to(engine):
+        for _ in range(3):
+            AccountFactory(sessions=2, in_cohort=PHASE)
+        AccountFactory(with_totp=True, sessions=1, in_cohort=PHASE)
+        CohortPackageFactory(cohort=PHASE)
+    brownouts.schedule(url, reference_plan, actor="rehearsal")
+    outbox.suppress(engine, "nobody@example.com", reason="bounced", actor="rehearsal")
+    # The notice, then both reminders (14 and 3 days before 2022-02-01): one account,
+    # one email kind, one phase, two occasions.
+    for day in (date(2022, 1, 4), date(2022, 1, 18), date(2022, 1, 29)):
+        outbox.queue_due(url, reference_plan, day, actor="rehearsal")
+
+    def enforce_now() -> None:
+        count = enforce.preview_phase(engine, reference_plan, reference_plan.phase(PHASE)).count
+        enforce.enforce_phase(url, reference_plan, PHASE, expect=count, actor="rehearsal")
+
+    enforce_now()
+    enforce.rollback_phase(url, reference_plan, PHASE, actor="rehearsal")
+    enforce_now()
+    yield engine
+    engine.dispose()
+
+
+def test_the_populated_registry_has_rows_everywhere_and_reminders_by_occasion(
+    populated: Engine,
+) -> None:
+    counts = _counts(populated)
+    assert set(counts) == set(Base.metadata.tables)
+    assert [t for t, n in counts.items() if n == 0] == []
+    with populated.connect() as connection:
+        occasions = connection.execute(
+            text(
+                "SELECT count(DISTINCT occasion) FROM notifications "
+                "WHERE email = 'reminder' GROUP BY account_id ORDER BY 1 DESC"
+            )
+        ).first()
+    assert occasions is not None and occasions[0] == 2
+    assert _notification_keys(populated) < counts["notifications"]
+
+
+def test_every_downgrade_works_on_what_upgrades_made_and_back_up_again(
+    populated: Engine,
+) -> None:
+    assert migrate.current_revision(populated) == REVISIONS[0]
+    accounts = _counts(populated)["accounts"]
+    targets = [*REVISIONS[1:], "base"]
+    for current, target in zip(REVISIONS, targets, strict=True):
+        before = _counts(populated)
+        keys = _notification_keys(populated) if "notifications" in before else 0
+        assert _step_down(populated, target), f"{current} refused to downgrade"
+        after = _counts(populated)
+        if target == "base":
+            assert after == {}
+            break
+        for table, rows in after.items():
+            if table == "notifications" and current == "0004":
+                # Rows differing only by occasion are merged into one.
+                assert rows == keys, table
+            else:
+                assert rows == before[table], (current, table)
+        # And back up from here: the data of every table left comes through.
+        migrate.upgrade(populated)
+        _assert_matches_the_models(populated)
+        assert _counts(populated)["accounts"] == accounts
+        migrate.downgrade(populated, target)
+        assert _counts(populated) == after
+    migrate.upgrade(populated)
+    assert migrate.is_up_to_date(populated)
+    _assert_matches_the_models(populated)
+
+
+def test_merging_occasions_keeps_the_email_that_went_furthest(registry: Engine) -> None:
+    """0004's downgrade keeps one row per (account, email, phase): the sent one, the
+    earliest sent of several, never a queued one beside it (it would be sent again)."""
+    with bound_to(registry):
+        alice, bob = AccountFactory(), AccountFactory()
+        sent = {"state": "sent", "attempts": 1}
+        NotificationFactory(
+            account=alice, email="reminder", occasion="14d", **sent, sent_at=date(2022, 1, 18)
+        )
+        NotificationFactory(account=alice, email="reminder", occasion="3d")
+        NotificationFactory(
+            account=bob,
+            email="reminder",
+            occasion="14d",
+            state="skipped",
+            skip_reason="unverified email",
+        )
+        NotificationFactory(
+            account=bob, email="reminder", occasion="3d", **sent, sent_at=date(2022, 1, 29)
+        )
+        NotificationFactory(
+            account=bob, email="reminder", occasion="30d", **sent, sent_at=date(2022, 1, 2)
+        )
+        NotificationFactory(account=bob, email="phase_notice")
+    migrate.downgrade(registry, "0003")
+    with registry.connect() as connection:
+        kept = connection.execute(
+            text(
+                "SELECT username, notifications.email, state, sent_at FROM notifications "
+                "JOIN accounts ON accounts.id = account_id ORDER BY 1, 2"
+            )
+        ).all()
+    assert [(u, e, s, str(at)[:10] if at else None) for u, e, s, at in kept] == [
+        (alice.username, "reminder", "sent", "2022-01-18"),
+        (bob.username, "phase_notice", "queued", None),
+        (bob.username, "reminder", "sent", "2022-01-02"),
+    ]
+    migrate.upgrade(registry)
+    _assert_matches_the_models(registry)
+
+
+def test_a_downgrade_that_cannot_says_so_and_changes_nothing(registry: Engine) -> None:
+    """An org name of 214 characters fits since 0005 only: below it, refused whole,
+    even when asked for several revisions at once."""
+    org = "o" * 214
+    with bound_to(registry):
+        NotificationFactory(phase=f"org:{org}", email="org_removal_notice")
+    for target in ("0004", "base"):
+        assert not _step_down(registry, target)
+    assert migrate.current_revision(registry) == REVISIONS[0]
+    _assert_matches_the_models(registry)

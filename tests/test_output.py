@@ -1,0 +1,175 @@
+"""What the tool prints and writes keeps hostile values data (DESIGN.md rule 7): CSV
+cells, terminal tables and messages, Markdown. The report's CSVs: test_reporting.py;
+emails: test_senders.py and test_emails.py."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+
+import pyarrow as pa
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from markdown_it import MarkdownIt
+
+from rollout.output import (
+    FORMULA_PREFIXES,
+    Format,
+    Markdown,
+    csv_cell,
+    csv_cells,
+    emit,
+    labelled,
+    markdown_text,
+    stderr,
+    visible,
+    write_csv,
+)
+
+from .hostile import EVERYTHING, FORMULAS, MARKUP, RICH_MARKUP, TERMINAL
+
+# CommonMark plus GitHub's tables and strikethrough, as Prefect and GitHub render them.
+MARKDOWN = MarkdownIt("commonmark").enable(["table", "strikethrough"])
+ROWS = [
+    {"username": name, "email": f"u{i}@example.com", "count": -i}
+    for i, name in enumerate(EVERYTHING)
+]
+
+
+# --- CSV ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", FORMULAS)
+def test_a_formula_cell_is_neutralised(value: str) -> None:
+    assert csv_cell(value) == "'" + value
+
+
+@pytest.mark.parametrize("value", [-5, -2.5, 0, True, "plain", "it's", "a=b", "", None])
+def test_numbers_and_plain_text_stay_as_they_are(value: object) -> None:
+    assert csv_cell(value) == ("" if value is None else value)
+
+
+@given(st.text())
+def test_no_csv_cell_starts_a_formula(value: str) -> None:
+    cell = csv_cell(value)
+    assert not cell.startswith(FORMULA_PREFIXES)
+    assert cell in (value, "'" + value)
+
+
+@given(st.lists(st.none() | st.text()))
+def test_the_arrow_rule_is_the_python_rule(values: list[str | None]) -> None:
+    column = pa.chunked_array([values], pa.string())
+    expected = [None if v is None else csv_cell(v) for v in values]
+    assert csv_cells(column).to_pylist() == expected
+
+
+def test_numbers_in_an_arrow_column_stay_numbers() -> None:
+    column = pa.chunked_array([[-5, 3]])
+    assert csv_cells(column).to_pylist() == [-5, 3]
+
+
+def read_csv(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text, newline="")))
+
+
+def test_write_csv_neutralises_every_text_cell() -> None:
+    out = io.StringIO(newline="")
+    write_csv(out, ["username", "email", "count"], ROWS)
+    rows = read_csv(out.getvalue())
+    assert [r["username"] for r in rows] == [csv_cell(name) for name in EVERYTHING]
+    assert rows[1]["count"] == "-1"  # a number, not text: no quote
+
+
+def test_emit_csv_neutralises_formulas(capsys: pytest.CaptureFixture[str]) -> None:
+    emit(ROWS, Format.csv)
+    rows = read_csv(capsys.readouterr().out)
+    assert [r["username"] for r in rows][: len(FORMULAS)] == ["'" + f for f in FORMULAS]
+    assert all(not r["username"].startswith(FORMULA_PREFIXES) for r in rows)
+
+
+# --- terminals ----------------------------------------------------------------------------
+
+
+def test_visible_shows_every_control_character() -> None:
+    assert visible("\x1b[2K\x1b[1Amallory") == "\\x1b[2K\\x1b[1Amallory"
+    assert visible("a\x7fb\x9bc\u202ed") == "a\\x7fb\\x9bc\\u202ed"
+    assert visible("two\nlines") == "two\\x0alines"
+    assert visible("two\nlines", lines=True) == "two\nlines"
+
+
+@given(st.text())
+def test_visible_text_has_no_control_character(value: str) -> None:
+    shown = visible(value)
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in shown)
+
+
+def test_a_table_shows_escapes_and_markup_as_text(capsys: pytest.CaptureFixture[str]) -> None:
+    emit(ROWS, Format.table, title="members of [bold]\x1b[2Korg")
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\x00" not in out
+    assert "\\x1b[2K\\x1b[1Amallory" in out
+    assert "members of [bold]\\x1b[2Korg" in out
+    for markup in RICH_MARKUP:
+        assert markup in out
+    # One row, one line: a line break in a value cannot fake another row.
+    assert "two\\x0alines" in out
+
+
+@pytest.mark.parametrize("value", TERMINAL + RICH_MARKUP)
+def test_messages_on_stderr_show_values_as_text(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stderr.print(f"released {value} from top-100")
+    stderr.print(labelled("error:", "bold red", f"no org named {value}"))
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert f"released {visible(value, lines=True)} from top-100" in err
+    assert f"error: no org named {visible(value, lines=True)}" in err
+
+
+# --- Markdown -----------------------------------------------------------------------------
+
+
+def rendered_text(value: object) -> str:
+    """What a Markdown renderer shows for ``markdown_text(value)`` in a paragraph."""
+    return MARKDOWN.render(markdown_text(value))
+
+
+def shown(value: str) -> str:
+    """What the reader should see: the value on one line, controls visible."""
+    return visible(" ".join(value.replace("\t", " ").splitlines())).strip(" ")
+
+
+@pytest.mark.parametrize("value", EVERYTHING)
+def test_markdown_text_renders_as_exactly_its_text(value: str) -> None:
+    expected = html.escape(shown(value), quote=False).replace('"', "&quot;")
+    assert rendered_text(value) == (f"<p>{expected}</p>\n" if expected else "")
+
+
+@pytest.mark.parametrize("value", MARKUP)
+def test_markdown_text_in_a_table_cell_is_one_cell_of_text(value: str) -> None:
+    table = f"| name | n |\n| --- | --- |\n| {markdown_text(value)} | 1 |\n"
+    rendered = MARKDOWN.render(table)
+    expected = html.escape(shown(value), quote=False).replace('"', "&quot;")
+    assert f"<td>{expected}</td>\n<td>1</td>" in rendered
+
+
+@given(st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E) | st.sampled_from("\n\t")))
+def test_any_text_renders_as_itself_in_markdown(value: str) -> None:
+    expected = html.escape(shown(value), quote=False).replace('"', "&quot;")
+    assert rendered_text(value) == (f"<p>{expected}</p>\n" if expected else "")
+
+
+@given(st.text())
+def test_markdown_text_has_no_raw_html_link_or_line_break(value: str) -> None:
+    text = markdown_text(value)
+    assert "<" not in text and ">" not in text and "\n" not in text
+    assert "](" not in text.replace("\\]\\(", "")
+    assert "://" not in text.replace("\\://", "")
+
+
+def test_the_tools_own_markdown_passes_through() -> None:
+    assert markdown_text(Markdown("**no**")) == "**no**"
+    assert markdown_text("**no**") == "\\*\\*no\\*\\*"

@@ -1,0 +1,288 @@
+"""Which applied phases require 2FA of an account, when cohorts overlap.
+
+An account is required while at least one applied (not rolled back) phase requires
+it; rolling a phase back clears exactly the accounts no other applied phase still
+requires, says so in its preview, and audits both directions. On SQLite and
+PostgreSQL, with worked cases and random sequences of enforce, rollback and enrolment.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from datetime import datetime
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, delete, func, select, update
+
+from rollout import enforce
+from rollout.plan import Plan
+from rollout.registry.migrate import downgrade, upgrade
+from rollout.registry.models import (
+    Account,
+    Action,
+    CohortMembership,
+    Notification,
+    PhaseRequirement,
+    TfaFactor,
+)
+from rollout.timeline import step_states
+from tests.factories import AccountFactory, FactorFactory
+
+PHASES = ("p1", "p2", "p3")
+
+
+@pytest.fixture
+def plan(reference_plan: Plan) -> Plan:
+    """Three phases over three cohorts named like them, in small batches."""
+    template = reference_plan.phases[0]
+    return reference_plan.model_copy(
+        update={
+            "phases": [
+                template.model_copy(update={"name": name, "cohort": name, "batch_size": 2})
+                for name in PHASES
+            ]
+        }
+    )
+
+
+def required(registry: Engine) -> set[int]:
+    with registry.connect() as connection:
+        return set(
+            connection.scalars(select(Account.id).where(Account.tfa_required_at.is_not(None)))
+        )
+
+
+def requirements(registry: Engine) -> set[tuple[int, str]]:
+    with registry.connect() as connection:
+        return {
+            (a, p)
+            for a, p in connection.execute(
+                select(PhaseRequirement.account_id, PhaseRequirement.phase)
+            )
+        }
+
+
+def actions(registry: Engine, action: str) -> int:
+    with registry.connect() as connection:
+        return connection.execute(
+            select(func.count()).select_from(Action).where(Action.action == action)
+        ).scalar_one()
+
+
+def run(registry: Engine, url: str, plan: Plan, phase: str) -> enforce.EnforceResult:
+    count = enforce.preview_phase(registry, plan, plan.phase(phase)).count
+    return enforce.enforce_phase(url, plan, phase, expect=count, actor="rm")
+
+
+@pytest.fixture
+def overlap(factories: None) -> dict[str, set[int]]:
+    """p1's cohort: 4 without 2FA and one with; p2's: 3 of p1's without 2FA and 2 of
+    its own, one with 2FA: the shape of top-100 inside high-impact."""
+    shared = [AccountFactory(in_cohort=["p1", "p2"]).id for _ in range(3)]
+    only_p1 = [AccountFactory(in_cohort="p1").id]
+    only_p2 = [AccountFactory(in_cohort="p2", sessions=1).id for _ in range(2)]
+    AccountFactory(with_totp=True, in_cohort=["p1", "p2"])
+    return {"shared": set(shared), "only_p1": set(only_p1), "only_p2": set(only_p2)}
+
+
+def test_rolling_back_one_of_two_overlapping_phases_keeps_what_the_other_requires(
+    registry: Engine, registry_url: str, plan: Plan, overlap: dict[str, set[int]]
+) -> None:
+    first = run(registry, registry_url, plan, "p1")
+    assert (first.accounts_required, first.accounts_flagged) == (4, 4)
+    second = run(registry, registry_url, plan, "p2")
+    # p2 requires all five of its accounts without 2FA, though only two are new flags.
+    assert (second.accounts_required, second.accounts_flagged) == (5, 2)
+    assert actions(registry, "tfa_required") == 9
+
+    preview = enforce.rollback_preview(registry, "p1")
+    assert set(preview.cleared) == overlap["only_p1"]
+    assert {a.account_id for a in preview.kept} == overlap["shared"]
+    assert all(a.still_required_by == ("p2",) for a in preview.kept)
+
+    result = enforce.rollback_phase(registry_url, plan, "p1", actor="rm")
+    assert (result.requirements_withdrawn, result.accounts_cleared) == (4, 1)
+    assert required(registry) == overlap["shared"] | overlap["only_p2"]
+    assert actions(registry, "tfa_required_withdrawn") == 4
+    assert actions(registry, "tfa_required_cleared") == 1
+    states = {s.step.key: s.state for s in step_states(registry, registry_url, plan)}
+    assert states["phase p1"] == "rolled back" and states["phase p2"] == "applied"
+
+
+def test_rolling_back_every_phase_clears_every_requirement(
+    registry: Engine, registry_url: str, plan: Plan, overlap: dict[str, set[int]]
+) -> None:
+    run(registry, registry_url, plan, "p1")
+    enforce.rollback_phase(registry_url, plan, "p1", actor="rm")
+    run(registry, registry_url, plan, "p2")
+    assert required(registry) == overlap["shared"] | overlap["only_p2"]
+    result = enforce.rollback_phase(registry_url, plan, "p2", actor="rm")
+    assert (result.requirements_withdrawn, result.accounts_cleared) == (5, 5)
+    assert required(registry) == set() and requirements(registry) == set()
+
+
+def test_a_rollback_withdraws_the_emails_its_enforcement_queued_and_has_not_sent(
+    registry: Engine, registry_url: str, plan: Plan, overlap: dict[str, set[int]]
+) -> None:
+    run(registry, registry_url, plan, "p1")
+    run(registry, registry_url, plan, "p2")
+    with registry.begin() as connection:
+        # One of p1's notices already went out: it stays as it is.
+        sent = connection.scalars(
+            select(Notification.id).where(Notification.phase == "p1").limit(1)
+        ).one()
+        connection.execute(update(Notification).where(Notification.id == sent).values(state="sent"))
+    assert enforce.rollback_preview(registry, "p1").queued_emails == 3
+    assert enforce.rollback_phase(registry_url, plan, "p1", actor="rm").emails_withdrawn == 3
+    with registry.connect() as connection:
+        by_state = dict(
+            connection.execute(
+                select(Notification.state, func.count())
+                .where(Notification.phase == "p1")
+                .group_by(Notification.state)
+            ).all()
+        )
+        reasons = set(
+            connection.scalars(
+                select(Notification.skip_reason).where(Notification.state == "skipped")
+            )
+        )
+        p2_queued = connection.execute(
+            select(func.count())
+            .select_from(Notification)
+            .where(Notification.phase == "p2", Notification.state == "queued")
+        ).scalar_one()
+    assert by_state == {"sent": 1, "skipped": 3}
+    assert reasons == {"withdrawn: phase p1 rolled back"}
+    assert p2_queued == 5
+
+
+def _reset(registry: Engine) -> None:
+    with registry.begin() as connection:
+        for table in (PhaseRequirement, Notification, CohortMembership, TfaFactor):
+            connection.execute(delete(table))
+        connection.execute(update(Account).values(tfa_required_at=None))
+
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.sampled_from(["enforce", "rollback"]), st.sampled_from(PHASES)),
+        st.tuples(st.just("enrol"), st.integers(0, 7)),
+    ),
+    min_size=1,
+    max_size=8,
+)
+cohorts = st.lists(st.sets(st.sampled_from(PHASES)), min_size=8, max_size=8)
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(memberships=cohorts, steps=operations)
+def test_required_means_some_applied_phase_requires_it(
+    registry: Engine,
+    registry_url: str,
+    plan: Plan,
+    factories: None,
+    memberships: list[set[str]],
+    steps: list[tuple[str, object]],
+) -> None:
+    with registry.connect() as connection:
+        accounts = list(connection.scalars(select(Account.id).order_by(Account.id)))
+    if not accounts:
+        accounts = [AccountFactory().id for _ in range(8)]
+    _reset(registry)
+    with registry.begin() as connection:
+        for account_id, names in zip(accounts, memberships, strict=True):
+            for name in names:
+                connection.execute(
+                    CohortMembership.__table__.insert().values(
+                        cohort=name,
+                        account_id=account_id,
+                        packages=["pkg"],
+                        first_qualified_on=datetime(2022, 1, 3).date(),
+                        last_qualified_on=datetime(2022, 1, 3).date(),
+                    )
+                )
+    enrolled: set[int] = set()
+    applied: dict[str, set[int]] = {}  # phase -> the accounts it requires
+    for what, arg in steps:
+        if what == "enrol":
+            account_id = accounts[int(arg)]  # type: ignore[call-overload]
+            if account_id not in enrolled:
+                FactorFactory(account_id=account_id, account=None)
+                enrolled.add(account_id)
+        elif what == "enforce":
+            phase = str(arg)
+            cohort = {a for a, names in zip(accounts, memberships, strict=True) if phase in names}
+            before = applied.get(phase, set())
+            result = run(registry, registry_url, plan, phase)
+            applied[phase] = before | (cohort - enrolled)
+            assert result.accounts_required == len(applied[phase] - before)
+        else:
+            phase = str(arg)
+            mine = applied.pop(phase, set())
+            others = set().union(*applied.values()) if applied else set()
+            preview = enforce.rollback_preview(registry, phase)
+            assert set(preview.cleared) == mine - others
+            result = enforce.rollback_phase(registry_url, plan, phase, actor="rm")
+            assert result.requirements_withdrawn == len(mine)
+            assert result.accounts_cleared == len(mine - others)
+        required_accounts = set().union(*applied.values()) if applied else set()
+        assert required(registry) == required_accounts
+        assert requirements(registry) == {(a, p) for p, ids in applied.items() for a in ids}
+
+
+def test_the_migration_rebuilds_requirements_from_what_enforcement_left(
+    registry: Engine, registry_url: str, plan: Plan, overlap: dict[str, set[int]]
+) -> None:
+    """A registry enforced before revision 0005 has no requirement rows: upgrading
+    rebuilds them from the audit rows and emails each enforcement left."""
+    run(registry, registry_url, plan, "p1")
+    run(registry, registry_url, plan, "p2")
+    run(registry, registry_url, plan, "p3")  # an empty cohort: requires nobody
+    enforce.rollback_phase(registry_url, plan, "p1", actor="rm")
+    run(registry, registry_url, plan, "p1")
+    enforce.rollback_phase(registry_url, plan, "p2", actor="rm")
+    expected = requirements(registry)
+    assert expected == {(a, "p1") for a in overlap["shared"] | overlap["only_p1"]}
+    downgrade(registry, "0004")
+    upgrade(registry)
+    assert requirements(registry) == expected
+
+
+# Enrols one account, then kills its own process the way SIGKILL or the OOM killer
+# would: no cleanup, the run's row left 'running'.
+ENROL_AND_DIE = """
+import os, signal, sys
+from rollout.brownouts import enroll_all
+enroll_all(sys.argv[1], actor="ops", batch_size=1,
+           progress=lambda done, total: os.kill(os.getpid(), signal.SIGKILL))
+"""
+
+
+def test_a_killed_elv_enrolment_shows_interrupted_then_finishes(
+    registry: Engine, registry_url: str, plan: Plan, factories: None
+) -> None:
+    for _ in range(3):
+        AccountFactory()
+    child = subprocess.run(
+        [sys.executable, "-c", ENROL_AND_DIE, registry_url], timeout=120, check=False
+    )
+    assert child.returncode == -signal.SIGKILL
+
+    def state() -> str:
+        states = step_states(registry, registry_url, plan)
+        return next(s.state for s in states if s.step.key == "enroll all")
+
+    assert state() == "interrupted"
+    from rollout.brownouts import enroll_all
+
+    assert enroll_all(registry_url, actor="ops", batch_size=1) == 2
+    assert state() == "applied"

@@ -1,0 +1,67 @@
+"""A saved phase preview with hostile usernames and emails: the CSV a release manager
+opens in a spreadsheet and the Markdown they approve in Prefect show them as text."""
+
+from __future__ import annotations
+
+import csv
+import re
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from markdown_it import MarkdownIt
+
+from rollout.enforce import PhasePreview, Target
+from rollout.output import FORMULA_PREFIXES
+from rollout.plan import Plan, load_plan
+from rollout.previews import SavedPreview, preview_markdown, save_preview
+
+from .hostile import EVERYTHING, FORMULAS
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKDOWN = MarkdownIt("commonmark").enable(["table", "strikethrough"])
+
+
+@pytest.fixture(scope="module")
+def plan() -> Plan:
+    return load_plan(ROOT / "plans" / "npm-2022.yaml")
+
+
+def hostile_preview() -> PhasePreview:
+    targets = [
+        Target(i + 1, name, f"{name}@example.com", datetime(2022, 1, 2), i, False)
+        for i, name in enumerate(EVERYTHING)
+    ]
+    return PhasePreview("top-100", "top-100", targets, 3, ["=cmd|' /C calc'!A0", "<b>x</b>"])
+
+
+def saved(plan: Plan, tmp_path: Path) -> SavedPreview:
+    return save_preview(plan, hostile_preview(), tmp_path, actor="rm")
+
+
+def test_the_preview_csv_runs_no_formula(plan: Plan, tmp_path: Path) -> None:
+    preview = saved(plan, tmp_path)
+    with preview.csv_path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(EVERYTHING)  # no value broke a row
+    for row, name in zip(rows, EVERYTHING, strict=True):
+        for column in ("username", "email"):
+            assert not row[column].startswith(FORMULA_PREFIXES), row[column]
+        assert row["username"] in (name, "'" + name)
+    assert [r["username"] for r in rows[: len(FORMULAS)]] == ["'" + f for f in FORMULAS]
+    assert rows[0]["live_sessions"] == "0"
+
+
+def test_the_preview_markdown_shows_names_as_text(plan: Plan, tmp_path: Path) -> None:
+    markdown = preview_markdown(saved(plan, tmp_path))
+    html = MARKDOWN.render(markdown)
+    # Only the tool's own markup: a heading, paragraphs, tables and its bold count.
+    tags = set(re.findall(r"</?([A-Za-z][A-Za-z0-9]*)", html))
+    assert tags <= {"h1", "p", "table", "thead", "tbody", "tr", "th", "td", "strong", "code"}
+    assert "<script" not in html and "<img" not in html and "<a " not in html
+    assert "\x1b" not in markdown
+    # One table row per account: no name ended its row or added one.
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and "@" in line]
+    assert len(rows) == len(EVERYTHING)
+    assert html.count("<tr>") == 1 + 4 + 1 + len(EVERYTHING)
+    assert "Exempted: =cmd\\|' /C calc'\\!A0, &lt;b&gt;x&lt;/b&gt;" in markdown

@@ -1,0 +1,355 @@
+"""A stop stops (DESIGN.md rule 8), with real processes: SIGTERM or SIGINT to a command
+ends all its processes within a second or two, puts back or records what was in flight,
+keeps the run lock until the last of them is gone, and a later run finishes the job
+repeating at most what was in flight. A child whose parent is killed goes too."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import date, datetime
+from pathlib import Path
+
+import psutil
+import pytest
+from sqlalchemy import Engine, func, select
+
+from rollout.errors import GuardRefused
+from rollout.locks import exclusive_run
+from rollout.notify import outbox
+from rollout.notify.devserver import DevSendGrid
+from rollout.notify.senders import SendGridSender
+from rollout.plan import Plan, load_plan
+from rollout.registry.engine import session_scope
+from rollout.registry.models import Account, CohortMembership, Notification
+
+ROOT = Path(__file__).resolve().parent.parent
+PLAN = ROOT / "plans" / "npm-2022.yaml"
+KEY = "SG.test-stop.k3y-that-must-never-leak"
+NOTICE_DAY = date(2022, 1, 4)  # the reference plan's top-100 notices
+EMAILS = 400
+CONCURRENCY = 4
+SEND = [sys.executable, "-m", "rollout", "notify", "send", "--apply"]
+GONE_WITHIN = 2.5  # seconds from the signal until no process of the command is left
+
+
+@pytest.fixture
+def plan() -> Plan:
+    return load_plan(PLAN)
+
+
+@pytest.fixture
+def queued(registry: Engine, registry_url: str, plan: Plan) -> int:
+    """EMAILS accounts without 2FA in the top-100 cohort, a notice queued for each."""
+    with session_scope(registry) as session:
+        accounts = [
+            Account(
+                username=f"user{i:04d}",
+                email=f"user{i:04d}@example.com",
+                email_verified=True,
+                created_at=datetime(2021, 6, 1),
+            )
+            for i in range(EMAILS)
+        ]
+        session.add_all(accounts)
+        session.flush()
+        session.add_all(
+            CohortMembership(
+                cohort="top-100",
+                account_id=a.id,
+                packages=["zeta-pkg"],
+                first_qualified_on=date(2022, 1, 3),
+                last_qualified_on=date(2022, 1, 3),
+            )
+            for a in accounts
+        )
+    [outcome] = outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    assert outcome.added == EMAILS
+    return EMAILS
+
+
+@pytest.fixture
+def slow_server() -> Iterator[DevSendGrid]:
+    """The local SendGrid, every request held 0.3 s: the drain takes long enough to stop,
+    and one worker alone would need about 30 s for all (the other may start late)."""
+    with DevSendGrid(api_key=KEY) as server:
+        server.script([{"stall": 0.3}] * 10 * EMAILS)
+        yield server
+
+
+def _delivered(server: DevSendGrid) -> Counter[int]:
+    return Counter(int(m["body"]["custom_args"]["outbox_id"]) for m in server.messages)
+
+
+def _states(registry: Engine) -> dict[str, int]:
+    with registry.connect() as connection:
+        rows = connection.execute(
+            select(Notification.state, func.count()).group_by(Notification.state)
+        ).all()
+    return {state: count for state, count in rows}
+
+
+def _command_env(rollout_home: Path, registry_url: str, server: DevSendGrid) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "ROLLOUT_HOME": str(rollout_home),
+        "ROLLOUT_REGISTRY_URL": registry_url,
+        "ROLLOUT_PLAN": str(PLAN),
+        "SENDGRID_API_KEY": KEY,
+        "ROLLOUT_SENDGRID_URL": server.url,
+    }
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those still running (a zombie whose parent is gone counts as gone)."""
+    running = []
+    for p in processes:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                running.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return running
+
+
+def _workers(family: list[psutil.Process]) -> list[psutil.Process]:
+    """The command's children that do its work: not multiprocessing's resource
+    tracker, and not a short-lived helper already gone (a zombie has no command line)."""
+    workers = []
+    for p in family[1:]:
+        try:
+            if "resource_tracker" not in " ".join(p.cmdline()):
+                workers.append(p)
+        except psutil.Error:
+            pass
+    return workers
+
+
+def _lock_is_free(registry_url: str) -> bool:
+    try:
+        with exclusive_run(registry_url, "notify"):
+            return True
+    except GuardRefused:
+        return False
+
+
+def _watch_the_stop(
+    registry: Engine,
+    registry_url: str,
+    family: list[psutil.Process],
+    server: DevSendGrid,
+    *,
+    workers: list[psutil.Process],
+    lock_held: bool = True,
+) -> None:
+    """Wait until every process of the command is gone. All along, with ``lock_held``,
+    check that the run lock is never free while a worker is still there or a row is
+    still in flight (the parent lets go of the lock last thing before it exits)."""
+    started = time.monotonic()
+    while True:
+        if lock_held and _lock_is_free(registry_url):  # first the lock, then the rest
+            working = _alive(workers)
+            assert not working, f"the run lock is free while {working} still run"
+            assert _states(registry).get("sending", 0) == 0, "the lock is free, rows in flight"
+        alive = _alive(family)
+        if not alive:
+            break
+        assert time.monotonic() - started < GONE_WITHIN, f"still running: {alive}"
+        time.sleep(0.01)
+    # Nobody sends any more: not a late retry, not an orphaned worker.
+    seen = server.requests_seen
+    time.sleep(0.5)
+    assert server.requests_seen == seen
+
+
+def _finish_and_check(
+    registry: Engine, registry_url: str, plan: Plan, server: DevSendGrid, in_flight: int
+) -> None:
+    """No row is left in flight; a second drain finishes; every email went out, and no
+    more went out twice than could have been in flight."""
+    assert _states(registry).get("sending", 0) == 0
+    server.script([])
+    outbox.drain(registry_url, plan, SendGridSender(KEY, server.url, timeout=5))
+    assert _states(registry) == {"sent": EMAILS}
+    delivered = _delivered(server)
+    assert len(delivered) == EMAILS
+    assert sum(n - 1 for n in delivered.values()) <= in_flight
+    assert max(delivered.values()) <= 2
+
+
+def _start_send(
+    rollout_home: Path, registry_url: str, server: DevSendGrid, processes: int
+) -> tuple[subprocess.Popen[str], psutil.Process]:
+    command = subprocess.Popen(
+        [*SEND, "--processes", str(processes), "--concurrency", str(CONCURRENCY)],
+        env=_command_env(rollout_home, registry_url, server),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's job would be
+    )
+
+    def sending() -> bool:
+        assert command.poll() is None, command.communicate()
+        return len(server.messages) >= 40
+
+    _wait_for(sending, 60, "the first emails")
+    return command, psutil.Process(command.pid)
+
+
+@pytest.mark.parametrize(
+    ("how", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["term", "int"]
+)
+def test_a_stopped_send_in_processes_ends_them_all_and_finishes_later(
+    registry: Engine,
+    registry_url: str,
+    plan: Plan,
+    queued: int,
+    slow_server: DevSendGrid,
+    rollout_home: Path,
+    how: signal.Signals,
+    exit_code: int,
+) -> None:
+    command, parent = _start_send(rollout_home, registry_url, slow_server, processes=2)
+    # On a loaded machine the first worker may send its share of the first emails
+    # before the second has started: wait until both are there.
+    _wait_for(
+        lambda: len(_workers([parent, *parent.children(recursive=True)])) == 2, 30, "2 workers"
+    )
+    family = [parent, *parent.children(recursive=True)]
+    workers = _workers(family)
+    if how == signal.SIGINT:
+        os.killpg(command.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
+    else:
+        command.send_signal(signal.SIGTERM)  # a scheduler's cancel, `kill PID`
+    _watch_the_stop(registry, registry_url, family, slow_server, workers=workers)
+    _, errors = command.communicate(timeout=10)
+    assert command.returncode == exit_code, errors
+    assert "Traceback" not in errors
+    assert "stopped:" in errors and "sent" in errors and "put back" in errors
+    _finish_and_check(registry, registry_url, plan, slow_server, in_flight=2 * CONCURRENCY)
+
+
+def test_a_stopped_send_in_one_process_puts_back_what_it_held(
+    registry: Engine,
+    registry_url: str,
+    plan: Plan,
+    queued: int,
+    slow_server: DevSendGrid,
+    rollout_home: Path,
+) -> None:
+    # A stall longer than the grace for sends in flight: they are put back, not waited on.
+    slow_server.script([{"stall": 5}] * 10 * EMAILS)
+    command = subprocess.Popen(
+        SEND,
+        env=_command_env(rollout_home, registry_url, slow_server),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for(lambda: slow_server.requests_seen >= 8, 60, "the first requests")
+    parent = psutil.Process(command.pid)
+    command.send_signal(signal.SIGTERM)
+    _watch_the_stop(registry, registry_url, [parent], slow_server, workers=[])
+    _, errors = command.communicate(timeout=10)
+    assert command.returncode == 143, errors
+    assert "Traceback" not in errors and "stopped: 0 sent, 8 put back" in errors
+    _finish_and_check(registry, registry_url, plan, slow_server, in_flight=8)
+
+
+def test_workers_whose_parent_is_killed_stop_and_put_back_what_they_held(
+    registry: Engine,
+    registry_url: str,
+    plan: Plan,
+    queued: int,
+    slow_server: DevSendGrid,
+    rollout_home: Path,
+) -> None:
+    command, parent = _start_send(rollout_home, registry_url, slow_server, processes=2)
+    _wait_for(lambda: len(_workers([parent, *parent.children()])) == 2, 30, "2 workers")
+    workers = _workers([parent, *parent.children()])
+    command.kill()  # no chance to stop anything: the workers must notice on their own
+    command.wait()
+    # The lock went with its holder; the workers must notice that on their own.
+    _watch_the_stop(registry, registry_url, workers, slow_server, workers=workers, lock_held=False)
+    _finish_and_check(registry, registry_url, plan, slow_server, in_flight=2 * CONCURRENCY)
+
+
+EXTRACT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from rollout import warehouse
+    from rollout.extract import extract_registry
+    from rollout.stopping import Stopped
+
+    try:
+        with warehouse.open_warehouse(Path(sys.argv[2])) as con:
+            extract_registry(con, sys.argv[1])
+    except Stopped as stopped:
+        print(stopped, file=sys.stderr)
+        sys.exit(stopped.exit_code)
+    """
+)
+
+
+def _exporters_blocked(scratch: Path) -> None:
+    """Make each exporter block on its first file: a FIFO in its place waits for a reader
+    that never comes, so they run until something stops them."""
+    from rollout.extract import EXTRACTED_TABLES
+
+    def folder_made() -> bool:
+        return any(scratch.glob("rollout-extract-*"))
+
+    _wait_for(folder_made, 60, "the extract's folder")
+    [folder] = scratch.glob("rollout-extract-*")
+    for name in EXTRACTED_TABLES:
+        with contextlib.suppress(FileExistsError):  # that exporter was quicker
+            os.mkfifo(folder / f"{name}.arrow")
+
+
+@pytest.mark.parametrize("how", ["term", "kill"])
+def test_the_extract_s_exporters_end_with_the_command(
+    registry_url: str, tmp_path: Path, how: str
+) -> None:
+    if not registry_url.startswith("sqlite"):
+        pytest.skip("exporter processes are SQLite's")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    command = subprocess.Popen(
+        [sys.executable, "-c", EXTRACT_SCRIPT, registry_url, str(tmp_path / "w.duckdb")],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(scratch)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _exporters_blocked(scratch)
+    parent = psutil.Process(command.pid)
+    _wait_for(lambda: bool(parent.children()), 30, "the exporters")
+    exporters = parent.children()  # one for an empty registry: its tables share no rows
+    time.sleep(1.0)  # they are past their start, blocked on the FIFOs
+    assert _alive(exporters), "no exporter blocked: the test proves nothing"
+    if how == "term":
+        command.send_signal(signal.SIGTERM)
+    else:
+        command.kill()
+    _wait_for(lambda: not _alive(exporters), GONE_WITHIN, "the exporters to end")
+    _, errors = command.communicate(timeout=10)
+    if how == "term":
+        assert command.returncode == 143, errors
+        assert "Traceback" not in errors
+        assert not any(scratch.glob("rollout-extract-*")), "the scratch folder was left"

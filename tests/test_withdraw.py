@@ -1,0 +1,99 @@
+"""Withdrawing queued emails: previewed, only what is still queued, kept as skipped
+with the reason, audited once; from the library and the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import Engine, func, select
+from typer.testing import CliRunner
+
+from rollout.cli import app
+from rollout.notify.withdraw import Selection, withdraw, withdraw_preview
+from rollout.registry.engine import make_engine
+from rollout.registry.models import Action, Notification
+from tests.factories import AccountFactory, NotificationFactory, bound_to
+
+
+def states(registry: Engine) -> dict[tuple[str, str, str], int]:
+    with registry.connect() as connection:
+        rows = connection.execute(
+            select(
+                Notification.phase, Notification.email, Notification.state, func.count()
+            ).group_by(Notification.phase, Notification.email, Notification.state)
+        ).all()
+    return {(p, e, s): n for p, e, s, n in rows}
+
+
+def outbox() -> None:
+    """Two reminders and a notice queued for top-100, one notice already sent, and a
+    notice queued for high-impact."""
+    for _ in range(2):
+        NotificationFactory(email="reminder", occasion="3d")
+    NotificationFactory(email="phase_notice")
+    NotificationFactory(email="phase_notice", state="sent", account=AccountFactory())
+    NotificationFactory(email="phase_notice", phase="high-impact")
+
+
+def test_withdrawing_by_phase_and_kind_takes_back_only_what_is_queued(
+    registry: Engine, factories: None
+) -> None:
+    outbox()
+    selection = Selection(phase="top-100", email="phase_notice")
+    with registry.connect() as connection:
+        assert withdraw_preview(connection, selection) == [
+            {"phase": "top-100", "email": "phase_notice", "queued": 1}
+        ]
+    assert withdraw(registry, selection, reason="wrong date in the text", actor="rm") == 1
+    assert states(registry) == {
+        ("top-100", "phase_notice", "skipped"): 1,
+        ("top-100", "phase_notice", "sent"): 1,
+        ("top-100", "reminder", "queued"): 2,
+        ("high-impact", "phase_notice", "queued"): 1,
+    }
+    with registry.connect() as connection:
+        reason = connection.scalars(
+            select(Notification.skip_reason).where(Notification.state == "skipped")
+        ).one()
+        [audit] = connection.execute(
+            select(Action.action, Action.actor, Action.details).where(
+                Action.action == "emails_withdrawn"
+            )
+        ).all()
+    assert reason == "withdrawn: wrong date in the text"
+    assert audit == (
+        "emails_withdrawn",
+        "rm",
+        {"count": 1, "phase": "top-100", "email": "phase_notice"},
+    )
+
+
+def test_withdraw_from_the_command_line_previews_then_applies(rollout_home: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    registry = make_engine(f"sqlite:///{rollout_home / 'registry.db'}")
+    with bound_to(registry):
+        outbox()
+
+    preview = runner.invoke(app, ["notify", "withdraw", "--phase", "top-100", "--format", "json"])
+    assert preview.exit_code == 0, preview.stderr
+    assert {(r["email"], r["queued"]) for r in json.loads(preview.stdout)} == {
+        ("phase_notice", 1),
+        ("reminder", 2),
+    }
+    assert "3 queued emails would be withdrawn" in preview.stderr
+    assert states(registry)[("top-100", "reminder", "queued")] == 2
+
+    applied = runner.invoke(
+        app, ["notify", "withdraw", "--phase", "top-100", "--apply", "--reason", "paused"]
+    )
+    assert applied.exit_code == 0, applied.stderr
+    assert "withdrew 3 queued emails" in applied.stderr
+    assert states(registry)[("top-100", "reminder", "skipped")] == 2
+
+    assert runner.invoke(app, ["notify", "withdraw"]).exit_code == 2
+    assert runner.invoke(app, ["notify", "withdraw", "--email", "nope"]).exit_code == 2
+    no_reason = runner.invoke(app, ["notify", "withdraw", "--email", "reminder", "--apply"])
+    assert no_reason.exit_code == 2 and "--reason" in no_reason.stderr
+    registry.dispose()
