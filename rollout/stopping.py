@@ -135,7 +135,8 @@ def as_child(parent_pid: int | None = None, *, wind_down: bool = True) -> StopRe
     back what it holds); without, SIGTERM ends the child at once (it has nothing to save).
     ``parent_pid`` defaults to :data:`PARENT_PID_VARIABLE` from the environment."""
     if parent_pid is None:
-        parent_pid = int(os.environ.get(PARENT_PID_VARIABLE) or os.getppid())
+        given = os.environ.get(PARENT_PID_VARIABLE, "")
+        parent_pid = int(given) if given.isdigit() else os.getppid()
     request = StopRequest()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if wind_down:
