@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import cell, key_for, run_actor, table
+from flows.common import IO_RETRIES, cell, fail_on_user_error, key_for, run_actor, table
 from rollout import brownouts
 from rollout.config import load_settings
 from rollout.errors import GuardRefused
@@ -36,7 +36,7 @@ def _window(name: str) -> brownouts.WindowState:
     return window
 
 
-@task(name="schedule-brownouts", cache_policy=NO_CACHE)
+@task(name="schedule-brownouts", cache_policy=NO_CACHE, **IO_RETRIES)
 def schedule_from_plan(actor: str) -> None:
     """Create the plan's windows: the schedule reached a window nobody scheduled."""
     settings = load_settings()
@@ -64,6 +64,7 @@ def _report(name: str, what: str) -> brownouts.WindowState:
 
 
 @flow(name="brownout-start", description="Begin a brown-out window at its planned start.")
+@fail_on_user_error
 def brownout_start(name: str) -> str:
     logger = get_run_logger()
     actor = run_actor(load_settings())
@@ -82,6 +83,7 @@ def brownout_start(name: str) -> str:
 
 
 @flow(name="brownout-end", description="Close a brown-out window at its planned end.")
+@fail_on_user_error
 def brownout_end(name: str) -> str:
     logger = get_run_logger()
     window = _window(name)
@@ -100,6 +102,7 @@ def brownout_end(name: str) -> str:
 
 
 @flow(name="elv-enroll-all", description="Enrol every account in enhanced login verification.")
+@fail_on_user_error
 def elv_enroll_all(batch_size: int = 50_000) -> int:
     """Resumable: a rerun enrols only accounts still not enrolled."""
     logger = get_run_logger()

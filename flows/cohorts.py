@@ -14,7 +14,16 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import artifact_key, cell, day_or_today, run_actor, table, warehouse
+from flows.common import (
+    IO_RETRIES,
+    artifact_key,
+    cell,
+    day_or_today,
+    fail_on_user_error,
+    run_actor,
+    table,
+    warehouse,
+)
 from flows.metrics import metrics
 from rollout.cohorts import CohortResult, build_cohorts
 from rollout.config import load_settings
@@ -23,7 +32,7 @@ from rollout.plan import load_plan
 ENTERED_LISTED = 20
 
 
-@task(name="build-cohorts", cache_policy=NO_CACHE)
+@task(name="build-cohorts", cache_policy=NO_CACHE, **IO_RETRIES)
 def build_all_cohorts(
     as_of: date, allow_gaps: bool, actor: str, refresh_registry: bool = True
 ) -> list[CohortResult]:
@@ -71,6 +80,7 @@ def cohorts_markdown(as_of: date, results: Sequence[CohortResult]) -> str:
 
 
 @flow(name="cohorts", description="Build a day's cohorts from its package metrics.")
+@fail_on_user_error
 def cohorts(
     as_of: date | None = None, allow_gaps: bool = False, refresh_registry: bool = True
 ) -> list[CohortResult]:
@@ -89,10 +99,14 @@ def cohorts(
 
 
 @flow(name="daily", description="The daily run: package metrics, then cohorts, for one day.")
+@fail_on_user_error
 def daily(
     as_of: date | None = None, ingest_first: bool = True, allow_gaps: bool = False
 ) -> list[CohortResult]:
-    """``metrics`` then ``cohorts`` as subflows; a failed metrics run stops the cohorts."""
+    """``metrics`` then ``cohorts`` as subflows; a failed metrics run stops the cohorts.
+
+    A subflow failed by a user error (missing download days, say) raises that error
+    here, and this run fails with the same one line."""
     day = day_or_today(as_of)
     metrics(as_of=day, ingest_first=ingest_first)
     # The ingest just extracted the registry: no need to read it again.

@@ -1,20 +1,36 @@
-"""Wiring shared by the flows: settings, the warehouse, the day, the actor, markdown."""
+"""Wiring shared by the flows: settings, the warehouse, the day, the actor, markdown,
+and how a run fails: a user error in one line, transient I/O errors retried."""
 
 from __future__ import annotations
 
+import functools
+import http.client
+import inspect
+import logging
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import urllib.error
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import duckdb
+import python_http_client.exceptions
+from prefect import Task, get_run_logger
+from prefect.client.schemas.objects import TaskRun
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
+from prefect.tasks import exponential_backoff
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from rollout.config import Settings
+from rollout.errors import RolloutError
 from rollout.output import markdown_text as cell
 from rollout.warehouse import open_warehouse
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def day_or_today(as_of: date | None) -> date:
@@ -50,3 +66,101 @@ def table(rows: Sequence[tuple[str, Any]], header: tuple[str, str] = ("what", "v
     lines = [f"| {header[0]} | {header[1]} |", "| --- | ---: |"]
     lines += [f"| {cell(name)} | {cell(value)} |" for name, value in rows]
     return "\n".join(lines)
+
+
+# --- how runs fail ---------------------------------------------------------------------
+
+
+def fail_on_user_error(fn: Callable[P, R]) -> Callable[P, R | State]:
+    """For every flow function, under ``@flow``: a RolloutError (bad input, a guard's
+    refusal, missing download days) ends the run Failed with the error's message as the
+    state message, and nothing more. It is the user's to fix, so no traceback and no
+    "engine exited with unexpected exception". The error is the state's data: a parent
+    flow calling this one (or ``state.result()``) gets it raised as it was. Anything else
+    still fails the run the way a crash should, traceback and all.
+
+    Not for tasks: a task returning a Failed state hands the state itself to the flow.
+    A task with ``IO_RETRIES`` raises instead; its retry condition turns a RolloutError
+    down without logging a traceback, and the flow gets the error raised."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R | State:
+        try:
+            return fn(*args, **kwargs)
+        except RolloutError as error:
+            failure = error
+        return Failed(message=str(failure), data=failure)
+
+    # Prefect validates parameters against this wrapper, resolving string annotations
+    # in this module's globals: hand it the function's own, already resolved.
+    run.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]
+    return run
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether an error may pass by itself: a dropped or refused database connection,
+    a locked SQLite file, a network error, SendGrid's 5xx or 429. A RolloutError never
+    is (bad input, a refusal: the same run fails the same way), whatever caused it."""
+    if isinstance(error, RolloutError):
+        return False
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OperationalError) or (
+            isinstance(current, DBAPIError) and current.connection_invalidated
+        ):
+            return True
+        if isinstance(current, python_http_client.exceptions.HTTPError):
+            return current.status_code >= 500 or current.status_code == 429
+        if isinstance(
+            current,
+            urllib.error.URLError | TimeoutError | ConnectionError | http.client.HTTPException,
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State) -> bool:
+    """A task's ``retry_condition_fn``: retry only what :func:`is_transient` says may pass."""
+    data = state.data
+    # A raised error comes as it is; a returned Failed state holds it in a result record.
+    error = data if isinstance(data, BaseException) else getattr(data, "result", None)
+    return isinstance(error, BaseException) and is_transient(error)
+
+
+# For tasks that read or write the registry, the warehouse or SendGrid: waits of 10, 20
+# and 40 s ride out a database failover or a provider's bad minute. Only transient errors
+# are retried; every such task is safe to run again (each effect has a natural key).
+# Never for enforcement (flows/phases.py): it is exactly-once anyway, but a retry after a
+# guard refused it, or after it half-ran under a lock another run then took, is not a
+# decision a timer should make; a release manager reruns it.
+IO_RETRIES: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=10),
+    "retry_condition_fn": retry_if_transient,
+}
+
+
+class _ToRunLog(logging.Handler):
+    def __init__(self, run_logger: logging.LoggerAdapter[Any], level: int) -> None:
+        super().__init__(level)
+        self._run_logger = run_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._run_logger.log(record.levelno, "%s", record.getMessage())
+
+
+@contextmanager
+def library_logs_in_run_log(name: str = "rollout", level: int = logging.WARNING) -> Iterator[None]:
+    """Show the library's warnings (a SendGrid retry, say) in this run's log. Prefect
+    keeps only its own loggers' records, and only from threads it runs; the sender logs
+    from the drain's send threads. Use inside a task or flow."""
+    handler = _ToRunLog(get_run_logger(), level)  # type: ignore[arg-type]
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)

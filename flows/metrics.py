@@ -12,7 +12,15 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import artifact_key, cell, day_or_today, table, warehouse
+from flows.common import (
+    IO_RETRIES,
+    artifact_key,
+    cell,
+    day_or_today,
+    fail_on_user_error,
+    table,
+    warehouse,
+)
 from rollout.config import load_settings
 from rollout.extract import extract_registry
 from rollout.ingest import IngestReport, ingest
@@ -21,7 +29,7 @@ from rollout.output import Markdown
 from rollout.plan import load_plan
 
 
-@task(name="ingest", cache_policy=NO_CACHE)
+@task(name="ingest", cache_policy=NO_CACHE, **IO_RETRIES)
 def ingest_landing() -> IngestReport:
     """Load new landing files (a refused one is reported, not raised), extract the registry."""
     settings = load_settings()
@@ -47,7 +55,7 @@ def ingest_landing() -> IngestReport:
     return report
 
 
-@task(name="compute-metrics", cache_policy=NO_CACHE)
+@task(name="compute-metrics", cache_policy=NO_CACHE, **IO_RETRIES)
 def compute_package_metrics(as_of: date) -> MetricsReport:
     settings = load_settings()
     plan = load_plan(settings.plan_path)
@@ -103,6 +111,7 @@ def metrics_markdown(report: MetricsReport, ingested: IngestReport | None) -> st
 
 
 @flow(name="metrics", description="Ingest landing files, then compute a day's package metrics.")
+@fail_on_user_error
 def metrics(as_of: date | None = None, ingest_first: bool = True) -> MetricsReport:
     """Package metrics for ``as_of`` (default: today, UTC; the week is the 7 days before)."""
     day = day_or_today(as_of)

@@ -5,6 +5,11 @@ deployment, from the Prefect Secret block named by ``ROLLOUT_SENDGRID_SECRET_BLO
 (default ``sendgrid-api-key``); without either, emails go to the file outbox. The key
 is handed to the sender and nowhere else: not a parameter, not logged, not in the
 artifact.
+
+A run where any email failed ends Failed ("N emails failed: <reasons>"), after its
+artifact is published. A rerun does not send failed emails again unless asked:
+``retry_failed=True`` queues them again first and sends them through the same sender.
+The file outbox refuses emails last attempted through SendGrid (the drain's check).
 """
 
 from __future__ import annotations
@@ -18,9 +23,17 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import artifact_key, day_or_today, run_actor, table
+from flows.common import (
+    IO_RETRIES,
+    artifact_key,
+    day_or_today,
+    fail_on_user_error,
+    library_logs_in_run_log,
+    run_actor,
+    table,
+)
 from rollout.config import Settings, load_settings
-from rollout.notify.outbox import DrainReport, QueueOutcome, drain, queue_due
+from rollout.notify.outbox import DrainReport, EmailsFailed, QueueOutcome, drain, queue_due
 from rollout.notify.senders import make_sender
 from rollout.plan import load_plan
 
@@ -39,14 +52,14 @@ def settings_with_secret(environ: Mapping[str, str] = os.environ) -> Settings:
     return load_settings({**environ, "SENDGRID_API_KEY": str(key)})
 
 
-@task(name="queue-due-emails", cache_policy=NO_CACHE)
+@task(name="queue-due-emails", cache_policy=NO_CACHE, **IO_RETRIES)
 def queue_task(day: date, actor: str) -> list[QueueOutcome]:
     settings = load_settings()
     return queue_due(settings.registry_url, load_plan(settings.plan_path), day, actor=actor)
 
 
-@task(name="send-outbox", cache_policy=NO_CACHE)
-def send_task(concurrency: int) -> DrainReport:
+@task(name="send-outbox", cache_policy=NO_CACHE, **IO_RETRIES)
+def send_task(concurrency: int, retry_failed: bool = False) -> DrainReport:
     logger = get_run_logger()
     settings = settings_with_secret()
     plan = load_plan(settings.plan_path)
@@ -61,7 +74,19 @@ def send_task(concurrency: int) -> DrainReport:
         if done % 1000 == 0 or done == total:
             logger.info("%d of %d emails done", done, total)
 
-    return drain(settings.registry_url, plan, sender, concurrency=concurrency, progress=progress)
+    # The sender's retry warnings come from the drain's send threads.
+    with library_logs_in_run_log():
+        report = drain(
+            settings.registry_url,
+            plan,
+            sender,
+            concurrency=concurrency,
+            progress=progress,
+            retry_failed=retry_failed,
+        )
+    if retry_failed:
+        logger.info("%d failed emails queued again", report.requeued)
+    return report
 
 
 def notify_markdown(day: date, queued: list[QueueOutcome], report: DrainReport | None) -> str:
@@ -80,6 +105,8 @@ def notify_markdown(day: date, queued: list[QueueOutcome], report: DrainReport |
         rows = [("sender", report.sender), ("sent", report.sent), ("failed", report.failed)]
         rows += [(f"skipped: {why}", n) for why, n in sorted(report.skipped.items())]
         rows.append(("resent after an interrupted drain", report.resumed))
+        rows.append(("retried after 5xx/429", report.retried))
+        rows.append(("failed before, queued again (retry_failed)", report.requeued))
         parts.append("## Sent\n\n" + table(rows))
         if report.failures:
             parts.append(
@@ -90,15 +117,27 @@ def notify_markdown(day: date, queued: list[QueueOutcome], report: DrainReport |
 
 
 @flow(name="notify", description="Queue today's emails from the plan, then send the outbox.")
-def notify(as_of: date | None = None, send: bool = True, concurrency: int = 8) -> dict:
+@fail_on_user_error
+def notify(
+    as_of: date | None = None, send: bool = True, concurrency: int = 8, retry_failed: bool = False
+) -> dict:
+    """Queue the emails due on ``as_of`` (default: today, UTC), then send the outbox.
+
+    Ends Failed if any email failed, after publishing the artifact. ``retry_failed``:
+    first queue again the emails that failed in earlier runs (once what failed them is
+    fixed), to go through this run's sender.
+    """
     day = day_or_today(as_of)
     queued = queue_task(day, run_actor(load_settings()))
-    report = send_task(concurrency) if send else None
+    report = send_task(concurrency, retry_failed) if send else None
     create_markdown_artifact(
         markdown=notify_markdown(day, queued, report),
         key=artifact_key("notify", day),
         description=f"Emails for {day}",
     )
+    if report is not None and report.failed:
+        # After the artifact, which lists each failure: the run must not look fine.
+        raise EmailsFailed(report.failure_message())
     return {
         "queued": sum(o.added for o in queued),
         "sent": report.sent if report else 0,

@@ -1,11 +1,19 @@
 """Phase flows: ``phase-preview`` (who would change) and ``phase-enforce`` (apply it,
 after a person approves the exact count).
 
-``phase-enforce`` previews, publishes the preview artifact, then pauses until a release
-manager resumes it with an :class:`Approval` (in the Prefect UI, or
-``resume_flow_run(id, run_input={...})``) typing back the account count the preview
-showed. Enforcement itself re-checks that count against a fresh preview, under the
-enforce lock, so a cohort that moved while the run waited is refused, not applied.
+``phase-enforce`` previews, publishes the preview artifact, records what it found (the
+flow run input ``rollout-approval-request``, which ``rollout approvals`` lists), then
+waits for an :class:`Approval`: the account count the preview showed typed back, and
+the approver's name (``rollout approve RUN --expect N --as NAME``, or the Prefect UI's
+Resume form). Enforcement itself re-checks that count against a fresh preview, under
+the enforce lock, so a cohort that moved while the run waited is refused, not applied.
+
+Deployed, the run *suspends*: its process exits and the server keeps the run, so a
+worker restart while it waits loses nothing; the approval reschedules it and it starts
+again from the top in a new process. So everything before the wait must be safe to
+run twice: the second pass finds the recorded request and skips the preview, and the
+suspend, already fired, hands back the approval at once. Called in-process (no
+deployment, nothing could reschedule it) it pauses in its own process instead.
 """
 
 from __future__ import annotations
@@ -15,33 +23,42 @@ from typing import Annotated, Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
+from prefect.flow_runs import pause_flow_run, suspend_flow_run
+from prefect.input import RunInput, create_flow_run_input, read_flow_run_input
+from prefect.runtime import deployment, flow_run
+from prefect.states import Failed, State
 from pydantic import Field
 
-from flows.common import cell, key_for, run_actor, table
+from flows.common import IO_RETRIES, cell, fail_on_user_error, key_for, run_actor, table
+from rollout.approvals import REFUSED_STATE, REQUEST_INPUT_KEY, ApprovalRequest
 from rollout.config import load_settings
 from rollout.enforce import EnforceResult, enforce_phase, preview_phase
+from rollout.errors import GuardRefused
 from rollout.plan import load_plan
 from rollout.previews import SavedPreview, preview_markdown, save_preview
 from rollout.registry.migrate import open_registry
 
 # A day is long enough to reach a release manager; after it the run fails unapplied.
 APPROVAL_TIMEOUT_SECONDS = 24 * 3600
-# How often the paused run looks for the approval.
+# How often a run paused in-process looks for the approval (a suspended one does not).
 APPROVAL_POLL_SECONDS = 10
 
 
 class Approval(RunInput):
-    """What the approver types back: the count the preview showed, and their name."""
+    """What the approver types back: the count the preview showed, and their name.
+
+    The server checks a resume's input against this schema and refuses one that does
+    not fit, leaving the run waiting. Never give it initial data
+    (``with_initial_data(expect=0, ...)``): the subclass Prefect makes then keeps the
+    types but drops these constraints, and a default makes the field optional."""
 
     expect: int = Field(ge=0)
-    # Refused by the form itself when empty or too long for the audit ledger's actor
-    # ("<approver> via <run>" must fit its 200 characters).
+    # Refused when empty or too long for the audit ledger's actor ("<approver> via
+    # <run>" must fit its 200 characters).
     approved_by: str = Field(min_length=1, max_length=80, pattern=r"^\S(.*\S)?$")
 
 
-@task(name="preview-phase", cache_policy=NO_CACHE)
+@task(name="preview-phase", cache_policy=NO_CACHE, **IO_RETRIES)
 def preview_task(phase: str, actor: str) -> SavedPreview:
     settings = load_settings()
     plan = load_plan(settings.plan_path)
@@ -50,6 +67,9 @@ def preview_task(phase: str, actor: str) -> SavedPreview:
     return save_preview(plan, preview, settings.reports_dir, actor=actor)
 
 
+# Never retried: enforcement is exactly once anyway, but a retry after a guard's
+# refusal (a count that moved, the lock held) would be wrong, and a person approved
+# this one attempt.
 @task(name="enforce-phase", cache_policy=NO_CACHE)
 def enforce_task(phase: str, expect: int, actor: str) -> EnforceResult:
     settings = load_settings()
@@ -58,15 +78,19 @@ def enforce_task(phase: str, expect: int, actor: str) -> EnforceResult:
     )
 
 
-def publish_preview(saved: SavedPreview) -> None:
+def publish_preview(saved: SavedPreview) -> str:
+    """The preview as a markdown artifact; returns its key."""
+    key = key_for("phase-preview", saved.preview.phase)
     create_markdown_artifact(
         markdown=preview_markdown(saved),
-        key=key_for("phase-preview", saved.preview.phase),
+        key=key,
         description=f"Who enforcing phase {cell(saved.preview.phase)} would change",
     )
+    return key
 
 
 @flow(name="phase-preview", description="Preview a phase: exactly who enforcing it would change.")
+@fail_on_user_error
 def phase_preview(phase: str) -> int:
     """The preview as an artifact and a CSV; changes no account. Returns the count."""
     saved = preview_task(phase, run_actor(load_settings()))
@@ -90,46 +114,69 @@ def enforce_markdown(result: EnforceResult, approval: Approval) -> str:
     )
 
 
+def request_approval(phase: str, settings_actor: str) -> ApprovalRequest:
+    """The preview the approver decides on: taken, published and recorded on the first
+    pass; on a resumed pass, the one recorded then (the list the approver saw, not a
+    second CSV and artifact)."""
+    recorded = read_flow_run_input(REQUEST_INPUT_KEY)
+    if recorded is not None:
+        return ApprovalRequest.from_json(recorded)
+    saved = preview_task(phase, settings_actor)
+    request = ApprovalRequest.from_saved(saved, publish_preview(saved))
+    create_flow_run_input(REQUEST_INPUT_KEY, request.to_json())
+    return request
+
+
+def wait_for_approval(request: ApprovalRequest, timeout: int) -> Approval:
+    """Suspend when deployed (the process exits; resuming reschedules the run), pause
+    in-process otherwise. Either way the server checks the input against the schema."""
+    form = Approval.with_initial_data(
+        description=(
+            f"Enforce phase **{cell(request.phase)}**: {request.accounts} accounts, "
+            f"{request.sessions} web sessions. Type back the account count to approve "
+            f"(list: {cell(request.csv_path)}), or run `rollout approve {flow_run.id} "
+            "--expect N --as NAME`."
+        )
+    )
+    key = key_for("approve", request.phase)
+    if deployment.id:
+        return suspend_flow_run(wait_for_input=form, timeout=timeout, key=key)
+    return pause_flow_run(
+        wait_for_input=form, timeout=timeout, poll_interval=APPROVAL_POLL_SECONDS, key=key
+    )
+
+
 @flow(
     name="phase-enforce",
     description="Enforce a phase after a person approves the previewed count.",
 )
+@fail_on_user_error
 def phase_enforce(
     phase: str,
     approval_timeout_seconds: Annotated[int, Field(ge=60)] = APPROVAL_TIMEOUT_SECONDS,
-) -> dict:
-    """Preview, pause for an :class:`Approval`, then enforce exactly the approved count."""
+) -> dict | State:
+    """Preview, wait for an :class:`Approval`, then enforce exactly the approved count.
+
+    A guard's refusal (the count moved or was mistyped, the blast radius, the lock) ends
+    the run Failed, named ``Refused``, its message the guard's one line."""
     logger = get_run_logger()
     settings = load_settings()
-    saved = preview_task(phase, run_actor(settings))
-    publish_preview(saved)
-    count = saved.preview.count
+    request = request_approval(phase, run_actor(settings))
     logger.info(
         "phase %s would require 2FA of %d accounts and revoke %d web sessions; "
         "waiting for approval (type back the count %d)",
         phase,
-        count,
-        saved.preview.sessions,
-        count,
+        request.accounts,
+        request.sessions,
+        request.accounts,
     )
-    approval = pause_flow_run(
-        wait_for_input=Approval.with_initial_data(
-            description=(
-                f"Enforce phase **{cell(phase)}**: {count} accounts, {saved.preview.sessions} "
-                f"web sessions. Type back the account count to approve (list: "
-                f"{cell(saved.csv_path)})."
-            ),
-            expect=0,
-            approved_by="",
-        ),
-        timeout=approval_timeout_seconds,
-        poll_interval=APPROVAL_POLL_SECONDS,
-        key=key_for("approve", phase),
-    )
-    if not approval.approved_by.strip():
-        raise ValueError("an approval must name who approved it")
-    actor = f"{approval.approved_by.strip()} via {run_actor(settings)}"
-    result = enforce_task(phase, approval.expect, actor)
+    approval = wait_for_approval(request, approval_timeout_seconds)
+    actor = f"{approval.approved_by} via {run_actor(settings)}"
+    try:
+        result = enforce_task(phase, approval.expect, actor)
+    except GuardRefused as refused:
+        logger.error("refused: %s", refused)
+        return Failed(name=REFUSED_STATE, message=str(refused))
     create_markdown_artifact(
         markdown=enforce_markdown(result, approval),
         key=key_for("phase-enforce", phase),

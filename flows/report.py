@@ -8,13 +8,13 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import artifact_key, day_or_today, warehouse
+from flows.common import IO_RETRIES, artifact_key, day_or_today, fail_on_user_error, warehouse
 from rollout.config import load_settings
 from rollout.plan import load_plan
 from rollout.reporting import ReportFiles, report_from_registry
 
 
-@task(name="build-report", cache_policy=NO_CACHE)
+@task(name="build-report", cache_policy=NO_CACHE, **IO_RETRIES)
 def build(day: date) -> ReportFiles:
     settings = load_settings()
     with warehouse(settings) as con:
@@ -24,6 +24,7 @@ def build(day: date) -> ReportFiles:
 
 
 @flow(name="report", description="The adoption report: HTML, Markdown and CSV per mart.")
+@fail_on_user_error
 def report(as_of: date | None = None) -> str:
     """Rebuild the adoption marts for ``as_of`` (default: today, UTC) and write the
     report under reports/<as_of>/; the Markdown is published as an artifact."""

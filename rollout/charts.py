@@ -531,8 +531,9 @@ def funnel_chart(phases: Sequence[FunnelPhase]) -> Markup:
         0,
         "Compliance funnel per phase",
         "Horizontal bars per phase: accounts without 2FA when the notice went out, "
-        "notified, enrolled within 7, 14 and 30 days, enforced, and enrolled after "
-        "enforcement; percentages are of the accounts without 2FA at notice. "
+        "of them notified, of those still without 2FA at enforcement, of those enforced, "
+        "and of those enrolled after enforcement; percentages are of the accounts "
+        "without 2FA at notice. "
         "The funnel table below the chart has the same figures.",
     )
     if not phases:

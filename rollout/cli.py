@@ -276,6 +276,16 @@ def sample(
     emit_record(record, fmt, title=f"sample registry ({scale}, seed {seed})")
 
 
+def _open_warehouse(settings: Settings, *, read_only: bool = False) -> Any:
+    """The warehouse, with ``ROLLOUT_DUCKDB_MEMORY_LIMIT`` applied: to readers too (a
+    what-if or a diff can need as much memory as a build)."""
+    from rollout import warehouse
+
+    return warehouse.open_warehouse(
+        settings.warehouse_path, read_only=read_only, memory_limit=settings.duckdb_memory_limit
+    )
+
+
 def _parse_day(text: str, option: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -312,16 +322,14 @@ def ingest(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Load landing files into the warehouse, validated; bad rows go to quarantine."""
-    from rollout import extract, warehouse
+    from rollout import extract
     from rollout import ingest as ingest_module
 
     settings = _settings()
     targets = paths or [settings.landing_dir]
     root = settings.landing_dir if not paths else None
     with (
-        warehouse.open_warehouse(
-            settings.warehouse_path, memory_limit=settings.duckdb_memory_limit
-        ) as con,
+        _open_warehouse(settings) as con,
         _progress() as progress,
     ):
         task = progress.add_task("ingest", total=None)
@@ -390,10 +398,9 @@ def quarantine(
     fmt: FormatOption = Format.table,
 ) -> None:
     """List rows refused by ingest validation, with file, line and reason."""
-    from rollout import warehouse
 
     settings = _settings()
-    with warehouse.open_warehouse(settings.warehouse_path, read_only=True) as con:
+    with _open_warehouse(settings, read_only=True) as con:
         rows = con.execute(
             "select path as file, line, reason, record from quarantine "
             "order by quarantined_at, path, line limit $limit",
@@ -414,11 +421,28 @@ def summary(fmt: FormatOption = Format.table) -> None:
     from rollout import warehouse
 
     settings = _settings()
-    with warehouse.open_warehouse(settings.warehouse_path, read_only=True) as con:
+    with _open_warehouse(settings, read_only=True) as con:
         result = con.execute(warehouse.sql_text("summary/warehouse_summary"))
         names = [d[0] for d in result.description]
         values = result.fetchall()[0]
     emit_record(dict(zip(names, values, strict=True)), fmt, title="warehouse")
+
+
+@app.command()
+@reports_errors
+def doctor(fmt: FormatOption = Format.table) -> None:
+    """Health checks: registry, schema, warehouse, plan, SendGrid key, Prefect worker.
+
+    One row per check, ok, warn or fail; exits 1 if any fails. Reads only: it sends no
+    email and opens the warehouse read-only, skipping it (warn) while a run holds it."""
+    import os
+
+    from rollout.doctor import COLUMNS, any_failed, run_checks
+
+    results = run_checks(_settings(), os.environ)
+    emit([result.row() for result in results], fmt, title="rollout doctor", columns=COLUMNS)
+    if any_failed(results):
+        raise typer.Exit(EXIT_FAILURE)
 
 
 def run() -> None:  # pragma: no cover - the console script
@@ -466,14 +490,11 @@ def metrics(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Compute every package's reach on a day: downloads, dependents, ranks."""
-    from rollout import warehouse
     from rollout.metrics import compute_metrics
 
     settings, day = _settings(), _parse_day(as_of, "--as-of")
     plan = _plan()
-    with warehouse.open_warehouse(
-        settings.warehouse_path, memory_limit=settings.duckdb_memory_limit
-    ) as con:
+    with _open_warehouse(settings) as con:
         report = compute_metrics(con, day, plan.metrics)
     emit_record(
         {
@@ -504,13 +525,10 @@ def cohorts_build(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Add the packages that qualify on a day to their cohorts; derive the accounts."""
-    from rollout import warehouse
     from rollout.cohorts import build_cohorts
 
     settings, day = _settings(), _parse_day(as_of, "--as-of")
-    with warehouse.open_warehouse(
-        settings.warehouse_path, memory_limit=settings.duckdb_memory_limit
-    ) as con:
+    with _open_warehouse(settings) as con:
         results = build_cohorts(
             con,
             settings.registry_url,
@@ -555,11 +573,10 @@ def cohorts_show(
     fmt: FormatOption = Format.table,
 ) -> None:
     """The accounts (or packages) of a cohort on a day, with 2FA status and why."""
-    from rollout import warehouse
 
     settings = _settings()
     _plan().cohort(cohort)
-    with warehouse.open_warehouse(settings.warehouse_path, read_only=True) as con:
+    with _open_warehouse(settings, read_only=True) as con:
         table = "cohort_package_snapshots" if packages else "cohort_account_snapshots"
         day = _day_or_latest(con, as_of, table)
         if packages:
@@ -615,8 +632,22 @@ def cohorts_diff(
     from rollout import warehouse
 
     settings = _settings()
+    if cohort is not None:
+        _plan().cohort(cohort)  # an unknown cohort is a typo, not an empty diff
     days = {"d1": _parse_day(first, "D1"), "d2": _parse_day(second, "D2"), "cohort": cohort}
-    with warehouse.open_warehouse(settings.warehouse_path, read_only=True) as con:
+    with _open_warehouse(settings, read_only=True) as con:
+        for day in (days["d1"], days["d2"]):
+            # A day no cohort build wrote would show everyone as entered (or left).
+            if not warehouse.scalar(
+                con,
+                "select exists (select 1 from cohort_package_snapshots where as_of = $day) "
+                "or exists (select 1 from cohort_account_snapshots where as_of = $day)",
+                {"day": day},
+            ):
+                raise RolloutError(
+                    f"no cohorts were built for {day}: run `rollout cohorts build --as-of "
+                    f"{day}` first, or pick a day they were built"
+                ).with_exit(EXIT_BAD_INPUT)
         result = con.execute(warehouse.render("marts/cohort_diff"), days)
         names = [d[0] for d in result.description]
         rows = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
@@ -642,7 +673,6 @@ def cohorts_simulate(
     fmt: FormatOption = Format.table,
 ) -> None:
     """What-if: cohort sizes under other thresholds. Writes nothing."""
-    from rollout import warehouse
     from rollout.cohorts import simulate
     from rollout.plan import CohortRule
 
@@ -656,7 +686,7 @@ def cohorts_simulate(
         top_by_dependents=top,
     )
     settings = _settings()
-    with warehouse.open_warehouse(settings.warehouse_path, read_only=True) as con:
+    with _open_warehouse(settings, read_only=True) as con:
         day = _day_or_latest(con, as_of, "package_metrics_daily")
         sizes = simulate(con, rule, day)
     emit_record(
@@ -735,10 +765,23 @@ def phase_preview(
         title=f"phase {phase}: {preview.count} accounts, {preview.sessions} web sessions",
         columns=COLUMNS,
     )
+    if preview.required_by_phase:
+        # The phase was applied: its accounts still without 2FA stay on the list (the
+        # count --expect checks), but enforcing again changes only the new ones.
+        who = (
+            f"{preview.count} accounts without 2FA in cohort {preview.cohort}: "
+            f"{preview.required_by_phase} already required by this phase (enforced), "
+            f"{preview.newly_required} would be newly required; "
+            f"{preview.sessions} live web sessions would be signed out"
+        )
+    else:
+        who = (
+            f"{preview.count} accounts without 2FA in cohort {preview.cohort} would be "
+            f"required to enrol and signed out of {preview.sessions} web sessions"
+        )
     stderr.print(
-        f"{preview.count} accounts without 2FA in cohort {preview.cohort} would be required "
-        f"to enrol and signed out of {preview.sessions} web sessions; {preview.compliant} "
-        f"already use 2FA; exempted: {', '.join(preview.exempted) or 'none'}.\n"
+        f"{who}; {preview.compliant} already use 2FA; "
+        f"exempted: {', '.join(preview.exempted) or 'none'}.\n"
         f"The list: {saved.csv_path}\n"
         f"To apply: rollout phase enforce {phase} --apply --expect {preview.count}",
         highlight=False,
@@ -823,6 +866,85 @@ def phase_rollback(
         return
     result = rollback_phase(settings.registry_url, plan, phase, actor=settings.actor)
     emit_record(result.summary(), fmt, title=f"phase {phase} rolled back")
+
+
+# --- approvals of phase-enforce runs (Prefect's REST API) -------------------------------
+
+
+@app.command("approvals")
+@reports_errors
+def approvals(fmt: FormatOption = Format.table) -> None:
+    """List the phase-enforce runs waiting for an approval, with their full ids.
+
+    Reads the Prefect server PREFECT_API_URL names. Each row: the run's id and name,
+    its phase, since when it waits and until when, the preview's account and session
+    counts, the preview's CSV and its artifact key."""
+    from rollout.approvals import COLUMNS, api_from_environ, waiting_approvals
+
+    with api_from_environ() as api:
+        waiting = waiting_approvals(api)
+    emit([w.row() for w in waiting], fmt, title="runs waiting for approval", columns=COLUMNS)
+    stderr.print(
+        f"{len(waiting)} run(s) waiting; approve one with: "
+        "rollout approve RUN_ID --expect ACCOUNTS [--as NAME]",
+        highlight=False,
+    )
+
+
+@app.command("approve")
+@reports_errors
+def approve(
+    run_id: Annotated[str, typer.Argument(help="The run's full id, as `rollout approvals` lists.")],
+    expect: Annotated[
+        int, typer.Option(min=0, help="The account count the preview showed, typed back.")
+    ],
+    approved_by: Annotated[
+        str | None,
+        typer.Option("--as", help="Who approves (default: $ROLLOUT_ACTOR, else $USER)."),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Follow the run to its end and report how it ended.")
+    ] = True,
+    timeout: Annotated[
+        int, typer.Option(min=1, help="Seconds to follow the run before giving up waiting.")
+    ] = 3600,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Approve a waiting phase-enforce run: resume it with the count typed back.
+
+    The server refuses an approval its form does not accept (exit 2; the run keeps
+    waiting). The run checks the count against a fresh preview under the enforce lock;
+    a wrong one fails it, changing nothing (exit 3, the guard's reason on stderr)."""
+    from rollout.approvals import (
+        api_from_environ,
+        outcome,
+        parse_run_id,
+        raise_for_outcome,
+        wait_for_outcome,
+    )
+    from rollout.approvals import approve as resume
+
+    run = parse_run_id(run_id)
+    name = _settings().actor if approved_by is None else approved_by
+    with api_from_environ() as api:
+        waited = resume(api, run, expect=expect, approved_by=name)
+        stderr.print(
+            f"approved flow run {waited.run_name} ({run}) as {name} for {expect} accounts",
+            highlight=False,
+        )
+        found = wait_for_outcome(api, run, timeout=timeout) if wait else outcome(api, run)
+    emit_record(
+        {
+            "run_id": found.run_id,
+            "run_name": found.run_name,
+            "state": found.state_name,
+            "message": found.message,
+        },
+        fmt,
+        title=f"flow run {found.run_name}",
+    )
+    if wait:
+        raise_for_outcome(found)
 
 
 # --- notify --------------------------------------------------------------------------------
@@ -932,24 +1054,29 @@ def notify_send(
     ] = False,
 ) -> None:
     """Drain the outbox: render and send every queued email, exactly once."""
-    from rollout.notify.outbox import drain, pending
-    from rollout.notify.outbox import retry_failed as requeue
+    from rollout.notify.outbox import check_sender, drain, failed_count, pending
     from rollout.notify.senders import make_sender
     from rollout.registry.migrate import open_registry
 
     settings, plan = _settings(), _plan()
-    with open_registry(settings.registry_url) as engine:
-        if retry_failed and apply:
-            stderr.print(f"{requeue(engine)} failed emails queued again", highlight=False)
-        queued = pending(engine)
     sender = make_sender(
         settings,
         from_address=plan.notifications.from_address,
         from_name=plan.notifications.from_name,
     )
-    for email, count in queued.items():
-        stderr.print(f"  {email}: {count}", highlight=False)
-    stderr.print(f"{sum(queued.values())} emails queued; sender: {sender.name}", highlight=False)
+    with open_registry(settings.registry_url) as engine:
+        queued = pending(engine)
+        failed = failed_count(engine) if retry_failed else 0
+        for email, count in queued.items():
+            stderr.print(f"  {email}: {count}", highlight=False)
+        stderr.print(
+            f"{sum(queued.values())} emails queued; sender: {sender.name}", highlight=False
+        )
+        if retry_failed:
+            stderr.print(f"{failed} failed emails to queue again first", highlight=False)
+        # The preview refuses as the send would: the file outbox never takes an email
+        # last attempted through SendGrid (the key is missing from this shell).
+        check_sender(engine, sender.name, include_failed=retry_failed)
     if not apply:
         stderr.print("preview only: add --apply to send them", highlight=False)
         return
@@ -968,23 +1095,28 @@ def notify_send(
             processes=processes,
             limit=limit,
             progress=advance,
+            retry_failed=retry_failed,
         )
+    if retry_failed:
+        stderr.print(f"{report.requeued} failed emails queued again", highlight=False)
     skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items())) or "none"
     stderr.print(
         f"sent {report.sent}, failed {report.failed}, skipped {sum(report.skipped.values())} "
-        f"({skipped}); resent after a crash: {report.resumed}",
+        f"({skipped}); resent after a crash: {report.resumed}; "
+        f"retried after 5xx/429: {report.retried}",
         highlight=False,
     )
     for outbox_id, reason in report.failures[:20]:
         stderr.print(f"  failed #{outbox_id}: {reason}", highlight=False)
     if report.failed:
+        stderr.print(report.failure_message(), highlight=False)
         raise typer.Exit(EXIT_FAILURE)
 
 
 @notify_app.command("status")
 @reports_errors
 def notify_status(fmt: FormatOption = Format.table) -> None:
-    """The outbox: emails by kind, state and skip reason."""
+    """The outbox: emails by kind, state and reason (skipped: why; failed: the error)."""
     from rollout.notify.outbox import outbox_status
     from rollout.registry.migrate import open_registry
 
@@ -1073,15 +1205,12 @@ def report(
 
     Refreshes the registry's rows in the warehouse and rebuilds the adoption marts
     first, so the report is as of now."""
-    from rollout import warehouse
     from rollout.registry.ledger import utc_now
     from rollout.reporting import report_from_registry
 
     settings, plan = _settings(), _plan()
     day = _parse_day(as_of, "--as-of") if as_of else utc_now().date()
-    with warehouse.open_warehouse(
-        settings.warehouse_path, memory_limit=settings.duckdb_memory_limit
-    ) as con:
+    with _open_warehouse(settings) as con:
         files = report_from_registry(con, settings.registry_url, plan, day, settings.reports_dir)
     everyone = files.all_accounts
     emit_record(

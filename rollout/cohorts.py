@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import duckdb
@@ -78,7 +78,32 @@ def rule_parameters(rule: CohortRule, as_of: date) -> dict[str, Any]:
     }
 
 
-def require_metrics(con: duckdb.DuckDBPyConnection, as_of: date, *, allow_gaps: bool) -> None:
+def day_ranges(days: list[date]) -> str:
+    """Days as runs of consecutive days: ``2022-01-01..2022-01-07, 2022-01-09``."""
+    runs: list[list[date]] = []
+    for day in sorted(days):
+        if runs and day - runs[-1][-1] == timedelta(days=1):
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}..{r[-1]}" for r in runs)
+
+
+def _latest_download_day(con: duckdb.DuckDBPyConnection) -> date | None:
+    try:
+        return warehouse.scalar(con, "select max(day) from stg_downloads")
+    except duckdb.Error:  # no downloads loaded at all: the message says enough without
+        return None
+
+
+def require_metrics(
+    con: duckdb.DuckDBPyConnection, as_of: date, *, allow_gaps: bool, weekly_days: int = 7
+) -> None:
+    """Refuse a day without metrics, or whose weekly window has days without download data.
+
+    ``missing_days`` holds the whole monthly window's gaps; only those of the weekly
+    window (the ``weekly_days`` before ``as_of``) stop the cohorts, and only they are named.
+    """
     run = warehouse.one(
         con,
         "select weekly_window_complete, missing_days from metrics_runs where as_of = $d",
@@ -91,15 +116,26 @@ def require_metrics(con: duckdb.DuckDBPyConnection, as_of: date, *, allow_gaps: 
             f"no package metrics for {as_of}: run `rollout metrics --as-of {as_of}` first",
         )
     complete, missing = run
-    if not complete and not allow_gaps:
-        days = ", ".join(str(d) for d in missing)
-        raise BadInput(
-            None,
-            None,
-            f"download data for {as_of}'s weekly window is missing "
-            f"({days}): load it, or allow gaps (--allow-gaps; allow_gaps in the flows) "
-            "to decide on partial data",
+    if complete or allow_gaps:
+        return
+    start, end = as_of - timedelta(days=weekly_days), as_of - timedelta(days=1)
+    weekly = [d for d in missing if start <= d <= end]
+    if len(weekly) == weekly_days:
+        # Typically a day past the data (a default as-of of today): say where it ends.
+        latest = _latest_download_day(con)
+        gap = f"every day of {as_of}'s weekly window ({start}..{end})"
+        gap += f"; the latest download data loaded is for {latest}" if latest else ""
+    else:
+        gap = (
+            f"{len(weekly)} of the {weekly_days} days of {as_of}'s weekly window "
+            f"({start}..{end}): {day_ranges(weekly)}"
         )
+    raise BadInput(
+        None,
+        None,
+        f"download data is missing for {gap}. Load it, or allow gaps (--allow-gaps; "
+        "allow_gaps in the flows) to decide on partial data",
+    )
 
 
 @contextmanager
@@ -409,7 +445,7 @@ def build_cohorts(
     ``small_registry``: a registry of a few thousand accounts, read in this process (see
     ``extract_registry``) rather than by the faster-per-row child exporter.
     """
-    require_metrics(con, as_of, allow_gaps=allow_gaps)
+    require_metrics(con, as_of, allow_gaps=allow_gaps, weekly_days=plan.metrics.weekly_window_days)
     names = cohorts or list(plan.cohorts)
     for name in names:
         plan.cohort(name)

@@ -70,7 +70,10 @@ class Target:
     email: str
     last_login_at: datetime | None
     live_sessions: int
-    already_required: bool
+    already_required: bool  # 2FA-required by any phase (the account's flag)
+    # This phase requires it already (phase_requirements): enforced before, and not
+    # rolled back. Enforcing again changes nothing for it.
+    required_by_phase: bool = False
 
 
 @dataclass
@@ -88,6 +91,16 @@ class PhasePreview:
     @property
     def sessions(self) -> int:
         return sum(t.live_sessions for t in self.targets)
+
+    @property
+    def required_by_phase(self) -> int:
+        """Of the targets, how many this phase requires already (it was applied)."""
+        return sum(t.required_by_phase for t in self.targets)
+
+    @property
+    def newly_required(self) -> int:
+        """Of the targets, how many enforcing the phase would newly require."""
+        return self.count - self.required_by_phase
 
 
 @dataclass
@@ -139,17 +152,31 @@ def preview_phase(engine: Engine, plan: Plan, phase: Phase) -> PhasePreview:
             func.coalesce(live.c.sessions, 0),
             Account.tfa_required_at,
             factors.c.account_id.is_not(None),
+            REQUIREMENTS.c.account_id.is_not(None),
         )
         .join(CohortMembership, CohortMembership.account_id == Account.id)
         .outerjoin(live, live.c.account_id == Account.id)
         .outerjoin(factors, factors.c.account_id == Account.id)
+        .outerjoin(
+            REQUIREMENTS,
+            and_(REQUIREMENTS.c.account_id == Account.id, REQUIREMENTS.c.phase == phase.name),
+        )
         .where(and_(CohortMembership.cohort == phase.cohort, CohortMembership.left_on.is_(None)))
         .order_by(Account.id)
     )
     targets, exempted, compliant = [], [], 0
     with engine.connect() as connection:
         for row in connection.execute(query):
-            account_id, username, email, last_login, sessions, required_at, has_factor = row
+            (
+                account_id,
+                username,
+                email,
+                last_login,
+                sessions,
+                required_at,
+                has_factor,
+                required_by_phase,
+            ) = row
             if has_factor:
                 compliant += 1
             elif username in exempt:
@@ -157,7 +184,13 @@ def preview_phase(engine: Engine, plan: Plan, phase: Phase) -> PhasePreview:
             else:
                 targets.append(
                     Target(
-                        account_id, username, email, last_login, sessions, required_at is not None
+                        account_id,
+                        username,
+                        email,
+                        last_login,
+                        sessions,
+                        required_at is not None,
+                        bool(required_by_phase),
                     )
                 )
     return PhasePreview(phase.name, phase.cohort, targets, compliant, exempted)

@@ -14,9 +14,10 @@ import io
 import json
 import re
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import duckdb
 import pyarrow as pa
@@ -154,12 +155,29 @@ def sha256(path: Path) -> str:
 _TEXT_ENCODING = "utf-8-sig"
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix.lower() == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=_TEXT_ENCODING, newline="")
-    if path.suffix.lower() == ".zst":
-        raise BadInput(path, None, "zstd-compressed text files are read by DuckDB only")
-    return path.open(encoding=_TEXT_ENCODING, newline="")
+def _open_binary(path: Path) -> IO[bytes]:
+    """The file's bytes, decompressed as its extension says, streamed: DuckDB's
+    readers take ``.gz`` and ``.zst`` by extension too, so both sides read the same."""
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        return gzip.open(path, "rb")
+    if suffix == ".zst":
+        # pyarrow (a dependency already) bundles zstd; it reads multi-frame files too.
+        return pa.input_stream(str(path), compression="zstd")
+    return path.open("rb")
+
+
+@contextmanager
+def open_text(path: Path) -> Iterator[io.TextIOBase]:
+    """A landing text file, plain, ``.gz`` or ``.zst``, as text (UTF-8, with or
+    without a byte-order mark). A damaged compressed stream is ``BadInput``."""
+    try:
+        with io.TextIOWrapper(_open_binary(path), encoding=_TEXT_ENCODING, newline="") as text:
+            yield text
+    except (OSError, EOFError, pa.ArrowInvalid) as error:
+        # gzip: BadGzipFile (an OSError) or EOFError when cut short; zstd: ArrowIOError
+        # (an OSError) or ArrowInvalid.
+        raise BadInput(path, None, f"cannot read the file: {error}") from error
 
 
 # --- physical line numbers ----------------------------------------------------------
@@ -174,7 +192,7 @@ def record_lines(file: LandingFile, ordinals: Iterable[int]) -> dict[int, int]:
         return {}
     result: dict[int, int] = {}
     last = max(wanted)
-    with _open_text(file.path) as handle:
+    with open_text(file.path) as handle:
         if file.format == "csv":
             reader = csv.reader(handle)
             ordinal = -1  # the header is record 0
@@ -227,7 +245,7 @@ def _first_bad_json_line(file: LandingFile) -> BadInput | None:
     DuckDB's parser reports where it noticed the damage, which for an unclosed
     object is the next line; a line-by-line read names the line at fault.
     """
-    with _open_text(file.path) as handle:
+    with open_text(file.path) as handle:
         for number, text in enumerate(handle, start=1):
             if not text.strip():
                 continue
@@ -248,7 +266,7 @@ def _first_bad_json_line(file: LandingFile) -> BadInput | None:
 
 
 def _csv_header(file: LandingFile) -> list[str]:
-    with _open_text(file.path) as handle:
+    with open_text(file.path) as handle:
         try:
             for row in csv.reader(handle):
                 if row:
@@ -444,7 +462,7 @@ def _json_count(value: object) -> str | None:
 def _range_rows(file: LandingFile) -> Iterator[tuple[int, int, object, object, str | None]]:
     """(ordinal, line, package, day, count) from the downloads API's range format."""
     ordinal = 0
-    with _open_text(file.path) as handle:
+    with open_text(file.path) as handle:
         if file.format == "json":
             try:
                 documents = [(1, json.load(handle))]

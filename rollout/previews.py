@@ -32,6 +32,7 @@ COLUMNS = (
     "last_login_at",
     "live_sessions",
     "already_required",
+    "required_by_phase",
 )
 # Rows the markdown artifact lists; the CSV always has them all.
 MARKDOWN_ROWS = 50
@@ -54,6 +55,7 @@ def preview_rows(preview: PhasePreview) -> list[dict[str, Any]]:
             "last_login_at": t.last_login_at,
             "live_sessions": t.live_sessions,
             "already_required": t.already_required,
+            "required_by_phase": t.required_by_phase,
         }
         for t in preview.targets
     ]
@@ -79,6 +81,10 @@ def save_preview(
         "actor": actor,
         "accounts": preview.count,
         "sessions": preview.sessions,
+        # After the phase was applied the list still holds whom it requires (until they
+        # enrol): those are not changed again, only the newly required are.
+        "required_by_phase": preview.required_by_phase,
+        "newly_required": preview.newly_required,
         "compliant": preview.compliant,
         "exempted": len(preview.exempted),
         "csv": path.name,
@@ -112,6 +118,8 @@ def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
         "| what | count |",
         "| --- | ---: |",
         f"| accounts without 2FA to require it of | {p.count} |",
+        f"| of which this phase requires already (enforced) | {p.required_by_phase} |",
+        f"| of which it would newly require | {p.newly_required} |",
         f"| their live web sessions to revoke | {p.sessions} |",
         f"| accounts already compliant (untouched) | {p.compliant} |",
         f"| accounts exempted by the plan (untouched) | {len(p.exempted)} |",

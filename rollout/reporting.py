@@ -80,10 +80,13 @@ MARTS: dict[str, tuple[str, ...]] = {
         "enrolled_14d",
         "enrolled_30d",
         "enrolled_by_enforcement",
+        "without_2fa_at_enforcement",
         "enforced",
         "sessions_revoked",
         "enrolled_after_enforcement",
         "still_without",
+        "required",
+        "rolled_back_at",
     ),
     "time_to_comply": ("phase", "days_after_notice", "accounts"),
     "brownout_impact": (
@@ -129,15 +132,19 @@ BROWNOUT_MEASURES = (
     ("elv_abandoned", "ELV abandoned"),
     ("enrolments_next_7d", "2FA enrolments, next 7 days"),
 )
+# The funnel chart's bars: each stage counts a subset of the one before (the
+# compliance_funnel columns of int_funnel_accounts' stages), so no bar outgrows the
+# one above it. How soon accounts enrolled (enrolled_7d, ...) is no stage: those
+# counts grow with time, and they are in the table and time_to_comply.
 FUNNEL_STAGES = (
     ("without_2fa_at_notice", "without 2FA at notice"),
     ("notified", "notified"),
-    ("enrolled_7d", "enrolled within 7 days"),
-    ("enrolled_14d", "enrolled within 14 days"),
-    ("enrolled_30d", "enrolled within 30 days"),
+    ("without_2fa_at_enforcement", "still without 2FA at enforcement"),
     ("enforced", "enforced (2FA required)"),
     ("enrolled_after_enforcement", "enrolled after enforcement"),
 )
+# compliance_funnel's counts (the rest of its columns are the phase, days, a time).
+FUNNEL_COUNTS = MARTS["compliance_funnel"][4:-1]
 
 
 @dataclass(frozen=True)
@@ -172,8 +179,11 @@ class ReportFiles:
     as_of: date
     data_through: date | None  # the last day of adoption_daily up to as_of
     populations: tuple[PopulationFigures, ...] = ()
-    # Enforced phases (enforce_on <= as_of): cohort accounts still without 2FA.
+    # Enforced phases (enforce_on <= as_of, not rolled back): cohort accounts still
+    # without 2FA.
     still_without_2fa: Mapping[str, int] = field(default_factory=dict)
+    # Phases rolled back as of as_of: when the rollback finished.
+    rolled_back: Mapping[str, datetime] = field(default_factory=dict)
 
     @property
     def all_accounts(self) -> PopulationFigures | None:
@@ -402,14 +412,18 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
         notice_on = _day(row["notice_on"]) if row else planned.notice_on if planned else None
         enforce_on = _day(row["enforce_on"]) if row else planned.enforce_on if planned else None
         cohort = str(row["cohort"]) if row else planned.cohort if planned else ""
+        rolled_back_at = row["rolled_back_at"] if row else None
+        rolled_back_at = rolled_back_at if isinstance(rolled_back_at, datetime) else None
         subtitle = f"cohort {cohort}, notice {notice_on or '?'}, enforcement {enforce_on or '?'}"
+        if rolled_back_at is not None:
+            subtitle += f", rolled back {rolled_back_at:%Y-%m-%d}"
         if notice_on is not None and notice_on > as_of:
             note = f"notices go out on {notice_on}"
         elif row is None:
             note = "no data yet"
         else:
             note = ""
-        counts = {c: _int(row[c]) for c in MARTS["compliance_funnel"][4:]} if row else {}
+        counts = {c: _int(row[c]) for c in FUNNEL_COUNTS} if row else {}
         base = counts.get("without_2fa_at_notice", 0)
         chart_phases.append(
             FunnelPhase(
@@ -428,7 +442,12 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
                     "notice_on": notice_on,
                     "enforce_on": enforce_on,
                     "started": note == "",
-                    "enforced_yet": enforce_on is not None and enforce_on <= as_of,
+                    # A phase rolled back requires nothing: its accounts are not "still
+                    # without 2FA after enforcement".
+                    "enforced_yet": enforce_on is not None
+                    and enforce_on <= as_of
+                    and rolled_back_at is None,
+                    "rolled_back_at": rolled_back_at,
                     **counts,
                     "base": base,
                     "median_days": quantile(name, 0.5),
@@ -708,6 +727,7 @@ def build_report(
         data_through=context["data_through"],
         populations=tuple(context["populations"]),
         still_without_2fa={r["phase"]: r["still_without"] for r in funnel if r["enforced_yet"]},
+        rolled_back={r["phase"]: r["rolled_back_at"] for r in funnel if r["rolled_back_at"]},
     )
 
 

@@ -58,7 +58,11 @@ def connect(
         con = duckdb.connect(str(path), read_only=read_only, config=config)
     except duckdb.IOException as error:
         if "lock" not in str(error).lower():
-            raise
+            # Not a DuckDB file, unreadable, a newer format: a message, not a traceback.
+            raise RolloutError(
+                f"{path}: cannot open the warehouse: {error}; it is derived data, so "
+                "move it aside and run `rollout ingest` to rebuild it from the landing files"
+            ) from None
         # DuckDB allows one writer, or readers, not both: say so, not a traceback.
         holder = re.search(r"\(PID (\d+)\)", str(error))
         who = f"process {holder.group(1)}" if holder else "another process"

@@ -180,6 +180,7 @@ SLOW_TESTS = (
     "tests/test_ingest_properties.py::test_in_place_loading_gives_what_staging_gives",
     "tests/test_registry.py::test_a_failed_exporter_changes_nothing_and_leaves_no_process_behind",
     "tests/test_registry.py::test_extract_copies_every_table_with_model_types",
+    "tests/test_runbooks.py::test_the_release_manager_rehearsal_runs_as_the_runbook_gives_it",
     "tests/test_stop.py::test_a_stopped_send_in_processes_ends_them_all_and_finishes_later",
     "tests/test_stop.py::test_the_extract_s_exporters_end_with_the_command",
     "tests/test_stop.py::test_workers_whose_parent_is_killed_stop_and_put_back_what_they_held",

@@ -14,7 +14,7 @@ from rollout.errors import BadInput, GuardRefused
 from rollout.plan import Brownout, Plan, load_plan
 from rollout.registry.engine import session_scope
 from rollout.registry.ledger import utc_now
-from rollout.registry.models import Account, Action, BrownoutWindow, TfaFactor
+from rollout.registry.models import Account, Action, BrownoutWindow, PlanRun, TfaFactor
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2021, 6, 1)
@@ -120,9 +120,36 @@ def test_start_early_and_the_emergency_end(
         brownouts.end_now(registry_url, "nope", actor="rm", reason="x")
 
 
+class Interrupted(Exception):
+    """What kills a run between two batches, here (in life: a crash, a deploy)."""
+
+
+def _enrolled_at(registry: Engine) -> dict[str, datetime | None]:
+    with registry.connect() as connection:
+        rows = connection.execute(select(Account.username, Account.elv_enrolled_at)).all()
+    return {username: at for username, at in rows}
+
+
 def test_enroll_all_is_resumable_and_audited_per_batch(
     registry: Engine, registry_url: str, accounts: dict[str, int]
 ) -> None:
+    def interrupt_after_the_first_batch(done: int, total: int) -> None:
+        raise Interrupted(f"stopped at {done}/{total}")
+
+    # The first batch (kim, lee) is committed, then the run dies.
+    with pytest.raises(Interrupted, match="stopped at 2/3"):
+        brownouts.enroll_all(
+            registry_url, actor="rm", batch_size=2, progress=interrupt_after_the_first_batch
+        )
+    first = _enrolled_at(registry)
+    assert first["kim"] is not None and first["lee"] is not None and first["max"] is None
+    with registry.connect() as connection:
+        [(state, summary)] = connection.execute(
+            select(PlanRun.state, PlanRun.summary).where(PlanRun.plan == "elv")
+        ).all()
+    assert (state, summary) == ("failed", {"enrolled": 2})
+
+    # The rerun takes only who is left, and leaves the others' times alone.
     seen: list[tuple[int, int]] = []
     assert (
         brownouts.enroll_all(
@@ -131,19 +158,25 @@ def test_enroll_all_is_resumable_and_audited_per_batch(
             batch_size=2,
             progress=lambda done, total: seen.append((done, total)),
         )
-        == 3
+        == 1
     )
-    assert seen == [(2, 3), (3, 3)]
+    assert seen == [(1, 1)]
+    second = _enrolled_at(registry)
+    assert second["kim"] == first["kim"] and second["lee"] == first["lee"]
+    assert second["max"] is not None
     assert required(registry, accounts["kim"], utc_now() + timedelta(seconds=1))
     assert not required(registry, accounts["lee"], utc_now())
     assert brownouts.enroll_all(registry_url, actor="rm") == 0
     with registry.connect() as connection:
-        assert (
-            connection.execute(
-                select(func.count()).select_from(Action).where(Action.action == "elv_enrolled")
-            ).scalar_one()
-            == 2
-        )
+        audited = connection.execute(
+            select(Action.details).where(Action.action == "elv_enrolled")
+        ).scalars()
+        counts = sorted((d["first_id"], d["last_id"], d["count"]) for d in audited)
+    # Each account audited in exactly one batch: once, across the two runs.
+    assert counts == [
+        (accounts["kim"], accounts["lee"], 2),
+        (accounts["max"], accounts["max"], 1),
+    ]
 
 
 def test_windows_given_with_offsets_are_stored_in_utc_and_stay_unchanged(

@@ -8,11 +8,16 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from rollout.cli import app
+from rollout.config import load_settings
+from rollout.notify.devserver import DevSendGrid
+from rollout.registry.engine import make_engine
 
 from .conftest import DATA
+from .factories import NotificationFactory, bound_to
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -295,3 +300,46 @@ def test_hostile_names_stay_text_in_tables_csv_and_messages(rollout_home: Path) 
     missing = run("orgs", "audit", "[red]nobody[/red]\x1b[1A")
     assert missing.exit_code == 2
     assert "\x1b" not in missing.stderr and "[red]nobody[/red]" in missing.stderr
+
+
+def _one_line(text: str) -> str:
+    """stderr as one line: the console wraps long messages at its width."""
+    return " ".join(text.split())
+
+
+def test_notify_send_never_hands_sendgrid_failures_to_the_file_outbox(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run("db", "upgrade")
+    engine = make_engine(load_settings().registry_url)
+    with bound_to(engine):
+        NotificationFactory.create_batch(3, context={"phase": "top-100"})
+    engine.dispose()
+    with DevSendGrid() as server:
+        monkeypatch.setenv("SENDGRID_API_KEY", server.api_key)
+        monkeypatch.setenv("ROLLOUT_SENDGRID_URL", server.url)
+        server.script([{"status": 400}] * 2)
+        sent = run("notify", "send", "--apply", "--concurrency", "1")
+        assert sent.exit_code == 1
+        assert "2 emails failed: SendGrid answered 400" in _one_line(sent.stderr)
+        assert "retried after 5xx/429: 0" in _one_line(sent.stderr)
+        status = json.loads(run("notify", "status", "--format", "json").stdout)
+        [failed] = [r for r in status if r["state"] == "failed"]
+        assert failed["count"] == 2 and failed["reason"].startswith("SendGrid answered 400")
+        # A shell without the key: the preview says so and refuses, and so does --apply.
+        monkeypatch.delenv("SENDGRID_API_KEY")
+        for args in ((), ("--apply",)):
+            refused = run("notify", "send", "--retry-failed", *args)
+            shown = _one_line(refused.stderr)
+            assert refused.exit_code == 1, shown
+            assert "sender: file" in shown and "2 failed emails to queue again first" in shown
+            assert "2 emails waiting to be sent were last attempted through SendGrid" in shown
+            assert "Set SENDGRID_API_KEY" in shown
+        assert not list((rollout_home / "outbox").glob("*.eml"))
+        still = json.loads(run("notify", "status", "--format", "json").stdout)
+        assert [r["count"] for r in still if r["state"] == "failed"] == [2]
+        monkeypatch.setenv("SENDGRID_API_KEY", server.api_key)
+        retried = run("notify", "send", "--retry-failed", "--apply")
+        assert retried.exit_code == 0, retried.stderr
+        assert "2 failed emails queued again" in _one_line(retried.stderr)
+        assert len(server.messages) == 3

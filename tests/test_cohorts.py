@@ -278,9 +278,37 @@ def test_a_gap_in_the_weekly_window_refuses_unless_allowed(
     late = date(2022, 2, 10)  # the window runs to 2022-02-09; data ends 2022-02-07
     report = metrics.compute_metrics(con, late, plan.metrics)
     assert report.missing_days == [date(2022, 2, 8), date(2022, 2, 9)]
-    with pytest.raises(BadInput, match="2022-02-08, 2022-02-09"):
+    with pytest.raises(
+        BadInput,
+        match=r"missing for 2 of the 7 days of 2022-02-10's weekly window "
+        r"\(2022-02-03\.\.2022-02-09\): 2022-02-08\.\.2022-02-09\. Load it",
+    ):
         cohorts.build_cohorts(con, registry_url, plan, late, actor="test")
     assert cohorts.build_cohorts(con, registry_url, plan, late, actor="test", allow_gaps=True)
+
+
+def test_a_day_past_the_data_names_the_weekly_window_and_where_the_data_ends(
+    con: duckdb.DuckDBPyConnection,
+    registry_url: str,
+    plan: Plan,
+    people: dict[str, int],
+) -> None:
+    later = date(2022, 6, 1)  # data ends 2022-02-07: the whole monthly window is missing
+    assert len(metrics.compute_metrics(con, later, plan.metrics).missing_days) == 30
+    with pytest.raises(BadInput) as refused:
+        cohorts.build_cohorts(con, registry_url, plan, later, actor="test")
+    assert str(refused.value) == (
+        "download data is missing for every day of 2022-06-01's weekly window "
+        "(2022-05-25..2022-05-31); the latest download data loaded is for 2022-02-07. "
+        "Load it, or allow gaps (--allow-gaps; allow_gaps in the flows) to decide on "
+        "partial data"
+    )
+
+
+def test_day_ranges_joins_consecutive_days() -> None:
+    days = [date(2022, 1, 3), date(2022, 1, 1), date(2022, 1, 2), date(2022, 1, 5)]
+    assert cohorts.day_ranges(days) == "2022-01-01..2022-01-03, 2022-01-05"
+    assert cohorts.day_ranges([]) == ""
 
 
 def test_simulate_writes_nothing(

@@ -385,3 +385,46 @@ def test_clear_forgets_everything(dev: DevSendGrid) -> None:
     dev.script([{"status": 500}])
     dev.clear()
     assert (dev.messages, dev.requests_seen, dev.pending_faults) == ([], 0, 0)
+
+
+def test_get_faults_shows_what_is_still_pending_in_the_posted_format(dev: DevSendGrid) -> None:
+    script = [{"status": 429, "retry_after": 1.0}, {"stall": 0.1, "status": 503}, {"drop": True}]
+    assert request(dev, "POST", "/dev/faults", script)[0] == 204
+    status, _, pending = request(dev, "GET", "/dev/faults")
+    assert (status, pending) == (200, script)
+
+    assert send(dev)[0] == 429
+    assert request(dev, "GET", "/dev/faults")[2] == script[1:]
+    # What GET shows can be posted back as it is.
+    assert request(dev, "POST", "/dev/faults", script[1:])[0] == 204
+    assert dev.pending_faults == 2
+
+
+def test_delete_faults_clears_the_script_and_keeps_the_messages(dev: DevSendGrid) -> None:
+    assert send(dev)[0] == 202
+    dev.script([{"status": 500}, {"status": 500}])
+    status, _, payload = request(dev, "DELETE", "/dev/faults")
+    assert (status, payload) == (204, None)
+    assert request(dev, "GET", "/dev/faults")[2] == []
+    assert send(dev)[0] == 202
+    assert len(dev.messages) == 2
+
+
+def test_a_refused_script_leaves_the_pending_one(dev: DevSendGrid) -> None:
+    dev.script([{"status": 502}])
+    assert request(dev, "POST", "/dev/faults", [{"status": 500}, {"bogus": 1}])[0] == 400
+    assert request(dev, "GET", "/dev/faults")[2] == [{"status": 502}]
+
+
+def test_scopes_answer_a_valid_key_and_refuse_another(dev: DevSendGrid) -> None:
+    status, _, payload = request(dev, "GET", "/v3/scopes")
+    assert (status, payload) == (200, {"scopes": ["mail.send"]})
+    assert request(dev, "GET", "/v3/scopes", key="SG.wrong.key")[0] == 401
+    assert request(dev, "GET", "/v3/scopes", key=None)[0] == 401
+
+
+def test_scopes_never_use_up_a_fault(dev: DevSendGrid) -> None:
+    dev.script([{"status": 500}])
+    assert request(dev, "GET", "/v3/scopes")[0] == 200
+    assert dev.pending_faults == 1
+    assert dev.requests_seen == 0

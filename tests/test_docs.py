@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,4 +58,62 @@ def test_nothing_under_rollout_imports_prefect() -> None:
 
 def test_the_readme_gives_exactly_the_two_setup_commands() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert "make demo" in readme and "make test" in readme
+    section = readme.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in block.strip().splitlines()]
+    assert commands == ["make demo", "make test"]
+
+
+def readme_command_table() -> dict[str, set[str]]:
+    """{command path: the options its row names} from the README's command table. A
+    row may name several commands of one group: `rollout db upgrade` / `db status`."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The command line", 1)[1].split("\n## ", 1)[0]
+    table: dict[str, set[str]] = {}
+    for line in section.splitlines():
+        if not line.startswith("| `rollout "):
+            continue
+        first_cell = line.strip("|").split(" |", 1)[0]
+        group: list[str] = []
+        for usage in re.findall(r"`([^`]+)`", first_cell):
+            words = usage.replace("\\|", "|").split()
+            if words[0] == "rollout":
+                words = words[1:]
+            path = []
+            for word in words:
+                if not re.fullmatch(r"[a-z][a-z0-9-]*", word):
+                    break
+                path.append(word)
+            if not group:
+                group = path[:-1]
+            elif len(path) == 1:
+                path = [*group, *path]
+            table[" ".join(path)] = set(re.findall(r"--[a-z][a-z0-9-]*", usage))
+    return table
+
+
+def cli_commands() -> dict[str, set[str]]:
+    """{command path: its options} of every command that runs (not the groups)."""
+    found = {}
+    for name, command in all_commands():
+        if name and not getattr(command, "commands", None):
+            found[name] = {
+                option
+                for param in command.params
+                for option in (*param.opts, *param.secondary_opts)
+                if option.startswith("--")
+            }
+    return found
+
+
+def test_the_readme_command_table_is_the_cli() -> None:
+    documented, cli = readme_command_table(), cli_commands()
+    assert len(documented) >= 30
+    assert sorted(set(documented) - set(cli)) == [], "in the README, not in the CLI"
+    assert sorted(set(cli) - set(documented)) == [], "in the CLI, not in the README's table"
+    unknown = {
+        name: sorted(options - cli[name])
+        for name, options in documented.items()
+        if options - cli[name]
+    }
+    assert unknown == {}, "options the README names that the command does not take"

@@ -119,6 +119,70 @@ def test_preview_lists_exactly_the_non_compliant(
     assert count(registry, Action) == 0 and required(registry) == set()
 
 
+def test_a_preview_after_enforcement_tells_whom_the_phase_requires_already(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int], tmp_path: Path
+) -> None:
+    """alice and dave stay on the list once enforced (still without 2FA): the preview
+    says the phase requires them already, not that they would be required."""
+    before = enforce.preview_phase(registry, plan, plan.phase("top-100"))
+    assert [t.required_by_phase for t in before.targets] == [False, False]
+    assert (before.required_by_phase, before.newly_required) == (0, 2)
+    enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")
+
+    after = enforce.preview_phase(registry, plan, plan.phase("top-100"))
+    assert [(t.username, t.required_by_phase) for t in after.targets] == [
+        ("alice", True),
+        ("dave", True),
+    ]
+    assert (after.count, after.required_by_phase, after.newly_required) == (2, 2, 0)
+    # Another phase's requirement sets the account's flag, not this phase's column.
+    other = enforce.preview_phase(
+        registry, plan, plan.phase("top-100").model_copy(update={"name": "other"})
+    )
+    assert [(t.already_required, t.required_by_phase) for t in other.targets] == [
+        (True, False),
+        (True, False),
+    ]
+    saved = save_preview(plan, after, tmp_path, actor="rm")
+    markdown = preview_markdown(saved)
+    assert "| of which this phase requires already (enforced) | 2 |" in markdown
+    assert "| of which it would newly require | 0 |" in markdown
+    header, *rows = saved.csv_path.read_text().splitlines()
+    assert header.endswith(",already_required,required_by_phase")
+    assert all(row.endswith(",True,True") for row in rows)
+    [record] = saved_previews(tmp_path)
+    assert (record["required_by_phase"], record["newly_required"]) == (2, 0)
+
+    enforce.rollback_phase(registry_url, plan, "top-100", actor="rm")
+    rolled_back = enforce.preview_phase(registry, plan, plan.phase("top-100"))
+    assert rolled_back.required_by_phase == 0
+
+
+def test_the_cli_preview_after_enforcement_counts_the_already_required(
+    registry: Engine,
+    registry_url: str,
+    plan: Plan,
+    ids: dict[str, int],
+    rollout_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")
+    # The CLI reads the reference plan, which exempts nobody: carol is new to the list.
+    result = CliRunner().invoke(app, ["phase", "preview", "top-100", "--format", "json"])
+    assert result.exit_code == 0, result.stderr
+    assert (
+        "3 accounts without 2FA in cohort top-100: 2 already required by this phase "
+        "(enforced), 1 would be newly required;" in " ".join(result.stderr.split())
+    )
+    assert "would be required to enrol" not in result.stderr
+    assert "--apply --expect 3" in result.stderr
+
+
 def test_a_wrong_expected_count_refuses_and_changes_nothing(
     registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
 ) -> None:
@@ -250,7 +314,9 @@ def test_a_saved_preview_keeps_the_list_and_its_record_and_writes_nothing_to_the
     saved = save_preview(plan, preview, tmp_path, actor="rm")
     assert saved.csv_path.parent == tmp_path / "previews"
     lines = saved.csv_path.read_text().splitlines()
-    assert lines[0] == "account_id,username,email,last_login_at,live_sessions,already_required"
+    assert lines[0] == (
+        "account_id,username,email,last_login_at,live_sessions,already_required,required_by_phase"
+    )
     assert [line.split(",")[1] for line in lines[1:]] == ["alice", "dave"]
     [record] = saved_previews(tmp_path)
     assert (record["phase"], record["actor"], record["run_id"]) == ("top-100", "rm", saved.run_id)

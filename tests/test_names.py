@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+from datetime import date
+
 import duckdb
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from rollout import warehouse
 from rollout.errors import BadInput
 from rollout.names import (
     PACKAGE_NAME_PATTERN,
@@ -69,14 +73,79 @@ def test_every_shipped_real_name_is_valid() -> None:
     assert [n for n in names if not is_valid_package_name(n)] == []
 
 
+@functools.cache
+def _check_warehouse() -> duckdb.DuckDBPyConnection:
+    """One in-memory warehouse for all draws: the checks only read it."""
+    return warehouse.connect(":memory:")
+
+
+def _problem_the_downloads_check_finds(name: str) -> str | None:
+    """What sql/raw/check_downloads.sql, as ingest runs it, says of a row of this
+    package with a good day and count."""
+    con = _check_warehouse()
+    con.execute(
+        "create or replace temp table incoming as select 1::bigint as ordinal, "
+        "1::bigint as line, $name::varchar as package, null::varchar as day_raw, "
+        "date '2022-01-10' as day, null::varchar as downloads_raw, 5::bigint as downloads",
+        {"name": name},
+    )
+    day = date(2022, 1, 10)
+    warehouse.run(
+        con,
+        "raw/check_downloads",
+        {
+            "name_pattern": PACKAGE_NAME_PATTERN,
+            "today": date(2022, 2, 1),
+            "min_day": day,
+            "max_day": day,
+            "overlaps": False,
+            "file_id": None,
+            "may_be_in_order": False,
+        },
+    )
+    rows = con.execute("select problem from flagged").fetchall()
+    return rows[0][0] if rows else None
+
+
+def _problem_the_manifests_check_finds(name: str) -> str | None:
+    """What sql/raw/check_manifests.sql says of a manifest of this name, otherwise good."""
+    con = _check_warehouse()
+    con.execute(
+        "create or replace temp table incoming as select 1::bigint as ordinal, "
+        "1::bigint as line, $name::varchar as name, '1.0.0' as version, "
+        "['someone'] as maintainers, false as maintainers_malformed, "
+        "false as dependencies_malformed, false as devDependencies_malformed, "
+        "false as peerDependencies_malformed, false as dependencies_repeats, "
+        "false as devDependencies_repeats, false as peerDependencies_repeats, "
+        "[]::varchar[] as self_dependency_kinds",
+        {"name": name},
+    )
+    con.execute(
+        "create or replace temp view incoming_dependencies as select 1::bigint as ordinal, "
+        "null::varchar as dependency, null::varchar as range, 'prod' as kind where false"
+    )
+    warehouse.run(con, "raw/check_manifests", {"name_pattern": PACKAGE_NAME_PATTERN})
+    rows = con.execute("select problem from flagged").fetchall()
+    return rows[0][0] if rows else None
+
+
+@settings(max_examples=60, deadline=None)
 @given(st.text(alphabet=st.sampled_from("aZ09-_.!~*'()@/ é"), max_size=12))
+@example("")
+@example("node_modules")
+@example("FAVICON.ICO")
+@example("@scope/pkg")
 def test_duckdb_and_python_agree(name: str) -> None:
-    in_sql = duckdb.execute(
-        "select regexp_full_match($name, $pattern) and lower($name) not in "
-        "('node_modules', 'favicon.ico')",
-        {"name": name, "pattern": PACKAGE_NAME_PATTERN},
-    ).fetchall()[0][0]
-    assert bool(in_sql) == is_valid_package_name(name) or name == ""
+    """The checks ingest runs (their own SQL, not a copy of its condition) accept a
+    name exactly when rollout.names does."""
+    valid = is_valid_package_name(name)
+    for problem in (
+        _problem_the_downloads_check_finds(name),
+        _problem_the_manifests_check_finds(name),
+    ):
+        assert (problem is None) == valid, (name, problem)
+        if not valid:
+            assert problem is not None and "name" in problem
 
 
 # --- names that become file names ---------------------------------------------------

@@ -12,7 +12,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,7 @@ from rollout.registry.engine import session_scope
 from rollout.registry.models import Account, CohortMembership, Notification, TfaFactor
 
 ROOT = Path(__file__).resolve().parent.parent
+REPEAT = "inside the repeat window"
 T0 = datetime(2021, 6, 1)
 NOTICE_DAY = date(2022, 1, 4)  # the reference plan's top-100 notices
 KEY = "SG.test-outbox.k3y-that-must-never-leak"
@@ -183,22 +184,60 @@ def test_an_account_that_enrolled_after_queueing_gets_no_reminder(
     assert rows(registry, "reminder")["ann"] == ("skipped", "already compliant")
 
 
+def _reminder(registry: Engine, account_id: int, occasion: str) -> tuple[str, str | None]:
+    with registry.connect() as connection:
+        row = connection.execute(
+            select(Notification.state, Notification.skip_reason).where(
+                Notification.account_id == account_id,
+                Notification.email == "reminder",
+                Notification.occasion == occasion,
+            )
+        ).one()
+    return (row.state, row.skip_reason)
+
+
+def _repeating(plan: Plan, **days: int) -> Plan:
+    notifications = plan.notifications.model_copy(update={"repeat_days": days})
+    return plan.model_copy(update={"notifications": notifications})
+
+
 def test_a_reminder_inside_the_repeat_window_is_skipped(
     registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
 ) -> None:
-    outbox.queue_due(registry_url, plan, date(2022, 1, 18), actor="rm")
-    first = datetime(2022, 1, 18, 9)
-    outbox.drain(registry_url, plan, Recording(), clock=lambda: first)
-    outbox.queue_due(registry_url, plan, date(2022, 1, 29), actor="rm")
-    # Sent late (the 14-day reminder went out only 5 days ago): at most weekly.
-    outbox.drain(registry_url, plan, Recording(), clock=lambda: first + timedelta(days=5))
-    with registry.connect() as connection:
-        late = connection.execute(
-            select(Notification.state, Notification.skip_reason).where(
-                Notification.account_id == ids["ann"], Notification.occasion == "3d"
-            )
-        ).one()
-    assert tuple(late) == ("skipped", "inside the repeat window")
+    # The reminders 14 and 3 days before the deadline (01-18, 01-29) are 11 days apart:
+    # inside a fortnight's window.
+    fortnightly = _repeating(plan, reminder=14)
+    outbox.queue_due(registry_url, fortnightly, date(2022, 1, 18), actor="rm")
+    outbox.drain(registry_url, fortnightly, Recording(), clock=lambda: datetime(2022, 1, 18, 9))
+    outbox.queue_due(registry_url, fortnightly, date(2022, 1, 29), actor="rm")
+    outbox.drain(registry_url, fortnightly, Recording(), clock=lambda: datetime(2022, 1, 29, 9))
+    assert _reminder(registry, ids["ann"], "14d") == ("sent", None)
+    assert _reminder(registry, ids["ann"], "3d") == ("skipped", "inside the repeat window")
+
+
+@pytest.mark.parametrize(
+    ("repeat_days", "second"), [(7, ("sent", None)), (14, ("skipped", REPEAT))]
+)
+def test_a_back_filled_run_judges_the_repeat_window_on_its_own_day(
+    registry: Engine,
+    registry_url: str,
+    plan: Plan,
+    ids: dict[str, int],
+    repeat_days: int,
+    second: tuple[str, str | None],
+) -> None:
+    """Two past days of the plan queued (``notify queue --as-of D``) and sent now,
+    seconds apart, by the real clock: the window is judged on the runs' days, 01-18 and
+    01-29, 11 days apart; not on the seconds between the two drains."""
+    repeating = _repeating(plan, reminder=repeat_days)
+    outbox.queue_due(registry_url, repeating, date(2022, 1, 18), actor="rm")
+    outbox.drain(registry_url, repeating, Recording())
+    outbox.queue_due(registry_url, repeating, date(2022, 1, 29), actor="rm")
+    sender = Recording()
+    outbox.drain(registry_url, repeating, sender)
+    assert _reminder(registry, ids["ann"], "14d") == ("sent", None)
+    assert _reminder(registry, ids["ann"], "3d") == second
+    assert ("ann" in {m.to_name for m in sender.sent}) == (second[0] == "sent")
 
 
 def test_a_rejected_message_fails_with_its_reason_and_the_rest_go_on(
@@ -390,3 +429,102 @@ def test_a_drain_in_several_processes_sends_each_message_once(
     assert report.sent == 42 and set(delivered.values()) == {1}
     assert rows(registry)["ann"] == ("sent", None)
     assert seen and seen[-1][1] == 42
+
+
+# --- failures that must show -------------------------------------------------------------
+
+
+def _sender_of(registry: Engine) -> dict[str, str | None]:
+    with registry.connect() as connection:
+        return dict(
+            connection.execute(
+                select(Account.username, Notification.sender).join(
+                    Account, Account.id == Notification.account_id
+                )
+            ).all()
+        )
+
+
+def test_each_row_records_the_sender_that_attempted_it(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int], tmp_path: Path
+) -> None:
+    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    assert _sender_of(registry)["ann"] is None  # queued, never attempted
+    outbox.drain(registry_url, plan, FileSender(tmp_path / "outbox"))
+    senders = _sender_of(registry)
+    assert (senders["ann"], senders["ben"], senders["cat"]) == ("file", "file", None)
+
+
+def test_the_file_outbox_refuses_emails_last_attempted_through_sendgrid(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int], tmp_path: Path
+) -> None:
+    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    with DevSendGrid(api_key=KEY) as server:
+        server.script([{"status": 400}])
+        sender = SendGridSender(KEY, server.url, timeout=5)
+        first = outbox.drain(registry_url, plan, sender, concurrency=1)
+    assert (first.sent, first.failed) == (1, 1)
+    before = rows(registry)
+    file_sender = FileSender(tmp_path / "outbox")
+    # A retry from a shell without SENDGRID_API_KEY: nothing queued, nothing written.
+    with pytest.raises(RolloutError, match="last attempted through SendGrid") as refused:
+        outbox.drain(registry_url, plan, file_sender, retry_failed=True)
+    assert "SENDGRID_API_KEY" in str(refused.value) and "sendgrid-api-key" in str(refused.value)
+    with pytest.raises(RolloutError, match="last attempted through SendGrid"):
+        outbox.retry_failed(registry, sender="file")
+    assert rows(registry) == before
+    assert not list((tmp_path / "outbox").glob("*.eml"))
+    # Without retry_failed the failed row is not the file sender's to take: it may drain.
+    assert outbox.drain(registry_url, plan, file_sender).done == 0
+    # Through SendGrid, the retry goes.
+    with DevSendGrid(api_key=KEY) as server:
+        sender = SendGridSender(KEY, server.url, timeout=5)
+        again = outbox.drain(registry_url, plan, sender, retry_failed=True)
+    assert (again.requeued, again.sent, again.failed) == (1, 1, 0)
+    assert {state for state, _ in rows(registry).values()} == {"sent", "skipped"}
+
+
+def test_status_groups_failures_by_reason(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+) -> None:
+    _many(registry, 3)
+    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")  # ann, ben + 3
+    with DevSendGrid(api_key=KEY) as server:
+        server.script([{"status": 400}] * 3)
+        sender = SendGridSender(KEY, server.url, timeout=5)
+        report = outbox.drain(registry_url, plan, sender, concurrency=1)
+    assert (report.sent, report.failed) == (2, 3)
+    [reason] = {why for _, why in report.failures}
+    assert reason.startswith("SendGrid answered 400")
+    assert report.failure_message() == f"3 emails failed: {reason} (3)"
+    failed = [r for r in outbox.outbox_status(registry) if r["state"] == "failed"]
+    assert failed == [{"email": "phase_notice", "state": "failed", "reason": reason, "count": 3}]
+    assert outbox.failed_count(registry) == 3
+
+
+def test_failure_reasons_drop_the_outbox_id_and_keep_the_first_line() -> None:
+    assert outbox.failure_reason("outbox 12: invalid recipient\nmore") == "invalid recipient"
+    assert outbox.failure_reason(None) == "(no reason recorded)"
+    report = outbox.DrainReport("sendgrid", failed=4)
+    report.failures = [(1, "a"), (2, "a"), (3, "b"), (4, "outbox 4: c"), (5, "d")]
+    assert report.failure_message(top=2) == "4 emails failed: a (2); b (1); 2 other reasons"
+
+
+def test_retries_after_5xx_are_logged_and_counted(
+    registry: Engine,
+    registry_url: str,
+    plan: Plan,
+    ids: dict[str, int],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    with DevSendGrid(api_key=KEY) as server, caplog.at_level(logging.WARNING):
+        server.script([{"status": 503}, {"status": 429, "retry_after": 0}])
+        sender = SendGridSender(KEY, server.url, timeout=5, sleep=lambda _: None)
+        report = outbox.drain(registry_url, plan, sender, concurrency=1)
+    assert (report.sent, report.failed, report.retried) == (2, 0, 2)
+    records = [r for r in caplog.records if r.name == "rollout.notify.senders"]
+    assert [r.levelno for r in records] == [logging.WARNING] * 2
+    retries = [r.getMessage() for r in records]
+    assert "(status 503); retry 1/4" in retries[0] and "(status 429); retry 2/4" in retries[1]
+    assert KEY not in caplog.text

@@ -140,3 +140,24 @@ def test_brownouts_and_elv_enrollment_run_at_the_plans_times() -> None:
     assert _one_off_runs("elv-enroll-all") == {"": datetime.combine(plan.elv.enroll_all_on, time())}
     for name in ("brownout-start", "brownout-end", "elv-enroll-all"):
         assert all(s["timezone"] == "UTC" for s in DEPLOYMENTS[name]["schedules"])
+
+
+def test_the_project_dir_is_fixed_at_deploy_time_only_when_set_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What prefect.yaml's comment says: `prefect deploy` applies its own environment to
+    # the pull steps (prefect/cli/deploy/_core.py) and keeps a placeholder it cannot
+    # fill for the worker's environment at run time.
+    from prefect.utilities.templating import apply_values
+
+    pull, step = CONFIG["pull"], "prefect.deployments.steps.set_working_directory"
+    monkeypatch.setenv("ROLLOUT_PROJECT_DIR", "/srv/deploying-shell")
+    [deployed] = apply_values(pull, {}, remove_notset=False)
+    assert deployed[step]["directory"] == "/srv/deploying-shell"
+
+    monkeypatch.delenv("ROLLOUT_PROJECT_DIR")
+    [deployed] = apply_values(pull, {}, remove_notset=False)
+    assert deployed[step]["directory"] == "{{ $ROLLOUT_PROJECT_DIR }}"
+    # ...which the pull step resolves from the worker's environment when a run starts.
+    monkeypatch.setenv("ROLLOUT_PROJECT_DIR", "/srv/worker")
+    assert apply_values(deployed[step], dict(os.environ))["directory"] == "/srv/worker"

@@ -63,5 +63,5 @@ def test_the_preview_markdown_shows_names_as_text(plan: Plan, tmp_path: Path) ->
     # One table row per account: no name ended its row or added one.
     rows = [line for line in markdown.splitlines() if line.startswith("| ") and "@" in line]
     assert len(rows) == len(EVERYTHING)
-    assert html.count("<tr>") == 1 + 4 + 1 + len(EVERYTHING)
+    assert html.count("<tr>") == 1 + 6 + 1 + len(EVERYTHING)
     assert "Exempted: =cmd\\|' /C calc'\\!A0, &lt;b&gt;x&lt;/b&gt;" in markdown

@@ -24,6 +24,7 @@ from rollout.errors import RolloutError
 from rollout.output import FORMULA_PREFIXES
 from rollout.plan import Plan, load_plan
 from rollout.reporting import (
+    FUNNEL_STAGES,
     MARTS,
     ReportFiles,
     build_report,
@@ -49,8 +50,9 @@ MART_DDL = {
     "compliance_funnel": "phase varchar, cohort varchar, notice_on date, enforce_on date, "
     "accounts bigint, without_2fa_at_notice bigint, notified bigint, enrolled_7d bigint, "
     "enrolled_14d bigint, enrolled_30d bigint, enrolled_by_enforcement bigint, "
-    "enforced bigint, sessions_revoked bigint, enrolled_after_enforcement bigint, "
-    "still_without bigint",
+    "without_2fa_at_enforcement bigint, enforced bigint, sessions_revoked bigint, "
+    "enrolled_after_enforcement bigint, still_without bigint, required bigint, "
+    "rolled_back_at timestamp",
     "time_to_comply": "phase varchar, days_after_notice integer, accounts bigint",
     "brownout_impact": "brownout varchar, period varchar, starts_at timestamp, "
     "ends_at timestamp, logins bigint, elv_challenges bigint, elv_completed bigint, "
@@ -132,9 +134,9 @@ def fill_marts(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date = AS_OF) 
     con.execute(
         "insert into compliance_funnel values "
         "('top-100', 'top-100', '2022-01-04', '2022-02-01', 250, 100, 100, 30, 45, 70, 75, "
-        "25, 40, 15, 10), "
+        "25, 25, 40, 15, 10, 27, null), "
         "('high-impact', 'high-impact', '2022-03-15', '2022-05-03', 8000, 5600, 5550, 1200, "
-        "2100, 3500, 4500, 1100, 1500, 600, 500)"
+        "2100, 3500, 4500, 1050, 1000, 1500, 600, 500, 1100, null)"
     )
     con.executemany(
         "insert into time_to_comply values (?, ?, ?)",
@@ -432,9 +434,8 @@ def test_the_markdown_tells_the_same_story(report: ReportFiles) -> None:
         "## Milestones",
     ):
         assert f"\n{heading}\n" in markdown
-    assert "| top-100 | 2022-01-04 | 2022-02-01 | 100 | 100 | 30 | 45 | 70 | 25 | 15 | 10 | " in (
-        markdown
-    )
+    row = "| top-100 | 2022-01-04 | 2022-02-01 | 100 | 100 | 30 | 45 | 70 | 25 | 25 | 15 | 10 | 27"
+    assert row in markdown
 
 
 def test_markdown_tables_are_well_formed(report: ReportFiles) -> None:
@@ -577,7 +578,7 @@ def test_degenerate_values_never_reach_the_svg(tmp_path: Path, plan: Plan) -> No
         )
         con.execute(
             "insert into compliance_funnel values ('top-100', 'top-100', '2022-01-04', "
-            "'2022-02-01', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)"
+            "'2022-02-01', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, null)"
         )
         con.execute("insert into adoption_by_org values (null, null, null, 'nan', 0, 0, null)")
         files = build_report(con, plan, AS_OF, tmp_path / "out")
@@ -632,6 +633,45 @@ def test_the_same_marts_make_the_same_files(
         again = build_report(con, plan, AS_OF, tmp_path / "again")
     for first, second in zip(report.paths, again.paths, strict=True):
         assert first.read_bytes() == second.read_bytes(), first.name
+
+
+def test_a_rolled_back_phase_is_marked_rolled_back_not_still_without_2fa(
+    tmp_path: Path, plan: Plan
+) -> None:
+    path = make_warehouse(tmp_path, plan)
+    with open_warehouse(path) as con:
+        con.execute(
+            "update compliance_funnel set enforced = 0, enrolled_after_enforcement = 0, "
+            "required = 0, rolled_back_at = '2022-02-03 10:15' where phase = 'top-100'"
+        )
+        files = build_report(con, plan, AS_OF, tmp_path / "out")
+    assert files.still_without_2fa == {"high-impact": 500}
+    assert files.rolled_back == {"top-100": datetime(2022, 2, 3, 10, 15)}
+    markdown = files.markdown.read_text()
+    assert "- Phase top-100 (enforcement 2022-02-01): rolled back 2022-02-03 10:15;" in markdown
+    assert "Phase top-100 (enforced 2022-02-01)" not in markdown
+    assert "- Phase high-impact (enforced 2022-05-03): 500 accounts still without 2FA." in markdown
+    headline = re.search(r'<h2 id="headline-h">.*?</section>', files.html.read_text(), re.S)
+    assert headline is not None
+    cards = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", headline.group(0)))
+    assert "rolled back phase top-100 on 2022-02-03 10:15" in cards
+    assert "accounts of phase top-100 still without 2FA" not in cards
+    assert "accounts of phase high-impact still without 2FA" in cards
+
+
+def test_each_bar_of_the_funnel_counts_some_of_the_bar_before(report: ReportFiles) -> None:
+    """The funnel chart's bars are a chain: no stage over 100% of the one above it."""
+    html = report.html.read_text()
+    chart = re.search(r'<svg\b[^>]*id="chart-funnel".*?</svg>', html, re.S)
+    assert chart is not None
+    bars: dict[str, list[tuple[str, int]]] = {}
+    for phase, label, value in re.findall(r"<title>([^:<]+): ([^:<]+): ([\d,]+)", chart.group(0)):
+        bars.setdefault(phase, []).append((label, int(value.replace(",", ""))))
+    assert set(bars) == {"top-100", "high-impact"}
+    for phase, stages in bars.items():
+        assert [label for label, _ in stages] == [label for _, label in FUNNEL_STAGES], phase
+        values = [value for _, value in stages]
+        assert values == sorted(values, reverse=True), phase
 
 
 def test_an_earlier_as_of_reports_up_to_that_day(

@@ -10,18 +10,34 @@ to localhost only):
 
 - ``GET /dev/messages``: every accepted message, as a JSON list of
   ``{"message_id", "received_at", "body"}``; ``DELETE /dev/messages`` forgets them.
-- ``POST /dev/faults``: a JSON list of faults that replaces the pending fault script.
+- ``POST /dev/faults``: a JSON list of faults that replaces the pending fault script
+  (204; 400 naming the problem, with the script unchanged, for a bad one).
+  ``GET /dev/faults`` answers the faults still pending, in the same format;
+  ``DELETE /dev/faults`` clears them (204).
 
-Faults are applied in order, one per ``/v3/mail/send`` request, before authentication
-(they stand for trouble in front of the API: rate limiter, load balancer, network):
+It also answers ``GET /v3/scopes`` (SendGrid's list of the key's permissions, here
+``{"scopes": ["mail.send"]}``) for a valid key and 401 for another: ``rollout doctor``
+checks a key with it. Faults never apply to it.
 
-- ``{"status": 429, "retry_after": 1}``: 429 with ``Retry-After`` and rate-limit headers.
-- ``{"status": 500}`` (any 4xx/5xx): that status with a SendGrid-like error body.
-- ``{"stall": 1.5}``: wait that long, then answer normally. A stalled request that ends in
-  202 IS recorded, even when the client gave up waiting: the server cannot know. That is
-  also what real SendGrid may do, so tests should count deliveries by outbox id.
-  ``stall`` can be combined with ``status`` (wait, then fail).
-- ``{"drop": true}``: read the request, then close the connection without any response.
+The fault script is a JSON list of objects, applied in order, one per
+``/v3/mail/send`` request, before authentication (they stand for trouble in front of
+the API: rate limiter, load balancer, network). Each object has one or more of:
+
+- ``status``: an integer 400..599; 429 also sends ``Retry-After`` (when ``retry_after``
+  is given, in seconds) and SendGrid's ``X-RateLimit-*`` headers; any other status
+  comes with a SendGrid-like error body: ``{"status": 429, "retry_after": 1}``,
+  ``{"status": 500}``.
+- ``stall``: seconds to wait, then answer normally: ``{"stall": 1.5}``. A stalled request
+  that ends in 202 IS recorded, even when the client gave up waiting: the server cannot
+  know. That is also what real SendGrid may do, so tests should count deliveries by
+  outbox id. ``stall`` can be combined with ``status`` (wait, then fail).
+- ``drop``: ``{"drop": true}`` reads the request, then closes the connection without any
+  response (not combinable with ``status``).
+
+For example, two rate-limited requests, then a dropped one, then normal service::
+
+    curl -X POST localhost:3030/dev/faults \\
+      -d '[{"status": 429, "retry_after": 1}, {"status": 429}, {"drop": true}]'
 
 Tests use :class:`DevSendGrid` (a context manager running the server on a free port in a
 background thread); ``rollout dev sendgrid`` runs :func:`serve` in the foreground.
@@ -52,6 +68,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_KEY = "SG.dev.local-development-key"
 MAIL_SEND_PATH = "/v3/mail/send"
+SCOPES_PATH = "/v3/scopes"
+FAULTS_PATH = "/dev/faults"
+# What a key made with only "Mail Send" permission is granted (SendGrid's scope name).
+DEFAULT_SCOPES = ("mail.send",)
 HELP_URL = "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html"
 
 # Documented Mail Send limits.
@@ -412,6 +432,20 @@ def parse_fault(raw: Mapping[str, Any]) -> Fault:
     return fault
 
 
+def fault_json(fault: Fault) -> dict[str, Any]:
+    """A fault in the form ``POST /dev/faults`` takes (what ``GET /dev/faults`` shows)."""
+    shown: dict[str, Any] = {}
+    if fault.status is not None:
+        shown["status"] = fault.status
+    if fault.retry_after is not None:
+        shown["retry_after"] = fault.retry_after
+    if fault.stall:
+        shown["stall"] = fault.stall
+    if fault.drop:
+        shown["drop"] = True
+    return shown
+
+
 def _non_negative(value: object, name: str) -> float | None:
     if value is None:
         return None
@@ -427,6 +461,7 @@ def _non_negative(value: object, name: str) -> float | None:
 class _State:
     api_key: str
     record_path: Path | None
+    scopes: tuple[str, ...] = DEFAULT_SCOPES
     messages: list[dict[str, Any]] = field(default_factory=list)
     faults: deque[Fault] = field(default_factory=deque)
     requests_seen: int = 0
@@ -479,7 +514,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         if self.path == MAIL_SEND_PATH:
             self._guarded(self._mail_send)
-        elif self.path == "/dev/faults":
+        elif self.path == FAULTS_PATH:
             self._set_faults()
         else:
             self._not_found()
@@ -489,6 +524,12 @@ class _Handler(BaseHTTPRequestHandler):
             with self.state.changed:
                 listing = list(self.state.messages)
             self._send_json(HTTPStatus.OK, listing)
+        elif self.path == FAULTS_PATH:
+            with self.state.changed:
+                pending = [fault_json(fault) for fault in self.state.faults]
+            self._send_json(HTTPStatus.OK, pending)
+        elif self.path == SCOPES_PATH:
+            self._scopes()
         elif self.path == MAIL_SEND_PATH:
             self._method_not_allowed()
         else:
@@ -498,6 +539,10 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/dev/messages":
             with self.state.changed:
                 self.state.messages.clear()
+            self._send_empty(HTTPStatus.NO_CONTENT)
+        elif self.path == FAULTS_PATH:
+            with self.state.changed:
+                self.state.faults.clear()
             self._send_empty(HTTPStatus.NO_CONTENT)
         else:
             self._not_found()
@@ -546,6 +591,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         message_id = self.state.record(body)
         self._send_empty(HTTPStatus.ACCEPTED, {"X-Message-Id": message_id})
+
+    # --- /v3/scopes
+
+    def _scopes(self) -> None:
+        # No fault script here: it stands for mail sends, and a health check reading
+        # the key must not use up a fault a test scripted for them.
+        if self._authorised():
+            self._send_json(HTTPStatus.OK, {"scopes": list(self.state.scopes)})
 
     def _read_body(self) -> bytes | None:
         try:
@@ -704,9 +757,10 @@ class DevSendGrid:
         host: str = "127.0.0.1",
         port: int = 0,
         record_path: Path | None = None,
+        scopes: Iterable[str] = DEFAULT_SCOPES,
     ) -> None:
         self.api_key = api_key
-        self._state = _State(api_key=api_key, record_path=record_path)
+        self._state = _State(api_key=api_key, record_path=record_path, scopes=tuple(scopes))
         self._address = (host, port)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -800,7 +854,10 @@ def serve(
     """Run the dev server in the foreground until Ctrl-C."""
     server = DevSendGrid(api_key, host=host, port=port, record_path=record_path).start()
     # The key is not printed: someone may have started this with a real one.
-    print(f"SendGrid dev server on {server.url} (POST /v3/mail/send, GET /dev/messages)")
+    print(
+        f"SendGrid dev server on {server.url} (POST /v3/mail/send, GET /v3/scopes, "
+        "GET|DELETE /dev/messages, GET|POST|DELETE /dev/faults)"
+    )
     if record_path is not None:
         print(f"recording accepted messages to {record_path}")
     try:

@@ -10,6 +10,8 @@ Draining claims a handful of rows at a time (``queued`` -> ``sending``, as many 
 are sent at once), renders and sends them concurrently, and records each outcome.
 A crash leaves at most that handful in ``sending``; the next drain sends them again
 (the only possible duplicates, bounded by the concurrency), never a whole batch.
+The file outbox claims FILE_BATCH (500) rows at a time and writes them in turn: a
+crash leaves at most those 500 in flight, and writing them again replaces their files.
 One drain runs at a time.
 
 A stop (SIGTERM, SIGINT; rollout.stopping) claims nothing more, gives the sends in flight
@@ -25,6 +27,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import re
 import threading
 import time
 from collections import Counter
@@ -88,8 +91,16 @@ UNVERIFIED = "unverified email"
 SUPPRESSED = "suppressed"
 COMPLIANT = "already compliant"
 REPEAT = "inside the repeat window"
+# The context key of the day a queue run was for (``queue_due``'s ``day``): the day the
+# repeat window is judged on, so a back-filled run (``--as-of`` a past day) spaces its
+# emails by the plan's calendar, not by the minutes between drains today.
+RUN_DAY = "queued_on"
 # Messages sent at once, and so at most claimed at once: the most a crash can resend.
 DEFAULT_CONCURRENCY = 8
+# What the file outbox claims at once, and writes in the drain's own thread: there is no
+# network to wait on, so threads only add overhead, and a crash that leaves a batch in
+# flight makes its rows be written again, replacing their own files (no duplicates).
+FILE_BATCH = 500
 # After a stop: how long sends in flight may still finish (and be recorded as sent)
 # before their rows are put back; and how long a worker process has to do that and
 # report before it is killed. Together they bound how long a stop takes.
@@ -319,7 +330,7 @@ def queue_due(registry_url: str, plan: Plan, day: date, *, actor: str) -> list[Q
                         phase=o.phase,
                         occasion=o.occasion,
                         account_ids=ids,
-                        context=o.context,
+                        context={**o.context, RUN_DAY: day.isoformat()},
                         run_id=run.id,
                         now=utc_now(),
                     )
@@ -366,10 +377,36 @@ class DrainReport:
     resumed: int = 0  # rows a crashed drain left in flight, sent again
     put_back: int = 0  # claimed rows queued again by a stop: unsent, or not known to be
     failures: list[tuple[int, str]] = field(default_factory=list)
+    requeued: int = 0  # failed rows queued again first (retry_failed)
+    retried: int = 0  # sends retried after the provider answered 5xx or 429
 
     @property
     def done(self) -> int:
         return self.sent + self.failed + sum(self.skipped.values())
+
+    def failure_message(self, top: int = 3) -> str:
+        """One line: how many emails failed and the commonest reasons, e.g.
+        ``20 emails failed: SendGrid answered 400: bad request (20)``."""
+        reasons = Counter(failure_reason(why) for _, why in self.failures)
+        shown = "; ".join(f"{why} ({n})" for why, n in reasons.most_common(top))
+        more = f"; {len(reasons) - top} other reasons" if len(reasons) > top else ""
+        noun = "email" if self.failed == 1 else "emails"
+        return f"{self.failed} {noun} failed: {shown}{more}"
+
+
+class EmailsFailed(RolloutError):
+    """Some emails of a drain failed (each recorded with its reason); the rest went."""
+
+
+_OUTBOX_PREFIX = re.compile(r"^outbox \d+: ")
+
+
+def failure_reason(error: str | None) -> str:
+    """A failed row's error as a reason to group by: its first line, without the
+    ``outbox N:`` prefix some carry, so 20 rows refused alike count as one reason."""
+    lines = (error or "").strip().splitlines()
+    first = _OUTBOX_PREFIX.sub("", lines[0]) if lines else ""
+    return first[:200] or "(no reason recorded)"
 
 
 @dataclass(frozen=True)
@@ -394,7 +431,7 @@ def pending(engine: Engine) -> dict[str, int]:
     return {email: count for email, count in rows}
 
 
-def _claim(engine: Engine, size: int, now: datetime) -> list[_Claimed]:
+def _claim(engine: Engine, size: int, now: datetime, sender: str) -> list[_Claimed]:
     with engine.begin() as connection:
         query = (
             select(NOTIFICATIONS.c.id)
@@ -410,7 +447,14 @@ def _claim(engine: Engine, size: int, now: datetime) -> list[_Claimed]:
         rows = connection.execute(
             update(NOTIFICATIONS)
             .where(and_(NOTIFICATIONS.c.id.in_(ids), NOTIFICATIONS.c.state == "queued"))
-            .values(state="sending", attempts=NOTIFICATIONS.c.attempts + 1, updated_at=now)
+            # The sender is recorded as it claims: even a drain that dies mid-send
+            # leaves word of who may have sent it (check_sender).
+            .values(
+                state="sending",
+                attempts=NOTIFICATIONS.c.attempts + 1,
+                sender=sender,
+                updated_at=now,
+            )
             .returning(
                 NOTIFICATIONS.c.id,
                 NOTIFICATIONS.c.account_id,
@@ -475,25 +519,42 @@ def _packages(
     return found
 
 
+def _run_day(context: Mapping[str, Any], otherwise: date) -> date:
+    """The day an email counts as sent on for the repeat window: its queue run's day
+    (RUN_DAY), or ``otherwise`` for rows queued without one (enforcement, orgs, rows
+    queued before RUN_DAY existed)."""
+    try:
+        return date.fromisoformat(str(context[RUN_DAY]))
+    except (KeyError, TypeError, ValueError):
+        return otherwise
+
+
 def _last_sent(
     connection: Connection, plan: Plan, claimed: list[_Claimed]
-) -> dict[tuple[int, str], datetime]:
-    """When each (account, email) with a repeat window was last sent."""
+) -> dict[tuple[int, str], list[date]]:
+    """The days each (account, email) with a repeat window was sent on (_run_day)."""
     windowed = [c for c in claimed if c.email in plan.notifications.repeat_days]
     if not windowed:
         return {}
     rows = connection.execute(
-        select(NOTIFICATIONS.c.account_id, NOTIFICATIONS.c.email, func.max(NOTIFICATIONS.c.sent_at))
-        .where(
+        select(
+            NOTIFICATIONS.c.account_id,
+            NOTIFICATIONS.c.email,
+            NOTIFICATIONS.c.sent_at,
+            NOTIFICATIONS.c.context,
+        ).where(
             and_(
                 NOTIFICATIONS.c.account_id.in_(sorted({c.account_id for c in windowed})),
                 NOTIFICATIONS.c.email.in_(sorted({c.email for c in windowed})),
                 NOTIFICATIONS.c.state == "sent",
+                NOTIFICATIONS.c.sent_at.is_not(None),
             )
         )
-        .group_by(NOTIFICATIONS.c.account_id, NOTIFICATIONS.c.email)
     ).all()
-    return {(a, e): at for a, e, at in rows if at is not None}
+    days: dict[tuple[int, str], list[date]] = {}
+    for account_id, email, sent_at, context in rows:
+        days.setdefault((account_id, email), []).append(_run_day(context or {}, sent_at.date()))
+    return days
 
 
 @dataclass
@@ -510,7 +571,7 @@ def _prepare(
     recipient: Recipient | None,
     packages: Mapping[tuple[str, int], tuple[str, ...]],
     suppressed: set[str],
-    last_sent: Mapping[tuple[int, str], datetime],
+    last_sent: Mapping[tuple[int, str], list[date]],
     now: datetime,
 ) -> _Outcome | Message:
     """A message to send, or why this row ends here (skipped, or failed to render)."""
@@ -526,8 +587,10 @@ def _prepare(
     if recipient.compliant and definition.when_compliant == "skip":
         return _Outcome(claimed.id, "skipped", COMPLIANT)
     days = plan.notifications.repeat_days.get(claimed.email)
-    previous = last_sent.get((claimed.account_id, claimed.email))
-    if days and previous and now - previous < timedelta(days=days):
+    # Judged on the days the emails' runs were for: a back-filled run's day is not now.
+    on = _run_day(claimed.context, now.date())
+    previous = last_sent.get((claimed.account_id, claimed.email), [])
+    if days and any(abs((on - sent_on).days) < days for sent_on in previous):
         return _Outcome(claimed.id, "skipped", REPEAT)
     try:
         if definition.needs_packages:
@@ -646,10 +709,10 @@ class _Batch:
 
 
 def _next_batch(
-    engine: Engine, plan: Plan, size: int, clock: Callable[[], datetime]
+    engine: Engine, plan: Plan, size: int, clock: Callable[[], datetime], sender: str
 ) -> _Batch | None:
     """Claim up to ``size`` queued rows and decide, for each, to skip it or its message."""
-    claimed = _claim(engine, size, clock()) if size > 0 else []
+    claimed = _claim(engine, size, clock(), sender) if size > 0 else []
     if not claimed:
         return None
     now = clock()
@@ -684,6 +747,24 @@ def _count(report: DrainReport, outcomes: Iterable[_Outcome]) -> None:
             report.failures.append((o.id, o.reason or ""))
         else:
             report.skipped[o.reason or ""] += 1
+
+
+class _InlineSends:
+    """Sends in the calling thread, at once: the file outbox (FILE_BATCH)."""
+
+    def __init__(self, sender: Sender) -> None:
+        self._sender = sender
+
+    def submit(self, message: Message) -> Future[_Outcome]:
+        future: Future[_Outcome] = Future()
+        try:
+            future.set_result(_deliver(self._sender, message))
+        except Exception as error:  # as _SendThreads: the drain decides
+            future.set_exception(error)
+        return future
+
+    def close(self) -> None:
+        pass
 
 
 class _SendThreads:
@@ -738,15 +819,22 @@ def _drain_loop(
     stop: StopRequest | None = None,
 ) -> DrainReport:
     """Claim, send and record batches until nothing is queued (or ``limit`` is reached,
-    or a stop is asked for: then the batch in flight is recorded or put back)."""
+    or a stop is asked for: then the batch in flight is recorded or put back).
+
+    A batch is ``concurrency`` rows sent by as many threads; for the file outbox it is
+    FILE_BATCH rows written one after the other in this thread (see drain)."""
     stop = stop or StopRequest()
     report = DrainReport(sender.name)
     claimed = 0
-    sends = _SendThreads(sender, concurrency)
+    inline = sender.name == FILE_SENDER
+    batch_size = FILE_BATCH if inline else concurrency
+    sends: _InlineSends | _SendThreads
+    sends = _InlineSends(sender) if inline else _SendThreads(sender, concurrency)
+    retried_before = _retried(sender)
     try:
         while (limit is None or claimed < limit) and not stop.is_set():
-            size = concurrency if limit is None else min(concurrency, limit - claimed)
-            batch = _next_batch(engine, plan, size, clock)
+            size = batch_size if limit is None else min(batch_size, limit - claimed)
+            batch = _next_batch(engine, plan, size, clock, sender.name)
             if batch is None:
                 break
             claimed += len(batch.ids)
@@ -777,7 +865,13 @@ def _drain_loop(
                 progress(report)
     finally:
         sends.close()
+        report.retried = _retried(sender) - retried_before
     return report
+
+
+def _retried(sender: Sender) -> int:
+    """Retries after 5xx/429 the sender has made (only SendGridSender retries)."""
+    return int(getattr(sender, "retried_after_status", 0))
 
 
 def _drain_worker(
@@ -902,6 +996,7 @@ def _merge(reports: Iterable[DrainReport], into: DrainReport) -> DrainReport:
         into.skipped.update(r.skipped)
         into.put_back += r.put_back
         into.failures += r.failures
+        into.retried += r.retried
     return into
 
 
@@ -915,15 +1010,23 @@ def drain(
     limit: int | None = None,
     clock: Callable[[], datetime] = utc_now,
     progress: Callable[[int, int], None] | None = None,
+    retry_failed: bool = False,
 ) -> DrainReport:
     """Send every queued email (at most ``limit``), ``concurrency`` at a time in each
-    of ``processes`` processes.
+    of ``processes`` processes; with ``retry_failed``, failed emails are queued again
+    first (``report.requeued`` says how many).
+
+    The file sender refuses to start (RolloutError) while an email it would take was
+    last attempted through SendGrid: see :func:`check_sender`.
 
     Claimed rows are sent and recorded before more are claimed: a crash leaves at
     most ``concurrency`` rows in flight per process, the only messages a rerun may
-    duplicate. More processes help where rendering and the HTTP client's own work
-    are the limit (a local server on a small machine); against SendGrid, more
-    concurrency is the lever. Worker processes use the real clock and need a
+    duplicate. The file outbox claims FILE_BATCH (500) rows at a time instead and writes
+    them in the drain's own thread (``concurrency`` is unused): a crash leaves at most
+    500 in flight per process, and a rerun writes them again, each replacing its own
+    ``.eml``, so no email is there twice. More processes help where rendering and the
+    HTTP client's own work are the limit (a local server on a small machine); against
+    SendGrid, more concurrency is the lever. Worker processes use the real clock and need a
     sender that pickles (both senders do).
 
     SIGTERM or SIGINT (from the main thread's point of view) stops the drain: what was
@@ -935,6 +1038,9 @@ def drain(
         exclusive_run(registry_url, "notify"),
         open_registry(registry_url) as engine,
     ):
+        check_sender(engine, sender.name, include_failed=retry_failed)
+        if retry_failed:
+            report.requeued = _requeue_failed(engine, clock())
         # Left in flight by a drain that died: it may or may not have sent them.
         report.resumed = _requeue_in_flight(engine, clock())
         waiting = sum(pending(engine).values())
@@ -981,14 +1087,70 @@ def drain(
     return report
 
 
-def retry_failed(engine: Engine) -> int:
-    """Queue failed emails again (after fixing what failed them); returns how many."""
+def retry_failed(engine: Engine, *, sender: str | None = None) -> int:
+    """Queue failed emails again (after fixing what failed them); returns how many.
+
+    Given the ``sender`` that will send them, refuses as :func:`check_sender` does.
+    ``drain(..., retry_failed=True)`` does this under the drain's run lock."""
+    if sender is not None:
+        check_sender(engine, sender, include_failed=True)
+    return _requeue_failed(engine, utc_now())
+
+
+def _requeue_failed(engine: Engine, now: datetime) -> int:
     with engine.begin() as connection:
         return connection.execute(
             update(NOTIFICATIONS)
             .where(NOTIFICATIONS.c.state == "failed")
-            .values(state="queued", error=None, updated_at=utc_now())
+            .values(state="queued", error=None, updated_at=now)
         ).rowcount
+
+
+def failed_count(engine: Engine) -> int:
+    """Failed emails: what ``retry_failed`` would queue again."""
+    with engine.connect() as connection:
+        return connection.execute(
+            select(func.count()).where(NOTIFICATIONS.c.state == "failed")
+        ).scalar_one()
+
+
+# The only sender that delivers nothing: an email meant for a provider must never end
+# up there, marked sent, because the key was missing from one shell or one worker.
+FILE_SENDER = "file"
+
+
+def meant_for_a_provider(engine: Engine, *, include_failed: bool) -> int:
+    """Emails a drain would take (queued, in flight; failed too if ``include_failed``)
+    that were last attempted through a sender that delivers (SendGrid)."""
+    states = ["queued", "sending", *(["failed"] if include_failed else [])]
+    with engine.connect() as connection:
+        return connection.execute(
+            select(func.count()).where(
+                and_(
+                    NOTIFICATIONS.c.state.in_(states),
+                    NOTIFICATIONS.c.sender.is_not(None),
+                    NOTIFICATIONS.c.sender != FILE_SENDER,
+                )
+            )
+        ).scalar_one()
+
+
+def check_sender(engine: Engine, sender: str, *, include_failed: bool) -> None:
+    """Refuse to let the file outbox take emails last attempted through SendGrid.
+
+    The CLI reads the key only from SENDGRID_API_KEY, the notify deployment also from a
+    Prefect Secret block: run from a shell without the key, a retry would otherwise write
+    the emails to .eml files and mark them sent, and nobody would ever get them."""
+    if sender != FILE_SENDER:
+        return
+    count = meant_for_a_provider(engine, include_failed=include_failed)
+    if count:
+        raise RolloutError(
+            f"{count} emails waiting to be sent were last attempted through SendGrid, and "
+            "the sender here is the file outbox (SENDGRID_API_KEY is not set): nothing was "
+            "sent. Set SENDGRID_API_KEY, or run the notify deployment (it reads the "
+            "Prefect Secret block sendgrid-api-key)"
+        )
 
 
 def suppress(engine: Engine, address: str, *, reason: str, actor: str) -> bool:
@@ -1009,19 +1171,22 @@ def suppress(engine: Engine, address: str, *, reason: str, actor: str) -> bool:
 
 
 def outbox_status(engine: Engine) -> list[dict[str, Any]]:
-    """Emails by kind, state and skip reason or error class."""
+    """Emails by kind, state and reason: the skip reason, or for failed emails their
+    error grouped by its first line (:func:`failure_reason`)."""
+    c = NOTIFICATIONS.c
     with engine.connect() as connection:
         rows = connection.execute(
-            select(
-                NOTIFICATIONS.c.email,
-                NOTIFICATIONS.c.state,
-                NOTIFICATIONS.c.skip_reason,
-                func.count(),
+            select(c.email, c.state, c.skip_reason, c.error, func.count()).group_by(
+                c.email, c.state, c.skip_reason, c.error
             )
-            .group_by(NOTIFICATIONS.c.email, NOTIFICATIONS.c.state, NOTIFICATIONS.c.skip_reason)
-            .order_by(NOTIFICATIONS.c.email, NOTIFICATIONS.c.state, NOTIFICATIONS.c.skip_reason)
         ).all()
-    return [{"email": e, "state": s, "reason": r or "", "count": n} for e, s, r, n in rows]
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for email, state, skip_reason, error, count in rows:
+        reason = failure_reason(error) if state == "failed" else skip_reason or ""
+        counts[(email, state, reason)] += count
+    return [
+        {"email": e, "state": s, "reason": r, "count": n} for (e, s, r), n in sorted(counts.items())
+    ]
 
 
 def account_recipient(engine: Engine, plan: Plan, username: str, phase: str | None) -> Recipient:

@@ -368,6 +368,9 @@ class Notification(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # The sender that last attempted it ("sendgrid", "file"): the file outbox never
+    # takes over an email meant for SendGrid. NULL: never attempted (or before 0007).
+    sender: Mapped[str | None] = mapped_column(String(20))
 
 
 class EmailSuppression(Base):

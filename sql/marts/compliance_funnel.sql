@@ -1,5 +1,7 @@
 -- Each plan phase from notice to enforcement: who was asked, who enrolled how soon,
--- who was enforced, and who is still without 2FA on $as_of.
+-- who was enforced, and who is still without 2FA on $as_of. The funnel's stages
+-- (int_funnel_accounts) each count a subset of the one before; the columns after them
+-- count the phase's whole effect, whatever the account's cohort.
 with
 
 phases as (
@@ -15,25 +17,44 @@ factors as (
     select * from ({{ int_factors_known }})
 ),
 
-actions as (
-    select action, phase, account_id, created_at
-    from registry.actions
-    where action in ('tfa_required', 'revoke_session')
-        and created_at < $as_of::date + 1
-),
-
-phase_notices as (
-    select phase, account_id
-    from registry.notifications
-    where email = 'phase_notice'
-        and state = 'sent'
-        and coalesce(sent_at, updated_at) < $as_of::date + 1
-),
-
 -- The cohort at each notice, who was without 2FA then and when they enrolled (a temp
 -- table made once by build_adoption from the intermediate model).
 notice_enrolments as (
     select * from int_notice_enrolments
+),
+
+funnel_accounts as (
+    select * from ({{ int_funnel_accounts }})
+),
+
+requirements as (
+    select * from ({{ int_phase_requirements_known }})
+),
+
+revocations as (
+    select phase, count(*) as sessions_revoked
+    from registry.actions
+    where action = 'revoke_session'
+        and created_at < $as_of::date + 1
+    group by phase
+),
+
+-- The runs that applied or rolled back a phase (rollout.enforce's plan_runs steps).
+phase_runs as (
+    select step, mode, finished_at
+    from registry.plan_runs
+    where mode in ('apply', 'rollback')
+        and state = 'succeeded'
+        and finished_at < $as_of::date + 1
+),
+
+-- The phase's last such run decides: rolled back until it is applied again.
+rollbacks as (
+    select phases.phase, max(phase_runs.finished_at) as rolled_back_at
+    from phases
+    inner join phase_runs on phase_runs.step = 'phase ' || phases.phase
+    group by phases.phase
+    having arg_max(phase_runs.mode, phase_runs.finished_at) = 'rollback'
 ),
 
 enrolments as (
@@ -57,48 +78,22 @@ enrolment_counts as (
     group by enrolments.phase
 ),
 
-notice_counts as (
+funnel_counts as (
     select
         phase,
         count(*) as accounts,
-        count(*) filter (where without_2fa_at_notice) as without_2fa_at_notice
-    from notice_enrolments
+        count(*) filter (where without_2fa_at_notice) as without_2fa_at_notice,
+        count(*) filter (where notified) as notified,
+        count(*) filter (where without_2fa_at_enforcement) as without_2fa_at_enforcement,
+        count(*) filter (where enforced) as enforced,
+        count(*) filter (where enrolled_after_enforcement) as enrolled_after_enforcement
+    from funnel_accounts
     group by phase
 ),
 
-notified as (
-    select phase, count(distinct account_id) as notified
-    from phase_notices
-    group by phase
-),
-
--- An account enforced twice (another run) counts from its first tfa_required.
-enforced as (
-    select phase, account_id, min(created_at) as enforced_at
-    from actions
-    where action = 'tfa_required'
-    group by phase, account_id
-),
-
-enforcement_counts as (
-    select
-        enforced.phase,
-        count(*) as enforced,
-        count(*) filter (
-            where exists (
-                select 1 from factors
-                where factors.account_id = enforced.account_id
-                    and factors.created_at > enforced.enforced_at
-            )
-        ) as enrolled_after_enforcement
-    from enforced
-    group by enforced.phase
-),
-
-revocations as (
-    select phase, count(*) as sessions_revoked
-    from actions
-    where action = 'revoke_session'
+required_counts as (
+    select phase, count(*) as required
+    from requirements
     group by phase
 ),
 
@@ -122,25 +117,27 @@ final as (
         phases.cohort,
         phases.notice_on,
         phases.enforce_on,
-        coalesce(notice_counts.accounts, 0) as accounts,
-        coalesce(notice_counts.without_2fa_at_notice, 0) as without_2fa_at_notice,
-        coalesce(notified.notified, 0) as notified,
+        coalesce(funnel_counts.accounts, 0) as accounts,
+        coalesce(funnel_counts.without_2fa_at_notice, 0) as without_2fa_at_notice,
+        coalesce(funnel_counts.notified, 0) as notified,
         coalesce(enrolment_counts.enrolled_7d, 0) as enrolled_7d,
         coalesce(enrolment_counts.enrolled_14d, 0) as enrolled_14d,
         coalesce(enrolment_counts.enrolled_30d, 0) as enrolled_30d,
         coalesce(enrolment_counts.enrolled_by_enforcement, 0) as enrolled_by_enforcement,
-        coalesce(enforcement_counts.enforced, 0) as enforced,
+        coalesce(funnel_counts.without_2fa_at_enforcement, 0) as without_2fa_at_enforcement,
+        coalesce(funnel_counts.enforced, 0) as enforced,
         coalesce(revocations.sessions_revoked, 0) as sessions_revoked,
-        coalesce(enforcement_counts.enrolled_after_enforcement, 0)
-            as enrolled_after_enforcement,
-        coalesce(still_without.still_without, 0) as still_without
+        coalesce(funnel_counts.enrolled_after_enforcement, 0) as enrolled_after_enforcement,
+        coalesce(still_without.still_without, 0) as still_without,
+        coalesce(required_counts.required, 0) as required,
+        rollbacks.rolled_back_at
     from phases
-    left join notice_counts using (phase)
-    left join notified using (phase)
+    left join funnel_counts using (phase)
     left join enrolment_counts using (phase)
-    left join enforcement_counts using (phase)
     left join revocations using (phase)
     left join still_without using (phase)
+    left join required_counts using (phase)
+    left join rollbacks using (phase)
     order by phases.notice_on, phases.phase
 )
 

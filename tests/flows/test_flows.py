@@ -173,7 +173,12 @@ def test_the_cohorts_artifact_has_a_table_per_cohort(daily_state: Any) -> None:
 
 def test_a_gap_in_the_weekly_window_stops_the_cohorts(gap_state: Any, home: Home) -> None:
     assert gap_state.is_failed()
-    with pytest.raises(BadInput, match=r"weekly window is missing \(2022-02-01\)"):
+    assert gap_state.message == (
+        "download data is missing for 1 of the 7 days of 2022-02-02's weekly window "
+        "(2022-01-26..2022-02-01): 2022-02-01. Load it, or allow gaps (--allow-gaps; "
+        "allow_gaps in the flows) to decide on partial data"
+    )
+    with pytest.raises(BadInput, match=r"weekly window \(2022-01-26\.\.2022-02-01\)"):
         gap_state.result()
     markdown = read_artifact("metrics-2022-02-02").data
     assert "**Warning: the weekly window is incomplete.**" in markdown
@@ -320,8 +325,9 @@ def test_an_approval_with_the_wrong_count_applies_nothing(
     state = _enforce_with_approval(
         monkeypatch, {"expect": preview_count + 1, "approved_by": "rita"}
     )
-    assert state.is_failed()
-    assert f"not the {preview_count + 1} expected" in state.message
+    assert state.is_failed() and state.name == "Refused"  # the guard's line, no traceback
+    assert state.message.startswith(f"phase top-100 would change {preview_count} accounts, not")
+    assert f"not the {preview_count + 1} expected" in state.message and "\n" not in state.message
     assert _required(home) == 0
 
 

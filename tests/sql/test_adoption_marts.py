@@ -24,6 +24,7 @@ import csv
 import shutil
 from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from rollout.ingest import ingest
 from rollout.plan import Plan, load_plan
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
+from rollout.reporting import FUNNEL_STAGES
 
 from .rows import assert_same_rows
 
@@ -475,6 +477,219 @@ def test_adoption_daily_by_org_forward_filled_matches_a_plain_count(
             before = [f for row_day, f in sparse if row_day <= day]
             filled.append(before[-1] if before else zeros)
         assert filled == [_org_figures(accounts, org, day) for day in days], name
+
+
+# --- compliance_funnel: a chain of subsets, against a plain count -----------------------------
+
+FUNNEL_PLAN = Plan.model_validate(
+    {
+        "name": "funnel-property",
+        "cohorts": {"c": {"top_by_dependents": 1}},
+        "elv": {"enroll_all_on": "2022-01-20"},
+        "phases": [
+            {
+                "name": "p",
+                "cohort": "c",
+                "cohort_as_of": "2022-01-04",
+                "notice_on": "2022-01-05",
+                "enforce_on": "2022-01-10",
+                "max_accounts": 10,
+            }
+        ],
+    }
+)
+FUNNEL_NOTICE, FUNNEL_ENFORCE = date(2022, 1, 5), date(2022, 1, 10)
+# The columns of the funnel's stages, in order: each counts a subset of the one before.
+FUNNEL_CHAIN = (
+    "accounts",
+    "without_2fa_at_notice",
+    "notified",
+    "without_2fa_at_enforcement",
+    "enforced",
+    "enrolled_after_enforcement",
+)
+REQUIREMENT_ACTIONS = ("tfa_required", "tfa_required_withdrawn", "tfa_required_cleared")
+
+funnel_account_strategy = st.fixed_dictionaries(
+    {
+        "factors": st.lists(
+            st.tuples(st.sampled_from(["totp", "webauthn"]), hours, st.none() | hours),
+            max_size=3,
+        ),
+        "cohort": st.none() | st.tuples(st.integers(-3, 12), st.none() | st.integers(-3, 14)),
+        "notice": st.none()
+        | st.tuples(st.sampled_from(["sent", "sent", "failed", "skipped"]), hours),
+        # The phase's audit rows of the account: enforced, rolled back, enforced again...
+        "requirement": st.lists(st.tuples(st.sampled_from(REQUIREMENT_ACTIONS), hours), max_size=4),
+    }
+)
+
+
+def _expected_funnel(accounts: list[dict[str, Any]]) -> dict[str, int]:
+    """compliance_funnel's stages and `required` by brute force, account by account."""
+    end = datetime.combine(AS_OF + timedelta(days=1), time())
+
+    def has_2fa_at_start(account: dict[str, Any], day: date) -> bool:
+        # 2FA on the day before, as known at the end of AS_OF.
+        for _, created, removed in account["factors"]:
+            if _at(created) >= end or _at(created).date() >= day:
+                continue
+            if removed is None or _at(removed) >= end or _at(removed).date() >= day:
+                return True
+        return False
+
+    def required_since(account: dict[str, Any]) -> datetime | None:
+        known = [(action, _at(h)) for action, h in account["requirement"] if _at(h) < end]
+        withdrawn = [at for action, at in known if action != "tfa_required"]
+        last = max(withdrawn, default=None)
+        starts = [
+            at for action, at in known if action == "tfa_required" and (last is None or at > last)
+        ]
+        return min(starts, default=None)
+
+    counts = dict.fromkeys((*FUNNEL_CHAIN, "required"), 0)
+    for account in accounts:
+        since = required_since(account)
+        counts["required"] += since is not None
+        if account["cohort"] is None:
+            continue
+        first = BASE.date() + timedelta(days=account["cohort"][0])
+        left = account["cohort"][1]
+        left_on = None if left is None else BASE.date() + timedelta(days=left)
+        if left_on is not None and left_on > AS_OF:
+            left_on = None  # a departure after AS_OF is not known yet
+        if not (first <= FUNNEL_NOTICE and (left_on is None or left_on > FUNNEL_NOTICE)):
+            continue
+        stages = [
+            True,
+            not has_2fa_at_start(account, FUNNEL_NOTICE),
+            account["notice"] is not None
+            and account["notice"][0] == "sent"
+            and _at(account["notice"][1]) < end,
+            FUNNEL_ENFORCE <= AS_OF and not has_2fa_at_start(account, FUNNEL_ENFORCE),
+            since is not None,
+            since is not None and any(since < _at(c) < end for _, c, _ in account["factors"]),
+        ]
+        for column, reached in zip(FUNNEL_CHAIN, stages, strict=True):
+            if not reached:
+                break
+            counts[column] += 1
+    return counts
+
+
+def _funnel_accounts(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """int_funnel_accounts' rows for AS_OF: build_adoption drops the temp tables it reads,
+    so they are made again here, as build_adoption makes them."""
+    adoption._create_plan_tables(con, FUNNEL_PLAN)
+    try:
+        con.execute(
+            "create or replace temp table int_notice_enrolments as\n"
+            + warehouse.render("intermediate/int_notice_enrolments"),
+            {"as_of": AS_OF},
+        )
+        result = con.execute(warehouse.render("intermediate/int_funnel_accounts"), {"as_of": AS_OF})
+        names = [d[0] for d in result.description]
+        return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+    finally:
+        con.execute("drop table if exists temp.int_notice_enrolments")
+        adoption._drop_plan_tables(con)
+
+
+@PROPERTY_SETTINGS
+@given(accounts=st.lists(funnel_account_strategy, min_size=1, max_size=6))
+def test_each_funnel_stage_is_a_subset_of_the_one_before(
+    fresh_warehouse: duckdb.DuckDBPyConnection, accounts: list[dict[str, Any]]
+) -> None:
+    con = fresh_warehouse
+    _replace_rows(
+        con,
+        "accounts",
+        [
+            {"id": i, "username": f"u{i}", "created_at": BASE - timedelta(days=30)}
+            for i in range(1, len(accounts) + 1)
+        ],
+    )
+    _replace_factors(con, accounts)
+    _replace_rows(
+        con,
+        "cohort_memberships",
+        [
+            {
+                "cohort": "c",
+                "account_id": i,
+                "first_qualified_on": BASE.date() + timedelta(days=a["cohort"][0]),
+                "left_on": None
+                if a["cohort"][1] is None
+                else BASE.date() + timedelta(days=a["cohort"][1]),
+            }
+            for i, a in enumerate(accounts, start=1)
+            if a["cohort"] is not None
+        ],
+    )
+    _replace_rows(
+        con,
+        "notifications",
+        [
+            {
+                "id": i,
+                "account_id": i,
+                "email": "phase_notice",
+                "phase": "p",
+                "occasion": "",
+                "state": a["notice"][0],
+                "created_at": _at(a["notice"][1]),
+                "updated_at": _at(a["notice"][1]),
+                "sent_at": _at(a["notice"][1]) if a["notice"][0] == "sent" else None,
+            }
+            for i, a in enumerate(accounts, start=1)
+            if a["notice"] is not None
+        ],
+    )
+    _replace_rows(
+        con,
+        "actions",
+        [
+            {
+                "id": n,
+                "effect_key": f"k{n}",
+                "action": action,
+                "account_id": i,
+                "phase": "p",
+                "created_at": _at(h),
+            }
+            for n, (i, action, h) in enumerate(
+                (i, action, h)
+                for i, a in enumerate(accounts, start=1)
+                for action, h in a["requirement"]
+            )
+        ],
+    )
+    build_adoption(con, FUNNEL_PLAN, AS_OF)
+    [row] = _rows_of(con, "select * from compliance_funnel")
+
+    # The chart's stages (reporting.FUNNEL_STAGES) are this chain, from its second step.
+    assert [key for key, _ in FUNNEL_STAGES] == list(FUNNEL_CHAIN[1:])
+    chain = [row[column] for column in FUNNEL_CHAIN]
+    assert all(later <= earlier for earlier, later in pairwise(chain)), row
+    assert row["enrolled_after_enforcement"] <= row["enforced"] <= row["required"]
+
+    # Per account: a stage is reached only where the one before is.
+    per_account = _funnel_accounts(con)
+    for account in per_account:
+        reached = [True, *(account[column] for column in FUNNEL_CHAIN[1:])]
+        assert reached == sorted(reached, reverse=True), account
+    for column in FUNNEL_CHAIN[1:]:
+        assert row[column] == sum(a[column] for a in per_account), column
+    assert row["accounts"] == len(per_account)
+
+    expected = _expected_funnel(accounts)
+    assert {c: row[c] for c in expected} == expected
+
+
+def _rows_of(con: duckdb.DuckDBPyConnection, query: str) -> list[dict[str, Any]]:
+    result = con.execute(query)
+    names = [d[0] for d in result.description]
+    return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
 
 
 # --- the models' metadata and the rebuild ----------------------------------------------------

@@ -1,0 +1,417 @@
+"""Health checks for an operator (``rollout doctor``): one row per check, never a traceback.
+
+Each check answers ``ok``, ``warn`` (works, but look at it) or ``fail`` (something the
+pipeline needs is broken). They only read: no schema is created, no warehouse file
+written, no email sent. The warehouse is opened read-only and only for a moment, and a
+warehouse a run holds is a warning, not a wait: the doctor must never block a run.
+
+The Prefect check talks to the server's REST API with httpx (nothing under ``rollout/``
+imports prefect): the work pool, then its workers and their last heartbeats.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from rollout.errors import RolloutError
+
+if TYPE_CHECKING:
+    from rollout.config import Settings
+
+WORK_POOL = "rollout-process"
+COLUMNS = ("check", "status", "detail")
+# Seconds to wait for a database, SendGrid or Prefect before calling it unreachable:
+# a health check that hangs is worse than one that says "no answer".
+TIMEOUT = 10.0
+# Prefect's own rule for an online worker (server/schemas/responses.py): a heartbeat
+# within 3 of its intervals, 30 s when the worker did not say.
+HEARTBEAT_MULTIPLE = 3
+DEFAULT_HEARTBEAT_SECONDS = 30
+MAX_DETAIL = 300
+
+
+class Status(StrEnum):
+    ok = "ok"
+    warn = "warn"
+    fail = "fail"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check: str
+    status: Status
+    detail: str
+
+    def row(self) -> dict[str, str]:
+        return {"check": self.check, "status": str(self.status), "detail": self.detail}
+
+
+def any_failed(results: Sequence[CheckResult]) -> bool:
+    return any(result.status is Status.fail for result in results)
+
+
+def run_checks(
+    settings: Settings,
+    environ: Mapping[str, str],
+    *,
+    prefect_transport: httpx.BaseTransport | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> list[CheckResult]:
+    """Every check, in the order an operator would fix them."""
+    return [
+        _guarded("registry", lambda: check_registry(settings.registry_url)),
+        _guarded("schema", lambda: check_schema(settings.registry_url)),
+        _guarded("warehouse", lambda: check_warehouse(settings.warehouse_path)),
+        _guarded("plan", lambda: check_plan(settings.plan_path)),
+        _guarded("sendgrid", lambda: check_sendgrid(settings)),
+        _guarded("worker", lambda: check_worker(environ, transport=prefect_transport, now=now)),
+    ]
+
+
+def _guarded(name: str, check: Callable[[], CheckResult]) -> CheckResult:
+    # One broken check must not hide the others: a surprise becomes its own fail row.
+    try:
+        return check()
+    except Exception as error:
+        return CheckResult(name, Status.fail, _short(f"{type(error).__name__}: {error}"))
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())  # drivers' multi-line errors, on one line
+    return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"
+
+
+# --- the registry -----------------------------------------------------------------------
+
+
+def _registry_engine(registry_url: str) -> Any:
+    from rollout.registry.engine import is_sqlite, make_engine
+
+    if is_sqlite(registry_url):
+        return make_engine(registry_url)
+    # libpq waits as long as the OS does for a host that drops packets.
+    return make_engine(registry_url, connect_args={"connect_timeout": int(TIMEOUT)})
+
+
+def _missing_sqlite_file(registry_url: str) -> Path | None:
+    """The SQLite file the URL names when it does not exist: connecting would create it."""
+    from rollout.registry.engine import is_sqlite, normalize_url
+
+    if not is_sqlite(registry_url):
+        return None
+    database = normalize_url(registry_url).database
+    if not database or database == ":memory:" or Path(database).exists():
+        return None
+    return Path(database)
+
+
+def check_registry(registry_url: str) -> CheckResult:
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    missing = _missing_sqlite_file(registry_url)
+    if missing is not None:
+        return CheckResult(
+            "registry", Status.fail, f"no database at {missing}: run `rollout db upgrade`"
+        )
+    engine = _registry_engine(registry_url)
+    shown = engine.url.render_as_string(hide_password=True)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("select 1"))
+    except SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).strip()
+        return CheckResult("registry", Status.fail, _short(f"{shown}: cannot connect: {reason}"))
+    finally:
+        engine.dispose()
+    return CheckResult("registry", Status.ok, shown)
+
+
+def check_schema(registry_url: str) -> CheckResult:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from rollout.registry import migrate
+
+    if _missing_sqlite_file(registry_url) is not None:
+        return CheckResult("schema", Status.fail, "no registry database yet (see registry)")
+    engine = _registry_engine(registry_url)
+    try:
+        current = migrate.current_revision(engine)
+    except SQLAlchemyError:
+        return CheckResult("schema", Status.fail, "cannot read it: the registry is unreachable")
+    finally:
+        engine.dispose()
+    head = migrate.head_revision()
+    if current is None:
+        return CheckResult("schema", Status.fail, "no schema yet: run `rollout db upgrade`")
+    if current != head:
+        return CheckResult(
+            "schema",
+            Status.fail,
+            f"at revision {current}, this code needs {head}: run `rollout db upgrade` "
+            "(or, if the database is newer, upgrade the code)",
+        )
+    return CheckResult("schema", Status.ok, f"at revision {current} (the newest)")
+
+
+# --- the warehouse ------------------------------------------------------------------------
+
+
+def check_warehouse(path: Path) -> CheckResult:
+    import duckdb
+
+    from rollout.warehouse import SCHEMA_VERSION
+
+    if not path.exists():
+        # Derived data: a new install has none until the first ingest.
+        return CheckResult(
+            "warehouse", Status.warn, f"no warehouse yet at {path}: run `rollout ingest`"
+        )
+    try:
+        # Read-only and closed at once, so a run starting meanwhile is not kept out
+        # for longer than this query.
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.IOException as error:
+        if "lock" not in str(error).lower():
+            return CheckResult("warehouse", Status.fail, _short(f"{path}: cannot open: {error}"))
+        holder = re.search(r"\(PID (\d+)\)", str(error))
+        who = f"process {holder.group(1)}" if holder else "another process"
+        return CheckResult(
+            "warehouse",
+            Status.warn,
+            f"{path} is open in {who} (a run in progress?): not checked; run again later",
+        )
+    except duckdb.Error as error:
+        return CheckResult("warehouse", Status.fail, _short(f"{path}: cannot open: {error}"))
+    try:
+        version = _warehouse_version(con)
+    finally:
+        con.close()
+    if version != SCHEMA_VERSION:
+        return CheckResult(
+            "warehouse",
+            Status.fail,
+            f"{path} has schema version {version}, this code needs {SCHEMA_VERSION}: "
+            "delete it and run `rollout ingest` (it is rebuilt from the landing files)",
+        )
+    return CheckResult("warehouse", Status.ok, f"{path} (schema version {version}, read-only)")
+
+
+def _warehouse_version(con: Any) -> int | None:
+    tables = {
+        row[0]
+        for row in con.execute(
+            "select table_name from information_schema.tables where table_schema = 'main'"
+        ).fetchall()
+    }
+    if "warehouse_meta" not in tables:
+        return None
+    row = con.execute("select schema_version from warehouse_meta").fetchone()
+    return None if row is None else int(row[0])
+
+
+# --- the plan -------------------------------------------------------------------------------
+
+
+def check_plan(path: Path) -> CheckResult:
+    from rollout.plan import load_plan
+
+    try:
+        plan = load_plan(path)
+    except RolloutError as error:
+        return CheckResult("plan", Status.fail, _short(str(error)))
+    return CheckResult(
+        "plan",
+        Status.ok,
+        f"{plan.name} ({path}): {len(plan.phases)} phases, {len(plan.cohorts)} cohorts",
+    )
+
+
+# --- SendGrid -------------------------------------------------------------------------------
+
+
+def check_sendgrid(settings: Settings) -> CheckResult:
+    """The key against the configured host, with the sender ``notify send`` would use.
+
+    ``GET /v3/scopes`` is SendGrid's cheapest authenticated call, and it says whether the
+    key may send mail at all. Nothing is sent."""
+    from rollout.notify.senders import SendGridSender, make_sender
+
+    sender = make_sender(settings)
+    if not isinstance(sender, SendGridSender):
+        return CheckResult(
+            "sendgrid",
+            Status.ok,
+            f"file outbox ({settings.outbox_dir}): SENDGRID_API_KEY is not set, nothing is sent",
+        )
+    status, scopes, problem = _read_scopes(sender)
+    where = sender.base_url
+    if problem is not None:
+        return CheckResult("sendgrid", Status.fail, _short(f"{where}: {problem}"))
+    if status in (401, 403):
+        return CheckResult(
+            "sendgrid", Status.fail, f"{where} refused the key ({status}): check SENDGRID_API_KEY"
+        )
+    if status != 200:
+        return CheckResult("sendgrid", Status.fail, f"{where} answered {status} to GET /v3/scopes")
+    if "mail.send" not in scopes:
+        return CheckResult(
+            "sendgrid",
+            Status.fail,
+            f"{where} accepts the key, but it lacks the mail.send permission",
+        )
+    return CheckResult("sendgrid", Status.ok, f"{where} accepts the key (mail.send)")
+
+
+def _read_scopes(sender: Any) -> tuple[int | None, list[str], str | None]:
+    """(HTTP status, scopes, network problem) for ``GET /v3/scopes``.
+
+    Through the sender's own client: the same host, key, timeout and log redaction as a
+    real send. Results are built outside the ``except`` blocks, so no client exception
+    (which holds the request and its Authorization header) travels further."""
+    import http.client
+    import json
+
+    import python_http_client.exceptions
+
+    status: int | None = None
+    body: bytes | str | None = None
+    problem: str | None = None
+    try:
+        response = sender.scopes()
+        status, body = response.status_code, response.body
+    except python_http_client.exceptions.HTTPError as error:
+        status = error.status_code
+    except (OSError, http.client.HTTPException) as error:
+        problem = f"cannot reach it: {type(error).__name__}"
+        reason = getattr(error, "reason", None)
+        if isinstance(reason, TimeoutError) or isinstance(error, TimeoutError):
+            problem = f"no answer within {sender.timeout:g}s"
+    scopes: list[str] = []
+    if status == 200:
+        try:
+            scopes = list(json.loads(body or b"{}").get("scopes") or [])
+        except (ValueError, AttributeError):
+            problem = "answered GET /v3/scopes with something that is not SendGrid's JSON"
+    return status, scopes, problem
+
+
+# --- the Prefect worker ---------------------------------------------------------------------
+
+
+def check_worker(
+    environ: Mapping[str, str],
+    *,
+    transport: httpx.BaseTransport | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> CheckResult:
+    """A worker of the pool sent a heartbeat recently (Prefect's rule for "online")."""
+    api_url = (environ.get("PREFECT_API_URL") or "").strip()
+    if not api_url:
+        return CheckResult(
+            "worker", Status.warn, "PREFECT_API_URL not set: the Prefect worker was not checked"
+        )
+    with httpx.Client(
+        base_url=api_url.rstrip("/") + "/",
+        headers=_prefect_auth(environ),
+        timeout=TIMEOUT,
+        transport=transport,
+    ) as client:
+        try:
+            pool = client.get(f"work_pools/{WORK_POOL}")
+            workers = (
+                client.post(f"work_pools/{WORK_POOL}/workers/filter", json={"offset": 0})
+                if pool.status_code == 200
+                else None
+            )
+        except httpx.HTTPError as error:
+            return CheckResult(
+                "worker", Status.fail, _short(f"{api_url}: no answer: {type(error).__name__}")
+            )
+    try:
+        return _judge_workers(api_url, pool, workers, now())
+    except ValueError:  # JSONDecodeError: the UI's HTML, say, at a URL without /api
+        return CheckResult(
+            "worker",
+            Status.fail,
+            f"{api_url} is not Prefect's REST API (does PREFECT_API_URL end in /api?)",
+        )
+
+
+def _prefect_auth(environ: Mapping[str, str]) -> dict[str, str]:
+    # What Prefect's own client sends: the server's basic-auth string first, else an
+    # API key (Prefect Cloud).
+    auth_string = environ.get("PREFECT_API_AUTH_STRING")
+    if auth_string:
+        token = base64.b64encode(auth_string.encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+    api_key = environ.get("PREFECT_API_KEY")
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _judge_workers(
+    api_url: str, pool: httpx.Response, workers: httpx.Response | None, now: datetime
+) -> CheckResult:
+    if pool.status_code == 404:
+        return CheckResult(
+            "worker",
+            Status.fail,
+            f"{api_url} has no work pool {WORK_POOL}: "
+            f"`prefect work-pool create {WORK_POOL} --type process`",
+        )
+    if pool.status_code in (401, 403):
+        return CheckResult(
+            "worker",
+            Status.fail,
+            f"{api_url} refused us ({pool.status_code}): check PREFECT_API_AUTH_STRING",
+        )
+    if pool.status_code != 200 or workers is None or workers.status_code != 200:
+        status = pool.status_code if workers is None else workers.status_code
+        return CheckResult("worker", Status.fail, f"{api_url} answered {status}")
+    if pool.json().get("is_paused"):
+        return CheckResult(
+            "worker",
+            Status.fail,
+            f"work pool {WORK_POOL} is paused: no run starts until "
+            f"`prefect work-pool resume {WORK_POOL}`",
+        )
+    live = [w for w in workers.json() if _is_live(w, now)]
+    if not live:
+        known = ", ".join(w.get("name", "?") for w in workers.json()) or "none ever"
+        return CheckResult(
+            "worker",
+            Status.fail,
+            _short(f"no live worker in {WORK_POOL} (no recent heartbeat; workers seen: {known})"),
+        )
+    newest = max(live, key=lambda w: _heartbeat(w) or now)
+    age = max((now - (_heartbeat(newest) or now)).total_seconds(), 0)
+    return CheckResult(
+        "worker",
+        Status.ok,
+        f"{len(live)} live in {WORK_POOL}: {newest.get('name')} (heartbeat {age:.0f}s ago)",
+    )
+
+
+def _heartbeat(worker: Mapping[str, Any]) -> datetime | None:
+    value = worker.get("last_heartbeat_time")
+    if not value:
+        return None
+    when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _is_live(worker: Mapping[str, Any], now: datetime) -> bool:
+    heartbeat = _heartbeat(worker)
+    if heartbeat is None:
+        return False
+    interval = worker.get("heartbeat_interval_seconds") or DEFAULT_HEARTBEAT_SECONDS
+    return now - heartbeat <= timedelta(seconds=interval * HEARTBEAT_MULTIPLE)

@@ -1,0 +1,44 @@
+-- Which accounts each phase requires 2FA of at the end of $as_of, and since when. Read
+-- from the audit ledger, not registry.phase_requirements: that table holds only the
+-- present, and a report may be of a past day. Included ({{ }}) by int_funnel_accounts
+-- and compliance_funnel.
+with
+
+events as (
+    select phase, account_id, action, created_at
+    from registry.actions
+    where action in ('tfa_required', 'tfa_required_withdrawn', 'tfa_required_cleared')
+        and phase is not null
+        and account_id is not null
+        and created_at < $as_of::date + 1
+),
+
+-- A rollback ends the requirement: tfa_required_withdrawn, or tfa_required_cleared on
+-- its own, which is all that rollbacks wrote before phase_requirements existed.
+last_withdrawals as (
+    select phase, account_id, max(created_at) as withdrawn_at
+    from events
+    where action in ('tfa_required_withdrawn', 'tfa_required_cleared')
+    group by phase, account_id
+),
+
+-- The requirement in force began with the first tfa_required after the last rollback
+-- (a phase enforced, rolled back and enforced again requires from the second time).
+-- A tfa_required at the very instant of a withdrawal counts as withdrawn.
+requirements as (
+    select events.phase, events.account_id, min(events.created_at) as required_at
+    from events
+    left join last_withdrawals using (phase, account_id)
+    where events.action = 'tfa_required'
+        and (
+            last_withdrawals.withdrawn_at is null
+            or events.created_at > last_withdrawals.withdrawn_at
+        )
+    group by events.phase, events.account_id
+),
+
+final as (
+    select phase, account_id, required_at from requirements
+)
+
+select * from final

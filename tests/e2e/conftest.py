@@ -1,0 +1,114 @@
+"""Fixtures of the end-to-end tests: per test module, one Prefect server, a prepared
+ROLLOUT_HOME, the work pool and `prefect deploy --all` (helpers in stack.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import suppress
+
+import httpx
+import pytest
+
+from tests.e2e.stack import (
+    DAY,
+    EXPECTED_COUNT,
+    PHASE,
+    PLAN,
+    POOL,
+    PREFECT,
+    ROLLOUT,
+    ROOT,
+    SERVER_STARTUP_SECONDS,
+    Deployed,
+    Home,
+    Processes,
+    checkout_state,
+)
+
+
+@pytest.fixture(scope="module")
+def processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    processes = Processes(tmp_path_factory.mktemp("e2e"))
+    (processes.dir / "prefect-home").mkdir()
+    try:
+        yield processes
+    finally:
+        left = processes.stop_all()
+    assert not left, f"processes left running after teardown: {left}"
+
+
+@pytest.fixture(scope="module")
+def home(processes: Processes) -> Home:
+    """ROLLOUT_HOME with the tiny sample ingested, metrics and cohorts built for DAY."""
+    path = processes.dir / "rollout-home"
+    env = processes.env(ROLLOUT_HOME=str(path), ROLLOUT_PLAN=str(PLAN))
+    for name, *command in (
+        ("db-upgrade", "db", "upgrade"),
+        ("sample", "sample", "--scale", "tiny", "--seed", "7", "--replace"),
+        ("ingest", "ingest"),
+        ("metrics", "metrics", "--as-of", DAY),
+        ("cohorts", "cohorts", "build", "--as-of", DAY),
+    ):
+        processes.run(f"rollout-{name}", [*ROLLOUT, *command], env)
+    out = processes.run("expected-count", [sys.executable, "-c", EXPECTED_COUNT % PHASE], env)
+    count = int(out.strip().splitlines()[-1])
+    assert count > 0, f"the {PHASE} cohort has no account without 2FA to preview"
+    assert not (path / "reports" / "previews").exists()
+    return Home(path, env, count)
+
+
+@pytest.fixture(scope="module")
+def server(processes: Processes) -> subprocess.Popen[bytes]:
+    """`prefect server start`, not waited for: it boots while the home is prepared."""
+    return processes.start(
+        "server",
+        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(processes.port)],
+        processes.env(
+            PREFECT_SERVER_DATABASE_CONNECTION_URL=(
+                f"sqlite+aiosqlite:///{processes.dir / 'prefect-home' / 'server.db'}"
+            ),
+            # No scheduler: the daily deployment's cron runs must never reach the worker
+            # (at 02:29:55 UTC one would be due within its prefetch window).
+            PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
+            PREFECT_UI_ENABLED="false",
+        ),
+        processes.dir,
+    )
+
+
+@pytest.fixture(scope="module")
+def deployed(processes: Processes, server: subprocess.Popen[bytes], home: Home) -> Deployed:
+    """The server up, the work pool, and `prefect deploy --all` from the repo root.
+
+    (``home`` only so that it is prepared while the server boots.)
+    """
+    deadline = time.monotonic() + SERVER_STARTUP_SECONDS
+    while True:
+        if server.poll() is not None:
+            pytest.fail(f"the server exited {server.returncode}\n" + processes.diagnostics())
+        with suppress(httpx.TransportError):
+            if httpx.get(processes.api_url + "/health", timeout=2).is_success:
+                break
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"no /api/health after {SERVER_STARTUP_SECONDS} s\n" + processes.diagnostics()
+            )
+        time.sleep(0.25)
+
+    env = processes.env()
+    processes.run(
+        "work-pool-create", [*PREFECT, "work-pool", "create", POOL, "--type", "process"], env
+    )
+    before = checkout_state()
+    processes.run("deploy", [*PREFECT, "--no-prompt", "deploy", "--all"], env, cwd=ROOT)
+    after = checkout_state()
+
+    flows = {f["id"]: f["name"] for f in processes.api("POST", "/flows/filter", {})}
+    deployments = {}
+    for deployment in processes.api("POST", "/deployments/filter", {}):
+        deployment["flow_name"] = flows[deployment["flow_id"]]
+        deployments[deployment["name"]] = deployment
+    return Deployed(before, after, deployments)

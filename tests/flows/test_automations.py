@@ -1,0 +1,95 @@
+"""deploy/automations/: the alert definitions are what `prefect automation create` accepts.
+
+No server: each automation is validated with the model the CLI validates it with
+(AutomationCore). That model ignores unknown keys and keeps unknown action types as
+UnknownAction, so a typo would be dropped silently: these tests refuse both.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+FILE = ROOT / "deploy" / "automations" / "rollout-alerts.yaml"
+# The notification block's id, filled in by the runbook's `sed` before creating them.
+PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
+
+
+def automations() -> list[dict[str, Any]]:
+    return yaml.safe_load(FILE.read_text())["automations"]
+
+
+def names() -> list[str]:
+    return [a["name"] for a in automations()]
+
+
+def as_installed(raw: dict[str, Any]) -> Any:
+    """The automation as the runbook creates it: the block id filled in, then the CLI's
+    own validation."""
+    from prefect.events.schemas.automations import AutomationCore
+
+    text = yaml.safe_dump(raw).replace(PLACEHOLDER, str(uuid.uuid4()))
+    return AutomationCore.model_validate(yaml.safe_load(text))
+
+
+@pytest.mark.parametrize("name", names())
+def test_each_automation_is_valid_and_nothing_in_it_is_ignored(name: str) -> None:
+    from prefect.events.actions import UnknownAction
+
+    [raw] = [a for a in automations() if a["name"] == name]
+    automation = as_installed(raw)
+    assert automation.enabled and automation.description.strip()
+    assert set(raw) <= set(type(automation).model_fields)
+    assert set(raw["trigger"]) <= set(type(automation.trigger).model_fields)
+    for action, raw_action in zip(automation.actions, raw["actions"], strict=True):
+        assert not isinstance(action, UnknownAction), raw_action["type"]
+        assert set(raw_action) <= set(type(action).model_fields)
+
+
+def test_every_action_notifies_through_the_block_the_runbook_fills_in() -> None:
+    for raw in automations():
+        for action in raw["actions"]:
+            assert action["type"] == "send-notification"
+            assert action["block_document_id"] == PLACEHOLDER
+    runbook = (ROOT / "docs" / "runbook-operator.md").read_text()
+    assert PLACEHOLDER in runbook and "deploy/automations/rollout-alerts.yaml" in runbook
+
+
+def test_flow_run_alerts_match_the_tag_every_deployment_carries() -> None:
+    deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    assert all("rollout" in d["tags"] for d in deployments)
+    for raw in automations():
+        trigger = raw["trigger"]
+        if trigger["match"]["prefect.resource.id"] == "prefect.flow-run.*":
+            assert trigger["match_related"] == {
+                "prefect.resource.role": "tag",
+                "prefect.resource.id": "prefect.tag.rollout",
+            }
+
+
+def test_failed_runs_alert_at_once_and_paused_runs_after_four_hours() -> None:
+    from prefect.events.schemas.automations import Posture
+
+    failed, paused, no_worker = (as_installed(raw).trigger for raw in automations())
+    assert failed.posture is Posture.Reactive
+    assert {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"} <= failed.expect
+
+    assert paused.posture is Posture.Proactive
+    # A deployed phase-enforce run waits Suspended; one run outside a deployment, Paused.
+    assert paused.after == {"prefect.flow-run.Paused", "prefect.flow-run.Suspended"}
+    # Waiting itself must not count as the awaited change, or the alert would never fire.
+    assert not paused.after & paused.expect
+    assert {"prefect.flow-run.Running", "prefect.flow-run.Resuming"} <= paused.expect
+    assert paused.within.total_seconds() == 4 * 3600
+    # One alert per paused run, not one for all runs together.
+    assert paused.for_each == {"prefect.resource.id"}
+
+    assert no_worker.posture is Posture.Proactive
+    assert no_worker.after == {"prefect.work-pool.not-ready"}
+    assert no_worker.expect == {"prefect.work-pool.ready"}
+    assert no_worker.match.model_dump()["prefect.resource.name"] == "rollout-process"

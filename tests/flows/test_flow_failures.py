@@ -1,0 +1,260 @@
+"""Failures must show: user errors end a run Failed with one line, failed emails fail the
+notify run (after its artifact), transient I/O errors are retried and nothing else is.
+
+Against the temporary Prefect server and the local SendGrid server. The notify runs use
+a registry of their own with 30 queued notices, on a day the plan has nothing due.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from python_http_client.exceptions import HTTPError
+from sqlalchemy.exc import OperationalError
+
+from flows import cohorts as cohort_flows
+from flows import notify as notify_flows
+from flows.common import is_transient
+from rollout.config import load_settings
+from rollout.errors import BadInput, GuardRefused
+from rollout.notify.devserver import DevSendGrid
+from rollout.registry.engine import make_engine
+from rollout.registry.migrate import upgrade
+from rollout.sample import generate_sample
+from tests.factories import NotificationFactory, bound_to
+
+ROOT = Path(__file__).resolve().parents[2]
+QUIET_DAY = date(2021, 6, 1)  # the reference plan has no mailing due: only the outbox is sent
+DATA_ENDS = date(2022, 1, 31)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("ROLLOUT_") and not name.startswith("ROLLOUT_TEST_"):
+            monkeypatch.delenv(name)
+    monkeypatch.delenv("SENDGRID_API_KEY", raising=False)
+    monkeypatch.setenv("ROLLOUT_PLAN", str(ROOT / "plans" / "npm-2022.yaml"))
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy"):  # 127.0.0.1 goes direct
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def outbox_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_env: None) -> Path:
+    """A registry with 30 phase notices queued, nothing else."""
+    monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path))
+    engine = make_engine(load_settings().registry_url)
+    upgrade(engine)
+    with bound_to(engine):
+        NotificationFactory.create_batch(30, context={"phase": "top-100"})
+    engine.dispose()
+    return tmp_path
+
+
+@pytest.fixture
+def sendgrid(monkeypatch: pytest.MonkeyPatch, outbox_home: Path) -> Iterator[DevSendGrid]:
+    with DevSendGrid() as server:
+        monkeypatch.setenv("SENDGRID_API_KEY", server.api_key)
+        monkeypatch.setenv("ROLLOUT_SENDGRID_URL", server.url)
+        yield server
+
+
+def read_artifact(key: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.UPDATED_DESC,
+            limit=1,
+        )
+    assert found, f"no artifact {key}"
+    return str(found[0].data)
+
+
+def logs_since(start: datetime) -> str:
+    """Every log line any run sent since ``start``: flows, subflows and tasks."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTimestamp
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(timestamp=LogFilterTimestamp(after_=start)), limit=200
+        )
+    return "\n".join(log.message for log in logs)
+
+
+# --- notify ----------------------------------------------------------------------------
+
+
+def test_refused_emails_fail_the_run_after_the_artifact_and_a_retry_sends_them(
+    prefect_server: None, sendgrid: DevSendGrid
+) -> None:
+    # One 500 (retried), then 20 refusals; one request at a time, so in that order.
+    sendgrid.script([{"status": 500}] + [{"status": 400}] * 20)
+    start = datetime.now(UTC)
+    state = notify_flows.notify(as_of=QUIET_DAY, concurrency=1, return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("20 emails failed: SendGrid answered 400")
+    assert "\n" not in state.message and "Traceback" not in state.message
+    artifact = read_artifact(f"notify-{QUIET_DAY}")
+    assert "| failed | 20 |" in artifact and "| sent | 10 |" in artifact
+    assert "| retried after 5xx/429 | 1 |" in artifact
+    logs = logs_since(start)
+    assert "SendGrid answered 500" in logs and "(status 500); retry 1/4" in logs
+    assert sendgrid.api_key not in logs and "Traceback" not in logs
+
+    # A plain rerun leaves them alone; retry_failed sends them through the same sender.
+    again = notify_flows.notify(as_of=QUIET_DAY, return_state=True)
+    assert again.is_completed(), again.message
+    assert again.result()["sent"] == 0 and len(sendgrid.messages) == 10
+    retried = notify_flows.notify(as_of=QUIET_DAY, retry_failed=True, return_state=True)
+    assert retried.is_completed(), retried.message
+    assert retried.result() == {"queued": 0, "sent": 20, "failed": 0}
+    assert len(sendgrid.messages) == 30
+    assert "| failed before, queued again \\(retry\\_failed\\) | 20 |" in read_artifact(
+        f"notify-{QUIET_DAY}"
+    )
+
+
+def test_the_file_outbox_refuses_a_retry_of_emails_meant_for_sendgrid(
+    prefect_server: None, sendgrid: DevSendGrid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.blocks.system import Secret
+
+    sendgrid.script([{"status": 400}] * 5)
+    assert notify_flows.notify(as_of=QUIET_DAY, concurrency=1, return_state=True).is_failed()
+    # No key in this worker's environment, none in the Secret block: the file outbox.
+    monkeypatch.delenv("SENDGRID_API_KEY")
+    Secret(value="").save(notify_flows.SECRET_BLOCK, overwrite=True)
+    state = notify_flows.notify(as_of=QUIET_DAY, retry_failed=True, return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith(
+        "5 emails waiting to be sent were last attempted through SendGrid"
+    )
+    assert "SENDGRID_API_KEY" in state.message and "Traceback" not in state.message
+    assert not list((load_settings().outbox_dir).glob("*.eml"))
+
+
+def test_a_transient_registry_error_is_retried_and_a_user_error_is_not(
+    prefect_server: None, outbox_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    real = notify_flows.queue_due
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append("flaky")
+        if len(calls) == 1:
+            raise OperationalError("select 1", {}, ConnectionError("server closed the connection"))
+        return real(*args, **kwargs)
+
+    # The same task, without the waits between attempts.
+    monkeypatch.setattr(
+        notify_flows, "queue_task", notify_flows.queue_task.with_options(retry_delay_seconds=0)
+    )
+    monkeypatch.setattr(notify_flows, "queue_due", flaky)
+    state = notify_flows.notify(as_of=QUIET_DAY, send=False, return_state=True)
+    assert state.is_completed(), state.message
+    assert calls == ["flaky", "flaky"]
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        calls.append("refused")
+        raise BadInput(None, None, "the plan has no phase 'top-1000'")
+
+    calls.clear()
+    monkeypatch.setattr(notify_flows, "queue_due", refused)
+    state = notify_flows.notify(as_of=QUIET_DAY, send=False, return_state=True)
+    assert state.is_failed() and calls == ["refused"]
+    assert state.message == "the plan has no phase 'top-1000'"
+    with pytest.raises(BadInput):  # a caller (a parent flow) gets the error as raised
+        state.result()
+
+
+# --- daily, on a registry whose downloads end before the day ---------------------------
+
+
+@pytest.fixture
+def sample_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_env: None) -> Path:
+    monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path))
+    settings = load_settings()
+    generate_sample(
+        "tiny",
+        7,
+        registry_url=settings.registry_url,
+        landing_dir=settings.landing_dir,
+        end=DATA_ENDS,
+        days=40,
+    )
+    return tmp_path
+
+
+def test_a_daily_run_past_the_data_fails_with_one_line_naming_the_weekly_window(
+    prefect_server: None, sample_home: Path
+) -> None:
+    start = datetime.now(UTC)
+    state = cohort_flows.daily(return_state=True)  # default parameters: as of today
+    today = datetime.now(UTC).date()
+    assert state.is_failed()
+    assert state.message == (
+        f"download data is missing for every day of {today}'s weekly window "
+        f"({today - timedelta(days=7)}..{today - timedelta(days=1)}); the latest download "
+        f"data loaded is for {DATA_ENDS}. Load it, or allow gaps (--allow-gaps; allow_gaps "
+        "in the flows) to decide on partial data"
+    )
+    logs = logs_since(start)
+    # repr() of the message: in double quotes, as it holds an apostrophe.
+    assert logs.count('Finished in state Failed("download data is missing') == 2  # both flows
+    assert "Traceback" not in logs and "unexpected exception" not in logs
+    with pytest.raises(BadInput):
+        state.result()
+    assert "weekly window is incomplete" in read_artifact(f"metrics-{today}")
+
+
+# --- what is retried, without a server -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OperationalError("select 1", {}, Exception("could not connect to server")),
+        HTTPError(503, "Service Unavailable", b"", {}),
+        HTTPError(429, "Too Many Requests", b"", {}),
+        urllib.error.URLError(ConnectionRefusedError()),
+        TimeoutError("timed out"),
+    ],
+)
+def test_transient_errors_are_retried(error: BaseException) -> None:
+    assert is_transient(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        BadInput(None, None, "bad"),
+        GuardRefused("another notify run holds the lock"),
+        HTTPError(400, "Bad Request", b"", {}),
+        ValueError("a bug"),
+    ],
+)
+def test_user_errors_and_bugs_are_not(error: BaseException) -> None:
+    assert not is_transient(error)
+
+
+def test_a_user_error_caused_by_a_transient_one_is_not_retried() -> None:
+    try:
+        try:
+            raise OperationalError("select 1", {}, Exception("gone"))
+        except OperationalError as cause:
+            raise GuardRefused("refused") from cause
+    except GuardRefused as error:
+        assert not is_transient(error)

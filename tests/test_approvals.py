@@ -1,0 +1,84 @@
+"""``rollout approvals`` / ``approve`` without a server: what they refuse up front.
+
+With a server, a worker and real runs: tests/e2e/test_approvals.py.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from typer.testing import CliRunner
+
+from rollout.approvals import ApprovalRequest, api_from_environ, parse_run_id
+from rollout.cli import app
+from rollout.errors import BadInput
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again when this returns
+
+
+def invoke(monkeypatch: pytest.MonkeyPatch, api_url: str | None, *args: str) -> tuple[int, str]:
+    if api_url is None:
+        monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    else:
+        monkeypatch.setenv("PREFECT_API_URL", api_url)
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("approvals",), ("approve", "0b6c8a52-9f1e-4c47-a1d2-5b0c3e7f9a10", "--expect", "3")],
+)
+def test_without_prefect_api_url_they_exit_2_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    code, output = invoke(monkeypatch, None, *args)
+    assert code == 2
+    assert output.strip().count("\n") == 0 and "PREFECT_API_URL is not set" in output
+
+
+def test_an_unreachable_server_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/api"
+    code, output = invoke(monkeypatch, url, "approvals", "--format", "json")
+    assert code == 2
+    assert output.strip().count("\n") == 0
+    assert f"cannot reach the Prefect API at {url}" in output
+
+
+def test_approve_takes_only_a_full_run_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    code, output = invoke(
+        monkeypatch, "http://127.0.0.1:9/api", "approve", "0b6c8a52", "--expect", "3"
+    )
+    assert code == 2 and "give the full id `rollout approvals` lists" in output
+    with pytest.raises(BadInput):
+        parse_run_id("crafty-lemur")
+    assert parse_run_id(" 0B6C8A52-9F1E-4C47-A1D2-5B0C3E7F9A10 ") == (
+        "0b6c8a52-9f1e-4c47-a1d2-5b0c3e7f9a10"
+    )
+
+
+def test_a_negative_count_is_bad_usage(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = "0b6c8a52-9f1e-4c47-a1d2-5b0c3e7f9a10"
+    code, _ = invoke(monkeypatch, "http://127.0.0.1:9/api", "approve", run, "--expect", "-1")
+    assert code == 2
+
+
+def test_the_api_key_or_auth_string_goes_in_the_header() -> None:
+    with api_from_environ({"PREFECT_API_URL": "https://x/api", "PREFECT_API_KEY": "k"}) as api:
+        assert api.client.headers["Authorization"] == "Bearer k"
+    with api_from_environ(
+        {"PREFECT_API_URL": "http://x/api", "PREFECT_API_AUTH_STRING": "admin:pw"}
+    ) as api:
+        assert api.client.headers["Authorization"] == "Basic YWRtaW46cHc="
+    with pytest.raises(BadInput, match="expected an http"):
+        api_from_environ({"PREFECT_API_URL": "127.0.0.1:4200"})
+
+
+def test_the_request_round_trips_through_json() -> None:
+    request = ApprovalRequest("top-100", 87, 120, 13, "/r/a.csv", "phase-preview-top-100", "t")
+    assert ApprovalRequest.from_json(request.to_json()) == request

@@ -1,0 +1,89 @@
+"""`rollout cohorts diff D1 D2 [--cohort C]` on the snapshots of the golden case
+tests/sql/diff_cases/entered_and_left (the model itself: tests/sql/test_cohort_diff_golden.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner, Result
+
+from rollout import warehouse
+from rollout.cli import app
+
+from .sql.test_cohort_diff_golden import CASES_DIR, load_snapshots
+
+SNAPSHOTS = CASES_DIR / "entered_and_left" / "snapshots.csv"
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+def _built(rollout_home: Path) -> None:
+    with warehouse.open_warehouse(rollout_home / "warehouse.duckdb") as con:
+        load_snapshots(con, SNAPSHOTS)
+
+
+def test_diff_lists_who_entered_and_who_left_through_which_packages(rollout_home: Path) -> None:
+    _built(rollout_home)
+    result = run("cohorts", "diff", "2022-01-03", "2022-01-17", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == [
+        {
+            "change": "entered",
+            "cohort": "high-impact",
+            "username": "cat",
+            "tfa_status": "totp",
+            "packages": ["vue"],
+        },
+        {
+            "change": "left",
+            "cohort": "high-impact",
+            "username": "fay",
+            "tfa_status": "none",
+            "packages": ["express"],
+        },
+        {
+            "change": "entered",
+            "cohort": "top-100",
+            "username": "eve",
+            "tfa_status": "none",
+            "packages": ["lodash", "lodash.get"],
+        },
+        {
+            "change": "left",
+            "cohort": "top-100",
+            "username": "cat",
+            "tfa_status": "none",
+            "packages": ["vue", "vuex"],
+        },
+    ]
+    only = run("cohorts", "diff", "2022-01-03", "2022-01-17", "--cohort", "top-100", "-f", "json")
+    assert only.exit_code == 0, only.stderr
+    assert [(r["change"], r["username"]) for r in json.loads(only.stdout)] == [
+        ("entered", "eve"),
+        ("left", "cat"),
+    ]
+    csv_lines = run("cohorts", "diff", "2022-01-03", "2022-01-17", "-f", "csv").stdout.splitlines()
+    assert csv_lines[0] == "change,cohort,username,tfa_status,packages"
+    assert csv_lines[3] == 'entered,top-100,eve,none,"lodash, lodash.get"'
+    # Backwards, entered and left swap.
+    back = json.loads(run("cohorts", "diff", "2022-01-17", "2022-01-03", "-f", "json").stdout)
+    assert {(r["change"], r["cohort"], r["username"]) for r in back} == {
+        ("left", "high-impact", "cat"),
+        ("entered", "high-impact", "fay"),
+        ("left", "top-100", "eve"),
+        ("entered", "top-100", "cat"),
+    }
+
+
+def test_diff_refuses_days_without_a_build_and_unknown_cohorts(rollout_home: Path) -> None:
+    _built(rollout_home)
+    # 2022-01-04 was never built: not "everyone entered on 01-17".
+    unbuilt = run("cohorts", "diff", "2022-01-04", "2022-01-17", "-f", "json")
+    assert unbuilt.exit_code == 2
+    assert "no cohorts were built for 2022-01-04" in unbuilt.stderr and unbuilt.stdout == ""
+    typo = run("cohorts", "diff", "2022-01-03", "2022-01-17", "--cohort", "top-10")
+    assert typo.exit_code == 2 and "no cohort 'top-10'" in typo.stderr
+    assert run("cohorts", "diff", "2022-01-03", "yesterday").exit_code == 2

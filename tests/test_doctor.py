@@ -1,0 +1,356 @@
+"""rollout doctor: each check passing and failing, and the command's rows and exit code.
+
+SendGrid is checked against the local dev server (a good key, a bad one, one without
+mail.send); Prefect's REST API is stood in for by httpx's MockTransport.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from rollout import warehouse
+from rollout.cli import app
+from rollout.config import Settings, load_settings
+from rollout.doctor import (
+    Status,
+    check_plan,
+    check_registry,
+    check_schema,
+    check_sendgrid,
+    check_warehouse,
+    check_worker,
+)
+from rollout.notify.devserver import DevSendGrid
+from rollout.registry.engine import make_engine
+from rollout.registry.migrate import upgrade
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "SG.doctor-test.key"
+NOW = datetime(2022, 2, 16, 12, 0, tzinfo=UTC)
+API = "http://prefect.test/api"
+
+
+def settings_for(tmp_path: Path, **environ: str) -> Settings:
+    return load_settings({"ROLLOUT_HOME": str(tmp_path / "home"), **environ})
+
+
+# --- registry and schema --------------------------------------------------------------------
+
+
+def test_the_registry_and_its_schema_pass_once_upgraded(registry_url: str) -> None:
+    registry = check_registry(registry_url)
+    assert registry.status is Status.ok
+    assert "rollout:rollout@" not in registry.detail  # the password stays hidden
+    schema = check_schema(registry_url)
+    assert schema.status is Status.ok and "the newest" in schema.detail
+
+
+def test_an_empty_database_has_no_schema(empty_registry_url: str) -> None:
+    engine = make_engine(empty_registry_url)
+    engine.connect().close()  # an empty SQLite file, as a fresh PostgreSQL database is
+    engine.dispose()
+    assert check_registry(empty_registry_url).status is Status.ok
+    schema = check_schema(empty_registry_url)
+    assert schema.status is Status.fail and "rollout db upgrade" in schema.detail
+
+
+def test_an_older_schema_fails_naming_both_revisions(registry_url: str) -> None:
+    engine = make_engine(registry_url)
+    with engine.begin() as connection:
+        connection.execute(text("update alembic_version set version_num = '0001'"))
+    engine.dispose()
+    schema = check_schema(registry_url)
+    assert schema.status is Status.fail
+    assert "at revision 0001" in schema.detail and "rollout db upgrade" in schema.detail
+
+
+def test_a_missing_sqlite_file_fails_and_is_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "registry.db"
+    url = f"sqlite:///{path}"
+    assert check_registry(url).status is Status.fail
+    assert check_schema(url).status is Status.fail
+    assert not path.exists() and not path.parent.exists()
+
+
+def test_an_unreachable_server_fails() -> None:
+    # Port 1 on localhost: refused at once, no waiting for a timeout.
+    result = check_registry("postgresql+psycopg://rollout:secret@127.0.0.1:1/rollout")
+    assert result.status is Status.fail and "cannot connect" in result.detail
+    assert "secret" not in result.detail
+    schema = check_schema("postgresql+psycopg://rollout:secret@127.0.0.1:1/rollout")
+    assert schema.status is Status.fail and "unreachable" in schema.detail
+
+
+# --- warehouse ------------------------------------------------------------------------------
+
+
+def test_no_warehouse_yet_is_a_warning(tmp_path: Path) -> None:
+    result = check_warehouse(tmp_path / "warehouse.duckdb")
+    assert result.status is Status.warn and "rollout ingest" in result.detail
+    assert not (tmp_path / "warehouse.duckdb").exists()
+
+
+def test_a_current_warehouse_passes(tmp_path: Path) -> None:
+    path = tmp_path / "warehouse.duckdb"
+    warehouse.connect(path).close()
+    result = check_warehouse(path)
+    assert result.status is Status.ok and f"version {warehouse.SCHEMA_VERSION}" in result.detail
+
+
+def test_a_warehouse_of_another_version_fails(tmp_path: Path) -> None:
+    path = tmp_path / "warehouse.duckdb"
+    con = warehouse.connect(path)
+    con.execute("update warehouse_meta set schema_version = 1")
+    con.close()
+    result = check_warehouse(path)
+    assert result.status is Status.fail and "delete it" in result.detail
+
+
+@pytest.fixture
+def warehouse_held_by_a_run(tmp_path: Path) -> Iterator[Path]:
+    """A warehouse another process has open for writing, as a running flow does."""
+    path = tmp_path / "warehouse.duckdb"
+    warehouse.connect(path).close()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import sys, duckdb
+                con = duckdb.connect({str(path)!r})
+                print("holding", flush=True)
+                sys.stdin.read()
+                """
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        yield path
+    finally:
+        holder.communicate(timeout=10)  # closes its stdin: it exits
+
+
+def test_a_warehouse_a_run_holds_is_skipped_with_a_warning(warehouse_held_by_a_run: Path) -> None:
+    result = check_warehouse(warehouse_held_by_a_run)
+    assert result.status is Status.warn
+    assert "not checked" in result.detail and "process" in result.detail
+
+
+# --- plan -----------------------------------------------------------------------------------
+
+
+def test_the_reference_plan_passes() -> None:
+    result = check_plan(ROOT / "plans" / "npm-2022.yaml")
+    assert result.status is Status.ok and "npm-2022" in result.detail
+
+
+def test_a_broken_plan_fails_naming_the_file_and_line(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text((ROOT / "plans" / "npm-2022.yaml").read_text() + "\nsurprise: [\n")
+    result = check_plan(plan)
+    assert result.status is Status.fail and str(plan) in result.detail
+
+    missing = check_plan(tmp_path / "missing.yaml")
+    assert missing.status is Status.fail and "missing.yaml" in missing.detail
+
+
+# --- SendGrid -------------------------------------------------------------------------------
+
+
+def test_without_a_key_the_file_outbox_is_fine(tmp_path: Path) -> None:
+    result = check_sendgrid(settings_for(tmp_path))
+    assert result.status is Status.ok and "file outbox" in result.detail
+
+
+def test_a_key_the_server_accepts_passes(tmp_path: Path) -> None:
+    with DevSendGrid(KEY) as dev:
+        settings = settings_for(tmp_path, SENDGRID_API_KEY=KEY, ROLLOUT_SENDGRID_URL=dev.url)
+        result = check_sendgrid(settings)
+        assert result.status is Status.ok and dev.url in result.detail
+        assert dev.messages == []  # a check, not a send
+
+
+def test_a_key_the_server_refuses_fails_without_showing_it(tmp_path: Path) -> None:
+    wrong = "SG.wrong-key.for-doctor"
+    with DevSendGrid(KEY) as dev:
+        settings = settings_for(tmp_path, SENDGRID_API_KEY=wrong, ROLLOUT_SENDGRID_URL=dev.url)
+        result = check_sendgrid(settings)
+    assert result.status is Status.fail and "refused the key (401)" in result.detail
+    assert wrong not in result.detail
+
+
+def test_a_key_without_mail_send_fails(tmp_path: Path) -> None:
+    with DevSendGrid(KEY, scopes=["stats.read"]) as dev:
+        settings = settings_for(tmp_path, SENDGRID_API_KEY=KEY, ROLLOUT_SENDGRID_URL=dev.url)
+        result = check_sendgrid(settings)
+    assert result.status is Status.fail and "mail.send" in result.detail
+
+
+def test_an_unreachable_sendgrid_fails(tmp_path: Path) -> None:
+    settings = settings_for(
+        tmp_path, SENDGRID_API_KEY=KEY, ROLLOUT_SENDGRID_URL="http://127.0.0.1:1"
+    )
+    result = check_sendgrid(settings)
+    assert result.status is Status.fail and "cannot reach" in result.detail
+
+
+# --- the Prefect worker ---------------------------------------------------------------------
+
+
+def prefect_api(
+    *,
+    pool_status: int = 200,
+    paused: bool = False,
+    workers: list[dict[str, Any]] | None = None,
+    seen: list[httpx.Request] | None = None,
+) -> httpx.MockTransport:
+    """Prefect's two endpoints the check reads, answering as the server does."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if seen is not None:
+            seen.append(request)
+        path = request.url.path
+        if request.method == "GET" and path == "/api/work_pools/rollout-process":
+            if pool_status != 200:
+                return httpx.Response(pool_status, json={"detail": "Work pool not found."})
+            return httpx.Response(200, json={"name": "rollout-process", "is_paused": paused})
+        if request.method == "POST" and path == "/api/work_pools/rollout-process/workers/filter":
+            return httpx.Response(200, json=workers or [])
+        return httpx.Response(404, json={"detail": "Not Found"})
+
+    return httpx.MockTransport(handle)
+
+
+def worker(name: str, seconds_ago: float, interval: int | None = 30) -> dict[str, Any]:
+    heartbeat = (NOW - timedelta(seconds=seconds_ago)).isoformat().replace("+00:00", "Z")
+    return {
+        "name": name,
+        "last_heartbeat_time": heartbeat,
+        "heartbeat_interval_seconds": interval,
+        "status": "ONLINE",
+    }
+
+
+def check(transport: httpx.MockTransport, **environ: str) -> Any:
+    return check_worker({"PREFECT_API_URL": API, **environ}, transport=transport, now=lambda: NOW)
+
+
+def test_without_prefect_api_url_the_worker_is_not_checked() -> None:
+    result = check_worker({}, transport=prefect_api())
+    assert result.status is Status.warn and result.detail.startswith("PREFECT_API_URL not set")
+
+
+def test_a_worker_with_a_recent_heartbeat_passes() -> None:
+    result = check(prefect_api(workers=[worker("old", 3600), worker("host-1", 20)]))
+    assert result.status is Status.ok
+    assert "1 live" in result.detail and "host-1" in result.detail and "20s ago" in result.detail
+
+
+def test_only_stale_heartbeats_fail() -> None:
+    # Prefect's rule: more than 3 intervals (30 s when unknown) without a heartbeat.
+    result = check(prefect_api(workers=[worker("host-1", 91), worker("host-2", 61, interval=20)]))
+    assert result.status is Status.fail and "no live worker" in result.detail
+    assert "host-1" in result.detail
+    assert check(prefect_api(workers=[worker("host-1", 89, interval=None)])).status is Status.ok
+
+
+def test_a_pool_without_any_worker_fails() -> None:
+    result = check(prefect_api(workers=[]))
+    assert result.status is Status.fail and "none ever" in result.detail
+
+
+def test_a_missing_pool_fails_with_the_command_to_create_it() -> None:
+    result = check(prefect_api(pool_status=404))
+    assert result.status is Status.fail
+    assert "prefect work-pool create rollout-process --type process" in result.detail
+
+
+def test_a_paused_pool_fails() -> None:
+    result = check(prefect_api(paused=True, workers=[worker("host-1", 5)]))
+    assert result.status is Status.fail and "paused" in result.detail
+
+
+def test_the_auth_string_is_sent_as_prefect_sends_it() -> None:
+    seen: list[httpx.Request] = []
+    check(prefect_api(workers=[worker("host-1", 5)], seen=seen), PREFECT_API_AUTH_STRING="a:b")
+    expected = "Basic " + base64.b64encode(b"a:b").decode()
+    assert seen and all(r.headers["Authorization"] == expected for r in seen)
+    assert check(prefect_api(pool_status=401)).status is Status.fail
+
+
+def test_a_url_that_is_not_the_api_says_so() -> None:
+    html = httpx.MockTransport(lambda request: httpx.Response(200, text="<html>UI</html>"))
+    result = check(html)
+    assert result.status is Status.fail and "end in /api" in result.detail
+
+
+def test_an_unreachable_server_fails_the_worker_check() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    result = check(httpx.MockTransport(refuse))
+    assert result.status is Status.fail and "no answer" in result.detail
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def run_doctor(*args: str) -> Any:
+    return CliRunner().invoke(app, ["doctor", *args])
+
+
+@pytest.fixture
+def healthy_home(rollout_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("ROLLOUT_PLAN", str(ROOT / "plans" / "npm-2022.yaml"))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    engine = make_engine(f"sqlite:///{rollout_home / 'registry.db'}")
+    upgrade(engine)
+    engine.dispose()
+    warehouse.connect(rollout_home / "warehouse.duckdb").close()
+    return rollout_home
+
+
+def test_doctor_lists_every_check_and_exits_0_when_none_fails(healthy_home: Path) -> None:
+    result = run_doctor("--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)  # nothing but JSON on stdout
+    assert [r["check"] for r in rows] == [
+        "registry",
+        "schema",
+        "warehouse",
+        "plan",
+        "sendgrid",
+        "worker",
+    ]
+    statuses = {r["check"]: r["status"] for r in rows}
+    assert statuses["worker"] == "warn"  # no PREFECT_API_URL here: a warning is not a failure
+    assert {statuses[c] for c in ("registry", "schema", "warehouse", "plan", "sendgrid")} == {"ok"}
+
+
+def test_doctor_exits_1_when_a_check_fails(healthy_home: Path, tmp_path: Path) -> None:
+    (tmp_path / "plan.yaml").write_text("name: [unclosed\n")
+    result = CliRunner().invoke(
+        app, ["doctor", "--format", "csv"], env={"ROLLOUT_PLAN": str(tmp_path / "plan.yaml")}
+    )
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert lines[0] == "check,status,detail"
+    assert any(line.startswith("plan,fail,") for line in lines)

@@ -1,0 +1,84 @@
+"""A template that fails to render fails its own emails, recorded with the reason, and
+the drain goes on with the others (rollout/notify/outbox.py ``_prepare``)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import jinja2
+import pytest
+from sqlalchemy import Engine
+
+from rollout.notify import outbox, render
+from rollout.plan import Plan
+
+# The fixtures and helpers of the outbox tests: ann (no 2FA) and ben (TOTP) get mail,
+# cat (unverified) and dan (suppressed) are skipped.
+from .test_outbox import NOTICE_DAY, Recording, ids, plan, rows
+
+__all__ = ["ids", "plan"]  # fixtures, used by name
+
+REMINDER_DAY = date(2022, 1, 18)  # the reference plan's first top-100 reminder
+
+
+@pytest.fixture
+def broken_reminder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped templates, but the reminder's text part names a variable no context
+    has: every reminder fails to render, every other email renders as shipped."""
+    shipped = render.environment()
+    env = shipped.overlay(
+        loader=jinja2.ChoiceLoader(
+            [
+                jinja2.DictLoader({"reminder.txt": "Hi {{ username }}, {{ no_such_value }}\n"}),
+                shipped.loader,
+            ]
+        )
+    )
+    monkeypatch.setattr(render, "environment", lambda: env)
+
+
+def test_a_template_error_fails_that_email_and_the_others_are_sent(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int], broken_reminder: None
+) -> None:
+    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    outbox.queue_due(registry_url, plan, REMINDER_DAY, actor="rm")
+    assert outbox.pending(registry) == {"phase_notice": 2, "reminder": 1}  # ann, ben; ann
+
+    sender = Recording()
+    report = outbox.drain(registry_url, plan, sender)
+
+    assert sorted((m.email, m.to_name) for m in sender.sent) == [
+        ("phase_notice", "ann"),
+        ("phase_notice", "ben"),
+    ]
+    assert (report.sent, report.failed) == (2, 1)
+    [(_, reason)] = report.failures
+    assert reason == "render: UndefinedError: 'no_such_value' is undefined"
+    reminders = rows(registry, "reminder")
+    assert reminders["ann"] == ("failed", reason)
+    assert reminders["ben"] == ("skipped", "already compliant")  # never rendered
+    assert rows(registry, "phase_notice")["ann"] == ("sent", None)
+    assert outbox.pending(registry) == {}
+    status = {(r["email"], r["state"]): r for r in outbox.outbox_status(registry)}
+    assert status[("reminder", "failed")]["count"] == 1
+    assert status[("reminder", "failed")]["reason"] == reason
+
+
+def test_once_the_template_is_fixed_a_retry_sends_it(
+    registry: Engine,
+    registry_url: str,
+    plan: Plan,
+    ids: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+    broken_reminder: None,
+) -> None:
+    outbox.queue_due(registry_url, plan, REMINDER_DAY, actor="rm")
+    assert outbox.drain(registry_url, plan, Recording()).failed == 1
+    monkeypatch.undo()  # the shipped templates again
+    assert outbox.retry_failed(registry) == 1
+    sender = Recording()
+    assert outbox.drain(registry_url, plan, sender).sent == 1
+    [message] = sender.sent
+    assert (message.email, message.to_name) == ("reminder", "ann")
+    assert "no_such_value" not in message.text
+    assert rows(registry, "reminder")["ann"] == ("sent", None)
