@@ -1,7 +1,8 @@
 """Shared fixtures: an isolated ROLLOUT_HOME, and a registry on SQLite and PostgreSQL.
 
-PostgreSQL tests use ``ROLLOUT_TEST_POSTGRES_URL`` (``.ci/run`` sets it). Each test
-gets its own schema, so tests never see each other's rows, even under xdist. When
+PostgreSQL tests use ``ROLLOUT_TEST_POSTGRES_URL`` (``make test`` starts a throwaway
+server and sets it: tests/support/with-postgres). Each test gets its own schema, so
+tests never see each other's rows, even under xdist. When
 ``ROLLOUT_REQUIRE_POSTGRES=1`` (CI) a missing server fails the test instead of
 skipping it: CI must exercise PostgreSQL.
 """
@@ -75,7 +76,7 @@ def postgres_url_or_skip() -> str:
         return POSTGRES_URL
     if REQUIRE_POSTGRES:
         pytest.fail("ROLLOUT_REQUIRE_POSTGRES=1 but ROLLOUT_TEST_POSTGRES_URL is not set")
-    pytest.skip("PostgreSQL not configured: set ROLLOUT_TEST_POSTGRES_URL (see .ci/run)")
+    pytest.skip("PostgreSQL not configured: run `make test`, or set ROLLOUT_TEST_POSTGRES_URL")
 
 
 def _with_search_path(url: str, schema: str) -> str:

@@ -2,8 +2,9 @@
 
 Driven over the DevTools protocol with a small websocket client (``websockets`` comes
 with prefect), so no browser download is needed: Debian's ``chromium`` package is
-enough. Chromium missing is a failure, not a skip: CI must run this (``.ci/run``
-installs it). ``ROLLOUT_TEST_CHROMIUM`` names another binary.
+enough. Chromium missing is a failure, not a skip: CI must run this (``make test``
+installs it first: tests/support/ensure-chromium). ``ROLLOUT_TEST_CHROMIUM`` names
+another binary.
 
 Screenshots of the whole page and of each chart are saved in the test's
 ``tmp_path`` (pytest prints where on failure; ``--basetemp`` pins it).

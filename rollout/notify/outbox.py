@@ -1146,10 +1146,11 @@ def check_sender(engine: Engine, sender: str, *, include_failed: bool) -> None:
     count = meant_for_a_provider(engine, include_failed=include_failed)
     if count:
         raise RolloutError(
-            f"{count} emails waiting to be sent were last attempted through SendGrid, and "
-            "the sender here is the file outbox (SENDGRID_API_KEY is not set): nothing was "
-            "sent. Set SENDGRID_API_KEY, or run the notify deployment (it reads the "
-            "Prefect Secret block sendgrid-api-key)"
+            f"{count} emails waiting to be sent were last attempted through SendGrid, but "
+            "no SendGrid key was found here, so the sender would be the file outbox: "
+            "nothing was sent. Set SENDGRID_API_KEY (the notify deployment also reads the "
+            "Prefect Secret block named by ROLLOUT_SENDGRID_SECRET_BLOCK, default "
+            "sendgrid-api-key) and run again"
         )
 
 
