@@ -11,7 +11,7 @@ DEMO_HOME := $(or $(ROLLOUT_HOME),var)
 # shell points at (a production registry, warehouse or SendGrid key).
 DEMO_ENV := env -u ROLLOUT_REGISTRY_URL -u ROLLOUT_WAREHOUSE -u SENDGRID_API_KEY ROLLOUT_HOME=$(DEMO_HOME)
 
-.PHONY: demo test test-fast lint format bench clean
+.PHONY: demo test test-fast lint format bench clean screenshot
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ demo: $(STAMP)
 	$(DEMO_ENV) $(BIN)/rollout plan show
 	@echo "== done: open $(DEMO_HOME)/reports/2022-05-10/adoption.html in a browser;"
 	@echo "   the warehouse is $(DEMO_HOME)/warehouse.duckdb (docs/warehouse.md), the emails $(DEMO_HOME)/outbox/"
+
+# docs/report.png, the README's picture of the report: the top of the demo's adoption
+# report in headless Chromium (tests/support/screenshot.py); exit 2 without `make demo`.
+screenshot: $(STAMP)
+	$(BIN)/python -m tests.support.screenshot --home $(DEMO_HOME) --out docs/report.png
 
 # The whole suite, with lint first. Chromium is installed if missing (as root with apt;
 # otherwise it stops before any test with the command to run), and the PostgreSQL tests

@@ -117,3 +117,16 @@ def test_the_readme_command_table_is_the_cli() -> None:
         if options - cli[name]
     }
     assert unknown == {}, "options the README names that the command does not take"
+
+
+def test_the_readme_shows_the_report_and_the_picture_is_a_sensible_png() -> None:
+    """docs/report.png (`make screenshot`) is embedded near the top of the README, and
+    is a PNG about one laptop screen wide and at most a few screens tall, not huge."""
+    readme = (ROOT / "README.md").read_text()
+    top = readme.split("\n## ", 1)[0]
+    assert "](docs/report.png)" in top, "the README's opening embeds docs/report.png"
+    png = (ROOT / "docs" / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert 800 <= width <= 2000 and 400 <= height <= 2400, (width, height)
+    assert len(png) <= 400 * 1024
