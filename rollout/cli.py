@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rollout import __version__
 from rollout.clock import naive_utc
 from rollout.config import Settings, load_settings
 from rollout.errors import EXIT_BAD_INPUT, EXIT_FAILURE, RolloutError
-from rollout.output import Format, emit, emit_record, labelled, stderr, visible
+from rollout.output import Format, emit, emit_record, labelled, progress_for, stderr, visible
 from rollout.stopping import Stopped
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -61,17 +60,6 @@ def reports_errors(function: F) -> F:
             raise typer.Exit(stopped.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}", markup=False),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=stderr,
-        transient=True,
-    )
 
 
 @app.callback(invoke_without_command=True)
@@ -254,7 +242,7 @@ def sample(
     # Refused here (exit 3), before ensure_home creates anything.
     sample_module.check_replace(contents, replace, confirm)
     settings.ensure_home()
-    with _progress() as progress:
+    with progress_for(fmt) as progress:
         task = progress.add_task("sample", total=None)
 
         def report(stage: str, done: int, total: int) -> None:
@@ -330,7 +318,7 @@ def ingest(
     root = settings.landing_dir if not paths else None
     with (
         _open_warehouse(settings) as con,
-        _progress() as progress,
+        progress_for(fmt) as progress,
     ):
         task = progress.add_task("ingest", total=None)
 
@@ -811,9 +799,16 @@ def phase_enforce(
             "--apply needs --expect N, the count `rollout phase preview` showed"
         ).with_exit(EXIT_BAD_INPUT)
     settings = _settings()
-    result = enforce_phase(
-        settings.registry_url, _plan(), phase, expect=expect, actor=settings.actor
-    )
+    with progress_for(fmt) as progress:
+        task = progress.add_task(f"phase {phase}: accounts", total=expect)
+        result = enforce_phase(
+            settings.registry_url,
+            _plan(),
+            phase,
+            expect=expect,
+            actor=settings.actor,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
     emit_record(result.summary(), fmt, title=f"phase {phase} enforced")
 
 
@@ -1081,7 +1076,7 @@ def notify_send(
         stderr.print("preview only: add --apply to send them", highlight=False)
         return
     # A stop (SIGTERM/SIGINT) raises Stopped once every worker is gone: reports_errors.
-    with _progress() as progress:
+    with progress_for() as progress:
         task = progress.add_task("sending", total=None)
 
         def advance(done: int, total: int) -> None:
@@ -1249,10 +1244,28 @@ def demo(
     first, last = _parse_day(start, "--start"), _parse_day(end, "--end")
     if last < first:
         raise RolloutError("--end is before --start").with_exit(EXIT_BAD_INPUT)
-    story = Story(
-        settings, plan, first, last, seed=seed, log=lambda line: stderr.print(line, highlight=False)
-    )
-    report = story.run()
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+
+    with progress_for(
+        None, TextColumn("{task.description}", markup=False), BarColumn(), TimeElapsedColumn()
+    ) as progress:
+        task = progress.add_task("day", total=(last - first).days + 1)
+
+        def on_day(day: date, number: int, days: int) -> None:
+            progress.update(task, description=f"day {number} of {days}  {day}", completed=number)
+
+        # Milestones through the progress display's console: above the bar on a
+        # terminal, plain lines when piped.
+        story = Story(
+            settings,
+            plan,
+            first,
+            last,
+            seed=seed,
+            log=lambda line: progress.console.print(line, highlight=False),
+            on_day=on_day,
+        )
+        report = story.run()
     emit_record(
         {
             "days": (last - first).days + 1,
@@ -1270,6 +1283,7 @@ def demo(
         Format.table,
         title=f"the plan from {first} to {last}",
     )
+    stderr.print("\n" + "\n".join(_story_lines(report, plan)), highlight=False)
     if report.files is not None:
         stderr.print(
             f"\nThe adoption report: {report.files.html}\n"
@@ -1278,6 +1292,29 @@ def demo(
             f"Where each step stands: rollout plan show",
             highlight=False,
         )
+
+
+def _story_lines(report: Any, plan: Any) -> list[str]:
+    """The few numbers that tell the demo's story: 2FA share before and after, by
+    cohort; who was required to use 2FA; emails; what the brown-outs did."""
+
+    def share(value: float | None) -> str:
+        return "?" if value is None else f"{value:.0%}"
+
+    lines = ["The story:"]
+    for population in [*(f"cohort:{c}" for c in plan.cohorts), "all"]:
+        if population in report.shares:
+            before, after = report.shares[population]
+            name = population.removeprefix("cohort:")
+            lines.append(f"  {name}: 2FA {share(before)} -> {share(after)}")
+    for phase, accounts in report.enforced.items():
+        lines.append(f"  phase {phase}: {accounts:,} accounts required to use 2FA")
+    lines.append(f"  emails sent: {report.emails['sent']:,}")
+    lines.append(
+        f"  enrolled after a brown-out: {report.enrolled['brown-out']:,} "
+        f"(baseline, organic over the same days: {report.enrolled['organic']:,})"
+    )
+    return lines
 
 
 # --- dev -----------------------------------------------------------------------------------
@@ -1533,7 +1570,7 @@ def elv_enroll_all(
     if not apply:
         stderr.print("preview only: add --apply to enrol them", highlight=False)
         return
-    with _progress() as progress:
+    with progress_for() as progress:
         task = progress.add_task("enrolling", total=pending)
         enrolled = enroll_all(
             settings.registry_url,

@@ -11,6 +11,7 @@ Guards: the expected count typed back, the plan's blast radius, one run at a tim
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -409,8 +410,12 @@ def enforce_phase(
     expect: int,
     actor: str,
     batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EnforceResult:
-    """Apply a phase to exactly the previewed accounts, refusing on any mismatch."""
+    """Apply a phase to exactly the previewed accounts, refusing on any mismatch.
+
+    ``progress(done, total)``, if given, is called after each batch commits: the
+    accounts done so far, of the previewed total."""
     phase = plan.phase(phase_name)
     with exclusive_run(registry_url, LOCK), open_registry(registry_url) as engine:
         preview = preview_phase(engine, plan, phase)
@@ -443,6 +448,8 @@ def enforce_phase(
                     )
                 result.add(outcome)
                 run.summary = _summary(result)
+                if progress is not None:
+                    progress(min(start + size, len(ids)), len(ids))
             if result.accounts_required or result.sessions_revoked:
                 with engine.begin() as connection:
                     queue_phase_summary(

@@ -19,6 +19,7 @@ import csv
 import functools
 import io
 import json
+import os
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,6 +34,7 @@ from rich.text import Text
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    from rich.progress import Progress, ProgressColumn
 
 
 class Format(StrEnum):
@@ -141,6 +143,53 @@ class DataConsole(Console):
 
 # soft_wrap: messages name files and lines; never wrap or cut them.
 stderr = DataConsole(stderr=True, soft_wrap=True)
+
+
+# --- progress: on a terminal only ------------------------------------------------------
+
+# Set to 1 to draw progress bars even when stderr is not a terminal (tests, recordings).
+FORCE_PROGRESS = "ROLLOUT_FORCE_PROGRESS"
+
+
+def shows_progress(fmt: Format | None = None) -> bool:
+    """Whether a long command draws progress: on a terminal (stderr), never with
+    ``--format json`` (machines read that), and always with ``ROLLOUT_FORCE_PROGRESS=1``
+    unless JSON."""
+    if fmt is Format.json:
+        return False
+    return os.environ.get(FORCE_PROGRESS) == "1" or stderr.is_terminal
+
+
+def progress_for(fmt: Format | None = None, *columns: str | ProgressColumn) -> Progress:
+    """A transient Rich progress display on stderr where :func:`shows_progress` says so,
+    else a disabled one (its tasks are counted, nothing is drawn). Print messages through
+    its ``console`` while it runs, so they go above the bar rather than through it."""
+    from rich.progress import (  # here: most commands draw no progress
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    shown = shows_progress(fmt)
+    console = stderr
+    if shown and not stderr.is_terminal:  # forced: draw as on a terminal
+        console = DataConsole(stderr=True, soft_wrap=True, force_terminal=True)
+    return Progress(
+        *(
+            columns
+            or (
+                TextColumn("{task.description}", markup=False),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+            )
+        ),
+        console=console,
+        transient=True,
+        disable=not shown,
+    )
 
 
 def labelled(label: str, style: str, message: object) -> Text:

@@ -83,6 +83,9 @@ class StoryReport:
     seconds: float = 0.0
     job_seconds: Counter[str] = field(default_factory=Counter)
     files: ReportFiles | None = None
+    # population ("all", "cohort:top-100", ...) -> 2FA share at the start and at the end
+    # (adoption_daily; None: no row that day).
+    shares: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -181,6 +184,7 @@ class Story:
         metrics_every: int = 1,
         cohorts_every: int = 1,
         log: Callable[[str], None] = lambda _: None,
+        on_day: Callable[[date, int, int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.plan = plan
@@ -190,6 +194,7 @@ class Story:
         self.metrics_every = metrics_every
         self.cohorts_every = cohorts_every
         self.log = log
+        self.on_day = on_day  # (day, its number from 1, days in all) as each day starts
         self.clock = SimulatedClock(_at(start, 0))
         self.report = StoryReport(start, end)
         self.sender = FileSender(
@@ -451,7 +456,10 @@ class Story:
             self._move(self.start, 1)
             brownouts.schedule(settings.registry_url, self.plan, actor=ACTOR)
             with open_registry(settings.registry_url) as engine:
-                for day in calendar(self.start, self.end):
+                days = (self.end - self.start).days + 1
+                for number, day in enumerate(calendar(self.start, self.end), start=1):
+                    if self.on_day is not None:
+                        self.on_day(day, number, days)
                     self._move(day, 0)
                     with self._timed("elv"):
                         self.elv_for_all(day)
@@ -489,8 +497,25 @@ class Story:
                     settings.reports_dir,
                     refresh_registry=False,
                 )
+            self.report.shares = _shares(con, self.start, self.end)
         self.report.seconds = time.perf_counter() - started
         return self.report
+
+
+def _shares(con: Any, start: date, end: date) -> dict[str, tuple[float | None, float | None]]:
+    """Each population's 2FA share on the start (its last day up to then, else its first)
+    and on the end (its last day up to then), from ``adoption_daily``."""
+    rows = con.execute(
+        "select population, day, share from adoption_daily where day <= ? order by day",
+        [end],
+    ).fetchall()
+    shares: dict[str, tuple[float | None, float | None]] = {}
+    for population, day, share in rows:
+        before, _ = shares.get(population, (None, None))
+        if before is None or day <= start:
+            before = share
+        shares[population] = (before, share)
+    return shares
 
 
 def _window_end(window: Any) -> datetime:

@@ -1,0 +1,183 @@
+"""Progress on a terminal only: drawn on stderr for people, never when piped or JSON."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rollout import enforce
+from rollout.cli import app
+from rollout.config import load_settings
+from rollout.output import FORCE_PROGRESS, Format, progress_for, shows_progress
+from rollout.plan import load_plan
+from rollout.registry.engine import make_engine
+
+from .conftest import DATA
+from .factories import AccountFactory, NotificationFactory, bound_to
+
+ROOT = Path(__file__).resolve().parent.parent
+BAR = "━"  # Rich's bar; ESC starts every ANSI sequence
+
+
+def run(*args: str) -> object:
+    return CliRunner().invoke(app, list(args))
+
+
+def drawn(text: str) -> bool:
+    return "\x1b[" in text or BAR in text
+
+
+@pytest.fixture
+def landing(rollout_home: Path) -> Path:
+    """Two small download files in the landing folder, and a registry."""
+    assert run("db", "upgrade").exit_code == 0
+    folder = rollout_home / "landing" / "downloads"
+    shutil.copytree(DATA / "good", folder, ignore=shutil.ignore_patterns("manifests*", "logins*"))
+    return folder
+
+
+@pytest.fixture
+def three_to_enforce(rollout_home: Path) -> int:
+    """Three top-100 accounts without 2FA, one web session each."""
+    assert run("db", "upgrade").exit_code == 0
+    engine = make_engine(load_settings().registry_url)
+    with bound_to(engine):
+        AccountFactory.create_batch(3, sessions=1, in_cohort="top-100")
+    engine.dispose()
+    return 3
+
+
+def test_the_helper_decides_terminal_or_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(FORCE_PROGRESS, raising=False)
+    assert not shows_progress()  # pytest's stderr is not a terminal
+    assert progress_for(Format.table).disable
+    monkeypatch.setenv(FORCE_PROGRESS, "1")
+    assert shows_progress(Format.table) and shows_progress(None)
+    assert not progress_for(Format.table).disable
+    assert progress_for(Format.table).console.is_terminal
+    assert not shows_progress(Format.json) and progress_for(Format.json).disable
+
+
+def test_ingest_piped_draws_no_progress(landing: Path) -> None:
+    result = run("ingest", "--no-registry")
+    assert result.exit_code == 0, result.stderr
+    assert not drawn(result.stderr) and "2 loaded" in result.stderr
+
+
+def test_ingest_on_a_terminal_draws_progress_with_the_file_name(
+    landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(FORCE_PROGRESS, "1")
+    result = run("ingest", "--no-registry")
+    assert result.exit_code == 0, result.stderr
+    assert drawn(result.stderr) and "ingest downloads-" in result.stderr
+
+
+def test_ingest_json_is_only_json_even_when_progress_is_forced(
+    landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(FORCE_PROGRESS, "1")
+    result = run("ingest", "--no-registry", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    assert {f["status"] for f in json.loads(result.stdout)} == {"loaded"}
+    assert not drawn(result.stderr) and not drawn(result.stdout)
+
+
+def test_phase_enforce_draws_progress_on_a_terminal_only(
+    three_to_enforce: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(FORCE_PROGRESS, "1")
+    shown = run("phase", "enforce", "top-100", "--apply", "--expect", "3")
+    assert shown.exit_code == 0, shown.stderr
+    assert drawn(shown.stderr) and "phase top-100: accounts" in shown.stderr
+
+
+def test_phase_enforce_piped_and_json_draw_nothing(
+    three_to_enforce: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(FORCE_PROGRESS, "1")
+    done = run("phase", "enforce", "top-100", "--apply", "--expect", "3", "--format", "json")
+    assert done.exit_code == 0, done.stderr
+    assert json.loads(done.stdout)["accounts_flagged"] == 3
+    assert not drawn(done.stderr)
+    monkeypatch.delenv(FORCE_PROGRESS)
+    again = run("phase", "enforce", "top-100", "--apply", "--expect", "3")
+    assert again.exit_code == 0, again.stderr
+    assert not drawn(again.stderr)
+
+
+def test_enforce_phase_reports_progress_after_each_batch(three_to_enforce: int) -> None:
+    calls: list[tuple[int, int]] = []
+    plan = load_plan(ROOT / "plans" / "npm-2022.yaml")
+    result = enforce.enforce_phase(
+        load_settings().registry_url,
+        plan,
+        "top-100",
+        expect=3,
+        actor="rm",
+        batch_size=2,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    assert result.accounts_required == 3
+    assert calls == [(2, 3), (3, 3)]
+
+
+def test_elv_enroll_all_piped_draws_no_progress(three_to_enforce: int) -> None:
+    enrolled = run("elv", "enroll-all", "--apply")
+    assert enrolled.exit_code == 0, enrolled.stderr
+    assert "enrolled 3 accounts" in enrolled.stderr and not drawn(enrolled.stderr)
+
+
+def test_notify_send_piped_draws_no_progress(rollout_home: Path) -> None:
+    assert run("db", "upgrade").exit_code == 0
+    engine = make_engine(load_settings().registry_url)
+    with bound_to(engine):
+        NotificationFactory.create_batch(2, context={"phase": "top-100"})
+    engine.dispose()
+    sent = run("notify", "send", "--apply", "--concurrency", "1")
+    assert sent.exit_code == 0, sent.stderr
+    assert "sent 2" in sent.stderr and not drawn(sent.stderr)
+
+
+def test_the_demo_ends_with_the_numbers_that_tell_the_story() -> None:
+    from datetime import date
+
+    from rollout.cli import _story_lines
+    from rollout.story import StoryReport
+
+    report = StoryReport(date(2021, 12, 1), date(2022, 5, 10))
+    report.shares = {"cohort:top-100": (0.31, 0.97), "all": (0.1, None)}
+    report.enforced = {"top-100": 12}
+    report.emails["sent"] = 1234
+    report.enrolled.update({"brown-out": 40, "organic": 15})
+    lines = _story_lines(report, load_plan(ROOT / "plans" / "npm-2022.yaml"))
+    assert lines == [
+        "The story:",
+        "  top-100: 2FA 31% -> 97%",
+        "  all: 2FA 10% -> ?",
+        "  phase top-100: 12 accounts required to use 2FA",
+        "  emails sent: 1,234",
+        "  enrolled after a brown-out: 40 (baseline, organic over the same days: 15)",
+    ]
+
+
+def test_the_story_shares_are_the_start_and_end_days() -> None:
+    from datetime import date
+
+    import duckdb
+
+    from rollout.story import _shares
+
+    con = duckdb.connect()
+    con.execute("create table adoption_daily (day date, population varchar, share double)")
+    con.execute(
+        "insert into adoption_daily values ('2021-11-30', 'all', 0.1), ('2021-12-01', 'all', 0.2),"
+        " ('2021-12-05', 'all', 0.5), ('2021-12-09', 'all', 0.9),"
+        " ('2021-12-03', 'cohort:top-100', 0.4), ('2021-12-06', 'cohort:top-100', 0.8)"
+    )
+    shares = _shares(con, date(2021, 12, 1), date(2021, 12, 6))
+    assert shares == {"all": (0.2, 0.5), "cohort:top-100": (0.4, 0.8)}
