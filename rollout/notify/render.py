@@ -10,10 +10,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, Undefined, select_autoescape
+from jinja2 import (
+    Environment,
+    PackageLoader,
+    StrictUndefined,
+    Template,
+    Undefined,
+    select_autoescape,
+)
 
 from rollout.notify.emails import EMAILS, Email, Recipient
 from rollout.notify.message import header_text
@@ -36,6 +43,14 @@ def _defined(value: Any) -> None:
 
 def _day(value: date | datetime) -> str:
     _defined(value)
+    if type(value) is date:  # not datetimes: equal instants in two zones are two days
+        return _format_date(value)
+    return f"{value:%A} {value.day} {value:%B %Y}"
+
+
+@lru_cache(maxsize=1024)
+def _format_date(value: date) -> str:
+    """A plan has a handful of days, each formatted for every email: once is enough."""
     return f"{value:%A} {value.day} {value:%B %Y}"
 
 
@@ -71,11 +86,18 @@ def template_names(name: str) -> tuple[str, str, str]:
     return f"{name}.subject.txt", f"{name}.txt", f"{name}.html"
 
 
+@cache
+def _templates(env: Environment, name: str) -> tuple[Template, Template, Template]:
+    """An email's three templates, looked up once per environment (templates ship with
+    the code; a test may swap the environment)."""
+    subject, text, html = (env.get_template(t) for t in template_names(name))
+    return subject, text, html
+
+
 def render(
     email: Email | str, recipient: Recipient, stored: Mapping[str, Any], plan: Plan
 ) -> Rendered:
     definition = EMAILS[email] if isinstance(email, str) else email
     context = definition.context(recipient, stored, plan)
-    env = environment()
-    subject, text, html = (env.get_template(t) for t in template_names(definition.name))
+    subject, text, html = _templates(environment(), definition.name)
     return Rendered(one_line(subject.render(context)), text.render(context), html.render(context))

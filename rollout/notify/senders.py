@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -534,13 +535,15 @@ _MAX_LINE = 998  # RFC 5322, without the CRLF
 _WORD_BYTES = 45  # UTF-8 bytes per encoded word: "=?utf-8?b?" + 60 base64 + "?=" is 72
 
 
+@lru_cache(maxsize=256)
 def _file_label(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:80] or "email"
 
 
 def _encoded_words(text: str) -> str:
     """``text`` as RFC 2047 encoded words (UTF-8, base64), each within 75 characters,
-    split between characters; a decoder drops the spaces between them."""
+    split between characters; a decoder drops the whitespace between them, so a value
+    too long for one line is folded between words."""
     words, chunk, size = [], [], 0
     for char in text:
         width = len(char.encode())  # UnicodeEncodeError (a ValueError) for a lone surrogate
@@ -550,9 +553,10 @@ def _encoded_words(text: str) -> str:
         chunk.append(char)
         size += width
     words.append("".join(chunk))
-    return " ".join(
+    encoded = [
         f"=?utf-8?b?{binascii.b2a_base64(w.encode(), newline=False).decode()}?=" for w in words
-    )
+    ]
+    return (" " if len(encoded) * 73 < _MAX_LINE - 100 else "\n ").join(encoded)
 
 
 def _plain_ok(value: str) -> bool:
@@ -562,10 +566,13 @@ def _plain_ok(value: str) -> bool:
 
 
 def _unstructured(value: str) -> str:
-    """A Subject-like header value: as it is, or encoded words."""
+    """A Subject-like header value: as it is, or encoded words (non-ASCII, or too long
+    for a line: folded between words, where a reader loses nothing)."""
     if "\r" in value or "\n" in value:
         raise ValueError(f"a header value contains a line break: {value[:80]!r}")
-    return value if _plain_ok(value) else _encoded_words(value)
+    if _plain_ok(value) and len(value) < _MAX_LINE - 100:
+        return value
+    return _encoded_words(value)
 
 
 def _mailbox(name: str | None, address: str) -> str | None:
@@ -577,7 +584,7 @@ def _mailbox(name: str | None, address: str) -> str | None:
         return address
     if _ATOMS.match(name) and "=?" not in name:
         phrase = name
-    elif _plain_ok(name):
+    elif _PRINTABLE.match(name) and "=?" not in name:  # quoted: its spaces kept as they are
         phrase = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
     else:
         phrase = _encoded_words(name)
@@ -641,7 +648,8 @@ def _eml(
         f'Content-Type: multipart/alternative; boundary="{boundary}"\n\n'.encode(),
     ]
     for part_head, data in parts:
-        out += [f"--{boundary}\n".encode(), part_head, b"\n", data]
+        # The line break before a boundary is the boundary's, not the part's: one more.
+        out += [f"--{boundary}\n".encode(), part_head, b"\n", data, b"\n"]
     out.append(f"--{boundary}--\n".encode())
     return b"".join(out)
 
