@@ -1038,7 +1038,13 @@ def notify_queue(
 def notify_send(
     apply: Annotated[bool, typer.Option("--apply", help="Send (without: count only).")] = False,
     concurrency: Annotated[
-        int, typer.Option(min=1, max=64, help="Messages sent at once, per process (SendGrid; the file outbox writes in batches of 500).")
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Messages sent at once, per process (SendGrid; the file outbox writes "
+            "500 at a time).",
+        ),
     ] = 8,
     processes: Annotated[
         int, typer.Option(min=1, max=16, help="Processes rendering and sending.")
