@@ -1317,8 +1317,9 @@ def _story_lines(report: Any, plan: Any) -> list[str]:
         lines.append(f"  phase {phase}: {accounts:,} accounts required to use 2FA")
     lines.append(f"  emails sent: {report.emails['sent']:,}")
     lines.append(
-        f"  enrolled after a brown-out: {report.enrolled['brown-out']:,} "
-        f"(baseline, organic over the same days: {report.enrolled['organic']:,})"
+        f"  enrolled in response to a brown-out: {report.enrolled['brown-out']:,} "
+        f"(unprompted, over all {(report.end - report.start).days + 1} days: "
+        f"{report.enrolled['organic']:,})"
     )
     return lines
 

@@ -73,7 +73,7 @@ class StoryReport:
     end: date
     enrolled: Counter[str] = field(default_factory=Counter)  # by cause
     emails: Counter[str] = field(default_factory=Counter)  # sent, by email
-    enforced: dict[str, int] = field(default_factory=dict)  # phase -> accounts flagged
+    enforced: dict[str, int] = field(default_factory=dict)  # phase -> accounts it requires
     sessions_revoked: int = 0
     elv_enrolled: int = 0
     logins: int = 0

@@ -161,7 +161,7 @@ def test_the_demo_ends_with_the_numbers_that_tell_the_story() -> None:
         "  all: 2FA 10% -> ?",
         "  phase top-100: 12 accounts required to use 2FA",
         "  emails sent: 1,234",
-        "  enrolled after a brown-out: 40 (baseline, organic over the same days: 15)",
+        "  enrolled in response to a brown-out: 40 (unprompted, over all 161 days: 15)",
     ]
 
 
