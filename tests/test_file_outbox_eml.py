@@ -200,7 +200,14 @@ def test_the_direct_writer_agrees_with_the_email_package(tmp_path: Path) -> None
 HOSTILE_USERS = [*EVERYTHING, "Jürgen", "=?utf-8?b?ZXZpbA==?="]
 
 
-def _hostile_accounts(registry: Engine) -> None:
+def _hostile_accounts(registry: Engine) -> int:
+    """Accounts named with every hostile value the backend can store (PostgreSQL text
+    cannot hold NUL, so no registry there can have such a name); returns how many."""
+    storable = [
+        name
+        for name in HOSTILE_USERS
+        if registry.dialect.name != "postgresql" or "\x00" not in name
+    ]
     with session_scope(registry) as session:
         extra = [
             Account(
@@ -209,7 +216,7 @@ def _hostile_accounts(registry: Engine) -> None:
                 email_verified=True,
                 created_at=T0,
             )
-            for i, name in enumerate(HOSTILE_USERS)
+            for i, name in enumerate(storable)
         ]
         session.add_all(extra)
         session.flush()
@@ -223,6 +230,7 @@ def _hostile_accounts(registry: Engine) -> None:
             )
             for a in extra
         )
+    return len(storable)
 
 
 def _sent(registry: Engine) -> dict[int, tuple[str, str, str, str]]:
@@ -246,7 +254,7 @@ def _sent(registry: Engine) -> dict[int, tuple[str, str, str, str]]:
 def test_a_drain_writes_one_parseable_eml_per_email_sent(
     registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
-    _hostile_accounts(registry)
+    hostile = _hostile_accounts(registry)
     outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
     sender = FileSender(tmp_path / "outbox", plan.notifications.from_address)
     calls: list[int] = []
@@ -260,7 +268,7 @@ def test_a_drain_writes_one_parseable_eml_per_email_sent(
     report = outbox.drain(registry_url, plan, sender)
 
     sent = _sent(registry)
-    assert report.sent == len(sent) == len(HOSTILE_USERS) + 2 and report.failed == 0
+    assert report.sent == len(sent) == hostile + 2 and report.failed == 0
     assert sorted(calls) == sorted(sent)  # each sent once
     files = sorted((tmp_path / "outbox").iterdir())
     assert len(files) == len(sent) and all(p.suffix == ".eml" for p in files)  # no temp files
