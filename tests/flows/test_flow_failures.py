@@ -28,6 +28,7 @@ from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
 from rollout.sample import generate_sample
 from tests.factories import NotificationFactory, bound_to
+from tests.support.artifacts import read_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET_DAY = date(2021, 6, 1)  # the reference plan has no mailing due: only the outbox is sent
@@ -65,21 +66,6 @@ def sendgrid(monkeypatch: pytest.MonkeyPatch, outbox_home: Path) -> Iterator[Dev
         yield server
 
 
-def read_artifact(key: str) -> str:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-            sort=ArtifactSort.UPDATED_DESC,
-            limit=1,
-        )
-    assert found, f"no artifact {key}"
-    return str(found[0].data)
-
-
 def logs_since(start: datetime) -> str:
     """Every log line any run sent since ``start``: flows, subflows and tasks."""
     from prefect.client.orchestration import get_client
@@ -107,7 +93,7 @@ def test_refused_emails_fail_the_run_after_the_artifact_and_a_retry_sends_them(
     assert state.is_failed()
     assert state.message.startswith("20 emails failed: SendGrid answered 400")
     assert "\n" not in state.message and "Traceback" not in state.message
-    artifact = read_artifact(f"notify-{QUIET_DAY}")
+    artifact = read_markdown(f"notify-{QUIET_DAY}")
     assert "| failed | 20 |" in artifact and "| sent | 10 |" in artifact
     assert "| retried after 5xx/429 | 1 |" in artifact
     logs = logs_since(start)
@@ -122,7 +108,7 @@ def test_refused_emails_fail_the_run_after_the_artifact_and_a_retry_sends_them(
     assert retried.is_completed(), retried.message
     assert retried.result() == {"queued": 0, "sent": 20, "failed": 0}
     assert len(sendgrid.messages) == 30
-    assert "| failed before, queued again \\(retry\\_failed\\) | 20 |" in read_artifact(
+    assert "| failed before, queued again \\(retry\\_failed\\) | 20 |" in read_markdown(
         f"notify-{QUIET_DAY}"
     )
 
@@ -217,7 +203,7 @@ def test_a_daily_run_past_the_data_fails_with_one_line_naming_the_weekly_window(
     assert "Traceback" not in logs and "unexpected exception" not in logs
     with pytest.raises(BadInput):
         state.result()
-    assert "weekly window is incomplete" in read_artifact(f"metrics-{today}")
+    assert "weekly window is incomplete" in read_markdown(f"metrics-{today}")
 
 
 # --- what is retried, without a server -----------------------------------------------------

@@ -36,6 +36,7 @@ from rollout.ingest import FileResult, IngestReport
 from rollout.metrics import MetricsReport
 from rollout.sample import generate_sample
 from rollout.warehouse import open_warehouse
+from tests.support.artifacts import read_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY = date(2022, 2, 1)
@@ -89,22 +90,6 @@ def daily_state(prefect_server: None, home: Home) -> Any:
 def gap_state(daily_state: Any) -> Any:
     """After the complete day: the landing files are already loaded."""
     return daily(as_of=GAP_DAY, ingest_first=False, return_state=True)
-
-
-def read_artifact(key: str) -> Any:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-            sort=ArtifactSort.UPDATED_DESC,
-            limit=1,
-        )
-    assert found, f"no artifact {key}"
-    assert found[0].type == "markdown"
-    return found[0]
 
 
 # --- with the Prefect server ---------------------------------------------------------
