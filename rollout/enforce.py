@@ -447,7 +447,7 @@ def enforce_phase(
                         connection, phase, ids[start : start + size], run.id, actor, utc_now()
                     )
                 result.add(outcome)
-                run.summary = _summary(result)
+                run.summary = _counts(result)
                 if progress is not None:
                     progress(min(start + size, len(ids)), len(ids))
             if result.accounts_required or result.sessions_revoked:
@@ -456,15 +456,16 @@ def enforce_phase(
                         connection,
                         plan,
                         phase.name,
-                        counts=_summary(result),
+                        counts=_counts(result),
                         run_id=run.id,
                         now=utc_now(),
                     )
         return result
 
 
-def _summary(result: EnforceResult) -> dict[str, int]:
-    """What the run's plan_runs row and the release managers' summary email keep."""
+def _counts(result: EnforceResult | RollbackResult) -> dict[str, int]:
+    """A result's counts: what its plan_runs row (and the release managers' summary
+    email) keep, without the phase and run id they already carry."""
     return {k: v for k, v in result.summary().items() if isinstance(v, int)}
 
 
@@ -637,7 +638,7 @@ def rollback_phase(registry_url: str, plan: Plan, phase_name: str, *, actor: str
                     )
                 result.requirements_withdrawn += withdrawn
                 result.accounts_cleared += cleared
-                run.summary = _rollback_summary(result)
+                run.summary = _counts(result)
             with engine.begin() as connection:
                 # After the requirements: a crash in between leaves emails queued that
                 # a rerun (which finds no requirement left) still withdraws.
@@ -648,9 +649,5 @@ def rollback_phase(registry_url: str, plan: Plan, phase_name: str, *, actor: str
                     actor=actor,
                     run_id=run.id,
                 )
-            run.summary = _rollback_summary(result)
+            run.summary = _counts(result)
         return result
-
-
-def _rollback_summary(result: RollbackResult) -> dict[str, int]:
-    return {k: v for k, v in result.summary().items() if isinstance(v, int)}
