@@ -132,12 +132,13 @@ def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
 
 
 def _workers(family: list[psutil.Process]) -> list[psutil.Process]:
-    """The command's children that do its work: not multiprocessing's resource
-    tracker, and not a short-lived helper already gone (a zombie has no command line)."""
+    """The command's drain workers: its spawned multiprocessing children (``spawn_main``
+    on their command line), not the resource tracker nor any short-lived helper a
+    library starts (a zombie has no command line)."""
     workers = []
     for p in family[1:]:
         try:
-            if "resource_tracker" not in " ".join(p.cmdline()):
+            if "spawn_main" in " ".join(p.cmdline()):
                 workers.append(p)
         except psutil.Error:
             pass
