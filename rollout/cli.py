@@ -307,6 +307,13 @@ def ingest(
     registry: Annotated[
         bool, typer.Option(help="Also extract the registry tables into the warehouse.")
     ] = True,
+    full_extract: Annotated[
+        bool,
+        typer.Option(
+            help="Read every registry table, even those unchanged since the last extract "
+            "(on SQLite the extract reads only the tables that changed)."
+        ),
+    ] = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Load landing files into the warehouse, validated; bad rows go to quarantine."""
@@ -337,7 +344,9 @@ def ingest(
         registry_counts: dict[str, int] = {}
         if registry:
             progress.update(task, description="extract registry")
-            registry_counts = extract.extract_registry(con, settings.registry_url)
+            registry_counts = extract.extract_registry(
+                con, settings.registry_url, full=full_extract
+            )
     rows = [
         {
             "file": str(f.path) if fmt is not Format.table else _short(f.path, targets),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -303,21 +303,27 @@ class Story:
             return sent("phase_notice", 14), sent("reminder", 3)
 
     def _elv_state(self, engine: Engine, day: date) -> tuple[np.ndarray, np.ndarray, list[Any]]:
-        with engine.connect() as connection:
-            rows = connection.execute(
-                select(Account.id, Account.elv_enrolled_at, Account.tfa_required_at)
-            ).all()
-            windows = connection.execute(select(BrownoutWindow)).all()
-        enrolled = np.zeros(len(self.people.ids), bool)
-        required = np.zeros(len(self.people.ids), bool)
+        """Who is enrolled in ELV, and who is required to use 2FA, by the end of ``day``."""
         end_of_day = _at(day, 23, 59)
-        for account_id, elv_at, required_at in rows:
-            n = self.people.index.get(account_id)
-            if n is None:
-                continue
-            enrolled[n] = elv_at is not None and elv_at <= end_of_day
-            required[n] = required_at is not None and required_at <= end_of_day
+        with engine.connect() as connection:
+            # Compared in SQL: ids only, not 12k rows of timestamps parsed every day.
+            elv = connection.execute(
+                select(Account.id).where(Account.elv_enrolled_at <= end_of_day)
+            ).scalars()
+            enrolled = self._mask(elv)
+            required = self._mask(
+                connection.execute(
+                    select(Account.id).where(Account.tfa_required_at <= end_of_day)
+                ).scalars()
+            )
+            windows = connection.execute(select(BrownoutWindow)).all()
         return enrolled, required, windows
+
+    def _mask(self, account_ids: Iterable[int]) -> np.ndarray:
+        mask = np.zeros(len(self.people.ids), bool)
+        index = self.people.index
+        mask[np.fromiter((index[i] for i in account_ids if i in index), np.int64)] = True
+        return mask
 
     def respond(self, engine: Engine, day: date, organic: list[dict[str, Any]]) -> None:
         p, r, rng = self.people, self.responses, self.rng

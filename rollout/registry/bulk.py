@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rollout.registry import changes
 from rollout.registry.engine import adbc_uri, is_sqlite
 
 # SQLAlchemy's own storage format for DateTime on SQLite. ADBC would write ISO 8601
@@ -79,21 +80,38 @@ def insert_tables(
     than with accounts but no factors. ``progress(table, rows)`` is called after each.
     """
     sqlite = is_sqlite(url)
+    tables = list(tables)
     counts: dict[str, int] = {}
     with adbc_connect(url) as connection:
         try:
             with connection.cursor() as cursor:
+                # The change triggers check a row per inserted row (a second or more
+                # per million); dropped for the load, the tables marked changed once,
+                # and the triggers back, all in this transaction.
+                tracked = _tracked(cursor, [name for name, _ in tables]) if sqlite else []
+                for statement in changes.drop_triggers_sql(tracked):
+                    cursor.execute(statement)
                 for name, data in tables:
                     rows = cursor.adbc_ingest(name, for_backend(data, sqlite), mode="append")
                     # Some drivers answer -1 when they do not count; the table knows.
                     counts[name] = data.num_rows if rows is None or rows < 0 else rows
                     if progress is not None:
                         progress(name, counts[name])
+                for statement in changes.bump_sql(tracked) + changes.create_triggers_sql(tracked):
+                    cursor.execute(statement)
             connection.commit()
         except BaseException:
             connection.rollback()
             raise
     return counts
+
+
+def _tracked(cursor: Any, tables: list[str]) -> list[str]:
+    """Of ``tables``, those with change triggers (none before migration 0008)."""
+    cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    if ("registry_changes",) not in cursor.fetchall():
+        return []
+    return [name for name in dict.fromkeys(tables) if name in changes.TRACKED_TABLES]
 
 
 def reset_id_sequences(url: str, tables: Iterable[str]) -> None:

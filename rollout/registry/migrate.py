@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 from alembic import command
@@ -38,7 +39,10 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+@cache
 def head_revision() -> str | None:
+    # Read once per process: the migrations are this installed code's, and alembic
+    # loads every revision file to find the head (about 10 ms, on every registry open).
     return ScriptDirectory(str(MIGRATIONS)).get_current_head()
 
 

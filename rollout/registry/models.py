@@ -417,6 +417,20 @@ class RegistryMark(Base):
     note: Mapped[str] = mapped_column(Text)
 
 
+class RegistryChange(Base):
+    """How often each table the warehouse copies has changed since it was last read,
+    bumped by triggers on SQLite (rollout.registry.changes says how, and why not on
+    PostgreSQL). Not extracted to the warehouse."""
+
+    __tablename__ = "registry_changes"
+
+    table_name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # Tells this registry from one that replaced it (the same versions would recur).
+    instance: Mapped[str] = mapped_column(String(32))
+    version: Mapped[int] = mapped_column(BigInteger)
+    read_version: Mapped[int] = mapped_column(BigInteger)
+
+
 # The tables the sample generator and the warehouse extract know, in dependency order.
 REGISTRY_TABLES: tuple[str, ...] = (
     "accounts",

@@ -67,3 +67,14 @@ create table if not exists quarantine (
 );
 
 create schema if not exists registry;
+
+-- Which version of each registry table the copy in registry.* is (SQLite registries
+-- count their changes: rollout.registry.changes); a copy whose version is current is
+-- not read again. No row: the copy is read whole next time.
+create table if not exists registry_extract_versions (
+    table_name   varchar primary key,
+    instance     varchar not null,
+    version      bigint not null,
+    rows         bigint not null,
+    extracted_at timestamp not null
+);

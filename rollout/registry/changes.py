@@ -1,0 +1,144 @@
+"""Which registry tables changed since the warehouse last copied them (SQLite).
+
+A daily run used to copy every registry table into the warehouse several times (each
+cohort build, the report), though most days only a few small tables change. Each
+tracked table has a row in ``registry_changes`` with a ``version`` that the database
+itself bumps (triggers, so writes by the registry's own application count too), and
+the warehouse records the version it copied: an unchanged version means the copy is
+current and the table is not read again.
+
+The triggers bump a version only on the first change after a read (``version =
+read_version``), so a bulk write costs one check per row, not one update; a reader
+sets ``read_version = version`` for the tables it is about to read, in a write
+transaction of its own, before its snapshot. Why that loses nothing: SQLite has one
+writer at a time, so every write commits either before that transaction (and is in
+the snapshot read after it) or after it, when its trigger finds ``version =
+read_version`` (nothing changed since) and bumps the version, or finds it already
+bumped by an earlier write since; either way the version differs from the one the
+reader recorded, and the next run reads the table again. A write committed between
+the transaction and the snapshot is read, and bumps too: the next run reads once more,
+which is safe.
+
+PostgreSQL has no tracking: a counter row bumped by every writing statement would
+make the registry's own writers queue on it. Its extract is a full binary COPY each
+time (see rollout.extract).
+
+``instance`` tells registries apart: a registry replaced by another (``rollout sample
+--replace`` builds the schema afresh) starts a new instance, and versions of the old
+one say nothing about it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES
+
+TRACKED_TABLES: tuple[str, ...] = (*REGISTRY_TABLES, *LEDGER_TABLES)
+OPERATIONS = ("insert", "update", "delete")
+TRIGGER_PREFIX = "registry_changes_"
+
+
+def _trigger_name(table: str, operation: str) -> str:
+    return f"{TRIGGER_PREFIX}{table}_{operation}"
+
+
+def create_triggers_sql(tables: Iterable[str] = TRACKED_TABLES) -> list[str]:
+    """The statements that (re)install the triggers of ``tables`` (SQLite)."""
+    statements = []
+    for table in tables:
+        row = f"(SELECT {{}} FROM registry_changes WHERE table_name = '{table}')"
+        for operation in OPERATIONS:
+            statements.append(
+                f"CREATE TRIGGER IF NOT EXISTS {_trigger_name(table, operation)} "
+                f"AFTER {operation.upper()} ON {table} "
+                f"WHEN {row.format('version = read_version')} "
+                "BEGIN UPDATE registry_changes SET version = version + 1 "
+                f"WHERE table_name = '{table}'; END"
+            )
+    return statements
+
+
+def drop_triggers_sql(tables: Iterable[str] = TRACKED_TABLES) -> list[str]:
+    return [
+        f"DROP TRIGGER IF EXISTS {_trigger_name(table, operation)}"
+        for table in tables
+        for operation in OPERATIONS
+    ]
+
+
+def install_sql(tables: Iterable[str] = TRACKED_TABLES) -> list[str]:
+    """Rows for every tracked table (kept if there), then their triggers: idempotent,
+    so it runs after every upgrade (a migration that copies a table on SQLite loses
+    the table's triggers)."""
+    tables = tuple(tables)
+    instance = uuid.uuid4().hex
+    rows = [
+        "INSERT OR IGNORE INTO registry_changes (table_name, instance, version, read_version) "
+        f"VALUES ('{table}', coalesce((SELECT min(instance) FROM registry_changes), "
+        f"'{instance}'), 1, 0)"
+        for table in tables
+    ]
+    return rows + create_triggers_sql(tables)
+
+
+def bump_sql(tables: Iterable[str]) -> list[str]:
+    """Mark ``tables`` changed whatever their triggers did: for a bulk write made with
+    the triggers dropped (rollout.registry.bulk)."""
+    return [
+        f"UPDATE registry_changes SET version = version + 1 WHERE table_name = '{table}'"
+        for table in tables
+    ]
+
+
+@dataclass(frozen=True)
+class Version:
+    instance: str
+    version: int
+
+
+def claim_versions(database: str, tables: Iterable[str]) -> dict[str, Version] | None:
+    """The current version of each of ``tables``, marked read (``read_version =
+    version``) in one write transaction, before the caller's snapshot; None when the
+    registry does not track all of them (no table, a trigger missing): the caller
+    then reads everything."""
+    tables = tuple(tables)
+    if not tables:
+        return {}
+    connection = sqlite3.connect(f"file:{database}?mode=rw", uri=True, timeout=60)
+    connection.isolation_level = None  # explicit transactions only
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        triggers = {
+            row[0]
+            for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        }
+        wanted = {_trigger_name(t, o) for t in tables for o in OPERATIONS}
+        if not wanted <= triggers:
+            connection.execute("ROLLBACK")
+            return None
+        marks = ",".join("?" * len(tables))
+        rows = connection.execute(
+            f"SELECT table_name, instance, version FROM registry_changes "
+            f"WHERE table_name IN ({marks})",
+            tables,
+        ).fetchall()
+        # Only where a write moved the version: a transaction that writes nothing
+        # commits without touching the disk, and most tables, most days, are unchanged.
+        connection.execute(
+            "UPDATE registry_changes SET read_version = version "
+            f"WHERE read_version <> version AND table_name IN ({marks})",
+            tables,
+        )
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    finally:
+        connection.close()
+    versions = {name: Version(instance, version) for name, instance, version in rows}
+    return versions if set(versions) == set(tables) else None

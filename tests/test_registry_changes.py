@@ -1,0 +1,254 @@
+"""The extract reads again only the registry tables that changed (SQLite's change
+versions, rollout.registry.changes), and its copy is always what a full extract gives."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, text
+
+from rollout import extract, warehouse
+from rollout.registry import bulk, changes, migrate
+from rollout.registry.engine import make_engine
+from tests.factories import AccountFactory, bound_to
+
+T0 = datetime(2022, 1, 3, 9)
+TABLES = ("accounts", "tfa_factors", "tokens")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'registry.db'}"
+
+
+@pytest.fixture
+def engine(sqlite_url: str) -> Iterator[Engine]:
+    engine = make_engine(sqlite_url)
+    migrate.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def con(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        yield con
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """The tables each extract read from the registry."""
+    seen: list[tuple[str, ...]] = []
+    original = extract._replace_tables
+
+    def spy(con: duckdb.DuckDBPyConnection, url: str, tables: tuple[str, ...], **kw: bool) -> None:
+        seen.append(tables)
+        original(con, url, tables, **kw)
+
+    monkeypatch.setattr(extract, "_replace_tables", spy)
+    return seen
+
+
+def _copy(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[object, ...]]:
+    return con.execute(f"select * from registry.{table} order by all").fetchall()
+
+
+def _raw(url: str) -> sqlite3.Connection:
+    """A connection of another program (the registry's own application)."""
+    return sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+
+
+def test_an_unchanged_table_is_not_read_again(
+    engine: Engine, sqlite_url: str, con: duckdb.DuckDBPyConnection, reads: list[tuple[str, ...]]
+) -> None:
+    with bound_to(engine):
+        AccountFactory(username="alice")
+    assert extract.extract_registry(con, sqlite_url, TABLES, small=True) == {
+        "accounts": 1,
+        "tfa_factors": 0,
+        "tokens": 0,
+    }
+    assert extract.extract_registry(con, sqlite_url, TABLES, small=True)["accounts"] == 1
+    assert reads == [TABLES]  # the second extract read nothing
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "insert into tokens (account_id, name, kind, created_at) "
+        "values (1, 'ci', 'automation', '2022-01-03 09:00:00.000000')",
+        "update accounts set elv_enrolled_at = '2022-01-04 00:00:00.000000'",
+        "delete from accounts",
+    ],
+    ids=["insert", "update", "delete"],
+)
+def test_a_change_by_another_program_is_read(
+    engine: Engine,
+    sqlite_url: str,
+    con: duckdb.DuckDBPyConnection,
+    reads: list[tuple[str, ...]],
+    change: str,
+) -> None:
+    with bound_to(engine):
+        AccountFactory(username="alice")
+    extract.extract_registry(con, sqlite_url, TABLES, small=True)
+    changed = change.split()[2 if change.startswith(("insert", "delete")) else 1]
+    with _raw(sqlite_url) as raw:
+        raw.execute(change)
+    extract.extract_registry(con, sqlite_url, TABLES, small=True)
+    assert reads[-1] == (changed,)
+    full = _full_copy(sqlite_url, changed)
+    assert _copy(con, changed) == full
+
+
+def _full_copy(url: str, table: str) -> list[tuple[object, ...]]:
+    with warehouse.open_warehouse(":memory:") as fresh:
+        extract.extract_registry(fresh, url, (table,), small=True, full=True)
+        return _copy(fresh, table)
+
+
+def test_a_bulk_load_marks_its_tables_changed_and_keeps_tracking(
+    engine: Engine, sqlite_url: str, con: duckdb.DuckDBPyConnection, reads: list[tuple[str, ...]]
+) -> None:
+    extract.extract_registry(con, sqlite_url, TABLES, small=True)
+    engine.dispose()  # ADBC's SQLite beside SQLAlchemy's: see rollout.registry.bulk
+    accounts = pa.table(
+        {
+            "id": [7],
+            "username": ["bulk"],
+            "email": ["bulk@example.com"],
+            "email_verified": [True],
+            "created_at": pa.array([T0], pa.timestamp("us")),
+        }
+    )
+    bulk.insert_arrow(sqlite_url, "accounts", accounts)
+    assert extract.extract_registry(con, sqlite_url, TABLES, small=True)["accounts"] == 1
+    assert reads[-1] == ("accounts",)
+    with _raw(sqlite_url) as raw:  # the triggers are back
+        raw.execute("update accounts set username = 'renamed'")
+    extract.extract_registry(con, sqlite_url, TABLES, small=True)
+    assert reads[-1] == ("accounts",)
+    assert _copy(con, "accounts")[0][1] == "renamed"
+
+
+def test_without_its_triggers_a_table_is_read_whole_every_time(
+    engine: Engine, sqlite_url: str, con: duckdb.DuckDBPyConnection, reads: list[tuple[str, ...]]
+) -> None:
+    extract.extract_registry(con, sqlite_url, TABLES, small=True)
+    with _raw(sqlite_url) as raw:
+        raw.execute("drop trigger registry_changes_accounts_update")
+    extract.extract_registry(con, sqlite_url, TABLES, small=True)
+    extract.extract_registry(con, sqlite_url, TABLES, small=True)
+    assert reads == [TABLES] * 3
+
+
+def test_a_migration_that_copies_a_table_leaves_its_triggers_in_place(
+    engine: Engine, sqlite_url: str
+) -> None:
+    # 0007 adds a column to notifications, which SQLite does by copying the table.
+    migrate.downgrade(engine, "0006")
+    migrate.upgrade(engine)
+    with engine.connect() as connection:
+        triggers = set(
+            connection.execute(
+                text("select name from sqlite_master where type = 'trigger'")
+            ).scalars()
+        )
+    expected = {
+        f"registry_changes_{table}_{operation}"
+        for table in changes.TRACKED_TABLES
+        for operation in changes.OPERATIONS
+    }
+    assert expected <= triggers
+
+
+def test_a_replaced_registry_is_read_whole(
+    engine: Engine, sqlite_url: str, con: duckdb.DuckDBPyConnection, reads: list[tuple[str, ...]]
+) -> None:
+    extract.extract_registry(con, sqlite_url, TABLES, small=True)
+    migrate.downgrade(engine, "base")  # what `rollout sample --replace` does
+    migrate.upgrade(engine)
+    extract.extract_registry(con, sqlite_url, TABLES, small=True)
+    assert reads == [TABLES, TABLES]
+
+
+# --- the property: whatever the writes and wherever they fall, the copy is current ----
+
+WRITES = st.sampled_from(
+    [
+        (
+            "accounts",
+            "insert into accounts (username, email, email_verified, created_at) "
+            "values ('u' || lower(hex(randomblob(8))), 'x@example.com', 1, "
+            "'2022-01-03 09:00:00.000000')",
+        ),
+        (
+            "accounts",
+            "update accounts set last_login_at = '2022-01-05 10:00:00.000000' "
+            "where id = (select max(id) from accounts)",
+        ),
+        (
+            "accounts",
+            "delete from accounts where id = (select min(id) from accounts) "
+            "and id not in (select account_id from tfa_factors)",
+        ),
+        (
+            "tfa_factors",
+            "insert into tfa_factors (account_id, kind, created_at) "
+            "select max(id), 'totp', '2022-01-03 09:00:00.000000' from accounts "
+            "having count(*) > 0",
+        ),
+        (
+            "tfa_factors",
+            "update tfa_factors set removed_at = '2022-01-06 00:00:00.000000' "
+            "where id = (select min(id) from tfa_factors)",
+        ),
+    ]
+)
+# Each step: writes, then an extract, with writes falling between its claim of the
+# versions and its read (the race the claim protocol must survive).
+STEPS = st.lists(st.tuples(st.lists(WRITES, max_size=3), st.lists(WRITES, max_size=2)), max_size=6)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=STEPS)
+def test_the_copy_is_what_a_full_extract_gives_after_every_run(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, steps: list
+) -> None:
+    folder = tmp_path_factory.mktemp("changes")
+    url = f"sqlite:///{folder / 'registry.db'}"
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    between: list[str] = []
+    claim = changes.claim_versions
+
+    def claim_then_write(database: str, tables: tuple[str, ...]) -> object:
+        versions = claim(database, tables)
+        with _raw(url) as raw:
+            for statement in between:
+                raw.execute(statement)
+        return versions
+
+    monkeypatch.setattr(changes, "claim_versions", claim_then_write)
+    with warehouse.open_warehouse(folder / "w.duckdb") as con, _raw(url) as raw:
+        for before, during in steps:
+            for _, statement in before:
+                raw.execute(statement)
+            between[:] = [statement for _, statement in during]
+            extract.extract_registry(con, url, ("accounts", "tfa_factors"), small=True)
+            between.clear()
+            # What was written during the last run is read by the next at the latest.
+            extract.extract_registry(con, url, ("accounts", "tfa_factors"), small=True)
+            for table in ("accounts", "tfa_factors"):
+                assert _copy(con, table) == _full_copy(url, table), table
