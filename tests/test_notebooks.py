@@ -1,17 +1,22 @@
 """The analysts' notebooks (notebooks/*.ipynb) run top to bottom against the tiny
 demo's warehouse, under nbmake in a pytest subprocess, and are committed without
-outputs. Their first cell finds the warehouse the way the pipeline does, and says how
-to create it when there is none."""
+outputs. Every cell runs: the charts too (matplotlib, drawn off screen with Agg), and
+the checks, cells that assert what a notebook computes (against the plan, the registry
+extract and the login events, and that each chart shows its table). A warehouse with one
+wrong fact makes each notebook fail. Their first cell finds the warehouse the way the
+pipeline does, and says how to create it when there is none."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import nbformat
 import pytest
 
@@ -64,10 +69,9 @@ def notebook_env(home: Path, scratch: Path) -> dict[str, str]:
     return env
 
 
-@pytest.mark.slow
-def test_every_notebook_runs_top_to_bottom_on_the_demo(demo_home: Path, tmp_path: Path) -> None:
-    notebooks = notebook_paths()
-    assert notebooks, f"no notebooks in {NOTEBOOKS}"
+def run_nbmake(notebooks: list[Path], env: dict[str, str]) -> tuple[int, str, str]:
+    """Run ``notebooks`` under nbmake in a pytest subprocess: its exit code, its stdout,
+    and everything it printed (for assertion messages)."""
     # Serially (no xdist), no cache written into the repository, no addopts from outside.
     command = [
         sys.executable,
@@ -85,14 +89,86 @@ def test_every_notebook_runs_top_to_bottom_on_the_demo(demo_home: Path, tmp_path
     result = subprocess.run(
         command,
         cwd=ROOT,
-        env=notebook_env(demo_home, tmp_path),
+        env=env,
         capture_output=True,
         text=True,
         timeout=900,
     )
     output = ANSI.sub("", f"$ {' '.join(command)}\n{result.stdout}\n{result.stderr}")
-    assert result.returncode == 0, output
-    assert f"{len(notebooks)} passed" in result.stdout, output
+    return result.returncode, result.stdout, output
+
+
+@pytest.mark.slow
+def test_every_notebook_runs_top_to_bottom_on_the_demo(demo_home: Path, tmp_path: Path) -> None:
+    notebooks = notebook_paths()
+    assert notebooks, f"no notebooks in {NOTEBOOKS}"
+    returncode, stdout, output = run_nbmake(notebooks, notebook_env(demo_home, tmp_path))
+    assert returncode == 0, output
+    assert f"{len(notebooks)} passed" in stdout, output
+
+
+# One wrong fact per notebook, written into a copy of the demo's warehouse, and what the
+# check that catches it says.
+WRONG_FACTS = {
+    "adoption_trends.ipynb": (
+        # One more account with 2FA (TOTP) on the last day: the row still adds up.
+        "update adoption_daily set with_2fa = with_2fa + 1, totp = totp + 1, "
+        "share = (with_2fa + 1) / accounts "
+        "where population = 'all' and day = (select max(day) from adoption_daily)",
+        r"adoption_daily on \S+ disagrees with the registry",
+    ),
+    "brownout_impact.ipynb": (
+        # Five more logins during the first brown-out than the login events hold.
+        "update brownout_impact set logins = logins + 5 where period = 'brownout' "
+        "and starts_at = (select min(starts_at) from brownout_impact where period = 'brownout')",
+        r"brownout_impact has logins \d+, stg_logins \d+",
+    ),
+    "cohort_explorer.ipynb": (
+        # An account missing from every cohort build it is in.
+        "delete from cohort_account_snapshots "
+        "where account_id = (select min(account_id) from cohort_accounts)",
+        r"cohort sizes disagree with the registry's memberships",
+    ),
+}
+
+
+@pytest.mark.slow
+def test_each_notebook_fails_on_a_wrong_fact(demo_home: Path, tmp_path: Path) -> None:
+    # One test, not one per notebook: under xdist each would build its own demo.
+    assert set(WRONG_FACTS) == EXPECTED
+    for notebook, (wrong_fact, caught) in WRONG_FACTS.items():
+        warehouse = tmp_path / notebook / "warehouse.duckdb"
+        warehouse.parent.mkdir()
+        shutil.copy(demo_home / "warehouse.duckdb", warehouse)
+        con = duckdb.connect(str(warehouse))
+        try:
+            changed = con.execute(wrong_fact).fetchone()[0]
+        finally:
+            con.close()
+        assert changed > 0, f"{notebook}: the wrong fact changed no row"
+        env = notebook_env(demo_home, tmp_path / notebook / "scratch")
+        env["ROLLOUT_WAREHOUSE"] = str(warehouse)
+        returncode, stdout, output = run_nbmake([NOTEBOOKS / notebook], env)
+        assert returncode != 0, f"{notebook} passed on a wrong fact:\n{output}"
+        assert "1 failed" in stdout, output
+        assert re.search(rf"AssertionError: .*{caught}", output), (
+            f"{notebook} did not fail with /{caught}/:\n{output}"
+        )
+
+
+def code_cells(path: Path) -> list[str]:
+    notebook = nbformat.read(path, as_version=4)
+    return [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+
+
+@pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.name)
+def test_every_notebook_checks_what_it_computes_and_draws(path: Path) -> None:
+    cells = code_cells(path)
+    checks = [cell for cell in cells if cell.startswith("# Check:")]
+    assert len(checks) >= 3, "checks are code cells that start with '# Check:'"
+    assert any("import matplotlib.pyplot as plt" in cell for cell in cells)
+    assert any(".canvas.draw()" in cell for cell in checks), "a check draws a chart"
+    assert not any("find_spec" in cell for cell in cells), "charts are not optional"
 
 
 @pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.name)
