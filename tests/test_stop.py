@@ -81,10 +81,11 @@ def queued(registry: Engine, registry_url: str, plan: Plan) -> int:
 
 @pytest.fixture
 def slow_server() -> Iterator[DevSendGrid]:
-    """The local SendGrid, every request held 0.3 s: the drain takes long enough to stop,
-    and one worker alone would need about 30 s for all (the other may start late)."""
+    """The local SendGrid, every request held 0.6 s: the drain takes long enough to stop,
+    and one worker alone would need about 60 s for all (the other may start late: on a
+    loaded machine, 30 s was seen not to be enough)."""
     with DevSendGrid(api_key=KEY) as server:
-        server.script([{"stall": 0.3}] * 10 * EMAILS)
+        server.script([{"stall": 0.6}] * 10 * EMAILS)
         yield server
 
 
@@ -237,7 +238,7 @@ def test_a_stopped_send_in_processes_ends_them_all_and_finishes_later(
     # On a loaded machine the first worker may send its share of the first emails
     # before the second has started: wait until both are there.
     _wait_for(
-        lambda: len(_workers([parent, *parent.children(recursive=True)])) == 2, 30, "2 workers"
+        lambda: len(_workers([parent, *parent.children(recursive=True)])) == 2, 60, "2 workers"
     )
     family = [parent, *parent.children(recursive=True)]
     workers = _workers(family)
@@ -291,7 +292,7 @@ def test_workers_whose_parent_is_killed_stop_and_put_back_what_they_held(
     rollout_home: Path,
 ) -> None:
     command, parent = _start_send(rollout_home, registry_url, slow_server, processes=2)
-    _wait_for(lambda: len(_workers([parent, *parent.children()])) == 2, 30, "2 workers")
+    _wait_for(lambda: len(_workers([parent, *parent.children()])) == 2, 60, "2 workers")
     workers = _workers([parent, *parent.children()])
     command.kill()  # no chance to stop anything: the workers must notice on their own
     command.wait()

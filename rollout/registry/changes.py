@@ -70,19 +70,24 @@ def drop_triggers_sql(tables: Iterable[str] = TRACKED_TABLES) -> list[str]:
     ]
 
 
-def install_sql(tables: Iterable[str] = TRACKED_TABLES) -> list[str]:
-    """Rows for every tracked table (kept if there), then their triggers: idempotent,
-    so it runs after every upgrade (a migration that copies a table on SQLite loses
-    the table's triggers)."""
-    tables = tuple(tables)
+def rows_sql(tables: Iterable[str] = TRACKED_TABLES) -> list[str]:
+    """A row for every tracked table, kept if there (portable SQL: on PostgreSQL the
+    rows are there too, unused, so both backends have the same registry)."""
     instance = uuid.uuid4().hex
-    rows = [
-        "INSERT OR IGNORE INTO registry_changes (table_name, instance, version, read_version) "
-        f"VALUES ('{table}', coalesce((SELECT min(instance) FROM registry_changes), "
-        f"'{instance}'), 1, 0)"
+    return [
+        "INSERT INTO registry_changes (table_name, instance, version, read_version) "
+        f"SELECT '{table}', coalesce((SELECT min(instance) FROM registry_changes), "
+        f"'{instance}'), 1, 0 "
+        f"WHERE NOT EXISTS (SELECT 1 FROM registry_changes WHERE table_name = '{table}')"
         for table in tables
     ]
-    return rows + create_triggers_sql(tables)
+
+
+def install_sql(sqlite: bool, tables: Iterable[str] = TRACKED_TABLES) -> list[str]:
+    """The rows, then (SQLite) the triggers: idempotent, so it runs after every
+    upgrade (a migration that copies a table on SQLite loses the table's triggers)."""
+    tables = tuple(tables)
+    return rows_sql(tables) + (create_triggers_sql(tables) if sqlite else [])
 
 
 def bump_sql(tables: Iterable[str]) -> list[str]:

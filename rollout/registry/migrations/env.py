@@ -46,10 +46,10 @@ def run_migrations_online() -> None:
                 if sqlite:
                     connection.exec_driver_sql("BEGIN")
                 context.run_migrations()
-                if sqlite and "registry_changes" in sa.inspect(connection).get_table_names():
+                if "registry_changes" in sa.inspect(connection).get_table_names():
                     # Idempotent; after every run, because a migration that copies a
                     # table on SQLite drops the table's change triggers with it.
-                    for statement in changes.install_sql():
+                    for statement in changes.install_sql(sqlite):
                         connection.exec_driver_sql(statement)
                 if sqlite:
                     broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
