@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 
 from rollout import warehouse
+from rollout.calendar import StepKind, phase_step, plan_calendar
 from rollout.clock import naive_utc
 from rollout.errors import RolloutError
 from rollout.plan import Plan
@@ -40,8 +41,11 @@ ADOPTION_INPUTS: tuple[str, ...] = (
     "int_notice_enrolments",
 )
 
-# The daily series starts this long before the plan's first milestone.
+# The daily series starts this long before the first of the plan's events of these
+# kinds (rollout.calendar), so the chart shows where adoption stood before the plan
+# first touched anyone; reminders and heads-ups only lead up to one of them.
 LEAD_DAYS = 14
+LEAD_UP_TO: frozenset[StepKind] = frozenset({"notice", "enforce", "brownout", "elv"})
 
 _PARAMETER = re.compile(r"\$([a-z_]+)")
 _REGISTRY_TABLE = re.compile(r"\bregistry\.([a-z_]+)")
@@ -59,28 +63,28 @@ def adoption_since(plan: Plan) -> date:
     """The first day of adoption_daily: the plan's first milestone (a notice, an
     enforcement, a brown-out, everyone's ELV enrolment) minus ``LEAD_DAYS``, or the
     ELV trial's start when that is earlier."""
-    milestones = [plan.elv.enroll_all_on]
-    milestones += [day for phase in plan.phases for day in (phase.notice_on, phase.enforce_on)]
-    milestones += [brownout.starts_at.date() for brownout in plan.brownouts]
-    since = min(milestones) - timedelta(days=LEAD_DAYS)
-    if plan.elv.trial is not None:
-        since = min(since, plan.elv.trial.starts)
-    return since
+    steps = plan_calendar(plan)
+    # The calendar always has ELV for all, so there is a first milestone.
+    since = min(s.on for s in steps if s.kind in LEAD_UP_TO) - timedelta(days=LEAD_DAYS)
+    return min([since, *(s.on for s in steps if s.kind == "trial")])
 
 
 def _create_plan_tables(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
     con.execute(
         "create or replace temp table plan_phases "
-        "(phase varchar, cohort varchar, notice_on date, enforce_on date)"
+        "(phase varchar, cohort varchar, notice_on date, enforce_on date, step varchar)"
     )
     for phase in plan.phases:
         con.execute(
-            "insert into plan_phases values ($phase, $cohort, $notice_on, $enforce_on)",
+            "insert into plan_phases values ($phase, $cohort, $notice_on, $enforce_on, $step)",
             {
                 "phase": phase.name,
                 "cohort": phase.cohort,
                 "notice_on": phase.notice_on,
                 "enforce_on": phase.enforce_on,
+                # The plan_runs step of its enforcement: the SQL matches runs by it
+                # rather than spelling the key again.
+                "step": phase_step(phase.name),
             },
         )
     con.execute(

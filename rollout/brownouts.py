@@ -15,6 +15,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, and_, exists, func, or_, select, update
 
+from rollout.calendar import BROWNOUTS_SCHEDULE_STEP, ENROLL_ALL_STEP
 from rollout.clock import naive_utc
 from rollout.errors import BadInput, GuardRefused
 from rollout.locks import exclusive_run
@@ -127,7 +128,7 @@ def schedule(registry_url: str, plan: Plan, *, actor: str) -> list[tuple[str, st
             run_id = start_run(
                 connection,
                 plan=plan.name,
-                step="brownouts schedule",
+                step=BROWNOUTS_SCHEDULE_STEP,
                 mode="apply",
                 actor=actor,
                 parameters={},
@@ -270,7 +271,7 @@ def enroll_all(
         with recorded_run(
             engine,
             plan="elv",
-            step="enroll all",
+            step=ENROLL_ALL_STEP,
             mode="apply",
             actor=actor,
             lock="elv",

@@ -165,7 +165,7 @@ def plan_show(
         [
             {
                 "on": s.step.on,
-                "step": s.step.what,
+                "step": s.step.label,
                 "state": s.state,
                 "when": s.at.replace(microsecond=0) if s.at else None,
                 "run": s.run_id[:12] if s.run_id and fmt is Format.table else s.run_id,
@@ -181,7 +181,7 @@ def plan_show(
     interrupted = [s for s in states if s.state == "interrupted"]
     for s in interrupted:
         stderr.print(
-            f"{s.step.what}: run {s.run_id} stopped before finishing; re-run it to resume "
+            f"{s.step.label}: run {s.run_id} stopped before finishing; re-run it to resume "
             "(done batches are not redone)",
             highlight=False,
         )

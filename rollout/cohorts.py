@@ -20,6 +20,7 @@ import pyarrow as pa
 from sqlalchemy import Engine, and_, case, select, update
 
 from rollout import warehouse
+from rollout.calendar import cohorts_step
 from rollout.errors import BadInput
 from rollout.extract import extract_registry
 from rollout.locks import exclusive_run
@@ -462,7 +463,7 @@ def build_cohorts(
             recorded_run(
                 engine,
                 plan=plan.name,
-                step=f"cohorts {as_of}",
+                step=cohorts_step(as_of),
                 mode="apply",
                 actor=actor,
                 lock="cohorts",

@@ -35,6 +35,7 @@ from sqlalchemy import (
     update,
 )
 
+from rollout.calendar import phase_step
 from rollout.errors import GuardRefused
 from rollout.locks import exclusive_run
 from rollout.notify.outbox import queue_phase_summary
@@ -434,7 +435,7 @@ def enforce_phase(
         with recorded_run(
             engine,
             plan=plan.name,
-            step=f"phase {phase.name}",
+            step=phase_step(phase.name),
             mode="apply",
             actor=actor,
             lock=LOCK,
@@ -502,7 +503,7 @@ class RollbackPreview:
 def _queued_by_enforcement(phase_name: str) -> Selection:
     """The phase's emails that its enforcement runs queued and nobody sent yet."""
     runs = select(PLAN_RUNS.c.id).where(
-        and_(PLAN_RUNS.c.step == f"phase {phase_name}", PLAN_RUNS.c.mode == "apply")
+        and_(PLAN_RUNS.c.step == phase_step(phase_name), PLAN_RUNS.c.mode == "apply")
     )
     return Selection(runs=runs)
 
@@ -625,7 +626,7 @@ def rollback_phase(registry_url: str, plan: Plan, phase_name: str, *, actor: str
         with recorded_run(
             engine,
             plan=plan.name,
-            step=f"phase {phase.name}",
+            step=phase_step(phase.name),
             mode="rollback",
             actor=actor,
             lock=LOCK,

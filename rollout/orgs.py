@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, and_, case, func, select, update
 
+from rollout.calendar import org_enforcement_step
 from rollout.errors import BadInput, GuardRefused
 from rollout.locks import exclusive_run
 from rollout.registry.ledger import (
@@ -134,7 +135,7 @@ def enforce_org(
         with recorded_run(
             engine,
             plan="orgs",
-            step=f"enforce {org}",
+            step=org_enforcement_step(org),
             mode="apply",
             actor=actor,
             lock="orgs",

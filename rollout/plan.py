@@ -217,6 +217,11 @@ class PlanProblem:
     message: str
 
 
+# What ELV's own steps and heads-up emails go by (rollout.calendar.ELV): a brown-out of
+# that name would share their step key ("heads-up elv"), and `plan show` mix their runs.
+ELV_STEPS = "elv"
+
+
 def plan_problems(plan: Plan) -> list[PlanProblem]:
     """What is wrong with a plan that parsed: order of dates, references, overlaps."""
     problems: list[PlanProblem] = []
@@ -241,6 +246,13 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
                 )
             )
         seen[brownout.name] = index
+        if brownout.name == ELV_STEPS:
+            problems.append(
+                PlanProblem(
+                    ("brownouts", index, "name"),
+                    f"brown-out name {ELV_STEPS!r} is taken by ELV's own steps and emails",
+                )
+            )
     for (_, earlier), (index, later) in pairwise(ordered):
         if later.starts_at < earlier.ends_at:
             problems.append(
@@ -280,6 +292,14 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
             )
         for position, days in enumerate(phase.reminders_days_before):
             reminder = phase.enforce_on - timedelta(days=days)
+            if days in phase.reminders_days_before[:position]:
+                # Two reminders the same day would be one step, one mailing.
+                problems.append(
+                    PlanProblem(
+                        (*where, "reminders_days_before", position),
+                        f"a reminder {days} days before enforcement is listed twice",
+                    )
+                )
             if days < 1 or reminder <= phase.notice_on:
                 problems.append(
                     PlanProblem(

@@ -21,7 +21,7 @@ from rollout.output import markdown_text as md
 from rollout.output import write_csv
 from rollout.registry.ledger import utc_now
 
-if TYPE_CHECKING:  # enforce reaches this module again through the outbox and timeline
+if TYPE_CHECKING:  # types only: reading saved previews (plan show) need not load enforce
     from rollout.enforce import PhasePreview
     from rollout.plan import Plan
 

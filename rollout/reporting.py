@@ -28,9 +28,10 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-from jinja2 import Environment, PackageLoader, StrictUndefined, Undefined
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Undefined
 
 from rollout.adoption import adoption_since
+from rollout.calendar import plan_calendar
 from rollout.charts import (
     BrownoutBars,
     FunnelPhase,
@@ -46,6 +47,7 @@ from rollout.charts import (
 from rollout.errors import RolloutError
 from rollout.output import csv_cells, markdown_text
 from rollout.plan import Plan
+from rollout.resources import resource_dir
 
 # The contract (docs/adoption-marts.md): each mart and its columns, in CSV order.
 MARTS: dict[str, tuple[str, ...]] = {
@@ -203,27 +205,13 @@ def report_dir(reports_dir: Path, as_of: date) -> Path:
 
 
 def plan_milestones(plan: Plan) -> list[Milestone]:
-    """The dates marked on the adoption chart, in calendar order."""
-    marks: list[Milestone] = []
-    if plan.elv.trial is not None:
-        marks.append(Milestone(plan.elv.trial.starts, "ELV trial", "trial", plan.elv.trial.ends))
-    for brownout in plan.brownouts:
-        marks.append(
-            Milestone(brownout.starts_at.date(), brownout.name, "brownout", brownout.ends_at.date())
-        )
-    marks.append(Milestone(plan.elv.enroll_all_on, "ELV for all", "elv"))
-    for phase in plan.phases:
-        marks.append(Milestone(phase.notice_on, f"{phase.name} notices", "notice"))
-        for days in sorted(phase.reminders_days_before, reverse=True):
-            marks.append(
-                Milestone(
-                    phase.enforce_on - timedelta(days=days),
-                    f"{phase.name} reminder ({days} days before)",
-                    "reminder",
-                )
-            )
-        marks.append(Milestone(phase.enforce_on, f"{phase.name} enforced", "enforce"))
-    return sorted(marks, key=lambda m: m.on)
+    """The dates marked on the adoption chart, in calendar order: the calendar's steps
+    that have a chart label."""
+    return [
+        Milestone(step.on, step.chart_label, step.kind, step.ends)
+        for step in plan_calendar(plan)
+        if step.chart_label is not None
+    ]
 
 
 # --- reading the marts -----------------------------------------------------------
@@ -604,7 +592,8 @@ def _md(value: Any) -> str:
 
 def _environment(markdown: bool) -> Environment:
     env = Environment(
-        loader=PackageLoader("rollout", "report_templates"),
+        # reports/templates: the checkout's (editable install) or the wheel's copy.
+        loader=FileSystemLoader(resource_dir("reports") / "templates"),
         undefined=StrictUndefined,
         # HTML escapes everything that is not Markup; Markdown escapes every {{ value }}.
         autoescape=not markdown,

@@ -1,9 +1,10 @@
 """The plan as a timeline, and where each step stands (``rollout plan show``).
 
-Each step the pipeline acts on is named as its runs name themselves in ``plan_runs``
-(``phase top-100``, ``notices top-100``...), so a step's state is read from its
-runs: pending, previewed, applied, rolled back, failed, or interrupted (a run still
-marked running that no process is doing any more).
+The steps are the plan's calendar (rollout.calendar). Each step the pipeline acts on
+carries the key its runs are recorded under in ``plan_runs`` (``phase top-100``,
+``notices top-100``...), so a step's state is read from its runs: pending, previewed,
+applied, rolled back, failed, or interrupted (a run still marked running that no
+process is doing any more).
 """
 
 from __future__ import annotations
@@ -11,26 +12,20 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
 
 from rollout.brownouts import state_at
+from rollout.calendar import Step, phase_step, plan_calendar
 from rollout.errors import GuardRefused
 from rollout.locks import exclusive_run
 from rollout.plan import Plan
 from rollout.previews import saved_previews
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import BrownoutWindow, PlanRun
-
-
-@dataclass(frozen=True)
-class Step:
-    on: date
-    key: str  # the plan_runs.step its runs carry; "" for a milestone nothing runs for
-    what: str
 
 
 @dataclass(frozen=True)
@@ -43,62 +38,10 @@ class StepState:
     detail: str = ""
 
 
-def notices_step(phase: str) -> str:
-    return f"notices {phase}"
-
-
-def reminders_step(phase: str, days_before: int) -> str:
-    return f"reminders {phase} {days_before}d"
-
-
-def heads_up_step(name: str) -> str:
-    return f"heads-up {name}"
-
-
 def plan_steps(plan: Plan) -> list[Step]:
-    """Every dated step of the plan, in calendar order (ties keep the plan's order)."""
-    steps: list[Step] = []
-    if plan.elv.trial:
-        steps.append(Step(plan.elv.trial.starts, "", "ELV opt-in trial starts"))
-        steps.append(Step(plan.elv.trial.ends, "", "ELV opt-in trial ends"))
-    for b in plan.brownouts:
-        day = b.starts_at.date()
-        steps.append(
-            Step(
-                day - timedelta(days=b.heads_up_days_before),
-                heads_up_step(b.name),
-                f"brown-out heads-up emails for {b.name}",
-            )
-        )
-        steps.append(Step(day, f"brownout {b.name}", f"{b.name}: {b.hours} h of ELV for all"))
-    on = plan.elv.enroll_all_on
-    steps.append(
-        Step(
-            on - timedelta(days=plan.elv.heads_up_days_before),
-            heads_up_step("elv"),
-            "ELV enrollment notice emails",
-        )
-    )
-    steps.append(Step(on, "enroll all", "every account enrolled in ELV"))
-    for phase in plan.phases:
-        steps.append(
-            Step(
-                phase.cohort_as_of,
-                f"cohorts {phase.cohort_as_of}",
-                f"cohort {phase.cohort} fixed for phase {phase.name}",
-            )
-        )
-        steps.append(Step(phase.notice_on, notices_step(phase.name), f"phase {phase.name} notices"))
-        for days in sorted(phase.reminders_days_before, reverse=True):
-            steps.append(
-                Step(
-                    phase.enforce_on - timedelta(days=days),
-                    reminders_step(phase.name, days),
-                    f"phase {phase.name} reminders ({days} days before)",
-                )
-            )
-        steps.append(Step(phase.enforce_on, f"phase {phase.name}", f"phase {phase.name} enforced"))
-    return sorted(steps, key=lambda s: s.on)
+    """Every dated step of the plan, in calendar order: the whole calendar, since
+    ``plan show`` lists even the dates nothing runs for (the ELV trial)."""
+    return plan_calendar(plan)
 
 
 def _lock_free(registry_url: str, name: str) -> bool:
@@ -194,7 +137,7 @@ def step_states(
     for record in saved_previews(reports_dir) if reports_dir else []:
         if record.get("plan") == plan.name and record["at"] <= now:
             summary = {k: record[k] for k in ("accounts", "sessions", "compliant", "exempted")}
-            step = f"phase {record['phase']}"
+            step = phase_step(record["phase"])
             runs[step].append(
                 _PreviewRun(record["run_id"], step, record["actor"], record["at"], summary)
             )
@@ -212,8 +155,9 @@ def step_states(
         if not step.key:
             passed = step.on <= now.date()
             states.append(StepState(step, "passed" if passed else "upcoming"))
-        elif step.key.startswith("brownout "):
-            window = windows.get(step.key.removeprefix("brownout "))
+        elif step.kind == "brownout":
+            # A window's state is the registry's: it can start early or end in an emergency.
+            window = windows.get(step.subject)
             if window is None or window.created_at > now:
                 states.append(StepState(step, "not scheduled"))
             else:

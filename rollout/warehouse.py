@@ -12,8 +12,10 @@ from typing import Any
 import duckdb
 
 from rollout.errors import RolloutError
+from rollout.resources import resource_dir
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# The checkout's sql/ (editable install), or the copy inside the installed wheel.
+SQL_DIR = resource_dir("sql")
 
 # Bumped whenever a table's shape changes: the warehouse has no migrations, it is
 # rebuilt from landing files, and a file of another version is refused clearly.

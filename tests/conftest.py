@@ -163,6 +163,8 @@ SLOW_TESTS = (
     "tests/e2e/",
     "tests/test_notebooks.py",
     "tests/test_story.py",
+    "tests/test_wheel.py",
+    "tests/test_registry_changes.py::test_the_copy_is_what_a_full_extract_gives_after_every_run",
     "tests/sql/test_adoption_marts.py::test_adoption_daily_matches_a_plain_count",
     "tests/sql/test_adoption_marts.py::test_adoption_daily_by_org_forward_filled_matches_a_plain_count",
     "tests/sql/test_metrics_properties.py::test_metrics_equal_the_definitions",

@@ -335,7 +335,7 @@ def _state(
 ) -> str:
     # Far ahead: every run of the test has happened by then.
     states = step_states(registry, registry_url, plan, datetime(2999, 1, 1), reports)
-    return next(s.state for s in states if s.step.what == what)
+    return next(s.state for s in states if s.step.label == what)
 
 
 def test_plan_show_follows_a_phase_from_pending_to_rolled_back(
@@ -378,7 +378,7 @@ def test_plan_show_tells_an_interrupted_enforce_run_from_a_running_one(
 def test_the_timeline_is_in_calendar_order(plan: Plan) -> None:
     steps = plan_steps(plan)
     assert [s.on for s in steps] == sorted(s.on for s in steps)
-    whats = [s.what for s in steps]
+    whats = [s.label for s in steps]
     assert whats.index("phase top-100 notices") < whats.index(
         "phase top-100 reminders (14 days before)"
     )
@@ -390,7 +390,7 @@ def test_plan_show_at_a_past_time_ignores_the_runs_that_came_after(
 ) -> None:
     enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")
     enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")  # a no-op rerun
-    now = {s.step.what: s for s in step_states(registry, registry_url, plan)}
+    now = {s.step.label: s for s in step_states(registry, registry_url, plan)}
     enforced = now["phase top-100 enforced"]
     assert enforced.state == "applied" and "accounts_flagged 2" in enforced.detail
     before = step_states(registry, registry_url, plan, datetime(2022, 2, 2))

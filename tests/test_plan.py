@@ -259,3 +259,21 @@ def test_a_plan_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
     path.write_bytes(b"name: x\ndescription: caf\xe9\n")
     with pytest.raises(BadInput, match=rf"^{path}:2: not UTF-8 text"):
         load_plan(path)
+
+
+def test_a_brownout_may_not_take_the_name_of_elv_s_own_steps() -> None:
+    # Its heads-up step would be "heads-up elv", the ELV enrolment notice's key.
+    text = edited("- name: brownout-1", "- name: elv")
+    assert (
+        line_of(text, "- name: elv"),
+        "brownouts.0.name: brown-out name 'elv' is taken by ELV's own steps and emails",
+    ) in problems_in(text)
+
+
+def test_a_reminder_day_listed_twice_is_refused() -> None:
+    text = edited("reminders_days_before: [14, 3]", "reminders_days_before: [14, 3, 14]")
+    assert any(
+        reason == "phases.0.reminders_days_before.2: a reminder 14 days before enforcement "
+        "is listed twice"
+        for _, reason in problems_in(text)
+    )

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from rollout.calendar import plan_calendar, unplanned_kind
 from rollout.config import load_settings
 from rollout.notify.outbox import outbox_status
 from rollout.registry.migrate import open_registry
-from rollout.registry.models import Account, Notification, Token
+from rollout.registry.models import Account, Notification, PlanRun, Token
 from rollout.story import Story
 from rollout.timeline import step_states
 from rollout.warehouse import open_warehouse
@@ -55,8 +56,9 @@ def test_the_reference_plan_runs_start_to_end(story: Story) -> None:
                     .subquery()
                 )
             ).scalar_one()
+            recorded = set(connection.execute(select(PlanRun.step).distinct()).scalars())
         sent = {row["email"] for row in outbox_status(engine) if row["state"] == "sent"}
-        states = {s.step.what: s.state for s in step_states(engine, settings.registry_url, plan)}
+        states = {s.step.label: s.state for s in step_states(engine, settings.registry_url, plan)}
     assert not_elv == 0 and sent_twice == 0
     assert sent >= {
         "phase_notice",
@@ -70,6 +72,12 @@ def test_the_reference_plan_runs_start_to_end(story: Story) -> None:
     assert states["phase high-impact enforced"] == "applied"
     assert states["every account enrolled in ELV"] == "applied"
     assert states["brownout-2: 24 h of ELV for all"] == "ended"
+    # Every run the jobs recorded is of a calendar step, or of a kind the calendar says
+    # it leaves out (the fortnightly cohort rebuilds, scheduling the brown-outs); and
+    # every keyed step has its runs but the brown-outs, whose state is their window's.
+    keys = {s.key for s in plan_calendar(plan) if s.key}
+    assert [step for step in recorded - keys if unplanned_kind(step) is None] == []
+    assert {s.key for s in plan_calendar(plan) if s.key and s.kind != "brownout"} <= recorded
     with open_warehouse(settings.warehouse_path, read_only=True) as con:
         [(logins, elv)] = con.execute(
             "select count(*), count(*) filter (second_factor = 'elv') from stg_logins "

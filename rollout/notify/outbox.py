@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from multiprocessing.connection import Connection as Pipe
 from multiprocessing.connection import wait as wait_for_pipes
 from multiprocessing.process import BaseProcess
@@ -56,6 +56,7 @@ from sqlalchemy import (
     update,
 )
 
+from rollout.calendar import WITHOUT_2FA, WITHOUT_2FA_NOR_ELV, audience_cohort, plan_calendar
 from rollout.errors import BadInput, RolloutError
 from rollout.locks import exclusive_run
 from rollout.notify.emails import EMAILS, Recipient
@@ -79,7 +80,6 @@ from rollout.stopping import (
     stop_processes,
     stop_requested_by_signals,
 )
-from rollout.timeline import heads_up_step, notices_step, reminders_step
 
 log = logging.getLogger(__name__)
 
@@ -122,72 +122,26 @@ class Occasion:
     occasion: str
     due_on: date
     until: date  # queued no later than the day before (a reminder after the deadline is noise)
-    audience: str  # cohort:<name> | without-2fa | without-2fa-nor-elv
+    audience: str  # as rollout.calendar.Mailing.audience: audience() reads it
     context: dict[str, Any]
 
 
 def plan_occasions(plan: Plan) -> list[Occasion]:
-    """Every mailing the plan makes, in date order."""
-    found: list[Occasion] = []
-    for phase in plan.phases:
-        stored = {"phase": phase.name}
-        found.append(
-            Occasion(
-                notices_step(phase.name),
-                "phase_notice",
-                phase.name,
-                "",
-                phase.notice_on,
-                phase.enforce_on,
-                f"cohort:{phase.cohort}",
-                stored,
-            )
-        )
-        for days in phase.reminders_days_before:
-            found.append(
-                Occasion(
-                    reminders_step(phase.name, days),
-                    "reminder",
-                    phase.name,
-                    f"{days}d",
-                    phase.enforce_on - timedelta(days=days),
-                    phase.enforce_on,
-                    f"cohort:{phase.cohort}",
-                    {**stored, "days_before": days},
-                )
-            )
-    for b in plan.brownouts:
-        found.append(
-            Occasion(
-                heads_up_step(b.name),
-                "brownout_heads_up",
-                "",
-                b.name,
-                b.starts_at.date() - timedelta(days=b.heads_up_days_before),
-                b.starts_at.date(),
-                "without-2fa",
-                {
-                    "brownout": b.name,
-                    "starts_at": b.starts_at.isoformat(),
-                    "ends_at": b.ends_at.isoformat(),
-                    "hours": b.hours,
-                },
-            )
-        )
-    on = plan.elv.enroll_all_on
-    found.append(
+    """Every mailing the plan makes, in date order: the calendar's steps that send an email."""
+    return [
         Occasion(
-            heads_up_step("elv"),
-            "elv_enrollment",
-            "",
-            "elv",
-            on - timedelta(days=plan.elv.heads_up_days_before),
-            on,
-            "without-2fa-nor-elv",
-            {"enrolled_on": on.isoformat()},
+            step.key,
+            m.email,
+            m.phase,
+            m.occasion,
+            step.on,
+            m.deadline,
+            m.audience,
+            dict(m.context),
         )
-    )
-    return sorted(found, key=lambda o: o.due_on)
+        for step in plan_calendar(plan)
+        if (m := step.mailing) is not None
+    ]
 
 
 def due_occasions(plan: Plan, day: date) -> list[Occasion]:
@@ -197,17 +151,18 @@ def due_occasions(plan: Plan, day: date) -> list[Occasion]:
 
 def audience(spec: str) -> Select:
     """The account ids a mailing goes to."""
-    if spec.startswith("cohort:"):
+    cohort = audience_cohort(spec)
+    if cohort is not None:
         return select(CohortMembership.account_id).where(
             and_(
-                CohortMembership.cohort == spec.removeprefix("cohort:"),
+                CohortMembership.cohort == cohort,
                 CohortMembership.left_on.is_(None),
             )
         )
     without = select(ACCOUNTS.c.id).where(~has_active_factor(ACCOUNTS.c.id))
-    if spec == "without-2fa":
+    if spec == WITHOUT_2FA:
         return without
-    if spec == "without-2fa-nor-elv":
+    if spec == WITHOUT_2FA_NOR_ELV:
         return without.where(ACCOUNTS.c.elv_enrolled_at.is_(None))
     raise ValueError(f"unknown audience {spec!r}")
 

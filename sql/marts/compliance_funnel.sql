@@ -5,7 +5,7 @@
 with
 
 phases as (
-    select phase, cohort, notice_on, enforce_on from plan_phases
+    select phase, cohort, notice_on, enforce_on, step from plan_phases
 ),
 
 memberships as (
@@ -52,7 +52,7 @@ phase_runs as (
 rollbacks as (
     select phases.phase, max(phase_runs.finished_at) as rolled_back_at
     from phases
-    inner join phase_runs on phase_runs.step = 'phase ' || phases.phase
+    inner join phase_runs on phase_runs.step = phases.step
     group by phases.phase
     having arg_max(phase_runs.mode, phase_runs.finished_at) = 'rollback'
 ),

@@ -1,0 +1,283 @@
+"""The plan's calendar: every dated step of a plan, in one ordered list.
+
+``plan_calendar(plan)`` is the one place that walks a plan's dates. What reads the
+calendar filters it rather than walking the plan again: ``rollout plan show`` lists
+every step (rollout.timeline), the outbox queues the steps that send an email
+(rollout.notify.outbox), the report marks the steps with a chart label
+(rollout.reporting), and the adoption series starts before the first milestone
+(rollout.adoption). So a step added here reaches all four at once, and a date can no
+longer mean one thing to the timeline and another to the outbox.
+
+Step keys (``plan_runs.step``) are built here too, by the functions below, and only
+here: a run records the key its calendar step carries, which is how ``plan show``
+finds a step's runs. Some runs are of no dated step (``UNPLANNED_STEPS`` says which
+and why); ``unplanned_kind`` recognises their keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any, Literal
+
+from rollout.plan import ELV_STEPS, EmailName, Plan
+
+# What a step is. The adoption chart styles its milestones by these names
+# (rollout.charts), and notebooks filter on them: they are part of the interface.
+StepKind = Literal[
+    "trial",  # the ELV opt-in trial starts (and lasts until ``ends``)
+    "trial_end",  # the ELV opt-in trial ends
+    "heads_up",  # an email ahead of a brown-out or of ELV for all
+    "brownout",  # a brown-out window starts (and lasts until ``ends``)
+    "elv",  # every account is enrolled in ELV
+    "cohorts",  # a phase's cohort is fixed from that day's metrics
+    "notice",  # a phase's notice emails
+    "reminder",  # a phase's reminder emails
+    "enforce",  # a phase is enforced
+]
+
+# The subject of the ELV steps, and the occasion of its heads-up email (plan.py keeps
+# brown-outs from taking the name).
+ELV = ELV_STEPS
+
+# Audiences of a mailing, as rollout.notify.outbox.audience reads them.
+WITHOUT_2FA = "without-2fa"
+WITHOUT_2FA_NOR_ELV = "without-2fa-nor-elv"
+_COHORT_AUDIENCE = "cohort:"
+
+
+def cohort_audience(cohort: str) -> str:
+    """The audience of a phase's emails: its cohort's current members."""
+    return f"{_COHORT_AUDIENCE}{cohort}"
+
+
+def audience_cohort(audience: str) -> str | None:
+    """The cohort a ``cohort_audience`` names; None for another audience."""
+    if audience.startswith(_COHORT_AUDIENCE):
+        return audience.removeprefix(_COHORT_AUDIENCE)
+    return None
+
+
+# --- step keys: what plan_runs.step holds, built nowhere else -------------------------
+
+ENROLL_ALL_STEP = "enroll all"
+BROWNOUTS_SCHEDULE_STEP = "brownouts schedule"
+_COHORTS = "cohorts "
+_ORG_ENFORCEMENT = "enforce "
+
+
+def phase_step(phase: str) -> str:
+    """A phase's enforcement (and rollback) runs."""
+    return f"phase {phase}"
+
+
+def cohorts_step(as_of: date) -> str:
+    """A cohort build for a day, planned or not (see UNPLANNED_STEPS)."""
+    return f"{_COHORTS}{as_of}"
+
+
+def notices_step(phase: str) -> str:
+    return f"notices {phase}"
+
+
+def reminders_step(phase: str, days_before: int) -> str:
+    return f"reminders {phase} {days_before}d"
+
+
+def heads_up_step(name: str) -> str:
+    """The heads-up emails before a brown-out, or before ELV for all (``ELV``)."""
+    return f"heads-up {name}"
+
+
+def brownout_step(name: str) -> str:
+    return f"brownout {name}"
+
+
+def org_enforcement_step(org: str) -> str:
+    return f"{_ORG_ENFORCEMENT}{org}"
+
+
+# Runs that plan_runs records for no dated step of the calendar, by kind, and why the
+# calendar leaves them out.
+UNPLANNED_STEPS: Mapping[str, str] = {
+    "cohorts": "the daily flow rebuilds the cohorts every day; the plan dates only the day "
+    "each phase's cohort is fixed",
+    "brownouts schedule": "creating or moving the plan's brown-out windows is setup, run "
+    "whenever the plan changes; each window itself is a dated step",
+    "org enforcement": "an org owner turns 2FA enforcement on when they choose: no plan dates it",
+}
+
+
+def unplanned_kind(key: str) -> str | None:
+    """The UNPLANNED_STEPS kind a plan_runs step key is of, or None. A cohort build on a
+    day the plan fixes a cohort is of kind "cohorts" too, and a calendar step as well."""
+    if key == BROWNOUTS_SCHEDULE_STEP:
+        return "brownouts schedule"
+    if key.startswith(_ORG_ENFORCEMENT):
+        return "org enforcement"
+    if key.startswith(_COHORTS):
+        try:
+            date.fromisoformat(key.removeprefix(_COHORTS))
+        except ValueError:
+            return None
+        return "cohorts"
+    return None
+
+
+# --- the calendar ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mailing:
+    """The email a step sends: what rollout.notify.outbox queues for it."""
+
+    email: EmailName
+    phase: str  # notifications.phase: "" for an email of no phase
+    occasion: str  # notifications.occasion: which mailing of that email ("14d", "elv"...)
+    audience: str  # cohort_audience(name) | WITHOUT_2FA | WITHOUT_2FA_NOR_ELV
+    # Queued only before this day: a warning that arrives after the event is noise.
+    deadline: date
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One dated step of the plan."""
+
+    on: date
+    kind: StepKind
+    # The plan_runs.step its runs carry; "" for a date nothing runs for. A brown-out has
+    # no runs: its state is its window's (brownout_windows, named by ``subject``).
+    key: str
+    subject: str  # the phase, brown-out (window name) or ELV the step is about; "" if none
+    label: str  # what `rollout plan show` says
+    chart_label: str | None = None  # the adoption chart's mark; None: not on the chart
+    ends: date | None = None  # the day a span ends (the ELV trial, a brown-out)
+    mailing: Mailing | None = None
+
+
+def plan_calendar(plan: Plan) -> list[Step]:
+    """Every dated step of the plan, in date order; steps of one day keep the plan's
+    order: the ELV trial, the brown-outs, ELV for all, then each phase."""
+    steps: list[Step] = []
+    elv = plan.elv
+    if elv.trial is not None:
+        steps.append(
+            Step(
+                elv.trial.starts,
+                "trial",
+                "",
+                ELV,
+                "ELV opt-in trial starts",
+                "ELV trial",
+                ends=elv.trial.ends,
+            )
+        )
+        steps.append(Step(elv.trial.ends, "trial_end", "", ELV, "ELV opt-in trial ends"))
+    for b in plan.brownouts:
+        day = b.starts_at.date()
+        steps.append(
+            Step(
+                day - timedelta(days=b.heads_up_days_before),
+                "heads_up",
+                heads_up_step(b.name),
+                b.name,
+                f"brown-out heads-up emails for {b.name}",
+                mailing=Mailing(
+                    "brownout_heads_up",
+                    "",
+                    b.name,
+                    WITHOUT_2FA,
+                    day,
+                    {
+                        "brownout": b.name,
+                        "starts_at": b.starts_at.isoformat(),
+                        "ends_at": b.ends_at.isoformat(),
+                        "hours": b.hours,
+                    },
+                ),
+            )
+        )
+        steps.append(
+            Step(
+                day,
+                "brownout",
+                brownout_step(b.name),
+                b.name,
+                f"{b.name}: {b.hours} h of ELV for all",
+                b.name,
+                ends=b.ends_at.date(),
+            )
+        )
+    on = elv.enroll_all_on
+    steps.append(
+        Step(
+            on - timedelta(days=elv.heads_up_days_before),
+            "heads_up",
+            heads_up_step(ELV),
+            ELV,
+            "ELV enrollment notice emails",
+            mailing=Mailing(
+                "elv_enrollment", "", ELV, WITHOUT_2FA_NOR_ELV, on, {"enrolled_on": on.isoformat()}
+            ),
+        )
+    )
+    steps.append(
+        Step(on, "elv", ENROLL_ALL_STEP, ELV, "every account enrolled in ELV", "ELV for all")
+    )
+    for phase in plan.phases:
+        name, members = phase.name, cohort_audience(phase.cohort)
+        steps.append(
+            Step(
+                phase.cohort_as_of,
+                "cohorts",
+                cohorts_step(phase.cohort_as_of),
+                name,
+                f"cohort {phase.cohort} fixed for phase {name}",
+            )
+        )
+        steps.append(
+            Step(
+                phase.notice_on,
+                "notice",
+                notices_step(name),
+                name,
+                f"phase {name} notices",
+                f"{name} notices",
+                mailing=Mailing(
+                    "phase_notice", name, "", members, phase.enforce_on, {"phase": name}
+                ),
+            )
+        )
+        for days in sorted(phase.reminders_days_before, reverse=True):
+            steps.append(
+                Step(
+                    phase.enforce_on - timedelta(days=days),
+                    "reminder",
+                    reminders_step(name, days),
+                    name,
+                    f"phase {name} reminders ({days} days before)",
+                    f"{name} reminder ({days} days before)",
+                    mailing=Mailing(
+                        "reminder",
+                        name,
+                        f"{days}d",
+                        members,
+                        phase.enforce_on,
+                        {"phase": name, "days_before": days},
+                    ),
+                )
+            )
+        steps.append(
+            Step(
+                phase.enforce_on,
+                "enforce",
+                phase_step(name),
+                name,
+                f"phase {name} enforced",
+                f"{name} enforced",
+            )
+        )
+    # A stable sort: ties keep the order above.
+    return sorted(steps, key=lambda s: s.on)
