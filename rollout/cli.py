@@ -1247,6 +1247,7 @@ def demo(
     start: Annotated[str, typer.Option(help="First day of the calendar.")] = "2021-12-01",
     end: Annotated[str, typer.Option(help="Last day of the calendar.")] = "2022-05-10",
     seed: Annotated[int, typer.Option(min=0, help="Same seed, same story.")] = 7,
+    fmt: FormatOption = Format.table,
 ) -> None:
     """Run the plan day by day over a simulated calendar on the sample registry.
 
@@ -1262,7 +1263,7 @@ def demo(
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
     with progress_for(
-        None, TextColumn("{task.description}", markup=False), BarColumn(), TimeElapsedColumn()
+        fmt, TextColumn("{task.description}", markup=False), BarColumn(), TimeElapsedColumn()
     ) as progress:
         task = progress.add_task("day", total=(last - first).days + 1)
 
@@ -1295,7 +1296,7 @@ def demo(
             "seconds": round(report.seconds, 1),
             **{f"seconds {job}": round(t, 1) for job, t in report.job_seconds.items()},
         },
-        Format.table,
+        fmt,
         title=f"the plan from {first} to {last}",
     )
     stderr.print("\n" + "\n".join(_story_lines(report, plan)), highlight=False)

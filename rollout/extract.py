@@ -288,12 +288,15 @@ def _replace_tables(
 ) -> None:
     """Replace ``registry.<table>`` for each of ``tables`` with the registry's rows
     (inside the caller's warehouse transaction)."""
-    with tempfile.TemporaryDirectory(prefix="rollout-extract-") as scratch:
-        sqlite = is_sqlite(registry_url)
+    sqlite = is_sqlite(registry_url)
+    exported = sqlite and not small
+    # A folder only for the child exporters' files (a daily run makes many small reads).
+    folder = tempfile.TemporaryDirectory(prefix="rollout-extract-") if exported else None
+    with folder or nullcontext() as scratch:
         in_memory = _read_sqlite_here(registry_url, tables) if sqlite and small else {}
         # In the order the tables become readable: exported shares as they finish.
         order: Generator[tuple[str, ...]] = (share for share in [tables])
-        if sqlite and not small:
+        if exported:
             order = _export_sqlite(registry_url, tables, Path(scratch))
         source = nullcontext(None) if sqlite else _postgres_cursor(registry_url)
         # closing(): on an error the exporters stop before their folder is removed.

@@ -45,15 +45,59 @@ def compute_metrics(
     # Every model below reads the latest manifests, most of them more than once.
     latest = ("package", "self_dependency_kinds", "file_id", "ordinal")
     with warehouse.materialized(con, "stg_manifests", latest):
-        # Read twice (package_metrics and the exclusions): computed once, as a temp table.
-        con.execute(
-            "create or replace temp table int_dependency_counts as "
-            + warehouse.render("intermediate/int_dependency_counts")
-        )
+        _dependency_counts(con)
         try:
             return _compute(con, as_of, windows, started)
-        finally:
-            con.execute("drop table if exists int_dependency_counts")
+        except BaseException:
+            _forget_dependency_counts(con)
+            raise
+
+
+# What the dependency counts rest on: the manifest files loaded and the rows they left
+# (ingest appends whole files, and only it writes the raw tables).
+_MANIFESTS_STATE = """
+select
+    (select list(file_id order by file_id) from ingested_files where kind = 'manifests'),
+    (select count(*) from raw_manifests),
+    (select count(*) from raw_dependencies)
+"""
+
+
+def _dependency_counts(con: duckdb.DuckDBPyConnection) -> None:
+    """Temp table ``int_dependency_counts`` (read by package_metrics and the
+    exclusions), kept for the connection while the manifests stay as they were: a
+    run computing many days in one connection (a backfill, the demo) counts the
+    dependents once, not once a day."""
+    state = repr(warehouse.one(con, _MANIFESTS_STATE))
+    if (
+        _has_temp(con, "int_dependency_counts")
+        and _has_temp(con, "dependency_counts_state")
+        and warehouse.scalar(con, "select state from temp.dependency_counts_state") == state
+    ):
+        return
+    con.execute(
+        "create or replace temp table int_dependency_counts as "
+        + warehouse.render("intermediate/int_dependency_counts")
+    )
+    con.execute(
+        "create or replace temp table dependency_counts_state as select $state as state",
+        {"state": state},
+    )
+
+
+def _has_temp(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    return bool(
+        warehouse.scalar(
+            con,
+            "select count(*) from duckdb_tables() where temporary and table_name = $name",
+            {"name": table},
+        )
+    )
+
+
+def _forget_dependency_counts(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("drop table if exists temp.int_dependency_counts")
+    con.execute("drop table if exists temp.dependency_counts_state")
 
 
 def _compute(

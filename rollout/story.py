@@ -493,7 +493,8 @@ class Story:
                 quarantine_limit=settings.quarantine_limit,
                 landing_root=settings.landing_dir,
             )
-            extract.extract_registry(con, settings.registry_url)
+            # The sample's thousands of rows: read in this process (as the cohort builds do).
+            extract.extract_registry(con, settings.registry_url, small=True)
             with self._timed("report"):
                 self.report.files = report_from_registry(
                     con,

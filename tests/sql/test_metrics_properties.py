@@ -392,3 +392,44 @@ def test_qualified_packages_are_the_rule_applied_to_the_metrics(
                 )
         finally:
             con.close()
+
+
+@settings(max_examples=15, deadline=None, database=None)
+@given(registry=registries(), as_of=as_of_days, windows=windows_strategy)
+def test_metrics_after_more_manifests_arrive_on_the_same_connection(
+    registry: Registry, as_of: date, windows: MetricsWindows
+) -> None:
+    """The dependents a connection keeps between days (rollout.metrics) are counted
+    again once another manifests file is loaded: the day's metrics are then those of
+    every file, as a fresh connection computes them."""
+    first, *later = registry.manifest_files
+    with tempfile.TemporaryDirectory() as folder:
+        con = warehouse.connect(Path(folder) / "w.duckdb")
+        try:
+            (Path(folder) / "first").mkdir()
+            only_first = Registry(
+                (first,),
+                registry.downloads,
+                registry.manifest_formats[:1],
+                registry.downloads_format,
+            )
+            load(con, only_first, Path(folder) / "first")
+            compute_metrics(con, as_of, windows)
+            assert_same_rows(
+                "before",
+                model_metrics(Registry((first,), registry.downloads), as_of, windows),
+                stored_metrics(con, as_of),
+            )
+            if later:
+                second = Path(folder) / "second"
+                second.mkdir()
+                write_manifests(later[0], second / "manifests-2.jsonl", "2.0.0")
+                now = datetime.combine(FIRST_DAY + timedelta(days=DAYS + 5), time(0, 0))
+                ingest(con, [second / "manifests-2.jsonl"], quarantine_limit=0.0, now=now)
+            report = compute_metrics(con, as_of, windows)
+            assert_same_rows(
+                "after", model_metrics(registry, as_of, windows), stored_metrics(con, as_of)
+            )
+            assert report_exclusions(report) == model_exclusions(registry)
+        finally:
+            con.close()
