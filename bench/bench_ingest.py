@@ -7,6 +7,13 @@ DIR is a landing folder written by ``rollout sample --scale npm`` (see
 bench/bench_sample.py). Downloads and manifests are ingested into a fresh
 warehouse, each kind timed on its own; the figures print as Markdown rows for
 bench/RESULTS.md. Target (issue 2): at least 5M download rows/s.
+
+Checked after each kind (not timed), exiting non-zero with the reasons otherwise:
+every file loaded, none refused, no row quarantined, each file's rows read = loaded +
+duplicates, a Parquet file's rows read = its footer's row count; the warehouse then
+holds exactly the rows loaded (``raw_downloads``, ``raw_manifests``); with Parquet
+landing files (npm scale) also the same download total as the files and as many
+``raw_dependencies`` rows of each kind as the manifests' maps have entries.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ import time
 from datetime import date
 from pathlib import Path
 
+import duckdb
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rollout import ingest, landing, warehouse
@@ -46,6 +55,63 @@ def shuffle_downloads(source: Path, target: Path, seed: int = 1) -> Path:
         else:
             shutil.copy(path, copy)
     return target
+
+
+MAPS = {"dependencies": "prod", "devDependencies": "dev", "peerDependencies": "peer"}
+
+
+def check(
+    con: duckdb.DuckDBPyConnection,
+    kind: str,
+    chosen: list[landing.LandingFile],
+    report: ingest.IngestReport,
+) -> list[str]:
+    """What one kind's ingest loaded, against its files; the problems found."""
+    problems = []
+    if report.rejected or report.loaded != len(chosen):
+        problems.append(f"{report.loaded} of {len(chosen)} files loaded: {report.rejected}")
+    for f in report.files:
+        if f.rows_quarantined or f.rows_read != f.rows_loaded + f.rows_duplicate:
+            problems.append(
+                f"{f.path.name}: read {f.rows_read:,}, loaded {f.rows_loaded:,}, duplicate "
+                f"{f.rows_duplicate:,}, quarantined {f.rows_quarantined:,}"
+            )
+        if f.path.suffix == ".parquet" and f.rows_read != pq.read_metadata(f.path).num_rows:
+            problems.append(
+                f"{f.path.name}: read {f.rows_read:,} rows of {pq.read_metadata(f.path).num_rows:,}"
+            )
+    table = {"downloads": "raw_downloads", "manifests": "raw_manifests"}[kind]
+    held = warehouse.scalar(con, f"select count(*) from {table}")
+    if held != report.rows_loaded:
+        problems.append(f"{table} holds {held:,} rows, {report.rows_loaded:,} were loaded")
+    parquet = [f.path for f in report.files if f.path.suffix == ".parquet"]
+    if len(parquet) != len(report.files) or not parquet:
+        return problems
+    if kind == "downloads" and not any(f.rows_duplicate for f in report.files):
+        total = sum(
+            pc.sum(pq.read_table(path, columns=["downloads"]).column(0)).as_py() or 0
+            for path in parquet
+        )
+        loaded = warehouse.scalar(con, "select coalesce(sum(downloads), 0) from raw_downloads")
+        if loaded != total:
+            problems.append(f"raw_downloads sums to {loaded:,} downloads, the files {total:,}")
+    if kind == "manifests":
+        expected = dict.fromkeys(MAPS.values(), 0)
+        for path in parquet:
+            for column, map_kind in MAPS.items():
+                for chunk in pq.read_table(path, columns=[column]).column(0).chunks:
+                    offsets = chunk.offsets
+                    expected[map_kind] += offsets[-1].as_py() - offsets[0].as_py()
+        held = dict(
+            con.execute("select kind, count(*) from raw_dependencies group by kind").fetchall()
+        )
+        for map_kind, count in expected.items():
+            if held.get(map_kind, 0) != count:
+                problems.append(
+                    f"raw_dependencies holds {held.get(map_kind, 0):,} {map_kind} rows, "
+                    f"the manifests' maps {count:,} entries"
+                )
+    return problems
 
 
 def main() -> None:
@@ -78,8 +144,9 @@ def main() -> None:
                 con, [args.landing / kind], quarantine_limit=0.01, landing_root=args.landing
             )
             seconds = time.perf_counter() - started
-            if report.rejected or report.loaded != len(chosen):
-                raise SystemExit(f"{kind}: not every file loaded: {report.files}")
+            problems = check(con, kind, chosen, report)
+            if problems:
+                raise SystemExit(f"FAIL: {kind}: " + "\n  ".join(problems))
             rows = sum(f.rows_read for f in report.files)
             extra = ""
             if kind == "manifests":
@@ -88,7 +155,8 @@ def main() -> None:
             print(
                 f"| ingest {kind} | {len(chosen)} files, {rows:,} rows{extra} | "
                 f"{seconds:.1f} s | {rows / seconds / 1e6:.2f} M rows/s | "
-                f"peak RSS so far {peak_rss_gib():.2f} GiB |"
+                f"peak RSS so far {peak_rss_gib():.2f} GiB | counts checked against the files |",
+                flush=True,
             )
     if args.work is None:
         shutil.rmtree(work)

@@ -1,20 +1,38 @@
-"""Benchmark: metrics plus cohorts at npm scale, against plain pandas and the bare floor.
+"""Benchmark: metrics plus cohorts, against an expert pandas + pyarrow baseline and the floor.
 
 Usage:
     python bench/bench_metrics.py --warehouse bench/out/warehouse/warehouse.duckdb \\
-        --registry bench/out/npm/registry.db [--as-of 2022-02-01]
+        --registry bench/out/npm/registry.db --landing bench/out/npm/landing \\
+        [--as-of 2022-02-01]
+    python bench/bench_metrics.py --generate small    # a quick check on a fresh sample
 
-Inputs come from bench/bench_sample.py (npm scale) and bench/bench_ingest.py. Both
-are copied to a scratch folder first, so the run is repeatable. Each part runs in a
-child process of its own so its peak memory is its own:
+Inputs come from bench/bench_sample.py (npm scale) and bench/bench_ingest.py (the
+warehouse ingested from that sample's landing folder). The warehouse and registry are
+copied to a scratch folder first, so the run is repeatable. ``--generate SCALE``
+instead makes a sample of that scale in the scratch folder (Parquet landing files
+only, as at npm scale) and ingests it with ``rollout.ingest``: seconds, not minutes,
+for checking that the two computations agree. Each part runs in a child process of
+its own so its peak memory is its own:
 
 - rollout: the registry extract (timed apart: in the daily flow the ingest does it),
   then ``compute_metrics`` and ``build_cohorts`` (both cohorts of the reference plan,
   registry writes, snapshots);
 - floor: the bare DuckDB aggregates (weekly/monthly sums, dependents by name);
-- pandas: the same definitions written plainly in pandas, from the same raw tables
-  (loading them into pandas is timed apart and not counted), and checked to give
-  the same cohort sizes.
+- pandas: the same definitions as an expert writes them with pandas and pyarrow, from
+  the landing Parquet files rollout ingested: pyarrow dataset scans with the day
+  window pushed down to the Parquet statistics, Arrow-backed strings throughout,
+  dependency map keys flattened through the Arrow list offsets and matched to
+  packages by one hash lookup, counts and sums on integer codes, each rank one stable
+  sort of the name-sorted table. The scans (and reading the registry tables from the
+  warehouse's extract) are timed apart from the computation, as rollout's ingest and
+  extract are.
+
+Checked afterwards, exiting non-zero on any difference: every column of every
+package's ``package_metrics_daily`` row for the as-of day (downloads, dependents,
+ranks) between rollout and pandas, reporting the first differing packages; each
+cohort's packages, accounts and accounts without 2FA (as sets, and as the counts
+``build_cohorts`` reports); the floor's download totals and edge counts by kind
+against the same totals from the pandas scans.
 
 Targets (issue 3): rollout at most 60 s and 6 GB; at least 5x faster than pandas.
 """
@@ -22,31 +40,53 @@ Targets (issue 3): rollout at most 60 s and 6 GB; at least 5x faster than pandas
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 from registry_copy import copy_registry
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAN = ROOT / "plans" / "npm-2022.yaml"
+ROLLOUT_METRICS = "rollout-metrics.parquet"
+PANDAS_METRICS = "pandas-metrics.parquet"
+MAPS = {"dependencies": "prod", "devDependencies": "dev", "peerDependencies": "peer"}
+SHOW = 5  # differing packages shown
 
 
 def peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
 
 
-def run_rollout(work: Path, as_of: date) -> dict[str, object]:
+def windows(as_of: date) -> tuple[date, date, date]:
+    """First day of the monthly window, first day of the weekly one, the last day."""
+    from rollout.plan import load_plan
+
+    metrics = load_plan(PLAN).metrics
+    return (
+        as_of - timedelta(days=metrics.monthly_window_days),
+        as_of - timedelta(days=metrics.weekly_window_days),
+        as_of - timedelta(days=1),
+    )
+
+
+def run_rollout(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
     """As the daily flow runs it: the registry extract belongs to the ingest before
     (timed apart, like pandas' loading), then metrics and cohorts."""
     from rollout import cohorts, extract, metrics, warehouse
     from rollout.plan import load_plan
 
-    plan = load_plan(Path(__file__).resolve().parents[1] / "plans" / "npm-2022.yaml")
+    plan = load_plan(PLAN)
     registry = f"sqlite:///{work / 'registry.db'}"
     with warehouse.open_warehouse(work / "warehouse.duckdb") as con:
         extracting = time.perf_counter()
@@ -60,132 +100,399 @@ def run_rollout(work: Path, as_of: date) -> dict[str, object]:
             con, registry, plan, as_of, actor="bench", refresh_registry=False
         )
         seconds = time.perf_counter() - started
+        peak = peak_gib()
+        # Not timed: the answer, for the comparison with pandas.
+        target = str(work / ROLLOUT_METRICS).replace("'", "''")
+        con.execute(
+            f"copy (select * exclude (as_of) from package_metrics_daily where as_of = $as_of) "
+            f"to '{target}' (format parquet)",
+            {"as_of": as_of},
+        )
+    with sqlite3.connect(work / "registry.db") as db:
+        packages = db.execute(
+            "select cohort, package_key from cohort_packages where released_at is null"
+        ).fetchall()
+        members = db.execute(
+            "select cohort, account_id from cohort_memberships "
+            "where left_on is null and released_at is null"
+        ).fetchall()
+        with_2fa = {
+            row[0]
+            for row in db.execute(
+                "select distinct account_id from tfa_factors where removed_at is null"
+            )
+        }
+    answer: dict[str, Any] = {}
+    for r in results:
+        accounts = sorted(a for c, a in members if c == r.cohort)
+        answer[r.cohort] = {
+            "sizes": [r.packages, r.accounts, r.accounts_without_2fa],
+            "packages": sorted(k for c, k in packages if c == r.cohort),
+            "accounts": accounts,
+            "without_2fa": sorted(set(accounts) - with_2fa),
+        }
     return {
         "seconds": seconds,
         "metrics_seconds": metrics_seconds,
         "extract_seconds": extract_seconds,
-        "peak_gib": peak_gib(),
-        "sizes": {r.cohort: [r.packages, r.accounts, r.accounts_without_2fa] for r in results},
+        "peak_gib": peak,
+        "cohorts": answer,
     }
 
 
-def run_floor(work: Path, as_of: date) -> dict[str, object]:
+def run_floor(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
     import duckdb
 
+    month, week, end = windows(as_of)
     con = duckdb.connect(str(work / "warehouse.duckdb"), read_only=True)
     # Results stay in DuckDB (temp tables): fetching millions of rows into Python
     # would measure the fetch, not the aggregate.
     started = time.perf_counter()
     con.execute(
         "create temp table windows as "
-        "select package, sum(downloads) filter (where day >= $w), sum(downloads) "
+        "select package, sum(downloads) filter (where day >= $w) as weekly, "
+        "sum(downloads) as monthly "
         "from raw_downloads where day between $m and $e group by package",
-        {
-            "w": as_of - timedelta(days=7),
-            "m": as_of - timedelta(days=30),
-            "e": as_of - timedelta(days=1),
-        },
+        {"w": week, "m": month, "e": end},
     )
     con.execute(
         "create temp table counts as "
-        "select dependency, kind, count(*) from raw_dependencies group by all"
+        "select dependency, kind, count(*) as edges from raw_dependencies group by all"
     )
-    return {"seconds": time.perf_counter() - started, "peak_gib": peak_gib()}
+    seconds = time.perf_counter() - started
+    peak = peak_gib()
+    # Not timed: totals to check against the pandas scans.
+    packages, weekly, monthly = con.execute(
+        "select count(*), coalesce(sum(weekly), 0)::bigint, coalesce(sum(monthly), 0)::bigint "
+        "from windows"
+    ).fetchone()
+    edges = dict(
+        con.execute("select kind, sum(edges)::bigint from counts group by kind").fetchall()
+    )
+    return {
+        "seconds": seconds,
+        "peak_gib": peak,
+        "totals": {
+            "packages with downloads": packages,
+            "weekly downloads": weekly,
+            "monthly downloads": monthly,
+            **{f"{kind} edges": edges.get(kind, 0) for kind in MAPS.values()},
+        },
+    }
 
 
-def run_pandas(work: Path, as_of: date) -> dict[str, object]:
+def run_pandas(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
+    """Package metrics and cohorts from the landing files, with pandas and pyarrow."""
     import duckdb
     import numpy as np
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
 
-    con = duckdb.connect(str(work / "warehouse.duckdb"), read_only=True)
+    from rollout.plan import load_plan
+
+    plan = load_plan(PLAN)
+    month, week, end = windows(as_of)
+
+    # --- loading: the scans, and the registry tables from the warehouse's extract ---
     loading = time.perf_counter()
-    downloads = con.execute("select package, day, downloads from raw_downloads").df()
-    manifests = con.execute("select name, maintainers, file_id, ordinal from raw_manifests").df()
-    dependencies = con.execute(
-        "select file_id, ordinal, dependency, kind from raw_dependencies"
-    ).df()
-    accounts = con.execute("select id, username from registry.accounts").df()
-    factors = con.execute(
-        "select account_id, kind from registry.tfa_factors where removed_at is null"
-    ).df()
-    teams = con.execute(
-        "select tp.package_name, tm.account_id from registry.team_packages tp "
-        "join registry.team_members tm using (team_id) join registry.teams t on t.id = tp.team_id "
-        "join registry.org_members om on om.org_id = t.org_id and om.account_id = tm.account_id "
-        "where tp.permission = 'write' and om.removed_at is null"
-    ).df()
+    downloads = ds.dataset(landing / "downloads", format="parquet").to_table(
+        columns=["package", "day", "downloads"],
+        # Pushed down: row groups (here whole daily files) outside the window are skipped
+        # on their statistics, never decoded.
+        filter=(pc.field("day") >= pa.scalar(month)) & (pc.field("day") <= pa.scalar(end)),
+    )
+    # Files in name order; a package's latest manifest is the last file's (rollout
+    # loads a folder in the same order, and the newest loaded file wins).
+    manifest_files = sorted((landing / "manifests").glob("*.parquet"))
+    manifests = pa.concat_tables(
+        pq.read_table(path, columns=["name", *MAPS, "maintainers"]) for path in manifest_files
+    )
+    con = duckdb.connect(str(work / "warehouse.duckdb"), read_only=True)
+
+    def registry(query: str) -> pd.DataFrame:
+        return con.sql(query).to_arrow_table().to_pandas(types_mapper=pd.ArrowDtype)
+
+    accounts = registry("select id, username from registry.accounts")
+    factors = registry("select account_id from registry.tfa_factors where removed_at is null")
+    team_packages = registry(
+        "select team_id, package_name from registry.team_packages where permission = 'write'"
+    )
+    teams = registry("select id as team_id, org_id from registry.teams")
+    orgs = registry("select id as org_id from registry.orgs")
+    team_members = registry("select team_id, account_id from registry.team_members")
+    org_members = registry(
+        "select org_id, account_id from registry.org_members where removed_at is null"
+    )
+    con.close()
     load_seconds = time.perf_counter() - loading
 
+    # --- the computation ---
     started = time.perf_counter()
-    # Latest manifest per package: the newest file wins.
-    latest = manifests.sort_values("file_id").drop_duplicates("name", keep="last")
-    # Downloads windows.
-    downloads["day"] = pd.to_datetime(downloads["day"])
-    end = pd.Timestamp(as_of - timedelta(days=1))
-    monthly_rows = downloads[downloads["day"].between(end - pd.Timedelta(days=29), end)]
-    monthly = monthly_rows.groupby("package")["downloads"].sum()
-    weekly = (
-        monthly_rows[monthly_rows["day"] >= end - pd.Timedelta(days=6)]
-        .groupby("package")["downloads"]
-        .sum()
+    if len(manifest_files) > 1:  # the latest manifest per name: the last file's row
+        latest = ~manifests.column("name").to_pandas().duplicated(keep="last").to_numpy()
+        manifests = manifests.filter(pa.array(latest))
+    names = manifests.column("name").combine_chunks()
+    count = len(names)
+    table = pd.DataFrame({"package": names.to_pandas(types_mapper=pd.ArrowDtype)})
+    # Packages as a categorical of their positions: a count or sum grouped by it comes
+    # out in the table's order, zeros included, with no hashing of the codes.
+    positions = pd.CategoricalDtype(pd.RangeIndex(count))
+
+    # Each dependency map's keys, flattened through its list offsets (no per-manifest
+    # Python), with the position of the manifest that lists them.
+    keys, owners, edges = [], [], {}
+    for column, kind in MAPS.items():
+        maps = manifests.column(column).combine_chunks()
+        offsets = maps.offsets.to_numpy()
+        keys.append(maps.keys.slice(offsets[0], offsets[-1] - offsets[0]))
+        owners.append(np.repeat(np.arange(count, dtype=np.int32), np.diff(offsets)))
+        edges[f"{kind} edges"] = int(offsets[-1] - offsets[0])
+    # Every name (dependency keys, then the downloads' packages) matched to a package
+    # position in one hash lookup: one hash table of the 4M names, not one per column.
+    # A name with no manifest gets -1 and drops out of the counts and sums.
+    pieces = [*keys, *downloads.column("package").chunks]
+    found = pc.fill_null(pc.index_in(pa.chunked_array(pieces), value_set=names), -1)
+    bounds = np.cumsum([0, *(len(piece) for piece in pieces)])
+
+    def codes(first: int, last: int) -> np.ndarray:
+        return found.slice(bounds[first], bounds[last] - bounds[first]).to_numpy()
+
+    # Dependents: an edge to the manifest's own package is not a dependent.
+    for i, column in enumerate(("dependents", "dev_dependents", "peer_dependents")):
+        target = codes(i, i + 1)
+        target = np.where(target == owners[i], -1, target)
+        counts = pd.Series(pd.Categorical.from_codes(target, dtype=positions))
+        table[column] = counts.value_counts(sort=False).to_numpy(np.int64)
+
+    # Download windows (the scan kept the monthly one), grouped by package position.
+    day = downloads.column("day")
+    monthly = downloads.column("downloads").to_numpy()
+    frame = pd.DataFrame(
+        {
+            "package": pd.Categorical.from_codes(codes(len(keys), len(pieces)), dtype=positions),
+            "weekly_downloads": np.where(
+                pc.greater_equal(day, pa.scalar(week)).to_numpy(), monthly, 0
+            ),
+            "monthly_downloads": monthly,
+        }
     )
-    # Dependents: edges of latest manifests, no self-dependencies, known packages only.
-    edges = dependencies.merge(latest[["file_id", "ordinal", "name"]], on=["file_id", "ordinal"])
-    edges = edges[edges["dependency"] != edges["name"]]
-    edges = edges[edges["dependency"].isin(latest["name"])]
-    dependents = edges.groupby(["dependency", "kind"]).size().unstack(fill_value=0)
-    table = pd.DataFrame({"package": latest["name"].to_numpy()})
-    table["weekly"] = table["package"].map(weekly).fillna(0).astype("int64")
-    table["monthly"] = table["package"].map(monthly).fillna(0).astype("int64")
-    for kind in ("prod", "dev", "peer"):
-        column = dependents[kind] if kind in dependents else pd.Series(dtype="int64")
-        table[kind] = table["package"].map(column).fillna(0).astype("int64")
-    table = table.sort_values(["prod", "package"], ascending=[False, True])
-    table["rank_by_dependents"] = np.arange(1, len(table) + 1)
-    table = table.sort_values(["weekly", "package"], ascending=[False, True])
-    table["rank_by_downloads"] = np.arange(1, len(table) + 1)
-    # Cohorts: qualifying packages, then the accounts that can publish them.
-    rules = {
-        "top-100": table["rank_by_dependents"] <= 100,
-        "high-impact": (table["weekly"] > 1_000_000) | (table["prod"] >= 500),
+    sums = frame.groupby("package", observed=False)[["weekly_downloads", "monthly_downloads"]]
+    table[["weekly_downloads", "monthly_downloads"]] = sums.sum().to_numpy(np.int64)
+
+    # Ranks break ties by name: the table sorted by name once, then one stable sort on
+    # the count for each rank.
+    by_name = table.sort_values("package", kind="stable").index.to_numpy()
+    for rank, value in (
+        ("rank_by_dependents", "dependents"),
+        ("rank_by_downloads", "weekly_downloads"),
+    ):
+        values = table[value].to_numpy()[by_name]
+        order = by_name[np.argsort(-values, kind="stable")]
+        ranks = np.empty(count, np.int64)
+        ranks[order] = np.arange(1, count + 1)
+        table[rank] = ranks
+
+    # Cohorts: the packages meeting a rule (criteria OR), their latest manifests'
+    # maintainers by lower-cased name, and the current org members of teams with write
+    # access to them.
+    lowered = pc.utf8_lower(names).to_pandas(types_mapper=pd.ArrowDtype)
+    maintainers = manifests.column("maintainers").combine_chunks()
+    listed = pd.DataFrame(
+        {
+            "owner": pc.list_parent_indices(maintainers).to_numpy(),
+            "username": pc.utf8_trim(pc.list_flatten(maintainers), characters=" ").to_pandas(
+                types_mapper=pd.ArrowDtype
+            ),
+        }
+    )
+    team_packages["key"] = team_packages["package_name"].str.lower()
+    teams = teams.merge(orgs, on="org_id")
+    with_2fa = pd.Index(factors["account_id"].unique())
+    answer: dict[str, Any] = {}
+    for cohort, rule in plan.cohorts.items():
+        selected = np.zeros(count, bool)
+        if rule.top_by_dependents is not None:
+            selected |= table["rank_by_dependents"].to_numpy() <= rule.top_by_dependents
+        if rule.weekly_downloads_gt is not None:
+            selected |= table["weekly_downloads"].to_numpy() > rule.weekly_downloads_gt
+        if rule.dependents_gte is not None:
+            selected |= table["dependents"].to_numpy() >= rule.dependents_gte
+        package_keys = lowered[selected].unique()
+        chosen = np.flatnonzero(lowered.isin(package_keys).to_numpy())
+        via_listing = listed[listed["owner"].isin(chosen)].merge(accounts, on="username")["id"]
+        via_team = (
+            team_packages[team_packages["key"].isin(package_keys)]
+            .merge(teams, on="team_id")
+            .merge(team_members, on="team_id")
+            .merge(org_members, on=["org_id", "account_id"])["account_id"]
+        )
+        members = pd.Index(pd.concat([via_listing, via_team]).unique())
+        without = members.difference(with_2fa)
+        answer[cohort] = {
+            "sizes": [len(package_keys), len(members), len(without)],
+            "packages": sorted(str(k) for k in package_keys),
+            "accounts": sorted(int(a) for a in members),
+            "without_2fa": sorted(int(a) for a in without),
+        }
+    seconds = time.perf_counter() - started
+    peak = peak_gib()
+
+    # Not timed: the answer for the comparison, and totals for the floor's check.
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), work / PANDAS_METRICS)
+    in_week = pc.greater_equal(downloads.column("day"), pa.scalar(week))
+    # The floor counts every file's edges; these are the latest manifests' only.
+    all_edges = {} if len(manifest_files) > 1 else edges
+    totals = {
+        "packages with downloads": pc.count_distinct(downloads.column("package")).as_py(),
+        "weekly downloads": pc.sum(pc.filter(downloads.column("downloads"), in_week)).as_py() or 0,
+        "monthly downloads": pc.sum(downloads.column("downloads")).as_py() or 0,
+        **all_edges,
     }
-    usernames = latest[["name", "maintainers"]].explode("maintainers")
-    with_2fa = set(factors["account_id"])
-    sizes = {}
-    for cohort, selected in rules.items():
-        keys = set(table.loc[selected, "package"].str.lower())
-        listed = usernames[usernames["name"].str.lower().isin(keys)]
-        via_listing = listed.merge(accounts, left_on="maintainers", right_on="username")["id"]
-        via_team = teams[teams["package_name"].str.lower().isin(keys)]["account_id"]
-        members = set(via_listing) | set(via_team)
-        sizes[cohort] = [len(keys), len(members), len(members - with_2fa)]
     return {
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
         "load_seconds": load_seconds,
-        "peak_gib": peak_gib(),
-        "sizes": sizes,
+        "peak_gib": peak,
+        "cohorts": answer,
+        "totals": totals,
+        "rows": {"downloads in window": downloads.num_rows, "manifests": count},
     }
 
 
 PARTS = {"rollout": run_rollout, "floor": run_floor, "pandas": run_pandas}
 
 
+def compare_metrics(work: Path) -> list[str]:
+    """Every column of rollout's rows against pandas', package by package."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    ours = pq.read_table(work / ROLLOUT_METRICS)
+    theirs = pq.read_table(work / PANDAS_METRICS)
+    problems = []
+    columns = [c for c in ours.column_names if c != "package"]
+    missing = [c for c in columns if c not in theirs.column_names]
+    if missing:
+        return [f"the pandas baseline has no {', '.join(missing)} (rollout's row has)"]
+    for name, t in (("rollout", ours), ("pandas", theirs)):
+        repeated = t.num_rows - pc.count_distinct(t.column("package")).as_py()
+        if repeated:
+            problems.append(f"{name} has {repeated} repeated package rows")
+    joined = ours.join(
+        theirs.select(["package", *columns]),
+        keys="package",
+        join_type="full outer",
+        left_suffix=" rollout",
+        right_suffix=" pandas",
+    )
+    differs = pa.array(np.zeros(joined.num_rows, bool))
+    for c in columns:
+        unequal = pc.fill_null(pc.not_equal(joined[f"{c} rollout"], joined[f"{c} pandas"]), True)
+        differs = pc.or_(differs, unequal)
+    bad = joined.filter(differs).sort_by("package")
+    if bad.num_rows:
+        problems.append(
+            f"{bad.num_rows:,} of {joined.num_rows:,} packages differ (rollout {ours.num_rows:,} "
+            f"rows, pandas {theirs.num_rows:,}); the first {min(SHOW, bad.num_rows)}:"
+        )
+        for row in bad.slice(0, SHOW).to_pylist():
+            diffs = [
+                f"{c} {row[f'{c} rollout']} vs {row[f'{c} pandas']}"
+                for c in columns
+                if row[f"{c} rollout"] != row[f"{c} pandas"]
+            ]
+            problems.append(f"  {row['package']}: " + "; ".join(diffs) + " (rollout vs pandas)")
+    return problems
+
+
+def compare_cohorts(rollout: dict[str, Any], pandas: dict[str, Any]) -> list[str]:
+    problems = []
+    for cohort in sorted(set(rollout) | set(pandas)):
+        ours, theirs = rollout.get(cohort), pandas.get(cohort)
+        if ours is None or theirs is None:
+            problems.append(f"cohort {cohort}: only in {'pandas' if ours is None else 'rollout'}")
+            continue
+        counted = [len(ours["packages"]), len(ours["accounts"]), len(ours["without_2fa"])]
+        if ours["sizes"] != counted:
+            problems.append(
+                f"cohort {cohort}: build_cohorts reports {ours['sizes']}, the registry holds "
+                f"{counted} (packages, accounts, without 2FA)"
+            )
+        for what in ("packages", "accounts", "without_2fa"):
+            a, b = set(ours[what]), set(theirs[what])
+            if a != b:
+                problems.append(
+                    f"cohort {cohort} {what}: rollout {len(a):,}, pandas {len(b):,}; only in "
+                    f"rollout {sorted(a - b)[:SHOW]}, only in pandas {sorted(b - a)[:SHOW]}"
+                )
+    return problems
+
+
+def compare_totals(floor: dict[str, Any], pandas: dict[str, Any]) -> list[str]:
+    return [
+        f"floor {what}: {value:,}, pandas scans {pandas[what]:,}"
+        for what, value in floor.items()
+        if what in pandas and value != pandas[what]
+    ]
+
+
+def generate(scale: str, seed: int, work: Path) -> Path:
+    """A sample with Parquet landing files (as at npm scale), ingested into a fresh
+    warehouse in ``work``; returns the landing folder."""
+    from rollout import ingest, warehouse
+    from rollout.sample import SCALES, generate_sample
+
+    landing = work / "landing"
+    generate_sample(
+        dataclasses.replace(SCALES[scale], formats="parquet"),
+        seed,
+        registry_url=f"sqlite:///{work / 'registry.db'}",
+        landing_dir=landing,
+    )
+    with warehouse.open_warehouse(work / "warehouse.duckdb") as con:
+        report = ingest.ingest(
+            con,
+            [landing / "downloads", landing / "manifests"],
+            quarantine_limit=0.01,
+            landing_root=landing,
+        )
+    if report.rejected or any(f.rows_quarantined for f in report.files):
+        raise SystemExit(f"FAIL: the generated sample did not ingest cleanly: {report.files}")
+    return landing
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warehouse", type=Path)
     parser.add_argument("--registry", type=Path)
+    parser.add_argument("--landing", type=Path, help="the landing folder the warehouse holds")
+    parser.add_argument(
+        "--generate",
+        choices=("tiny", "small", "medium"),
+        help="make a sample of this scale (Parquet files) and its warehouse instead",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="with --generate")
     parser.add_argument("--as-of", type=date.fromisoformat, default=date(2022, 2, 1))
     parser.add_argument("--part", choices=sorted(PARTS))
     parser.add_argument("--work", type=Path)
     args = parser.parse_args()
     if args.part:  # a child: one part, its result as JSON on stdout
-        print(json.dumps(PARTS[args.part](args.work, args.as_of)))
+        print(json.dumps(PARTS[args.part](args.work, args.as_of, args.landing)))
         return
+    if not args.generate and not (args.warehouse and args.registry and args.landing):
+        parser.error("give --warehouse, --registry and --landing, or --generate SCALE")
     with tempfile.TemporaryDirectory(prefix="bench-metrics-") as scratch:
         work = Path(scratch)
-        shutil.copy(args.warehouse, work / "warehouse.duckdb")
-        copy_registry(args.registry, work)
+        if args.generate:
+            landing = generate(args.generate, args.seed, work)
+        else:
+            landing = args.landing.resolve()
+            shutil.copy(args.warehouse, work / "warehouse.duckdb")
+            copy_registry(args.registry, work)
         results = {}
         for part in ("rollout", "floor", "pandas"):
             # The copies above (3 GB) and the part before leave dirty pages: flushed
@@ -201,31 +508,47 @@ def main() -> None:
                     str(work),
                     "--as-of",
                     args.as_of.isoformat(),
+                    "--landing",
+                    str(landing),
                 ],
                 capture_output=True,
                 text=True,
-                check=True,
             )
+            if done.returncode:
+                raise SystemExit(f"FAIL: the {part} part failed:\n{done.stderr[-3000:]}")
             results[part] = json.loads(done.stdout.strip().splitlines()[-1])
+        metric_problems = compare_metrics(work)
     rollout, floor, pandas = results["rollout"], results["floor"], results["pandas"]
+    sizes = {c: r["sizes"] for c, r in rollout["cohorts"].items()}
+    print(f"inputs: {pandas['rows']}; as of {args.as_of}")
     print("| part | wall s | peak GiB | note |\n|---|---|---|---|")
     print(
         f"| rollout metrics + cohorts | {rollout['seconds']:.1f} | {rollout['peak_gib']:.2f} "
         f"| metrics {rollout['metrics_seconds']:.1f} s; +{rollout['extract_seconds']:.1f} s "
-        f"registry extract before, not counted; sizes {rollout['sizes']} |"
+        f"registry extract before, not counted; sizes {sizes} |"
     )
     print(
         f"| bare DuckDB aggregates (floor) | {floor['seconds']:.1f} | {floor['peak_gib']:.2f} | |"
     )
     print(
-        f"| plain pandas | {pandas['seconds']:.1f} | {pandas['peak_gib']:.2f} | "
-        f"+{pandas['load_seconds']:.1f} s loading, not counted; sizes {pandas['sizes']} |"
+        f"| pandas + pyarrow | {pandas['seconds']:.1f} | {pandas['peak_gib']:.2f} | "
+        f"+{pandas['load_seconds']:.1f} s scans and registry tables, not counted |"
     )
-    print(f"\nratio pandas / rollout: {pandas['seconds'] / rollout['seconds']:.1f}x")
-    same = rollout["sizes"] == pandas["sizes"]
-    print(f"cohort sizes agree: {same}")
-    if not same:
-        sys.exit(1)
+    with_scans = pandas["seconds"] + pandas["load_seconds"]
+    print(
+        f"\nratio pandas / rollout: {pandas['seconds'] / rollout['seconds']:.1f}x "
+        f"(pandas with its scans: {with_scans / rollout['seconds']:.1f}x)"
+    )
+    problems = {
+        "package metrics": metric_problems,
+        "cohorts": compare_cohorts(rollout["cohorts"], pandas["cohorts"]),
+        "floor totals": compare_totals(floor["totals"], pandas["totals"]),
+    }
+    for what, found in problems.items():
+        print(f"{what}: {'DIFFER' if found else 'agree'}")
+    failures = [f"{what}: {line}" for what, found in problems.items() for line in found]
+    if failures:
+        raise SystemExit("FAIL: rollout and the pandas baseline disagree\n" + "\n".join(failures))
 
 
 if __name__ == "__main__":

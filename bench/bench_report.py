@@ -34,11 +34,21 @@ plays the reference plan over a simulated calendar (``rollout.clock``) on copies
   January rate. The logins go to an extra landing file, ingested like any other.
 
 ``--skip-setup`` measures again on the work folder as the last setup left it.
+
+Checked after the runs (not timed), exiting non-zero with the reasons otherwise: every
+run extracted the same rows, built the same mart rows and wrote the same files; the
+rows extracted of each table are the registry's; ``adoption_daily`` has one row per
+day and population; and its as-of day, recounted straight from the registry with
+SQLite (accounts created by then; cohort members by their qualified and left days;
+accounts with a TOTP or WebAuthn factor created by the day's end and not removed by
+then, WebAuthn counting as the strongest; first-ever factors that day), agrees for
+every population.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -515,6 +525,87 @@ def measure(work: Path, as_of: date) -> dict[str, Any]:
     }
 
 
+ADOPTION_ON_DAY = """
+with active as (
+    select account_id, max(kind = 'webauthn') as webauthn
+    from tfa_factors
+    where kind in ('totp', 'webauthn') and created_at < :next
+        and (removed_at is null or removed_at >= :next)
+    group by account_id
+),
+first_factors as (
+    select account_id, min(created_at) as first_at from tfa_factors group by account_id
+),
+populations as (
+    select 'all' as population, id as account_id from accounts where created_at < :next
+    union all
+    select 'cohort:' || cohort, account_id from cohort_memberships
+    where first_qualified_on <= :day and (left_on is null or left_on > :day)
+)
+select
+    population,
+    count(*),
+    count(active.account_id),
+    coalesce(sum(active.webauthn = 0), 0),
+    coalesce(sum(active.webauthn = 1), 0),
+    coalesce(sum(first_factors.first_at >= :day and first_factors.first_at < :next), 0)
+from populations
+left join active using (account_id)
+left join first_factors using (account_id)
+group by population
+"""
+
+
+def check(work: Path, as_of: date, runs: list[dict[str, Any]]) -> list[str]:
+    """The runs against each other and the report against the registry."""
+    from rollout.reporting import report_dir
+
+    problems = []
+    for number, run in enumerate(runs[1:], 2):
+        for what in ("extracted", "marts"):
+            if run[what] != runs[0][what]:
+                problems.append(f"run {number} {what} {run[what]}, run 1 {runs[0][what]}")
+        if set(run["files"]) != set(runs[0]["files"]):
+            problems.append(
+                f"run {number} wrote {sorted(run['files'])}, run 1 {sorted(runs[0]['files'])}"
+            )
+    with sqlite3.connect(work / "registry.db") as db:
+        for table, rows in runs[-1]["extracted"].items():
+            held = db.execute(f"select count(*) from {table}").fetchone()[0]
+            if held != rows:
+                problems.append(f"{table}: {rows:,} rows extracted, the registry holds {held:,}")
+        day = as_of.isoformat()
+        following = (as_of + timedelta(days=1)).isoformat()
+        expected = {
+            row[0]: [int(v) for v in row[1:]]
+            for row in db.execute(ADOPTION_ON_DAY, {"day": day, "next": following})
+        }
+    with (report_dir(work / "reports", as_of) / "adoption_daily.csv").open(newline="") as f:
+        daily = list(csv.DictReader(f))
+    days = {row["day"] for row in daily}
+    populations = {row["population"] for row in daily}
+    if len(daily) != len(days) * len(populations):
+        problems.append(
+            f"adoption_daily has {len(daily):,} rows for {len(days)} days x "
+            f"{len(populations)} populations"
+        )
+    if populations != set(expected):
+        problems.append(
+            f"adoption_daily populations {sorted(populations)}, the registry's {sorted(expected)}"
+        )
+    columns = ("accounts", "with_2fa", "totp", "webauthn", "newly_enrolled")
+    for row in daily:
+        if row["day"] != day or row["population"] not in expected:
+            continue
+        got = [int(row[c]) for c in columns]
+        if got != expected[row["population"]]:
+            problems.append(
+                f"adoption_daily {day} {row['population']} {dict(zip(columns, got, strict=True))}, "
+                f"the registry {dict(zip(columns, expected[row['population']], strict=True))}"
+            )
+    return problems
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registry", type=Path, default=ROOT / "bench/out/npm/registry.db")
@@ -588,6 +679,10 @@ def main() -> None:
     totals = [run["total"] for run in runs]
     verdict = "met" if max(totals) <= 15 else "NOT met"
     print(f"target 15 s: {verdict} (runs {', '.join(f'{t:.1f}' for t in totals)} s)")
+    problems = check(args.work, args.as_of, runs)
+    if problems:
+        raise SystemExit("FAIL: " + "\n  ".join(problems))
+    print("checked: the runs agree; extracted rows and adoption_daily agree with the registry")
 
 
 if __name__ == "__main__":
