@@ -27,10 +27,12 @@ from sqlalchemy import (
     and_,
     any_,
     cast,
+    column,
     exists,
     func,
     literal,
     select,
+    table,
     text,
     update,
 )
@@ -209,6 +211,39 @@ def _among(connection: Connection, column: Any, ids: list[int]) -> Any:
     return column.in_(ids)
 
 
+# SQLite's side of _id_set: a temp table of the connection (the name resolves to the
+# temp schema; no registry table has it).
+_BATCH_IDS = table("batch_ids", column("id"))
+
+
+def _id_set(connection: Connection, ids: list[int]) -> Callable[[Any], Any]:
+    """``column IN ids`` for the several statements of one batch's transaction.
+
+    SQLite: the ids go once into a temp table that each statement reads; binding
+    10,000 placeholders into each of six statements a batch took SQLAlchemy longer than
+    SQLite took to run them (about 10 s of an npm-scale enforcement), and the statement
+    without them is compiled once for the whole run. PostgreSQL: one array parameter.
+    """
+    if connection.dialect.name == "postgresql":
+        array = cast(literal(ids), ARRAY(BigInteger))
+        return lambda column_: column_ == any_(array)
+    connection.exec_driver_sql("CREATE TEMP TABLE IF NOT EXISTS batch_ids (id INTEGER PRIMARY KEY)")
+    connection.exec_driver_sql("DELETE FROM batch_ids")
+    connection.exec_driver_sql("INSERT INTO batch_ids (id) VALUES (?)", [(i,) for i in ids])
+    return lambda column_: column_.in_(select(_BATCH_IDS.c.id))
+
+
+def _changed(connection: Connection, statement: Any, key: Any) -> int:
+    """How many rows an INSERT ... SELECT or UPDATE changed. SQLite: the rowcount.
+    PostgreSQL: counted in the server over its RETURNING, since psycopg reports -1 for
+    an INSERT ... SELECT; the rows themselves never travel (fetched one by one through
+    SQLAlchemy they were seconds of an npm-scale run)."""
+    if connection.dialect.name == "postgresql":
+        changed = statement.returning(key).cte("changed")
+        return int(connection.execute(select(func.count()).select_from(changed)).scalar_one())
+    return int(connection.execute(statement).rowcount)
+
+
 def _audit_columns() -> list[str]:
     return [
         "effect_key",
@@ -250,17 +285,18 @@ def _enforce_batch(
     rows this batch changed, which carry its timestamp ``now``; nothing travels row by
     row through Python (at npm scale that was 1.3M audit rows a run).
     """
+    among = _id_set(connection, account_ids)
     still_without = [
         account_id
         for (account_id,) in connection.execute(
-            select(Account.id).where(
-                and_(_among(connection, Account.id, account_ids), ~has_active_factor(Account.id))
-            )
+            select(Account.id).where(and_(among(Account.id), ~has_active_factor(Account.id)))
         )
     ]
     skipped = len(account_ids) - len(still_without)
     if not still_without:
         return BatchOutcome(skipped_now_compliant=skipped)
+    if skipped:
+        among = _id_set(connection, still_without)
     reason = f"phase {phase.name}: 2FA required of cohort {phase.cohort}"
     if connection.dialect.name == "postgresql":
         # A batch commits or vanishes whole either way; not waiting for its WAL flush
@@ -268,41 +304,35 @@ def _enforce_batch(
         connection.execute(text("set local synchronous_commit to off"))
     # The phase's own record of whom it requires, whether or not another phase already
     # does: what a rollback of either phase must know.
-    required = connection.execute(
+    required = _changed(
+        connection,
         dialect_insert(connection, REQUIREMENTS)
         .from_select(
             ["account_id", "phase", "required_at", "run_id"],
             select(
                 ACCOUNTS.c.id, literal(phase.name), literal(now, DateTime), literal(run_id)
-            ).where(_among(connection, ACCOUNTS.c.id, still_without)),
+            ).where(among(ACCOUNTS.c.id)),
         )
-        .on_conflict_do_nothing(index_elements=["account_id", "phase"])
-        # Counted from RETURNING: psycopg reports -1 as this INSERT's rowcount.
-        .returning(REQUIREMENTS.c.account_id)
-    ).all()
-    flagged = [
-        row[0]
-        for row in connection.execute(
-            update(ACCOUNTS)
-            .where(
-                and_(
-                    _among(connection, ACCOUNTS.c.id, still_without),
-                    ACCOUNTS.c.tfa_required_at.is_(None),
-                )
-            )
-            .values(tfa_required_at=now)
-            .returning(ACCOUNTS.c.id)
-        )
-    ]
+        .on_conflict_do_nothing(index_elements=["account_id", "phase"]),
+        REQUIREMENTS.c.account_id,
+    )
+    flagged = _changed(
+        connection,
+        update(ACCOUNTS)
+        .where(and_(among(ACCOUNTS.c.id), ACCOUNTS.c.tfa_required_at.is_(None)))
+        .values(tfa_required_at=now),
+        ACCOUNTS.c.id,
+    )
     required_here = and_(
         REQUIREMENTS.c.phase == phase.name,
-        _among(connection, REQUIREMENTS.c.account_id, still_without),
+        among(REQUIREMENTS.c.account_id),
         REQUIREMENTS.c.run_id == run_id,
         REQUIREMENTS.c.required_at == now,
     )
     # Not outbox.queue_email: its queue-time skip checks (suppressed, unverified) cost
     # 2 s of an npm-scale run, over the 30 s target; the drain makes them at send time.
-    queued = connection.execute(
+    queued = _changed(
+        connection,
         dialect_insert(connection, NOTIFICATIONS)
         .from_select(
             [
@@ -326,12 +356,11 @@ def _enforce_batch(
                 literal(run_id),
                 literal(now, DateTime),
                 literal(now, DateTime),
-            ).where(_among(connection, ACCOUNTS.c.id, still_without)),
+            ).where(among(ACCOUNTS.c.id)),
         )
-        .on_conflict_do_nothing(index_elements=["account_id", "email", "phase", "occasion"])
-        # Counted from RETURNING: psycopg reports -1 as this INSERT's rowcount.
-        .returning(NOTIFICATIONS.c.id)
-    ).all()
+        .on_conflict_do_nothing(index_elements=["account_id", "email", "phase", "occasion"]),
+        NOTIFICATIONS.c.id,
+    )
     common = [
         literal(phase.name),
         literal(reason),
@@ -362,7 +391,7 @@ def _enforce_batch(
         update(SESSIONS)
         .where(
             and_(
-                _among(connection, SESSIONS.c.account_id, still_without),
+                among(SESSIONS.c.account_id),
                 SESSIONS.c.revoked_at.is_(None),
             )
         )
@@ -393,14 +422,14 @@ def _enforce_batch(
             select(SESSIONS.c.id, SESSIONS.c.account_id)
             .where(
                 and_(
-                    _among(connection, SESSIONS.c.account_id, still_without),
+                    among(SESSIONS.c.account_id),
                     SESSIONS.c.revoked_at == now,
                 )
             )
             .subquery()
         )
         connection.execute(session_audit(revoked_now))
-    return BatchOutcome(len(required), len(flagged), revoked, len(queued), skipped)
+    return BatchOutcome(required, flagged, revoked, queued, skipped)
 
 
 def enforce_phase(
