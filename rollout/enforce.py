@@ -43,6 +43,7 @@ from rollout.locks import exclusive_run
 from rollout.notify.outbox import queue_phase_summary
 from rollout.notify.withdraw import Selection, withdraw_preview, withdraw_queued
 from rollout.plan import Phase, Plan
+from rollout.previews import PhasePreview, Target
 from rollout.registry.ledger import dialect_insert, record_actions, recorded_run, utc_now
 from rollout.registry.migrate import open_registry
 from rollout.registry.models import (
@@ -65,46 +66,6 @@ REQUIREMENTS = PhaseRequirement.__table__
 PLAN_RUNS = PlanRun.__table__
 ENFORCEMENT_EMAIL = "enforcement_notice"
 LOCK = "enforce"
-
-
-@dataclass(frozen=True)
-class Target:
-    account_id: int
-    username: str
-    email: str
-    last_login_at: datetime | None
-    live_sessions: int
-    already_required: bool  # 2FA-required by any phase (the account's flag)
-    # This phase requires it already (phase_requirements): enforced before, and not
-    # rolled back. Enforcing again changes nothing for it.
-    required_by_phase: bool = False
-
-
-@dataclass
-class PhasePreview:
-    phase: str
-    cohort: str
-    targets: list[Target]
-    compliant: int
-    exempted: list[str]
-
-    @property
-    def count(self) -> int:
-        return len(self.targets)
-
-    @property
-    def sessions(self) -> int:
-        return sum(t.live_sessions for t in self.targets)
-
-    @property
-    def required_by_phase(self) -> int:
-        """Of the targets, how many this phase requires already (it was applied)."""
-        return sum(t.required_by_phase for t in self.targets)
-
-    @property
-    def newly_required(self) -> int:
-        """Of the targets, how many enforcing the phase would newly require."""
-        return self.count - self.required_by_phase
 
 
 @dataclass

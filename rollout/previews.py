@@ -21,8 +21,7 @@ from rollout.output import markdown_text as md
 from rollout.output import write_csv
 from rollout.registry.ledger import utc_now
 
-if TYPE_CHECKING:  # types only: reading saved previews (plan show) need not load enforce
-    from rollout.enforce import PhasePreview
+if TYPE_CHECKING:
     from rollout.plan import Plan
 
 COLUMNS = (
@@ -36,6 +35,48 @@ COLUMNS = (
 )
 # Rows the markdown artifact lists; the CSV always has them all.
 MARKDOWN_ROWS = 50
+
+
+# What rollout.enforce.preview_phase finds; kept here, with what reads it (the saved
+# record, plan show, the approval artifact), so reading a preview loads no enforcement.
+@dataclass(frozen=True)
+class Target:
+    account_id: int
+    username: str
+    email: str
+    last_login_at: datetime | None
+    live_sessions: int
+    already_required: bool  # 2FA-required by any phase (the account's flag)
+    # This phase requires it already (phase_requirements): enforced before, and not
+    # rolled back. Enforcing again changes nothing for it.
+    required_by_phase: bool = False
+
+
+@dataclass
+class PhasePreview:
+    phase: str
+    cohort: str
+    targets: list[Target]
+    compliant: int
+    exempted: list[str]
+
+    @property
+    def count(self) -> int:
+        return len(self.targets)
+
+    @property
+    def sessions(self) -> int:
+        return sum(t.live_sessions for t in self.targets)
+
+    @property
+    def required_by_phase(self) -> int:
+        """Of the targets, how many this phase requires already (it was applied)."""
+        return sum(t.required_by_phase for t in self.targets)
+
+    @property
+    def newly_required(self) -> int:
+        """Of the targets, how many enforcing the phase would newly require."""
+        return self.count - self.required_by_phase
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 
-from rollout.enforce import PhasePreview, Target
 from rollout.output import FORMULA_PREFIXES
 from rollout.plan import Plan, load_plan
-from rollout.previews import SavedPreview, preview_markdown, save_preview
+from rollout.previews import PhasePreview, SavedPreview, Target, preview_markdown, save_preview
 
 from .hostile import EVERYTHING, FORMULAS
 
