@@ -27,6 +27,7 @@ from flows.common import (
 from flows.metrics import metrics
 from rollout.cohorts import CohortResult, build_cohorts
 from rollout.config import load_settings
+from rollout.output import labelled_rows
 from rollout.plan import load_plan
 
 ENTERED_LISTED = 20
@@ -62,16 +63,8 @@ def cohorts_markdown(as_of: date, results: Sequence[CohortResult]) -> str:
     """The artifact: one table per cohort."""
     parts = [f"# Cohorts {as_of}"]
     for r in results:
-        rows = [
-            ("packages", r.packages),
-            ("qualifying today", r.packages_qualifying_today),
-            ("packages entered", len(r.packages_entered)),
-            ("accounts", r.accounts),
-            ("without 2FA", r.accounts_without_2fa),
-            ("accounts entered", r.accounts_entered),
-            ("accounts left", r.accounts_left),
-            ("unresolved maintainers", r.unresolved_maintainers),
-        ]
+        # The cohort and the day are the heading's.
+        rows = [(k, v) for k, v in labelled_rows(r) if k not in ("cohort", "as of")]
         parts.append(
             f"## {cell(r.cohort)}\n\n{table(rows)}\n\n"
             f"Packages entered: {entered_list(r.packages_entered)}"

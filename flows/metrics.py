@@ -25,7 +25,7 @@ from rollout.config import load_settings
 from rollout.extract import extract_registry
 from rollout.ingest import IngestReport, ingest
 from rollout.metrics import MetricsReport, compute_metrics
-from rollout.output import Markdown
+from rollout.output import Markdown, labelled_rows
 from rollout.plan import load_plan
 
 
@@ -70,12 +70,11 @@ def compute_package_metrics(as_of: date) -> MetricsReport:
 
 def metrics_markdown(report: MetricsReport, ingested: IngestReport | None) -> str:
     """The artifact: what the day's metrics rest on, gaps and refused files first."""
-    missing = ", ".join(str(d) for d in report.missing_days) or "none"
     parts = [f"# Package metrics {report.as_of}"]
     if not report.weekly_window_complete:
         parts.append(
             f"> **Warning: the weekly window is incomplete.** Download data is missing for "
-            f"{missing}. Weekly downloads are undercounted; `cohorts` refuses this day "
+            f"{report.missing}. Weekly downloads are undercounted; `cohorts` refuses this day "
             "unless run with `allow_gaps`."
         )
     if ingested is not None and ingested.rejected:
@@ -83,14 +82,11 @@ def metrics_markdown(report: MetricsReport, ingested: IngestReport | None) -> st
             f"> **Warning: {len(ingested.rejected)} landing file(s) refused**, nothing of "
             "them loaded; the metrics use the files that did load."
         )
+    complete = "yes" if report.weekly_window_complete else Markdown("**no**")
     rows: list[tuple[str, object]] = [
-        ("packages", report.packages),
-        ("weekly window complete", "yes" if report.weekly_window_complete else Markdown("**no**")),
-        ("missing download days", missing),
-        ("self-dependencies ignored", report.self_dependencies),
-        ("dependencies on unknown packages ignored", report.unknown_dependencies),
-        ("unknown packages depended on", report.unknown_packages),
-        ("seconds", round(report.seconds, 2)),
+        (label, complete if label == "weekly window complete" else value)
+        for label, value in labelled_rows(report)
+        if label != "as of"  # the heading says it
     ]
     if ingested is None:
         rows.append(("ingest", Markdown("skipped (ingest_first=false)")))

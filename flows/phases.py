@@ -18,7 +18,7 @@ deployment, nothing could reschedule it) it pauses in its own process instead.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -34,6 +34,7 @@ from rollout.approvals import REFUSED_STATE, REQUEST_INPUT_KEY, ApprovalRequest
 from rollout.config import load_settings
 from rollout.enforce import EnforceResult, enforce_phase, preview_phase
 from rollout.errors import GuardRefused
+from rollout.output import labelled_rows
 from rollout.plan import load_plan
 from rollout.previews import SavedPreview, preview_markdown, save_preview
 from rollout.registry.migrate import open_registry
@@ -99,14 +100,8 @@ def phase_preview(phase: str) -> int:
 
 
 def enforce_markdown(result: EnforceResult, approval: Approval) -> str:
-    rows: list[tuple[str, Any]] = [
-        ("accounts the phase now requires 2FA of", result.accounts_required),
-        ("of them, not required by another phase before", result.accounts_flagged),
-        ("web sessions revoked", result.sessions_revoked),
-        ("enforcement emails queued", result.emails_queued),
-        ("skipped: enrolled since the preview", result.skipped_now_compliant),
-        ("batches", result.batches),
-    ]
+    # The phase and the run are the heading's and the sentence's.
+    rows = [(k, v) for k, v in labelled_rows(result) if k not in ("phase", "run id")]
     return (
         f"# Phase {cell(result.phase)}: enforced\n\n"
         f"Approved by {cell(approval.approved_by)} for {approval.expect} accounts; "

@@ -493,22 +493,9 @@ def metrics(
     plan = _plan()
     with _open_warehouse(settings) as con:
         report = compute_metrics(con, day, plan.metrics)
-    emit_record(
-        {
-            "as_of": report.as_of,
-            "packages": report.packages,
-            "weekly_window_complete": report.weekly_window_complete,
-            "missing_days": ", ".join(str(d) for d in report.missing_days) or "none",
-            "self_dependencies_ignored": report.self_dependencies,
-            "dependencies_on_unknown_packages": report.unknown_dependencies,
-            "seconds": round(report.seconds, 2),
-        },
-        fmt,
-        title=f"package metrics {day}",
-    )
+    emit_record(report.summary(), fmt, title=f"package metrics {day}")
     if not report.weekly_window_complete:
-        missing = ", ".join(str(d) for d in report.missing_days)
-        stderr.print(labelled("warning:", "yellow", f"download data missing for {missing}"))
+        stderr.print(labelled("warning:", "yellow", f"download data missing for {report.missing}"))
 
 
 @cohorts_app.command("build")
@@ -535,25 +522,7 @@ def cohorts_build(
             cohorts=cohort,
             allow_gaps=allow_gaps,
         )
-    emit(
-        [
-            {
-                "cohort": r.cohort,
-                "as_of": r.as_of,
-                "packages": r.packages,
-                "qualifying_today": r.packages_qualifying_today,
-                "packages_entered": len(r.packages_entered),
-                "accounts": r.accounts,
-                "without_2fa": r.accounts_without_2fa,
-                "accounts_entered": r.accounts_entered,
-                "accounts_left": r.accounts_left,
-                "unresolved_maintainers": r.unresolved_maintainers,
-            }
-            for r in results
-        ],
-        fmt,
-        title=f"cohorts {day}",
-    )
+    emit([r.summary() for r in results], fmt, title=f"cohorts {day}")
 
 
 @cohorts_app.command("show")

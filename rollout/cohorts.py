@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import duckdb
 import pyarrow as pa
@@ -57,6 +57,26 @@ class CohortResult:
     accounts_entered: int = 0
     accounts_left: int = 0
     unresolved_maintainers: int = 0
+
+    LABELS: ClassVar[dict[str, str]] = {
+        "qualifying_today": "qualifying today",
+        "without_2fa": "without 2FA",
+    }
+
+    def summary(self) -> dict[str, Any]:
+        """The build of one cohort (rollout.output.Presentable)."""
+        return {
+            "cohort": self.cohort,
+            "as_of": self.as_of,
+            "packages": self.packages,
+            "qualifying_today": self.packages_qualifying_today,
+            "packages_entered": len(self.packages_entered),
+            "accounts": self.accounts,
+            "without_2fa": self.accounts_without_2fa,
+            "accounts_entered": self.accounts_entered,
+            "accounts_left": self.accounts_left,
+            "unresolved_maintainers": self.unresolved_maintainers,
+        }
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     ARRAY,
@@ -85,6 +85,14 @@ class EnforceResult:
         for name, value in asdict(batch).items():
             setattr(self, name, getattr(self, name) + value)
         self.batches += 1
+
+    LABELS: ClassVar[dict[str, str]] = {
+        "accounts_required": "accounts the phase now requires 2FA of",
+        "accounts_flagged": "of them, not required by another phase before",
+        "sessions_revoked": "web sessions revoked",
+        "emails_queued": "enforcement emails queued",
+        "skipped_now_compliant": "skipped: enrolled since the preview",
+    }
 
     def summary(self) -> dict[str, Any]:
         """The result as one record: what the CLI prints, flows return, runs store."""
@@ -534,6 +542,8 @@ class RollbackResult:
     requirements_withdrawn: int = 0
     accounts_cleared: int = 0
     emails_withdrawn: int = 0
+
+    LABELS: ClassVar[dict[str, str]] = {}
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any, ClassVar
 
 import duckdb
 
@@ -28,6 +29,31 @@ class MetricsReport:
     unknown_dependencies: int
     unknown_packages: int
     seconds: float
+
+    LABELS: ClassVar[dict[str, str]] = {
+        "missing_days": "missing download days",
+        "self_dependencies_ignored": "self-dependencies ignored",
+        "dependencies_on_unknown_packages": "dependencies on unknown packages ignored",
+        "unknown_packages": "unknown packages depended on",
+    }
+
+    @property
+    def missing(self) -> str:
+        """The missing download days in words: "none", or the days."""
+        return ", ".join(str(d) for d in self.missing_days) or "none"
+
+    def summary(self) -> dict[str, Any]:
+        """What the day's metrics rest on (rollout.output.Presentable)."""
+        return {
+            "as_of": self.as_of,
+            "packages": self.packages,
+            "weekly_window_complete": self.weekly_window_complete,
+            "missing_days": self.missing,
+            "self_dependencies_ignored": self.self_dependencies,
+            "dependencies_on_unknown_packages": self.unknown_dependencies,
+            "unknown_packages": self.unknown_packages,
+            "seconds": round(self.seconds, 2),
+        }
 
 
 def window_parameters(as_of: date, windows: MetricsWindows) -> dict[str, object]:

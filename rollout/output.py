@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TextIO
 
 from rich.console import Console
 from rich.table import Table
@@ -278,3 +278,21 @@ def markdown_text(value: Any) -> str:
     text = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
     text = _AUTOLINK.sub(lambda m: f"{m[1] or m[3]}\\{m[2] or m[4]}", text)
     return _BLOCK_START.sub(lambda m: m[1] + m[2][:-1] + "\\" + m[2][-1], text)
+
+
+class Presentable(Protocol):
+    """A result that presents itself: ``summary()`` is its record, keyed as the CLI's
+    JSON and CSV give it; ``LABELS`` names some keys in words for people (Markdown
+    artifacts). Every view of a result comes from these two, never a copy of its fields."""
+
+    LABELS: ClassVar[Mapping[str, str]]
+
+    def summary(self) -> dict[str, Any]: ...
+
+
+def labelled_rows(result: Presentable) -> list[tuple[str, Any]]:
+    """``result``'s summary as (label, value) rows: its LABELS, else the key in words."""
+    return [
+        (result.LABELS.get(key, key.replace("_", " ")), value)
+        for key, value in result.summary().items()
+    ]

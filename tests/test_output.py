@@ -173,3 +173,23 @@ def test_markdown_text_has_no_raw_html_link_or_line_break(value: str) -> None:
 def test_the_tools_own_markdown_passes_through() -> None:
     assert markdown_text(Markdown("**no**")) == "**no**"
     assert markdown_text("**no**") == "\\*\\*no\\*\\*"
+
+
+def test_a_result_presents_its_summary_with_its_labels() -> None:
+    from datetime import date
+
+    from rollout.metrics import MetricsReport
+    from rollout.output import labelled_rows
+
+    report = MetricsReport(date(2022, 1, 3), 12, [date(2022, 1, 1)], False, 1, 2, 3, 0.5)
+    assert report.summary()["missing_days"] == "2022-01-01"
+    assert labelled_rows(report) == [
+        ("as of", date(2022, 1, 3)),
+        ("packages", 12),
+        ("weekly window complete", False),
+        ("missing download days", "2022-01-01"),
+        ("self-dependencies ignored", 1),
+        ("dependencies on unknown packages ignored", 2),
+        ("unknown packages depended on", 3),
+        ("seconds", 0.5),
+    ]
