@@ -180,26 +180,32 @@ def _among(connection: Connection, column: Any, ids: list[int]) -> Any:
     return column.in_(ids)
 
 
-# SQLite's side of _id_set: a temp table of the connection (the name resolves to the
-# temp schema; no registry table has it).
-_BATCH_IDS = table("batch_ids", column("id"))
+# SQLite's side of _id_set: temp tables of the connection (the names resolve to the
+# temp schema; no registry table has them).
+_ID_TABLES = ("batch_ids", "revoked_ids")
 
 
-def _id_set(connection: Connection, ids: list[int]) -> Callable[[Any], Any]:
+def _id_set(
+    connection: Connection, ids: list[int], name: str = "batch_ids"
+) -> Callable[[Any], Any]:
     """``column IN ids`` for the several statements of one batch's transaction.
 
-    SQLite: the ids go once into a temp table that each statement reads; binding
-    10,000 placeholders into each of six statements a batch took SQLAlchemy longer than
-    SQLite took to run them (about 10 s of an npm-scale enforcement), and the statement
-    without them is compiled once for the whole run. PostgreSQL: one array parameter.
+    SQLite: the ids go once into a temp table (``name``) that each statement reads;
+    binding 10,000 placeholders into each of six statements a batch took SQLAlchemy
+    longer than SQLite took to run them (about 10 s of an npm-scale enforcement), and
+    the statement without them is compiled once for the whole run. PostgreSQL: one
+    array parameter.
     """
     if connection.dialect.name == "postgresql":
         array = cast(literal(ids), ARRAY(BigInteger))
         return lambda column_: column_ == any_(array)
-    connection.exec_driver_sql("CREATE TEMP TABLE IF NOT EXISTS batch_ids (id INTEGER PRIMARY KEY)")
-    connection.exec_driver_sql("DELETE FROM batch_ids")
-    connection.exec_driver_sql("INSERT INTO batch_ids (id) VALUES (?)", [(i,) for i in ids])
-    return lambda column_: column_.in_(select(_BATCH_IDS.c.id))
+    if name not in _ID_TABLES:
+        raise ValueError(f"not an id table: {name!r}")
+    connection.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {name} (id INTEGER PRIMARY KEY)")
+    connection.exec_driver_sql(f"DELETE FROM {name}")
+    connection.exec_driver_sql(f"INSERT INTO {name} (id) VALUES (?)", [(i,) for i in ids])
+    ids_table = table(name, column("id"))
+    return lambda column_: column_.in_(select(ids_table.c.id))
 
 
 def _changed(connection: Connection, statement: Any, key: Any) -> int:
@@ -386,18 +392,20 @@ def _enforce_batch(
         audited = session_audit(revoked_rows).returning(ACTIONS.c.id).cte("audited")
         revoked = connection.execute(select(func.count()).select_from(audited)).scalar_one()
     else:
-        revoked = connection.execute(revoke).rowcount
-        revoked_now = (
-            select(SESSIONS.c.id, SESSIONS.c.account_id)
-            .where(
-                and_(
-                    among(SESSIONS.c.account_id),
-                    SESSIONS.c.revoked_at == now,
+        # The sessions this UPDATE revoked, by id: finding them again by account and
+        # time would also find a session an earlier run revoked at the same instant (a
+        # simulated clock, a second `rollout demo`), whose audit row exists already.
+        revoked_ids = list(connection.execute(revoke.returning(SESSIONS.c.id)).scalars())
+        revoked = len(revoked_ids)
+        if revoked_ids:
+            revoked_here = _id_set(connection, revoked_ids, "revoked_ids")
+            connection.execute(
+                session_audit(
+                    select(SESSIONS.c.id, SESSIONS.c.account_id)
+                    .where(revoked_here(SESSIONS.c.id))
+                    .subquery()
                 )
             )
-            .subquery()
-        )
-        connection.execute(session_audit(revoked_now))
     return BatchOutcome(required, flagged, revoked, queued, skipped)
 
 

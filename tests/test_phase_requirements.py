@@ -286,3 +286,22 @@ def test_a_killed_elv_enrolment_shows_interrupted_then_finishes(
 
     assert enroll_all(registry_url, actor="ops", batch_size=1) == 2
     assert state() == "applied"
+
+
+def test_a_second_enforcement_at_the_same_instant_audits_only_its_own_sessions(
+    registry: Engine, registry_url: str, plan: Plan, factories: None
+) -> None:
+    """Under a clock that stands still (the demo's simulated one), enforce, roll back
+    and enforce again in the same instant: the second run revokes and audits the one
+    session signed in since, not again those the first revoked at that instant."""
+    from rollout.clock import SimulatedClock, use_clock
+    from tests.factories import SessionFactory
+
+    first_ids = [AccountFactory(in_cohort="p1", sessions=1).id for _ in range(3)]
+    with use_clock(SimulatedClock(datetime(2022, 2, 1, 10))):
+        assert run(registry, registry_url, plan, "p1").sessions_revoked == 3
+        enforce.rollback_phase(registry_url, plan, "p1", actor="rm")
+        SessionFactory(account_id=first_ids[0])  # signed in again, same instant
+        again = run(registry, registry_url, plan, "p1")
+    assert again.sessions_revoked == 1
+    assert actions(registry, "revoke_session") == 4  # once per session, each its own
