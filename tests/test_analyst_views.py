@@ -17,7 +17,7 @@ from rollout.ingest import ingest
 from rollout.metrics import compute_metrics
 from rollout.plan import MetricsWindows
 
-from .sql.test_cohort_diff_golden import CASES_DIR, load_snapshots
+from .sql.golden_harness import GOLDEN_DIR, load_input
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "warehouse.md"
@@ -147,7 +147,10 @@ def test_package_metrics_is_the_latest_day_whatever_the_build_order(
 
 
 def test_cohort_views_are_each_cohort_s_latest_day(con: duckdb.DuckDBPyConnection) -> None:
-    load_snapshots(con, CASES_DIR / "entered_and_left" / "snapshots.csv")
+    load_input(
+        con,
+        GOLDEN_DIR / "cohort_diff" / "entered_and_left" / "inputs" / "cohort_account_snapshots.csv",
+    )
     # high-impact's last build is a day before top-100's: each cohort its own latest.
     con.execute(
         "delete from cohort_account_snapshots where cohort = 'high-impact' and as_of = '2022-01-24'"

@@ -1,5 +1,5 @@
 """`rollout cohorts diff D1 D2 [--cohort C]` on the snapshots of the golden case
-tests/sql/diff_cases/entered_and_left (the model itself: tests/sql/test_cohort_diff_golden.py)."""
+tests/sql/golden/cohort_diff/entered_and_left (the model itself: tests/sql/test_golden.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from typer.testing import CliRunner, Result
 from rollout import warehouse
 from rollout.cli import app
 
-from .sql.test_cohort_diff_golden import CASES_DIR, load_snapshots
+from .sql.golden_harness import GOLDEN_DIR, load_input
 
-SNAPSHOTS = CASES_DIR / "entered_and_left" / "snapshots.csv"
+SNAPSHOTS = (
+    GOLDEN_DIR / "cohort_diff" / "entered_and_left" / "inputs" / "cohort_account_snapshots.csv"
+)
 
 
 def run(*args: str) -> Result:
@@ -22,7 +24,7 @@ def run(*args: str) -> Result:
 
 def _built(rollout_home: Path) -> None:
     with warehouse.open_warehouse(rollout_home / "warehouse.duckdb") as con:
-        load_snapshots(con, SNAPSHOTS)
+        load_input(con, SNAPSHOTS)
 
 
 def test_diff_lists_who_entered_and_who_left_through_which_packages(rollout_home: Path) -> None:

@@ -1,6 +1,7 @@
-"""Write the inputs of cases/thresholds, run once by hand: 500 consumer manifests are
-too many to type. The expected rows of the consumers follow from the rules by hand
-(see cases/thresholds/case.yaml), never from running the pipeline.
+"""Write the inputs of golden/package_metrics/thresholds, run once by hand: 500
+consumer manifests are too many to type. The expected rows of the consumers follow
+from the rules by hand (see golden/package_metrics/thresholds/case.yaml), never from
+running the pipeline.
 
     .venv/bin/python tests/sql/make_thresholds_case.py
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-CASE = Path(__file__).parent / "cases" / "thresholds"
+CASE = Path(__file__).parent / "golden" / "package_metrics" / "thresholds"
 CONSUMERS = 500
 COLUMNS = (
     "package,weekly_downloads,monthly_downloads,dependents,dev_dependents,"
@@ -61,10 +62,12 @@ def expected_metrics() -> list[str]:
 
 
 def main() -> None:
-    with (CASE / "manifests.jsonl").open("w") as handle:
+    with (CASE / "inputs" / "landing" / "manifests.jsonl").open("w") as handle:
         for row in manifests():
             handle.write(json.dumps(row) + "\n")
-    (CASE / "expected_package_metrics.csv").write_text("\n".join(expected_metrics()) + "\n")
+    (CASE / "expected" / "package_metrics_daily.csv").write_text(
+        "\n".join(expected_metrics()) + "\n"
+    )
 
 
 if __name__ == "__main__":

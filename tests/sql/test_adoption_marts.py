@@ -1,28 +1,12 @@
-"""Golden cases for the adoption marts (docs/adoption-marts.md), in the style of
-test_golden.py: each folder under ``adoption_cases/`` holds tiny input tables and the
-expected output of some marts, worked out by hand from the inputs.
-
-A case folder holds:
-
-- ``case.yaml``: ``description``, ``as_of`` and ``since`` (the first day of the daily
-  series the plan implies);
-- ``plan.yaml``: the plan (the reference plan when absent);
-- ``registry/<table>.csv``: rows of ``registry.<table>``, only the columns that
-  matter (the rest are null); tables without a file are empty;
-- optionally ``logins.csv``: a login events landing file;
-- ``expected/<mart>.csv``: every row of that mart, with its columns in order. Shares
-  are rounded to 6 places; an empty cell is null.
-
-Adding a folder adds a test. Below them: property tests of adoption_daily and of
-adoption_daily_by_org (forward-filled) against a plain Python count, the .yml beside
-each model, and the all-or-nothing rebuild.
+"""The adoption marts (docs/adoption-marts.md) beyond their golden cases (those are in
+golden/adoption/, run by test_golden.py): the series' first day, property tests of
+adoption_daily, of adoption_daily_by_org (forward-filled) and of compliance_funnel
+against a plain Python count, the .yml beside each model, and the all-or-nothing
+rebuild.
 """
 
 from __future__ import annotations
 
-import csv
-import shutil
-from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -38,158 +22,12 @@ from hypothesis import strategies as st
 from rollout import adoption, warehouse
 from rollout.adoption import ADOPTION_TABLES, adoption_since, build_adoption
 from rollout.errors import RolloutError
-from rollout.extract import extract_registry
-from rollout.ingest import ingest
 from rollout.plan import Plan, load_plan
-from rollout.registry.engine import make_engine
-from rollout.registry.migrate import upgrade
 from rollout.reporting import FUNNEL_STAGES
 
-from .rows import assert_same_rows
+from .golden_harness import GOLDEN_DIR, REFERENCE_PLAN, column_types, load_input
 
-CASES_DIR = Path(__file__).parent / "adoption_cases"
 MARTS_DIR = Path(__file__).parents[2] / "sql" / "marts"
-REFERENCE_PLAN = Path(__file__).parents[2] / "plans" / "npm-2022.yaml"
-CASE_KEYS = {"description", "as_of", "since"}
-
-
-# --- a warehouse with an empty registry extract ----------------------------------------
-
-
-@pytest.fixture(scope="module")
-def empty_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A warehouse file whose ``registry.*`` tables come from extracting an empty
-    registry at the current schema: the same columns and types as a real extract."""
-    folder = tmp_path_factory.mktemp("adoption")
-    registry_url = f"sqlite:///{folder / 'registry.db'}"
-    engine = make_engine(registry_url)
-    upgrade(engine)
-    engine.dispose()
-    path = folder / "empty.duckdb"
-    with warehouse.open_warehouse(path) as con:
-        extract_registry(con, registry_url, small=True)
-    return path
-
-
-@pytest.fixture
-def fresh_warehouse(empty_warehouse: Path, tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    path = tmp_path / "w.duckdb"
-    shutil.copy(empty_warehouse, path)
-    con = warehouse.connect(path)
-    try:
-        yield con
-    finally:
-        con.close()
-
-
-def _column_types(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> dict[str, str]:
-    rows = con.execute(
-        "select column_name, data_type from information_schema.columns "
-        "where table_schema = $schema and table_name = $table order by ordinal_position",
-        {"schema": schema, "table": table},
-    ).fetchall()
-    return dict(rows)
-
-
-def _load_registry_csv(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    table = path.stem
-    types = _column_types(con, "registry", table)
-    assert types, f"{path}: no table registry.{table} in the extract"
-    with path.open(newline="") as handle:
-        header = next(csv.reader(handle))
-    unknown = [column for column in header if column not in types]
-    assert not unknown, f"{path}: registry.{table} has no columns {unknown}"
-    columns = ", ".join(f'"{c}"' for c in header)
-    casts = ", ".join(f'cast("{c}" as {types[c]})' for c in header)
-    con.execute(
-        f"insert into registry.{table} ({columns}) select {casts} "
-        "from read_csv($path, header = true, all_varchar = true, nullstr = '')",
-        {"path": str(path)},
-    )
-
-
-def _ingest_logins(con: duckdb.DuckDBPyConnection, path: Path, as_of: date) -> None:
-    now = datetime.combine(as_of + timedelta(days=1), time(6, 0))
-    report = ingest(con, [path], quarantine_limit=0.0, now=now)
-    assert report.rejected == [] and report.rows_quarantined == 0, (
-        f"{path} must load cleanly: {report.files}"
-    )
-
-
-# --- comparing rows ----------------------------------------------------------------------
-
-
-def _cell(value: Any, expected: str) -> str:
-    """The actual value as the expected file would write it."""
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        if expected and abs(float(expected) - value) <= 5e-7:
-            return expected
-        return repr(value)
-    return str(value)
-
-
-def _compare_mart(con: duckdb.DuckDBPyConnection, table: str, path: Path) -> None:
-    with path.open(newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader)
-        expected_rows = list(reader)
-    result = con.execute(f"select * from {table}")
-    columns = [d[0] for d in result.description]
-    actual_rows = result.fetchall()
-    assert columns == header, f"{table}: columns {columns}, {path.name} says {header}"
-    blank = [""] * len(columns)
-    actual = [
-        [
-            _cell(value, (expected_rows[i] if i < len(expected_rows) else blank)[j])
-            for j, value in enumerate(row)
-        ]
-        for i, row in enumerate(actual_rows)
-    ]
-    assert_same_rows(
-        table,
-        [dict(zip(columns, row, strict=True)) for row in expected_rows],
-        [dict(zip(columns, row, strict=True)) for row in actual],
-    )
-
-
-# --- the golden cases --------------------------------------------------------------------
-
-
-def _case_folders() -> list[Path]:
-    return sorted(p for p in CASES_DIR.iterdir() if (p / "case.yaml").is_file())
-
-
-@pytest.mark.parametrize("folder", _case_folders(), ids=lambda p: p.name)
-def test_golden_case(folder: Path, fresh_warehouse: duckdb.DuckDBPyConnection) -> None:
-    con = fresh_warehouse
-    spec = yaml.safe_load((folder / "case.yaml").read_text())
-    assert set(spec) == CASE_KEYS, f"{folder}/case.yaml: keys must be {sorted(CASE_KEYS)}"
-    plan_file = folder / "plan.yaml"
-    plan = load_plan(plan_file if plan_file.exists() else REFERENCE_PLAN)
-    for path in sorted((folder / "registry").glob("*.csv")):
-        _load_registry_csv(con, path)
-    if (folder / "logins.csv").exists():
-        _ingest_logins(con, folder / "logins.csv", spec["as_of"])
-
-    summary = build_adoption(con, plan, spec["as_of"])
-
-    assert summary.since == spec["since"]
-    assert list(summary.rows) == list(ADOPTION_TABLES)
-    expected_files = sorted((folder / "expected").glob("*.csv"))
-    assert expected_files, f"{folder}: no expected/*.csv"
-    for path in expected_files:
-        assert path.stem in ADOPTION_TABLES, f"{path}: not an adoption mart"
-        _compare_mart(con, path.stem, path)
-        assert summary.rows[path.stem] == sum(1 for _ in path.open()) - 1
-
-
-def test_every_case_folder_is_a_case() -> None:
-    folders = sorted(p.name for p in CASES_DIR.iterdir() if p.is_dir())
-    assert folders == [p.name for p in _case_folders()]
-    checked = {p.stem for folder in _case_folders() for p in (folder / "expected").glob("*.csv")}
-    assert checked == set(ADOPTION_TABLES), "every mart needs a golden case"
 
 
 # --- the series' first day -----------------------------------------------------------------
@@ -248,7 +86,7 @@ def _at(offset_hours: int) -> datetime:
 
 
 def _replace_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]]) -> None:
-    types = _column_types(con, "registry", table)
+    types = column_types(con, "registry", table)
     con.execute(f"delete from registry.{table}")
     if not rows:
         return
@@ -701,7 +539,7 @@ def test_yml_describes_the_table(table: str, fresh_warehouse: duckdb.DuckDBPyCon
     assert meta["model"] == table
     assert meta["description"] and meta["grain"]
     build_adoption(fresh_warehouse, load_plan(REFERENCE_PLAN), date(2022, 3, 1))
-    assert list(meta["columns"]) == list(_column_types(fresh_warehouse, "main", table))
+    assert list(meta["columns"]) == list(column_types(fresh_warehouse, "main", table))
 
 
 def test_a_failing_model_leaves_the_previous_tables(
@@ -709,7 +547,9 @@ def test_a_failing_model_leaves_the_previous_tables(
 ) -> None:
     con = fresh_warehouse
     plan = load_plan(REFERENCE_PLAN)
-    _load_registry_csv(con, CASES_DIR / "daily_series" / "registry" / "accounts.csv")
+    load_input(
+        con, GOLDEN_DIR / "adoption" / "daily_series" / "inputs" / "registry" / "accounts.csv"
+    )
     build_adoption(con, plan, date(2022, 1, 12))
     before = {t: con.execute(f"select * from {t}").fetchall() for t in ADOPTION_TABLES}
     con.execute("delete from registry.accounts")
