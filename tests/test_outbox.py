@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 from datetime import date, datetime
@@ -433,6 +434,41 @@ def test_a_drain_in_several_processes_sends_each_message_once(
     assert report.sent == 42 and set(delivered.values()) == {1}
     assert rows(registry)["ann"] == ("sent", None)
     assert seen and seen[-1][1] == 42
+
+
+def test_a_drainer_that_loses_the_first_rows_to_another_claims_the_next_ones(
+    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+) -> None:
+    """Two drainers reach for the same first rows: the second gets the rows after them,
+    not nothing (which it would take for an empty outbox, and stop)."""
+    _many(registry, 10)
+    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    with registry.connect() as connection:
+        queued = (
+            connection.execute(
+                select(Notification.id)
+                .where(Notification.state == "queued")
+                .order_by(Notification.id)
+            )
+            .scalars()
+            .all()
+        )
+    claimed: list[list[int]] = []
+    with registry.begin() as other:  # the other drainer, mid-claim: it holds its rows
+        other.execute(
+            update(Notification)
+            .where(Notification.id.in_(queued[:4]))
+            .values(state="sending", sender="sendgrid")
+        )
+        ours = threading.Thread(
+            target=lambda: claimed.append(
+                [c.id for c in outbox._claim(registry, 4, datetime(2022, 1, 4, 9), "sendgrid")]
+            )
+        )
+        ours.start()
+        time.sleep(0.5)  # ours is under way: waiting for the lock (SQLite) or past the rows
+    ours.join(timeout=30)
+    assert claimed == [queued[4:8]]
 
 
 # --- failures that must show -------------------------------------------------------------

@@ -387,6 +387,8 @@ def pending(engine: Engine) -> dict[str, int]:
 
 
 def _claim(engine: Engine, size: int, now: datetime, sender: str) -> list[_Claimed]:
+    """Up to ``size`` queued rows, marked as sending by this drainer: none when nothing
+    is queued (the drainers sharing the outbox take that as the end of their work)."""
     with engine.begin() as connection:
         query = (
             select(NOTIFICATIONS.c.id)
@@ -395,13 +397,20 @@ def _claim(engine: Engine, size: int, now: datetime, sender: str) -> list[_Claim
             .limit(size)
         )
         if connection.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        ids = [row[0] for row in connection.execute(query)]
-        if not ids:
-            return []
+            # Rows another drainer holds are passed over, not waited for.
+            ids = [row[0] for row in connection.execute(query.with_for_update(skip_locked=True))]
+            if not ids:
+                return []
+            chosen = NOTIFICATIONS.c.id.in_(ids)
+        else:
+            # SQLite: chosen and claimed in one statement, under its one write lock. A
+            # SELECT then an UPDATE let two drainers choose the same rows; the one whose
+            # UPDATE came second claimed none and stopped as if the outbox were empty,
+            # leaving a drain in two processes to one of them.
+            chosen = NOTIFICATIONS.c.id.in_(query.scalar_subquery())
         rows = connection.execute(
             update(NOTIFICATIONS)
-            .where(and_(NOTIFICATIONS.c.id.in_(ids), NOTIFICATIONS.c.state == "queued"))
+            .where(and_(chosen, NOTIFICATIONS.c.state == "queued"))
             # The sender is recorded as it claims: even a drain that dies mid-send
             # leaves word of who may have sent it (check_sender).
             .values(
