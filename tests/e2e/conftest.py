@@ -1,5 +1,10 @@
-"""Fixtures of the end-to-end tests: per test module, one Prefect server, a prepared
-ROLLOUT_HOME, the work pool and `prefect deploy --all` (helpers in stack.py)."""
+"""Fixtures of the end-to-end tests (helpers in stack.py): for the session, one Prefect
+server, its work pool and `prefect deploy --all`; per test module, a prepared
+ROLLOUT_HOME and the module's own processes (workers, commands), stopped with it.
+
+All of tests/e2e runs on one xdist worker (tests/conftest.py groups it), so the server
+boots and the project deploys once, not once per module (about 15-25 s each on 2 cores).
+"""
 
 from __future__ import annotations
 
@@ -29,14 +34,34 @@ from tests.e2e.stack import (
 )
 
 
-@pytest.fixture(scope="module")
-def processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
-    processes = Processes(tmp_path_factory.mktemp("e2e"))
+@pytest.fixture(scope="session")
+def server_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    """The session's processes: the Prefect server and the deploy."""
+    processes = Processes(tmp_path_factory.mktemp("e2e-server"))
     (processes.dir / "prefect-home").mkdir()
     try:
         yield processes
     finally:
         left = processes.stop_all()
+    assert not left, f"processes left running after teardown: {left}"
+
+
+@pytest.fixture(scope="module")
+def processes(
+    server_processes: Processes,
+    server: subprocess.Popen[bytes],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Processes]:
+    """This module's processes on the session's server. (``server`` only so that it
+    boots while the first module's home is prepared.)"""
+    processes = server_processes.for_module(tmp_path_factory.mktemp("e2e"))
+    (processes.dir / "prefect-home").mkdir()
+    try:
+        yield processes
+    finally:
+        left = processes.stop_all()
+        if server.poll() is None:
+            server_processes.cancel_open_runs()
     assert not left, f"processes left running after teardown: {left}"
 
 
@@ -60,9 +85,10 @@ def home(processes: Processes) -> Home:
     return Home(path, env, count)
 
 
-@pytest.fixture(scope="module")
-def server(processes: Processes) -> subprocess.Popen[bytes]:
-    """`prefect server start`, not waited for: it boots while the home is prepared."""
+@pytest.fixture(scope="session")
+def server(server_processes: Processes) -> subprocess.Popen[bytes]:
+    """`prefect server start`, not waited for (``deployed`` waits)."""
+    processes = server_processes
     return processes.start(
         "server",
         [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(processes.port)],
@@ -79,12 +105,10 @@ def server(processes: Processes) -> subprocess.Popen[bytes]:
     )
 
 
-@pytest.fixture(scope="module")
-def deployed(processes: Processes, server: subprocess.Popen[bytes], home: Home) -> Deployed:
-    """The server up, the work pool, and `prefect deploy --all` from the repo root.
-
-    (``home`` only so that it is prepared while the server boots.)
-    """
+@pytest.fixture(scope="session")
+def deployed(server_processes: Processes, server: subprocess.Popen[bytes]) -> Deployed:
+    """The server up, the work pool, and `prefect deploy --all` from the repo root."""
+    processes = server_processes
     deadline = time.monotonic() + SERVER_STARTUP_SECONDS
     while True:
         if server.poll() is not None:

@@ -15,7 +15,9 @@ descendants inherit; teardown kills every such session, then any process still
 carrying the marker (the process worker starts each flow run in a session of its own),
 pass or fail. Output goes to log files whose tails the failure messages quote.
 
-The fixtures over these are in conftest.py, one server per test module.
+The fixtures over these are in conftest.py: one server and one `prefect deploy --all`
+for the session, and per test module a :class:`Processes` of its own (its marker, its
+logs, its workers), whose teardown leaves the server and cancels the runs it left.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ PHASE = "top-100"
 PREFECT = [sys.executable, "-m", "prefect"]
 ROLLOUT = [sys.executable, "-m", "rollout"]
 MARKER = "ROLLOUT_TEST_E2E_ID"  # inherited by every process a test module starts
+OPEN_STATES = ["SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"]
 
 SERVER_STARTUP_SECONDS = 120
 COMMAND_SECONDS = 120
@@ -114,12 +117,19 @@ def kill_group(process: subprocess.Popen[bytes], grace: float = 10) -> None:
 
 @dataclass
 class Processes:
-    """The processes this module starts, their logs, and the one Prefect server's address."""
+    """The processes a test module (or the session: the server) starts, their logs, and
+    the one Prefect server's address."""
 
     dir: Path
     marker: str = field(default_factory=lambda: uuid.uuid4().hex)
     port: int = field(default_factory=free_port)
     started: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
+    server_log: Path | None = None  # the session's server, for a module's diagnostics
+
+    def for_module(self, folder: Path) -> Processes:
+        """A module's own processes on this server: its own marker, so its teardown
+        kills its workers and flow runs, never the server."""
+        return Processes(folder, port=self.port, server_log=self.dir / "server.log")
 
     @property
     def api_url(self) -> str:
@@ -186,7 +196,7 @@ class Processes:
         """What a CI failure needs: the tails of the server's log, of ``logs``, and of
         the workers' logs (flow runs log there too)."""
         parts = [tail(log) for log in logs]
-        if (server := self.dir / "server.log").exists():
+        if (server := self.server_log or self.dir / "server.log").exists():
             parts.insert(0, tail(server, 30))
         for worker in sorted(self.dir.glob("worker*.log")):  # a restarted one has its own
             parts.append(tail(worker, 80))
@@ -211,6 +221,19 @@ class Processes:
             f"{method} {path}: {response.status_code} {response.text}\n{self.diagnostics()}"
         )
         return response.json()
+
+    def cancel_open_runs(self) -> None:
+        """Cancel every flow run not yet final, so no later module's worker picks one
+        up (a test that failed half-way may leave one scheduled)."""
+        runs = self.api(
+            "POST", "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": OPEN_STATES}}}}
+        )
+        for run in runs:
+            self.api(
+                "POST",
+                f"/flow_runs/{run['id']}/set_state",
+                {"state": {"type": "CANCELLED", "name": "Cancelled"}, "force": True},
+            )
 
 
 @dataclass
