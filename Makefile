@@ -43,18 +43,18 @@ screenshot: $(STAMP)
 # otherwise it stops before any test with the command to run), and the PostgreSQL tests
 # get a throwaway server of their own (tests/support/with-postgres), unless
 # ROLLOUT_TEST_POSTGRES_URL names one. CI=true makes PostgreSQL a must (.ci/run).
-# --dist loadgroup: tests sharing an expensive fixture (a Prefect server, a demo) run on
-# one worker, which builds it once (tests/conftest.py groups them).
+# Each xdist worker takes whole modules, and all of tests/e2e, so an expensive fixture
+# (a Prefect server, a demo) is built once (tests/conftest.py, pytest_xdist_make_scheduler).
 test: $(STAMP)
 	tests/support/ensure-chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	tests/support/with-postgres $(BIN)/pytest -n auto --dist loadgroup
+	tests/support/with-postgres $(BIN)/pytest -n auto
 
 # Leaves out what needs PostgreSQL, Chromium or Prefect, and the slow tests (markers
 # assigned in tests/conftest.py), so it needs nothing but the virtualenv.
 test-fast: $(STAMP)
-	$(BIN)/pytest -n auto --dist loadgroup -m "not browser and not prefect and not postgres and not slow"
+	$(BIN)/pytest -n auto -m "not browser and not prefect and not postgres and not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

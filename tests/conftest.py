@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -195,29 +196,33 @@ def _listed(item: pytest.Item, entries: tuple[str, ...]) -> bool:
     return any(test == e or test.startswith(e if e.endswith("/") else f"{e}::") for e in entries)
 
 
-def _worker_group(item: pytest.Item) -> str | None:
-    """Tests that share an expensive fixture run on one xdist worker (`--dist loadgroup`,
-    the Makefile's), so it is built once: a module-scoped fixture (a Prefect server and
-    its deployments, a demo, a wheel) once per module, not once on each worker that gets
-    one of its tests; the session's Prefect harness (~14 s) and the end-to-end tests'
-    Prefect server on one worker each, not on both."""
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-        return None
-    if item.nodeid.startswith("tests/e2e/"):
-        return "e2e"  # one Prefect server and deploy for them all (tests/e2e/conftest.py)
-    if "prefect_server" in info.names_closure:
-        return "prefect-harness"
-    if any(defs[-1].scope == "module" for defs in info.name2fixturedefs.values() if defs):
-        return item.nodeid.split("::", 1)[0]
-    return None
+def _work_unit(nodeid: str) -> str:
+    """The tests an xdist worker takes together: a whole module, so a module-scoped
+    fixture (a demo, a wheel, a sample) is built once, not on each worker that gets one
+    of its tests; all of tests/e2e, which shares one Prefect server and deploy
+    (tests/e2e/conftest.py); all of tests/flows, so the session's Prefect harness
+    (~14 s) starts on one worker only."""
+    path = nodeid.split("::", 1)[0]
+    for shared in ("tests/e2e/", "tests/flows/"):
+        if path.startswith(shared):
+            return shared
+    return path
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups in this same hook
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Work units from :func:`_work_unit`. (Not ``--dist loadgroup``: pytest-xdist 3.8
+    marks a group by rewriting ``item._nodeid``, which pytest 9 no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if group := _worker_group(item):
-            item.add_marker(pytest.mark.xdist_group(group))
         fixtures = getattr(item, "fixturenames", ())
         # The postgresql param of empty_registry_url carries its own mark.
         if "postgres_schema_url" in fixtures:
