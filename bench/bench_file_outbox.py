@@ -46,6 +46,7 @@ from rollout.notify import outbox
 from rollout.notify.message import Message, header_address
 from rollout.notify.senders import FileSender
 from rollout.plan import load_plan
+from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.models import Account, CohortMembership, Notification, has_active_factor
 from rollout.sample import generate_sample
@@ -77,7 +78,7 @@ def make_sample(folder: Path) -> Path:
         generate_sample(
             "small",
             7,
-            registry_url=f"sqlite:///{registry}",
+            registry=Registry(f"sqlite:///{registry}"),
             landing_dir=folder / "landing",
             end=date(2022, 3, 13),
             days=110,
@@ -214,7 +215,8 @@ def run(args: argparse.Namespace, registry: Path, number: int) -> float:
         started, cpu_started = time.perf_counter(), time.process_time()
         if profiler:
             profiler.enable()
-        report = outbox.drain(url, plan, sender, concurrency=args.concurrency)
+        with Registry(url) as opened:
+            report = outbox.drain(opened, plan, sender, concurrency=args.concurrency)
         if profiler:
             profiler.disable()
         elapsed = time.perf_counter() - started

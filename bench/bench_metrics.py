@@ -85,10 +85,11 @@ def run_rollout(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
     (timed apart, like pandas' loading), then metrics and cohorts."""
     from rollout import cohorts, extract, metrics, warehouse
     from rollout.plan import load_plan
+    from rollout.registry import Registry
 
     plan = load_plan(PLAN)
-    registry = f"sqlite:///{work / 'registry.db'}"
-    with warehouse.open_warehouse(work / "warehouse.duckdb") as con:
+    registry = Registry(f"sqlite:///{work / 'registry.db'}")
+    with registry, warehouse.open_warehouse(work / "warehouse.duckdb") as con:
         extracting = time.perf_counter()
         extract.extract_registry(con, registry)
         extract_seconds = time.perf_counter() - extracting
@@ -444,13 +445,14 @@ def generate(scale: str, seed: int, work: Path) -> Path:
     """A sample with Parquet landing files (as at npm scale), ingested into a fresh
     warehouse in ``work``; returns the landing folder."""
     from rollout import ingest, warehouse
+    from rollout.registry import Registry
     from rollout.sample import SCALES, generate_sample
 
     landing = work / "landing"
     generate_sample(
         dataclasses.replace(SCALES[scale], formats="parquet"),
         seed,
-        registry_url=f"sqlite:///{work / 'registry.db'}",
+        registry=Registry(f"sqlite:///{work / 'registry.db'}"),
         landing_dir=landing,
     )
     with warehouse.open_warehouse(work / "warehouse.duckdb") as con:

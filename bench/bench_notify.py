@@ -40,6 +40,7 @@ from rollout.notify import outbox
 from rollout.notify.message import header_address
 from rollout.notify.senders import SendGridSender
 from rollout.plan import load_plan
+from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
 from rollout.registry.models import Account, CohortMembership, Notification
@@ -195,16 +196,18 @@ def main() -> None:
         fill(url, args.emails)
         plan = load_plan(ROOT / "plans" / "npm-2022.yaml")
         started = time.perf_counter()
-        [queued] = outbox.queue_due(url, plan, date(2022, 1, 4), actor="bench")
+        with Registry(url) as registry:
+            [queued] = outbox.queue_due(registry, plan, date(2022, 1, 4), actor="bench")
         queue_s = time.perf_counter() - started
         port = free_port()
         server = start_server(port, work / "received.jsonl")
         try:
             sender = SendGridSender(KEY, f"http://127.0.0.1:{port}", timeout=10)
             started = time.perf_counter()
-            report = outbox.drain(
-                url, plan, sender, concurrency=args.concurrency, processes=args.processes
-            )
+            with Registry(url) as registry:
+                report = outbox.drain(
+                    registry, plan, sender, concurrency=args.concurrency, processes=args.processes
+                )
             send_s = time.perf_counter() - started
         finally:
             server.terminate()

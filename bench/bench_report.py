@@ -121,10 +121,11 @@ def registry_times(values: np.ndarray) -> list[str]:
 def ensure_sample(registry: Path, landing: Path) -> None:
     if registry.exists() and (landing / "logins").is_dir():
         return
+    from rollout.registry import Registry
     from rollout.sample import generate_sample
 
     print(f"no npm sample at {registry}: generating it (about 85 s, 4.2 GB peak)")
-    generate_sample("npm", 1, registry_url=f"sqlite:///{registry}", landing_dir=landing)
+    generate_sample("npm", 1, registry=Registry(f"sqlite:///{registry}"), landing_dir=landing)
 
 
 def cohort_days(plan: Any, last_download_day: date) -> dict[date, list[str]]:
@@ -184,9 +185,11 @@ class Simulation:
 
     def __init__(self, url: str, database: Path, con: Any, plan: Any, seed: int) -> None:
         from rollout.clock import SimulatedClock
+        from rollout.registry import Registry
         from rollout.story import Responses
 
         self.url, self.database, self.con, self.plan = url, database, con, plan
+        self.registry = Registry(url)  # the run's, closed when it ends (run)
         self.rng = np.random.default_rng(seed)
         self.responses = Responses()
         self.clock = SimulatedClock(datetime(2000, 1, 1))
@@ -233,17 +236,17 @@ class Simulation:
     def jobs(self, day: date, builds: dict[date, list[str]], due: set[date]) -> None:
         from rollout import brownouts, cohorts, enforce, metrics
         from rollout.notify import outbox
-        from rollout.registry.migrate import open_registry
 
         self.move(day, 0)
         if day == self.plan.elv.enroll_all_on:
-            self.note(day, f"ELV for all: {brownouts.enroll_all(self.url, actor=ACTOR):,} accounts")
+            enrolled = brownouts.enroll_all(self.registry, actor=ACTOR)
+            self.note(day, f"ELV for all: {enrolled:,} accounts")
         self.move(day, 2, 30)
         if day in builds:
             metrics.compute_metrics(self.con, day, self.plan.metrics)
             for r in cohorts.build_cohorts(
                 self.con,
-                self.url,
+                self.registry,
                 self.plan,
                 day,
                 actor=ACTOR,
@@ -257,7 +260,7 @@ class Simulation:
                 )
         self.move(day, 9)
         if day in due:
-            for o in outbox.queue_due(self.url, self.plan, day, actor=ACTOR):
+            for o in outbox.queue_due(self.registry, self.plan, day, actor=ACTOR):
                 if o.added:
                     self.note(day, f"{o.occasion.step}: {o.added:,} emails queued or skipped")
             self.note(day, f"drain: {self.drain(day, 9):,} emails sent")
@@ -265,10 +268,9 @@ class Simulation:
         for phase in self.plan.phases:
             if phase.enforce_on != day:
                 continue
-            with open_registry(self.url) as engine:
-                expect = enforce.preview_phase(engine, self.plan, phase).count
+            expect = enforce.preview_phase(self.registry, self.plan, phase).count
             result = enforce.enforce_phase(
-                self.url, self.plan, phase.name, expect=expect, actor=ACTOR
+                self.registry, self.plan, phase.name, expect=expect, actor=ACTOR
             )
             self.note(
                 day,
@@ -403,9 +405,9 @@ class Simulation:
                 (registry_times(np.array([us(logins_from - timedelta(days=28))]))[0],),
             ).fetchone()[0]
         organic_per_day = recent / 28
-        with use_clock(self.clock):
+        with use_clock(self.clock), self.registry:
             self.move(start, 1)
-            brownouts.schedule(self.url, self.plan, actor=ACTOR)
+            brownouts.schedule(self.registry, self.plan, actor=ACTOR)
             for day in calendar(start, end):
                 self.jobs(day, builds, due)
                 self.move(day, 11)
@@ -480,6 +482,7 @@ def measure(work: Path, as_of: date) -> dict[str, Any]:
     """One report job, as the report flow runs it, with its parts timed inside it."""
     from rollout import adoption, extract, reporting, warehouse
     from rollout.plan import load_plan
+    from rollout.registry import Registry
 
     seconds: Counter[str] = Counter()
     results: dict[str, Any] = {}
@@ -505,12 +508,13 @@ def measure(work: Path, as_of: date) -> dict[str, Any]:
         timed(reporting, name)
     plan = load_plan(PLAN)
     opening = time.perf_counter()
-    with warehouse.open_warehouse(work / "warehouse.duckdb") as con:
+    with (
+        Registry(f"sqlite:///{work / 'registry.db'}") as registry,
+        warehouse.open_warehouse(work / "warehouse.duckdb") as con,
+    ):
         opened = time.perf_counter() - opening
         started = time.perf_counter()
-        files = reporting.report_from_registry(
-            con, f"sqlite:///{work / 'registry.db'}", plan, as_of, work / "reports"
-        )
+        files = reporting.report_from_registry(con, registry, plan, as_of, work / "reports")
         total = time.perf_counter() - started
     return {
         "total": total,

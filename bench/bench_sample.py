@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rollout.registry import Registry
 from rollout.sample import SCALES, SampleSummary, generate_sample
 
 COLUMNS = (
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = generate_sample(
         args.scale,
         args.seed,
-        registry_url=f"sqlite:///{out / 'registry.db'}",
+        registry=Registry(f"sqlite:///{out / 'registry.db'}"),
         landing_dir=out / "landing",
         progress=progress,
     )

@@ -15,18 +15,22 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import IO_RETRIES, cell, fail_on_user_error, key_for, run_actor, table
+from flows.common import (
+    IO_RETRIES,
+    cell,
+    fail_on_user_error,
+    key_for,
+    run_actor,
+    runtime,
+    table,
+    with_runtime,
+)
 from rollout import brownouts
-from rollout.config import load_settings
 from rollout.errors import GuardRefused
-from rollout.plan import load_plan
-from rollout.registry.migrate import open_registry
 
 
 def _find(name: str) -> brownouts.WindowState | None:
-    settings = load_settings()
-    with open_registry(settings.registry_url) as engine:
-        return {w.name: w for w in brownouts.status(engine)}.get(name)
+    return {w.name: w for w in brownouts.status(runtime().registry)}.get(name)
 
 
 def _window(name: str) -> brownouts.WindowState:
@@ -39,15 +43,13 @@ def _window(name: str) -> brownouts.WindowState:
 @task(name="schedule-brownouts", cache_policy=NO_CACHE, **IO_RETRIES)
 def schedule_from_plan(actor: str) -> None:
     """Create the plan's windows: the schedule reached a window nobody scheduled."""
-    settings = load_settings()
-    brownouts.schedule(settings.registry_url, load_plan(settings.plan_path), actor=actor)
+    run = runtime()
+    brownouts.schedule(run.registry, run.plan, actor=actor)
 
 
 def _report(name: str, what: str) -> brownouts.WindowState:
-    settings = load_settings()
     window = _window(name)
-    with open_registry(settings.registry_url) as engine:
-        reach = brownouts.accounts_challenged(engine)
+    reach = brownouts.accounts_challenged(runtime().registry)
     rows = [
         ("state", window.state),
         ("starts", f"{window.starts_at:%Y-%m-%d %H:%M} UTC"),
@@ -65,16 +67,16 @@ def _report(name: str, what: str) -> brownouts.WindowState:
 
 @flow(name="brownout-start", description="Begin a brown-out window at its planned start.")
 @fail_on_user_error
+@with_runtime
 def brownout_start(name: str) -> str:
     logger = get_run_logger()
-    actor = run_actor(load_settings())
+    actor = run_actor(runtime().settings)
     if _find(name) is None:
         schedule_from_plan(actor)
     window = _window(name)
     if window.state == "scheduled":
-        settings = load_settings()
         window = brownouts.start_now(
-            settings.registry_url, name, actor=actor, reason="planned start (Prefect schedule)"
+            runtime().registry, name, actor=actor, reason="planned start (Prefect schedule)"
         )
     elif window.state != "active":
         raise GuardRefused(f"brown-out {name} has {window.state}: it cannot start again")
@@ -84,17 +86,17 @@ def brownout_start(name: str) -> str:
 
 @flow(name="brownout-end", description="Close a brown-out window at its planned end.")
 @fail_on_user_error
+@with_runtime
 def brownout_end(name: str) -> str:
     logger = get_run_logger()
     window = _window(name)
     if window.state == "scheduled":
         raise GuardRefused(f"brown-out {name} has not started: there is nothing to end")
     if window.state == "active":
-        settings = load_settings()
         window = brownouts.end_now(
-            settings.registry_url,
+            runtime().registry,
             name,
-            actor=run_actor(settings),
+            actor=run_actor(runtime().settings),
             reason="planned end (Prefect schedule)",
         )
     logger.info("brown-out %s is %s", name, window.state)
@@ -103,20 +105,20 @@ def brownout_end(name: str) -> str:
 
 @flow(name="elv-enroll-all", description="Enrol every account in enhanced login verification.")
 @fail_on_user_error
+@with_runtime
 def elv_enroll_all(batch_size: int = 50_000) -> int:
     """Resumable: a rerun enrols only accounts still not enrolled."""
     logger = get_run_logger()
-    settings = load_settings()
-    with open_registry(settings.registry_url) as engine:
-        before = brownouts.accounts_challenged(engine)["not_elv_enrolled"]
+    run = runtime()
+    before = brownouts.accounts_challenged(run.registry)["not_elv_enrolled"]
     logger.info("%d accounts to enrol in ELV", before)
 
     def progress(done: int, total: int) -> None:
         logger.info("enrolled %d of %d accounts", done, total)
 
     enrolled = brownouts.enroll_all(
-        settings.registry_url,
-        actor=run_actor(settings),
+        run.registry,
+        actor=run_actor(run.settings),
         batch_size=batch_size,
         progress=progress,
     )

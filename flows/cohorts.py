@@ -21,14 +21,13 @@ from flows.common import (
     day_or_today,
     fail_on_user_error,
     run_actor,
+    runtime,
     table,
-    warehouse,
+    with_runtime,
 )
 from flows.metrics import metrics
 from rollout.cohorts import CohortResult, build_cohorts
-from rollout.config import load_settings
 from rollout.output import labelled_rows
-from rollout.plan import load_plan
 
 ENTERED_LISTED = 20
 
@@ -37,12 +36,12 @@ ENTERED_LISTED = 20
 def build_all_cohorts(
     as_of: date, allow_gaps: bool, actor: str, refresh_registry: bool = True
 ) -> list[CohortResult]:
-    settings = load_settings()
-    plan = load_plan(settings.plan_path)
-    with warehouse(settings) as con:
+    run = runtime()
+    plan = run.plan
+    with run.warehouse() as con:
         return build_cohorts(
             con,
-            settings.registry_url,
+            run.registry,
             plan,
             as_of,
             actor=actor,
@@ -74,6 +73,7 @@ def cohorts_markdown(as_of: date, results: Sequence[CohortResult]) -> str:
 
 @flow(name="cohorts", description="Build a day's cohorts from its package metrics.")
 @fail_on_user_error
+@with_runtime
 def cohorts(
     as_of: date | None = None, allow_gaps: bool = False, refresh_registry: bool = True
 ) -> list[CohortResult]:
@@ -82,7 +82,7 @@ def cohorts(
     ``refresh_registry=False`` trusts the registry extract a preceding ingest made.
     """
     day = day_or_today(as_of)
-    results = build_all_cohorts(day, allow_gaps, run_actor(load_settings()), refresh_registry)
+    results = build_all_cohorts(day, allow_gaps, run_actor(runtime().settings), refresh_registry)
     create_markdown_artifact(
         markdown=cohorts_markdown(day, results),
         key=artifact_key("cohorts", day),
@@ -93,6 +93,7 @@ def cohorts(
 
 @flow(name="daily", description="The daily run: package metrics, then cohorts, for one day.")
 @fail_on_user_error
+@with_runtime
 def daily(
     as_of: date | None = None, ingest_first: bool = True, allow_gaps: bool = False
 ) -> list[CohortResult]:

@@ -1,5 +1,6 @@
-"""Wiring shared by the flows: settings, the warehouse, the day, the actor, markdown,
-and how a run fails: a user error in one line, transient I/O errors retried."""
+"""Wiring shared by the flows: the run's runtime (settings, plan, registry, warehouse),
+the day, the actor, markdown, and how a run fails: a user error in one line, transient
+I/O errors retried."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import re
 import urllib.error
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, date, datetime
 from typing import Any, ParamSpec, TypeVar
 
-import duckdb
 import python_http_client.exceptions
 from prefect import Task, get_run_logger
 from prefect.client.schemas.objects import TaskRun
@@ -27,7 +28,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from rollout.config import Settings
 from rollout.errors import RolloutError
 from rollout.output import markdown_text as cell
-from rollout.warehouse import open_warehouse
+from rollout.runtime import Runtime
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -55,10 +56,49 @@ def run_actor(settings: Settings, environ: Mapping[str, str] = os.environ) -> st
     return f"prefect/{flow_run.name or 'local'}"
 
 
+# --- one runtime per flow run ----------------------------------------------------------
+
+# The runtime of the flow run in progress in this thread. Tasks reach it through
+# runtime(): a task's parameters must stay serialisable (Prefect records them), so the
+# Runtime, with its engine, is never one. A task runs in its flow's thread and context,
+# so it sees the flow run's runtime; a subflow sets its own and puts the parent's back.
+_RUNTIME: ContextVar[Runtime | None] = ContextVar("rollout_flow_runtime", default=None)
+
+
+def with_runtime(fn: Callable[P, R]) -> Callable[P, R]:
+    """For every flow function, under ``@flow`` and ``@fail_on_user_error``: one Runtime
+    for the run, made as it starts and closed as it ends, whatever the outcome. Its parts
+    are made on first use, so a bad setting raises in the flow body, where
+    ``fail_on_user_error`` (outside this, so that Prefect still sees its signature) turns
+    it into the run's one-line failure."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        with _running_with(Runtime()):
+            return fn(*args, **kwargs)
+
+    return run
+
+
 @contextmanager
-def warehouse(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
-    with open_warehouse(settings.warehouse_path, memory_limit=settings.duckdb_memory_limit) as con:
-        yield con
+def _running_with(current: Runtime) -> Iterator[Runtime]:
+    """``current`` as the runtime of what runs inside (a flow run), closed afterwards."""
+    token = _RUNTIME.set(current)
+    try:
+        yield current
+    finally:
+        _RUNTIME.reset(token)
+        current.close()
+
+
+def runtime() -> Runtime:
+    """The runtime of the flow run in progress: its tasks call this, with no parameter."""
+    current = _RUNTIME.get()
+    if current is None:
+        raise RuntimeError(
+            "no runtime: a rollout task runs inside a flow whose function is @with_runtime"
+        )
+    return current
 
 
 def table(rows: Sequence[tuple[str, Any]], header: tuple[str, str] = ("what", "value")) -> str:

@@ -18,29 +18,29 @@ from flows.common import (
     cell,
     day_or_today,
     fail_on_user_error,
+    runtime,
     table,
-    warehouse,
+    with_runtime,
 )
-from rollout.config import load_settings
 from rollout.extract import extract_registry
 from rollout.ingest import IngestReport, ingest
 from rollout.metrics import MetricsReport, compute_metrics
 from rollout.output import Markdown, labelled_rows
-from rollout.plan import load_plan
 
 
 @task(name="ingest", cache_policy=NO_CACHE, **IO_RETRIES)
 def ingest_landing() -> IngestReport:
     """Load new landing files (a refused one is reported, not raised), extract the registry."""
-    settings = load_settings()
-    with warehouse(settings) as con:
+    run = runtime()
+    settings = run.settings
+    with run.warehouse() as con:
         report = ingest(
             con,
             [settings.landing_dir],
             quarantine_limit=settings.quarantine_limit,
             landing_root=settings.landing_dir,
         )
-        extract_registry(con, settings.registry_url)
+        extract_registry(con, run.registry)
     logger = get_run_logger()
     logger.info(
         "%d files loaded, %d skipped, %d refused; %d rows loaded, %d quarantined",
@@ -57,9 +57,9 @@ def ingest_landing() -> IngestReport:
 
 @task(name="compute-metrics", cache_policy=NO_CACHE, **IO_RETRIES)
 def compute_package_metrics(as_of: date) -> MetricsReport:
-    settings = load_settings()
-    plan = load_plan(settings.plan_path)
-    with warehouse(settings) as con:
+    run = runtime()
+    plan = run.plan
+    with run.warehouse() as con:
         report = compute_metrics(con, as_of, plan.metrics)
     if not report.weekly_window_complete:
         get_run_logger().warning(
@@ -108,6 +108,7 @@ def metrics_markdown(report: MetricsReport, ingested: IngestReport | None) -> st
 
 @flow(name="metrics", description="Ingest landing files, then compute a day's package metrics.")
 @fail_on_user_error
+@with_runtime
 def metrics(as_of: date | None = None, ingest_first: bool = True) -> MetricsReport:
     """Package metrics for ``as_of`` (default: today, UTC; the week is the 7 days before)."""
     day = day_or_today(as_of)

@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
+from pydantic import SecretStr
 
 from flows.common import (
     IO_RETRIES,
@@ -30,39 +31,43 @@ from flows.common import (
     fail_on_user_error,
     library_logs_in_run_log,
     run_actor,
+    runtime,
     table,
+    with_runtime,
 )
-from rollout.config import Settings, load_settings
+from rollout.config import Settings
 from rollout.notify.outbox import DrainReport, EmailsFailed, QueueOutcome, drain, queue_due
 from rollout.notify.senders import make_sender
-from rollout.plan import load_plan
 
 SECRET_BLOCK = "sendgrid-api-key"
 
 
-def settings_with_secret(environ: Mapping[str, str] = os.environ) -> Settings:
-    """Settings, with the SendGrid key from a Secret block when the environment has none."""
-    if environ.get("SENDGRID_API_KEY"):
-        return load_settings(environ)
+def settings_with_secret(settings: Settings, environ: Mapping[str, str] = os.environ) -> Settings:
+    """The run's settings, with the SendGrid key from a Secret block when the
+    environment has none (``settings`` are the environment's: the runtime's)."""
+    if settings.sendgrid_api_key is not None:
+        return settings
     name = environ.get("ROLLOUT_SENDGRID_SECRET_BLOCK", SECRET_BLOCK)
     try:
-        key = Secret.load(name).get()
+        key = str(Secret.load(name).get())
     except ValueError:  # no such block: the file outbox
-        return load_settings(environ)
-    return load_settings({**environ, "SENDGRID_API_KEY": str(key)})
+        return settings
+    # As load_settings takes SENDGRID_API_KEY: an empty value is no key.
+    return settings.model_copy(update={"sendgrid_api_key": SecretStr(key) if key else None})
 
 
 @task(name="queue-due-emails", cache_policy=NO_CACHE, **IO_RETRIES)
 def queue_task(day: date, actor: str) -> list[QueueOutcome]:
-    settings = load_settings()
-    return queue_due(settings.registry_url, load_plan(settings.plan_path), day, actor=actor)
+    run = runtime()
+    return queue_due(run.registry, run.plan, day, actor=actor)
 
 
 @task(name="send-outbox", cache_policy=NO_CACHE, **IO_RETRIES)
 def send_task(concurrency: int, retry_failed: bool = False) -> DrainReport:
     logger = get_run_logger()
-    settings = settings_with_secret()
-    plan = load_plan(settings.plan_path)
+    run = runtime()
+    # Only the sender sees the key: the runtime keeps the environment's settings.
+    settings, plan = settings_with_secret(run.settings), run.plan
     sender = make_sender(
         settings,
         from_address=plan.notifications.from_address,
@@ -77,7 +82,7 @@ def send_task(concurrency: int, retry_failed: bool = False) -> DrainReport:
     # The sender's retry warnings come from the drain's send threads.
     with library_logs_in_run_log():
         report = drain(
-            settings.registry_url,
+            run.registry,
             plan,
             sender,
             concurrency=concurrency,
@@ -118,6 +123,7 @@ def notify_markdown(day: date, queued: list[QueueOutcome], report: DrainReport |
 
 @flow(name="notify", description="Queue today's emails from the plan, then send the outbox.")
 @fail_on_user_error
+@with_runtime
 def notify(
     as_of: date | None = None, send: bool = True, concurrency: int = 8, retry_failed: bool = False
 ) -> dict:
@@ -128,7 +134,7 @@ def notify(
     fixed), to go through this run's sender.
     """
     day = day_or_today(as_of)
-    queued = queue_task(day, run_actor(load_settings()))
+    queued = queue_task(day, run_actor(runtime().settings))
     report = send_task(concurrency, retry_failed) if send else None
     create_markdown_artifact(
         markdown=notify_markdown(day, queued, report),

@@ -29,15 +29,21 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import Failed, State
 from pydantic import Field
 
-from flows.common import IO_RETRIES, cell, fail_on_user_error, key_for, run_actor, table
+from flows.common import (
+    IO_RETRIES,
+    cell,
+    fail_on_user_error,
+    key_for,
+    run_actor,
+    runtime,
+    table,
+    with_runtime,
+)
 from rollout.approvals import REFUSED_STATE, REQUEST_INPUT_KEY, ApprovalRequest
-from rollout.config import load_settings
 from rollout.enforce import EnforceResult, enforce_phase, preview_phase
 from rollout.errors import GuardRefused
 from rollout.output import labelled_rows
-from rollout.plan import load_plan
 from rollout.previews import SavedPreview, preview_markdown, save_preview
-from rollout.registry.migrate import open_registry
 
 # A day is long enough to reach a release manager; after it the run fails unapplied.
 APPROVAL_TIMEOUT_SECONDS = 24 * 3600
@@ -61,10 +67,9 @@ class Approval(RunInput):
 
 @task(name="preview-phase", cache_policy=NO_CACHE, **IO_RETRIES)
 def preview_task(phase: str, actor: str) -> SavedPreview:
-    settings = load_settings()
-    plan = load_plan(settings.plan_path)
-    with open_registry(settings.registry_url) as engine:
-        preview = preview_phase(engine, plan, plan.phase(phase))
+    run = runtime()
+    settings, plan = run.settings, run.plan
+    preview = preview_phase(run.registry, plan, plan.phase(phase))
     return save_preview(plan, preview, settings.reports_dir, actor=actor)
 
 
@@ -73,10 +78,8 @@ def preview_task(phase: str, actor: str) -> SavedPreview:
 # this one attempt.
 @task(name="enforce-phase", cache_policy=NO_CACHE)
 def enforce_task(phase: str, expect: int, actor: str) -> EnforceResult:
-    settings = load_settings()
-    return enforce_phase(
-        settings.registry_url, load_plan(settings.plan_path), phase, expect=expect, actor=actor
-    )
+    run = runtime()
+    return enforce_phase(run.registry, run.plan, phase, expect=expect, actor=actor)
 
 
 def publish_preview(saved: SavedPreview) -> str:
@@ -92,9 +95,10 @@ def publish_preview(saved: SavedPreview) -> str:
 
 @flow(name="phase-preview", description="Preview a phase: exactly who enforcing it would change.")
 @fail_on_user_error
+@with_runtime
 def phase_preview(phase: str) -> int:
     """The preview as an artifact and a CSV; changes no account. Returns the count."""
-    saved = preview_task(phase, run_actor(load_settings()))
+    saved = preview_task(phase, run_actor(runtime().settings))
     publish_preview(saved)
     return saved.preview.count
 
@@ -146,6 +150,7 @@ def wait_for_approval(request: ApprovalRequest, timeout: int) -> Approval:
     description="Enforce a phase after a person approves the previewed count.",
 )
 @fail_on_user_error
+@with_runtime
 def phase_enforce(
     phase: str,
     approval_timeout_seconds: Annotated[int, Field(ge=60)] = APPROVAL_TIMEOUT_SECONDS,
@@ -155,7 +160,7 @@ def phase_enforce(
     A guard's refusal (the count moved or was mistyped, the blast radius, the lock) ends
     the run Failed, named ``Refused``, its message the guard's one line."""
     logger = get_run_logger()
-    settings = load_settings()
+    settings = runtime().settings
     request = request_approval(phase, run_actor(settings))
     logger.info(
         "phase %s would require 2FA of %d accounts and revoke %d web sessions; "
@@ -165,6 +170,9 @@ def phase_enforce(
         request.sessions,
         request.accounts,
     )
+    # Nothing of the registry held open while a person decides (a day, at most): the
+    # enforce task opens it again.
+    runtime().close()
     approval = wait_for_approval(request, approval_timeout_seconds)
     actor = f"{approval.approved_by} via {run_actor(settings)}"
     try:

@@ -8,23 +8,27 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import IO_RETRIES, artifact_key, day_or_today, fail_on_user_error, warehouse
-from rollout.config import load_settings
-from rollout.plan import load_plan
+from flows.common import (
+    IO_RETRIES,
+    artifact_key,
+    day_or_today,
+    fail_on_user_error,
+    runtime,
+    with_runtime,
+)
 from rollout.reporting import ReportFiles, report_from_registry
 
 
 @task(name="build-report", cache_policy=NO_CACHE, **IO_RETRIES)
 def build(day: date) -> ReportFiles:
-    settings = load_settings()
-    with warehouse(settings) as con:
-        return report_from_registry(
-            con, settings.registry_url, load_plan(settings.plan_path), day, settings.reports_dir
-        )
+    run = runtime()
+    with run.warehouse() as con:
+        return report_from_registry(con, run.registry, run.plan, day, run.settings.reports_dir)
 
 
 @flow(name="report", description="The adoption report: HTML, Markdown and CSV per mart.")
 @fail_on_user_error
+@with_runtime
 def report(as_of: date | None = None) -> str:
     """Rebuild the adoption marts for ``as_of`` (default: today, UTC) and write the
     report under reports/<as_of>/; the Markdown is published as an artifact."""

@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, and_, exists, func, or_, select, update
+from sqlalchemy import Connection, and_, exists, func, or_, select, update
 
 from rollout.calendar import BROWNOUTS_SCHEDULE_STEP, ENROLL_ALL_STEP
 from rollout.clock import naive_utc
 from rollout.errors import BadInput, GuardRefused
-from rollout.locks import exclusive_run
 from rollout.plan import Brownout, Plan
+from rollout.registry import Registry
 from rollout.registry.ledger import (
     finish_run,
     record_actions,
@@ -27,7 +27,6 @@ from rollout.registry.ledger import (
     start_run,
     utc_now,
 )
-from rollout.registry.migrate import open_registry
 from rollout.registry.models import Account, BrownoutWindow, has_active_factor
 
 WINDOWS = BrownoutWindow.__table__
@@ -52,9 +51,9 @@ def state_at(window: object, at: datetime) -> str:
     return "active" if at < window.ends_at else "ended"
 
 
-def status(engine: Engine, at: datetime | None = None) -> list[WindowState]:
+def status(registry: Registry, at: datetime | None = None) -> list[WindowState]:
     at = at or utc_now()
-    with engine.connect() as connection:
+    with registry.engine.connect() as connection:
         windows = connection.execute(
             select(
                 WINDOWS.c.name, WINDOWS.c.starts_at, WINDOWS.c.ends_at, WINDOWS.c.ended_early_at
@@ -96,9 +95,9 @@ def planned_window(planned: Brownout) -> tuple[datetime, datetime]:
     return naive_utc(planned.starts_at), naive_utc(planned.ends_at)
 
 
-def schedule_preview(engine: Engine, plan: Plan) -> list[tuple[str, str]]:
+def schedule_preview(registry: Registry, plan: Plan) -> list[tuple[str, str]]:
     """(window, what scheduling would do) for each brown-out of the plan."""
-    existing = {w.name: w for w in status(engine)}
+    existing = {w.name: w for w in status(registry)}
     changes = []
     for planned in plan.brownouts:
         current = existing.get(planned.name)
@@ -116,90 +115,88 @@ def schedule_preview(engine: Engine, plan: Plan) -> list[tuple[str, str]]:
     return changes
 
 
-def schedule(registry_url: str, plan: Plan, *, actor: str) -> list[tuple[str, str]]:
+def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, str]]:
     """Create (or move, while not started) the plan's brown-out windows."""
-    with open_registry(registry_url) as engine:
-        changes = schedule_preview(engine, plan)
-        refused = [f"{name}: {what}" for name, what in changes if what.startswith("refused")]
-        if refused:
-            raise GuardRefused("; ".join(refused))
-        now = utc_now()
-        with engine.begin() as connection:
-            run_id = start_run(
-                connection,
-                plan=plan.name,
-                step=BROWNOUTS_SCHEDULE_STEP,
-                mode="apply",
-                actor=actor,
-                parameters={},
-            )
-            for planned, (_, what) in zip(plan.brownouts, changes, strict=True):
-                if what.startswith("unchanged"):
-                    continue
-                starts_at, ends_at = planned_window(planned)
-                if what.startswith("create"):
-                    connection.execute(
-                        WINDOWS.insert().values(
-                            name=planned.name,
-                            starts_at=starts_at,
-                            ends_at=ends_at,
-                            created_at=now,
-                            created_by=actor,
-                            reason=f"plan {plan.name}",
-                        )
+    changes = schedule_preview(registry, plan)
+    refused = [f"{name}: {what}" for name, what in changes if what.startswith("refused")]
+    if refused:
+        raise GuardRefused("; ".join(refused))
+    now = utc_now()
+    with registry.engine.begin() as connection:
+        run_id = start_run(
+            connection,
+            plan=plan.name,
+            step=BROWNOUTS_SCHEDULE_STEP,
+            mode="apply",
+            actor=actor,
+            parameters={},
+        )
+        for planned, (_, what) in zip(plan.brownouts, changes, strict=True):
+            if what.startswith("unchanged"):
+                continue
+            starts_at, ends_at = planned_window(planned)
+            if what.startswith("create"):
+                connection.execute(
+                    WINDOWS.insert().values(
+                        name=planned.name,
+                        starts_at=starts_at,
+                        ends_at=ends_at,
+                        created_at=now,
+                        created_by=actor,
+                        reason=f"plan {plan.name}",
                     )
-                else:
-                    connection.execute(
-                        update(WINDOWS)
-                        .where(WINDOWS.c.name == planned.name)
-                        .values(starts_at=starts_at, ends_at=ends_at)
-                    )
-                when = f"{starts_at:%Y%m%d%H%M}:{planned.hours}"
-                record_actions(
-                    connection,
-                    [
-                        {
-                            "effect_key": f"brownout-schedule:{planned.name}:{when}",
-                            "action": "brownout_scheduled",
-                            "subject": f"brownout:{planned.name}",
-                            "reason": what,
-                            "actor": actor,
-                            "run_id": run_id,
-                            "created_at": now,
-                        }
-                    ],
                 )
-            finish_run(connection, run_id, state="succeeded", summary={"changes": len(changes)})
-        return changes
+            else:
+                connection.execute(
+                    update(WINDOWS)
+                    .where(WINDOWS.c.name == planned.name)
+                    .values(starts_at=starts_at, ends_at=ends_at)
+                )
+            when = f"{starts_at:%Y%m%d%H%M}:{planned.hours}"
+            record_actions(
+                connection,
+                [
+                    {
+                        "effect_key": f"brownout-schedule:{planned.name}:{when}",
+                        "action": "brownout_scheduled",
+                        "subject": f"brownout:{planned.name}",
+                        "reason": what,
+                        "actor": actor,
+                        "run_id": run_id,
+                        "created_at": now,
+                    }
+                ],
+            )
+        finish_run(connection, run_id, state="succeeded", summary={"changes": len(changes)})
+    return changes
 
 
 def _change_window(
-    registry_url: str,
+    registry: Registry,
     name: str,
     actor: str,
     reason: str,
     decide: Callable[[WindowState, datetime], dict[str, datetime]],
     action: str,
 ) -> WindowState:
-    with open_registry(registry_url) as engine:
-        now = utc_now()
-        values = decide(_current(engine, name, now), now)
-        with engine.begin() as connection:
-            connection.execute(update(WINDOWS).where(WINDOWS.c.name == name).values(**values))
-            record_actions(
-                connection,
-                [
-                    {
-                        "effect_key": f"{action}:{name}:{now.isoformat()}",
-                        "action": action,
-                        "subject": f"brownout:{name}",
-                        "reason": reason,
-                        "actor": actor,
-                        "created_at": now,
-                    }
-                ],
-            )
-        return {w.name: w for w in status(engine, now)}[name]
+    now = utc_now()
+    values = decide(_current(registry, name, now), now)
+    with registry.engine.begin() as connection:
+        connection.execute(update(WINDOWS).where(WINDOWS.c.name == name).values(**values))
+        record_actions(
+            connection,
+            [
+                {
+                    "effect_key": f"{action}:{name}:{now.isoformat()}",
+                    "action": action,
+                    "subject": f"brownout:{name}",
+                    "reason": reason,
+                    "actor": actor,
+                    "created_at": now,
+                }
+            ],
+        )
+    return {w.name: w for w in status(registry, now)}[name]
 
 
 def _start_values(window: WindowState, now: datetime) -> dict[str, datetime]:
@@ -216,19 +213,18 @@ def _end_values(window: WindowState, now: datetime) -> dict[str, datetime]:
     return {"ended_early_at": now}
 
 
-def _current(engine: Engine, name: str, now: datetime) -> WindowState:
-    current = {w.name: w for w in status(engine, now)}.get(name)
+def _current(registry: Registry, name: str, now: datetime) -> WindowState:
+    current = {w.name: w for w in status(registry, now)}.get(name)
     if current is None:
         raise BadInput(None, None, f"no brown-out window named {name!r}")
     return current
 
 
-def change_preview(registry_url: str, name: str, change: str) -> str:
+def change_preview(registry: Registry, name: str, change: str) -> str:
     """What ``start``/``end`` would do now, or GuardRefused saying why it would not."""
     decide = {"start": _start_values, "end": _end_values}[change]
-    with open_registry(registry_url) as engine:
-        now = utc_now()
-        window = _current(engine, name, now)
+    now = utc_now()
+    window = _current(registry, name, now)
     values = decide(window, now)
     if change == "start":
         return (
@@ -237,18 +233,18 @@ def change_preview(registry_url: str, name: str, change: str) -> str:
     return f"would end {name} now ({window.state})"
 
 
-def start_now(registry_url: str, name: str, *, actor: str, reason: str) -> WindowState:
+def start_now(registry: Registry, name: str, *, actor: str, reason: str) -> WindowState:
     """Begin a scheduled window now (it keeps its planned length)."""
-    return _change_window(registry_url, name, actor, reason, _start_values, "brownout_started")
+    return _change_window(registry, name, actor, reason, _start_values, "brownout_started")
 
 
-def end_now(registry_url: str, name: str, *, actor: str, reason: str) -> WindowState:
+def end_now(registry: Registry, name: str, *, actor: str, reason: str) -> WindowState:
     """The emergency stop: the window stops applying now, whatever its state."""
-    return _change_window(registry_url, name, actor, reason, _end_values, "brownout_ended")
+    return _change_window(registry, name, actor, reason, _end_values, "brownout_ended")
 
 
 def enroll_all(
-    registry_url: str,
+    registry: Registry,
     *,
     actor: str,
     batch_size: int = 50_000,
@@ -261,7 +257,8 @@ def enroll_all(
     if batch_size < 1:
         # 0 would enrol nobody and report success; a negative LIMIT means no limit.
         raise BadInput(None, None, f"batch size {batch_size}: must be at least 1")
-    with exclusive_run(registry_url, "elv"), open_registry(registry_url) as engine:
+    with registry.lock("elv"):
+        engine = registry.engine
         with engine.connect() as connection:
             total = connection.execute(
                 select(func.count())
@@ -333,11 +330,11 @@ def enroll_all(
         return enrolled
 
 
-def accounts_challenged(engine: Engine) -> dict[str, int]:
+def accounts_challenged(registry: Registry) -> dict[str, int]:
     """Who a brown-out reaches: accounts without 2FA, and those not yet ELV-enrolled
     (the ones for whom the window changes anything)."""
     without = ~has_active_factor(ACCOUNTS.c.id)
-    with engine.connect() as connection:
+    with registry.engine.connect() as connection:
         row = connection.execute(
             select(
                 func.count().filter(without),

@@ -17,9 +17,9 @@ import typer
 
 from rollout import __version__
 from rollout.clock import naive_utc
-from rollout.config import Settings, load_settings
 from rollout.errors import EXIT_BAD_INPUT, EXIT_FAILURE, RolloutError
 from rollout.output import Format, emit, emit_record, labelled, progress_for, stderr, visible
+from rollout.runtime import Runtime
 from rollout.stopping import Stopped
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -41,8 +41,18 @@ FormatOption = Annotated[
 ]
 
 
-def _settings() -> Settings:
-    return load_settings()
+def _runtime(ctx: typer.Context) -> Runtime:
+    """This invocation's runtime (settings, plan, registry, warehouse), which the callback
+    made, with its settings read.
+
+    Read here, in the command and under ``reports_errors``: a bad setting is the one-line
+    error (exit code 2) the command reports first, before a bad option value, as it
+    always was. A command that needs no settings (``plan check FILE``) does not ask."""
+    runtime = ctx.find_object(Runtime)
+    if runtime is None:  # pragma: no cover - every command runs under the callback
+        raise RuntimeError("no runtime: run the command through the `rollout` app")
+    _ = runtime.settings
+    return runtime
 
 
 def reports_errors(function: F) -> F:
@@ -64,12 +74,18 @@ def reports_errors(function: F) -> F:
 
 @app.callback(invoke_without_command=True)
 def main(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
     """rollout: measure reach, pick cohorts, warn, rehearse, enforce and report 2FA."""
     if version:
         typer.echo(__version__)
         raise typer.Exit()
+    # One runtime for the invocation: nothing is read or opened until a command uses it,
+    # and what it opened (the registry's engine) is closed when the command ends.
+    runtime = Runtime()
+    ctx.obj = runtime
+    ctx.call_on_close(runtime.close)
 
 
 # --- db ----------------------------------------------------------------------------
@@ -77,13 +93,13 @@ def main(
 
 @db_app.command("upgrade")
 @reports_errors
-def db_upgrade() -> None:
+def db_upgrade(ctx: typer.Context) -> None:
     """Create or migrate the registry database to the newest schema."""
     from rollout.registry import migrate
     from rollout.registry.engine import make_engine
 
-    settings = _settings()
-    engine = make_engine(settings.registry_url)
+    # A bare engine, not the runtime's registry: that one refuses a schema not this code's.
+    engine = make_engine(_runtime(ctx).settings.registry_url)
     try:
         migrate.upgrade(engine)
         stderr.print(f"registry at revision {migrate.current_revision(engine)}")
@@ -95,13 +111,13 @@ def db_upgrade() -> None:
 
 @db_app.command("status")
 @reports_errors
-def db_status(fmt: FormatOption = Format.table) -> None:
+def db_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     """Show the registry's schema revision and whether it is up to date."""
     from rollout.registry import migrate
     from rollout.registry.engine import make_engine
 
-    settings = _settings()
-    engine = make_engine(settings.registry_url)
+    # A bare engine, as for `db upgrade`: the status of a registry at any schema.
+    engine = make_engine(_runtime(ctx).settings.registry_url)
     try:
         current, head = migrate.current_revision(engine), migrate.head_revision()
     finally:
@@ -123,6 +139,7 @@ def db_status(fmt: FormatOption = Format.table) -> None:
 @plan_app.command("check")
 @reports_errors
 def plan_check(
+    ctx: typer.Context,
     file: Annotated[
         Path | None, typer.Argument(help="The plan (default: $ROLLOUT_PLAN, plans/npm-2022.yaml).")
     ] = None,
@@ -130,7 +147,7 @@ def plan_check(
     """Validate a plan file: dates in order, known cohorts, no overlapping brown-outs."""
     from rollout.plan import parse_plan, read_plan_text
 
-    path = file or _settings().plan_path
+    path = file or _runtime(ctx).settings.plan_path
     plan, problems = parse_plan(read_plan_text(path), path)
     for problem in problems:
         stderr.print(labelled("error:", "bold red", problem))
@@ -147,6 +164,7 @@ def plan_check(
 @plan_app.command("show")
 @reports_errors
 def plan_show(
+    ctx: typer.Context,
     at: Annotated[
         str | None,
         typer.Option("--at", help="Show states as of this UTC time (default: now)."),
@@ -154,13 +172,12 @@ def plan_show(
     fmt: FormatOption = Format.table,
 ) -> None:
     """The plan's timeline and each step's state: pending, previewed, applied, rolled back."""
-    from rollout.registry.migrate import open_registry
     from rollout.timeline import step_states
 
-    settings, plan = _settings(), _plan()
+    runtime = _runtime(ctx)
+    settings, plan = runtime.settings, runtime.plan
     moment = _parse_time(at) if at else None
-    with open_registry(settings.registry_url) as engine:
-        states = step_states(engine, settings.registry_url, plan, moment, settings.reports_dir)
+    states = step_states(runtime.registry, plan, moment, settings.reports_dir)
     emit(
         [
             {
@@ -193,6 +210,7 @@ def plan_show(
 @app.command()
 @reports_errors
 def sample(
+    ctx: typer.Context,
     scale: Annotated[
         str, typer.Option(help="tiny (~1k packages), small (~20k), medium (~250k) or npm (4M).")
     ] = "small",
@@ -229,8 +247,9 @@ def sample(
         ).with_exit(EXIT_BAD_INPUT)
     if confirm is not None and not replace:
         raise RolloutError("--confirm goes with --replace").with_exit(EXIT_BAD_INPUT)
-    settings = _settings()
-    contents = sample_module.registry_contents(settings.registry_url)
+    runtime = _runtime(ctx)
+    settings = runtime.settings
+    contents = sample_module.registry_contents(runtime.registry)
     if contents.has_rows and contents.is_sample and not replace:
         # The preview (DESIGN.md rule 1): what --replace would destroy, and how.
         stderr.print(
@@ -251,7 +270,7 @@ def sample(
         summary = sample_module.generate_sample(
             scale,
             seed,
-            registry_url=settings.registry_url,
+            registry=runtime.registry,
             landing_dir=settings.landing_dir,
             end=_parse_day(end, "--end"),
             days=days,
@@ -262,16 +281,6 @@ def sample(
     record = {k: v for k, v in vars(summary).items() if k != "landing_files"}
     record["landing_files"] = len(summary.landing_files)
     emit_record(record, fmt, title=f"sample registry ({scale}, seed {seed})")
-
-
-def _open_warehouse(settings: Settings, *, read_only: bool = False) -> Any:
-    """The warehouse, with ``ROLLOUT_DUCKDB_MEMORY_LIMIT`` applied: to readers too (a
-    what-if or a diff can need as much memory as a build)."""
-    from rollout import warehouse
-
-    return warehouse.open_warehouse(
-        settings.warehouse_path, read_only=read_only, memory_limit=settings.duckdb_memory_limit
-    )
 
 
 def _parse_day(text: str, option: str) -> date:
@@ -300,6 +309,7 @@ def _parse_time(text: str, option: str = "--at") -> datetime:
 @app.command()
 @reports_errors
 def ingest(
+    ctx: typer.Context,
     paths: Annotated[
         list[Path] | None,
         typer.Argument(help="Landing files or folders (default: $ROLLOUT_HOME/landing)."),
@@ -320,11 +330,12 @@ def ingest(
     from rollout import extract
     from rollout import ingest as ingest_module
 
-    settings = _settings()
+    runtime = _runtime(ctx)
+    settings = runtime.settings
     targets = paths or [settings.landing_dir]
     root = settings.landing_dir if not paths else None
     with (
-        _open_warehouse(settings) as con,
+        runtime.warehouse() as con,
         progress_for(fmt) as progress,
     ):
         task = progress.add_task("ingest", total=None)
@@ -344,9 +355,7 @@ def ingest(
         registry_counts: dict[str, int] = {}
         if registry:
             progress.update(task, description="extract registry")
-            registry_counts = extract.extract_registry(
-                con, settings.registry_url, full=full_extract
-            )
+            registry_counts = extract.extract_registry(con, runtime.registry, full=full_extract)
     rows = [
         {
             "file": str(f.path) if fmt is not Format.table else _short(f.path, targets),
@@ -391,13 +400,13 @@ def _short(path: Path, roots: list[Path]) -> str:
 @app.command()
 @reports_errors
 def quarantine(
+    ctx: typer.Context,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many rows.")] = 100,
     fmt: FormatOption = Format.table,
 ) -> None:
     """List rows refused by ingest validation, with file, line and reason."""
 
-    settings = _settings()
-    with _open_warehouse(settings, read_only=True) as con:
+    with _runtime(ctx).warehouse(read_only=True) as con:
         rows = con.execute(
             "select path as file, line, reason, record from quarantine "
             "order by quarantined_at, path, line limit $limit",
@@ -413,12 +422,11 @@ def quarantine(
 
 @app.command()
 @reports_errors
-def summary(fmt: FormatOption = Format.table) -> None:
+def summary(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     """What the warehouse holds: packages, dependency edges, accounts, 2FA share, files."""
     from rollout import warehouse
 
-    settings = _settings()
-    with _open_warehouse(settings, read_only=True) as con:
+    with _runtime(ctx).warehouse(read_only=True) as con:
         result = con.execute(warehouse.sql_text("summary/warehouse_summary"))
         names = [d[0] for d in result.description]
         values = result.fetchall()[0]
@@ -427,7 +435,7 @@ def summary(fmt: FormatOption = Format.table) -> None:
 
 @app.command()
 @reports_errors
-def doctor(fmt: FormatOption = Format.table) -> None:
+def doctor(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     """Health checks: registry, schema, warehouse, plan, SendGrid key, Prefect worker.
 
     One row per check, ok, warn or fail; exits 1 if any fails. Reads only: it sends no
@@ -436,7 +444,7 @@ def doctor(fmt: FormatOption = Format.table) -> None:
 
     from rollout.doctor import COLUMNS, any_failed, run_checks
 
-    results = run_checks(_settings(), os.environ)
+    results = run_checks(_runtime(ctx), os.environ)
     emit([result.row() for result in results], fmt, title="rollout doctor", columns=COLUMNS)
     if any_failed(results):
         raise typer.Exit(EXIT_FAILURE)
@@ -456,12 +464,6 @@ AsOfOption = Annotated[
 ]
 
 
-def _plan() -> Any:
-    from rollout.plan import load_plan
-
-    return load_plan(_settings().plan_path)
-
-
 def _day_or_latest(con: Any, text: str | None, table: str) -> date:
     if text is not None:
         return _parse_day(text, "--as-of")
@@ -478,6 +480,7 @@ def _day_or_latest(con: Any, text: str | None, table: str) -> date:
 @app.command()
 @reports_errors
 def metrics(
+    ctx: typer.Context,
     as_of: Annotated[
         str,
         typer.Option(
@@ -489,9 +492,9 @@ def metrics(
     """Compute every package's reach on a day: downloads, dependents, ranks."""
     from rollout.metrics import compute_metrics
 
-    settings, day = _settings(), _parse_day(as_of, "--as-of")
-    plan = _plan()
-    with _open_warehouse(settings) as con:
+    runtime, day = _runtime(ctx), _parse_day(as_of, "--as-of")
+    plan = runtime.plan
+    with runtime.warehouse() as con:
         report = compute_metrics(con, day, plan.metrics)
     emit_record(report.summary(), fmt, title=f"package metrics {day}")
     if not report.weekly_window_complete:
@@ -501,6 +504,7 @@ def metrics(
 @cohorts_app.command("build")
 @reports_errors
 def cohorts_build(
+    ctx: typer.Context,
     as_of: Annotated[str, typer.Option("--as-of", help="The metrics day, YYYY-MM-DD.")],
     cohort: Annotated[list[str] | None, typer.Option(help="Only this cohort (repeatable).")] = None,
     allow_gaps: Annotated[
@@ -511,12 +515,13 @@ def cohorts_build(
     """Add the packages that qualify on a day to their cohorts; derive the accounts."""
     from rollout.cohorts import build_cohorts
 
-    settings, day = _settings(), _parse_day(as_of, "--as-of")
-    with _open_warehouse(settings) as con:
+    runtime = _runtime(ctx)
+    settings, day = runtime.settings, _parse_day(as_of, "--as-of")
+    with runtime.warehouse() as con:
         results = build_cohorts(
             con,
-            settings.registry_url,
-            _plan(),
+            runtime.registry,
+            runtime.plan,
             day,
             actor=settings.actor,
             cohorts=cohort,
@@ -528,6 +533,7 @@ def cohorts_build(
 @cohorts_app.command("show")
 @reports_errors
 def cohorts_show(
+    ctx: typer.Context,
     cohort: Annotated[str, typer.Argument(help="The cohort, as named in the plan.")],
     as_of: AsOfOption = None,
     packages: Annotated[
@@ -540,9 +546,9 @@ def cohorts_show(
 ) -> None:
     """The accounts (or packages) of a cohort on a day, with 2FA status and why."""
 
-    settings = _settings()
-    _plan().cohort(cohort)
-    with _open_warehouse(settings, read_only=True) as con:
+    runtime = _runtime(ctx)
+    runtime.plan.cohort(cohort)
+    with runtime.warehouse(read_only=True) as con:
         table = "cohort_package_snapshots" if packages else "cohort_account_snapshots"
         day = _day_or_latest(con, as_of, table)
         if packages:
@@ -589,6 +595,7 @@ def _joined(values: list[str], separator: str, limit: int | None) -> str:
 @cohorts_app.command("diff")
 @reports_errors
 def cohorts_diff(
+    ctx: typer.Context,
     first: Annotated[str, typer.Argument(help="The earlier day, YYYY-MM-DD.")],
     second: Annotated[str, typer.Argument(help="The later day, YYYY-MM-DD.")],
     cohort: Annotated[str | None, typer.Option(help="Only this cohort.")] = None,
@@ -597,11 +604,11 @@ def cohorts_diff(
     """Who entered and who left a cohort between two days, and why."""
     from rollout import warehouse
 
-    settings = _settings()
+    runtime = _runtime(ctx)
     if cohort is not None:
-        _plan().cohort(cohort)  # an unknown cohort is a typo, not an empty diff
+        runtime.plan.cohort(cohort)  # an unknown cohort is a typo, not an empty diff
     days = {"d1": _parse_day(first, "D1"), "d2": _parse_day(second, "D2"), "cohort": cohort}
-    with _open_warehouse(settings, read_only=True) as con:
+    with runtime.warehouse(read_only=True) as con:
         for day in (days["d1"], days["d2"]):
             # A day no cohort build wrote would show everyone as entered (or left).
             if not warehouse.scalar(
@@ -626,6 +633,7 @@ def cohorts_diff(
 @cohorts_app.command("simulate")
 @reports_errors
 def cohorts_simulate(
+    ctx: typer.Context,
     weekly_downloads_gt: Annotated[
         int | None, typer.Option(min=0, help="More than this many weekly downloads qualifies.")
     ] = None,
@@ -651,8 +659,7 @@ def cohorts_simulate(
         dependents_gte=dependents_gte,
         top_by_dependents=top,
     )
-    settings = _settings()
-    with _open_warehouse(settings, read_only=True) as con:
+    with _runtime(ctx).warehouse(read_only=True) as con:
         day = _day_or_latest(con, as_of, "package_metrics_daily")
         sizes = simulate(con, rule, day)
     emit_record(
@@ -672,6 +679,7 @@ def cohorts_simulate(
 @cohorts_app.command("release")
 @reports_errors
 def cohorts_release(
+    ctx: typer.Context,
     package: Annotated[str, typer.Argument(help="The package to take out.")],
     reason: Annotated[str, typer.Option(help="Why: recorded in the audit ledger.")],
     cohort: Annotated[str, typer.Option(help="The cohort to take it out of.")],
@@ -682,16 +690,15 @@ def cohorts_release(
     """Take a package out of a cohort for good, with a reason and an audit row."""
     from rollout.cohorts import release_package, release_preview
 
-    settings = _settings()
-    _plan().cohort(cohort)
-    preview = release_preview(settings.registry_url, cohort, package)
+    runtime = _runtime(ctx)
+    settings = runtime.settings
+    runtime.plan.cohort(cohort)
+    preview = release_preview(runtime.registry, cohort, package)
     stderr.print(preview, highlight=False)
     if not apply:
         stderr.print("preview only: add --apply to release it", highlight=False)
         return
-    name = release_package(
-        settings.registry_url, cohort, package, reason=reason, actor=settings.actor
-    )
+    name = release_package(runtime.registry, cohort, package, reason=reason, actor=settings.actor)
     stderr.print(
         f"released {name} from {cohort}; accounts leave at the next `rollout cohorts build`",
         highlight=False,
@@ -710,6 +717,7 @@ app.add_typer(phase_app, name="phase")
 @phase_app.command("preview")
 @reports_errors
 def phase_preview(
+    ctx: typer.Context,
     phase: Annotated[str, typer.Argument(help="The phase, as named in the plan.")],
     fmt: FormatOption = Format.table,
 ) -> None:
@@ -719,11 +727,10 @@ def phase_preview(
     with a record beside it that `rollout plan show` reads."""
     from rollout.enforce import preview_phase
     from rollout.previews import COLUMNS, preview_rows, save_preview
-    from rollout.registry.migrate import open_registry
 
-    settings, plan = _settings(), _plan()
-    with open_registry(settings.registry_url) as engine:
-        preview = preview_phase(engine, plan, plan.phase(phase))
+    runtime = _runtime(ctx)
+    settings, plan = runtime.settings, runtime.plan
+    preview = preview_phase(runtime.registry, plan, plan.phase(phase))
     saved = save_preview(plan, preview, settings.reports_dir, actor=settings.actor)
     emit(
         preview_rows(preview),
@@ -757,6 +764,7 @@ def phase_preview(
 @phase_app.command("enforce")
 @reports_errors
 def phase_enforce(
+    ctx: typer.Context,
     phase: Annotated[str, typer.Argument(help="The phase, as named in the plan.")],
     apply: Annotated[
         bool, typer.Option("--apply", help="Make the change (without: preview only).")
@@ -770,18 +778,19 @@ def phase_enforce(
     from rollout.enforce import enforce_phase
 
     if not apply:
-        phase_preview(phase, fmt)
+        phase_preview(ctx, phase, fmt)
         return
     if expect is None:
         raise RolloutError(
             "--apply needs --expect N, the count `rollout phase preview` showed"
         ).with_exit(EXIT_BAD_INPUT)
-    settings = _settings()
+    runtime = _runtime(ctx)
+    settings = runtime.settings
     with progress_for(fmt) as progress:
         task = progress.add_task(f"phase {phase}: accounts", total=expect)
         result = enforce_phase(
-            settings.registry_url,
-            _plan(),
+            runtime.registry,
+            runtime.plan,
             phase,
             expect=expect,
             actor=settings.actor,
@@ -793,6 +802,7 @@ def phase_enforce(
 @phase_app.command("rollback")
 @reports_errors
 def phase_rollback(
+    ctx: typer.Context,
     phase: Annotated[str, typer.Argument(help="The phase, as named in the plan.")],
     apply: Annotated[
         bool, typer.Option("--apply", help="Make the change (without: preview only).")
@@ -804,12 +814,11 @@ def phase_rollback(
     An account stays required while another applied phase requires it: the preview
     lists every account the phase requires and what the rollback does to each."""
     from rollout.enforce import rollback_phase, rollback_preview
-    from rollout.registry.migrate import open_registry
 
-    settings, plan = _settings(), _plan()
+    runtime = _runtime(ctx)
+    settings, plan = runtime.settings, runtime.plan
     plan.phase(phase)
-    with open_registry(settings.registry_url) as engine:
-        preview = rollback_preview(engine, phase)
+    preview = rollback_preview(runtime.registry, phase)
     if not apply:
         emit(
             [
@@ -837,7 +846,7 @@ def phase_rollback(
     if not apply:
         stderr.print("preview only: add --apply to roll back", highlight=False)
         return
-    result = rollback_phase(settings.registry_url, plan, phase, actor=settings.actor)
+    result = rollback_phase(runtime.registry, plan, phase, actor=settings.actor)
     emit_record(result.summary(), fmt, title=f"phase {phase} rolled back")
 
 
@@ -867,6 +876,7 @@ def approvals(fmt: FormatOption = Format.table) -> None:
 @app.command("approve")
 @reports_errors
 def approve(
+    ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(help="The run's full id, as `rollout approvals` lists.")],
     expect: Annotated[
         int, typer.Option(min=0, help="The account count the preview showed, typed back.")
@@ -898,7 +908,7 @@ def approve(
     from rollout.approvals import approve as resume
 
     run = parse_run_id(run_id)
-    name = _settings().actor if approved_by is None else approved_by
+    name = _runtime(ctx).settings.actor if approved_by is None else approved_by
     with api_from_environ() as api:
         waited = resume(api, run, expect=expect, approved_by=name)
         stderr.print(
@@ -932,6 +942,7 @@ app.add_typer(notify_app, name="notify")
 @notify_app.command("preview")
 @reports_errors
 def notify_preview(
+    ctx: typer.Context,
     email: Annotated[
         str | None, typer.Argument(help="The email's name (default: every email).")
     ] = None,
@@ -944,9 +955,9 @@ def notify_preview(
     from rollout.notify.examples import example_stored, preview_examples, write_preview
     from rollout.notify.outbox import account_recipient
     from rollout.notify.render import render
-    from rollout.registry.migrate import open_registry
 
-    settings, plan = _settings(), _plan()
+    runtime = _runtime(ctx)
+    settings, plan = runtime.settings, runtime.plan
     if email is not None and email not in EMAILS:
         raise RolloutError(f"no email named {email!r} (emails: {', '.join(EMAILS)})").with_exit(
             EXIT_BAD_INPUT
@@ -957,12 +968,11 @@ def notify_preview(
         written = preview_examples(plan, names, directory)
     else:
         written = []
-        with open_registry(settings.registry_url) as engine:
-            for name in names:
-                stored = example_stored(name, plan)
-                recipient = account_recipient(engine, plan, account, stored.get("phase"))
-                rendered = render(name, recipient, stored, plan)
-                written += write_preview(directory, f"{name}-{account}", rendered)
+        for name in names:
+            stored = example_stored(name, plan)
+            recipient = account_recipient(runtime.registry, plan, account, stored.get("phase"))
+            rendered = render(name, recipient, stored, plan)
+            written += write_preview(directory, f"{name}-{account}", rendered)
     for path in written:
         typer.echo(str(path))
     stderr.print(f"{len(written)} files under {directory}", highlight=False)
@@ -971,6 +981,7 @@ def notify_preview(
 @notify_app.command("queue")
 @reports_errors
 def notify_queue(
+    ctx: typer.Context,
     as_of: Annotated[
         str | None, typer.Option(help="The day, YYYY-MM-DD (default: today, UTC).")
     ] = None,
@@ -980,15 +991,14 @@ def notify_queue(
     """Queue the emails the plan calls for on a day (notices, reminders, heads-ups)."""
     from rollout.notify.outbox import queue_due, queue_preview
     from rollout.registry.ledger import utc_now
-    from rollout.registry.migrate import open_registry
 
-    settings, plan = _settings(), _plan()
+    runtime = _runtime(ctx)
+    settings, plan = runtime.settings, runtime.plan
     day = _parse_day(as_of, "--as-of") if as_of else utc_now().date()
     if apply:
-        outcomes = queue_due(settings.registry_url, plan, day, actor=settings.actor)
+        outcomes = queue_due(runtime.registry, plan, day, actor=settings.actor)
     else:
-        with open_registry(settings.registry_url) as engine:
-            outcomes = queue_preview(engine, plan, day)
+        outcomes = queue_preview(runtime.registry, plan, day)
     emit(
         [
             {
@@ -1014,6 +1024,7 @@ def notify_queue(
 @notify_app.command("send")
 @reports_errors
 def notify_send(
+    ctx: typer.Context,
     apply: Annotated[bool, typer.Option("--apply", help="Send (without: count only).")] = False,
     concurrency: Annotated[
         int,
@@ -1035,27 +1046,24 @@ def notify_send(
     """Drain the outbox: render and send every queued email, exactly once."""
     from rollout.notify.outbox import check_sender, drain, failed_count, pending
     from rollout.notify.senders import make_sender
-    from rollout.registry.migrate import open_registry
 
-    settings, plan = _settings(), _plan()
+    runtime = _runtime(ctx)
+    settings, plan, registry = runtime.settings, runtime.plan, runtime.registry
     sender = make_sender(
         settings,
         from_address=plan.notifications.from_address,
         from_name=plan.notifications.from_name,
     )
-    with open_registry(settings.registry_url) as engine:
-        queued = pending(engine)
-        failed = failed_count(engine) if retry_failed else 0
-        for email, count in queued.items():
-            stderr.print(f"  {email}: {count}", highlight=False)
-        stderr.print(
-            f"{sum(queued.values())} emails queued; sender: {sender.name}", highlight=False
-        )
-        if retry_failed:
-            stderr.print(f"{failed} failed emails to queue again first", highlight=False)
-        # The preview refuses as the send would: the file outbox never takes an email
-        # last attempted through SendGrid (the key is missing from this shell).
-        check_sender(engine, sender.name, include_failed=retry_failed)
+    queued = pending(registry)
+    failed = failed_count(registry) if retry_failed else 0
+    for email, count in queued.items():
+        stderr.print(f"  {email}: {count}", highlight=False)
+    stderr.print(f"{sum(queued.values())} emails queued; sender: {sender.name}", highlight=False)
+    if retry_failed:
+        stderr.print(f"{failed} failed emails to queue again first", highlight=False)
+    # The preview refuses as the send would: the file outbox never takes an email
+    # last attempted through SendGrid (the key is missing from this shell).
+    check_sender(registry, sender.name, include_failed=retry_failed)
     if not apply:
         stderr.print("preview only: add --apply to send them", highlight=False)
         return
@@ -1067,7 +1075,7 @@ def notify_send(
             progress.update(task, completed=done, total=total)
 
         report = drain(
-            settings.registry_url,
+            registry,
             plan,
             sender,
             concurrency=concurrency,
@@ -1094,29 +1102,26 @@ def notify_send(
 
 @notify_app.command("status")
 @reports_errors
-def notify_status(fmt: FormatOption = Format.table) -> None:
+def notify_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     """The outbox: emails by kind, state and reason (skipped: why; failed: the error)."""
     from rollout.notify.outbox import outbox_status
-    from rollout.registry.migrate import open_registry
 
-    with open_registry(_settings().registry_url) as engine:
-        rows = outbox_status(engine)
+    rows = outbox_status(_runtime(ctx).registry)
     emit(rows, fmt, title="outbox", columns=["email", "state", "reason", "count"])
 
 
 @notify_app.command("suppress")
 @reports_errors
 def notify_suppress(
+    ctx: typer.Context,
     address: Annotated[str, typer.Argument(help="The email address to stop writing to.")],
     reason: Annotated[str, typer.Option(help="Why (bounced, complained, asked).")],
 ) -> None:
     """Stop every email to an address (recorded as a skip with the reason 'suppressed')."""
     from rollout.notify.outbox import suppress
-    from rollout.registry.migrate import open_registry
 
-    settings = _settings()
-    with open_registry(settings.registry_url) as engine:
-        added = suppress(engine, address, reason=reason, actor=settings.actor)
+    runtime = _runtime(ctx)
+    added = suppress(runtime.registry, address, reason=reason, actor=runtime.settings.actor)
     stderr.print(
         f"{address}: " + ("suppressed" if added else "was already suppressed"), highlight=False
     )
@@ -1125,6 +1130,7 @@ def notify_suppress(
 @notify_app.command("withdraw")
 @reports_errors
 def notify_withdraw(
+    ctx: typer.Context,
     phase: Annotated[
         str | None, typer.Option(help="Only emails of this phase (or org:NAME, or '' for none).")
     ] = None,
@@ -1143,7 +1149,6 @@ def notify_withdraw(
     sent or being sent are not touched."""
     from rollout.notify.emails import EMAILS
     from rollout.notify.withdraw import Selection, withdraw, withdraw_preview
-    from rollout.registry.migrate import open_registry
 
     if phase is None and email is None:
         raise RolloutError("say which emails: --phase, --email or both").with_exit(EXIT_BAD_INPUT)
@@ -1152,20 +1157,19 @@ def notify_withdraw(
             f"no email named {email!r}: one of {', '.join(sorted(EMAILS))}"
         ).with_exit(EXIT_BAD_INPUT)
     selection = Selection(phase=phase, email=email)
-    settings = _settings()
-    with open_registry(settings.registry_url) as engine:
-        with engine.connect() as connection:
-            queued = withdraw_preview(connection, selection)
-        emit(queued, fmt, title="queued emails to withdraw", columns=["phase", "email", "queued"])
-        total = sum(row["queued"] for row in queued)
-        if not apply:
-            stderr.print(
-                f"{total} queued emails would be withdrawn; preview only: add --apply "
-                "--reason '...'",
-                highlight=False,
-            )
-            return
-        withdrawn = withdraw(engine, selection, reason=reason, actor=settings.actor)
+    runtime = _runtime(ctx)
+    settings, registry = runtime.settings, runtime.registry
+    with registry.engine.connect() as connection:
+        queued = withdraw_preview(connection, selection)
+    emit(queued, fmt, title="queued emails to withdraw", columns=["phase", "email", "queued"])
+    total = sum(row["queued"] for row in queued)
+    if not apply:
+        stderr.print(
+            f"{total} queued emails would be withdrawn; preview only: add --apply --reason '...'",
+            highlight=False,
+        )
+        return
+    withdrawn = withdraw(registry, selection, reason=reason, actor=settings.actor)
     stderr.print(f"withdrew {withdrawn} queued emails", highlight=False)
 
 
@@ -1175,6 +1179,7 @@ def notify_withdraw(
 @app.command()
 @reports_errors
 def report(
+    ctx: typer.Context,
     as_of: Annotated[
         str | None, typer.Option(help="The last day reported, YYYY-MM-DD (default: today).")
     ] = None,
@@ -1187,10 +1192,11 @@ def report(
     from rollout.registry.ledger import utc_now
     from rollout.reporting import report_from_registry
 
-    settings, plan = _settings(), _plan()
+    runtime = _runtime(ctx)
+    settings, plan = runtime.settings, runtime.plan
     day = _parse_day(as_of, "--as-of") if as_of else utc_now().date()
-    with _open_warehouse(settings) as con:
-        files = report_from_registry(con, settings.registry_url, plan, day, settings.reports_dir)
+    with runtime.warehouse() as con:
+        files = report_from_registry(con, runtime.registry, plan, day, settings.reports_dir)
     everyone = files.all_accounts
     emit_record(
         {
@@ -1213,6 +1219,7 @@ def report(
 @app.command()
 @reports_errors
 def demo(
+    ctx: typer.Context,
     start: Annotated[str, typer.Option(help="First day of the calendar.")] = "2021-12-01",
     end: Annotated[str, typer.Option(help="Last day of the calendar.")] = "2022-05-10",
     seed: Annotated[int, typer.Option(min=0, help="Same seed, same story.")] = 7,
@@ -1225,7 +1232,8 @@ def demo(
     Run `rollout sample` first (its downloads must reach the last cohort day)."""
     from rollout.story import Story
 
-    settings, plan = _settings(), _plan()
+    runtime = _runtime(ctx)
+    settings, plan = runtime.settings, runtime.plan
     first, last = _parse_day(start, "--start"), _parse_day(end, "--end")
     if last < first:
         raise RolloutError("--end is before --start").with_exit(EXIT_BAD_INPUT)
@@ -1242,8 +1250,7 @@ def demo(
         # Milestones through the progress display's console: above the bar on a
         # terminal, plain lines when piped.
         story = Story(
-            settings,
-            plan,
+            runtime,
             first,
             last,
             seed=seed,
@@ -1312,6 +1319,7 @@ app.add_typer(dev_app, name="dev")
 @dev_app.command("sendgrid")
 @reports_errors
 def dev_sendgrid(
+    ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 3030,
     api_key: Annotated[
@@ -1330,7 +1338,7 @@ def dev_sendgrid(
     from rollout.notify.devserver import DEFAULT_API_KEY, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    settings = _settings()
+    settings = _runtime(ctx).settings
     key = api_key or (
         settings.sendgrid_api_key.get_secret_value() if settings.sendgrid_api_key else None
     )
@@ -1359,6 +1367,7 @@ def _members_rows(members: list[Any], fmt: Format) -> list[dict[str, Any]]:
 @orgs_app.command("audit")
 @reports_errors
 def orgs_audit(
+    ctx: typer.Context,
     org: Annotated[str, typer.Argument(help="The org's name.")],
     without_2fa: Annotated[
         bool, typer.Option("--without-2fa", help="Only members with no 2FA.")
@@ -1370,14 +1379,12 @@ def orgs_audit(
 ) -> None:
     """Every member of an org with 2FA status and method; filter by status or role."""
     from rollout.orgs import audit_org
-    from rollout.registry.migrate import open_registry
 
     if role is not None and role not in ("owner", "admin", "developer"):
         raise RolloutError(f"--role {role!r}: use owner, admin or developer").with_exit(
             EXIT_BAD_INPUT
         )
-    with open_registry(_settings().registry_url) as engine:
-        members = audit_org(engine, org)
+    members = audit_org(_runtime(ctx).registry, org)
     shown = [
         m
         for m in members
@@ -1394,6 +1401,7 @@ def orgs_audit(
 @orgs_app.command("enforce")
 @reports_errors
 def orgs_enforce(
+    ctx: typer.Context,
     org: Annotated[str, typer.Argument(help="The org's name.")],
     confirm: Annotated[
         str | None, typer.Option(help="The org's name typed back: applies (without: preview only).")
@@ -1405,11 +1413,10 @@ def orgs_enforce(
 ) -> None:
     """Turn on 2FA enforcement for an org; members without 2FA are removed."""
     from rollout.orgs import enforce_org, enforcement_preview
-    from rollout.registry.migrate import open_registry
 
-    settings = _settings()
-    with open_registry(settings.registry_url) as engine:
-        members = enforcement_preview(engine, org)
+    runtime = _runtime(ctx)
+    settings = runtime.settings
+    members = enforcement_preview(runtime.registry, org)
     if confirm is None:
         emit(
             _members_rows(members, fmt),
@@ -1427,9 +1434,7 @@ def orgs_enforce(
         raise RolloutError("--confirm needs --owner: the owner turning enforcement on").with_exit(
             EXIT_BAD_INPUT
         )
-    result = enforce_org(
-        settings.registry_url, org, confirm=confirm, owner=owner, actor=settings.actor
-    )
+    result = enforce_org(runtime.registry, org, confirm=confirm, owner=owner, actor=settings.actor)
     emit_record(
         {
             "org": result.org,
@@ -1460,13 +1465,11 @@ ApplyOption = Annotated[
 
 @brownout_app.command("status")
 @reports_errors
-def brownout_status(fmt: FormatOption = Format.table) -> None:
+def brownout_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     """Every brown-out window and its state now: scheduled, active, ended, ended early."""
     from rollout.brownouts import status
-    from rollout.registry.migrate import open_registry
 
-    with open_registry(_settings().registry_url) as engine:
-        windows = status(engine)
+    windows = status(_runtime(ctx).registry)
     emit(
         [vars(w) for w in windows],
         fmt,
@@ -1477,26 +1480,26 @@ def brownout_status(fmt: FormatOption = Format.table) -> None:
 
 @brownout_app.command("schedule")
 @reports_errors
-def brownout_schedule(apply: ApplyOption = False) -> None:
+def brownout_schedule(ctx: typer.Context, apply: ApplyOption = False) -> None:
     """Create the plan's brown-out windows (or move ones that have not started)."""
     from rollout.brownouts import schedule, schedule_preview
-    from rollout.registry.migrate import open_registry
 
-    settings, plan = _settings(), _plan()
-    with open_registry(settings.registry_url) as engine:
-        changes = schedule_preview(engine, plan)
+    runtime = _runtime(ctx)
+    settings, plan = runtime.settings, runtime.plan
+    changes = schedule_preview(runtime.registry, plan)
     for name, what in changes:
         stderr.print(f"{name}: {what}", highlight=False)
     if not apply:
         stderr.print("preview only: add --apply to schedule", highlight=False)
         return
-    schedule(settings.registry_url, plan, actor=settings.actor)
+    schedule(runtime.registry, plan, actor=settings.actor)
     stderr.print("scheduled", highlight=False)
 
 
 @brownout_app.command("start")
 @reports_errors
 def brownout_start(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The window, as named in the plan.")],
     reason: Annotated[str, typer.Option(help="Why now: recorded in the audit ledger.")],
     apply: ApplyOption = False,
@@ -1504,12 +1507,13 @@ def brownout_start(
     """Begin a scheduled brown-out now (it keeps its planned length)."""
     from rollout.brownouts import change_preview, start_now
 
-    settings = _settings()
+    runtime = _runtime(ctx)
+    settings = runtime.settings
     if not apply:
-        preview = change_preview(settings.registry_url, name, "start")
+        preview = change_preview(runtime.registry, name, "start")
         stderr.print(f"{preview}; preview only: add --apply", highlight=False)
         return
-    window = start_now(settings.registry_url, name, actor=settings.actor, reason=reason)
+    window = start_now(runtime.registry, name, actor=settings.actor, reason=reason)
     stderr.print(
         f"{name} is {window.state} until {window.ends_at:%Y-%m-%d %H:%M} UTC", highlight=False
     )
@@ -1518,6 +1522,7 @@ def brownout_start(
 @brownout_app.command("end")
 @reports_errors
 def brownout_end(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The window to stop.")],
     reason: Annotated[str, typer.Option(help="Why: recorded in the audit ledger.")],
     apply: ApplyOption = False,
@@ -1525,18 +1530,20 @@ def brownout_end(
     """The emergency stop: a brown-out stops applying now, whatever its state."""
     from rollout.brownouts import change_preview, end_now
 
-    settings = _settings()
+    runtime = _runtime(ctx)
+    settings = runtime.settings
     if not apply:
-        preview = change_preview(settings.registry_url, name, "end")
+        preview = change_preview(runtime.registry, name, "end")
         stderr.print(f"{preview}; preview only: add --apply", highlight=False)
         return
-    window = end_now(settings.registry_url, name, actor=settings.actor, reason=reason)
+    window = end_now(runtime.registry, name, actor=settings.actor, reason=reason)
     stderr.print(f"{name}: {window.state}", highlight=False)
 
 
 @elv_app.command("enroll-all")
 @reports_errors
 def elv_enroll_all(
+    ctx: typer.Context,
     apply: ApplyOption = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Accounts per transaction.")] = 50_000,
 ) -> None:
@@ -1544,11 +1551,11 @@ def elv_enroll_all(
     from sqlalchemy import func, select
 
     from rollout.brownouts import enroll_all
-    from rollout.registry.migrate import open_registry
     from rollout.registry.models import Account
 
-    settings = _settings()
-    with open_registry(settings.registry_url) as engine, engine.connect() as connection:
+    runtime = _runtime(ctx)
+    settings = runtime.settings
+    with runtime.registry.engine.connect() as connection:
         pending = connection.execute(
             select(func.count()).select_from(Account).where(Account.elv_enrolled_at.is_(None))
         ).scalar_one()
@@ -1559,7 +1566,7 @@ def elv_enroll_all(
     with progress_for() as progress:
         task = progress.add_task("enrolling", total=pending)
         enrolled = enroll_all(
-            settings.registry_url,
+            runtime.registry,
             actor=settings.actor,
             batch_size=batch_size,
             progress=lambda done, total: progress.update(task, completed=done),

@@ -23,10 +23,9 @@ from rollout import warehouse
 from rollout.calendar import cohorts_step
 from rollout.errors import BadInput
 from rollout.extract import extract_registry
-from rollout.locks import exclusive_run
 from rollout.plan import CohortRule, Plan
+from rollout.registry import Registry
 from rollout.registry.ledger import record_actions, recorded_run, upsert, utc_now
-from rollout.registry.migrate import open_registry
 from rollout.registry.models import CohortMembership, CohortPackage
 
 # The registry tables a cohort build reads: who can publish, and their 2FA factors.
@@ -400,17 +399,17 @@ def _snapshot(
 
 def build_cohort(
     con: duckdb.DuckDBPyConnection,
-    engine: Engine,
-    registry_url: str,
+    registry: Registry,
     cohort: str,
     rule: CohortRule,
     as_of: date,
     run_id: str,
     actor: str,
 ) -> CohortResult:
+    engine = registry.engine
     qualified = _qualified_today(con, rule, as_of)
     entered = _add_packages(engine, cohort, as_of, qualified, run_id, actor)
-    extract_registry(con, registry_url, ("cohort_packages",), small=True)
+    extract_registry(con, registry, ("cohort_packages",), small=True)
     in_cohort = (
         "select package_key from registry.cohort_packages "
         "where cohort = $cohort and released_at is null"
@@ -423,7 +422,7 @@ def build_cohort(
     accounts_entered, accounts_left = _update_memberships(
         engine, cohort, as_of, accounts, run_id, actor
     )
-    extract_registry(con, registry_url, ("cohort_memberships",), small=True)
+    extract_registry(con, registry, ("cohort_memberships",), small=True)
     _snapshot(con, cohort, as_of, accounts, [key for _, key, _ in qualified])
     total = warehouse.scalar(
         con,
@@ -448,7 +447,7 @@ def build_cohort(
 
 def build_cohorts(
     con: duckdb.DuckDBPyConnection,
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
     as_of: date,
     *,
@@ -471,17 +470,17 @@ def build_cohorts(
     for name in names:
         plan.cohort(name)
     if refresh_registry:
-        extract_registry(con, registry_url, COHORT_INPUTS, small=small_registry)
+        extract_registry(con, registry, COHORT_INPUTS, small=small_registry)
     else:
         # The cohort tables alone: thousands of rows, read faster here than by
         # starting the child exporter (0.8 s of an npm-scale build).
-        extract_registry(con, registry_url, ("cohort_packages", "cohort_memberships"), small=True)
-    with exclusive_run(registry_url, "cohorts"), open_registry(registry_url) as engine:
+        extract_registry(con, registry, ("cohort_packages", "cohort_memberships"), small=True)
+    with registry.lock("cohorts"):
         results: list[CohortResult] = []
         # Each cohort's account models read the latest manifests: found once.
         with (
             recorded_run(
-                engine,
+                registry.engine,
                 plan=plan.name,
                 step=cohorts_step(as_of),
                 mode="apply",
@@ -492,9 +491,7 @@ def build_cohorts(
             warehouse.materialized(con, "stg_manifests", ("package", "maintainers")),
         ):
             for name in names:
-                result = build_cohort(
-                    con, engine, registry_url, name, plan.cohorts[name], as_of, run.id, actor
-                )
+                result = build_cohort(con, registry, name, plan.cohorts[name], as_of, run.id, actor)
                 results.append(result)
                 run.summary[name] = {
                     "packages": result.packages,
@@ -504,9 +501,9 @@ def build_cohorts(
         return results
 
 
-def release_preview(registry_url: str, cohort: str, package: str) -> str:
+def release_preview(registry: Registry, cohort: str, package: str) -> str:
     """What a release would change, in words, for the preview that comes first."""
-    with open_registry(registry_url) as engine, engine.connect() as connection:
+    with registry.engine.connect() as connection:
         c = COHORT_PACKAGES.c
         row = connection.execute(
             select(c.package, c.first_qualified_on, c.reasons, c.released_at).where(
@@ -535,13 +532,13 @@ def release_preview(registry_url: str, cohort: str, package: str) -> str:
 
 
 def release_package(
-    registry_url: str, cohort: str, package: str, *, reason: str, actor: str
+    registry: Registry, cohort: str, package: str, *, reason: str, actor: str
 ) -> str:
     """Take a package out of a cohort for good; returns its name as recorded."""
     if not reason.strip():
         raise BadInput(None, None, "a release needs a --reason")
     key = package.lower()
-    with open_registry(registry_url) as engine, engine.begin() as connection:
+    with registry.engine.begin() as connection:
         c = COHORT_PACKAGES.c
         row = connection.execute(
             select(c.id, c.package, c.released_at).where(

@@ -26,6 +26,8 @@ from rollout.errors import RolloutError
 
 if TYPE_CHECKING:
     from rollout.config import Settings
+    from rollout.registry import Registry
+    from rollout.runtime import Runtime
 
 WORK_POOL = "rollout-process"
 COLUMNS = ("check", "status", "detail")
@@ -60,16 +62,18 @@ def any_failed(results: Sequence[CheckResult]) -> bool:
 
 
 def run_checks(
-    settings: Settings,
+    runtime: Runtime,
     environ: Mapping[str, str],
     *,
     prefect_transport: httpx.BaseTransport | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> list[CheckResult]:
-    """Every check, in the order an operator would fix them."""
+    """Every check, in the order an operator would fix them. The plan is read from its
+    file by its check, not taken from ``runtime.plan``: one that does not load is a row."""
+    settings = runtime.settings
     return [
-        _guarded("registry", lambda: check_registry(settings.registry_url)),
-        _guarded("schema", lambda: check_schema(settings.registry_url)),
+        _guarded("registry", lambda: check_registry(runtime.registry)),
+        _guarded("schema", lambda: check_schema(runtime.registry)),
         _guarded("warehouse", lambda: check_warehouse(settings.warehouse_path)),
         _guarded("plan", lambda: check_plan(settings.plan_path)),
         _guarded("sendgrid", lambda: check_sendgrid(settings)),
@@ -91,6 +95,11 @@ def _short(text: str) -> str:
 
 
 # --- the registry -----------------------------------------------------------------------
+
+# The checks take the Registry, as every library function does, but reach the database
+# through a throwaway engine of their own on ``registry.url``: one that gives up after
+# TIMEOUT, and that opens a registry at any schema (``registry.engine`` refuses one that
+# is not this code's, which is the schema check's to report).
 
 
 def _registry_engine(registry_url: str) -> Any:
@@ -114,10 +123,11 @@ def _missing_sqlite_file(registry_url: str) -> Path | None:
     return Path(database)
 
 
-def check_registry(registry_url: str) -> CheckResult:
+def check_registry(registry: Registry) -> CheckResult:
     from sqlalchemy import text
     from sqlalchemy.exc import SQLAlchemyError
 
+    registry_url = registry.url
     missing = _missing_sqlite_file(registry_url)
     if missing is not None:
         return CheckResult(
@@ -136,11 +146,12 @@ def check_registry(registry_url: str) -> CheckResult:
     return CheckResult("registry", Status.ok, shown)
 
 
-def check_schema(registry_url: str) -> CheckResult:
+def check_schema(registry: Registry) -> CheckResult:
     from sqlalchemy.exc import SQLAlchemyError
 
     from rollout.registry import migrate
 
+    registry_url = registry.url
     if _missing_sqlite_file(registry_url) is not None:
         return CheckResult("schema", Status.fail, "no registry database yet (see registry)")
     engine = _registry_engine(registry_url)

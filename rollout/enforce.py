@@ -22,7 +22,6 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     DateTime,
-    Engine,
     String,
     and_,
     any_,
@@ -39,13 +38,12 @@ from sqlalchemy import (
 
 from rollout.calendar import phase_step
 from rollout.errors import GuardRefused
-from rollout.locks import exclusive_run
 from rollout.notify.outbox import queue_phase_summary
 from rollout.notify.withdraw import Selection, withdraw_preview, withdraw_queued
 from rollout.plan import Phase, Plan
 from rollout.previews import PhasePreview, Target
+from rollout.registry import Registry
 from rollout.registry.ledger import dialect_insert, record_actions, recorded_run, utc_now
-from rollout.registry.migrate import open_registry
 from rollout.registry.models import (
     Account,
     Action,
@@ -99,7 +97,7 @@ class EnforceResult:
         return asdict(self)
 
 
-def preview_phase(engine: Engine, plan: Plan, phase: Phase) -> PhasePreview:
+def preview_phase(registry: Registry, plan: Plan, phase: Phase) -> PhasePreview:
     """Who ``enforce`` would change: the cohort's current accounts without a 2FA
     factor, minus the plan's exemptions. Reads only."""
     exempt = plan.exempt_usernames
@@ -138,7 +136,7 @@ def preview_phase(engine: Engine, plan: Plan, phase: Phase) -> PhasePreview:
         .order_by(Account.id)
     )
     targets, exempted, compliant = [], [], 0
-    with engine.connect() as connection:
+    with registry.engine.connect() as connection:
         for row in connection.execute(query):
             (
                 account_id,
@@ -410,7 +408,7 @@ def _enforce_batch(
 
 
 def enforce_phase(
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
     phase_name: str,
     *,
@@ -424,8 +422,9 @@ def enforce_phase(
     ``progress(done, total)``, if given, is called after each batch commits: the
     accounts done so far, of the previewed total."""
     phase = plan.phase(phase_name)
-    with exclusive_run(registry_url, LOCK), open_registry(registry_url) as engine:
-        preview = preview_phase(engine, plan, phase)
+    with registry.lock(LOCK):
+        engine = registry.engine
+        preview = preview_phase(registry, plan, phase)
         if preview.count != expect:
             raise GuardRefused(
                 f"phase {phase.name} would change {preview.count} accounts, not the "
@@ -514,7 +513,7 @@ def _queued_by_enforcement(phase_name: str) -> Selection:
     return Selection(runs=runs)
 
 
-def rollback_preview(engine: Engine, phase_name: str) -> RollbackPreview:
+def rollback_preview(registry: Registry, phase_name: str) -> RollbackPreview:
     """What rolling ``phase_name`` back would do: withdraw its requirement from every
     account it requires, clearing the flag of exactly those no other applied phase
     requires (revoked sessions stay revoked). Reads only."""
@@ -527,7 +526,7 @@ def rollback_preview(engine: Engine, phase_name: str) -> RollbackPreview:
         .order_by(ACCOUNTS.c.id, other.c.phase)
     )
     by_account: dict[int, tuple[str, list[str]]] = {}
-    with engine.connect() as connection:
+    with registry.engine.connect() as connection:
         for account_id, username, other_phase in connection.execute(query):
             _, others = by_account.setdefault(account_id, (username, []))
             if other_phase is not None:
@@ -624,13 +623,16 @@ def _rollback_batch(
     return len(withdrawn), len(cleared)
 
 
-def rollback_phase(registry_url: str, plan: Plan, phase_name: str, *, actor: str) -> RollbackResult:
+def rollback_phase(
+    registry: Registry, plan: Plan, phase_name: str, *, actor: str
+) -> RollbackResult:
     """Withdraw the phase's 2FA requirement: clear the flag of the accounts no other
     applied phase requires, and withdraw the emails its enforcement queued and has not
     sent (recorded as skipped, with the reason). Revoked sessions stay revoked."""
     phase = plan.phase(phase_name)
-    with exclusive_run(registry_url, LOCK), open_registry(registry_url) as engine:
-        ids = [a.account_id for a in rollback_preview(engine, phase.name).accounts]
+    with registry.lock(LOCK):
+        engine = registry.engine
+        ids = [a.account_id for a in rollback_preview(registry, phase.name).accounts]
         with recorded_run(
             engine,
             plan=plan.name,

@@ -28,9 +28,8 @@ from sqlalchemy.types import TypeEngine
 
 from rollout import warehouse
 from rollout.errors import RolloutError
-from rollout.registry import changes
+from rollout.registry import Registry, changes
 from rollout.registry.engine import adbc_uri, is_sqlite, normalize_url
-from rollout.registry.migrate import require_current_schema
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Base, extracted_columns
 from rollout.registry.sqlite_export import NULL_INT, select_with_sentinels
 from rollout.stopping import PARENT_PID_VARIABLE, stop_requested_by_signals
@@ -110,7 +109,11 @@ def _export_sqlite(
     rollout.registry.sqlite_export for why not in this one), several at once, each
     with a share of the tables. Yields each share's tables once its files are
     complete, so the caller loads them while the other exporters still work: at npm
-    scale the report's extract (8 tables, 10.4M rows) went from 12.4-14.9 s to 8.6-9.2 s."""
+    scale the report's extract (8 tables, 10.4M rows) went from 12.4-14.9 s to 8.6-9.2 s.
+
+    Across the process boundary goes a string, the database's path, not the caller's
+    Registry: an exporter reads through ADBC alone, so it has no engine (nor Registry) to
+    make."""
     database = _sqlite_database(registry_url)
     shares = _share(_table_sizes(database, tables), EXPORTERS)
     running: list[tuple[subprocess.Popen[str], tuple[str, ...]]] = []
@@ -196,7 +199,7 @@ def _read_sqlite_here(registry_url: str, tables: tuple[str, ...]) -> dict[str, p
 
 def extract_registry(
     con: duckdb.DuckDBPyConnection,
-    registry_url: str,
+    registry: Registry,
     tables: tuple[str, ...] = EXTRACTED_TABLES,
     *,
     small: bool = False,
@@ -209,9 +212,15 @@ def extract_registry(
     warehouse copied is not read again; ``full`` reads every table regardless, as on
     PostgreSQL. ``small``: the tables hold a few thousand rows; on SQLite read them in
     this process rather than starting the (faster per row) child exporter.
+
+    It reads through connections of its own, not ``registry.engine``: ADBC on
+    PostgreSQL; on SQLite Python's sqlite3 here, or ADBC in the exporter processes, which
+    are handed the database's path (a string crosses the process boundary, the Registry
+    stays in this one).
     """
-    require_current_schema(registry_url)
-    sqlite = is_sqlite(registry_url)
+    registry.check_schema()
+    registry_url = registry.url
+    sqlite = registry.is_sqlite
     versions = None
     if sqlite and not full:
         versions = changes.claim_versions(_sqlite_database(registry_url), tables)

@@ -15,14 +15,13 @@ from sqlalchemy import Engine, and_, case, func, select, update
 
 from rollout.calendar import org_enforcement_step
 from rollout.errors import BadInput, GuardRefused
-from rollout.locks import exclusive_run
+from rollout.registry import Registry
 from rollout.registry.ledger import (
     insert_ignoring_existing,
     record_actions,
     recorded_run,
     utc_now,
 )
-from rollout.registry.migrate import open_registry
 from rollout.registry.models import (
     Account,
     Notification,
@@ -67,8 +66,9 @@ def _org_id(engine: Engine, org: str) -> tuple[int, datetime | None]:
     return row[0], row[1]
 
 
-def audit_org(engine: Engine, org: str) -> list[Member]:
+def audit_org(registry: Registry, org: str) -> list[Member]:
     """Every current member of ``org``, owners first, with 2FA status and methods."""
+    engine = registry.engine
     org_id, _ = _org_id(engine, org)
     methods = (
         select(
@@ -107,20 +107,21 @@ def audit_org(engine: Engine, org: str) -> list[Member]:
     return sorted(members, key=lambda m: (order.get(m.role, 9), m.username))
 
 
-def enforcement_preview(engine: Engine, org: str) -> list[Member]:
+def enforcement_preview(registry: Registry, org: str) -> list[Member]:
     """The members that turning enforcement on would remove: those without 2FA."""
-    return [m for m in audit_org(engine, org) if m.tfa_status == "none"]
+    return [m for m in audit_org(registry, org) if m.tfa_status == "none"]
 
 
 def enforce_org(
-    registry_url: str, org: str, *, confirm: str, owner: str, actor: str
+    registry: Registry, org: str, *, confirm: str, owner: str, actor: str
 ) -> OrgEnforcement:
     """Turn on 2FA enforcement for ``org`` as ``owner`` and remove members without 2FA."""
     if confirm != org:
         raise GuardRefused(f"type the org's name back to confirm: --confirm {org}")
-    with exclusive_run(registry_url, "orgs"), open_registry(registry_url) as engine:
+    with registry.lock("orgs"):
+        engine = registry.engine
         org_id, enforced_at = _org_id(engine, org)
-        members = audit_org(engine, org)
+        members = audit_org(registry, org)
         acting = next((m for m in members if m.username == owner), None)
         if acting is None or acting.role != "owner":
             raise GuardRefused(f"{owner} is not an owner of {org}")

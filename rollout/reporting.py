@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -48,6 +48,9 @@ from rollout.errors import RolloutError
 from rollout.output import csv_cells, markdown_text
 from rollout.plan import Plan
 from rollout.resources import resource_dir
+
+if TYPE_CHECKING:
+    from rollout.registry import Registry
 
 # The contract (docs/adoption-marts.md): each mart and its columns, in CSV order.
 MARTS: dict[str, tuple[str, ...]] = {
@@ -722,7 +725,7 @@ def build_report(
 
 def report_from_registry(
     con: duckdb.DuckDBPyConnection,
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
     as_of: date,
     reports_dir: Path,
@@ -736,6 +739,6 @@ def report_from_registry(
 
     if refresh_registry:
         # Only what the marts read: at npm scale the whole registry is twice the work.
-        extract_registry(con, registry_url, registry_inputs())
+        extract_registry(con, registry, registry_inputs())
     build_adoption(con, plan, as_of)
     return build_report(con, plan, as_of, report_dir(reports_dir, as_of))

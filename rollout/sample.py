@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import delete, insert, inspect, text
 
 from rollout.errors import BadInput, GuardRefused
-from rollout.registry import bulk, migrate
+from rollout.registry import Registry, bulk, migrate
 from rollout.registry.engine import make_engine, normalize_url
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, RegistryMark
 
@@ -1300,10 +1300,10 @@ class RegistryContents:
         )
 
 
-def confirm_name(registry_url: str) -> str:
+def confirm_name(registry: Registry) -> str:
     """The name to type back to replace a registry: the SQLite file's name, or the
     PostgreSQL database's, with the schema when the URL sets a search_path."""
-    url = normalize_url(registry_url)
+    url = normalize_url(registry.url)
     if url.get_backend_name() == "sqlite":
         return Path(url.database or ":memory:").name
     options = url.query.get("options", "")
@@ -1313,9 +1313,12 @@ def confirm_name(registry_url: str) -> str:
     return f"{url.database}/{schema.group(1)}" if schema else str(url.database)
 
 
-def registry_contents(registry_url: str) -> RegistryContents:
-    """Read what the registry holds, changing nothing (not even its schema)."""
-    engine = make_engine(registry_url)
+def registry_contents(registry: Registry) -> RegistryContents:
+    """Read what the registry holds, changing nothing (not even its schema).
+
+    Through an engine of its own, disposed of at once: ``registry.engine`` refuses a
+    database at another schema (or none), which is what a sample may replace."""
+    engine = make_engine(registry.url)
     try:
         with engine.connect() as connection:
             tables = set(inspect(connection).get_table_names())
@@ -1338,7 +1341,7 @@ def registry_contents(registry_url: str) -> RegistryContents:
             )
             return RegistryContents(
                 url=engine.url.render_as_string(hide_password=True),
-                name=confirm_name(registry_url),
+                name=confirm_name(registry),
                 is_sample=is_sample,
                 has_rows=has_rows,
                 accounts=count("accounts"),
@@ -1373,7 +1376,7 @@ def check_replace(contents: RegistryContents, replace: bool, confirm: str | None
 
 
 def prepare_registry(
-    registry_url: str,
+    registry: Registry,
     replace: bool,
     landing_dir: Path,
     confirm: str | None = None,
@@ -1381,7 +1384,7 @@ def prepare_registry(
 ) -> None:
     """Refuse to overwrite anything unless allowed (check_replace), then empty the
     registry at the newest schema and mark it a sample."""
-    contents = registry_contents(registry_url)
+    contents = registry_contents(registry)
     check_replace(contents, replace, confirm)
     existing = _landing_files(landing_dir)
     if existing and not replace:
@@ -1391,7 +1394,8 @@ def prepare_registry(
             f"the landing folder already has {len(existing)} files; pass replace=True to "
             "delete them",
         )
-    engine = make_engine(registry_url)
+    # A bare engine, not registry.engine: migrations work on any schema, or none.
+    engine = make_engine(registry.url)
     try:
         migrate.upgrade(engine)
         if contents.has_rows:
@@ -1451,7 +1455,7 @@ def generate_sample(
     scale: str | Scale,
     seed: int,
     *,
-    registry_url: str,
+    registry: Registry,
     landing_dir: Path,
     end: date = date(2022, 1, 31),
     days: int | None = None,
@@ -1459,7 +1463,7 @@ def generate_sample(
     confirm: str | None = None,
     progress: Progress | None = None,
 ) -> SampleSummary:
-    """Fill the registry at ``registry_url`` and write landing files under ``landing_dir``.
+    """Fill ``registry`` and write landing files under ``landing_dir``.
 
     An empty registry (no tables, or no rows) is filled and marked a sample. One with
     rows is replaced only if it is a sample, ``replace`` is set and ``confirm`` is its
@@ -1467,8 +1471,10 @@ def generate_sample(
     there are refused (BadInput) unless ``replace``, which deletes the sample's own
     landing subfolders. ``progress(stage, done, total)`` is called as stages advance.
 
-    On SQLite, the caller must hold no open connection to the registry meanwhile: rows go
-    in through ADBC's own SQLite library (see rollout/registry/bulk.py).
+    On SQLite, no connection to the registry may be open in this process meanwhile: rows
+    go in through ADBC's own SQLite library (see rollout/registry/bulk.py). The
+    registry's own pooled ones are closed first (``Registry.close``); the caller must
+    hold no other.
     """
     started = time.perf_counter()
     sc = _resolve_scale(scale)
@@ -1479,8 +1485,9 @@ def generate_sample(
     landing_dir = Path(landing_dir)
     stage = _Stages(progress)
     stage("Preparing the registry")
+    registry.close()
     prepare_registry(
-        registry_url,
+        registry,
         replace,
         landing_dir,
         confirm,
@@ -1506,8 +1513,8 @@ def generate_sample(
     tables = registry_tables(acc, fac, ses, tok, org, pk)
     stage("Writing the registry", len(tables))
     done = iter(range(1, len(tables) + 1))
-    bulk.insert_tables(registry_url, tables, progress=lambda _t, _n: stage.step(next(done)))
-    bulk.reset_id_sequences(registry_url, [name for name, t in tables if "id" in t.column_names])
+    bulk.insert_tables(registry.url, tables, progress=lambda _t, _n: stage.step(next(done)))
+    bulk.reset_id_sequences(registry.url, [name for name, t in tables if "id" in t.column_names])
     del tables
 
     mixed = sc.formats == "mixed"

@@ -33,13 +33,12 @@ from sqlalchemy import Engine, and_, bindparam, delete, insert, or_, select, upd
 
 from rollout import brownouts, cohorts, enforce, extract, ingest, metrics, warehouse
 from rollout.clock import SimulatedClock, use_clock
-from rollout.config import Settings
 from rollout.notify import outbox
 from rollout.notify.senders import FileSender
-from rollout.plan import Plan
-from rollout.registry.migrate import open_registry
+from rollout.registry import Registry
 from rollout.registry.models import Account, BrownoutWindow, Notification, TfaFactor, Token
 from rollout.reporting import ReportFiles, report_from_registry
+from rollout.runtime import Runtime
 
 ACTOR = "demo"
 STORY_LOGINS = "logins-story.parquet"
@@ -115,11 +114,11 @@ def _at(day: date, hour: int, minute: int = 0) -> datetime:
 # --- rewinding the sample to the start --------------------------------------------------
 
 
-def rewind(engine: Engine, landing_dir: Path, start: date) -> list[dict[str, Any]]:
+def rewind(registry: Registry, landing_dir: Path, start: date) -> list[dict[str, Any]]:
     """Hold back the factors dated on or after ``start`` (returned, to re-add on their
     day) and drop the sample's login events from ``start`` on."""
     cutoff = _at(start, 0)
-    with engine.begin() as connection:
+    with registry.engine.begin() as connection:
         later = [
             dict(row._mapping)
             for row in connection.execute(
@@ -172,10 +171,12 @@ def _people(engine: Engine, start: date) -> _People:
 
 
 class Story:
+    """The plan played day by day from ``start`` to ``end`` through ``runtime``: its
+    settings, plan, registry and warehouse (``rollout demo`` passes the command's)."""
+
     def __init__(
         self,
-        settings: Settings,
-        plan: Plan,
+        runtime: Runtime,
         start: date,
         end: date,
         *,
@@ -186,8 +187,10 @@ class Story:
         log: Callable[[str], None] = lambda _: None,
         on_day: Callable[[date, int, int], None] | None = None,
     ) -> None:
-        self.settings = settings
-        self.plan = plan
+        self.runtime = runtime
+        self.settings = settings = runtime.settings
+        self.plan = plan = runtime.plan
+        self.registry = runtime.registry
         self.start, self.end = start, end
         self.rng = np.random.default_rng(seed)
         self.responses = responses or Responses()
@@ -235,7 +238,7 @@ class Story:
         if day in as_of_days or age % self.cohorts_every == 0:
             results = cohorts.build_cohorts(
                 con,
-                self.settings.registry_url,
+                self.registry,
                 self.plan,
                 day,
                 actor=ACTOR,
@@ -248,21 +251,20 @@ class Story:
                 self._milestone(day, f"cohorts fixed: {sizes}")
 
     def emails(self, day: date) -> None:
-        queued = outbox.queue_due(self.settings.registry_url, self.plan, day, actor=ACTOR)
+        queued = outbox.queue_due(self.registry, self.plan, day, actor=ACTOR)
         for o in queued:
             if o.added:
                 self._milestone(day, f"{o.occasion.step}: {o.added} emails queued")
-        result = outbox.drain(self.settings.registry_url, self.plan, self.sender, concurrency=16)
+        result = outbox.drain(self.registry, self.plan, self.sender, concurrency=16)
         self.report.emails["sent"] += result.sent
 
     def enforcement(self, day: date) -> None:
         for phase in self.plan.phases:
             if phase.enforce_on != day:
                 continue
-            with open_registry(self.settings.registry_url) as engine:
-                preview = enforce.preview_phase(engine, self.plan, phase)
+            preview = enforce.preview_phase(self.registry, self.plan, phase)
             result = enforce.enforce_phase(
-                self.settings.registry_url, self.plan, phase.name, expect=preview.count, actor=ACTOR
+                self.registry, self.plan, phase.name, expect=preview.count, actor=ACTOR
             )
             self.report.enforced[phase.name] = result.accounts_required
             self.report.sessions_revoked += result.sessions_revoked
@@ -275,7 +277,7 @@ class Story:
     def elv_for_all(self, day: date) -> None:
         if day != self.plan.elv.enroll_all_on:
             return
-        enrolled = brownouts.enroll_all(self.settings.registry_url, actor=ACTOR)
+        enrolled = brownouts.enroll_all(self.registry, actor=ACTOR)
         self.report.elv_enrolled = enrolled
         self._milestone(day, f"ELV for all: {enrolled} accounts enrolled")
 
@@ -325,8 +327,9 @@ class Story:
         mask[np.fromiter((index[i] for i in account_ids if i in index), np.int64)] = True
         return mask
 
-    def respond(self, engine: Engine, day: date, organic: list[dict[str, Any]]) -> None:
+    def respond(self, day: date, organic: list[dict[str, Any]]) -> None:
         p, r, rng = self.people, self.responses, self.rng
+        engine = self.registry.engine
         new_factors: list[dict[str, Any]] = []
 
         def enrol(n: int, at: datetime, cause: str) -> None:
@@ -392,9 +395,9 @@ class Story:
         if new_factors:
             with engine.begin() as connection:
                 connection.execute(insert(TfaFactor), new_factors)
-        self.use_tokens(engine, day)
+        self.use_tokens(day)
 
-    def use_tokens(self, engine: Engine, day: date) -> None:
+    def use_tokens(self, day: date) -> None:
         """Tokens used today: a token's last use only moves forward (the sample may
         have dated one later than the simulated day)."""
         p, r, rng = self.people, self.responses, self.rng
@@ -409,7 +412,7 @@ class Story:
         ]
         tokens = Token.__table__
         last_used = tokens.c.last_used_at
-        with engine.begin() as connection:
+        with self.registry.engine.begin() as connection:
             connection.execute(
                 update(tokens)
                 .where(tokens.c.id == bindparam("token_id"))
@@ -442,16 +445,10 @@ class Story:
 
     def run(self) -> StoryReport:
         started = time.perf_counter()
-        settings = self.settings
-        with open_registry(settings.registry_url) as engine:
-            organic = rewind(engine, settings.landing_dir, self.start)
-            self.people = _people(engine, self.start)
-        with (
-            use_clock(self.clock),
-            warehouse.open_warehouse(
-                settings.warehouse_path, memory_limit=settings.duckdb_memory_limit
-            ) as con,
-        ):
+        settings, registry = self.settings, self.registry
+        organic = rewind(registry, settings.landing_dir, self.start)
+        self.people = _people(registry.engine, self.start)
+        with use_clock(self.clock), self.runtime.warehouse() as con:
             ingest.ingest(
                 con,
                 [settings.landing_dir],
@@ -460,32 +457,29 @@ class Story:
             )
             self.last_download_day = warehouse.scalar(con, "select max(day) from stg_downloads")
             self._move(self.start, 1)
-            brownouts.schedule(settings.registry_url, self.plan, actor=ACTOR)
-            with open_registry(settings.registry_url) as engine:
-                days = (self.end - self.start).days + 1
-                for number, day in enumerate(calendar(self.start, self.end), start=1):
-                    if self.on_day is not None:
-                        self.on_day(day, number, days)
-                    self._move(day, 0)
-                    with self._timed("elv"):
-                        self.elv_for_all(day)
-                    self._move(day, 2, 30)
-                    with self._timed("metrics and cohorts"):
-                        self.metrics_and_cohorts(con, day)
-                    self._move(day, 9)
-                    with self._timed("emails"):
-                        self.emails(day)
-                    self._move(day, 10)
-                    with self._timed("enforcement"):
-                        self.enforcement(day)
-                    for b in self.plan.brownouts:
-                        if b.starts_at.date() == day:
-                            self._milestone(
-                                day, f"{b.name}: {b.hours} h of ELV for all without 2FA"
-                            )
-                    self._move(day, 11)
-                    with self._timed("maintainers"):
-                        self.respond(engine, day, organic)
+            brownouts.schedule(registry, self.plan, actor=ACTOR)
+            days = (self.end - self.start).days + 1
+            for number, day in enumerate(calendar(self.start, self.end), start=1):
+                if self.on_day is not None:
+                    self.on_day(day, number, days)
+                self._move(day, 0)
+                with self._timed("elv"):
+                    self.elv_for_all(day)
+                self._move(day, 2, 30)
+                with self._timed("metrics and cohorts"):
+                    self.metrics_and_cohorts(con, day)
+                self._move(day, 9)
+                with self._timed("emails"):
+                    self.emails(day)
+                self._move(day, 10)
+                with self._timed("enforcement"):
+                    self.enforcement(day)
+                for b in self.plan.brownouts:
+                    if b.starts_at.date() == day:
+                        self._milestone(day, f"{b.name}: {b.hours} h of ELV for all without 2FA")
+                self._move(day, 11)
+                with self._timed("maintainers"):
+                    self.respond(day, organic)
             self._move(self.end, 23, 59)
             ingest.ingest(
                 con,
@@ -494,11 +488,11 @@ class Story:
                 landing_root=settings.landing_dir,
             )
             # The sample's thousands of rows: read in this process (as the cohort builds do).
-            extract.extract_registry(con, settings.registry_url, small=True)
+            extract.extract_registry(con, registry, small=True)
             with self._timed("report"):
                 self.report.files = report_from_registry(
                     con,
-                    settings.registry_url,
+                    registry,
                     self.plan,
                     self.end,
                     settings.reports_dir,

@@ -16,14 +16,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 
 from rollout.brownouts import state_at
 from rollout.calendar import Step, phase_step, plan_calendar
 from rollout.errors import GuardRefused
-from rollout.locks import exclusive_run
 from rollout.plan import Plan
 from rollout.previews import saved_previews
+from rollout.registry import Registry
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import BrownoutWindow, PlanRun
 
@@ -44,9 +44,9 @@ def plan_steps(plan: Plan) -> list[Step]:
     return plan_calendar(plan)
 
 
-def _lock_free(registry_url: str, name: str) -> bool:
+def _lock_free(registry: Registry, name: str) -> bool:
     try:
-        with exclusive_run(registry_url, name):
+        with registry.lock(name):
             return True
     except GuardRefused:
         return False
@@ -117,8 +117,7 @@ class _PreviewRun:
 
 
 def step_states(
-    engine: Engine,
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
     at: datetime | None = None,
     reports_dir: Path | None = None,
@@ -126,7 +125,7 @@ def step_states(
     """Each step of the plan with its state, from plan_runs, brownout_windows and the
     previews saved under ``reports_dir`` (a preview writes nothing to the registry)."""
     now = at or utc_now()
-    with engine.connect() as connection:
+    with registry.engine.connect() as connection:
         runs: dict[str, list[Any]] = defaultdict(list)
         # As of ``now``: runs that started later have not happened yet.
         for run in connection.execute(
@@ -147,7 +146,7 @@ def step_states(
 
     def lock_free(name: str) -> bool:
         if name not in free:
-            free[name] = _lock_free(registry_url, name)
+            free[name] = _lock_free(registry, name)
         return free[name]
 
     states = []

@@ -19,13 +19,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from rollout.config import Settings
 from rollout.plan import Plan, load_plan
+from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
+from rollout.runtime import Runtime
 from rollout.sample import generate_sample
 from rollout.story import Story
 
@@ -38,17 +40,19 @@ STORY_START, STORY_END = date(2021, 12, 1), date(2022, 5, 10)
 def tiny_story(settings: Settings) -> Story:
     """The tiny sample written under ``settings``, and the reference plan ready to play
     over it from STORY_START to STORY_END, metrics every fortnight and on the cohort
-    days: the demo story in less time."""
+    days: the demo story in less time. Close ``story.runtime`` when done with it."""
     generate_sample(
         "tiny",
         7,
-        registry_url=settings.registry_url,
+        registry=Registry(settings.registry_url),
         landing_dir=settings.landing_dir,
         end=date(2022, 3, 13),  # the downloads reach the last cohort day
         days=110,
     )
     plan = load_plan(Path(__file__).resolve().parent.parent / "plans" / "npm-2022.yaml")
-    return Story(settings, plan, STORY_START, STORY_END, metrics_every=14, cohorts_every=14)
+    return Story(
+        Runtime(settings, plan=plan), STORY_START, STORY_END, metrics_every=14, cohorts_every=14
+    )
 
 
 def typed_parquet_downloads(path: Path, rows: Sequence[tuple[str | None, date, int]]) -> Path:
@@ -121,18 +125,19 @@ def registry_url(empty_registry_url: str) -> str:
 
 
 @pytest.fixture
-def registry(registry_url: str) -> Iterator[Engine]:
-    engine = make_engine(registry_url)
-    yield engine
-    engine.dispose()
+def registry(registry_url: str) -> Iterator[Registry]:
+    """The registry at ``registry_url``, as the library's functions take it; a test
+    writes and reads rows through ``registry.engine``."""
+    with Registry(registry_url) as registry:
+        yield registry
 
 
 @pytest.fixture
-def factories(registry: Engine) -> Iterator[None]:
+def factories(registry: Registry) -> Iterator[None]:
     """tests.factories write their rows to this test's registry."""
     from tests.factories import bound_to
 
-    with bound_to(registry):
+    with bound_to(registry.engine):
         yield
 
 

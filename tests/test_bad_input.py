@@ -15,9 +15,9 @@ from typer.testing import CliRunner, Result
 
 from rollout.cli import app
 from rollout.errors import BadInput
-from rollout.locks import exclusive_run
 from rollout.plan import load_plan
 from rollout.previews import save_preview
+from rollout.registry import Registry
 from rollout.registry.engine import make_engine, session_scope
 from rollout.registry.migrate import upgrade
 from rollout.registry.models import Account
@@ -140,7 +140,7 @@ def test_a_lock_file_never_lands_outside_the_database_folder(tmp_path: Path) -> 
     url = f"sqlite:///{tmp_path / 'db' / 'registry.db'}"
     with (
         pytest.raises(BadInput, match=r"lock '/\.\./x' cannot be used in a file name"),
-        exclusive_run(url, "/../x"),
+        Registry(url).lock("/../x"),
     ):
         pass
     assert files_under(tmp_path) == {}

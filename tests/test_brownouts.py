@@ -7,11 +7,12 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 
 from rollout import brownouts
 from rollout.errors import BadInput, GuardRefused
 from rollout.plan import Brownout, Plan, load_plan
+from rollout.registry import Registry
 from rollout.registry.engine import session_scope
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import Account, Action, BrownoutWindow, PlanRun, TfaFactor
@@ -32,8 +33,8 @@ def soon(plan: Plan) -> Plan:
 
 
 @pytest.fixture
-def accounts(registry: Engine) -> dict[str, int]:
-    with session_scope(registry) as session:
+def accounts(registry: Registry) -> dict[str, int]:
+    with session_scope(registry.engine) as session:
         people = {
             n: Account(username=n, email=f"{n}@example.com", email_verified=True, created_at=T0)
             for n in ("kim", "lee", "max")
@@ -44,19 +45,17 @@ def accounts(registry: Engine) -> dict[str, int]:
         return {n: a.id for n, a in people.items()}
 
 
-def required(registry: Engine, account_id: int, at: datetime) -> bool:
-    with registry.connect() as connection:
+def required(registry: Registry, account_id: int, at: datetime) -> bool:
+    with registry.engine.connect() as connection:
         return brownouts.elv_required(connection, account_id, at)
 
 
-def test_the_reference_brownouts_schedule_once(
-    registry: Engine, registry_url: str, plan: Plan
-) -> None:
+def test_the_reference_brownouts_schedule_once(registry: Registry, plan: Plan) -> None:
     assert [what for _, what in brownouts.schedule_preview(registry, plan)] == [
         "create 2022-02-16 00:00 + 24 h",
         "create 2022-02-23 00:00 + 24 h",
     ]
-    brownouts.schedule(registry_url, plan, actor="rm")
+    brownouts.schedule(registry, plan, actor="rm")
     assert [(w.name, w.state) for w in brownouts.status(registry)] == [
         ("brownout-1", "ended"),
         ("brownout-2", "ended"),
@@ -65,31 +64,27 @@ def test_the_reference_brownouts_schedule_once(
         ("brownout-1", "active"),
         ("brownout-2", "scheduled"),
     ]
-    brownouts.schedule(registry_url, plan, actor="rm")
-    with registry.connect() as connection:
+    brownouts.schedule(registry, plan, actor="rm")
+    with registry.engine.connect() as connection:
         assert (
             connection.execute(select(func.count()).select_from(BrownoutWindow)).scalar_one() == 2
         )
         assert connection.execute(select(func.count()).select_from(Action)).scalar_one() == 2
 
 
-def test_a_window_that_started_cannot_be_moved(
-    registry: Engine, registry_url: str, plan: Plan
-) -> None:
-    brownouts.schedule(registry_url, plan, actor="rm")
+def test_a_window_that_started_cannot_be_moved(registry: Registry, plan: Plan) -> None:
+    brownouts.schedule(registry, plan, actor="rm")
     moved = plan.model_copy(
         update={
             "brownouts": [plan.brownouts[0].model_copy(update={"starts_at": datetime(2022, 2, 17)})]
         }
     )
     with pytest.raises(GuardRefused, match="brownout-1: refused: already ended"):
-        brownouts.schedule(registry_url, moved, actor="rm")
+        brownouts.schedule(registry, moved, actor="rm")
 
 
-def test_the_login_rule(
-    registry: Engine, registry_url: str, plan: Plan, accounts: dict[str, int]
-) -> None:
-    brownouts.schedule(registry_url, plan, actor="rm")
+def test_the_login_rule(registry: Registry, plan: Plan, accounts: dict[str, int]) -> None:
+    brownouts.schedule(registry, plan, actor="rm")
     inside, outside = datetime(2022, 2, 16, 9), datetime(2022, 2, 18, 9)
     assert required(registry, accounts["kim"], inside)
     assert not required(registry, accounts["kim"], outside)
@@ -98,40 +93,40 @@ def test_the_login_rule(
 
 
 def test_start_early_and_the_emergency_end(
-    registry: Engine, registry_url: str, plan: Plan, accounts: dict[str, int]
+    registry: Registry, plan: Plan, accounts: dict[str, int]
 ) -> None:
     drill = soon(plan)
-    brownouts.schedule(registry_url, drill, actor="rm")
+    brownouts.schedule(registry, drill, actor="rm")
     assert not required(registry, accounts["kim"], utc_now())
-    assert brownouts.change_preview(registry_url, "drill", "start").startswith(
+    assert brownouts.change_preview(registry, "drill", "start").startswith(
         "would start drill now (scheduled)"
     )
-    started = brownouts.start_now(registry_url, "drill", actor="rm", reason="rehearsal")
+    started = brownouts.start_now(registry, "drill", actor="rm", reason="rehearsal")
     assert started.state == "active" and started.ends_at - started.starts_at == timedelta(hours=24)
     assert required(registry, accounts["kim"], utc_now())
-    ended = brownouts.end_now(registry_url, "drill", actor="rm", reason="login errors spiking")
+    ended = brownouts.end_now(registry, "drill", actor="rm", reason="login errors spiking")
     assert ended.state == "ended early"
     assert not required(registry, accounts["kim"], utc_now() + timedelta(seconds=1))
     with pytest.raises(GuardRefused, match="already ended early"):
-        brownouts.change_preview(registry_url, "drill", "end")  # the preview says so too
+        brownouts.change_preview(registry, "drill", "end")  # the preview says so too
     with pytest.raises(GuardRefused, match="already ended early"):
-        brownouts.end_now(registry_url, "drill", actor="rm", reason="again")
+        brownouts.end_now(registry, "drill", actor="rm", reason="again")
     with pytest.raises(BadInput, match="no brown-out window named 'nope'"):
-        brownouts.end_now(registry_url, "nope", actor="rm", reason="x")
+        brownouts.end_now(registry, "nope", actor="rm", reason="x")
 
 
 class Interrupted(Exception):
     """What kills a run between two batches, here (in life: a crash, a deploy)."""
 
 
-def _enrolled_at(registry: Engine) -> dict[str, datetime | None]:
-    with registry.connect() as connection:
+def _enrolled_at(registry: Registry) -> dict[str, datetime | None]:
+    with registry.engine.connect() as connection:
         rows = connection.execute(select(Account.username, Account.elv_enrolled_at)).all()
     return {username: at for username, at in rows}
 
 
 def test_enroll_all_is_resumable_and_audited_per_batch(
-    registry: Engine, registry_url: str, accounts: dict[str, int]
+    registry: Registry, accounts: dict[str, int]
 ) -> None:
     def interrupt_after_the_first_batch(done: int, total: int) -> None:
         raise Interrupted(f"stopped at {done}/{total}")
@@ -139,11 +134,11 @@ def test_enroll_all_is_resumable_and_audited_per_batch(
     # The first batch (kim, lee) is committed, then the run dies.
     with pytest.raises(Interrupted, match="stopped at 2/3"):
         brownouts.enroll_all(
-            registry_url, actor="rm", batch_size=2, progress=interrupt_after_the_first_batch
+            registry, actor="rm", batch_size=2, progress=interrupt_after_the_first_batch
         )
     first = _enrolled_at(registry)
     assert first["kim"] is not None and first["lee"] is not None and first["max"] is None
-    with registry.connect() as connection:
+    with registry.engine.connect() as connection:
         [(state, summary)] = connection.execute(
             select(PlanRun.state, PlanRun.summary).where(PlanRun.plan == "elv")
         ).all()
@@ -153,7 +148,7 @@ def test_enroll_all_is_resumable_and_audited_per_batch(
     seen: list[tuple[int, int]] = []
     assert (
         brownouts.enroll_all(
-            registry_url,
+            registry,
             actor="rm",
             batch_size=2,
             progress=lambda done, total: seen.append((done, total)),
@@ -166,8 +161,8 @@ def test_enroll_all_is_resumable_and_audited_per_batch(
     assert second["max"] is not None
     assert required(registry, accounts["kim"], utc_now() + timedelta(seconds=1))
     assert not required(registry, accounts["lee"], utc_now())
-    assert brownouts.enroll_all(registry_url, actor="rm") == 0
-    with registry.connect() as connection:
+    assert brownouts.enroll_all(registry, actor="rm") == 0
+    with registry.engine.connect() as connection:
         audited = connection.execute(
             select(Action.details).where(Action.action == "elv_enrolled")
         ).scalars()
@@ -180,7 +175,7 @@ def test_enroll_all_is_resumable_and_audited_per_batch(
 
 
 def test_windows_given_with_offsets_are_stored_in_utc_and_stay_unchanged(
-    registry: Engine, registry_url: str, tmp_path: Path
+    registry: Registry, tmp_path: Path
 ) -> None:
     text = (ROOT / "plans" / "npm-2022.yaml").read_text()
     text = text.replace("starts_at: 2022-02-16T00:00:00", "starts_at: 2022-02-16T02:00:00+02:00")
@@ -188,7 +183,7 @@ def test_windows_given_with_offsets_are_stored_in_utc_and_stay_unchanged(
     path = tmp_path / "offsets.yaml"
     path.write_text(text)
     offsets = load_plan(path)
-    brownouts.schedule(registry_url, offsets, actor="rm")
+    brownouts.schedule(registry, offsets, actor="rm")
     assert [(w.name, w.starts_at, w.ends_at) for w in brownouts.status(registry)] == [
         ("brownout-1", datetime(2022, 2, 16), datetime(2022, 2, 17)),
         ("brownout-2", datetime(2022, 2, 23), datetime(2022, 2, 24)),
@@ -197,13 +192,13 @@ def test_windows_given_with_offsets_are_stored_in_utc_and_stay_unchanged(
         "unchanged (ended)",
         "unchanged (ended)",
     ]
-    brownouts.schedule(registry_url, offsets, actor="rm")  # not refused: nothing moves
+    brownouts.schedule(registry, offsets, actor="rm")  # not refused: nothing moves
 
 
 def test_a_plan_built_in_code_with_an_offset_is_compared_in_utc(
-    registry: Engine, registry_url: str, plan: Plan
+    registry: Registry, plan: Plan
 ) -> None:
-    brownouts.schedule(registry_url, plan, actor="rm")
+    brownouts.schedule(registry, plan, actor="rm")
     # model_copy skips validation: the comparison itself must normalise.
     shifted = plan.brownouts[0].model_copy(
         update={"starts_at": datetime(2022, 2, 16, 1, tzinfo=timezone(timedelta(hours=1)))}
@@ -215,11 +210,11 @@ def test_a_plan_built_in_code_with_an_offset_is_compared_in_utc(
 
 @pytest.mark.parametrize("batch_size", [0, -1])
 def test_enroll_all_refuses_a_batch_size_below_one(
-    registry: Engine, registry_url: str, accounts: dict[str, int], batch_size: int
+    registry: Registry, accounts: dict[str, int], batch_size: int
 ) -> None:
     with pytest.raises(BadInput, match=f"batch size {batch_size}: must be at least 1"):
-        brownouts.enroll_all(registry_url, actor="rm", batch_size=batch_size)
-    with registry.connect() as connection:
+        brownouts.enroll_all(registry, actor="rm", batch_size=batch_size)
+    with registry.engine.connect() as connection:
         assert (
             connection.execute(
                 select(func.count())

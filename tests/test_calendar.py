@@ -9,7 +9,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 
 from rollout import brownouts, enforce, orgs
 from rollout.adoption import LEAD_DAYS, LEAD_UP_TO, adoption_since
@@ -22,6 +22,7 @@ from rollout.calendar import (
 )
 from rollout.notify import outbox
 from rollout.plan import Plan, load_plan
+from rollout.registry import Registry
 from rollout.registry.models import PlanRun
 from rollout.reporting import plan_milestones
 from rollout.timeline import plan_steps
@@ -170,7 +171,7 @@ def test_unplanned_steps_are_recognised_and_calendar_steps_are_not() -> None:
 
 
 def test_every_run_in_plan_runs_is_a_calendar_step_or_unplanned(
-    registry: Engine, registry_url: str, factories: None, reference_plan: Plan
+    registry: Registry, factories: None, reference_plan: Plan
 ) -> None:
     plan = reference_plan
     AccountFactory(username="ann", in_cohort="top-100", sessions=1)
@@ -179,17 +180,17 @@ def test_every_run_in_plan_runs_is_a_calendar_step_or_unplanned(
     OrgMemberFactory(org=OrgFactory(name="acme"), account=owner, role="owner")
     # Every job that records a run, as the deployments run them (the cohort builds,
     # which need the warehouse, are checked in the story: tests/test_story.py).
-    brownouts.schedule(registry_url, plan, actor="rm")
+    brownouts.schedule(registry, plan, actor="rm")
     for day in sorted({o.due_on for o in outbox.plan_occasions(plan)}):
-        outbox.queue_due(registry_url, plan, day, actor="rm")
+        outbox.queue_due(registry, plan, day, actor="rm")
     for phase in plan.phases:
         preview = enforce.preview_phase(registry, plan, phase)
-        enforce.enforce_phase(registry_url, plan, phase.name, expect=preview.count, actor="rm")
-    enforce.rollback_phase(registry_url, plan, "top-100", actor="rm")
-    brownouts.enroll_all(registry_url, actor="rm")
-    orgs.enforce_org(registry_url, "acme", confirm="acme", owner="ola", actor="rm")
+        enforce.enforce_phase(registry, plan, phase.name, expect=preview.count, actor="rm")
+    enforce.rollback_phase(registry, plan, "top-100", actor="rm")
+    brownouts.enroll_all(registry, actor="rm")
+    orgs.enforce_org(registry, "acme", confirm="acme", owner="ola", actor="rm")
 
-    with registry.connect() as connection:
+    with registry.engine.connect() as connection:
         recorded = set(connection.execute(select(PlanRun.step).distinct()).scalars())
     calendar = {s.key for s in plan_calendar(plan) if s.key}
     unplanned = {step: unplanned_kind(step) for step in recorded - calendar}

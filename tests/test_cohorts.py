@@ -9,11 +9,12 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 
 from rollout import cohorts, ingest, metrics, warehouse
 from rollout.errors import BadInput
 from rollout.plan import CohortRule, Plan, load_plan
+from rollout.registry import Registry
 from rollout.registry.engine import session_scope
 from rollout.registry.models import (
     Account,
@@ -93,8 +94,8 @@ def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
 
 
 @pytest.fixture
-def people(registry: Engine) -> dict[str, int]:
-    with session_scope(registry) as session:
+def people(registry: Registry) -> dict[str, int]:
+    with session_scope(registry.engine) as session:
         accounts = {
             name: Account(
                 username=name, email=f"{name}@example.com", email_verified=True, created_at=T0
@@ -138,10 +139,10 @@ def people(registry: Engine) -> dict[str, int]:
 
 
 def build(
-    con: duckdb.DuckDBPyConnection, url: str, plan: Plan, day: date
+    con: duckdb.DuckDBPyConnection, registry: Registry, plan: Plan, day: date
 ) -> dict[str, cohorts.CohortResult]:
     metrics.compute_metrics(con, day, plan.metrics)
-    return {r.cohort: r for r in cohorts.build_cohorts(con, url, plan, day, actor="test")}
+    return {r.cohort: r for r in cohorts.build_cohorts(con, registry, plan, day, actor="test")}
 
 
 def accounts_of(con: duckdb.DuckDBPyConnection, cohort: str, day: date) -> dict[str, tuple]:
@@ -153,19 +154,18 @@ def accounts_of(con: duckdb.DuckDBPyConnection, cohort: str, day: date) -> dict[
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
-def action_count(registry: Engine) -> int:
-    with registry.connect() as connection:
+def action_count(registry: Registry) -> int:
+    with registry.engine.connect() as connection:
         return connection.execute(select(func.count()).select_from(Action)).scalar_one()
 
 
 def test_maintainers_and_team_publishers_make_the_cohort(
     con: duckdb.DuckDBPyConnection,
-    registry: Engine,
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
     people: dict[str, int],
 ) -> None:
-    results = build(con, registry_url, plan, D1)
+    results = build(con, registry, plan, D1)
     assert sorted(results["high-impact"].packages_entered) == ["big", "core"]
     assert accounts_of(con, "high-impact", D1) == {
         "alice": ("none", ["big"], ["maintainer"]),
@@ -189,13 +189,12 @@ def test_maintainers_and_team_publishers_make_the_cohort(
 
 def test_a_package_that_dips_stays_in_its_cohort(
     con: duckdb.DuckDBPyConnection,
-    registry: Engine,
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
     people: dict[str, int],
 ) -> None:
-    build(con, registry_url, plan, D1)
-    later = build(con, registry_url, plan, D2)["high-impact"]
+    build(con, registry, plan, D1)
+    later = build(con, registry, plan, D2)["high-impact"]
     assert later.packages == 2 and later.packages_qualifying_today == 1
     assert con.execute(
         "select package, first_qualified_on, qualifies_today from cohort_package_snapshots "
@@ -207,18 +206,17 @@ def test_a_package_that_dips_stays_in_its_cohort(
 
 def test_rerunning_a_day_writes_nothing_twice(
     con: duckdb.DuckDBPyConnection,
-    registry: Engine,
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
     people: dict[str, int],
 ) -> None:
-    build(con, registry_url, plan, D1)
+    build(con, registry, plan, D1)
     before = action_count(registry)
-    again = build(con, registry_url, plan, D1)
+    again = build(con, registry, plan, D1)
     assert action_count(registry) == before
     assert again["high-impact"].packages_entered == []
     assert again["high-impact"].accounts_entered == 0
-    with registry.connect() as connection:
+    with registry.engine.connect() as connection:
         assert (
             connection.execute(select(func.count()).select_from(CohortMembership)).scalar_one() == 5
         )
@@ -226,18 +224,15 @@ def test_rerunning_a_day_writes_nothing_twice(
 
 def test_release_previews_then_takes_the_package_out_with_an_audit_row(
     con: duckdb.DuckDBPyConnection,
-    registry: Engine,
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
     people: dict[str, int],
 ) -> None:
-    build(con, registry_url, plan, D1)
-    preview = cohorts.release_preview(registry_url, "high-impact", "BIG")
+    build(con, registry, plan, D1)
+    preview = cohorts.release_preview(registry, "high-impact", "BIG")
     assert "1 account(s) are in high-impact only through it" in preview
-    cohorts.release_package(
-        registry_url, "high-impact", "big", reason="inflated downloads", actor="rm"
-    )
-    with registry.connect() as connection:
+    cohorts.release_package(registry, "high-impact", "big", reason="inflated downloads", actor="rm")
+    with registry.engine.connect() as connection:
         released = connection.execute(
             select(CohortPackage.released_reason, CohortPackage.released_by).where(
                 CohortPackage.package == "big"
@@ -250,28 +245,28 @@ def test_release_previews_then_takes_the_package_out_with_an_audit_row(
         ).all()
     assert tuple(released) == ("inflated downloads", "rm")
     assert [tuple(a) for a in audit] == [("cohort_package_release", "inflated downloads", "rm")]
-    after = build(con, registry_url, plan, D2)["high-impact"]
+    after = build(con, registry, plan, D2)["high-impact"]
     assert after.accounts_left == 1
     assert "alice" not in accounts_of(con, "high-impact", D2)
     with pytest.raises(BadInput, match="already released"):
-        cohorts.release_package(registry_url, "high-impact", "big", reason="again", actor="rm")
+        cohorts.release_package(registry, "high-impact", "big", reason="again", actor="rm")
 
 
 def test_cohorts_need_that_days_metrics(
     con: duckdb.DuckDBPyConnection,
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
 ) -> None:
     with pytest.raises(
         BadInput,
         match="no package metrics for 2022-02-01: run `rollout metrics --as-of 2022-02-01` first",
     ):
-        cohorts.build_cohorts(con, registry_url, plan, D1, actor="test")
+        cohorts.build_cohorts(con, registry, plan, D1, actor="test")
 
 
 def test_a_gap_in_the_weekly_window_refuses_unless_allowed(
     con: duckdb.DuckDBPyConnection,
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
     people: dict[str, int],
 ) -> None:
@@ -283,20 +278,20 @@ def test_a_gap_in_the_weekly_window_refuses_unless_allowed(
         match=r"missing for 2 of the 7 days of 2022-02-10's weekly window "
         r"\(2022-02-03\.\.2022-02-09\): 2022-02-08\.\.2022-02-09\. Load it",
     ):
-        cohorts.build_cohorts(con, registry_url, plan, late, actor="test")
-    assert cohorts.build_cohorts(con, registry_url, plan, late, actor="test", allow_gaps=True)
+        cohorts.build_cohorts(con, registry, plan, late, actor="test")
+    assert cohorts.build_cohorts(con, registry, plan, late, actor="test", allow_gaps=True)
 
 
 def test_a_day_past_the_data_names_the_weekly_window_and_where_the_data_ends(
     con: duckdb.DuckDBPyConnection,
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
     people: dict[str, int],
 ) -> None:
     later = date(2022, 6, 1)  # data ends 2022-02-07: the whole monthly window is missing
     assert len(metrics.compute_metrics(con, later, plan.metrics).missing_days) == 30
     with pytest.raises(BadInput) as refused:
-        cohorts.build_cohorts(con, registry_url, plan, later, actor="test")
+        cohorts.build_cohorts(con, registry, plan, later, actor="test")
     assert str(refused.value) == (
         "download data is missing for every day of 2022-06-01's weekly window "
         "(2022-05-25..2022-05-31); the latest download data loaded is for 2022-02-07. "
@@ -313,15 +308,14 @@ def test_day_ranges_joins_consecutive_days() -> None:
 
 def test_simulate_writes_nothing(
     con: duckdb.DuckDBPyConnection,
-    registry: Engine,
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
     people: dict[str, int],
 ) -> None:
     metrics.compute_metrics(con, D1, plan.metrics)
     from rollout.extract import extract_registry
 
-    extract_registry(con, registry_url)
+    extract_registry(con, registry)
     sizes = cohorts.simulate(con, CohortRule(weekly_downloads_gt=100), D1)
     assert (sizes.packages, sizes.accounts, sizes.accounts_without_2fa) == (1, 1, 1)
     assert action_count(registry) == 0

@@ -34,6 +34,7 @@ from rollout.doctor import (
     check_worker,
 )
 from rollout.notify.devserver import DevSendGrid
+from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
 
@@ -51,10 +52,10 @@ def settings_for(tmp_path: Path, **environ: str) -> Settings:
 
 
 def test_the_registry_and_its_schema_pass_once_upgraded(registry_url: str) -> None:
-    registry = check_registry(registry_url)
+    registry = check_registry(Registry(registry_url))
     assert registry.status is Status.ok
     assert "rollout:rollout@" not in registry.detail  # the password stays hidden
-    schema = check_schema(registry_url)
+    schema = check_schema(Registry(registry_url))
     assert schema.status is Status.ok and "the newest" in schema.detail
 
 
@@ -62,8 +63,8 @@ def test_an_empty_database_has_no_schema(empty_registry_url: str) -> None:
     engine = make_engine(empty_registry_url)
     engine.connect().close()  # an empty SQLite file, as a fresh PostgreSQL database is
     engine.dispose()
-    assert check_registry(empty_registry_url).status is Status.ok
-    schema = check_schema(empty_registry_url)
+    assert check_registry(Registry(empty_registry_url)).status is Status.ok
+    schema = check_schema(Registry(empty_registry_url))
     assert schema.status is Status.fail and "rollout db upgrade" in schema.detail
 
 
@@ -72,7 +73,7 @@ def test_an_older_schema_fails_naming_both_revisions(registry_url: str) -> None:
     with engine.begin() as connection:
         connection.execute(text("update alembic_version set version_num = '0001'"))
     engine.dispose()
-    schema = check_schema(registry_url)
+    schema = check_schema(Registry(registry_url))
     assert schema.status is Status.fail
     assert "at revision 0001" in schema.detail and "rollout db upgrade" in schema.detail
 
@@ -80,17 +81,17 @@ def test_an_older_schema_fails_naming_both_revisions(registry_url: str) -> None:
 def test_a_missing_sqlite_file_fails_and_is_not_created(tmp_path: Path) -> None:
     path = tmp_path / "nowhere" / "registry.db"
     url = f"sqlite:///{path}"
-    assert check_registry(url).status is Status.fail
-    assert check_schema(url).status is Status.fail
+    assert check_registry(Registry(url)).status is Status.fail
+    assert check_schema(Registry(url)).status is Status.fail
     assert not path.exists() and not path.parent.exists()
 
 
 def test_an_unreachable_server_fails() -> None:
     # Port 1 on localhost: refused at once, no waiting for a timeout.
-    result = check_registry("postgresql+psycopg://rollout:secret@127.0.0.1:1/rollout")
+    result = check_registry(Registry("postgresql+psycopg://rollout:secret@127.0.0.1:1/rollout"))
     assert result.status is Status.fail and "cannot connect" in result.detail
     assert "secret" not in result.detail
-    schema = check_schema("postgresql+psycopg://rollout:secret@127.0.0.1:1/rollout")
+    schema = check_schema(Registry("postgresql+psycopg://rollout:secret@127.0.0.1:1/rollout"))
     assert schema.status is Status.fail and "unreachable" in schema.detail
 
 

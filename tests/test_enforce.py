@@ -7,12 +7,13 @@ from datetime import date, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 
 from rollout import enforce
 from rollout.errors import GuardRefused
 from rollout.plan import ExemptAccount, Exemptions, Plan, load_plan
 from rollout.previews import preview_markdown, save_preview, saved_previews
+from rollout.registry import Registry
 from rollout.registry.engine import session_scope
 from rollout.registry.ledger import start_run
 from rollout.registry.models import (
@@ -43,10 +44,10 @@ def plan() -> Plan:
 
 
 @pytest.fixture
-def ids(registry: Engine) -> dict[str, int]:
+def ids(registry: Registry) -> dict[str, int]:
     """alice: no 2FA, 2 live sessions. bob: TOTP. carol: no 2FA, exempt. dave: no 2FA,
     one live and one already revoked session. erin: no 2FA, left the cohort."""
-    with session_scope(registry) as session:
+    with session_scope(registry.engine) as session:
         accounts = {
             n: Account(username=n, email=f"{n}@example.com", email_verified=True, created_at=T0)
             for n in ("alice", "bob", "carol", "dave", "erin")
@@ -86,15 +87,15 @@ def ids(registry: Engine) -> dict[str, int]:
     return found
 
 
-def count(registry: Engine, model: type, *where: object) -> int:
-    with registry.connect() as connection:
+def count(registry: Registry, model: type, *where: object) -> int:
+    with registry.engine.connect() as connection:
         return connection.execute(
             select(func.count()).select_from(model).where(*where)
         ).scalar_one()
 
 
-def required(registry: Engine) -> set[str]:
-    with registry.connect() as connection:
+def required(registry: Registry) -> set[str]:
+    with registry.engine.connect() as connection:
         return {
             u
             for (u,) in connection.execute(
@@ -103,14 +104,14 @@ def required(registry: Engine) -> set[str]:
         }
 
 
-def live_sessions(registry: Engine, account_id: int) -> int:
+def live_sessions(registry: Registry, account_id: int) -> int:
     return count(
         registry, WebSession, WebSession.account_id == account_id, WebSession.revoked_at.is_(None)
     )
 
 
 def test_preview_lists_exactly_the_non_compliant(
-    registry: Engine, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
     preview = enforce.preview_phase(registry, plan, plan.phase("top-100"))
     assert [t.username for t in preview.targets] == ["alice", "dave"]
@@ -120,14 +121,14 @@ def test_preview_lists_exactly_the_non_compliant(
 
 
 def test_a_preview_after_enforcement_tells_whom_the_phase_requires_already(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int], tmp_path: Path
+    registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
     """alice and dave stay on the list once enforced (still without 2FA): the preview
     says the phase requires them already, not that they would be required."""
     before = enforce.preview_phase(registry, plan, plan.phase("top-100"))
     assert [t.required_by_phase for t in before.targets] == [False, False]
     assert (before.required_by_phase, before.newly_required) == (0, 2)
-    enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")
+    enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
 
     after = enforce.preview_phase(registry, plan, plan.phase("top-100"))
     assert [(t.username, t.required_by_phase) for t in after.targets] == [
@@ -153,13 +154,13 @@ def test_a_preview_after_enforcement_tells_whom_the_phase_requires_already(
     [record] = saved_previews(tmp_path)
     assert (record["required_by_phase"], record["newly_required"]) == (2, 0)
 
-    enforce.rollback_phase(registry_url, plan, "top-100", actor="rm")
+    enforce.rollback_phase(registry, plan, "top-100", actor="rm")
     rolled_back = enforce.preview_phase(registry, plan, plan.phase("top-100"))
     assert rolled_back.required_by_phase == 0
 
 
 def test_the_cli_preview_after_enforcement_counts_the_already_required(
-    registry: Engine,
+    registry: Registry,
     registry_url: str,
     plan: Plan,
     ids: dict[str, int],
@@ -171,7 +172,7 @@ def test_the_cli_preview_after_enforcement_counts_the_already_required(
     from rollout.cli import app
 
     monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
-    enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")
+    enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
     # The CLI reads the reference plan, which exempts nobody: carol is new to the list.
     result = CliRunner().invoke(app, ["phase", "preview", "top-100", "--format", "json"])
     assert result.exit_code == 0, result.stderr
@@ -184,26 +185,26 @@ def test_the_cli_preview_after_enforcement_counts_the_already_required(
 
 
 def test_a_wrong_expected_count_refuses_and_changes_nothing(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
     with pytest.raises(GuardRefused, match="would change 2 accounts, not the 3 expected"):
-        enforce.enforce_phase(registry_url, plan, "top-100", expect=3, actor="rm")
+        enforce.enforce_phase(registry, plan, "top-100", expect=3, actor="rm")
     assert required(registry) == set() and count(registry, Action) == 0
 
 
-def test_the_blast_radius_limit_refuses(registry_url: str, plan: Plan, ids: dict[str, int]) -> None:
+def test_the_blast_radius_limit_refuses(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
     phases = [p.model_copy(update={"max_accounts": 1}) for p in plan.phases]
     small = plan.model_copy(update={"phases": phases})
     with pytest.raises(GuardRefused, match="over the plan's blast-radius limit of 1"):
-        enforce.enforce_phase(registry_url, small, "top-100", expect=2, actor="rm")
+        enforce.enforce_phase(registry, small, "top-100", expect=2, actor="rm")
 
 
 def test_enforce_flags_revokes_audits_and_queues_once(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    result = enforce.enforce_phase(
-        registry_url, plan, "top-100", expect=2, actor="rm", batch_size=1
-    )
+    result = enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm", batch_size=1)
     assert (
         result.accounts_flagged,
         result.sessions_revoked,
@@ -221,15 +222,14 @@ def test_enforce_flags_revokes_audits_and_queues_once(
     assert count(registry, Action, Action.action == "tfa_required") == 2
     assert count(registry, Action, Action.action == "revoke_session") == 3
     assert count(registry, Notification, Notification.email == "enforcement_notice") == 2
-    again = enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")
+    again = enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
     assert (again.accounts_flagged, again.sessions_revoked, again.emails_queued) == (0, 0, 0)
     assert count(registry, Action, Action.action.in_(["tfa_required", "revoke_session"])) == 5
     assert count(registry, Notification) == 2
 
 
 def test_a_crash_between_batches_then_a_rerun_finishes_exactly_once(
-    registry: Engine,
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
     ids: dict[str, int],
     monkeypatch: pytest.MonkeyPatch,
@@ -244,14 +244,14 @@ def test_a_crash_between_batches_then_a_rerun_finishes_exactly_once(
 
     monkeypatch.setattr(enforce, "_enforce_batch", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
-        enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm", batch_size=1)
+        enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm", batch_size=1)
     assert required(registry) == {"alice"}
-    with registry.connect() as connection:
+    with registry.engine.connect() as connection:
         interrupted = connection.execute(select(PlanRun.state, PlanRun.summary)).one()
     assert interrupted.state == "failed"
     assert interrupted.summary["accounts_flagged"] == 1
     monkeypatch.setattr(enforce, "_enforce_batch", real)
-    enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm", batch_size=1)
+    enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm", batch_size=1)
     assert required(registry) == {"alice", "dave"}
     assert count(registry, Action, Action.action == "tfa_required") == 2
     assert count(registry, Action, Action.action == "revoke_session") == 3
@@ -259,11 +259,11 @@ def test_a_crash_between_batches_then_a_rerun_finishes_exactly_once(
 
 
 def test_an_account_that_enrolled_since_the_preview_is_left_alone(
-    registry: Engine, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    with session_scope(registry) as session:
+    with session_scope(registry.engine) as session:
         session.add(TfaFactor(account_id=ids["alice"], kind="webauthn", created_at=T0))
-    with registry.begin() as connection:
+    with registry.engine.begin() as connection:
         run_id = start_run(connection, plan="p", step="s", mode="apply", actor="rm", parameters={})
         outcome = enforce._enforce_batch(
             connection,
@@ -284,31 +284,31 @@ def test_an_account_that_enrolled_since_the_preview_is_left_alone(
 
 
 def test_rollback_clears_the_flags_but_not_the_revocations(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")
+    enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
     assert enforce.rollback_preview(registry, "top-100").cleared == [ids["alice"], ids["dave"]]
-    cleared = enforce.rollback_phase(registry_url, plan, "top-100", actor="rm").accounts_cleared
+    cleared = enforce.rollback_phase(registry, plan, "top-100", actor="rm").accounts_cleared
     assert cleared == 2 and required(registry) == set()
     assert live_sessions(registry, ids["alice"]) == 0
     assert count(registry, Action, Action.action == "tfa_required_cleared") == 2
-    again = enforce.rollback_phase(registry_url, plan, "top-100", actor="rm")
+    again = enforce.rollback_phase(registry, plan, "top-100", actor="rm")
     assert (again.requirements_withdrawn, again.accounts_cleared) == (0, 0)
     assert count(registry, Action, Action.action == "tfa_required_cleared") == 2
 
 
 def test_a_second_run_at_once_is_refused(
-    registry_url: str, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
     with (
-        enforce.exclusive_run(registry_url, "enforce"),
+        registry.lock("enforce"),
         pytest.raises(GuardRefused, match="another enforce run"),
     ):
-        enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")
+        enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
 
 
 def test_a_saved_preview_keeps_the_list_and_its_record_and_writes_nothing_to_the_registry(
-    registry: Engine, plan: Plan, ids: dict[str, int], tmp_path: Path
+    registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
     preview = enforce.preview_phase(registry, plan, plan.phase("top-100"))
     saved = save_preview(plan, preview, tmp_path, actor="rm")
@@ -330,37 +330,33 @@ def test_a_saved_preview_keeps_the_list_and_its_record_and_writes_nothing_to_the
     assert required(registry) == set() and count(registry, Action) == 0
 
 
-def _state(
-    registry: Engine, registry_url: str, plan: Plan, what: str, reports: Path | None = None
-) -> str:
+def _state(registry: Registry, plan: Plan, what: str, reports: Path | None = None) -> str:
     # Far ahead: every run of the test has happened by then.
-    states = step_states(registry, registry_url, plan, datetime(2999, 1, 1), reports)
+    states = step_states(registry, plan, datetime(2999, 1, 1), reports)
     return next(s.state for s in states if s.step.label == what)
 
 
 def test_plan_show_follows_a_phase_from_pending_to_rolled_back(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int], tmp_path: Path
+    registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
     enforced = "phase top-100 enforced"
-    assert _state(registry, registry_url, plan, enforced, tmp_path) == "pending"
+    assert _state(registry, plan, enforced, tmp_path) == "pending"
     preview = enforce.preview_phase(registry, plan, plan.phase("top-100"))
     save_preview(plan, preview, tmp_path, actor="rm")
-    assert _state(registry, registry_url, plan, enforced, tmp_path) == "previewed"
-    enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")
-    assert _state(registry, registry_url, plan, enforced, tmp_path) == "applied"
-    enforce.rollback_phase(registry_url, plan, "top-100", actor="rm")
-    assert _state(registry, registry_url, plan, enforced, tmp_path) == "rolled back"
-    assert _state(registry, registry_url, plan, "ELV opt-in trial ends") == "passed"
-    assert _state(registry, registry_url, plan, "every account enrolled in ELV") == "pending"
-    assert _state(registry, registry_url, plan, "brownout-1: 24 h of ELV for all") == (
-        "not scheduled"
-    )
+    assert _state(registry, plan, enforced, tmp_path) == "previewed"
+    enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
+    assert _state(registry, plan, enforced, tmp_path) == "applied"
+    enforce.rollback_phase(registry, plan, "top-100", actor="rm")
+    assert _state(registry, plan, enforced, tmp_path) == "rolled back"
+    assert _state(registry, plan, "ELV opt-in trial ends") == "passed"
+    assert _state(registry, plan, "every account enrolled in ELV") == "pending"
+    assert _state(registry, plan, "brownout-1: 24 h of ELV for all") == "not scheduled"
 
 
 def test_plan_show_tells_an_interrupted_enforce_run_from_a_running_one(
-    registry: Engine, registry_url: str, plan: Plan
+    registry: Registry, plan: Plan
 ) -> None:
-    with registry.begin() as connection:
+    with registry.engine.begin() as connection:
         start_run(
             connection,
             plan=plan.name,
@@ -370,9 +366,9 @@ def test_plan_show_tells_an_interrupted_enforce_run_from_a_running_one(
             parameters={},
             lock="enforce",
         )
-    assert _state(registry, registry_url, plan, "phase top-100 enforced") == "interrupted"
-    with enforce.exclusive_run(registry_url, "enforce"):
-        assert _state(registry, registry_url, plan, "phase top-100 enforced") == "running"
+    assert _state(registry, plan, "phase top-100 enforced") == "interrupted"
+    with registry.lock("enforce"):
+        assert _state(registry, plan, "phase top-100 enforced") == "running"
 
 
 def test_the_timeline_is_in_calendar_order(plan: Plan) -> None:
@@ -386,20 +382,17 @@ def test_the_timeline_is_in_calendar_order(plan: Plan) -> None:
 
 
 def test_plan_show_at_a_past_time_ignores_the_runs_that_came_after(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")
-    enforce.enforce_phase(registry_url, plan, "top-100", expect=2, actor="rm")  # a no-op rerun
-    now = {s.step.label: s for s in step_states(registry, registry_url, plan)}
+    enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
+    enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")  # a no-op rerun
+    now = {s.step.label: s for s in step_states(registry, plan)}
     enforced = now["phase top-100 enforced"]
     assert enforced.state == "applied" and "accounts_flagged 2" in enforced.detail
-    before = step_states(registry, registry_url, plan, datetime(2022, 2, 2))
+    before = step_states(registry, plan, datetime(2022, 2, 2))
     assert {s.state for s in before if s.step.key} == {"pending", "not scheduled"}
 
 
-def test_different_run_kinds_do_not_block_each_other(registry_url: str) -> None:
-    with (
-        enforce.exclusive_run(registry_url, "enforce"),
-        enforce.exclusive_run(registry_url, "notify"),
-    ):
+def test_different_run_kinds_do_not_block_each_other(registry: Registry) -> None:
+    with registry.lock("enforce"), registry.lock("notify"):
         pass

@@ -14,8 +14,9 @@ from datetime import date, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 
+from rollout.registry import Registry
 from rollout.registry.engine import session_scope
 from rollout.registry.models import (
     Account,
@@ -32,8 +33,8 @@ NON_COMPLIANT, COMPLIANT, SESSIONS_EACH = 240, 60, 3
 
 
 @pytest.fixture
-def crowd(registry: Engine) -> tuple[set[int], set[int]]:
-    with session_scope(registry) as session:
+def crowd(registry: Registry) -> tuple[set[int], set[int]]:
+    with session_scope(registry.engine) as session:
         accounts = [
             Account(
                 username=f"user{i:04d}",
@@ -90,15 +91,15 @@ def start_enforce(registry_url: str, plan: Path, home: Path) -> subprocess.Popen
     )
 
 
-def flagged(registry: Engine) -> int:
-    with registry.connect() as connection:
+def flagged(registry: Registry) -> int:
+    with registry.engine.connect() as connection:
         return connection.execute(
             select(func.count()).select_from(Account).where(Account.tfa_required_at.is_not(None))
         ).scalar_one()
 
 
 def test_killed_runs_then_a_rerun_change_everything_exactly_once(
-    registry: Engine, registry_url: str, crowd: tuple[set[int], set[int]], tmp_path: Path
+    registry: Registry, registry_url: str, crowd: tuple[set[int], set[int]], tmp_path: Path
 ) -> None:
     non_compliant, compliant = crowd
     plan = tmp_path / "plan.yaml"
@@ -133,7 +134,7 @@ def test_killed_runs_then_a_rerun_change_everything_exactly_once(
     _, errors = final.communicate(timeout=120)
     assert final.returncode == 0, errors.decode()
 
-    with registry.connect() as connection:
+    with registry.engine.connect() as connection:
         required = {
             a
             for (a,) in connection.execute(

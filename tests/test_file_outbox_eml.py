@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import select, update
 
 from rollout.notify import outbox
 from rollout.notify.message import Message, header_address
 from rollout.notify.senders import _UNFOLDED, FileSender
 from rollout.plan import Plan
+from rollout.registry import Registry
 from rollout.registry.engine import session_scope
 from rollout.registry.models import Account, CohortMembership, Notification
 
@@ -200,15 +201,15 @@ def test_the_direct_writer_agrees_with_the_email_package(tmp_path: Path) -> None
 HOSTILE_USERS = [*EVERYTHING, "Jürgen", "=?utf-8?b?ZXZpbA==?="]
 
 
-def _hostile_accounts(registry: Engine) -> int:
+def _hostile_accounts(registry: Registry) -> int:
     """Accounts named with every hostile value the backend can store (PostgreSQL text
     cannot hold NUL, so no registry there can have such a name); returns how many."""
     storable = [
         name
         for name in HOSTILE_USERS
-        if registry.dialect.name != "postgresql" or "\x00" not in name
+        if registry.engine.dialect.name != "postgresql" or "\x00" not in name
     ]
-    with session_scope(registry) as session:
+    with session_scope(registry.engine) as session:
         extra = [
             Account(
                 username=name,
@@ -233,8 +234,8 @@ def _hostile_accounts(registry: Engine) -> int:
     return len(storable)
 
 
-def _sent(registry: Engine) -> dict[int, tuple[str, str, str, str]]:
-    with registry.connect() as connection:
+def _sent(registry: Registry) -> dict[int, tuple[str, str, str, str]]:
+    with registry.engine.connect() as connection:
         return {
             row.id: (row.email, row.address, row.username, row.message_id)
             for row in connection.execute(
@@ -252,10 +253,10 @@ def _sent(registry: Engine) -> dict[int, tuple[str, str, str, str]]:
 
 
 def test_a_drain_writes_one_parseable_eml_per_email_sent(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int], tmp_path: Path
+    registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
     hostile = _hostile_accounts(registry)
-    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
     sender = FileSender(tmp_path / "outbox", plan.notifications.from_address)
     calls: list[int] = []
     send = sender.send
@@ -265,7 +266,7 @@ def test_a_drain_writes_one_parseable_eml_per_email_sent(
         return send(message)
 
     sender.send = counted  # type: ignore[method-assign]
-    report = outbox.drain(registry_url, plan, sender)
+    report = outbox.drain(registry, plan, sender)
 
     sent = _sent(registry)
     assert report.sent == len(sent) == hostile + 2 and report.failed == 0
@@ -292,19 +293,19 @@ def test_a_drain_writes_one_parseable_eml_per_email_sent(
 
 
 def test_rows_left_in_flight_are_written_again_over_their_own_files(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int], tmp_path: Path
+    registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
     """A crash leaves at most the claimed batch in flight; the next drain writes those
     again, each replacing its own file: still one .eml per email."""
-    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
     sender = FileSender(tmp_path / "outbox")
-    assert outbox.drain(registry_url, plan, sender).sent == 2
+    assert outbox.drain(registry, plan, sender).sent == 2
     first = {p.name: parse(p.read_bytes())["Message-ID"] for p in sender.outbox_dir.iterdir()}
-    with registry.begin() as connection:  # as a drain that died after writing them
+    with registry.engine.begin() as connection:  # as a drain that died after writing them
         connection.execute(
             update(Notification).where(Notification.state == "sent").values(state="sending")
         )
-    report = outbox.drain(registry_url, plan, sender)
+    report = outbox.drain(registry, plan, sender)
     assert (report.resumed, report.sent) == (2, 2)
     again = {p.name: parse(p.read_bytes())["Message-ID"] for p in sender.outbox_dir.iterdir()}
     assert again.keys() == first.keys()  # the same two files, written anew
@@ -313,8 +314,7 @@ def test_rows_left_in_flight_are_written_again_over_their_own_files(
 
 
 def test_the_file_outbox_claims_a_bigger_batch_than_the_concurrency(
-    registry: Engine,
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
     ids: dict[str, int],
     tmp_path: Path,
@@ -322,7 +322,7 @@ def test_the_file_outbox_claims_a_bigger_batch_than_the_concurrency(
 ) -> None:
     """The file outbox claims FILE_BATCH rows at once (no network: threads only cost);
     while it writes, no more than that are in flight."""
-    with session_scope(registry) as session:
+    with session_scope(registry.engine) as session:
         extra = [
             Account(username=f"u{i}", email=f"u{i}@example.com", email_verified=True, created_at=T0)
             for i in range(30)
@@ -339,14 +339,14 @@ def test_the_file_outbox_claims_a_bigger_batch_than_the_concurrency(
             )
             for a in extra
         )
-    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
     monkeypatch.setattr(outbox, "FILE_BATCH", 12)
     in_flight: list[int] = []
     sender = FileSender(tmp_path / "outbox")
     send = sender.send
 
     def watched(message: Message) -> Any:
-        with registry.connect() as connection:
+        with registry.engine.connect() as connection:
             in_flight.append(
                 len(
                     connection.execute(
@@ -357,6 +357,6 @@ def test_the_file_outbox_claims_a_bigger_batch_than_the_concurrency(
         return send(message)
 
     sender.send = watched  # type: ignore[method-assign]
-    report = outbox.drain(registry_url, plan, sender, concurrency=2)
+    report = outbox.drain(registry, plan, sender, concurrency=2)
     assert report.sent == 32
     assert max(in_flight) == 12 and min(in_flight) >= 8  # 12, 12, then the last 8

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, inspect, text
 from rollout import brownouts, enforce
 from rollout.notify import outbox
 from rollout.plan import Plan
-from rollout.registry import migrate
+from rollout.registry import Registry, migrate
 from rollout.registry.engine import make_engine
 from rollout.registry.models import Base
 from rollout.sample import generate_sample
@@ -99,10 +99,11 @@ def _assert_matches_the_models(engine: Engine) -> None:
 def populated(empty_registry_url: str, tmp_path: Path, reference_plan: Plan) -> Iterator[Engine]:
     """A registry at the newest revision with realistic rows in every table."""
     url = empty_registry_url
+    registry = Registry(url)
     generate_sample(
         "tiny",
         7,
-        registry_url=url,
+        registry=registry,
         landing_dir=tmp_path / "landing",
         end=date(2022, 3, 13),
         days=110,
@@ -113,20 +114,22 @@ def populated(empty_registry_url: str, tmp_path: Path, reference_plan: Plan) -> 
             AccountFactory(sessions=2, in_cohort=PHASE)
         AccountFactory(with_totp=True, sessions=1, in_cohort=PHASE)
         CohortPackageFactory(cohort=PHASE)
-    brownouts.schedule(url, reference_plan, actor="rehearsal")
-    outbox.suppress(engine, "nobody@example.com", reason="bounced", actor="rehearsal")
-    # The notice, then both reminders (14 and 3 days before 2022-02-01): one account,
-    # one email kind, one phase, two occasions.
-    for day in (date(2022, 1, 4), date(2022, 1, 18), date(2022, 1, 29)):
-        outbox.queue_due(url, reference_plan, day, actor="rehearsal")
+    with registry:
+        brownouts.schedule(registry, reference_plan, actor="rehearsal")
+        outbox.suppress(registry, "nobody@example.com", reason="bounced", actor="rehearsal")
+        # The notice, then both reminders (14 and 3 days before 2022-02-01): one account,
+        # one email kind, one phase, two occasions.
+        for day in (date(2022, 1, 4), date(2022, 1, 18), date(2022, 1, 29)):
+            outbox.queue_due(registry, reference_plan, day, actor="rehearsal")
 
-    def enforce_now() -> None:
-        count = enforce.preview_phase(engine, reference_plan, reference_plan.phase(PHASE)).count
-        enforce.enforce_phase(url, reference_plan, PHASE, expect=count, actor="rehearsal")
+        def enforce_now() -> None:
+            phase = reference_plan.phase(PHASE)
+            count = enforce.preview_phase(registry, reference_plan, phase).count
+            enforce.enforce_phase(registry, reference_plan, PHASE, expect=count, actor="rehearsal")
 
-    enforce_now()
-    enforce.rollback_phase(url, reference_plan, PHASE, actor="rehearsal")
-    enforce_now()
+        enforce_now()
+        enforce.rollback_phase(registry, reference_plan, PHASE, actor="rehearsal")
+        enforce_now()
     yield engine
     engine.dispose()
 
@@ -179,10 +182,10 @@ def test_every_downgrade_works_on_what_upgrades_made_and_back_up_again(
     _assert_matches_the_models(populated)
 
 
-def test_merging_occasions_keeps_the_email_that_went_furthest(registry: Engine) -> None:
+def test_merging_occasions_keeps_the_email_that_went_furthest(registry: Registry) -> None:
     """0004's downgrade keeps one row per (account, email, phase): the sent one, the
     earliest sent of several, never a queued one beside it (it would be sent again)."""
-    with bound_to(registry):
+    with bound_to(registry.engine):
         alice, bob = AccountFactory(), AccountFactory()
         sent = {"state": "sent", "attempts": 1}
         NotificationFactory(
@@ -203,8 +206,8 @@ def test_merging_occasions_keeps_the_email_that_went_furthest(registry: Engine) 
             account=bob, email="reminder", occasion="30d", **sent, sent_at=date(2022, 1, 2)
         )
         NotificationFactory(account=bob, email="phase_notice")
-    migrate.downgrade(registry, "0003")
-    with registry.connect() as connection:
+    migrate.downgrade(registry.engine, "0003")
+    with registry.engine.connect() as connection:
         kept = connection.execute(
             text(
                 "SELECT username, notifications.email, state, sent_at FROM notifications "
@@ -216,17 +219,17 @@ def test_merging_occasions_keeps_the_email_that_went_furthest(registry: Engine) 
         (bob.username, "phase_notice", "queued", None),
         (bob.username, "reminder", "sent", "2022-01-02"),
     ]
-    migrate.upgrade(registry)
-    _assert_matches_the_models(registry)
+    migrate.upgrade(registry.engine)
+    _assert_matches_the_models(registry.engine)
 
 
-def test_a_downgrade_that_cannot_says_so_and_changes_nothing(registry: Engine) -> None:
+def test_a_downgrade_that_cannot_says_so_and_changes_nothing(registry: Registry) -> None:
     """An org name of 214 characters fits since 0005 only: below it, refused whole,
     even when asked for several revisions at once."""
     org = "o" * 214
-    with bound_to(registry):
+    with bound_to(registry.engine):
         NotificationFactory(phase=f"org:{org}", email="org_removal_notice")
     for target in ("0004", "base"):
-        assert not _step_down(registry, target)
-    assert migrate.current_revision(registry) == REVISIONS[0]
-    _assert_matches_the_models(registry)
+        assert not _step_down(registry.engine, target)
+    assert migrate.current_revision(registry.engine) == REVISIONS[0]
+    _assert_matches_the_models(registry.engine)

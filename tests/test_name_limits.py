@@ -7,10 +7,11 @@ enforce, ``org:<name>`` not fitting ``notifications.phase``.
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 
 from rollout import enforce, orgs
 from rollout.plan import Plan
+from rollout.registry import Registry
 from rollout.registry.models import Account, Notification, PlanRun
 from tests.factories import AccountFactory, OrgFactory, OrgMemberFactory
 
@@ -19,7 +20,7 @@ PLAN_NAME_LIMIT = 100  # rollout.names.SAFE_NAME_PATTERN
 
 
 def test_an_org_with_the_longest_allowed_name_can_be_enforced(
-    registry: Engine, registry_url: str, factories: None
+    registry: Registry, factories: None
 ) -> None:
     name = "o" * REGISTRY_NAME_LIMIT
     org = OrgFactory(name=name)
@@ -28,17 +29,17 @@ def test_an_org_with_the_longest_allowed_name_can_be_enforced(
     member = AccountFactory(username="b" * REGISTRY_NAME_LIMIT)
     OrgMemberFactory(org=org, account=member)
 
-    result = orgs.enforce_org(registry_url, name, confirm=name, owner=owner.username, actor="x")
+    result = orgs.enforce_org(registry, name, confirm=name, owner=owner.username, actor="x")
 
     assert result.removed == [member.username]
-    with registry.connect() as connection:
+    with registry.engine.connect() as connection:
         phases = set(connection.scalars(select(Notification.phase)))
         steps = set(connection.scalars(select(PlanRun.step)))
     assert phases == {f"org:{name}"} and steps == {f"enforce {name}"}
 
 
 def test_a_phase_and_cohort_with_the_longest_allowed_names_enforce_and_roll_back(
-    registry: Engine, registry_url: str, reference_plan: Plan, factories: None
+    registry: Registry, reference_plan: Plan, factories: None
 ) -> None:
     name = "p" * PLAN_NAME_LIMIT
     plan = reference_plan.model_copy(
@@ -48,12 +49,12 @@ def test_a_phase_and_cohort_with_the_longest_allowed_names_enforce_and_roll_back
     )
     AccountFactory(username="u" * REGISTRY_NAME_LIMIT, in_cohort=name, sessions=1)
 
-    enforced = enforce.enforce_phase(registry_url, plan, name, expect=1, actor="rm")
-    rolled_back = enforce.rollback_phase(registry_url, plan, name, actor="rm")
+    enforced = enforce.enforce_phase(registry, plan, name, expect=1, actor="rm")
+    rolled_back = enforce.rollback_phase(registry, plan, name, actor="rm")
 
     assert (enforced.accounts_required, enforced.sessions_revoked) == (1, 1)
     assert rolled_back.accounts_cleared == 1
-    with registry.connect() as connection:
+    with registry.engine.connect() as connection:
         assert (
             connection.execute(
                 select(func.count()).select_from(Account).where(Account.tfa_required_at.is_(None))

@@ -41,7 +41,9 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("notebooks") / "home"
     settings = load_settings({"ROLLOUT_HOME": str(home)})
     settings.ensure_home()
-    tiny_story(settings).run()
+    story = tiny_story(settings)
+    with story.runtime:
+        story.run()
     return home
 
 

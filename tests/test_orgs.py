@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 
 from rollout import orgs
 from rollout.errors import BadInput, GuardRefused
+from rollout.registry import Registry
 from rollout.registry.engine import session_scope
 from rollout.registry.models import Account, Action, Notification, Org, OrgMember, TfaFactor
 
@@ -16,10 +17,10 @@ T0 = datetime(2021, 6, 1)
 
 
 @pytest.fixture
-def acme(registry: Engine) -> dict[str, int]:
+def acme(registry: Registry) -> dict[str, int]:
     """owner ada (WebAuthn), owner bo (none), admin cy (TOTP), developers di (none) and
     ed (none, already removed)."""
-    with session_scope(registry) as session:
+    with session_scope(registry.engine) as session:
         people = {
             n: Account(username=n, email=f"{n}@example.com", email_verified=True, created_at=T0)
             for n in ("ada", "bo", "cy", "di", "ed")
@@ -50,7 +51,7 @@ def acme(registry: Engine) -> dict[str, int]:
         return {n: a.id for n, a in people.items()}
 
 
-def test_audit_lists_current_members_with_status(registry: Engine, acme: dict[str, int]) -> None:
+def test_audit_lists_current_members_with_status(registry: Registry, acme: dict[str, int]) -> None:
     members = orgs.audit_org(registry, "acme")
     assert [(m.username, m.role, m.tfa_status) for m in members] == [
         ("ada", "owner", "webauthn"),
@@ -63,29 +64,27 @@ def test_audit_lists_current_members_with_status(registry: Engine, acme: dict[st
         orgs.audit_org(registry, "nope")
 
 
-def test_enforce_needs_the_name_typed_back(registry_url: str, acme: dict[str, int]) -> None:
+def test_enforce_needs_the_name_typed_back(registry: Registry, acme: dict[str, int]) -> None:
     with pytest.raises(GuardRefused, match="--confirm acme"):
-        orgs.enforce_org(registry_url, "acme", confirm="acne", owner="ada", actor="t")
+        orgs.enforce_org(registry, "acme", confirm="acne", owner="ada", actor="t")
 
 
-def test_an_owner_without_2fa_cannot_turn_it_on(registry_url: str, acme: dict[str, int]) -> None:
+def test_an_owner_without_2fa_cannot_turn_it_on(registry: Registry, acme: dict[str, int]) -> None:
     with pytest.raises(GuardRefused, match="bo has no 2FA"):
-        orgs.enforce_org(registry_url, "acme", confirm="acme", owner="bo", actor="t")
+        orgs.enforce_org(registry, "acme", confirm="acme", owner="bo", actor="t")
     with pytest.raises(GuardRefused, match="cy is not an owner"):
-        orgs.enforce_org(registry_url, "acme", confirm="acme", owner="cy", actor="t")
+        orgs.enforce_org(registry, "acme", confirm="acme", owner="cy", actor="t")
 
 
-def test_enforce_removes_members_without_2fa_once(
-    registry: Engine, registry_url: str, acme: dict[str, int]
-) -> None:
-    result = orgs.enforce_org(registry_url, "acme", confirm="acme", owner="ada", actor="t")
+def test_enforce_removes_members_without_2fa_once(registry: Registry, acme: dict[str, int]) -> None:
+    result = orgs.enforce_org(registry, "acme", confirm="acme", owner="ada", actor="t")
     assert (result.removed, result.owners_notified, result.already_enforced) == (
         ["bo", "di"],
         1,
         False,
     )
     assert [m.username for m in orgs.audit_org(registry, "acme")] == ["ada", "cy"]
-    with registry.connect() as connection:
+    with registry.engine.connect() as connection:
         assert connection.execute(select(Org.tfa_enforced_at)).scalar_one() is not None
         emails = sorted(
             connection.execute(
@@ -107,7 +106,7 @@ def test_enforce_removes_members_without_2fa_once(
             ("org_member_removed", acme["di"]),
         ]
     )
-    again = orgs.enforce_org(registry_url, "acme", confirm="acme", owner="ada", actor="t")
+    again = orgs.enforce_org(registry, "acme", confirm="acme", owner="ada", actor="t")
     assert (again.removed, again.already_enforced) == ([], True)
-    with registry.connect() as connection:
+    with registry.engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(Action)).scalar_one() == 3

@@ -17,7 +17,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import select, update
 
 from rollout.errors import RolloutError
 from rollout.notify import outbox
@@ -25,6 +25,7 @@ from rollout.notify.devserver import DevSendGrid
 from rollout.notify.message import DeliveryFailed, Message
 from rollout.notify.senders import FileSender, SendGridSender
 from rollout.plan import Plan, load_plan
+from rollout.registry import Registry
 from rollout.registry.engine import session_scope
 from rollout.registry.models import Account, CohortMembership, Notification, TfaFactor
 
@@ -41,10 +42,10 @@ def plan() -> Plan:
 
 
 @pytest.fixture
-def ids(registry: Engine) -> dict[str, int]:
+def ids(registry: Registry) -> dict[str, int]:
     """In the top-100 cohort: ann (no 2FA), ben (TOTP), cat (unverified email), dan
     (suppressed address). eve has no 2FA and is in no cohort."""
-    with session_scope(registry) as session:
+    with session_scope(registry.engine) as session:
         accounts = {
             n: Account(
                 username=n, email=f"{n}@example.com", email_verified=n != "cat", created_at=T0
@@ -69,9 +70,9 @@ def ids(registry: Engine) -> dict[str, int]:
     return found
 
 
-def rows(registry: Engine, email: str | None = None) -> dict[str, tuple[str, str | None]]:
+def rows(registry: Registry, email: str | None = None) -> dict[str, tuple[str, str | None]]:
     """{username: (state, skip reason or error)} of the notifications, one email kind."""
-    with registry.connect() as connection:
+    with registry.engine.connect() as connection:
         query = select(
             Account.username, Notification.state, Notification.skip_reason, Notification.error
         ).join(Account, Account.id == Notification.account_id)
@@ -120,11 +121,11 @@ def test_a_missed_day_is_caught_up_but_never_after_the_deadline(plan: Plan) -> N
 
 
 def test_notices_reach_the_cohort_and_record_why_some_get_nothing(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
     [preview] = outbox.queue_preview(registry, plan, NOTICE_DAY)
     assert (preview.audience, preview.added) == (4, 4)
-    [outcome] = outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    [outcome] = outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
     assert (outcome.audience, outcome.added, outcome.already) == (4, 4, 0)
     assert rows(registry) == {
         "ann": ("queued", None),
@@ -132,15 +133,15 @@ def test_notices_reach_the_cohort_and_record_why_some_get_nothing(
         "cat": ("skipped", "unverified email"),
         "dan": ("skipped", "suppressed"),
     }
-    [again] = outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    [again] = outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
     assert (again.added, again.already) == (0, 4)
     assert len(rows(registry)) == 4
 
 
 def test_reminders_skip_accounts_that_already_use_2fa(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    outbox.queue_due(registry_url, plan, date(2022, 1, 18), actor="rm")
+    outbox.queue_due(registry, plan, date(2022, 1, 18), actor="rm")
     assert rows(registry, "reminder")["ben"] == ("skipped", "already compliant")
     assert rows(registry, "reminder")["ann"] == ("queued", None)
 
@@ -149,11 +150,11 @@ def test_reminders_skip_accounts_that_already_use_2fa(
 
 
 def test_each_email_is_sent_once_with_wording_for_the_recipient(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
     sender = Recording()
-    report = outbox.drain(registry_url, plan, sender)
+    report = outbox.drain(registry, plan, sender)
     assert (report.sent, report.failed) == (2, 0)
     by_name = {m.to_name: m for m in sender.sent}
     assert by_name["ann"].subject.startswith("Action needed")
@@ -161,32 +162,32 @@ def test_each_email_is_sent_once_with_wording_for_the_recipient(
     assert by_name["ben"].subject.startswith("Thank you")
     assert "does not use 2FA" not in by_name["ben"].text
     assert rows(registry)["ann"] == ("sent", None)
-    with registry.connect() as connection:
+    with registry.engine.connect() as connection:
         assert (
             connection.execute(
                 select(Notification.message_id).where(Notification.account_id == ids["ann"])
             ).scalar_one()
             == f"id-{by_name['ann'].outbox_id}"
         )
-    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
-    assert outbox.drain(registry_url, plan, sender).sent == 0
+    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    assert outbox.drain(registry, plan, sender).sent == 0
     assert len(sender.sent) == 2
 
 
 def test_an_account_that_enrolled_after_queueing_gets_no_reminder(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    outbox.queue_due(registry_url, plan, date(2022, 1, 18), actor="rm")
-    with session_scope(registry) as session:
+    outbox.queue_due(registry, plan, date(2022, 1, 18), actor="rm")
+    with session_scope(registry.engine) as session:
         session.add(TfaFactor(account_id=ids["ann"], kind="webauthn", created_at=T0))
     sender = Recording()
-    outbox.drain(registry_url, plan, sender)
+    outbox.drain(registry, plan, sender)
     assert "reminder" not in {m.email for m in sender.sent}
     assert rows(registry, "reminder")["ann"] == ("skipped", "already compliant")
 
 
-def _reminder(registry: Engine, account_id: int, occasion: str) -> tuple[str, str | None]:
-    with registry.connect() as connection:
+def _reminder(registry: Registry, account_id: int, occasion: str) -> tuple[str, str | None]:
+    with registry.engine.connect() as connection:
         row = connection.execute(
             select(Notification.state, Notification.skip_reason).where(
                 Notification.account_id == account_id,
@@ -203,15 +204,15 @@ def _repeating(plan: Plan, **days: int) -> Plan:
 
 
 def test_a_reminder_inside_the_repeat_window_is_skipped(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
     # The reminders 14 and 3 days before the deadline (01-18, 01-29) are 11 days apart:
     # inside a fortnight's window.
     fortnightly = _repeating(plan, reminder=14)
-    outbox.queue_due(registry_url, fortnightly, date(2022, 1, 18), actor="rm")
-    outbox.drain(registry_url, fortnightly, Recording(), clock=lambda: datetime(2022, 1, 18, 9))
-    outbox.queue_due(registry_url, fortnightly, date(2022, 1, 29), actor="rm")
-    outbox.drain(registry_url, fortnightly, Recording(), clock=lambda: datetime(2022, 1, 29, 9))
+    outbox.queue_due(registry, fortnightly, date(2022, 1, 18), actor="rm")
+    outbox.drain(registry, fortnightly, Recording(), clock=lambda: datetime(2022, 1, 18, 9))
+    outbox.queue_due(registry, fortnightly, date(2022, 1, 29), actor="rm")
+    outbox.drain(registry, fortnightly, Recording(), clock=lambda: datetime(2022, 1, 29, 9))
     assert _reminder(registry, ids["ann"], "14d") == ("sent", None)
     assert _reminder(registry, ids["ann"], "3d") == ("skipped", "inside the repeat window")
 
@@ -220,8 +221,7 @@ def test_a_reminder_inside_the_repeat_window_is_skipped(
     ("repeat_days", "second"), [(7, ("sent", None)), (14, ("skipped", REPEAT))]
 )
 def test_a_back_filled_run_judges_the_repeat_window_on_its_own_day(
-    registry: Engine,
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
     ids: dict[str, int],
     repeat_days: int,
@@ -231,43 +231,43 @@ def test_a_back_filled_run_judges_the_repeat_window_on_its_own_day(
     seconds apart, by the real clock: the window is judged on the runs' days, 01-18 and
     01-29, 11 days apart; not on the seconds between the two drains."""
     repeating = _repeating(plan, reminder=repeat_days)
-    outbox.queue_due(registry_url, repeating, date(2022, 1, 18), actor="rm")
-    outbox.drain(registry_url, repeating, Recording())
-    outbox.queue_due(registry_url, repeating, date(2022, 1, 29), actor="rm")
+    outbox.queue_due(registry, repeating, date(2022, 1, 18), actor="rm")
+    outbox.drain(registry, repeating, Recording())
+    outbox.queue_due(registry, repeating, date(2022, 1, 29), actor="rm")
     sender = Recording()
-    outbox.drain(registry_url, repeating, sender)
+    outbox.drain(registry, repeating, sender)
     assert _reminder(registry, ids["ann"], "14d") == ("sent", None)
     assert _reminder(registry, ids["ann"], "3d") == second
     assert ("ann" in {m.to_name for m in sender.sent}) == (second[0] == "sent")
 
 
 def test_a_rejected_message_fails_with_its_reason_and_the_rest_go_on(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
-    report = outbox.drain(registry_url, plan, Recording(fail_for="ann"))
+    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    report = outbox.drain(registry, plan, Recording(fail_for="ann"))
     assert (report.sent, report.failed) == (1, 1)
     assert rows(registry)["ann"] == ("failed", "SendGrid answered 400: bad recipient")
     assert outbox.retry_failed(registry) == 1
-    assert outbox.drain(registry_url, plan, Recording()).sent == 1
+    assert outbox.drain(registry, plan, Recording()).sent == 1
     assert rows(registry)["ann"] == ("sent", None)
 
 
 def test_a_misconfigured_sender_stops_the_drain_and_loses_nothing(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
     with pytest.raises(RolloutError, match="answered 401"):
-        outbox.drain(registry_url, plan, Recording(misconfigured=True))
+        outbox.drain(registry, plan, Recording(misconfigured=True))
     assert rows(registry)["ann"] == ("queued", None)
-    assert outbox.drain(registry_url, plan, Recording()).sent == 2
+    assert outbox.drain(registry, plan, Recording()).sent == 2
 
 
 def test_the_file_outbox_writes_one_eml_per_message(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int], tmp_path: Path
+    registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
-    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
-    outbox.drain(registry_url, plan, FileSender(tmp_path / "outbox"))
+    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    outbox.drain(registry, plan, FileSender(tmp_path / "outbox"))
     files = sorted(p.name for p in (tmp_path / "outbox").glob("*.eml"))
     assert len(files) == 2 and all(name.endswith("-phase_notice.eml") for name in files)
 
@@ -275,9 +275,9 @@ def test_the_file_outbox_writes_one_eml_per_message(
 # --- against the local SendGrid server -----------------------------------------------
 
 
-def _many(registry: Engine, count: int) -> None:
+def _many(registry: Registry, count: int) -> None:
     """``count`` more accounts without 2FA in the top-100 cohort."""
-    with session_scope(registry) as session:
+    with session_scope(registry.engine) as session:
         extra = [
             Account(
                 username=f"user{i:04d}",
@@ -306,14 +306,13 @@ def _delivered(server: DevSendGrid) -> Counter[int]:
 
 
 def test_the_fault_matrix_ends_with_each_message_sent_once_or_failed_with_its_reason(
-    registry: Engine,
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
     ids: dict[str, int],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     _many(registry, 4)
-    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")  # ann, ben + 4
+    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")  # ann, ben + 4
     waits: list[float] = []
     with DevSendGrid(api_key=KEY) as server, caplog.at_level(logging.DEBUG):
         # In order, one at a time: the first message meets a 429, a 500, a stall past
@@ -333,11 +332,11 @@ def test_the_fault_matrix_ends_with_each_message_sent_once_or_failed_with_its_re
         # and "nothing twice" below would fail for the machine, not the code. The stall
         # above outlasts it.
         sender = SendGridSender(KEY, server.url, timeout=2.0, max_attempts=5, sleep=waits.append)
-        report = outbox.drain(registry_url, plan, sender, concurrency=1)
+        report = outbox.drain(registry, plan, sender, concurrency=1)
         delivered = _delivered(server)
     assert (report.sent, report.failed) == (5, 1)
     assert waits[0] == 2  # Retry-After honoured
-    with registry.connect() as connection:
+    with registry.engine.connect() as connection:
         states = connection.execute(
             select(Notification.id, Notification.state, Notification.error, Notification.attempts)
             .where(Notification.state != "skipped")
@@ -358,17 +357,18 @@ DRAIN_SCRIPT = textwrap.dedent(
     from rollout.notify.outbox import drain
     from rollout.notify.senders import SendGridSender
     from rollout.plan import load_plan
+    from rollout.registry import Registry
     url, server, key, plan = sys.argv[1:5]
-    drain(url, load_plan(plan), SendGridSender(key, server, timeout=5), concurrency=4)
+    drain(Registry(url), load_plan(plan), SendGridSender(key, server, timeout=5), concurrency=4)
     """
 )
 
 
 def test_a_killed_drain_resends_at_most_what_was_in_flight(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+    registry: Registry, registry_url: str, plan: Plan, ids: dict[str, int]
 ) -> None:
     _many(registry, 60)
-    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
     with DevSendGrid(api_key=KEY) as server:
         child = subprocess.Popen(
             [
@@ -389,10 +389,10 @@ def test_a_killed_drain_resends_at_most_what_was_in_flight(
         child.wait()
         first = _delivered(server)
         assert 20 <= sum(first.values()) < 62, "the kill should land mid-drain"
-        report = outbox.drain(registry_url, plan, SendGridSender(KEY, server.url, timeout=5))
+        report = outbox.drain(registry, plan, SendGridSender(KEY, server.url, timeout=5))
         delivered = _delivered(server)
     assert report.resumed <= 4
-    with registry.connect() as connection:
+    with registry.engine.connect() as connection:
         sent = connection.execute(select(Notification.id).where(Notification.state == "sent")).all()
     assert len(sent) == 62 and set(delivered) == {row.id for row in sent}  # none lost
     twice = [i for i, n in delivered.items() if n > 1]
@@ -401,29 +401,29 @@ def test_a_killed_drain_resends_at_most_what_was_in_flight(
 
 
 def test_rows_left_in_flight_are_sent_again_by_the_next_drain(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
-    with registry.begin() as connection:
+    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    with registry.engine.begin() as connection:
         connection.execute(
             update(Notification)
             .where(Notification.account_id == ids["ann"])
             .values(state="sending")
         )
-    report = outbox.drain(registry_url, plan, Recording())
+    report = outbox.drain(registry, plan, Recording())
     assert (report.resumed, report.sent) == (1, 2)
 
 
 def test_a_drain_in_several_processes_sends_each_message_once(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
     _many(registry, 40)
-    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
     seen: list[tuple[int, int]] = []
     with DevSendGrid(api_key=KEY) as server:
         sender = SendGridSender(KEY, server.url, timeout=5)
         report = outbox.drain(
-            registry_url,
+            registry,
             plan,
             sender,
             concurrency=4,
@@ -437,13 +437,13 @@ def test_a_drain_in_several_processes_sends_each_message_once(
 
 
 def test_a_drainer_that_loses_the_first_rows_to_another_claims_the_next_ones(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
     """Two drainers reach for the same first rows: the second gets the rows after them,
     not nothing (which it would take for an empty outbox, and stop)."""
     _many(registry, 10)
-    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
-    with registry.connect() as connection:
+    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    with registry.engine.connect() as connection:
         queued = (
             connection.execute(
                 select(Notification.id)
@@ -454,7 +454,7 @@ def test_a_drainer_that_loses_the_first_rows_to_another_claims_the_next_ones(
             .all()
         )
     claimed: list[list[int]] = []
-    with registry.begin() as other:  # the other drainer, mid-claim: it holds its rows
+    with registry.engine.begin() as other:  # the other drainer, mid-claim: it holds its rows
         other.execute(
             update(Notification)
             .where(Notification.id.in_(queued[:4]))
@@ -462,7 +462,10 @@ def test_a_drainer_that_loses_the_first_rows_to_another_claims_the_next_ones(
         )
         ours = threading.Thread(
             target=lambda: claimed.append(
-                [c.id for c in outbox._claim(registry, 4, datetime(2022, 1, 4, 9), "sendgrid")]
+                [
+                    c.id
+                    for c in outbox._claim(registry.engine, 4, datetime(2022, 1, 4, 9), "sendgrid")
+                ]
             )
         )
         ours.start()
@@ -474,8 +477,8 @@ def test_a_drainer_that_loses_the_first_rows_to_another_claims_the_next_ones(
 # --- failures that must show -------------------------------------------------------------
 
 
-def _sender_of(registry: Engine) -> dict[str, str | None]:
-    with registry.connect() as connection:
+def _sender_of(registry: Registry) -> dict[str, str | None]:
+    with registry.engine.connect() as connection:
         return dict(
             connection.execute(
                 select(Account.username, Notification.sender).join(
@@ -486,53 +489,53 @@ def _sender_of(registry: Engine) -> dict[str, str | None]:
 
 
 def test_each_row_records_the_sender_that_attempted_it(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int], tmp_path: Path
+    registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
-    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
     assert _sender_of(registry)["ann"] is None  # queued, never attempted
-    outbox.drain(registry_url, plan, FileSender(tmp_path / "outbox"))
+    outbox.drain(registry, plan, FileSender(tmp_path / "outbox"))
     senders = _sender_of(registry)
     assert (senders["ann"], senders["ben"], senders["cat"]) == ("file", "file", None)
 
 
 def test_the_file_outbox_refuses_emails_last_attempted_through_sendgrid(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int], tmp_path: Path
+    registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
-    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
     with DevSendGrid(api_key=KEY) as server:
         server.script([{"status": 400}])
         sender = SendGridSender(KEY, server.url, timeout=5)
-        first = outbox.drain(registry_url, plan, sender, concurrency=1)
+        first = outbox.drain(registry, plan, sender, concurrency=1)
     assert (first.sent, first.failed) == (1, 1)
     before = rows(registry)
     file_sender = FileSender(tmp_path / "outbox")
     # A retry from a shell without SENDGRID_API_KEY: nothing queued, nothing written.
     with pytest.raises(RolloutError, match="last attempted through SendGrid") as refused:
-        outbox.drain(registry_url, plan, file_sender, retry_failed=True)
+        outbox.drain(registry, plan, file_sender, retry_failed=True)
     assert "SENDGRID_API_KEY" in str(refused.value) and "sendgrid-api-key" in str(refused.value)
     with pytest.raises(RolloutError, match="last attempted through SendGrid"):
         outbox.retry_failed(registry, sender="file")
     assert rows(registry) == before
     assert not list((tmp_path / "outbox").glob("*.eml"))
     # Without retry_failed the failed row is not the file sender's to take: it may drain.
-    assert outbox.drain(registry_url, plan, file_sender).done == 0
+    assert outbox.drain(registry, plan, file_sender).done == 0
     # Through SendGrid, the retry goes.
     with DevSendGrid(api_key=KEY) as server:
         sender = SendGridSender(KEY, server.url, timeout=5)
-        again = outbox.drain(registry_url, plan, sender, retry_failed=True)
+        again = outbox.drain(registry, plan, sender, retry_failed=True)
     assert (again.requeued, again.sent, again.failed) == (1, 1, 0)
     assert {state for state, _ in rows(registry).values()} == {"sent", "skipped"}
 
 
 def test_status_groups_failures_by_reason(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
     _many(registry, 3)
-    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")  # ann, ben + 3
+    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")  # ann, ben + 3
     with DevSendGrid(api_key=KEY) as server:
         server.script([{"status": 400}] * 3)
         sender = SendGridSender(KEY, server.url, timeout=5)
-        report = outbox.drain(registry_url, plan, sender, concurrency=1)
+        report = outbox.drain(registry, plan, sender, concurrency=1)
     assert (report.sent, report.failed) == (2, 3)
     [reason] = {why for _, why in report.failures}
     assert reason.startswith("SendGrid answered 400")
@@ -551,17 +554,16 @@ def test_failure_reasons_drop_the_outbox_id_and_keep_the_first_line() -> None:
 
 
 def test_retries_after_5xx_are_logged_and_counted(
-    registry: Engine,
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
     ids: dict[str, int],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
     with DevSendGrid(api_key=KEY) as server, caplog.at_level(logging.WARNING):
         server.script([{"status": 503}, {"status": 429, "retry_after": 0}])
         sender = SendGridSender(KEY, server.url, timeout=5, sleep=lambda _: None)
-        report = outbox.drain(registry_url, plan, sender, concurrency=1)
+        report = outbox.drain(registry, plan, sender, concurrency=1)
     assert (report.sent, report.failed, report.retried) == (2, 0, 2)
     records = [r for r in caplog.records if r.name == "rollout.notify.senders"]
     assert [r.levelno for r in records] == [logging.WARNING] * 2

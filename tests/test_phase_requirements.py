@@ -16,10 +16,11 @@ from datetime import datetime
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import delete, func, select, update
 
 from rollout import enforce
 from rollout.plan import Plan
+from rollout.registry import Registry
 from rollout.registry.migrate import downgrade, upgrade
 from rollout.registry.models import (
     Account,
@@ -49,15 +50,15 @@ def plan(reference_plan: Plan) -> Plan:
     )
 
 
-def required(registry: Engine) -> set[int]:
-    with registry.connect() as connection:
+def required(registry: Registry) -> set[int]:
+    with registry.engine.connect() as connection:
         return set(
             connection.scalars(select(Account.id).where(Account.tfa_required_at.is_not(None)))
         )
 
 
-def requirements(registry: Engine) -> set[tuple[int, str]]:
-    with registry.connect() as connection:
+def requirements(registry: Registry) -> set[tuple[int, str]]:
+    with registry.engine.connect() as connection:
         return {
             (a, p)
             for a, p in connection.execute(
@@ -66,16 +67,16 @@ def requirements(registry: Engine) -> set[tuple[int, str]]:
         }
 
 
-def actions(registry: Engine, action: str) -> int:
-    with registry.connect() as connection:
+def actions(registry: Registry, action: str) -> int:
+    with registry.engine.connect() as connection:
         return connection.execute(
             select(func.count()).select_from(Action).where(Action.action == action)
         ).scalar_one()
 
 
-def run(registry: Engine, url: str, plan: Plan, phase: str) -> enforce.EnforceResult:
+def run(registry: Registry, plan: Plan, phase: str) -> enforce.EnforceResult:
     count = enforce.preview_phase(registry, plan, plan.phase(phase)).count
-    return enforce.enforce_phase(url, plan, phase, expect=count, actor="rm")
+    return enforce.enforce_phase(registry, plan, phase, expect=count, actor="rm")
 
 
 @pytest.fixture
@@ -90,11 +91,11 @@ def overlap(factories: None) -> dict[str, set[int]]:
 
 
 def test_rolling_back_one_of_two_overlapping_phases_keeps_what_the_other_requires(
-    registry: Engine, registry_url: str, plan: Plan, overlap: dict[str, set[int]]
+    registry: Registry, plan: Plan, overlap: dict[str, set[int]]
 ) -> None:
-    first = run(registry, registry_url, plan, "p1")
+    first = run(registry, plan, "p1")
     assert (first.accounts_required, first.accounts_flagged) == (4, 4)
-    second = run(registry, registry_url, plan, "p2")
+    second = run(registry, plan, "p2")
     # p2 requires all five of its accounts without 2FA, though only two are new flags.
     assert (second.accounts_required, second.accounts_flagged) == (5, 2)
     assert actions(registry, "tfa_required") == 9
@@ -104,41 +105,41 @@ def test_rolling_back_one_of_two_overlapping_phases_keeps_what_the_other_require
     assert {a.account_id for a in preview.kept} == overlap["shared"]
     assert all(a.still_required_by == ("p2",) for a in preview.kept)
 
-    result = enforce.rollback_phase(registry_url, plan, "p1", actor="rm")
+    result = enforce.rollback_phase(registry, plan, "p1", actor="rm")
     assert (result.requirements_withdrawn, result.accounts_cleared) == (4, 1)
     assert required(registry) == overlap["shared"] | overlap["only_p2"]
     assert actions(registry, "tfa_required_withdrawn") == 4
     assert actions(registry, "tfa_required_cleared") == 1
-    states = {s.step.key: s.state for s in step_states(registry, registry_url, plan)}
+    states = {s.step.key: s.state for s in step_states(registry, plan)}
     assert states["phase p1"] == "rolled back" and states["phase p2"] == "applied"
 
 
 def test_rolling_back_every_phase_clears_every_requirement(
-    registry: Engine, registry_url: str, plan: Plan, overlap: dict[str, set[int]]
+    registry: Registry, plan: Plan, overlap: dict[str, set[int]]
 ) -> None:
-    run(registry, registry_url, plan, "p1")
-    enforce.rollback_phase(registry_url, plan, "p1", actor="rm")
-    run(registry, registry_url, plan, "p2")
+    run(registry, plan, "p1")
+    enforce.rollback_phase(registry, plan, "p1", actor="rm")
+    run(registry, plan, "p2")
     assert required(registry) == overlap["shared"] | overlap["only_p2"]
-    result = enforce.rollback_phase(registry_url, plan, "p2", actor="rm")
+    result = enforce.rollback_phase(registry, plan, "p2", actor="rm")
     assert (result.requirements_withdrawn, result.accounts_cleared) == (5, 5)
     assert required(registry) == set() and requirements(registry) == set()
 
 
 def test_a_rollback_withdraws_the_emails_its_enforcement_queued_and_has_not_sent(
-    registry: Engine, registry_url: str, plan: Plan, overlap: dict[str, set[int]]
+    registry: Registry, plan: Plan, overlap: dict[str, set[int]]
 ) -> None:
-    run(registry, registry_url, plan, "p1")
-    run(registry, registry_url, plan, "p2")
-    with registry.begin() as connection:
+    run(registry, plan, "p1")
+    run(registry, plan, "p2")
+    with registry.engine.begin() as connection:
         # One of p1's notices already went out: it stays as it is.
         sent = connection.scalars(
             select(Notification.id).where(Notification.phase == "p1").limit(1)
         ).one()
         connection.execute(update(Notification).where(Notification.id == sent).values(state="sent"))
     assert enforce.rollback_preview(registry, "p1").queued_emails == 3
-    assert enforce.rollback_phase(registry_url, plan, "p1", actor="rm").emails_withdrawn == 3
-    with registry.connect() as connection:
+    assert enforce.rollback_phase(registry, plan, "p1", actor="rm").emails_withdrawn == 3
+    with registry.engine.connect() as connection:
         by_state = dict(
             connection.execute(
                 select(Notification.state, func.count())
@@ -161,8 +162,8 @@ def test_a_rollback_withdraws_the_emails_its_enforcement_queued_and_has_not_sent
     assert p2_queued == 5
 
 
-def _reset(registry: Engine) -> None:
-    with registry.begin() as connection:
+def _reset(registry: Registry) -> None:
+    with registry.engine.begin() as connection:
         for table in (PhaseRequirement, Notification, CohortMembership, TfaFactor):
             connection.execute(delete(table))
         connection.execute(update(Account).values(tfa_required_at=None))
@@ -186,19 +187,18 @@ cohorts = st.lists(st.sets(st.sampled_from(PHASES)), min_size=8, max_size=8)
 )
 @given(memberships=cohorts, steps=operations)
 def test_required_means_some_applied_phase_requires_it(
-    registry: Engine,
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
     factories: None,
     memberships: list[set[str]],
     steps: list[tuple[str, object]],
 ) -> None:
-    with registry.connect() as connection:
+    with registry.engine.connect() as connection:
         accounts = list(connection.scalars(select(Account.id).order_by(Account.id)))
     if not accounts:
         accounts = [AccountFactory().id for _ in range(8)]
     _reset(registry)
-    with registry.begin() as connection:
+    with registry.engine.begin() as connection:
         for account_id, names in zip(accounts, memberships, strict=True):
             for name in names:
                 connection.execute(
@@ -222,7 +222,7 @@ def test_required_means_some_applied_phase_requires_it(
             phase = str(arg)
             cohort = {a for a, names in zip(accounts, memberships, strict=True) if phase in names}
             before = applied.get(phase, set())
-            result = run(registry, registry_url, plan, phase)
+            result = run(registry, plan, phase)
             applied[phase] = before | (cohort - enrolled)
             assert result.accounts_required == len(applied[phase] - before)
         else:
@@ -231,7 +231,7 @@ def test_required_means_some_applied_phase_requires_it(
             others = set().union(*applied.values()) if applied else set()
             preview = enforce.rollback_preview(registry, phase)
             assert set(preview.cleared) == mine - others
-            result = enforce.rollback_phase(registry_url, plan, phase, actor="rm")
+            result = enforce.rollback_phase(registry, plan, phase, actor="rm")
             assert result.requirements_withdrawn == len(mine)
             assert result.accounts_cleared == len(mine - others)
         required_accounts = set().union(*applied.values()) if applied else set()
@@ -240,20 +240,20 @@ def test_required_means_some_applied_phase_requires_it(
 
 
 def test_the_migration_rebuilds_requirements_from_what_enforcement_left(
-    registry: Engine, registry_url: str, plan: Plan, overlap: dict[str, set[int]]
+    registry: Registry, plan: Plan, overlap: dict[str, set[int]]
 ) -> None:
     """A registry enforced before revision 0005 has no requirement rows: upgrading
     rebuilds them from the audit rows and emails each enforcement left."""
-    run(registry, registry_url, plan, "p1")
-    run(registry, registry_url, plan, "p2")
-    run(registry, registry_url, plan, "p3")  # an empty cohort: requires nobody
-    enforce.rollback_phase(registry_url, plan, "p1", actor="rm")
-    run(registry, registry_url, plan, "p1")
-    enforce.rollback_phase(registry_url, plan, "p2", actor="rm")
+    run(registry, plan, "p1")
+    run(registry, plan, "p2")
+    run(registry, plan, "p3")  # an empty cohort: requires nobody
+    enforce.rollback_phase(registry, plan, "p1", actor="rm")
+    run(registry, plan, "p1")
+    enforce.rollback_phase(registry, plan, "p2", actor="rm")
     expected = requirements(registry)
     assert expected == {(a, "p1") for a in overlap["shared"] | overlap["only_p1"]}
-    downgrade(registry, "0004")
-    upgrade(registry)
+    downgrade(registry.engine, "0004")
+    upgrade(registry.engine)
     assert requirements(registry) == expected
 
 
@@ -262,13 +262,14 @@ def test_the_migration_rebuilds_requirements_from_what_enforcement_left(
 ENROL_AND_DIE = """
 import os, signal, sys
 from rollout.brownouts import enroll_all
-enroll_all(sys.argv[1], actor="ops", batch_size=1,
+from rollout.registry import Registry
+enroll_all(Registry(sys.argv[1]), actor="ops", batch_size=1,
            progress=lambda done, total: os.kill(os.getpid(), signal.SIGKILL))
 """
 
 
 def test_a_killed_elv_enrolment_shows_interrupted_then_finishes(
-    registry: Engine, registry_url: str, plan: Plan, factories: None
+    registry: Registry, registry_url: str, plan: Plan, factories: None
 ) -> None:
     for _ in range(3):
         AccountFactory()
@@ -278,18 +279,18 @@ def test_a_killed_elv_enrolment_shows_interrupted_then_finishes(
     assert child.returncode == -signal.SIGKILL
 
     def state() -> str:
-        states = step_states(registry, registry_url, plan)
+        states = step_states(registry, plan)
         return next(s.state for s in states if s.step.key == "enroll all")
 
     assert state() == "interrupted"
     from rollout.brownouts import enroll_all
 
-    assert enroll_all(registry_url, actor="ops", batch_size=1) == 2
+    assert enroll_all(registry, actor="ops", batch_size=1) == 2
     assert state() == "applied"
 
 
 def test_a_second_enforcement_at_the_same_instant_audits_only_its_own_sessions(
-    registry: Engine, registry_url: str, plan: Plan, factories: None
+    registry: Registry, plan: Plan, factories: None
 ) -> None:
     """Under a clock that stands still (the demo's simulated one), enforce, roll back
     and enforce again in the same instant: the second run revokes and audits the one
@@ -299,9 +300,9 @@ def test_a_second_enforcement_at_the_same_instant_audits_only_its_own_sessions(
 
     first_ids = [AccountFactory(in_cohort="p1", sessions=1).id for _ in range(3)]
     with use_clock(SimulatedClock(datetime(2022, 2, 1, 10))):
-        assert run(registry, registry_url, plan, "p1").sessions_revoked == 3
-        enforce.rollback_phase(registry_url, plan, "p1", actor="rm")
+        assert run(registry, plan, "p1").sessions_revoked == 3
+        enforce.rollback_phase(registry, plan, "p1", actor="rm")
         SessionFactory(account_id=first_ids[0])  # signed in again, same instant
-        again = run(registry, registry_url, plan, "p1")
+        again = run(registry, plan, "p1")
     assert again.sessions_revoked == 1
     assert actions(registry, "revoke_session") == 4  # once per session, each its own

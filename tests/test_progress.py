@@ -14,6 +14,7 @@ from rollout.cli import app
 from rollout.config import load_settings
 from rollout.output import FORCE_PROGRESS, Format, progress_for, shows_progress
 from rollout.plan import load_plan
+from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 
 from .conftest import DATA
@@ -113,15 +114,16 @@ def test_phase_enforce_piped_and_json_draw_nothing(
 def test_enforce_phase_reports_progress_after_each_batch(three_to_enforce: int) -> None:
     calls: list[tuple[int, int]] = []
     plan = load_plan(ROOT / "plans" / "npm-2022.yaml")
-    result = enforce.enforce_phase(
-        load_settings().registry_url,
-        plan,
-        "top-100",
-        expect=3,
-        actor="rm",
-        batch_size=2,
-        progress=lambda done, total: calls.append((done, total)),
-    )
+    with Registry(load_settings().registry_url) as registry:
+        result = enforce.enforce_phase(
+            registry,
+            plan,
+            "top-100",
+            expect=3,
+            actor="rm",
+            batch_size=2,
+            progress=lambda done, total: calls.append((done, total)),
+        )
     assert result.accounts_required == 3
     assert calls == [(2, 3), (3, 3)]
 

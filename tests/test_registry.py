@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from rollout import extract, warehouse
 from rollout.errors import RolloutError
 from rollout.extract import EXTRACTED_TABLES, extract_registry
-from rollout.registry import migrate
+from rollout.registry import Registry, migrate
 from rollout.registry.engine import make_engine, normalize_url, session_scope
 from rollout.registry.models import (
     Account,
@@ -53,38 +53,38 @@ def test_upgrade_creates_every_table_and_downgrade_removes_them(empty_registry_u
     engine.dispose()
 
 
-def test_migrations_match_the_models(registry: Engine) -> None:
+def test_migrations_match_the_models(registry: Registry) -> None:
     """An autogenerate diff after upgrade is empty: models and migrations agree."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    with registry.connect() as connection:
+    with registry.engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert diff == []
 
 
-def test_usernames_are_unique(registry: Engine) -> None:
-    add_account(registry, "alice")
+def test_usernames_are_unique(registry: Registry) -> None:
+    add_account(registry.engine, "alice")
     with pytest.raises(IntegrityError):
-        add_account(registry, "alice")
+        add_account(registry.engine, "alice")
 
 
-def test_kinds_are_checked(registry: Engine) -> None:
-    account = add_account(registry)
-    with pytest.raises(IntegrityError), session_scope(registry) as session:
+def test_kinds_are_checked(registry: Registry) -> None:
+    account = add_account(registry.engine)
+    with pytest.raises(IntegrityError), session_scope(registry.engine) as session:
         session.add(TfaFactor(account_id=account, kind="sms", created_at=T0))
 
 
-def test_legacy_tokens_have_no_name(registry: Engine) -> None:
-    account = add_account(registry)
-    with session_scope(registry) as session:
+def test_legacy_tokens_have_no_name(registry: Registry) -> None:
+    account = add_account(registry.engine)
+    with session_scope(registry.engine) as session:
         session.add(Token(account_id=account, name=None, kind="publish", created_at=T0))
-    with session_scope(registry) as session:
+    with session_scope(registry.engine) as session:
         assert session.scalars(select(Token.name)).all() == [None]
 
 
-def test_the_audit_ledger_is_append_only(registry: Engine) -> None:
-    with session_scope(registry) as session:
+def test_the_audit_ledger_is_append_only(registry: Registry) -> None:
+    with session_scope(registry.engine) as session:
         session.add(
             Action(
                 effect_key="revoke-session:1",
@@ -95,14 +95,14 @@ def test_the_audit_ledger_is_append_only(registry: Engine) -> None:
             )
         )
     for statement in ("update actions set reason = 'rewritten'", "delete from actions"):
-        with pytest.raises(DBAPIError, match="append-only"), registry.begin() as connection:
+        with pytest.raises(DBAPIError, match="append-only"), registry.engine.begin() as connection:
             connection.execute(text(statement))
-    with session_scope(registry) as session:
+    with session_scope(registry.engine) as session:
         assert session.scalars(select(Action.reason)).all() == ["phase top-100"]
 
 
-def test_an_effect_is_recorded_once(registry: Engine) -> None:
-    with session_scope(registry) as session:
+def test_an_effect_is_recorded_once(registry: Registry) -> None:
+    with session_scope(registry.engine) as session:
         session.add(
             Action(
                 effect_key="revoke-session:1",
@@ -112,7 +112,7 @@ def test_an_effect_is_recorded_once(registry: Engine) -> None:
                 created_at=T0,
             )
         )
-    with pytest.raises(IntegrityError), session_scope(registry) as session:
+    with pytest.raises(IntegrityError), session_scope(registry.engine) as session:
         session.add(
             Action(
                 effect_key="revoke-session:1",
@@ -124,11 +124,11 @@ def test_an_effect_is_recorded_once(registry: Engine) -> None:
         )
 
 
-def test_an_email_exists_once_per_account_kind_and_phase(registry: Engine) -> None:
-    account = add_account(registry)
+def test_an_email_exists_once_per_account_kind_and_phase(registry: Registry) -> None:
+    account = add_account(registry.engine)
 
     def queue(phase: str) -> None:
-        with session_scope(registry) as session:
+        with session_scope(registry.engine) as session:
             session.add(
                 Notification(
                     account_id=account,
@@ -146,8 +146,8 @@ def test_an_email_exists_once_per_account_kind_and_phase(registry: Engine) -> No
         queue("top-100")
 
 
-def test_live_sessions_are_indexed_for_revocation(registry: Engine) -> None:
-    indexes = {ix["name"]: ix for ix in inspect(registry).get_indexes("web_sessions")}
+def test_live_sessions_are_indexed_for_revocation(registry: Registry) -> None:
+    indexes = {ix["name"]: ix for ix in inspect(registry.engine).get_indexes("web_sessions")}
     assert indexes["ix_web_sessions_live"]["column_names"] == ["account_id"]
 
 
@@ -157,12 +157,10 @@ def test_postgres_urls_as_people_paste_them_use_psycopg() -> None:
     assert normalize_url("sqlite:///x.db").drivername == "sqlite"
 
 
-def test_extract_copies_every_table_with_model_types(
-    registry: Engine, registry_url: str, tmp_path: Path
-) -> None:
-    alice = add_account(registry, "alice", last_login_at=datetime(2022, 1, 5, 8, 30))
-    bob = add_account(registry, "bob")
-    with session_scope(registry) as session:
+def test_extract_copies_every_table_with_model_types(registry: Registry, tmp_path: Path) -> None:
+    alice = add_account(registry.engine, "alice", last_login_at=datetime(2022, 1, 5, 8, 30))
+    bob = add_account(registry.engine, "bob")
+    with session_scope(registry.engine) as session:
         session.add(TfaFactor(account_id=alice, kind="webauthn", created_at=T0))
         # Many NULLs then a value: the SQLite driver must not guess the column's type.
         for index in range(1500):
@@ -170,7 +168,7 @@ def test_extract_copies_every_table_with_model_types(
                 WebSession(account_id=bob, created_at=T0, revoked_at=T0 if index == 1499 else None)
             )
     with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
-        counts = extract_registry(con, registry_url)
+        counts = extract_registry(con, registry)
         assert set(counts) == set(EXTRACTED_TABLES)
         assert (counts["accounts"], counts["tfa_factors"], counts["web_sessions"]) == (2, 1, 1500)
         assert con.execute(
@@ -185,14 +183,14 @@ def test_extract_copies_every_table_with_model_types(
         )
         assert types["revoked_at"] == "TIMESTAMP" and types["account_id"] == "BIGINT"
         # A second extract replaces, never appends.
-        assert extract_registry(con, registry_url)["web_sessions"] == 1500
+        assert extract_registry(con, registry)["web_sessions"] == 1500
 
 
 def test_a_small_extract_of_an_empty_table_gives_an_empty_table(
-    registry_url: str, tmp_path: Path
+    registry: Registry, tmp_path: Path
 ) -> None:
     with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
-        assert extract_registry(con, registry_url, ("cohort_packages",), small=True) == {
+        assert extract_registry(con, registry, ("cohort_packages",), small=True) == {
             "cohort_packages": 0
         }
 
@@ -224,7 +222,7 @@ def test_a_failed_exporter_changes_nothing_and_leaves_no_process_behind(
     migrate.upgrade(engine)
     add_account(engine, "alice")
     with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
-        extract_registry(con, url, ("accounts", "tokens"))
+        extract_registry(con, Registry(url), ("accounts", "tokens"))
         add_account(engine, "bob")
         with engine.begin() as connection:  # the registry loses a table: its export fails
             connection.execute(text("drop table tokens"))
@@ -233,7 +231,7 @@ def test_a_failed_exporter_changes_nothing_and_leaves_no_process_behind(
         monkeypatch.setattr(extract, "_share", lambda sizes, ways: shares)
         monkeypatch.setattr(extract, "_table_sizes", lambda database, tables: {})
         with pytest.raises(RolloutError, match=r"reading the registry .* failed: .*tokens"):
-            extract_registry(con, url, ("accounts", "tokens"))
+            extract_registry(con, Registry(url), ("accounts", "tokens"))
         # All or nothing: bob, exported by the other share, did not come in.
         assert warehouse.scalar(con, "select count(*) from registry.accounts") == 1
     assert children() - before == set()

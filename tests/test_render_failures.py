@@ -7,10 +7,10 @@ from datetime import date
 
 import jinja2
 import pytest
-from sqlalchemy import Engine
 
 from rollout.notify import outbox, render
 from rollout.plan import Plan
+from rollout.registry import Registry
 
 # The fixtures and helpers of the outbox tests: ann (no 2FA) and ben (TOTP) get mail,
 # cat (unverified) and dan (suppressed) are skipped.
@@ -38,14 +38,14 @@ def broken_reminder(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_template_error_fails_that_email_and_the_others_are_sent(
-    registry: Engine, registry_url: str, plan: Plan, ids: dict[str, int], broken_reminder: None
+    registry: Registry, plan: Plan, ids: dict[str, int], broken_reminder: None
 ) -> None:
-    outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
-    outbox.queue_due(registry_url, plan, REMINDER_DAY, actor="rm")
+    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    outbox.queue_due(registry, plan, REMINDER_DAY, actor="rm")
     assert outbox.pending(registry) == {"phase_notice": 2, "reminder": 1}  # ann, ben; ann
 
     sender = Recording()
-    report = outbox.drain(registry_url, plan, sender)
+    report = outbox.drain(registry, plan, sender)
 
     assert sorted((m.email, m.to_name) for m in sender.sent) == [
         ("phase_notice", "ann"),
@@ -65,19 +65,18 @@ def test_a_template_error_fails_that_email_and_the_others_are_sent(
 
 
 def test_once_the_template_is_fixed_a_retry_sends_it(
-    registry: Engine,
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
     ids: dict[str, int],
     monkeypatch: pytest.MonkeyPatch,
     broken_reminder: None,
 ) -> None:
-    outbox.queue_due(registry_url, plan, REMINDER_DAY, actor="rm")
-    assert outbox.drain(registry_url, plan, Recording()).failed == 1
+    outbox.queue_due(registry, plan, REMINDER_DAY, actor="rm")
+    assert outbox.drain(registry, plan, Recording()).failed == 1
     monkeypatch.undo()  # the shipped templates again
     assert outbox.retry_failed(registry) == 1
     sender = Recording()
-    assert outbox.drain(registry_url, plan, sender).sent == 1
+    assert outbox.drain(registry, plan, sender).sent == 1
     [message] = sender.sent
     assert (message.email, message.to_name) == ("reminder", "ann")
     assert "no_such_value" not in message.text

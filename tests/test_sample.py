@@ -25,14 +25,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sqlalchemy import Engine, func, inspect, select, text
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from rollout.cli import app
 from rollout.errors import BadInput, GuardRefused
 from rollout.names import is_valid_package_name
-from rollout.registry import bulk, migrate
+from rollout.registry import Registry, bulk, migrate
 from rollout.registry.engine import make_engine, session_scope
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Account
 from rollout.sample import (
@@ -67,7 +67,7 @@ class Run:
 def _generate(root: Path, seed: int = SEED, **kwargs: Any) -> Run:
     db, landing = root / "registry.db", root / "landing"
     summary = generate_sample(
-        "tiny", seed, registry_url=f"sqlite:///{db}", landing_dir=landing, **kwargs
+        "tiny", seed, registry=Registry(f"sqlite:///{db}"), landing_dir=landing, **kwargs
     )
     return Run(summary, db, landing)
 
@@ -152,7 +152,7 @@ def test_refuses_to_overwrite_unless_replace(run: Run, tmp_path: Path) -> None:
         generate_sample(
             "tiny",
             SEED,
-            registry_url=f"sqlite:///{tmp_path / 'fresh.db'}",
+            registry=Registry(f"sqlite:///{tmp_path / 'fresh.db'}"),
             landing_dir=first.landing,
         )
 
@@ -201,22 +201,22 @@ def _one_line(text: str) -> str:
 
 
 def test_a_registry_sample_did_not_make_is_never_replaced(
-    registry_url: str, registry: Engine, factories: None, tmp_path: Path
+    registry_url: str, registry: Registry, factories: None, tmp_path: Path
 ) -> None:
     """`rollout db upgrade` made it and it holds real rows: whatever is typed back, it
     is left alone, schema included (this one is a revision behind)."""
     AccountFactory(with_totp=True, sessions=2, in_cohort="top-100")
     NotificationFactory()  # and its own account
-    migrate.downgrade(registry, "0005")
-    registry.dispose()
+    migrate.downgrade(registry.engine, "0005")
+    registry.close()
     before = _state(registry_url)
     landing = tmp_path / "landing"
-    for replace, confirm in ((False, None), (True, None), (True, confirm_name(registry_url))):
+    for replace, confirm in ((False, None), (True, None), (True, confirm_name(registry))):
         with pytest.raises(GuardRefused) as refused:
             generate_sample(
                 "tiny",
                 SEED,
-                registry_url=registry_url,
+                registry=registry,
                 landing_dir=landing,
                 replace=replace,
                 confirm=confirm,
@@ -245,13 +245,13 @@ def test_a_sample_is_replaced_only_with_its_name_typed_back(tmp_path: Path) -> N
 
 
 def test_an_empty_registry_is_filled_without_asking_and_marked_a_sample(
-    registry_url: str, tmp_path: Path
+    registry: Registry, tmp_path: Path
 ) -> None:
-    made_by_db_upgrade = registry_contents(registry_url)
+    made_by_db_upgrade = registry_contents(registry)
     assert not made_by_db_upgrade.has_rows and not made_by_db_upgrade.is_sample
     landing = tmp_path / "landing"
-    summary = generate_sample("tiny", SEED, registry_url=registry_url, landing_dir=landing)
-    filled = registry_contents(registry_url)
+    summary = generate_sample("tiny", SEED, registry=registry, landing_dir=landing)
+    filled = registry_contents(registry)
     assert filled.is_sample and filled.accounts == summary.accounts
 
 
@@ -265,7 +265,7 @@ def test_an_empty_registry_is_filled_without_asking_and_marked_a_sample(
     ],
 )
 def test_the_name_to_type_back(url: str, name: str) -> None:
-    assert confirm_name(url) == name
+    assert confirm_name(Registry(url)) == name
 
 
 def test_the_rehearsal_that_emptied_production_is_refused(
@@ -278,7 +278,7 @@ def test_the_rehearsal_that_emptied_production_is_refused(
     AccountFactory(sessions=2, in_cohort="top-100")
     monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
     before = _state(registry_url)
-    name = confirm_name(registry_url)
+    name = confirm_name(Registry(registry_url))
     for flags in ([], ["--replace"], ["--replace", "--confirm", name]):
         result = CliRunner().invoke(app, ["sample", "--scale", "tiny", *flags])
         assert result.exit_code == 3, result.output
@@ -296,7 +296,7 @@ def test_the_command_previews_then_needs_the_name(rollout_home: Path) -> None:
 
     assert sample().exit_code == 0
     db = rollout_home / "registry.db"
-    accounts = registry_contents(f"sqlite:///{db}").accounts
+    accounts = registry_contents(Registry(f"sqlite:///{db}")).accounts
     before = _state(f"sqlite:///{db}")
 
     preview = sample()
@@ -618,7 +618,7 @@ def test_postgres_gets_the_same_rows_and_fresh_ids(
     run: Run, postgres_url: str, tmp_path: Path
 ) -> None:
     summary = generate_sample(
-        "tiny", SEED, registry_url=postgres_url, landing_dir=tmp_path / "landing"
+        "tiny", SEED, registry=Registry(postgres_url), landing_dir=tmp_path / "landing"
     )
     assert summary.dependency_edges == run.summary.dependency_edges
     engine = make_engine(postgres_url)
@@ -651,7 +651,7 @@ def test_postgres_gets_the_same_rows_and_fresh_ids(
     again = generate_sample(
         "tiny",
         SEED,
-        registry_url=postgres_url,
+        registry=Registry(postgres_url),
         landing_dir=tmp_path / "landing",
         replace=True,
         confirm=make_url(postgres_url).database,

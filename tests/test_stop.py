@@ -19,14 +19,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 
 from rollout.errors import GuardRefused
-from rollout.locks import exclusive_run
 from rollout.notify import outbox
 from rollout.notify.devserver import DevSendGrid
 from rollout.notify.senders import SendGridSender
 from rollout.plan import Plan, load_plan
+from rollout.registry import Registry
 from rollout.registry.engine import make_engine, session_scope
 from rollout.registry.migrate import upgrade
 from rollout.registry.models import Account, CohortMembership, Notification
@@ -50,9 +50,9 @@ def plan() -> Plan:
 
 
 @pytest.fixture
-def queued(registry: Engine, registry_url: str, plan: Plan) -> int:
+def queued(registry: Registry, plan: Plan) -> int:
     """EMAILS accounts without 2FA in the top-100 cohort, a notice queued for each."""
-    with session_scope(registry) as session:
+    with session_scope(registry.engine) as session:
         accounts = [
             Account(
                 username=f"user{i:04d}",
@@ -74,7 +74,7 @@ def queued(registry: Engine, registry_url: str, plan: Plan) -> int:
             )
             for a in accounts
         )
-    [outcome] = outbox.queue_due(registry_url, plan, NOTICE_DAY, actor="rm")
+    [outcome] = outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
     assert outcome.added == EMAILS
     return EMAILS
 
@@ -93,8 +93,8 @@ def _delivered(server: DevSendGrid) -> Counter[int]:
     return Counter(int(m["body"]["custom_args"]["outbox_id"]) for m in server.messages)
 
 
-def _states(registry: Engine) -> dict[str, int]:
-    with registry.connect() as connection:
+def _states(registry: Registry) -> dict[str, int]:
+    with registry.engine.connect() as connection:
         rows = connection.execute(
             select(Notification.state, func.count()).group_by(Notification.state)
         ).all()
@@ -146,17 +146,16 @@ def _workers(family: list[psutil.Process]) -> list[psutil.Process]:
     return workers
 
 
-def _lock_is_free(registry_url: str) -> bool:
+def _lock_is_free(registry: Registry) -> bool:
     try:
-        with exclusive_run(registry_url, "notify"):
+        with registry.lock("notify"):
             return True
     except GuardRefused:
         return False
 
 
 def _watch_the_stop(
-    registry: Engine,
-    registry_url: str,
+    registry: Registry,
     family: list[psutil.Process],
     server: DevSendGrid,
     *,
@@ -168,7 +167,7 @@ def _watch_the_stop(
     still in flight (the parent lets go of the lock last thing before it exits)."""
     started = time.monotonic()
     while True:
-        if lock_held and _lock_is_free(registry_url):  # first the lock, then the rest
+        if lock_held and _lock_is_free(registry):  # first the lock, then the rest
             working = _alive(workers)
             assert not working, f"the run lock is free while {working} still run"
             assert _states(registry).get("sending", 0) == 0, "the lock is free, rows in flight"
@@ -186,14 +185,12 @@ def _watch_the_stop(
     assert server.requests_seen == seen
 
 
-def _finish_and_check(
-    registry: Engine, registry_url: str, plan: Plan, server: DevSendGrid, in_flight: int
-) -> None:
+def _finish_and_check(registry: Registry, plan: Plan, server: DevSendGrid, in_flight: int) -> None:
     """No row is left in flight; a second drain finishes; every email went out, and no
     more went out twice than could have been in flight."""
     assert _states(registry).get("sending", 0) == 0
     server.script([])
-    outbox.drain(registry_url, plan, SendGridSender(KEY, server.url, timeout=5))
+    outbox.drain(registry, plan, SendGridSender(KEY, server.url, timeout=5))
     assert _states(registry) == {"sent": EMAILS}
     delivered = _delivered(server)
     assert len(delivered) == EMAILS
@@ -225,7 +222,7 @@ def _start_send(
     ("how", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["term", "int"]
 )
 def test_a_stopped_send_in_processes_ends_them_all_and_finishes_later(
-    registry: Engine,
+    registry: Registry,
     registry_url: str,
     plan: Plan,
     queued: int,
@@ -246,16 +243,16 @@ def test_a_stopped_send_in_processes_ends_them_all_and_finishes_later(
         os.killpg(command.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
     else:
         command.send_signal(signal.SIGTERM)  # a scheduler's cancel, `kill PID`
-    _watch_the_stop(registry, registry_url, family, slow_server, workers=workers)
+    _watch_the_stop(registry, family, slow_server, workers=workers)
     _, errors = command.communicate(timeout=10)
     assert command.returncode == exit_code, errors
     assert "Traceback" not in errors
     assert "stopped:" in errors and "sent" in errors and "put back" in errors
-    _finish_and_check(registry, registry_url, plan, slow_server, in_flight=2 * CONCURRENCY)
+    _finish_and_check(registry, plan, slow_server, in_flight=2 * CONCURRENCY)
 
 
 def test_a_stopped_send_in_one_process_puts_back_what_it_held(
-    registry: Engine,
+    registry: Registry,
     registry_url: str,
     plan: Plan,
     queued: int,
@@ -276,15 +273,15 @@ def test_a_stopped_send_in_one_process_puts_back_what_it_held(
     parent = psutil.Process(command.pid)
     command.send_signal(signal.SIGTERM)
     # Gone within EXITED_WITHIN, well before the stall ends: it did not wait on it.
-    _watch_the_stop(registry, registry_url, [parent], slow_server, workers=[])
+    _watch_the_stop(registry, [parent], slow_server, workers=[])
     _, errors = command.communicate(timeout=10)
     assert command.returncode == 143, errors
     assert "Traceback" not in errors and "stopped: 0 sent, 8 put back" in errors
-    _finish_and_check(registry, registry_url, plan, slow_server, in_flight=8)
+    _finish_and_check(registry, plan, slow_server, in_flight=8)
 
 
 def test_workers_whose_parent_is_killed_stop_and_put_back_what_they_held(
-    registry: Engine,
+    registry: Registry,
     registry_url: str,
     plan: Plan,
     queued: int,
@@ -297,8 +294,8 @@ def test_workers_whose_parent_is_killed_stop_and_put_back_what_they_held(
     command.kill()  # no chance to stop anything: the workers must notice on their own
     command.wait()
     # The lock went with its holder; the workers must notice that on their own.
-    _watch_the_stop(registry, registry_url, workers, slow_server, workers=workers, lock_held=False)
-    _finish_and_check(registry, registry_url, plan, slow_server, in_flight=2 * CONCURRENCY)
+    _watch_the_stop(registry, workers, slow_server, workers=workers, lock_held=False)
+    _finish_and_check(registry, plan, slow_server, in_flight=2 * CONCURRENCY)
 
 
 EXTRACT_SCRIPT = textwrap.dedent(
@@ -307,11 +304,12 @@ EXTRACT_SCRIPT = textwrap.dedent(
     from pathlib import Path
     from rollout import warehouse
     from rollout.extract import extract_registry
+    from rollout.registry import Registry
     from rollout.stopping import Stopped
 
     try:
         with warehouse.open_warehouse(Path(sys.argv[2])) as con:
-            extract_registry(con, sys.argv[1])
+            extract_registry(con, Registry(sys.argv[1]))
     except Stopped as stopped:
         print(stopped, file=sys.stderr)
         sys.exit(stopped.exit_code)

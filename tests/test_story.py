@@ -5,6 +5,7 @@ phases enforced, every mailing sent once, and the logins in the warehouse."""
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from sqlalchemy import func, select
 from rollout.calendar import plan_calendar, unplanned_kind
 from rollout.config import load_settings
 from rollout.notify.outbox import outbox_status
-from rollout.registry.migrate import open_registry
+from rollout.registry import Registry
 from rollout.registry.models import Account, Notification, PlanRun, Token
 from rollout.story import Story
 from rollout.timeline import step_states
@@ -24,10 +25,14 @@ from .conftest import STORY_START, tiny_story
 
 
 @pytest.fixture
-def story(empty_registry_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Story:
+def story(
+    empty_registry_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Story]:
     monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("ROLLOUT_REGISTRY_URL", empty_registry_url)
-    return tiny_story(load_settings())
+    story = tiny_story(load_settings())
+    with story.runtime:
+        yield story
 
 
 def test_the_reference_plan_runs_start_to_end(story: Story) -> None:
@@ -38,8 +43,8 @@ def test_the_reference_plan_runs_start_to_end(story: Story) -> None:
     assert report.elv_challenges > 0 and report.enrolled["brown-out"] + report.enrolled["ELV"] > 0
     assert report.enrolled["notice"] + report.enrolled["reminder"] > 0
     assert report.enrolled["enforcement"] > 0
-    with open_registry(settings.registry_url) as engine:
-        with engine.connect() as connection:
+    with Registry(settings.registry_url) as registry:
+        with registry.engine.connect() as connection:
             not_elv = connection.execute(
                 select(func.count()).where(Account.elv_enrolled_at.is_(None))
             ).scalar_one()
@@ -57,8 +62,8 @@ def test_the_reference_plan_runs_start_to_end(story: Story) -> None:
                 )
             ).scalar_one()
             recorded = set(connection.execute(select(PlanRun.step).distinct()).scalars())
-        sent = {row["email"] for row in outbox_status(engine) if row["state"] == "sent"}
-        states = {s.step.label: s.state for s in step_states(engine, settings.registry_url, plan)}
+        sent = {row["email"] for row in outbox_status(registry) if row["state"] == "sent"}
+        states = {s.step.label: s.state for s in step_states(registry, plan)}
     assert not_elv == 0 and sent_twice == 0
     assert sent >= {
         "phase_notice",
@@ -88,7 +93,7 @@ def test_the_reference_plan_runs_start_to_end(story: Story) -> None:
     # Maintainers kept publishing through the plan, so the report can say who would
     # be stopped by a token that 2FA does not cover.
     assert report.token_uses > 0 and report.files is not None
-    with open_registry(settings.registry_url) as engine, engine.connect() as connection:
+    with Registry(settings.registry_url) as registry, registry.engine.connect() as connection:
         # The sample's last day is 2022-03-13: a token used in May was used by the story.
         used_in_the_last_week = connection.execute(
             select(func.count()).where(Token.last_used_at >= datetime(2022, 5, 4))

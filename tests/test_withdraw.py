@@ -6,18 +6,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from rollout.cli import app
 from rollout.notify.withdraw import Selection, withdraw, withdraw_preview
-from rollout.registry.engine import make_engine
+from rollout.registry import Registry
 from rollout.registry.models import Action, Notification
 from tests.factories import AccountFactory, NotificationFactory, bound_to
 
 
-def states(registry: Engine) -> dict[tuple[str, str, str], int]:
-    with registry.connect() as connection:
+def states(registry: Registry) -> dict[tuple[str, str, str], int]:
+    with registry.engine.connect() as connection:
         rows = connection.execute(
             select(
                 Notification.phase, Notification.email, Notification.state, func.count()
@@ -37,11 +37,11 @@ def outbox() -> None:
 
 
 def test_withdrawing_by_phase_and_kind_takes_back_only_what_is_queued(
-    registry: Engine, factories: None
+    registry: Registry, factories: None
 ) -> None:
     outbox()
     selection = Selection(phase="top-100", email="phase_notice")
-    with registry.connect() as connection:
+    with registry.engine.connect() as connection:
         assert withdraw_preview(connection, selection) == [
             {"phase": "top-100", "email": "phase_notice", "queued": 1}
         ]
@@ -52,7 +52,7 @@ def test_withdrawing_by_phase_and_kind_takes_back_only_what_is_queued(
         ("top-100", "reminder", "queued"): 2,
         ("high-impact", "phase_notice", "queued"): 1,
     }
-    with registry.connect() as connection:
+    with registry.engine.connect() as connection:
         reason = connection.scalars(
             select(Notification.skip_reason).where(Notification.state == "skipped")
         ).one()
@@ -72,8 +72,8 @@ def test_withdrawing_by_phase_and_kind_takes_back_only_what_is_queued(
 def test_withdraw_from_the_command_line_previews_then_applies(rollout_home: Path) -> None:
     runner = CliRunner()
     assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
-    registry = make_engine(f"sqlite:///{rollout_home / 'registry.db'}")
-    with bound_to(registry):
+    registry = Registry(f"sqlite:///{rollout_home / 'registry.db'}")
+    with bound_to(registry.engine):
         outbox()
 
     preview = runner.invoke(app, ["notify", "withdraw", "--phase", "top-100", "--format", "json"])
@@ -96,4 +96,4 @@ def test_withdraw_from_the_command_line_previews_then_applies(rollout_home: Path
     assert runner.invoke(app, ["notify", "withdraw", "--email", "nope"]).exit_code == 2
     no_reason = runner.invoke(app, ["notify", "withdraw", "--email", "reminder", "--apply"])
     assert no_reason.exit_code == 2 and "--reason" in no_reason.stderr
-    registry.dispose()
+    registry.close()

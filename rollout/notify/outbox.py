@@ -58,13 +58,12 @@ from sqlalchemy import (
 
 from rollout.calendar import WITHOUT_2FA, WITHOUT_2FA_NOR_ELV, audience_cohort, plan_calendar
 from rollout.errors import BadInput, RolloutError
-from rollout.locks import exclusive_run
 from rollout.notify.emails import EMAILS, Recipient
 from rollout.notify.message import DeliveryFailed, Message, Sender
 from rollout.notify.render import render
 from rollout.plan import Plan
+from rollout.registry import Registry
 from rollout.registry.ledger import dialect_insert, recorded_run, utc_now
-from rollout.registry.migrate import open_registry
 from rollout.registry.models import (
     Account,
     CohortMembership,
@@ -237,10 +236,10 @@ class QueueOutcome:
     already: int = 0  # already queued, sent or skipped by an earlier run
 
 
-def queue_preview(engine: Engine, plan: Plan, day: date) -> list[QueueOutcome]:
+def queue_preview(registry: Registry, plan: Plan, day: date) -> list[QueueOutcome]:
     """What queueing on ``day`` would add, per mailing. Reads only."""
     outcomes = []
-    with engine.connect() as connection:
+    with registry.engine.connect() as connection:
         for o in due_occasions(plan, day):
             ids = audience(o.audience).subquery()
             total = connection.execute(select(func.count()).select_from(ids)).scalar_one()
@@ -260,10 +259,11 @@ def queue_preview(engine: Engine, plan: Plan, day: date) -> list[QueueOutcome]:
     return outcomes
 
 
-def queue_due(registry_url: str, plan: Plan, day: date, *, actor: str) -> list[QueueOutcome]:
+def queue_due(registry: Registry, plan: Plan, day: date, *, actor: str) -> list[QueueOutcome]:
     """Queue every mailing due on ``day``: one recorded run per mailing."""
     outcomes = []
-    with exclusive_run(registry_url, "queue"), open_registry(registry_url) as engine:
+    with registry.lock("queue"):
+        engine = registry.engine
         for o in due_occasions(plan, day):
             with recorded_run(
                 engine,
@@ -374,9 +374,9 @@ class _Claimed:
     context: dict[str, Any]
 
 
-def pending(engine: Engine) -> dict[str, int]:
+def pending(registry: Registry) -> dict[str, int]:
     """Queued emails by kind (what a drain would send)."""
-    with engine.connect() as connection:
+    with registry.engine.connect() as connection:
         rows = connection.execute(
             select(NOTIFICATIONS.c.email, func.count())
             .where(NOTIFICATIONS.c.state.in_(["queued", "sending"]))
@@ -849,13 +849,22 @@ def _drain_worker(
 ) -> None:
     """One worker process of a drain: its own connections, the real clock. It stops as
     the parent does, when the parent says so (SIGTERM) or dies, and reports through
-    ``results``: its DrainReport, or the error that ended it."""
+    ``results``: its DrainReport, or the error that ended it.
+
+    The parent's Registry stays in the parent (an engine does not cross a process
+    boundary): the worker is handed its URL and makes a Registry of its own."""
     stop = as_child(parent_pid)
     outcome: DrainReport | Exception
     try:
-        with open_registry(registry_url) as engine:
+        with Registry(registry_url) as registry:
             outcome = _drain_loop(
-                engine, plan, sender, concurrency=concurrency, limit=limit, clock=utc_now, stop=stop
+                registry.engine,
+                plan,
+                sender,
+                concurrency=concurrency,
+                limit=limit,
+                clock=utc_now,
+                stop=stop,
             )
     except Exception as error:
         outcome = error
@@ -965,7 +974,7 @@ def _merge(reports: Iterable[DrainReport], into: DrainReport) -> DrainReport:
 
 
 def drain(
-    registry_url: str,
+    registry: Registry,
     plan: Plan,
     sender: Sender,
     *,
@@ -999,15 +1008,15 @@ def drain(
     report = DrainReport(sender.name)
     with (
         stop_requested_by_signals() as stop,
-        exclusive_run(registry_url, "notify"),
-        open_registry(registry_url) as engine,
+        registry.lock("notify"),
     ):
-        check_sender(engine, sender.name, include_failed=retry_failed)
+        engine = registry.engine
+        check_sender(registry, sender.name, include_failed=retry_failed)
         if retry_failed:
             report.requeued = _requeue_failed(engine, clock())
         # Left in flight by a drain that died: it may or may not have sent them.
         report.resumed = _requeue_in_flight(engine, clock())
-        waiting = sum(pending(engine).values())
+        waiting = sum(pending(registry).values())
         total = min(waiting, limit) if limit is not None else waiting
         if processes <= 1:
             _merge(
@@ -1029,12 +1038,13 @@ def drain(
 
             def advance() -> None:
                 if progress:
-                    done = waiting - sum(pending(engine).values())
+                    done = waiting - sum(pending(registry).values())
                     progress(min(done, total), total)
 
             try:
+                # The workers get the URL, and each makes its own Registry (_drain_worker).
                 reports = _drain_in_processes(
-                    registry_url,
+                    registry.url,
                     plan,
                     sender,
                     processes=processes,
@@ -1051,14 +1061,14 @@ def drain(
     return report
 
 
-def retry_failed(engine: Engine, *, sender: str | None = None) -> int:
+def retry_failed(registry: Registry, *, sender: str | None = None) -> int:
     """Queue failed emails again (after fixing what failed them); returns how many.
 
     Given the ``sender`` that will send them, refuses as :func:`check_sender` does.
     ``drain(..., retry_failed=True)`` does this under the drain's run lock."""
     if sender is not None:
-        check_sender(engine, sender, include_failed=True)
-    return _requeue_failed(engine, utc_now())
+        check_sender(registry, sender, include_failed=True)
+    return _requeue_failed(registry.engine, utc_now())
 
 
 def _requeue_failed(engine: Engine, now: datetime) -> int:
@@ -1070,9 +1080,9 @@ def _requeue_failed(engine: Engine, now: datetime) -> int:
         ).rowcount
 
 
-def failed_count(engine: Engine) -> int:
+def failed_count(registry: Registry) -> int:
     """Failed emails: what ``retry_failed`` would queue again."""
-    with engine.connect() as connection:
+    with registry.engine.connect() as connection:
         return connection.execute(
             select(func.count()).where(NOTIFICATIONS.c.state == "failed")
         ).scalar_one()
@@ -1083,11 +1093,11 @@ def failed_count(engine: Engine) -> int:
 FILE_SENDER = "file"
 
 
-def meant_for_a_provider(engine: Engine, *, include_failed: bool) -> int:
+def meant_for_a_provider(registry: Registry, *, include_failed: bool) -> int:
     """Emails a drain would take (queued, in flight; failed too if ``include_failed``)
     that were last attempted through a sender that delivers (SendGrid)."""
     states = ["queued", "sending", *(["failed"] if include_failed else [])]
-    with engine.connect() as connection:
+    with registry.engine.connect() as connection:
         return connection.execute(
             select(func.count()).where(
                 and_(
@@ -1099,7 +1109,7 @@ def meant_for_a_provider(engine: Engine, *, include_failed: bool) -> int:
         ).scalar_one()
 
 
-def check_sender(engine: Engine, sender: str, *, include_failed: bool) -> None:
+def check_sender(registry: Registry, sender: str, *, include_failed: bool) -> None:
     """Refuse to let the file outbox take emails last attempted through SendGrid.
 
     The CLI reads the key only from SENDGRID_API_KEY, the notify deployment also from a
@@ -1107,7 +1117,7 @@ def check_sender(engine: Engine, sender: str, *, include_failed: bool) -> None:
     the emails to .eml files and mark them sent, and nobody would ever get them."""
     if sender != FILE_SENDER:
         return
-    count = meant_for_a_provider(engine, include_failed=include_failed)
+    count = meant_for_a_provider(registry, include_failed=include_failed)
     if count:
         raise RolloutError(
             f"{count} emails waiting to be sent were last attempted through SendGrid, but "
@@ -1118,9 +1128,9 @@ def check_sender(engine: Engine, sender: str, *, include_failed: bool) -> None:
         )
 
 
-def suppress(engine: Engine, address: str, *, reason: str, actor: str) -> bool:
+def suppress(registry: Registry, address: str, *, reason: str, actor: str) -> bool:
     """Stop all email to an address; returns False if it already was."""
-    with engine.begin() as connection:
+    with registry.engine.begin() as connection:
         return bool(
             connection.execute(
                 dialect_insert(connection, SUPPRESSIONS)
@@ -1135,11 +1145,11 @@ def suppress(engine: Engine, address: str, *, reason: str, actor: str) -> bool:
         )
 
 
-def outbox_status(engine: Engine) -> list[dict[str, Any]]:
+def outbox_status(registry: Registry) -> list[dict[str, Any]]:
     """Emails by kind, state and reason: the skip reason, or for failed emails their
     error grouped by its first line (:func:`failure_reason`)."""
     c = NOTIFICATIONS.c
-    with engine.connect() as connection:
+    with registry.engine.connect() as connection:
         rows = connection.execute(
             select(c.email, c.state, c.skip_reason, c.error, func.count()).group_by(
                 c.email, c.state, c.skip_reason, c.error
@@ -1154,9 +1164,11 @@ def outbox_status(engine: Engine) -> list[dict[str, Any]]:
     ]
 
 
-def account_recipient(engine: Engine, plan: Plan, username: str, phase: str | None) -> Recipient:
+def account_recipient(
+    registry: Registry, plan: Plan, username: str, phase: str | None
+) -> Recipient:
     """One account as a recipient (for previews), with its packages in ``phase``'s cohort."""
-    with engine.connect() as connection:
+    with registry.engine.connect() as connection:
         account_id = connection.execute(
             select(ACCOUNTS.c.id).where(ACCOUNTS.c.username == username)
         ).scalar()

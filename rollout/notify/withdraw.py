@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, and_, func, select, true, update
+from sqlalchemy import Connection, Select, and_, func, select, true, update
 
 from rollout.errors import BadInput
+from rollout.registry import Registry
 from rollout.registry.ledger import record_actions, utc_now
 from rollout.registry.models import Notification
 
@@ -95,11 +96,11 @@ def withdraw_queued(
     return withdrawn
 
 
-def withdraw(engine: Engine, selection: Selection, *, reason: str, actor: str) -> int:
+def withdraw(registry: Registry, selection: Selection, *, reason: str, actor: str) -> int:
     """``rollout notify withdraw --apply``: one transaction."""
     if selection.phase is None and selection.email is None:
         raise BadInput(None, None, "say which emails to withdraw: --phase, --email or both")
     if not reason.strip():
         raise BadInput(None, None, "say why: --reason")
-    with engine.begin() as connection:
+    with registry.engine.begin() as connection:
         return withdraw_queued(connection, selection, reason=reason, actor=actor, run_id=None)

@@ -155,7 +155,7 @@ def recorded_run(
     effects can cite it), then 'succeeded' with the summary, or 'failed' with what
     was done so far if anything, a kill aside, goes wrong.
 
-    ``lock`` names the run lock (``locks.exclusive_run``) the caller holds for the
+    ``lock`` names the run lock (``Registry.lock``) the caller holds for the
     whole run: after a kill, the row stays 'running' while its lock is free, which is
     how ``plan show`` tells an interrupted run from one still at work."""
     with engine.begin() as connection:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -62,15 +60,3 @@ def require_current_schema(registry_url: str) -> None:
             f"the registry is at schema revision {current or 'none'}, this rollout needs "
             f"{newest}: run `rollout db upgrade`"
         )
-
-
-@contextmanager
-def open_registry(registry_url: str) -> Iterator[Engine]:
-    """An engine on a registry at this code's schema (else a clear error, not a
-    'no such column' half way through a run), disposed of when done."""
-    require_current_schema(registry_url)
-    engine = make_engine(registry_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()

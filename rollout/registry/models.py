@@ -229,7 +229,7 @@ class PlanRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     parameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
     summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    # The run lock (locks.exclusive_run) the run holds while it works: a row still
+    # The run lock (Registry.lock) the run holds while it works: a row still
     # 'running' whose lock is free was left by a process that is gone (interrupted).
     lock_name: Mapped[str | None] = mapped_column(String(50))
 

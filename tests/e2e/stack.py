@@ -55,15 +55,12 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 # Read in a subprocess: what the preview should find, and that the ledger has nothing.
 EXPECTED_COUNT = """
-from rollout.config import load_settings
 from rollout.enforce import preview_phase
-from rollout.plan import load_plan
-from rollout.registry.migrate import open_registry
+from rollout.runtime import Runtime
 
-settings = load_settings()
-plan = load_plan(settings.plan_path)
-with open_registry(settings.registry_url) as engine:
-    print(preview_phase(engine, plan, plan.phase(%r)).count)
+with Runtime() as runtime:
+    plan = runtime.plan
+    print(preview_phase(runtime.registry, plan, plan.phase(%r)).count)
 """
 LEDGER = """
 import json, sqlite3, sys

@@ -24,6 +24,7 @@ from flows.common import is_transient
 from rollout.config import load_settings
 from rollout.errors import BadInput, GuardRefused
 from rollout.notify.devserver import DevSendGrid
+from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
 from rollout.sample import generate_sample
@@ -176,7 +177,7 @@ def sample_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_env: None
     generate_sample(
         "tiny",
         7,
-        registry_url=settings.registry_url,
+        registry=Registry(settings.registry_url),
         landing_dir=settings.landing_dir,
         end=DATA_ENDS,
         days=40,

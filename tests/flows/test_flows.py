@@ -34,6 +34,7 @@ from rollout.config import Settings, load_settings
 from rollout.errors import BadInput
 from rollout.ingest import FileResult, IngestReport
 from rollout.metrics import MetricsReport
+from rollout.registry import Registry
 from rollout.sample import generate_sample
 from rollout.warehouse import open_warehouse
 from tests.support.artifacts import read_artifact
@@ -72,7 +73,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
         mp.setenv("ROLLOUT_PLAN", str(ROOT / "plans" / "npm-2022.yaml"))
         settings = load_settings()
         generate_sample(
-            "tiny", 7, registry_url=settings.registry_url, landing_dir=settings.landing_dir
+            "tiny", 7, registry=Registry(settings.registry_url), landing_dir=settings.landing_dir
         )
         # Every row bad: ingest refuses the whole file, the others still load.
         (settings.landing_dir / "downloads" / BROKEN).write_text(

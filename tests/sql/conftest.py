@@ -12,6 +12,7 @@ import pytest
 
 from rollout import warehouse
 from rollout.extract import extract_registry
+from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
 
@@ -27,7 +28,7 @@ def empty_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     engine.dispose()
     path = folder / "empty.duckdb"
     with warehouse.open_warehouse(path) as con:
-        extract_registry(con, registry_url, small=True)
+        extract_registry(con, Registry(registry_url), small=True)
     return path
 
 

@@ -1,4 +1,7 @@
-"""One run at a time: an advisory lock on PostgreSQL, a lock file on SQLite."""
+"""One run at a time: an advisory lock on PostgreSQL, a lock file on SQLite.
+
+Reached through :meth:`rollout.registry.Registry.lock`; here, below the handle, so the
+registry package needs nothing from the layers above it."""
 
 from __future__ import annotations
 

@@ -1,0 +1,99 @@
+"""The registry of one invocation: its URL, one engine made on first use, its run locks.
+
+Every library function that reads or changes the registry takes a :class:`Registry`,
+whatever it does with it: one that runs a few queries uses ``registry.engine``, one that
+runs exclusively takes ``registry.lock(name)`` first, one that only hands the database to
+something else (an ADBC reader, a child process) uses ``registry.url``. Why one type for
+all: when some take an engine and others a URL (making an engine of their own, and
+checking the schema again, on each call), every caller must know which, and one
+invocation opens the registry many times over. With one rule, a command, a flow run or
+the demo makes one Registry, passes it down, and closes it at the end; what a function
+does with it is its own business.
+
+Crossing a process boundary the URL goes, not the Registry (an engine does not pickle):
+the process at the other end makes a Registry of its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import AbstractContextManager
+from types import TracebackType
+
+from sqlalchemy import Engine
+
+from rollout.registry.engine import is_sqlite, make_engine, normalize_url
+from rollout.registry.locks import exclusive_run
+from rollout.registry.migrate import require_current_schema
+
+
+class Registry:
+    """One registry database for one invocation (a command, a flow run, the demo).
+
+    Making one touches nothing: the database is first reached by ``engine`` (which
+    refuses a registry whose schema is not this code's, as a clear error rather than a
+    'no such column' half way through a run), ``check_schema`` or ``lock``. ``close``
+    disposes of the engine's pooled connections; a later use makes a new engine (so a
+    caller can let go of every connection before ADBC writes the same SQLite file from
+    this process: see rollout/registry/bulk.py, and rollout.sample, which does). Also a
+    context manager that closes.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: Engine | None = None
+        self._schema_checked = False
+        self._making = threading.Lock()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return is_sqlite(self.url)
+
+    def check_schema(self) -> None:
+        """Refuse (RolloutError) a registry whose schema is older, or newer, than this
+        code's: checked on first use, and again only after ``close``."""
+        if not self._schema_checked:
+            require_current_schema(self.url)
+            self._schema_checked = True
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, made on first use once the schema is checked (``check_schema``)."""
+        engine = self._engine
+        if engine is None:
+            with self._making:  # threads sharing the Registry may reach it at once
+                if self._engine is None:
+                    self.check_schema()
+                    self._engine = make_engine(self.url)
+                engine = self._engine
+        return engine
+
+    def lock(self, name: str) -> AbstractContextManager[None]:
+        """Run exclusively as ``name`` (``enforce``, ``notify``...): GuardRefused if
+        another run holds it. An advisory lock on PostgreSQL, a lock file next to the
+        database on SQLite (rollout.registry.locks); either goes with its process."""
+        return exclusive_run(self.url, name)
+
+    def close(self) -> None:
+        """Dispose of the engine, if one was made: its pooled connections close. A later
+        use makes a new engine, checking the schema again."""
+        with self._making:
+            engine, self._engine = self._engine, None
+            self._schema_checked = False
+        if engine is not None:
+            engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        shown = normalize_url(self.url).render_as_string(hide_password=True)
+        return f"Registry({shown!r})"
