@@ -33,9 +33,9 @@ from typing import Any
 
 from sqlalchemy import select, text
 
-from rollout import enforce
-from rollout.enforce import ENFORCEMENT_EMAIL
-from rollout.plan import CohortRule, Phase, Plan, load_plan
+from rollout.core.plan import CohortRule, Phase, Plan, load_plan
+from rollout.phases import enforce
+from rollout.phases.enforce import ENFORCEMENT_EMAIL
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.ledger import utc_now
@@ -335,8 +335,8 @@ def main() -> None:
         notes["PostgreSQL"] = sample_note(args.postgres)
         counts["PostgreSQL"] = run("PostgreSQL", args.postgres, plan)
     elif args.postgres:
+        from rollout.demo.sample import generate_sample
         from rollout.registry.migrate import downgrade
-        from rollout.sample import generate_sample
 
         engine = make_engine(args.postgres)
         downgrade(engine, "base")

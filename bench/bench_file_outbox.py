@@ -42,14 +42,14 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 from registry_copy import copy_registry
 
+from rollout.core.plan import load_plan
+from rollout.demo.sample import generate_sample
 from rollout.notify import outbox
 from rollout.notify.message import Message, header_address
 from rollout.notify.senders import FileSender
-from rollout.plan import load_plan
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.models import Account, CohortMembership, Notification, has_active_factor
-from rollout.sample import generate_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -32,7 +32,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rollout import ingest, landing, warehouse
+from rollout import warehouse
+from rollout.warehouse import ingest, landing
 
 
 def peak_rss_gib() -> float:

@@ -10,7 +10,7 @@ Inputs come from bench/bench_sample.py (npm scale) and bench/bench_ingest.py (th
 warehouse ingested from that sample's landing folder). The warehouse and registry are
 copied to a scratch folder first, so the run is repeatable. ``--generate SCALE``
 instead makes a sample of that scale in the scratch folder (Parquet landing files
-only, as at npm scale) and ingests it with ``rollout.ingest``: seconds, not minutes,
+only, as at npm scale) and ingests it with ``rollout.warehouse.ingest``: seconds, not minutes,
 for checking that the two computations agree. Each part runs in a child process of
 its own so its peak memory is its own:
 
@@ -70,7 +70,7 @@ def peak_gib() -> float:
 
 def windows(as_of: date) -> tuple[date, date, date]:
     """First day of the monthly window, first day of the weekly one, the last day."""
-    from rollout.plan import load_plan
+    from rollout.core.plan import load_plan
 
     metrics = load_plan(PLAN).metrics
     return (
@@ -83,9 +83,10 @@ def windows(as_of: date) -> tuple[date, date, date]:
 def run_rollout(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
     """As the daily flow runs it: the registry extract belongs to the ingest before
     (timed apart, like pandas' loading), then metrics and cohorts."""
-    from rollout import cohorts, extract, metrics, warehouse
-    from rollout.plan import load_plan
+    from rollout import cohorts, metrics, warehouse
+    from rollout.core.plan import load_plan
     from rollout.registry import Registry
+    from rollout.warehouse import extract
 
     plan = load_plan(PLAN)
     registry = Registry(f"sqlite:///{work / 'registry.db'}")
@@ -192,7 +193,7 @@ def run_pandas(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
-    from rollout.plan import load_plan
+    from rollout.core.plan import load_plan
 
     plan = load_plan(PLAN)
     month, week, end = windows(as_of)
@@ -444,9 +445,10 @@ def compare_totals(floor: dict[str, Any], pandas: dict[str, Any]) -> list[str]:
 def generate(scale: str, seed: int, work: Path) -> Path:
     """A sample with Parquet landing files (as at npm scale), ingested into a fresh
     warehouse in ``work``; returns the landing folder."""
-    from rollout import ingest, warehouse
+    from rollout import warehouse
+    from rollout.demo.sample import SCALES, generate_sample
     from rollout.registry import Registry
-    from rollout.sample import SCALES, generate_sample
+    from rollout.warehouse import ingest
 
     landing = work / "landing"
     generate_sample(

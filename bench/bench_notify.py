@@ -36,10 +36,10 @@ from pathlib import Path
 
 from sqlalchemy import insert, select
 
+from rollout.core.plan import load_plan
 from rollout.notify import outbox
 from rollout.notify.message import header_address
 from rollout.notify.senders import SendGridSender
-from rollout.plan import load_plan
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade

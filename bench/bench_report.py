@@ -5,7 +5,7 @@ Usage:
         [--landing bench/out/npm/landing] [--work bench/out/report] \\
         [--as-of 2022-05-10] [--runs 3] [--skip-setup]
 
-What is measured is ``rollout.reporting.report_from_registry`` (the registry extract,
+What is measured is ``rollout.report.reporting.report_from_registry`` (the registry extract,
 the adoption marts rebuilt, the HTML/Markdown/CSV files written), each run in a
 child process of its own so its peak memory is its own; its three parts are timed
 inside the same call (``extract_registry``, ``build_adoption``, ``build_report``,
@@ -13,7 +13,7 @@ and within the last: the context, the two renders, the CSVs).
 
 The setup before it is not measured. The npm sample (bench/bench_sample.py; made
 here when missing) has no cohorts, emails, enforcement or brown-outs, so the setup
-plays the reference plan over a simulated calendar (``rollout.clock``) on copies
+plays the reference plan over a simulated calendar (``rollout.core.clock``) on copies
 (``--work``, git-ignored; the sample itself is never changed):
 
 - the registry copied and upgraded to this rollout's schema; a fresh warehouse
@@ -28,7 +28,7 @@ plays the reference plan over a simulated calendar (``rollout.clock``) on copies
   ``brownouts.enroll_all``;
 - synthesized (set-based or vectorised, seeded): the outbox drain (queued rows
   marked sent in one UPDATE, instead of 5M emails through SendGrid), and what
-  maintainers do from 2022-02-01 on, at ``rollout.story.Responses`` rates: logins
+  maintainers do from 2022-02-01 on, at ``rollout.demo.story.Responses`` rates: logins
   (with the ELV challenge a brown-out or ELV for all makes), 2FA enrolments after
   notices, reminders, challenges and enforcement, organic enrolment at the sample's
   January rate. The logins go to an extra landing file, ingested like any other.
@@ -121,8 +121,8 @@ def registry_times(values: np.ndarray) -> list[str]:
 def ensure_sample(registry: Path, landing: Path) -> None:
     if registry.exists() and (landing / "logins").is_dir():
         return
+    from rollout.demo.sample import generate_sample
     from rollout.registry import Registry
-    from rollout.sample import generate_sample
 
     print(f"no npm sample at {registry}: generating it (about 85 s, 4.2 GB peak)")
     generate_sample("npm", 1, registry=Registry(f"sqlite:///{registry}"), landing_dir=landing)
@@ -184,9 +184,9 @@ class Simulation:
     clock; email delivery and what maintainers do synthesized."""
 
     def __init__(self, url: str, database: Path, con: Any, plan: Any, seed: int) -> None:
-        from rollout.clock import SimulatedClock
+        from rollout.core.clock import SimulatedClock
+        from rollout.demo.story import Responses
         from rollout.registry import Registry
-        from rollout.story import Responses
 
         self.url, self.database, self.con, self.plan = url, database, con, plan
         self.registry = Registry(url)  # the run's, closed when it ends (run)
@@ -234,8 +234,9 @@ class Simulation:
         return changed
 
     def jobs(self, day: date, builds: dict[date, list[str]], due: set[date]) -> None:
-        from rollout import brownouts, cohorts, enforce, metrics
+        from rollout import cohorts, metrics
         from rollout.notify import outbox
+        from rollout.phases import brownouts, enforce
 
         self.move(day, 0)
         if day == self.plan.elv.enroll_all_on:
@@ -391,9 +392,9 @@ class Simulation:
         return table.num_rows
 
     def run(self, start: date, end: date, logins_from: date) -> None:
-        from rollout import brownouts
-        from rollout.clock import use_clock
+        from rollout.core.clock import use_clock
         from rollout.notify.outbox import plan_occasions
+        from rollout.phases import brownouts
 
         last_download_day = logins_from - timedelta(days=1)
         builds = cohort_days(self.plan, last_download_day)
@@ -415,8 +416,9 @@ class Simulation:
 
 
 def setup(args: argparse.Namespace) -> dict[str, Any]:
-    from rollout import ingest, warehouse
-    from rollout.plan import load_plan
+    from rollout import warehouse
+    from rollout.core.plan import load_plan
+    from rollout.warehouse import ingest
 
     started = time.perf_counter()
     work: Path = args.work
@@ -480,9 +482,11 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
 
 def measure(work: Path, as_of: date) -> dict[str, Any]:
     """One report job, as the report flow runs it, with its parts timed inside it."""
-    from rollout import adoption, extract, reporting, warehouse
-    from rollout.plan import load_plan
+    from rollout import warehouse
+    from rollout.core.plan import load_plan
     from rollout.registry import Registry
+    from rollout.report import adoption, reporting
+    from rollout.warehouse import extract
 
     seconds: Counter[str] = Counter()
     results: dict[str, Any] = {}
@@ -562,7 +566,7 @@ group by population
 
 def check(work: Path, as_of: date, runs: list[dict[str, Any]]) -> list[str]:
     """The runs against each other and the report against the registry."""
-    from rollout.reporting import report_dir
+    from rollout.report.reporting import report_dir
 
     problems = []
     for number, run in enumerate(runs[1:], 2):

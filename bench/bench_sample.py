@@ -29,8 +29,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rollout.demo.sample import SCALES, SampleSummary, generate_sample
 from rollout.registry import Registry
-from rollout.sample import SCALES, SampleSummary, generate_sample
 
 COLUMNS = (
     "scale",

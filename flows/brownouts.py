@@ -25,8 +25,8 @@ from flows.common import (
     table,
     with_runtime,
 )
-from rollout import brownouts
-from rollout.errors import GuardRefused
+from rollout.core.errors import GuardRefused
+from rollout.phases import brownouts
 
 
 def _find(name: str) -> brownouts.WindowState | None:

@@ -27,7 +27,7 @@ from flows.common import (
 )
 from flows.metrics import metrics
 from rollout.cohorts import CohortResult, build_cohorts
-from rollout.output import labelled_rows
+from rollout.core.output import labelled_rows
 
 ENTERED_LISTED = 20
 

@@ -25,9 +25,9 @@ from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from rollout.config import Settings
-from rollout.errors import RolloutError
-from rollout.output import markdown_text as cell
+from rollout.core.config import Settings
+from rollout.core.errors import RolloutError
+from rollout.core.output import markdown_text as cell
 from rollout.runtime import Runtime
 
 P = ParamSpec("P")

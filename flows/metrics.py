@@ -22,10 +22,10 @@ from flows.common import (
     table,
     with_runtime,
 )
-from rollout.extract import extract_registry
-from rollout.ingest import IngestReport, ingest
+from rollout.core.output import Markdown, labelled_rows
 from rollout.metrics import MetricsReport, compute_metrics
-from rollout.output import Markdown, labelled_rows
+from rollout.warehouse.extract import extract_registry
+from rollout.warehouse.ingest import IngestReport, ingest
 
 
 @task(name="ingest", cache_policy=NO_CACHE, **IO_RETRIES)

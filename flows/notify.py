@@ -35,7 +35,7 @@ from flows.common import (
     table,
     with_runtime,
 )
-from rollout.config import Settings
+from rollout.core.config import Settings
 from rollout.notify.outbox import DrainReport, EmailsFailed, QueueOutcome, drain, queue_due
 from rollout.notify.senders import make_sender
 

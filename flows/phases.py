@@ -39,11 +39,11 @@ from flows.common import (
     table,
     with_runtime,
 )
-from rollout.approvals import REFUSED_STATE, REQUEST_INPUT_KEY, ApprovalRequest
-from rollout.enforce import EnforceResult, enforce_phase, preview_phase
-from rollout.errors import GuardRefused
-from rollout.output import labelled_rows
-from rollout.previews import SavedPreview, preview_markdown, save_preview
+from rollout.core.errors import GuardRefused
+from rollout.core.output import labelled_rows
+from rollout.phases.approvals import REFUSED_STATE, REQUEST_INPUT_KEY, ApprovalRequest
+from rollout.phases.enforce import EnforceResult, enforce_phase, preview_phase
+from rollout.phases.previews import SavedPreview, preview_markdown, save_preview
 
 # A day is long enough to reach a release manager; after it the run fails unapplied.
 APPROVAL_TIMEOUT_SECONDS = 24 * 3600

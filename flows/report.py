@@ -16,7 +16,7 @@ from flows.common import (
     runtime,
     with_runtime,
 )
-from rollout.reporting import ReportFiles, report_from_registry
+from rollout.report.reporting import ReportFiles, report_from_registry
 
 
 @task(name="build-report", cache_policy=NO_CACHE, **IO_RETRIES)

@@ -16,11 +16,11 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from rollout import __version__
-from rollout.clock import naive_utc
-from rollout.errors import EXIT_BAD_INPUT, EXIT_FAILURE, RolloutError
-from rollout.output import Format, emit, emit_record, labelled, progress_for, stderr, visible
+from rollout.core.clock import naive_utc
+from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, RolloutError
+from rollout.core.output import Format, emit, emit_record, labelled, progress_for, stderr, visible
+from rollout.core.stopping import Stopped
 from rollout.runtime import Runtime
-from rollout.stopping import Stopped
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -145,7 +145,7 @@ def plan_check(
     ] = None,
 ) -> None:
     """Validate a plan file: dates in order, known cohorts, no overlapping brown-outs."""
-    from rollout.plan import parse_plan, read_plan_text
+    from rollout.core.plan import parse_plan, read_plan_text
 
     path = file or _runtime(ctx).settings.plan_path
     plan, problems = parse_plan(read_plan_text(path), path)
@@ -172,7 +172,7 @@ def plan_show(
     fmt: FormatOption = Format.table,
 ) -> None:
     """The plan's timeline and each step's state: pending, previewed, applied, rolled back."""
-    from rollout.timeline import step_states
+    from rollout.phases.timeline import step_states
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
@@ -239,7 +239,7 @@ def sample(
     An empty database is filled; one with rows only previews what replacing it would
     lose, and only a registry `rollout sample` made can be replaced (--replace --confirm).
     """
-    from rollout import sample as sample_module
+    from rollout.demo import sample as sample_module
 
     if scale not in sample_module.SCALES:
         raise RolloutError(
@@ -327,8 +327,8 @@ def ingest(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Load landing files into the warehouse, validated; bad rows go to quarantine."""
-    from rollout import extract
-    from rollout import ingest as ingest_module
+    from rollout.warehouse import extract
+    from rollout.warehouse import ingest as ingest_module
 
     runtime = _runtime(ctx)
     settings = runtime.settings
@@ -442,7 +442,7 @@ def doctor(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     email and opens the warehouse read-only, skipping it (warn) while a run holds it."""
     import os
 
-    from rollout.doctor import COLUMNS, any_failed, run_checks
+    from rollout.ops.doctor import COLUMNS, any_failed, run_checks
 
     results = run_checks(_runtime(ctx), os.environ)
     emit([result.row() for result in results], fmt, title="rollout doctor", columns=COLUMNS)
@@ -648,7 +648,7 @@ def cohorts_simulate(
 ) -> None:
     """What-if: cohort sizes under other thresholds. Writes nothing."""
     from rollout.cohorts import simulate
-    from rollout.plan import CohortRule
+    from rollout.core.plan import CohortRule
 
     if weekly_downloads_gt is None and dependents_gte is None and top is None:
         raise RolloutError(
@@ -725,8 +725,8 @@ def phase_preview(
 
     Writes nothing to the registry; saves the list as a CSV under reports/previews/
     with a record beside it that `rollout plan show` reads."""
-    from rollout.enforce import preview_phase
-    from rollout.previews import COLUMNS, preview_rows, save_preview
+    from rollout.phases.enforce import preview_phase
+    from rollout.phases.previews import COLUMNS, preview_rows, save_preview
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
@@ -775,7 +775,7 @@ def phase_enforce(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Require 2FA of the phase's non-compliant accounts and revoke their web sessions."""
-    from rollout.enforce import enforce_phase
+    from rollout.phases.enforce import enforce_phase
 
     if not apply:
         phase_preview(ctx, phase, fmt)
@@ -813,7 +813,7 @@ def phase_rollback(
 
     An account stays required while another applied phase requires it: the preview
     lists every account the phase requires and what the rollback does to each."""
-    from rollout.enforce import rollback_phase, rollback_preview
+    from rollout.phases.enforce import rollback_phase, rollback_preview
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
@@ -861,7 +861,7 @@ def approvals(fmt: FormatOption = Format.table) -> None:
     Reads the Prefect server PREFECT_API_URL names. Each row: the run's id and name,
     its phase, since when it waits and until when, the preview's account and session
     counts, the preview's CSV and its artifact key."""
-    from rollout.approvals import COLUMNS, api_from_environ, waiting_approvals
+    from rollout.phases.approvals import COLUMNS, api_from_environ, waiting_approvals
 
     with api_from_environ() as api:
         waiting = waiting_approvals(api)
@@ -898,14 +898,14 @@ def approve(
     The server refuses an approval its form does not accept (exit 2; the run keeps
     waiting). The run checks the count against a fresh preview under the enforce lock;
     a wrong one fails it, changing nothing (exit 3, the guard's reason on stderr)."""
-    from rollout.approvals import (
+    from rollout.phases.approvals import (
         api_from_environ,
         outcome,
         parse_run_id,
         raise_for_outcome,
         wait_for_outcome,
     )
-    from rollout.approvals import approve as resume
+    from rollout.phases.approvals import approve as resume
 
     run = parse_run_id(run_id)
     name = _runtime(ctx).settings.actor if approved_by is None else approved_by
@@ -1190,7 +1190,7 @@ def report(
     Refreshes the registry's rows in the warehouse and rebuilds the adoption marts
     first, so the report is as of now."""
     from rollout.registry.ledger import utc_now
-    from rollout.reporting import report_from_registry
+    from rollout.report.reporting import report_from_registry
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
@@ -1230,7 +1230,7 @@ def demo(
     Maintainers respond as people do (some enrol after a notice, more after a
     brown-out, most once enforcement signs them out); emails go to the file outbox.
     Run `rollout sample` first (its downloads must reach the last cohort day)."""
-    from rollout.story import Story
+    from rollout.demo.story import Story
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
@@ -1335,7 +1335,7 @@ def dev_sendgrid(
     Point rollout at it: ROLLOUT_SENDGRID_URL=http://HOST:PORT SENDGRID_API_KEY=KEY."""
     import logging
 
-    from rollout.notify.devserver import DEFAULT_API_KEY, serve
+    from rollout.dev.sendgrid_api import DEFAULT_API_KEY, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     settings = _runtime(ctx).settings
@@ -1378,7 +1378,7 @@ def orgs_audit(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Every member of an org with 2FA status and method; filter by status or role."""
-    from rollout.orgs import audit_org
+    from rollout.phases.orgs import audit_org
 
     if role is not None and role not in ("owner", "admin", "developer"):
         raise RolloutError(f"--role {role!r}: use owner, admin or developer").with_exit(
@@ -1412,7 +1412,7 @@ def orgs_enforce(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Turn on 2FA enforcement for an org; members without 2FA are removed."""
-    from rollout.orgs import enforce_org, enforcement_preview
+    from rollout.phases.orgs import enforce_org, enforcement_preview
 
     runtime = _runtime(ctx)
     settings = runtime.settings
@@ -1467,7 +1467,7 @@ ApplyOption = Annotated[
 @reports_errors
 def brownout_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     """Every brown-out window and its state now: scheduled, active, ended, ended early."""
-    from rollout.brownouts import status
+    from rollout.phases.brownouts import status
 
     windows = status(_runtime(ctx).registry)
     emit(
@@ -1482,7 +1482,7 @@ def brownout_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> Non
 @reports_errors
 def brownout_schedule(ctx: typer.Context, apply: ApplyOption = False) -> None:
     """Create the plan's brown-out windows (or move ones that have not started)."""
-    from rollout.brownouts import schedule, schedule_preview
+    from rollout.phases.brownouts import schedule, schedule_preview
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
@@ -1505,7 +1505,7 @@ def brownout_start(
     apply: ApplyOption = False,
 ) -> None:
     """Begin a scheduled brown-out now (it keeps its planned length)."""
-    from rollout.brownouts import change_preview, start_now
+    from rollout.phases.brownouts import change_preview, start_now
 
     runtime = _runtime(ctx)
     settings = runtime.settings
@@ -1528,7 +1528,7 @@ def brownout_end(
     apply: ApplyOption = False,
 ) -> None:
     """The emergency stop: a brown-out stops applying now, whatever its state."""
-    from rollout.brownouts import change_preview, end_now
+    from rollout.phases.brownouts import change_preview, end_now
 
     runtime = _runtime(ctx)
     settings = runtime.settings
@@ -1550,7 +1550,7 @@ def elv_enroll_all(
     """Enrol every account in ELV, in resumable batches with a progress bar."""
     from sqlalchemy import func, select
 
-    from rollout.brownouts import enroll_all
+    from rollout.phases.brownouts import enroll_all
     from rollout.registry.models import Account
 
     runtime = _runtime(ctx)

@@ -20,13 +20,13 @@ import pyarrow as pa
 from sqlalchemy import Engine, and_, case, select, update
 
 from rollout import warehouse
-from rollout.calendar import cohorts_step
-from rollout.errors import BadInput
-from rollout.extract import extract_registry
-from rollout.plan import CohortRule, Plan
+from rollout.core.calendar import cohorts_step
+from rollout.core.errors import BadInput
+from rollout.core.plan import CohortRule, Plan
 from rollout.registry import Registry
 from rollout.registry.ledger import record_actions, recorded_run, upsert, utc_now
 from rollout.registry.models import CohortMembership, CohortPackage
+from rollout.warehouse.extract import extract_registry
 
 # The registry tables a cohort build reads: who can publish, and their 2FA factors.
 COHORT_INPUTS = (
@@ -63,7 +63,7 @@ class CohortResult:
     }
 
     def summary(self) -> dict[str, Any]:
-        """The build of one cohort (rollout.output.Presentable)."""
+        """The build of one cohort (rollout.core.output.Presentable)."""
         return {
             "cohort": self.cohort,
             "as_of": self.as_of,

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import duckdb
 
 from rollout import warehouse
-from rollout.plan import MetricsWindows
+from rollout.core.plan import MetricsWindows
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class MetricsReport:
         return ", ".join(str(d) for d in self.missing_days) or "none"
 
     def summary(self) -> dict[str, Any]:
-        """What the day's metrics rest on (rollout.output.Presentable)."""
+        """What the day's metrics rest on (rollout.core.output.Presentable)."""
         return {
             "as_of": self.as_of,
             "packages": self.packages,

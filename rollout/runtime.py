@@ -22,12 +22,12 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from rollout.config import Settings, load_settings
+from rollout.core.config import Settings, load_settings
 
 if TYPE_CHECKING:
     import duckdb
 
-    from rollout.plan import Plan
+    from rollout.core.plan import Plan
     from rollout.registry import Registry
 
 
@@ -35,7 +35,7 @@ class Runtime:
     """Settings, plan, registry and warehouse for one invocation, each made on first use.
 
     ``settings`` and ``plan`` may be given, as tests do; otherwise they come from the
-    environment (:func:`rollout.config.load_settings`) and ``settings.plan_path``.
+    environment (:func:`rollout.core.config.load_settings`) and ``settings.plan_path``.
     ``close`` closes the registry (a later use opens it again). Also a context manager.
     """
 
@@ -62,7 +62,7 @@ class Runtime:
     def plan(self) -> Plan:
         """The plan at ``settings.plan_path``, parsed on first use."""
         if self._plan is None:
-            from rollout.plan import load_plan
+            from rollout.core.plan import load_plan
 
             self._plan = load_plan(self.settings.plan_path)
         return self._plan

@@ -22,14 +22,14 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from rollout.config import Settings
-from rollout.plan import Plan, load_plan
+from rollout.core.config import Settings
+from rollout.core.plan import Plan, load_plan
+from rollout.demo.sample import generate_sample
+from rollout.demo.story import Story
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
 from rollout.runtime import Runtime
-from rollout.sample import generate_sample
-from rollout.story import Story
 
 DATA = Path(__file__).parent / "data"
 

@@ -13,9 +13,9 @@ import duckdb
 import pytest
 
 from rollout import warehouse
-from rollout.ingest import ingest
+from rollout.core.plan import MetricsWindows
 from rollout.metrics import compute_metrics
-from rollout.plan import MetricsWindows
+from rollout.warehouse.ingest import ingest
 
 from .sql.golden_harness import GOLDEN_DIR, load_input
 

@@ -10,9 +10,9 @@ import socket
 import pytest
 from typer.testing import CliRunner
 
-from rollout.approvals import ApprovalRequest, api_from_environ, parse_run_id
 from rollout.cli import app
-from rollout.errors import BadInput
+from rollout.core.errors import BadInput
+from rollout.phases.approvals import ApprovalRequest, api_from_environ, parse_run_id
 
 
 def closed_port() -> int:

@@ -14,9 +14,9 @@ import typer
 from typer.testing import CliRunner, Result
 
 from rollout.cli import app
-from rollout.errors import BadInput
-from rollout.plan import load_plan
-from rollout.previews import save_preview
+from rollout.core.errors import BadInput
+from rollout.core.plan import load_plan
+from rollout.phases.previews import save_preview
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine, session_scope
 from rollout.registry.migrate import upgrade

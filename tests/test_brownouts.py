@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from rollout import brownouts
-from rollout.errors import BadInput, GuardRefused
-from rollout.plan import Brownout, Plan, load_plan
+from rollout.core.errors import BadInput, GuardRefused
+from rollout.core.plan import Brownout, Plan, load_plan
+from rollout.phases import brownouts
 from rollout.registry import Registry
 from rollout.registry.engine import session_scope
 from rollout.registry.ledger import utc_now

@@ -11,21 +11,21 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from rollout import brownouts, enforce, orgs
-from rollout.adoption import LEAD_DAYS, LEAD_UP_TO, adoption_since
-from rollout.calendar import (
+from rollout.core.calendar import (
     UNPLANNED_STEPS,
     cohorts_step,
     org_enforcement_step,
     plan_calendar,
     unplanned_kind,
 )
+from rollout.core.plan import Plan, load_plan
 from rollout.notify import outbox
-from rollout.plan import Plan, load_plan
+from rollout.phases import brownouts, enforce, orgs
+from rollout.phases.timeline import plan_steps
 from rollout.registry import Registry
 from rollout.registry.models import PlanRun
-from rollout.reporting import plan_milestones
-from rollout.timeline import plan_steps
+from rollout.report.adoption import LEAD_DAYS, LEAD_UP_TO, adoption_since
+from rollout.report.reporting import plan_milestones
 from tests.factories import AccountFactory, OrgFactory, OrgMemberFactory
 
 PLANS = Path(__file__).resolve().parent.parent / "plans"

@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rollout.cli import app
-from rollout.config import load_settings
-from rollout.notify.devserver import DevSendGrid
+from rollout.core.config import load_settings
+from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.registry.engine import make_engine
 
 from .conftest import DATA

@@ -11,9 +11,9 @@ import duckdb
 import pytest
 from sqlalchemy import func, select
 
-from rollout import cohorts, ingest, metrics, warehouse
-from rollout.errors import BadInput
-from rollout.plan import CohortRule, Plan, load_plan
+from rollout import cohorts, metrics, warehouse
+from rollout.core.errors import BadInput
+from rollout.core.plan import CohortRule, Plan, load_plan
 from rollout.registry import Registry
 from rollout.registry.engine import session_scope
 from rollout.registry.models import (
@@ -28,6 +28,7 @@ from rollout.registry.models import (
     TeamPackage,
     TfaFactor,
 )
+from rollout.warehouse import ingest
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2021, 6, 1)
@@ -313,7 +314,7 @@ def test_simulate_writes_nothing(
     people: dict[str, int],
 ) -> None:
     metrics.compute_metrics(con, D1, plan.metrics)
-    from rollout.extract import extract_registry
+    from rollout.warehouse.extract import extract_registry
 
     extract_registry(con, registry)
     sizes = cohorts.simulate(con, CohortRule(weekly_downloads_gt=100), D1)

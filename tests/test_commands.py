@@ -15,9 +15,9 @@ from typer.testing import CliRunner, Result
 
 from rollout import warehouse
 from rollout.cli import app
-from rollout.config import load_settings
+from rollout.core.config import load_settings
 from rollout.registry.engine import make_engine
-from rollout.reporting import MARTS
+from rollout.report.reporting import MARTS
 
 from .factories import AccountFactory, bound_to
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rollout.config import Settings, load_settings
-from rollout.errors import BadInput
+from rollout.core.config import Settings, load_settings
+from rollout.core.errors import BadInput
 
 
 def test_defaults_live_under_var() -> None:

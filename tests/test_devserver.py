@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from rollout.notify.devserver import DevSendGrid, parse_fault, validate_mail
+from rollout.dev.sendgrid_api import DevSendGrid, parse_fault, validate_mail
 
 KEY = "SG.test-devserver.key"
 

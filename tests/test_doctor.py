@@ -23,8 +23,9 @@ from typer.testing import CliRunner
 
 from rollout import warehouse
 from rollout.cli import app
-from rollout.config import Settings, load_settings
-from rollout.doctor import (
+from rollout.core.config import Settings, load_settings
+from rollout.dev.sendgrid_api import DevSendGrid
+from rollout.ops.doctor import (
     Status,
     check_plan,
     check_registry,
@@ -33,7 +34,6 @@ from rollout.doctor import (
     check_warehouse,
     check_worker,
 )
-from rollout.notify.devserver import DevSendGrid
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from rollout.core.plan import Plan, load_plan
 from rollout.notify.examples import EXAMPLE_RECIPIENTS, example_stored
 from rollout.notify.render import Rendered, render
-from rollout.plan import Plan, load_plan
 
 from .test_emails import CASE_IDS, CASES
 

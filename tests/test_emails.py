@@ -24,12 +24,12 @@ from typing import Any
 import jinja2
 import pytest
 
+from rollout.core.plan import Plan, load_plan
 from rollout.notify.emails import EMAILS, Recipient
 from rollout.notify.examples import EXAMPLE_RECIPIENTS, example_stored
 from rollout.notify.message import DeliveryFailed, Message
 from rollout.notify.render import Rendered, render, template_names
 from rollout.notify.senders import FileSender, SendGridSender
-from rollout.plan import Plan, load_plan
 
 from .hostile import HEADERS
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from rollout import enforce
-from rollout.errors import GuardRefused
-from rollout.plan import ExemptAccount, Exemptions, Plan, load_plan
-from rollout.previews import preview_markdown, save_preview, saved_previews
+from rollout.core.errors import GuardRefused
+from rollout.core.plan import ExemptAccount, Exemptions, Plan, load_plan
+from rollout.phases import enforce
+from rollout.phases.previews import preview_markdown, save_preview, saved_previews
+from rollout.phases.timeline import plan_steps, step_states
 from rollout.registry import Registry
 from rollout.registry.engine import session_scope
 from rollout.registry.ledger import start_run
@@ -25,7 +26,6 @@ from rollout.registry.models import (
     TfaFactor,
     WebSession,
 )
-from rollout.timeline import plan_steps, step_states
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2021, 6, 1)

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from rollout.core.plan import Plan
 from rollout.notify import outbox
 from rollout.notify.message import Message, header_address
 from rollout.notify.senders import _UNFOLDED, FileSender
-from rollout.plan import Plan
 from rollout.registry import Registry
 from rollout.registry.engine import session_scope
 from rollout.registry.models import Account, CohortMembership, Notification

@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rollout import ingest, landing, warehouse
-from rollout.errors import BadInput
+from rollout import warehouse
+from rollout.core.errors import BadInput
+from rollout.warehouse import ingest, landing
 
 from .conftest import DATA, typed_parquet_downloads
 

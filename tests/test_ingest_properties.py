@@ -15,7 +15,8 @@ from unittest import mock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rollout import ingest, landing, warehouse
+from rollout import warehouse
+from rollout.warehouse import ingest, landing
 
 from .conftest import typed_parquet_downloads
 

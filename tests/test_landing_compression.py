@@ -13,8 +13,9 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from rollout import landing, warehouse
-from rollout.errors import BadInput
+from rollout import warehouse
+from rollout.core.errors import BadInput
+from rollout.warehouse import landing
 
 from .test_ingest import NOTHING, load, row_counts
 

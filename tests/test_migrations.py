@@ -19,13 +19,13 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 
-from rollout import brownouts, enforce
+from rollout.core.plan import Plan
+from rollout.demo.sample import generate_sample
 from rollout.notify import outbox
-from rollout.plan import Plan
+from rollout.phases import brownouts, enforce
 from rollout.registry import Registry, migrate
 from rollout.registry.engine import make_engine
 from rollout.registry.models import Base
-from rollout.sample import generate_sample
 from tests.factories import AccountFactory, CohortPackageFactory, NotificationFactory, bound_to
 
 PHASE = "top-100"

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from rollout import enforce, orgs
-from rollout.plan import Plan
+from rollout.core.plan import Plan
+from rollout.phases import enforce, orgs
 from rollout.registry import Registry
 from rollout.registry.models import Account, Notification, PlanRun
 from tests.factories import AccountFactory, OrgFactory, OrgMemberFactory
 
 REGISTRY_NAME_LIMIT = 214  # npm's limit for package, scope and user names
-PLAN_NAME_LIMIT = 100  # rollout.names.SAFE_NAME_PATTERN
+PLAN_NAME_LIMIT = 100  # rollout.core.names.SAFE_NAME_PATTERN
 
 
 def test_an_org_with_the_longest_allowed_name_can_be_enforced(

@@ -11,8 +11,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from rollout import warehouse
-from rollout.errors import BadInput
-from rollout.names import (
+from rollout.core.errors import BadInput
+from rollout.core.names import (
     PACKAGE_NAME_PATTERN,
     file_stem_for,
     is_safe_name,
@@ -65,7 +65,7 @@ def test_every_shipped_real_name_is_valid() -> None:
     import gzip
     from importlib.resources import files
 
-    data = files("rollout") / "data" / "npm-monthly-downloads.tsv.gz"
+    data = files("rollout.demo") / "data" / "npm-monthly-downloads.tsv.gz"
     with gzip.open(str(data), "rt") as handle:
         next(handle)
         names = [line.split("\t", 1)[0] for line in handle]
@@ -137,7 +137,7 @@ def _problem_the_manifests_check_finds(name: str) -> str | None:
 @example("@scope/pkg")
 def test_duckdb_and_python_agree(name: str) -> None:
     """The checks ingest runs (their own SQL, not a copy of its condition) accept a
-    name exactly when rollout.names does."""
+    name exactly when rollout.core.names does."""
     valid = is_valid_package_name(name)
     for problem in (
         _problem_the_downloads_check_finds(name),

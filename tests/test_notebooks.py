@@ -20,7 +20,7 @@ import duckdb
 import nbformat
 import pytest
 
-from rollout.config import load_settings
+from rollout.core.config import load_settings
 
 from .conftest import tiny_story
 

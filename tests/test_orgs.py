@@ -7,8 +7,8 @@ from datetime import datetime
 import pytest
 from sqlalchemy import func, select
 
-from rollout import orgs
-from rollout.errors import BadInput, GuardRefused
+from rollout.core.errors import BadInput, GuardRefused
+from rollout.phases import orgs
 from rollout.registry import Registry
 from rollout.registry.engine import session_scope
 from rollout.registry.models import Account, Action, Notification, Org, OrgMember, TfaFactor

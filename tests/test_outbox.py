@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from rollout.errors import RolloutError
+from rollout.core.errors import RolloutError
+from rollout.core.plan import Plan, load_plan
+from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.notify import outbox
-from rollout.notify.devserver import DevSendGrid
 from rollout.notify.message import DeliveryFailed, Message
 from rollout.notify.senders import FileSender, SendGridSender
-from rollout.plan import Plan, load_plan
 from rollout.registry import Registry
 from rollout.registry.engine import session_scope
 from rollout.registry.models import Account, CohortMembership, Notification, TfaFactor
@@ -356,7 +356,7 @@ DRAIN_SCRIPT = textwrap.dedent(
     import sys
     from rollout.notify.outbox import drain
     from rollout.notify.senders import SendGridSender
-    from rollout.plan import load_plan
+    from rollout.core.plan import load_plan
     from rollout.registry import Registry
     url, server, key, plan = sys.argv[1:5]
     drain(Registry(url), load_plan(plan), SendGridSender(key, server, timeout=5), concurrency=4)

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
-from rollout.output import (
+from rollout.core.output import (
     FORMULA_PREFIXES,
     Format,
     Markdown,
@@ -178,8 +178,8 @@ def test_the_tools_own_markdown_passes_through() -> None:
 def test_a_result_presents_its_summary_with_its_labels() -> None:
     from datetime import date
 
+    from rollout.core.output import labelled_rows
     from rollout.metrics import MetricsReport
-    from rollout.output import labelled_rows
 
     report = MetricsReport(date(2022, 1, 3), 12, [date(2022, 1, 1)], False, 1, 2, 3, 0.5)
     assert report.summary()["missing_days"] == "2022-01-01"

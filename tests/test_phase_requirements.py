@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, func, select, update
 
-from rollout import enforce
-from rollout.plan import Plan
+from rollout.core.plan import Plan
+from rollout.phases import enforce
+from rollout.phases.timeline import step_states
 from rollout.registry import Registry
 from rollout.registry.migrate import downgrade, upgrade
 from rollout.registry.models import (
@@ -30,7 +31,6 @@ from rollout.registry.models import (
     PhaseRequirement,
     TfaFactor,
 )
-from rollout.timeline import step_states
 from tests.factories import AccountFactory, FactorFactory
 
 PHASES = ("p1", "p2", "p3")
@@ -261,7 +261,7 @@ def test_the_migration_rebuilds_requirements_from_what_enforcement_left(
 # would: no cleanup, the run's row left 'running'.
 ENROL_AND_DIE = """
 import os, signal, sys
-from rollout.brownouts import enroll_all
+from rollout.phases.brownouts import enroll_all
 from rollout.registry import Registry
 enroll_all(Registry(sys.argv[1]), actor="ops", batch_size=1,
            progress=lambda done, total: os.kill(os.getpid(), signal.SIGKILL))
@@ -283,7 +283,7 @@ def test_a_killed_elv_enrolment_shows_interrupted_then_finishes(
         return next(s.state for s in states if s.step.key == "enroll all")
 
     assert state() == "interrupted"
-    from rollout.brownouts import enroll_all
+    from rollout.phases.brownouts import enroll_all
 
     assert enroll_all(registry, actor="ops", batch_size=1) == 2
     assert state() == "applied"
@@ -295,7 +295,7 @@ def test_a_second_enforcement_at_the_same_instant_audits_only_its_own_sessions(
     """Under a clock that stands still (the demo's simulated one), enforce, roll back
     and enforce again in the same instant: the second run revokes and audits the one
     session signed in since, not again those the first revoked at that instant."""
-    from rollout.clock import SimulatedClock, use_clock
+    from rollout.core.clock import SimulatedClock, use_clock
     from tests.factories import SessionFactory
 
     first_ids = [AccountFactory(in_cohort="p1", sessions=1).id for _ in range(3)]

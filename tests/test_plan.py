@@ -9,10 +9,10 @@ from typing import get_args
 import pytest
 from pydantic import BaseModel
 
-from rollout import plan as plan_module
-from rollout.errors import BadInput
+from rollout.core import plan as plan_module
+from rollout.core.errors import BadInput
+from rollout.core.plan import EmailName, load_plan, parse_plan
 from rollout.notify.emails import EMAILS
-from rollout.plan import EmailName, load_plan, parse_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "plans" / "npm-2022.yaml"

@@ -132,7 +132,7 @@ def _one_off_runs(name: str) -> dict[str, datetime]:
 
 
 def test_brownouts_and_elv_enrollment_run_at_the_plans_times() -> None:
-    from rollout.plan import load_plan
+    from rollout.core.plan import load_plan
 
     plan = load_plan(ROOT / "plans" / "npm-2022.yaml")
     assert _one_off_runs("brownout-start") == {b.name: b.starts_at for b in plan.brownouts}

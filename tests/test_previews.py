@@ -11,9 +11,15 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 
-from rollout.output import FORMULA_PREFIXES
-from rollout.plan import Plan, load_plan
-from rollout.previews import PhasePreview, SavedPreview, Target, preview_markdown, save_preview
+from rollout.core.output import FORMULA_PREFIXES
+from rollout.core.plan import Plan, load_plan
+from rollout.phases.previews import (
+    PhasePreview,
+    SavedPreview,
+    Target,
+    preview_markdown,
+    save_preview,
+)
 
 from .hostile import EVERYTHING, FORMULAS
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rollout import enforce
 from rollout.cli import app
-from rollout.config import load_settings
-from rollout.output import FORCE_PROGRESS, Format, progress_for, shows_progress
-from rollout.plan import load_plan
+from rollout.core.config import load_settings
+from rollout.core.output import FORCE_PROGRESS, Format, progress_for, shows_progress
+from rollout.core.plan import load_plan
+from rollout.phases import enforce
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 
@@ -149,7 +149,7 @@ def test_the_demo_ends_with_the_numbers_that_tell_the_story() -> None:
     from datetime import date
 
     from rollout.cli import _story_lines
-    from rollout.story import StoryReport
+    from rollout.demo.story import StoryReport
 
     report = StoryReport(date(2021, 12, 1), date(2022, 5, 10))
     report.shares = {"cohort:top-100": (0.31, 0.97), "all": (0.1, None)}
@@ -172,7 +172,7 @@ def test_the_story_shares_are_the_start_and_end_days() -> None:
 
     import duckdb
 
-    from rollout.story import _shares
+    from rollout.demo.story import _shares
 
     con = duckdb.connect()
     con.execute("create table adoption_daily (day date, population varchar, share double)")

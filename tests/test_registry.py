@@ -10,9 +10,8 @@ import pytest
 from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from rollout import extract, warehouse
-from rollout.errors import RolloutError
-from rollout.extract import EXTRACTED_TABLES, extract_registry
+from rollout import warehouse
+from rollout.core.errors import RolloutError
 from rollout.registry import Registry, migrate
 from rollout.registry.engine import make_engine, normalize_url, session_scope
 from rollout.registry.models import (
@@ -24,6 +23,8 @@ from rollout.registry.models import (
     Token,
     WebSession,
 )
+from rollout.warehouse import extract
+from rollout.warehouse.extract import EXTRACTED_TABLES, extract_registry
 
 T0 = datetime(2022, 1, 1, 12, 0)
 

@@ -16,9 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
-from rollout import extract, warehouse
+from rollout import warehouse
 from rollout.registry import Registry, bulk, changes, migrate
 from rollout.registry.engine import make_engine
+from rollout.warehouse import extract
 from tests.factories import AccountFactory, bound_to
 
 T0 = datetime(2022, 1, 3, 9)

@@ -8,8 +8,8 @@ from datetime import date
 import jinja2
 import pytest
 
+from rollout.core.plan import Plan
 from rollout.notify import outbox, render
-from rollout.plan import Plan
 from rollout.registry import Registry
 
 # The fixtures and helpers of the outbox tests: ann (no 2FA) and ben (TOTP) get mail,

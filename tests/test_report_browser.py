@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from rollout.plan import Plan, load_plan
-from rollout.reporting import ReportFiles
+from rollout.core.plan import Plan, load_plan
+from rollout.report.reporting import ReportFiles
 from tests.support.chromium import ChromiumMissing, DevTools, Page, chromium_binary
 from tests.test_reporting import AS_OF, HOSTILE_ORG, PLAN_PATH, run_report
 

@@ -19,11 +19,11 @@ import pandas as pd
 import pytest
 from markdown_it import MarkdownIt
 
-from rollout.adoption import adoption_since
-from rollout.errors import RolloutError
-from rollout.output import FORMULA_PREFIXES
-from rollout.plan import Plan, load_plan
-from rollout.reporting import (
+from rollout.core.errors import RolloutError
+from rollout.core.output import FORMULA_PREFIXES
+from rollout.core.plan import Plan, load_plan
+from rollout.report.adoption import adoption_since
+from rollout.report.reporting import (
     FUNNEL_STAGES,
     MARTS,
     ReportFiles,
@@ -606,7 +606,7 @@ def test_a_failed_build_leaves_the_previous_report_whole(
     report: ReportFiles, tmp_path: Path, plan: Plan, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = {p.name: p.read_bytes() for p in report.out_dir.iterdir()}
-    import rollout.reporting as reporting
+    import rollout.report.reporting as reporting
 
     real_copy = reporting._copy_csv
     copied: list[str] = []

@@ -24,9 +24,9 @@ import typer
 from typer.testing import CliRunner
 
 from rollout.cli import app
+from rollout.core.plan import Plan, load_plan
+from rollout.demo.sample import SCALES
 from rollout.notify.emails import EMAILS
-from rollout.plan import Plan, load_plan
-from rollout.sample import SCALES
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))

@@ -30,18 +30,18 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from rollout.cli import app
-from rollout.errors import BadInput, GuardRefused
-from rollout.names import is_valid_package_name
-from rollout.registry import Registry, bulk, migrate
-from rollout.registry.engine import make_engine, session_scope
-from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Account
-from rollout.sample import (
+from rollout.core.errors import BadInput, GuardRefused
+from rollout.core.names import is_valid_package_name
+from rollout.demo.sample import (
     REAL_DOWNLOADS,
     SampleSummary,
     confirm_name,
     generate_sample,
     registry_contents,
 )
+from rollout.registry import Registry, bulk, migrate
+from rollout.registry.engine import make_engine, session_scope
+from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Account
 from tests.factories import AccountFactory, NotificationFactory
 
 SEED = 7

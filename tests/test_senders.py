@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from rollout.config import load_settings
-from rollout.notify.devserver import DevSendGrid
+from rollout.core.config import load_settings
+from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.notify.message import DeliveryFailed, Message
 from rollout.notify.senders import (
     REDACTED,

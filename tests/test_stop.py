@@ -21,11 +21,11 @@ import psutil
 import pytest
 from sqlalchemy import func, select
 
-from rollout.errors import GuardRefused
+from rollout.core.errors import GuardRefused
+from rollout.core.plan import Plan, load_plan
+from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.notify import outbox
-from rollout.notify.devserver import DevSendGrid
 from rollout.notify.senders import SendGridSender
-from rollout.plan import Plan, load_plan
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine, session_scope
 from rollout.registry.migrate import upgrade
@@ -303,9 +303,9 @@ EXTRACT_SCRIPT = textwrap.dedent(
     import sys
     from pathlib import Path
     from rollout import warehouse
-    from rollout.extract import extract_registry
+    from rollout.warehouse.extract import extract_registry
     from rollout.registry import Registry
-    from rollout.stopping import Stopped
+    from rollout.core.stopping import Stopped
 
     try:
         with warehouse.open_warehouse(Path(sys.argv[2])) as con:
@@ -320,7 +320,7 @@ EXTRACT_SCRIPT = textwrap.dedent(
 def _exporters_blocked(scratch: Path) -> None:
     """Make each exporter block on its first file: a FIFO in its place waits for a reader
     that never comes, so they run until something stops them."""
-    from rollout.extract import EXTRACTED_TABLES
+    from rollout.warehouse.extract import EXTRACTED_TABLES
 
     def folder_made() -> bool:
         return any(scratch.glob("rollout-extract-*"))

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from rollout.calendar import plan_calendar, unplanned_kind
-from rollout.config import load_settings
+from rollout.core.calendar import plan_calendar, unplanned_kind
+from rollout.core.config import load_settings
+from rollout.demo.story import Story
 from rollout.notify.outbox import outbox_status
+from rollout.phases.timeline import step_states
 from rollout.registry import Registry
 from rollout.registry.models import Account, Notification, PlanRun, Token
-from rollout.story import Story
-from rollout.timeline import step_states
 from rollout.warehouse import open_warehouse
 
 from .conftest import STORY_START, tiny_story

@@ -1,7 +1,7 @@
 """`pip install .` (not editable) gives a rollout that works outside the checkout: the
 wheel carries sql/ and reports/ (mapped to rollout/sql and rollout/reports at build time,
 pyproject.toml) and the Alembic migrations, and the installed package reads them from
-inside itself (rollout.resources), never from beside it.
+inside itself (rollout.core.resources), never from beside it.
 
 The wheel is built from this checkout and installed, on its own, into a fresh virtualenv
 in a temp dir. Its dependencies are not downloaded again: the fresh venv sees the ones
@@ -99,7 +99,7 @@ def test_the_wheel_carries_sql_reports_and_the_migrations(installed: Installed) 
     assert "versions/0001_initial.py" in under("rollout/registry/migrations/")
     templates = ROOT / "rollout" / "notify" / "templates"
     assert _files_under(templates) == under("rollout/notify/templates/")
-    assert "rollout/data/npm-monthly-downloads.tsv.gz" in names
+    assert "rollout/demo/data/npm-monthly-downloads.tsv.gz" in names
     # Nothing outside the package: no top-level sql/ or reports/ in site-packages.
     assert {n.split("/", 1)[0] for n in names} == {"rollout", "rollout-0.1.0.dist-info"}
 
@@ -154,7 +154,7 @@ def test_the_installed_wheel_runs_ingest_metrics_and_the_report(
         [
             installed.python,
             "-c",
-            "import json, rollout, rollout.warehouse as w, rollout.resources as r;"
+            "import json, rollout, rollout.warehouse as w, rollout.core.resources as r;"
             "print(json.dumps([rollout.__file__, str(w.SQL_DIR), str(r.resource_dir('reports'))]))",
         ],
         cwd=run_dir,

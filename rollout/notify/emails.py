@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal
 
-from rollout.plan import Plan
+from rollout.core.plan import Plan
 
 ContextFunction = Callable[["Recipient", Mapping[str, Any], Plan], dict[str, Any]]
 

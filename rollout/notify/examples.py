@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rollout.names import file_stem_for
+from rollout.core.names import file_stem_for
+from rollout.core.plan import Plan
 from rollout.notify.emails import EMAILS, Recipient
 from rollout.notify.render import Rendered, render
-from rollout.plan import Plan
 
 PACKAGES = ("left-pad", "@example/parser", "tiny-colors")
 EXAMPLE_RECIPIENTS = {

@@ -14,7 +14,7 @@ The file outbox claims FILE_BATCH (500) rows at a time and writes them in turn: 
 crash leaves at most those 500 in flight, and writing them again replaces their files.
 One drain runs at a time.
 
-A stop (SIGTERM, SIGINT; rollout.stopping) claims nothing more, gives the sends in flight
+A stop (SIGTERM, SIGINT; rollout.core.stopping) claims nothing more, gives the sends in flight
 a moment, records what they came to and puts back the rest; worker processes are told
 and, after a grace, killed; the run lock is let go only once the last of them is gone.
 """
@@ -56,12 +56,19 @@ from sqlalchemy import (
     update,
 )
 
-from rollout.calendar import WITHOUT_2FA, WITHOUT_2FA_NOR_ELV, audience_cohort, plan_calendar
-from rollout.errors import BadInput, RolloutError
+from rollout.core.calendar import WITHOUT_2FA, WITHOUT_2FA_NOR_ELV, audience_cohort, plan_calendar
+from rollout.core.errors import BadInput, RolloutError
+from rollout.core.plan import Plan
+from rollout.core.stopping import (
+    StopRequest,
+    as_child,
+    hold_for_multiprocessing,
+    stop_processes,
+    stop_requested_by_signals,
+)
 from rollout.notify.emails import EMAILS, Recipient
 from rollout.notify.message import DeliveryFailed, Message, Sender
 from rollout.notify.render import render
-from rollout.plan import Plan
 from rollout.registry import Registry
 from rollout.registry.ledger import dialect_insert, recorded_run, utc_now
 from rollout.registry.models import (
@@ -71,13 +78,6 @@ from rollout.registry.models import (
     Notification,
     TfaFactor,
     has_active_factor,
-)
-from rollout.stopping import (
-    StopRequest,
-    as_child,
-    hold_for_multiprocessing,
-    stop_processes,
-    stop_requested_by_signals,
 )
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class Occasion:
     occasion: str
     due_on: date
     until: date  # queued no later than the day before (a reminder after the deadline is noise)
-    audience: str  # as rollout.calendar.Mailing.audience: audience() reads it
+    audience: str  # as rollout.core.calendar.Mailing.audience: audience() reads it
     context: dict[str, Any]
 
 
@@ -1004,7 +1004,7 @@ def drain(
 
     SIGTERM or SIGINT (from the main thread's point of view) stops the drain: what was
     in flight is recorded or put back, every worker is gone before the run lock is let
-    go, and then :class:`rollout.stopping.Stopped` is raised with the counts."""
+    go, and then :class:`rollout.core.stopping.Stopped` is raised with the counts."""
     report = DrainReport(sender.name)
     with (
         stop_requested_by_signals() as stop,

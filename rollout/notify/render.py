@@ -22,9 +22,9 @@ from jinja2 import (
     select_autoescape,
 )
 
+from rollout.core.plan import Plan
 from rollout.notify.emails import EMAILS, Email, Recipient
 from rollout.notify.message import header_text
-from rollout.plan import Plan
 
 
 @dataclass(frozen=True)

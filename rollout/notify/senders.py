@@ -54,7 +54,7 @@ from sendgrid.helpers.mail import (
 from rollout.notify.message import DeliveryFailed, Message, Sender, header_address
 
 if TYPE_CHECKING:
-    from rollout.config import Settings
+    from rollout.core.config import Settings
 
 log = logging.getLogger(__name__)
 

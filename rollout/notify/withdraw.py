@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, and_, func, select, true, update
 
-from rollout.errors import BadInput
+from rollout.core.errors import BadInput
 from rollout.registry import Registry
 from rollout.registry.ledger import record_actions, utc_now
 from rollout.registry.models import Notification

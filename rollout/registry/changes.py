@@ -21,7 +21,7 @@ which is safe.
 
 PostgreSQL has no tracking: a counter row bumped by every writing statement would
 make the registry's own writers queue on it. Its extract is a full binary COPY each
-time (see rollout.extract).
+time (see rollout.warehouse.extract).
 
 ``instance`` tells registries apart: a registry replaced by another (``rollout sample
 --replace`` builds the schema afresh) starts a new instance, and versions of the old

@@ -35,7 +35,7 @@ class Registry:
     'no such column' half way through a run), ``check_schema`` or ``lock``. ``close``
     disposes of the engine's pooled connections; a later use makes a new engine (so a
     caller can let go of every connection before ADBC writes the same SQLite file from
-    this process: see rollout/registry/bulk.py, and rollout.sample, which does). Also a
+    this process: see rollout/registry/bulk.py, and rollout.demo.sample, which does). Also a
     context manager that closes.
     """
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from rollout import clock
+from rollout.core import clock
 from rollout.registry.models import Action, PlanRun
 
 ACTIONS: Table = Action.__table__  # type: ignore[assignment]

@@ -15,8 +15,8 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.pool import NullPool
 
-from rollout.errors import GuardRefused
-from rollout.names import safe_path_component
+from rollout.core.errors import GuardRefused
+from rollout.core.names import safe_path_component
 from rollout.registry.engine import make_engine, normalize_url
 
 

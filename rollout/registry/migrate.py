@@ -11,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from rollout.errors import RolloutError
+from rollout.core.errors import RolloutError
 from rollout.registry.engine import make_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"

@@ -15,13 +15,13 @@ from pathlib import Path
 import adbc_driver_sqlite.dbapi as adbc_sqlite
 import pyarrow as pa
 
+from rollout.core.stopping import as_child
 from rollout.registry.models import Base, extracted_columns
-from rollout.stopping import as_child
 
 # ADBC's SQLite driver guesses each column's type from a batch's values, and a batch
 # whose values are all NULL is guessed as an integer; a later text value then fails.
 # Typed sentinels instead of NULL keep every batch's type stable; the reader (see
-# rollout.extract) turns them back into NULL.
+# rollout.warehouse.extract) turns them back into NULL.
 NULL_TEXT = "\x00null"
 NULL_INT = -(2**63)
 

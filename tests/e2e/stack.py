@@ -55,7 +55,7 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 # Read in a subprocess: what the preview should find, and that the ledger has nothing.
 EXPECTED_COUNT = """
-from rollout.enforce import preview_phase
+from rollout.phases.enforce import preview_phase
 from rollout.runtime import Runtime
 
 with Runtime() as runtime:

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from rollout import doctor
-from rollout.doctor import Status, check_worker
+from rollout.ops import doctor
+from rollout.ops.doctor import Status, check_worker
 
 
 def api_environ() -> dict[str, str]:

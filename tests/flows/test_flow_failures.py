@@ -21,13 +21,13 @@ from sqlalchemy.exc import OperationalError
 from flows import cohorts as cohort_flows
 from flows import notify as notify_flows
 from flows.common import is_transient
-from rollout.config import load_settings
-from rollout.errors import BadInput, GuardRefused
-from rollout.notify.devserver import DevSendGrid
+from rollout.core.config import load_settings
+from rollout.core.errors import BadInput, GuardRefused
+from rollout.demo.sample import generate_sample
+from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
-from rollout.sample import generate_sample
 from tests.factories import NotificationFactory, bound_to
 from tests.support.artifacts import read_markdown
 

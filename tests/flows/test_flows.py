@@ -30,13 +30,13 @@ from flows.cohorts import cohorts, cohorts_markdown, daily, entered_list
 from flows.common import artifact_key
 from flows.metrics import metrics_markdown
 from rollout.cohorts import CohortResult
-from rollout.config import Settings, load_settings
-from rollout.errors import BadInput
-from rollout.ingest import FileResult, IngestReport
+from rollout.core.config import Settings, load_settings
+from rollout.core.errors import BadInput
+from rollout.demo.sample import generate_sample
 from rollout.metrics import MetricsReport
 from rollout.registry import Registry
-from rollout.sample import generate_sample
 from rollout.warehouse import open_warehouse
+from rollout.warehouse.ingest import FileResult, IngestReport
 from tests.support.artifacts import read_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -379,7 +379,7 @@ def test_the_sendgrid_key_can_come_from_a_secret_block_and_never_shows(
 ) -> None:
     from prefect.blocks.system import Secret
 
-    from rollout.notify.devserver import DevSendGrid
+    from rollout.dev.sendgrid_api import DevSendGrid
 
     key = "SG.flow-secret.never-to-be-seen"
     Secret(value=key).save("sendgrid-api-key", overwrite=True)

@@ -11,10 +11,10 @@ import duckdb
 import pytest
 
 from rollout import warehouse
-from rollout.extract import extract_registry
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
+from rollout.warehouse.extract import extract_registry
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ A case folder holds:
   rows of ``<schema>.<table>`` (``registry/accounts.csv``), only the columns that
   matter: the others are null (or, for a few tables, ``INPUT_DEFAULTS``); an empty cell
   is null and a list cell has its items joined by ``; ``. ``landing/`` holds landing
-  files in the contract of docs/data-contracts.md, loaded by ``rollout.ingest`` the
+  files in the contract of docs/data-contracts.md, loaded by ``rollout.warehouse.ingest`` the
   morning after the ``as_of`` parameter (several manifests files load in name order:
   the newest wins);
 - ``expected/<output>.csv``: every row of one of the model's outputs (``MODELS``), its
@@ -42,11 +42,11 @@ import pytest
 import yaml
 
 from rollout import warehouse
-from rollout.adoption import ADOPTION_TABLES, build_adoption
 from rollout.cohorts import rule_parameters
-from rollout.ingest import ingest
+from rollout.core.plan import CohortRule, MetricsWindows, load_plan
 from rollout.metrics import compute_metrics, window_parameters
-from rollout.plan import CohortRule, MetricsWindows, load_plan
+from rollout.report.adoption import ADOPTION_TABLES, build_adoption
+from rollout.warehouse.ingest import ingest
 
 from .rows import METRIC_COLUMNS, assert_same_rows
 
@@ -307,7 +307,7 @@ def _check_package_metrics(run: Run) -> None:
 
 
 # adoption: the adoption marts (docs/adoption-marts.md), built together by
-# rollout.adoption.build_adoption for a plan.
+# rollout.report.adoption.build_adoption for a plan.
 
 
 def _run_adoption(con: duckdb.DuckDBPyConnection, case: Case) -> Any:

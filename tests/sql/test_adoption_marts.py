@@ -19,11 +19,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rollout import adoption, warehouse
-from rollout.adoption import ADOPTION_TABLES, adoption_since, build_adoption
-from rollout.errors import RolloutError
-from rollout.plan import Plan, load_plan
-from rollout.reporting import FUNNEL_STAGES
+from rollout import warehouse
+from rollout.core.errors import RolloutError
+from rollout.core.plan import Plan, load_plan
+from rollout.report import adoption
+from rollout.report.adoption import ADOPTION_TABLES, adoption_since, build_adoption
+from rollout.report.reporting import FUNNEL_STAGES
 
 from .golden_harness import GOLDEN_DIR, REFERENCE_PLAN, column_types, load_input
 

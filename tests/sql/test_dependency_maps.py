@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from rollout import warehouse
-from rollout.ingest import IngestReport, ingest
+from rollout.core.plan import MetricsWindows
 from rollout.metrics import compute_metrics
-from rollout.plan import MetricsWindows
+from rollout.warehouse.ingest import IngestReport, ingest
 
 AS_OF = date(2022, 3, 14)
 NOW = datetime(2022, 3, 15, 6, 0)

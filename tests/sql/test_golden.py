@@ -9,7 +9,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from rollout.plan import CohortRule, load_plan
+from rollout.core.plan import CohortRule, load_plan
 
 from .golden_harness import (
     GOLDEN_DIR,

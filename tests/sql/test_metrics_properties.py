@@ -28,9 +28,9 @@ from hypothesis import strategies as st
 
 from rollout import warehouse
 from rollout.cohorts import rule_parameters
-from rollout.ingest import ingest
+from rollout.core.plan import CohortRule, MetricsWindows
 from rollout.metrics import MetricsReport, compute_metrics
-from rollout.plan import CohortRule, MetricsWindows
+from rollout.warehouse.ingest import ingest
 
 from .rows import METRIC_COLUMNS, assert_same_rows
 

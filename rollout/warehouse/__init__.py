@@ -11,8 +11,8 @@ from typing import Any
 
 import duckdb
 
-from rollout.errors import RolloutError
-from rollout.resources import resource_dir
+from rollout.core.errors import RolloutError
+from rollout.core.resources import resource_dir
 
 # The checkout's sql/ (editable install), or the copy inside the installed wheel.
 SQL_DIR = resource_dir("sql")

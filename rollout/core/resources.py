@@ -17,7 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
-from rollout.errors import RolloutError
+from rollout.core.errors import RolloutError
 
 Resource = Literal["sql", "reports"]
 
@@ -29,7 +29,7 @@ def resource_dir(name: Resource) -> Path:
     if packaged.is_dir():
         # A wheel is installed as plain files, so this is a real directory.
         return Path(str(packaged))
-    checkout = Path(__file__).resolve().parent.parent / name
+    checkout = Path(__file__).resolve().parents[2] / name  # rollout/core/ -> the checkout
     if checkout.is_dir():
         return checkout
     raise RolloutError(

@@ -30,7 +30,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from sqlalchemy import delete, insert, inspect, text
 
-from rollout.errors import BadInput, GuardRefused
+from rollout.core.errors import BadInput, GuardRefused
 from rollout.registry import Registry, bulk, migrate
 from rollout.registry.engine import make_engine, normalize_url
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, RegistryMark

@@ -13,8 +13,8 @@ from datetime import datetime
 
 from sqlalchemy import Engine, and_, case, func, select, update
 
-from rollout.calendar import org_enforcement_step
-from rollout.errors import BadInput, GuardRefused
+from rollout.core.calendar import org_enforcement_step
+from rollout.core.errors import BadInput, GuardRefused
 from rollout.registry import Registry
 from rollout.registry.ledger import (
     insert_ignoring_existing,

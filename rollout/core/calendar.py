@@ -2,10 +2,10 @@
 
 ``plan_calendar(plan)`` is the one place that walks a plan's dates. What reads the
 calendar filters it rather than walking the plan again: ``rollout plan show`` lists
-every step (rollout.timeline), the outbox queues the steps that send an email
+every step (rollout.phases.timeline), the outbox queues the steps that send an email
 (rollout.notify.outbox), the report marks the steps with a chart label
-(rollout.reporting), and the adoption series starts before the first milestone
-(rollout.adoption). So a step added here reaches all four at once, and a date can no
+(rollout.report.reporting), and the adoption series starts before the first milestone
+(rollout.report.adoption). So a step added here reaches all four at once, and a date can no
 longer mean one thing to the timeline and another to the outbox.
 
 Step keys (``plan_runs.step``) are built here too, by the functions below, and only
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, Literal
 
-from rollout.plan import ELV_STEPS, EmailName, Plan
+from rollout.core.plan import ELV_STEPS, EmailName, Plan
 
 # What a step is. The adoption chart styles its milestones by these names
-# (rollout.charts), and notebooks filter on them: they are part of the interface.
+# (rollout.report.charts), and notebooks filter on them: they are part of the interface.
 StepKind = Literal[
     "trial",  # the ELV opt-in trial starts (and lasts until ``ends``)
     "trial_end",  # the ELV opt-in trial ends

@@ -23,7 +23,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rollout.errors import BadInput
+from rollout.core.errors import BadInput
 
 Kind = Literal["downloads", "manifests", "logins"]
 KINDS: tuple[Kind, ...] = ("downloads", "manifests", "logins")

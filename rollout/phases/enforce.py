@@ -36,12 +36,12 @@ from sqlalchemy import (
     update,
 )
 
-from rollout.calendar import phase_step
-from rollout.errors import GuardRefused
+from rollout.core.calendar import phase_step
+from rollout.core.errors import GuardRefused
+from rollout.core.plan import Phase, Plan
 from rollout.notify.outbox import queue_phase_summary
 from rollout.notify.withdraw import Selection, withdraw_preview, withdraw_queued
-from rollout.plan import Phase, Plan
-from rollout.previews import PhasePreview, Target
+from rollout.phases.previews import PhasePreview, Target
 from rollout.registry import Registry
 from rollout.registry.ledger import dialect_insert, record_actions, recorded_run, utc_now
 from rollout.registry.models import (

@@ -1,6 +1,6 @@
 """The demo: the reference plan run day by day over a simulated calendar.
 
-Each day the real jobs run under a simulated clock (:mod:`rollout.clock`), at the
+Each day the real jobs run under a simulated clock (:mod:`rollout.core.clock`), at the
 hours a deployment would run them: metrics and cohorts at 02:30, ELV for all at
 00:00 on its day, enforcement at 10:00 on a phase's day (preview, then the
 previewed count typed back), the day's emails at 09:00 to the file outbox. Between
@@ -31,14 +31,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, and_, bindparam, delete, insert, or_, select, update
 
-from rollout import brownouts, cohorts, enforce, extract, ingest, metrics, warehouse
-from rollout.clock import SimulatedClock, use_clock
+from rollout import cohorts, metrics, warehouse
+from rollout.core.clock import SimulatedClock, use_clock
 from rollout.notify import outbox
 from rollout.notify.senders import FileSender
+from rollout.phases import brownouts, enforce
 from rollout.registry import Registry
 from rollout.registry.models import Account, BrownoutWindow, Notification, TfaFactor, Token
-from rollout.reporting import ReportFiles, report_from_registry
+from rollout.report.reporting import ReportFiles, report_from_registry
 from rollout.runtime import Runtime
+from rollout.warehouse import extract, ingest
 
 ACTOR = "demo"
 STORY_LOGINS = "logins-story.parquet"

@@ -1,6 +1,6 @@
 """The plan as a timeline, and where each step stands (``rollout plan show``).
 
-The steps are the plan's calendar (rollout.calendar). Each step the pipeline acts on
+The steps are the plan's calendar (rollout.core.calendar). Each step the pipeline acts on
 carries the key its runs are recorded under in ``plan_runs`` (``phase top-100``,
 ``notices top-100``...), so a step's state is read from its runs: pending, previewed,
 applied, rolled back, failed, or interrupted (a run still marked running that no
@@ -18,11 +18,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from rollout.brownouts import state_at
-from rollout.calendar import Step, phase_step, plan_calendar
-from rollout.errors import GuardRefused
-from rollout.plan import Plan
-from rollout.previews import saved_previews
+from rollout.core.calendar import Step, phase_step, plan_calendar
+from rollout.core.errors import GuardRefused
+from rollout.core.plan import Plan
+from rollout.phases.brownouts import state_at
+from rollout.phases.previews import saved_previews
 from rollout.registry import Registry
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import BrownoutWindow, PlanRun

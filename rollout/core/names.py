@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from rollout.errors import BadInput
+from rollout.core.errors import BadInput
 
 # Characters encodeURIComponent leaves alone; a scope is @scope/ before the name.
 _URL_SAFE = r"[A-Za-z0-9\-_.!~*'()]"

@@ -30,9 +30,13 @@ import duckdb
 import pyarrow as pa
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Undefined
 
-from rollout.adoption import adoption_since
-from rollout.calendar import plan_calendar
-from rollout.charts import (
+from rollout.core.calendar import plan_calendar
+from rollout.core.errors import RolloutError
+from rollout.core.output import csv_cells, markdown_text
+from rollout.core.plan import Plan
+from rollout.core.resources import resource_dir
+from rollout.report.adoption import adoption_since
+from rollout.report.charts import (
     BrownoutBars,
     FunnelPhase,
     MethodMix,
@@ -44,10 +48,6 @@ from rollout.charts import (
     funnel_chart,
     method_mix_chart,
 )
-from rollout.errors import RolloutError
-from rollout.output import csv_cells, markdown_text
-from rollout.plan import Plan
-from rollout.resources import resource_dir
 
 if TYPE_CHECKING:
     from rollout.registry import Registry
@@ -240,7 +240,7 @@ def _columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
         raise RolloutError(
             "the warehouse's adoption marts do not match docs/adoption-marts.md ("
             + "; ".join(problems)
-            + "): build them first (rollout.adoption.build_adoption)"
+            + "): build them first (rollout.report.adoption.build_adoption)"
         )
     return found
 
@@ -734,8 +734,8 @@ def report_from_registry(
 ) -> ReportFiles:
     """The whole report job: the registry's current rows into the warehouse, the
     adoption marts rebuilt for ``as_of``, then the files under ``reports/<as_of>/``."""
-    from rollout.adoption import build_adoption, registry_inputs
-    from rollout.extract import extract_registry
+    from rollout.report.adoption import build_adoption, registry_inputs
+    from rollout.warehouse.extract import extract_registry
 
     if refresh_registry:
         # Only what the marts read: at npm scale the whole registry is twice the work.

@@ -24,9 +24,9 @@ from pydantic import (
     model_validator,
 )
 
-from rollout.clock import naive_utc
-from rollout.errors import BadInput
-from rollout.names import SAFE_NAME_RULE, is_safe_name
+from rollout.core.clock import naive_utc
+from rollout.core.errors import BadInput
+from rollout.core.names import SAFE_NAME_RULE, is_safe_name
 
 
 class _Strict(BaseModel):
@@ -217,7 +217,7 @@ class PlanProblem:
     message: str
 
 
-# What ELV's own steps and heads-up emails go by (rollout.calendar.ELV): a brown-out of
+# What ELV's own steps and heads-up emails go by (rollout.core.calendar.ELV): a brown-out of
 # that name would share their step key ("heads-up elv"), and `plan show` mix their runs.
 ELV_STEPS = "elv"
 

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from rollout.errors import RolloutError
+from rollout.core.errors import RolloutError
 
 if TYPE_CHECKING:
-    from rollout.config import Settings
+    from rollout.core.config import Settings
     from rollout.registry import Registry
     from rollout.runtime import Runtime
 
@@ -234,7 +234,7 @@ def _warehouse_version(con: Any) -> int | None:
 
 
 def check_plan(path: Path) -> CheckResult:
-    from rollout.plan import load_plan
+    from rollout.core.plan import load_plan
 
     try:
         plan = load_plan(path)

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from rollout.errors import BadInput
+from rollout.core.errors import BadInput
 
 # The registry runs on these (DESIGN.md); `postgres://` is what people paste.
 _REGISTRY_BACKENDS = ("sqlite", "postgresql", "postgres")

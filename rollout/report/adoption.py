@@ -17,10 +17,10 @@ from typing import Any
 import duckdb
 
 from rollout import warehouse
-from rollout.calendar import StepKind, phase_step, plan_calendar
-from rollout.clock import naive_utc
-from rollout.errors import RolloutError
-from rollout.plan import Plan
+from rollout.core.calendar import StepKind, phase_step, plan_calendar
+from rollout.core.clock import naive_utc
+from rollout.core.errors import RolloutError
+from rollout.core.plan import Plan
 
 # In the order a reader meets them: the daily curve, then its breakdowns and causes.
 ADOPTION_TABLES: tuple[str, ...] = (
@@ -42,7 +42,7 @@ ADOPTION_INPUTS: tuple[str, ...] = (
 )
 
 # The daily series starts this long before the first of the plan's events of these
-# kinds (rollout.calendar), so the chart shows where adoption stood before the plan
+# kinds (rollout.core.calendar), so the chart shows where adoption stood before the plan
 # first touched anyone; reminders and heads-ups only lead up to one of them.
 LEAD_DAYS = 14
 LEAD_UP_TO: frozenset[StepKind] = frozenset({"notice", "enforce", "brownout", "elv"})
@@ -131,7 +131,8 @@ def _require_registry(con: duckdb.DuckDBPyConnection, models: dict[str, str]) ->
         raise RolloutError(
             "the warehouse has no registry extract of "
             + ", ".join(f"registry.{table}" for table in missing)
-            + ": extract the registry (rollout.extract.extract_registry) before the adoption marts"
+            + ": extract the registry (rollout.warehouse.extract.extract_registry) before "
+            "the adoption marts"
         )
 
 

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from rollout.errors import EXIT_BAD_INPUT, BadInput, GuardRefused, RolloutError
+from rollout.core.errors import EXIT_BAD_INPUT, BadInput, GuardRefused, RolloutError
 
 if TYPE_CHECKING:
-    from rollout.previews import SavedPreview
+    from rollout.phases.previews import SavedPreview
 
 ENFORCE_FLOW = "phase-enforce"
 # The flow run input the enforce run writes before it waits: what its preview found.

@@ -15,10 +15,10 @@ from datetime import datetime
 
 from sqlalchemy import Connection, and_, exists, func, or_, select, update
 
-from rollout.calendar import BROWNOUTS_SCHEDULE_STEP, ENROLL_ALL_STEP
-from rollout.clock import naive_utc
-from rollout.errors import BadInput, GuardRefused
-from rollout.plan import Brownout, Plan
+from rollout.core.calendar import BROWNOUTS_SCHEDULE_STEP, ENROLL_ALL_STEP
+from rollout.core.clock import naive_utc
+from rollout.core.errors import BadInput, GuardRefused
+from rollout.core.plan import Brownout, Plan
 from rollout.registry import Registry
 from rollout.registry.ledger import (
     finish_run,

@@ -27,12 +27,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.types import TypeEngine
 
 from rollout import warehouse
-from rollout.errors import RolloutError
+from rollout.core.errors import RolloutError
+from rollout.core.stopping import PARENT_PID_VARIABLE, stop_requested_by_signals
 from rollout.registry import Registry, changes
 from rollout.registry.engine import adbc_uri, is_sqlite, normalize_url
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Base, extracted_columns
 from rollout.registry.sqlite_export import NULL_INT, select_with_sentinels
-from rollout.stopping import PARENT_PID_VARIABLE, stop_requested_by_signals
 
 EXTRACTED_TABLES = (*REGISTRY_TABLES, *LEDGER_TABLES)
 
@@ -117,7 +117,7 @@ def _export_sqlite(
     database = _sqlite_database(registry_url)
     shares = _share(_table_sizes(database, tables), EXPORTERS)
     running: list[tuple[subprocess.Popen[str], tuple[str, ...]]] = []
-    # They die with this process (rollout.stopping.as_child), and a stop ends it at
+    # They die with this process (rollout.core.stopping.as_child), and a stop ends it at
     # once: the exporters have nothing to put back, and the finally below kills them
     # before their folder is removed.
     environment = {**os.environ, PARENT_PID_VARIABLE: str(os.getpid())}

@@ -23,10 +23,11 @@ from typing import Literal
 import duckdb
 import pyarrow as pa
 
-from rollout import landing, warehouse
-from rollout.errors import BadInput, FileRejected, RowProblem
-from rollout.landing import LandingFile
-from rollout.names import PACKAGE_NAME_PATTERN
+from rollout import warehouse
+from rollout.core.errors import BadInput, FileRejected, RowProblem
+from rollout.core.names import PACKAGE_NAME_PATTERN
+from rollout.warehouse import landing
+from rollout.warehouse.landing import LandingFile
 
 Status = Literal["loaded", "skipped", "rejected"]
 Progress = Callable[[LandingFile, int, int], None]

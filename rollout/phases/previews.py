@@ -15,14 +15,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rollout.files import write_atomically
-from rollout.names import safe_path_component
-from rollout.output import markdown_text as md
-from rollout.output import write_csv
+from rollout.core.files import write_atomically
+from rollout.core.names import safe_path_component
+from rollout.core.output import markdown_text as md
+from rollout.core.output import write_csv
 from rollout.registry.ledger import utc_now
 
 if TYPE_CHECKING:
-    from rollout.plan import Plan
+    from rollout.core.plan import Plan
 
 COLUMNS = (
     "account_id",
@@ -37,7 +37,7 @@ COLUMNS = (
 MARKDOWN_ROWS = 50
 
 
-# What rollout.enforce.preview_phase finds; kept here, with what reads it (the saved
+# What rollout.phases.enforce.preview_phase finds; kept here, with what reads it (the saved
 # record, plan show, the approval artifact), so reading a preview loads no enforcement.
 @dataclass(frozen=True)
 class Target:

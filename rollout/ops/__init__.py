@@ -1,0 +1,1 @@
+"""Tools for operators: `rollout doctor`, the checks of a deployment's parts."""
