@@ -32,6 +32,7 @@ from rollout.registry.migrate import upgrade
 from rollout.runtime import Runtime
 
 DATA = Path(__file__).parent / "data"
+REFERENCE_PLAN = Path(__file__).resolve().parent.parent / "plans" / "npm-2022.yaml"
 
 
 STORY_START, STORY_END = date(2021, 12, 1), date(2022, 5, 10)
@@ -49,7 +50,7 @@ def tiny_story(settings: Settings) -> Story:
         end=date(2022, 3, 13),  # the downloads reach the last cohort day
         days=110,
     )
-    plan = load_plan(Path(__file__).resolve().parent.parent / "plans" / "npm-2022.yaml")
+    plan = load_plan(REFERENCE_PLAN)
     return Story(
         Runtime(settings, plan=plan), STORY_START, STORY_END, metrics_every=14, cohorts_every=14
     )
@@ -141,10 +142,19 @@ def factories(registry: Registry) -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session")
+def _reference_plan_as_loaded() -> Plan:
+    return load_plan(REFERENCE_PLAN)
+
+
 @pytest.fixture
-def reference_plan() -> Plan:
-    """The reference plan, plans/npm-2022.yaml, as shipped."""
-    return load_plan(Path(__file__).resolve().parent.parent / "plans" / "npm-2022.yaml")
+def plan(_reference_plan_as_loaded: Plan) -> Plan:
+    """The reference plan, plans/npm-2022.yaml, as shipped: read once per session, a
+    deep copy for each test. (A Plan is a frozen pydantic model, but only shallowly: its
+    lists and dicts could still be changed in place, and would leak into other tests.)
+    A module that needs another plan makes it from this one under a name that says how
+    it differs (``plan_exempting_carol``, ``three_phase_plan``)."""
+    return _reference_plan_as_loaded.model_copy(deep=True)
 
 
 @pytest.fixture

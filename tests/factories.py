@@ -63,9 +63,16 @@ class _Factory(SQLAlchemyModelFactory):
         sqlalchemy_session_persistence = "commit"
 
 
+def existing_account(account_id: int) -> Account:
+    """The account of that id, for a factory's ``account=`` where a test kept only ids."""
+    return _current().get_one(Account, account_id)
+
+
 class AccountFactory(_Factory):
     """An account without 2FA. Traits: ``with_totp``, ``with_webauthn``; ``sessions=N``
-    live web sessions; ``in_cohort="name"`` (or a list of names) a current membership."""
+    live web sessions, ``revoked_sessions=N`` signed-out ones; ``in_cohort="name"`` (or
+    a list of names) a current membership, ``left_cohort="name"`` (or a list) one the
+    account has since left."""
 
     class Meta:
         model = Account
@@ -91,10 +98,23 @@ class AccountFactory(_Factory):
             SessionFactory(account=account)
 
     @factory.post_generation
+    def revoked_sessions(account: Account, create: bool, extracted: int | None, **_: Any) -> None:
+        for _ in range(extracted or 0):
+            SessionFactory(account=account, revoked=True)
+
+    @factory.post_generation
     def in_cohort(account: Account, create: bool, extracted: str | list[str] | None, **_: Any):
-        names = [extracted] if isinstance(extracted, str) else list(extracted or [])
-        for name in names:
+        for name in _names(extracted):
             MembershipFactory(account=account, cohort=name)
+
+    @factory.post_generation
+    def left_cohort(account: Account, create: bool, extracted: str | list[str] | None, **_: Any):
+        for name in _names(extracted):
+            MembershipFactory(account=account, cohort=name, left=True)
+
+
+def _names(extracted: str | list[str] | None) -> list[str]:
+    return [extracted] if isinstance(extracted, str) else list(extracted or [])
 
 
 class FactorFactory(_Factory):
@@ -162,6 +182,8 @@ class OrgFactory(_Factory):
 
 
 class OrgMemberFactory(_Factory):
+    """A current member (``removed=True``: one who has since left the org)."""
+
     class Meta:
         model = OrgMember
         exclude = ("org", "account")
@@ -172,6 +194,9 @@ class OrgMemberFactory(_Factory):
     account_id = factory.SelfAttribute("account.id")
     role = "developer"
     joined_at = T0
+
+    class Params:
+        removed = factory.Trait(removed_at=T0, removed_reason="left")
 
 
 class NotificationFactory(_Factory):

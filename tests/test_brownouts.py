@@ -13,17 +13,11 @@ from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import Brownout, Plan, load_plan
 from rollout.phases import brownouts
 from rollout.registry import Registry
-from rollout.registry.engine import session_scope
 from rollout.registry.ledger import utc_now
-from rollout.registry.models import Account, Action, BrownoutWindow, PlanRun, TfaFactor
+from rollout.registry.models import Account, Action, BrownoutWindow, PlanRun
+from tests.factories import AccountFactory
 
 ROOT = Path(__file__).resolve().parent.parent
-T0 = datetime(2021, 6, 1)
-
-
-@pytest.fixture
-def plan() -> Plan:
-    return load_plan(ROOT / "plans" / "npm-2022.yaml")
 
 
 def soon(plan: Plan) -> Plan:
@@ -33,16 +27,14 @@ def soon(plan: Plan) -> Plan:
 
 
 @pytest.fixture
-def accounts(registry: Registry) -> dict[str, int]:
-    with session_scope(registry.engine) as session:
-        people = {
-            n: Account(username=n, email=f"{n}@example.com", email_verified=True, created_at=T0)
-            for n in ("kim", "lee", "max")
-        }
-        session.add_all(people.values())
-        session.flush()
-        session.add(TfaFactor(account_id=people["lee"].id, kind="totp", created_at=T0))
-        return {n: a.id for n, a in people.items()}
+def accounts(factories: None) -> dict[str, int]:
+    """kim and max without 2FA, lee with TOTP; made in that order (ids ascending)."""
+    people = {
+        "kim": AccountFactory(username="kim"),
+        "lee": AccountFactory(username="lee", with_totp=True),
+        "max": AccountFactory(username="max"),
+    }
+    return {name: account.id for name, account in people.items()}
 
 
 def required(registry: Registry, account_id: int, at: datetime) -> bool:

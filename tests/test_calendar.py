@@ -171,9 +171,8 @@ def test_unplanned_steps_are_recognised_and_calendar_steps_are_not() -> None:
 
 
 def test_every_run_in_plan_runs_is_a_calendar_step_or_unplanned(
-    registry: Registry, factories: None, reference_plan: Plan
+    registry: Registry, factories: None, plan: Plan
 ) -> None:
-    plan = reference_plan
     AccountFactory(username="ann", in_cohort="top-100", sessions=1)
     AccountFactory(username="ben", with_totp=True, in_cohort="top-100")
     owner = AccountFactory(username="ola", with_totp=True)

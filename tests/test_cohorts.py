@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from rollout import cohorts, metrics, warehouse
 from rollout.core.errors import BadInput
-from rollout.core.plan import CohortRule, Plan, load_plan
+from rollout.core.plan import CohortRule, Plan
 from rollout.registry import Registry
 from rollout.registry.engine import session_scope
 from rollout.registry.models import (
@@ -30,7 +30,6 @@ from rollout.registry.models import (
 )
 from rollout.warehouse import ingest
 
-ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2021, 6, 1)
 D1 = date(2022, 2, 1)
 D2 = date(2022, 2, 8)
@@ -52,9 +51,10 @@ MANIFESTS = [
 
 
 @pytest.fixture
-def plan() -> Plan:
-    reference = load_plan(ROOT / "plans" / "npm-2022.yaml")
-    return reference.model_copy(
+def small_cohorts_plan(plan: Plan) -> Plan:
+    """The reference plan with cohorts the few packages here can fill: top-1 and a
+    high-impact of lower thresholds."""
+    return plan.model_copy(
         update={
             "cohorts": {
                 "top-1": CohortRule(top_by_dependents=1),
@@ -163,10 +163,10 @@ def action_count(registry: Registry) -> int:
 def test_maintainers_and_team_publishers_make_the_cohort(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,
-    plan: Plan,
+    small_cohorts_plan: Plan,
     people: dict[str, int],
 ) -> None:
-    results = build(con, registry, plan, D1)
+    results = build(con, registry, small_cohorts_plan, D1)
     assert sorted(results["high-impact"].packages_entered) == ["big", "core"]
     assert accounts_of(con, "high-impact", D1) == {
         "alice": ("none", ["big"], ["maintainer"]),
@@ -191,11 +191,11 @@ def test_maintainers_and_team_publishers_make_the_cohort(
 def test_a_package_that_dips_stays_in_its_cohort(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,
-    plan: Plan,
+    small_cohorts_plan: Plan,
     people: dict[str, int],
 ) -> None:
-    build(con, registry, plan, D1)
-    later = build(con, registry, plan, D2)["high-impact"]
+    build(con, registry, small_cohorts_plan, D1)
+    later = build(con, registry, small_cohorts_plan, D2)["high-impact"]
     assert later.packages == 2 and later.packages_qualifying_today == 1
     assert con.execute(
         "select package, first_qualified_on, qualifies_today from cohort_package_snapshots "
@@ -208,12 +208,12 @@ def test_a_package_that_dips_stays_in_its_cohort(
 def test_rerunning_a_day_writes_nothing_twice(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,
-    plan: Plan,
+    small_cohorts_plan: Plan,
     people: dict[str, int],
 ) -> None:
-    build(con, registry, plan, D1)
+    build(con, registry, small_cohorts_plan, D1)
     before = action_count(registry)
-    again = build(con, registry, plan, D1)
+    again = build(con, registry, small_cohorts_plan, D1)
     assert action_count(registry) == before
     assert again["high-impact"].packages_entered == []
     assert again["high-impact"].accounts_entered == 0
@@ -226,10 +226,10 @@ def test_rerunning_a_day_writes_nothing_twice(
 def test_release_previews_then_takes_the_package_out_with_an_audit_row(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,
-    plan: Plan,
+    small_cohorts_plan: Plan,
     people: dict[str, int],
 ) -> None:
-    build(con, registry, plan, D1)
+    build(con, registry, small_cohorts_plan, D1)
     preview = cohorts.release_preview(registry, "high-impact", "BIG")
     assert "1 account(s) are in high-impact only through it" in preview
     cohorts.release_package(registry, "high-impact", "big", reason="inflated downloads", actor="rm")
@@ -246,7 +246,7 @@ def test_release_previews_then_takes_the_package_out_with_an_audit_row(
         ).all()
     assert tuple(released) == ("inflated downloads", "rm")
     assert [tuple(a) for a in audit] == [("cohort_package_release", "inflated downloads", "rm")]
-    after = build(con, registry, plan, D2)["high-impact"]
+    after = build(con, registry, small_cohorts_plan, D2)["high-impact"]
     assert after.accounts_left == 1
     assert "alice" not in accounts_of(con, "high-impact", D2)
     with pytest.raises(BadInput, match="already released"):
@@ -256,43 +256,45 @@ def test_release_previews_then_takes_the_package_out_with_an_audit_row(
 def test_cohorts_need_that_days_metrics(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,
-    plan: Plan,
+    small_cohorts_plan: Plan,
 ) -> None:
     with pytest.raises(
         BadInput,
         match="no package metrics for 2022-02-01: run `rollout metrics --as-of 2022-02-01` first",
     ):
-        cohorts.build_cohorts(con, registry, plan, D1, actor="test")
+        cohorts.build_cohorts(con, registry, small_cohorts_plan, D1, actor="test")
 
 
 def test_a_gap_in_the_weekly_window_refuses_unless_allowed(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,
-    plan: Plan,
+    small_cohorts_plan: Plan,
     people: dict[str, int],
 ) -> None:
     late = date(2022, 2, 10)  # the window runs to 2022-02-09; data ends 2022-02-07
-    report = metrics.compute_metrics(con, late, plan.metrics)
+    report = metrics.compute_metrics(con, late, small_cohorts_plan.metrics)
     assert report.missing_days == [date(2022, 2, 8), date(2022, 2, 9)]
     with pytest.raises(
         BadInput,
         match=r"missing for 2 of the 7 days of 2022-02-10's weekly window "
         r"\(2022-02-03\.\.2022-02-09\): 2022-02-08\.\.2022-02-09\. Load it",
     ):
-        cohorts.build_cohorts(con, registry, plan, late, actor="test")
-    assert cohorts.build_cohorts(con, registry, plan, late, actor="test", allow_gaps=True)
+        cohorts.build_cohorts(con, registry, small_cohorts_plan, late, actor="test")
+    assert cohorts.build_cohorts(
+        con, registry, small_cohorts_plan, late, actor="test", allow_gaps=True
+    )
 
 
 def test_a_day_past_the_data_names_the_weekly_window_and_where_the_data_ends(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,
-    plan: Plan,
+    small_cohorts_plan: Plan,
     people: dict[str, int],
 ) -> None:
     later = date(2022, 6, 1)  # data ends 2022-02-07: the whole monthly window is missing
-    assert len(metrics.compute_metrics(con, later, plan.metrics).missing_days) == 30
+    assert len(metrics.compute_metrics(con, later, small_cohorts_plan.metrics).missing_days) == 30
     with pytest.raises(BadInput) as refused:
-        cohorts.build_cohorts(con, registry, plan, later, actor="test")
+        cohorts.build_cohorts(con, registry, small_cohorts_plan, later, actor="test")
     assert str(refused.value) == (
         "download data is missing for every day of 2022-06-01's weekly window "
         "(2022-05-25..2022-05-31); the latest download data loaded is for 2022-02-07. "
@@ -310,10 +312,10 @@ def test_day_ranges_joins_consecutive_days() -> None:
 def test_simulate_writes_nothing(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,
-    plan: Plan,
+    small_cohorts_plan: Plan,
     people: dict[str, int],
 ) -> None:
-    metrics.compute_metrics(con, D1, plan.metrics)
+    metrics.compute_metrics(con, D1, small_cohorts_plan.metrics)
     from rollout.warehouse.extract import extract_registry
 
     extract_registry(con, registry)

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import re
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
-from rollout.core.plan import Plan, load_plan
-from rollout.notify.examples import EXAMPLE_RECIPIENTS, example_stored
-from rollout.notify.render import Rendered, render
+from rollout.core.plan import Plan
+from rollout.notify.render import Rendered
+from tests.support.emails import CASE_IDS, CASES, render_example
 
-from .test_emails import CASE_IDS, CASES
-
-ROOT = Path(__file__).resolve().parent.parent
 URL = re.compile(r"https?://[^\s<>\"')]+")
 # Where a text part's phrases break: punctuation, quotes, the ends of lines (it wraps).
 BREAKS = re.compile(r"[.,:;!?\"\n]")
@@ -102,20 +98,11 @@ def lacking(text: str, visible: str, outside_links: str) -> tuple[list[str], lis
     return not_in_html, not_in_text
 
 
-@pytest.fixture(scope="module")
-def plan() -> Plan:
-    return load_plan(ROOT / "plans" / "npm-2022.yaml")
-
-
-def _render(name: str, variant: str, plan: Plan) -> Rendered:
-    return render(name, EXAMPLE_RECIPIENTS[variant], example_stored(name, plan), plan)
-
-
 @pytest.mark.parametrize(("name", "variant"), CASES, ids=CASE_IDS)
 def test_the_html_part_says_everything_the_text_part_says(
     name: str, variant: str, plan: Plan
 ) -> None:
-    text, visible, outside_links, links = parts(_render(name, variant, plan))
+    text, visible, outside_links, links = parts(render_example(name, variant, plan))
     not_in_html, not_in_text = lacking(text, visible, outside_links)
     assert not_in_html == [], f"{name}-{variant}: the HTML part lacks {not_in_html}"
     assert not_in_text == [], f"{name}-{variant}: the text part lacks {not_in_text}"
@@ -129,7 +116,7 @@ def test_the_html_part_says_everything_the_text_part_says(
 
 def test_the_comparison_sees_a_lost_sentence(plan: Plan) -> None:
     """The check itself: a sentence only one part has is found, either way."""
-    rendered = _render("reminder", "non-compliant", plan)
+    rendered = render_example("reminder", "non-compliant", plan)
     extra = "Your packages are safe with us."
     text_only = Rendered(rendered.subject, f"{rendered.text}\n{extra}\n", rendered.html)
     html_only = Rendered(

@@ -24,29 +24,19 @@ from typing import Any
 import jinja2
 import pytest
 
-from rollout.core.plan import Plan, load_plan
+from rollout.core.plan import Plan
 from rollout.notify.emails import EMAILS, Recipient
 from rollout.notify.examples import EXAMPLE_RECIPIENTS, example_stored
 from rollout.notify.message import DeliveryFailed, Message
 from rollout.notify.render import Rendered, render, template_names
 from rollout.notify.senders import FileSender, SendGridSender
-
-from .hostile import HEADERS
+from tests.hostile import HEADERS
+from tests.support.emails import CASE_IDS, CASES, render_example
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden" / "emails"
 TEMPLATES = ROOT / "rollout" / "notify" / "templates"
 UPDATE_GOLDEN = os.environ.get("ROLLOUT_UPDATE_GOLDEN") == "1"
-
-# (email, variant) for every example recipient each email reaches: a compliant account
-# gets nothing at all from a "skip" email, so there is nothing to pin down.
-CASES = [
-    (name, variant)
-    for name, definition in EMAILS.items()
-    for variant, recipient in EXAMPLE_RECIPIENTS.items()
-    if not (recipient.compliant and definition.when_compliant == "skip")
-]
-CASE_IDS = [f"{name}-{variant}" for name, variant in CASES]
 
 # What an account that already uses 2FA must never be told.
 WARNINGS = (
@@ -62,15 +52,6 @@ WARNINGS = (
 HOSTILE_USERNAME = "<script>alert(1)</script>\"'&"
 HOSTILE_PACKAGES = ('<img src=x onerror="alert(1)">', "@evil/\"quoted\"'pkg'", "a&b<i>")
 HOSTILE_ORG = "example-org\r\nBcc: victim@example.com"
-
-
-@pytest.fixture(scope="module")
-def plan() -> Plan:
-    return load_plan(ROOT / "plans" / "npm-2022.yaml")
-
-
-def render_example(name: str, variant: str, plan: Plan) -> Rendered:
-    return render(name, EXAMPLE_RECIPIENTS[variant], example_stored(name, plan), plan)
 
 
 def words(text: str) -> str:

@@ -3,38 +3,33 @@ guards, audit rows, and exactly once across crashes and reruns."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 from rollout.core.errors import GuardRefused
-from rollout.core.plan import ExemptAccount, Exemptions, Plan, load_plan
+from rollout.core.plan import ExemptAccount, Exemptions, Plan
 from rollout.phases import enforce
 from rollout.phases.previews import preview_markdown, save_preview, saved_previews
 from rollout.phases.timeline import plan_steps, step_states
 from rollout.registry import Registry
-from rollout.registry.engine import session_scope
 from rollout.registry.ledger import start_run
 from rollout.registry.models import (
     Account,
     Action,
-    CohortMembership,
     Notification,
     PlanRun,
-    TfaFactor,
     WebSession,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-T0 = datetime(2021, 6, 1)
+from tests.factories import AccountFactory, FactorFactory, existing_account
 
 
 @pytest.fixture
-def plan() -> Plan:
-    reference = load_plan(ROOT / "plans" / "npm-2022.yaml")
-    return reference.model_copy(
+def plan_exempting_carol(plan: Plan) -> Plan:
+    """The reference plan, which exempts nobody, with carol exempted."""
+    return plan.model_copy(
         update={
             "exemptions": Exemptions(
                 accounts=[ExemptAccount(username="carol", reason="security team service account")]
@@ -44,47 +39,19 @@ def plan() -> Plan:
 
 
 @pytest.fixture
-def ids(registry: Registry) -> dict[str, int]:
+def ids(factories: None) -> dict[str, int]:
     """alice: no 2FA, 2 live sessions. bob: TOTP. carol: no 2FA, exempt. dave: no 2FA,
     one live and one already revoked session. erin: no 2FA, left the cohort."""
-    with session_scope(registry.engine) as session:
-        accounts = {
-            n: Account(username=n, email=f"{n}@example.com", email_verified=True, created_at=T0)
-            for n in ("alice", "bob", "carol", "dave", "erin")
-        }
-        session.add_all(accounts.values())
-        session.flush()
-        found = {n: a.id for n, a in accounts.items()}
-        session.add(TfaFactor(account_id=found["bob"], kind="totp", created_at=T0))
-        for name, live, revoked in (
-            ("alice", 2, 0),
-            ("bob", 1, 0),
-            ("carol", 1, 0),
-            ("dave", 1, 1),
-            ("erin", 1, 0),
-        ):
-            session.add_all(WebSession(account_id=found[name], created_at=T0) for _ in range(live))
-            session.add_all(
-                WebSession(
-                    account_id=found[name],
-                    created_at=T0,
-                    revoked_at=T0,
-                    revoked_reason="signed out",
-                )
-                for _ in range(revoked)
-            )
-        for name in found:
-            session.add(
-                CohortMembership(
-                    cohort="top-100",
-                    account_id=found[name],
-                    packages=["pkg"],
-                    first_qualified_on=date(2022, 1, 3),
-                    last_qualified_on=date(2022, 1, 3),
-                    left_on=date(2022, 1, 10) if name == "erin" else None,
-                )
-            )
-    return found
+    accounts = {
+        "alice": AccountFactory(username="alice", sessions=2, in_cohort="top-100"),
+        "bob": AccountFactory(username="bob", with_totp=True, sessions=1, in_cohort="top-100"),
+        "carol": AccountFactory(username="carol", sessions=1, in_cohort="top-100"),
+        "dave": AccountFactory(
+            username="dave", sessions=1, revoked_sessions=1, in_cohort="top-100"
+        ),
+        "erin": AccountFactory(username="erin", sessions=1, left_cohort="top-100"),
+    }
+    return {name: account.id for name, account in accounts.items()}
 
 
 def count(registry: Registry, model: type, *where: object) -> int:
@@ -111,9 +78,11 @@ def live_sessions(registry: Registry, account_id: int) -> int:
 
 
 def test_preview_lists_exactly_the_non_compliant(
-    registry: Registry, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
 ) -> None:
-    preview = enforce.preview_phase(registry, plan, plan.phase("top-100"))
+    preview = enforce.preview_phase(
+        registry, plan_exempting_carol, plan_exempting_carol.phase("top-100")
+    )
     assert [t.username for t in preview.targets] == ["alice", "dave"]
     assert preview.sessions == 3
     assert (preview.compliant, preview.exempted) == (1, ["carol"])
@@ -121,16 +90,20 @@ def test_preview_lists_exactly_the_non_compliant(
 
 
 def test_a_preview_after_enforcement_tells_whom_the_phase_requires_already(
-    registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
     """alice and dave stay on the list once enforced (still without 2FA): the preview
     says the phase requires them already, not that they would be required."""
-    before = enforce.preview_phase(registry, plan, plan.phase("top-100"))
+    before = enforce.preview_phase(
+        registry, plan_exempting_carol, plan_exempting_carol.phase("top-100")
+    )
     assert [t.required_by_phase for t in before.targets] == [False, False]
     assert (before.required_by_phase, before.newly_required) == (0, 2)
-    enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
+    enforce.enforce_phase(registry, plan_exempting_carol, "top-100", expect=2, actor="rm")
 
-    after = enforce.preview_phase(registry, plan, plan.phase("top-100"))
+    after = enforce.preview_phase(
+        registry, plan_exempting_carol, plan_exempting_carol.phase("top-100")
+    )
     assert [(t.username, t.required_by_phase) for t in after.targets] == [
         ("alice", True),
         ("dave", True),
@@ -138,13 +111,15 @@ def test_a_preview_after_enforcement_tells_whom_the_phase_requires_already(
     assert (after.count, after.required_by_phase, after.newly_required) == (2, 2, 0)
     # Another phase's requirement sets the account's flag, not this phase's column.
     other = enforce.preview_phase(
-        registry, plan, plan.phase("top-100").model_copy(update={"name": "other"})
+        registry,
+        plan_exempting_carol,
+        plan_exempting_carol.phase("top-100").model_copy(update={"name": "other"}),
     )
     assert [(t.already_required, t.required_by_phase) for t in other.targets] == [
         (True, False),
         (True, False),
     ]
-    saved = save_preview(plan, after, tmp_path, actor="rm")
+    saved = save_preview(plan_exempting_carol, after, tmp_path, actor="rm")
     markdown = preview_markdown(saved)
     assert "| of which this phase requires already (enforced) | 2 |" in markdown
     assert "| of which it would newly require | 0 |" in markdown
@@ -154,15 +129,17 @@ def test_a_preview_after_enforcement_tells_whom_the_phase_requires_already(
     [record] = saved_previews(tmp_path)
     assert (record["required_by_phase"], record["newly_required"]) == (2, 0)
 
-    enforce.rollback_phase(registry, plan, "top-100", actor="rm")
-    rolled_back = enforce.preview_phase(registry, plan, plan.phase("top-100"))
+    enforce.rollback_phase(registry, plan_exempting_carol, "top-100", actor="rm")
+    rolled_back = enforce.preview_phase(
+        registry, plan_exempting_carol, plan_exempting_carol.phase("top-100")
+    )
     assert rolled_back.required_by_phase == 0
 
 
 def test_the_cli_preview_after_enforcement_counts_the_already_required(
     registry: Registry,
     registry_url: str,
-    plan: Plan,
+    plan_exempting_carol: Plan,
     ids: dict[str, int],
     rollout_home: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -172,7 +149,7 @@ def test_the_cli_preview_after_enforcement_counts_the_already_required(
     from rollout.cli import app
 
     monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
-    enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
+    enforce.enforce_phase(registry, plan_exempting_carol, "top-100", expect=2, actor="rm")
     # The CLI reads the reference plan, which exempts nobody: carol is new to the list.
     result = CliRunner().invoke(app, ["phase", "preview", "top-100", "--format", "json"])
     assert result.exit_code == 0, result.stderr
@@ -185,26 +162,28 @@ def test_the_cli_preview_after_enforcement_counts_the_already_required(
 
 
 def test_a_wrong_expected_count_refuses_and_changes_nothing(
-    registry: Registry, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
 ) -> None:
     with pytest.raises(GuardRefused, match="would change 2 accounts, not the 3 expected"):
-        enforce.enforce_phase(registry, plan, "top-100", expect=3, actor="rm")
+        enforce.enforce_phase(registry, plan_exempting_carol, "top-100", expect=3, actor="rm")
     assert required(registry) == set() and count(registry, Action) == 0
 
 
 def test_the_blast_radius_limit_refuses(
-    registry: Registry, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
 ) -> None:
-    phases = [p.model_copy(update={"max_accounts": 1}) for p in plan.phases]
-    small = plan.model_copy(update={"phases": phases})
+    phases = [p.model_copy(update={"max_accounts": 1}) for p in plan_exempting_carol.phases]
+    small = plan_exempting_carol.model_copy(update={"phases": phases})
     with pytest.raises(GuardRefused, match="over the plan's blast-radius limit of 1"):
         enforce.enforce_phase(registry, small, "top-100", expect=2, actor="rm")
 
 
 def test_enforce_flags_revokes_audits_and_queues_once(
-    registry: Registry, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
 ) -> None:
-    result = enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm", batch_size=1)
+    result = enforce.enforce_phase(
+        registry, plan_exempting_carol, "top-100", expect=2, actor="rm", batch_size=1
+    )
     assert (
         result.accounts_flagged,
         result.sessions_revoked,
@@ -222,7 +201,7 @@ def test_enforce_flags_revokes_audits_and_queues_once(
     assert count(registry, Action, Action.action == "tfa_required") == 2
     assert count(registry, Action, Action.action == "revoke_session") == 3
     assert count(registry, Notification, Notification.email == "enforcement_notice") == 2
-    again = enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
+    again = enforce.enforce_phase(registry, plan_exempting_carol, "top-100", expect=2, actor="rm")
     assert (again.accounts_flagged, again.sessions_revoked, again.emails_queued) == (0, 0, 0)
     assert count(registry, Action, Action.action.in_(["tfa_required", "revoke_session"])) == 5
     assert count(registry, Notification) == 2
@@ -230,7 +209,7 @@ def test_enforce_flags_revokes_audits_and_queues_once(
 
 def test_a_crash_between_batches_then_a_rerun_finishes_exactly_once(
     registry: Registry,
-    plan: Plan,
+    plan_exempting_carol: Plan,
     ids: dict[str, int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -244,14 +223,18 @@ def test_a_crash_between_batches_then_a_rerun_finishes_exactly_once(
 
     monkeypatch.setattr(enforce, "_enforce_batch", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
-        enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm", batch_size=1)
+        enforce.enforce_phase(
+            registry, plan_exempting_carol, "top-100", expect=2, actor="rm", batch_size=1
+        )
     assert required(registry) == {"alice"}
     with registry.engine.connect() as connection:
         interrupted = connection.execute(select(PlanRun.state, PlanRun.summary)).one()
     assert interrupted.state == "failed"
     assert interrupted.summary["accounts_flagged"] == 1
     monkeypatch.setattr(enforce, "_enforce_batch", real)
-    enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm", batch_size=1)
+    enforce.enforce_phase(
+        registry, plan_exempting_carol, "top-100", expect=2, actor="rm", batch_size=1
+    )
     assert required(registry) == {"alice", "dave"}
     assert count(registry, Action, Action.action == "tfa_required") == 2
     assert count(registry, Action, Action.action == "revoke_session") == 3
@@ -259,15 +242,14 @@ def test_a_crash_between_batches_then_a_rerun_finishes_exactly_once(
 
 
 def test_an_account_that_enrolled_since_the_preview_is_left_alone(
-    registry: Registry, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
 ) -> None:
-    with session_scope(registry.engine) as session:
-        session.add(TfaFactor(account_id=ids["alice"], kind="webauthn", created_at=T0))
+    FactorFactory(account=existing_account(ids["alice"]), kind="webauthn")
     with registry.engine.begin() as connection:
         run_id = start_run(connection, plan="p", step="s", mode="apply", actor="rm", parameters={})
         outcome = enforce._enforce_batch(
             connection,
-            plan.phase("top-100"),
+            plan_exempting_carol.phase("top-100"),
             [ids["alice"], ids["dave"]],
             run_id,
             "rm",
@@ -284,34 +266,38 @@ def test_an_account_that_enrolled_since_the_preview_is_left_alone(
 
 
 def test_rollback_clears_the_flags_but_not_the_revocations(
-    registry: Registry, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
 ) -> None:
-    enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
+    enforce.enforce_phase(registry, plan_exempting_carol, "top-100", expect=2, actor="rm")
     assert enforce.rollback_preview(registry, "top-100").cleared == [ids["alice"], ids["dave"]]
-    cleared = enforce.rollback_phase(registry, plan, "top-100", actor="rm").accounts_cleared
+    cleared = enforce.rollback_phase(
+        registry, plan_exempting_carol, "top-100", actor="rm"
+    ).accounts_cleared
     assert cleared == 2 and required(registry) == set()
     assert live_sessions(registry, ids["alice"]) == 0
     assert count(registry, Action, Action.action == "tfa_required_cleared") == 2
-    again = enforce.rollback_phase(registry, plan, "top-100", actor="rm")
+    again = enforce.rollback_phase(registry, plan_exempting_carol, "top-100", actor="rm")
     assert (again.requirements_withdrawn, again.accounts_cleared) == (0, 0)
     assert count(registry, Action, Action.action == "tfa_required_cleared") == 2
 
 
 def test_a_second_run_at_once_is_refused(
-    registry: Registry, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
 ) -> None:
     with (
         registry.lock("enforce"),
         pytest.raises(GuardRefused, match="another enforce run"),
     ):
-        enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
+        enforce.enforce_phase(registry, plan_exempting_carol, "top-100", expect=2, actor="rm")
 
 
 def test_a_saved_preview_keeps_the_list_and_its_record_and_writes_nothing_to_the_registry(
-    registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
-    preview = enforce.preview_phase(registry, plan, plan.phase("top-100"))
-    saved = save_preview(plan, preview, tmp_path, actor="rm")
+    preview = enforce.preview_phase(
+        registry, plan_exempting_carol, plan_exempting_carol.phase("top-100")
+    )
+    saved = save_preview(plan_exempting_carol, preview, tmp_path, actor="rm")
     assert saved.csv_path.parent == tmp_path / "previews"
     lines = saved.csv_path.read_text().splitlines()
     assert lines[0] == (
@@ -337,20 +323,24 @@ def _state(registry: Registry, plan: Plan, what: str, reports: Path | None = Non
 
 
 def test_plan_show_follows_a_phase_from_pending_to_rolled_back(
-    registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
     enforced = "phase top-100 enforced"
-    assert _state(registry, plan, enforced, tmp_path) == "pending"
-    preview = enforce.preview_phase(registry, plan, plan.phase("top-100"))
-    save_preview(plan, preview, tmp_path, actor="rm")
-    assert _state(registry, plan, enforced, tmp_path) == "previewed"
-    enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
-    assert _state(registry, plan, enforced, tmp_path) == "applied"
-    enforce.rollback_phase(registry, plan, "top-100", actor="rm")
-    assert _state(registry, plan, enforced, tmp_path) == "rolled back"
-    assert _state(registry, plan, "ELV opt-in trial ends") == "passed"
-    assert _state(registry, plan, "every account enrolled in ELV") == "pending"
-    assert _state(registry, plan, "brownout-1: 24 h of ELV for all") == "not scheduled"
+    assert _state(registry, plan_exempting_carol, enforced, tmp_path) == "pending"
+    preview = enforce.preview_phase(
+        registry, plan_exempting_carol, plan_exempting_carol.phase("top-100")
+    )
+    save_preview(plan_exempting_carol, preview, tmp_path, actor="rm")
+    assert _state(registry, plan_exempting_carol, enforced, tmp_path) == "previewed"
+    enforce.enforce_phase(registry, plan_exempting_carol, "top-100", expect=2, actor="rm")
+    assert _state(registry, plan_exempting_carol, enforced, tmp_path) == "applied"
+    enforce.rollback_phase(registry, plan_exempting_carol, "top-100", actor="rm")
+    assert _state(registry, plan_exempting_carol, enforced, tmp_path) == "rolled back"
+    assert _state(registry, plan_exempting_carol, "ELV opt-in trial ends") == "passed"
+    assert _state(registry, plan_exempting_carol, "every account enrolled in ELV") == "pending"
+    assert (
+        _state(registry, plan_exempting_carol, "brownout-1: 24 h of ELV for all") == "not scheduled"
+    )
 
 
 def test_plan_show_tells_an_interrupted_enforce_run_from_a_running_one(
@@ -382,14 +372,16 @@ def test_the_timeline_is_in_calendar_order(plan: Plan) -> None:
 
 
 def test_plan_show_at_a_past_time_ignores_the_runs_that_came_after(
-    registry: Registry, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
 ) -> None:
-    enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
-    enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")  # a no-op rerun
-    now = {s.step.label: s for s in step_states(registry, plan)}
+    enforce.enforce_phase(registry, plan_exempting_carol, "top-100", expect=2, actor="rm")
+    enforce.enforce_phase(
+        registry, plan_exempting_carol, "top-100", expect=2, actor="rm"
+    )  # a no-op rerun
+    now = {s.step.label: s for s in step_states(registry, plan_exempting_carol)}
     enforced = now["phase top-100 enforced"]
     assert enforced.state == "applied" and "accounts_flagged 2" in enforced.detail
-    before = step_states(registry, plan, datetime(2022, 2, 2))
+    before = step_states(registry, plan_exempting_carol, datetime(2022, 2, 2))
     assert {s.state for s in before if s.step.key} == {"pending", "not scheduled"}
 
 

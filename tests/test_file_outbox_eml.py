@@ -23,11 +23,11 @@ from rollout.notify.senders import _UNFOLDED, FileSender
 from rollout.registry import Registry
 from rollout.registry.engine import session_scope
 from rollout.registry.models import Account, CohortMembership, Notification
+from tests.support.outbox import NOTICE_DAY, T0, ids
 
 from .hostile import EVERYTHING, HEADERS
-from .test_outbox import NOTICE_DAY, T0, ids, plan
 
-__all__ = ["ids", "plan"]  # fixtures, used by name
+__all__ = ["ids"]  # a fixture, used by name
 
 BASE = Message(
     outbox_id=7,

@@ -15,13 +15,12 @@ import pytest
 from rollout import warehouse
 from rollout.core.errors import BadInput
 from rollout.warehouse import ingest, landing
+from tests.support.ingest import LIMIT, NOTHING, NOW, load, row_counts
 
 from .conftest import DATA, typed_parquet_downloads
 
 BAD = DATA / "bad"
 GOOD = DATA / "good"
-NOW = datetime(2022, 2, 1, 12, 0)
-LIMIT = 0.01
 
 
 @pytest.fixture
@@ -30,31 +29,6 @@ def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
     yield connection
     connection.close()
 
-
-def load(con: duckdb.DuckDBPyConnection, path: Path, limit: float = LIMIT) -> ingest.FileResult:
-    return ingest.ingest_file(con, landing.classify(path), quarantine_limit=limit, now=NOW)
-
-
-def row_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    tables = (
-        "ingested_files",
-        "raw_downloads",
-        "raw_manifests",
-        "raw_dependencies",
-        "raw_logins",
-        "quarantine",
-    )
-    return {t: warehouse.scalar(con, f"select count(*) from {t}") for t in tables}
-
-
-NOTHING = {
-    "ingested_files": 0,
-    "raw_downloads": 0,
-    "raw_manifests": 0,
-    "raw_dependencies": 0,
-    "raw_logins": 0,
-    "quarantine": 0,
-}
 
 # One file per failure class: (file, line named, reason named).
 BAD_CASES = [

@@ -16,8 +16,7 @@ import pytest
 from rollout import warehouse
 from rollout.core.errors import BadInput
 from rollout.warehouse import landing
-
-from .test_ingest import NOTHING, load, row_counts
+from tests.support.ingest import NOTHING, load, row_counts
 
 
 def zstd(data: bytes) -> bytes:

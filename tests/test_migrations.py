@@ -96,7 +96,7 @@ def _assert_matches_the_models(engine: Engine) -> None:
 
 
 @pytest.fixture
-def populated(empty_registry_url: str, tmp_path: Path, reference_plan: Plan) -> Iterator[Engine]:
+def populated(empty_registry_url: str, tmp_path: Path, plan: Plan) -> Iterator[Engine]:
     """A registry at the newest revision with realistic rows in every table."""
     url = empty_registry_url
     registry = Registry(url)
@@ -115,20 +115,20 @@ def populated(empty_registry_url: str, tmp_path: Path, reference_plan: Plan) -> 
         AccountFactory(with_totp=True, sessions=1, in_cohort=PHASE)
         CohortPackageFactory(cohort=PHASE)
     with registry:
-        brownouts.schedule(registry, reference_plan, actor="rehearsal")
+        brownouts.schedule(registry, plan, actor="rehearsal")
         outbox.suppress(registry, "nobody@example.com", reason="bounced", actor="rehearsal")
         # The notice, then both reminders (14 and 3 days before 2022-02-01): one account,
         # one email kind, one phase, two occasions.
         for day in (date(2022, 1, 4), date(2022, 1, 18), date(2022, 1, 29)):
-            outbox.queue_due(registry, reference_plan, day, actor="rehearsal")
+            outbox.queue_due(registry, plan, day, actor="rehearsal")
 
         def enforce_now() -> None:
-            phase = reference_plan.phase(PHASE)
-            count = enforce.preview_phase(registry, reference_plan, phase).count
-            enforce.enforce_phase(registry, reference_plan, PHASE, expect=count, actor="rehearsal")
+            phase = plan.phase(PHASE)
+            count = enforce.preview_phase(registry, plan, phase).count
+            enforce.enforce_phase(registry, plan, PHASE, expect=count, actor="rehearsal")
 
         enforce_now()
-        enforce.rollback_phase(registry, reference_plan, PHASE, actor="rehearsal")
+        enforce.rollback_phase(registry, plan, PHASE, actor="rehearsal")
         enforce_now()
     yield engine
     engine.dispose()

@@ -39,18 +39,16 @@ def test_an_org_with_the_longest_allowed_name_can_be_enforced(
 
 
 def test_a_phase_and_cohort_with_the_longest_allowed_names_enforce_and_roll_back(
-    registry: Registry, reference_plan: Plan, factories: None
+    registry: Registry, plan: Plan, factories: None
 ) -> None:
     name = "p" * PLAN_NAME_LIMIT
-    plan = reference_plan.model_copy(
-        update={
-            "phases": [reference_plan.phases[0].model_copy(update={"name": name, "cohort": name})]
-        }
+    long_named = plan.model_copy(
+        update={"phases": [plan.phases[0].model_copy(update={"name": name, "cohort": name})]}
     )
     AccountFactory(username="u" * REGISTRY_NAME_LIMIT, in_cohort=name, sessions=1)
 
-    enforced = enforce.enforce_phase(registry, plan, name, expect=1, actor="rm")
-    rolled_back = enforce.rollback_phase(registry, plan, name, actor="rm")
+    enforced = enforce.enforce_phase(registry, long_named, name, expect=1, actor="rm")
+    rolled_back = enforce.rollback_phase(registry, long_named, name, actor="rm")
 
     assert (enforced.accounts_required, enforced.sessions_revoked) == (1, 1)
     assert rolled_back.accounts_cleared == 1

@@ -2,53 +2,37 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import pytest
 from sqlalchemy import func, select
 
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.phases import orgs
 from rollout.registry import Registry
-from rollout.registry.engine import session_scope
-from rollout.registry.models import Account, Action, Notification, Org, OrgMember, TfaFactor
-
-T0 = datetime(2021, 6, 1)
+from rollout.registry.models import Account, Action, Notification, Org
+from tests.factories import AccountFactory, OrgFactory, OrgMemberFactory
 
 
 @pytest.fixture
-def acme(registry: Registry) -> dict[str, int]:
+def acme(factories: None) -> dict[str, int]:
     """owner ada (WebAuthn), owner bo (none), admin cy (TOTP), developers di (none) and
     ed (none, already removed)."""
-    with session_scope(registry.engine) as session:
-        people = {
-            n: Account(username=n, email=f"{n}@example.com", email_verified=True, created_at=T0)
-            for n in ("ada", "bo", "cy", "di", "ed")
-        }
-        session.add_all(people.values())
-        org = Org(name="acme", created_at=T0)
-        session.add(org)
-        session.flush()
-        session.add(TfaFactor(account_id=people["ada"].id, kind="webauthn", created_at=T0))
-        session.add(TfaFactor(account_id=people["cy"].id, kind="totp", created_at=T0))
-        for name, role in (
-            ("ada", "owner"),
-            ("bo", "owner"),
-            ("cy", "admin"),
-            ("di", "developer"),
-            ("ed", "developer"),
-        ):
-            session.add(
-                OrgMember(
-                    org_id=org.id,
-                    account_id=people[name].id,
-                    role=role,
-                    joined_at=T0,
-                    removed_at=T0 if name == "ed" else None,
-                    removed_reason="left" if name == "ed" else None,
-                )
-            )
-        return {n: a.id for n, a in people.items()}
+    people = {
+        "ada": AccountFactory(username="ada", with_webauthn=True),
+        "bo": AccountFactory(username="bo"),
+        "cy": AccountFactory(username="cy", with_totp=True),
+        "di": AccountFactory(username="di"),
+        "ed": AccountFactory(username="ed"),
+    }
+    org = OrgFactory(name="acme")
+    for name, role in (
+        ("ada", "owner"),
+        ("bo", "owner"),
+        ("cy", "admin"),
+        ("di", "developer"),
+        ("ed", "developer"),
+    ):
+        OrgMemberFactory(org=org, account=people[name], role=role, removed=name == "ed")
+    return {name: account.id for name, account in people.items()}
 
 
 def test_audit_lists_current_members_with_status(registry: Registry, acme: dict[str, int]) -> None:

@@ -20,86 +20,20 @@ import pytest
 from sqlalchemy import select, update
 
 from rollout.core.errors import RolloutError
-from rollout.core.plan import Plan, load_plan
+from rollout.core.plan import Plan
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.notify import outbox
-from rollout.notify.message import DeliveryFailed, Message
 from rollout.notify.senders import FileSender, SendGridSender
 from rollout.registry import Registry
 from rollout.registry.engine import session_scope
 from rollout.registry.models import Account, CohortMembership, Notification, TfaFactor
+from tests.support.outbox import NOTICE_DAY, T0, Recording, ids, rows
 
 ROOT = Path(__file__).resolve().parent.parent
 REPEAT = "inside the repeat window"
-T0 = datetime(2021, 6, 1)
-NOTICE_DAY = date(2022, 1, 4)  # the reference plan's top-100 notices
 KEY = "SG.test-outbox.k3y-that-must-never-leak"
 
-
-@pytest.fixture
-def plan() -> Plan:
-    return load_plan(ROOT / "plans" / "npm-2022.yaml")
-
-
-@pytest.fixture
-def ids(registry: Registry) -> dict[str, int]:
-    """In the top-100 cohort: ann (no 2FA), ben (TOTP), cat (unverified email), dan
-    (suppressed address). eve has no 2FA and is in no cohort."""
-    with session_scope(registry.engine) as session:
-        accounts = {
-            n: Account(
-                username=n, email=f"{n}@example.com", email_verified=n != "cat", created_at=T0
-            )
-            for n in ("ann", "ben", "cat", "dan", "eve")
-        }
-        session.add_all(accounts.values())
-        session.flush()
-        found = {n: a.id for n, a in accounts.items()}
-        session.add(TfaFactor(account_id=found["ben"], kind="totp", created_at=T0))
-        for name in ("ann", "ben", "cat", "dan"):
-            session.add(
-                CohortMembership(
-                    cohort="top-100",
-                    account_id=found[name],
-                    packages=["zeta-pkg", f"{name}-lib"],
-                    first_qualified_on=date(2022, 1, 3),
-                    last_qualified_on=date(2022, 1, 3),
-                )
-            )
-    outbox.suppress(registry, "DAN@example.com", reason="hard bounce", actor="ops")
-    return found
-
-
-def rows(registry: Registry, email: str | None = None) -> dict[str, tuple[str, str | None]]:
-    """{username: (state, skip reason or error)} of the notifications, one email kind."""
-    with registry.engine.connect() as connection:
-        query = select(
-            Account.username, Notification.state, Notification.skip_reason, Notification.error
-        ).join(Account, Account.id == Notification.account_id)
-        if email:
-            query = query.where(Notification.email == email)
-        return {u: (s, r or e) for u, s, r, e in connection.execute(query)}
-
-
-class Recording:
-    """A sender that keeps what it was given."""
-
-    name = "recording"
-
-    def __init__(self, fail_for: str = "", misconfigured: bool = False) -> None:
-        self.sent: list[Message] = []
-        self.fail_for = fail_for
-        self.misconfigured = misconfigured
-
-    def send(self, message: Message) -> str:
-        if self.misconfigured:
-            from rollout.notify.senders import SenderMisconfigured
-
-            raise SenderMisconfigured("SendGrid answered 401: check the API key")
-        if message.to_name == self.fail_for:
-            raise DeliveryFailed("SendGrid answered 400: bad recipient", permanent=True)
-        self.sent.append(message)
-        return f"id-{message.outbox_id}"
+__all__ = ["ids"]  # a fixture, used by name
 
 
 # --- queueing --------------------------------------------------------------------------

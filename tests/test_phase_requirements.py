@@ -37,10 +37,10 @@ PHASES = ("p1", "p2", "p3")
 
 
 @pytest.fixture
-def plan(reference_plan: Plan) -> Plan:
+def three_phase_plan(plan: Plan) -> Plan:
     """Three phases over three cohorts named like them, in small batches."""
-    template = reference_plan.phases[0]
-    return reference_plan.model_copy(
+    template = plan.phases[0]
+    return plan.model_copy(
         update={
             "phases": [
                 template.model_copy(update={"name": name, "cohort": name, "batch_size": 2})
@@ -91,11 +91,11 @@ def overlap(factories: None) -> dict[str, set[int]]:
 
 
 def test_rolling_back_one_of_two_overlapping_phases_keeps_what_the_other_requires(
-    registry: Registry, plan: Plan, overlap: dict[str, set[int]]
+    registry: Registry, three_phase_plan: Plan, overlap: dict[str, set[int]]
 ) -> None:
-    first = run(registry, plan, "p1")
+    first = run(registry, three_phase_plan, "p1")
     assert (first.accounts_required, first.accounts_flagged) == (4, 4)
-    second = run(registry, plan, "p2")
+    second = run(registry, three_phase_plan, "p2")
     # p2 requires all five of its accounts without 2FA, though only two are new flags.
     assert (second.accounts_required, second.accounts_flagged) == (5, 2)
     assert actions(registry, "tfa_required") == 9
@@ -105,32 +105,32 @@ def test_rolling_back_one_of_two_overlapping_phases_keeps_what_the_other_require
     assert {a.account_id for a in preview.kept} == overlap["shared"]
     assert all(a.still_required_by == ("p2",) for a in preview.kept)
 
-    result = enforce.rollback_phase(registry, plan, "p1", actor="rm")
+    result = enforce.rollback_phase(registry, three_phase_plan, "p1", actor="rm")
     assert (result.requirements_withdrawn, result.accounts_cleared) == (4, 1)
     assert required(registry) == overlap["shared"] | overlap["only_p2"]
     assert actions(registry, "tfa_required_withdrawn") == 4
     assert actions(registry, "tfa_required_cleared") == 1
-    states = {s.step.key: s.state for s in step_states(registry, plan)}
+    states = {s.step.key: s.state for s in step_states(registry, three_phase_plan)}
     assert states["phase p1"] == "rolled back" and states["phase p2"] == "applied"
 
 
 def test_rolling_back_every_phase_clears_every_requirement(
-    registry: Registry, plan: Plan, overlap: dict[str, set[int]]
+    registry: Registry, three_phase_plan: Plan, overlap: dict[str, set[int]]
 ) -> None:
-    run(registry, plan, "p1")
-    enforce.rollback_phase(registry, plan, "p1", actor="rm")
-    run(registry, plan, "p2")
+    run(registry, three_phase_plan, "p1")
+    enforce.rollback_phase(registry, three_phase_plan, "p1", actor="rm")
+    run(registry, three_phase_plan, "p2")
     assert required(registry) == overlap["shared"] | overlap["only_p2"]
-    result = enforce.rollback_phase(registry, plan, "p2", actor="rm")
+    result = enforce.rollback_phase(registry, three_phase_plan, "p2", actor="rm")
     assert (result.requirements_withdrawn, result.accounts_cleared) == (5, 5)
     assert required(registry) == set() and requirements(registry) == set()
 
 
 def test_a_rollback_withdraws_the_emails_its_enforcement_queued_and_has_not_sent(
-    registry: Registry, plan: Plan, overlap: dict[str, set[int]]
+    registry: Registry, three_phase_plan: Plan, overlap: dict[str, set[int]]
 ) -> None:
-    run(registry, plan, "p1")
-    run(registry, plan, "p2")
+    run(registry, three_phase_plan, "p1")
+    run(registry, three_phase_plan, "p2")
     with registry.engine.begin() as connection:
         # One of p1's notices already went out: it stays as it is.
         sent = connection.scalars(
@@ -138,7 +138,9 @@ def test_a_rollback_withdraws_the_emails_its_enforcement_queued_and_has_not_sent
         ).one()
         connection.execute(update(Notification).where(Notification.id == sent).values(state="sent"))
     assert enforce.rollback_preview(registry, "p1").queued_emails == 3
-    assert enforce.rollback_phase(registry, plan, "p1", actor="rm").emails_withdrawn == 3
+    assert (
+        enforce.rollback_phase(registry, three_phase_plan, "p1", actor="rm").emails_withdrawn == 3
+    )
     with registry.engine.connect() as connection:
         by_state = dict(
             connection.execute(
@@ -188,7 +190,7 @@ cohorts = st.lists(st.sets(st.sampled_from(PHASES)), min_size=8, max_size=8)
 @given(memberships=cohorts, steps=operations)
 def test_required_means_some_applied_phase_requires_it(
     registry: Registry,
-    plan: Plan,
+    three_phase_plan: Plan,
     factories: None,
     memberships: list[set[str]],
     steps: list[tuple[str, object]],
@@ -222,7 +224,7 @@ def test_required_means_some_applied_phase_requires_it(
             phase = str(arg)
             cohort = {a for a, names in zip(accounts, memberships, strict=True) if phase in names}
             before = applied.get(phase, set())
-            result = run(registry, plan, phase)
+            result = run(registry, three_phase_plan, phase)
             applied[phase] = before | (cohort - enrolled)
             assert result.accounts_required == len(applied[phase] - before)
         else:
@@ -231,7 +233,7 @@ def test_required_means_some_applied_phase_requires_it(
             others = set().union(*applied.values()) if applied else set()
             preview = enforce.rollback_preview(registry, phase)
             assert set(preview.cleared) == mine - others
-            result = enforce.rollback_phase(registry, plan, phase, actor="rm")
+            result = enforce.rollback_phase(registry, three_phase_plan, phase, actor="rm")
             assert result.requirements_withdrawn == len(mine)
             assert result.accounts_cleared == len(mine - others)
         required_accounts = set().union(*applied.values()) if applied else set()
@@ -240,16 +242,16 @@ def test_required_means_some_applied_phase_requires_it(
 
 
 def test_the_migration_rebuilds_requirements_from_what_enforcement_left(
-    registry: Registry, plan: Plan, overlap: dict[str, set[int]]
+    registry: Registry, three_phase_plan: Plan, overlap: dict[str, set[int]]
 ) -> None:
     """A registry enforced before revision 0005 has no requirement rows: upgrading
     rebuilds them from the audit rows and emails each enforcement left."""
-    run(registry, plan, "p1")
-    run(registry, plan, "p2")
-    run(registry, plan, "p3")  # an empty cohort: requires nobody
-    enforce.rollback_phase(registry, plan, "p1", actor="rm")
-    run(registry, plan, "p1")
-    enforce.rollback_phase(registry, plan, "p2", actor="rm")
+    run(registry, three_phase_plan, "p1")
+    run(registry, three_phase_plan, "p2")
+    run(registry, three_phase_plan, "p3")  # an empty cohort: requires nobody
+    enforce.rollback_phase(registry, three_phase_plan, "p1", actor="rm")
+    run(registry, three_phase_plan, "p1")
+    enforce.rollback_phase(registry, three_phase_plan, "p2", actor="rm")
     expected = requirements(registry)
     assert expected == {(a, "p1") for a in overlap["shared"] | overlap["only_p1"]}
     downgrade(registry.engine, "0004")
@@ -269,7 +271,7 @@ enroll_all(Registry(sys.argv[1]), actor="ops", batch_size=1,
 
 
 def test_a_killed_elv_enrolment_shows_interrupted_then_finishes(
-    registry: Registry, registry_url: str, plan: Plan, factories: None
+    registry: Registry, registry_url: str, three_phase_plan: Plan, factories: None
 ) -> None:
     for _ in range(3):
         AccountFactory()
@@ -279,7 +281,7 @@ def test_a_killed_elv_enrolment_shows_interrupted_then_finishes(
     assert child.returncode == -signal.SIGKILL
 
     def state() -> str:
-        states = step_states(registry, plan)
+        states = step_states(registry, three_phase_plan)
         return next(s.state for s in states if s.step.key == "enroll all")
 
     assert state() == "interrupted"
@@ -290,7 +292,7 @@ def test_a_killed_elv_enrolment_shows_interrupted_then_finishes(
 
 
 def test_a_second_enforcement_at_the_same_instant_audits_only_its_own_sessions(
-    registry: Registry, plan: Plan, factories: None
+    registry: Registry, three_phase_plan: Plan, factories: None
 ) -> None:
     """Under a clock that stands still (the demo's simulated one), enforce, roll back
     and enforce again in the same instant: the second run revokes and audits the one
@@ -300,9 +302,9 @@ def test_a_second_enforcement_at_the_same_instant_audits_only_its_own_sessions(
 
     first_ids = [AccountFactory(in_cohort="p1", sessions=1).id for _ in range(3)]
     with use_clock(SimulatedClock(datetime(2022, 2, 1, 10))):
-        assert run(registry, plan, "p1").sessions_revoked == 3
-        enforce.rollback_phase(registry, plan, "p1", actor="rm")
+        assert run(registry, three_phase_plan, "p1").sessions_revoked == 3
+        enforce.rollback_phase(registry, three_phase_plan, "p1", actor="rm")
         SessionFactory(account_id=first_ids[0])  # signed in again, same instant
-        again = run(registry, plan, "p1")
+        again = run(registry, three_phase_plan, "p1")
     assert again.sessions_revoked == 1
     assert actions(registry, "revoke_session") == 4  # once per session, each its own

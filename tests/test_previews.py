@@ -8,11 +8,10 @@ import re
 from datetime import datetime
 from pathlib import Path
 
-import pytest
 from markdown_it import MarkdownIt
 
 from rollout.core.output import FORMULA_PREFIXES
-from rollout.core.plan import Plan, load_plan
+from rollout.core.plan import Plan
 from rollout.phases.previews import (
     PhasePreview,
     SavedPreview,
@@ -23,13 +22,7 @@ from rollout.phases.previews import (
 
 from .hostile import EVERYTHING, FORMULAS
 
-ROOT = Path(__file__).resolve().parent.parent
 MARKDOWN = MarkdownIt("commonmark").enable(["table", "strikethrough"])
-
-
-@pytest.fixture(scope="module")
-def plan() -> Plan:
-    return load_plan(ROOT / "plans" / "npm-2022.yaml")
 
 
 def hostile_preview() -> PhasePreview:

@@ -14,9 +14,9 @@ from rollout.registry import Registry
 
 # The fixtures and helpers of the outbox tests: ann (no 2FA) and ben (TOTP) get mail,
 # cat (unverified) and dan (suppressed) are skipped.
-from .test_outbox import NOTICE_DAY, Recording, ids, plan, rows
+from tests.support.outbox import NOTICE_DAY, Recording, ids, rows
 
-__all__ = ["ids", "plan"]  # fixtures, used by name
+__all__ = ["ids"]  # a fixture, used by name
 
 REMINDER_DAY = date(2022, 1, 18)  # the reference plan's first top-100 reminder
 

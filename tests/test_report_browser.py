@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from rollout.core.plan import Plan, load_plan
+from rollout.core.plan import Plan
 from rollout.report.reporting import ReportFiles
 from tests.support.chromium import ChromiumMissing, DevTools, Page, chromium_binary
-from tests.test_reporting import AS_OF, HOSTILE_ORG, PLAN_PATH, run_report
+from tests.support.reports import AS_OF, HOSTILE_ORG, run_report
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +36,6 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTools]:
         yield tools
     finally:
         tools.close()
-
-
-@pytest.fixture(scope="module")
-def plan() -> Plan:
-    return load_plan(PLAN_PATH)
 
 
 def open_report(browser: DevTools, report: ReportFiles) -> Iterator[Page]:

@@ -1,193 +1,43 @@
 """The adoption report from hand-made marts (docs/adoption-marts.md is the contract).
 
-The marts are created here with the contract's columns and rows made by hand, so
-these tests pin the report, not the SQL that builds the marts.
+The marts are created with the contract's columns and rows made by hand (in
+tests/support/reports.py, shared with tests/test_report_browser.py), so these tests
+pin the report, not the SQL that builds the marts.
 """
 
 from __future__ import annotations
 
 import csv
-import math
 import re
-from collections.abc import Iterator
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
-import duckdb
-import pandas as pd
 import pytest
 from markdown_it import MarkdownIt
 
 from rollout.core.errors import RolloutError
 from rollout.core.output import FORMULA_PREFIXES
-from rollout.core.plan import Plan, load_plan
-from rollout.report.adoption import adoption_since
+from rollout.core.plan import Plan
 from rollout.report.reporting import (
     FUNNEL_STAGES,
     MARTS,
     ReportFiles,
     build_report,
     plan_milestones,
-    report_dir,
 )
 from rollout.warehouse import open_warehouse
-
-from .hostile import FORMULAS, MARKUP
-
-ROOT = Path(__file__).resolve().parent.parent
-PLAN_PATH = ROOT / "plans" / "npm-2022.yaml"
-AS_OF = date(2022, 5, 31)
-HOSTILE_ORG = '<b>x</b>&"'
-CSV_HOSTILE_ORG = 'comma, "quote"\nand a new line'
-HOSTILE_ACTIVITY = "email <script>alert(1)</script> sent"
-
-MART_DDL = {
-    "adoption_daily": "day date, population varchar, accounts bigint, with_2fa bigint, "
-    "totp bigint, webauthn bigint, share double, newly_enrolled bigint",
-    "adoption_by_org": "org varchar, members bigint, with_2fa bigint, share double, "
-    "owners bigint, owners_with_2fa bigint, tfa_enforced_at timestamp",
-    "compliance_funnel": "phase varchar, cohort varchar, notice_on date, enforce_on date, "
-    "accounts bigint, without_2fa_at_notice bigint, notified bigint, enrolled_7d bigint, "
-    "enrolled_14d bigint, enrolled_30d bigint, enrolled_by_enforcement bigint, "
-    "without_2fa_at_enforcement bigint, enforced bigint, sessions_revoked bigint, "
-    "enrolled_after_enforcement bigint, still_without bigint, required bigint, "
-    "rolled_back_at timestamp",
-    "time_to_comply": "phase varchar, days_after_notice integer, accounts bigint",
-    "brownout_impact": "brownout varchar, period varchar, starts_at timestamp, "
-    "ends_at timestamp, logins bigint, elv_challenges bigint, elv_completed bigint, "
-    "elv_failed bigint, elv_abandoned bigint, enrolments_next_7d bigint",
-    "token_readiness": "cohort varchar, maintainers bigint, publishing_legacy bigint, "
-    "publishing_personal bigint, with_automation bigint, ready bigint",
-    "ledger_activity": "day date, activity varchar, count bigint",
-}
-
-
-@pytest.fixture(scope="module")
-def plan() -> Plan:
-    return load_plan(PLAN_PATH)
-
-
-def create_marts(con: duckdb.DuckDBPyConnection) -> None:
-    """The seven marts, empty, with the contract's columns."""
-    assert set(MART_DDL) == set(MARTS)
-    for table, columns in MART_DDL.items():
-        con.execute(f"create or replace table {table} ({columns})")
-
-
-def _logistic(day: date, middle: date, low: float, high: float, width: float) -> float:
-    return low + (high - low) / (1 + math.exp(-(day - middle).days / width))
-
-
-def adoption_rows(plan: Plan, as_of: date) -> Iterator[tuple[object, ...]]:
-    """A plausible npm-like adoption curve per population, one row a day."""
-    since = adoption_since(plan)
-    top100_enforce, high_enforce = (p.enforce_on for p in plan.phases)
-    populations = {
-        "all": (2_000_000, lambda d: _logistic(d, date(2022, 3, 1), 0.06, 0.2, 20)),
-        "cohort:top-100": (
-            250,
-            lambda d: (
-                _logistic(d, date(2022, 1, 15), 0.55, 0.93, 6)
-                + (0.05 if d >= top100_enforce else 0)
-            ),
-        ),
-        "cohort:high-impact": (
-            8000,
-            lambda d: (
-                _logistic(d, date(2022, 4, 5), 0.3, 0.85, 10) + (0.08 if d >= high_enforce else 0)
-            ),
-        ),
-    }
-    for population, (size, curve) in populations.items():
-        previous = None
-        day = since
-        while day <= as_of:
-            accounts = size + (day - since).days * (100 if population == "all" else 0)
-            with_2fa = round(accounts * min(curve(day), 1.0))
-            webauthn = with_2fa // 5
-            newly = 0 if previous is None else max(with_2fa - previous, 0)
-            yield (
-                day,
-                population,
-                accounts,
-                with_2fa,
-                with_2fa - webauthn,
-                webauthn,
-                with_2fa / accounts,
-                newly,
-            )
-            previous = with_2fa
-            day += timedelta(days=1)
-
-
-def fill_marts(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date = AS_OF) -> None:
-    create_marts(con)
-    daily = pd.DataFrame(list(adoption_rows(plan, as_of)), columns=list(MARTS["adoption_daily"]))
-    con.register("daily_rows", daily)
-    con.execute("insert into adoption_daily select * from daily_rows")
-    con.unregister("daily_rows")
-    orgs = [(f"org-{i:02d}", 40 - i, (40 - i) // 2, 0.5, 2, 1, None) for i in range(30)]
-    orgs.append((HOSTILE_ORG, 500, 250, 0.5, 3, 3, datetime(2022, 3, 2, 9, 30)))
-    orgs.append((CSV_HOSTILE_ORG, 450, 450, 1.0, 1, 1, datetime(2022, 4, 1)))
-    con.executemany("insert into adoption_by_org values (?, ?, ?, ?, ?, ?, ?)", orgs)
-    con.execute(
-        "insert into compliance_funnel values "
-        "('top-100', 'top-100', '2022-01-04', '2022-02-01', 250, 100, 100, 30, 45, 70, 75, "
-        "25, 25, 40, 15, 10, 27, null), "
-        "('high-impact', 'high-impact', '2022-03-15', '2022-05-03', 8000, 5600, 5550, 1200, "
-        "2100, 3500, 4500, 1050, 1000, 1500, 600, 500, 1100, null)"
-    )
-    con.executemany(
-        "insert into time_to_comply values (?, ?, ?)",
-        [("top-100", d, max(12 - d // 3, 1)) for d in range(0, 35)]
-        + [("high-impact", d, max(200 - 4 * d, 5)) for d in range(0, 60)],
-    )
-    con.execute(
-        "insert into brownout_impact values "
-        "('brownout-1', 'baseline', '2022-02-09 00:00', '2022-02-10 00:00', 1200000, 41000, "
-        "39500, 900, 600, 800), "
-        "('brownout-1', 'brownout', '2022-02-16 00:00', '2022-02-17 00:00', 1150000, 610000, "
-        "571000, 21000, 18000, 9400), "
-        "('brownout-2', 'baseline', '2022-02-16 00:00', '2022-02-17 00:00', 1150000, 610000, "
-        "571000, 21000, 18000, 9400), "
-        "('brownout-2', 'brownout', '2022-02-23 00:00', '2022-02-24 00:00', 1180000, 598000, "
-        "575000, 12000, 11000, 5100)"
-    )
-    con.execute(
-        "insert into token_readiness values "
-        "('high-impact', 8000, 900, 1400, 2600, 5700), ('top-100', 250, 12, 30, 160, 208)"
-    )
-    con.executemany(
-        "insert into ledger_activity values (?, ?, ?)",
-        [
-            (date(2022, 1, 4), "email phase_notice sent", 100),
-            (date(2022, 2, 1), "tfa_required", 25),
-            (date(2022, 2, 1), "revoke_session", 40),
-            (date(2022, 2, 13), "email brownout_heads_up sent", 51000),
-            (date(2022, 2, 13), "email brownout_heads_up failed", 12),
-            (date(2022, 3, 1), "elv_enrolled", 1_700_000),
-            (date(2022, 5, 3), "tfa_required", 1100),
-            (date(2022, 5, 30), "org_member_removed", 7),
-            (date(2022, 5, 30), HOSTILE_ACTIVITY, 1),
-        ],
-    )
-
-
-def make_warehouse(tmp_path: Path, plan: Plan, *, empty: bool = False) -> Path:
-    path = tmp_path / "warehouse.duckdb"
-    with open_warehouse(path) as con:
-        if empty:
-            create_marts(con)
-        else:
-            fill_marts(con, plan)
-    return path
-
-
-def run_report(tmp_path: Path, plan: Plan, *, empty: bool = False) -> ReportFiles:
-    warehouse = make_warehouse(tmp_path, plan, empty=empty)
-    with open_warehouse(warehouse, read_only=True) as con:
-        return build_report(con, plan, AS_OF, report_dir(tmp_path / "reports", AS_OF))
+from tests.hostile import FORMULAS, MARKUP
+from tests.support.reports import (
+    AS_OF,
+    CSV_HOSTILE_ORG,
+    HOSTILE_ORG,
+    adoption_rows,
+    create_marts,
+    fill_marts,
+    make_warehouse,
+    run_report,
+)
 
 
 @pytest.fixture

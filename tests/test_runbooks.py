@@ -363,7 +363,7 @@ def plan_step(output: str, on: date, step: str) -> dict[str, str]:
 
 
 def test_the_release_manager_rehearsal_runs_as_the_runbook_gives_it(
-    rollout_home: Path, monkeypatch: pytest.MonkeyPatch, reference_plan: Plan
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch, plan: Plan
 ) -> None:
     def run(command: DocCommand, *replace: tuple[str, str]) -> Any:
         words = list(command.words)
@@ -397,7 +397,7 @@ def test_the_release_manager_rehearsal_runs_as_the_runbook_gives_it(
     setup = section_commands("Before you start")
     (preview_command,) = section_commands("3. Preview")
     assert preview_command.words[:2] == ("phase", "preview")
-    phase = reference_plan.phase(preview_command.words[2])
+    phase = plan.phase(preview_command.words[2])
     status = run(setup[0])
     assert setup[0].words == ("db", "status")
     assert record(status.stdout)["registry"] == f"sqlite:///{rollout_home}/registry.db"
@@ -431,7 +431,7 @@ def test_the_release_manager_rehearsal_runs_as_the_runbook_gives_it(
     counted = re.search(r"^(\d+) accounts without 2FA in cohort (\S+)", preview.stderr, re.M)
     assert counted and counted.group(2) == phase.cohort, preview.stderr
     expect = int(counted.group(1))
-    assert not reference_plan.exempt_usernames
+    assert not plan.exempt_usernames
     assert expect == len(table_rows(preview.stdout)) == len(without_2fa)
     to_apply = re.search(r"^To apply: rollout (.+)$", preview.stderr, re.M)
     assert to_apply, preview.stderr

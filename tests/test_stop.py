@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import func, select
 
 from rollout.core.errors import GuardRefused
-from rollout.core.plan import Plan, load_plan
+from rollout.core.plan import Plan
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.notify import outbox
 from rollout.notify.senders import SendGridSender
@@ -42,11 +42,6 @@ GONE_WITHIN = 2.5  # seconds from the signal until no worker of the command is l
 # ... and until the command itself has exited: after its workers it puts back their
 # rows and lets go of the lock, which on a loaded 2-core machine can take a while.
 EXITED_WITHIN = 8.0
-
-
-@pytest.fixture
-def plan() -> Plan:
-    return load_plan(PLAN)
 
 
 @pytest.fixture
