@@ -397,20 +397,7 @@ def _snapshot(
         con.unregister("today_keys")
 
 
-@dataclass
-class _Building:
-    """A cohort between the two halves of its build."""
-
-    cohort: str
-    qualified: list[tuple[str, str, list[str]]]
-    entered: list[str]
-    accounts: pa.Table | None = None
-    unresolved: int = 0
-    accounts_entered: int = 0
-    accounts_left: int = 0
-
-
-def _build_packages(
+def build_cohort(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,
     cohort: str,
@@ -418,47 +405,25 @@ def _build_packages(
     as_of: date,
     run_id: str,
     actor: str,
-) -> _Building:
-    """The packages that qualify today, added to the registry's cohort_packages."""
+) -> CohortResult:
+    engine = registry.engine
     qualified = _qualified_today(con, rule, as_of)
-    entered = _add_packages(registry.engine, cohort, as_of, qualified, run_id, actor)
-    return _Building(cohort, qualified, entered)
-
-
-def _build_members(
-    con: duckdb.DuckDBPyConnection,
-    registry: Registry,
-    building: _Building,
-    as_of: date,
-    run_id: str,
-    actor: str,
-) -> None:
-    """The cohort's accounts from its packages (the warehouse's copy of cohort_packages,
-    read again after the first half), written to the registry's cohort_memberships."""
+    entered = _add_packages(engine, cohort, as_of, qualified, run_id, actor)
+    extract_registry(con, registry, ("cohort_packages",), small=True)
     in_cohort = (
         "select package_key from registry.cohort_packages "
         "where cohort = $cohort and released_at is null"
     )
-    with _selected(con, in_cohort, {"cohort": building.cohort}):
-        building.accounts = con.sql(warehouse.render("marts/cohort_accounts")).to_arrow_table()
-        building.unresolved = (
-            warehouse.scalar(
-                con, f"select count(*) from ({warehouse.render('marts/unresolved_maintainers')})"
-            )
-            or 0
+    with _selected(con, in_cohort, {"cohort": cohort}):
+        accounts = con.sql(warehouse.render("marts/cohort_accounts")).to_arrow_table()
+        unresolved = warehouse.scalar(
+            con, f"select count(*) from ({warehouse.render('marts/unresolved_maintainers')})"
         )
-    building.accounts_entered, building.accounts_left = _update_memberships(
-        registry.engine, building.cohort, as_of, building.accounts, run_id, actor
+    accounts_entered, accounts_left = _update_memberships(
+        engine, cohort, as_of, accounts, run_id, actor
     )
-
-
-def _finish(con: duckdb.DuckDBPyConnection, building: _Building, as_of: date) -> CohortResult:
-    """The day's snapshot in the warehouse (its copy of both cohort tables read again
-    after the second half), and the result."""
-    accounts = building.accounts
-    assert accounts is not None
-    cohort = building.cohort
-    _snapshot(con, cohort, as_of, accounts, [key for _, key, _ in building.qualified])
+    extract_registry(con, registry, ("cohort_memberships",), small=True)
+    _snapshot(con, cohort, as_of, accounts, [key for _, key, _ in qualified])
     total = warehouse.scalar(
         con,
         "select count(*) from registry.cohort_packages where "
@@ -470,13 +435,13 @@ def _finish(con: duckdb.DuckDBPyConnection, building: _Building, as_of: date) ->
         cohort=cohort,
         as_of=as_of,
         packages=total,
-        packages_qualifying_today=len(building.qualified),
-        packages_entered=building.entered,
+        packages_qualifying_today=len(qualified),
+        packages_entered=entered,
         accounts=accounts.num_rows,
         accounts_without_2fa=statuses.count("none"),
-        accounts_entered=building.accounts_entered,
-        accounts_left=building.accounts_left,
-        unresolved_maintainers=building.unresolved,
+        accounts_entered=accounts_entered,
+        accounts_left=accounts_left,
+        unresolved_maintainers=unresolved or 0,
     )
 
 
@@ -525,22 +490,9 @@ def build_cohorts(
             ) as run,
             warehouse.materialized(con, "stg_manifests", ("package", "maintainers")),
         ):
-            # In three passes, so that each cohort table is read back into the warehouse
-            # once per build, not once per cohort: a daily build's fixed cost (the
-            # demo's 104 days of builds re-read them 520 times). Cohorts do not read
-            # each other's rows, so the passes give what one cohort at a time gave.
-            building = [
-                _build_packages(con, registry, name, plan.cohorts[name], as_of, run.id, actor)
-                for name in names
-            ]
-            extract_registry(con, registry, ("cohort_packages",), small=True)
-            for cohort in building:
-                _build_members(con, registry, cohort, as_of, run.id, actor)
-            extract_registry(con, registry, ("cohort_memberships",), small=True)
-            for cohort in building:
-                result = _finish(con, cohort, as_of)
+            for name in names:
+                result = build_cohort(con, registry, name, plan.cohorts[name], as_of, run.id, actor)
                 results.append(result)
-                name = cohort.cohort
                 run.summary[name] = {
                     "packages": result.packages,
                     "accounts": result.accounts,
