@@ -9,7 +9,7 @@ generated once into ``--sample`` (default ``bench/out/file-outbox-sample``) and 
 for each run. Every verified account without 2FA is put in both phases' cohorts (with
 packages), then the plan's mailings are queued in date order (phase notice, reminders,
 brown-out heads-ups, ...), each with its queue day, until ``--emails`` are queued. The
-timed part is one ``outbox.drain`` into a :class:`FileSender` at ``--concurrency``
+timed part is one ``drain`` into a :class:`FileSender` at ``--concurrency``
 (the demo's 16), on SQLite, in one process, as ``rollout demo`` runs it.
 
 Afterwards (not timed) it checks, and exits non-zero if not: every queued row is sent,
@@ -45,7 +45,9 @@ from registry_copy import copy_registry
 from rollout.core.plan import load_plan
 from rollout.demo.sample import generate_sample
 from rollout.notify import outbox
+from rollout.notify.drain import drain
 from rollout.notify.message import Message, header_address
+from rollout.notify.queue import plan_occasions, queue_email
 from rollout.notify.senders import FileSender
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
@@ -116,11 +118,11 @@ def queue(url: str, plan, count: int) -> int:
             ],
         )
         left = count
-        for o in outbox.plan_occasions(plan):
+        for o in plan_occasions(plan):
             if left <= 0:
                 break
             audience = select(accounts.c.id).where(accounts.c.id.in_(ids[:left]))
-            left -= outbox.queue_email(
+            left -= queue_email(
                 connection,
                 email=o.email,
                 phase=o.phase,
@@ -216,7 +218,7 @@ def run(args: argparse.Namespace, registry: Path, number: int) -> float:
         if profiler:
             profiler.enable()
         with Registry(url) as opened:
-            report = outbox.drain(opened, plan, sender, concurrency=args.concurrency)
+            report = drain(opened, plan, sender, concurrency=args.concurrency)
         if profiler:
             profiler.disable()
         elapsed = time.perf_counter() - started

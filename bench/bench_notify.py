@@ -37,8 +37,9 @@ from pathlib import Path
 from sqlalchemy import insert, select
 
 from rollout.core.plan import load_plan
-from rollout.notify import outbox
+from rollout.notify.drain import DrainReport, drain
 from rollout.notify.message import header_address
+from rollout.notify.queue import queue_due
 from rollout.notify.senders import SendGridSender
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
@@ -116,7 +117,7 @@ def start_server(port: int, record: Path) -> subprocess.Popen[bytes]:
 
 
 def check(
-    url: str, record: Path, expected: int, queued: int, report: outbox.DrainReport
+    url: str, record: Path, expected: int, queued: int, report: DrainReport
 ) -> tuple[int, int]:
     """Every queued row sent once and recorded; raises SystemExit naming what is off.
     Returns (requests received, rows sent)."""
@@ -197,7 +198,7 @@ def main() -> None:
         plan = load_plan(ROOT / "plans" / "npm-2022.yaml")
         started = time.perf_counter()
         with Registry(url) as registry:
-            [queued] = outbox.queue_due(registry, plan, date(2022, 1, 4), actor="bench")
+            [queued] = queue_due(registry, plan, date(2022, 1, 4), actor="bench")
         queue_s = time.perf_counter() - started
         port = free_port()
         server = start_server(port, work / "received.jsonl")
@@ -205,7 +206,7 @@ def main() -> None:
             sender = SendGridSender(KEY, f"http://127.0.0.1:{port}", timeout=10)
             started = time.perf_counter()
             with Registry(url) as registry:
-                report = outbox.drain(
+                report = drain(
                     registry, plan, sender, concurrency=args.concurrency, processes=args.processes
                 )
             send_s = time.perf_counter() - started

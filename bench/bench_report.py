@@ -23,7 +23,7 @@ plays the reference plan over a simulated calendar (``rollout.core.clock``) on c
   that day is later (high-impact: 2022-02-01, not 2022-03-14: the sample's downloads
   end 2022-01-31);
 - the plan's own jobs, each on its day: ``brownouts.schedule``, every mailing
-  through ``outbox.queue_due`` (notices, reminders, brown-out heads-ups to every
+  through ``queue_due`` (notices, reminders, brown-out heads-ups to every
   account without 2FA, the ELV heads-up), ``enforce_phase`` for both phases,
   ``brownouts.enroll_all``;
 - synthesized (set-based or vectorised, seeded): the outbox drain (queued rows
@@ -235,7 +235,7 @@ class Simulation:
 
     def jobs(self, day: date, builds: dict[date, list[str]], due: set[date]) -> None:
         from rollout import cohorts, metrics
-        from rollout.notify import outbox
+        from rollout.notify.queue import queue_due
         from rollout.phases import brownouts, enforce
 
         self.move(day, 0)
@@ -261,7 +261,7 @@ class Simulation:
                 )
         self.move(day, 9)
         if day in due:
-            for o in outbox.queue_due(self.registry, self.plan, day, actor=ACTOR):
+            for o in queue_due(self.registry, self.plan, day, actor=ACTOR):
                 if o.added:
                     self.note(day, f"{o.occasion.step}: {o.added:,} emails queued or skipped")
             self.note(day, f"drain: {self.drain(day, 9):,} emails sent")
@@ -393,7 +393,7 @@ class Simulation:
 
     def run(self, start: date, end: date, logins_from: date) -> None:
         from rollout.core.clock import use_clock
-        from rollout.notify.outbox import plan_occasions
+        from rollout.notify.queue import plan_occasions
         from rollout.phases import brownouts
 
         last_download_day = logins_from - timedelta(days=1)

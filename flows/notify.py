@@ -36,7 +36,8 @@ from flows.common import (
     with_runtime,
 )
 from rollout.core.config import Settings
-from rollout.notify.outbox import DrainReport, EmailsFailed, QueueOutcome, drain, queue_due
+from rollout.notify.drain import DrainReport, EmailsFailed, drain
+from rollout.notify.queue import QueueOutcome, queue_due
 from rollout.notify.senders import make_sender
 
 SECRET_BLOCK = "sendgrid-api-key"

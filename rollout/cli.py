@@ -951,9 +951,9 @@ def notify_preview(
     ] = None,
 ) -> None:
     """Render examples of an email to outbox/preview/: subject, text and HTML."""
+    from rollout.notify.drain import account_recipient
     from rollout.notify.emails import EMAILS
     from rollout.notify.examples import example_stored, preview_examples, write_preview
-    from rollout.notify.outbox import account_recipient
     from rollout.notify.render import render
 
     runtime = _runtime(ctx)
@@ -989,7 +989,7 @@ def notify_queue(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Queue the emails the plan calls for on a day (notices, reminders, heads-ups)."""
-    from rollout.notify.outbox import queue_due, queue_preview
+    from rollout.notify.queue import queue_due, queue_preview
     from rollout.registry.ledger import utc_now
 
     runtime = _runtime(ctx)
@@ -1044,7 +1044,8 @@ def notify_send(
     ] = False,
 ) -> None:
     """Drain the outbox: render and send every queued email, exactly once."""
-    from rollout.notify.outbox import check_sender, drain, failed_count, pending
+    from rollout.notify.drain import drain
+    from rollout.notify.outbox import check_sender, failed_count, pending
     from rollout.notify.senders import make_sender
 
     runtime = _runtime(ctx)

@@ -31,7 +31,7 @@ def lint_imports(where: Path) -> subprocess.CompletedProcess[str]:
 def test_the_layers_and_the_absence_of_cycles_hold() -> None:
     done = lint_imports(ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "7 kept, 0 broken" in done.stdout
+    assert "8 kept, 0 broken" in done.stdout
 
 
 @pytest.mark.parametrize(
@@ -41,8 +41,8 @@ def test_the_layers_and_the_absence_of_cycles_hold() -> None:
         ("core/errors.py", "import rollout.cli", "Layers: the pipeline reads downward"),
         # A preview reaching up into the enforcement that reads it, inside one stage.
         ("phases/previews.py", "import rollout.phases.enforce", "Layers of the phases"),
-        # Two modules of the outbox's package importing each other.
-        ("notify/message.py", "import rollout.notify.outbox", "No import cycles"),
+        # Two modules of the notify package importing each other (render reads emails).
+        ("notify/emails.py", "import rollout.notify.render", "No import cycles"),
     ],
     ids=["upward", "upward-in-a-stage", "cycle"],
 )

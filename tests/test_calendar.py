@@ -19,7 +19,7 @@ from rollout.core.calendar import (
     unplanned_kind,
 )
 from rollout.core.plan import Plan, load_plan
-from rollout.notify import outbox
+from rollout.notify.queue import plan_occasions, queue_due
 from rollout.phases import brownouts, enforce, orgs
 from rollout.phases.timeline import plan_steps
 from rollout.registry import Registry
@@ -140,7 +140,7 @@ def test_every_reader_is_a_filter_of_the_calendar(shape: str) -> None:
     mailings = [(s.key, s.on, s.mailing) for s in steps if s.mailing is not None]
     assert [
         (o.step, o.due_on, o.email, o.phase, o.occasion, o.until, o.audience, o.context)
-        for o in outbox.plan_occasions(plan)
+        for o in plan_occasions(plan)
     ] == [
         (key, on, m.email, m.phase, m.occasion, m.deadline, m.audience, dict(m.context))
         for key, on, m in mailings
@@ -180,8 +180,8 @@ def test_every_run_in_plan_runs_is_a_calendar_step_or_unplanned(
     # Every job that records a run, as the deployments run them (the cohort builds,
     # which need the warehouse, are checked in the story: tests/test_story.py).
     brownouts.schedule(registry, plan, actor="rm")
-    for day in sorted({o.due_on for o in outbox.plan_occasions(plan)}):
-        outbox.queue_due(registry, plan, day, actor="rm")
+    for day in sorted({o.due_on for o in plan_occasions(plan)}):
+        queue_due(registry, plan, day, actor="rm")
     for phase in plan.phases:
         preview = enforce.preview_phase(registry, plan, phase)
         enforce.enforce_phase(registry, plan, phase.name, expect=preview.count, actor="rm")

@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+import rollout.notify.drain
 from rollout.core.plan import Plan
-from rollout.notify import outbox
+from rollout.notify.drain import drain
 from rollout.notify.message import Message, header_address
+from rollout.notify.queue import queue_due
 from rollout.notify.senders import _UNFOLDED, FileSender
 from rollout.registry import Registry
 from rollout.registry.engine import session_scope
@@ -256,7 +258,7 @@ def test_a_drain_writes_one_parseable_eml_per_email_sent(
     registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
     hostile = _hostile_accounts(registry)
-    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
     sender = FileSender(tmp_path / "outbox", plan.notifications.from_address)
     calls: list[int] = []
     send = sender.send
@@ -266,7 +268,7 @@ def test_a_drain_writes_one_parseable_eml_per_email_sent(
         return send(message)
 
     sender.send = counted  # type: ignore[method-assign]
-    report = outbox.drain(registry, plan, sender)
+    report = drain(registry, plan, sender)
 
     sent = _sent(registry)
     assert report.sent == len(sent) == hostile + 2 and report.failed == 0
@@ -297,15 +299,15 @@ def test_rows_left_in_flight_are_written_again_over_their_own_files(
 ) -> None:
     """A crash leaves at most the claimed batch in flight; the next drain writes those
     again, each replacing its own file: still one .eml per email."""
-    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
     sender = FileSender(tmp_path / "outbox")
-    assert outbox.drain(registry, plan, sender).sent == 2
+    assert drain(registry, plan, sender).sent == 2
     first = {p.name: parse(p.read_bytes())["Message-ID"] for p in sender.outbox_dir.iterdir()}
     with registry.engine.begin() as connection:  # as a drain that died after writing them
         connection.execute(
             update(Notification).where(Notification.state == "sent").values(state="sending")
         )
-    report = outbox.drain(registry, plan, sender)
+    report = drain(registry, plan, sender)
     assert (report.resumed, report.sent) == (2, 2)
     again = {p.name: parse(p.read_bytes())["Message-ID"] for p in sender.outbox_dir.iterdir()}
     assert again.keys() == first.keys()  # the same two files, written anew
@@ -339,8 +341,8 @@ def test_the_file_outbox_claims_a_bigger_batch_than_the_concurrency(
             )
             for a in extra
         )
-    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
-    monkeypatch.setattr(outbox, "FILE_BATCH", 12)
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    monkeypatch.setattr(rollout.notify.drain, "FILE_BATCH", 12)
     in_flight: list[int] = []
     sender = FileSender(tmp_path / "outbox")
     send = sender.send
@@ -357,6 +359,6 @@ def test_the_file_outbox_claims_a_bigger_batch_than_the_concurrency(
         return send(message)
 
     sender.send = watched  # type: ignore[method-assign]
-    report = outbox.drain(registry, plan, sender, concurrency=2)
+    report = drain(registry, plan, sender, concurrency=2)
     assert report.sent == 32
     assert max(in_flight) == 12 and min(in_flight) >= 8  # 12, 12, then the last 8

@@ -22,6 +22,7 @@ from sqlalchemy import Engine, inspect, text
 from rollout.core.plan import Plan
 from rollout.demo.sample import generate_sample
 from rollout.notify import outbox
+from rollout.notify.queue import queue_due
 from rollout.phases import brownouts, enforce
 from rollout.registry import Registry, migrate
 from rollout.registry.engine import make_engine
@@ -120,7 +121,7 @@ def populated(empty_registry_url: str, tmp_path: Path, plan: Plan) -> Iterator[E
         # The notice, then both reminders (14 and 3 days before 2022-02-01): one account,
         # one email kind, one phase, two occasions.
         for day in (date(2022, 1, 4), date(2022, 1, 18), date(2022, 1, 29)):
-            outbox.queue_due(registry, plan, day, actor="rehearsal")
+            queue_due(registry, plan, day, actor="rehearsal")
 
         def enforce_now() -> None:
             phase = plan.phase(PHASE)

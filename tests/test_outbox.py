@@ -23,6 +23,8 @@ from rollout.core.errors import RolloutError
 from rollout.core.plan import Plan
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.notify import outbox
+from rollout.notify.drain import DrainReport, _claim, drain
+from rollout.notify.queue import due_occasions, plan_occasions, queue_due, queue_preview
 from rollout.notify.senders import FileSender, SendGridSender
 from rollout.registry import Registry
 from rollout.registry.engine import session_scope
@@ -40,7 +42,7 @@ __all__ = ["ids"]  # a fixture, used by name
 
 
 def test_the_plan_calls_for_notices_reminders_heads_ups_and_the_elv_notice(plan: Plan) -> None:
-    mailings = [(o.email, o.phase, o.occasion, o.due_on) for o in outbox.plan_occasions(plan)]
+    mailings = [(o.email, o.phase, o.occasion, o.due_on) for o in plan_occasions(plan)]
     assert ("phase_notice", "top-100", "", date(2022, 1, 4)) in mailings
     assert ("reminder", "top-100", "14d", date(2022, 1, 18)) in mailings
     assert ("reminder", "top-100", "3d", date(2022, 1, 29)) in mailings
@@ -49,17 +51,17 @@ def test_the_plan_calls_for_notices_reminders_heads_ups_and_the_elv_notice(plan:
 
 
 def test_a_missed_day_is_caught_up_but_never_after_the_deadline(plan: Plan) -> None:
-    assert [o.step for o in outbox.due_occasions(plan, date(2022, 1, 6))] == ["notices top-100"]
-    late = {o.step for o in outbox.due_occasions(plan, date(2022, 2, 1))}
+    assert [o.step for o in due_occasions(plan, date(2022, 1, 6))] == ["notices top-100"]
+    late = {o.step for o in due_occasions(plan, date(2022, 2, 1))}
     assert not any("top-100" in step for step in late)
 
 
 def test_notices_reach_the_cohort_and_record_why_some_get_nothing(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    [preview] = outbox.queue_preview(registry, plan, NOTICE_DAY)
+    [preview] = queue_preview(registry, plan, NOTICE_DAY)
     assert (preview.audience, preview.added) == (4, 4)
-    [outcome] = outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    [outcome] = queue_due(registry, plan, NOTICE_DAY, actor="rm")
     assert (outcome.audience, outcome.added, outcome.already) == (4, 4, 0)
     assert rows(registry) == {
         "ann": ("queued", None),
@@ -67,7 +69,7 @@ def test_notices_reach_the_cohort_and_record_why_some_get_nothing(
         "cat": ("skipped", "unverified email"),
         "dan": ("skipped", "suppressed"),
     }
-    [again] = outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    [again] = queue_due(registry, plan, NOTICE_DAY, actor="rm")
     assert (again.added, again.already) == (0, 4)
     assert len(rows(registry)) == 4
 
@@ -75,7 +77,7 @@ def test_notices_reach_the_cohort_and_record_why_some_get_nothing(
 def test_reminders_skip_accounts_that_already_use_2fa(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    outbox.queue_due(registry, plan, date(2022, 1, 18), actor="rm")
+    queue_due(registry, plan, date(2022, 1, 18), actor="rm")
     assert rows(registry, "reminder")["ben"] == ("skipped", "already compliant")
     assert rows(registry, "reminder")["ann"] == ("queued", None)
 
@@ -86,9 +88,9 @@ def test_reminders_skip_accounts_that_already_use_2fa(
 def test_each_email_is_sent_once_with_wording_for_the_recipient(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
     sender = Recording()
-    report = outbox.drain(registry, plan, sender)
+    report = drain(registry, plan, sender)
     assert (report.sent, report.failed) == (2, 0)
     by_name = {m.to_name: m for m in sender.sent}
     assert by_name["ann"].subject.startswith("Action needed")
@@ -103,19 +105,19 @@ def test_each_email_is_sent_once_with_wording_for_the_recipient(
             ).scalar_one()
             == f"id-{by_name['ann'].outbox_id}"
         )
-    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
-    assert outbox.drain(registry, plan, sender).sent == 0
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    assert drain(registry, plan, sender).sent == 0
     assert len(sender.sent) == 2
 
 
 def test_an_account_that_enrolled_after_queueing_gets_no_reminder(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    outbox.queue_due(registry, plan, date(2022, 1, 18), actor="rm")
+    queue_due(registry, plan, date(2022, 1, 18), actor="rm")
     with session_scope(registry.engine) as session:
         session.add(TfaFactor(account_id=ids["ann"], kind="webauthn", created_at=T0))
     sender = Recording()
-    outbox.drain(registry, plan, sender)
+    drain(registry, plan, sender)
     assert "reminder" not in {m.email for m in sender.sent}
     assert rows(registry, "reminder")["ann"] == ("skipped", "already compliant")
 
@@ -143,10 +145,10 @@ def test_a_reminder_inside_the_repeat_window_is_skipped(
     # The reminders 14 and 3 days before the deadline (01-18, 01-29) are 11 days apart:
     # inside a fortnight's window.
     fortnightly = _repeating(plan, reminder=14)
-    outbox.queue_due(registry, fortnightly, date(2022, 1, 18), actor="rm")
-    outbox.drain(registry, fortnightly, Recording(), clock=lambda: datetime(2022, 1, 18, 9))
-    outbox.queue_due(registry, fortnightly, date(2022, 1, 29), actor="rm")
-    outbox.drain(registry, fortnightly, Recording(), clock=lambda: datetime(2022, 1, 29, 9))
+    queue_due(registry, fortnightly, date(2022, 1, 18), actor="rm")
+    drain(registry, fortnightly, Recording(), clock=lambda: datetime(2022, 1, 18, 9))
+    queue_due(registry, fortnightly, date(2022, 1, 29), actor="rm")
+    drain(registry, fortnightly, Recording(), clock=lambda: datetime(2022, 1, 29, 9))
     assert _reminder(registry, ids["ann"], "14d") == ("sent", None)
     assert _reminder(registry, ids["ann"], "3d") == ("skipped", "inside the repeat window")
 
@@ -165,11 +167,11 @@ def test_a_back_filled_run_judges_the_repeat_window_on_its_own_day(
     seconds apart, by the real clock: the window is judged on the runs' days, 01-18 and
     01-29, 11 days apart; not on the seconds between the two drains."""
     repeating = _repeating(plan, reminder=repeat_days)
-    outbox.queue_due(registry, repeating, date(2022, 1, 18), actor="rm")
-    outbox.drain(registry, repeating, Recording())
-    outbox.queue_due(registry, repeating, date(2022, 1, 29), actor="rm")
+    queue_due(registry, repeating, date(2022, 1, 18), actor="rm")
+    drain(registry, repeating, Recording())
+    queue_due(registry, repeating, date(2022, 1, 29), actor="rm")
     sender = Recording()
-    outbox.drain(registry, repeating, sender)
+    drain(registry, repeating, sender)
     assert _reminder(registry, ids["ann"], "14d") == ("sent", None)
     assert _reminder(registry, ids["ann"], "3d") == second
     assert ("ann" in {m.to_name for m in sender.sent}) == (second[0] == "sent")
@@ -178,30 +180,30 @@ def test_a_back_filled_run_judges_the_repeat_window_on_its_own_day(
 def test_a_rejected_message_fails_with_its_reason_and_the_rest_go_on(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
-    report = outbox.drain(registry, plan, Recording(fail_for="ann"))
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    report = drain(registry, plan, Recording(fail_for="ann"))
     assert (report.sent, report.failed) == (1, 1)
     assert rows(registry)["ann"] == ("failed", "SendGrid answered 400: bad recipient")
     assert outbox.retry_failed(registry) == 1
-    assert outbox.drain(registry, plan, Recording()).sent == 1
+    assert drain(registry, plan, Recording()).sent == 1
     assert rows(registry)["ann"] == ("sent", None)
 
 
 def test_a_misconfigured_sender_stops_the_drain_and_loses_nothing(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
     with pytest.raises(RolloutError, match="answered 401"):
-        outbox.drain(registry, plan, Recording(misconfigured=True))
+        drain(registry, plan, Recording(misconfigured=True))
     assert rows(registry)["ann"] == ("queued", None)
-    assert outbox.drain(registry, plan, Recording()).sent == 2
+    assert drain(registry, plan, Recording()).sent == 2
 
 
 def test_the_file_outbox_writes_one_eml_per_message(
     registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
-    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
-    outbox.drain(registry, plan, FileSender(tmp_path / "outbox"))
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    drain(registry, plan, FileSender(tmp_path / "outbox"))
     files = sorted(p.name for p in (tmp_path / "outbox").glob("*.eml"))
     assert len(files) == 2 and all(name.endswith("-phase_notice.eml") for name in files)
 
@@ -246,7 +248,7 @@ def test_the_fault_matrix_ends_with_each_message_sent_once_or_failed_with_its_re
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     _many(registry, 4)
-    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")  # ann, ben + 4
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")  # ann, ben + 4
     waits: list[float] = []
     with DevSendGrid(api_key=KEY) as server, caplog.at_level(logging.DEBUG):
         # In order, one at a time: the first message meets a 429, a 500, a stall past
@@ -266,7 +268,7 @@ def test_the_fault_matrix_ends_with_each_message_sent_once_or_failed_with_its_re
         # and "nothing twice" below would fail for the machine, not the code. The stall
         # above outlasts it.
         sender = SendGridSender(KEY, server.url, timeout=2.0, max_attempts=5, sleep=waits.append)
-        report = outbox.drain(registry, plan, sender, concurrency=1)
+        report = drain(registry, plan, sender, concurrency=1)
         delivered = _delivered(server)
     assert (report.sent, report.failed) == (5, 1)
     assert waits[0] == 2  # Retry-After honoured
@@ -288,7 +290,7 @@ def test_the_fault_matrix_ends_with_each_message_sent_once_or_failed_with_its_re
 DRAIN_SCRIPT = textwrap.dedent(
     """
     import sys
-    from rollout.notify.outbox import drain
+    from rollout.notify.drain import drain
     from rollout.notify.senders import SendGridSender
     from rollout.core.plan import load_plan
     from rollout.registry import Registry
@@ -302,7 +304,7 @@ def test_a_killed_drain_resends_at_most_what_was_in_flight(
     registry: Registry, registry_url: str, plan: Plan, ids: dict[str, int]
 ) -> None:
     _many(registry, 60)
-    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
     with DevSendGrid(api_key=KEY) as server:
         child = subprocess.Popen(
             [
@@ -323,7 +325,7 @@ def test_a_killed_drain_resends_at_most_what_was_in_flight(
         child.wait()
         first = _delivered(server)
         assert 20 <= sum(first.values()) < 62, "the kill should land mid-drain"
-        report = outbox.drain(registry, plan, SendGridSender(KEY, server.url, timeout=5))
+        report = drain(registry, plan, SendGridSender(KEY, server.url, timeout=5))
         delivered = _delivered(server)
     assert report.resumed <= 4
     with registry.engine.connect() as connection:
@@ -337,14 +339,14 @@ def test_a_killed_drain_resends_at_most_what_was_in_flight(
 def test_rows_left_in_flight_are_sent_again_by_the_next_drain(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
     with registry.engine.begin() as connection:
         connection.execute(
             update(Notification)
             .where(Notification.account_id == ids["ann"])
             .values(state="sending")
         )
-    report = outbox.drain(registry, plan, Recording())
+    report = drain(registry, plan, Recording())
     assert (report.resumed, report.sent) == (1, 2)
 
 
@@ -352,11 +354,11 @@ def test_a_drain_in_several_processes_sends_each_message_once(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
     _many(registry, 40)
-    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
     seen: list[tuple[int, int]] = []
     with DevSendGrid(api_key=KEY) as server:
         sender = SendGridSender(KEY, server.url, timeout=5)
-        report = outbox.drain(
+        report = drain(
             registry,
             plan,
             sender,
@@ -376,7 +378,7 @@ def test_a_drainer_that_loses_the_first_rows_to_another_claims_the_next_ones(
     """Two drainers reach for the same first rows: the second gets the rows after them,
     not nothing (which it would take for an empty outbox, and stop)."""
     _many(registry, 10)
-    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
     with registry.engine.connect() as connection:
         queued = (
             connection.execute(
@@ -396,10 +398,7 @@ def test_a_drainer_that_loses_the_first_rows_to_another_claims_the_next_ones(
         )
         ours = threading.Thread(
             target=lambda: claimed.append(
-                [
-                    c.id
-                    for c in outbox._claim(registry.engine, 4, datetime(2022, 1, 4, 9), "sendgrid")
-                ]
+                [c.id for c in _claim(registry.engine, 4, datetime(2022, 1, 4, 9), "sendgrid")]
             )
         )
         ours.start()
@@ -425,9 +424,9 @@ def _sender_of(registry: Registry) -> dict[str, str | None]:
 def test_each_row_records_the_sender_that_attempted_it(
     registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
-    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
     assert _sender_of(registry)["ann"] is None  # queued, never attempted
-    outbox.drain(registry, plan, FileSender(tmp_path / "outbox"))
+    drain(registry, plan, FileSender(tmp_path / "outbox"))
     senders = _sender_of(registry)
     assert (senders["ann"], senders["ben"], senders["cat"]) == ("file", "file", None)
 
@@ -435,28 +434,28 @@ def test_each_row_records_the_sender_that_attempted_it(
 def test_the_file_outbox_refuses_emails_last_attempted_through_sendgrid(
     registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
-    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
     with DevSendGrid(api_key=KEY) as server:
         server.script([{"status": 400}])
         sender = SendGridSender(KEY, server.url, timeout=5)
-        first = outbox.drain(registry, plan, sender, concurrency=1)
+        first = drain(registry, plan, sender, concurrency=1)
     assert (first.sent, first.failed) == (1, 1)
     before = rows(registry)
     file_sender = FileSender(tmp_path / "outbox")
     # A retry from a shell without SENDGRID_API_KEY: nothing queued, nothing written.
     with pytest.raises(RolloutError, match="last attempted through SendGrid") as refused:
-        outbox.drain(registry, plan, file_sender, retry_failed=True)
+        drain(registry, plan, file_sender, retry_failed=True)
     assert "SENDGRID_API_KEY" in str(refused.value) and "sendgrid-api-key" in str(refused.value)
     with pytest.raises(RolloutError, match="last attempted through SendGrid"):
         outbox.retry_failed(registry, sender="file")
     assert rows(registry) == before
     assert not list((tmp_path / "outbox").glob("*.eml"))
     # Without retry_failed the failed row is not the file sender's to take: it may drain.
-    assert outbox.drain(registry, plan, file_sender).done == 0
+    assert drain(registry, plan, file_sender).done == 0
     # Through SendGrid, the retry goes.
     with DevSendGrid(api_key=KEY) as server:
         sender = SendGridSender(KEY, server.url, timeout=5)
-        again = outbox.drain(registry, plan, sender, retry_failed=True)
+        again = drain(registry, plan, sender, retry_failed=True)
     assert (again.requeued, again.sent, again.failed) == (1, 1, 0)
     assert {state for state, _ in rows(registry).values()} == {"sent", "skipped"}
 
@@ -465,11 +464,11 @@ def test_status_groups_failures_by_reason(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
     _many(registry, 3)
-    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")  # ann, ben + 3
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")  # ann, ben + 3
     with DevSendGrid(api_key=KEY) as server:
         server.script([{"status": 400}] * 3)
         sender = SendGridSender(KEY, server.url, timeout=5)
-        report = outbox.drain(registry, plan, sender, concurrency=1)
+        report = drain(registry, plan, sender, concurrency=1)
     assert (report.sent, report.failed) == (2, 3)
     [reason] = {why for _, why in report.failures}
     assert reason.startswith("SendGrid answered 400")
@@ -482,7 +481,7 @@ def test_status_groups_failures_by_reason(
 def test_failure_reasons_drop_the_outbox_id_and_keep_the_first_line() -> None:
     assert outbox.failure_reason("outbox 12: invalid recipient\nmore") == "invalid recipient"
     assert outbox.failure_reason(None) == "(no reason recorded)"
-    report = outbox.DrainReport("sendgrid", failed=4)
+    report = DrainReport("sendgrid", failed=4)
     report.failures = [(1, "a"), (2, "a"), (3, "b"), (4, "outbox 4: c"), (5, "d")]
     assert report.failure_message(top=2) == "4 emails failed: a (2); b (1); 2 other reasons"
 
@@ -493,11 +492,11 @@ def test_retries_after_5xx_are_logged_and_counted(
     ids: dict[str, int],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
     with DevSendGrid(api_key=KEY) as server, caplog.at_level(logging.WARNING):
         server.script([{"status": 503}, {"status": 429, "retry_after": 0}])
         sender = SendGridSender(KEY, server.url, timeout=5, sleep=lambda _: None)
-        report = outbox.drain(registry, plan, sender, concurrency=1)
+        report = drain(registry, plan, sender, concurrency=1)
     assert (report.sent, report.failed, report.retried) == (2, 0, 2)
     records = [r for r in caplog.records if r.name == "rollout.notify.senders"]
     assert [r.levelno for r in records] == [logging.WARNING] * 2

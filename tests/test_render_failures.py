@@ -10,6 +10,8 @@ import pytest
 
 from rollout.core.plan import Plan
 from rollout.notify import outbox, render
+from rollout.notify.drain import drain
+from rollout.notify.queue import queue_due
 from rollout.registry import Registry
 
 # The fixtures and helpers of the outbox tests: ann (no 2FA) and ben (TOTP) get mail,
@@ -40,12 +42,12 @@ def broken_reminder(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_template_error_fails_that_email_and_the_others_are_sent(
     registry: Registry, plan: Plan, ids: dict[str, int], broken_reminder: None
 ) -> None:
-    outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
-    outbox.queue_due(registry, plan, REMINDER_DAY, actor="rm")
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_due(registry, plan, REMINDER_DAY, actor="rm")
     assert outbox.pending(registry) == {"phase_notice": 2, "reminder": 1}  # ann, ben; ann
 
     sender = Recording()
-    report = outbox.drain(registry, plan, sender)
+    report = drain(registry, plan, sender)
 
     assert sorted((m.email, m.to_name) for m in sender.sent) == [
         ("phase_notice", "ann"),
@@ -71,12 +73,12 @@ def test_once_the_template_is_fixed_a_retry_sends_it(
     monkeypatch: pytest.MonkeyPatch,
     broken_reminder: None,
 ) -> None:
-    outbox.queue_due(registry, plan, REMINDER_DAY, actor="rm")
-    assert outbox.drain(registry, plan, Recording()).failed == 1
+    queue_due(registry, plan, REMINDER_DAY, actor="rm")
+    assert drain(registry, plan, Recording()).failed == 1
     monkeypatch.undo()  # the shipped templates again
     assert outbox.retry_failed(registry) == 1
     sender = Recording()
-    assert outbox.drain(registry, plan, sender).sent == 1
+    assert drain(registry, plan, sender).sent == 1
     [message] = sender.sent
     assert (message.email, message.to_name) == ("reminder", "ann")
     assert "no_such_value" not in message.text

@@ -24,7 +24,8 @@ from sqlalchemy import func, select
 from rollout.core.errors import GuardRefused
 from rollout.core.plan import Plan
 from rollout.dev.sendgrid_api import DevSendGrid
-from rollout.notify import outbox
+from rollout.notify.drain import drain
+from rollout.notify.queue import queue_due
 from rollout.notify.senders import SendGridSender
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine, session_scope
@@ -69,7 +70,7 @@ def queued(registry: Registry, plan: Plan) -> int:
             )
             for a in accounts
         )
-    [outcome] = outbox.queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    [outcome] = queue_due(registry, plan, NOTICE_DAY, actor="rm")
     assert outcome.added == EMAILS
     return EMAILS
 
@@ -185,7 +186,7 @@ def _finish_and_check(registry: Registry, plan: Plan, server: DevSendGrid, in_fl
     more went out twice than could have been in flight."""
     assert _states(registry).get("sending", 0) == 0
     server.script([])
-    outbox.drain(registry, plan, SendGridSender(KEY, server.url, timeout=5))
+    drain(registry, plan, SendGridSender(KEY, server.url, timeout=5))
     assert _states(registry) == {"sent": EMAILS}
     delivered = _delivered(server)
     assert len(delivered) == EMAILS

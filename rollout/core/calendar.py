@@ -41,7 +41,7 @@ StepKind = Literal[
 # brown-outs from taking the name).
 ELV = ELV_STEPS
 
-# Audiences of a mailing, as rollout.notify.outbox.audience reads them.
+# Audiences of a mailing, as rollout.notify.queue.audience reads them.
 WITHOUT_2FA = "without-2fa"
 WITHOUT_2FA_NOR_ELV = "without-2fa-nor-elv"
 _COHORT_AUDIENCE = "cohort:"

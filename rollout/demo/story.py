@@ -33,7 +33,8 @@ from sqlalchemy import Engine, and_, bindparam, delete, insert, or_, select, upd
 
 from rollout import cohorts, metrics, warehouse
 from rollout.core.clock import SimulatedClock, use_clock
-from rollout.notify import outbox
+from rollout.notify.drain import drain
+from rollout.notify.queue import queue_due
 from rollout.notify.senders import FileSender
 from rollout.phases import brownouts, enforce
 from rollout.registry import Registry
@@ -253,11 +254,11 @@ class Story:
                 self._milestone(day, f"cohorts fixed: {sizes}")
 
     def emails(self, day: date) -> None:
-        queued = outbox.queue_due(self.registry, self.plan, day, actor=ACTOR)
+        queued = queue_due(self.registry, self.plan, day, actor=ACTOR)
         for o in queued:
             if o.added:
                 self._milestone(day, f"{o.occasion.step}: {o.added} emails queued")
-        result = outbox.drain(self.registry, self.plan, self.sender, concurrency=16)
+        result = drain(self.registry, self.plan, self.sender, concurrency=16)
         self.report.emails["sent"] += result.sent
 
     def enforcement(self, day: date) -> None:

@@ -39,7 +39,7 @@ from sqlalchemy import (
 from rollout.core.calendar import phase_step
 from rollout.core.errors import GuardRefused
 from rollout.core.plan import Phase, Plan
-from rollout.notify.outbox import queue_phase_summary
+from rollout.notify.queue import queue_phase_summary
 from rollout.notify.withdraw import Selection, withdraw_preview, withdraw_queued
 from rollout.phases.previews import PhasePreview, Target
 from rollout.registry import Registry
@@ -302,7 +302,7 @@ def _enforce_batch(
         REQUIREMENTS.c.run_id == run_id,
         REQUIREMENTS.c.required_at == now,
     )
-    # Not outbox.queue_email: its queue-time skip checks (suppressed, unverified) cost
+    # Not queue_email: its queue-time skip checks (suppressed, unverified) cost
     # 2 s of an npm-scale run, over the 30 s target; the drain makes them at send time.
     queued = _changed(
         connection,

@@ -1,0 +1,819 @@
+"""Draining: deliver the queued emails exactly once.
+
+Draining claims a handful of rows at a time (``queued`` -> ``sending``, as many as
+are sent at once), renders and sends them concurrently, and records each outcome.
+A crash leaves at most that handful in ``sending``; the next drain sends them again
+(the only possible duplicates, bounded by the concurrency), never a whole batch.
+The file outbox claims FILE_BATCH (500) rows at a time and writes them in turn: a
+crash leaves at most those 500 in flight, and writing them again replaces their files.
+One drain runs at a time.
+
+A stop (SIGTERM, SIGINT; rollout.core.stopping) claims nothing more, gives the sends in
+flight a moment, records what they came to and puts back the rest; worker processes are
+told and, after a grace, killed; the run lock is let go only once the last of them is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import pickle
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, wait
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
+from multiprocessing.connection import Connection as Pipe
+from multiprocessing.connection import wait as wait_for_pipes
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    case,
+    func,
+    select,
+    update,
+)
+
+from rollout.core.errors import BadInput, RolloutError
+from rollout.core.plan import Plan
+from rollout.core.stopping import (
+    StopRequest,
+    as_child,
+    hold_for_multiprocessing,
+    stop_processes,
+    stop_requested_by_signals,
+)
+from rollout.notify.emails import EMAILS, Recipient
+from rollout.notify.message import DeliveryFailed, Message, Sender
+from rollout.notify.outbox import (
+    ACCOUNTS,
+    COMPLIANT,
+    FILE_SENDER,
+    NOTIFICATIONS,
+    REPEAT,
+    SUPPRESSED,
+    SUPPRESSIONS,
+    UNVERIFIED,
+    check_sender,
+    failure_reason,
+    pending,
+    requeue_failed,
+    run_day,
+)
+from rollout.notify.render import render
+from rollout.registry import Registry
+from rollout.registry.ledger import utc_now
+from rollout.registry.models import (
+    CohortMembership,
+    TfaFactor,
+)
+
+log = logging.getLogger(__name__)
+
+# Messages sent at once, and so at most claimed at once: the most a crash can resend.
+DEFAULT_CONCURRENCY = 8
+# What the file outbox claims at once, and writes in the drain's own thread: there is no
+# network to wait on, so threads only add overhead, and a crash that leaves a batch in
+# flight makes its rows be written again, replacing their own files (no duplicates).
+FILE_BATCH = 500
+# After a stop: how long sends in flight may still finish (and be recorded as sent)
+# before their rows are put back; and how long a worker process has to do that and
+# report before it is killed. Together they bound how long a stop takes.
+IN_FLIGHT_GRACE = 0.5
+WORKER_GRACE = 1.0
+_POLL = 0.05  # seconds between looks at a stop request while waiting
+
+# --- delivery ------------------------------------------------------------------------------
+
+
+@dataclass
+class DrainReport:
+    sender: str
+    sent: int = 0
+    failed: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    resumed: int = 0  # rows a crashed drain left in flight, sent again
+    put_back: int = 0  # claimed rows queued again by a stop: unsent, or not known to be
+    failures: list[tuple[int, str]] = field(default_factory=list)
+    requeued: int = 0  # failed rows queued again first (retry_failed)
+    retried: int = 0  # sends retried after the provider answered 5xx or 429
+
+    @property
+    def done(self) -> int:
+        return self.sent + self.failed + sum(self.skipped.values())
+
+    def failure_message(self, top: int = 3) -> str:
+        """One line: how many emails failed and the commonest reasons, e.g.
+        ``20 emails failed: SendGrid answered 400: bad request (20)``."""
+        reasons = Counter(failure_reason(why) for _, why in self.failures)
+        shown = "; ".join(f"{why} ({n})" for why, n in reasons.most_common(top))
+        more = f"; {len(reasons) - top} other reasons" if len(reasons) > top else ""
+        noun = "email" if self.failed == 1 else "emails"
+        return f"{self.failed} {noun} failed: {shown}{more}"
+
+
+class EmailsFailed(RolloutError):
+    """Some emails of a drain failed (each recorded with its reason); the rest went."""
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    id: int
+    account_id: int
+    email: str
+    phase: str
+    occasion: str
+    context: dict[str, Any]
+
+
+def _claim(engine: Engine, size: int, now: datetime, sender: str) -> list[_Claimed]:
+    """Up to ``size`` queued rows, marked as sending by this drainer: none when nothing
+    is queued (the drainers sharing the outbox take that as the end of their work)."""
+    with engine.begin() as connection:
+        query = (
+            select(NOTIFICATIONS.c.id)
+            .where(NOTIFICATIONS.c.state == "queued")
+            .order_by(NOTIFICATIONS.c.id)
+            .limit(size)
+        )
+        if connection.dialect.name == "postgresql":
+            # Rows another drainer holds are passed over, not waited for.
+            ids = [row[0] for row in connection.execute(query.with_for_update(skip_locked=True))]
+            if not ids:
+                return []
+            chosen = NOTIFICATIONS.c.id.in_(ids)
+        else:
+            # SQLite: chosen and claimed in one statement, under its one write lock. A
+            # SELECT then an UPDATE let two drainers choose the same rows; the one whose
+            # UPDATE came second claimed none and stopped as if the outbox were empty,
+            # leaving a drain in two processes to one of them.
+            chosen = NOTIFICATIONS.c.id.in_(query.scalar_subquery())
+        rows = connection.execute(
+            update(NOTIFICATIONS)
+            .where(and_(chosen, NOTIFICATIONS.c.state == "queued"))
+            # The sender is recorded as it claims: even a drain that dies mid-send
+            # leaves word of who may have sent it (check_sender).
+            .values(
+                state="sending",
+                attempts=NOTIFICATIONS.c.attempts + 1,
+                sender=sender,
+                updated_at=now,
+            )
+            .returning(
+                NOTIFICATIONS.c.id,
+                NOTIFICATIONS.c.account_id,
+                NOTIFICATIONS.c.email,
+                NOTIFICATIONS.c.phase,
+                NOTIFICATIONS.c.occasion,
+                NOTIFICATIONS.c.context,
+            )
+        ).all()
+    return sorted((_Claimed(*row) for row in rows), key=lambda c: c.id)
+
+
+_METHOD_RANK = case((TfaFactor.kind == "webauthn", 2), else_=1)
+
+
+def _recipients(connection: Connection, claimed: list[_Claimed]) -> dict[int, Recipient]:
+    """The accounts of a claimed batch as they are now: address, verified, 2FA method."""
+    ids = sorted({c.account_id for c in claimed})
+    methods = dict(
+        connection.execute(
+            select(TfaFactor.account_id, func.max(_METHOD_RANK))
+            .where(and_(TfaFactor.account_id.in_(ids), TfaFactor.removed_at.is_(None)))
+            .group_by(TfaFactor.account_id)
+        ).all()
+    )
+    return {
+        account.id: Recipient(
+            account.id,
+            account.username,
+            account.email,
+            bool(account.email_verified),
+            {2: "webauthn", 1: "totp"}.get(methods.get(account.id, 0)),
+        )
+        for account in connection.execute(
+            select(
+                ACCOUNTS.c.id, ACCOUNTS.c.username, ACCOUNTS.c.email, ACCOUNTS.c.email_verified
+            ).where(ACCOUNTS.c.id.in_(ids))
+        )
+    }
+
+
+def _packages(
+    connection: Connection, plan: Plan, claimed: list[_Claimed]
+) -> dict[tuple[str, int], tuple[str, ...]]:
+    """{(cohort, account): the packages that put the account in the cohort}."""
+    phases = {p.name: p.cohort for p in plan.phases}
+    wanted: dict[str, set[int]] = {}
+    for c in claimed:
+        if EMAILS[c.email].needs_packages and c.phase in phases:
+            wanted.setdefault(phases[c.phase], set()).add(c.account_id)
+    found = {}
+    for cohort, ids in wanted.items():
+        # By cohort first: the (cohort, account) key is the index that finds them.
+        for account_id, names in connection.execute(
+            select(CohortMembership.account_id, CohortMembership.packages).where(
+                and_(
+                    CohortMembership.cohort == cohort, CohortMembership.account_id.in_(sorted(ids))
+                )
+            )
+        ):
+            found[(cohort, account_id)] = tuple(sorted(names or []))
+    return found
+
+
+def _last_sent(
+    connection: Connection, plan: Plan, claimed: list[_Claimed]
+) -> dict[tuple[int, str], list[date]]:
+    """The days each (account, email) with a repeat window was sent on (_run_day)."""
+    windowed = [c for c in claimed if c.email in plan.notifications.repeat_days]
+    if not windowed:
+        return {}
+    rows = connection.execute(
+        select(
+            NOTIFICATIONS.c.account_id,
+            NOTIFICATIONS.c.email,
+            NOTIFICATIONS.c.sent_at,
+            NOTIFICATIONS.c.context,
+        ).where(
+            and_(
+                NOTIFICATIONS.c.account_id.in_(sorted({c.account_id for c in windowed})),
+                NOTIFICATIONS.c.email.in_(sorted({c.email for c in windowed})),
+                NOTIFICATIONS.c.state == "sent",
+                NOTIFICATIONS.c.sent_at.is_not(None),
+            )
+        )
+    ).all()
+    days: dict[tuple[int, str], list[date]] = {}
+    for account_id, email, sent_at, context in rows:
+        days.setdefault((account_id, email), []).append(run_day(context or {}, sent_at.date()))
+    return days
+
+
+@dataclass
+class _Outcome:
+    id: int
+    state: str
+    reason: str | None = None
+    message_id: str | None = None
+
+
+def _prepare(
+    plan: Plan,
+    claimed: _Claimed,
+    recipient: Recipient | None,
+    packages: Mapping[tuple[str, int], tuple[str, ...]],
+    suppressed: set[str],
+    last_sent: Mapping[tuple[int, str], list[date]],
+    now: datetime,
+) -> _Outcome | Message:
+    """A message to send, or why this row ends here (skipped, or failed to render)."""
+    definition = EMAILS.get(claimed.email)
+    if definition is None:
+        return _Outcome(claimed.id, "failed", f"no email named {claimed.email!r}")
+    if recipient is None:
+        return _Outcome(claimed.id, "failed", f"account {claimed.account_id} no longer exists")
+    if not recipient.verified:
+        return _Outcome(claimed.id, "skipped", UNVERIFIED)
+    if recipient.address.lower() in suppressed:
+        return _Outcome(claimed.id, "skipped", SUPPRESSED)
+    if recipient.compliant and definition.when_compliant == "skip":
+        return _Outcome(claimed.id, "skipped", COMPLIANT)
+    days = plan.notifications.repeat_days.get(claimed.email)
+    # Judged on the days the emails' runs were for: a back-filled run's day is not now.
+    on = run_day(claimed.context, now.date())
+    previous = last_sent.get((claimed.account_id, claimed.email), [])
+    if days and any(abs((on - sent_on).days) < days for sent_on in previous):
+        return _Outcome(claimed.id, "skipped", REPEAT)
+    try:
+        if definition.needs_packages:
+            cohort = plan.phase(claimed.phase).cohort
+            recipient = replace(
+                recipient, packages=packages.get((cohort, recipient.account_id), ())
+            )
+        rendered = render(definition, recipient, claimed.context, plan)
+    except Exception as error:  # a template or context bug fails this message, not the run
+        return _Outcome(claimed.id, "failed", f"render: {type(error).__name__}: {error}")
+    return Message(
+        claimed.id,
+        claimed.email,
+        recipient.address,
+        recipient.username,
+        rendered.subject,
+        rendered.text,
+        rendered.html,
+    )
+
+
+def _deliver(sender: Sender, message: Message) -> _Outcome:
+    try:
+        return _Outcome(message.outbox_id, "sent", message_id=sender.send(message))
+    except DeliveryFailed as failure:
+        if not failure.permanent and _is_misconfiguration(failure):
+            raise
+        return _Outcome(message.outbox_id, "failed", failure.reason[:2000])
+
+
+def _is_misconfiguration(failure: DeliveryFailed) -> bool:
+    from rollout.notify.senders import SenderMisconfigured
+
+    return isinstance(failure, SenderMisconfigured)
+
+
+def _record(engine: Engine, outcomes: Iterable[_Outcome], now: datetime) -> None:
+    rows = [
+        {
+            "row_id": o.id,
+            "new_state": o.state,
+            "new_reason": o.reason if o.state == "skipped" else None,
+            "new_error": o.reason if o.state == "failed" else None,
+            "new_message_id": o.message_id,
+            "new_sent_at": now if o.state == "sent" else None,
+            "now": now,
+        }
+        for o in outcomes
+    ]
+    if not rows:
+        return
+    with engine.begin() as connection:
+        connection.execute(
+            update(NOTIFICATIONS)
+            .where(
+                and_(
+                    NOTIFICATIONS.c.id == bindparam("row_id"),
+                    NOTIFICATIONS.c.state == "sending",
+                )
+            )
+            .values(
+                state=bindparam("new_state"),
+                skip_reason=bindparam("new_reason"),
+                error=bindparam("new_error"),
+                message_id=bindparam("new_message_id"),
+                sent_at=bindparam("new_sent_at"),
+                updated_at=bindparam("now"),
+            ),
+            rows,
+        )
+
+
+def _release(engine: Engine, ids: list[int]) -> None:
+    """Put claimed rows back, unsent (the sender is misconfigured: nothing went out)."""
+    with engine.begin() as connection:
+        connection.execute(
+            update(NOTIFICATIONS)
+            .where(and_(NOTIFICATIONS.c.id.in_(ids), NOTIFICATIONS.c.state == "sending"))
+            .values(state="queued", attempts=NOTIFICATIONS.c.attempts - 1)
+        )
+
+
+def _put_back(engine: Engine, ids: list[int], now: datetime) -> None:
+    """Queue claimed rows again whose sends a stop cut short: they may have gone out, so
+    the attempt counts (the next drain sends them again, the only duplicates)."""
+    with engine.begin() as connection:
+        connection.execute(
+            update(NOTIFICATIONS)
+            .where(and_(NOTIFICATIONS.c.id.in_(ids), NOTIFICATIONS.c.state == "sending"))
+            .values(state="queued", updated_at=now)
+        )
+
+
+def _requeue_in_flight(engine: Engine, now: datetime) -> int:
+    """Queue again every row in flight. Only while holding the run lock with no drain
+    process left: the rows are then those of a drain (or worker) that died, and it may or
+    may not have sent them."""
+    with engine.begin() as connection:
+        return connection.execute(
+            update(NOTIFICATIONS)
+            .where(NOTIFICATIONS.c.state == "sending")
+            .values(state="queued", updated_at=now)
+        ).rowcount
+
+
+@dataclass
+class _Batch:
+    """Claimed rows: those that end here (skips, render failures) and those to send."""
+
+    outcomes: list[_Outcome]
+    messages: list[Message]
+
+    @property
+    def ids(self) -> list[int]:
+        return [o.id for o in self.outcomes] + [m.outbox_id for m in self.messages]
+
+
+def _next_batch(
+    engine: Engine, plan: Plan, size: int, clock: Callable[[], datetime], sender: str
+) -> _Batch | None:
+    """Claim up to ``size`` queued rows and decide, for each, to skip it or its message."""
+    claimed = _claim(engine, size, clock(), sender) if size > 0 else []
+    if not claimed:
+        return None
+    now = clock()
+    with engine.connect() as connection:
+        recipients = _recipients(connection, claimed)
+        packages = _packages(connection, plan, claimed)
+        suppressed = {
+            address
+            for (address,) in connection.execute(
+                select(SUPPRESSIONS.c.address).where(
+                    SUPPRESSIONS.c.address.in_([r.address.lower() for r in recipients.values()])
+                )
+            )
+        }
+        last_sent = _last_sent(connection, plan, claimed)
+    prepared = [
+        _prepare(plan, c, recipients.get(c.account_id), packages, suppressed, last_sent, now)
+        for c in claimed
+    ]
+    return _Batch(
+        [p for p in prepared if isinstance(p, _Outcome)],
+        [p for p in prepared if isinstance(p, Message)],
+    )
+
+
+def _count(report: DrainReport, outcomes: Iterable[_Outcome]) -> None:
+    for o in outcomes:
+        if o.state == "sent":
+            report.sent += 1
+        elif o.state == "failed":
+            report.failed += 1
+            report.failures.append((o.id, o.reason or ""))
+        else:
+            report.skipped[o.reason or ""] += 1
+
+
+class _InlineSends:
+    """Sends in the calling thread, at once: the file outbox (FILE_BATCH)."""
+
+    def __init__(self, sender: Sender) -> None:
+        self._sender = sender
+
+    def submit(self, message: Message) -> Future[_Outcome]:
+        future: Future[_Outcome] = Future()
+        try:
+            future.set_result(_deliver(self._sender, message))
+        except Exception as error:  # as _SendThreads: the drain decides
+            future.set_exception(error)
+        return future
+
+    def close(self) -> None:
+        pass
+
+
+class _SendThreads:
+    """``count`` daemon threads that send. Not a ThreadPoolExecutor: its threads are
+    joined when the process exits, so a send stuck on a slow server would keep a stopped
+    process alive; a stop has put such a send's row back already."""
+
+    def __init__(self, sender: Sender, count: int) -> None:
+        self._work: queue.SimpleQueue[tuple[Message, Future[_Outcome]] | None]
+        self._work = queue.SimpleQueue()
+        self._count = count
+        for n in range(count):
+            threading.Thread(
+                target=self._run, args=(sender,), name=f"send-{n}", daemon=True
+            ).start()
+
+    def submit(self, message: Message) -> Future[_Outcome]:
+        future: Future[_Outcome] = Future()
+        self._work.put((message, future))
+        return future
+
+    def close(self) -> None:
+        for _ in range(self._count):
+            self._work.put(None)
+
+    def _run(self, sender: Sender) -> None:
+        while (item := self._work.get()) is not None:
+            message, future = item
+            try:
+                future.set_result(_deliver(sender, message))
+            except Exception as error:  # the drain decides (a misconfigured sender stops it)
+                future.set_exception(error)
+
+
+def _await_sends(futures: list[Future[_Outcome]], stop: StopRequest) -> None:
+    """Wait for a batch's sends; once a stop is asked for, IN_FLIGHT_GRACE more at most."""
+    waiting = set(futures)
+    while waiting and not stop.is_set():
+        _, waiting = wait(waiting, timeout=_POLL)
+    wait(waiting, timeout=IN_FLIGHT_GRACE)
+
+
+def _drain_loop(
+    engine: Engine,
+    plan: Plan,
+    sender: Sender,
+    *,
+    concurrency: int,
+    limit: int | None,
+    clock: Callable[[], datetime],
+    progress: Callable[[DrainReport], None] | None = None,
+    stop: StopRequest | None = None,
+) -> DrainReport:
+    """Claim, send and record batches until nothing is queued (or ``limit`` is reached,
+    or a stop is asked for: then the batch in flight is recorded or put back).
+
+    A batch is ``concurrency`` rows sent by as many threads; for the file outbox it is
+    FILE_BATCH rows written one after the other in this thread (see drain)."""
+    stop = stop or StopRequest()
+    report = DrainReport(sender.name)
+    claimed = 0
+    inline = sender.name == FILE_SENDER
+    batch_size = FILE_BATCH if inline else concurrency
+    sends: _InlineSends | _SendThreads
+    sends = _InlineSends(sender) if inline else _SendThreads(sender, concurrency)
+    retried_before = _retried(sender)
+    try:
+        while (limit is None or claimed < limit) and not stop.is_set():
+            size = batch_size if limit is None else min(batch_size, limit - claimed)
+            batch = _next_batch(engine, plan, size, clock, sender.name)
+            if batch is None:
+                break
+            claimed += len(batch.ids)
+            futures = [sends.submit(m) for m in batch.messages]
+            _await_sends(futures, stop)
+            # Looked at once: a send may still finish while the lists are made.
+            settled = {
+                m.outbox_id: f for m, f in zip(batch.messages, futures, strict=True) if f.done()
+            }
+            finished = [f.result() for f in settled.values() if not f.exception()]
+            refused = [(i, e) for i, f in settled.items() if (e := f.exception())]
+            unsent = [m.outbox_id for m in batch.messages if m.outbox_id not in settled]  # a stop
+            _record(engine, [*batch.outcomes, *finished], clock())
+            _count(report, [*batch.outcomes, *finished])
+            if unsent:
+                _put_back(engine, unsent, clock())
+                report.put_back += len(unsent)
+            if refused:
+                _release(engine, [outbox_id for outbox_id, _ in refused])
+                error = refused[0][1]
+                if isinstance(error, DeliveryFailed):  # misconfigured (see _deliver)
+                    raise RolloutError(
+                        f"{sender.name}: {error.reason}; nothing more was sent "
+                        "(fix the settings and run again)"
+                    ) from None
+                raise error
+            if progress:
+                progress(report)
+    finally:
+        sends.close()
+        report.retried = _retried(sender) - retried_before
+    return report
+
+
+def _retried(sender: Sender) -> int:
+    """Retries after 5xx/429 the sender has made (only SendGridSender retries)."""
+    return int(getattr(sender, "retried_after_status", 0))
+
+
+def _drain_worker(
+    registry_url: str,
+    plan: Plan,
+    sender: Sender,
+    concurrency: int,
+    limit: int | None,
+    parent_pid: int,
+    results: Pipe,
+) -> None:
+    """One worker process of a drain: its own connections, the real clock. It stops as
+    the parent does, when the parent says so (SIGTERM) or dies, and reports through
+    ``results``: its DrainReport, or the error that ended it.
+
+    The parent's Registry stays in the parent (an engine does not cross a process
+    boundary): the worker is handed its URL and makes a Registry of its own."""
+    stop = as_child(parent_pid)
+    outcome: DrainReport | Exception
+    try:
+        with Registry(registry_url) as registry:
+            outcome = _drain_loop(
+                registry.engine,
+                plan,
+                sender,
+                concurrency=concurrency,
+                limit=limit,
+                clock=utc_now,
+                stop=stop,
+            )
+    except Exception as error:
+        outcome = error
+    with contextlib.suppress(OSError):  # the parent is gone: nobody left to tell
+        results.send(_picklable(outcome))
+
+
+def _picklable(outcome: DrainReport | Exception) -> DrainReport | Exception:
+    """The outcome, or an error that says what it was when it cannot travel (an exception
+    whose constructor takes other arguments than its message)."""
+    try:
+        pickle.loads(pickle.dumps(outcome))
+    except Exception:
+        return RolloutError(f"a drain worker failed: {type(outcome).__name__}: {outcome}")
+    return outcome
+
+
+@dataclass
+class _Worker:
+    process: BaseProcess
+    results: Pipe
+    outcome: DrainReport | Exception | None = None  # None: it died without a word
+    reported: bool = False
+
+
+def _start_workers(count: int, args: tuple[Any, ...]) -> list[_Worker]:
+    context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+    workers = []
+    with hold_for_multiprocessing():
+        for _ in range(count):
+            results, sink = context.Pipe(duplex=False)
+            process = context.Process(
+                target=_drain_worker,
+                args=(*args, os.getpid(), sink),
+                name="rollout-drain",
+                daemon=True,
+            )
+            process.start()
+            sink.close()
+            workers.append(_Worker(process, results))
+    return workers
+
+
+def _gather(workers: list[_Worker], timeout: float) -> None:
+    """Take the reports that come within ``timeout``: a worker reports just before it exits."""
+    waiting = {w.results: w for w in workers if not w.reported}
+    for ready in wait_for_pipes(list(waiting), timeout):
+        worker = waiting[ready]  # type: ignore[index]
+        with contextlib.suppress(EOFError):  # died without a word: None
+            worker.outcome = ready.recv()  # type: ignore[union-attr]
+        worker.reported = True
+
+
+def _drain_in_processes(
+    registry_url: str,
+    plan: Plan,
+    sender: Sender,
+    *,
+    processes: int,
+    concurrency: int,
+    limit: int | None,
+    stop: StopRequest,
+    progress: Callable[[], None] | None,
+) -> list[DrainReport]:
+    """Run the drain in ``processes`` workers and wait for them, looking at ``stop``; on
+    a stop or an error, tell them to wind down, then kill what is left. No worker is left
+    when this returns, however it returns."""
+    share = None if limit is None else -(-limit // processes)
+    workers = _start_workers(processes, (registry_url, plan, sender, concurrency, share))
+    try:
+        shown = time.monotonic()
+        while not stop.is_set() and not all(w.reported for w in workers):
+            _gather(workers, 4 * _POLL)
+            if any(w.reported and not isinstance(w.outcome, DrainReport) for w in workers):
+                break  # a worker failed: stop the others rather than drain on half-manned
+            if progress and time.monotonic() - shown >= 0.5:
+                progress()
+                shown = time.monotonic()
+    finally:
+        for w in workers:
+            if not w.reported:
+                w.process.terminate()  # wind down: record or put back the batch in flight
+        deadline = time.monotonic() + WORKER_GRACE
+        while not all(w.reported for w in workers) and (left := deadline - time.monotonic()) > 0:
+            _gather(workers, left)
+        stop_processes([w.process for w in workers], grace=WORKER_GRACE / 2)
+        for w in workers:
+            w.results.close()
+    for w in workers:
+        if isinstance(w.outcome, Exception):
+            raise w.outcome
+    if not stop.is_set() and any(w.outcome is None for w in workers):
+        codes = ", ".join(str(w.process.exitcode) for w in workers if w.outcome is None)
+        raise RolloutError(f"a drain worker died (exit code {codes}); run again to finish")
+    return [w.outcome for w in workers if isinstance(w.outcome, DrainReport)]
+
+
+def _merge(reports: Iterable[DrainReport], into: DrainReport) -> DrainReport:
+    for r in reports:
+        into.sent += r.sent
+        into.failed += r.failed
+        into.skipped.update(r.skipped)
+        into.put_back += r.put_back
+        into.failures += r.failures
+        into.retried += r.retried
+    return into
+
+
+def drain(
+    registry: Registry,
+    plan: Plan,
+    sender: Sender,
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    processes: int = 1,
+    limit: int | None = None,
+    clock: Callable[[], datetime] = utc_now,
+    progress: Callable[[int, int], None] | None = None,
+    retry_failed: bool = False,
+) -> DrainReport:
+    """Send every queued email (at most ``limit``), ``concurrency`` at a time in each
+    of ``processes`` processes; with ``retry_failed``, failed emails are queued again
+    first (``report.requeued`` says how many).
+
+    The file sender refuses to start (RolloutError) while an email it would take was
+    last attempted through SendGrid: see :func:`check_sender`.
+
+    Claimed rows are sent and recorded before more are claimed: a crash leaves at
+    most ``concurrency`` rows in flight per process, the only messages a rerun may
+    duplicate. The file outbox claims FILE_BATCH (500) rows at a time instead and writes
+    them in the drain's own thread (``concurrency`` is unused): a crash leaves at most
+    500 in flight per process, and a rerun writes them again, each replacing its own
+    ``.eml``, so no email is there twice. More processes help where rendering and the
+    HTTP client's own work are the limit (a local server on a small machine); against
+    SendGrid, more concurrency is the lever. Worker processes use the real clock and need a
+    sender that pickles (both senders do).
+
+    SIGTERM or SIGINT (from the main thread's point of view) stops the drain: what was
+    in flight is recorded or put back, every worker is gone before the run lock is let
+    go, and then :class:`rollout.core.stopping.Stopped` is raised with the counts."""
+    report = DrainReport(sender.name)
+    with (
+        stop_requested_by_signals() as stop,
+        registry.lock("notify"),
+    ):
+        engine = registry.engine
+        check_sender(registry, sender.name, include_failed=retry_failed)
+        if retry_failed:
+            report.requeued = requeue_failed(engine, clock())
+        # Left in flight by a drain that died: it may or may not have sent them.
+        report.resumed = _requeue_in_flight(engine, clock())
+        waiting = sum(pending(registry).values())
+        total = min(waiting, limit) if limit is not None else waiting
+        if processes <= 1:
+            _merge(
+                [
+                    _drain_loop(
+                        engine,
+                        plan,
+                        sender,
+                        concurrency=concurrency,
+                        limit=limit,
+                        clock=clock,
+                        progress=(lambda r: progress(r.done, total)) if progress else None,
+                        stop=stop,
+                    )
+                ],
+                report,
+            )
+        else:
+
+            def advance() -> None:
+                if progress:
+                    done = waiting - sum(pending(registry).values())
+                    progress(min(done, total), total)
+
+            try:
+                # The workers get the URL, and each makes its own Registry (_drain_worker).
+                reports = _drain_in_processes(
+                    registry.url,
+                    plan,
+                    sender,
+                    processes=processes,
+                    concurrency=concurrency,
+                    limit=limit,
+                    stop=stop,
+                    progress=advance,
+                )
+                _merge(reports, report)
+            finally:
+                # What killed workers held: no drain process is left, the lock still held.
+                report.put_back += _requeue_in_flight(engine, clock())
+    stop.raise_if_set(f"stopped: {report.sent} sent, {report.put_back} put back")
+    return report
+
+
+def account_recipient(
+    registry: Registry, plan: Plan, username: str, phase: str | None
+) -> Recipient:
+    """One account as a recipient (for previews), with its packages in ``phase``'s cohort."""
+    with registry.engine.connect() as connection:
+        account_id = connection.execute(
+            select(ACCOUNTS.c.id).where(ACCOUNTS.c.username == username)
+        ).scalar()
+        if account_id is None:
+            raise BadInput(None, None, f"no account named {username!r}")
+        claimed = [_Claimed(0, account_id, "phase_notice", phase or "", "", {})]
+        recipient = _recipients(connection, claimed)[account_id]
+        if phase is None:
+            return recipient
+        packages = _packages(connection, plan, claimed)
+    return replace(recipient, packages=packages.get((plan.phase(phase).cohort, account_id), ()))

@@ -1,0 +1,262 @@
+"""Queueing: the emails the plan calls for, on their days, into the outbox ledger.
+
+Queueing is set-based (one INSERT ... SELECT per occasion) into ``notifications``,
+whose natural key (account, email, phase, occasion) makes a re-run, of a flow, a
+phase or the whole plan, queue nothing twice. Accounts the email must not reach are
+recorded as ``skipped`` with the reason: unverified email, suppressed address,
+already compliant (for warnings only).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Connection,
+    DateTime,
+    Select,
+    and_,
+    case,
+    exists,
+    func,
+    literal,
+    select,
+)
+
+from rollout.core.calendar import WITHOUT_2FA, WITHOUT_2FA_NOR_ELV, audience_cohort, plan_calendar
+from rollout.core.plan import Plan
+from rollout.notify.emails import EMAILS
+from rollout.notify.outbox import (
+    ACCOUNTS,
+    COMPLIANT,
+    NOTIFICATIONS,
+    RUN_DAY,
+    SUPPRESSED,
+    SUPPRESSIONS,
+    UNVERIFIED,
+)
+from rollout.registry import Registry
+from rollout.registry.ledger import dialect_insert, recorded_run, utc_now
+from rollout.registry.models import (
+    CohortMembership,
+    has_active_factor,
+)
+
+log = logging.getLogger(__name__)
+
+
+# --- what the plan calls for, and when ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Occasion:
+    """One mailing of the plan: an email to an audience, due from one day until another."""
+
+    step: str  # the plan_runs step (rollout plan show)
+    email: str
+    phase: str
+    occasion: str
+    due_on: date
+    until: date  # queued no later than the day before (a reminder after the deadline is noise)
+    audience: str  # as rollout.core.calendar.Mailing.audience: audience() reads it
+    context: dict[str, Any]
+
+
+def plan_occasions(plan: Plan) -> list[Occasion]:
+    """Every mailing the plan makes, in date order: the calendar's steps that send an email."""
+    return [
+        Occasion(
+            step.key,
+            m.email,
+            m.phase,
+            m.occasion,
+            step.on,
+            m.deadline,
+            m.audience,
+            dict(m.context),
+        )
+        for step in plan_calendar(plan)
+        if (m := step.mailing) is not None
+    ]
+
+
+def due_occasions(plan: Plan, day: date) -> list[Occasion]:
+    """The mailings to queue on ``day``: due, and not yet too late (catches up missed days)."""
+    return [o for o in plan_occasions(plan) if o.due_on <= day < o.until]
+
+
+def audience(spec: str) -> Select:
+    """The account ids a mailing goes to."""
+    cohort = audience_cohort(spec)
+    if cohort is not None:
+        return select(CohortMembership.account_id).where(
+            and_(
+                CohortMembership.cohort == cohort,
+                CohortMembership.left_on.is_(None),
+            )
+        )
+    without = select(ACCOUNTS.c.id).where(~has_active_factor(ACCOUNTS.c.id))
+    if spec == WITHOUT_2FA:
+        return without
+    if spec == WITHOUT_2FA_NOR_ELV:
+        return without.where(ACCOUNTS.c.elv_enrolled_at.is_(None))
+    raise ValueError(f"unknown audience {spec!r}")
+
+
+def _skip_reason(email: str) -> Any:
+    """SQL: why an account gets no email at queue time, or NULL."""
+    suppressed = exists().where(SUPPRESSIONS.c.address == func.lower(ACCOUNTS.c.email))
+    whens = [(~ACCOUNTS.c.email_verified, UNVERIFIED), (suppressed, SUPPRESSED)]
+    if EMAILS[email].when_compliant == "skip":
+        whens.append((has_active_factor(ACCOUNTS.c.id), COMPLIANT))
+    return case(*whens, else_=None)
+
+
+def queue_email(
+    connection: Connection,
+    *,
+    email: str,
+    phase: str,
+    occasion: str,
+    account_ids: Select,
+    context: Mapping[str, Any],
+    run_id: str | None,
+    now: datetime,
+) -> int:
+    """Queue (or record as skipped) one email to each account; returns rows added.
+
+    An account that already has this (email, phase, occasion) keeps its row: queued,
+    sent or skipped, it is never queued again."""
+    reason = _skip_reason(email)
+    ids = account_ids.subquery()
+    rows = connection.execute(
+        dialect_insert(connection, NOTIFICATIONS)
+        .from_select(
+            [
+                "account_id",
+                "email",
+                "phase",
+                "occasion",
+                "state",
+                "skip_reason",
+                "context",
+                "attempts",
+                "run_id",
+                "created_at",
+                "updated_at",
+            ],
+            select(
+                ACCOUNTS.c.id,
+                literal(email),
+                literal(phase),
+                literal(occasion),
+                case((reason.is_(None), "queued"), else_="skipped"),
+                reason,
+                literal(dict(context), JSON),
+                literal(0),
+                literal(run_id),
+                literal(now, DateTime),
+                literal(now, DateTime),
+            ).where(ACCOUNTS.c.id.in_(select(ids.c[0]))),
+        )
+        .on_conflict_do_nothing(index_elements=["account_id", "email", "phase", "occasion"])
+        .returning(NOTIFICATIONS.c.id)
+    ).all()
+    return len(rows)
+
+
+@dataclass
+class QueueOutcome:
+    occasion: Occasion
+    audience: int
+    added: int = 0
+    already: int = 0  # already queued, sent or skipped by an earlier run
+
+
+def queue_preview(registry: Registry, plan: Plan, day: date) -> list[QueueOutcome]:
+    """What queueing on ``day`` would add, per mailing. Reads only."""
+    outcomes = []
+    with registry.engine.connect() as connection:
+        for o in due_occasions(plan, day):
+            ids = audience(o.audience).subquery()
+            total = connection.execute(select(func.count()).select_from(ids)).scalar_one()
+            existing = connection.execute(
+                select(func.count())
+                .select_from(NOTIFICATIONS)
+                .where(
+                    and_(
+                        NOTIFICATIONS.c.email == o.email,
+                        NOTIFICATIONS.c.phase == o.phase,
+                        NOTIFICATIONS.c.occasion == o.occasion,
+                        NOTIFICATIONS.c.account_id.in_(select(ids.c[0])),
+                    )
+                )
+            ).scalar_one()
+            outcomes.append(QueueOutcome(o, total, total - existing, existing))
+    return outcomes
+
+
+def queue_due(registry: Registry, plan: Plan, day: date, *, actor: str) -> list[QueueOutcome]:
+    """Queue every mailing due on ``day``: one recorded run per mailing."""
+    outcomes = []
+    with registry.lock("queue"):
+        engine = registry.engine
+        for o in due_occasions(plan, day):
+            with recorded_run(
+                engine,
+                plan=plan.name,
+                step=o.step,
+                mode="apply",
+                actor=actor,
+                lock="queue",
+                parameters={"day": day.isoformat(), "email": o.email},
+            ) as run:
+                ids = audience(o.audience)
+                with engine.begin() as connection:
+                    total = connection.execute(
+                        select(func.count()).select_from(ids.subquery())
+                    ).scalar_one()
+                    added = queue_email(
+                        connection,
+                        email=o.email,
+                        phase=o.phase,
+                        occasion=o.occasion,
+                        account_ids=ids,
+                        context={**o.context, RUN_DAY: day.isoformat()},
+                        run_id=run.id,
+                        now=utc_now(),
+                    )
+                outcome = QueueOutcome(o, total, added, total - added)
+                run.summary = {"audience": total, "added": added, "already": total - added}
+            outcomes.append(outcome)
+    return outcomes
+
+
+def queue_phase_summary(
+    connection: Connection,
+    plan: Plan,
+    phase: str,
+    *,
+    counts: Mapping[str, int],
+    run_id: str,
+    now: datetime,
+) -> int:
+    """The release managers' summary of one enforcement run."""
+    managers = plan.notifications.release_managers
+    if not managers:
+        return 0
+    return queue_email(
+        connection,
+        email="phase_summary",
+        phase=phase,
+        occasion=run_id,
+        account_ids=select(ACCOUNTS.c.id).where(ACCOUNTS.c.username.in_(managers)),
+        context={"phase": phase, "counts": dict(counts), "run_id": run_id},
+        run_id=run_id,
+        now=now,
+    )
