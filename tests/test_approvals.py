@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import socket
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from rollout.cli import app
-from rollout.core.errors import BadInput
-from rollout.phases.approvals import ApprovalRequest, api_from_environ, parse_run_id
+from rollout.core.errors import BadInput, RolloutError
+from rollout.phases.approvals import ApprovalRequest, PrefectApi, api_from_environ, parse_run_id
 
 
 def closed_port() -> int:
@@ -82,3 +83,39 @@ def test_the_api_key_or_auth_string_goes_in_the_header() -> None:
 def test_the_request_round_trips_through_json() -> None:
     request = ApprovalRequest("top-100", 87, 120, 13, "/r/a.csv", "phase-preview-top-100", "t")
     assert ApprovalRequest.from_json(request.to_json()) == request
+
+
+def _api_answering(statuses: list[int]) -> tuple[PrefectApi, list[str]]:
+    """A PrefectApi whose server answers these statuses in turn (then 200), no waits."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        status = statuses.pop(0) if statuses else 200
+        return httpx.Response(status, json={"ok": status == 200})
+
+    api = PrefectApi("http://prefect.test/api")
+    api.client = httpx.Client(base_url=api.url, transport=httpx.MockTransport(handler))
+    api.retry_waits = (0, 0, 0, 0)
+    return api, seen
+
+
+def test_a_busy_server_is_asked_again_as_prefect_s_client_does() -> None:
+    api, seen = _api_answering([503, 502, 429])
+    with api:
+        assert api.json("POST", "/flow_runs/x/resume", {}) == {"ok": True}
+    assert len(seen) == 4
+
+
+def test_a_server_busy_past_the_retries_fails_with_one_line() -> None:
+    api, seen = _api_answering([503] * 10)
+    with api, pytest.raises(RolloutError, match="HTTP 503"):
+        api.json("GET", "/flow_runs/x")
+    assert len(seen) == 5
+
+
+def test_a_refusal_is_not_asked_again() -> None:
+    api, seen = _api_answering([409])
+    with api, pytest.raises(RolloutError, match="HTTP 409"):
+        api.json("POST", "/flow_runs/x/resume", {})
+    assert len(seen) == 1

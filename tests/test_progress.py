@@ -148,7 +148,7 @@ def test_notify_send_piped_draws_no_progress(rollout_home: Path) -> None:
 def test_the_demo_ends_with_the_numbers_that_tell_the_story() -> None:
     from datetime import date
 
-    from rollout.cli import _story_lines
+    from rollout.cli.demo import _story_lines
     from rollout.demo.story import StoryReport
 
     report = StoryReport(date(2021, 12, 1), date(2022, 5, 10))

@@ -49,7 +49,7 @@ PLACEHOLDERS = {
 }
 
 # Options and arguments the CLI takes as text and reads as a day or a time itself
-# (rollout.cli._parse_day and _parse_time), by parameter name.
+# (rollout.cli.app._parse_day and _parse_time), by parameter name.
 DAY_PARAMETERS = {"as_of", "start", "end", "first", "second"}
 TIME_PARAMETERS = {"at"}
 

@@ -142,15 +142,27 @@ class PrefectApi:
     def __exit__(self, *exc: object) -> None:
         self.client.close()
 
+    # A busy server answers 503 (its database locked a moment), as do proxies in front
+    # of it (502, 504) and rate limits (429); Prefect's own client retries these, and
+    # so does this one. The server rolled the request back, so sending it again does
+    # nothing twice.
+    TRANSIENT = frozenset({429, 502, 503, 504})
+    retry_waits: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+
     def call(self, method: str, path: str, body: Any = None) -> httpx.Response:
-        try:
-            return self.client.request(method, path, json=body)
-        except httpx.HTTPError as error:
-            # No server, a wrong port or host: bad input (the URL), not a failed run.
-            raise RolloutError(
-                f"cannot reach the Prefect API at {self.url} (PREFECT_API_URL): "
-                f"{type(error).__name__}: {error}"
-            ).with_exit(EXIT_BAD_INPUT) from None
+        for wait in (*self.retry_waits, None):
+            try:
+                response = self.client.request(method, path, json=body)
+            except httpx.HTTPError as error:
+                # No server, a wrong port or host: bad input (the URL), not a failed run.
+                raise RolloutError(
+                    f"cannot reach the Prefect API at {self.url} (PREFECT_API_URL): "
+                    f"{type(error).__name__}: {error}"
+                ).with_exit(EXIT_BAD_INPUT) from None
+            if response.status_code not in self.TRANSIENT or wait is None:
+                return response
+            time.sleep(wait)
+        raise AssertionError("unreachable")  # the last wait is None
 
     def json(self, method: str, path: str, body: Any = None) -> Any:
         response = self.call(method, path, body)

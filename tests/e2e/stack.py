@@ -46,6 +46,7 @@ PHASE = "top-100"
 PREFECT = [sys.executable, "-m", "prefect"]
 ROLLOUT = [sys.executable, "-m", "rollout"]
 MARKER = "ROLLOUT_TEST_E2E_ID"  # inherited by every process a test module starts
+TRANSIENT = {429, 502, 503, 504}  # statuses Prefect's client retries
 OPEN_STATES = ["SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"]
 
 SERVER_STARTUP_SECONDS = 120
@@ -212,8 +213,16 @@ class Processes:
         return left
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
-        """The server's REST API (no in-process Prefect client: its settings are global)."""
-        response = httpx.request(method, self.api_url + path, json=body, timeout=30)
+        """The server's REST API (no in-process Prefect client: its settings are global).
+
+        Retried on 429/502/503/504, as Prefect's own client does: on a loaded machine
+        its SQLite may be busy for a moment (503 "Service Unavailable"), and the request
+        was then rolled back, so sending it again creates nothing twice."""
+        for wait in (0.5, 1, 2, 4, 8, 0):
+            response = httpx.request(method, self.api_url + path, json=body, timeout=30)
+            if response.status_code not in TRANSIENT or not wait:
+                break
+            time.sleep(wait)
         assert response.is_success, (
             f"{method} {path}: {response.status_code} {response.text}\n{self.diagnostics()}"
         )

@@ -1,0 +1,117 @@
+"""The ``rollout`` command's application: the Typer app and its callback (one Runtime per
+invocation), the error handling every command shares, and the common options.
+
+Exit codes (DESIGN.md): 0 success, 1 failure, 2 bad usage or bad input, 3 refused by a
+safety guard. Messages and progress go to stderr; stdout carries only the listing.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from datetime import date, datetime
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from rollout import __version__
+from rollout.core.clock import naive_utc
+from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
+from rollout.core.output import Format, labelled, stderr
+from rollout.core.stopping import Stopped
+from rollout.runtime import Runtime
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="rollout",
+    help="Move a package registry's maintainers to mandatory two-factor authentication.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+FormatOption = Annotated[
+    Format, typer.Option("--format", "-f", help="Output format: table, csv or json.")
+]
+
+
+def _runtime(ctx: typer.Context) -> Runtime:
+    """This invocation's runtime (settings, plan, registry, warehouse), which the callback
+    made, with its settings read.
+
+    Read here, in the command and under ``reports_errors``: a bad setting is the one-line
+    error (exit code 2) the command reports first, before a bad option value, as it
+    always was. A command that needs no settings (``plan check FILE``) does not ask."""
+    runtime = ctx.find_object(Runtime)
+    if runtime is None:  # pragma: no cover - every command runs under the callback
+        raise RuntimeError("no runtime: run the command through the `rollout` app")
+    _ = runtime.settings
+    return runtime
+
+
+def reports_errors(function: F) -> F:
+    """Turn the library's errors into a message on stderr and the promised exit code."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except RolloutError as error:
+            stderr.print(labelled("error:", "bold red", error))
+            raise typer.Exit(error.exit_code) from error
+        except Stopped as stopped:  # SIGTERM/SIGINT: every child is gone, nothing half-done
+            stderr.print(str(stopped), highlight=False, markup=False)
+            raise typer.Exit(stopped.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback(invoke_without_command=True)
+def main(
+    ctx: typer.Context,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """rollout: measure reach, pick cohorts, warn, rehearse, enforce and report 2FA."""
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
+    # One runtime for the invocation: nothing is read or opened until a command uses it,
+    # and what it opened (the registry's engine) is closed when the command ends.
+    runtime = Runtime()
+    ctx.obj = runtime
+    ctx.call_on_close(runtime.close)
+
+
+AsOfOption = Annotated[
+    str | None, typer.Option("--as-of", help="The day, YYYY-MM-DD (default: the latest computed).")
+]
+
+ApplyOption = Annotated[
+    bool, typer.Option("--apply", help="Make the change (without: preview only).")
+]
+
+
+def _parse_day(text: str, option: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as error:
+        raise RolloutError(f"{option}: {text!r} is not a date (YYYY-MM-DD)").with_exit(
+            EXIT_BAD_INPUT
+        ) from error
+
+
+def _parse_time(text: str, option: str = "--at") -> datetime:
+    """A UTC time, YYYY-MM-DD[THH:MM[:SS]]; stored naive, as the registry keeps UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as error:
+        raise RolloutError(
+            f"{option}: {text!r} is not a time (YYYY-MM-DD or YYYY-MM-DDTHH:MM)"
+        ).with_exit(EXIT_BAD_INPUT) from error
+    return naive_utc(moment)
+
+
+def run() -> None:  # pragma: no cover - the console script
+    sys.exit(app())

@@ -1,0 +1,136 @@
+"""`rollout brownout` and `rollout elv`: brown-outs of enhanced login verification."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from rollout.cli.app import (
+    ApplyOption,
+    FormatOption,
+    _runtime,
+    app,
+    reports_errors,
+)
+from rollout.core.output import Format, emit, progress_for, stderr
+
+# --- brown-outs and ELV --------------------------------------------------------------------
+
+brownout_app = typer.Typer(
+    help="Brown-outs: 24 h rehearsals of enhanced login verification.", no_args_is_help=True
+)
+app.add_typer(brownout_app, name="brownout")
+elv_app = typer.Typer(help="Enhanced login verification (ELV).", no_args_is_help=True)
+app.add_typer(elv_app, name="elv")
+
+
+@brownout_app.command("status")
+@reports_errors
+def brownout_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
+    """Every brown-out window and its state now: scheduled, active, ended, ended early."""
+    from rollout.phases.brownouts import status
+
+    windows = status(_runtime(ctx).registry)
+    emit(
+        [vars(w) for w in windows],
+        fmt,
+        title="brown-out windows",
+        columns=["name", "state", "starts_at", "ends_at", "ended_early_at"],
+    )
+
+
+@brownout_app.command("schedule")
+@reports_errors
+def brownout_schedule(ctx: typer.Context, apply: ApplyOption = False) -> None:
+    """Create the plan's brown-out windows (or move ones that have not started)."""
+    from rollout.phases.brownouts import schedule, schedule_preview
+
+    runtime = _runtime(ctx)
+    settings, plan = runtime.settings, runtime.plan
+    changes = schedule_preview(runtime.registry, plan)
+    for name, what in changes:
+        stderr.print(f"{name}: {what}", highlight=False)
+    if not apply:
+        stderr.print("preview only: add --apply to schedule", highlight=False)
+        return
+    schedule(runtime.registry, plan, actor=settings.actor)
+    stderr.print("scheduled", highlight=False)
+
+
+@brownout_app.command("start")
+@reports_errors
+def brownout_start(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The window, as named in the plan.")],
+    reason: Annotated[str, typer.Option(help="Why now: recorded in the audit ledger.")],
+    apply: ApplyOption = False,
+) -> None:
+    """Begin a scheduled brown-out now (it keeps its planned length)."""
+    from rollout.phases.brownouts import change_preview, start_now
+
+    runtime = _runtime(ctx)
+    settings = runtime.settings
+    if not apply:
+        preview = change_preview(runtime.registry, name, "start")
+        stderr.print(f"{preview}; preview only: add --apply", highlight=False)
+        return
+    window = start_now(runtime.registry, name, actor=settings.actor, reason=reason)
+    stderr.print(
+        f"{name} is {window.state} until {window.ends_at:%Y-%m-%d %H:%M} UTC", highlight=False
+    )
+
+
+@brownout_app.command("end")
+@reports_errors
+def brownout_end(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The window to stop.")],
+    reason: Annotated[str, typer.Option(help="Why: recorded in the audit ledger.")],
+    apply: ApplyOption = False,
+) -> None:
+    """The emergency stop: a brown-out stops applying now, whatever its state."""
+    from rollout.phases.brownouts import change_preview, end_now
+
+    runtime = _runtime(ctx)
+    settings = runtime.settings
+    if not apply:
+        preview = change_preview(runtime.registry, name, "end")
+        stderr.print(f"{preview}; preview only: add --apply", highlight=False)
+        return
+    window = end_now(runtime.registry, name, actor=settings.actor, reason=reason)
+    stderr.print(f"{name}: {window.state}", highlight=False)
+
+
+@elv_app.command("enroll-all")
+@reports_errors
+def elv_enroll_all(
+    ctx: typer.Context,
+    apply: ApplyOption = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Accounts per transaction.")] = 50_000,
+) -> None:
+    """Enrol every account in ELV, in resumable batches with a progress bar."""
+    from sqlalchemy import func, select
+
+    from rollout.phases.brownouts import enroll_all
+    from rollout.registry.models import Account
+
+    runtime = _runtime(ctx)
+    settings = runtime.settings
+    with runtime.registry.engine.connect() as connection:
+        pending = connection.execute(
+            select(func.count()).select_from(Account).where(Account.elv_enrolled_at.is_(None))
+        ).scalar_one()
+    stderr.print(f"{pending:,} accounts are not enrolled in ELV yet", highlight=False)
+    if not apply:
+        stderr.print("preview only: add --apply to enrol them", highlight=False)
+        return
+    with progress_for() as progress:
+        task = progress.add_task("enrolling", total=pending)
+        enrolled = enroll_all(
+            runtime.registry,
+            actor=settings.actor,
+            batch_size=batch_size,
+            progress=lambda done, total: progress.update(task, completed=done),
+        )
+    stderr.print(f"enrolled {enrolled:,} accounts", highlight=False)

@@ -1,0 +1,265 @@
+"""`rollout metrics` and `rollout cohorts`: reach, and who must use 2FA."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any
+
+import typer
+
+from rollout.cli.app import (
+    AsOfOption,
+    FormatOption,
+    _parse_day,
+    _runtime,
+    app,
+    reports_errors,
+)
+from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
+from rollout.core.output import Format, emit, emit_record, labelled, stderr
+
+# --- metrics and cohorts -------------------------------------------------------------
+
+cohorts_app = typer.Typer(help="Cohorts: who must use 2FA, and why.", no_args_is_help=True)
+app.add_typer(cohorts_app, name="cohorts")
+
+
+def _day_or_latest(con: Any, text: str | None, table: str) -> date:
+    if text is not None:
+        return _parse_day(text, "--as-of")
+    from rollout.cohorts import latest_as_of
+
+    latest = latest_as_of(con, table)
+    if latest is None:
+        raise RolloutError(f"nothing computed yet ({table} is empty): pass --as-of").with_exit(
+            EXIT_BAD_INPUT
+        )
+    return latest
+
+
+@app.command()
+@reports_errors
+def metrics(
+    ctx: typer.Context,
+    as_of: Annotated[
+        str,
+        typer.Option(
+            "--as-of", help="The day, YYYY-MM-DD: weekly downloads are the 7 full days before it."
+        ),
+    ],
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Compute every package's reach on a day: downloads, dependents, ranks."""
+    from rollout.metrics import compute_metrics
+
+    runtime, day = _runtime(ctx), _parse_day(as_of, "--as-of")
+    plan = runtime.plan
+    with runtime.warehouse() as con:
+        report = compute_metrics(con, day, plan.metrics)
+    emit_record(report.summary(), fmt, title=f"package metrics {day}")
+    if not report.weekly_window_complete:
+        stderr.print(labelled("warning:", "yellow", f"download data missing for {report.missing}"))
+
+
+@cohorts_app.command("build")
+@reports_errors
+def cohorts_build(
+    ctx: typer.Context,
+    as_of: Annotated[str, typer.Option("--as-of", help="The metrics day, YYYY-MM-DD.")],
+    cohort: Annotated[list[str] | None, typer.Option(help="Only this cohort (repeatable).")] = None,
+    allow_gaps: Annotated[
+        bool, typer.Option(help="Decide even if download days are missing from the weekly window.")
+    ] = False,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Add the packages that qualify on a day to their cohorts; derive the accounts."""
+    from rollout.cohorts import build_cohorts
+
+    runtime = _runtime(ctx)
+    settings, day = runtime.settings, _parse_day(as_of, "--as-of")
+    with runtime.warehouse() as con:
+        results = build_cohorts(
+            con,
+            runtime.registry,
+            runtime.plan,
+            day,
+            actor=settings.actor,
+            cohorts=cohort,
+            allow_gaps=allow_gaps,
+        )
+    emit([r.summary() for r in results], fmt, title=f"cohorts {day}")
+
+
+@cohorts_app.command("show")
+@reports_errors
+def cohorts_show(
+    ctx: typer.Context,
+    cohort: Annotated[str, typer.Argument(help="The cohort, as named in the plan.")],
+    as_of: AsOfOption = None,
+    packages: Annotated[
+        bool, typer.Option("--packages", help="List the cohort's packages instead of its accounts.")
+    ] = False,
+    without_2fa: Annotated[
+        bool, typer.Option("--without-2fa", help="Only accounts with no 2FA factor.")
+    ] = False,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """The accounts (or packages) of a cohort on a day, with 2FA status and why."""
+
+    runtime = _runtime(ctx)
+    runtime.plan.cohort(cohort)
+    with runtime.warehouse(read_only=True) as con:
+        table = "cohort_package_snapshots" if packages else "cohort_account_snapshots"
+        day = _day_or_latest(con, as_of, table)
+        if packages:
+            query = (
+                "select package, first_qualified_on, qualifies_today, reasons from "
+                "cohort_package_snapshots where cohort = $cohort and as_of = $as_of "
+                "order by package"
+            )
+        else:
+            query = (
+                "select username, tfa_status, last_login_at, first_qualified_on, "
+                "packages, via from cohort_account_snapshots where cohort = $cohort "
+                "and as_of = $as_of"
+                + (" and tfa_status = 'none'" if without_2fa else "")
+                + " order by username"
+            )
+        result = con.execute(query, {"cohort": cohort, "as_of": day})
+        names = [d[0] for d in result.description]
+        rows = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+    if fmt is not Format.json:
+        for row in rows:
+            for key, value in row.items():
+                if isinstance(value, list):
+                    row[key] = _joined(
+                        value,
+                        "; " if key == "reasons" else ", ",
+                        limit=3 if fmt is Format.table else None,
+                    )
+    emit(
+        rows,
+        fmt,
+        title=f"{cohort} on {day}: {len(rows)} {'packages' if packages else 'accounts'}",
+        columns=names,
+    )
+
+
+def _joined(values: list[str], separator: str, limit: int | None) -> str:
+    """A list as one cell; tables show the first few and how many more."""
+    if limit is None or len(values) <= limit:
+        return separator.join(values)
+    return separator.join(values[:limit]) + f" (+{len(values) - limit} more)"
+
+
+@cohorts_app.command("diff")
+@reports_errors
+def cohorts_diff(
+    ctx: typer.Context,
+    first: Annotated[str, typer.Argument(help="The earlier day, YYYY-MM-DD.")],
+    second: Annotated[str, typer.Argument(help="The later day, YYYY-MM-DD.")],
+    cohort: Annotated[str | None, typer.Option(help="Only this cohort.")] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Who entered and who left a cohort between two days, and why."""
+    from rollout import warehouse
+
+    runtime = _runtime(ctx)
+    if cohort is not None:
+        runtime.plan.cohort(cohort)  # an unknown cohort is a typo, not an empty diff
+    days = {"d1": _parse_day(first, "D1"), "d2": _parse_day(second, "D2"), "cohort": cohort}
+    with runtime.warehouse(read_only=True) as con:
+        for day in (days["d1"], days["d2"]):
+            # A day no cohort build wrote would show everyone as entered (or left).
+            if not warehouse.scalar(
+                con,
+                "select exists (select 1 from cohort_package_snapshots where as_of = $day) "
+                "or exists (select 1 from cohort_account_snapshots where as_of = $day)",
+                {"day": day},
+            ):
+                raise RolloutError(
+                    f"no cohorts were built for {day}: run `rollout cohorts build --as-of "
+                    f"{day}` first, or pick a day they were built"
+                ).with_exit(EXIT_BAD_INPUT)
+        result = con.execute(warehouse.render("marts/cohort_diff"), days)
+        names = [d[0] for d in result.description]
+        rows = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+    if fmt is not Format.json:
+        for row in rows:
+            row["packages"] = ", ".join(row["packages"])
+    emit(rows, fmt, title=f"cohort changes {first} → {second}", columns=names)
+
+
+@cohorts_app.command("simulate")
+@reports_errors
+def cohorts_simulate(
+    ctx: typer.Context,
+    weekly_downloads_gt: Annotated[
+        int | None, typer.Option(min=0, help="More than this many weekly downloads qualifies.")
+    ] = None,
+    dependents_gte: Annotated[
+        int | None, typer.Option(min=1, help="At least this many dependents qualifies.")
+    ] = None,
+    top: Annotated[
+        int | None, typer.Option(min=1, help="The top N packages by dependents qualify.")
+    ] = None,
+    as_of: AsOfOption = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """What-if: cohort sizes under other thresholds. Writes nothing."""
+    from rollout.cohorts import simulate
+    from rollout.core.plan import CohortRule
+
+    if weekly_downloads_gt is None and dependents_gte is None and top is None:
+        raise RolloutError(
+            "give at least one of --weekly-downloads-gt, --dependents-gte, --top"
+        ).with_exit(EXIT_BAD_INPUT)
+    rule = CohortRule(
+        weekly_downloads_gt=weekly_downloads_gt,
+        dependents_gte=dependents_gte,
+        top_by_dependents=top,
+    )
+    with _runtime(ctx).warehouse(read_only=True) as con:
+        day = _day_or_latest(con, as_of, "package_metrics_daily")
+        sizes = simulate(con, rule, day)
+    emit_record(
+        {
+            "as_of": day,
+            "packages": sizes.packages,
+            "accounts": sizes.accounts,
+            "accounts_without_2fa": sizes.accounts_without_2fa,
+            "accounts_with_totp": sizes.accounts_with_totp,
+            "accounts_with_webauthn": sizes.accounts_with_webauthn,
+        },
+        fmt,
+        title="simulated cohort",
+    )
+
+
+@cohorts_app.command("release")
+@reports_errors
+def cohorts_release(
+    ctx: typer.Context,
+    package: Annotated[str, typer.Argument(help="The package to take out.")],
+    reason: Annotated[str, typer.Option(help="Why: recorded in the audit ledger.")],
+    cohort: Annotated[str, typer.Option(help="The cohort to take it out of.")],
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Do it (without: only show what would change).")
+    ] = False,
+) -> None:
+    """Take a package out of a cohort for good, with a reason and an audit row."""
+    from rollout.cohorts import release_package, release_preview
+
+    runtime = _runtime(ctx)
+    settings = runtime.settings
+    runtime.plan.cohort(cohort)
+    preview = release_preview(runtime.registry, cohort, package)
+    stderr.print(preview, highlight=False)
+    if not apply:
+        stderr.print("preview only: add --apply to release it", highlight=False)
+        return
+    name = release_package(runtime.registry, cohort, package, reason=reason, actor=settings.actor)
+    stderr.print(
+        f"released {name} from {cohort}; accounts leave at the next `rollout cohorts build`",
+        highlight=False,
+    )

@@ -1,0 +1,243 @@
+"""The data commands: `rollout sample`, `ingest`, `quarantine`, `summary`, and `doctor`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rollout.cli.app import (
+    FormatOption,
+    _parse_day,
+    _runtime,
+    app,
+    reports_errors,
+)
+from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, RolloutError
+from rollout.core.output import Format, emit, emit_record, labelled, progress_for, stderr, visible
+
+# --- sample ------------------------------------------------------------------------
+
+
+@app.command()
+@reports_errors
+def sample(
+    ctx: typer.Context,
+    scale: Annotated[
+        str, typer.Option(help="tiny (~1k packages), small (~20k), medium (~250k) or npm (4M).")
+    ] = "small",
+    seed: Annotated[int, typer.Option(min=0, help="Same seed, same registry and files.")] = 1,
+    end: Annotated[
+        str, typer.Option(help="Last day of download history, YYYY-MM-DD.")
+    ] = "2022-01-31",
+    days: Annotated[
+        int | None, typer.Option(min=1, help="Days of download history (default: the scale's).")
+    ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(help="Replace a sample registry (with --confirm) and its landing files."),
+    ] = False,
+    confirm: Annotated[
+        str | None,
+        typer.Option(
+            help="With --replace: the database's name typed back (the SQLite file's name, "
+            "or the PostgreSQL database, database/schema when the URL sets a search_path)."
+        ),
+    ] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Write a seeded, realistic sample registry database and landing files.
+
+    An empty database is filled; one with rows only previews what replacing it would
+    lose, and only a registry `rollout sample` made can be replaced (--replace --confirm).
+    """
+    from rollout.demo import sample as sample_module
+
+    if scale not in sample_module.SCALES:
+        raise RolloutError(
+            f"unknown scale {scale!r}: use one of {', '.join(sample_module.SCALES)}"
+        ).with_exit(EXIT_BAD_INPUT)
+    if confirm is not None and not replace:
+        raise RolloutError("--confirm goes with --replace").with_exit(EXIT_BAD_INPUT)
+    runtime = _runtime(ctx)
+    settings = runtime.settings
+    contents = sample_module.registry_contents(runtime.registry)
+    if contents.has_rows and contents.is_sample and not replace:
+        # The preview (DESIGN.md rule 1): what --replace would destroy, and how.
+        stderr.print(
+            f"preview only: {contents.describe()}.\nTo replace it, add: "
+            f"--replace --confirm {contents.name}",
+            highlight=False,
+        )
+        return
+    # Refused here (exit 3), before ensure_home creates anything.
+    sample_module.check_replace(contents, replace, confirm)
+    settings.ensure_home()
+    with progress_for(fmt) as progress:
+        task = progress.add_task("sample", total=None)
+
+        def report(stage: str, done: int, total: int) -> None:
+            progress.update(task, description=stage, completed=done, total=total or None)
+
+        summary = sample_module.generate_sample(
+            scale,
+            seed,
+            registry=runtime.registry,
+            landing_dir=settings.landing_dir,
+            end=_parse_day(end, "--end"),
+            days=days,
+            replace=replace,
+            confirm=confirm,
+            progress=report,
+        )
+    record = {k: v for k, v in vars(summary).items() if k != "landing_files"}
+    record["landing_files"] = len(summary.landing_files)
+    emit_record(record, fmt, title=f"sample registry ({scale}, seed {seed})")
+
+
+# --- ingest ------------------------------------------------------------------------
+
+
+@app.command()
+@reports_errors
+def ingest(
+    ctx: typer.Context,
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Landing files or folders (default: $ROLLOUT_HOME/landing)."),
+    ] = None,
+    registry: Annotated[
+        bool, typer.Option(help="Also extract the registry tables into the warehouse.")
+    ] = True,
+    full_extract: Annotated[
+        bool,
+        typer.Option(
+            help="Read every registry table, even those unchanged since the last extract "
+            "(on SQLite the extract reads only the tables that changed)."
+        ),
+    ] = False,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Load landing files into the warehouse, validated; bad rows go to quarantine."""
+    from rollout.warehouse import extract
+    from rollout.warehouse import ingest as ingest_module
+
+    runtime = _runtime(ctx)
+    settings = runtime.settings
+    targets = paths or [settings.landing_dir]
+    root = settings.landing_dir if not paths else None
+    with (
+        runtime.warehouse() as con,
+        progress_for(fmt) as progress,
+    ):
+        task = progress.add_task("ingest", total=None)
+
+        def report(file: Any, done: int, total: int) -> None:
+            progress.update(
+                task, description=f"ingest {visible(file.path.name)}", completed=done, total=total
+            )
+
+        result = ingest_module.ingest(
+            con,
+            targets,
+            quarantine_limit=settings.quarantine_limit,
+            landing_root=root,
+            progress=report,
+        )
+        registry_counts: dict[str, int] = {}
+        if registry:
+            progress.update(task, description="extract registry")
+            registry_counts = extract.extract_registry(con, runtime.registry, full=full_extract)
+    rows = [
+        {
+            "file": str(f.path) if fmt is not Format.table else _short(f.path, targets),
+            "kind": f.kind,
+            "status": f.status,
+            "rows": f.rows_read,
+            "loaded": f.rows_loaded,
+            "duplicates": f.rows_duplicate,
+            "quarantined": f.rows_quarantined,
+            "message": f.message,
+        }
+        for f in result.files
+    ]
+    columns = list(rows[0]) if rows else None
+    if fmt is Format.table and columns and not any(r["message"] for r in rows):
+        columns.remove("message")
+    emit(rows, fmt, title="landing files", columns=columns)
+    stderr.print(
+        f"{result.loaded} loaded, {result.skipped} skipped (already loaded), "
+        f"{len(result.rejected)} refused; {result.rows_loaded:,} rows loaded, "
+        f"{result.rows_quarantined:,} quarantined"
+        + (f"; registry: {registry_counts.get('accounts', 0):,} accounts" if registry else ""),
+        highlight=False,
+    )
+    for refused in result.rejected:
+        stderr.print(labelled("refused:", "bold red", refused.message))
+    if result.rejected:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _short(path: Path, roots: list[Path]) -> str:
+    """A path as people read it in a table: relative to the folder they named."""
+    for root in roots:
+        if root.is_dir():
+            try:
+                return str(path.relative_to(root))
+            except ValueError:
+                continue
+    return path.name
+
+
+@app.command()
+@reports_errors
+def quarantine(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many rows.")] = 100,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """List rows refused by ingest validation, with file, line and reason."""
+
+    with _runtime(ctx).warehouse(read_only=True) as con:
+        rows = con.execute(
+            "select path as file, line, reason, record from quarantine "
+            "order by quarantined_at, path, line limit $limit",
+            {"limit": limit},
+        ).fetchall()
+    emit(
+        [{"file": r[0], "line": r[1], "reason": r[2], "record": r[3]} for r in rows],
+        fmt,
+        title="quarantine",
+        columns=["file", "line", "reason", "record"],
+    )
+
+
+@app.command()
+@reports_errors
+def summary(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
+    """What the warehouse holds: packages, dependency edges, accounts, 2FA share, files."""
+    from rollout import warehouse
+
+    with _runtime(ctx).warehouse(read_only=True) as con:
+        result = con.execute(warehouse.sql_text("summary/warehouse_summary"))
+        names = [d[0] for d in result.description]
+        values = result.fetchall()[0]
+    emit_record(dict(zip(names, values, strict=True)), fmt, title="warehouse")
+
+
+@app.command()
+@reports_errors
+def doctor(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
+    """Health checks: registry, schema, warehouse, plan, SendGrid key, Prefect worker.
+
+    One row per check, ok, warn or fail; exits 1 if any fails. Reads only: it sends no
+    email and opens the warehouse read-only, skipping it (warn) while a run holds it."""
+    import os
+
+    from rollout.ops.doctor import COLUMNS, any_failed, run_checks
+
+    results = run_checks(_runtime(ctx), os.environ)
+    emit([result.row() for result in results], fmt, title="rollout doctor", columns=COLUMNS)
+    if any_failed(results):
+        raise typer.Exit(EXIT_FAILURE)

@@ -1,0 +1,61 @@
+"""`rollout db`: the registry database's migrations and status."""
+
+from __future__ import annotations
+
+import typer
+
+from rollout.cli.app import (
+    FormatOption,
+    _runtime,
+    app,
+    reports_errors,
+)
+from rollout.core.output import Format, emit_record, stderr
+
+db_app = typer.Typer(help="The registry database: migrations and status.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+# --- db ----------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+@reports_errors
+def db_upgrade(ctx: typer.Context) -> None:
+    """Create or migrate the registry database to the newest schema."""
+    from rollout.registry import migrate
+    from rollout.registry.engine import make_engine
+
+    # A bare engine, not the runtime's registry: that one refuses a schema not this code's.
+    engine = make_engine(_runtime(ctx).settings.registry_url)
+    try:
+        migrate.upgrade(engine)
+        stderr.print(f"registry at revision {migrate.current_revision(engine)}")
+    finally:
+        # A pooled connection left for the garbage collector would still be open
+        # when `sample` writes the same SQLite file through ADBC, in this process.
+        engine.dispose()
+
+
+@db_app.command("status")
+@reports_errors
+def db_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
+    """Show the registry's schema revision and whether it is up to date."""
+    from rollout.registry import migrate
+    from rollout.registry.engine import make_engine
+
+    # A bare engine, as for `db upgrade`: the status of a registry at any schema.
+    engine = make_engine(_runtime(ctx).settings.registry_url)
+    try:
+        current, head = migrate.current_revision(engine), migrate.head_revision()
+    finally:
+        engine.dispose()
+    emit_record(
+        {
+            "registry": engine.url.render_as_string(hide_password=True),
+            "revision": current,
+            "newest": head,
+            "up_to_date": current == head,
+        },
+        fmt,
+    )

@@ -1,0 +1,48 @@
+"""`rollout dev`: development tools (the local SendGrid server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rollout.cli.app import (
+    _runtime,
+    app,
+    reports_errors,
+)
+
+# --- dev -----------------------------------------------------------------------------------
+
+dev_app = typer.Typer(help="Development tools.", no_args_is_help=True)
+app.add_typer(dev_app, name="dev")
+
+
+@dev_app.command("sendgrid")
+@reports_errors
+def dev_sendgrid(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 3030,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="The key clients must send (default: $SENDGRID_API_KEY or a dev key)."),
+    ] = None,
+    record: Annotated[
+        Path | None, typer.Option(help="Append each accepted message to this JSON lines file.")
+    ] = None,
+) -> None:
+    """A local server that speaks SendGrid's v3 mail/send API, for development and tests.
+
+    Point rollout at it: ROLLOUT_SENDGRID_URL=http://HOST:PORT SENDGRID_API_KEY=KEY."""
+    import logging
+
+    from rollout.dev.sendgrid_api import DEFAULT_API_KEY, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    settings = _runtime(ctx).settings
+    key = api_key or (
+        settings.sendgrid_api_key.get_secret_value() if settings.sendgrid_api_key else None
+    )
+    serve(host, port, key or DEFAULT_API_KEY, record)

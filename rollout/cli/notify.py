@@ -1,0 +1,260 @@
+"""`rollout notify`: preview, queue, send, status, suppress and withdraw emails."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from rollout.cli.app import (
+    FormatOption,
+    _parse_day,
+    _runtime,
+    app,
+    reports_errors,
+)
+from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, RolloutError
+from rollout.core.output import Format, emit, progress_for, stderr
+
+# --- notify --------------------------------------------------------------------------------
+
+notify_app = typer.Typer(
+    help="Emails: preview them, queue what the plan calls for, send the outbox.",
+    no_args_is_help=True,
+)
+app.add_typer(notify_app, name="notify")
+
+
+@notify_app.command("preview")
+@reports_errors
+def notify_preview(
+    ctx: typer.Context,
+    email: Annotated[
+        str | None, typer.Argument(help="The email's name (default: every email).")
+    ] = None,
+    account: Annotated[
+        str | None, typer.Option(help="Render it for this account (username) instead.")
+    ] = None,
+) -> None:
+    """Render examples of an email to outbox/preview/: subject, text and HTML."""
+    from rollout.notify.drain import account_recipient
+    from rollout.notify.emails import EMAILS
+    from rollout.notify.examples import example_stored, preview_examples, write_preview
+    from rollout.notify.render import render
+
+    runtime = _runtime(ctx)
+    settings, plan = runtime.settings, runtime.plan
+    if email is not None and email not in EMAILS:
+        raise RolloutError(f"no email named {email!r} (emails: {', '.join(EMAILS)})").with_exit(
+            EXIT_BAD_INPUT
+        )
+    names = [email] if email else list(EMAILS)
+    directory = settings.outbox_dir / "preview"
+    if account is None:
+        written = preview_examples(plan, names, directory)
+    else:
+        written = []
+        for name in names:
+            stored = example_stored(name, plan)
+            recipient = account_recipient(runtime.registry, plan, account, stored.get("phase"))
+            rendered = render(name, recipient, stored, plan)
+            written += write_preview(directory, f"{name}-{account}", rendered)
+    for path in written:
+        typer.echo(str(path))
+    stderr.print(f"{len(written)} files under {directory}", highlight=False)
+
+
+@notify_app.command("queue")
+@reports_errors
+def notify_queue(
+    ctx: typer.Context,
+    as_of: Annotated[
+        str | None, typer.Option(help="The day, YYYY-MM-DD (default: today, UTC).")
+    ] = None,
+    apply: Annotated[bool, typer.Option("--apply", help="Queue them (without: preview).")] = False,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Queue the emails the plan calls for on a day (notices, reminders, heads-ups)."""
+    from rollout.notify.queue import queue_due, queue_preview
+    from rollout.registry.ledger import utc_now
+
+    runtime = _runtime(ctx)
+    settings, plan = runtime.settings, runtime.plan
+    day = _parse_day(as_of, "--as-of") if as_of else utc_now().date()
+    if apply:
+        outcomes = queue_due(runtime.registry, plan, day, actor=settings.actor)
+    else:
+        outcomes = queue_preview(runtime.registry, plan, day)
+    emit(
+        [
+            {
+                "step": o.occasion.step,
+                "email": o.occasion.email,
+                "due_on": o.occasion.due_on,
+                "audience": o.audience,
+                "new": o.added,
+                "already": o.already,
+            }
+            for o in outcomes
+        ],
+        fmt,
+        title=f"emails due on {day}" + ("" if apply else " (preview)"),
+        columns=["step", "email", "due_on", "audience", "new", "already"],
+    )
+    if not outcomes:
+        stderr.print(f"nothing is due on {day}", highlight=False)
+    elif not apply:
+        stderr.print("preview only: add --apply to queue them", highlight=False)
+
+
+@notify_app.command("send")
+@reports_errors
+def notify_send(
+    ctx: typer.Context,
+    apply: Annotated[bool, typer.Option("--apply", help="Send (without: count only).")] = False,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Messages sent at once, per process (SendGrid; the file outbox writes "
+            "500 at a time).",
+        ),
+    ] = 8,
+    processes: Annotated[
+        int, typer.Option(min=1, max=16, help="Processes rendering and sending.")
+    ] = 1,
+    limit: Annotated[int | None, typer.Option(min=1, help="Send at most this many.")] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Queue failed emails again first.")
+    ] = False,
+) -> None:
+    """Drain the outbox: render and send every queued email, exactly once."""
+    from rollout.notify.drain import drain
+    from rollout.notify.outbox import check_sender, failed_count, pending
+    from rollout.notify.senders import make_sender
+
+    runtime = _runtime(ctx)
+    settings, plan, registry = runtime.settings, runtime.plan, runtime.registry
+    sender = make_sender(
+        settings,
+        from_address=plan.notifications.from_address,
+        from_name=plan.notifications.from_name,
+    )
+    queued = pending(registry)
+    failed = failed_count(registry) if retry_failed else 0
+    for email, count in queued.items():
+        stderr.print(f"  {email}: {count}", highlight=False)
+    stderr.print(f"{sum(queued.values())} emails queued; sender: {sender.name}", highlight=False)
+    if retry_failed:
+        stderr.print(f"{failed} failed emails to queue again first", highlight=False)
+    # The preview refuses as the send would: the file outbox never takes an email
+    # last attempted through SendGrid (the key is missing from this shell).
+    check_sender(registry, sender.name, include_failed=retry_failed)
+    if not apply:
+        stderr.print("preview only: add --apply to send them", highlight=False)
+        return
+    # A stop (SIGTERM/SIGINT) raises Stopped once every worker is gone: reports_errors.
+    with progress_for() as progress:
+        task = progress.add_task("sending", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        report = drain(
+            registry,
+            plan,
+            sender,
+            concurrency=concurrency,
+            processes=processes,
+            limit=limit,
+            progress=advance,
+            retry_failed=retry_failed,
+        )
+    if retry_failed:
+        stderr.print(f"{report.requeued} failed emails queued again", highlight=False)
+    skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items())) or "none"
+    stderr.print(
+        f"sent {report.sent}, failed {report.failed}, skipped {sum(report.skipped.values())} "
+        f"({skipped}); resent after a crash: {report.resumed}; "
+        f"retried after 5xx/429: {report.retried}",
+        highlight=False,
+    )
+    for outbox_id, reason in report.failures[:20]:
+        stderr.print(f"  failed #{outbox_id}: {reason}", highlight=False)
+    if report.failed:
+        stderr.print(report.failure_message(), highlight=False)
+        raise typer.Exit(EXIT_FAILURE)
+
+
+@notify_app.command("status")
+@reports_errors
+def notify_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
+    """The outbox: emails by kind, state and reason (skipped: why; failed: the error)."""
+    from rollout.notify.outbox import outbox_status
+
+    rows = outbox_status(_runtime(ctx).registry)
+    emit(rows, fmt, title="outbox", columns=["email", "state", "reason", "count"])
+
+
+@notify_app.command("suppress")
+@reports_errors
+def notify_suppress(
+    ctx: typer.Context,
+    address: Annotated[str, typer.Argument(help="The email address to stop writing to.")],
+    reason: Annotated[str, typer.Option(help="Why (bounced, complained, asked).")],
+) -> None:
+    """Stop every email to an address (recorded as a skip with the reason 'suppressed')."""
+    from rollout.notify.outbox import suppress
+
+    runtime = _runtime(ctx)
+    added = suppress(runtime.registry, address, reason=reason, actor=runtime.settings.actor)
+    stderr.print(
+        f"{address}: " + ("suppressed" if added else "was already suppressed"), highlight=False
+    )
+
+
+@notify_app.command("withdraw")
+@reports_errors
+def notify_withdraw(
+    ctx: typer.Context,
+    phase: Annotated[
+        str | None, typer.Option(help="Only emails of this phase (or org:NAME, or '' for none).")
+    ] = None,
+    email: Annotated[
+        str | None, typer.Option(help="Only emails of this kind, e.g. enforcement_notice.")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why they must not go (kept with each).")] = "",
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Withdraw them (without: preview only).")
+    ] = False,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Take back queued emails that must no longer go, by phase, kind or both.
+
+    They stay in the outbox as skipped ('withdrawn: REASON'), audited; emails already
+    sent or being sent are not touched."""
+    from rollout.notify.emails import EMAILS
+    from rollout.notify.withdraw import Selection, withdraw, withdraw_preview
+
+    if phase is None and email is None:
+        raise RolloutError("say which emails: --phase, --email or both").with_exit(EXIT_BAD_INPUT)
+    if email is not None and email not in EMAILS:
+        raise RolloutError(
+            f"no email named {email!r}: one of {', '.join(sorted(EMAILS))}"
+        ).with_exit(EXIT_BAD_INPUT)
+    selection = Selection(phase=phase, email=email)
+    runtime = _runtime(ctx)
+    settings, registry = runtime.settings, runtime.registry
+    with registry.engine.connect() as connection:
+        queued = withdraw_preview(connection, selection)
+    emit(queued, fmt, title="queued emails to withdraw", columns=["phase", "email", "queued"])
+    total = sum(row["queued"] for row in queued)
+    if not apply:
+        stderr.print(
+            f"{total} queued emails would be withdrawn; preview only: add --apply --reason '...'",
+            highlight=False,
+        )
+        return
+    withdrawn = withdraw(registry, selection, reason=reason, actor=settings.actor)
+    stderr.print(f"withdrew {withdrawn} queued emails", highlight=False)

@@ -1,0 +1,240 @@
+"""`rollout phase` (preview, enforce, rollback) and the approvals of deployed enforce runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from rollout.cli.app import (
+    FormatOption,
+    _runtime,
+    app,
+    reports_errors,
+)
+from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
+from rollout.core.output import Format, emit, emit_record, progress_for, stderr
+
+# --- phases ------------------------------------------------------------------------------
+
+phase_app = typer.Typer(
+    help="Rollout phases: preview, enforce, roll back (previews by default).",
+    no_args_is_help=True,
+)
+app.add_typer(phase_app, name="phase")
+
+
+@phase_app.command("preview")
+@reports_errors
+def phase_preview(
+    ctx: typer.Context,
+    phase: Annotated[str, typer.Argument(help="The phase, as named in the plan.")],
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Exactly who enforcing a phase would change: accounts without 2FA, their sessions.
+
+    Writes nothing to the registry; saves the list as a CSV under reports/previews/
+    with a record beside it that `rollout plan show` reads."""
+    from rollout.phases.enforce import preview_phase
+    from rollout.phases.previews import COLUMNS, preview_rows, save_preview
+
+    runtime = _runtime(ctx)
+    settings, plan = runtime.settings, runtime.plan
+    preview = preview_phase(runtime.registry, plan, plan.phase(phase))
+    saved = save_preview(plan, preview, settings.reports_dir, actor=settings.actor)
+    emit(
+        preview_rows(preview),
+        fmt,
+        title=f"phase {phase}: {preview.count} accounts, {preview.sessions} web sessions",
+        columns=COLUMNS,
+    )
+    if preview.required_by_phase:
+        # The phase was applied: its accounts still without 2FA stay on the list (the
+        # count --expect checks), but enforcing again changes only the new ones.
+        who = (
+            f"{preview.count} accounts without 2FA in cohort {preview.cohort}: "
+            f"{preview.required_by_phase} already required by this phase (enforced), "
+            f"{preview.newly_required} would be newly required; "
+            f"{preview.sessions} live web sessions would be signed out"
+        )
+    else:
+        who = (
+            f"{preview.count} accounts without 2FA in cohort {preview.cohort} would be "
+            f"required to enrol and signed out of {preview.sessions} web sessions"
+        )
+    stderr.print(
+        f"{who}; {preview.compliant} already use 2FA; "
+        f"exempted: {', '.join(preview.exempted) or 'none'}.\n"
+        f"The list: {saved.csv_path}\n"
+        f"To apply: rollout phase enforce {phase} --apply --expect {preview.count}",
+        highlight=False,
+    )
+
+
+@phase_app.command("enforce")
+@reports_errors
+def phase_enforce(
+    ctx: typer.Context,
+    phase: Annotated[str, typer.Argument(help="The phase, as named in the plan.")],
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Make the change (without: preview only).")
+    ] = False,
+    expect: Annotated[
+        int | None, typer.Option(min=0, help="The account count the preview showed, typed back.")
+    ] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Require 2FA of the phase's non-compliant accounts and revoke their web sessions."""
+    from rollout.phases.enforce import enforce_phase
+
+    if not apply:
+        phase_preview(ctx, phase, fmt)
+        return
+    if expect is None:
+        raise RolloutError(
+            "--apply needs --expect N, the count `rollout phase preview` showed"
+        ).with_exit(EXIT_BAD_INPUT)
+    runtime = _runtime(ctx)
+    settings = runtime.settings
+    with progress_for(fmt) as progress:
+        task = progress.add_task(f"phase {phase}: accounts", total=expect)
+        result = enforce_phase(
+            runtime.registry,
+            runtime.plan,
+            phase,
+            expect=expect,
+            actor=settings.actor,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    emit_record(result.summary(), fmt, title=f"phase {phase} enforced")
+
+
+@phase_app.command("rollback")
+@reports_errors
+def phase_rollback(
+    ctx: typer.Context,
+    phase: Annotated[str, typer.Argument(help="The phase, as named in the plan.")],
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Make the change (without: preview only).")
+    ] = False,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Withdraw a phase's 2FA requirement (revoked sessions stay revoked).
+
+    An account stays required while another applied phase requires it: the preview
+    lists every account the phase requires and what the rollback does to each."""
+    from rollout.phases.enforce import rollback_phase, rollback_preview
+
+    runtime = _runtime(ctx)
+    settings, plan = runtime.settings, runtime.plan
+    plan.phase(phase)
+    preview = rollback_preview(runtime.registry, phase)
+    if not apply:
+        emit(
+            [
+                {
+                    "account_id": a.account_id,
+                    "username": a.username,
+                    "outcome": "cleared"
+                    if a.cleared
+                    else f"still required by {', '.join(a.still_required_by)}",
+                }
+                for a in preview.accounts
+            ],
+            fmt,
+            title=f"rollback of phase {phase}",
+            columns=["account_id", "username", "outcome"],
+        )
+    stderr.print(
+        f"rollback of {phase} would withdraw its 2FA requirement from "
+        f"{len(preview.accounts)} accounts: {len(preview.cleared)} no longer required, "
+        f"{len(preview.kept)} still required by another applied phase; "
+        f"{preview.queued_emails} queued emails of its enforcement withdrawn; "
+        "revoked sessions stay revoked",
+        highlight=False,
+    )
+    if not apply:
+        stderr.print("preview only: add --apply to roll back", highlight=False)
+        return
+    result = rollback_phase(runtime.registry, plan, phase, actor=settings.actor)
+    emit_record(result.summary(), fmt, title=f"phase {phase} rolled back")
+
+
+# --- approvals of phase-enforce runs (Prefect's REST API) -------------------------------
+
+
+@app.command("approvals")
+@reports_errors
+def approvals(fmt: FormatOption = Format.table) -> None:
+    """List the phase-enforce runs waiting for an approval, with their full ids.
+
+    Reads the Prefect server PREFECT_API_URL names. Each row: the run's id and name,
+    its phase, since when it waits and until when, the preview's account and session
+    counts, the preview's CSV and its artifact key."""
+    from rollout.phases.approvals import COLUMNS, api_from_environ, waiting_approvals
+
+    with api_from_environ() as api:
+        waiting = waiting_approvals(api)
+    emit([w.row() for w in waiting], fmt, title="runs waiting for approval", columns=COLUMNS)
+    stderr.print(
+        f"{len(waiting)} run(s) waiting; approve one with: "
+        "rollout approve RUN_ID --expect ACCOUNTS [--as NAME]",
+        highlight=False,
+    )
+
+
+@app.command("approve")
+@reports_errors
+def approve(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="The run's full id, as `rollout approvals` lists.")],
+    expect: Annotated[
+        int, typer.Option(min=0, help="The account count the preview showed, typed back.")
+    ],
+    approved_by: Annotated[
+        str | None,
+        typer.Option("--as", help="Who approves (default: $ROLLOUT_ACTOR, else $USER)."),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Follow the run to its end and report how it ended.")
+    ] = True,
+    timeout: Annotated[
+        int, typer.Option(min=1, help="Seconds to follow the run before giving up waiting.")
+    ] = 3600,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Approve a waiting phase-enforce run: resume it with the count typed back.
+
+    The server refuses an approval its form does not accept (exit 2; the run keeps
+    waiting). The run checks the count against a fresh preview under the enforce lock;
+    a wrong one fails it, changing nothing (exit 3, the guard's reason on stderr)."""
+    from rollout.phases.approvals import (
+        api_from_environ,
+        outcome,
+        parse_run_id,
+        raise_for_outcome,
+        wait_for_outcome,
+    )
+    from rollout.phases.approvals import approve as resume
+
+    run = parse_run_id(run_id)
+    name = _runtime(ctx).settings.actor if approved_by is None else approved_by
+    with api_from_environ() as api:
+        waited = resume(api, run, expect=expect, approved_by=name)
+        stderr.print(
+            f"approved flow run {waited.run_name} ({run}) as {name} for {expect} accounts",
+            highlight=False,
+        )
+        found = wait_for_outcome(api, run, timeout=timeout) if wait else outcome(api, run)
+    emit_record(
+        {
+            "run_id": found.run_id,
+            "run_name": found.run_name,
+            "state": found.state_name,
+            "message": found.message,
+        },
+        fmt,
+        title=f"flow run {found.run_name}",
+    )
+    if wait:
+        raise_for_outcome(found)
