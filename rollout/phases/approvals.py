@@ -150,19 +150,22 @@ class PrefectApi:
     retry_waits: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 
     def call(self, method: str, path: str, body: Any = None) -> httpx.Response:
-        for wait in (*self.retry_waits, None):
-            try:
-                response = self.client.request(method, path, json=body)
-            except httpx.HTTPError as error:
-                # No server, a wrong port or host: bad input (the URL), not a failed run.
-                raise RolloutError(
-                    f"cannot reach the Prefect API at {self.url} (PREFECT_API_URL): "
-                    f"{type(error).__name__}: {error}"
-                ).with_exit(EXIT_BAD_INPUT) from None
-            if response.status_code not in self.TRANSIENT or wait is None:
+        for wait in self.retry_waits:
+            response = self._send(method, path, body)
+            if response.status_code not in self.TRANSIENT:
                 return response
             time.sleep(wait)
-        raise AssertionError("unreachable")  # the last wait is None
+        return self._send(method, path, body)
+
+    def _send(self, method: str, path: str, body: Any) -> httpx.Response:
+        try:
+            return self.client.request(method, path, json=body)
+        except httpx.HTTPError as error:
+            # No server, a wrong port or host: bad input (the URL), not a failed run.
+            raise RolloutError(
+                f"cannot reach the Prefect API at {self.url} (PREFECT_API_URL): "
+                f"{type(error).__name__}: {error}"
+            ).with_exit(EXIT_BAD_INPUT) from None
 
     def json(self, method: str, path: str, body: Any = None) -> Any:
         response = self.call(method, path, body)

@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+
+from rollout.phases.approvals import PrefectApi
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = ROOT / "plans" / "npm-2022.yaml"
@@ -46,7 +47,6 @@ PHASE = "top-100"
 PREFECT = [sys.executable, "-m", "prefect"]
 ROLLOUT = [sys.executable, "-m", "rollout"]
 MARKER = "ROLLOUT_TEST_E2E_ID"  # inherited by every process a test module starts
-TRANSIENT = {429, 502, 503, 504}  # statuses Prefect's client retries
 OPEN_STATES = ["SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"]
 
 SERVER_STARTUP_SECONDS = 120
@@ -213,16 +213,11 @@ class Processes:
         return left
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
-        """The server's REST API (no in-process Prefect client: its settings are global).
-
-        Retried on 429/502/503/504, as Prefect's own client does: on a loaded machine
-        its SQLite may be busy for a moment (503 "Service Unavailable"), and the request
-        was then rolled back, so sending it again creates nothing twice."""
-        for wait in (0.5, 1, 2, 4, 8, 0):
-            response = httpx.request(method, self.api_url + path, json=body, timeout=30)
-            if response.status_code not in TRANSIENT or not wait:
-                break
-            time.sleep(wait)
+        """The server's REST API through rollout's own client of it (not Prefect's: its
+        settings are global), which asks again after a busy server's 503 as Prefect's
+        client does."""
+        with PrefectApi(self.api_url) as api:
+            response = api.call(method, path, body)
         assert response.is_success, (
             f"{method} {path}: {response.status_code} {response.text}\n{self.diagnostics()}"
         )
