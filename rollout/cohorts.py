@@ -409,7 +409,7 @@ def build_cohort(
     engine = registry.engine
     qualified = _qualified_today(con, rule, as_of)
     entered = _add_packages(engine, cohort, as_of, qualified, run_id, actor)
-    extract_registry(con, registry, ("cohort_packages",), small=True)
+    extract_registry(con, registry, ("cohort_packages",))
     in_cohort = (
         "select package_key from registry.cohort_packages "
         "where cohort = $cohort and released_at is null"
@@ -422,7 +422,7 @@ def build_cohort(
     accounts_entered, accounts_left = _update_memberships(
         engine, cohort, as_of, accounts, run_id, actor
     )
-    extract_registry(con, registry, ("cohort_memberships",), small=True)
+    extract_registry(con, registry, ("cohort_memberships",))
     _snapshot(con, cohort, as_of, accounts, [key for _, key, _ in qualified])
     total = warehouse.scalar(
         con,
@@ -455,26 +455,21 @@ def build_cohorts(
     cohorts: list[str] | None = None,
     allow_gaps: bool = False,
     refresh_registry: bool = True,
-    small_registry: bool = False,
 ) -> list[CohortResult]:
     """Build the plan's cohorts (or the named ones) for ``as_of``.
 
     ``refresh_registry=False`` uses the warehouse's registry extract as it is (who can
     publish, 2FA factors): for a run that extracted it minutes ago (the daily flow
     ingests first). The cohort tables themselves are always read fresh.
-    ``small_registry``: a registry of a few thousand accounts, read in this process (see
-    ``extract_registry``) rather than by the faster-per-row child exporter.
     """
     require_metrics(con, as_of, allow_gaps=allow_gaps, weekly_days=plan.metrics.weekly_window_days)
     names = cohorts or list(plan.cohorts)
     for name in names:
         plan.cohort(name)
     if refresh_registry:
-        extract_registry(con, registry, COHORT_INPUTS, small=small_registry)
+        extract_registry(con, registry, COHORT_INPUTS)
     else:
-        # The cohort tables alone: thousands of rows, read faster here than by
-        # starting the child exporter (0.8 s of an npm-scale build).
-        extract_registry(con, registry, ("cohort_packages", "cohort_memberships"), small=True)
+        extract_registry(con, registry, ("cohort_packages", "cohort_memberships"))
     with registry.lock("cohorts"):
         results: list[CohortResult] = []
         # Each cohort's account models read the latest manifests: found once.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, inspect, select, text
@@ -187,13 +188,61 @@ def test_extract_copies_every_table_with_model_types(registry: Registry, tmp_pat
         assert extract_registry(con, registry)["web_sessions"] == 1500
 
 
+def test_both_sqlite_readers_give_the_same_tables(tmp_path: Path) -> None:
+    """Small extracts are read in this process, large ones by the child exporters
+    (IN_PROCESS_ROWS): the warehouse gets the same rows and types either way."""
+    from rollout.demo.sample import generate_sample
+    from tests.factories import (
+        AccountFactory,
+        CohortPackageFactory,
+        MembershipFactory,
+        NotificationFactory,
+        bound_to,
+    )
+
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    with Registry(url) as registry:
+        generate_sample("tiny", 7, registry=registry, landing_dir=tmp_path / "landing")
+    with bound_to(engine):  # the ledger's tables too: JSON lists, dates, NULLs
+        account = AccountFactory(with_totp=True, sessions=2)
+        MembershipFactory(account=account, packages=["left-pad", "ünïcode"])
+        CohortPackageFactory()
+        NotificationFactory(account=account)
+    engine.dispose()
+
+    def extracted(exporters: bool) -> dict[str, tuple[list[Any], list[Any]]]:
+        with (
+            warehouse.open_warehouse(tmp_path / f"{exporters}.duckdb") as con,
+            Registry(url) as registry,
+        ):
+            extract_registry(con, registry, exporters=exporters)
+            return {
+                name: (
+                    con.execute(
+                        "select column_name, data_type from information_schema.columns "
+                        "where table_schema = 'registry' and table_name = $name "
+                        "order by ordinal_position",
+                        {"name": name},
+                    ).fetchall(),
+                    con.execute(f"select * from registry.{name} order by all").fetchall(),
+                )
+                for name in EXTRACTED_TABLES
+            }
+
+    by_exporters, here = extracted(exporters=True), extracted(exporters=False)
+    assert sum(len(rows) for _, rows in here.values()) > 1000
+    assert all(here[name][1] for name in ("accounts", "notifications", "cohort_memberships"))
+    for name in EXTRACTED_TABLES:
+        assert here[name] == by_exporters[name], name
+
+
 def test_a_small_extract_of_an_empty_table_gives_an_empty_table(
     registry: Registry, tmp_path: Path
 ) -> None:
     with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
-        assert extract_registry(con, registry, ("cohort_packages",), small=True) == {
-            "cohort_packages": 0
-        }
+        assert extract_registry(con, registry, ("cohort_packages",)) == {"cohort_packages": 0}
 
 
 def test_the_export_is_shared_out_evenly_smallest_share_first() -> None:
@@ -223,7 +272,7 @@ def test_a_failed_exporter_changes_nothing_and_leaves_no_process_behind(
     migrate.upgrade(engine)
     add_account(engine, "alice")
     with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
-        extract_registry(con, Registry(url), ("accounts", "tokens"))
+        extract_registry(con, Registry(url), ("accounts", "tokens"), exporters=True)
         add_account(engine, "bob")
         with engine.begin() as connection:  # the registry loses a table: its export fails
             connection.execute(text("drop table tokens"))
@@ -232,7 +281,7 @@ def test_a_failed_exporter_changes_nothing_and_leaves_no_process_behind(
         monkeypatch.setattr(extract, "_share", lambda sizes, ways: shares)
         monkeypatch.setattr(extract, "_table_sizes", lambda database, tables: {})
         with pytest.raises(RolloutError, match=r"reading the registry .* failed: .*tokens"):
-            extract_registry(con, Registry(url), ("accounts", "tokens"))
+            extract_registry(con, Registry(url), ("accounts", "tokens"), exporters=True)
         # All or nothing: bob, exported by the other share, did not come in.
         assert warehouse.scalar(con, "select count(*) from registry.accounts") == 1
     assert children() - before == set()

@@ -73,12 +73,12 @@ def test_an_unchanged_table_is_not_read_again(
 ) -> None:
     with bound_to(engine):
         AccountFactory(username="alice")
-    assert extract.extract_registry(con, Registry(sqlite_url), TABLES, small=True) == {
+    assert extract.extract_registry(con, Registry(sqlite_url), TABLES) == {
         "accounts": 1,
         "tfa_factors": 0,
         "tokens": 0,
     }
-    assert extract.extract_registry(con, Registry(sqlite_url), TABLES, small=True)["accounts"] == 1
+    assert extract.extract_registry(con, Registry(sqlite_url), TABLES)["accounts"] == 1
     assert reads == [TABLES]  # the second extract read nothing
 
 
@@ -101,11 +101,11 @@ def test_a_change_by_another_program_is_read(
 ) -> None:
     with bound_to(engine):
         AccountFactory(username="alice")
-    extract.extract_registry(con, Registry(sqlite_url), TABLES, small=True)
+    extract.extract_registry(con, Registry(sqlite_url), TABLES)
     changed = change.split()[2 if change.startswith(("insert", "delete")) else 1]
     with _raw(sqlite_url) as raw:
         raw.execute(change)
-    extract.extract_registry(con, Registry(sqlite_url), TABLES, small=True)
+    extract.extract_registry(con, Registry(sqlite_url), TABLES)
     assert reads[-1] == (changed,)
     full = _full_copy(sqlite_url, changed)
     assert _copy(con, changed) == full
@@ -113,14 +113,14 @@ def test_a_change_by_another_program_is_read(
 
 def _full_copy(url: str, table: str) -> list[tuple[object, ...]]:
     with warehouse.open_warehouse(":memory:") as fresh:
-        extract.extract_registry(fresh, Registry(url), (table,), small=True, full=True)
+        extract.extract_registry(fresh, Registry(url), (table,), full=True)
         return _copy(fresh, table)
 
 
 def test_a_bulk_load_marks_its_tables_changed_and_keeps_tracking(
     engine: Engine, sqlite_url: str, con: duckdb.DuckDBPyConnection, reads: list[tuple[str, ...]]
 ) -> None:
-    extract.extract_registry(con, Registry(sqlite_url), TABLES, small=True)
+    extract.extract_registry(con, Registry(sqlite_url), TABLES)
     engine.dispose()  # ADBC's SQLite beside SQLAlchemy's: see rollout.registry.bulk
     accounts = pa.table(
         {
@@ -132,11 +132,11 @@ def test_a_bulk_load_marks_its_tables_changed_and_keeps_tracking(
         }
     )
     bulk.insert_arrow(sqlite_url, "accounts", accounts)
-    assert extract.extract_registry(con, Registry(sqlite_url), TABLES, small=True)["accounts"] == 1
+    assert extract.extract_registry(con, Registry(sqlite_url), TABLES)["accounts"] == 1
     assert reads[-1] == ("accounts",)
     with _raw(sqlite_url) as raw:  # the triggers are back
         raw.execute("update accounts set username = 'renamed'")
-    extract.extract_registry(con, Registry(sqlite_url), TABLES, small=True)
+    extract.extract_registry(con, Registry(sqlite_url), TABLES)
     assert reads[-1] == ("accounts",)
     assert _copy(con, "accounts")[0][1] == "renamed"
 
@@ -144,11 +144,11 @@ def test_a_bulk_load_marks_its_tables_changed_and_keeps_tracking(
 def test_without_its_triggers_a_table_is_read_whole_every_time(
     engine: Engine, sqlite_url: str, con: duckdb.DuckDBPyConnection, reads: list[tuple[str, ...]]
 ) -> None:
-    extract.extract_registry(con, Registry(sqlite_url), TABLES, small=True)
+    extract.extract_registry(con, Registry(sqlite_url), TABLES)
     with _raw(sqlite_url) as raw:
         raw.execute("drop trigger registry_changes_accounts_update")
-    extract.extract_registry(con, Registry(sqlite_url), TABLES, small=True)
-    extract.extract_registry(con, Registry(sqlite_url), TABLES, small=True)
+    extract.extract_registry(con, Registry(sqlite_url), TABLES)
+    extract.extract_registry(con, Registry(sqlite_url), TABLES)
     assert reads == [TABLES] * 3
 
 
@@ -175,10 +175,10 @@ def test_a_migration_that_copies_a_table_leaves_its_triggers_in_place(
 def test_a_replaced_registry_is_read_whole(
     engine: Engine, sqlite_url: str, con: duckdb.DuckDBPyConnection, reads: list[tuple[str, ...]]
 ) -> None:
-    extract.extract_registry(con, Registry(sqlite_url), TABLES, small=True)
+    extract.extract_registry(con, Registry(sqlite_url), TABLES)
     migrate.downgrade(engine, "base")  # what `rollout sample --replace` does
     migrate.upgrade(engine)
-    extract.extract_registry(con, Registry(sqlite_url), TABLES, small=True)
+    extract.extract_registry(con, Registry(sqlite_url), TABLES)
     assert reads == [TABLES, TABLES]
 
 
@@ -260,9 +260,9 @@ def test_the_copy_is_what_a_full_extract_gives_after_every_run(
             for _, statement in before:
                 raw.execute(statement)
             between[:] = [statement for _, statement in during]
-            extract.extract_registry(con, Registry(url), ("accounts", "tfa_factors"), small=True)
+            extract.extract_registry(con, Registry(url), ("accounts", "tfa_factors"))
             between.clear()
             # What was written during the last run is read by the next at the latest.
-            extract.extract_registry(con, Registry(url), ("accounts", "tfa_factors"), small=True)
+            extract.extract_registry(con, Registry(url), ("accounts", "tfa_factors"))
             for table in ("accounts", "tfa_factors"):
                 assert _copy(con, table) == _full_copy(url, table), table

@@ -246,8 +246,6 @@ class Story:
                 day,
                 actor=ACTOR,
                 allow_gaps=True,
-                # A sample of thousands of accounts: read in this process, not by a child.
-                small_registry=True,
             )
             if day in as_of_days:
                 sizes = ", ".join(f"{r.cohort} {r.accounts} accounts" for r in results)
@@ -490,8 +488,7 @@ class Story:
                 quarantine_limit=settings.quarantine_limit,
                 landing_root=settings.landing_dir,
             )
-            # The sample's thousands of rows: read in this process (as the cohort builds do).
-            extract.extract_registry(con, registry, small=True)
+            extract.extract_registry(con, registry)
             with self._timed("report"):
                 self.report.files = report_from_registry(
                     con,

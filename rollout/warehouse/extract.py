@@ -2,7 +2,8 @@
 
 DuckDB 2.0 has no SQLite/PostgreSQL scanner offline, so rows travel as Arrow record
 batches: from PostgreSQL through ADBC (binary COPY), from SQLite through ADBC in
-child processes, two at once (rollout.registry.sqlite_export says why not here).
+child processes, two at once (rollout.registry.sqlite_export says why not here), or,
+when the tables to read are small, through sqlite3 in this process.
 Column types come from the SQLAlchemy models, so the warehouse's ``registry.*``
 tables have the same types whatever the backend.
 """
@@ -35,6 +36,10 @@ from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Base, extrac
 from rollout.registry.sqlite_export import NULL_INT, select_with_sentinels
 
 EXTRACTED_TABLES = (*REGISTRY_TABLES, *LEDGER_TABLES)
+# Up to this many rows in all (by the tables' largest rowids), SQLite tables are read in
+# this process: starting the exporters costs about a second, which sqlite3 here spends
+# on about 450k rows (and the exporters, once started, read about 1.2M rows/s).
+IN_PROCESS_ROWS = 200_000
 
 
 def _duckdb_type(sql_type: TypeEngine[Any]) -> str:
@@ -173,7 +178,7 @@ def _postgres_cursor(registry_url: str) -> Iterator[Any]:
 
 def _read_sqlite_here(registry_url: str, tables: tuple[str, ...]) -> dict[str, pa.Table]:
     """The same export in this process through sqlite3, straight to Arrow: slower per
-    row, but no child process to start, for re-reading a few thousand rows just written."""
+    row, but no child process to start (see ``IN_PROCESS_ROWS``)."""
     database = _sqlite_database(registry_url)
     connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     read: dict[str, pa.Table] = {}
@@ -202,7 +207,7 @@ def extract_registry(
     registry: Registry,
     tables: tuple[str, ...] = EXTRACTED_TABLES,
     *,
-    small: bool = False,
+    exporters: bool | None = None,
     full: bool = False,
 ) -> dict[str, int]:
     """Bring ``registry.*`` in the warehouse up to the registry's current rows; returns
@@ -210,8 +215,10 @@ def extract_registry(
 
     On SQLite, a table whose change version (rollout.registry.changes) is the one the
     warehouse copied is not read again; ``full`` reads every table regardless, as on
-    PostgreSQL. ``small``: the tables hold a few thousand rows; on SQLite read them in
-    this process rather than starting the (faster per row) child exporter.
+    PostgreSQL. On SQLite, ``exporters`` says how the stale tables are read: by the
+    child exporters (True), in this process (False), or by their size (None: up to
+    ``IN_PROCESS_ROWS`` rows in this process, which a daily run's small re-reads and a
+    small registry are).
 
     It reads through connections of its own, not ``registry.engine``: ADBC on
     PostgreSQL; on SQLite Python's sqlite3 here, or ADBC in the exporter processes, which
@@ -228,7 +235,7 @@ def extract_registry(
     counts: dict[str, int] = {}
     if stale:  # (most days, for most callers, nothing is: no transaction to commit)
         with warehouse.transaction(con):
-            _replace_tables(con, registry_url, stale, small=small)
+            _replace_tables(con, registry_url, stale, exporters=exporters)
             for name in stale:
                 counts[name] = warehouse.scalar(con, f"select count(*) from registry.{name}")
             _record_versions(con, counts, versions)
@@ -293,16 +300,23 @@ def _record_versions(
 
 
 def _replace_tables(
-    con: duckdb.DuckDBPyConnection, registry_url: str, tables: tuple[str, ...], *, small: bool
+    con: duckdb.DuckDBPyConnection,
+    registry_url: str,
+    tables: tuple[str, ...],
+    *,
+    exporters: bool | None,
 ) -> None:
     """Replace ``registry.<table>`` for each of ``tables`` with the registry's rows
     (inside the caller's warehouse transaction)."""
     sqlite = is_sqlite(registry_url)
-    exported = sqlite and not small
+    if sqlite and exporters is None:
+        sizes = _table_sizes(_sqlite_database(registry_url), tables)
+        exporters = sum(sizes.values()) > IN_PROCESS_ROWS
+    exported = sqlite and bool(exporters)
     # A folder only for the child exporters' files (a daily run makes many small reads).
     folder = tempfile.TemporaryDirectory(prefix="rollout-extract-") if exported else None
     with folder or nullcontext() as scratch:
-        in_memory = _read_sqlite_here(registry_url, tables) if sqlite and small else {}
+        in_memory = _read_sqlite_here(registry_url, tables) if sqlite and not exported else {}
         # In the order the tables become readable: exported shares as they finish.
         order: Generator[tuple[str, ...]] = (share for share in [tables])
         if exported:

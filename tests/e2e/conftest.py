@@ -1,6 +1,7 @@
 """Fixtures of the end-to-end tests (helpers in stack.py): for the session, one Prefect
-server, its work pool and `prefect deploy --all`; per test module, a prepared
-ROLLOUT_HOME and the module's own processes (workers, commands), stopped with it.
+server, its work pool and `prefect deploy --all`; a prepared
+ROLLOUT_HOME; per test module, a copy of that home and the module's own processes
+(workers, commands), stopped with it.
 
 All of tests/e2e runs on one xdist worker (tests/conftest.py groups it), so the server
 boots and the project deploys once, not once per module (about 15-25 s each on 2 cores).
@@ -8,11 +9,13 @@ boots and the project deploys once, not once per module (about 15-25 s each on 2
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import suppress
+from pathlib import Path
 
 import httpx
 import pytest
@@ -65,11 +68,13 @@ def processes(
     assert not left, f"processes left running after teardown: {left}"
 
 
-@pytest.fixture(scope="module")
-def home(processes: Processes) -> Home:
-    """ROLLOUT_HOME with the tiny sample ingested, metrics and cohorts built for DAY."""
-    path = processes.dir / "rollout-home"
-    env = processes.env(ROLLOUT_HOME=str(path), ROLLOUT_PLAN=str(PLAN))
+@pytest.fixture(scope="session")
+def prepared_home(server_processes: Processes) -> tuple[Path, int]:
+    """Once for the session: a ROLLOUT_HOME with the tiny sample ingested, metrics and
+    cohorts built for DAY, and how many accounts the PHASE preview should list. Each
+    module gets a copy (``home``): five rollout commands cost about 4 s a module."""
+    path = server_processes.dir / "rollout-home"
+    env = server_processes.env(ROLLOUT_HOME=str(path), ROLLOUT_PLAN=str(PLAN))
     for name, *command in (
         ("db-upgrade", "db", "upgrade"),
         ("sample", "sample", "--scale", "tiny", "--seed", "7", "--replace"),
@@ -77,12 +82,24 @@ def home(processes: Processes) -> Home:
         ("metrics", "metrics", "--as-of", DAY),
         ("cohorts", "cohorts", "build", "--as-of", DAY),
     ):
-        processes.run(f"rollout-{name}", [*ROLLOUT, *command], env)
-    out = processes.run("expected-count", [sys.executable, "-c", EXPECTED_COUNT % PHASE], env)
+        server_processes.run(f"rollout-{name}", [*ROLLOUT, *command], env)
+    out = server_processes.run(
+        "expected-count", [sys.executable, "-c", EXPECTED_COUNT % PHASE], env
+    )
     count = int(out.strip().splitlines()[-1])
     assert count > 0, f"the {PHASE} cohort has no account without 2FA to preview"
     assert not (path / "reports" / "previews").exists()
-    return Home(path, env, count)
+    return path, count
+
+
+@pytest.fixture(scope="module")
+def home(processes: Processes, prepared_home: tuple[Path, int]) -> Home:
+    """This module's ROLLOUT_HOME: a copy of the session's prepared one, so what one
+    module's runs write (previews, outbox rows, enforcement) no other module sees."""
+    template, count = prepared_home
+    path = processes.dir / "rollout-home"
+    shutil.copytree(template, path)
+    return Home(path, processes.env(ROLLOUT_HOME=str(path), ROLLOUT_PLAN=str(PLAN)), count)
 
 
 @pytest.fixture(scope="session")

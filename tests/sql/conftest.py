@@ -28,7 +28,7 @@ def empty_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     engine.dispose()
     path = folder / "empty.duckdb"
     with warehouse.open_warehouse(path) as con:
-        extract_registry(con, Registry(registry_url), small=True)
+        extract_registry(con, Registry(registry_url))
     return path
 
 
