@@ -16,6 +16,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -30,6 +31,7 @@ from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
 from rollout.runtime import Runtime
+from rollout.warehouse import open_warehouse
 
 DATA = Path(__file__).parent / "data"
 REFERENCE_PLAN = Path(__file__).resolve().parent.parent / "plans" / "npm-2022.yaml"
@@ -140,6 +142,16 @@ def factories(registry: Registry) -> Iterator[None]:
 
     with bound_to(registry.engine):
         yield
+
+
+@pytest.fixture
+def con(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A fresh, empty warehouse, ``tmp_path / "warehouse.duckdb"``, closed after the test.
+    A module that needs one with rows in it overrides ``con`` on this one (``def
+    con(con)``), its docstring saying what it adds (tests/test_warehouse.py,
+    tests/test_cohorts.py)."""
+    with open_warehouse(tmp_path / "warehouse.duckdb") as connection:
+        yield connection
 
 
 @pytest.fixture(scope="session")

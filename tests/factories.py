@@ -6,7 +6,9 @@ Bind a registry first (the ``factories`` fixture of tests/conftest.py does), the
     bob = AccountFactory(with_totp=True, in_cohort="top-100")
 
 Each factory call commits, so the code under test (which opens its own connections)
-sees the rows at once.
+sees the rows at once. For hundreds of rows, ``bound_to(engine, batch=True)``: the
+factories only flush, and the block commits once at its end (400 accounts in a cohort
+take ~0.3 s on PostgreSQL, ~0.8 s committed one by one).
 """
 
 from __future__ import annotations
@@ -40,12 +42,16 @@ _sessions: list[Session] = []
 
 
 @contextmanager
-def bound_to(engine: Engine) -> Iterator[Session]:
-    """Make the factories write to ``engine`` for the duration of the block."""
-    with Session(engine, expire_on_commit=False) as session:
+def bound_to(engine: Engine, *, batch: bool = False) -> Iterator[Session]:
+    """Make the factories write to ``engine`` for the duration of the block. With
+    ``batch=True`` the rows are committed together when the block ends (and not at all
+    if it raises), not one by one: only code after the block sees them."""
+    with Session(engine, expire_on_commit=False, info={"batch": batch}) as session:
         _sessions.append(session)
         try:
             yield session
+            if batch:
+                session.commit()
         finally:
             _sessions.pop()
 
@@ -62,6 +68,15 @@ class _Factory(SQLAlchemyModelFactory):
         sqlalchemy_session_factory = _current
         sqlalchemy_session_persistence = "commit"
 
+    @classmethod
+    def _save(cls, model_class: type, session: Session, args: Any, kwargs: Any) -> Any:
+        if not session.info.get("batch"):
+            return super()._save(model_class, session, args, kwargs)
+        row = model_class(*args, **kwargs)
+        session.add(row)
+        session.flush()  # its id, for the rows made after it; committed by bound_to
+        return row
+
 
 def existing_account(account_id: int) -> Account:
     """The account of that id, for a factory's ``account=`` where a test kept only ids."""
@@ -69,10 +84,13 @@ def existing_account(account_id: int) -> Account:
 
 
 class AccountFactory(_Factory):
-    """An account without 2FA. Traits: ``with_totp``, ``with_webauthn``; ``sessions=N``
-    live web sessions, ``revoked_sessions=N`` signed-out ones; ``in_cohort="name"`` (or
-    a list of names) a current membership, ``left_cohort="name"`` (or a list) one the
-    account has since left."""
+    """An account without 2FA, its email verified (``email_verified=False``: not yet).
+    Traits: ``with_totp``, ``with_webauthn``; ``sessions=N`` live web sessions,
+    ``revoked_sessions=N`` signed-out ones; ``in_cohort="name"`` (or a list of names) a
+    current membership, ``left_cohort="name"`` (or a list) one the account has since
+    left. A membership's other fields go after a double underscore, as factory_boy
+    passes them on: ``in_cohort__packages=["zeta-pkg"]`` (MembershipFactory's
+    defaults otherwise)."""
 
     class Meta:
         model = Account
@@ -103,14 +121,18 @@ class AccountFactory(_Factory):
             SessionFactory(account=account, revoked=True)
 
     @factory.post_generation
-    def in_cohort(account: Account, create: bool, extracted: str | list[str] | None, **_: Any):
+    def in_cohort(
+        account: Account, create: bool, extracted: str | list[str] | None, **fields: Any
+    ) -> None:
         for name in _names(extracted):
-            MembershipFactory(account=account, cohort=name)
+            MembershipFactory(account=account, cohort=name, **fields)
 
     @factory.post_generation
-    def left_cohort(account: Account, create: bool, extracted: str | list[str] | None, **_: Any):
+    def left_cohort(
+        account: Account, create: bool, extracted: str | list[str] | None, **fields: Any
+    ) -> None:
         for name in _names(extracted):
-            MembershipFactory(account=account, cohort=name, left=True)
+            MembershipFactory(account=account, cohort=name, left=True, **fields)
 
 
 def _names(extracted: str | list[str] | None) -> list[str]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from rollout import warehouse
 from rollout.core.plan import MetricsWindows
 from rollout.metrics import compute_metrics
 from rollout.warehouse.ingest import ingest
@@ -45,13 +44,6 @@ def test_the_doc_lists_the_views() -> None:
     }
     assert "rank_by_downloads" in views["package_metrics"]
     assert "via" in views["cohort_accounts"]
-
-
-@pytest.fixture
-def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
-    connection = warehouse.connect(tmp_path / "w.duckdb")
-    yield connection
-    connection.close()
 
 
 @pytest.mark.parametrize(("view", "columns"), sorted(documented_views().items()))

@@ -15,7 +15,7 @@ from typer.testing import CliRunner, Result
 
 from rollout.cli import app
 from rollout.core.errors import BadInput
-from rollout.core.plan import load_plan
+from rollout.core.plan import Plan
 from rollout.phases.previews import save_preview
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine, session_scope
@@ -126,13 +126,13 @@ def test_a_plan_mixing_utc_and_offset_times_is_valid(rollout_home: Path, tmp_pat
     assert result.exit_code == 0, result.stderr
 
 
-def test_a_preview_never_writes_outside_reports_previews(tmp_path: Path) -> None:
+def test_a_preview_never_writes_outside_reports_previews(tmp_path: Path, plan: Plan) -> None:
     reports = tmp_path / "home" / "reports"
     preview = SimpleNamespace(
         phase="../../escaped", cohort="c", targets=[], count=0, sessions=0, compliant=0, exempted=[]
     )
     with pytest.raises(BadInput, match=r"phase '\.\./\.\./escaped' cannot be used in a file name"):
-        save_preview(load_plan(REFERENCE), preview, reports, actor="test")  # type: ignore[arg-type]
+        save_preview(plan, preview, reports, actor="test")  # type: ignore[arg-type]
     assert files_under(tmp_path) == {}
 
 

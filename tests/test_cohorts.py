@@ -11,7 +11,7 @@ import duckdb
 import pytest
 from sqlalchemy import func, select
 
-from rollout import cohorts, metrics, warehouse
+from rollout import cohorts, metrics
 from rollout.core.errors import BadInput
 from rollout.core.plan import CohortRule, Plan
 from rollout.registry import Registry
@@ -73,7 +73,9 @@ def write_downloads(folder: Path, first: date, days: int, per_day: dict[str, int
 
 
 @pytest.fixture
-def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
+def con(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> duckdb.DuckDBPyConnection:
+    """The fresh warehouse of tests/conftest.py with MANIFESTS and 37 days of downloads
+    ingested: big over the weekly threshold until D1, when it dips."""
     landing = tmp_path / "landing"
     (landing / "manifests").mkdir(parents=True)
     (landing / "downloads").mkdir()
@@ -85,13 +87,11 @@ def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
         landing / "downloads", D1 - timedelta(days=30), 30, {"big": 200, "core": 10, "small": 5}
     )
     write_downloads(landing / "downloads", D1, 7, {"big": 20, "core": 10, "small": 5})
-    connection = warehouse.connect(tmp_path / "w.duckdb")
     report = ingest.ingest(
-        connection, [landing], quarantine_limit=0.01, landing_root=landing, now=datetime(2022, 3, 1)
+        con, [landing], quarantine_limit=0.01, landing_root=landing, now=datetime(2022, 3, 1)
     )
     assert report.rejected == []
-    yield connection
-    connection.close()
+    return con
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from rollout import warehouse
 from rollout.cli import app
 from rollout.core.config import load_settings
 from rollout.registry.engine import make_engine
-from rollout.report.reporting import MARTS
+from rollout.report.spec import report_spec
 
 from .factories import AccountFactory, bound_to
 
@@ -115,14 +115,16 @@ def test_report_writes_html_markdown_and_a_csv_per_mart(rollout_home: Path) -> N
     assert Path(record["markdown"]) == folder / "adoption.md"
 
     written = sorted(p.name for p in folder.iterdir())
-    assert written == sorted(["adoption.html", "adoption.md", *(f"{m}.csv" for m in MARTS)])
+    assert written == sorted(
+        ["adoption.html", "adoption.md", *(f"{m}.csv" for m in report_spec().marts)]
+    )
     html = (folder / "adoption.html").read_text()
     assert html.lstrip().lower().startswith("<!doctype html") and "2022-03-01" in html
     assert "2022-03-01" in (folder / "adoption.md").read_text()
 
     # Each CSV is its mart, whole: the mart's columns, then as many rows as it has.
     with warehouse.open_warehouse(rollout_home / "warehouse.duckdb", read_only=True) as con:
-        for mart, columns in MARTS.items():
+        for mart, columns in report_spec().marts.items():
             with (folder / f"{mart}.csv").open(newline="") as handle:
                 header, *rows = list(csv.reader(handle))
             assert tuple(header) == columns, mart

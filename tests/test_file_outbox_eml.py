@@ -6,7 +6,6 @@ hostile values included, and a drain must leave one file per email sent."""
 from __future__ import annotations
 
 import re
-from datetime import date
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -23,9 +22,9 @@ from rollout.notify.message import Message, header_address
 from rollout.notify.queue import queue_due
 from rollout.notify.senders import _UNFOLDED, FileSender
 from rollout.registry import Registry
-from rollout.registry.engine import session_scope
-from rollout.registry.models import Account, CohortMembership, Notification
-from tests.support.outbox import NOTICE_DAY, T0, ids
+from rollout.registry.models import Account, Notification
+from tests.factories import AccountFactory, bound_to
+from tests.support.outbox import NOTICE_DAY, ids
 
 from .hostile import EVERYTHING, HEADERS
 
@@ -211,28 +210,14 @@ def _hostile_accounts(registry: Registry) -> int:
         for name in HOSTILE_USERS
         if registry.engine.dialect.name != "postgresql" or "\x00" not in name
     ]
-    with session_scope(registry.engine) as session:
-        extra = [
-            Account(
+    with bound_to(registry.engine):
+        for i, name in enumerate(storable):
+            AccountFactory(
                 username=name,
                 email=f"user{i}@bücher.example" if i % 2 else f"user.{i}@example.com",
-                email_verified=True,
-                created_at=T0,
+                in_cohort="top-100",
+                in_cohort__packages=["<script>alert(1)</script>", "@evil/\"quoted\"'pkg'", "ünï"],
             )
-            for i, name in enumerate(storable)
-        ]
-        session.add_all(extra)
-        session.flush()
-        session.add_all(
-            CohortMembership(
-                cohort="top-100",
-                account_id=a.id,
-                packages=["<script>alert(1)</script>", "@evil/\"quoted\"'pkg'", "ünï"],
-                first_qualified_on=date(2022, 1, 3),
-                last_qualified_on=date(2022, 1, 3),
-            )
-            for a in extra
-        )
     return len(storable)
 
 
@@ -324,23 +309,9 @@ def test_the_file_outbox_claims_a_bigger_batch_than_the_concurrency(
 ) -> None:
     """The file outbox claims FILE_BATCH rows at once (no network: threads only cost);
     while it writes, no more than that are in flight."""
-    with session_scope(registry.engine) as session:
-        extra = [
-            Account(username=f"u{i}", email=f"u{i}@example.com", email_verified=True, created_at=T0)
-            for i in range(30)
-        ]
-        session.add_all(extra)
-        session.flush()
-        session.add_all(
-            CohortMembership(
-                cohort="top-100",
-                account_id=a.id,
-                packages=["p"],
-                first_qualified_on=date(2022, 1, 3),
-                last_qualified_on=date(2022, 1, 3),
-            )
-            for a in extra
-        )
+    with bound_to(registry.engine):
+        for i in range(30):
+            AccountFactory(username=f"u{i}", in_cohort="top-100", in_cohort__packages=["p"])
     queue_due(registry, plan, NOTICE_DAY, actor="rm")
     monkeypatch.setattr(rollout.notify.drain, "FILE_BATCH", 12)
     in_flight: list[int] = []

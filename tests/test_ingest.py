@@ -23,13 +23,6 @@ BAD = DATA / "bad"
 GOOD = DATA / "good"
 
 
-@pytest.fixture
-def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
-    connection = warehouse.connect(tmp_path / "warehouse.duckdb")
-    yield connection
-    connection.close()
-
-
 # One file per failure class: (file, line named, reason named).
 BAD_CASES = [
     ("downloads-malformed.csv", 3, "malformed CSV: expected 3 columns, found 4"),

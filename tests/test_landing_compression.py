@@ -141,13 +141,6 @@ def loaded(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[object, ...
     return con.execute(f"select {', '.join(columns)} from {table} order by all").fetchall()
 
 
-@pytest.fixture
-def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
-    connection = warehouse.connect(tmp_path / "warehouse.duckdb")
-    yield connection
-    connection.close()
-
-
 @pytest.mark.parametrize("compression", COMPRESSIONS)
 @pytest.mark.parametrize("case", CASES)
 def test_a_clean_file_loads_the_rows_its_plain_copy_loads(

@@ -27,9 +27,9 @@ from rollout.notify.drain import DrainReport, _claim, drain
 from rollout.notify.queue import due_occasions, plan_occasions, queue_due, queue_preview
 from rollout.notify.senders import FileSender, SendGridSender
 from rollout.registry import Registry
-from rollout.registry.engine import session_scope
-from rollout.registry.models import Account, CohortMembership, Notification, TfaFactor
-from tests.support.outbox import NOTICE_DAY, T0, Recording, ids, rows
+from rollout.registry.models import Account, Notification
+from tests.factories import AccountFactory, FactorFactory, bound_to, existing_account
+from tests.support.outbox import NOTICE_DAY, Recording, ids, rows
 
 ROOT = Path(__file__).resolve().parent.parent
 REPEAT = "inside the repeat window"
@@ -114,8 +114,8 @@ def test_an_account_that_enrolled_after_queueing_gets_no_reminder(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
     queue_due(registry, plan, date(2022, 1, 18), actor="rm")
-    with session_scope(registry.engine) as session:
-        session.add(TfaFactor(account_id=ids["ann"], kind="webauthn", created_at=T0))
+    with bound_to(registry.engine):
+        FactorFactory(account=existing_account(ids["ann"]), kind="webauthn")
     sender = Recording()
     drain(registry, plan, sender)
     assert "reminder" not in {m.email for m in sender.sent}
@@ -213,28 +213,11 @@ def test_the_file_outbox_writes_one_eml_per_message(
 
 def _many(registry: Registry, count: int) -> None:
     """``count`` more accounts without 2FA in the top-100 cohort."""
-    with session_scope(registry.engine) as session:
-        extra = [
-            Account(
-                username=f"user{i:04d}",
-                email=f"user{i:04d}@example.com",
-                email_verified=True,
-                created_at=T0,
+    with bound_to(registry.engine, batch=True):
+        for i in range(count):
+            AccountFactory(
+                username=f"user{i:04d}", in_cohort="top-100", in_cohort__packages=["zeta-pkg"]
             )
-            for i in range(count)
-        ]
-        session.add_all(extra)
-        session.flush()
-        session.add_all(
-            CohortMembership(
-                cohort="top-100",
-                account_id=a.id,
-                packages=["zeta-pkg"],
-                first_qualified_on=date(2022, 1, 3),
-                last_qualified_on=date(2022, 1, 3),
-            )
-            for a in extra
-        )
 
 
 def _delivered(server: DevSendGrid) -> Counter[int]:

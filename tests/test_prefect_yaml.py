@@ -14,10 +14,13 @@ import sys
 import tempfile
 from datetime import datetime, time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    from rollout.core.plan import Plan
 
 # Importing prefect creates PREFECT_HOME: not ~/.prefect (tests/flows/conftest.py sets
 # its own first when the flow tests run too).
@@ -131,10 +134,7 @@ def _one_off_runs(name: str) -> dict[str, datetime]:
     return runs
 
 
-def test_brownouts_and_elv_enrollment_run_at_the_plans_times() -> None:
-    from rollout.core.plan import load_plan
-
-    plan = load_plan(ROOT / "plans" / "npm-2022.yaml")
+def test_brownouts_and_elv_enrollment_run_at_the_plans_times(plan: Plan) -> None:
     assert _one_off_runs("brownout-start") == {b.name: b.starts_at for b in plan.brownouts}
     assert _one_off_runs("brownout-end") == {b.name: b.ends_at for b in plan.brownouts}
     assert _one_off_runs("elv-enroll-all") == {"": datetime.combine(plan.elv.enroll_all_on, time())}

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from rollout.cli import app
 from rollout.core.config import load_settings
 from rollout.core.output import FORCE_PROGRESS, Format, progress_for, shows_progress
-from rollout.core.plan import load_plan
+from rollout.core.plan import Plan
 from rollout.phases import enforce
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
@@ -111,9 +111,8 @@ def test_phase_enforce_piped_and_json_draw_nothing(
     assert not drawn(again.stderr)
 
 
-def test_enforce_phase_reports_progress_after_each_batch(three_to_enforce: int) -> None:
+def test_enforce_phase_reports_progress_after_each_batch(three_to_enforce: int, plan: Plan) -> None:
     calls: list[tuple[int, int]] = []
-    plan = load_plan(ROOT / "plans" / "npm-2022.yaml")
     with Registry(load_settings().registry_url) as registry:
         result = enforce.enforce_phase(
             registry,
@@ -145,7 +144,7 @@ def test_notify_send_piped_draws_no_progress(rollout_home: Path) -> None:
     assert "sent 2" in sent.stderr and not drawn(sent.stderr)
 
 
-def test_the_demo_ends_with_the_numbers_that_tell_the_story() -> None:
+def test_the_demo_ends_with_the_numbers_that_tell_the_story(plan: Plan) -> None:
     from datetime import date
 
     from rollout.cli.demo import _story_lines
@@ -156,7 +155,7 @@ def test_the_demo_ends_with_the_numbers_that_tell_the_story() -> None:
     report.enforced = {"top-100": 12}
     report.emails["sent"] = 1234
     report.enrolled.update({"brown-out": 40, "organic": 15})
-    lines = _story_lines(report, load_plan(ROOT / "plans" / "npm-2022.yaml"))
+    lines = _story_lines(report, plan)
     assert lines == [
         "The story:",
         "  top-100: 2FA 31% -> 97%",

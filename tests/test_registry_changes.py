@@ -40,12 +40,6 @@ def engine(sqlite_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def con(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
-        yield con
-
-
-@pytest.fixture
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
     """The tables each extract read from the registry."""
     seen: list[tuple[str, ...]] = []

@@ -20,12 +20,11 @@ from rollout.core.errors import RolloutError
 from rollout.core.output import FORMULA_PREFIXES
 from rollout.core.plan import Plan
 from rollout.report.reporting import (
-    FUNNEL_STAGES,
-    MARTS,
     ReportFiles,
     build_report,
     plan_milestones,
 )
+from rollout.report.spec import report_spec
 from rollout.warehouse import open_warehouse
 from tests.hostile import FORMULAS, MARKUP
 from tests.support.reports import (
@@ -38,6 +37,10 @@ from tests.support.reports import (
     make_warehouse,
     run_report,
 )
+
+# The report's definition as shipped (reports/adoption.yml, sql/marts/*.yml).
+MARTS = report_spec().marts
+FUNNEL_STAGES = report_spec().funnel_stages
 
 
 @pytest.fixture

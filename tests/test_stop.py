@@ -14,7 +14,7 @@ import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 
 import psutil
@@ -28,9 +28,10 @@ from rollout.notify.drain import drain
 from rollout.notify.queue import queue_due
 from rollout.notify.senders import SendGridSender
 from rollout.registry import Registry
-from rollout.registry.engine import make_engine, session_scope
+from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
-from rollout.registry.models import Account, CohortMembership, Notification
+from rollout.registry.models import Notification
+from tests.factories import AccountFactory, bound_to
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN = ROOT / "plans" / "npm-2022.yaml"
@@ -51,28 +52,11 @@ FIRST_EMAILS = 2 * CONCURRENCY
 @pytest.fixture
 def queued(registry: Registry, plan: Plan) -> int:
     """EMAILS accounts without 2FA in the top-100 cohort, a notice queued for each."""
-    with session_scope(registry.engine) as session:
-        accounts = [
-            Account(
-                username=f"user{i:04d}",
-                email=f"user{i:04d}@example.com",
-                email_verified=True,
-                created_at=datetime(2021, 6, 1),
+    with bound_to(registry.engine, batch=True):
+        for i in range(EMAILS):
+            AccountFactory(
+                username=f"user{i:04d}", in_cohort="top-100", in_cohort__packages=["zeta-pkg"]
             )
-            for i in range(EMAILS)
-        ]
-        session.add_all(accounts)
-        session.flush()
-        session.add_all(
-            CohortMembership(
-                cohort="top-100",
-                account_id=a.id,
-                packages=["zeta-pkg"],
-                first_qualified_on=date(2022, 1, 3),
-                last_qualified_on=date(2022, 1, 3),
-            )
-            for a in accounts
-        )
     [outcome] = queue_due(registry, plan, NOTICE_DAY, actor="rm")
     assert outcome.added == EMAILS
     return EMAILS

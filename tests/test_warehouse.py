@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import duckdb
 import pytest
 
@@ -12,18 +9,18 @@ from rollout import warehouse
 
 
 @pytest.fixture
-def con(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    connection = warehouse.connect(tmp_path / "warehouse.duckdb")
-    connection.execute(
+def con(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """The fresh warehouse of tests/conftest.py with two packages' manifests and
+    dependencies in its raw tables: left-pad (two versions, by ann) and is-odd (by bob)."""
+    con.execute(
         "insert into raw_manifests values ('left-pad', '1.0.0', ['ann'], 1, 1, []), "
         "('left-pad', '1.1.0', ['ann'], 2, 1, []), ('is-odd', '3.0.0', ['bob'], 2, 2, [])"
     )
-    connection.execute(
+    con.execute(
         "insert into raw_dependencies values (1, 1, 'is-odd', '^1', 'prod'), "
         "(2, 1, 'is-odd', '^3', 'prod'), (2, 2, 'is-number', '^6', 'prod')"
     )
-    yield connection
-    connection.close()
+    return con
 
 
 def edges(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:

@@ -48,108 +48,10 @@ from rollout.report.charts import (
     funnel_chart,
     method_mix_chart,
 )
+from rollout.report.spec import report_spec
 
 if TYPE_CHECKING:
     from rollout.registry import Registry
-
-# The contract (docs/adoption-marts.md): each mart and its columns, in CSV order.
-MARTS: dict[str, tuple[str, ...]] = {
-    "adoption_daily": (
-        "day",
-        "population",
-        "accounts",
-        "with_2fa",
-        "totp",
-        "webauthn",
-        "share",
-        "newly_enrolled",
-    ),
-    "adoption_by_org": (
-        "org",
-        "members",
-        "with_2fa",
-        "share",
-        "owners",
-        "owners_with_2fa",
-        "tfa_enforced_at",
-    ),
-    "compliance_funnel": (
-        "phase",
-        "cohort",
-        "notice_on",
-        "enforce_on",
-        "accounts",
-        "without_2fa_at_notice",
-        "notified",
-        "enrolled_7d",
-        "enrolled_14d",
-        "enrolled_30d",
-        "enrolled_by_enforcement",
-        "without_2fa_at_enforcement",
-        "enforced",
-        "sessions_revoked",
-        "enrolled_after_enforcement",
-        "still_without",
-        "required",
-        "rolled_back_at",
-    ),
-    "time_to_comply": ("phase", "days_after_notice", "accounts"),
-    "brownout_impact": (
-        "brownout",
-        "period",
-        "starts_at",
-        "ends_at",
-        "logins",
-        "elv_challenges",
-        "elv_completed",
-        "elv_failed",
-        "elv_abandoned",
-        "enrolments_next_7d",
-    ),
-    "token_readiness": (
-        "cohort",
-        "maintainers",
-        "publishing_legacy",
-        "publishing_personal",
-        "with_automation",
-        "ready",
-    ),
-    "ledger_activity": ("day", "activity", "count"),
-}
-
-# Row order of each CSV: the grain, so two reports of one day are identical files.
-_CSV_ORDER = {
-    "adoption_daily": "day, population",
-    "adoption_by_org": "members desc, org",
-    "compliance_funnel": "notice_on, phase",
-    "time_to_comply": "phase, days_after_notice",
-    "brownout_impact": "min(starts_at) over (partition by brownout), brownout, period",
-    "token_readiness": "cohort",
-    "ledger_activity": "day, activity",
-}
-
-TOP_ORGS = 20
-BROWNOUT_MEASURES = (
-    ("logins", "Logins"),
-    ("elv_challenges", "ELV challenges"),
-    ("elv_completed", "ELV completed"),
-    ("elv_failed", "ELV failed"),
-    ("elv_abandoned", "ELV abandoned"),
-    ("enrolments_next_7d", "2FA enrolments, next 7 days"),
-)
-# The funnel chart's bars: each stage counts a subset of the one before (the
-# compliance_funnel columns of int_funnel_accounts' stages), so no bar outgrows the
-# one above it. How soon accounts enrolled (enrolled_7d, ...) is no stage: those
-# counts grow with time, and they are in the table and time_to_comply.
-FUNNEL_STAGES = (
-    ("without_2fa_at_notice", "without 2FA at notice"),
-    ("notified", "notified"),
-    ("without_2fa_at_enforcement", "still without 2FA at enforcement"),
-    ("enforced", "enforced (2FA required)"),
-    ("enrolled_after_enforcement", "enrolled after enforcement"),
-)
-# compliance_funnel's counts (the rest of its columns are the phase, days, a time).
-FUNNEL_COUNTS = MARTS["compliance_funnel"][4:-1]
 
 
 @dataclass(frozen=True)
@@ -224,7 +126,7 @@ def _columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
     """Each mart's columns, contract columns first; a missing table or column is an error."""
     found: dict[str, list[str]] = {}
     problems: list[str] = []
-    for table, required in MARTS.items():
+    for table, required in report_spec().marts.items():
         try:
             description = con.execute(f"select * from {table} limit 0").description
         except duckdb.CatalogException:
@@ -366,7 +268,13 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
     }
 
 
+# compliance_funnel's columns that are no count: the phase, its days, its rollback.
+_FUNNEL_LABELS = ("phase", "cohort", "notice_on", "enforce_on", "rolled_back_at")
+
+
 def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str, Any]:
+    spec = report_spec()
+    count_columns = [c for c in spec.marts["compliance_funnel"] if c not in _FUNNEL_LABELS]
     rows = {
         str(r["phase"]): r
         for r in _rows(con, "select * from compliance_funnel order by notice_on, phase")
@@ -414,13 +322,13 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
             note = "no data yet"
         else:
             note = ""
-        counts = {c: _int(row[c]) for c in FUNNEL_COUNTS} if row else {}
+        counts = {c: _int(row[c]) for c in count_columns} if row else {}
         base = counts.get("without_2fa_at_notice", 0)
         chart_phases.append(
             FunnelPhase(
                 name,
                 subtitle,
-                [(label, counts.get(key, 0)) for key, label in FUNNEL_STAGES],
+                [(label, counts.get(key, 0)) for key, label in spec.funnel_stages],
                 base,
                 note,
             )
@@ -449,12 +357,14 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
 
 
 def _brownouts(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
-    rows = _rows(con, f"select * from brownout_impact order by {_CSV_ORDER['brownout_impact']}")
+    spec = report_spec()
+    order = spec.csv_order["brownout_impact"]
+    rows = _rows(con, f"select * from brownout_impact order by {order}")
     windows: dict[str, dict[str, dict[str, float]]] = {}
     table = []
     for r in rows:
         name, period = str(r["brownout"]), str(r["period"])
-        values = {key: finite(r[key]) for key, _ in BROWNOUT_MEASURES}
+        values = {key: finite(r[key]) for key, _ in spec.brownout_measures}
         windows.setdefault(name, {})[period] = values
         table.append(
             {
@@ -462,7 +372,7 @@ def _brownouts(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
                 "period": period,
                 "starts_at": r["starts_at"],
                 "ends_at": r["ends_at"],
-                **{key: _int(r[key]) for key, _ in BROWNOUT_MEASURES},
+                **{key: _int(r[key]) for key, _ in spec.brownout_measures},
                 "completion": _share(r["elv_completed"], r["elv_challenges"])
                 if finite(r["elv_challenges"]) > 0
                 else None,
@@ -474,8 +384,8 @@ def _brownouts(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     ]
     return {
         "brownouts": table,
-        "brownout_chart": brownout_chart(bars, BROWNOUT_MEASURES),
-        "brownout_measures": BROWNOUT_MEASURES,
+        "brownout_chart": brownout_chart(bars, spec.brownout_measures),
+        "brownout_measures": spec.brownout_measures,
     }
 
 
@@ -484,7 +394,7 @@ def _orgs(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         con,
         "select org, members, with_2fa, share, owners, owners_with_2fa, tfa_enforced_at "
         "from adoption_by_org order by members desc nulls last, org limit $n",
-        {"n": TOP_ORGS},
+        {"n": report_spec().top_orgs},
     )
     for r in top:
         r["org"] = "" if r["org"] is None else str(r["org"])
@@ -504,7 +414,7 @@ def _tokens(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     rows = _rows(con, "select * from token_readiness order by cohort")
     out = []
     for r in rows:
-        counts = {c: _int(r[c]) for c in MARTS["token_readiness"][1:]}
+        counts = {c: _int(r[c]) for c in report_spec().marts["token_readiness"][1:]}
         out.append(
             {
                 "cohort": str(r["cohort"]),
@@ -536,9 +446,9 @@ def build_context(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> di
     context: dict[str, Any] = {
         "plan": plan,
         "as_of": as_of,
-        "marts": list(MARTS),
+        "marts": list(report_spec().marts),
         "columns": columns,
-        "top_orgs": TOP_ORGS,
+        "top_orgs": report_spec().top_orgs,
         "milestones": [
             {"on": m.on, "label": m.label, "kind": m.kind, "past": m.on <= as_of}
             for m in plan_milestones(plan)
@@ -680,7 +590,8 @@ def _copy_csv(
     """A mart as CSV: its rows in the grain's order, text cells through the CSV cell rule
     (no formulas for a spreadsheet), written by DuckDB as it writes any CSV."""
     select = ", ".join(f'"{c}"' for c in columns)
-    ordered = con.sql(f"select {select} from {table} order by {_CSV_ORDER[table]}").to_arrow_table()
+    order = report_spec().csv_order[table]
+    ordered = con.sql(f"select {select} from {table} order by {order}").to_arrow_table()
     cells = pa.table([csv_cells(c) for c in ordered.columns], names=ordered.column_names)
     view = f"_csv_{secrets.token_hex(8)}"
     target = str(path).replace("'", "''")

@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 
 from rollout import warehouse
 from rollout.core.errors import RolloutError
-from rollout.core.plan import Plan, load_plan
+from rollout.core.plan import Plan
 from rollout.report import adoption
 from rollout.report.adoption import ADOPTION_TABLES, adoption_since, build_adoption
-from rollout.report.reporting import FUNNEL_STAGES
+from rollout.report.spec import report_spec
 
-from .golden_harness import GOLDEN_DIR, REFERENCE_PLAN, column_types, load_input
+from .golden_harness import GOLDEN_DIR, column_types, load_input
 
 MARTS_DIR = Path(__file__).parents[2] / "sql" / "marts"
 
@@ -34,12 +34,11 @@ MARTS_DIR = Path(__file__).parents[2] / "sql" / "marts"
 # --- the series' first day -----------------------------------------------------------------
 
 
-def test_since_of_the_reference_plan_is_the_elv_trial_start() -> None:
-    assert adoption_since(load_plan(REFERENCE_PLAN)) == date(2021, 12, 7)
+def test_since_of_the_reference_plan_is_the_elv_trial_start(plan: Plan) -> None:
+    assert adoption_since(plan) == date(2021, 12, 7)
 
 
-def test_since_is_the_first_milestone_minus_14_days_without_an_earlier_trial() -> None:
-    plan = load_plan(REFERENCE_PLAN)
+def test_since_is_the_first_milestone_minus_14_days_without_an_earlier_trial(plan: Plan) -> None:
     plan = plan.model_copy(update={"elv": plan.elv.model_copy(update={"trial": None})})
     # top-100's notice on 2022-01-04 comes first.
     assert adoption_since(plan) == date(2021, 12, 21)
@@ -506,8 +505,8 @@ def test_each_funnel_stage_is_a_subset_of_the_one_before(
     build_adoption(con, FUNNEL_PLAN, AS_OF)
     [row] = _rows_of(con, "select * from compliance_funnel")
 
-    # The chart's stages (reporting.FUNNEL_STAGES) are this chain, from its second step.
-    assert [key for key, _ in FUNNEL_STAGES] == list(FUNNEL_CHAIN[1:])
+    # The chart's stages (reports/adoption.yml) are this chain, from its second step.
+    assert [key for key, _ in report_spec().funnel_stages] == list(FUNNEL_CHAIN[1:])
     chain = [row[column] for column in FUNNEL_CHAIN]
     assert all(later <= earlier for earlier, later in pairwise(chain)), row
     assert row["enrolled_after_enforcement"] <= row["enforced"] <= row["required"]
@@ -535,19 +534,20 @@ def _rows_of(con: duckdb.DuckDBPyConnection, query: str) -> list[dict[str, Any]]
 
 
 @pytest.mark.parametrize("table", ADOPTION_TABLES)
-def test_yml_describes_the_table(table: str, fresh_warehouse: duckdb.DuckDBPyConnection) -> None:
+def test_yml_describes_the_table(
+    table: str, fresh_warehouse: duckdb.DuckDBPyConnection, plan: Plan
+) -> None:
     meta = yaml.safe_load((MARTS_DIR / f"{table}.yml").read_text())
     assert meta["model"] == table
     assert meta["description"] and meta["grain"]
-    build_adoption(fresh_warehouse, load_plan(REFERENCE_PLAN), date(2022, 3, 1))
+    build_adoption(fresh_warehouse, plan, date(2022, 3, 1))
     assert list(meta["columns"]) == list(column_types(fresh_warehouse, "main", table))
 
 
 def test_a_failing_model_leaves_the_previous_tables(
-    fresh_warehouse: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
+    fresh_warehouse: duckdb.DuckDBPyConnection, plan: Plan, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     con = fresh_warehouse
-    plan = load_plan(REFERENCE_PLAN)
     load_input(
         con, GOLDEN_DIR / "adoption" / "daily_series" / "inputs" / "registry" / "accounts.csv"
     )
@@ -570,9 +570,8 @@ def test_a_failing_model_leaves_the_previous_tables(
     assert any(accounts > 0 for _day, _population, accounts, *_ in after["adoption_daily"])
 
 
-def test_needs_a_registry_extract(tmp_path: Path) -> None:
-    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
-        with pytest.raises(RolloutError, match=r"registry\.cohort_memberships"):
-            build_adoption(con, load_plan(REFERENCE_PLAN), date(2022, 3, 1))
-        tables = {row[0] for row in con.execute("show tables").fetchall()}
+def test_needs_a_registry_extract(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
+    with pytest.raises(RolloutError, match=r"registry\.cohort_memberships"):
+        build_adoption(con, plan, date(2022, 3, 1))
+    tables = {row[0] for row in con.execute("show tables").fetchall()}
     assert not tables & set(ADOPTION_TABLES)

@@ -15,22 +15,13 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
-from rollout import warehouse
 from rollout.core.plan import MetricsWindows
 from rollout.metrics import compute_metrics
 from rollout.warehouse.ingest import IngestReport, ingest
 
 AS_OF = date(2022, 3, 14)
 NOW = datetime(2022, 3, 15, 6, 0)
-
-
-@pytest.fixture
-def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
-    connection = warehouse.connect(tmp_path / "w.duckdb")
-    yield connection
-    connection.close()
 
 
 def dependents(con: duckdb.DuckDBPyConnection, report: IngestReport) -> dict[str, int]:

@@ -4,7 +4,7 @@ tests/test_file_outbox_eml.py and tests/test_render_failures.py (which import th
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 
 import pytest
 from sqlalchemy import select
@@ -12,10 +12,9 @@ from sqlalchemy import select
 from rollout.notify import outbox
 from rollout.notify.message import DeliveryFailed, Message
 from rollout.registry import Registry
-from rollout.registry.engine import session_scope
-from rollout.registry.models import Account, CohortMembership, Notification, TfaFactor
+from rollout.registry.models import Account, Notification
+from tests.factories import AccountFactory, bound_to
 
-T0 = datetime(2021, 6, 1)
 NOTICE_DAY = date(2022, 1, 4)  # the reference plan's top-100 notices
 
 
@@ -23,27 +22,17 @@ NOTICE_DAY = date(2022, 1, 4)  # the reference plan's top-100 notices
 def ids(registry: Registry) -> dict[str, int]:
     """In the top-100 cohort: ann (no 2FA), ben (TOTP), cat (unverified email), dan
     (suppressed address). eve has no 2FA and is in no cohort."""
-    with session_scope(registry.engine) as session:
-        accounts = {
-            n: Account(
-                username=n, email=f"{n}@example.com", email_verified=n != "cat", created_at=T0
-            )
-            for n in ("ann", "ben", "cat", "dan", "eve")
+    with bound_to(registry.engine):
+        found = {
+            name: AccountFactory(
+                username=name,
+                email_verified=name != "cat",
+                with_totp=name == "ben",
+                in_cohort=None if name == "eve" else "top-100",
+                in_cohort__packages=["zeta-pkg", f"{name}-lib"],
+            ).id
+            for name in ("ann", "ben", "cat", "dan", "eve")
         }
-        session.add_all(accounts.values())
-        session.flush()
-        found = {n: a.id for n, a in accounts.items()}
-        session.add(TfaFactor(account_id=found["ben"], kind="totp", created_at=T0))
-        for name in ("ann", "ben", "cat", "dan"):
-            session.add(
-                CohortMembership(
-                    cohort="top-100",
-                    account_id=found[name],
-                    packages=["zeta-pkg", f"{name}-lib"],
-                    first_qualified_on=date(2022, 1, 3),
-                    last_qualified_on=date(2022, 1, 3),
-                )
-            )
     outbox.suppress(registry, "DAN@example.com", reason="hard bounce", actor="ops")
     return found
 

@@ -17,7 +17,8 @@ import pandas as pd
 
 from rollout.core.plan import Plan
 from rollout.report.adoption import adoption_since
-from rollout.report.reporting import MARTS, ReportFiles, build_report, report_dir
+from rollout.report.reporting import ReportFiles, build_report, report_dir
+from rollout.report.spec import report_spec
 from rollout.warehouse import open_warehouse
 
 AS_OF = date(2022, 5, 31)
@@ -48,7 +49,7 @@ MART_DDL = {
 
 def create_marts(con: duckdb.DuckDBPyConnection) -> None:
     """The seven marts, empty, with the contract's columns."""
-    assert set(MART_DDL) == set(MARTS)
+    assert set(MART_DDL) == set(report_spec().marts)
     for table, columns in MART_DDL.items():
         con.execute(f"create or replace table {table} ({columns})")
 
@@ -101,7 +102,9 @@ def adoption_rows(plan: Plan, as_of: date) -> Iterator[tuple[object, ...]]:
 
 def fill_marts(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date = AS_OF) -> None:
     create_marts(con)
-    daily = pd.DataFrame(list(adoption_rows(plan, as_of)), columns=list(MARTS["adoption_daily"]))
+    daily = pd.DataFrame(
+        list(adoption_rows(plan, as_of)), columns=list(report_spec().marts["adoption_daily"])
+    )
     con.register("daily_rows", daily)
     con.execute("insert into adoption_daily select * from daily_rows")
     con.unregister("daily_rows")
