@@ -569,10 +569,18 @@ def release_package(
         return str(row.package)
 
 
-def simulate(con: duckdb.DuckDBPyConnection, rule: CohortRule, as_of: date) -> CohortSizes:
-    """Cohort sizes under ``rule`` on ``as_of``'s metrics; writes nothing."""
+@contextmanager
+def selecting(con: duckdb.DuckDBPyConnection, rule: CohortRule, as_of: date) -> Iterator[None]:
+    """While open, ``marts/cohort_accounts`` reads the accounts ``rule`` selects on
+    ``as_of``'s metrics (temp tables only: the warehouse may be opened read-only)."""
     query = f"select package_key from ({warehouse.render('marts/cohort_qualified_packages')})"
     with _selected(con, query, rule_parameters(rule, as_of)):
+        yield
+
+
+def simulate(con: duckdb.DuckDBPyConnection, rule: CohortRule, as_of: date) -> CohortSizes:
+    """Cohort sizes under ``rule`` on ``as_of``'s metrics; writes nothing."""
+    with selecting(con, rule, as_of):
         packages = warehouse.scalar(con, "select count(*) from selected_packages")
         sizes = warehouse.one(
             con,

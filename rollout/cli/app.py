@@ -102,6 +102,20 @@ def _parse_day(text: str, option: str) -> date:
         ) from error
 
 
+def _day_or_latest(con: Any, text: str | None, table: str) -> date:
+    """The ``--as-of`` day given, or else the latest day ``table`` holds."""
+    if text is not None:
+        return _parse_day(text, "--as-of")
+    from rollout.cohorts import latest_as_of
+
+    latest = latest_as_of(con, table)
+    if latest is None:
+        raise RolloutError(f"nothing computed yet ({table} is empty): pass --as-of").with_exit(
+            EXIT_BAD_INPUT
+        )
+    return latest
+
+
 def _parse_time(text: str, option: str = "--at") -> datetime:
     """A UTC time, YYYY-MM-DD[THH:MM[:SS]]; stored naive, as the registry keeps UTC."""
     try:

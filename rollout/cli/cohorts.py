@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import date
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from rollout.cli.app import (
     AsOfOption,
     FormatOption,
+    _day_or_latest,
     _parse_day,
     _runtime,
     app,
@@ -22,19 +22,6 @@ from rollout.core.output import Format, emit, emit_record, labelled, stderr
 
 cohorts_app = typer.Typer(help="Cohorts: who must use 2FA, and why.", no_args_is_help=True)
 app.add_typer(cohorts_app, name="cohorts")
-
-
-def _day_or_latest(con: Any, text: str | None, table: str) -> date:
-    if text is not None:
-        return _parse_day(text, "--as-of")
-    from rollout.cohorts import latest_as_of
-
-    latest = latest_as_of(con, table)
-    if latest is None:
-        raise RolloutError(f"nothing computed yet ({table} is empty): pass --as-of").with_exit(
-            EXIT_BAD_INPUT
-        )
-    return latest
 
 
 @app.command()

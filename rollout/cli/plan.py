@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from rollout.cli.app import (
+    AsOfOption,
     FormatOption,
+    _day_or_latest,
     _parse_time,
     _runtime,
     app,
@@ -90,3 +92,41 @@ def plan_show(
             "(done batches are not redone)",
             highlight=False,
         )
+
+
+@plan_app.command("simulate")
+@reports_errors
+def plan_simulate(
+    ctx: typer.Context,
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="The plan to try (default: $ROLLOUT_PLAN, plans/npm-2022.yaml)."),
+    ] = None,
+    as_of: AsOfOption = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """What-if: what each phase of a plan would touch if it ran on a day (its cohort by
+    its rule on that day's metrics: accounts it would require 2FA of, their live web
+    sessions). Reads the warehouse only; writes nothing."""
+    from rollout.core.plan import load_plan
+    from rollout.phases.simulate import simulate_plan
+
+    runtime = _runtime(ctx)
+    plan = load_plan(file) if file is not None else runtime.plan
+    with runtime.warehouse(read_only=True) as con:
+        day = _day_or_latest(con, as_of, "package_metrics_daily")
+        found = simulate_plan(con, plan, day)
+    emit(
+        [what_if.row() for what_if in found],
+        fmt,
+        title=f"plan {plan.name} if run on {day}",
+        columns=[
+            "phase",
+            "cohort",
+            "packages",
+            "accounts",
+            "accounts_to_require",
+            "sessions_to_revoke",
+            "exempt",
+        ],
+    )

@@ -1,0 +1,115 @@
+"""`rollout plan simulate PLAN --as-of D`: what each phase of a plan would touch if it
+ran on D (its cohort by its rule on D's metrics; the accounts without 2FA at the end of
+D it would require it of, minus exemptions; their web sessions live then), writing
+nothing, so a release manager can compare plans."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from rollout.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT / "plans" / "npm-2022.yaml"
+DAY = "2022-02-01"  # the tiny sample's downloads cover its weekly window
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The tiny sample with metrics and cohorts of DAY, for the module (nothing here
+    writes to it: that is one of the things tested)."""
+    path = tmp_path_factory.mktemp("simulate") / "home"
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith("ROLLOUT_") and not name.startswith("ROLLOUT_TEST_"):
+                patch.delenv(name)
+        patch.setenv("ROLLOUT_HOME", str(path))
+        for command in (
+            ("sample", "--scale", "tiny", "--seed", "3"),
+            ("ingest",),
+            ("metrics", "--as-of", DAY),
+            ("cohorts", "build", "--as-of", DAY),
+        ):
+            assert run(*command).exit_code == 0, command
+        yield path
+
+
+def simulate(*args: str) -> dict[str, dict[str, Any]]:
+    result = run("plan", "simulate", *args, "--as-of", DAY, "--format", "json")
+    assert result.exit_code == 0, result.output
+    return {row["phase"]: row for row in json.loads(result.stdout)}
+
+
+def plan_file(tmp_path: Path, old: str, new: str) -> Path:
+    text = REFERENCE.read_text()
+    assert old in text
+    path = tmp_path / "plan.yaml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+def test_a_phase_would_touch_what_its_preview_lists_on_that_day(home: Path) -> None:
+    # The top-100 cohort was built on DAY, and nothing in the sample is later than DAY:
+    # the what-if and the enforcement preview see the same accounts and sessions.
+    preview = run("phase", "preview", "top-100", "--format", "json")
+    assert preview.exit_code == 0, preview.output
+    targets = json.loads(preview.stdout)
+    top = simulate()["top-100"]
+    assert top["packages"] == 100 and top["cohort"] == "top-100"
+    assert top["accounts_to_require"] == len(targets) > 0
+    assert top["sessions_to_revoke"] == sum(t["live_sessions"] for t in targets)
+    assert top["accounts"] >= top["accounts_to_require"] and top["exempt"] == 0
+
+
+def test_plans_compare_a_stricter_rule_touches_fewer(home: Path, tmp_path: Path) -> None:
+    stricter = plan_file(tmp_path, "top_by_dependents: 100", "top_by_dependents: 10")
+    reference, other = simulate()["top-100"], simulate(str(stricter))["top-100"]
+    assert other["packages"] == 10
+    assert other["accounts"] <= reference["accounts"]
+    assert other["accounts_to_require"] <= reference["accounts_to_require"]
+
+
+def test_an_exempt_account_is_counted_apart(home: Path, tmp_path: Path) -> None:
+    preview = json.loads(run("phase", "preview", "top-100", "--format", "json").stdout)
+    username = preview[0]["username"]
+    exempting = plan_file(
+        tmp_path,
+        "  accounts: []",
+        f"  accounts:\n    - username: {username}\n      reason: a test account",
+    )
+    before, after = simulate()["top-100"], simulate(str(exempting))["top-100"]
+    assert after["exempt"] == 1
+    assert after["accounts_to_require"] == before["accounts_to_require"] - 1
+    assert after["sessions_to_revoke"] == before["sessions_to_revoke"] - preview[0]["live_sessions"]
+
+
+def test_it_writes_nothing(home: Path) -> None:
+    def fingerprint() -> dict[str, str]:
+        return {
+            str(path.relative_to(home)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(home.rglob("*"))
+            if path.is_file()
+        }
+
+    before = fingerprint()
+    simulate()
+    assert fingerprint() == before
+
+
+def test_a_bad_plan_file_exits_2_naming_it(home: Path, tmp_path: Path) -> None:
+    broken = plan_file(tmp_path, "top_by_dependents: 100", "top_by_dependents: lots")
+    result = run("plan", "simulate", str(broken), "--as-of", DAY)
+    assert result.exit_code == 2
+    assert str(broken) in result.stderr and "top_by_dependents" in result.stderr
