@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import factory
@@ -166,6 +166,10 @@ class SessionFactory(_Factory):
 
 
 class TokenFactory(_Factory):
+    """A classic automation token (its capabilities follow its kind). Traits:
+    ``granular`` (a granular write token expiring after 90 days; set ``writes``,
+    ``bypass_2fa``, ``scopes`` or ``expires_at`` to change it), ``legacy`` (no name)."""
+
     class Meta:
         model = Token
         exclude = ("account",)
@@ -175,6 +179,15 @@ class TokenFactory(_Factory):
     name = factory.Sequence(lambda n: f"ci-{n}")
     kind = "automation"
     created_at = T0
+
+    class Params:
+        granular = factory.Trait(
+            kind="granular",
+            writes=True,
+            bypass_2fa=False,
+            expires_at=factory.LazyAttribute(lambda t: t.created_at + timedelta(days=90)),
+        )
+        legacy = factory.Trait(name=None, kind="publish")
 
 
 class MembershipFactory(_Factory):

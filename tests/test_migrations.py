@@ -27,7 +27,13 @@ from rollout.phases import brownouts, enforce
 from rollout.registry import Registry, migrate
 from rollout.registry.engine import make_engine
 from rollout.registry.models import Base
-from tests.factories import AccountFactory, CohortPackageFactory, NotificationFactory, bound_to
+from tests.factories import (
+    AccountFactory,
+    CohortPackageFactory,
+    NotificationFactory,
+    TokenFactory,
+    bound_to,
+)
 
 PHASE = "top-100"
 # The documented refusal: "cannot downgrade below <revision>: ...; nothing was changed".
@@ -232,5 +238,45 @@ def test_a_downgrade_that_cannot_says_so_and_changes_nothing(registry: Registry)
         NotificationFactory(phase=f"org:{org}", email="org_removal_notice")
     for target in ("0004", "base"):
         assert not _step_down(registry.engine, target)
+    assert migrate.current_revision(registry.engine) == REVISIONS[0]
+    _assert_matches_the_models(registry.engine)
+
+
+def test_classic_tokens_get_what_their_kind_can_do_at_0009(registry: Registry) -> None:
+    engine = registry.engine
+    migrate.downgrade(engine, "0008")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO accounts (id, username, email, email_verified, created_at) "
+                "VALUES (1, 'ann', 'ann@example.com', true, '2021-01-01 00:00:00')"
+            )
+        )
+        for kind in ("automation", "publish", "read_only"):
+            connection.execute(
+                text(
+                    "INSERT INTO tokens (account_id, name, kind, created_at) "
+                    "VALUES (1, :kind, :kind, '2021-06-01 00:00:00')"
+                ),
+                {"kind": kind},
+            )
+    migrate.upgrade(engine)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT kind, writes, bypass_2fa, scopes, expires_at FROM tokens ORDER BY kind")
+        ).all()
+    assert [tuple(row) for row in rows] == [
+        ("automation", True, True, None, None),
+        ("publish", True, False, None, None),
+        ("read_only", False, False, None, None),
+    ]
+    _assert_matches_the_models(engine)
+
+
+def test_a_granular_token_holds_the_registry_at_0009(registry: Registry) -> None:
+    """Revision 0008 knows no granular token: below 0009 is refused, nothing changed."""
+    with bound_to(registry.engine):
+        TokenFactory(granular=True)
+    assert not _step_down(registry.engine, "0008")
     assert migrate.current_revision(registry.engine) == REVISIONS[0]
     _assert_matches_the_models(registry.engine)

@@ -79,8 +79,8 @@ def test_an_unchanged_table_is_not_read_again(
 @pytest.mark.parametrize(
     "change",
     [
-        "insert into tokens (account_id, name, kind, created_at) "
-        "values (1, 'ci', 'automation', '2022-01-03 09:00:00.000000')",
+        "insert into tokens (account_id, name, kind, writes, bypass_2fa, created_at) "
+        "values (1, 'ci', 'automation', true, true, '2022-01-03 09:00:00.000000')",
         "update accounts set elv_enrolled_at = '2022-01-04 00:00:00.000000'",
         "delete from accounts",
     ],

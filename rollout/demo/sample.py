@@ -19,7 +19,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -802,7 +802,7 @@ def make_sessions(rng: np.random.Generator, acc: Accounts, end_us: int) -> Sessi
     )
 
 
-TOKEN_KINDS = ("automation", "publish", "read_only")
+TOKEN_KINDS = ("automation", "publish", "read_only", "granular")
 TOKEN_NAMES = (
     (
         "github-actions",
@@ -831,6 +831,11 @@ class Tokens:
     never_used: np.ndarray
     revoked: np.ndarray
     is_revoked: np.ndarray
+    # Filled by add_granular_tokens.
+    writes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    bypass_2fa: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    expires: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    never_expires: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def __len__(self) -> int:
         return len(self.account)
@@ -874,6 +879,47 @@ def make_tokens(rng: np.random.Generator, acc: Accounts, end_us: int) -> Tokens:
         revoked[order],
         is_revoked[order],
     )
+
+
+# npm's granular access tokens (2022-12-06): opt-in at first, the only kind that can be
+# created from 2025-11-05. From 2025-10-13 a new write token lasts 7 days by default and
+# 90 at most (docs/data-contracts.md, the research behind the plans).
+GRANULAR_SINCE = datetime(2022, 12, 6)
+SHORT_WRITE_TOKENS_SINCE = datetime(2025, 10, 13)
+CLASSIC_CREATION_ENDS = datetime(2025, 11, 5)
+GRANULAR_DAYS = np.array([7, 30, 90, 365])
+
+
+def add_granular_tokens(rng: np.random.Generator, tok: Tokens) -> None:
+    """Turn some tokens made since granular tokens exist into granular ones, and give
+    every token its capabilities: a share growing from a tenth at launch to about half
+    by late 2025 (most CI publishing still on classic tokens when npm's 2025 campaign
+    began), all of them once classic tokens can no longer be made. A granular token
+    publishes in about two cases of three; a publishing one bypasses 2FA in about half
+    (CI); it expires after 7 to 365 days, a write token made since 2025-10-13 after 7
+    (the default) or 90 days (the most). Classic kinds keep what their kind can do."""
+    size = len(tok)
+    since = _us(GRANULAR_SINCE)
+    years = np.clip((tok.created - since) / (365 * DAY_US), 0, None)
+    share = np.where(
+        tok.created >= _us(CLASSIC_CREATION_ENDS), 1.0, np.minimum(0.1 + 0.15 * years, 0.5)
+    )
+    granular = (tok.created >= since) & (rng.random(size) < share)
+    writes = np.where(granular, rng.random(size) < 2 / 3, tok.kind < 2)
+    bypass = np.where(granular, writes & (rng.random(size) < 0.5), tok.kind == 0)
+    short = granular & writes & (tok.created >= _us(SHORT_WRITE_TOKENS_SINCE))
+    days = np.where(
+        short,
+        np.where(rng.random(size) < 0.8, 7, 90),
+        GRANULAR_DAYS[rng.integers(0, len(GRANULAR_DAYS), size)],
+    )
+    tok.kind = np.where(granular, len(TOKEN_KINDS) - 1, tok.kind)
+    tok.writes = writes
+    tok.bypass_2fa = bypass
+    tok.expires = tok.created + days * DAY_US
+    tok.never_expires = ~granular
+    # A token is not used after it expired.
+    tok.last_used = np.minimum(tok.last_used, np.where(granular, tok.expires, tok.last_used))
 
 
 # --- orgs ------------------------------------------------------------------------------
@@ -1066,7 +1112,10 @@ def registry_tables(
             "account_id": pa.array(tok.account + 1),
             "name": tok.name,
             "kind": _labels(TOKEN_KINDS, tok.kind),
+            "writes": pa.array(tok.writes),
+            "bypass_2fa": pa.array(tok.bypass_2fa),
             "created_at": _ts(tok.created),
+            "expires_at": _ts(tok.expires, tok.never_expires),
             "last_used_at": _ts(tok.last_used, tok.never_used),
             "revoked_at": _ts(tok.revoked, ~tok.is_revoked),
         }
@@ -1495,7 +1544,8 @@ def generate_sample(
     )
 
     # Independent streams per stage: changing one stage leaves the others' draws alone.
-    streams = iter(np.random.default_rng(seed).spawn(12))
+    spawned = np.random.default_rng(seed).spawn(12)
+    streams = iter(spawned)
     stage("Choosing packages")
     pk = make_packages(sc, next(streams))
     stage("Drawing dependencies")
@@ -1507,6 +1557,8 @@ def generate_sample(
     fac = make_factors(next(streams), acc, end_us)
     ses = make_sessions(next(streams), acc, end_us)
     tok = make_tokens(next(streams), acc, end_us)
+    # The last stream, so that the draws of every stage before this one stayed the same.
+    add_granular_tokens(spawned[-1], tok)
     stage("Drawing orgs and teams")
     org = make_orgs(next(streams), pk, mt, acc, end_us)
 

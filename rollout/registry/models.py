@@ -42,13 +42,25 @@ NAMING = {
 }
 
 TFA_KINDS = ("totp", "webauthn")
-TOKEN_KINDS = ("automation", "publish", "read_only")
+# npm's classic tokens (read_only, publish, automation: automation publishes without a
+# second factor) and granular access tokens (scoped, expiring, optionally bypassing 2FA).
+CLASSIC_TOKEN_KINDS = ("automation", "publish", "read_only")
+TOKEN_KINDS = (*CLASSIC_TOKEN_KINDS, "granular")
 ORG_ROLES = ("owner", "admin", "developer")
 TEAM_PERMISSIONS = ("read", "write")
 NOTIFICATION_STATES = ("queued", "sending", "sent", "failed", "skipped")
 PLAN_RUN_MODES = ("preview", "apply", "rollback")
 PLAN_RUN_STATES = ("running", "succeeded", "failed")
 REGISTRY_KINDS = ("sample",)
+
+
+# Classic kinds that publish; by default, what a row of a kind can do is its kind's.
+WRITING_KINDS = ("publish", "automation")
+
+
+def _kind(context: Any) -> str | None:
+    kind = context.get_current_parameters().get("kind")
+    return str(kind) if kind is not None else None
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
@@ -129,6 +141,14 @@ class Token(Base):
     __tablename__ = "tokens"
     __table_args__ = (
         CheckConstraint(_one_of("kind", TOKEN_KINDS), name="kind"),
+        # What each classic kind can do is fixed; a granular token says for itself.
+        CheckConstraint(
+            "(kind <> 'read_only' OR (NOT writes AND NOT bypass_2fa))"
+            " AND (kind <> 'publish' OR (writes AND NOT bypass_2fa))"
+            " AND (kind <> 'automation' OR (writes AND bypass_2fa))",
+            name="capabilities",
+        ),
+        CheckConstraint("expires_at IS NULL OR expires_at > created_at", name="expiry"),
         Index("ix_tokens_account", "account_id"),
     )
 
@@ -137,7 +157,17 @@ class Token(Base):
     # Legacy tokens were created before tokens had names: NULL is meaningful.
     name: Mapped[str | None] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(16))
+    # It can publish (classic publish and automation; a granular read-write token).
+    writes: Mapped[bool] = mapped_column(Boolean, default=lambda c: _kind(c) in WRITING_KINDS)
+    # It publishes without a second factor (classic automation; a granular token made
+    # with "bypass 2FA"): what token-hardening campaigns take away first.
+    bypass_2fa: Mapped[bool] = mapped_column(Boolean, default=lambda c: _kind(c) == "automation")
+    # A granular token's packages and scopes ("pkg:NAME", "scope:@NAME", "org:NAME");
+    # NULL: everything the account may touch, as every classic token.
+    scopes: Mapped[list[Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    # NULL: never expires (classic tokens did not).
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
 
