@@ -111,9 +111,23 @@ CASES = {
         "outcome 'lost' is not one of success, failed, abandoned",
         "raw_logins",
     ),
+    "publishes-csv": (
+        "publishes",
+        ".csv",
+        [
+            "occurred_at,package,username,via,token_kind,second_factor",
+            "2022-01-10T10:00:00Z,react,alice,token,automation,none",
+            "",
+            "2022-01-10T10:05:00Z,vue,carol,session,,webauthn",
+            "2022-01-10T10:06:00Z,lodash,bob,{via},,totp",
+        ],
+        5,
+        "via 'pigeon' is not one of token, session, trusted",
+        "raw_publishes",
+    ),
 }
-CLEAN = {"count": "5", "maintainers": '["evan"]', "outcome": "failed"}
-BAD = {"count": "-5", "maintainers": "[]", "outcome": "lost"}
+CLEAN = {"count": "5", "maintainers": '["evan"]', "outcome": "failed", "via": "session"}
+BAD = {"count": "-5", "maintainers": "[]", "outcome": "lost", "via": "pigeon"}
 
 
 def write(tmp_path: Path, case: str, compression: str, values: dict[str, str]) -> Path:

@@ -25,6 +25,7 @@ SCHEMA_VERSION = 3
 STAGING_VIEWS = (
     "stg_downloads",
     "stg_logins",
+    "stg_publishes",
     "stg_manifests",
     "stg_dependencies",
     "stg_dependency_edges",

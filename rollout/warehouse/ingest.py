@@ -119,6 +119,8 @@ def _check_parameters(
         }
     if file.kind == "manifests":
         return {"name_pattern": PACKAGE_NAME_PATTERN}
+    if file.kind == "publishes":
+        return {"now": now, "name_pattern": PACKAGE_NAME_PATTERN}
     return {"now": now}
 
 

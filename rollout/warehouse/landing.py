@@ -25,13 +25,14 @@ import pyarrow.parquet as pq
 
 from rollout.core.errors import BadInput
 
-Kind = Literal["downloads", "manifests", "logins"]
-KINDS: tuple[Kind, ...] = ("downloads", "manifests", "logins")
+Kind = Literal["downloads", "manifests", "logins", "publishes"]
+KINDS: tuple[Kind, ...] = ("downloads", "manifests", "logins", "publishes")
 
 REQUIRED_COLUMNS: dict[Kind, tuple[str, ...]] = {
     "downloads": ("package", "day", "downloads"),
     "manifests": ("name", "version", "maintainers"),
     "logins": ("occurred_at", "username", "second_factor", "outcome"),
+    "publishes": ("occurred_at", "package", "username", "via", "token_kind", "second_factor"),
 }
 MANIFEST_MAPS = ("dependencies", "devDependencies", "peerDependencies")
 
@@ -47,6 +48,7 @@ _SUPPORTED: dict[Kind, tuple[str, ...]] = {
     "downloads": ("csv", "parquet", "json", "jsonl"),
     "manifests": ("jsonl", "parquet"),
     "logins": ("csv", "parquet"),
+    "publishes": ("csv", "parquet"),
 }
 
 
@@ -116,7 +118,7 @@ def classify(path: Path, root: Path | None = None) -> LandingFile:
             path,
             None,
             "cannot tell what this file holds: put it under "
-            "downloads/, manifests/ or logins/, or start its name with one of those",
+            "downloads/, manifests/, logins/ or publishes/, or start its name with one of those",
         )
     if fmt is None or fmt not in _SUPPORTED[kind]:
         allowed = ", ".join(f".{f}" for f in _SUPPORTED[kind])
@@ -652,7 +654,9 @@ def stage_manifests(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
 _ISO_TIMESTAMP = r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?"
 
 
-def _logins_timestamp(types: dict[str, str] | None) -> str:
+def _occurred_at(types: dict[str, str] | None) -> str:
+    """``occurred_at`` as a naive UTC timestamp: typed, zoned, or ISO 8601 text (NULL
+    when the text is not one)."""
     kind = _text_or_typed("occurred_at", types)
     if kind == "TIMESTAMP":
         return "occurred_at"
@@ -676,7 +680,7 @@ def stage_logins(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
         create or replace temp table incoming as
         select {ordinal} as ordinal, {ordinal} as line,
             cast(occurred_at as varchar) as occurred_at_text,
-            {_logins_timestamp(types)} as occurred_at,
+            {_occurred_at(types)} as occurred_at,
             trim(cast(username as varchar)) as username,
             trim(cast(second_factor as varchar)) as second_factor,
             trim(cast(outcome as varchar)) as outcome
@@ -685,4 +689,32 @@ def stage_logins(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
     )
 
 
-STAGERS = {"downloads": stage_downloads, "manifests": stage_manifests, "logins": stage_logins}
+def stage_publishes(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
+    if file.format == "csv":
+        _stage_csv_as_text(con, file)
+        types, ordinal = None, "rowid + 1"
+    else:
+        types, ordinal = _stage_parquet(con, file), "ordinal"
+    # An empty CSV cell is no value: nullif, as for a missing token kind.
+    con.execute(
+        f"""
+        create or replace temp table incoming as
+        select {ordinal} as ordinal, {ordinal} as line,
+            cast(occurred_at as varchar) as occurred_at_text,
+            {_occurred_at(types)} as occurred_at,
+            trim(cast(package as varchar)) as package,
+            trim(cast(username as varchar)) as username,
+            trim(cast(via as varchar)) as via,
+            nullif(trim(cast(token_kind as varchar)), '') as token_kind,
+            trim(cast(second_factor as varchar)) as second_factor
+        from incoming_raw
+        """
+    )
+
+
+STAGERS = {
+    "downloads": stage_downloads,
+    "manifests": stage_manifests,
+    "logins": stage_logins,
+    "publishes": stage_publishes,
+}

@@ -5,7 +5,7 @@ create sequence if not exists ingested_file_ids start 1;
 
 create table if not exists ingested_files (
     file_id       bigint primary key,
-    kind          varchar not null,      -- downloads | manifests | logins
+    kind          varchar not null,      -- downloads | manifests | logins | publishes
     path          varchar not null,
     sha256        varchar not null unique,
     bytes         bigint not null,
@@ -52,6 +52,17 @@ create table if not exists raw_logins (
     username      varchar not null,
     second_factor varchar not null,
     outcome       varchar not null,
+    file_id       bigint not null
+);
+
+-- Publish events: who published which package, and how they proved it was them.
+create table if not exists raw_publishes (
+    occurred_at   timestamp not null,
+    package       varchar not null,
+    username      varchar not null,
+    via           varchar not null,
+    token_kind    varchar,
+    second_factor varchar not null,
     file_id       bigint not null
 );
 

@@ -1,0 +1,54 @@
+-- Validate the staged publish events file (temp table `incoming`); keeps the bad rows.
+-- `via`: `token` (with the token's kind), `session` (published from a logged-in
+-- session) or `trusted` (trusted publishing: an OIDC identity, no token, no person).
+-- `second_factor`: what was proved at publish time (`none` when nothing was: an
+-- automation token, or a granular token made to bypass 2FA).
+create or replace temp table flagged as
+with
+
+staged as (
+    select * from incoming
+),
+
+final as (
+    select
+        ordinal,
+        line,
+        json_object(
+            'occurred_at', occurred_at_text, 'package', package, 'username', username,
+            'via', via, 'token_kind', token_kind, 'second_factor', second_factor
+        )::varchar as record,
+        case
+            when occurred_at_text is null then 'occurred_at is missing'
+            when occurred_at is null
+                then 'occurred_at ''' || occurred_at_text || ''' is not an ISO 8601 timestamp'
+            when occurred_at > $now then 'occurred_at ' || occurred_at || ' is in the future'
+            when package is null or package = '' then 'package name is missing'
+            when not regexp_full_match(package, $name_pattern)
+                then 'package name ''' || package || ''' is not a valid npm package name'
+            when username is null or username = '' then 'username is missing'
+            when via is null or via not in ('token', 'session', 'trusted')
+                then 'via ''' || coalesce(via, '') || ''' is not one of token, session, trusted'
+            when via = 'token' and token_kind is null
+                then 'token_kind is missing (via is token)'
+            when via = 'token' and token_kind not in ('publish', 'automation', 'granular')
+                then 'token_kind ''' || token_kind
+                    || ''' is not one of publish, automation, granular (a token that publishes)'
+            when via <> 'token' and token_kind is not null
+                then 'token_kind ''' || token_kind || ''' given, but via is ' || via
+            when second_factor is null or second_factor not in ('none', 'totp', 'webauthn')
+                then 'second_factor ''' || coalesce(second_factor, '')
+                    || ''' is not one of none, totp, webauthn'
+            when token_kind = 'automation' and second_factor <> 'none'
+                then 'second_factor ' || second_factor
+                    || ' with an automation token, which never asks for one'
+            when via = 'trusted' and second_factor <> 'none'
+                then 'second_factor ' || second_factor
+                    || ' with trusted publishing, where no person signs in'
+        end as problem,
+        false as duplicate
+    from staged
+)
+
+select * from final
+where problem is not null

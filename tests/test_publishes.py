@@ -1,0 +1,105 @@
+"""Publish events (landing/publishes/): who published which package, through what (a
+token and its kind, a logged-in session, trusted publishing) and with which second
+factor. Checked row by row like every landing file, loaded into raw_publishes, read
+through stg_publishes."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rollout.core.errors import FileRejected
+from rollout.warehouse import ingest, landing
+
+HEADER = "occurred_at,package,username,via,token_kind,second_factor"
+GOOD = [
+    "2025-11-20T10:00:00Z,left-pad,alice,token,automation,none",
+    "2025-11-20T11:00:00+01:00,@scope/pkg,bob,session,,webauthn",
+    "2025-11-20 12:00,react,carol,trusted,,none",
+    "2025-11-20T13:00:00Z,react,dave,token,granular,totp",
+    "2025-11-20T14:00:00Z,vue,erin,token,granular,none",
+]
+NOW = datetime(2025, 11, 21)
+
+
+def write_csv(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "landing" / "publishes" / "publishes-2025-11-20.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([HEADER, *lines]) + "\n")
+    return path
+
+
+def load(con: duckdb.DuckDBPyConnection, path: Path) -> ingest.FileResult:
+    return ingest.ingest_file(con, landing.classify(path), quarantine_limit=0.01, now=NOW)
+
+
+def test_events_load_with_times_in_utc_and_no_token_kind_as_null(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    result = load(con, write_csv(tmp_path, GOOD))
+    assert (result.status, result.rows_loaded) == ("loaded", 5)
+    rows = con.execute(
+        "select occurred_at, day, package, username, via, token_kind, second_factor, "
+        "without_2fa from stg_publishes order by occurred_at"
+    ).fetchall()
+    day = date(2025, 11, 20)
+    assert rows == [
+        (datetime(2025, 11, 20, 10), day, "left-pad", "alice", "token", "automation", "none", True),
+        (datetime(2025, 11, 20, 10), day, "@scope/pkg", "bob", "session", None, "webauthn", False),
+        (datetime(2025, 11, 20, 12), day, "react", "carol", "trusted", None, "none", False),
+        (datetime(2025, 11, 20, 13), day, "react", "dave", "token", "granular", "totp", False),
+        (datetime(2025, 11, 20, 14), day, "vue", "erin", "token", "granular", "none", True),
+    ]
+
+
+def test_a_parquet_file_with_typed_times_loads_the_same(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    path = tmp_path / "landing" / "publishes" / "publishes.parquet"
+    path.parent.mkdir(parents=True)
+    table = pa.table(
+        {
+            "occurred_at": pa.array([datetime(2025, 11, 20, 9, 30)], pa.timestamp("us", "UTC")),
+            "package": ["left-pad"],
+            "username": ["alice"],
+            "via": ["session"],
+            "token_kind": pa.array([None], pa.string()),
+            "second_factor": ["totp"],
+        }
+    )
+    pq.write_table(table, path)
+    assert load(con, path).rows_loaded == 1
+    assert con.execute("select occurred_at, via, token_kind from stg_publishes").fetchall() == [
+        (datetime(2025, 11, 20, 9, 30), "session", None)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ("2025-11-22T10:00:00Z,react,ann,session,,totp", "is in the future"),
+        ("yesterday,react,ann,session,,totp", "'yesterday' is not an ISO 8601 timestamp"),
+        ("2025-11-20T10:00:00Z,Bad Name,ann,session,,totp", "is not a valid npm package name"),
+        ("2025-11-20T10:00:00Z,react,,session,,totp", "username is missing"),
+        ("2025-11-20T10:00:00Z,react,ann,pigeon,,totp", "via 'pigeon' is not one of"),
+        ("2025-11-20T10:00:00Z,react,ann,token,,totp", "token_kind is missing (via is token)"),
+        ("2025-11-20T10:00:00Z,react,ann,token,read_only,none", "token_kind 'read_only'"),
+        ("2025-11-20T10:00:00Z,react,ann,session,publish,totp", "given, but via is session"),
+        ("2025-11-20T10:00:00Z,react,ann,session,,sms", "second_factor 'sms' is not one of"),
+        ("2025-11-20T10:00:00Z,react,ann,token,automation,totp", "with an automation token"),
+        ("2025-11-20T10:00:00Z,react,ann,trusted,,webauthn", "with trusted publishing"),
+    ],
+)
+def test_a_bad_row_refuses_the_file_naming_its_line_and_reason(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, row: str, reason: str
+) -> None:
+    path = write_csv(tmp_path, [GOOD[0], row])
+    with pytest.raises(FileRejected) as refused:
+        load(con, path)
+    assert "line 3: " in str(refused.value) and reason in str(refused.value)
+    assert con.execute("select count(*) from raw_publishes").fetchone() == (0,)
