@@ -17,11 +17,13 @@ from rollout.demo.sample import (
     CLASSIC_CREATION_ENDS,
     GRANULAR_SINCE,
     SHORT_WRITE_TOKENS_SINCE,
+    TRUSTED_PUBLISHING_SINCE,
     generate_sample,
 )
 from rollout.registry import Registry
 from rollout.registry.engine import session_scope
 from rollout.registry.models import Token
+from rollout.warehouse import ingest
 from rollout.warehouse.extract import extract_registry
 from tests.factories import AccountFactory, TokenFactory, bound_to
 
@@ -85,7 +87,8 @@ def test_a_granular_token_says_what_it_can_do(registry: Registry) -> None:
 
 @pytest.fixture(scope="module")
 def sample_2025(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The small sample up to the end of npm's 2025 token campaign."""
+    """The small sample up to the end of npm's 2025 token campaign, its publish events
+    loaded (every row valid: a quarantine limit of 0) and the registry extracted."""
     from rollout.registry.engine import make_engine
     from rollout.registry.migrate import upgrade
 
@@ -99,7 +102,9 @@ def sample_2025(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "small", 7, registry=registry, landing_dir=folder / "landing", end=date(2025, 12, 9)
         )
         with warehouse.open_warehouse(folder / "warehouse.duckdb") as con:
-            extract_registry(con, registry, ("tokens",))
+            report = ingest.ingest(con, [folder / "landing" / "publishes"], quarantine_limit=0.0)
+            assert [f.status for f in report.files] == ["loaded"], report.files
+            extract_registry(con, registry, ("accounts", "tfa_factors", "tokens"))
     return folder / "warehouse.duckdb"
 
 
@@ -166,3 +171,44 @@ def test_the_warehouse_gets_a_token_s_capabilities_with_their_types(sample_2025:
     assert types["writes"] == "BOOLEAN" and types["bypass_2fa"] == "BOOLEAN"
     assert types["expires_at"] == "TIMESTAMP"
     assert "scopes" in types
+
+
+def test_the_sample_s_publishes_go_through_tokens_the_account_held_then(sample_2025: Path) -> None:
+    unexplained, token_publishes = _one(
+        sample_2025,
+        """
+        select
+            count(*) filter (where not exists (
+                select 1 from registry.tokens as t
+                where t.account_id = a.id and t.kind = p.token_kind and t.writes
+                    and t.created_at <= p.occurred_at
+                    and (t.revoked_at is null or t.revoked_at >= p.occurred_at)
+                    and (t.expires_at is null or t.expires_at >= p.occurred_at)
+            )),
+            count(*)
+        from stg_publishes as p
+        inner join registry.accounts as a on a.username = p.username
+        where p.via = 'token'
+        """,
+    )
+    assert token_publishes > 0 and unexplained == 0
+
+
+def test_the_sample_s_publishes_prove_only_factors_that_existed(sample_2025: Path) -> None:
+    counts = _one(
+        sample_2025,
+        """
+        select
+            count(*) filter (where via = 'trusted'),
+            count(*) filter (where via = 'trusted' and occurred_at < $trusted_since),
+            count(*) filter (where token_kind = 'automation' and second_factor <> 'none'),
+            count(*) filter (where second_factor <> 'none' and not exists (
+                select 1 from registry.tfa_factors as f
+                inner join registry.accounts as a on a.id = f.account_id
+                where a.username = p.username and f.kind = p.second_factor
+            ))
+        from stg_publishes as p
+        """,
+        trusted_since=TRUSTED_PUBLISHING_SINCE,
+    )
+    assert counts[0] > 0 and counts[1:] == (0, 0, 0)

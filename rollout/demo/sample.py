@@ -89,6 +89,7 @@ class SampleSummary:
     seconds: float
     dev_dependency_edges: int = 0
     peer_dependency_edges: int = 0
+    publish_events: int = 0
 
 
 # --- time ------------------------------------------------------------------------------
@@ -1018,6 +1019,80 @@ def make_logins(
     )
 
 
+# Trusted publishing (an OIDC identity from CI, no token) on npm: 2025-07-31.
+TRUSTED_PUBLISHING_SINCE = datetime(2025, 7, 31)
+PUBLISH_VIA = ("token", "session", "trusted")
+PUBLISH_FACTORS = ("none", "totp", "webauthn")
+
+
+def make_publishes(
+    rng: np.random.Generator,
+    mt: Maintainers,
+    pk: Packages,
+    acc: Accounts,
+    factors: Factors,
+    tok: Tokens,
+    window_start_us: int,
+    end_us: int,
+) -> pa.Table:
+    """Publish events in the download window (landing/publishes/): each maintainer of a
+    package publishes it about once a quarter. Three publishes in four of an account
+    with a writing token go through one of its tokens, at a time that token was live;
+    the rest from a session, or, once npm had it, by trusted publishing (a sixth). The
+    second factor is the account's (WebAuthn when it has both, half the time), none
+    through an automation token or one made to bypass 2FA, and none for trusted
+    publishing."""
+    days = max(1, (end_us - window_start_us) // DAY_US)
+    count = rng.poisson(days / 90, len(mt.account))
+    package = np.repeat(mt.package, count)
+    account = np.repeat(mt.account, count)
+    size = len(account)
+    # Each account's writing tokens that were not revoked before the window, in a row.
+    usable = tok.writes & (~tok.is_revoked | (tok.revoked > window_start_us))
+    usable &= np.where(tok.never_expires, True, tok.expires > window_start_us)
+    ids = np.flatnonzero(usable)  # tok is sorted by account
+    per_account = np.bincount(tok.account[ids], minlength=len(acc))
+    first = np.concatenate([[0], np.cumsum(per_account)[:-1]])
+    held = per_account[account]
+    use_token = (held > 0) & (rng.random(size) < 0.75)
+    # One of the account's tokens (index 0 stands in where it has none: not used then).
+    slot = first[account] + (rng.random(size) * held).astype(np.int64)
+    pick = ids[np.minimum(slot, len(ids) - 1)] if len(ids) else np.zeros(size, np.int64)
+    live_from = np.maximum(window_start_us, tok.created[pick]) if len(ids) else slot
+    live_until = np.full(size, end_us, np.int64)
+    if len(ids):
+        live_until = np.minimum(
+            live_until, np.where(tok.is_revoked[pick], tok.revoked[pick], end_us)
+        )
+        live_until = np.minimum(
+            live_until, np.where(tok.never_expires[pick], end_us, tok.expires[pick])
+        )
+    use_token &= live_until > live_from
+    token_lo, token_hi = live_from, live_until
+    lo = np.where(use_token, token_lo, np.maximum(window_start_us, acc.created[account]))
+    hi = np.where(use_token, token_hi, end_us)
+    occurred = _between(rng, lo, hi)
+    trusted = ~use_token & (occurred >= _us(TRUSTED_PUBLISHING_SINCE)) & (rng.random(size) < 1 / 6)
+    via = np.where(use_token, 0, np.where(trusted, 2, 1))
+    kind = np.where(use_token, tok.kind[pick] if len(ids) else 0, -1)  # -1: no token
+    bits = factors.active_kinds[account]
+    webauthn = np.where(bits == 3, rng.random(size) < 0.5, bits == 2)
+    factor = np.where(bits == 0, 0, np.where(webauthn, 2, 1))
+    bypass = use_token & (tok.bypass_2fa[pick] if len(ids) else False)
+    factor = np.where(bypass | trusted, 0, factor)
+    order = np.lexsort((account, occurred))
+    return pa.table(
+        {
+            "occurred_at": pa.array(occurred[order], pa.timestamp("us", tz="UTC")),
+            "package": pk.names.take(pa.array(package[order])),
+            "username": acc.username.take(pa.array(account[order])),
+            "via": _labels(PUBLISH_VIA, via[order]),
+            "token_kind": _labels(TOKEN_KINDS, np.maximum(kind[order], 0), null=kind[order] < 0),
+            "second_factor": _labels(PUBLISH_FACTORS, factor[order]),
+        }
+    )
+
+
 # --- daily downloads -------------------------------------------------------------------
 
 
@@ -1596,6 +1671,13 @@ def generate_sample(
     path = landing_dir / "logins" / "logins.parquet"
     _write_parquet(logins, path)
     files.append(path)
+    stage("Writing publish events")
+    # The stream after the logins' (its own: the earlier stages' draws stay the same).
+    publishes = make_publishes(spawned[10], mt, pk, acc, fac, tok, _us(day_list[0]), end_us)
+    (landing_dir / "publishes").mkdir(parents=True, exist_ok=True)
+    path = landing_dir / "publishes" / "publishes.parquet"
+    _write_parquet(publishes, path)
+    files.append(path)
     stage.finish()
 
     return SampleSummary(
@@ -1611,6 +1693,7 @@ def generate_sample(
         landing_files=sorted(files),
         download_rows=download_rows,
         login_events=logins.num_rows,
+        publish_events=publishes.num_rows,
         seconds=round(time.perf_counter() - started, 3),
         dev_dependency_edges=len(dev),
         peer_dependency_edges=len(peer),
