@@ -283,6 +283,7 @@ def test_the_markdown_tells_the_same_story(report: ReportFiles) -> None:
         "## Compliance funnel",
         "## Orgs",
         "## Token readiness",
+        "## Publishing",
         "## Actions taken",
         "## Milestones",
     ):
@@ -293,7 +294,7 @@ def test_the_markdown_tells_the_same_story(report: ReportFiles) -> None:
 
 def test_markdown_tables_are_well_formed(report: ReportFiles) -> None:
     blocks = table_blocks(report.markdown.read_text())
-    assert len(blocks) == 9
+    assert len(blocks) == 10
     for block in blocks:
         widths = {len(cells(line)) for line in block}
         assert len(widths) == 1, block
@@ -555,3 +556,28 @@ def test_npm_scale(tmp_path: Path, plan: Plan) -> None:
     assert files.markdown.stat().st_size < 200_000
     with files.csvs["adoption_by_org"].open(newline="") as handle:
         assert sum(1 for _ in csv.reader(handle)) == 1 + 100_032
+
+
+def test_publishing_shows_the_window_s_publishes_by_method(report: ReportFiles) -> None:
+    html = report.html.read_text()
+    section = html[html.index('<section id="publishing"') : html.index('<section id="ledger"')]
+    assert "How the 600 publishes of the 30 days to 2022-05-31" in section
+    assert "75.0% went through a token with no second factor" in section
+    rows = re.findall(
+        r'<tr><th scope="row">([^<]+)</th><td>(\w+)</td><td class="num">([\d,]+)</td>'
+        r'<td class="num">([\d.]+%)</td></tr>',
+        section,
+    )
+    assert rows == [
+        ("automation token", "none", "300", "50.0%"),
+        ("granular token", "none", "150", "25.0%"),
+        ("a logged-in session", "webauthn", "90", "15.0%"),
+        ("trusted publishing", "none", "60", "10.0%"),
+    ]
+    markdown = report.markdown.read_text()
+    assert "| automation token | none | 300 | 50.0% |" in markdown
+
+
+def test_without_publish_events_the_section_says_so(tmp_path: Path, plan: Plan) -> None:
+    report = run_report(tmp_path, plan, empty=True)
+    assert "No publish events in the 30 days to 2022-05-31" in report.html.read_text()

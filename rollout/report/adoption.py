@@ -32,6 +32,7 @@ ADOPTION_TABLES: tuple[str, ...] = (
     "brownout_impact",
     "token_readiness",
     "ledger_activity",
+    "publishes_daily",
 )
 
 # Made once per build as temp tables, read by more than one mart.

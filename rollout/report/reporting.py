@@ -425,6 +425,43 @@ def _tokens(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     return out
 
 
+_VIA_LABELS = {"session": "a logged-in session", "trusted": "trusted publishing"}
+
+
+def _publishing(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
+    """Publishes of the last ``publishing_days`` by how they proved who made them."""
+    days = report_spec().publishing_days
+    rows = _rows(
+        con,
+        "select via, token_kind, second_factor, sum(publishes) as publishes "
+        "from publishes_daily where day > $start and day <= $as_of "
+        "group by all order by publishes desc, via, token_kind nulls first, second_factor",
+        {"as_of": as_of, "start": as_of - timedelta(days=days)},
+    )
+    total = sum(_int(r["publishes"]) for r in rows)
+    methods = []
+    for r in rows:
+        via, kind = str(r["via"]), r["token_kind"]
+        count = _int(r["publishes"])
+        methods.append(
+            {
+                "method": f"{kind} token" if via == "token" else _VIA_LABELS.get(via, via),
+                "second_factor": str(r["second_factor"]),
+                "publishes": count,
+                "share": _share(count, total),
+            }
+        )
+    without = sum(
+        _int(r["publishes"]) for r in rows if r["via"] == "token" and r["second_factor"] == "none"
+    )
+    return {
+        "publishing": methods,
+        "publishing_days": days,
+        "publishing_total": total,
+        "publishing_without_2fa": _share(without, total) if total else None,
+    }
+
+
 def _ledger(con: duckdb.DuckDBPyConnection, as_of: date) -> list[dict[str, Any]]:
     rows = _rows(
         con,
@@ -459,6 +496,7 @@ def build_context(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> di
     context.update(_brownouts(con))
     context.update(_orgs(con))
     context["tokens"] = _tokens(con)
+    context.update(_publishing(con, as_of))
     context["ledger"] = _ledger(con, as_of)
     context["headline"] = next((p for p in context["populations"] if p.population == "all"), None)
     return context

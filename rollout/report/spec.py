@@ -32,6 +32,7 @@ class _SpecFile(BaseModel):
 
     csvs: dict[str, str] = Field(min_length=1)
     top_orgs: int = Field(strict=True, ge=1, le=10_000)
+    publishing_days: int = Field(strict=True, ge=1, le=366)
     brownout_measures: dict[str, str] = Field(min_length=1)
     funnel_stages: dict[str, str] = Field(min_length=1)
 
@@ -44,6 +45,8 @@ class ReportSpec:
     # Each mart's CSV row order: a DuckDB ``order by`` list.
     csv_order: dict[str, str]
     top_orgs: int
+    # The publishing table: publishes of the last N days up to the report's day.
+    publishing_days: int
     # (column, label) pairs, in the order shown.
     brownout_measures: tuple[tuple[str, str], ...]
     funnel_stages: tuple[tuple[str, str], ...]
@@ -84,6 +87,7 @@ def load_report_spec(path: Path, marts_dir: Path) -> ReportSpec:
         marts=marts,
         csv_order=dict(spec.csvs),
         top_orgs=spec.top_orgs,
+        publishing_days=spec.publishing_days,
         brownout_measures=tuple(spec.brownout_measures.items()),
         funnel_stages=tuple(spec.funnel_stages.items()),
     )

@@ -44,11 +44,13 @@ MART_DDL = {
     "token_readiness": "cohort varchar, maintainers bigint, publishing_legacy bigint, "
     "publishing_personal bigint, with_automation bigint, ready bigint",
     "ledger_activity": "day date, activity varchar, count bigint",
+    "publishes_daily": "day date, via varchar, token_kind varchar, second_factor varchar, "
+    "publishes bigint, publishers bigint, packages bigint",
 }
 
 
 def create_marts(con: duckdb.DuckDBPyConnection) -> None:
-    """The seven marts, empty, with the contract's columns."""
+    """The report's marts, empty, with the contract's columns."""
     assert set(MART_DDL) == set(report_spec().marts)
     for table, columns in MART_DDL.items():
         con.execute(f"create or replace table {table} ({columns})")
@@ -151,6 +153,18 @@ def fill_marts(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date = AS_OF) 
             (date(2022, 5, 3), "tfa_required", 1100),
             (date(2022, 5, 30), "org_member_removed", 7),
             (date(2022, 5, 30), HOSTILE_ACTIVITY, 1),
+        ],
+    )
+    # Publishes in the 30 days to AS_OF (600 in all; 450 through tokens without a second
+    # factor: 75%), and one on the day the window starts, which is left out.
+    con.executemany(
+        "insert into publishes_daily values (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (date(2022, 5, 1), "token", "automation", "none", 999, 1, 1),
+            (date(2022, 5, 2), "token", "automation", "none", 300, 40, 60),
+            (date(2022, 5, 30), "token", "granular", "none", 150, 20, 25),
+            (date(2022, 5, 30), "session", None, "webauthn", 90, 30, 40),
+            (date(2022, 5, 31), "trusted", None, "none", 60, 5, 9),
         ],
     )
 
