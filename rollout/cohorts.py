@@ -90,11 +90,18 @@ class CohortSizes:
 
 
 def rule_parameters(rule: CohortRule, as_of: date) -> dict[str, Any]:
+    downloads, share = rule.downloads_gt, rule.top_share_by_downloads
     return {
         "as_of": as_of,
         "top_by_dependents": rule.top_by_dependents,
         "weekly_downloads_gt": rule.weekly_downloads_gt,
         "dependents_gte": rule.dependents_gte,
+        "downloads_gt": downloads.count if downloads else None,
+        "downloads_days": downloads.days if downloads else None,
+        "downloads_total": bool(downloads and downloads.total),
+        "top_share": share.share if share else None,
+        "share_days": share.days if share else None,
+        "every_maintainer": rule.every_maintainer,
     }
 
 
@@ -465,7 +472,7 @@ def build_cohorts(
     require_metrics(con, as_of, allow_gaps=allow_gaps, weekly_days=plan.metrics.weekly_window_days)
     names = cohorts or list(plan.cohorts)
     for name in names:
-        plan.cohort(name)
+        require_download_window(con, plan.cohort(name), as_of, allow_gaps=allow_gaps)
     if refresh_registry:
         extract_registry(con, registry, COHORT_INPUTS)
     else:
@@ -569,10 +576,37 @@ def release_package(
         return str(row.package)
 
 
+def require_download_window(
+    con: duckdb.DuckDBPyConnection, rule: CohortRule, as_of: date, *, allow_gaps: bool
+) -> None:
+    """Refuse a rule whose download window (``downloads_gt`` over days,
+    ``top_share_by_downloads``) has days without download data, unless ``allow_gaps``:
+    a window with a gap undercounts every package, so fewer would qualify."""
+    days = rule.download_window_days()
+    if days is None or allow_gaps:
+        return
+    start = as_of - timedelta(days=days)
+    loaded = warehouse.scalar(
+        con,
+        "select count(distinct day) from stg_downloads where day >= $start and day < $as_of",
+        {"start": start, "as_of": as_of},
+    )
+    if loaded < days:
+        raise BadInput(
+            None,
+            None,
+            f"the cohort rule sums downloads over the {days} days {start}.."
+            f"{as_of - timedelta(days=1)}, but only {loaded} of them are loaded: load the "
+            "missing days' downloads, or pass --allow-gaps to build on what there is",
+        )
+
+
 @contextmanager
 def selecting(con: duckdb.DuckDBPyConnection, rule: CohortRule, as_of: date) -> Iterator[None]:
     """While open, ``marts/cohort_accounts`` reads the accounts ``rule`` selects on
-    ``as_of``'s metrics (temp tables only: the warehouse may be opened read-only)."""
+    ``as_of``'s metrics (temp tables only: the warehouse may be opened read-only).
+    A rule whose download window has gaps is refused (``require_download_window``)."""
+    require_download_window(con, rule, as_of, allow_gaps=False)
     query = f"select package_key from ({warehouse.render('marts/cohort_qualified_packages')})"
     with _selected(con, query, rule_parameters(rule, as_of)):
         yield

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from rollout import cohorts, metrics
 from rollout.core.errors import BadInput
-from rollout.core.plan import CohortRule, Plan
+from rollout.core.plan import CohortRule, DownloadsOver, Plan
 from rollout.registry import Registry
 from rollout.registry.engine import session_scope
 from rollout.registry.models import (
@@ -322,3 +322,30 @@ def test_simulate_writes_nothing(
     sizes = cohorts.simulate(con, CohortRule(weekly_downloads_gt=100), D1)
     assert (sizes.packages, sizes.accounts, sizes.accounts_without_2fa) == (1, 1, 1)
     assert action_count(registry) == 0
+
+
+def test_a_download_rule_over_a_longer_window_needs_every_day_of_it(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+) -> None:
+    # Downloads run from D1 - 30 to D2 - 1 (37 days): a 30-day window at D2 is covered,
+    # a 60-day one is not.
+    def plan_with(days: int) -> Plan:
+        rule = CohortRule(downloads_gt=DownloadsOver(count=1000, days=days))
+        return small_cohorts_plan.model_copy(
+            update={"cohorts": {**small_cohorts_plan.cohorts, "top-1": rule}}
+        )
+
+    metrics.compute_metrics(con, D2, small_cohorts_plan.metrics)
+    [built, _] = cohorts.build_cohorts(con, registry, plan_with(30), D2, actor="test")
+    # big: 200 a day for 23 days and 20 a day for 7 (4,740); core 300; small 150.
+    assert (built.cohort, built.packages) == ("top-1", 1)
+    with pytest.raises(
+        BadInput,
+        match=r"sums downloads over the 60 days 2021-12-10\.\.2022-02-07, but only 37 of "
+        r"them are loaded",
+    ):
+        cohorts.build_cohorts(con, registry, plan_with(60), D2, actor="test")
+    assert cohorts.build_cohorts(con, registry, plan_with(60), D2, actor="test", allow_gaps=True)

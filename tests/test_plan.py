@@ -203,6 +203,38 @@ def test_a_yaml_merge_key_is_not_a_repeat() -> None:
         ),
         ("dependents_gte: 500", "dependents_gte: 0", "cohorts.high-impact.dependents_gte"),
         (
+            "dependents_gte: 500",
+            "downloads_gt: {count: 10, days: 0}",
+            "cohorts.high-impact.downloads_gt.days",
+        ),
+        (
+            "dependents_gte: 500",
+            "downloads_gt: {count: 10, days: 30, total: true}",
+            "cohorts.high-impact.downloads_gt",
+        ),
+        ("dependents_gte: 500", "downloads_gt: {count: 10}", "cohorts.high-impact.downloads_gt"),
+        (
+            "dependents_gte: 500",
+            "downloads_gt: {count: -1, total: true}",
+            "cohorts.high-impact.downloads_gt.count",
+        ),
+        (
+            "dependents_gte: 500",
+            "top_share_by_downloads: {share: 0, days: 180}",
+            "cohorts.high-impact.top_share_by_downloads.share",
+        ),
+        (
+            "dependents_gte: 500",
+            "top_share_by_downloads: {share: 1.5, days: 180}",
+            "cohorts.high-impact.top_share_by_downloads.share",
+        ),
+        (
+            "dependents_gte: 500",
+            "top_share_by_downloads: {share: 0.01}",
+            "cohorts.high-impact.top_share_by_downloads.days",
+        ),
+        ("dependents_gte: 500", "every_maintainer: yes please", "cohorts.high-impact"),
+        (
             "  heads_up_days_before: 7",
             "  heads_up_days_before: -7",
             "elv.heads_up_days_before",
@@ -277,3 +309,19 @@ def test_a_reminder_day_listed_twice_is_refused() -> None:
         "is listed twice"
         for _, reason in problems_in(text)
     )
+
+
+def test_the_download_rules_of_other_registries_parse() -> None:
+    text = edited(
+        "  top-100:\n    description: maintainers of the 100 packages with the most dependents\n"
+        "    top_by_dependents: 100\n",
+        "  top-100:\n    top_share_by_downloads: {share: 0.01, days: 180}\n"
+        "  gems:\n    downloads_gt: {count: 180000000, total: true}\n"
+        "  everyone:\n    every_maintainer: true\n",
+    )
+    plan, problems = parse_plan(text, "plan.yaml")
+    assert problems == [] and plan is not None
+    assert plan.cohorts["top-100"].download_window_days() == 180
+    assert plan.cohorts["gems"].downloads_gt is not None
+    assert plan.cohorts["gems"].download_window_days() is None
+    assert plan.cohorts["everyone"].every_maintainer

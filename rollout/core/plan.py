@@ -97,6 +97,29 @@ class MetricsWindows(_Strict):
     monthly_window_days: int = Field(30, strict=True, ge=1, le=366)
 
 
+class DownloadsOver(_Strict):
+    """More than ``count`` downloads over the ``days`` full days before the as-of day,
+    or over every day loaded (``total: true``, RubyGems' "total downloads")."""
+
+    count: int = Field(strict=True, ge=0)
+    days: int | None = Field(None, strict=True, ge=1, le=3660)
+    total: bool = Field(False, strict=True)
+
+    @model_validator(mode="after")
+    def _one_window(self) -> DownloadsOver:
+        if (self.days is None) == (not self.total):
+            raise ValueError("give exactly one of days (a window) and total: true")
+        return self
+
+
+class TopShare(_Strict):
+    """The top ``share`` of packages by downloads over the ``days`` full days before the
+    as-of day (PyPI's "critical" projects: the top 1% over 6 months)."""
+
+    share: float = Field(gt=0, le=1)
+    days: int = Field(strict=True, ge=1, le=3660)
+
+
 class CohortRule(_Strict):
     """Which packages put their maintainers in a cohort. Criteria combine with OR."""
 
@@ -104,6 +127,10 @@ class CohortRule(_Strict):
     top_by_dependents: int | None = Field(None, strict=True, ge=1)
     weekly_downloads_gt: int | None = Field(None, strict=True, ge=0)
     dependents_gte: int | None = Field(None, strict=True, ge=1)
+    downloads_gt: DownloadsOver | None = None
+    top_share_by_downloads: TopShare | None = None
+    # Every package: every maintainer of any package is in the cohort.
+    every_maintainer: bool = Field(False, strict=True)
 
     @model_validator(mode="after")
     def _has_a_criterion(self) -> CohortRule:
@@ -111,12 +138,25 @@ class CohortRule(_Strict):
             self.top_by_dependents is None
             and self.weekly_downloads_gt is None
             and self.dependents_gte is None
+            and self.downloads_gt is None
+            and self.top_share_by_downloads is None
+            and not self.every_maintainer
         ):
             raise ValueError(
                 "a cohort needs at least one of top_by_dependents, weekly_downloads_gt, "
-                "dependents_gte"
+                "dependents_gte, downloads_gt, top_share_by_downloads, every_maintainer"
             )
         return self
+
+    def download_window_days(self) -> int | None:
+        """The longest window of full days before the as-of day this rule sums downloads
+        over (beyond the metrics' own), so a build can refuse a window with gaps."""
+        windows = [
+            rule.days
+            for rule in (self.downloads_gt, self.top_share_by_downloads)
+            if rule is not None and rule.days is not None
+        ]
+        return max(windows, default=None)
 
 
 class Window(_Strict):

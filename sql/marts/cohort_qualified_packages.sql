@@ -1,5 +1,7 @@
 -- Packages that meet a cohort's rule on $as_of, with the reasons, from that day's
--- package metrics. Criteria combine with OR; a null parameter disables its criterion.
+-- package metrics and, for the rules over other windows, the daily downloads.
+-- Criteria combine with OR; a null parameter (or false) disables its criterion.
+-- A window of N days is the N full days before $as_of, as the metrics' weekly one.
 with
 
 metrics as (
@@ -7,21 +9,67 @@ metrics as (
     where as_of = $as_of
 ),
 
+-- downloads_gt: over $downloads_days days, or every day loaded ($downloads_total).
+windowed as (
+    select lower(package) as package_key, sum(downloads) as downloads
+    from stg_downloads
+    where $downloads_gt is not null
+        and day < $as_of::date
+        and ($downloads_total or day >= $as_of::date - $downloads_days::integer)
+    group by lower(package)
+),
+
+-- top_share_by_downloads: ranked among every package with metrics that day.
+share_window as (
+    select lower(package) as package_key, sum(downloads) as downloads
+    from stg_downloads
+    where $top_share is not null
+        and day < $as_of::date
+        and day >= $as_of::date - $share_days::integer
+    group by lower(package)
+),
+
+share_ranked as (
+    select
+        lower(metrics.package) as package_key,
+        coalesce(share_window.downloads, 0) as downloads,
+        rank() over (order by coalesce(share_window.downloads, 0) desc) as share_rank,
+        count(*) over () as population
+    from metrics
+    left join share_window on share_window.package_key = lower(metrics.package)
+    where $top_share is not null
+),
+
 reasoned as (
     select
-        package,
-        lower(package) as package_key,
+        metrics.package,
+        lower(metrics.package) as package_key,
         [
-            case when rank_by_dependents <= $top_by_dependents
+            case when metrics.rank_by_dependents <= $top_by_dependents
                 then 'top ' || $top_by_dependents || ' by dependents (rank '
-                    || rank_by_dependents || ', ' || dependents || ' dependents)' end,
-            case when weekly_downloads > $weekly_downloads_gt
-                then weekly_downloads || ' weekly downloads (more than '
+                    || metrics.rank_by_dependents || ', ' || metrics.dependents
+                    || ' dependents)' end,
+            case when metrics.weekly_downloads > $weekly_downloads_gt
+                then metrics.weekly_downloads || ' weekly downloads (more than '
                     || $weekly_downloads_gt || ')' end,
-            case when dependents >= $dependents_gte
-                then dependents || ' dependents (at least ' || $dependents_gte || ')' end
+            case when metrics.dependents >= $dependents_gte
+                then metrics.dependents || ' dependents (at least ' || $dependents_gte
+                    || ')' end,
+            case when windowed.downloads > $downloads_gt
+                then windowed.downloads || ' downloads '
+                    || case when $downloads_total then 'in total'
+                        else 'in the ' || $downloads_days || ' days before ' || $as_of end
+                    || ' (more than ' || $downloads_gt || ')' end,
+            case when share_ranked.share_rank <= ceil($top_share * share_ranked.population)
+                then 'top ' || round($top_share * 100, 4) || '% by downloads over '
+                    || $share_days || ' days (rank ' || share_ranked.share_rank || ' of '
+                    || share_ranked.population || ', ' || share_ranked.downloads
+                    || ' downloads)' end,
+            case when $every_maintainer then 'every maintainer of any package' end
         ] as candidate_reasons
     from metrics
+    left join windowed on windowed.package_key = lower(metrics.package)
+    left join share_ranked on share_ranked.package_key = lower(metrics.package)
 ),
 
 final as (
