@@ -130,3 +130,28 @@ def test_the_readme_shows_the_report_and_the_picture_is_a_sensible_png() -> None
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert 800 <= width <= 2000 and 400 <= height <= 2400, (width, height)
     assert len(png) <= 400 * 1024
+
+
+def test_every_example_in_the_plan_language_page_is_a_valid_plan_part() -> None:
+    """docs/plans.md shows each feature in a YAML block: each, put into the reference
+    plan (its cohorts added to the plan's), passes `plan check`."""
+    import copy
+    import re
+
+    import yaml
+
+    from rollout.core.plan import parse_plan
+
+    page = (ROOT / "docs" / "plans.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", page, flags=re.S)
+    assert len(blocks) >= 8
+    reference = yaml.safe_load((ROOT / "plans" / "npm-2022.yaml").read_text())
+    for block in blocks:
+        plan = copy.deepcopy(reference)
+        for key, value in yaml.safe_load(block).items():
+            if key == "cohorts":
+                plan["cohorts"].update(value)
+            else:
+                plan[key] = value
+        _, problems = parse_plan(yaml.safe_dump(plan), "plan.yaml")
+        assert problems == [], (block, problems)
