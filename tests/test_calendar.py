@@ -49,6 +49,8 @@ def _shapes() -> dict[str, Plan]:
             }
         ),
         "no phases": REFERENCE.model_copy(update={"phases": []}),
+        "no ELV": REFERENCE.model_copy(update={"elv": None}),
+        "phases alone": REFERENCE.model_copy(update={"elv": None, "brownouts": []}),
         "ELV alone": REFERENCE.model_copy(
             update={"brownouts": [], "phases": [], "elv": elv.model_copy(update={"trial": None})}
         ),
@@ -149,12 +151,13 @@ def test_every_reader_is_a_filter_of_the_calendar(shape: str) -> None:
         (s.on, s.chart_label, s.kind, s.ends) for s in steps if s.chart_label is not None
     ]
     first = min(s.on for s in steps if s.kind in LEAD_UP_TO)
-    trial = plan.elv.trial
+    trial = plan.elv.trial if plan.elv is not None else None
     expected = first - timedelta(days=LEAD_DAYS)
     assert adoption_since(plan) == (min(expected, trial.starts) if trial else expected)
     if not plan.brownouts:
         assert "brownout" not in {s.kind for s in steps}
-        assert [s.key for s in steps if s.kind == "heads_up"] == ["heads-up elv"]
+        expected_heads_up = ["heads-up elv"] if plan.elv is not None else []
+        assert [s.key for s in steps if s.kind == "heads_up"] == expected_heads_up
     if trial is None:
         assert not {s.kind for s in steps} & {"trial", "trial_end"}
 
@@ -199,3 +202,11 @@ def test_every_run_in_plan_runs_is_a_calendar_step_or_unplanned(
     # brown-out's state is its window's (brownout_windows), not a run's.
     keyed = {s.key for s in plan_calendar(plan) if s.key and s.kind not in ("cohorts", "brownout")}
     assert keyed <= recorded, keyed - recorded
+
+
+def test_a_plan_without_elv_has_no_elv_step() -> None:
+    steps = plan_calendar(SHAPES["no ELV"])
+    assert not [s for s in steps if s.subject == "elv" or s.kind in ("trial", "trial_end", "elv")]
+    # The phases and brown-outs keep every step they have in the reference plan.
+    reference = [s for s in plan_calendar(REFERENCE) if s.subject != "elv"]
+    assert [(s.on, s.key) for s in steps] == [(s.on, s.key) for s in reference]

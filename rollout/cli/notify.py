@@ -39,7 +39,12 @@ def notify_preview(
     """Render examples of an email to outbox/preview/: subject, text and HTML."""
     from rollout.notify.drain import account_recipient
     from rollout.notify.emails import EMAILS
-    from rollout.notify.examples import example_stored, preview_examples, write_preview
+    from rollout.notify.examples import (
+        example_stored,
+        plan_sends,
+        preview_examples,
+        write_preview,
+    )
     from rollout.notify.render import render
 
     runtime = _runtime(ctx)
@@ -48,7 +53,8 @@ def notify_preview(
         raise RolloutError(f"no email named {email!r} (emails: {', '.join(EMAILS)})").with_exit(
             EXIT_BAD_INPUT
         )
-    names = [email] if email else list(EMAILS)
+    # Every email the plan sends, or the one asked for (refused if the plan never sends it).
+    names = [email] if email else [name for name in EMAILS if plan_sends(name, plan)]
     directory = settings.outbox_dir / "preview"
     if account is None:
         written = preview_examples(plan, names, directory)

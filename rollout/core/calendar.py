@@ -162,7 +162,7 @@ def plan_calendar(plan: Plan) -> list[Step]:
     order: the ELV trial, the brown-outs, ELV for all, then each phase."""
     steps: list[Step] = []
     elv = plan.elv
-    if elv.trial is not None:
+    if elv is not None and elv.trial is not None:
         steps.append(
             Step(
                 elv.trial.starts,
@@ -210,22 +210,28 @@ def plan_calendar(plan: Plan) -> list[Step]:
                 ends=b.ends_at.date(),
             )
         )
-    on = elv.enroll_all_on
-    steps.append(
-        Step(
-            on - timedelta(days=elv.heads_up_days_before),
-            "heads_up",
-            heads_up_step(ELV),
-            ELV,
-            "ELV enrollment notice emails",
-            mailing=Mailing(
-                "elv_enrollment", "", ELV, WITHOUT_2FA_NOR_ELV, on, {"enrolled_on": on.isoformat()}
-            ),
+    if elv is not None:
+        on = elv.enroll_all_on
+        steps.append(
+            Step(
+                on - timedelta(days=elv.heads_up_days_before),
+                "heads_up",
+                heads_up_step(ELV),
+                ELV,
+                "ELV enrollment notice emails",
+                mailing=Mailing(
+                    "elv_enrollment",
+                    "",
+                    ELV,
+                    WITHOUT_2FA_NOR_ELV,
+                    on,
+                    {"enrolled_on": on.isoformat()},
+                ),
+            )
         )
-    )
-    steps.append(
-        Step(on, "elv", ENROLL_ALL_STEP, ELV, "every account enrolled in ELV", "ELV for all")
-    )
+        steps.append(
+            Step(on, "elv", ENROLL_ALL_STEP, ELV, "every account enrolled in ELV", "ELV for all")
+        )
     for phase in plan.phases:
         name, members = phase.name, cohort_audience(phase.cohort)
         steps.append(

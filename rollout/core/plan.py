@@ -224,7 +224,9 @@ class Plan(_Strict):
     description: str = ""
     metrics: MetricsWindows = MetricsWindows()
     cohorts: dict[Name, CohortRule]
-    elv: Elv
+    # Optional: a campaign without enhanced login verification (PyPI's, GitHub's, token
+    # campaigns) has no ELV trial, heads-up or enrol-all steps.
+    elv: Elv | None = None
     brownouts: list[Brownout] = Field(default_factory=list)
     phases: list[Phase]
     exemptions: Exemptions = Exemptions()
@@ -266,11 +268,11 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
     """What is wrong with a plan that parsed: order of dates, references, overlaps."""
     problems: list[PlanProblem] = []
     elv = plan.elv
-    if elv.trial is not None and elv.trial.ends <= elv.trial.starts:
+    if elv is not None and elv.trial is not None and elv.trial.ends <= elv.trial.starts:
         problems.append(
             PlanProblem(("elv", "trial", "ends"), "the ELV trial ends before it starts")
         )
-    if elv.trial is not None and elv.enroll_all_on < elv.trial.ends:
+    if elv is not None and elv.trial is not None and elv.enroll_all_on < elv.trial.ends:
         problems.append(
             PlanProblem(
                 ("elv", "enroll_all_on"), "everyone is enrolled in ELV before the trial ends"

@@ -276,7 +276,7 @@ class Story:
             )
 
     def elv_for_all(self, day: date) -> None:
-        if day != self.plan.elv.enroll_all_on:
+        if self.plan.elv is None or day != self.plan.elv.enroll_all_on:
             return
         enrolled = brownouts.enroll_all(self.registry, actor=ACTOR)
         self.report.elv_enrolled = enrolled

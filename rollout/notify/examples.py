@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 from rollout.core.names import file_stem_for
 from rollout.core.plan import Plan
 from rollout.notify.emails import EMAILS, Recipient
@@ -18,16 +19,30 @@ EXAMPLE_RECIPIENTS = {
 }
 
 
+def plan_sends(email: str, plan: Plan) -> bool:
+    """Whether the plan has an occasion for this email: no brown-out heads-up without
+    brown-outs, no ELV enrolment notice without an ELV section."""
+    if email == "brownout_heads_up":
+        return bool(plan.brownouts)
+    if email == "elv_enrollment":
+        return plan.elv is not None
+    return True
+
+
 def example_stored(email: str, plan: Plan) -> dict[str, Any]:
-    """What queueing would have stored for this email, from the plan's first occasion."""
+    """What queueing would have stored for this email, from the plan's first occasion.
+    An email the plan never sends (``plan_sends``) is refused, exit 2."""
+    if not plan_sends(email, plan):
+        raise RolloutError(
+            f"plan {plan.name} never sends {email}: it has no "
+            + ("brown-outs" if email == "brownout_heads_up" else "ELV section")
+        ).with_exit(EXIT_BAD_INPUT)
     phase = plan.phases[0]
     if email in ("phase_notice", "enforcement_notice"):
         return {"phase": phase.name, "cohort": phase.cohort}
     if email == "reminder":
         return {"phase": phase.name, "days_before": min(phase.reminders_days_before, default=3)}
     if email == "brownout_heads_up":
-        if not plan.brownouts:
-            raise ValueError(f"plan {plan.name} has no brown-outs to preview")
         b = plan.brownouts[0]
         return {
             "brownout": b.name,
@@ -36,6 +51,7 @@ def example_stored(email: str, plan: Plan) -> dict[str, Any]:
             "hours": b.hours,
         }
     if email == "elv_enrollment":
+        assert plan.elv is not None  # plan_sends
         return {"enrolled_on": plan.elv.enroll_all_on.isoformat()}
     if email == "org_removal_notice":
         return {"org": "example-org"}
