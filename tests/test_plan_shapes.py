@@ -59,3 +59,22 @@ def test_its_email_preview_skips_what_it_never_sends(
         refused = run("notify", "preview", email)
         assert refused.exit_code == 2
         assert f"plan phases-alone never sends {email}: it has no {missing}" in refused.stderr
+
+
+def test_a_plan_without_phases_previews_its_other_emails(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = yaml.safe_load(REFERENCE.read_text())
+    plan["phases"], plan["name"] = [], "elv-alone"
+    path = rollout_home.parent / "elv-alone.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    monkeypatch.setenv("ROLLOUT_PLAN", str(path))
+    assert run("db", "upgrade").exit_code == 0
+    previewed = run("notify", "preview")
+    assert previewed.exit_code == 0, previewed.output
+    files = [Path(line).name for line in previewed.stdout.split()]
+    assert any(name.startswith("elv_enrollment-") for name in files)
+    assert not [n for n in files if n.startswith(("phase_", "reminder", "enforcement_"))]
+    refused = run("notify", "preview", "reminder")
+    assert refused.exit_code == 2
+    assert "plan elv-alone never sends reminder: it has no phases" in refused.stderr

@@ -19,28 +19,40 @@ EXAMPLE_RECIPIENTS = {
 }
 
 
+PHASE_EMAILS = ("phase_notice", "reminder", "enforcement_notice", "phase_summary")
+
+
+def _lacks(email: str, plan: Plan) -> str | None:
+    """What the plan lacks to send this email, or None when it has an occasion for it."""
+    if email in PHASE_EMAILS and not plan.phases:
+        return "phases"
+    if email == "brownout_heads_up" and not plan.brownouts:
+        return "brown-outs"
+    if email == "elv_enrollment" and plan.elv is None:
+        return "ELV section"
+    return None
+
+
 def plan_sends(email: str, plan: Plan) -> bool:
-    """Whether the plan has an occasion for this email: no brown-out heads-up without
-    brown-outs, no ELV enrolment notice without an ELV section."""
-    if email == "brownout_heads_up":
-        return bool(plan.brownouts)
-    if email == "elv_enrollment":
-        return plan.elv is not None
-    return True
+    """Whether the plan has an occasion for this email: no phase email without phases,
+    no brown-out heads-up without brown-outs, no ELV notice without an ELV section."""
+    return _lacks(email, plan) is None
 
 
 def example_stored(email: str, plan: Plan) -> dict[str, Any]:
     """What queueing would have stored for this email, from the plan's first occasion.
     An email the plan never sends (``plan_sends``) is refused, exit 2."""
-    if not plan_sends(email, plan):
-        raise RolloutError(
-            f"plan {plan.name} never sends {email}: it has no "
-            + ("brown-outs" if email == "brownout_heads_up" else "ELV section")
-        ).with_exit(EXIT_BAD_INPUT)
-    phase = plan.phases[0]
+    lacking = _lacks(email, plan)
+    if lacking is not None:
+        raise RolloutError(f"plan {plan.name} never sends {email}: it has no {lacking}").with_exit(
+            EXIT_BAD_INPUT
+        )
+    phase = plan.phases[0] if plan.phases else None
     if email in ("phase_notice", "enforcement_notice"):
+        assert phase is not None  # _lacks
         return {"phase": phase.name, "cohort": phase.cohort}
     if email == "reminder":
+        assert phase is not None
         return {"phase": phase.name, "days_before": min(phase.reminders_days_before, default=3)}
     if email == "brownout_heads_up":
         b = plan.brownouts[0]
@@ -58,6 +70,7 @@ def example_stored(email: str, plan: Plan) -> dict[str, Any]:
     if email == "org_enforcement_summary":
         return {"org": "example-org", "removed": ["sam-example", "lee-example"]}
     if email == "phase_summary":
+        assert phase is not None
         return {
             "phase": phase.name,
             "run_id": "0123456789abcdef",
