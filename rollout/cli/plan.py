@@ -109,7 +109,7 @@ def plan_simulate(
     its rule on that day's metrics: accounts it would require 2FA of, their live web
     sessions). Reads the warehouse only; writes nothing."""
     from rollout.core.plan import load_plan
-    from rollout.phases.simulate import simulate_plan
+    from rollout.phases.simulate import PhaseWhatIf, simulate_plan
 
     runtime = _runtime(ctx)
     plan = load_plan(file) if file is not None else runtime.plan
@@ -120,13 +120,5 @@ def plan_simulate(
         [what_if.row() for what_if in found],
         fmt,
         title=f"plan {plan.name} if run on {day}",
-        columns=[
-            "phase",
-            "cohort",
-            "packages",
-            "accounts",
-            "accounts_to_require",
-            "sessions_to_revoke",
-            "exempt",
-        ],
+        columns=PhaseWhatIf.columns(),
     )

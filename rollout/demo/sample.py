@@ -1055,30 +1055,34 @@ def make_publishes(
     first = np.concatenate([[0], np.cumsum(per_account)[:-1]])
     held = per_account[account]
     use_token = (held > 0) & (rng.random(size) < 0.75)
-    # One of the account's tokens (index 0 stands in where it has none: not used then).
     slot = first[account] + (rng.random(size) * held).astype(np.int64)
-    pick = ids[np.minimum(slot, len(ids) - 1)] if len(ids) else np.zeros(size, np.int64)
-    live_from = np.maximum(window_start_us, tok.created[pick]) if len(ids) else slot
-    live_until = np.full(size, end_us, np.int64)
-    if len(ids):
-        live_until = np.minimum(
-            live_until, np.where(tok.is_revoked[pick], tok.revoked[pick], end_us)
-        )
-        live_until = np.minimum(
-            live_until, np.where(tok.never_expires[pick], end_us, tok.expires[pick])
-        )
-    use_token &= live_until > live_from
-    token_lo, token_hi = live_from, live_until
-    lo = np.where(use_token, token_lo, np.maximum(window_start_us, acc.created[account]))
-    hi = np.where(use_token, token_hi, end_us)
+    # Where a token is used: which one, and the span it was live in the window.
+    chosen = ids[slot[use_token]]
+    live_from = np.maximum(window_start_us, tok.created[chosen])
+    live_until = np.minimum.reduce(
+        [
+            np.full(len(chosen), end_us, np.int64),
+            np.where(tok.is_revoked[chosen], tok.revoked[chosen], end_us),
+            np.where(tok.never_expires[chosen], end_us, tok.expires[chosen]),
+        ]
+    )
+    # A token not live at all in the window is not used: a session instead.
+    live = live_until > live_from
+    kind = np.full(size, -1, np.int64)  # -1: no token
+    kind[use_token] = np.where(live, tok.kind[chosen], -1)
+    bypass = np.zeros(size, bool)
+    bypass[use_token] = live & tok.bypass_2fa[chosen]
+    lo = np.maximum(window_start_us, acc.created[account])
+    hi = np.full(size, end_us, np.int64)
+    lo[use_token] = np.where(live, live_from, lo[use_token])
+    hi[use_token] = np.where(live, live_until, end_us)
+    use_token = kind >= 0
     occurred = _between(rng, lo, hi)
     trusted = ~use_token & (occurred >= _us(TRUSTED_PUBLISHING_SINCE)) & (rng.random(size) < 1 / 6)
     via = np.where(use_token, 0, np.where(trusted, 2, 1))
-    kind = np.where(use_token, tok.kind[pick] if len(ids) else 0, -1)  # -1: no token
     bits = factors.active_kinds[account]
     webauthn = np.where(bits == 3, rng.random(size) < 0.5, bits == 2)
     factor = np.where(bits == 0, 0, np.where(webauthn, 2, 1))
-    bypass = use_token & (tok.bypass_2fa[pick] if len(ids) else False)
     factor = np.where(bypass | trusted, 0, factor)
     order = np.lexsort((account, occurred))
     return pa.table(

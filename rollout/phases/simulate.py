@@ -9,7 +9,7 @@ the registry keeps: the question is "if this plan had fixed its cohort on D".
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -34,6 +34,10 @@ class PhaseWhatIf:
 
     def row(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
 
 
 def simulate_plan(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> list[PhaseWhatIf]:

@@ -95,8 +95,13 @@ def load_report_spec(path: Path, marts_dir: Path) -> ReportSpec:
 
 def _read_yaml(path: Path) -> tuple[yaml.Node | None, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
-        return yaml.compose(text), yaml.safe_load(text)
+        loader = yaml.SafeLoader(path.read_text(encoding="utf-8"))
+        try:
+            # One parse: the node (for lines) and the data built from it.
+            node = loader.get_single_node()
+            return node, loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except OSError as error:
         raise BadInput(path, None, f"cannot be read: {error.strerror or error}") from None
     except UnicodeDecodeError:

@@ -108,7 +108,7 @@ def _share(sizes: dict[str, int], ways: int) -> list[tuple[str, ...]]:
 
 
 def _export_sqlite(
-    registry_url: str, tables: tuple[str, ...], folder: Path
+    registry_url: str, sizes: dict[str, int], folder: Path
 ) -> Generator[tuple[str, ...]]:
     """Dump the tables to Arrow files through ADBC in child processes (see
     rollout.registry.sqlite_export for why not in this one), several at once, each
@@ -118,9 +118,9 @@ def _export_sqlite(
 
     Across the process boundary goes a string, the database's path, not the caller's
     Registry: an exporter reads through ADBC alone, so it has no engine (nor Registry) to
-    make."""
+    make. ``sizes``: each table's rows (``_table_sizes``), to share them out."""
     database = _sqlite_database(registry_url)
-    shares = _share(_table_sizes(database, tables), EXPORTERS)
+    shares = _share(sizes, EXPORTERS)
     running: list[tuple[subprocess.Popen[str], tuple[str, ...]]] = []
     # They die with this process (rollout.core.stopping.as_child), and a stop ends it at
     # once: the exporters have nothing to put back, and the finally below kills them
@@ -309,8 +309,13 @@ def _replace_tables(
     """Replace ``registry.<table>`` for each of ``tables`` with the registry's rows
     (inside the caller's warehouse transaction)."""
     sqlite = is_sqlite(registry_url)
+    # Read once: what decides the reader and what shares the tables out among exporters.
+    sizes = (
+        _table_sizes(_sqlite_database(registry_url), tables)
+        if sqlite and exporters is not False
+        else {}
+    )
     if sqlite and exporters is None:
-        sizes = _table_sizes(_sqlite_database(registry_url), tables)
         exporters = sum(sizes.values()) > IN_PROCESS_ROWS
     exported = sqlite and bool(exporters)
     # A folder only for the child exporters' files (a daily run makes many small reads).
@@ -320,7 +325,7 @@ def _replace_tables(
         # In the order the tables become readable: exported shares as they finish.
         order: Generator[tuple[str, ...]] = (share for share in [tables])
         if exported:
-            order = _export_sqlite(registry_url, tables, Path(scratch))
+            order = _export_sqlite(registry_url, sizes, Path(scratch))
         source = nullcontext(None) if sqlite else _postgres_cursor(registry_url)
         # closing(): on an error the exporters stop before their folder is removed.
         with closing(order), source as cursor:

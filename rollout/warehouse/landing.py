@@ -669,7 +669,10 @@ def _occurred_at(types: dict[str, str] | None) -> str:
     )
 
 
-def stage_logins(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
+def _stage_events(con: duckdb.DuckDBPyConnection, file: LandingFile, columns: str) -> None:
+    """Stage an event file (CSV or Parquet, one ``occurred_at`` a row): its timestamp
+    read the one way (``_occurred_at``), its raw text kept for messages, and ``columns``,
+    the kind's other columns as select expressions over ``incoming_raw``."""
     if file.format == "csv":
         _stage_csv_as_text(con, file)
         types, ordinal = None, "rowid + 1"
@@ -681,34 +684,32 @@ def stage_logins(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
         select {ordinal} as ordinal, {ordinal} as line,
             cast(occurred_at as varchar) as occurred_at_text,
             {_occurred_at(types)} as occurred_at,
-            trim(cast(username as varchar)) as username,
-            trim(cast(second_factor as varchar)) as second_factor,
-            trim(cast(outcome as varchar)) as outcome
+            {columns}
         from incoming_raw
         """
     )
 
 
+def stage_logins(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
+    _stage_events(
+        con,
+        file,
+        """trim(cast(username as varchar)) as username,
+            trim(cast(second_factor as varchar)) as second_factor,
+            trim(cast(outcome as varchar)) as outcome""",
+    )
+
+
 def stage_publishes(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
-    if file.format == "csv":
-        _stage_csv_as_text(con, file)
-        types, ordinal = None, "rowid + 1"
-    else:
-        types, ordinal = _stage_parquet(con, file), "ordinal"
     # An empty CSV cell is no value: nullif, as for a missing token kind.
-    con.execute(
-        f"""
-        create or replace temp table incoming as
-        select {ordinal} as ordinal, {ordinal} as line,
-            cast(occurred_at as varchar) as occurred_at_text,
-            {_occurred_at(types)} as occurred_at,
-            trim(cast(package as varchar)) as package,
+    _stage_events(
+        con,
+        file,
+        """trim(cast(package as varchar)) as package,
             trim(cast(username as varchar)) as username,
             trim(cast(via as varchar)) as via,
             nullif(trim(cast(token_kind as varchar)), '') as token_kind,
-            trim(cast(second_factor as varchar)) as second_factor
-        from incoming_raw
-        """
+            trim(cast(second_factor as varchar)) as second_factor""",
     )
 
 
