@@ -32,6 +32,7 @@ from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
 from rollout.runtime import Runtime
 from rollout.warehouse import open_warehouse
+from tests.support.env import without_rollout_settings
 
 DATA = Path(__file__).parent / "data"
 REFERENCE_PLAN = Path(__file__).resolve().parent.parent / "plans" / "npm-2022.yaml"
@@ -173,10 +174,7 @@ def plan(_reference_plan_as_loaded: Plan) -> Plan:
 def rollout_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """ROLLOUT_HOME in a temp dir, with nothing else from the outer environment."""
     home = tmp_path / "home"
-    for name in list(os.environ):
-        if name.startswith("ROLLOUT_") and not name.startswith("ROLLOUT_TEST_"):
-            monkeypatch.delenv(name)
-    monkeypatch.delenv("SENDGRID_API_KEY", raising=False)
+    without_rollout_settings(monkeypatch)
     monkeypatch.setenv("ROLLOUT_HOME", str(home))
     return home
 

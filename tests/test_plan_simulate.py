@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rollout.cli import app
+from tests.support.env import without_rollout_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "plans" / "npm-2022.yaml"
@@ -32,9 +32,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     writes to it: that is one of the things tested)."""
     path = tmp_path_factory.mktemp("simulate") / "home"
     with pytest.MonkeyPatch.context() as patch:
-        for name in list(os.environ):
-            if name.startswith("ROLLOUT_") and not name.startswith("ROLLOUT_TEST_"):
-                patch.delenv(name)
+        without_rollout_settings(patch)
         patch.setenv("ROLLOUT_HOME", str(path))
         for command in (
             ("sample", "--scale", "tiny", "--seed", "3"),

@@ -7,7 +7,6 @@ a registry of their own with 30 queued notices, on a day the plan has nothing du
 
 from __future__ import annotations
 
-import os
 import urllib.error
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -30,6 +29,7 @@ from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
 from tests.factories import NotificationFactory, bound_to
 from tests.support.artifacts import read_markdown
+from tests.support.env import without_rollout_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET_DAY = date(2021, 6, 1)  # the reference plan has no mailing due: only the outbox is sent
@@ -38,10 +38,7 @@ DATA_ENDS = date(2022, 1, 31)
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("ROLLOUT_") and not name.startswith("ROLLOUT_TEST_"):
-            monkeypatch.delenv(name)
-    monkeypatch.delenv("SENDGRID_API_KEY", raising=False)
+    without_rollout_settings(monkeypatch)
     monkeypatch.setenv("ROLLOUT_PLAN", str(ROOT / "plans" / "npm-2022.yaml"))
     for name in ("http_proxy", "HTTP_PROXY", "all_proxy"):  # 127.0.0.1 goes direct
         monkeypatch.delenv(name, raising=False)

@@ -9,7 +9,6 @@ checked through the plain functions that render it, without a server.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -38,6 +37,7 @@ from rollout.registry import Registry
 from rollout.warehouse import open_warehouse
 from rollout.warehouse.ingest import FileResult, IngestReport
 from tests.support.artifacts import read_artifact
+from tests.support.env import without_rollout_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY = date(2022, 2, 1)
@@ -65,10 +65,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
     """Like tests/conftest.py's rollout_home, for the module: the tiny sample in a temp home."""
     path = tmp_path_factory.mktemp("flows") / "home"
     with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith("ROLLOUT_") and not name.startswith("ROLLOUT_TEST_"):
-                mp.delenv(name)
-        mp.delenv("SENDGRID_API_KEY", raising=False)
+        without_rollout_settings(mp)
         mp.setenv("ROLLOUT_HOME", str(path))
         mp.setenv("ROLLOUT_PLAN", str(ROOT / "plans" / "npm-2022.yaml"))
         settings = load_settings()
