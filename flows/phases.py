@@ -77,9 +77,13 @@ def preview_task(phase: str, actor: str) -> SavedPreview:
 # refusal (a count that moved, the lock held) would be wrong, and a person approved
 # this one attempt.
 @task(name="enforce-phase", cache_policy=NO_CACHE)
-def enforce_task(phase: str, expect: int, actor: str) -> EnforceResult:
+def enforce_task(
+    phase: str, expect: int, actor: str, expect_tokens: int | None = None
+) -> EnforceResult:
     run = runtime()
-    return enforce_phase(run.registry, run.plan, phase, expect=expect, actor=actor)
+    return enforce_phase(
+        run.registry, run.plan, phase, expect=expect, expect_tokens=expect_tokens, actor=actor
+    )
 
 
 def publish_preview(saved: SavedPreview) -> str:
@@ -132,7 +136,9 @@ def wait_for_approval(request: ApprovalRequest, timeout: int) -> Approval:
     form = Approval.with_initial_data(
         description=(
             f"Enforce phase **{cell(request.phase)}**: {request.accounts} accounts, "
-            f"{request.sessions} web sessions. Type back the account count to approve "
+            f"{request.sessions} web sessions"
+            + (f", {request.tokens} tokens revoked" if request.tokens is not None else "")
+            + ". Type back the account count to approve "
             f"(list: {cell(request.csv_path)}), or run `rollout approve {flow_run.id} "
             "--expect N --as NAME`."
         )
@@ -176,7 +182,9 @@ def phase_enforce(
     approval = wait_for_approval(request, approval_timeout_seconds)
     actor = f"{approval.approved_by} via {run_actor(settings)}"
     try:
-        result = enforce_task(phase, approval.expect, actor)
+        # The tokens approved with the accounts are those the preview listed: a
+        # different count under the lock refuses, as a different account count does.
+        result = enforce_task(phase, approval.expect, actor, request.tokens)
     except GuardRefused as refused:
         logger.error("refused: %s", refused)
         return Failed(name=REFUSED_STATE, message=str(refused))

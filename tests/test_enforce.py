@@ -124,8 +124,8 @@ def test_a_preview_after_enforcement_tells_whom_the_phase_requires_already(
     assert "| of which this phase requires already (enforced) | 2 |" in markdown
     assert "| of which it would newly require | 0 |" in markdown
     header, *rows = saved.csv_path.read_text().splitlines()
-    assert header.endswith(",already_required,required_by_phase")
-    assert all(row.endswith(",True,True") for row in rows)
+    assert ",already_required,required_by_phase," in header
+    assert all(row.endswith(",True,True,True,0") for row in rows)
     [record] = saved_previews(tmp_path)
     assert (record["required_by_phase"], record["newly_required"]) == (2, 0)
 
@@ -301,7 +301,8 @@ def test_a_saved_preview_keeps_the_list_and_its_record_and_writes_nothing_to_the
     assert saved.csv_path.parent == tmp_path / "previews"
     lines = saved.csv_path.read_text().splitlines()
     assert lines[0] == (
-        "account_id,username,email,last_login_at,live_sessions,already_required,required_by_phase"
+        "account_id,username,email,last_login_at,live_sessions,already_required,"
+        "required_by_phase,lacks_factor,tokens_to_revoke"
     )
     assert [line.split(",")[1] for line in lines[1:]] == ["alice", "dave"]
     [record] = saved_previews(tmp_path)

@@ -31,10 +31,12 @@ def phase_preview(
     phase: Annotated[str, typer.Argument(help="The phase, as named in the plan.")],
     fmt: FormatOption = Format.table,
 ) -> None:
-    """Exactly who enforcing a phase would change: accounts without 2FA, their sessions.
+    """Exactly who and what enforcing a phase would change: the accounts short of its
+    requirements (without 2FA, or holding tokens it forbids), their sessions and tokens.
 
     Writes nothing to the registry; saves the list as a CSV under reports/previews/
-    with a record beside it that `rollout plan show` reads."""
+    (and the tokens to revoke in a second CSV) with a record beside it that
+    `rollout plan show` reads."""
     from rollout.phases.enforce import preview_phase
     from rollout.phases.previews import COLUMNS, preview_rows, save_preview
 
@@ -42,31 +44,47 @@ def phase_preview(
     settings, plan = runtime.settings, runtime.plan
     preview = preview_phase(runtime.registry, plan, plan.phase(phase))
     saved = save_preview(plan, preview, settings.reports_dir, actor=settings.actor)
+    revokes_tokens = "revoke_tokens" in preview.effects
+    tokens = f", {preview.token_count} tokens" if revokes_tokens else ""
     emit(
         preview_rows(preview),
         fmt,
-        title=f"phase {phase}: {preview.count} accounts, {preview.sessions} web sessions",
+        title=f"phase {phase}: {preview.count} accounts, {preview.sessions} web sessions{tokens}",
         columns=COLUMNS,
     )
+    short = (
+        "without 2FA"
+        if not preview.token_rules
+        else f"short of the phase's requirements ({'; '.join(preview.requirements)})"
+    )
     if preview.required_by_phase:
-        # The phase was applied: its accounts still without 2FA stay on the list (the
-        # count --expect checks), but enforcing again changes only the new ones.
+        # The phase was applied: its accounts still short stay on the list (the count
+        # --expect checks), but enforcing again changes only the new ones.
         who = (
-            f"{preview.count} accounts without 2FA in cohort {preview.cohort}: "
+            f"{preview.count} accounts {short} in cohort {preview.cohort}: "
             f"{preview.required_by_phase} already required by this phase (enforced), "
             f"{preview.newly_required} would be newly required; "
             f"{preview.sessions} live web sessions would be signed out"
         )
     else:
         who = (
-            f"{preview.count} accounts without 2FA in cohort {preview.cohort} would be "
-            f"required to enrol and signed out of {preview.sessions} web sessions"
+            f"{preview.count} accounts {short} in cohort {preview.cohort} would be "
+            f"required to comply and signed out of {preview.sessions} web sessions"
         )
+    apply = f"rollout phase enforce {phase} --apply --expect {preview.count}"
+    if revokes_tokens:
+        # Irreversible: a revoked token is gone, and the CI publishing with it breaks.
+        who += (
+            f"; {preview.token_count} of their tokens would be revoked, which cannot be "
+            f"undone (listed in {saved.csv_path.with_name(saved.csv_path.stem + '-tokens.csv')})"
+        )
+        apply += f" --expect-tokens {preview.token_count}"
     stderr.print(
-        f"{who}; {preview.compliant} already use 2FA; "
+        f"{who}; {preview.compliant} already comply; "
         f"exempted: {', '.join(preview.exempted) or 'none'}.\n"
+        f"Enforcement does: {', '.join(preview.effects)}.\n"
         f"The list: {saved.csv_path}\n"
-        f"To apply: rollout phase enforce {phase} --apply --expect {preview.count}",
+        f"To apply: {apply}",
         highlight=False,
     )
 
@@ -82,9 +100,16 @@ def phase_enforce(
     expect: Annotated[
         int | None, typer.Option(min=0, help="The account count the preview showed, typed back.")
     ] = None,
+    expect_tokens: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="The token count the preview showed, typed back (phases revoking tokens)."
+        ),
+    ] = None,
     fmt: FormatOption = Format.table,
 ) -> None:
-    """Require 2FA of the phase's non-compliant accounts and revoke their web sessions."""
+    """Apply the phase's effects to its non-compliant accounts (by default: require 2FA
+    and revoke their web sessions; a plan may add the banner, token revocation, ...)."""
     from rollout.phases.enforce import enforce_phase
 
     if not apply:
@@ -103,6 +128,7 @@ def phase_enforce(
             runtime.plan,
             phase,
             expect=expect,
+            expect_tokens=expect_tokens,
             actor=settings.actor,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
@@ -128,7 +154,7 @@ def phase_rollback(
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
     plan.phase(phase)
-    preview = rollback_preview(runtime.registry, phase)
+    preview = rollback_preview(runtime.registry, phase, plan)
     if not apply:
         emit(
             [

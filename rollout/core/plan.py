@@ -181,6 +181,70 @@ class Brownout(_Strict):
         return self.starts_at + timedelta(hours=self.hours)
 
 
+# What a phase asks of its cohort's accounts and does to those that fall short. The
+# defaults are npm 2022's: any 2FA; the flag and the revoked web sessions.
+TwoFactor = Literal["any", "phishing_resistant", "none"]
+Effect = Literal["warn", "require_2fa", "revoke_sessions", "revoke_tokens", "close_totp_enrolment"]
+DEFAULT_EFFECTS: tuple[Effect, ...] = ("require_2fa", "revoke_sessions")
+# The effects that act on an account for its missing second factor (the others act on
+# its tokens, or only show it a banner).
+TWO_FACTOR_EFFECTS: tuple[Effect, ...] = ("require_2fa", "revoke_sessions", "close_totp_enrolment")
+
+
+class Requirements(_Strict):
+    """What a compliant account has (a second factor of a kind) and does not hold
+    (tokens of the kinds or age named). An account that falls short of any is a target."""
+
+    # any: TOTP or WebAuthn. phishing_resistant: a WebAuthn factor (TOTP alone falls
+    # short). none: the phase asks nothing of the factors (a token-only campaign).
+    two_factor: TwoFactor = "any"
+    # Live tokens that fall short, each rule on its own (npm 2025: classic tokens;
+    # tokens that publish without a second factor; tokens older than N days).
+    no_classic_tokens: bool = Field(False, strict=True)
+    no_unnamed_tokens: bool = Field(False, strict=True)
+    no_bypass_2fa_tokens: bool = Field(False, strict=True)
+    token_max_age_days: int | None = Field(None, strict=True, ge=1, le=3660)
+    # PyPI 2024: an account without the second factor may hold no token that publishes.
+    no_write_tokens_without_2fa: bool = Field(False, strict=True)
+
+    @property
+    def token_rules(self) -> bool:
+        return (
+            self.no_classic_tokens
+            or self.no_unnamed_tokens
+            or self.no_bypass_2fa_tokens
+            or self.token_max_age_days is not None
+            or self.no_write_tokens_without_2fa
+        )
+
+    @model_validator(mode="after")
+    def _asks_something(self) -> Requirements:
+        if self.two_factor == "none" and not self.token_rules:
+            raise ValueError("two_factor: none needs a token rule, or the phase asks nothing")
+        if self.two_factor == "none" and self.no_write_tokens_without_2fa:
+            raise ValueError("no_write_tokens_without_2fa needs a two_factor requirement")
+        return self
+
+    def describe(self) -> list[str]:
+        """Each requirement in words, for previews, emails and `plan show`."""
+        said = {
+            "any": ["a second factor (TOTP or a security key)"],
+            "phishing_resistant": ["a security key (WebAuthn); TOTP alone is not enough"],
+            "none": [],
+        }[self.two_factor]
+        if self.no_classic_tokens:
+            said.append("no classic tokens")
+        if self.no_unnamed_tokens:
+            said.append("no unnamed tokens")
+        if self.no_bypass_2fa_tokens:
+            said.append("no tokens that bypass 2FA")
+        if self.token_max_age_days is not None:
+            said.append(f"no tokens older than {self.token_max_age_days} days")
+        if self.no_write_tokens_without_2fa:
+            said.append("no publishing tokens without 2FA")
+        return said
+
+
 class Phase(_Strict):
     name: Name
     cohort: Name
@@ -192,6 +256,13 @@ class Phase(_Strict):
     batch_size: int = Field(1000, strict=True, ge=1, le=100_000)
     # The blast-radius guard: enforcement refuses to touch more accounts than this.
     max_accounts: int = Field(strict=True, ge=1)
+    requires: Requirements = Requirements()
+    effects: list[Effect] = Field(default_factory=lambda: list(DEFAULT_EFFECTS))
+    # The same guard for tokens: required when the phase revokes them.
+    max_tokens: int | None = Field(None, strict=True, ge=1)
+
+    def does(self, effect: Effect) -> bool:
+        return effect in self.effects
 
 
 class ExemptAccount(_Strict):
@@ -350,6 +421,9 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
                         f"the notice and enforcement",
                     )
                 )
+        problems += [
+            PlanProblem((*where, *path), message) for path, message in _effect_problems(phase)
+        ]
     usernames: set[str] = set()
     for index, exempt in enumerate(plan.exemptions.accounts):
         if exempt.username in usernames:
@@ -360,6 +434,39 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
                 )
             )
         usernames.add(exempt.username)
+    return problems
+
+
+def _effect_problems(phase: Phase) -> list[tuple[Path_, str]]:
+    """Effects that the phase's requirements leave nothing to act on, or that act on
+    what it does not ask for."""
+    problems: list[tuple[Path_, str]] = []
+    requires = phase.requires
+    if not phase.effects:
+        problems.append((("effects",), "a phase needs at least one effect"))
+    for position, effect in enumerate(phase.effects):
+        if effect in phase.effects[:position]:
+            problems.append((("effects", position), f"effect {effect} is listed twice"))
+        if effect in TWO_FACTOR_EFFECTS and requires.two_factor == "none":
+            problems.append(
+                (("effects", position), f"{effect} needs a two_factor requirement (not none)")
+            )
+        if effect == "close_totp_enrolment" and requires.two_factor != "phishing_resistant":
+            problems.append(
+                (
+                    ("effects", position),
+                    "close_totp_enrolment needs two_factor: phishing_resistant",
+                )
+            )
+        if effect == "revoke_tokens" and not requires.token_rules:
+            problems.append((("effects", position), "revoke_tokens needs a token rule in requires"))
+    if requires.token_rules and not (phase.does("revoke_tokens") or phase.does("warn")):
+        # An account held back only by its tokens would be enforced with nothing done.
+        problems.append((("requires",), "token rules need the revoke_tokens or warn effect"))
+    if phase.does("revoke_tokens") and phase.max_tokens is None:
+        problems.append(
+            (("max_tokens",), "a phase that revokes tokens needs max_tokens (its blast radius)")
+        )
     return problems
 
 

@@ -50,6 +50,10 @@ class ApprovalRequest:
     csv_path: str
     artifact_key: str
     previewed_at: str
+    # The tokens the preview would revoke, when the phase revokes tokens (None: it
+    # does not). Approving the accounts approves this list too: enforcement refuses
+    # if it changed.
+    tokens: int | None = None
 
     @classmethod
     def from_saved(cls, saved: SavedPreview, artifact_key: str) -> ApprovalRequest:
@@ -61,11 +65,16 @@ class ApprovalRequest:
             csv_path=str(saved.csv_path),
             artifact_key=artifact_key,
             previewed_at=saved.at.isoformat(),
+            tokens=(
+                saved.preview.token_count if "revoke_tokens" in saved.preview.effects else None
+            ),
         )
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> ApprovalRequest:
-        return cls(**{name: value[name] for name in cls.__dataclass_fields__})
+        fields = cls.__dataclass_fields__
+        # A request recorded before a field existed takes the field's default.
+        return cls(**{name: value[name] for name in fields if name in value})
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +102,7 @@ class Waiting:
             "expires": self.expires,
             "accounts": request.accounts if request else None,
             "sessions": request.sessions if request else None,
+            "tokens": request.tokens if request else None,
             "preview_csv": request.csv_path if request else None,
             "artifact": request.artifact_key if request else None,
         }
@@ -107,6 +117,7 @@ COLUMNS = (
     "expires",
     "accounts",
     "sessions",
+    "tokens",
     "preview_csv",
     "artifact",
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,19 @@ COLUMNS = (
     "live_sessions",
     "already_required",
     "required_by_phase",
+    "lacks_factor",
+    "tokens_to_revoke",
+)
+# The tokens a phase that revokes tokens would revoke: their own CSV beside the accounts'.
+TOKEN_COLUMNS = (
+    "token_id",
+    "account_id",
+    "username",
+    "kind",
+    "name",
+    "created_at",
+    "last_used_at",
+    "expires_at",
 )
 # Rows the markdown artifact lists; the CSV always has them all.
 MARKDOWN_ROWS = 50
@@ -50,6 +63,24 @@ class Target:
     # This phase requires it already (phase_requirements): enforced before, and not
     # rolled back. Enforcing again changes nothing for it.
     required_by_phase: bool = False
+    # It lacks the second factor the phase asks for (else only its tokens fall short).
+    lacks_factor: bool = True
+    # Its live tokens that a token rule of the phase forbids.
+    offending_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class TokenTarget:
+    """A live token the phase forbids, of an account it targets."""
+
+    token_id: int
+    account_id: int
+    username: str
+    kind: str
+    name: str | None
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
 
 
 @dataclass
@@ -59,6 +90,12 @@ class PhasePreview:
     targets: list[Target]
     compliant: int
     exempted: list[str]
+    effects: tuple[str, ...] = ("require_2fa", "revoke_sessions")
+    # The tokens enforcement would revoke (only when the phase revokes tokens).
+    tokens: list[TokenTarget] = field(default_factory=list)
+    # The phase's requirements in words (Requirements.describe).
+    requirements: tuple[str, ...] = ()
+    token_rules: bool = False
 
     @property
     def count(self) -> int:
@@ -66,7 +103,15 @@ class PhasePreview:
 
     @property
     def sessions(self) -> int:
-        return sum(t.live_sessions for t in self.targets)
+        """The live web sessions enforcement would revoke: those of the targets that
+        lack the factor, when the phase revokes sessions."""
+        if "revoke_sessions" not in self.effects:
+            return 0
+        return sum(t.live_sessions for t in self.targets if t.lacks_factor)
+
+    @property
+    def token_count(self) -> int:
+        return len(self.tokens)
 
     @property
     def required_by_phase(self) -> int:
@@ -97,9 +142,15 @@ def preview_rows(preview: PhasePreview) -> list[dict[str, Any]]:
             "live_sessions": t.live_sessions,
             "already_required": t.already_required,
             "required_by_phase": t.required_by_phase,
+            "lacks_factor": t.lacks_factor,
+            "tokens_to_revoke": t.offending_tokens if "revoke_tokens" in preview.effects else 0,
         }
         for t in preview.targets
     ]
+
+
+def token_rows(preview: PhasePreview) -> list[dict[str, Any]]:
+    return [{c: getattr(t, c) for c in TOKEN_COLUMNS} for t in preview.tokens]
 
 
 def save_preview(
@@ -114,6 +165,12 @@ def save_preview(
     out = io.StringIO()
     write_csv(out, COLUMNS, preview_rows(preview))
     write_atomically(path, out.getvalue())
+    tokens_csv = None
+    if "revoke_tokens" in preview.effects:
+        tokens_csv = path.with_name(path.stem + "-tokens.csv")
+        out = io.StringIO()
+        write_csv(out, TOKEN_COLUMNS, token_rows(preview))
+        write_atomically(tokens_csv, out.getvalue())
     record = {
         "plan": plan.name,
         "phase": preview.phase,
@@ -128,7 +185,10 @@ def save_preview(
         "newly_required": preview.newly_required,
         "compliant": preview.compliant,
         "exempted": len(preview.exempted),
+        "effects": list(preview.effects),
+        "tokens": preview.token_count,
         "csv": path.name,
+        "tokens_csv": tokens_csv.name if tokens_csv else None,
     }
     write_atomically(path.with_suffix(".json"), json.dumps(record, indent=2))
     return SavedPreview(preview, run_id, path, at)
@@ -147,6 +207,28 @@ def saved_previews(reports_dir: Path) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: r["at"])
 
 
+def _accounts_label(p: PhasePreview) -> str:
+    # The npm 2022 wording where the phase asks only for 2FA, which every artifact and
+    # runbook so far quotes.
+    if not p.token_rules:
+        return "accounts without 2FA to require it of"
+    return "accounts that fall short of the phase's requirements"
+
+
+def _table(
+    columns: tuple[str, ...], rows: list[dict[str, Any]], limit: int, rest: str
+) -> list[str]:
+    """A markdown table of the first ``limit`` rows, every value through md()."""
+    if not rows:
+        return []
+    lines = ["", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for row in rows[:limit]:
+        lines.append("| " + " | ".join(md(row[c]) for c in columns) + " |")
+    if len(rows) > limit:
+        lines += ["", f"... and {len(rows) - limit} more in {rest}."]
+    return lines
+
+
 def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
     """The artifact a release manager reads before approving an enforce run."""
     p = saved.preview
@@ -156,12 +238,18 @@ def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
         "",
         f"Cohort {md(p.cohort)}, previewed {saved.at:%Y-%m-%d %H:%M} UTC (run `{saved.run_id}`).",
         "",
+        f"Requires: {md('; '.join(p.requirements))}. Enforcement does: {md(', '.join(p.effects))}.",
+        "",
         "| what | count |",
         "| --- | ---: |",
-        f"| accounts without 2FA to require it of | {p.count} |",
+        f"| {_accounts_label(p)} | {p.count} |",
         f"| of which this phase requires already (enforced) | {p.required_by_phase} |",
         f"| of which it would newly require | {p.newly_required} |",
         f"| their live web sessions to revoke | {p.sessions} |",
+    ]
+    if "revoke_tokens" in p.effects:
+        lines.append(f"| their tokens to revoke (irreversible) | {p.token_count} |")
+    lines += [
         f"| accounts already compliant (untouched) | {p.compliant} |",
         f"| accounts exempted by the plan (untouched) | {len(p.exempted)} |",
         "",
@@ -171,13 +259,8 @@ def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
         "",
         f"Full list: {md(saved.csv_path)}.",
     ]
-    if p.targets:
-        shown = preview_rows(p)[:limit]
-        lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-        for row in shown:
-            lines.append("| " + " | ".join(md(row[c]) for c in COLUMNS) + " |")
-        if p.count > limit:
-            lines += ["", f"... and {p.count - limit} more in the CSV."]
+    lines += _table(COLUMNS, preview_rows(p), limit, "the CSV")
+    lines += _table(TOKEN_COLUMNS, token_rows(p), limit, "the tokens' CSV")
     if p.exempted:
         lines += ["", "Exempted: " + ", ".join(md(name) for name in p.exempted)]
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 
 from rollout import cohorts, warehouse
-from rollout.core.plan import Plan
+from rollout.core.plan import Phase, Plan
 
 
 @dataclass(frozen=True)
@@ -25,12 +25,16 @@ class PhaseWhatIf:
     cohort: str
     packages: int
     accounts: int
-    # Cohort accounts without 2FA and not exempt: whom the phase would require it of.
+    # Cohort accounts short of the phase's requirements (without the factor it asks
+    # for, or holding a token it forbids) and not exempt: whom enforcement would touch.
     accounts_to_require: int
-    # Their live web sessions: what enforcement would revoke.
+    # The live web sessions of those without the factor, when the phase revokes them.
     sessions_to_revoke: int
-    # Cohort accounts without 2FA the plan exempts: left alone, listed by the preview.
+    # Cohort accounts short of the requirements that the plan exempts: left alone.
     exempt: int
+    # The live tokens of those accounts that the phase's token rules forbid, when it
+    # revokes tokens.
+    tokens_to_revoke: int = 0
 
     def row(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,36 +66,93 @@ def simulate_plan(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> li
                         on accounts.id = selected.account_id
                     where accounts.created_at < $day_end
                 ),
-                with_2fa as (
+                with_factor as (
                     select distinct account_id from registry.tfa_factors
                     where created_at < $day_end
                         and (removed_at is null or removed_at >= $day_end)
+                        and ($two_factor <> 'phishing_resistant' or kind = 'webauthn')
                 ),
-                without_2fa as (
-                    select * from cohort
-                    where account_id not in (select account_id from with_2fa)
+                lacking as (
+                    select account_id from cohort
+                    where $two_factor <> 'none'
+                        and account_id not in (select account_id from with_factor)
                 ),
-                to_require as (
-                    select account_id from without_2fa
+                -- requirements.offending_token, at the end of the day
+                offending as (
+                    select tokens.id, tokens.account_id
+                    from registry.tokens as tokens
+                    inner join cohort using (account_id)
+                    where tokens.created_at < $day_end
+                        and (tokens.revoked_at is null or tokens.revoked_at >= $day_end)
+                        and (tokens.expires_at is null or tokens.expires_at > $day_end)
+                        and (
+                            ($no_classic and tokens.kind in ('automation', 'publish', 'read_only'))
+                            or ($no_unnamed and tokens.name is null)
+                            or ($no_bypass and tokens.bypass_2fa)
+                            or (tokens.created_at
+                                < $day_end - to_days(coalesce($max_age_days, 0)::integer)
+                                and $max_age_days is not null)
+                            or ($no_write_without and tokens.writes
+                                and tokens.account_id in (select account_id from lacking))
+                        )
+                ),
+                short as (
+                    select account_id, username from cohort
+                    where account_id in (select account_id from lacking)
+                        or account_id in (select account_id from offending)
+                ),
+                targets as (
+                    select account_id from short
                     where not list_contains($exempt::varchar[], username)
                 )
                 select
                     (select count(*) from cohort),
-                    (select count(*) from to_require),
+                    (select count(*) from targets),
                     (select count(*) from registry.web_sessions as sessions
-                        where sessions.account_id in (select account_id from to_require)
+                        where $revokes_sessions
+                            and sessions.account_id in (select account_id from targets)
+                            and sessions.account_id in (select account_id from lacking)
                             and sessions.created_at < $day_end
                             and (sessions.revoked_at is null
                                 or sessions.revoked_at >= $day_end)),
-                    (select count(*) from without_2fa
-                        where list_contains($exempt::varchar[], username))
+                    (select count(*) from short
+                        where list_contains($exempt::varchar[], username)),
+                    (select count(*) from offending
+                        where $revokes_tokens
+                            and account_id in (select account_id from targets))
                 """,
-                {"exempt": exempt, "day_end": day_end},
+                {
+                    "exempt": exempt,
+                    "day_end": day_end,
+                    **_requirement_parameters(phase),
+                },
             )
-        accounts, to_require, sessions, exempted = counts or (0, 0, 0, 0)
+        accounts, to_require, sessions, exempted, tokens = counts or (0, 0, 0, 0, 0)
         found.append(
             PhaseWhatIf(
-                phase.name, phase.cohort, packages, accounts, to_require, sessions, exempted
+                phase.name,
+                phase.cohort,
+                packages,
+                accounts,
+                to_require,
+                sessions,
+                exempted,
+                tokens,
             )
         )
     return found
+
+
+def _requirement_parameters(phase: Phase) -> dict[str, Any]:
+    """The phase's requirements and effects as the query's parameters."""
+    requires = phase.requires
+    return {
+        "two_factor": requires.two_factor,
+        "no_classic": requires.no_classic_tokens,
+        "no_unnamed": requires.no_unnamed_tokens,
+        "no_bypass": requires.no_bypass_2fa_tokens,
+        "max_age_days": requires.token_max_age_days,
+        "no_write_without": requires.no_write_tokens_without_2fa,
+        "revokes_sessions": phase.does("revoke_sessions"),
+        "revokes_tokens": phase.does("revoke_tokens"),
+    }

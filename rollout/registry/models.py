@@ -88,6 +88,11 @@ class Account(Base):
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime)
     elv_enrolled_at: Mapped[datetime | None] = mapped_column(DateTime)
     tfa_required_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Marks later phases set (a plan's `effects`): the site's warning banner, a security
+    # key required (TOTP no longer passes), TOTP set-up closed.
+    warned_at: Mapped[datetime | None] = mapped_column(DateTime)
+    webauthn_required_at: Mapped[datetime | None] = mapped_column(DateTime)
+    totp_enrolment_closed_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class TfaFactor(Base):
@@ -150,6 +155,13 @@ class Token(Base):
         ),
         CheckConstraint("expires_at IS NULL OR expires_at > created_at", name="expiry"),
         Index("ix_tokens_account", "account_id"),
+        # Enforcement revokes the live tokens of the accounts it targets.
+        Index(
+            "ix_tokens_live",
+            "account_id",
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -170,6 +182,8 @@ class Token(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Says which phase revoked it, as a web session's does.
+    revoked_reason: Mapped[str | None] = mapped_column(String(300))
 
 
 class Org(Base):

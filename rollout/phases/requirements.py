@@ -1,0 +1,78 @@
+"""Who falls short of a phase's requirements, as SQL: the one definition that the
+preview, enforcement and `plan simulate` share.
+
+An account falls short when it lacks the second factor the phase asks for, or holds a
+live token one of the phase's token rules forbids. Enforcement acts only on accounts
+that fall short, and on a token only when that token offends.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, exists, false, or_, true
+
+from rollout.core.plan import Requirements
+from rollout.registry.models import CLASSIC_TOKEN_KINDS, TfaFactor, Token
+
+TOKENS = Token.__table__
+FACTORS = TfaFactor.__table__
+
+
+def factor_counts(requires: Requirements) -> ColumnElement[bool]:
+    """The condition on ``tfa_factors`` rows that count for the phase: active, and a
+    security key when the phase asks for a phishing-resistant factor."""
+    active = FACTORS.c.removed_at.is_(None)
+    if requires.two_factor == "phishing_resistant":
+        return and_(active, FACTORS.c.kind == "webauthn")
+    return active
+
+
+def lacks_factor(requires: Requirements, account_id: Any) -> ColumnElement[bool]:
+    """SQL: the account (an id or an id column) lacks the second factor the phase asks
+    for. Never true when the phase asks for none."""
+    if requires.two_factor == "none":
+        return false()
+    return ~exists().where(and_(FACTORS.c.account_id == account_id, factor_counts(requires)))
+
+
+def live_token(tokens: Any, now: datetime) -> ColumnElement[bool]:
+    """A token that works at ``now``: not revoked, not expired."""
+    return and_(
+        tokens.c.revoked_at.is_(None), or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now)
+    )
+
+
+def offending_token(requires: Requirements, tokens: Any, now: datetime) -> ColumnElement[bool]:
+    """SQL over ``tokens`` (the table or an alias): a live token that one of the phase's
+    token rules forbids at ``now``. False when the phase has no token rule."""
+    rules: list[ColumnElement[bool]] = []
+    if requires.no_classic_tokens:
+        rules.append(tokens.c.kind.in_(CLASSIC_TOKEN_KINDS))
+    if requires.no_unnamed_tokens:
+        rules.append(tokens.c.name.is_(None))
+    if requires.no_bypass_2fa_tokens:
+        rules.append(tokens.c.bypass_2fa == true())
+    if requires.token_max_age_days is not None:
+        rules.append(tokens.c.created_at < now - timedelta(days=requires.token_max_age_days))
+    if requires.no_write_tokens_without_2fa:
+        rules.append(and_(tokens.c.writes == true(), lacks_factor(requires, tokens.c.account_id)))
+    if not rules:
+        return false()
+    return and_(live_token(tokens, now), or_(*rules))
+
+
+def holds_offending_token(
+    requires: Requirements, account_id: Any, now: datetime
+) -> ColumnElement[bool]:
+    if not requires.token_rules:
+        return false()
+    return exists().where(
+        and_(TOKENS.c.account_id == account_id, offending_token(requires, TOKENS, now))
+    )
+
+
+def falls_short(requires: Requirements, account_id: Any, now: datetime) -> ColumnElement[bool]:
+    """SQL: the account falls short of the phase's requirements at ``now``."""
+    return or_(lacks_factor(requires, account_id), holds_offending_token(requires, account_id, now))

@@ -1,0 +1,432 @@
+"""A phase's requirements and effects beyond npm 2022's: phishing-resistant 2FA, token
+rules, revoking tokens, the warning banner, closing TOTP enrolment. On SQLite and
+PostgreSQL: previews list exactly what enforcement changes, enforcement changes it
+once, audited, and never touches a compliant account or a token the preview left out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from rollout.cli import app
+from rollout.core.clock import SimulatedClock, use_clock
+from rollout.core.errors import GuardRefused
+from rollout.core.plan import Phase, Plan, Requirements, parse_plan
+from rollout.phases import enforce
+from rollout.phases.previews import preview_markdown, save_preview
+from rollout.registry import Registry
+from rollout.registry.models import Account, Action, Token, WebSession
+from tests.factories import AccountFactory, FactorFactory, TokenFactory
+
+NOW = datetime(2025, 12, 9, 12)
+
+
+@pytest.fixture(autouse=True)
+def clock() -> Iterator[SimulatedClock]:
+    """Enforcement at npm's classic-token revocation day (token ages and expiries
+    are measured from the pipeline's clock)."""
+    simulated = SimulatedClock(NOW)
+    with use_clock(simulated):
+        yield simulated
+
+
+def phase_of(plan: Plan, **changes: Any) -> Plan:
+    """The reference plan whose top-100 phase asks and does what ``changes`` say."""
+    phase = plan.phase("top-100")
+    changed = Phase.model_validate({**phase.model_dump(), **changes})
+    return plan.model_copy(update={"phases": [changed, *plan.phases[1:]]})
+
+
+@pytest.fixture
+def token_plan(plan: Plan) -> Plan:
+    """npm 2025: no classic tokens, nor tokens that bypass 2FA; revoke them."""
+    return phase_of(
+        plan,
+        requires={"two_factor": "none", "no_classic_tokens": True, "no_bypass_2fa_tokens": True},
+        effects=["revoke_tokens"],
+        max_tokens=100,
+    )
+
+
+@pytest.fixture
+def tokens_of(factories: None) -> dict[str, list[int]]:
+    """alice: 2FA, a classic automation token and a granular one (fine).
+    bob: no 2FA, a granular token that bypasses 2FA and an already revoked classic one.
+    carol: 2FA, only a granular token (compliant). dave: a classic token that expired.
+    erin: a classic token, but she left the cohort."""
+    alice = AccountFactory(username="alice", with_totp=True, sessions=1, in_cohort="top-100")
+    bob = AccountFactory(username="bob", sessions=2, in_cohort="top-100")
+    carol = AccountFactory(username="carol", with_totp=True, in_cohort="top-100")
+    dave = AccountFactory(username="dave", with_totp=True, in_cohort="top-100")
+    erin = AccountFactory(username="erin", left_cohort="top-100")
+    fresh = NOW - timedelta(days=10)
+    return {
+        "alice": [
+            TokenFactory(account=alice).id,
+            TokenFactory(account=alice, granular=True, created_at=fresh).id,
+        ],
+        "bob": [
+            TokenFactory(account=bob, granular=True, bypass_2fa=True, created_at=fresh).id,
+            TokenFactory(account=bob, kind="publish", revoked_at=fresh).id,
+        ],
+        "carol": [TokenFactory(account=carol, granular=True, created_at=fresh).id],
+        "dave": [TokenFactory(account=dave, kind="publish", expires_at=fresh).id],
+        "erin": [TokenFactory(account=erin).id],
+    }
+
+
+def live_tokens(registry: Registry) -> set[int]:
+    with registry.engine.connect() as connection:
+        return set(connection.execute(select(Token.id).where(Token.revoked_at.is_(None))).scalars())
+
+
+def audited(registry: Registry, action: str) -> list[tuple[str, int]]:
+    """Each thing the action was audited for (its subject, else its account) and how
+    many audit rows it has."""
+    with registry.engine.connect() as connection:
+        return sorted(
+            (subject or f"account:{account_id}", count)
+            for account_id, subject, count in connection.execute(
+                select(Action.account_id, Action.subject, func.count())
+                .where(Action.action == action)
+                .group_by(Action.account_id, Action.subject)
+            )
+        )
+
+
+def marked(registry: Registry, column: str) -> set[str]:
+    with registry.engine.connect() as connection:
+        return set(
+            connection.execute(
+                select(Account.username).where(getattr(Account, column).is_not(None))
+            ).scalars()
+        )
+
+
+# --- the plan language ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("phase_yaml", "reason"),
+    [
+        ("effects: [revoke_tokens]\n    max_tokens: 10", "revoke_tokens needs a token rule"),
+        (
+            "requires: {no_classic_tokens: true}\n    effects: [revoke_tokens]",
+            "needs max_tokens",
+        ),
+        ("effects: [close_totp_enrolment]", "needs two_factor: phishing_resistant"),
+        (
+            "requires: {two_factor: none, no_classic_tokens: true}\n"
+            "    effects: [revoke_sessions, revoke_tokens]\n    max_tokens: 5",
+            "revoke_sessions needs a two_factor requirement",
+        ),
+        ("effects: []", "at least one effect"),
+        ("effects: [warn, warn]", "listed twice"),
+        ("effects: [revoke_everything]", "effects.0: Input should be"),
+        ("requires: {two_factor: none}", "needs a token rule"),
+        ("requires: {no_classic_tokens: true}", "need the revoke_tokens or warn effect"),
+        ("requires: {token_max_age_days: 0}\n    effects: [warn]", "greater than or equal to 1"),
+    ],
+)
+def test_a_plan_whose_effects_cannot_act_is_refused_on_the_line(
+    phase_yaml: str, reason: str
+) -> None:
+    text = (
+        "name: p\ncohorts:\n  c: {top_by_dependents: 5}\nphases:\n"
+        "  - name: one\n    cohort: c\n    cohort_as_of: 2025-01-01\n    notice_on: 2025-01-02\n"
+        "    enforce_on: 2025-02-01\n    max_accounts: 10\n"
+        f"    {phase_yaml}\n"
+    )
+    _, problems = parse_plan(text, "p.yaml")
+    assert problems, text
+    assert reason in problems[0].reason
+    # The line of the phase's own field, or of the phase (line 5) for a missing one.
+    expected_lines = {5} if "needs max_tokens" in reason else {11, 12, 13}
+    assert problems[0].line in expected_lines
+
+
+def test_the_reference_plan_keeps_npm_2022s_requirement_and_effects(plan: Plan) -> None:
+    for phase in plan.phases:
+        assert phase.requires == Requirements()
+        assert phase.effects == ["require_2fa", "revoke_sessions"]
+
+
+# --- previews ---------------------------------------------------------------------------
+
+
+def test_phishing_resistant_2fa_counts_only_a_security_key(
+    registry: Registry, plan: Plan, factories: None
+) -> None:
+    AccountFactory(username="totp-only", with_totp=True, in_cohort="top-100")
+    AccountFactory(username="with-key", with_webauthn=True, in_cohort="top-100")
+    AccountFactory(username="none", in_cohort="top-100")
+    strict = phase_of(
+        plan,
+        requires={"two_factor": "phishing_resistant"},
+        effects=["require_2fa", "close_totp_enrolment"],
+    )
+    preview = enforce.preview_phase(registry, strict, strict.phase("top-100"))
+    assert [t.username for t in preview.targets] == ["totp-only", "none"]
+    assert preview.compliant == 1
+
+    result = enforce.enforce_phase(registry, strict, "top-100", expect=2, actor="rm")
+    assert (result.accounts_flagged, result.totp_enrolment_closed) == (2, 2)
+    assert marked(registry, "webauthn_required_at") == {"totp-only", "none"}
+    assert marked(registry, "totp_enrolment_closed_at") == {"totp-only", "none"}
+    assert [count for _, count in audited(registry, "close_totp_enrolment")] == [1, 1]
+
+
+def test_token_rules_list_exactly_the_forbidden_live_tokens_of_the_cohort(
+    registry: Registry, token_plan: Plan, tokens_of: dict[str, list[int]]
+) -> None:
+    preview = enforce.preview_phase(registry, token_plan, token_plan.phase("top-100"))
+    assert [(t.username, t.lacks_factor, t.offending_tokens) for t in preview.targets] == [
+        ("alice", False, 1),
+        ("bob", False, 1),
+    ]
+    assert [t.token_id for t in preview.tokens] == [tokens_of["alice"][0], tokens_of["bob"][0]]
+    # A token-only phase revokes no sessions, and counts carol and dave as compliant.
+    assert (preview.sessions, preview.compliant) == (0, 2)
+
+
+def test_the_token_age_and_pypis_publishing_without_2fa_rules(
+    registry: Registry, plan: Plan, factories: None
+) -> None:
+    old = AccountFactory(username="old-token", with_totp=True, in_cohort="top-100")
+    young = AccountFactory(username="young-token", with_totp=True, in_cohort="top-100")
+    TokenFactory(account=old, kind="publish", created_at=NOW - timedelta(days=91))
+    TokenFactory(account=young, kind="publish", created_at=NOW - timedelta(days=89))
+    aged = phase_of(
+        plan,
+        requires={"two_factor": "none", "token_max_age_days": 90},
+        effects=["revoke_tokens"],
+        max_tokens=10,
+    )
+    preview = enforce.preview_phase(registry, aged, aged.phase("top-100"))
+    assert [t.username for t in preview.targets] == ["old-token"]
+
+    without = AccountFactory(username="no-2fa", in_cohort="top-100")
+    reader = AccountFactory(username="reads-only", in_cohort="top-100")
+    TokenFactory(account=without, kind="publish")
+    TokenFactory(account=reader, kind="read_only")
+    pypi = phase_of(
+        plan,
+        requires={"no_write_tokens_without_2fa": True},
+        effects=["revoke_tokens"],
+        max_tokens=10,
+    )
+    preview = enforce.preview_phase(registry, pypi, pypi.phase("top-100"))
+    # Both lack 2FA; only the publishing token of an account without 2FA is revoked.
+    assert [t.username for t in preview.targets] == ["no-2fa", "reads-only"]
+    assert [t.username for t in preview.tokens] == ["no-2fa"]
+
+
+def test_the_preview_says_the_token_revocation_is_irreversible_and_lists_them(
+    registry: Registry, token_plan: Plan, tokens_of: dict[str, list[int]], tmp_path: Path
+) -> None:
+    preview = enforce.preview_phase(registry, token_plan, token_plan.phase("top-100"))
+    saved = save_preview(token_plan, preview, tmp_path, actor="rm")
+    markdown = preview_markdown(saved)
+    assert "| their tokens to revoke (irreversible) | 2 |" in markdown
+    assert "| accounts that fall short of the phase's requirements | 2 |" in markdown
+    tokens_csv = saved.csv_path.with_name(saved.csv_path.stem + "-tokens.csv")
+    header, *rows = tokens_csv.read_text().splitlines()
+    assert header.startswith("token_id,account_id,username,kind")
+    assert [row.split(",")[0] for row in rows] == [
+        str(tokens_of["alice"][0]),
+        str(tokens_of["bob"][0]),
+    ]
+
+
+# --- enforcement ------------------------------------------------------------------------
+
+
+def test_revoking_tokens_changes_exactly_the_previewed_ones_once(
+    registry: Registry, token_plan: Plan, tokens_of: dict[str, list[int]]
+) -> None:
+    before = live_tokens(registry)
+    result = enforce.enforce_phase(
+        registry, token_plan, "top-100", expect=2, expect_tokens=2, actor="rm"
+    )
+    assert (result.tokens_revoked, result.sessions_revoked, result.accounts_flagged) == (2, 0, 0)
+    revoked = {tokens_of["alice"][0], tokens_of["bob"][0]}
+    assert live_tokens(registry) == before - revoked
+    assert audited(registry, "revoke_token") == sorted((f"token:{t}", 1) for t in revoked)
+    # Nobody's flag, nobody's sessions: the phase asked nothing of the factors.
+    assert marked(registry, "tfa_required_at") == set()
+    with registry.engine.connect() as connection:
+        reasons = set(
+            connection.execute(select(Token.revoked_reason).where(Token.id.in_(revoked))).scalars()
+        )
+        live_sessions = connection.execute(
+            select(func.count()).select_from(WebSession).where(WebSession.revoked_at.is_(None))
+        ).scalar_one()
+    assert reasons == {
+        "phase top-100: no classic tokens; no tokens that bypass 2FA required of cohort top-100"
+    }
+    assert live_sessions == 3
+
+    # Nothing is left to do: a second run finds both accounts compliant.
+    again = enforce.preview_phase(registry, token_plan, token_plan.phase("top-100"))
+    assert again.count == 0 and again.tokens == []
+    second = enforce.enforce_phase(
+        registry, token_plan, "top-100", expect=0, expect_tokens=0, actor="rm"
+    )
+    assert second.tokens_revoked == 0
+    assert len(audited(registry, "revoke_token")) == 2
+
+
+def test_a_token_count_that_moved_since_the_preview_refuses_and_changes_nothing(
+    registry: Registry, token_plan: Plan, tokens_of: dict[str, list[int]]
+) -> None:
+    with pytest.raises(GuardRefused, match="--expect-tokens"):
+        enforce.enforce_phase(registry, token_plan, "top-100", expect=2, actor="rm")
+    # A classic token made after the preview: not in the list the approver saw.
+    with registry.engine.begin() as connection:
+        alice = connection.execute(
+            select(Account.id).where(Account.username == "alice")
+        ).scalar_one()
+    TokenFactory(account_id=alice, kind="publish", created_at=NOW - timedelta(hours=1))
+    with pytest.raises(GuardRefused, match="revoke 3 tokens, not the 2 expected"):
+        enforce.enforce_phase(
+            registry, token_plan, "top-100", expect=2, expect_tokens=2, actor="rm"
+        )
+    limited = phase_of(token_plan, max_tokens=2)
+    with pytest.raises(GuardRefused, match="blast-radius limit of 2"):
+        enforce.enforce_phase(registry, limited, "top-100", expect=2, expect_tokens=3, actor="rm")
+    assert audited(registry, "revoke_token") == []
+    assert len(live_tokens(registry)) == 7  # six of the fixture, and the new one
+
+
+def test_an_account_compliant_since_the_preview_keeps_its_tokens_and_sessions(
+    registry: Registry, plan: Plan, factories: None
+) -> None:
+    """PyPI's rule: a publishing token of an account without 2FA offends. The account
+    enrols between the preview and its batch: it is skipped, nothing of it revoked."""
+    first = AccountFactory(username="first", sessions=1, in_cohort="top-100")
+    late = AccountFactory(username="late", sessions=1, in_cohort="top-100")
+    TokenFactory(account=first, kind="publish")
+    TokenFactory(account=late, kind="publish")
+    pypi = phase_of(
+        plan,
+        requires={"no_write_tokens_without_2fa": True},
+        effects=["require_2fa", "revoke_sessions", "revoke_tokens"],
+        max_tokens=10,
+        batch_size=1,
+    )
+
+    def enrol_late(done: int, total: int) -> None:
+        if done == 1:
+            FactorFactory(account_id=late.id, kind="webauthn", created_at=NOW)
+
+    result = enforce.enforce_phase(
+        registry, pypi, "top-100", expect=2, expect_tokens=2, actor="rm", progress=enrol_late
+    )
+    assert (result.tokens_revoked, result.sessions_revoked) == (1, 1)
+    assert result.skipped_now_compliant == 1
+    assert marked(registry, "tfa_required_at") == {"first"}
+    with registry.engine.connect() as connection:
+        late_live = connection.execute(
+            select(func.count())
+            .select_from(Token)
+            .where(Token.account_id == late.id, Token.revoked_at.is_(None))
+        ).scalar_one()
+    assert late_live == 1
+
+
+def test_the_warning_banner_then_rollback_clears_it_but_keeps_revocations(
+    registry: Registry, plan: Plan, factories: None
+) -> None:
+    holder = AccountFactory(username="holder", with_totp=True, in_cohort="top-100")
+    AccountFactory(username="plain", in_cohort="top-100")
+    TokenFactory(account=holder, kind="publish")
+    warn_then_revoke = phase_of(
+        plan,
+        requires={"no_classic_tokens": True},
+        effects=["warn", "require_2fa", "revoke_tokens"],
+        max_tokens=10,
+    )
+    result = enforce.enforce_phase(
+        registry, warn_then_revoke, "top-100", expect=2, expect_tokens=1, actor="rm"
+    )
+    assert (result.accounts_warned, result.accounts_flagged, result.tokens_revoked) == (2, 1, 1)
+    assert marked(registry, "warned_at") == {"holder", "plain"}
+    assert marked(registry, "tfa_required_at") == {"plain"}
+
+    enforce.rollback_phase(registry, warn_then_revoke, "top-100", actor="rm")
+    assert marked(registry, "warned_at") == set()
+    assert marked(registry, "tfa_required_at") == set()
+    assert live_tokens(registry) == set()  # a revoked token stays revoked
+    with registry.engine.connect() as connection:
+        cleared = connection.execute(
+            select(func.count()).select_from(Action).where(Action.action == "mark_cleared")
+        ).scalar_one()
+    assert cleared == 2
+
+
+def test_marks_are_cleared_by_what_the_other_applied_phases_set(
+    registry: Registry, plan: Plan, factories: None
+) -> None:
+    """A phase that only warns does not hold up clearing the 2FA flag, and a 2FA phase
+    does not hold up clearing the banner."""
+    account = AccountFactory(username="both", in_cohort=["top-100", "high-impact"])
+    TokenFactory(account=account, kind="publish")
+    warn_only = Phase.model_validate(
+        {
+            **plan.phase("high-impact").model_dump(),
+            "requires": {"two_factor": "none", "no_classic_tokens": True},
+            "effects": ["warn"],
+        }
+    )
+    both = plan.model_copy(update={"phases": [plan.phase("top-100"), warn_only]})
+    enforce.enforce_phase(registry, both, "top-100", expect=1, actor="rm")
+    enforce.enforce_phase(registry, both, "high-impact", expect=1, actor="rm")
+    assert marked(registry, "tfa_required_at") == marked(registry, "warned_at") == {"both"}
+
+    preview = enforce.rollback_preview(registry, "top-100", both)
+    assert [(a.cleared, a.still_required_by) for a in preview.accounts] == [(True, ())]
+    enforce.rollback_phase(registry, both, "top-100", actor="rm")
+    assert marked(registry, "tfa_required_at") == set()
+    assert marked(registry, "warned_at") == {"both"}  # high-impact still warns
+
+
+# --- the command line -------------------------------------------------------------------
+
+
+def test_the_cli_needs_the_token_count_typed_back(
+    registry_url: str,
+    token_plan: Plan,
+    tokens_of: dict[str, list[int]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(token_plan.model_dump_json())
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    monkeypatch.setenv("ROLLOUT_PLAN", str(plan_file))
+    monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path))
+    runner = CliRunner()
+    shown = runner.invoke(app, ["phase", "preview", "top-100", "--format", "json"])
+    assert shown.exit_code == 0, shown.output
+    assert "2 of their tokens would be revoked, which cannot be undone" in shown.stderr
+    assert "--apply --expect 2 --expect-tokens 2" in shown.stderr
+    refused = runner.invoke(app, ["phase", "enforce", "top-100", "--apply", "--expect", "2"])
+    assert refused.exit_code == 3 and "--expect-tokens" in refused.stderr
+    done = runner.invoke(
+        app,
+        ["phase", "enforce", "top-100", "--apply", "--expect", "2", "--expect-tokens", "2"],
+        catch_exceptions=False,
+    )
+    assert done.exit_code == 0, done.stderr
+    assert len(audited_by_url(registry_url)) == 2
+
+
+def audited_by_url(url: str) -> list[tuple[str, int]]:
+    with Registry(url) as registry:
+        return audited(registry, "revoke_token")
