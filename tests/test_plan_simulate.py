@@ -111,3 +111,34 @@ def test_a_bad_plan_file_exits_2_naming_it(home: Path, tmp_path: Path) -> None:
     result = run("plan", "simulate", str(broken), "--as-of", DAY)
     assert result.exit_code == 2
     assert str(broken) in result.stderr and "top_by_dependents" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "requires",
+    [
+        "{two_factor: none, no_classic_tokens: true}",
+        "{two_factor: phishing_resistant, no_write_tokens_without_2fa: true}",
+    ],
+)
+def test_token_and_security_key_requirements_count_what_the_preview_lists(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, requires: str
+) -> None:
+    effects = (
+        "[revoke_tokens]" if "none" in requires else "[require_2fa, revoke_sessions, revoke_tokens]"
+    )
+    strict = plan_file(
+        tmp_path,
+        "    max_accounts: 1000\n",
+        f"    max_accounts: 1000\n    requires: {requires}\n    effects: {effects}\n"
+        "    max_tokens: 100000\n",
+    )
+    monkeypatch.setenv("ROLLOUT_PLAN", str(strict))
+    preview = run("phase", "preview", "top-100", "--format", "json")
+    assert preview.exit_code == 0, preview.output
+    targets = json.loads(preview.stdout)
+    top = simulate(str(strict))["top-100"]
+    assert top["accounts_to_require"] == len(targets) > 0
+    assert top["tokens_to_revoke"] == sum(t["tokens_to_revoke"] for t in targets) > 0
+    assert top["sessions_to_revoke"] == sum(
+        t["live_sessions"] for t in targets if t["lacks_factor"] and "sessions" in effects
+    )

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, Literal
 
-from rollout.core.plan import ELV_STEPS, EmailName, Plan
+from rollout.core.plan import ELV_STEPS, EmailName, Phase, Plan
 
 # What a step is. The adoption chart styles its milestones by these names
 # (rollout.report.charts), and notebooks filter on them: they are part of the interface.
@@ -232,17 +232,24 @@ def plan_calendar(plan: Plan) -> list[Step]:
         steps.append(
             Step(on, "elv", ENROLL_ALL_STEP, ELV, "every account enrolled in ELV", "ELV for all")
         )
+    # One cohort build a day builds every cohort (one run, one step key): phases that fix
+    # their cohorts on the same day share its step, listed where the first one is.
+    fixed_on: dict[date, list[Phase]] = {}
+    for phase in plan.phases:
+        fixed_on.setdefault(phase.cohort_as_of, []).append(phase)
     for phase in plan.phases:
         name, members = phase.name, cohort_audience(phase.cohort)
-        steps.append(
-            Step(
-                phase.cohort_as_of,
-                "cohorts",
-                cohorts_step(phase.cohort_as_of),
-                name,
-                f"cohort {phase.cohort} fixed for phase {name}",
+        same_day = fixed_on[phase.cohort_as_of]
+        if same_day[0] is phase:
+            steps.append(
+                Step(
+                    phase.cohort_as_of,
+                    "cohorts",
+                    cohorts_step(phase.cohort_as_of),
+                    name,
+                    "; ".join(f"cohort {p.cohort} fixed for phase {p.name}" for p in same_day),
+                )
             )
-        )
         steps.append(
             Step(
                 phase.notice_on,
