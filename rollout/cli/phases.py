@@ -69,7 +69,8 @@ def phase_preview(
     else:
         who = (
             f"{preview.count} accounts {short} in cohort {preview.cohort} would be "
-            f"required to comply and signed out of {preview.sessions} web sessions"
+            f"required to {'enrol' if not preview.token_rules else 'comply'} and signed out "
+            f"of {preview.sessions} web sessions"
         )
     apply = f"rollout phase enforce {phase} --apply --expect {preview.count}"
     if revokes_tokens:
@@ -80,7 +81,8 @@ def phase_preview(
         )
         apply += f" --expect-tokens {preview.token_count}"
     stderr.print(
-        f"{who}; {preview.compliant} already comply; "
+        f"{who}; {preview.compliant} already "
+        f"{'use 2FA' if not preview.token_rules else 'comply'}; "
         f"exempted: {', '.join(preview.exempted) or 'none'}.\n"
         f"Enforcement does: {', '.join(preview.effects)}.\n"
         f"The list: {saved.csv_path}\n"

@@ -91,7 +91,10 @@ class PhasePreview:
     compliant: int
     exempted: list[str]
     effects: tuple[str, ...] = ("require_2fa", "revoke_sessions")
-    # The tokens enforcement would revoke (only when the phase revokes tokens).
+    # The tokens enforcement would revoke (only when the phase revokes tokens), as
+    # (token id, account id); ``tokens`` has their details, unless the preview was
+    # taken without them (enforcement's own, under its lock, needs only the ids).
+    token_ids: list[tuple[int, int]] = field(default_factory=list)
     tokens: list[TokenTarget] = field(default_factory=list)
     # The phase's requirements in words (Requirements.describe).
     requirements: tuple[str, ...] = ()
@@ -111,7 +114,7 @@ class PhasePreview:
 
     @property
     def token_count(self) -> int:
-        return len(self.tokens)
+        return len(self.token_ids)
 
     @property
     def required_by_phase(self) -> int:
