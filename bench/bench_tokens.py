@@ -92,10 +92,10 @@ PEER = [
     "where id in (select id from peer_tokens)",
     "insert into actions (effect_key, action, account_id, subject, phase, reason, actor, "
     "created_at, details) select 'peer-revoke-token:' || id, 'revoke_token', account_id, "
-    "'token:' || id, 'bench', 'peer', 'bench', :now, '{}' from peer_tokens",
+    "'token:' || id, 'bench', 'peer', 'bench', :now, {json} from peer_tokens",
     "insert into notifications (account_id, email, phase, occasion, state, context, attempts, "
     "created_at, updated_at) select distinct account_id, 'enforcement_notice', 'peer', '', "
-    "'queued', '{}', 0, :now, :now from peer_tokens",
+    "'queued', {json}, 0, :now, :now from peer_tokens",
 ]
 
 
@@ -107,8 +107,10 @@ def peer(url: str) -> tuple[float, int, int]:
     with engine.connect() as connection:
         started = time.perf_counter()
         transaction = connection.begin()
+        # An empty JSON object: PostgreSQL's json columns take no text.
+        empty = "'{}'::json" if connection.dialect.name == "postgresql" else "'{}'"
         for statement in PEER:
-            connection.execute(text(statement), {"now": now})
+            connection.execute(text(statement.replace("{json}", empty)), {"now": now})
         count, id_sum = connection.execute(
             text("select count(*), coalesce(sum(id), 0) from peer_tokens")
         ).one()

@@ -53,7 +53,7 @@ from rollout.core.stopping import (
     stop_processes,
     stop_requested_by_signals,
 )
-from rollout.notify.emails import EMAILS, Recipient
+from rollout.notify.emails import EMAILS, Recipient, TokenLine, asks_only_2fa
 from rollout.notify.message import DeliveryFailed, Message, Sender
 from rollout.notify.outbox import (
     ACCOUNTS,
@@ -77,6 +77,7 @@ from rollout.registry.models import (
     CohortMembership,
     TfaFactor,
 )
+from rollout.registry.requirements import TOKENS, lacks_factor, offending_token
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +234,54 @@ def _packages(
     return found
 
 
+# The emails whose wording follows the phase's requirements (and whose "already
+# compliant" means meeting them).
+_PHASE_EMAILS = ("phase_notice", "reminder", "enforcement_notice")
+
+
+def _standing(
+    connection: Connection, plan: Plan, claimed: list[_Claimed], now: datetime
+) -> dict[tuple[str, int], tuple[bool, tuple[TokenLine, ...]]]:
+    """{(phase, account): (lacks the factor the phase asks for, its live tokens the
+    phase forbids)} for the phase emails of phases that ask more than any 2FA. Phases
+    that ask only that are judged by the recipient's 2FA method, as before."""
+    phases = {p.name: p for p in plan.phases if not asks_only_2fa(p)}
+    wanted: dict[str, set[int]] = {}
+    for c in claimed:
+        if c.email in _PHASE_EMAILS and c.phase in phases:
+            wanted.setdefault(c.phase, set()).add(c.account_id)
+    found: dict[tuple[str, int], tuple[bool, tuple[TokenLine, ...]]] = {}
+    for name, ids in wanted.items():
+        requires = phases[name].requires
+        accounts = sorted(ids)
+        lacking = set(
+            connection.execute(
+                select(ACCOUNTS.c.id).where(
+                    and_(ACCOUNTS.c.id.in_(accounts), lacks_factor(requires, ACCOUNTS.c.id))
+                )
+            ).scalars()
+        )
+        tokens: dict[int, list[TokenLine]] = {}
+        for account_id, *line in connection.execute(
+            select(
+                TOKENS.c.account_id,
+                TOKENS.c.name,
+                TOKENS.c.kind,
+                TOKENS.c.created_at,
+                TOKENS.c.last_used_at,
+            )
+            .where(and_(TOKENS.c.account_id.in_(accounts), offending_token(requires, TOKENS, now)))
+            .order_by(TOKENS.c.account_id, TOKENS.c.created_at, TOKENS.c.id)
+        ):
+            tokens.setdefault(account_id, []).append(TokenLine(*line))
+        for account_id in accounts:
+            found[(name, account_id)] = (
+                account_id in lacking,
+                tuple(tokens.get(account_id, ())),
+            )
+    return found
+
+
 def _last_sent(
     connection: Connection, plan: Plan, claimed: list[_Claimed]
 ) -> dict[tuple[int, str], list[date]]:
@@ -275,8 +324,9 @@ def _prepare(
     recipient: Recipient | None,
     packages: Mapping[tuple[str, int], tuple[str, ...]],
     suppressed: set[str],
-    last_sent: Mapping[tuple[int, str], list[date]],
+    last_sent: dict[tuple[int, str], list[date]],
     now: datetime,
+    standing: Mapping[tuple[str, int], tuple[bool, tuple[TokenLine, ...]]] | None = None,
 ) -> _Outcome | Message:
     """A message to send, or why this row ends here (skipped, or failed to render)."""
     definition = EMAILS.get(claimed.email)
@@ -284,6 +334,9 @@ def _prepare(
         return _Outcome(claimed.id, "failed", f"no email named {claimed.email!r}")
     if recipient is None:
         return _Outcome(claimed.id, "failed", f"account {claimed.account_id} no longer exists")
+    found = (standing or {}).get((claimed.phase, claimed.account_id))
+    if found is not None:
+        recipient = replace(recipient, lacks_factor=found[0], tokens=found[1])
     if not recipient.verified:
         return _Outcome(claimed.id, "skipped", UNVERIFIED)
     if recipient.address.lower() in suppressed:
@@ -305,6 +358,10 @@ def _prepare(
         rendered = render(definition, recipient, claimed.context, plan)
     except Exception as error:  # a template or context bug fails this message, not the run
         return _Outcome(claimed.id, "failed", f"render: {type(error).__name__}: {error}")
+    if days:
+        # Two emails of one kind in one batch (a caught-up day queues the reminders it
+        # missed at once): the second is judged against the first, not let through.
+        last_sent.setdefault((claimed.account_id, claimed.email), []).append(on)
     return Message(
         claimed.id,
         claimed.email,
@@ -432,8 +489,11 @@ def _next_batch(
             )
         }
         last_sent = _last_sent(connection, plan, claimed)
+        standing = _standing(connection, plan, claimed, now)
     prepared = [
-        _prepare(plan, c, recipients.get(c.account_id), packages, suppressed, last_sent, now)
+        _prepare(
+            plan, c, recipients.get(c.account_id), packages, suppressed, last_sent, now, standing
+        )
         for c in claimed
     ]
     return _Batch(
@@ -816,4 +876,10 @@ def account_recipient(
         if phase is None:
             return recipient
         packages = _packages(connection, plan, claimed)
-    return replace(recipient, packages=packages.get((plan.phase(phase).cohort, account_id), ()))
+        found = _standing(connection, plan, claimed, utc_now()).get((phase, account_id))
+    recipient = replace(
+        recipient, packages=packages.get((plan.phase(phase).cohort, account_id), ())
+    )
+    if found is not None:
+        recipient = replace(recipient, lacks_factor=found[0], tokens=found[1])
+    return recipient

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal
 
-from rollout.core.plan import Plan
+from rollout.core.plan import DEFAULT_EFFECTS, Phase, Plan, Requirements
 
 ContextFunction = Callable[["Recipient", Mapping[str, Any], Plan], dict[str, Any]]
 
@@ -31,10 +31,27 @@ class Recipient:
     verified: bool
     method: str | None  # "webauthn", "totp" or None: the strongest active 2FA factor
     packages: tuple[str, ...] = ()  # what put it in the email's cohort, if any
+    # For the email of a phase that asks more than any 2FA (a security key, no tokens of
+    # some kinds): whether the account lacks the factor the phase asks for, and its live
+    # tokens the phase forbids. None: judged by ``method`` alone, as npm 2022's phases.
+    lacks_factor: bool | None = None
+    tokens: tuple[TokenLine, ...] = ()
 
     @property
     def compliant(self) -> bool:
+        if self.lacks_factor is not None:
+            return not self.lacks_factor and not self.tokens
         return self.method is not None
+
+
+@dataclass(frozen=True)
+class TokenLine:
+    """A token that will stop working, as an email lists it."""
+
+    name: str | None
+    kind: str
+    created_at: datetime
+    last_used_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -78,13 +95,55 @@ def common(recipient: Recipient, plan: Plan) -> dict[str, Any]:
     }
 
 
-def _phase(plan: Plan, stored: Mapping[str, Any]) -> dict[str, Any]:
+def asks_only_2fa(phase: Phase) -> bool:
+    """The phase asks any second factor and does npm 2022's effects: its emails keep
+    their 2FA wording; every other phase's say what it asks and does."""
+    return phase.requires == Requirements() and tuple(phase.effects) == DEFAULT_EFFECTS
+
+
+# What each effect does to an account it acts on, as the emails say it (a noun phrase
+# that reads after "on that day:" and after "what changed:").
+EFFECT_WORDS = {
+    "require_2fa": "two-factor authentication (2FA) required to sign in and publish",
+    "revoke_sessions": "signed out of the website",
+    "revoke_tokens": "the tokens listed below revoked, which cannot be undone",
+    "warn": "a banner on the website asking you to act",
+    "close_totp_enrolment": "no new authenticator-app (TOTP) set-ups: security keys only",
+}
+# The effects that act only on an account lacking the factor the phase asks for.
+_FACTOR_EFFECTS = ("require_2fa", "revoke_sessions", "close_totp_enrolment")
+
+
+def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) -> dict[str, Any]:
     phase = plan.phase(stored["phase"])
-    return {
+    found = {
         "phase": phase.name,
         "cohort": phase.cohort,
         "cohort_description": plan.cohort(phase.cohort).description,
         "deadline": phase.enforce_on,
+        "classic": asks_only_2fa(phase),
+    }
+    if found["classic"] or r is None:
+        return found
+    lacks = r.lacks_factor if r.lacks_factor is not None else r.method is None
+    applies = {
+        effect
+        for effect in phase.effects
+        if (effect in _FACTOR_EFFECTS and lacks)
+        or (effect == "revoke_tokens" and r.tokens)
+        or effect == "warn"
+    }
+    words = dict(EFFECT_WORDS)
+    if phase.requires.two_factor == "phishing_resistant":
+        words["require_2fa"] = "a security key (WebAuthn) required to sign in and publish"
+    return {
+        **found,
+        "requirements": phase.requires.describe(),
+        "warn_only": tuple(phase.effects) == ("warn",),
+        "security_key": phase.requires.two_factor == "phishing_resistant",
+        "lacks_factor": lacks and phase.requires.two_factor != "none",
+        "tokens": list(r.tokens),
+        "your_effects": [words[e] for e in phase.effects if e in applies],
     }
 
 
@@ -103,7 +162,12 @@ def _time(value: Any) -> datetime:
     needs_packages=True,
 )
 def phase_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
-    return {**common(r, plan), **_phase(plan, stored), "packages": list(r.packages)}
+    return {
+        **common(r, plan),
+        **_phase(plan, stored, r),
+        "packages": list(r.packages),
+        "stage": "notice",
+    }
 
 
 @email(
@@ -115,9 +179,10 @@ def phase_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[st
 def reminder(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
     return {
         **common(r, plan),
-        **_phase(plan, stored),
+        **_phase(plan, stored, r),
         "packages": list(r.packages),
         "days_left": int(stored["days_before"]),
+        "stage": "reminder",
     }
 
 
@@ -127,7 +192,7 @@ def reminder(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, A
     when_compliant="adapt",
 )
 def enforcement_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
-    return {**common(r, plan), **_phase(plan, stored)}
+    return {**common(r, plan), **_phase(plan, stored, r), "stage": "enforced"}
 
 
 @email(

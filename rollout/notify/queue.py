@@ -29,8 +29,8 @@ from sqlalchemy import (
 )
 
 from rollout.core.calendar import WITHOUT_2FA, WITHOUT_2FA_NOR_ELV, audience_cohort, plan_calendar
-from rollout.core.plan import Plan
-from rollout.notify.emails import EMAILS
+from rollout.core.plan import Phase, Plan
+from rollout.notify.emails import EMAILS, asks_only_2fa
 from rollout.notify.outbox import (
     ACCOUNTS,
     COMPLIANT,
@@ -46,6 +46,7 @@ from rollout.registry.models import (
     CohortMembership,
     has_active_factor,
 )
+from rollout.registry.requirements import falls_short
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +109,16 @@ def audience(spec: str) -> Select:
     raise ValueError(f"unknown audience {spec!r}")
 
 
-def _skip_reason(email: str) -> Any:
-    """SQL: why an account gets no email at queue time, or NULL."""
+def _skip_reason(email: str, phase: Phase | None, now: datetime) -> Any:
+    """SQL: why an account gets no email at queue time, or NULL. "Compliant" means
+    meeting the phase's requirements for a phase that asks more than any 2FA."""
     suppressed = exists().where(SUPPRESSIONS.c.address == func.lower(ACCOUNTS.c.email))
     whens = [(~ACCOUNTS.c.email_verified, UNVERIFIED), (suppressed, SUPPRESSED)]
     if EMAILS[email].when_compliant == "skip":
-        whens.append((has_active_factor(ACCOUNTS.c.id), COMPLIANT))
+        if phase is not None and not asks_only_2fa(phase):
+            whens.append((~falls_short(phase.requires, ACCOUNTS.c.id, now), COMPLIANT))
+        else:
+            whens.append((has_active_factor(ACCOUNTS.c.id), COMPLIANT))
     return case(*whens, else_=None)
 
 
@@ -127,12 +132,14 @@ def queue_email(
     context: Mapping[str, Any],
     run_id: str | None,
     now: datetime,
+    requirements_of: Phase | None = None,
 ) -> int:
     """Queue (or record as skipped) one email to each account; returns rows added.
+    ``requirements_of``: the phase whose requirements decide who is compliant.
 
     An account that already has this (email, phase, occasion) keeps its row: queued,
     sent or skipped, it is never queued again."""
-    reason = _skip_reason(email)
+    reason = _skip_reason(email, requirements_of, now)
     ids = account_ids.subquery()
     rows = connection.execute(
         dialect_insert(connection, NOTIFICATIONS)
@@ -230,6 +237,11 @@ def queue_due(registry: Registry, plan: Plan, day: date, *, actor: str) -> list[
                         context={**o.context, RUN_DAY: day.isoformat()},
                         run_id=run.id,
                         now=utc_now(),
+                        requirements_of=(
+                            plan.phase(o.phase)
+                            if o.phase in {p.name for p in plan.phases}
+                            else None
+                        ),
                     )
                 outcome = QueueOutcome(o, total, added, total - added)
                 run.summary = {"audience": total, "added": added, "already": total - added}

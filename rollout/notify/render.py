@@ -73,6 +73,9 @@ def environment() -> Environment:
     )
     env.filters["day"] = _day
     env.filters["when"] = _when
+    # A value a user chose (a token's name) on one line of the plain text: a line break
+    # in it could not forge the lines after it.
+    env.filters["one_line"] = lambda value: one_line(str(value))
     return env
 
 

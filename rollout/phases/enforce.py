@@ -44,14 +44,6 @@ from rollout.core.plan import Phase, Plan
 from rollout.notify.queue import queue_phase_summary
 from rollout.notify.withdraw import Selection, withdraw_preview, withdraw_queued
 from rollout.phases.previews import PhasePreview, Target, TokenTarget
-from rollout.phases.requirements import (
-    FACTORS,
-    TOKENS,
-    factor_counts,
-    falls_short,
-    lacks_factor,
-    offending_token,
-)
 from rollout.registry import Registry
 from rollout.registry.ledger import dialect_insert, record_actions, recorded_run, utc_now
 from rollout.registry.models import (
@@ -62,6 +54,14 @@ from rollout.registry.models import (
     PhaseRequirement,
     PlanRun,
     WebSession,
+)
+from rollout.registry.requirements import (
+    FACTORS,
+    TOKENS,
+    factor_counts,
+    falls_short,
+    lacks_factor,
+    offending_token,
 )
 
 ACCOUNTS = Account.__table__

@@ -1,0 +1,255 @@
+"""The phase emails of campaigns that ask more than any 2FA (a security key, no tokens
+of some kinds, a banner first): what each recipient is told follows the phase's
+requirements and effects and the recipient's own standing: which of its tokens stop
+working (with their dates), whether it needs a security key, or nothing to do.
+
+Golden files under ``tests/golden/campaign-emails/`` (``ROLLOUT_UPDATE_GOLDEN=1``
+rewrites them, as for tests/golden/emails)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, time, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from rollout.core.clock import SimulatedClock, use_clock
+from rollout.core.plan import Plan, load_plan
+from rollout.notify.emails import Recipient, TokenLine
+from rollout.notify.render import render
+from rollout.registry import Registry
+from rollout.registry.models import Account, Notification
+from tests.test_emails import check_golden, parse_html, words
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden" / "campaign-emails"
+
+CLASSIC_TOKENS = (
+    TokenLine("ci-publish", "automation", datetime(2021, 3, 4), datetime(2025, 11, 30)),
+    TokenLine(None, "publish", datetime(2019, 8, 1), None),
+)
+RECIPIENTS = {
+    # TOTP and two classic tokens: short of a token phase, and of a security-key phase.
+    "holder": Recipient(1, "sam-example", "sam@example.com", True, "totp", ("left-pad",)),
+    # A security key and no token the phases forbid: meets every phase.
+    "compliant": Recipient(2, "kim-example", "kim@example.com", True, "webauthn", ("left-pad",)),
+    # No second factor and a publishing token.
+    "no-2fa": Recipient(3, "lee-example", "lee@example.com", True, None, ("left-pad",)),
+}
+STANDING = {
+    # (recipient, phase): (lacks the factor the phase asks for, tokens it forbids)
+    ("holder", "classic-tokens"): (False, CLASSIC_TOKENS),
+    ("compliant", "classic-tokens"): (False, ()),
+    ("no-2fa", "classic-tokens"): (False, CLASSIC_TOKENS[1:]),
+    ("holder", "totp-closed"): (True, ()),
+    ("compliant", "totp-closed"): (False, ()),
+    ("no-2fa", "totp-closed"): (True, ()),
+    ("holder", "tokens-without-2fa"): (False, ()),
+    ("compliant", "tokens-without-2fa"): (False, ()),
+    ("no-2fa", "tokens-without-2fa"): (True, CLASSIC_TOKENS[1:]),
+    ("holder", "recommended"): (False, ()),
+    ("compliant", "recommended"): (False, ()),
+    ("no-2fa", "recommended"): (True, ()),
+}
+PLANS = {
+    "classic-tokens": "npm-2025-tokens",
+    "totp-closed": "npm-2025-tokens",
+    "tokens-without-2fa": "pypi-2023",
+    "recommended": "rubygems-2022",
+}
+EMAILS = ("phase_notice", "reminder", "enforcement_notice")
+
+
+def plan_of(phase: str) -> Plan:
+    return load_plan(ROOT / "plans" / f"{PLANS[phase]}.yaml")
+
+
+def recipient(variant: str, phase: str) -> Recipient:
+    lacks, tokens = STANDING[(variant, phase)]
+    base = RECIPIENTS[variant]
+    return Recipient(
+        base.account_id,
+        base.username,
+        base.address,
+        base.verified,
+        base.method,
+        base.packages,
+        lacks_factor=lacks,
+        tokens=tokens,
+    )
+
+
+def stored(email: str, phase: str) -> dict[str, object]:
+    return {"phase": phase, "days_before": 7} if email == "reminder" else {"phase": phase}
+
+
+CASES = [
+    (email, phase, variant)
+    for email in EMAILS
+    for phase in PLANS
+    for variant in RECIPIENTS
+    # A reminder goes only to an account still short of the requirements.
+    if not (email == "reminder" and recipient(variant, phase).compliant)
+]
+
+
+@pytest.mark.parametrize(("email", "phase", "variant"), CASES, ids=["-".join(c) for c in CASES])
+def test_campaign_emails_match_the_golden_files(email: str, phase: str, variant: str) -> None:
+    rendered = render(email, recipient(variant, phase), stored(email, phase), plan_of(phase))
+    name = f"{email}-{phase}-{variant}"
+    check_golden(GOLDEN / f"{name}.txt", f"{rendered.subject}\n\n{rendered.text}")
+    check_golden(GOLDEN / f"{name}.html", rendered.html)
+
+
+def test_a_token_holder_is_told_which_tokens_stop_working_and_when() -> None:
+    rendered = render(
+        "phase_notice",
+        recipient("holder", "classic-tokens"),
+        stored("phase_notice", "classic-tokens"),
+        plan_of("classic-tokens"),
+    )
+    text = words(rendered.text)
+    assert (
+        "From Tuesday 9 December 2025, the registry requires of these accounts: - no classic tokens"
+        in text
+    )
+    assert (
+        "ci-publish, automation, created Thursday 4 March 2021, last used Sunday 30 November 2025"
+        in text
+    )
+    assert "(unnamed), publish, created Thursday 1 August 2019, never used" in text
+    # A token phase asks nothing of the factors: no 2FA advice, no sign-out.
+    assert "enable two-factor" not in text.lower() and "signed out" not in text
+    assert "cannot be undone" in text
+    assert "<td>ci-publish</td><td>automation</td>" in rendered.html
+    assert "<td>(unnamed)</td><td>publish</td>" in rendered.html
+    assert parse_html(rendered.html).tags.count("th") == 4
+
+
+def test_a_security_key_phase_tells_a_totp_user_totp_is_not_enough() -> None:
+    rendered = render(
+        "phase_notice",
+        recipient("holder", "totp-closed"),
+        stored("phase_notice", "totp-closed"),
+        plan_of("totp-closed"),
+    )
+    text = words(rendered.text)
+    assert (
+        "add a security key (WebAuthn) to your account; an authenticator app (TOTP) is not enough"
+        in text
+    )
+    assert "no new authenticator-app (TOTP) set-ups: security keys only" in text
+
+
+def test_a_compliant_account_is_thanked_and_a_warning_tier_only_recommends() -> None:
+    kim = render(
+        "enforcement_notice",
+        recipient("compliant", "classic-tokens"),
+        stored("enforcement_notice", "classic-tokens"),
+        plan_of("classic-tokens"),
+    )
+    assert "nothing for you to do" in kim.text and "Action needed" not in kim.subject
+    lee = render(
+        "phase_notice",
+        recipient("no-2fa", "recommended"),
+        stored("phase_notice", "recommended"),
+        plan_of("recommended"),
+    )
+    assert "the registry recommends of these accounts" in words(lee.text)
+    assert "a banner on the website asking you to act" in lee.text
+
+
+# --- queued and sent from the registry --------------------------------------------------
+
+
+@pytest.fixture
+def token_plan(plan: Plan) -> Plan:
+    """The reference plan whose top-100 phase is npm 2025's classic-token revocation."""
+    from rollout.core.plan import Phase
+
+    phase = plan.phase("top-100")
+    changed = Phase.model_validate(
+        {
+            **phase.model_dump(),
+            "requires": {"two_factor": "none", "no_classic_tokens": True},
+            "effects": ["revoke_tokens"],
+            "max_tokens": 100,
+        }
+    )
+    return plan.model_copy(update={"phases": [changed, *plan.phases[1:]]})
+
+
+def test_queued_from_the_registry_each_holder_hears_of_its_own_tokens(
+    registry: Registry, token_plan: Plan, factories: None, tmp_path: Path
+) -> None:
+    """A reminder goes to the accounts still holding classic tokens, whatever their 2FA
+    (an account with 2FA but a classic token is short; one without 2FA and only a
+    granular token is not), and lists each one's own tokens; hostile token names stay
+    text in the HTML."""
+    from email import message_from_bytes, policy
+
+    from rollout.notify.drain import drain
+    from rollout.notify.queue import queue_due
+    from rollout.notify.senders import FileSender
+    from tests.factories import AccountFactory, TokenFactory
+
+    holder = AccountFactory(username="holder", with_totp=True, in_cohort="top-100")
+    TokenFactory(account=holder, name="<script>alert(1)</script>", kind="publish")
+    granular_only = AccountFactory(username="granular-only", in_cohort="top-100")
+    TokenFactory(account=granular_only, granular=True, created_at=datetime(2025, 11, 1))
+    reminder_day = token_plan.phase("top-100").enforce_on - timedelta(days=3)
+    with use_clock(SimulatedClock(datetime.combine(reminder_day, time(9)))):
+        outcomes = queue_due(registry, token_plan, reminder_day, actor="rm")
+        sender = FileSender(tmp_path / "outbox", token_plan.notifications.from_address)
+        report = drain(registry, token_plan, sender)
+    # The notice and both reminders are due (missed days are caught up).
+    assert [o.occasion.email for o in outcomes] == ["phase_notice", "reminder", "reminder"]
+    with registry.engine.connect() as connection:
+        states = sorted(
+            connection.execute(
+                select(Account.username, Notification.email, Notification.state).join(
+                    Account, Account.id == Notification.account_id
+                )
+            ).all()
+        )
+    assert states == [
+        ("granular-only", "phase_notice", "sent"),  # thanked: nothing to do
+        ("granular-only", "reminder", "skipped"),
+        ("granular-only", "reminder", "skipped"),
+        ("holder", "phase_notice", "sent"),
+        ("holder", "reminder", "sent"),
+        ("holder", "reminder", "skipped"),  # the repeat window: one reminder a week
+    ]
+    assert report.sent == 3
+    bodies = {}
+    for path in (tmp_path / "outbox").iterdir():
+        parsed = message_from_bytes(path.read_bytes(), policy=policy.default)
+        [to] = parsed["To"].addresses
+        text = parsed.get_body(("plain",)).get_content()
+        html = parsed.get_body(("html",)).get_content()
+        bodies.setdefault(to.username, []).append((text, html))
+        assert "<script>" not in html
+        assert "enable two-factor" not in text.lower()
+    for text, html in bodies["holder"]:
+        assert "<script>alert(1)</script>, publish, created" in text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    [(thanks, _)] = bodies["granular-only"]
+    assert "nothing for you to do" in thanks
+
+
+def test_a_token_name_cannot_forge_lines_of_the_text_email() -> None:
+    forged = TokenLine(
+        "ci\n  - nothing else will change\r\nBcc: x", "publish", datetime(2020, 1, 1), None
+    )
+    rendered = render(
+        "phase_notice",
+        replace(recipient("holder", "classic-tokens"), tokens=(forged,)),
+        stored("phase_notice", "classic-tokens"),
+        plan_of("classic-tokens"),
+    )
+    lines = rendered.text.splitlines()
+    assert "  - nothing else will change" not in lines
+    assert not any(line.startswith("Bcc:") for line in lines)
+    assert "ci - nothing else will change Bcc: x, publish" in rendered.text
