@@ -30,6 +30,7 @@ from rollout.registry.models import (
     Notification,
     Org,
     OrgMember,
+    Team,
     TfaFactor,
     Token,
     WebSession,
@@ -232,6 +233,17 @@ class OrgMemberFactory(_Factory):
 
     class Params:
         removed = factory.Trait(removed_at=T0, removed_reason="left")
+
+
+class TeamFactory(_Factory):
+    class Meta:
+        model = Team
+        exclude = ("org",)
+
+    org = factory.SubFactory(OrgFactory)
+    org_id = factory.SelfAttribute("org.id")
+    name = factory.Sequence(lambda n: f"team{n}")
+    created_at = T0
 
 
 class NotificationFactory(_Factory):

@@ -15,6 +15,7 @@ from rollout.core.calendar import (
     UNPLANNED_STEPS,
     cohorts_step,
     org_enforcement_step,
+    org_reinvite_step,
     plan_calendar,
     unplanned_kind,
 )
@@ -26,7 +27,13 @@ from rollout.registry import Registry
 from rollout.registry.models import PlanRun
 from rollout.report.adoption import LEAD_DAYS, LEAD_UP_TO, adoption_since
 from rollout.report.reporting import plan_milestones
-from tests.factories import AccountFactory, OrgFactory, OrgMemberFactory
+from tests.factories import (
+    AccountFactory,
+    FactorFactory,
+    OrgFactory,
+    OrgMemberFactory,
+    TeamFactory,
+)
 
 PLANS = Path(__file__).resolve().parent.parent / "plans"
 REFERENCE = load_plan(PLANS / "npm-2022.yaml")
@@ -165,12 +172,18 @@ def test_every_reader_is_a_filter_of_the_calendar(shape: str) -> None:
 def test_unplanned_steps_are_recognised_and_calendar_steps_are_not() -> None:
     assert unplanned_kind("brownouts schedule") == "brownouts schedule"
     assert unplanned_kind(org_enforcement_step("acme")) == "org enforcement"
+    assert unplanned_kind(org_reinvite_step("acme")) == "org invitations"
     assert unplanned_kind(cohorts_step(date(2021, 12, 15))) == "cohorts"
     assert unplanned_kind("cohorts someday") is None
     for step in plan_calendar(REFERENCE):
         if step.kind != "cohorts":
             assert unplanned_kind(step.key) is None, step.key
-    assert set(UNPLANNED_STEPS) == {"cohorts", "brownouts schedule", "org enforcement"}
+    assert set(UNPLANNED_STEPS) == {
+        "cohorts",
+        "brownouts schedule",
+        "org enforcement",
+        "org invitations",
+    }
 
 
 def test_every_run_in_plan_runs_is_a_calendar_step_or_unplanned(
@@ -179,7 +192,11 @@ def test_every_run_in_plan_runs_is_a_calendar_step_or_unplanned(
     AccountFactory(username="ann", in_cohort="top-100", sessions=1)
     AccountFactory(username="ben", with_totp=True, in_cohort="top-100")
     owner = AccountFactory(username="ola", with_totp=True)
-    OrgMemberFactory(org=OrgFactory(name="acme"), account=owner, role="owner")
+    acme = OrgFactory(name="acme")
+    OrgMemberFactory(org=acme, account=owner, role="owner")
+    returning = AccountFactory(username="rex")
+    OrgMemberFactory(org=acme, account=returning)
+    TeamFactory(org=acme, name="release")
     # Every job that records a run, as the deployments run them (the cohort builds,
     # which need the warehouse, are checked in the story: tests/test_story.py).
     brownouts.schedule(registry, plan, actor="rm")
@@ -191,13 +208,15 @@ def test_every_run_in_plan_runs_is_a_calendar_step_or_unplanned(
     enforce.rollback_phase(registry, plan, "top-100", actor="rm")
     brownouts.enroll_all(registry, actor="rm")
     orgs.enforce_org(registry, "acme", confirm="acme", owner="ola", actor="rm")
+    FactorFactory(account=returning)  # rex enables 2FA and is invited back
+    orgs.reinvite(registry, "acme", "release", owner="ola", confirm="acme", expect=1, actor="rm")
 
     with registry.engine.connect() as connection:
         recorded = set(connection.execute(select(PlanRun.step).distinct()).scalars())
     calendar = {s.key for s in plan_calendar(plan) if s.key}
     unplanned = {step: unplanned_kind(step) for step in recorded - calendar}
     assert None not in unplanned.values(), unplanned
-    assert set(unplanned.values()) == {"brownouts schedule", "org enforcement"}
+    assert set(unplanned.values()) == {"brownouts schedule", "org enforcement", "org invitations"}
     # And the other way: every keyed step but the cohort days (above) has its runs; a
     # brown-out's state is its window's (brownout_windows), not a run's.
     keyed = {s.key for s in plan_calendar(plan) if s.key and s.kind not in ("cohorts", "brownout")}

@@ -23,14 +23,18 @@ from rollout.core.plan import Plan
 from rollout.demo.sample import generate_sample
 from rollout.notify import outbox
 from rollout.notify.queue import queue_due
-from rollout.phases import brownouts, enforce
+from rollout.phases import brownouts, enforce, orgs
 from rollout.registry import Registry, migrate
 from rollout.registry.engine import make_engine
 from rollout.registry.models import Base
 from tests.factories import (
     AccountFactory,
     CohortPackageFactory,
+    FactorFactory,
     NotificationFactory,
+    OrgFactory,
+    OrgMemberFactory,
+    TeamFactory,
     TokenFactory,
     bound_to,
 )
@@ -121,7 +125,30 @@ def populated(empty_registry_url: str, tmp_path: Path, plan: Plan) -> Iterator[E
             AccountFactory(sessions=2, in_cohort=PHASE)
         AccountFactory(with_totp=True, sessions=1, in_cohort=PHASE)
         CohortPackageFactory(cohort=PHASE)
+        # An org whose enforcement removes a member, who then enables 2FA and is
+        # invited back (org_invitations).
+        org = OrgFactory(name="rehearsal-org")
+        OrgMemberFactory(
+            org=org, account=AccountFactory(username="org-owner", with_totp=True), role="owner"
+        )
+        returning = AccountFactory(username="org-returning")
+        OrgMemberFactory(org=org, account=returning)
+        TeamFactory(org=org, name="release")
     with registry:
+        orgs.enforce_org(
+            registry, "rehearsal-org", confirm="rehearsal-org", owner="org-owner", actor="rehearsal"
+        )
+        with bound_to(engine):
+            FactorFactory(account_id=returning.id)
+        orgs.reinvite(
+            registry,
+            "rehearsal-org",
+            "release",
+            owner="org-owner",
+            confirm="rehearsal-org",
+            expect=1,
+            actor="rehearsal",
+        )
         brownouts.schedule(registry, plan, actor="rehearsal")
         outbox.suppress(registry, "nobody@example.com", reason="bounced", actor="rehearsal")
         # The notice, then both reminders (14 and 3 days before 2022-02-01): one account,

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import func, select
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+import pytest
+from sqlalchemy import func, select, update
+from typer.testing import CliRunner
+
+from rollout.cli import app
+from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.phases import orgs
 from rollout.registry import Registry
-from rollout.registry.models import Account, Action, Notification, Org
-from tests.factories import AccountFactory, OrgFactory, OrgMemberFactory
+from rollout.registry.models import Account, Action, Notification, Org, OrgMember
+from tests.factories import (
+    AccountFactory,
+    FactorFactory,
+    OrgFactory,
+    OrgMemberFactory,
+    TeamFactory,
+)
+from tests.support.env import without_rollout_settings
 
 
 @pytest.fixture
@@ -94,3 +109,168 @@ def test_enforce_removes_members_without_2fa_once(registry: Registry, acme: dict
     assert (again.removed, again.already_enforced) == ([], True)
     with registry.engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(Action)).scalar_one() == 3
+
+
+# --- invitations back ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def enforced(registry: Registry, acme: dict[str, int]) -> dict[str, int]:
+    """acme enforced (bo and di removed), then di enabled TOTP; a release team."""
+    orgs.enforce_org(registry, "acme", confirm="acme", owner="ada", actor="t")
+    FactorFactory(account_id=acme["di"], kind="totp", created_at=datetime(2022, 2, 2))
+    TeamFactory(org_id=_org(registry), name="release")
+    return acme
+
+
+def _org(registry: Registry) -> int:
+    with registry.engine.connect() as connection:
+        return connection.execute(select(Org.id).where(Org.name == "acme")).scalar_one()
+
+
+def test_only_members_enforcement_removed_who_now_use_2fa_are_invited_back(
+    registry: Registry, enforced: dict[str, int]
+) -> None:
+    # bo: removed, still no 2FA. ed: left on their own before. di: removed, now TOTP.
+    assert [i.username for i in orgs.reinvite_preview(registry, "acme", "release")] == ["di"]
+    with pytest.raises(BadInput, match=r"no team 'devs' in org acme \(teams: release\)"):
+        orgs.reinvite_preview(registry, "acme", "devs")
+
+
+def test_reinvite_is_guarded_and_happens_once(registry: Registry, enforced: dict[str, int]) -> None:
+    with pytest.raises(GuardRefused, match="--confirm acme"):
+        orgs.reinvite(registry, "acme", "release", owner="ada", confirm="x", expect=1, actor="t")
+    with pytest.raises(GuardRefused, match="cy is not an owner"):
+        orgs.reinvite(registry, "acme", "release", owner="cy", confirm="acme", expect=1, actor="t")
+    with pytest.raises(GuardRefused, match="1 members to invite back, not the 2 expected"):
+        orgs.reinvite(registry, "acme", "release", owner="ada", confirm="acme", expect=2, actor="t")
+
+    done = orgs.reinvite(
+        registry, "acme", "release", owner="ada", confirm="acme", expect=1, actor="t"
+    )
+    assert (done.invited, done.emails_queued) == (["di"], 1)
+    # Pending now: a second run finds nobody to invite, and changes nothing.
+    assert orgs.reinvite_preview(registry, "acme", "release") == []
+    again = orgs.reinvite(
+        registry, "acme", "release", owner="ada", confirm="acme", expect=0, actor="t"
+    )
+    assert (again.invited, again.emails_queued) == ([], 0)
+    [invitation] = orgs.invitations(registry, "acme", actor="t")
+    assert (invitation.username, invitation.team, invitation.state, invitation.invited_by) == (
+        "di",
+        "release",
+        "pending",
+        "ada",
+    )
+    assert invitation.expires_at - invitation.created_at == timedelta(days=orgs.INVITATION_DAYS)
+    with registry.engine.connect() as connection:
+        emails = (
+            connection.execute(
+                select(Notification.context).where(Notification.email == "org_invitation")
+            )
+            .scalars()
+            .all()
+        )
+        sent = connection.execute(
+            select(func.count()).select_from(Action).where(Action.action == "org_invitation_sent")
+        ).scalar_one()
+    assert [(e["org"], e["team"], e["invited_by"]) for e in emails] == [("acme", "release", "ada")]
+    assert sent == 1
+
+
+def test_invitations_are_recorded_accepted_or_expired(
+    registry: Registry, enforced: dict[str, int]
+) -> None:
+    start = datetime(2022, 3, 1, 10)
+    with use_clock(SimulatedClock(start)):
+        orgs.reinvite(registry, "acme", "release", owner="ada", confirm="acme", expect=1, actor="t")
+    # di accepts: the registry makes them a member again.
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(OrgMember)
+            .where(OrgMember.account_id == enforced["di"])
+            .values(removed_at=None, removed_reason=None, joined_at=start + timedelta(days=1))
+        )
+    with use_clock(SimulatedClock(start + timedelta(days=2))):
+        [accepted] = orgs.invitations(registry, "acme", actor="t")
+    assert accepted.state == "accepted"
+
+    # bo enables 2FA later, is invited, and lets the invitation lapse.
+    FactorFactory(account_id=enforced["bo"], kind="webauthn", created_at=start)
+    with use_clock(SimulatedClock(start + timedelta(days=3))):
+        orgs.reinvite(registry, "acme", "release", owner="ada", confirm="acme", expect=1, actor="t")
+    late = start + timedelta(days=3 + orgs.INVITATION_DAYS, seconds=1)
+    with use_clock(SimulatedClock(late)):
+        states = {i.username: i.state for i in orgs.invitations(registry, "acme", actor="t")}
+        # Expired: bo may be invited again.
+        assert [i.username for i in orgs.reinvite_preview(registry, "acme", "release")] == ["bo"]
+    assert states == {"di": "accepted", "bo": "expired"}
+    with registry.engine.connect() as connection:
+        audit = sorted(
+            connection.execute(
+                select(Action.action).where(Action.action.like("org_invitation_%"))
+            ).scalars()
+        )
+    assert audit == [
+        "org_invitation_accepted",
+        "org_invitation_expired",
+        "org_invitation_sent",
+        "org_invitation_sent",
+    ]
+
+
+def test_reinvite_from_the_command_line(
+    registry_url: str,
+    enforced: dict[str, int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    without_rollout_settings(monkeypatch)
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path))
+    runner = CliRunner()
+
+    def run(*args: str) -> Any:
+        return runner.invoke(app, list(args))
+
+    preview = run("orgs", "reinvite", "acme", "--team", "release", "--format", "json")
+    assert preview.exit_code == 0, preview.stderr
+    assert [m["username"] for m in json.loads(preview.stdout)] == ["di"]
+    assert "--owner YOU --confirm acme --expect 1" in preview.stderr
+    assert run("orgs", "reinvite", "acme", "--team", "release", "--confirm", "acme").exit_code == 2
+    assert run("orgs", "reinvite", "acme", "--team", "nope").exit_code == 2
+    moved = run(
+        "orgs",
+        "reinvite",
+        "acme",
+        "--team",
+        "release",
+        "--owner",
+        "ada",
+        "--confirm",
+        "acme",
+        "--expect",
+        "2",
+    )
+    assert moved.exit_code == 3 and "not the 2 expected" in moved.stderr
+    done = run(
+        "orgs",
+        "reinvite",
+        "acme",
+        "--team",
+        "release",
+        "--owner",
+        "ada",
+        "--confirm",
+        "acme",
+        "--expect",
+        "1",
+        "--format",
+        "json",
+    )
+    assert done.exit_code == 0, done.stderr
+    assert json.loads(done.stdout)["invited_members"] == "di"
+    listed = json.loads(run("orgs", "invitations", "acme", "--format", "json").stdout)
+    assert [(i["username"], i["team"], i["state"]) for i in listed] == [
+        ("di", "release", "pending")
+    ]

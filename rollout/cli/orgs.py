@@ -1,4 +1,5 @@
-"""`rollout orgs`: audit an org's members, turn its 2FA enforcement on."""
+"""`rollout orgs`: audit an org's members, turn its 2FA enforcement on, invite removed
+members back."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from rollout.core.output import Format, emit, emit_record, stderr
 
 # --- orgs ----------------------------------------------------------------------------------
 
-orgs_app = typer.Typer(help="Org 2FA: audit members, turn enforcement on.", no_args_is_help=True)
+orgs_app = typer.Typer(
+    help="Org 2FA: audit members, turn enforcement on, invite removed members back.",
+    no_args_is_help=True,
+)
 app.add_typer(orgs_app, name="orgs")
 
 
@@ -116,4 +120,90 @@ def orgs_enforce(
         },
         fmt,
         title=f"{org}: 2FA enforced",
+    )
+
+
+@orgs_app.command("reinvite")
+@reports_errors
+def orgs_reinvite(
+    ctx: typer.Context,
+    org: Annotated[str, typer.Argument(help="The org's name.")],
+    team: Annotated[str, typer.Option(help="The team the invitations are to.")],
+    confirm: Annotated[
+        str | None, typer.Option(help="The org's name typed back: applies (without: preview only).")
+    ] = None,
+    owner: Annotated[str | None, typer.Option(help="The owner inviting (must use 2FA).")] = None,
+    expect: Annotated[
+        int | None, typer.Option(min=0, help="The count the preview showed, typed back.")
+    ] = None,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Invite back into a team the members org enforcement removed who now use 2FA."""
+    from rollout.phases.orgs import INVITATION_DAYS, reinvite, reinvite_preview
+
+    runtime = _runtime(ctx)
+    settings = runtime.settings
+    invitees = reinvite_preview(runtime.registry, org, team)
+    if confirm is None:
+        emit(
+            [{"username": i.username, "removed_at": i.removed_at} for i in invitees],
+            fmt,
+            title=f"{org}: {len(invitees)} removed members now use 2FA",
+            columns=["username", "removed_at"],
+        )
+        stderr.print(
+            f"preview only: to invite these {len(invitees)} back into team {team} (the "
+            f"invitations stay open {INVITATION_DAYS} days) run rollout orgs reinvite {org} "
+            f"--team {team} --owner YOU --confirm {org} --expect {len(invitees)}",
+            highlight=False,
+        )
+        return
+    if owner is None or expect is None:
+        raise RolloutError(
+            "--confirm needs --owner (the owner inviting) and --expect N (the count the "
+            "preview showed)"
+        ).with_exit(EXIT_BAD_INPUT)
+    result = reinvite(
+        runtime.registry,
+        org,
+        team,
+        owner=owner,
+        confirm=confirm,
+        expect=expect,
+        actor=settings.actor,
+    )
+    emit_record(
+        {
+            "org": result.org,
+            "team": result.team,
+            "run_id": result.run_id,
+            "invited": len(result.invited),
+            "invited_members": ", ".join(result.invited) or "none",
+            "emails_queued": result.emails_queued,
+            "expires_at": result.expires_at,
+        },
+        fmt,
+        title=f"{org}: invitations back into team {team}",
+    )
+
+
+@orgs_app.command("invitations")
+@reports_errors
+def orgs_invitations(
+    ctx: typer.Context,
+    org: Annotated[str, typer.Argument(help="The org's name.")],
+    fmt: FormatOption = Format.table,
+) -> None:
+    """The org's invitations back and their state (pending, accepted, expired); records
+    first those accepted or expired since."""
+    from rollout.phases.orgs import invitations
+
+    runtime = _runtime(ctx)
+    found = invitations(runtime.registry, org, actor=runtime.settings.actor)
+    columns = ["username", "team", "state", "invited_by", "created_at", "expires_at", "settled_at"]
+    emit(
+        [{c: getattr(i, c) for c in columns} for i in found],
+        fmt,
+        title=f"{org}: {len(found)} invitations",
+        columns=columns,
     )

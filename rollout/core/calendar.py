@@ -65,6 +65,7 @@ ENROLL_ALL_STEP = "enroll all"
 BROWNOUTS_SCHEDULE_STEP = "brownouts schedule"
 _COHORTS = "cohorts "
 _ORG_ENFORCEMENT = "enforce "
+_ORG_REINVITE = "reinvite "
 
 
 def phase_step(phase: str) -> str:
@@ -98,6 +99,11 @@ def org_enforcement_step(org: str) -> str:
     return f"{_ORG_ENFORCEMENT}{org}"
 
 
+def org_reinvite_step(org: str) -> str:
+    """An org owner's invitations back of the members its enforcement removed."""
+    return f"{_ORG_REINVITE}{org}"
+
+
 # Runs that plan_runs records for no dated step of the calendar, by kind, and why the
 # calendar leaves them out.
 UNPLANNED_STEPS: Mapping[str, str] = {
@@ -106,6 +112,8 @@ UNPLANNED_STEPS: Mapping[str, str] = {
     "brownouts schedule": "creating or moving the plan's brown-out windows is setup, run "
     "whenever the plan changes; each window itself is a dated step",
     "org enforcement": "an org owner turns 2FA enforcement on when they choose: no plan dates it",
+    "org invitations": "an org owner invites removed members back when they choose: no plan "
+    "dates it",
 }
 
 
@@ -116,6 +124,8 @@ def unplanned_kind(key: str) -> str | None:
         return "brownouts schedule"
     if key.startswith(_ORG_ENFORCEMENT):
         return "org enforcement"
+    if key.startswith(_ORG_REINVITE):
+        return "org invitations"
     if key.startswith(_COHORTS):
         try:
             date.fromisoformat(key.removeprefix(_COHORTS))

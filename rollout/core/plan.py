@@ -87,6 +87,7 @@ EmailName = Literal[
     "brownout_heads_up",
     "elv_enrollment",
     "org_removal_notice",
+    "org_invitation",
     "org_enforcement_summary",
     "phase_summary",
 ]

@@ -228,6 +228,21 @@ def org_removal_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> d
 
 
 @email(
+    "org_invitation",
+    "an org that removed this account for lacking 2FA invites it back to a team",
+    when_compliant="adapt",
+)
+def org_invitation(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
+    return {
+        **common(r, plan),
+        "org": stored["org"],
+        "team": stored["team"],
+        "invited_by": stored["invited_by"],
+        "expires_at": _time(stored["expires_at"]),
+    }
+
+
+@email(
     "org_enforcement_summary",
     "to an org's owners: 2FA enforcement is on, who was removed",
     when_compliant="adapt",

@@ -67,6 +67,13 @@ def example_stored(email: str, plan: Plan) -> dict[str, Any]:
         return {"enrolled_on": plan.elv.enroll_all_on.isoformat()}
     if email == "org_removal_notice":
         return {"org": "example-org"}
+    if email == "org_invitation":
+        return {
+            "org": "example-org",
+            "team": "release-team",
+            "invited_by": "lee-example",
+            "expires_at": "2022-03-08T10:00:00",
+        }
     if email == "org_enforcement_summary":
         return {"org": "example-org", "removed": ["sam-example", "lee-example"]}
     if email == "phase_summary":

@@ -1,19 +1,22 @@
-"""Org 2FA enforcement: what an org owner audits and turns on.
+"""Org 2FA enforcement: what an org owner audits and turns on, and who comes back.
 
 ``audit_org`` lists every current member with its 2FA status and method.
 ``enforce_org`` turns enforcement on for an org: only an owner who uses 2FA may, only
 after the org's name is typed back, and then every current member without 2FA is
 removed (with a notice), the owners get a summary, and every effect is audited once.
+``reinvite`` invites the members it removed who have since enabled 2FA back into a
+team the owner chooses, previewed and confirmed the same way; ``settle_invitations``
+records the invitations accepted (a member again) or expired.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, and_, case, func, select, update
+from sqlalchemy import Connection, Engine, and_, case, exists, func, select, update
 
-from rollout.core.calendar import org_enforcement_step
+from rollout.core.calendar import org_enforcement_step, org_reinvite_step
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.registry import Registry
 from rollout.registry.ledger import (
@@ -26,7 +29,9 @@ from rollout.registry.models import (
     Account,
     Notification,
     Org,
+    OrgInvitation,
     OrgMember,
+    Team,
     TfaFactor,
     has_active_factor,
 )
@@ -34,8 +39,18 @@ from rollout.registry.models import (
 ORGS = Org.__table__
 MEMBERS = OrgMember.__table__
 NOTIFICATIONS = Notification.__table__
+INVITATIONS = OrgInvitation.__table__
 REMOVAL_EMAIL = "org_removal_notice"
 SUMMARY_EMAIL = "org_enforcement_summary"
+INVITATION_EMAIL = "org_invitation"
+# How long an invitation back stays open (GitHub's org invitations: 7 days).
+INVITATION_DAYS = 7
+
+
+def removal_reason(org: str) -> str:
+    """What org enforcement records as a removed member's reason: how a reinvitation
+    finds the members enforcement removed (not those who left or were removed by hand)."""
+    return f"org {org} requires 2FA"
 
 
 @dataclass(frozen=True)
@@ -112,6 +127,16 @@ def enforcement_preview(registry: Registry, org: str) -> list[Member]:
     return [m for m in audit_org(registry, org) if m.tfa_status == "none"]
 
 
+def _acting_owner(members: list[Member], org: str, owner: str, doing: str) -> Member:
+    """The owner acting, who must be an owner of the org and use 2FA."""
+    acting = next((m for m in members if m.username == owner), None)
+    if acting is None or acting.role != "owner":
+        raise GuardRefused(f"{owner} is not an owner of {org}")
+    if acting.tfa_status == "none":
+        raise GuardRefused(f"{owner} has no 2FA: an owner must enable 2FA before {doing} {org}")
+    return acting
+
+
 def enforce_org(
     registry: Registry, org: str, *, confirm: str, owner: str, actor: str
 ) -> OrgEnforcement:
@@ -122,16 +147,10 @@ def enforce_org(
         engine = registry.engine
         org_id, enforced_at = _org_id(engine, org)
         members = audit_org(registry, org)
-        acting = next((m for m in members if m.username == owner), None)
-        if acting is None or acting.role != "owner":
-            raise GuardRefused(f"{owner} is not an owner of {org}")
-        if acting.tfa_status == "none":
-            raise GuardRefused(
-                f"{owner} has no 2FA: an owner must enable 2FA before enforcing it on {org}"
-            )
+        acting = _acting_owner(members, org, owner, "enforcing it on")
         to_remove = [m for m in members if m.tfa_status == "none"]
         owners = [m for m in members if m.role == "owner" and m.tfa_status != "none"]
-        reason = f"org {org} requires 2FA"
+        reason = removal_reason(org)
         now = utc_now()
         with recorded_run(
             engine,
@@ -237,3 +256,262 @@ def enforce_org(
                 )
             run.summary = {"removed": len(removed), "owners_notified": notified}
         return OrgEnforcement(org, run_id, removed_names, notified, enforced_at is not None)
+
+
+# --- invitations back ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Invitee:
+    """A member org enforcement removed who has since enabled 2FA."""
+
+    account_id: int
+    username: str
+    removed_at: datetime
+
+
+@dataclass
+class Reinvitation:
+    org: str
+    team: str
+    run_id: str
+    invited: list[str]
+    emails_queued: int
+    expires_at: datetime
+
+
+def _team_id(connection: Connection, org_id: int, org: str, team: str) -> int:
+    teams = dict(connection.execute(select(Team.name, Team.id).where(Team.org_id == org_id)).all())
+    if team not in teams:
+        known = ", ".join(sorted(teams)) or "none"
+        raise BadInput(None, None, f"no team {team!r} in org {org} (teams: {known})")
+    return int(teams[team])
+
+
+def reinvite_preview(registry: Registry, org: str, team: str) -> list[Invitee]:
+    """Whom ``reinvite`` would invite into ``team``: the members org enforcement removed,
+    not members again, who now have a 2FA factor and no pending invitation. Reads only."""
+    engine = registry.engine
+    org_id, _ = _org_id(engine, org)
+    with engine.connect() as connection:
+        _team_id(connection, org_id, org, team)
+        return _invitees(connection, org_id, org, utc_now())
+
+
+def _invitees(connection: Connection, org_id: int, org: str, now: datetime) -> list[Invitee]:
+    pending = exists().where(
+        and_(
+            INVITATIONS.c.org_id == org_id,
+            INVITATIONS.c.account_id == MEMBERS.c.account_id,
+            INVITATIONS.c.state == "pending",
+            INVITATIONS.c.expires_at > now,
+        )
+    )
+    query = (
+        select(Account.id, Account.username, MEMBERS.c.removed_at)
+        .join(MEMBERS, MEMBERS.c.account_id == Account.id)
+        .where(
+            and_(
+                MEMBERS.c.org_id == org_id,
+                MEMBERS.c.removed_at.is_not(None),
+                MEMBERS.c.removed_reason == removal_reason(org),
+                has_active_factor(Account.id),
+                ~pending,
+            )
+        )
+        .order_by(Account.username)
+    )
+    return [Invitee(*row) for row in connection.execute(query)]
+
+
+def settle_invitations(
+    connection: Connection, org_id: int, org: str, *, now: datetime, actor: str, run_id: str | None
+) -> dict[str, int]:
+    """Record the pending invitations of ``org`` that were accepted (the account is a
+    member again) or expired, each once, audited. Returns how many of each."""
+    member_again = exists().where(
+        and_(
+            MEMBERS.c.org_id == org_id,
+            MEMBERS.c.account_id == INVITATIONS.c.account_id,
+            MEMBERS.c.removed_at.is_(None),
+        )
+    )
+    settled = {}
+    for state, condition in (
+        ("accepted", member_again),
+        ("expired", INVITATIONS.c.expires_at <= now),
+    ):
+        rows = connection.execute(
+            update(INVITATIONS)
+            .where(
+                and_(INVITATIONS.c.org_id == org_id, INVITATIONS.c.state == "pending", condition)
+            )
+            .values(state=state, settled_at=now)
+            .returning(INVITATIONS.c.id, INVITATIONS.c.account_id)
+        ).all()
+        record_actions(
+            connection,
+            [
+                {
+                    "effect_key": f"org-invitation-{state}:{invitation_id}",
+                    "action": f"org_invitation_{state}",
+                    "account_id": account_id,
+                    "subject": f"org:{org}",
+                    "reason": f"invitation back into org {org} {state}",
+                    "actor": actor,
+                    "run_id": run_id,
+                    "created_at": now,
+                }
+                for invitation_id, account_id in rows
+            ],
+        )
+        settled[state] = len(rows)
+    return settled
+
+
+def reinvite(
+    registry: Registry,
+    org: str,
+    team: str,
+    *,
+    owner: str,
+    confirm: str,
+    expect: int,
+    actor: str,
+) -> Reinvitation:
+    """Invite back into ``team`` of ``org`` exactly the previewed members (enforcement
+    removed them; they now use 2FA), as ``owner``: one pending invitation each, open
+    for INVITATION_DAYS, emailed and audited, each once across reruns."""
+    if confirm != org:
+        raise GuardRefused(f"type the org's name back to confirm: --confirm {org}")
+    with registry.lock("orgs"):
+        engine = registry.engine
+        org_id, _ = _org_id(engine, org)
+        _acting_owner(audit_org(registry, org), org, owner, "inviting members back to")
+        now = utc_now()
+        with engine.connect() as connection:
+            team_id = _team_id(connection, org_id, org, team)
+            invitees = _invitees(connection, org_id, org, now)
+        if len(invitees) != expect:
+            raise GuardRefused(
+                f"org {org} has {len(invitees)} members to invite back, not the {expect} "
+                f"expected: run `rollout orgs reinvite {org} --team {team}` and check"
+            )
+        expires_at = now + timedelta(days=INVITATION_DAYS)
+        with recorded_run(
+            engine,
+            plan="orgs",
+            step=org_reinvite_step(org),
+            mode="apply",
+            actor=actor,
+            lock="orgs",
+            parameters={"org": org, "team": team, "owner": owner, "expect": expect},
+        ) as run:
+            with engine.begin() as connection:
+                settle_invitations(connection, org_id, org, now=now, actor=actor, run_id=run.id)
+                invited = insert_ignoring_existing(
+                    connection,
+                    INVITATIONS,
+                    [
+                        {
+                            "org_id": org_id,
+                            "account_id": i.account_id,
+                            "team_id": team_id,
+                            "state": "pending",
+                            "invited_by": owner,
+                            "created_at": now,
+                            "expires_at": expires_at,
+                            "run_id": run.id,
+                        }
+                        for i in invitees
+                    ],
+                    ["org_id", "account_id"],
+                    index_where=INVITATIONS.c.state == "pending",
+                )
+                rows = connection.execute(
+                    select(INVITATIONS.c.id, INVITATIONS.c.account_id).where(
+                        and_(INVITATIONS.c.org_id == org_id, INVITATIONS.c.run_id == run.id)
+                    )
+                ).all()
+                emails = insert_ignoring_existing(
+                    connection,
+                    NOTIFICATIONS,
+                    [
+                        {
+                            "account_id": account_id,
+                            "email": INVITATION_EMAIL,
+                            "phase": f"org:{org}",
+                            "occasion": f"invitation:{invitation_id}",
+                            "state": "queued",
+                            "context": {
+                                "org": org,
+                                "team": team,
+                                "invited_by": owner,
+                                "expires_at": expires_at.isoformat(),
+                            },
+                            "attempts": 0,
+                            "run_id": run.id,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for invitation_id, account_id in rows
+                    ],
+                    ["account_id", "email", "phase", "occasion"],
+                )
+                record_actions(
+                    connection,
+                    [
+                        {
+                            "effect_key": f"org-invitation-sent:{invitation_id}",
+                            "action": "org_invitation_sent",
+                            "account_id": account_id,
+                            "subject": f"org:{org}",
+                            "reason": f"invited back into team {team} of org {org} by {owner}",
+                            "actor": actor,
+                            "run_id": run.id,
+                            "created_at": now,
+                        }
+                        for invitation_id, account_id in rows
+                    ],
+                )
+            run.summary = {"invited": invited, "emails_queued": emails}
+        by_id = {i.account_id: i.username for i in invitees}
+        names = sorted(by_id[account_id] for _, account_id in rows)
+        return Reinvitation(org, team, run.id, names, emails, expires_at)
+
+
+@dataclass(frozen=True)
+class Invitation:
+    username: str
+    team: str
+    state: str
+    invited_by: str
+    created_at: datetime
+    expires_at: datetime
+    settled_at: datetime | None
+
+
+def invitations(registry: Registry, org: str, *, actor: str) -> list[Invitation]:
+    """The org's invitations back, newest first, after recording those accepted or
+    expired since (``settle_invitations``)."""
+    engine = registry.engine
+    org_id, _ = _org_id(engine, org)
+    with registry.lock("orgs"), engine.begin() as connection:
+        settle_invitations(connection, org_id, org, now=utc_now(), actor=actor, run_id=None)
+    query = (
+        select(
+            Account.username,
+            Team.name,
+            INVITATIONS.c.state,
+            INVITATIONS.c.invited_by,
+            INVITATIONS.c.created_at,
+            INVITATIONS.c.expires_at,
+            INVITATIONS.c.settled_at,
+        )
+        .join(Account, Account.id == INVITATIONS.c.account_id)
+        .join(Team, Team.id == INVITATIONS.c.team_id)
+        .where(INVITATIONS.c.org_id == org_id)
+        .order_by(INVITATIONS.c.created_at.desc(), Account.username)
+    )
+    with engine.connect() as connection:
+        return [Invitation(*row) for row in connection.execute(query)]

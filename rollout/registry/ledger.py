@@ -32,9 +32,15 @@ def dialect_insert(connection: Connection, table: Table) -> Any:
 
 
 def insert_ignoring_existing(
-    connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]
+    connection: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    *,
+    index_where: Any = None,
 ) -> int:
-    """Insert rows whose natural key is new; returns how many were inserted."""
+    """Insert rows whose natural key is new; returns how many were inserted.
+    ``index_where``: the condition of a partial unique index over ``keys``."""
     if not rows:
         return 0
     columns = set(rows[0])
@@ -44,7 +50,7 @@ def insert_ignoring_existing(
     key = next(iter(table.primary_key.columns))
     statement = (
         dialect_insert(connection, table)
-        .on_conflict_do_nothing(index_elements=list(keys))
+        .on_conflict_do_nothing(index_elements=list(keys), index_where=index_where)
         .returning(key)
     )
     return len(connection.execute(statement, list(rows)).all())

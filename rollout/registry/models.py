@@ -49,6 +49,7 @@ TOKEN_KINDS = (*CLASSIC_TOKEN_KINDS, "granular")
 ORG_ROLES = ("owner", "admin", "developer")
 TEAM_PERMISSIONS = ("read", "write")
 NOTIFICATION_STATES = ("queued", "sending", "sent", "failed", "skipped")
+INVITATION_STATES = ("pending", "accepted", "expired")
 PLAN_RUN_MODES = ("preview", "apply", "rollback")
 PLAN_RUN_STATES = ("running", "succeeded", "failed")
 REGISTRY_KINDS = ("sample",)
@@ -211,6 +212,40 @@ class OrgMember(Base):
     removed_at: Mapped[datetime | None] = mapped_column(DateTime)
     # Names the org (up to 214 characters).
     removed_reason: Mapped[str | None] = mapped_column(String(300))
+
+
+class OrgInvitation(Base):
+    """An invitation back into an org, to a team an owner chose, for a member that org
+    enforcement removed and who has since enabled 2FA (``rollout orgs reinvite``). The
+    registry's site shows the pending ones; the ledger records when each was accepted
+    (the account is a member again) or expired. No foreign keys, as the other ledger
+    tables: they outlive what they name."""
+
+    __tablename__ = "org_invitations"
+    __table_args__ = (
+        CheckConstraint(_one_of("state", INVITATION_STATES), name="state"),
+        # At most one pending invitation per org and account: inviting again, or a
+        # rerun after a crash, adds none.
+        Index(
+            "uq_org_invitations_pending",
+            "org_id",
+            "account_id",
+            unique=True,
+            sqlite_where=text("state = 'pending'"),
+            postgresql_where=text("state = 'pending'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    org_id: Mapped[int] = mapped_column(Id)
+    account_id: Mapped[int] = mapped_column(Id)
+    team_id: Mapped[int] = mapped_column(Id)
+    state: Mapped[str] = mapped_column(String(16))
+    invited_by: Mapped[str] = mapped_column(String(214))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    settled_at: Mapped[datetime | None] = mapped_column(DateTime)
+    run_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class Team(Base):
@@ -496,6 +531,7 @@ LEDGER_TABLES: tuple[str, ...] = (
     "notifications",
     "email_suppressions",
     "brownout_windows",
+    "org_invitations",
 )
 
 

@@ -46,10 +46,14 @@ def run_migrations_online() -> None:
                 if sqlite:
                     connection.exec_driver_sql("BEGIN")
                 context.run_migrations()
-                if "registry_changes" in sa.inspect(connection).get_table_names():
+                existing = set(sa.inspect(connection).get_table_names())
+                if "registry_changes" in existing:
                     # Idempotent; after every run, because a migration that copies a
-                    # table on SQLite drops the table's change triggers with it.
-                    for statement in changes.install_sql(sqlite):
+                    # table on SQLite drops the table's change triggers with it. Only
+                    # the tables this revision has: a downgrade below a table's revision
+                    # leaves nothing to put a trigger on.
+                    tracked = [t for t in changes.TRACKED_TABLES if t in existing]
+                    for statement in changes.install_sql(sqlite, tracked):
                         connection.exec_driver_sql(statement)
                 if sqlite:
                     broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
