@@ -34,8 +34,8 @@ from typing import Any
 from sqlalchemy import select, text
 
 from rollout.core.plan import CohortRule, Phase, Plan, load_plan
+from rollout.notify.emails import ENFORCEMENT_EMAIL
 from rollout.phases import enforce
-from rollout.phases.enforce import ENFORCEMENT_EMAIL
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.ledger import utc_now

@@ -94,8 +94,8 @@ PEER = [
     "created_at, details) select 'peer-revoke-token:' || id, 'revoke_token', account_id, "
     "'token:' || id, 'bench', 'peer', 'bench', :now, {json} from peer_tokens",
     "insert into notifications (account_id, email, phase, occasion, state, context, attempts, "
-    "created_at, updated_at) select distinct account_id, 'enforcement_notice', 'peer', '', "
-    "'queued', {json}, 0, :now, :now from peer_tokens",
+    "created_at, updated_at) select account_id, 'enforcement_notice', 'peer', '', "
+    "'queued', {json}, 0, :now, :now from (select distinct account_id from peer_tokens) s",
 ]
 
 

@@ -253,3 +253,37 @@ def test_a_token_name_cannot_forge_lines_of_the_text_email() -> None:
     assert "  - nothing else will change" not in lines
     assert not any(line.startswith("Bcc:") for line in lines)
     assert "ci - nothing else will change Bcc: x, publish" in rendered.text
+
+
+def test_the_enforcement_notice_lists_the_tokens_the_phase_revoked(
+    registry: Registry, token_plan: Plan, factories: None, tmp_path: Path
+) -> None:
+    """Sent after enforcement, when the account holds no forbidden token any more: it
+    says which were revoked, not that there is nothing to do."""
+    from email import message_from_bytes, policy
+
+    from rollout.notify.drain import drain
+    from rollout.notify.senders import FileSender
+    from rollout.phases import enforce
+    from tests.factories import AccountFactory, TokenFactory
+
+    holder = AccountFactory(username="holder", with_totp=True, in_cohort="top-100")
+    TokenFactory(account=holder, name="ci-release", kind="automation")
+    TokenFactory(account=holder, granular=True, created_at=datetime(2025, 11, 1))
+    day = token_plan.phase("top-100").enforce_on
+    with use_clock(SimulatedClock(datetime.combine(day, time(12)))):
+        result = enforce.enforce_phase(
+            registry, token_plan, "top-100", expect=1, expect_tokens=1, actor="rm"
+        )
+        assert result.tokens_revoked == 1
+        report = drain(registry, token_plan, FileSender(tmp_path / "outbox"))
+    assert report.sent == 1
+    [path] = (tmp_path / "outbox").iterdir()
+    parsed = message_from_bytes(path.read_bytes(), policy=policy.default)
+    text = words(parsed.get_body(("plain",)).get_content())
+    assert (
+        "Your tokens that were revoked (name, kind, created, last used): - ci-release, automation"
+        in text
+    )
+    assert "nothing for you to do" not in text
+    assert parsed["Subject"] == "New security requirements are in force for your account"

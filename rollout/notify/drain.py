@@ -53,7 +53,13 @@ from rollout.core.stopping import (
     stop_processes,
     stop_requested_by_signals,
 )
-from rollout.notify.emails import EMAILS, Recipient, TokenLine, asks_only_2fa
+from rollout.notify.emails import (
+    EMAILS,
+    ENFORCEMENT_EMAIL,
+    Recipient,
+    TokenLine,
+    asks_only_2fa,
+)
 from rollout.notify.message import DeliveryFailed, Message, Sender
 from rollout.notify.outbox import (
     ACCOUNTS,
@@ -77,7 +83,12 @@ from rollout.registry.models import (
     CohortMembership,
     TfaFactor,
 )
-from rollout.registry.requirements import TOKENS, lacks_factor, offending_token
+from rollout.registry.requirements import (
+    TOKENS,
+    lacks_factor,
+    offending_token,
+    revoked_by_phase,
+)
 
 log = logging.getLogger(__name__)
 
@@ -236,22 +247,24 @@ def _packages(
 
 # The emails whose wording follows the phase's requirements (and whose "already
 # compliant" means meeting them).
-_PHASE_EMAILS = ("phase_notice", "reminder", "enforcement_notice")
+_PHASE_EMAILS = ("phase_notice", "reminder", ENFORCEMENT_EMAIL)
 
 
 def _standing(
     connection: Connection, plan: Plan, claimed: list[_Claimed], now: datetime
-) -> dict[tuple[str, int], tuple[bool, tuple[TokenLine, ...]]]:
-    """{(phase, account): (lacks the factor the phase asks for, its live tokens the
-    phase forbids)} for the phase emails of phases that ask more than any 2FA. Phases
-    that ask only that are judged by the recipient's 2FA method, as before."""
+) -> dict[tuple[str, str, int], tuple[bool, tuple[TokenLine, ...]]]:
+    """{(email, phase, account): (lacks the factor the phase asks for, its tokens)} for
+    the phase emails of phases that ask more than any 2FA (phases that ask only that are
+    judged by the recipient's 2FA method, as before). The tokens: for a notice or a
+    reminder, its live tokens the phase forbids; for the enforcement notice, those the
+    phase's enforcement revoked."""
     phases = {p.name: p for p in plan.phases if not asks_only_2fa(p)}
-    wanted: dict[str, set[int]] = {}
+    wanted: dict[tuple[str, str], set[int]] = {}
     for c in claimed:
         if c.email in _PHASE_EMAILS and c.phase in phases:
-            wanted.setdefault(c.phase, set()).add(c.account_id)
-    found: dict[tuple[str, int], tuple[bool, tuple[TokenLine, ...]]] = {}
-    for name, ids in wanted.items():
+            wanted.setdefault((c.email, c.phase), set()).add(c.account_id)
+    found: dict[tuple[str, str, int], tuple[bool, tuple[TokenLine, ...]]] = {}
+    for (email, name), ids in wanted.items():
         requires = phases[name].requires
         accounts = sorted(ids)
         lacking = set(
@@ -260,6 +273,11 @@ def _standing(
                     and_(ACCOUNTS.c.id.in_(accounts), lacks_factor(requires, ACCOUNTS.c.id))
                 )
             ).scalars()
+        )
+        which = (
+            revoked_by_phase(TOKENS, name)
+            if email == ENFORCEMENT_EMAIL
+            else offending_token(requires, TOKENS, now)
         )
         tokens: dict[int, list[TokenLine]] = {}
         for account_id, *line in connection.execute(
@@ -270,12 +288,12 @@ def _standing(
                 TOKENS.c.created_at,
                 TOKENS.c.last_used_at,
             )
-            .where(and_(TOKENS.c.account_id.in_(accounts), offending_token(requires, TOKENS, now)))
+            .where(and_(TOKENS.c.account_id.in_(accounts), which))
             .order_by(TOKENS.c.account_id, TOKENS.c.created_at, TOKENS.c.id)
         ):
             tokens.setdefault(account_id, []).append(TokenLine(*line))
         for account_id in accounts:
-            found[(name, account_id)] = (
+            found[(email, name, account_id)] = (
                 account_id in lacking,
                 tuple(tokens.get(account_id, ())),
             )
@@ -326,7 +344,7 @@ def _prepare(
     suppressed: set[str],
     last_sent: dict[tuple[int, str], list[date]],
     now: datetime,
-    standing: Mapping[tuple[str, int], tuple[bool, tuple[TokenLine, ...]]] | None = None,
+    standing: Mapping[tuple[str, str, int], tuple[bool, tuple[TokenLine, ...]]] | None = None,
 ) -> _Outcome | Message:
     """A message to send, or why this row ends here (skipped, or failed to render)."""
     definition = EMAILS.get(claimed.email)
@@ -334,7 +352,7 @@ def _prepare(
         return _Outcome(claimed.id, "failed", f"no email named {claimed.email!r}")
     if recipient is None:
         return _Outcome(claimed.id, "failed", f"account {claimed.account_id} no longer exists")
-    found = (standing or {}).get((claimed.phase, claimed.account_id))
+    found = (standing or {}).get((claimed.email, claimed.phase, claimed.account_id))
     if found is not None:
         recipient = replace(recipient, lacks_factor=found[0], tokens=found[1])
     if not recipient.verified:
@@ -876,7 +894,9 @@ def account_recipient(
         if phase is None:
             return recipient
         packages = _packages(connection, plan, claimed)
-        found = _standing(connection, plan, claimed, utc_now()).get((phase, account_id))
+        found = _standing(connection, plan, claimed, utc_now()).get(
+            ("phase_notice", phase, account_id)
+        )
     recipient = replace(
         recipient, packages=packages.get((plan.phase(phase).cohort, account_id), ())
     )

@@ -19,6 +19,8 @@ from typing import Any, Literal
 from rollout.core.plan import DEFAULT_EFFECTS, Phase, Plan, Requirements
 
 ContextFunction = Callable[["Recipient", Mapping[str, Any], Plan], dict[str, Any]]
+# The email enforcement queues to each account a phase changed.
+ENFORCEMENT_EMAIL = "enforcement_notice"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ Guards: the expected count typed back, the plan's blast radius, one run at a tim
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, ClassVar
@@ -41,6 +41,7 @@ from sqlalchemy import (
 from rollout.core.calendar import phase_step
 from rollout.core.errors import GuardRefused
 from rollout.core.plan import Phase, Plan
+from rollout.notify.emails import ENFORCEMENT_EMAIL
 from rollout.notify.queue import queue_phase_summary
 from rollout.notify.withdraw import Selection, withdraw_preview, withdraw_queued
 from rollout.phases.previews import PhasePreview, Target, TokenTarget
@@ -62,6 +63,7 @@ from rollout.registry.requirements import (
     falls_short,
     lacks_factor,
     offending_token,
+    phase_reason,
 )
 
 ACCOUNTS = Account.__table__
@@ -70,7 +72,6 @@ ACTIONS = Action.__table__
 NOTIFICATIONS = Notification.__table__
 REQUIREMENTS = PhaseRequirement.__table__
 PLAN_RUNS = PlanRun.__table__
-ENFORCEMENT_EMAIL = "enforcement_notice"
 LOCK = "enforce"
 
 
@@ -381,7 +382,7 @@ class _Batch:
             if requires.two_factor == "any" and not requires.token_rules
             else "; ".join(requires.describe())
         )
-        return f"phase {self.phase.name}: {asked} required of cohort {self.phase.cohort}"
+        return phase_reason(self.phase.name, asked, self.phase.cohort)
 
     def audit_common(self, details: dict[str, Any] | None = None) -> list[Any]:
         return [
@@ -595,9 +596,12 @@ def _revoke_sessions(batch: _Batch) -> int:
 
 
 def _revoke_tokens(batch: _Batch, token_ids: list[int]) -> int:
-    """The previewed tokens of the batch's accounts that still offend: never a token
-    the preview did not list, nor one that stopped offending since (revoked or expired
-    by its owner, or its account now has the factor a rule asks for)."""
+    """The previewed tokens of the batch's accounts still short of the requirements
+    (the caller's list) that still offend: never a token the preview did not list, nor
+    one that stopped offending since (revoked or expired by its owner, or its account
+    now has the factor a rule asks for). By token id alone: on PostgreSQL an
+    ``account_id = ANY(...)`` beside it made the planner scan the batch's accounts'
+    tokens and test each against the 16k ids one by one (6 s a batch)."""
     if not token_ids:
         return 0
     previewed = _id_set(batch.connection, token_ids, "token_ids")
@@ -607,7 +611,6 @@ def _revoke_tokens(batch: _Batch, token_ids: list[int]) -> int:
         .where(
             and_(
                 previewed(TOKENS.c.id),
-                batch.among(TOKENS.c.account_id),
                 offending_token(batch.phase.requires, TOKENS, batch.now),
             )
         )
@@ -630,7 +633,7 @@ def _enforce_batch(
     run_id: str,
     actor: str,
     now: datetime,
-    token_ids: list[int] | None = None,
+    tokens_of: Mapping[int, list[int]] | None = None,
 ) -> BatchOutcome:
     """One transaction: record the phase's application to each account still short of
     its requirements, apply each of its effects, queue the enforcement email, and do the
@@ -672,7 +675,11 @@ def _enforce_batch(
     )
     queued = _queue_enforcement_emails(batch)
     revoked = _revoke_sessions(batch) if phase.does("revoke_sessions") else 0
-    tokens = _revoke_tokens(batch, token_ids or []) if phase.does("revoke_tokens") else 0
+    tokens = (
+        _revoke_tokens(batch, [t for a in still_short for t in (tokens_of or {}).get(a, ())])
+        if phase.does("revoke_tokens")
+        else 0
+    )
     return BatchOutcome(
         accounts_required=required,
         accounts_flagged=flagged,
@@ -731,7 +738,7 @@ def enforce_phase(
                         run.id,
                         actor,
                         utc_now(),
-                        [t for a in accounts for t in tokens_of.get(a, ())],
+                        tokens_of,
                     )
                 result.add(outcome)
                 run.summary = _counts(result)

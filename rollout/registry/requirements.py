@@ -76,3 +76,14 @@ def holds_offending_token(
 def falls_short(requires: Requirements, account_id: Any, now: datetime) -> ColumnElement[bool]:
     """SQL: the account falls short of the phase's requirements at ``now``."""
     return or_(lacks_factor(requires, account_id), holds_offending_token(requires, account_id, now))
+
+
+def phase_reason(phase_name: str, asked: str, cohort: str) -> str:
+    """Why a phase revoked a session or token (their ``revoked_reason``)."""
+    return f"phase {phase_name}: {asked} required of cohort {cohort}"
+
+
+def revoked_by_phase(tokens: Any, phase_name: str) -> ColumnElement[bool]:
+    """SQL: the token was revoked by the phase's enforcement (its reason says so; a
+    phase name has no colon, so no phase's prefix is another's)."""
+    return tokens.c.revoked_reason.like(f"phase {phase_name}:%")

@@ -420,6 +420,7 @@ def _tokens(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
                 "cohort": str(r["cohort"]),
                 **counts,
                 "ready_share": _share(counts["ready"], counts["maintainers"]),
+                "webauthn_share": _share(counts["with_webauthn"], counts["maintainers"]),
             }
         )
     return out

@@ -1,6 +1,8 @@
 -- Whether each cohort's maintainers could keep publishing once 2FA is required of
 -- them: who still publishes with a legacy (unnamed) or personal publish token, and
--- who already has a named automation token for CI.
+-- who already has a named automation token for CI. For the campaigns after npm 2022's:
+-- who depends on tokens a token campaign revokes (classic tokens, tokens that publish
+-- without a second factor, used lately), and who has a security key.
 with
 
 cohorts as (
@@ -19,6 +21,7 @@ tokens as (
         account_id,
         name,
         kind,
+        bypass_2fa,
         -- the 90 days ending with the as-of day
         last_used_at >= $as_of::date - 89 and last_used_at < $as_of::date + 1 as used_lately
     from registry.tokens
@@ -34,9 +37,22 @@ account_tokens as (
             as publishing_legacy,
         coalesce(bool_or(name is not null and kind = 'publish' and used_lately), false)
             as publishing_personal,
-        bool_or(name is not null and kind = 'automation') as with_automation
+        bool_or(name is not null and kind = 'automation') as with_automation,
+        coalesce(
+            bool_or(kind in ('automation', 'publish', 'read_only') and used_lately), false
+        ) as classic_in_use,
+        coalesce(bool_or(bypass_2fa and used_lately), false) as bypass_in_use
     from tokens
     group by account_id
+),
+
+-- A security key held at the end of $as_of.
+with_webauthn as (
+    select distinct account_id
+    from registry.tfa_factors
+    where kind = 'webauthn'
+        and created_at < $as_of::date + 1
+        and (removed_at is null or removed_at >= $as_of::date + 1)
 ),
 
 final as (
@@ -48,10 +64,14 @@ final as (
         count(*) filter (where account_tokens.with_automation) as with_automation,
         count(members.account_id) - count(*) filter (
             where account_tokens.publishing_legacy or account_tokens.publishing_personal
-        ) as ready
+        ) as ready,
+        count(*) filter (where account_tokens.classic_in_use) as classic_in_use,
+        count(*) filter (where account_tokens.bypass_in_use) as bypass_in_use,
+        count(with_webauthn.account_id) as with_webauthn
     from cohorts
     left join members using (cohort)
     left join account_tokens using (account_id)
+    left join with_webauthn using (account_id)
     group by cohorts.cohort
     order by cohorts.cohort
 )

@@ -42,7 +42,8 @@ MART_DDL = {
     "ends_at timestamp, logins bigint, elv_challenges bigint, elv_completed bigint, "
     "elv_failed bigint, elv_abandoned bigint, enrolments_next_7d bigint",
     "token_readiness": "cohort varchar, maintainers bigint, publishing_legacy bigint, "
-    "publishing_personal bigint, with_automation bigint, ready bigint",
+    "publishing_personal bigint, with_automation bigint, ready bigint, "
+    "classic_in_use bigint, bypass_in_use bigint, with_webauthn bigint",
     "ledger_activity": "day date, activity varchar, count bigint",
     "publishes_daily": "day date, via varchar, token_kind varchar, second_factor varchar, "
     "publishes bigint, publishers bigint, packages bigint",
@@ -139,7 +140,8 @@ def fill_marts(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date = AS_OF) 
     )
     con.execute(
         "insert into token_readiness values "
-        "('high-impact', 8000, 900, 1400, 2600, 5700), ('top-100', 250, 12, 30, 160, 208)"
+        "('high-impact', 8000, 900, 1400, 2600, 5700, 3100, 2500, 1900), "
+        "('top-100', 250, 12, 30, 160, 208, 140, 150, 120)"
     )
     con.executemany(
         "insert into ledger_activity values (?, ?, ?)",
