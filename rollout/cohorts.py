@@ -105,6 +105,18 @@ def rule_parameters(rule: CohortRule, as_of: date) -> dict[str, Any]:
     }
 
 
+def account_parameters(rule: CohortRule, as_of: date, cohort: str) -> dict[str, Any]:
+    """The parameters of ``marts/cohort_accounts``: the rule's account filters."""
+    active = rule.active_within
+    return {
+        "as_of": as_of,
+        "cohort": cohort,
+        "active_days": active.days if active else None,
+        "active_by": list(active.by) if active else [],
+        "orgs": list(rule.orgs),
+    }
+
+
 def day_ranges(days: list[date]) -> str:
     """Days as runs of consecutive days: ``2022-01-01..2022-01-07, 2022-01-09``."""
     runs: list[list[date]] = []
@@ -422,7 +434,9 @@ def build_cohort(
         "where cohort = $cohort and released_at is null"
     )
     with _selected(con, in_cohort, {"cohort": cohort}):
-        accounts = con.sql(warehouse.render("marts/cohort_accounts")).to_arrow_table()
+        accounts = con.execute(
+            warehouse.render("marts/cohort_accounts"), account_parameters(rule, as_of, cohort)
+        ).to_arrow_table()
         unresolved = warehouse.scalar(
             con, f"select count(*) from ({warehouse.render('marts/unresolved_maintainers')})"
         )
@@ -624,6 +638,8 @@ def simulate(con: duckdb.DuckDBPyConnection, rule: CohortRule, as_of: date) -> C
                 count(*) filter (where tfa_status = 'webauthn')
             from ({warehouse.render("marts/cohort_accounts")})
             """,
+            # A what-if: no cohort's sticky members, every account judged afresh.
+            account_parameters(rule, as_of, cohort=""),
         )
     accounts, none, totp, webauthn = sizes or (0, 0, 0, 0)
     return CohortSizes(packages, accounts, none, totp, webauthn)

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from rollout import cohorts, metrics
 from rollout.core.errors import BadInput
-from rollout.core.plan import CohortRule, DownloadsOver, Plan
+from rollout.core.plan import ActiveWithin, CohortRule, DownloadsOver, Plan
 from rollout.registry import Registry
 from rollout.registry.engine import session_scope
 from rollout.registry.models import (
@@ -349,3 +349,82 @@ def test_a_download_rule_over_a_longer_window_needs_every_day_of_it(
     ):
         cohorts.build_cohorts(con, registry, plan_with(60), D2, actor="test")
     assert cohorts.build_cohorts(con, registry, plan_with(60), D2, actor="test", allow_gaps=True)
+
+
+def ingest_activity(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    """alice published 3 days before D1, erin 40 days before; bob logged in 2 days
+    before D1 and dave failed to, the day before."""
+    landing = tmp_path / "activity"
+    (landing / "publishes").mkdir(parents=True)
+    (landing / "logins").mkdir()
+    (landing / "publishes" / "publishes.csv").write_text(
+        "occurred_at,package,username,via,token_kind,second_factor\n"
+        f"{D1 - timedelta(days=3)}T10:00:00,big,alice,token,publish,none\n"
+        f"{D1 - timedelta(days=40)}T10:00:00,small,erin,session,,totp\n"
+    )
+    (landing / "logins" / "logins.csv").write_text(
+        "occurred_at,username,second_factor,outcome\n"
+        f"{D1 - timedelta(days=2)}T09:00:00,bob,totp,success\n"
+        f"{D1 - timedelta(days=1)}T09:00:00,dave,none,failed\n"
+    )
+    report = ingest.ingest(
+        con, [landing], quarantine_limit=0.01, landing_root=landing, now=datetime(2022, 3, 1)
+    )
+    assert report.rejected == []
+
+
+def with_cohort(plan: Plan, rule: CohortRule) -> Plan:
+    return plan.model_copy(update={"cohorts": {**plan.cohorts, "top-1": rule}})
+
+
+@pytest.mark.parametrize(
+    ("active_by", "expected"),
+    [(["published"], {"alice"}), (["published", "logged_in"], {"alice", "bob"})],
+)
+def test_only_accounts_active_lately_enter_a_cohort_that_asks_for_activity(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+    tmp_path: Path,
+    active_by: list[str],
+    expected: set[str],
+) -> None:
+    ingest_activity(con, tmp_path)
+    rule = CohortRule(
+        every_maintainer=True, active_within=ActiveWithin(days=30, by=active_by)
+    )
+    build(con, registry, with_cohort(small_cohorts_plan, rule), D1)
+    # erin published, but 40 days ago; dave's login failed; carol did nothing.
+    assert accounts_of(con, "top-1", D1).keys() == expected
+
+
+def test_an_active_member_stays_once_idle_and_a_what_if_judges_afresh(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+    tmp_path: Path,
+) -> None:
+    ingest_activity(con, tmp_path)
+    rule = CohortRule(every_maintainer=True, active_within=ActiveWithin(days=5, by=["published"]))
+    plan = with_cohort(small_cohorts_plan, rule)
+    assert build(con, registry, plan, D1)["top-1"].accounts == 1
+    # A week on, alice's publish is 10 days old: she stays, nobody joins, nobody leaves.
+    later = build(con, registry, plan, D2)["top-1"]
+    assert (later.accounts, later.accounts_entered, later.accounts_left) == (1, 0, 0)
+    assert accounts_of(con, "top-1", D2).keys() == {"alice"}
+    assert cohorts.simulate(con, rule, D2).accounts == 0
+
+
+def test_a_cohort_of_org_members_takes_only_current_members(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+) -> None:
+    rule = CohortRule(every_maintainer=True, orgs=["corp"])
+    build(con, registry, with_cohort(small_cohorts_plan, rule), D1)
+    # carol publishes core through corp's team, erin maintains small in her own name;
+    # dave left corp, alice and bob were never in it.
+    assert accounts_of(con, "top-1", D1).keys() == {"carol", "erin"}

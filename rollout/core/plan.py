@@ -121,8 +121,24 @@ class TopShare(_Strict):
     days: int = Field(strict=True, ge=1, le=3660)
 
 
+Activity = Literal["published", "logged_in"]
+
+
+class ActiveWithin(_Strict):
+    """Accounts that did one of ``by`` in the ``days`` full days before the as-of day
+    (GitHub 2023 chose its groups by activity: who published lately)."""
+
+    days: int = Field(strict=True, ge=1, le=3660)
+    by: list[Activity] = Field(default_factory=lambda: ["published", "logged_in"], min_length=1)
+
+
 class CohortRule(_Strict):
-    """Which packages put their maintainers in a cohort. Criteria combine with OR."""
+    """Which packages put their maintainers in a cohort. Criteria combine with OR.
+
+    ``active_within`` and ``orgs`` then narrow the accounts those packages give (AND):
+    an account enters only if it was active lately, or belongs to one of the orgs. Once
+    in, it stays while it can publish the cohort's packages, active or not (membership
+    is sticky, as packages are)."""
 
     description: str = ""
     top_by_dependents: int | None = Field(None, strict=True, ge=1)
@@ -132,6 +148,9 @@ class CohortRule(_Strict):
     top_share_by_downloads: TopShare | None = None
     # Every package: every maintainer of any package is in the cohort.
     every_maintainer: bool = Field(False, strict=True)
+    # Account filters, each narrowing the accounts the package criteria give.
+    active_within: ActiveWithin | None = None
+    orgs: list[Username] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _has_a_criterion(self) -> CohortRule:

@@ -125,6 +125,8 @@ def simulate_plan(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> li
                     "exempt": exempt,
                     "day_end": day_end,
                     **_requirement_parameters(phase),
+                    # a what-if: every account judged afresh, no cohort's sticky members
+                    **cohorts.account_parameters(rule, as_of, cohort=""),
                 },
             )
         accounts, to_require, sessions, exempted, tokens = counts or (0, 0, 0, 0, 0)
