@@ -391,9 +391,7 @@ def test_only_accounts_active_lately_enter_a_cohort_that_asks_for_activity(
     expected: set[str],
 ) -> None:
     ingest_activity(con, tmp_path)
-    rule = CohortRule(
-        every_maintainer=True, active_within=ActiveWithin(days=30, by=active_by)
-    )
+    rule = CohortRule(every_maintainer=True, active_within=ActiveWithin(days=30, by=active_by))
     build(con, registry, with_cohort(small_cohorts_plan, rule), D1)
     # erin published, but 40 days ago; dave's login failed; carol did nothing.
     assert accounts_of(con, "top-1", D1).keys() == expected
