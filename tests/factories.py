@@ -27,6 +27,7 @@ from rollout.registry.models import (
     Account,
     CohortMembership,
     CohortPackage,
+    DeadlineSnooze,
     Notification,
     Org,
     OrgMember,
@@ -277,3 +278,20 @@ class CohortPackageFactory(_Factory):
     first_qualified_on = COHORT_DAY
     last_qualified_on = COHORT_DAY
     reasons = factory.LazyFunction(lambda: ["top-100 by dependents"])
+
+
+class SnoozeFactory(_Factory):
+    """A granted snooze of an account's own deadline (rollout.phases.snoozes)."""
+
+    class Meta:
+        model = DeadlineSnooze
+        exclude = ("account",)
+
+    account = factory.SubFactory(AccountFactory)
+    account_id = factory.SelfAttribute("account.id")
+    phase = "top-100"
+    days = 3
+    requested_at = T0
+    granted_at = T0
+    source = "command"
+    actor = "rm"

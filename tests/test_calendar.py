@@ -17,6 +17,7 @@ from rollout.core.calendar import (
     org_enforcement_step,
     org_reinvite_step,
     plan_calendar,
+    snooze_step,
     unplanned_kind,
 )
 from rollout.core.plan import Plan, load_plan
@@ -173,6 +174,7 @@ def test_unplanned_steps_are_recognised_and_calendar_steps_are_not() -> None:
     assert unplanned_kind("brownouts schedule") == "brownouts schedule"
     assert unplanned_kind(org_enforcement_step("acme")) == "org enforcement"
     assert unplanned_kind(org_reinvite_step("acme")) == "org invitations"
+    assert unplanned_kind(snooze_step("publishers")) == "snoozes"
     assert unplanned_kind(cohorts_step(date(2021, 12, 15))) == "cohorts"
     assert unplanned_kind("cohorts someday") is None
     for step in plan_calendar(REFERENCE):
@@ -183,6 +185,7 @@ def test_unplanned_steps_are_recognised_and_calendar_steps_are_not() -> None:
         "brownouts schedule",
         "org enforcement",
         "org invitations",
+        "snoozes",
     }
 
 

@@ -9,7 +9,7 @@ rewrites them, as for tests/golden/emails)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
@@ -52,12 +52,18 @@ STANDING = {
     ("holder", "recommended"): (False, ()),
     ("compliant", "recommended"): (False, ()),
     ("no-2fa", "recommended"): (True, ()),
+    ("holder", "publishers"): (False, ()),
+    ("compliant", "publishers"): (False, ()),
+    ("no-2fa", "publishers"): (True, ()),
 }
+# Phases with per-account deadlines: each recipient's own (a notice sent 2023-03-20).
+OWN_DEADLINES = {"publishers": date(2023, 5, 4)}
 PLANS = {
     "classic-tokens": "npm-2025-tokens",
     "totp-closed": "npm-2025-tokens",
     "tokens-without-2fa": "pypi-2023",
     "recommended": "rubygems-2022",
+    "publishers": "github-2023",
 }
 EMAILS = ("phase_notice", "reminder", "enforcement_notice")
 
@@ -78,6 +84,7 @@ def recipient(variant: str, phase: str) -> Recipient:
         base.packages,
         lacks_factor=lacks,
         tokens=tokens,
+        deadline=OWN_DEADLINES.get(phase),
     )
 
 
@@ -141,6 +148,28 @@ def test_a_security_key_phase_tells_a_totp_user_totp_is_not_enough() -> None:
         in text
     )
     assert "no new authenticator-app (TOTP) set-ups: security keys only" in text
+
+
+def test_a_per_account_deadline_is_the_recipients_own_with_the_snooze_offer() -> None:
+    lee = render(
+        "reminder",
+        recipient("no-2fa", "publishers"),
+        stored("reminder", "publishers"),
+        plan_of("publishers"),
+    )
+    text = words(lee.text)
+    assert "In 7 days, on Thursday 4 May 2023, the registry requires" in text
+    assert "Thursday 4 May 2023 is your account's own deadline: 45 days from the day" in text
+    assert "postpone it once, by up to 7 days" in text
+    assert "postpone it once, by up to 7 days</a>" in lee.html
+    # After enforcement the offer is gone: there is nothing left to postpone.
+    enforced = render(
+        "enforcement_notice",
+        recipient("no-2fa", "publishers"),
+        stored("enforcement_notice", "publishers"),
+        plan_of("publishers"),
+    )
+    assert "postpone" not in enforced.text and "postpone" not in enforced.html
 
 
 def test_a_compliant_account_is_thanked_and_a_warning_tier_only_recommends() -> None:

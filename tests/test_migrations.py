@@ -34,6 +34,7 @@ from tests.factories import (
     NotificationFactory,
     OrgFactory,
     OrgMemberFactory,
+    SnoozeFactory,
     TeamFactory,
     TokenFactory,
     bound_to,
@@ -134,6 +135,8 @@ def populated(empty_registry_url: str, tmp_path: Path, plan: Plan) -> Iterator[E
         returning = AccountFactory(username="org-returning")
         OrgMemberFactory(org=org, account=returning)
         TeamFactory(org=org, name="release")
+        # An account that postponed its own deadline (deadline_snoozes).
+        SnoozeFactory(account=returning, phase=PHASE)
     with registry:
         orgs.enforce_org(
             registry, "rehearsal-org", confirm="rehearsal-org", owner="org-owner", actor="rehearsal"

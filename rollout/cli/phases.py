@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,7 +13,7 @@ from rollout.cli.app import (
     app,
     reports_errors,
 )
-from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
+from rollout.core.errors import EXIT_BAD_INPUT, GuardRefused, RolloutError
 from rollout.core.output import Format, emit, emit_record, progress_for, stderr
 
 # --- phases ------------------------------------------------------------------------------
@@ -80,6 +81,11 @@ def phase_preview(
             f"undone (listed in {saved.csv_path.with_name(saved.csv_path.stem + '-tokens.csv')})"
         )
         apply += f" --expect-tokens {preview.token_count}"
+    if preview.per_account_deadlines:
+        who += (
+            f"; {preview.not_due} more fall short but their own deadline has not come "
+            f"(untouched today; {preview.never_noticed} of them were never sent the notice)"
+        )
     stderr.print(
         f"{who}; {preview.compliant} already "
         f"{'use 2FA' if not preview.token_rules else 'comply'}; "
@@ -135,6 +141,77 @@ def phase_enforce(
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     emit_record(result.summary(), fmt, title=f"phase {phase} enforced")
+
+
+@phase_app.command("snooze")
+@reports_errors
+def phase_snooze(
+    ctx: typer.Context,
+    phase: Annotated[str, typer.Argument(help="The phase, as named in the plan.")],
+    username: Annotated[
+        str | None, typer.Argument(help="The account asking (or --file for many).")
+    ] = None,
+    days: Annotated[
+        int | None, typer.Option(min=1, help="How many days to postpone its deadline by.")
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            help="A CSV of requests: username,days and an optional requested_at (UTC).",
+        ),
+    ] = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Grant them (without: preview only).")
+    ] = False,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Postpone accounts' own deadlines, once each, by at most the phase's snooze_days
+    (phases with per-account deadlines). Each request is granted or refused with the
+    reason; a grant is audited. Exit 3 when any request is refused."""
+    from rollout.phases.snoozes import (
+        COMMAND,
+        SnoozeRequest,
+        read_requests,
+        snooze,
+        snooze_preview,
+    )
+    from rollout.registry.ledger import utc_now
+
+    if (username is None) == (file is None):
+        raise RolloutError("give a USERNAME and --days, or --file").with_exit(EXIT_BAD_INPUT)
+    if username is not None and days is None:
+        raise RolloutError("a USERNAME needs --days N").with_exit(EXIT_BAD_INPUT)
+    runtime = _runtime(ctx)
+    settings, plan = runtime.settings, runtime.plan
+    now = utc_now()
+    if file is not None:
+        requests = read_requests(file, now)
+    else:
+        assert username is not None and days is not None
+        requests = [SnoozeRequest(username, days, now, COMMAND)]
+    if apply:
+        outcomes = snooze(runtime.registry, plan, phase, requests, actor=settings.actor, now=now)
+    else:
+        outcomes = snooze_preview(runtime.registry, plan, phase, requests)
+    emit(
+        [o.summary() for o in outcomes],
+        fmt,
+        title=f"phase {phase}: snoozes" + ("" if apply else " (preview)"),
+        columns=["username", "days", "outcome", "deadline", "reason"],
+    )
+    refused = sum(o.outcome == "refused" for o in outcomes)
+    granted = sum(o.outcome == "granted" for o in outcomes)
+    if not apply:
+        stderr.print(
+            f"{granted} would be granted, {refused} refused; preview only: add --apply",
+            highlight=False,
+        )
+    if refused:
+        raise GuardRefused(
+            f"{refused} of {len(outcomes)} requests refused (listed above)"
+            + (f"; the other {granted} granted" if apply and granted else "")
+        )
 
 
 @phase_app.command("rollback")

@@ -59,6 +59,24 @@ def audience_cohort(audience: str) -> str | None:
     return None
 
 
+_DUE_WITHIN = "due-within:"
+
+
+def due_within_audience(phase: str, days: int) -> str:
+    """The audience of a reminder in a phase with per-account deadlines: its cohort's
+    members whose own deadline is at most ``days`` days after the day of queueing (and
+    not past)."""
+    return f"{_DUE_WITHIN}{days}:{phase}"
+
+
+def audience_due_within(audience: str) -> tuple[str, int] | None:
+    """The (phase, days) a ``due_within_audience`` names; None for another audience."""
+    if not audience.startswith(_DUE_WITHIN):
+        return None
+    days, phase = audience.removeprefix(_DUE_WITHIN).split(":", 1)
+    return phase, int(days)
+
+
 # --- step keys: what plan_runs.step holds, built nowhere else -------------------------
 
 ENROLL_ALL_STEP = "enroll all"
@@ -66,6 +84,7 @@ BROWNOUTS_SCHEDULE_STEP = "brownouts schedule"
 _COHORTS = "cohorts "
 _ORG_ENFORCEMENT = "enforce "
 _ORG_REINVITE = "reinvite "
+_SNOOZE = "snooze "
 
 
 def phase_step(phase: str) -> str:
@@ -104,6 +123,11 @@ def org_reinvite_step(org: str) -> str:
     return f"{_ORG_REINVITE}{org}"
 
 
+def snooze_step(phase: str) -> str:
+    """Accounts postponing their own deadlines in a phase (rollout phase snooze)."""
+    return f"{_SNOOZE}{phase}"
+
+
 # Runs that plan_runs records for no dated step of the calendar, by kind, and why the
 # calendar leaves them out.
 UNPLANNED_STEPS: Mapping[str, str] = {
@@ -114,6 +138,7 @@ UNPLANNED_STEPS: Mapping[str, str] = {
     "org enforcement": "an org owner turns 2FA enforcement on when they choose: no plan dates it",
     "org invitations": "an org owner invites removed members back when they choose: no plan "
     "dates it",
+    "snoozes": "an account postpones its own deadline when it asks, within its phase's days",
 }
 
 
@@ -126,6 +151,8 @@ def unplanned_kind(key: str) -> str | None:
         return "org enforcement"
     if key.startswith(_ORG_REINVITE):
         return "org invitations"
+    if key.startswith(_SNOOZE):
+        return "snoozes"
     if key.startswith(_COHORTS):
         try:
             date.fromisoformat(key.removeprefix(_COHORTS))
@@ -266,30 +293,36 @@ def plan_calendar(plan: Plan) -> list[Step]:
                 "notice",
                 notices_step(name),
                 name,
-                f"phase {name} notices",
+                f"phase {name} notices"
+                + (f" (daily until {phase.deadline.last_notice_on})" if phase.deadline else ""),
                 f"{name} notices",
                 mailing=Mailing(
-                    "phase_notice", name, "", members, phase.enforce_on, {"phase": name}
+                    "phase_notice", name, "", members, phase.notices_until, {"phase": name}
                 ),
+                # Per-account deadlines: notices go out daily to newcomers until then.
+                ends=phase.deadline.last_notice_on if phase.deadline else None,
             )
         )
         for days in sorted(phase.reminders_days_before, reverse=True):
+            own = phase.deadline is not None
             steps.append(
                 Step(
                     phase.enforce_on - timedelta(days=days),
                     "reminder",
                     reminders_step(name, days),
                     name,
-                    f"phase {name} reminders ({days} days before)",
+                    f"phase {name} reminders ({days} days before"
+                    + (" each account's own deadline)" if own else ")"),
                     f"{name} reminder ({days} days before)",
                     mailing=Mailing(
                         "reminder",
                         name,
                         f"{days}d",
-                        members,
-                        phase.enforce_on,
+                        due_within_audience(name, days) if own else members,
+                        phase.enforce_until,
                         {"phase": name, "days_before": days},
                     ),
+                    ends=phase.enforce_until - timedelta(days=days) if own else None,
                 )
             )
         steps.append(
@@ -298,8 +331,14 @@ def plan_calendar(plan: Plan) -> list[Step]:
                 "enforce",
                 phase_step(name),
                 name,
-                f"phase {name} enforced",
+                f"phase {name} enforced"
+                + (
+                    f" daily until {phase.enforce_until}, each account at its own deadline"
+                    if phase.deadline
+                    else ""
+                ),
                 f"{name} enforced",
+                ends=phase.enforce_until if phase.deadline else None,
             )
         )
     # A stable sort: ties keep the order above.

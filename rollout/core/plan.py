@@ -265,6 +265,20 @@ class Requirements(_Strict):
         return said
 
 
+class Deadline(_Strict):
+    """Each account's own deadline: ``days_after_notice`` days from the day its notice
+    was sent (GitHub 2023: 45 days), postponed once by at most ``snooze_days`` (7) on
+    request. Notices go out daily, to whoever is newly in the cohort, until
+    ``last_notice_on``; enforcement runs daily from the first deadline possible
+    (``enforce_on`` = ``notice_on`` + ``days_after_notice``) until the last
+    (``Phase.enforce_until``), each day on the accounts whose deadline has come. An
+    account that was never sent its notice has no deadline, so it is never enforced."""
+
+    days_after_notice: int = Field(strict=True, ge=1, le=366)
+    snooze_days: int = Field(0, strict=True, ge=0, le=90)
+    last_notice_on: Day
+
+
 class Phase(_Strict):
     name: Name
     cohort: Name
@@ -280,9 +294,26 @@ class Phase(_Strict):
     effects: list[Effect] = Field(default_factory=lambda: list(DEFAULT_EFFECTS))
     # The same guard for tokens: required when the phase revokes them.
     max_tokens: int | None = Field(None, strict=True, ge=1)
+    # Per-account deadlines instead of one date for everyone (None: enforce_on for all).
+    deadline: Deadline | None = None
 
     def does(self, effect: Effect) -> bool:
         return effect in self.effects
+
+    @property
+    def enforce_until(self) -> date:
+        """The last day enforcement runs: ``enforce_on``, or with per-account deadlines
+        the latest one possible (the last notice's, snoozed)."""
+        d = self.deadline
+        if d is None:
+            return self.enforce_on
+        return d.last_notice_on + timedelta(days=d.days_after_notice + d.snooze_days)
+
+    @property
+    def notices_until(self) -> date:
+        """The day notices stop being queued (exclusive)."""
+        d = self.deadline
+        return self.enforce_on if d is None else d.last_notice_on + timedelta(days=1)
 
 
 class ExemptAccount(_Strict):
@@ -301,6 +332,8 @@ class Notifications(_Strict):
     from_name: OneLine = "Registry security"
     help_url: Url = "https://docs.registry.example/2fa"
     tokens_url: Url = "https://docs.registry.example/automation-tokens"
+    # Where an account postpones its own deadline, in phases that allow a snooze.
+    snooze_url: Url = "https://docs.registry.example/2fa#postpone"
     report_url: Url = "https://rollout.registry.example/reports"
     # Usernames of the registry staff who get each phase's summary.
     release_managers: list[Username] = Field(default_factory=list)
@@ -423,6 +456,10 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
                     (*where, "enforce_on"), "enforcement is not after the notice (notice_on)"
                 )
             )
+        if phase.deadline is not None:
+            problems += [
+                PlanProblem((*where, *path), message) for path, message in _deadline_problems(phase)
+            ]
         for position, days in enumerate(phase.reminders_days_before):
             reminder = phase.enforce_on - timedelta(days=days)
             if days in phase.reminders_days_before[:position]:
@@ -454,6 +491,28 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
                 )
             )
         usernames.add(exempt.username)
+    return problems
+
+
+def _deadline_problems(phase: Phase) -> list[tuple[Path_, str]]:
+    """A per-account deadline's dates: the first deadline is enforce_on, so reminders
+    (days before each account's own deadline) stay checked against it."""
+    deadline = phase.deadline
+    assert deadline is not None
+    problems: list[tuple[Path_, str]] = []
+    first = phase.notice_on + timedelta(days=deadline.days_after_notice)
+    if phase.enforce_on != first:
+        problems.append(
+            (
+                ("enforce_on",),
+                f"with per-account deadlines enforcement starts on the first deadline, "
+                f"notice_on + {deadline.days_after_notice} days = {first}",
+            )
+        )
+    if deadline.last_notice_on < phase.notice_on:
+        problems.append(
+            (("deadline", "last_notice_on"), "the last notice is before the first (notice_on)")
+        )
     return problems
 
 

@@ -78,6 +78,7 @@ from rollout.notify.outbox import (
 )
 from rollout.notify.render import render
 from rollout.registry import Registry
+from rollout.registry.deadlines import deadlines, own_deadline
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import (
     CohortMembership,
@@ -250,23 +251,46 @@ def _packages(
 _PHASE_EMAILS = ("phase_notice", "reminder", ENFORCEMENT_EMAIL)
 
 
+@dataclass(frozen=True)
+class _Standing:
+    """Where a recipient stands in a phase that asks more than any 2FA, or gives each
+    account its own deadline."""
+
+    lacks_factor: bool
+    tokens: tuple[TokenLine, ...]
+    deadline: date | None = None
+
+    def apply(self, recipient: Recipient) -> Recipient:
+        return replace(
+            recipient, lacks_factor=self.lacks_factor, tokens=self.tokens, deadline=self.deadline
+        )
+
+
 def _standing(
     connection: Connection, plan: Plan, claimed: list[_Claimed], now: datetime
-) -> dict[tuple[str, str, int], tuple[bool, tuple[TokenLine, ...]]]:
-    """{(email, phase, account): (lacks the factor the phase asks for, its tokens)} for
-    the phase emails of phases that ask more than any 2FA (phases that ask only that are
-    judged by the recipient's 2FA method, as before). The tokens: for a notice or a
-    reminder, its live tokens the phase forbids; for the enforcement notice, those the
-    phase's enforcement revoked."""
+) -> dict[tuple[str, str, int], _Standing]:
+    """{(email, phase, account): where it stands} for the phase emails of phases that
+    ask more than any 2FA or give each account its own deadline (phases that ask only
+    2FA by one date are judged by the recipient's 2FA method, as before). The tokens:
+    for a notice or a reminder, its live tokens the phase forbids; for the enforcement
+    notice, those the phase's enforcement revoked. The deadline: for a notice, the one
+    it starts (sent now); for the others, the account's own."""
     phases = {p.name: p for p in plan.phases if not asks_only_2fa(p)}
     wanted: dict[tuple[str, str], set[int]] = {}
     for c in claimed:
         if c.email in _PHASE_EMAILS and c.phase in phases:
             wanted.setdefault((c.email, c.phase), set()).add(c.account_id)
-    found: dict[tuple[str, str, int], tuple[bool, tuple[TokenLine, ...]]] = {}
+    found: dict[tuple[str, str, int], _Standing] = {}
     for (email, name), ids in wanted.items():
-        requires = phases[name].requires
+        phase = phases[name]
+        requires = phase.requires
         accounts = sorted(ids)
+        own: dict[int, date] = {}
+        if phase.deadline is not None and email == "phase_notice":
+            starts = own_deadline(phase, now, None)
+            own = dict.fromkeys(accounts, starts)
+        elif phase.deadline is not None:
+            own = deadlines(connection, phase, accounts)
         lacking = set(
             connection.execute(
                 select(ACCOUNTS.c.id).where(
@@ -293,9 +317,10 @@ def _standing(
         ):
             tokens.setdefault(account_id, []).append(TokenLine(*line))
         for account_id in accounts:
-            found[(email, name, account_id)] = (
+            found[(email, name, account_id)] = _Standing(
                 account_id in lacking,
                 tuple(tokens.get(account_id, ())),
+                own.get(account_id),
             )
     return found
 
@@ -344,7 +369,7 @@ def _prepare(
     suppressed: set[str],
     last_sent: dict[tuple[int, str], list[date]],
     now: datetime,
-    standing: Mapping[tuple[str, str, int], tuple[bool, tuple[TokenLine, ...]]] | None = None,
+    standing: Mapping[tuple[str, str, int], _Standing] | None = None,
 ) -> _Outcome | Message:
     """A message to send, or why this row ends here (skipped, or failed to render)."""
     definition = EMAILS.get(claimed.email)
@@ -354,7 +379,7 @@ def _prepare(
         return _Outcome(claimed.id, "failed", f"account {claimed.account_id} no longer exists")
     found = (standing or {}).get((claimed.email, claimed.phase, claimed.account_id))
     if found is not None:
-        recipient = replace(recipient, lacks_factor=found[0], tokens=found[1])
+        recipient = found.apply(recipient)
     if not recipient.verified:
         return _Outcome(claimed.id, "skipped", UNVERIFIED)
     if recipient.address.lower() in suppressed:
@@ -901,5 +926,5 @@ def account_recipient(
         recipient, packages=packages.get((plan.phase(phase).cohort, account_id), ())
     )
     if found is not None:
-        recipient = replace(recipient, lacks_factor=found[0], tokens=found[1])
+        recipient = found.apply(recipient)
     return recipient

@@ -38,6 +38,9 @@ class Recipient:
     # tokens the phase forbids. None: judged by ``method`` alone, as npm 2022's phases.
     lacks_factor: bool | None = None
     tokens: tuple[TokenLine, ...] = ()
+    # Its own deadline in a phase with per-account deadlines (for a notice: the one the
+    # notice starts).
+    deadline: date | None = None
 
     @property
     def compliant(self) -> bool:
@@ -98,9 +101,14 @@ def common(recipient: Recipient, plan: Plan) -> dict[str, Any]:
 
 
 def asks_only_2fa(phase: Phase) -> bool:
-    """The phase asks any second factor and does npm 2022's effects: its emails keep
-    their 2FA wording; every other phase's say what it asks and does."""
-    return phase.requires == Requirements() and tuple(phase.effects) == DEFAULT_EFFECTS
+    """The phase asks any second factor by one date and does npm 2022's effects: its
+    emails keep their 2FA wording; every other phase's say what it asks and does, and
+    by when for this account."""
+    return (
+        phase.requires == Requirements()
+        and tuple(phase.effects) == DEFAULT_EFFECTS
+        and phase.deadline is None
+    )
 
 
 # What each effect does to an account it acts on, as the emails say it (a noun phrase
@@ -138,8 +146,17 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
     words = dict(EFFECT_WORDS)
     if phase.requires.two_factor == "phishing_resistant":
         words["require_2fa"] = "a security key (WebAuthn) required to sign in and publish"
+    own = phase.deadline
+    if own is not None:
+        found.update(
+            deadline=r.deadline or phase.enforce_on,
+            days_after_notice=own.days_after_notice,
+            snooze_days=own.snooze_days,
+            snooze_url=plan.notifications.snooze_url,
+        )
     return {
         **found,
+        "own_deadline": own is not None,
         "requirements": phase.requires.describe(),
         "warn_only": tuple(phase.effects) == ("warn",),
         "security_key": phase.requires.two_factor == "phishing_resistant",

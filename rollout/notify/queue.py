@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -28,7 +28,13 @@ from sqlalchemy import (
     select,
 )
 
-from rollout.core.calendar import WITHOUT_2FA, WITHOUT_2FA_NOR_ELV, audience_cohort, plan_calendar
+from rollout.core.calendar import (
+    WITHOUT_2FA,
+    WITHOUT_2FA_NOR_ELV,
+    audience_cohort,
+    audience_due_within,
+    plan_calendar,
+)
 from rollout.core.plan import Phase, Plan
 from rollout.notify.emails import EMAILS, asks_only_2fa
 from rollout.notify.outbox import (
@@ -41,6 +47,7 @@ from rollout.notify.outbox import (
     UNVERIFIED,
 )
 from rollout.registry import Registry
+from rollout.registry.deadlines import due_by
 from rollout.registry.ledger import dialect_insert, recorded_run, utc_now
 from rollout.registry.models import (
     CohortMembership,
@@ -91,8 +98,20 @@ def due_occasions(plan: Plan, day: date) -> list[Occasion]:
     return [o for o in plan_occasions(plan) if o.due_on <= day < o.until]
 
 
-def audience(spec: str) -> Select:
-    """The account ids a mailing goes to."""
+def audience(spec: str, plan: Plan, day: date) -> Select:
+    """The account ids a mailing goes to, queued on ``day``."""
+    due_within = audience_due_within(spec)
+    if due_within is not None:
+        name, days = due_within
+        phase = plan.phase(name)
+        return select(CohortMembership.account_id).where(
+            and_(
+                CohortMembership.cohort == phase.cohort,
+                CohortMembership.left_on.is_(None),
+                due_by(phase, CohortMembership.account_id, day + timedelta(days=days)),
+                ~due_by(phase, CohortMembership.account_id, day),
+            )
+        )
     cohort = audience_cohort(spec)
     if cohort is not None:
         return select(CohortMembership.account_id).where(
@@ -190,7 +209,7 @@ def queue_preview(registry: Registry, plan: Plan, day: date) -> list[QueueOutcom
     outcomes = []
     with registry.engine.connect() as connection:
         for o in due_occasions(plan, day):
-            ids = audience(o.audience).subquery()
+            ids = audience(o.audience, plan, day).subquery()
             total = connection.execute(select(func.count()).select_from(ids)).scalar_one()
             existing = connection.execute(
                 select(func.count())
@@ -223,7 +242,7 @@ def queue_due(registry: Registry, plan: Plan, day: date, *, actor: str) -> list[
                 lock="queue",
                 parameters={"day": day.isoformat(), "email": o.email},
             ) as run:
-                ids = audience(o.audience)
+                ids = audience(o.audience, plan, day)
                 with engine.begin() as connection:
                     total = connection.execute(
                         select(func.count()).select_from(ids.subquery())

@@ -11,7 +11,7 @@ import io
 import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ COLUMNS = (
     "required_by_phase",
     "lacks_factor",
     "tokens_to_revoke",
+    "deadline",
 )
 # The tokens a phase that revokes tokens would revoke: their own CSV beside the accounts'.
 TOKEN_COLUMNS = (
@@ -67,6 +68,8 @@ class Target:
     lacks_factor: bool = True
     # Its live tokens that a token rule of the phase forbids.
     offending_tokens: int = 0
+    # Its own deadline, in a phase with per-account deadlines (rollout.registry.deadlines).
+    deadline: date | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,12 @@ class PhasePreview:
     # The phase's requirements in words (Requirements.describe).
     requirements: tuple[str, ...] = ()
     token_rules: bool = False
+    # With per-account deadlines: accounts that fall short but whose own deadline has
+    # not come (untouched today), and of those, the ones never sent the notice (no
+    # deadline at all: never enforced unwarned).
+    per_account_deadlines: bool = False
+    not_due: int = 0
+    never_noticed: int = 0
 
     @property
     def count(self) -> int:
@@ -147,6 +156,7 @@ def preview_rows(preview: PhasePreview) -> list[dict[str, Any]]:
             "required_by_phase": t.required_by_phase,
             "lacks_factor": t.lacks_factor,
             "tokens_to_revoke": t.offending_tokens if "revoke_tokens" in preview.effects else 0,
+            "deadline": t.deadline,
         }
         for t in preview.targets
     ]
@@ -190,6 +200,8 @@ def save_preview(
         "exempted": len(preview.exempted),
         "effects": list(preview.effects),
         "tokens": preview.token_count,
+        "not_due": preview.not_due,
+        "never_noticed": preview.never_noticed,
         "csv": path.name,
         "tokens_csv": tokens_csv.name if tokens_csv else None,
     }
@@ -252,6 +264,11 @@ def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
     ]
     if "revoke_tokens" in p.effects:
         lines.append(f"| their tokens to revoke (irreversible) | {p.token_count} |")
+    if p.per_account_deadlines:
+        lines += [
+            f"| short, their own deadline still to come (untouched today) | {p.not_due} |",
+            f"| of which never sent the notice: no deadline yet | {p.never_noticed} |",
+        ]
     lines += [
         f"| accounts already compliant (untouched) | {p.compliant} |",
         f"| accounts exempted by the plan (untouched) | {len(p.exempted)} |",

@@ -248,6 +248,29 @@ class OrgInvitation(Base):
     run_id: Mapped[str | None] = mapped_column(String(64))
 
 
+class DeadlineSnooze(Base):
+    """An account's one postponement of its own deadline in a phase with per-account
+    deadlines (``rollout phase snooze``): at most one per phase and account, by at most
+    the plan's ``snooze_days``. The account's deadline is the day its notice was sent,
+    plus the phase's days, plus these (rollout.registry.deadlines)."""
+
+    __tablename__ = "deadline_snoozes"
+    __table_args__ = (
+        UniqueConstraint("phase", "account_id", name="uq_deadline_snoozes_phase_account"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    phase: Mapped[str] = mapped_column(String(100))
+    account_id: Mapped[int] = mapped_column(Id)
+    days: Mapped[int] = mapped_column(Integer)
+    requested_at: Mapped[datetime] = mapped_column(DateTime)
+    granted_at: Mapped[datetime] = mapped_column(DateTime)
+    # "command", or the request file and line it came from.
+    source: Mapped[str] = mapped_column(String(300))
+    actor: Mapped[str] = mapped_column(String(214))
+    run_id: Mapped[str | None] = mapped_column(String(64))
+
+
 class Team(Base):
     __tablename__ = "teams"
     __table_args__ = (UniqueConstraint("org_id", "name", name="uq_teams_org_name"),)
@@ -532,6 +555,7 @@ LEDGER_TABLES: tuple[str, ...] = (
     "email_suppressions",
     "brownout_windows",
     "org_invitations",
+    "deadline_snoozes",
 )
 
 

@@ -1,0 +1,286 @@
+"""Snoozes: an account postpones its own deadline once, by at most the plan's days.
+
+GitHub's 2023 campaign gave each account 45 days from its own notice and let it snooze
+once, for up to 7 days. Here a snooze is requested by a release manager's command
+(`rollout phase snooze PHASE USERNAME --days N`) or in a file of requests the
+registry's site collected (`--file`, CSV `username,days[,requested_at]`). Each is
+granted or refused with the reason; a grant is one ``deadline_snoozes`` row and one
+audit row, exactly once (a rerun of the same file grants nothing twice). Granting
+takes the enforcement lock, so no snooze lands in the middle of an enforcement run
+that already chose its accounts.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, and_, select
+
+from rollout.core.calendar import snooze_step
+from rollout.core.clock import naive_utc
+from rollout.core.errors import BadInput
+from rollout.core.plan import Phase, Plan
+from rollout.phases.enforce import LOCK
+from rollout.registry import Registry
+from rollout.registry.deadlines import SNOOZES, deadlines
+from rollout.registry.ledger import dialect_insert, record_actions, recorded_run, utc_now
+from rollout.registry.models import Account, CohortMembership, PhaseRequirement
+
+ACCOUNTS = Account.__table__
+REQUIREMENTS = PhaseRequirement.__table__
+COMMAND = "command"
+
+
+@dataclass(frozen=True)
+class SnoozeRequest:
+    username: str
+    days: int
+    requested_at: datetime
+    source: str  # COMMAND, or "<file> line <n>"
+
+
+@dataclass(frozen=True)
+class SnoozeOutcome:
+    username: str
+    days: int
+    outcome: str  # granted | already | refused
+    reason: str  # the new deadline, or why not
+    deadline: date | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "username": self.username,
+            "days": self.days,
+            "outcome": self.outcome,
+            "deadline": self.deadline,
+            "reason": self.reason,
+        }
+
+
+def read_requests(path: Path, now: datetime) -> list[SnoozeRequest]:
+    """The requests of a CSV file (header ``username,days`` and an optional
+    ``requested_at``, UTC). Any bad row refuses the whole file, naming its line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise BadInput(path, None, f"cannot read the file: {error}") from error
+    rows = csv.reader(text.splitlines())
+    header = next(rows, None)
+    if header is None or not {"username", "days"} <= set(header):
+        raise BadInput(path, 1, "the header must name the columns username and days")
+    unknown = set(header) - {"username", "days", "requested_at"}
+    if unknown:
+        raise BadInput(path, 1, f"unknown columns: {', '.join(sorted(unknown))}")
+    requests: list[SnoozeRequest] = []
+    seen: dict[str, int] = {}
+    for line, row in enumerate(rows, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise BadInput(path, line, f"expected {len(header)} values, found {len(row)}")
+        values = dict(zip(header, row, strict=True))
+        username = values["username"].strip()
+        if not username:
+            raise BadInput(path, line, "username is empty")
+        try:
+            days = int(values["days"])
+        except ValueError:
+            raise BadInput(
+                path, line, f"days must be a whole number, not {values['days']!r}"
+            ) from None
+        if days < 1:
+            raise BadInput(path, line, "days must be at least 1")
+        at = now
+        if values.get("requested_at", "").strip():
+            try:
+                at = naive_utc(datetime.fromisoformat(values["requested_at"].strip()))
+            except ValueError:
+                raise BadInput(
+                    path, line, f"requested_at is not a time: {values['requested_at']!r}"
+                ) from None
+            if at > now:
+                raise BadInput(path, line, f"requested_at {at} is in the future")
+        if username in seen:
+            raise BadInput(path, line, f"{username} already asked on line {seen[username]}")
+        seen[username] = line
+        requests.append(SnoozeRequest(username, days, at, f"{path.name} line {line}"))
+    return requests
+
+
+def snooze_phase(phase: Phase) -> Phase:
+    """The phase, if it lets accounts snooze; else why not, as bad input."""
+    if phase.deadline is None:
+        raise BadInput(
+            None,
+            None,
+            f"phase {phase.name} has one deadline for everyone ({phase.enforce_on}): "
+            "nothing to snooze",
+        )
+    if phase.deadline.snooze_days == 0:
+        raise BadInput(None, None, f"phase {phase.name} allows no snooze (snooze_days: 0)")
+    return phase
+
+
+def _judge(
+    connection: Connection,
+    phase: Phase,
+    request: SnoozeRequest,
+    account_id: int | None,
+    own: dict[int, date],
+    snoozed: dict[int, tuple[int, datetime]],
+) -> SnoozeOutcome:
+    """Whether one request is granted, and why not."""
+    assert phase.deadline is not None
+    most = phase.deadline.snooze_days
+
+    def refused(reason: str, deadline: date | None = None) -> SnoozeOutcome:
+        return SnoozeOutcome(request.username, request.days, "refused", reason, deadline)
+
+    if account_id is None:
+        return refused("no such account")
+    in_cohort = connection.execute(
+        select(CohortMembership.account_id).where(
+            and_(
+                CohortMembership.cohort == phase.cohort,
+                CohortMembership.account_id == account_id,
+                CohortMembership.left_on.is_(None),
+            )
+        )
+    ).first()
+    if in_cohort is None:
+        return refused(f"not in cohort {phase.cohort}")
+    if account_id in snoozed:
+        days, at = snoozed[account_id]
+        if (days, at) == (request.days, request.requested_at):
+            return SnoozeOutcome(
+                request.username, days, "already", "granted before", own.get(account_id)
+            )
+        return refused(f"already postponed once, by {days} days", own.get(account_id))
+    if account_id not in own:
+        return refused("never sent the notice: its deadline has not started")
+    if request.days > most:
+        return refused(f"at most {most} days", own[account_id])
+    if request.requested_at.date() > own[account_id]:
+        return refused(f"asked after its deadline ({own[account_id]})", own[account_id])
+    enforced = connection.execute(
+        select(REQUIREMENTS.c.account_id).where(
+            and_(REQUIREMENTS.c.phase == phase.name, REQUIREMENTS.c.account_id == account_id)
+        )
+    ).first()
+    if enforced is not None:
+        return refused("the phase was enforced on it already", own[account_id])
+    new = own[account_id] + timedelta(days=request.days)
+    return SnoozeOutcome(request.username, request.days, "granted", f"deadline moved to {new}", new)
+
+
+def _judge_all(
+    connection: Connection, phase: Phase, requests: list[SnoozeRequest]
+) -> tuple[list[SnoozeOutcome], dict[str, int]]:
+    """Each request's outcome, and the account ids of the usernames found."""
+    usernames = sorted({r.username for r in requests})
+    ids = dict(
+        connection.execute(
+            select(ACCOUNTS.c.username, ACCOUNTS.c.id).where(ACCOUNTS.c.username.in_(usernames))
+        ).all()
+    )
+    accounts = sorted(ids.values())
+    snoozed = {
+        account_id: (days, at)
+        for account_id, days, at in connection.execute(
+            select(SNOOZES.c.account_id, SNOOZES.c.days, SNOOZES.c.requested_at).where(
+                and_(SNOOZES.c.phase == phase.name, SNOOZES.c.account_id.in_(accounts))
+            )
+        )
+    }
+    own = deadlines(connection, phase, accounts)
+    outcomes = [_judge(connection, phase, r, ids.get(r.username), own, snoozed) for r in requests]
+    return outcomes, ids
+
+
+def snooze_preview(
+    registry: Registry, plan: Plan, phase_name: str, requests: list[SnoozeRequest]
+) -> list[SnoozeOutcome]:
+    """What ``snooze`` would grant and refuse. Reads only."""
+    phase = snooze_phase(plan.phase(phase_name))
+    with registry.engine.connect() as connection:
+        return _judge_all(connection, phase, requests)[0]
+
+
+def snooze(
+    registry: Registry,
+    plan: Plan,
+    phase_name: str,
+    requests: list[SnoozeRequest],
+    *,
+    actor: str,
+    now: datetime | None = None,
+) -> list[SnoozeOutcome]:
+    """Grant or refuse each request, in one transaction; one audit row per grant."""
+    phase = snooze_phase(plan.phase(phase_name))
+    now = now or utc_now()
+    with registry.lock(LOCK):
+        engine = registry.engine
+        with recorded_run(
+            engine,
+            plan=plan.name,
+            step=snooze_step(phase.name),
+            mode="apply",
+            actor=actor,
+            lock=LOCK,
+            parameters={"phase": phase.name, "requests": len(requests)},
+        ) as run:
+            with engine.begin() as connection:
+                outcomes, ids = _judge_all(connection, phase, requests)
+                granted = [
+                    (r, o, ids[r.username])
+                    for r, o in zip(requests, outcomes, strict=True)
+                    if o.outcome == "granted"
+                ]
+                if granted:
+                    connection.execute(
+                        dialect_insert(connection, SNOOZES).on_conflict_do_nothing(
+                            index_elements=["phase", "account_id"]
+                        ),
+                        [
+                            {
+                                "phase": phase.name,
+                                "account_id": account_id,
+                                "days": r.days,
+                                "requested_at": r.requested_at,
+                                "granted_at": now,
+                                "source": r.source,
+                                "actor": actor,
+                                "run_id": run.id,
+                            }
+                            for r, _, account_id in granted
+                        ],
+                    )
+                    record_actions(
+                        connection,
+                        [
+                            {
+                                "effect_key": f"snooze:{phase.name}:{account_id}",
+                                "action": "snooze_deadline",
+                                "account_id": account_id,
+                                "phase": phase.name,
+                                "reason": f"postponed by {r.days} days to {o.deadline}",
+                                "actor": actor,
+                                "run_id": run.id,
+                                "details": {
+                                    "source": r.source,
+                                    "requested_at": r.requested_at.isoformat(),
+                                    "deadline": o.deadline.isoformat() if o.deadline else None,
+                                },
+                            }
+                            for r, o, account_id in granted
+                        ],
+                    )
+            run.summary = {
+                kind: sum(o.outcome == kind for o in outcomes)
+                for kind in ("granted", "already", "refused")
+            }
+    return outcomes

@@ -1,0 +1,268 @@
+"""Per-account deadlines and snoozes (GitHub 2023's shape), on SQLite and PostgreSQL:
+each account's deadline runs from the day its own notice was sent, reminders follow
+each account's own deadline, enforcement acts each day on exactly the accounts whose
+deadline has come, nobody never warned is enforced, and a snooze postpones one
+account once, audited."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from rollout.cli import app
+from rollout.core.clock import SimulatedClock, use_clock
+from rollout.core.errors import BadInput
+from rollout.core.plan import Plan, load_plan, parse_plan, plan_problems
+from rollout.notify.drain import drain
+from rollout.notify.queue import queue_due
+from rollout.notify.senders import FileSender
+from rollout.phases import enforce
+from rollout.phases.snoozes import COMMAND, SnoozeRequest, read_requests, snooze
+from rollout.registry import Registry
+from rollout.registry.models import Account, Action, Notification
+from tests.factories import AccountFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+PHASE = "publishers"
+
+
+@pytest.fixture
+def plan() -> Plan:
+    return load_plan(ROOT / "plans" / "github-2023.yaml")
+
+
+class Campaign:
+    """The plan's days, played as the daily flow does: queue, then send."""
+
+    def __init__(self, registry: Registry, plan: Plan, outbox: Path) -> None:
+        self.registry, self.plan = registry, plan
+        self.sender = FileSender(outbox, plan.notifications.from_address)
+        self.outbox = outbox
+
+    def day(self, day: date) -> None:
+        with use_clock(SimulatedClock(datetime.combine(day, time(9)))):
+            queue_due(self.registry, self.plan, day, actor="rm")
+            drain(self.registry, self.plan, self.sender)
+
+    def preview(self, day: date) -> enforce.PhasePreview:
+        now = datetime.combine(day, time(12))
+        return enforce.preview_phase(self.registry, self.plan, self.plan.phase(PHASE), now=now)
+
+    def enforce(self, day: date) -> set[str]:
+        """Enforce as the release manager does on ``day``; the usernames newly required."""
+        with use_clock(SimulatedClock(datetime.combine(day, time(12)))):
+            preview = self.preview(day)
+            before = self.required()
+            enforce.enforce_phase(self.registry, self.plan, PHASE, expect=preview.count, actor="rm")
+        return self.required() - before
+
+    def required(self) -> set[str]:
+        with self.registry.engine.connect() as connection:
+            return set(
+                connection.execute(
+                    select(Account.username).where(Account.tfa_required_at.is_not(None))
+                ).scalars()
+            )
+
+    def sent(self, email: str) -> set[str]:
+        with self.registry.engine.connect() as connection:
+            return set(
+                connection.execute(
+                    select(Account.username)
+                    .join(Notification, Notification.account_id == Account.id)
+                    .where(Notification.email == email, Notification.state == "sent")
+                ).scalars()
+            )
+
+    def text_to(self, username: str, email: str) -> str:
+        for path in sorted(self.outbox.glob(f"*-{email}.eml")):
+            message = message_from_bytes(path.read_bytes(), policy=policy.default)
+            if message["To"].addresses[0].username == username:
+                return message.get_body(("plain",)).get_content()
+        raise AssertionError(f"no {email} to {username}")
+
+
+@pytest.fixture
+def campaign(registry: Registry, plan: Plan, factories: None, tmp_path: Path) -> Campaign:
+    """ann and eve (no 2FA) and dan (TOTP) are in the cohort from the start; cat too,
+    but her address is unverified, so no notice reaches her."""
+    for name in ("ann", "eve"):
+        AccountFactory(username=name, in_cohort="publishers")
+    AccountFactory(username="dan", with_totp=True, in_cohort="publishers")
+    AccountFactory(username="cat", email_verified=False, in_cohort="publishers")
+    return Campaign(registry, plan, tmp_path / "outbox")
+
+
+def test_each_account_is_enforced_at_its_own_deadline_and_the_unwarned_never(
+    campaign: Campaign,
+) -> None:
+    campaign.day(date(2023, 3, 13))
+    # bob joins a week later: his notice, and so his 45 days, start then.
+    AccountFactory(username="bob", in_cohort="publishers")
+    campaign.day(date(2023, 3, 20))
+    assert campaign.sent("phase_notice") == {"ann", "eve", "dan", "bob"}
+
+    # The day before the first deadline nobody is due: all four short accounts wait.
+    early = campaign.preview(date(2023, 4, 26))
+    assert (early.count, early.not_due, early.never_noticed) == (0, 4, 1)
+
+    first = campaign.preview(date(2023, 4, 27))
+    assert [(t.username, t.deadline) for t in first.targets] == [
+        ("ann", date(2023, 4, 27)),
+        ("eve", date(2023, 4, 27)),
+    ]
+    assert (first.not_due, first.never_noticed) == (2, 1)
+    assert campaign.enforce(date(2023, 4, 27)) == {"ann", "eve"}
+    assert campaign.enforce(date(2023, 5, 3)) == set()
+    assert campaign.enforce(date(2023, 5, 4)) == {"bob"}
+    # cat was never sent the notice: she has no deadline and is never enforced.
+    assert campaign.enforce(date(2024, 1, 7)) == set()
+    assert "cat" not in campaign.required()
+
+
+def test_the_notice_states_the_accounts_own_deadline_and_how_to_snooze(
+    campaign: Campaign, plan: Plan
+) -> None:
+    campaign.day(date(2023, 3, 13))
+    AccountFactory(username="bob", in_cohort="publishers")
+    campaign.day(date(2023, 3, 20))
+    ann, bob = (campaign.text_to(name, "phase_notice") for name in ("ann", "bob"))
+    assert "Thursday 27 April 2023 is your account's own deadline: 45 days from the" in ann
+    assert "Thursday 4 May 2023 is your account's own deadline" in bob
+    assert "postpone it once, by up to 7 days" in bob
+    assert plan.notifications.snooze_url in bob
+    # dan already uses 2FA: thanked, no deadline to meet.
+    assert "own deadline" not in campaign.text_to("dan", "phase_notice")
+
+
+def test_reminders_follow_each_accounts_own_deadline(campaign: Campaign) -> None:
+    campaign.day(date(2023, 3, 13))
+    AccountFactory(username="bob", in_cohort="publishers")
+    campaign.day(date(2023, 3, 20))
+    campaign.day(date(2023, 4, 20))  # 7 days before ann's and eve's deadline
+    assert campaign.sent("reminder") == {"ann", "eve"}
+    campaign.day(date(2023, 4, 27))  # 7 days before bob's
+    assert campaign.sent("reminder") == {"ann", "eve", "bob"}
+    assert "In 7 days, on Thursday 4 May 2023" in campaign.text_to("bob", "reminder")
+
+
+def _ask(
+    registry: Registry, plan: Plan, username: str, days: int, on: date
+) -> tuple[str, str, date | None]:
+    at = datetime.combine(on, time(8))
+    [outcome] = snooze(
+        registry, plan, PHASE, [SnoozeRequest(username, days, at, COMMAND)], actor="rm", now=at
+    )
+    return outcome.outcome, outcome.reason, outcome.deadline
+
+
+def test_a_snooze_postpones_one_deadline_once_within_the_plans_days(
+    campaign: Campaign, registry: Registry, plan: Plan
+) -> None:
+    campaign.day(date(2023, 3, 13))
+    on = date(2023, 4, 1)
+    assert _ask(registry, plan, "eve", 5, on) == (
+        "granted",
+        "deadline moved to 2023-05-02",
+        date(2023, 5, 2),
+    )
+    # Asking again, even for less, is refused; the same request again changes nothing.
+    assert _ask(registry, plan, "eve", 2, on)[:2] == (
+        "refused",
+        "already postponed once, by 5 days",
+    )
+    assert _ask(registry, plan, "eve", 5, on)[0] == "already"
+    assert _ask(registry, plan, "ann", 8, on)[:2] == ("refused", "at most 7 days")
+    assert _ask(registry, plan, "cat", 3, on)[:2] == (
+        "refused",
+        "never sent the notice: its deadline has not started",
+    )
+    assert _ask(registry, plan, "nobody", 3, on)[:2] == ("refused", "no such account")
+    assert _ask(registry, plan, "ann", 3, date(2023, 4, 28))[:2] == (
+        "refused",
+        "asked after its deadline (2023-04-27)",
+    )
+
+    assert campaign.enforce(date(2023, 4, 27)) == {"ann"}
+    assert _ask(registry, plan, "ann", 3, date(2023, 4, 27))[:2] == (
+        "refused",
+        "the phase was enforced on it already",
+    )
+    assert campaign.enforce(date(2023, 5, 1)) == set()
+    assert campaign.enforce(date(2023, 5, 2)) == {"eve"}
+    with registry.engine.connect() as connection:
+        audited = connection.execute(
+            select(func.count()).select_from(Action).where(Action.action == "snooze_deadline")
+        ).scalar_one()
+    assert audited == 1
+
+
+def test_a_reminder_waits_for_a_snoozed_deadline(
+    campaign: Campaign, registry: Registry, plan: Plan
+) -> None:
+    campaign.day(date(2023, 3, 13))
+    _ask(registry, plan, "eve", 7, date(2023, 4, 1))
+    campaign.day(date(2023, 4, 20))
+    assert campaign.sent("reminder") == {"ann"}
+    campaign.day(date(2023, 4, 27))  # 7 days before eve's snoozed 2023-05-04
+    assert campaign.sent("reminder") == {"ann", "eve"}
+
+
+def test_a_request_file_with_a_bad_line_is_refused_whole(tmp_path: Path) -> None:
+    now = datetime(2023, 4, 1, 12)
+    good = tmp_path / "good.csv"
+    good.write_text("username,days,requested_at\nann,3,2023-04-01T08:00:00Z\neve,7,\n")
+    assert [(r.username, r.days, r.requested_at, r.source) for r in read_requests(good, now)] == [
+        ("ann", 3, datetime(2023, 4, 1, 8), "good.csv line 2"),
+        ("eve", 7, now, "good.csv line 3"),
+    ]
+    for body, line, reason in [
+        ("user,days\nann,3\n", 1, "the header must name the columns username and days"),
+        ("username,days\nann,3\neve,seven\n", 3, "days must be a whole number, not 'seven'"),
+        ("username,days\nann,0\n", 2, "days must be at least 1"),
+        ("username,days\nann,3\nann,2\n", 3, "ann already asked on line 2"),
+        ("username,days,requested_at\nann,3,2023-05-01\n", 2, "is in the future"),
+        ("username,days\nann,3,4\n", 2, "expected 2 values, found 3"),
+    ]:
+        bad = tmp_path / "bad.csv"
+        bad.write_text(body)
+        with pytest.raises(BadInput, match=reason) as refused:
+            read_requests(bad, now)
+        assert (refused.value.path, refused.value.line) == (bad, line)
+
+
+def test_snooze_from_the_command_line_previews_then_grants_and_exits_3_on_refusals(
+    rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROLLOUT_PLAN", str(ROOT / "plans" / "github-2023.yaml"))
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    requests = tmp_path / "requests.csv"
+    requests.write_text("username,days\nnobody,3\n")
+    previewed = runner.invoke(app, ["phase", "snooze", PHASE, "--file", str(requests)])
+    assert previewed.exit_code == 3, previewed.output
+    assert "no such account" in previewed.stdout
+    requests.write_text("username,days\nnobody,x\n")
+    bad = runner.invoke(app, ["phase", "snooze", PHASE, "--file", str(requests)])
+    assert bad.exit_code == 2
+    assert f"{requests}:2: days must be a whole number" in " ".join(bad.stderr.split())
+    both = runner.invoke(app, ["phase", "snooze", PHASE, "ann", "--days", "2", "--file", "x"])
+    assert both.exit_code == 2
+
+
+def test_a_per_account_deadline_starts_enforcement_on_the_first_deadline() -> None:
+    text = (ROOT / "plans" / "github-2023.yaml").read_text()
+    moved = text.replace("enforce_on: 2023-04-27", "enforce_on: 2023-04-20")
+    _, errors = parse_plan(moved, "github.yaml")
+    assert [str(e) for e in errors] == [
+        "github.yaml:33: phases.0.enforce_on: with per-account deadlines enforcement "
+        "starts on the first deadline, notice_on + 45 days = 2023-04-27"
+    ]
+    plan, _ = parse_plan(text)
+    assert plan is not None and plan_problems(plan) == []
+    assert plan.phase(PHASE).enforce_until == date(2024, 1, 7)
