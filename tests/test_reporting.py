@@ -294,7 +294,7 @@ def test_the_markdown_tells_the_same_story(report: ReportFiles) -> None:
 
 def test_markdown_tables_are_well_formed(report: ReportFiles) -> None:
     blocks = table_blocks(report.markdown.read_text())
-    assert len(blocks) == 10
+    assert len(blocks) == 11
     for block in blocks:
         widths = {len(cells(line)) for line in block}
         assert len(widths) == 1, block
@@ -576,6 +576,58 @@ def test_publishing_shows_the_window_s_publishes_by_method(report: ReportFiles) 
     ]
     markdown = report.markdown.read_text()
     assert "| automation token | none | 300 | 50.0% |" in markdown
+
+
+def test_publishing_over_time_shows_each_weeks_publishes_by_method(report: ReportFiles) -> None:
+    markdown = report.markdown.read_text()
+    assert (
+        "| week to | automation token | granular token | a logged-in session | "
+        "trusted publishing | through a token without 2FA |"
+    ) in markdown
+    # The 7 days ending 05-31: 150 through granular tokens without a second factor of 300.
+    assert "| 2022-05-31 | 0 | 150 | 90 | 60 | 50.0% |" in markdown
+    assert "| 2022-05-03 | 1,299 | 0 | 0 | 0 | 100.0% |" in markdown
+    assert "| 2022-04-12 | 0 | 0 | 0 | 0 | — |" in markdown
+    html = report.html.read_text()
+    assert html.count('<table id="table-publishing-weeks">') == 1
+
+
+def test_the_survival_curve_of_per_account_deadlines_shows_weeks_and_deadlines(
+    tmp_path: Path,
+) -> None:
+    import duckdb
+
+    from rollout.core.plan import load_plan
+    from rollout.report.reporting import _deadlines
+
+    plan = load_plan(Path(__file__).resolve().parent.parent / "plans" / "github-2023.yaml")
+    con = duckdb.connect()
+    create_marts(con)
+    con.executemany(
+        "insert into deadline_survival values ('publishers', ?, ?, ?, ?, ?)",
+        [(n, 100, 100 - 2 * n, 3 if n >= 40 else 0, (100 - 2 * n) / 100) for n in range(0, 49)],
+    )
+    [curve] = _deadlines(con, plan)
+    assert (curve["phase"], curve["days_after_notice"], curve["snooze_days"]) == (
+        "publishers",
+        45,
+        7,
+    )
+    shown = [(r["days"], r["marks"], r["still_without"], r["snoozed"]) for r in curve["rows"]]
+    # Every week, the deadline (45), and the last day reached (48); the snoozed deadline
+    # (52) is not reached yet.
+    assert shown == [
+        (0, "", 100, 0),
+        (7, "", 86, 0),
+        (14, "", 72, 0),
+        (21, "", 58, 0),
+        (28, "", 44, 0),
+        (35, "", 30, 0),
+        (42, "", 16, 3),
+        (45, "deadline", 10, 3),
+        (48, "", 4, 3),
+    ]
+    assert curve["rows"][-1]["share"] == 0.04
 
 
 def test_without_publish_events_the_section_says_so(tmp_path: Path, plan: Plan) -> None:

@@ -31,6 +31,7 @@ ADOPTION_TABLES: tuple[str, ...] = (
     "time_to_comply",
     "brownout_impact",
     "token_readiness",
+    "deadline_survival",
     "ledger_activity",
     "publishes_daily",
 )
@@ -73,11 +74,14 @@ def adoption_since(plan: Plan) -> date:
 def _create_plan_tables(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
     con.execute(
         "create or replace temp table plan_phases "
-        "(phase varchar, cohort varchar, notice_on date, enforce_on date, step varchar)"
+        "(phase varchar, cohort varchar, notice_on date, enforce_on date, step varchar, "
+        "two_factor varchar, days_after_notice integer, snooze_days integer)"
     )
     for phase in plan.phases:
+        deadline = phase.deadline
         con.execute(
-            "insert into plan_phases values ($phase, $cohort, $notice_on, $enforce_on, $step)",
+            "insert into plan_phases values ($phase, $cohort, $notice_on, $enforce_on, $step, "
+            "$two_factor, $days_after_notice, $snooze_days)",
             {
                 "phase": phase.name,
                 "cohort": phase.cohort,
@@ -86,6 +90,10 @@ def _create_plan_tables(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
                 # The plan_runs step of its enforcement: the SQL matches runs by it
                 # rather than spelling the key again.
                 "step": phase_step(phase.name),
+                "two_factor": phase.requires.two_factor,
+                # Per-account deadlines (null: one date for everyone).
+                "days_after_notice": deadline.days_after_notice if deadline else None,
+                "snooze_days": deadline.snooze_days if deadline else None,
             },
         )
     con.execute(

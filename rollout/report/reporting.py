@@ -463,6 +463,92 @@ def _publishing(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
     }
 
 
+# Weeks of the publishing-over-time table: a token campaign shows as publishes moving
+# from tokens without a second factor to granular tokens and trusted publishing.
+PUBLISHING_WEEKS = 8
+
+
+def _publishing_weeks(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
+    """Publishes per week (the 7 days ending each row's day), by how they were made."""
+    start = as_of - timedelta(days=7 * PUBLISHING_WEEKS)
+    rows = _rows(
+        con,
+        "select day, via, token_kind, second_factor, sum(publishes) as publishes "
+        "from publishes_daily where day > $start and day <= $as_of group by all",
+        {"as_of": as_of, "start": start},
+    )
+    methods: dict[str, int] = {}
+    weeks = [
+        {"ends": as_of - timedelta(days=7 * n), "counts": {}, "total": 0, "without_2fa": 0}
+        for n in range(PUBLISHING_WEEKS)
+    ]
+    for r in rows:
+        via, kind = str(r["via"]), r["token_kind"]
+        method = f"{kind} token" if via == "token" else _VIA_LABELS.get(via, via)
+        count = _int(r["publishes"])
+        week = weeks[(as_of - _day(r["day"])).days // 7]  # type: ignore[operator]
+        week["counts"][method] = week["counts"].get(method, 0) + count
+        week["total"] += count
+        if via == "token" and r["second_factor"] == "none":
+            week["without_2fa"] += count
+        methods[method] = methods.get(method, 0) + count
+    for week in weeks:
+        # No publishes that week: no share to show ("—"), not 0%.
+        week["without_2fa_share"] = (
+            _share(week["without_2fa"], week["total"]) if week["total"] else None
+        )
+    return {
+        "publishing_methods": sorted(methods, key=lambda m: (-methods[m], m)),
+        "publishing_weeks": list(reversed(weeks)) if methods else [],
+    }
+
+
+def _deadlines(con: duckdb.DuckDBPyConnection, plan: Plan) -> list[dict[str, Any]]:
+    """Per phase with per-account deadlines, its survival curve at the days that tell it:
+    each week, the deadline, the deadline snoozed, and the last day reached."""
+    out = []
+    for phase in plan.phases:
+        deadline = phase.deadline
+        if deadline is None:
+            continue
+        rows = _rows(
+            con,
+            "select * from deadline_survival where phase = $phase order by days_since_notice",
+            {"phase": phase.name},
+        )
+        if not rows:
+            continue
+        due, snoozed = deadline.days_after_notice, deadline.days_after_notice + deadline.snooze_days
+        last = _int(rows[-1]["days_since_notice"])
+        shown = []
+        for r in rows:
+            n = _int(r["days_since_notice"])
+            if n % 7 == 0 or n in (due, snoozed, last):
+                shown.append(
+                    {
+                        "days": n,
+                        "marks": ", ".join(
+                            label
+                            for label, at in (("deadline", due), ("snoozed deadline", snoozed))
+                            if n == at and (label == "deadline" or deadline.snooze_days)
+                        ),
+                        "accounts": _int(r["accounts"]),
+                        "still_without": _int(r["still_without"]),
+                        "snoozed": _int(r["snoozed"]),
+                        "share": _share(r["still_without"], r["accounts"]),
+                    }
+                )
+        out.append(
+            {
+                "phase": phase.name,
+                "days_after_notice": due,
+                "snooze_days": deadline.snooze_days,
+                "rows": shown,
+            }
+        )
+    return out
+
+
 def _ledger(con: duckdb.DuckDBPyConnection, as_of: date) -> list[dict[str, Any]]:
     rows = _rows(
         con,
@@ -498,6 +584,8 @@ def build_context(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> di
     context.update(_orgs(con))
     context["tokens"] = _tokens(con)
     context.update(_publishing(con, as_of))
+    context.update(_publishing_weeks(con, as_of))
+    context["deadlines"] = _deadlines(con, plan)
     context["ledger"] = _ledger(con, as_of)
     context["headline"] = next((p for p in context["populations"] if p.population == "all"), None)
     return context

@@ -44,6 +44,8 @@ MART_DDL = {
     "token_readiness": "cohort varchar, maintainers bigint, publishing_legacy bigint, "
     "publishing_personal bigint, with_automation bigint, ready bigint, "
     "classic_in_use bigint, bypass_in_use bigint, with_webauthn bigint",
+    "deadline_survival": "phase varchar, days_since_notice integer, accounts bigint, "
+    "still_without bigint, snoozed bigint, share_still_without double",
     "ledger_activity": "day date, activity varchar, count bigint",
     "publishes_daily": "day date, via varchar, token_kind varchar, second_factor varchar, "
     "publishes bigint, publishers bigint, packages bigint",

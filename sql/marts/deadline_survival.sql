@@ -1,0 +1,96 @@
+-- For phases with per-account deadlines: of the accounts sent the phase's notice while
+-- short of its second factor, the share still without it N days after their own notice
+-- (a survival curve over each account's own clock), with the snoozed ones marked.
+with
+
+phases as (
+    select phase, days_after_notice, snooze_days, two_factor
+    from plan_phases
+    where days_after_notice is not null
+),
+
+-- One sent notice per account and phase (the outbox's natural key): its clock's start.
+noticed as (
+    select notifications.phase, notifications.account_id, notifications.sent_at
+    from registry.notifications as notifications
+    inner join phases using (phase)
+    where notifications.email = 'phase_notice'
+        and notifications.state = 'sent'
+        and notifications.sent_at < $as_of::date + 1
+),
+
+-- The factors that count for each phase: any, or a security key.
+factors as (
+    select phases.phase, factors.account_id, factors.created_at, factors.removed_at
+    from registry.tfa_factors as factors
+    cross join phases
+    where phases.two_factor <> 'phishing_resistant' or factors.kind = 'webauthn'
+),
+
+-- Short at the notice: no counting factor held when it was sent.
+at_notice as (
+    select noticed.*
+    from noticed
+    where not exists (
+        select 1 from factors
+        where factors.phase = noticed.phase
+            and factors.account_id = noticed.account_id
+            and factors.created_at <= noticed.sent_at
+            and (factors.removed_at is null or factors.removed_at > noticed.sent_at)
+    )
+),
+
+-- When each complied: its first counting factor after the notice (up to $as_of).
+complied as (
+    select
+        at_notice.phase,
+        at_notice.account_id,
+        cast(at_notice.sent_at as date) as noticed_on,
+        min(cast(factors.created_at as date)) as complied_on
+    from at_notice
+    left join factors
+        on factors.phase = at_notice.phase
+        and factors.account_id = at_notice.account_id
+        and factors.created_at > at_notice.sent_at
+        and factors.created_at < $as_of::date + 1
+    group by all
+),
+
+snoozed as (
+    select snoozes.phase, snoozes.account_id, cast(snoozes.granted_at as date) as snoozed_on
+    from registry.deadline_snoozes as snoozes
+    inner join phases using (phase)
+),
+
+-- Each account's clock, day by day, while it is in the past of $as_of.
+days as (
+    select
+        complied.phase,
+        complied.account_id,
+        day_number,
+        complied.complied_on is null
+            or complied.complied_on > complied.noticed_on + day_number::integer as still_without,
+        snoozed.snoozed_on is not null
+            and snoozed.snoozed_on <= complied.noticed_on + day_number::integer as snoozed_by_then
+    from complied
+    inner join phases using (phase)
+    left join snoozed using (phase, account_id)
+    cross join range(0, 366) as numbers(day_number)
+    where day_number <= phases.days_after_notice + phases.snooze_days + 14
+        and complied.noticed_on + day_number::integer <= $as_of::date
+),
+
+final as (
+    select
+        phase,
+        day_number as days_since_notice,
+        count(*) as accounts,
+        count(*) filter (where still_without) as still_without,
+        count(*) filter (where still_without and snoozed_by_then) as snoozed,
+        round(count(*) filter (where still_without) / count(*), 4) as share_still_without
+    from days
+    group by phase, day_number
+    order by phase, day_number
+)
+
+select * from final
