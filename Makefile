@@ -20,7 +20,22 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -m pip install -qq -e '.[dev]'
 	@touch $(STAMP)
 
+# `make demo PLAN=plans/github-2023.yaml` plays another shipped plan over its own
+# calendar, on a sample fitted to its cohort days (metrics and cohorts weekly, and on
+# each cohort day: some plans span two years).
 demo: $(STAMP)
+ifneq ($(PLAN),)
+	@echo "== registry schema"
+	$(DEMO_ENV) ROLLOUT_PLAN=$(PLAN) $(BIN)/rollout db upgrade
+	@echo "== sample registry (small), its download history fitted to $(PLAN)'s cohort days"
+	$(DEMO_ENV) ROLLOUT_PLAN=$(PLAN) $(BIN)/rollout sample --scale small --seed 7 --for-plan --replace --confirm registry.db
+	rm -rf $(DEMO_HOME)/warehouse.duckdb $(DEMO_HOME)/warehouse.duckdb.wal $(DEMO_HOME)/outbox $(DEMO_HOME)/reports
+	@echo "== $(PLAN), day by day over its calendar (simulated clock)"
+	$(DEMO_ENV) ROLLOUT_PLAN=$(PLAN) $(BIN)/rollout demo --metrics-every 7
+	@echo "== where each step of the plan stands"
+	$(DEMO_ENV) ROLLOUT_PLAN=$(PLAN) $(BIN)/rollout plan show
+	@echo "== done: the report is under $(DEMO_HOME)/reports/ (the story's last day)"
+else
 	@echo "== registry schema"
 	$(DEMO_ENV) $(BIN)/rollout db upgrade
 	@echo "== sample registry (small: ~20k real npm packages, 12k accounts; downloads to 2022-03-13)"
@@ -33,6 +48,7 @@ demo: $(STAMP)
 	$(DEMO_ENV) $(BIN)/rollout plan show
 	@echo "== done: open $(DEMO_HOME)/reports/2022-05-10/adoption.html in a browser;"
 	@echo "   the warehouse is $(DEMO_HOME)/warehouse.duckdb (docs/warehouse.md), the emails $(DEMO_HOME)/outbox/"
+endif
 
 # docs/report.png, the README's picture of the report: the top of the demo's adoption
 # report in headless Chromium (tests/support/screenshot.py); exit 2 without `make demo`.

@@ -434,8 +434,9 @@ def build_cohort(
         "where cohort = $cohort and released_at is null"
     )
     with _selected(con, in_cohort, {"cohort": cohort}):
-        accounts = con.execute(
-            warehouse.render("marts/cohort_accounts"), account_parameters(rule, as_of, cohort)
+        accounts = con.sql(
+            warehouse.render("marts/cohort_accounts"),
+            params=account_parameters(rule, as_of, cohort),
         ).to_arrow_table()
         unresolved = warehouse.scalar(
             con, f"select count(*) from ({warehouse.render('marts/unresolved_maintainers')})"

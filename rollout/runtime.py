@@ -67,6 +67,11 @@ class Runtime:
             self._plan = load_plan(self.settings.plan_path)
         return self._plan
 
+    def use_plan(self, plan: Plan) -> None:
+        """Run this invocation with ``plan`` instead of ``settings.plan_path``'s (a
+        command's ``--plan``)."""
+        self._plan = plan
+
     @property
     def registry(self) -> Registry:
         """The registry at ``settings.registry_url``; nothing is connected until used."""

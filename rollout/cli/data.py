@@ -45,6 +45,13 @@ def sample(
             "or the PostgreSQL database, database/schema when the URL sets a search_path)."
         ),
     ] = None,
+    for_plan: Annotated[
+        bool,
+        typer.Option(
+            "--for-plan",
+            help="Fit --end and --days to the plan's cohort days ($ROLLOUT_PLAN), for its demo.",
+        ),
+    ] = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Write a seeded, realistic sample registry database and landing files.
@@ -62,6 +69,11 @@ def sample(
         raise RolloutError("--confirm goes with --replace").with_exit(EXIT_BAD_INPUT)
     runtime = _runtime(ctx)
     settings = runtime.settings
+    last_day = _parse_day(end, "--end")
+    if for_plan:
+        from rollout.demo.story import sample_window
+
+        last_day, days = sample_window(runtime.plan)
     contents = sample_module.registry_contents(runtime.registry)
     if contents.has_rows and contents.is_sample and not replace:
         # The preview (DESIGN.md rule 1): what --replace would destroy, and how.
@@ -85,7 +97,7 @@ def sample(
             seed,
             registry=runtime.registry,
             landing_dir=settings.landing_dir,
-            end=_parse_day(end, "--end"),
+            end=last_day,
             days=days,
             replace=replace,
             confirm=confirm,

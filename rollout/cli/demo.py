@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -24,21 +25,43 @@ from rollout.core.output import Format, emit_record, progress_for, stderr
 @reports_errors
 def demo(
     ctx: typer.Context,
-    start: Annotated[str, typer.Option(help="First day of the calendar.")] = "2021-12-01",
-    end: Annotated[str, typer.Option(help="Last day of the calendar.")] = "2022-05-10",
+    plan_file: Annotated[
+        Path | None,
+        typer.Option("--plan", help="The plan to play (default: $ROLLOUT_PLAN's)."),
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(help="First day of the calendar (default: 14 days before its first step)."),
+    ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option(help="Last day of the calendar (default: 14 days after its last step)."),
+    ] = None,
     seed: Annotated[int, typer.Option(min=0, help="Same seed, same story.")] = 7,
+    metrics_every: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Metrics and cohorts every N days (and on each cohort day) for long plans."
+        ),
+    ] = 1,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Run the plan day by day over a simulated calendar on the sample registry.
 
     Maintainers respond as people do (some enrol after a notice, more after a
-    brown-out, most once enforcement signs them out); emails go to the file outbox.
-    Run `rollout sample` first (its downloads must reach the last cohort day)."""
-    from rollout.demo.story import Story
+    brown-out, most once enforcement signs them out; token holders move CI to granular
+    tokens); emails go to the file outbox. Run `rollout sample` first (`--for-plan`
+    fits its download history to the plan's cohort days)."""
+    from rollout.core.plan import load_plan
+    from rollout.demo.story import Story, story_window
 
     runtime = _runtime(ctx)
+    if plan_file is not None:
+        runtime.use_plan(load_plan(plan_file))
     settings, plan = runtime.settings, runtime.plan
-    first, last = _parse_day(start, "--start"), _parse_day(end, "--end")
+    first_step, last_step = story_window(plan)
+    first = _parse_day(start, "--start") if start is not None else first_step
+    last = _parse_day(end, "--end") if end is not None else last_step
     if last < first:
         raise RolloutError("--end is before --start").with_exit(EXIT_BAD_INPUT)
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
@@ -60,6 +83,8 @@ def demo(
             seed=seed,
             log=lambda line: progress.console.print(line, highlight=False),
             on_day=on_day,
+            metrics_every=metrics_every,
+            cohorts_every=metrics_every,
         )
         report = story.run()
     emit_record(
@@ -70,6 +95,9 @@ def demo(
             "token_uses": report.token_uses,
             "emails_sent": report.emails["sent"],
             **{f"enforced {phase}": n for phase, n in report.enforced.items()},
+            **{f"tokens revoked {phase}": n for phase, n in report.tokens_revoked.items() if n},
+            "tokens_replaced_by_maintainers": report.tokens_replaced,
+            "deadlines_snoozed": report.snoozed,
             "sessions_revoked": report.sessions_revoked,
             "elv_enrolled": report.elv_enrolled,
             **{f"enrolled after {cause}": n for cause, n in sorted(report.enrolled.items())},
@@ -103,12 +131,32 @@ def _story_lines(report: Any, plan: Any) -> list[str]:
             before, after = report.shares[population]
             name = population.removeprefix("cohort:")
             lines.append(f"  {name}: 2FA {share(before)} -> {share(after)}")
-    for phase, accounts in report.enforced.items():
-        lines.append(f"  phase {phase}: {accounts:,} accounts required to use 2FA")
+    for phase in plan.phases:
+        if phase.name not in report.enforced:
+            continue
+        did = [f"{report.enforced[phase.name]:,} accounts required to use 2FA"]
+        if not phase.does("require_2fa"):
+            did = [f"{report.enforced[phase.name]:,} accounts it applies to"]
+        if report.tokens_revoked.get(phase.name):
+            did.append(f"{report.tokens_revoked[phase.name]:,} tokens revoked")
+        lines.append(f"  phase {phase.name}: {', '.join(did)}")
+    if report.snoozed:
+        lines.append(f"  own deadlines postponed on request: {report.snoozed:,}")
+    if report.tokens_replaced:
+        lines.append(
+            f"  tokens their maintainers replaced before a deadline: {report.tokens_replaced:,}"
+        )
     lines.append(f"  emails sent: {report.emails['sent']:,}")
-    lines.append(
-        f"  enrolled in response to a brown-out: {report.enrolled['brown-out']:,} "
-        f"(unprompted, over all {(report.end - report.start).days + 1} days: "
-        f"{report.enrolled['organic']:,})"
-    )
+    days = (report.end - report.start).days + 1
+    if plan.brownouts:
+        lines.append(
+            f"  enrolled in response to a brown-out: {report.enrolled['brown-out']:,} "
+            f"(unprompted, over all {days} days: {report.enrolled['organic']:,})"
+        )
+    else:
+        prompted = report.enrolled["notice"] + report.enrolled["reminder"]
+        lines.append(
+            f"  enrolled after a notice or reminder: {prompted:,} "
+            f"(unprompted, over all {days} days: {report.enrolled['organic']:,})"
+        )
     return lines

@@ -311,7 +311,7 @@ def plan_calendar(plan: Plan) -> list[Step]:
                     "reminder",
                     reminders_step(name, days),
                     name,
-                    f"phase {name} reminders ({days} days before"
+                    f"phase {name} reminders ({days} day{'s' if days != 1 else ''} before"
                     + (" each account's own deadline)" if own else ")"),
                     f"{name} reminder ({days} days before)",
                     mailing=Mailing(

@@ -32,13 +32,17 @@ import pyarrow.parquet as pq
 from sqlalchemy import Engine, and_, bindparam, delete, insert, or_, select, update
 
 from rollout import cohorts, metrics, warehouse
+from rollout.core.calendar import plan_calendar
 from rollout.core.clock import SimulatedClock, use_clock
+from rollout.core.plan import Plan
 from rollout.notify.drain import drain
 from rollout.notify.queue import queue_due
 from rollout.notify.senders import FileSender
-from rollout.phases import brownouts, enforce
+from rollout.phases import brownouts, enforce, snoozes
+from rollout.phases.snoozes import SnoozeRequest
 from rollout.registry import Registry
 from rollout.registry.models import Account, BrownoutWindow, Notification, TfaFactor, Token
+from rollout.registry.requirements import offending_token
 from rollout.report.reporting import ReportFiles, report_from_registry
 from rollout.runtime import Runtime
 from rollout.warehouse import extract, ingest
@@ -67,6 +71,8 @@ class Responses:
     # on a day with this chance (CI and release days), any other unrevoked one rarely.
     token_in_use: float = 0.3
     token_idle: float = 0.002
+    # A maintainer reminded of its own deadline asks for more time, where a phase allows.
+    snooze_when_reminded: float = 0.1
 
 
 @dataclass
@@ -76,6 +82,9 @@ class StoryReport:
     enrolled: Counter[str] = field(default_factory=Counter)  # by cause
     emails: Counter[str] = field(default_factory=Counter)  # sent, by email
     enforced: dict[str, int] = field(default_factory=dict)  # phase -> accounts it requires
+    tokens_revoked: dict[str, int] = field(default_factory=dict)  # phase -> tokens it revoked
+    tokens_replaced: int = 0  # classic tokens maintainers replaced before a deadline
+    snoozed: int = 0  # own deadlines postponed on request
     sessions_revoked: int = 0
     elv_enrolled: int = 0
     logins: int = 0
@@ -101,6 +110,33 @@ class _People:
     index: dict[int, int]
     token_ids: np.ndarray  # unrevoked tokens
     token_in_use: np.ndarray  # of those, used within 90 days before the start
+
+
+# Days the story runs before a plan's first step and after its last, so the report shows
+# where adoption stood before and what followed.
+STORY_MARGIN_DAYS = 14
+
+
+def story_window(plan: Plan) -> tuple[date, date]:
+    """The days a plan's story covers: its calendar, with a margin on each side."""
+    steps = plan_calendar(plan)
+    margin = timedelta(days=STORY_MARGIN_DAYS)
+    first = min(step.on for step in steps)
+    last = max(step.ends or step.on for step in steps)
+    return first - margin, last + margin
+
+
+def sample_window(plan: Plan) -> tuple[date, int]:
+    """The sample a plan's story needs: download history (and the publishes over it)
+    through its last cohort day, reaching back over the longest window a cohort rule or
+    the metrics sum before its first. As (end, days) for ``generate_sample``."""
+    as_ofs = [phase.cohort_as_of for phase in plan.phases]
+    windows = [plan.metrics.weekly_window_days, plan.metrics.monthly_window_days]
+    for rule in plan.cohorts.values():
+        windows.append(rule.download_window_days() or 0)
+        if rule.active_within is not None:
+            windows.append(rule.active_within.days)
+    return max(as_ofs), (max(as_ofs) - min(as_ofs)).days + max(windows) + 1
 
 
 def calendar(start: date, end: date) -> Iterator[date]:
@@ -260,20 +296,31 @@ class Story:
         self.report.emails["sent"] += result.sent
 
     def enforcement(self, day: date) -> None:
+        """Each phase on its day; a phase with per-account deadlines every day of its
+        window, on the accounts whose own deadline has come (on no day without one)."""
         for phase in self.plan.phases:
-            if phase.enforce_on != day:
+            if not phase.enforce_on <= day <= phase.enforce_until:
                 continue
             preview = enforce.preview_phase(self.registry, self.plan, phase)
+            if phase.deadline is not None and not (preview.newly_required or preview.token_count):
+                continue
             result = enforce.enforce_phase(
-                self.registry, self.plan, phase.name, expect=preview.count, actor=ACTOR
+                self.registry,
+                self.plan,
+                phase.name,
+                expect=preview.count,
+                expect_tokens=preview.token_count if phase.does("revoke_tokens") else None,
+                actor=ACTOR,
             )
-            self.report.enforced[phase.name] = result.accounts_required
-            self.report.sessions_revoked += result.sessions_revoked
-            self._milestone(
-                day,
-                f"phase {phase.name} enforced: {result.accounts_required} accounts required "
-                f"to use 2FA, {result.sessions_revoked} web sessions revoked",
+            report = self.report
+            report.enforced[phase.name] = (
+                report.enforced.get(phase.name, 0) + result.accounts_required
             )
+            report.sessions_revoked += result.sessions_revoked
+            report.tokens_revoked[phase.name] = (
+                report.tokens_revoked.get(phase.name, 0) + result.tokens_revoked
+            )
+            self._milestone(day, f"phase {phase.name} enforced: {_did(phase, result)}")
 
     def elv_for_all(self, day: date) -> None:
         if self.plan.elv is None or day != self.plan.elv.enroll_all_on:
@@ -333,8 +380,8 @@ class Story:
         engine = self.registry.engine
         new_factors: list[dict[str, Any]] = []
 
-        def enrol(n: int, at: datetime, cause: str) -> None:
-            kind = "webauthn" if rng.random() < r.webauthn_share else "totp"
+        def enrol(n: int, at: datetime, cause: str, *, key: bool = False) -> None:
+            kind = "webauthn" if key or rng.random() < r.webauthn_share else "totp"
             p.method[n] = 2 if kind == "webauthn" else 1
             new_factors.append({"account_id": int(p.ids[n]), "kind": kind, "created_at": at})
             self.report.enrolled[cause] += 1
@@ -383,20 +430,129 @@ class Story:
             elif day > challenged_on and rng.random() < r.week_after_brownout:
                 enrol(n, _at(day, int(rng.integers(8, 22))), "brown-out")
 
-        # Emails read at some point in the day.
+        # Emails read at some point in the day. While a phase asks for a security key, an
+        # account with TOTP alone is short too: it adds a key.
+        wants_key = any(
+            phase.requires.two_factor == "phishing_resistant"
+            and phase.notice_on <= day <= phase.enforce_until
+            for phase in self.plan.phases
+        )
         for account_id in notified | reminded:
             n = p.index.get(account_id)
-            if n is None or p.method[n]:
+            if n is None or p.method[n] == 2 or (p.method[n] == 1 and not wants_key):
                 continue
             odds = r.after_reminder if account_id in reminded else r.after_notice
             if rng.random() < odds:
                 at = _at(day, int(rng.integers(10, 22)), int(rng.integers(0, 60)))
-                enrol(n, at, "reminder" if account_id in reminded else "notice")
+                enrol(n, at, "reminder" if account_id in reminded else "notice", key=wants_key)
+        self.replace_tokens(day, notified, reminded)
+        self.snooze(day, reminded)
 
         if new_factors:
             with engine.begin() as connection:
                 connection.execute(insert(TfaFactor), new_factors)
         self.use_tokens(day)
+
+    def snooze(self, day: date, reminded: set[int]) -> None:
+        """Some reminded maintainers still short ask to postpone their own deadline, by
+        as many days as the phase allows (granted once: rollout.phases.snoozes)."""
+        p, rng = self.people, self.rng
+        phases = [
+            phase
+            for phase in self.plan.phases
+            if phase.deadline is not None
+            and phase.deadline.snooze_days
+            and phase.notice_on <= day <= phase.enforce_until
+        ]
+        if not phases or not reminded:
+            return
+        asking = [
+            p.usernames[n]
+            for account_id in sorted(reminded)
+            if (n := p.index.get(account_id)) is not None
+            and not p.method[n]
+            and rng.random() < self.responses.snooze_when_reminded
+        ]
+        at = _at(day, 12)
+        for phase in phases:
+            assert phase.deadline is not None
+            requests = [
+                SnoozeRequest(name, phase.deadline.snooze_days, at, "demo") for name in asking
+            ]
+            if requests:
+                outcomes = snoozes.snooze(
+                    self.registry, self.plan, phase.name, requests, actor=ACTOR, now=at
+                )
+                self.report.snoozed += sum(o.outcome == "granted" for o in outcomes)
+
+    def replace_tokens(self, day: date, notified: set[int], reminded: set[int]) -> None:
+        """Maintainers told their tokens will stop working move their CI to a granular
+        token (90 days, no 2FA bypass) and revoke the old ones themselves, with the odds
+        of enrolling after a notice or a reminder. Only for the phases whose fix is a new
+        token: not PyPI's, where an account's tokens stop for want of 2FA."""
+        p, r, rng = self.people, self.responses, self.rng
+        phases = [
+            phase
+            for phase in self.plan.phases
+            if phase.notice_on <= day <= phase.enforce_until
+            and (
+                phase.requires.no_classic_tokens
+                or phase.requires.no_unnamed_tokens
+                or phase.requires.no_bypass_2fa_tokens
+                or phase.requires.token_max_age_days is not None
+            )
+        ]
+        readers = notified | reminded
+        if not phases or not readers:
+            return
+        at = _at(day, int(rng.integers(10, 22)), int(rng.integers(0, 60)))
+        tokens = Token.__table__
+        with self.registry.engine.begin() as connection:
+            held: dict[int, set[int]] = {}
+            for phase in phases:
+                for token_id, account_id in connection.execute(
+                    select(tokens.c.id, tokens.c.account_id).where(
+                        and_(
+                            tokens.c.account_id.in_(sorted(readers)),
+                            offending_token(phase.requires, tokens, at),
+                        )
+                    )
+                ):
+                    held.setdefault(account_id, set()).add(token_id)
+            movers = [
+                account_id
+                for account_id in sorted(held)
+                if rng.random() < (r.after_reminder if account_id in reminded else r.after_notice)
+            ]
+            if not movers:
+                return
+            old = sorted(t for account_id in movers for t in held[account_id])
+            connection.execute(
+                update(tokens)
+                .where(tokens.c.id.in_(old))
+                .values(revoked_at=at, revoked_reason="replaced by its maintainer")
+            )
+            new_ids = connection.execute(
+                insert(tokens).returning(tokens.c.id),
+                [
+                    {
+                        "account_id": account_id,
+                        "name": "ci-granular",
+                        "kind": "granular",
+                        "writes": True,
+                        "bypass_2fa": False,
+                        "created_at": at,
+                        "expires_at": at + timedelta(days=90),
+                    }
+                    for account_id in movers
+                ],
+            ).scalars()
+            fresh = np.fromiter(new_ids, np.int64)
+        keep = ~np.isin(p.token_ids, np.array(old, np.int64))
+        # The new token is used as the old ones were: CI publishes with it.
+        p.token_ids = np.concatenate([p.token_ids[keep], fresh])
+        p.token_in_use = np.concatenate([p.token_in_use[keep], np.ones(len(fresh), bool)])
+        self.report.tokens_replaced += len(old)
 
     def use_tokens(self, day: date) -> None:
         """Tokens used today: a token's last use only moves forward (the sample may
@@ -501,6 +657,22 @@ class Story:
             self.report.shares = _shares(con, self.start, self.end)
         self.report.seconds = time.perf_counter() - started
         return self.report
+
+
+def _did(phase: Any, result: Any) -> str:
+    """What one enforcement run did, in the milestone's words."""
+    said = []
+    if phase.does("require_2fa"):
+        said.append(f"{result.accounts_required} accounts required to use 2FA")
+    if phase.does("revoke_sessions"):
+        said.append(f"{result.sessions_revoked} web sessions revoked")
+    if phase.does("revoke_tokens"):
+        said.append(f"{result.tokens_revoked} tokens revoked")
+    if phase.does("warn"):
+        said.append(f"{result.accounts_warned} accounts shown the banner")
+    if phase.does("close_totp_enrolment"):
+        said.append(f"{result.totp_enrolment_closed} accounts closed to new TOTP set-ups")
+    return ", ".join(said)
 
 
 def _shares(con: Any, start: date, end: date) -> dict[str, tuple[float | None, float | None]]:
