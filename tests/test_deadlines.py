@@ -266,3 +266,16 @@ def test_a_per_account_deadline_starts_enforcement_on_the_first_deadline() -> No
     plan, _ = parse_plan(text)
     assert plan is not None and plan_problems(plan) == []
     assert plan.phase(PHASE).enforce_until == date(2024, 1, 7)
+
+
+def test_a_reminder_counts_the_days_to_a_deadline_snoozed_since_it_was_queued(
+    campaign: Campaign, registry: Registry, plan: Plan
+) -> None:
+    campaign.day(date(2023, 3, 13))
+    with use_clock(SimulatedClock(datetime.combine(date(2023, 4, 20), time(9)))):
+        queue_due(registry, plan, date(2023, 4, 20), actor="rm")  # queued, not yet sent
+    _ask(registry, plan, "ann", 7, date(2023, 4, 20))
+    with use_clock(SimulatedClock(datetime.combine(date(2023, 4, 20), time(10)))):
+        drain(registry, plan, campaign.sender)
+    # Queued 7 days before 04-27; sent after her snooze to 05-04: 14 days left.
+    assert "In 14 days, on Thursday 4 May 2023" in campaign.text_to("ann", "reminder")

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 from rollout.core.plan import DEFAULT_EFFECTS, Phase, Plan, Requirements
+from rollout.notify.outbox import run_day
 
 ContextFunction = Callable[["Recipient", Mapping[str, Any], Plan], dict[str, Any]]
 # The email enforcement queues to each account a phase changed.
@@ -196,11 +197,17 @@ def phase_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[st
     needs_packages=True,
 )
 def reminder(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
+    days_left = int(stored["days_before"])
+    if r.deadline is not None:
+        # The account's own deadline, counted from the day the reminder was queued for:
+        # a snooze since then moved it.
+        queued_on = run_day(stored, r.deadline - timedelta(days=days_left))
+        days_left = (r.deadline - queued_on).days
     return {
         **common(r, plan),
         **_phase(plan, stored, r),
         "packages": list(r.packages),
-        "days_left": int(stored["days_before"]),
+        "days_left": days_left,
         "stage": "reminder",
     }
 
