@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # `make demo PLAN=plans/github-2023.yaml` plays another shipped plan over its own
-# calendar, on a sample fitted to its cohort days (metrics and cohorts weekly, and on
+# calendar, on a sample fitted to its cohort days (metrics and cohorts every 4 weeks, and on
 # each cohort day: some plans span two years).
 demo: $(STAMP)
 ifneq ($(PLAN),)
@@ -31,7 +31,7 @@ ifneq ($(PLAN),)
 	$(DEMO_ENV) ROLLOUT_PLAN=$(PLAN) $(BIN)/rollout sample --scale small --seed 7 --for-plan --replace --confirm registry.db
 	rm -rf $(DEMO_HOME)/warehouse.duckdb $(DEMO_HOME)/warehouse.duckdb.wal $(DEMO_HOME)/outbox $(DEMO_HOME)/reports
 	@echo "== $(PLAN), day by day over its calendar (simulated clock)"
-	$(DEMO_ENV) ROLLOUT_PLAN=$(PLAN) $(BIN)/rollout demo --metrics-every 7
+	$(DEMO_ENV) ROLLOUT_PLAN=$(PLAN) $(BIN)/rollout demo --metrics-every 28
 	@echo "== where each step of the plan stands"
 	$(DEMO_ENV) ROLLOUT_PLAN=$(PLAN) $(BIN)/rollout plan show
 	@echo "== done: the report is under $(DEMO_HOME)/reports/ (the story's last day)"

@@ -39,6 +39,7 @@ from rollout.core.config import Settings
 from rollout.notify.drain import DrainReport, EmailsFailed, drain
 from rollout.notify.queue import QueueOutcome, queue_due
 from rollout.notify.senders import make_sender
+from rollout.phases.snoozes import LandedSnoozes, grant_landed
 
 SECRET_BLOCK = "sendgrid-api-key"
 
@@ -55,6 +56,30 @@ def settings_with_secret(settings: Settings, environ: Mapping[str, str] = os.env
         return settings
     # As load_settings takes SENDGRID_API_KEY: an empty value is no key.
     return settings.model_copy(update={"sendgrid_api_key": SecretStr(key) if key else None})
+
+
+@task(name="grant-landed-snoozes", cache_policy=NO_CACHE, **IO_RETRIES)
+def snooze_task(actor: str) -> LandedSnoozes:
+    """The snooze requests landed under landing/snoozes/<phase>/, granted before the
+    day's reminders are queued (so a snoozed account's reminder waits)."""
+    rt = runtime()
+    return grant_landed(rt.registry, rt.plan, rt.settings.landing_dir, actor=actor)
+
+
+def snoozes_markdown(done: LandedSnoozes) -> str:
+    """The artifact's part on landed snooze requests; nothing when there were none."""
+    if not (done.granted or done.refused or done.rejected):
+        return ""
+    parts = [
+        f"\n## Snooze requests\n\n{done.granted} granted, {done.already} granted before, "
+        f"{len(done.refused)} refused, {len(done.rejected)} files refused whole."
+    ]
+    if done.refused:
+        rows = [(f"{user} ({file})", why) for file, user, why in done.refused[:50]]
+        parts.append(table(rows, ("request", "refused because")))
+    if done.rejected:
+        parts.append(table([("file refused whole", why) for why in done.rejected[:50]]))
+    return "\n\n".join(parts) + "\n"
 
 
 @task(name="queue-due-emails", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -135,10 +160,11 @@ def notify(
     fixed), to go through this run's sender.
     """
     day = day_or_today(as_of)
+    snoozes = snooze_task(run_actor(runtime().settings))
     queued = queue_task(day, run_actor(runtime().settings))
     report = send_task(concurrency, retry_failed) if send else None
     create_markdown_artifact(
-        markdown=notify_markdown(day, queued, report),
+        markdown=notify_markdown(day, queued, report) + snoozes_markdown(snoozes),
         key=artifact_key("notify", day),
         description=f"Emails for {day}",
     )

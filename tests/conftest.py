@@ -232,7 +232,14 @@ def _work_unit(nodeid: str) -> str:
     for shared in ("tests/e2e/", "tests/flows/"):
         if path.startswith(shared):
             return shared
+    if path in SPREAD_BY_TEST:
+        return nodeid
     return path
+
+
+# Modules of long tests sharing no module fixture: each test its own unit, so they
+# spread over the workers rather than queue on one (the plans' stories: 6 minutes).
+SPREAD_BY_TEST = ("tests/test_plan_stories.py",)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:

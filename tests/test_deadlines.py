@@ -279,3 +279,33 @@ def test_a_reminder_counts_the_days_to_a_deadline_snoozed_since_it_was_queued(
         drain(registry, plan, campaign.sender)
     # Queued 7 days before 04-27; sent after her snooze to 05-04: 14 days left.
     assert "In 14 days, on Thursday 4 May 2023" in campaign.text_to("ann", "reminder")
+
+
+def test_landed_request_files_are_granted_once_and_a_bad_file_is_refused_whole(
+    campaign: Campaign, registry: Registry, plan: Plan, tmp_path: Path
+) -> None:
+    from rollout.phases.snoozes import grant_landed
+
+    campaign.day(date(2023, 3, 13))
+    landing = tmp_path / "landing"
+    (landing / "snoozes" / PHASE).mkdir(parents=True)
+    (landing / "snoozes" / "no-such-phase").mkdir()
+    (landing / "snoozes" / PHASE / "2023-04-01.csv").write_text(
+        "username,days,requested_at\neve,5,2023-04-01T08:00:00\nann,9,2023-04-01T08:00:00\n"
+    )
+    (landing / "snoozes" / PHASE / "2023-04-02.csv").write_text("username,days\ndan,x\n")
+    (landing / "snoozes" / "no-such-phase" / "a.csv").write_text("username,days\nann,1\n")
+    now = datetime(2023, 4, 2, 6)
+    done = grant_landed(registry, plan, landing, actor="flow", now=now)
+    assert (done.granted, done.already) == (1, 0)
+    assert done.refused == [("2023-04-01.csv", "ann", "at most 7 days")]
+    [unknown_phase, bad_line] = done.rejected  # in path order
+    assert unknown_phase.endswith(
+        "a.csv: no phase 'no-such-phase' in plan github-2023 (phases: publishers)"
+    )
+    assert bad_line.endswith("2023-04-02.csv: days must be a whole number, not 'x'")
+    # The next day's pickup reads the same files: nothing granted twice, no run recorded.
+    again = grant_landed(registry, plan, landing, actor="flow", now=now)
+    assert (again.granted, again.already) == (0, 1)
+    assert campaign.enforce(date(2023, 4, 27)) == {"ann"}
+    assert campaign.enforce(date(2023, 5, 2)) == {"eve"}

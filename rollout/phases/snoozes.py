@@ -2,8 +2,10 @@
 
 GitHub's 2023 campaign gave each account 45 days from its own notice and let it snooze
 once, for up to 7 days. Here a snooze is requested by a release manager's command
-(`rollout phase snooze PHASE USERNAME --days N`) or in a file of requests the
-registry's site collected (`--file`, CSV `username,days[,requested_at]`). Each is
+(`rollout phase snooze PHASE USERNAME --days N`), or in a file of requests the
+registry's site collected (CSV `username,days[,requested_at]`): given to the command
+(`--file`), or landed under ``landing/snoozes/<phase>/``, where the daily `notify`
+flow grants them before queueing (``grant_landed``). Each is
 granted or refused with the reason; a grant is one ``deadline_snoozes`` row and one
 audit row, exactly once (a rerun of the same file grants nothing twice). Granting
 takes the enforcement lock, so no snooze lands in the middle of an enforcement run
@@ -13,7 +15,7 @@ that already chose its accounts.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -284,3 +286,57 @@ def snooze(
                 for kind in ("granted", "already", "refused")
             }
     return outcomes
+
+
+# Where the registry's site lands request files: landing/snoozes/<phase>/*.csv.
+LANDING_FOLDER = "snoozes"
+
+
+@dataclass
+class LandedSnoozes:
+    """What the daily pickup of landed request files did."""
+
+    granted: int = 0
+    already: int = 0
+    refused: list[tuple[str, str, str]] = field(default_factory=list)  # file, user, why
+    rejected: list[str] = field(default_factory=list)  # whole files refused, with why
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "granted": self.granted,
+            "already": self.already,
+            "refused": len(self.refused),
+            "rejected_files": len(self.rejected),
+        }
+
+
+def grant_landed(
+    registry: Registry, plan: Plan, landing_dir: Path, *, actor: str, now: datetime | None = None
+) -> LandedSnoozes:
+    """Grant the requests of every file under ``landing/snoozes/<phase>/``. A file is
+    read whole or refused whole (a bad line, or a folder naming no phase that allows a
+    snooze): it is reported, the others go on. Reading a file again grants nothing
+    twice (its grants come back as ``already``)."""
+    now = now or utc_now()
+    done = LandedSnoozes()
+    root = landing_dir / LANDING_FOLDER
+    for path in sorted(root.glob("*/*.csv")) if root.is_dir() else []:
+        name = path.parent.name
+        try:
+            phase = snooze_phase(plan.phase(name))
+            requests = read_requests(path, now)
+        except BadInput as error:
+            done.rejected.append(f"{path}: {error.reason}")
+            continue
+        # Judged first, read-only: a file read again (its grants "already") records no run.
+        outcomes = snooze_preview(registry, plan, phase.name, requests)
+        if any(o.outcome == "granted" for o in outcomes):
+            outcomes = snooze(registry, plan, phase.name, requests, actor=actor, now=now)
+        for request, outcome in zip(requests, outcomes, strict=True):
+            if outcome.outcome == "granted":
+                done.granted += 1
+            elif outcome.outcome == "already":
+                done.already += 1
+            else:
+                done.refused.append((path.name, request.username, outcome.reason))
+    return done
