@@ -46,7 +46,7 @@ from rollout.notify.queue import queue_phase_summary
 from rollout.notify.withdraw import Selection, withdraw_preview, withdraw_queued
 from rollout.phases.previews import PhasePreview, Target, TokenTarget
 from rollout.registry import Registry
-from rollout.registry.deadlines import deadlines, due_by, noticed
+from rollout.registry.deadlines import deadlines
 from rollout.registry.ledger import dialect_insert, record_actions, recorded_run, utc_now
 from rollout.registry.models import (
     Account,
@@ -166,13 +166,6 @@ def preview_phase(
         )
         query = query.outerjoin(factors, factors.c.account_id == ACCOUNTS.c.id)
         has_factor = factors.c.account_id.is_not(None)
-    # With per-account deadlines: whether the account's own deadline has come (only
-    # those are targets today), and whether it was ever sent the notice.
-    due: Any = literal(True)
-    was_noticed: Any = literal(True)
-    if phase.deadline is not None:
-        due = due_by(phase, ACCOUNTS.c.id, now.date())
-        was_noticed = noticed(phase, ACCOUNTS.c.id)
     query = query.with_only_columns(
         ACCOUNTS.c.id,
         ACCOUNTS.c.username,
@@ -182,17 +175,18 @@ def preview_phase(
         ACCOUNTS.c.tfa_required_at.is_not(None),
         has_factor,
         REQUIREMENTS.c.account_id.is_not(None),
-        due,
-        was_noticed,
         maintain_column_froms=True,
     )
     asks_factor = requires.two_factor != "none"
     targets, exempted, compliant = [], [], 0
     not_due = never_noticed = 0
     with registry.engine.connect() as connection:
-        own_deadlines = (
-            deadlines(connection, phase) if details and phase.deadline is not None else {}
-        )
+        # With per-account deadlines, each noticed account's own (one read of the phase's
+        # notices and snoozes): only accounts whose deadline has come are targets today;
+        # an account without one was never sent the notice.
+        per_account = phase.deadline is not None
+        own_deadlines = deadlines(connection, phase) if per_account else {}
+        today = now.date()
         # The cohort's forbidden tokens, read once: how many each account holds decides
         # whether it falls short, and those of the targets are the list to revoke.
         cohort_tokens: list[TokenTarget] = []
@@ -213,8 +207,6 @@ def preview_phase(
                 already_required,
                 factor,
                 required_by_phase,
-                is_due,
-                is_noticed,
             ) = row
             offending_tokens = held.get(account_id, 0)
             lacks = asks_factor and not factor
@@ -222,9 +214,11 @@ def preview_phase(
                 compliant += 1
             elif username in exempt:
                 exempted.append(username)
-            elif not is_due:
+            elif per_account and (
+                account_id not in own_deadlines or own_deadlines[account_id] > today
+            ):
                 not_due += 1
-                never_noticed += not is_noticed
+                never_noticed += account_id not in own_deadlines
             else:
                 targets.append(
                     Target(

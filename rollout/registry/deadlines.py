@@ -43,12 +43,6 @@ def _notice_sent(phase: Phase, account_id: Any) -> ColumnElement[bool]:
     return and_(NOTIFICATIONS.c.account_id == account_id, _sent_notices(phase))
 
 
-def noticed(phase: Phase, account_id: Any) -> ColumnElement[bool]:
-    """SQL: the account (an id or an id column) was sent the phase's notice: it has a
-    deadline."""
-    return exists().where(_notice_sent(phase, account_id))
-
-
 def due_by(phase: Phase, account_id: Any, day: date) -> ColumnElement[bool]:
     """SQL: the account's own deadline is ``day`` or earlier.
 
