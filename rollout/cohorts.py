@@ -105,16 +105,27 @@ def rule_parameters(rule: CohortRule, as_of: date) -> dict[str, Any]:
     }
 
 
-def account_parameters(rule: CohortRule, as_of: date, cohort: str) -> dict[str, Any]:
-    """The parameters of ``marts/cohort_accounts``: the rule's account filters."""
+def accounts_query(rule: CohortRule, as_of: date, cohort: str) -> tuple[str, dict[str, Any]]:
+    """The query (and its parameters) of the accounts ``rule`` puts in ``cohort`` while
+    ``_selected`` holds its packages: ``marts/cohort_accounts``, narrowed by
+    ``intermediate/int_cohort_account_filter`` only when the rule has account filters,
+    so a rule without them costs what it did. ``cohort=""``: a what-if, every account
+    judged afresh (no cohort's sticky members)."""
+    accounts = warehouse.render("marts/cohort_accounts")
     active = rule.active_within
-    return {
-        "as_of": as_of,
-        "cohort": cohort,
-        "active_days": active.days if active else None,
-        "active_by": list(active.by) if active else [],
-        "orgs": list(rule.orgs),
-    }
+    if active is None and not rule.orgs:
+        return accounts, {}
+    allowed = warehouse.render("intermediate/int_cohort_account_filter")
+    return (
+        f"select * from ({accounts}) where account_id in (select account_id from ({allowed}))",
+        {
+            "as_of": as_of,
+            "cohort": cohort,
+            "active_days": active.days if active else None,
+            "active_by": list(active.by) if active else [],
+            "orgs": list(rule.orgs),
+        },
+    )
 
 
 def day_ranges(days: list[date]) -> str:
@@ -434,10 +445,8 @@ def build_cohort(
         "where cohort = $cohort and released_at is null"
     )
     with _selected(con, in_cohort, {"cohort": cohort}):
-        accounts = con.sql(
-            warehouse.render("marts/cohort_accounts"),
-            params=account_parameters(rule, as_of, cohort),
-        ).to_arrow_table()
+        query, params = accounts_query(rule, as_of, cohort)
+        accounts = con.sql(query, params=params).to_arrow_table()
         unresolved = warehouse.scalar(
             con, f"select count(*) from ({warehouse.render('marts/unresolved_maintainers')})"
         )
@@ -629,6 +638,7 @@ def selecting(con: duckdb.DuckDBPyConnection, rule: CohortRule, as_of: date) -> 
 
 def simulate(con: duckdb.DuckDBPyConnection, rule: CohortRule, as_of: date) -> CohortSizes:
     """Cohort sizes under ``rule`` on ``as_of``'s metrics; writes nothing."""
+    query, params = accounts_query(rule, as_of, cohort="")
     with selecting(con, rule, as_of):
         packages = warehouse.scalar(con, "select count(*) from selected_packages")
         sizes = warehouse.one(
@@ -637,10 +647,9 @@ def simulate(con: duckdb.DuckDBPyConnection, rule: CohortRule, as_of: date) -> C
             select count(*), count(*) filter (where tfa_status = 'none'),
                 count(*) filter (where tfa_status = 'totp'),
                 count(*) filter (where tfa_status = 'webauthn')
-            from ({warehouse.render("marts/cohort_accounts")})
+            from ({query})
             """,
-            # A what-if: no cohort's sticky members, every account judged afresh.
-            account_parameters(rule, as_of, cohort=""),
+            params,
         )
     accounts, none, totp, webauthn = sizes or (0, 0, 0, 0)
     return CohortSizes(packages, accounts, none, totp, webauthn)

@@ -53,12 +53,13 @@ def simulate_plan(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> li
     found = []
     for phase in plan.phases:
         rule = plan.cohort(phase.cohort)
+        selected, selected_params = cohorts.accounts_query(rule, as_of, cohort="")
         with cohorts.selecting(con, rule, as_of):
             packages = warehouse.scalar(con, "select count(*) from selected_packages") or 0
             counts = warehouse.one(
                 con,
                 f"""
-                with selected as ({warehouse.render("marts/cohort_accounts")}),
+                with selected as ({selected}),
                 cohort as (
                     select selected.account_id, selected.username
                     from selected
@@ -125,8 +126,7 @@ def simulate_plan(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> li
                     "exempt": exempt,
                     "day_end": day_end,
                     **_requirement_parameters(phase),
-                    # a what-if: every account judged afresh, no cohort's sticky members
-                    **cohorts.account_parameters(rule, as_of, cohort=""),
+                    **selected_params,
                 },
             )
         accounts, to_require, sessions, exempted, tokens = counts or (0, 0, 0, 0, 0)

@@ -3,10 +3,6 @@
 -- `selected_manifests`, int_selected_manifests), and members of org teams with write
 -- access to it. One row an account, with its 2FA status, last
 -- login and the packages (and routes) that put it there.
--- The rule's account filters narrow them (AND): $active_days (published or logged in,
--- as $active_by lists, in the full days before $as_of) and $orgs (current members of
--- one of them); an account already in cohort $cohort stays (membership is sticky).
--- A null $active_days and an empty $orgs filter nothing.
 with
 
 selected as (
@@ -63,47 +59,6 @@ factors as (
     group by account_id
 ),
 
-active as (
-    select distinct username
-    from stg_publishes
-    where list_contains($active_by, 'published')
-        and day < $as_of::date and day >= $as_of::date - $active_days::integer
-    union
-    select distinct username
-    from stg_logins
-    where list_contains($active_by, 'logged_in')
-        and outcome = 'success'
-        and day < $as_of::date and day >= $as_of::date - $active_days::integer
-),
-
-in_orgs as (
-    select distinct org_members.account_id
-    from registry.org_members as org_members
-    inner join registry.orgs as orgs on orgs.id = org_members.org_id
-    where org_members.removed_at is null and list_contains($orgs, orgs.name)
-),
-
-already_in as (
-    select account_id
-    from registry.cohort_memberships
-    where cohort = $cohort and left_on is null
-),
-
-eligible as (
-    select accounts.id as account_id
-    from accounts
-    where (
-        $active_days is null
-        or accounts.username in (select username from active)
-        or accounts.id in (select account_id from already_in)
-    )
-    and (
-        len($orgs) = 0
-        or accounts.id in (select account_id from in_orgs)
-        or accounts.id in (select account_id from already_in)
-    )
-),
-
 final as (
     select
         accounts.id as account_id,
@@ -119,7 +74,6 @@ final as (
         list(distinct routes.via order by routes.via) as via
     from routes
     inner join accounts on accounts.id = routes.account_id
-    inner join eligible on eligible.account_id = accounts.id
     left join factors on factors.account_id = accounts.id
     group by all
 )
