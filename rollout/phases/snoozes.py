@@ -127,36 +127,33 @@ def snooze_phase(phase: Phase) -> Phase:
     return phase
 
 
+@dataclass(frozen=True)
+class _Known:
+    """What judging a batch of requests reads of their accounts, in one query each."""
+
+    in_cohort: set[int]
+    snoozed: dict[int, tuple[int, datetime]]  # days, requested_at
+    deadlines: dict[int, date]
+    enforced: set[int]
+
+
 def _judge(
-    connection: Connection,
-    phase: Phase,
-    request: SnoozeRequest,
-    account_id: int | None,
-    own: dict[int, date],
-    snoozed: dict[int, tuple[int, datetime]],
+    phase: Phase, request: SnoozeRequest, account_id: int | None, known: _Known
 ) -> SnoozeOutcome:
     """Whether one request is granted, and why not."""
     assert phase.deadline is not None
     most = phase.deadline.snooze_days
+    own = known.deadlines
 
     def refused(reason: str, deadline: date | None = None) -> SnoozeOutcome:
         return SnoozeOutcome(request.username, request.days, "refused", reason, deadline)
 
     if account_id is None:
         return refused("no such account")
-    in_cohort = connection.execute(
-        select(CohortMembership.account_id).where(
-            and_(
-                CohortMembership.cohort == phase.cohort,
-                CohortMembership.account_id == account_id,
-                CohortMembership.left_on.is_(None),
-            )
-        )
-    ).first()
-    if in_cohort is None:
+    if account_id not in known.in_cohort:
         return refused(f"not in cohort {phase.cohort}")
-    if account_id in snoozed:
-        days, at = snoozed[account_id]
+    if account_id in known.snoozed:
+        days, at = known.snoozed[account_id]
         if (days, at) == (request.days, request.requested_at):
             return SnoozeOutcome(
                 request.username, days, "already", "granted before", own.get(account_id)
@@ -168,12 +165,7 @@ def _judge(
         return refused(f"at most {most} days", own[account_id])
     if request.requested_at.date() > own[account_id]:
         return refused(f"asked after its deadline ({own[account_id]})", own[account_id])
-    enforced = connection.execute(
-        select(REQUIREMENTS.c.account_id).where(
-            and_(REQUIREMENTS.c.phase == phase.name, REQUIREMENTS.c.account_id == account_id)
-        )
-    ).first()
-    if enforced is not None:
+    if account_id in known.enforced:
         return refused("the phase was enforced on it already", own[account_id])
     new = own[account_id] + timedelta(days=request.days)
     return SnoozeOutcome(request.username, request.days, "granted", f"deadline moved to {new}", new)
@@ -190,17 +182,31 @@ def _judge_all(
         ).all()
     )
     accounts = sorted(ids.values())
-    snoozed = {
-        account_id: (days, at)
-        for account_id, days, at in connection.execute(
-            select(SNOOZES.c.account_id, SNOOZES.c.days, SNOOZES.c.requested_at).where(
-                and_(SNOOZES.c.phase == phase.name, SNOOZES.c.account_id.in_(accounts))
+    m, q = CohortMembership, REQUIREMENTS.c
+    known = _Known(
+        in_cohort=set(
+            connection.execute(
+                select(m.account_id).where(
+                    and_(m.cohort == phase.cohort, m.left_on.is_(None), m.account_id.in_(accounts))
+                )
+            ).scalars()
+        ),
+        snoozed={
+            account_id: (days, at)
+            for account_id, days, at in connection.execute(
+                select(SNOOZES.c.account_id, SNOOZES.c.days, SNOOZES.c.requested_at).where(
+                    and_(SNOOZES.c.phase == phase.name, SNOOZES.c.account_id.in_(accounts))
+                )
             )
-        )
-    }
-    own = deadlines(connection, phase, accounts)
-    outcomes = [_judge(connection, phase, r, ids.get(r.username), own, snoozed) for r in requests]
-    return outcomes, ids
+        },
+        deadlines=deadlines(connection, phase, accounts),
+        enforced=set(
+            connection.execute(
+                select(q.account_id).where(and_(q.phase == phase.name, q.account_id.in_(accounts)))
+            ).scalars()
+        ),
+    )
+    return [_judge(phase, r, ids.get(r.username), known) for r in requests], ids
 
 
 def snooze_preview(
@@ -300,14 +306,6 @@ class LandedSnoozes:
     already: int = 0
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # file, user, why
     rejected: list[str] = field(default_factory=list)  # whole files refused, with why
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "granted": self.granted,
-            "already": self.already,
-            "refused": len(self.refused),
-            "rejected_files": len(self.rejected),
-        }
 
 
 def grant_landed(
