@@ -98,28 +98,26 @@ def due_occasions(plan: Plan, day: date) -> list[Occasion]:
     return [o for o in plan_occasions(plan) if o.due_on <= day < o.until]
 
 
+def _members(cohort: str) -> Select:
+    """The account ids of a cohort's current members."""
+    return select(CohortMembership.account_id).where(
+        and_(CohortMembership.cohort == cohort, CohortMembership.left_on.is_(None))
+    )
+
+
 def audience(spec: str, plan: Plan, day: date) -> Select:
     """The account ids a mailing goes to, queued on ``day``."""
     due_within = audience_due_within(spec)
     if due_within is not None:
         name, days = due_within
         phase = plan.phase(name)
-        return select(CohortMembership.account_id).where(
-            and_(
-                CohortMembership.cohort == phase.cohort,
-                CohortMembership.left_on.is_(None),
-                due_by(phase, CohortMembership.account_id, day + timedelta(days=days)),
-                ~due_by(phase, CohortMembership.account_id, day),
-            )
+        member = CohortMembership.account_id
+        return _members(phase.cohort).where(
+            due_by(phase, member, day + timedelta(days=days)), ~due_by(phase, member, day)
         )
     cohort = audience_cohort(spec)
     if cohort is not None:
-        return select(CohortMembership.account_id).where(
-            and_(
-                CohortMembership.cohort == cohort,
-                CohortMembership.left_on.is_(None),
-            )
-        )
+        return _members(cohort)
     without = select(ACCOUNTS.c.id).where(~has_active_factor(ACCOUNTS.c.id))
     if spec == WITHOUT_2FA:
         return without
