@@ -134,9 +134,8 @@ def _story_lines(report: Any, plan: Any) -> list[str]:
     for phase in plan.phases:
         if phase.name not in report.enforced:
             continue
-        did = [f"{report.enforced[phase.name]:,} accounts required to use 2FA"]
-        if not phase.does("require_2fa"):
-            did = [f"{report.enforced[phase.name]:,} accounts it applies to"]
+        applies = "required to use 2FA" if phase.does("require_2fa") else "it applies to"
+        did = [f"{report.enforced[phase.name]:,} accounts {applies}"]
         if report.tokens_revoked.get(phase.name):
             did.append(f"{report.tokens_revoked[phase.name]:,} tokens revoked")
         lines.append(f"  phase {phase.name}: {', '.join(did)}")

@@ -34,7 +34,7 @@ from sqlalchemy import Engine, and_, bindparam, delete, insert, or_, select, upd
 from rollout import cohorts, metrics, warehouse
 from rollout.core.calendar import plan_calendar
 from rollout.core.clock import SimulatedClock, use_clock
-from rollout.core.plan import Plan
+from rollout.core.plan import Phase, Plan
 from rollout.notify.drain import drain
 from rollout.notify.queue import queue_due
 from rollout.notify.senders import FileSender
@@ -433,9 +433,7 @@ class Story:
         # Emails read at some point in the day. While a phase asks for a security key, an
         # account with TOTP alone is short too: it adds a key.
         wants_key = any(
-            phase.requires.two_factor == "phishing_resistant"
-            and phase.notice_on <= day <= phase.enforce_until
-            for phase in self.plan.phases
+            phase.requires.two_factor == "phishing_resistant" for phase in self._live(day)
         )
         for account_id in notified | reminded:
             n = p.index.get(account_id)
@@ -453,16 +451,17 @@ class Story:
                 connection.execute(insert(TfaFactor), new_factors)
         self.use_tokens(day)
 
+    def _live(self, day: date) -> list[Phase]:
+        """The phases maintainers hear of on ``day``: from their notice to their last
+        day of enforcement."""
+        return [p for p in self.plan.phases if p.notice_on <= day <= p.enforce_until]
+
     def snooze(self, day: date, reminded: set[int]) -> None:
         """Some reminded maintainers still short ask to postpone their own deadline, by
         as many days as the phase allows (granted once: rollout.phases.snoozes)."""
         p, rng = self.people, self.rng
         phases = [
-            phase
-            for phase in self.plan.phases
-            if phase.deadline is not None
-            and phase.deadline.snooze_days
-            and phase.notice_on <= day <= phase.enforce_until
+            phase for phase in self._live(day) if phase.deadline and phase.deadline.snooze_days
         ]
         if not phases or not reminded:
             return
@@ -493,9 +492,8 @@ class Story:
         p, r, rng = self.people, self.responses, self.rng
         phases = [
             phase
-            for phase in self.plan.phases
-            if phase.notice_on <= day <= phase.enforce_until
-            and (
+            for phase in self._live(day)
+            if (
                 phase.requires.no_classic_tokens
                 or phase.requires.no_unnamed_tokens
                 or phase.requires.no_bypass_2fa_tokens

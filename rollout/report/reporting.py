@@ -429,6 +429,16 @@ def _tokens(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 _VIA_LABELS = {"session": "a logged-in session", "trusted": "trusted publishing"}
 
 
+def _method(via: str, token_kind: object) -> str:
+    """How a publish was made, as the publishing tables label it."""
+    return f"{token_kind} token" if via == "token" else _VIA_LABELS.get(via, via)
+
+
+def _without_2fa(via: object, second_factor: object) -> bool:
+    """A publish through a token with no second factor: what token hardening removes."""
+    return via == "token" and second_factor == "none"
+
+
 def _publishing(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
     """Publishes of the last ``publishing_days`` by how they proved who made them."""
     days = report_spec().publishing_days
@@ -442,19 +452,16 @@ def _publishing(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
     total = sum(_int(r["publishes"]) for r in rows)
     methods = []
     for r in rows:
-        via, kind = str(r["via"]), r["token_kind"]
         count = _int(r["publishes"])
         methods.append(
             {
-                "method": f"{kind} token" if via == "token" else _VIA_LABELS.get(via, via),
+                "method": _method(str(r["via"]), r["token_kind"]),
                 "second_factor": str(r["second_factor"]),
                 "publishes": count,
                 "share": _share(count, total),
             }
         )
-    without = sum(
-        _int(r["publishes"]) for r in rows if r["via"] == "token" and r["second_factor"] == "none"
-    )
+    without = sum(_int(r["publishes"]) for r in rows if _without_2fa(r["via"], r["second_factor"]))
     return {
         "publishing": methods,
         "publishing_days": days,
@@ -483,13 +490,12 @@ def _publishing_weeks(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, 
         for n in range(PUBLISHING_WEEKS)
     ]
     for r in rows:
-        via, kind = str(r["via"]), r["token_kind"]
-        method = f"{kind} token" if via == "token" else _VIA_LABELS.get(via, via)
+        method = _method(str(r["via"]), r["token_kind"])
         count = _int(r["publishes"])
         week = weeks[(as_of - _day(r["day"])).days // 7]  # type: ignore[operator]
         week["counts"][method] = week["counts"].get(method, 0) + count
         week["total"] += count
-        if via == "token" and r["second_factor"] == "none":
+        if _without_2fa(r["via"], r["second_factor"]):
             week["without_2fa"] += count
         methods[method] = methods.get(method, 0) + count
     for week in weeks:
