@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 
@@ -289,6 +291,71 @@ def test_a_clean_typed_parquet_file_loads_without_being_staged(
     assert (result.status, result.rows_read, result.rows_loaded) == ("loaded", 2, 2)
     assert loaded_rows(con) == [("@babel/core", DAY, 5), ("vue", DAY, 7)]
     assert warehouse.scalar(con, "select rows_loaded from ingested_files") == 2
+
+
+def test_a_backfill_of_small_clean_files_loads_in_one_transaction_file_by_file_recorded(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits: list[str] = []
+    real_transaction = warehouse.transaction
+
+    @contextmanager
+    def counted(connection: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+        with real_transaction(connection) as inside:
+            yield inside
+        commits.append("commit")
+
+    monkeypatch.setattr(warehouse, "transaction", counted)
+    # Daily files as a registry's exports come: typed Parquet, CSV, gzipped CSV.
+    days = [date(2022, 1, d) for d in range(1, 10)]
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    for day in days:
+        rows = [("react", day, day.day), ("vue", day, 1)]
+        if day.day % 3 == 0:
+            typed_parquet(tmp_path, f"downloads-{day}.parquet", rows)
+            continue
+        text = "package,day,downloads\n" + "".join(f"{n},{d},{c}\n" for n, d, c in rows)
+        if day.day % 3 == 1:
+            (folder / f"downloads-{day}.csv").write_text(text)
+        else:
+            (folder / f"downloads-{day}.csv.gz").write_bytes(gzip.compress(text.encode()))
+    report = ingest.ingest(con, [tmp_path / "downloads"], quarantine_limit=LIMIT, now=NOW)
+    assert commits == ["commit"]
+    assert [(f.path.name[10:20], f.status, f.rows_loaded) for f in report.files] == [
+        (str(day), "loaded", 2) for day in days
+    ]
+    assert con.execute(
+        "select path, rows_read, rows_loaded from ingested_files order by file_id"
+    ).fetchall() == [(str(f.path), 2, 2) for f in report.files]
+    assert len(loaded_rows(con)) == 18
+    assert warehouse.scalar(con, "select sum(downloads) from raw_downloads") == 45 + 9
+    # Read again, each is a file already loaded.
+    again = ingest.ingest(con, [folder], quarantine_limit=LIMIT, now=NOW)
+    assert again.skipped == 9 and len(loaded_rows(con)) == 18
+
+
+def test_one_bad_file_in_a_backfill_is_named_and_the_others_load(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    days = [date(2022, 1, d) for d in range(1, 9)]
+    for day in days:
+        rows = [("react", day, 1), ("vue", day, 2)]
+        if day.day == 5:
+            rows.append(("Not Valid!", day, 3))
+        typed_parquet(tmp_path, f"downloads-{day}.parquet", rows)
+    report = ingest.ingest(con, [tmp_path / "downloads"], quarantine_limit=0.5, now=NOW)
+    assert [(f.path.name[10:20], f.rows_loaded, f.rows_quarantined) for f in report.files] == [
+        (str(day), 2, 1 if day.day == 5 else 0) for day in days
+    ]
+    assert con.execute("select path, line, reason from quarantine").fetchall() == [
+        (
+            str(tmp_path / "downloads" / "downloads-2022-01-05.parquet"),
+            3,
+            "package name 'Not Valid!' is not a valid npm package name",
+        )
+    ]
+    assert len(loaded_rows(con)) == 16
 
 
 @pytest.mark.parametrize(

@@ -120,8 +120,8 @@ already_loaded as (
     -- let DuckDB skip row groups of other days.
     where $overlaps
       and loaded.day between $min_day and $max_day
-      -- $file_id: the file's own rows, when they are in raw_downloads already
-      and loaded.file_id is distinct from $file_id
+      -- $own_files: the files' own rows, when they are in raw_downloads already
+      and not list_contains($own_files, loaded.file_id)
       and (loaded.package, loaded.day) in (select package, day from staged)
     group by loaded.package, loaded.day
 ),
