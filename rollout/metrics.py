@@ -4,6 +4,10 @@
 rows in ``package_metrics_daily`` (replacing any earlier run for that day), with a
 ``metrics_runs`` row recording what the numbers rest on: days of download data that
 are missing, and the dependencies left out of the counts.
+
+The download windows are kept between runs (``download_windows``): the next day's are
+the kept ones moved by what entered and left them and by the files loaded since, not a
+sum over the whole window again (``rebuild=True`` sums them whole).
 """
 
 from __future__ import annotations
@@ -65,15 +69,17 @@ def window_parameters(as_of: date, windows: MetricsWindows) -> dict[str, object]
 
 
 def compute_metrics(
-    con: duckdb.DuckDBPyConnection, as_of: date, windows: MetricsWindows
+    con: duckdb.DuckDBPyConnection, as_of: date, windows: MetricsWindows, *, rebuild: bool = False
 ) -> MetricsReport:
+    """``rebuild``: sum the download windows over all their days, ignoring the kept
+    ones (the full path, and the check of the incremental one)."""
     started = time.perf_counter()
     # Every model below reads the latest manifests, most of them more than once.
     latest = ("package", "self_dependency_kinds", "file_id", "ordinal")
     with warehouse.materialized(con, "stg_manifests", latest):
         _dependency_counts(con)
         try:
-            return _compute(con, as_of, windows, started)
+            return _compute(con, as_of, windows, started, rebuild)
         except BaseException:
             _forget_dependency_counts(con)
             raise
@@ -126,8 +132,53 @@ def _forget_dependency_counts(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("drop table if exists temp.dependency_counts_state")
 
 
+# The kept windows, when they can be moved to $as_of: the same window lengths, a day
+# not after it and at most a monthly window before (further back, summing the window
+# whole reads no more).
+_KEPT = """
+select as_of, counted_file_id from download_windows_state
+where weekly_days = $weekly_days and monthly_days = $monthly_days
+  and as_of <= $as_of and $as_of - as_of <= $monthly_days
+"""
+
+
+def _download_windows(
+    con: duckdb.DuckDBPyConnection, params: dict[str, object], rebuild: bool
+) -> None:
+    """Bring ``download_windows`` to ``params``' day (inside the caller's transaction)
+    and expose it to the mart as ``int_download_windows``."""
+    kept = None if rebuild else warehouse.one(con, _KEPT, params)
+    counted = warehouse.scalar(con, "select coalesce(max(file_id), 0) from ingested_files")
+    if kept is None:
+        model = warehouse.render("intermediate/int_download_windows")
+        con.execute(f"create or replace temp table windows_now as {model}", params)
+    else:
+        previous, counted_before = kept
+        model = warehouse.render("intermediate/int_download_windows_step")
+        con.execute(
+            f"create or replace temp table windows_now as {model}",
+            {**params, "previous": previous, "counted_file_id": counted_before},
+        )
+    con.execute("delete from download_windows")
+    con.execute("insert into download_windows select * from temp.windows_now")
+    con.execute("drop table temp.windows_now")
+    con.execute("delete from download_windows_state")
+    con.execute(
+        "insert into download_windows_state values ($as_of, $weekly_days, $monthly_days, $counted)",
+        {**params, "counted": counted},
+    )
+    con.execute(
+        "create or replace temp view int_download_windows as "
+        "select package, weekly_downloads, monthly_downloads from main.download_windows"
+    )
+
+
 def _compute(
-    con: duckdb.DuckDBPyConnection, as_of: date, windows: MetricsWindows, started: float
+    con: duckdb.DuckDBPyConnection,
+    as_of: date,
+    windows: MetricsWindows,
+    started: float,
+    rebuild: bool,
 ) -> MetricsReport:
     params = window_parameters(as_of, windows)
     gaps = con.execute(warehouse.render("intermediate/int_download_gaps"), params).fetchall()
@@ -137,8 +188,9 @@ def _compute(
     self_deps, unknown_deps, unknown_packages = exclusions or (0, 0, 0)
     with warehouse.transaction(con):
         con.execute("delete from package_metrics_daily where as_of = $as_of", {"as_of": as_of})
+        _download_windows(con, params, rebuild)
         model = warehouse.render("marts/package_metrics")
-        con.execute(f"insert into package_metrics_daily by name ({model})", params)
+        con.execute(f"insert into package_metrics_daily by name ({model})", {"as_of": as_of})
         packages = warehouse.scalar(
             con, "select count(*) from package_metrics_daily where as_of = $as_of", {"as_of": as_of}
         )

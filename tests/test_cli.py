@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from rollout import warehouse
 from rollout.cli import app
 from rollout.core.config import load_settings
 from rollout.dev.sendgrid_api import DevSendGrid
@@ -110,6 +111,22 @@ def test_metrics_and_cohorts_from_the_command_line(rollout_home: Path) -> None:
     assert json.loads(simulated.stdout)["accounts"] == sizes["top-100"]["accounts"]
     assert run("cohorts", "show", "nobody").exit_code == 2
     assert run("cohorts", "simulate").exit_code == 2
+
+
+def test_metrics_of_the_next_day_equal_a_rebuild(rollout_home: Path) -> None:
+    """The next day's windows are the kept ones moved; --rebuild sums them whole."""
+    assert run("sample", "--scale", "tiny", "--seed", "3").exit_code == 0
+    assert run("ingest").exit_code == 0
+    assert run("metrics", "--as-of", "2022-01-31").exit_code == 0
+    query = "select * from package_metrics_daily where as_of = '2022-02-01' order by package"
+    assert run("metrics", "--as-of", "2022-02-01").exit_code == 0
+    with warehouse.open_warehouse(rollout_home / "warehouse.duckdb", read_only=True) as con:
+        moved = con.execute(query).fetchall()
+    rebuilt = run("metrics", "--as-of", "2022-02-01", "--rebuild", "--format", "json")
+    assert rebuilt.exit_code == 0, rebuilt.stderr
+    with warehouse.open_warehouse(rollout_home / "warehouse.duckdb", read_only=True) as con:
+        assert con.execute(query).fetchall() == moved
+    assert len(moved) == json.loads(rebuilt.stdout)["packages"] > 0
 
 
 def test_release_only_previews_without_apply(rollout_home: Path) -> None:

@@ -34,6 +34,13 @@ def metrics(
             "--as-of", help="The day, YYYY-MM-DD: weekly downloads are the 7 full days before it."
         ),
     ],
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            help="Sum the download windows over all their days instead of moving the "
+            "windows kept from the last day computed (same numbers, slower)."
+        ),
+    ] = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Compute every package's reach on a day: downloads, dependents, ranks."""
@@ -42,7 +49,7 @@ def metrics(
     runtime, day = _runtime(ctx), _parse_day(as_of, "--as-of")
     plan = runtime.plan
     with runtime.warehouse() as con:
-        report = compute_metrics(con, day, plan.metrics)
+        report = compute_metrics(con, day, plan.metrics, rebuild=rebuild)
     emit_record(report.summary(), fmt, title=f"package metrics {day}")
     if not report.weekly_window_complete:
         stderr.print(labelled("warning:", "yellow", f"download data missing for {report.missing}"))

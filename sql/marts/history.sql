@@ -49,3 +49,21 @@ create table if not exists cohort_account_snapshots (
     packages           varchar[] not null,
     via                varchar[] not null  -- maintainer, or team org/name
 );
+
+-- The download windows of the last day metrics were computed for, kept so the next
+-- day's are updated by what changed (rollout.metrics, int_download_windows_step)
+-- instead of summed again over the whole window. `download_windows_state` says which
+-- day and windows they are for, and the last ingested file they count; no row, and
+-- the next run sums the windows whole.
+create table if not exists download_windows (
+    package           varchar not null,
+    weekly_downloads  bigint,
+    monthly_downloads bigint not null
+);
+
+create table if not exists download_windows_state (
+    as_of           date not null,
+    weekly_days     integer not null,
+    monthly_days    integer not null,
+    counted_file_id bigint not null
+);
