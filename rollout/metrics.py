@@ -150,8 +150,14 @@ def _download_windows(
     kept = None if rebuild else warehouse.one(con, _KEPT, params)
     counted = warehouse.scalar(con, "select coalesce(max(file_id), 0) from ingested_files")
     if kept is None:
+        # Only packages with a non-zero sum are kept, as the step keeps them: the mart
+        # reads a missing row as zeros.
         model = warehouse.render("intermediate/int_download_windows")
-        con.execute(f"create or replace temp table windows_now as {model}", params)
+        con.execute(
+            f"create or replace temp table windows_now as select * from ({model}) "
+            "where monthly_downloads <> 0 or coalesce(weekly_downloads, 0) <> 0",
+            params,
+        )
     else:
         previous, counted_before = kept
         model = warehouse.render("intermediate/int_download_windows_step")

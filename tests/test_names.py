@@ -99,7 +99,7 @@ def _problem_the_downloads_check_finds(name: str) -> str | None:
             "min_day": day,
             "max_day": day,
             "overlaps": False,
-            "file_id": None,
+            "own_files": [],
             "may_be_in_order": False,
         },
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 from unittest import mock
 
 import duckdb
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from rollout import metrics, warehouse
@@ -86,6 +86,8 @@ class Run:
 
 @settings(max_examples=60, deadline=None, database=None)
 @given(steps=steps)
+# Found by CI: downloads of 0 in the window, summed whole, kept a row the step drops.
+@example(steps=[("file", [("a", 0, 0)]), ("metrics", 0)])
 def test_windows_moved_day_to_day_equal_the_windows_summed_whole(
     steps: list[tuple[str, object]],
 ) -> None:
