@@ -48,6 +48,7 @@ def main() -> None:
     from rollout.demo.sample import generate_sample
     from rollout.demo.story import sample_window
     from rollout.registry import Registry
+    from rollout.warehouse import ingest
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plan", type=Path, default=ROOT / "plans" / "pypi-2023.yaml")
@@ -68,13 +69,10 @@ def main() -> None:
         print(f"{args.plan.name}: {files} landing files, {days} days of downloads")
         timings: dict[str, list[float]] = {"batched": [], "one by one": []}
         answers = []
-        for run in range(args.runs):
-            for label, batch_bytes in (("batched", None), ("one by one", 0)):
-                from rollout.warehouse import ingest
-
-                size = ingest.BATCH_BYTES if batch_bytes is None else batch_bytes
-                path = work / f"warehouse-{run}-{size}.duckdb"
-                seconds, answer = ingested(work / "landing", path, size)
+        for _ in range(args.runs):
+            for label, batch_bytes in (("batched", ingest.BATCH_BYTES), ("one by one", 0)):
+                path = work / "warehouse.duckdb"
+                seconds, answer = ingested(work / "landing", path, batch_bytes)
                 timings[label].append(seconds)
                 answers.append(answer)
                 path.unlink()

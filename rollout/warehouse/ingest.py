@@ -324,21 +324,38 @@ def ingest_file(
 ) -> FileResult:
     """Load one landing file; raises BadInput (nothing loaded) when it is refused.
     ``digest``: the file's SHA-256 when the caller has it already."""
-    now = now or _utc_now()
     landing.require_plain_path(file)
     digest = digest or landing.sha256(file.path)
+    return _skipped(con, file, digest) or _ingest_new(
+        con, file, digest, quarantine_limit=quarantine_limit, now=now or _utc_now()
+    )
+
+
+def _skipped(con: duckdb.DuckDBPyConnection, file: LandingFile, digest: str) -> FileResult | None:
+    """The result of a file loaded before (the same SHA-256): nothing to do."""
     earlier = warehouse.one(
         con, "select file_id, path from ingested_files where sha256 = $sha", {"sha": digest}
     )
-    if earlier is not None:
-        return FileResult(
-            file.path,
-            file.kind,
-            "skipped",
-            file_id=earlier[0],
-            message=f"already loaded as file {earlier[0]} ({earlier[1]})",
-        )
+    if earlier is None:
+        return None
+    return FileResult(
+        file.path,
+        file.kind,
+        "skipped",
+        file_id=earlier[0],
+        message=f"already loaded as file {earlier[0]} ({earlier[1]})",
+    )
 
+
+def _ingest_new(
+    con: duckdb.DuckDBPyConnection,
+    file: LandingFile,
+    digest: str,
+    *,
+    quarantine_limit: float,
+    now: datetime,
+) -> FileResult:
+    """``ingest_file`` for a file not loaded before, at a path DuckDB reads as it is."""
     if landing.loads_in_place(file):
         loaded = _load_in_place(con, [(file, digest)], now)
         if loaded is not None:
@@ -403,9 +420,15 @@ class _Ingest:
         self.batch_bytes = 0
 
     def one(self, file: LandingFile, digest: str) -> None:
+        """Load ``file``, not loaded before, on its own."""
         try:
-            result = ingest_file(
-                self.con, file, quarantine_limit=self.quarantine_limit, now=self.now, digest=digest
+            landing.require_plain_path(file)
+            result = _ingest_new(
+                self.con,
+                file,
+                digest,
+                quarantine_limit=self.quarantine_limit,
+                now=self.now or _utc_now(),
             )
         except BadInput as error:
             _drop_staging(self.con)
@@ -413,14 +436,18 @@ class _Ingest:
         self.report.files.append(result)
 
     def add(self, file: LandingFile, digest: str) -> None:
-        """Load ``file`` now, or hold it for the batch when it is a small downloads file."""
+        """Load ``file`` now, or hold it for the batch when it is a small downloads file.
+        Either way the files before it are loaded first, so the report keeps their
+        order and a copy of an earlier file is a skip."""
+        if any(digest == d for _, d in self.batch):
+            self.flush()
+        skipped = _skipped(self.con, file, digest)
+        if skipped is not None:
+            self.flush()
+            self.report.files.append(skipped)
+            return
         size = file.path.stat().st_size
-        if (
-            file.kind != "downloads"
-            or size > BATCH_BYTES
-            or any(digest == d for _, d in self.batch)
-            or not _batchable(self.con, file, digest)
-        ):
+        if file.kind != "downloads" or size > BATCH_BYTES or not _plain(file):
             self.flush()
             self.one(file, digest)
             return
@@ -437,10 +464,9 @@ class _Ingest:
         """All in one transaction; failing that, each half apart, down to single
         files, which take the staged path when they must: a few unclean files in a
         backfill cost a few more tries, not one each for the lot."""
-        if len(batch) == 1:
-            self.one(*batch[0])
-            return
-        if not batch:
+        if len(batch) <= 1:
+            for file, digest in batch:
+                self.one(file, digest)
             return
         loaded = _load_in_place(self.con, batch, self.now or _utc_now())
         if loaded is not None:
@@ -451,16 +477,13 @@ class _Ingest:
         self._load(batch[half:])
 
 
-def _batchable(con: duckdb.DuckDBPyConnection, file: LandingFile, digest: str) -> bool:
-    """Not loaded before, and a path DuckDB reads as it is (ingest_file says why not)."""
+def _plain(file: LandingFile) -> bool:
+    """A path DuckDB reads as it is (else ``one`` refuses it, saying why)."""
     try:
         landing.require_plain_path(file)
     except BadInput:
         return False
-    return (
-        warehouse.one(con, "select 1 from ingested_files where sha256 = $sha", {"sha": digest})
-        is None
-    )
+    return True
 
 
 def ingest(

@@ -77,8 +77,5 @@ final as (
     full outer join deltas using (package)
 )
 
--- A package whose windows hold nothing has no row, as in the full model (the mart
--- fills zeros): counts are >= 0, so a zero sum is no downloads in the window or only
--- zeros, which the mart reads the same.
+-- Zero sums stay: rollout.metrics keeps only the packages with a non-zero one.
 select * from final
-where monthly_downloads <> 0 or weekly_downloads <> 0

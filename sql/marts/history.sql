@@ -50,17 +50,11 @@ create table if not exists cohort_account_snapshots (
     via                varchar[] not null  -- maintainer, or team org/name
 );
 
--- The download windows of the last day metrics were computed for, kept so the next
--- day's are updated by what changed (rollout.metrics, int_download_windows_step)
--- instead of summed again over the whole window. `download_windows_state` says which
--- day and windows they are for, and the last ingested file they count; no row, and
--- the next run sums the windows whole.
-create table if not exists download_windows (
-    package           varchar not null,
-    weekly_downloads  bigint,
-    monthly_downloads bigint not null
-);
-
+-- Which download windows rollout.metrics keeps (in `download_windows`, which it
+-- writes: package, weekly_downloads, monthly_downloads, the packages with a non-zero
+-- sum) so the next day's are updated by what changed (int_download_windows_step)
+-- instead of summed again over the whole window: the day and window lengths they are
+-- for, and the last ingested file they count. No row: the next run sums them whole.
 create table if not exists download_windows_state (
     as_of           date not null,
     weekly_days     integer not null,

@@ -6,10 +6,10 @@ packages as (
     select package, self_dependency_kinds from stg_manifests
 ),
 
--- The download windows: the int_download_windows model, or the kept windows moved to
--- $as_of by int_download_windows_step (rollout.metrics materializes either).
+-- The download windows on $as_of, as rollout.metrics keeps them: the
+-- int_download_windows model, or the kept windows moved by int_download_windows_step.
 windows as (
-    select * from int_download_windows
+    select * from download_windows
 ),
 
 -- Declared dependents by name (materialized by rollout.metrics), matched to the
