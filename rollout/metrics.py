@@ -7,7 +7,9 @@ are missing, and the dependencies left out of the counts.
 
 The download windows are kept between runs (``download_windows``): the next day's are
 the kept ones moved by what entered and left them and by the files loaded since, not a
-sum over the whole window again (``rebuild=True`` sums them whole).
+sum over the whole window again. So are the dependents by name (``dependency_counts``):
+reused while no manifests file comes, moved by the packages whose latest manifest
+changed when one does. ``rebuild=True`` computes both whole.
 """
 
 from __future__ import annotations
@@ -71,65 +73,50 @@ def window_parameters(as_of: date, windows: MetricsWindows) -> dict[str, object]
 def compute_metrics(
     con: duckdb.DuckDBPyConnection, as_of: date, windows: MetricsWindows, *, rebuild: bool = False
 ) -> MetricsReport:
-    """``rebuild``: sum the download windows over all their days, ignoring the kept
-    ones (the full path, and the check of the incremental one)."""
+    """``rebuild``: sum the download windows over all their days and count the
+    dependents over every latest manifest, ignoring the kept ones (the full path, and
+    the check of the incremental one)."""
     started = time.perf_counter()
     # Every model below reads the latest manifests, most of them more than once.
     latest = ("package", "self_dependency_kinds", "file_id", "ordinal")
     with warehouse.materialized(con, "stg_manifests", latest):
-        _dependency_counts(con)
-        try:
-            return _compute(con, as_of, windows, started, rebuild)
-        except BaseException:
-            _forget_dependency_counts(con)
-            raise
+        return _compute(con, as_of, windows, started, rebuild)
 
 
-# What the dependency counts rest on: the manifest files loaded and the rows they left
-# (ingest appends whole files, and only it writes the raw tables).
-_MANIFESTS_STATE = """
-select
-    (select list(file_id order by file_id) from ingested_files where kind = 'manifests'),
-    (select count(*) from raw_manifests),
-    (select count(*) from raw_dependencies)
-"""
-
-
-def _dependency_counts(con: duckdb.DuckDBPyConnection) -> None:
-    """Temp table ``int_dependency_counts`` (read by package_metrics and the
-    exclusions), kept for the connection while the manifests stay as they were: a
-    run computing many days in one connection (a backfill, the demo) counts the
-    dependents once, not once a day."""
-    state = repr(warehouse.one(con, _MANIFESTS_STATE))
-    if (
-        _has_temp(con, "int_dependency_counts")
-        and _has_temp(con, "dependency_counts_state")
-        and warehouse.scalar(con, "select state from temp.dependency_counts_state") == state
-    ):
-        return
-    con.execute(
-        "create or replace temp table int_dependency_counts as "
-        + warehouse.render("intermediate/int_dependency_counts")
+def _dependency_counts(con: duckdb.DuckDBPyConnection, rebuild: bool) -> None:
+    """Bring ``dependency_counts``, which the mart and the exclusions read, to the
+    manifests loaded now (inside the caller's transaction): kept as they are when no
+    manifests file came since they were counted, else moved by the packages whose
+    latest manifest changed, or counted whole (nothing kept, or ``rebuild``)."""
+    kept = (
+        None
+        if rebuild
+        else warehouse.scalar(con, "select max(counted_file_id) from dependency_counts_state")
     )
-    con.execute(
-        "create or replace temp table dependency_counts_state as select $state as state",
-        {"state": state},
-    )
-
-
-def _has_temp(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    return bool(
-        warehouse.scalar(
-            con,
-            "select count(*) from duckdb_tables() where temporary and table_name = $name",
-            {"name": table},
+    counted = warehouse.scalar(con, "select coalesce(max(file_id), 0) from ingested_files")
+    if kept is not None:
+        new_manifests = warehouse.scalar(
+            con, "select count(*) from raw_manifests where file_id > $kept", {"kept": kept}
         )
+        if not new_manifests:
+            return
+        counts = warehouse.render("intermediate/int_dependency_counts_step")
+        params: dict[str, object] = {"counted_file_id": kept}
+    else:
+        counts = warehouse.render("intermediate/int_dependency_counts")
+        params = {}
+    # One statement, as the windows: the step's query is computed before the swap.
+    # The sums are HUGEINT; the kept table holds BIGINT, as the mart.
+    con.execute(
+        "create or replace table dependency_counts as select dependency, "
+        "cast(dependents as bigint) as dependents, "
+        "cast(dev_dependents as bigint) as dev_dependents, "
+        "cast(peer_dependents as bigint) as peer_dependents, "
+        f"cast(edges as bigint) as edges from ({counts}) where edges <> 0",
+        params,
     )
-
-
-def _forget_dependency_counts(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute("drop table if exists temp.int_dependency_counts")
-    con.execute("drop table if exists temp.dependency_counts_state")
+    con.execute("delete from dependency_counts_state")
+    con.execute("insert into dependency_counts_state values ($counted)", {"counted": counted})
 
 
 # The kept windows, when they can be moved to $as_of: the same window lengths, a day
@@ -186,9 +173,10 @@ def _compute(
     gaps = con.execute(warehouse.render("intermediate/int_download_gaps"), params).fetchall()
     missing = [row[0] for row in gaps]
     weekly_complete = not any(row[1] for row in gaps)
-    exclusions = warehouse.one(con, warehouse.render("intermediate/int_dependency_exclusions"))
-    self_deps, unknown_deps, unknown_packages = exclusions or (0, 0, 0)
     with warehouse.transaction(con):
+        _dependency_counts(con, rebuild)
+        exclusions = warehouse.one(con, warehouse.render("intermediate/int_dependency_exclusions"))
+        self_deps, unknown_deps, unknown_packages = exclusions or (0, 0, 0)
         con.execute("delete from package_metrics_daily where as_of = $as_of", {"as_of": as_of})
         _download_windows(con, params, rebuild)
         model = warehouse.render("marts/package_metrics")

@@ -197,6 +197,7 @@ SLOW_TESTS = (
     "tests/sql/test_metrics_properties.py::test_metrics_equal_the_definitions",
     "tests/sql/test_metrics_properties.py::test_qualified_packages_are_the_rule_applied_to_the_metrics",
     "tests/sql/test_download_windows.py::test_windows_moved_day_to_day_equal_the_windows_summed_whole",
+    "tests/sql/test_dependency_counts.py::test_counts_kept_from_day_to_day_equal_the_counts_made_whole",
     "tests/test_cli.py::test_ingest_json_output_is_only_json_and_rerun_skips",
     "tests/test_cli.py::test_metrics_and_cohorts_from_the_command_line",
     "tests/test_cli.py::test_notify_queues_previews_first_then_sends_to_the_file_outbox",

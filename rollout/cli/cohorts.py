@@ -37,8 +37,9 @@ def metrics(
     rebuild: Annotated[
         bool,
         typer.Option(
-            help="Sum the download windows over all their days instead of moving the "
-            "windows kept from the last day computed (same numbers, slower)."
+            help="Sum the download windows over all their days and count the dependents "
+            "over every latest manifest, instead of moving the ones kept from the last "
+            "run (same numbers, slower)."
         ),
     ] = False,
     fmt: FormatOption = Format.table,

@@ -1,8 +1,8 @@
 -- Declared dependents per dependency name, by kind, over every latest manifest: known
 -- packages and unknown names alike, self-dependencies included (package_metrics takes
 -- them out). Grouping the ~10 edges a package first and matching names to
--- packages after makes the string join 4M rows instead of 40M. rollout.metrics
--- materializes this model as a temp table of the same name.
+-- packages after makes the string join 4M rows instead of 40M. rollout.metrics keeps
+-- it in table dependency_counts, moved by int_dependency_counts_step as manifests come.
 with
 
 edges as (

@@ -1,9 +1,10 @@
 -- What the dependents counts leave out, for the run's report: self-dependencies, and
--- dependencies on names the registry has no manifest for. Reads int_dependency_counts.
+-- dependencies on names the registry has no manifest for. Reads the counts rollout.metrics
+-- keeps (dependency_counts: the int_dependency_counts model, or moved by its step).
 with
 
 counts as (
-    select * from int_dependency_counts
+    select * from dependency_counts
 ),
 
 packages as (

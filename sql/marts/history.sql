@@ -61,3 +61,12 @@ create table if not exists download_windows_state (
     monthly_days    integer not null,
     counted_file_id bigint not null
 );
+
+-- Which dependency counts rollout.metrics keeps (in `dependency_counts`, which it
+-- writes: the int_dependency_counts model's rows with edges) so a day without new
+-- manifests reuses them and a day with some moves them by the packages whose latest
+-- manifest changed (int_dependency_counts_step): the last ingested file they count.
+-- No row: the next run counts them whole.
+create table if not exists dependency_counts_state (
+    counted_file_id bigint not null
+);

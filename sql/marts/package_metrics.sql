@@ -12,12 +12,13 @@ windows as (
     select * from download_windows
 ),
 
--- Declared dependents by name (materialized by rollout.metrics), matched to the
--- packages here, in the one join that also brings the downloads: a package listing
--- itself is not its own dependent, and names with no manifest drop out (both are
--- counted by int_dependency_exclusions).
+-- Declared dependents by name, as rollout.metrics keeps them (the
+-- int_dependency_counts model, or the kept counts moved by int_dependency_counts_step),
+-- matched to the packages here, in the one join that also brings the downloads: a
+-- package listing itself is not its own dependent, and names with no manifest drop
+-- out (both are counted by int_dependency_exclusions).
 counts as (
-    select * from int_dependency_counts
+    select * from dependency_counts
 ),
 
 joined as (
