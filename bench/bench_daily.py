@@ -1,35 +1,48 @@
-"""Benchmark: the daily path, day after day, as the `daily` deployment runs it.
+"""Benchmark: the daily path, day after day, as the `daily` deployment runs it, against
+peers computing the same day from the raw landing files.
 
 Usage:
     python bench/bench_daily.py --registry bench/out/npm/registry.db \\
-        --landing bench/out/npm/landing [--days 7]
+        --landing bench/out/npm/landing [--days 7] [--peers pandas,duckdb,polars]
     python bench/bench_daily.py --generate small      # a quick check on a fresh sample
+
+The polars peer needs the bench extra: `pip install -e '.[bench]'`.
 
 A fresh warehouse ingests the sample's landing files except the last ``--days``
 downloads files and computes the metrics and cohorts of the day after the last one
 loaded (not timed: the state a deployment has the morning before). Then, day by day,
-each of the held-back files goes through the daily path, each step timed:
+each held-back file goes through the daily path in a child process of its own (as a
+flow run is), each step on a connection of its own (as the flow's tasks open it), timed:
 
 - ``rollout ingest`` of the day's file, with the registry extract;
-- ``compute_metrics`` for the next day: the kept download windows moved by a day;
+- ``compute_metrics`` for the next day: the kept download windows moved by a day, the
+  kept dependents counts reused;
 - ``build_cohorts`` on that day's metrics (the registry as just extracted).
 
-Each day, the metrics are then computed again from scratch (``rebuild=True``: the
-windows summed over every day), timed as the in-run baseline, and every package's row
-of the two is compared: any difference fails the run (exit 1). Peak RSS of the
-process is reported at the end.
+Its peak RSS is the daily path's. Then, each day (not part of the path):
 
-Issue 16's peers computed from the raw files (a polars script, a DuckDB script and an
-expert pandas version) are not part of this bench yet; `bench_metrics.py` holds the
-expert pandas baseline of the same definitions for one day.
+- the metrics are computed again from scratch (``rebuild=True``), timed: the in-run
+  baseline, and every package's row of the two is compared;
+- each peer of ``bench_metrics.py`` (expert pandas + pyarrow, a DuckDB script, a polars
+  script) computes the day's metrics and both cohorts from the landing files, in a
+  child process, timed whole (its scans and the registry tables it reads included, as
+  rollout's path includes the ingest and the registry extract); every package's row is
+  compared with rollout's, and each cohort's packages qualifying that day, their
+  accounts and those without 2FA with rollout's snapshot of the day.
+
+Any difference fails the run (exit 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import date, timedelta
@@ -66,79 +79,178 @@ def day_of(path: Path) -> date:
     return date.fromisoformat(path.stem.removeprefix("downloads-"))
 
 
-def run(registry_db: Path, landing: Path, days: int, work: Path) -> int:
+def setup(registry_url: str, before: list[Path], landing: Path, work: Path) -> date:
+    """The morning before: everything but the held-back files loaded, that day's
+    metrics and cohorts built. Returns the day."""
     from rollout import cohorts, metrics, warehouse
     from rollout.core.plan import load_plan
     from rollout.registry import Registry
     from rollout.warehouse import extract, ingest
 
     plan = load_plan(PLAN)
-    daily = sorted((landing / "downloads").glob("downloads-*.parquet"), key=day_of)
-    if len(daily) <= days:
-        raise SystemExit(f"FAIL: {landing} has {len(daily)} daily files, need more than {days}")
-    held, before = daily[-days:], daily[:-days]
-    registry = Registry(copy_registry(registry_db, work))
-    failures = 0
-    timings: dict[str, list[float]] = {"ingest": [], "metrics": [], "cohorts": [], "rebuild": []}
-    with registry, warehouse.open_warehouse(work / "warehouse.duckdb") as con:
-        started = time.perf_counter()
+    with (
+        Registry(registry_url) as registry,
+        warehouse.open_warehouse(work / "warehouse.duckdb") as con,
+    ):
         others = [landing / kind for kind in ("manifests", "logins", "publishes")]
-        setup = ingest.ingest(
+        report = ingest.ingest(
             con,
             [*before, *(path for path in others if path.exists())],
             quarantine_limit=0.01,
             landing_root=landing,
         )
-        if setup.rejected:
-            raise SystemExit(f"FAIL: the sample did not ingest cleanly: {setup.rejected}")
+        if report.rejected:
+            raise SystemExit(f"FAIL: the sample did not ingest cleanly: {report.rejected}")
         extract.extract_registry(con, registry)
         as_of = day_of(before[-1]) + timedelta(days=1)
         metrics.compute_metrics(con, as_of, plan.metrics)
         cohorts.build_cohorts(
             con, registry, plan, as_of, actor="bench", refresh_registry=False, allow_gaps=True
         )
-        setup_seconds = time.perf_counter() - started
-        print(f"setup (not timed): {len(before)} daily files, {setup_seconds:.1f} s")
-        print("day         ingest  metrics  cohorts  | rebuild  same")
-        for path in held:
-            as_of = day_of(path) + timedelta(days=1)
-            clock = time.perf_counter()
+    return as_of
+
+
+def daily_path(work: Path, landing: Path, path: Path) -> dict[str, float]:
+    """One day's path (run in a child): each step opens the warehouse, as the flow's
+    tasks do, so nothing is carried over in a connection."""
+    from rollout import cohorts, metrics, warehouse
+    from rollout.core.plan import load_plan
+    from rollout.registry import Registry
+    from rollout.warehouse import extract, ingest
+
+    plan = load_plan(PLAN)
+    as_of = day_of(path) + timedelta(days=1)
+    seconds: dict[str, float] = {}
+    with Registry(f"sqlite:///{work / 'registry.db'}") as registry:
+        clock = time.perf_counter()
+        with warehouse.open_warehouse(work / "warehouse.duckdb") as con:
             ingest.ingest(con, [path], quarantine_limit=0.01, landing_root=landing)
             extract.extract_registry(con, registry)
-            timings["ingest"].append(time.perf_counter() - clock)
-            clock = time.perf_counter()
+        seconds["ingest"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        with warehouse.open_warehouse(work / "warehouse.duckdb") as con:
             metrics.compute_metrics(con, as_of, plan.metrics)
-            timings["metrics"].append(time.perf_counter() - clock)
-            clock = time.perf_counter()
+        seconds["metrics"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        with warehouse.open_warehouse(work / "warehouse.duckdb") as con:
             cohorts.build_cohorts(
                 con, registry, plan, as_of, actor="bench", refresh_registry=False, allow_gaps=True
             )
-            timings["cohorts"].append(time.perf_counter() - clock)
+        seconds["cohorts"] = time.perf_counter() - clock
+    return {**seconds, "peak_gib": peak_gib()}
+
+
+# Rollout's cohorts of the day, as the peers compute them: the packages qualifying that
+# day (the snapshot keeps earlier ones too: cohorts are sticky), their accounts, and
+# those without 2FA.
+QUALIFYING = """
+select distinct lower(package) from cohort_package_snapshots
+where as_of = $as_of and cohort = $cohort and qualifies_today
+"""
+ACCOUNTS = """
+select account_id, tfa_status = 'none' from cohort_account_snapshots
+where as_of = $as_of and cohort = $cohort
+  and list_has_any(list_transform(packages, lambda p: lower(p)), $keys)
+"""
+
+
+def rollout_answer(con: object, as_of: date, work: Path) -> dict[str, dict]:
+    """The day's metrics into rollout-metrics.parquet, and its cohorts."""
+    from bench_metrics import ROLLOUT_METRICS, cohort_answer
+
+    target = str(work / ROLLOUT_METRICS).replace("'", "''")
+    con.execute(  # type: ignore[attr-defined]
+        f"copy (select * exclude (as_of) from package_metrics_daily where as_of = $as_of) "
+        f"to '{target}' (format parquet)",
+        {"as_of": as_of},
+    )
+    answer = {}
+    cohorts = con.execute(  # type: ignore[attr-defined]
+        "select distinct cohort from cohort_package_snapshots where as_of = $as_of",
+        {"as_of": as_of},
+    ).fetchall()
+    for (cohort,) in cohorts:
+        params = {"as_of": as_of, "cohort": cohort}
+        keys = [row[0] for row in con.execute(QUALIFYING, params).fetchall()]  # type: ignore[attr-defined]
+        accounts = con.execute(ACCOUNTS, {**params, "keys": keys}).fetchall()  # type: ignore[attr-defined]
+        answer[cohort] = cohort_answer(
+            keys, [a for a, _ in accounts], [a for a, without in accounts if without]
+        )
+    return answer
+
+
+def run(registry_db: Path, landing: Path, days: int, peers: list[str], work: Path) -> int:
+    from bench_metrics import compare_cohorts, compare_metrics, run_part
+
+    from rollout import metrics, warehouse
+    from rollout.core.plan import load_plan
+
+    plan = load_plan(PLAN)
+    daily = sorted((landing / "downloads").glob("downloads-*.parquet"), key=day_of)
+    if len(daily) <= days:
+        raise SystemExit(f"FAIL: {landing} has {len(daily)} daily files, need more than {days}")
+    held, before = daily[-days:], daily[:-days]
+    registry_url = copy_registry(registry_db, work)
+    started = time.perf_counter()
+    setup(registry_url, before, landing, work)
+    print(f"setup (not timed): {len(before)} daily files, {time.perf_counter() - started:.1f} s")
+    failures = 0
+    steps = ("ingest", "metrics", "cohorts", "path", "peak_gib", "rebuild", *peers)
+    timings: dict[str, list[float]] = {step: [] for step in steps}
+    print("day         " + "  ".join(f"{step:>8}" for step in steps) + "  same")
+    for path in held:
+        as_of = day_of(path) + timedelta(days=1)
+        os.sync()  # the day before's writes flushed before the timed part
+        done = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--day",
+                str(path),
+                "--work",
+                str(work),
+                "--landing",
+                str(landing),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode:
+            raise SystemExit(f"FAIL: the daily path of {as_of} failed:\n{done.stderr[-3000:]}")
+        day = json.loads(done.stdout.strip().splitlines()[-1])
+        day["path"] = day["ingest"] + day["metrics"] + day["cohorts"]
+        problems: list[str] = []
+        with warehouse.open_warehouse(work / "warehouse.duckdb") as con:
+            answer = rollout_answer(con, as_of, work)
             moved = con.execute(METRICS, {"as_of": as_of}).fetchall()
             clock = time.perf_counter()
             metrics.compute_metrics(con, as_of, plan.metrics, rebuild=True)
-            timings["rebuild"].append(time.perf_counter() - clock)
+            day["rebuild"] = time.perf_counter() - clock
             rebuilt = con.execute(METRICS, {"as_of": as_of}).fetchall()
-            same = moved == rebuilt and len(moved) > 0
-            failures += not same
-            if not same:
-                differing = [a[1] for a, b in zip(moved, rebuilt, strict=False) if a != b][:5]
-                print(f"FAIL {as_of}: {len(moved)} rows against {len(rebuilt)}; first: {differing}")
-            print(
-                f"{as_of}  {timings['ingest'][-1]:6.1f}  {timings['metrics'][-1]:7.1f}  "
-                f"{timings['cohorts'][-1]:7.1f}  | {timings['rebuild'][-1]:7.1f}  {same}"
-            )
-    path_seconds = [
-        i + m + c
-        for i, m, c in zip(timings["ingest"], timings["metrics"], timings["cohorts"], strict=True)
-    ]
-    print(
-        f"daily path (ingest + metrics + cohorts): min {min(path_seconds):.1f} s, "
-        f"median {statistics.median(path_seconds):.1f} s, max {max(path_seconds):.1f} s"
-    )
+        if moved != rebuilt or not moved:
+            differing = [a[1] for a, b in zip(moved, rebuilt, strict=False) if a != b][:5]
+            problems.append(f"rebuild: {len(moved)} rows against {len(rebuilt)}; {differing}")
+        for peer in peers:
+            result = run_part(peer, work, as_of, landing)
+            # From the raw files, reading the registry tables included (rollout's
+            # path includes its registry extract too).
+            day[peer] = result["seconds"] + result["load_seconds"]
+            problems += [f"{peer}: {line}" for line in compare_metrics(work, peer)]
+            problems += [
+                f"{peer}: {line}" for line in compare_cohorts(answer, peer, result["cohorts"])
+            ]
+        for step in steps:
+            timings[step].append(day[step])
+        failures += bool(problems)
+        print(f"{as_of}  " + "  ".join(f"{day[step]:8.1f}" for step in steps) + f"  {not problems}")
+        for line in problems:
+            print(f"  FAIL {line}")
+    print("\nover the days (min, median, max):")
     for step, values in timings.items():
-        print(f"  {step}: min {min(values):.2f} s, max {max(values):.2f} s")
-    print(f"peak RSS {peak_gib():.2f} GiB")
+        print(
+            f"  {step}: {min(values):.2f}, {statistics.median(values):.2f}, {max(values):.2f}"
+            + (" GiB" if step == "peak_gib" else " s")
+        )
     return failures
 
 
@@ -149,7 +261,18 @@ def main() -> None:
     parser.add_argument("--generate", choices=("tiny", "small", "medium"))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--days", type=int, default=7)
+    parser.add_argument(
+        "--peers",
+        default="pandas,duckdb,polars",
+        help="comma-separated peers of bench_metrics.py to run each day ('' for none)",
+    )
+    parser.add_argument("--day", type=Path, help=argparse.SUPPRESS)  # a child: one day
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.day:
+        print(json.dumps(daily_path(args.work, args.landing, args.day)))
+        return
+    peers = [peer for peer in args.peers.split(",") if peer]
     if not args.generate and not (args.registry and args.landing):
         parser.error("give --registry and --landing, or --generate SCALE")
     with tempfile.TemporaryDirectory(prefix="bench-daily-") as scratch:
@@ -158,10 +281,10 @@ def main() -> None:
             registry_db, landing = generate(args.generate, args.seed, work)
         else:
             registry_db, landing = args.registry.resolve(), args.landing.resolve()
-        failures = run(registry_db, landing, args.days, work)
+        failures = run(registry_db, landing, args.days, peers, work)
     if failures:
-        raise SystemExit(f"FAIL: the moved metrics differed from a rebuild on {failures} day(s)")
-    print("OK: every day's metrics equal a rebuild's, package by package")
+        raise SystemExit(f"FAIL: rollout differed from a rebuild or a peer on {failures} day(s)")
+    print("OK: every day's metrics equal a rebuild's and every peer's, package by package")
 
 
 if __name__ == "__main__":

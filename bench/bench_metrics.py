@@ -59,7 +59,6 @@ from registry_copy import copy_registry
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = ROOT / "plans" / "npm-2022.yaml"
 ROLLOUT_METRICS = "rollout-metrics.parquet"
-PANDAS_METRICS = "pandas-metrics.parquet"
 MAPS = {"dependencies": "prod", "devDependencies": "dev", "peerDependencies": "peer"}
 SHOW = 5  # differing packages shown
 
@@ -343,7 +342,9 @@ def run_pandas(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
     peak = peak_gib()
 
     # Not timed: the answer for the comparison, and totals for the floor's check.
-    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), work / PANDAS_METRICS)
+    pq.write_table(
+        pa.Table.from_pandas(table, preserve_index=False), work / "pandas-metrics.parquet"
+    )
     in_week = pc.greater_equal(downloads.column("day"), pa.scalar(week))
     # The floor counts every file's edges; these are the latest manifests' only.
     all_edges = {} if len(manifest_files) > 1 else edges
@@ -363,24 +364,295 @@ def run_pandas(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
     }
 
 
-PARTS = {"rollout": run_rollout, "floor": run_floor, "pandas": run_pandas}
+# The registry tables every peer's cohorts read, from the warehouse's extract (as
+# pandas reads them above): loading, timed apart, as rollout's extract is.
+REGISTRY_QUERIES = {
+    "accounts": "select id, username from registry.accounts",
+    "factors": "select account_id from registry.tfa_factors where removed_at is null",
+    "team_packages": "select team_id, package_name from registry.team_packages "
+    "where permission = 'write'",
+    "teams": "select id as team_id, org_id from registry.teams",
+    "orgs": "select id as org_id from registry.orgs",
+    "team_members": "select team_id, account_id from registry.team_members",
+    "org_members": "select org_id, account_id from registry.org_members where removed_at is null",
+}
 
 
-def compare_metrics(work: Path) -> list[str]:
-    """Every column of rollout's rows against pandas', package by package."""
+def cohort_answer(package_keys: list[str], members: list[int], without: list[int]) -> dict:
+    return {
+        "sizes": [len(package_keys), len(members), len(without)],
+        "packages": sorted(package_keys),
+        "accounts": sorted(members),
+        "without_2fa": sorted(without),
+    }
+
+
+def run_duckdb(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
+    """The same definitions as an analyst writes them in DuckDB SQL, from the landing
+    files: one query for the metrics, one per cohort."""
+    import duckdb
+
+    from rollout.core.plan import load_plan
+
+    plan = load_plan(PLAN)
+    month, week, end = windows(as_of)
+    con = duckdb.connect()
+    target = str(work / "warehouse.duckdb").replace("'", "''")
+    con.execute(f"attach '{target}' as wh (read_only)")
+    loading = time.perf_counter()
+    for name, query in REGISTRY_QUERIES.items():
+        con.execute(f"create temp table {name} as {query.replace('registry.', 'wh.registry.')}")
+    load_seconds = time.perf_counter() - loading
+    started = time.perf_counter()
+    files = {
+        "downloads": sorted(str(p) for p in (landing / "downloads").glob("*.parquet")),
+        "manifests": sorted(str(p) for p in (landing / "manifests").glob("*.parquet")),
+    }
+    # The latest manifest per name: the last file's (files in name order, as rollout).
+    con.execute(
+        """
+        create temp table latest as
+        select name, maintainers, dependencies, devDependencies, peerDependencies
+        from read_parquet($manifests, filename = true)
+        qualify row_number() over (partition by name order by filename desc) = 1
+        """,
+        {"manifests": files["manifests"]},
+    )
+    con.execute(
+        """
+        create temp table metrics as
+        with edges as (
+            select name, unnest(map_keys(dependencies)) as dependency, 'prod' as kind from latest
+            union all
+            select name, unnest(map_keys(devDependencies)), 'dev' from latest
+            union all
+            select name, unnest(map_keys(peerDependencies)), 'peer' from latest
+        ),
+        counts as (
+            select dependency,
+                count(*) filter (where kind = 'prod') as dependents,
+                count(*) filter (where kind = 'dev') as dev_dependents,
+                count(*) filter (where kind = 'peer') as peer_dependents
+            from edges where dependency <> name group by dependency
+        ),
+        sums as (
+            select package, sum(downloads) filter (where day >= $week) as weekly,
+                sum(downloads) as monthly
+            from read_parquet($downloads) where day between $month and $end group by package
+        ),
+        joined as (
+            select latest.name as package,
+                coalesce(sums.weekly, 0)::bigint as weekly_downloads,
+                coalesce(sums.monthly, 0)::bigint as monthly_downloads,
+                coalesce(counts.dependents, 0) as dependents,
+                coalesce(counts.dev_dependents, 0) as dev_dependents,
+                coalesce(counts.peer_dependents, 0) as peer_dependents
+            from latest
+            left join sums on sums.package = latest.name
+            left join counts on counts.dependency = latest.name
+        )
+        select *,
+            row_number() over (order by dependents desc, package) as rank_by_dependents,
+            row_number() over (order by weekly_downloads desc, package) as rank_by_downloads
+        from joined
+        """,
+        {"downloads": files["downloads"], "month": month, "week": week, "end": end},
+    )
+    answer: dict[str, Any] = {}
+    for cohort, rule in plan.cohorts.items():
+        criteria = [
+            f"rank_by_dependents <= {rule.top_by_dependents}"
+            if rule.top_by_dependents is not None
+            else None,
+            f"weekly_downloads > {rule.weekly_downloads_gt}"
+            if rule.weekly_downloads_gt is not None
+            else None,
+            f"dependents >= {rule.dependents_gte}" if rule.dependents_gte is not None else None,
+        ]
+        where = " or ".join(c for c in criteria if c) or "false"
+        con.execute(
+            f"create or replace temp table chosen as "
+            f"select distinct lower(package) as key from metrics where {where}"
+        )
+        con.execute(
+            """
+            create or replace temp table members as
+            select accounts.id as account_id
+            from (select trim(unnest(maintainers)) as username from latest
+                  where lower(name) in (select key from chosen)) listed
+            join accounts using (username)
+            union
+            select team_members.account_id
+            from team_packages
+            join teams using (team_id)
+            join orgs using (org_id)
+            join team_members using (team_id)
+            join org_members using (org_id, account_id)
+            where lower(team_packages.package_name) in (select key from chosen)
+            """
+        )
+        keys = [row[0] for row in con.execute("select key from chosen").fetchall()]
+        members = [row[0] for row in con.execute("select account_id from members").fetchall()]
+        without = [
+            row[0]
+            for row in con.execute(
+                "select account_id from members anti join factors using (account_id)"
+            ).fetchall()
+        ]
+        answer[cohort] = cohort_answer(keys, members, without)
+    seconds = time.perf_counter() - started
+    peak = peak_gib()
+    out = str(work / "duckdb-metrics.parquet").replace("'", "''")
+    con.execute(f"copy metrics to '{out}' (format parquet)")
+    return {"seconds": seconds, "load_seconds": load_seconds, "peak_gib": peak, "cohorts": answer}
+
+
+def run_polars(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
+    """The same definitions as a polars user writes them: lazy scans with the day
+    window pushed down, group-bys and joins, one sort per rank."""
+    import duckdb
+    import polars as pl
+
+    from rollout.core.plan import load_plan
+
+    plan = load_plan(PLAN)
+    month, week, end = windows(as_of)
+    loading = time.perf_counter()
+    con = duckdb.connect(str(work / "warehouse.duckdb"), read_only=True)
+    registry = {name: con.sql(query).pl() for name, query in REGISTRY_QUERIES.items()}
+    con.close()
+    load_seconds = time.perf_counter() - loading
+    started = time.perf_counter()
+    manifest_files = sorted(str(p) for p in (landing / "manifests").glob("*.parquet"))
+    # The latest manifest per name: the last file's (files scanned in name order, as
+    # rollout loads them; a scan keeps the files' order).
+    latest = pl.scan_parquet(manifest_files).select("name", "maintainers", *MAPS)
+    if len(manifest_files) > 1:
+        latest = latest.unique("name", keep="last", maintain_order=True)
+    latest = latest.collect()
+    edges = pl.concat(
+        [
+            latest.lazy()
+            .select("name", pl.col(column).map.keys())
+            .explode(column)
+            .rename({column: "dependency"})
+            .with_columns(kind=pl.lit(kind))
+            for column, kind in MAPS.items()
+        ]
+    )
+    counts = (
+        edges.filter(pl.col("dependency").is_not_null() & (pl.col("dependency") != pl.col("name")))
+        .group_by("dependency")
+        .agg(
+            dependents=(pl.col("kind") == "prod").sum(),
+            dev_dependents=(pl.col("kind") == "dev").sum(),
+            peer_dependents=(pl.col("kind") == "peer").sum(),
+        )
+    )
+    sums = (
+        pl.scan_parquet(sorted(str(p) for p in (landing / "downloads").glob("*.parquet")))
+        .filter(pl.col("day").is_between(month, end))
+        .group_by("package")
+        .agg(
+            weekly_downloads=pl.col("downloads").filter(pl.col("day") >= week).sum(),
+            monthly_downloads=pl.col("downloads").sum(),
+        )
+    )
+    metrics = (
+        latest.lazy()
+        .select(package="name")
+        .join(sums, on="package", how="left")
+        .join(counts, left_on="package", right_on="dependency", how="left")
+        .with_columns(
+            pl.col(
+                "weekly_downloads",
+                "monthly_downloads",
+                "dependents",
+                "dev_dependents",
+                "peer_dependents",
+            )
+            .fill_null(0)
+            .cast(pl.Int64)
+        )
+        # Sorted by name first: an ordinal rank then breaks ties by name.
+        .sort("package")
+        .with_columns(
+            rank_by_dependents=pl.col("dependents").rank("ordinal", descending=True),
+            rank_by_downloads=pl.col("weekly_downloads").rank("ordinal", descending=True),
+        )
+        .with_columns(pl.col("rank_by_dependents", "rank_by_downloads").cast(pl.Int64))
+        .collect()
+    )
+    maintainers = (
+        latest.select("name", "maintainers")
+        .explode("maintainers")
+        .select(
+            key=pl.col("name").str.to_lowercase(),
+            username=pl.col("maintainers").str.strip_chars(" "),
+        )
+        .join(registry["accounts"], on="username")
+    )
+    team_access = (
+        registry["team_packages"]
+        .with_columns(key=pl.col("package_name").str.to_lowercase())
+        .join(registry["teams"], on="team_id")
+        .join(registry["orgs"], on="org_id")
+        .join(registry["team_members"], on="team_id")
+        .join(registry["org_members"], on=["org_id", "account_id"])
+    )
+    with_2fa = registry["factors"]["account_id"].unique()
+    answer: dict[str, Any] = {}
+    for cohort, rule in plan.cohorts.items():
+        selected = pl.lit(False)
+        if rule.top_by_dependents is not None:
+            selected |= pl.col("rank_by_dependents") <= rule.top_by_dependents
+        if rule.weekly_downloads_gt is not None:
+            selected |= pl.col("weekly_downloads") > rule.weekly_downloads_gt
+        if rule.dependents_gte is not None:
+            selected |= pl.col("dependents") >= rule.dependents_gte
+        keys = metrics.filter(selected)["package"].str.to_lowercase().unique()
+        members = pl.concat(
+            [
+                maintainers.filter(pl.col("key").is_in(keys.implode()))["id"],
+                team_access.filter(pl.col("key").is_in(keys.implode()))["account_id"],
+            ]
+        ).unique()
+        without = members.filter(~members.is_in(with_2fa.implode()))
+        answer[cohort] = cohort_answer(keys.to_list(), members.to_list(), without.to_list())
+    seconds = time.perf_counter() - started
+    peak = peak_gib()
+    metrics.write_parquet(work / "polars-metrics.parquet")
+    return {"seconds": seconds, "load_seconds": load_seconds, "peak_gib": peak, "cohorts": answer}
+
+
+PARTS = {
+    "rollout": run_rollout,
+    "floor": run_floor,
+    "pandas": run_pandas,
+    "duckdb": run_duckdb,
+    "polars": run_polars,
+}
+PEERS = ("pandas", "duckdb", "polars")
+
+
+def compare_metrics(work: Path, peer: str) -> list[str]:
+    """Every column of rollout's rows against the peer's, package by package."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     ours = pq.read_table(work / ROLLOUT_METRICS)
-    theirs = pq.read_table(work / PANDAS_METRICS)
+    theirs = pq.read_table(work / f"{peer}-metrics.parquet")
+    # polars writes large strings; the names compare the same either way.
+    at = theirs.schema.get_field_index("package")
+    theirs = theirs.set_column(at, "package", theirs.column(at).cast(pa.string()))
     problems = []
     columns = [c for c in ours.column_names if c != "package"]
     missing = [c for c in columns if c not in theirs.column_names]
     if missing:
-        return [f"the pandas baseline has no {', '.join(missing)} (rollout's row has)"]
-    for name, t in (("rollout", ours), ("pandas", theirs)):
+        return [f"{peer} has no {', '.join(missing)} (rollout's row has)"]
+    for name, t in (("rollout", ours), (peer, theirs)):
         repeated = t.num_rows - pc.count_distinct(t.column("package")).as_py()
         if repeated:
             problems.append(f"{name} has {repeated} repeated package rows")
@@ -389,34 +661,34 @@ def compare_metrics(work: Path) -> list[str]:
         keys="package",
         join_type="full outer",
         left_suffix=" rollout",
-        right_suffix=" pandas",
+        right_suffix=f" {peer}",
     )
     differs = pa.array(np.zeros(joined.num_rows, bool))
     for c in columns:
-        unequal = pc.fill_null(pc.not_equal(joined[f"{c} rollout"], joined[f"{c} pandas"]), True)
+        unequal = pc.fill_null(pc.not_equal(joined[f"{c} rollout"], joined[f"{c} {peer}"]), True)
         differs = pc.or_(differs, unequal)
     bad = joined.filter(differs).sort_by("package")
     if bad.num_rows:
         problems.append(
             f"{bad.num_rows:,} of {joined.num_rows:,} packages differ (rollout {ours.num_rows:,} "
-            f"rows, pandas {theirs.num_rows:,}); the first {min(SHOW, bad.num_rows)}:"
+            f"rows, {peer} {theirs.num_rows:,}); the first {min(SHOW, bad.num_rows)}:"
         )
         for row in bad.slice(0, SHOW).to_pylist():
             diffs = [
-                f"{c} {row[f'{c} rollout']} vs {row[f'{c} pandas']}"
+                f"{c} {row[f'{c} rollout']} vs {row[f'{c} {peer}']}"
                 for c in columns
-                if row[f"{c} rollout"] != row[f"{c} pandas"]
+                if row[f"{c} rollout"] != row[f"{c} {peer}"]
             ]
-            problems.append(f"  {row['package']}: " + "; ".join(diffs) + " (rollout vs pandas)")
+            problems.append(f"  {row['package']}: " + "; ".join(diffs) + f" (rollout vs {peer})")
     return problems
 
 
-def compare_cohorts(rollout: dict[str, Any], pandas: dict[str, Any]) -> list[str]:
+def compare_cohorts(rollout: dict[str, Any], peer: str, answer: dict[str, Any]) -> list[str]:
     problems = []
-    for cohort in sorted(set(rollout) | set(pandas)):
-        ours, theirs = rollout.get(cohort), pandas.get(cohort)
+    for cohort in sorted(set(rollout) | set(answer)):
+        ours, theirs = rollout.get(cohort), answer.get(cohort)
         if ours is None or theirs is None:
-            problems.append(f"cohort {cohort}: only in {'pandas' if ours is None else 'rollout'}")
+            problems.append(f"cohort {cohort}: only in {peer if ours is None else 'rollout'}")
             continue
         counted = [len(ours["packages"]), len(ours["accounts"]), len(ours["without_2fa"])]
         if ours["sizes"] != counted:
@@ -428,8 +700,8 @@ def compare_cohorts(rollout: dict[str, Any], pandas: dict[str, Any]) -> list[str
             a, b = set(ours[what]), set(theirs[what])
             if a != b:
                 problems.append(
-                    f"cohort {cohort} {what}: rollout {len(a):,}, pandas {len(b):,}; only in "
-                    f"rollout {sorted(a - b)[:SHOW]}, only in pandas {sorted(b - a)[:SHOW]}"
+                    f"cohort {cohort} {what}: rollout {len(a):,}, {peer} {len(b):,}; only in "
+                    f"rollout {sorted(a - b)[:SHOW]}, only in {peer} {sorted(b - a)[:SHOW]}"
                 )
     return problems
 
@@ -497,34 +769,11 @@ def main() -> None:
             landing = args.landing.resolve()
             shutil.copy(args.warehouse, work / "warehouse.duckdb")
             copy_registry(args.registry, work)
-        results = {}
-        for part in ("rollout", "floor", "pandas"):
-            # The copies above (3 GB) and the part before leave dirty pages: flushed
-            # now, or the kernel writes them back during the part and it measures that.
-            os.sync()
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--part",
-                    part,
-                    "--work",
-                    str(work),
-                    "--as-of",
-                    args.as_of.isoformat(),
-                    "--landing",
-                    str(landing),
-                ],
-                capture_output=True,
-                text=True,
-            )
-            if done.returncode:
-                raise SystemExit(f"FAIL: the {part} part failed:\n{done.stderr[-3000:]}")
-            results[part] = json.loads(done.stdout.strip().splitlines()[-1])
-        metric_problems = compare_metrics(work)
-    rollout, floor, pandas = results["rollout"], results["floor"], results["pandas"]
+        results = {part: run_part(part, work, args.as_of, landing) for part in PARTS}
+        metric_problems = {peer: compare_metrics(work, peer) for peer in PEERS}
+    rollout, floor = results["rollout"], results["floor"]
     sizes = {c: r["sizes"] for c, r in rollout["cohorts"].items()}
-    print(f"inputs: {pandas['rows']}; as of {args.as_of}")
+    print(f"inputs: {results['pandas']['rows']}; as of {args.as_of}")
     print("| part | wall s | peak GiB | note |\n|---|---|---|---|")
     print(
         f"| rollout metrics + cohorts | {rollout['seconds']:.1f} | {rollout['peak_gib']:.2f} "
@@ -534,25 +783,53 @@ def main() -> None:
     print(
         f"| bare DuckDB aggregates (floor) | {floor['seconds']:.1f} | {floor['peak_gib']:.2f} | |"
     )
-    print(
-        f"| pandas + pyarrow | {pandas['seconds']:.1f} | {pandas['peak_gib']:.2f} | "
-        f"+{pandas['load_seconds']:.1f} s scans and registry tables, not counted |"
-    )
-    with_scans = pandas["seconds"] + pandas["load_seconds"]
-    print(
-        f"\nratio pandas / rollout: {pandas['seconds'] / rollout['seconds']:.1f}x "
-        f"(pandas with its scans: {with_scans / rollout['seconds']:.1f}x)"
-    )
+    for peer in PEERS:
+        result = results[peer]
+        print(
+            f"| {peer} | {result['seconds']:.1f} | {result['peak_gib']:.2f} | "
+            f"+{result['load_seconds']:.1f} s registry tables (and pandas' scans), not counted; "
+            f"{result['seconds'] / rollout['seconds']:.2f}x rollout's time |"
+        )
+    print(f"\nrollout / floor: {rollout['seconds'] / floor['seconds']:.2f}x")
     problems = {
-        "package metrics": metric_problems,
-        "cohorts": compare_cohorts(rollout["cohorts"], pandas["cohorts"]),
-        "floor totals": compare_totals(floor["totals"], pandas["totals"]),
+        **{f"package metrics, {peer}": found for peer, found in metric_problems.items()},
+        **{
+            f"cohorts, {peer}": compare_cohorts(rollout["cohorts"], peer, results[peer]["cohorts"])
+            for peer in PEERS
+        },
+        "floor totals": compare_totals(floor["totals"], results["pandas"]["totals"]),
     }
     for what, found in problems.items():
         print(f"{what}: {'DIFFER' if found else 'agree'}")
     failures = [f"{what}: {line}" for what, found in problems.items() for line in found]
     if failures:
-        raise SystemExit("FAIL: rollout and the pandas baseline disagree\n" + "\n".join(failures))
+        raise SystemExit("FAIL: rollout and a peer disagree\n" + "\n".join(failures))
+
+
+def run_part(part: str, work: Path, as_of: date, landing: Path) -> dict[str, Any]:
+    """One part in a child process of its own, so its peak memory is its own."""
+    # The copies (3 GB) and the part before leave dirty pages: flushed now, or the
+    # kernel writes them back during the part and it measures that.
+    os.sync()
+    done = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--part",
+            part,
+            "--work",
+            str(work),
+            "--as-of",
+            as_of.isoformat(),
+            "--landing",
+            str(landing),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        raise SystemExit(f"FAIL: the {part} part failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":
