@@ -10,6 +10,10 @@ A run where any email failed ends Failed ("N emails failed: <reasons>"), after i
 artifact is published. A rerun does not send failed emails again unless asked:
 ``retry_failed=True`` queues them again first and sends them through the same sender.
 The file outbox refuses emails last attempted through SendGrid (the drain's check).
+
+With SendGrid, each run first copies its suppression lists into the registry
+(rollout.notify.suppressions), so the day's emails to bounced, blocked, invalid or
+complaining addresses are skipped with the reason instead of dropped unseen.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from flows.common import (
 from rollout.core.config import Settings
 from rollout.notify.drain import DrainReport, EmailsFailed, drain
 from rollout.notify.queue import QueueOutcome, queue_due
-from rollout.notify.senders import make_sender
+from rollout.notify.senders import SendGridSender, make_sender
+from rollout.notify.suppressions import SyncReport, sync_suppressions
 from rollout.phases.snoozes import LandedSnoozes, grant_landed
 
 SECRET_BLOCK = "sendgrid-api-key"
@@ -80,6 +85,26 @@ def snoozes_markdown(done: LandedSnoozes) -> str:
     if done.rejected:
         parts.append(table([("file refused whole", why) for why in done.rejected[:50]]))
     return "\n\n".join(parts) + "\n"
+
+
+@task(name="sync-suppressions", cache_policy=NO_CACHE, **IO_RETRIES)
+def sync_suppressions_task(actor: str) -> SyncReport | None:
+    """SendGrid's suppression lists into the registry before anything is queued, so
+    the day's emails to bounced, blocked, invalid or complaining addresses are skipped
+    with the reason. None without SendGrid (the file outbox has no lists)."""
+    run = runtime()
+    sender = make_sender(settings_with_secret(run.settings))
+    if not isinstance(sender, SendGridSender):
+        return None
+    report = sync_suppressions(run.registry, sender, actor=actor)
+    get_run_logger().info("SendGrid suppressions: %s", report.summary())
+    return report
+
+
+def suppressions_markdown(report: SyncReport | None) -> str:
+    if report is None:
+        return ""
+    return "\n## SendGrid suppressions\n\n" + table(list(report.summary().items())) + "\n"
 
 
 @task(name="queue-due-emails", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -161,10 +186,13 @@ def notify(
     """
     day = day_or_today(as_of)
     snoozes = snooze_task(run_actor(runtime().settings))
+    suppressions = sync_suppressions_task(run_actor(runtime().settings))
     queued = queue_task(day, run_actor(runtime().settings))
     report = send_task(concurrency, retry_failed) if send else None
     create_markdown_artifact(
-        markdown=notify_markdown(day, queued, report) + snoozes_markdown(snoozes),
+        markdown=notify_markdown(day, queued, report)
+        + snoozes_markdown(snoozes)
+        + suppressions_markdown(suppressions),
         key=artifact_key("notify", day),
         description=f"Emails for {day}",
     )

@@ -64,6 +64,7 @@ BAD_VALUES = {
     "ROLLOUT_PLAN": " ",
     "ROLLOUT_ACTOR": "",
     "SENDGRID_API_KEY": None,  # any text may be a key
+    "ROLLOUT_SENDGRID_WEBHOOK_KEY": "not-a-key",
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import http.client
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from rollout.dev.sendgrid_api import DevSendGrid, parse_fault, validate_mail
+from rollout.dev.sendgrid_api import DEFAULT_SCOPES, DevSendGrid, parse_fault, validate_mail
 
 KEY = "SG.test-devserver.key"
 
@@ -418,7 +419,8 @@ def test_a_refused_script_leaves_the_pending_one(dev: DevSendGrid) -> None:
 
 def test_scopes_answer_a_valid_key_and_refuse_another(dev: DevSendGrid) -> None:
     status, _, payload = request(dev, "GET", "/v3/scopes")
-    assert (status, payload) == (200, {"scopes": ["mail.send"]})
+    assert (status, payload) == (200, {"scopes": list(DEFAULT_SCOPES)})
+    assert "mail.send" in payload["scopes"]
     assert request(dev, "GET", "/v3/scopes", key="SG.wrong.key")[0] == 401
     assert request(dev, "GET", "/v3/scopes", key=None)[0] == 401
 
@@ -428,3 +430,126 @@ def test_scopes_never_use_up_a_fault(dev: DevSendGrid) -> None:
     assert request(dev, "GET", "/v3/scopes")[0] == 200
     assert dev.pending_faults == 1
     assert dev.requests_seen == 0
+
+
+# --- suppression lists and delivery events -------------------------------------------------
+
+
+def test_suppression_lists_are_paged_and_need_the_key(dev: DevSendGrid) -> None:
+    entries = [{"email": f"b{i}@example.com", "created": 1} for i in range(7)]
+    assert request(dev, "POST", "/dev/suppressions", {"bounces": entries})[0] == 204
+    status, _, page = request(dev, "GET", "/v3/suppression/bounces?limit=5&offset=0")
+    assert status == 200 and [e["email"] for e in page] == [f"b{i}@example.com" for i in range(5)]
+    assert len(request(dev, "GET", "/v3/suppression/bounces?limit=5&offset=5")[2]) == 2
+    assert request(dev, "GET", "/v3/suppression/blocks")[2] == []
+    assert request(dev, "GET", "/v3/suppression/bounces", key=None)[0] == 401
+    assert request(dev, "GET", "/v3/suppression/bounces?limit=501")[0] == 400
+    assert request(dev, "GET", "/v3/suppression/bounces?offset=x")[0] == 400
+    assert request(dev, "GET", "/v3/suppression/nothing")[0] == 404
+    assert request(dev, "GET", "/dev/suppressions")[2]["bounces"] == entries
+
+
+@pytest.mark.parametrize(
+    "lists",
+    [
+        {"bounce": []},
+        {"bounces": [{"created": 1}]},
+        {"bounces": [{"email": "a@example.com"}]},
+        {"bounces": [{"email": "a@example.com", "created": 1, "ip": "1.2.3.4"}]},
+        [],
+    ],
+)
+def test_a_bad_suppression_script_is_refused(dev: DevSendGrid, lists: object) -> None:
+    assert request(dev, "POST", "/dev/suppressions", lists)[0] == 400
+    assert request(dev, "GET", "/dev/suppressions")[2]["bounces"] == []
+
+
+def test_mail_settings_bypasses_are_checked_as_sendgrid_does(dev: DevSendGrid) -> None:
+    alone = {"bypass_unsubscribe_management": {"enable": True}}
+    assert send(dev, valid_body(mail_settings=alone))[0] == 202
+    both = {**alone, "bypass_list_management": {"enable": True}}
+    status, _, payload = send(dev, valid_body(mail_settings=both))
+    assert status == 400 and fields(payload) == ["mail_settings"]
+    bad = {"bypass_unsubscribe_management": {"enable": "yes"}}
+    assert send(dev, valid_body(mail_settings=bad))[0] == 400
+
+
+class _Catcher:
+    """A webhook endpoint that keeps the posts it gets, signature checked."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from rollout.dev.webhook_signing import WebhookSigner
+
+        self.signer = WebhookSigner()
+        self.posts: list[tuple[dict[str, str], bytes]] = []
+        catcher = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                catcher.posts.append((dict(self.headers), body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
+
+    def events(self) -> list[dict[str, Any]]:
+        from sendgrid.helpers.eventwebhook import EventWebhook
+
+        found = []
+        verifier = EventWebhook(self.signer.public_key)
+        for headers, body in self.posts:
+            assert verifier.verify_signature(
+                body.decode(),
+                headers["X-Twilio-Email-Event-Webhook-Signature"],
+                headers["X-Twilio-Email-Event-Webhook-Timestamp"],
+            )
+            found += json.loads(body)
+        return found
+
+
+def test_events_say_what_happened_to_each_message_signed() -> None:
+    catcher = _Catcher()
+    to = lambda address: [{"to": [{"email": address}]}]  # noqa: E731
+    with DevSendGrid(KEY, webhook_url=catcher.url, webhook_signer=catcher.signer) as server:
+        server.suppress(
+            {
+                "blocks": [{"email": "blocked@example.com", "created": 1}],
+                "unsubscribes": [{"email": "quiet@example.com", "created": 1}],
+            }
+        )
+        server.script_events({"gone@example.com": "bounce", "later@example.com": "deferred"})
+        bypass = {"bypass_unsubscribe_management": {"enable": True}}
+        for address, extra in [
+            ("ok@example.com", {}),
+            ("gone@example.com", {}),
+            ("later@example.com", {}),
+            ("blocked@example.com", {}),
+            ("quiet@example.com", {}),
+            ("quiet@example.com", {"mail_settings": bypass}),
+        ]:
+            assert send(server, valid_body(personalizations=to(address), **extra))[0] == 202
+        assert server.wait_for_events(11) == 11
+        bounced = request(server, "GET", "/dev/suppressions")[2]["bounces"]
+    events = catcher.events()
+    kinds: dict[str, list[str]] = {}
+    for event in events:
+        kinds.setdefault(event["email"], []).append(event["event"])
+        assert event["outbox_id"] == "42"  # the custom args ride along
+    assert kinds == {
+        "ok@example.com": ["processed", "delivered"],
+        "gone@example.com": ["processed", "bounce"],
+        "later@example.com": ["processed", "deferred", "delivered"],
+        "blocked@example.com": ["dropped"],
+        # Unsubscribed: dropped, unless the message bypasses the unsubscribes.
+        "quiet@example.com": ["dropped", "processed", "delivered"],
+    }
+    assert [e["email"] for e in bounced] == ["gone@example.com"]  # as SendGrid lists it

@@ -205,6 +205,18 @@ def test_a_key_without_mail_send_fails(tmp_path: Path) -> None:
     assert result.status is Status.fail and "mail.send" in result.detail
 
 
+def test_a_key_that_cannot_read_the_suppression_lists_warns(tmp_path: Path) -> None:
+    with DevSendGrid(KEY, scopes=["mail.send", "suppression.bounces.read"]) as dev:
+        settings = settings_for(tmp_path, SENDGRID_API_KEY=KEY, ROLLOUT_SENDGRID_URL=dev.url)
+        result = check_sendgrid(settings)
+    assert result.status is Status.warn
+    assert "suppression.spam_reports.read" in result.detail
+    assert "suppression.bounces.read" not in result.detail
+    with DevSendGrid(KEY, scopes=["mail.send", "suppression.read"]) as dev:
+        settings = settings_for(tmp_path, SENDGRID_API_KEY=KEY, ROLLOUT_SENDGRID_URL=dev.url)
+        assert check_sendgrid(settings).status is Status.ok
+
+
 def test_an_unreachable_sendgrid_fails(tmp_path: Path) -> None:
     settings = settings_for(
         tmp_path, SENDGRID_API_KEY=KEY, ROLLOUT_SENDGRID_URL="http://127.0.0.1:1"

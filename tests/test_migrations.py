@@ -310,3 +310,41 @@ def test_a_granular_token_holds_the_registry_at_0009(registry: Registry) -> None
     assert not _step_down(registry.engine, "0008")
     assert migrate.current_revision(registry.engine) == REVISIONS[0]
     _assert_matches_the_models(registry.engine)
+
+
+def test_below_0013_an_address_keeps_one_suppression_and_unsubscribes_go(
+    registry: Registry,
+) -> None:
+    """Below 0013 every row stops all email and an address has one: a global
+    unsubscribe (which does not stop the security notices) is dropped, and of an
+    address's other rows the first by source stays."""
+    engine = registry.engine
+    rows = [
+        ("a@example.com", "manual", "asked"),
+        ("a@example.com", "bounce", "5.1.1"),
+        ("b@example.com", "unsubscribe", "global unsubscribe"),
+        ("c@example.com", "unsubscribe", "global unsubscribe"),
+        ("c@example.com", "spam_report", "spam report"),
+    ]
+    with engine.begin() as connection:
+        for address, source, reason in rows:
+            connection.execute(
+                text(
+                    "INSERT INTO email_suppressions (address, source, reason, created_at, "
+                    "created_by) VALUES (:a, :s, :r, '2022-01-01 00:00:00', 'test')"
+                ),
+                {"a": address, "s": source, "r": reason},
+            )
+    migrate.downgrade(engine, "0012")
+    query = text("SELECT address, reason FROM email_suppressions ORDER BY address")
+    with engine.connect() as connection:
+        assert connection.execute(query).all() == [
+            ("a@example.com", "5.1.1"),
+            ("c@example.com", "spam report"),
+        ]
+    migrate.upgrade(engine)
+    _assert_matches_the_models(engine)
+    with engine.connect() as connection:
+        assert connection.execute(
+            text("SELECT address, source FROM email_suppressions ORDER BY address")
+        ).all() == [("a@example.com", "manual"), ("c@example.com", "manual")]

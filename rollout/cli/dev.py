@@ -32,6 +32,14 @@ def dev_sendgrid(
     record: Annotated[
         Path | None, typer.Option(help="Append each accepted message to this JSON lines file.")
     ] = None,
+    webhook_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Post signed delivery events of each accepted message here (e.g. "
+            "http://127.0.0.1:3031/sendgrid/events, `rollout notify events serve`); the "
+            "verification key to give the receiver is printed at start."
+        ),
+    ] = None,
 ) -> None:
     """A local server that speaks SendGrid's v3 mail/send API, for development and tests.
 
@@ -45,4 +53,4 @@ def dev_sendgrid(
     key = api_key or (
         settings.sendgrid_api_key.get_secret_value() if settings.sendgrid_api_key else None
     )
-    serve(host, port, key or DEFAULT_API_KEY, record)
+    serve(host, port, key or DEFAULT_API_KEY, record, webhook_url)

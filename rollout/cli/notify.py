@@ -1,4 +1,5 @@
-"""`rollout notify`: preview, queue, send, status, suppress and withdraw emails."""
+"""`rollout notify`: preview, queue, send, status, suppress (by hand or from SendGrid's
+lists) and withdraw emails."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from rollout.cli.app import (
     reports_errors,
 )
 from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, RolloutError
-from rollout.core.output import Format, emit, progress_for, stderr
+from rollout.core.output import Format, emit, emit_record, progress_for, stderr
 
 # --- notify --------------------------------------------------------------------------------
 
@@ -218,6 +219,82 @@ def notify_suppress(
     stderr.print(
         f"{address}: " + ("suppressed" if added else "was already suppressed"), highlight=False
     )
+
+
+@notify_app.command("sync-suppressions")
+@reports_errors
+def notify_sync_suppressions(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
+    """Copy SendGrid's suppression lists (bounces, blocks, spam reports, invalid emails,
+    global unsubscribes) into the registry: queued emails to those addresses are then
+    skipped with the reason (a global unsubscribe does not stop the security notices).
+    The notify flow does this each day before queueing."""
+    from rollout.notify.senders import SendGridSender, make_sender
+    from rollout.notify.suppressions import sync_suppressions
+
+    runtime = _runtime(ctx)
+    sender = make_sender(runtime.settings)
+    if not isinstance(sender, SendGridSender):
+        raise RolloutError(
+            "no SendGrid key was found, and the suppression lists are SendGrid's: set "
+            "SENDGRID_API_KEY (and ROLLOUT_SENDGRID_URL for another server) and run again"
+        )
+    with progress_for(fmt) as progress:
+        task = progress.add_task("reading SendGrid's lists", total=5)
+
+        def advance(list_name: str, entries: int) -> None:
+            progress.update(task, advance=1, description=f"{list_name}: {entries}")
+
+        report = sync_suppressions(
+            runtime.registry, sender, actor=runtime.settings.actor, progress=advance
+        )
+    emit_record(report.summary(), fmt, title="SendGrid suppressions")
+
+
+events_app = typer.Typer(
+    help="SendGrid's delivery events: the signed Event Webhook receiver.", no_args_is_help=True
+)
+notify_app.add_typer(events_app, name="events")
+
+
+@events_app.command("serve")
+@reports_errors
+def notify_events_serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 3031,
+    tolerance: Annotated[
+        int, typer.Option(min=1, help="Seconds a post's timestamp may be from now.")
+    ] = 300,
+    max_bytes: Annotated[int, typer.Option(min=1024, help="The largest post taken, in bytes.")] = 5
+    * 1024
+    * 1024,
+) -> None:
+    """Receive SendGrid's Event Webhook posts: each verified with the key in
+    ROLLOUT_SENDGRID_WEBHOOK_KEY and written whole under landing/events/ for ingest;
+    unsigned, badly signed, stale, replayed or oversized posts are refused."""
+    import uvicorn
+
+    from rollout.notify.webhook import EVENTS_PATH, create_app
+
+    settings = _runtime(ctx).settings
+    if settings.sendgrid_webhook_key is None:
+        raise RolloutError(
+            "no verification key: set ROLLOUT_SENDGRID_WEBHOOK_KEY to the key SendGrid shows "
+            "for the signed Event Webhook (unsigned posts are never taken)"
+        ).with_exit(EXIT_BAD_INPUT)
+    receiver = create_app(
+        settings.sendgrid_webhook_key,
+        settings.landing_dir,
+        tolerance=tolerance,
+        max_bytes=max_bytes,
+    )
+    stderr.print(
+        f"receiving SendGrid events on http://{host}:{port}{EVENTS_PATH} into "
+        f"{settings.landing_dir / 'events'}",
+        highlight=False,
+    )
+    # uvicorn ends on SIGINT and SIGTERM, after the posts in progress.
+    uvicorn.run(receiver, host=host, port=port, log_level="warning", server_header=False)
 
 
 @notify_app.command("withdraw")

@@ -9,15 +9,36 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from rollout.core.errors import BadInput
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+
 # The registry runs on these (DESIGN.md); `postgres://` is what people paste.
 _REGISTRY_BACKENDS = ("sqlite", "postgresql", "postgres")
 _MAY_HOLD_SECRETS = frozenset({"SENDGRID_API_KEY", "ROLLOUT_REGISTRY_URL"})
+
+
+def webhook_public_key(text: str) -> EllipticCurvePublicKey:
+    """SendGrid's Event Webhook verification key (base64 of the DER public key, as its
+    settings page shows it) as the official helper loads it: a cryptography
+    ``EllipticCurvePublicKey``. ValueError when it is not one."""
+    # Imported here: only a configured key needs them.
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from sendgrid.helpers.eventwebhook import EventWebhook
+
+    try:
+        key = EventWebhook().convert_public_key_to_ecdsa(text.strip())
+    except (ValueError, TypeError):
+        key = None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError("is not SendGrid's verification key (base64 of an ECDSA public key)")
+    return key
 
 
 class Settings(BaseSettings):
@@ -32,6 +53,14 @@ class Settings(BaseSettings):
         validation_alias="ROLLOUT_SENDGRID_URL",
         description="an http(s) URL",
         pattern=r"^https?://[^\s/]+(/\S*)?$",
+    )
+    # The Event Webhook's verification key, as SendGrid shows it (Mail Settings >
+    # Event Webhook > Signed Event Webhook): base64 of an ECDSA public key. The event
+    # receiver refuses to start without it (rollout.notify.webhook).
+    sendgrid_webhook_key: str | None = Field(
+        None,
+        validation_alias="ROLLOUT_SENDGRID_WEBHOOK_KEY",
+        description="SendGrid's verification key: base64 of an ECDSA public key",
     )
     # Share of bad rows above which a landing file is refused whole instead of
     # loading its good rows and quarantining the rest.
@@ -59,12 +88,21 @@ class Settings(BaseSettings):
         "registry_url_override",
         "warehouse_path_override",
         "duckdb_memory_limit",
+        "sendgrid_webhook_key",
         mode="before",
     )
     @classmethod
     def _blank_means_none(cls, value: object) -> object:
         # An override set to "" (as compose files and CI templates do) is not set.
         return None if value == "" else value
+
+    @field_validator("sendgrid_webhook_key")
+    @classmethod
+    def _webhook_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        webhook_public_key(value)  # ValueError says why
+        return value.strip()
 
     @field_validator("home", "plan_path", mode="before")
     @classmethod

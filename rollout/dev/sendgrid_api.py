@@ -15,9 +15,22 @@ to localhost only):
   ``GET /dev/faults`` answers the faults still pending, in the same format;
   ``DELETE /dev/faults`` clears them (204).
 
+It serves SendGrid's suppression lists too (``GET /v3/suppression/bounces``, ``blocks``,
+``spam_reports``, ``invalid_emails`` and ``unsubscribes``, the global unsubscribes),
+paged as SendGrid pages them (``limit`` up to 500, the default; ``offset``), from lists
+set with ``POST /dev/suppressions`` (a JSON object of list name to entries, each as
+SendGrid answers it: ``{"email", "created", ...}``; the lists named are replaced) and
+read back with ``GET /dev/suppressions``. Tests script faults for those pages apart
+(:meth:`DevSendGrid.script_suppression_faults`).
+
+Given a webhook URL, it posts what happens to each accepted message there as SendGrid's
+Event Webhook does, in signed batches (rollout.dev.event_webhook): delivered, or
+dropped for an address on its lists, or the outcome scripted for the address with
+``POST /dev/events`` (``{"ADDRESS": "bounce" | "dropped" | "deferred"}``).
+
 It also answers ``GET /v3/scopes`` (SendGrid's list of the key's permissions, here
-``{"scopes": ["mail.send"]}``) for a valid key and 401 for another: ``rollout doctor``
-checks a key with it. Faults never apply to it.
+``mail.send`` and the five suppression lists' read scopes) for a valid key and 401 for
+another: ``rollout doctor`` checks a key with it. Faults never apply to it.
 
 The fault script is a JSON list of objects, applied in order, one per
 ``/v3/mail/send`` request, before authentication (they stand for trouble in front of
@@ -63,6 +76,10 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from rollout.dev.event_webhook import BOUNCE_REASON, EventPoster
+from rollout.dev.webhook_signing import WebhookSigner
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +87,29 @@ DEFAULT_API_KEY = "SG.dev.local-development-key"
 MAIL_SEND_PATH = "/v3/mail/send"
 SCOPES_PATH = "/v3/scopes"
 FAULTS_PATH = "/dev/faults"
-# What a key made with only "Mail Send" permission is granted (SendGrid's scope name).
-DEFAULT_SCOPES = ("mail.send",)
+SUPPRESSIONS_PATH = "/dev/suppressions"
+EVENTS_PATH = "/dev/events"
+SUPPRESSION_PREFIX = "/v3/suppression/"
+# SendGrid's suppression lists, and the fields each entry has besides email and created.
+SUPPRESSION_LISTS: dict[str, tuple[str, ...]] = {
+    "bounces": ("reason", "status"),
+    "blocks": ("reason", "status"),
+    "spam_reports": ("ip",),
+    "invalid_emails": ("reason",),
+    "unsubscribes": (),
+}
+# SendGrid answers at most 500 entries a page.
+SUPPRESSION_PAGE_MAX = 500
+# What a key made with "Mail Send" and read access to "Suppressions" is granted
+# (SendGrid's scope names): what rollout needs.
+DEFAULT_SCOPES = (
+    "mail.send",
+    "suppression.blocks.read",
+    "suppression.bounces.read",
+    "suppression.invalid_emails.read",
+    "suppression.spam_reports.read",
+    "suppression.unsubscribes.read",
+)
 HELP_URL = "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html"
 
 # Documented Mail Send limits.
@@ -382,6 +420,41 @@ def _check_template_id(body: Mapping[str, Any]) -> Errors:
     return [_type_error("string", template_id, "template_id")]
 
 
+BYPASS_SETTINGS = (
+    "bypass_list_management",
+    "bypass_spam_management",
+    "bypass_bounce_management",
+    "bypass_unsubscribe_management",
+)
+MSG_BYPASS_CONFLICT = (
+    "bypass_list_management cannot be combined with bypass_spam_management, "
+    "bypass_bounce_management or bypass_unsubscribe_management."
+)
+
+
+def _check_mail_settings(value: object) -> Errors:
+    """The bypass settings: each ``{"enable": bool}``; bypass_list_management alone."""
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        return [_type_error("object", value, "mail_settings")]
+    errors: Errors = []
+    for name in BYPASS_SETTINGS:
+        setting = value.get(name)
+        if setting is None:
+            continue
+        if not isinstance(setting, dict) or not isinstance(setting.get("enable"), bool):
+            errors.append(error("enable must be a boolean", f"mail_settings.{name}.enable"))
+    enabled = {
+        name
+        for name in BYPASS_SETTINGS
+        if isinstance(value.get(name), dict) and value[name].get("enable") is True
+    }
+    if "bypass_list_management" in enabled and len(enabled) > 1:
+        errors.append(error(MSG_BYPASS_CONFLICT, "mail_settings"))
+    return errors
+
+
 def validate_mail(body: object) -> Errors:
     """SendGrid-style errors for a Mail Send body; empty when SendGrid would accept it."""
     if not isinstance(body, dict):
@@ -395,6 +468,7 @@ def validate_mail(body: object) -> Errors:
         + _check_string_map(body.get("headers"), "headers", headers=True)
         + _check_string_map(body.get("custom_args"), "custom_args")
         + _check_categories(body.get("categories"))
+        + _check_mail_settings(body.get("mail_settings"))
     )
 
 
@@ -432,6 +506,32 @@ def parse_fault(raw: Mapping[str, Any]) -> Fault:
     return fault
 
 
+def parse_suppressions(raw: object) -> dict[str, list[dict[str, Any]]]:
+    """Suppression lists from their ``POST /dev/suppressions`` form; ValueError says
+    what is wrong. Each entry needs an email and a Unix ``created`` time."""
+    if not isinstance(raw, Mapping):
+        raise ValueError("expected a JSON object of suppression list name to entries")
+    lists: dict[str, list[dict[str, Any]]] = {}
+    for name, entries in raw.items():
+        if name not in SUPPRESSION_LISTS:
+            raise ValueError(
+                f"unknown suppression list {name!r}; known: {sorted(SUPPRESSION_LISTS)}"
+            )
+        if not isinstance(entries, list):
+            raise ValueError(f"{name}: expected a list of entries")
+        allowed = {"email", "created", *SUPPRESSION_LISTS[name]}
+        for entry in entries:
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("email"), str):
+                raise ValueError(f"{name}: each entry needs an email")
+            created = entry.get("created")
+            if isinstance(created, bool) or not isinstance(created, int):
+                raise ValueError(f"{name}: each entry needs created, a Unix time")
+            if set(entry) - allowed:
+                raise ValueError(f"{name}: unknown fields {sorted(set(entry) - allowed)}")
+        lists[name] = [dict(entry) for entry in entries]
+    return lists
+
+
 def fault_json(fault: Fault) -> dict[str, Any]:
     """A fault in the form ``POST /dev/faults`` takes (what ``GET /dev/faults`` shows)."""
     shown: dict[str, Any] = {}
@@ -464,6 +564,11 @@ class _State:
     scopes: tuple[str, ...] = DEFAULT_SCOPES
     messages: list[dict[str, Any]] = field(default_factory=list)
     faults: deque[Fault] = field(default_factory=deque)
+    suppressions: dict[str, list[dict[str, Any]]] = field(
+        default_factory=lambda: {name: [] for name in SUPPRESSION_LISTS}
+    )
+    suppression_faults: deque[Fault] = field(default_factory=deque)
+    events: EventPoster | None = None
     requests_seen: int = 0
     stopping: threading.Event = field(default_factory=threading.Event)
     changed: threading.Condition = field(default_factory=threading.Condition)
@@ -487,6 +592,27 @@ class _State:
             self.messages.append(entry)
             self.changed.notify_all()
         return entry["message_id"]
+
+    def listed(self, address: str) -> str | None:
+        """The first suppression list holding ``address`` (any case), if any."""
+        wanted = address.lower()
+        with self.changed:
+            for name in SUPPRESSION_LISTS:
+                if any(entry["email"].lower() == wanted for entry in self.suppressions[name]):
+                    return name
+        return None
+
+    def add_bounce(self, address: str) -> None:
+        """What SendGrid does after a hard bounce: the address joins the bounces list."""
+        entry = {
+            "email": address,
+            "created": int(time.time()),
+            "reason": BOUNCE_REASON,
+            "status": "5.1.1",
+        }
+        with self.changed:
+            if not any(e["email"].lower() == address.lower() for e in self.suppressions["bounces"]):
+                self.suppressions["bounces"].append(entry)
 
 
 def new_message_id() -> str:
@@ -516,11 +642,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._guarded(self._mail_send)
         elif self.path == FAULTS_PATH:
             self._set_faults()
+        elif self.path == SUPPRESSIONS_PATH:
+            self._set_suppressions()
+        elif self.path == EVENTS_PATH:
+            self._set_event_outcomes()
         else:
             self._not_found()
 
     def do_GET(self) -> None:
-        if self.path == "/dev/messages":
+        path = urlsplit(self.path).path
+        if path.startswith(SUPPRESSION_PREFIX):
+            self._guarded(self._suppression_page)
+        elif self.path == SUPPRESSIONS_PATH:
+            with self.state.changed:
+                lists = {name: list(entries) for name, entries in self.state.suppressions.items()}
+            self._send_json(HTTPStatus.OK, lists)
+        elif self.path == "/dev/messages":
             with self.state.changed:
                 listing = list(self.state.messages)
             self._send_json(HTTPStatus.OK, listing)
@@ -590,7 +727,73 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_errors(HTTPStatus.BAD_REQUEST, errors)
             return
         message_id = self.state.record(body)
+        if self.state.events is not None:
+            self.state.events.accepted(message_id, body)
         self._send_empty(HTTPStatus.ACCEPTED, {"X-Message-Id": message_id})
+
+    # --- /v3/suppression/<list>
+
+    def _suppression_page(self) -> None:
+        url = urlsplit(self.path)
+        name = url.path.removeprefix(SUPPRESSION_PREFIX)
+        if name not in SUPPRESSION_LISTS:
+            self._not_found()
+            return
+        with self.state.changed:
+            fault = (
+                self.state.suppression_faults.popleft() if self.state.suppression_faults else None
+            )
+        if fault is not None and self._apply_fault(fault):
+            return
+        if not self._authorised():
+            return
+        query = parse_qs(url.query)
+        try:
+            limit = int(query.get("limit", [str(SUPPRESSION_PAGE_MAX)])[0])
+            offset = int(query.get("offset", ["0"])[0])
+        except ValueError:
+            self._send_errors(HTTPStatus.BAD_REQUEST, [error("limit and offset must be integers")])
+            return
+        if not 1 <= limit <= SUPPRESSION_PAGE_MAX or offset < 0:
+            self._send_errors(
+                HTTPStatus.BAD_REQUEST,
+                [error(f"limit must be 1..{SUPPRESSION_PAGE_MAX} and offset at least 0")],
+            )
+            return
+        with self.state.changed:
+            page = self.state.suppressions[name][offset : offset + limit]
+        self._send_json(HTTPStatus.OK, page)
+
+    def _set_suppressions(self) -> None:
+        raw = self._read_body()
+        if raw is None:
+            return
+        try:
+            lists = parse_suppressions(json.loads(raw))
+        except ValueError as exc:  # JSONDecodeError is a ValueError
+            self._send_errors(HTTPStatus.BAD_REQUEST, [error(str(exc), "suppressions")])
+            return
+        with self.state.changed:
+            self.state.suppressions.update(lists)
+        self._send_empty(HTTPStatus.NO_CONTENT)
+
+    def _set_event_outcomes(self) -> None:
+        raw = self._read_body()
+        if raw is None:
+            return
+        events = self.state.events
+        if events is None:
+            self._send_errors(HTTPStatus.CONFLICT, [error("no webhook URL is configured")])
+            return
+        try:
+            outcomes = json.loads(raw)
+            if not isinstance(outcomes, dict):
+                raise ValueError("expected a JSON object of address to outcome")
+            events.script(outcomes)
+        except ValueError as exc:
+            self._send_errors(HTTPStatus.BAD_REQUEST, [error(str(exc), "events")])
+            return
+        self._send_empty(HTTPStatus.NO_CONTENT)
 
     # --- /v3/scopes
 
@@ -758,10 +961,16 @@ class DevSendGrid:
         port: int = 0,
         record_path: Path | None = None,
         scopes: Iterable[str] = DEFAULT_SCOPES,
+        webhook_url: str | None = None,
+        webhook_signer: WebhookSigner | None = None,
     ) -> None:
         self.api_key = api_key
         self._state = _State(api_key=api_key, record_path=record_path, scopes=tuple(scopes))
         self._address = (host, port)
+        self.webhook_url = webhook_url
+        # Posts are signed with this key pair; its public key is what the receiver
+        # verifies with (ROLLOUT_SENDGRID_WEBHOOK_KEY).
+        self.webhook_signer = webhook_signer or WebhookSigner()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -769,6 +978,13 @@ class DevSendGrid:
         if self._server is not None:
             return self
         self._state.stopping.clear()
+        if self.webhook_url is not None:
+            self._state.events = EventPoster(
+                self.webhook_url,
+                self.webhook_signer,
+                listed=self._state.listed,
+                add_bounce=self._state.add_bounce,
+            )
         self._server = _Server(self._address, self._state)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -787,6 +1003,9 @@ class DevSendGrid:
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._state.events is not None:
+            self._state.events.close()  # what was accepted is still posted
+            self._state.events = None
         self._server = None
         self._thread = None
 
@@ -821,6 +1040,31 @@ class DevSendGrid:
         with self._state.changed:
             self._state.faults = deque(parsed)
 
+    def suppress(self, lists: Mapping[str, Iterable[Mapping[str, Any]]]) -> None:
+        """Replace the named suppression lists (``POST /dev/suppressions``' form)."""
+        parsed = parse_suppressions({name: list(entries) for name, entries in lists.items()})
+        with self._state.changed:
+            self._state.suppressions.update(parsed)
+
+    def script_suppression_faults(self, faults: Iterable[Mapping[str, Any]]) -> None:
+        """Replace the faults pending for suppression list pages, one per page asked."""
+        parsed = [parse_fault(item) for item in faults]
+        with self._state.changed:
+            self._state.suppression_faults = deque(parsed)
+
+    def script_events(self, outcomes: Mapping[str, str]) -> None:
+        """Outcomes by address for the events posted to the webhook (``bounce``,
+        ``dropped``, ``deferred``, ``delivered``); needs ``webhook_url`` and a start."""
+        if self._state.events is None:
+            raise RuntimeError("no webhook URL, or the server is not running")
+        self._state.events.script(outcomes)
+
+    def wait_for_events(self, count: int, timeout: float = 10.0) -> int:
+        """Block until ``count`` events were posted; returns how many the receiver took."""
+        if self._state.events is None:
+            raise RuntimeError("no webhook URL, or the server is not running")
+        return self._state.events.wait(count, timeout)
+
     @property
     def pending_faults(self) -> int:
         with self._state.changed:
@@ -831,6 +1075,7 @@ class DevSendGrid:
         with self._state.changed:
             self._state.messages.clear()
             self._state.faults.clear()
+            self._state.suppression_faults.clear()
             self._state.requests_seen = 0
 
     def wait_for_messages(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
@@ -850,13 +1095,22 @@ def serve(
     port: int = 3030,
     api_key: str = DEFAULT_API_KEY,
     record_path: Path | None = None,
+    webhook_url: str | None = None,
 ) -> None:
     """Run the dev server in the foreground until Ctrl-C."""
-    server = DevSendGrid(api_key, host=host, port=port, record_path=record_path).start()
+    server = DevSendGrid(
+        api_key, host=host, port=port, record_path=record_path, webhook_url=webhook_url
+    ).start()
+    if webhook_url is not None:
+        print(
+            f"posting signed events to {webhook_url}; its verification key "
+            f"(ROLLOUT_SENDGRID_WEBHOOK_KEY): {server.webhook_signer.public_key}"
+        )
     # The key is not printed: someone may have started this with a real one.
     print(
         f"SendGrid dev server on {server.url} (POST /v3/mail/send, GET /v3/scopes, "
-        "GET|DELETE /dev/messages, GET|POST|DELETE /dev/faults)"
+        "GET /v3/suppression/LIST, GET|DELETE /dev/messages, GET|POST|DELETE /dev/faults, "
+        "GET|POST /dev/suppressions, POST /dev/events)"
     )
     if record_path is not None:
         print(f"recording accepted messages to {record_path}")

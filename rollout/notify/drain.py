@@ -67,14 +67,13 @@ from rollout.notify.outbox import (
     FILE_SENDER,
     NOTIFICATIONS,
     REPEAT,
-    SUPPRESSED,
-    SUPPRESSIONS,
     UNVERIFIED,
     check_sender,
     failure_reason,
     pending,
     requeue_failed,
     run_day,
+    suppression_reasons,
 )
 from rollout.notify.render import render
 from rollout.registry import Registry
@@ -366,7 +365,7 @@ def _prepare(
     claimed: _Claimed,
     recipient: Recipient | None,
     packages: Mapping[tuple[str, int], tuple[str, ...]],
-    suppressed: set[str],
+    suppressed: Mapping[str, str],
     last_sent: dict[tuple[int, str], list[date]],
     now: datetime,
     standing: Mapping[tuple[str, str, int], _Standing] | None = None,
@@ -382,8 +381,9 @@ def _prepare(
         recipient = found.apply(recipient)
     if not recipient.verified:
         return _Outcome(claimed.id, "skipped", UNVERIFIED)
-    if recipient.address.lower() in suppressed:
-        return _Outcome(claimed.id, "skipped", SUPPRESSED)
+    why_suppressed = suppressed.get(recipient.address.lower())
+    if why_suppressed is not None:
+        return _Outcome(claimed.id, "skipped", why_suppressed)
     if recipient.compliant and definition.when_compliant == "skip":
         return _Outcome(claimed.id, "skipped", COMPLIANT)
     days = plan.notifications.repeat_days.get(claimed.email)
@@ -523,14 +523,7 @@ def _next_batch(
     with engine.connect() as connection:
         recipients = _recipients(connection, claimed)
         packages = _packages(connection, plan, claimed)
-        suppressed = {
-            address
-            for (address,) in connection.execute(
-                select(SUPPRESSIONS.c.address).where(
-                    SUPPRESSIONS.c.address.in_([r.address.lower() for r in recipients.values()])
-                )
-            )
-        }
+        suppressed = suppression_reasons(connection, (r.address for r in recipients.values()))
         last_sent = _last_sent(connection, plan, claimed)
         standing = _standing(connection, plan, claimed, now)
     prepared = [

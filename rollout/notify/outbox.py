@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     Engine,
     and_,
+    case,
     func,
     select,
     update,
@@ -41,6 +43,12 @@ SUPPRESSIONS = EmailSuppression.__table__
 
 UNVERIFIED = "unverified email"
 SUPPRESSED = "suppressed"
+# Where a suppression comes from: set by hand (`rollout notify suppress`), or one of
+# SendGrid's lists (rollout.notify.suppressions). A global unsubscribe is recorded but
+# does not stop the security notices: see rollout.notify.suppressions.
+MANUAL = "manual"
+UNSUBSCRIBE = "unsubscribe"
+SENDGRID_SOURCES = ("bounce", "block", "spam_report", "invalid_email", UNSUBSCRIBE)
 COMPLIANT = "already compliant"
 REPEAT = "inside the repeat window"
 # The context key of the day a queue run was for (``queue_due``'s ``day``): the day the
@@ -148,19 +156,64 @@ def check_sender(registry: Registry, sender: str, *, include_failed: bool) -> No
         )
 
 
+def suppressed_reason(source: str) -> str:
+    """The skip reason of an address on the ``source`` list: "suppressed" for one set
+    by hand, "suppressed: bounce" (spam report, invalid email...) for SendGrid's."""
+    return SUPPRESSED if source == MANUAL else f"{SUPPRESSED}: {source.replace('_', ' ')}"
+
+
+def stops_email(source: Any) -> Any:
+    """SQL: the suppressions that stop all email (every source but a global unsubscribe)."""
+    return source != UNSUBSCRIBE
+
+
+def suppression_reason_sql(address: Any) -> Any:
+    """SQL: the skip reason for ``address`` (lower-cased), or NULL when no suppression
+    stops its email; of several, the first by reason (so the same one every time)."""
+    label = case(
+        *((SUPPRESSIONS.c.source == s, suppressed_reason(s)) for s in SENDGRID_SOURCES),
+        else_=SUPPRESSED,
+    )
+    return (
+        select(func.min(label))
+        .where(and_(SUPPRESSIONS.c.address == address, stops_email(SUPPRESSIONS.c.source)))
+        .scalar_subquery()
+    )
+
+
+def suppression_reasons(connection: Connection, addresses: Iterable[str]) -> dict[str, str]:
+    """{lower-cased address: skip reason} for those of ``addresses`` no email goes to."""
+    wanted = sorted({address.lower() for address in addresses})
+    reasons: dict[str, str] = {}
+    for at in range(0, len(wanted), 1000):  # bound the IN list
+        rows = connection.execute(
+            select(SUPPRESSIONS.c.address, SUPPRESSIONS.c.source).where(
+                and_(
+                    SUPPRESSIONS.c.address.in_(wanted[at : at + 1000]),
+                    stops_email(SUPPRESSIONS.c.source),
+                )
+            )
+        )
+        for address, source in rows:
+            reason = suppressed_reason(source)
+            reasons[address] = min(reasons.get(address, reason), reason)
+    return reasons
+
+
 def suppress(registry: Registry, address: str, *, reason: str, actor: str) -> bool:
-    """Stop all email to an address; returns False if it already was."""
+    """Stop all email to an address; returns False if it already was (by hand)."""
     with registry.engine.begin() as connection:
         return bool(
             connection.execute(
                 dialect_insert(connection, SUPPRESSIONS)
                 .values(
                     address=address.strip().lower(),
+                    source=MANUAL,
                     reason=reason,
                     created_at=utc_now(),
                     created_by=actor,
                 )
-                .on_conflict_do_nothing(index_elements=["address"])
+                .on_conflict_do_nothing(index_elements=["address", "source"])
             ).rowcount
         )
 

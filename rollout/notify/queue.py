@@ -42,9 +42,10 @@ from rollout.notify.outbox import (
     COMPLIANT,
     NOTIFICATIONS,
     RUN_DAY,
-    SUPPRESSED,
     SUPPRESSIONS,
     UNVERIFIED,
+    stops_email,
+    suppression_reason_sql,
 )
 from rollout.registry import Registry
 from rollout.registry.deadlines import due_by
@@ -129,8 +130,14 @@ def audience(spec: str, plan: Plan, day: date) -> Select:
 def _skip_reason(email: str, phase: Phase | None, now: datetime) -> Any:
     """SQL: why an account gets no email at queue time, or NULL. "Compliant" means
     meeting the phase's requirements for a phase that asks more than any 2FA."""
-    suppressed = exists().where(SUPPRESSIONS.c.address == func.lower(ACCOUNTS.c.email))
-    whens = [(~ACCOUNTS.c.email_verified, UNVERIFIED), (suppressed, SUPPRESSED)]
+    address = func.lower(ACCOUNTS.c.email)
+    suppressed = exists().where(
+        and_(SUPPRESSIONS.c.address == address, stops_email(SUPPRESSIONS.c.source))
+    )
+    whens = [
+        (~ACCOUNTS.c.email_verified, UNVERIFIED),
+        (suppressed, suppression_reason_sql(address)),
+    ]
     if EMAILS[email].when_compliant == "skip":
         if phase is not None and not asks_only_2fa(phase):
             whens.append((~falls_short(phase.requires, ACCOUNTS.c.id, now), COMPLIANT))

@@ -40,11 +40,13 @@ import python_http_client.exceptions
 from pydantic import SecretStr
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import (
+    BypassUnsubscribeManagement,
     Category,
     Content,
     CustomArg,
     From,
     Mail,
+    MailSettings,
     Personalization,
     SendGridException,
     Subject,
@@ -277,6 +279,52 @@ class SendGridSender:
         log redaction): the permissions the key has. Raises the client's errors."""
         return self._client.client.scopes.get()
 
+    def suppression_page(self, list_name: str, limit: int, offset: int) -> list[Any]:
+        """One page of a SendGrid suppression list (``bounces``, ``blocks``,
+        ``spam_reports``, ``invalid_emails``, ``unsubscribes``), retried as a send is
+        (429, 5xx, no answer). Raises :class:`SenderMisconfigured` for a refused key,
+        :class:`DeliveryFailed` for anything else."""
+        endpoint = self._client.client.suppression._(list_name)
+        query = {"limit": limit, "offset": offset}
+        outcome = _Outcome()
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                response = endpoint.get(query_params=query)
+            except python_http_client.exceptions.HTTPError as exc:
+                outcome = _http_error_outcome(exc.status_code, exc.body, exc.headers)
+            except (OSError, http.client.HTTPException) as exc:
+                reason = _redactor.scrub(self._network_reason(exc))
+                outcome = _Outcome(reason=reason, retryable=True)
+            else:
+                try:
+                    page = json.loads(response.body or b"null")
+                except ValueError:
+                    page = None
+                if not isinstance(page, list):
+                    raise DeliveryFailed(
+                        f"SendGrid's {list_name} page is not a JSON list", permanent=True
+                    )
+                return page
+            if outcome.misconfigured:
+                raise SenderMisconfigured(outcome.reason)
+            if not outcome.retryable:
+                raise DeliveryFailed(outcome.reason, permanent=True)
+            if attempt < self.max_attempts:
+                delay = self._delay(attempt, outcome.retry_after)
+                log.warning(
+                    "SendGrid %s at offset %d: %s; retry %d/%d in %.2fs",
+                    list_name,
+                    offset,
+                    outcome.reason,
+                    attempt,
+                    self.max_attempts - 1,
+                    delay,
+                )
+                self._sleep(delay)
+        raise DeliveryFailed(
+            f"gave up after {self.max_attempts} attempts: {outcome.reason}", permanent=False
+        )
+
     def send(self, message: Message) -> str:
         body = self.request_body(message)
         outcome = _Outcome()
@@ -337,6 +385,12 @@ class SendGridSender:
         mail.add_custom_arg(CustomArg("outbox_id", str(message.outbox_id)))
         mail.add_custom_arg(CustomArg("email_name", message.email))
         mail.add_category(Category(message.email))
+        # Every email rollout sends is a mandatory account-security notice: a global
+        # unsubscribe does not stop it (rollout.notify.suppressions says why); bounces,
+        # blocks, spam reports and invalid addresses still do, here and at SendGrid.
+        settings = MailSettings()
+        settings.bypass_unsubscribe_management = BypassUnsubscribeManagement(True)
+        mail.mail_settings = settings
         return mail
 
     def _attempt(self, body: dict[str, Any]) -> _Outcome:

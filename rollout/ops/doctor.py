@@ -254,7 +254,8 @@ def check_sendgrid(settings: Settings) -> CheckResult:
     """The key against the configured host, with the sender ``notify send`` would use.
 
     ``GET /v3/scopes`` is SendGrid's cheapest authenticated call, and it says whether the
-    key may send mail at all. Nothing is sent."""
+    key may send mail at all, and read the suppression lists the notify flow copies
+    (rollout.notify.suppressions; without them, a warning). Nothing is sent."""
     from rollout.notify.senders import SendGridSender, make_sender
 
     sender = make_sender(settings)
@@ -280,7 +281,29 @@ def check_sendgrid(settings: Settings) -> CheckResult:
             Status.fail,
             f"{where} accepts the key, but it lacks the mail.send permission",
         )
-    return CheckResult("sendgrid", Status.ok, f"{where} accepts the key (mail.send)")
+    unreadable = [
+        name
+        for name in SUPPRESSION_SCOPES
+        if name not in scopes and "suppression.read" not in scopes
+    ]
+    if unreadable:
+        # A warning: mail goes, but bounced and complaining addresses are not skipped.
+        return CheckResult(
+            "sendgrid",
+            Status.warn,
+            f"{where} accepts the key (mail.send), but it cannot read the suppression "
+            f"lists ({', '.join(unreadable)}): bounces and spam reports are not skipped",
+        )
+    return CheckResult(
+        "sendgrid", Status.ok, f"{where} accepts the key (mail.send, suppression lists)"
+    )
+
+
+# What reading SendGrid's five suppression lists needs (or the whole suppression.read).
+SUPPRESSION_SCOPES = tuple(
+    f"suppression.{name}.read"
+    for name in ("bounces", "blocks", "spam_reports", "invalid_emails", "unsubscribes")
+)
 
 
 def _read_scopes(sender: Any) -> tuple[int | None, list[str], str | None]:

@@ -476,12 +476,19 @@ class Notification(Base):
 
 
 class EmailSuppression(Base):
-    """An address no email goes to (bounced, complained, asked to stop): skipped, recorded."""
+    """An address on a suppression list: set by hand (source ``manual``), or one of
+    SendGrid's lists copied by rollout.notify.suppressions (``bounce``, ``block``,
+    ``spam_report``, ``invalid_email``, ``unsubscribe``). Every source but
+    ``unsubscribe`` stops all email to the address (skipped, with the source)."""
 
     __tablename__ = "email_suppressions"
 
     address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    source: Mapped[str] = mapped_column(
+        String(40), primary_key=True, default="manual", server_default="manual"
+    )
     reason: Mapped[str] = mapped_column(Text)
+    # When the address was put on the list (SendGrid's time for its lists).
     created_at: Mapped[datetime] = mapped_column(DateTime)
     created_by: Mapped[str] = mapped_column(String(200))
 

@@ -126,13 +126,29 @@ def classify(path: Path, root: Path | None = None) -> LandingFile:
     return LandingFile(path, kind, fmt)
 
 
+# Folders of the landing area that other readers own: a folder scanned for landing
+# files leaves them alone (ingest refused the whole run on the first file there).
+OTHER_READERS: dict[str, str] = {
+    "snoozes": "snooze requests, read by the daily pickup (rollout.phases.snoozes)",
+    "events": "SendGrid delivery events, written by `rollout notify events serve`",
+}
+
+
+def _owned_by_another_reader(path: Path, scanned: Path) -> bool:
+    parts = path.relative_to(scanned).parts
+    return len(parts) > 1 and parts[0] in OTHER_READERS
+
+
 def discover(paths: Iterable[Path], root: Path | None = None) -> list[LandingFile]:
-    """The landing files named or found under ``paths``, in a stable order."""
+    """The landing files named or found under ``paths``, in a stable order; a folder's
+    subfolders that other readers own (:data:`OTHER_READERS`) are passed over."""
     found: list[LandingFile] = []
     for path in paths:
         if path.is_dir():
             for child in sorted(p for p in path.rglob("*") if p.is_file()):
                 if child.name.startswith(".") or _format_of(child) is None:
+                    continue
+                if _owned_by_another_reader(child, path):
                     continue
                 found.append(classify(child, root or path))
         elif path.is_file():

@@ -382,18 +382,35 @@ def test_the_sendgrid_key_can_come_from_a_secret_block_and_never_shows(
     from rollout.dev.sendgrid_api import DevSendGrid
 
     key = "SG.flow-secret.never-to-be-seen"
+    # A cohort member due a reminder whose address bounced: the run copies SendGrid's
+    # lists before queueing, so the reminder is skipped with the reason.
+    [(bounced_id, bounced)] = home.registry_rows(
+        "select id, lower(email) from accounts where email_verified and id in "
+        "(select account_id from cohort_memberships where cohort = 'top-100') and id not in "
+        "(select account_id from tfa_factors where removed_at is null) order by id limit 1"
+    )
     Secret(value=key).save("sendgrid-api-key", overwrite=True)
     try:
         with DevSendGrid(api_key=key) as server, caplog.at_level(logging.DEBUG):
+            server.suppress({"bounces": [{"email": bounced.upper(), "created": 1640995200}]})
             monkeypatch.setenv("ROLLOUT_SENDGRID_URL", server.url)
             state = notify_flows.notify(as_of=date(2022, 1, 18), return_state=True)
             received = len(server.messages)
+            recipients = {
+                m["body"]["personalizations"][0]["to"][0]["email"].lower() for m in server.messages
+            }
     finally:
         Secret(value="").save("sendgrid-api-key", overwrite=True)
     assert state.is_completed(), state.message
     assert state.result()["sent"] == received > 0
+    assert bounced not in recipients
+    assert home.registry_rows(
+        "select state, skip_reason from notifications where email = 'reminder' "
+        f"and account_id = {bounced_id}"
+    ) == [("skipped", "suppressed: bounce")]
     artifact = read_artifact("notify-2022-01-18").data
     assert "| sender | sendgrid |" in artifact
+    assert "SendGrid suppressions" in artifact and "| bounces | 1 |" in artifact
     assert key not in artifact and key not in caplog.text
     assert not any(key in p.read_text(errors="ignore") for p in home.path.rglob("*") if p.is_file())
 

@@ -1,0 +1,192 @@
+"""SendGrid's suppression lists, copied into ``email_suppressions`` before emails go.
+
+SendGrid keeps five lists of addresses it will not deliver to: bounces, blocks, spam
+reports, invalid emails and global unsubscribes. An email queued to such an address is
+accepted (202) and then dropped, so counting it as sent would hide that the maintainer
+was never told. Each day, before queueing, the ``notify`` flow (and ``rollout notify
+sync-suppressions``) reads every list whole, page by page, and replaces the rows of
+those sources: an address SendGrid no longer lists (support removed a bounce) gets
+email again. A list that cannot be read changes nothing.
+
+What each source does:
+
+- ``bounce``, ``block``, ``invalid_email``, ``spam_report``: no email goes to the
+  address (skipped, reason ``suppressed: bounce`` ...), at queueing and again at sending.
+  Sending would only be dropped by SendGrid (or, for a spam report, hurt every other
+  notice's delivery).
+- ``unsubscribe`` (a global unsubscribe): recorded, but the emails still go, sent with
+  SendGrid's ``bypass_unsubscribe_management``. Every email rollout sends is a mandatory
+  account-security notice: that an account will lose publish access, and when. Someone
+  who once unsubscribed from a registry's newsletters must still learn they are about
+  to be locked out; such transactional notices are outside what an unsubscribe covers
+  (as for password resets). Bounces and spam reports are not bypassed.
+
+Addresses are compared lower-cased, as everywhere in the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import delete, select
+
+from rollout.core.errors import RolloutError
+from rollout.notify.message import DeliveryFailed
+from rollout.notify.outbox import SUPPRESSIONS
+from rollout.notify.senders import SendGridSender
+from rollout.registry import Registry
+from rollout.registry.ledger import utc_now
+
+log = logging.getLogger(__name__)
+
+# SendGrid's list name -> the source recorded.
+LISTS: dict[str, str] = {
+    "bounces": "bounce",
+    "blocks": "block",
+    "spam_reports": "spam_report",
+    "invalid_emails": "invalid_email",
+    "unsubscribes": "unsubscribe",
+}
+# SendGrid answers at most 500 entries a page.
+PAGE_SIZE = 500
+# Rows inserted per statement.
+_CHUNK = 5_000
+
+
+class SuppressionsUnreadable(RolloutError):
+    """A SendGrid suppression list could not be read whole: nothing was changed."""
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    by_source: dict[str, int]
+    added: int
+    removed: int
+    pages: int
+
+    LABELS: ClassVar[dict[str, str]] = {
+        "added": "addresses added since the last sync",
+        "removed": "addresses SendGrid no longer lists",
+    }
+
+    def summary(self) -> dict[str, Any]:
+        """(rollout.core.output.Presentable)"""
+        return {
+            **{f"{source.replace('_', ' ')}s": n for source, n in self.by_source.items()},
+            "added": self.added,
+            "removed": self.removed,
+            "pages read": self.pages,
+        }
+
+
+def read_list(
+    sender: SendGridSender, list_name: str, page_size: int = PAGE_SIZE
+) -> tuple[list[dict[str, Any]], int]:
+    """Every entry of one SendGrid list, paging until a short page; and the pages read."""
+    entries: list[dict[str, Any]] = []
+    pages = 0
+    while True:
+        try:
+            page = sender.suppression_page(list_name, page_size, pages * page_size)
+        except DeliveryFailed as error:
+            raise SuppressionsUnreadable(
+                f"could not read SendGrid's {list_name} list (the page at offset "
+                f"{pages * page_size}): {error.reason}; nothing was changed"
+            ) from None
+        pages += 1
+        for entry in page:
+            if not isinstance(entry, dict) or not isinstance(entry.get("email"), str):
+                raise SuppressionsUnreadable(
+                    f"SendGrid's {list_name} list has an entry without an email "
+                    f"(page {pages}); nothing was changed"
+                )
+        entries.extend(page)
+        if len(page) < page_size:
+            return entries, pages
+
+
+def _reason(source: str, entry: dict[str, Any]) -> str:
+    """What SendGrid says about the address, kept with the row (plain text, capped)."""
+    parts = {
+        "bounce": [entry.get("status"), entry.get("reason")],
+        "block": [entry.get("status"), entry.get("reason")],
+        "invalid_email": [entry.get("reason")],
+        "spam_report": ["spam report" + (f" from {entry['ip']}" if entry.get("ip") else "")],
+        "unsubscribe": ["global unsubscribe"],
+    }[source]
+    text = " ".join(str(part).strip() for part in parts if part not in (None, ""))
+    return text[:1000] or source.replace("_", " ")
+
+
+def _created(entry: dict[str, Any], fallback: datetime) -> datetime:
+    created = entry.get("created")
+    if isinstance(created, int | float) and not isinstance(created, bool) and created >= 0:
+        try:
+            return datetime.fromtimestamp(created, UTC).replace(tzinfo=None)
+        except (OverflowError, OSError, ValueError):
+            pass
+    return fallback
+
+
+def sync_suppressions(
+    registry: Registry,
+    sender: SendGridSender,
+    *,
+    actor: str,
+    page_size: int = PAGE_SIZE,
+    progress: Callable[[str, int], None] | None = None,
+) -> SyncReport:
+    """Replace the SendGrid-sourced rows of ``email_suppressions`` with SendGrid's lists
+    as they are now: all five read first, then written in one transaction (a list that
+    cannot be read raises :class:`SuppressionsUnreadable` with nothing changed)."""
+    now = utc_now()
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    pages = 0
+    for list_name, source in LISTS.items():
+        entries, read = read_list(sender, list_name, page_size)
+        pages += read
+        for entry in entries:
+            address = entry["email"].strip().lower()
+            if not address:
+                continue
+            rows[(address, source)] = {
+                "address": address[:320],
+                "source": source,
+                "reason": _reason(source, entry),
+                "created_at": _created(entry, now),
+                "created_by": actor,
+            }
+        if progress is not None:
+            progress(list_name, len(entries))
+    sources = list(LISTS.values())
+    with registry.engine.begin() as connection:
+        before = {
+            (address, source)
+            for address, source in connection.execute(
+                select(SUPPRESSIONS.c.address, SUPPRESSIONS.c.source).where(
+                    SUPPRESSIONS.c.source.in_(sources)
+                )
+            )
+        }
+        connection.execute(delete(SUPPRESSIONS).where(SUPPRESSIONS.c.source.in_(sources)))
+        values = list(rows.values())
+        for at in range(0, len(values), _CHUNK):
+            connection.execute(SUPPRESSIONS.insert(), values[at : at + _CHUNK])
+    after = set(rows)
+    by_source = {source: 0 for source in sources}
+    for _, source in after:
+        by_source[source] += 1
+    report = SyncReport(
+        by_source=by_source, added=len(after - before), removed=len(before - after), pages=pages
+    )
+    log.info(
+        "SendGrid suppressions synced: %s; %d added, %d removed",
+        by_source,
+        report.added,
+        report.removed,
+    )
+    return report

@@ -1,0 +1,162 @@
+"""SendGrid's Event Webhook receiver: signed delivery events into ``landing/events/``.
+
+SendGrid posts batches of events (processed, delivered, deferred, bounce, dropped,
+spamreport, ...) as a JSON array, signed with ECDSA over the timestamp header followed
+by the body. The receiver is a Starlette app (served by uvicorn: ``rollout notify
+events serve``) that, for each post:
+
+1. refuses a body over ``max_bytes`` (413), read in chunks so a lying or missing
+   Content-Length cannot make it hold more;
+2. refuses a post without both signature headers, with a timestamp further than
+   ``tolerance`` seconds from now (stale, or from the future), or whose signature does
+   not verify against the configured key with the official helper
+   (``sendgrid.helpers.eventwebhook``): 401;
+3. refuses a verified post that is not a JSON array of objects (400);
+4. writes the body, byte for byte as signed, as one landing file
+   ``events/events-<timestamp>-<digest>.json``: written to a temporary name, flushed
+   and linked into place, so ingest never sees half a file. The digest is of the
+   timestamp and body: the same signed post again (a replay) finds its file there and
+   is refused (409) with nothing written.
+
+Nothing is written for a refused post. Ingest loads the files like every landing file.
+"""
+
+from __future__ import annotations
+
+import binascii
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sendgrid.helpers.eventwebhook import EventWebhook, EventWebhookHeader
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from rollout.core.config import webhook_public_key
+
+log = logging.getLogger(__name__)
+
+EVENTS_PATH = "/sendgrid/events"
+# SendGrid batches events by time and size; its posts stay well under this.
+MAX_BYTES = 5 * 1024 * 1024
+# How far a post's timestamp may be from the receiver's clock, either way.
+TOLERANCE_SECONDS = 300
+EVENTS_FOLDER = "events"
+
+
+def event_file_name(timestamp: str, body: bytes) -> str:
+    digest = hashlib.sha256(timestamp.encode() + b"\n" + body).hexdigest()[:32]
+    return f"events-{timestamp}-{digest}.json"
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _refuse(status: int, reason: str) -> JSONResponse:
+    log.warning("event post refused (%d): %s", status, reason)
+    return JSONResponse({"error": reason}, status_code=status)
+
+
+def _write_atomically(folder: Path, name: str, body: bytes) -> bool:
+    """The body as ``folder/name``, whole or not at all; False when it was there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / name
+    if final.exists():
+        return False
+    fd, temporary = tempfile.mkstemp(dir=folder, prefix=".incoming-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(body)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(temporary, final)  # fails if a concurrent post made it first
+        except FileExistsError:
+            return False
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
+def create_app(
+    public_key: str,
+    landing_dir: Path,
+    *,
+    tolerance: float = TOLERANCE_SECONDS,
+    max_bytes: int = MAX_BYTES,
+    clock: Callable[[], float] = time.time,
+) -> Starlette:
+    """The receiver: ``POST /sendgrid/events`` and ``GET /healthz``."""
+    try:
+        key = webhook_public_key(public_key)
+    except ValueError as error:
+        raise ValueError(f"the verification key {error}") from None
+    verifier = EventWebhook()
+    folder = landing_dir / EVENTS_FOLDER
+
+    async def receive(request: Request) -> JSONResponse:
+        try:
+            body = await _read_capped(request, max_bytes)
+        except _TooLarge:
+            return _refuse(413, f"the post is over {max_bytes} bytes")
+        signature = request.headers.get(EventWebhookHeader.SIGNATURE)
+        timestamp = request.headers.get(EventWebhookHeader.TIMESTAMP)
+        if not signature or not timestamp:
+            return _refuse(401, "the post is not signed")
+        if not timestamp.isdigit() or abs(clock() - int(timestamp)) > tolerance:
+            return _refuse(401, "the post's timestamp is not within the tolerance")
+        try:
+            payload = body.decode("utf-8")
+            verified = verifier.verify_signature(payload, signature, timestamp, key)
+        except (UnicodeDecodeError, binascii.Error, ValueError):
+            verified = False
+        if not verified:
+            return _refuse(401, "the signature does not verify")
+        try:
+            events = json.loads(payload)
+        except ValueError:
+            events = None
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+            return _refuse(400, "the body is not a JSON array of events")
+        if not _write_atomically(folder, event_file_name(timestamp, body), body):
+            return _refuse(409, "this signed post was received before")
+        return JSONResponse({"received": len(events)})
+
+    async def health(_: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    return Starlette(
+        routes=[
+            Route(EVENTS_PATH, receive, methods=["POST"]),
+            Route("/healthz", health, methods=["GET"]),
+        ]
+    )

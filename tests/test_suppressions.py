@@ -1,0 +1,210 @@
+"""SendGrid's suppression lists, on SQLite and PostgreSQL: read whole through the real
+client from the local SendGrid server, page by page; copied into the registry so the
+emails to bounced, blocked, invalid or complaining addresses are skipped with the
+reason, at queueing and at sending; a global unsubscribe recorded but not stopping the
+security notices; a list that cannot be read changing nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from rollout.cli import app
+from rollout.core.plan import Plan
+from rollout.dev.sendgrid_api import DEFAULT_API_KEY, DevSendGrid
+from rollout.notify import outbox
+from rollout.notify.drain import drain
+from rollout.notify.queue import queue_due
+from rollout.notify.senders import SendGridSender
+from rollout.notify.suppressions import LISTS, SuppressionsUnreadable, sync_suppressions
+from rollout.registry import Registry
+from rollout.registry.models import EmailSuppression
+from tests.support.outbox import NOTICE_DAY, ids, rows
+
+__all__ = ["ids"]  # a fixture, used by name
+
+CREATED = 1_640_995_200  # 2022-01-01 00:00 UTC
+
+
+@pytest.fixture
+def sendgrid() -> Iterator[DevSendGrid]:
+    with DevSendGrid() as server:
+        yield server
+
+
+def sender_for(server: DevSendGrid) -> SendGridSender:
+    return SendGridSender(DEFAULT_API_KEY, server.url, timeout=5, sleep=lambda _: None)
+
+
+def suppressions(registry: Registry) -> dict[tuple[str, str], str]:
+    """{(address, source): reason} of every row."""
+    table = EmailSuppression.__table__
+    with registry.engine.connect() as connection:
+        return {
+            (address, source): reason
+            for address, source, reason in connection.execute(
+                select(table.c.address, table.c.source, table.c.reason)
+            )
+        }
+
+
+def bounce(address: str) -> dict[str, object]:
+    return {
+        "email": address,
+        "created": CREATED,
+        "reason": "550 5.1.1 no such user",
+        "status": "5.1.1",
+    }
+
+
+def test_every_list_is_read_whole_through_its_pages(
+    registry: Registry, sendgrid: DevSendGrid
+) -> None:
+    many = [bounce(f"gone{i}@example.com") for i in range(1_234)]
+    sendgrid.suppress(
+        {
+            "bounces": many,
+            "blocks": [
+                {"email": "Blocked@Example.com", "created": CREATED, "reason": "IP blocked"}
+            ],
+            "spam_reports": [{"email": "angry@example.com", "created": CREATED, "ip": "10.0.0.1"}],
+            "invalid_emails": [{"email": "nope@", "created": CREATED, "reason": "malformed"}],
+            "unsubscribes": [{"email": "quiet@example.com", "created": CREATED}],
+        }
+    )
+    report = sync_suppressions(registry, sender_for(sendgrid), actor="ops")
+    # 1,234 bounces: pages of 500, 500 and 234; one short page for each other list.
+    assert report.pages == 3 + 4
+    assert report.by_source == {
+        "bounce": 1_234,
+        "block": 1,
+        "spam_report": 1,
+        "invalid_email": 1,
+        "unsubscribe": 1,
+    }
+    assert (report.added, report.removed) == (1_238, 0)
+    found = suppressions(registry)
+    assert len(found) == 1_238
+    assert found[("gone1233@example.com", "bounce")] == "5.1.1 550 5.1.1 no such user"
+    assert found[("blocked@example.com", "block")] == "IP blocked"  # lower-cased
+    assert found[("angry@example.com", "spam_report")] == "spam report from 10.0.0.1"
+    assert found[("quiet@example.com", "unsubscribe")] == "global unsubscribe"
+
+
+def test_a_second_sync_replaces_sendgrid_s_rows_and_keeps_those_set_by_hand(
+    registry: Registry, sendgrid: DevSendGrid
+) -> None:
+    outbox.suppress(registry, "hand@example.com", reason="asked by phone", actor="ops")
+    sendgrid.suppress({"bounces": [bounce("a@example.com"), bounce("b@example.com")]})
+    sync_suppressions(registry, sender_for(sendgrid), actor="ops")
+    # Support removed a's bounce; c bounced since.
+    sendgrid.suppress({"bounces": [bounce("b@example.com"), bounce("c@example.com")]})
+    report = sync_suppressions(registry, sender_for(sendgrid), actor="ops")
+    assert (report.added, report.removed) == (1, 1)
+    assert set(suppressions(registry)) == {
+        ("hand@example.com", "manual"),
+        ("b@example.com", "bounce"),
+        ("c@example.com", "bounce"),
+    }
+
+
+def test_a_list_that_cannot_be_read_changes_nothing(
+    registry: Registry, sendgrid: DevSendGrid
+) -> None:
+    sendgrid.suppress({"bounces": [bounce("a@example.com")]})
+    sync_suppressions(registry, sender_for(sendgrid), actor="ops")
+    before = suppressions(registry)
+    sendgrid.suppress(
+        {"bounces": [], "unsubscribes": [{"email": "new@example.com", "created": CREATED}]}
+    )
+    # bounces and blocks read; the spam reports refused (a 400 is not retried).
+    sendgrid.script_suppression_faults([{"stall": 0.01}, {"stall": 0.01}, {"status": 400}])
+    with pytest.raises(SuppressionsUnreadable, match=r"spam_reports list .* nothing was changed"):
+        sync_suppressions(registry, sender_for(sendgrid), actor="ops")
+    assert suppressions(registry) == before
+
+
+def test_a_struggling_server_is_retried_and_a_refused_key_says_so(
+    registry: Registry, sendgrid: DevSendGrid
+) -> None:
+    sendgrid.suppress({"bounces": [bounce("a@example.com")]})
+    sendgrid.script_suppression_faults([{"status": 503}, {"status": 429, "retry_after": 0}])
+    report = sync_suppressions(registry, sender_for(sendgrid), actor="ops")
+    assert report.by_source["bounce"] == 1
+    wrong = SendGridSender("SG.wrong", sendgrid.url, timeout=5, sleep=lambda _: None)
+    with pytest.raises(SuppressionsUnreadable, match=r"bounces list .*401"):
+        sync_suppressions(registry, wrong, actor="ops")
+
+
+def test_emails_to_listed_addresses_are_skipped_with_the_source(
+    registry: Registry, plan: Plan, ids: dict[str, int], sendgrid: DevSendGrid
+) -> None:
+    # ann bounced; ben unsubscribed globally (the notice still goes); dan was suppressed
+    # by hand and also reported spam (the reason names one, the same every time).
+    sendgrid.suppress(
+        {
+            "bounces": [bounce("ANN@example.com")],
+            "unsubscribes": [{"email": "ben@example.com", "created": CREATED}],
+            "spam_reports": [{"email": "dan@example.com", "created": CREATED}],
+        }
+    )
+    sync_suppressions(registry, sender_for(sendgrid), actor="ops")
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    assert rows(registry) == {
+        "ann": ("skipped", "suppressed: bounce"),
+        "ben": ("queued", None),
+        "cat": ("skipped", "unverified email"),
+        "dan": ("skipped", "suppressed"),
+    }
+    report = drain(registry, plan, sender_for(sendgrid))
+    assert report.sent == 1
+    [message] = sendgrid.messages
+    assert message["body"]["personalizations"][0]["to"][0]["email"] == "ben@example.com"
+    # The notice is mandatory: SendGrid is told to deliver it despite the unsubscribe.
+    assert message["body"]["mail_settings"] == {"bypass_unsubscribe_management": {"enable": True}}
+
+
+def test_an_address_listed_after_queueing_is_skipped_when_sent(
+    registry: Registry, plan: Plan, ids: dict[str, int], sendgrid: DevSendGrid
+) -> None:
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    assert rows(registry)["ann"] == ("queued", None)
+    sendgrid.suppress(
+        {"invalid_emails": [{"email": "ann@example.com", "created": CREATED, "reason": "bad"}]}
+    )
+    sync_suppressions(registry, sender_for(sendgrid), actor="ops")
+    report = drain(registry, plan, sender_for(sendgrid))
+    assert report.skipped == {"suppressed: invalid email": 1}
+    assert rows(registry)["ann"] == ("skipped", "suppressed: invalid email")
+    assert [m["body"]["personalizations"][0]["to"][0]["email"] for m in sendgrid.messages] == [
+        "ben@example.com"
+    ]
+
+
+def test_the_command_syncs_and_needs_a_sendgrid_key(
+    rollout_home: Path, sendgrid: DevSendGrid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    without = runner.invoke(app, ["notify", "sync-suppressions"])
+    assert without.exit_code == 1
+    assert "no SendGrid key" in without.stderr
+    monkeypatch.setenv("SENDGRID_API_KEY", DEFAULT_API_KEY)
+    monkeypatch.setenv("ROLLOUT_SENDGRID_URL", sendgrid.url)
+    sendgrid.suppress({"bounces": [bounce("a@example.com")]})
+    done = runner.invoke(app, ["notify", "sync-suppressions", "--format", "json"])
+    assert done.exit_code == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["bounces"], summary["added"], summary["pages read"]) == (1, 1, 5)
+
+
+def test_the_lists_are_sendgrid_s_five() -> None:
+    from rollout.dev.sendgrid_api import SUPPRESSION_LISTS
+
+    assert set(LISTS) == set(SUPPRESSION_LISTS)
+    assert set(LISTS.values()) == set(outbox.SENDGRID_SOURCES)

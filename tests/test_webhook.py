@@ -1,0 +1,275 @@
+"""The Event Webhook receiver takes only signed, fresh, first-seen posts of SendGrid's
+shape and writes each whole as a landing file; everything else is refused with
+nothing written. Driven over HTTP: the app served by uvicorn in a thread, and the real
+`rollout notify events serve` process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import select
+from starlette.applications import Starlette
+
+from rollout.core.plan import Plan
+from rollout.dev.sendgrid_api import DEFAULT_API_KEY, DevSendGrid
+from rollout.dev.webhook_signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSigner
+from rollout.notify.drain import drain
+from rollout.notify.queue import queue_due
+from rollout.notify.senders import SendGridSender
+from rollout.notify.suppressions import sync_suppressions
+from rollout.notify.webhook import EVENTS_PATH, create_app
+from rollout.registry import Registry
+from rollout.registry.models import Notification
+from tests.support.outbox import NOTICE_DAY, ids, rows
+
+__all__ = ["ids"]  # a fixture, used by name
+
+NOW = 1_700_000_000
+EVENTS = [
+    {"email": "ann@example.com", "event": "delivered", "outbox_id": "7", "timestamp": NOW},
+    {"email": "bob@example.com", "event": "bounce", "outbox_id": "8", "timestamp": NOW},
+]
+
+
+@pytest.fixture
+def signer() -> WebhookSigner:
+    return WebhookSigner()
+
+
+@contextlib.contextmanager
+def served(app: Starlette) -> Iterator[str]:
+    """``app`` served by uvicorn on a free port, in a thread of this process: its URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def client(signer: WebhookSigner, tmp_path: Path) -> Iterator[httpx.Client]:
+    app = create_app(signer.public_key, tmp_path, max_bytes=4096, clock=lambda: NOW)
+    with served(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+        yield client
+
+
+def written(tmp_path: Path) -> list[Path]:
+    folder = tmp_path / "events"
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+def body_of(events: object = EVENTS) -> bytes:
+    return json.dumps(events).encode()
+
+
+def test_a_signed_post_is_written_whole_as_signed(
+    client: httpx.Client, signer: WebhookSigner, tmp_path: Path
+) -> None:
+    body = body_of()
+    answer = client.post(EVENTS_PATH, content=body, headers=signer.headers(body, NOW))
+    assert (answer.status_code, answer.json()) == (200, {"received": 2})
+    [landed] = written(tmp_path)
+    assert landed.name.startswith(f"events-{NOW}-") and landed.suffix == ".json"
+    assert landed.read_bytes() == body  # byte for byte: still verifiable
+    # Another batch is another file; no temporary file is left behind.
+    other = body_of(EVENTS[:1])
+    assert client.post(EVENTS_PATH, content=other, headers=signer.headers(other, NOW)).is_success
+    assert len(written(tmp_path)) == 2
+    assert not [p for p in (tmp_path / "events").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        "unsigned",
+        "signed by another key",
+        "body changed after signing",
+        "timestamp changed after signing",
+        "signature not base64",
+    ],
+)
+def test_a_forged_post_is_refused_with_nothing_written(
+    client: httpx.Client, signer: WebhookSigner, tmp_path: Path, forge: str
+) -> None:
+    body = body_of()
+    headers = signer.headers(body, NOW)
+    if forge == "unsigned":
+        del headers[SIGNATURE_HEADER]
+    elif forge == "signed by another key":
+        headers = WebhookSigner().headers(body, NOW)
+    elif forge == "body changed after signing":
+        body = body.replace(b"bounce", b"delivered")
+    elif forge == "timestamp changed after signing":
+        headers[TIMESTAMP_HEADER] = str(NOW - 1)
+    else:
+        headers[SIGNATURE_HEADER] = "%%%not-base64%%%"
+    answer = client.post(EVENTS_PATH, content=body, headers=headers)
+    assert answer.status_code == 401
+    assert written(tmp_path) == []
+
+
+@pytest.mark.parametrize("offset", [-301, 301, -86_400])
+def test_a_stale_or_future_post_is_refused(
+    client: httpx.Client, signer: WebhookSigner, tmp_path: Path, offset: int
+) -> None:
+    body = body_of()
+    answer = client.post(EVENTS_PATH, content=body, headers=signer.headers(body, NOW + offset))
+    assert answer.status_code == 401 and "tolerance" in answer.json()["error"]
+    assert written(tmp_path) == []
+
+
+def test_a_replayed_post_is_refused_and_the_first_kept(
+    client: httpx.Client, signer: WebhookSigner, tmp_path: Path
+) -> None:
+    body = body_of()
+    headers = signer.headers(body, NOW)
+    assert client.post(EVENTS_PATH, content=body, headers=headers).status_code == 200
+    first = written(tmp_path)
+    replay = client.post(EVENTS_PATH, content=body, headers=headers)
+    assert replay.status_code == 409
+    assert written(tmp_path) == first and first[0].read_bytes() == body
+
+
+def test_an_oversized_post_is_refused_before_it_is_read(
+    client: httpx.Client, signer: WebhookSigner, tmp_path: Path
+) -> None:
+    body = body_of([{"email": "x@example.com", "event": "delivered", "pad": "x" * 5000}])
+    answer = client.post(EVENTS_PATH, content=body, headers=signer.headers(body, NOW))
+    assert answer.status_code == 413
+    # Without a Content-Length (chunked), the cap holds all the same.
+    chunks = iter([body[:2000], body[2000:]])
+    answer = client.post(EVENTS_PATH, content=chunks, headers=signer.headers(body, NOW))
+    assert answer.status_code == 413
+    assert written(tmp_path) == []
+
+
+@pytest.mark.parametrize("body", [b'{"event": "delivered"}', b"[1, 2]", b"not json", b"\xff\xfe"])
+def test_a_signed_post_of_another_shape_is_refused(
+    client: httpx.Client, signer: WebhookSigner, tmp_path: Path, body: bytes
+) -> None:
+    answer = client.post(EVENTS_PATH, content=body, headers=signer.headers(body, NOW))
+    assert answer.status_code in (400, 401)
+    assert written(tmp_path) == []
+
+
+def test_a_bad_verification_key_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="verification key"):
+        create_app("bm90LWEta2V5", tmp_path)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_serve_command_receives_posts_and_stops_on_sigterm(
+    rollout_home: Path, signer: WebhookSigner
+) -> None:
+    port = _free_port()
+    env = {**os.environ, "ROLLOUT_SENDGRID_WEBHOOK_KEY": signer.public_key}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rollout", "notify", "events", "serve", "--port", str(port)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            assert time.monotonic() < deadline, "the receiver did not start"
+            time.sleep(0.2)
+        body = body_of()
+        answer = httpx.post(f"{url}{EVENTS_PATH}", content=body, headers=signer.headers(body))
+        assert answer.status_code == 200
+        forged = httpx.post(
+            f"{url}{EVENTS_PATH}", content=body, headers=WebhookSigner().headers(body)
+        )
+        assert forged.status_code == 401
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=30)
+    # uvicorn finishes the posts in progress, then ends by the signal it was sent.
+    assert code in (0, -signal.SIGTERM)
+    [landed] = (rollout_home / "landing" / "events").iterdir()
+    assert landed.read_bytes() == body
+
+
+def test_the_serve_command_needs_the_verification_key(rollout_home: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "rollout", "notify", "events", "serve"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "ROLLOUT_SENDGRID_WEBHOOK_KEY"},
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "ROLLOUT_SENDGRID_WEBHOOK_KEY" in done.stderr
+
+
+def test_the_local_sendgrid_server_posts_what_happened_and_the_receiver_lands_it(
+    registry: Registry, plan: Plan, ids: dict[str, int], signer: WebhookSigner, tmp_path: Path
+) -> None:
+    """The loop on one machine: queue, send through the real client to the local
+    SendGrid server, its signed events to the receiver, landed; the bounce it reports
+    is on its list at the next sync, and the next email to that address is skipped."""
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    receiver = create_app(signer.public_key, tmp_path)
+    with (
+        served(receiver) as url,
+        DevSendGrid(webhook_url=f"{url}{EVENTS_PATH}", webhook_signer=signer) as sendgrid,
+    ):
+        sendgrid.script_events({"ANN@example.com": "bounce"})
+        sender = SendGridSender(DEFAULT_API_KEY, sendgrid.url, timeout=5)
+        assert drain(registry, plan, sender).sent == 2  # ann and ben
+        assert sendgrid.wait_for_events(4) == 4  # processed and one more, each
+        sync_suppressions(registry, sender, actor="ops")
+    events = [e for path in written(tmp_path) for e in json.loads(path.read_bytes())]
+    with registry.engine.connect() as connection:
+        outbox_ids = dict(
+            connection.execute(
+                select(Notification.account_id, Notification.id).where(
+                    Notification.email == "phase_notice"
+                )
+            ).all()
+        )
+    by_outbox = {(e["outbox_id"], e["event"]) for e in events}
+    assert by_outbox == {
+        (str(outbox_ids[ids["ann"]]), "processed"),
+        (str(outbox_ids[ids["ann"]]), "bounce"),
+        (str(outbox_ids[ids["ben"]]), "processed"),
+        (str(outbox_ids[ids["ben"]]), "delivered"),
+    }
+    assert all(e["email_name"] == "phase_notice" for e in events)
+    # SendGrid lists the bounced address; the sync brought it; the reminder skips ann.
+    queue_due(registry, plan, date(2022, 1, 18), actor="rm")
+    assert rows(registry, "reminder")["ann"] == ("skipped", "suppressed: bounce")
