@@ -110,9 +110,12 @@ def setup(registry_url: str, before: list[Path], landing: Path, work: Path) -> d
     return as_of
 
 
-def daily_path(work: Path, landing: Path, path: Path) -> dict[str, float]:
+def daily_path(
+    work: Path, landing: Path, path: Path, memory_limit: str | None = None
+) -> dict[str, float]:
     """One day's path (run in a child): each step opens the warehouse, as the flow's
-    tasks do, so nothing is carried over in a connection."""
+    tasks do, so nothing is carried over in a connection; with DuckDB's memory limit
+    ``memory_limit`` (ROLLOUT_DUCKDB_MEMORY_LIMIT in a deployment) when given."""
     from rollout import cohorts, metrics, warehouse
     from rollout.core.plan import load_plan
     from rollout.registry import Registry
@@ -120,19 +123,20 @@ def daily_path(work: Path, landing: Path, path: Path) -> dict[str, float]:
 
     plan = load_plan(PLAN)
     as_of = day_of(path) + timedelta(days=1)
+    warehouse_path = work / "warehouse.duckdb"
     seconds: dict[str, float] = {}
     with Registry(f"sqlite:///{work / 'registry.db'}") as registry:
         clock = time.perf_counter()
-        with warehouse.open_warehouse(work / "warehouse.duckdb") as con:
+        with warehouse.open_warehouse(warehouse_path, memory_limit=memory_limit) as con:
             ingest.ingest(con, [path], quarantine_limit=0.01, landing_root=landing)
             extract.extract_registry(con, registry)
         seconds["ingest"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        with warehouse.open_warehouse(work / "warehouse.duckdb") as con:
+        with warehouse.open_warehouse(warehouse_path, memory_limit=memory_limit) as con:
             metrics.compute_metrics(con, as_of, plan.metrics)
         seconds["metrics"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        with warehouse.open_warehouse(work / "warehouse.duckdb") as con:
+        with warehouse.open_warehouse(warehouse_path, memory_limit=memory_limit) as con:
             cohorts.build_cohorts(
                 con, registry, plan, as_of, actor="bench", refresh_registry=False, allow_gaps=True
             )
@@ -179,7 +183,14 @@ def rollout_answer(con: object, as_of: date, work: Path) -> dict[str, dict]:
     return answer
 
 
-def run(registry_db: Path, landing: Path, days: int, peers: list[str], work: Path) -> int:
+def run(
+    registry_db: Path,
+    landing: Path,
+    days: int,
+    peers: list[str],
+    work: Path,
+    memory_limit: str | None = None,
+) -> int:
     from bench_metrics import compare_cohorts, compare_metrics, run_part
 
     from rollout import metrics, warehouse
@@ -201,6 +212,7 @@ def run(registry_db: Path, landing: Path, days: int, peers: list[str], work: Pat
     for path in held:
         as_of = day_of(path) + timedelta(days=1)
         os.sync()  # the day before's writes flushed before the timed part
+        limit = ["--memory-limit", memory_limit] if memory_limit else []
         done = subprocess.run(
             [
                 sys.executable,
@@ -211,6 +223,7 @@ def run(registry_db: Path, landing: Path, days: int, peers: list[str], work: Pat
                 str(work),
                 "--landing",
                 str(landing),
+                *limit,
             ],
             capture_output=True,
             text=True,
@@ -266,11 +279,14 @@ def main() -> None:
         default="pandas,duckdb,polars",
         help="comma-separated peers of bench_metrics.py to run each day ('' for none)",
     )
+    parser.add_argument(
+        "--memory-limit", help="DuckDB's memory limit for the daily path (e.g. 5GB)"
+    )
     parser.add_argument("--day", type=Path, help=argparse.SUPPRESS)  # a child: one day
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.day:
-        print(json.dumps(daily_path(args.work, args.landing, args.day)))
+        print(json.dumps(daily_path(args.work, args.landing, args.day, args.memory_limit)))
         return
     peers = [peer for peer in args.peers.split(",") if peer]
     if not args.generate and not (args.registry and args.landing):
@@ -281,7 +297,7 @@ def main() -> None:
             registry_db, landing = generate(args.generate, args.seed, work)
         else:
             registry_db, landing = args.registry.resolve(), args.landing.resolve()
-        failures = run(registry_db, landing, args.days, peers, work)
+        failures = run(registry_db, landing, args.days, peers, work, args.memory_limit)
     if failures:
         raise SystemExit(f"FAIL: rollout differed from a rebuild or a peer on {failures} day(s)")
     print("OK: every day's metrics equal a rebuild's and every peer's, package by package")
