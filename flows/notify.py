@@ -40,10 +40,11 @@ from flows.common import (
     with_runtime,
 )
 from rollout.core.config import Settings
+from rollout.core.output import markdown_text
 from rollout.notify.drain import DrainReport, EmailsFailed, drain
 from rollout.notify.queue import QueueOutcome, queue_due
 from rollout.notify.senders import SendGridSender, make_sender
-from rollout.notify.suppressions import SyncReport, sync_suppressions
+from rollout.notify.suppressions import SuppressionsUnreadable, SyncReport, sync_suppressions
 from rollout.phases.snoozes import LandedSnoozes, grant_landed
 
 SECRET_BLOCK = "sendgrid-api-key"
@@ -88,23 +89,38 @@ def snoozes_markdown(done: LandedSnoozes) -> str:
 
 
 @task(name="sync-suppressions", cache_policy=NO_CACHE, **IO_RETRIES)
-def sync_suppressions_task(actor: str) -> SyncReport | None:
+def sync_suppressions_task(actor: str) -> SyncReport | str | None:
     """SendGrid's suppression lists into the registry before anything is queued, so
     the day's emails to bounced, blocked, invalid or complaining addresses are skipped
-    with the reason. None without SendGrid (the file outbox has no lists)."""
+    with the reason. None without SendGrid (the file outbox has no lists).
+
+    Lists that cannot be read (after the sender's retries) leave the last copy as it
+    was and the day's notices still go: a warning, and the reason (returned) in the
+    artifact. Holding back every security notice because a list was unreadable would
+    leave everyone unwarned; SendGrid still drops mail to the addresses it lists."""
     run = runtime()
     sender = make_sender(settings_with_secret(run.settings))
     if not isinstance(sender, SendGridSender):
         return None
-    report = sync_suppressions(run.registry, sender, actor=actor)
+    try:
+        report = sync_suppressions(run.registry, sender, actor=actor)
+    except SuppressionsUnreadable as error:
+        get_run_logger().warning("SendGrid suppressions not synced: %s", error)
+        return str(error)
     get_run_logger().info("SendGrid suppressions: %s", report.summary())
     return report
 
 
-def suppressions_markdown(report: SyncReport | None) -> str:
-    if report is None:
+def suppressions_markdown(synced: SyncReport | str | None) -> str:
+    """The artifact's part on the suppression sync: its counts, or why it failed."""
+    if synced is None:
         return ""
-    return "\n## SendGrid suppressions\n\n" + table(list(report.summary().items())) + "\n"
+    if isinstance(synced, str):
+        return (
+            "\n## SendGrid suppressions\n\n> **Warning: not synced**, the last copy was "
+            f"used: {markdown_text(synced)}\n"
+        )
+    return "\n## SendGrid suppressions\n\n" + table(list(synced.summary().items())) + "\n"
 
 
 @task(name="queue-due-emails", cache_policy=NO_CACHE, **IO_RETRIES)

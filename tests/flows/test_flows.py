@@ -415,6 +415,23 @@ def test_the_sendgrid_key_can_come_from_a_secret_block_and_never_shows(
     assert not any(key in p.read_text(errors="ignore") for p in home.path.rglob("*") if p.is_file())
 
 
+def test_unreadable_suppression_lists_warn_and_the_notices_still_go(
+    daily_state: Any, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rollout.dev.sendgrid_api import DEFAULT_API_KEY, DevSendGrid
+
+    with DevSendGrid() as server:
+        server.script_suppression_faults([{"status": 403}])
+        monkeypatch.setenv("SENDGRID_API_KEY", DEFAULT_API_KEY)
+        monkeypatch.setenv("ROLLOUT_SENDGRID_URL", server.url)
+        state = notify_flows.notify(as_of=date(2022, 1, 29), return_state=True)
+        received = len(server.messages)
+    assert state.is_completed(), state.message
+    assert state.result()["sent"] == received > 0
+    artifact = read_artifact("notify-2022-01-29").data
+    assert "not synced" in artifact and "403" in artifact
+
+
 def test_the_report_flow_writes_the_report_and_publishes_its_markdown(
     daily_state: Any, home: Home
 ) -> None:
