@@ -131,10 +131,12 @@ def daily_path(
             ingest.ingest(con, [path], quarantine_limit=0.01, landing_root=landing)
             extract.extract_registry(con, registry)
         seconds["ingest"] = time.perf_counter() - clock
+        seconds["peak_after_ingest"] = peak_gib()
         clock = time.perf_counter()
         with warehouse.open_warehouse(warehouse_path, memory_limit=memory_limit) as con:
             metrics.compute_metrics(con, as_of, plan.metrics)
         seconds["metrics"] = time.perf_counter() - clock
+        seconds["peak_after_metrics"] = peak_gib()
         clock = time.perf_counter()
         with warehouse.open_warehouse(warehouse_path, memory_limit=memory_limit) as con:
             cohorts.build_cohorts(
@@ -254,6 +256,11 @@ def run(
             ]
         for step in steps:
             timings[step].append(day[step])
+        # The process's peak as it stood after each step: which step raised it.
+        print(
+            f"  peak GiB after ingest {day['peak_after_ingest']:.2f}, after metrics "
+            f"{day['peak_after_metrics']:.2f}, after cohorts {day['peak_gib']:.2f}"
+        )
         failures += bool(problems)
         print(f"{as_of}  " + "  ".join(f"{day[step]:8.1f}" for step in steps) + f"  {not problems}")
         for line in problems:
