@@ -41,8 +41,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import date, timedelta
@@ -193,7 +191,7 @@ def run(
     work: Path,
     memory_limit: str | None = None,
 ) -> int:
-    from bench_metrics import compare_cohorts, compare_metrics, run_part
+    from bench_metrics import compare_cohorts, compare_metrics, run_child, run_part
 
     from rollout import metrics, warehouse
     from rollout.core.plan import load_plan
@@ -215,24 +213,8 @@ def run(
         as_of = day_of(path) + timedelta(days=1)
         os.sync()  # the day before's writes flushed before the timed part
         limit = ["--memory-limit", memory_limit] if memory_limit else []
-        done = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--day",
-                str(path),
-                "--work",
-                str(work),
-                "--landing",
-                str(landing),
-                *limit,
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode:
-            raise SystemExit(f"FAIL: the daily path of {as_of} failed:\n{done.stderr[-3000:]}")
-        day = json.loads(done.stdout.strip().splitlines()[-1])
+        arguments = ["--day", str(path), "--work", str(work), "--landing", str(landing)]
+        day = run_child(__file__, [*arguments, *limit], f"the daily path of {as_of}")
         day["path"] = day["ingest"] + day["metrics"] + day["cohorts"]
         problems: list[str] = []
         with warehouse.open_warehouse(work / "warehouse.duckdb") as con:

@@ -820,24 +820,16 @@ def run_part(part: str, work: Path, as_of: date, landing: Path) -> dict[str, Any
     # The copies (3 GB) and the part before leave dirty pages: flushed now, or the
     # kernel writes them back during the part and it measures that.
     os.sync()
-    done = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--part",
-            part,
-            "--work",
-            str(work),
-            "--as-of",
-            as_of.isoformat(),
-            "--landing",
-            str(landing),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    arguments = ["--part", part, "--work", str(work), "--as-of", as_of.isoformat()]
+    return run_child(__file__, [*arguments, "--landing", str(landing)], f"the {part} part")
+
+
+def run_child(script: str, arguments: list[str], what: str) -> dict[str, Any]:
+    """``script`` run with ``arguments`` in a child process: the JSON object its last
+    line of output prints. A child that fails fails the bench, with its stderr."""
+    done = subprocess.run([sys.executable, script, *arguments], capture_output=True, text=True)
     if done.returncode:
-        raise SystemExit(f"FAIL: the {part} part failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"FAIL: {what} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -72,8 +72,12 @@ def main() -> None:
             "self_dependency_kinds, file_id, ordinal from main.stg_manifests"
         ),
     )
-    timed("dependency counts, kept", lambda: metrics._dependency_counts(con, False))
-    timed("dependency counts, counted whole", lambda: metrics._dependency_counts(con, True))
+    counted = warehouse.scalar(con, "select coalesce(max(file_id), 0) from ingested_files")
+    timed("dependency counts, kept", lambda: metrics._dependency_counts(con, counted, False))
+    timed(
+        "dependency counts, counted whole",
+        lambda: metrics._dependency_counts(con, counted, True),
+    )
     timed(
         "download gaps",
         lambda: con.execute(warehouse.render("intermediate/int_download_gaps"), params).fetchall(),
@@ -83,7 +87,9 @@ def main() -> None:
         lambda: warehouse.one(con, warehouse.render("intermediate/int_dependency_exclusions")),
     )
     con.execute("begin")
-    timed("download windows (moved)", lambda: metrics._download_windows(con, params, False))
+    timed(
+        "download windows (moved)", lambda: metrics._download_windows(con, params, counted, False)
+    )
     model = warehouse.render("marts/package_metrics")
     timed(
         "the mart into a temp table",

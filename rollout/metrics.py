@@ -83,20 +83,22 @@ def compute_metrics(
         return _compute(con, as_of, windows, started, rebuild)
 
 
-def _dependency_counts(con: duckdb.DuckDBPyConnection, rebuild: bool) -> None:
+def _dependency_counts(con: duckdb.DuckDBPyConnection, counted: int, rebuild: bool) -> None:
     """Bring ``dependency_counts``, which the mart and the exclusions read, to the
-    manifests loaded now (inside the caller's transaction): kept as they are when no
-    manifests file came since they were counted, else moved by the packages whose
-    latest manifest changed, or counted whole (nothing kept, or ``rebuild``)."""
+    manifests loaded now, the files up to ``counted`` (inside the caller's
+    transaction): kept as they are when no manifests file came since they were
+    counted, else moved by the packages whose latest manifest changed, or counted
+    whole (nothing kept, or ``rebuild``)."""
     kept = (
         None
         if rebuild
         else warehouse.scalar(con, "select max(counted_file_id) from dependency_counts_state")
     )
-    counted = warehouse.scalar(con, "select coalesce(max(file_id), 0) from ingested_files")
     if kept is not None:
         new_manifests = warehouse.scalar(
-            con, "select count(*) from raw_manifests where file_id > $kept", {"kept": kept}
+            con,
+            "select exists (select 1 from raw_manifests where file_id > $kept)",
+            {"kept": kept},
         )
         if not new_manifests:
             return
@@ -130,12 +132,11 @@ where weekly_days = $weekly_days and monthly_days = $monthly_days
 
 
 def _download_windows(
-    con: duckdb.DuckDBPyConnection, params: dict[str, object], rebuild: bool
+    con: duckdb.DuckDBPyConnection, params: dict[str, object], counted: int, rebuild: bool
 ) -> None:
-    """Bring ``download_windows``, which the mart reads, to ``params``' day (inside the
-    caller's transaction)."""
+    """Bring ``download_windows``, which the mart reads, to ``params``' day over the
+    files up to ``counted`` (inside the caller's transaction)."""
     kept = None if rebuild else warehouse.one(con, _KEPT, params)
-    counted = warehouse.scalar(con, "select coalesce(max(file_id), 0) from ingested_files")
     if kept is None:
         windows = warehouse.render("intermediate/int_download_windows")
         step_params: dict[str, object] = params
@@ -174,11 +175,13 @@ def _compute(
     missing = [row[0] for row in gaps]
     weekly_complete = not any(row[1] for row in gaps)
     with warehouse.transaction(con):
-        _dependency_counts(con, rebuild)
+        # What the kept counts and windows will count: every file loaded now.
+        counted = warehouse.scalar(con, "select coalesce(max(file_id), 0) from ingested_files")
+        _dependency_counts(con, counted, rebuild)
         exclusions = warehouse.one(con, warehouse.render("intermediate/int_dependency_exclusions"))
         self_deps, unknown_deps, unknown_packages = exclusions or (0, 0, 0)
         con.execute("delete from package_metrics_daily where as_of = $as_of", {"as_of": as_of})
-        _download_windows(con, params, rebuild)
+        _download_windows(con, params, counted, rebuild)
         model = warehouse.render("marts/package_metrics")
         con.execute(f"insert into package_metrics_daily by name ({model})", {"as_of": as_of})
         packages = warehouse.scalar(

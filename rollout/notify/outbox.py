@@ -167,36 +167,41 @@ def stops_email(source: Any) -> Any:
     return source != UNSUBSCRIBE
 
 
-def suppression_reason_sql(address: Any) -> Any:
-    """SQL: the skip reason for ``address`` (lower-cased), or NULL when no suppression
-    stops its email; of several, the first by reason (so the same one every time)."""
-    label = case(
+def _suppression_reason() -> Any:
+    """SQL: a suppression row's skip reason (:func:`suppressed_reason` of its source)."""
+    return case(
         *((SUPPRESSIONS.c.source == s, suppressed_reason(s)) for s in SENDGRID_SOURCES),
         else_=SUPPRESSED,
     )
+
+
+def suppression_reason_sql(address: Any) -> Any:
+    """SQL: the skip reason for ``address`` (lower-cased), or NULL when no suppression
+    stops its email; of several, the first by reason (so the same one every time)."""
     return (
-        select(func.min(label))
+        select(func.min(_suppression_reason()))
         .where(and_(SUPPRESSIONS.c.address == address, stops_email(SUPPRESSIONS.c.source)))
         .scalar_subquery()
     )
 
 
 def suppression_reasons(connection: Connection, addresses: Iterable[str]) -> dict[str, str]:
-    """{lower-cased address: skip reason} for those of ``addresses`` no email goes to."""
+    """{lower-cased address: skip reason} for those of ``addresses`` no email goes to,
+    chosen as :func:`suppression_reason_sql` chooses."""
     wanted = sorted({address.lower() for address in addresses})
     reasons: dict[str, str] = {}
     for at in range(0, len(wanted), 1000):  # bound the IN list
         rows = connection.execute(
-            select(SUPPRESSIONS.c.address, SUPPRESSIONS.c.source).where(
+            select(SUPPRESSIONS.c.address, func.min(_suppression_reason()))
+            .where(
                 and_(
                     SUPPRESSIONS.c.address.in_(wanted[at : at + 1000]),
                     stops_email(SUPPRESSIONS.c.source),
                 )
             )
+            .group_by(SUPPRESSIONS.c.address)
         )
-        for address, source in rows:
-            reason = suppressed_reason(source)
-            reasons[address] = min(reasons.get(address, reason), reason)
+        reasons.update({address: reason for address, reason in rows})
     return reasons
 
 

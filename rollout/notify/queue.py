@@ -22,7 +22,6 @@ from sqlalchemy import (
     Select,
     and_,
     case,
-    exists,
     func,
     literal,
     select,
@@ -42,9 +41,7 @@ from rollout.notify.outbox import (
     COMPLIANT,
     NOTIFICATIONS,
     RUN_DAY,
-    SUPPRESSIONS,
     UNVERIFIED,
-    stops_email,
     suppression_reason_sql,
 )
 from rollout.registry import Registry
@@ -130,14 +127,8 @@ def audience(spec: str, plan: Plan, day: date) -> Select:
 def _skip_reason(email: str, phase: Phase | None, now: datetime) -> Any:
     """SQL: why an account gets no email at queue time, or NULL. "Compliant" means
     meeting the phase's requirements for a phase that asks more than any 2FA."""
-    address = func.lower(ACCOUNTS.c.email)
-    suppressed = exists().where(
-        and_(SUPPRESSIONS.c.address == address, stops_email(SUPPRESSIONS.c.source))
-    )
-    whens = [
-        (~ACCOUNTS.c.email_verified, UNVERIFIED),
-        (suppressed, suppression_reason_sql(address)),
-    ]
+    suppressed = suppression_reason_sql(func.lower(ACCOUNTS.c.email))
+    whens = [(~ACCOUNTS.c.email_verified, UNVERIFIED), (suppressed.is_not(None), suppressed)]
     if EMAILS[email].when_compliant == "skip":
         if phase is not None and not asks_only_2fa(phase):
             whens.append((~falls_short(phase.requires, ACCOUNTS.c.id, now), COMPLIANT))

@@ -202,7 +202,10 @@ class _Tally:
 class _Outcome:
     """What one attempt came to; exceptions are turned into this inside ``except``."""
 
-    message_id: str | None = None
+    # SendGrid's answer when it took the request (2xx), and what was made of it (the
+    # message id of a send, a suppression list's page); both None when it did not.
+    response: Any = None
+    value: Any = None
     reason: str = ""
     retryable: bool = False
     misconfigured: bool = False
@@ -286,67 +289,51 @@ class SendGridSender:
         :class:`DeliveryFailed` for anything else."""
         endpoint = self._client.client.suppression._(list_name)
         query = {"limit": limit, "offset": offset}
-        outcome = _Outcome()
-        for attempt in range(1, self.max_attempts + 1):
+
+        def attempt() -> _Outcome:
+            outcome = self._request(lambda: endpoint.get(query_params=query))
+            if outcome.response is None:
+                return outcome
             try:
-                response = endpoint.get(query_params=query)
-            except python_http_client.exceptions.HTTPError as exc:
-                outcome = _http_error_outcome(exc.status_code, exc.body, exc.headers)
-            except (OSError, http.client.HTTPException) as exc:
-                reason = _redactor.scrub(self._network_reason(exc))
-                outcome = _Outcome(reason=reason, retryable=True)
-            else:
-                try:
-                    page = json.loads(response.body or b"null")
-                except ValueError:
-                    page = None
-                if not isinstance(page, list):
-                    raise DeliveryFailed(
-                        f"SendGrid's {list_name} page is not a JSON list", permanent=True
-                    )
-                return page
-            if outcome.misconfigured:
-                raise SenderMisconfigured(outcome.reason)
-            if not outcome.retryable:
-                raise DeliveryFailed(outcome.reason, permanent=True)
-            if attempt < self.max_attempts:
-                delay = self._delay(attempt, outcome.retry_after)
-                log.warning(
-                    "SendGrid %s at offset %d: %s; retry %d/%d in %.2fs",
-                    list_name,
-                    offset,
-                    outcome.reason,
-                    attempt,
-                    self.max_attempts - 1,
-                    delay,
+                page = json.loads(outcome.response.body or b"null")
+            except ValueError:
+                page = None
+            if not isinstance(page, list):
+                raise DeliveryFailed(
+                    f"SendGrid's {list_name} page is not a JSON list", permanent=True
                 )
-                self._sleep(delay)
-        raise DeliveryFailed(
-            f"gave up after {self.max_attempts} attempts: {outcome.reason}", permanent=False
-        )
+            return _Outcome(response=outcome.response, value=page)
+
+        return self._retrying(attempt, f"SendGrid {list_name} at offset {offset}").value
 
     def send(self, message: Message) -> str:
         body = self.request_body(message)
+        outcome = self._retrying(lambda: self._attempt(body), f"outbox {message.outbox_id}")
+        return outcome.value
+
+    def _retrying(self, attempt: Callable[[], _Outcome], label: str) -> _Outcome:
+        """``attempt`` until it answers (an outcome with a response), retrying what is
+        worth retrying with backoff; raises for the rest, or when attempts run out."""
         outcome = _Outcome()
-        for attempt in range(1, self.max_attempts + 1):
-            outcome = self._attempt(body)
-            if outcome.message_id is not None:
-                return outcome.message_id
+        for number in range(1, self.max_attempts + 1):
+            outcome = attempt()
+            if outcome.response is not None:
+                return outcome
             if outcome.misconfigured:
                 raise SenderMisconfigured(outcome.reason)
             if not outcome.retryable:
                 raise DeliveryFailed(outcome.reason, permanent=True)
-            if attempt < self.max_attempts:
-                delay = self._delay(attempt, outcome.retry_after)
+            if number < self.max_attempts:
+                delay = self._delay(number, outcome.retry_after)
                 if outcome.status is not None:
                     self._retries.add()
                 # A warning: retries that end well still say the provider is struggling.
                 log.warning(
-                    "outbox %s: %s (status %s); retry %d/%d in %.2fs",
-                    message.outbox_id,
+                    "%s: %s (status %s); retry %d/%d in %.2fs",
+                    label,
                     outcome.reason,
                     outcome.status if outcome.status is not None else "none: no answer",
-                    attempt,
+                    number,
                     self.max_attempts - 1,
                     delay,
                 )
@@ -393,9 +380,11 @@ class SendGridSender:
         mail.mail_settings = settings
         return mail
 
-    def _attempt(self, body: dict[str, Any]) -> _Outcome:
+    def _request(self, call: Callable[[], Any]) -> _Outcome:
+        """One call of the client: its response when SendGrid answered 2xx, else why not
+        (exceptions are turned into the outcome here)."""
         try:
-            response = self._client.send(body)
+            response = call()
         except python_http_client.exceptions.HTTPError as exc:
             return _http_error_outcome(exc.status_code, exc.body, exc.headers)
         except (OSError, http.client.HTTPException) as exc:
@@ -404,11 +393,17 @@ class SendGridSender:
             return _Outcome(reason=_redactor.scrub(self._network_reason(exc)), retryable=True)
         if not 200 <= response.status_code < 300:
             return _http_error_outcome(response.status_code, response.body, response.headers)
-        message_id = response.headers.get("X-Message-Id")
+        return _Outcome(response=response)
+
+    def _attempt(self, body: dict[str, Any]) -> _Outcome:
+        outcome = self._request(lambda: self._client.send(body))
+        if outcome.response is None:
+            return outcome
+        message_id = outcome.response.headers.get("X-Message-Id")
         if not message_id:
             # Accepted all the same: retrying would send it twice.
             log.warning("SendGrid accepted a message without an X-Message-Id header")
-        return _Outcome(message_id=message_id or "")
+        return _Outcome(response=outcome.response, value=message_id or "")
 
     def _network_reason(self, exc: BaseException) -> str:
         cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc

@@ -30,7 +30,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlalchemy import delete, select
 
@@ -68,13 +68,9 @@ class SyncReport:
     removed: int
     pages: int
 
-    LABELS: ClassVar[dict[str, str]] = {
-        "added": "addresses added since the last sync",
-        "removed": "addresses SendGrid no longer lists",
-    }
-
     def summary(self) -> dict[str, Any]:
-        """(rollout.core.output.Presentable)"""
+        """Addresses per list, those added and removed since the last sync, pages read:
+        the command's output and the notify artifact's table."""
         return {
             **{f"{source.replace('_', ' ')}s": n for source, n in self.by_source.items()},
             "added": self.added,

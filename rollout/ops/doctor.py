@@ -257,6 +257,7 @@ def check_sendgrid(settings: Settings) -> CheckResult:
     key may send mail at all, and read the suppression lists the notify flow copies
     (rollout.notify.suppressions; without them, a warning). Nothing is sent."""
     from rollout.notify.senders import SendGridSender, make_sender
+    from rollout.notify.suppressions import LISTS as SUPPRESSION_LISTS
 
     sender = make_sender(settings)
     if not isinstance(sender, SendGridSender):
@@ -281,11 +282,11 @@ def check_sendgrid(settings: Settings) -> CheckResult:
             Status.fail,
             f"{where} accepts the key, but it lacks the mail.send permission",
         )
-    unreadable = [
-        name
-        for name in SUPPRESSION_SCOPES
-        if name not in scopes and "suppression.read" not in scopes
-    ]
+    # Reading each list needs its scope, or the whole suppression.read.
+    wanted = [f"suppression.{name}.read" for name in SUPPRESSION_LISTS]
+    unreadable = [name for name in wanted if name not in scopes]
+    if "suppression.read" in scopes:
+        unreadable = []
     if unreadable:
         # A warning: mail goes, but bounced and complaining addresses are not skipped.
         return CheckResult(
@@ -297,13 +298,6 @@ def check_sendgrid(settings: Settings) -> CheckResult:
     return CheckResult(
         "sendgrid", Status.ok, f"{where} accepts the key (mail.send, suppression lists)"
     )
-
-
-# What reading SendGrid's five suppression lists needs (or the whole suppression.read).
-SUPPRESSION_SCOPES = tuple(
-    f"suppression.{name}.read"
-    for name in ("bounces", "blocks", "spam_reports", "invalid_emails", "unsubscribes")
-)
 
 
 def _read_scopes(sender: Any) -> tuple[int | None, list[str], str | None]:
