@@ -24,6 +24,7 @@ from flows.common import (
 )
 from rollout.core.output import Markdown, labelled_rows
 from rollout.metrics import MetricsReport, compute_metrics
+from rollout.notify.delivery import apply_delivery
 from rollout.warehouse.extract import extract_registry
 from rollout.warehouse.ingest import IngestReport, ingest
 
@@ -40,6 +41,8 @@ def ingest_landing() -> IngestReport:
             quarantine_limit=settings.quarantine_limit,
             landing_root=settings.landing_dir,
         )
+        # Before the extract, so the warehouse's copy of the notifications has them too.
+        delivered = apply_delivery(con, run.registry)
         extract_registry(con, run.registry)
     logger = get_run_logger()
     logger.info(
@@ -52,6 +55,12 @@ def ingest_landing() -> IngestReport:
     )
     for refused in report.rejected:
         logger.warning("landing file refused, nothing of it loaded: %s", refused.message)
+    if delivered.notifications or delivered.unknown:
+        logger.info(
+            "delivery events: %d notifications' states written, %d outbox ids unknown",
+            delivered.notifications,
+            delivered.unknown,
+        )
     return report
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -267,18 +268,25 @@ def test_a_file_of_unknown_kind_is_bad_input(tmp_path: Path) -> None:
 def test_folders_other_readers_own_are_passed_over_when_the_landing_area_is_read(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:
-    """Snooze requests and SendGrid's events land beside the data files; reading the
-    landing folder leaves them to their readers instead of refusing the whole run."""
+    """Snooze requests land beside the data files; reading the landing folder leaves
+    them to their reader instead of refusing the whole run. SendGrid's events there
+    are landing files like the others."""
     root = tmp_path / "landing"
     (root / "snoozes" / "top-100").mkdir(parents=True)
     (root / "snoozes" / "top-100" / "requests.csv").write_text("username,days\nann,7\n")
     (root / "events").mkdir()
-    (root / "events" / "events-1700000000-ab.json").write_text('[{"event": "delivered"}]')
+    event = {"sg_event_id": "e1", "event": "delivered", "timestamp": 1_700_000_000}
+    (root / "events" / "events-1700000000-ab.json").write_text(
+        json.dumps([{**event, "email": "ann@example.com", "outbox_id": "7"}])
+    )
     typed_parquet(root, "downloads-2022-01-10.parquet", [("a", DAY, 1)])
     found = landing.discover([root], root)
-    assert [(f.kind, f.path.name) for f in found] == [("downloads", "downloads-2022-01-10.parquet")]
+    assert [(f.kind, f.path.name) for f in found] == [
+        ("downloads", "downloads-2022-01-10.parquet"),
+        ("events", "events-1700000000-ab.json"),
+    ]
     report = ingest.ingest(con, [root], quarantine_limit=0.0, landing_root=root)
-    assert (report.loaded, report.rejected) == (1, [])
+    assert (report.loaded, report.rejected) == (2, [])
 
 
 # Typed Parquet downloads load in place (straight into raw_downloads, checked there);

@@ -125,9 +125,50 @@ CASES = {
         "via 'pigeon' is not one of token, session, trusted",
         "raw_publishes",
     ),
+    # A post of SendGrid's Event Webhook: its rows are named by their place in the array.
+    "events-json": (
+        "events",
+        ".json",
+        [
+            '[{"sg_event_id": "e1", "event": "processed", "timestamp": 1641808800,',
+            '  "email": "ann@example.com", "outbox_id": "7"},',
+            "",
+            ' {"sg_event_id": "e2", "event": "delivered", "timestamp": 1641808805,',
+            '  "email": "ann@example.com", "outbox_id": "7"},',
+            ' {"sg_event_id": "e3", "event": "{event}", "timestamp": 1641808806,',
+            '  "email": "bob@example.com", "outbox_id": "8"}]',
+        ],
+        3,
+        "event 'lost' is not one of processed, deferred, delivered, bounce, dropped, "
+        "spamreport, open, click, unsubscribe, group_unsubscribe, group_resubscribe",
+        "raw_events",
+    ),
+    "events-jsonl": (
+        "events",
+        ".jsonl",
+        [
+            '{"sg_event_id": "e1", "event": "processed", "timestamp": 1641808800,'
+            ' "email": "ann@example.com", "outbox_id": "7"}',
+            "",
+            '{"sg_event_id": "e2", "event": "delivered", "timestamp": 1641808805,'
+            ' "email": "ann@example.com", "outbox_id": "7"}',
+            '{"sg_event_id": "e3", "event": "{event}", "timestamp": 1641808806,'
+            ' "email": "bob@example.com", "outbox_id": "8"}',
+        ],
+        4,
+        "event 'lost' is not one of processed, deferred, delivered, bounce, dropped, "
+        "spamreport, open, click, unsubscribe, group_unsubscribe, group_resubscribe",
+        "raw_events",
+    ),
 }
-CLEAN = {"count": "5", "maintainers": '["evan"]', "outcome": "failed", "via": "session"}
-BAD = {"count": "-5", "maintainers": "[]", "outcome": "lost", "via": "pigeon"}
+CLEAN = {
+    "count": "5",
+    "maintainers": '["evan"]',
+    "outcome": "failed",
+    "via": "session",
+    "event": "bounce",
+}
+BAD = {"count": "-5", "maintainers": "[]", "outcome": "lost", "via": "pigeon", "event": "lost"}
 
 
 def write(tmp_path: Path, case: str, compression: str, values: dict[str, str]) -> Path:
@@ -212,8 +253,10 @@ def test_a_bad_row_over_the_limit_refuses_the_file_naming_file_and_line(
     path = write(tmp_path, case, compression, BAD)
     with pytest.raises(BadInput) as refused:
         load(con, path)
+    # An events post's rows are its events, named by their place in the array.
+    rows = "events" if case == "events-json" else "lines"
     assert str(refused.value).startswith(
-        f"{path}:{line}: 1 of 3 lines are bad (33.3%, over the 1.0% limit); nothing was loaded"
+        f"{path}:{line}: 1 of 3 {rows} are bad (33.3%, over the 1.0% limit); nothing was loaded"
     )
     assert reason in str(refused.value)
     assert row_counts(con) == NOTHING

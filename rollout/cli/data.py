@@ -132,6 +132,7 @@ def ingest(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Load landing files into the warehouse, validated; bad rows go to quarantine."""
+    from rollout.notify.delivery import apply_delivery
     from rollout.warehouse import extract
     from rollout.warehouse import ingest as ingest_module
 
@@ -158,7 +159,11 @@ def ingest(
             progress=report,
         )
         registry_counts: dict[str, int] = {}
+        delivered = None
         if registry:
+            # Before the extract, so the warehouse's copy has the states too.
+            progress.update(task, description="delivery states")
+            delivered = apply_delivery(con, runtime.registry)
             progress.update(task, description="extract registry")
             registry_counts = extract.extract_registry(con, runtime.registry, full=full_extract)
     rows = [
@@ -185,6 +190,16 @@ def ingest(
         + (f"; registry: {registry_counts.get('accounts', 0):,} accounts" if registry else ""),
         highlight=False,
     )
+    if delivered is not None and (delivered.notifications or delivered.unknown):
+        stderr.print(
+            f"delivery events: {delivered.notifications:,} notifications' states written"
+            + (
+                f", {delivered.unknown:,} outbox ids naming no notification"
+                if delivered.unknown
+                else ""
+            ),
+            highlight=False,
+        )
     for refused in result.rejected:
         stderr.print(labelled("refused:", "bold red", refused.message))
     if result.rejected:

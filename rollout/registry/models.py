@@ -49,6 +49,11 @@ TOKEN_KINDS = (*CLASSIC_TOKEN_KINDS, "granular")
 ORG_ROLES = ("owner", "admin", "developer")
 TEAM_PERMISSIONS = ("read", "write")
 NOTIFICATION_STATES = ("queued", "sending", "sent", "failed", "skipped")
+# A sent email's fate by SendGrid's events, least final first; of an email's events the
+# most final decides (events come out of order): sql/intermediate/int_notification_delivery.
+DELIVERY_STATES = ("processed", "deferred", "delivered", "dropped", "bounced", "spam_report")
+# The states in which the notice reached its maintainer's mailbox.
+REACHED_STATES = ("delivered", "spam_report")
 INVITATION_STATES = ("pending", "accepted", "expired")
 PLAN_RUN_MODES = ("preview", "apply", "rollback")
 PLAN_RUN_STATES = ("running", "succeeded", "failed")
@@ -473,6 +478,12 @@ class Notification(Base):
     # The sender that last attempted it ("sendgrid", "file"): the file outbox never
     # takes over an email meant for SendGrid. NULL: never attempted (or before 0007).
     sender: Mapped[str | None] = mapped_column(String(20))
+    # What SendGrid's events say became of it (one of DELIVERY_STATES, set by
+    # rollout.notify.delivery as ingest loads them), when, and why (a bounce's or a
+    # drop's reason). NULL: no event yet.
+    delivery: Mapped[str | None] = mapped_column(String(16))
+    delivery_at: Mapped[datetime | None] = mapped_column(DateTime)
+    delivery_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class EmailSuppression(Base):

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +44,8 @@ class FileResult:
     rows_quarantined: int = 0
     message: str = ""
     file_id: int | None = None
+    # Why a file in a batch was refused (the error a file loaded alone raises).
+    refusal: BadInput | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -92,6 +94,10 @@ _FIRST_ROWS_IN_ORDER = """
 """
 
 
+# How far ahead of ours an event's timestamp may be before it is refused as "in the future".
+EVENT_CLOCK_SKEW = timedelta(hours=1)
+
+
 def _check_parameters(
     file: LandingFile,
     con: duckdb.DuckDBPyConnection,
@@ -124,6 +130,9 @@ def _check_parameters(
         return {"name_pattern": PACKAGE_NAME_PATTERN}
     if file.kind == "publishes":
         return {"now": now, "name_pattern": PACKAGE_NAME_PATTERN}
+    if file.kind == "events":
+        # SendGrid's clock, not ours, stamps an event: a little ahead is not wrong.
+        return {"known_events": list(landing.EVENT_TYPES), "latest": now + EVENT_CLOCK_SKEW}
     return {"now": now}
 
 
@@ -143,11 +152,10 @@ def _record_quarantine(
     file: LandingFile,
     file_id: int,
     problems: list[RowProblem],
+    records: list[tuple[str]],
     now: datetime,
 ) -> None:
-    records = con.execute(
-        "select record from flagged where problem is not null order by ordinal"
-    ).fetchall()
+    """The file's bad rows, each with its line, reason and record as sent."""
     table = pa.table(
         {
             "line": pa.array([p.line for p in problems], pa.int64()),
@@ -177,34 +185,33 @@ def _load(con: duckdb.DuckDBPyConnection, file: LandingFile, file_id: int) -> No
         warehouse.run(con, f"raw/load_{file.kind}", params)
 
 
-def _record_file(
-    con: duckdb.DuckDBPyConnection,
-    file: LandingFile,
-    file_id: int,
-    digest: str,
-    counts: tuple[int, int, int, int],
-    now: datetime,
-) -> None:
-    """The ``ingested_files`` row: what makes a second load of the file a no-op."""
-    rows_read, rows_loaded, rows_duplicate, rows_quarantined = counts
-    con.execute(
-        """
-        insert into ingested_files values ($file_id, $kind, $path, $sha, $bytes, $read,
-            $loaded, $duplicate, $quarantined, $now)
-        """,
-        {
-            "file_id": file_id,
-            "kind": file.kind,
-            "path": str(file.path),
-            "sha": digest,
-            "bytes": file.path.stat().st_size,
-            "read": rows_read,
-            "loaded": rows_loaded,
-            "duplicate": rows_duplicate,
-            "quarantined": rows_quarantined,
-            "now": now,
-        },
-    )
+# A file recorded as loaded: the file, its id, its SHA-256, and its counts (read, loaded,
+# duplicate, quarantined).
+Recorded = tuple[LandingFile, int, str, tuple[int, int, int, int]]
+
+
+def _record_files(con: duckdb.DuckDBPyConnection, files: Sequence[Recorded], now: datetime) -> None:
+    """The ``ingested_files`` rows, one insert for a batch: what makes a second load of
+    a file a no-op."""
+    columns: dict[str, list[object]] = {
+        "file_id": [], "kind": [], "path": [], "sha256": [], "bytes": [],
+        "rows_read": [], "rows_loaded": [], "rows_duplicate": [], "rows_quarantined": [],
+    }  # fmt: skip
+    for file, file_id, digest, counts in files:
+        for name, value in zip(
+            columns,
+            (file_id, file.kind, str(file.path), digest, file.path.stat().st_size, *counts),
+            strict=True,
+        ):
+            columns[name].append(value)
+    con.register("recorded_files", pa.table(columns))
+    try:
+        con.execute(
+            "insert into ingested_files by name select *, $now as loaded_at from recorded_files",
+            {"now": now},
+        )
+    finally:
+        con.unregister("recorded_files")
 
 
 class _NotClean(Exception):
@@ -275,13 +282,15 @@ def _load_in_place(
             )
             if len(read) < len(ids):
                 raise _NotClean  # an empty file: the staged path refuses it
-            results = []
-            for (file, digest), file_id in zip(files, ids, strict=True):
-                rows = read[file_id]
-                _record_file(con, file, file_id, digest, (rows, rows, 0, 0), now)
-                results.append(
-                    FileResult(file.path, file.kind, "loaded", rows, rows, file_id=file_id)
-                )
+            recorded: list[Recorded] = [
+                (file, file_id, digest, (read[file_id], read[file_id], 0, 0))
+                for (file, digest), file_id in zip(files, ids, strict=True)
+            ]
+            _record_files(con, recorded, now)
+            results = [
+                FileResult(file.path, file.kind, "loaded", *counts, file_id=file_id)
+                for file, file_id, _, counts in recorded
+            ]
     except _NotClean:
         _drop_staging(con)
         return None
@@ -292,6 +301,7 @@ def _load_in_place(
 # Views first: they read the tables.
 _STAGING = (
     "manifests_shaped",
+    "incoming_files",
     "incoming_dependencies",
     "incoming",
     "incoming_raw",
@@ -336,14 +346,16 @@ def _skipped(con: duckdb.DuckDBPyConnection, file: LandingFile, digest: str) -> 
     earlier = warehouse.one(
         con, "select file_id, path from ingested_files where sha256 = $sha", {"sha": digest}
     )
-    if earlier is None:
-        return None
+    return None if earlier is None else _skipped_result(file, *earlier)
+
+
+def _skipped_result(file: LandingFile, file_id: int, path: str) -> FileResult:
     return FileResult(
         file.path,
         file.kind,
         "skipped",
-        file_id=earlier[0],
-        message=f"already loaded as file {earlier[0]} ({earlier[1]})",
+        file_id=file_id,
+        message=f"already loaded as file {file_id} ({path})",
     )
 
 
@@ -356,6 +368,11 @@ def _ingest_new(
     now: datetime,
 ) -> FileResult:
     """``ingest_file`` for a file not loaded before, at a path DuckDB reads as it is."""
+    if file.kind == "events":
+        (result,) = _load_events(con, [(file, digest)], quarantine_limit, now)
+        if result.status == "rejected":
+            raise result.refusal or BadInput(file.path, None, result.message)
+        return result
     if landing.loads_in_place(file):
         loaded = _load_in_place(con, [(file, digest)], now)
         if loaded is not None:
@@ -386,9 +403,12 @@ def _ingest_new(
         file_id = warehouse.scalar(con, "select nextval('ingested_file_ids')")
         _load(con, file, file_id)
         if problems:
-            _record_quarantine(con, file, file_id, problems, now)
+            records = con.execute(
+                "select record from flagged where problem is not null order by ordinal"
+            ).fetchall()
+            _record_quarantine(con, file, file_id, problems, records, now)
         counts = (rows_read, rows_loaded, rows_duplicate, rows_bad)
-        _record_file(con, file, file_id, digest, counts, now)
+        _record_files(con, [(file, file_id, digest, counts)], now)
     _drop_staging(con)
     return FileResult(
         file.path,
@@ -402,10 +422,141 @@ def _ingest_new(
     )
 
 
+# --- SendGrid delivery events -------------------------------------------------------------
+
+
+def _refused(file: LandingFile, error: BadInput) -> FileResult:
+    return FileResult(file.path, file.kind, "rejected", message=str(error), refusal=error)
+
+
+def _event_problems(
+    con: duckdb.DuckDBPyConnection, file: LandingFile, index: int, limit: int | None
+) -> list[RowProblem]:
+    """The bad events of the batch's ``index``-th file, by position (a JSON-lines
+    file's by physical line)."""
+    query = "select line, problem from flagged where file_index = $index order by ordinal"
+    if limit is not None:
+        query += f" limit {int(limit)}"
+    rows = con.execute(query, {"index": index}).fetchall()
+    lines = landing.record_lines(file, [r[0] for r in rows]) if file.format == "jsonl" else {}
+    return [RowProblem(lines.get(line, line), problem) for line, problem in rows]
+
+
+def _load_events(
+    con: duckdb.DuckDBPyConnection,
+    batch: Sequence[tuple[LandingFile, str]],
+    quarantine_limit: float,
+    now: datetime,
+) -> list[FileResult]:
+    """Load events files of one format, each with its digest, as one: one read, one
+    check, one transaction. Each file is still judged alone (refused when empty or
+    when its bad share is over the limit, nothing of it loaded) and gets its own
+    ``ingested_files`` row; an event some file brought before, or an earlier file of
+    the batch, counts as a duplicate of the file that repeats it. A file the reader
+    cannot parse splits the batch until it is alone, and is refused naming where."""
+    earlier = dict(
+        (sha, (file_id, path))
+        for sha, file_id, path in con.execute(
+            "select sha256, file_id, path from ingested_files where sha256 in $digests",
+            {"digests": [digest for _, digest in batch]},
+        ).fetchall()
+    )
+    if earlier:
+        results = {
+            id(file): _skipped_result(file, *earlier[digest])
+            for file, digest in batch
+            if digest in earlier
+        }
+        rest = [(file, digest) for file, digest in batch if digest not in earlier]
+        loaded = iter(_load_events(con, rest, quarantine_limit, now) if rest else [])
+        return [results.get(id(file)) or next(loaded) for file, _ in batch]
+    files = [file for file, _ in batch]
+    try:
+        landing.stage_events(con, files)
+    except BadInput as error:
+        _drop_staging(con)
+        if len(batch) == 1:
+            return [_refused(files[0], error)]
+        half = len(batch) // 2
+        return _load_events(con, batch[:half], quarantine_limit, now) + _load_events(
+            con, batch[half:], quarantine_limit, now
+        )
+    warehouse.run(con, "raw/check_events", _check_parameters(files[0], con, now))
+    read = dict(con.execute("select file_index, count(*) from incoming group by all").fetchall())
+    bad = dict(con.execute("select file_index, count(*) from flagged group by all").fetchall())
+    results: list[FileResult | None] = [None] * len(batch)
+    accepted: list[int] = []
+    for index, file in enumerate(files):
+        rows, rows_bad = read.get(index, 0), bad.get(index, 0)
+        if rows == 0:
+            results[index] = _refused(
+                file, BadInput(file.path, None, "no events: the file is empty")
+            )
+        elif rows_bad / rows > quarantine_limit:
+            refusal = FileRejected(
+                file.path,
+                _event_problems(con, file, index, limit=5),
+                f"{rows_bad} of {rows} {file.row_word}s are bad "
+                f"({rows_bad / rows:.1%}, over the {quarantine_limit:.1%} limit); "
+                "nothing was loaded",
+            )
+            results[index] = _refused(file, refusal)
+        else:
+            accepted.append(index)
+    if accepted:
+        with warehouse.transaction(con):
+            numbered = con.execute(
+                "select nextval('ingested_file_ids') from range($n)", {"n": len(accepted)}
+            ).fetchall()
+            ids = {index: int(row[0]) for index, row in zip(accepted, numbered, strict=True)}
+            con.register(
+                "accepted_files",
+                pa.table(
+                    {
+                        "file_index": pa.array(list(ids), pa.int64()),
+                        "file_id": pa.array(list(ids.values()), pa.int64()),
+                    }
+                ),
+            )
+            try:
+                warehouse.run(con, "raw/load_events", {})
+                loaded = dict(
+                    con.execute(
+                        "select file_id, count(*) from raw_events "
+                        "where file_id in (select file_id from accepted_files) group by all"
+                    ).fetchall()
+                )
+            finally:
+                con.unregister("accepted_files")
+            recorded: list[Recorded] = []
+            for index in accepted:
+                file, digest = batch[index]
+                file_id, rows, rows_bad = ids[index], read[index], bad.get(index, 0)
+                if rows_bad:
+                    problems = _event_problems(con, file, index, limit=None)
+                    records = con.execute(
+                        "select record from flagged where file_index = $index order by ordinal",
+                        {"index": index},
+                    ).fetchall()
+                    _record_quarantine(con, file, file_id, problems, records, now)
+                rows_loaded = loaded.get(file_id, 0)
+                counts = (rows, rows_loaded, rows - rows_bad - rows_loaded, rows_bad)
+                recorded.append((file, file_id, digest, counts))
+                results[index] = FileResult(
+                    file.path, file.kind, "loaded", *counts, file_id=file_id
+                )
+            _record_files(con, recorded, now)
+    _drop_staging(con)
+    return [r for r in results if r is not None]
+
+
 # Small downloads files (a backfill: months of daily files) load in place as a batch:
 # one by one each costs about 70 ms, mostly the check's and the commit's fixed cost.
 # Big files (npm's daily 2M rows, 14 MB of Parquet) still go one by one.
 BATCH_BYTES = 8 << 20
+# Events files (SendGrid's posts, up to a few MB each) load as one per this many bytes:
+# read, checked and committed together, each still judged and recorded on its own.
+EVENTS_BATCH_BYTES = 256 << 20
 
 
 class _Ingest:
@@ -436,29 +587,37 @@ class _Ingest:
         self.report.files.append(result)
 
     def add(self, file: LandingFile, digest: str) -> None:
-        """Load ``file`` now, or hold it for the batch when it is a small downloads file.
-        Either way the files before it are loaded first, so the report keeps their
-        order and a copy of an earlier file is a skip."""
+        """Load ``file`` now, or hold it for the batch when it is a small downloads file
+        or an events file. Either way the files before it are loaded first, so the
+        report keeps their order and a copy of an earlier file is a skip."""
         if any(digest == d for _, d in self.batch):
             self.flush()
-        skipped = _skipped(self.con, file, digest)
+        # An events batch asks which of its files were loaded before in one query.
+        skipped = None if file.kind == "events" else _skipped(self.con, file, digest)
         if skipped is not None:
             self.flush()
             self.report.files.append(skipped)
             return
         size = file.path.stat().st_size
-        if file.kind != "downloads" or size > BATCH_BYTES or not _plain(file):
+        limit = EVENTS_BATCH_BYTES if file.kind == "events" else BATCH_BYTES
+        if file.kind not in ("downloads", "events") or size > limit or not _plain(file):
             self.flush()
             self.one(file, digest)
             return
-        if self.batch_bytes + size > BATCH_BYTES:
+        if self.batch and _batch_key(self.batch[0][0]) != _batch_key(file):
+            self.flush()
+        if self.batch_bytes + size > limit:
             self.flush()
         self.batch.append((file, digest))
         self.batch_bytes += size
 
     def flush(self) -> None:
         batch, self.batch, self.batch_bytes = self.batch, [], 0
-        self._load(batch)
+        if batch and batch[0][0].kind == "events":
+            now = self.now or _utc_now()
+            self.report.files.extend(_load_events(self.con, batch, self.quarantine_limit, now))
+        else:
+            self._load(batch)
 
     def _load(self, batch: list[tuple[LandingFile, str]]) -> None:
         """All in one transaction; failing that, each half apart, down to single
@@ -475,6 +634,12 @@ class _Ingest:
         half = len(batch) // 2
         self._load(batch[:half])
         self._load(batch[half:])
+
+
+def _batch_key(file: LandingFile) -> tuple[str, str | None]:
+    """Files load together when this is the same: downloads of any format (each is
+    staged on its own), events of one format (they are read as one)."""
+    return file.kind, file.format if file.kind == "events" else None
 
 
 def _plain(file: LandingFile) -> bool:

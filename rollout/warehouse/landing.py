@@ -25,14 +25,16 @@ import pyarrow.parquet as pq
 
 from rollout.core.errors import BadInput
 
-Kind = Literal["downloads", "manifests", "logins", "publishes"]
-KINDS: tuple[Kind, ...] = ("downloads", "manifests", "logins", "publishes")
+Kind = Literal["downloads", "manifests", "logins", "publishes", "events"]
+# Events last: they are SendGrid's delivery events, loaded in batches (rollout.warehouse.ingest).
+KINDS: tuple[Kind, ...] = ("downloads", "manifests", "logins", "publishes", "events")
 
 REQUIRED_COLUMNS: dict[Kind, tuple[str, ...]] = {
     "downloads": ("package", "day", "downloads"),
     "manifests": ("name", "version", "maintainers"),
     "logins": ("occurred_at", "username", "second_factor", "outcome"),
     "publishes": ("occurred_at", "package", "username", "via", "token_kind", "second_factor"),
+    "events": ("sg_event_id", "event", "timestamp", "email"),
 }
 MANIFEST_MAPS = ("dependencies", "devDependencies", "peerDependencies")
 
@@ -49,6 +51,8 @@ _SUPPORTED: dict[Kind, tuple[str, ...]] = {
     "manifests": ("jsonl", "parquet"),
     "logins": ("csv", "parquet"),
     "publishes": ("csv", "parquet"),
+    # What `rollout notify events serve` writes (a post's JSON array), or one a line.
+    "events": ("json", "jsonl"),
 }
 
 
@@ -67,7 +71,10 @@ class LandingFile:
 
     @property
     def row_word(self) -> str:
-        """Parquet has rows, text files have lines: errors say which."""
+        """Parquet has rows, text files have lines, an events post has events (its
+        ``line`` is an event's position in the array): errors say which."""
+        if self.kind == "events" and self.format == "json":
+            return "event"
         return "row" if self.format == "parquet" else "line"
 
 
@@ -118,7 +125,8 @@ def classify(path: Path, root: Path | None = None) -> LandingFile:
             path,
             None,
             "cannot tell what this file holds: put it under "
-            "downloads/, manifests/, logins/ or publishes/, or start its name with one of those",
+            "downloads/, manifests/, logins/, publishes/ or events/, or start its name with "
+            "one of those",
         )
     if fmt is None or fmt not in _SUPPORTED[kind]:
         allowed = ", ".join(f".{f}" for f in _SUPPORTED[kind])
@@ -130,7 +138,6 @@ def classify(path: Path, root: Path | None = None) -> LandingFile:
 # files leaves them alone (ingest refused the whole run on the first file there).
 OTHER_READERS: dict[str, str] = {
     "snoozes": "snooze requests, read by the daily pickup (rollout.phases.snoozes)",
-    "events": "SendGrid delivery events, written by `rollout notify events serve`",
 }
 
 
@@ -685,8 +692,8 @@ def _occurred_at(types: dict[str, str] | None) -> str:
     )
 
 
-def _stage_events(con: duckdb.DuckDBPyConnection, file: LandingFile, columns: str) -> None:
-    """Stage an event file (CSV or Parquet, one ``occurred_at`` a row): its timestamp
+def _stage_timed_rows(con: duckdb.DuckDBPyConnection, file: LandingFile, columns: str) -> None:
+    """Stage a file of timed rows (CSV or Parquet, one ``occurred_at`` a row): its timestamp
     read the one way (``_occurred_at``), its raw text kept for messages, and ``columns``,
     the kind's other columns as select expressions over ``incoming_raw``."""
     if file.format == "csv":
@@ -707,7 +714,7 @@ def _stage_events(con: duckdb.DuckDBPyConnection, file: LandingFile, columns: st
 
 
 def stage_logins(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
-    _stage_events(
+    _stage_timed_rows(
         con,
         file,
         """trim(cast(username as varchar)) as username,
@@ -718,7 +725,7 @@ def stage_logins(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
 
 def stage_publishes(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
     # An empty CSV cell is no value: nullif, as for a missing token kind.
-    _stage_events(
+    _stage_timed_rows(
         con,
         file,
         """trim(cast(package as varchar)) as package,
@@ -735,3 +742,148 @@ STAGERS = {
     "logins": stage_logins,
     "publishes": stage_publishes,
 }
+
+
+# --- SendGrid delivery events ----------------------------------------------------------
+
+# SendGrid's Event Webhook event types (its docs' "Event types"): delivery, then engagement.
+EVENT_TYPES = (
+    "processed",
+    "deferred",
+    "delivered",
+    "bounce",
+    "dropped",
+    "spamreport",
+    "open",
+    "click",
+    "unsubscribe",
+    "group_unsubscribe",
+    "group_resubscribe",
+)
+
+# The fields of an event rollout keeps; SendGrid sends more (ip, useragent, category, ...).
+# Read as text whatever their JSON type: a custom arg is always a string at SendGrid,
+# a timestamp a number, and either may come the other way from elsewhere.
+EVENT_FIELDS = (
+    "sg_event_id",
+    "event",
+    "timestamp",
+    "email",
+    "outbox_id",
+    "email_name",
+    "sg_message_id",
+    "type",
+    "reason",
+    "response",
+)
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    return "a boolean" if isinstance(value, bool) else "a number"
+
+
+def _events_parse_error(file: LandingFile, error: Exception) -> BadInput:
+    """Where an events file breaks its contract (a JSON array of objects, or one object
+    a line), found by reading it in Python: DuckDB's message names neither."""
+    if file.format == "jsonl":
+        return _first_bad_json_line(file) or BadInput(
+            file.path, None, f"malformed JSON lines: {error}"
+        )
+    try:
+        with open_text(file.path) as handle:
+            document = json.load(handle)
+    except json.JSONDecodeError as parse_error:
+        return BadInput(file.path, parse_error.lineno, f"malformed JSON: {parse_error.msg}")
+    except UnicodeDecodeError as decode_error:
+        return BadInput(file.path, None, f"not UTF-8 text: {decode_error.reason}")
+    if not isinstance(document, list):
+        return BadInput(
+            file.path, None, f"expected a JSON array of events, found {_json_kind(document)}"
+        )
+    for position, event in enumerate(document, start=1):
+        if not isinstance(event, dict):
+            return BadInput(
+                file.path, position, f"event {position} is {_json_kind(event)}, not an object"
+            )
+    return BadInput(file.path, None, f"cannot read the events: {error}")
+
+
+def stage_events(con: duckdb.DuckDBPyConnection, files: list[LandingFile]) -> None:
+    """Stage the events of ``files`` (one format, all JSON arrays or all JSON lines) as
+    ``incoming``: one row an event, ``file_index`` its file's place in ``files``,
+    ``ordinal`` its place among all, ``line`` its place in its file (for a JSON-lines
+    file the record number, mapped to the physical line only for a bad one).
+
+    One read for many files: SendGrid posts small batches, and a file at a time cost
+    tens of milliseconds each (a day of a big campaign is thousands of files). A file
+    that is not what the format says fails the read: ``BadInput`` names it when there
+    is one file (the caller splits a batch to find it)."""
+    formats = {f.format for f in files}
+    assert len(formats) == 1 and files, "one format a batch"
+    shape = "array" if files[0].format == "json" else "newline_delimited"
+    paths = [str(f.path) for f in files]
+    try:
+        # Outside a transaction the staged table's rowids are the read order: file by
+        # file, event by event (DuckDB keeps insertion order).
+        con.execute(
+            "create or replace temp table incoming_raw as "
+            "select * from read_json($paths, format = $shape, columns = $columns, "
+            "filename = 'source_path')",
+            {"paths": paths, "shape": shape, "columns": dict.fromkeys(EVENT_FIELDS, "VARCHAR")},
+        )
+    except duckdb.Error as error:
+        if len(files) == 1:
+            raise _events_parse_error(files[0], error) from error
+        raise BadInput(None, None, f"one of {len(files)} events files is unreadable") from error
+    # Typed once into a table: the check and the load each read it (as a view, each
+    # read converted all the values again, 0.5 s a million events).
+    con.execute(
+        """
+        create or replace temp table incoming_files as
+        with
+
+        listed as (
+            select unnest($paths) as source_path, unnest(range(len($paths))) as file_index
+        ),
+
+        firsts as (
+            select source_path, min(rowid) as first_position from incoming_raw group by all
+        )
+
+        select source_path, file_index, first_position from listed join firsts using (source_path)
+        """,
+        {"paths": paths},
+    )
+    con.execute(
+        r"""
+        create or replace temp table incoming as
+        select
+            raw.rowid + 1 as ordinal,
+            files.file_index,
+            raw.rowid - files.first_position + 1 as line,
+            trim(sg_event_id) as sg_event_id,
+            trim(event) as event,
+            trim(timestamp) as timestamp_text,
+            case when regexp_full_match(trim(timestamp), '\d{1,11}')
+                then make_timestamp(cast(trim(timestamp) as bigint) * 1000000) end
+                as occurred_at,
+            trim(email) as email,
+            outbox_id as outbox_id_text,
+            case when regexp_full_match(trim(outbox_id), '0*[1-9]\d{0,17}')
+                then cast(trim(outbox_id) as bigint) end as outbox_id,
+            email_name,
+            sg_message_id,
+            type as bounce_type,
+            coalesce(reason, response) as reason
+        from incoming_raw as raw
+        join incoming_files as files using (source_path)
+        """
+    )

@@ -70,3 +70,10 @@ create table if not exists download_windows_state (
 create table if not exists dependency_counts_state (
     counted_file_id bigint not null
 );
+
+-- Which delivery events the registry's notifications have (rollout.notify.delivery
+-- writes each touched notification's state, int_notification_delivery, then this): the
+-- last ingested file applied. No row: the next run applies them all.
+create table if not exists delivery_state (
+    applied_file_id bigint not null
+);

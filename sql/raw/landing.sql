@@ -5,7 +5,7 @@ create sequence if not exists ingested_file_ids start 1;
 
 create table if not exists ingested_files (
     file_id       bigint primary key,
-    kind          varchar not null,      -- downloads | manifests | logins | publishes
+    kind          varchar not null,      -- downloads | manifests | logins | publishes | events
     path          varchar not null,
     sha256        varchar not null unique,
     bytes         bigint not null,
@@ -63,6 +63,24 @@ create table if not exists raw_publishes (
     via           varchar not null,
     token_kind    varchar,
     second_factor varchar not null,
+    file_id       bigint not null
+);
+
+-- SendGrid's delivery events (landing/events/, as `rollout notify events serve` writes
+-- them): one row an event, each event once (sg_event_id; SendGrid may post one twice).
+-- rollout.notify.delivery gives each notification its state from its events.
+-- The near-unique strings are stored uncompressed: loading a million events took
+-- twice as long compressing them.
+create table if not exists raw_events (
+    sg_event_id   varchar using compression uncompressed not null,
+    event         varchar not null,      -- processed, delivered, deferred, bounce, dropped, ...
+    occurred_at   timestamp not null,    -- SendGrid's timestamp, UTC
+    email         varchar using compression uncompressed not null,
+    outbox_id     bigint,                -- notifications.id from custom_args; NULL: not rollout's mail
+    email_name    varchar,
+    sg_message_id varchar using compression uncompressed,
+    bounce_type   varchar,               -- of a bounce: bounce or blocked
+    reason        varchar,               -- of a bounce, drop or deferral (reason, else response)
     file_id       bigint not null
 );
 

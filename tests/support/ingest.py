@@ -26,6 +26,7 @@ def row_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
         "raw_manifests",
         "raw_dependencies",
         "raw_logins",
+        "raw_events",
         "quarantine",
     )
     return {t: warehouse.scalar(con, f"select count(*) from {t}") for t in tables}
@@ -37,5 +38,6 @@ NOTHING = {
     "raw_manifests": 0,
     "raw_dependencies": 0,
     "raw_logins": 0,
+    "raw_events": 0,
     "quarantine": 0,
 }

@@ -1,0 +1,154 @@
+"""Each sent email's delivery state comes from its SendGrid events, whatever their
+order or repeats: the most final decides; states reach the registry as ingest loads
+new events, once, and the same again after the warehouse is rebuilt."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from sqlalchemy import select
+
+from rollout import warehouse
+from rollout.notify.delivery import apply_delivery
+from rollout.registry import Registry
+from rollout.registry.models import Notification
+from rollout.warehouse import ingest
+from tests.factories import NotificationFactory, bound_to
+
+STAMP = 1_641_800_000  # 2022-01-10, SendGrid's time
+NOW = datetime(2022, 2, 1)
+
+
+def event(outbox_id: int | str, kind: str, at: int, **fields: Any) -> dict[str, Any]:
+    return {
+        "sg_event_id": f"{outbox_id}-{kind}-{at}",
+        "event": kind,
+        "timestamp": STAMP + at,
+        "email": f"maintainer{outbox_id}@example.com",
+        "outbox_id": str(outbox_id),
+        **fields,
+    }
+
+
+class Events:
+    """Posts landed under ``root``, ingested and applied as the daily run does."""
+
+    def __init__(self, root: Path, con: duckdb.DuckDBPyConnection, registry: Registry) -> None:
+        self.root, self.con, self.registry = root, con, registry
+        self.posts = 0
+
+    def post(self, *events: dict[str, Any]) -> None:
+        self.posts += 1
+        path = self.root / "events" / f"events-{self.posts:04d}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(list(events)))
+
+    def apply(self, **options: Any) -> Any:
+        ingest.ingest(self.con, [self.root], quarantine_limit=0.0, landing_root=self.root, now=NOW)
+        return apply_delivery(self.con, self.registry, **options)
+
+
+@pytest.fixture
+def sent(registry: Registry) -> list[int]:
+    """Five emails sent to five maintainers."""
+    with bound_to(registry.engine):
+        return [NotificationFactory(state="sent").id for _ in range(5)]
+
+
+@pytest.fixture
+def events(tmp_path: Path, con: duckdb.DuckDBPyConnection, registry: Registry) -> Events:
+    return Events(tmp_path / "landing", con, registry)
+
+
+def states(registry: Registry) -> dict[int, tuple[str | None, datetime | None, str | None]]:
+    with registry.engine.connect() as connection:
+        rows = connection.execute(
+            select(
+                Notification.id,
+                Notification.delivery,
+                Notification.delivery_at,
+                Notification.delivery_reason,
+            )
+        ).all()
+    return {i: (d, at, reason) for i, d, at, reason in rows}
+
+
+def at(offset: int) -> datetime:
+    return datetime.fromtimestamp(STAMP + offset, UTC).replace(tzinfo=None)
+
+
+def test_the_most_final_event_decides_whatever_the_order(
+    registry: Registry, sent: list[int], events: Events
+) -> None:
+    a, b, c, d, e = sent
+    events.post(
+        event(a, "delivered", 5),
+        event(a, "processed", 1),  # late, and less final
+        event(b, "deferred", 2, response="421 mailbox busy"),
+        event(b, "bounce", 9, type="bounce", reason="550 no such user"),
+        event(b, "deferred", 12, response="421 again"),
+        event(c, "processed", 1),
+        event(c, "dropped", 2, reason="Bounced Address"),
+        event(d, "delivered", 3),
+        event(d, "spamreport", 30),
+        event(d, "open", 40),
+    )
+    report = events.apply()
+    assert report.notifications == 4 and report.unknown == 0
+    assert states(registry) == {
+        a: ("delivered", at(5), None),
+        b: ("bounced", at(9), "bounce: 550 no such user"),
+        c: ("dropped", at(2), "Bounced Address"),
+        d: ("spam_report", at(30), None),
+        e: (None, None, None),  # no event yet
+    }
+
+
+def test_a_deferral_then_a_delivery_is_delivered_and_an_open_proves_delivery(
+    registry: Registry, sent: list[int], events: Events
+) -> None:
+    a, b, *_ = sent
+    events.post(event(a, "processed", 1), event(a, "deferred", 2), event(b, "processed", 1))
+    events.apply()
+    assert states(registry)[a][0] == "deferred" and states(registry)[b][0] == "processed"
+    events.post(event(a, "delivered", 60), event(b, "open", 70))
+    events.apply()
+    assert states(registry)[a] == ("delivered", at(60), None)
+    assert states(registry)[b] == ("delivered", at(70), None)
+
+
+def test_only_new_events_are_applied_and_a_rebuilt_warehouse_writes_the_same(
+    registry: Registry,
+    sent: list[int],
+    events: Events,
+    tmp_path: Path,
+) -> None:
+    a, b, *_ = sent
+    events.post(event(a, "delivered", 1), event(b, "bounce", 2, reason="550"))
+    first = events.apply()
+    assert first.notifications == 2
+    nothing = events.apply()
+    assert (nothing.notifications, nothing.applied_file_id) == (0, first.applied_file_id)
+    events.post(event(b, "open", 3))  # says nothing new of b: bounced stays
+    assert events.apply().notifications == 1
+    before = states(registry)
+    # The warehouse is derived: deleted and rebuilt, it gives the registry the same.
+    with registry.engine.begin() as connection:
+        connection.execute(Notification.__table__.update().values(delivery=None))
+    fresh = warehouse.connect(tmp_path / "rebuilt.duckdb")
+    rebuilt = Events(events.root, fresh, registry)
+    rebuilt.apply()
+    assert states(registry) == before
+
+
+def test_events_naming_no_notification_are_counted_not_applied(
+    registry: Registry, sent: list[int], events: Events
+) -> None:
+    events.post(event(sent[0], "delivered", 1), event(999_999, "delivered", 1))
+    report = events.apply()
+    assert (report.notifications, report.unknown) == (1, 1)
