@@ -63,6 +63,9 @@ class Approval(RunInput):
     # Refused when empty or too long for the audit ledger's actor ("<approver> via
     # <run>" must fit its 200 characters).
     approved_by: str = Field(min_length=1, max_length=80, pattern=r"^\S(.*\S)?$")
+    # Over the phase's max_unreached_share, the count of accounts no warning reached,
+    # typed back too (the preview lists them); optional: within the limit it is not asked.
+    accept_unreached: int | None = Field(None, ge=0)
 
 
 @task(name="preview-phase", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -78,11 +81,21 @@ def preview_task(phase: str, actor: str) -> SavedPreview:
 # this one attempt.
 @task(name="enforce-phase", cache_policy=NO_CACHE)
 def enforce_task(
-    phase: str, expect: int, actor: str, expect_tokens: int | None = None
+    phase: str,
+    expect: int,
+    actor: str,
+    expect_tokens: int | None = None,
+    accept_unreached: int | None = None,
 ) -> EnforceResult:
     run = runtime()
     return enforce_phase(
-        run.registry, run.plan, phase, expect=expect, expect_tokens=expect_tokens, actor=actor
+        run.registry,
+        run.plan,
+        phase,
+        expect=expect,
+        expect_tokens=expect_tokens,
+        accept_unreached=accept_unreached,
+        actor=actor,
     )
 
 
@@ -138,6 +151,17 @@ def wait_for_approval(request: ApprovalRequest, timeout: int) -> Approval:
             f"Enforce phase **{cell(request.phase)}**: {request.accounts} accounts, "
             f"{request.sessions} web sessions"
             + (f", {request.tokens} tokens revoked" if request.tokens is not None else "")
+            + (
+                f"; {request.unreached} of the accounts were never reached by a notice or "
+                "reminder"
+                + (
+                    ", over the plan's limit: type that count back too (accept_unreached)"
+                    if request.over_unreached_limit
+                    else ""
+                )
+                if request.unreached
+                else ""
+            )
             + ". Type back the account count to approve "
             f"(list: {cell(request.csv_path)}), or run `rollout approve {flow_run.id} "
             "--expect N --as NAME`."
@@ -184,7 +208,9 @@ def phase_enforce(
     try:
         # The tokens approved with the accounts are those the preview listed: a
         # different count under the lock refuses, as a different account count does.
-        result = enforce_task(phase, approval.expect, actor, request.tokens)
+        result = enforce_task(
+            phase, approval.expect, actor, request.tokens, approval.accept_unreached
+        )
     except GuardRefused as refused:
         logger.error("refused: %s", refused)
         return Failed(name=REFUSED_STATE, message=str(refused))

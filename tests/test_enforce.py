@@ -125,7 +125,9 @@ def test_a_preview_after_enforcement_tells_whom_the_phase_requires_already(
     assert "| of which it would newly require | 0 |" in markdown
     header, *rows = saved.csv_path.read_text().splitlines()
     assert ",already_required,required_by_phase," in header
-    assert all(row.endswith(",True,True,True,0,") for row in rows)
+    # Required, by this phase, lacking the factor, no tokens, no own deadline; and no
+    # notice was ever sent them (the enforcement email comes after, and warns nobody).
+    assert all(row.endswith(",True,True,True,0,,never sent a notice") for row in rows)
     [record] = saved_previews(tmp_path)
     assert (record["required_by_phase"], record["newly_required"]) == (2, 0)
 
@@ -302,7 +304,7 @@ def test_a_saved_preview_keeps_the_list_and_its_record_and_writes_nothing_to_the
     lines = saved.csv_path.read_text().splitlines()
     assert lines[0] == (
         "account_id,username,email,last_login_at,live_sessions,already_required,"
-        "required_by_phase,lacks_factor,tokens_to_revoke,deadline"
+        "required_by_phase,lacks_factor,tokens_to_revoke,deadline,notice"
     )
     assert [line.split(",")[1] for line in lines[1:]] == ["alice", "dave"]
     [record] = saved_previews(tmp_path)

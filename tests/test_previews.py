@@ -30,7 +30,16 @@ def hostile_preview() -> PhasePreview:
         Target(i + 1, name, f"{name}@example.com", datetime(2022, 1, 2), i, False)
         for i, name in enumerate(EVERYTHING)
     ]
-    return PhasePreview("top-100", "top-100", targets, 3, ["=cmd|' /C calc'!A0", "<b>x</b>"])
+    # Each never reached, the receiving server's bounce reason hostile too.
+    return PhasePreview(
+        "top-100",
+        "top-100",
+        targets,
+        3,
+        ["=cmd|' /C calc'!A0", "<b>x</b>"],
+        unreached={t.account_id: f"bounced: {t.username}" for t in targets},
+        max_unreached_share=0.05,
+    )
 
 
 def saved(plan: Plan, tmp_path: Path) -> SavedPreview:
@@ -53,13 +62,16 @@ def test_the_preview_csv_runs_no_formula(plan: Plan, tmp_path: Path) -> None:
 def test_the_preview_markdown_shows_names_as_text(plan: Plan, tmp_path: Path) -> None:
     markdown = preview_markdown(saved(plan, tmp_path))
     html = MARKDOWN.render(markdown)
-    # Only the tool's own markup: a heading, paragraphs, tables and its bold count.
+    # Only the tool's own markup: headings, paragraphs, tables and its bold count.
     tags = set(re.findall(r"</?([A-Za-z][A-Za-z0-9]*)", html))
-    assert tags <= {"h1", "p", "table", "thead", "tbody", "tr", "th", "td", "strong", "code"}
+    assert tags <= {"h1", "h2", "p", "table", "thead", "tbody", "tr", "th", "td", "strong", "code"}
     assert "<script" not in html and "<img" not in html and "<a " not in html
     assert "\x1b" not in markdown
-    # One table row per account: no name ended its row or added one.
+    # One table row per account, in the list and among the never reached: no name ended
+    # its row or added one.
     rows = [line for line in markdown.splitlines() if line.startswith("| ") and "@" in line]
-    assert len(rows) == len(EVERYTHING)
-    assert html.count("<tr>") == 1 + 6 + 1 + len(EVERYTHING)
+    assert len(rows) == 2 * len(EVERYTHING)
+    counts, whys = 1 + 7, 1 + 1  # the counts' table; the never reached by why (all bounced)
+    assert html.count("<tr>") == counts + whys + 2 * (1 + len(EVERYTHING))
+    assert f"(--accept-unreached {len(EVERYTHING)})" in markdown
     assert "Exempted: =cmd\\|' /C calc'\\!A0, &lt;b&gt;x&lt;/b&gt;" in markdown

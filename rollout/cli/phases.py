@@ -39,7 +39,7 @@ def phase_preview(
     (and the tokens to revoke in a second CSV) with a record beside it that
     `rollout plan show` reads."""
     from rollout.phases.enforce import preview_phase
-    from rollout.phases.previews import COLUMNS, preview_rows, save_preview
+    from rollout.phases.previews import COLUMNS, preview_rows, reach_verdict, save_preview
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
@@ -81,6 +81,8 @@ def phase_preview(
             f"undone (listed in {saved.csv_path.with_name(saved.csv_path.stem + '-tokens.csv')})"
         )
         apply += f" --expect-tokens {preview.token_count}"
+    if preview.over_unreached_limit:
+        apply += f" --accept-unreached {len(preview.unreached)}"
     if preview.per_account_deadlines:
         who += (
             f"; {preview.not_due} more fall short but their own deadline has not come "
@@ -91,6 +93,15 @@ def phase_preview(
         f"{'use 2FA' if not preview.token_rules else 'comply'}; "
         f"exempted: {', '.join(preview.exempted) or 'none'}.\n"
         f"Enforcement does: {', '.join(preview.effects)}.\n"
+        f"{reach_verdict(preview)}"
+        + (
+            " Why: "
+            + ", ".join(f"{why} {n}" for why, n in preview.unreached_by_category().items())
+            + " (column notice)."
+            if preview.unreached
+            else ""
+        )
+        + "\n"
         f"The list: {saved.csv_path}\n"
         f"To apply: {apply}",
         highlight=False,
@@ -112,6 +123,14 @@ def phase_enforce(
         int | None,
         typer.Option(
             min=0, help="The token count the preview showed, typed back (phases revoking tokens)."
+        ),
+    ] = None,
+    accept_unreached: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Enforce although more accounts than the plan's max_unreached_share were "
+            "never reached by a warning: their count, as the preview showed it.",
         ),
     ] = None,
     fmt: FormatOption = Format.table,
@@ -137,6 +156,7 @@ def phase_enforce(
             phase,
             expect=expect,
             expect_tokens=expect_tokens,
+            accept_unreached=accept_unreached,
             actor=settings.actor,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
@@ -296,6 +316,14 @@ def approve(
     expect: Annotated[
         int, typer.Option(min=0, help="The account count the preview showed, typed back.")
     ],
+    accept_unreached: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Over the plan's max_unreached_share: the count of accounts no warning "
+            "reached, as the preview showed it.",
+        ),
+    ] = None,
     approved_by: Annotated[
         str | None,
         typer.Option("--as", help="Who approves (default: $ROLLOUT_ACTOR, else $USER)."),
@@ -325,7 +353,9 @@ def approve(
     run = parse_run_id(run_id)
     name = _runtime(ctx).settings.actor if approved_by is None else approved_by
     with api_from_environ() as api:
-        waited = resume(api, run, expect=expect, approved_by=name)
+        waited = resume(
+            api, run, expect=expect, approved_by=name, accept_unreached=accept_unreached
+        )
         stderr.print(
             f"approved flow run {waited.run_name} ({run}) as {name} for {expect} accounts",
             highlight=False,

@@ -296,6 +296,11 @@ class Phase(_Strict):
     max_tokens: int | None = Field(None, strict=True, ge=1)
     # Per-account deadlines instead of one date for everyone (None: enforce_on for all).
     deadline: Deadline | None = None
+    # The reach guard: enforcement refuses when more than this share of the accounts it
+    # would change were never reached by a warning (no notice or reminder delivered),
+    # unless their count is typed back (--accept-unreached N). None: no guard (the
+    # preview still lists them).
+    max_unreached_share: float | None = Field(None, ge=0, le=1)
 
     def does(self, effect: Effect) -> bool:
         return effect in self.effects

@@ -54,6 +54,10 @@ class ApprovalRequest:
     # does not). Approving the accounts approves this list too: enforcement refuses
     # if it changed.
     tokens: int | None = None
+    # Of the accounts, those no notice or reminder reached (rollout.notify.reach), and
+    # whether that is over the plan's limit (the approval then types their count back).
+    unreached: int | None = None
+    over_unreached_limit: bool = False
 
     @classmethod
     def from_saved(cls, saved: SavedPreview, artifact_key: str) -> ApprovalRequest:
@@ -68,6 +72,8 @@ class ApprovalRequest:
             tokens=(
                 saved.preview.token_count if "revoke_tokens" in saved.preview.effects else None
             ),
+            unreached=len(saved.preview.unreached),
+            over_unreached_limit=saved.preview.over_unreached_limit,
         )
 
     @classmethod
@@ -103,6 +109,7 @@ class Waiting:
             "accounts": request.accounts if request else None,
             "sessions": request.sessions if request else None,
             "tokens": request.tokens if request else None,
+            "unreached": request.unreached if request else None,
             "preview_csv": request.csv_path if request else None,
             "artifact": request.artifact_key if request else None,
         }
@@ -118,6 +125,7 @@ COLUMNS = (
     "accounts",
     "sessions",
     "tokens",
+    "unreached",
     "preview_csv",
     "artifact",
 )
@@ -285,9 +293,17 @@ def _read_run(api: PrefectApi, run_id: str) -> dict[str, Any]:
     return response.json()
 
 
-def approve(api: PrefectApi, run_id: str, *, expect: int, approved_by: str) -> Waiting:
-    """Resume a waiting ``phase-enforce`` run with an approval; returns the run as it
-    waited. Refused (exit 2) when the run is not one waiting for an approval or the
+def approve(
+    api: PrefectApi,
+    run_id: str,
+    *,
+    expect: int,
+    approved_by: str,
+    accept_unreached: int | None = None,
+) -> Waiting:
+    """Resume a waiting ``phase-enforce`` run with an approval (``accept_unreached``:
+    the count of accounts no warning reached, when over the plan's limit); returns the
+    run as it waited. Refused (exit 2) when the run is not one waiting for an approval or the
     server's input schema refuses the approval; the run then keeps waiting."""
     run = _read_run(api, run_id)
     if run["flow_id"] != _enforce_flow_id(api):
@@ -298,11 +314,10 @@ def approve(api: PrefectApi, run_id: str, *, expect: int, approved_by: str) -> W
             "for an approval"
         ).with_exit(EXIT_BAD_INPUT)
     waiting = _waiting(api, run)
-    result = api.json(
-        "POST",
-        f"/flow_runs/{run_id}/resume",
-        {"run_input": {"expect": expect, "approved_by": approved_by}},
-    )
+    run_input: dict[str, Any] = {"expect": expect, "approved_by": approved_by}
+    if accept_unreached is not None:
+        run_input["accept_unreached"] = accept_unreached
+    result = api.json("POST", f"/flow_runs/{run_id}/resume", {"run_input": run_input})
     status = result.get("status")
     if status == "ACCEPT":
         return waiting

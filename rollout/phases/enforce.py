@@ -41,6 +41,7 @@ from sqlalchemy import (
 from rollout.core.calendar import phase_step
 from rollout.core.errors import GuardRefused
 from rollout.core.plan import Phase, Plan
+from rollout.notify import reach
 from rollout.notify.emails import ENFORCEMENT_EMAIL
 from rollout.notify.queue import queue_phase_summary
 from rollout.notify.withdraw import Selection, withdraw_preview, withdraw_queued
@@ -90,6 +91,8 @@ class EnforceResult:
     tokens_revoked: int = 0
     accounts_warned: int = 0
     totp_enrolment_closed: int = 0
+    # Of the accounts it acted on, those no notice or reminder of the phase reached.
+    accounts_unreached: int = 0
     batches: int = 0
 
     def add(self, batch: BatchOutcome) -> None:
@@ -106,6 +109,7 @@ class EnforceResult:
         "totp_enrolment_closed": "accounts closed to new TOTP set-ups",
         "emails_queued": "enforcement emails queued",
         "skipped_now_compliant": "skipped: compliant since the preview",
+        "accounts_unreached": "of the accounts acted on, never reached by a notice or reminder",
     }
 
     def summary(self) -> dict[str, Any]:
@@ -166,6 +170,9 @@ def preview_phase(
         )
         query = query.outerjoin(factors, factors.c.account_id == ACCOUNTS.c.id)
         has_factor = factors.c.account_id.is_not(None)
+    # Whether one of the phase's warnings reached the account (rollout.notify.reach).
+    got = reach.reached(phase.name)
+    query = query.outerjoin(got, got.c.account_id == ACCOUNTS.c.id)
     query = query.with_only_columns(
         ACCOUNTS.c.id,
         ACCOUNTS.c.username,
@@ -175,11 +182,13 @@ def preview_phase(
         ACCOUNTS.c.tfa_required_at.is_not(None),
         has_factor,
         REQUIREMENTS.c.account_id.is_not(None),
+        got.c.account_id.is_not(None),
         maintain_column_froms=True,
     )
     asks_factor = requires.two_factor != "none"
     targets, exempted, compliant = [], [], 0
     not_due = never_noticed = 0
+    not_reached: list[int] = []
     with registry.engine.connect() as connection:
         # With per-account deadlines, each noticed account's own (one read of the phase's
         # notices and snoozes): only accounts whose deadline has come are targets today;
@@ -207,6 +216,7 @@ def preview_phase(
                 already_required,
                 factor,
                 required_by_phase,
+                notice_reached,
             ) = row
             offending_tokens = held.get(account_id, 0)
             lacks = asks_factor and not factor
@@ -234,6 +244,9 @@ def preview_phase(
                         own_deadlines.get(account_id),
                     )
                 )
+                if not notice_reached:
+                    not_reached.append(account_id)
+        unreached = reach.why_unreached(connection, phase.name, not_reached)
     token_ids: list[tuple[int, int]] = []
     tokens_found: list[TokenTarget] = []
     if phase.does("revoke_tokens"):
@@ -254,6 +267,8 @@ def preview_phase(
         per_account_deadlines=phase.deadline is not None,
         not_due=not_due,
         never_noticed=never_noticed,
+        unreached=unreached,
+        max_unreached_share=phase.max_unreached_share,
     )
 
 
@@ -717,11 +732,14 @@ def enforce_phase(
     expect: int,
     actor: str,
     expect_tokens: int | None = None,
+    accept_unreached: int | None = None,
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> EnforceResult:
     """Apply a phase to exactly the previewed accounts (and, when it revokes tokens,
-    exactly the previewed tokens), refusing on any mismatch.
+    exactly the previewed tokens), refusing on any mismatch, and when more of them
+    were never reached by a warning than the plan allows, unless ``accept_unreached``
+    is their count.
 
     ``progress(done, total)``, if given, is called after each batch commits: the
     accounts done so far, of the previewed total."""
@@ -730,6 +748,7 @@ def enforce_phase(
         engine = registry.engine
         preview = preview_phase(registry, plan, phase, details=False)
         _guard(phase, preview, expect, expect_tokens)
+        _reach_guard(phase, preview, accept_unreached)
         ids = [t.account_id for t in preview.targets]
         tokens_of: dict[int, list[int]] = {}
         for token_id, account_id in preview.token_ids:
@@ -742,9 +761,15 @@ def enforce_phase(
             mode="apply",
             actor=actor,
             lock=LOCK,
-            parameters={"expect": expect, "expect_tokens": expect_tokens, "phase": phase.name},
+            parameters={
+                "expect": expect,
+                "expect_tokens": expect_tokens,
+                "accept_unreached": accept_unreached,
+                "phase": phase.name,
+            },
         ) as run:
             result = EnforceResult(phase.name, run.id)
+            unreached = set(preview.unreached)
             for start in range(0, len(ids), size):
                 accounts = ids[start : start + size]
                 with engine.begin() as connection:
@@ -758,6 +783,7 @@ def enforce_phase(
                         tokens_of,
                     )
                 result.add(outcome)
+                result.accounts_unreached += len(unreached.intersection(accounts))
                 run.summary = _counts(result)
                 if progress is not None:
                     progress(min(start + size, len(ids)), len(ids))
@@ -803,6 +829,26 @@ def _guard(phase: Phase, preview: PhasePreview, expect: int, expect_tokens: int 
         raise GuardRefused(
             f"phase {phase.name} would revoke {preview.token_count} tokens, over the "
             f"plan's blast-radius limit of {phase.max_tokens}"
+        )
+
+
+def _reach_guard(phase: Phase, preview: PhasePreview, accept: int | None) -> None:
+    """Refuse to enforce on more accounts never reached by a warning than the plan
+    allows, unless their count was typed back (the preview showed it)."""
+    unreached = len(preview.unreached)
+    if accept is not None and accept != unreached:
+        raise GuardRefused(
+            f"phase {phase.name}: {unreached} of the accounts were never reached by a "
+            f"notice or reminder, not the {accept} accepted: run `rollout phase preview "
+            f"{phase.name}` and check"
+        )
+    if preview.over_unreached_limit and accept is None:
+        raise GuardRefused(
+            f"phase {phase.name}: {unreached} of {preview.count} accounts "
+            f"({preview.unreached_share:.1%}) were never reached by a notice or reminder, "
+            f"over the plan's max_unreached_share of {phase.max_unreached_share:.1%}: "
+            f"`rollout phase preview {phase.name}` lists them with why; to enforce anyway, "
+            f"type their count back (--accept-unreached {unreached})"
         )
 
 

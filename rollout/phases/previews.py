@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from rollout.core.files import write_atomically
 from rollout.core.names import safe_path_component
 from rollout.core.output import markdown_text as md
 from rollout.core.output import write_csv
+from rollout.notify.reach import CATEGORIES, category
 from rollout.registry.ledger import utc_now
 
 if TYPE_CHECKING:
@@ -35,7 +37,10 @@ COLUMNS = (
     "lacks_factor",
     "tokens_to_revoke",
     "deadline",
+    "notice",
 )
+# What the ``notice`` column says of an account a warning reached (else why not).
+REACHED = "delivered"
 # The tokens a phase that revokes tokens would revoke: their own CSV beside the accounts'.
 TOKEN_COLUMNS = (
     "token_id",
@@ -108,6 +113,11 @@ class PhasePreview:
     per_account_deadlines: bool = False
     not_due: int = 0
     never_noticed: int = 0
+    # Of the targets, those no warning of the phase reached (no notice or reminder
+    # delivered: rollout.notify.reach), each with why; and the plan's limit on their
+    # share (None: no limit).
+    unreached: dict[int, str] = field(default_factory=dict)
+    max_unreached_share: float | None = None
 
     @property
     def count(self) -> int:
@@ -135,6 +145,21 @@ class PhasePreview:
         """Of the targets, how many enforcing the phase would newly require."""
         return self.count - self.required_by_phase
 
+    @property
+    def unreached_share(self) -> float:
+        return len(self.unreached) / self.count if self.count else 0.0
+
+    @property
+    def over_unreached_limit(self) -> bool:
+        """More of the targets were never reached than the plan allows."""
+        limit = self.max_unreached_share
+        return limit is not None and self.unreached_share > limit
+
+    def unreached_by_category(self) -> dict[str, int]:
+        """How many were never reached, by the category of why, most telling first."""
+        counts = Counter(category(why) for why in self.unreached.values())
+        return {c: counts[c] for c in [*CATEGORIES, *sorted(counts)] if counts.get(c)}
+
 
 @dataclass(frozen=True)
 class SavedPreview:
@@ -157,6 +182,7 @@ def preview_rows(preview: PhasePreview) -> list[dict[str, Any]]:
             "lacks_factor": t.lacks_factor,
             "tokens_to_revoke": t.offending_tokens if "revoke_tokens" in preview.effects else 0,
             "deadline": t.deadline,
+            "notice": preview.unreached.get(t.account_id, REACHED),
         }
         for t in preview.targets
     ]
@@ -202,6 +228,9 @@ def save_preview(
         "tokens": preview.token_count,
         "not_due": preview.not_due,
         "never_noticed": preview.never_noticed,
+        "unreached": len(preview.unreached),
+        "unreached_by_category": preview.unreached_by_category(),
+        "max_unreached_share": preview.max_unreached_share,
         "csv": path.name,
         "tokens_csv": tokens_csv.name if tokens_csv else None,
     }
@@ -244,6 +273,46 @@ def _table(
     return lines
 
 
+def reach_verdict(p: PhasePreview) -> str:
+    """One sentence on the reach guard: within the plan's limit, or over it (and what
+    enforcing anyway takes)."""
+    unreached = len(p.unreached)
+    share = f"{unreached} of {p.count} ({p.unreached_share:.1%})"
+    if p.max_unreached_share is None:
+        return f"Never reached: {share}; the plan sets no limit (max_unreached_share)."
+    limit = f"the plan's limit of {p.max_unreached_share:.1%}"
+    if not p.over_unreached_limit:
+        return f"Never reached: {share}, within {limit}."
+    return (
+        f"Never reached: {share}, over {limit}: enforcement refuses unless the count is "
+        f"typed back (--accept-unreached {unreached})."
+    )
+
+
+def _reach_lines(p: PhasePreview, limit: int) -> list[str]:
+    """Who was never warned, by why: a release manager decides on them before enforcing."""
+    if not p.unreached:
+        return ["", "Every account listed was reached by a notice or a reminder."]
+    lines = [
+        "",
+        "## Never reached",
+        "",
+        # The tool's own words and numbers: no registry value to escape.
+        reach_verdict(p),
+        "",
+        "| why | accounts |",
+        "| --- | ---: |",
+    ]
+    lines += [f"| {md(why)} | {count} |" for why, count in p.unreached_by_category().items()]
+    by_id = {t.account_id: t for t in p.targets}
+    rows = [
+        {"username": by_id[a].username, "email": by_id[a].email, "why": why}
+        for a, why in p.unreached.items()
+    ]
+    lines += _table(("username", "email", "why"), rows, limit, "the CSV (column notice)")
+    return lines
+
+
 def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
     """The artifact a release manager reads before approving an enforce run."""
     p = saved.preview
@@ -270,6 +339,7 @@ def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
             f"| of which never sent the notice: no deadline yet | {p.never_noticed} |",
         ]
     lines += [
+        f"| of which no notice or reminder reached (never warned) | {len(p.unreached)} |",
         f"| accounts already compliant (untouched) | {p.compliant} |",
         f"| accounts exempted by the plan (untouched) | {len(p.exempted)} |",
         "",
@@ -279,6 +349,7 @@ def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
         "",
         f"Full list: {md(saved.csv_path)}.",
     ]
+    lines += _reach_lines(p, limit)
     lines += _table(COLUMNS, preview_rows(p), limit, "the CSV")
     lines += _table(TOKEN_COLUMNS, token_rows(p), limit, "the tokens' CSV")
     if p.exempted:

@@ -1,0 +1,132 @@
+"""Reach before enforcement: the preview names the accounts no notice or reminder of
+the phase reached, each with why; enforcement refuses above the plan's share unless
+their count is typed back, and counts the unwarned it acted on."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from rollout.core.errors import GuardRefused
+from rollout.core.plan import Plan
+from rollout.phases.enforce import enforce_phase, preview_phase
+from rollout.registry import Registry
+from tests.factories import AccountFactory, NotificationFactory, bound_to
+
+AT = datetime(2022, 1, 5, 9, 0)
+
+
+def warned(account: Any, email: str = "phase_notice", **fields: Any) -> None:
+    """A warning of the top-100 phase to ``account``, sent unless told otherwise."""
+    defaults = {"state": "sent", "sent_at": AT, "occasion": "" if email == "phase_notice" else "14d"}
+    NotificationFactory(account=account, email=email, **{**defaults, **fields})
+
+
+@pytest.fixture
+def cohort(registry: Registry) -> dict[str, int]:
+    """Top-100 accounts without 2FA, each warned (or not) in its own way."""
+    with bound_to(registry.engine):
+        people = {
+            name: AccountFactory(username=name, in_cohort="top-100", sessions=1)
+            for name in (
+                "delivered",
+                "spam",
+                "bounced-then-reached",
+                "bounced",
+                "dropped",
+                "suppressed",
+                "unverified",
+                "failed",
+                "deferred",
+                "no-event",
+                "queued",
+                "never",
+            )
+        }
+        AccountFactory(username="compliant", in_cohort="top-100", with_totp=True)
+        warned(people["delivered"], delivery="delivered")
+        warned(people["spam"], delivery="spam_report")
+        warned(people["bounced-then-reached"], delivery="bounced", delivery_reason="550 full")
+        warned(people["bounced-then-reached"], "reminder", delivery="delivered")
+        warned(people["bounced"], delivery="bounced", delivery_reason="bounce: 550 no such user")
+        # A reminder to a bounced address is skipped; the bounce is the more telling.
+        warned(people["bounced"], "reminder", state="skipped", skip_reason="suppressed: bounce")
+        warned(people["dropped"], delivery="dropped", delivery_reason="Bounced Address")
+        warned(people["suppressed"], state="skipped", skip_reason="suppressed: spam report")
+        warned(people["unverified"], state="skipped", skip_reason="unverified email")
+        warned(people["failed"], state="failed", error="SendGrid answered 400")
+        warned(people["deferred"], delivery="deferred")
+        warned(people["no-event"])
+        warned(people["queued"], state="queued", sent_at=None)
+        # The enforcement notice comes after, and warns nobody.
+        warned(people["never"], "enforcement_notice", delivery="delivered")
+    return {name: account.id for name, account in people.items()}
+
+
+WHY = {
+    "bounced": "bounced: bounce: 550 no such user",
+    "dropped": "dropped: Bounced Address",
+    "suppressed": "suppressed: spam report",
+    "unverified": "unverified email",
+    "failed": "send failed",
+    "deferred": "not delivered yet: deferred",
+    "no-event": "not delivered yet: no delivery event",
+    "queued": "not sent yet",
+    "never": "never sent a notice",
+}
+
+
+def test_the_preview_names_who_no_warning_reached_and_why(
+    registry: Registry, plan: Plan, cohort: dict[str, int]
+) -> None:
+    preview = preview_phase(registry, plan, plan.phase("top-100"))
+    assert preview.count == len(cohort)
+    assert preview.unreached == {cohort[name]: why for name, why in WHY.items()}
+    assert preview.unreached_by_category() == {
+        "bounced": 1,
+        "dropped": 1,
+        "suppressed": 1,
+        "unverified email": 1,
+        "send failed": 1,
+        "not delivered yet": 2,
+        "not sent yet": 1,
+        "never sent a notice": 1,
+    }
+    # Enforcement's own preview, under its lock, finds the same.
+    assert preview_phase(registry, plan, plan.phase("top-100"), details=False).unreached == (
+        preview.unreached
+    )
+
+
+def with_reach_limit(plan: Plan, share: float) -> Plan:
+    phases = [
+        p.model_copy(update={"max_unreached_share": share}) if p.name == "top-100" else p
+        for p in plan.phases
+    ]
+    return plan.model_copy(update={"phases": phases})
+
+
+def test_enforcement_refuses_above_the_plans_share_unless_the_count_is_typed_back(
+    registry: Registry, plan: Plan, cohort: dict[str, int]
+) -> None:
+    strict = with_reach_limit(plan, 0.5)  # 9 of 12 were never reached: 75%
+    count = len(cohort)
+    with pytest.raises(GuardRefused, match=r"9 of 12 accounts \(75.0%\) were never reached"):
+        enforce_phase(registry, strict, "top-100", expect=count, actor="rm")
+    with pytest.raises(GuardRefused, match="not the 8 accepted"):
+        enforce_phase(registry, strict, "top-100", expect=count, actor="rm", accept_unreached=8)
+    assert preview_phase(registry, strict, strict.phase("top-100")).required_by_phase == 0
+    result = enforce_phase(
+        registry, strict, "top-100", expect=count, actor="rm", accept_unreached=9
+    )
+    assert (result.accounts_required, result.accounts_unreached) == (count, 9)
+
+
+def test_within_the_share_or_without_one_enforcement_goes_on_and_counts_the_unwarned(
+    registry: Registry, plan: Plan, cohort: dict[str, int]
+) -> None:
+    lenient = with_reach_limit(plan, 0.8)
+    result = enforce_phase(registry, lenient, "top-100", expect=len(cohort), actor="rm")
+    assert result.accounts_unreached == 9
