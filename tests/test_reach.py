@@ -20,7 +20,8 @@ AT = datetime(2022, 1, 5, 9, 0)
 
 def warned(account: Any, email: str = "phase_notice", **fields: Any) -> None:
     """A warning of the top-100 phase to ``account``, sent unless told otherwise."""
-    defaults = {"state": "sent", "sent_at": AT, "occasion": "" if email == "phase_notice" else "14d"}
+    occasion = "" if email == "phase_notice" else "14d"
+    defaults = {"state": "sent", "sent_at": AT, "occasion": occasion}
     NotificationFactory(account=account, email=email, **{**defaults, **fields})
 
 

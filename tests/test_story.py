@@ -43,6 +43,9 @@ def test_the_reference_plan_runs_start_to_end(story: Story) -> None:
     assert report.elv_challenges > 0 and report.enrolled["brown-out"] + report.enrolled["ELV"] > 0
     assert report.enrolled["notice"] + report.enrolled["reminder"] > 0
     assert report.enrolled["enforcement"] > 0
+    # Some mailboxes are dead: their notices bounced, and the warehouse and registry
+    # know it; some of those maintainers were enforced unwarned.
+    assert report.bounced > 0 and sum(report.unreached_enforced.values()) > 0
     with Registry(settings.registry_url) as registry:
         with registry.engine.connect() as connection:
             not_elv = connection.execute(
@@ -62,9 +65,17 @@ def test_the_reference_plan_runs_start_to_end(story: Story) -> None:
                 )
             ).scalar_one()
             recorded = set(connection.execute(select(PlanRun.step).distinct()).scalars())
+            deliveries = dict(
+                connection.execute(
+                    select(Notification.delivery, func.count()).group_by(Notification.delivery)
+                ).all()
+            )
         sent = {row["email"] for row in outbox_status(registry) if row["state"] == "sent"}
         states = {s.step.label: s.state for s in step_states(registry, plan)}
     assert not_elv == 0 and sent_twice == 0
+    # Each dead mailbox bounced once; SendGrid dropped what was sent to it after.
+    assert deliveries["bounced"] == report.bounced and deliveries["dropped"] > 0
+    assert deliveries["delivered"] > 0.9 * report.emails["sent"]
     assert sent >= {
         "phase_notice",
         "reminder",

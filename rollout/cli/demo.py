@@ -94,6 +94,8 @@ def demo(
             "elv_challenges": report.elv_challenges,
             "token_uses": report.token_uses,
             "emails_sent": report.emails["sent"],
+            "maintainers_bounced": report.bounced,
+            **{f"never reached, enforced {p}": n for p, n in report.unreached_enforced.items()},
             **{f"enforced {phase}": n for phase, n in report.enforced.items()},
             **{f"tokens revoked {phase}": n for phase, n in report.tokens_revoked.items() if n},
             "tokens_replaced_by_maintainers": report.tokens_replaced,
@@ -136,6 +138,8 @@ def _story_lines(report: Any, plan: Any) -> list[str]:
             continue
         applies = "required to use 2FA" if phase.does("require_2fa") else "it applies to"
         did = [f"{report.enforced[phase.name]:,} accounts {applies}"]
+        if report.unreached_enforced.get(phase.name):
+            did.append(f"{report.unreached_enforced[phase.name]:,} of them never reached by email")
         if report.tokens_revoked.get(phase.name):
             did.append(f"{report.tokens_revoked[phase.name]:,} tokens revoked")
         lines.append(f"  phase {phase.name}: {', '.join(did)}")
@@ -145,7 +149,10 @@ def _story_lines(report: Any, plan: Any) -> list[str]:
         lines.append(
             f"  tokens their maintainers replaced before a deadline: {report.tokens_replaced:,}"
         )
-    lines.append(f"  emails sent: {report.emails['sent']:,}")
+    lines.append(
+        f"  emails sent: {report.emails['sent']:,}"
+        + (f" (to {report.bounced:,} maintainers they bounced)" if report.bounced else "")
+    )
     days = (report.end - report.start).days + 1
     if plan.brownouts:
         lines.append(

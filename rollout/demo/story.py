@@ -16,6 +16,7 @@ the program adds to), and the sample's login events after the start are dropped.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +36,7 @@ from rollout import cohorts, metrics, warehouse
 from rollout.core.calendar import plan_calendar
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.plan import Phase, Plan
+from rollout.notify.delivery import apply_delivery
 from rollout.notify.drain import drain
 from rollout.notify.queue import queue_due
 from rollout.notify.senders import FileSender
@@ -49,6 +51,7 @@ from rollout.warehouse import extract, ingest
 
 ACTOR = "demo"
 STORY_LOGINS = "logins-story.parquet"
+DEAD_MAILBOX = "550 5.1.1 The email account that you tried to reach does not exist"
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,10 @@ class Responses:
     token_idle: float = 0.002
     # A maintainer reminded of its own deadline asks for more time, where a phase allows.
     snooze_when_reminded: float = 0.1
+    # Accounts whose address no longer takes mail: their first email bounces, SendGrid
+    # drops the later ones (the address is on its bounce list), and they never hear of
+    # the campaign until enforcement signs them out.
+    dead_mailbox: float = 0.02
 
 
 @dataclass
@@ -85,6 +92,8 @@ class StoryReport:
     tokens_revoked: dict[str, int] = field(default_factory=dict)  # phase -> tokens it revoked
     tokens_replaced: int = 0  # classic tokens maintainers replaced before a deadline
     snoozed: int = 0  # own deadlines postponed on request
+    bounced: int = 0  # accounts an email to bounced (a dead mailbox)
+    unreached_enforced: dict[str, int] = field(default_factory=dict)  # phase -> unwarned
     sessions_revoked: int = 0
     elv_enrolled: int = 0
     logins: int = 0
@@ -155,7 +164,8 @@ def _at(day: date, hour: int, minute: int = 0) -> datetime:
 
 def rewind(registry: Registry, landing_dir: Path, start: date) -> list[dict[str, Any]]:
     """Hold back the factors dated on or after ``start`` (returned, to re-add on their
-    day) and drop the sample's login events from ``start`` on."""
+    day), drop the sample's login events from ``start`` on and the delivery events an
+    earlier story wrote."""
     cutoff = _at(start, 0)
     with registry.engine.begin() as connection:
         later = [
@@ -167,6 +177,8 @@ def rewind(registry: Registry, landing_dir: Path, start: date) -> list[dict[str,
             )
         ]
         connection.execute(delete(TfaFactor).where(TfaFactor.created_at >= cutoff))
+    for path in (landing_dir / "events").glob("events-story-*.json"):
+        path.unlink()
     for path in sorted((landing_dir / "logins").glob("*.parquet")):
         if path.name == STORY_LOGINS:
             path.unlink()
@@ -246,6 +258,11 @@ class Story:
             clock=lambda: self.clock().replace(tzinfo=UTC),
         )
         self.events: list[tuple[datetime, str, str, str]] = []
+        # The mail provider's side: what became of each email sent (delivery events).
+        self.provider_rng = np.random.default_rng(seed + 1)
+        self.dead: set[int] = set()  # account ids whose mailbox is dead
+        self.bounced: set[int] = set()  # of them, those an email bounced from
+        self.last_sent_id = 0  # the last notification the provider told about
         self.brownout_challenged: dict[int, date] = {}  # account index -> day challenged
         self.last_download_day: date | None = None
 
@@ -294,13 +311,72 @@ class Story:
                 self._milestone(day, f"{o.occasion.step}: {o.added} emails queued")
         result = drain(self.registry, self.plan, self.sender, concurrency=16)
         self.report.emails["sent"] += result.sent
+        self.write_delivery_events(day)
 
-    def enforcement(self, day: date) -> None:
+    def write_delivery_events(self, day: date) -> Path | None:
+        """What SendGrid's Event Webhook would post about the emails sent since the last
+        call, as the receiver lands it (``landing/events/``): processed, then delivered,
+        or for a dead mailbox a bounce (the first time) and drops after."""
+        with self.registry.engine.connect() as connection:
+            sent = connection.execute(
+                select(Notification.id, Notification.account_id, Notification.email, Account.email)
+                .join(Account, Account.id == Notification.account_id)
+                .where(Notification.state == "sent", Notification.id > self.last_sent_id)
+                .order_by(Notification.id)
+            ).all()
+        if not sent:
+            return None
+        self.last_sent_id = sent[-1][0]
+        stamp = int(_at(day, 9, 5).replace(tzinfo=UTC).timestamp())
+        events: list[dict[str, Any]] = []
+        for outbox_id, account_id, email, address in sent:
+            about = {"email": address, "outbox_id": str(outbox_id), "email_name": email}
+            if account_id in self.bounced:
+                outcome = [("dropped", 0, {"reason": "Bounced Address"})]
+            elif account_id in self.dead:
+                self.bounced.add(account_id)
+                bounce = {"type": "bounce", "reason": DEAD_MAILBOX}
+                outcome = [("processed", 0, {}), ("bounce", 30, bounce)]
+            else:
+                outcome = [("processed", 0, {}), ("delivered", 20, {"response": "250 OK"})]
+            events += [
+                {
+                    **about,
+                    "timestamp": stamp + after,
+                    "event": kind,
+                    "sg_event_id": f"story-{outbox_id}-{kind}",
+                    **fields,
+                }
+                for kind, after, fields in outcome
+            ]
+        self.report.bounced = len(self.bounced)
+        path = self.settings.landing_dir / "events" / f"events-story-{day:%Y%m%d}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(events))
+        return path
+
+    def load_delivery_events(self, con: Any) -> None:
+        """Ingest the landed events and give each notification its state, as the daily
+        run's ingest does (before enforcement reads who was reached, and the report)."""
+        events = self.settings.landing_dir / "events"
+        if not events.exists():
+            return
+        ingest.ingest(
+            con,
+            [events],
+            quarantine_limit=self.settings.quarantine_limit,
+            landing_root=self.settings.landing_dir,
+        )
+        apply_delivery(con, self.registry)
+
+    def enforcement(self, con: Any, day: date) -> None:
         """Each phase on its day; a phase with per-account deadlines every day of its
-        window, on the accounts whose own deadline has come (on no day without one)."""
-        for phase in self.plan.phases:
-            if not phase.enforce_on <= day <= phase.enforce_until:
-                continue
+        window, on the accounts whose own deadline has come (on no day without one).
+        Who the warnings reached is known first (the delivery events landed so far)."""
+        due = [p for p in self.plan.phases if p.enforce_on <= day <= p.enforce_until]
+        if due:
+            self.load_delivery_events(con)
+        for phase in due:
             preview = enforce.preview_phase(self.registry, self.plan, phase)
             if phase.deadline is not None and not (preview.newly_required or preview.token_count):
                 continue
@@ -310,9 +386,14 @@ class Story:
                 phase.name,
                 expect=preview.count,
                 expect_tokens=preview.token_count if phase.does("revoke_tokens") else None,
+                # A release manager who read the preview's never-reached list and went on.
+                accept_unreached=len(preview.unreached),
                 actor=ACTOR,
             )
             report = self.report
+            report.unreached_enforced[phase.name] = (
+                report.unreached_enforced.get(phase.name, 0) + result.accounts_unreached
+            )
             report.enforced[phase.name] = (
                 report.enforced.get(phase.name, 0) + result.accounts_required
             )
@@ -440,7 +521,9 @@ class Story:
             if n is None or p.method[n] == 2 or (p.method[n] == 1 and not wants_key):
                 continue
             odds = r.after_reminder if account_id in reminded else r.after_notice
-            if rng.random() < odds:
+            # Drawn for everyone, so a dead mailbox changes no one else's story.
+            reads = rng.random() < odds
+            if reads and account_id not in self.dead:
                 at = _at(day, int(rng.integers(10, 22)), int(rng.integers(0, 60)))
                 enrol(n, at, "reminder" if account_id in reminded else "notice", key=wants_key)
         self.replace_tokens(day, notified, reminded)
@@ -603,6 +686,9 @@ class Story:
         settings, registry = self.settings, self.registry
         organic = rewind(registry, settings.landing_dir, self.start)
         self.people = _people(registry.engine, self.start)
+        ids = self.people.ids
+        dead = self.provider_rng.random(len(ids)) < self.responses.dead_mailbox
+        self.dead = {int(i) for i in ids[dead]}
         with use_clock(self.clock), self.runtime.warehouse() as con:
             ingest.ingest(
                 con,
@@ -628,7 +714,7 @@ class Story:
                     self.emails(day)
                 self._move(day, 10)
                 with self._timed("enforcement"):
-                    self.enforcement(day)
+                    self.enforcement(con, day)
                 for b in self.plan.brownouts:
                     if b.starts_at.date() == day:
                         self._milestone(day, f"{b.name}: {b.hours} h of ELV for all without 2FA")
@@ -642,6 +728,7 @@ class Story:
                 quarantine_limit=settings.quarantine_limit,
                 landing_root=settings.landing_dir,
             )
+            self.load_delivery_events(con)
             extract.extract_registry(con, registry)
             with self._timed("report"):
                 self.report.files = report_from_registry(

@@ -28,6 +28,7 @@ ADOPTION_TABLES: tuple[str, ...] = (
     "adoption_by_org",
     "adoption_daily_by_org",
     "compliance_funnel",
+    "notice_reach",
     "time_to_comply",
     "brownout_impact",
     "token_readiness",

@@ -1,0 +1,120 @@
+-- How far each plan phase's warnings (its notice and its reminders) got by the end of
+-- $as_of: who was sent one, who one reached (SendGrid says delivered, or a spam report,
+-- which only a delivered email gets), and why the others were never reached. The rules
+-- of rollout/notify/reach.py, which phase preview and phase enforce apply to the
+-- registry as it is now, read as of $as_of. Each account counts once per column; an
+-- account never reached counts under the most telling of its warnings (a bounce, then
+-- a drop, then a suppressed address), as reach.py's why does.
+with
+
+phases as (
+    select phase, cohort from plan_phases
+),
+
+requirements as (
+    select * from ({{ int_phase_requirements_known }})
+),
+
+-- The phase's warnings queued by the end of $as_of, each as it stood then: sent by
+-- then (sent_at), skipped by then (updated_at: when the skip was recorded), and its
+-- delivery state only if the event that decided it came by then.
+warnings as (
+    select
+        notifications.phase,
+        notifications.account_id,
+        notifications.state = 'sent'
+        and coalesce(notifications.sent_at, notifications.updated_at) < $as_of::date + 1
+            as sent,
+        notifications.state = 'skipped'
+        and notifications.updated_at < $as_of::date + 1
+        and notifications.skip_reason like 'suppressed%' as skipped_suppressed,
+        case
+            when notifications.delivery_at < $as_of::date + 1 then notifications.delivery
+        end as delivery
+    from registry.notifications as notifications
+    inner join phases using (phase)
+    where notifications.email in ('phase_notice', 'reminder')
+        and notifications.created_at < $as_of::date + 1
+),
+
+account_warnings as (
+    select
+        phase,
+        account_id,
+        bool_or(sent) as notified,
+        bool_or(sent and delivery in ('delivered', 'spam_report')) as reached,
+        bool_or(sent and delivery = 'bounced') as bounced,
+        bool_or(sent and delivery = 'dropped') as dropped,
+        bool_or(skipped_suppressed) as suppressed
+    from warnings
+    group by phase, account_id
+),
+
+planned_requirements as (
+    select requirements.phase, requirements.account_id
+    from requirements
+    inner join phases using (phase)
+),
+
+-- The phase's accounts: every account with a warning of the phase, in any state, and
+-- every account the phase requires 2FA of (one enforced without any warning was never
+-- sent a notice).
+phase_accounts as (
+    select phase, account_id from account_warnings
+    union
+    select phase, account_id from planned_requirements
+),
+
+reach as (
+    select
+        phase_accounts.phase,
+        phase_accounts.account_id,
+        coalesce(account_warnings.notified, false) as notified,
+        coalesce(account_warnings.reached, false) as reached,
+        coalesce(account_warnings.bounced, false) as bounced,
+        coalesce(account_warnings.dropped, false) as dropped,
+        coalesce(account_warnings.suppressed, false) as suppressed,
+        planned_requirements.account_id is not null as enforced
+    from phase_accounts
+    left join account_warnings using (phase, account_id)
+    left join planned_requirements using (phase, account_id)
+),
+
+reach_counts as (
+    select
+        reach.phase,
+        count(*) filter (where reach.notified) as notified,
+        count(*) filter (where reach.reached) as delivered,
+        count(*) filter (where not reach.reached and reach.bounced) as bounced,
+        count(*) filter (
+            where not reach.reached and reach.dropped and not reach.bounced
+        ) as dropped,
+        count(*) filter (
+            where not reach.reached
+            and reach.suppressed
+            and not reach.bounced
+            and not reach.dropped
+        ) as suppressed,
+        count(*) filter (where not reach.reached) as never_reached,
+        count(*) filter (where not reach.reached and reach.enforced) as never_reached_enforced
+    from reach
+    group by reach.phase
+),
+
+final as (
+    select
+        phases.phase,
+        phases.cohort,
+        coalesce(reach_counts.notified, 0) as notified,
+        coalesce(reach_counts.delivered, 0) as delivered,
+        coalesce(reach_counts.bounced, 0) as bounced,
+        coalesce(reach_counts.dropped, 0) as dropped,
+        coalesce(reach_counts.suppressed, 0) as suppressed,
+        coalesce(reach_counts.never_reached, 0) as never_reached,
+        coalesce(reach_counts.never_reached_enforced, 0) as never_reached_enforced
+    from phases
+    left join reach_counts using (phase)
+    order by phases.phase
+)
+
+select * from final
