@@ -1,7 +1,8 @@
-"""Benchmark: the Event Webhook receiver taking 1M signed events (issue 17).
+"""Benchmark: the Event Webhook receiver taking 1M signed events, then ingest loading
+them and the registry's notifications getting their delivery states (issue 17).
 
 Usage:
-    python bench/bench_webhook.py [--events 1000000] [--batch 1000] [--threads 4]
+    python bench/bench_webhook.py [--events 1000000] [--batch 1000] [--threads 4] [--repeat 3]
 
 Starts the real receiver (`rollout notify events serve`, uvicorn) in a process of its
 own on a free port, with a fresh ROLLOUT_HOME and a verification key made here; builds
@@ -15,7 +16,15 @@ count; the landing folder holds exactly one file per post, each byte for byte th
 posted (by SHA-256), and the events in them add up to ``--events``; a replay of the
 first post is refused (409) and writes nothing.
 
-Target (issue 17): the receiver at least 2,000 events/s per core.
+Then ingest (rollout.warehouse.ingest, in this process, a fresh warehouse each of
+``--repeat`` times) loads the landed files: checked, failing the run, that every event
+is in ``raw_events`` once with its kind and notification as posted, nothing was
+quarantined, and a second ingest loads nothing. Last, ``apply_delivery`` writes the
+states to a SQLite registry holding the notifications the events name (two events
+each): checked against the state the rules give each notification, worked here.
+
+Targets (issue 17): the receiver at least 2,000 events/s per core; ingest at least
+200k events/s.
 """
 
 from __future__ import annotations
@@ -30,13 +39,23 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
+from sqlalchemy import func, select
 
+from rollout import warehouse
 from rollout.dev.webhook_signing import WebhookSigner
+from rollout.notify.delivery import apply_delivery
 from rollout.notify.webhook import EVENTS_PATH
+from rollout.registry import Registry
+from rollout.registry.engine import make_engine
+from rollout.registry.migrate import upgrade
+from rollout.registry.models import DELIVERY_STATES, Account, Notification
+from rollout.warehouse import ingest
 
 KINDS = ("processed", "delivered", "deferred", "bounce", "dropped")
 
@@ -59,7 +78,7 @@ def posts(count: int, batch: int, signer: WebhookSigner) -> list[tuple[bytes, di
                 "event": KINDS[i % len(KINDS)],
                 "sg_event_id": f"ev{i:012d}",
                 "sg_message_id": f"msg{i // 2:012d}.filter0001.1.0",
-                "outbox_id": str(i // 2),
+                "outbox_id": str(i // 2 + 1),
                 "email_name": "phase_notice",
                 "category": ["phase_notice"],
             }
@@ -75,6 +94,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=3, help="ingest timings to take")
     args = parser.parse_args()
     signer = WebhookSigner()
     prepared = posts(args.events, args.batch, signer)
@@ -142,14 +162,144 @@ def main() -> None:
         events = sum(len(json.loads(path.read_bytes())) for path in landed)
         if events != args.events:
             failures.append(f"{events} events landed for {args.events} posted")
-    print(
-        f"{args.events:,} events in {len(prepared):,} posts of {args.batch}, {args.threads} "
-        f"client threads: {wall:.1f} s wall, {args.events / wall:,.0f} events/s; receiver "
-        f"CPU {cpu:.1f} s: {args.events / cpu:,.0f} events per CPU-second"
-    )
+        print(
+            f"{args.events:,} events in {len(prepared):,} posts of {args.batch}, "
+            f"{args.threads} client threads: {wall:.1f} s wall, {args.events / wall:,.0f} "
+            f"events/s; receiver CPU {cpu:.1f} s: {args.events / cpu:,.0f} events per "
+            "CPU-second"
+        )
+        failures += ingest_part(home, args.events, args.repeat)
     if failures:
         raise SystemExit("FAIL: " + "; ".join(failures))
-    print("OK: every post landed once, byte for byte; the replay was refused")
+    print(
+        "OK: every post landed once, byte for byte; the replay was refused; every event "
+        "loaded once as posted; every notification's state as the rules give it"
+    )
+
+
+def expected_counts(count: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Events by kind, and notifications by delivery state, as posted: event i is of
+    kind KINDS[i % 5] and notification i // 2 + 1; of a notification's events the most
+    final decides (rollout.registry.models.DELIVERY_STATES' order)."""
+    kinds: dict[str, int] = {}
+    states: dict[str, int] = {}
+    state_of = {"bounce": "bounced"}
+    order = DELIVERY_STATES
+    of_notification: dict[int, str] = {}
+    for i in range(count):
+        kind = KINDS[i % len(KINDS)]
+        kinds[kind] = kinds.get(kind, 0) + 1
+        state = state_of.get(kind, kind)
+        outbox = i // 2 + 1
+        known = of_notification.get(outbox)
+        if known is None or order.index(state) > order.index(known):
+            of_notification[outbox] = state
+    for state in of_notification.values():
+        states[state] = states.get(state, 0) + 1
+    return kinds, states
+
+
+def ingest_part(home: Path, count: int, repeat: int) -> list[str]:
+    """Ingest the landed events ``repeat`` times, each into a fresh warehouse; apply
+    the last one's to a registry. Returns what was wrong."""
+    failures: list[str] = []
+    landing_dir = home / "landing"
+    kinds, states = expected_counts(count)
+    seconds = []
+    for attempt in range(repeat):
+        path = home / f"warehouse-{attempt}.duckdb"
+        con = warehouse.connect(path)
+        started = time.perf_counter()
+        report = ingest.ingest(con, [landing_dir], quarantine_limit=0.0, landing_root=landing_dir)
+        seconds.append(time.perf_counter() - started)
+        if attempt < repeat - 1:
+            con.close()
+            path.unlink()
+    loaded = dict(con.execute("select event, count(*) from raw_events group by all").fetchall())
+    distinct, lowest, highest, outboxes = con.execute(
+        "select count(distinct sg_event_id), min(sg_event_id), max(sg_event_id), "
+        "sum(outbox_id) from raw_events"
+    ).fetchone()
+    if report.rejected or report.rows_quarantined:
+        failures.append(
+            f"{len(report.rejected)} files refused, {report.rows_quarantined} quarantined"
+        )
+    if loaded != kinds:
+        failures.append(f"events by kind {loaded}, posted {kinds}")
+    expected_outboxes = sum(i // 2 + 1 for i in range(count))
+    if (distinct, lowest, highest, outboxes) != (
+        count,
+        f"ev{0:012d}",
+        f"ev{count - 1:012d}",
+        expected_outboxes,
+    ):
+        failures.append(f"events not each once as posted: {distinct, lowest, highest, outboxes}")
+    again = ingest.ingest(con, [landing_dir], quarantine_limit=0.0, landing_root=landing_dir)
+    if again.loaded or again.rows_loaded:
+        failures.append(f"a second ingest loaded {again.rows_loaded} events")
+    print(
+        f"ingest of {count:,} events in {len(report.files):,} files: "
+        f"{min(seconds):.2f}-{max(seconds):.2f} s over {repeat} runs, "
+        f"{count / max(seconds):,.0f}-{count / min(seconds):,.0f} events/s"
+    )
+    failures += delivery_part(home, con, (count + 1) // 2, states)
+    con.close()
+    return failures
+
+
+def delivery_part(home: Path, con: Any, notifications: int, states: dict[str, int]) -> list[str]:
+    """The delivery states written to a SQLite registry with the ``notifications`` the
+    events name (ids 1..N, one account), checked by state."""
+    url = f"sqlite:///{home / 'registry.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    now = datetime(2026, 1, 1)
+    with engine.begin() as connection:
+        connection.execute(
+            Account.__table__.insert(),
+            [{"id": 1, "username": "maintainer", "email": "m@example.com", "created_at": now}],
+        )
+        for start in range(1, notifications + 1, 100_000):
+            connection.execute(
+                Notification.__table__.insert(),
+                [
+                    {
+                        "id": i,
+                        "account_id": 1,
+                        "email": "phase_notice",
+                        "phase": "p",
+                        "occasion": str(i),
+                        "state": "sent",
+                        "context": {},
+                        "attempts": 1,
+                        "created_at": now,
+                        "updated_at": now,
+                        "sent_at": now,
+                    }
+                    for i in range(start, min(start + 100_000, notifications + 1))
+                ],
+            )
+    engine.dispose()
+    with Registry(url) as registry:
+        started = time.perf_counter()
+        report = apply_delivery(con, registry)
+        seconds = time.perf_counter() - started
+        with registry.engine.connect() as connection:
+            written = dict(
+                connection.execute(
+                    select(Notification.delivery, func.count()).group_by(Notification.delivery)
+                ).all()
+            )
+    print(
+        f"delivery states of {notifications:,} notifications written to a SQLite registry: "
+        f"{seconds:.1f} s, {notifications / seconds:,.0f} notifications/s"
+    )
+    failures = []
+    if report.notifications != notifications or report.unknown:
+        failures.append(f"{report.notifications} states written, {report.unknown} unknown")
+    if written != states:
+        failures.append(f"states {written}, the rules give {states}")
+    return failures
 
 
 if __name__ == "__main__":
