@@ -191,6 +191,7 @@ SLOW_TESTS = (
     "tests/test_story.py",
     "tests/test_plan_stories.py",
     "tests/test_wheel.py",
+    "tests/test_delivery_loop.py",
     "tests/test_registry_changes.py::test_the_copy_is_what_a_full_extract_gives_after_every_run",
     "tests/sql/test_adoption_marts.py::test_adoption_daily_matches_a_plain_count",
     "tests/sql/test_adoption_marts.py::test_adoption_daily_by_org_forward_filled_matches_a_plain_count",

@@ -5,6 +5,7 @@ With a server, a worker and real runs: tests/e2e/test_approvals.py.
 
 from __future__ import annotations
 
+import json
 import socket
 
 import httpx
@@ -13,7 +14,13 @@ from typer.testing import CliRunner
 
 from rollout.cli import app
 from rollout.core.errors import BadInput, RolloutError
-from rollout.phases.approvals import ApprovalRequest, PrefectApi, api_from_environ, parse_run_id
+from rollout.phases.approvals import (
+    ApprovalRequest,
+    PrefectApi,
+    api_from_environ,
+    approve,
+    parse_run_id,
+)
 
 
 def closed_port() -> int:
@@ -119,3 +126,42 @@ def test_a_refusal_is_not_asked_again() -> None:
     with api, pytest.raises(RolloutError, match="HTTP 409"):
         api.json("POST", "/flow_runs/x/resume", {})
     assert len(seen) == 1
+
+
+@pytest.mark.parametrize("accept", [None, 9])
+def test_an_approval_over_the_reach_limit_carries_the_unreached_count(
+    accept: int | None,
+) -> None:
+    """The count of accounts never warned goes with the approval only when given (the
+    run's schema takes it as optional; within the plan's share it is not asked)."""
+    sent: list[dict[str, object]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/flows/name/phase-enforce"):
+            return httpx.Response(200, json={"id": "flow-1"})
+        if path.endswith("/resume"):
+            sent.append(json.loads(request.content))
+            return httpx.Response(200, json={"status": "ACCEPT"})
+        if "/input/" in path:
+            return httpx.Response(404)
+        run = {"id": "r", "name": "brave-otter", "flow_id": "flow-1", "state_type": "PAUSED"}
+        return httpx.Response(200, json=run)
+
+    api = PrefectApi("http://prefect.test/api")
+    api.client = httpx.Client(base_url=api.url, transport=httpx.MockTransport(handler))
+    with api:
+        approve(api, "r", expect=87, approved_by="ana", accept_unreached=accept)
+    expected = {"expect": 87, "approved_by": "ana"}
+    if accept is not None:
+        expected["accept_unreached"] = accept
+    assert sent == [{"run_input": expected}]
+
+
+def test_a_request_keeps_the_unreached_count_and_reads_one_recorded_before_it() -> None:
+    request = ApprovalRequest(
+        "top-100", 87, 120, 13, "/r/a.csv", "k", "t", unreached=9, over_unreached_limit=True
+    )
+    assert ApprovalRequest.from_json(request.to_json()) == request
+    older = {k: v for k, v in request.to_json().items() if "unreached" not in k}
+    assert ApprovalRequest.from_json(older).unreached is None

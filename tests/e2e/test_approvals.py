@@ -169,7 +169,9 @@ def test_a_deployed_run_waits_suspended_with_its_input_schema(
         "GET", f"/flow_runs/{first_run.run_id}/input/{details['run_input_keyset']['schema']}"
     )
     # Both fields required, with their constraints: the server refuses what misses them.
+    # The count of accounts never warned is asked only over the plan's share: optional.
     assert set(schema["required"]) == {"expect", "approved_by"}
+    assert schema["properties"]["accept_unreached"]["anyOf"][0]["minimum"] == 0
     assert schema["properties"]["approved_by"]["minLength"] == 1
     assert schema["properties"]["expect"]["minimum"] == 0
 
