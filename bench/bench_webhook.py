@@ -95,6 +95,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3, help="ingest timings to take")
+    parser.add_argument(
+        "--registry-url",
+        help="an empty database for the delivery states (default: a SQLite file in a temp dir)",
+    )
     args = parser.parse_args()
     signer = WebhookSigner()
     prepared = posts(args.events, args.batch, signer)
@@ -168,7 +172,8 @@ def main() -> None:
             f"events/s; receiver CPU {cpu:.1f} s: {args.events / cpu:,.0f} events per "
             "CPU-second"
         )
-        failures += ingest_part(home, args.events, args.repeat)
+        url = args.registry_url or f"sqlite:///{home / 'registry.db'}"
+        failures += ingest_part(home, args.events, args.repeat, url)
     if failures:
         raise SystemExit("FAIL: " + "; ".join(failures))
     print(
@@ -199,7 +204,7 @@ def expected_counts(count: int) -> tuple[dict[str, int], dict[str, int]]:
     return kinds, states
 
 
-def ingest_part(home: Path, count: int, repeat: int) -> list[str]:
+def ingest_part(home: Path, count: int, repeat: int, url: str) -> list[str]:
     """Ingest the landed events ``repeat`` times, each into a fresh warehouse; apply
     the last one's to a registry. Returns what was wrong."""
     failures: list[str] = []
@@ -242,15 +247,14 @@ def ingest_part(home: Path, count: int, repeat: int) -> list[str]:
         f"{min(seconds):.2f}-{max(seconds):.2f} s over {repeat} runs, "
         f"{count / max(seconds):,.0f}-{count / min(seconds):,.0f} events/s"
     )
-    failures += delivery_part(home, con, (count + 1) // 2, states)
+    failures += delivery_part(url, con, (count + 1) // 2, states)
     con.close()
     return failures
 
 
-def delivery_part(home: Path, con: Any, notifications: int, states: dict[str, int]) -> list[str]:
-    """The delivery states written to a SQLite registry with the ``notifications`` the
-    events name (ids 1..N, one account), checked by state."""
-    url = f"sqlite:///{home / 'registry.db'}"
+def delivery_part(url: str, con: Any, notifications: int, states: dict[str, int]) -> list[str]:
+    """The delivery states written to the registry at ``url`` (empty) with the
+    ``notifications`` the events name (ids 1..N, one account), checked by state."""
     engine = make_engine(url)
     upgrade(engine)
     now = datetime(2026, 1, 1)
@@ -291,7 +295,8 @@ def delivery_part(home: Path, con: Any, notifications: int, states: dict[str, in
                 ).all()
             )
     print(
-        f"delivery states of {notifications:,} notifications written to a SQLite registry: "
+        f"delivery states of {notifications:,} notifications written to the registry "
+        f"({engine.dialect.name}): "
         f"{seconds:.1f} s, {notifications / seconds:,.0f} notifications/s"
     )
     failures = []

@@ -142,6 +142,7 @@ def test_the_report_renders_offline_in_chromium(full_page: Page, tmp_path: Path)
     )
     assert tables["table-orgs"] == 20
     assert tables["table-funnel"] == 2
+    assert tables["table-reach"] == 2
     assert tables["table-tokens"] == 2
     assert tables["table-brownouts"] == 4
     assert tables["table-ledger"] >= 1 and tables["table-milestones"] >= 10

@@ -192,7 +192,7 @@ def test_the_html_has_four_accessible_charts(report: ReportFiles) -> None:
     # Each chart has a data table in the page.
     for table in ("adoption", "methods", "brownouts", "funnel"):
         assert f'<table id="table-{table}">' in html
-    for table in ("orgs", "tokens", "ledger", "milestones", "headline"):
+    for table in ("reach", "orgs", "tokens", "ledger", "milestones", "headline"):
         assert f'<table id="table-{table}">' in html
     assert "No data yet" not in html
     assert not NAN_IN_ATTRIBUTE.search(html)
@@ -281,6 +281,7 @@ def test_the_markdown_tells_the_same_story(report: ReportFiles) -> None:
         "## 2FA methods",
         "## Brown-out impact",
         "## Compliance funnel",
+        "## Reach of the warnings",
         "## Orgs",
         "## Token readiness",
         "## Publishing",
@@ -294,7 +295,7 @@ def test_the_markdown_tells_the_same_story(report: ReportFiles) -> None:
 
 def test_markdown_tables_are_well_formed(report: ReportFiles) -> None:
     blocks = table_blocks(report.markdown.read_text())
-    assert len(blocks) == 11
+    assert len(blocks) == 12
     for block in blocks:
         widths = {len(cells(line)) for line in block}
         assert len(widths) == 1, block
@@ -526,6 +527,54 @@ def test_each_bar_of_the_funnel_counts_some_of_the_bar_before(report: ReportFile
         assert [label for label, _ in stages] == [label for _, label in FUNNEL_STAGES], phase
         values = [value for _, value in stages]
         assert values == sorted(values, reverse=True), phase
+
+
+def test_the_reach_of_the_warnings_per_phase(report: ReportFiles) -> None:
+    html = report.html.read_text()
+    assert '<li><a href="#reach">Reach of the warnings</a></li>' in html
+    section = html[html.index('<section id="reach"') : html.index('<section id="orgs"')]
+    rows = re.findall(
+        r'<tr><th scope="row">([^<]+)</th>((?:<td class="num">[\d,]+</td>)+)</tr>', section
+    )
+    # In the plan's order, not the mart's (by name).
+    assert [(phase, re.findall(r">([\d,]+)<", counts)) for phase, counts in rows] == [
+        ("top-100", ["100", "96", "2", "1", "1", "7", "4"]),
+        ("high-impact", ["5,550", "5,380", "95", "40", "25", "220", "130"]),
+    ]
+    markdown = report.markdown.read_text()
+    assert (
+        "| phase | notified | delivered | bounced | dropped | suppressed | never reached "
+        "| of them enforced |"
+    ) in markdown
+    assert "| high-impact | 5,550 | 5,380 | 95 | 40 | 25 | 220 | 130 |" in markdown
+
+
+def test_a_phase_name_in_the_reach_table_is_text(tmp_path: Path, plan: Plan) -> None:
+    with open_warehouse(make_warehouse(tmp_path, plan)) as con:
+        con.executemany(
+            "insert into notice_reach values (?, 'c', 1, 1, 0, 0, 0, 0, 0)",
+            [(name,) for name in MARKUP],
+        )
+        files = build_report(con, plan, AS_OF, tmp_path / "out")
+    html = files.html.read_text()
+    section = html[html.index('<section id="reach"') : html.index('<section id="orgs"')]
+    assert "<script" not in section and "<img" not in section
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in section
+    markdown = files.markdown.read_text()
+    rendered = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(markdown)
+    for tag in ("<a ", "<img", "<script", "<code", "<em", "<del", "<blockquote"):
+        assert tag not in rendered, tag
+    reach = next(b for b in table_blocks(markdown) if b[0].startswith("| phase | notified |"))
+    assert len(reach) == 2 + 2 + len(MARKUP)
+    assert len({len(cells(line)) for line in reach}) == 1
+
+
+def test_without_reach_rows_the_section_says_so(empty_report: ReportFiles) -> None:
+    html = empty_report.html.read_text()
+    section = html[html.index('<section id="reach"') : html.index('<section id="orgs"')]
+    assert '<p class="note">No data yet.</p>' in section and "<table" not in section
+    markdown = empty_report.markdown.read_text()
+    assert "## Reach of the warnings\n\n_No data yet._\n" in markdown
 
 
 def test_an_earlier_as_of_reports_up_to_that_day(

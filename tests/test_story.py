@@ -116,3 +116,12 @@ def test_the_reference_plan_runs_start_to_end(story: Story) -> None:
         int(row["publishing_legacy"]) + int(row["publishing_personal"]) for row in readiness
     )
     assert {row["cohort"] for row in readiness} == {"top-100", "high-impact"} and publishing > 0
+    # The report's reach section shows the dead mailboxes: bounced, never reached, and
+    # some of them enforced all the same (the story accepts the preview's count).
+    with report.files.csvs["notice_reach"].open() as handle:
+        reach = {row["phase"]: row for row in csv.DictReader(handle)}
+    assert set(reach) == {"top-100", "high-impact"}
+    assert sum(int(row["bounced"]) for row in reach.values()) > 0
+    # Acted on unwarned: required, or skipped as compliant since the preview.
+    unwarned_required = sum(int(row["never_reached_enforced"]) for row in reach.values())
+    assert 0 < unwarned_required <= sum(report.unreached_enforced.values())

@@ -356,6 +356,32 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
     return {"funnel": table, "funnel_chart": funnel_chart(chart_phases)}
 
 
+def _reach(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> list[dict[str, Any]]:
+    """Per phase, in the plan's order (then any other phase of the mart), how far its
+    warnings got: notice_reach's counts."""
+    spec = report_spec()
+    count_columns = [c for c in spec.marts["notice_reach"] if c not in ("phase", "cohort")]
+    order = spec.csv_order["notice_reach"]
+    rows = {str(r["phase"]): r for r in _rows(con, f"select * from notice_reach order by {order}")}
+    planned = {p.name: p for p in plan.phases}
+    names = [name for name in planned if name in rows]
+    names += [name for name in rows if name not in planned]
+    table = []
+    for name in names:
+        row = rows[name]
+        phase = planned.get(name)
+        table.append(
+            {
+                "phase": name,
+                "cohort": str(row["cohort"]),
+                # Its notices still to come: the row is all zeros, shown as the future.
+                "started": phase is None or phase.notice_on <= as_of,
+                **{c: _int(row[c]) for c in count_columns},
+            }
+        )
+    return table
+
+
 def _brownouts(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     spec = report_spec()
     order = spec.csv_order["brownout_impact"]
@@ -586,6 +612,7 @@ def build_context(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> di
     }
     context.update(_adoption(con, plan, as_of))
     context.update(_funnel(con, plan, as_of))
+    context["reach"] = _reach(con, plan, as_of)
     context.update(_brownouts(con))
     context.update(_orgs(con))
     context["tokens"] = _tokens(con)

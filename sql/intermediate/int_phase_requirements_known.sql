@@ -1,7 +1,7 @@
 -- Which accounts each phase requires 2FA of at the end of $as_of, and since when. Read
 -- from the audit ledger, not registry.phase_requirements: that table holds only the
--- present, and a report may be of a past day. Included ({{ }}) by int_funnel_accounts
--- and compliance_funnel.
+-- present, and a report may be of a past day. Included ({{ }}) by int_funnel_accounts,
+-- compliance_funnel and notice_reach.
 with
 
 events as (

@@ -28,6 +28,14 @@ warnings as (
         notifications.state = 'skipped'
         and notifications.updated_at < $as_of::date + 1
         and notifications.skip_reason like 'suppressed%' as skipped_suppressed,
+        -- A warning skipped for a reason that says nothing of reach (the account already
+        -- complied, the notice was withdrawn when the deadline moved) does not make the
+        -- account one the phase meant to warn; a suppressed or unverified address does.
+        not (
+            notifications.state = 'skipped'
+            and coalesce(notifications.skip_reason, '') not like 'suppressed%'
+            and coalesce(notifications.skip_reason, '') <> 'unverified email'
+        ) as meant_to_warn,
         case
             when notifications.delivery_at < $as_of::date + 1 then notifications.delivery
         end as delivery
@@ -45,7 +53,8 @@ account_warnings as (
         bool_or(sent and delivery in ('delivered', 'spam_report')) as reached,
         bool_or(sent and delivery = 'bounced') as bounced,
         bool_or(sent and delivery = 'dropped') as dropped,
-        bool_or(skipped_suppressed) as suppressed
+        bool_or(skipped_suppressed) as suppressed,
+        bool_or(meant_to_warn) as meant_to_warn
     from warnings
     group by phase, account_id
 ),
@@ -56,11 +65,11 @@ planned_requirements as (
     inner join phases using (phase)
 ),
 
--- The phase's accounts: every account with a warning of the phase, in any state, and
--- every account the phase requires 2FA of (one enforced without any warning was never
--- sent a notice).
+-- The phase's accounts: every account with a warning of the phase meant to reach it
+-- (in any state but skipped for a reason other than its address), and every account the
+-- phase requires 2FA of (one enforced without any warning was never sent a notice).
 phase_accounts as (
-    select phase, account_id from account_warnings
+    select phase, account_id from account_warnings where meant_to_warn
     union
     select phase, account_id from planned_requirements
 ),

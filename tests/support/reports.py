@@ -37,6 +37,9 @@ MART_DDL = {
     "without_2fa_at_enforcement bigint, enforced bigint, sessions_revoked bigint, "
     "enrolled_after_enforcement bigint, still_without bigint, required bigint, "
     "rolled_back_at timestamp",
+    "notice_reach": "phase varchar, cohort varchar, notified bigint, delivered bigint, "
+    "bounced bigint, dropped bigint, suppressed bigint, never_reached bigint, "
+    "never_reached_enforced bigint",
     "time_to_comply": "phase varchar, days_after_notice integer, accounts bigint",
     "brownout_impact": "brownout varchar, period varchar, starts_at timestamp, "
     "ends_at timestamp, logins bigint, elv_challenges bigint, elv_completed bigint, "
@@ -123,6 +126,14 @@ def fill_marts(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date = AS_OF) 
         "25, 25, 40, 15, 10, 27, null), "
         "('high-impact', 'high-impact', '2022-03-15', '2022-05-03', 8000, 5600, 5550, 1200, "
         "2100, 3500, 4500, 1050, 1000, 1500, 600, 500, 1100, null)"
+    )
+    # Reach: of high-impact's 5,600 accounts (warned, or required), 5,380 reached and 220
+    # never: 95 bounced, 40 dropped, 25 suppressed, 60 for other reasons; 130 of the 220
+    # enforced (locked out unwarned).
+    con.execute(
+        "insert into notice_reach values "
+        "('top-100', 'top-100', 100, 96, 2, 1, 1, 7, 4), "
+        "('high-impact', 'high-impact', 5550, 5380, 95, 40, 25, 220, 130)"
     )
     con.executemany(
         "insert into time_to_comply values (?, ?, ?)",
