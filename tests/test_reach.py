@@ -8,11 +8,14 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from rollout.core.errors import GuardRefused
 from rollout.core.plan import Plan
+from rollout.notify.queue import SUMMARY_UNREACHED
 from rollout.phases.enforce import enforce_phase, preview_phase
 from rollout.registry import Registry
+from rollout.registry.models import Notification
 from tests.factories import AccountFactory, NotificationFactory, bound_to
 
 AT = datetime(2022, 1, 5, 9, 0)
@@ -131,3 +134,47 @@ def test_within_the_share_or_without_one_enforcement_goes_on_and_counts_the_unwa
     lenient = with_reach_limit(plan, 0.8)
     result = enforce_phase(registry, lenient, "top-100", expect=len(cohort), actor="rm")
     assert result.accounts_unreached == 9
+
+
+def test_the_release_managers_summary_names_the_unwarned_it_enforced(
+    registry: Registry, plan: Plan, cohort: dict[str, int]
+) -> None:
+    with bound_to(registry.engine):
+        AccountFactory(username="rita", with_totp=True)
+    managed = plan.model_copy(
+        update={
+            "notifications": plan.notifications.model_copy(update={"release_managers": ["rita"]})
+        }
+    )
+    enforce_phase(registry, managed, "top-100", expect=len(cohort), actor="rm")
+    with registry.engine.connect() as connection:
+        [context] = connection.execute(
+            select(Notification.context).where(Notification.email == "phase_summary")
+        ).scalars()
+    assert context["counts"]["accounts_unreached"] == len(WHY)
+    assert context["unreached"] == [{"username": name, "why": WHY[name]} for name in sorted(WHY)]
+    assert context["unreached_more"] == 0
+
+
+def test_a_summary_names_the_first_unwarned_by_name_and_counts_the_rest(
+    registry: Registry, plan: Plan
+) -> None:
+    names = [f"user-{n:03d}" for n in range(SUMMARY_UNREACHED + 7)]
+    with bound_to(registry.engine):
+        AccountFactory(username="rita", with_totp=True)
+        for name in reversed(names):
+            AccountFactory(username=name, in_cohort="top-100")
+    managed = plan.model_copy(
+        update={
+            "notifications": plan.notifications.model_copy(update={"release_managers": ["rita"]})
+        }
+    )
+    enforce_phase(registry, managed, "top-100", expect=len(names), actor="rm")
+    with registry.engine.connect() as connection:
+        [context] = connection.execute(
+            select(Notification.context).where(Notification.email == "phase_summary")
+        ).scalars()
+    assert context["unreached"] == [
+        {"username": name, "why": "never sent a notice"} for name in names[:SUMMARY_UNREACHED]
+    ]
+    assert context["unreached_more"] == 7

@@ -289,4 +289,8 @@ def phase_summary(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[s
         "counts": dict(stored.get("counts", {})),
         "run_id": stored.get("run_id", ""),
         "report_url": plan.notifications.report_url,
+        # The accounts it acted on that no notice or reminder reached, with why (the
+        # first of them; a summary from before this list existed has none).
+        "unreached": list(stored.get("unreached", [])),
+        "unreached_more": int(stored.get("unreached_more", 0)),
     }

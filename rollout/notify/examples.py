@@ -86,7 +86,13 @@ def example_stored(email: str, plan: Plan) -> dict[str, Any]:
                 "accounts_flagged": 412,
                 "sessions_revoked": 1380,
                 "emails_queued": 412,
+                "accounts_unreached": 2,
             },
+            "unreached": [
+                {"username": "lee-example", "why": "bounced: bounce: 550 5.1.1 no such user"},
+                {"username": "sam-example", "why": "unverified email"},
+            ],
+            "unreached_more": 0,
         }
     raise KeyError(email)
 

@@ -10,7 +10,7 @@ already compliant (for warnings only).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -264,6 +264,11 @@ def queue_due(registry: Registry, plan: Plan, day: date, *, actor: str) -> list[
     return outcomes
 
 
+# The never-reached accounts a phase summary names; the rest are counted (the preview's
+# CSV has them all).
+SUMMARY_UNREACHED = 50
+
+
 def queue_phase_summary(
     connection: Connection,
     plan: Plan,
@@ -272,18 +277,28 @@ def queue_phase_summary(
     counts: Mapping[str, int],
     run_id: str,
     now: datetime,
+    unreached: Sequence[tuple[str, str]] = (),
 ) -> int:
-    """The release managers' summary of one enforcement run."""
+    """The release managers' summary of one enforcement run; ``unreached``: the
+    (username, why) of the accounts it acted on that no warning reached, of which the
+    email lists the first ``SUMMARY_UNREACHED`` by username."""
     managers = plan.notifications.release_managers
     if not managers:
         return 0
+    listed = sorted(unreached)[:SUMMARY_UNREACHED]
     return queue_email(
         connection,
         email="phase_summary",
         phase=phase,
         occasion=run_id,
         account_ids=select(ACCOUNTS.c.id).where(ACCOUNTS.c.username.in_(managers)),
-        context={"phase": phase, "counts": dict(counts), "run_id": run_id},
+        context={
+            "phase": phase,
+            "counts": dict(counts),
+            "run_id": run_id,
+            "unreached": [{"username": u, "why": why} for u, why in listed],
+            "unreached_more": len(unreached) - len(listed),
+        },
         run_id=run_id,
         now=now,
     )

@@ -796,6 +796,11 @@ def enforce_phase(
                         counts=_counts(result),
                         run_id=run.id,
                         now=utc_now(),
+                        unreached=[
+                            (t.username, preview.unreached[t.account_id])
+                            for t in preview.targets
+                            if t.account_id in unreached
+                        ],
                     )
         return result
 
