@@ -120,7 +120,11 @@ def ingest(
         typer.Argument(help="Landing files or folders (default: $ROLLOUT_HOME/landing)."),
     ] = None,
     registry: Annotated[
-        bool, typer.Option(help="Also extract the registry tables into the warehouse.")
+        bool,
+        typer.Option(
+            help="Also give the registry's notifications their delivery states from the "
+            "SendGrid events loaded, and extract the registry tables into the warehouse."
+        ),
     ] = True,
     full_extract: Annotated[
         bool,
