@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from multiprocessing.connection import Connection as Pipe
 from multiprocessing.connection import wait as wait_for_pipes
 from multiprocessing.process import BaseProcess
@@ -40,6 +40,7 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
+    or_,
     select,
     update,
 )
@@ -104,6 +105,10 @@ FILE_BATCH = 500
 IN_FLIGHT_GRACE = 0.5
 WORKER_GRACE = 1.0
 _POLL = 0.05  # seconds between looks at a stop request while waiting
+# How long a drainer holds the rows it claimed (a batch is sent and recorded well within
+# it: SendGrid's retries of one message take under a minute). A drainer that dies leaves
+# its rows to be taken over when it runs out (drain_shard waits for that).
+DEFAULT_LEASE = timedelta(minutes=5)
 
 # --- delivery ------------------------------------------------------------------------------
 
@@ -148,13 +153,26 @@ class _Claimed:
     context: dict[str, Any]
 
 
-def _claim(engine: Engine, size: int, now: datetime, sender: str) -> list[_Claimed]:
-    """Up to ``size`` queued rows, marked as sending by this drainer: none when nothing
-    is queued (the drainers sharing the outbox take that as the end of their work)."""
+def _claimable(now: datetime) -> Any:
+    """SQL: a row a drainer may claim: queued, or claimed by a drainer whose lease on it
+    has run out (presumed dead: it may or may not have sent it)."""
+    c = NOTIFICATIONS.c
+    return or_(
+        c.state == "queued",
+        and_(c.state == "sending", c.lease_expires_at.is_not(None), c.lease_expires_at < now),
+    )
+
+
+def _claim(
+    engine: Engine, size: int, now: datetime, sender: str, lease: timedelta = DEFAULT_LEASE
+) -> list[_Claimed]:
+    """Up to ``size`` claimable rows, marked as sending by this drainer until ``now`` +
+    ``lease``: none when nothing is (the drainers sharing the outbox take that as the
+    end of their work, or wait for the leases of others: drain_shard)."""
     with engine.begin() as connection:
         query = (
             select(NOTIFICATIONS.c.id)
-            .where(NOTIFICATIONS.c.state == "queued")
+            .where(_claimable(now))
             .order_by(NOTIFICATIONS.c.id)
             .limit(size)
         )
@@ -172,7 +190,7 @@ def _claim(engine: Engine, size: int, now: datetime, sender: str) -> list[_Claim
             chosen = NOTIFICATIONS.c.id.in_(query.scalar_subquery())
         rows = connection.execute(
             update(NOTIFICATIONS)
-            .where(and_(chosen, NOTIFICATIONS.c.state == "queued"))
+            .where(and_(chosen, _claimable(now)))
             # The sender is recorded as it claims: even a drain that dies mid-send
             # leaves word of who may have sent it (check_sender).
             .values(
@@ -180,6 +198,7 @@ def _claim(engine: Engine, size: int, now: datetime, sender: str) -> list[_Claim
                 attempts=NOTIFICATIONS.c.attempts + 1,
                 sender=sender,
                 updated_at=now,
+                lease_expires_at=now + lease,
             )
             .returning(
                 NOTIFICATIONS.c.id,
@@ -462,6 +481,7 @@ def _record(engine: Engine, outcomes: Iterable[_Outcome], now: datetime) -> None
                 message_id=bindparam("new_message_id"),
                 sent_at=bindparam("new_sent_at"),
                 updated_at=bindparam("now"),
+                lease_expires_at=None,
             ),
             rows,
         )
@@ -473,7 +493,7 @@ def _release(engine: Engine, ids: list[int]) -> None:
         connection.execute(
             update(NOTIFICATIONS)
             .where(and_(NOTIFICATIONS.c.id.in_(ids), NOTIFICATIONS.c.state == "sending"))
-            .values(state="queued", attempts=NOTIFICATIONS.c.attempts - 1)
+            .values(state="queued", attempts=NOTIFICATIONS.c.attempts - 1, lease_expires_at=None)
         )
 
 
@@ -484,7 +504,7 @@ def _put_back(engine: Engine, ids: list[int], now: datetime) -> None:
         connection.execute(
             update(NOTIFICATIONS)
             .where(and_(NOTIFICATIONS.c.id.in_(ids), NOTIFICATIONS.c.state == "sending"))
-            .values(state="queued", updated_at=now)
+            .values(state="queued", updated_at=now, lease_expires_at=None)
         )
 
 
@@ -496,7 +516,7 @@ def _requeue_in_flight(engine: Engine, now: datetime) -> int:
         return connection.execute(
             update(NOTIFICATIONS)
             .where(NOTIFICATIONS.c.state == "sending")
-            .values(state="queued", updated_at=now)
+            .values(state="queued", updated_at=now, lease_expires_at=None)
         ).rowcount
 
 
@@ -513,10 +533,15 @@ class _Batch:
 
 
 def _next_batch(
-    engine: Engine, plan: Plan, size: int, clock: Callable[[], datetime], sender: str
+    engine: Engine,
+    plan: Plan,
+    size: int,
+    clock: Callable[[], datetime],
+    sender: str,
+    lease: timedelta = DEFAULT_LEASE,
 ) -> _Batch | None:
     """Claim up to ``size`` queued rows and decide, for each, to skip it or its message."""
-    claimed = _claim(engine, size, clock(), sender) if size > 0 else []
+    claimed = _claim(engine, size, clock(), sender, lease) if size > 0 else []
     if not claimed:
         return None
     now = clock()
@@ -617,9 +642,13 @@ def _drain_loop(
     clock: Callable[[], datetime],
     progress: Callable[[DrainReport], None] | None = None,
     stop: StopRequest | None = None,
+    lease: timedelta = DEFAULT_LEASE,
+    wait_for_leases: bool = False,
 ) -> DrainReport:
     """Claim, send and record batches until nothing is queued (or ``limit`` is reached,
-    or a stop is asked for: then the batch in flight is recorded or put back).
+    or a stop is asked for: then the batch in flight is recorded or put back). With
+    ``wait_for_leases``, rows other drainers hold are waited for: recorded by them, or
+    taken over once their lease runs out (a drainer that died).
 
     A batch is ``concurrency`` rows sent by as many threads; for the file outbox it is
     FILE_BATCH rows written one after the other in this thread (see drain)."""
@@ -634,8 +663,10 @@ def _drain_loop(
     try:
         while (limit is None or claimed < limit) and not stop.is_set():
             size = batch_size if limit is None else min(batch_size, limit - claimed)
-            batch = _next_batch(engine, plan, size, clock, sender.name)
+            batch = _next_batch(engine, plan, size, clock, sender.name, lease)
             if batch is None:
+                if wait_for_leases and _wait_for_leases(engine, clock, stop):
+                    continue
                 break
             claimed += len(batch.ids)
             futures = [sends.submit(m) for m in batch.messages]
@@ -667,6 +698,28 @@ def _drain_loop(
         sends.close()
         report.retried = _retried(sender) - retried_before
     return report
+
+
+# How often a drainer with nothing to claim looks again at the rows others hold.
+LEASE_POLL_SECONDS = 1.0
+
+
+def _wait_for_leases(engine: Engine, clock: Callable[[], datetime], stop: StopRequest) -> bool:
+    """Wait while other drainers hold rows, until one is claimable again (recorded rows
+    are not) or none is held; True when there may be rows to take over."""
+    with engine.connect() as connection:
+        earliest = connection.execute(
+            select(func.min(NOTIFICATIONS.c.lease_expires_at)).where(
+                NOTIFICATIONS.c.state == "sending"
+            )
+        ).scalar()
+    if earliest is None:
+        return False  # none held (or only rows of a drain before leases: a locked drain's)
+    remaining = min(max((earliest - clock()).total_seconds(), 0.0), LEASE_POLL_SECONDS) + _POLL
+    deadline = time.monotonic() + remaining
+    while not stop.is_set() and time.monotonic() < deadline:
+        time.sleep(_POLL)
+    return not stop.is_set()
 
 
 def _retried(sender: Sender) -> int:
@@ -893,6 +946,42 @@ def drain(
             finally:
                 # What killed workers held: no drain process is left, the lock still held.
                 report.put_back += _requeue_in_flight(engine, clock())
+    stop.raise_if_set(f"stopped: {report.sent} sent, {report.put_back} put back")
+    return report
+
+
+def drain_shard(
+    registry: Registry,
+    plan: Plan,
+    sender: Sender,
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    lease: timedelta = DEFAULT_LEASE,
+    clock: Callable[[], datetime] = utc_now,
+) -> DrainReport:
+    """One of several drainers sharing the outbox, each in a process (or on a machine)
+    of its own, while whoever started them holds the ``notify`` lock (the notify flow
+    fanned out: flows/notify.py). Unlike :func:`drain` it takes no lock and puts back
+    nobody's rows: it claims queued rows with a lease, and when none is left it waits for
+    the rows others hold, taking over those whose lease runs out (their drainer died),
+    so the run ends with nothing queued or held, not on the next day's drain. At most a
+    dead drainer's rows in flight are sent twice.
+
+    SIGTERM or SIGINT stops it as it stops a drain (what was in flight recorded or put
+    back), then raises :class:`rollout.core.stopping.Stopped`."""
+    with stop_requested_by_signals() as stop:
+        check_sender(registry, sender.name, include_failed=False)
+        report = _drain_loop(
+            registry.engine,
+            plan,
+            sender,
+            concurrency=concurrency,
+            limit=None,
+            clock=clock,
+            stop=stop,
+            lease=lease,
+            wait_for_leases=True,
+        )
     stop.raise_if_set(f"stopped: {report.sent} sent, {report.put_back} put back")
     return report
 

@@ -484,6 +484,9 @@ class Notification(Base):
     delivery: Mapped[str | None] = mapped_column(String(16))
     delivery_at: Mapped[datetime | None] = mapped_column(DateTime)
     delivery_reason: Mapped[str | None] = mapped_column(Text)
+    # While 'sending': until when the drainer that claimed it holds it; after that
+    # another drainer of the run takes it over (rollout.notify.drain). NULL otherwise.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class EmailSuppression(Base):

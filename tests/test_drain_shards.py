@@ -1,0 +1,160 @@
+"""Drainers sharing the outbox (rollout.notify.drain.drain_shard), as the notify flow's
+shards on several machines: each row claimed with a lease, each email sent once across
+them; a drainer that dies leaves its rows to be taken over when its lease runs out,
+within the same run, and only those in flight can go out twice."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+
+from rollout.core.plan import Plan
+from rollout.dev.sendgrid_api import DevSendGrid
+from rollout.notify.drain import DrainReport, _claim, drain_shard
+from rollout.notify.queue import queue_due
+from rollout.notify.senders import SendGridSender
+from rollout.registry import Registry
+from rollout.registry.models import Notification
+from tests.factories import AccountFactory, bound_to
+from tests.support.outbox import NOTICE_DAY, ids
+
+__all__ = ["ids"]  # a fixture, used by name
+
+KEY = "SG.test-shards.k3y"
+
+
+def cohort_of(registry: Registry, count: int) -> None:
+    with bound_to(registry.engine, batch=True):
+        for i in range(count):
+            AccountFactory(username=f"user{i:04d}", in_cohort="top-100")
+
+
+def delivered(server: DevSendGrid) -> Counter[int]:
+    return Counter(int(m["body"]["custom_args"]["outbox_id"]) for m in server.messages)
+
+
+def states(registry: Registry) -> Counter[str]:
+    with registry.engine.connect() as connection:
+        return Counter(connection.execute(select(Notification.state)).scalars())
+
+
+def test_shards_side_by_side_send_each_email_once_and_share_the_work(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    cohort_of(registry, 120)
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queued = states(registry)["queued"]
+    reports: list[DrainReport] = []
+    with DevSendGrid(api_key=KEY) as server:
+
+        def shard() -> None:
+            with Registry(registry.url) as own:  # a machine of its own: its connections
+                sender = SendGridSender(KEY, server.url, timeout=5)
+                reports.append(drain_shard(own, plan, sender, concurrency=4))
+
+        shards = [threading.Thread(target=shard) for _ in range(2)]
+        for thread in shards:
+            thread.start()
+        for thread in shards:
+            thread.join(timeout=120)
+        sent = delivered(server)
+    assert sum(r.sent for r in reports) == queued == len(sent)
+    assert set(sent.values()) == {1}
+    assert all(r.sent > 0 for r in reports), [r.sent for r in reports]
+    assert states(registry)["sending"] == 0
+
+
+def test_rows_a_dead_drainer_held_are_taken_over_when_its_lease_runs_out(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    cohort_of(registry, 10)
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    # The dead one claimed four rows, with a lease running out in a second, and sent
+    # one of them before it died (the only kind of duplicate a shard allows).
+    held = _claim(registry.engine, 4, datetime.utcnow(), "sendgrid", timedelta(seconds=1))
+    with DevSendGrid(api_key=KEY) as server:
+        sender = SendGridSender(KEY, server.url, timeout=5)
+        started = time.monotonic()
+        report = drain_shard(registry, plan, sender, concurrency=4)
+        waited = time.monotonic() - started
+        sent = delivered(server)
+    assert report.sent == 12 and set(sent) >= {c.id for c in held}
+    assert states(registry) == Counter({"sent": 12, "skipped": 2})  # cat and dan: queue-time
+    assert waited >= 0.5  # it waited for the lease, not the next day's drain
+    with registry.engine.connect() as connection:
+        attempts = dict(connection.execute(select(Notification.id, Notification.attempts)).all())
+    assert {attempts[c.id] for c in held} == {2}
+
+
+def test_rows_a_live_drainer_holds_are_left_to_it(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")  # ann and ben
+    held = _claim(registry.engine, 1, datetime.utcnow(), "sendgrid", timedelta(hours=1))
+    assert _claim(registry.engine, 5, datetime.utcnow(), "sendgrid") != held
+    with registry.engine.connect() as connection:
+        sending = (
+            connection.execute(select(Notification.id).where(Notification.state == "sending"))
+            .scalars()
+            .all()
+        )
+    assert len(sending) == 2  # one each: the other's was not taken
+
+
+SHARD_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from datetime import timedelta
+    from rollout.core.plan import load_plan
+    from rollout.notify.drain import drain_shard
+    from rollout.notify.senders import SendGridSender
+    from rollout.registry import Registry
+    url, server, key, plan = sys.argv[1:5]
+    with Registry(url) as registry:
+        drain_shard(registry, load_plan(plan), SendGridSender(key, server, timeout=5),
+                    concurrency=4, lease=timedelta(seconds=2))
+    """
+)
+
+
+def test_a_shard_killed_mid_run_leaves_the_run_to_finish_with_at_most_its_flight_twice(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    root = Path(__file__).resolve().parents[1]
+    cohort_of(registry, 200)
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queued = states(registry)["queued"]
+    with DevSendGrid(api_key=KEY) as server:
+        doomed = subprocess.Popen(
+            [
+                sys.executable, "-c", SHARD_SCRIPT, registry.url, server.url, KEY,
+                str(root / "plans" / "npm-2022.yaml"),
+            ],
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while len(server.messages) < 20 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        doomed.kill()
+        doomed.wait()
+        sender = SendGridSender(KEY, server.url, timeout=5)
+        report = drain_shard(registry, plan, sender, concurrency=4, lease=timedelta(seconds=2))
+        sent = delivered(server)
+    assert states(registry)["sent"] == queued and states(registry)["sending"] == 0
+    with registry.engine.connect() as connection:
+        recorded = set(
+            connection.execute(
+                select(Notification.id).where(Notification.state == "sent")
+            ).scalars()
+        )
+    assert set(sent) == recorded  # none lost
+    twice = [i for i, n in sent.items() if n > 1]
+    assert len(twice) <= 4 and max(sent.values()) <= 2  # at most the dead one's flight
+    assert report.sent > 0
