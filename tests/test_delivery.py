@@ -16,7 +16,7 @@ from sqlalchemy import select
 from rollout import warehouse
 from rollout.notify.delivery import apply_delivery
 from rollout.registry import Registry
-from rollout.registry.models import Notification
+from rollout.registry.models import Notification, RegistryChange
 from rollout.warehouse import ingest
 from tests.factories import NotificationFactory, bound_to
 
@@ -135,7 +135,7 @@ def test_only_new_events_are_applied_and_a_rebuilt_warehouse_writes_the_same(
     nothing = events.apply()
     assert (nothing.notifications, nothing.applied_file_id) == (0, first.applied_file_id)
     events.post(event(b, "open", 3))  # says nothing new of b: bounced stays
-    assert events.apply().notifications == 1
+    assert events.apply().notifications == 0  # nothing written
     before = states(registry)
     # The warehouse is derived: deleted and rebuilt, it gives the registry the same.
     with registry.engine.begin() as connection:
@@ -152,3 +152,50 @@ def test_events_naming_no_notification_are_counted_not_applied(
     events.post(event(sent[0], "delivered", 1), event(999_999, "delivered", 1))
     report = events.apply()
     assert (report.notifications, report.unknown) == (1, 1)
+
+
+def test_the_deciding_events_reason_is_kept_even_when_it_has_none(
+    registry: Registry, sent: list[int], events: Events
+) -> None:
+    a, b, c, *_ = sent
+    events.post(
+        event(a, "deferred", 1, response="421 4.7.0 try again later"),
+        event(a, "bounce", 2),  # no reason: not the deferral's
+        event(b, "delivered", 1, response="250 OK"),
+        event(b, "spamreport", 5),
+        # Two bounces in one second: the same one decides every time (by event id).
+        event(c, "bounce", 7, reason="550 first", sg_event_id="c-2"),
+        event(c, "bounce", 7, reason="550 second", sg_event_id="c-1"),
+    )
+    events.apply()
+    found = states(registry)
+    assert found[a] == ("bounced", at(2), None)
+    assert found[b] == ("spam_report", at(5), None)
+    assert found[c] == ("bounced", at(7), "550 first")
+
+
+def test_events_of_another_message_do_not_touch_a_notification_of_the_same_id(
+    registry: Registry, events: Events
+) -> None:
+    """A registry replaced by another, its warehouse kept: the old registry's events name
+    outbox ids the new one has too, but not its messages."""
+    with bound_to(registry.engine):
+        ours = NotificationFactory(state="sent", message_id="new-message").id
+    events.post(
+        event(ours, "bounce", 1, sg_message_id="old-message.filter0001.1.0"),
+        event(ours, "delivered", 2, sg_message_id="new-message.filter0002.3.0"),
+    )
+    events.apply()
+    assert states(registry)[ours] == ("delivered", at(2), None)
+
+
+def test_another_registry_gets_every_event_applied_afresh(
+    registry: Registry, sent: list[int], events: Events
+) -> None:
+    events.post(event(sent[0], "delivered", 1))
+    events.apply()
+    with registry.engine.begin() as connection:  # as if the registry were another one
+        connection.execute(Notification.__table__.update().values(delivery=None))
+        connection.execute(RegistryChange.__table__.update().values(instance="another"))
+    assert events.apply().notifications == 1
+    assert states(registry)[sent[0]][0] == "delivered"

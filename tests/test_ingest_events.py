@@ -88,7 +88,7 @@ def test_a_post_loads_each_event_with_what_rollout_reads(
     ("fields", "reason"),
     [
         ({"sg_event_id": None}, "sg_event_id is missing"),
-        ({"event": "teleported"}, "event 'teleported' is not one of processed, deferred"),
+        ({"event": "Delivered!"}, "event 'Delivered!' is not an event type"),
         ({"event": None}, "event is missing"),
         ({"timestamp": "yesterday"}, "timestamp 'yesterday' is not a Unix time in whole seconds"),
         ({"timestamp": 1.5}, "timestamp '1.5' is not a Unix time in whole seconds"),
@@ -97,7 +97,9 @@ def test_a_post_loads_each_event_with_what_rollout_reads(
             {"timestamp": int((NOW + timedelta(days=2)).timestamp())},
             "timestamp 2022-02-03 12:00:00 is in the future",
         ),
+        ({"timestamp": 0}, "timestamp 1970-01-01 00:00:00 is before 2000"),
         ({"email": ""}, "email is missing"),
+        ({"outbox_id": "9223372036854775808"}, "outbox_id '9223372036854775808' is not a"),
         ({"outbox_id": "seven"}, "outbox_id 'seven' is not a positive whole number"),
         ({"outbox_id": "-7"}, "outbox_id '-7' is not a positive whole number"),
         ({"outbox_id": "0"}, "outbox_id '0' is not a positive whole number"),
@@ -113,6 +115,22 @@ def test_a_bad_event_is_quarantined_with_its_place_and_reason(
     [(line, why)] = con.execute("select line, reason from quarantine").fetchall()
     assert line == 42
     assert why.startswith(reason)
+
+
+def test_event_types_rollout_has_no_use_for_load_all_the_same(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """SendGrid adds event types (account_status_change, ...): a post with one is not
+    refused every day; it says nothing of delivery (int_notification_delivery)."""
+    events = [
+        event(1),
+        event(2, event="account_status_change"),
+        event(3, event="group_resubscribe"),
+    ]
+    events.append(event(4, outbox_id="9223372036854775807"))  # the largest id there is
+    result = load(con, post(tmp_path, "events-1.json", events), limit=0.0)
+    assert (result.rows_loaded, result.rows_quarantined) == (4, 0)
+    assert stored(con)[3][4] == 9223372036854775807
 
 
 def test_each_event_is_kept_once_however_often_it_is_posted(
@@ -134,7 +152,7 @@ def test_each_event_is_kept_once_however_often_it_is_posted(
 def test_an_event_is_not_lost_when_the_file_that_brought_it_first_is_refused(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:
-    post(tmp_path, "events-1.json", [event(1), event(2, event="nope")])
+    post(tmp_path, "events-1.json", [event(1), event(2, event="Nope!")])
     post(tmp_path, "events-2.json", [event(1)])
     report = run(con, tmp_path, limit=0.0)
     assert [f.status for f in report.files] == ["rejected", "loaded"]
@@ -176,7 +194,7 @@ def test_many_posts_load_as_one_batch_each_recorded_on_its_own(
     for number in range(1, 51):
         events = [event(number * 10 + k) for k in range(3)]
         if number == 17:
-            events[1]["event"] = "nope"
+            events[1]["event"] = "Nope!"
         post(tmp_path, f"events-{number:03d}.json", events)
     report = run(con, tmp_path, limit=0.5)
     assert report.loaded == 50 and report.rows_loaded == 149

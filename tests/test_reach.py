@@ -16,7 +16,13 @@ from rollout.notify.queue import SUMMARY_UNREACHED
 from rollout.phases.enforce import enforce_phase, preview_phase
 from rollout.registry import Registry
 from rollout.registry.models import Notification
-from tests.factories import AccountFactory, NotificationFactory, bound_to
+from tests.factories import (
+    AccountFactory,
+    FactorFactory,
+    NotificationFactory,
+    bound_to,
+    existing_account,
+)
 
 AT = datetime(2022, 1, 5, 9, 0)
 
@@ -178,3 +184,52 @@ def test_a_summary_names_the_first_unwarned_by_name_and_counts_the_rest(
         {"username": name, "why": "never sent a notice"} for name in names[:SUMMARY_UNREACHED]
     ]
     assert context["unreached_more"] == 7
+
+
+def test_an_unwarned_account_that_enrols_mid_run_is_neither_counted_nor_listed(
+    registry: Registry, plan: Plan, cohort: dict[str, int]
+) -> None:
+    with bound_to(registry.engine):
+        AccountFactory(username="rita", with_totp=True)
+    managed = plan.model_copy(
+        update={
+            "notifications": plan.notifications.model_copy(update={"release_managers": ["rita"]})
+        }
+    )
+    late = max(cohort.values())  # the last batch's account: "never", never warned
+
+    def enrol_late(done: int, total: int) -> None:
+        if done == 1:
+            with bound_to(registry.engine):
+                FactorFactory(account=existing_account(late))
+
+    result = enforce_phase(
+        registry, managed, "top-100", expect=len(cohort), actor="rm", batch_size=1,
+        progress=enrol_late,
+    )  # fmt: skip
+    assert (result.skipped_now_compliant, result.accounts_unreached) == (1, len(WHY) - 1)
+    with registry.engine.connect() as connection:
+        [context] = connection.execute(
+            select(Notification.context).where(Notification.email == "phase_summary")
+        ).scalars()
+    assert "never" not in {a["username"] for a in context["unreached"]}
+    assert len(context["unreached"]) == len(WHY) - 1
+
+
+def test_a_skip_that_says_nothing_of_the_address_tells_least(
+    registry: Registry, plan: Plan
+) -> None:
+    with bound_to(registry.engine):
+        sent_later = AccountFactory(username="sent-later", in_cohort="top-100")
+        withdrawn = AccountFactory(username="withdrawn", in_cohort="top-100")
+        processed = AccountFactory(username="processed", in_cohort="top-100")
+        warned(sent_later, state="skipped", skip_reason="already compliant")
+        warned(sent_later, "reminder")
+        warned(withdrawn, state="skipped", skip_reason="withdrawn: deadline moved")
+        warned(processed, delivery="processed")
+    preview = preview_phase(registry, plan, plan.phase("top-100"))
+    assert preview.unreached == {
+        sent_later.id: "not delivered yet: no delivery event",
+        withdrawn.id: "never sent a notice",
+        processed.id: "not delivered yet: processed",
+    }

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -263,6 +264,7 @@ class Story:
         self.dead: set[int] = set()  # account ids whose mailbox is dead
         self.bounced: set[int] = set()  # of them, those an email bounced from
         self.last_sent_id = 0  # the last notification the provider told about
+        self.story_id = uuid.uuid4().hex[:12]
         self.brownout_challenged: dict[int, date] = {}  # account index -> day challenged
         self.last_download_day: date | None = None
 
@@ -319,7 +321,13 @@ class Story:
         or for a dead mailbox a bounce (the first time) and drops after."""
         with self.registry.engine.connect() as connection:
             sent = connection.execute(
-                select(Notification.id, Notification.account_id, Notification.email, Account.email)
+                select(
+                    Notification.id,
+                    Notification.account_id,
+                    Notification.email,
+                    Notification.message_id,
+                    Account.email,
+                )
                 .join(Account, Account.id == Notification.account_id)
                 .where(Notification.state == "sent", Notification.id > self.last_sent_id)
                 .order_by(Notification.id)
@@ -329,8 +337,14 @@ class Story:
         self.last_sent_id = sent[-1][0]
         stamp = int(_at(day, 9, 5).replace(tzinfo=UTC).timestamp())
         events: list[dict[str, Any]] = []
-        for outbox_id, account_id, email, address in sent:
-            about = {"email": address, "outbox_id": str(outbox_id), "email_name": email}
+        for outbox_id, account_id, email, message_id, address in sent:
+            about = {
+                "email": address,
+                "outbox_id": str(outbox_id),
+                "email_name": email,
+                # SendGrid's message id, with its suffix: what ties an event to its send.
+                "sg_message_id": f"{message_id}.filter0001.1.0",
+            }
             if account_id in self.bounced:
                 outcome = [("dropped", 0, {"reason": "Bounced Address"})]
             elif account_id in self.dead:
@@ -344,7 +358,8 @@ class Story:
                     **about,
                     "timestamp": stamp + after,
                     "event": kind,
-                    "sg_event_id": f"story-{outbox_id}-{kind}",
+                    # Unique across stories too: a second one may reuse the outbox ids.
+                    "sg_event_id": f"story-{self.story_id}-{outbox_id}-{kind}",
                     **fields,
                 }
                 for kind, after, fields in outcome
@@ -366,6 +381,7 @@ class Story:
             [events],
             quarantine_limit=self.settings.quarantine_limit,
             landing_root=self.settings.landing_dir,
+            now=self.clock(),
         )
         apply_delivery(con, self.registry)
 

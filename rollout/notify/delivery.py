@@ -3,35 +3,42 @@ the registry's notifications so previews and enforcement can ask who was reached
 
 Ingest loads the Event Webhook's files into the warehouse (``raw_events``); this
 recomputes the state of every notification an event loaded since the last time names
-(``sql/intermediate/int_notification_delivery.sql``: the most final of all its
-events) and writes it, then records the last file applied (``delivery_state``). The
-state depends only on the set of a notification's events, so applying again, in any
-order or after the warehouse is rebuilt, writes the same: a crash between the
-registry's commit and the warehouse's leaves the next run to write it again.
+(``sql/intermediate/int_notification_delivery.sql``: the most final of all its events
+whose message id is the notification's) and writes the ones that changed, then records
+the last file applied and to which registry (``delivery_state``). The state depends
+only on the set of a notification's events, so applying again, in any order or after
+the warehouse is rebuilt, writes the same: a crash between the registry's commit and
+the warehouse's leaves the next run to write it again. A registry replaced by another
+(``rollout sample --replace``) gets all the events applied afresh, and the message ids
+keep the old registry's events off its notifications of the same ids.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import duckdb
-from sqlalchemy import bindparam, update
+import pyarrow as pa
+from sqlalchemy import bindparam, func, select, update
 
 from rollout import warehouse
 from rollout.registry import Registry
-from rollout.registry.models import Notification
+from rollout.registry.models import Notification, RegistryChange
 
 NOTIFICATIONS = Notification.__table__
-# Notifications written a transaction at a time: a day of a big campaign is ~1M
-# events, a quarter of a million notifications.
+# Notifications read and written a transaction at a time: a day of a big campaign is
+# ~1M events, a quarter of a million notifications.
 BATCH = 10_000
+
+State = tuple[str | None, datetime | None, str | None]
 
 
 @dataclass(frozen=True)
 class DeliveryReport:
-    notifications: int = 0  # states written
+    notifications: int = 0  # states written (changed)
     unknown: int = 0  # outbox ids in events that name no notification (another sender's?)
     applied_file_id: int = 0  # the last ingested file whose events are applied
 
@@ -43,10 +50,11 @@ class DeliveryReport:
         }
 
 
-def _applied(con: duckdb.DuckDBPyConnection) -> int:
-    return int(
-        warehouse.scalar(con, "select coalesce(max(applied_file_id), 0) from delivery_state")
-    )
+def _instance(registry: Registry) -> str:
+    """Which registry this is: a replaced one is another instance (rollout.registry.changes)."""
+    with registry.engine.connect() as connection:
+        found = connection.execute(select(func.min(RegistryChange.instance))).scalar()
+    return found or ""
 
 
 def apply_delivery(
@@ -57,16 +65,41 @@ def apply_delivery(
     progress: Callable[[int, int], None] | None = None,
 ) -> DeliveryReport:
     """Write to the registry the delivery state of each notification with an event
-    loaded since the last call (``full``: of every notification with an event)."""
-    since = 0 if full else _applied(con)
+    loaded since the last call (``full``, or another registry than last time: of every
+    notification an event names)."""
+    instance = _instance(registry)
+    kept = con.execute("select applied_file_id, instance from delivery_state").fetchone()
+    since = 0 if full or kept is None or kept[1] != instance else int(kept[0])
     latest = int(warehouse.scalar(con, "select coalesce(max(file_id), 0) from ingested_files"))
     if latest <= since:
         return DeliveryReport(applied_file_id=since)
-    states = warehouse.run(
-        con,
-        "intermediate/int_notification_delivery",
-        {"since_file_id": since},
-    ).fetchall()
+    touched = [
+        row[0]
+        for row in con.execute(
+            "select distinct outbox_id from raw_events "
+            "where file_id > $since and outbox_id is not null order by 1",
+            {"since": since},
+        ).fetchall()
+    ]
+    current = _current(registry, touched)
+    con.register(
+        "touched_notifications",
+        pa.table(
+            {
+                "outbox_id": pa.array(list(current), pa.int64()),
+                "message_id": pa.array([m for m, _ in current.values()], pa.string()),
+            }
+        ),
+    )
+    try:
+        states = warehouse.run(con, "intermediate/int_notification_delivery").fetchall()
+    finally:
+        con.unregister("touched_notifications")
+    changed = [
+        {"outbox_id": i, "new_delivery": d, "new_at": at, "new_reason": why}
+        for i, d, at, why in states
+        if current[i][1] != (d, at, why)
+    ]
     statement = (
         update(NOTIFICATIONS)
         .where(NOTIFICATIONS.c.id == bindparam("outbox_id"))
@@ -75,42 +108,32 @@ def apply_delivery(
             delivery_at=bindparam("new_at"),
             delivery_reason=bindparam("new_reason"),
         )
-        # Only rows whose state changes: a notification's events keep coming
-        # (processed, then delivered, then opens); most re-applications change nothing.
-        .where(
-            NOTIFICATIONS.c.delivery.is_distinct_from(bindparam("new_delivery"))
-            | NOTIFICATIONS.c.delivery_at.is_distinct_from(bindparam("new_at"))
-        )
     )
-    ids = [row[0] for row in states]
-    known = _existing(registry, ids)
-    written = 0
-    for start in range(0, len(states), BATCH):
-        chunk = [
-            {"outbox_id": outbox_id, "new_delivery": state, "new_at": at, "new_reason": reason}
-            for outbox_id, state, at, reason in states[start : start + BATCH]
-            if outbox_id in known
-        ]
-        if chunk:
-            with registry.engine.begin() as connection:
-                connection.execute(statement, chunk)
-            written += len(chunk)
+    for start in range(0, len(changed), BATCH):
+        with registry.engine.begin() as connection:
+            connection.execute(statement, changed[start : start + BATCH])
         if progress is not None:
-            progress(min(start + BATCH, len(states)), len(states))
+            progress(min(start + BATCH, len(changed)), len(changed))
     with warehouse.transaction(con):
         con.execute("delete from delivery_state")
-        con.execute("insert into delivery_state values ($latest)", {"latest": latest})
-    return DeliveryReport(written, len(ids) - len(known), latest)
+        con.execute(
+            "insert into delivery_state values ($latest, $instance)",
+            {"latest": latest, "instance": instance},
+        )
+    return DeliveryReport(len(changed), len(touched) - len(current), latest)
 
 
-def _existing(registry: Registry, ids: list[int]) -> set[int]:
-    """Of ``ids``, those of notifications in the registry."""
-    found: set[int] = set()
-    statement = NOTIFICATIONS.select().with_only_columns(NOTIFICATIONS.c.id)
+def _current(registry: Registry, ids: list[int]) -> dict[int, tuple[str | None, State]]:
+    """Of ``ids``, the notifications in the registry: their message id and their
+    delivery state as it stands."""
+    c = NOTIFICATIONS.c
+    found: dict[int, tuple[str | None, State]] = {}
+    query = select(c.id, c.message_id, c.delivery, c.delivery_at, c.delivery_reason)
     with registry.engine.connect() as connection:
         for start in range(0, len(ids), BATCH):
             chunk = ids[start : start + BATCH]
-            found.update(
-                connection.execute(statement.where(NOTIFICATIONS.c.id.in_(chunk))).scalars()
-            )
+            for i, message_id, delivery, at, reason in connection.execute(
+                query.where(c.id.in_(chunk))
+            ):
+                found[i] = (message_id, (delivery, at, reason))
     return found

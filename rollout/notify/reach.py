@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, literal, select
+from sqlalchemy import Connection, and_, case, literal, or_, select
 
 from rollout.registry.models import REACHED_STATES, Notification
 
@@ -65,17 +65,24 @@ def reached(phase: str) -> Any:
 
 
 def _rank_and_why() -> tuple[Any, Any]:
-    """SQL: how telling a warning that did not reach is (lower: more), and its why."""
+    """SQL: how telling a warning that did not reach is (lower: more), and its why. A
+    skip for a reason that says nothing of the address (the account complied already,
+    the notice was withdrawn or inside the repeat window) tells least: an account with
+    nothing else was never sent a notice."""
     c = NOTIFICATIONS.c
     detail = case((c.delivery_reason.is_(None), literal("")), else_=": " + c.delivery_reason)
     sent = c.state == "sent"
+    skipped = c.state == "skipped"
+    about_the_address = or_(c.skip_reason.like("suppressed%"), c.skip_reason == "unverified email")
     whens = [
         (and_(sent, c.delivery == "bounced"), 0, "bounced" + detail),
         (and_(sent, c.delivery == "dropped"), 1, "dropped" + detail),
-        (c.state == "skipped", 2, c.skip_reason),
+        (and_(skipped, about_the_address), 2, c.skip_reason),
         (c.state == "failed", 3, literal("send failed")),
         (and_(sent, c.delivery == "deferred"), 4, literal("not delivered yet: deferred")),
+        (and_(sent, c.delivery == "processed"), 4, literal("not delivered yet: processed")),
         (sent, 4, literal("not delivered yet: no delivery event")),
+        (skipped, 6, literal(NEVER_SENT)),
     ]
     rank = case(*((when, value) for when, value, _ in whens), else_=5)
     why = case(*((when, text) for when, _, text in whens), else_=literal("not sent yet"))
@@ -102,7 +109,7 @@ def why_unreached(
     best: dict[int, tuple[int, str]] = {}
     for account_id, account_rank, account_why in rows:
         if account_id in wanted and (account_id not in best or account_rank < best[account_id][0]):
-            best[account_id] = (account_rank, account_why or "skipped")
+            best[account_id] = (account_rank, account_why)
     return {
         account_id: best[account_id][1] if account_id in best else NEVER_SENT
         for account_id in sorted(wanted)

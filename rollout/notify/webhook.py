@@ -11,7 +11,8 @@ events serve``) that, for each post:
    ``tolerance`` seconds from now (stale, or from the future), or whose signature does
    not verify against the configured key with the official helper
    (``sendgrid.helpers.eventwebhook``): 401;
-3. refuses a verified post that is not a JSON array of objects (400);
+3. refuses a verified post that is not a JSON array of objects, or is an empty one
+   (400);
 4. writes the body, byte for byte as signed, as one landing file
    ``events/events-<timestamp>-<digest>.json``: written to a temporary name, flushed
    and linked into place, so ingest never sees half a file. The digest is of the
@@ -147,6 +148,9 @@ def create_app(
             events = None
         if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
             return _refuse(400, "the body is not a JSON array of events")
+        if not events:
+            # Ingest refuses an empty file: landed, it would be refused every day.
+            return _refuse(400, "the post has no events")
         if not _write_atomically(folder, event_file_name(timestamp, body), body):
             return _refuse(409, "this signed post was received before")
         return JSONResponse({"received": len(events)})

@@ -12,7 +12,7 @@ Guards: the expected count typed back, the plan's blast radius, one run at a tim
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, ClassVar
@@ -91,7 +91,8 @@ class EnforceResult:
     tokens_revoked: int = 0
     accounts_warned: int = 0
     totp_enrolment_closed: int = 0
-    # Of the accounts it acted on, those no notice or reminder of the phase reached.
+    # Of the accounts it acted on (not those compliant since the preview), those no
+    # notice or reminder of the phase reached.
     accounts_unreached: int = 0
     batches: int = 0
 
@@ -392,6 +393,7 @@ class BatchOutcome:
     tokens_revoked: int = 0
     accounts_warned: int = 0
     totp_enrolment_closed: int = 0
+    accounts_unreached: int = 0
 
 
 @dataclass(frozen=True)
@@ -666,10 +668,14 @@ def _enforce_batch(
     actor: str,
     now: datetime,
     tokens_of: Mapping[int, list[int]] | None = None,
+    unreached: Collection[int] = (),
+    acted_on: list[int] | None = None,
 ) -> BatchOutcome:
     """One transaction: record the phase's application to each account still short of
     its requirements, apply each of its effects, queue the enforcement email, and do the
-    irreversible revocations (sessions, then tokens) last; every effect audited.
+    irreversible revocations (sessions, then tokens) last; every effect audited. Of the
+    accounts it acts on, it counts those in ``unreached`` (no warning reached them), and
+    adds them all to ``acted_on``.
 
     Set-based on the server: the audit rows and emails are INSERT ... SELECTs over the
     rows this batch changed, which carry its timestamp ``now``; nothing travels row by
@@ -688,6 +694,8 @@ def _enforce_batch(
     skipped = len(account_ids) - len(still_short)
     if not still_short:
         return BatchOutcome(skipped_now_compliant=skipped)
+    if acted_on is not None:
+        acted_on.extend(still_short)
     if skipped:
         among = _id_set(connection, still_short)
     if connection.dialect.name == "postgresql":
@@ -721,6 +729,7 @@ def _enforce_batch(
         tokens_revoked=tokens,
         accounts_warned=warned,
         totp_enrolment_closed=closed,
+        accounts_unreached=len(set(unreached).intersection(still_short)),
     )
 
 
@@ -769,7 +778,8 @@ def enforce_phase(
             },
         ) as run:
             result = EnforceResult(phase.name, run.id)
-            unreached = set(preview.unreached)
+            unreached = frozenset(preview.unreached)
+            acted_on: list[int] = []
             for start in range(0, len(ids), size):
                 accounts = ids[start : start + size]
                 with engine.begin() as connection:
@@ -781,12 +791,14 @@ def enforce_phase(
                         actor,
                         utc_now(),
                         tokens_of,
+                        unreached,
+                        acted_on,
                     )
                 result.add(outcome)
-                result.accounts_unreached += len(unreached.intersection(accounts))
                 run.summary = _counts(result)
                 if progress is not None:
                     progress(min(start + size, len(ids)), len(ids))
+            acted = set(acted_on)
             if result.accounts_required or result.sessions_revoked or result.tokens_revoked:
                 with engine.begin() as connection:
                     queue_phase_summary(
@@ -799,7 +811,7 @@ def enforce_phase(
                         unreached=[
                             (t.username, preview.unreached[t.account_id])
                             for t in preview.targets
-                            if t.account_id in unreached
+                            if t.account_id in unreached and t.account_id in acted
                         ],
                     )
         return result

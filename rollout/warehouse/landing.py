@@ -746,21 +746,6 @@ STAGERS = {
 
 # --- SendGrid delivery events ----------------------------------------------------------
 
-# SendGrid's Event Webhook event types (its docs' "Event types"): delivery, then engagement.
-EVENT_TYPES = (
-    "processed",
-    "deferred",
-    "delivered",
-    "bounce",
-    "dropped",
-    "spamreport",
-    "open",
-    "click",
-    "unsubscribe",
-    "group_unsubscribe",
-    "group_resubscribe",
-)
-
 # The fields of an event rollout keeps; SendGrid sends more (ip, useragent, category, ...).
 # Read as text whatever their JSON type: a custom arg is always a string at SendGrid,
 # a timestamp a number, and either may come the other way from elsewhere.
@@ -877,12 +862,13 @@ def stage_events(con: duckdb.DuckDBPyConnection, files: list[LandingFile]) -> No
                 as occurred_at,
             trim(email) as email,
             outbox_id as outbox_id_text,
-            case when regexp_full_match(trim(outbox_id), '0*[1-9]\d{0,17}')
-                then cast(trim(outbox_id) as bigint) end as outbox_id,
+            case when regexp_full_match(trim(outbox_id), '0*[1-9]\d{0,18}')
+                then try_cast(trim(outbox_id) as bigint) end as outbox_id,
             email_name,
             sg_message_id,
             type as bounce_type,
-            coalesce(reason, response) as reason
+            -- A remote server's words: kept to a length a preview or an email can show.
+            left(coalesce(reason, response), 1000) as reason
         from incoming_raw as raw
         join incoming_files as files using (source_path)
         """

@@ -73,7 +73,10 @@ create table if not exists dependency_counts_state (
 
 -- Which delivery events the registry's notifications have (rollout.notify.delivery
 -- writes each touched notification's state, int_notification_delivery, then this): the
--- last ingested file applied. No row: the next run applies them all.
+-- last ingested file applied, to the registry instance (registry_changes.instance) named.
+-- No row, or another registry: the next run applies them all.
 create table if not exists delivery_state (
-    applied_file_id bigint not null
+    applied_file_id bigint not null,
+    instance varchar
 );
+alter table delivery_state add column if not exists instance varchar;
