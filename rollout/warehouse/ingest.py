@@ -568,6 +568,7 @@ class _Ingest:
         self.con, self.quarantine_limit, self.now = con, quarantine_limit, now
         self.report = IngestReport()
         self.batch: list[tuple[LandingFile, str]] = []
+        self.batch_digests: set[str] = set()  # a set: a day's thousands of events files
         self.batch_bytes = 0
 
     def one(self, file: LandingFile, digest: str) -> None:
@@ -590,7 +591,7 @@ class _Ingest:
         """Load ``file`` now, or hold it for the batch when it is a small downloads file
         or an events file. Either way the files before it are loaded first, so the
         report keeps their order and a copy of an earlier file is a skip."""
-        if any(digest == d for _, d in self.batch):
+        if digest in self.batch_digests:
             self.flush()
         # An events batch asks which of its files were loaded before in one query.
         skipped = None if file.kind == "events" else _skipped(self.con, file, digest)
@@ -609,10 +610,12 @@ class _Ingest:
         if self.batch_bytes + size > limit:
             self.flush()
         self.batch.append((file, digest))
+        self.batch_digests.add(digest)
         self.batch_bytes += size
 
     def flush(self) -> None:
         batch, self.batch, self.batch_bytes = self.batch, [], 0
+        self.batch_digests = set()
         if batch and batch[0][0].kind == "events":
             now = self.now or _utc_now()
             self.report.files.extend(_load_events(self.con, batch, self.quarantine_limit, now))
