@@ -14,18 +14,31 @@ The file outbox refuses emails last attempted through SendGrid (the drain's chec
 With SendGrid, each run first copies its suppression lists into the registry
 (rollout.notify.suppressions), so the day's emails to bounced, blocked, invalid or
 complaining addresses are skipped with the reason instead of dropped unseen.
+
+With ``shards`` above 1 the sending fans out: that many ``notify-shard`` runs of the
+``notify-shard`` deployment, which any worker of the pool picks up (on other machines),
+drain the outbox together (rollout.notify.drain.drain_shard: rows claimed with a lease,
+a dead shard's taken over when it runs out). This run holds the ``notify`` lock while
+they work, waits for them, and reads what they did from the outbox. Cancelling it
+cancels them (the server cancels a cancelled run's subflow runs; their workers stop
+them, and each puts back what it held).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
-from datetime import date
+from datetime import date, timedelta
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from prefect.states import Cancelled, Cancelling
 from pydantic import SecretStr
 
 from flows.common import (
@@ -40,8 +53,18 @@ from flows.common import (
     with_runtime,
 )
 from rollout.core.config import Settings
+from rollout.core.errors import RolloutError
 from rollout.core.output import markdown_text
-from rollout.notify.drain import DrainReport, EmailsFailed, drain
+from rollout.notify.drain import (
+    DEFAULT_LEASE,
+    DrainReport,
+    EmailsFailed,
+    begin_shards,
+    drain,
+    drain_shard,
+    outbox_drained,
+    shards_report,
+)
 from rollout.notify.queue import QueueOutcome, queue_due
 from rollout.notify.senders import SendGridSender, make_sender
 from rollout.notify.suppressions import SuppressionsUnreadable, SyncReport, sync_suppressions
@@ -161,6 +184,125 @@ def send_task(concurrency: int, retry_failed: bool = False) -> DrainReport:
     return report
 
 
+SHARD_DEPLOYMENT = "notify-shard/notify-shard"
+# How often the fanned-out run looks at its shards and at the outbox.
+SHARD_POLL_SECONDS = 2.0
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+# After the outbox is drained, how long a shard run still not ended is waited for.
+STRAGGLER_GRACE_SECONDS = 30.0
+
+
+@flow(
+    name="notify-shard",
+    description="One of a notify run's drainers: send the outbox with the others.",
+)
+@fail_on_user_error
+@with_runtime
+def notify_shard(
+    concurrency: int = 8, lease_seconds: int = int(DEFAULT_LEASE.total_seconds())
+) -> dict:
+    """Claim, send and record queued emails beside the run's other shards until none
+    is queued or held; started by a ``notify`` run with ``shards`` (never on its own:
+    that run holds the lock that keeps a plain drain away meanwhile)."""
+    logger = get_run_logger()
+    run = runtime()
+    settings, plan = settings_with_secret(run.settings), run.plan
+    sender = make_sender(
+        settings,
+        from_address=plan.notifications.from_address,
+        from_name=plan.notifications.from_name,
+    )
+    with library_logs_in_run_log():
+        report = drain_shard(
+            run.registry,
+            plan,
+            sender,
+            concurrency=concurrency,
+            lease=timedelta(seconds=lease_seconds),
+        )
+    logger.info(
+        "this shard: %d sent, %d failed, %d skipped", report.sent, report.failed,
+        sum(report.skipped.values()),
+    )  # fmt: skip
+    return {"sent": report.sent, "failed": report.failed, "skipped": sum(report.skipped.values())}
+
+
+def _wait_for_shards(ids: list[UUID], grace: float) -> dict[UUID, str]:
+    """Wait until every shard run ended. Once the outbox is drained (nothing queued or
+    held) a live shard ends within a poll, and one not started yet finds nothing to do:
+    a shard still not ended ``grace`` seconds later never will (its machine died; its
+    rows were taken over), and its run is set Cancelled. Returns each run's final state."""
+    registry = runtime().registry
+    drained_at: float | None = None
+    with get_client(sync_client=True) as client:
+        while True:
+            states = {i: client.read_flow_run(i).state_type.value for i in ids}
+            if all(t in FINAL for t in states.values()):
+                return states
+            if drained_at is None and outbox_drained(registry):
+                drained_at = time.monotonic()
+            if drained_at is not None and time.monotonic() - drained_at > grace:
+                for i, t in states.items():
+                    if t not in FINAL:
+                        message = "its machine stopped answering; the outbox was drained"
+                        client.set_flow_run_state(i, Cancelled(message=message), force=True)
+                        states[i] = "CANCELLED"
+                return states
+            time.sleep(SHARD_POLL_SECONDS)
+
+
+def _cancel_shards(ids: list[UUID]) -> None:
+    """Ask each shard run not ended to stop (Cancelling: its worker stops its process,
+    which puts back what it held)."""
+    with get_client(sync_client=True) as client:
+        for i in ids:
+            if client.read_flow_run(i).state_type.value not in FINAL:
+                client.set_flow_run_state(i, Cancelling(message="its notify run was stopped"))
+
+
+def send_in_shards(
+    shards: int, concurrency: int, lease_seconds: int, retry_failed: bool
+) -> DrainReport:
+    """The outbox drained by ``shards`` notify-shard runs, any worker's, under this
+    run's ``notify`` lock."""
+    logger = get_run_logger()
+    run = runtime()
+    settings = settings_with_secret(run.settings)
+    sender = make_sender(settings)
+    with run.registry.lock("notify"):
+        begun = begin_shards(run.registry, sender.name, retry_failed=retry_failed)
+        children = [
+            run_deployment(
+                SHARD_DEPLOYMENT,
+                parameters={"concurrency": concurrency, "lease_seconds": lease_seconds},
+                as_subflow=True,
+                timeout=0,  # started, not waited for here: all at once
+            )
+            for _ in range(shards)
+        ]
+        logger.info("sending through %s in %d shards: %s", sender.name, shards,
+                    ", ".join(c.name for c in children))  # fmt: skip
+        ids = [c.id for c in children]
+        try:
+            states = _wait_for_shards(ids, STRAGGLER_GRACE_SECONDS)
+        except BaseException:
+            # This run is being stopped (cancelled: its worker's SIGTERM): so are its
+            # shards, now, rather than when the server's cleanup next looks.
+            _cancel_shards(ids)
+            raise
+        report = shards_report(run.registry, begun)
+        drained = outbox_drained(run.registry)
+    unfinished = [str(i) for i, t in states.items() if t != "COMPLETED"]
+    if unfinished:
+        logger.warning("shards that did not complete: %s", ", ".join(unfinished))
+    if not drained:
+        raise RolloutError(
+            f"the outbox was not drained: {len(unfinished)} of {shards} shards did not "
+            "complete; the next run sends what is left"
+        )
+    return report
+
+
 def notify_markdown(day: date, queued: list[QueueOutcome], report: DrainReport | None) -> str:
     parts = [f"# Emails {day}"]
     if queued:
@@ -192,9 +334,17 @@ def notify_markdown(day: date, queued: list[QueueOutcome], report: DrainReport |
 @fail_on_user_error
 @with_runtime
 def notify(
-    as_of: date | None = None, send: bool = True, concurrency: int = 8, retry_failed: bool = False
+    as_of: date | None = None,
+    send: bool = True,
+    concurrency: int = 8,
+    retry_failed: bool = False,
+    shards: int = 1,
+    lease_seconds: int = int(DEFAULT_LEASE.total_seconds()),
 ) -> dict:
-    """Queue the emails due on ``as_of`` (default: today, UTC), then send the outbox.
+    """Queue the emails due on ``as_of`` (default: today, UTC), then send the outbox,
+    here or (``shards`` > 1) in that many notify-shard runs on the pool's workers,
+    ``concurrency`` sends at a time each; a shard's rows are its for ``lease_seconds``
+    at a time, after which, if it died, another takes them over.
 
     Ends Failed if any email failed, after publishing the artifact. ``retry_failed``:
     first queue again the emails that failed in earlier runs (once what failed them is
@@ -204,7 +354,12 @@ def notify(
     snoozes = snooze_task(run_actor(runtime().settings))
     suppressions = sync_suppressions_task(run_actor(runtime().settings))
     queued = queue_task(day, run_actor(runtime().settings))
-    report = send_task(concurrency, retry_failed) if send else None
+    if not send:
+        report = None
+    elif shards > 1:
+        report = send_in_shards(shards, concurrency, lease_seconds, retry_failed)
+    else:
+        report = send_task(concurrency, retry_failed)
     create_markdown_artifact(
         markdown=notify_markdown(day, queued, report)
         + snoozes_markdown(snoozes)

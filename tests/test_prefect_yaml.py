@@ -68,6 +68,7 @@ def test_the_file_is_what_prefect_deploy_reads() -> None:
         "brownout-end",
         "elv-enroll-all",
         "notify",
+        "notify-shard",
         "report",
     }
 

@@ -986,6 +986,73 @@ def drain_shard(
     return report
 
 
+@dataclass(frozen=True)
+class ShardedSend:
+    """What a drain fanned out over shards must do before they start and tell after:
+    see :func:`begin_shards` and :func:`shards_report`."""
+
+    sender: str
+    started_at: datetime
+    requeued: int
+    before: Counter[tuple[str, str | None]]
+
+
+def _states(registry: Registry) -> Counter[tuple[str, str | None]]:
+    c = NOTIFICATIONS.c
+    with registry.engine.connect() as connection:
+        rows = connection.execute(
+            select(c.state, c.skip_reason, func.count()).group_by(c.state, c.skip_reason)
+        ).all()
+    return Counter({(state, reason): n for state, reason, n in rows})
+
+
+def begin_shards(
+    registry: Registry,
+    sender: str,
+    *,
+    retry_failed: bool = False,
+    clock: Callable[[], datetime] = utc_now,
+) -> ShardedSend:
+    """Before shards start (the caller holding the ``notify`` lock): refuse a file
+    sender for emails last attempted through SendGrid, queue the failed ones again when
+    asked, and note where the outbox stood."""
+    check_sender(registry, sender, include_failed=retry_failed)
+    started = clock()
+    requeued = requeue_failed(registry.engine, started) if retry_failed else 0
+    return ShardedSend(sender, started, requeued, _states(registry))
+
+
+def outbox_drained(registry: Registry) -> bool:
+    """Nothing queued and nothing held: every shard's work is done, whatever became of
+    the shard (a dead one's rows were taken over)."""
+    with registry.engine.connect() as connection:
+        return not connection.execute(
+            select(func.count()).where(NOTIFICATIONS.c.state.in_(["queued", "sending"]))
+        ).scalar()
+
+
+def shards_report(registry: Registry, begun: ShardedSend) -> DrainReport:
+    """What the shards did together, read from the outbox (a shard that died tells
+    nothing): sent, failed (with why) and skipped since :func:`begin_shards`."""
+    after = _states(registry)
+    change = after - begun.before
+    report = DrainReport(begun.sender, requeued=begun.requeued)
+    report.sent = sum(n for (state, _), n in change.items() if state == "sent")
+    report.skipped = Counter(
+        {reason or "": n for (state, reason), n in change.items() if state == "skipped"}
+    )
+    c = NOTIFICATIONS.c
+    with registry.engine.connect() as connection:
+        failed = connection.execute(
+            select(c.id, c.error)
+            .where(c.state == "failed", c.updated_at >= begun.started_at)
+            .order_by(c.id)
+        ).all()
+    report.failed = len(failed)
+    report.failures = [(i, failure_reason(error)) for i, error in failed]
+    return report
+
+
 def account_recipient(
     registry: Registry, plan: Plan, username: str, phase: str | None
 ) -> Recipient:

@@ -1,0 +1,304 @@
+"""End to end: a ``notify`` run fans its sending out over four ``notify-shard`` runs,
+picked up by two workers (two processes standing for two machines) of one process work
+pool, against the local SendGrid server: every queued email is delivered once and both
+workers did work. Then the same with one worker, and the shard runs it started, killed
+mid-run (a machine that dies): the run still completes, the other worker's shards take
+over the dead ones' rows when their leases run out, and at most what was in flight on
+the dead machine went twice.
+
+The emails are what the tiny sample's reference plan queues over its calendar (about
+1,900: notices, reminders, brown-out heads-ups, ELV notices), each run's from a fresh
+outbox state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.stack import (
+    FINAL_STATES,
+    POOL,
+    PREFECT,
+    ROLLOUT,
+    ROOT,
+    WORKER_SECONDS,
+    Deployed,
+    Home,
+    Processes,
+    free_port,
+)
+
+KEY = "SG.e2e-shards.not-a-real-key"
+SHARDS = 4
+CONCURRENCY = 4
+LEASE_SECONDS = 5
+# The days whose emails are queued (each catches up on what is due by then).
+QUEUE_DAYS = ("2022-01-04", "2022-01-18", "2022-02-15", "2022-02-28", "2022-03-15")
+WORKER_VARIABLE = "ROLLOUT_TEST_WORKER"
+# Read and written in subprocesses (this process never opens the SQLite registry).
+OUTBOX = """
+import json, sqlite3, sys
+from contextlib import closing
+
+with closing(sqlite3.connect(sys.argv[1])) as connection:
+    if sys.argv[2:] == ["requeue"]:
+        with connection:
+            connection.execute(
+                "update notifications set state = 'queued', sent_at = null,"
+                " message_id = null, lease_expires_at = null where state = 'sent'"
+            )
+    rows = connection.execute("select id, state from notifications").fetchall()
+print(json.dumps(rows))
+"""
+
+
+class Stack:
+    def __init__(self, processes: Processes, deployed: Deployed, home: Home, sendgrid: str):
+        self.processes, self.deployed, self.home, self.sendgrid = (
+            processes,
+            deployed,
+            home,
+            sendgrid,
+        )
+
+    def outbox(self, *args: str) -> dict[int, str]:
+        out = self.processes.run(
+            "outbox", [sys.executable, "-c", OUTBOX, str(self.home.path / "registry.db"), *args],
+            self.home.env,
+        )  # fmt: skip
+        return dict(json.loads(out.strip().splitlines()[-1]))
+
+    def delivered(self) -> Counter[int]:
+        messages = httpx.get(f"{self.sendgrid}/dev/messages", timeout=30).json()
+        return Counter(int(m["body"]["custom_args"]["outbox_id"]) for m in messages)
+
+    def worker(self, name: str) -> Any:
+        env = {
+            **self.home.env,
+            "ROLLOUT_PROJECT_DIR": str(ROOT),
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "NO_PROXY": "127.0.0.1,localhost",
+            "SENDGRID_API_KEY": KEY,
+            "ROLLOUT_SENDGRID_URL": self.sendgrid,
+            WORKER_VARIABLE: name,
+        }
+        # Room for the notify run and two shards each: the shards spread over both.
+        return self.processes.start(
+            f"worker-{name}",
+            [*PREFECT, "worker", "start", "--pool", POOL, "--limit", "3"],
+            env,
+            self.processes.dir,
+        )
+
+    def start_notify(self) -> str:
+        deployment = self.deployed.deployments["notify"]
+        parameters = {
+            "as_of": QUEUE_DAYS[-1],
+            "shards": SHARDS,
+            "concurrency": CONCURRENCY,
+            "lease_seconds": LEASE_SECONDS,
+        }
+        created = self.processes.api(
+            "POST",
+            f"/deployments/{deployment['id']}/create_flow_run",
+            {"parameters": parameters},
+        )
+        return created["id"]
+
+    def wait(self, run_id: str, types: set[str]) -> dict[str, Any]:
+        deadline = time.monotonic() + WORKER_SECONDS
+        while True:
+            run = self.processes.api("GET", f"/flow_runs/{run_id}")
+            if run["state_type"] in types or run["state_type"] in FINAL_STATES:
+                return run
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"flow run {run['name']} still {run['state_name']}\n"
+                    + self.processes.diagnostics()
+                )
+            time.sleep(0.5)
+
+    def shard_runs(self, parent_id: str) -> list[dict[str, Any]]:
+        deployment = self.deployed.deployments["notify-shard"]
+        runs = self.processes.api(
+            "POST",
+            "/flow_runs/filter",
+            {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}},
+        )
+        parent_tasks = {
+            t["id"]
+            for t in self.processes.api(
+                "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [parent_id]}}}
+            )
+        }
+        return [r for r in runs if r.get("parent_task_run_id") in parent_tasks]
+
+
+def _environs() -> dict[int, list[bytes]]:
+    found = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        with suppress(OSError, ValueError):
+            found[int(entry.name)] = (entry / "environ").read_bytes().split(b"\0")
+    return found
+
+
+def pids_of_worker(name: str) -> list[int]:
+    """The worker's processes and the flow runs it started (each in a session of its own)."""
+    needle = f"{WORKER_VARIABLE}={name}".encode()
+    return [pid for pid, environ in _environs().items() if needle in environ]
+
+
+def worker_running(run_id: str) -> str | None:
+    """Which worker started the flow run (its process carries the run's id)."""
+    needle = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
+    for environ in _environs().values():
+        if needle in environ:
+            for item in environ:
+                if item.startswith(f"{WORKER_VARIABLE}=".encode()):
+                    return item.split(b"=", 1)[1].decode()
+    return None
+
+
+@pytest.fixture(scope="module")
+def stack(processes: Processes, deployed: Deployed, home: Home) -> Stack:
+    port = free_port()
+    server = processes.start(
+        "sendgrid",
+        [*ROLLOUT, "dev", "sendgrid", "--port", str(port), "--api-key", KEY],
+        home.env,
+        processes.dir,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        assert server.poll() is None, processes.diagnostics(processes.dir / "sendgrid.log")
+        with suppress(httpx.TransportError):
+            if httpx.get(f"{url}/dev/faults", timeout=2).is_success:
+                break
+        assert time.monotonic() < deadline, "rollout dev sendgrid did not start"
+        time.sleep(0.2)
+    for day in QUEUE_DAYS:
+        processes.run(
+            f"queue-{day}", [*ROLLOUT, "notify", "queue", "--as-of", day, "--apply"], home.env
+        )
+    return Stack(processes, deployed, home, url)
+
+
+@pytest.fixture(scope="module")
+def first(stack: Stack) -> tuple[dict[str, Any], dict[int, str], list[dict[str, Any]]]:
+    """The run on two workers, nothing killed."""
+    stack.worker("a")
+    run_id = stack.start_notify()
+    stack.wait(run_id, {"RUNNING"})  # on worker a: b joins for the shards
+    stack.worker("b")
+    run = stack.wait(run_id, FINAL_STATES)
+    return run, stack.outbox(), stack.shard_runs(run_id)
+
+
+def test_shards_on_two_workers_deliver_each_email_once(
+    stack: Stack, first: tuple[dict[str, Any], dict[int, str], list[dict[str, Any]]]
+) -> None:
+    run, outbox, shards = first
+    assert run["state_type"] == "COMPLETED", run["state"]["message"] + stack.processes.diagnostics()
+    sent = {i for i, state in outbox.items() if state == "sent"}
+    assert len(sent) > 1000 and "queued" not in outbox.values()
+    delivered = stack.delivered()
+    assert set(delivered) == sent and set(delivered.values()) == {1}
+    assert len(shards) == SHARDS and {s["state_type"] for s in shards} == {"COMPLETED"}
+    # Both machines did work: each worker started some of the shards.
+    logs = {name: (stack.processes.dir / f"worker-{name}.log").read_text() for name in "ab"}
+    for name, log in logs.items():
+        assert any(s["id"] in log for s in shards), f"worker {name} ran no shard"
+
+
+def test_a_worker_killed_mid_run_leaves_the_run_to_complete(
+    stack: Stack, first: tuple[dict[str, Any], dict[int, str], list[dict[str, Any]]]
+) -> None:
+    httpx.delete(f"{stack.sendgrid}/dev/messages", timeout=30)
+    queued = len(stack.outbox("requeue"))
+    run_id = stack.start_notify()
+    deadline = time.monotonic() + WORKER_SECONDS
+    while sum(stack.delivered().values()) < 300:
+        assert time.monotonic() < deadline, stack.processes.diagnostics()
+        time.sleep(0.1)
+    # The machine without the notify run dies: its worker and the shard runs it started.
+    holder = worker_running(run_id)
+    assert holder in ("a", "b"), "the notify run's process was not found"
+    doomed = "b" if holder == "a" else "a"
+    assert pids_of_worker(doomed)
+    for pid in pids_of_worker(doomed):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    run = stack.wait(run_id, FINAL_STATES)
+    assert run["state_type"] == "COMPLETED", run["state"]["message"] + stack.processes.diagnostics()
+    outbox = stack.outbox()
+    assert set(outbox.values()) <= {"sent", "skipped"}
+    delivered = stack.delivered()
+    # A send stalled when its shard was stopped may have reached SendGrid unrecorded
+    # (put back, it goes again next run): the recorded ones all did.
+    assert {i for i, s in outbox.items() if s == "sent"} <= set(delivered)
+    httpx.delete(f"{stack.sendgrid}/dev/faults", timeout=30)
+    twice = [i for i, n in delivered.items() if n > 1]
+    # At most what the dead machine's shards had in flight: two shards, CONCURRENCY each.
+    assert len(twice) <= 2 * CONCURRENCY and max(delivered.values()) <= 2
+    assert queued == len(outbox)
+
+
+def test_cancelling_the_run_stops_every_shard_and_puts_back_what_they_held(
+    stack: Stack, first: tuple[dict[str, Any], dict[int, str], list[dict[str, Any]]]
+) -> None:
+    # Both workers again (the last test killed one).
+    if not pids_of_worker("a"):
+        stack.worker("a")
+    if not pids_of_worker("b"):
+        stack.worker("b")
+    httpx.delete(f"{stack.sendgrid}/dev/messages", timeout=30)
+    stack.outbox("requeue")
+    # A slow SendGrid (1 s a message), so the cancel lands while much is left to send.
+    stalls = [{"stall": 1.0}] * 5000
+    httpx.post(f"{stack.sendgrid}/dev/faults", json=stalls, timeout=30).raise_for_status()
+    run_id = stack.start_notify()
+    deadline = time.monotonic() + WORKER_SECONDS
+    while sum(stack.delivered().values()) < 100:
+        assert time.monotonic() < deadline, stack.processes.diagnostics()
+        time.sleep(0.1)
+    stack.processes.api(
+        "POST",
+        f"/flow_runs/{run_id}/set_state",
+        {"state": {"type": "CANCELLING", "name": "Cancelling"}},
+    )
+    run = stack.wait(run_id, {"CANCELLED"})
+    assert run["state_type"] == "CANCELLED", stack.processes.diagnostics()
+    shards = stack.shard_runs(run_id)
+    deadline = time.monotonic() + WORKER_SECONDS
+    while {s["state_type"] for s in shards} - {"CANCELLED", "COMPLETED"}:
+        assert time.monotonic() < deadline, (
+            f"shards still {[s['state_type'] for s in shards]}\n" + stack.processes.diagnostics()
+        )
+        time.sleep(1)
+        shards = stack.shard_runs(run_id)
+    # No shard process is left, none holds a row, and what was not sent is queued.
+    deadline = time.monotonic() + 60
+    while any(worker_running(s["id"]) for s in shards):
+        assert time.monotonic() < deadline, "a shard's process outlived the cancel"
+        time.sleep(0.5)
+    outbox = stack.outbox()
+    assert "sending" not in outbox.values()
+    left = sum(1 for state in outbox.values() if state == "queued")
+    assert 0 < left < len(outbox)
+    delivered = stack.delivered()
+    # A send stalled when its shard was stopped may have reached SendGrid unrecorded
+    # (put back, it goes again next run): the recorded ones all did.
+    assert {i for i, s in outbox.items() if s == "sent"} <= set(delivered)
+    httpx.delete(f"{stack.sendgrid}/dev/faults", timeout=30)
