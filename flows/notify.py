@@ -65,6 +65,7 @@ from rollout.notify.drain import (
     outbox_drained,
     shards_report,
 )
+from rollout.notify.message import Sender
 from rollout.notify.queue import QueueOutcome, queue_due
 from rollout.notify.senders import SendGridSender, make_sender
 from rollout.notify.suppressions import SuppressionsUnreadable, SyncReport, sync_suppressions
@@ -85,6 +86,18 @@ def settings_with_secret(settings: Settings, environ: Mapping[str, str] = os.env
         return settings
     # As load_settings takes SENDGRID_API_KEY: an empty value is no key.
     return settings.model_copy(update={"sendgrid_api_key": SecretStr(key) if key else None})
+
+
+def run_sender() -> Sender:
+    """The sender the run's emails go through, from the plan's From. Only the sender
+    sees the key: the runtime keeps the environment's settings."""
+    run = runtime()
+    plan = run.plan
+    return make_sender(
+        settings_with_secret(run.settings),
+        from_address=plan.notifications.from_address,
+        from_name=plan.notifications.from_name,
+    )
 
 
 @task(name="grant-landed-snoozes", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -156,13 +169,7 @@ def queue_task(day: date, actor: str) -> list[QueueOutcome]:
 def send_task(concurrency: int, retry_failed: bool = False) -> DrainReport:
     logger = get_run_logger()
     run = runtime()
-    # Only the sender sees the key: the runtime keeps the environment's settings.
-    settings, plan = settings_with_secret(run.settings), run.plan
-    sender = make_sender(
-        settings,
-        from_address=plan.notifications.from_address,
-        from_name=plan.notifications.from_name,
-    )
+    plan, sender = run.plan, run_sender()
     logger.info("sending the outbox through %s", sender.name)
 
     def progress(done: int, total: int) -> None:
@@ -206,12 +213,7 @@ def notify_shard(
     that run holds the lock that keeps a plain drain away meanwhile)."""
     logger = get_run_logger()
     run = runtime()
-    settings, plan = settings_with_secret(run.settings), run.plan
-    sender = make_sender(
-        settings,
-        from_address=plan.notifications.from_address,
-        from_name=plan.notifications.from_name,
-    )
+    plan, sender = run.plan, run_sender()
     with library_logs_in_run_log():
         report = drain_shard(
             run.registry,
@@ -267,8 +269,7 @@ def send_in_shards(
     run's ``notify`` lock."""
     logger = get_run_logger()
     run = runtime()
-    settings = settings_with_secret(run.settings)
-    sender = make_sender(settings)
+    sender = run_sender()
     with run.registry.lock("notify"):
         begun = begin_shards(run.registry, sender.name, retry_failed=retry_failed)
         children = [

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from rollout import warehouse
-from rollout.notify.delivery import apply_delivery
+from rollout.notify.delivery import DeliveryReport, apply_delivery
 from rollout.registry import Registry
 from rollout.registry.models import Notification, RegistryChange
 from rollout.warehouse import ingest
@@ -48,9 +48,9 @@ class Events:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(list(events)))
 
-    def apply(self, **options: Any) -> Any:
+    def apply(self) -> DeliveryReport:
         ingest.ingest(self.con, [self.root], quarantine_limit=0.0, landing_root=self.root, now=NOW)
-        return apply_delivery(self.con, self.registry, **options)
+        return apply_delivery(self.con, self.registry)
 
 
 @pytest.fixture

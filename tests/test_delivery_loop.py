@@ -31,7 +31,7 @@ from rollout.registry import Registry
 from rollout.registry.models import Account, Notification
 from tests.factories import AccountFactory, bound_to
 from tests.support.outbox import NOTICE_DAY, ids
-from tests.test_webhook import _free_port
+from tests.support.serving import free_port, wait_until_answering
 
 __all__ = ["ids"]  # a fixture, used by name
 
@@ -76,19 +76,6 @@ class Processes:
                 process.kill()
 
 
-def _wait_for(url: str, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, process.stdout.read() if process.stdout else ""
-        assert time.monotonic() < deadline, f"{url} did not answer"
-        time.sleep(0.2)
-
-
 @pytest.fixture
 def processes(registry: Registry, tmp_path: Path, plan_path: Path) -> Iterator[Processes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLOUT_", "SENDGRID_"))}
@@ -125,7 +112,7 @@ def test_who_bounced_is_named_before_enforcement_and_holds_it_back(
     with bound_to(registry.engine):
         AccountFactory(username="fay", in_cohort="top-100")
     queue_due(registry, load_plan(Path(processes.env["ROLLOUT_PLAN"])), NOTICE_DAY, actor="rm")
-    sendgrid_port, receiver_port = _free_port(), _free_port()
+    sendgrid_port, receiver_port = free_port(), free_port()
     receiver_url = f"http://127.0.0.1:{receiver_port}"
     sendgrid = processes.start(
         "dev",
@@ -149,7 +136,7 @@ def test_who_bounced_is_named_before_enforcement_and_holds_it_back(
         ROLLOUT_SENDGRID_WEBHOOK_KEY=key,
     )
     receiver = processes.start("notify", "events", "serve", "--port", str(receiver_port))
-    _wait_for(f"{receiver_url}/healthz", receiver)
+    wait_until_answering(f"{receiver_url}/healthz", receiver, "the receiver")
     scripted = httpx.post(
         f"{sendgrid_url}/dev/events",
         json={"ann@example.com": "bounce"},

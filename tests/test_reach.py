@@ -110,6 +110,19 @@ def test_the_preview_names_who_no_warning_reached_and_why(
     )
 
 
+@pytest.fixture
+def managed(registry: Registry, plan: Plan) -> Plan:
+    """The reference plan with a release manager, rita (with 2FA: never a target), who
+    gets each enforcement's summary."""
+    with bound_to(registry.engine):
+        AccountFactory(username="rita", with_totp=True)
+    return plan.model_copy(
+        update={
+            "notifications": plan.notifications.model_copy(update={"release_managers": ["rita"]})
+        }
+    )
+
+
 def with_reach_limit(plan: Plan, share: float) -> Plan:
     phases = [
         p.model_copy(update={"max_unreached_share": share}) if p.name == "top-100" else p
@@ -143,15 +156,8 @@ def test_within_the_share_or_without_one_enforcement_goes_on_and_counts_the_unwa
 
 
 def test_the_release_managers_summary_names_the_unwarned_it_enforced(
-    registry: Registry, plan: Plan, cohort: dict[str, int]
+    registry: Registry, managed: Plan, cohort: dict[str, int]
 ) -> None:
-    with bound_to(registry.engine):
-        AccountFactory(username="rita", with_totp=True)
-    managed = plan.model_copy(
-        update={
-            "notifications": plan.notifications.model_copy(update={"release_managers": ["rita"]})
-        }
-    )
     enforce_phase(registry, managed, "top-100", expect=len(cohort), actor="rm")
     with registry.engine.connect() as connection:
         [context] = connection.execute(
@@ -163,18 +169,12 @@ def test_the_release_managers_summary_names_the_unwarned_it_enforced(
 
 
 def test_a_summary_names_the_first_unwarned_by_name_and_counts_the_rest(
-    registry: Registry, plan: Plan
+    registry: Registry, managed: Plan
 ) -> None:
     names = [f"user-{n:03d}" for n in range(SUMMARY_UNREACHED + 7)]
     with bound_to(registry.engine):
-        AccountFactory(username="rita", with_totp=True)
         for name in reversed(names):
             AccountFactory(username=name, in_cohort="top-100")
-    managed = plan.model_copy(
-        update={
-            "notifications": plan.notifications.model_copy(update={"release_managers": ["rita"]})
-        }
-    )
     enforce_phase(registry, managed, "top-100", expect=len(names), actor="rm")
     with registry.engine.connect() as connection:
         [context] = connection.execute(
@@ -187,15 +187,8 @@ def test_a_summary_names_the_first_unwarned_by_name_and_counts_the_rest(
 
 
 def test_an_unwarned_account_that_enrols_mid_run_is_neither_counted_nor_listed(
-    registry: Registry, plan: Plan, cohort: dict[str, int]
+    registry: Registry, managed: Plan, cohort: dict[str, int]
 ) -> None:
-    with bound_to(registry.engine):
-        AccountFactory(username="rita", with_totp=True)
-    managed = plan.model_copy(
-        update={
-            "notifications": plan.notifications.model_copy(update={"release_managers": ["rita"]})
-        }
-    )
     late = max(cohort.values())  # the last batch's account: "never", never warned
 
     def enrol_late(done: int, total: int) -> None:

@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ from rollout.notify.webhook import EVENTS_PATH, create_app
 from rollout.registry import Registry
 from rollout.registry.models import Notification
 from tests.support.outbox import NOTICE_DAY, ids, rows
+from tests.support.serving import free_port, wait_until_answering
 
 __all__ = ["ids"]  # a fixture, used by name
 
@@ -182,16 +182,10 @@ def test_a_bad_verification_key_is_refused_at_start(tmp_path: Path) -> None:
         create_app("bm90LWEta2V5", tmp_path)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_the_serve_command_receives_posts_and_stops_on_sigterm(
     rollout_home: Path, signer: WebhookSigner
 ) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "ROLLOUT_SENDGRID_WEBHOOK_KEY": signer.public_key}
     server = subprocess.Popen(
         [sys.executable, "-m", "rollout", "notify", "events", "serve", "--port", str(port)],
@@ -201,16 +195,7 @@ def test_the_serve_command_receives_posts_and_stops_on_sigterm(
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            assert time.monotonic() < deadline, "the receiver did not start"
-            time.sleep(0.2)
+        wait_until_answering(f"{url}/healthz", server, "the receiver")
         body = body_of()
         answer = httpx.post(f"{url}{EVENTS_PATH}", content=body, headers=signer.headers(body))
         assert answer.status_code == 200

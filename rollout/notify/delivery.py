@@ -15,10 +15,8 @@ keep the old registry's events off its notifications of the same ids.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -42,13 +40,6 @@ class DeliveryReport:
     unknown: int = 0  # outbox ids in events that name no notification (another sender's?)
     applied_file_id: int = 0  # the last ingested file whose events are applied
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "notifications": self.notifications,
-            "unknown": self.unknown,
-            "applied_file_id": self.applied_file_id,
-        }
-
 
 def _instance(registry: Registry) -> str:
     """Which registry this is: a replaced one is another instance (rollout.registry.changes)."""
@@ -57,19 +48,13 @@ def _instance(registry: Registry) -> str:
     return found or ""
 
 
-def apply_delivery(
-    con: duckdb.DuckDBPyConnection,
-    registry: Registry,
-    *,
-    full: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-) -> DeliveryReport:
+def apply_delivery(con: duckdb.DuckDBPyConnection, registry: Registry) -> DeliveryReport:
     """Write to the registry the delivery state of each notification with an event
-    loaded since the last call (``full``, or another registry than last time: of every
-    notification an event names)."""
+    loaded since the last call (another registry than last time: of every notification
+    an event names)."""
     instance = _instance(registry)
     kept = con.execute("select applied_file_id, instance from delivery_state").fetchone()
-    since = 0 if full or kept is None or kept[1] != instance else int(kept[0])
+    since = 0 if kept is None or kept[1] != instance else int(kept[0])
     latest = int(warehouse.scalar(con, "select coalesce(max(file_id), 0) from ingested_files"))
     if latest <= since:
         return DeliveryReport(applied_file_id=since)
@@ -112,8 +97,6 @@ def apply_delivery(
     for start in range(0, len(changed), BATCH):
         with registry.engine.begin() as connection:
             connection.execute(statement, changed[start : start + BATCH])
-        if progress is not None:
-            progress(min(start + BATCH, len(changed)), len(changed))
     with warehouse.transaction(con):
         con.execute("delete from delivery_state")
         con.execute(

@@ -369,7 +369,7 @@ def _ingest_new(
 ) -> FileResult:
     """``ingest_file`` for a file not loaded before, at a path DuckDB reads as it is."""
     if file.kind == "events":
-        (result,) = _load_events(con, [(file, digest)], quarantine_limit, now)
+        (result,) = _load_new_events(con, [(file, digest)], quarantine_limit, now)
         if result.status == "rejected":
             raise result.refusal or BadInput(file.path, None, result.message)
         return result
@@ -454,22 +454,28 @@ def _load_events(
     ``ingested_files`` row; an event some file brought before, or an earlier file of
     the batch, counts as a duplicate of the file that repeats it. A file the reader
     cannot parse splits the batch until it is alone, and is refused naming where."""
-    earlier = dict(
-        (sha, (file_id, path))
+    earlier = {
+        sha: (file_id, path)
         for sha, file_id, path in con.execute(
             "select sha256, file_id, path from ingested_files where sha256 in $digests",
             {"digests": [digest for _, digest in batch]},
         ).fetchall()
-    )
-    if earlier:
-        results = {
-            id(file): _skipped_result(file, *earlier[digest])
-            for file, digest in batch
-            if digest in earlier
-        }
-        rest = [(file, digest) for file, digest in batch if digest not in earlier]
-        loaded = iter(_load_events(con, rest, quarantine_limit, now) if rest else [])
-        return [results.get(id(file)) or next(loaded) for file, _ in batch]
+    }
+    new = [(file, digest) for file, digest in batch if digest not in earlier]
+    loaded = iter(_load_new_events(con, new, quarantine_limit, now) if new else [])
+    return [
+        _skipped_result(file, *earlier[digest]) if digest in earlier else next(loaded)
+        for file, digest in batch
+    ]
+
+
+def _load_new_events(
+    con: duckdb.DuckDBPyConnection,
+    batch: Sequence[tuple[LandingFile, str]],
+    quarantine_limit: float,
+    now: datetime,
+) -> list[FileResult]:
+    """:func:`_load_events` for files not loaded before."""
     files = [file for file, _ in batch]
     try:
         landing.stage_events(con, files)
@@ -478,7 +484,7 @@ def _load_events(
         if len(batch) == 1:
             return [_refused(files[0], error)]
         half = len(batch) // 2
-        return _load_events(con, batch[:half], quarantine_limit, now) + _load_events(
+        return _load_new_events(con, batch[:half], quarantine_limit, now) + _load_new_events(
             con, batch[half:], quarantine_limit, now
         )
     warehouse.run(con, "raw/check_events", _check_parameters(files[0], con, now))

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from typing import Any
 import pytest
 
 from rollout.phases.approvals import PrefectApi
+from tests.support.serving import free_port, wait_until_answering
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = ROOT / "plans" / "npm-2022.yaml"
@@ -80,12 +80,6 @@ def tail(path: Path, lines: int = 40) -> str:
         return f"--- {path.name}: (no file)"
     text = path.read_text(errors="replace").splitlines()[-lines:]
     return f"--- {path.name} (last {len(text)} lines):\n" + "\n".join(text)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def marked_pids(marker: str) -> list[int]:
@@ -258,3 +252,21 @@ class Deployed:
     after: tuple[list[str], str] = field(repr=False)
     # By deployment name, each with a "flow_name" added.
     deployments: dict[str, dict[str, Any]] = field(repr=False)
+
+
+def start_dev_sendgrid(processes: Processes, home: Home, key: str) -> str:
+    """`rollout dev sendgrid` with ``key``, a process of this module's: its URL once it
+    answers (its output in sendgrid.log)."""
+    port = free_port()
+    process = processes.start(
+        "sendgrid",
+        [*ROLLOUT, "dev", "sendgrid", "--port", str(port), "--api-key", key],
+        home.env,
+        processes.dir,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_answering(f"{url}/dev/faults", process, "rollout dev sendgrid", seconds=30)
+    except AssertionError as error:
+        pytest.fail(f"{error}\n" + processes.diagnostics(processes.dir / "sendgrid.log"))
+    return url

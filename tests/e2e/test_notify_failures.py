@@ -22,7 +22,6 @@ import json
 import sys
 import time
 from collections import Counter
-from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,20 +33,18 @@ from tests.e2e.stack import (
     FINAL_STATES,
     POOL,
     PREFECT,
-    ROLLOUT,
     ROOT,
     WORKER_SECONDS,
     Deployed,
     Home,
     Processes,
-    free_port,
+    start_dev_sendgrid,
 )
 
 NOTICE_DAY = "2022-01-04"  # the reference plan's top-100 notice (nothing else is due)
 REFUSED = 20
 KEY = "SG.e2e-notify.not-a-real-key"
 SECRET_BLOCK = "sendgrid-api-key"
-STARTUP_SECONDS = 30
 # The top-100 notices as the registry has them (read in a subprocess: see stack.py).
 NOTICES = """
 import json, sqlite3, sys
@@ -86,26 +83,7 @@ class SendGrid:
 
 @pytest.fixture(scope="module")
 def sendgrid(processes: Processes, home: Home) -> SendGrid:
-    port = free_port()
-    process = processes.start(
-        "sendgrid",
-        [*ROLLOUT, "dev", "sendgrid", "--port", str(port), "--api-key", KEY],
-        home.env,
-        processes.dir,
-    )
-    server = SendGrid(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while True:
-        if process.poll() is not None:
-            pytest.fail(
-                f"rollout dev sendgrid exited {process.returncode}\n" + diagnostics(processes)
-            )
-        with suppress(httpx.TransportError):
-            if httpx.get(server.url + "/dev/faults", timeout=2).is_success:
-                return server
-        if time.monotonic() > deadline:
-            pytest.fail(f"rollout dev sendgrid not up after {STARTUP_SECONDS} s")
-        time.sleep(0.2)
+    return SendGrid(start_dev_sendgrid(processes, home, KEY))
 
 
 def diagnostics(processes: Processes) -> str:

@@ -36,7 +36,7 @@ from tests.e2e.stack import (
     Deployed,
     Home,
     Processes,
-    free_port,
+    start_dev_sendgrid,
 )
 
 KEY = "SG.e2e-shards.not-a-real-key"
@@ -172,22 +172,7 @@ def worker_running(run_id: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def stack(processes: Processes, deployed: Deployed, home: Home) -> Stack:
-    port = free_port()
-    server = processes.start(
-        "sendgrid",
-        [*ROLLOUT, "dev", "sendgrid", "--port", str(port), "--api-key", KEY],
-        home.env,
-        processes.dir,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        assert server.poll() is None, processes.diagnostics(processes.dir / "sendgrid.log")
-        with suppress(httpx.TransportError):
-            if httpx.get(f"{url}/dev/faults", timeout=2).is_success:
-                break
-        assert time.monotonic() < deadline, "rollout dev sendgrid did not start"
-        time.sleep(0.2)
+    url = start_dev_sendgrid(processes, home, KEY)
     for day in QUEUE_DAYS:
         processes.run(
             f"queue-{day}", [*ROLLOUT, "notify", "queue", "--as-of", day, "--apply"], home.env
