@@ -31,12 +31,12 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from datetime import date, datetime
 from pathlib import Path
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from rollout.core.plan import load_plan
+from rollout.demo.crowd import NOTICE_DAY, add_crowd
 from rollout.notify.drain import DrainReport, drain
 from rollout.notify.message import header_address
 from rollout.notify.queue import queue_due
@@ -44,7 +44,7 @@ from rollout.notify.senders import SendGridSender
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
-from rollout.registry.models import Account, CohortMembership, Notification
+from rollout.registry.models import Account, Notification
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "SG.bench.local-key"
@@ -54,39 +54,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def fill(url: str, count: int) -> None:
-    engine = make_engine(url)
-    now = datetime(2021, 6, 1)
-    with engine.begin() as connection:
-        connection.execute(
-            insert(Account),
-            [
-                {
-                    "username": f"maintainer-{i:06d}",
-                    "email": f"maintainer-{i:06d}@example.com",
-                    "email_verified": True,
-                    "created_at": now,
-                }
-                for i in range(count)
-            ],
-        )
-        ids = [row[0] for row in connection.execute(select(Account.id))]
-        connection.execute(
-            insert(CohortMembership),
-            [
-                {
-                    "cohort": "top-100",
-                    "account_id": i,
-                    "packages": [f"pkg-{i}", f"pkg-{i}-cli", "shared-core"],
-                    "first_qualified_on": date(2022, 1, 3),
-                    "last_qualified_on": date(2022, 1, 3),
-                }
-                for i in ids
-            ],
-        )
-    engine.dispose()
 
 
 def start_server(port: int, record: Path) -> subprocess.Popen[bytes]:
@@ -194,11 +161,11 @@ def main() -> None:
         engine = make_engine(url)
         upgrade(engine)
         engine.dispose()
-        fill(url, args.emails)
+        add_crowd(url, args.emails)
         plan = load_plan(ROOT / "plans" / "npm-2022.yaml")
         started = time.perf_counter()
         with Registry(url) as registry:
-            [queued] = queue_due(registry, plan, date(2022, 1, 4), actor="bench")
+            [queued] = queue_due(registry, plan, NOTICE_DAY, actor="bench")
         queue_s = time.perf_counter() - started
         port = free_port()
         server = start_server(port, work / "received.jsonl")

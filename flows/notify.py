@@ -38,7 +38,7 @@ from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
-from prefect.states import Cancelled, Cancelling
+from prefect.states import Cancelled, Cancelling, State
 from pydantic import SecretStr
 
 from flows.common import (
@@ -59,6 +59,7 @@ from rollout.notify.drain import (
     DEFAULT_LEASE,
     DrainReport,
     EmailsFailed,
+    ShardOrphaned,
     begin_shards,
     drain,
     drain_shard,
@@ -207,21 +208,28 @@ STRAGGLER_GRACE_SECONDS = 30.0
 @with_runtime
 def notify_shard(
     concurrency: int = 8, lease_seconds: int = int(DEFAULT_LEASE.total_seconds())
-) -> dict:
+) -> dict | State:
     """Claim, send and record queued emails beside the run's other shards until none
     is queued or held; started by a ``notify`` run with ``shards`` (never on its own:
-    that run holds the lock that keeps a plain drain away meanwhile)."""
+    that run holds the lock that keeps a plain drain away meanwhile, and a shard whose
+    run is gone calls itself off)."""
     logger = get_run_logger()
     run = runtime()
     plan, sender = run.plan, run_sender()
     with library_logs_in_run_log():
-        report = drain_shard(
-            run.registry,
-            plan,
-            sender,
-            concurrency=concurrency,
-            lease=timedelta(seconds=lease_seconds),
-        )
+        try:
+            report = drain_shard(
+                run.registry,
+                plan,
+                sender,
+                concurrency=concurrency,
+                lease=timedelta(seconds=lease_seconds),
+            )
+        except ShardOrphaned as gone:
+            # Its run was cancelled, or its machine died: the shard is called off with
+            # it (Cancelled, as when the run's cancel reaches it first), not Failed.
+            logger.warning("%s", gone)
+            return Cancelled(message=str(gone))
     logger.info(
         "this shard: %d sent, %d failed, %d skipped", report.sent, report.failed,
         sum(report.skipped.values()),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,14 @@ def _with_search_path(url: str, schema: str) -> str:
 @pytest.fixture
 def postgres_schema_url() -> Iterator[str]:
     """A PostgreSQL URL whose search_path is a fresh, empty schema of this test's own."""
+    with fresh_postgres_schema() as url:
+        yield url
+
+
+@contextmanager
+def fresh_postgres_schema() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh, empty schema, dropped afterwards
+    (skips, or fails where PostgreSQL is required, without a server)."""
     base = postgres_url_or_skip()
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = make_engine(base)
@@ -108,6 +117,23 @@ def postgres_schema_url() -> Iterator[str]:
     finally:
         with admin.begin() as connection:
             connection.execute(text(f"drop schema {schema} cascade"))
+        admin.dispose()
+
+
+@contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """The URL of a new, empty database on the test server, dropped afterwards (for
+    what a schema of its own does not isolate: ADBC's bulk ingest, a restore)."""
+    base = postgres_url_or_skip()
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
 

@@ -12,20 +12,17 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from rollout.cli import app
-from rollout.registry.engine import adbc_uri, make_engine
-
-from .conftest import postgres_url_or_skip
+from rollout.registry.engine import adbc_uri
+from tests.conftest import fresh_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,17 +88,8 @@ def answers(registry_url: str, home: Path) -> dict[str, Any]:
 @pytest.fixture
 def scratch_database() -> Iterator[str]:
     """A new, empty database on the test server (the runbook's `create database`)."""
-    base = postgres_url_or_skip()
-    name = f"rollout_drill_{uuid.uuid4().hex[:10]}"
-    admin = make_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"create database {name}"))
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f"drop database if exists {name} with (force)"))
-        admin.dispose()
+    with fresh_postgres_database("rollout_drill") as url:
+        yield url
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """Drainers sharing the outbox (rollout.notify.drain.drain_shard), as the notify flow's
 shards on several machines: each row claimed with a lease, each email sent once across
 them; a drainer that dies leaves its rows to be taken over when its lease runs out,
-within the same run, and only those in flight can go out twice."""
+within the same run, and only those in flight can go out twice. The shards send only
+while their notify run holds the ``notify`` lock (this test process plays it)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,18 @@ from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from rollout.core.plan import Plan
 from rollout.dev.sendgrid_api import DevSendGrid
-from rollout.notify.drain import DrainReport, _claim, drain_shard
+from rollout.notify.drain import (
+    OWNER_POLL_SECONDS,
+    DrainReport,
+    ShardOrphaned,
+    _claim,
+    drain_shard,
+)
 from rollout.notify.queue import queue_due
 from rollout.notify.senders import SendGridSender
 from rollout.registry import Registry
@@ -61,10 +69,11 @@ def test_shards_side_by_side_send_each_email_once_and_share_the_work(
                 reports.append(drain_shard(own, plan, sender, concurrency=4))
 
         shards = [threading.Thread(target=shard) for _ in range(2)]
-        for thread in shards:
-            thread.start()
-        for thread in shards:
-            thread.join(timeout=120)
+        with registry.lock("notify"):
+            for thread in shards:
+                thread.start()
+            for thread in shards:
+                thread.join(timeout=120)
         sent = delivered(server)
     assert sum(r.sent for r in reports) == queued == len(sent)
     assert set(sent.values()) == {1}
@@ -83,7 +92,8 @@ def test_rows_a_dead_drainer_held_are_taken_over_when_its_lease_runs_out(
     with DevSendGrid(api_key=KEY) as server:
         sender = SendGridSender(KEY, server.url, timeout=5)
         started = time.monotonic()
-        report = drain_shard(registry, plan, sender, concurrency=4)
+        with registry.lock("notify"):
+            report = drain_shard(registry, plan, sender, concurrency=4)
         waited = time.monotonic() - started
         sent = delivered(server)
     assert report.sent == 12 and set(sent) >= {c.id for c in held}
@@ -132,7 +142,7 @@ def test_a_shard_killed_mid_run_leaves_the_run_to_finish_with_at_most_its_flight
     cohort_of(registry, 200)
     queue_due(registry, plan, NOTICE_DAY, actor="rm")
     queued = states(registry)["queued"]
-    with DevSendGrid(api_key=KEY) as server:
+    with DevSendGrid(api_key=KEY) as server, registry.lock("notify"):
         doomed = subprocess.Popen(
             [
                 sys.executable, "-c", SHARD_SCRIPT, registry.url, server.url, KEY,
@@ -158,3 +168,63 @@ def test_a_shard_killed_mid_run_leaves_the_run_to_finish_with_at_most_its_flight
     twice = [i for i, n in sent.items() if n > 1]
     assert len(twice) <= 4 and max(sent.values()) <= 2  # at most the dead one's flight
     assert report.sent > 0
+
+
+def test_lock_held_tells_whether_any_process_holds_the_run_lock(registry: Registry) -> None:
+    assert not registry.lock_held("notify")
+    with registry.lock("notify"):
+        assert registry.lock_held("notify") and not registry.lock_held("enforce")
+        with Registry(registry.url) as elsewhere:  # another machine's connections
+            assert elsewhere.lock_held("notify")
+    assert not registry.lock_held("notify")
+    with registry.lock("notify"):  # looking took nothing: the lock is still free to take
+        pass
+
+
+def test_a_shard_without_a_notify_run_sends_nothing(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    with DevSendGrid(api_key=KEY) as server:
+        with pytest.raises(ShardOrphaned, match="no notify run holds the notify lock"):
+            drain_shard(registry, plan, SendGridSender(KEY, server.url, timeout=5))
+        assert server.messages == []
+    assert states(registry)["queued"] == 2
+
+
+def test_a_shard_whose_notify_run_goes_away_stops_and_puts_back_what_it_held(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """The process that started the shards died (its lock went with it): the next drain
+    may start any time and take over every held row, so the shard must not go on."""
+    cohort_of(registry, 40)
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queued = states(registry)["queued"]
+    errors: list[BaseException] = []
+    with DevSendGrid(api_key=KEY) as server:
+        server.script([{"stall": 0.3}] * 100)  # slow: the run goes away mid-send
+        sender = SendGridSender(KEY, server.url, timeout=5)
+
+        def shard() -> None:
+            try:
+                drain_shard(registry, plan, sender, concurrency=2)
+            except BaseException as error:
+                errors.append(error)
+
+        thread = threading.Thread(target=shard)
+        with registry.lock("notify"):
+            thread.start()
+            deadline = time.monotonic() + 30
+            while len(server.messages) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        gone = time.monotonic()
+        thread.join(timeout=30)
+        stopped_after = time.monotonic() - gone
+        sent = delivered(server)
+    assert not thread.is_alive() and stopped_after < OWNER_POLL_SECONDS + 3
+    assert len(errors) == 1 and isinstance(errors[0], ShardOrphaned), errors
+    assert "its notify run is gone" in str(errors[0])
+    now = states(registry)
+    assert now["sending"] == 0 and 0 < now["queued"] < queued
+    assert set(sent.values()) == {1}
+    assert now["sent"] <= len(sent) <= now["sent"] + 2  # a stalled send may have gone

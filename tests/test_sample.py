@@ -10,10 +10,8 @@ import csv
 import gzip
 import hashlib
 import json
-import os
 import sqlite3
 import statistics
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
@@ -42,6 +40,7 @@ from rollout.demo.sample import (
 from rollout.registry import Registry, bulk, migrate
 from rollout.registry.engine import make_engine, session_scope
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Account
+from tests.conftest import fresh_postgres_database
 from tests.factories import AccountFactory, NotificationFactory
 
 SEED = 7
@@ -598,19 +597,8 @@ def test_insert_arrow_writes_what_the_orm_writes(tmp_path: Path) -> None:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A throwaway database on the test server, so other tests' tables are left alone."""
-    base = os.environ.get("ROLLOUT_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("ROLLOUT_TEST_POSTGRES_URL is not set")
-    name = f"rollout_sample_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database("rollout_sample") as url:
+        yield url
 
 
 @pytest.mark.postgres

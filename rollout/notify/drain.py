@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
@@ -44,6 +44,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import SQLAlchemyError
 
 from rollout.core.errors import BadInput, RolloutError
 from rollout.core.plan import Plan
@@ -141,6 +142,11 @@ class DrainReport:
 
 class EmailsFailed(RolloutError):
     """Some emails of a drain failed (each recorded with its reason); the rest went."""
+
+
+class ShardOrphaned(RolloutError):
+    """A shard's notify run is gone (nobody holds the ``notify`` lock): the shard sends
+    nothing more, having put back what it held, for the next notify run."""
 
 
 @dataclass(frozen=True)
@@ -968,8 +974,17 @@ def drain_shard(
     dead drainer's rows in flight are sent twice.
 
     SIGTERM or SIGINT stops it as it stops a drain (what was in flight recorded or put
-    back), then raises :class:`rollout.core.stopping.Stopped`."""
-    with stop_requested_by_signals() as stop:
+    back), then raises :class:`rollout.core.stopping.Stopped`. So does its run going
+    away (nobody holds the ``notify`` lock any more: the process that started the shards
+    died, and the next drain, which puts back whatever is held, may start any time): it
+    stops within OWNER_POLL_SECONDS and raises ShardOrphaned, as it does at once when
+    nobody holds the lock as it starts."""
+    if not registry.lock_held("notify"):
+        raise ShardOrphaned(
+            "no notify run holds the notify lock: a shard sends only for the notify run "
+            "that started it (its run is gone; the next notify run sends what is left)"
+        )
+    with stop_requested_by_signals() as stop, _owner_watched(registry, stop) as orphaned:
         check_sender(registry, sender.name, include_failed=False)
         report = _drain_loop(
             registry.engine,
@@ -982,8 +997,43 @@ def drain_shard(
             lease=lease,
             wait_for_leases=True,
         )
+    if orphaned.is_set():
+        raise ShardOrphaned(
+            "its notify run is gone (nobody holds the notify lock): stopped after "
+            f"{report.sent} sent, {report.put_back} put back for the next run"
+        )
     stop.raise_if_set(f"stopped: {report.sent} sent, {report.put_back} put back")
     return report
+
+
+# How often a shard looks whether its notify run still holds the notify lock.
+OWNER_POLL_SECONDS = 2.0
+
+
+@contextlib.contextmanager
+def _owner_watched(registry: Registry, stop: StopRequest) -> Iterator[threading.Event]:
+    """While inside, a thread looks every OWNER_POLL_SECONDS whether some run holds the
+    ``notify`` lock, and when none does sets the yielded event and asks ``stop``."""
+    orphaned, done = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        while not done.wait(OWNER_POLL_SECONDS):
+            try:
+                held = registry.lock_held("notify")
+            except SQLAlchemyError:
+                continue  # the registry unreachable: the drain itself will say so
+            if not held:
+                orphaned.set()
+                stop.set()
+                return
+
+    watcher = threading.Thread(target=watch, name="shard-owner", daemon=True)
+    watcher.start()
+    try:
+        yield orphaned
+    finally:
+        done.set()
+        watcher.join()
 
 
 @dataclass(frozen=True)

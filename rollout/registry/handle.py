@@ -23,7 +23,7 @@ from types import TracebackType
 from sqlalchemy import Engine
 
 from rollout.registry.engine import is_sqlite, make_engine, normalize_url
-from rollout.registry.locks import exclusive_run
+from rollout.registry.locks import exclusive_run, run_lock_held
 from rollout.registry.migrate import require_current_schema
 
 
@@ -73,6 +73,10 @@ class Registry:
         another run holds it. An advisory lock on PostgreSQL, a lock file next to the
         database on SQLite (rollout.registry.locks); either goes with its process."""
         return exclusive_run(self.url, name)
+
+    def lock_held(self, name: str) -> bool:
+        """Whether some run, in any process, holds the ``name`` lock now."""
+        return run_lock_held(self.url, self.engine, name)
 
     def close(self) -> None:
         """Dispose of the engine, if one was made: its pooled connections close. A later

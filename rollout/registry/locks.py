@@ -12,12 +12,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from rollout.core.errors import GuardRefused
 from rollout.core.names import safe_path_component
 from rollout.registry.engine import make_engine, normalize_url
+
+
+def _lock_path(url: URL, name: str) -> Path:
+    return Path(f"{url.database}.{safe_path_component(name, 'lock')}.lock")
+
+
+def _advisory_key(connection: Connection, name: str) -> int:
+    """One lock per run kind and per registry: the schema is part of the key, so
+    registries sharing a database (one a schema) do not block each other."""
+    schema = connection.execute(text("select current_schema()")).scalar()
+    digest = hashlib.sha256(f"rollout:{schema}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @contextmanager
@@ -27,7 +40,7 @@ def exclusive_run(registry_url: str, name: str) -> Iterator[None]:
     a crash never leaves a stale lock behind."""
     url = normalize_url(registry_url)
     if url.get_backend_name() == "sqlite":
-        path = Path(f"{url.database}.{safe_path_component(name, 'lock')}.lock")
+        path = _lock_path(url, name)
         handle = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
             try:
@@ -44,11 +57,7 @@ def exclusive_run(registry_url: str, name: str) -> Iterator[None]:
     engine = make_engine(registry_url, poolclass=NullPool)
     try:
         with engine.connect() as connection:
-            # One lock per run kind and per registry: the schema is part of the key, so
-            # registries sharing a database (one a schema) do not block each other.
-            schema = connection.execute(text("select current_schema()")).scalar()
-            digest = hashlib.sha256(f"rollout:{schema}:{name}".encode()).digest()
-            key = int.from_bytes(digest[:8], "big", signed=True)
+            key = _advisory_key(connection, name)
             got = connection.execute(text("select pg_try_advisory_lock(:k)"), {"k": key}).scalar()
             if not got:
                 raise GuardRefused(
@@ -61,3 +70,41 @@ def exclusive_run(registry_url: str, name: str) -> Iterator[None]:
                 connection.commit()
     finally:
         engine.dispose()
+
+
+def run_lock_held(registry_url: str, engine: Engine, name: str) -> bool:
+    """Whether some process holds the ``name`` run lock (taking nothing; ``engine`` is
+    the registry's): how a notify run's shards, on other machines, tell that their run
+    is still there."""
+    url = normalize_url(registry_url)
+    if url.get_backend_name() == "sqlite":
+        path = _lock_path(url, name)
+        try:
+            handle = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            # A shared lock is refused while the run holds its exclusive one; when it
+            # is granted it is let go at once (a run starting in that instant is refused
+            # as if another held the lock, and may start again).
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(handle)
+        return False
+    with engine.connect() as connection:
+        key = _advisory_key(connection, name)
+        # A bigint advisory key shows in pg_locks as its high and low 32 bits.
+        return bool(
+            connection.execute(
+                text(
+                    "select exists (select 1 from pg_locks where locktype = 'advisory'"
+                    " and granted and objsubid = 1 and classid = cast(:high as oid)"
+                    " and objid = cast(:low as oid)"
+                    " and database = (select oid from pg_database"
+                    " where datname = current_database()))"
+                ),
+                {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF},
+            ).scalar()
+        )

@@ -1,31 +1,36 @@
 """End to end: a ``notify`` run fans its sending out over four ``notify-shard`` runs,
 picked up by two workers (two processes standing for two machines) of one process work
-pool, against the local SendGrid server: every queued email is delivered once and both
-workers did work. Then the same with one worker, and the shard runs it started, killed
-mid-run (a machine that dies): the run still completes, the other worker's shards take
-over the dead ones' rows when their leases run out, and at most what was in flight on
-the dead machine went twice.
+pool, with the registry on PostgreSQL, against the local SendGrid server: every one of
+5,000 queued emails is delivered once and both workers did work. Then the same with one
+worker, and the shard runs it started, killed mid-run (a machine that dies): the run
+still completes, the other worker's shards take over the dead ones' rows when their
+leases run out, and at most what was in flight on the dead machine went twice. Then a
+cancel of the run stops every shard.
 
-The emails are what the tiny sample's reference plan queues over its calendar (about
-1,900: notices, reminders, brown-out heads-ups, ELV notices), each run's from a fresh
-outbox state.
+The emails are the phase notices of a crowd of 5,000 maintainers in the top-100 cohort
+(rollout.demo.crowd), queued once with `rollout notify queue`; each test sends them from
+a fresh outbox state.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select, update
 
+from rollout.demo.crowd import NOTICE_DAY, add_crowd
+from rollout.registry.engine import make_engine
+from rollout.registry.models import Notification
+from tests.conftest import fresh_postgres_schema
 from tests.e2e.stack import (
     FINAL_STATES,
     POOL,
@@ -39,45 +44,42 @@ from tests.e2e.stack import (
     start_dev_sendgrid,
 )
 
+pytestmark = pytest.mark.postgres
+
 KEY = "SG.e2e-shards.not-a-real-key"
+EMAILS = 5000
 SHARDS = 4
 CONCURRENCY = 4
 LEASE_SECONDS = 5
-# The days whose emails are queued (each catches up on what is due by then).
-QUEUE_DAYS = ("2022-01-04", "2022-01-18", "2022-02-15", "2022-02-28", "2022-03-15")
 WORKER_VARIABLE = "ROLLOUT_TEST_WORKER"
-# Read and written in subprocesses (this process never opens the SQLite registry).
-OUTBOX = """
-import json, sqlite3, sys
-from contextlib import closing
-
-with closing(sqlite3.connect(sys.argv[1])) as connection:
-    if sys.argv[2:] == ["requeue"]:
-        with connection:
-            connection.execute(
-                "update notifications set state = 'queued', sent_at = null,"
-                " message_id = null, lease_expires_at = null where state = 'sent'"
-            )
-    rows = connection.execute("select id, state from notifications").fetchall()
-print(json.dumps(rows))
-"""
 
 
 class Stack:
-    def __init__(self, processes: Processes, deployed: Deployed, home: Home, sendgrid: str):
-        self.processes, self.deployed, self.home, self.sendgrid = (
+    def __init__(
+        self, processes: Processes, deployed: Deployed, env: dict[str, str], sendgrid: str
+    ):
+        self.processes, self.deployed, self.env, self.sendgrid = (
             processes,
             deployed,
-            home,
+            env,
             sendgrid,
         )
 
-    def outbox(self, *args: str) -> dict[int, str]:
-        out = self.processes.run(
-            "outbox", [sys.executable, "-c", OUTBOX, str(self.home.path / "registry.db"), *args],
-            self.home.env,
-        )  # fmt: skip
-        return dict(json.loads(out.strip().splitlines()[-1]))
+    def outbox(self, requeue: bool = False) -> dict[int, str]:
+        """Each notification's state; with ``requeue``, the sent ones queued again first."""
+        engine = make_engine(self.env["ROLLOUT_REGISTRY_URL"])
+        try:
+            with engine.begin() as connection:
+                if requeue:
+                    connection.execute(
+                        update(Notification)
+                        .where(Notification.state == "sent")
+                        .values(state="queued", sent_at=None, message_id=None,
+                                lease_expires_at=None)
+                    )  # fmt: skip
+                return dict(connection.execute(select(Notification.id, Notification.state)).all())
+        finally:
+            engine.dispose()
 
     def delivered(self) -> Counter[int]:
         messages = httpx.get(f"{self.sendgrid}/dev/messages", timeout=30).json()
@@ -85,7 +87,7 @@ class Stack:
 
     def worker(self, name: str) -> Any:
         env = {
-            **self.home.env,
+            **self.env,
             "ROLLOUT_PROJECT_DIR": str(ROOT),
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "NO_PROXY": "127.0.0.1,localhost",
@@ -104,7 +106,7 @@ class Stack:
     def start_notify(self) -> str:
         deployment = self.deployed.deployments["notify"]
         parameters = {
-            "as_of": QUEUE_DAYS[-1],
+            "as_of": NOTICE_DAY.isoformat(),
             "shards": SHARDS,
             "concurrency": CONCURRENCY,
             "lease_seconds": LEASE_SECONDS,
@@ -171,13 +173,25 @@ def worker_running(run_id: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def stack(processes: Processes, deployed: Deployed, home: Home) -> Stack:
+def registry_url() -> Iterator[str]:
+    """The module's PostgreSQL registry (a schema of its own): the workers' machines
+    share it, as they would in production."""
+    with fresh_postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def stack(registry_url: str, processes: Processes, deployed: Deployed, home: Home) -> Stack:
+    env = {**home.env, "ROLLOUT_REGISTRY_URL": registry_url}
+    processes.run("db-upgrade", [*ROLLOUT, "db", "upgrade"], env)
+    add_crowd(registry_url, EMAILS)
+    processes.run(
+        "queue",
+        [*ROLLOUT, "notify", "queue", "--as-of", NOTICE_DAY.isoformat(), "--apply"],
+        env,
+    )
     url = start_dev_sendgrid(processes, home, KEY)
-    for day in QUEUE_DAYS:
-        processes.run(
-            f"queue-{day}", [*ROLLOUT, "notify", "queue", "--as-of", day, "--apply"], home.env
-        )
-    return Stack(processes, deployed, home, url)
+    return Stack(processes, deployed, env, url)
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +211,7 @@ def test_shards_on_two_workers_deliver_each_email_once(
     run, outbox, shards = first
     assert run["state_type"] == "COMPLETED", run["state"]["message"] + stack.processes.diagnostics()
     sent = {i for i, state in outbox.items() if state == "sent"}
-    assert len(sent) > 1000 and "queued" not in outbox.values()
+    assert len(sent) == EMAILS and set(outbox.values()) == {"sent"}
     delivered = stack.delivered()
     assert set(delivered) == sent and set(delivered.values()) == {1}
     assert len(shards) == SHARDS and {s["state_type"] for s in shards} == {"COMPLETED"}
@@ -211,7 +225,7 @@ def test_a_worker_killed_mid_run_leaves_the_run_to_complete(
     stack: Stack, first: tuple[dict[str, Any], dict[int, str], list[dict[str, Any]]]
 ) -> None:
     httpx.delete(f"{stack.sendgrid}/dev/messages", timeout=30)
-    queued = len(stack.outbox("requeue"))
+    queued = len(stack.outbox(requeue=True))
     run_id = stack.start_notify()
     deadline = time.monotonic() + WORKER_SECONDS
     while sum(stack.delivered().values()) < 300:
@@ -249,9 +263,9 @@ def test_cancelling_the_run_stops_every_shard_and_puts_back_what_they_held(
     if not pids_of_worker("b"):
         stack.worker("b")
     httpx.delete(f"{stack.sendgrid}/dev/messages", timeout=30)
-    stack.outbox("requeue")
+    stack.outbox(requeue=True)
     # A slow SendGrid (1 s a message), so the cancel lands while much is left to send.
-    stalls = [{"stall": 1.0}] * 5000
+    stalls = [{"stall": 1.0}] * EMAILS
     httpx.post(f"{stack.sendgrid}/dev/faults", json=stalls, timeout=30).raise_for_status()
     run_id = stack.start_notify()
     deadline = time.monotonic() + WORKER_SECONDS
