@@ -42,9 +42,11 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql import Select
 
 from rollout.core.errors import BadInput, RolloutError
 from rollout.core.plan import Plan
@@ -159,14 +161,28 @@ class _Claimed:
     context: dict[str, Any]
 
 
-def _claimable(now: datetime) -> Any:
-    """SQL: a row a drainer may claim: queued, or claimed by a drainer whose lease on it
-    has run out (presumed dead: it may or may not have sent it)."""
+def _lapsed(now: datetime) -> Any:
+    """SQL: a row claimed by a drainer whose lease on it has run out (presumed dead: it
+    may or may not have sent it)."""
     c = NOTIFICATIONS.c
-    return or_(
-        c.state == "queued",
-        and_(c.state == "sending", c.lease_expires_at.is_not(None), c.lease_expires_at < now),
-    )
+    return and_(c.state == "sending", c.lease_expires_at.is_not(None), c.lease_expires_at < now)
+
+
+def _claimable(now: datetime) -> Any:
+    """SQL: a row a drainer may claim: queued, or held past its lease."""
+    return or_(NOTIFICATIONS.c.state == "queued", _lapsed(now))
+
+
+def _candidates(now: datetime, size: int) -> list[Select[tuple[int]]]:
+    """The rows a claim of ``size`` takes, lowest ids first: those held past their
+    lease, then queued ones. A query for each, so that each reads only its rows on the
+    (state, id) index: with the OR of :func:`_claimable`, PostgreSQL walked the primary
+    key past every row already sent (100 ms a claim once 60,000 were)."""
+    c = NOTIFICATIONS.c
+    return [
+        select(c.id).where(which).order_by(c.id).limit(size)
+        for which in (_lapsed(now), c.state == "queued")
+    ]
 
 
 def _claim(
@@ -176,15 +192,14 @@ def _claim(
     ``lease``: none when nothing is (the drainers sharing the outbox take that as the
     end of their work, or wait for the leases of others: drain_shard)."""
     with engine.begin() as connection:
-        query = (
-            select(NOTIFICATIONS.c.id)
-            .where(_claimable(now))
-            .order_by(NOTIFICATIONS.c.id)
-            .limit(size)
-        )
         if connection.dialect.name == "postgresql":
-            # Rows another drainer holds are passed over, not waited for.
-            ids = [row[0] for row in connection.execute(query.with_for_update(skip_locked=True))]
+            ids: list[int] = []
+            for query in _candidates(now, size):
+                # Rows another drainer holds are passed over, not waited for.
+                locked = query.limit(size - len(ids)).with_for_update(skip_locked=True)
+                ids += connection.scalars(locked).all()
+                if len(ids) == size:
+                    break
             if not ids:
                 return []
             chosen = NOTIFICATIONS.c.id.in_(ids)
@@ -193,7 +208,8 @@ def _claim(
             # SELECT then an UPDATE let two drainers choose the same rows; the one whose
             # UPDATE came second claimed none and stopped as if the outbox were empty,
             # leaving a drain in two processes to one of them.
-            chosen = NOTIFICATIONS.c.id.in_(query.scalar_subquery())
+            both = union_all(*(select(q.subquery().c.id) for q in _candidates(now, size)))
+            chosen = NOTIFICATIONS.c.id.in_(select(both.subquery().c.id).limit(size))
         rows = connection.execute(
             update(NOTIFICATIONS)
             .where(and_(chosen, _claimable(now)))

@@ -454,7 +454,8 @@ class Notification(Base):
         UniqueConstraint(
             "account_id", "email", "phase", "occasion", name="uq_notifications_natural_key"
         ),
-        Index("ix_notifications_state", "state"),
+        # Drainers claim the lowest ids of a state (rollout.notify.drain._claim).
+        Index("ix_notifications_state_id", "state", "id"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
