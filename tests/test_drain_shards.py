@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from rollout.core.plan import Plan
 from rollout.dev.sendgrid_api import DevSendGrid
@@ -30,6 +30,9 @@ from rollout.notify.drain import (
 from rollout.notify.queue import queue_due
 from rollout.notify.senders import SendGridSender
 from rollout.registry import Registry
+from rollout.registry.engine import make_engine
+from rollout.registry.locks import _advisory_key
+from rollout.registry.migrate import upgrade
 from rollout.registry.models import Notification
 from tests.factories import AccountFactory, bound_to
 from tests.support.outbox import NOTICE_DAY, ids
@@ -228,3 +231,31 @@ def test_a_shard_whose_notify_run_goes_away_stops_and_puts_back_what_it_held(
     assert now["sending"] == 0 and 0 < now["queued"] < queued
     assert set(sent.values()) == {1}
     assert now["sent"] <= len(sent) <= now["sent"] + 2  # a stalled send may have gone
+
+
+def test_a_held_run_lock_leaves_no_transaction_open(postgres_schema_url: str) -> None:
+    """A run holds its lock for hours (a phase waiting a day for its approval): an
+    open transaction all that time would keep PostgreSQL from cleaning up any row
+    updated meanwhile, and the outbox's claims would slow down as the run went on."""
+    engine = make_engine(postgres_schema_url)
+    upgrade(engine)
+    engine.dispose()
+    registry = Registry(postgres_schema_url)
+    try:
+        with registry.lock("notify"), registry.engine.connect() as connection:
+            key = _advisory_key(connection, "notify")
+            holders = (
+                connection.execute(
+                    text(
+                        "select a.state from pg_locks l join pg_stat_activity a on a.pid = l.pid"
+                        " where l.locktype = 'advisory' and l.granted and l.objsubid = 1"
+                        " and l.classid = cast(:high as oid) and l.objid = cast(:low as oid)"
+                    ),
+                    {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF},
+                )
+                .scalars()
+                .all()
+            )
+        assert holders == ["idle"]  # not "idle in transaction"
+    finally:
+        registry.close()

@@ -53,8 +53,12 @@ def exclusive_run(registry_url: str, name: str) -> Iterator[None]:
         finally:
             os.close(handle)
         return
-    # Its own connection, not pooled: the lock lives exactly as long as it.
-    engine = make_engine(registry_url, poolclass=NullPool)
+    # Its own connection, not pooled: the lock lives exactly as long as it. In
+    # autocommit: the lock is the session's, and a transaction left open for the run's
+    # hours would hold back PostgreSQL's cleanup of every row the run updates (no dead
+    # row could be vacuumed or skipped in an index: the outbox's claims slowed from
+    # 1 ms to 50 ms over a 100,000-email drain).
+    engine = make_engine(registry_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:
             key = _advisory_key(connection, name)
@@ -67,7 +71,6 @@ def exclusive_run(registry_url: str, name: str) -> Iterator[None]:
                 yield
             finally:
                 connection.execute(text("select pg_advisory_unlock(:k)"), {"k": key})
-                connection.commit()
     finally:
         engine.dispose()
 
