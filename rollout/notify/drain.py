@@ -40,6 +40,7 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
+    literal_column,
     or_,
     select,
     union_all,
@@ -161,27 +162,35 @@ class _Claimed:
     context: dict[str, Any]
 
 
+def _in_state(state: str) -> Any:
+    """SQL: the row is in ``state``, named literally (a constant of this module): a
+    bound parameter would hide from the planner that the claim's partial indexes
+    (ix_notifications_queued, ix_notifications_sending) apply."""
+    return NOTIFICATIONS.c.state == literal_column(f"'{state}'")
+
+
 def _lapsed(now: datetime) -> Any:
     """SQL: a row claimed by a drainer whose lease on it has run out (presumed dead: it
     may or may not have sent it)."""
     c = NOTIFICATIONS.c
-    return and_(c.state == "sending", c.lease_expires_at.is_not(None), c.lease_expires_at < now)
+    return and_(_in_state("sending"), c.lease_expires_at.is_not(None), c.lease_expires_at < now)
 
 
 def _claimable(now: datetime) -> Any:
     """SQL: a row a drainer may claim: queued, or held past its lease."""
-    return or_(NOTIFICATIONS.c.state == "queued", _lapsed(now))
+    return or_(_in_state("queued"), _lapsed(now))
 
 
 def _candidates(now: datetime, size: int) -> list[Select[tuple[int]]]:
     """The rows a claim of ``size`` takes, lowest ids first: those held past their
-    lease, then queued ones. A query for each, so that each reads only its rows on the
-    (state, id) index: with the OR of :func:`_claimable`, PostgreSQL walked the primary
-    key past every row already sent (100 ms a claim once 60,000 were)."""
+    lease, then queued ones, each query on its state's partial index, which holds only
+    those rows. With the OR of :func:`_claimable`, or the state as a parameter,
+    PostgreSQL walked the primary key past every row already sent (20-100 ms a claim
+    once 60,000 were)."""
     c = NOTIFICATIONS.c
     return [
         select(c.id).where(which).order_by(c.id).limit(size)
-        for which in (_lapsed(now), c.state == "queued")
+        for which in (_lapsed(now), _in_state("queued"))
     ]
 
 
@@ -731,9 +740,7 @@ def _wait_for_leases(engine: Engine, clock: Callable[[], datetime], stop: StopRe
     are not) or none is held; True when there may be rows to take over."""
     with engine.connect() as connection:
         earliest = connection.execute(
-            select(func.min(NOTIFICATIONS.c.lease_expires_at)).where(
-                NOTIFICATIONS.c.state == "sending"
-            )
+            select(func.min(NOTIFICATIONS.c.lease_expires_at)).where(_in_state("sending"))
         ).scalar()
     if earliest is None:
         return False  # none held (or only rows of a drain before leases: a locked drain's)

@@ -454,8 +454,21 @@ class Notification(Base):
         UniqueConstraint(
             "account_id", "email", "phase", "occasion", name="uq_notifications_natural_key"
         ),
-        # Drainers claim the lowest ids of a state (rollout.notify.drain._claim).
-        Index("ix_notifications_state_id", "state", "id"),
+        Index("ix_notifications_state", "state"),
+        # Drainers claim the lowest ids of the queued rows, and of the held ones whose
+        # lease ran out (rollout.notify.drain._claim, which names the state literally).
+        Index(
+            "ix_notifications_queued",
+            "id",
+            sqlite_where=text("state = 'queued'"),
+            postgresql_where=text("state = 'queued'"),
+        ),
+        Index(
+            "ix_notifications_sending",
+            "id",
+            sqlite_where=text("state = 'sending'"),
+            postgresql_where=text("state = 'sending'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
