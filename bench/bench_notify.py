@@ -71,6 +71,7 @@ def start_server(port: int, record: Path) -> subprocess.Popen[bytes]:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # bench_shards stops it with its process group
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -37,6 +37,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import TERMINAL_STATES, StateType
 from prefect.deployments import run_deployment
 from prefect.states import Cancelled, Cancelling, State
 from pydantic import SecretStr
@@ -195,7 +196,6 @@ def send_task(concurrency: int, retry_failed: bool = False) -> DrainReport:
 SHARD_DEPLOYMENT = "notify-shard/notify-shard"
 # How often the fanned-out run looks at its shards and at the outbox.
 SHARD_POLL_SECONDS = 2.0
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # After the outbox is drained, how long a shard run still not ended is waited for.
 STRAGGLER_GRACE_SECONDS = 30.0
 
@@ -230,14 +230,12 @@ def notify_shard(
             # it (Cancelled, as when the run's cancel reaches it first), not Failed.
             logger.warning("%s", gone)
             return Cancelled(message=str(gone))
-    logger.info(
-        "this shard: %d sent, %d failed, %d skipped", report.sent, report.failed,
-        sum(report.skipped.values()),
-    )  # fmt: skip
-    return {"sent": report.sent, "failed": report.failed, "skipped": sum(report.skipped.values())}
+    done = {"sent": report.sent, "failed": report.failed, "skipped": sum(report.skipped.values())}
+    logger.info("this shard: %(sent)d sent, %(failed)d failed, %(skipped)d skipped", done)
+    return done
 
 
-def _wait_for_shards(ids: list[UUID], grace: float) -> dict[UUID, str]:
+def _wait_for_shards(ids: list[UUID], grace: float) -> dict[UUID, StateType]:
     """Wait until every shard run ended. Once the outbox is drained (nothing queued or
     held) a live shard ends within a poll, and one not started yet finds nothing to do:
     a shard still not ended ``grace`` seconds later never will (its machine died; its
@@ -246,17 +244,17 @@ def _wait_for_shards(ids: list[UUID], grace: float) -> dict[UUID, str]:
     drained_at: float | None = None
     with get_client(sync_client=True) as client:
         while True:
-            states = {i: client.read_flow_run(i).state_type.value for i in ids}
-            if all(t in FINAL for t in states.values()):
+            states = {i: client.read_flow_run(i).state_type for i in ids}
+            if all(t in TERMINAL_STATES for t in states.values()):
                 return states
             if drained_at is None and outbox_drained(registry):
                 drained_at = time.monotonic()
             if drained_at is not None and time.monotonic() - drained_at > grace:
                 for i, t in states.items():
-                    if t not in FINAL:
+                    if t not in TERMINAL_STATES:
                         message = "its machine stopped answering; the outbox was drained"
                         client.set_flow_run_state(i, Cancelled(message=message), force=True)
-                        states[i] = "CANCELLED"
+                        states[i] = StateType.CANCELLED
                 return states
             time.sleep(SHARD_POLL_SECONDS)
 
@@ -266,7 +264,7 @@ def _cancel_shards(ids: list[UUID]) -> None:
     which puts back what it held)."""
     with get_client(sync_client=True) as client:
         for i in ids:
-            if client.read_flow_run(i).state_type.value not in FINAL:
+            if client.read_flow_run(i).state_type not in TERMINAL_STATES:
                 client.set_flow_run_state(i, Cancelling(message="its notify run was stopped"))
 
 
@@ -301,7 +299,7 @@ def send_in_shards(
             raise
         report = shards_report(run.registry, begun)
         drained = outbox_drained(run.registry)
-    unfinished = [str(i) for i, t in states.items() if t != "COMPLETED"]
+    unfinished = [str(i) for i, t in states.items() if t != StateType.COMPLETED]
     if unfinished:
         logger.warning("shards that did not complete: %s", ", ".join(unfinished))
     if not drained:

@@ -23,6 +23,7 @@ import yaml
 from sqlalchemy import select
 
 from rollout.core.plan import load_plan
+from rollout.demo.crowd import NOTICE_DAY
 from rollout.dev.event_webhook import BOUNCE_REASON
 from rollout.dev.sendgrid_api import DEFAULT_API_KEY
 from rollout.notify.queue import queue_due
@@ -30,7 +31,7 @@ from rollout.notify.webhook import EVENTS_PATH
 from rollout.registry import Registry
 from rollout.registry.models import Account, Notification
 from tests.factories import AccountFactory, bound_to
-from tests.support.outbox import NOTICE_DAY, ids
+from tests.support.outbox import ids
 from tests.support.serving import free_port, wait_until_answering
 
 __all__ = ["ids"]  # a fixture, used by name

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import select, text
 
 from rollout.core.plan import Plan
+from rollout.demo.crowd import NOTICE_DAY
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.notify.drain import (
     OWNER_POLL_SECONDS,
@@ -31,11 +32,11 @@ from rollout.notify.queue import queue_due
 from rollout.notify.senders import SendGridSender
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
-from rollout.registry.locks import _advisory_key
+from rollout.registry.locks import advisory_lock_holders
 from rollout.registry.migrate import upgrade
 from rollout.registry.models import Notification
 from tests.factories import AccountFactory, bound_to
-from tests.support.outbox import NOTICE_DAY, ids
+from tests.support.outbox import ids
 
 __all__ = ["ids"]  # a fixture, used by name
 
@@ -243,15 +244,10 @@ def test_a_held_run_lock_leaves_no_transaction_open(postgres_schema_url: str) ->
     registry = Registry(postgres_schema_url)
     try:
         with registry.lock("notify"), registry.engine.connect() as connection:
-            key = _advisory_key(connection, "notify")
             holders = (
                 connection.execute(
-                    text(
-                        "select a.state from pg_locks l join pg_stat_activity a on a.pid = l.pid"
-                        " where l.locktype = 'advisory' and l.granted and l.objsubid = 1"
-                        " and l.classid = cast(:high as oid) and l.objid = cast(:low as oid)"
-                    ),
-                    {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF},
+                    text("select state from pg_stat_activity where pid = any(:pids)"),
+                    {"pids": advisory_lock_holders(connection, "notify")},
                 )
                 .scalars()
                 .all()

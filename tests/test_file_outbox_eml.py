@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 
 import rollout.notify.drain
 from rollout.core.plan import Plan
+from rollout.demo.crowd import NOTICE_DAY
 from rollout.notify.drain import drain
 from rollout.notify.message import Message, header_address
 from rollout.notify.queue import queue_due
@@ -24,7 +25,7 @@ from rollout.notify.senders import _UNFOLDED, FileSender
 from rollout.registry import Registry
 from rollout.registry.models import Account, Notification
 from tests.factories import AccountFactory, bound_to
-from tests.support.outbox import NOTICE_DAY, ids
+from tests.support.outbox import ids
 
 from .hostile import EVERYTHING, HEADERS
 

@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 
 from rollout.core.errors import RolloutError
 from rollout.core.plan import Plan
+from rollout.demo.crowd import NOTICE_DAY
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.notify import outbox
 from rollout.notify.drain import DrainReport, _claim, drain
@@ -29,7 +30,7 @@ from rollout.notify.senders import FileSender, SendGridSender
 from rollout.registry import Registry
 from rollout.registry.models import Account, Notification
 from tests.factories import AccountFactory, FactorFactory, bound_to, existing_account
-from tests.support.outbox import NOTICE_DAY, Recording, ids, rows
+from tests.support.outbox import Recording, ids, rows
 
 ROOT = Path(__file__).resolve().parent.parent
 REPEAT = "inside the repeat window"

@@ -9,6 +9,7 @@ import jinja2
 import pytest
 
 from rollout.core.plan import Plan
+from rollout.demo.crowd import NOTICE_DAY
 from rollout.notify import outbox, render
 from rollout.notify.drain import drain
 from rollout.notify.queue import queue_due
@@ -16,7 +17,7 @@ from rollout.registry import Registry
 
 # The fixtures and helpers of the outbox tests: ann (no 2FA) and ben (TOTP) get mail,
 # cat (unverified) and dan (suppressed) are skipped.
-from tests.support.outbox import NOTICE_DAY, Recording, ids, rows
+from tests.support.outbox import Recording, ids, rows
 
 __all__ = ["ids"]  # a fixture, used by name
 

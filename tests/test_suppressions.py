@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from rollout.cli import app
 from rollout.core.plan import Plan
+from rollout.demo.crowd import NOTICE_DAY
 from rollout.dev.sendgrid_api import DEFAULT_API_KEY, DevSendGrid
 from rollout.notify import outbox
 from rollout.notify.drain import drain
@@ -24,7 +25,7 @@ from rollout.notify.senders import SendGridSender
 from rollout.notify.suppressions import LISTS, SuppressionsUnreadable, sync_suppressions
 from rollout.registry import Registry
 from rollout.registry.models import EmailSuppression
-from tests.support.outbox import NOTICE_DAY, ids, rows
+from tests.support.outbox import ids, rows
 
 __all__ = ["ids"]  # a fixture, used by name
 

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from starlette.applications import Starlette
 
 from rollout.core.plan import Plan
+from rollout.demo.crowd import NOTICE_DAY
 from rollout.dev.sendgrid_api import DEFAULT_API_KEY, DevSendGrid
 from rollout.dev.webhook_signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSigner
 from rollout.notify.drain import drain
@@ -33,7 +34,7 @@ from rollout.notify.suppressions import sync_suppressions
 from rollout.notify.webhook import EVENTS_PATH, create_app
 from rollout.registry import Registry
 from rollout.registry.models import Notification
-from tests.support.outbox import NOTICE_DAY, ids, rows
+from tests.support.outbox import ids, rows
 from tests.support.serving import free_port, wait_until_answering
 
 __all__ = ["ids"]  # a fixture, used by name

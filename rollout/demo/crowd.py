@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 
 from rollout.registry.engine import make_engine
 from rollout.registry.models import Account, CohortMembership
@@ -18,14 +18,14 @@ NOTICE_DAY = date(2022, 1, 4)  # the reference plan's top-100 notices go out
 
 def add_crowd(url: str, count: int, cohort: str = "top-100") -> None:
     """Add the crowd (usernames ``maintainer-NNNNNN``) to the registry at ``url``, which
-    must be at the newest schema and hold none of them."""
+    must be at the newest schema."""
     engine = make_engine(url)
     created = datetime(2021, 6, 1)
     qualified = date(2022, 1, 3)
     try:
         with engine.begin() as connection:
-            connection.execute(
-                insert(Account),
+            ids = connection.scalars(
+                insert(Account).returning(Account.id, sort_by_parameter_order=True),
                 [
                     {
                         "username": f"maintainer-{i:06d}",
@@ -35,9 +35,6 @@ def add_crowd(url: str, count: int, cohort: str = "top-100") -> None:
                     }
                     for i in range(count)
                 ],
-            )
-            ids = connection.scalars(
-                select(Account.id).where(Account.username.like("maintainer-%"))
             ).all()
             connection.execute(
                 insert(CohortMembership),

@@ -97,17 +97,23 @@ def run_lock_held(registry_url: str, engine: Engine, name: str) -> bool:
             os.close(handle)
         return False
     with engine.connect() as connection:
-        key = _advisory_key(connection, name)
-        # A bigint advisory key shows in pg_locks as its high and low 32 bits.
-        return bool(
-            connection.execute(
-                text(
-                    "select exists (select 1 from pg_locks where locktype = 'advisory'"
-                    " and granted and objsubid = 1 and classid = cast(:high as oid)"
-                    " and objid = cast(:low as oid)"
-                    " and database = (select oid from pg_database"
-                    " where datname = current_database()))"
-                ),
-                {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF},
-            ).scalar()
-        )
+        return bool(advisory_lock_holders(connection, name))
+
+
+def advisory_lock_holders(connection: Connection, name: str) -> list[int]:
+    """The server processes (pids) holding this registry's ``name`` run lock, on
+    PostgreSQL."""
+    key = _advisory_key(connection, name)
+    # A bigint advisory key shows in pg_locks as its high and low 32 bits.
+    return list(
+        connection.execute(
+            text(
+                "select pid from pg_locks where locktype = 'advisory' and granted"
+                " and objsubid = 1 and classid = cast(:high as oid)"
+                " and objid = cast(:low as oid)"
+                " and database = (select oid from pg_database"
+                " where datname = current_database())"
+            ),
+            {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF},
+        ).scalars()
+    )

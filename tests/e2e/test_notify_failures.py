@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
+from rollout.demo.crowd import NOTICE_DAY  # nothing else is due that day
 from rollout.phases.approvals import PrefectApi
 from tests.e2e.stack import (
     FINAL_STATES,
@@ -41,7 +42,6 @@ from tests.e2e.stack import (
     start_dev_sendgrid,
 )
 
-NOTICE_DAY = "2022-01-04"  # the reference plan's top-100 notice (nothing else is due)
 REFUSED = 20
 KEY = "SG.e2e-notify.not-a-real-key"
 SECRET_BLOCK = "sendgrid-api-key"
@@ -168,7 +168,7 @@ class Stack:
             "POST",
             f"/deployments/{deployment['id']}/create_flow_run",
             {
-                "parameters": {"as_of": NOTICE_DAY, **parameters},
+                "parameters": {"as_of": NOTICE_DAY.isoformat(), **parameters},
                 "job_variables": {"env": {"ROLLOUT_SENDGRID_URL": self.sendgrid.url}},
             },
         )

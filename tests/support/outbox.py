@@ -4,8 +4,6 @@ tests/test_file_outbox_eml.py and tests/test_render_failures.py (which import th
 
 from __future__ import annotations
 
-from datetime import date
-
 import pytest
 from sqlalchemy import select
 
@@ -14,8 +12,6 @@ from rollout.notify.message import DeliveryFailed, Message
 from rollout.registry import Registry
 from rollout.registry.models import Account, Notification
 from tests.factories import AccountFactory, bound_to
-
-NOTICE_DAY = date(2022, 1, 4)  # the reference plan's top-100 notices
 
 
 @pytest.fixture
