@@ -39,22 +39,18 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import statistics
 import tempfile
 import time
 from datetime import date, timedelta
 from pathlib import Path
 
+from peak import own_peak_gib as peak_gib
 from registry_copy import copy_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = ROOT / "plans" / "npm-2022.yaml"
 METRICS = "select * from package_metrics_daily where as_of = $as_of order by package"
-
-
-def peak_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
 
 
 def generate(scale: str, seed: int, work: Path) -> tuple[Path, Path]:

@@ -43,11 +43,16 @@ COMMANDS = (
 )
 
 # What the demo's story comes to with seed 7 (rollout demo --format json).
+# Issue 17's mail provider (dead mailboxes bounce, later mail to them is dropped)
+# changed it from 31,218 emails and 260 enforced high-impact accounts.
 EXPECTED = {
     "days": 161,
-    "emails_sent": 31_218,
+    "emails_sent": 31_202,
+    "maintainers_bounced": 191,
     "enforced top-100": 50,
-    "enforced high-impact": 260,
+    "never reached, enforced top-100": 6,
+    "enforced high-impact": 259,
+    "never reached, enforced high-impact": 54,
     "elv_enrolled": 12_000,
 }
 

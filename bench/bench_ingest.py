@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import resource
 import shutil
 import tempfile
 import time
@@ -31,13 +30,10 @@ import duckdb
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from peak import own_peak_gib
 
 from rollout import warehouse
 from rollout.warehouse import ingest, landing
-
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
 
 
 def shuffle_downloads(source: Path, target: Path, seed: int = 1) -> Path:
@@ -156,7 +152,7 @@ def main() -> None:
             print(
                 f"| ingest {kind} | {len(chosen)} files, {rows:,} rows{extra} | "
                 f"{seconds:.1f} s | {rows / seconds / 1e6:.2f} M rows/s | "
-                f"peak RSS so far {peak_rss_gib():.2f} GiB | counts checked against the files |",
+                f"peak RSS so far {own_peak_gib():.2f} GiB | counts checked against the files |",
                 flush=True,
             )
     if args.work is None:

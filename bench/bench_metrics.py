@@ -50,7 +50,6 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import shutil
 import sqlite3
 import subprocess
@@ -61,6 +60,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from peak import own_peak_gib as peak_gib
 from registry_copy import copy_registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,10 +68,6 @@ PLAN = ROOT / "plans" / "npm-2022.yaml"
 ROLLOUT_METRICS = "rollout-metrics.parquet"
 MAPS = {"dependencies": "prod", "devDependencies": "dev", "peerDependencies": "peer"}
 SHOW = 5  # differing packages shown
-
-
-def peak_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
 
 
 def windows(as_of: date) -> tuple[date, date, date]:

@@ -33,6 +33,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+from peak import own_peak_mib
 from sqlalchemy import select
 
 from rollout.core.plan import load_plan
@@ -184,7 +185,7 @@ def main() -> None:
         received, sent = check(url, work / "received.jsonl", args.emails, queued.added, report)
         me = resource.getrusage(resource.RUSAGE_SELF)
         server_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-        peak = me.ru_maxrss / 1024
+        peak = own_peak_mib()
         print(f"queued {queued.added} phase notices in {queue_s:.1f} s")
         print(
             f"sent {report.sent} (failed {report.failed}) in {send_s:.1f} s: "

@@ -52,7 +52,6 @@ import csv
 import json
 import os
 import platform
-import resource
 import shutil
 import sqlite3
 import subprocess
@@ -67,6 +66,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from peak import children_peak_mib, own_peak_mib
 from registry_copy import copy_registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,19 +77,6 @@ DAY_US = 86_400 * US
 SECOND_FACTORS = ["none", "elv", "totp", "webauthn"]
 OUTCOMES = ["success", "failed", "abandoned"]
 BENCH_LOGINS = "logins-bench.parquet"
-
-
-def peak_mib(who: int = resource.RUSAGE_SELF) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024
-
-
-def own_peak_mib() -> float:
-    """This process's peak RSS since it started. Not getrusage: a child started by
-    vfork + exec (as subprocess does) inherits its parent's high-water mark there."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return peak_mib()
 
 
 def at(day: date, hour: int = 0, minute: int = 0) -> datetime:
@@ -473,7 +460,7 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
         "enrolled": dict(sim.enrolled),
         "bench_logins": logins,
         "logins": login_days,
-        "peak_mib": peak_mib(),
+        "peak_mib": own_peak_mib(),
     }
 
 
@@ -529,7 +516,7 @@ def measure(work: Path, as_of: date) -> dict[str, Any]:
         "files": {path.name: path.stat().st_size for path in files.paths},
         "peak_mib": own_peak_mib(),
         # The largest SQLite exporter's, or this process's size when it started them.
-        "exporter_peak_mib": peak_mib(resource.RUSAGE_CHILDREN),
+        "exporter_peak_mib": children_peak_mib(),
     }
 
 

@@ -16,8 +16,6 @@ that many events.
 from __future__ import annotations
 
 import argparse
-import platform
-import resource
 import shutil
 import sqlite3
 import sys
@@ -26,6 +24,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from peak import children_peak_mib, own_peak_mib
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -52,12 +51,6 @@ COLUMNS = (
 )
 
 
-def _peak_rss_mib(who: int) -> float:
-    # ru_maxrss is KiB on Linux (bytes on macOS).
-    scale = 1 if platform.system() == "Darwin" else 1024
-    return resource.getrusage(who).ru_maxrss * scale / 2**20
-
-
 def _size_mib(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
@@ -67,8 +60,8 @@ def _row(summary: SampleSummary, wall: float, landing: Path) -> str:
         summary.scale,
         summary.seed,
         f"{wall:.1f}",
-        f"{_peak_rss_mib(resource.RUSAGE_SELF):,.0f}",
-        f"{_peak_rss_mib(resource.RUSAGE_CHILDREN):,.0f}",
+        f"{own_peak_mib():,.0f}",
+        f"{children_peak_mib():,.0f}",
         f"{summary.packages:,}",
         f"{summary.dependency_edges:,}",
         f"{summary.dev_dependency_edges:,}",
