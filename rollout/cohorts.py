@@ -427,19 +427,11 @@ def _snapshot(
         con.unregister("today_keys")
 
 
-def build_cohort(
-    con: duckdb.DuckDBPyConnection,
-    registry: Registry,
-    cohort: str,
-    rule: CohortRule,
-    as_of: date,
-    run_id: str,
-    actor: str,
-) -> CohortResult:
-    engine = registry.engine
-    qualified = _qualified_today(con, rule, as_of)
-    entered = _add_packages(engine, cohort, as_of, qualified, run_id, actor)
-    extract_registry(con, registry, ("cohort_packages",))
+def _accounts(
+    con: duckdb.DuckDBPyConnection, cohort: str, rule: CohortRule, as_of: date
+) -> tuple[pa.Table, int]:
+    """The accounts ``rule`` puts in ``cohort`` today, from the packages in it as just
+    extracted, and the maintainers listed that no account matches."""
     in_cohort = (
         "select package_key from registry.cohort_packages "
         "where cohort = $cohort and released_at is null"
@@ -450,30 +442,7 @@ def build_cohort(
         unresolved = warehouse.scalar(
             con, f"select count(*) from ({warehouse.render('marts/unresolved_maintainers')})"
         )
-    accounts_entered, accounts_left = _update_memberships(
-        engine, cohort, as_of, accounts, run_id, actor
-    )
-    extract_registry(con, registry, ("cohort_memberships",))
-    _snapshot(con, cohort, as_of, accounts, [key for _, key, _ in qualified])
-    total = warehouse.scalar(
-        con,
-        "select count(*) from registry.cohort_packages where "
-        "cohort = $cohort and released_at is null",
-        {"cohort": cohort},
-    )
-    statuses = accounts.column("tfa_status").to_pylist()
-    return CohortResult(
-        cohort=cohort,
-        as_of=as_of,
-        packages=total,
-        packages_qualifying_today=len(qualified),
-        packages_entered=entered,
-        accounts=accounts.num_rows,
-        accounts_without_2fa=statuses.count("none"),
-        accounts_entered=accounts_entered,
-        accounts_left=accounts_left,
-        unresolved_maintainers=unresolved or 0,
-    )
+    return accounts, unresolved or 0
 
 
 def build_cohorts(
@@ -497,16 +466,13 @@ def build_cohorts(
     names = cohorts or list(plan.cohorts)
     for name in names:
         require_download_window(con, plan.cohort(name), as_of, allow_gaps=allow_gaps)
-    if refresh_registry:
-        extract_registry(con, registry, COHORT_INPUTS)
-    else:
-        extract_registry(con, registry, ("cohort_packages", "cohort_memberships"))
+    rules = {name: plan.cohorts[name] for name in names}
+    engine = registry.engine
     with registry.lock("cohorts"):
-        results: list[CohortResult] = []
         # Each cohort's account models read the latest manifests: found once.
         with (
             recorded_run(
-                registry.engine,
+                engine,
                 plan=plan.name,
                 step=cohorts_step(as_of),
                 mode="apply",
@@ -516,8 +482,54 @@ def build_cohorts(
             ) as run,
             warehouse.materialized(con, "stg_manifests", ("package", "maintainers")),
         ):
+            # In stages, each over every cohort, so the registry is read back twice a
+            # build rather than twice a cohort (each read is a transaction of its
+            # own: two thirds of a small registry's daily build went to them).
+            # Every cohort's packages first; then what the account models read: the
+            # packages as just written, the memberships as they stood (a rule's
+            # account filters keep its members), and, unless the caller has just
+            # extracted them, who can publish and their factors.
+            qualified = {name: _qualified_today(con, rules[name], as_of) for name in names}
+            entered = {
+                name: _add_packages(engine, name, as_of, qualified[name], run.id, actor)
+                for name in names
+            }
+            extract_registry(
+                con,
+                registry,
+                COHORT_INPUTS if refresh_registry else ("cohort_packages", "cohort_memberships"),
+            )
+            accounts: dict[str, tuple[pa.Table, int]] = {}
+            moved: dict[str, tuple[int, int]] = {}
             for name in names:
-                result = build_cohort(con, registry, name, plan.cohorts[name], as_of, run.id, actor)
+                accounts[name] = _accounts(con, name, rules[name], as_of)
+                moved[name] = _update_memberships(
+                    engine, name, as_of, accounts[name][0], run.id, actor
+                )
+            # The snapshots take each account's first day from the memberships.
+            extract_registry(con, registry, ("cohort_memberships",))
+            results: list[CohortResult] = []
+            for name in names:
+                today, unresolved = accounts[name]
+                _snapshot(con, name, as_of, today, [key for _, key, _ in qualified[name]])
+                total = warehouse.scalar(
+                    con,
+                    "select count(*) from registry.cohort_packages where "
+                    "cohort = $cohort and released_at is null",
+                    {"cohort": name},
+                )
+                result = CohortResult(
+                    cohort=name,
+                    as_of=as_of,
+                    packages=total,
+                    packages_qualifying_today=len(qualified[name]),
+                    packages_entered=entered[name],
+                    accounts=today.num_rows,
+                    accounts_without_2fa=today.column("tfa_status").to_pylist().count("none"),
+                    accounts_entered=moved[name][0],
+                    accounts_left=moved[name][1],
+                    unresolved_maintainers=unresolved,
+                )
                 results.append(result)
                 run.summary[name] = {
                     "packages": result.packages,

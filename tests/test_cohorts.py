@@ -223,6 +223,41 @@ def test_rerunning_a_day_writes_nothing_twice(
         )
 
 
+def test_a_build_reads_the_registry_back_twice_however_many_cohorts(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each read is a warehouse transaction of its own: a small registry's daily build
+    spent two thirds of its time on them when there were two a cohort."""
+    reads: list[tuple[str, ...]] = []
+    original = cohorts.extract_registry
+
+    def counted(
+        con: duckdb.DuckDBPyConnection, registry: Registry, tables: tuple[str, ...]
+    ) -> dict[str, int]:
+        reads.append(tables)
+        return original(con, registry, tables)
+
+    monkeypatch.setattr(cohorts, "extract_registry", counted)
+    plan = with_cohort(small_cohorts_plan, CohortRule(every_maintainer=True, orgs=["corp"]))
+    plan = plan.model_copy(
+        update={"cohorts": {**plan.cohorts, "third": CohortRule(top_by_dependents=2)}}
+    )
+    built = build(con, registry, plan, D1)
+    assert len(built) == 3
+    # Who can publish and the packages as just written, then the memberships as written.
+    assert reads == [cohorts.COHORT_INPUTS, ("cohort_memberships",)]
+    # The snapshots read the memberships written by this build: every account's first day.
+    first_days = con.execute(
+        "select distinct cohort, first_qualified_on from cohort_account_snapshots"
+    ).fetchall()
+    assert {cohort for cohort, _ in first_days} == set(plan.cohorts)
+    assert {day for _, day in first_days} == {D1}
+
+
 def test_release_previews_then_takes_the_package_out_with_an_audit_row(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,

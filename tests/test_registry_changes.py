@@ -45,9 +45,11 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
     seen: list[tuple[str, ...]] = []
     original = extract._replace_tables
 
-    def spy(con: duckdb.DuckDBPyConnection, url: str, tables: tuple[str, ...], **kw: bool) -> None:
+    def spy(
+        con: duckdb.DuckDBPyConnection, url: str, tables: tuple[str, ...], **kw: bool
+    ) -> dict[str, int]:
         seen.append(tables)
-        original(con, url, tables, **kw)
+        return original(con, url, tables, **kw)
 
     monkeypatch.setattr(extract, "_replace_tables", spy)
     return seen

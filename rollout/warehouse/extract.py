@@ -235,9 +235,7 @@ def extract_registry(
     counts: dict[str, int] = {}
     if stale:  # (most days, for most callers, nothing is: no transaction to commit)
         with warehouse.transaction(con):
-            _replace_tables(con, registry_url, stale, exporters=exporters)
-            for name in stale:
-                counts[name] = warehouse.scalar(con, f"select count(*) from registry.{name}")
+            counts = _replace_tables(con, registry_url, stale, exporters=exporters)
             _record_versions(con, counts, versions)
     unchanged = [name for name in tables if name not in counts]
     if unchanged:
@@ -284,19 +282,20 @@ def _record_versions(
     )
     if versions is None:
         return
-    for name, rows in counts.items():
-        con.execute(
-            "insert into registry_extract_versions by name "
-            "select $name as table_name, $instance as instance, $version as version, "
-            "$rows as rows, $now as extracted_at",
-            {
-                "name": name,
-                "instance": versions[name].instance,
-                "version": versions[name].version,
-                "rows": rows,
-                "now": datetime.now(UTC).replace(tzinfo=None),
-            },
-        )
+    names = list(counts)
+    # One statement for them all: a daily run records a few tables many times a day.
+    con.execute(
+        "insert into registry_extract_versions by name "
+        "select unnest($names) as table_name, unnest($instances) as instance, "
+        "unnest($versions) as version, unnest($rows) as rows, $now as extracted_at",
+        {
+            "names": names,
+            "instances": [versions[name].instance for name in names],
+            "versions": [versions[name].version for name in names],
+            "rows": [counts[name] for name in names],
+            "now": datetime.now(UTC).replace(tzinfo=None),
+        },
+    )
 
 
 def _replace_tables(
@@ -305,9 +304,9 @@ def _replace_tables(
     tables: tuple[str, ...],
     *,
     exporters: bool | None,
-) -> None:
+) -> dict[str, int]:
     """Replace ``registry.<table>`` for each of ``tables`` with the registry's rows
-    (inside the caller's warehouse transaction)."""
+    (inside the caller's warehouse transaction); returns each table's rows."""
     sqlite = is_sqlite(registry_url)
     # Read once: what decides the reader and what shares the tables out among exporters.
     sizes = (
@@ -318,6 +317,7 @@ def _replace_tables(
     if sqlite and exporters is None:
         exporters = sum(sizes.values()) > IN_PROCESS_ROWS
     exported = sqlite and bool(exporters)
+    counts: dict[str, int] = {}
     # A folder only for the child exporters' files (a daily run makes many small reads).
     folder = tempfile.TemporaryDirectory(prefix="rollout-extract-") if exported else None
     with folder or nullcontext() as scratch:
@@ -352,3 +352,10 @@ def _replace_tables(
                 finally:
                     with suppress(duckdb.Error):  # never hide the error that got us here
                         con.unregister("registry_batches")
+                # An Arrow table knows its rows; a stream from PostgreSQL is counted.
+                counts[name] = (
+                    data.num_rows
+                    if isinstance(data, pa.Table)
+                    else warehouse.scalar(con, f"select count(*) from registry.{name}")
+                )
+    return counts
