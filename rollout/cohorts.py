@@ -243,10 +243,11 @@ def _add_packages(
             for package, key, reasons in qualified
         ]
         c = COHORT_PACKAGES.c
+        entered = [row for row in rows if row["package_key"] not in existing]
         upsert(
             connection,
             COHORT_PACKAGES,
-            rows,
+            entered,
             ["cohort", "package_key"],
             {
                 # A backfill of an earlier day moves the first day back, never forward.
@@ -258,7 +259,17 @@ def _add_packages(
                 ),
             },
         )
-        entered = [row for row in rows if row["package_key"] not in existing]
+        # The packages already in: only their days move (what the upsert would set).
+        kept = [row["package_key"] for row in rows if row["package_key"] in existing]
+        for chunk in _chunks(kept):
+            connection.execute(
+                update(COHORT_PACKAGES)
+                .where(and_(c.cohort == cohort, c.package_key.in_(chunk)))
+                .values(
+                    first_qualified_on=_least(c.first_qualified_on, as_of),
+                    last_qualified_on=_greatest(c.last_qualified_on, as_of),
+                )
+            )
         record_actions(
             connection,
             (
@@ -278,6 +289,15 @@ def _add_packages(
     return [row["package"] for row in entered]
 
 
+# Keys in one IN list: well under SQLite's 32,766 bound parameters and psycopg's 65,535.
+IN_CHUNK = 5_000
+
+
+def _chunks(values: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(values), IN_CHUNK):
+        yield values[start : start + IN_CHUNK]
+
+
 def _least(a: Any, b: Any) -> Any:
     return case((a <= b, a), else_=b)
 
@@ -294,9 +314,9 @@ def _update_memberships(
     with engine.begin() as connection:
         c = MEMBERSHIPS.c
         before = {
-            account_id: left_on
-            for account_id, left_on in connection.execute(
-                select(c.account_id, c.left_on).where(c.cohort == cohort)
+            account_id: (left_on, packages)
+            for account_id, left_on, packages in connection.execute(
+                select(c.account_id, c.left_on, c.packages).where(c.cohort == cohort)
             )
         }
         rows = [
@@ -311,10 +331,27 @@ def _update_memberships(
             }
             for row in today
         ]
+        # A member still in through the same packages: only the days and the run move
+        # (what the upsert would set), in a few statements, not a row each.
+        same = {
+            row["account_id"]
+            for row in rows
+            if before.get(row["account_id"]) == (None, row["packages"])
+        }
+        for chunk in _chunks(sorted(same)):
+            connection.execute(
+                update(MEMBERSHIPS)
+                .where(and_(c.cohort == cohort, c.account_id.in_(chunk)))
+                .values(
+                    first_qualified_on=_least(c.first_qualified_on, as_of),
+                    last_qualified_on=_greatest(c.last_qualified_on, as_of),
+                    run_id=run_id,
+                )
+            )
         upsert(
             connection,
             MEMBERSHIPS,
-            rows,
+            [row for row in rows if row["account_id"] not in same],
             ["cohort", "account_id"],
             {
                 "packages": lambda new: new.packages,
@@ -332,13 +369,13 @@ def _update_memberships(
         entered = [
             row
             for row in today
-            if row["account_id"] not in before or before[row["account_id"]] is not None
+            if row["account_id"] not in before or before[row["account_id"]][0] is not None
         ]
-        gone = [a for a, left_on in before.items() if a not in present and left_on is None]
-        if gone:
+        gone = [a for a, (left_on, _) in before.items() if a not in present and left_on is None]
+        for chunk in _chunks(gone):
             connection.execute(
                 update(MEMBERSHIPS)
-                .where(and_(c.cohort == cohort, c.account_id.in_(gone)))
+                .where(and_(c.cohort == cohort, c.account_id.in_(chunk)))
                 .values(left_on=as_of, run_id=run_id)
             )
         record_actions(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -221,6 +222,68 @@ def test_rerunning_a_day_writes_nothing_twice(
         assert (
             connection.execute(select(func.count()).select_from(CohortMembership)).scalar_one() == 5
         )
+
+
+def test_a_backfilled_day_moves_the_first_day_back_and_never_the_last(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+) -> None:
+    def packages() -> dict[tuple[str, str], tuple[date, date]]:
+        with registry.engine.connect() as connection:
+            c = CohortPackage
+            rows = connection.execute(
+                select(c.cohort, c.package, c.first_qualified_on, c.last_qualified_on)
+            )
+            return {(cohort, p): (first, last) for cohort, p, first, last in rows}
+
+    def members() -> dict[tuple[str, int], tuple[date, date, date | None, str]]:
+        with registry.engine.connect() as connection:
+            m = CohortMembership
+            rows = connection.execute(
+                select(
+                    m.cohort,
+                    m.account_id,
+                    m.first_qualified_on,
+                    m.last_qualified_on,
+                    m.left_on,
+                    m.run_id,
+                )
+            )
+            return {(cohort, a): tuple(rest) for cohort, a, *rest in rows}
+
+    def qualifying(table: str, column: str, day: date) -> set[tuple[str, Any]]:
+        where = " and qualifies_today" if table == "cohort_package_snapshots" else ""
+        return set(
+            con.execute(
+                f"select cohort, {column} from {table} where as_of = $d{where}", {"d": day}
+            ).fetchall()
+        )
+
+    build(con, registry, small_cohorts_plan, D2)
+    members_d2 = members()
+    # A backfill of the week before.
+    build(con, registry, small_cohorts_plan, D1)
+    both = qualifying("cohort_package_snapshots", "package", D1) & qualifying(
+        "cohort_package_snapshots", "package", D2
+    )
+    assert both
+    after = packages()
+    assert {after[key] for key in both} == {(D1, D2)}
+    # The members of both days: the first day moves back, the last stays, still in,
+    # and the row names the run that saw it last, the backfill's.
+    kept = qualifying("cohort_account_snapshots", "account_id", D1) & qualifying(
+        "cohort_account_snapshots", "account_id", D2
+    )
+    assert kept
+    backfilled = members()
+    assert {backfilled[key][:3] for key in kept} == {(D1, D2, None)}
+    assert all(backfilled[key][3] != members_d2[key][3] for key in kept)
+    # D2 again moves neither day.
+    build(con, registry, small_cohorts_plan, D2)
+    assert {packages()[key] for key in both} == {(D1, D2)}
+    assert {members()[key][:3] for key in kept} == {(D1, D2, None)}
 
 
 def test_a_build_reads_the_registry_back_twice_however_many_cohorts(
