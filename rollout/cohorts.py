@@ -24,6 +24,7 @@ from rollout.core.calendar import cohorts_step
 from rollout.core.errors import BadInput
 from rollout.core.plan import CohortRule, Plan
 from rollout.registry import Registry
+from rollout.registry.batches import in_chunks
 from rollout.registry.ledger import record_actions, recorded_run, upsert, utc_now
 from rollout.registry.models import CohortMembership, CohortPackage
 from rollout.warehouse.extract import extract_registry
@@ -261,7 +262,7 @@ def _add_packages(
         )
         # The packages already in: only their days move (what the upsert would set).
         kept = [row["package_key"] for row in rows if row["package_key"] in existing]
-        for chunk in _chunks(kept):
+        for chunk in in_chunks(kept):
             connection.execute(
                 update(COHORT_PACKAGES)
                 .where(and_(c.cohort == cohort, c.package_key.in_(chunk)))
@@ -287,15 +288,6 @@ def _add_packages(
             ),
         )
     return [row["package"] for row in entered]
-
-
-# Keys in one IN list: well under SQLite's 32,766 bound parameters and psycopg's 65,535.
-IN_CHUNK = 5_000
-
-
-def _chunks(values: list[Any]) -> Iterator[list[Any]]:
-    for start in range(0, len(values), IN_CHUNK):
-        yield values[start : start + IN_CHUNK]
 
 
 def _least(a: Any, b: Any) -> Any:
@@ -338,7 +330,7 @@ def _update_memberships(
             for row in rows
             if before.get(row["account_id"]) == (None, row["packages"])
         }
-        for chunk in _chunks(sorted(same)):
+        for chunk in in_chunks(sorted(same)):
             connection.execute(
                 update(MEMBERSHIPS)
                 .where(and_(c.cohort == cohort, c.account_id.in_(chunk)))
@@ -372,7 +364,7 @@ def _update_memberships(
             if row["account_id"] not in before or before[row["account_id"]][0] is not None
         ]
         gone = [a for a, (left_on, _) in before.items() if a not in present and left_on is None]
-        for chunk in _chunks(gone):
+        for chunk in in_chunks(gone):
             connection.execute(
                 update(MEMBERSHIPS)
                 .where(and_(c.cohort == cohort, c.account_id.in_(chunk)))

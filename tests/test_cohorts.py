@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from rollout import cohorts, metrics
 from rollout.core.errors import BadInput
 from rollout.core.plan import ActiveWithin, CohortRule, DownloadsOver, Plan
-from rollout.registry import Registry
+from rollout.registry import Registry, batches
 from rollout.registry.engine import session_scope
 from rollout.registry.models import (
     Account,
@@ -224,12 +224,18 @@ def test_rerunning_a_day_writes_nothing_twice(
         )
 
 
+# With one key a statement as well: the updates go in slices (rollout.registry.batches).
+@pytest.mark.parametrize("in_list_max", [batches.IN_LIST_MAX, 1])
 def test_a_backfilled_day_moves_the_first_day_back_and_never_the_last(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,
     small_cohorts_plan: Plan,
     people: dict[str, int],
+    in_list_max: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(batches, "IN_LIST_MAX", in_list_max)
+
     def packages() -> dict[tuple[str, str], tuple[date, date]]:
         with registry.engine.connect() as connection:
             c = CohortPackage

@@ -22,8 +22,14 @@ from rollout.notify.drain import drain
 from rollout.notify.queue import queue_due
 from rollout.notify.senders import FileSender
 from rollout.phases import enforce
-from rollout.phases.snoozes import COMMAND, SnoozeRequest, read_requests, snooze
-from rollout.registry import Registry
+from rollout.phases.snoozes import (
+    COMMAND,
+    SnoozeRequest,
+    read_requests,
+    snooze,
+    snooze_preview,
+)
+from rollout.registry import Registry, batches
 from rollout.registry.models import Account, Action, Notification
 from tests.factories import AccountFactory
 
@@ -200,6 +206,25 @@ def test_a_snooze_postpones_one_deadline_once_within_the_plans_days(
             select(func.count()).select_from(Action).where(Action.action == "snooze_deadline")
         ).scalar_one()
     assert audited == 1
+
+
+def test_requests_judged_a_few_accounts_at_a_time_get_the_same_outcomes(
+    campaign: Campaign, registry: Registry, plan: Plan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request file may name more accounts than one statement can bind: they are
+    looked up in slices (rollout.registry.batches), here of one account."""
+    campaign.day(date(2023, 3, 13))
+    at = datetime(2023, 4, 1, 8)
+    asked = [("eve", 5), ("ann", 8), ("cat", 3), ("nobody", 3), ("dan", 2), ("ann", 3)]
+    requests = [SnoozeRequest(name, days, at, COMMAND) for name, days in asked]
+    whole = snooze_preview(registry, plan, PHASE, requests)
+    monkeypatch.setattr(batches, "IN_LIST_MAX", 1)
+    assert snooze_preview(registry, plan, PHASE, requests) == whole
+    assert [o.outcome for o in whole].count("granted") >= 2
+    outcomes = snooze(registry, plan, PHASE, requests, actor="rm", now=at)
+    assert [(o.username, o.outcome, o.reason) for o in outcomes] == [
+        (o.username, o.outcome, o.reason) for o in whole
+    ]
 
 
 def test_a_reminder_waits_for_a_snoozed_deadline(

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, and_, case, exists, func, select, upd
 from rollout.core.calendar import org_enforcement_step, org_reinvite_step
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.registry import Registry
+from rollout.registry.batches import in_chunks
 from rollout.registry.ledger import (
     insert_ignoring_existing,
     record_actions,
@@ -169,19 +170,23 @@ def enforce_org(
                     .values(tfa_enforced_at=now)
                     .returning(ORGS.c.id)
                 ).all()
-                removed = connection.execute(
-                    update(MEMBERS)
-                    .where(
-                        and_(
-                            MEMBERS.c.id.in_([m.member_id for m in to_remove]),
-                            MEMBERS.c.removed_at.is_(None),
-                            # Re-checked here: a member who enrolled since is kept.
-                            ~has_active_factor(MEMBERS.c.account_id),
+                removed = [
+                    row
+                    for members in in_chunks([m.member_id for m in to_remove])
+                    for row in connection.execute(
+                        update(MEMBERS)
+                        .where(
+                            and_(
+                                MEMBERS.c.id.in_(members),
+                                MEMBERS.c.removed_at.is_(None),
+                                # Re-checked here: a member who enrolled since is kept.
+                                ~has_active_factor(MEMBERS.c.account_id),
+                            )
                         )
-                    )
-                    .values(removed_at=now, removed_reason=reason)
-                    .returning(MEMBERS.c.id, MEMBERS.c.account_id)
-                ).all()
+                        .values(removed_at=now, removed_reason=reason)
+                        .returning(MEMBERS.c.id, MEMBERS.c.account_id)
+                    ).all()
+                ]
                 by_member = {m.member_id: m for m in to_remove}
                 removed_names = sorted(by_member[member_id].username for member_id, _ in removed)
                 phase = f"org:{org}"

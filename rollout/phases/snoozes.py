@@ -28,6 +28,7 @@ from rollout.core.errors import BadInput
 from rollout.core.plan import Phase, Plan
 from rollout.phases.enforce import LOCK
 from rollout.registry import Registry
+from rollout.registry.batches import in_chunks
 from rollout.registry.deadlines import SNOOZES, deadlines
 from rollout.registry.ledger import dialect_insert, record_actions, recorded_run, utc_now
 from rollout.registry.models import Account, CohortMembership, PhaseRequirement
@@ -129,7 +130,8 @@ def snooze_phase(phase: Phase) -> Phase:
 
 @dataclass(frozen=True)
 class _Known:
-    """What judging a batch of requests reads of their accounts, in one query each."""
+    """What judging a batch of requests reads of their accounts: a query each, per few
+    thousand accounts (rollout.registry.batches)."""
 
     in_cohort: set[int]
     snoozed: dict[int, tuple[int, datetime]]  # days, requested_at
@@ -176,36 +178,39 @@ def _judge_all(
 ) -> tuple[list[SnoozeOutcome], dict[str, int]]:
     """Each request's outcome, and the account ids of the usernames found."""
     usernames = sorted({r.username for r in requests})
-    ids = dict(
-        connection.execute(
-            select(ACCOUNTS.c.username, ACCOUNTS.c.id).where(ACCOUNTS.c.username.in_(usernames))
-        ).all()
-    )
-    accounts = sorted(ids.values())
+    ids: dict[str, int] = {}
+    for names in in_chunks(usernames):  # a file's requests: as many as it holds
+        ids.update(
+            dict(
+                connection.execute(
+                    select(ACCOUNTS.c.username, ACCOUNTS.c.id).where(ACCOUNTS.c.username.in_(names))
+                ).all()
+            )
+        )
     m, q = CohortMembership, REQUIREMENTS.c
-    known = _Known(
-        in_cohort=set(
+    known = _Known(in_cohort=set(), snoozed={}, deadlines={}, enforced=set())
+    for accounts in in_chunks(sorted(ids.values())):
+        known.in_cohort.update(
             connection.execute(
                 select(m.account_id).where(
                     and_(m.cohort == phase.cohort, m.left_on.is_(None), m.account_id.in_(accounts))
                 )
             ).scalars()
-        ),
-        snoozed={
-            account_id: (days, at)
+        )
+        known.snoozed.update(
+            (account_id, (days, at))
             for account_id, days, at in connection.execute(
                 select(SNOOZES.c.account_id, SNOOZES.c.days, SNOOZES.c.requested_at).where(
                     and_(SNOOZES.c.phase == phase.name, SNOOZES.c.account_id.in_(accounts))
                 )
             )
-        },
-        deadlines=deadlines(connection, phase, accounts),
-        enforced=set(
+        )
+        known.deadlines.update(deadlines(connection, phase, list(accounts)))
+        known.enforced.update(
             connection.execute(
                 select(q.account_id).where(and_(q.phase == phase.name, q.account_id.in_(accounts)))
             ).scalars()
-        ),
-    )
+        )
     return [_judge(phase, r, ids.get(r.username), known) for r in requests], ids
 
 
