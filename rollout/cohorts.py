@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import duckdb
 import pyarrow as pa
-from sqlalchemy import Engine, and_, case, select, update
+from sqlalchemy import Connection, Engine, Table, and_, case, select, update
 
 from rollout import warehouse
 from rollout.core.calendar import cohorts_step
@@ -262,15 +262,7 @@ def _add_packages(
         )
         # The packages already in: only their days move (what the upsert would set).
         kept = [row["package_key"] for row in rows if row["package_key"] in existing]
-        for chunk in in_chunks(kept):
-            connection.execute(
-                update(COHORT_PACKAGES)
-                .where(and_(c.cohort == cohort, c.package_key.in_(chunk)))
-                .values(
-                    first_qualified_on=_least(c.first_qualified_on, as_of),
-                    last_qualified_on=_greatest(c.last_qualified_on, as_of),
-                )
-            )
+        _seen_again(connection, COHORT_PACKAGES, cohort, "package_key", kept, as_of)
         record_actions(
             connection,
             (
@@ -288,6 +280,31 @@ def _add_packages(
             ),
         )
     return [row["package"] for row in entered]
+
+
+def _seen_again(
+    connection: Connection,
+    table: Table,
+    cohort: str,
+    key: str,
+    keys: list[Any],
+    as_of: date,
+    **also: Any,
+) -> None:
+    """The rows of ``cohort`` already there whose ``key`` is in ``keys``, seen again on
+    ``as_of``: the first day moves back to it and the last forward (never the other
+    way: a backfill), with the columns of ``also``. A few statements, not one a row."""
+    c = table.c
+    for chunk in in_chunks(keys):
+        connection.execute(
+            update(table)
+            .where(and_(c.cohort == cohort, c[key].in_(chunk)))
+            .values(
+                first_qualified_on=_least(c.first_qualified_on, as_of),
+                last_qualified_on=_greatest(c.last_qualified_on, as_of),
+                **also,
+            )
+        )
 
 
 def _least(a: Any, b: Any) -> Any:
@@ -324,22 +341,15 @@ def _update_memberships(
             for row in today
         ]
         # A member still in through the same packages: only the days and the run move
-        # (what the upsert would set), in a few statements, not a row each.
+        # (what the upsert would set).
         same = {
             row["account_id"]
             for row in rows
             if before.get(row["account_id"]) == (None, row["packages"])
         }
-        for chunk in in_chunks(sorted(same)):
-            connection.execute(
-                update(MEMBERSHIPS)
-                .where(and_(c.cohort == cohort, c.account_id.in_(chunk)))
-                .values(
-                    first_qualified_on=_least(c.first_qualified_on, as_of),
-                    last_qualified_on=_greatest(c.last_qualified_on, as_of),
-                    run_id=run_id,
-                )
-            )
+        _seen_again(
+            connection, MEMBERSHIPS, cohort, "account_id", sorted(same), as_of, run_id=run_id
+        )
         upsert(
             connection,
             MEMBERSHIPS,
