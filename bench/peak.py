@@ -22,9 +22,8 @@ def own_peak_mib() -> float:
         for line in status.read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
-    # Elsewhere, getrusage's, which may include the parent's (above); macOS counts bytes.
-    scale = 1 if platform.system() == "Darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+    # Elsewhere, getrusage's, which may include the parent's (above).
+    return _maxrss_mib(resource.RUSAGE_SELF)
 
 
 def own_peak_gib() -> float:
@@ -34,5 +33,9 @@ def own_peak_gib() -> float:
 def children_peak_mib() -> float:
     """The largest peak of the children waited for, floored at this process's size when
     it started each of them (see above): an upper bound of what they used."""
-    scale = 1 if platform.system() == "Darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale / 2**20
+    return _maxrss_mib(resource.RUSAGE_CHILDREN)
+
+
+def _maxrss_mib(who: int) -> float:
+    scale = 1 if platform.system() == "Darwin" else 1024  # macOS counts bytes, Linux KiB
+    return resource.getrusage(who).ru_maxrss * scale / 2**20

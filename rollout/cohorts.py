@@ -25,7 +25,13 @@ from rollout.core.errors import BadInput
 from rollout.core.plan import CohortRule, Plan
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
-from rollout.registry.ledger import record_actions, recorded_run, upsert, utc_now
+from rollout.registry.ledger import (
+    insert_ignoring_existing,
+    record_actions,
+    recorded_run,
+    upsert,
+    utc_now,
+)
 from rollout.registry.models import CohortMembership, CohortPackage
 from rollout.warehouse.extract import extract_registry
 
@@ -243,24 +249,9 @@ def _add_packages(
             }
             for package, key, reasons in qualified
         ]
-        c = COHORT_PACKAGES.c
+        # New packages are inserted; those already in only have their days moved.
         entered = [row for row in rows if row["package_key"] not in existing]
-        upsert(
-            connection,
-            COHORT_PACKAGES,
-            entered,
-            ["cohort", "package_key"],
-            {
-                # A backfill of an earlier day moves the first day back, never forward.
-                "first_qualified_on": lambda new: _least(
-                    c.first_qualified_on, new.first_qualified_on
-                ),
-                "last_qualified_on": lambda new: _greatest(
-                    c.last_qualified_on, new.last_qualified_on
-                ),
-            },
-        )
-        # The packages already in: only their days move (what the upsert would set).
+        insert_ignoring_existing(connection, COHORT_PACKAGES, entered, ["cohort", "package_key"])
         kept = [row["package_key"] for row in rows if row["package_key"] in existing]
         _seen_again(connection, COHORT_PACKAGES, cohort, "package_key", kept, as_of)
         record_actions(
@@ -538,18 +529,16 @@ def build_cohorts(
                 registry,
                 COHORT_INPUTS if refresh_registry else ("cohort_packages", "cohort_memberships"),
             )
-            accounts: dict[str, tuple[pa.Table, int]] = {}
-            moved: dict[str, tuple[int, int]] = {}
-            for name in names:
-                accounts[name] = _accounts(con, name, rules[name], as_of)
-                moved[name] = _update_memberships(
-                    engine, name, as_of, accounts[name][0], run.id, actor
-                )
+            found = {name: _accounts(con, name, rules[name], as_of) for name in names}
+            moved = {
+                name: _update_memberships(engine, name, as_of, found[name][0], run.id, actor)
+                for name in names
+            }
             # The snapshots take each account's first day from the memberships.
             extract_registry(con, registry, ("cohort_memberships",))
             results: list[CohortResult] = []
             for name in names:
-                today, unresolved = accounts[name]
+                today, unresolved = found[name]
                 _snapshot(con, name, as_of, today, [key for _, key, _ in qualified[name]])
                 total = warehouse.scalar(
                     con,

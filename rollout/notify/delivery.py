@@ -24,6 +24,7 @@ from sqlalchemy import bindparam, func, select, update
 
 from rollout import warehouse
 from rollout.registry import Registry
+from rollout.registry.batches import in_chunks
 from rollout.registry.models import Notification, RegistryChange
 
 NOTIFICATIONS = Notification.__table__
@@ -113,8 +114,7 @@ def _current(registry: Registry, ids: list[int]) -> dict[int, tuple[str | None, 
     found: dict[int, tuple[str | None, State]] = {}
     query = select(c.id, c.message_id, c.delivery, c.delivery_at, c.delivery_reason)
     with registry.engine.connect() as connection:
-        for start in range(0, len(ids), BATCH):
-            chunk = ids[start : start + BATCH]
+        for chunk in in_chunks(ids, BATCH):
             for i, message_id, delivery, at, reason in connection.execute(
                 query.where(c.id.in_(chunk))
             ):

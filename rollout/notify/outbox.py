@@ -28,6 +28,7 @@ from sqlalchemy import (
 
 from rollout.core.errors import RolloutError
 from rollout.registry import Registry
+from rollout.registry.batches import in_chunks
 from rollout.registry.ledger import dialect_insert, utc_now
 from rollout.registry.models import (
     Account,
@@ -190,12 +191,12 @@ def suppression_reasons(connection: Connection, addresses: Iterable[str]) -> dic
     chosen as :func:`suppression_reason_sql` chooses."""
     wanted = sorted({address.lower() for address in addresses})
     reasons: dict[str, str] = {}
-    for at in range(0, len(wanted), 1000):  # bound the IN list
+    for chunk in in_chunks(wanted):
         rows = connection.execute(
             select(SUPPRESSIONS.c.address, func.min(_suppression_reason()))
             .where(
                 and_(
-                    SUPPRESSIONS.c.address.in_(wanted[at : at + 1000]),
+                    SUPPRESSIONS.c.address.in_(chunk),
                     stops_email(SUPPRESSIONS.c.source),
                 )
             )

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, and_, case, exists, func, select, update
+from sqlalchemy import Connection, Engine, Row, and_, case, exists, func, select, update
 
 from rollout.core.calendar import org_enforcement_step, org_reinvite_step
 from rollout.core.errors import BadInput, GuardRefused
@@ -170,10 +170,9 @@ def enforce_org(
                     .values(tfa_enforced_at=now)
                     .returning(ORGS.c.id)
                 ).all()
-                removed = [
-                    row
-                    for members in in_chunks([m.member_id for m in to_remove])
-                    for row in connection.execute(
+                removed: list[Row[tuple[int, int]]] = []
+                for members in in_chunks([m.member_id for m in to_remove]):
+                    removed += connection.execute(
                         update(MEMBERS)
                         .where(
                             and_(
@@ -186,7 +185,6 @@ def enforce_org(
                         .values(removed_at=now, removed_reason=reason)
                         .returning(MEMBERS.c.id, MEMBERS.c.account_id)
                     ).all()
-                ]
                 by_member = {m.member_id: m for m in to_remove}
                 removed_names = sorted(by_member[member_id].username for member_id, _ in removed)
                 phase = f"org:{org}"

@@ -181,11 +181,9 @@ def _judge_all(
     ids: dict[str, int] = {}
     for names in in_chunks(usernames):  # a file's requests: as many as it holds
         ids.update(
-            dict(
-                connection.execute(
-                    select(ACCOUNTS.c.username, ACCOUNTS.c.id).where(ACCOUNTS.c.username.in_(names))
-                ).all()
-            )
+            connection.execute(
+                select(ACCOUNTS.c.username, ACCOUNTS.c.id).where(ACCOUNTS.c.username.in_(names))
+            ).all()
         )
     m, q = CohortMembership, REQUIREMENTS.c
     known = _Known(in_cohort=set(), snoozed={}, deadlines={}, enforced=set())
@@ -205,7 +203,7 @@ def _judge_all(
                 )
             )
         )
-        known.deadlines.update(deadlines(connection, phase, list(accounts)))
+        known.deadlines.update(deadlines(connection, phase, accounts))
         known.enforced.update(
             connection.execute(
                 select(q.account_id).where(and_(q.phase == phase.name, q.account_id.in_(accounts)))

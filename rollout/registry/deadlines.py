@@ -13,6 +13,7 @@ Deadlines are whole UTC days: a notice sent at any time on 03-13 with 45 days ma
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -80,7 +81,7 @@ def own_deadline(phase: Phase, noticed_at: datetime, snoozed_days: int | None) -
 
 
 def deadlines(
-    connection: Connection, phase: Phase, account_ids: list[int] | None = None
+    connection: Connection, phase: Phase, account_ids: Sequence[int] | None = None
 ) -> dict[int, date]:
     """Every noticed account's own deadline in the phase, or those of ``account_ids``
     (accounts never sent the notice have none)."""
