@@ -34,6 +34,7 @@ from rollout.registry.ledger import (
 )
 from rollout.registry.models import CohortMembership, CohortPackage
 from rollout.warehouse.extract import extract_registry
+from rollout.warehouse.manifests import latest_manifests
 
 # The registry tables a cohort build reads: who can publish, and their 2FA factors.
 COHORT_INPUTS = (
@@ -499,7 +500,7 @@ def build_cohorts(
     rules = {name: plan.cohorts[name] for name in names}
     engine = registry.engine
     with registry.lock("cohorts"):
-        # Each cohort's account models read the latest manifests: found once.
+        # Each cohort's account models read the latest manifests: the kept ones.
         with (
             recorded_run(
                 engine,
@@ -510,7 +511,7 @@ def build_cohorts(
                 lock="cohorts",
                 parameters={"as_of": as_of.isoformat(), "cohorts": names},
             ) as run,
-            warehouse.materialized(con, "stg_manifests", ("package", "maintainers")),
+            latest_manifests(con),
         ):
             # In stages, each over every cohort, so the registry is read back twice a
             # build rather than twice a cohort (each read is a transaction of its

@@ -9,7 +9,8 @@ The download windows are kept between runs (``download_windows``): the next day'
 the kept ones moved by what entered and left them and by the files loaded since, not a
 sum over the whole window again. So are the dependents by name (``dependency_counts``):
 reused while no manifests file comes, moved by the packages whose latest manifest
-changed when one does. ``rebuild=True`` computes both whole.
+changed when one does. So are the latest manifests themselves
+(rollout.warehouse.manifests). ``rebuild=True`` computes all three whole.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import duckdb
 
 from rollout import warehouse
 from rollout.core.plan import MetricsWindows
+from rollout.warehouse.manifests import latest_manifests
 
 
 @dataclass(frozen=True)
@@ -78,32 +80,40 @@ def compute_metrics(
     the check of the incremental one)."""
     started = time.perf_counter()
     # Every model below reads the latest manifests, most of them more than once.
-    latest = ("package", "self_dependency_kinds", "file_id", "ordinal")
-    with warehouse.materialized(con, "stg_manifests", latest):
+    with latest_manifests(con, rebuild=rebuild):
         return _compute(con, as_of, windows, started, rebuild)
 
 
-def _dependency_counts(con: duckdb.DuckDBPyConnection, counted: int, rebuild: bool) -> None:
+Exclusions = tuple[int, int, int]  # self-dependencies, unknown dependencies, unknown packages
+
+
+def _dependency_counts(con: duckdb.DuckDBPyConnection, counted: int, rebuild: bool) -> Exclusions:
     """Bring ``dependency_counts``, which the mart and the exclusions read, to the
     manifests loaded now, the files up to ``counted`` (inside the caller's
     transaction): kept as they are when no manifests file came since they were
     counted, else moved by the packages whose latest manifest changed, or counted
-    whole (nothing kept, or ``rebuild``)."""
+    whole (nothing kept, or ``rebuild``). Returns what the counts leave out of the
+    metrics, kept with them: it changes only when they do."""
     kept = (
         None
         if rebuild
-        else warehouse.scalar(con, "select max(counted_file_id) from dependency_counts_state")
+        else warehouse.one(
+            con,
+            "select counted_file_id, self_dependencies, unknown_dependencies, unknown_packages "
+            "from dependency_counts_state",
+        )
     )
     if kept is not None:
         new_manifests = warehouse.scalar(
             con,
             "select exists (select 1 from raw_manifests where file_id > $kept)",
-            {"kept": kept},
+            {"kept": kept[0]},
         )
-        if not new_manifests:
-            return
+        # (A state kept before the exclusions were has none: counted again below.)
+        if not new_manifests and None not in kept:
+            return kept[1], kept[2], kept[3]
         counts = warehouse.render("intermediate/int_dependency_counts_step")
-        params: dict[str, object] = {"counted_file_id": kept}
+        params: dict[str, object] = {"counted_file_id": kept[0]}
     else:
         counts = warehouse.render("intermediate/int_dependency_counts")
         params = {}
@@ -117,8 +127,21 @@ def _dependency_counts(con: duckdb.DuckDBPyConnection, counted: int, rebuild: bo
         f"cast(edges as bigint) as edges from ({counts}) where edges <> 0",
         params,
     )
+    exclusions = warehouse.one(con, warehouse.render("intermediate/int_dependency_exclusions"))
+    self_deps, unknown_deps, unknown_packages = exclusions or (0, 0, 0)
     con.execute("delete from dependency_counts_state")
-    con.execute("insert into dependency_counts_state values ($counted)", {"counted": counted})
+    con.execute(
+        "insert into dependency_counts_state by name select $counted as counted_file_id, "
+        "$self_deps as self_dependencies, $unknown_deps as unknown_dependencies, "
+        "$unknown_packages as unknown_packages",
+        {
+            "counted": counted,
+            "self_deps": self_deps,
+            "unknown_deps": unknown_deps,
+            "unknown_packages": unknown_packages,
+        },
+    )
+    return self_deps, unknown_deps, unknown_packages
 
 
 # The kept windows, when they can be moved to $as_of: the same window lengths, a day
@@ -177,9 +200,7 @@ def _compute(
     with warehouse.transaction(con):
         # What the kept counts and windows will count: every file loaded now.
         counted = warehouse.scalar(con, "select coalesce(max(file_id), 0) from ingested_files")
-        _dependency_counts(con, counted, rebuild)
-        exclusions = warehouse.one(con, warehouse.render("intermediate/int_dependency_exclusions"))
-        self_deps, unknown_deps, unknown_packages = exclusions or (0, 0, 0)
+        self_deps, unknown_deps, unknown_packages = _dependency_counts(con, counted, rebuild)
         con.execute("delete from package_metrics_daily where as_of = $as_of", {"as_of": as_of})
         _download_windows(con, params, counted, rebuild)
         model = warehouse.render("marts/package_metrics")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from rollout import warehouse
+from rollout.warehouse.manifests import latest_manifests
 
 
 @pytest.fixture
@@ -27,41 +27,42 @@ def edges(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
     return con.execute("select * from stg_dependency_edges order by all").fetchall()
 
 
-def test_a_materialized_view_is_read_by_the_views_built_on_it(
+def test_the_views_built_on_the_latest_manifests_read_the_kept_ones_within_the_block(
     con: duckdb.DuckDBPyConnection,
 ) -> None:
     before = edges(con)
-    with warehouse.materialized(con, "stg_manifests", ("package", "file_id", "ordinal")):
-        assert con.execute("select count(*) from temp.stg_manifests").fetchone() == (2,)
-        # Proof the views read the copy: change it, and the edges follow.
-        con.execute("delete from temp.stg_manifests where package = 'is-odd'")
+    with latest_manifests(con):
+        assert con.execute("select count(*) from latest_manifests").fetchone() == (2,)
+        # Proof the views read the kept table: change it, and the edges follow.
+        con.execute("delete from latest_manifests where package = 'is-odd'")
         assert edges(con) == [("is-odd", "prod")]
+    # Outside the block, the view ranks the raw manifests again.
     assert edges(con) == before == [("is-number", "prod"), ("is-odd", "prod")]
 
 
-def test_the_copy_is_dropped_when_the_block_fails(con: duckdb.DuckDBPyConnection) -> None:
-    with (
-        pytest.raises(RuntimeError),
-        warehouse.materialized(con, "stg_manifests", ("package", "file_id", "ordinal")),
-    ):
-        raise RuntimeError("a model failed")
-    tables = con.execute("select table_name from duckdb_tables() where temporary").fetchall()
-    assert ("stg_manifests",) not in tables
-
-
-def test_a_model_reading_a_column_left_out_fails_instead_of_reading_wrong_data(
+def test_the_kept_latest_manifests_move_with_a_new_file_and_a_rebuild_makes_them_whole(
     con: duckdb.DuckDBPyConnection,
 ) -> None:
-    with (
-        warehouse.materialized(con, "stg_manifests", ("package",)),
-        pytest.raises(duckdb.BinderException, match="maintainers"),
-    ):
-        con.execute("select maintainers from stg_manifests").fetchall()
+    def kept() -> list[tuple]:
+        return con.execute("select package, version from latest_manifests order by 1").fetchall()
 
-
-def test_only_staging_views_can_be_materialized(con: duckdb.DuckDBPyConnection) -> None:
-    with (
-        pytest.raises(ValueError, match="not a staging view"),
-        warehouse.materialized(con, "raw_downloads", ("package",)),
-    ):
+    with latest_manifests(con):
         pass
+    assert kept() == [("is-odd", "3.0.0"), ("left-pad", "1.1.0")]
+    con.execute("insert into raw_manifests values ('is-odd', '3.1.0', ['bob'], 3, 1, [])")
+    with latest_manifests(con):
+        assert con.execute(
+            "select version from stg_manifests where package = 'is-odd'"
+        ).fetchall() == [("3.1.0",)]
+    assert kept() == [("is-odd", "3.1.0"), ("left-pad", "1.1.0")]
+    con.execute("delete from latest_manifests")  # (kept rows gone astray)
+    with latest_manifests(con, rebuild=True):
+        pass
+    assert kept() == [("is-odd", "3.1.0"), ("left-pad", "1.1.0")]
+
+
+def test_the_view_is_dropped_when_the_block_fails(con: duckdb.DuckDBPyConnection) -> None:
+    with pytest.raises(RuntimeError), latest_manifests(con):
+        raise RuntimeError("a model failed")
+    views = con.execute("select view_name from duckdb_views() where temporary").fetchall()
+    assert ("stg_manifests",) not in views

@@ -4,7 +4,7 @@ a registry extract. SQL lives in ``sql/``; this module runs it with named parame
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -167,29 +167,6 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
         con.execute("rollback")
         raise
     con.execute("commit")
-
-
-@contextmanager
-def materialized(
-    con: duckdb.DuckDBPyConnection, view: str, columns: Sequence[str]
-) -> Iterator[None]:
-    """Within the block, the staging view ``view`` is a temp table of the same name
-    holding ``columns`` (what the block's models read: a model needing another fails
-    to bind, it never reads wrong data).
-
-    DuckDB resolves a name to the temp schema before ``main``, inside views too, so
-    every model and view reading it reads the copy: a view read several times by one
-    run (the latest of 4M manifests is a window over all of them) is computed once.
-    Not to be nested for one view: the inner block would drop the outer's copy.
-    """
-    if view not in STAGING_VIEWS:
-        raise ValueError(f"{view!r} is not a staging view")
-    selected = ", ".join(f'"{column}"' for column in columns)
-    con.execute(f"create or replace temp table {view} as select {selected} from main.{view}")
-    try:
-        yield
-    finally:
-        con.execute(f"drop table if exists temp.{view}")
 
 
 def one(

@@ -65,9 +65,31 @@ create table if not exists download_windows_state (
 -- Which dependency counts rollout.metrics keeps (in `dependency_counts`, which it
 -- writes: the int_dependency_counts model's rows with edges) so a day without new
 -- manifests reuses them and a day with some moves them by the packages whose latest
--- manifest changed (int_dependency_counts_step): the last ingested file they count.
--- No row: the next run counts them whole.
+-- manifest changed (int_dependency_counts_step): the last ingested file they count,
+-- and what they leave out of the metrics (int_dependency_exclusions), which changes
+-- with them. No row: the next run counts them whole.
 create table if not exists dependency_counts_state (
+    counted_file_id bigint not null
+);
+alter table dependency_counts_state add column if not exists self_dependencies bigint;
+alter table dependency_counts_state add column if not exists unknown_dependencies bigint;
+alter table dependency_counts_state add column if not exists unknown_packages bigint;
+
+-- The latest manifest of each package, stg_manifests' rows, kept by
+-- rollout.warehouse.manifests: the view ranks every manifest ever loaded each time it is
+-- read (4M at npm scale), and the metrics and cohort runs read it daily though it
+-- changes only when a manifests file comes. With the last ingested file they count.
+-- No row: the next run makes them whole.
+create table if not exists latest_manifests (
+    package               varchar not null,
+    version               varchar not null,
+    maintainers           varchar[] not null,
+    self_dependency_kinds varchar[] not null,
+    file_id               bigint not null,
+    ordinal               bigint not null
+);
+
+create table if not exists latest_manifests_state (
     counted_file_id bigint not null
 );
 

@@ -1,7 +1,8 @@
 """The dependents counts kept between metrics runs, reused while no manifests come and
 moved by the packages whose latest manifest changed when some do, equal the counts
 made whole over every latest manifest: new packages, changed and removed dependencies,
-packages depending on themselves or on names with no manifest, repeated files."""
+packages depending on themselves or on names with no manifest, repeated files. So do
+the latest manifests kept beside them, and what the counts leave out of the metrics."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from rollout import metrics, warehouse
 from rollout.core.plan import MetricsWindows
 from rollout.warehouse.ingest import ingest
+from rollout.warehouse.manifests import COLUMNS
 
 WINDOWS = MetricsWindows(weekly_window_days=3, monthly_window_days=7)
 PACKAGES = ("a", "b", "@s/c", "d")
@@ -43,9 +45,24 @@ steps = st.lists(
 
 def counts_made_whole(con: duckdb.DuckDBPyConnection) -> list[tuple]:
     model = warehouse.render("intermediate/int_dependency_counts")
-    latest = ("package", "self_dependency_kinds", "file_id", "ordinal")
-    with warehouse.materialized(con, "stg_manifests", latest):
-        return con.execute(f"select * from ({model}) order by dependency").fetchall()
+    return con.execute(f"select * from ({model}) order by dependency").fetchall()
+
+
+def latest_made_whole(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+    """Every manifest ranked again by the staging view."""
+    return con.execute(f"select {COLUMNS} from stg_manifests order by package").fetchall()
+
+
+def latest_kept(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+    return con.execute(f"select {COLUMNS} from latest_manifests order by package").fetchall()
+
+
+def exclusions_recorded(con: duckdb.DuckDBPyConnection, day: date) -> tuple:
+    query = (
+        "select self_dependencies, unknown_dependencies, unknown_packages "
+        "from metrics_runs where as_of = $as_of"
+    )
+    return con.execute(query, {"as_of": day}).fetchone()
 
 
 def counts_kept(con: duckdb.DuckDBPyConnection) -> list[tuple]:
@@ -89,6 +106,12 @@ class Run:
         with mock.patch.object(warehouse, "render", render):
             metrics.compute_metrics(self.con, self.day, WINDOWS)
         assert counts_kept(self.con) == counts_made_whole(self.con), self.day
+        assert latest_kept(self.con) == latest_made_whole(self.con), self.day
+        # Kept from the day the counts last moved: as counted today.
+        excluded = warehouse.one(
+            self.con, warehouse.render("intermediate/int_dependency_exclusions")
+        )
+        assert exclusions_recorded(self.con, self.day) == excluded, self.day
 
     def counted(self, model: str) -> int:
         return self.rendered.count(f"intermediate/{model}")
@@ -129,15 +152,20 @@ def test_counts_are_reused_without_new_manifests_and_moved_when_some_come(
         run.metrics()
         assert run.counted("int_dependency_counts") == 1
         assert dependents(con, run.day) == {"a": 3, "b": 1, "@s/c": 0, "d": 0}
-        # A day with downloads only: the kept counts serve as they are.
+        # A day with downloads only: the kept counts, exclusions and latest manifests
+        # serve as they are.
         run.metrics()
         assert run.counted("int_dependency_counts") == 1
         assert run.counted("int_dependency_counts_step") == 0
+        assert run.counted("int_dependency_exclusions") == 1
+        assert run.counted("int_latest_manifests_step") == 0
         # d drops a and takes b; a new file moves the counts, not a recount.
         run.load([("d", deps("b"))])
         run.metrics()
         assert run.counted("int_dependency_counts") == 1
         assert run.counted("int_dependency_counts_step") == 1
+        assert run.counted("int_dependency_exclusions") == 2
+        assert run.counted("int_latest_manifests_step") == 1
         assert dependents(con, run.day) == {"a": 2, "b": 2, "@s/c": 0, "d": 0}
 
 
