@@ -37,9 +37,9 @@ def metrics(
     rebuild: Annotated[
         bool,
         typer.Option(
-            help="Sum the download windows over all their days and count the dependents "
-            "over every latest manifest, instead of moving the ones kept from the last "
-            "run (same numbers, slower)."
+            help="Sum the download windows over all their days, rank every manifest for "
+            "each package's latest and count the dependents over them, instead of moving "
+            "the ones kept from the last run (same numbers, slower)."
         ),
     ] = False,
     fmt: FormatOption = Format.table,
