@@ -18,7 +18,7 @@ import duckdb
 
 from rollout import warehouse
 
-COLUMNS = "package, version, maintainers, self_dependency_kinds, file_id, ordinal"
+COLUMNS = "package, package_key, version, maintainers, self_dependency_kinds, file_id, ordinal"
 
 
 @contextmanager

@@ -15,7 +15,9 @@ since as (
 ),
 
 final as (
-    select name as package, version, maintainers, self_dependency_kinds, file_id, ordinal
+    select
+        name as package, lower(name) as package_key, version, maintainers,
+        self_dependency_kinds, file_id, ordinal
     from since
     qualify row_number() over (partition by name order by file_id desc) = 1
 )

@@ -8,7 +8,7 @@ selected as (
 ),
 
 manifests as (
-    select package, lower(package) as package_key, maintainers from stg_manifests
+    select package, package_key, maintainers from stg_manifests
 ),
 
 final as (

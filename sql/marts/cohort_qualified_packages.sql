@@ -40,36 +40,54 @@ share_ranked as (
     where $top_share is not null
 ),
 
-reasoned as (
+-- The packages meeting any criterion, the same tests the reasons below make: only
+-- they get the reasons spelled out (a few thousand of 4M packages at npm scale).
+meeting as (
     select
-        metrics.package,
-        lower(metrics.package) as package_key,
-        [
-            case when metrics.rank_by_dependents <= $top_by_dependents
-                then 'top ' || $top_by_dependents || ' by dependents (rank '
-                    || metrics.rank_by_dependents || ', ' || metrics.dependents
-                    || ' dependents)' end,
-            case when metrics.weekly_downloads > $weekly_downloads_gt
-                then metrics.weekly_downloads || ' weekly downloads (more than '
-                    || $weekly_downloads_gt || ')' end,
-            case when metrics.dependents >= $dependents_gte
-                then metrics.dependents || ' dependents (at least ' || $dependents_gte
-                    || ')' end,
-            case when windowed.downloads > $downloads_gt
-                then windowed.downloads || ' downloads '
-                    || case when $downloads_total then 'in total'
-                        else 'in the ' || $downloads_days || ' days before ' || $as_of end
-                    || ' (more than ' || $downloads_gt || ')' end,
-            case when share_ranked.share_rank <= ceil($top_share * share_ranked.population)
-                then 'top ' || round($top_share * 100, 4) || '% by downloads over '
-                    || $share_days || ' days (rank ' || share_ranked.share_rank || ' of '
-                    || share_ranked.population || ', ' || share_ranked.downloads
-                    || ' downloads)' end,
-            case when $every_maintainer then 'every maintainer of any package' end
-        ] as candidate_reasons
+        metrics.*,
+        windowed.downloads as window_downloads,
+        share_ranked.downloads as share_downloads,
+        share_ranked.share_rank,
+        share_ranked.population
     from metrics
     left join windowed on windowed.package_key = lower(metrics.package)
     left join share_ranked on share_ranked.package_key = lower(metrics.package)
+    where metrics.rank_by_dependents <= $top_by_dependents
+        or metrics.weekly_downloads > $weekly_downloads_gt
+        or metrics.dependents >= $dependents_gte
+        or windowed.downloads > $downloads_gt
+        or share_ranked.share_rank <= ceil($top_share * share_ranked.population)
+        or $every_maintainer
+),
+
+reasoned as (
+    select
+        package,
+        lower(package) as package_key,
+        [
+            case when rank_by_dependents <= $top_by_dependents
+                then 'top ' || $top_by_dependents || ' by dependents (rank '
+                    || rank_by_dependents || ', ' || dependents
+                    || ' dependents)' end,
+            case when weekly_downloads > $weekly_downloads_gt
+                then weekly_downloads || ' weekly downloads (more than '
+                    || $weekly_downloads_gt || ')' end,
+            case when dependents >= $dependents_gte
+                then dependents || ' dependents (at least ' || $dependents_gte
+                    || ')' end,
+            case when window_downloads > $downloads_gt
+                then window_downloads || ' downloads '
+                    || case when $downloads_total then 'in total'
+                        else 'in the ' || $downloads_days || ' days before ' || $as_of end
+                    || ' (more than ' || $downloads_gt || ')' end,
+            case when share_rank <= ceil($top_share * population)
+                then 'top ' || round($top_share * 100, 4) || '% by downloads over '
+                    || $share_days || ' days (rank ' || share_rank || ' of '
+                    || population || ', ' || share_downloads
+                    || ' downloads)' end,
+            case when $every_maintainer then 'every maintainer of any package' end
+        ] as candidate_reasons
+    from meeting
 ),
 
 final as (

@@ -82,6 +82,7 @@ alter table dependency_counts_state add column if not exists unknown_packages bi
 -- No row: the next run makes them whole.
 create table if not exists latest_manifests (
     package               varchar not null,
+    package_key           varchar not null,
     version               varchar not null,
     maintainers           varchar[] not null,
     self_dependency_kinds varchar[] not null,

@@ -1,4 +1,5 @@
 -- The latest manifest of each package: the newest loaded file that holds it wins.
+-- package_key is the lower-cased name, the key cohorts use.
 create or replace view stg_manifests as
 with
 
@@ -14,7 +15,9 @@ ranked as (
 ),
 
 final as (
-    select name as package, version, maintainers, self_dependency_kinds, file_id, ordinal
+    select
+        name as package, lower(name) as package_key, version, maintainers,
+        self_dependency_kinds, file_id, ordinal
     from ranked
     where recency = 1
 )
