@@ -24,7 +24,7 @@ import duckdb
 
 from rollout import warehouse
 from rollout.core.plan import MetricsWindows
-from rollout.warehouse.manifests import latest_manifests
+from rollout.warehouse import manifests
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def compute_metrics(
     the check of the incremental one)."""
     started = time.perf_counter()
     # Every model below reads the latest manifests, most of them more than once.
-    with latest_manifests(con, rebuild=rebuild):
+    with manifests.latest_manifests(con, rebuild=rebuild):
         return _compute(con, as_of, windows, started, rebuild)
 
 
@@ -104,16 +104,12 @@ def _dependency_counts(con: duckdb.DuckDBPyConnection, counted: int, rebuild: bo
         )
     )
     if kept is not None:
-        new_manifests = warehouse.scalar(
-            con,
-            "select exists (select 1 from raw_manifests where file_id > $kept)",
-            {"kept": kept[0]},
-        )
+        counted_before, *excluded = kept
         # (A state kept before the exclusions were has none: counted again below.)
-        if not new_manifests and None not in kept:
-            return kept[1], kept[2], kept[3]
+        if not manifests.loaded_since(con, counted_before) and None not in excluded:
+            return excluded[0], excluded[1], excluded[2]
         counts = warehouse.render("intermediate/int_dependency_counts_step")
-        params: dict[str, object] = {"counted_file_id": kept[0]}
+        params: dict[str, object] = {"counted_file_id": counted_before}
     else:
         counts = warehouse.render("intermediate/int_dependency_counts")
         params = {}

@@ -40,6 +40,19 @@ def latest_manifests(con: duckdb.DuckDBPyConnection, *, rebuild: bool = False) -
         con.execute("drop view if exists temp.stg_manifests")
 
 
+def loaded_since(con: duckdb.DuckDBPyConnection, file_id: int) -> bool:
+    """Whether a manifests file was loaded after ingested file ``file_id``: what moves
+    the latest manifests, and whatever is kept from them. The zone maps of
+    ``raw_manifests`` (appended file by file) answer it without reading the rows."""
+    return bool(
+        warehouse.scalar(
+            con,
+            "select exists (select 1 from raw_manifests where file_id > $file_id)",
+            {"file_id": file_id},
+        )
+    )
+
+
 def refresh(con: duckdb.DuckDBPyConnection, *, rebuild: bool = False) -> None:
     """Bring ``latest_manifests`` up to the manifests loaded now. Writes nothing (no
     transaction to commit) when no manifests file came since it was last brought up."""
@@ -48,9 +61,7 @@ def refresh(con: duckdb.DuckDBPyConnection, *, rebuild: bool = False) -> None:
         if rebuild
         else warehouse.scalar(con, "select max(counted_file_id) from latest_manifests_state")
     )
-    if kept is not None and not warehouse.scalar(
-        con, "select exists (select 1 from raw_manifests where file_id > $kept)", {"kept": kept}
-    ):
+    if kept is not None and not loaded_since(con, kept):
         return
     with warehouse.transaction(con):
         counted = warehouse.scalar(con, "select coalesce(max(file_id), 0) from raw_manifests")

@@ -40,24 +40,28 @@ share_ranked as (
     where $top_share is not null
 ),
 
--- The packages meeting any criterion, the same tests the reasons below make: only
--- they get the reasons spelled out (a few thousand of 4M packages at npm scale).
+-- Each criterion tested once (null: not met, or disabled); only the packages meeting
+-- one go on to have their reasons spelled out (a few thousand of 4M at npm scale).
 meeting as (
     select
         metrics.*,
         windowed.downloads as window_downloads,
         share_ranked.downloads as share_downloads,
         share_ranked.share_rank,
-        share_ranked.population
+        share_ranked.population,
+        metrics.rank_by_dependents <= $top_by_dependents as by_dependents_rank,
+        metrics.weekly_downloads > $weekly_downloads_gt as by_weekly_downloads,
+        metrics.dependents >= $dependents_gte as by_dependents,
+        windowed.downloads > $downloads_gt as by_window_downloads,
+        share_ranked.share_rank <= ceil($top_share * share_ranked.population) as by_share,
+        $every_maintainer as by_every_maintainer
     from metrics
     left join windowed on windowed.package_key = lower(metrics.package)
     left join share_ranked on share_ranked.package_key = lower(metrics.package)
-    where metrics.rank_by_dependents <= $top_by_dependents
-        or metrics.weekly_downloads > $weekly_downloads_gt
-        or metrics.dependents >= $dependents_gte
-        or windowed.downloads > $downloads_gt
-        or share_ranked.share_rank <= ceil($top_share * share_ranked.population)
-        or $every_maintainer
+    -- (By the aliases in the same select: DuckDB then pushes the tests on the day's
+    -- metrics down into its scan, which a filter over this CTE's output did not.)
+    where by_dependents_rank or by_weekly_downloads or by_dependents
+        or by_window_downloads or by_share or by_every_maintainer
 ),
 
 reasoned as (
@@ -65,27 +69,27 @@ reasoned as (
         package,
         lower(package) as package_key,
         [
-            case when rank_by_dependents <= $top_by_dependents
+            case when by_dependents_rank
                 then 'top ' || $top_by_dependents || ' by dependents (rank '
                     || rank_by_dependents || ', ' || dependents
                     || ' dependents)' end,
-            case when weekly_downloads > $weekly_downloads_gt
+            case when by_weekly_downloads
                 then weekly_downloads || ' weekly downloads (more than '
                     || $weekly_downloads_gt || ')' end,
-            case when dependents >= $dependents_gte
+            case when by_dependents
                 then dependents || ' dependents (at least ' || $dependents_gte
                     || ')' end,
-            case when window_downloads > $downloads_gt
+            case when by_window_downloads
                 then window_downloads || ' downloads '
                     || case when $downloads_total then 'in total'
                         else 'in the ' || $downloads_days || ' days before ' || $as_of end
                     || ' (more than ' || $downloads_gt || ')' end,
-            case when share_rank <= ceil($top_share * population)
+            case when by_share
                 then 'top ' || round($top_share * 100, 4) || '% by downloads over '
                     || $share_days || ' days (rank ' || share_rank || ' of '
                     || population || ', ' || share_downloads
                     || ' downloads)' end,
-            case when $every_maintainer then 'every maintainer of any package' end
+            case when by_every_maintainer then 'every maintainer of any package' end
         ] as candidate_reasons
     from meeting
 ),

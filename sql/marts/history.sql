@@ -75,21 +75,11 @@ alter table dependency_counts_state add column if not exists self_dependencies b
 alter table dependency_counts_state add column if not exists unknown_dependencies bigint;
 alter table dependency_counts_state add column if not exists unknown_packages bigint;
 
--- The latest manifest of each package, stg_manifests' rows, kept by
--- rollout.warehouse.manifests: the view ranks every manifest ever loaded each time it is
--- read (4M at npm scale), and the metrics and cohort runs read it daily though it
--- changes only when a manifests file comes. With the last ingested file they count.
--- No row: the next run makes them whole.
-create table if not exists latest_manifests (
-    package               varchar not null,
-    package_key           varchar not null,
-    version               varchar not null,
-    maintainers           varchar[] not null,
-    self_dependency_kinds varchar[] not null,
-    file_id               bigint not null,
-    ordinal               bigint not null
-);
-
+-- Which latest manifests rollout.warehouse.manifests keeps (in `latest_manifests`,
+-- which it writes: stg_manifests' rows) so the metrics and cohort runs do not rank
+-- every manifest ever loaded again each day (4M at npm scale), though the latest change
+-- only when a manifests file comes: the last ingested file they count. No row: the next
+-- run makes them whole.
 create table if not exists latest_manifests_state (
     counted_file_id bigint not null
 );
