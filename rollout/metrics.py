@@ -108,21 +108,17 @@ def _dependency_counts(con: duckdb.DuckDBPyConnection, counted: int, rebuild: bo
         # (A state kept before the exclusions were has none: counted again below.)
         if not manifests.loaded_since(con, counted_before) and None not in excluded:
             return excluded[0], excluded[1], excluded[2]
-        counts = warehouse.render("intermediate/int_dependency_counts_step")
-        params: dict[str, object] = {"counted_file_id": counted_before}
+        _move_dependency_counts(con, counted_before)
     else:
+        # The sums are HUGEINT; the kept table holds BIGINT, as the mart.
         counts = warehouse.render("intermediate/int_dependency_counts")
-        params = {}
-    # One statement, as the windows: the step's query is computed before the swap.
-    # The sums are HUGEINT; the kept table holds BIGINT, as the mart.
-    con.execute(
-        "create or replace table dependency_counts as select dependency, "
-        "cast(dependents as bigint) as dependents, "
-        "cast(dev_dependents as bigint) as dev_dependents, "
-        "cast(peer_dependents as bigint) as peer_dependents, "
-        f"cast(edges as bigint) as edges from ({counts}) where edges <> 0",
-        params,
-    )
+        con.execute(
+            "create or replace table dependency_counts as select dependency, "
+            "cast(dependents as bigint) as dependents, "
+            "cast(dev_dependents as bigint) as dev_dependents, "
+            "cast(peer_dependents as bigint) as peer_dependents, "
+            f"cast(edges as bigint) as edges from ({counts}) where edges <> 0"
+        )
     exclusions = warehouse.one(con, warehouse.render("intermediate/int_dependency_exclusions"))
     self_deps, unknown_deps, unknown_packages = exclusions or (0, 0, 0)
     con.execute("delete from dependency_counts_state")
@@ -138,6 +134,41 @@ def _dependency_counts(con: duckdb.DuckDBPyConnection, counted: int, rebuild: bo
         },
     )
     return self_deps, unknown_deps, unknown_packages
+
+
+def _move_dependency_counts(con: duckdb.DuckDBPyConnection, counted_before: int) -> None:
+    """Add to the kept counts the changes the manifests loaded since file
+    ``counted_before`` bring (``int_dependency_counts_step``), in place: a manifests
+    file moves the counts of some thousand names of millions, and rewriting the whole
+    table cost more than computing the changes."""
+    step = warehouse.render("intermediate/int_dependency_counts_step")
+    con.execute(
+        f"create or replace temp table dependency_changes as {step}",
+        {"counted_file_id": counted_before},
+    )
+    con.execute(
+        """
+        update dependency_counts set
+            dependents = dependency_counts.dependents + changes.dependents,
+            dev_dependents = dependency_counts.dev_dependents + changes.dev_dependents,
+            peer_dependents = dependency_counts.peer_dependents + changes.peer_dependents,
+            edges = dependency_counts.edges + changes.edges
+        from dependency_changes as changes
+        where changes.dependency = dependency_counts.dependency
+        """
+    )
+    # Names depended on for the first time; then those no longer depended on go, as
+    # the full model has only names with edges.
+    con.execute(
+        "insert into dependency_counts select dependency, dependents, dev_dependents, "
+        "peer_dependents, edges from dependency_changes "
+        "anti join dependency_counts using (dependency)"
+    )
+    con.execute(
+        "delete from dependency_counts where edges = 0 "
+        "and dependency in (select dependency from dependency_changes)"
+    )
+    con.execute("drop table dependency_changes")
 
 
 # The kept windows, when they can be moved to $as_of: the same window lengths, a day
