@@ -3,7 +3,8 @@ peers computing the same day from the raw landing files.
 
 Usage:
     python bench/bench_daily.py --registry bench/out/npm/registry.db \\
-        --landing bench/out/npm/landing [--days 7] [--peers pandas,duckdb,polars]
+        --landing bench/out/npm/landing [--days 7] [--peers pandas,duckdb,polars] \\
+        [--manifests 20000]
     python bench/bench_daily.py --generate small      # a quick check on a fresh sample
 
 The polars peer needs the bench extra: `pip install -e '.[bench]'`.
@@ -18,6 +19,13 @@ flow run is), each step on a connection of its own (as the flow's tasks open it)
 - ``compute_metrics`` for the next day: the kept download windows moved by a day, the
   kept dependents counts reused;
 - ``build_cohorts`` on that day's metrics (the registry as just extracted).
+
+With ``--manifests N`` each day also brings a manifests file, as a registry's day does:
+N packages published again (each drops a dependency and takes another) and N/40 new
+ones, written before the day (not timed) from the sample's manifests into the bench's
+own landing folder (the sample's files linked in); the day's ingest loads it with the
+downloads file, the kept latest manifests and dependents counts move by it, and the
+peers read it too.
 
 Its peak RSS is the daily path's. Then, each day (not part of the path):
 
@@ -39,6 +47,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -73,6 +82,62 @@ def day_of(path: Path) -> date:
     return date.fromisoformat(path.stem.removeprefix("downloads-"))
 
 
+def linked_landing(landing: Path, work: Path) -> Path:
+    """A landing folder of the bench's own, its files hard links to the sample's (a
+    copy across file systems), where each day's manifests file is written."""
+    own = work / "landing"
+    for source in sorted(landing.rglob("*")):
+        if source.is_file():
+            target = own / source.relative_to(landing)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+    return own
+
+
+def write_manifests(landing: Path, day: date, count: int) -> Path:
+    """The manifests published on ``day``: ``count`` of the sample's packages again,
+    each with a new version, its first dependency dropped and another package taken
+    on, and ``count // 40`` new packages depending on three each. Named to sort after
+    the sample's manifests.parquet and the days before, the order rollout loaded them
+    in, which the peers read the latest manifest by."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bulk = landing / "manifests" / "manifests.parquet"
+    rng = np.random.default_rng(day.toordinal())
+    names = pq.read_table(bulk, columns=["name"]).column("name")
+    picked = names.take(rng.choice(len(names), size=count, replace=False)).to_pylist()
+    rows = pq.read_table(bulk, filters=[("name", "in", picked)]).to_pylist()
+    others = names.take(rng.integers(0, len(names), size=count * 2)).to_pylist()
+    for row, first, second in zip(rows, others[::2], others[1::2], strict=True):
+        row["version"] = f"{row['version']}-r{day:%Y%m%d}"
+        taken = {key for key, _ in row["dependencies"][1:]} | {row["name"]}
+        added = [(name, "^1.0.0") for name in (first, second) if name not in taken][:1]
+        row["dependencies"] = row["dependencies"][1:] + added
+    for index in range(count // 40):
+        depends = {name: "^1.0.0" for name in others[3 * index : 3 * index + 3]}
+        rows.append(
+            {
+                "name": f"bench-published-{day:%Y%m%d}-{index}",
+                "version": "1.0.0",
+                "dependencies": list(depends.items()),
+                "devDependencies": [],
+                "peerDependencies": [],
+                "maintainers": rows[index]["maintainers"],
+            }
+        )
+    path = landing / "manifests" / f"manifests_{day}.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(bulk)), path)
+    order = sorted((landing / "manifests").glob("*.parquet"))
+    if order[0] != bulk or order[-1] != path:
+        raise SystemExit(f"FAIL: {path.name} does not sort after the manifests before it")
+    return path
+
+
 def setup(registry_url: str, before: list[Path], landing: Path, work: Path) -> date:
     """The morning before: everything but the held-back files loaded, that day's
     metrics and cohorts built. Returns the day."""
@@ -105,11 +170,16 @@ def setup(registry_url: str, before: list[Path], landing: Path, work: Path) -> d
 
 
 def daily_path(
-    work: Path, landing: Path, path: Path, memory_limit: str | None = None
+    work: Path,
+    landing: Path,
+    path: Path,
+    memory_limit: str | None = None,
+    manifests: Path | None = None,
 ) -> dict[str, float]:
     """One day's path (run in a child): each step opens the warehouse, as the flow's
     tasks do, so nothing is carried over in a connection; with DuckDB's memory limit
-    ``memory_limit`` (ROLLOUT_DUCKDB_MEMORY_LIMIT in a deployment) when given."""
+    ``memory_limit`` (ROLLOUT_DUCKDB_MEMORY_LIMIT in a deployment) when given. The
+    day's ``manifests`` file, if any, is ingested with its downloads file."""
     from rollout import cohorts, metrics, warehouse
     from rollout.core.plan import load_plan
     from rollout.registry import Registry
@@ -122,7 +192,10 @@ def daily_path(
     with Registry(f"sqlite:///{work / 'registry.db'}") as registry:
         clock = time.perf_counter()
         with warehouse.open_warehouse(warehouse_path, memory_limit=memory_limit) as con:
-            ingest.ingest(con, [path], quarantine_limit=0.01, landing_root=landing)
+            files = [path] if manifests is None else [path, manifests]
+            report = ingest.ingest(con, files, quarantine_limit=0.01, landing_root=landing)
+            if report.rejected:
+                raise SystemExit(f"FAIL: the day's files did not ingest cleanly: {report.rejected}")
             extract.extract_registry(con, registry)
         seconds["ingest"] = time.perf_counter() - clock
         seconds["peak_after_ingest"] = peak_gib()
@@ -186,6 +259,7 @@ def run(
     peers: list[str],
     work: Path,
     memory_limit: str | None = None,
+    manifests: int = 0,
 ) -> int:
     from bench_metrics import compare_cohorts, compare_metrics, run_child, run_part
 
@@ -197,6 +271,10 @@ def run(
     if len(daily) <= days:
         raise SystemExit(f"FAIL: {landing} has {len(daily)} daily files, need more than {days}")
     held, before = daily[-days:], daily[:-days]
+    if manifests:
+        landing = linked_landing(landing, work)
+        held = [landing / "downloads" / path.name for path in held]
+        before = [landing / "downloads" / path.name for path in before]
     registry_url = copy_registry(registry_db, work)
     started = time.perf_counter()
     setup(registry_url, before, landing, work)
@@ -209,6 +287,9 @@ def run(
         as_of = day_of(path) + timedelta(days=1)
         os.sync()  # the day before's writes flushed before the timed part
         limit = ["--memory-limit", memory_limit] if memory_limit else []
+        if manifests:
+            published = write_manifests(landing, day_of(path), manifests)
+            limit += ["--day-manifests", str(published)]
         arguments = ["--day", str(path), "--work", str(work), "--landing", str(landing)]
         day = run_child(__file__, [*arguments, *limit], f"the daily path of {as_of}")
         day["path"] = day["ingest"] + day["metrics"] + day["cohorts"]
@@ -267,11 +348,20 @@ def main() -> None:
     parser.add_argument(
         "--memory-limit", help="DuckDB's memory limit for the daily path (e.g. 5GB)"
     )
+    parser.add_argument(
+        "--manifests",
+        type=int,
+        default=0,
+        metavar="N",
+        help="each day also brings a manifests file: N packages published again, N/40 new",
+    )
     parser.add_argument("--day", type=Path, help=argparse.SUPPRESS)  # a child: one day
+    parser.add_argument("--day-manifests", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.day:
-        print(json.dumps(daily_path(args.work, args.landing, args.day, args.memory_limit)))
+        path = daily_path(args.work, args.landing, args.day, args.memory_limit, args.day_manifests)
+        print(json.dumps(path))
         return
     peers = [peer for peer in args.peers.split(",") if peer]
     if not args.generate and not (args.registry and args.landing):
@@ -282,7 +372,9 @@ def main() -> None:
             registry_db, landing = generate(args.generate, args.seed, work)
         else:
             registry_db, landing = args.registry.resolve(), args.landing.resolve()
-        failures = run(registry_db, landing, args.days, peers, work, args.memory_limit)
+        failures = run(
+            registry_db, landing, args.days, peers, work, args.memory_limit, args.manifests
+        )
     if failures:
         raise SystemExit(f"FAIL: rollout differed from a rebuild or a peer on {failures} day(s)")
     print("OK: every day's metrics equal a rebuild's and every peer's, package by package")
