@@ -93,7 +93,7 @@ def _dependency_counts(con: duckdb.DuckDBPyConnection, counted: int, rebuild: bo
     transaction): kept as they are when no manifests file came since they were
     counted, else moved by the packages whose latest manifest changed, or counted
     whole (nothing kept, or ``rebuild``). Returns what the counts leave out of the
-    metrics, kept with them: it changes only when they do."""
+    metrics, kept with them: it changes only when they do, and moves with them."""
     kept = (
         None
         if rebuild
@@ -103,12 +103,14 @@ def _dependency_counts(con: duckdb.DuckDBPyConnection, counted: int, rebuild: bo
             "from dependency_counts_state",
         )
     )
+    exclusions: Exclusions | None = None
     if kept is not None:
         counted_before, *excluded = kept
-        # (A state kept before the exclusions were has none: counted again below.)
-        if not manifests.loaded_since(con, counted_before) and None not in excluded:
-            return excluded[0], excluded[1], excluded[2]
-        _move_dependency_counts(con, counted_before)
+        # (A state kept before the exclusions were has none: counted whole below.)
+        known = None if None in excluded else (excluded[0], excluded[1], excluded[2])
+        if known is not None and not manifests.loaded_since(con, counted_before):
+            return known
+        exclusions = _move_dependency_counts(con, counted_before, known)
     else:
         # The sums are HUGEINT; the kept table holds BIGINT, as the mart.
         counts = warehouse.render("intermediate/int_dependency_counts")
@@ -119,8 +121,10 @@ def _dependency_counts(con: duckdb.DuckDBPyConnection, counted: int, rebuild: bo
             "cast(peer_dependents as bigint) as peer_dependents, "
             f"cast(edges as bigint) as edges from ({counts}) where edges <> 0"
         )
-    exclusions = warehouse.one(con, warehouse.render("intermediate/int_dependency_exclusions"))
-    self_deps, unknown_deps, unknown_packages = exclusions or (0, 0, 0)
+    if exclusions is None:
+        whole = warehouse.one(con, warehouse.render("intermediate/int_dependency_exclusions"))
+        exclusions = whole or (0, 0, 0)
+    self_deps, unknown_deps, unknown_packages = exclusions
     con.execute("delete from dependency_counts_state")
     con.execute(
         "insert into dependency_counts_state by name select $counted as counted_file_id, "
@@ -136,16 +140,32 @@ def _dependency_counts(con: duckdb.DuckDBPyConnection, counted: int, rebuild: bo
     return self_deps, unknown_deps, unknown_packages
 
 
-def _move_dependency_counts(con: duckdb.DuckDBPyConnection, counted_before: int) -> None:
+def _move_dependency_counts(
+    con: duckdb.DuckDBPyConnection, counted_before: int, excluded: Exclusions | None
+) -> Exclusions | None:
     """Add to the kept counts the changes the manifests loaded since file
     ``counted_before`` bring (``int_dependency_counts_step``), in place: a manifests
     file moves the counts of some thousand names of millions, and rewriting the whole
-    table cost more than computing the changes."""
+    table cost more than computing the changes. Returns the kept ``excluded`` moved by
+    the same changes (None when nothing was kept)."""
     step = warehouse.render("intermediate/int_dependency_counts_step")
     con.execute(
         f"create or replace temp table dependency_changes as {step}",
         {"counted_file_id": counted_before},
     )
+    moved: Exclusions | None = None
+    if excluded is not None:
+        # Read against the counts before they take the changes.
+        row = warehouse.one(
+            con,
+            warehouse.render("intermediate/int_dependency_exclusions_step"),
+            {
+                "counted_file_id": counted_before,
+                "unknown_dependencies": excluded[1],
+                "unknown_packages": excluded[2],
+            },
+        ) or (0, 0, 0)  # (an aggregate: always a row)
+        moved = (int(row[0]), int(row[1]), int(row[2]))
     con.execute(
         """
         update dependency_counts set
@@ -169,6 +189,7 @@ def _move_dependency_counts(con: duckdb.DuckDBPyConnection, counted_before: int)
         "and dependency in (select dependency from dependency_changes)"
     )
     con.execute("drop table dependency_changes")
+    return moved
 
 
 # The kept windows, when they can be moved to $as_of: the same window lengths, a day

@@ -164,9 +164,28 @@ def test_counts_are_reused_without_new_manifests_and_moved_when_some_come(
         run.metrics()
         assert run.counted("int_dependency_counts") == 1
         assert run.counted("int_dependency_counts_step") == 1
-        assert run.counted("int_dependency_exclusions") == 2
+        assert run.counted("int_dependency_exclusions") == 1
+        assert run.counted("int_dependency_exclusions_step") == 1
         assert run.counted("int_latest_manifests_step") == 1
         assert dependents(con, run.day) == {"a": 2, "b": 2, "@s/c": 0, "d": 0}
+
+
+def test_names_with_no_manifest_move_with_the_counts(tmp_path: Path) -> None:
+    """What the counts leave out is moved with them (no recount of every name against
+    every package): a name gets its first manifest, a new one is depended on, and an
+    unknown one is no longer, each checked against the full count by Run.metrics."""
+    with warehouse.open_warehouse(tmp_path / "warehouse.duckdb") as con:
+        run = Run(tmp_path, con)
+        run.load([("a", deps("b", "ghost", "a")), ("@s/c", deps("b"))])
+        run.metrics()
+        # b and ghost have no manifest: 3 declarations of 2 names; a names itself once.
+        assert exclusions_recorded(con, run.day) == (1, 3, 2)
+        # b is published, ghost is dropped by a, and @s/c takes on d, still unpublished.
+        run.load([("b", deps()), ("a", deps("b")), ("@s/c", deps("b", "d"))])
+        run.metrics()
+        assert exclusions_recorded(con, run.day) == (0, 1, 1)
+        assert run.counted("int_dependency_exclusions") == 1
+        assert run.counted("int_dependency_exclusions_step") == 1
 
 
 def test_the_counts_survive_the_connection(tmp_path: Path) -> None:
