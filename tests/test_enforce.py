@@ -391,3 +391,28 @@ def test_plan_show_at_a_past_time_ignores_the_runs_that_came_after(
 def test_different_run_kinds_do_not_block_each_other(registry: Registry) -> None:
     with registry.lock("enforce"), registry.lock("notify"):
         pass
+
+
+def test_a_lock_given_back_is_free_everywhere_whatever_the_run_did(registry: Registry) -> None:
+    """On PostgreSQL a registry keeps its lock connections from one run to the next:
+    one goes back to the pool only with its lock given back, after a run that failed
+    too, and a run of the same kind is refused while any other holds it."""
+    for _ in range(3):
+        with registry.lock("enforce"):
+            pass
+    with pytest.raises(RuntimeError, match="the run failed"), registry.lock("enforce"):
+        raise RuntimeError("the run failed")
+    with Registry(registry.url) as elsewhere:
+        with (
+            elsewhere.lock("enforce"),
+            pytest.raises(GuardRefused, match="another enforce run"),
+            registry.lock("enforce"),
+        ):
+            pass
+        assert not registry.lock_held("enforce")
+        with registry.lock("enforce"):
+            with pytest.raises(GuardRefused), elsewhere.lock("enforce"):
+                pass
+            # The same registry is refused too: its second run would be a second run.
+            with pytest.raises(GuardRefused), registry.lock("enforce"):
+                pass

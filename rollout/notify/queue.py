@@ -52,6 +52,7 @@ from rollout.registry.models import (
     has_active_factor,
 )
 from rollout.registry.requirements import falls_short
+from rollout.registry.statistics import refresh_statistics
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +229,8 @@ def queue_due(registry: Registry, plan: Plan, day: date, *, actor: str) -> list[
     outcomes = []
     with registry.lock("queue"):
         engine = registry.engine
+        with engine.begin() as connection:
+            refresh_statistics(connection)
         for o in due_occasions(plan, day):
             with recorded_run(
                 engine,

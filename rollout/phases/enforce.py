@@ -67,6 +67,7 @@ from rollout.registry.requirements import (
     offending_token,
     phase_reason,
 )
+from rollout.registry.statistics import refresh_statistics
 
 ACCOUNTS = Account.__table__
 SESSIONS = WebSession.__table__
@@ -190,6 +191,8 @@ def preview_phase(
     targets, exempted, compliant = [], [], 0
     not_due = never_noticed = 0
     not_reached: list[int] = []
+    with registry.engine.begin() as connection:  # committed: a rollback undoes an ANALYZE
+        refresh_statistics(connection)
     with registry.engine.connect() as connection:
         # With per-account deadlines, each noticed account's own (one read of the phase's
         # notices and snoozes): only accounts whose deadline has come are targets today;

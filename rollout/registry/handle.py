@@ -42,6 +42,7 @@ class Registry:
     def __init__(self, url: str) -> None:
         self.url = url
         self._engine: Engine | None = None
+        self._lock_engine: Engine | None = None
         self._schema_checked = False
         self._making = threading.Lock()
 
@@ -72,7 +73,15 @@ class Registry:
         """Run exclusively as ``name`` (``enforce``, ``notify``...): GuardRefused if
         another run holds it. An advisory lock on PostgreSQL, a lock file next to the
         database on SQLite (rollout.registry.locks); either goes with its process."""
-        return exclusive_run(self.url, name)
+        if self.is_sqlite:
+            return exclusive_run(self.url, name)
+        with self._making:
+            if self._lock_engine is None:
+                # Its own pool, in autocommit: a lock held for a run's hours must not
+                # keep a transaction open (rollout.registry.locks says why).
+                self._lock_engine = make_engine(self.url, isolation_level="AUTOCOMMIT")
+            lock_engine = self._lock_engine
+        return exclusive_run(self.url, name, lock_engine)
 
     def lock_held(self, name: str) -> bool:
         """Whether some run, in any process, holds the ``name`` lock now."""
@@ -83,9 +92,11 @@ class Registry:
         use makes a new engine, checking the schema again."""
         with self._making:
             engine, self._engine = self._engine, None
+            lock_engine, self._lock_engine = self._lock_engine, None
             self._schema_checked = False
-        if engine is not None:
-            engine.dispose()
+        for made in (engine, lock_engine):
+            if made is not None:
+                made.dispose()
 
     def __enter__(self) -> Registry:
         return self

@@ -28,13 +28,19 @@ def _lock_path(url: URL, name: str) -> Path:
 def _advisory_key(connection: Connection, name: str) -> int:
     """One lock per run kind and per registry: the schema is part of the key, so
     registries sharing a database (one a schema) do not block each other."""
-    schema = connection.execute(text("select current_schema()")).scalar()
+    # The schema of a pooled connection does not change: asked once per connection.
+    schema = connection.info.get("rollout_schema")
+    if schema is None:
+        schema = connection.execute(text("select current_schema()")).scalar()
+        connection.info["rollout_schema"] = schema
     digest = hashlib.sha256(f"rollout:{schema}:{name}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @contextmanager
-def exclusive_run(registry_url: str, name: str) -> Iterator[None]:
+def exclusive_run(
+    registry_url: str, name: str, lock_engine: Engine | None = None
+) -> Iterator[None]:
     """Refuse a second concurrent run: an advisory lock on PostgreSQL, a lock file
     next to the database on SQLite. Both vanish with the process that held them, so
     a crash never leaves a stale lock behind."""
@@ -53,12 +59,19 @@ def exclusive_run(registry_url: str, name: str) -> Iterator[None]:
         finally:
             os.close(handle)
         return
-    # Its own connection, not pooled: the lock lives exactly as long as it. In
-    # autocommit: the lock is the session's, and a transaction left open for the run's
-    # hours would hold back PostgreSQL's cleanup of every row the run updates (no dead
-    # row could be vacuumed or skipped in an index: the outbox's claims slowed from
-    # 1 ms to 50 ms over a 100,000-email drain).
-    engine = make_engine(registry_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    # On a connection in autocommit: the lock is the session's, and a transaction left
+    # open for the run's hours would hold back PostgreSQL's cleanup of every row the
+    # run updates (no dead row could be vacuumed or skipped in an index: the outbox's
+    # claims slowed from 1 ms to 50 ms over a 100,000-email drain). Registry.lock
+    # passes its ``lock_engine`` (autocommit, pooled): a connection kept from one run
+    # to the next, not a new server process and engine for each (~10 ms a lock, and a
+    # simulated day takes several). Checked out, the connection is this run's alone; it
+    # goes back to the pool only once the lock is given back, and is closed if that
+    # fails, which lets the lock go. Without one, a connection of its own for the run.
+    own = lock_engine is None
+    engine = lock_engine or make_engine(
+        registry_url, poolclass=NullPool, isolation_level="AUTOCOMMIT"
+    )
     try:
         with engine.connect() as connection:
             key = _advisory_key(connection, name)
@@ -70,9 +83,14 @@ def exclusive_run(registry_url: str, name: str) -> Iterator[None]:
             try:
                 yield
             finally:
-                connection.execute(text("select pg_advisory_unlock(:k)"), {"k": key})
+                try:
+                    connection.execute(text("select pg_advisory_unlock(:k)"), {"k": key})
+                except BaseException:
+                    connection.invalidate()
+                    raise
     finally:
-        engine.dispose()
+        if own:
+            engine.dispose()
 
 
 def run_lock_held(registry_url: str, engine: Engine, name: str) -> bool:
