@@ -21,7 +21,7 @@ flow run is), each step on a connection of its own (as the flow's tasks open it)
 - ``build_cohorts`` on that day's metrics (the registry as just extracted).
 
 With ``--manifests N`` each day also brings a manifests file, as a registry's day does:
-N packages published again (each drops a dependency and takes another) and N/40 new
+N packages published again (each drops a dependency and most take another) and N/40 new
 ones, written before the day (not timed) from the sample's manifests into the bench's
 own landing folder (the sample's files linked in); the day's ingest loads it with the
 downloads file, the kept latest manifests and dependents counts move by it, and the
@@ -29,8 +29,9 @@ peers read it too.
 
 Its peak RSS is the daily path's. Then, each day (not part of the path):
 
-- the metrics are computed again from scratch (``rebuild=True``), timed: the in-run
-  baseline, and every package's row of the two is compared;
+- the metrics are computed again from scratch (``rebuild=True``) in a copy of the
+  warehouse (the next day moves what the day kept), timed: the in-run baseline; every
+  package's row of the two, and what the dependents counts leave out, are compared;
 - each peer of ``bench_metrics.py`` (expert pandas + pyarrow, a DuckDB script, a polars
   script) computes the day's metrics and both cohorts from the landing files, in a
   child process, timed whole (its scans and the registry tables it reads included, as
@@ -60,6 +61,10 @@ from registry_copy import copy_registry
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = ROOT / "plans" / "npm-2022.yaml"
 METRICS = "select * from package_metrics_daily where as_of = $as_of order by package"
+EXCLUSIONS = (
+    "select self_dependencies, unknown_dependencies, unknown_packages "
+    "from metrics_runs where as_of = $as_of"
+)
 
 
 def generate(scale: str, seed: int, work: Path) -> tuple[Path, Path]:
@@ -93,6 +98,7 @@ def linked_landing(landing: Path, work: Path) -> Path:
             try:
                 os.link(source, target)
             except OSError:
+                print(f"copying {source} (no hard link across file systems)")
                 shutil.copy2(source, target)
     return own
 
@@ -100,9 +106,10 @@ def linked_landing(landing: Path, work: Path) -> Path:
 def write_manifests(landing: Path, day: date, count: int) -> Path:
     """The manifests published on ``day``: ``count`` of the sample's packages again,
     each with a new version, its first dependency dropped and another package taken
-    on, and ``count // 40`` new packages depending on three each. Named to sort after
-    the sample's manifests.parquet and the days before, the order rollout loaded them
-    in, which the peers read the latest manifest by."""
+    on (when one of two drawn is not among its dependencies already), and
+    ``count // 40`` new packages depending on three each. Named to sort after the
+    sample's manifests.parquet and the days before, the order rollout loaded them in,
+    which the peers read the latest manifest by."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -110,6 +117,8 @@ def write_manifests(landing: Path, day: date, count: int) -> Path:
     bulk = landing / "manifests" / "manifests.parquet"
     rng = np.random.default_rng(day.toordinal())
     names = pq.read_table(bulk, columns=["name"]).column("name")
+    if count > len(names):
+        raise SystemExit(f"FAIL: --manifests {count}: the sample has {len(names)} packages")
     picked = names.take(rng.choice(len(names), size=count, replace=False)).to_pylist()
     rows = pq.read_table(bulk, filters=[("name", "in", picked)]).to_pylist()
     others = names.take(rng.integers(0, len(names), size=count * 2)).to_pylist()
@@ -285,11 +294,11 @@ def run(
     print("day         " + "  ".join(f"{step:>8}" for step in steps) + "  same")
     for path in held:
         as_of = day_of(path) + timedelta(days=1)
-        os.sync()  # the day before's writes flushed before the timed part
         limit = ["--memory-limit", memory_limit] if memory_limit else []
         if manifests:
             published = write_manifests(landing, day_of(path), manifests)
             limit += ["--day-manifests", str(published)]
+        os.sync()  # the writes before (the day's manifests too) flushed first
         arguments = ["--day", str(path), "--work", str(work), "--landing", str(landing)]
         day = run_child(__file__, [*arguments, *limit], f"the daily path of {as_of}")
         day["path"] = day["ingest"] + day["metrics"] + day["cohorts"]
@@ -297,13 +306,23 @@ def run(
         with warehouse.open_warehouse(work / "warehouse.duckdb") as con:
             answer = rollout_answer(con, as_of, work)
             moved = con.execute(METRICS, {"as_of": as_of}).fetchall()
+            moved_run = con.execute(EXCLUSIONS, {"as_of": as_of}).fetchone()
+        # The rebuild in a copy: the next day moves what this one kept, as in a
+        # deployment (a rebuild in place would hand it counts made whole every day).
+        copy = work / "rebuild.duckdb"
+        shutil.copyfile(work / "warehouse.duckdb", copy)
+        with warehouse.open_warehouse(copy) as con:
             clock = time.perf_counter()
             metrics.compute_metrics(con, as_of, plan.metrics, rebuild=True)
             day["rebuild"] = time.perf_counter() - clock
             rebuilt = con.execute(METRICS, {"as_of": as_of}).fetchall()
+            rebuilt_run = con.execute(EXCLUSIONS, {"as_of": as_of}).fetchone()
+        copy.unlink()
         if moved != rebuilt or not moved:
             differing = [a[1] for a, b in zip(moved, rebuilt, strict=False) if a != b][:5]
             problems.append(f"rebuild: {len(moved)} rows against {len(rebuilt)}; {differing}")
+        if moved_run != rebuilt_run:
+            problems.append(f"exclusions: {moved_run} kept against {rebuilt_run} rebuilt")
         for peer in peers:
             result = run_part(peer, work, as_of, landing)
             # From the raw files, reading the registry tables included (rollout's

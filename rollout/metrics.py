@@ -108,9 +108,10 @@ def _dependency_counts(con: duckdb.DuckDBPyConnection, counted: int, rebuild: bo
         counted_before, *excluded = kept
         # (A state kept before the exclusions were has none: counted whole below.)
         known = None if None in excluded else (excluded[0], excluded[1], excluded[2])
-        if known is not None and not manifests.loaded_since(con, counted_before):
+        if manifests.loaded_since(con, counted_before):
+            exclusions = _move_dependency_counts(con, counted_before, known)
+        elif known is not None:
             return known
-        exclusions = _move_dependency_counts(con, counted_before, known)
     else:
         # The sums are HUGEINT; the kept table holds BIGINT, as the mart.
         counts = warehouse.render("intermediate/int_dependency_counts")

@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from rollout.core.errors import GuardRefused
 from rollout.core.plan import ExemptAccount, Exemptions, Plan
@@ -15,7 +15,10 @@ from rollout.phases import enforce
 from rollout.phases.previews import preview_markdown, save_preview, saved_previews
 from rollout.phases.timeline import plan_steps, step_states
 from rollout.registry import Registry
+from rollout.registry.engine import make_engine
 from rollout.registry.ledger import start_run
+from rollout.registry.locks import _advisory_key, make_lock_engine
+from rollout.registry.migrate import upgrade
 from rollout.registry.models import (
     Account,
     Action,
@@ -416,3 +419,27 @@ def test_a_lock_given_back_is_free_everywhere_whatever_the_run_did(registry: Reg
             # The same registry is refused too: its second run would be a second run.
             with pytest.raises(GuardRefused), registry.lock("enforce"):
                 pass
+
+
+def test_a_lock_connection_back_in_the_pool_holds_no_lock(postgres_schema_url: str) -> None:
+    """Should a pooled lock connection return still holding its lock (a run stopped
+    between taking it and the code that gives it back), it gives it back on return."""
+    engine = make_engine(postgres_schema_url)
+    upgrade(engine)
+    engine.dispose()
+    with Registry(postgres_schema_url) as registry:
+        _lock_given_back_on_return(registry)
+
+
+def _lock_given_back_on_return(registry: Registry) -> None:
+    engine = make_lock_engine(registry.url)
+    try:
+        with engine.connect() as connection:
+            key = _advisory_key(connection, "enforce")
+            connection.execute(text("select pg_advisory_lock(:k)"), {"k": key})
+            assert registry.lock_held("enforce")
+        assert not registry.lock_held("enforce")  # back in the pool, the lock went
+        with registry.lock("enforce"):
+            pass
+    finally:
+        engine.dispose()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy import Engine, event, inspect, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from rollout import warehouse
@@ -24,7 +25,7 @@ from rollout.registry.models import (
     Token,
     WebSession,
 )
-from rollout.registry.statistics import refresh_statistics
+from rollout.registry.statistics import CAMPAIGN_TABLES, refresh_statistics
 from rollout.warehouse import extract
 from rollout.warehouse.extract import EXTRACTED_TABLES, extract_registry
 
@@ -154,35 +155,86 @@ def test_live_sessions_are_indexed_for_revocation(registry: Registry) -> None:
     assert indexes["ix_web_sessions_live"]["column_names"] == ["account_id"]
 
 
-def test_tables_changed_in_bulk_are_analyzed_before_a_run_reads_them(registry: Registry) -> None:
-    """PostgreSQL plans the deadline audiences on its statistics: tables a bulk change
-    made stale are analyzed when a run starts, not at autovacuum's next look."""
+@pytest.fixture
+def pg_registry(postgres_schema_url: str) -> Iterator[Registry]:
+    """A registry at the newest schema on PostgreSQL alone: what is PostgreSQL's own."""
+    engine = make_engine(postgres_schema_url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    with Registry(postgres_schema_url) as registry:
+        yield registry
+
+
+def add_accounts(registry: Registry, prefix: str, count: int) -> None:
     with registry.engine.begin() as connection:
         connection.execute(
             Account.__table__.insert(),
             [
-                {"username": f"u{i}", "email": f"u{i}@example.com", "created_at": T0}
-                for i in range(300)
+                {"username": f"{prefix}{i}", "email": f"{prefix}{i}@example.com", "created_at": T0}
+                for i in range(count)
             ],
         )
         if not registry.is_sqlite:  # the counters reach pg_stat_* once a second
             connection.execute(text("select pg_stat_force_next_flush()"))
-    with registry.engine.begin() as connection:
-        analyzed = refresh_statistics(connection)
-    if registry.is_sqlite:
-        assert analyzed == []  # SQLite's planner does without
-        return
-    assert analyzed == ["accounts"]
+
+
+def analyzed_tables(registry: Registry) -> set[str]:
     with registry.engine.connect() as connection:
-        last = connection.execute(
-            text(
-                "select last_analyze is not null from pg_stat_user_tables "
-                "where schemaname = current_schema() and relname = 'accounts'"
-            )
-        ).scalar()
-        assert last
-    with registry.engine.begin() as connection:
-        assert refresh_statistics(connection) == []  # fresh now: nothing to do
+        return set(
+            connection.execute(
+                text(
+                    "select relname from pg_stat_user_tables where schemaname = "
+                    "current_schema() and coalesce(last_analyze, last_autoanalyze) is not null"
+                )
+            ).scalars()
+        )
+
+
+def test_sqlite_needs_no_planner_statistics(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    with Registry(url) as registry:
+        add_accounts(registry, "a", 300)
+        assert refresh_statistics(registry.engine) == []
+
+
+def test_tables_changed_in_bulk_are_analyzed_before_a_run_reads_them(
+    pg_registry: Registry,
+) -> None:
+    """PostgreSQL plans the deadline audiences on its statistics: tables a bulk change
+    made stale, or never analyzed, are analyzed when a run starts, not at autovacuum's
+    next look."""
+    add_accounts(pg_registry, "a", 300)
+    # accounts changed in bulk; the others, empty, had never been analyzed.
+    assert refresh_statistics(pg_registry.engine) == sorted(CAMPAIGN_TABLES)
+    assert set(CAMPAIGN_TABLES) <= analyzed_tables(pg_registry)
+    assert refresh_statistics(pg_registry.engine) == []  # fresh now: nothing to do
+    add_accounts(pg_registry, "b", 10)  # under the threshold (50 rows + 10%)
+    assert refresh_statistics(pg_registry.engine) == []
+    add_accounts(pg_registry, "c", 100)
+    assert refresh_statistics(pg_registry.engine) == ["accounts"]
+
+
+def test_a_registry_that_cannot_be_written_keeps_its_statistics_and_works(
+    pg_registry: Registry,
+) -> None:
+    """A standby or a read-only role: the refresh is an optimisation, never a failure."""
+    add_accounts(pg_registry, "a", 300)
+    engine = make_engine(pg_registry.url)
+
+    @event.listens_for(engine, "connect")
+    def read_only(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.autocommit = True
+        dbapi_connection.execute("set default_transaction_read_only = on")
+        dbapi_connection.autocommit = False
+
+    try:
+        assert refresh_statistics(engine) == []
+    finally:
+        engine.dispose()
+    assert "accounts" not in analyzed_tables(pg_registry)
 
 
 def test_postgres_urls_as_people_paste_them_use_psycopg() -> None:

@@ -229,9 +229,10 @@ def queue_due(registry: Registry, plan: Plan, day: date, *, actor: str) -> list[
     outcomes = []
     with registry.lock("queue"):
         engine = registry.engine
-        with engine.begin() as connection:
-            refresh_statistics(connection)
-        for o in due_occasions(plan, day):
+        occasions = due_occasions(plan, day)
+        if occasions:  # the audiences below are what the statistics are for
+            refresh_statistics(engine)
+        for o in occasions:
             with recorded_run(
                 engine,
                 plan=plan.name,

@@ -129,7 +129,8 @@ def preview_phase(
 ) -> PhasePreview:
     """Who ``enforce`` would change: the cohort's current accounts that fall short of
     the phase's requirements at ``now`` (lack the factor it asks for, or hold a token it
-    forbids), minus the plan's exemptions; and, when it revokes tokens, which. Reads only.
+    forbids), minus the plan's exemptions; and, when it revokes tokens, which. Reads only (on
+    PostgreSQL it may first refresh the planner's statistics: rollout.registry.statistics).
 
     ``details=False`` (enforcement's own preview under its lock, which needs only the
     ids and counts) leaves out the email, last login, the live sessions of a phase that
@@ -191,8 +192,7 @@ def preview_phase(
     targets, exempted, compliant = [], [], 0
     not_due = never_noticed = 0
     not_reached: list[int] = []
-    with registry.engine.begin() as connection:  # committed: a rollback undoes an ANALYZE
-        refresh_statistics(connection)
+    refresh_statistics(registry.engine)  # the planner's, not the registry's data
     with registry.engine.connect() as connection:
         # With per-account deadlines, each noticed account's own (one read of the phase's
         # notices and snoozes): only accounts whose deadline has come are targets today;

@@ -23,7 +23,7 @@ from types import TracebackType
 from sqlalchemy import Engine
 
 from rollout.registry.engine import is_sqlite, make_engine, normalize_url
-from rollout.registry.locks import exclusive_run, run_lock_held
+from rollout.registry.locks import exclusive_run, make_lock_engine, run_lock_held
 from rollout.registry.migrate import require_current_schema
 
 
@@ -79,7 +79,7 @@ class Registry:
             if self._lock_engine is None:
                 # Its own pool, in autocommit: a lock held for a run's hours must not
                 # keep a transaction open (rollout.registry.locks says why).
-                self._lock_engine = make_engine(self.url, isolation_level="AUTOCOMMIT")
+                self._lock_engine = make_lock_engine(self.url)
             lock_engine = self._lock_engine
         return exclusive_run(self.url, name, lock_engine)
 

@@ -11,8 +11,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
@@ -74,8 +75,15 @@ def exclusive_run(
     )
     try:
         with engine.connect() as connection:
-            key = _advisory_key(connection, name)
-            got = connection.execute(text("select pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+            try:
+                key = _advisory_key(connection, name)
+                got = connection.execute(
+                    text("select pg_try_advisory_lock(:k)"), {"k": key}
+                ).scalar()
+            except BaseException:
+                # Interrupted with the lock maybe granted: closed, so it goes too.
+                connection.invalidate()
+                raise
             if not got:
                 raise GuardRefused(
                     f"another {name} run holds the registry's advisory lock; wait for it to finish"
@@ -84,13 +92,41 @@ def exclusive_run(
                 yield
             finally:
                 try:
-                    connection.execute(text("select pg_advisory_unlock(:k)"), {"k": key})
+                    released = connection.execute(
+                        text("select pg_advisory_unlock(:k)"), {"k": key}
+                    ).scalar()
                 except BaseException:
                     connection.invalidate()
                     raise
+                if not released:
+                    connection.invalidate()
     finally:
         if own:
             engine.dispose()
+
+
+def make_lock_engine(registry_url: str) -> Engine:
+    """The engine Registry.lock takes its connections from on PostgreSQL: autocommit,
+    pooled, and whatever a connection might still hold is given back as it returns to
+    the pool (``pg_advisory_unlock_all``): a pooled session keeping a lock would refuse
+    every other process's run, and let this process's next one in twice (the locks are
+    re-entrant within a session)."""
+    engine = make_engine(registry_url, isolation_level="AUTOCOMMIT", pool_size=2)
+
+    @event.listens_for(engine, "checkin")
+    def _give_back_every_lock(dbapi_connection: Any, record: Any) -> None:
+        if dbapi_connection is None:  # invalidated: closed, its locks gone with it
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("select pg_advisory_unlock_all()")
+            finally:
+                cursor.close()
+        except Exception as error:  # a broken connection: closed instead
+            record.invalidate(error)
+
+    return engine
 
 
 def run_lock_held(registry_url: str, engine: Engine, name: str) -> bool:

@@ -66,8 +66,8 @@ create table if not exists download_windows_state (
 -- writes: the int_dependency_counts model's rows with edges) so a day without new
 -- manifests reuses them and a day with some moves them by the packages whose latest
 -- manifest changed (int_dependency_counts_step): the last ingested file they count,
--- and what they leave out of the metrics (int_dependency_exclusions), which changes
--- with them. No row: the next run counts them whole.
+-- and what they leave out of the metrics (int_dependency_exclusions, moved with them by
+-- int_dependency_exclusions_step). No row: the next run counts them whole.
 create table if not exists dependency_counts_state (
     counted_file_id bigint not null
 );
