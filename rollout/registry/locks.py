@@ -75,15 +75,13 @@ def exclusive_run(
     )
     try:
         with engine.connect() as connection:
-            try:
+            # Interrupted with the lock maybe granted, or maybe not given back: the
+            # connection is closed, and the lock goes with it.
+            with _closed_if_interrupted(connection):
                 key = _advisory_key(connection, name)
                 got = connection.execute(
                     text("select pg_try_advisory_lock(:k)"), {"k": key}
                 ).scalar()
-            except BaseException:
-                # Interrupted with the lock maybe granted: closed, so it goes too.
-                connection.invalidate()
-                raise
             if not got:
                 raise GuardRefused(
                     f"another {name} run holds the registry's advisory lock; wait for it to finish"
@@ -91,18 +89,24 @@ def exclusive_run(
             try:
                 yield
             finally:
-                try:
+                with _closed_if_interrupted(connection):
                     released = connection.execute(
                         text("select pg_advisory_unlock(:k)"), {"k": key}
                     ).scalar()
-                except BaseException:
-                    connection.invalidate()
-                    raise
                 if not released:
                     connection.invalidate()
     finally:
         if own:
             engine.dispose()
+
+
+@contextmanager
+def _closed_if_interrupted(connection: Connection) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        connection.invalidate()
+        raise
 
 
 def make_lock_engine(registry_url: str) -> Engine:
