@@ -74,11 +74,9 @@ class Registry:
         another run holds it. An advisory lock on PostgreSQL, a lock file next to the
         database on SQLite (rollout.registry.locks); either goes with its process."""
         if self.is_sqlite:
-            return exclusive_run(self.url, name)
+            return exclusive_run(self.url, name, None)
         with self._making:
-            if self._lock_engine is None:
-                # Its own pool, in autocommit: a lock held for a run's hours must not
-                # keep a transaction open (rollout.registry.locks says why).
+            if self._lock_engine is None:  # its own pool: rollout.registry.locks says why
                 self._lock_engine = make_lock_engine(self.url)
             lock_engine = self._lock_engine
         return exclusive_run(self.url, name, lock_engine)

@@ -15,7 +15,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.engine import URL
-from sqlalchemy.pool import NullPool
 
 from rollout.core.errors import GuardRefused
 from rollout.core.names import safe_path_component
@@ -39,12 +38,11 @@ def _advisory_key(connection: Connection, name: str) -> int:
 
 
 @contextmanager
-def exclusive_run(
-    registry_url: str, name: str, lock_engine: Engine | None = None
-) -> Iterator[None]:
-    """Refuse a second concurrent run: an advisory lock on PostgreSQL, a lock file
-    next to the database on SQLite. Both vanish with the process that held them, so
-    a crash never leaves a stale lock behind."""
+def exclusive_run(registry_url: str, name: str, lock_engine: Engine | None) -> Iterator[None]:
+    """Refuse a second concurrent run: an advisory lock on PostgreSQL, taken on a
+    connection of ``lock_engine`` (:func:`make_lock_engine`; None on SQLite), a lock
+    file next to the database on SQLite. Both vanish with the process that held them,
+    so a crash never leaves a stale lock behind."""
     url = normalize_url(registry_url)
     if url.get_backend_name() == "sqlite":
         path = _lock_path(url, name)
@@ -60,61 +58,33 @@ def exclusive_run(
         finally:
             os.close(handle)
         return
-    # On a connection in autocommit: the lock is the session's, and a transaction left
-    # open for the run's hours would hold back PostgreSQL's cleanup of every row the
-    # run updates (no dead row could be vacuumed or skipped in an index: the outbox's
-    # claims slowed from 1 ms to 50 ms over a 100,000-email drain). Registry.lock
-    # passes its ``lock_engine`` (autocommit, pooled): a connection kept from one run
-    # to the next, not a new server process and engine for each (~10 ms a lock, and a
-    # simulated day takes several). Checked out, the connection is this run's alone; it
-    # goes back to the pool only once the lock is given back, and is closed if that
-    # fails, which lets the lock go. Without one, a connection of its own for the run.
-    own = lock_engine is None
-    engine = lock_engine or make_engine(
-        registry_url, poolclass=NullPool, isolation_level="AUTOCOMMIT"
-    )
-    try:
-        with engine.connect() as connection:
-            # Interrupted with the lock maybe granted, or maybe not given back: the
-            # connection is closed, and the lock goes with it.
-            with _closed_if_interrupted(connection):
-                key = _advisory_key(connection, name)
-                got = connection.execute(
-                    text("select pg_try_advisory_lock(:k)"), {"k": key}
-                ).scalar()
-            if not got:
-                raise GuardRefused(
-                    f"another {name} run holds the registry's advisory lock; wait for it to finish"
-                )
-            try:
-                yield
-            finally:
-                with _closed_if_interrupted(connection):
-                    released = connection.execute(
-                        text("select pg_advisory_unlock(:k)"), {"k": key}
-                    ).scalar()
-                if not released:
-                    connection.invalidate()
-    finally:
-        if own:
-            engine.dispose()
-
-
-@contextmanager
-def _closed_if_interrupted(connection: Connection) -> Iterator[None]:
-    try:
+    if lock_engine is None:
+        raise ValueError("a PostgreSQL run lock is taken on a lock engine (make_lock_engine)")
+    # The lock is the connection's session's: it goes when the connection goes back to
+    # the pool, whichever way the block is left (make_lock_engine).
+    with lock_engine.connect() as connection:
+        key = _advisory_key(connection, name)
+        got = connection.execute(text("select pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+        if not got:
+            raise GuardRefused(
+                f"another {name} run holds the registry's advisory lock; wait for it to finish"
+            )
         yield
-    except BaseException:
-        connection.invalidate()
-        raise
 
 
 def make_lock_engine(registry_url: str) -> Engine:
-    """The engine Registry.lock takes its connections from on PostgreSQL: autocommit,
-    pooled, and whatever a connection might still hold is given back as it returns to
-    the pool (``pg_advisory_unlock_all``): a pooled session keeping a lock would refuse
-    every other process's run, and let this process's next one in twice (the locks are
-    re-entrant within a session)."""
+    """The engine PostgreSQL run locks are taken on (Registry.lock keeps one).
+
+    In autocommit: a transaction left open for the run's hours would hold back
+    PostgreSQL's cleanup of every row the run updates (no dead row could be vacuumed
+    or skipped in an index: the outbox's claims slowed from 1 ms to 50 ms over a
+    100,000-email drain). Pooled: a connection kept from one run to the next, not a new
+    server process and engine for each (~10 ms a lock, and a simulated day takes
+    several). A connection gives back every lock it holds as it returns to the pool
+    (``pg_advisory_unlock_all``), however its run ended: a pooled session keeping one
+    would refuse every other process's run, and let this process's next one in twice
+    (the locks are re-entrant within a session). One it cannot is closed instead, which
+    lets its locks go as well."""
     engine = make_engine(registry_url, isolation_level="AUTOCOMMIT", pool_size=2)
 
     @event.listens_for(engine, "checkin")
@@ -127,8 +97,10 @@ def make_lock_engine(registry_url: str) -> Engine:
                 cursor.execute("select pg_advisory_unlock_all()")
             finally:
                 cursor.close()
-        except Exception as error:  # a broken connection: closed instead
+        except BaseException as error:  # interrupted too: closed, the lock goes
             record.invalidate(error)
+            if not isinstance(error, Exception):
+                raise
 
     return engine
 

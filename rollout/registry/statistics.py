@@ -20,7 +20,6 @@ keeps working as before, with a line in the log.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
@@ -53,8 +52,8 @@ _WRITABLE = text(
 )
 
 
-def refresh_statistics(engine: Engine, tables: Iterable[str] = CAMPAIGN_TABLES) -> list[str]:
-    """ANALYZE those of ``tables`` (in the registry's schema) changed by more than
+def refresh_statistics(engine: Engine) -> list[str]:
+    """ANALYZE the campaign tables (in the registry's schema) changed by more than
     autovacuum's threshold since last analyzed, or never analyzed, in a transaction of
     its own; returns them. Nothing on SQLite, on a registry it cannot write, or when
     PostgreSQL refuses (logged)."""
@@ -64,7 +63,7 @@ def refresh_statistics(engine: Engine, tables: Iterable[str] = CAMPAIGN_TABLES) 
         with engine.begin() as connection:
             if not connection.execute(_WRITABLE).scalar():
                 return []
-            stale = list(connection.execute(_STALE, {"tables": list(tables)}).scalars())
+            stale = list(connection.execute(_STALE, {"tables": list(CAMPAIGN_TABLES)}).scalars())
             if stale:
                 quote = connection.dialect.identifier_preparer.quote
                 # SKIP_LOCKED: not behind an autovacuum already at it. A table the
