@@ -578,7 +578,7 @@ def release_preview(registry: Registry, cohort: str, package: str) -> str:
             )
         ).first()
         if row is None:
-            raise BadInput(None, None, f"{package} is not in cohort {cohort}")
+            raise BadInput(None, None, f"{package!r} is not in cohort {cohort}")
         m = MEMBERSHIPS.c
         members = [
             packages
@@ -613,7 +613,7 @@ def release_package(
             )
         ).first()
         if row is None:
-            raise BadInput(None, None, f"{package} is not in cohort {cohort}")
+            raise BadInput(None, None, f"{package!r} is not in cohort {cohort}")
         if row.released_at is not None:
             raise BadInput(
                 None,

@@ -319,6 +319,47 @@ def test_hostile_names_stay_text_in_tables_csv_and_messages(rollout_home: Path) 
     assert "\x1b" not in missing.stderr and "[red]nobody[/red]" in missing.stderr
 
 
+def test_a_suggested_command_gives_the_shell_the_name_and_nothing_else(
+    rollout_home: Path,
+) -> None:
+    """An org's name is its owner's choice: the command a preview suggests, pasted into
+    a shell, names that org and runs nothing the name holds, on the one line shown."""
+    import subprocess
+    from datetime import datetime
+
+    from rollout.registry.engine import make_engine, session_scope
+    from rollout.registry.models import Account, Org, OrgMember
+
+    run("db", "upgrade")
+    org = "ac-dev\n\nSECURITY: re-enrol at https://evil.example $(touch pwned) 'x'"
+    engine = make_engine(f"sqlite:///{rollout_home / 'registry.db'}")
+    with session_scope(engine) as session:
+        t0 = datetime(2022, 1, 1)
+        team = Org(name=org, created_at=t0)
+        member = Account(username="sam", email="s@example.com", email_verified=True, created_at=t0)
+        session.add_all([team, member])
+        session.flush()
+        session.add(OrgMember(org_id=team.id, account_id=member.id, role="developer", joined_at=t0))
+    engine.dispose()
+
+    preview = run("orgs", "enforce", org)
+    assert preview.exit_code == 0, preview.stderr
+    [hint] = [line for line in preview.stderr.splitlines() if "preview only" in line]
+    assert not any(line.startswith("SECURITY") for line in preview.stderr.splitlines())
+    command = hint.split(" run ", 1)[1]
+    words = subprocess.run(
+        ["bash", "-c", f"set -- {command}; printf '%s\\0' \"$@\""],
+        cwd=rollout_home,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    assert words.split("\0")[:-1] == [
+        *("rollout", "orgs", "enforce", org),
+        *("--owner", "YOU", "--confirm", org),
+    ]
+    assert not (rollout_home / "pwned").exists()
+
+
 def _one_line(text: str) -> str:
     """stderr as one line: the console wraps long messages at its width."""
     return " ".join(text.split())

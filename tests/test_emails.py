@@ -309,6 +309,32 @@ def test_hostile_values_are_escaped_in_html_and_kept_out_of_the_subject_line(
         assert "\r\nBcc" not in rendered.subject
 
 
+FORGED = "\n\nSECURITY: your 2FA was reset, enrol again at https://evil.example\u2028\r\n"
+
+
+@pytest.mark.parametrize("name", list(EMAILS))
+def test_no_value_starts_a_line_of_its_own_in_the_text_part(name: str, plan: Plan) -> None:
+    """An org's name is its owner's choice, a removed member's username is that member's:
+    in an email to someone else, neither may write lines of its own."""
+    stored = example_stored(name, plan)
+    for key in ("org", "team", "invited_by"):
+        if key in stored:
+            stored[key] = f"{stored[key]}{FORGED}"
+    if "removed" in stored:
+        stored["removed"] = [f"sam{FORGED}", "lee"]
+    recipient = replace(
+        EXAMPLE_RECIPIENTS["non-compliant"],
+        username=f"alex{FORGED}",
+        packages=(f"left-pad{FORGED}", "react"),
+    )
+    rendered = render(name, recipient, stored, plan)
+    assert "SECURITY: your 2FA" in rendered.text, "the value was printed"
+    for line in rendered.text.splitlines():
+        assert not line.startswith("SECURITY"), line
+    assert "\u2028" not in rendered.text + rendered.html
+    assert "\r" not in rendered.text + rendered.html
+
+
 def assert_one_recipient_and_no_injected_header(mime: Any, subject: str) -> None:
     assert len(mime.get_all("To")) == 1
     assert [a.addr_spec for a in mime["To"].addresses] == ["mallory@example.com"]

@@ -474,6 +474,19 @@ def test_a_path_duckdb_would_read_as_a_pattern_is_refused_and_the_others_load(
     assert loaded_rows(con) == [("react", DAY, 1)]
 
 
+def test_a_refused_file_is_named_on_one_line_whatever_its_name_holds(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    name = "d\n\x1b[32mOK: 0 refused\x1b[0m [1].parquet"
+    typed_parquet(tmp_path, name, [("vue", DAY, 2)])
+    [refused] = ingest.ingest(
+        con, [tmp_path / "downloads"], quarantine_limit=LIMIT, now=NOW
+    ).rejected
+    assert refused.path.name == name
+    assert "\n" not in refused.message and "\x1b" not in refused.message
+    assert "d\\x0a\\x1b[32mOK: 0 refused\\x1b[0m [1].parquet: " in refused.message
+
+
 def test_a_count_beyond_bigint_is_out_of_range_not_missing(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:

@@ -69,9 +69,9 @@ def test_enforce_needs_the_name_typed_back(registry: Registry, acme: dict[str, i
 
 
 def test_an_owner_without_2fa_cannot_turn_it_on(registry: Registry, acme: dict[str, int]) -> None:
-    with pytest.raises(GuardRefused, match="bo has no 2FA"):
+    with pytest.raises(GuardRefused, match="'bo' has no 2FA"):
         orgs.enforce_org(registry, "acme", confirm="acme", owner="bo", actor="t")
-    with pytest.raises(GuardRefused, match="cy is not an owner"):
+    with pytest.raises(GuardRefused, match="'cy' is not an owner"):
         orgs.enforce_org(registry, "acme", confirm="acme", owner="cy", actor="t")
 
 
@@ -138,14 +138,14 @@ def test_only_members_enforcement_removed_who_now_use_2fa_are_invited_back(
 ) -> None:
     # bo: removed, still no 2FA. ed: left on their own before. di: removed, now TOTP.
     assert [i.username for i in orgs.reinvite_preview(registry, "acme", "release")] == ["di"]
-    with pytest.raises(BadInput, match=r"no team 'devs' in org acme \(teams: release\)"):
+    with pytest.raises(BadInput, match=r"no team 'devs' in org 'acme' \(teams: 'release'\)"):
         orgs.reinvite_preview(registry, "acme", "devs")
 
 
 def test_reinvite_is_guarded_and_happens_once(registry: Registry, enforced: dict[str, int]) -> None:
     with pytest.raises(GuardRefused, match="--confirm acme"):
         orgs.reinvite(registry, "acme", "release", owner="ada", confirm="x", expect=1, actor="t")
-    with pytest.raises(GuardRefused, match="cy is not an owner"):
+    with pytest.raises(GuardRefused, match="'cy' is not an owner"):
         orgs.reinvite(registry, "acme", "release", owner="cy", confirm="acme", expect=1, actor="t")
     with pytest.raises(GuardRefused, match="1 members to invite back, not the 2 expected"):
         orgs.reinvite(registry, "acme", "release", owner="ada", confirm="acme", expect=2, actor="t")

@@ -89,6 +89,34 @@ def test_emit_csv_neutralises_formulas(capsys: pytest.CaptureFixture[str]) -> No
     assert all(not r["username"].startswith(FORMULA_PREFIXES) for r in rows)
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_csv_on_a_terminal_shows_control_characters_and_piped_keeps_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rows = [
+        {"username": name, "packages": [name, "react"], "count": 1}
+        for name in (*TERMINAL, "two\nlines")
+    ]
+    screen = Terminal()
+    monkeypatch.setattr("sys.stdout", screen)
+    emit(rows, Format.csv)
+    shown = screen.getvalue()
+    assert not any(c in shown for c in "\x1b\x07\x9b\u202e\r")
+    assert shown.count("\n") == len(rows) + 1  # one line a row
+    assert "\\x1b[2K\\x1b[1Amallory" in shown
+
+    piped = io.StringIO()
+    monkeypatch.setattr("sys.stdout", piped)
+    emit(rows, Format.csv)
+    assert [r["username"] for r in read_csv(piped.getvalue())] == [
+        csv_cell(r["username"]) for r in rows
+    ]
+
+
 # --- terminals ----------------------------------------------------------------------------
 
 

@@ -354,7 +354,7 @@ def test_file_sender_html_only(tmp_path: Path) -> None:
 def test_hostile_but_printable_values_stay_inside_their_headers(tmp_path: Path) -> None:
     sender = FileSender(tmp_path)
     hostile = message(
-        to_name='Mallory "Admin", <script>alert(1)</script> evil@attacker.example;',
+        to_name='Mallory "Admin" <script>alert(1)</script> evil@attacker.example',
         subject='Re: <b>urgent</b> "quoted" — ünïcödé, Bcc: evil@attacker.example',
         email="../../etc/passwd",
     )
@@ -377,6 +377,9 @@ def test_hostile_but_printable_values_stay_inside_their_headers(tmp_path: Path) 
         {"subject": "Hello\r\nBcc: evil@attacker.example"},
         {"subject": "Hello\nX-Injected: yes"},
         {"to_address": "ann@example.com\nBcc: evil@attacker.example"},
+        # A dot-atom a reader would decode into another address ("victim@evil.example"@…):
+        # refused, as the email package refuses it, never written as it is.
+        {"to_address": "=?utf-8?q?victim=40evil.example?=@x.example"},
     ],
 )
 def test_header_injection_fails_the_message_permanently(
@@ -399,6 +402,36 @@ def test_a_name_with_control_characters_is_left_out_not_refused(tmp_path: Path, 
     assert parsed["Bcc"] is None and parsed["X-Injected"] is None
     body = SendGridSender("SG.test-key-not-real.abcdefgh").request_body(message(to_name=name))
     assert body["personalizations"][0]["to"] == [{"email": "ann@example.com"}]
+
+
+@pytest.mark.parametrize(
+    "name", ["Doe, Jane", "evil@attacker.example; Ann", '"q" <x@y.example>, z']
+)
+def test_a_name_sendgrid_refuses_is_left_out_in_both_senders(
+    tmp_path: Path, dev: DevSendGrid, make: Callable, name: str
+) -> None:
+    """SendGrid's limits forbid ``,`` and ``;`` in a recipient's name: the address alone
+    goes, to SendGrid and into the .eml that stands for it."""
+    sender = FileSender(tmp_path)
+    sender.send(message(to_name=name))
+    [recipient] = parse(sender.path_for(MESSAGE))["To"].addresses
+    assert (recipient.addr_spec, recipient.display_name) == ("ann@example.com", "")
+    make().send(message(to_name=name))
+    [request] = dev.messages
+    assert request["body"]["personalizations"][0]["to"] == [{"email": "ann@example.com"}]
+
+
+def test_the_dev_server_refuses_a_recipient_name_with_a_comma_as_sendgrid_does(
+    dev: DevSendGrid, make: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Message, "header_name", property(lambda self: self.to_name))
+    with pytest.raises(DeliveryFailed) as caught:
+        make().send(message(to_name="Doe, Jane"))
+    assert caught.value.permanent
+    assert caught.value.reason == (
+        "SendGrid answered 400: personalizations.0.to.0.name: "
+        "The to.name cannot include either the ; or , characters."
+    )
 
 
 def test_an_internationalised_domain_is_written_in_its_idna_form(tmp_path: Path) -> None:

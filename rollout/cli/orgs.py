@@ -13,6 +13,7 @@ from rollout.cli.app import (
     app,
     reports_errors,
 )
+from rollout.core.controls import shell_word
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 from rollout.core.output import Format, emit, emit_record, stderr
 
@@ -100,7 +101,7 @@ def orgs_enforce(
         )
         stderr.print(
             f"preview only: to remove these {len(members)} members run "
-            f"rollout orgs enforce {org} --owner YOU --confirm {org}",
+            f"rollout orgs enforce {shell_word(org)} --owner YOU --confirm {shell_word(org)}",
             highlight=False,
         )
         return
@@ -152,9 +153,10 @@ def orgs_reinvite(
             columns=["username", "removed_at"],
         )
         stderr.print(
-            f"preview only: to invite these {len(invitees)} back into team {team} (the "
-            f"invitations stay open {INVITATION_DAYS} days) run rollout orgs reinvite {org} "
-            f"--team {team} --owner YOU --confirm {org} --expect {len(invitees)}",
+            f"preview only: to invite these {len(invitees)} back into team {team!r} (the "
+            f"invitations stay open {INVITATION_DAYS} days) run rollout orgs reinvite "
+            f"{shell_word(org)} --team {shell_word(team)} --owner YOU --confirm {shell_word(org)} "
+            f"--expect {len(invitees)}",
             highlight=False,
         )
         return

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rollout.core.controls import visible
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
@@ -34,7 +36,10 @@ class BadInput(RolloutError):
         if self.path is None:  # a name or value given on the command line
             super().__init__(reason)
             return
-        where = f"{self.path}:{line}" if line is not None else str(self.path)
+        # A file's name is data (a landing file's may hold a line break, or ESC): shown
+        # with its control characters escaped, so it cannot start a line of its own.
+        shown = visible(self.path)
+        where = f"{shown}:{line}" if line is not None else shown
         super().__init__(f"{where}: {reason}")
 
 

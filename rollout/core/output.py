@@ -32,6 +32,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from rollout.core.controls import visible
+
 if TYPE_CHECKING:
     import pyarrow as pa
     from rich.progress import Progress, ProgressColumn
@@ -103,28 +105,7 @@ def write_csv(out: TextIO, columns: Sequence[str], rows: Iterable[Mapping[str, A
         out.write(line([csv_cell(row.get(c)) for c in columns]))
 
 
-# --- terminals: control characters visible, no markup ---------------------------------
-
-# C0 and C1 controls and DEL (ESC starts the sequences that move the cursor and erase
-# lines), the line and paragraph separators, and the bidirectional overrides that
-# reorder what a line shows.
-_OTHER_CONTROLS = (
-    r"\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
-)
-_CONTROLS = re.compile(rf"[\t\n{_OTHER_CONTROLS}]")
-_CONTROLS_BUT_LINES = re.compile(rf"[{_OTHER_CONTROLS}]")
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
-
-
-def visible(text: object, *, lines: bool = False) -> str:
-    """``text`` with every control character shown as its escape (ESC as ``\\x1b``), so
-    nothing it holds can move the cursor, erase a line or fake a row. ``lines=True``
-    keeps line breaks and tabs: a message of several lines, not one table cell."""
-    return (_CONTROLS_BUT_LINES if lines else _CONTROLS).sub(_escape, str(text))
+# --- terminals: control characters visible (rollout.core.controls), no markup -----------
 
 
 class DataConsole(Console):
@@ -214,6 +195,10 @@ def emit(
         )
         sys.stdout.write("\n")
     elif fmt is Format.csv:
+        if sys.stdout.isatty():
+            # CSV read by a person, not a program: a value's ESC or line break would
+            # move the cursor or fake a row on the screen. Piped, the cells are exact.
+            rows = [{k: _on_screen(row.get(k)) for k in names} for row in rows]
         write_csv(sys.stdout, names, rows)
     else:
         table = Table(title=None if title is None else visible(title), show_lines=False)
@@ -231,6 +216,11 @@ def emit(
             needed = DataConsole(width=100_000).measure(table).maximum
             console = DataConsole(width=max(console.width, needed))
         console.print(table)
+
+
+def _on_screen(value: Any) -> Any:
+    plain = _plain(value)  # a list's items joined: each shown as well
+    return visible(plain) if isinstance(plain, str) else plain
 
 
 def emit_record(record: Mapping[str, Any], fmt: Format, *, title: str | None = None) -> None:

@@ -189,6 +189,9 @@ MSG_CONTENT_VALUE = "The content value must be a string at least one character i
 MSG_CONTENT_ORDER = "If present, text/plain and text/html may only be provided in this order."
 MSG_CUSTOM_ARGS_SIZE = "The total size of custom arguments may not exceed 10,000 bytes."
 MSG_CRLF = "Header names and values may not contain CR or LF characters."
+# SendGrid's documented limits of v3 Mail Send: "The to.name, cc.name, and bcc.name
+# personalizations cannot include either the ; or , characters."
+MSG_RECIPIENT_NAME = "The {kind}.name cannot include either the ; or , characters."
 MSG_RESERVED_HEADER = "The following header is reserved and cannot be set: {name}."
 MSG_TOO_MANY_CATEGORIES = "Too many categories on this message. The maximum is 10."
 MSG_CATEGORY_LENGTH = "A category cannot have more than 255 characters."
@@ -233,8 +236,9 @@ def _has_crlf(value: str) -> bool:
     return "\r" in value or "\n" in value
 
 
-def _check_address(value: object, where: str, message: str) -> Errors:
-    """An ``{"email": ..., "name": ...}`` object (from, reply_to, each recipient)."""
+def _check_address(value: object, where: str, message: str, *, kind: str | None = None) -> Errors:
+    """An ``{"email": ..., "name": ...}`` object (from, reply_to, each recipient: ``kind``
+    to, cc or bcc)."""
     if not isinstance(value, dict):
         return [error(message, where)]
     if not is_valid_email(value.get("email")):
@@ -244,6 +248,8 @@ def _check_address(value: object, where: str, message: str) -> Errors:
         return [_type_error("string", name, f"{where}.name")]
     if name and _has_crlf(name):
         return [error(MSG_CRLF, f"{where}.name")]
+    if kind and name and (";" in name or "," in name):
+        return [error(MSG_RECIPIENT_NAME.format(kind=kind), f"{where}.name")]
     return []
 
 
@@ -257,7 +263,7 @@ def _check_recipients(value: object, where: str, kind: str) -> Errors:
     message = MSG_RECIPIENT.format(kind=kind, example=_EXAMPLE_RECIPIENT)
     errors: Errors = []
     for index, recipient in enumerate(value):
-        errors += _check_address(recipient, f"{where}.{index}", message)
+        errors += _check_address(recipient, f"{where}.{index}", message, kind=kind)
     return errors
 
 

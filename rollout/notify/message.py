@@ -8,13 +8,13 @@ from typing import Protocol
 
 # C0 and C1 controls and DEL, and the line and paragraph separators: none belongs in a
 # header, and CR/LF could start a new one.
-_HEADER_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def header_text(text: str) -> str:
     """``text`` as one line of a header (the subject): every control character and run of
     whitespace made one space, so nothing in a value can start a header of its own."""
-    return " ".join(_HEADER_CONTROLS.sub(" ", text).split())
+    return " ".join(CONTROL_CHARACTERS.sub(" ", text).split())
 
 
 def header_address(address: str) -> str:
@@ -42,11 +42,15 @@ class Message:
     @property
     def header_name(self) -> str | None:
         """The display name beside the address in To: the username, or none at all when
-        it holds a control character (the address alone delivers; refusing the message
-        would keep an account from every email, the enforcement notice included)."""
-        if not self.to_name or _HEADER_CONTROLS.search(self.to_name):
+        it holds a control character, or a comma or semicolon, which SendGrid refuses in
+        a recipient's name (its documented limits; a name quoted in an .eml would do,
+        but the file outbox writes what SendGrid would be sent). The address alone
+        delivers; refusing the message would keep an account from every email, the
+        enforcement notice included."""
+        name = self.to_name
+        if not name or CONTROL_CHARACTERS.search(name) or "," in name or ";" in name:
             return None
-        return self.to_name
+        return name
 
 
 class DeliveryFailed(Exception):

@@ -2,11 +2,14 @@
 
 HTML is autoescaped (usernames, package and org names are the registry's users'
 input); an undefined variable is an error, never an empty string; the subject is
-one line whatever a value contains, so nothing can add a header.
+one line whatever a value contains, so nothing can add a header; and no value can
+break a line of the plain text (an org's name written by its owner, a member's
+username, in an email to someone else): each ``{{ value }}`` is kept on its line.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -21,10 +24,11 @@ from jinja2 import (
     Undefined,
     select_autoescape,
 )
+from markupsafe import Markup
 
 from rollout.core.plan import Plan
 from rollout.notify.emails import EMAILS, Email, Recipient
-from rollout.notify.message import header_text
+from rollout.notify.message import CONTROL_CHARACTERS, header_text
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,21 @@ def _when(value: datetime) -> str:
     return f"{_day(value)}, {value:%H:%M} UTC"
 
 
+# A run of control characters with the whitespace around it: one space, so "a\n  b"
+# reads "a b" while a value's own spacing (a padded column) stays.
+_BREAKS = re.compile(rf"\s*(?:{CONTROL_CHARACTERS.pattern}\s*)+")
+
+
+def _in_line(value: Any) -> Any:
+    """Every ``{{ value }}`` printed by a template: a string's control characters made
+    spaces, so a value can neither start a line of its own in the plain text (a forged
+    "SECURITY:" paragraph in an org's name) nor carry a control character into the HTML.
+    Markup (an include's output, a macro's) is the templates' own and stays as it is."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return _BREAKS.sub(" ", value)
+    return value
+
+
 @cache
 def environment() -> Environment:
     env = Environment(
@@ -70,12 +89,10 @@ def environment() -> Environment:
         auto_reload=False,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=_in_line,
     )
     env.filters["day"] = _day
     env.filters["when"] = _when
-    # A value a user chose (a token's name) on one line of the plain text: a line break
-    # in it could not forge the lines after it.
-    env.filters["one_line"] = lambda value: one_line(str(value))
     return env
 
 

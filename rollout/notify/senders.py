@@ -625,9 +625,11 @@ def _unstructured(value: str) -> str:
 
 
 def _mailbox(name: str | None, address: str) -> str | None:
-    """``name <address>``, or None when the address is not a plain dot-atom one."""
+    """``name <address>``, or None when the address is not a plain dot-atom one, or
+    holds an encoded-word lookalike (``=?utf-8?q?...?=``, which a reader would decode
+    into another address): the email package judges those."""
     local, at, domain = address.rpartition("@")
-    if not at or not _DOT_ATOM.match(local) or not _DOT_ATOM.match(domain):
+    if not at or not _DOT_ATOM.match(local) or not _DOT_ATOM.match(domain) or "=?" in address:
         return None
     if not name:
         return address

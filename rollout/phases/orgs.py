@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, Engine, Row, and_, case, exists, func, select, update
 
 from rollout.core.calendar import org_enforcement_step, org_reinvite_step
+from rollout.core.controls import shell_word
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
@@ -132,9 +133,9 @@ def _acting_owner(members: list[Member], org: str, owner: str, doing: str) -> Me
     """The owner acting, who must be an owner of the org and use 2FA."""
     acting = next((m for m in members if m.username == owner), None)
     if acting is None or acting.role != "owner":
-        raise GuardRefused(f"{owner} is not an owner of {org}")
+        raise GuardRefused(f"{owner!r} is not an owner of {org!r}")
     if acting.tfa_status == "none":
-        raise GuardRefused(f"{owner} has no 2FA: an owner must enable 2FA before {doing} {org}")
+        raise GuardRefused(f"{owner!r} has no 2FA: an owner must enable 2FA before {doing} {org!r}")
     return acting
 
 
@@ -143,7 +144,7 @@ def enforce_org(
 ) -> OrgEnforcement:
     """Turn on 2FA enforcement for ``org`` as ``owner`` and remove members without 2FA."""
     if confirm != org:
-        raise GuardRefused(f"type the org's name back to confirm: --confirm {org}")
+        raise GuardRefused(f"type the org's name back to confirm: --confirm {shell_word(org)}")
     with registry.lock("orgs"):
         engine = registry.engine
         org_id, enforced_at = _org_id(engine, org)
@@ -286,8 +287,8 @@ class Reinvitation:
 def _team_id(connection: Connection, org_id: int, org: str, team: str) -> int:
     teams = dict(connection.execute(select(Team.name, Team.id).where(Team.org_id == org_id)).all())
     if team not in teams:
-        known = ", ".join(sorted(teams)) or "none"
-        raise BadInput(None, None, f"no team {team!r} in org {org} (teams: {known})")
+        known = ", ".join(repr(name) for name in sorted(teams)) or "none"
+        raise BadInput(None, None, f"no team {team!r} in org {org!r} (teams: {known})")
     return int(teams[team])
 
 
@@ -386,7 +387,7 @@ def reinvite(
     removed them; they now use 2FA), as ``owner``: one pending invitation each, open
     for INVITATION_DAYS, emailed and audited, each once across reruns."""
     if confirm != org:
-        raise GuardRefused(f"type the org's name back to confirm: --confirm {org}")
+        raise GuardRefused(f"type the org's name back to confirm: --confirm {shell_word(org)}")
     with registry.lock("orgs"):
         engine = registry.engine
         org_id, _ = _org_id(engine, org)
@@ -397,8 +398,9 @@ def reinvite(
             invitees = _invitees(connection, org_id, org, now)
         if len(invitees) != expect:
             raise GuardRefused(
-                f"org {org} has {len(invitees)} members to invite back, not the {expect} "
-                f"expected: run `rollout orgs reinvite {org} --team {team}` and check"
+                f"org {org!r} has {len(invitees)} members to invite back, not the {expect} "
+                f"expected: run `rollout orgs reinvite {shell_word(org)} --team "
+                f"{shell_word(team)}` and check"
             )
         expires_at = now + timedelta(days=INVITATION_DAYS)
         with recorded_run(

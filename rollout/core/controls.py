@@ -1,0 +1,49 @@
+"""Control characters shown, never acted on: the one home of the rule that a value
+on a terminal, in a message or in a suggested shell command cannot move the cursor,
+erase or fake a line, or run. (The lowest layer of the core: errors name files with it;
+rollout.core.output builds the consoles on it.)"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+# C0 and C1 controls and DEL (ESC starts the sequences that move the cursor and erase
+# lines), the line and paragraph separators, and the bidirectional overrides that
+# reorder what a line shows.
+_OTHER_CONTROLS = (
+    r"\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+)
+_CONTROLS = re.compile(rf"[\t\n{_OTHER_CONTROLS}]")
+_CONTROLS_BUT_LINES = re.compile(rf"[{_OTHER_CONTROLS}]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def visible(text: object, *, lines: bool = False) -> str:
+    """``text`` with every control character shown as its escape (ESC as ``\\x1b``), so
+    nothing it holds can move the cursor, erase a line or fake a row. ``lines=True``
+    keeps line breaks and tabs: a message of several lines, not one table cell."""
+    return (_CONTROLS_BUT_LINES if lines else _CONTROLS).sub(_escape, str(text))
+
+
+def shell_word(value: object) -> str:
+    """``value`` as one shell word for a command a message suggests: what a user pastes
+    runs with exactly that value, and nothing in it (``$(...)``, a quote, a line break
+    starting a second command) runs too. Quoted as ``shlex.quote`` does, or, when it
+    holds a control character, in bash's ``$'...'`` with each one escaped, so the
+    suggestion stays on its line."""
+    text = str(value)
+    if not _CONTROLS.search(text):
+        return shlex.quote(text)
+    body = _CONTROLS.sub(_ansi_c_escape, text.replace("\\", "\\\\").replace("'", "\\'"))
+    return f"$'{body}'"
+
+
+def _ansi_c_escape(match: re.Match[str]) -> str:
+    # In $'...', \xHH is a byte: a C1 control (U+0080-U+009F) must be written \uHHHH.
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
