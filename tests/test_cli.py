@@ -401,3 +401,23 @@ def test_notify_send_never_hands_sendgrid_failures_to_the_file_outbox(
         assert retried.exit_code == 0, retried.stderr
         assert "2 failed emails queued again" in _one_line(retried.stderr)
         assert len(server.messages) == 3
+
+
+@pytest.mark.parametrize("damage", ["not a database", "truncated"])
+def test_a_damaged_registry_is_named_with_the_way_back_not_a_traceback(
+    rollout_home: Path, damage: str
+) -> None:
+    run("db", "upgrade")
+    path = rollout_home / "registry.db"
+    if damage == "not a database":
+        path.write_text("garbage\n" * 1000)
+    else:
+        with path.open("r+b") as file:
+            file.seek(100)  # past the header: the schema's page, cut
+            file.truncate()
+    for command in (("db", "status"), ("db", "upgrade"), ("notify", "status")):
+        result = run(*command)
+        assert result.exit_code == 1, (command, result.stderr)
+        assert result.stderr.startswith(f"error: {path}: cannot read the registry: "), command
+        assert "restore it from its backup" in result.stderr
+        assert "Traceback" not in result.stderr

@@ -85,6 +85,13 @@ def test_a_bad_setting_is_bad_input_naming_the_variable(name: str, value: str) -
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("value", ["500%", "0%", "999999999TB", "0B", "1KB", "2000TB"])
+def test_a_memory_limit_duckdb_would_refuse_or_cannot_work_in_is_bad_input(value: str) -> None:
+    """Each failed when the warehouse opened, as a DuckDB traceback, before."""
+    with pytest.raises(BadInput, match="ROLLOUT_DUCKDB_MEMORY_LIMIT"):
+        load_settings({"ROLLOUT_DUCKDB_MEMORY_LIMIT": value})
+
+
 def test_a_refused_database_url_is_not_echoed() -> None:
     with pytest.raises(BadInput) as refused:
         load_settings({"ROLLOUT_REGISTRY_URL": "mysql://rollout:s3cret@db/registry"})
@@ -100,6 +107,9 @@ def test_a_refused_database_url_is_not_echoed() -> None:
         ("ROLLOUT_DUCKDB_MEMORY_LIMIT", "4GB"),
         ("ROLLOUT_DUCKDB_MEMORY_LIMIT", "512MiB"),
         ("ROLLOUT_DUCKDB_MEMORY_LIMIT", "80%"),
+        ("ROLLOUT_DUCKDB_MEMORY_LIMIT", "16MB"),
+        ("ROLLOUT_DUCKDB_MEMORY_LIMIT", "100%"),
+        ("ROLLOUT_DUCKDB_MEMORY_LIMIT", "1.5 TiB"),
         ("ROLLOUT_SENDGRID_URL", "http://127.0.0.1:3030"),
         ("ROLLOUT_QUARANTINE_LIMIT", "0"),
     ],

@@ -7,6 +7,7 @@ test or a demo can point the whole tool somewhere else with one variable.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,13 @@ if TYPE_CHECKING:
 
 # The registry runs on these (DESIGN.md); `postgres://` is what people paste.
 _REGISTRY_BACKENDS = ("sqlite", "postgresql", "postgres")
+# DuckDB's units: KB, MB... are powers of 1000, KiB, MiB... of 1024.
+_MEMORY_UNITS = {
+    "b": 1,
+    **{f"{p}b": 1000 ** (i + 1) for i, p in enumerate("kmgt")},
+    **{f"{p}ib": 1024 ** (i + 1) for i, p in enumerate("kmgt")},
+}
+_MIN_MEMORY, _MAX_MEMORY = 16 * 1000**2, 1000 * 1000**4
 _MAY_HOLD_SECRETS = frozenset({"SENDGRID_API_KEY", "ROLLOUT_REGISTRY_URL"})
 
 
@@ -95,6 +103,27 @@ class Settings(BaseSettings):
     def _blank_means_none(cls, value: object) -> object:
         # An override set to "" (as compose files and CI templates do) is not set.
         return None if value == "" else value
+
+    @field_validator("duckdb_memory_limit")
+    @classmethod
+    def _memory_limit(cls, value: str | None) -> str | None:
+        # Within what DuckDB takes (a share above 100% or a size past 2^63 bytes is an
+        # error when the warehouse opens) and what a run can work in (below 16MB a
+        # warehouse cannot even be opened): refused here, naming the variable.
+        if value is None:
+            return value
+        match = re.fullmatch(r"(?i)(\d+(?:\.\d+)?)\s*([kmgt]i?b|b|%)", value.strip())
+        if match is None:  # (the pattern above already refused it)
+            return value
+        number, unit = float(match[1]), match[2].lower()
+        if unit == "%":
+            if not 0 < number <= 100:
+                raise ValueError("a share of memory must be above 0% and at most 100%")
+            return value
+        size = number * _MEMORY_UNITS[unit]
+        if not _MIN_MEMORY <= size <= _MAX_MEMORY:
+            raise ValueError("a size must be from 16MB to 1000TB")
+        return value
 
     @field_validator("sendgrid_webhook_key")
     @classmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -9,6 +11,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from rollout.core.errors import RolloutError
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -31,15 +35,27 @@ def adbc_uri(url: str | URL) -> str:
     return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(database: str, dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    # WAL lets the warehouse extract read while an action writes; foreign keys are
-    # off by default in SQLite; the busy timeout turns lock contention into waiting.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+    try:
+        # WAL lets the warehouse extract read while an action writes; foreign keys are
+        # off by default in SQLite; the busy timeout turns lock contention into waiting.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.DatabaseError as error:
+        # Not a SQLite file, or a damaged one: the first statement on it says so. A
+        # message naming the file, not a traceback; the registry is the source of
+        # truth, so the way back is its backup.
+        if isinstance(error, sqlite3.OperationalError):
+            raise  # locked, read-only, ...: SQLAlchemy's own handling
+        raise RolloutError(
+            f"{database}: cannot read the registry: {error}; restore it from its backup "
+            '(docs/runbook-operator.md, section 12, "Backups")'
+        ) from None
+    finally:
+        cursor.close()
 
 
 def make_engine(url: str | URL, **kwargs: Any) -> Engine:
@@ -50,7 +66,7 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
 
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed, **kwargs)
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", functools.partial(_sqlite_pragmas, parsed.database))
         return engine
     return create_engine(parsed, pool_pre_ping=True, **kwargs)
 
