@@ -6,6 +6,7 @@ account once, audited."""
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, time
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -334,3 +335,91 @@ def test_landed_request_files_are_granted_once_and_a_bad_file_is_refused_whole(
     assert (again.granted, again.already) == (0, 1)
     assert campaign.enforce(date(2023, 4, 27)) == {"ann"}
     assert campaign.enforce(date(2023, 5, 2)) == {"eve"}
+
+
+@pytest.mark.parametrize(
+    "at",
+    # Their UTC is before year 1 or after 9999: converting them was an OverflowError.
+    ["0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00", "1969-12-31T23:59:59"],
+)
+def test_a_request_time_beyond_the_supported_years_is_bad_input_at_its_line(
+    tmp_path: Path, at: str
+) -> None:
+    path = tmp_path / "requests.csv"
+    path.write_text(f"username,days,requested_at\nann,3,2023-04-01T08:00:00\neve,2,{at}\n")
+    reason = f"requested_at '{at}' is not between 1970-01-01 and now"
+    with pytest.raises(BadInput, match=re.escape(reason)) as refused:
+        read_requests(path, datetime(2023, 4, 1, 12))
+    assert (refused.value.path, refused.value.line) == (path, 3)
+
+
+def test_a_landed_file_with_a_time_beyond_the_supported_years_is_rejected_not_a_crash(
+    registry: Registry, plan: Plan, tmp_path: Path
+) -> None:
+    from rollout.phases.snoozes import grant_landed
+
+    landing = tmp_path / "landing"
+    (landing / "snoozes" / PHASE).mkdir(parents=True)
+    (landing / "snoozes" / PHASE / "a.csv").write_text(
+        "username,days,requested_at\nann,3,0001-01-01T00:00:00+05:00\n"
+    )
+    done = grant_landed(registry, plan, landing, actor="flow", now=datetime(2023, 4, 2, 6))
+    assert (done.granted, done.already, done.refused) == (0, 0, [])
+    [rejected] = done.rejected
+    assert rejected.endswith(
+        "a.csv: requested_at '0001-01-01T00:00:00+05:00' is not between 1970-01-01 and now"
+    )
+
+
+def test_a_request_file_with_a_byte_order_mark_is_read_as_landing_files_are(
+    tmp_path: Path,
+) -> None:
+    # What a spreadsheet's "CSV UTF-8" export starts with.
+    path = tmp_path / "requests.csv"
+    path.write_bytes("\ufeffusername,days\r\nann,3\r\n".encode())
+    [request] = read_requests(path, datetime(2023, 4, 1, 12))
+    assert (request.username, request.days, request.source) == ("ann", 3, "requests.csv line 2")
+
+
+def test_a_quoted_value_over_several_lines_keeps_the_line_numbers_after_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "requests.csv"
+    now = datetime(2023, 4, 1, 12)
+    path.write_text('username,days\n"ann\nsmith",3\neve,2\n')
+    assert [(r.username, r.source) for r in read_requests(path, now)] == [
+        ("ann\nsmith", "requests.csv line 2"),
+        ("eve", "requests.csv line 4"),
+    ]
+    # A line separator csv does not break at (U+2028) is no new line either.
+    path.write_text('username,days\n"ann\nsmith",3\nbob\u2028,1\neve,x\n')
+    with pytest.raises(BadInput, match="days must be a whole number, not 'x'") as refused:
+        read_requests(path, now)
+    assert refused.value.line == 5
+
+
+@pytest.mark.parametrize("days", ["1_000", "+7", "\u0663", "1e3", "7.0", "1" * 5000])
+def test_days_not_written_as_plain_digits_are_bad_input(tmp_path: Path, days: str) -> None:
+    # int() reads 1_000, +7 and other scripts' digits (U+0663, ARABIC-INDIC THREE): the
+    # 1_000 was then refused by the snooze guard (exit 3) instead of as a bad file.
+    path = tmp_path / "requests.csv"
+    path.write_text(f"username,days\nann,3\neve,{days}\n", encoding="utf-8")
+    with pytest.raises(BadInput, match="days must be") as refused:
+        read_requests(path, datetime(2023, 4, 1, 12))
+    assert (refused.value.path, refused.value.line) == (path, 3)
+
+
+def test_a_snooze_of_1_000_days_is_bad_input_and_of_1000_days_a_refusal(
+    rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROLLOUT_PLAN", str(ROOT / "plans" / "github-2023.yaml"))
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    requests = tmp_path / "requests.csv"
+    requests.write_text("username,days\nann,1_000\n")
+    bad = runner.invoke(app, ["phase", "snooze", PHASE, "--file", str(requests)])
+    assert bad.exit_code == 2
+    assert f"{requests}:2: days must be a whole number, not '1_000'" in " ".join(bad.stderr.split())
+    requests.write_text("username,days\nann,1000\n")
+    too_long = runner.invoke(app, ["phase", "snooze", PHASE, "--file", str(requests)])
+    assert too_long.exit_code == 3, too_long.stderr

@@ -325,3 +325,99 @@ def test_the_download_rules_of_other_registries_parse() -> None:
     assert plan.cohorts["gems"].downloads_gt is not None
     assert plan.cohorts["gems"].download_window_days() is None
     assert plan.cohorts["everyone"].every_maintainer
+
+
+def test_a_plan_nested_thousands_of_levels_deep_is_refused_at_its_line(tmp_path: Path) -> None:
+    # PyYAML composes a node by recursion: 5000 levels were a RecursionError.
+    assert problems_in("a: " + "[" * 5000 + "]" * 5000) == [
+        (1, "nested more than 50 levels deep (a plan needs a few)")
+    ]
+    block = "a:\n" + "".join("  " * depth + "-\n" for depth in range(3000))
+    assert problems_in(block) == [(51, "nested more than 50 levels deep (a plan needs a few)")]
+    path = tmp_path / "deep.yaml"
+    path.write_text("a: " + "{x: " * 5000 + "}" * 5000)
+    with pytest.raises(BadInput, match=rf"^{path}:1: nested more than 50 levels deep"):
+        load_plan(path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where"),
+    [
+        # Brown-out ends and heads-ups overflowed in `plan show` and `notify queue`.
+        (
+            "starts_at: 2022-02-23T00:00:00",
+            "starts_at: 9999-12-31T23:00:00",
+            "brownouts.1.starts_at",
+        ),
+        # In range as written, past it once in UTC; and past Python's last year.
+        (
+            "starts_at: 2022-02-23T00:00:00",
+            "starts_at: 2199-12-31T23:00:00-05:00",
+            "brownouts.1.starts_at",
+        ),
+        (
+            "starts_at: 2022-02-23T00:00:00",
+            "starts_at: 9999-12-31T23:00:00-05:00",
+            "brownouts.1.starts_at",
+        ),
+        (
+            "starts_at: 2022-02-16T00:00:00",
+            "starts_at: 1969-12-31T23:59:59",
+            "brownouts.0.starts_at",
+        ),
+        # Reminders before it overflowed in plan_problems, so `plan check` itself crashed.
+        ("    enforce_on: 2022-02-01", "    enforce_on: 0001-01-01", "phases.0.enforce_on"),
+        ("    enforce_on: 2022-05-03", "    enforce_on: 9999-12-31", "phases.1.enforce_on"),
+        ("    notice_on: 2022-01-04", "    notice_on: 2200-01-01", "phases.0.notice_on"),
+        ("cohort_as_of: 2022-01-03", "cohort_as_of: 1969-12-31", "phases.0.cohort_as_of"),
+        ("enroll_all_on: 2022-03-01", "enroll_all_on: 9999-12-31", "elv.enroll_all_on"),
+        ("    starts: 2021-12-07", "    starts: 0001-01-01", "elv.trial.starts"),
+    ],
+)
+def test_a_plan_date_beyond_the_supported_years_is_refused_at_its_line(
+    old: str, new: str, where: str
+) -> None:
+    text = edited(old, new)
+    problems = problems_in(text)
+    assert problems, f"{new!r} was accepted"
+    line, reason = problems[0]
+    assert line == line_of(text, new.strip())
+    assert reason.startswith(f"{where}: ")
+    assert "is out of range" in reason and "between 1970-01-01 and 2199-12-31" in reason
+
+
+def test_the_first_and_last_supported_days_make_a_valid_plan_and_calendar() -> None:
+    from rollout.core.calendar import plan_calendar
+
+    text = edited(
+        "    starts: 2021-12-07\n    ends: 2022-01-04",
+        "    starts: 1970-01-01\n    ends: 1970-01-02",
+    )
+    text = text.replace("enroll_all_on: 2022-03-01", "enroll_all_on: 1970-01-02")
+    text = text.replace("starts_at: 2022-02-23T00:00:00", "starts_at: 2199-12-31T23:00:00")
+    plan, problems = parse_plan(text, "plan.yaml")
+    assert problems == [] and plan is not None
+    assert plan.brownouts[1].ends_at == datetime(2200, 1, 1, 23)
+    steps = plan_calendar(plan)
+    assert (steps[0].on, steps[-1].on) == (date(1969, 12, 26), date(2199, 12, 31))
+
+
+@pytest.mark.parametrize("days", [1_000_000, 1_000_000_000_000, -1_000_000_000_000])
+def test_a_reminder_too_many_days_before_enforcement_is_refused_not_an_overflow(
+    days: int,
+) -> None:
+    text = edited("reminders_days_before: [14, 3]", f"reminders_days_before: [14, {days}]")
+    assert (
+        line_of(text, f"reminders_days_before: [14, {days}]"),
+        f"phases.0.reminders_days_before.1: a reminder {days} days before enforcement "
+        "is not between the notice and enforcement",
+    ) in problems_in(text)
+    # One that has a day still names it.
+    text = edited("reminders_days_before: [14, 3]", "reminders_days_before: [14, 40]")
+    assert any(
+        reason.endswith(
+            "a reminder 40 days before enforcement (2021-12-23) is not between "
+            "the notice and enforcement"
+        )
+        for _, reason in problems_in(text)
+    )

@@ -346,3 +346,44 @@ def test_the_extract_s_exporters_end_with_the_command(tmp_path: Path, how: str) 
         assert command.returncode == 143, errors
         assert "Traceback" not in errors
         assert not any(scratch.glob("rollout-extract-*")), "the scratch folder was left"
+
+
+# A command whose DuckDB query Ctrl-C interrupts (ingest, metrics, the demo hold no
+# handlers of their own): the query is long enough for the signal to land inside it.
+QUERY_SCRIPT = textwrap.dedent(
+    """
+    import sys, duckdb, typer
+    from rollout.cli.app import reports_errors
+
+    @reports_errors
+    def command():
+        duckdb.connect().execute(
+            "select count(*) from range(100000000000) t(i) where i % 7 = 3"
+        ).fetchone()
+
+    try:
+        print("querying", flush=True)
+        command()
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    """
+)
+
+
+def test_ctrl_c_inside_a_duckdb_query_stops_the_command_with_130() -> None:
+    """DuckDB turns the KeyboardInterrupt into RuntimeError("Query interrupted"): the
+    command still ends as stopped by SIGINT, not with a traceback and exit 1."""
+    command = subprocess.Popen(
+        [sys.executable, "-c", QUERY_SCRIPT],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert command.stdout is not None
+    assert command.stdout.readline() == "querying\n"
+    time.sleep(1.0)  # inside the query
+    command.send_signal(signal.SIGINT)
+    _, errors = command.communicate(timeout=30)
+    assert command.returncode == 130, errors
+    assert errors.strip() == "stopped by SIGINT"

@@ -8,6 +8,7 @@ safety guard. Messages and progress go to stderr; stdout carries only the listin
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable
 from datetime import date, datetime
@@ -19,7 +20,7 @@ from rollout import __version__
 from rollout.core.clock import naive_utc
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 from rollout.core.output import Format, labelled, stderr
-from rollout.core.stopping import Stopped
+from rollout.core.stopping import Stopped, stopped_by_interruption
 from rollout.runtime import Runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -61,7 +62,14 @@ def reports_errors(function: F) -> F:
         except RolloutError as error:
             stderr.print(labelled("error:", "bold red", error))
             raise typer.Exit(error.exit_code) from error
-        except Stopped as stopped:  # SIGTERM/SIGINT: every child is gone, nothing half-done
+        except (Stopped, KeyboardInterrupt, RuntimeError) as error:
+            # SIGTERM/SIGINT: every child is gone, nothing half-done (a transaction a
+            # signal cut short rolls back); DuckDB reports one as a RuntimeError.
+            stopped = stopped_by_interruption(error)
+            if stopped is None:
+                if not isinstance(error, KeyboardInterrupt):
+                    raise
+                stopped = Stopped(signal.SIGINT)
             stderr.print(str(stopped), highlight=False, markup=False)
             raise typer.Exit(stopped.exit_code) from None
 
@@ -94,12 +102,25 @@ ApplyOption = Annotated[
 
 
 def _parse_day(text: str, option: str) -> date:
+    """A day given on the command line: YYYY-MM-DD, in the range a plan's dates take
+    (the future too: the demo's clock and a release manager's preview run ahead)."""
+    from rollout.core.plan import SUPPORTED_DAYS, is_supported_day
+
+    def refused(reason: str) -> RolloutError:
+        return RolloutError(f"{option}: {text!r} {reason}").with_exit(EXIT_BAD_INPUT)
+
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError as error:
-        raise RolloutError(f"{option}: {text!r} is not a date (YYYY-MM-DD)").with_exit(
-            EXIT_BAD_INPUT
-        ) from error
+        raise refused("is not a date (YYYY-MM-DD)") from error
+    # YYYY-MM-DD only, the form the docs give: Python 3.11 reads others too (20220131,
+    # 2022-W05-1), which a typo can land in. A day in that form is its own isoformat.
+    if day.isoformat() != text:
+        raise refused("is not a date in the form YYYY-MM-DD")
+    # A day far out rebuilt the marts for millions of days and then overflowed.
+    if not is_supported_day(day):
+        raise refused(f"is out of range: days are {SUPPORTED_DAYS}")
+    return day
 
 
 def _day_or_latest(con: Any, text: str | None, table: str) -> date:
@@ -124,7 +145,19 @@ def _parse_time(text: str, option: str = "--at") -> datetime:
         raise RolloutError(
             f"{option}: {text!r} is not a time (YYYY-MM-DD or YYYY-MM-DDTHH:MM)"
         ).with_exit(EXIT_BAD_INPUT) from error
-    return naive_utc(moment)
+    from rollout.core.plan import SUPPORTED_DAYS, is_supported_day
+
+    out_of_range = RolloutError(
+        f"{option}: {text!r} is out of range: times are {SUPPORTED_DAYS} (UTC)"
+    ).with_exit(EXIT_BAD_INPUT)
+    # Converted before it is checked: 0001-01-01T00:00+05:00 has no UTC (an OverflowError).
+    try:
+        moment = naive_utc(moment)
+    except OverflowError:
+        raise out_of_range from None
+    if not is_supported_day(moment.date()):
+        raise out_of_range
+    return moment
 
 
 def run() -> None:  # pragma: no cover - the console script

@@ -59,13 +59,46 @@ def _no_number(expected: str) -> BeforeValidator:
     return BeforeValidator(refuse)
 
 
-Day = Annotated[date, _no_number("a date, YYYY-MM-DD")]
+# The days a plan, and a day given on the command line, may name. Python's dates end
+# at 9999-12-31, so a step computed from a date near either end (a heads-up 60 days
+# before, a brown-out's end, a report's chart axis) overflowed: a bound this far inside
+# leaves every such offset room, and a campaign of this tool's fits many times over.
+FIRST_DAY = date(1970, 1, 1)
+LAST_DAY = date(2199, 12, 31)
+SUPPORTED_DAYS = f"between {FIRST_DAY} and {LAST_DAY}"
+
+
+def is_supported_day(day: date) -> bool:
+    """Whether a day is in the range every date of the pipeline may take."""
+    return FIRST_DAY <= day <= LAST_DAY
+
+
+def _supported_day(value: date) -> date:
+    if not is_supported_day(value):
+        raise ValueError(f"{value} is out of range: plan dates are {SUPPORTED_DAYS}")
+    return value
+
+
+def _supported_moment(value: datetime) -> datetime:
+    # Converted before it is checked, as the range is UTC's; a conversion past Python's
+    # last year (9999-12-31T23:00-05:00) is out of range too, not an OverflowError.
+    out_of_range = ValueError(f"{value} is out of range: plan times are {SUPPORTED_DAYS} (UTC)")
+    try:
+        moment = naive_utc(value)
+    except OverflowError:
+        raise out_of_range from None
+    if not is_supported_day(moment.date()):
+        raise out_of_range
+    return moment
+
+
+Day = Annotated[date, _no_number("a date, YYYY-MM-DD"), AfterValidator(_supported_day)]
 # Times are compared with each other and with the registry's, which are naive UTC: a
 # time given with an offset is converted once, here, so every plan time is naive UTC.
 Moment = Annotated[
     datetime,
     _no_number("a time, YYYY-MM-DDTHH:MM:SS (UTC, or with an offset)"),
-    AfterValidator(naive_utc),
+    AfterValidator(_supported_moment),
 ]
 
 
@@ -466,7 +499,6 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
                 PlanProblem((*where, *path), message) for path, message in _deadline_problems(phase)
             ]
         for position, days in enumerate(phase.reminders_days_before):
-            reminder = phase.enforce_on - timedelta(days=days)
             if days in phase.reminders_days_before[:position]:
                 # Two reminders the same day would be one step, one mailing.
                 problems.append(
@@ -475,12 +507,13 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
                         f"a reminder {days} days before enforcement is listed twice",
                     )
                 )
-            if days < 1 or reminder <= phase.notice_on:
+            # Compared in days, not as a date: 10**9 days before enforcement has no date.
+            if not 1 <= days < (phase.enforce_on - phase.notice_on).days:
                 problems.append(
                     PlanProblem(
                         (*where, "reminders_days_before", position),
-                        f"a reminder {days} days before enforcement ({reminder}) is not between "
-                        f"the notice and enforcement",
+                        f"a reminder {days} days before enforcement{_day_before(phase, days)} "
+                        f"is not between the notice and enforcement",
                     )
                 )
         problems += [
@@ -497,6 +530,15 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
             )
         usernames.add(exempt.username)
     return problems
+
+
+def _day_before(phase: Phase, days: int) -> str:
+    """The day of a reminder ``days`` before enforcement, as " (YYYY-MM-DD)", for a
+    message; "" when there is no such day (before year 1 or after 9999)."""
+    try:
+        return f" ({phase.enforce_on - timedelta(days=days)})"
+    except OverflowError:
+        return ""
 
 
 def _deadline_problems(phase: Phase) -> list[tuple[Path_, str]]:
@@ -561,9 +603,31 @@ class _PlanYamlError(yaml.constructor.ConstructorError):
     """YAML that parses but cannot be a plan as written (its reason needs no prefix)."""
 
 
+# How deep a plan's YAML may nest: a real plan is 6 levels deep at most. PyYAML builds
+# a nested node by recursion, so thousands of levels ended in a RecursionError.
+MAX_NESTING = 50
+
+
 class _PlanLoader(yaml.SafeLoader):
     """PyYAML's safe loader, minus what it lets through: a repeated key (it keeps the
-    last one, silently) and an impossible date (it raises a bare ValueError)."""
+    last one, silently), an impossible date (it raises a bare ValueError) and nesting
+    deep enough to exhaust Python's stack (a RecursionError)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self._depth >= MAX_NESTING:
+            raise _PlanYamlError(
+                None,
+                None,
+                f"nested more than {MAX_NESTING} levels deep (a plan needs a few)",
+                self.peek_event().start_mark,
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         first_line: dict[Any, int] = {}

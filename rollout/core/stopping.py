@@ -49,6 +49,23 @@ class Stopped(KeyboardInterrupt):
         return 128 + self.signum
 
 
+# The last stop signal a handler of this module took in this process: DuckDB turns a
+# signal that lands while it works (the Stopped a handler raised, Python's own
+# KeyboardInterrupt) into RuntimeError("Query interrupted"), which no longer says which.
+_last_signal: int | None = None
+
+
+def stopped_by_interruption(error: BaseException) -> Stopped | None:
+    """``error`` as the stop it stands for, when it is DuckDB's word for a query a signal
+    interrupted: by the signal a handler here took, else SIGINT (Python's own handler,
+    which records nothing). None for any other error."""
+    if isinstance(error, Stopped):
+        return error
+    if isinstance(error, RuntimeError) and str(error) == "Query interrupted":
+        return Stopped(_last_signal or signal.SIGINT)
+    return None
+
+
 class StopRequest:
     """Whether a stop was asked for, and by which signal.
 
@@ -87,6 +104,8 @@ def stop_requested_by_signals(*, raise_at_once: bool = False) -> Iterator[StopRe
         return
 
     def handle(signum: int, frame: FrameType | None) -> None:
+        global _last_signal
+        _last_signal = signum
         first = not request.is_set()
         request.set(signum)
         if raise_at_once and first:

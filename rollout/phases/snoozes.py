@@ -15,6 +15,8 @@ that already chose its accounts.
 from __future__ import annotations
 
 import csv
+import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -25,7 +27,7 @@ from sqlalchemy import Connection, and_, select
 from rollout.core.calendar import snooze_step
 from rollout.core.clock import naive_utc
 from rollout.core.errors import BadInput
-from rollout.core.plan import Phase, Plan
+from rollout.core.plan import FIRST_DAY, Phase, Plan
 from rollout.phases.enforce import LOCK
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
@@ -68,11 +70,14 @@ def read_requests(path: Path, now: datetime) -> list[SnoozeRequest]:
     """The requests of a CSV file (header ``username,days`` and an optional
     ``requested_at``, UTC). Any bad row refuses the whole file, naming its line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        # A byte-order mark (what spreadsheets write first) is skipped, as in landing
+        # files (rollout.warehouse.landing): else the header's first name is not found.
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         raise BadInput(path, None, f"cannot read the file: {error}") from error
-    rows = csv.reader(text.splitlines())
-    header = next(rows, None)
+    rows = _rows(path, text)
+    first = next(rows, None)
+    header = first[1] if first is not None else None
     if header is None or not {"username", "days"} <= set(header):
         raise BadInput(path, 1, "the header must name the columns username and days")
     unknown = set(header) - {"username", "days", "requested_at"}
@@ -80,7 +85,7 @@ def read_requests(path: Path, now: datetime) -> list[SnoozeRequest]:
         raise BadInput(path, 1, f"unknown columns: {', '.join(sorted(unknown))}")
     requests: list[SnoozeRequest] = []
     seen: dict[str, int] = {}
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
@@ -89,29 +94,70 @@ def read_requests(path: Path, now: datetime) -> list[SnoozeRequest]:
         username = values["username"].strip()
         if not username:
             raise BadInput(path, line, "username is empty")
-        try:
-            days = int(values["days"])
-        except ValueError:
-            raise BadInput(
-                path, line, f"days must be a whole number, not {values['days']!r}"
-            ) from None
-        if days < 1:
-            raise BadInput(path, line, "days must be at least 1")
+        days = _days(path, line, values["days"])
         at = now
         if values.get("requested_at", "").strip():
-            try:
-                at = naive_utc(datetime.fromisoformat(values["requested_at"].strip()))
-            except ValueError:
-                raise BadInput(
-                    path, line, f"requested_at is not a time: {values['requested_at']!r}"
-                ) from None
-            if at > now:
-                raise BadInput(path, line, f"requested_at {at} is in the future")
+            at = _requested_at(path, line, values["requested_at"], now)
         if username in seen:
             raise BadInput(path, line, f"{username} already asked on line {seen[username]}")
         seen[username] = line
         requests.append(SnoozeRequest(username, days, at, f"{path.name} line {line}"))
     return requests
+
+
+def _rows(path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
+    """Each row of a CSV file's text with the line it starts on. The text is parsed
+    whole, not split into lines first: a quoted value may span lines (and splitlines()
+    also breaks at characters csv does not, such as U+2028), which shifted every line
+    number after it. A malformed row (a value beyond the csv module's limit) is bad
+    input at its line."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    line = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise BadInput(path, line, f"not valid CSV: {error}") from None
+        yield line, row
+        line = reader.line_num + 1
+
+
+def _days(path: Path, line: int, value: str) -> int:
+    """A request's days: ASCII digits only. Python's int() also reads 1_000, +7 and
+    other scripts' digits, which would then be refused as too many days (exit 3) when
+    it is the file that is wrong (exit 2)."""
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise BadInput(path, line, f"days must be a whole number, not {value!r}")
+    # Any longer is no number of days (and past 4300 digits int() itself refuses).
+    if len(text) > 9:
+        raise BadInput(path, line, f"days must be at most 9 digits, not {len(text)}")
+    days = int(text)
+    if days < 1:
+        raise BadInput(path, line, "days must be at least 1")
+    return days
+
+
+def _requested_at(path: Path, line: int, value: str, now: datetime) -> datetime:
+    """A request's time, naive UTC, from the first day a date may take (a plan's) to now."""
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise BadInput(path, line, f"requested_at is not a time: {value!r}") from None
+    out_of_range = BadInput(
+        path, line, f"requested_at {value!r} is not between {FIRST_DAY} and now"
+    )
+    try:
+        at = naive_utc(moment)
+    except OverflowError:  # its UTC is before year 1 or after 9999 (0001-01-01T00:00+05:00)
+        raise out_of_range from None
+    if at.date() < FIRST_DAY:
+        raise out_of_range
+    if at > now:
+        raise BadInput(path, line, f"requested_at {at} is in the future")
+    return at
 
 
 def snooze_phase(phase: Phase) -> Phase:
