@@ -277,6 +277,31 @@ def test_notify_suppress_is_idempotent(rollout_home: Path) -> None:
     assert "already suppressed" in again.stderr
 
 
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("", "bounced"),
+        ("not an email at all", "bounced"),
+        ("a@b.c\nBcc: x@evil.example", "bounced"),
+        ("a@localhost", "bounced"),
+        ("a@b.example", "  "),
+    ],
+)
+def test_notify_suppress_refuses_what_is_not_an_address_and_stores_nothing(
+    rollout_home: Path, address: str, reason: str
+) -> None:
+    run("db", "upgrade")
+    refused = run("notify", "suppress", address, "--reason", reason)
+    assert refused.exit_code == 2, refused.stderr
+    assert "\nBcc" not in refused.stderr
+    engine = make_engine(load_settings().registry_url)
+    with engine.connect() as connection:
+        from sqlalchemy import text
+
+        assert connection.execute(text("select count(*) from email_suppressions")).scalar() == 0
+    engine.dispose()
+
+
 def test_hostile_names_stay_text_in_tables_csv_and_messages(rollout_home: Path) -> None:
     from datetime import datetime
 

@@ -217,7 +217,8 @@ def notify_suppress(
     runtime = _runtime(ctx)
     added = suppress(runtime.registry, address, reason=reason, actor=runtime.settings.actor)
     stderr.print(
-        f"{address}: " + ("suppressed" if added else "was already suppressed"), highlight=False
+        f"{address.strip()!r}: " + ("suppressed" if added else "was already suppressed"),
+        highlight=False,
     )
 
 

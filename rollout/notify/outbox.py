@@ -26,7 +26,7 @@ from sqlalchemy import (
     update,
 )
 
-from rollout.core.errors import RolloutError
+from rollout.core.errors import BadInput, RolloutError
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.ledger import dialect_insert, utc_now
@@ -206,8 +206,21 @@ def suppression_reasons(connection: Connection, addresses: Iterable[str]) -> dic
     return reasons
 
 
+# An address one could send to: one @, something on each side, a dot in the domain, no
+# space or control character. (Not RFC 5322's every form: a check that a typed value,
+# "not an email" or "a@b.c\nBcc: x", is not stored as if it were one.)
+_ADDRESS = re.compile(
+    r"[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f.]+(\.[^@\s\x00-\x1f\x7f-\x9f.]+)+"
+)
+
+
 def suppress(registry: Registry, address: str, *, reason: str, actor: str) -> bool:
-    """Stop all email to an address; returns False if it already was (by hand)."""
+    """Stop all email to an address; returns False if it already was (by hand). Raises
+    BadInput for what is not an address, or a blank reason."""
+    if not _ADDRESS.fullmatch(address.strip()):
+        raise BadInput(None, None, f"{address!r} is not an email address (name@domain.tld)")
+    if not reason.strip():
+        raise BadInput(None, None, "--reason is blank: say why (bounced, complained, asked)")
     with registry.engine.begin() as connection:
         return bool(
             connection.execute(
