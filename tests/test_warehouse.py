@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from unittest import mock
+
 import duckdb
 import pytest
 
+from rollout import warehouse
 from rollout.warehouse.manifests import latest_manifests
 
 
@@ -66,3 +70,42 @@ def test_the_view_is_dropped_when_the_block_fails(con: duckdb.DuckDBPyConnection
         raise RuntimeError("a model failed")
     views = con.execute("select view_name from duckdb_views() where temporary").fetchall()
     assert ("stg_manifests",) not in views
+
+
+def views(con: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = con.execute("select view_name from duckdb_views() where not internal").fetchall()
+    return {row[0] for row in rows}
+
+
+def test_a_warehouse_as_this_rollout_made_it_is_opened_without_creating_it_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "warehouse.duckdb"
+    warehouse.open_warehouse(path).__enter__().close()
+    with (
+        mock.patch.object(warehouse, "sql_text", side_effect=AssertionError("ran again")),
+        warehouse.open_warehouse(path) as con,
+    ):
+        assert con.execute("select count(*) from stg_logins").fetchone() == (0,)
+
+
+def test_a_view_dropped_or_replaced_or_other_sql_makes_it_create_everything_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "warehouse.duckdb"
+    with warehouse.open_warehouse(path) as con:
+        made = views(con)
+        con.execute("drop view stg_logins")
+    with warehouse.open_warehouse(path) as con:
+        assert views(con) == made
+        con.execute("create or replace view stg_logins as select 'by hand' as what")
+    with warehouse.open_warehouse(path) as con:
+        assert "what" not in [c[0] for c in con.execute("select * from stg_logins").description]
+    # Another rollout's SQL (an upgrade): its statements run, though nothing was touched.
+    statements, _ = warehouse._schema_statements()
+    newer = (*statements, "create or replace view stg_newer as select 1 as one")
+    with (
+        mock.patch.object(warehouse, "_schema_statements", return_value=(newer, "newer")),
+        warehouse.open_warehouse(path) as con,
+    ):
+        assert views(con) == {*made, "stg_newer"}

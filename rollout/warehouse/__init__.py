@@ -3,6 +3,8 @@ a registry extract. SQL lives in ``sql/``; this module runs it with named parame
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -121,15 +123,74 @@ def _database_path(con: duckdb.DuckDBPyConnection) -> str:
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Raw tables, an empty ``registry`` schema, and the staging views over them."""
+    """Raw tables, an empty ``registry`` schema, and the staging views over them.
+
+    Created again only when they may differ from this rollout's: the statements'
+    fingerprint, and a digest of the tables and views they left, are kept in
+    ``warehouse_schema``; running them all cost 0.05-0.2 s a connection (every command,
+    and each of a test's many warehouses), checking costs a few milliseconds. Another
+    rollout's SQL, or a view an analyst dropped or replaced, changes one or the other,
+    and everything is created again."""
     _check_schema_version(con)
-    con.execute(sql_text("raw/landing"))
-    con.execute(sql_text("marts/history"))
-    for table, definition in _REGISTRY_PLACEHOLDERS.items():
-        con.execute(f"create table if not exists registry.{table} ({definition})")
-    for view in STAGING_VIEWS:
-        con.execute(sql_text(f"staging/{view}"))
-    con.execute(sql_text("marts/analyst_views"))
+    statements, fingerprint = _schema_statements()
+    if _schema_kept(con) == (fingerprint, _objects(con)):
+        return
+    for statement in statements:
+        con.execute(statement)
+    con.execute(
+        "create or replace table warehouse_schema (fingerprint varchar not null, "
+        "objects varchar not null)"
+    )
+    con.execute(
+        "insert into warehouse_schema values ($fingerprint, $objects)",
+        {"fingerprint": fingerprint, "objects": _objects(con)},
+    )
+
+
+@functools.cache
+def _schema_statements() -> tuple[tuple[str, ...], str]:
+    """What :func:`ensure_schema` runs, in order, and its fingerprint."""
+    statements = (
+        sql_text("raw/landing"),
+        sql_text("marts/history"),
+        *(
+            f"create table if not exists registry.{table} ({definition})"
+            for table, definition in _REGISTRY_PLACEHOLDERS.items()
+        ),
+        *(sql_text(f"staging/{view}") for view in STAGING_VIEWS),
+        sql_text("marts/analyst_views"),
+    )
+    digest = hashlib.sha256("\0".join(statements).encode()).hexdigest()
+    return statements, digest
+
+
+def _schema_kept(con: duckdb.DuckDBPyConnection) -> tuple[str, str] | None:
+    try:
+        row = con.execute("select fingerprint, objects from warehouse_schema").fetchone()
+    except duckdb.CatalogException:  # made before the fingerprint was kept
+        return None
+    return (row[0], row[1]) if row else None
+
+
+def _objects(con: duckdb.DuckDBPyConnection) -> str:
+    """The warehouse's own tables and views (not temp) as they stand, definitions and
+    all, as one digest: a view dropped or changed by hand changes it."""
+    return str(
+        scalar(
+            con,
+            """
+            select md5(coalesce(string_agg(name || ':' || sql, chr(10) order by name), ''))
+            from (
+                select schema_name || '.' || table_name as name, sql from duckdb_tables()
+                where not temporary and database_name = current_database()
+                    and table_name <> 'warehouse_schema'
+                union all
+                select schema_name || '.' || view_name, sql from duckdb_views()
+                where not temporary and not internal and database_name = current_database()
+            )
+            """,
+        )
+    )
 
 
 _INCLUDE = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
