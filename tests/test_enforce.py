@@ -350,7 +350,7 @@ def test_plan_show_follows_a_phase_from_pending_to_rolled_back(
 
 
 def test_plan_show_tells_an_interrupted_enforce_run_from_a_running_one(
-    registry: Registry, plan: Plan
+    registry: Registry, plan: Plan, tmp_path: Path
 ) -> None:
     with registry.engine.begin() as connection:
         start_run(
@@ -365,6 +365,10 @@ def test_plan_show_tells_an_interrupted_enforce_run_from_a_running_one(
     assert _state(registry, plan, "phase top-100 enforced") == "interrupted"
     with registry.lock("enforce"):
         assert _state(registry, plan, "phase top-100 enforced") == "running"
+    # The runbook's first move after a crash, a preview, does not hide it.
+    preview = enforce.preview_phase(registry, plan, plan.phase("top-100"))
+    save_preview(plan, preview, tmp_path, actor="rm")
+    assert _state(registry, plan, "phase top-100 enforced", tmp_path) == "interrupted"
 
 
 def test_the_timeline_is_in_calendar_order(plan: Plan) -> None:

@@ -60,17 +60,26 @@ def _state_of(
     catch-up that found nothing new, does not hide what the step did)."""
     if not runs:
         return "pending", None
-    last = runs[-1]
-    if last.state == "running":
+
+    def gone(run: PlanRun) -> bool:
         # A run holds its lock while it works: a free lock means its process is gone.
-        if last.lock_name and lock_free(last.lock_name):
-            return "interrupted", last
-        return "running", last
-    if last.state == "failed":
-        return f"{last.mode} failed", last
+        return bool(run.lock_name and lock_free(run.lock_name))
+
+    latest = runs[-1]
+    if latest.state == "running" and not gone(latest):
+        return "running", latest
+    # The last apply or rollback decides over any preview since: the runbook's first move
+    # after a crash is a preview, which must not make an interrupted or failed apply look
+    # merely previewed.
+    acting = [r for r in runs if r.mode in ("apply", "rollback")]
+    decisive = acting[-1] if acting else latest
+    if decisive.state == "running":
+        return ("interrupted" if gone(decisive) else "running"), decisive
+    if decisive.state == "failed":
+        return f"{decisive.mode} failed", decisive
     done = [r for r in runs if r.state == "succeeded" and r.mode in ("apply", "rollback")]
     if not done:
-        return "previewed", last
+        return "previewed", latest
     if done[-1].mode == "rollback":
         return "rolled back", done[-1]
     since = [r for r in done if r.mode == "rollback"]
