@@ -7,6 +7,7 @@ staging. Whatever the rows, the outcome must be the one staging alone gives.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from datetime import date, datetime
 from pathlib import Path
@@ -151,3 +152,52 @@ def test_files_loaded_in_a_batch_give_what_loading_them_one_by_one_gives(
     batched = ingested(files, batch_bytes=1 << 20)
     one_by_one = ingested(files, batch_bytes=0)
     assert batched == one_by_one
+
+
+# A downloads .json array is read object by object, to name each object's line: what it
+# reads must be what json.loads reads, and text json.loads refuses must be refused at
+# the place json.loads names.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=8,
+)
+spacing = st.sampled_from(["", " ", "\n", " \n\t", "\r\n", "\n\n  "])
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(json_values, max_size=5), gaps=st.lists(spacing, min_size=12, max_size=12))
+def test_a_json_array_read_object_by_object_is_what_json_reads_with_each_line(
+    values: list[object], gaps: list[str]
+) -> None:
+    parts = [json.dumps(v) for v in values]
+    text = gaps[0] + "[" + gaps[1]
+    starts = []
+    for number, part in enumerate(parts):
+        if number:
+            text += gaps[2 + number] + "," + gaps[7 + number % 5]
+        starts.append(text.count("\n") + 1)
+        text += part
+    text += gaps[-1] + "]" + gaps[2]
+    assert landing._json_documents(text) == list(zip(starts, values, strict=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.lists(
+        st.sampled_from(["[", "]", "{", "}", ",", ":", '"a"', "1", "null", " ", "\n", "x"]),
+        max_size=12,
+    ).map("".join)
+)
+def test_text_json_refuses_is_refused_at_the_same_place(text: str) -> None:
+    try:
+        expected: object = json.loads(text)
+    except json.JSONDecodeError as error:
+        expected = ("refused", error.msg, error.lineno, error.colno)
+    try:
+        documents = landing._json_documents(text)
+    except json.JSONDecodeError as error:
+        assert expected == ("refused", error.msg, error.lineno, error.colno)
+    else:
+        read = [d for _, d in documents]
+        assert read == (expected if isinstance(expected, list) else [expected])

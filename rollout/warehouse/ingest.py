@@ -147,6 +147,18 @@ def _problems(
     return [RowProblem(lines.get(ordinal, line), problem) for ordinal, line, problem in rows]
 
 
+# A bad row's reason quotes its value, which may be a field of 500 KB: a refusal (one
+# line on a terminal) shows the start of each reason; the quarantine keeps them whole.
+_SHOWN = 200
+
+
+def _shown(problems: list[RowProblem]) -> list[RowProblem]:
+    return [
+        RowProblem(p.line, p.reason if len(p.reason) <= _SHOWN else p.reason[:_SHOWN] + "...")
+        for p in problems
+    ]
+
+
 def _record_quarantine(
     con: duckdb.DuckDBPyConnection,
     file: LandingFile,
@@ -248,7 +260,7 @@ def _load_in_place(
                             {"path": str(file.path), "file_id": file_id},
                         )
                     else:
-                        landing.STAGERS[file.kind](con, file)
+                        landing.stage(con, file)
                         warehouse.run(
                             con, "raw/load_downloads_staged_in_place", {"file_id": file_id}
                         )
@@ -380,7 +392,7 @@ def _ingest_new(
 
     # Staging and checks use temp tables outside the transaction: their rowids are
     # then the record order (inside one, DuckDB numbers uncommitted rows from 2**55).
-    landing.STAGERS[file.kind](con, file)
+    landing.stage(con, file)
     warehouse.run(con, f"raw/check_{file.kind}", _check_parameters(file, con, now))
     rows_read = warehouse.scalar(con, "select count(*) from incoming")
     counts = warehouse.one(
@@ -392,7 +404,7 @@ def _ingest_new(
     if rows_bad / rows_read > quarantine_limit:
         raise FileRejected(
             file.path,
-            _problems(con, file, limit=5),
+            _shown(_problems(con, file, limit=5)),
             f"{rows_bad} of {rows_read} {file.row_word}s are bad "
             f"({rows_bad / rows_read:.1%}, over the {quarantine_limit:.1%} limit); "
             "nothing was loaded",
@@ -501,7 +513,7 @@ def _load_new_events(
         elif rows_bad / rows > quarantine_limit:
             refusal = FileRejected(
                 file.path,
-                _event_problems(con, file, index, limit=5),
+                _shown(_event_problems(con, file, index, limit=5)),
                 f"{rows_bad} of {rows} {file.row_word}s are bad "
                 f"({rows_bad / rows:.1%}, over the {quarantine_limit:.1%} limit); "
                 "nothing was loaded",
@@ -576,6 +588,14 @@ class _Ingest:
         self.batch: list[tuple[LandingFile, str]] = []
         self.batch_digests: set[str] = set()  # a set: a day's thousands of events files
         self.batch_bytes = 0
+
+    def refuse(self, path: Path, kind: str, error: BadInput) -> None:
+        """Report a file refused before it could be read (unreadable, or no landing
+        file at all), after the files before it, as any refused file: on its own."""
+        self.flush()
+        self.report.files.append(
+            FileResult(path, kind, "rejected", message=str(error), refusal=error)
+        )
 
     def one(self, file: LandingFile, digest: str) -> None:
         """Load ``file``, not loaded before, on its own."""
@@ -670,8 +690,9 @@ def ingest(
     progress: Progress | None = None,
 ) -> IngestReport:
     """Load every landing file under ``paths``; a refused file does not stop the others.
-    The report lists the files in the order they were found."""
-    files = landing.discover(paths, landing_root)
+    The report lists the files in the order they were found, then the files that are
+    no landing file (a stray notes.csv, a format the kind does not take), refused."""
+    files, strays = landing.survey(paths, landing_root)
     run = _Ingest(con, quarantine_limit, now)
     # The next file's checksum is read on a thread of its own (hashlib lets go of the
     # GIL) while DuckDB loads this one: a 20 MB file's is 17 ms, 4% of loading it.
@@ -690,8 +711,15 @@ def ingest(
             if progress:
                 progress(file, index, len(files))
             assert digest is not None  # one for each file
-            run.add(file, digest.result())
+            try:
+                sha = digest.result()
+            except BadInput as unreadable:  # no permission, an I/O error
+                run.refuse(file.path, file.kind, unreadable)
+                continue
+            run.add(file, sha)
         run.flush()
+    for stray in strays:
+        run.refuse(stray.path, stray.kind, stray.refusal)
     if progress and files:
         progress(files[-1], len(files), len(files))
     return run.report

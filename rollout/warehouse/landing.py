@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Literal, NoReturn
 
 import duckdb
 import pyarrow as pa
@@ -65,9 +65,12 @@ class LandingFile:
     @property
     def lines_need_mapping(self) -> bool:
         """Whether the staged ``line`` is a record ordinal, not the physical line: text
-        that DuckDB reads skipping blank lines. Parquet has rows; the downloads API
-        format is parsed here, keeping its real lines."""
-        return self.format == "csv" or (self.format == "jsonl" and self.kind != "downloads")
+        that DuckDB reads skipping blank lines, and a downloads ``.json`` file, staged
+        with each object's place in its array (:func:`_range_documents`). Parquet has
+        rows; a downloads ``.jsonl`` file is parsed here, keeping its real lines."""
+        if self.kind == "downloads":
+            return self.format in ("csv", "json")
+        return self.format in ("csv", "jsonl")
 
     @property
     def row_word(self) -> str:
@@ -146,10 +149,33 @@ def _owned_by_another_reader(path: Path, scanned: Path) -> bool:
     return len(parts) > 1 and parts[0] in OTHER_READERS
 
 
-def discover(paths: Iterable[Path], root: Path | None = None) -> list[LandingFile]:
-    """The landing files named or found under ``paths``, in a stable order; a folder's
-    subfolders that other readers own (:data:`OTHER_READERS`) are passed over."""
+@dataclass(frozen=True)
+class Unreadable:
+    """A file named or found that is no landing file rollout reads (no kind, or a format
+    its kind does not take): refused on its own, like a file that fails its checks."""
+
+    path: Path
+    kind: str  # its kind when the folder or name says one, else "unknown"
+    refusal: BadInput
+
+
+def survey(
+    paths: Iterable[Path], root: Path | None = None
+) -> tuple[list[LandingFile], list[Unreadable]]:
+    """The landing files named or found under ``paths``, in a stable order, and the
+    files that cannot be read as one: a stray file (notes.csv, a format its kind does
+    not take) is refused by itself, and the others still load. A folder's subfolders
+    that other readers own (:data:`OTHER_READERS`) are passed over; a path that does
+    not exist is ``BadInput`` (a mistyped argument: there is no file to judge)."""
     found: list[LandingFile] = []
+    strays: list[Unreadable] = []
+
+    def add(path: Path, root: Path | None) -> None:
+        try:
+            found.append(classify(path, root))
+        except BadInput as error:
+            strays.append(Unreadable(path, _kind_of(path, root) or "unknown", error))
+
     for path in paths:
         if path.is_dir():
             for child in sorted(p for p in path.rglob("*") if p.is_file()):
@@ -157,21 +183,42 @@ def discover(paths: Iterable[Path], root: Path | None = None) -> list[LandingFil
                     continue
                 if _owned_by_another_reader(child, path):
                     continue
-                found.append(classify(child, root or path))
+                add(child, root or path)
         elif path.is_file():
-            found.append(classify(path, root))
+            add(path, root)
         else:
             raise BadInput(path, None, "no such file or folder")
     # Older downloads and manifests first: file names carry the day, so sorting by
     # name within a kind loads history in order.
-    return sorted(found, key=lambda f: (KINDS.index(f.kind), f.path.name, str(f.path)))
+    found.sort(key=lambda f: (KINDS.index(f.kind), f.path.name, str(f.path)))
+    return found, strays
+
+
+def discover(paths: Iterable[Path], root: Path | None = None) -> list[LandingFile]:
+    """:func:`survey`'s landing files, for a caller that takes no stray: the first one
+    is raised as ``BadInput``."""
+    found, strays = survey(paths, root)
+    if strays:
+        raise strays[0].refusal
+    return found
+
+
+def _os_reason(error: OSError) -> str:
+    """An OS error's reason without its path (the message names the file already)."""
+    return error.strerror or str(error)
 
 
 def sha256(path: Path) -> str:
+    """The SHA-256 of the file's bytes. A file that cannot be read (no permission, an
+    I/O error) is ``BadInput`` with the OS's reason: refused on its own, not a traceback
+    that stops the run."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    except OSError as error:
+        raise BadInput(path, None, f"cannot read the file: {_os_reason(error)}") from error
     return digest.hexdigest()
 
 
@@ -195,14 +242,52 @@ def _open_binary(path: Path) -> IO[bytes]:
 @contextmanager
 def open_text(path: Path) -> Iterator[io.TextIOBase]:
     """A landing text file, plain, ``.gz`` or ``.zst``, as text (UTF-8, with or
-    without a byte-order mark). A damaged compressed stream is ``BadInput``."""
+    without a byte-order mark). A damaged compressed stream, an unreadable file or
+    bytes that are not UTF-8 (read anywhere in the ``with`` block) are ``BadInput``."""
     try:
         with io.TextIOWrapper(_open_binary(path), encoding=_TEXT_ENCODING, newline="") as text:
             yield text
+    except UnicodeDecodeError as error:
+        raise _not_utf8(path, error.reason) from error
     except (OSError, EOFError, pa.ArrowInvalid) as error:
         # gzip: BadGzipFile (an OSError) or EOFError when cut short; zstd: ArrowIOError
         # (an OSError) or ArrowInvalid.
-        raise BadInput(path, None, f"cannot read the file: {error}") from error
+        reason = _os_reason(error) if isinstance(error, OSError) else str(error)
+        raise BadInput(path, None, f"cannot read the file: {reason}") from error
+
+
+def _byte_lines(stream: IO[bytes]) -> Iterator[bytes]:
+    """A binary stream's lines, without their line feeds. Read in chunks: pyarrow's
+    zstd stream has no readline. (No UTF-8 sequence holds the line feed byte, so a line
+    of bytes decodes on its own.)"""
+    rest = b""
+    while chunk := stream.read(1 << 20):
+        *lines, rest = (rest + chunk).split(b"\n")
+        yield from lines
+    if rest:
+        yield rest
+
+
+def _not_utf8(path: Path, reason: str) -> BadInput:
+    """Where a text file stops being UTF-8, as ``BadInput`` naming the line. Decoders
+    work on chunks (Python's text reader 8 KB at a time, even for a CSV header), so
+    where they fail says neither the line nor what was being read: the file's lines
+    are read again as bytes, only now that it is refused, to find the bad byte."""
+    try:
+        with _open_binary(path) as stream:
+            for number, line in enumerate(_byte_lines(stream), start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    return BadInput(
+                        path,
+                        number,
+                        f"not UTF-8 text: byte 0x{line[error.start]:02x} at byte "
+                        f"{error.start + 1} of the line ({error.reason})",
+                    )
+    except (OSError, EOFError, pa.ArrowInvalid):
+        pass  # the reason the first reader gave is all there is to say
+    return BadInput(path, None, f"not UTF-8 text: {reason}")
 
 
 # --- physical line numbers ----------------------------------------------------------
@@ -210,15 +295,30 @@ def open_text(path: Path) -> Iterator[io.TextIOBase]:
 # Mapping back is only done for the few rows that have a problem.
 
 
+# DuckDB reads a CSV line of up to 2,000,000 bytes (its max_line_size); Python's csv
+# module refuses a field over 131,072 characters, so naming the line of a bad row
+# DuckDB read (a 500 KB package name) failed with csv.Error. The limit is the
+# process's: it is raised to DuckDB's, never lowered.
+_DUCKDB_MAX_LINE = 2_000_000
+
+
+def _allow_fields_duckdb_reads() -> None:
+    if csv.field_size_limit() < _DUCKDB_MAX_LINE:
+        csv.field_size_limit(_DUCKDB_MAX_LINE)
+
+
 def record_lines(file: LandingFile, ordinals: Iterable[int]) -> dict[int, int]:
     """Physical line of each 1-based record ordinal of a CSV or JSON-lines file."""
     wanted = set(ordinals)
     if not wanted:
         return {}
+    if file.kind == "downloads" and file.format == "json":
+        return {row[0]: row[1] for row in _range_rows(file, exact_lines=True) if row[0] in wanted}
     result: dict[int, int] = {}
     last = max(wanted)
     with open_text(file.path) as handle:
         if file.format == "csv":
+            _allow_fields_duckdb_reads()
             reader = csv.reader(handle)
             ordinal = -1  # the header is record 0
             for row in reader:
@@ -246,6 +346,28 @@ def record_lines(file: LandingFile, ordinals: Iterable[int]) -> dict[int, int]:
 # --- staging -----------------------------------------------------------------------
 
 _LINE_IN_MESSAGE = re.compile(r"(?:in line|on Line:?)\s*(\d+)", re.IGNORECASE)
+# What a reason quotes from the file (DuckDB's "Original Line"), at most: a message is
+# one line a person reads, not a 20 MB field.
+_QUOTED = 200
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _QUOTED else text[:_QUOTED] + "..."
+
+
+def _csv_reason(lines: list[str]) -> str | None:
+    """The reason in DuckDB's CSV error, one line. The message is: the line number,
+    "Original Line: " and the record (which may span lines), the reason, then
+    "Possible fixes"/"Possible Solution" and the reader's options. Read from the end,
+    the record's text cannot be taken for the reason."""
+    end = len(lines)
+    while end and (
+        not lines[end - 1].strip() or lines[end - 1].startswith(("Possible ", "* ", "  "))
+    ):
+        end -= 1
+    if end < 2 or lines[end - 1].startswith(("Original Line: ", "Invalid Input Error: ")):
+        return None
+    return _shorten(lines[end - 1].strip())
 
 
 def _parse_error(file: LandingFile, error: duckdb.Error, what: str) -> BadInput:
@@ -254,14 +376,40 @@ def _parse_error(file: LandingFile, error: duckdb.Error, what: str) -> BadInput:
     line = int(match.group(1)) if match else None
     lines = [part.strip() for part in message.splitlines() if part.strip()]
     reason = re.sub(r"^[A-Za-z ]+Error: ", "", lines[0]) if lines else message
+    # The message names the file already.
+    reason = reason.replace(f' in Parquet file "{file.path}"', "")
     if lines and lines[0].startswith("Invalid Input Error: CSV Error"):
         found = re.search(r"Expected Number of Columns: (\d+) Found: (\d+)", message)
         original = next(
             (p[len("Original Line: ") :] for p in lines if p.startswith("Original Line: ")), ""
         )
         if found:
-            reason = f"expected {found.group(1)} columns, found {found.group(2)}: {original}"
+            reason = (
+                f"expected {found.group(1)} columns, found {found.group(2)}: {_shorten(original)}"
+            )
+        else:
+            # The first line only says where ("CSV Error on Line: 202"); the why is
+            # further down (an unterminated quote, a line over the size limit).
+            reason = _csv_reason(message.splitlines()) or reason
     return BadInput(file.path, line, f"malformed {what}: {reason}")
+
+
+# What Python's JSON parser raises besides JSONDecodeError: RecursionError for a value
+# nested deeper than it recurses (1,000 levels, less the stack in use; the downloads
+# range format nests 3), ValueError for a number of over 4,300 digits.
+_JSON_ERRORS = (ValueError, RecursionError)
+
+
+def _json_refusal(path: Path, line: int | None, error: ValueError | RecursionError) -> BadInput:
+    """``BadInput`` for JSON that Python's parser refused. ``line``: where the text
+    parsed starts (a JSON-lines line), or None for a whole file, whose parse error says
+    its own line."""
+    if isinstance(error, json.JSONDecodeError):
+        return BadInput(path, line or error.lineno, f"malformed JSON: {error.msg}")
+    if isinstance(error, RecursionError):
+        return BadInput(path, line, "malformed JSON: nested too deeply")
+    # "Exceeds the limit (4300 digits) for integer string conversion: ...; use sys..."
+    return BadInput(path, line, f"malformed JSON: {str(error).split(';')[0]}")
 
 
 def _first_bad_json_line(file: LandingFile) -> BadInput | None:
@@ -270,33 +418,37 @@ def _first_bad_json_line(file: LandingFile) -> BadInput | None:
     DuckDB's parser reports where it noticed the damage, which for an unclosed
     object is the next line; a line-by-line read names the line at fault.
     """
-    with open_text(file.path) as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                document = json.loads(text)
-            except json.JSONDecodeError as error:
-                return BadInput(file.path, number, f"malformed JSON: {error.msg}")
-            except UnicodeDecodeError as error:
-                return BadInput(file.path, number, f"not UTF-8 text: {error.reason}")
-            if not isinstance(document, dict):
-                return BadInput(
-                    file.path,
-                    number,
-                    "malformed JSON lines: expected one "
-                    f"object per line, found {type(document).__name__}",
-                )
+    try:
+        with open_text(file.path) as handle:
+            for number, text in enumerate(handle, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    document = json.loads(text)
+                except _JSON_ERRORS as error:
+                    return _json_refusal(file.path, number, error)
+                if not isinstance(document, dict):
+                    return BadInput(
+                        file.path,
+                        number,
+                        "malformed JSON lines: expected one "
+                        f"object per line, found {type(document).__name__}",
+                    )
+    except BadInput as error:  # not UTF-8 (naming its line), or unreadable
+        return error
     return None
 
 
 def _csv_header(file: LandingFile) -> list[str]:
     with open_text(file.path) as handle:
         try:
+            _allow_fields_duckdb_reads()
             for row in csv.reader(handle):
                 if row:
                     return [c.strip() for c in row]
-        except (csv.Error, UnicodeDecodeError) as error:
+        # Bytes that are not UTF-8 are open_text's to name: the reader decodes 8 KB at
+        # a time, so they may be far below the header.
+        except csv.Error as error:
             raise BadInput(file.path, 1, f"malformed CSV header: {error}") from error
     raise BadInput(file.path, 1, "empty file: expected a CSV header")
 
@@ -330,6 +482,9 @@ def _stage_csv_as_text(con: duckdb.DuckDBPyConnection, file: LandingFile) -> Non
             {"path": str(file.path), "columns": columns},
         )
     except duckdb.Error as error:
+        if "not utf-8 encoded" in str(error):
+            # Said as for a JSON or a short CSV file (open_text), with the physical line.
+            raise _not_utf8(file.path, "invalid byte sequence") from error
         raise _parse_error(file, error, "CSV") from error
 
 
@@ -484,35 +639,104 @@ def _json_count(value: object) -> str | None:
     return json.dumps(value)
 
 
-def _range_rows(file: LandingFile) -> Iterator[tuple[int, int, object, object, str | None]]:
-    """(ordinal, line, package, day, count) from the downloads API's range format."""
-    ordinal = 0
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _after_space(text: str, position: int) -> int:
+    match = _JSON_SPACE.match(text, position)
+    return match.end() if match else position
+
+
+def _json_documents(text: str) -> list[tuple[int, object]]:
+    """The range objects of a ``.json`` file, each with the line it starts on: the file
+    is one object, or an array of them. An array is read value by value (``raw_decode``)
+    so that each object's rows are named by its own line, not all by the array's: a few
+    steps an object, none a row. Malformed JSON raises ``JSONDecodeError`` at its line
+    (``json.loads`` of the whole text says where, when the array itself is broken)."""
+    position = _after_space(text, 0)
+    if not text.startswith("[", position):
+        return [(text.count("\n", 0, position) + 1, json.loads(text))]
+    decoder = json.JSONDecoder()
+    documents: list[tuple[int, object]] = []
+    line, counted = 1, 0
+    position = _after_space(text, position + 1)
+    closed = text.startswith("]", position)  # an empty array
+    while not closed:
+        document, end = decoder.raw_decode(text, position)
+        line, counted = line + text.count("\n", counted, position), position
+        documents.append((line, document))
+        position = _after_space(text, end)
+        closed = text.startswith("]", position)
+        if not closed:
+            if not text.startswith(",", position):
+                _raise_json_error(text, position)
+            position = _after_space(text, position + 1)
+    if _after_space(text, position + 1) != len(text):
+        _raise_json_error(text, position + 1)  # something follows the array
+    return documents
+
+
+def _raise_json_error(text: str, position: int) -> NoReturn:
+    """The error ``json.loads`` gives for ``text``, which is not JSON: its message is the
+    one every malformed JSON file gets."""
+    json.loads(text)
+    raise json.JSONDecodeError("unexpected text", text, position)  # not reached
+
+
+def _range_documents(file: LandingFile, *, exact_lines: bool = False) -> list[tuple[int, object]]:
+    """Each range object of a downloads ``.json`` or ``.jsonl`` file with its line. In a
+    ``.json`` file, unless ``exact_lines``, an object's place in the array stands for
+    its line (the file is one object or an array of them): the whole text in one
+    ``json.loads`` stages a third faster than object by object, and lines are only
+    needed for the few objects that have a problem (:func:`_object_line`)."""
     with open_text(file.path) as handle:
         if file.format == "json":
+            text = handle.read()
             try:
-                documents = [(1, json.load(handle))]
-            except json.JSONDecodeError as error:
-                raise BadInput(file.path, error.lineno, f"malformed JSON: {error.msg}") from error
-            if isinstance(documents[0][1], list):
-                documents = [(1, d) for d in documents[0][1]]
-        else:
-            documents = []
-            for number, text in enumerate(handle, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    documents.append((number, json.loads(text)))
-                except json.JSONDecodeError as error:
-                    raise BadInput(file.path, number, f"malformed JSON: {error.msg}") from error
-    for line, document in documents:
+                if exact_lines:
+                    return _json_documents(text)
+                document = json.loads(text)
+            except _JSON_ERRORS as error:
+                raise _json_refusal(file.path, None, error) from error
+            return list(enumerate(document if isinstance(document, list) else [document], 1))
+        documents = []
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                documents.append((number, json.loads(line)))
+            except _JSON_ERRORS as error:
+                raise _json_refusal(file.path, number, error) from error
+        return documents
+
+
+# (ordinal, line, package, day, count): a row of the downloads API's range format.
+RangeRow = tuple[int, int, object, object, str | None]
+
+
+def _object_line(file: LandingFile, line: int) -> int:
+    """The physical line of the range object staged with ``line``: in a ``.json`` file
+    its place in the array, found by reading the file again object by object (only
+    when it is refused or has bad rows)."""
+    if file.format != "json":
+        return line
+    return _range_documents(file, exact_lines=True)[line - 1][0]
+
+
+def _range_rows(file: LandingFile, *, exact_lines: bool = False) -> Iterator[RangeRow]:
+    """(ordinal, line, package, day, count) from the downloads API's range format; the
+    line as :func:`_range_documents` gives it."""
+    ordinal = 0
+    for line, document in _range_documents(file, exact_lines=exact_lines):
+        problem = None
         if not isinstance(document, dict) or not isinstance(document.get("downloads"), list):
-            raise BadInput(
-                file.path,
-                line,
-                'expected {"package", "start", "end", "downloads": [{"day", "downloads"}, ...]}',
+            problem = (
+                'expected {"package", "start", "end", "downloads": [{"day", "downloads"}, ...]}'
             )
-        if "package" not in document:
-            raise BadInput(file.path, line, "missing field package")
+        elif "package" not in document:
+            problem = "missing field package"
+        if problem is not None:
+            raise BadInput(file.path, line if exact_lines else _object_line(file, line), problem)
         package = document["package"]
         for entry in document["downloads"]:
             ordinal += 1
@@ -522,16 +746,37 @@ def _range_rows(file: LandingFile) -> Iterator[tuple[int, int, object, object, s
             yield ordinal, line, package, entry["day"], _json_count(entry["downloads"])
 
 
+def _text_column(file: LandingFile, rows: list[RangeRow], index: int, name: str) -> pa.Array:
+    """Each row's ``index``-th value, where it is a string. JSON may escape half of a
+    UTF-16 surrogate pair ("\\ud800"), which Python reads into a string that is no text
+    (it has no UTF-8): the file is refused at the first one, found only then."""
+    values = [r[index] if isinstance(r[index], str) else None for r in rows]
+    try:
+        return pa.array(values, pa.string())
+    except UnicodeEncodeError as error:
+        for row, value in zip(rows, values, strict=True):
+            if value is not None and not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as bad:
+                    code = ord(value[bad.start])
+                    raise BadInput(
+                        file.path,
+                        _object_line(file, row[1]),
+                        f"malformed JSON: {name} holds \\u{code:04x}, half of a UTF-16 "
+                        "surrogate pair, not a character",
+                    ) from error
+        raise
+
+
 def _stage_json_range(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
     rows = list(_range_rows(file))
     table = pa.table(
         {
             "ordinal": pa.array([r[0] for r in rows], pa.int64()),
             "line": pa.array([r[1] for r in rows], pa.int64()),
-            "package": pa.array(
-                [r[2] if isinstance(r[2], str) else None for r in rows], pa.string()
-            ),
-            "day": pa.array([r[3] if isinstance(r[3], str) else None for r in rows], pa.string()),
+            "package": _text_column(file, rows, 2, "package"),
+            "day": _text_column(file, rows, 3, "day"),
             "downloads": pa.array([r[4] for r in rows], pa.string()),
         }
     )
@@ -555,6 +800,31 @@ def stage_downloads(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
 
 
 _MAP_TYPE = "MAP(VARCHAR, VARCHAR)"
+
+# The type each column of a manifests Parquet file must have (docs/data-contracts.md),
+# as DuckDB names it, and how a message says it. Another type is refused whole, naming
+# the column: cast, an integer name would load as "1" and a list of maintainer objects
+# as their text, and a list where a map belongs fails the shaping query itself.
+# "NULL": a column holding no value at all (as pandas writes one); its rows are bad.
+_STRING = (re.compile(r'VARCHAR|"NULL"'), "a string")
+_MANIFEST_TYPES = {
+    "name": _STRING,
+    "version": _STRING,
+    "maintainers": (re.compile(r'VARCHAR\[\d*\]|"NULL"'), "a list of strings"),
+    **dict.fromkeys(
+        MANIFEST_MAPS, (re.compile(r'MAP\(VARCHAR, VARCHAR\)|"NULL"'), "a map of string to string")
+    ),
+}
+
+
+def _require_manifest_types(file: LandingFile, types: dict[str, str]) -> None:
+    for column, (allowed, expected) in _MANIFEST_TYPES.items():
+        if column in types and not allowed.fullmatch(types[column]):
+            raise BadInput(
+                file.path,
+                None,
+                f"column {column} is {types[column]}: expected {expected}",
+            )
 
 
 def _shape_parquet_manifests(types: dict[str, str]) -> str:
@@ -634,7 +904,9 @@ def stage_manifests(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
     name check and the load), and streaming them costs less than a copy in memory.
     """
     if file.format == "parquet":
-        shaped = _shape_parquet_manifests(_stage_parquet(con, file))
+        types = _stage_parquet(con, file)
+        _require_manifest_types(file, types)
+        shaped = _shape_parquet_manifests(types)
     else:
         shaped = _shape_json_manifests(con, file)
     con.execute(f"create or replace temp view manifests_shaped as {shaped}")
@@ -742,6 +1014,22 @@ STAGERS = {
     "logins": stage_logins,
     "publishes": stage_publishes,
 }
+_FORMAT_WORDS = {"csv": "CSV", "parquet": "Parquet", "json": "JSON", "jsonl": "JSON lines"}
+
+
+def stage(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
+    """Stage ``file`` as its kind's stager does. What DuckDB meets in a file that the
+    stager does not check for first (a Parquet string that is not UTF-8) is ``BadInput``
+    with DuckDB's reason: the file is refused, not the run stopped."""
+    try:
+        STAGERS[file.kind](con, file)
+    except duckdb.Error as error:
+        raise _parse_error(file, error, _FORMAT_WORDS[file.format]) from error
+    except UnicodeDecodeError as error:  # DuckDB's message quoted the file's bytes
+        if file.format != "parquet":
+            raise _not_utf8(file.path, error.reason) from error
+        reason = f"malformed Parquet: not UTF-8 text ({error.reason})"
+        raise BadInput(file.path, None, reason) from error
 
 
 # --- SendGrid delivery events ----------------------------------------------------------
@@ -785,10 +1073,10 @@ def _events_parse_error(file: LandingFile, error: Exception) -> BadInput:
     try:
         with open_text(file.path) as handle:
             document = json.load(handle)
-    except json.JSONDecodeError as parse_error:
-        return BadInput(file.path, parse_error.lineno, f"malformed JSON: {parse_error.msg}")
-    except UnicodeDecodeError as decode_error:
-        return BadInput(file.path, None, f"not UTF-8 text: {decode_error.reason}")
+    except _JSON_ERRORS as parse_error:
+        return _json_refusal(file.path, None, parse_error)
+    except BadInput as unreadable:  # not UTF-8 (naming its line), or unreadable
+        return unreadable
     if not isinstance(document, list):
         return BadInput(
             file.path, None, f"expected a JSON array of events, found {_json_kind(document)}"
@@ -824,7 +1112,8 @@ def stage_events(con: duckdb.DuckDBPyConnection, files: list[LandingFile]) -> No
             "filename = 'source_path')",
             {"paths": paths, "shape": shape, "columns": dict.fromkeys(EVENT_FIELDS, "VARCHAR")},
         )
-    except duckdb.Error as error:
+    # UnicodeDecodeError: DuckDB's message quoted bytes of the file that are not UTF-8.
+    except (duckdb.Error, UnicodeDecodeError) as error:
         if len(files) == 1:
             raise _events_parse_error(files[0], error) from error
         raise BadInput(None, None, f"one of {len(files)} events files is unreadable") from error

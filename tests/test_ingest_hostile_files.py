@@ -1,0 +1,554 @@
+"""Landing files that are hostile or broken in ways no row check sees: bytes that are
+not UTF-8, a file that cannot be read, Parquet columns of the wrong type, JSON nested
+past any parser's depth, stray files, CSV errors deep in a file. Each is refused by
+itself, naming the file, the line where there is one, and the reason, in one line; the
+other files of the run still load (docs/data-contracts.md, "What happens to bad input")."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+from collections.abc import Callable
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from rollout import warehouse
+from rollout.cli import app
+from rollout.core.errors import BadInput
+from rollout.warehouse import ingest
+from tests.support.ingest import LIMIT, NOTHING, NOW, load, row_counts
+
+from .conftest import DATA
+
+GOOD_CSV = DATA / "good" / "downloads-2022-01-10.csv"
+STAMP = int((NOW - timedelta(days=1)).timestamp())
+DAY = date(2022, 1, 10)
+
+
+def event(number: int, event_id: str | None = None) -> dict[str, object]:
+    return {
+        "sg_event_id": event_id or f"event-{number}",
+        "event": "delivered",
+        "timestamp": STAMP + number,
+        "email": f"user{number}@example.com",
+    }
+
+
+def landing_with_a_good_file(tmp_path: Path) -> Path:
+    """A landing area holding one good downloads file: what must still load."""
+    root = tmp_path / "landing"
+    (root / "downloads").mkdir(parents=True)
+    shutil.copy(GOOD_CSV, root / "downloads" / GOOD_CSV.name)
+    return root
+
+
+def put(root: Path, relative: str, data: bytes) -> Path:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def run(con: duckdb.DuckDBPyConnection, root: Path) -> ingest.IngestReport:
+    return ingest.ingest(con, [root], quarantine_limit=LIMIT, landing_root=root, now=NOW)
+
+
+def the_one_refused(report: ingest.IngestReport, path: Path) -> str:
+    """The refusal of ``path``, having checked it is the only one and the good file
+    loaded."""
+    [refused] = report.rejected
+    assert refused.path == path
+    assert [f.path.name for f in report.files if f.status == "loaded"] == [GOOD_CSV.name]
+    assert "\n" not in refused.message
+    return refused.message
+
+
+# --- bytes that are not UTF-8 -----------------------------------------------------------
+
+LATIN1 = "caf\xe9".encode("latin-1")
+GOOD_MANIFEST = b'{"name": "a", "version": "1.0.0", "maintainers": ["u"]}\n'
+
+# (file, its bytes with a latin-1 byte, the line it is on)
+NOT_UTF8 = [
+    pytest.param(
+        "downloads/api-latin1.json",
+        b'{"package": "' + LATIN1 + b'",\n "downloads": [{"day": "2022-01-10", "downloads": 1}]}',
+        1,
+        id="downloads-json",
+    ),
+    pytest.param(
+        "downloads/api-latin1.jsonl",
+        b'{"package": "a", "downloads": [{"day": "2022-01-10", "downloads": 1}]}\n\n'
+        b'{"package": "' + LATIN1 + b'", "downloads": []}\n',
+        3,
+        id="downloads-jsonl",
+    ),
+    pytest.param(
+        "manifests/manifests-latin1.jsonl",
+        GOOD_MANIFEST + b'{"name": "' + LATIN1 + b'", "version": "1", "maintainers": ["u"]}\n',
+        2,
+        id="manifests-jsonl",
+    ),
+    pytest.param(
+        "events/events-latin1.jsonl",
+        json.dumps(event(1)).encode()
+        + b"\n"
+        + json.dumps(event(2)).encode()[:-1]
+        + b', "email_name": "'
+        + LATIN1
+        + b'"}\n',
+        2,
+        id="events-jsonl",
+    ),
+    pytest.param(
+        "events/events-latin1.json",
+        b"[\n" + json.dumps(event(1)).encode() + b',\n{"sg_event_id": "' + LATIN1 + b'"}]',
+        3,
+        id="events-json",
+    ),
+]
+
+
+@pytest.mark.parametrize(("relative", "data", "line"), NOT_UTF8)
+def test_a_latin1_json_file_is_refused_naming_its_line_and_the_others_load(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, relative: str, data: bytes, line: int
+) -> None:
+    root = landing_with_a_good_file(tmp_path)
+    path = put(root, relative, data)
+    message = the_one_refused(run(con, root), path)
+    assert message.startswith(f"{path}:{line}: not UTF-8 text: byte 0xe9")
+
+
+def test_a_latin1_events_post_among_others_is_refused_alone(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """Events posts are read as one batch: the one that is not UTF-8 fails the read, the
+    batch is split until it is alone, and the others load."""
+    root = tmp_path / "landing"
+    for number in (1, 3):
+        put(root, f"events/events-{number}.json", json.dumps([event(number)]).encode())
+    bad = put(root, "events/events-2.json", b'[{"sg_event_id": "' + LATIN1 + b'"}]')
+    report = run(con, root)
+    assert [(f.path.name, f.status) for f in report.files] == [
+        ("events-1.json", "loaded"),
+        ("events-2.json", "rejected"),
+        ("events-3.json", "loaded"),
+    ]
+    assert report.rejected[0].message.startswith(f"{bad}:1: not UTF-8 text: byte 0xe9")
+
+
+@pytest.mark.parametrize(
+    ("suffix", "compress"),
+    [(".gz", gzip.compress), (".zst", lambda data: pa.compress(data, "zstd", asbytes=True))],
+    ids=["gz", "zst"],
+)
+def test_a_compressed_latin1_file_is_named_by_its_line_too(
+    con: duckdb.DuckDBPyConnection,
+    tmp_path: Path,
+    suffix: str,
+    compress: Callable[[bytes], bytes],
+) -> None:
+    data = GOOD_MANIFEST * 3 + b'{"name": "' + LATIN1 + b'"}\n'
+    path = put(tmp_path, f"manifests/manifests.jsonl{suffix}", compress(data))
+    with pytest.raises(BadInput, match=r":4: not UTF-8 text: byte 0xe9") as refused:
+        load(con, path)
+    assert refused.value.line == 4
+    assert row_counts(con) == NOTHING
+
+
+def test_a_latin1_byte_below_the_csv_header_is_named_on_its_line_not_the_header(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    # 4.4 KB: Python's reader decodes it all (8 KB a read) to give the header.
+    rows = [f"pkg{n},2022-01-10,{n}" for n in range(200)]
+    text = (
+        "\n".join(["package,day,downloads", *rows]).encode() + b"\n" + LATIN1 + b",2022-01-10,1\n"
+    )
+    path = put(tmp_path, "downloads/latin1.csv", text)
+    with pytest.raises(BadInput) as refused:
+        load(con, path)
+    assert str(refused.value).startswith(f"{path}:202: not UTF-8 text: byte 0xe9")
+    assert "header" not in str(refused.value)
+
+
+# --- a file that cannot be read ------------------------------------------------------------
+
+UNREADABLE = Path("/proc/self/mem")  # open() works, read() fails: EIO
+
+
+@pytest.mark.skipif(not UNREADABLE.exists(), reason="needs Linux's /proc/self/mem")
+def test_an_unreadable_file_is_refused_with_the_os_reason_and_the_others_load(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    root = landing_with_a_good_file(tmp_path)
+    path = root / "downloads" / "api-unreadable.json"
+    path.symlink_to(UNREADABLE)
+    message = the_one_refused(run(con, root), path)
+    assert message == f"{path}: cannot read the file: {os.strerror(5)}"
+    with pytest.raises(BadInput, match="cannot read the file: Input/output error"):
+        load(con, path)
+
+
+def test_a_file_without_read_permission_is_refused_with_the_os_reason(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As root, chmod 000 reads anyway: the refusal is what opening the file raises.
+    root = landing_with_a_good_file(tmp_path)
+    locked = put(root, "downloads/downloads-locked.csv", GOOD_CSV.read_bytes())
+    real_open = Path.open
+
+    def opening(path: Path, *args: object, **kwargs: object) -> object:
+        if path == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "open", opening)
+    message = the_one_refused(run(con, root), locked)
+    assert message == f"{locked}: cannot read the file: Permission denied"
+
+
+# --- Parquet manifests with columns of the wrong type ------------------------------------
+
+
+def manifests_parquet(directory: Path, **columns: pa.Array | list[object]) -> Path:
+    table = {"name": ["a", "b"], "version": ["1.0.0", "2.0.0"], "maintainers": [["u"], ["v"]]}
+    path = directory / "manifests" / "manifests.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({**table, **columns}), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "shown", "expected"),
+    [
+        (
+            "dependencies",
+            pa.array([[1], [2]], pa.list_(pa.int64())),
+            "BIGINT[]",
+            "a map of string to string",
+        ),
+        ("devDependencies", ["x", "y"], "VARCHAR", "a map of string to string"),
+        (
+            "peerDependencies",
+            pa.array([[("a", 1)], None], pa.map_(pa.string(), pa.int64())),
+            "MAP(VARCHAR, BIGINT)",
+            "a map of string to string",
+        ),
+        ("maintainers", [1, 2], "BIGINT", "a list of strings"),
+        (
+            "maintainers",
+            [[{"name": "u"}], [{"name": "v"}]],
+            'STRUCT("name" VARCHAR)[]',
+            "a list of strings",
+        ),
+        ("name", [1, 2], "BIGINT", "a string"),
+        ("version", [1.0, 2.0], "DOUBLE", "a string"),
+    ],
+)
+def test_a_parquet_manifests_column_of_the_wrong_type_is_refused_naming_it(
+    con: duckdb.DuckDBPyConnection,
+    tmp_path: Path,
+    column: str,
+    values: pa.Array | list[object],
+    shown: str,
+    expected: str,
+) -> None:
+    path = manifests_parquet(tmp_path, **{column: values})
+    with pytest.raises(BadInput) as refused:
+        load(con, path)
+    assert str(refused.value) == f"{path}: column {column} is {shown}: expected {expected}"
+    assert row_counts(con) == NOTHING
+
+
+def test_a_parquet_manifests_column_with_no_value_at_all_still_loads(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    # pandas writes a column of only missing values with Arrow's null type.
+    path = manifests_parquet(tmp_path, dependencies=pa.nulls(2))
+    assert load(con, path).rows_loaded == 2
+
+
+# --- JSON nested past any parser's depth ---------------------------------------------------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("relative", "data", "line"),
+    [
+        ("downloads/api-deep.json", DEEP, None),
+        ("downloads/api-deep.jsonl", b'{"package": "a", "downloads": []}\n' + DEEP, 2),
+        ("manifests/manifests-deep.jsonl", GOOD_MANIFEST + DEEP + b"\n", 2),
+        ("events/events-deep.json", DEEP, None),
+        ("events/events-deep.jsonl", json.dumps(event(1)).encode() + b"\n" + DEEP, 2),
+    ],
+    ids=["downloads-json", "downloads-jsonl", "manifests-jsonl", "events-json", "events-jsonl"],
+)
+def test_json_nested_too_deeply_is_refused_and_the_others_load(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, relative: str, data: bytes, line: int | None
+) -> None:
+    root = landing_with_a_good_file(tmp_path)
+    path = put(root, relative, data)
+    message = the_one_refused(run(con, root), path)
+    where = f"{path}:{line}" if line else f"{path}"
+    assert message.startswith(f"{where}: malformed JSON: nested too deeply")
+
+
+# A number of 5,000 digits: Python's parser refuses it with a ValueError of its own.
+LONG_NUMBER = b"1" * 5000
+
+
+@pytest.mark.parametrize(
+    ("relative", "data", "line"),
+    [
+        ("downloads/api-long.json", b'{"package": "a", "downloads": ' + LONG_NUMBER + b"}", None),
+        ("downloads/api-long.jsonl", b'{"package": "a", "downloads": []}\n' + LONG_NUMBER, 2),
+        ("manifests/manifests-long.jsonl", GOOD_MANIFEST + LONG_NUMBER + b"\n", 2),
+        ("events/events-long.json", LONG_NUMBER, None),
+        ("events/events-long.jsonl", json.dumps(event(1)).encode() + b"\n" + LONG_NUMBER, 2),
+    ],
+    ids=["downloads-json", "downloads-jsonl", "manifests-jsonl", "events-json", "events-jsonl"],
+)
+def test_a_number_too_long_for_python_is_refused_and_the_others_load(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, relative: str, data: bytes, line: int | None
+) -> None:
+    root = landing_with_a_good_file(tmp_path)
+    path = put(root, relative, data)
+    message = the_one_refused(run(con, root), path)
+    where = f"{path}:{line}" if line else f"{path}"
+    assert message.startswith(f"{where}: malformed JSON: Exceeds the limit (4300 digits)")
+
+
+@pytest.mark.parametrize(
+    ("name", "joined", "line"),
+    [("api.jsonl", b"{}\n{}\n", 2), ("api.json", b"[{},\n\n{}]", 3)],
+    ids=["jsonl", "json-array"],
+)
+def test_half_a_surrogate_pair_in_a_downloads_json_file_is_refused_naming_its_line(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, name: str, joined: bytes, line: int
+) -> None:
+    # Valid JSON, and Python reads it, but into a string that has no UTF-8.
+    good = b'{"package": "a", "downloads": [{"day": "2022-01-10", "downloads": 1}]}'
+    bad = b'{"package": "caf\\ud800", "downloads": [{"day": "2022-01-10", "downloads": 1}]}'
+    path = put(tmp_path, f"downloads/{name}", joined.replace(b"{}", good, 1).replace(b"{}", bad))
+    with pytest.raises(BadInput) as refused:
+        load(con, path)
+    assert str(refused.value) == (
+        f"{path}:{line}: malformed JSON: package holds \\ud800, half of a UTF-16 surrogate "
+        "pair, not a character"
+    )
+
+
+def test_an_events_post_duckdb_cannot_quote_is_refused_as_not_utf8(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    # DuckDB's message quotes the bytes, and its Python error cannot be decoded.
+    root = landing_with_a_good_file(tmp_path)
+    path = put(root, "events/events-1.json", b"\xff\xfe\x00a")
+    message = the_one_refused(run(con, root), path)
+    assert message.startswith(f"{path}:1: not UTF-8 text: byte 0xff")
+
+
+def invalid_utf8_strings(values: list[bytes]) -> pa.Array:
+    """A Parquet string column holding bytes that are not UTF-8 (pyarrow checks what it
+    builds, so the buffers are laid out by hand), as another writer may leave one."""
+    offsets = [0]
+    for value in values:
+        offsets.append(offsets[-1] + len(value))
+    buffers = [None, pa.array(offsets, pa.int32()).buffers()[1], pa.py_buffer(b"".join(values))]
+    return pa.Array.from_buffers(pa.string(), len(values), buffers)
+
+
+@pytest.mark.parametrize("kind", ["downloads", "manifests"])
+def test_a_parquet_string_that_is_not_utf8_is_refused_and_the_others_load(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, kind: str
+) -> None:
+    root = landing_with_a_good_file(tmp_path)
+    path = root / kind / f"{kind}-latin1.parquet"
+    path.parent.mkdir(exist_ok=True)
+    names = invalid_utf8_strings([b"react", LATIN1])
+    if kind == "downloads":
+        days = pa.array([DAY, DAY], pa.date32())
+        table = pa.table({"package": names, "day": days, "downloads": [1, 2]})
+    else:
+        table = pa.table({"name": names, "version": ["1", "2"], "maintainers": [["u"], ["v"]]})
+    pq.write_table(table, path)
+    message = the_one_refused(run(con, root), path)
+    assert message == (
+        f'{path}: malformed Parquet: Invalid string encoding found: value "caf\\xE9" '
+        "is not valid UTF8!"
+    )
+
+
+# --- stray files ----------------------------------------------------------------------------
+
+
+def test_a_stray_file_in_the_landing_area_is_refused_and_the_others_load(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    root = landing_with_a_good_file(tmp_path)
+    notes = put(root, "misc/notes.csv", b"a,b\n1,2\n")
+    extra = put(root, "logins/logins-extra.json", b"{}\n")
+    report = run(con, root)
+    assert [(f.path, f.kind, f.status) for f in report.files] == [
+        (root / "downloads" / GOOD_CSV.name, "downloads", "loaded"),
+        (extra, "logins", "rejected"),
+        (notes, "unknown", "rejected"),
+    ]
+    assert [f.message for f in report.rejected] == [
+        f"{extra}: logins files must be .csv, .parquet",
+        f"{notes}: cannot tell what this file holds: put it under downloads/, manifests/, "
+        "logins/, publishes/ or events/, or start its name with one of those",
+    ]
+    assert warehouse.scalar(con, "select count(*) from ingested_files") == 1
+
+
+def test_a_named_file_that_is_no_landing_file_is_refused_and_the_other_named_files_load(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    stray = put(tmp_path, "notes.csv", b"a,b\n")
+    report = ingest.ingest(con, [stray, GOOD_CSV], quarantine_limit=LIMIT, now=NOW)
+    assert [(f.path, f.status) for f in report.files] == [
+        (GOOD_CSV, "loaded"),
+        (stray, "rejected"),
+    ]
+    # A path that does not exist is a mistyped argument, not a file to judge.
+    with pytest.raises(BadInput, match="no such file or folder"):
+        ingest.ingest(con, [tmp_path / "missing.csv"], quarantine_limit=LIMIT, now=NOW)
+
+
+def test_the_cli_lists_a_stray_file_as_refused_loads_the_rest_and_exits_2(
+    rollout_home: Path,
+) -> None:
+    root = landing_with_a_good_file(rollout_home)
+    notes = put(root, "misc/notes.csv", b"a,b\n")
+    result = CliRunner().invoke(app, ["ingest", "--no-registry", "--format", "json"])
+    assert result.exit_code == 2, result.stderr
+    assert [(f["file"], f["status"]) for f in json.loads(result.stdout)] == [
+        (str(root / "downloads" / GOOD_CSV.name), "loaded"),
+        (str(notes), "rejected"),
+    ]
+    assert f"{notes}: cannot tell what this file holds" in result.stderr
+
+
+# --- CSV errors keep DuckDB's reason -----------------------------------------------------
+
+HEADER_AND_ROWS = "\n".join(
+    ["package,day,downloads", *(f"pkg{n},2022-01-10,{n}" for n in range(1, 201))]
+)
+
+
+@pytest.mark.parametrize(
+    ("tail", "reason"),
+    [
+        (
+            b'bad,"2022-01-10,1\nx,2022-01-10,2\n',
+            "malformed CSV: Value with unterminated quote found.",
+        ),
+        (
+            b"x" * 2_100_000 + b",2022-01-10,1\n",
+            "malformed CSV: Maximum line size of 2000000 bytes exceeded.",
+        ),
+        # Past Python's first 8 KB read (the header's), so DuckDB finds it.
+        (
+            "".join(f"p{n},2022-01-10,{n}\n" for n in range(600)).encode()
+            + LATIN1
+            + b",2022-01-10,1\n",
+            "not UTF-8 text: byte 0xe9",
+        ),
+    ],
+    ids=["unterminated-quote", "line-too-long", "latin1-after-8-kb"],
+)
+def test_a_csv_error_keeps_its_reason_in_one_short_line(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, tail: bytes, reason: str
+) -> None:
+    path = put(tmp_path, "downloads/d.csv", HEADER_AND_ROWS.encode() + b"\n" + tail)
+    with pytest.raises(BadInput) as refused:
+        load(con, path)
+    message = str(refused.value)
+    line = 802 if "UTF-8" in reason else 202
+    assert message.startswith(f"{path}:{line}: {reason}")
+    assert "\n" not in message and len(message) < len(str(path)) + 300
+
+
+def test_a_csv_row_with_too_many_columns_quotes_only_the_start_of_a_huge_line(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    path = put(
+        tmp_path, "downloads/d.csv", b"package,day,downloads\na,2022-01-10,1," + b"y" * 50_000
+    )
+    with pytest.raises(
+        BadInput, match=r":2: malformed CSV: expected 3 columns, found 4: a,"
+    ) as refused:
+        load(con, path)
+    assert len(str(refused.value)) < len(str(path)) + 300
+
+
+def test_a_bad_row_with_a_field_over_python_csvs_limit_is_named_by_its_line(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    # 500 KB: DuckDB reads it (lines up to 2 MB); Python's csv module, which finds the
+    # line of a bad row, refused fields over 128 KB.
+    name = "." + "x" * 500_000
+    path = put(
+        tmp_path, "downloads/d.csv", f"package,day,downloads\n\n{name},2022-01-10,1\n".encode()
+    )
+    with pytest.raises(BadInput, match=r":3: 1 of 1 lines are bad") as refused:
+        load(con, path)
+    assert refused.value.line == 3
+    # The refusal quotes the start of the name; the quarantine, had it been within the
+    # limit, keeps it whole.
+    assert len(str(refused.value)) < len(str(path)) + 400
+    assert load(con, path, limit=1.0).rows_quarantined == 1
+    assert con.execute("select line, length(reason) > 500000 from quarantine").fetchall() == [
+        (3, True)
+    ]
+
+
+# --- a downloads .json array names each object's line -----------------------------------
+
+
+def test_each_range_object_of_a_json_array_is_named_by_its_own_line(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    def ranged(package: str, count: int) -> str:
+        return json.dumps(
+            {"package": package, "downloads": [{"day": "2022-01-10", "downloads": count}]}
+        )
+
+    objects = [ranged("react", 1), ranged("vue", -1), ranged("zod", 2), ranged("Not Valid!", 3)]
+    path = put(tmp_path, "downloads/api.json", ("[\n" + ",\n\n".join(objects) + "\n]\n").encode())
+    result = load(con, path, limit=0.5)
+    assert (result.rows_loaded, result.rows_quarantined) == (2, 2)
+    assert con.execute("select line, reason from quarantine order by line").fetchall() == [
+        (4, "downloads -1 is negative"),
+        (8, "package name 'Not Valid!' is not a valid npm package name"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "reason"),
+    [
+        ('[{"package": "a", "downloads": []}\n\n{"package": "b"}]', 3, "Expecting ',' delimiter"),
+        ('[{"package": "a", "downloads": []},\n]', 2, "Expecting value"),
+        ('[{"package": "a", "downloads": []}]\n\nx', 3, "Extra data"),
+        ('[{"package": "a", "downloads": []},\n\n  7]', 3, 'expected {"package", "start"'),
+    ],
+    ids=["missing-comma", "trailing-comma", "extra-data", "not-an-object"],
+)
+def test_a_broken_json_array_is_refused_at_the_line_json_names(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, text: str, line: int, reason: str
+) -> None:
+    path = put(tmp_path, "downloads/api.json", text.encode())
+    with pytest.raises(BadInput) as refused:
+        load(con, path)
+    assert refused.value.line == line
+    assert reason in str(refused.value)
