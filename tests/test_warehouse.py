@@ -109,3 +109,10 @@ def test_a_view_dropped_or_replaced_or_other_sql_makes_it_create_everything_agai
         warehouse.open_warehouse(path) as con,
     ):
         assert views(con) == {*made, "stg_newer"}
+
+
+def test_duckdb_draws_no_progress_bar_on_stdout(tmp_path: Path) -> None:
+    """DuckDB's own bar went to stdout for any query past two seconds, piped or not:
+    into `--format json` and CSV written to a file."""
+    with warehouse.open_warehouse(tmp_path / "warehouse.duckdb") as con:
+        assert con.execute("select current_setting('enable_progress_bar')").fetchone() == (False,)

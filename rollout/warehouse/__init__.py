@@ -77,6 +77,9 @@ def connect(
         ) from None
     # Every time in the pipeline is UTC; never let the machine's zone leak in.
     con.execute("set TimeZone = 'UTC'")
+    # DuckDB draws a progress bar on stdout for a query past two seconds, piped or not:
+    # inside `--format json` or a CSV that goes to a file. rollout shows its own progress.
+    con.execute("set enable_progress_bar = false")
     if not read_only:
         ensure_schema(con)
     return con
