@@ -17,7 +17,6 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from rollout import __version__
-from rollout.core.clock import naive_utc
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 from rollout.core.output import Format, labelled, stderr
 from rollout.core.stopping import Stopped, stopped_by_interruption
@@ -145,19 +144,14 @@ def _parse_time(text: str, option: str = "--at") -> datetime:
         raise RolloutError(
             f"{option}: {text!r} is not a time (YYYY-MM-DD or YYYY-MM-DDTHH:MM)"
         ).with_exit(EXIT_BAD_INPUT) from error
-    from rollout.core.plan import SUPPORTED_DAYS, is_supported_day
+    from rollout.core.plan import SUPPORTED_DAYS, supported_utc
 
-    out_of_range = RolloutError(
-        f"{option}: {text!r} is out of range: times are {SUPPORTED_DAYS} (UTC)"
-    ).with_exit(EXIT_BAD_INPUT)
-    # Converted before it is checked: 0001-01-01T00:00+05:00 has no UTC (an OverflowError).
-    try:
-        moment = naive_utc(moment)
-    except OverflowError:
-        raise out_of_range from None
-    if not is_supported_day(moment.date()):
-        raise out_of_range
-    return moment
+    utc = supported_utc(moment)
+    if utc is None:
+        raise RolloutError(
+            f"{option}: {text!r} is out of range: times are {SUPPORTED_DAYS} (UTC)"
+        ).with_exit(EXIT_BAD_INPUT)
+    return utc
 
 
 def run() -> None:  # pragma: no cover - the console script

@@ -79,16 +79,21 @@ def _supported_day(value: date) -> date:
     return value
 
 
-def _supported_moment(value: datetime) -> datetime:
-    # Converted before it is checked, as the range is UTC's; a conversion past Python's
-    # last year (9999-12-31T23:00-05:00) is out of range too, not an OverflowError.
-    out_of_range = ValueError(f"{value} is out of range: plan times are {SUPPORTED_DAYS} (UTC)")
+def supported_utc(value: datetime) -> datetime | None:
+    """``value`` as naive UTC when that falls on a supported day, else None. Converted
+    before it is checked, as the range is UTC's; a conversion past Python's last year
+    (9999-12-31T23:00-05:00) is out of range too, not an OverflowError."""
     try:
         moment = naive_utc(value)
     except OverflowError:
-        raise out_of_range from None
-    if not is_supported_day(moment.date()):
-        raise out_of_range
+        return None
+    return moment if is_supported_day(moment.date()) else None
+
+
+def _supported_moment(value: datetime) -> datetime:
+    moment = supported_utc(value)
+    if moment is None:
+        raise ValueError(f"{value} is out of range: plan times are {SUPPORTED_DAYS} (UTC)")
     return moment
 
 
