@@ -81,7 +81,8 @@ def test_a_warehouse_as_this_rollout_made_it_is_opened_without_creating_it_again
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "warehouse.duckdb"
-    warehouse.open_warehouse(path).__enter__().close()
+    with warehouse.open_warehouse(path):
+        pass
     with (
         mock.patch.object(warehouse, "sql_text", side_effect=AssertionError("ran again")),
         warehouse.open_warehouse(path) as con,

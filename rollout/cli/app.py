@@ -8,7 +8,6 @@ safety guard. Messages and progress go to stderr; stdout carries only the listin
 from __future__ import annotations
 
 import functools
-import signal
 import sys
 from collections.abc import Callable
 from datetime import date, datetime
@@ -19,7 +18,7 @@ import typer
 from rollout import __version__
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 from rollout.core.output import Format, labelled, stderr
-from rollout.core.stopping import Stopped, stopped_by_interruption
+from rollout.core.stopping import stopped_by_interruption
 from rollout.runtime import Runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -61,14 +60,12 @@ def reports_errors(function: F) -> F:
         except RolloutError as error:
             stderr.print(labelled("error:", "bold red", error))
             raise typer.Exit(error.exit_code) from error
-        except (Stopped, KeyboardInterrupt, RuntimeError) as error:
+        except (KeyboardInterrupt, RuntimeError) as error:  # (Stopped is a KeyboardInterrupt)
             # SIGTERM/SIGINT: every child is gone, nothing half-done (a transaction a
             # signal cut short rolls back); DuckDB reports one as a RuntimeError.
             stopped = stopped_by_interruption(error)
             if stopped is None:
-                if not isinstance(error, KeyboardInterrupt):
-                    raise
-                stopped = Stopped(signal.SIGINT)
+                raise
             stderr.print(str(stopped), highlight=False, markup=False)
             raise typer.Exit(stopped.exit_code) from None
 

@@ -29,6 +29,8 @@ _MEMORY_UNITS = {
     **{f"{p}ib": 1024 ** (i + 1) for i, p in enumerate("kmgt")},
 }
 _MIN_MEMORY, _MAX_MEMORY = 16 * 1000**2, 1000 * 1000**4
+# As DuckDB takes a memory limit: a size with its unit, or a share of RAM.
+_MEMORY_LIMIT = r"(?i)^(\d+(?:\.\d+)?)\s*([kmgt]i?b|b|%)$"
 _MAY_HOLD_SECRETS = frozenset({"SENDGRID_API_KEY", "ROLLOUT_REGISTRY_URL"})
 
 
@@ -78,7 +80,7 @@ class Settings(BaseSettings):
         None,
         validation_alias="ROLLOUT_DUCKDB_MEMORY_LIMIT",
         description="a size with its unit (4GB, 512MiB) or a share of memory (80%)",
-        pattern=r"(?i)^\d+(\.\d+)?\s*([kmgt]i?b|b|%)$",
+        pattern=_MEMORY_LIMIT,
     )
     plan_path: Path = Field(Path("plans/npm-2022.yaml"), validation_alias="ROLLOUT_PLAN")
     # Who the audit ledger says acted: set it in deployments (e.g. the flow's name).
@@ -112,9 +114,8 @@ class Settings(BaseSettings):
         # warehouse cannot even be opened): refused here, naming the variable.
         if value is None:
             return value
-        match = re.fullmatch(r"(?i)(\d+(?:\.\d+)?)\s*([kmgt]i?b|b|%)", value.strip())
-        if match is None:  # (the pattern above already refused it)
-            return value
+        match = re.match(_MEMORY_LIMIT, value)  # (the field's pattern: it matches)
+        assert match is not None
         number, unit = float(match[1]), match[2].lower()
         if unit == "%":
             if not 0 < number <= 100:

@@ -56,11 +56,14 @@ _last_signal: int | None = None
 
 
 def stopped_by_interruption(error: BaseException) -> Stopped | None:
-    """``error`` as the stop it stands for, when it is DuckDB's word for a query a signal
-    interrupted: by the signal a handler here took, else SIGINT (Python's own handler,
+    """``error`` as the stop it stands for: a Stopped as it is, Python's own
+    KeyboardInterrupt as SIGINT's, and DuckDB's word for a query a signal interrupted
+    as the stop by the signal a handler here took, else SIGINT (Python's own handler,
     which records nothing). None for any other error."""
     if isinstance(error, Stopped):
         return error
+    if isinstance(error, KeyboardInterrupt):
+        return Stopped(signal.SIGINT)
     if isinstance(error, RuntimeError) and str(error) == "Query interrupted":
         return Stopped(_last_signal or signal.SIGINT)
     return None

@@ -25,9 +25,8 @@ from typing import Any
 from sqlalchemy import Connection, and_, select
 
 from rollout.core.calendar import snooze_step
-from rollout.core.clock import naive_utc
 from rollout.core.errors import BadInput
-from rollout.core.plan import FIRST_DAY, Phase, Plan
+from rollout.core.plan import FIRST_DAY, Phase, Plan, supported_utc
 from rollout.phases.enforce import LOCK
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
@@ -146,15 +145,10 @@ def _requested_at(path: Path, line: int, value: str, now: datetime) -> datetime:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
         raise BadInput(path, line, f"requested_at is not a time: {value!r}") from None
-    out_of_range = BadInput(
-        path, line, f"requested_at {value!r} is not between {FIRST_DAY} and now"
-    )
-    try:
-        at = naive_utc(moment)
-    except OverflowError:  # its UTC is before year 1 or after 9999 (0001-01-01T00:00+05:00)
-        raise out_of_range from None
-    if at.date() < FIRST_DAY:
-        raise out_of_range
+    # Its UTC from 1970 on (a time past the supported days is past now too).
+    at = supported_utc(moment)
+    if at is None:
+        raise BadInput(path, line, f"requested_at {value!r} is not between {FIRST_DAY} and now")
     if at > now:
         raise BadInput(path, line, f"requested_at {at} is in the future")
     return at

@@ -136,7 +136,8 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     and everything is created again."""
     _check_schema_version(con)
     statements, fingerprint = _schema_statements()
-    if _schema_kept(con) == (fingerprint, _objects(con)):
+    kept = _schema_kept(con)
+    if kept is not None and kept[0] == fingerprint and kept[1] == _objects(con):
         return
     for statement in statements:
         con.execute(statement)

@@ -147,16 +147,10 @@ def _problems(
     return [RowProblem(lines.get(ordinal, line), problem) for ordinal, line, problem in rows]
 
 
-# A bad row's reason quotes its value, which may be a field of 500 KB: a refusal (one
-# line on a terminal) shows the start of each reason; the quarantine keeps them whole.
-_SHOWN = 200
-
-
 def _shown(problems: list[RowProblem]) -> list[RowProblem]:
-    return [
-        RowProblem(p.line, p.reason if len(p.reason) <= _SHOWN else p.reason[:_SHOWN] + "...")
-        for p in problems
-    ]
+    """A bad row's reason quotes its value, which may be a field of 500 KB: a refusal
+    (one line on a terminal) shows the start of each; the quarantine keeps them whole."""
+    return [RowProblem(p.line, landing.shorten(p.reason)) for p in problems]
 
 
 def _record_quarantine(

@@ -346,12 +346,13 @@ def record_lines(file: LandingFile, ordinals: Iterable[int]) -> dict[int, int]:
 # --- staging -----------------------------------------------------------------------
 
 _LINE_IN_MESSAGE = re.compile(r"(?:in line|on Line:?)\s*(\d+)", re.IGNORECASE)
-# What a reason quotes from the file (DuckDB's "Original Line"), at most: a message is
-# one line a person reads, not a 20 MB field.
+# What a message quotes from a file (DuckDB's "Original Line", a bad row's value), at
+# most: a message is one line a person reads, not a 20 MB field.
 _QUOTED = 200
 
 
-def _shorten(text: str) -> str:
+def shorten(text: str) -> str:
+    """``text`` as a message quotes it: its first 200 characters."""
     return text if len(text) <= _QUOTED else text[:_QUOTED] + "..."
 
 
@@ -367,7 +368,7 @@ def _csv_reason(lines: list[str]) -> str | None:
         end -= 1
     if end < 2 or lines[end - 1].startswith(("Original Line: ", "Invalid Input Error: ")):
         return None
-    return _shorten(lines[end - 1].strip())
+    return shorten(lines[end - 1].strip())
 
 
 def _parse_error(file: LandingFile, error: duckdb.Error, what: str) -> BadInput:
@@ -385,7 +386,7 @@ def _parse_error(file: LandingFile, error: duckdb.Error, what: str) -> BadInput:
         )
         if found:
             reason = (
-                f"expected {found.group(1)} columns, found {found.group(2)}: {_shorten(original)}"
+                f"expected {found.group(1)} columns, found {found.group(2)}: {shorten(original)}"
             )
         else:
             # The first line only says where ("CSV Error on Line: 202"); the why is
