@@ -27,6 +27,7 @@ from rollout.metrics import MetricsReport, compute_metrics
 from rollout.notify.delivery import apply_delivery
 from rollout.warehouse.extract import extract_registry
 from rollout.warehouse.ingest import IngestReport, ingest
+from rollout.warehouse.landing import require_existing
 
 
 @task(name="ingest", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -34,7 +35,8 @@ def ingest_landing() -> IngestReport:
     """Load new landing files (a refused one is reported, not raised), extract the registry."""
     run = runtime()
     settings = run.settings
-    with run.warehouse() as con:
+    require_existing([settings.landing_dir])
+    with run.warehouse(create=True) as con:
         report = ingest(
             con,
             [settings.landing_dir],

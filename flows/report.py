@@ -22,7 +22,9 @@ from rollout.report.reporting import ReportFiles, report_from_registry
 @task(name="build-report", cache_policy=NO_CACHE, **IO_RETRIES)
 def build(day: date) -> ReportFiles:
     run = runtime()
-    with run.warehouse() as con:
+    # The registry is checked before the warehouse is made (on a first report).
+    run.registry.check_schema()
+    with run.warehouse(create=True) as con:
         return report_from_registry(con, run.registry, run.plan, day, run.settings.reports_dir)
 
 

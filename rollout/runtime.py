@@ -85,15 +85,22 @@ class Runtime:
         return self._registry
 
     @contextmanager
-    def warehouse(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    def warehouse(
+        self, *, read_only: bool = False, create: bool = False
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection to the warehouse, closed on leaving, with
         ``ROLLOUT_DUCKDB_MEMORY_LIMIT`` applied: to readers too (a what-if or a diff can
-        need as much memory as a build)."""
+        need as much memory as a build). A missing warehouse is an error (exit 2) unless
+        ``create``: only what fills it from nothing (ingest, the report's registry
+        extract, the demo) makes one, so a mistyped ``ROLLOUT_HOME`` makes no files."""
         from rollout.warehouse import open_warehouse
 
         settings = self.settings
         with open_warehouse(
-            settings.warehouse_path, read_only=read_only, memory_limit=settings.duckdb_memory_limit
+            settings.warehouse_path,
+            read_only=read_only,
+            memory_limit=settings.duckdb_memory_limit,
+            create=create,
         ) as con:
             yield con
 

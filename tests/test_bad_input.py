@@ -255,6 +255,50 @@ def test_a_bad_setting_is_one_line_naming_the_variable(
     assert files_under(tmp_path) == {}
 
 
+# Commands that read or change the registry, or the warehouse, each with its arguments.
+NEED_A_REGISTRY = [
+    ["db", "status"],
+    ["plan", "show"],
+    ["report", "--as-of", "2022-03-01"],
+    ["phase", "preview", "top-100"],
+    ["phase", "enforce", "top-100", "--apply", "--expect", "3"],
+    ["phase", "rollback", "top-100"],
+    ["notify", "queue"],
+    ["notify", "send", "--apply"],
+    ["notify", "status"],
+    ["notify", "suppress", "someone@example.com", "--reason", "asked"],
+    ["orgs", "audit", "acme"],
+    ["brownout", "schedule"],
+    ["elv", "enroll-all"],
+]
+NEED_A_WAREHOUSE = [
+    ["summary"],
+    ["quarantine"],
+    ["metrics", "--as-of", "2022-01-10"],
+    ["cohorts", "build", "--as-of", "2022-01-10"],
+    ["cohorts", "simulate", "--top", "10"],
+    ["plan", "simulate"],
+]
+
+
+@pytest.mark.parametrize("command", NEED_A_REGISTRY + NEED_A_WAREHOUSE + [["ingest"]], ids=" ".join)
+def test_a_mistyped_home_is_refused_and_makes_no_file(
+    rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """ROLLOUT_HOME naming a folder that is not there: each command names what is
+    missing there, and leaves no empty registry, warehouse or folder behind."""
+    monkeypatch.setenv("ROLLOUT_PLAN", str(REFERENCE))
+    stderr = " ".join(refused(run(*command)).split())
+    if command in NEED_A_REGISTRY:
+        assert f"{rollout_home / 'registry.db'}: no registry there: check ROLLOUT_HOME" in stderr
+    elif command in NEED_A_WAREHOUSE:
+        assert f"{rollout_home / 'warehouse.duckdb'}: no warehouse yet" in stderr
+    else:
+        assert f"{rollout_home / 'landing'}: no such file or folder" in stderr
+    assert not rollout_home.exists()
+    assert files_under(tmp_path) == {}
+
+
 # --- usernames that become file names -------------------------------------------------
 
 

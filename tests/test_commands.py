@@ -84,7 +84,7 @@ def test_quarantine_lists_the_refused_rows_with_file_line_and_reason(
 
 def test_quarantine_without_a_warehouse_says_to_ingest_first(rollout_home: Path) -> None:
     result = run("quarantine")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "no warehouse yet" in result.stderr and "rollout ingest" in _one_line(result.stderr)
     assert result.stdout == ""
 
@@ -177,6 +177,7 @@ def test_a_warehouse_that_cannot_be_opened_exits_1_with_a_message(
     """Neither bad input (2) nor a guard (3): the file is there, and it is not a DuckDB
     database. One line naming it and what to do, no traceback."""
     _registry(rollout_home)
+    (rollout_home / "landing").mkdir(exist_ok=True)  # ingest checks its folder first
     broken = rollout_home / "warehouse.duckdb"
     broken.write_text("this is not a DuckDB file\n" * 100)
     result = run(*args)

@@ -84,6 +84,10 @@ def test_a_parquet_file_with_typed_times_loads_the_same(
     [
         ("2025-11-22T10:00:00Z,react,ann,session,,totp", "is in the future"),
         ("yesterday,react,ann,session,,totp", "'yesterday' is not an ISO 8601 timestamp"),
+        # Offsets no clock uses: DuckDB alone would move the time by hours, or days.
+        ("2025-11-20T10:00:00+25:00,react,ann,session,,totp", "+25:00' is not an ISO 8601"),
+        ("2025-11-20T10:00:00+99:99,react,ann,session,,totp", "+99:99' is not an ISO 8601"),
+        ("2025-11-20T10:00:00-12:60,react,ann,session,,totp", "-12:60' is not an ISO 8601"),
         ("2025-11-20T10:00:00Z,Bad Name,ann,session,,totp", "is not a valid npm package name"),
         ("2025-11-20T10:00:00Z,react,,session,,totp", "username is missing"),
         ("2025-11-20T10:00:00Z,react,ann,pigeon,,totp", "via 'pigeon' is not one of"),

@@ -209,6 +209,30 @@ def test_an_unwarned_account_that_enrols_mid_run_is_neither_counted_nor_listed(
     assert len(context["unreached"]) == len(WHY) - 1
 
 
+def test_a_run_stopped_right_after_its_last_batch_has_queued_its_summary(
+    registry: Registry, managed: Plan, cohort: dict[str, int]
+) -> None:
+    def stop_when_done(done: int, total: int) -> None:
+        if done == total:
+            raise KeyboardInterrupt  # Ctrl-C, or a kill, between the last batch and the end
+
+    with pytest.raises(KeyboardInterrupt):
+        enforce_phase(
+            registry, managed, "top-100", expect=len(cohort), actor="rm", batch_size=5,
+            progress=stop_when_done,
+        )  # fmt: skip
+    # Its rerun finds nothing left to change, and so would never summarise the phase.
+    rerun = enforce_phase(registry, managed, "top-100", expect=len(cohort), actor="rm")
+    assert (rerun.accounts_required, rerun.sessions_revoked) == (0, 0)
+    with registry.engine.connect() as connection:
+        [context] = connection.execute(
+            select(Notification.context).where(Notification.email == "phase_summary")
+        ).scalars()
+    assert context["counts"]["accounts_required"] == len(cohort)
+    assert context["counts"]["batches"] == 3
+    assert len(context["unreached"]) == len(WHY)
+
+
 def test_a_skip_that_says_nothing_of_the_address_tells_least(
     registry: Registry, plan: Plan
 ) -> None:

@@ -97,3 +97,27 @@ def test_withdraw_from_the_command_line_previews_then_applies(rollout_home: Path
     no_reason = runner.invoke(app, ["notify", "withdraw", "--email", "reminder", "--apply"])
     assert no_reason.exit_code == 2 and "--reason" in no_reason.stderr
     registry.close()
+
+
+def test_a_phase_neither_in_the_plan_nor_in_the_outbox_is_refused(rollout_home: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    registry = Registry(f"sqlite:///{rollout_home / 'registry.db'}")
+    with bound_to(registry.engine):
+        # Queued under a phase an earlier plan had: still found, and taken back.
+        NotificationFactory(email="phase_notice", phase="retired")
+
+    typo = runner.invoke(
+        app, ["notify", "withdraw", "--phase", "top-10", "--apply", "--reason", "x"]
+    )
+    assert typo.exit_code == 2
+    assert "no phase 'top-10' in plan npm-2022 (phases: top-100, high-impact)" in typo.stderr
+
+    retired = runner.invoke(
+        app, ["notify", "withdraw", "--phase", "retired", "--apply", "--reason", "renamed"]
+    )
+    assert retired.exit_code == 0, retired.stderr
+    assert states(registry) == {("retired", "phase_notice", "skipped"): 1}
+    # The plan's own phase with nothing queued is a preview of nothing, not an error.
+    assert runner.invoke(app, ["notify", "withdraw", "--phase", "high-impact"]).exit_code == 0
+    registry.close()

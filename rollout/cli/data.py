@@ -137,15 +137,16 @@ def ingest(
 ) -> None:
     """Load landing files into the warehouse, validated; bad rows go to quarantine."""
     from rollout.notify.delivery import apply_delivery
-    from rollout.warehouse import extract
+    from rollout.warehouse import extract, landing
     from rollout.warehouse import ingest as ingest_module
 
     runtime = _runtime(ctx)
     settings = runtime.settings
     targets = paths or [settings.landing_dir]
     root = settings.landing_dir if not paths else None
+    landing.require_existing(targets)
     with (
-        runtime.warehouse() as con,
+        runtime.warehouse(create=True) as con,
         progress_for(fmt) as progress,
     ):
         task = progress.add_task("ingest", total=None)

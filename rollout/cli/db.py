@@ -42,10 +42,13 @@ def db_upgrade(ctx: typer.Context) -> None:
 def db_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     """Show the registry's schema revision and whether it is up to date."""
     from rollout.registry import migrate
-    from rollout.registry.engine import make_engine
+    from rollout.registry.engine import make_engine, require_sqlite_file
 
-    # A bare engine, as for `db upgrade`: the status of a registry at any schema.
-    engine = make_engine(_runtime(ctx).settings.registry_url)
+    # A bare engine, as for `db upgrade`: the status of a registry at any schema (but
+    # of one that is there: opening a SQLite file that is not would make it).
+    url = _runtime(ctx).settings.registry_url
+    require_sqlite_file(url)
+    engine = make_engine(url)
     try:
         current, head = migrate.current_revision(engine), migrate.head_revision()
     finally:

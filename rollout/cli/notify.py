@@ -332,8 +332,12 @@ def notify_withdraw(
     settings, registry = runtime.settings, runtime.registry
     with registry.engine.connect() as connection:
         queued = withdraw_preview(connection, selection)
-    emit(queued, fmt, title="queued emails to withdraw", columns=["phase", "email", "queued"])
     total = sum(row["queued"] for row in queued)
+    if not total and phase and not phase.startswith("org:"):
+        # A phase an earlier plan had may still have emails queued (taken back if so);
+        # one neither in the plan nor in the outbox is a typo: plan.phase refuses it.
+        runtime.plan.phase(phase)
+    emit(queued, fmt, title="queued emails to withdraw", columns=["phase", "email", "queued"])
     if not apply:
         stderr.print(
             f"{total} queued emails would be withdrawn; preview only: add --apply --reason '...'",

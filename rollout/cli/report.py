@@ -37,7 +37,9 @@ def report(
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
     day = _parse_day(as_of, "--as-of") if as_of else utc_now().date()
-    with runtime.warehouse() as con:
+    # The registry is checked before the warehouse is made (on a first report).
+    runtime.registry.check_schema()
+    with runtime.warehouse(create=True) as con:
         files = report_from_registry(con, runtime.registry, plan, day, settings.reports_dir)
     everyone = files.all_accounts
     emit_record(

@@ -705,7 +705,7 @@ class Story:
         ids = self.people.ids
         dead = self.provider_rng.random(len(ids)) < self.responses.dead_mailbox
         self.dead = {int(i) for i in ids[dead]}
-        with use_clock(self.clock), self.runtime.warehouse() as con:
+        with use_clock(self.clock), self.runtime.warehouse(create=True) as con:
             ingest.ingest(
                 con,
                 [settings.landing_dir],

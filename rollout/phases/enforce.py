@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -797,27 +797,44 @@ def enforce_phase(
                         unreached,
                         acted_on,
                     )
+                    if start + size >= len(ids):
+                        # The summary commits with the last batch: a run stopped between
+                        # the two would have done the phase and told nobody, and its
+                        # rerun finds nothing left to do, so no summary either.
+                        done = replace(result)
+                        done.add(outcome)
+                        _queue_summary(connection, plan, done, preview, set(acted_on))
                 result.add(outcome)
                 run.summary = _counts(result)
                 if progress is not None:
                     progress(min(start + size, len(ids)), len(ids))
-            acted = set(acted_on)
-            if result.accounts_required or result.sessions_revoked or result.tokens_revoked:
-                with engine.begin() as connection:
-                    queue_phase_summary(
-                        connection,
-                        plan,
-                        phase.name,
-                        counts=_counts(result),
-                        run_id=run.id,
-                        now=utc_now(),
-                        unreached=[
-                            (t.username, preview.unreached[t.account_id])
-                            for t in preview.targets
-                            if t.account_id in unreached and t.account_id in acted
-                        ],
-                    )
         return result
+
+
+def _queue_summary(
+    connection: Connection,
+    plan: Plan,
+    result: EnforceResult,
+    preview: PhasePreview,
+    acted: set[int],
+) -> None:
+    """The release managers' summary of a run that changed anything, naming the
+    accounts it acted on that no warning reached."""
+    if not (result.accounts_required or result.sessions_revoked or result.tokens_revoked):
+        return
+    queue_phase_summary(
+        connection,
+        plan,
+        result.phase,
+        counts=_counts(result),
+        run_id=result.run_id,
+        now=utc_now(),
+        unreached=[
+            (t.username, preview.unreached[t.account_id])
+            for t in preview.targets
+            if t.account_id in preview.unreached and t.account_id in acted
+        ],
+    )
 
 
 def _guard(phase: Phase, preview: PhasePreview, expect: int, expect_tokens: int | None) -> None:

@@ -6,13 +6,15 @@ import functools
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from rollout.core.errors import RolloutError
+from rollout.core.controls import visible
+from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -58,12 +60,25 @@ def _sqlite_pragmas(database: str, dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def require_sqlite_file(registry_url: str) -> None:
+    """Refuse (exit 2) a SQLite registry whose file does not exist: opening it would
+    make an empty one, and its folder, wherever a mistyped ``ROLLOUT_HOME`` points.
+    Only ``rollout db upgrade`` and ``rollout sample`` make a registry."""
+    url = normalize_url(registry_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return
+    path = Path(url.database)
+    if not path.exists():
+        raise RolloutError(
+            f"{visible(path)}: no registry there: check ROLLOUT_HOME (or "
+            "ROLLOUT_REGISTRY_URL), or make one with `rollout db upgrade`"
+        ).with_exit(EXIT_BAD_INPUT)
+
+
 def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            from pathlib import Path
-
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed, **kwargs)
         event.listen(engine, "connect", functools.partial(_sqlite_pragmas, parsed.database))

@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL
 
 from rollout.core.errors import GuardRefused
 from rollout.core.names import safe_path_component
-from rollout.registry.engine import make_engine, normalize_url
+from rollout.registry.engine import make_engine, normalize_url, require_sqlite_file
 
 
 def _lock_path(url: URL, name: str) -> Path:
@@ -46,6 +46,7 @@ def exclusive_run(registry_url: str, name: str, lock_engine: Engine | None) -> I
     url = normalize_url(registry_url)
     if url.get_backend_name() == "sqlite":
         path = _lock_path(url, name)
+        require_sqlite_file(registry_url)  # the lock file goes next to it
         handle = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
             try:

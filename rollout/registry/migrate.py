@@ -12,7 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 from rollout.core.errors import RolloutError
-from rollout.registry.engine import make_engine
+from rollout.registry.engine import make_engine, require_sqlite_file
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -49,7 +49,9 @@ def is_up_to_date(engine: Engine) -> bool:
 
 
 def require_current_schema(registry_url: str) -> None:
-    """Refuse to work on a registry whose schema is older (or newer) than this code's."""
+    """Refuse to work on a registry whose schema is older (or newer) than this code's,
+    or on a SQLite registry that is not there (rather than make an empty one)."""
+    require_sqlite_file(registry_url)
     engine = make_engine(registry_url)
     try:
         current, newest = current_revision(engine), head_revision()

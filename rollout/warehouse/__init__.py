@@ -13,7 +13,8 @@ from typing import Any
 
 import duckdb
 
-from rollout.core.errors import RolloutError
+from rollout.core.controls import visible
+from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 from rollout.core.resources import resource_dir
 
 # The checkout's sql/ (editable install), or the copy inside the installed wheel.
@@ -49,16 +50,25 @@ def sql_text(name: str) -> str:
 
 
 def connect(
-    path: Path | str, *, read_only: bool = False, memory_limit: str | None = None
+    path: Path | str,
+    *,
+    read_only: bool = False,
+    memory_limit: str | None = None,
+    create: bool = True,
 ) -> duckdb.DuckDBPyConnection:
+    """A connection to the warehouse at ``path``, made there (and its folder) if it is
+    missing, unless ``read_only`` or not ``create``: then a missing one is an error."""
     path = Path(path)
+    if (read_only or not create) and not path.exists():
+        raise RolloutError(
+            f"{visible(path)}: no warehouse yet: run `rollout ingest` first, or check "
+            "ROLLOUT_HOME (or ROLLOUT_WAREHOUSE)"
+        ).with_exit(EXIT_BAD_INPUT)  # the setting names a place with none, as a typo does
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {}
     if memory_limit:
         config["memory_limit"] = memory_limit
-    if read_only and not path.exists():
-        raise RolloutError(f"{path}: no warehouse yet: run `rollout ingest` first")
     try:
         con = duckdb.connect(str(path), read_only=read_only, config=config)
     except duckdb.IOException as error:
@@ -87,9 +97,13 @@ def connect(
 
 @contextmanager
 def open_warehouse(
-    path: Path | str, *, read_only: bool = False, memory_limit: str | None = None
+    path: Path | str,
+    *,
+    read_only: bool = False,
+    memory_limit: str | None = None,
+    create: bool = True,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    con = connect(path, read_only=read_only, memory_limit=memory_limit)
+    con = connect(path, read_only=read_only, memory_limit=memory_limit, create=create)
     try:
         yield con
     finally:

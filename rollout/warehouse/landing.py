@@ -187,11 +187,19 @@ def survey(
         elif path.is_file():
             add(path, root)
         else:
-            raise BadInput(path, None, "no such file or folder")
+            require_existing([path])
     # Older downloads and manifests first: file names carry the day, so sorting by
     # name within a kind loads history in order.
     found.sort(key=lambda f: (KINDS.index(f.kind), f.path.name, str(f.path)))
     return found, strays
+
+
+def require_existing(paths: Iterable[Path]) -> None:
+    """``BadInput`` for the first path that is neither a file nor a folder: a mistyped
+    argument, or ``ROLLOUT_HOME``, checked before anything (the warehouse) is made."""
+    for path in paths:
+        if not (path.is_dir() or path.is_file()):
+            raise BadInput(path, None, "no such file or folder")
 
 
 def discover(paths: Iterable[Path], root: Path | None = None) -> list[LandingFile]:
@@ -947,7 +955,10 @@ def stage_manifests(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
 
 
 # ISO 8601 as exports write it: date, time, optional fraction and offset.
-_ISO_TIMESTAMP = r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?"
+# An offset is one the world's clocks use, -12:00 to +14:00 (DuckDB itself takes
+# +99:99 and moves the time by four days).
+_UTC_OFFSET = r"(Z|[+-]((0\d|1[0-3]):?[0-5]\d|14:?00))"
+_ISO_TIMESTAMP = rf"\d{{4}}-\d{{2}}-\d{{2}}[T ]\d{{2}}:\d{{2}}(:\d{{2}}(\.\d+)?)?{_UTC_OFFSET}?"
 
 
 def _occurred_at(types: dict[str, str] | None) -> str:
