@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -265,6 +265,46 @@ def test_a_parquet_manifests_column_of_the_wrong_type_is_refused_naming_it(
     with pytest.raises(BadInput) as refused:
         load(con, path)
     assert str(refused.value) == f"{path}: column {column} is {shown}: expected {expected}"
+    assert row_counts(con) == NOTHING
+
+
+# A text column of another kind's Parquet file, given another type: the file's rows,
+# the other columns typed as the kind takes them.
+TIMED = {"occurred_at": pa.array([datetime(2022, 1, 10, 9)], pa.timestamp("us", "UTC"))}
+OTHER_KINDS = {
+    "downloads": {"package": ["a"], "day": [date(2022, 1, 10)], "downloads": [5]},
+    "logins": {**TIMED, "username": ["u"], "second_factor": ["none"], "outcome": ["success"]},
+    "publishes": {
+        **TIMED,
+        "package": ["a"],
+        "username": ["u"],
+        "via": ["session"],
+        "token_kind": ["publish"],
+        "second_factor": ["totp"],
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "column"),
+    [
+        ("downloads", "package"),
+        ("logins", "username"),
+        ("logins", "outcome"),
+        ("publishes", "package"),
+        ("publishes", "via"),
+    ],
+)
+def test_a_parquet_text_column_given_as_numbers_is_refused_naming_it(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, kind: str, column: str
+) -> None:
+    """Cast, 1234 would load as the package (or user) "1234": a file of ids, not names."""
+    path = tmp_path / kind / f"{kind}-2022-01-10.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.table({**OTHER_KINDS[kind], column: [1234]}), path)
+    with pytest.raises(BadInput) as refused:
+        load(con, path)
+    assert str(refused.value) == f"{path}: column {column} is BIGINT: expected a string"
     assert row_counts(con) == NOTHING
 
 

@@ -498,7 +498,8 @@ def _stage_csv_as_text(con: duckdb.DuckDBPyConnection, file: LandingFile) -> Non
 
 
 def _stage_parquet(con: duckdb.DuckDBPyConnection, file: LandingFile) -> dict[str, str]:
-    """Parquet keeps its types; returns the DuckDB type of each required column."""
+    """Parquet keeps its types; returns the DuckDB type of each required column, having
+    refused a text column of another type (``_PARQUET_TYPES``)."""
     try:
         schema = pq.read_schema(file.path)
     except (pa.ArrowInvalid, OSError) as error:
@@ -517,7 +518,9 @@ def _stage_parquet(con: duckdb.DuckDBPyConnection, file: LandingFile) -> dict[st
     except duckdb.Error as error:
         raise _parse_error(file, error, "Parquet") from error
     described = con.execute("describe incoming_raw").fetchall()
-    return {row[0]: row[1] for row in described}
+    types = {row[0]: row[1] for row in described}
+    _require_types(file, types)
+    return types
 
 
 def loads_in_place(file: LandingFile) -> bool:
@@ -810,24 +813,34 @@ def stage_downloads(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
 
 _MAP_TYPE = "MAP(VARCHAR, VARCHAR)"
 
-# The type each column of a manifests Parquet file must have (docs/data-contracts.md),
-# as DuckDB names it, and how a message says it. Another type is refused whole, naming
-# the column: cast, an integer name would load as "1" and a list of maintainer objects
-# as their text, and a list where a map belongs fails the shaping query itself.
-# "NULL": a column holding no value at all (as pandas writes one); its rows are bad.
+# The type each text column of a Parquet file must have (docs/data-contracts.md), as
+# DuckDB names it, and how a message says it. Another type is refused whole, naming the
+# column: cast, an integer name would load as "1" (a valid package name) and a list of
+# maintainer objects as their text, and a list where a map belongs fails the shaping
+# query itself. Times and counts are read typed or as text (_occurred_at,
+# _downloads_expressions). "NULL": a column holding no value at all (as pandas writes
+# one); its rows are bad.
 _STRING = (re.compile(r'VARCHAR|"NULL"'), "a string")
-_MANIFEST_TYPES = {
-    "name": _STRING,
-    "version": _STRING,
-    "maintainers": (re.compile(r'VARCHAR\[\d*\]|"NULL"'), "a list of strings"),
-    **dict.fromkeys(
-        MANIFEST_MAPS, (re.compile(r'MAP\(VARCHAR, VARCHAR\)|"NULL"'), "a map of string to string")
+_PARQUET_TYPES: dict[str, dict[str, tuple[re.Pattern[str], str]]] = {
+    "downloads": {"package": _STRING},
+    "manifests": {
+        "name": _STRING,
+        "version": _STRING,
+        "maintainers": (re.compile(r'VARCHAR\[\d*\]|"NULL"'), "a list of strings"),
+        **dict.fromkeys(
+            MANIFEST_MAPS,
+            (re.compile(r'MAP\(VARCHAR, VARCHAR\)|"NULL"'), "a map of string to string"),
+        ),
+    },
+    "logins": dict.fromkeys(("username", "second_factor", "outcome"), _STRING),
+    "publishes": dict.fromkeys(
+        ("package", "username", "via", "token_kind", "second_factor"), _STRING
     ),
 }
 
 
-def _require_manifest_types(file: LandingFile, types: dict[str, str]) -> None:
-    for column, (allowed, expected) in _MANIFEST_TYPES.items():
+def _require_types(file: LandingFile, types: dict[str, str]) -> None:
+    for column, (allowed, expected) in _PARQUET_TYPES.get(file.kind, {}).items():
         if column in types and not allowed.fullmatch(types[column]):
             raise BadInput(
                 file.path,
@@ -914,7 +927,6 @@ def stage_manifests(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
     """
     if file.format == "parquet":
         types = _stage_parquet(con, file)
-        _require_manifest_types(file, types)
         shaped = _shape_parquet_manifests(types)
     else:
         shaped = _shape_json_manifests(con, file)
