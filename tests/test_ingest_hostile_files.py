@@ -308,6 +308,24 @@ def test_a_parquet_text_column_given_as_numbers_is_refused_naming_it(
     assert row_counts(con) == NOTHING
 
 
+@pytest.mark.parametrize("kind", ["downloads", "logins", "publishes"])
+def test_a_parquet_file_repeating_a_column_is_refused_naming_it(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, kind: str
+) -> None:
+    """Which of the two is meant? DuckDB would quietly read the first."""
+    path = tmp_path / kind / f"{kind}-2022-01-10.parquet"
+    path.parent.mkdir(parents=True)
+    columns = OTHER_KINDS[kind]
+    last = list(columns)[-1]
+    arrays = [pa.array(v) if not isinstance(v, pa.Array) else v for v in columns.values()]
+    table = pa.Table.from_arrays([*arrays, arrays[-1]], names=[*columns, last])
+    pq.write_table(table, path)
+    with pytest.raises(BadInput) as refused:
+        load(con, path)
+    assert str(refused.value) == f"{path}: column {last} appears twice"
+    assert row_counts(con) == NOTHING
+
+
 def test_a_parquet_manifests_column_with_no_value_at_all_still_loads(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:
