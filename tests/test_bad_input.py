@@ -3,6 +3,7 @@ reason on stderr (DESIGN.md), and nothing written or changed."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import datetime
 from pathlib import Path
@@ -257,7 +258,6 @@ def test_a_bad_setting_is_one_line_naming_the_variable(
 
 # Commands that read or change the registry, or the warehouse, each with its arguments.
 NEED_A_REGISTRY = [
-    ["db", "status"],
     ["plan", "show"],
     ["report", "--as-of", "2022-03-01"],
     ["phase", "preview", "top-100"],
@@ -296,6 +296,19 @@ def test_a_mistyped_home_is_refused_and_makes_no_file(
     else:
         assert f"{rollout_home / 'landing'}: no such file or folder" in stderr
     assert not rollout_home.exists()
+    assert files_under(tmp_path) == {}
+
+
+def test_db_status_says_a_registry_is_not_there_and_makes_none(
+    rollout_home: Path, tmp_path: Path
+) -> None:
+    """The runbooks check where the registry is with `db status` before `db upgrade`."""
+    result = run("db", "status", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["registry"] == f"sqlite:///{rollout_home / 'registry.db'}"
+    assert (status["revision"], status["up_to_date"]) == (None, False)
+    assert "no registry there" in " ".join(result.stderr.split())
     assert files_under(tmp_path) == {}
 
 

@@ -3,6 +3,8 @@ guards, audit rows, and exactly once across crashes and reruns."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from rollout.core.plan import ExemptAccount, Exemptions, Plan
 from rollout.phases import enforce
 from rollout.phases.previews import preview_markdown, save_preview, saved_previews
 from rollout.phases.timeline import plan_steps, step_states
-from rollout.registry import Registry
+from rollout.registry import Registry, locks
 from rollout.registry.engine import make_engine
 from rollout.registry.ledger import start_run
 from rollout.registry.locks import _advisory_key, make_lock_engine
@@ -433,6 +435,43 @@ def test_a_lock_connection_back_in_the_pool_holds_no_lock(postgres_schema_url: s
     engine.dispose()
     with Registry(postgres_schema_url) as registry:
         _lock_given_back_on_return(registry)
+
+
+def test_a_rerun_waits_a_moment_for_the_lock_of_a_run_just_killed(
+    postgres_schema_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed run's advisory lock goes only when its server process has seen the
+    connection close: a rerun started at once waits that moment out (LOCK_SETTLE_SECONDS)
+    rather than be refused; a lock held longer is refused after it."""
+    monkeypatch.setattr(locks, "LOCK_SETTLE_SECONDS", 1.0)
+    engine = make_engine(postgres_schema_url)
+    upgrade(engine)
+    engine.dispose()
+    holder = make_lock_engine(postgres_schema_url)
+    try:
+        with Registry(postgres_schema_url) as registry:
+            connection = holder.connect()
+            key = _advisory_key(connection, "enforce")
+            connection.execute(text("select pg_advisory_lock(:k)"), {"k": key})
+            letting_go = threading.Timer(0.3, connection.close)  # the old run's backend exits
+            letting_go.start()
+            started = time.monotonic()
+            with registry.lock("enforce"):
+                waited = time.monotonic() - started
+            letting_go.join()
+            assert 0.2 < waited < 1.0
+            with holder.connect() as still_running:
+                still_running.execute(text("select pg_advisory_lock(:k)"), {"k": key})
+                started = time.monotonic()
+                with (
+                    pytest.raises(GuardRefused, match="another enforce run"),
+                    registry.lock("enforce"),
+                ):
+                    pass
+                assert time.monotonic() - started >= 1.0
+                still_running.execute(text("select pg_advisory_unlock(:k)"), {"k": key})
+    finally:
+        holder.dispose()
 
 
 def _lock_given_back_on_return(registry: Registry) -> None:

@@ -10,7 +10,7 @@ from rollout.cli.app import (
     app,
     reports_errors,
 )
-from rollout.core.output import Format, emit_record, stderr
+from rollout.core.output import Format, emit_record, labelled, stderr
 
 db_app = typer.Typer(help="The registry database: migrations and status.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -41,21 +41,29 @@ def db_upgrade(ctx: typer.Context) -> None:
 @reports_errors
 def db_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     """Show the registry's schema revision and whether it is up to date."""
+    from rollout.core.errors import RolloutError
     from rollout.registry import migrate
-    from rollout.registry.engine import make_engine, require_sqlite_file
+    from rollout.registry.engine import make_engine, normalize_url, require_sqlite_file
 
-    # A bare engine, as for `db upgrade`: the status of a registry at any schema (but
-    # of one that is there: opening a SQLite file that is not would make it).
+    # A bare engine, as for `db upgrade`: the status of a registry at any schema. Of a
+    # SQLite file that is not there, that it is not (the runbooks check where the
+    # registry is before `db upgrade` makes it): opening it would make an empty one.
     url = _runtime(ctx).settings.registry_url
-    require_sqlite_file(url)
-    engine = make_engine(url)
+    current: str | None = None
     try:
-        current, head = migrate.current_revision(engine), migrate.head_revision()
-    finally:
-        engine.dispose()
+        require_sqlite_file(url)
+    except RolloutError as missing:
+        stderr.print(labelled("note:", "yellow", str(missing)))
+    else:
+        engine = make_engine(url)
+        try:
+            current = migrate.current_revision(engine)
+        finally:
+            engine.dispose()
+    head = migrate.head_revision()
     emit_record(
         {
-            "registry": engine.url.render_as_string(hide_password=True),
+            "registry": normalize_url(url).render_as_string(hide_password=True),
             "revision": current,
             "newest": head,
             "up_to_date": current == head,

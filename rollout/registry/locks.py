@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,12 +66,29 @@ def exclusive_run(registry_url: str, name: str, lock_engine: Engine | None) -> I
     # the pool, whichever way the block is left (make_lock_engine).
     with lock_engine.connect() as connection:
         key = _advisory_key(connection, name)
-        got = connection.execute(text("select pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+        got = _try_advisory_lock(connection, key)
         if not got:
             raise GuardRefused(
                 f"another {name} run holds the registry's advisory lock; wait for it to finish"
             )
         yield
+
+
+# A run killed a moment ago holds its advisory lock until its server process notices
+# the connection closed and exits: a few milliseconds, longer on a busy server. A rerun
+# started at once waits that long for it rather than be refused; a run really at
+# work is refused after it.
+LOCK_SETTLE_SECONDS = 2.0
+
+
+def _try_advisory_lock(connection: Connection, key: int) -> bool:
+    deadline = time.monotonic() + LOCK_SETTLE_SECONDS
+    query = text("select pg_try_advisory_lock(:k)")
+    while not (got := bool(connection.execute(query, {"k": key}).scalar())):
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    return got
 
 
 def make_lock_engine(registry_url: str) -> Engine:
