@@ -116,6 +116,29 @@ def test_enforce_removes_members_without_2fa_once(
         assert connection.execute(select(func.count()).select_from(Action)).scalar_one() == 3
 
 
+def test_a_later_run_tells_whom_it_removed_and_the_owners_again(
+    registry: Registry, acme: dict[str, int]
+) -> None:
+    orgs.enforce_org(registry, "acme", confirm="acme", owner="ada", actor="t")
+    # fay joins later without 2FA (the registry let her in: enforcement came after).
+    fay = AccountFactory(username="fay")
+    OrgMemberFactory(org_id=_org(registry), account=fay, role="developer")
+    later = orgs.enforce_org(registry, "acme", confirm="acme", owner="ada", actor="t")
+    assert (later.removed, later.owners_notified, later.already_enforced) == (["fay"], 1, True)
+    with registry.engine.connect() as connection:
+        emails = connection.execute(
+            select(Notification.email, Account.username, Notification.context)
+            .join(Account, Account.id == Notification.account_id)
+            .where(Notification.run_id == later.run_id)
+            .order_by(Notification.email)
+        ).all()
+    assert [(e, u) for e, u, _ in emails] == [
+        ("org_enforcement_summary", "ada"),
+        ("org_removal_notice", "fay"),
+    ]
+    assert emails[0].context["removed"] == ["fay"]
+
+
 # --- invitations back ---------------------------------------------------------------------
 
 
@@ -181,6 +204,23 @@ def test_reinvite_is_guarded_and_happens_once(registry: Registry, enforced: dict
         ).scalar_one()
     assert [(e["org"], e["team"], e["invited_by"]) for e in emails] == [("acme", "release", "ada")]
     assert sent == 1
+
+
+def test_reinvite_invites_every_member_back_in_one_run(
+    registry: Registry, enforced: dict[str, int]
+) -> None:
+    """Two and more invitations go in one statement of many rows, as one does."""
+    FactorFactory(account_id=enforced["bo"], kind="webauthn", created_at=datetime(2022, 2, 3))
+    done = orgs.reinvite(
+        registry, "acme", "release", owner="ada", confirm="acme", expect=2, actor="t"
+    )
+    assert (sorted(done.invited), done.emails_queued) == (["bo", "di"], 2)
+    invitations = orgs.invitations(registry, "acme", actor="t")
+    assert sorted((i.username, i.state) for i in invitations) == [
+        ("bo", "pending"),
+        ("di", "pending"),
+    ]
+    assert orgs.reinvite_preview(registry, "acme", "release") == []
 
 
 def test_invitations_are_recorded_accepted_or_expired(

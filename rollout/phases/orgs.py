@@ -14,7 +14,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, Row, and_, case, exists, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    and_,
+    case,
+    exists,
+    func,
+    literal_column,
+    select,
+    update,
+)
 
 from rollout.core.calendar import org_enforcement_step, org_reinvite_step
 from rollout.core.controls import shell_word
@@ -189,6 +200,9 @@ def enforce_org(
                 by_member = {m.member_id: m for m in to_remove}
                 removed_names = sorted(by_member[member_id].username for member_id, _ in removed)
                 phase = f"org:{org}"
+                # Each run's emails are its own (occasion: the run): a later run that
+                # removes members who joined without 2FA since tells them and the
+                # owners again. A run is one transaction, so none is ever queued twice.
                 insert_ignoring_existing(
                     connection,
                     NOTIFICATIONS,
@@ -197,6 +211,7 @@ def enforce_org(
                             "account_id": account_id,
                             "email": REMOVAL_EMAIL,
                             "phase": phase,
+                            "occasion": run_id,
                             "state": "queued",
                             "context": {"org": org},
                             "attempts": 0,
@@ -216,6 +231,7 @@ def enforce_org(
                             "account_id": m.account_id,
                             "email": SUMMARY_EMAIL,
                             "phase": phase,
+                            "occasion": run_id,
                             "state": "queued",
                             "context": {"org": org, "removed": removed_names},
                             "attempts": 0,
@@ -224,6 +240,7 @@ def enforce_org(
                             "updated_at": now,
                         }
                         for m in owners
+                        if turned_on or removed  # a run that changed nothing tells no one
                     ],
                     ["account_id", "email", "phase", "occasion"],
                 )
@@ -431,7 +448,7 @@ def reinvite(
                         for i in invitees
                     ],
                     ["org_id", "account_id"],
-                    index_where=INVITATIONS.c.state == "pending",
+                    index_where=INVITATIONS.c.state == literal_column("'pending'"),
                 )
                 rows = connection.execute(
                     select(INVITATIONS.c.id, INVITATIONS.c.account_id).where(

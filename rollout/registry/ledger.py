@@ -40,7 +40,9 @@ def insert_ignoring_existing(
     index_where: Any = None,
 ) -> int:
     """Insert rows whose natural key is new; returns how many were inserted.
-    ``index_where``: the condition of a partial unique index over ``keys``."""
+    ``index_where``: the condition of a partial unique index over ``keys``, with its
+    values as literals (``literal_column("'pending'")``): SQLite's compiler makes a bound
+    value there a literal-execute parameter, which a statement of many rows refuses."""
     if not rows:
         return 0
     columns = set(rows[0])
