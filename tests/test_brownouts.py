@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -105,6 +106,34 @@ def test_start_early_and_the_emergency_end(
         brownouts.end_now(registry, "drill", actor="rm", reason="again")
     with pytest.raises(BadInput, match="no brown-out window named 'nope'"):
         brownouts.end_now(registry, "nope", actor="rm", reason="x")
+
+
+def test_of_two_stops_at_once_only_the_first_ends_the_window(
+    registry: Registry, plan: Plan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A person and the brownout-end deployment, both past the check before either
+    writes: the second is refused, and the window ends once, audited once."""
+    brownouts.schedule(registry, soon(plan), actor="rm")
+    brownouts.start_now(registry, "drill", actor="rm", reason="rehearsal")
+    checked = brownouts._end_values
+
+    def the_other_stops_meanwhile(window: brownouts.WindowState, now: datetime) -> Any:
+        values = checked(window, now)
+        monkeypatch.setattr(brownouts, "_end_values", checked)
+        first = brownouts.end_now(registry, "drill", actor="deployment", reason="scheduled end")
+        assert first.state == "ended early"
+        return values
+
+    monkeypatch.setattr(brownouts, "_end_values", the_other_stops_meanwhile)
+    with pytest.raises(GuardRefused, match="was changed by another run meanwhile"):
+        brownouts.end_now(registry, "drill", actor="rm", reason="login errors spiking")
+    with registry.engine.connect() as connection:
+        stops = (
+            connection.execute(select(Action.actor).where(Action.action == "brownout_ended"))
+            .scalars()
+            .all()
+        )
+    assert stops == ["deployment"]
 
 
 class Interrupted(Exception):

@@ -180,9 +180,31 @@ def _change_window(
     action: str,
 ) -> WindowState:
     now = utc_now()
-    values = decide(_current(registry, name, now), now)
+    window = _current(registry, name, now)
+    values = decide(window, now)
     with registry.engine.begin() as connection:
-        connection.execute(update(WINDOWS).where(WINDOWS.c.name == name).values(**values))
+        # Only the window as it was decided on: two stops at once (a person and the
+        # brownout-end deployment) both pass the check, and the second must then find
+        # the window changed, not write over the first and audit a second stop.
+        changed = connection.execute(
+            update(WINDOWS)
+            .where(
+                and_(
+                    WINDOWS.c.name == name,
+                    WINDOWS.c.starts_at == window.starts_at,
+                    WINDOWS.c.ends_at == window.ends_at,
+                    WINDOWS.c.ended_early_at.is_(None)
+                    if window.ended_early_at is None
+                    else WINDOWS.c.ended_early_at == window.ended_early_at,
+                )
+            )
+            .values(**values)
+        ).rowcount
+        if changed != 1:
+            raise GuardRefused(
+                f"brown-out {name} was changed by another run meanwhile: "
+                "see `rollout brownout status`"
+            )
         record_actions(
             connection,
             [
