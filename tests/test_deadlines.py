@@ -337,6 +337,44 @@ def test_landed_request_files_are_granted_once_and_a_bad_file_is_refused_whole(
     assert campaign.enforce(date(2023, 5, 2)) == {"eve"}
 
 
+def test_a_landed_file_without_request_times_read_again_the_next_day_grants_nothing_new(
+    campaign: Campaign, registry: Registry, plan: Plan, tmp_path: Path
+) -> None:
+    """Without requested_at, a request is dated when it is read: the next day's read
+    is the same request again, not a second one to refuse."""
+    from rollout.phases.snoozes import grant_landed
+
+    campaign.day(date(2023, 3, 13))
+    landing = tmp_path / "landing"
+    (landing / "snoozes" / PHASE).mkdir(parents=True)
+    (landing / "snoozes" / PHASE / "2023-04-01.csv").write_text("username,days\neve,5\n")
+    first = grant_landed(registry, plan, landing, actor="flow", now=datetime(2023, 4, 2, 6))
+    assert (first.granted, first.already, first.refused) == (1, 0, [])
+    again = grant_landed(registry, plan, landing, actor="flow", now=datetime(2023, 4, 3, 6))
+    assert (again.granted, again.already, again.refused) == (0, 1, [])
+    # Another number of days is another request: refused, as a second snooze is.
+    (landing / "snoozes" / PHASE / "2023-04-03.csv").write_text("username,days\neve,6\n")
+    third = grant_landed(registry, plan, landing, actor="flow", now=datetime(2023, 4, 3, 7))
+    assert third.refused == [("2023-04-03.csv", "eve", "already postponed once, by 5 days")]
+
+
+def test_the_snooze_command_run_again_after_a_kill_says_already(
+    campaign: Campaign, registry: Registry, plan: Plan
+) -> None:
+    campaign.day(date(2023, 3, 13))
+    asked = [SnoozeRequest("eve", 5, datetime(2023, 4, 1, 8), COMMAND, requested_at_given=False)]
+    [granted] = snooze(registry, plan, PHASE, asked, actor="rm", now=datetime(2023, 4, 1, 8))
+    assert granted.outcome == "granted"
+    # The grant committed, then the command was killed before it printed: run again.
+    rerun = [SnoozeRequest("eve", 5, datetime(2023, 4, 1, 9), COMMAND, requested_at_given=False)]
+    [again] = snooze(registry, plan, PHASE, rerun, actor="rm", now=datetime(2023, 4, 1, 9))
+    assert (again.outcome, again.reason, again.deadline) == (
+        "already",
+        "granted before",
+        date(2023, 5, 2),
+    )
+
+
 @pytest.mark.parametrize(
     "at",
     # Their UTC is before year 1 or after 9999: converting them was an OverflowError.

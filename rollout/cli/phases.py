@@ -209,7 +209,7 @@ def phase_snooze(
         requests = read_requests(file, now)
     else:
         assert username is not None and days is not None
-        requests = [SnoozeRequest(username, days, now, COMMAND)]
+        requests = [SnoozeRequest(username, days, now, COMMAND, requested_at_given=False)]
     if apply:
         outcomes = snooze(runtime.registry, plan, phase, requests, actor=settings.actor, now=now)
     else:

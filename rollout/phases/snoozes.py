@@ -45,6 +45,10 @@ class SnoozeRequest:
     days: int
     requested_at: datetime
     source: str  # COMMAND, or "<file> line <n>"
+    # False when requested_at is only when the request was read (the command, a file
+    # row without one): then the same days granted before is the same request again,
+    # read again (a rerun after a kill, the daily flow reading a landed file anew).
+    requested_at_given: bool = True
 
 
 @dataclass(frozen=True)
@@ -94,13 +98,13 @@ def read_requests(path: Path, now: datetime) -> list[SnoozeRequest]:
         if not username:
             raise BadInput(path, line, "username is empty")
         days = _days(path, line, values["days"])
-        at = now
-        if values.get("requested_at", "").strip():
+        at, given = now, bool(values.get("requested_at", "").strip())
+        if given:
             at = _requested_at(path, line, values["requested_at"], now)
         if username in seen:
             raise BadInput(path, line, f"{username} already asked on line {seen[username]}")
         seen[username] = line
-        requests.append(SnoozeRequest(username, days, at, f"{path.name} line {line}"))
+        requests.append(SnoozeRequest(username, days, at, f"{path.name} line {line}", given))
     return requests
 
 
@@ -196,7 +200,7 @@ def _judge(
         return refused(f"not in cohort {phase.cohort}")
     if account_id in known.snoozed:
         days, at = known.snoozed[account_id]
-        if (days, at) == (request.days, request.requested_at):
+        if days == request.days and (at == request.requested_at or not request.requested_at_given):
             return SnoozeOutcome(
                 request.username, days, "already", "granted before", own.get(account_id)
             )
