@@ -3,9 +3,10 @@ guards, audit rows, and exactly once across crashes and reruns."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import pytest
@@ -371,6 +372,69 @@ def test_plan_show_tells_an_interrupted_enforce_run_from_a_running_one(
     preview = enforce.preview_phase(registry, plan, plan.phase("top-100"))
     save_preview(plan, preview, tmp_path, actor="rm")
     assert _state(registry, plan, "phase top-100 enforced", tmp_path) == "interrupted"
+
+
+def _left_running(registry: Registry, plan: str, step: str, mode: str, lock: str) -> str:
+    """A plan_runs row as a killed run leaves it: running, its lock free."""
+    with registry.engine.begin() as connection:
+        return start_run(
+            connection, plan=plan, step=step, mode=mode, actor="rm", parameters={}, lock=lock
+        )
+
+
+def test_plan_show_tells_an_interrupted_rollback_and_how_to_finish_it(
+    registry: Registry,
+    registry_url: str,
+    plan: Plan,
+    rollout_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not "interrupted" with the enforcement's hint: re-running `phase enforce` would
+    require again the accounts the rollback had released."""
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+
+    _left_running(registry, plan.name, "phase top-100", "rollback", "enforce")
+    assert _state(registry, plan, "phase top-100 enforced") == "rollback interrupted"
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    result = CliRunner().invoke(app, ["plan", "show"])
+    assert result.exit_code == 0, result.stderr
+    hint = " ".join(result.stderr.split())
+    assert "finish it with `rollout phase rollback top-100 --apply`" in hint
+    assert "re-run it to resume" not in hint
+
+
+def test_plan_show_lists_interrupted_runs_of_no_dated_step(
+    registry: Registry,
+    registry_url: str,
+    plan: Plan,
+    rollout_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An org owner's enforcement, a snooze, a cohort build on an undated day: killed,
+    they are listed below the calendar, each with its hint; a finished one is not."""
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+    from rollout.core.calendar import cohorts_step, org_enforcement_step
+
+    org = _left_running(registry, "orgs", org_enforcement_step("acme\x1b[2J"), "apply", "orgs")
+    build = _left_running(registry, plan.name, cohorts_step(date(2022, 2, 9)), "apply", "cohorts")
+    with registry.lock("enforce"):  # one still at work is not interrupted
+        _left_running(registry, "orgs", org_enforcement_step("busy"), "apply", "enforce")
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    with registry.lock("enforce"):
+        result = CliRunner().invoke(app, ["plan", "show", "--format", "json"])
+    assert result.exit_code == 0, result.stderr
+    listed = {row["run"]: row for row in json.loads(result.stdout) if row["run"] in (org, build)}
+    assert {row["state"] for row in listed.values()} == {"interrupted"}
+    assert len(listed) == 2
+    assert "busy" not in result.stdout
+    hints = result.stderr.splitlines()
+    assert f"enforce acme\\x1b[2J: run {org} stopped before finishing" in result.stderr
+    assert not any("\x1b" in line for line in hints)  # the org's name stays data
+    assert any(line.startswith(f"cohorts 2022-02-09: run {build}") for line in hints)
 
 
 def test_the_timeline_is_in_calendar_order(plan: Plan) -> None:

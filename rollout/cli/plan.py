@@ -16,6 +16,7 @@ from rollout.cli.app import (
     app,
     reports_errors,
 )
+from rollout.core.controls import shell_word, visible
 from rollout.core.errors import EXIT_BAD_INPUT
 from rollout.core.output import Format, emit, labelled, stderr
 
@@ -62,36 +63,65 @@ def plan_show(
     fmt: FormatOption = Format.table,
 ) -> None:
     """The plan's timeline and each step's state: pending, previewed, applied, rolled back."""
-    from rollout.phases.timeline import step_states
+    from rollout.phases.timeline import interrupted_off_calendar, step_states
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
     moment = _parse_time(at) if at else None
     states = step_states(runtime.registry, plan, moment, settings.reports_dir)
+    elsewhere = interrupted_off_calendar(runtime.registry, plan, moment)
     emit(
         [
-            {
-                "on": s.step.on,
-                "step": s.step.label,
-                "state": s.state,
-                "when": s.at.replace(microsecond=0) if s.at else None,
-                "run": s.run_id[:12] if s.run_id and fmt is Format.table else s.run_id,
-                "by": s.actor,
-                "detail": s.detail,
-            }
-            for s in states
+            *(
+                {
+                    "on": s.step.on,
+                    "step": s.step.label,
+                    "state": s.state,
+                    "when": s.at.replace(microsecond=0) if s.at else None,
+                    "run": _run_shown(s.run_id, fmt),
+                    "by": s.actor,
+                    "detail": s.detail,
+                }
+                for s in states
+            ),
+            # Runs of no dated step (an org's enforcement, snoozes...) left half done.
+            *(
+                {
+                    "on": run.started_at.date(),
+                    "step": run.step,
+                    "state": "interrupted",
+                    "when": run.started_at.replace(microsecond=0),
+                    "run": _run_shown(run.id, fmt),
+                    "by": run.actor,
+                    "detail": "",
+                }
+                for run in elsewhere
+            ),
         ],
         fmt,
         title=f"plan {plan.name}",
         columns=["on", "step", "state", "when", "run", "by", "detail"],
     )
-    interrupted = [s for s in states if s.state == "interrupted"]
-    for s in interrupted:
-        stderr.print(
-            f"{s.step.label}: run {s.run_id} stopped before finishing; re-run it to resume "
-            "(done batches are not redone)",
-            highlight=False,
-        )
+    for s in states:
+        if s.state == "interrupted":
+            _hint(f"{s.step.label}: run {s.run_id} stopped before finishing; re-run it to resume")
+        elif s.state == "rollback interrupted":
+            _hint(
+                f"{s.step.label}: rollback run {s.run_id} stopped before finishing; finish it "
+                f"with `rollout phase rollback {shell_word(s.step.subject)} --apply` (not "
+                "`phase enforce`, which would require again whom it released)"
+            )
+    for run in elsewhere:
+        # The step holds registry values (an org's name): kept on its line.
+        _hint(f"{visible(run.step)}: run {run.id} stopped before finishing; re-run it to resume")
+
+
+def _run_shown(run_id: str | None, fmt: Format) -> str | None:
+    return run_id[:12] if run_id and fmt is Format.table else run_id
+
+
+def _hint(text: str) -> None:
+    stderr.print(f"{text} (done batches are not redone)", highlight=False)
 
 
 @plan_app.command("simulate")

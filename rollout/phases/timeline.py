@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from rollout.core.calendar import Step, phase_step, plan_calendar
+from rollout.core.calendar import Step, phase_step, plan_calendar, unplanned_kind
 from rollout.core.errors import GuardRefused
 from rollout.core.plan import Plan
 from rollout.phases.brownouts import state_at
@@ -74,7 +74,11 @@ def _state_of(
     acting = [r for r in runs if r.mode in ("apply", "rollback")]
     decisive = acting[-1] if acting else latest
     if decisive.state == "running":
-        return ("interrupted" if gone(decisive) else "running"), decisive
+        if not gone(decisive):
+            return "running", decisive
+        # A rollback stopped half way is not an enforcement stopped half way: what
+        # finishes it is `phase rollback`, and `phase enforce` would undo it.
+        return ("rollback interrupted" if decisive.mode == "rollback" else "interrupted"), decisive
     if decisive.state == "failed":
         return f"{decisive.mode} failed", decisive
     done = [r for r in runs if r.state == "succeeded" and r.mode in ("apply", "rollback")]
@@ -190,3 +194,28 @@ def step_states(
                 )
             )
     return states
+
+
+def interrupted_off_calendar(
+    registry: Registry, plan: Plan, at: datetime | None = None
+) -> list[Any]:
+    """Runs still marked running whose process is gone, of no step of the plan's
+    calendar (an org owner's enforcement or invitations, snoozes, a cohort build on a
+    day the plan does not date: rollout.core.calendar.UNPLANNED_STEPS), oldest first:
+    ``plan show`` lists them below the calendar, as it does the calendar's own."""
+    now = at or utc_now()
+    dated = {step.key for step in plan_steps(plan) if step.key}
+    with registry.engine.connect() as connection:
+        running = connection.execute(
+            select(PlanRun)
+            .where(PlanRun.state == "running", PlanRun.started_at <= now)
+            .order_by(PlanRun.started_at)
+        ).all()
+    return [
+        run
+        for run in running
+        if run.step not in dated
+        and (run.plan == plan.name or unplanned_kind(run.step) is not None)
+        and run.lock_name
+        and _lock_free(registry, run.lock_name)
+    ]
