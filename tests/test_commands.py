@@ -157,6 +157,29 @@ def test_report_exit_codes(
     assert run("report", "--as-of", "2022-03-01").exit_code == 0
 
 
+def test_a_full_disk_is_one_line_naming_the_file_and_the_report_before_stays(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from rollout.report import reporting
+
+    _registry(rollout_home)
+    assert run("report", "--as-of", "2022-03-01").exit_code == 0
+    folder = rollout_home / "reports" / "2022-03-01"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def disk_full(con: Any, table: str, columns: Any, path: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(reporting, "_copy_csv", disk_full)
+    result = run("report", "--as-of", "2022-03-01")
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {folder}/.") and line.endswith(": No space left on device")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
 # --- exit code 1 ---------------------------------------------------------------------------
 
 

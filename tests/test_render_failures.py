@@ -4,6 +4,7 @@ the drain goes on with the others (rollout/notify/outbox.py ``_prepare``)."""
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import jinja2
 import pytest
@@ -84,3 +85,37 @@ def test_once_the_template_is_fixed_a_retry_sends_it(
     assert (message.email, message.to_name) == ("reminder", "ann")
     assert "no_such_value" not in message.text
     assert rows(registry, "reminder")["ann"] == ("sent", None)
+
+
+def test_a_template_error_in_the_email_previews_leaves_the_earlier_previews_as_they_were(
+    plan: Plan, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rollout notify preview` renders every email before it writes one: a broken
+    reminder must not leave new notices beside old reminders."""
+    from rollout.notify.emails import EMAILS
+    from rollout.notify.examples import preview_examples
+
+    folder = tmp_path / "preview"
+    names = [name for name in ("phase_notice", "reminder", "enforcement_notice") if name in EMAILS]
+    written = preview_examples(plan, names, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert {p.name for p in written} == set(before)
+
+    shipped = render.environment()
+    changed = shipped.overlay(
+        loader=jinja2.ChoiceLoader(
+            [
+                jinja2.DictLoader(
+                    {
+                        "phase_notice.subject.txt": "A new subject",
+                        "reminder.txt": "Hi {{ username }}, {{ no_such_value }}\n",
+                    }
+                ),
+                shipped.loader,
+            ]
+        )
+    )
+    monkeypatch.setattr(render, "environment", lambda: changed)
+    with pytest.raises(jinja2.UndefinedError):
+        preview_examples(plan, names, folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

@@ -481,6 +481,49 @@ def test_a_failed_build_leaves_the_previous_report_whole(
     assert after == before  # no temporary file left, nothing half-replaced
 
 
+def test_a_stop_while_the_files_move_into_place_waits_for_the_last(
+    report: ReportFiles, tmp_path: Path, plan: Plan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM after the first file is in place: the rest follow before it is acted
+    on, so the report is never a new CSV beside an old page."""
+    import os
+    import signal
+
+    import rollout.report.reporting as reporting
+    from rollout.core.stopping import Stopped
+
+    real_replace = os.replace
+    moved: list[str] = []
+
+    def signalled_after_the_first(source: str, target: Path) -> None:
+        real_replace(source, target)
+        moved.append(Path(target).name)
+        if len(moved) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = {p.name: p.read_bytes() for p in report.out_dir.iterdir()}
+    monkeypatch.setattr(reporting.os, "replace", signalled_after_the_first)
+    with open_warehouse(tmp_path / "warehouse.duckdb") as con:
+        con.execute("update adoption_daily set accounts = accounts + 1")
+        with pytest.raises(Stopped) as stopped:
+            build_report(con, plan, AS_OF, report.out_dir)
+    assert stopped.value.signum == signal.SIGTERM
+    after = {p.name: p.read_bytes() for p in report.out_dir.iterdir()}
+    assert set(after) == set(before) and len(moved) == len(before)
+    assert all(after[name] != before[name] for name in ("adoption.html", "adoption_daily.csv"))
+
+
+def test_what_a_killed_report_left_beside_its_files_goes_with_the_next(
+    report: ReportFiles, tmp_path: Path, plan: Plan
+) -> None:
+    left = report.out_dir / ".adoption.html.0123456789abcdef.tmp"
+    left.write_text("<html>half")
+    with open_warehouse(tmp_path / "warehouse.duckdb", read_only=True) as con:
+        build_report(con, plan, AS_OF, report.out_dir)
+    assert not left.exists()
+    assert not list(report.out_dir.glob(".*"))
+
+
 def test_the_same_marts_make_the_same_files(
     report: ReportFiles, tmp_path: Path, plan: Plan
 ) -> None:

@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -645,3 +646,51 @@ def test_postgres_gets_the_same_rows_and_fresh_ids(
         confirm=make_url(postgres_url).database,
     )
     assert again.accounts == summary.accounts
+
+
+# --- landing files are never seen half written ------------------------------------------
+
+
+def test_a_landing_file_cut_short_is_never_left_under_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sample stopped (or failing) while it writes a day's file leaves the days before
+    whole and no part of that one where `rollout ingest` would take it as complete, and
+    a file being written is hidden from an ingest running meanwhile."""
+    import pyarrow.csv as pacsv
+
+    from rollout.demo import sample
+    from rollout.warehouse import landing
+
+    real_write = pacsv.write_csv
+    seen_while_writing: list[list[str]] = []
+
+    def cut_on_the_third(table: pa.Table, path: Path) -> None:
+        seen_while_writing.append([f.path.name for f in landing.discover([tmp_path])])
+        if len(seen_while_writing) == 3:
+            Path(path).write_text("package,day,downloads\nleft-pad,2022-01-03,1")
+            raise KeyboardInterrupt  # Ctrl-C half way through the file
+        real_write(table, path)
+
+    monkeypatch.setattr(sample.pacsv, "write_csv", cut_on_the_third)
+    days = [date(2022, 1, 1) + timedelta(days=n) for n in range(6)]  # 3 CSV, 3 Parquet
+    counts = [[5, 0], [6, 1], [7, 2], [8, 3], [9, 4], [10, 5]]
+    with pytest.raises(KeyboardInterrupt):
+        sample.write_downloads(
+            tmp_path / "downloads",
+            pa.array(["left-pad", "is-odd"]),
+            days,
+            np.array(counts),
+            mixed=True,
+            progress=lambda done: None,
+        )
+    assert sorted(p.name for p in (tmp_path / "downloads").iterdir()) == [
+        "downloads-2022-01-01.csv",
+        "downloads-2022-01-02.csv",
+    ]
+    # While each file was being written, an ingest found only the whole ones.
+    assert seen_while_writing == [
+        [],
+        ["downloads-2022-01-01.csv"],
+        ["downloads-2022-01-01.csv", "downloads-2022-01-02.csv"],
+    ]

@@ -16,7 +16,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from rollout import __version__
-from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
+from rollout.core.controls import visible
+from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, RolloutError
 from rollout.core.output import Format, labelled, stderr
 from rollout.core.stopping import stopped_by_interruption
 from rollout.runtime import Runtime
@@ -60,6 +61,16 @@ def reports_errors(function: F) -> F:
         except RolloutError as error:
             stderr.print(labelled("error:", "bold red", error))
             raise typer.Exit(error.exit_code) from error
+        except OSError as error:
+            if error.filename is None:
+                raise
+            # A file the command could not read or write (a full disk, a permission): one
+            # line naming it, not a traceback; what it was writing is not in place (files
+            # are written beside their targets and moved in whole).
+            stderr.print(
+                labelled("error:", "bold red", f"{visible(error.filename)}: {error.strerror}")
+            )
+            raise typer.Exit(EXIT_FAILURE) from error
         except (KeyboardInterrupt, RuntimeError) as error:  # (Stopped is a KeyboardInterrupt)
             # SIGTERM/SIGINT: every child is gone, nothing half-done (a transaction a
             # signal cut short rolls back); DuckDB reports one as a RuntimeError.

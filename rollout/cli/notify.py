@@ -44,7 +44,7 @@ def notify_preview(
         example_stored,
         plan_sends,
         preview_examples,
-        write_preview,
+        write_previews,
     )
     from rollout.notify.render import render
 
@@ -60,12 +60,12 @@ def notify_preview(
     if account is None:
         written = preview_examples(plan, names, directory)
     else:
-        written = []
+        previews = []
         for name in names:
             stored = example_stored(name, plan)
             recipient = account_recipient(runtime.registry, plan, account, stored.get("phase"))
-            rendered = render(name, recipient, stored, plan)
-            written += write_preview(directory, f"{name}-{account}", rendered)
+            previews.append((f"{name}-{account}", render(name, recipient, stored, plan)))
+        written = write_previews(directory, previews)
     for path in written:
         typer.echo(str(path))
     stderr.print(f"{len(written)} files under {directory}", highlight=False)

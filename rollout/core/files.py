@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 
@@ -22,4 +24,24 @@ def write_atomically(path: Path, data: bytes | str) -> None:
     except BaseException:
         with suppress(FileNotFoundError):
             os.unlink(temp)
+        raise
+
+
+@contextmanager
+def written_in_place(path: Path) -> Iterator[Path]:
+    """A hidden temp path beside ``path`` for a writer that takes a path (Arrow's CSV
+    and Parquet writers, DuckDB's COPY), renamed into place when the block ends and
+    removed if it fails: a landing file is never seen half written, by an ingest
+    running meanwhile or after a kill (ingest passes hidden files over). Not flushed
+    to disk first, unlike :func:`write_atomically`: these are the sample's and the
+    demo's gigabytes, made again by running them again."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Named, not made: the writer makes it, with the umask's permissions (mkstemp's
+    # would be 0600, and the worker reading the landing folder may be another user).
+    temp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    try:
+        yield temp
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
         raise

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import delete, insert, inspect, text
 
 from rollout.core.errors import BadInput, GuardRefused
+from rollout.core.files import written_in_place
 from rollout.registry import Registry, bulk, migrate
 from rollout.registry.engine import make_engine, normalize_url
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, RegistryMark
@@ -1303,15 +1304,16 @@ def manifests_table(
 def _write_jsonl(table: pa.Table, path: Path) -> None:
     import duckdb
 
-    with duckdb.connect() as con:
+    with duckdb.connect() as con, written_in_place(path) as temporary:
         con.register("manifests", table)
-        target = str(path).replace("'", "''")
+        target = str(temporary).replace("'", "''")
         # DuckDB writes maps as JSON objects and keeps the column names as they are.
         con.execute(f"COPY manifests TO '{target}' (FORMAT json)")
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
-    pq.write_table(table, path, compression="zstd")
+    with written_in_place(path) as temporary:
+        pq.write_table(table, temporary, compression="zstd")
 
 
 def write_downloads(
@@ -1341,7 +1343,8 @@ def write_downloads(
         )
         if i < csv_days:
             path = folder / f"downloads-{day.isoformat()}.csv"
-            pacsv.write_csv(table, path)
+            with written_in_place(path) as temporary:
+                pacsv.write_csv(table, temporary)
         else:
             path = folder / f"downloads-{day.isoformat()}.parquet"
             _write_parquet(table, path)
@@ -1376,7 +1379,8 @@ def write_api_files(
             ],
         }
         path = folder / f"api-{name.replace('/', '__')}.json"
-        path.write_text(json.dumps(body) + "\n", encoding="utf-8")
+        with written_in_place(path) as temporary:
+            temporary.write_text(json.dumps(body) + "\n", encoding="utf-8")
         files.append(path)
     return files
 

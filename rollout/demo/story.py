@@ -36,6 +36,7 @@ from sqlalchemy import Engine, and_, bindparam, delete, insert, or_, select, upd
 from rollout import cohorts, metrics, warehouse
 from rollout.core.calendar import plan_calendar
 from rollout.core.clock import SimulatedClock, use_clock
+from rollout.core.files import written_in_place
 from rollout.core.plan import Phase, Plan
 from rollout.notify.delivery import apply_delivery
 from rollout.notify.drain import drain
@@ -366,8 +367,8 @@ class Story:
             ]
         self.report.bounced = len(self.bounced)
         path = self.settings.landing_dir / "events" / f"events-story-{day:%Y%m%d}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(events))
+        with written_in_place(path) as temporary:
+            temporary.write_text(json.dumps(events))
         return path
 
     def load_delivery_events(self, con: Any) -> None:
@@ -692,7 +693,8 @@ class Story:
                 "outcome": [e[3] for e in events],
             }
         )
-        pq.write_table(table, path)
+        with written_in_place(path) as temporary:
+            pq.write_table(table, temporary)
         return path
 
     # The whole calendar.

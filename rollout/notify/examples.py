@@ -3,10 +3,12 @@ what the golden files pin down, for every email, compliant and not."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
+from rollout.core.files import write_atomically
 from rollout.core.names import file_stem_for
 from rollout.core.plan import Plan
 from rollout.notify.emails import EMAILS, Recipient
@@ -97,31 +99,32 @@ def example_stored(email: str, plan: Plan) -> dict[str, Any]:
     raise KeyError(email)
 
 
-def write_preview(directory: Path, name: str, rendered: Rendered) -> list[Path]:
-    """``<name>.subject.txt``, ``<name>.txt`` and ``<name>.html`` under ``directory``.
+def write_previews(directory: Path, previews: Sequence[tuple[str, Rendered]]) -> list[Path]:
+    """``<name>.subject.txt``, ``<name>.txt`` and ``<name>.html`` under ``directory`` for
+    each (name, rendered email), once all are rendered: a template error leaves the
+    folder as it was, and each file is whole (written beside it, then moved in).
 
-    ``name`` may carry a username from the registry: it is made a safe file name (a
+    A ``name`` may carry a username from the registry: it is made a safe file name (a
     hash stands in for what is not), so the files stay in ``directory``."""
-    name = file_stem_for(name)
-    directory.mkdir(parents=True, exist_ok=True)
-    files = {
-        directory / f"{name}.subject.txt": rendered.subject + "\n",
-        directory / f"{name}.txt": rendered.text,
-        directory / f"{name}.html": rendered.html,
-    }
+    files: dict[Path, str] = {}
+    for name, rendered in previews:
+        stem = file_stem_for(name)
+        files[directory / f"{stem}.subject.txt"] = rendered.subject + "\n"
+        files[directory / f"{stem}.txt"] = rendered.text
+        files[directory / f"{stem}.html"] = rendered.html
     for path, content in files.items():
-        path.write_text(content)
+        write_atomically(path, content)
     return list(files)
 
 
 def preview_examples(plan: Plan, emails: list[str], directory: Path) -> list[Path]:
     """Render each email for each example recipient it would reach."""
-    written = []
+    previews = []
     for email in emails:
         definition = EMAILS[email]
         for variant, recipient in EXAMPLE_RECIPIENTS.items():
             if recipient.compliant and definition.when_compliant == "skip":
                 continue  # a compliant account gets nothing: there is nothing to show
             rendered = render(definition, recipient, example_stored(email, plan), plan)
-            written += write_preview(directory, f"{email}-{variant}", rendered)
-    return written
+            previews.append((f"{email}-{variant}", rendered))
+    return write_previews(directory, previews)

@@ -35,6 +35,7 @@ from rollout.core.errors import RolloutError
 from rollout.core.output import csv_cells, markdown_text
 from rollout.core.plan import Plan
 from rollout.core.resources import resource_dir
+from rollout.core.stopping import stop_requested_by_signals
 from rollout.report.adoption import adoption_since
 from rollout.report.charts import (
     BrownoutBars,
@@ -724,9 +725,15 @@ class _Staging:
         return self.out_dir / name
 
     def commit(self) -> None:
-        for temporary, target in self.moves:
-            os.replace(temporary, target)
-        self.moves = []
+        # Ctrl-C or SIGTERM between two moves would leave a new CSV beside an old page:
+        # taken as a request, and acted on once every file is in place (a move takes
+        # microseconds). Not by blocking the signals: another thread (DuckDB's) would
+        # take them.
+        with stop_requested_by_signals() as stop:
+            for temporary, target in self.moves:
+                os.replace(temporary, target)
+            self.moves = []
+        stop.raise_if_set()
 
     def discard(self) -> None:
         for temporary, _ in self.moves:
@@ -772,6 +779,9 @@ def build_report(
     html = render_html(context)
     markdown = render_markdown(context)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # What a killed report left beside its files (the warehouse's one writer is this).
+    for left in out_dir.glob(".*.tmp"):
+        left.unlink(missing_ok=True)
     csvs: dict[str, Path] = {}
     with _staged(out_dir) as staging:
         for table, columns in context["columns"].items():

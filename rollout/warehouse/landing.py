@@ -505,11 +505,12 @@ def _stage_parquet(con: duckdb.DuckDBPyConnection, file: LandingFile) -> dict[st
     except (pa.ArrowInvalid, OSError) as error:
         raise BadInput(file.path, None, f"not a readable Parquet file: {error}") from error
     _require_columns(file, schema.names, None)
-    repeated = sorted({name for name in schema.names if schema.names.count(name) > 1})
+    names = [c for c in (*REQUIRED_COLUMNS[file.kind], *MANIFEST_MAPS) if c in schema.names]
+    repeated = [name for name in names if schema.names.count(name) > 1]
     if repeated:
         # DuckDB would read the first and name the other "<name>_1": which one is meant?
+        # (A column nobody reads may repeat: it is not read.)
         raise BadInput(file.path, None, f"column {', '.join(repeated)} appears twice")
-    names = [c for c in (*REQUIRED_COLUMNS[file.kind], *MANIFEST_MAPS) if c in schema.names]
     wanted = ", ".join(f'"{c}"' for c in names)
     try:
         # A view: Parquet is already columnar and typed, so the one copy made is
