@@ -19,7 +19,6 @@ from typing import Any
 from sqlalchemy import select
 
 from rollout.core.calendar import Step, phase_step, plan_calendar, unplanned_kind
-from rollout.core.errors import GuardRefused
 from rollout.core.plan import Plan
 from rollout.phases.brownouts import state_at
 from rollout.phases.previews import saved_previews
@@ -45,11 +44,9 @@ def plan_steps(plan: Plan) -> list[Step]:
 
 
 def _lock_free(registry: Registry, name: str) -> bool:
-    try:
-        with registry.lock(name):
-            return True
-    except GuardRefused:
-        return False
+    # Asked, not taken: taking a held PostgreSQL lock waits for it a moment
+    # (rollout.registry.locks.LOCK_SETTLE_SECONDS), once for every run at work.
+    return not registry.lock_held(name)
 
 
 def _state_of(
@@ -211,11 +208,15 @@ def interrupted_off_calendar(
             .where(PlanRun.state == "running", PlanRun.started_at <= now)
             .order_by(PlanRun.started_at)
         ).all()
-    return [
-        run
-        for run in running
-        if run.step not in dated
-        and (run.plan == plan.name or unplanned_kind(run.step) is not None)
-        and run.lock_name
-        and _lock_free(registry, run.lock_name)
-    ]
+    free: dict[str, bool] = {}
+    found = []
+    for run in running:
+        if run.step in dated or not run.lock_name:
+            continue
+        if run.plan != plan.name and unplanned_kind(run.step) is None:
+            continue
+        if run.lock_name not in free:
+            free[run.lock_name] = _lock_free(registry, run.lock_name)
+        if free[run.lock_name]:
+            found.append(run)
+    return found
