@@ -36,6 +36,7 @@ def ingest_landing() -> IngestReport:
     run = runtime()
     settings = run.settings
     require_existing([settings.landing_dir])
+    run.registry.check_schema()  # before the warehouse is made (on a first ingest)
     with run.warehouse(create=True) as con:
         report = ingest(
             con,

@@ -281,22 +281,30 @@ NEED_A_WAREHOUSE = [
 ]
 
 
-@pytest.mark.parametrize("command", NEED_A_REGISTRY + NEED_A_WAREHOUSE + [["ingest"]], ids=" ".join)
+# `ingest` checks its landing folder, `ingest FILE` the registry, before either is made.
+INGESTS = [["ingest"], ["ingest", "LANDING"]]
+
+
+@pytest.mark.parametrize("command", [*NEED_A_REGISTRY, *NEED_A_WAREHOUSE, *INGESTS], ids=" ".join)
 def test_a_mistyped_home_is_refused_and_makes_no_file(
     rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
 ) -> None:
     """ROLLOUT_HOME naming a folder that is not there: each command names what is
     missing there, and leaves no empty registry, warehouse or folder behind."""
     monkeypatch.setenv("ROLLOUT_PLAN", str(REFERENCE))
+    landing = tmp_path / "elsewhere" / "downloads-2022-01-10.csv"  # files named outright
+    landing.parent.mkdir()
+    landing.write_text("package,day,downloads\nleft-pad,2022-01-10,5\n")
+    command = [str(landing) if word == "LANDING" else word for word in command]
     stderr = " ".join(refused(run(*command)).split())
-    if command in NEED_A_REGISTRY:
+    if command in NEED_A_REGISTRY or command[-1] == str(landing):
         assert f"{rollout_home / 'registry.db'}: no registry there: check ROLLOUT_HOME" in stderr
     elif command in NEED_A_WAREHOUSE:
         assert f"{rollout_home / 'warehouse.duckdb'}: no warehouse yet" in stderr
     else:
         assert f"{rollout_home / 'landing'}: no such file or folder" in stderr
     assert not rollout_home.exists()
-    assert files_under(tmp_path) == {}
+    assert set(files_under(tmp_path)) <= {"elsewhere/downloads-2022-01-10.csv"}
 
 
 def test_db_status_says_a_registry_is_not_there_and_makes_none(

@@ -5,7 +5,9 @@ a guard, and ROLLOUT_DUCKDB_MEMORY_LIMIT on every warehouse connection."""
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -157,11 +159,33 @@ def test_report_exit_codes(
     assert run("report", "--as-of", "2022-03-01").exit_code == 0
 
 
-def test_a_full_disk_is_one_line_naming_the_file_and_the_report_before_stays(
-    rollout_home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import errno
+def _copy_where_it_cannot(con: Any, table: str, columns: Any, path: Path) -> None:
+    # DuckDB's own input/output error: a "folder" that is a file takes no file.
+    blocker = Path(path).parent.parent / "not-a-folder"  # beside the report's folder
+    blocker.write_text("")
+    con.execute(f"copy (select 1 as x) to '{blocker}/{Path(path).name}' (format csv)")
 
+
+def _write_to_a_full_disk(self: Any, name: str, text: str) -> Path:
+    # What a write to a full disk raises: the kernel's ENOSPC, naming no file.
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize(
+    ("target", "failing", "said"),
+    [
+        ("_copy_csv", _copy_where_it_cannot, "IO Error"),
+        ("_Staging.write_text", _write_to_a_full_disk, "No space left on device"),
+    ],
+    ids=["duckdb", "python"],
+)
+def test_a_file_that_cannot_be_written_is_one_line_and_the_report_before_stays(
+    rollout_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    target: str,
+    failing: Any,
+    said: str,
+) -> None:
     from rollout.report import reporting
 
     _registry(rollout_home)
@@ -169,14 +193,12 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_report_before_stays(
     folder = rollout_home / "reports" / "2022-03-01"
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
 
-    def disk_full(con: Any, table: str, columns: Any, path: Path) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
-
-    monkeypatch.setattr(reporting, "_copy_csv", disk_full)
+    owner, _, name = target.rpartition(".")
+    monkeypatch.setattr(getattr(reporting, owner) if owner else reporting, name, failing)
     result = run("report", "--as-of", "2022-03-01")
     assert result.exit_code == 1
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith(f"error: {folder}/.") and line.endswith(": No space left on device")
+    assert line.startswith("error: ") and said in line and "Traceback" not in result.stderr
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 

@@ -326,6 +326,39 @@ def test_a_parquet_file_repeating_a_column_is_refused_naming_it(
     assert row_counts(con) == NOTHING
 
 
+def test_a_parquet_column_repeated_in_another_case_is_refused_too(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """DuckDB matches names whatever their case: `Package` would be read as `package`."""
+    path = tmp_path / "downloads" / "downloads-2022-01-10.parquet"
+    path.parent.mkdir(parents=True)
+    day = [date(2022, 1, 10)]
+    names = ["Package", "package", "day", "downloads"]
+    arrays = [pa.array(["old-name"]), pa.array(["left-pad"]), pa.array(day), pa.array([5])]
+    pq.write_table(pa.Table.from_arrays(arrays, names=names), path)
+    with pytest.raises(BadInput) as refused:
+        load(con, path)
+    assert str(refused.value) == f"{path}: column package appears twice"
+    assert row_counts(con) == NOTHING
+
+
+def test_parquet_strings_stored_as_plain_binary_load_as_the_text_they_are(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """Spark and Hive write strings as binary without the UTF-8 annotation."""
+    path = tmp_path / "downloads" / "downloads-2022-01-10.parquet"
+    path.parent.mkdir(parents=True)
+    names = pa.array([b"left-pad", b"@scope/is-odd"], pa.binary())
+    pq.write_table(
+        pa.table({"package": names, "day": [date(2022, 1, 10)] * 2, "downloads": [5, 7]}), path
+    )
+    assert load(con, path).rows_loaded == 2
+    assert con.execute("select package, downloads from raw_downloads order by 1").fetchall() == [
+        ("@scope/is-odd", 7),
+        ("left-pad", 5),
+    ]
+
+
 def test_a_parquet_manifests_column_with_no_value_at_all_still_loads(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:

@@ -118,6 +118,12 @@ def test_a_phase_neither_in_the_plan_nor_in_the_outbox_is_refused(rollout_home: 
     )
     assert retired.exit_code == 0, retired.stderr
     assert states(registry) == {("retired", "phase_notice", "skipped"): 1}
+    # Run again (after a kill, say): nothing left to take back, and no error.
+    again = runner.invoke(
+        app, ["notify", "withdraw", "--phase", "retired", "--apply", "--reason", "renamed"]
+    )
+    assert again.exit_code == 0, again.stderr
+    assert "withdrew 0 queued emails" in again.stderr
     # The plan's own phase with nothing queued is a preview of nothing, not an error.
     assert runner.invoke(app, ["notify", "withdraw", "--phase", "high-impact"]).exit_code == 0
     registry.close()

@@ -61,16 +61,6 @@ def reports_errors(function: F) -> F:
         except RolloutError as error:
             stderr.print(labelled("error:", "bold red", error))
             raise typer.Exit(error.exit_code) from error
-        except OSError as error:
-            if error.filename is None:
-                raise
-            # A file the command could not read or write (a full disk, a permission): one
-            # line naming it, not a traceback; what it was writing is not in place (files
-            # are written beside their targets and moved in whole).
-            stderr.print(
-                labelled("error:", "bold red", f"{visible(error.filename)}: {error.strerror}")
-            )
-            raise typer.Exit(EXIT_FAILURE) from error
         except (KeyboardInterrupt, RuntimeError) as error:  # (Stopped is a KeyboardInterrupt)
             # SIGTERM/SIGINT: every child is gone, nothing half-done (a transaction a
             # signal cut short rolls back); DuckDB reports one as a RuntimeError.
@@ -79,8 +69,29 @@ def reports_errors(function: F) -> F:
                 raise
             stderr.print(str(stopped), highlight=False, markup=False)
             raise typer.Exit(stopped.exit_code) from None
+        except Exception as error:
+            failure = _input_output_failure(error)
+            if failure is None:
+                raise
+            # A file the command could not read or write (a full disk, a permission): one
+            # line, not a traceback; what it was writing is not in place (files are
+            # written beside their targets and moved in whole).
+            stderr.print(labelled("error:", "bold red", failure))
+            raise typer.Exit(EXIT_FAILURE) from error
 
     return wrapper  # type: ignore[return-value]
+
+
+def _input_output_failure(error: BaseException) -> str | None:
+    """What an operating-system or DuckDB input/output error says, naming the file when
+    it knows it; None for any other error (a bug keeps its traceback)."""
+    if isinstance(error, OSError) and not isinstance(error, ConnectionError | TimeoutError):
+        what = error.strerror or str(error)
+        return f"{visible(error.filename)}: {what}" if error.filename else what
+    duckdb = sys.modules.get("duckdb")  # loaded by then if it raised; never imported here
+    if duckdb is not None and isinstance(error, duckdb.IOException):
+        return visible(str(error))
+    return None
 
 
 @app.callback(invoke_without_command=True)

@@ -145,6 +145,8 @@ def ingest(
     targets = paths or [settings.landing_dir]
     root = settings.landing_dir if not paths else None
     landing.require_existing(targets)
+    if registry:  # checked before the warehouse is made (on a first ingest)
+        runtime.registry.check_schema()
     with (
         runtime.warehouse(create=True) as con,
         progress_for(fmt) as progress,

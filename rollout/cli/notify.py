@@ -319,7 +319,7 @@ def notify_withdraw(
     They stay in the outbox as skipped ('withdrawn: REASON'), audited; emails already
     sent or being sent are not touched."""
     from rollout.notify.emails import EMAILS
-    from rollout.notify.withdraw import Selection, withdraw, withdraw_preview
+    from rollout.notify.withdraw import Selection, phase_in_outbox, withdraw, withdraw_preview
 
     if phase is None and email is None:
         raise RolloutError("say which emails: --phase, --email or both").with_exit(EXIT_BAD_INPUT)
@@ -332,11 +332,12 @@ def notify_withdraw(
     settings, registry = runtime.settings, runtime.registry
     with registry.engine.connect() as connection:
         queued = withdraw_preview(connection, selection)
+        # A phase an earlier plan had is known by its emails (taken back, or already
+        # withdrawn by a first run); one neither in the plan nor in the outbox is a
+        # typo: plan.phase refuses it.
+        if phase and not phase.startswith("org:") and not phase_in_outbox(connection, phase):
+            runtime.plan.phase(phase)
     total = sum(row["queued"] for row in queued)
-    if not total and phase and not phase.startswith("org:"):
-        # A phase an earlier plan had may still have emails queued (taken back if so);
-        # one neither in the plan nor in the outbox is a typo: plan.phase refuses it.
-        runtime.plan.phase(phase)
     emit(queued, fmt, title="queued emails to withdraw", columns=["phase", "email", "queued"])
     if not apply:
         stderr.print(

@@ -112,8 +112,12 @@ def plan_show(
                 "`phase enforce`, which would require again whom it released)"
             )
     for run in elsewhere:
-        # The step holds registry values (an org's name): kept on its line.
-        _hint(f"{visible(run.step)}: run {run.id} stopped before finishing; re-run it to resume")
+        # The step holds registry values (an org's name): kept on its line. Most of
+        # these runs are one transaction: nothing of them is done until all is.
+        stderr.print(
+            f"{visible(run.step)}: run {run.id} stopped before finishing; re-run it",
+            highlight=False,
+        )
 
 
 def _run_shown(run_id: str | None, fmt: Format) -> str | None:

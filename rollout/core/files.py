@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import os
 import secrets
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 
 def write_atomically(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to a hidden temp file beside ``path``, flush it to disk, then
-    rename it into place (a rename within one directory is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data.encode() if isinstance(data, str) else data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
+    """Write ``data`` to a hidden temp file beside ``path`` (:func:`written_in_place`:
+    the umask's permissions, as ``open`` gives), flush it to disk, then rename it into
+    place (a rename within one directory is atomic)."""
+    with written_in_place(path) as temporary, temporary.open("xb") as out:
+        out.write(data.encode() if isinstance(data, str) else data)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 @contextmanager

@@ -189,7 +189,8 @@ def rewind(registry: Registry, landing_dir: Path, start: date) -> list[dict[str,
         times = events.column("occurred_at").cast(pa.timestamp("us")).to_numpy()
         keep = times < np.datetime64(cutoff, "us")
         if not keep.all():
-            pq.write_table(events.filter(pa.array(keep)), path)
+            with written_in_place(path) as temporary:
+                pq.write_table(events.filter(pa.array(keep)), temporary)
     return later
 
 

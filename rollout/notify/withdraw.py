@@ -54,6 +54,15 @@ def withdraw_preview(connection: Connection, selection: Selection) -> list[dict[
     return [{"phase": p, "email": e, "queued": n} for p, e, n in rows]
 
 
+def phase_in_outbox(connection: Connection, phase: str) -> bool:
+    """Whether any email, in any state, was ever queued for ``phase``: a phase an
+    earlier plan had is known by its emails, withdrawn ones too."""
+    found = connection.execute(
+        select(NOTIFICATIONS.c.id).where(NOTIFICATIONS.c.phase == phase).limit(1)
+    ).first()
+    return found is not None
+
+
 def withdraw_queued(
     connection: Connection,
     selection: Selection,

@@ -33,6 +33,11 @@ WINDOWS = BrownoutWindow.__table__
 ACCOUNTS = Account.__table__
 
 
+# The plan_runs.plan of ELV's enrolment of every account: a plan's step, run for any
+# plan with an ELV section (rollout plan show lists it whatever the plan).
+ELV_PLAN = "elv"
+
+
 @dataclass(frozen=True)
 class WindowState:
     name: str
@@ -289,7 +294,7 @@ def enroll_all(
             ).scalar_one()
         with recorded_run(
             engine,
-            plan="elv",
+            plan=ELV_PLAN,
             step=ENROLL_ALL_STEP,
             mode="apply",
             actor=actor,

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from rollout.core.calendar import Step, phase_step, plan_calendar, unplanned_kind
 from rollout.core.plan import Plan
-from rollout.phases.brownouts import state_at
+from rollout.phases.brownouts import ELV_PLAN, state_at
 from rollout.phases.previews import saved_previews
 from rollout.registry import Registry
 from rollout.registry.ledger import utc_now
@@ -213,8 +213,8 @@ def interrupted_off_calendar(
     for run in running:
         if run.step in dated or not run.lock_name:
             continue
-        if run.plan != plan.name and unplanned_kind(run.step) is None:
-            continue
+        if run.plan not in (plan.name, ELV_PLAN) and unplanned_kind(run.step) is None:
+            continue  # another plan's (an earlier campaign's): its own `plan show`'s
         if run.lock_name not in free:
             free[run.lock_name] = _lock_free(registry, run.lock_name)
         if free[run.lock_name]:

@@ -506,10 +506,11 @@ def _stage_parquet(con: duckdb.DuckDBPyConnection, file: LandingFile) -> dict[st
         raise BadInput(file.path, None, f"not a readable Parquet file: {error}") from error
     _require_columns(file, schema.names, None)
     names = [c for c in (*REQUIRED_COLUMNS[file.kind], *MANIFEST_MAPS) if c in schema.names]
-    repeated = [name for name in names if schema.names.count(name) > 1]
+    # DuckDB matches column names whatever their case, and reads the first of two (the
+    # other becomes "<name>_1"): which one is meant? A column nobody reads may repeat.
+    folded = [name.lower() for name in schema.names]
+    repeated = [name for name in names if folded.count(name.lower()) > 1]
     if repeated:
-        # DuckDB would read the first and name the other "<name>_1": which one is meant?
-        # (A column nobody reads may repeat: it is not read.)
         raise BadInput(file.path, None, f"column {', '.join(repeated)} appears twice")
     wanted = ", ".join(f'"{c}"' for c in names)
     try:
@@ -518,7 +519,9 @@ def _stage_parquet(con: duckdb.DuckDBPyConnection, file: LandingFile) -> dict[st
         con.execute(
             f"create or replace temp view incoming_raw as "
             f"select {wanted}, file_row_number + 1 as ordinal "
-            f"from read_parquet({_sql_string(str(file.path))}, file_row_number = true)"
+            # binary_as_string: some writers (Spark, Hive) store strings as plain binary.
+            f"from read_parquet({_sql_string(str(file.path))}, file_row_number = true, "
+            "binary_as_string = true)"
         )
     except duckdb.Error as error:
         raise _parse_error(file, error, "Parquet") from error
@@ -538,8 +541,8 @@ def loads_in_place(file: LandingFile) -> bool:
         schema = pq.read_schema(file.path)
     except (pa.ArrowInvalid, OSError):
         return False  # staging says what is wrong with it
-    if len(set(schema.names)) != len(schema.names):
-        return False  # a repeated column name: staging decides what it means
+    if len({name.lower() for name in schema.names}) != len(schema.names):
+        return False  # a repeated column name (DuckDB's are not case-sensitive): staging
     types = dict(zip(schema.names, schema.types, strict=True))
     if not all(name in types for name in REQUIRED_COLUMNS["downloads"]):
         return False
