@@ -437,6 +437,19 @@ def test_plan_show_lists_interrupted_runs_of_no_dated_step(
     assert any(line.startswith(f"cohorts 2022-02-09: run {build}") for line in hints)
 
 
+def test_a_killed_elv_enrolment_is_listed_under_a_plan_without_elv(registry: Registry) -> None:
+    from rollout.core.calendar import ENROLL_ALL_STEP
+    from rollout.core.plan import load_plan
+    from rollout.phases.brownouts import ELV_PLAN
+    from rollout.phases.timeline import interrupted_off_calendar
+
+    github = load_plan(Path(__file__).parent.parent / "plans" / "github-2023.yaml")
+    assert github.elv is None  # no ELV section: no dated enrolment step
+    killed = _left_running(registry, ELV_PLAN, ENROLL_ALL_STEP, "apply", "elv")
+    _left_running(registry, "npm-2022", "notices top-100", "apply", "queue")  # another plan's
+    assert [run.id for run in interrupted_off_calendar(registry, github)] == [killed]
+
+
 def test_the_timeline_is_in_calendar_order(plan: Plan) -> None:
     steps = plan_steps(plan)
     assert [s.on for s in steps] == sorted(s.on for s in steps)
