@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, Table, and_, case, select, update
 
 from rollout import warehouse
 from rollout.core.calendar import cohorts_step
-from rollout.core.errors import BadInput
+from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import CohortRule, Plan
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
@@ -620,11 +620,18 @@ def release_package(
                 None,
                 f"{row.package} was already released from {cohort} on {row.released_at:%Y-%m-%d}",
             )
-        connection.execute(
+        # Guarded on the state read: a second release that read the same unreleased
+        # row commits after this one and finds it released (not a silent overwrite).
+        released = connection.execute(
             update(COHORT_PACKAGES)
-            .where(c.id == row.id)
+            .where(and_(c.id == row.id, c.released_at.is_(None)))
             .values(released_at=utc_now(), released_reason=reason, released_by=actor)
-        )
+        ).rowcount
+        if released != 1:
+            raise GuardRefused(
+                f"{row.package} was released from {cohort} by another run meanwhile; "
+                "see `rollout cohorts show`"
+            )
         record_actions(
             connection,
             [

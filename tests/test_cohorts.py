@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from rollout import cohorts, metrics
-from rollout.core.errors import BadInput
+from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import ActiveWithin, CohortRule, DownloadsOver, Plan
 from rollout.registry import Registry, batches
 from rollout.registry.engine import session_scope
@@ -355,6 +355,39 @@ def test_release_previews_then_takes_the_package_out_with_an_audit_row(
     assert "alice" not in accounts_of(con, "high-impact", D2)
     with pytest.raises(BadInput, match="already released"):
         cohorts.release_package(registry, "high-impact", "big", reason="again", actor="rm")
+
+
+def test_a_release_racing_another_is_refused_not_written_over(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bob's release read the package unreleased; Alice's commits before Bob writes.
+    Bob is refused, and Alice's reason and audit row stand."""
+    from rollout.registry import ledger
+
+    build(con, registry, small_cohorts_plan, D1)
+    now = ledger.utc_now
+
+    def alice_first() -> datetime:
+        monkeypatch.setattr(cohorts, "utc_now", now)
+        cohorts.release_package(registry, "high-impact", "big", reason="alice", actor="alice")
+        return now()
+
+    monkeypatch.setattr(cohorts, "utc_now", alice_first)
+    with pytest.raises(GuardRefused, match="released from high-impact by another run"):
+        cohorts.release_package(registry, "high-impact", "big", reason="bob", actor="bob")
+    with registry.engine.connect() as connection:
+        released = connection.execute(
+            select(CohortPackage.released_reason, CohortPackage.released_by)
+        ).all()
+        audit = connection.execute(
+            select(Action.actor).where(Action.action == "cohort_package_release")
+        ).all()
+    assert [tuple(r) for r in released if r[0]] == [("alice", "alice")]
+    assert [a.actor for a in audit] == ["alice"]
 
 
 def test_cohorts_need_that_days_metrics(

@@ -1,19 +1,22 @@
-"""Withdrawing queued emails: previewed, only what is still queued, kept as skipped
-with the reason, audited once; from the library and the command line."""
+"""Withdrawing emails: previewed, only what has not gone (queued or failed; one being
+sent goes only if that send goes), kept as skipped with the reason, audited once; from
+the library and the command line."""
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from rollout.cli import app
-from rollout.notify.withdraw import Selection, withdraw, withdraw_preview
+from rollout.notify import drain
+from rollout.notify.withdraw import Selection, Withdrawn, withdraw, withdraw_preview
 from rollout.registry import Registry
 from rollout.registry.models import Action, Notification
-from tests.factories import AccountFactory, NotificationFactory, bound_to
+from tests.factories import T0, AccountFactory, NotificationFactory, bound_to
 
 
 def states(registry: Registry) -> dict[tuple[str, str, str], int]:
@@ -43,9 +46,11 @@ def test_withdrawing_by_phase_and_kind_takes_back_only_what_is_queued(
     selection = Selection(phase="top-100", email="phase_notice")
     with registry.engine.connect() as connection:
         assert withdraw_preview(connection, selection) == [
-            {"phase": "top-100", "email": "phase_notice", "queued": 1}
+            {"phase": "top-100", "email": "phase_notice", "queued": 1, "in_flight": 0}
         ]
-    assert withdraw(registry, selection, reason="wrong date in the text", actor="rm") == 1
+    assert withdraw(registry, selection, reason="wrong date in the text", actor="rm") == Withdrawn(
+        taken=1, in_flight=0
+    )
     assert states(registry) == {
         ("top-100", "phase_notice", "skipped"): 1,
         ("top-100", "phase_notice", "sent"): 1,
@@ -65,7 +70,7 @@ def test_withdrawing_by_phase_and_kind_takes_back_only_what_is_queued(
     assert audit == (
         "emails_withdrawn",
         "rm",
-        {"count": 1, "phase": "top-100", "email": "phase_notice"},
+        {"count": 1, "in_flight": 0, "phase": "top-100", "email": "phase_notice"},
     )
 
 
@@ -82,14 +87,14 @@ def test_withdraw_from_the_command_line_previews_then_applies(rollout_home: Path
         ("phase_notice", 1),
         ("reminder", 2),
     }
-    assert "3 queued emails would be withdrawn" in preview.stderr
+    assert "3 queued or failed emails would be withdrawn" in preview.stderr
     assert states(registry)[("top-100", "reminder", "queued")] == 2
 
     applied = runner.invoke(
         app, ["notify", "withdraw", "--phase", "top-100", "--apply", "--reason", "paused"]
     )
     assert applied.exit_code == 0, applied.stderr
-    assert "withdrew 3 queued emails" in applied.stderr
+    assert "withdrew 3 queued or failed emails" in applied.stderr
     assert states(registry)[("top-100", "reminder", "skipped")] == 2
 
     assert runner.invoke(app, ["notify", "withdraw"]).exit_code == 2
@@ -123,7 +128,75 @@ def test_a_phase_neither_in_the_plan_nor_in_the_outbox_is_refused(rollout_home: 
         app, ["notify", "withdraw", "--phase", "retired", "--apply", "--reason", "renamed"]
     )
     assert again.exit_code == 0, again.stderr
-    assert "withdrew 0 queued emails" in again.stderr
+    assert "withdrew 0 queued or failed emails" in again.stderr
     # The plan's own phase with nothing queued is a preview of nothing, not an error.
     assert runner.invoke(app, ["notify", "withdraw", "--phase", "high-impact"]).exit_code == 0
     registry.close()
+
+
+def _state_of(registry: Registry, row: Notification) -> tuple[str, str | None]:
+    with registry.engine.connect() as connection:
+        found = connection.execute(
+            select(Notification.state, Notification.skip_reason).where(Notification.id == row.id)
+        ).one()
+    return found.state, found.skip_reason
+
+
+def test_a_failed_email_is_withdrawn_too_so_a_retry_does_not_send_it(
+    registry: Registry, factories: None
+) -> None:
+    failed = NotificationFactory(state="failed", error="HTTP 400")
+    assert withdraw(registry, Selection(phase="top-100"), reason="rolled back", actor="rm") == (
+        Withdrawn(taken=1, in_flight=0)
+    )
+    assert drain.requeue_failed(registry.engine, T0) == 0
+    assert _state_of(registry, failed) == ("skipped", "withdrawn: rolled back")
+
+
+def test_an_email_withdrawn_while_being_sent_is_never_queued_again(
+    registry: Registry, factories: None
+) -> None:
+    """A stop puts it back, a crashed drain's rows are requeued, its lease lapses, its
+    send fails: each time it ends skipped as withdrawn. Only a send that went stands."""
+    held = {
+        name: NotificationFactory(state="sending", lease_expires_at=T0 + timedelta(minutes=5))
+        for name in ("stopped", "crashed", "lapsed", "failed", "sent")
+    }
+    selection = Selection(phase="top-100")
+    with registry.engine.connect() as connection:
+        assert withdraw_preview(connection, selection) == [
+            {"phase": "top-100", "email": "phase_notice", "queued": 0, "in_flight": 5}
+        ]
+    assert withdraw(registry, selection, reason="rolled back", actor="rm") == Withdrawn(0, 5)
+    with registry.engine.connect() as connection:  # not counted twice
+        assert withdraw_preview(connection, selection) == []
+    assert _state_of(registry, held["sent"]) == ("sending", "withdrawn: rolled back")
+
+    drain._record(
+        registry.engine,
+        [
+            drain._Outcome(held["failed"].id, "failed", "HTTP 503"),
+            drain._Outcome(held["sent"].id, "sent", message_id="m-1"),
+        ],
+        T0,
+    )
+    drain._put_back(registry.engine, [held["stopped"].id], T0)
+    assert drain._claim(registry.engine, 10, T0 + timedelta(minutes=6), "file") == []
+    assert drain._requeue_in_flight(registry.engine, T0) == 0  # (none left in flight)
+
+    assert _state_of(registry, held["sent"]) == ("sent", None)
+    for name in ("stopped", "lapsed", "failed"):
+        assert _state_of(registry, held[name]) == ("skipped", "withdrawn: rolled back"), name
+    # The crashed drain's row lapsed with the others; requeued, it would be skipped too.
+    assert _state_of(registry, held["crashed"]) == ("skipped", "withdrawn: rolled back")
+
+
+def test_a_crashed_drains_withdrawn_rows_are_skipped_when_requeued(
+    registry: Registry, factories: None
+) -> None:
+    crashed = NotificationFactory(state="sending", lease_expires_at=T0 + timedelta(hours=1))
+    other = NotificationFactory(state="sending", phase="high-impact", account=AccountFactory())
+    withdraw(registry, Selection(phase="top-100"), reason="rolled back", actor="rm")
+    assert drain._requeue_in_flight(registry.engine, T0) == 2
+    assert _state_of(registry, crashed) == ("skipped", "withdrawn: rolled back")
+    assert _state_of(registry, other) == ("queued", None)

@@ -316,8 +316,10 @@ def notify_withdraw(
 ) -> None:
     """Take back queued emails that must no longer go, by phase, kind or both.
 
-    They stay in the outbox as skipped ('withdrawn: REASON'), audited; emails already
-    sent or being sent are not touched."""
+    Every email not sent yet is taken: queued ones and failed ones. They stay in the
+    outbox as skipped ('withdrawn: REASON'), audited. One a send is sending now goes
+    only if that send goes (it is not queued again after a stop or a crash); emails
+    already sent are not touched."""
     from rollout.notify.emails import EMAILS
     from rollout.notify.withdraw import Selection, phase_in_outbox, withdraw, withdraw_preview
 
@@ -338,12 +340,25 @@ def notify_withdraw(
         if phase and not phase.startswith("org:") and not phase_in_outbox(connection, phase):
             runtime.plan.phase(phase)
     total = sum(row["queued"] for row in queued)
-    emit(queued, fmt, title="queued emails to withdraw", columns=["phase", "email", "queued"])
+    flying = sum(row["in_flight"] for row in queued)
+    emit(
+        queued,
+        fmt,
+        title="emails to withdraw",
+        columns=["phase", "email", "queued", "in_flight"],
+    )
+    in_flight = f" ({flying} being sent now: withdrawn unless that send goes)" if flying else ""
     if not apply:
         stderr.print(
-            f"{total} queued emails would be withdrawn; preview only: add --apply --reason '...'",
+            f"{total} queued or failed emails would be withdrawn{in_flight}; "
+            "preview only: add --apply --reason '...'",
             highlight=False,
         )
         return
     withdrawn = withdraw(registry, selection, reason=reason, actor=settings.actor)
-    stderr.print(f"withdrew {withdrawn} queued emails", highlight=False)
+    marked = (
+        f" ({withdrawn.in_flight} being sent now: withdrawn unless that send goes)"
+        if withdrawn.in_flight
+        else ""
+    )
+    stderr.print(f"withdrew {withdrawn.taken} queued or failed emails{marked}", highlight=False)

@@ -274,8 +274,13 @@ def phase_rollback(
         f"rollback of {phase} would withdraw its 2FA requirement from "
         f"{len(preview.accounts)} accounts: {len(preview.cleared)} no longer required, "
         f"{len(preview.kept)} still required by another applied phase; "
-        f"{preview.queued_emails} queued emails of its enforcement withdrawn; "
-        "revoked sessions stay revoked",
+        f"{preview.queued_emails} queued or failed emails of its enforcement withdrawn"
+        + (
+            f" ({preview.in_flight_emails} being sent now: withdrawn unless that send goes)"
+            if preview.in_flight_emails
+            else ""
+        )
+        + "; revoked sessions stay revoked",
         highlight=False,
     )
     if not apply:

@@ -81,6 +81,7 @@ from rollout.notify.outbox import (
     suppression_reasons,
 )
 from rollout.notify.render import render
+from rollout.notify.withdraw import marked_withdrawn
 from rollout.registry import Registry
 from rollout.registry.deadlines import deadlines, own_deadline
 from rollout.registry.ledger import utc_now
@@ -194,6 +195,22 @@ def _candidates(now: datetime, size: int) -> list[Select[tuple[int]]]:
     ]
 
 
+def _settle_lapsed_withdrawals(connection: Connection, now: datetime) -> None:
+    """Rows withdrawn while a drainer held them, whose drainer is presumed dead (its
+    lease ran out): skipped, not claimed and sent again. Rows another claim holds are
+    passed over (PostgreSQL), as the claim itself does."""
+    lapsed = select(NOTIFICATIONS.c.id).where(and_(_lapsed(now), marked_withdrawn()))
+    if connection.dialect.name == "postgresql":
+        lapsed = lapsed.with_for_update(skip_locked=True)
+    ids = connection.scalars(lapsed).all()
+    if ids:
+        connection.execute(
+            update(NOTIFICATIONS)
+            .where(and_(NOTIFICATIONS.c.id.in_(ids), _in_state("sending")))
+            .values(state="skipped", updated_at=now, lease_expires_at=None)
+        )
+
+
 def _claim(
     engine: Engine, size: int, now: datetime, sender: str, lease: timedelta = DEFAULT_LEASE
 ) -> list[_Claimed]:
@@ -201,6 +218,7 @@ def _claim(
     ``lease``: none when nothing is (the drainers sharing the outbox take that as the
     end of their work, or wait for the leases of others: drain_shard)."""
     with engine.begin() as connection:
+        _settle_lapsed_withdrawals(connection, now)
         if connection.dialect.name == "postgresql":
             ids: list[int] = []
             for query in _candidates(now, size):
@@ -496,19 +514,18 @@ def _record(engine: Engine, outcomes: Iterable[_Outcome], now: datetime) -> None
     ]
     if not rows:
         return
+    # One withdrawn while in flight (rollout.notify.withdraw) that did not go ends
+    # skipped with the withdrawal's reason: a failed one would be retried.
+    c = NOTIFICATIONS.c
+    stays_withdrawn = and_(marked_withdrawn(), bindparam("new_state") != "sent")
     with engine.begin() as connection:
         connection.execute(
             update(NOTIFICATIONS)
-            .where(
-                and_(
-                    NOTIFICATIONS.c.id == bindparam("row_id"),
-                    NOTIFICATIONS.c.state == "sending",
-                )
-            )
+            .where(and_(c.id == bindparam("row_id"), c.state == "sending"))
             .values(
-                state=bindparam("new_state"),
-                skip_reason=bindparam("new_reason"),
-                error=bindparam("new_error"),
+                state=case((stays_withdrawn, "skipped"), else_=bindparam("new_state")),
+                skip_reason=case((stays_withdrawn, c.skip_reason), else_=bindparam("new_reason")),
+                error=case((stays_withdrawn, None), else_=bindparam("new_error")),
                 message_id=bindparam("new_message_id"),
                 sent_at=bindparam("new_sent_at"),
                 updated_at=bindparam("now"),
@@ -518,13 +535,19 @@ def _record(engine: Engine, outcomes: Iterable[_Outcome], now: datetime) -> None
         )
 
 
+def _unsent() -> Any:
+    """SQL: the state a claimed row goes back to unsent: queued, or skipped if it was
+    withdrawn while held."""
+    return case((marked_withdrawn(), "skipped"), else_="queued")
+
+
 def _release(engine: Engine, ids: list[int]) -> None:
     """Put claimed rows back, unsent (the sender is misconfigured: nothing went out)."""
     with engine.begin() as connection:
         connection.execute(
             update(NOTIFICATIONS)
             .where(and_(NOTIFICATIONS.c.id.in_(ids), NOTIFICATIONS.c.state == "sending"))
-            .values(state="queued", attempts=NOTIFICATIONS.c.attempts - 1, lease_expires_at=None)
+            .values(state=_unsent(), attempts=NOTIFICATIONS.c.attempts - 1, lease_expires_at=None)
         )
 
 
@@ -535,7 +558,7 @@ def _put_back(engine: Engine, ids: list[int], now: datetime) -> None:
         connection.execute(
             update(NOTIFICATIONS)
             .where(and_(NOTIFICATIONS.c.id.in_(ids), NOTIFICATIONS.c.state == "sending"))
-            .values(state="queued", updated_at=now, lease_expires_at=None)
+            .values(state=_unsent(), updated_at=now, lease_expires_at=None)
         )
 
 
@@ -547,7 +570,7 @@ def _requeue_in_flight(engine: Engine, now: datetime) -> int:
         return connection.execute(
             update(NOTIFICATIONS)
             .where(NOTIFICATIONS.c.state == "sending")
-            .values(state="queued", updated_at=now, lease_expires_at=None)
+            .values(state=_unsent(), updated_at=now, lease_expires_at=None)
         ).rowcount
 
 

@@ -3,9 +3,14 @@ that queued them (a rolled-back phase's enforcement).
 
 A withdrawn email is not deleted: it stays in the outbox as ``skipped`` with the
 reason, so ``notify status`` shows it and its natural key still stops it from being
-queued again. Only ``queued`` rows are touched: one a drain has claimed (``sending``)
-is already on its way. Each withdrawal writes one audit row with the count, in the
-same transaction.
+queued again. Every email that has not gone is taken: ``queued`` ones, and ``failed``
+ones (``notify send --retry-failed`` would send them). One a drain holds (``sending``)
+may be on the wire, so it cannot be taken back; it is marked instead (its
+``skip_reason`` set while it is in flight, :func:`marked_withdrawn`), and whatever
+would queue it again (a stop putting it back, a crashed drain's rows requeued, a
+lapsed lease, a failed send) makes it ``skipped`` instead: it goes only if the send
+in flight goes. Each withdrawal writes one audit row with the counts, in the same
+transaction.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, func, select, true, update
+from sqlalchemy import Connection, Select, and_, case, func, select, true, update
 
 from rollout.core.errors import BadInput
 from rollout.registry import Registry
@@ -22,18 +27,36 @@ from rollout.registry.models import Notification
 
 NOTIFICATIONS = Notification.__table__
 WITHDRAWN = "withdrawn"
+# Not gone yet and never to go once withdrawn; and the one state a withdrawal can only mark.
+NOT_GONE = ("queued", "failed")
+IN_FLIGHT = "sending"
+
+
+def marked_withdrawn() -> Any:
+    """SQL: a row withdrawn while a drain held it: it must not be queued again. Never
+    NULL (a NOT of it must hold for rows without a reason)."""
+    return func.coalesce(NOTIFICATIONS.c.skip_reason, "").like(f"{WITHDRAWN}:%")
+
+
+@dataclass(frozen=True)
+class Withdrawn:
+    """What a withdrawal did: emails taken back, and those in flight marked (they go
+    only if the send under way goes)."""
+
+    taken: int
+    in_flight: int
 
 
 @dataclass(frozen=True)
 class Selection:
-    """Which queued emails: any of the given phase, kind and queueing runs (None: any)."""
+    """Which emails: any of the given phase, kind and queueing runs (None: any)."""
 
     phase: str | None = None
     email: str | None = None
     runs: Select[Any] | None = None
 
-    def where(self) -> Any:
-        conditions = [NOTIFICATIONS.c.state == "queued"]
+    def where(self, states: tuple[str, ...] = (*NOT_GONE, IN_FLIGHT)) -> Any:
+        conditions = [NOTIFICATIONS.c.state.in_(states)]
         if self.phase is not None:
             conditions.append(NOTIFICATIONS.c.phase == self.phase)
         if self.email is not None:
@@ -44,14 +67,22 @@ class Selection:
 
 
 def withdraw_preview(connection: Connection, selection: Selection) -> list[dict[str, Any]]:
-    """The queued emails a withdrawal would take back, counted by phase and kind."""
+    """What a withdrawal would do, by phase and kind: the emails not gone it would take
+    back (``queued``: queued or failed) and those in flight it would mark."""
+    c = NOTIFICATIONS.c
+    flying = func.sum(case((c.state == IN_FLIGHT, 1), else_=0))
     rows = connection.execute(
-        select(NOTIFICATIONS.c.phase, NOTIFICATIONS.c.email, func.count())
-        .where(selection.where())
-        .group_by(NOTIFICATIONS.c.phase, NOTIFICATIONS.c.email)
-        .order_by(NOTIFICATIONS.c.phase, NOTIFICATIONS.c.email)
+        select(c.phase, c.email, func.count() - flying, flying)
+        .where(and_(selection.where(), ~_already_marked()))
+        .group_by(c.phase, c.email)
+        .order_by(c.phase, c.email)
     ).all()
-    return [{"phase": p, "email": e, "queued": n} for p, e, n in rows]
+    return [{"phase": p, "email": e, "queued": n, "in_flight": f} for p, e, n, f in rows]
+
+
+def _already_marked() -> Any:
+    """SQL: an in-flight row an earlier withdrawal marked (not counted again)."""
+    return and_(NOTIFICATIONS.c.state == IN_FLIGHT, marked_withdrawn())
 
 
 def phase_in_outbox(connection: Connection, phase: str) -> bool:
@@ -70,17 +101,23 @@ def withdraw_queued(
     reason: str,
     actor: str,
     run_id: str | None,
-) -> int:
-    """Mark the selected queued emails skipped with ``withdrawn: <reason>``, audited
-    once with the count; returns how many. Inside the caller's transaction."""
+) -> Withdrawn:
+    """Mark the selected emails not gone skipped with ``withdrawn: <reason>``, and those
+    in flight with the reason alone; audited once with the counts. Inside the caller's
+    transaction."""
     now = utc_now()
     skip_reason = f"{WITHDRAWN}: {reason}"[:200]
-    withdrawn = connection.execute(
+    taken = connection.execute(
         update(NOTIFICATIONS)
-        .where(selection.where())
-        .values(state="skipped", skip_reason=skip_reason, updated_at=now)
+        .where(selection.where(NOT_GONE))
+        .values(state="skipped", skip_reason=skip_reason, error=None, updated_at=now)
     ).rowcount
-    if withdrawn:
+    in_flight = connection.execute(
+        update(NOTIFICATIONS)
+        .where(and_(selection.where((IN_FLIGHT,)), ~_already_marked()))
+        .values(skip_reason=skip_reason)
+    ).rowcount
+    if taken or in_flight:
         scope = ":".join(str(part or "*") for part in (selection.phase, selection.email))
         record_actions(
             connection,
@@ -95,17 +132,18 @@ def withdraw_queued(
                     "run_id": run_id,
                     "created_at": now,
                     "details": {
-                        "count": withdrawn,
+                        "count": taken,
+                        "in_flight": in_flight,
                         "phase": selection.phase,
                         "email": selection.email,
                     },
                 }
             ],
         )
-    return withdrawn
+    return Withdrawn(taken, in_flight)
 
 
-def withdraw(registry: Registry, selection: Selection, *, reason: str, actor: str) -> int:
+def withdraw(registry: Registry, selection: Selection, *, reason: str, actor: str) -> Withdrawn:
     """``rollout notify withdraw --apply``: one transaction."""
     if selection.phase is None and selection.email is None:
         raise BadInput(None, None, "say which emails to withdraw: --phase, --email or both")

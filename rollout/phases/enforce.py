@@ -913,8 +913,10 @@ class Withdrawal:
 class RollbackPreview:
     phase: str
     accounts: list[Withdrawal]
-    # Emails the phase's enforcement queued that have not gone: withdrawn, not sent.
+    # Emails the phase's enforcement queued that have not gone (queued, or failed):
+    # withdrawn, not sent; and those a send holds, marked not to go again.
     queued_emails: int
+    in_flight_emails: int = 0
 
     @property
     def cleared(self) -> list[int]:
@@ -959,14 +961,12 @@ def rollback_preview(
             _, others = by_account.setdefault(account_id, (username, []))
             if other_phase is not None:
                 others.append(other_phase)
-        queued = sum(
-            row["queued"]
-            for row in withdraw_preview(connection, _queued_by_enforcement(phase_name))
-        )
+        emails = withdraw_preview(connection, _queued_by_enforcement(phase_name))
     return RollbackPreview(
         phase_name,
         [Withdrawal(i, name, tuple(others)) for i, (name, others) in by_account.items()],
-        queued,
+        sum(row["queued"] for row in emails),
+        sum(row["in_flight"] for row in emails),
     )
 
 
@@ -977,6 +977,8 @@ class RollbackResult:
     requirements_withdrawn: int = 0
     accounts_cleared: int = 0
     emails_withdrawn: int = 0
+    # Being sent as it rolled back: they go only if that send goes.
+    emails_in_flight: int = 0
 
     LABELS: ClassVar[dict[str, str]] = {}
 
@@ -1119,12 +1121,14 @@ def rollback_phase(
             with engine.begin() as connection:
                 # After the requirements: a crash in between leaves emails queued that
                 # a rerun (which finds no requirement left) still withdraws.
-                result.emails_withdrawn = withdraw_queued(
+                emails = withdraw_queued(
                     connection,
                     _queued_by_enforcement(phase.name),
                     reason=f"phase {phase.name} rolled back",
                     actor=actor,
                     run_id=run.id,
                 )
+            result.emails_withdrawn = emails.taken
+            result.emails_in_flight = emails.in_flight
             run.summary = _counts(result)
         return result
