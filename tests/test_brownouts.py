@@ -136,6 +136,50 @@ def test_of_two_stops_at_once_only_the_first_ends_the_window(
     assert stops == ["deployment"]
 
 
+def test_a_window_started_while_a_schedule_was_previewed_is_not_moved(
+    registry: Registry, plan: Plan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The schedule read the window as scheduled; `brownout start` began it before the
+    schedule wrote: the schedule is refused and the active window stands."""
+    drill = soon(plan)
+    brownouts.schedule(registry, drill, actor="rm")
+    later = drill.brownouts[0].model_copy(
+        update={"starts_at": drill.brownouts[0].starts_at + timedelta(days=1)}
+    )
+    read = brownouts.status
+
+    def started_meanwhile(registry: Registry, at: datetime | None = None) -> Any:
+        as_read = read(registry, at)
+        monkeypatch.setattr(brownouts, "status", read)
+        brownouts.start_now(registry, "drill", actor="oncall", reason="rehearsal")
+        return as_read
+
+    monkeypatch.setattr(brownouts, "status", started_meanwhile)
+    moving = drill.model_copy(update={"brownouts": [later]})
+    with pytest.raises(GuardRefused, match="changed by another run meanwhile"):
+        brownouts.schedule(registry, moving, actor="rm")
+    assert [(w.name, w.state) for w in brownouts.status(registry)] == [("drill", "active")]
+
+
+def test_a_window_created_by_another_schedule_meanwhile_is_a_refusal(
+    registry: Registry, plan: Plan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read = brownouts.status
+
+    def created_meanwhile(registry: Registry, at: datetime | None = None) -> Any:
+        as_read = read(registry, at)
+        monkeypatch.setattr(brownouts, "status", read)
+        brownouts.schedule(registry, plan, actor="other")
+        return as_read
+
+    monkeypatch.setattr(brownouts, "status", created_meanwhile)
+    with pytest.raises(GuardRefused, match="changed by another run meanwhile"):
+        brownouts.schedule(registry, plan, actor="rm")
+    with registry.engine.connect() as connection:
+        creators = connection.execute(select(BrownoutWindow.created_by)).scalars().all()
+    assert creators == ["other", "other"]
+
+
 class Interrupted(Exception):
     """What kills a run between two batches, here (in life: a crash, a deploy)."""
 

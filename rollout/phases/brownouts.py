@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, and_, exists, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from rollout.core.calendar import BROWNOUTS_SCHEDULE_STEP, ENROLL_ALL_STEP
 from rollout.core.clock import naive_utc
@@ -102,31 +103,43 @@ def planned_window(planned: Brownout) -> tuple[datetime, datetime]:
 
 def schedule_preview(registry: Registry, plan: Plan) -> list[tuple[str, str]]:
     """(window, what scheduling would do) for each brown-out of the plan."""
+    return [(planned.name, what) for planned, _, what in _schedule_changes(registry, plan)]
+
+
+def _schedule_changes(
+    registry: Registry, plan: Plan
+) -> list[tuple[Brownout, WindowState | None, str]]:
+    """Each brown-out of the plan, its window as stored now (None: none yet), and what
+    scheduling would do with it."""
     existing = {w.name: w for w in status(registry)}
     changes = []
     for planned in plan.brownouts:
         current = existing.get(planned.name)
         window = planned_window(planned)
         if current is None:
-            changes.append((planned.name, f"create {window[0]:%Y-%m-%d %H:%M} + {planned.hours} h"))
+            what = f"create {window[0]:%Y-%m-%d %H:%M} + {planned.hours} h"
         elif (naive_utc(current.starts_at), naive_utc(current.ends_at)) == window:
-            changes.append((planned.name, f"unchanged ({current.state})"))
+            what = f"unchanged ({current.state})"
         elif current.state != "scheduled":
-            changes.append((planned.name, f"refused: already {current.state}, cannot move"))
+            what = f"refused: already {current.state}, cannot move"
         else:
-            changes.append(
-                (planned.name, f"move to {window[0]:%Y-%m-%d %H:%M} + {planned.hours} h")
-            )
+            what = f"move to {window[0]:%Y-%m-%d %H:%M} + {planned.hours} h"
+        changes.append((planned, current, what))
     return changes
 
 
 def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, str]]:
     """Create (or move, while not started) the plan's brown-out windows."""
-    changes = schedule_preview(registry, plan)
+    planned_changes = _schedule_changes(registry, plan)
+    changes = [(planned.name, what) for planned, _, what in planned_changes]
     refused = [f"{name}: {what}" for name, what in changes if what.startswith("refused")]
     if refused:
         raise GuardRefused("; ".join(refused))
     now = utc_now()
+    meanwhile = GuardRefused(
+        "the brown-out windows were changed by another run meanwhile (one started, ended "
+        "or scheduled): see `rollout brownout status`, then schedule again"
+    )
     with registry.engine.begin() as connection:
         run_id = start_run(
             connection,
@@ -136,27 +149,43 @@ def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, s
             actor=actor,
             parameters={},
         )
-        for planned, (_, what) in zip(plan.brownouts, changes, strict=True):
+        for planned, current, what in planned_changes:
             if what.startswith("unchanged"):
                 continue
             starts_at, ends_at = planned_window(planned)
-            if what.startswith("create"):
-                connection.execute(
-                    WINDOWS.insert().values(
-                        name=planned.name,
-                        starts_at=starts_at,
-                        ends_at=ends_at,
-                        created_at=now,
-                        created_by=actor,
-                        reason=f"plan {plan.name}",
-                    )
-                )
+            if current is None:
+                try:
+                    with connection.begin_nested():
+                        connection.execute(
+                            WINDOWS.insert().values(
+                                name=planned.name,
+                                starts_at=starts_at,
+                                ends_at=ends_at,
+                                created_at=now,
+                                created_by=actor,
+                                reason=f"plan {plan.name}",
+                            )
+                        )
+                except IntegrityError:  # another schedule created it first
+                    raise meanwhile from None
             else:
-                connection.execute(
+                # Only the window as previewed, and only while it has not started: a
+                # `brownout start` in between must not be moved off its active window.
+                moved = connection.execute(
                     update(WINDOWS)
-                    .where(WINDOWS.c.name == planned.name)
+                    .where(
+                        and_(
+                            WINDOWS.c.name == planned.name,
+                            WINDOWS.c.starts_at == current.starts_at,
+                            WINDOWS.c.ends_at == current.ends_at,
+                            WINDOWS.c.ended_early_at.is_(None),
+                            WINDOWS.c.starts_at > utc_now(),
+                        )
+                    )
                     .values(starts_at=starts_at, ends_at=ends_at)
-                )
+                ).rowcount
+                if moved != 1:
+                    raise meanwhile
             when = f"{starts_at:%Y%m%d%H%M}:{planned.hours}"
             record_actions(
                 connection,
