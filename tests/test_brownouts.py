@@ -76,6 +76,31 @@ def test_a_window_that_started_cannot_be_moved(registry: Registry, plan: Plan) -
         brownouts.schedule(registry, moved, actor="rm")
 
 
+def test_a_window_moved_away_and_back_is_audited_each_time(registry: Registry, plan: Plan) -> None:
+    drill = soon(plan)
+    planned = drill.brownouts[0]
+    later = drill.model_copy(
+        update={
+            "brownouts": [
+                planned.model_copy(update={"starts_at": planned.starts_at + timedelta(days=1)})
+            ]
+        }
+    )
+    for version in (drill, later, drill):
+        brownouts.schedule(registry, version, actor="rm")
+    with registry.engine.connect() as connection:
+        audited = (
+            connection.execute(
+                select(Action.reason)
+                .where(Action.action == "brownout_scheduled")
+                .order_by(Action.id)
+            )
+            .scalars()
+            .all()
+        )
+    assert [reason.split()[0] for reason in audited] == ["create", "move", "move"]
+
+
 def test_the_login_rule(registry: Registry, plan: Plan, accounts: dict[str, int]) -> None:
     brownouts.schedule(registry, plan, actor="rm")
     inside, outside = datetime(2022, 2, 16, 9), datetime(2022, 2, 18, 9)

@@ -139,6 +139,28 @@ def test_a_later_run_tells_whom_it_removed_and_the_owners_again(
     assert emails[0].context["removed"] == ["fay"]
 
 
+def test_a_member_removed_again_after_rejoining_is_audited_again(
+    registry: Registry, acme: dict[str, int]
+) -> None:
+    """di is removed, rejoins, drops 2FA and is removed again: two removals, two rows."""
+    orgs.enforce_org(registry, "acme", confirm="acme", owner="ada", actor="t")
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(OrgMember)
+            .where(OrgMember.account_id == acme["di"])
+            .values(removed_at=None, removed_reason=None)
+        )
+    again = orgs.enforce_org(registry, "acme", confirm="acme", owner="ada", actor="t")
+    assert again.removed == ["di"]
+    with registry.engine.connect() as connection:
+        removals = connection.execute(
+            select(Action.run_id).where(
+                Action.action == "org_member_removed", Action.account_id == acme["di"]
+            )
+        ).all()
+    assert len(removals) == 2 and removals[1].run_id == again.run_id
+
+
 # --- invitations back ---------------------------------------------------------------------
 
 

@@ -191,7 +191,7 @@ def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, s
                 connection,
                 [
                     {
-                        "effect_key": f"brownout-schedule:{planned.name}:{when}",
+                        "effect_key": f"brownout-schedule:{planned.name}:{when}:{run_id}",
                         "action": "brownout_scheduled",
                         "subject": f"brownout:{planned.name}",
                         "reason": what,

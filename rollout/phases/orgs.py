@@ -262,7 +262,7 @@ def enforce_org(
                         ),
                         *(
                             {
-                                "effect_key": f"org-remove:{org}:{member_id}",
+                                "effect_key": f"org-remove:{org}:{member_id}:{run_id}",
                                 "action": "org_member_removed",
                                 "account_id": account_id,
                                 "subject": f"org:{org}",
