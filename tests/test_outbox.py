@@ -24,7 +24,7 @@ from rollout.core.plan import Plan
 from rollout.demo.crowd import NOTICE_DAY
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.notify import outbox
-from rollout.notify.drain import DrainReport, _claim, drain
+from rollout.notify.drain import DrainReport, _claim, _shares, drain
 from rollout.notify.queue import due_occasions, plan_occasions, queue_due, queue_preview
 from rollout.notify.senders import FileSender, SendGridSender
 from rollout.registry import Registry
@@ -354,6 +354,20 @@ def test_a_drain_in_several_processes_sends_each_message_once(
     assert report.sent == 42 and set(delivered.values()) == {1}
     assert rows(registry)["ann"] == ("sent", None)
     assert seen and seen[-1][1] == 42
+
+
+def test_a_limit_holds_across_processes(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """Each of three processes takes its part of 5 (2, 2, 1), not 5 rounded up each."""
+    _many(registry, 20)
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    with DevSendGrid(api_key=KEY) as server:
+        sender = SendGridSender(KEY, server.url, timeout=5)
+        report = drain(registry, plan, sender, concurrency=1, processes=3, limit=5)
+        delivered = _delivered(server)
+    assert report.sent == 5 and len(delivered) == 5
+    assert _shares(5, 3) == [2, 2, 1] and _shares(2, 4) == [1, 1] and _shares(None, 2) == [None] * 2
 
 
 def test_a_drainer_that_loses_the_first_rows_to_another_claims_the_next_ones(

@@ -831,11 +831,12 @@ class _Worker:
     reported: bool = False
 
 
-def _start_workers(count: int, args: tuple[Any, ...]) -> list[_Worker]:
+def _start_workers(each: list[tuple[Any, ...]]) -> list[_Worker]:
+    """One worker for each of ``each``, the arguments of its drain."""
     context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
     workers = []
     with hold_for_multiprocessing():
-        for _ in range(count):
+        for args in each:
             results, sink = context.Pipe(duplex=False)
             process = context.Process(
                 target=_drain_worker,
@@ -859,6 +860,15 @@ def _gather(workers: list[_Worker], timeout: float) -> None:
         worker.reported = True
 
 
+def _shares(limit: int | None, processes: int) -> list[int | None]:
+    """Each worker's part of ``limit``: together exactly ``limit`` (rounded up, four
+    workers sent 8 of a limit of 5), and no worker with nothing to do."""
+    if limit is None:
+        return [None] * processes
+    base, extra = divmod(limit, processes)
+    return [base + (index < extra) for index in range(min(processes, limit))]
+
+
 def _drain_in_processes(
     registry_url: str,
     plan: Plan,
@@ -873,8 +883,9 @@ def _drain_in_processes(
     """Run the drain in ``processes`` workers and wait for them, looking at ``stop``; on
     a stop or an error, tell them to wind down, then kill what is left. No worker is left
     when this returns, however it returns."""
-    share = None if limit is None else -(-limit // processes)
-    workers = _start_workers(processes, (registry_url, plan, sender, concurrency, share))
+    workers = _start_workers(
+        [(registry_url, plan, sender, concurrency, share) for share in _shares(limit, processes)]
+    )
     try:
         shown = time.monotonic()
         while not stop.is_set() and not all(w.reported for w in workers):
