@@ -289,6 +289,18 @@ def test_rollback_clears_the_flags_but_not_the_revocations(
     assert count(registry, Action, Action.action == "tfa_required_cleared") == 2
 
 
+def test_a_phase_never_enforced_is_not_rolled_back(
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
+) -> None:
+    """Nothing to undo: refused, no run recorded, and the calendar does not read
+    'rolled back'."""
+    with pytest.raises(GuardRefused, match="phase high-impact was never enforced"):
+        enforce.rollback_phase(registry, plan_exempting_carol, "high-impact", actor="rm")
+    assert count(registry, PlanRun) == 0
+    states = {s.step.label: s.state for s in step_states(registry, plan_exempting_carol)}
+    assert states["phase high-impact enforced"] != "rolled back"
+
+
 def test_a_second_run_at_once_is_refused(
     registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
 ) -> None:

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, func, select, update
 
+from rollout.core.errors import GuardRefused
 from rollout.core.plan import Plan
 from rollout.phases import enforce
 from rollout.phases.timeline import step_states
@@ -29,6 +30,7 @@ from rollout.registry.models import (
     CohortMembership,
     Notification,
     PhaseRequirement,
+    PlanRun,
     TfaFactor,
 )
 from tests.factories import AccountFactory, FactorFactory
@@ -166,7 +168,7 @@ def test_a_rollback_withdraws_the_emails_its_enforcement_queued_and_has_not_sent
 
 def _reset(registry: Registry) -> None:
     with registry.engine.begin() as connection:
-        for table in (PhaseRequirement, Notification, CohortMembership, TfaFactor):
+        for table in (PhaseRequirement, Notification, CohortMembership, TfaFactor, PlanRun):
             connection.execute(delete(table))
         connection.execute(update(Account).values(tfa_required_at=None))
 
@@ -214,6 +216,7 @@ def test_required_means_some_applied_phase_requires_it(
                 )
     enrolled: set[int] = set()
     applied: dict[str, set[int]] = {}  # phase -> the accounts it requires
+    enforced: set[str] = set()  # phases an enforcement ever ran for
     for what, arg in steps:
         if what == "enrol":
             account_id = accounts[int(arg)]  # type: ignore[call-overload]
@@ -225,8 +228,12 @@ def test_required_means_some_applied_phase_requires_it(
             cohort = {a for a, names in zip(accounts, memberships, strict=True) if phase in names}
             before = applied.get(phase, set())
             result = run(registry, three_phase_plan, phase)
+            enforced.add(phase)
             applied[phase] = before | (cohort - enrolled)
             assert result.accounts_required == len(applied[phase] - before)
+        elif str(arg) not in enforced:  # nothing to roll back: refused, nothing recorded
+            with pytest.raises(GuardRefused, match="never enforced"):
+                enforce.rollback_phase(registry, three_phase_plan, str(arg), actor="rm")
         else:
             phase = str(arg)
             mine = applied.pop(phase, set())

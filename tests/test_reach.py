@@ -15,7 +15,7 @@ from rollout.core.plan import Plan
 from rollout.notify.queue import SUMMARY_UNREACHED
 from rollout.phases.enforce import enforce_phase, preview_phase
 from rollout.registry import Registry
-from rollout.registry.models import Notification
+from rollout.registry.models import Notification, PhaseRequirement
 from tests.factories import (
     AccountFactory,
     FactorFactory,
@@ -231,6 +231,34 @@ def test_a_run_stopped_right_after_its_last_batch_has_queued_its_summary(
     assert context["counts"]["accounts_required"] == len(cohort)
     assert context["counts"]["batches"] == 3
     assert len(context["unreached"]) == len(WHY)
+
+
+def test_a_rerun_after_a_crash_counts_and_names_only_the_accounts_it_required(
+    registry: Registry, managed: Plan, cohort: dict[str, int]
+) -> None:
+    """The first run required a batch and died; the rerun passes over that batch again
+    (finding it done) and must not count or list it as its own."""
+
+    def die_after_the_first_batch(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        enforce_phase(
+            registry, managed, "top-100", expect=len(cohort), actor="rm", batch_size=5,
+            progress=die_after_the_first_batch,
+        )  # fmt: skip
+    with registry.engine.connect() as connection:
+        first = set(connection.execute(select(PhaseRequirement.account_id)).scalars())
+    names = {account_id: name for name, account_id in cohort.items()}
+    unwarned_first = {names[a] for a in first} & set(WHY)
+    rerun = enforce_phase(registry, managed, "top-100", expect=len(cohort), actor="rm")
+    assert rerun.accounts_required == len(cohort) - len(first)
+    assert rerun.accounts_unreached == len(WHY) - len(unwarned_first)
+    with registry.engine.connect() as connection:
+        [context] = connection.execute(
+            select(Notification.context).where(Notification.email == "phase_summary")
+        ).scalars()
+    assert {a["username"] for a in context["unreached"]} == set(WHY) - unwarned_first
 
 
 def test_a_skip_that_says_nothing_of_the_address_tells_least(

@@ -371,6 +371,40 @@ def test_a_failed_exporter_changes_nothing_and_leaves_no_process_behind(
     assert children() - before == set()
 
 
+def test_the_exporters_files_go_beside_the_warehouse_and_a_killed_extracts_are_removed(
+    tmp_path: Path,
+) -> None:
+    """A SIGKILL runs no cleanup: what a killed extract left (a copy of registry tables)
+    is removed by the next, found beside the warehouse rather than lost in /tmp."""
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    add_account(engine, "alice")
+    engine.dispose()
+    killed = tmp_path / ".w.duckdb.extract-dead1234"
+    killed.mkdir()
+    (killed / "accounts.arrow").write_bytes(b"half a table")
+    other = tmp_path / ".other.duckdb.extract-live"  # another warehouse's: not touched
+    other.mkdir()
+    seen: list[Path] = []
+    real = extract._export_sqlite
+
+    def watching(registry_url: str, sizes: dict[str, int], folder: Path) -> Any:
+        seen.append(folder)
+        return real(registry_url, sizes, folder)
+
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        warehouse.open_warehouse(tmp_path / "w.duckdb") as con,
+    ):
+        patch.setattr(extract, "_export_sqlite", watching)
+        extract_registry(con, Registry(url), ("accounts",), exporters=True)
+        assert warehouse.scalar(con, "select count(*) from registry.accounts") == 1
+    assert [folder.parent for folder in seen] == [tmp_path]
+    assert seen[0].name.startswith(".w.duckdb.extract-")
+    assert not killed.exists() and not seen[0].exists() and other.exists()
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text()

@@ -248,11 +248,12 @@ def phase_rollback(
 
     An account stays required while another applied phase requires it: the preview
     lists every account the phase requires and what the rollback does to each."""
-    from rollout.phases.enforce import rollback_phase, rollback_preview
+    from rollout.phases.enforce import require_enforced, rollback_phase, rollback_preview
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
     plan.phase(phase)
+    require_enforced(runtime.registry, phase)
     preview = rollback_preview(runtime.registry, phase, plan)
     if not apply:
         emit(

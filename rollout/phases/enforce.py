@@ -697,8 +697,6 @@ def _enforce_batch(
     skipped = len(account_ids) - len(still_short)
     if not still_short:
         return BatchOutcome(skipped_now_compliant=skipped)
-    if acted_on is not None:
-        acted_on.extend(still_short)
     if skipped:
         among = _id_set(connection, still_short)
     if connection.dialect.name == "postgresql":
@@ -707,6 +705,22 @@ def _enforce_batch(
         connection.execute(text("set local synchronous_commit to off"))
     batch = _Batch(connection, phase, among, run_id, actor, now)
     required = _record_requirement(batch)
+    # Those this run applies the phase to: not those a run that died had (a rerun
+    # passes over them again, finding their effects done), whom the unreached count and
+    # the summary would otherwise name as acted on twice.
+    applied_here = set(
+        connection.execute(
+            select(REQUIREMENTS.c.account_id).where(
+                and_(
+                    REQUIREMENTS.c.phase == phase.name,
+                    REQUIREMENTS.c.run_id == run_id,
+                    among(REQUIREMENTS.c.account_id),
+                )
+            )
+        ).scalars()
+    )
+    if acted_on is not None:
+        acted_on.extend(applied_here)
     flagged = _require_second_factor(batch) if phase.does("require_2fa") else 0
     warned = (
         _mark_accounts(batch, "warned_at", "warn", lacking_only=False) if phase.does("warn") else 0
@@ -732,7 +746,7 @@ def _enforce_batch(
         tokens_revoked=tokens,
         accounts_warned=warned,
         totp_enrolment_closed=closed,
-        accounts_unreached=len(set(unreached).intersection(still_short)),
+        accounts_unreached=len(applied_here.intersection(unreached)),
     )
 
 
@@ -1086,6 +1100,20 @@ def _rollback_batch(
     return len(withdrawn), len(cleared.get("tfa_required_at", []))
 
 
+def require_enforced(registry: Registry, phase_name: str) -> None:
+    """Refuse to roll back a phase no enforcement run ever applied (one that died
+    counts: it may have required accounts). Such a rollback would change nothing, yet
+    record a run, and the calendar would read the phase 'rolled back'."""
+    with registry.engine.connect() as connection:
+        enforced = connection.execute(
+            select(PLAN_RUNS.c.id)
+            .where(and_(PLAN_RUNS.c.step == phase_step(phase_name), PLAN_RUNS.c.mode == "apply"))
+            .limit(1)
+        ).first()
+    if enforced is None:
+        raise GuardRefused(f"phase {phase_name} was never enforced: there is nothing to roll back")
+
+
 def rollback_phase(
     registry: Registry, plan: Plan, phase_name: str, *, actor: str
 ) -> RollbackResult:
@@ -1095,6 +1123,7 @@ def rollback_phase(
     phase = plan.phase(phase_name)
     with registry.lock(LOCK):
         engine = registry.engine
+        require_enforced(registry, phase.name)
         ids = [a.account_id for a in rollback_preview(registry, phase.name, plan).accounts]
         with recorded_run(
             engine,

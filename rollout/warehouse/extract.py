@@ -10,7 +10,9 @@ tables have the same types whatever the backend.
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -298,6 +300,24 @@ def _record_versions(
     )
 
 
+def _scratch_folder(con: duckdb.DuckDBPyConnection) -> tempfile.TemporaryDirectory[str]:
+    """A folder for the exporters' Arrow files, beside the warehouse file, after removing
+    what a killed extract left there (a SIGKILL runs no cleanup: in the system's temp
+    folder, a copy of the registry's tables stayed behind for good). Only this process
+    has the warehouse open to write, so every such folder beside it is a dead one's.
+    An in-memory warehouse's goes to the system's temp folder."""
+    database = warehouse.scalar(
+        con, "select path from duckdb_databases() where database_name = current_database()"
+    )
+    if not database:
+        return tempfile.TemporaryDirectory(prefix="rollout-extract-")
+    path = Path(database)
+    prefix = f".{path.name}.extract-"
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=prefix, dir=path.parent)
+
+
 def _replace_tables(
     con: duckdb.DuckDBPyConnection,
     registry_url: str,
@@ -319,7 +339,7 @@ def _replace_tables(
     exported = sqlite and bool(exporters)
     counts: dict[str, int] = {}
     # A folder only for the child exporters' files (a daily run makes many small reads).
-    folder = tempfile.TemporaryDirectory(prefix="rollout-extract-") if exported else None
+    folder = _scratch_folder(con) if exported else None
     with folder or nullcontext() as scratch:
         in_memory = _read_sqlite_here(registry_url, tables) if sqlite and not exported else {}
         # In the order the tables become readable: exported shares as they finish.
