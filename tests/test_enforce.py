@@ -491,6 +491,19 @@ def test_different_run_kinds_do_not_block_each_other(registry: Registry) -> None
         pass
 
 
+def test_the_same_database_reached_through_a_symlink_takes_the_same_lock(tmp_path: Path) -> None:
+    real = tmp_path / "data" / "registry.db"
+    real.parent.mkdir()
+    upgrade(make_engine(f"sqlite:///{real}"))
+    (tmp_path / "registry.db").symlink_to(real)
+    with (
+        Registry(f"sqlite:///{real}").lock("enforce"),
+        pytest.raises(GuardRefused, match="another enforce run"),
+        Registry(f"sqlite:///{tmp_path / 'registry.db'}").lock("enforce"),
+    ):
+        pass
+
+
 def test_a_lock_given_back_is_free_everywhere_whatever_the_run_did(registry: Registry) -> None:
     """On PostgreSQL a registry keeps its lock connections from one run to the next:
     one goes back to the pool only with its lock given back, after a run that failed

@@ -23,7 +23,10 @@ from rollout.registry.engine import make_engine, normalize_url, require_sqlite_f
 
 
 def _lock_path(url: URL, name: str) -> Path:
-    return Path(f"{url.database}.{safe_path_component(name, 'lock')}.lock")
+    """Next to the database file itself: the same file reached through a symlink or
+    another relative path must take the same lock (two enforcements ran at once so)."""
+    database = os.path.realpath(url.database or "")
+    return Path(f"{database}.{safe_path_component(name, 'lock')}.lock")
 
 
 def _advisory_key(connection: Connection, name: str) -> int:
