@@ -380,7 +380,7 @@ def test_a_suggested_command_gives_the_shell_the_name_and_nothing_else(
     ).stdout.decode()
     assert words.split("\0")[:-1] == [
         *("rollout", "orgs", "enforce", org),
-        *("--owner", "YOU", "--confirm", org),
+        *("--owner", "YOU", "--confirm", org, "--expect", "1"),
     ]
     assert not (rollout_home / "pwned").exists()
 

@@ -139,6 +139,21 @@ def test_a_later_run_tells_whom_it_removed_and_the_owners_again(
     assert emails[0].context["removed"] == ["fay"]
 
 
+def test_enforce_with_a_count_typed_back_refuses_when_more_would_go(
+    registry: Registry, acme: dict[str, int]
+) -> None:
+    """The preview showed bo and di; fay joined without 2FA since: refused, nobody removed."""
+    assert len(orgs.enforcement_preview(registry, "acme")) == 2
+    OrgMemberFactory(
+        org_id=_org(registry), account=AccountFactory(username="fay"), role="developer"
+    )
+    with pytest.raises(GuardRefused, match="has 3 members without 2FA to remove, not the 2"):
+        orgs.enforce_org(registry, "acme", confirm="acme", owner="ada", actor="t", expect=2)
+    assert len(orgs.audit_org(registry, "acme")) == 5
+    done = orgs.enforce_org(registry, "acme", confirm="acme", owner="ada", actor="t", expect=3)
+    assert done.removed == ["bo", "di", "fay"]
+
+
 def test_a_member_removed_again_after_rejoining_is_audited_again(
     registry: Registry, acme: dict[str, int]
 ) -> None:

@@ -84,6 +84,12 @@ def orgs_enforce(
     owner: Annotated[
         str | None, typer.Option(help="The owner turning enforcement on (must use 2FA).")
     ] = None,
+    expect: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="The count the preview showed, typed back: refused if it changed."
+        ),
+    ] = None,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Turn on 2FA enforcement for an org; members without 2FA are removed."""
@@ -101,7 +107,8 @@ def orgs_enforce(
         )
         stderr.print(
             f"preview only: to remove these {len(members)} members run "
-            f"rollout orgs enforce {shell_word(org)} --owner YOU --confirm {shell_word(org)}",
+            f"rollout orgs enforce {shell_word(org)} --owner YOU --confirm {shell_word(org)} "
+            f"--expect {len(members)}",
             highlight=False,
         )
         return
@@ -109,7 +116,9 @@ def orgs_enforce(
         raise RolloutError("--confirm needs --owner: the owner turning enforcement on").with_exit(
             EXIT_BAD_INPUT
         )
-    result = enforce_org(runtime.registry, org, confirm=confirm, owner=owner, actor=settings.actor)
+    result = enforce_org(
+        runtime.registry, org, confirm=confirm, owner=owner, actor=settings.actor, expect=expect
+    )
     emit_record(
         {
             "org": result.org,

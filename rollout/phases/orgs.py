@@ -151,9 +151,16 @@ def _acting_owner(members: list[Member], org: str, owner: str, doing: str) -> Me
 
 
 def enforce_org(
-    registry: Registry, org: str, *, confirm: str, owner: str, actor: str
+    registry: Registry,
+    org: str,
+    *,
+    confirm: str,
+    owner: str,
+    actor: str,
+    expect: int | None = None,
 ) -> OrgEnforcement:
-    """Turn on 2FA enforcement for ``org`` as ``owner`` and remove members without 2FA."""
+    """Turn on 2FA enforcement for ``org`` as ``owner`` and remove members without 2FA;
+    with ``expect`` (the count the preview showed), only if that many would go now."""
     if confirm != org:
         raise GuardRefused(f"type the org's name back to confirm: --confirm {shell_word(org)}")
     with registry.lock("orgs"):
@@ -162,6 +169,11 @@ def enforce_org(
         members = audit_org(registry, org)
         acting = _acting_owner(members, org, owner, "enforcing it on")
         to_remove = [m for m in members if m.tfa_status == "none"]
+        if expect is not None and len(to_remove) != expect:
+            raise GuardRefused(
+                f"org {org!r} has {len(to_remove)} members without 2FA to remove, not the "
+                f"{expect} expected: run `rollout orgs enforce {shell_word(org)}` and check"
+            )
         owners = [m for m in members if m.role == "owner" and m.tfa_status != "none"]
         reason = removal_reason(org)
         now = utc_now()
