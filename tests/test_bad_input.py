@@ -349,3 +349,20 @@ def test_notify_preview_for_an_unknown_account_writes_nothing(
     stderr = refused(run("notify", "preview", "phase_notice", "--account", "../nobody"))
     assert "no account named '../nobody'" in stderr
     assert files_under(home) == before
+
+
+def test_a_refused_value_with_a_line_break_cannot_fake_a_line_of_output(
+    rollout_home: Path, tmp_path: Path
+) -> None:
+    """A package name holding a line break and what looks like the ingest's summary:
+    the refusal stays one line, the break shown as \\x0a."""
+    upgrade(make_engine(f"sqlite:///{rollout_home / 'registry.db'}"))
+    landing = tmp_path / "downloads" / "downloads-2022-01-05.csv"
+    landing.parent.mkdir()
+    fake = "ALL FILES FINE: nothing refused"
+    landing.write_text(f'package,day,downloads\n"x\n{fake}",2022-01-05,1\n')
+    result = run("ingest", str(landing))
+    assert result.exit_code == 2
+    [refusal] = [line for line in result.stderr.splitlines() if "x\\x0a" in line]
+    assert refusal.startswith("refused:") and fake in refusal
+    assert not any(line.startswith("ALL FILES") for line in result.stderr.splitlines())

@@ -168,6 +168,34 @@ def test_a_repeated_key_names_the_line_of_the_repeat() -> None:
     ]
 
 
+@pytest.mark.parametrize("hours", ["1:30", "0x18", "1_2:00"])
+def test_a_number_yaml_1_1_would_read_otherwise_is_refused_by_line(hours: str) -> None:
+    """PyYAML reads `1:30` as base 60: a 90-hour brown-out from a plan that meant 1.5."""
+    text = edited("hours: 24", f"hours: {hours}")
+    assert problems_in(text) == [
+        (line_of(text, f"hours: {hours}"), "brownouts.0.hours: Input should be a valid integer")
+    ]
+
+
+def test_numbers_read_as_decimals() -> None:
+    """A leading zero is not octal (YAML 1.1: 010 is 8); `_` may group digits."""
+    text = edited("hours: 24", "hours: 010").replace("batch_size: 500", "batch_size: 1_000")
+    plan, problems = parse_plan(text, "plan.yaml")
+    assert problems == [] and plan is not None
+    assert plan.brownouts[0].hours == 10
+    assert {phase.batch_size for phase in plan.phases} >= {1000}
+
+
+def test_a_control_character_in_a_plan_names_its_line() -> None:
+    text = edited("hours: 24", "hours: 2\x004")
+    assert problems_in(text) == [
+        (
+            line_of(text, "hours: 2"),
+            "not valid YAML: character '\\x00' is not allowed in a plan",
+        )
+    ]
+
+
 def test_a_repeated_cohort_is_refused_too() -> None:
     text = edited("  high-impact:\n", "  top-100:\n")
     [(line, reason)] = problems_in(text)

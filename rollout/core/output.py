@@ -174,8 +174,12 @@ def progress_for(fmt: Format | None = None, *columns: str | ProgressColumn) -> P
 
 
 def labelled(label: str, style: str, message: object) -> Text:
-    """``label`` in ``style`` then ``message`` as plain text: an error or warning line."""
-    return Text.assemble((label, style), " ", visible(message, lines=True))
+    """``label`` in ``style`` then ``message`` as plain text on one line: an error or
+    warning. A line break a message holds is shown escaped (``\x0a``), whether it came
+    from a value (a package name in a landing file, a username in a snooze file, which
+    could otherwise print a line of its own, faking a summary) or from a library's
+    message."""
+    return Text.assemble((label, style), " ", visible(message))
 
 
 def emit(

@@ -7,6 +7,7 @@ for the first of all the problems found (``plan_problems`` lists them all).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from itertools import pairwise
@@ -666,6 +667,33 @@ class _PlanLoader(yaml.SafeLoader):
 
 _PlanLoader.add_constructor("tag:yaml.org,2002:timestamp", _PlanLoader.construct_yaml_timestamp)
 
+# Numbers as a person reads them. YAML 1.1, which PyYAML follows, reads `hours: 1:30`
+# as base 60 (90 hours), `010` as octal (8), and 0x/0b forms: a plan says 1:30 or 010
+# meaning something else. Here a number is decimal (with `_` between digits, as in
+# 165_000_000); anything else stays text, which the plan's checks then refuse by line.
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_PlanLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_PlanLoader.add_implicit_resolver(
+    _INT, re.compile(r"^[-+]?[0-9](?:_?[0-9])*$"), list("-+0123456789")
+)
+_PlanLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?(?:[0-9](?:_?[0-9])*\.(?:[0-9](?:_?[0-9])*)?|\.[0-9](?:_?[0-9])*)"
+        r"(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?[0-9](?:_?[0-9])*[eE][-+]?[0-9]+"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+_PlanLoader.add_constructor(
+    _INT, lambda loader, node: int(loader.construct_scalar(node).replace("_", ""))
+)
+
 
 def _line_of(node: yaml.Node | None, path: Path_) -> int | None:
     """The line of the YAML key at ``path`` (or of its nearest existing parent)."""
@@ -695,6 +723,15 @@ def parse_plan(text: str, path: Path | str = "<plan>") -> tuple[Plan | None, lis
     try:
         node = yaml.compose(text, Loader=_PlanLoader)
         data: Any = yaml.load(text, Loader=_PlanLoader)  # a SafeLoader: no arbitrary objects
+    except yaml.reader.ReaderError as error:
+        # A character YAML does not allow (a NUL, another control): the reader knows
+        # where, as a position in the text, not as a mark.
+        line = text[: error.position].count("\n") + 1
+        character = error.character
+        if isinstance(character, int):  # (a code point, when the text was a str)
+            character = chr(character)
+        reason = f"not valid YAML: character {character!r} is not allowed in a plan"
+        return None, [BadInput(path, line, reason)]
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
