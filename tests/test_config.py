@@ -85,7 +85,10 @@ def test_a_bad_setting_is_bad_input_naming_the_variable(name: str, value: str) -
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("value", ["500%", "0%", "999999999TB", "0B", "1KB", "2000TB"])
+@pytest.mark.parametrize(
+    "value",
+    ["500%", "0%", "999999999TB", "0B", "1KB", "2000TB", "\u0661\u0660\u0660MB", "0.00001%"],
+)
 def test_a_memory_limit_duckdb_would_refuse_or_cannot_work_in_is_bad_input(value: str) -> None:
     """Each failed when the warehouse opened, as a DuckDB traceback, before."""
     with pytest.raises(BadInput, match="ROLLOUT_DUCKDB_MEMORY_LIMIT"):

@@ -694,3 +694,26 @@ def test_a_landing_file_cut_short_is_never_left_under_its_name(
         ["downloads-2022-01-01.csv"],
         ["downloads-2022-01-01.csv", "downloads-2022-01-02.csv"],
     ]
+
+
+@pytest.mark.parametrize("days", [800_000, 30_000])
+def test_a_history_starting_before_the_registry_is_refused_before_anything_is_made(
+    tmp_path: Path, days: int
+) -> None:
+    """800,000 days overflowed the calendar with the registry half made; 30,000 wrote
+    download days before 1970."""
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    with pytest.raises(BadInput, match=r"before 2010-01-01, when the registry starts: at most"):
+        generate_sample(
+            "tiny", SEED, registry=registry, landing_dir=tmp_path / "landing", days=days
+        )
+    assert not (tmp_path / "landing").exists()
+    assert not (tmp_path / "registry.db").exists() or not _has_accounts(tmp_path / "registry.db")
+
+
+def _has_accounts(database: Path) -> bool:
+    with closing(sqlite3.connect(database)) as connection:
+        try:
+            return bool(connection.execute("select count(*) from accounts").fetchone()[0])
+        except sqlite3.OperationalError:  # no tables: nothing was made
+            return False

@@ -30,7 +30,8 @@ _MEMORY_UNITS = {
 }
 _MIN_MEMORY, _MAX_MEMORY = 16 * 1000**2, 1000 * 1000**4
 # As DuckDB takes a memory limit: a size with its unit, or a share of RAM.
-_MEMORY_LIMIT = r"(?i)^(\d+(?:\.\d+)?)\s*([kmgt]i?b|b|%)$"
+# ASCII digits only: \d also matches other scripts' digits, which DuckDB cannot read.
+_MEMORY_LIMIT = r"(?i)^([0-9]+(?:\.[0-9]+)?)\s*([kmgt]i?b|b|%)$"
 _MAY_HOLD_SECRETS = frozenset({"SENDGRID_API_KEY", "ROLLOUT_REGISTRY_URL"})
 
 
@@ -49,6 +50,11 @@ def webhook_public_key(text: str) -> EllipticCurvePublicKey:
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise ValueError("is not SendGrid's verification key (base64 of an ECDSA public key)")
     return key
+
+
+def _machine_memory() -> int:
+    """This machine's physical memory in bytes, as DuckDB takes a share of it."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class Settings(BaseSettings):
@@ -120,6 +126,9 @@ class Settings(BaseSettings):
         if unit == "%":
             if not 0 < number <= 100:
                 raise ValueError("a share of memory must be above 0% and at most 100%")
+            # A share is of this machine's memory: below 16MB of it no warehouse opens.
+            if number / 100 * _machine_memory() < _MIN_MEMORY:
+                raise ValueError("a share of memory must come to at least 16MB on this machine")
             return value
         size = number * _MEMORY_UNITS[unit]
         if not _MIN_MEMORY <= size <= _MAX_MEMORY:

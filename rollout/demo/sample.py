@@ -1396,13 +1396,20 @@ def _resolve_scale(scale: str | Scale) -> Scale:
     return SCALES[scale]
 
 
+REGISTRY_START = date(2010, 1, 1)
+
+
 def _end_instant(end: date) -> int:
     """The last whole second of ``end`` (or now, when end is today): nothing in the future."""
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
     if end > now.date():
         raise BadInput(None, None, f"end {end.isoformat()} is in the future")
     if end < date(2012, 1, 1):
-        raise BadInput(None, None, "end must be in 2012 or later: the registry starts in 2010")
+        raise BadInput(
+            None,
+            None,
+            f"end must be in 2012 or later: the registry starts in {REGISTRY_START.year}",
+        )
     return min(_us(end + timedelta(days=1)) - US, _us(now))
 
 
@@ -1614,6 +1621,16 @@ def generate_sample(
     if days < 1:
         raise BadInput(None, None, f"days must be at least 1, not {days}")
     end_us = _end_instant(end)
+    # Checked before anything is written: a history reaching past year 1 raised
+    # OverflowError with the registry half made.
+    most = (end - REGISTRY_START).days + 1
+    if days > most:
+        raise BadInput(
+            None,
+            None,
+            f"days {days} would start the download history before {REGISTRY_START}, when "
+            f"the registry starts: at most {most} days up to {end}",
+        )
     landing_dir = Path(landing_dir)
     stage = _Stages(progress)
     stage("Preparing the registry")
