@@ -247,11 +247,19 @@ def test_a_request_file_with_a_bad_line_is_refused_whole(tmp_path: Path) -> None
         ("ann", 3, datetime(2023, 4, 1, 8), "good.csv line 2"),
         ("eve", 7, now, "good.csv line 3"),
     ]
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("username,days\nann,3\nren\u00e9e,2\n".encode("latin-1"))
+    with pytest.raises(BadInput) as refused:
+        read_requests(latin1, now)
+    assert str(refused.value) == (
+        f"{latin1}:3: not UTF-8 text: byte 0xe9 at byte 4 of the line (invalid continuation byte)"
+    )
     for body, line, reason in [
         ("user,days\nann,3\n", 1, "the header must name the columns username and days"),
         ("username,days\nann,3\neve,seven\n", 3, "days must be a whole number, not 'seven'"),
         ("username,days\nann,0\n", 2, "days must be at least 1"),
-        ("username,days\nann,3\nann,2\n", 3, "ann already asked on line 2"),
+        ("username,days\nann,3\nann,2\n", 3, "'ann' already asked on line 2"),
+        ("username,days,days\nann,3,99\n", 1, "column days appears twice"),
         ("username,days,requested_at\nann,3,2023-05-01\n", 2, "is in the future"),
         ("username,days\nann,3,4\n", 2, "expected 2 values, found 3"),
     ]:
@@ -329,7 +337,7 @@ def test_landed_request_files_are_granted_once_and_a_bad_file_is_refused_whole(
     assert unknown_phase.endswith(
         "a.csv: no phase 'no-such-phase' in plan github-2023 (phases: publishers)"
     )
-    assert bad_line.endswith("2023-04-02.csv: days must be a whole number, not 'x'")
+    assert bad_line.endswith("2023-04-02.csv:2: days must be a whole number, not 'x'")
     # The next day's pickup reads the same files: nothing granted twice, no run recorded.
     again = grant_landed(registry, plan, landing, actor="flow", now=now)
     assert (again.granted, again.already) == (0, 1)
@@ -405,7 +413,7 @@ def test_a_landed_file_with_a_time_beyond_the_supported_years_is_rejected_not_a_
     assert (done.granted, done.already, done.refused) == (0, 0, [])
     [rejected] = done.rejected
     assert rejected.endswith(
-        "a.csv: requested_at '0001-01-01T00:00:00+05:00' is not between 1970-01-01 and now"
+        "a.csv:2: requested_at '0001-01-01T00:00:00+05:00' is not between 1970-01-01 and now"
     )
 
 

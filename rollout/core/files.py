@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from rollout.core.errors import BadInput
+
 
 def write_atomically(path: Path, data: bytes | str) -> None:
     """Write ``data`` to a hidden temp file beside ``path`` (:func:`written_in_place`:
@@ -37,3 +39,19 @@ def written_in_place(path: Path) -> Iterator[Path]:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def utf8_text(path: Path, data: bytes) -> str:
+    """``data``, read from ``path``, as UTF-8 text (a byte-order mark skipped, as
+    spreadsheets write one), or BadInput naming the line and byte where it is not."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        start = data.rfind(b"\n", 0, error.start) + 1
+        line = data.count(b"\n", 0, error.start) + 1
+        raise BadInput(
+            path,
+            line,
+            f"not UTF-8 text: byte 0x{data[error.start]:02x} at byte "
+            f"{error.start - start + 1} of the line ({error.reason})",
+        ) from None

@@ -27,6 +27,7 @@ from pydantic import (
 
 from rollout.core.clock import naive_utc
 from rollout.core.errors import BadInput
+from rollout.core.files import utf8_text
 from rollout.core.names import SAFE_NAME_RULE, is_safe_name
 
 
@@ -764,12 +765,10 @@ def parse_plan(text: str, path: Path | str = "<plan>") -> tuple[Plan | None, lis
 def read_plan_text(path: Path) -> str:
     """The plan file's text, or BadInput saying why it cannot be read."""
     try:
-        return path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as error:
         raise BadInput(path, None, f"cannot read the plan: {error.strerror}") from error
-    except UnicodeDecodeError as error:
-        line = path.read_bytes()[: error.start].count(b"\n") + 1
-        raise BadInput(path, line, f"not UTF-8 text: {error.reason}") from error
+    return utf8_text(path, data)
 
 
 def load_plan(path: Path | str) -> Plan:

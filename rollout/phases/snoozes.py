@@ -26,6 +26,7 @@ from sqlalchemy import Connection, and_, select
 
 from rollout.core.calendar import snooze_step
 from rollout.core.errors import BadInput
+from rollout.core.files import utf8_text
 from rollout.core.plan import FIRST_DAY, Phase, Plan, supported_utc
 from rollout.phases.enforce import LOCK
 from rollout.registry import Registry
@@ -73,16 +74,19 @@ def read_requests(path: Path, now: datetime) -> list[SnoozeRequest]:
     """The requests of a CSV file (header ``username,days`` and an optional
     ``requested_at``, UTC). Any bad row refuses the whole file, naming its line."""
     try:
-        # A byte-order mark (what spreadsheets write first) is skipped, as in landing
-        # files (rollout.warehouse.landing): else the header's first name is not found.
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as error:
-        raise BadInput(path, None, f"cannot read the file: {error}") from error
-    rows = _rows(path, text)
+        data = path.read_bytes()
+    except OSError as error:
+        raise BadInput(path, None, f"cannot read the file: {error.strerror}") from error
+    # A byte-order mark (what spreadsheets write first) is skipped, as in landing files
+    # (rollout.warehouse.landing): else the header's first name is not found.
+    rows = _rows(path, utf8_text(path, data))
     first = next(rows, None)
     header = first[1] if first is not None else None
     if header is None or not {"username", "days"} <= set(header):
         raise BadInput(path, 1, "the header must name the columns username and days")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:  # which one would be read? (a dict keeps the last, silently)
+        raise BadInput(path, 1, f"column {repeated[0]} appears twice")
     unknown = set(header) - {"username", "days", "requested_at"}
     if unknown:
         raise BadInput(path, 1, f"unknown columns: {', '.join(sorted(unknown))}")
@@ -102,7 +106,7 @@ def read_requests(path: Path, now: datetime) -> list[SnoozeRequest]:
         if given:
             at = _requested_at(path, line, values["requested_at"], now)
         if username in seen:
-            raise BadInput(path, line, f"{username} already asked on line {seen[username]}")
+            raise BadInput(path, line, f"{username!r} already asked on line {seen[username]}")
         seen[username] = line
         requests.append(SnoozeRequest(username, days, at, f"{path.name} line {line}", given))
     return requests
@@ -371,7 +375,9 @@ def grant_landed(
             phase = snooze_phase(plan.phase(name))
             requests = read_requests(path, now)
         except BadInput as error:
-            done.rejected.append(f"{path}: {error.reason}")
+            # The file, and the line where there is one (a phase the folder names
+            # that is not in the plan is an error of no file: it gets this one's name).
+            done.rejected.append(str(error) if error.path else f"{path}: {error.reason}")
             continue
         # Judged first, read-only: a file read again (its grants "already") records no run.
         outcomes = snooze_preview(registry, plan, phase.name, requests)
