@@ -366,3 +366,15 @@ def test_a_refused_value_with_a_line_break_cannot_fake_a_line_of_output(
     [refusal] = [line for line in result.stderr.splitlines() if "x\\x0a" in line]
     assert refusal.startswith("refused:") and fake in refusal
     assert not any(line.startswith("ALL FILES") for line in result.stderr.splitlines())
+
+
+@pytest.mark.parametrize("command", [["plan", "show"], ["notify", "status"]], ids=" ".join)
+def test_a_registry_server_that_is_not_there_is_one_line_without_the_password(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", "postgresql://u:s3cret@127.0.0.1:1/db")
+    result = run(*command)
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: the registry database: connection failed")
+    assert "s3cret" not in result.stderr and "Traceback" not in result.output

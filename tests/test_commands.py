@@ -234,6 +234,29 @@ def test_a_warehouse_that_cannot_be_opened_exits_1_with_a_message(
     assert broken.read_text().startswith("this is not a DuckDB file")  # left as it was
 
 
+def test_the_registry_named_as_the_warehouse_is_refused_without_fetching_an_extension(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB tried to download its SQLite extension to open it, and the advice to move
+    a broken warehouse aside would have been about the registry."""
+    _registry(rollout_home)
+    monkeypatch.setenv("ROLLOUT_WAREHOUSE", str(rollout_home / "registry.db"))
+    before = (rollout_home / "registry.db").read_bytes()
+    result = run("summary")
+    assert result.exit_code == 2, result.stderr
+    message = _one_line(result.stderr)
+    assert "registry.db: a SQLite database (the registry?), not a DuckDB warehouse" in message
+    assert "move it aside" not in message and "extension" not in message
+    assert (rollout_home / "registry.db").read_bytes() == before
+
+
+def test_a_warehouse_connection_never_installs_an_extension(tmp_path: Path) -> None:
+    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        assert (
+            warehouse.scalar(con, "select current_setting('autoinstall_known_extensions')") is False
+        )
+
+
 # --- ROLLOUT_DUCKDB_MEMORY_LIMIT -------------------------------------------------------------
 
 

@@ -91,6 +91,14 @@ def _input_output_failure(error: BaseException) -> str | None:
     duckdb = sys.modules.get("duckdb")  # loaded by then if it raised; never imported here
     if duckdb is not None and isinstance(error, duckdb.IOException):
         return visible(str(error))
+    # The registry's server not there, refusing the login, or gone mid-run: one line (the
+    # driver's reason; drivers do not repeat a password), not a page of traceback.
+    sqlalchemy = sys.modules.get("sqlalchemy.exc")
+    if sqlalchemy is not None and isinstance(
+        error, sqlalchemy.OperationalError | sqlalchemy.InterfaceError
+    ):
+        reason = " ".join(str(getattr(error, "orig", None) or error).split())
+        return visible(f"the registry database: {reason}")
     return None
 
 

@@ -64,9 +64,13 @@ def connect(
             f"{visible(path)}: no warehouse yet: run `rollout ingest` first, or check "
             "ROLLOUT_HOME (or ROLLOUT_WAREHOUSE)"
         ).with_exit(EXIT_BAD_INPUT)  # the setting names a place with none, as a typo does
+    _require_duckdb_file(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    config: dict[str, Any] = {}
+    # Never fetch an extension: DuckDB would download one over the network to read a
+    # file of another kind (a SQLite registry named as the warehouse). What rollout
+    # uses (Parquet, JSON, ICU) is built in.
+    config: dict[str, Any] = {"autoinstall_known_extensions": False}
     if memory_limit:
         config["memory_limit"] = memory_limit
     try:
@@ -93,6 +97,23 @@ def connect(
     if not read_only:
         ensure_schema(con)
     return con
+
+
+def _require_duckdb_file(path: Path) -> None:
+    """Refuse a SQLite database where the warehouse should be: ROLLOUT_WAREHOUSE naming
+    the registry. DuckDB would read it through an extension (fetched over the network
+    when it could), and the advice for a broken warehouse, to move derived data aside
+    and rebuild it, is wrong for the registry."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(16)
+    except OSError:
+        return  # made here, or DuckDB's own message
+    if header.startswith(b"SQLite format 3"):
+        raise RolloutError(
+            f"{visible(path)}: a SQLite database (the registry?), not a DuckDB warehouse: "
+            "check ROLLOUT_WAREHOUSE (or ROLLOUT_HOME)"
+        ).with_exit(EXIT_BAD_INPUT)
 
 
 @contextmanager
