@@ -655,3 +655,56 @@ def test_a_broken_json_array_is_refused_at_the_line_json_names(
         load(con, path)
     assert refused.value.line == line
     assert reason in str(refused.value)
+
+
+RANGE = '{"package": "react", "start": "2022-01-10", "end": "2022-01-10", '
+TWICE = "malformed JSON: key 'package' appears twice in one object"
+
+
+@pytest.mark.parametrize(
+    ("relative", "text", "line", "reason"),
+    [
+        (
+            "downloads/api-twice.json",
+            "[\n"
+            + RANGE
+            + '"downloads": [{"day": "2022-01-10", "downloads": 1}]},\n'
+            + RANGE
+            + '"package": "lodash", "downloads": [{"day": "2022-01-10", "downloads": 1}]}\n]',
+            3,
+            TWICE,
+        ),
+        (
+            "downloads/api-twice.jsonl",
+            RANGE + '"downloads": [{"day": "2022-01-10", "downloads": 1, "downloads": 999}]}\n',
+            1,
+            "malformed JSON: key 'downloads' appears twice in one object",
+        ),
+        (
+            "events/events-twice.json",
+            json.dumps([event(1), event(2)])[:-1] + ',\n{"event": "open", "event": "click"}]',
+            2,
+            "malformed JSON: key 'event' appears twice in one object",
+        ),
+        (
+            "events/events-twice.jsonl",
+            json.dumps(event(1)) + '\n{"event": "open", "event": "click"}\n',
+            2,
+            "malformed JSON: key 'event' appears twice in one object",
+        ),
+    ],
+    ids=["downloads-json", "downloads-jsonl", "events-json", "events-jsonl"],
+)
+def test_a_key_named_twice_in_one_object_is_refused_by_line(
+    con: duckdb.DuckDBPyConnection,
+    tmp_path: Path,
+    relative: str,
+    text: str,
+    line: int,
+    reason: str,
+) -> None:
+    """Python's parser keeps the last of the two, silently: a range object's second
+    "package" took the first's counts."""
+    root = landing_with_a_good_file(tmp_path)
+    path = put(root, relative, text.encode())
+    assert the_one_refused(run(con, root), path) == f"{path}:{line}: {reason}"

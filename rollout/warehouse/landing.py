@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal, NoReturn
+from typing import IO, Any, Literal, NoReturn
 
 import duckdb
 import pyarrow as pa
@@ -409,12 +409,40 @@ def _parse_error(file: LandingFile, error: duckdb.Error, what: str) -> BadInput:
 _JSON_ERRORS = (ValueError, RecursionError)
 
 
+class _DuplicateKey(ValueError):
+    """A JSON object naming a key twice: Python's parser keeps the last, silently (a
+    range object's second "package" took its counts); DuckDB refuses it. ``line``: the
+    line the object starts on, where known."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"key {key!r} appears twice in one object")
+        self.line: int | None = None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return document
+
+
+# Every JSON landing file rollout parses in Python, parsed so.
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+_loads = _DECODER.decode
+
+
 def _json_refusal(path: Path, line: int | None, error: ValueError | RecursionError) -> BadInput:
     """``BadInput`` for JSON that Python's parser refused. ``line``: where the text
     parsed starts (a JSON-lines line), or None for a whole file, whose parse error says
     its own line."""
     if isinstance(error, json.JSONDecodeError):
         return BadInput(path, line or error.lineno, f"malformed JSON: {error.msg}")
+    if isinstance(error, _DuplicateKey):
+        return BadInput(path, line or error.line, f"malformed JSON: {error}")
     if isinstance(error, RecursionError):
         return BadInput(path, line, "malformed JSON: nested too deeply")
     # "Exceeds the limit (4300 digits) for integer string conversion: ...; use sys..."
@@ -433,7 +461,7 @@ def _first_bad_json_line(file: LandingFile) -> BadInput | None:
                 if not text.strip():
                     continue
                 try:
-                    document = json.loads(text)
+                    document = _loads(text)
                 except _JSON_ERRORS as error:
                     return _json_refusal(file.path, number, error)
                 if not isinstance(document, dict):
@@ -675,15 +703,23 @@ def _json_documents(text: str) -> list[tuple[int, object]]:
     (``json.loads`` of the whole text says where, when the array itself is broken)."""
     position = _after_space(text, 0)
     if not text.startswith("[", position):
-        return [(text.count("\n", 0, position) + 1, json.loads(text))]
-    decoder = json.JSONDecoder()
+        line = text.count("\n", 0, position) + 1
+        try:
+            return [(line, _loads(text))]
+        except _DuplicateKey as error:
+            error.line = line
+            raise
     documents: list[tuple[int, object]] = []
     line, counted = 1, 0
     position = _after_space(text, position + 1)
     closed = text.startswith("]", position)  # an empty array
     while not closed:
-        document, end = decoder.raw_decode(text, position)
         line, counted = line + text.count("\n", counted, position), position
+        try:
+            document, end = _DECODER.raw_decode(text, position)
+        except _DuplicateKey as error:
+            error.line = line
+            raise
         documents.append((line, document))
         position = _after_space(text, end)
         closed = text.startswith("]", position)
@@ -715,7 +751,11 @@ def _range_documents(file: LandingFile, *, exact_lines: bool = False) -> list[tu
             try:
                 if exact_lines:
                     return _json_documents(text)
-                document = json.loads(text)
+                try:
+                    document = _loads(text)
+                except _DuplicateKey:
+                    _json_documents(text)  # again, object by object: the line of the one
+                    raise
             except _JSON_ERRORS as error:
                 raise _json_refusal(file.path, None, error) from error
             return list(enumerate(document if isinstance(document, list) else [document], 1))
@@ -724,7 +764,7 @@ def _range_documents(file: LandingFile, *, exact_lines: bool = False) -> list[tu
             if not line.strip():
                 continue
             try:
-                documents.append((number, json.loads(line)))
+                documents.append((number, _loads(line)))
             except _JSON_ERRORS as error:
                 raise _json_refusal(file.path, number, error) from error
         return documents
@@ -1104,7 +1144,10 @@ def _events_parse_error(file: LandingFile, error: Exception) -> BadInput:
         )
     try:
         with open_text(file.path) as handle:
-            document = json.load(handle)
+            text = handle.read()
+        documents = _json_documents(text)  # (a repeated key named by its object's line)
+        array = text.startswith("[", _after_space(text, 0))
+        document = [d for _, d in documents] if array else documents[0][1]
     except _JSON_ERRORS as parse_error:
         return _json_refusal(file.path, None, parse_error)
     except BadInput as unreadable:  # not UTF-8 (naming its line), or unreadable
@@ -1118,7 +1161,9 @@ def _events_parse_error(file: LandingFile, error: Exception) -> BadInput:
             return BadInput(
                 file.path, position, f"event {position} is {_json_kind(event)}, not an object"
             )
-    return BadInput(file.path, None, f"cannot read the events: {error}")
+    # DuckDB's own reason, without the tuning advice on the lines after it.
+    reason = (str(error).splitlines() or [""])[0]
+    return BadInput(file.path, None, f"cannot read the events: {reason}")
 
 
 def stage_events(con: duckdb.DuckDBPyConnection, files: list[LandingFile]) -> None:
