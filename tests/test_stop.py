@@ -295,16 +295,20 @@ EXTRACT_SCRIPT = textwrap.dedent(
 )
 
 
+# The exporters' folder, beside the warehouse w.duckdb (rollout.warehouse.extract).
+SCRATCH = ".w.duckdb.extract-*"
+
+
 def _exporters_blocked(scratch: Path) -> None:
     """Make each exporter block on its first file: a FIFO in its place waits for a reader
     that never comes, so they run until something stops them."""
     from rollout.warehouse.extract import EXTRACTED_TABLES
 
     def folder_made() -> bool:
-        return any(scratch.glob("rollout-extract-*"))
+        return any(scratch.glob(SCRATCH))
 
     _wait_for(folder_made, 60, "the extract's folder")
-    [folder] = scratch.glob("rollout-extract-*")
+    [folder] = scratch.glob(SCRATCH)
     for name in EXTRACTED_TABLES:
         with contextlib.suppress(FileExistsError):  # that exporter was quicker
             os.mkfifo(folder / f"{name}.arrow")
@@ -317,11 +321,10 @@ def test_the_extract_s_exporters_end_with_the_command(tmp_path: Path, how: str) 
     engine = make_engine(registry_url)
     upgrade(engine)
     engine.dispose()
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
+    scratch = tmp_path  # where the warehouse is
     command = subprocess.Popen(
         [sys.executable, "-c", EXTRACT_SCRIPT, registry_url, str(tmp_path / "w.duckdb")],
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(scratch)},
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -340,7 +343,7 @@ def test_the_extract_s_exporters_end_with_the_command(tmp_path: Path, how: str) 
     if how == "term":
         assert command.returncode == 143, errors
         assert "Traceback" not in errors
-        assert not any(scratch.glob("rollout-extract-*")), "the scratch folder was left"
+        assert not any(scratch.glob(SCRATCH)), "the scratch folder was left"
 
 
 # A command whose DuckDB query Ctrl-C interrupts (ingest, metrics, the demo hold no
