@@ -53,7 +53,7 @@ from flows.common import (
     table,
     with_runtime,
 )
-from rollout.core.config import Settings
+from rollout.core.config import Settings, api_key
 from rollout.core.errors import RolloutError
 from rollout.core.output import markdown_text
 from rollout.notify.drain import (
@@ -83,10 +83,15 @@ def settings_with_secret(settings: Settings, environ: Mapping[str, str] = os.env
         return settings
     name = environ.get("ROLLOUT_SENDGRID_SECRET_BLOCK", SECRET_BLOCK)
     try:
-        key = str(Secret.load(name).get())
+        stored = str(Secret.load(name).get())
     except ValueError:  # no such block: the file outbox
         return settings
-    # As load_settings takes SENDGRID_API_KEY: an empty value is no key.
+    # As load_settings takes SENDGRID_API_KEY: an empty value is no key, the whitespace
+    # around one (a file's last line feed) is dropped.
+    try:
+        key = api_key(stored)
+    except ValueError as error:
+        raise RolloutError(f"the Secret block {name!r} {error}") from None
     return settings.model_copy(update={"sendgrid_api_key": SecretStr(key) if key else None})
 
 

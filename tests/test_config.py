@@ -125,3 +125,16 @@ def test_a_blank_override_means_unset() -> None:
     settings = load_settings({"ROLLOUT_REGISTRY_URL": "", "ROLLOUT_DUCKDB_MEMORY_LIMIT": ""})
     assert settings.registry_url == "sqlite:///var/registry.db"
     assert settings.duckdb_memory_limit is None
+
+
+def test_an_api_key_keeps_no_whitespace_around_it_and_none_inside() -> None:
+    """A key saved from a file kept its last line feed, and the HTTP client then printed
+    it whole in its error."""
+    settings = load_settings({"SENDGRID_API_KEY": "SG.secret-key\n"})
+    assert settings.sendgrid_api_key is not None
+    assert settings.sendgrid_api_key.get_secret_value() == "SG.secret-key"
+    assert load_settings({"SENDGRID_API_KEY": " \n"}).sendgrid_api_key is None
+    with pytest.raises(BadInput) as refused:
+        load_settings({"SENDGRID_API_KEY": "SG.secret\x00key"})
+    assert "holds a space or a control character" in str(refused.value)
+    assert "secret" not in str(refused.value).replace("(the key is not shown)", "")

@@ -25,6 +25,7 @@ from rollout.notify.senders import (
     SenderMisconfigured,
     SendGridSender,
     _http_error_outcome,
+    header_problem,
     make_sender,
 )
 
@@ -453,6 +454,12 @@ def test_a_domain_idna_cannot_encode_fails_permanently(tmp_path: Path) -> None:
     with pytest.raises(DeliveryFailed) as caught:
         FileSender(tmp_path).send(message(to_address="ann@" + "ü" * 70 + ".example"))
     assert caught.value.permanent and "IDNA" in caught.value.reason
+
+
+@pytest.mark.parametrize("address", ["amir@example.com\n", "amir@example.com\r", "a\n@b.example"])
+def test_an_address_with_a_line_break_anywhere_fails_before_any_sender(address: str) -> None:
+    """A trailing line feed passed a check ending in `$` and went to SendGrid."""
+    assert header_problem(message(to_address=address)) == (f"invalid recipient address {address!r}")
 
 
 def test_an_address_the_parser_refuses_fails_permanently(tmp_path: Path) -> None:

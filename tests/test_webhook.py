@@ -141,6 +141,22 @@ def test_a_stale_or_future_post_is_refused(
     assert written(tmp_path) == []
 
 
+@pytest.mark.parametrize("timestamp", ["9" * 5000, "\u00b2", "\u0661\u0662", "-5"])
+def test_a_timestamp_that_is_no_unix_time_is_refused_not_a_server_error(
+    client: httpx.Client, signer: WebhookSigner, tmp_path: Path, timestamp: str
+) -> None:
+    """isdigit() took "²" and 5,000 nines, which int() then refused: a 500."""
+    body = body_of()
+    headers = {**signer.headers(body, NOW), TIMESTAMP_HEADER: timestamp}
+    answer = client.post(
+        EVENTS_PATH,
+        content=body,
+        headers={k: v.encode() for k, v in headers.items()},
+    )
+    assert answer.status_code == 401 and "tolerance" in answer.json()["error"]
+    assert written(tmp_path) == []
+
+
 def test_a_replayed_post_is_refused_and_the_first_kept(
     client: httpx.Client, signer: WebhookSigner, tmp_path: Path
 ) -> None:

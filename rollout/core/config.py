@@ -35,6 +35,19 @@ _MEMORY_LIMIT = r"(?i)^([0-9]+(?:\.[0-9]+)?)\s*([kmgt]i?b|b|%)$"
 _MAY_HOLD_SECRETS = frozenset({"SENDGRID_API_KEY", "ROLLOUT_REGISTRY_URL"})
 
 
+def api_key(text: str) -> str | None:
+    """A SendGrid API key as pasted or stored: the whitespace around it dropped (a
+    file's last line feed, a Secret saved from one); None when nothing is left. One
+    holding a space or a control character inside is no key: ValueError, not repeating
+    it (the HTTP client refused it with the key in its message, in a traceback)."""
+    key = text.strip()
+    if not key:
+        return None
+    if any(character.isspace() or not character.isprintable() for character in key):
+        raise ValueError("holds a space or a control character (the key is not shown)")
+    return key
+
+
 def webhook_public_key(text: str) -> EllipticCurvePublicKey:
     """SendGrid's Event Webhook verification key (base64 of the DER public key, as its
     settings page shows it) as the official helper loads it: a cryptography
@@ -111,6 +124,11 @@ class Settings(BaseSettings):
     def _blank_means_none(cls, value: object) -> object:
         # An override set to "" (as compose files and CI templates do) is not set.
         return None if value == "" else value
+
+    @field_validator("sendgrid_api_key", mode="before")
+    @classmethod
+    def _api_key(cls, value: object) -> object:
+        return api_key(value) if isinstance(value, str) else value
 
     @field_validator("duckdb_memory_limit")
     @classmethod

@@ -137,7 +137,7 @@ RESERVED_HEADERS = frozenset(
 )
 # Deliberately loose (one @, a dotted domain, no spaces or brackets): the point is to
 # catch obviously broken addresses the way SendGrid does, not to implement RFC 5322.
-_EMAIL_RE = re.compile(r"^[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+\.[^@\s<>()\[\],;:\"]+$")
+_EMAIL_RE = re.compile(r"\A[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+\.[^@\s<>()\[\],;:\"]+\Z")
 _FAULT_KEYS = frozenset({"status", "retry_after", "stall", "drop"})
 
 

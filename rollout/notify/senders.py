@@ -69,7 +69,8 @@ MAX_REASON = 500
 # other message would fail the same way, so none of them should be given up on for good.
 _CONFIGURATION_STATUSES = frozenset({401, 403, 404, 405})
 # Loose on purpose: what matters is one @ and no whitespace/control characters.
-_ADDRESS_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")
+# \Z, not $: $ also matches before a final line feed, which let "a@b.example\n" through.
+_ADDRESS_RE = re.compile(r"\A[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\Z")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is allowed, CR/LF are not
 
 
