@@ -19,6 +19,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 
+from rollout.core.errors import RolloutError
 from rollout.core.plan import Plan
 from rollout.demo.sample import generate_sample
 from rollout.notify import outbox
@@ -270,6 +271,26 @@ def test_a_downgrade_that_cannot_says_so_and_changes_nothing(registry: Registry)
         assert not _step_down(registry.engine, target)
     assert migrate.current_revision(registry.engine) == REVISIONS[0]
     _assert_matches_the_models(registry.engine)
+
+
+def test_a_registry_a_newer_rollout_migrated_is_refused_by_upgrade_and_use(
+    tmp_path: Path,
+) -> None:
+    """Alembic's CommandError was a traceback from `db upgrade`, and every other command
+    advised running `db upgrade`."""
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    with engine.begin() as connection:
+        connection.execute(text("update alembic_version set version_num = '9999_future'"))
+    newer = "schema revision 9999_future, which this rollout does not know"
+    with pytest.raises(RolloutError, match=newer):
+        migrate.upgrade(engine)
+    with pytest.raises(RolloutError, match=newer) as refused:
+        migrate.require_current_schema(url)
+    assert "run `rollout db upgrade`" not in str(refused.value)
+    assert migrate.current_revision(engine) == "9999_future"
+    engine.dispose()
 
 
 def test_classic_tokens_get_what_their_kind_can_do_at_0009(registry: Registry) -> None:

@@ -483,6 +483,20 @@ def test_a_failed_write_leaves_no_file_behind(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_emails_the_outbox_cannot_take_fail_with_one_reason(tmp_path: Path) -> None:
+    """Each named its own temporary file: a hundred failures, a hundred reasons."""
+    from rollout.notify.outbox import failure_reason
+
+    blocked = tmp_path / "outbox"
+    blocked.write_text("a file where the folder should be")
+    reasons = set()
+    for outbox_id in (1, 2):
+        with pytest.raises(DeliveryFailed) as caught:
+            FileSender(blocked).send(message(outbox_id=outbox_id))
+        reasons.add(failure_reason(caught.value.reason))
+    assert reasons == {f"cannot write to {blocked}: Not a directory"}
+
+
 def test_sending_again_replaces_the_file(tmp_path: Path) -> None:
     sender = FileSender(tmp_path)
     sender.send(MESSAGE)

@@ -531,7 +531,10 @@ class FileSender:
         try:
             _write_replacing(self.path_for(message), data)
         except OSError as exc:
-            reason = f"outbox {message.outbox_id}: cannot write to {self.outbox_dir}: {exc}"
+            # The system's words without the file they name (each email's own temporary
+            # name): every email the outbox refused alike then reads as one reason.
+            why = exc.strerror or str(exc)
+            reason = f"outbox {message.outbox_id}: cannot write to {self.outbox_dir}: {why}"
             raise DeliveryFailed(reason, permanent=False) from None
         return message_id
 

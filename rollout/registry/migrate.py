@@ -25,7 +25,29 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    _require_known_revision(current_revision(engine))
     command.upgrade(alembic_config(engine), revision)
+
+
+def is_known(revision: str | None) -> bool:
+    """Whether this code's migrations have ``revision`` (None: an empty database)."""
+    if revision is None:
+        return True
+    try:
+        return ScriptDirectory(str(MIGRATIONS)).get_revision(revision) is not None
+    except Exception:  # alembic's errors for an unknown or malformed revision
+        return False
+
+
+def _require_known_revision(current: str | None) -> None:
+    """A registry migrated by a newer rollout: this one can neither use nor upgrade it
+    (alembic's own error was a traceback)."""
+    if not is_known(current):
+        raise RolloutError(
+            f"the registry is at schema revision {current}, which this rollout does not "
+            f"know (its newest is {head_revision()}): a newer rollout migrated it; run that "
+            "version, or upgrade this one"
+        )
 
 
 def downgrade(engine: Engine, revision: str) -> None:
@@ -57,6 +79,7 @@ def require_current_schema(registry_url: str) -> None:
         current, newest = current_revision(engine), head_revision()
     finally:
         engine.dispose()
+    _require_known_revision(current)
     if current != newest:
         raise RolloutError(
             f"the registry is at schema revision {current or 'none'}, this rollout needs "
