@@ -80,6 +80,7 @@ class Processes:
 @pytest.fixture
 def processes(registry: Registry, tmp_path: Path, plan_path: Path) -> Iterator[Processes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ROLLOUT_", "SENDGRID_"))}
+    (tmp_path / "home").mkdir()  # a deployment's home, where the receiver lands events
     env.update(
         ROLLOUT_HOME=str(tmp_path / "home"),
         ROLLOUT_REGISTRY_URL=registry.url,

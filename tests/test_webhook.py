@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -202,6 +203,7 @@ def test_a_bad_verification_key_is_refused_at_start(tmp_path: Path) -> None:
 def test_the_serve_command_receives_posts_and_stops_on_sigterm(
     rollout_home: Path, signer: WebhookSigner
 ) -> None:
+    rollout_home.mkdir()  # a deployment's home is there; the receiver makes no home
     port = free_port()
     env = {**os.environ, "ROLLOUT_SENDGRID_WEBHOOK_KEY": signer.public_key}
     server = subprocess.Popen(
@@ -239,6 +241,42 @@ def test_the_serve_command_needs_the_verification_key(rollout_home: Path) -> Non
     )
     assert done.returncode == 2
     assert "ROLLOUT_SENDGRID_WEBHOOK_KEY" in done.stderr
+
+
+def test_the_serve_command_refuses_a_home_that_is_not_there(
+    rollout_home: Path, signer: WebhookSigner
+) -> None:
+    """Posts landing under a mistyped home would be answered 200 and never ingested."""
+    done = subprocess.run(
+        [sys.executable, "-m", "rollout", "notify", "events", "serve", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ROLLOUT_SENDGRID_WEBHOOK_KEY": signer.public_key},
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert f"{rollout_home}: no such folder: check ROLLOUT_HOME" in done.stderr
+    assert not rollout_home.exists()
+
+
+def test_the_serve_command_on_a_port_in_use_fails_with_exit_1_not_a_refusal(
+    rollout_home: Path, signer: WebhookSigner
+) -> None:
+    """uvicorn exits 3 when it cannot listen: here 3 means a safety guard refused."""
+    rollout_home.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "rollout", "notify", "events", "serve", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "ROLLOUT_SENDGRID_WEBHOOK_KEY": signer.public_key},
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert f"error: cannot listen on 127.0.0.1:{port}" in done.stderr
 
 
 def test_the_local_sendgrid_server_posts_what_happened_and_the_receiver_lands_it(

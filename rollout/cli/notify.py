@@ -14,7 +14,7 @@ from rollout.cli.app import (
     app,
     reports_errors,
 )
-from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, RolloutError
+from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput, RolloutError
 from rollout.core.output import Format, emit, emit_record, progress_for, stderr
 
 # --- notify --------------------------------------------------------------------------------
@@ -257,6 +257,10 @@ events_app = typer.Typer(
 notify_app.add_typer(events_app, name="events")
 
 
+# Seconds `notify events serve` gives the posts in progress once told to stop.
+SHUTDOWN_GRACE = 10
+
+
 @events_app.command("serve")
 @reports_errors
 def notify_events_serve(
@@ -283,6 +287,12 @@ def notify_events_serve(
             "no verification key: set ROLLOUT_SENDGRID_WEBHOOK_KEY to the key SendGrid shows "
             "for the signed Event Webhook (unsigned posts are never taken)"
         ).with_exit(EXIT_BAD_INPUT)
+    if not settings.home.is_dir():
+        # A mistyped ROLLOUT_HOME: the posts would land where no ingest reads them, each
+        # answered 200, so SendGrid would never send them again.
+        raise BadInput(
+            settings.home, None, "no such folder: check ROLLOUT_HOME (the events land under it)"
+        )
     receiver = create_app(
         settings.sendgrid_webhook_key,
         settings.landing_dir,
@@ -294,8 +304,23 @@ def notify_events_serve(
         f"{settings.landing_dir / 'events'}",
         highlight=False,
     )
-    # uvicorn ends on SIGINT and SIGTERM, after the posts in progress.
-    uvicorn.run(receiver, host=host, port=port, log_level="warning", server_header=False)
+    # uvicorn ends on SIGINT and SIGTERM, after the posts in progress, or after
+    # SHUTDOWN_GRACE seconds: a client holding a post open cannot keep it running.
+    try:
+        uvicorn.run(
+            receiver,
+            host=host,
+            port=port,
+            log_level="warning",
+            server_header=False,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE,
+        )
+    except SystemExit as exited:
+        # uvicorn's own exit when it cannot listen (the port taken): 3, which here
+        # means a refusal by a safety guard. Its reason is logged just above.
+        if exited.code in (None, 0):
+            raise
+        raise RolloutError(f"cannot listen on {host}:{port} (the reason is above)") from None
 
 
 @notify_app.command("withdraw")

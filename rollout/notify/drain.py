@@ -111,7 +111,8 @@ IN_FLIGHT_GRACE = 0.5
 WORKER_GRACE = 1.0
 _POLL = 0.05  # seconds between looks at a stop request while waiting
 # How long a drainer holds the rows it claimed (a batch is sent and recorded well within
-# it: SendGrid's retries of one message take under a minute). A drainer that dies leaves
+# it: SendGrid's retries of one message take at most about 170 s, five attempts of up to
+# 10 s and four waits of at most 30 s). A drainer that dies leaves
 # its rows to be taken over when it runs out (drain_shard waits for that).
 DEFAULT_LEASE = timedelta(minutes=5)
 
