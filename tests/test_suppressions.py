@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from rollout.cli import app
@@ -20,11 +20,12 @@ from rollout.demo.crowd import NOTICE_DAY
 from rollout.dev.sendgrid_api import DEFAULT_API_KEY, DevSendGrid
 from rollout.notify import outbox
 from rollout.notify.drain import drain
+from rollout.notify.message import address_forms
 from rollout.notify.queue import queue_due
 from rollout.notify.senders import SendGridSender
 from rollout.notify.suppressions import LISTS, SuppressionsUnreadable, sync_suppressions
 from rollout.registry import Registry
-from rollout.registry.models import EmailSuppression
+from rollout.registry.models import Account, EmailSuppression
 from tests.support.outbox import ids, rows
 
 __all__ = ["ids"]  # a fixture, used by name
@@ -185,6 +186,37 @@ def test_an_address_listed_after_queueing_is_skipped_when_sent(
     assert [m["body"]["personalizations"][0]["to"][0]["email"] for m in sendgrid.messages] == [
         "ben@example.com"
     ]
+
+
+def test_a_bounce_of_an_international_address_stops_its_emails_in_either_form(
+    registry: Registry, plan: Plan, ids: dict[str, int], sendgrid: DevSendGrid
+) -> None:
+    """SendGrid is sent, and lists, the domain in IDNA; the account holds it in
+    Unicode. A bounce of ann@xn--bcher-kva.example went on to ann@bücher.example."""
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(Account).where(Account.id == ids["ann"]).values(email="ann@bücher.example")
+        )
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    sendgrid.suppress({"bounces": [bounce("ann@xn--bcher-kva.example")]})
+    sync_suppressions(registry, sender_for(sendgrid), actor="ops")
+    drain(registry, plan, sender_for(sendgrid))
+    assert rows(registry)["ann"] == ("skipped", "suppressed: bounce")
+    assert [m["body"]["personalizations"][0]["to"][0]["email"] for m in sendgrid.messages] == [
+        "ben@example.com"
+    ]
+
+
+def test_an_address_s_forms_are_its_idna_and_unicode_domains() -> None:
+    assert address_forms("Ann@Bücher.example") == {
+        "ann@bücher.example",
+        "ann@xn--bcher-kva.example",
+    }
+    assert address_forms("ann@xn--bcher-kva.example") == {
+        "ann@xn--bcher-kva.example",
+        "ann@bücher.example",
+    }
+    assert address_forms("ann@example.com") == {"ann@example.com"}
 
 
 def test_the_command_syncs_and_needs_a_sendgrid_key(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,6 +26,29 @@ def header_address(address: str) -> str:
     if not at or domain.isascii():
         return address
     return f"{local}@{domain.encode('idna').decode('ascii')}"
+
+
+def address_forms(address: str) -> set[str]:
+    """The forms one address takes, lower-cased: as given, with its domain in IDNA (as
+    SendGrid lists a bounce: it is sent that form) and in Unicode (as a person types
+    it). A suppression of any form stops email to all: compared as given, a bounce
+    from ann@xn--bcher-kva.example never stopped the emails to ann@bücher.example."""
+    text = address.strip().lower()
+    forms = {text}
+    local, at, domain = text.rpartition("@")
+    if at:
+        for convert in (_to_idna, _from_idna):
+            with contextlib.suppress(UnicodeError):
+                forms.add(f"{local}@{convert(domain)}")
+    return forms
+
+
+def _to_idna(domain: str) -> str:
+    return domain.encode("idna").decode("ascii")
+
+
+def _from_idna(domain: str) -> str:
+    return domain.encode("ascii").decode("idna")
 
 
 @dataclass(frozen=True)

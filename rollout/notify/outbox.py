@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 
 from rollout.core.errors import BadInput, RolloutError
+from rollout.notify.message import address_forms
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.ledger import dialect_insert, utc_now
@@ -188,9 +189,11 @@ def suppression_reason_sql(address: Any) -> Any:
 
 def suppression_reasons(connection: Connection, addresses: Iterable[str]) -> dict[str, str]:
     """{lower-cased address: skip reason} for those of ``addresses`` no email goes to,
-    chosen as :func:`suppression_reason_sql` chooses."""
-    wanted = sorted({address.lower() for address in addresses})
-    reasons: dict[str, str] = {}
+    chosen as :func:`suppression_reason_sql` chooses, whichever form of the address
+    (its domain in IDNA or in Unicode: :func:`address_forms`) is suppressed."""
+    forms = {address.lower(): address_forms(address) for address in addresses}
+    wanted = sorted(set().union(*forms.values())) if forms else []
+    found: dict[str, str] = {}
     for chunk in in_chunks(wanted):
         rows = connection.execute(
             select(SUPPRESSIONS.c.address, func.min(_suppression_reason()))
@@ -202,7 +205,12 @@ def suppression_reasons(connection: Connection, addresses: Iterable[str]) -> dic
             )
             .group_by(SUPPRESSIONS.c.address)
         )
-        reasons.update({address: reason for address, reason in rows})
+        found.update({address: reason for address, reason in rows})
+    reasons: dict[str, str] = {}
+    for address, its_forms in forms.items():
+        matched = [found[form] for form in its_forms if form in found]
+        if matched:
+            reasons[address] = min(matched)
     return reasons
 
 

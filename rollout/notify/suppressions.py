@@ -21,7 +21,9 @@ What each source does:
   to be locked out; such transactional notices are outside what an unsubscribe covers
   (as for password resets). Bounces and spam reports are not bypassed.
 
-Addresses are compared lower-cased, as everywhere in the outbox.
+Addresses are compared lower-cased, as everywhere in the outbox, and when an email is
+sent in each form of an international domain (IDNA, as SendGrid lists it, or Unicode,
+as an account may hold it: ``rollout.notify.message.address_forms``).
 """
 
 from __future__ import annotations
