@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any, ClassVar
 
 import duckdb
@@ -113,20 +113,34 @@ def rule_parameters(rule: CohortRule, as_of: date) -> dict[str, Any]:
     }
 
 
-def accounts_query(rule: CohortRule, as_of: date, cohort: str) -> tuple[str, dict[str, Any]]:
+# 2FA as it stands now (every factor held, none removed): a build of the latest day.
+NOW_ON = datetime(9999, 12, 31)
+
+
+def day_end(day: date) -> datetime:
+    return datetime.combine(day + timedelta(days=1), time())
+
+
+def accounts_query(
+    rule: CohortRule, as_of: date, cohort: str, *, tfa_at: datetime | None = None
+) -> tuple[str, dict[str, Any]]:
     """The query (and its parameters) of the accounts ``rule`` puts in ``cohort`` while
     ``_selected`` holds its packages: ``marts/cohort_accounts``, narrowed by
     ``intermediate/int_cohort_account_filter`` only when the rule has account filters,
     so a rule without them costs what it did. ``cohort=""``: a what-if, every account
-    judged afresh (no cohort's sticky members)."""
+    judged afresh (no cohort's sticky members). Each account's 2FA is as it stood at
+    ``tfa_at``: by default as ``as_of`` ended (a what-if of a past day, a backfill);
+    :data:`NOW_ON` for the factors held now."""
     accounts = warehouse.render("marts/cohort_accounts")
+    status_at = {"day_end": tfa_at or day_end(as_of)}
     active = rule.active_within
     if active is None and not rule.orgs:
-        return accounts, {}
+        return accounts, status_at
     allowed = warehouse.render("intermediate/int_cohort_account_filter")
     return (
         f"select * from ({accounts}) where account_id in (select account_id from ({allowed}))",
         {
+            **status_at,
             "as_of": as_of,
             "cohort": cohort,
             "active_days": active.days if active else None,
@@ -438,6 +452,8 @@ def _snapshot(
                     package_key in (select package_key from today_keys)
                 from registry.cohort_packages
                 where cohort = $cohort and released_at is null
+                    -- A backfilled day holds what had qualified by then, not what came later.
+                    and first_qualified_on <= $as_of
                 """,
                 params,
             )
@@ -459,21 +475,29 @@ def _snapshot(
 
 
 def _accounts(
-    con: duckdb.DuckDBPyConnection, cohort: str, rule: CohortRule, as_of: date
+    con: duckdb.DuckDBPyConnection, cohort: str, rule: CohortRule, as_of: date, tfa_at: datetime
 ) -> tuple[pa.Table, int]:
     """The accounts ``rule`` puts in ``cohort`` today, from the packages in it as just
     extracted, and the maintainers listed that no account matches."""
+    # Sticky: every package that qualified by ``as_of`` and was not released. Not one
+    # that first qualified after it: a day built again later (a backfill) would put in
+    # its maintainers as of that day, and move their first day back to it.
     in_cohort = (
         "select package_key from registry.cohort_packages "
-        "where cohort = $cohort and released_at is null"
+        "where cohort = $cohort and released_at is null and first_qualified_on <= $as_of"
     )
-    with _selected(con, in_cohort, {"cohort": cohort}):
-        query, params = accounts_query(rule, as_of, cohort)
+    with _selected(con, in_cohort, {"cohort": cohort, "as_of": as_of}):
+        query, params = accounts_query(rule, as_of, cohort, tfa_at=tfa_at)
         accounts = con.sql(query, params=params).to_arrow_table()
         unresolved = warehouse.scalar(
             con, f"select count(*) from ({warehouse.render('marts/unresolved_maintainers')})"
         )
     return accounts, unresolved or 0
+
+
+def _tfa_at(con: duckdb.DuckDBPyConnection, cohort: str, as_of: date) -> datetime:
+    latest = latest_as_of(con, "cohort_account_snapshots", cohort)
+    return day_end(as_of) if latest is not None and as_of < latest else NOW_ON
 
 
 def build_cohorts(
@@ -530,7 +554,12 @@ def build_cohorts(
                 registry,
                 COHORT_INPUTS if refresh_registry else ("cohort_packages", "cohort_memberships"),
             )
-            found = {name: _accounts(con, name, rules[name], as_of) for name in names}
+            # 2FA as it stands now, unless the day is before the cohort's latest build
+            # (a backfill): then as that day ended, so history says what it was.
+            found = {
+                name: _accounts(con, name, rules[name], as_of, _tfa_at(con, name, as_of))
+                for name in names
+            }
             moved = {
                 name: _update_memberships(engine, name, as_of, found[name][0], run.id, actor)
                 for name in names
@@ -678,6 +707,7 @@ def selecting(con: duckdb.DuckDBPyConnection, rule: CohortRule, as_of: date) -> 
     """While open, ``marts/cohort_accounts`` reads the accounts ``rule`` selects on
     ``as_of``'s metrics (temp tables only: the warehouse may be opened read-only).
     A rule whose download window has gaps is refused (``require_download_window``)."""
+    require_metrics(con, as_of, allow_gaps=True)  # a day without them: no zeros for answers
     require_download_window(con, rule, as_of, allow_gaps=False)
     query = f"select package_key from ({warehouse.render('marts/cohort_qualified_packages')})"
     with _selected(con, query, rule_parameters(rule, as_of)):
@@ -703,5 +733,27 @@ def simulate(con: duckdb.DuckDBPyConnection, rule: CohortRule, as_of: date) -> C
     return CohortSizes(packages, accounts, none, totp, webauthn)
 
 
-def latest_as_of(con: duckdb.DuckDBPyConnection, table: str) -> date | None:
-    return warehouse.scalar(con, f"select max(as_of) from {table}")
+def latest_as_of(
+    con: duckdb.DuckDBPyConnection, table: str, cohort: str | None = None
+) -> date | None:
+    """The latest day ``table`` holds (of ``cohort`` only, when given: a build of one
+    cohort is not a day of the others)."""
+    if cohort is None:
+        return warehouse.scalar(con, f"select max(as_of) from {table}")
+    return warehouse.scalar(
+        con, f"select max(as_of) from {table} where cohort = $cohort", {"cohort": cohort}
+    )
+
+
+def snapshot_exists(con: duckdb.DuckDBPyConnection, day: date, cohort: str | None = None) -> bool:
+    """Whether a cohort build wrote ``cohort``'s (or any cohort's) snapshot of ``day``."""
+    which = "" if cohort is None else " and cohort = $cohort"
+    params: dict[str, Any] = {"day": day} | ({} if cohort is None else {"cohort": cohort})
+    return bool(
+        warehouse.scalar(
+            con,
+            f"select exists (select 1 from cohort_package_snapshots where as_of = $day{which}) "
+            f"or exists (select 1 from cohort_account_snapshots where as_of = $day{which})",
+            params,
+        )
+    )

@@ -89,3 +89,39 @@ def test_diff_refuses_days_without_a_build_and_unknown_cohorts(rollout_home: Pat
     typo = run("cohorts", "diff", "2022-01-03", "2022-01-17", "--cohort", "top-10")
     assert typo.exit_code == 2 and "no cohort 'top-10'" in typo.stderr
     assert run("cohorts", "diff", "2022-01-03", "yesterday").exit_code == 2
+
+
+def _only_top_100_built_on(rollout_home: Path, day: str) -> None:
+    """A build of top-100 alone on ``day`` (`cohorts build --cohort top-100`)."""
+    with warehouse.open_warehouse(rollout_home / "warehouse.duckdb") as con:
+        con.execute(
+            "insert into cohort_account_snapshots select $day, * exclude (as_of) "
+            "from cohort_account_snapshots where as_of = '2022-01-17' and cohort = 'top-100'",
+            {"day": day},
+        )
+
+
+def test_a_day_only_another_cohort_was_built_is_no_day_of_this_one(rollout_home: Path) -> None:
+    """high-impact's 70 accounts all read as "left" on a day only top-100 was built."""
+    _built(rollout_home)
+    _only_top_100_built_on(rollout_home, "2022-01-18")
+    other = run("cohorts", "diff", "2022-01-17", "2022-01-18", "--cohort", "high-impact")
+    assert other.exit_code == 2 and other.stdout == ""
+    assert "cohort high-impact was not built for 2022-01-18" in " ".join(other.stderr.split())
+    same = run("cohorts", "diff", "2022-01-17", "2022-01-18", "--cohort", "top-100", "-f", "json")
+    assert same.exit_code == 0 and json.loads(same.stdout) == []
+
+
+def test_show_reads_the_cohorts_own_latest_day_and_refuses_a_day_it_was_not_built(
+    rollout_home: Path,
+) -> None:
+    _built(rollout_home)
+    _only_top_100_built_on(rollout_home, "2022-01-18")
+    latest = run("cohorts", "show", "high-impact", "-f", "json")
+    assert latest.exit_code == 0, latest.stderr
+    assert json.loads(latest.stdout)  # 2022-01-17's, not an empty 2022-01-18
+    unbuilt = run("cohorts", "show", "high-impact", "--as-of", "2022-01-18")
+    assert unbuilt.exit_code == 2
+    assert "no build of cohort high-impact for 2022-01-18" in " ".join(unbuilt.stderr.split())
+    both = run("cohorts", "show", "top-100", "--packages", "--without-2fa")
+    assert both.exit_code == 2 and "give one" in both.stderr

@@ -292,6 +292,60 @@ def test_a_backfilled_day_moves_the_first_day_back_and_never_the_last(
     assert {members()[key][:3] for key in kept} == {(D1, D2, None)}
 
 
+def test_a_backfilled_day_is_judged_by_what_it_had_not_by_what_came_later(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+) -> None:
+    """Built again for D1 after D2: alice's TOTP, added between the two, does not count
+    on D1, and a package that first qualified on D2 (small, erin's) is not in D1's
+    cohort, nor is erin moved in on D1."""
+    build(con, registry, small_cohorts_plan, D2)
+    with session_scope(registry.engine) as session:
+        session.add(
+            TfaFactor(account_id=people["alice"], kind="totp", created_at=datetime(2022, 2, 5))
+        )
+        session.add(
+            CohortPackage(
+                cohort="high-impact",
+                package_key="small",
+                package="small",
+                first_qualified_on=D2,
+                last_qualified_on=D2,
+                reasons=["qualified on D2"],
+            )
+        )
+    build(con, registry, small_cohorts_plan, D1)
+    on_d1 = accounts_of(con, "high-impact", D1)
+    assert on_d1["alice"][0] == "none"
+    assert "erin" not in on_d1
+    packages_d1 = {
+        row[0]
+        for row in con.execute(
+            "select package from cohort_package_snapshots where cohort = 'high-impact' "
+            "and as_of = $d",
+            {"d": D1},
+        ).fetchall()
+    }
+    assert packages_d1 == {"big", "core"}
+    with registry.engine.connect() as connection:
+        erin = connection.execute(
+            select(CohortMembership.first_qualified_on).where(
+                CohortMembership.cohort == "high-impact",
+                CohortMembership.account_id == people["erin"],
+            )
+        ).scalar_one_or_none()
+    assert erin in (None, D2)
+
+
+def test_a_what_if_on_a_day_without_metrics_is_refused_not_zeros(
+    con: duckdb.DuckDBPyConnection, registry: Registry, small_cohorts_plan: Plan
+) -> None:
+    with pytest.raises(BadInput, match=f"no package metrics for {D1}"):
+        cohorts.simulate(con, small_cohorts_plan.cohort("top-1"), D1)
+
+
 def test_a_build_reads_the_registry_back_twice_however_many_cohorts(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,

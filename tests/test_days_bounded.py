@@ -127,6 +127,16 @@ def test_a_day_that_is_no_date_is_still_refused_as_before(rollout_home: Path, da
     assert stderr == f"error: --as-of: '{day}' is not a date (YYYY-MM-DD)"
 
 
+@pytest.mark.parametrize("command", DAY_COMMANDS, ids=" ".join)
+def test_an_empty_day_is_refused_by_every_day_option_not_read_as_today(
+    rollout_home: Path, command: list[str]
+) -> None:
+    """`report --as-of ""` wrote today's report: an empty value read as none given."""
+    stderr = refused(run(*command, ""))
+    assert stderr == f"error: {command[-1]}: '' is not a date (YYYY-MM-DD)"
+    assert not rollout_home.exists()
+
+
 @pytest.mark.parametrize("at", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:00", "2200-01-01"])
 def test_a_time_option_beyond_the_supported_years_is_refused_naming_it(
     rollout_home: Path, at: str

@@ -149,13 +149,13 @@ def _parse_day(text: str, option: str) -> date:
     return day
 
 
-def _day_or_latest(con: Any, text: str | None, table: str) -> date:
-    """The ``--as-of`` day given, or else the latest day ``table`` holds."""
+def _day_or_latest(con: Any, text: str | None, table: str, cohort: str | None = None) -> date:
+    """The ``--as-of`` day given, or else the latest day ``table`` holds (of ``cohort``)."""
     if text is not None:
         return _parse_day(text, "--as-of")
     from rollout.cohorts import latest_as_of
 
-    latest = latest_as_of(con, table)
+    latest = latest_as_of(con, table, cohort)
     if latest is None:
         raise RolloutError(f"nothing computed yet ({table} is empty): pass --as-of").with_exit(
             EXIT_BAD_INPUT

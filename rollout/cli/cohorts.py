@@ -101,11 +101,23 @@ def cohorts_show(
 ) -> None:
     """The accounts (or packages) of a cohort on a day, with 2FA status and why."""
 
+    from rollout.cohorts import snapshot_exists
+
+    if packages and without_2fa:
+        raise RolloutError(
+            "--without-2fa filters accounts; --packages lists packages: give one"
+        ).with_exit(EXIT_BAD_INPUT)
     runtime = _runtime(ctx)
     runtime.plan.cohort(cohort)
     with runtime.warehouse(read_only=True) as con:
         table = "cohort_package_snapshots" if packages else "cohort_account_snapshots"
-        day = _day_or_latest(con, as_of, table)
+        day = _day_or_latest(con, as_of, table, cohort)
+        if not snapshot_exists(con, day, cohort):
+            # Zeros would read as an empty cohort, not as a day never built.
+            raise RolloutError(
+                f"no build of cohort {cohort} for {day}: run `rollout cohorts build --as-of "
+                f"{day}` first, or pick a day it was built"
+            ).with_exit(EXIT_BAD_INPUT)
         if packages:
             query = (
                 "select package, first_qualified_on, qualifies_today, reasons from "
@@ -162,18 +174,17 @@ def cohorts_diff(
     runtime = _runtime(ctx)
     if cohort is not None:
         runtime.plan.cohort(cohort)  # an unknown cohort is a typo, not an empty diff
+    from rollout.cohorts import snapshot_exists
+
     days = {"d1": _parse_day(first, "D1"), "d2": _parse_day(second, "D2"), "cohort": cohort}
     with runtime.warehouse(read_only=True) as con:
         for day in (days["d1"], days["d2"]):
-            # A day no cohort build wrote would show everyone as entered (or left).
-            if not warehouse.scalar(
-                con,
-                "select exists (select 1 from cohort_package_snapshots where as_of = $day) "
-                "or exists (select 1 from cohort_account_snapshots where as_of = $day)",
-                {"day": day},
-            ):
+            # A day no build wrote (of this cohort, when one is named) would show everyone
+            # as entered (or left).
+            if not snapshot_exists(con, day, cohort):
+                which = "no cohorts were" if cohort is None else f"cohort {cohort} was not"
                 raise RolloutError(
-                    f"no cohorts were built for {day}: run `rollout cohorts build --as-of "
+                    f"{which} built for {day}: run `rollout cohorts build --as-of "
                     f"{day}` first, or pick a day they were built"
                 ).with_exit(EXIT_BAD_INPUT)
         result = con.execute(warehouse.render("marts/cohort_diff"), days)

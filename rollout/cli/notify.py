@@ -87,7 +87,7 @@ def notify_queue(
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
-    day = _parse_day(as_of, "--as-of") if as_of else utc_now().date()
+    day = _parse_day(as_of, "--as-of") if as_of is not None else utc_now().date()
     if apply:
         outcomes = queue_due(runtime.registry, plan, day, actor=settings.actor)
     else:

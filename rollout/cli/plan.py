@@ -67,7 +67,7 @@ def plan_show(
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
-    moment = _parse_time(at) if at else None
+    moment = _parse_time(at) if at is not None else None
     states = step_states(runtime.registry, plan, moment, settings.reports_dir)
     elsewhere = interrupted_off_calendar(runtime.registry, plan, moment)
     emit(

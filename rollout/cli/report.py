@@ -36,7 +36,7 @@ def report(
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
-    day = _parse_day(as_of, "--as-of") if as_of else utc_now().date()
+    day = _parse_day(as_of, "--as-of") if as_of is not None else utc_now().date()
     # The registry is checked before the warehouse is made (on a first report).
     runtime.registry.check_schema()
     with runtime.warehouse(create=True) as con:

@@ -52,10 +52,12 @@ routes as (
     select * from via_team
 ),
 
+-- 2FA as $day_end (the end of the day judged) found it: a factor added later does not
+-- count, one removed later still does. For today's build, every factor held now.
 factors as (
     select account_id, list(distinct kind order by kind) as methods
     from registry.tfa_factors
-    where removed_at is null
+    where created_at < $day_end and (removed_at is null or removed_at >= $day_end)
     group by account_id
 ),
 
