@@ -557,6 +557,37 @@ def test_a_rolled_back_phase_is_marked_rolled_back_not_still_without_2fa(
     assert "accounts of phase high-impact still without 2FA" in cards
 
 
+def test_a_phase_past_its_date_that_nobody_enforced_is_not_called_enforced(
+    tmp_path: Path, plan: Plan
+) -> None:
+    """The headline read "enforced 2022-02-01" from the plan's date alone."""
+    path = make_warehouse(tmp_path, plan)
+    with open_warehouse(path) as con:
+        con.execute(
+            "update compliance_funnel set enforced = 0, enrolled_after_enforcement = 0, "
+            "required = 0 where phase = 'top-100'"
+        )
+        files = build_report(con, plan, AS_OF, tmp_path / "out")
+    assert files.still_without_2fa == {"high-impact": 500}
+    markdown = files.markdown.read_text()
+    assert "Phase top-100 (enforced" not in markdown
+    headline = re.search(r'<h2 id="headline-h">.*?</section>', files.html.read_text(), re.S)
+    assert headline is not None
+    assert "accounts of phase top-100 still without 2FA" not in headline.group(0)
+
+
+def test_the_markdown_marks_a_phase_whose_notices_are_not_out_yet(
+    tmp_path: Path, plan: Plan
+) -> None:
+    """As the HTML greys its row: a row of zeros read as a phase that reached no one."""
+    path = make_warehouse(tmp_path, plan)
+    with open_warehouse(path, read_only=True) as con:
+        files = build_report(con, plan, date(2022, 1, 2), tmp_path / "early")
+    markdown = files.markdown.read_text()
+    assert "| top-100 (notices not sent yet) | 2022-01-04 |" in markdown
+    assert markdown.count("(notices not sent yet)") >= 2  # the funnel and the reach
+
+
 def test_each_bar_of_the_funnel_counts_some_of_the_bar_before(report: ReportFiles) -> None:
     """The funnel chart's bars are a chain: no stage over 100% of the one above it."""
     html = report.html.read_text()

@@ -445,7 +445,7 @@ def brownout_chart(windows: Sequence[BrownoutBars], metrics: Sequence[tuple[str,
     svg = Svg(
         "chart-brownouts",
         0,
-        "Brown-out impact: brown-out day vs the same hours a week before",
+        "Brown-out impact: brown-out window vs the same hours a week (or weeks) before",
         "Grouped bars, one panel per measure (logins, ELV challenges, completed, failed, "
         "abandoned, enrolments in the next 7 days), each with its own scale: for each "
         "brown-out, the baseline (grey) and the brown-out window (orange). "
@@ -454,7 +454,7 @@ def brownout_chart(windows: Sequence[BrownoutBars], metrics: Sequence[tuple[str,
     top = 8 + _legend(
         svg,
         [
-            ("baseline (same hours 7 days before)", {"colour": BASELINE_COLOUR}),
+            ("baseline (same hours, a week or more before)", {"colour": BASELINE_COLOUR}),
             ("brown-out window", {"colour": BROWNOUT_COLOUR}),
         ],
         8,

@@ -344,8 +344,12 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
                     "started": note == "",
                     # A phase rolled back requires nothing: its accounts are not "still
                     # without 2FA after enforcement".
+                    # Enforced by the day: the phase requires accounts, or its funnel
+                    # counts some enforced. Its date in the plan alone is not: the
+                    # headline read "enforced" for a phase nobody had enforced.
                     "enforced_yet": enforce_on is not None
                     and enforce_on <= as_of
+                    and (counts.get("required", 0) > 0 or counts.get("enforced", 0) > 0)
                     and rolled_back_at is None,
                     "rolled_back_at": rolled_back_at,
                     **counts,
