@@ -198,6 +198,8 @@ def test_a_number_out_of_range_is_refused_before_anything_runs(
     before = files_under(home)
     stderr = refused(run(*command))
     assert "Invalid value for" in stderr and f"'{command[-2]}'" in stderr
+    [line] = stderr.strip().splitlines()  # one line, as every error (not a boxed panel)
+    assert line.startswith("error: Invalid value for") and line.endswith("--help`)")
     assert files_under(home) == before
     with sqlite3.connect(registry_with_accounts) as connection:
         enrolled = connection.execute(

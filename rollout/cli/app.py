@@ -13,7 +13,9 @@ from collections.abc import Callable
 from datetime import date, datetime
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
+from typer import rich_utils as typer_rich_utils
 
 from rollout import __version__
 from rollout.core.controls import visible
@@ -23,6 +25,19 @@ from rollout.core.stopping import stopped_by_interruption
 from rollout.runtime import Runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _usage_error_line(error: click.ClickException) -> None:
+    """A usage error (an option's bad value, an unknown option) as the one line every
+    other error is, with where to look, instead of Typer's boxed panel of five."""
+    context = getattr(error, "ctx", None)
+    hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+    stderr.print(labelled("error:", "bold red", f"{error.format_message()}{hint}"))
+
+
+# Typer shows a ClickException through this function when Rich is there (typer.core
+# looks it up on the module each time): the one place its format is chosen.
+typer_rich_utils.rich_format_error = _usage_error_line
 
 app = typer.Typer(
     name="rollout",
