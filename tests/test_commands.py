@@ -99,6 +99,23 @@ def _registry(rollout_home: Path) -> str:
     return load_settings().registry_url
 
 
+def test_a_report_of_a_day_before_the_plans_lead_up_has_that_days_adoption(
+    rollout_home: Path,
+) -> None:
+    """Its series started at the plan's lead-up, so it said there was no adoption."""
+    engine = make_engine(_registry(rollout_home))
+    with bound_to(engine):
+        AccountFactory(username="ann", with_totp=True)
+        AccountFactory(username="cat")
+    engine.dispose()
+    result = run("report", "--as-of", "2021-10-01", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert (record["accounts"], record["with_2fa"], record["share"]) == (2, 1, 0.5)
+    markdown = (rollout_home / "reports" / "2021-10-01" / "adoption.md").read_text()
+    assert "No adoption data yet" not in markdown
+
+
 def test_report_writes_html_markdown_and_a_csv_per_mart(rollout_home: Path) -> None:
     engine = make_engine(_registry(rollout_home))
     with bound_to(engine):

@@ -149,7 +149,9 @@ def _require_registry(con: duckdb.DuckDBPyConnection, models: dict[str, str]) ->
 def build_adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> AdoptionSummary:
     """Replace every table of ``ADOPTION_TABLES`` with its model's rows for ``as_of``."""
     started = time.perf_counter()
-    since = adoption_since(plan)
+    # A report of a day before the plan's lead-up still has that day's figures (it said
+    # "no adoption data yet" of a registry with thousands of accounts).
+    since = min(adoption_since(plan), as_of)
     values: dict[str, Any] = {"as_of": as_of, "since": since}
     models = _models()
     _require_registry(con, models)

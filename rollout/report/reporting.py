@@ -237,7 +237,7 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
             for p in order
         ],
         plan_milestones(plan),
-        start or adoption_since(plan),
+        start or min(adoption_since(plan), as_of),
         data_through or as_of,
     )
     # The chart's data table: one row a day, the share of each population.
