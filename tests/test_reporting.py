@@ -533,25 +533,37 @@ def test_the_same_marts_make_the_same_files(
         assert first.read_bytes() == second.read_bytes(), first.name
 
 
-def test_a_rolled_back_phase_is_marked_rolled_back_not_still_without_2fa(
-    tmp_path: Path, plan: Plan
-) -> None:
+def _with_top_100_not_enforced(
+    tmp_path: Path, plan: Plan, rolled_back_at: str | None = None
+) -> ReportFiles:
+    """The report with phase top-100 requiring nobody: never enforced, or rolled back."""
     path = make_warehouse(tmp_path, plan)
     with open_warehouse(path) as con:
         con.execute(
             "update compliance_funnel set enforced = 0, enrolled_after_enforcement = 0, "
-            "required = 0, rolled_back_at = '2022-02-03 10:15' where phase = 'top-100'"
+            "required = 0, rolled_back_at = $at where phase = 'top-100'",
+            {"at": rolled_back_at},
         )
-        files = build_report(con, plan, AS_OF, tmp_path / "out")
+        return build_report(con, plan, AS_OF, tmp_path / "out")
+
+
+def _headline_cards(files: ReportFiles) -> str:
+    headline = re.search(r'<h2 id="headline-h">.*?</section>', files.html.read_text(), re.S)
+    assert headline is not None
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", headline.group(0)))
+
+
+def test_a_rolled_back_phase_is_marked_rolled_back_not_still_without_2fa(
+    tmp_path: Path, plan: Plan
+) -> None:
+    files = _with_top_100_not_enforced(tmp_path, plan, rolled_back_at="2022-02-03 10:15")
     assert files.still_without_2fa == {"high-impact": 500}
     assert files.rolled_back == {"top-100": datetime(2022, 2, 3, 10, 15)}
     markdown = files.markdown.read_text()
     assert "- Phase top-100 (enforcement 2022-02-01): rolled back 2022-02-03 10:15;" in markdown
     assert "Phase top-100 (enforced 2022-02-01)" not in markdown
     assert "- Phase high-impact (enforced 2022-05-03): 500 accounts still without 2FA." in markdown
-    headline = re.search(r'<h2 id="headline-h">.*?</section>', files.html.read_text(), re.S)
-    assert headline is not None
-    cards = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", headline.group(0)))
+    cards = _headline_cards(files)
     assert "rolled back phase top-100 on 2022-02-03 10:15" in cards
     assert "accounts of phase top-100 still without 2FA" not in cards
     assert "accounts of phase high-impact still without 2FA" in cards
@@ -561,19 +573,10 @@ def test_a_phase_past_its_date_that_nobody_enforced_is_not_called_enforced(
     tmp_path: Path, plan: Plan
 ) -> None:
     """The headline read "enforced 2022-02-01" from the plan's date alone."""
-    path = make_warehouse(tmp_path, plan)
-    with open_warehouse(path) as con:
-        con.execute(
-            "update compliance_funnel set enforced = 0, enrolled_after_enforcement = 0, "
-            "required = 0 where phase = 'top-100'"
-        )
-        files = build_report(con, plan, AS_OF, tmp_path / "out")
+    files = _with_top_100_not_enforced(tmp_path, plan)
     assert files.still_without_2fa == {"high-impact": 500}
-    markdown = files.markdown.read_text()
-    assert "Phase top-100 (enforced" not in markdown
-    headline = re.search(r'<h2 id="headline-h">.*?</section>', files.html.read_text(), re.S)
-    assert headline is not None
-    assert "accounts of phase top-100 still without 2FA" not in headline.group(0)
+    assert "Phase top-100 (enforced" not in files.markdown.read_text()
+    assert "accounts of phase top-100 still without 2FA" not in _headline_cards(files)
 
 
 def test_the_markdown_marks_a_phase_whose_notices_are_not_out_yet(

@@ -243,17 +243,22 @@ def test_the_serve_command_needs_the_verification_key(rollout_home: Path) -> Non
     assert "ROLLOUT_SENDGRID_WEBHOOK_KEY" in done.stderr
 
 
-def test_the_serve_command_refuses_a_home_that_is_not_there(
-    rollout_home: Path, signer: WebhookSigner
-) -> None:
-    """Posts landing under a mistyped home would be answered 200 and never ingested."""
-    done = subprocess.run(
-        [sys.executable, "-m", "rollout", "notify", "events", "serve", "--port", str(free_port())],
+def _serve_until_it_ends(signer: WebhookSigner, port: int) -> subprocess.CompletedProcess[str]:
+    """`rollout notify events serve` run where it cannot start: it ends by itself."""
+    return subprocess.run(
+        [sys.executable, "-m", "rollout", "notify", "events", "serve", "--port", str(port)],
         capture_output=True,
         text=True,
         env={**os.environ, "ROLLOUT_SENDGRID_WEBHOOK_KEY": signer.public_key},
         timeout=60,
     )
+
+
+def test_the_serve_command_refuses_a_home_that_is_not_there(
+    rollout_home: Path, signer: WebhookSigner
+) -> None:
+    """Posts landing under a mistyped home would be answered 200 and never ingested."""
+    done = _serve_until_it_ends(signer, free_port())
     assert done.returncode == 2
     assert f"{rollout_home}: no such folder: check ROLLOUT_HOME" in done.stderr
     assert not rollout_home.exists()
@@ -268,13 +273,7 @@ def test_the_serve_command_on_a_port_in_use_fails_with_exit_1_not_a_refusal(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run(
-            [sys.executable, "-m", "rollout", "notify", "events", "serve", "--port", str(port)],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "ROLLOUT_SENDGRID_WEBHOOK_KEY": signer.public_key},
-            timeout=60,
-        )
+        done = _serve_until_it_ends(signer, port)
     assert done.returncode == 1
     assert f"error: cannot listen on 127.0.0.1:{port}" in done.stderr
 
