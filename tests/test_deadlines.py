@@ -194,6 +194,10 @@ def test_a_snooze_postpones_one_deadline_once_within_the_plans_days(
         "refused",
         "asked after its deadline (2023-04-27)",
     )
+    assert _ask(registry, plan, "ann", 3, date(2023, 1, 1))[:2] == (
+        "refused",
+        "asked before its notice (2023-03-13)",
+    )
 
     assert campaign.enforce(date(2023, 4, 27)) == {"ann"}
     assert _ask(registry, plan, "ann", 3, date(2023, 4, 27))[:2] == (

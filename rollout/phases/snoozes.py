@@ -215,6 +215,11 @@ def _judge(
         return refused(f"at most {most} days", own[account_id])
     if request.requested_at.date() > own[account_id]:
         return refused(f"asked after its deadline ({own[account_id]})", own[account_id])
+    # Nor before the notice that started the deadline: no one asks to postpone what they
+    # were not yet told of (a mistyped date, or a request meant for another phase).
+    noticed = own[account_id] - timedelta(days=phase.deadline.days_after_notice)
+    if request.requested_at.date() < noticed:
+        return refused(f"asked before its notice ({noticed})", own[account_id])
     if account_id in known.enforced:
         return refused("the phase was enforced on it already", own[account_id])
     new = own[account_id] + timedelta(days=request.days)
