@@ -19,7 +19,7 @@ from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import GuardRefused
 from rollout.core.plan import Phase, Plan, Requirements, parse_plan
 from rollout.phases import enforce
-from rollout.phases.previews import preview_markdown, save_preview
+from rollout.phases.previews import _accounts_label, preview_markdown, save_preview
 from rollout.registry import Registry
 from rollout.registry.models import Account, Action, Token, WebSession
 from tests.factories import AccountFactory, FactorFactory, TokenFactory
@@ -174,6 +174,9 @@ def test_phishing_resistant_2fa_counts_only_a_security_key(
     preview = enforce.preview_phase(registry, strict, strict.phase("top-100"))
     assert [t.username for t in preview.targets] == ["totp-only", "none"]
     assert preview.compliant == 1
+    # Not "2 without 2FA, 1 already uses 2FA": totp-only has 2FA, and falls short.
+    assert not preview.asks_only_2fa
+    assert _accounts_label(preview) == "accounts that fall short of the phase's requirements"
 
     result = enforce.enforce_phase(registry, strict, "top-100", expect=2, actor="rm")
     assert (result.accounts_flagged, result.totp_enrolment_closed) == (2, 2)

@@ -55,7 +55,7 @@ def phase_preview(
     )
     short = (
         "without 2FA"
-        if not preview.token_rules
+        if preview.asks_only_2fa
         else f"short of the phase's requirements ({'; '.join(preview.requirements)})"
     )
     if preview.required_by_phase:
@@ -70,7 +70,7 @@ def phase_preview(
     else:
         who = (
             f"{preview.count} accounts {short} in cohort {preview.cohort} would be "
-            f"required to {'enrol' if not preview.token_rules else 'comply'} and signed out "
+            f"required to {'enrol' if preview.asks_only_2fa else 'comply'} and signed out "
             f"of {preview.sessions} web sessions"
         )
     apply = f"rollout phase enforce {phase} --apply --expect {preview.count}"
@@ -90,7 +90,7 @@ def phase_preview(
         )
     stderr.print(
         f"{who}; {preview.compliant} already "
-        f"{'use 2FA' if not preview.token_rules else 'comply'}; "
+        f"{'use 2FA' if preview.asks_only_2fa else 'comply'}; "
         f"exempted: {', '.join(preview.exempted) or 'none'}.\n"
         f"Enforcement does: {', '.join(preview.effects)}.\n"
         f"{reach_verdict(preview)}"

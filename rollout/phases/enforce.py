@@ -268,6 +268,7 @@ def preview_phase(
         tokens=tokens_found,
         requirements=tuple(requires.describe()),
         token_rules=requires.token_rules,
+        any_second_factor=requires.two_factor == "any",
         per_account_deadlines=phase.deadline is not None,
         not_due=not_due,
         never_noticed=never_noticed,

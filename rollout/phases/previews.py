@@ -107,6 +107,9 @@ class PhasePreview:
     # The phase's requirements in words (Requirements.describe).
     requirements: tuple[str, ...] = ()
     token_rules: bool = False
+    # Whether any second factor meets it (False: a security key is asked, and TOTP
+    # users fall short too).
+    any_second_factor: bool = True
     # With per-account deadlines: accounts that fall short but whose own deadline has
     # not come (untouched today), and of those, the ones never sent the notice (no
     # deadline at all: never enforced unwarned).
@@ -122,6 +125,13 @@ class PhasePreview:
     @property
     def count(self) -> int:
         return len(self.targets)
+
+    @property
+    def asks_only_2fa(self) -> bool:
+        """Whether "without 2FA" and "use 2FA" say who falls short and who does not: any
+        second factor, no token rule. (A security-key phase's short accounts include
+        TOTP users; its compliant ones, security-key holders only.)"""
+        return not self.token_rules and self.any_second_factor
 
     @property
     def sessions(self) -> int:
@@ -254,7 +264,7 @@ def saved_previews(reports_dir: Path) -> list[dict[str, Any]]:
 def _accounts_label(p: PhasePreview) -> str:
     # The npm 2022 wording where the phase asks only for 2FA, which every artifact and
     # runbook so far quotes.
-    if not p.token_rules:
+    if p.asks_only_2fa:
         return "accounts without 2FA to require it of"
     return "accounts that fall short of the phase's requirements"
 
