@@ -362,7 +362,8 @@ def test_the_warning_banner_then_rollback_clears_it_but_keeps_revocations(
     assert marked(registry, "warned_at") == {"holder", "plain"}
     assert marked(registry, "tfa_required_at") == {"plain"}
 
-    enforce.rollback_phase(registry, warn_then_revoke, "top-100", actor="rm")
+    rolled = enforce.rollback_phase(registry, warn_then_revoke, "top-100", actor="rm")
+    assert (rolled.accounts_cleared, rolled.marks_cleared) == (1, 2)  # the banners counted
     assert marked(registry, "warned_at") == set()
     assert marked(registry, "tfa_required_at") == set()
     assert live_tokens(registry) == set()  # a revoked token stays revoked
@@ -428,6 +429,13 @@ def test_the_cli_needs_the_token_count_typed_back(
     )
     assert done.exit_code == 0, done.stderr
     assert len(audited_by_url(registry_url)) == 2
+    # Its rollback speaks of what a token phase set, and of the tokens it cannot undo.
+    rollback = runner.invoke(app, ["phase", "rollback", "top-100"])
+    assert rollback.exit_code == 0, rollback.stderr
+    said = " ".join(rollback.stderr.split())
+    assert "would withdraw the phase from 2 accounts and clear what it set (revoke_tokens)" in said
+    assert "revoked sessions and tokens stay revoked" in said
+    assert "2FA requirement" not in said
 
 
 def audited_by_url(url: str) -> list[tuple[str, int]]:

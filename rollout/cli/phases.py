@@ -244,7 +244,8 @@ def phase_rollback(
     ] = False,
     fmt: FormatOption = Format.table,
 ) -> None:
-    """Withdraw a phase's 2FA requirement (revoked sessions stay revoked).
+    """Withdraw a phase: its 2FA requirement and the marks its effects set (revoked
+    sessions and tokens stay revoked).
 
     An account stays required while another applied phase requires it: the preview
     lists every account the phase requires and what the rollback does to each."""
@@ -271,17 +272,34 @@ def phase_rollback(
             title=f"rollback of phase {phase}",
             columns=["account_id", "username", "outcome"],
         )
+    rolled_back = plan.phase(phase)
+    if rolled_back.does("require_2fa"):
+        what = (
+            f"rollback of {phase} would withdraw its 2FA requirement from "
+            f"{len(preview.accounts)} accounts: {len(preview.cleared)} no longer required, "
+            f"{len(preview.kept)} still required by another applied phase"
+        )
+    else:
+        # It required no 2FA: what it undoes is the marks its effects set.
+        what = (
+            f"rollback of {phase} would withdraw the phase from {len(preview.accounts)} "
+            f"accounts and clear what it set ({', '.join(rolled_back.effects)}) where no "
+            "other applied phase set the same"
+        )
+    kept = (
+        "revoked sessions and tokens stay revoked"
+        if rolled_back.does("revoke_tokens")
+        else "revoked sessions stay revoked"
+    )
     stderr.print(
-        f"rollback of {phase} would withdraw its 2FA requirement from "
-        f"{len(preview.accounts)} accounts: {len(preview.cleared)} no longer required, "
-        f"{len(preview.kept)} still required by another applied phase; "
+        f"{what}; "
         f"{preview.queued_emails} queued or failed emails of its enforcement withdrawn"
         + (
             f" ({preview.in_flight_emails} being sent now: withdrawn unless that send goes)"
             if preview.in_flight_emails
             else ""
         )
-        + "; revoked sessions stay revoked",
+        + f"; {kept}",
         highlight=False,
     )
     if not apply:

@@ -991,6 +991,9 @@ class RollbackResult:
     run_id: str
     requirements_withdrawn: int = 0
     accounts_cleared: int = 0
+    # The other marks it set and cleared (warned, TOTP enrolment closed, security key
+    # required), one an account and mark, where no other applied phase set them.
+    marks_cleared: int = 0
     emails_withdrawn: int = 0
     # Being sent as it rolled back: they go only if that send goes.
     emails_in_flight: int = 0
@@ -1029,7 +1032,7 @@ def _held_elsewhere(plan: Plan, phase_name: str, sets_mark: Callable[[Phase], bo
 
 def _rollback_batch(
     connection: Connection, plan: Plan, phase: Phase, ids: list[int], run_id: str, actor: str
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """One transaction: withdraw the phase's requirement of these accounts, clear the
     marks it set (2FA required, banner, ...) of those no other phase setting them still
     applies to, audit each."""
@@ -1098,7 +1101,8 @@ def _rollback_batch(
             ),
         ],
     )
-    return len(withdrawn), len(cleared.get("tfa_required_at", []))
+    others = sum(len(a) for column, a in cleared.items() if column != "tfa_required_at")
+    return len(withdrawn), len(cleared.get("tfa_required_at", [])), others
 
 
 def require_enforced(registry: Registry, phase_name: str) -> None:
@@ -1137,7 +1141,7 @@ def rollback_phase(
             result = RollbackResult(phase.name, run.id)
             for start in range(0, len(ids), phase.batch_size):
                 with engine.begin() as connection:
-                    withdrawn, cleared = _rollback_batch(
+                    withdrawn, cleared, marks = _rollback_batch(
                         connection,
                         plan,
                         phase,
@@ -1147,6 +1151,7 @@ def rollback_phase(
                     )
                 result.requirements_withdrawn += withdrawn
                 result.accounts_cleared += cleared
+                result.marks_cleared += marks
                 run.summary = _counts(result)
             with engine.begin() as connection:
                 # After the requirements: a crash in between leaves emails queued that
