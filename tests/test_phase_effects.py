@@ -22,7 +22,7 @@ from rollout.phases import enforce
 from rollout.phases.previews import _accounts_label, preview_markdown, save_preview
 from rollout.registry import Registry
 from rollout.registry.models import Account, Action, Token, WebSession
-from tests.factories import AccountFactory, FactorFactory, TokenFactory
+from tests.factories import T0, AccountFactory, FactorFactory, TokenFactory
 
 NOW = datetime(2025, 12, 9, 12)
 
@@ -441,3 +441,21 @@ def test_the_cli_needs_the_token_count_typed_back(
 def audited_by_url(url: str) -> list[tuple[str, int]]:
     with Registry(url) as registry:
         return audited(registry, "revoke_token")
+
+
+def test_a_phase_named_with_an_underscore_finds_only_the_tokens_it_revoked(
+    registry: Registry, factories: None
+) -> None:
+    """LIKE reads _ as any character: phase a_b's check also took phase axb's tokens."""
+    from rollout.registry.requirements import TOKENS, revoked_by_phase
+
+    mine = TokenFactory(revoked_at=T0, revoked_reason="phase a_b: 2FA required of cohort c")
+    TokenFactory(revoked_at=T0, revoked_reason="phase axb: 2FA required of cohort c")
+    TokenFactory(revoked_at=T0, revoked_reason="phase a%b: 2FA required of cohort c")
+    with registry.engine.connect() as connection:
+        found = (
+            connection.execute(select(TOKENS.c.id).where(revoked_by_phase(TOKENS, "a_b")))
+            .scalars()
+            .all()
+        )
+    assert found == [mine.id]

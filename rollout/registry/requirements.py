@@ -85,5 +85,7 @@ def phase_reason(phase_name: str, asked: str, cohort: str) -> str:
 
 def revoked_by_phase(tokens: Any, phase_name: str) -> ColumnElement[bool]:
     """SQL: the token was revoked by the phase's enforcement (its reason says so; a
-    phase name has no colon, so no phase's prefix is another's)."""
-    return tokens.c.revoked_reason.like(f"phase {phase_name}:%")
+    phase name has no colon, so no phase's prefix is another's). A name's ``_`` is
+    matched as itself, not LIKE's any character (phase a_b is not phase axb)."""
+    escaped = phase_name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return tokens.c.revoked_reason.like(f"phase {escaped}:%", escape="\\")
