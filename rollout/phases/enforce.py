@@ -708,17 +708,22 @@ def _enforce_batch(
     required = _record_requirement(batch)
     # Those this run applies the phase to: not those a run that died had (a rerun
     # passes over them again, finding their effects done), whom the unreached count and
-    # the summary would otherwise name as acted on twice.
-    applied_here = set(
-        connection.execute(
-            select(REQUIREMENTS.c.account_id).where(
-                and_(
-                    REQUIREMENTS.c.phase == phase.name,
-                    REQUIREMENTS.c.run_id == run_id,
-                    among(REQUIREMENTS.c.account_id),
+    # the summary would otherwise name as acted on twice. Read back only when some were
+    # required already: most batches require every account they hold.
+    applied_here = (
+        set(still_short)
+        if required == len(still_short)
+        else set(
+            connection.execute(
+                select(REQUIREMENTS.c.account_id).where(
+                    and_(
+                        REQUIREMENTS.c.phase == phase.name,
+                        REQUIREMENTS.c.run_id == run_id,
+                        among(REQUIREMENTS.c.account_id),
+                    )
                 )
-            )
-        ).scalars()
+            ).scalars()
+        )
     )
     if acted_on is not None:
         acted_on.extend(applied_here)
