@@ -8,6 +8,7 @@ import threading
 import time
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
@@ -394,6 +395,18 @@ def _left_running(registry: Registry, plan: str, step: str, mode: str, lock: str
         )
 
 
+def _plan_show(registry_url: str, monkeypatch: pytest.MonkeyPatch, *options: str) -> Any:
+    """`rollout plan show` on ``registry_url``, which must succeed."""
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    result = CliRunner().invoke(app, ["plan", "show", *options])
+    assert result.exit_code == 0, result.stderr
+    return result
+
+
 def test_plan_show_tells_an_interrupted_rollback_and_how_to_finish_it(
     registry: Registry,
     registry_url: str,
@@ -403,15 +416,9 @@ def test_plan_show_tells_an_interrupted_rollback_and_how_to_finish_it(
 ) -> None:
     """Not "interrupted" with the enforcement's hint: re-running `phase enforce` would
     require again the accounts the rollback had released."""
-    from typer.testing import CliRunner
-
-    from rollout.cli import app
-
     _left_running(registry, plan.name, "phase top-100", "rollback", "enforce")
     assert _state(registry, plan, "phase top-100 enforced") == "rollback interrupted"
-    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
-    result = CliRunner().invoke(app, ["plan", "show"])
-    assert result.exit_code == 0, result.stderr
+    result = _plan_show(registry_url, monkeypatch)
     hint = " ".join(result.stderr.split())
     assert "finish it with `rollout phase rollback top-100 --apply`" in hint
     assert "re-run it to resume" not in hint
@@ -426,19 +433,14 @@ def test_plan_show_lists_interrupted_runs_of_no_dated_step(
 ) -> None:
     """An org owner's enforcement, a snooze, a cohort build on an undated day: killed,
     they are listed below the calendar, each with its hint; a finished one is not."""
-    from typer.testing import CliRunner
-
-    from rollout.cli import app
     from rollout.core.calendar import cohorts_step, org_enforcement_step
 
     org = _left_running(registry, "orgs", org_enforcement_step("acme\x1b[2J"), "apply", "orgs")
     build = _left_running(registry, plan.name, cohorts_step(date(2022, 2, 9)), "apply", "cohorts")
     with registry.lock("enforce"):  # one still at work is not interrupted
         _left_running(registry, "orgs", org_enforcement_step("busy"), "apply", "enforce")
-    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
     with registry.lock("enforce"):
-        result = CliRunner().invoke(app, ["plan", "show", "--format", "json"])
-    assert result.exit_code == 0, result.stderr
+        result = _plan_show(registry_url, monkeypatch, "--format", "json")
     listed = {row["run"]: row for row in json.loads(result.stdout) if row["run"] in (org, build)}
     assert {row["state"] for row in listed.values()} == {"interrupted"}
     assert len(listed) == 2

@@ -346,7 +346,13 @@ def notify_withdraw(
     only if that send goes (it is not queued again after a stop or a crash); emails
     already sent are not touched."""
     from rollout.notify.emails import EMAILS
-    from rollout.notify.withdraw import Selection, phase_in_outbox, withdraw, withdraw_preview
+    from rollout.notify.withdraw import (
+        Selection,
+        in_flight_note,
+        phase_in_outbox,
+        withdraw,
+        withdraw_preview,
+    )
 
     if phase is None and email is None:
         raise RolloutError("say which emails: --phase, --email or both").with_exit(EXIT_BAD_INPUT)
@@ -372,18 +378,15 @@ def notify_withdraw(
         title="emails to withdraw",
         columns=["phase", "email", "queued", "in_flight"],
     )
-    in_flight = f" ({flying} being sent now: withdrawn unless that send goes)" if flying else ""
     if not apply:
         stderr.print(
-            f"{total} queued or failed emails would be withdrawn{in_flight}; "
+            f"{total} queued or failed emails would be withdrawn{in_flight_note(flying)}; "
             "preview only: add --apply --reason '...'",
             highlight=False,
         )
         return
     withdrawn = withdraw(registry, selection, reason=reason, actor=settings.actor)
-    marked = (
-        f" ({withdrawn.in_flight} being sent now: withdrawn unless that send goes)"
-        if withdrawn.in_flight
-        else ""
+    stderr.print(
+        f"withdrew {withdrawn.taken} queued or failed emails{in_flight_note(withdrawn.in_flight)}",
+        highlight=False,
     )
-    stderr.print(f"withdrew {withdrawn.taken} queued or failed emails{marked}", highlight=False)

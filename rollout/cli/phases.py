@@ -249,6 +249,7 @@ def phase_rollback(
 
     An account stays required while another applied phase requires it: the preview
     lists every account the phase requires and what the rollback does to each."""
+    from rollout.notify.withdraw import in_flight_note
     from rollout.phases.enforce import require_enforced, rollback_phase, rollback_preview
 
     runtime = _runtime(ctx)
@@ -294,12 +295,7 @@ def phase_rollback(
     stderr.print(
         f"{what}; "
         f"{preview.queued_emails} queued or failed emails of its enforcement withdrawn"
-        + (
-            f" ({preview.in_flight_emails} being sent now: withdrawn unless that send goes)"
-            if preview.in_flight_emails
-            else ""
-        )
-        + f"; {kept}",
+        f"{in_flight_note(preview.in_flight_emails)}; {kept}",
         highlight=False,
     )
     if not apply:

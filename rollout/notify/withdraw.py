@@ -47,6 +47,11 @@ class Withdrawn:
     in_flight: int
 
 
+def in_flight_note(count: int) -> str:
+    """What a message says of the ``count`` emails in flight a withdrawal marks."""
+    return f" ({count} being sent now: withdrawn unless that send goes)" if count else ""
+
+
 @dataclass(frozen=True)
 class Selection:
     """Which emails: any of the given phase, kind and queueing runs (None: any)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, and_, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -173,15 +174,7 @@ def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, s
                 # `brownout start` in between must not be moved off its active window.
                 moved = connection.execute(
                     update(WINDOWS)
-                    .where(
-                        and_(
-                            WINDOWS.c.name == planned.name,
-                            WINDOWS.c.starts_at == current.starts_at,
-                            WINDOWS.c.ends_at == current.ends_at,
-                            WINDOWS.c.ended_early_at.is_(None),
-                            WINDOWS.c.starts_at > utc_now(),
-                        )
-                    )
+                    .where(and_(_as_read(current), WINDOWS.c.starts_at > utc_now()))
                     .values(starts_at=starts_at, ends_at=ends_at)
                 ).rowcount
                 if moved != 1:
@@ -205,6 +198,20 @@ def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, s
     return changes
 
 
+def _as_read(window: WindowState) -> Any:
+    """SQL: the window's row still as ``window`` read it: what a change decided on that
+    read may write over (another run's start, end or move meanwhile makes it refused)."""
+    c = WINDOWS.c
+    return and_(
+        c.name == window.name,
+        c.starts_at == window.starts_at,
+        c.ends_at == window.ends_at,
+        c.ended_early_at.is_(None)
+        if window.ended_early_at is None
+        else c.ended_early_at == window.ended_early_at,
+    )
+
+
 def _change_window(
     registry: Registry,
     name: str,
@@ -221,18 +228,7 @@ def _change_window(
         # brownout-end deployment) both pass the check, and the second must then find
         # the window changed, not write over the first and audit a second stop.
         changed = connection.execute(
-            update(WINDOWS)
-            .where(
-                and_(
-                    WINDOWS.c.name == name,
-                    WINDOWS.c.starts_at == window.starts_at,
-                    WINDOWS.c.ends_at == window.ends_at,
-                    WINDOWS.c.ended_early_at.is_(None)
-                    if window.ended_early_at is None
-                    else WINDOWS.c.ended_early_at == window.ended_early_at,
-                )
-            )
-            .values(**values)
+            update(WINDOWS).where(_as_read(window)).values(**values)
         ).rowcount
         if changed != 1:
             raise GuardRefused(

@@ -148,15 +148,16 @@ def _check_schema_version(con: duckdb.DuckDBPyConnection) -> None:
         return
     if found != SCHEMA_VERSION:
         raise RolloutError(
-            f"the warehouse {_database_path(con)} has schema version {found}, this rollout "
+            f"the warehouse {database_path(con)} has schema version {found}, this rollout "
             f"needs {SCHEMA_VERSION}: it is derived data, so delete the file and run "
             "`rollout ingest` to rebuild it from the landing files"
         )
 
 
-def _database_path(con: duckdb.DuckDBPyConnection) -> str:
-    return str(
-        scalar(con, "select path from duckdb_databases() where database_name = current_database()")
+def database_path(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The file ``con`` is the warehouse of (None: an in-memory one)."""
+    return scalar(
+        con, "select path from duckdb_databases() where database_name = current_database()"
     )
 
 

@@ -306,9 +306,7 @@ def _scratch_folder(con: duckdb.DuckDBPyConnection) -> tempfile.TemporaryDirecto
     folder, a copy of the registry's tables stayed behind for good). Only this process
     has the warehouse open to write, so every such folder beside it is a dead one's.
     An in-memory warehouse's goes to the system's temp folder."""
-    database = warehouse.scalar(
-        con, "select path from duckdb_databases() where database_name = current_database()"
-    )
+    database = warehouse.database_path(con)
     if not database:
         return tempfile.TemporaryDirectory(prefix="rollout-extract-")
     path = Path(database)
