@@ -48,7 +48,7 @@ STANDING = {
     ("no-2fa", "totp-closed"): (True, ()),
     ("holder", "tokens-without-2fa"): (False, ()),
     ("compliant", "tokens-without-2fa"): (False, ()),
-    ("no-2fa", "tokens-without-2fa"): (True, CLASSIC_TOKENS[1:]),
+    ("no-2fa", "tokens-without-2fa"): (False, CLASSIC_TOKENS[1:]),
     ("holder", "recommended"): (False, ()),
     ("compliant", "recommended"): (False, ()),
     ("no-2fa", "recommended"): (True, ()),

@@ -117,14 +117,30 @@ def marked(registry: Registry, column: str) -> set[str]:
     [
         ("effects: [revoke_tokens]\n    max_tokens: 10", "revoke_tokens needs a token rule"),
         (
-            "requires: {no_classic_tokens: true}\n    effects: [revoke_tokens]",
+            "requires: {two_factor: none, no_classic_tokens: true}\n    effects: [revoke_tokens]",
             "needs max_tokens",
+        ),
+        # Left out, two_factor is any: an account without 2FA but without a classic token
+        # would be required with nothing done.
+        (
+            "requires: {no_classic_tokens: true}\n    effects: [revoke_tokens]\n    max_tokens: 5",
+            "any second factor needs an effect that acts on it",
+        ),
+        (
+            "requires:\n      two_factor: phishing_resistant\n"
+            "      no_write_tokens_without_2fa: true\n"
+            "    effects: [revoke_tokens]\n    max_tokens: 5",
+            "phishing_resistant second factor needs an effect",
         ),
         ("effects: [close_totp_enrolment]", "needs two_factor: phishing_resistant"),
         (
             "requires: {two_factor: none, no_classic_tokens: true}\n"
             "    effects: [revoke_sessions, revoke_tokens]\n    max_tokens: 5",
             "revoke_sessions needs a two_factor requirement",
+        ),
+        (
+            "requires: {no_classic_tokens: true}\n    effects: [warn]\n    max_tokens: 5",
+            "max_tokens is set but the effects do not revoke_tokens",
         ),
         ("effects: []", "at least one effect"),
         ("effects: [warn, warn]", "listed twice"),
@@ -216,17 +232,31 @@ def test_the_token_age_and_pypis_publishing_without_2fa_rules(
 
     without = AccountFactory(username="no-2fa", in_cohort="top-100")
     reader = AccountFactory(username="reads-only", in_cohort="top-100")
+    keyless = AccountFactory(username="totp-publisher", with_totp=True, in_cohort="top-100")
+    AccountFactory(username="no-2fa-no-token", in_cohort="top-100")
     TokenFactory(account=without, kind="publish")
     TokenFactory(account=reader, kind="read_only")
+    TokenFactory(account=keyless, kind="publish")
     pypi = phase_of(
         plan,
-        requires={"no_write_tokens_without_2fa": True},
+        requires={"two_factor": "none", "no_write_tokens_without_2fa": True},
         effects=["revoke_tokens"],
         max_tokens=10,
     )
     preview = enforce.preview_phase(registry, pypi, pypi.phase("top-100"))
-    # Both lack 2FA; only the publishing token of an account without 2FA is revoked.
-    assert [t.username for t in preview.targets] == ["no-2fa", "reads-only"]
+    # PyPI 2024-07-30: only an account without 2FA that holds a publishing token falls
+    # short (an account without 2FA and without one has nothing to revoke), and only
+    # that token is revoked.
+    assert [t.username for t in preview.targets] == ["no-2fa"]
+    assert [t.username for t in preview.tokens] == ["no-2fa"]
+    # Asking a security key as well does not make a TOTP user's token "without 2FA".
+    strict = phase_of(
+        plan,
+        requires={"two_factor": "phishing_resistant", "no_write_tokens_without_2fa": True},
+        effects=["require_2fa", "revoke_tokens"],
+        max_tokens=10,
+    )
+    preview = enforce.preview_phase(registry, strict, strict.phase("top-100"))
     assert [t.username for t in preview.tokens] == ["no-2fa"]
 
 

@@ -264,7 +264,8 @@ class Requirements(_Strict):
     no_unnamed_tokens: bool = Field(False, strict=True)
     no_bypass_2fa_tokens: bool = Field(False, strict=True)
     token_max_age_days: int | None = Field(None, strict=True, ge=1, le=3660)
-    # PyPI 2024: an account without the second factor may hold no token that publishes.
+    # PyPI 2024: an account without any second factor may hold no token that publishes
+    # (with two_factor: none, the phase asks only that).
     no_write_tokens_without_2fa: bool = Field(False, strict=True)
 
     @property
@@ -281,8 +282,6 @@ class Requirements(_Strict):
     def _asks_something(self) -> Requirements:
         if self.two_factor == "none" and not self.token_rules:
             raise ValueError("two_factor: none needs a token rule, or the phase asks nothing")
-        if self.two_factor == "none" and self.no_write_tokens_without_2fa:
-            raise ValueError("no_write_tokens_without_2fa needs a two_factor requirement")
         return self
 
     def describe(self) -> list[str]:
@@ -596,10 +595,25 @@ def _effect_problems(phase: Phase) -> list[tuple[Path_, str]]:
     if requires.token_rules and not (phase.does("revoke_tokens") or phase.does("warn")):
         # An account held back only by its tokens would be enforced with nothing done.
         problems.append((("requires",), "token rules need the revoke_tokens or warn effect"))
+    if requires.two_factor != "none" and not any(
+        phase.does(effect) for effect in (*TWO_FACTOR_EFFECTS, "warn")
+    ):
+        # An account held back only by its missing factor would be told it is required,
+        # and enforced, with nothing done (PyPI's token phase asks for tokens alone).
+        problems.append(
+            (
+                ("requires", "two_factor"),
+                f"a {requires.two_factor} second factor needs an effect that acts on it "
+                f"({', '.join((*TWO_FACTOR_EFFECTS, 'warn'))}), or two_factor: none",
+            )
+        )
     if phase.does("revoke_tokens") and phase.max_tokens is None:
         problems.append(
             (("max_tokens",), "a phase that revokes tokens needs max_tokens (its blast radius)")
         )
+    if phase.max_tokens is not None and not phase.does("revoke_tokens"):
+        # Its author expects tokens revoked, and enforcement would revoke none.
+        problems.append((("max_tokens",), "max_tokens is set but the effects do not revoke_tokens"))
     return problems
 
 

@@ -161,7 +161,10 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         "requirements": phase.requires.describe(),
         "warn_only": tuple(phase.effects) == ("warn",),
         "security_key": phase.requires.two_factor == "phishing_resistant",
-        "lacks_factor": lacks and phase.requires.two_factor != "none",
+        # Enrolling is also the way out of PyPI's rule, even where the phase asks no
+        # factor: its tokens offend only while the account has none.
+        "lacks_factor": (lacks and phase.requires.two_factor != "none")
+        or (phase.requires.no_write_tokens_without_2fa and bool(r.tokens)),
         "tokens": list(r.tokens),
         "your_effects": [words[e] for e in phase.effects if e in applies],
     }

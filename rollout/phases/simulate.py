@@ -93,8 +93,12 @@ def simulate_plan(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> li
                             or (tokens.created_at
                                 < $day_end - to_days(coalesce($max_age_days, 0)::integer)
                                 and $max_age_days is not null)
+                            -- without any second factor, whatever the phase asks
                             or ($no_write_without and tokens.writes
-                                and tokens.account_id in (select account_id from lacking))
+                                and tokens.account_id not in (
+                                    select account_id from registry.tfa_factors
+                                    where created_at < $day_end
+                                        and (removed_at is null or removed_at >= $day_end)))
                         )
                 ),
                 short as (

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, exists, false, or_, true
 
 from rollout.core.plan import Requirements
-from rollout.registry.models import CLASSIC_TOKEN_KINDS, TfaFactor, Token
+from rollout.registry.models import CLASSIC_TOKEN_KINDS, TfaFactor, Token, has_active_factor
 
 TOKENS = Token.__table__
 FACTORS = TfaFactor.__table__
@@ -57,7 +57,10 @@ def offending_token(requires: Requirements, tokens: Any, now: datetime) -> Colum
     if requires.token_max_age_days is not None:
         rules.append(tokens.c.created_at < now - timedelta(days=requires.token_max_age_days))
     if requires.no_write_tokens_without_2fa:
-        rules.append(and_(tokens.c.writes == true(), lacks_factor(requires, tokens.c.account_id)))
+        # "Without 2FA" is without any second factor, whatever the phase asks of the
+        # factors: PyPI's 2024 rule stopped the tokens of accounts with no 2FA at all,
+        # and a token-only phase (two_factor: none) applies it on its own.
+        rules.append(and_(tokens.c.writes == true(), ~has_active_factor(tokens.c.account_id)))
     if not rules:
         return false()
     return and_(live_token(tokens, now), or_(*rules))
