@@ -657,6 +657,48 @@ def test_a_broken_json_array_is_refused_at_the_line_json_names(
     assert reason in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("bounds", "reason"),
+    [
+        (
+            '"start": "2022-01-10", "end": "2022-01-10"',
+            "day 2022-01-11 is outside the object's range (start 2022-01-10 end 2022-01-10)",
+        ),
+        ('"end": "2022-01-10"', "day 2022-01-11 is outside the object's range (end 2022-01-10)"),
+        ('"start": "2022-01-12", "end": "2022-01-10"', "start 2022-01-12 is after end 2022-01-10"),
+        ('"start": "last week", "end": "2022-01-11"', "start 'last week' is not a YYYY-MM-DD date"),
+        ('"start": "2022-01-10", "end": "2022-02-30"', "end '2022-02-30' is not a YYYY-MM-DD date"),
+    ],
+    ids=["day-after-end", "end-only", "start-after-end", "start-not-a-day", "impossible-end"],
+)
+def test_a_range_object_whose_days_contradict_its_start_and_end_is_refused_on_its_line(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, bounds: str, reason: str
+) -> None:
+    """The API's start and end claim the range; a day beyond them is a file put together
+    wrongly, so nothing of it loads (the first object, within its range, neither)."""
+    days = (
+        '"downloads": [{"day": "2022-01-10", "downloads": 1}, '
+        '{"day": "2022-01-11", "downloads": 2}]'
+    )
+    text = (
+        '[{"package": "vue", "start": "2022-01-10", "end": "2022-01-11", ' + days + "},\n"
+        '{"package": "react", ' + bounds + ", " + days + "}]"
+    )
+    path = put(tmp_path, "downloads/api.json", text.encode())
+    with pytest.raises(BadInput) as refused:
+        load(con, path)
+    assert (refused.value.line, refused.value.reason) == (2, reason)
+    assert con.execute("select count(*) from stg_downloads").fetchone() == (0,)
+
+
+def test_a_range_object_without_start_and_end_loads_by_its_days(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    text = '{"package": "react", "downloads": [{"day": "2022-01-10", "downloads": 1}]}\n'
+    path = put(tmp_path, "downloads/api.jsonl", text.encode())
+    assert load(con, path).rows_loaded == 1
+
+
 RANGE = '{"package": "react", "start": "2022-01-10", "end": "2022-01-10", '
 TWICE = "malformed JSON: key 'package' appears twice in one object"
 

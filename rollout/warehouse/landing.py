@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import IO, Any, Literal, NoReturn
 
@@ -795,6 +796,8 @@ def _range_rows(file: LandingFile, *, exact_lines: bool = False) -> Iterator[Ran
             )
         elif "package" not in document:
             problem = "missing field package"
+        else:
+            problem = _range_problem(document)
         if problem is not None:
             raise BadInput(file.path, line if exact_lines else _object_line(file, line), problem)
         package = document["package"]
@@ -804,6 +807,45 @@ def _range_rows(file: LandingFile, *, exact_lines: bool = False) -> Iterator[Ran
                 yield ordinal, line, package, None, None
                 continue
             yield ordinal, line, package, entry["day"], _json_count(entry["downloads"])
+
+
+def _range_day(value: object) -> date | None:
+    if not isinstance(value, str) or not _ISO_DAY.fullmatch(value):
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _range_problem(document: dict[str, Any]) -> str | None:
+    """Why a range object contradicts itself, or None. Its ``start`` and ``end`` are
+    optional (the rows carry their days), but where given they are the object's claim:
+    dates, in order, and bounding every day it counts. A day outside them is a file put
+    together wrongly (another range's rows, a shifted export), not one bad count."""
+    bounds = {}
+    for field in ("start", "end"):
+        if field in document:
+            bounds[field] = _range_day(document[field])
+            if bounds[field] is None:
+                return f"{field} {document[field]!r} is not a YYYY-MM-DD date"
+    start, end = bounds.get("start"), bounds.get("end")
+    if start is not None and end is not None and start > end:
+        return f"start {start} is after end {end}"
+    if start is None and end is None:
+        return None
+    for entry in document["downloads"]:
+        # A day that is no date is the row's own problem, named by the row checks.
+        day = _range_day(entry.get("day")) if isinstance(entry, dict) else None
+        if day is not None and (
+            (start is not None and day < start) or (end is not None and day > end)
+        ):
+            claimed = " ".join(f"{field} {value}" for field, value in bounds.items())
+            return f"day {day} is outside the object's range ({claimed})"
+    return None
 
 
 def _text_column(file: LandingFile, rows: list[RangeRow], index: int, name: str) -> pa.Array:
