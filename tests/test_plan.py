@@ -177,6 +177,30 @@ def test_a_number_yaml_1_1_would_read_otherwise_is_refused_by_line(hours: str) -
     ]
 
 
+@pytest.mark.parametrize(
+    ("before", "after", "tag"),
+    [
+        ("hours: 24", "hours: !!int 0x18", "!!int"),  # was a bare ValueError, a traceback
+        ("name: npm-2022", "name: !!binary bnBtLTIwMjI=", "!!binary"),  # was the name, decoded
+        ("hours: 24", "hours: !!float 24", "!!float"),
+        ("hours: 24", "hours: !custom 24", "!custom"),
+    ],
+)
+def test_an_explicit_yaml_tag_is_refused_by_line(before: str, after: str, tag: str) -> None:
+    text = edited(before, after)
+    assert problems_in(text) == [
+        (
+            line_of(text, after),
+            f"the YAML tag {tag} is not part of a plan (write the value plainly)",
+        )
+    ]
+
+
+def test_a_value_tagged_as_text_is_text() -> None:
+    plan, problems = parse_plan(edited("name: npm-2022", "name: !!str npm-2022"), "plan.yaml")
+    assert problems == [] and plan is not None and plan.name == "npm-2022"
+
+
 def test_numbers_read_as_decimals() -> None:
     """A leading zero is not octal (YAML 1.1: 010 is 8); `_` may group digits."""
     text = edited("hours: 24", "hours: 010").replace("batch_size: 500", "batch_size: 1_000")

@@ -631,12 +631,25 @@ MAX_NESTING = 50
 
 class _PlanLoader(yaml.SafeLoader):
     """PyYAML's safe loader, minus what it lets through: a repeated key (it keeps the
-    last one, silently), an impossible date (it raises a bare ValueError) and nesting
-    deep enough to exhaust Python's stack (a RecursionError)."""
+    last one, silently), an impossible date (it raises a bare ValueError), nesting
+    deep enough to exhaust Python's stack (a RecursionError) and explicit tags."""
 
     _depth = 0
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        tag = getattr(event, "tag", None)
+        if tag not in (None, "!", "tag:yaml.org,2002:str"):
+            # `!!int 0x10` went past the decimal-only numbers to a bare ValueError,
+            # `!!binary` made a name of bytes; a plan needs none of them (a quoted value,
+            # or `!!str`, is text).
+            shown = tag.replace("tag:yaml.org,2002:", "!!")
+            raise _PlanYamlError(
+                None,
+                None,
+                f"the YAML tag {shown} is not part of a plan (write the value plainly)",
+                event.start_mark,
+            )
         if self._depth >= MAX_NESTING:
             raise _PlanYamlError(
                 None,
