@@ -44,15 +44,18 @@ COMMANDS = (
 
 # What the demo's story comes to with seed 7 (rollout demo --format json).
 # Issue 17's mail provider (dead mailboxes bounce, later mail to them is dropped)
-# changed it from 31,218 emails and 260 enforced high-impact accounts.
+# changed it from 31,218 emails and 260 enforced high-impact accounts; the registry
+# rewound to the story's start (tokens, sessions and factor removals the sample dated
+# later held back to their day, session 20) from 31,202 emails, 191 bounced, 50/6 and
+# 259/54 enforced/unwarned.
 EXPECTED = {
     "days": 161,
-    "emails_sent": 31_202,
-    "maintainers_bounced": 191,
-    "enforced top-100": 50,
+    "emails_sent": 31_235,
+    "maintainers_bounced": 192,
+    "enforced top-100": 53,
     "never reached, enforced top-100": 6,
-    "enforced high-impact": 259,
-    "never reached, enforced high-impact": 54,
+    "enforced high-impact": 256,
+    "never reached, enforced high-impact": 55,
     "elv_enrolled": 12_000,
 }
 

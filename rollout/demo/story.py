@@ -9,9 +9,11 @@ reminder, more after being challenged during a brown-out, most once enforcement
 signs them out. Every login is recorded as a landing login event, with the ELV
 challenge the registry would have made, so the warehouse sees what users did.
 
-Before day one the registry is rewound to the calendar's start: 2FA factors the
-sample dated later are held back and re-added on their day (the organic adoption
-the program adds to), and the sample's login events after the start are dropped.
+Before day one the registry is rewound to the calendar's start: the 2FA factors,
+tokens and web sessions the sample dated later are held back and added on their day
+(the factors are the organic adoption the program adds to), the removals and
+revocations it dated later are undone and applied on their day, and the sample's
+login events after the start are dropped.
 """
 
 from __future__ import annotations
@@ -45,7 +47,14 @@ from rollout.notify.senders import FileSender
 from rollout.phases import brownouts, enforce, snoozes
 from rollout.phases.snoozes import SnoozeRequest
 from rollout.registry import Registry
-from rollout.registry.models import Account, BrownoutWindow, Notification, TfaFactor, Token
+from rollout.registry.models import (
+    Account,
+    BrownoutWindow,
+    Notification,
+    TfaFactor,
+    Token,
+    WebSession,
+)
 from rollout.registry.requirements import offending_token
 from rollout.report.reporting import ReportFiles, report_from_registry
 from rollout.runtime import Runtime
@@ -164,21 +173,76 @@ def _at(day: date, hour: int, minute: int = 0) -> datetime:
 # --- rewinding the sample to the start --------------------------------------------------
 
 
-def rewind(registry: Registry, landing_dir: Path, start: date) -> list[dict[str, Any]]:
-    """Hold back the factors dated on or after ``start`` (returned, to re-add on their
-    day), drop the sample's login events from ``start`` on and the delivery events an
-    earlier story wrote."""
+@dataclass(frozen=True)
+class _History:
+    """A registry table whose rows begin and may end: the sample dates both."""
+
+    table: Any
+    begins: str
+    ends: str
+    why: str | None  # the column saying why it ended, cleared and restored with it
+
+
+_HISTORIES = (
+    _History(TfaFactor.__table__, "created_at", "removed_at", None),
+    _History(Token.__table__, "created_at", "revoked_at", "revoked_reason"),
+    _History(WebSession.__table__, "created_at", "revoked_at", "revoked_reason"),
+)
+
+
+@dataclass
+class HeldBack:
+    """The sample's history dated on or after the story's start, replayed on its day:
+    for each table of ``_HISTORIES`` (by name), the rows it created later (added then,
+    with the same ids) and the ends it dated later (a factor removed, a token or a
+    session revoked: applied then, unless the story ended the row first)."""
+
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    ends: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # By table, a held-back row's id in the sample -> its id once added (``replay``);
+    # an end marked "held" is of a held-back row, so by its sample id.
+    renumbered: dict[str, dict[int, int]] = field(default_factory=dict)
+
+
+def rewind(registry: Registry, landing_dir: Path, start: date) -> HeldBack:
+    """The registry as it stood when ``start`` began: factors, tokens and web sessions
+    the sample dated on or after it are held back, and the removals and revocations it
+    dated then undone, all returned to replay on their day (``replay``); the sample's
+    login events from ``start`` on are dropped, and the delivery events an earlier story
+    wrote. Without this, an account the sample gives 2FA in March met the February
+    deadline, and a token it revokes in April was gone in December."""
     cutoff = _at(start, 0)
+    held = HeldBack()
     with registry.engine.begin() as connection:
-        later = [
-            dict(row._mapping)
-            for row in connection.execute(
-                select(TfaFactor.account_id, TfaFactor.kind, TfaFactor.created_at).where(
-                    TfaFactor.created_at >= cutoff
+        for history in _HISTORIES:
+            table = history.table
+            begins, ends = table.c[history.begins], table.c[history.ends]
+            name = table.name
+            held.rows[name] = [
+                dict(row._mapping)
+                for row in connection.execute(
+                    select(table).where(begins >= cutoff).order_by(begins, table.c.id)
                 )
-            )
-        ]
-        connection.execute(delete(TfaFactor).where(TfaFactor.created_at >= cutoff))
+            ]
+            connection.execute(delete(table).where(begins >= cutoff))
+            ended = [history.ends, *([history.why] if history.why else [])]
+            held.ends[name] = [
+                {"id": row["id"], "held": True, **{column: row[column] for column in ended}}
+                for row in held.rows[name]
+                if row[history.ends] is not None
+            ]
+            held.ends[name] += [
+                {**row._mapping, "held": False}
+                for row in connection.execute(
+                    select(table.c.id, *(table.c[column] for column in ended))
+                    .where(and_(begins < cutoff, ends >= cutoff))
+                    .order_by(table.c.id)
+                )
+            ]
+            held.ends[name].sort(key=lambda row: (row[history.ends], row["id"]))
+            for row in held.rows[name]:
+                row.update(dict.fromkeys(ended))
+            connection.execute(update(table).where(ends >= cutoff).values(dict.fromkeys(ended)))
     for path in (landing_dir / "events").glob("events-story-*.json"):
         path.unlink()
     for path in sorted((landing_dir / "logins").glob("*.parquet")):
@@ -191,7 +255,52 @@ def rewind(registry: Registry, landing_dir: Path, start: date) -> list[dict[str,
         if not keep.all():
             with written_in_place(path) as temporary:
                 pq.write_table(events.filter(pa.array(keep)), temporary)
-    return later
+    return held
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """What ``replay`` did on a day, by table name: the rows it added (with their new
+    ids) and the ids of those it ended."""
+
+    added: dict[str, list[dict[str, Any]]]
+    ended: dict[str, list[int]]
+
+
+def replay(connection: Any, held: HeldBack, day: date) -> Replayed:
+    """Add the held-back rows the sample dated on ``day`` and end those it ended that
+    day (a row the story ended already, e.g. a session enforcement revoked, keeps its
+    own end)."""
+    added: dict[str, list[dict[str, Any]]] = {}
+    ended: dict[str, list[int]] = {}
+    for history in _HISTORIES:
+        table = history.table
+        name = table.name
+        today = [row for row in held.rows[name] if row[history.begins].date() == day]
+        added[name] = []
+        if today:
+            # New ids: on SQLite the story's own rows (a factor enrolled, a token made)
+            # took the ids the held-back rows had, the largest being gone.
+            fresh = connection.execute(
+                insert(table).returning(table.c.id, sort_by_parameter_order=True),
+                [{k: v for k, v in row.items() if k != "id"} for row in today],
+            ).scalars()
+            renumbered = held.renumbered.setdefault(name, {})
+            for row, new_id in zip(today, fresh, strict=True):
+                renumbered[row["id"]] = new_id
+                added[name].append({**row, "id": new_id})
+        ends = [row for row in held.ends[name] if row[history.ends].date() == day]
+        ended[name] = []
+        for row in ends:
+            row_id = held.renumbered[name][row["id"]] if row["held"] else row["id"]
+            done = connection.execute(
+                update(table)
+                .where(and_(table.c.id == row_id, table.c[history.ends].is_(None)))
+                .values({k: v for k, v in row.items() if k not in ("id", "held")})
+            )
+            if done.rowcount:
+                ended[name].append(row_id)
+    return Replayed(added, ended)
 
 
 def _people(engine: Engine, start: date) -> _People:
@@ -474,7 +583,7 @@ class Story:
         mask[np.fromiter((index[i] for i in account_ids if i in index), np.int64)] = True
         return mask
 
-    def respond(self, day: date, organic: list[dict[str, Any]]) -> None:
+    def respond(self, day: date, held: HeldBack) -> None:
         p, r, rng = self.people, self.responses, self.rng
         engine = self.registry.engine
         new_factors: list[dict[str, Any]] = []
@@ -485,12 +594,7 @@ class Story:
             new_factors.append({"account_id": int(p.ids[n]), "kind": kind, "created_at": at})
             self.report.enrolled[cause] += 1
 
-        for factor in organic:
-            n = p.index.get(factor["account_id"])
-            if n is not None and factor["created_at"].date() == day:
-                new_factors.append(factor)
-                p.method[n] = max(p.method[n], 2 if factor["kind"] == "webauthn" else 1)
-                self.report.enrolled["organic"] += 1
+        self.replay(day, held)
         notified, reminded = self._recent_emails(engine, day)
         elv_enrolled, required, windows = self._elv_state(engine, day)
 
@@ -551,6 +655,40 @@ class Story:
             with engine.begin() as connection:
                 connection.execute(insert(TfaFactor), new_factors)
         self.use_tokens(day)
+
+    def replay(self, day: date, held: HeldBack) -> None:
+        """The sample's own history of ``day`` (``rewind``), and the people in step with
+        it: a factor added is organic adoption, one removed may leave its account
+        without 2FA, a token added is used as it was, a token revoked is no longer."""
+        p = self.people
+        with self.registry.engine.begin() as connection:
+            done = replay(connection, held, day)
+            factors = TfaFactor.__table__
+            touched = [row["account_id"] for row in done.added["tfa_factors"]]
+            removed = done.ended["tfa_factors"]
+            if removed:
+                touched += connection.execute(
+                    select(factors.c.account_id).where(factors.c.id.in_(removed))
+                ).scalars()
+            kinds: dict[int, int] = dict.fromkeys(touched, 0)
+            for account_id, kind in connection.execute(
+                select(factors.c.account_id, factors.c.kind).where(
+                    and_(factors.c.account_id.in_(sorted(kinds)), factors.c.removed_at.is_(None))
+                )
+            ):
+                kinds[account_id] = max(kinds[account_id], 2 if kind == "webauthn" else 1)
+        for account_id, method in kinds.items():
+            n = p.index.get(account_id)
+            if n is not None:
+                p.method[n] = method
+        self.report.enrolled["organic"] += len(done.added["tfa_factors"])
+        added = [(row["id"], row["last_used_at"] is not None) for row in done.added["tokens"]]
+        if added:
+            p.token_ids = np.concatenate([p.token_ids, np.array([i for i, _ in added], np.int64)])
+            p.token_in_use = np.concatenate([p.token_in_use, np.array([u for _, u in added])])
+        if done.ended["tokens"]:
+            keep = ~np.isin(p.token_ids, np.array(done.ended["tokens"], np.int64))
+            p.token_ids, p.token_in_use = p.token_ids[keep], p.token_in_use[keep]
 
     def _live(self, day: date) -> list[Phase]:
         """The phases maintainers hear of on ``day``: from their notice to their last
@@ -703,7 +841,7 @@ class Story:
     def run(self) -> StoryReport:
         started = time.perf_counter()
         settings, registry = self.settings, self.registry
-        organic = rewind(registry, settings.landing_dir, self.start)
+        held = rewind(registry, settings.landing_dir, self.start)
         self.people = _people(registry.engine, self.start)
         ids = self.people.ids
         dead = self.provider_rng.random(len(ids)) < self.responses.dead_mailbox
@@ -739,7 +877,7 @@ class Story:
                         self._milestone(day, f"{b.name}: {b.hours} h of ELV for all without 2FA")
                 self._move(day, 11)
                 with self._timed("maintainers"):
-                    self.respond(day, organic)
+                    self.respond(day, held)
             self._move(self.end, 23, 59)
             ingest.ingest(
                 con,
