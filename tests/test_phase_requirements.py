@@ -166,6 +166,63 @@ def test_a_rollback_withdraws_the_emails_its_enforcement_queued_and_has_not_sent
     assert p2_queued == 5
 
 
+def enforcement_emails(registry: Registry, phase: str) -> dict[int, str]:
+    with registry.engine.connect() as connection:
+        return dict(
+            connection.execute(
+                select(Notification.account_id, Notification.state).where(
+                    Notification.phase == phase, Notification.email == "enforcement_notice"
+                )
+            ).all()
+        )
+
+
+def test_a_rollback_killed_between_batches_has_withdrawn_every_unsent_email_already(
+    registry: Registry,
+    three_phase_plan: Plan,
+    overlap: dict[str, set[int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The emails are withdrawn before the first batch: killed after it, the next send
+    must not tell the accounts it released that 2FA is now required."""
+    run(registry, three_phase_plan, "p1")
+    released = required(registry)
+    first_batch = enforce._rollback_batch
+
+    def killed_after_one(*args: object, **kwargs: object) -> tuple[int, int, int]:
+        monkeypatch.setattr(enforce, "_rollback_batch", dying)
+        return first_batch(*args, **kwargs)
+
+    def dying(*args: object, **kwargs: object) -> tuple[int, int, int]:
+        raise KeyboardInterrupt  # a kill, as far as this process goes
+
+    monkeypatch.setattr(enforce, "_rollback_batch", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        enforce.rollback_phase(registry, three_phase_plan, "p1", actor="rm")
+    assert 0 < len(released - required(registry)) < len(released)  # one batch of two
+    assert set(enforcement_emails(registry, "p1").values()) == {"skipped"}
+
+
+def test_enforcing_again_after_a_rollback_tells_the_accounts_again(
+    registry: Registry, three_phase_plan: Plan, overlap: dict[str, set[int]]
+) -> None:
+    """The rollback withdrew the enforcement emails before they went: enforced anew, the
+    accounts must hear of it (the withdrawn row is not an email already given)."""
+    run(registry, three_phase_plan, "p1")
+    enforce.rollback_phase(registry, three_phase_plan, "p1", actor="rm")
+    assert set(enforcement_emails(registry, "p1").values()) == {"skipped"}
+    again = run(registry, three_phase_plan, "p1")
+    assert again.emails_queued == 4
+    assert set(enforcement_emails(registry, "p1").values()) == {"queued"}
+    with registry.engine.connect() as connection:
+        reasons = set(
+            connection.scalars(
+                select(Notification.skip_reason).where(Notification.phase == "p1").distinct()
+            )
+        )
+    assert reasons == {None}
+
+
 def _reset(registry: Registry) -> None:
     with registry.engine.begin() as connection:
         for table in (PhaseRequirement, Notification, CohortMembership, TfaFactor, PlanRun):

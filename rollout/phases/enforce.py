@@ -44,7 +44,7 @@ from rollout.core.plan import Phase, Plan
 from rollout.notify import reach
 from rollout.notify.emails import ENFORCEMENT_EMAIL
 from rollout.notify.queue import queue_phase_summary
-from rollout.notify.withdraw import Selection, withdraw_preview, withdraw_queued
+from rollout.notify.withdraw import Selection, marked_withdrawn, withdraw_preview, withdraw_queued
 from rollout.phases.previews import PhasePreview, Target, TokenTarget
 from rollout.registry import Registry
 from rollout.registry.deadlines import deadlines
@@ -586,10 +586,10 @@ def _queue_enforcement_emails(batch: _Batch) -> int:
     # Not queue_email: its queue-time skip checks (suppressed, unverified) cost
     # 2 s of an npm-scale run, over the 30 s target; the drain makes them at send time.
     phase = batch.phase
+    insert = dialect_insert(batch.connection, NOTIFICATIONS)
     return _changed(
         batch.connection,
-        dialect_insert(batch.connection, NOTIFICATIONS)
-        .from_select(
+        insert.from_select(
             [
                 "account_id",
                 "email",
@@ -613,7 +613,20 @@ def _queue_enforcement_emails(batch: _Batch) -> int:
                 literal(batch.now, DateTime),
             ).where(batch.among(ACCOUNTS.c.id)),
         )
-        .on_conflict_do_nothing(index_elements=["account_id", "email", "phase", "occasion"]),
+        # One the phase's rollback withdrew (never sent) is queued again: enforced
+        # anew, the account must be told; one sent, queued or in flight stays as it is.
+        .on_conflict_do_update(
+            index_elements=["account_id", "email", "phase", "occasion"],
+            set_={
+                "state": "queued",
+                "skip_reason": None,
+                "error": None,
+                "attempts": 0,
+                "run_id": insert.excluded.run_id,
+                "updated_at": insert.excluded.updated_at,
+            },
+            where=and_(NOTIFICATIONS.c.state == "skipped", marked_withdrawn()),
+        ),
         NOTIFICATIONS.c.id,
     )
 
@@ -1144,6 +1157,20 @@ def rollback_phase(
             lock=LOCK,
         ) as run:
             result = RollbackResult(phase.name, run.id)
+            with engine.begin() as connection:
+                # Before the requirements: a crash between batches left the emails
+                # queued, and the next send told accounts already released that 2FA
+                # is required. Enforcement takes the same lock, so none is queued
+                # meanwhile; a rerun withdraws again (nothing left) and goes on.
+                emails = withdraw_queued(
+                    connection,
+                    _queued_by_enforcement(phase.name),
+                    reason=f"phase {phase.name} rolled back",
+                    actor=actor,
+                    run_id=run.id,
+                )
+            result.emails_withdrawn = emails.taken
+            result.emails_in_flight = emails.in_flight
             for start in range(0, len(ids), phase.batch_size):
                 with engine.begin() as connection:
                     withdrawn, cleared, marks = _rollback_batch(
@@ -1158,17 +1185,5 @@ def rollback_phase(
                 result.accounts_cleared += cleared
                 result.marks_cleared += marks
                 run.summary = _counts(result)
-            with engine.begin() as connection:
-                # After the requirements: a crash in between leaves emails queued that
-                # a rerun (which finds no requirement left) still withdraws.
-                emails = withdraw_queued(
-                    connection,
-                    _queued_by_enforcement(phase.name),
-                    reason=f"phase {phase.name} rolled back",
-                    actor=actor,
-                    run_id=run.id,
-                )
-            result.emails_withdrawn = emails.taken
-            result.emails_in_flight = emails.in_flight
             run.summary = _counts(result)
         return result
