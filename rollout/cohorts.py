@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import duckdb
 import pyarrow as pa
-from sqlalchemy import Connection, Engine, Table, and_, case, select, update
+from sqlalchemy import Connection, Engine, Table, and_, case, func, select, update
 
 from rollout import warehouse
 from rollout.core.calendar import cohorts_step
@@ -324,7 +324,13 @@ def _greatest(a: Any, b: Any) -> Any:
 def _update_memberships(
     engine: Engine, cohort: str, as_of: date, accounts: pa.Table, run_id: str, actor: str
 ) -> tuple[int, int]:
-    """Upsert today's accounts, mark the ones no longer there as left; (entered, left)."""
+    """Upsert today's accounts, mark the ones no longer there as left; (entered, left).
+
+    A build of a day before the cohort's latest (a rebuild of past days, a backfill)
+    only adds history: an existing member's first day may move earlier, an account
+    never recorded joins (membership is sticky), but no one leaves and no one's
+    current standing (packages, left) goes back to that day's. It marked every
+    member absent that day as left, and phases then skipped them."""
     today = accounts.to_pylist()
     with engine.begin() as connection:
         c = MEMBERSHIPS.c
@@ -334,6 +340,11 @@ def _update_memberships(
                 select(c.account_id, c.left_on, c.packages).where(c.cohort == cohort)
             )
         }
+        latest = connection.execute(
+            select(func.max(c.last_qualified_on)).where(c.cohort == cohort)
+        ).scalar_one()
+        if latest is not None and as_of < latest:
+            return _add_history(connection, cohort, as_of, today, before, run_id, actor)
         rows = [
             {
                 "cohort": cohort,
@@ -389,24 +400,7 @@ def _update_memberships(
         record_actions(
             connection,
             [
-                *(
-                    {
-                        "effect_key": f"cohort-enter:{cohort}:{row['account_id']}:{as_of}",
-                        "action": "cohort_enter",
-                        "account_id": row["account_id"],
-                        "phase": cohort,
-                        "reason": "can publish "
-                        + ", ".join(row["packages"][:5])
-                        + (
-                            f" and {len(row['packages']) - 5} more"
-                            if len(row["packages"]) > 5
-                            else ""
-                        ),
-                        "actor": actor,
-                        "run_id": run_id,
-                    }
-                    for row in entered
-                ),
+                *(_entered_action(cohort, as_of, row, run_id, actor) for row in entered),
                 *(
                     {
                         "effect_key": f"cohort-leave:{cohort}:{account_id}:{as_of}",
@@ -422,6 +416,63 @@ def _update_memberships(
             ],
         )
     return len(entered), len(gone)
+
+
+def _add_history(
+    connection: Connection,
+    cohort: str,
+    as_of: date,
+    today: list[dict[str, Any]],
+    before: dict[int, tuple[date | None, list[str]]],
+    run_id: str,
+    actor: str,
+) -> tuple[int, int]:
+    """``_update_memberships`` for a day before the cohort's latest build."""
+    c = MEMBERSHIPS.c
+    known = sorted(row["account_id"] for row in today if row["account_id"] in before)
+    for chunk in in_chunks(known):
+        connection.execute(
+            update(MEMBERSHIPS)
+            .where(and_(c.cohort == cohort, c.account_id.in_(chunk)))
+            .values(first_qualified_on=_least(c.first_qualified_on, as_of), run_id=run_id)
+        )
+    new = [row for row in today if row["account_id"] not in before]
+    upsert(
+        connection,
+        MEMBERSHIPS,
+        [
+            {
+                "cohort": cohort,
+                "account_id": row["account_id"],
+                "packages": row["packages"],
+                "first_qualified_on": as_of,
+                "last_qualified_on": as_of,
+                "left_on": None,
+                "run_id": run_id,
+            }
+            for row in new
+        ],
+        ["cohort", "account_id"],
+        {"first_qualified_on": lambda new: _least(c.first_qualified_on, new.first_qualified_on)},
+    )
+    record_actions(connection, [_entered_action(cohort, as_of, row, run_id, actor) for row in new])
+    return len(new), 0
+
+
+def _entered_action(
+    cohort: str, as_of: date, row: dict[str, Any], run_id: str, actor: str
+) -> dict[str, Any]:
+    packages = row["packages"]
+    more = f" and {len(packages) - 5} more" if len(packages) > 5 else ""
+    return {
+        "effect_key": f"cohort-enter:{cohort}:{row['account_id']}:{as_of}",
+        "action": "cohort_enter",
+        "account_id": row["account_id"],
+        "phase": cohort,
+        "reason": "can publish " + ", ".join(packages[:5]) + more,
+        "actor": actor,
+        "run_id": run_id,
+    }
 
 
 def _snapshot(

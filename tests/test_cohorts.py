@@ -331,12 +331,18 @@ def test_a_backfilled_day_is_judged_by_what_it_had_not_by_what_came_later(
     assert packages_d1 == {"big", "core"}
     with registry.engine.connect() as connection:
         erin = connection.execute(
-            select(CohortMembership.first_qualified_on).where(
+            select(CohortMembership.first_qualified_on, CohortMembership.left_on).where(
                 CohortMembership.cohort == "high-impact",
                 CohortMembership.account_id == people["erin"],
             )
-        ).scalar_one_or_none()
-    assert erin in (None, D2)
+        ).one_or_none()
+        leaves = connection.execute(
+            select(func.count()).where(Action.action == "cohort_leave")
+        ).scalar_one()
+    # Still a member as of D2, the latest build: absent on an earlier day is history,
+    # not a leave (the phases read left_on, and skipped her).
+    assert erin is None or tuple(erin) == (D2, None)
+    assert leaves == 0
 
 
 def test_a_what_if_on_a_day_without_metrics_is_refused_not_zeros(
