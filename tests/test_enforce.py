@@ -96,6 +96,38 @@ def test_preview_lists_exactly_the_non_compliant(
     assert count(registry, Action) == 0 and required(registry) == set()
 
 
+def test_enforcing_before_enforce_on_is_refused_unless_early(
+    registry: Registry,
+    plan_exempting_carol: Plan,
+    ids: dict[str, int],
+    rollout_home: Path,
+    registry_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """top-100 is enforced from 2022-02-01, the date its notices gave: a day early,
+    nothing is done (the preview says why); --early is the release manager's call."""
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+    from rollout.core.clock import SimulatedClock, use_clock
+
+    plan = plan_exempting_carol
+    with use_clock(SimulatedClock(datetime(2022, 1, 31, 23, 59))):
+        with pytest.raises(GuardRefused, match="enforced from 2022-02-01, the date its emails"):
+            enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
+        assert required(registry) == set() and count(registry, Action) == 0
+        monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+        cli = CliRunner().invoke(app, ["phase", "enforce", "top-100", "--apply", "--expect", "3"])
+        assert cli.exit_code == 3 and "pass --early to enforce anyway" in cli.stderr
+        preview = CliRunner().invoke(app, ["phase", "preview", "top-100"])
+        assert "Not due yet: the phase is enforced from 2022-02-01 (in 1 day)" in preview.stderr
+        early = enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm", early=True)
+    assert early.accounts_required == 2 and required(registry) == {"alice", "dave"}
+    with use_clock(SimulatedClock(datetime(2022, 2, 1))):
+        preview = CliRunner().invoke(app, ["phase", "preview", "top-100"])
+    assert "Not due yet" not in preview.stderr
+
+
 def test_a_preview_after_enforcement_tells_whom_the_phase_requires_already(
     registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:

@@ -40,6 +40,7 @@ def phase_preview(
     `rollout plan show` reads."""
     from rollout.phases.enforce import preview_phase
     from rollout.phases.previews import COLUMNS, preview_rows, reach_verdict, save_preview
+    from rollout.registry.ledger import utc_now
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
@@ -83,6 +84,17 @@ def phase_preview(
         apply += f" --expect-tokens {preview.token_count}"
     if preview.over_unreached_limit:
         apply += f" --accept-unreached {len(preview.unreached)}"
+    due = plan.phase(phase).enforce_on
+    today = utc_now().date()
+    when = ""
+    if today < due:
+        # Not in the command to copy: enforcing before the date is a decision of its own.
+        days = (due - today).days
+        when = (
+            f"Not due yet: the phase is enforced from {due} (in {days} "
+            f"day{'' if days == 1 else 's'}), "
+            "the date its emails gave; `phase enforce` refuses before it without --early.\n"
+        )
     if preview.per_account_deadlines:
         who += (
             f"; {preview.not_due} more fall short but their own deadline has not come "
@@ -102,6 +114,7 @@ def phase_preview(
             else ""
         )
         + "\n"
+        f"{when}"
         f"The list: {saved.csv_path}\n"
         f"To apply: {apply}",
         highlight=False,
@@ -133,6 +146,14 @@ def phase_enforce(
             "never reached by a warning: their count, as the preview showed it.",
         ),
     ] = None,
+    early: Annotated[
+        bool,
+        typer.Option(
+            "--early",
+            help="Enforce before the phase's enforce_on, the date its emails gave "
+            "(refused without it).",
+        ),
+    ] = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Apply the phase's effects to its non-compliant accounts (by default: require 2FA
@@ -159,6 +180,7 @@ def phase_enforce(
             accept_unreached=accept_unreached,
             actor=settings.actor,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
+            early=early,
         )
     emit_record(result.summary(), fmt, title=f"phase {phase} enforced")
 

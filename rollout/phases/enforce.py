@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -780,17 +780,19 @@ def enforce_phase(
     accept_unreached: int | None = None,
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    early: bool = False,
 ) -> EnforceResult:
     """Apply a phase to exactly the previewed accounts (and, when it revokes tokens,
-    exactly the previewed tokens), refusing on any mismatch, and when more of them
-    were never reached by a warning than the plan allows, unless ``accept_unreached``
-    is their count.
+    exactly the previewed tokens), refusing on any mismatch, when more of them were
+    never reached by a warning than the plan allows (unless ``accept_unreached`` is
+    their count), and before the phase's ``enforce_on`` (unless ``early``).
 
     ``progress(done, total)``, if given, is called after each batch commits: the
     accounts done so far, of the previewed total."""
     phase = plan.phase(phase_name)
     with registry.lock(LOCK):
         engine = registry.engine
+        _date_guard(phase, utc_now().date(), early)
         preview = preview_phase(registry, plan, phase, details=False)
         _guard(phase, preview, expect, expect_tokens)
         _reach_guard(phase, preview, accept_unreached)
@@ -868,6 +870,17 @@ def _queue_summary(
             if t.account_id in preview.unreached and t.account_id in acted
         ],
     )
+
+
+def _date_guard(phase: Phase, today: date, early: bool) -> None:
+    """Refuse before ``enforce_on``, the date every notice and reminder gave: a slip of
+    the day (or of the clock) locked accounts out weeks before they were told."""
+    if today < phase.enforce_on and not early:
+        raise GuardRefused(
+            f"phase {phase.name} is enforced from {phase.enforce_on}, the date its emails "
+            f"gave, and today is {today}: enforcing now locks accounts out before it. Wait, "
+            "move enforce_on in the plan, or pass --early to enforce anyway"
+        )
 
 
 def _guard(phase: Phase, preview: PhasePreview, expect: int, expect_tokens: int | None) -> None:
