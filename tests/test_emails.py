@@ -187,6 +187,16 @@ def test_the_reminder_says_how_many_days_are_left(plan: Plan) -> None:
     assert "1 days" not in one_day.subject + one_day.text + one_day.html
 
 
+def test_a_reminder_caught_up_late_counts_the_days_from_when_it_was_queued(plan: Plan) -> None:
+    """top-100 is enforced on 2022-02-01: its 14-day reminder, queued on 2022-01-20
+    (the queue missed the 18th), says 12 days, not 14."""
+    recipient = EXAMPLE_RECIPIENTS["non-compliant"]
+    stored = {"phase": "top-100", "days_before": 14, "queued_on": "2022-01-20"}
+    late = render("reminder", recipient, stored, plan)
+    assert "in 12 days" in late.subject and "In 12 days, on Tuesday 1 February 2022" in late.text
+    assert "14 days" not in late.subject + late.text + late.html
+
+
 def test_an_org_summary_with_one_removed_member_is_grammatical(plan: Plan) -> None:
     owner = EXAMPLE_RECIPIENTS["compliant"]
     rendered = render("org_enforcement_summary", owner, {"org": "o", "removed": ["sam"]}, plan)

@@ -170,6 +170,13 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
     }
 
 
+def _phase_deadline(plan: Plan, stored: Mapping[str, Any]) -> date | None:
+    name = stored.get("phase")
+    if not isinstance(name, str) or name not in {p.name for p in plan.phases}:
+        return None
+    return plan.phase(name).enforce_on
+
+
 def _day(value: Any) -> date:
     return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
 
@@ -201,11 +208,13 @@ def phase_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[st
 )
 def reminder(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
     days_left = int(stored["days_before"])
-    if r.deadline is not None:
-        # The account's own deadline, counted from the day the reminder was queued for:
-        # a snooze since then moved it.
-        queued_on = run_day(stored, r.deadline - timedelta(days=days_left))
-        days_left = (r.deadline - queued_on).days
+    # Counted from the day the reminder was queued for, to the deadline: the account's
+    # own (a snooze since then moved it) or the phase's. A reminder caught up late (the
+    # queue missed its day) said "in 14 days" with 12 left.
+    deadline = r.deadline or _phase_deadline(plan, stored)
+    if deadline is not None:
+        queued_on = run_day(stored, deadline - timedelta(days=days_left))
+        days_left = (deadline - queued_on).days
     return {
         **common(r, plan),
         **_phase(plan, stored, r),
