@@ -44,5 +44,7 @@ HEADERS = [
     "sam\nX-Injected: yes",
     "\x1b[2Ksam",
     "sam\x00",
+    # A right-to-left override, never closed: the rest of a line reads reversed.
+    "acme\u202e\u2066moc.elgoog//:sptth ta nigol\u2069",
 ]
 EVERYTHING = FORMULAS + TERMINAL + RICH_MARKUP + MARKUP + HEADERS

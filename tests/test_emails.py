@@ -437,14 +437,17 @@ def test_a_username_with_a_line_break_is_refused_or_adds_no_sendgrid_recipient(
 def test_a_control_character_in_a_name_still_sends_every_email(
     name: str, username: str, plan: Plan, tmp_path: Path
 ) -> None:
-    """A username or org with CR/LF or ESC: the email goes out, to the address alone, with
-    a one-line subject free of control characters, and adds no header."""
+    """A username or org with CR/LF, ESC or a bidi override: the email goes out, to the
+    address alone, with a one-line subject free of control characters (and parts free
+    of the value's: no line of its own, nothing shown reversed), and adds no header."""
     recipient = replace(EXAMPLE_RECIPIENTS["non-compliant"], username=username)
     stored = example_stored(name, plan)
     if "org" in stored:
         stored["org"] = f"org {username}"
     rendered = render(name, recipient, stored, plan)
-    assert not re.search(r"[\x00-\x1f\x7f-\x9f]", rendered.subject)
+    assert not re.search(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", rendered.subject)
+    for part in (rendered.text, rendered.html):
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", part)
     message = message_for(name, recipient, rendered)
     sender = FileSender(tmp_path)
 

@@ -14,7 +14,10 @@ import shlex
 _OTHER_CONTROLS = (
     r"\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
 )
-_CONTROLS = re.compile(rf"[\t\n{_OTHER_CONTROLS}]")
+# Every one of them, tab and line feed too: what a one-line value (a header, a line of
+# an email) may not hold.
+CONTROL_CHARACTERS = re.compile(rf"[\t\n{_OTHER_CONTROLS}]")
+_CONTROLS = CONTROL_CHARACTERS
 _CONTROLS_BUT_LINES = re.compile(rf"[{_OTHER_CONTROLS}]")
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass
 from typing import Protocol
 
-# C0 and C1 controls and DEL, and the line and paragraph separators: none belongs in a
-# header, and CR/LF could start a new one.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+from rollout.core import controls
+
+# C0 and C1 controls and DEL, the line and paragraph separators and the bidirectional
+# controls: none belongs in a header (CR/LF could start a new one) or a line of an email
+# (U+202E reversed the rest of it: an org's name could make a security email read
+# as its owner chose).
+CONTROL_CHARACTERS = controls.CONTROL_CHARACTERS
 
 
 def header_text(text: str) -> str:
