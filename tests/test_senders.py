@@ -159,28 +159,52 @@ def test_backoff_grows_exponentially_with_full_jitter(
     assert all(0 <= slept <= ceiling for slept, ceiling in zip(sleeps, ceilings, strict=True))
 
 
-def test_stall_past_the_timeout_then_success(
+def test_no_answer_after_the_request_went_is_not_sent_again(
     dev: DevSendGrid, make: Callable, sleeps: list
 ) -> None:
+    """The stalled request is answered 202 after the client gave up: SendGrid took it.
+    Sending again sent it twice (Mail Send has no idempotency key), so the email fails,
+    saying it may have gone and how to send it if it did not."""
     dev.script([{"stall": 1.5}])
-    message_id = make(timeout=0.5).send(MESSAGE)
+    with pytest.raises(DeliveryFailed) as caught:
+        make(timeout=0.5).send(MESSAGE)
 
-    assert len(sleeps) == 1
-    assert dev.requests_seen == 2
-    # The stalled request answers 202 later, after the client gave up: SendGrid would
-    # have accepted it too, so the email went out twice, both tagged with the outbox id.
-    records = dev.wait_for_messages(2, timeout=3)
-    assert len(records) == 2
-    assert message_id in [r["message_id"] for r in records]
-    assert {r["body"]["custom_args"]["outbox_id"] for r in records} == {"42"}
+    assert not caught.value.permanent and sleeps == []
+    assert caught.value.reason.startswith(
+        "no answer from SendGrid within 0.5s after the request went: SendGrid may have sent it"
+    )
+    assert "--retry-failed" in caught.value.reason
+    records = dev.wait_for_messages(1, timeout=3)
+    assert dev.requests_seen == 1 and len(records) == 1
+    assert records[0]["body"]["custom_args"]["outbox_id"] == "42"
 
 
-def test_dropped_connection_then_success(dev: DevSendGrid, make: Callable, sleeps: list) -> None:
+def test_a_connection_dropped_before_the_answer_is_not_sent_again(
+    dev: DevSendGrid, make: Callable, sleeps: list
+) -> None:
     dev.script([{"drop": True}])
-    message_id = make().send(MESSAGE)
+    with pytest.raises(DeliveryFailed, match="closed the connection without answering after"):
+        make().send(MESSAGE)
+    assert sleeps == [] and dev.requests_seen == 1
 
-    assert len(sleeps) == 1
-    assert [m["message_id"] for m in dev.messages] == [message_id]
+
+def test_a_connection_refused_is_retried_then_sent() -> None:
+    """Refused before the request went: nothing for SendGrid to act on, so retrying is
+    safe; the server comes up during the backoff and the email goes once."""
+    port = _closed_port()
+    dev = DevSendGrid(port=port)
+    waits: list[float] = []
+
+    def come_up(seconds: float) -> None:
+        waits.append(seconds)
+        dev.start()
+
+    sender = SendGridSender(dev.api_key, f"http://127.0.0.1:{port}", timeout=2.0, sleep=come_up)
+    try:
+        message_id = sender.send(MESSAGE)
+        assert len(waits) == 1 and [m["message_id"] for m in dev.messages] == [message_id]
+    finally:
+        dev.stop()
 
 
 def test_400_is_permanent_with_the_reason(dev: DevSendGrid, make: Callable, sleeps: list) -> None:

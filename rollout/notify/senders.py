@@ -212,18 +212,26 @@ class _Outcome:
     misconfigured: bool = False
     retry_after: float | None = None
     status: int | None = None  # the HTTP status SendGrid answered, if it answered
+    # The request went whole and no answer came (a read timeout, a dropped connection):
+    # SendGrid may have acted on it.
+    after_sending: bool = False
 
 
 class SendGridSender:
     """Sends through SendGrid's Mail Send API, retrying what is worth retrying.
 
     Retried, with exponential backoff and full jitter (or ``Retry-After`` when given):
-    429, 5xx, timeouts, refused and dropped connections. Other 4xx fail at once: 400/413
-    permanently, 401/403/404/405 as :class:`SenderMisconfigured`. Running out of
-    attempts is not permanent: the outbox can try again later.
+    429, 5xx, and a connection that failed before the request went (refused, DNS, a
+    connect timeout). Other 4xx fail at once: 400/413 permanently, 401/403/404/405 as
+    :class:`SenderMisconfigured`. Running out of attempts is not permanent: the outbox
+    can try again later (``--retry-failed``).
 
-    A timeout or a dropped connection after SendGrid accepted the request means the retry
-    sends the email twice; the ``outbox_id`` custom arg lets events be matched up.
+    A send whose request went whole but got no answer (a read timeout, a dropped
+    connection) is not retried: Mail Send has no idempotency key, SendGrid may have
+    taken it, and a retry sent the email twice. It fails with a reason that says so;
+    SendGrid's events name its ``outbox_id`` if it went, and ``--retry-failed`` sends
+    it again when it did not. (A read of a suppression list is retried: it changes
+    nothing.)
 
     Each retry is logged as a warning (the outbox id, SendGrid's status or the network
     error, the attempt; never the key), and :attr:`retried_after_status` counts those
@@ -305,16 +313,23 @@ class SendGridSender:
                 )
             return _Outcome(response=outcome.response, value=page)
 
-        return self._retrying(attempt, f"SendGrid {list_name} at offset {offset}").value
+        return self._retrying(
+            attempt, f"SendGrid {list_name} at offset {offset}", idempotent=True
+        ).value
 
     def send(self, message: Message) -> str:
         body = self.request_body(message)
-        outcome = self._retrying(lambda: self._attempt(body), f"outbox {message.outbox_id}")
+        outcome = self._retrying(
+            lambda: self._attempt(body), f"outbox {message.outbox_id}", idempotent=False
+        )
         return outcome.value
 
-    def _retrying(self, attempt: Callable[[], _Outcome], label: str) -> _Outcome:
+    def _retrying(
+        self, attempt: Callable[[], _Outcome], label: str, *, idempotent: bool
+    ) -> _Outcome:
         """``attempt`` until it answers (an outcome with a response), retrying what is
-        worth retrying with backoff; raises for the rest, or when attempts run out."""
+        worth retrying with backoff; raises for the rest, or when attempts run out. A
+        request that is not ``idempotent`` is not sent again once it went unanswered."""
         outcome = _Outcome()
         for number in range(1, self.max_attempts + 1):
             outcome = attempt()
@@ -322,6 +337,14 @@ class SendGridSender:
                 return outcome
             if outcome.misconfigured:
                 raise SenderMisconfigured(outcome.reason)
+            if outcome.after_sending and not idempotent:
+                raise DeliveryFailed(
+                    f"{outcome.reason} after the request went: SendGrid may have sent it, "
+                    "so it is not sent again (that sent it twice); its events show this "
+                    "outbox id if it went, and `rollout notify send --apply --retry-failed` "
+                    "sends it when it did not",
+                    permanent=False,
+                )
             if not outcome.retryable:
                 raise DeliveryFailed(outcome.reason, permanent=True)
             if number < self.max_attempts:
@@ -388,10 +411,18 @@ class SendGridSender:
             response = call()
         except python_http_client.exceptions.HTTPError as exc:
             return _http_error_outcome(exc.status_code, exc.body, exc.headers)
-        except (OSError, http.client.HTTPException) as exc:
-            # URLError (refused, DNS, connect timeout), TimeoutError (read timeout),
-            # RemoteDisconnected / ConnectionError (dropped), IncompleteRead...
+        except urllib.error.URLError as exc:
+            # urllib wraps in URLError what fails before the request is whole (refused,
+            # DNS, a connect timeout, a write cut short): SendGrid has nothing to act on.
             return _Outcome(reason=_redactor.scrub(self._network_reason(exc)), retryable=True)
+        except (OSError, http.client.HTTPException) as exc:
+            # Waiting for the answer: TimeoutError (read timeout), RemoteDisconnected /
+            # ConnectionResetError (dropped), IncompleteRead...
+            return _Outcome(
+                reason=_redactor.scrub(self._network_reason(exc)),
+                retryable=True,
+                after_sending=True,
+            )
         if not 200 <= response.status_code < 300:
             return _http_error_outcome(response.status_code, response.body, response.headers)
         return _Outcome(response=response)
