@@ -13,7 +13,7 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,13 @@ from rollout.notify.queue import due_occasions, plan_occasions, queue_due, queue
 from rollout.notify.senders import FileSender, SendGridSender
 from rollout.registry import Registry
 from rollout.registry.models import Account, Notification
-from tests.factories import AccountFactory, FactorFactory, bound_to, existing_account
+from tests.factories import (
+    AccountFactory,
+    FactorFactory,
+    MembershipFactory,
+    bound_to,
+    existing_account,
+)
 from tests.support.outbox import Recording, ids, rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,12 +129,15 @@ def test_an_account_that_enrolled_after_queueing_gets_no_reminder(
     assert rows(registry, "reminder")["ann"] == ("skipped", "already compliant")
 
 
-def _reminder(registry: Registry, account_id: int, occasion: str) -> tuple[str, str | None]:
+def _reminder(
+    registry: Registry, account_id: int, occasion: str, phase: str = "top-100"
+) -> tuple[str, str | None]:
     with registry.engine.connect() as connection:
         row = connection.execute(
             select(Notification.state, Notification.skip_reason).where(
                 Notification.account_id == account_id,
                 Notification.email == "reminder",
+                Notification.phase == phase,
                 Notification.occasion == occasion,
             )
         ).one()
@@ -140,18 +149,57 @@ def _repeating(plan: Plan, **days: int) -> Plan:
     return plan.model_copy(update={"notifications": notifications})
 
 
-def test_a_reminder_inside_the_repeat_window_is_skipped(
+def _second_campaign(plan: Plan, registry: Registry, ann: int, reminder_on: date) -> Plan:
+    """ann in high-impact too, whose one reminder (14 days before) falls on
+    ``reminder_on``, near top-100's."""
+    with bound_to(registry.engine):
+        MembershipFactory(account=existing_account(ann), cohort="high-impact")
+    high = plan.phase("high-impact").model_copy(
+        update={
+            "cohort_as_of": date(2022, 1, 2),
+            "notice_on": date(2022, 1, 3),
+            "reminders_days_before": [14],
+            "enforce_on": reminder_on + timedelta(days=14),
+        }
+    )
+    return plan.model_copy(update={"phases": [plan.phase("top-100"), high]})
+
+
+def test_a_phases_own_reminders_go_on_their_days_whatever_the_window(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    # The reminders 14 and 3 days before the deadline (01-18, 01-29) are 11 days apart:
-    # inside a fortnight's window.
+    """The reminders 14 and 3 days before the deadline (01-18, 01-29) are 11 days apart,
+    inside a fortnight's window: the plan scheduled both, so both go (GitHub's 7- and
+    1-day reminders were dropped)."""
     fortnightly = _repeating(plan, reminder=14)
-    queue_due(registry, fortnightly, date(2022, 1, 18), actor="rm")
-    drain(registry, fortnightly, Recording(), clock=lambda: datetime(2022, 1, 18, 9))
-    queue_due(registry, fortnightly, date(2022, 1, 29), actor="rm")
-    drain(registry, fortnightly, Recording(), clock=lambda: datetime(2022, 1, 29, 9))
+    for day in (date(2022, 1, 18), date(2022, 1, 29)):
+        queue_due(registry, fortnightly, day, actor="rm")
+        drain(
+            registry,
+            fortnightly,
+            Recording(),
+            clock=lambda day=day: datetime(day.year, day.month, day.day, 9),
+        )
     assert _reminder(registry, ids["ann"], "14d") == ("sent", None)
-    assert _reminder(registry, ids["ann"], "3d") == ("skipped", "inside the repeat window")
+    assert _reminder(registry, ids["ann"], "3d") == ("sent", None)
+
+
+def test_another_phases_reminder_inside_the_repeat_window_is_skipped(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """top-100's 14-day reminder went on 01-18; high-impact's falls on 01-24, inside the
+    week's window: ann gets one reminder that week, not two campaigns' worth."""
+    both = _second_campaign(_repeating(plan, reminder=7), registry, ids["ann"], date(2022, 1, 24))
+    for day in (date(2022, 1, 18), date(2022, 1, 24)):
+        queue_due(registry, both, day, actor="rm")
+        drain(
+            registry,
+            both,
+            Recording(),
+            clock=lambda day=day: datetime(day.year, day.month, day.day, 9),
+        )
+    assert _reminder(registry, ids["ann"], "14d") == ("sent", None)
+    assert _reminder(registry, ids["ann"], "14d", "high-impact") == ("skipped", REPEAT)
 
 
 @pytest.mark.parametrize(
@@ -164,18 +212,22 @@ def test_a_back_filled_run_judges_the_repeat_window_on_its_own_day(
     repeat_days: int,
     second: tuple[str, str | None],
 ) -> None:
-    """Two past days of the plan queued (``notify queue --as-of D``) and sent now,
-    seconds apart, by the real clock: the window is judged on the runs' days, 01-18 and
-    01-29, 11 days apart; not on the seconds between the two drains."""
-    repeating = _repeating(plan, reminder=repeat_days)
+    """Two past days queued (``notify queue --as-of D``) and sent now, seconds apart, by
+    the real clock: the window between top-100's reminder (01-18) and high-impact's
+    (01-25) is judged on the runs' days, 7 days apart; not on the seconds between the
+    two drains."""
+    repeating = _second_campaign(
+        _repeating(plan, reminder=repeat_days), registry, ids["ann"], date(2022, 1, 25)
+    )
     queue_due(registry, repeating, date(2022, 1, 18), actor="rm")
     drain(registry, repeating, Recording())
-    queue_due(registry, repeating, date(2022, 1, 29), actor="rm")
+    queue_due(registry, repeating, date(2022, 1, 25), actor="rm")
     sender = Recording()
     drain(registry, repeating, sender)
     assert _reminder(registry, ids["ann"], "14d") == ("sent", None)
-    assert _reminder(registry, ids["ann"], "3d") == second
-    assert ("ann" in {m.to_name for m in sender.sent}) == (second[0] == "sent")
+    assert _reminder(registry, ids["ann"], "14d", "high-impact") == second
+    reminded = {m.to_name for m in sender.sent if m.email == "reminder"}
+    assert ("ann" in reminded) == (second[0] == "sent")
 
 
 def test_a_rejected_message_fails_with_its_reason_and_the_rest_go_on(

@@ -395,8 +395,9 @@ def _standing(
 
 def _last_sent(
     connection: Connection, plan: Plan, claimed: list[_Claimed]
-) -> dict[tuple[int, str], list[date]]:
-    """The days each (account, email) with a repeat window was sent on (_run_day)."""
+) -> dict[tuple[int, str], list[tuple[str, date]]]:
+    """The phase and day (_run_day) of each send of each (account, email) with a repeat
+    window."""
     windowed = [c for c in claimed if c.email in plan.notifications.repeat_days]
     if not windowed:
         return {}
@@ -404,6 +405,7 @@ def _last_sent(
         select(
             NOTIFICATIONS.c.account_id,
             NOTIFICATIONS.c.email,
+            NOTIFICATIONS.c.phase,
             NOTIFICATIONS.c.sent_at,
             NOTIFICATIONS.c.context,
         ).where(
@@ -415,10 +417,23 @@ def _last_sent(
             )
         )
     ).all()
-    days: dict[tuple[int, str], list[date]] = {}
-    for account_id, email, sent_at, context in rows:
-        days.setdefault((account_id, email), []).append(run_day(context or {}, sent_at.date()))
+    days: dict[tuple[int, str], list[tuple[str, date]]] = {}
+    for account_id, email, phase, sent_at, context in rows:
+        sent_on = run_day(context or {}, sent_at.date())
+        days.setdefault((account_id, email), []).append((phase, sent_on))
     return days
+
+
+def _too_soon(claimed: _Claimed, on: date, days: int, previous: list[tuple[str, date]]) -> bool:
+    """Inside the repeat window: another phase's email of this kind went fewer than
+    ``days`` days before (two campaigns' reminders in one week), or this phase's went
+    the same day (reminders caught up together). The phase's own schedule is the plan's
+    choice: GitHub's 7- and 1-day reminders, 6 days apart, both go. (Emails of no phase,
+    such as two brown-outs' heads-ups, keep the window between them.)"""
+    return any(
+        sent_on == on if phase and phase == claimed.phase else abs((on - sent_on).days) < days
+        for phase, sent_on in previous
+    )
 
 
 @dataclass
@@ -435,7 +450,7 @@ def _prepare(
     recipient: Recipient | None,
     packages: Mapping[tuple[str, int], tuple[str, ...]],
     suppressed: Mapping[str, str],
-    last_sent: dict[tuple[int, str], list[date]],
+    last_sent: dict[tuple[int, str], list[tuple[str, date]]],
     now: datetime,
     standing: Mapping[tuple[str, str, int], _Standing] | None = None,
 ) -> _Outcome | Message:
@@ -459,7 +474,7 @@ def _prepare(
     # Judged on the days the emails' runs were for: a back-filled run's day is not now.
     on = run_day(claimed.context, now.date())
     previous = last_sent.get((claimed.account_id, claimed.email), [])
-    if days and any(abs((on - sent_on).days) < days for sent_on in previous):
+    if days and _too_soon(claimed, on, days, previous):
         return _Outcome(claimed.id, "skipped", REPEAT)
     try:
         if definition.needs_packages:
@@ -473,7 +488,7 @@ def _prepare(
     if days:
         # Two emails of one kind in one batch (a caught-up day queues the reminders it
         # missed at once): the second is judged against the first, not let through.
-        last_sent.setdefault((claimed.account_id, claimed.email), []).append(on)
+        last_sent.setdefault((claimed.account_id, claimed.email), []).append((claimed.phase, on))
     return Message(
         claimed.id,
         claimed.email,
