@@ -404,6 +404,31 @@ def test_the_warning_banner_then_rollback_clears_it_but_keeps_revocations(
     assert cleared == 2
 
 
+def test_a_rollback_clears_what_the_enforcement_set_though_the_plan_changed_since(
+    registry: Registry, plan: Plan, factories: None
+) -> None:
+    """Enforced requiring a security key and closing TOTP set-ups; the plan's phase then
+    edited down to a banner. The rollback undoes what the runs did (their audit rows
+    say), not what the plan says now: the flags stayed set, with no way to clear them."""
+    AccountFactory(username="totp-only", with_totp=True, in_cohort="top-100")
+    AccountFactory(username="plain", in_cohort="top-100")
+    strict = phase_of(
+        plan,
+        requires={"two_factor": "phishing_resistant"},
+        effects=["require_2fa", "close_totp_enrolment"],
+    )
+    enforce.enforce_phase(registry, strict, "top-100", expect=2, actor="rm")
+    assert marked(registry, "webauthn_required_at") == {"totp-only", "plain"}
+    assert marked(registry, "totp_enrolment_closed_at") == {"totp-only", "plain"}
+    edited = phase_of(plan, effects=["warn"])
+
+    rolled = enforce.rollback_phase(registry, edited, "top-100", actor="rm")
+    assert (rolled.requirements_withdrawn, rolled.accounts_cleared) == (2, 2)
+    for mark in ("tfa_required_at", "webauthn_required_at", "totp_enrolment_closed_at"):
+        assert marked(registry, mark) == set(), mark
+    assert rolled.marks_cleared == 4
+
+
 def test_marks_are_cleared_by_what_the_other_applied_phases_set(
     registry: Registry, plan: Plan, factories: None
 ) -> None:

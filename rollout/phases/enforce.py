@@ -1047,6 +1047,35 @@ _MARKS: dict[str, Callable[[Phase], bool]] = {
 }
 
 
+# The audit action each mark's setting wrote (webauthn_required_at: a tfa_required of
+# a phishing-resistant phase).
+_MARK_ACTIONS = {
+    "tfa_required_at": "tfa_required",
+    "webauthn_required_at": "tfa_required",
+    "warned_at": "warn",
+    "totp_enrolment_closed_at": "close_totp_enrolment",
+}
+
+
+def _marks_set(connection: Connection, phase: Phase) -> set[str]:
+    """The marks the phase's enforcement runs set, by their audit rows, with those the
+    plan's phase sets now: an effect taken out of the plan after enforcement left its
+    marks on every account, with no command to clear them."""
+    runs = select(PLAN_RUNS.c.id).where(
+        and_(PLAN_RUNS.c.step == phase_step(phase.name), PLAN_RUNS.c.mode == "apply")
+    )
+    found = {mark for mark, sets_mark in _MARKS.items() if sets_mark(phase)}
+    for mark, action in _MARK_ACTIONS.items():
+        if mark in found:
+            continue
+        wrote = and_(ACTIONS.c.run_id.in_(runs), ACTIONS.c.action == action)
+        if mark == "webauthn_required_at":
+            wrote = and_(wrote, ACTIONS.c.details["two_factor"].as_string() == "phishing_resistant")
+        if connection.execute(select(ACTIONS.c.id).where(wrote).limit(1)).first():
+            found.add(mark)
+    return found
+
+
 def _held_elsewhere(plan: Plan, phase_name: str, sets_mark: Callable[[Phase], bool]) -> Any:
     """SQL: another phase that sets the mark still applies to the account. A phase the
     plan no longer names counts as setting it: clearing too little is the safe side."""
@@ -1062,7 +1091,13 @@ def _held_elsewhere(plan: Plan, phase_name: str, sets_mark: Callable[[Phase], bo
 
 
 def _rollback_batch(
-    connection: Connection, plan: Plan, phase: Phase, ids: list[int], run_id: str, actor: str
+    connection: Connection,
+    plan: Plan,
+    phase: Phase,
+    ids: list[int],
+    run_id: str,
+    actor: str,
+    marks: set[str],
 ) -> tuple[int, int, int]:
     """One transaction: withdraw the phase's requirement of these accounts, clear the
     marks it set (2FA required, banner, ...) of those no other phase setting them still
@@ -1084,7 +1119,7 @@ def _rollback_batch(
     ]
     cleared: dict[str, list[int]] = {}
     for column_name, sets_mark in _MARKS.items():
-        if not sets_mark(phase):
+        if column_name not in marks:
             continue
         mark = ACCOUNTS.c[column_name]
         cleared[column_name] = [
@@ -1184,6 +1219,8 @@ def rollback_phase(
                 )
             result.emails_withdrawn = emails.taken
             result.emails_in_flight = emails.in_flight
+            with engine.connect() as connection:
+                set_by_phase = _marks_set(connection, phase)
             for start in range(0, len(ids), phase.batch_size):
                 with engine.begin() as connection:
                     withdrawn, cleared, marks = _rollback_batch(
@@ -1193,6 +1230,7 @@ def rollback_phase(
                         ids[start : start + phase.batch_size],
                         run.id,
                         actor,
+                        set_by_phase,
                     )
                 result.requirements_withdrawn += withdrawn
                 result.accounts_cleared += cleared
