@@ -15,7 +15,7 @@ from rollout.core.plan import Brownout, Plan, load_plan
 from rollout.phases import brownouts
 from rollout.registry import Registry
 from rollout.registry.ledger import utc_now
-from rollout.registry.models import Account, Action, BrownoutWindow, PlanRun
+from rollout.registry.models import Account, Action, BrownoutWindow, Notification, PlanRun
 from tests.factories import AccountFactory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -313,3 +313,63 @@ def test_enroll_all_refuses_a_batch_size_below_one(
             ).scalar_one()
             == 0
         )
+
+
+def heads_ups(registry: Registry) -> dict[str, tuple[str, str | None, str]]:
+    """{username: (state, skip reason, starts_at told)} of the brown-out heads-ups."""
+    with registry.engine.connect() as connection:
+        rows = connection.execute(
+            select(
+                Account.username,
+                Notification.state,
+                Notification.skip_reason,
+                Notification.context,
+            )
+            .join(Account, Account.id == Notification.account_id)
+            .where(Notification.email == "brownout_heads_up")
+        ).all()
+    return {u: (state, why, context["starts_at"]) for u, state, why, context in rows}
+
+
+def test_a_cancelled_brownout_sends_no_heads_up_and_withdraws_the_queued_ones(
+    registry: Registry, plan: Plan, accounts: dict[str, int]
+) -> None:
+    """Queued three days ahead, then the window is cancelled: the unsent heads-ups are
+    withdrawn, and queueing again adds none (it told every account without 2FA of a
+    rehearsal that was not coming)."""
+    from rollout.notify.queue import queue_due, queue_preview
+
+    in_five_days = utc_now().replace(microsecond=0) + timedelta(days=5)
+    drill = plan.model_copy(
+        update={"brownouts": [Brownout(name="drill", starts_at=in_five_days)], "elv": None}
+    )
+    brownouts.schedule(registry, drill, actor="rm")
+    heads_up_day = in_five_days.date() - timedelta(days=3)
+    queue_due(registry, drill, heads_up_day, actor="rm")
+    told = in_five_days.isoformat()
+    assert heads_ups(registry) == {"kim": ("queued", None, told), "max": ("queued", None, told)}
+
+    brownouts.end_now(registry, "drill", actor="rm", reason="cancelled: login service change")
+    withdrawn = ("skipped", "withdrawn: brown-out drill ended", told)
+    assert heads_ups(registry) == {"kim": withdrawn, "max": withdrawn}
+    assert [o.occasion.email for o in queue_preview(registry, drill, heads_up_day)] == []
+    assert queue_due(registry, drill, heads_up_day, actor="rm") == []
+
+
+def test_a_heads_up_gives_the_window_as_scheduled_in_the_registry(
+    registry: Registry, plan: Plan, accounts: dict[str, int]
+) -> None:
+    """The plan file moved the window by a day but `brownout schedule` has not run: the
+    registry's window is the one that will run, so the heads-up tells its times."""
+    from rollout.notify.queue import queue_due
+
+    in_five_days = utc_now().replace(microsecond=0) + timedelta(days=5)
+    scheduled = plan.model_copy(
+        update={"brownouts": [Brownout(name="drill", starts_at=in_five_days)], "elv": None}
+    )
+    brownouts.schedule(registry, scheduled, actor="rm")
+    moved = scheduled.model_copy(
+        update={"brownouts": [Brownout(name="drill", starts_at=in_five_days + timedelta(days=1))]}
+    )
+    queue_due(registry, moved, in_five_days.date() - timedelta(days=2), actor="rm")
+    assert {told for _, _, told in heads_ups(registry).values()} == {in_five_days.isoformat()}

@@ -5,7 +5,7 @@ or a documented unplanned kind, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from rollout.core.calendar import (
     snooze_step,
     unplanned_kind,
 )
+from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.plan import Plan, load_plan
 from rollout.notify.queue import plan_occasions, queue_due
 from rollout.phases import brownouts, enforce, orgs
@@ -204,7 +205,9 @@ def test_every_run_in_plan_runs_is_a_calendar_step_or_unplanned(
     # which need the warehouse, are checked in the story: tests/test_story.py).
     brownouts.schedule(registry, plan, actor="rm")
     for day in sorted({o.due_on for o in plan_occasions(plan)}):
-        queue_due(registry, plan, day, actor="rm")
+        # On the day (a brown-out's heads-up is queued only while its window is ahead).
+        with use_clock(SimulatedClock(datetime(day.year, day.month, day.day, 9))):
+            queue_due(registry, plan, day, actor="rm")
     for phase in plan.phases:
         preview = enforce.preview_phase(registry, plan, phase)
         enforce.enforce_phase(registry, plan, phase.name, expect=preview.count, actor="rm")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -48,6 +48,7 @@ from rollout.registry import Registry
 from rollout.registry.deadlines import due_by
 from rollout.registry.ledger import dialect_insert, recorded_run, utc_now
 from rollout.registry.models import (
+    BrownoutWindow,
     CohortMembership,
     has_active_factor,
 )
@@ -95,6 +96,45 @@ def plan_occasions(plan: Plan) -> list[Occasion]:
 def due_occasions(plan: Plan, day: date) -> list[Occasion]:
     """The mailings to queue on ``day``: due, and not yet too late (catches up missed days)."""
     return [o for o in plan_occasions(plan) if o.due_on <= day < o.until]
+
+
+HEADS_UP = "brownout_heads_up"
+
+
+def _as_scheduled(
+    connection: Connection, occasions: list[Occasion], now: datetime
+) -> list[Occasion]:
+    """``occasions`` with each brown-out's heads-up as the registry's window stands: none
+    for a window started, ended or cancelled (it told every account without 2FA of a
+    rehearsal that was not coming, or had been), and the window's own times where it
+    was scheduled apart from the plan."""
+    names = [o.occasion for o in occasions if o.email == HEADS_UP]
+    if not names:
+        return occasions
+    windows = {
+        w.name: w
+        for w in connection.execute(
+            select(
+                BrownoutWindow.name,
+                BrownoutWindow.starts_at,
+                BrownoutWindow.ends_at,
+                BrownoutWindow.ended_early_at,
+            ).where(BrownoutWindow.name.in_(names))
+        )
+    }
+    kept = []
+    for o in occasions:
+        window = windows.get(o.occasion) if o.email == HEADS_UP else None
+        if window is None:
+            kept.append(o)
+        elif window.ended_early_at is None and now < window.starts_at:
+            times = {
+                "starts_at": window.starts_at.isoformat(),
+                "ends_at": window.ends_at.isoformat(),
+                "hours": round((window.ends_at - window.starts_at).total_seconds() / 3600),
+            }
+            kept.append(replace(o, context={**o.context, **times}))
+    return kept
 
 
 def _members(cohort: str) -> Select:
@@ -205,7 +245,7 @@ def queue_preview(registry: Registry, plan: Plan, day: date) -> list[QueueOutcom
     """What queueing on ``day`` would add, per mailing. Reads only."""
     outcomes = []
     with registry.engine.connect() as connection:
-        for o in due_occasions(plan, day):
+        for o in _as_scheduled(connection, due_occasions(plan, day), utc_now()):
             ids = audience(o.audience, plan, day).subquery()
             total = connection.execute(select(func.count()).select_from(ids)).scalar_one()
             existing = connection.execute(
@@ -229,7 +269,8 @@ def queue_due(registry: Registry, plan: Plan, day: date, *, actor: str) -> list[
     outcomes = []
     with registry.lock("queue"):
         engine = registry.engine
-        occasions = due_occasions(plan, day)
+        with engine.connect() as connection:
+            occasions = _as_scheduled(connection, due_occasions(plan, day), utc_now())
         if occasions:  # the audiences below are what the statistics are for
             refresh_statistics(engine)
         for o in occasions:

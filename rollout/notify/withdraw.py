@@ -54,11 +54,13 @@ def in_flight_note(count: int) -> str:
 
 @dataclass(frozen=True)
 class Selection:
-    """Which emails: any of the given phase, kind and queueing runs (None: any)."""
+    """Which emails: any of the given phase, kind, queueing runs and occasion (None:
+    any)."""
 
     phase: str | None = None
     email: str | None = None
     runs: Select[Any] | None = None
+    occasion: str | None = None
 
     def where(self, states: tuple[str, ...] = (*NOT_GONE, IN_FLIGHT)) -> Any:
         conditions = [NOTIFICATIONS.c.state.in_(states)]
@@ -68,6 +70,8 @@ class Selection:
             conditions.append(NOTIFICATIONS.c.email == self.email)
         if self.runs is not None:
             conditions.append(NOTIFICATIONS.c.run_id.in_(self.runs))
+        if self.occasion is not None:
+            conditions.append(NOTIFICATIONS.c.occasion == self.occasion)
         return and_(true(), *conditions)
 
 
@@ -124,6 +128,8 @@ def withdraw_queued(
     ).rowcount
     if taken or in_flight:
         scope = ":".join(str(part or "*") for part in (selection.phase, selection.email))
+        if selection.occasion is not None:
+            scope += f":{selection.occasion}"
         record_actions(
             connection,
             [

@@ -21,6 +21,7 @@ from rollout.core.calendar import BROWNOUTS_SCHEDULE_STEP, ENROLL_ALL_STEP
 from rollout.core.clock import naive_utc
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import Brownout, Plan
+from rollout.notify.withdraw import Selection, withdraw_queued
 from rollout.registry import Registry
 from rollout.registry.ledger import (
     finish_run,
@@ -235,6 +236,14 @@ def _change_window(
                 f"brown-out {name} was changed by another run meanwhile: "
                 "see `rollout brownout status`"
             )
+        # Its heads-up not sent yet would announce what has begun or will not come.
+        withdraw_queued(
+            connection,
+            Selection(email="brownout_heads_up", occasion=name),
+            reason=f"brown-out {name} {'started' if action == 'brownout_started' else 'ended'}",
+            actor=actor,
+            run_id=None,
+        )
         record_actions(
             connection,
             [
