@@ -316,3 +316,26 @@ def test_the_enforcement_notice_lists_the_tokens_the_phase_revoked(
     )
     assert "nothing for you to do" not in text
     assert parsed["Subject"] == "New security requirements are in force for your account"
+
+
+@pytest.mark.parametrize("phase", ["totp-closed", "recommended"])
+def test_a_phase_that_stops_no_one_recommends_and_asks_no_action(phase: str) -> None:
+    """npm 2025's totp-closed only closes new TOTP set-ups, RubyGems' recommended only
+    shows a banner: neither stops an account signing in or publishing, so no email of
+    theirs says "requires" or "action needed"."""
+    variant = "holder" if phase == "totp-closed" else "no-2fa"
+    for email in EMAILS:
+        rendered = render(email, recipient(variant, phase), stored(email, phase), plan_of(phase))
+        said = words(f"{rendered.subject} {rendered.text}").lower()
+        assert "recommend" in said, email
+        assert "requires" not in said and "action needed" not in said, email
+
+
+def test_a_token_phase_summary_does_not_say_2fa_is_required() -> None:
+    summary = render(
+        "phase_summary",
+        RECIPIENTS["compliant"],
+        {"phase": "classic-tokens", "counts": {"accounts_required": 3}, "run_id": "r1"},
+        plan_of("classic-tokens"),
+    )
+    assert summary.subject == "Phase classic-tokens enforced: 3 accounts short of its requirements"

@@ -159,7 +159,10 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         **found,
         "own_deadline": own is not None,
         "requirements": phase.requires.describe(),
-        "warn_only": tuple(phase.effects) == ("warn",),
+        # Nothing the phase does stops an account signing in or publishing (a banner,
+        # new TOTP set-ups closed): it recommends; saying "requires" and "action
+        # needed" told two million TOTP users something false (npm, 2025-10-13).
+        "recommends_only": set(phase.effects) <= RECOMMENDING_EFFECTS,
         "security_key": phase.requires.two_factor == "phishing_resistant",
         # Enrolling is also the way out of PyPI's rule, even where the phase asks no
         # factor: its tokens offend only while the account has none.
@@ -175,6 +178,9 @@ def _phase_deadline(plan: Plan, stored: Mapping[str, Any]) -> date | None:
     if not isinstance(name, str) or name not in {p.name for p in plan.phases}:
         return None
     return plan.phase(name).enforce_on
+
+
+RECOMMENDING_EFFECTS = frozenset({"warn", "close_totp_enrolment"})
 
 
 def _day(value: Any) -> date:
