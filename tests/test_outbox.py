@@ -230,6 +230,18 @@ def test_a_back_filled_run_judges_the_repeat_window_on_its_own_day(
     assert ("ann" in reminded) == (second[0] == "sent")
 
 
+def test_a_reminder_skips_an_account_the_phase_has_enforced_already(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """top-100 enforced early (--early): its 3-day reminder would tell ann she will be
+    signed out in 3 days, when she was already."""
+    from rollout.phases import enforce
+
+    enforce.enforce_phase(registry, plan, "top-100", expect=3, actor="rm", early=True)
+    queue_due(registry, plan, date(2022, 1, 29), actor="rm")
+    assert _reminder(registry, ids["ann"], "3d") == ("skipped", "already enforced")
+
+
 def test_a_rejected_message_fails_with_its_reason_and_the_rest_go_on(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:

@@ -52,6 +52,8 @@ MANUAL = "manual"
 UNSUBSCRIBE = "unsubscribe"
 SENDGRID_SOURCES = ("bounce", "block", "spam_report", "invalid_email", UNSUBSCRIBE)
 COMPLIANT = "already compliant"
+# A reminder of a deadline the phase has already enforced on the account.
+ENFORCED = "already enforced"
 REPEAT = "inside the repeat window"
 # The context key of the day a queue run was for (``queue_due``'s ``day``): the day the
 # repeat window is judged on, so a back-filled run (``--as-of`` a past day) spaces its

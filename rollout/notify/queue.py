@@ -22,6 +22,7 @@ from sqlalchemy import (
     Select,
     and_,
     case,
+    exists,
     func,
     literal,
     select,
@@ -39,6 +40,7 @@ from rollout.notify.emails import EMAILS, asks_only_2fa
 from rollout.notify.outbox import (
     ACCOUNTS,
     COMPLIANT,
+    ENFORCED,
     NOTIFICATIONS,
     RUN_DAY,
     UNVERIFIED,
@@ -50,6 +52,7 @@ from rollout.registry.ledger import dialect_insert, recorded_run, utc_now
 from rollout.registry.models import (
     BrownoutWindow,
     CohortMembership,
+    PhaseRequirement,
     has_active_factor,
 )
 from rollout.registry.requirements import falls_short
@@ -175,6 +178,16 @@ def _skip_reason(email: str, phase: Phase | None, now: datetime) -> Any:
             whens.append((~falls_short(phase.requires, ACCOUNTS.c.id, now), COMPLIANT))
         else:
             whens.append((has_active_factor(ACCOUNTS.c.id), COMPLIANT))
+    if email == "reminder" and phase is not None:
+        # "In 3 days you will be signed out", to an account signed out already (the
+        # phase enforced before the date, or its date moved after enforcement).
+        required = exists().where(
+            and_(
+                PhaseRequirement.account_id == ACCOUNTS.c.id,
+                PhaseRequirement.phase == phase.name,
+            )
+        )
+        whens.append((required, ENFORCED))
     return case(*whens, else_=None)
 
 
