@@ -171,6 +171,23 @@ def test_emails_to_listed_addresses_are_skipped_with_the_source(
     assert message["body"]["mail_settings"] == {"bypass_unsubscribe_management": {"enable": True}}
 
 
+def test_a_blocked_address_still_gets_its_emails(
+    registry: Registry, plan: Plan, ids: dict[str, int], sendgrid: DevSendGrid
+) -> None:
+    """SendGrid lists a block when a message was refused for its content or the sending
+    IP, and sends to the address as usual: one refused message must not stop every
+    later notice, the enforcement notice too."""
+    sendgrid.suppress(
+        {"blocks": [{"email": "ann@example.com", "created": CREATED, "reason": "IP blocked"}]}
+    )
+    sync_suppressions(registry, sender_for(sendgrid), actor="ops")
+    assert ("ann@example.com", "block") in suppressions(registry)  # recorded all the same
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    assert rows(registry)["ann"] == ("queued", None)
+    drain(registry, plan, sender_for(sendgrid))
+    assert rows(registry)["ann"] == ("sent", None)
+
+
 def test_an_address_listed_after_queueing_is_skipped_when_sent(
     registry: Registry, plan: Plan, ids: dict[str, int], sendgrid: DevSendGrid
 ) -> None:

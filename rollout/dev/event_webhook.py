@@ -4,7 +4,7 @@ posted in signed batches to a configured URL, as SendGrid does.
 For each recipient of an accepted message (:meth:`EventPoster.accepted`):
 
 - an address on one of the server's suppression lists is ``dropped`` (SendGrid drops
-  mail to bounced, blocked, spam-reporting and invalid addresses, and to globally
+  mail to bounced, spam-reporting and invalid addresses, and to globally
   unsubscribed ones unless the message sets ``bypass_unsubscribe_management``);
 - else by the outcome scripted for the address (:meth:`EventPoster.script`):
   ``bounce`` (processed, then bounce; the address joins the bounces list, as at
@@ -39,7 +39,6 @@ OUTCOMES = ("delivered", "bounce", "dropped", "deferred")
 # SendGrid's reasons for dropping mail to an address on one of its lists.
 DROP_REASONS = {
     "bounces": "Bounced Address",
-    "blocks": "Blocked Address",
     "spam_reports": "Spam Reporting Address",
     "invalid_emails": "Invalid",
     "unsubscribes": "Unsubscribed Address",
@@ -118,6 +117,9 @@ class EventPoster:
             }
 
         listed = self._listed(address)
+        # A block is not a suppression: SendGrid sends to the address as usual.
+        if listed == "blocks":
+            listed = None
         if listed is not None and not (listed == "unsubscribes" and bypass):
             return [event("dropped", reason=DROP_REASONS[listed])]
         with self._lock:

@@ -166,9 +166,17 @@ def suppressed_reason(source: str) -> str:
     return SUPPRESSED if source == MANUAL else f"{SUPPRESSED}: {source.replace('_', ' ')}"
 
 
+# Recorded but not stopping email: a global unsubscribe (these are mandatory security
+# notices: rollout.notify.suppressions) and a block, which SendGrid keeps for a message
+# refused for its content or the sending IP, not for the address, and does not suppress
+# ("subsequent sends to emails on this list will be sent like normal").
+NOT_STOPPING = (UNSUBSCRIBE, "block")
+
+
 def stops_email(source: Any) -> Any:
-    """SQL: the suppressions that stop all email (every source but a global unsubscribe)."""
-    return source != UNSUBSCRIBE
+    """SQL: the suppressions that stop all email (bounces, spam reports, invalid
+    addresses, and what was set by hand)."""
+    return source.not_in(NOT_STOPPING)
 
 
 def _suppression_reason() -> Any:

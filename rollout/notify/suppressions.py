@@ -1,19 +1,23 @@
 """SendGrid's suppression lists, copied into ``email_suppressions`` before emails go.
 
-SendGrid keeps five lists of addresses it will not deliver to: bounces, blocks, spam
-reports, invalid emails and global unsubscribes. An email queued to such an address is
-accepted (202) and then dropped, so counting it as sent would hide that the maintainer
-was never told. Each day, before queueing, the ``notify`` flow (and ``rollout notify
-sync-suppressions``) reads every list whole, page by page, and replaces the rows of
-those sources: an address SendGrid no longer lists (support removed a bounce) gets
-email again. A list that cannot be read changes nothing.
+SendGrid keeps five suppression lists: bounces, blocks, spam reports, invalid emails and
+global unsubscribes. It will not deliver to an address on any but the blocks: an email
+queued to such an address is accepted (202) and then dropped, so counting it as sent
+would hide that the maintainer was never told. Each day, before queueing, the
+``notify`` flow (and ``rollout notify sync-suppressions``) reads every list whole, page
+by page, and replaces the rows of those sources: an address SendGrid no longer lists
+(support removed a bounce) gets email again. A list that cannot be read changes nothing.
 
 What each source does:
 
-- ``bounce``, ``block``, ``invalid_email``, ``spam_report``: no email goes to the
-  address (skipped, reason ``suppressed: bounce`` ...), at queueing and again at sending.
+- ``bounce``, ``invalid_email``, ``spam_report``: no email goes to the address
+  (skipped, reason ``suppressed: bounce`` ...), at queueing and again at sending.
   Sending would only be dropped by SendGrid (or, for a spam report, hurt every other
   notice's delivery).
+- ``block``: recorded, and the emails still go. SendGrid lists a block when a message
+  was refused for its content or the sending IP, not for the address, and sends to
+  blocked addresses as usual; skipping them lost every later notice, the enforcement
+  notice too, for one refused message.
 - ``unsubscribe`` (a global unsubscribe): recorded, but the emails still go, sent with
   SendGrid's ``bypass_unsubscribe_management``. Every email rollout sends is a mandatory
   account-security notice: that an account will lose publish access, and when. Someone
