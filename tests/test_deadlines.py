@@ -316,7 +316,13 @@ def test_a_reminder_counts_the_days_to_a_deadline_snoozed_since_it_was_queued(
     with use_clock(SimulatedClock(datetime.combine(date(2023, 4, 20), time(10)))):
         drain(registry, plan, campaign.sender)
     # Queued 7 days before 04-27; sent after her snooze to 05-04: 14 days left.
-    assert "In 14 days, on Thursday 4 May 2023" in campaign.text_to("ann", "reminder")
+    text = campaign.text_to("ann", "reminder")
+    assert "In 14 days, on Thursday 4 May 2023" in text
+    # Not "45 days from the day we first wrote" (it is 52 now), nor a second snooze
+    # offered that `phase snooze` would refuse.
+    said = " ".join(text.split())
+    assert "Thursday 4 May 2023 is your account's own deadline, postponed as you asked" in said
+    assert "45 days" not in said and "postpone it once" not in said
 
 
 def test_landed_request_files_are_granted_once_and_a_bad_file_is_refused_whole(

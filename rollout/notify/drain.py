@@ -87,6 +87,7 @@ from rollout.registry.deadlines import deadlines, own_deadline
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import (
     CohortMembership,
+    DeadlineSnooze,
     TfaFactor,
 )
 from rollout.registry.requirements import (
@@ -327,10 +328,15 @@ class _Standing:
     lacks_factor: bool
     tokens: tuple[TokenLine, ...]
     deadline: date | None = None
+    snoozed: bool = False  # its own deadline was postponed on request
 
     def apply(self, recipient: Recipient) -> Recipient:
         return replace(
-            recipient, lacks_factor=self.lacks_factor, tokens=self.tokens, deadline=self.deadline
+            recipient,
+            lacks_factor=self.lacks_factor,
+            tokens=self.tokens,
+            deadline=self.deadline,
+            snoozed=self.snoozed,
         )
 
 
@@ -354,11 +360,19 @@ def _standing(
         requires = phase.requires
         accounts = sorted(ids)
         own: dict[int, date] = {}
+        snoozed: set[int] = set()
         if phase.deadline is not None and email == "phase_notice":
             starts = own_deadline(phase, now, None)
             own = dict.fromkeys(accounts, starts)
         elif phase.deadline is not None:
             own = deadlines(connection, phase, accounts)
+            snoozed = set(
+                connection.execute(
+                    select(DeadlineSnooze.account_id).where(
+                        and_(DeadlineSnooze.phase == name, DeadlineSnooze.account_id.in_(accounts))
+                    )
+                ).scalars()
+            )
         lacking = set(
             connection.execute(
                 select(ACCOUNTS.c.id).where(
@@ -389,6 +403,7 @@ def _standing(
                 account_id in lacking,
                 tuple(tokens.get(account_id, ())),
                 own.get(account_id),
+                account_id in snoozed,
             )
     return found
 

@@ -40,8 +40,9 @@ class Recipient:
     lacks_factor: bool | None = None
     tokens: tuple[TokenLine, ...] = ()
     # Its own deadline in a phase with per-account deadlines (for a notice: the one the
-    # notice starts).
+    # notice starts), and whether it was postponed on request (once is the most).
     deadline: date | None = None
+    snoozed: bool = False
 
     @property
     def compliant(self) -> bool:
@@ -154,6 +155,7 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
             days_after_notice=own.days_after_notice,
             snooze_days=own.snooze_days,
             snooze_url=plan.notifications.snooze_url,
+            snoozed=r.snoozed,
         )
     return {
         **found,
