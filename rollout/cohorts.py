@@ -547,8 +547,14 @@ def _accounts(
 
 
 def _tfa_at(con: duckdb.DuckDBPyConnection, cohort: str, as_of: date) -> datetime:
+    """When the accounts' 2FA is judged for a build of ``as_of``: now, for the daily
+    build of yesterday or today that is the cohort's latest (what `cohorts show` and a
+    phase preview see today); as ``as_of`` ended, for any other day. A rebuild of past
+    days in date order made each the latest in turn, and so showed today's 2FA on every
+    one of them: a day's status depended on the order days were built."""
     latest = latest_as_of(con, "cohort_account_snapshots", cohort)
-    return day_end(as_of) if latest is not None and as_of < latest else NOW_ON
+    recent = as_of >= utc_now().date() - timedelta(days=1)
+    return NOW_ON if recent and (latest is None or as_of >= latest) else day_end(as_of)
 
 
 def build_cohorts(

@@ -355,6 +355,27 @@ def test_a_backfilled_day_is_judged_by_what_it_had_not_by_what_came_later(
     assert leaves == 0
 
 
+def test_days_built_in_order_judge_2fa_as_each_day_ended(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+) -> None:
+    """A rebuild of past days, oldest first: alice enrolled after D1, so she had no 2FA
+    on D1, whichever order the days were built in (D1 built first, the latest then,
+    took the factors held now)."""
+    with session_scope(registry.engine) as session:
+        session.add(
+            TfaFactor(account_id=people["alice"], kind="totp", created_at=datetime(2022, 2, 5))
+        )
+    build(con, registry, small_cohorts_plan, D1)
+    build(con, registry, small_cohorts_plan, D2)
+    first = accounts_of(con, "high-impact", D1)["alice"][0]
+    build(con, registry, small_cohorts_plan, D1)
+    assert first == accounts_of(con, "high-impact", D1)["alice"][0] == "none"
+    assert accounts_of(con, "high-impact", D2)["alice"][0] == "totp"
+
+
 def test_a_what_if_on_a_day_without_metrics_is_refused_not_zeros(
     con: duckdb.DuckDBPyConnection, registry: Registry, small_cohorts_plan: Plan
 ) -> None:
