@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,6 +19,9 @@ from rollout.cli.app import (
 from rollout.core.controls import shell_word, visible
 from rollout.core.errors import EXIT_BAD_INPUT
 from rollout.core.output import Format, emit, labelled, stderr
+
+if TYPE_CHECKING:
+    from rollout.core.plan import Plan
 
 plan_app = typer.Typer(help="The rollout plan: validate and inspect it.", no_args_is_help=True)
 app.add_typer(plan_app, name="plan")
@@ -45,11 +48,43 @@ def plan_check(
     if problems:
         raise typer.Exit(EXIT_BAD_INPUT)
     assert plan is not None
+    # Against what the registry did under this plan's earlier versions, where there is one.
+    errors, warnings = _drift(ctx, plan)
+    _say_drift(errors, warnings)
+    if errors:
+        raise typer.Exit(EXIT_BAD_INPUT)
     stderr.print(
         f"{path}: plan {plan.name} is valid: {len(plan.cohorts)} cohorts, "
         f"{len(plan.phases)} phases, {len(plan.brownouts)} brown-outs",
         highlight=False,
     )
+
+
+def _drift(ctx: typer.Context, plan: Plan) -> tuple[list[str], list[str]]:
+    """rollout.phases.drift's errors and warnings; none without a registry to read (a
+    plan checked on a machine that has none, or one not set up)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from rollout.core.errors import RolloutError
+    from rollout.phases.drift import plan_drift
+    from rollout.registry.engine import is_sqlite
+
+    runtime = _runtime(ctx)
+    url = runtime.settings.registry_url
+    if is_sqlite(url) and not Path(make_url(url).database or "").is_file():
+        return [], []
+    try:
+        return plan_drift(runtime.registry, plan)
+    except (RolloutError, SQLAlchemyError):
+        return [], []
+
+
+def _say_drift(errors: list[str], warnings: list[str]) -> None:
+    for error in errors:
+        stderr.print(labelled("error:", "bold red", error))
+    for warning in warnings:
+        stderr.print(labelled("warning:", "bold yellow", warning))
 
 
 @plan_app.command("show")
@@ -118,6 +153,7 @@ def plan_show(
             f"{visible(run.step)}: run {run.id} stopped before finishing; re-run it",
             highlight=False,
         )
+    _say_drift(*_drift(ctx, plan))
 
 
 def _run_shown(run_id: str | None, fmt: Format) -> str | None:

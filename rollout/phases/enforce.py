@@ -45,6 +45,7 @@ from rollout.notify import reach
 from rollout.notify.emails import ENFORCEMENT_EMAIL
 from rollout.notify.queue import queue_phase_summary
 from rollout.notify.withdraw import Selection, marked_withdrawn, withdraw_preview, withdraw_queued
+from rollout.phases.drift import told_deadline
 from rollout.phases.previews import PhasePreview, Target, TokenTarget
 from rollout.registry import Registry
 from rollout.registry.deadlines import deadlines
@@ -792,7 +793,9 @@ def enforce_phase(
     phase = plan.phase(phase_name)
     with registry.lock(LOCK):
         engine = registry.engine
-        _date_guard(phase, utc_now().date(), early)
+        with engine.connect() as connection:
+            told = told_deadline(connection, phase)
+        _date_guard(phase, utc_now().date(), early, told)
         preview = preview_phase(registry, plan, phase, details=False)
         _guard(phase, preview, expect, expect_tokens)
         _reach_guard(phase, preview, accept_unreached)
@@ -872,14 +875,24 @@ def _queue_summary(
     )
 
 
-def _date_guard(phase: Phase, today: date, early: bool) -> None:
-    """Refuse before ``enforce_on``, the date every notice and reminder gave: a slip of
-    the day (or of the clock) locked accounts out weeks before they were told."""
-    if today < phase.enforce_on and not early:
+def _date_guard(phase: Phase, today: date, early: bool, told: date | None = None) -> None:
+    """Refuse before ``enforce_on``, the date every notice and reminder gave, or before
+    a later date its sent reminders gave (``enforce_on`` moved earlier since): a slip
+    of the day (or of the clock, or of the plan) locked accounts out before they were
+    told."""
+    if early:
+        return
+    if today < phase.enforce_on:
         raise GuardRefused(
             f"phase {phase.name} is enforced from {phase.enforce_on}, the date its emails "
             f"gave, and today is {today}: enforcing now locks accounts out before it. Wait, "
             "move enforce_on in the plan, or pass --early to enforce anyway"
+        )
+    if told is not None and today < told:
+        raise GuardRefused(
+            f"phase {phase.name}'s reminders told accounts {told}, and today is {today} "
+            f"(the plan now says {phase.enforce_on}): enforcing now locks them out before "
+            "the date they were given. Wait, or pass --early to enforce anyway"
         )
 
 

@@ -1,0 +1,95 @@
+"""A plan edited mid-campaign, against what the registry did under its earlier version:
+a phase renamed after it emailed is refused by `plan check` (its emails no longer
+render, its rollback is gone); a deadline moved earlier than reminders told is a
+warning, and enforcement waits for the date the accounts were given."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rollout.cli import app
+from rollout.core.clock import SimulatedClock, use_clock
+from rollout.core.errors import GuardRefused
+from rollout.core.plan import Plan
+from rollout.notify.drain import drain
+from rollout.notify.queue import queue_due
+from rollout.phases import enforce
+from rollout.registry import Registry
+from tests.support.outbox import Recording, ids
+
+__all__ = ["ids"]  # a fixture, used by name
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def day_run(registry: Registry, plan: Plan, day: date) -> None:
+    """The day's emails queued and sent at 09:00 of ``day``."""
+    with use_clock(SimulatedClock(datetime(day.year, day.month, day.day, 9))):
+        queue_due(registry, plan, day, actor="rm")
+        drain(registry, plan, Recording())
+
+
+def edited(tmp_path: Path, old: str, new: str) -> Path:
+    text = (ROOT / "plans" / "npm-2022.yaml").read_text()
+    assert old in text
+    path = tmp_path / "edited.yaml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+def check(path: Path, registry_url: str, monkeypatch: pytest.MonkeyPatch) -> object:
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    return CliRunner().invoke(app, ["plan", "check", str(path)])
+
+
+def test_a_phase_renamed_after_it_emailed_is_refused_by_plan_check(
+    registry: Registry,
+    registry_url: str,
+    plan: Plan,
+    ids: dict[str, int],
+    tmp_path: Path,
+    rollout_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    day_run(registry, plan, date(2022, 1, 4))  # top-100's notices
+    renamed = edited(tmp_path, "  - name: top-100\n", "  - name: top100-maintainers\n")
+    result = check(renamed, registry_url, monkeypatch)
+    assert result.exit_code == 2
+    said = " ".join(result.stderr.split())
+    assert "phase 'top-100' is not in plan npm-2022, but the registry has 0 accounts" in said
+    assert "renamed or deleted after it acted?" in said
+    # The plan as it was is fine.
+    assert check(ROOT / "plans" / "npm-2022.yaml", registry_url, monkeypatch).exit_code == 0
+
+
+def test_a_deadline_moved_before_the_one_reminders_told_warns_and_enforcement_waits(
+    registry: Registry,
+    registry_url: str,
+    plan: Plan,
+    ids: dict[str, int],
+    tmp_path: Path,
+    rollout_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    day_run(registry, plan, date(2022, 1, 4))
+    day_run(registry, plan, date(2022, 1, 18))  # "in 14 days, on 1 February"
+    moved = edited(tmp_path, "enforce_on: 2022-02-01", "enforce_on: 2022-01-25")
+    result = check(moved, registry_url, monkeypatch)
+    assert result.exit_code == 0
+    assert "warning: phase top-100: 1 reminder sent told accounts 2022-02-01, the plan now " in (
+        " ".join(result.stderr.split())
+    )
+    from rollout.core.plan import load_plan
+
+    earlier = load_plan(moved)
+    with use_clock(SimulatedClock(datetime(2022, 1, 25, 10))):
+        with pytest.raises(GuardRefused, match="reminders told accounts 2022-02-01"):
+            enforce.enforce_phase(registry, earlier, "top-100", expect=3, actor="rm")
+        forced = enforce.enforce_phase(
+            registry, earlier, "top-100", expect=3, actor="rm", early=True
+        )
+    assert forced.accounts_required == 3
