@@ -178,6 +178,43 @@ def test_refuses_to_overwrite_unless_replace(run: Run, tmp_path: Path) -> None:
     assert mine.exists()  # outside the sample's subfolders: left alone
 
 
+def test_replacing_a_sample_drops_its_warehouse_so_the_next_ingest_loads_the_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's rehearsal in a used home: the old sample's warehouse refused the
+    new sample's files as conflicting, and metrics read the old days."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("ROLLOUT_HOME", str(home))
+    monkeypatch.delenv("ROLLOUT_REGISTRY_URL", raising=False)
+    monkeypatch.delenv("ROLLOUT_WAREHOUSE", raising=False)
+    runner = CliRunner()
+
+    def rollout(*args: str) -> Any:
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == 0, result.output
+        return result
+
+    rollout("db", "upgrade")
+    rollout("sample", "--scale", "tiny", "--seed", "7", "--days", "10")
+    rollout("ingest")
+    assert (home / "warehouse.duckdb").exists()
+    replaced = rollout(
+        "sample",
+        "--scale",
+        "tiny",
+        "--seed",
+        "8",
+        "--days",
+        "10",
+        "--replace",
+        "--confirm",
+        "registry.db",
+    )
+    assert "removed the replaced sample's warehouse" in " ".join(replaced.stderr.split())
+    assert not (home / "warehouse.duckdb").exists()
+    rollout("ingest")
+
+
 # --- replacing: only a sample, only with its name typed back ---------------------------
 
 

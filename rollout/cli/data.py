@@ -78,7 +78,7 @@ def sample(
     if contents.has_rows and contents.is_sample and not replace:
         # The preview (DESIGN.md rule 1): what --replace would destroy, and how.
         stderr.print(
-            f"preview only: {contents.describe()}.\nTo replace it, add: "
+            f"preview only: {contents.describe()}.\nTo replace it (and drop its warehouse), add: "
             f"--replace --confirm {contents.name}",
             highlight=False,
         )
@@ -103,9 +103,26 @@ def sample(
             confirm=confirm,
             progress=report,
         )
+    if replace and contents.has_rows:
+        _drop_stale_warehouse(settings.warehouse_path)
     record = {k: v for k, v in vars(summary).items() if k != "landing_files"}
     record["landing_files"] = len(summary.landing_files)
     emit_record(record, fmt, title=f"sample registry ({scale}, seed {seed})")
+
+
+def _drop_stale_warehouse(path: Path) -> None:
+    """The replaced sample's warehouse held its data: the next ingest refused the new
+    sample's files as conflicting with the old ones, and metrics read the old days. A
+    sample's warehouse is rebuilt from its files (`rollout ingest`)."""
+    stale = [p for p in (path, path.with_name(path.name + ".wal")) if p.exists()]
+    for file in stale:
+        file.unlink()
+    if stale:
+        stderr.print(
+            f"removed the replaced sample's warehouse {visible(path)}: "
+            "`rollout ingest` builds it for the new one",
+            highlight=False,
+        )
 
 
 # --- ingest ------------------------------------------------------------------------
