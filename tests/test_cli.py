@@ -111,6 +111,13 @@ def test_metrics_and_cohorts_from_the_command_line(rollout_home: Path) -> None:
     assert json.loads(simulated.stdout)["accounts"] == sizes["top-100"]["accounts"]
     assert run("cohorts", "show", "nobody").exit_code == 2
     assert run("cohorts", "simulate").exit_code == 2
+    # A day after today has no downloads yet: refused, and nothing stands as its day.
+    for command in (["metrics"], ["cohorts", "build"]):
+        ahead = run(*command, "--as-of", "2099-01-01")
+        assert ahead.exit_code == 2
+        assert "--as-of: 2099-01-01 is after today" in ahead.stderr
+    simulated = run("cohorts", "simulate", "--top", "100", "--format", "json")
+    assert json.loads(simulated.stdout)["as_of"] == "2022-02-01"
 
 
 def test_metrics_of_the_next_day_equal_a_rebuild(rollout_home: Path) -> None:

@@ -164,6 +164,21 @@ def _parse_day(text: str, option: str) -> date:
     return day
 
 
+def _data_day(text: str, option: str) -> date:
+    """A day whose data a command computes (metrics, cohorts): not after today (UTC, by
+    the pipeline's clock). A day ahead had no data, and then stood as the latest day
+    that package_metrics and the what-ifs default to."""
+    from rollout.registry.ledger import utc_now
+
+    day = _parse_day(text, option)
+    today = utc_now().date()
+    if day > today:
+        raise RolloutError(
+            f"{option}: {text} is after today ({today}, UTC): its downloads have not happened"
+        ).with_exit(EXIT_BAD_INPUT)
+    return day
+
+
 def _day_or_latest(con: Any, text: str | None, table: str, cohort: str | None = None) -> date:
     """The ``--as-of`` day given, or else the latest day ``table`` holds (of ``cohort``)."""
     if text is not None:

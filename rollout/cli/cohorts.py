@@ -9,6 +9,7 @@ import typer
 from rollout.cli.app import (
     AsOfOption,
     FormatOption,
+    _data_day,
     _day_or_latest,
     _parse_day,
     _runtime,
@@ -47,7 +48,7 @@ def metrics(
     """Compute every package's reach on a day: downloads, dependents, ranks."""
     from rollout.metrics import compute_metrics
 
-    runtime, day = _runtime(ctx), _parse_day(as_of, "--as-of")
+    runtime, day = _runtime(ctx), _data_day(as_of, "--as-of")
     plan = runtime.plan
     with runtime.warehouse() as con:
         report = compute_metrics(con, day, plan.metrics, rebuild=rebuild)
@@ -71,7 +72,7 @@ def cohorts_build(
     from rollout.cohorts import build_cohorts
 
     runtime = _runtime(ctx)
-    settings, day = runtime.settings, _parse_day(as_of, "--as-of")
+    settings, day = runtime.settings, _data_day(as_of, "--as-of")
     with runtime.warehouse() as con:
         results = build_cohorts(
             con,
