@@ -141,6 +141,17 @@ def send_and_check(sender: FileSender, message: Message) -> EmailMessage:
     return parsed
 
 
+def test_an_eml_is_dated_by_the_pipelines_clock(tmp_path: Path) -> None:
+    """The demo's 2022 story wrote today's date on every email of 2022."""
+    from datetime import UTC, datetime
+
+    from rollout.core.clock import SimulatedClock, use_clock
+
+    with use_clock(SimulatedClock(datetime(2022, 2, 1, 10, 30))):
+        parsed = send_and_check(FileSender(tmp_path), BASE)
+    assert parsed["Date"].datetime == datetime(2022, 2, 1, 10, 30, tzinfo=UTC)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_every_name_reads_back_as_it_was_or_is_left_out(tmp_path: Path, name: str) -> None:
     sender = FileSender(tmp_path, "security@registry.example", "Registry security")

@@ -53,6 +53,7 @@ from sendgrid.helpers.mail import (
     To,
 )
 
+from rollout.core import clock as pipeline_clock
 from rollout.notify.message import DeliveryFailed, Message, Sender, header_address
 
 if TYPE_CHECKING:
@@ -502,8 +503,10 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
 
 
 def _aware_now() -> datetime:
-    """A module function, not a lambda: a FileSender must pickle (a drain's worker processes)."""
-    return datetime.now(UTC)
+    """The pipeline's clock, as the ``Date`` header wants it: the demo's simulated day
+    (a 2022 story wrote 2026 dates on every .eml). A module function, not a lambda: a
+    FileSender must pickle (a drain's worker processes)."""
+    return pipeline_clock.utc_now().replace(tzinfo=UTC)
 
 
 class FileSender:
