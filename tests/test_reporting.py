@@ -589,6 +589,10 @@ def test_the_markdown_marks_a_phase_whose_notices_are_not_out_yet(
     markdown = files.markdown.read_text()
     assert "| top-100 (notices not sent yet) | 2022-01-04 |" in markdown
     assert markdown.count("(notices not sent yet)") >= 2  # the funnel and the reach
+    # Brown-outs still ahead are not held yet: no zeros measured, and no bars.
+    rows = [line for line in markdown.splitlines() if "(not held yet)" in line]
+    assert rows and all(" 0 |" not in row and "—" in row for row in rows)
+    assert "(not held yet)" in files.html.read_text()
 
 
 def test_each_bar_of_the_funnel_counts_some_of_the_bar_before(report: ReportFiles) -> None:

@@ -156,6 +156,12 @@ def _rows(
     return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
 
 
+def _day_of(value: object) -> date:
+    """The day of a time a mart row holds (a datetime, or its text in a CSV read back)."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment.date()
+
+
 def _int(value: object) -> int:
     return int(finite(value))
 
@@ -387,25 +393,35 @@ def _reach(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> list[dict
     return table
 
 
-def _brownouts(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+def _brownouts(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
+    """The brown-out table and chart. A window not begun by ``as_of`` is listed as not
+    held yet, its measures blank and no bars: its zeros read as a rehearsal nobody met."""
     spec = report_spec()
     order = spec.csv_order["brownout_impact"]
     rows = _rows(con, f"select * from brownout_impact order by {order}")
+    held = {
+        str(r["brownout"])
+        for r in rows
+        if r["period"] == "brownout" and _day_of(r["starts_at"]) <= as_of
+    }
     windows: dict[str, dict[str, dict[str, float]]] = {}
     table = []
     for r in rows:
         name, period = str(r["brownout"]), str(r["period"])
+        measured = name in held
         values = {key: finite(r[key]) for key, _ in spec.brownout_measures}
-        windows.setdefault(name, {})[period] = values
+        if measured:
+            windows.setdefault(name, {})[period] = values
         table.append(
             {
                 "brownout": name,
+                "held": measured,
                 "period": period,
                 "starts_at": r["starts_at"],
                 "ends_at": r["ends_at"],
-                **{key: _int(r[key]) for key, _ in spec.brownout_measures},
+                **{key: _int(r[key]) if measured else None for key, _ in spec.brownout_measures},
                 "completion": _share(r["elv_completed"], r["elv_challenges"])
-                if finite(r["elv_challenges"]) > 0
+                if measured and finite(r["elv_challenges"]) > 0
                 else None,
             }
         )
@@ -618,7 +634,7 @@ def build_context(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> di
     context.update(_adoption(con, plan, as_of))
     context.update(_funnel(con, plan, as_of))
     context["reach"] = _reach(con, plan, as_of)
-    context.update(_brownouts(con))
+    context.update(_brownouts(con, as_of))
     context.update(_orgs(con))
     context["tokens"] = _tokens(con)
     context.update(_publishing(con, as_of))
