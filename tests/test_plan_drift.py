@@ -93,3 +93,23 @@ def test_a_deadline_moved_before_the_one_reminders_told_warns_and_enforcement_wa
             registry, earlier, "top-100", expect=3, actor="rm", early=True
         )
     assert forced.accounts_required == 3
+
+
+def test_a_second_plan_reusing_a_phase_name_on_the_same_registry_is_refused(
+    registry: Registry,
+    registry_url: str,
+    plan: Plan,
+    ids: dict[str, int],
+    tmp_path: Path,
+    rollout_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """npm-2022's top-100 emailed; a later plan with its own top-100 would find every
+    notice "already" sent and enforce a new requirement on accounts told nothing."""
+    day_run(registry, plan, date(2022, 1, 4))
+    second = edited(tmp_path, "name: npm-2022", "name: npm-2025-keys")
+    result = check(second, registry_url, monkeypatch)
+    assert result.exit_code == 2
+    assert "has the name of a phase plan npm-2022 ran on this registry" in " ".join(
+        result.stderr.split()
+    )

@@ -5,6 +5,8 @@ A release manager edits the plan mid-campaign. Two edits leave the registry behi
 
 - a phase renamed or deleted after it emailed or required accounts: its emails no
   longer render, it cannot be rolled back, and a renamed phase starts its emails over;
+- a phase named like one another plan ran on the same registry: that plan's emails
+  count as this one's, so this one's are "already" sent;
 - a phase's ``enforce_on`` moved after its reminders went: they told accounts a date
   the plan no longer has (earlier, and enforcement would come before it).
 
@@ -88,6 +90,30 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
                 "render and it cannot be rolled back; keep its name (roll it back first "
                 "to retire it)"
             )
+        # A phase of this plan named like one another plan ran on this registry: its
+        # emails and requirements count as this one's (notices "already" sent, a
+        # requirement held), so it would write to no one and enforce on the unwarned.
+        for phase in plan.phases:
+            other = connection.execute(
+                select(PLAN_RUNS.c.plan)
+                .where(
+                    PLAN_RUNS.c.plan != plan.name,
+                    PLAN_RUNS.c.id.in_(
+                        select(NOTIFICATIONS.c.run_id).where(
+                            NOTIFICATIONS.c.phase == phase.name,
+                            NOTIFICATIONS.c.run_id.not_in(runs),
+                        )
+                    ),
+                )
+                .limit(1)
+            ).scalar()
+            if other is not None:
+                errors.append(
+                    f"phase {phase.name!r} of plan {plan.name} has the name of a phase plan "
+                    f"{other} ran on this registry: their emails and requirements would be "
+                    "taken for this one's (notices counted as sent, so none go); name it "
+                    "differently"
+                )
         for phase in plan.phases:
             for day, count in sorted(told_deadlines(connection, phase).items()):
                 if day != phase.enforce_on:
