@@ -128,6 +128,26 @@ def test_enforcing_before_enforce_on_is_refused_unless_early(
     assert "Not due yet" not in preview.stderr
 
 
+def test_an_exemption_added_after_enforcement_is_shown_as_not_undoing_it(
+    registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
+) -> None:
+    """The preview said "exempted: carol" while the phase still required her: the
+    exemption keeps her out of the next enforcement, it does not release her."""
+    enforce.enforce_phase(registry, plan, "top-100", expect=3, actor="rm")
+    exempting = plan.model_copy(
+        update={
+            "exemptions": Exemptions(
+                accounts=[ExemptAccount(username="carol", reason="security team service account")]
+            )
+        }
+    )
+    preview = enforce.preview_phase(registry, exempting, exempting.phase("top-100"))
+    assert (preview.exempted, preview.exempt_but_required) == (["carol"], ["carol"])
+    saved = save_preview(exempting, preview, tmp_path, actor="rm")
+    assert "Exempted but required by this phase before the exemption" in preview_markdown(saved)
+    assert "carol" in required(registry)
+
+
 def test_a_preview_after_enforcement_tells_whom_the_phase_requires_already(
     registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:

@@ -103,7 +103,14 @@ def phase_preview(
     stderr.print(
         f"{who}; {preview.compliant} already "
         f"{'use 2FA' if preview.asks_only_2fa else 'comply'}; "
-        f"exempted: {', '.join(preview.exempted) or 'none'}.\n"
+        f"exempted: {', '.join(preview.exempted) or 'none'}"
+        + (
+            f" ({', '.join(preview.exempt_but_required)} required by this phase before the "
+            "exemption: it does not undo that; `phase rollback` releases the phase's accounts)"
+            if preview.exempt_but_required
+            else ""
+        )
+        + ".\n"
         f"Enforcement does: {', '.join(preview.effects)}.\n"
         f"{reach_verdict(preview)}"
         + (

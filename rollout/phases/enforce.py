@@ -191,6 +191,7 @@ def preview_phase(
     )
     asks_factor = requires.two_factor != "none"
     targets, exempted, compliant = [], [], 0
+    exempt_but_required: list[str] = []
     not_due = never_noticed = 0
     not_reached: list[int] = []
     refresh_statistics(registry.engine)  # the planner's, not the registry's data
@@ -229,6 +230,8 @@ def preview_phase(
                 compliant += 1
             elif username in exempt:
                 exempted.append(username)
+                if required_by_phase:
+                    exempt_but_required.append(username)
             elif per_account and (
                 account_id not in own_deadlines or own_deadlines[account_id] > today
             ):
@@ -275,6 +278,7 @@ def preview_phase(
         never_noticed=never_noticed,
         unreached=unreached,
         max_unreached_share=phase.max_unreached_share,
+        exempt_but_required=exempt_but_required,
     )
 
 

@@ -121,6 +121,9 @@ class PhasePreview:
     # share (None: no limit).
     unreached: dict[int, str] = field(default_factory=dict)
     max_unreached_share: float | None = None
+    # Of the exempted, those this phase required before the exemption was added: the
+    # exemption does not undo that (a rollback of the phase releases its accounts).
+    exempt_but_required: list[str] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -364,4 +367,10 @@ def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
     lines += _table(TOKEN_COLUMNS, token_rows(p), limit, "the tokens' CSV")
     if p.exempted:
         lines += ["", "Exempted: " + ", ".join(md(name) for name in p.exempted)]
+    if p.exempt_but_required:
+        lines += [
+            "",
+            "Exempted but required by this phase before the exemption (a rollback of the "
+            "phase releases them): " + ", ".join(md(name) for name in p.exempt_but_required),
+        ]
     return "\n".join(lines) + "\n"
