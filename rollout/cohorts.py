@@ -345,18 +345,7 @@ def _update_memberships(
         ).scalar_one()
         if latest is not None and as_of < latest:
             return _add_history(connection, cohort, as_of, today, before, run_id, actor)
-        rows = [
-            {
-                "cohort": cohort,
-                "account_id": row["account_id"],
-                "packages": row["packages"],
-                "first_qualified_on": as_of,
-                "last_qualified_on": as_of,
-                "left_on": None,
-                "run_id": run_id,
-            }
-            for row in today
-        ]
+        rows = [_membership(cohort, row, as_of, run_id) for row in today]
         # A member still in through the same packages: only the days and the run move
         # (what the upsert would set).
         same = {
@@ -418,6 +407,19 @@ def _update_memberships(
     return len(entered), len(gone)
 
 
+def _membership(cohort: str, row: dict[str, Any], as_of: date, run_id: str) -> dict[str, Any]:
+    """The membership row of an account in ``cohort`` found on ``as_of``."""
+    return {
+        "cohort": cohort,
+        "account_id": row["account_id"],
+        "packages": row["packages"],
+        "first_qualified_on": as_of,
+        "last_qualified_on": as_of,
+        "left_on": None,
+        "run_id": run_id,
+    }
+
+
 def _add_history(
     connection: Connection,
     cohort: str,
@@ -440,18 +442,7 @@ def _add_history(
     upsert(
         connection,
         MEMBERSHIPS,
-        [
-            {
-                "cohort": cohort,
-                "account_id": row["account_id"],
-                "packages": row["packages"],
-                "first_qualified_on": as_of,
-                "last_qualified_on": as_of,
-                "left_on": None,
-                "run_id": run_id,
-            }
-            for row in new
-        ],
+        [_membership(cohort, row, as_of, run_id) for row in new],
         ["cohort", "account_id"],
         {"first_qualified_on": lambda new: _least(c.first_qualified_on, new.first_qualified_on)},
     )
