@@ -24,6 +24,7 @@ import typer
 from typer.testing import CliRunner
 
 from rollout.cli import app
+from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.plan import Plan, load_plan
 from rollout.demo.sample import SCALES
 from rollout.notify.emails import EMAILS
@@ -419,7 +420,11 @@ def test_the_release_manager_rehearsal_runs_as_the_runbook_gives_it(
     for command in fix:
         if "--as-of" in command.words:
             assert option(command, "--as-of") == phase.cohort_as_of.isoformat(), command.where
-    results = {command.words: run(command) for command in fix}
+    # On that day, as the section says: the day's build judges 2FA by the factors held
+    # then, as the preview does (a build of a long-past day judges them as it ended).
+    on_the_day = datetime.combine(phase.cohort_as_of, datetime.min.time()).replace(hour=12)
+    with use_clock(SimulatedClock(on_the_day)):
+        results = {command.words: run(command) for command in fix}
     built = next(r for words, r in results.items() if words[:2] == ("cohorts", "build"))
     (cohort_row,) = [r for r in table_rows(built.stdout) if r["cohort"] == phase.cohort]
     without_2fa = table_rows(results[("cohorts", "show", phase.cohort, "--without-2fa")].stdout)
