@@ -20,6 +20,7 @@ from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput
 from rollout.core.plan import Plan, load_plan, parse_plan, plan_problems
 from rollout.notify.drain import drain
+from rollout.notify.message import Message
 from rollout.notify.queue import queue_due
 from rollout.notify.senders import FileSender
 from rollout.phases import enforce
@@ -323,6 +324,49 @@ def test_a_reminder_counts_the_days_to_a_deadline_snoozed_since_it_was_queued(
     said = " ".join(text.split())
     assert "Thursday 4 May 2023 is your account's own deadline, postponed as you asked" in said
     assert "45 days" not in said and "postpone it once" not in said
+
+
+def test_a_notice_sent_across_midnight_gives_the_deadline_the_registry_enforces(
+    campaign: Campaign, registry: Registry, plan: Plan
+) -> None:
+    """Prepared at 23:59:59 UTC, recorded after midnight: the notice gave 27 April, and
+    the registry counted the deadline from the recorded time, 28 April."""
+    from rollout.registry.deadlines import deadlines
+
+    day = date(2023, 3, 13)
+    with use_clock(SimulatedClock(datetime.combine(day, time(9)))):
+        queue_due(registry, plan, day, actor="rm")
+    sent: list[int] = []
+
+    class SlowFileSender:
+        """The file outbox, sending until past midnight."""
+
+        name = campaign.sender.name
+
+        def send(self, message: Message) -> str:
+            sent.append(message.outbox_id)
+            return campaign.sender.send(message)
+
+    def across_midnight() -> datetime:
+        return datetime(2023, 3, 14, 0, 0, 5) if sent else datetime(2023, 3, 13, 23, 59, 59)
+
+    drain(registry, plan, SlowFileSender(), clock=across_midnight)
+    said = " ".join(campaign.text_to("ann", "phase_notice").split())
+    assert "Thursday 27 April 2023 is your account's own deadline" in said
+    with registry.engine.connect() as connection:
+        own = deadlines(connection, plan.phase(PHASE))
+    [ann] = campaign_ids(registry, "ann")
+    assert own[ann] == date(2023, 4, 27)
+
+
+def campaign_ids(registry: Registry, *usernames: str) -> list[int]:
+    with registry.engine.connect() as connection:
+        found = dict(
+            connection.execute(
+                select(Account.username, Account.id).where(Account.username.in_(usernames))
+            ).all()
+        )
+    return [found[name] for name in usernames]
 
 
 def test_landed_request_files_are_granted_once_and_a_bad_file_is_refused_whole(

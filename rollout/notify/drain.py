@@ -530,7 +530,11 @@ def _is_misconfiguration(failure: DeliveryFailed) -> bool:
     return isinstance(failure, SenderMisconfigured)
 
 
-def _record(engine: Engine, outcomes: Iterable[_Outcome], now: datetime) -> None:
+def _record(
+    engine: Engine, outcomes: Iterable[_Outcome], now: datetime, sent_at: datetime | None = None
+) -> None:
+    """Write what became of each row, at ``now``; a sent one is dated ``sent_at`` (when
+    its message was made: its batch's ``prepared_at``), or ``now``."""
     rows = [
         {
             "row_id": o.id,
@@ -538,7 +542,7 @@ def _record(engine: Engine, outcomes: Iterable[_Outcome], now: datetime) -> None
             "new_reason": o.reason if o.state == "skipped" else None,
             "new_error": o.reason if o.state == "failed" else None,
             "new_message_id": o.message_id,
-            "new_sent_at": now if o.state == "sent" else None,
+            "new_sent_at": (sent_at or now) if o.state == "sent" else None,
             "now": now,
         }
         for o in outcomes
@@ -611,6 +615,10 @@ class _Batch:
 
     outcomes: list[_Outcome]
     messages: list[Message]
+    # When its messages were made: what a notice's own deadline counts from, so the
+    # sent_at recorded is that moment too (recorded after midnight UTC, the deadline
+    # the registry enforced was a day later than the one the notice gave).
+    prepared_at: datetime
 
     @property
     def ids(self) -> list[int]:
@@ -645,6 +653,7 @@ def _next_batch(
     return _Batch(
         [p for p in prepared if isinstance(p, _Outcome)],
         [p for p in prepared if isinstance(p, Message)],
+        now,
     )
 
 
@@ -763,7 +772,7 @@ def _drain_loop(
             finished = [f.result() for f in settled.values() if not f.exception()]
             refused = [(i, e) for i, f in settled.items() if (e := f.exception())]
             unsent = [m.outbox_id for m in batch.messages if m.outbox_id not in settled]  # a stop
-            _record(engine, [*batch.outcomes, *finished], clock())
+            _record(engine, [*batch.outcomes, *finished], clock(), batch.prepared_at)
             _count(report, [*batch.outcomes, *finished])
             if unsent:
                 _put_back(engine, unsent, clock())
