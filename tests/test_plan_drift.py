@@ -107,9 +107,14 @@ def test_a_second_plan_reusing_a_phase_name_on_the_same_registry_is_refused(
     """npm-2022's top-100 emailed; a later plan with its own top-100 would find every
     notice "already" sent and enforce a new requirement on accounts told nothing."""
     day_run(registry, plan, date(2022, 1, 4))
+    day_run(registry, plan, date(2022, 1, 18))  # npm-2022's reminder: "1 February"
     second = edited(tmp_path, "name: npm-2022", "name: npm-2025-keys")
+    second.write_text(
+        second.read_text().replace("enforce_on: 2022-02-01", "enforce_on: 2022-03-01")
+    )
     result = check(second, registry_url, monkeypatch)
     assert result.exit_code == 2
-    assert "has the name of a phase plan npm-2022 ran on this registry" in " ".join(
-        result.stderr.split()
-    )
+    said = " ".join(result.stderr.split())
+    assert "has the name of a phase plan npm-2022 ran on this registry" in said
+    # The other plan's reminders told its own date: not this plan's to warn of.
+    assert "reminder sent told" not in said

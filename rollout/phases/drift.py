@@ -29,10 +29,10 @@ REQUIREMENTS = PhaseRequirement.__table__
 PLAN_RUNS = PlanRun.__table__
 
 
-def told_deadlines(connection: Connection, phase: Phase) -> dict[date, int]:
-    """{deadline told: reminders} of the phase's sent reminders: the day each was queued
-    for plus its days before. (A phase with per-account deadlines tells each account its
-    own: nothing here.)"""
+def told_deadlines(connection: Connection, phase: Phase, plan: str) -> dict[date, int]:
+    """{deadline told: reminders} of the phase's sent reminders, queued by ``plan``'s
+    runs: the day each was queued for plus its days before. (A phase with per-account
+    deadlines tells each account its own: nothing here.)"""
     if phase.deadline is not None:
         return {}
     c = NOTIFICATIONS.c
@@ -42,7 +42,12 @@ def told_deadlines(connection: Connection, phase: Phase) -> dict[date, int]:
     # Grouped in SQL: a phase of a million accounts sends millions of reminders.
     for day, before, count in connection.execute(
         select(queued_on, days_before, func.count())
-        .where(c.phase == phase.name, c.email == "reminder", c.state == "sent")
+        .where(
+            c.phase == phase.name,
+            c.email == "reminder",
+            c.state == "sent",
+            c.run_id.in_(select(PLAN_RUNS.c.id).where(PLAN_RUNS.c.plan == plan)),
+        )
         .group_by(queued_on, days_before)
     ):
         try:
@@ -53,9 +58,9 @@ def told_deadlines(connection: Connection, phase: Phase) -> dict[date, int]:
     return told
 
 
-def told_deadline(connection: Connection, phase: Phase) -> date | None:
-    """The latest deadline the phase's sent reminders gave, if any."""
-    return max(told_deadlines(connection, phase), default=None)
+def told_deadline(connection: Connection, phase: Phase, plan: str) -> date | None:
+    """The latest deadline the phase's sent reminders (``plan``'s) gave, if any."""
+    return max(told_deadlines(connection, phase, plan), default=None)
 
 
 def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
@@ -115,7 +120,7 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
                     "differently"
                 )
         for phase in plan.phases:
-            for day, count in sorted(told_deadlines(connection, phase).items()):
+            for day, count in sorted(told_deadlines(connection, phase, plan.name).items()):
                 if day != phase.enforce_on:
                     warnings.append(
                         f"phase {phase.name}: {count} reminder{'s' if count != 1 else ''} "

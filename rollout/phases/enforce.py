@@ -798,7 +798,7 @@ def enforce_phase(
     with registry.lock(LOCK):
         engine = registry.engine
         with engine.connect() as connection:
-            told = told_deadline(connection, phase)
+            told = told_deadline(connection, phase, plan.name)
         _date_guard(phase, utc_now().date(), early, told)
         preview = preview_phase(registry, plan, phase, details=False)
         _guard(phase, preview, expect, expect_tokens)
