@@ -16,9 +16,11 @@ date the accounts were told (``told_deadline``).
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import date, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Select, and_, case, func, select
 
 from rollout.core.plan import Phase, Plan
 from rollout.notify.outbox import NOTIFICATIONS, RUN_DAY
@@ -29,106 +31,110 @@ REQUIREMENTS = PhaseRequirement.__table__
 PLAN_RUNS = PlanRun.__table__
 
 
-def told_deadlines(connection: Connection, phase: Phase, plan: str) -> dict[date, int]:
-    """{deadline told: reminders} of the phase's sent reminders, queued by ``plan``'s
-    runs: the day each was queued for plus its days before. (A phase with per-account
-    deadlines tells each account its own: nothing here.)"""
-    if phase.deadline is not None:
-        return {}
+def plan_runs(plan: str) -> Select[Any]:
+    """The ids of ``plan``'s runs: what ties a notification or a requirement to the plan
+    that made it (a registry may have run another plan before)."""
+    return select(PLAN_RUNS.c.id).where(PLAN_RUNS.c.plan == plan)
+
+
+def _emails(connection: Connection, phase: str | None = None) -> list[Any]:
+    """(phase, plan, deadline told, count) of the emails of phases (or of ``phase``), by
+    the plan whose run queued them; the deadline told is a sent reminder's (the day it
+    was queued for plus its days before, as text), else None. One pass, grouped in SQL:
+    a phase of a million accounts sends millions of emails."""
     c = NOTIFICATIONS.c
-    queued_on = c.context[RUN_DAY].as_string()
-    days_before = c.context["days_before"].as_string()
-    told: dict[date, int] = {}
-    # Grouped in SQL: a phase of a million accounts sends millions of reminders.
-    for day, before, count in connection.execute(
-        select(queued_on, days_before, func.count())
-        .where(
-            c.phase == phase.name,
-            c.email == "reminder",
-            c.state == "sent",
-            c.run_id.in_(select(PLAN_RUNS.c.id).where(PLAN_RUNS.c.plan == plan)),
-        )
-        .group_by(queued_on, days_before)
-    ):
-        try:
-            deadline = date.fromisoformat(str(day)) + timedelta(days=int(before))
-        except (TypeError, ValueError):
-            continue  # a row queued before the context said its day
-        told[deadline] = told.get(deadline, 0) + count
-    return told
+    told = and_(c.email == "reminder", c.state == "sent")
+    queued_on = case((told, c.context[RUN_DAY].as_string()))
+    days_before = case((told, c.context["days_before"].as_string()))
+    query = (
+        select(c.phase, PLAN_RUNS.c.plan, queued_on, days_before, func.count())
+        .select_from(NOTIFICATIONS.join(PLAN_RUNS, PLAN_RUNS.c.id == c.run_id))
+        .where(c.phase != "" if phase is None else c.phase == phase)
+        .group_by(c.phase, PLAN_RUNS.c.plan, queued_on, days_before)
+    )
+    return [
+        (name, plan, _told(day, before), count)
+        for name, plan, day, before, count in connection.execute(query)
+    ]
+
+
+def _told(day: object, before: object) -> date | None:
+    if day is None or before is None:
+        return None
+    try:
+        return date.fromisoformat(str(day)) + timedelta(days=int(str(before)))
+    except ValueError:
+        return None  # a row queued before the context said its day
 
 
 def told_deadline(connection: Connection, phase: Phase, plan: str) -> date | None:
-    """The latest deadline the phase's sent reminders (``plan``'s) gave, if any."""
-    return max(told_deadlines(connection, phase, plan), default=None)
+    """The latest deadline ``plan``'s sent reminders of the phase gave, if any. (A phase
+    with per-account deadlines tells each account its own: none here.)"""
+    if phase.deadline is not None:
+        return None
+    told = [day for _, run_plan, day, _ in _emails(connection, phase.name) if run_plan == plan]
+    return max((day for day in told if day is not None), default=None)
 
 
 def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
-    """(errors, warnings): phases the registry knows that the plan no longer names,
-    and deadlines told that the plan has since moved."""
+    """(errors, warnings): phases the registry knows that the plan no longer names, or
+    that another plan ran under the same name, and deadlines told that the plan has
+    since moved."""
     names = {p.name for p in plan.phases}
     errors: list[str] = []
     warnings: list[str] = []
-    # Of this plan's runs only: a registry that ran another plan before (npm 2022, then
-    # npm 2025's tokens) has that plan's phases too.
-    runs = select(PLAN_RUNS.c.id).where(PLAN_RUNS.c.plan == plan.name)
     with registry.engine.connect() as connection:
+        # Of this plan's runs only: a registry that ran another plan before (npm 2022,
+        # then npm 2025's tokens) has that plan's phases too.
         required = dict(
             connection.execute(
                 select(REQUIREMENTS.c.phase, func.count())
-                .where(REQUIREMENTS.c.run_id.in_(runs))
+                .where(REQUIREMENTS.c.run_id.in_(plan_runs(plan.name)))
                 .group_by(REQUIREMENTS.c.phase)
             ).all()
         )
-        emailed = dict(
-            connection.execute(
-                select(NOTIFICATIONS.c.phase, func.count())
-                .where(NOTIFICATIONS.c.phase != "", NOTIFICATIONS.c.run_id.in_(runs))
-                .group_by(NOTIFICATIONS.c.phase)
-            ).all()
+        emails = _emails(connection)
+    emailed: Counter[str] = Counter()
+    others: dict[str, str] = {}
+    told: dict[str, Counter[date]] = {}
+    for name, run_plan, day, count in emails:
+        if run_plan != plan.name:
+            others.setdefault(name, run_plan)
+            continue
+        emailed[name] += count
+        if day is not None:
+            told.setdefault(name, Counter())[day] += count
+    for name in sorted((set(required) | set(emailed)) - names):
+        errors.append(
+            f"phase {name!r} is not in plan {plan.name}, but the registry has "
+            f"{required.get(name, 0)} accounts it requires and {emailed[name]} "
+            "of its emails: renamed or deleted after it acted? Its emails no longer "
+            "render and it cannot be rolled back; keep its name (roll it back first "
+            "to retire it)"
         )
-        for name in sorted((set(required) | set(emailed)) - names):
+    for phase in plan.phases:
+        # Named like a phase another plan ran here: its emails and requirements count as
+        # this one's (notices "already" sent, a requirement held), so it would write to
+        # no one and enforce on the unwarned.
+        if phase.name in others:
             errors.append(
-                f"phase {name!r} is not in plan {plan.name}, but the registry has "
-                f"{required.get(name, 0)} accounts it requires and {emailed.get(name, 0)} "
-                "of its emails: renamed or deleted after it acted? Its emails no longer "
-                "render and it cannot be rolled back; keep its name (roll it back first "
-                "to retire it)"
+                f"phase {phase.name!r} of plan {plan.name} has the name of a phase plan "
+                f"{others[phase.name]} ran on this registry: their emails and requirements "
+                "would be taken for this one's (notices counted as sent, so none go); name "
+                "it differently"
             )
-        # A phase of this plan named like one another plan ran on this registry: its
-        # emails and requirements count as this one's (notices "already" sent, a
-        # requirement held), so it would write to no one and enforce on the unwarned.
-        for phase in plan.phases:
-            other = connection.execute(
-                select(PLAN_RUNS.c.plan)
-                .where(
-                    PLAN_RUNS.c.plan != plan.name,
-                    PLAN_RUNS.c.id.in_(
-                        select(NOTIFICATIONS.c.run_id).where(
-                            NOTIFICATIONS.c.phase == phase.name,
-                            NOTIFICATIONS.c.run_id.not_in(runs),
-                        )
-                    ),
-                )
-                .limit(1)
-            ).scalar()
-            if other is not None:
-                errors.append(
-                    f"phase {phase.name!r} of plan {plan.name} has the name of a phase plan "
-                    f"{other} ran on this registry: their emails and requirements would be "
-                    "taken for this one's (notices counted as sent, so none go); name it "
-                    "differently"
-                )
-        for phase in plan.phases:
-            for day, count in sorted(told_deadlines(connection, phase, plan.name).items()):
-                if day != phase.enforce_on:
-                    warnings.append(
-                        f"phase {phase.name}: {count} reminder{'s' if count != 1 else ''} "
-                        f"sent told accounts {day}, the plan now says {phase.enforce_on}"
-                        + (
-                            " (`phase enforce` refuses before the date told)"
-                            if day > phase.enforce_on
-                            else ""
-                        )
+    for phase in plan.phases:
+        if phase.deadline is not None:
+            continue  # each account is told its own
+        for day, count in sorted(told.get(phase.name, Counter()).items()):
+            if day != phase.enforce_on:
+                warnings.append(
+                    f"phase {phase.name}: {count} reminder{'s' if count != 1 else ''} "
+                    f"sent told accounts {day}, the plan now says {phase.enforce_on}"
+                    + (
+                        " (`phase enforce` refuses before the date told)"
+                        if day > phase.enforce_on
+                        else ""
                     )
+                )
     return errors, warnings

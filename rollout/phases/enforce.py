@@ -23,6 +23,7 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     DateTime,
+    Select,
     String,
     and_,
     any_,
@@ -797,9 +798,8 @@ def enforce_phase(
     phase = plan.phase(phase_name)
     with registry.lock(LOCK):
         engine = registry.engine
-        with engine.connect() as connection:
-            told = told_deadline(connection, phase, plan.name)
-        _date_guard(phase, utc_now().date(), early, told)
+        if not early:
+            _date_guard(phase, utc_now().date(), _enforceable_from(registry, plan, phase))
         preview = preview_phase(registry, plan, phase, details=False)
         _guard(phase, preview, expect, expect_tokens)
         _reach_guard(phase, preview, accept_unreached)
@@ -879,22 +879,27 @@ def _queue_summary(
     )
 
 
-def _date_guard(phase: Phase, today: date, early: bool, told: date | None = None) -> None:
-    """Refuse before ``enforce_on``, the date every notice and reminder gave, or before
-    a later date its sent reminders gave (``enforce_on`` moved earlier since): a slip
-    of the day (or of the clock, or of the plan) locked accounts out before they were
-    told."""
-    if early:
-        return
+def _enforceable_from(registry: Registry, plan: Plan, phase: Phase) -> date:
+    """The first day the phase may be enforced: its ``enforce_on``, the date every
+    notice and reminder gave, or a later date its sent reminders gave (``enforce_on``
+    moved earlier since)."""
+    with registry.engine.connect() as connection:
+        told = told_deadline(connection, phase, plan.name)
+    return max(phase.enforce_on, told or phase.enforce_on)
+
+
+def _date_guard(phase: Phase, today: date, due: date) -> None:
+    """Refuse before ``due`` (``_enforceable_from``): a slip of the day (or of the
+    clock, or of the plan) locked accounts out before they were told."""
     if today < phase.enforce_on:
         raise GuardRefused(
             f"phase {phase.name} is enforced from {phase.enforce_on}, the date its emails "
             f"gave, and today is {today}: enforcing now locks accounts out before it. Wait, "
             "move enforce_on in the plan, or pass --early to enforce anyway"
         )
-    if told is not None and today < told:
+    if today < due:
         raise GuardRefused(
-            f"phase {phase.name}'s reminders told accounts {told}, and today is {today} "
+            f"phase {phase.name}'s reminders told accounts {due}, and today is {today} "
             f"(the plan now says {phase.enforce_on}): enforcing now locks them out before "
             "the date they were given. Wait, or pass --early to enforce anyway"
         )
@@ -990,12 +995,17 @@ class RollbackPreview:
         return [a for a in self.accounts if not a.cleared]
 
 
-def _queued_by_enforcement(phase_name: str) -> Selection:
-    """The phase's emails that its enforcement runs queued and nobody sent yet."""
-    runs = select(PLAN_RUNS.c.id).where(
+def _enforcement_runs(phase_name: str) -> Select[Any]:
+    """The ids of the phase's enforcement runs (any outcome: one that died may have
+    acted)."""
+    return select(PLAN_RUNS.c.id).where(
         and_(PLAN_RUNS.c.step == phase_step(phase_name), PLAN_RUNS.c.mode == "apply")
     )
-    return Selection(runs=runs)
+
+
+def _queued_by_enforcement(phase_name: str) -> Selection:
+    """The phase's emails that its enforcement runs queued and nobody sent yet."""
+    return Selection(runs=_enforcement_runs(phase_name))
 
 
 def rollback_preview(
@@ -1078,9 +1088,7 @@ def _marks_set(connection: Connection, phase: Phase) -> set[str]:
     """The marks the phase's enforcement runs set, by their audit rows, with those the
     plan's phase sets now: an effect taken out of the plan after enforcement left its
     marks on every account, with no command to clear them."""
-    runs = select(PLAN_RUNS.c.id).where(
-        and_(PLAN_RUNS.c.step == phase_step(phase.name), PLAN_RUNS.c.mode == "apply")
-    )
+    runs = _enforcement_runs(phase.name)
     found = {mark for mark, sets_mark in _MARKS.items() if sets_mark(phase)}
     for mark, action in _MARK_ACTIONS.items():
         if mark in found:
@@ -1193,11 +1201,7 @@ def require_enforced(registry: Registry, phase_name: str) -> None:
     counts: it may have required accounts). Such a rollback would change nothing, yet
     record a run, and the calendar would read the phase 'rolled back'."""
     with registry.engine.connect() as connection:
-        enforced = connection.execute(
-            select(PLAN_RUNS.c.id)
-            .where(and_(PLAN_RUNS.c.step == phase_step(phase_name), PLAN_RUNS.c.mode == "apply"))
-            .limit(1)
-        ).first()
+        enforced = connection.execute(_enforcement_runs(phase_name).limit(1)).first()
     if enforced is None:
         raise GuardRefused(f"phase {phase_name} was never enforced: there is nothing to roll back")
 
