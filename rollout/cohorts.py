@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, ClassVar
 
 import duckdb
@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine, Table, and_, case, func, select, upda
 
 from rollout import warehouse
 from rollout.core.calendar import cohorts_step
+from rollout.core.clock import day_end
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import CohortRule, Plan
 from rollout.registry import Registry
@@ -115,10 +116,6 @@ def rule_parameters(rule: CohortRule, as_of: date) -> dict[str, Any]:
 
 # 2FA as it stands now (every factor held, none removed): a build of the latest day.
 NOW_ON = datetime(9999, 12, 31)
-
-
-def day_end(day: date) -> datetime:
-    return datetime.combine(day + timedelta(days=1), time())
 
 
 def accounts_query(
@@ -602,8 +599,8 @@ def build_cohorts(
                 registry,
                 COHORT_INPUTS if refresh_registry else ("cohort_packages", "cohort_memberships"),
             )
-            # 2FA as it stands now, unless the day is before the cohort's latest build
-            # (a backfill): then as that day ended, so history says what it was.
+            # Each cohort's 2FA judged as _tfa_at says: now for the daily build, as the
+            # day ended for any other.
             found = {
                 name: _accounts(con, name, rules[name], as_of, _tfa_at(con, name, as_of))
                 for name in names

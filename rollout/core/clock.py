@@ -11,12 +11,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 
 
 def real_now() -> datetime:
     """Naive UTC, as the registry stores it."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def day_end(day: date) -> datetime:
+    """The instant ``day`` ends (the next day's midnight, naive UTC): what "as the day
+    ended" compares against, ``created_at < day_end(day)``."""
+    return datetime.combine(day + timedelta(days=1), time())
 
 
 def naive_utc(moment: datetime) -> datetime:

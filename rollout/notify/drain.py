@@ -83,11 +83,10 @@ from rollout.notify.outbox import (
 from rollout.notify.render import render
 from rollout.notify.withdraw import marked_withdrawn
 from rollout.registry import Registry
-from rollout.registry.deadlines import deadlines, own_deadline
+from rollout.registry.deadlines import deadlines_and_snoozes, own_deadline
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import (
     CohortMembership,
-    DeadlineSnooze,
     TfaFactor,
 )
 from rollout.registry.requirements import (
@@ -359,20 +358,11 @@ def _standing(
         phase = phases[name]
         requires = phase.requires
         accounts = sorted(ids)
-        own: dict[int, date] = {}
-        snoozed: set[int] = set()
+        own: dict[int, tuple[date, bool]] = {}
         if phase.deadline is not None and email == "phase_notice":
-            starts = own_deadline(phase, now, None)
-            own = dict.fromkeys(accounts, starts)
+            own = dict.fromkeys(accounts, (own_deadline(phase, now, None), False))
         elif phase.deadline is not None:
-            own = deadlines(connection, phase, accounts)
-            snoozed = set(
-                connection.execute(
-                    select(DeadlineSnooze.account_id).where(
-                        and_(DeadlineSnooze.phase == name, DeadlineSnooze.account_id.in_(accounts))
-                    )
-                ).scalars()
-            )
+            own = deadlines_and_snoozes(connection, phase, accounts)
         lacking = set(
             connection.execute(
                 select(ACCOUNTS.c.id).where(
@@ -399,11 +389,9 @@ def _standing(
         ):
             tokens.setdefault(account_id, []).append(TokenLine(*line))
         for account_id in accounts:
+            deadline, snoozed = own.get(account_id, (None, False))
             found[(email, name, account_id)] = _Standing(
-                account_id in lacking,
-                tuple(tokens.get(account_id, ())),
-                own.get(account_id),
-                account_id in snoozed,
+                account_id in lacking, tuple(tokens.get(account_id, ())), deadline, snoozed
             )
     return found
 

@@ -10,12 +10,13 @@ the registry keeps: the question is "if this plan had fixed its cohort on D".
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from datetime import date, datetime, time, timedelta
+from datetime import date
 from typing import Any
 
 import duckdb
 
 from rollout import cohorts, warehouse
+from rollout.core.clock import day_end
 from rollout.core.plan import Phase, Plan
 
 
@@ -49,7 +50,7 @@ def simulate_plan(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> li
     registry as it stood at the end of that day (accounts created, 2FA factors held,
     web sessions live), as far as the registry's times tell."""
     exempt = sorted(plan.exempt_usernames)
-    day_end = datetime.combine(as_of + timedelta(days=1), time())
+    ended = day_end(as_of)
     found = []
     for phase in plan.phases:
         rule = plan.cohort(phase.cohort)
@@ -128,7 +129,7 @@ def simulate_plan(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> li
                 """,
                 {
                     "exempt": exempt,
-                    "day_end": day_end,
+                    "day_end": ended,
                     **_requirement_parameters(phase),
                     **selected_params,
                 },

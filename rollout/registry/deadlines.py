@@ -14,11 +14,12 @@ Deadlines are whole UTC days: a notice sent at any time on 03-13 with 45 days ma
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, exists, or_, select, true
 
+from rollout.core.clock import day_end
 from rollout.core.plan import Deadline, Phase
 from rollout.registry.models import DeadlineSnooze, Notification
 
@@ -52,7 +53,7 @@ def due_by(phase: Phase, account_id: Any, day: date) -> ColumnElement[bool]:
     ``snooze_days`` + 1), so no date arithmetic in SQL, the same on SQLite and
     PostgreSQL."""
     deadline = _deadline(phase)
-    end_of_day = datetime.combine(day + timedelta(days=1), time())
+    end_of_day = day_end(day)
     n, s = NOTIFICATIONS.c, SNOOZES.c
 
     def sent_before(extra: int) -> ColumnElement[bool]:
@@ -84,6 +85,13 @@ def deadlines(
 ) -> dict[int, date]:
     """Every noticed account's own deadline in the phase, or those of ``account_ids``
     (accounts never sent the notice have none)."""
+    return {a: day for a, (day, _) in deadlines_and_snoozes(connection, phase, account_ids).items()}
+
+
+def deadlines_and_snoozes(
+    connection: Connection, phase: Phase, account_ids: Sequence[int] | None = None
+) -> dict[int, tuple[date, bool]]:
+    """``deadlines``, each with whether the account postponed it (once is the most)."""
     n, s = NOTIFICATIONS.c, SNOOZES.c
     rows = connection.execute(
         select(n.account_id, n.sent_at, s.days)
@@ -95,4 +103,7 @@ def deadlines(
         .where(_sent_notices(phase))
         .where(n.account_id.in_(account_ids) if account_ids is not None else true())
     )
-    return {account_id: own_deadline(phase, sent_at, days) for account_id, sent_at, days in rows}
+    return {
+        account_id: (own_deadline(phase, sent_at, days), days is not None)
+        for account_id, sent_at, days in rows
+    }
