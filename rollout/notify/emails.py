@@ -22,6 +22,11 @@ from rollout.notify.outbox import run_day
 ContextFunction = Callable[["Recipient", Mapping[str, Any], Plan], dict[str, Any]]
 # The email enforcement queues to each account a phase changed.
 ENFORCEMENT_EMAIL = "enforcement_notice"
+# The email ahead of a brown-out (its occasion: the brown-out's name).
+HEADS_UP_EMAIL = "brownout_heads_up"
+# Effects that stop no one signing in or publishing (a banner, new TOTP set-ups
+# closed): a phase of only these recommends.
+RECOMMENDING_EFFECTS = frozenset({"warn", "close_totp_enrolment"})
 
 
 @dataclass(frozen=True)
@@ -175,16 +180,6 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
     }
 
 
-def _phase_deadline(plan: Plan, stored: Mapping[str, Any]) -> date | None:
-    name = stored.get("phase")
-    if not isinstance(name, str) or name not in {p.name for p in plan.phases}:
-        return None
-    return plan.phase(name).enforce_on
-
-
-RECOMMENDING_EFFECTS = frozenset({"warn", "close_totp_enrolment"})
-
-
 def _day(value: Any) -> date:
     return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
 
@@ -216,16 +211,16 @@ def phase_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[st
 )
 def reminder(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
     days_left = int(stored["days_before"])
+    phase = _phase(plan, stored, r)
     # Counted from the day the reminder was queued for, to the deadline: the account's
     # own (a snooze since then moved it) or the phase's. A reminder caught up late (the
     # queue missed its day) said "in 14 days" with 12 left.
-    deadline = r.deadline or _phase_deadline(plan, stored)
-    if deadline is not None:
-        queued_on = run_day(stored, deadline - timedelta(days=days_left))
-        days_left = (deadline - queued_on).days
+    deadline = r.deadline or phase["deadline"]
+    queued_on = run_day(stored, deadline - timedelta(days=days_left))
+    days_left = (deadline - queued_on).days
     return {
         **common(r, plan),
-        **_phase(plan, stored, r),
+        **phase,
         "packages": list(r.packages),
         "days_left": days_left,
         "stage": "reminder",
@@ -242,7 +237,7 @@ def enforcement_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> d
 
 
 @email(
-    "brownout_heads_up",
+    HEADS_UP_EMAIL,
     "a 24-hour rehearsal of login verification is coming",
     when_compliant="skip",
 )

@@ -36,7 +36,7 @@ from rollout.core.calendar import (
     plan_calendar,
 )
 from rollout.core.plan import Phase, Plan
-from rollout.notify.emails import EMAILS, asks_only_2fa
+from rollout.notify.emails import EMAILS, HEADS_UP_EMAIL, asks_only_2fa
 from rollout.notify.outbox import (
     ACCOUNTS,
     COMPLIANT,
@@ -46,6 +46,7 @@ from rollout.notify.outbox import (
     UNVERIFIED,
     suppression_reason_sql,
 )
+from rollout.phases.brownouts import state_at
 from rollout.registry import Registry
 from rollout.registry.deadlines import due_by
 from rollout.registry.ledger import dialect_insert, recorded_run, utc_now
@@ -101,9 +102,6 @@ def due_occasions(plan: Plan, day: date) -> list[Occasion]:
     return [o for o in plan_occasions(plan) if o.due_on <= day < o.until]
 
 
-HEADS_UP = "brownout_heads_up"
-
-
 def _as_scheduled(
     connection: Connection, occasions: list[Occasion], now: datetime
 ) -> list[Occasion]:
@@ -111,7 +109,7 @@ def _as_scheduled(
     for a window started, ended or cancelled (it told every account without 2FA of a
     rehearsal that was not coming, or had been), and the window's own times where it
     was scheduled apart from the plan."""
-    names = [o.occasion for o in occasions if o.email == HEADS_UP]
+    names = [o.occasion for o in occasions if o.email == HEADS_UP_EMAIL]
     if not names:
         return occasions
     windows = {
@@ -127,10 +125,10 @@ def _as_scheduled(
     }
     kept = []
     for o in occasions:
-        window = windows.get(o.occasion) if o.email == HEADS_UP else None
+        window = windows.get(o.occasion) if o.email == HEADS_UP_EMAIL else None
         if window is None:
             kept.append(o)
-        elif window.ended_early_at is None and now < window.starts_at:
+        elif state_at(window, now) == "scheduled":
             times = {
                 "starts_at": window.starts_at.isoformat(),
                 "ends_at": window.ends_at.isoformat(),

@@ -21,6 +21,7 @@ from rollout.core.calendar import BROWNOUTS_SCHEDULE_STEP, ENROLL_ALL_STEP
 from rollout.core.clock import naive_utc
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import Brownout, Plan
+from rollout.notify.emails import HEADS_UP_EMAIL
 from rollout.notify.withdraw import Selection, withdraw_queued
 from rollout.registry import Registry
 from rollout.registry.ledger import (
@@ -239,7 +240,7 @@ def _change_window(
         # Its heads-up not sent yet would announce what has begun or will not come.
         withdraw_queued(
             connection,
-            Selection(email="brownout_heads_up", occasion=name),
+            Selection(email=HEADS_UP_EMAIL, occasion=name),
             reason=f"brown-out {name} {'started' if action == 'brownout_started' else 'ended'}",
             actor=actor,
             run_id=None,
