@@ -193,12 +193,12 @@ _HISTORIES = (
 @dataclass
 class HeldBack:
     """The sample's history dated on or after the story's start, replayed on its day:
-    for each table of ``_HISTORIES`` (by name), the rows it created later (added then,
-    with the same ids) and the ends it dated later (a factor removed, a token or a
+    for each table of ``_HISTORIES`` (by name), by day, the rows it created later (added
+    then, under new ids) and the ends it dated later (a factor removed, a token or a
     session revoked: applied then, unless the story ended the row first)."""
 
-    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    ends: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    rows: dict[str, dict[date, list[dict[str, Any]]]] = field(default_factory=dict)
+    ends: dict[str, dict[date, list[dict[str, Any]]]] = field(default_factory=dict)
     # By table, a held-back row's id in the sample -> its id once added (``replay``);
     # an end marked "held" is of a held-back row, so by its sample id.
     renumbered: dict[str, dict[int, int]] = field(default_factory=dict)
@@ -217,21 +217,20 @@ def rewind(registry: Registry, landing_dir: Path, start: date) -> HeldBack:
         for history in _HISTORIES:
             table = history.table
             begins, ends = table.c[history.begins], table.c[history.ends]
-            name = table.name
-            held.rows[name] = [
+            ended = [history.ends, *([history.why] if history.why else [])]
+            later = [
                 dict(row._mapping)
                 for row in connection.execute(
                     select(table).where(begins >= cutoff).order_by(begins, table.c.id)
                 )
             ]
             connection.execute(delete(table).where(begins >= cutoff))
-            ended = [history.ends, *([history.why] if history.why else [])]
-            held.ends[name] = [
+            endings = [
                 {"id": row["id"], "held": True, **{column: row[column] for column in ended}}
-                for row in held.rows[name]
+                for row in later
                 if row[history.ends] is not None
             ]
-            held.ends[name] += [
+            endings += [
                 {**row._mapping, "held": False}
                 for row in connection.execute(
                     select(table.c.id, *(table.c[column] for column in ended))
@@ -239,10 +238,13 @@ def rewind(registry: Registry, landing_dir: Path, start: date) -> HeldBack:
                     .order_by(table.c.id)
                 )
             ]
-            held.ends[name].sort(key=lambda row: (row[history.ends], row["id"]))
-            for row in held.rows[name]:
-                row.update(dict.fromkeys(ended))
             connection.execute(update(table).where(ends >= cutoff).values(dict.fromkeys(ended)))
+            for row in later:
+                row.update(dict.fromkeys(ended))  # added live; its end comes on its day
+            held.rows[table.name] = _by_day(later, history.begins)
+            held.ends[table.name] = _by_day(
+                sorted(endings, key=lambda row: (row[history.ends], row["id"])), history.ends
+            )
     for path in (landing_dir / "events").glob("events-story-*.json"):
         path.unlink()
     for path in sorted((landing_dir / "logins").glob("*.parquet")):
@@ -256,6 +258,13 @@ def rewind(registry: Registry, landing_dir: Path, start: date) -> HeldBack:
             with written_in_place(path) as temporary:
                 pq.write_table(events.filter(pa.array(keep)), temporary)
     return held
+
+
+def _by_day(rows: list[dict[str, Any]], column: str) -> dict[date, list[dict[str, Any]]]:
+    days: dict[date, list[dict[str, Any]]] = {}
+    for row in rows:
+        days.setdefault(row[column].date(), []).append(row)
+    return days
 
 
 @dataclass(frozen=True)
@@ -276,7 +285,7 @@ def replay(connection: Any, held: HeldBack, day: date) -> Replayed:
     for history in _HISTORIES:
         table = history.table
         name = table.name
-        today = [row for row in held.rows[name] if row[history.begins].date() == day]
+        today = held.rows[name].get(day, [])
         added[name] = []
         if today:
             # New ids: on SQLite the story's own rows (a factor enrolled, a token made)
@@ -289,9 +298,8 @@ def replay(connection: Any, held: HeldBack, day: date) -> Replayed:
             for row, new_id in zip(today, fresh, strict=True):
                 renumbered[row["id"]] = new_id
                 added[name].append({**row, "id": new_id})
-        ends = [row for row in held.ends[name] if row[history.ends].date() == day]
         ended[name] = []
-        for row in ends:
+        for row in held.ends[name].get(day, []):
             row_id = held.renumbered[name][row["id"]] if row["held"] else row["id"]
             done = connection.execute(
                 update(table)
