@@ -156,12 +156,6 @@ def _rows(
     return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
 
 
-def _day_of(value: object) -> date:
-    """The day of a time a mart row holds (a datetime, or its text in a CSV read back)."""
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return moment.date()
-
-
 def _int(value: object) -> int:
     return int(finite(value))
 
@@ -348,11 +342,11 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
                     "notice_on": notice_on,
                     "enforce_on": enforce_on,
                     "started": note == "",
-                    # A phase rolled back requires nothing: its accounts are not "still
-                    # without 2FA after enforcement".
                     # Enforced by the day: the phase requires accounts, or its funnel
-                    # counts some enforced. Its date in the plan alone is not: the
-                    # headline read "enforced" for a phase nobody had enforced.
+                    # counts some enforced (its date in the plan alone is not: the
+                    # headline read "enforced" for a phase nobody had enforced), and not
+                    # rolled back (it requires nothing then: its accounts are not
+                    # "still without 2FA after enforcement").
                     "enforced_yet": enforce_on is not None
                     and enforce_on <= as_of
                     and (counts.get("required", 0) > 0 or counts.get("enforced", 0) > 0)
@@ -402,7 +396,7 @@ def _brownouts(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
     held = {
         str(r["brownout"])
         for r in rows
-        if r["period"] == "brownout" and _day_of(r["starts_at"]) <= as_of
+        if r["period"] == "brownout" and (_day(r["starts_at"]) or as_of) <= as_of
     }
     windows: dict[str, dict[str, dict[str, float]]] = {}
     table = []

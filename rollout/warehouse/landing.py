@@ -810,15 +810,15 @@ def _range_rows(file: LandingFile, *, exact_lines: bool = False) -> Iterator[Ran
 
 
 def _range_day(value: object) -> date | None:
-    if not isinstance(value, str) or not _ISO_DAY.fullmatch(value):
+    """The day a YYYY-MM-DD string names, else None (Python reads 20220131 and
+    2022-W05-1 too: a day in that form is its own isoformat)."""
+    if not isinstance(value, str):
         return None
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         return None
-
-
-_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+    return day if day.isoformat() == value else None
 
 
 def _range_problem(document: dict[str, Any]) -> str | None:
