@@ -36,7 +36,7 @@ from tests.factories import (
     bound_to,
     existing_account,
 )
-from tests.support.outbox import Recording, ids, rows
+from tests.support.outbox import Recording, ids, queue_and_send, rows
 
 ROOT = Path(__file__).resolve().parent.parent
 REPEAT = "inside the repeat window"
@@ -171,15 +171,7 @@ def test_a_phases_own_reminders_go_on_their_days_whatever_the_window(
     """The reminders 14 and 3 days before the deadline (01-18, 01-29) are 11 days apart,
     inside a fortnight's window: the plan scheduled both, so both go (GitHub's 7- and
     1-day reminders were dropped)."""
-    fortnightly = _repeating(plan, reminder=14)
-    for day in (date(2022, 1, 18), date(2022, 1, 29)):
-        queue_due(registry, fortnightly, day, actor="rm")
-        drain(
-            registry,
-            fortnightly,
-            Recording(),
-            clock=lambda day=day: datetime(day.year, day.month, day.day, 9),
-        )
+    queue_and_send(registry, _repeating(plan, reminder=14), date(2022, 1, 18), date(2022, 1, 29))
     assert _reminder(registry, ids["ann"], "14d") == ("sent", None)
     assert _reminder(registry, ids["ann"], "3d") == ("sent", None)
 
@@ -190,14 +182,7 @@ def test_another_phases_reminder_inside_the_repeat_window_is_skipped(
     """top-100's 14-day reminder went on 01-18; high-impact's falls on 01-24, inside the
     week's window: ann gets one reminder that week, not two campaigns' worth."""
     both = _second_campaign(_repeating(plan, reminder=7), registry, ids["ann"], date(2022, 1, 24))
-    for day in (date(2022, 1, 18), date(2022, 1, 24)):
-        queue_due(registry, both, day, actor="rm")
-        drain(
-            registry,
-            both,
-            Recording(),
-            clock=lambda day=day: datetime(day.year, day.month, day.day, 9),
-        )
+    queue_and_send(registry, both, date(2022, 1, 18), date(2022, 1, 24))
     assert _reminder(registry, ids["ann"], "14d") == ("sent", None)
     assert _reminder(registry, ids["ann"], "14d", "high-impact") == ("skipped", REPEAT)
 

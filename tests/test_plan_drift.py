@@ -5,32 +5,25 @@ warning, and enforcement waits for the date the accounts were given."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from rollout.cli import app
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import GuardRefused
 from rollout.core.plan import Plan
-from rollout.notify.drain import drain
-from rollout.notify.queue import queue_due
 from rollout.phases import enforce
 from rollout.registry import Registry
-from tests.support.outbox import Recording, ids
+from tests.support.outbox import ids, queue_and_send
 
 __all__ = ["ids"]  # a fixture, used by name
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def day_run(registry: Registry, plan: Plan, day: date) -> None:
-    """The day's emails queued and sent at 09:00 of ``day``."""
-    with use_clock(SimulatedClock(datetime(day.year, day.month, day.day, 9))):
-        queue_due(registry, plan, day, actor="rm")
-        drain(registry, plan, Recording())
 
 
 def edited(tmp_path: Path, old: str, new: str) -> Path:
@@ -41,44 +34,44 @@ def edited(tmp_path: Path, old: str, new: str) -> Path:
     return path
 
 
-def check(path: Path, registry_url: str, monkeypatch: pytest.MonkeyPatch) -> object:
+@pytest.fixture
+def check(
+    registry_url: str, rollout_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[Path], Result]:
+    """`rollout plan check FILE` against this test's registry."""
     monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
-    return CliRunner().invoke(app, ["plan", "check", str(path)])
+    return lambda path: CliRunner().invoke(app, ["plan", "check", str(path)])
 
 
 def test_a_phase_renamed_after_it_emailed_is_refused_by_plan_check(
     registry: Registry,
-    registry_url: str,
     plan: Plan,
     ids: dict[str, int],
     tmp_path: Path,
-    rollout_home: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    check: Callable[[Path], Result],
 ) -> None:
-    day_run(registry, plan, date(2022, 1, 4))  # top-100's notices
+    queue_and_send(registry, plan, date(2022, 1, 4))  # top-100's notices
     renamed = edited(tmp_path, "  - name: top-100\n", "  - name: top100-maintainers\n")
-    result = check(renamed, registry_url, monkeypatch)
+    result = check(renamed)
     assert result.exit_code == 2
     said = " ".join(result.stderr.split())
     assert "phase 'top-100' is not in plan npm-2022, but the registry has 0 accounts" in said
     assert "renamed or deleted after it acted?" in said
     # The plan as it was is fine.
-    assert check(ROOT / "plans" / "npm-2022.yaml", registry_url, monkeypatch).exit_code == 0
+    assert check(ROOT / "plans" / "npm-2022.yaml").exit_code == 0
 
 
 def test_a_deadline_moved_before_the_one_reminders_told_warns_and_enforcement_waits(
     registry: Registry,
-    registry_url: str,
     plan: Plan,
     ids: dict[str, int],
     tmp_path: Path,
-    rollout_home: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    check: Callable[[Path], Result],
 ) -> None:
-    day_run(registry, plan, date(2022, 1, 4))
-    day_run(registry, plan, date(2022, 1, 18))  # "in 14 days, on 1 February"
+    queue_and_send(registry, plan, date(2022, 1, 4))
+    queue_and_send(registry, plan, date(2022, 1, 18))  # "in 14 days, on 1 February"
     moved = edited(tmp_path, "enforce_on: 2022-02-01", "enforce_on: 2022-01-25")
-    result = check(moved, registry_url, monkeypatch)
+    result = check(moved)
     assert result.exit_code == 0
     assert "warning: phase top-100: 1 reminder sent told accounts 2022-02-01, the plan now " in (
         " ".join(result.stderr.split())
@@ -97,22 +90,20 @@ def test_a_deadline_moved_before_the_one_reminders_told_warns_and_enforcement_wa
 
 def test_a_second_plan_reusing_a_phase_name_on_the_same_registry_is_refused(
     registry: Registry,
-    registry_url: str,
     plan: Plan,
     ids: dict[str, int],
     tmp_path: Path,
-    rollout_home: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    check: Callable[[Path], Result],
 ) -> None:
     """npm-2022's top-100 emailed; a later plan with its own top-100 would find every
     notice "already" sent and enforce a new requirement on accounts told nothing."""
-    day_run(registry, plan, date(2022, 1, 4))
-    day_run(registry, plan, date(2022, 1, 18))  # npm-2022's reminder: "1 February"
+    queue_and_send(registry, plan, date(2022, 1, 4))
+    queue_and_send(registry, plan, date(2022, 1, 18))  # npm-2022's reminder: "1 February"
     second = edited(tmp_path, "name: npm-2022", "name: npm-2025-keys")
     second.write_text(
         second.read_text().replace("enforce_on: 2022-02-01", "enforce_on: 2022-03-01")
     )
-    result = check(second, registry_url, monkeypatch)
+    result = check(second)
     assert result.exit_code == 2
     said = " ".join(result.stderr.split())
     assert "has the name of a phase plan npm-2022 ran on this registry" in said

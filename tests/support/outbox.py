@@ -4,11 +4,17 @@ tests/test_file_outbox_eml.py and tests/test_render_failures.py (which import th
 
 from __future__ import annotations
 
+from datetime import date, datetime, time
+
 import pytest
 from sqlalchemy import select
 
+from rollout.core.clock import SimulatedClock, use_clock
+from rollout.core.plan import Plan
 from rollout.notify import outbox
+from rollout.notify.drain import drain
 from rollout.notify.message import DeliveryFailed, Message
+from rollout.notify.queue import queue_due
 from rollout.registry import Registry
 from rollout.registry.models import Account, Notification
 from tests.factories import AccountFactory, bound_to
@@ -63,3 +69,11 @@ class Recording:
             raise DeliveryFailed("SendGrid answered 400: bad recipient", permanent=True)
         self.sent.append(message)
         return f"id-{message.outbox_id}"
+
+
+def queue_and_send(registry: Registry, plan: Plan, *days: date) -> None:
+    """Each day's emails queued and sent at 09:00 of that day, as the daily flow does."""
+    for day in days:
+        with use_clock(SimulatedClock(datetime.combine(day, time(9)))):
+            queue_due(registry, plan, day, actor="rm")
+            drain(registry, plan, Recording())
