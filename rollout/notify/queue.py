@@ -46,7 +46,6 @@ from rollout.notify.outbox import (
     UNVERIFIED,
     suppression_reason_sql,
 )
-from rollout.phases.brownouts import state_at
 from rollout.registry import Registry
 from rollout.registry.deadlines import due_by
 from rollout.registry.ledger import dialect_insert, recorded_run, utc_now
@@ -55,6 +54,7 @@ from rollout.registry.models import (
     CohortMembership,
     PhaseRequirement,
     has_active_factor,
+    state_at,
 )
 from rollout.registry.requirements import falls_short
 from rollout.registry.statistics import refresh_statistics

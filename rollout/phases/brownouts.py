@@ -31,7 +31,7 @@ from rollout.registry.ledger import (
     start_run,
     utc_now,
 )
-from rollout.registry.models import Account, BrownoutWindow, has_active_factor
+from rollout.registry.models import Account, BrownoutWindow, has_active_factor, state_at
 
 WINDOWS = BrownoutWindow.__table__
 ACCOUNTS = Account.__table__
@@ -49,15 +49,6 @@ class WindowState:
     ends_at: datetime
     ended_early_at: datetime | None
     state: str  # scheduled | active | ended | ended early
-
-
-def state_at(window: object, at: datetime) -> str:
-    """scheduled, active, ended or ended early, for any row with the window's times."""
-    if window.ended_early_at is not None and window.ended_early_at <= at:
-        return "ended early"
-    if at < window.starts_at:
-        return "scheduled"
-    return "active" if at < window.ends_at else "ended"
 
 
 def status(registry: Registry, at: datetime | None = None) -> list[WindowState]:

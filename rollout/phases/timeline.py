@@ -20,11 +20,11 @@ from sqlalchemy import select
 
 from rollout.core.calendar import Step, phase_step, plan_calendar, unplanned_kind
 from rollout.core.plan import Plan
-from rollout.phases.brownouts import ELV_PLAN, state_at
+from rollout.phases.brownouts import ELV_PLAN
 from rollout.phases.previews import saved_previews
 from rollout.registry import Registry
 from rollout.registry.ledger import utc_now
-from rollout.registry.models import BrownoutWindow, PlanRun
+from rollout.registry.models import BrownoutWindow, PlanRun, state_at
 
 
 @dataclass(frozen=True)

@@ -537,6 +537,17 @@ class BrownoutWindow(Base):
     reason: Mapped[str | None] = mapped_column(Text)
 
 
+def state_at(window: Any, at: datetime) -> str:
+    """A brown-out window's state at ``at``: scheduled, active, ended or ended early,
+    for any row with the window's times (here, under every stage that reads windows:
+    the phases run them, the queue announces them)."""
+    if window.ended_early_at is not None and window.ended_early_at <= at:
+        return "ended early"
+    if at < window.starts_at:
+        return "scheduled"
+    return "active" if at < window.ends_at else "ended"
+
+
 class RegistryMark(Base):
     """What made this registry, when something other than ``rollout db upgrade`` did.
 
