@@ -80,6 +80,14 @@ def test_a_deadline_moved_before_the_one_reminders_told_warns_and_enforcement_wa
 
     earlier = load_plan(moved)
     with use_clock(SimulatedClock(datetime(2022, 1, 25, 10))):
+        # The preview names the date enforcement waits for, not the plan's.
+        preview = CliRunner().invoke(
+            app, ["phase", "preview", "top-100"], env={"ROLLOUT_PLAN": str(moved)}
+        )
+        assert preview.exit_code == 0, preview.stderr
+        assert "Not due yet: the phase is enforced from 2022-02-01 (in 7 days)" in (
+            " ".join(preview.stderr.split())
+        )
         with pytest.raises(GuardRefused, match="reminders told accounts 2022-02-01"):
             enforce.enforce_phase(registry, earlier, "top-100", expect=3, actor="rm")
         forced = enforce.enforce_phase(

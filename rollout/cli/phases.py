@@ -38,7 +38,7 @@ def phase_preview(
     Writes nothing to the registry; saves the list as a CSV under reports/previews/
     (and the tokens to revoke in a second CSV) with a record beside it that
     `rollout plan show` reads."""
-    from rollout.phases.enforce import preview_phase
+    from rollout.phases.enforce import enforceable_from, preview_phase
     from rollout.phases.previews import COLUMNS, preview_rows, reach_verdict, save_preview
     from rollout.registry.ledger import utc_now
 
@@ -84,7 +84,9 @@ def phase_preview(
         apply += f" --expect-tokens {preview.token_count}"
     if preview.over_unreached_limit:
         apply += f" --accept-unreached {len(preview.unreached)}"
-    due = plan.phase(phase).enforce_on
+    # The date `phase enforce` refuses before: enforce_on, or a later date the
+    # phase's sent reminders gave (enforce_on moved earlier since).
+    due = enforceable_from(runtime.registry, plan, plan.phase(phase))
     today = utc_now().date()
     when = ""
     if today < due:

@@ -799,7 +799,7 @@ def enforce_phase(
     with registry.lock(LOCK):
         engine = registry.engine
         if not early:
-            _date_guard(phase, utc_now().date(), _enforceable_from(registry, plan, phase))
+            _date_guard(phase, utc_now().date(), enforceable_from(registry, plan, phase))
         preview = preview_phase(registry, plan, phase, details=False)
         _guard(phase, preview, expect, expect_tokens)
         _reach_guard(phase, preview, accept_unreached)
@@ -879,7 +879,7 @@ def _queue_summary(
     )
 
 
-def _enforceable_from(registry: Registry, plan: Plan, phase: Phase) -> date:
+def enforceable_from(registry: Registry, plan: Plan, phase: Phase) -> date:
     """The first day the phase may be enforced: its ``enforce_on``, the date every
     notice and reminder gave, or a later date its sent reminders gave (``enforce_on``
     moved earlier since)."""
@@ -889,7 +889,7 @@ def _enforceable_from(registry: Registry, plan: Plan, phase: Phase) -> date:
 
 
 def _date_guard(phase: Phase, today: date, due: date) -> None:
-    """Refuse before ``due`` (``_enforceable_from``): a slip of the day (or of the
+    """Refuse before ``due`` (``enforceable_from``): a slip of the day (or of the
     clock, or of the plan) locked accounts out before they were told."""
     if today < phase.enforce_on:
         raise GuardRefused(
