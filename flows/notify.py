@@ -274,10 +274,15 @@ def _cancel_shards(ids: list[UUID]) -> None:
 
 
 def send_in_shards(
-    shards: int, concurrency: int, lease_seconds: int, retry_failed: bool
+    shards: int,
+    concurrency: int,
+    lease_seconds: int,
+    retry_failed: bool,
+    grace: float = STRAGGLER_GRACE_SECONDS,
 ) -> DrainReport:
     """The outbox drained by ``shards`` notify-shard runs, any worker's, under this
-    run's ``notify`` lock."""
+    run's ``notify`` lock; a shard run not ended ``grace`` seconds after the outbox
+    drained is set Cancelled (``_wait_for_shards``)."""
     logger = get_run_logger()
     run = runtime()
     sender = run_sender()
@@ -296,7 +301,7 @@ def send_in_shards(
                     ", ".join(c.name for c in children))  # fmt: skip
         ids = [c.id for c in children]
         try:
-            states = _wait_for_shards(ids, STRAGGLER_GRACE_SECONDS)
+            states = _wait_for_shards(ids, grace)
         except BaseException:
             # This run is being stopped (cancelled: its worker's SIGTERM): so are its
             # shards, now, rather than when the server's cleanup next looks.
@@ -352,11 +357,14 @@ def notify(
     retry_failed: bool = False,
     shards: int = 1,
     lease_seconds: int = int(DEFAULT_LEASE.total_seconds()),
+    straggler_grace_seconds: float = STRAGGLER_GRACE_SECONDS,
 ) -> dict:
     """Queue the emails due on ``as_of`` (default: today, UTC), then send the outbox,
     here or (``shards`` > 1) in that many notify-shard runs on the pool's workers,
     ``concurrency`` sends at a time each; a shard's rows are its for ``lease_seconds``
-    at a time, after which, if it died, another takes them over.
+    at a time, after which, if it died, another takes them over. A shard run not
+    ended ``straggler_grace_seconds`` after the outbox drained never will (its
+    machine died) and is set Cancelled.
 
     Ends Failed if any email failed, after publishing the artifact. ``retry_failed``:
     first queue again the emails that failed in earlier runs (once what failed them is
@@ -369,7 +377,9 @@ def notify(
     if not send:
         report = None
     elif shards > 1:
-        report = send_in_shards(shards, concurrency, lease_seconds, retry_failed)
+        report = send_in_shards(
+            shards, concurrency, lease_seconds, retry_failed, straggler_grace_seconds
+        )
     else:
         report = send_task(concurrency, retry_failed)
     create_markdown_artifact(
