@@ -28,11 +28,13 @@ warnings as (
         notifications.state = 'skipped'
         and notifications.updated_at < $as_of::date + 1
         and notifications.skip_reason like 'suppressed%' as skipped_suppressed,
-        -- A warning skipped for a reason that says nothing of reach (the account already
-        -- complied, the notice was withdrawn when the deadline moved) does not make the
-        -- account one the phase meant to warn; a suppressed or unverified address does.
+        -- A warning skipped by then for a reason that says nothing of reach (the
+        -- account already complied, the notice was withdrawn when the deadline moved)
+        -- does not make the account one the phase meant to warn; a suppressed or
+        -- unverified address does. Skipped only later, it was still queued then.
         not (
             notifications.state = 'skipped'
+            and notifications.updated_at < $as_of::date + 1
             and coalesce(notifications.skip_reason, '') not like 'suppressed%'
             and coalesce(notifications.skip_reason, '') <> 'unverified email'
         ) as meant_to_warn,
