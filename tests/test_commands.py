@@ -168,6 +168,9 @@ def test_report_exit_codes(
     _registry(rollout_home)
     bad_day = run("report", "--as-of", "2022-02-30")
     assert bad_day.exit_code == 2 and "--as-of" in bad_day.stderr
+    # A day not come yet: its report would claim adoption figures up to it.
+    ahead = run("report", "--as-of", "2099-01-01")
+    assert ahead.exit_code == 2 and "--as-of: 2099-01-01 is after today" in ahead.stderr
     assert not (rollout_home / "reports").exists()
     monkeypatch.setenv("ROLLOUT_PLAN", str(tmp_path / "no-such-plan.yaml"))
     no_plan = run("report", "--as-of", "2022-03-01")

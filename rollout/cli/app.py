@@ -165,16 +165,17 @@ def _parse_day(text: str, option: str) -> date:
 
 
 def _data_day(text: str, option: str) -> date:
-    """A day whose data a command computes (metrics, cohorts): not after today (UTC, by
-    the pipeline's clock). A day ahead had no data, and then stood as the latest day
-    that package_metrics and the what-ifs default to."""
+    """A day whose data a command computes (metrics, cohorts, the report): not after
+    today (UTC, by the pipeline's clock). A day ahead has no data: its metrics then
+    stood as the latest day package_metrics and the what-ifs default to, and its report
+    claimed adoption figures up to a day that has not come."""
     from rollout.registry.ledger import utc_now
 
     day = _parse_day(text, option)
     today = utc_now().date()
     if day > today:
         raise RolloutError(
-            f"{option}: {text} is after today ({today}, UTC): its downloads have not happened"
+            f"{option}: {text} is after today ({today}, UTC): it has no data yet"
         ).with_exit(EXIT_BAD_INPUT)
     return day
 

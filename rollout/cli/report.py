@@ -8,7 +8,7 @@ import typer
 
 from rollout.cli.app import (
     FormatOption,
-    _parse_day,
+    _data_day,
     _runtime,
     app,
     reports_errors,
@@ -36,7 +36,7 @@ def report(
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
-    day = _parse_day(as_of, "--as-of") if as_of is not None else utc_now().date()
+    day = _data_day(as_of, "--as-of") if as_of is not None else utc_now().date()
     # The registry is checked before the warehouse is made (on a first report).
     runtime.registry.check_schema()
     with runtime.warehouse(create=True) as con:
