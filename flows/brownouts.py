@@ -107,7 +107,8 @@ def brownout_end(name: str) -> str:
 @fail_on_user_error
 @with_runtime
 def elv_enroll_all(batch_size: int = 50_000) -> int:
-    """Resumable: a rerun enrols only accounts still not enrolled."""
+    """On the plan's enroll_all_on or later (refused before it, or under a plan without
+    ELV). Resumable: a rerun enrols only accounts still not enrolled."""
     logger = get_run_logger()
     run = runtime()
     before = brownouts.accounts_challenged(run.registry)["not_elv_enrolled"]
@@ -118,6 +119,7 @@ def elv_enroll_all(batch_size: int = 50_000) -> int:
 
     enrolled = brownouts.enroll_all(
         run.registry,
+        run.plan,
         actor=run_actor(run.settings),
         batch_size=batch_size,
         progress=progress,

@@ -216,7 +216,7 @@ def _enrolled_at(registry: Registry) -> dict[str, datetime | None]:
 
 
 def test_enroll_all_is_resumable_and_audited_per_batch(
-    registry: Registry, accounts: dict[str, int]
+    registry: Registry, plan: Plan, accounts: dict[str, int]
 ) -> None:
     def interrupt_after_the_first_batch(done: int, total: int) -> None:
         raise Interrupted(f"stopped at {done}/{total}")
@@ -224,7 +224,7 @@ def test_enroll_all_is_resumable_and_audited_per_batch(
     # The first batch (kim, lee) is committed, then the run dies.
     with pytest.raises(Interrupted, match="stopped at 2/3"):
         brownouts.enroll_all(
-            registry, actor="rm", batch_size=2, progress=interrupt_after_the_first_batch
+            registry, plan, actor="rm", batch_size=2, progress=interrupt_after_the_first_batch
         )
     first = _enrolled_at(registry)
     assert first["kim"] is not None and first["lee"] is not None and first["max"] is None
@@ -239,6 +239,7 @@ def test_enroll_all_is_resumable_and_audited_per_batch(
     assert (
         brownouts.enroll_all(
             registry,
+            plan,
             actor="rm",
             batch_size=2,
             progress=lambda done, total: seen.append((done, total)),
@@ -251,7 +252,7 @@ def test_enroll_all_is_resumable_and_audited_per_batch(
     assert second["max"] is not None
     assert required(registry, accounts["kim"], utc_now() + timedelta(seconds=1))
     assert not required(registry, accounts["lee"], utc_now())
-    assert brownouts.enroll_all(registry, actor="rm") == 0
+    assert brownouts.enroll_all(registry, plan, actor="rm") == 0
     with registry.engine.connect() as connection:
         audited = connection.execute(
             select(Action.details).where(Action.action == "elv_enrolled")
@@ -298,12 +299,59 @@ def test_a_plan_built_in_code_with_an_offset_is_compared_in_utc(
     assert datetime(2022, 2, 16, tzinfo=UTC) == shifted.starts_at
 
 
+def test_enroll_all_waits_for_the_plans_day_and_refuses_a_plan_without_elv(
+    registry: Registry,
+    plan: Plan,
+    accounts: dict[str, int],
+    registry_url: str,
+    rollout_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Enrolled ahead of enroll_all_on (2022-03-01), the accounts its heads-up was to
+    warn meet login challenges unannounced, and the heads-up never goes (its audience,
+    accounts without 2FA nor ELV, is empty); a plan without ELV enrols nobody."""
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+    from rollout.core.clock import SimulatedClock, use_clock
+
+    def runs() -> int:
+        with registry.engine.connect() as connection:
+            return connection.execute(select(func.count()).select_from(PlanRun)).scalar_one()
+
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    cli = CliRunner()
+    with use_clock(SimulatedClock(datetime(2022, 2, 22, 9))):
+        with pytest.raises(GuardRefused, match="enrols every account in ELV on 2022-03-01"):
+            brownouts.enroll_all(registry, plan, actor="rm")
+        applied = cli.invoke(app, ["elv", "enroll-all", "--apply"])
+        assert applied.exit_code == 3 and "pass --early" in applied.stderr
+        preview = cli.invoke(app, ["elv", "enroll-all"])
+        assert preview.exit_code == 0
+        assert "Not due yet: plan npm-2022 enrols every account in ELV on 2022-03-01" in (
+            " ".join(preview.stderr.split())
+        )
+        assert set(_enrolled_at(registry).values()) == {None} and runs() == 0
+        without_elv = plan.model_copy(update={"elv": None})
+        with (
+            use_clock(SimulatedClock(datetime(2022, 3, 1, 9))),
+            pytest.raises(GuardRefused, match="has no elv section"),
+        ):
+            brownouts.enroll_all(registry, without_elv, actor="rm")
+        assert set(_enrolled_at(registry).values()) == {None} and runs() == 0
+        # The release manager's call, as phase enforce's --early.
+        early = cli.invoke(app, ["elv", "enroll-all", "--apply", "--early"])
+        assert early.exit_code == 0 and "enrolled 3 accounts" in early.stderr
+    assert set(_enrolled_at(registry)) == set(accounts)
+    assert None not in _enrolled_at(registry).values()
+
+
 @pytest.mark.parametrize("batch_size", [0, -1])
 def test_enroll_all_refuses_a_batch_size_below_one(
-    registry: Registry, accounts: dict[str, int], batch_size: int
+    registry: Registry, plan: Plan, accounts: dict[str, int], batch_size: int
 ) -> None:
     with pytest.raises(BadInput, match=f"batch size {batch_size}: must be at least 1"):
-        brownouts.enroll_all(registry, actor="rm", batch_size=batch_size)
+        brownouts.enroll_all(registry, plan, actor="rm", batch_size=batch_size)
     with registry.engine.connect() as connection:
         assert (
             connection.execute(

@@ -212,7 +212,7 @@ def test_every_run_in_plan_runs_is_a_calendar_step_or_unplanned(
         preview = enforce.preview_phase(registry, plan, phase)
         enforce.enforce_phase(registry, plan, phase.name, expect=preview.count, actor="rm")
     enforce.rollback_phase(registry, plan, "top-100", actor="rm")
-    brownouts.enroll_all(registry, actor="rm")
+    brownouts.enroll_all(registry, plan, actor="rm")
     orgs.enforce_org(registry, "acme", confirm="acme", owner="ola", actor="rm")
     FactorFactory(account=returning)  # rex enables 2FA and is invited back
     orgs.reinvite(registry, "acme", "release", owner="ola", confirm="acme", expect=1, actor="rm")

@@ -33,6 +33,7 @@ from rollout.registry.models import (
     PlanRun,
     TfaFactor,
 )
+from tests.conftest import REFERENCE_PLAN
 from tests.factories import AccountFactory, FactorFactory
 
 PHASES = ("p1", "p2", "p3")
@@ -327,9 +328,10 @@ def test_the_migration_rebuilds_requirements_from_what_enforcement_left(
 # would: no cleanup, the run's row left 'running'.
 ENROL_AND_DIE = """
 import os, signal, sys
+from rollout.core.plan import load_plan
 from rollout.phases.brownouts import enroll_all
 from rollout.registry import Registry
-enroll_all(Registry(sys.argv[1]), actor="ops", batch_size=1,
+enroll_all(Registry(sys.argv[1]), load_plan(sys.argv[2]), actor="ops", batch_size=1,
            progress=lambda done, total: os.kill(os.getpid(), signal.SIGKILL))
 """
 
@@ -340,7 +342,9 @@ def test_a_killed_elv_enrolment_shows_interrupted_then_finishes(
     for _ in range(3):
         AccountFactory()
     child = subprocess.run(
-        [sys.executable, "-c", ENROL_AND_DIE, registry_url], timeout=120, check=False
+        [sys.executable, "-c", ENROL_AND_DIE, registry_url, str(REFERENCE_PLAN)],
+        timeout=120,
+        check=False,
     )
     assert child.returncode == -signal.SIGKILL
 
@@ -351,7 +355,7 @@ def test_a_killed_elv_enrolment_shows_interrupted_then_finishes(
     assert state() == "interrupted"
     from rollout.phases.brownouts import enroll_all
 
-    assert enroll_all(registry, actor="ops", batch_size=1) == 2
+    assert enroll_all(registry, three_phase_plan, actor="ops", batch_size=1) == 2
     assert state() == "applied"
 
 

@@ -108,29 +108,47 @@ def elv_enroll_all(
     ctx: typer.Context,
     apply: ApplyOption = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Accounts per transaction.")] = 50_000,
+    early: Annotated[
+        bool,
+        typer.Option(
+            "--early", help="Enrol before the plan's enroll_all_on (its heads-up gave that day)."
+        ),
+    ] = False,
 ) -> None:
-    """Enrol every account in ELV, in resumable batches with a progress bar."""
+    """Enrol every account in ELV on the plan's enroll_all_on, in resumable batches with
+    a progress bar (previews by default)."""
     from sqlalchemy import func, select
 
-    from rollout.phases.brownouts import enroll_all
+    from rollout.core.errors import GuardRefused
+    from rollout.phases.brownouts import enroll_all, enroll_all_guard
+    from rollout.registry.ledger import utc_now
     from rollout.registry.models import Account
 
     runtime = _runtime(ctx)
-    settings = runtime.settings
+    settings, plan = runtime.settings, runtime.plan
     with runtime.registry.engine.connect() as connection:
         pending = connection.execute(
             select(func.count()).select_from(Account).where(Account.elv_enrolled_at.is_(None))
         ).scalar_one()
     stderr.print(f"{pending:,} accounts are not enrolled in ELV yet", highlight=False)
     if not apply:
+        try:
+            enroll_all_guard(plan, utc_now().date(), early=early)
+        except GuardRefused as refused:
+            if plan.elv is None:
+                raise  # nothing to preview
+            # As `phase preview` says it: not in the command to copy.
+            stderr.print(f"Not due yet: {refused}", highlight=False, markup=False)
         stderr.print("preview only: add --apply to enrol them", highlight=False)
         return
     with progress_for() as progress:
         task = progress.add_task("enrolling", total=pending)
         enrolled = enroll_all(
             runtime.registry,
+            plan,
             actor=settings.actor,
             batch_size=batch_size,
             progress=lambda done, total: progress.update(task, completed=done),
+            early=early,
         )
     stderr.print(f"enrolled {enrolled:,} accounts", highlight=False)

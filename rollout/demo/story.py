@@ -541,7 +541,7 @@ class Story:
     def elv_for_all(self, day: date) -> None:
         if self.plan.elv is None or day != self.plan.elv.enroll_all_on:
             return
-        enrolled = brownouts.enroll_all(self.registry, actor=ACTOR)
+        enrolled = brownouts.enroll_all(self.registry, self.plan, actor=ACTOR)
         self.report.elv_enrolled = enrolled
         self._milestone(day, f"ELV for all: {enrolled} accounts enrolled")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, exists, func, or_, select, update
@@ -296,20 +296,43 @@ def end_now(registry: Registry, name: str, *, actor: str, reason: str) -> Window
     return _change_window(registry, name, actor, reason, _end_values, "brownout_ended")
 
 
+def enroll_all_guard(plan: Plan, today: date, *, early: bool = False) -> None:
+    """Refuse ELV for all under a plan without it, or before its ``enroll_all_on``
+    (unless ``early``): enrolled ahead of the day, the accounts its heads-up was to warn
+    are met by login challenges unannounced, and the heads-up's audience (accounts
+    without 2FA nor ELV) is then empty, so it never goes."""
+    if plan.elv is None:
+        raise GuardRefused(
+            f"plan {plan.name} has no elv section: it enrols nobody in enhanced login "
+            "verification (check ROLLOUT_PLAN)"
+        )
+    due = plan.elv.enroll_all_on
+    if today < due and not early:
+        raise GuardRefused(
+            f"plan {plan.name} enrols every account in ELV on {due}, and today is "
+            f"{today}: its heads-up tells accounts that date. Wait, move enroll_all_on "
+            "in the plan, or pass --early to enrol them anyway"
+        )
+
+
 def enroll_all(
     registry: Registry,
+    plan: Plan,
     *,
     actor: str,
     batch_size: int = 50_000,
     progress: Callable[[int, int], None] | None = None,
+    early: bool = False,
 ) -> int:
-    """Enrol every account in ELV, in batches of ascending ids; resumable: a rerun
-    touches only accounts still not enrolled. One audit row per batch (first and last
-    id, count): at 2M accounts a row each would double the work for no more truth,
-    since ``elv_enrolled_at`` itself records each account's change."""
+    """Enrol every account in ELV, in batches of ascending ids, on the plan's
+    ``enroll_all_on`` or later (``enroll_all_guard``); resumable: a rerun touches only
+    accounts still not enrolled. One audit row per batch (first and last id, count): at
+    2M accounts a row each would double the work for no more truth, since
+    ``elv_enrolled_at`` itself records each account's change."""
     if batch_size < 1:
         # 0 would enrol nobody and report success; a negative LIMIT means no limit.
         raise BadInput(None, None, f"batch size {batch_size}: must be at least 1")
+    enroll_all_guard(plan, utc_now().date(), early=early)
     with registry.lock("elv"):
         engine = registry.engine
         with engine.connect() as connection:
@@ -325,7 +348,7 @@ def enroll_all(
             mode="apply",
             actor=actor,
             lock="elv",
-            parameters={"batch_size": batch_size},
+            parameters={"batch_size": batch_size, "early": early},
         ) as run:
             run_id = run.id
             enrolled, last_id = 0, -1
