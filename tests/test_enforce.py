@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
-from rollout.core.errors import GuardRefused
+from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import ExemptAccount, Exemptions, Plan
 from rollout.phases import enforce
 from rollout.phases.previews import preview_markdown, save_preview, saved_previews
@@ -94,6 +94,17 @@ def test_preview_lists_exactly_the_non_compliant(
     assert preview.sessions == 3
     assert (preview.compliant, preview.exempted) == (1, ["carol"])
     assert count(registry, Action) == 0 and required(registry) == set()
+
+
+def test_a_token_count_given_for_a_phase_that_revokes_none_is_refused(
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
+) -> None:
+    """Most likely typed back from another phase's preview: refused, not ignored."""
+    with pytest.raises(BadInput, match="--expect-tokens 7: phase top-100 revokes no tokens"):
+        enforce.enforce_phase(
+            registry, plan_exempting_carol, "top-100", expect=2, expect_tokens=7, actor="rm"
+        )
+    assert required(registry) == set() and count(registry, Action) == 0
 
 
 def test_enforcing_before_enforce_on_is_refused_unless_early(

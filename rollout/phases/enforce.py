@@ -40,7 +40,7 @@ from sqlalchemy import (
 )
 
 from rollout.core.calendar import phase_step
-from rollout.core.errors import GuardRefused
+from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import Phase, Plan
 from rollout.notify import reach
 from rollout.notify.emails import ENFORCEMENT_EMAIL
@@ -796,6 +796,11 @@ def enforce_phase(
     ``progress(done, total)``, if given, is called after each batch commits: the
     accounts done so far, of the previewed total."""
     phase = plan.phase(phase_name)
+    if expect_tokens is not None and not phase.does("revoke_tokens"):
+        # A count typed back from another phase's preview, most likely: not ignored.
+        raise BadInput(
+            None, None, f"--expect-tokens {expect_tokens}: phase {phase.name} revokes no tokens"
+        )
     with registry.lock(LOCK):
         engine = registry.engine
         if not early:
