@@ -5,6 +5,7 @@ once, audited, and never touches a compliant account or a token the preview left
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -474,6 +475,10 @@ def test_the_cli_needs_the_token_count_typed_back(
     shown = runner.invoke(app, ["phase", "preview", "top-100", "--format", "json"])
     assert shown.exit_code == 0, shown.output
     assert "2 of their tokens would be revoked, which cannot be undone" in shown.stderr
+    # It revokes tokens only: nobody is required anything nor signed out.
+    said = " ".join(shown.stderr.split())
+    assert "in cohort top-100; 2 of their tokens would be revoked" in said
+    assert "signed out" not in said and "web sessions" not in said
     assert "--apply --expect 2 --expect-tokens 2" in shown.stderr
     refused = runner.invoke(app, ["phase", "enforce", "top-100", "--apply", "--expect", "2"])
     assert refused.exit_code == 3 and "--expect-tokens" in refused.stderr
@@ -488,9 +493,13 @@ def test_the_cli_needs_the_token_count_typed_back(
     rollback = runner.invoke(app, ["phase", "rollback", "top-100"])
     assert rollback.exit_code == 0, rollback.stderr
     said = " ".join(rollback.stderr.split())
-    assert "would withdraw the phase from 2 accounts and clear what it set (revoke_tokens)" in said
-    assert "revoked sessions and tokens stay revoked" in said
-    assert "2FA requirement" not in said
+    assert "would withdraw the phase from 2 accounts; it set nothing on them to clear" in said
+    outcomes = runner.invoke(app, ["phase", "rollback", "top-100", "--format", "json"])
+    assert {row["outcome"] for row in json.loads(outcomes.stdout)} == {
+        "withdrawn (nothing to clear)"
+    }
+    assert "revoked tokens stay revoked" in said
+    assert "sessions" not in said and "2FA requirement" not in said
 
 
 def audited_by_url(url: str) -> list[tuple[str, int]]:

@@ -47,11 +47,14 @@ def phase_preview(
     preview = preview_phase(runtime.registry, plan, plan.phase(phase))
     saved = save_preview(plan, preview, settings.reports_dir, actor=settings.actor)
     revokes_tokens = "revoke_tokens" in preview.effects
+    # Only what the phase does: a phase that revokes tokens alone signs nobody out.
+    signs_out = "revoke_sessions" in preview.effects
+    sessions = f", {preview.sessions} web sessions" if signs_out else ""
     tokens = f", {preview.token_count} tokens" if revokes_tokens else ""
     emit(
         preview_rows(preview),
         fmt,
-        title=f"phase {phase}: {preview.count} accounts, {preview.sessions} web sessions{tokens}",
+        title=f"phase {phase}: {preview.count} accounts{sessions}{tokens}",
         columns=COLUMNS,
     )
     short = (
@@ -65,14 +68,20 @@ def phase_preview(
         who = (
             f"{preview.count} accounts {short} in cohort {preview.cohort}: "
             f"{preview.required_by_phase} already required by this phase (enforced), "
-            f"{preview.newly_required} would be newly required; "
-            f"{preview.sessions} live web sessions would be signed out"
+            f"{preview.newly_required} would be newly required"
+            + (f"; {preview.sessions} live web sessions would be signed out" if signs_out else "")
         )
     else:
-        who = (
-            f"{preview.count} accounts {short} in cohort {preview.cohort} would be "
-            f"required to {'enrol' if preview.asks_only_2fa else 'comply'} and signed out "
-            f"of {preview.sessions} web sessions"
+        done = [
+            *(
+                [f"required to {'enrol' if preview.asks_only_2fa else 'comply'}"]
+                if "require_2fa" in preview.effects
+                else []
+            ),
+            *([f"signed out of {preview.sessions} web sessions"] if signs_out else []),
+        ]
+        who = f"{preview.count} accounts {short} in cohort {preview.cohort}" + (
+            f" would be {' and '.join(done)}" if done else ""
         )
     apply = f"rollout phase enforce {phase} --apply --expect {preview.count}"
     if revokes_tokens:
@@ -281,22 +290,34 @@ def phase_rollback(
     An account stays required while another applied phase requires it: the preview
     lists every account the phase requires and what the rollback does to each."""
     from rollout.notify.withdraw import in_flight_note
-    from rollout.phases.enforce import require_enforced, rollback_phase, rollback_preview
+    from rollout.phases.enforce import (
+        MARKING_EFFECTS,
+        require_enforced,
+        rollback_phase,
+        rollback_preview,
+    )
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
-    plan.phase(phase)
+    rolled_back = plan.phase(phase)
     require_enforced(runtime.registry, phase)
     preview = rollback_preview(runtime.registry, phase, plan)
+    # What the phase's effects left on each account that a rollback clears: none for a
+    # phase that only revoked (sessions, tokens), whose revocations stay.
+    marking = [e for e in rolled_back.effects if e in MARKING_EFFECTS]
     if not apply:
         emit(
             [
                 {
                     "account_id": a.account_id,
                     "username": a.username,
-                    "outcome": "cleared"
-                    if a.cleared
-                    else f"still required by {', '.join(a.still_required_by)}",
+                    "outcome": (
+                        "withdrawn (nothing to clear)"
+                        if not marking
+                        else "cleared"
+                        if a.cleared
+                        else f"still required by {', '.join(a.still_required_by)}"
+                    ),
                 }
                 for a in preview.accounts
             ],
@@ -304,29 +325,34 @@ def phase_rollback(
             title=f"rollback of phase {phase}",
             columns=["account_id", "username", "outcome"],
         )
-    rolled_back = plan.phase(phase)
     if rolled_back.does("require_2fa"):
         what = (
             f"rollback of {phase} would withdraw its 2FA requirement from "
             f"{len(preview.accounts)} accounts: {len(preview.cleared)} no longer required, "
             f"{len(preview.kept)} still required by another applied phase"
         )
-    else:
+    elif marking:
         # It required no 2FA: what it undoes is the marks its effects set.
         what = (
             f"rollback of {phase} would withdraw the phase from {len(preview.accounts)} "
-            f"accounts and clear what it set ({', '.join(rolled_back.effects)}) where no "
-            "other applied phase set the same"
+            f"accounts and clear what it set ({', '.join(marking)}) where no other applied "
+            "phase set the same"
         )
-    kept = (
-        "revoked sessions and tokens stay revoked"
-        if rolled_back.does("revoke_tokens")
-        else "revoked sessions stay revoked"
-    )
+    else:
+        what = (
+            f"rollback of {phase} would withdraw the phase from {len(preview.accounts)} "
+            f"accounts; it set nothing on them to clear"
+        )
+    revoked = [
+        what_
+        for effect, what_ in (("revoke_sessions", "sessions"), ("revoke_tokens", "tokens"))
+        if rolled_back.does(effect)
+    ]
+    kept = f"; revoked {' and '.join(revoked)} stay revoked" if revoked else ""
     stderr.print(
         f"{what}; "
         f"{preview.queued_emails} queued or failed emails of its enforcement withdrawn"
-        f"{in_flight_note(preview.in_flight_emails)}; {kept}",
+        f"{in_flight_note(preview.in_flight_emails)}{kept}",
         highlight=False,
     )
     if not apply:
