@@ -148,8 +148,8 @@ def wait_for_approval(request: ApprovalRequest, timeout: int) -> Approval:
     in-process otherwise. Either way the server checks the input against the schema."""
     form = Approval.with_initial_data(
         description=(
-            f"Enforce phase **{cell(request.phase)}**: {request.accounts} accounts, "
-            f"{request.sessions} web sessions"
+            f"Enforce phase **{cell(request.phase)}**: {request.accounts} accounts"
+            + (f", {request.sessions} web sessions" if request.sessions is not None else "")
             + (f", {request.tokens} tokens revoked" if request.tokens is not None else "")
             + (
                 f"; {request.unreached} of the accounts were never reached by a notice or "
@@ -193,11 +193,12 @@ def phase_enforce(
     settings = runtime().settings
     request = request_approval(phase, run_actor(settings))
     logger.info(
-        "phase %s would require 2FA of %d accounts and revoke %d web sessions; "
+        "phase %s would change %d accounts (sessions to sign out: %s, tokens to revoke: %s); "
         "waiting for approval (type back the count %d)",
         phase,
         request.accounts,
-        request.sessions,
+        "none" if request.sessions is None else request.sessions,
+        "none" if request.tokens is None else request.tokens,
         request.accounts,
     )
     # Nothing of the registry held open while a person decides (a day, at most): the

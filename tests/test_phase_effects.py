@@ -20,6 +20,7 @@ from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import GuardRefused
 from rollout.core.plan import Phase, Plan, Requirements, parse_plan
 from rollout.phases import enforce
+from rollout.phases.approvals import ApprovalRequest
 from rollout.phases.previews import _accounts_label, preview_markdown, save_preview
 from rollout.registry import Registry
 from rollout.registry.models import Account, Action, Token, WebSession
@@ -269,6 +270,10 @@ def test_the_preview_says_the_token_revocation_is_irreversible_and_lists_them(
     markdown = preview_markdown(saved)
     assert "| their tokens to revoke (irreversible) | 2 |" in markdown
     assert "| accounts that fall short of the phase's requirements | 2 |" in markdown
+    # It signs nobody out: no sessions row, and an approver is not told of any.
+    assert "web sessions" not in markdown
+    request = ApprovalRequest.from_saved(saved, "phase-preview-top-100")
+    assert (request.sessions, request.tokens) == (None, 2)
     tokens_csv = saved.csv_path.with_name(saved.csv_path.stem + "-tokens.csv")
     header, *rows = tokens_csv.read_text().splitlines()
     assert header.startswith("token_id,account_id,username,kind")

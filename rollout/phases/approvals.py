@@ -45,7 +45,8 @@ class ApprovalRequest:
 
     phase: str
     accounts: int
-    sessions: int
+    # The web sessions enforcement would sign out (None: the phase signs nobody out).
+    sessions: int | None
     compliant: int
     csv_path: str
     artifact_key: str
@@ -64,7 +65,9 @@ class ApprovalRequest:
         return cls(
             phase=saved.preview.phase,
             accounts=saved.preview.count,
-            sessions=saved.preview.sessions,
+            sessions=(
+                saved.preview.sessions if "revoke_sessions" in saved.preview.effects else None
+            ),
             compliant=saved.preview.compliant,
             csv_path=str(saved.csv_path),
             artifact_key=artifact_key,

@@ -342,8 +342,9 @@ def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
         f"| {_accounts_label(p)} | {p.count} |",
         f"| of which this phase requires already (enforced) | {p.required_by_phase} |",
         f"| of which it would newly require | {p.newly_required} |",
-        f"| their live web sessions to revoke | {p.sessions} |",
     ]
+    if "revoke_sessions" in p.effects:
+        lines.append(f"| their live web sessions to revoke | {p.sessions} |")
     if "revoke_tokens" in p.effects:
         lines.append(f"| their tokens to revoke (irreversible) | {p.token_count} |")
     if p.per_account_deadlines:
