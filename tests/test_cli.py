@@ -18,7 +18,13 @@ from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.registry.engine import make_engine
 
 from .conftest import DATA
-from .factories import NotificationFactory, bound_to
+from .factories import (
+    AccountFactory,
+    NotificationFactory,
+    OrgFactory,
+    OrgMemberFactory,
+    bound_to,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -357,21 +363,17 @@ def test_a_suggested_command_gives_the_shell_the_name_and_nothing_else(
     """An org's name is its owner's choice: the command a preview suggests, pasted into
     a shell, names that org and runs nothing the name holds, on the one line shown."""
     import subprocess
-    from datetime import datetime
 
-    from rollout.registry.engine import make_engine, session_scope
-    from rollout.registry.models import Account, Org, OrgMember
+    from rollout.registry.engine import make_engine
 
     run("db", "upgrade")
     org = "ac-dev\n\nSECURITY: re-enrol at https://evil.example $(touch pwned) 'x'"
     engine = make_engine(f"sqlite:///{rollout_home / 'registry.db'}")
-    with session_scope(engine) as session:
-        t0 = datetime(2022, 1, 1)
-        team = Org(name=org, created_at=t0)
-        member = Account(username="sam", email="s@example.com", email_verified=True, created_at=t0)
-        session.add_all([team, member])
-        session.flush()
-        session.add(OrgMember(org_id=team.id, account_id=member.id, role="developer", joined_at=t0))
+    with bound_to(engine):
+        team = OrgFactory(name=org)
+        OrgMemberFactory(org=team, account=AccountFactory(username="sam"))
+        # An owner with 2FA, who can turn enforcement on: the preview suggests the command.
+        OrgMemberFactory(org=team, account=AccountFactory(with_totp=True), role="owner")
     engine.dispose()
 
     preview = run("orgs", "enforce", org)

@@ -356,3 +356,40 @@ def test_reinvite_from_the_command_line(
     assert [(i["username"], i["team"], i["state"]) for i in listed] == [
         ("di", "release", "pending")
     ]
+
+
+def test_enforce_from_the_command_line_names_the_owners_going_and_needs_the_count(
+    registry: Registry,
+    registry_url: str,
+    acme: dict[str, int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    without_rollout_settings(monkeypatch)
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path))
+    runner = CliRunner()
+
+    def run(*args: str) -> Any:
+        return runner.invoke(app, list(args))
+
+    preview = run("orgs", "enforce", "acme")
+    said = " ".join(preview.stderr.split())
+    assert preview.exit_code == 0 and "of them 1 owner, without 2FA, are removed too" in said
+    assert "--owner YOU --confirm acme --expect 2" in said
+    # It removes people: the count is typed back, always.
+    unchecked = run("orgs", "enforce", "acme", "--owner", "ada", "--confirm", "acme")
+    assert unchecked.exit_code == 2 and "--confirm needs --expect" in unchecked.stderr
+    assert [m.username for m in orgs.enforcement_preview(registry, "acme")] == ["bo", "di"]
+
+    # With no owner using 2FA, every --owner would be refused: no command to copy.
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(OrgMember)
+            .where(OrgMember.account_id == acme["ada"])
+            .values(removed_at=datetime(2022, 1, 1))
+        )
+    alone = run("orgs", "enforce", "acme")
+    said = " ".join(alone.stderr.split())
+    assert alone.exit_code == 0 and "no owner of acme uses 2FA" in said
+    assert "--confirm" not in said

@@ -3,6 +3,7 @@ members back."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated, Any
 
 import typer
@@ -13,7 +14,7 @@ from rollout.cli.app import (
     app,
     reports_errors,
 )
-from rollout.core.controls import shell_word
+from rollout.core.controls import shell_word, visible
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 from rollout.core.output import Format, emit, emit_record, stderr
 
@@ -87,17 +88,20 @@ def orgs_enforce(
     expect: Annotated[
         int | None,
         typer.Option(
-            min=0, help="The count the preview showed, typed back: refused if it changed."
+            min=0,
+            help="The count the preview showed, typed back (required with --confirm): "
+            "refused if it changed.",
         ),
     ] = None,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Turn on 2FA enforcement for an org; members without 2FA are removed."""
-    from rollout.phases.orgs import enforce_org, enforcement_preview
+    from rollout.phases.orgs import audit_org, enforce_org
 
     runtime = _runtime(ctx)
     settings = runtime.settings
-    members = enforcement_preview(runtime.registry, org)
+    everyone = audit_org(runtime.registry, org)
+    members = [m for m in everyone if m.tfa_status == "none"]
     if confirm is None:
         emit(
             _members_rows(members, fmt),
@@ -105,6 +109,24 @@ def orgs_enforce(
             title=f"{org}: {len(members)} members would be removed",
             columns=["username", "role", "tfa_status", "tfa_methods", "joined_at"],
         )
+        # Owners and admins go too: said apart, as the org loses who runs it.
+        leading = Counter(m.role for m in members if m.role in ("owner", "admin"))
+        if leading:
+            stderr.print(
+                "of them "
+                + " and ".join(f"{n} {role}{'s' if n > 1 else ''}" for role, n in leading.items())
+                + ", without 2FA, are removed too",
+                highlight=False,
+            )
+        if not any(m.role == "owner" and m.tfa_status != "none" for m in everyone):
+            # Every --owner would be refused: no command to suggest.
+            stderr.print(
+                f"preview only: no owner of {visible(org)} uses 2FA, and only an owner with "
+                "2FA can turn enforcement on: one of them must enable 2FA first",
+                highlight=False,
+                markup=False,
+            )
+            return
         stderr.print(
             f"preview only: to remove these {len(members)} members run "
             f"rollout orgs enforce {shell_word(org)} --owner YOU --confirm {shell_word(org)} "
@@ -116,6 +138,12 @@ def orgs_enforce(
         raise RolloutError("--confirm needs --owner: the owner turning enforcement on").with_exit(
             EXIT_BAD_INPUT
         )
+    if expect is None:
+        # It removes people: the count the preview showed is typed back, always.
+        raise RolloutError(
+            "--confirm needs --expect: the count of members `rollout orgs enforce "
+            f"{shell_word(org)}` shows would be removed"
+        ).with_exit(EXIT_BAD_INPUT)
     result = enforce_org(
         runtime.registry, org, confirm=confirm, owner=owner, actor=settings.actor, expect=expect
     )
