@@ -27,7 +27,7 @@ from rollout import warehouse
 from rollout.core.errors import BadInput, FileRejected, RowProblem
 from rollout.core.names import PACKAGE_NAME_PATTERN
 from rollout.warehouse import landing
-from rollout.warehouse.landing import LandingFile
+from rollout.warehouse.landing import Fingerprint, LandingFile
 
 Status = Literal["loaded", "skipped", "rejected"]
 Progress = Callable[[LandingFile, int, int], None]
@@ -191,22 +191,32 @@ def _load(con: duckdb.DuckDBPyConnection, file: LandingFile, file_id: int) -> No
         warehouse.run(con, f"raw/load_{file.kind}", params)
 
 
-# A file recorded as loaded: the file, its id, its SHA-256, and its counts (read, loaded,
-# duplicate, quarantined).
-Recorded = tuple[LandingFile, int, str, tuple[int, int, int, int]]
+# A file recorded as loaded: the file, its id, its fingerprint, and its counts (read,
+# loaded, duplicate, quarantined).
+Recorded = tuple[LandingFile, int, Fingerprint, tuple[int, int, int, int]]
 
 
-def _record_files(con: duckdb.DuckDBPyConnection, files: Sequence[Recorded], now: datetime) -> None:
+def _record_files(
+    con: duckdb.DuckDBPyConnection,
+    files: Sequence[Recorded],
+    now: datetime,
+    *,
+    check_unchanged: bool = True,
+) -> None:
     """The ``ingested_files`` rows, one insert for a batch: what makes a second load of
-    a file a no-op."""
+    a file a no-op. Inside the load's transaction, after its rows were read: a file no
+    longer the one fingerprinted is ``BadInput`` (``check_unchanged``; a caller that
+    read the files into a table checks them itself), and the transaction rolls back."""
     columns: dict[str, list[object]] = {
         "file_id": [], "kind": [], "path": [], "sha256": [], "bytes": [],
         "rows_read": [], "rows_loaded": [], "rows_duplicate": [], "rows_quarantined": [],
     }  # fmt: skip
     for file, file_id, digest, counts in files:
+        if check_unchanged:
+            landing.require_unchanged(file.path, digest)
         for name, value in zip(
             columns,
-            (file_id, file.kind, str(file.path), digest, file.path.stat().st_size, *counts),
+            (file_id, file.kind, str(file.path), digest.sha256, digest.size, *counts),
             strict=True,
         ):
             columns[name].append(value)
@@ -226,15 +236,15 @@ class _NotClean(Exception):
 
 def _load_in_place(
     con: duckdb.DuckDBPyConnection,
-    files: Sequence[tuple[LandingFile, str]],
+    files: Sequence[tuple[LandingFile, Fingerprint]],
     now: datetime,
 ) -> list[FileResult] | None:
-    """Load downloads files, each with its digest, straight into raw_downloads and
+    """Load downloads files, each with its fingerprint, straight into raw_downloads and
     check them there, by the same SQL as a staged file, in one transaction that commits
     only when no row is bad or repeated (within a file, across the files, or against
-    what was loaded before). Anything else (a NULL, a bad name, a repeat, an empty or
-    unreadable file) rolls it all back and returns None: the caller then loads the
-    files apart, and the staged path names the rows.
+    what was loaded before). Anything else (a NULL, a bad name, a repeat, an empty,
+    unreadable or changed file) rolls it all back and returns None: the caller then
+    loads the files apart, and the staged path names the rows (or the change).
 
     A typed Parquet file goes in with no copy at all (the daily case at npm scale: this
     was 11% of its ingest); another format is staged first and its typed rows go in,
@@ -292,7 +302,10 @@ def _load_in_place(
                 (file, file_id, digest, (read[file_id], read[file_id], 0, 0))
                 for (file, digest), file_id in zip(files, ids, strict=True)
             ]
-            _record_files(con, recorded, now)
+            try:
+                _record_files(con, recorded, now)
+            except BadInput as changed:  # a file changed while it was read
+                raise _NotClean from changed
             results = [
                 FileResult(file.path, file.kind, "loaded", *counts, file_id=file_id)
                 for file, file_id, _, counts in recorded
@@ -336,21 +349,23 @@ def ingest_file(
     *,
     quarantine_limit: float,
     now: datetime | None = None,
-    digest: str | None = None,
+    digest: Fingerprint | None = None,
 ) -> FileResult:
     """Load one landing file; raises BadInput (nothing loaded) when it is refused.
-    ``digest``: the file's SHA-256 when the caller has it already."""
+    ``digest``: the file's fingerprint when the caller has it already."""
     landing.require_plain_path(file)
-    digest = digest or landing.sha256(file.path)
+    digest = digest or landing.fingerprint(file.path)
     return _skipped(con, file, digest) or _ingest_new(
         con, file, digest, quarantine_limit=quarantine_limit, now=now or _utc_now()
     )
 
 
-def _skipped(con: duckdb.DuckDBPyConnection, file: LandingFile, digest: str) -> FileResult | None:
+def _skipped(
+    con: duckdb.DuckDBPyConnection, file: LandingFile, digest: Fingerprint
+) -> FileResult | None:
     """The result of a file loaded before (the same SHA-256): nothing to do."""
     earlier = warehouse.one(
-        con, "select file_id, path from ingested_files where sha256 = $sha", {"sha": digest}
+        con, "select file_id, path from ingested_files where sha256 = $sha", {"sha": digest.sha256}
     )
     return None if earlier is None else _skipped_result(file, *earlier)
 
@@ -368,7 +383,7 @@ def _skipped_result(file: LandingFile, file_id: int, path: str) -> FileResult:
 def _ingest_new(
     con: duckdb.DuckDBPyConnection,
     file: LandingFile,
-    digest: str,
+    digest: Fingerprint,
     *,
     quarantine_limit: float,
     now: datetime,
@@ -450,7 +465,7 @@ def _event_problems(
 
 def _load_events(
     con: duckdb.DuckDBPyConnection,
-    batch: Sequence[tuple[LandingFile, str]],
+    batch: Sequence[tuple[LandingFile, Fingerprint]],
     quarantine_limit: float,
     now: datetime,
 ) -> list[FileResult]:
@@ -464,20 +479,20 @@ def _load_events(
         sha: (file_id, path)
         for sha, file_id, path in con.execute(
             "select sha256, file_id, path from ingested_files where sha256 in $digests",
-            {"digests": [digest for _, digest in batch]},
+            {"digests": [digest.sha256 for _, digest in batch]},
         ).fetchall()
     }
-    new = [(file, digest) for file, digest in batch if digest not in earlier]
+    new = [(file, digest) for file, digest in batch if digest.sha256 not in earlier]
     loaded = iter(_load_new_events(con, new, quarantine_limit, now) if new else [])
     return [
-        _skipped_result(file, *earlier[digest]) if digest in earlier else next(loaded)
+        _skipped_result(file, *earlier[digest.sha256]) if digest.sha256 in earlier else next(loaded)
         for file, digest in batch
     ]
 
 
 def _load_new_events(
     con: duckdb.DuckDBPyConnection,
-    batch: Sequence[tuple[LandingFile, str]],
+    batch: Sequence[tuple[LandingFile, Fingerprint]],
     quarantine_limit: float,
     now: datetime,
 ) -> list[FileResult]:
@@ -500,6 +515,12 @@ def _load_new_events(
     accepted: list[int] = []
     for index, file in enumerate(files):
         rows, rows_bad = read.get(index, 0), bad.get(index, 0)
+        try:
+            # Staged into a table: read whole, so checked once, here.
+            landing.require_unchanged(file.path, batch[index][1])
+        except BadInput as changed:
+            results[index] = _refused(file, changed)
+            continue
         if rows == 0:
             results[index] = _refused(
                 file, BadInput(file.path, None, "no events: the file is empty")
@@ -557,7 +578,7 @@ def _load_new_events(
                 results[index] = FileResult(
                     file.path, file.kind, "loaded", *counts, file_id=file_id
                 )
-            _record_files(con, recorded, now)
+            _record_files(con, recorded, now, check_unchanged=False)
     _drop_staging(con)
     return [r for r in results if r is not None]
 
@@ -579,7 +600,7 @@ class _Ingest:
     ) -> None:
         self.con, self.quarantine_limit, self.now = con, quarantine_limit, now
         self.report = IngestReport()
-        self.batch: list[tuple[LandingFile, str]] = []
+        self.batch: list[tuple[LandingFile, Fingerprint]] = []
         self.batch_digests: set[str] = set()  # a set: a day's thousands of events files
         self.batch_bytes = 0
 
@@ -591,7 +612,7 @@ class _Ingest:
             FileResult(path, kind, "rejected", message=str(error), refusal=error)
         )
 
-    def one(self, file: LandingFile, digest: str) -> None:
+    def one(self, file: LandingFile, digest: Fingerprint) -> None:
         """Load ``file``, not loaded before, on its own."""
         try:
             landing.require_plain_path(file)
@@ -607,11 +628,11 @@ class _Ingest:
             result = FileResult(file.path, file.kind, "rejected", message=str(error))
         self.report.files.append(result)
 
-    def add(self, file: LandingFile, digest: str) -> None:
+    def add(self, file: LandingFile, digest: Fingerprint) -> None:
         """Load ``file`` now, or hold it for the batch when it is a small downloads file
         or an events file. Either way the files before it are loaded first, so the
         report keeps their order and a copy of an earlier file is a skip."""
-        if digest in self.batch_digests:
+        if digest.sha256 in self.batch_digests:
             self.flush()
         # An events batch asks which of its files were loaded before in one query.
         skipped = None if file.kind == "events" else _skipped(self.con, file, digest)
@@ -619,7 +640,7 @@ class _Ingest:
             self.flush()
             self.report.files.append(skipped)
             return
-        size = file.path.stat().st_size
+        size = digest.size
         limit = EVENTS_BATCH_BYTES if file.kind == "events" else BATCH_BYTES
         if file.kind not in ("downloads", "events") or size > limit or not _plain(file):
             self.flush()
@@ -630,7 +651,7 @@ class _Ingest:
         if self.batch_bytes + size > limit:
             self.flush()
         self.batch.append((file, digest))
-        self.batch_digests.add(digest)
+        self.batch_digests.add(digest.sha256)
         self.batch_bytes += size
 
     def flush(self) -> None:
@@ -642,7 +663,7 @@ class _Ingest:
         else:
             self._load(batch)
 
-    def _load(self, batch: list[tuple[LandingFile, str]]) -> None:
+    def _load(self, batch: list[tuple[LandingFile, Fingerprint]]) -> None:
         """All in one transaction; failing that, each half apart, down to single
         files, which take the staged path when they must: a few unclean files in a
         backfill cost a few more tries, not one each for the lot."""
@@ -694,10 +715,10 @@ def ingest(
     # and a file is hashed just before it is read.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hashing:
 
-        def checksum(index: int) -> Future[str] | None:
+        def checksum(index: int) -> Future[Fingerprint] | None:
             if index >= len(files):
                 return None
-            return hashing.submit(landing.sha256, files[index].path)
+            return hashing.submit(landing.fingerprint, files[index].path)
 
         upcoming = checksum(0)
         for index, file in enumerate(files):
@@ -707,7 +728,7 @@ def ingest(
             assert digest is not None  # one for each file
             try:
                 sha = digest.result()
-            except BadInput as unreadable:  # no permission, an I/O error
+            except BadInput as unreadable:  # no permission, an I/O error, a change
                 run.refuse(file.path, file.kind, unreadable)
                 continue
             run.add(file, sha)

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -217,18 +218,62 @@ def _os_reason(error: OSError) -> str:
     return error.strerror or str(error)
 
 
-def sha256(path: Path) -> str:
-    """The SHA-256 of the file's bytes. A file that cannot be read (no permission, an
-    I/O error) is ``BadInput`` with the OS's reason: refused on its own, not a traceback
-    that stops the run."""
+# What the file system says of a file that any write or replacement changes: device,
+# inode, size, modification and change times (ns). The change time cannot be set back.
+Identity = tuple[int, int, int, int, int]
+
+CHANGED_WHILE_READ = (
+    "the file changed while it was being read (written to, or replaced): nothing of it "
+    "was loaded; ingest it again once it is complete"
+)
+
+
+def _identity(stat: os.stat_result) -> Identity:
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A landing file's SHA-256, the checksum ``ingested_files`` keeps it by, and the
+    file's identity as it was hashed: a load checks the file is still that one when it
+    has read it (:func:`require_unchanged`), or a file rewritten or swapped meanwhile
+    would be recorded under one checksum with another's rows, and loaded again."""
+
+    sha256: str
+    identity: Identity
+
+    @property
+    def size(self) -> int:
+        return self.identity[2]
+
+
+def fingerprint(path: Path) -> Fingerprint:
+    """The file's :class:`Fingerprint`. A file that cannot be read (no permission, an
+    I/O error), or that changed while it was hashed, is ``BadInput`` with the reason:
+    refused on its own, not a traceback that stops the run."""
     digest = hashlib.sha256()
     try:
         with path.open("rb") as handle:
+            before = _identity(os.fstat(handle.fileno()))
             while chunk := handle.read(1 << 22):
                 digest.update(chunk)
+            after = _identity(os.fstat(handle.fileno()))
     except OSError as error:
         raise BadInput(path, None, f"cannot read the file: {_os_reason(error)}") from error
-    return digest.hexdigest()
+    if after != before:
+        raise BadInput(path, None, CHANGED_WHILE_READ)
+    return Fingerprint(digest.hexdigest(), after)
+
+
+def require_unchanged(path: Path, fingerprint: Fingerprint) -> None:
+    """``BadInput`` unless the file at ``path`` is still the one fingerprinted: checked
+    after its rows were read, so what was read is what was hashed."""
+    try:
+        now = _identity(path.stat())
+    except OSError as error:
+        raise BadInput(path, None, f"cannot read the file: {_os_reason(error)}") from error
+    if now != fingerprint.identity:
+        raise BadInput(path, None, CHANGED_WHILE_READ)
 
 
 # UTF-8, with or without the byte-order mark spreadsheet programs write first: DuckDB's
