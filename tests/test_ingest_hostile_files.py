@@ -215,6 +215,46 @@ def test_a_file_without_read_permission_is_refused_with_the_os_reason(
     assert message == f"{locked}: cannot read the file: Permission denied"
 
 
+def test_a_landing_name_on_something_not_a_file_is_refused_not_passed_over(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A day's file that is a link to nothing, or a pipe, would be a day missing unsaid."""
+    root = landing_with_a_good_file(tmp_path)
+    dangling = root / "downloads" / "downloads-2022-02-03.csv"
+    dangling.symlink_to(tmp_path / "nowhere.csv")
+    message = the_one_refused(run(con, root), dangling)
+    assert message == f"{dangling}: a symbolic link to nothing: its target does not exist"
+    dangling.unlink()
+    pipe = root / "downloads" / "downloads-2022-02-02.csv"
+    os.mkfifo(pipe)
+    [refused] = run(con, root).rejected  # (the good file: loaded the first time)
+    assert refused.path == pipe
+    assert refused.message.endswith(
+        "not a regular file (a pipe, a socket or a device): nothing to read"
+    )
+
+
+def test_a_subfolder_that_cannot_be_listed_is_refused_with_the_os_reason(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As root, chmod 000 lists anyway: the refusal is what listing the folder raises.
+    root = landing_with_a_good_file(tmp_path)
+    locked = root / "downloads" / "feb"
+    put(root, "downloads/feb/downloads-2022-02-01.csv", GOOD_CSV.read_bytes())
+    real_scandir = os.scandir
+
+    def listing(path: object) -> object:
+        if Path(os.fsdecode(path)) == locked:  # type: ignore[arg-type]
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", listing)
+    report = run(con, root)
+    message = the_one_refused(report, locked)
+    assert message == f"{locked}: cannot read the folder: Permission denied"
+    assert report.rejected[0].kind == "downloads"
+
+
 # --- Parquet manifests with columns of the wrong type ------------------------------------
 
 

@@ -166,9 +166,11 @@ def survey(
 ) -> tuple[list[LandingFile], list[Unreadable]]:
     """The landing files named or found under ``paths``, in a stable order, and the
     files that cannot be read as one: a stray file (notes.csv, a format its kind does
-    not take) is refused by itself, and the others still load. A folder's subfolders
-    that other readers own (:data:`OTHER_READERS`) are passed over; a path that does
-    not exist is ``BadInput`` (a mistyped argument: there is no file to judge)."""
+    not take), a landing file's name on something that is not a file (a symbolic link
+    to nothing, a pipe) and a subfolder that cannot be listed are refused by themselves,
+    and the others still load. A folder's subfolders that other readers own
+    (:data:`OTHER_READERS`) are passed over; a path that does not exist is ``BadInput``
+    (a mistyped argument: there is no file to judge)."""
     found: list[LandingFile] = []
     strays: list[Unreadable] = []
 
@@ -178,14 +180,31 @@ def survey(
         except BadInput as error:
             strays.append(Unreadable(path, _kind_of(path, root) or "unknown", error))
 
+    def refuse(path: Path, root: Path | None, reason: str) -> None:
+        strays.append(
+            Unreadable(path, _kind_of(path, root) or "unknown", BadInput(path, None, reason))
+        )
+
     for path in paths:
         if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                if child.name.startswith(".") or _format_of(child) is None:
-                    continue
-                if _owned_by_another_reader(child, path):
-                    continue
-                add(child, root or path)
+            unlisted: list[OSError] = []
+            for folder, _, names in os.walk(path, onerror=unlisted.append):
+                for child in (Path(folder) / name for name in names):
+                    if child.name.startswith(".") or _format_of(child) is None:
+                        continue
+                    if _owned_by_another_reader(child, path):
+                        continue
+                    if child.is_file():
+                        add(child, root or path)
+                    else:
+                        # Named like a landing file, but nothing to read: said, not
+                        # passed over (the day it should have brought would be missing).
+                        refuse(child, root or path, _not_a_file(child))
+            # A subfolder ingest may not list: its files would be missed unsaid.
+            for error in unlisted:
+                folder = Path(error.filename)
+                if not _owned_by_another_reader(folder / "-", path):
+                    refuse(folder, root or path, f"cannot read the folder: {_os_reason(error)}")
         elif path.is_file():
             add(path, root)
         else:
@@ -193,7 +212,14 @@ def survey(
     # Older downloads and manifests first: file names carry the day, so sorting by
     # name within a kind loads history in order.
     found.sort(key=lambda f: (KINDS.index(f.kind), f.path.name, str(f.path)))
+    strays.sort(key=lambda stray: str(stray.path))
     return found, strays
+
+
+def _not_a_file(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        return "a symbolic link to nothing: its target does not exist"
+    return "not a regular file (a pipe, a socket or a device): nothing to read"
 
 
 def require_existing(paths: Iterable[Path]) -> None:
