@@ -270,6 +270,22 @@ def test_the_registry_named_as_the_warehouse_is_refused_without_fetching_an_exte
     assert (rollout_home / "registry.db").read_bytes() == before
 
 
+def test_a_folder_named_as_the_warehouse_is_a_setting_to_check(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The advice for a broken warehouse, to move it aside, would have moved the
+    landing files aside."""
+    _registry(rollout_home)
+    landing = rollout_home / "landing"
+    landing.mkdir(exist_ok=True)
+    monkeypatch.setenv("ROLLOUT_WAREHOUSE", str(landing))
+    result = run("summary")
+    assert result.exit_code == 2, result.stderr
+    message = _one_line(result.stderr)
+    assert f"{landing}: a folder, not a DuckDB warehouse file: check ROLLOUT_WAREHOUSE" in message
+    assert "move it aside" not in message
+
+
 def test_a_warehouse_connection_never_installs_an_extension(tmp_path: Path) -> None:
     with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
         assert (

@@ -79,8 +79,9 @@ def connect(
         if "lock" not in str(error).lower():
             # Not a DuckDB file, unreadable, a newer format: a message, not a traceback.
             raise RolloutError(
-                f"{path}: cannot open the warehouse: {error}; it is derived data, so "
-                "move it aside and run `rollout ingest` to rebuild it from the landing files"
+                f"{path}: cannot open the warehouse: {error}; if ROLLOUT_WAREHOUSE (or "
+                "ROLLOUT_HOME) names the warehouse, it is derived data, so move it aside "
+                "and run `rollout ingest` to rebuild it from the landing files"
             ) from None
         # DuckDB allows one writer, or readers, not both: say so, not a traceback.
         holder = re.search(r"\(PID (\d+)\)", str(error))
@@ -100,10 +101,16 @@ def connect(
 
 
 def _require_duckdb_file(path: Path) -> None:
-    """Refuse a SQLite database where the warehouse should be: ROLLOUT_WAREHOUSE naming
-    the registry. DuckDB would read it through an extension (fetched over the network
-    when it could), and the advice for a broken warehouse, to move derived data aside
-    and rebuild it, is wrong for the registry."""
+    """Refuse a folder or the SQLite registry where the warehouse should be
+    (ROLLOUT_WAREHOUSE naming the wrong thing): DuckDB would read the registry through
+    an extension (fetched over the network when it could), and the advice for a broken
+    warehouse, to move derived data aside and rebuild it, would move a folder of landing
+    files or the registry aside."""
+    if path.is_dir():
+        raise RolloutError(
+            f"{visible(path)}: a folder, not a DuckDB warehouse file: check "
+            "ROLLOUT_WAREHOUSE (or ROLLOUT_HOME)"
+        ).with_exit(EXIT_BAD_INPUT)
     try:
         with path.open("rb") as file:
             header = file.read(16)
