@@ -109,6 +109,62 @@ def test_bad_rows_within_the_limit_are_quarantined_and_the_rest_loads(
     ]
 
 
+@pytest.mark.parametrize(
+    ("relative", "text", "reason"),
+    [
+        (
+            "downloads/d.csv",
+            "package,day,downloads\nreact,2022-01-10,1\nvue,0000-01-01,2\n",
+            "day 0001-01-01 (BC) is before 2000",
+        ),
+        (
+            "downloads/d.csv",
+            "package,day,downloads\nreact,2022-01-10,1\nvue,1970-01-01,2\n",
+            "day 1970-01-01 is before 2000",
+        ),
+        (
+            "logins/l.csv",
+            "occurred_at,username,second_factor,outcome\n"
+            "2022-01-10T10:00:00Z,ann,none,success\n0000-01-01T00:00:00Z,bob,none,success\n",
+            "occurred_at 0001-01-01 (BC) 00:00:00 is before 2000",
+        ),
+        (
+            "publishes/p.csv",
+            "occurred_at,package,username,via,token_kind,second_factor\n"
+            "2022-01-10T10:00:00Z,react,ann,session,,none\n"
+            "1999-12-31T23:59:59Z,react,bob,session,,none\n",
+            "occurred_at 1999-12-31 23:59:59 is before 2000",
+        ),
+    ],
+)
+def test_a_time_before_any_registry_kept_data_is_a_bad_row(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, relative: str, text: str, reason: str
+) -> None:
+    """A typo or an epoch's default; year 0 Python cannot even hold (plan check refuses
+    it): quarantined, named by line."""
+    path = tmp_path / relative
+    path.parent.mkdir()
+    path.write_text(text)
+    result = load(con, path, limit=0.5)
+    assert (result.rows_loaded, result.rows_quarantined) == (1, 1)
+    assert con.execute("select line, reason from quarantine").fetchall() == [(3, reason)]
+
+
+def test_a_typed_parquet_day_before_2000_is_a_bad_row_too(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """The in-place load checks the typed day as the staged path does."""
+    path = typed_parquet_downloads(
+        tmp_path / "downloads" / "d.parquet",
+        [("react", date(2022, 1, 10), 1), ("vue", date(1, 1, 1), 2)],
+    )
+    result = load(con, path, limit=0.5)
+    assert (result.rows_loaded, result.rows_quarantined) == (1, 1)
+    assert con.execute("select line, reason from quarantine").fetchall() == [
+        (2, "day 0001-01-01 is before 2000")
+    ]
+
+
 def test_line_numbers_count_blank_lines(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
     path = tmp_path / "downloads" / "d.csv"
     path.parent.mkdir()

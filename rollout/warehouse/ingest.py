@@ -98,6 +98,11 @@ _FIRST_ROWS_IN_ORDER = """
 EVENT_CLOCK_SKEW = timedelta(hours=1)
 
 
+# The earliest time a landing row may hold: before any registry kept such data, so a
+# typo, an epoch's default or a year 0 (which Python cannot even hold), not a fact.
+EARLIEST = datetime(2000, 1, 1)
+
+
 def _check_parameters(
     file: LandingFile,
     con: duckdb.DuckDBPyConnection,
@@ -120,6 +125,7 @@ def _check_parameters(
         return {
             "name_pattern": PACKAGE_NAME_PATTERN,
             "today": now.date(),
+            "earliest": EARLIEST.date(),
             "min_day": lowest,
             "max_day": highest,
             "overlaps": bool(overlaps),
@@ -129,11 +135,11 @@ def _check_parameters(
     if file.kind == "manifests":
         return {"name_pattern": PACKAGE_NAME_PATTERN}
     if file.kind == "publishes":
-        return {"now": now, "name_pattern": PACKAGE_NAME_PATTERN}
+        return {"now": now, "earliest": EARLIEST, "name_pattern": PACKAGE_NAME_PATTERN}
     if file.kind == "events":
         # SendGrid's clock, not ours, stamps an event: a little ahead is not wrong.
-        return {"latest": now + EVENT_CLOCK_SKEW, "earliest": datetime(2000, 1, 1)}
-    return {"now": now}
+        return {"latest": now + EVENT_CLOCK_SKEW, "earliest": EARLIEST}
+    return {"now": now, "earliest": EARLIEST}
 
 
 def _problems(

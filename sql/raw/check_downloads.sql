@@ -23,6 +23,7 @@ row_problems as (
                 then 'day ''' || cast(day_raw as varchar)
                     || ''' is not a real date (expected YYYY-MM-DD)'
             when day > $today then 'day ' || day || ' is in the future'
+            when day < $earliest then 'day ' || day || ' is before 2000'
             when downloads is null and downloads_raw is null then 'downloads is missing'
             when downloads is null
                 and regexp_full_match(trim(cast(downloads_raw as varchar)), '-?\d+')

@@ -19,6 +19,7 @@ final as (
             when occurred_at is null
                 then 'occurred_at ''' || occurred_at_text || ''' is not an ISO 8601 timestamp'
             when occurred_at > $now then 'occurred_at ' || occurred_at || ' is in the future'
+            when occurred_at < $earliest then 'occurred_at ' || occurred_at || ' is before 2000'
             when username is null or username = '' then 'username is missing'
             when second_factor is null
                 or second_factor not in ('none', 'elv', 'totp', 'webauthn')

@@ -23,6 +23,7 @@ final as (
             when occurred_at is null
                 then 'occurred_at ''' || occurred_at_text || ''' is not an ISO 8601 timestamp'
             when occurred_at > $now then 'occurred_at ' || occurred_at || ' is in the future'
+            when occurred_at < $earliest then 'occurred_at ' || occurred_at || ' is before 2000'
             when package is null or package = '' then 'package name is missing'
             when not regexp_full_match(package, $name_pattern)
                 then 'package name ''' || package || ''' is not a valid npm package name'
