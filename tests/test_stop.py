@@ -392,3 +392,51 @@ def test_ctrl_c_inside_a_duckdb_query_stops_the_command_with_130() -> None:
     _, errors = command.communicate(timeout=300)
     assert command.returncode == 130, errors
     assert errors.strip() == "stopped by SIGINT"
+
+
+# A command of the real app with no stop-aware loop of its own (as ingest, the metrics,
+# the demo and the report are), its work a DuckDB query or plain Python.
+SPIN_SCRIPT = textwrap.dedent(
+    """
+    import signal, sys, time, duckdb
+    from rollout.cli import app
+    from rollout.cli.app import reports_errors
+
+    # As a shell started it: the default disposition, whatever the test runner's is.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    @app.command("spin")
+    @reports_errors
+    def spin(work: str) -> None:
+        print("working", flush=True)
+        if work == "duckdb":
+            duckdb.connect().execute(
+                "select count(*) from range(3000000000) t(i) where i % 7 = 3"
+            ).fetchone()
+        else:
+            while True:
+                time.sleep(0.01)
+
+    app(["spin", sys.argv[1]])
+    """
+)
+
+
+@pytest.mark.parametrize("work", ["duckdb", "python"])
+def test_sigterm_stops_any_command_as_ctrl_c_does_with_143(work: str) -> None:
+    """It died where it stood (exit -15, nothing said, a DuckDB write-ahead log left);
+    now it winds down as from Ctrl-C and says which signal stopped it."""
+    command = subprocess.Popen(
+        [sys.executable, "-c", SPIN_SCRIPT, work],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert command.stdout is not None
+    assert command.stdout.readline() == "working\n"
+    time.sleep(1.0)  # inside the work
+    command.send_signal(signal.SIGTERM)
+    _, errors = command.communicate(timeout=300)
+    assert command.returncode == 143, errors
+    assert errors.strip() == "stopped by SIGTERM"

@@ -21,7 +21,7 @@ from rollout import __version__
 from rollout.core.controls import visible
 from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, RolloutError
 from rollout.core.output import Format, labelled, stderr
-from rollout.core.stopping import stopped_by_interruption
+from rollout.core.stopping import stopped_by_interruption, terminate_as_interrupt
 from rollout.runtime import Runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -131,6 +131,9 @@ def main(
     runtime = Runtime()
     ctx.obj = runtime
     ctx.call_on_close(runtime.close)
+    # SIGTERM (a scheduler's cancel, `kill PID`) stops a command as Ctrl-C does:
+    # reports_errors says so and exits 143.
+    ctx.with_resource(terminate_as_interrupt())
 
 
 AsOfOption = Annotated[

@@ -123,6 +123,36 @@ def stop_requested_by_signals(*, raise_at_once: bool = False) -> Iterator[StopRe
 
 
 @contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """For the duration, SIGTERM raises :class:`Stopped` where the program is, as SIGINT
+    raises KeyboardInterrupt: a command with no stop-aware loop of its own (ingest, the
+    metrics, the demo, the report) winds down the same way whichever comes, its
+    transactions rolled back and its children stopped by the code that started them,
+    and says which signal stopped it (exit 143), rather than dying where it stood.
+
+    Only in the main thread, and only over SIGTERM's default: a handler someone else
+    installed (a server's, a test harness's) is theirs. :func:`stop_requested_by_signals`
+    takes over within its block and gives this back after."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        global _last_signal
+        _last_signal = signum
+        raise Stopped(signum)
+
+    signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
 def signals_held() -> Iterator[None]:
     """Hold SIGINT and SIGTERM back in this thread while children start. A child inherits
     the mask, so one that lands while it boots waits until :func:`as_child` has installed
