@@ -329,11 +329,57 @@ def open_text(path: Path) -> Iterator[io.TextIOBase]:
             yield text
     except UnicodeDecodeError as error:
         raise _not_utf8(path, error.reason) from error
-    except (OSError, EOFError, pa.ArrowInvalid) as error:
-        # gzip: BadGzipFile (an OSError) or EOFError when cut short; zstd: ArrowIOError
-        # (an OSError) or ArrowInvalid.
+    except _STREAM_ERRORS as error:
         reason = _os_reason(error) if isinstance(error, OSError) else str(error)
+        if _compressed(path) and path.exists():
+            raise _damaged_stream(path, reason) from error
         raise BadInput(path, None, f"cannot read the file: {reason}") from error
+
+
+# What a damaged compressed stream raises as it is read: gzip's BadGzipFile (an
+# OSError) or EOFError when cut short; zstd's ArrowIOError (an OSError) or ArrowInvalid.
+_STREAM_ERRORS = (OSError, EOFError, pa.ArrowInvalid)
+
+
+def _compressed(path: Path) -> bool:
+    return path.suffix.lower() in _COMPRESSION
+
+
+def _stream_error(path: Path) -> str | None:
+    """Why the compressed file cannot be read to its end, or None when it can."""
+    try:
+        with _open_binary(path) as stream:
+            while stream.read(1 << 20):
+                pass
+    except _STREAM_ERRORS as error:
+        return _os_reason(error) if isinstance(error, OSError) else str(error)
+    return None
+
+
+def _damaged_stream(path: Path, reason: str) -> BadInput:
+    """A compressed file that cannot be read to its end (cut short by a copy, damaged),
+    named at the first line it loses, as the plain file's line would be: its lines
+    are counted again up to where the stream fails, only now that it is refused."""
+    complete = 0
+    try:
+        with _open_binary(path) as stream:
+            # gzip's read1 gives what is there, so every line before the break counts;
+            # pyarrow's zstd stream fails a read whole at the break, so its reads are
+            # small: the line named is then at most a kilobyte's lines early.
+            if isinstance(stream, gzip.GzipFile):
+                read, size = stream.read1, 1 << 16
+            else:
+                read, size = stream.read, 1 << 10
+            while chunk := read(size):
+                complete += chunk.count(b"\n")
+    except _STREAM_ERRORS:
+        pass
+    return BadInput(
+        path,
+        complete + 1,
+        f"the compressed file is cut short or damaged from this line on ({reason}); "
+        "nothing of it was loaded",
+    )
 
 
 def _byte_lines(stream: IO[bytes]) -> Iterator[bytes]:
@@ -453,6 +499,12 @@ def _csv_reason(lines: list[str]) -> str | None:
 
 def _parse_error(file: LandingFile, error: duckdb.Error, what: str) -> BadInput:
     message = str(error)
+    if _compressed(file.path):
+        # DuckDB's reason for a damaged stream names the stream and the path, and no
+        # line; or it reads a zstd stream up to the break and blames the last line.
+        broken = _stream_error(file.path)
+        if broken is not None:
+            return _damaged_stream(file.path, broken)
     match = _LINE_IN_MESSAGE.search(message)
     line = int(match.group(1)) if match else None
     lines = [part.strip() for part in message.splitlines() if part.strip()]
