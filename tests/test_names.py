@@ -96,6 +96,7 @@ def _problem_the_downloads_check_finds(name: str) -> str | None:
         {
             "name_pattern": PACKAGE_NAME_PATTERN,
             "today": date(2022, 2, 1),
+            "earliest": date(2000, 1, 1),
             "min_day": day,
             "max_day": day,
             "overlaps": False,
