@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -301,20 +302,18 @@ def test_invitations_are_recorded_accepted_or_expired(
     ]
 
 
-def test_reinvite_from_the_command_line(
-    registry_url: str,
-    enforced: dict[str, int],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def cli(registry_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """`rollout ARGS...` against this test's registry, with a home of its own."""
     without_rollout_settings(monkeypatch)
     monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
     monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path))
     runner = CliRunner()
+    return lambda *args: runner.invoke(app, list(args))
 
-    def run(*args: str) -> Any:
-        return runner.invoke(app, list(args))
 
+def test_reinvite_from_the_command_line(enforced: dict[str, int], cli: Callable[..., Any]) -> None:
+    run = cli
     preview = run("orgs", "reinvite", "acme", "--team", "release", "--format", "json")
     assert preview.exit_code == 0, preview.stderr
     assert [m["username"] for m in json.loads(preview.stdout)] == ["di"]
@@ -359,20 +358,9 @@ def test_reinvite_from_the_command_line(
 
 
 def test_enforce_from_the_command_line_names_the_owners_going_and_needs_the_count(
-    registry: Registry,
-    registry_url: str,
-    acme: dict[str, int],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    registry: Registry, acme: dict[str, int], cli: Callable[..., Any]
 ) -> None:
-    without_rollout_settings(monkeypatch)
-    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
-    monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path))
-    runner = CliRunner()
-
-    def run(*args: str) -> Any:
-        return runner.invoke(app, list(args))
-
+    run = cli
     preview = run("orgs", "enforce", "acme")
     said = " ".join(preview.stderr.split())
     assert preview.exit_code == 0 and "of them 1 owner, without 2FA, are removed too" in said

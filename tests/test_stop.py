@@ -375,22 +375,29 @@ QUERY_SCRIPT = textwrap.dedent(
 )
 
 
-def test_ctrl_c_inside_a_duckdb_query_stops_the_command_with_130() -> None:
-    """DuckDB turns the KeyboardInterrupt into RuntimeError("Query interrupted"): the
-    command still ends as stopped by SIGINT, not with a traceback and exit 1."""
+def _stopped_mid_work(script: str, *args: str, started: str, by: signal.Signals) -> tuple[int, str]:
+    """Run ``script``, wait for it to print ``started`` and a second more (inside its
+    work), send ``by``: its exit code and stderr."""
     command = subprocess.Popen(
-        [sys.executable, "-c", QUERY_SCRIPT],
+        [sys.executable, "-c", script, *args],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     assert command.stdout is not None
-    assert command.stdout.readline() == "querying\n"
-    time.sleep(1.0)  # inside the query
-    command.send_signal(signal.SIGINT)
+    assert command.stdout.readline() == started + "\n"
+    time.sleep(1.0)  # inside the work
+    command.send_signal(by)
     _, errors = command.communicate(timeout=300)
-    assert command.returncode == 130, errors
+    return command.returncode, errors
+
+
+def test_ctrl_c_inside_a_duckdb_query_stops_the_command_with_130() -> None:
+    """DuckDB turns the KeyboardInterrupt into RuntimeError("Query interrupted"): the
+    command still ends as stopped by SIGINT, not with a traceback and exit 1."""
+    code, errors = _stopped_mid_work(QUERY_SCRIPT, started="querying", by=signal.SIGINT)
+    assert code == 130, errors
     assert errors.strip() == "stopped by SIGINT"
 
 
@@ -426,17 +433,6 @@ SPIN_SCRIPT = textwrap.dedent(
 def test_sigterm_stops_any_command_as_ctrl_c_does_with_143(work: str) -> None:
     """It died where it stood (exit -15, nothing said, a DuckDB write-ahead log left);
     now it winds down as from Ctrl-C and says which signal stopped it."""
-    command = subprocess.Popen(
-        [sys.executable, "-c", SPIN_SCRIPT, work],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert command.stdout is not None
-    assert command.stdout.readline() == "working\n"
-    time.sleep(1.0)  # inside the work
-    command.send_signal(signal.SIGTERM)
-    _, errors = command.communicate(timeout=300)
-    assert command.returncode == 143, errors
+    code, errors = _stopped_mid_work(SPIN_SCRIPT, work, started="working", by=signal.SIGTERM)
+    assert code == 143, errors
     assert errors.strip() == "stopped by SIGTERM"
