@@ -32,6 +32,7 @@ from rollout.registry.models import (
     Org,
     OrgMember,
     Team,
+    TeamMember,
     TfaFactor,
     Token,
     WebSession,
@@ -245,6 +246,16 @@ class TeamFactory(_Factory):
     org_id = factory.SelfAttribute("org.id")
     name = factory.Sequence(lambda n: f"team{n}")
     created_at = T0
+
+
+class TeamMemberFactory(_Factory):
+    class Meta:
+        model = TeamMember
+        exclude = ("team",)
+
+    team = factory.SubFactory(TeamFactory)
+    team_id = factory.SelfAttribute("team.id")
+    account_id = factory.LazyFunction(lambda: AccountFactory().id)
 
 
 class NotificationFactory(_Factory):

@@ -17,13 +17,14 @@ from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.phases import orgs
 from rollout.registry import Registry, batches
-from rollout.registry.models import Account, Action, Notification, Org, OrgMember
+from rollout.registry.models import Account, Action, Notification, Org, OrgMember, TeamMember
 from tests.factories import (
     AccountFactory,
     FactorFactory,
     OrgFactory,
     OrgMemberFactory,
     TeamFactory,
+    TeamMemberFactory,
 )
 from tests.support.env import without_rollout_settings
 
@@ -381,3 +382,31 @@ def test_enforce_from_the_command_line_names_the_owners_going_and_needs_the_coun
     said = " ".join(alone.stderr.split())
     assert alone.exit_code == 0 and "no owner of acme uses 2FA" in said
     assert "--confirm" not in said
+
+
+def test_a_removed_member_leaves_the_orgs_teams_and_the_audit_says_which(
+    registry: Registry, acme: dict[str, int]
+) -> None:
+    """As leaving an org does (the removal email says so): kept, a membership restored
+    later would bring back every team's package access."""
+    org_id = _org(registry)
+    release = TeamFactory(org_id=org_id, name="release")
+    docs = TeamFactory(org_id=org_id, name="docs")
+    elsewhere = TeamFactory(name="other-org-team")
+    for team, name in ((release, "di"), (docs, "di"), (release, "cy"), (elsewhere, "di")):
+        TeamMemberFactory(team=team, account_id=acme[name])
+    orgs.enforce_org(registry, "acme", confirm="acme", owner="ada", actor="t", expect=2)
+    with registry.engine.connect() as connection:
+        memberships = set(
+            connection.execute(select(TeamMember.team_id, TeamMember.account_id)).all()
+        )
+        removed = dict(
+            connection.execute(
+                select(Account.username, Action.details)
+                .join(Account, Account.id == Action.account_id)
+                .where(Action.action == "org_member_removed")
+            ).all()
+        )
+    # di left acme's teams, not another org's; cy (2FA) stays.
+    assert memberships == {(release.id, acme["cy"]), (elsewhere.id, acme["di"])}
+    assert removed == {"bo": {"teams": []}, "di": {"teams": ["docs", "release"]}}

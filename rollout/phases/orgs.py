@@ -20,6 +20,7 @@ from sqlalchemy import (
     Row,
     and_,
     case,
+    delete,
     exists,
     func,
     literal_column,
@@ -45,12 +46,15 @@ from rollout.registry.models import (
     OrgInvitation,
     OrgMember,
     Team,
+    TeamMember,
     TfaFactor,
     has_active_factor,
 )
 
 ORGS = Org.__table__
 MEMBERS = OrgMember.__table__
+TEAMS = Team.__table__
+TEAM_MEMBERS = TeamMember.__table__
 NOTIFICATIONS = Notification.__table__
 INVITATIONS = OrgInvitation.__table__
 REMOVAL_EMAIL = "org_removal_notice"
@@ -211,6 +215,7 @@ def enforce_org(
                     ).all()
                 by_member = {m.member_id: m for m in to_remove}
                 removed_names = sorted(by_member[member_id].username for member_id, _ in removed)
+                teams_left = _leave_teams(connection, org_id, [a for _, a in removed])
                 phase = f"org:{org}"
                 # Each run's emails are its own (occasion: the run): a later run that
                 # removes members who joined without 2FA since tells them and the
@@ -282,6 +287,8 @@ def enforce_org(
                                 "actor": actor,
                                 "run_id": run_id,
                                 "created_at": now,
+                                # What it takes to put them back as they were.
+                                "details": {"teams": teams_left.get(account_id, [])},
                             }
                             for member_id, account_id in removed
                         ),
@@ -289,6 +296,33 @@ def enforce_org(
                 )
             run.summary = {"removed": len(removed), "owners_notified": notified}
         return OrgEnforcement(org, run_id, removed_names, notified, enforced_at is not None)
+
+
+def _leave_teams(
+    connection: Connection, org_id: int, account_ids: list[int]
+) -> dict[int, list[str]]:
+    """Take the removed members out of the org's teams, as leaving an org does (the
+    removal email says so): kept, a membership restored later would bring back every
+    team's package access with it. Returns the teams each left, by account."""
+    left: dict[int, list[str]] = {}
+    for accounts in in_chunks(account_ids):
+        rows = connection.execute(
+            select(TEAM_MEMBERS.c.account_id, TEAMS.c.name)
+            .join(TEAMS, TEAMS.c.id == TEAM_MEMBERS.c.team_id)
+            .where(and_(TEAMS.c.org_id == org_id, TEAM_MEMBERS.c.account_id.in_(accounts)))
+            .order_by(TEAMS.c.name)
+        ).all()
+        for account_id, team in rows:
+            left.setdefault(account_id, []).append(team)
+        connection.execute(
+            delete(TEAM_MEMBERS).where(
+                and_(
+                    TEAM_MEMBERS.c.account_id.in_(accounts),
+                    TEAM_MEMBERS.c.team_id.in_(select(TEAMS.c.id).where(TEAMS.c.org_id == org_id)),
+                )
+            )
+        )
+    return left
 
 
 # --- invitations back ------------------------------------------------------------------
