@@ -3,13 +3,15 @@ plan, starting early, the emergency end, and enrolling everyone."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from contextlib import AbstractContextManager
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
+from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import Brownout, Plan, load_plan
 from rollout.phases import brownouts
@@ -36,6 +38,11 @@ def accounts(factories: None) -> dict[str, int]:
         "max": AccountFactory(username="max"),
     }
     return {name: account.id for name, account in people.items()}
+
+
+def on_the_morning_of(day: date) -> AbstractContextManager[object]:
+    """The pipeline's clock at 06:00 UTC of ``day``: a day's emails are queued on it."""
+    return use_clock(SimulatedClock(datetime.combine(day, time(6))))
 
 
 def required(registry: Registry, account_id: int, at: datetime) -> bool:
@@ -313,7 +320,6 @@ def test_enroll_all_waits_for_the_plans_day_and_refuses_a_plan_without_elv(
     from typer.testing import CliRunner
 
     from rollout.cli import app
-    from rollout.core.clock import SimulatedClock, use_clock
 
     def runs() -> int:
         with registry.engine.connect() as connection:
@@ -393,7 +399,8 @@ def test_a_cancelled_brownout_sends_no_heads_up_and_withdraws_the_queued_ones(
     )
     brownouts.schedule(registry, drill, actor="rm")
     heads_up_day = in_five_days.date() - timedelta(days=3)
-    queue_due(registry, drill, heads_up_day, actor="rm")
+    with on_the_morning_of(heads_up_day):
+        queue_due(registry, drill, heads_up_day, actor="rm")
     told = in_five_days.isoformat()
     assert heads_ups(registry) == {"kim": ("queued", None, told), "max": ("queued", None, told)}
 
@@ -401,7 +408,8 @@ def test_a_cancelled_brownout_sends_no_heads_up_and_withdraws_the_queued_ones(
     withdrawn = ("skipped", "withdrawn: brown-out drill ended", told)
     assert heads_ups(registry) == {"kim": withdrawn, "max": withdrawn}
     assert [o.occasion.email for o in queue_preview(registry, drill, heads_up_day)] == []
-    assert queue_due(registry, drill, heads_up_day, actor="rm") == []
+    with on_the_morning_of(heads_up_day):
+        assert queue_due(registry, drill, heads_up_day, actor="rm") == []
 
 
 def test_a_heads_up_gives_the_window_as_scheduled_in_the_registry(
@@ -419,5 +427,6 @@ def test_a_heads_up_gives_the_window_as_scheduled_in_the_registry(
     moved = scheduled.model_copy(
         update={"brownouts": [Brownout(name="drill", starts_at=in_five_days + timedelta(days=1))]}
     )
-    queue_due(registry, moved, in_five_days.date() - timedelta(days=2), actor="rm")
+    with on_the_morning_of(in_five_days.date() - timedelta(days=2)):
+        queue_due(registry, moved, in_five_days.date() - timedelta(days=2), actor="rm")
     assert {told for _, _, told in heads_ups(registry).values()} == {in_five_days.isoformat()}

@@ -81,6 +81,25 @@ def test_notices_reach_the_cohort_and_record_why_some_get_nothing(
     assert len(rows(registry)) == 4
 
 
+def test_a_day_not_come_yet_is_previewed_but_never_queued(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """Queued a day early, the notices would go now, and reminders would count the
+    days from a day not come."""
+    from rollout.core.clock import SimulatedClock, use_clock
+    from rollout.core.errors import BadInput
+    from rollout.registry.models import PlanRun
+
+    with use_clock(SimulatedClock(datetime(2022, 1, 3, 9))):
+        [preview] = queue_preview(registry, plan, NOTICE_DAY)  # what tomorrow brings
+        assert preview.added == 4
+        with pytest.raises(BadInput, match=r"2022-01-04 is after today \(2022-01-03, UTC\)"):
+            queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    assert rows(registry) == {}
+    with registry.engine.connect() as connection:
+        assert connection.execute(select(PlanRun.id)).first() is None
+
+
 def test_reminders_skip_accounts_that_already_use_2fa(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:

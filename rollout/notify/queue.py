@@ -35,6 +35,7 @@ from rollout.core.calendar import (
     audience_due_within,
     plan_calendar,
 )
+from rollout.core.errors import BadInput
 from rollout.core.plan import Phase, Plan
 from rollout.notify.emails import EMAILS, HEADS_UP_EMAIL, asks_only_2fa
 from rollout.notify.outbox import (
@@ -276,7 +277,17 @@ def queue_preview(registry: Registry, plan: Plan, day: date) -> list[QueueOutcom
 
 
 def queue_due(registry: Registry, plan: Plan, day: date, *, actor: str) -> list[QueueOutcome]:
-    """Queue every mailing due on ``day``: one recorded run per mailing."""
+    """Queue every mailing due on ``day``, not after today (UTC, by the pipeline's
+    clock): one recorded run per mailing. A day ahead would send now what its day is
+    to bring: reminders counting days from a day not come, heads-ups early."""
+    today = utc_now().date()
+    if day > today:
+        raise BadInput(
+            None,
+            None,
+            f"--as-of: {day} is after today ({today}, UTC): its emails are not due yet "
+            "(preview them without --apply)",
+        )
     outcomes = []
     with registry.lock("queue"):
         engine = registry.engine
