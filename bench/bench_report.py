@@ -227,7 +227,7 @@ class Simulation:
 
         self.move(day, 0)
         if day == self.plan.elv.enroll_all_on:
-            enrolled = brownouts.enroll_all(self.registry, actor=ACTOR)
+            enrolled = brownouts.enroll_all(self.registry, self.plan, actor=ACTOR)
             self.note(day, f"ELV for all: {enrolled:,} accounts")
         self.move(day, 2, 30)
         if day in builds:
