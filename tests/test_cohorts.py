@@ -579,6 +579,48 @@ def test_a_download_rule_over_a_longer_window_needs_every_day_of_it(
     assert cohorts.build_cohorts(con, registry, plan_with(60), D2, actor="test", allow_gaps=True)
 
 
+def test_packages_whose_names_differ_in_capitals_count_their_own_downloads(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+    tmp_path: Path,
+) -> None:
+    """npm's legacy names: Big is not big. Summed by lower-cased name, big was credited
+    with Big's downloads too (and each row of the two matched twice)."""
+    landing = tmp_path / "more"
+    (landing / "manifests").mkdir(parents=True)
+    (landing / "downloads").mkdir()
+    (landing / "manifests" / "manifests-big.jsonl").write_text(
+        json.dumps({"name": "Big", "version": "1.0.0", "maintainers": ["dave"]}) + "\n"
+    )
+    write_downloads(landing / "downloads", D1 - timedelta(days=30), 37, {"Big": 1})
+    assert (
+        ingest.ingest(
+            con, [landing], quarantine_limit=0.01, landing_root=landing, now=datetime(2022, 3, 1)
+        ).rejected
+        == []
+    )
+    metrics.compute_metrics(con, D2, small_cohorts_plan.metrics)
+
+    def qualified(count: int) -> list[tuple[str, list[str]]]:
+        rule = CohortRule(downloads_gt=DownloadsOver(count=count, days=30))
+        cohorts.build_cohorts(
+            con, registry, with_cohort(small_cohorts_plan, rule), D2, actor="test"
+        )
+        return con.execute(
+            "select package, reasons from cohort_package_snapshots "
+            "where cohort = 'top-1' and as_of = $day and qualifies_today order by package",
+            {"day": D2},
+        ).fetchall()
+
+    # big: 4,740 in the 30 days (Big's 30 are its own): not over 4,740.
+    assert qualified(4740) == []
+    assert qualified(4739) == [
+        ("big", ["4740 downloads in the 30 days before 2022-02-08 (more than 4739)"])
+    ]
+
+
 def ingest_activity(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
     """alice published 3 days before D1, erin 40 days before; bob logged in 2 days
     before D1 and dave failed to, the day before."""

@@ -10,33 +10,35 @@ metrics as (
 ),
 
 -- downloads_gt: over $downloads_days days, or every day loaded ($downloads_total).
+-- By name as published, as the metrics are: two packages whose names differ only in
+-- capitals (npm's legacy names) each count their own downloads.
 windowed as (
-    select lower(package) as package_key, sum(downloads) as downloads
+    select package, sum(downloads) as downloads
     from stg_downloads
     where $downloads_gt is not null
         and day < $as_of::date
         and ($downloads_total or day >= $as_of::date - $downloads_days::integer)
-    group by lower(package)
+    group by package
 ),
 
 -- top_share_by_downloads: ranked among every package with metrics that day.
 share_window as (
-    select lower(package) as package_key, sum(downloads) as downloads
+    select package, sum(downloads) as downloads
     from stg_downloads
     where $top_share is not null
         and day < $as_of::date
         and day >= $as_of::date - $share_days::integer
-    group by lower(package)
+    group by package
 ),
 
 share_ranked as (
     select
-        lower(metrics.package) as package_key,
+        metrics.package,
         coalesce(share_window.downloads, 0) as downloads,
         rank() over (order by coalesce(share_window.downloads, 0) desc) as share_rank,
         count(*) over () as population
     from metrics
-    left join share_window on share_window.package_key = lower(metrics.package)
+    left join share_window using (package)
     where $top_share is not null
 ),
 
@@ -56,8 +58,8 @@ meeting as (
         share_ranked.share_rank <= ceil($top_share * share_ranked.population) as by_share,
         $every_maintainer as by_every_maintainer
     from metrics
-    left join windowed on windowed.package_key = lower(metrics.package)
-    left join share_ranked on share_ranked.package_key = lower(metrics.package)
+    left join windowed on windowed.package = metrics.package
+    left join share_ranked on share_ranked.package = metrics.package
     -- (By the aliases in the same select: DuckDB then pushes the tests on the day's
     -- metrics down into its scan, which a filter over this CTE's output did not.)
     where by_dependents_rank or by_weekly_downloads or by_dependents
