@@ -244,6 +244,35 @@ def test_a_reminder_waits_for_a_snoozed_deadline(
     assert campaign.sent("reminder") == {"ann", "eve"}
 
 
+def test_cutting_snooze_days_below_a_snooze_granted_is_refused_by_plan_check(
+    campaign: Campaign, registry: Registry, plan: Plan
+) -> None:
+    """eve was granted 7 days; a plan with snooze_days 2 would still enforce her on her
+    snoozed deadline, but its reminders look only 2 days on: none would reach her."""
+    from rollout.phases.drift import plan_drift
+
+    campaign.day(date(2023, 3, 13))
+    _ask(registry, plan, "eve", 7, date(2023, 4, 1))
+    [phase] = plan.phases
+    assert phase.deadline is not None
+    cut = plan.model_copy(
+        update={
+            "phases": [
+                phase.model_copy(
+                    update={"deadline": phase.deadline.model_copy(update={"snooze_days": 2})}
+                )
+            ]
+        }
+    )
+    errors, _ = plan_drift(registry, cut)
+    assert errors == [
+        "phase publishers: snooze_days is 2, but a snooze of 7 days was granted under the "
+        "plan before: that account's deadline still counts it, and its reminders would not "
+        "(they look as far as snooze_days); keep snooze_days at 7 or more"
+    ]
+    assert plan_drift(registry, plan) == ([], [])
+
+
 def test_a_request_file_with_a_bad_line_is_refused_whole(tmp_path: Path) -> None:
     now = datetime(2023, 4, 1, 12)
     good = tmp_path / "good.csv"

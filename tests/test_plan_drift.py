@@ -117,3 +117,26 @@ def test_a_second_plan_reusing_a_phase_name_on_the_same_registry_is_refused(
     assert "has the name of a phase plan npm-2022 ran on this registry" in said
     # The other plan's reminders told its own date: not this plan's to warn of.
     assert "reminder sent told" not in said
+
+
+def test_an_exemption_naming_no_account_is_a_warning(
+    registry: Registry,
+    plan: Plan,
+    ids: dict[str, int],
+    tmp_path: Path,
+    check: Callable[[Path], Result],
+) -> None:
+    """Usernames are exact: `ANN` spares nobody when the account is `ann`, and she would
+    be enforced like everyone else."""
+    exempting = edited(
+        tmp_path,
+        "  accounts: []",
+        "  accounts:\n"
+        "    - {username: ANN, reason: on leave}\n"
+        "    - {username: ann, reason: on leave}",
+    )
+    result = check(exempting)
+    assert result.exit_code == 0
+    said = " ".join(result.stderr.split())
+    assert "warning: exemptions: no account is named 'ANN' in the registry" in said
+    assert "named 'ann'" not in said

@@ -8,7 +8,14 @@ A release manager edits the plan mid-campaign. Two edits leave the registry behi
 - a phase named like one another plan ran on the same registry: that plan's emails
   count as this one's, so this one's are "already" sent;
 - a phase's ``enforce_on`` moved after its reminders went: they told accounts a date
-  the plan no longer has (earlier, and enforcement would come before it).
+  the plan no longer has (earlier, and enforcement would come before it);
+- a phase's ``snooze_days`` cut below a snooze already granted: enforcement still
+  reads that account's deadline, but its reminders look only as far as the plan's
+  snooze now, so none would reach it.
+
+And one edit that needs no history: an exemption naming no account (usernames are
+exact: ``U2`` exempts nobody when the account is ``u2``), a lockout of someone meant
+to be spared.
 
 ``plan check`` and ``plan show`` say so; ``phase enforce`` refuses before the latest
 date the accounts were told (``told_deadline``).
@@ -25,10 +32,12 @@ from sqlalchemy import Connection, Select, and_, case, func, select
 from rollout.core.plan import Phase, Plan
 from rollout.notify.outbox import NOTIFICATIONS, RUN_DAY
 from rollout.registry import Registry
-from rollout.registry.models import PhaseRequirement, PlanRun
+from rollout.registry.models import Account, DeadlineSnooze, PhaseRequirement, PlanRun
 
 REQUIREMENTS = PhaseRequirement.__table__
 PLAN_RUNS = PlanRun.__table__
+SNOOZES = DeadlineSnooze.__table__
+ACCOUNTS = Account.__table__
 
 
 def plan_runs(plan: str) -> Select[Any]:
@@ -95,6 +104,17 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
             ).all()
         )
         emails = _emails(connection)
+        longest_snooze = dict(
+            connection.execute(
+                select(SNOOZES.c.phase, func.max(SNOOZES.c.days)).group_by(SNOOZES.c.phase)
+            ).all()
+        )
+        exempt = sorted(plan.exempt_usernames)
+        known = set(
+            connection.execute(
+                select(ACCOUNTS.c.username).where(ACCOUNTS.c.username.in_(exempt))
+            ).scalars()
+        )
     emailed: Counter[str] = Counter()
     others: dict[str, str] = {}
     told: dict[str, Counter[date]] = {}
@@ -138,4 +158,19 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
                         else ""
                     )
                 )
+    for phase in plan.phases:
+        longest = longest_snooze.get(phase.name)
+        if phase.deadline is not None and longest and longest > phase.deadline.snooze_days:
+            errors.append(
+                f"phase {phase.name}: snooze_days is {phase.deadline.snooze_days}, but a "
+                f"snooze of {longest} days was granted under the plan before: that account's "
+                "deadline still counts it, and its reminders would not (they look as far as "
+                f"snooze_days); keep snooze_days at {longest} or more"
+            )
+    for username in exempt:
+        if username not in known:
+            warnings.append(
+                f"exemptions: no account is named {username!r} in the registry (usernames "
+                "are exact): it exempts nobody"
+            )
     return errors, warnings
