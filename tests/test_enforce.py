@@ -301,8 +301,14 @@ def test_a_crash_between_batches_then_a_rerun_finishes_exactly_once(
     assert required(registry) == {"alice"}
     with registry.engine.connect() as connection:
         interrupted = connection.execute(select(PlanRun.state, PlanRun.summary)).one()
-    assert interrupted.state == "failed"
+    # Stopped, not failed: `plan show` says interrupted (its lock is free), with what
+    # was done, and the rerun finishes it.
+    assert interrupted.state == "running"
     assert interrupted.summary["accounts_flagged"] == 1
+    from rollout.phases.timeline import step_states
+
+    [stopped] = [s for s in step_states(registry, plan_exempting_carol) if s.run_id]
+    assert stopped.state == "interrupted" and "accounts_flagged 1" in stopped.detail
     monkeypatch.setattr(enforce, "_enforce_batch", real)
     enforce.enforce_phase(
         registry, plan_exempting_carol, "top-100", expect=2, actor="rm", batch_size=1

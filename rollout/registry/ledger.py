@@ -165,7 +165,9 @@ def recorded_run(
 
     ``lock`` names the run lock (``Registry.lock``) the caller holds for the
     whole run: after a kill, the row stays 'running' while its lock is free, which is
-    how ``plan show`` tells an interrupted run from one still at work."""
+    how ``plan show`` tells an interrupted run from one still at work. A run stopped
+    (SIGTERM, Ctrl-C: a KeyboardInterrupt) is interrupted too, not failed: its row
+    keeps 'running' with what was done so far, and its rerun finishes the work."""
     with engine.begin() as connection:
         run = RunRecord(
             start_run(
@@ -180,6 +182,12 @@ def recorded_run(
         )
     try:
         yield run
+    except KeyboardInterrupt:
+        with engine.begin() as connection:
+            connection.execute(
+                update(PLAN_RUNS).where(PLAN_RUNS.c.id == run.id).values(summary=dict(run.summary))
+            )
+        raise
     except BaseException:
         with engine.begin() as connection:
             finish_run(connection, run.id, state="failed", summary=run.summary)
