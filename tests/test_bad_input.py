@@ -232,6 +232,9 @@ BAD_ENVIRONMENT = [
     ("ROLLOUT_QUARANTINE_LIMIT", "2"),
     ("ROLLOUT_REGISTRY_URL", "nonsense"),
     ("ROLLOUT_REGISTRY_URL", "mysql://db/registry"),
+    # Prefect's own database URL has asyncpg: rollout connects with psycopg.
+    ("ROLLOUT_REGISTRY_URL", "postgresql+asyncpg://rop:s3cret@/registry?host=/nowhere"),
+    ("ROLLOUT_REGISTRY_URL", "sqlite+aiosqlite:///registry.db"),
     ("ROLLOUT_DUCKDB_MEMORY_LIMIT", "lots"),
     ("ROLLOUT_SENDGRID_URL", "not a url"),
     ("ROLLOUT_ACTOR", ""),
@@ -256,6 +259,20 @@ def test_a_bad_setting_is_one_line_naming_the_variable(
     assert f"environment variable {name}" in stderr
     assert len(stderr.strip().splitlines()) == 1
     assert files_under(tmp_path) == {}
+
+
+def test_a_connection_option_the_driver_does_not_know_is_one_line_naming_the_variable(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A misspelt sslmode: libpq refuses it before connecting; it was a page of
+    traceback and exit 1."""
+    monkeypatch.setenv(
+        "ROLLOUT_REGISTRY_URL", "postgresql://rop:s3cret@/registry?host=/nowhere&sslmod=require"
+    )
+    stderr = refused(run("db", "status"))
+    assert stderr.strip() == (
+        'error: environment variable ROLLOUT_REGISTRY_URL: invalid connection option "sslmod"'
+    )
 
 
 # Commands that read or change the registry, or the warehouse, each with its arguments.

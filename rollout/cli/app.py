@@ -85,6 +85,10 @@ def reports_errors(function: F) -> F:
             stderr.print(str(stopped), highlight=False, markup=False)
             raise typer.Exit(stopped.exit_code) from None
         except Exception as error:
+            bad_url = _bad_registry_url(error)
+            if bad_url is not None:
+                stderr.print(labelled("error:", "bold red", bad_url))
+                raise typer.Exit(EXIT_BAD_INPUT) from error
             failure = _input_output_failure(error)
             if failure is None:
                 raise
@@ -95,6 +99,19 @@ def reports_errors(function: F) -> F:
             raise typer.Exit(EXIT_FAILURE) from error
 
     return wrapper  # type: ignore[return-value]
+
+
+def _bad_registry_url(error: BaseException) -> str | None:
+    """A connection option in ROLLOUT_REGISTRY_URL the driver does not know (a misspelt
+    ``sslmode``): a setting to fix, said in one line. Any other ProgrammingError is a
+    bug and keeps its traceback."""
+    sqlalchemy = sys.modules.get("sqlalchemy.exc")
+    if sqlalchemy is None or not isinstance(error, sqlalchemy.ProgrammingError):
+        return None
+    reason = " ".join(str(getattr(error, "orig", None) or error).split())
+    if "connection option" not in reason:
+        return None
+    return visible(f"environment variable ROLLOUT_REGISTRY_URL: {reason}")
 
 
 def _input_output_failure(error: BaseException) -> str | None:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 # The registry runs on these (DESIGN.md); `postgres://` is what people paste.
 _REGISTRY_BACKENDS = ("sqlite", "postgresql", "postgres")
+_REGISTRY_DRIVERS = {"sqlite": ("pysqlite",), "postgresql": ("psycopg",), "postgres": ("psycopg",)}
 # DuckDB's units: KB, MB... are powers of 1000, KiB, MiB... of 1024.
 _MEMORY_UNITS = {
     "b": 1,
@@ -179,13 +180,22 @@ class Settings(BaseSettings):
         from sqlalchemy.exc import ArgumentError
 
         try:
-            backend = make_url(value).get_backend_name()
+            url = make_url(value)
+            backend = url.get_backend_name()
         except ArgumentError as error:
             raise ValueError(
                 "is not a database URL (sqlite:///PATH or postgresql://...)"
             ) from error
         if backend not in _REGISTRY_BACKENDS:
             raise ValueError(f"names {backend!r}: the registry runs on sqlite or postgresql")
+        # The drivers rollout connects with; another (asyncpg, as Prefect's own database
+        # URL has it, or psycopg2) crashed every command with a traceback.
+        driver = url.drivername.partition("+")[2]
+        if driver and driver not in _REGISTRY_DRIVERS[backend]:
+            raise ValueError(
+                f"names the driver {driver!r}: rollout connects to {backend} with "
+                f"{' or '.join(_REGISTRY_DRIVERS[backend])} (write {backend}://...)"
+            )
         return value
 
     @classmethod
