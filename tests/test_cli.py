@@ -42,6 +42,30 @@ def test_db_upgrade_then_status(rollout_home: Path) -> None:
     assert (rollout_home / "registry.db").exists()
 
 
+def test_db_downgrade_previews_then_takes_the_schema_back(rollout_home: Path) -> None:
+    """The way back after an upgrade of the code is undone (the operator runbook)."""
+    from rollout.registry import migrate
+
+    def revision() -> str:
+        return json.loads(run("db", "status", "--format", "json").stdout)["revision"]
+
+    assert run("db", "upgrade").exit_code == 0
+    newest = revision()
+    preview = run("db", "downgrade", "0014")
+    assert preview.exit_code == 0 and revision() == newest
+    assert f"would take the registry from revision {newest} back to 0014" in preview.stderr
+    done = run("db", "downgrade", "0014", "--apply")
+    assert done.exit_code == 0 and revision() == "0014", done.stderr
+    unknown = run("db", "downgrade", "0099", "--apply")
+    assert (
+        unknown.exit_code == 2 and "'0099' is not one of this code's migrations" in unknown.stderr
+    )
+    later = run("db", "downgrade", newest, "--apply")
+    assert later.exit_code == 2 and "is not before it" in later.stderr
+    assert revision() == "0014" and not migrate.is_before(newest, "0014")
+    assert run("db", "upgrade").exit_code == 0 and revision() == newest
+
+
 def test_ingest_bad_file_exits_2_naming_file_line_and_reason(rollout_home: Path) -> None:
     run("db", "upgrade")
     bad = DATA / "bad" / "downloads-negative-count.csv"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from rollout.cli.app import (
+    ApplyOption,
     FormatOption,
     _runtime,
     app,
@@ -34,6 +37,47 @@ def db_upgrade(ctx: typer.Context) -> None:
     finally:
         # A pooled connection left for the garbage collector would still be open
         # when `sample` writes the same SQLite file through ADBC, in this process.
+        engine.dispose()
+
+
+@db_app.command("downgrade")
+@reports_errors
+def db_downgrade(
+    ctx: typer.Context,
+    revision: Annotated[
+        str, typer.Argument(help="The revision to go back to (`rollout db status` names them).")
+    ],
+    apply: ApplyOption = False,
+) -> None:
+    """Take the registry's schema back to an earlier revision: the way back after an
+    upgrade of the code is undone (previews by default). Each migration undoes itself
+    on the data it produced, or refuses with "cannot downgrade below ...; nothing was
+    changed". Back the registry up first."""
+    from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
+    from rollout.registry import migrate
+    from rollout.registry.engine import make_engine
+
+    engine = make_engine(_runtime(ctx).settings.registry_url)
+    try:
+        current = migrate.current_revision(engine)
+        if not migrate.is_known(revision):
+            raise RolloutError(
+                f"revision {revision!r} is not one of this code's migrations"
+            ).with_exit(EXIT_BAD_INPUT)
+        if current is None or not migrate.is_before(revision, current):
+            raise RolloutError(
+                f"the registry is at revision {current}: {revision} is not before it"
+            ).with_exit(EXIT_BAD_INPUT)
+        if not apply:
+            stderr.print(
+                f"would take the registry from revision {current} back to {revision}; "
+                "preview only: back it up, then add --apply",
+                highlight=False,
+            )
+            return
+        migrate.downgrade(engine, revision)
+        stderr.print(f"registry at revision {migrate.current_revision(engine)}")
+    finally:
         engine.dispose()
 
 

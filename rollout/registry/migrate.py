@@ -51,6 +51,14 @@ def _require_known_revision(current: str | None) -> None:
         )
 
 
+def is_before(earlier: str, later: str) -> bool:
+    """Whether revision ``earlier`` comes before ``later`` in this code's migrations."""
+    script = ScriptDirectory(str(MIGRATIONS))
+    return any(r.revision == earlier for r in script.iterate_revisions(later, "base")) and (
+        earlier != later
+    )
+
+
 def downgrade(engine: Engine, revision: str) -> None:
     command.downgrade(alembic_config(engine), revision)
 
