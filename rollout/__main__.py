@@ -1,5 +1,19 @@
-"""``python -m rollout``: the same as the ``rollout`` command."""
+"""``python -m rollout`` and the ``rollout`` console script: the command line.
 
-from rollout.cli import run
+Its imports take about a second: a Ctrl-C meanwhile is said as any stop is ("stopped
+by SIGINT", exit 130), not a traceback of whatever module was loading."""
 
-run()
+import sys
+
+
+def main() -> None:
+    try:
+        from rollout.cli import app
+    except KeyboardInterrupt:
+        sys.stderr.write("stopped by SIGINT\n")
+        raise SystemExit(130) from None
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -436,3 +436,34 @@ def test_sigterm_stops_any_command_as_ctrl_c_does_with_143(work: str) -> None:
     code, errors = _stopped_mid_work(SPIN_SCRIPT, work, started="working", by=signal.SIGTERM)
     assert code == 143, errors
     assert errors.strip() == "stopped by SIGTERM"
+
+
+# The console script as Ctrl-C finds it while its imports are still loading.
+STARTUP_SCRIPT = textwrap.dedent(
+    """
+    import builtins
+    from rollout.__main__ import main
+
+    real_import = builtins.__import__
+
+    def importing(name, *args, **kwargs):
+        if name == "rollout.cli":
+            raise KeyboardInterrupt  # the Ctrl-C lands here
+        return real_import(name, *args, **kwargs)
+
+    builtins.__import__ = importing
+    main()
+    """
+)
+
+
+def test_ctrl_c_while_the_command_starts_is_a_stop_not_a_traceback() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", STARTUP_SCRIPT],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (130, "stopped by SIGINT\n")

@@ -8,8 +8,8 @@ order of ``rollout --help``.
 # isort: off
 from rollout.cli import db, plan, data, cohorts, phases, notify, report, demo, dev, orgs  # noqa: F401
 from rollout.cli import brownouts  # noqa: F401
-from rollout.cli.app import app, run
+from rollout.cli.app import app
 
 # isort: on
 
-__all__ = ["app", "run"]
+__all__ = ["app"]

@@ -230,7 +230,3 @@ def _parse_time(text: str, option: str = "--at") -> datetime:
             f"{option}: {text!r} is out of range: times are {SUPPORTED_DAYS} (UTC)"
         ).with_exit(EXIT_BAD_INPUT)
     return utc
-
-
-def run() -> None:  # pragma: no cover - the console script
-    sys.exit(app())
