@@ -46,9 +46,8 @@ def phase_preview(
     settings, plan = runtime.settings, runtime.plan
     preview = preview_phase(runtime.registry, plan, plan.phase(phase))
     saved = save_preview(plan, preview, settings.reports_dir, actor=settings.actor)
-    revokes_tokens = "revoke_tokens" in preview.effects
     # Only what the phase does: a phase that revokes tokens alone signs nobody out.
-    signs_out = "revoke_sessions" in preview.effects
+    signs_out, revokes_tokens = preview.signs_out, preview.revokes_tokens
     sessions = f", {preview.sessions} web sessions" if signs_out else ""
     tokens = f", {preview.token_count} tokens" if revokes_tokens else ""
     emit(

@@ -65,16 +65,12 @@ class ApprovalRequest:
         return cls(
             phase=saved.preview.phase,
             accounts=saved.preview.count,
-            sessions=(
-                saved.preview.sessions if "revoke_sessions" in saved.preview.effects else None
-            ),
+            sessions=saved.preview.sessions if saved.preview.signs_out else None,
             compliant=saved.preview.compliant,
             csv_path=str(saved.csv_path),
             artifact_key=artifact_key,
             previewed_at=saved.at.isoformat(),
-            tokens=(
-                saved.preview.token_count if "revoke_tokens" in saved.preview.effects else None
-            ),
+            tokens=(saved.preview.token_count if saved.preview.revokes_tokens else None),
             unreached=len(saved.preview.unreached),
             over_unreached_limit=saved.preview.over_unreached_limit,
         )

@@ -137,10 +137,19 @@ class PhasePreview:
         return not self.token_rules and self.any_second_factor
 
     @property
+    def signs_out(self) -> bool:
+        """Whether the phase revokes web sessions: what says "signed out" at all."""
+        return "revoke_sessions" in self.effects
+
+    @property
+    def revokes_tokens(self) -> bool:
+        return "revoke_tokens" in self.effects
+
+    @property
     def sessions(self) -> int:
         """The live web sessions enforcement would revoke: those of the targets that
         lack the factor, when the phase revokes sessions."""
-        if "revoke_sessions" not in self.effects:
+        if not self.signs_out:
             return 0
         return sum(t.live_sessions for t in self.targets if t.lacks_factor)
 
@@ -193,7 +202,7 @@ def preview_rows(preview: PhasePreview) -> list[dict[str, Any]]:
             "already_required": t.already_required,
             "required_by_phase": t.required_by_phase,
             "lacks_factor": t.lacks_factor,
-            "tokens_to_revoke": t.offending_tokens if "revoke_tokens" in preview.effects else 0,
+            "tokens_to_revoke": t.offending_tokens if preview.revokes_tokens else 0,
             "deadline": t.deadline,
             "notice": preview.unreached.get(t.account_id, REACHED),
         }
@@ -218,7 +227,7 @@ def save_preview(
     write_csv(out, COLUMNS, preview_rows(preview))
     write_atomically(path, out.getvalue())
     tokens_csv = None
-    if "revoke_tokens" in preview.effects:
+    if preview.revokes_tokens:
         tokens_csv = path.with_name(path.stem + "-tokens.csv")
         out = io.StringIO()
         write_csv(out, TOKEN_COLUMNS, token_rows(preview))
@@ -343,9 +352,9 @@ def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
         f"| of which this phase requires already (enforced) | {p.required_by_phase} |",
         f"| of which it would newly require | {p.newly_required} |",
     ]
-    if "revoke_sessions" in p.effects:
+    if p.signs_out:
         lines.append(f"| their live web sessions to revoke | {p.sessions} |")
-    if "revoke_tokens" in p.effects:
+    if p.revokes_tokens:
         lines.append(f"| their tokens to revoke (irreversible) | {p.token_count} |")
     if p.per_account_deadlines:
         lines += [
