@@ -96,12 +96,17 @@ def orgs_enforce(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Turn on 2FA enforcement for an org; members without 2FA are removed."""
-    from rollout.phases.orgs import audit_org, enforce_org
+    from rollout.phases.orgs import (
+        audit_org,
+        enforce_org,
+        owners_with_2fa,
+        removed_by_enforcement,
+    )
 
     runtime = _runtime(ctx)
     settings = runtime.settings
     everyone = audit_org(runtime.registry, org)
-    members = [m for m in everyone if m.tfa_status == "none"]
+    members = removed_by_enforcement(everyone)
     if confirm is None:
         emit(
             _members_rows(members, fmt),
@@ -118,7 +123,7 @@ def orgs_enforce(
                 + ", without 2FA, are removed too",
                 highlight=False,
             )
-        if not any(m.role == "owner" and m.tfa_status != "none" for m in everyone):
+        if not owners_with_2fa(everyone):
             # Every --owner would be refused: no command to suggest.
             stderr.print(
                 f"preview only: no owner of {visible(org)} uses 2FA, and only an owner with "

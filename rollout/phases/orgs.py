@@ -141,7 +141,17 @@ def audit_org(registry: Registry, org: str) -> list[Member]:
 
 def enforcement_preview(registry: Registry, org: str) -> list[Member]:
     """The members that turning enforcement on would remove: those without 2FA."""
-    return [m for m in audit_org(registry, org) if m.tfa_status == "none"]
+    return removed_by_enforcement(audit_org(registry, org))
+
+
+def removed_by_enforcement(members: list[Member]) -> list[Member]:
+    """Of an org's members, those turning enforcement on removes: without 2FA."""
+    return [m for m in members if m.tfa_status == "none"]
+
+
+def owners_with_2fa(members: list[Member]) -> list[Member]:
+    """The owners who may turn enforcement on (and are told what it did)."""
+    return [m for m in members if m.role == "owner" and m.tfa_status != "none"]
 
 
 def _acting_owner(members: list[Member], org: str, owner: str, doing: str) -> Member:
@@ -172,13 +182,13 @@ def enforce_org(
         org_id, enforced_at = _org_id(engine, org)
         members = audit_org(registry, org)
         acting = _acting_owner(members, org, owner, "enforcing it on")
-        to_remove = [m for m in members if m.tfa_status == "none"]
+        to_remove = removed_by_enforcement(members)
         if expect is not None and len(to_remove) != expect:
             raise GuardRefused(
                 f"org {org!r} has {len(to_remove)} members without 2FA to remove, not the "
                 f"{expect} expected: run `rollout orgs enforce {shell_word(org)}` and check"
             )
-        owners = [m for m in members if m.role == "owner" and m.tfa_status != "none"]
+        owners = owners_with_2fa(members)
         reason = removal_reason(org)
         now = utc_now()
         with recorded_run(
