@@ -330,9 +330,10 @@ def open_text(path: Path) -> Iterator[io.TextIOBase]:
     except UnicodeDecodeError as error:
         raise _not_utf8(path, error.reason) from error
     except _STREAM_ERRORS as error:
+        damaged = _damaged_stream(path) if _compressed(path) and path.exists() else None
+        if damaged is not None:
+            raise damaged from error
         reason = _os_reason(error) if isinstance(error, OSError) else str(error)
-        if _compressed(path) and path.exists():
-            raise _damaged_stream(path, reason) from error
         raise BadInput(path, None, f"cannot read the file: {reason}") from error
 
 
@@ -345,21 +346,11 @@ def _compressed(path: Path) -> bool:
     return path.suffix.lower() in _COMPRESSION
 
 
-def _stream_error(path: Path) -> str | None:
-    """Why the compressed file cannot be read to its end, or None when it can."""
-    try:
-        with _open_binary(path) as stream:
-            while stream.read(1 << 20):
-                pass
-    except _STREAM_ERRORS as error:
-        return _os_reason(error) if isinstance(error, OSError) else str(error)
-    return None
-
-
-def _damaged_stream(path: Path, reason: str) -> BadInput:
+def _damaged_stream(path: Path) -> BadInput | None:
     """A compressed file that cannot be read to its end (cut short by a copy, damaged),
-    named at the first line it loses, as the plain file's line would be: its lines
-    are counted again up to where the stream fails, only now that it is refused."""
+    as ``BadInput`` naming the first line it loses, as the plain file's line would be;
+    None when it reads whole. Its lines are counted up to where the stream fails, only
+    now that a reader failed on it."""
     complete = 0
     try:
         with _open_binary(path) as stream:
@@ -372,14 +363,15 @@ def _damaged_stream(path: Path, reason: str) -> BadInput:
                 read, size = stream.read, 1 << 10
             while chunk := read(size):
                 complete += chunk.count(b"\n")
-    except _STREAM_ERRORS:
-        pass
-    return BadInput(
-        path,
-        complete + 1,
-        f"the compressed file is cut short or damaged from this line on ({reason}); "
-        "nothing of it was loaded",
-    )
+    except _STREAM_ERRORS as error:
+        reason = _os_reason(error) if isinstance(error, OSError) else str(error)
+        return BadInput(
+            path,
+            complete + 1,
+            f"the compressed file is cut short or damaged from this line on ({reason}); "
+            "nothing of it was loaded",
+        )
+    return None
 
 
 def _byte_lines(stream: IO[bytes]) -> Iterator[bytes]:
@@ -502,9 +494,9 @@ def _parse_error(file: LandingFile, error: duckdb.Error, what: str) -> BadInput:
     if _compressed(file.path):
         # DuckDB's reason for a damaged stream names the stream and the path, and no
         # line; or it reads a zstd stream up to the break and blames the last line.
-        broken = _stream_error(file.path)
-        if broken is not None:
-            return _damaged_stream(file.path, broken)
+        damaged = _damaged_stream(file.path)
+        if damaged is not None:
+            return damaged
     match = _LINE_IN_MESSAGE.search(message)
     line = int(match.group(1)) if match else None
     lines = [part.strip() for part in message.splitlines() if part.strip()]
