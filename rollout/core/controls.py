@@ -17,7 +17,6 @@ _OTHER_CONTROLS = (
 # Every one of them, tab and line feed too: what a one-line value (a header, a line of
 # an email) may not hold.
 CONTROL_CHARACTERS = re.compile(rf"[\t\n{_OTHER_CONTROLS}]")
-_CONTROLS = CONTROL_CHARACTERS
 _CONTROLS_BUT_LINES = re.compile(rf"[{_OTHER_CONTROLS}]")
 
 
@@ -30,7 +29,7 @@ def visible(text: object, *, lines: bool = False) -> str:
     """``text`` with every control character shown as its escape (ESC as ``\\x1b``), so
     nothing it holds can move the cursor, erase a line or fake a row. ``lines=True``
     keeps line breaks and tabs: a message of several lines, not one table cell."""
-    return (_CONTROLS_BUT_LINES if lines else _CONTROLS).sub(_escape, str(text))
+    return (_CONTROLS_BUT_LINES if lines else CONTROL_CHARACTERS).sub(_escape, str(text))
 
 
 def shell_word(value: object) -> str:
@@ -40,9 +39,9 @@ def shell_word(value: object) -> str:
     holds a control character, in bash's ``$'...'`` with each one escaped, so the
     suggestion stays on its line."""
     text = str(value)
-    if not _CONTROLS.search(text):
+    if not CONTROL_CHARACTERS.search(text):
         return shlex.quote(text)
-    body = _CONTROLS.sub(_ansi_c_escape, text.replace("\\", "\\\\").replace("'", "\\'"))
+    body = CONTROL_CHARACTERS.sub(_ansi_c_escape, text.replace("\\", "\\\\").replace("'", "\\'"))
     return f"$'{body}'"
 
 

@@ -1,7 +1,7 @@
 """Where the plan file and the registry disagree: what was done or told under an
 earlier version of the plan.
 
-A release manager edits the plan mid-campaign. Two edits leave the registry behind:
+A release manager edits the plan mid-campaign. These edits leave the registry behind:
 
 - a phase renamed or deleted after it emailed or required accounts: its emails no
   longer render, it cannot be rolled back, and a renamed phase starts its emails over;

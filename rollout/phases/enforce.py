@@ -1067,12 +1067,12 @@ class RollbackResult:
         return asdict(self)
 
 
-# The account marks a phase's effects set, and which phases set each: a rollback clears
-# a mark only where no other phase that sets it still applies to the account.
 # The effects that leave a mark on the account a rollback clears; revoked sessions and
 # tokens stay revoked.
 MARKING_EFFECTS = ("require_2fa", "warn", "close_totp_enrolment")
 
+# The account marks a phase's effects set, and which phases set each: a rollback clears
+# a mark only where no other phase that sets it still applies to the account.
 _MARKS: dict[str, Callable[[Phase], bool]] = {
     "tfa_required_at": lambda p: p.does("require_2fa"),
     "webauthn_required_at": lambda p: (
