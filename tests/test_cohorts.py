@@ -601,13 +601,10 @@ def test_packages_whose_names_differ_in_capitals_count_their_own_downloads(
         ).rejected
         == []
     )
-    metrics.compute_metrics(con, D2, small_cohorts_plan.metrics)
 
     def qualified(count: int) -> list[tuple[str, list[str]]]:
         rule = CohortRule(downloads_gt=DownloadsOver(count=count, days=30))
-        cohorts.build_cohorts(
-            con, registry, with_cohort(small_cohorts_plan, rule), D2, actor="test"
-        )
+        build(con, registry, with_cohort(small_cohorts_plan, rule), D2)
         return con.execute(
             "select package, reasons from cohort_package_snapshots "
             "where cohort = 'top-1' and as_of = $day and qualifies_today order by package",
