@@ -57,6 +57,16 @@ def token_plan(plan: Plan) -> Plan:
 
 
 @pytest.fixture
+def key_plan(plan: Plan) -> Plan:
+    """A security key required (TOTP is not enough), and no new TOTP set-ups."""
+    return phase_of(
+        plan,
+        requires={"two_factor": "phishing_resistant"},
+        effects=["require_2fa", "close_totp_enrolment"],
+    )
+
+
+@pytest.fixture
 def tokens_of(factories: None) -> dict[str, list[int]]:
     """alice: 2FA, a classic automation token and a granular one (fine).
     bob: no 2FA, a granular token that bypasses 2FA and an already revoked classic one.
@@ -179,24 +189,19 @@ def test_the_reference_plan_keeps_npm_2022s_requirement_and_effects(plan: Plan) 
 
 
 def test_phishing_resistant_2fa_counts_only_a_security_key(
-    registry: Registry, plan: Plan, factories: None
+    registry: Registry, key_plan: Plan, factories: None
 ) -> None:
     AccountFactory(username="totp-only", with_totp=True, in_cohort="top-100")
     AccountFactory(username="with-key", with_webauthn=True, in_cohort="top-100")
     AccountFactory(username="none", in_cohort="top-100")
-    strict = phase_of(
-        plan,
-        requires={"two_factor": "phishing_resistant"},
-        effects=["require_2fa", "close_totp_enrolment"],
-    )
-    preview = enforce.preview_phase(registry, strict, strict.phase("top-100"))
+    preview = enforce.preview_phase(registry, key_plan, key_plan.phase("top-100"))
     assert [t.username for t in preview.targets] == ["totp-only", "none"]
     assert preview.compliant == 1
     # Not "2 without 2FA, 1 already uses 2FA": totp-only has 2FA, and falls short.
     assert not preview.asks_only_2fa
     assert _accounts_label(preview) == "accounts that fall short of the phase's requirements"
 
-    result = enforce.enforce_phase(registry, strict, "top-100", expect=2, actor="rm")
+    result = enforce.enforce_phase(registry, key_plan, "top-100", expect=2, actor="rm")
     assert (result.accounts_flagged, result.totp_enrolment_closed) == (2, 2)
     assert marked(registry, "webauthn_required_at") == {"totp-only", "none"}
     assert marked(registry, "totp_enrolment_closed_at") == {"totp-only", "none"}
@@ -411,19 +416,14 @@ def test_the_warning_banner_then_rollback_clears_it_but_keeps_revocations(
 
 
 def test_a_rollback_clears_what_the_enforcement_set_though_the_plan_changed_since(
-    registry: Registry, plan: Plan, factories: None
+    registry: Registry, plan: Plan, key_plan: Plan, factories: None
 ) -> None:
     """Enforced requiring a security key and closing TOTP set-ups; the plan's phase then
     edited down to a banner. The rollback undoes what the runs did (their audit rows
     say), not what the plan says now: the flags stayed set, with no way to clear them."""
     AccountFactory(username="totp-only", with_totp=True, in_cohort="top-100")
     AccountFactory(username="plain", in_cohort="top-100")
-    strict = phase_of(
-        plan,
-        requires={"two_factor": "phishing_resistant"},
-        effects=["require_2fa", "close_totp_enrolment"],
-    )
-    enforce.enforce_phase(registry, strict, "top-100", expect=2, actor="rm")
+    enforce.enforce_phase(registry, key_plan, "top-100", expect=2, actor="rm")
     assert marked(registry, "webauthn_required_at") == {"totp-only", "plain"}
     assert marked(registry, "totp_enrolment_closed_at") == {"totp-only", "plain"}
     edited = phase_of(plan, effects=["warn"])
