@@ -103,6 +103,11 @@ def test_a_post_loads_each_event_with_what_rollout_reads(
         ({"outbox_id": "seven"}, "outbox_id 'seven' is not a positive whole number"),
         ({"outbox_id": "-7"}, "outbox_id '-7' is not a positive whole number"),
         ({"outbox_id": "0"}, "outbox_id '0' is not a positive whole number"),
+        # Each field is a JSON string or number: anything else is no value, not its text.
+        ({"email": ["user42@example.com"]}, "email is an array, not a string or a number"),
+        ({"sg_event_id": {"id": "event-42"}}, "sg_event_id is an object, not a string or"),
+        ({"reason": True}, "reason is a boolean, not a string or a number"),
+        ({"outbox_id": [42]}, "outbox_id is an array, not a string or a number"),
     ],
 )
 def test_a_bad_event_is_quarantined_with_its_place_and_reason(
@@ -115,6 +120,30 @@ def test_a_bad_event_is_quarantined_with_its_place_and_reason(
     [(line, why)] = con.execute("select line, reason from quarantine").fetchall()
     assert line == 42
     assert why.startswith(reason)
+
+
+def test_a_field_is_its_string_or_number_whatever_its_text_looks_like(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A string that reads like JSON stays that string; a number is its digits."""
+    events = [
+        event(1, email="[user1]@example.com", reason='{"not": "an object"}'),
+        event(2, outbox_id=2, sg_event_id=20002),
+    ]
+    result = load(con, post(tmp_path, "events-1.json", events), limit=0.0)
+    assert (result.rows_loaded, result.rows_quarantined) == (2, 0)
+    assert stored(con) == [
+        ("20002", "delivered", _utc(STAMP + 2), "user2@example.com", 2, None, None),
+        (
+            "event-1",
+            "delivered",
+            _utc(STAMP + 1),
+            "[user1]@example.com",
+            1,
+            None,
+            '{"not": "an object"}',
+        ),
+    ]
 
 
 def test_event_types_rollout_has_no_use_for_load_all_the_same(

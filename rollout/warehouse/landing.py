@@ -1264,8 +1264,10 @@ def stage(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
 # --- SendGrid delivery events ----------------------------------------------------------
 
 # The fields of an event rollout keeps; SendGrid sends more (ip, useragent, category, ...).
-# Read as text whatever their JSON type: a custom arg is always a string at SendGrid,
-# a timestamp a number, and either may come the other way from elsewhere.
+# Each is read as JSON and taken as text whether a string or a number: a custom arg is
+# always a string at SendGrid, a timestamp a number, and either may come the other way
+# from elsewhere. An array, object or boolean is no value of any field (read as text, it
+# would load as its JSON text): the check names it.
 EVENT_FIELDS = (
     "sg_event_id",
     "event",
@@ -1323,6 +1325,31 @@ def _events_parse_error(file: LandingFile, error: Exception) -> BadInput:
     return BadInput(file.path, None, f"cannot read the events: {reason}")
 
 
+_NOT_SCALAR = {"[": "an array", "{": "an object", "t": "a boolean", "f": "a boolean"}
+
+
+def _not_scalar(field: str) -> str:
+    """SQL naming ``field`` when its JSON value is no string or number, else NULL. (DuckDB
+    hands a JSON value over minified: its first character says its type, which is
+    cheaper to read than json_type's parse.)"""
+    kinds = " ".join(f"when '{kind}' then '{words}'" for kind, words in _NOT_SCALAR.items())
+    return (
+        f"'{field} is ' || (case left({field}::varchar, 1) {kinds} end)"
+        " || ', not a string or a number'"
+    )
+
+
+# What the read keeps of each event: its file, the first field that is neither a string
+# nor a number (NULL: none), and each field as text.
+_EVENT_VALUES = ", ".join(
+    [
+        "source_path",
+        f"coalesce({', '.join(_not_scalar(field) for field in EVENT_FIELDS)}) as shape_problem",
+        *(f"{field}->>'$' as {field}" for field in EVENT_FIELDS),
+    ]
+)
+
+
 def stage_events(con: duckdb.DuckDBPyConnection, files: list[LandingFile]) -> None:
     """Stage the events of ``files`` (one format, all JSON arrays or all JSON lines) as
     ``incoming``: one row an event, ``file_index`` its file's place in ``files``,
@@ -1341,10 +1368,10 @@ def stage_events(con: duckdb.DuckDBPyConnection, files: list[LandingFile]) -> No
         # Outside a transaction the staged table's rowids are the read order: file by
         # file, event by event (DuckDB keeps insertion order).
         con.execute(
-            "create or replace temp table incoming_raw as "
-            "select * from read_json($paths, format = $shape, columns = $columns, "
+            f"create or replace temp table incoming_raw as select {_EVENT_VALUES} "
+            "from read_json($paths, format = $shape, columns = $columns, "
             "filename = 'source_path')",
-            {"paths": paths, "shape": shape, "columns": dict.fromkeys(EVENT_FIELDS, "VARCHAR")},
+            {"paths": paths, "shape": shape, "columns": dict.fromkeys(EVENT_FIELDS, "JSON")},
         )
     # UnicodeDecodeError: DuckDB's message quoted bytes of the file that are not UTF-8.
     except (duckdb.Error, UnicodeDecodeError) as error:
@@ -1377,6 +1404,7 @@ def stage_events(con: duckdb.DuckDBPyConnection, files: list[LandingFile]) -> No
             raw.rowid + 1 as ordinal,
             files.file_index,
             raw.rowid - files.first_position + 1 as line,
+            shape_problem,
             trim(sg_event_id) as sg_event_id,
             trim(event) as event,
             trim(timestamp) as timestamp_text,

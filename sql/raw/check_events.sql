@@ -12,6 +12,7 @@ judged as (
     select
         *,
         case
+            when shape_problem is not null then shape_problem
             when sg_event_id is null or sg_event_id = '' then 'sg_event_id is missing'
             when event is null or event = '' then 'event is missing'
             -- A type SendGrid adds later (or one rollout has no use for, such as
