@@ -231,6 +231,42 @@ def test_the_serve_command_receives_posts_and_stops_on_sigterm(
     assert landed.read_bytes() == body
 
 
+def test_a_post_still_arriving_when_the_grace_ends_is_dropped_in_one_line(
+    rollout_home: Path, signer: WebhookSigner
+) -> None:
+    """A client that holds a post open cannot keep the receiver running, and its half
+    of a post is not written: one line says so, not uvicorn's traceback of the cancel."""
+    rollout_home.mkdir()
+    port = free_port()
+    serve = [sys.executable, "-m", "rollout", "notify", "events", "serve"]
+    server = subprocess.Popen(
+        [*serve, "--port", str(port), "--grace", "1"],
+        env={**os.environ, "ROLLOUT_SENDGRID_WEBHOOK_KEY": signer.public_key},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until_answering(f"http://127.0.0.1:{port}/healthz", server, "the receiver")
+        body = body_of()
+        head = "".join(f"{k}: {v}\r\n" for k, v in signer.headers(body).items())
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(
+                f"POST {EVENTS_PATH} HTTP/1.1\r\nHost: x\r\n{head}"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body[: len(body) // 2]
+            )
+            time.sleep(0.5)  # the half is in: the receiver waits for the rest
+            server.send_signal(signal.SIGTERM)
+            code = server.wait(timeout=30)
+    finally:
+        server.kill()
+    _, errors = server.communicate()
+    assert code in (0, -signal.SIGTERM)
+    assert "the receiver stopped before the whole post arrived" in errors
+    assert "Traceback" not in errors
+    assert written(rollout_home / "landing") == []
+
+
 def test_the_serve_command_needs_the_verification_key(rollout_home: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "rollout", "notify", "events", "serve"],

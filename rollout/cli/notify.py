@@ -257,10 +257,6 @@ events_app = typer.Typer(
 notify_app.add_typer(events_app, name="events")
 
 
-# Seconds `notify events serve` gives the posts in progress once told to stop.
-SHUTDOWN_GRACE = 10
-
-
 @events_app.command("serve")
 @reports_errors
 def notify_events_serve(
@@ -273,6 +269,14 @@ def notify_events_serve(
     max_bytes: Annotated[int, typer.Option(min=1024, help="The largest post taken, in bytes.")] = 5
     * 1024
     * 1024,
+    grace: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Seconds the posts in progress get to finish once the receiver is told to "
+            "stop (a post still arriving then is answered 503 and not written).",
+        ),
+    ] = 10,
 ) -> None:
     """Receive SendGrid's Event Webhook posts: each verified with the key in
     ROLLOUT_SENDGRID_WEBHOOK_KEY and written whole under landing/events/ for ingest;
@@ -304,8 +308,8 @@ def notify_events_serve(
         f"{settings.landing_dir / 'events'}",
         highlight=False,
     )
-    # uvicorn ends on SIGINT and SIGTERM, after the posts in progress, or after
-    # SHUTDOWN_GRACE seconds: a client holding a post open cannot keep it running.
+    # uvicorn ends on SIGINT and SIGTERM, after the posts in progress, or after `grace`
+    # seconds: a client holding a post open cannot keep it running.
     try:
         uvicorn.run(
             receiver,
@@ -313,7 +317,7 @@ def notify_events_serve(
             port=port,
             log_level="warning",
             server_header=False,
-            timeout_graceful_shutdown=SHUTDOWN_GRACE,
+            timeout_graceful_shutdown=grace,
         )
     except SystemExit as exited:
         # uvicorn's own exit when it cannot listen (the port taken): 3, which here

@@ -24,6 +24,7 @@ Nothing is written for a refused post. Ingest loads the files like every landing
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import contextlib
 import hashlib
@@ -138,6 +139,11 @@ def create_app(
             body = await _read_capped(request, max_bytes)
         except _TooLarge:
             return _refuse(413, f"the post is over {max_bytes} bytes")
+        except asyncio.CancelledError:
+            # The receiver is stopping and this post's body is still arriving after the
+            # grace: nothing of it is written, and a 503 (if the client still listens)
+            # has SendGrid post it again. One line, not a traceback of uvicorn's cancel.
+            return _refuse(503, "the receiver stopped before the whole post arrived")
         signature = request.headers.get(EventWebhookHeader.SIGNATURE)
         timestamp = request.headers.get(EventWebhookHeader.TIMESTAMP)
         if not signature or not timestamp:
