@@ -122,6 +122,21 @@ def test_plan_check_names_the_line_and_exits_2(rollout_home: Path, tmp_path: Pat
     assert f"{broken}:" in result.stderr and "unknown cohort 'nobody'" in result.stderr
 
 
+def test_plan_check_warns_of_a_cohort_no_phase_names_and_passes(
+    rollout_home: Path, tmp_path: Path
+) -> None:
+    unused = tmp_path / "plan.yaml"
+    unused.write_text(
+        (ROOT / "plans" / "npm-2022.yaml")
+        .read_text()
+        .replace("    cohort: high-impact", "    cohort: top-100")
+    )
+    result = run("plan", "check", str(unused))
+    assert result.exit_code == 0
+    assert "warning: cohort high-impact is named by no phase" in result.stderr
+    assert "is valid" in result.stderr
+
+
 def test_metrics_and_cohorts_from_the_command_line(rollout_home: Path) -> None:
     assert run("sample", "--scale", "tiny", "--seed", "3").exit_code == 0
     assert run("ingest").exit_code == 0

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from rollout.core import plan as plan_module
 from rollout.core.errors import BadInput
-from rollout.core.plan import EmailName, load_plan, parse_plan
+from rollout.core.plan import EmailName, load_plan, parse_plan, plan_warnings
 from rollout.notify.emails import EMAILS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -473,3 +473,40 @@ def test_a_reminder_too_many_days_before_enforcement_is_refused_not_an_overflow(
         )
         for _, reason in problems_in(text)
     )
+
+
+def warnings_in(text: str) -> list[str]:
+    plan, problems = parse_plan(text, "plan.yaml")
+    assert plan is not None and problems == []
+    return plan_warnings(plan)
+
+
+def test_the_shipped_plans_draw_no_warning() -> None:
+    for path in sorted((ROOT / "plans").glob("*.yaml")):
+        assert warnings_in(path.read_text()) == [], path.name
+
+
+def test_a_cohort_no_phase_names_is_a_warning() -> None:
+    text = edited("    cohort: high-impact", "    cohort: top-100")
+    assert warnings_in(text) == [
+        "cohort high-impact is named by no phase: it is built and reported, but nobody in "
+        "it is warned or enforced"
+    ]
+
+
+def test_two_phases_on_one_cohort_on_the_same_days_are_a_warning() -> None:
+    """Both mail each maintainer the same day; the same cohort on other days (a notice
+    shared, enforcement apart: npm's 2025 token phases) is a plan's own business."""
+    text = REFERENCE.read_text()
+    text = text.replace("    cohort: high-impact", "    cohort: top-100")
+    high_impact = text[text.index("  - name: high-impact") :]
+    top_100 = text[text.index("  - name: top-100") : text.index("  - name: high-impact")]
+    same_days = top_100.replace("name: top-100", "name: top-100-again")
+    text = text.replace(
+        high_impact, same_days + high_impact.replace("cohort: top-100", "cohort: high-impact")
+    )
+    assert warnings_in(text) == [
+        "phases top-100 and top-100-again warn and enforce cohort top-100 on the same days "
+        "(2022-01-04, 2022-02-01): its maintainers get two notices and two enforcements "
+        "(one phase can have both phases' effects)"
+    ]

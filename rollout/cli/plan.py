@@ -39,7 +39,7 @@ def plan_check(
     ] = None,
 ) -> None:
     """Validate a plan file: dates in order, known cohorts, no overlapping brown-outs."""
-    from rollout.core.plan import parse_plan, read_plan_text
+    from rollout.core.plan import parse_plan, plan_warnings, read_plan_text
 
     path = file or _runtime(ctx).settings.plan_path
     plan, problems = parse_plan(read_plan_text(path), path)
@@ -50,7 +50,7 @@ def plan_check(
     assert plan is not None
     # Against what the registry did under this plan's earlier versions, where there is one.
     errors, warnings = _drift(ctx, plan)
-    _say_drift(errors, warnings)
+    _say_drift(errors, plan_warnings(plan) + warnings)
     if errors:
         raise typer.Exit(EXIT_BAD_INPUT)
     stderr.print(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from itertools import pairwise
+from itertools import combinations, pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -536,6 +536,32 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
             )
         usernames.add(exempt.username)
     return problems
+
+
+def plan_warnings(plan: Plan) -> list[str]:
+    """What a valid plan may well not mean: a cohort no phase names (built and reported,
+    yet nobody in it is warned or enforced), and two phases on one cohort with the same
+    notice and enforcement days (each of its maintainers gets two notices the same day,
+    and is enforced twice the same day)."""
+    warnings = [
+        f"cohort {name} is named by no phase: it is built and reported, but nobody in it "
+        "is warned or enforced"
+        for name in plan.cohorts
+        if all(phase.cohort != name for phase in plan.phases)
+    ]
+    for earlier, later in combinations(plan.phases, 2):
+        if (earlier.cohort, earlier.notice_on, earlier.enforce_on) == (
+            later.cohort,
+            later.notice_on,
+            later.enforce_on,
+        ):
+            warnings.append(
+                f"phases {earlier.name} and {later.name} warn and enforce cohort "
+                f"{later.cohort} on the same days ({later.notice_on}, {later.enforce_on}): "
+                "its maintainers get two notices and two enforcements (one phase can have "
+                "both phases' effects)"
+            )
+    return warnings
 
 
 def _day_before(phase: Phase, days: int) -> str:
