@@ -86,6 +86,7 @@ def enforce_task(
     actor: str,
     expect_tokens: int | None = None,
     accept_unreached: int | None = None,
+    expect_list: str | None = None,
 ) -> EnforceResult:
     run = runtime()
     return enforce_phase(
@@ -96,6 +97,7 @@ def enforce_task(
         expect_tokens=expect_tokens,
         accept_unreached=accept_unreached,
         actor=actor,
+        expect_list=expect_list,
     )
 
 
@@ -207,10 +209,15 @@ def phase_enforce(
     approval = wait_for_approval(request, approval_timeout_seconds)
     actor = f"{approval.approved_by} via {run_actor(settings)}"
     try:
-        # The tokens approved with the accounts are those the preview listed: a
-        # different count under the lock refuses, as a different account count does.
+        # The accounts and tokens approved are those the preview listed: another count
+        # under the lock refuses, and so does another list of the same size.
         result = enforce_task(
-            phase, approval.expect, actor, request.tokens, approval.accept_unreached
+            phase,
+            approval.expect,
+            actor,
+            request.tokens,
+            approval.accept_unreached,
+            expect_list=request.fingerprint,
         )
     except GuardRefused as refused:
         logger.error("refused: %s", refused)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -209,12 +210,32 @@ def test_phase_enforce_previews_then_needs_the_count_typed_back(rollout_home: Pa
     preview = run("phase", "preview", "top-100", "--format", "json")
     targets = json.loads(preview.stdout)
     assert targets and all(t["live_sessions"] >= 0 for t in targets)
-    assert f"--apply --expect {len(targets)}" in preview.stderr
+    [listed] = re.findall(rf"--apply --expect {len(targets)} --expect-list (\w+)", preview.stderr)
     assert run("phase", "enforce", "top-100", "--apply").exit_code == 2
     wrong = run("phase", "enforce", "top-100", "--apply", "--expect", str(len(targets) + 1))
     assert wrong.exit_code == 3 and "not the" in wrong.stderr
+    stale = run(
+        "phase",
+        "enforce",
+        "top-100",
+        "--apply",
+        "--expect",
+        str(len(targets)),
+        "--expect-list",
+        "000000000000",
+    )
+    assert stale.exit_code == 3 and "not the ones previewed" in stale.stderr
     done = run(
-        "phase", "enforce", "top-100", "--apply", "--expect", str(len(targets)), "--format", "json"
+        "phase",
+        "enforce",
+        "top-100",
+        "--apply",
+        "--expect",
+        str(len(targets)),
+        "--expect-list",
+        listed,
+        "--format",
+        "json",
     )
     assert done.exit_code == 0, done.stderr
     assert json.loads(done.stdout)["accounts_flagged"] == len(targets)

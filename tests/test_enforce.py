@@ -241,6 +241,42 @@ def test_a_wrong_expected_count_refuses_and_changes_nothing(
     assert required(registry) == set() and count(registry, Action) == 0
 
 
+def test_another_list_of_the_same_size_refuses_with_the_previewed_fingerprint(
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
+) -> None:
+    """alice enrols and frank joins the cohort without 2FA after the preview: still 2
+    accounts, but not the 2 approved. The count lets it through; the list does not."""
+    approved = enforce.preview_phase(
+        registry, plan_exempting_carol, plan_exempting_carol.phase("top-100")
+    )
+    FactorFactory(account=existing_account(ids["alice"]), kind="totp")
+    AccountFactory(username="frank", in_cohort="top-100")
+    with pytest.raises(GuardRefused, match="not the ones previewed") as refused:
+        enforce.enforce_phase(
+            registry,
+            plan_exempting_carol,
+            "top-100",
+            expect=2,
+            expect_list=approved.fingerprint,
+            actor="rm",
+        )
+    assert f"not {approved.fingerprint}" in str(refused.value)
+    assert required(registry) == set() and count(registry, Action) == 0
+    again = enforce.preview_phase(
+        registry, plan_exempting_carol, plan_exempting_carol.phase("top-100")
+    )
+    assert again.count == approved.count and again.fingerprint != approved.fingerprint
+    enforce.enforce_phase(
+        registry,
+        plan_exempting_carol,
+        "top-100",
+        expect=2,
+        expect_list=again.fingerprint.upper(),  # as typed back
+        actor="rm",
+    )
+    assert required(registry) == {"dave", "frank"}
+
+
 def test_the_blast_radius_limit_refuses(
     registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
 ) -> None:

@@ -8,6 +8,7 @@ import csv
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from rollout.core.config import load_settings
 from rollout.demo.story import Story
@@ -80,6 +81,14 @@ def test_every_shipped_plan_tells_its_story_on_a_sample_fitted_to_it(
                 assert enforce.preview_phase(registry, plan, phase).token_count == 0
             else:
                 assert did > 0, phase.name
+        # A revoked or expired token works no more: no use of one is recorded after.
+        used_dead = registry.engine.connect().execute(
+            text(
+                "select count(*) from tokens where last_used_at > revoked_at "
+                "or last_used_at > expires_at"
+            )
+        )
+        assert used_dead.scalar_one() == 0
     assert report.emails["sent"] > 0 and report.files is not None
     assert report.files.html.is_file()
     if any(p.deadline is not None for p in plan.phases):

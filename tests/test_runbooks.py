@@ -449,10 +449,13 @@ def test_the_release_manager_rehearsal_runs_as_the_runbook_gives_it(
     again, enforce = enforce_block
     assert again.words == ("phase", "preview", phase.name)
     assert run(again).stderr.count(f"To apply: rollout {to_apply.group(1)}") == 1
+    listed = to_apply.group(1).split()[-1]  # the list's fingerprint, after --expect-list
+    filled_in = (("--expect", str(expect)), ("--expect-list", listed))
     enforce_words = list(enforce.words)
-    enforce_words[enforce_words.index("--expect") + 1] = str(expect)
-    assert to_apply.group(1).split() == enforce_words  # the runbook's command, N filled in
-    enforced = record(run(enforce, ("--expect", str(expect))).stdout)
+    for name, value in filled_in:
+        enforce_words[enforce_words.index(name) + 1] = value
+    assert to_apply.group(1).split() == enforce_words  # the runbook's command, filled in
+    enforced = record(run(enforce, *filled_in).stdout)
     assert int(enforced["accounts_required"]) == int(enforced["accounts_flagged"]) == expect
     assert int(enforced["emails_queued"]) == expect
     applied = plan_step(run(show_csv).stdout, phase.enforce_on, enforced_step)

@@ -92,6 +92,7 @@ def phase_preview(
         apply += f" --expect-tokens {preview.token_count}"
     if preview.over_unreached_limit:
         apply += f" --accept-unreached {len(preview.unreached)}"
+    apply += f" --expect-list {preview.fingerprint}"
     # The date `phase enforce` refuses before: enforce_on, or a later date the
     # phase's sent reminders gave (enforce_on moved earlier since).
     due = enforceable_from(runtime.registry, plan, plan.phase(phase))
@@ -171,6 +172,13 @@ def phase_enforce(
             "(refused without it).",
         ),
     ] = False,
+    expect_list: Annotated[
+        str | None,
+        typer.Option(
+            help="The list's fingerprint the preview showed: refuses if the accounts or "
+            "tokens differ from the previewed ones, even at the same count."
+        ),
+    ] = None,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Apply the phase's effects to its non-compliant accounts (by default: require 2FA
@@ -198,6 +206,7 @@ def phase_enforce(
             actor=settings.actor,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
             early=early,
+            expect_list=expect_list,
         )
     emit_record(result.summary(), fmt, title=f"phase {phase} enforced")
 

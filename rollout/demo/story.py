@@ -181,12 +181,13 @@ class _History:
     begins: str
     ends: str
     why: str | None  # the column saying why it ended, cleared and restored with it
+    last_use: str | None = None  # the row's latest use, which the story dates from then on
 
 
 _HISTORIES = (
     _History(TfaFactor.__table__, "created_at", "removed_at", None),
-    _History(Token.__table__, "created_at", "revoked_at", "revoked_reason"),
-    _History(WebSession.__table__, "created_at", "revoked_at", "revoked_reason"),
+    _History(Token.__table__, "created_at", "revoked_at", "revoked_reason", "last_used_at"),
+    _History(WebSession.__table__, "created_at", "revoked_at", "revoked_reason", "last_seen_at"),
 )
 
 
@@ -241,6 +242,19 @@ def rewind(registry: Registry, landing_dir: Path, start: date) -> HeldBack:
             connection.execute(update(table).where(ends >= cutoff).values(dict.fromkeys(ended)))
             for row in later:
                 row.update(dict.fromkeys(ended))  # added live; its end comes on its day
+            if history.last_use is not None:
+                # A use the sample dated later has not happened yet: the rows there are
+                # were last used before the start at the latest (a token replaced in the
+                # story's first week was otherwise "used" weeks after it was revoked),
+                # and those held back are unused until the story uses them.
+                last_use = table.c[history.last_use]
+                connection.execute(
+                    update(table)
+                    .where(last_use >= cutoff)
+                    .values({history.last_use: cutoff - timedelta(microseconds=1)})
+                )
+                for row in later:
+                    row[history.last_use] = None
             held.rows[table.name] = _by_day(later, history.begins)
             held.ends[table.name] = _by_day(
                 sorted(endings, key=lambda row: (row[history.ends], row["id"])), history.ends
@@ -801,7 +815,8 @@ class Story:
 
     def use_tokens(self, day: date) -> None:
         """Tokens used today: a token's last use only moves forward (the sample may
-        have dated one later than the simulated day)."""
+        have dated one later than the simulated day), and a token revoked (by a phase)
+        or expired by then is not used: it no longer works."""
         p, r, rng = self.people, self.responses, self.rng
         chance = np.where(p.token_in_use, r.token_in_use, r.token_idle)
         used = p.token_ids[rng.random(len(p.token_ids)) < chance]
@@ -814,12 +829,15 @@ class Story:
         ]
         tokens = Token.__table__
         last_used = tokens.c.last_used_at
+        used_at = bindparam("used_at")
         with self.registry.engine.begin() as connection:
             connection.execute(
                 update(tokens)
                 .where(tokens.c.id == bindparam("token_id"))
-                .where(or_(last_used.is_(None), last_used < bindparam("used_at")))
-                .values(last_used_at=bindparam("used_at")),
+                .where(or_(last_used.is_(None), last_used < used_at))
+                .where(or_(tokens.c.revoked_at.is_(None), tokens.c.revoked_at > used_at))
+                .where(or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > used_at))
+                .values(last_used_at=used_at),
                 uses,
             )
         self.report.token_uses += len(uses)

@@ -59,6 +59,9 @@ class ApprovalRequest:
     # whether that is over the plan's limit (the approval then types their count back).
     unreached: int | None = None
     over_unreached_limit: bool = False
+    # Which accounts and tokens (PhasePreview.fingerprint): enforcement refuses another
+    # list of the same size. None in a request recorded before it existed: counts only.
+    fingerprint: str | None = None
 
     @classmethod
     def from_saved(cls, saved: SavedPreview, artifact_key: str) -> ApprovalRequest:
@@ -73,6 +76,7 @@ class ApprovalRequest:
             tokens=(saved.preview.token_count if saved.preview.revokes_tokens else None),
             unreached=len(saved.preview.unreached),
             over_unreached_limit=saved.preview.over_unreached_limit,
+            fingerprint=saved.preview.fingerprint,
         )
 
     @classmethod

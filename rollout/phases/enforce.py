@@ -787,9 +787,11 @@ def enforce_phase(
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     early: bool = False,
+    expect_list: str | None = None,
 ) -> EnforceResult:
     """Apply a phase to exactly the previewed accounts (and, when it revokes tokens,
-    exactly the previewed tokens), refusing on any mismatch, when more of them were
+    exactly the previewed tokens), refusing on any mismatch (the counts, and with
+    ``expect_list`` the list's fingerprint: PhasePreview.fingerprint), when more of them were
     never reached by a warning than the plan allows (unless ``accept_unreached`` is
     their count), and before the phase's ``enforce_on`` (unless ``early``).
 
@@ -807,6 +809,7 @@ def enforce_phase(
             _date_guard(phase, utc_now().date(), enforceable_from(registry, plan, phase))
         preview = preview_phase(registry, plan, phase, details=False)
         _guard(phase, preview, expect, expect_tokens)
+        _list_guard(phase, preview, expect_list)
         _reach_guard(phase, preview, accept_unreached)
         ids = [t.account_id for t in preview.targets]
         tokens_of: dict[int, list[int]] = {}
@@ -823,6 +826,7 @@ def enforce_phase(
             parameters={
                 "expect": expect,
                 "expect_tokens": expect_tokens,
+                "expect_list": expect_list,
                 "accept_unreached": accept_unreached,
                 "phase": phase.name,
             },
@@ -940,6 +944,18 @@ def _guard(phase: Phase, preview: PhasePreview, expect: int, expect_tokens: int 
             f"phase {phase.name} would revoke {preview.token_count} tokens, over the "
             f"plan's blast-radius limit of {phase.max_tokens}"
         )
+
+
+def _list_guard(phase: Phase, preview: PhasePreview, expect_list: str | None) -> None:
+    """Refuse a list other than the one previewed, even of the same size."""
+    if expect_list is None or preview.fingerprint == expect_list.strip().lower():
+        return
+    what = "accounts and tokens" if phase.does("revoke_tokens") else "accounts"
+    raise GuardRefused(
+        f"phase {phase.name}: the {what} it would change now are not the ones previewed "
+        f"(list {preview.fingerprint}, not {expect_list}): some changed since, though the "
+        f"count may not have; run `rollout phase preview {phase.name}` and check"
+    )
 
 
 def _reach_guard(phase: Phase, preview: PhasePreview, accept: int | None) -> None:

@@ -7,6 +7,7 @@ under ``reports/previews/``) with a JSON record beside it (who, when, the counts
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import uuid
@@ -128,6 +129,16 @@ class PhasePreview:
     @property
     def count(self) -> int:
         return len(self.targets)
+
+    @property
+    def fingerprint(self) -> str:
+        """Which accounts (and tokens) the preview lists, in 12 hex digits: typed back
+        with the count (``--expect-list``), it makes enforcement refuse another list of
+        the same size (one account enrolled and another dropped its factor, a token
+        rotated), which the count alone lets through."""
+        accounts = ",".join(map(str, sorted(t.account_id for t in self.targets)))
+        tokens = ",".join(map(str, sorted(token_id for token_id, _ in self.token_ids)))
+        return hashlib.sha256(f"{accounts};{tokens}".encode()).hexdigest()[:12]
 
     @property
     def asks_only_2fa(self) -> bool:

@@ -25,8 +25,11 @@ tokens as (
         -- the 90 days ending with the as-of day
         last_used_at >= $as_of::date - 89 and last_used_at < $as_of::date + 1 as used_lately
     from registry.tokens
+    -- Held at the end of the as-of day: made, and neither revoked nor expired, by then
+    -- (an expired token works no more than a revoked one: registry live_token).
     where created_at < $as_of::date + 1
         and (revoked_at is null or revoked_at >= $as_of::date + 1)
+        and (expires_at is null or expires_at >= $as_of::date + 1)
 ),
 
 account_tokens as (
