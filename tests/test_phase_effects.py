@@ -326,6 +326,64 @@ def test_revoking_tokens_changes_exactly_the_previewed_ones_once(
     assert len(audited(registry, "revoke_token")) == 2
 
 
+def test_every_account_a_phase_acts_on_is_audited_as_required_once(
+    registry: Registry, token_plan: Plan, key_plan: Plan, tokens_of: dict[str, list[int]]
+) -> None:
+    """The ledger names whom each phase applied to, whatever its effects: the marts read
+    it (int_phase_requirements_known) for the funnel's required and the accounts acted
+    on unwarned. A token phase's holders are phase_required; a security-key phase's TOTP
+    users, short of the factor it asks, tfa_required; a rerun adds none."""
+    enforce.enforce_phase(registry, token_plan, "top-100", expect=2, expect_tokens=2, actor="rm")
+    with registry.engine.connect() as connection:
+        ids = {name: id_ for name, id_ in connection.execute(select(Account.username, Account.id))}
+    assert audited(registry, "phase_required") == [
+        (f"account:{ids['alice']}", 1),
+        (f"account:{ids['bob']}", 1),
+    ]
+    assert audited(registry, "tfa_required") == []
+    key = phase_of(key_plan, name="keys")
+    preview = enforce.preview_phase(registry, key, key.phase("keys"))
+    enforce.enforce_phase(registry, key, "keys", expect=preview.count, actor="rm")
+    enforce.enforce_phase(registry, key, "keys", expect=preview.count, actor="rm")
+    with registry.engine.connect() as connection:
+        keys = connection.execute(
+            select(Action.action, func.count())
+            .where(Action.phase == "keys")
+            .where(Action.action.in_(["tfa_required", "phase_required"]))
+            .group_by(Action.action)
+        ).all()
+    assert dict(keys) == {"tfa_required": preview.count}
+
+
+def test_a_rotated_token_at_the_same_count_refuses_with_the_previewed_fingerprint(
+    registry: Registry, token_plan: Plan, tokens_of: dict[str, list[int]]
+) -> None:
+    """alice rotates her classic token (the old one revoked, a new one made): still 2
+    accounts and 2 tokens, but not the tokens approved."""
+    approved = enforce.preview_phase(registry, token_plan, token_plan.phase("top-100"))
+    with registry.engine.begin() as connection:
+        connection.execute(
+            Token.__table__.update()
+            .where(Token.id == tokens_of["alice"][0])
+            .values(revoked_at=NOW - timedelta(hours=2))
+        )
+        alice = connection.execute(
+            select(Account.id).where(Account.username == "alice")
+        ).scalar_one()
+    TokenFactory(account_id=alice, kind="publish", created_at=NOW - timedelta(hours=1))
+    with pytest.raises(GuardRefused, match="accounts and tokens it would change now are not"):
+        enforce.enforce_phase(
+            registry,
+            token_plan,
+            "top-100",
+            expect=approved.count,
+            expect_tokens=approved.token_count,
+            expect_list=approved.fingerprint,
+            actor="rm",
+        )
+    assert audited(registry, "revoke_token") == []
+
+
 def test_a_token_count_that_moved_since_the_preview_refuses_and_changes_nothing(
     registry: Registry, token_plan: Plan, tokens_of: dict[str, list[int]]
 ) -> None:

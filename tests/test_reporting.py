@@ -18,7 +18,7 @@ from markdown_it import MarkdownIt
 
 from rollout.core.errors import RolloutError
 from rollout.core.output import FORMULA_PREFIXES
-from rollout.core.plan import Plan
+from rollout.core.plan import Phase, Plan
 from rollout.report.reporting import (
     ReportFiles,
     build_report,
@@ -383,6 +383,32 @@ def test_a_name_makes_no_link_or_markup_in_the_markdown(tmp_path: Path, plan: Pl
         assert tag not in rendered, tag
     orgs = next(b for b in table_blocks(markdown) if b[0].startswith("| org |"))
     assert len({len(cells(line)) for line in orgs}) == 1
+
+
+def test_a_phase_asking_more_than_2fa_is_headlined_by_the_accounts_it_acted_on(
+    tmp_path: Path, plan: Plan
+) -> None:
+    """A token phase's accounts may well use 2FA: "still without 2FA" would say nothing
+    of it. Its line counts the accounts it acted on (required), with what it asks."""
+    top = plan.phase("top-100")
+    tokens = Phase.model_validate(
+        {
+            **top.model_dump(),
+            "requires": {"two_factor": "none", "no_classic_tokens": True},
+            "effects": ["revoke_tokens"],
+        }
+    )
+    token_plan = plan.model_copy(update={"phases": [tokens, *plan.phases[1:]]})
+    with open_warehouse(make_warehouse(tmp_path, token_plan)) as con:
+        files = build_report(con, token_plan, AS_OF, tmp_path / "out")
+    markdown = files.markdown.read_text()
+    assert (
+        "- Phase top-100 (enforced 2022-02-01): 27 accounts acted on, short of no classic tokens."
+        in markdown
+    )
+    assert "- Phase high-impact (enforced 2022-05-03): 500 accounts still without 2FA." in markdown
+    html = files.html.read_text()
+    assert "accounts phase top-100 acted on, short of no classic tokens" in html
 
 
 def test_extra_columns_follow_the_contracts(tmp_path: Path, plan: Plan) -> None:

@@ -278,6 +278,11 @@ class Requirements(_Strict):
             or self.no_write_tokens_without_2fa
         )
 
+    @property
+    def asks_only_2fa(self) -> bool:
+        """Any second factor, and no token rule: "without 2FA" says who falls short."""
+        return self.two_factor == "any" and not self.token_rules
+
     @model_validator(mode="after")
     def _asks_something(self) -> Requirements:
         if self.two_factor == "none" and not self.token_rules:

@@ -36,6 +36,7 @@ from sqlalchemy import (
     select,
     table,
     text,
+    true,
     update,
 )
 
@@ -527,9 +528,50 @@ def _record_requirement(batch: _Batch) -> int:
     )
 
 
+def _audit_requirement(batch: _Batch) -> None:
+    """One audit row per account the batch newly applies the phase to, whatever its
+    effects: ``tfa_required`` for one whose second factor the phase requires (it lacks
+    it, and the phase does require_2fa), ``phase_required`` for the others (a token,
+    banner or TOTP-closing phase's accounts, or one short only of the token rules). The
+    ledger is what the adoption marts read of whom a phase applied to, on any past day
+    (int_phase_requirements_known); the phase_requirements table holds only the present."""
+    phase = batch.phase
+    required_here = and_(
+        REQUIREMENTS.c.phase == phase.name,
+        batch.among(REQUIREMENTS.c.account_id),
+        REQUIREMENTS.c.run_id == batch.run_id,
+        REQUIREMENTS.c.required_at == batch.now,
+    )
+    lacking = batch.lacking(REQUIREMENTS.c.account_id)
+    kinds = (
+        [("tfa_required", lacking), ("phase_required", ~lacking)]
+        if phase.does("require_2fa")
+        else [("phase_required", true())]
+    )
+    for action, which in kinds:
+        batch.connection.execute(
+            dialect_insert(batch.connection, ACTIONS).from_select(
+                _audit_columns(),
+                select(
+                    literal(f"{action.replace('_', '-')}:{phase.name}:")
+                    + cast(REQUIREMENTS.c.account_id, String)
+                    + literal(f":{batch.run_id}"),
+                    literal(action),
+                    REQUIREMENTS.c.account_id,
+                    literal(None, String),
+                    *batch.audit_common({"two_factor": phase.requires.two_factor}),
+                ).where(and_(required_here, which)),
+            )
+            # No ON CONFLICT: these rows describe requirements this transaction just
+            # added (the insert before skipped existing ones), so their keys are new;
+            # were one not, the unique key should fail the batch loudly. (Speculative
+            # inserts cost a fifth more on PostgreSQL.)
+        )
+
+
 def _require_second_factor(batch: _Batch) -> int:
     """Flag the accounts that lack the factor (and, for a phishing-resistant phase,
-    require a security key), and audit the phase's requirement of each."""
+    require a security key)."""
     connection, phase = batch.connection, batch.phase
     flagged = _changed(
         connection,
@@ -544,30 +586,6 @@ def _require_second_factor(batch: _Batch) -> int:
             .where(and_(batch.lacking(ACCOUNTS.c.id), ACCOUNTS.c.webauthn_required_at.is_(None)))
             .values(webauthn_required_at=batch.now)
         )
-    required_here = and_(
-        REQUIREMENTS.c.phase == phase.name,
-        batch.lacking(REQUIREMENTS.c.account_id),
-        REQUIREMENTS.c.run_id == batch.run_id,
-        REQUIREMENTS.c.required_at == batch.now,
-    )
-    connection.execute(
-        dialect_insert(connection, ACTIONS).from_select(
-            _audit_columns(),
-            select(
-                literal(f"tfa-required:{phase.name}:")
-                + cast(REQUIREMENTS.c.account_id, String)
-                + literal(f":{batch.run_id}"),
-                literal("tfa_required"),
-                REQUIREMENTS.c.account_id,
-                literal(None, String),
-                *batch.audit_common({"two_factor": phase.requires.two_factor}),
-            ).where(required_here),
-        )
-        # No ON CONFLICT: these rows describe requirements this transaction just added
-        # (the insert before skipped existing ones), so their keys are new; were one
-        # not, the unique key should fail the batch loudly. (Speculative inserts cost a
-        # fifth more on PostgreSQL.)
-    )
     return flagged
 
 
@@ -725,6 +743,7 @@ def _enforce_batch(
         connection.execute(text("set local synchronous_commit to off"))
     batch = _Batch(connection, phase, among, run_id, actor, now)
     required = _record_requirement(batch)
+    _audit_requirement(batch)
     # Those this run applies the phase to: not those a run that died had (a rerun
     # passes over them again, finding their effects done), whom the unreached count and
     # the summary would otherwise name as acted on twice. Read back only when some were

@@ -352,6 +352,10 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
                     and (counts.get("required", 0) > 0 or counts.get("enforced", 0) > 0)
                     and rolled_back_at is None,
                     "rolled_back_at": rolled_back_at,
+                    # A phase asking more or other than 2FA (a security key, token rules)
+                    # is told by the accounts it acts on, not "still without 2FA".
+                    "asks_only_2fa": planned is None or planned.requires.asks_only_2fa,
+                    "asks": "; ".join(planned.requires.describe()) if planned else "",
                     **counts,
                     "base": base,
                     "median_days": quantile(name, 0.5),

@@ -1,5 +1,7 @@
--- Which accounts each phase requires 2FA of at the end of $as_of, and since when. Read
--- from the audit ledger, not registry.phase_requirements: that table holds only the
+-- Which accounts each phase applies to (requires) at the end of $as_of, and since when:
+-- tfa_required for an account whose 2FA a require_2fa phase requires, phase_required
+-- for any other the phase acts on (a token, banner or TOTP-closing phase's). Read from
+-- the audit ledger, not registry.phase_requirements: that table holds only the
 -- present, and a report may be of a past day. Included ({{ }}) by int_funnel_accounts,
 -- compliance_funnel and notice_reach.
 with
@@ -7,7 +9,9 @@ with
 events as (
     select phase, account_id, action, created_at
     from registry.actions
-    where action in ('tfa_required', 'tfa_required_withdrawn', 'tfa_required_cleared')
+    where action in (
+            'tfa_required', 'phase_required', 'tfa_required_withdrawn', 'tfa_required_cleared'
+        )
         and phase is not null
         and account_id is not null
         and created_at < $as_of::date + 1
@@ -22,14 +26,14 @@ last_withdrawals as (
     group by phase, account_id
 ),
 
--- The requirement in force began with the first tfa_required after the last rollback
+-- The requirement in force began with the first of its rows after the last rollback
 -- (a phase enforced, rolled back and enforced again requires from the second time).
 -- A tfa_required at the very instant of a withdrawal counts as withdrawn.
 requirements as (
     select events.phase, events.account_id, min(events.created_at) as required_at
     from events
     left join last_withdrawals using (phase, account_id)
-    where events.action = 'tfa_required'
+    where events.action in ('tfa_required', 'phase_required')
         and (
             last_withdrawals.withdrawn_at is null
             or events.created_at > last_withdrawals.withdrawn_at

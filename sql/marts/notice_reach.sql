@@ -69,7 +69,7 @@ planned_requirements as (
 
 -- The phase's accounts: every account with a warning of the phase meant to reach it
 -- (in any state but skipped for a reason other than its address), and every account the
--- phase requires 2FA of (one enforced without any warning was never sent a notice).
+-- phase requires (applies to) (one enforced without any warning was never sent a notice).
 phase_accounts as (
     select phase, account_id from account_warnings where meant_to_warn
     union
