@@ -26,6 +26,7 @@ from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import CohortRule, Plan
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
+from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import (
     insert_ignoring_existing,
     record_actions,
@@ -242,7 +243,7 @@ def _add_packages(
     actor: str,
 ) -> list[str]:
     """Upsert today's qualifying packages; returns the ones that entered today."""
-    with engine.begin() as connection:
+    with begin_writing(engine) as connection:
         existing = {
             key
             for (key,) in connection.execute(
@@ -329,7 +330,7 @@ def _update_memberships(
     current standing (packages, left) goes back to that day's. It marked every
     member absent that day as left, and phases then skipped them."""
     today = accounts.to_pylist()
-    with engine.begin() as connection:
+    with begin_writing(engine) as connection:
         c = MEMBERSHIPS.c
         before = {
             account_id: (left_on, packages)
@@ -679,7 +680,7 @@ def release_package(
     if not reason.strip():
         raise BadInput(None, None, "a release needs a --reason")
     key = package.lower()
-    with registry.engine.begin() as connection:
+    with begin_writing(registry.engine) as connection:
         c = COHORT_PACKAGES.c
         row = connection.execute(
             select(c.id, c.package, c.released_at).where(

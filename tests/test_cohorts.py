@@ -448,6 +448,10 @@ def test_release_previews_then_takes_the_package_out_with_an_audit_row(
         cohorts.release_package(registry, "high-impact", "big", reason="again", actor="rm")
 
 
+# On SQLite the two cannot interleave: each release takes the write lock first
+# (registry.engine.begin_writing), so Alice waits for Bob's commit and is the one refused.
+@pytest.mark.postgres
+@pytest.mark.parametrize("empty_registry_url", ["postgresql"], indirect=True)
 def test_a_release_racing_another_is_refused_not_written_over(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,

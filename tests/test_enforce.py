@@ -512,6 +512,27 @@ def _plan_show(registry_url: str, monkeypatch: pytest.MonkeyPatch, *options: str
     return result
 
 
+def test_a_re_run_killed_after_the_step_was_applied_leaves_it_applied(
+    registry: Registry,
+    registry_url: str,
+    plan_exempting_carol: Plan,
+    ids: dict[str, int],
+    rollout_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The apply's counts stand; the state says a later re-run died, and the hint how
+    to finish what it had left. Not "interrupted", read as an enforcement half done."""
+    plan = plan_exempting_carol
+    applied = enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
+    _left_running(registry, plan.name, "phase top-100", "apply", "enforce")
+    [step] = [s for s in step_states(registry, plan) if s.step.label == "phase top-100 enforced"]
+    assert (step.state, step.run_id) == ("applied, re-run interrupted", applied.run_id)
+    assert "accounts_flagged 2" in step.detail
+    hint = " ".join(_plan_show(registry_url, monkeypatch).stderr.split())
+    assert f"applied by run {applied.run_id}; a later re-run stopped" in hint
+    assert "re-run it to resume" not in hint
+
+
 def test_plan_show_tells_an_interrupted_rollback_and_how_to_finish_it(
     registry: Registry,
     registry_url: str,

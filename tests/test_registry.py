@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from rollout import warehouse
 from rollout.core.errors import RolloutError
 from rollout.registry import Registry, migrate
-from rollout.registry.engine import make_engine, normalize_url, session_scope
+from rollout.registry.engine import begin_writing, make_engine, normalize_url, session_scope
 from rollout.registry.models import (
     Account,
     Action,
@@ -410,3 +412,56 @@ def _read(path: Path) -> str:
         return path.read_text()
     except OSError:  # a process that ended while we looked
         return ""
+
+
+def _read_then_write(engine: Engine, begin: Any, other_write: Any) -> None:
+    """A batch as enforcement runs one: a temp table, a read, then a write; another
+    process commits a write between the read and the write."""
+    with begin(engine) as connection:
+        connection.exec_driver_sql("create temp table if not exists batch_ids (id integer)")
+        connection.exec_driver_sql("insert into batch_ids values (1)")
+        connection.exec_driver_sql("select count(*) from accounts").scalar_one()
+        other_write()
+        connection.exec_driver_sql("update accounts set last_login_at = '2022-01-02'")
+
+
+def test_two_sqlite_writers_wait_for_each_other_rather_than_fail(tmp_path: Path) -> None:
+    """WAL refuses a transaction that read before another process's commit the right to
+    write, at once ("database is locked", the busy timeout not waited): an enforcement
+    batch beside ELV's enrolment stopped half way. begin_writing takes the write lock
+    first: the other writer waits for it instead."""
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    migrate.upgrade(make_engine(url))
+    engine, other = make_engine(url), make_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "insert into accounts (username, email, email_verified, created_at) "
+            "values ('ann', 'ann@example.com', 1, '2022-01-01')"
+        )
+
+    def commit_now() -> None:
+        with other.begin() as connection:
+            connection.exec_driver_sql("update accounts set last_login_at = '2022-01-03'")
+
+    with pytest.raises(DBAPIError, match="database is locked"):
+        _read_then_write(engine, lambda e: e.begin(), commit_now)
+
+    finished: list[str] = []
+
+    def commit_in_a_thread() -> None:
+        def write() -> None:
+            commit_now()
+            finished.append("other")
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        time.sleep(0.3)  # it is waiting for the lock this batch holds
+        assert not finished
+        threads.append(thread)
+
+    threads: list[threading.Thread] = []
+    _read_then_write(engine, begin_writing, commit_in_a_thread)
+    threads[0].join(timeout=30)
+    assert finished == ["other"]  # it waited for the batch's commit, then wrote
+    engine.dispose()
+    other.dispose()

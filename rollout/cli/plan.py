@@ -140,6 +140,11 @@ def plan_show(
     for s in states:
         if s.state == "interrupted":
             _hint(f"{s.step.label}: run {s.run_id} stopped before finishing; re-run it to resume")
+        elif s.state == "applied, re-run interrupted":
+            _hint(
+                f"{s.step.label}: applied by run {s.run_id}; a later re-run stopped before "
+                "finishing: re-run it to apply whatever that run had left (new accounts since)"
+            )
         elif s.state == "rollback interrupted":
             _hint(
                 f"{s.step.label}: rollback run {s.run_id} stopped before finishing; finish it "

@@ -25,6 +25,7 @@ from sqlalchemy import bindparam, func, select, update
 from rollout import warehouse
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
+from rollout.registry.engine import begin_writing
 from rollout.registry.models import Notification, RegistryChange
 
 NOTIFICATIONS = Notification.__table__
@@ -96,7 +97,7 @@ def apply_delivery(con: duckdb.DuckDBPyConnection, registry: Registry) -> Delive
         )
     )
     for start in range(0, len(changed), BATCH):
-        with registry.engine.begin() as connection:
+        with begin_writing(registry.engine) as connection:
             connection.execute(statement, changed[start : start + BATCH])
     with warehouse.transaction(con):
         con.execute("delete from delivery_state")

@@ -84,6 +84,7 @@ from rollout.notify.render import render
 from rollout.notify.withdraw import marked_withdrawn
 from rollout.registry import Registry
 from rollout.registry.deadlines import deadlines_and_snoozes, own_deadline
+from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import (
     CohortMembership,
@@ -218,7 +219,7 @@ def _claim(
     """Up to ``size`` claimable rows, marked as sending by this drainer until ``now`` +
     ``lease``: none when nothing is (the drainers sharing the outbox take that as the
     end of their work, or wait for the leases of others: drain_shard)."""
-    with engine.begin() as connection:
+    with begin_writing(engine) as connection:
         _settle_lapsed_withdrawals(connection, now)
         if connection.dialect.name == "postgresql":
             ids: list[int] = []
@@ -541,7 +542,7 @@ def _record(
     # skipped with the withdrawal's reason: a failed one would be retried.
     c = NOTIFICATIONS.c
     stays_withdrawn = and_(marked_withdrawn(), bindparam("new_state") != "sent")
-    with engine.begin() as connection:
+    with begin_writing(engine) as connection:
         connection.execute(
             update(NOTIFICATIONS)
             .where(and_(c.id == bindparam("row_id"), c.state == "sending"))
@@ -566,7 +567,7 @@ def _unsent() -> Any:
 
 def _release(engine: Engine, ids: list[int]) -> None:
     """Put claimed rows back, unsent (the sender is misconfigured: nothing went out)."""
-    with engine.begin() as connection:
+    with begin_writing(engine) as connection:
         connection.execute(
             update(NOTIFICATIONS)
             .where(and_(NOTIFICATIONS.c.id.in_(ids), NOTIFICATIONS.c.state == "sending"))
@@ -577,7 +578,7 @@ def _release(engine: Engine, ids: list[int]) -> None:
 def _put_back(engine: Engine, ids: list[int], now: datetime) -> None:
     """Queue claimed rows again whose sends a stop cut short: they may have gone out, so
     the attempt counts (the next drain sends them again, the only duplicates)."""
-    with engine.begin() as connection:
+    with begin_writing(engine) as connection:
         connection.execute(
             update(NOTIFICATIONS)
             .where(and_(NOTIFICATIONS.c.id.in_(ids), NOTIFICATIONS.c.state == "sending"))
@@ -589,7 +590,7 @@ def _requeue_in_flight(engine: Engine, now: datetime) -> int:
     """Queue again every row in flight. Only while holding the run lock with no drain
     process left: the rows are then those of a drain (or worker) that died, and it may or
     may not have sent them."""
-    with engine.begin() as connection:
+    with begin_writing(engine) as connection:
         return connection.execute(
             update(NOTIFICATIONS)
             .where(NOTIFICATIONS.c.state == "sending")

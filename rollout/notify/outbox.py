@@ -30,6 +30,7 @@ from rollout.core.errors import BadInput, RolloutError
 from rollout.notify.message import address_forms
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
+from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import dialect_insert, utc_now
 from rollout.registry.models import (
     Account,
@@ -104,7 +105,7 @@ def retry_failed(registry: Registry, *, sender: str | None = None) -> int:
 
 
 def requeue_failed(engine: Engine, now: datetime) -> int:
-    with engine.begin() as connection:
+    with begin_writing(engine) as connection:
         return connection.execute(
             update(NOTIFICATIONS)
             .where(NOTIFICATIONS.c.state == "failed")
@@ -239,7 +240,7 @@ def suppress(registry: Registry, address: str, *, reason: str, actor: str) -> bo
         raise BadInput(None, None, f"{address!r} is not an email address (name@domain.tld)")
     if not reason.strip():
         raise BadInput(None, None, "--reason is blank: say why (bounced, complained, asked)")
-    with registry.engine.begin() as connection:
+    with begin_writing(registry.engine) as connection:
         return bool(
             connection.execute(
                 dialect_insert(connection, SUPPRESSIONS)

@@ -49,6 +49,7 @@ from rollout.notify.outbox import (
 )
 from rollout.registry import Registry
 from rollout.registry.deadlines import due_by
+from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import dialect_insert, recorded_run, utc_now
 from rollout.registry.models import (
     BrownoutWindow,
@@ -306,7 +307,7 @@ def queue_due(registry: Registry, plan: Plan, day: date, *, actor: str) -> list[
                 parameters={"day": day.isoformat(), "email": o.email},
             ) as run:
                 ids = audience(o.audience, plan, day)
-                with engine.begin() as connection:
+                with begin_writing(engine) as connection:
                     total = connection.execute(
                         select(func.count()).select_from(ids.subquery())
                     ).scalar_one()

@@ -45,6 +45,7 @@ from rollout.notify.message import DeliveryFailed
 from rollout.notify.outbox import SUPPRESSIONS
 from rollout.notify.senders import SendGridSender
 from rollout.registry import Registry
+from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import utc_now
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ def sync_suppressions(
         if progress is not None:
             progress(list_name, len(entries))
     sources = list(LISTS.values())
-    with registry.engine.begin() as connection:
+    with begin_writing(registry.engine) as connection:
         before = {
             (address, source)
             for address, source in connection.execute(

@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Select, and_, case, func, select, true, updat
 
 from rollout.core.errors import BadInput
 from rollout.registry import Registry
+from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import record_actions, utc_now
 from rollout.registry.models import Notification
 
@@ -160,5 +161,5 @@ def withdraw(registry: Registry, selection: Selection, *, reason: str, actor: st
         raise BadInput(None, None, "say which emails to withdraw: --phase, --email or both")
     if not reason.strip():
         raise BadInput(None, None, "say why: --reason")
-    with registry.engine.begin() as connection:
+    with begin_writing(registry.engine) as connection:
         return withdraw_queued(connection, selection, reason=reason, actor=actor, run_id=None)

@@ -24,6 +24,7 @@ from rollout.core.plan import Brownout, Plan
 from rollout.notify.emails import HEADS_UP_EMAIL
 from rollout.notify.withdraw import Selection, withdraw_queued
 from rollout.registry import Registry
+from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import (
     finish_run,
     record_actions,
@@ -134,7 +135,7 @@ def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, s
         "the brown-out windows were changed by another run meanwhile (one started, ended "
         "or scheduled): see `rollout brownout status`, then schedule again"
     )
-    with registry.engine.begin() as connection:
+    with begin_writing(registry.engine) as connection:
         run_id = start_run(
             connection,
             plan=plan.name,
@@ -216,7 +217,7 @@ def _change_window(
     now = utc_now()
     window = _current(registry, name, now)
     values = decide(window, now)
-    with registry.engine.begin() as connection:
+    with begin_writing(registry.engine) as connection:
         # Only the window as it was decided on: two stops at once (a person and the
         # brownout-end deployment) both pass the check, and the second must then find
         # the window changed, not write over the first and audit a second stop.
@@ -354,7 +355,7 @@ def enroll_all(
             enrolled, last_id = 0, -1
             while True:
                 now = utc_now()
-                with engine.begin() as connection:
+                with begin_writing(engine) as connection:
                     ids = [
                         row[0]
                         for row in connection.execute(

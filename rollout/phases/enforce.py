@@ -51,6 +51,7 @@ from rollout.phases.drift import told_deadline
 from rollout.phases.previews import PhasePreview, Target, TokenTarget
 from rollout.registry import Registry
 from rollout.registry.deadlines import deadlines
+from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import dialect_insert, record_actions, recorded_run, utc_now
 from rollout.registry.models import (
     Account,
@@ -855,7 +856,7 @@ def enforce_phase(
             acted_on: list[int] = []
             for start in range(0, len(ids), size):
                 accounts = ids[start : start + size]
-                with engine.begin() as connection:
+                with begin_writing(engine) as connection:
                     outcome = _enforce_batch(
                         connection,
                         phase,
@@ -1270,7 +1271,7 @@ def rollback_phase(
             lock=LOCK,
         ) as run:
             result = RollbackResult(phase.name, run.id)
-            with engine.begin() as connection:
+            with begin_writing(engine) as connection:
                 # Before the requirements: a crash between batches left the emails
                 # queued, and the next send told accounts already released that 2FA
                 # is required. Enforcement takes the same lock, so none is queued
@@ -1287,7 +1288,7 @@ def rollback_phase(
             with engine.connect() as connection:
                 set_by_phase = _marks_set(connection, phase)
             for start in range(0, len(ids), phase.batch_size):
-                with engine.begin() as connection:
+                with begin_writing(engine) as connection:
                     withdrawn, cleared, marks = _rollback_batch(
                         connection,
                         plan,

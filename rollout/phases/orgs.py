@@ -33,6 +33,7 @@ from rollout.core.controls import shell_word
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
+from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import (
     insert_ignoring_existing,
     record_actions,
@@ -201,7 +202,7 @@ def enforce_org(
             parameters={"org": org, "owner": owner},
         ) as run:
             run_id = run.id
-            with engine.begin() as connection:
+            with begin_writing(engine) as connection:
                 turned_on = connection.execute(
                     update(ORGS)
                     .where(and_(ORGS.c.id == org_id, ORGS.c.tfa_enforced_at.is_(None)))
@@ -485,7 +486,7 @@ def reinvite(
             lock="orgs",
             parameters={"org": org, "team": team, "owner": owner, "expect": expect},
         ) as run:
-            with engine.begin() as connection:
+            with begin_writing(engine) as connection:
                 settle_invitations(connection, org_id, org, now=now, actor=actor, run_id=run.id)
                 invited = insert_ignoring_existing(
                     connection,
@@ -574,7 +575,7 @@ def invitations(registry: Registry, org: str, *, actor: str) -> list[Invitation]
     expired since (``settle_invitations``)."""
     engine = registry.engine
     org_id, _ = _org_id(engine, org)
-    with registry.lock("orgs"), engine.begin() as connection:
+    with registry.lock("orgs"), begin_writing(engine) as connection:
         settle_invitations(connection, org_id, org, now=utc_now(), actor=actor, run_id=None)
     query = (
         select(

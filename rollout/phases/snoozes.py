@@ -32,6 +32,7 @@ from rollout.phases.enforce import LOCK
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.deadlines import SNOOZES, deadlines
+from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import dialect_insert, record_actions, recorded_run, utc_now
 from rollout.registry.models import Account, CohortMembership, PhaseRequirement
 
@@ -297,7 +298,7 @@ def snooze(
             lock=LOCK,
             parameters={"phase": phase.name, "requests": len(requests)},
         ) as run:
-            with engine.begin() as connection:
+            with begin_writing(engine) as connection:
                 outcomes, ids = _judge_all(connection, phase, requests)
                 granted = [
                     (r, o, ids[r.username])

@@ -75,7 +75,15 @@ def _state_of(
             return "running", decisive
         # A rollback stopped half way is not an enforcement stopped half way: what
         # finishes it is `phase rollback`, and `phase enforce` would undo it.
-        return ("rollback interrupted" if decisive.mode == "rollback" else "interrupted"), decisive
+        if decisive.mode == "rollback":
+            return "rollback interrupted", decisive
+        # A re-run stopped after the step was applied: what the step did stands (shown
+        # by its apply), and only what the re-run had left (new accounts since, if any)
+        # waits for the next run. "interrupted" alone read as an enforcement half done.
+        before = _state_of([r for r in runs if r.started_at < decisive.started_at], lock_free)
+        if before[0] == "applied":
+            return "applied, re-run interrupted", before[1]
+        return "interrupted", decisive
     if decisive.state == "failed":
         return f"{decisive.mode} failed", decisive
     done = [r for r in runs if r.state == "succeeded" and r.mode in ("apply", "rollback")]

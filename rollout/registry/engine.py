@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -84,6 +84,21 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", functools.partial(_sqlite_pragmas, parsed.database))
         return engine
     return create_engine(parsed, pool_pre_ping=True, **kwargs)
+
+
+@contextmanager
+def begin_writing(engine: Engine) -> Iterator[Connection]:
+    """``engine.begin()`` for a transaction that writes. On SQLite it takes the
+    database's write lock first: a transaction that reads and then writes fails at once
+    with "database is locked" when another process committed in between (WAL's snapshot
+    rule, which the busy timeout does not cover), so an enforcement beside ELV's
+    enrolment or a send stopped half way. Taken first, the lock is waited for, as the
+    busy timeout intends. (A no-op UPDATE takes it: SQLite locks for writing at the
+    statement's start, whatever rows it matches.) PostgreSQL: ``engine.begin()``."""
+    with engine.begin() as connection:
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("UPDATE accounts SET id = id WHERE 0")
+        yield connection
 
 
 @contextmanager

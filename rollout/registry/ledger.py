@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Engine, Table, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from rollout.core import clock
+from rollout.registry.engine import begin_writing
 from rollout.registry.models import Action, PlanRun
 
 ACTIONS: Table = Action.__table__  # type: ignore[assignment]
@@ -168,7 +169,7 @@ def recorded_run(
     how ``plan show`` tells an interrupted run from one still at work. A run stopped
     (SIGTERM, Ctrl-C: a KeyboardInterrupt) is interrupted too, not failed: its row
     keeps 'running' with what was done so far, and its rerun finishes the work."""
-    with engine.begin() as connection:
+    with begin_writing(engine) as connection:
         run = RunRecord(
             start_run(
                 connection,
@@ -183,14 +184,14 @@ def recorded_run(
     try:
         yield run
     except KeyboardInterrupt:
-        with engine.begin() as connection:
+        with begin_writing(engine) as connection:
             connection.execute(
                 update(PLAN_RUNS).where(PLAN_RUNS.c.id == run.id).values(summary=dict(run.summary))
             )
         raise
     except BaseException:
-        with engine.begin() as connection:
+        with begin_writing(engine) as connection:
             finish_run(connection, run.id, state="failed", summary=run.summary)
         raise
-    with engine.begin() as connection:
+    with begin_writing(engine) as connection:
         finish_run(connection, run.id, state="succeeded", summary=run.summary)
