@@ -7,6 +7,7 @@ import io
 import json
 import re
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 
 from rollout import warehouse
 from rollout.cli import app
+from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.config import load_settings
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.registry.engine import make_engine
@@ -317,8 +319,16 @@ def test_notify_queues_previews_first_then_sends_to_the_file_outbox(rollout_home
     [due] = json.loads(preview.stdout)
     assert due["email"] == "phase_notice" and due["new"] == due["audience"] > 0
     assert json.loads(run("notify", "status", "--format", "json").stdout) == []
+    # Queued years late (this test runs after 2022): sent now, the notices would give a
+    # deadline long past. Said on the day before a send; not on the day itself.
+    late = "warning: notices top-100: its last day was 2022-01-31, before today"
+    assert late in " ".join(preview.stderr.split())
+    with use_clock(SimulatedClock(datetime(2022, 1, 4, 9))):
+        on_the_day = run("notify", "queue", "--as-of", "2022-01-04")
+    assert on_the_day.exit_code == 0 and "warning:" not in on_the_day.stderr
     queued = run("notify", "queue", "--as-of", "2022-01-04", "--apply", "--format", "json")
     assert json.loads(queued.stdout)[0]["new"] == due["new"]
+    assert "`rollout notify withdraw` takes back" in " ".join(queued.stderr.split())
     counted = run("notify", "send")
     assert counted.exit_code == 0 and "preview only" in counted.stderr
     sent = run("notify", "send", "--apply")

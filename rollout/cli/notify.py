@@ -3,6 +3,7 @@ lists) and withdraw emails."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 import typer
@@ -15,7 +16,7 @@ from rollout.cli.app import (
     reports_errors,
 )
 from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput, RolloutError
-from rollout.core.output import Format, emit, emit_record, progress_for, stderr
+from rollout.core.output import Format, emit, emit_record, labelled, progress_for, stderr
 
 # --- notify --------------------------------------------------------------------------------
 
@@ -112,6 +113,24 @@ def notify_queue(
         stderr.print(f"nothing is due on {day}", highlight=False)
     elif not apply:
         stderr.print("preview only: add --apply to queue them", highlight=False)
+    today = utc_now().date()
+    for o in outcomes:
+        # A day queued late goes out today: a mailing whose last day has passed would
+        # announce as still to come a date already gone.
+        if o.added and o.occasion.until <= today:
+            stderr.print(
+                labelled(
+                    "warning:",
+                    "bold yellow",
+                    f"{o.occasion.step}: its last day was {o.occasion.until - timedelta(days=1)}"
+                    f", before today ({today}): these {o.added} emails, sent now, would "
+                    "announce dates already past"
+                    + (
+                        "; `rollout notify withdraw` takes back those not sent yet" if apply else ""
+                    ),
+                ),
+                highlight=False,
+            )
 
 
 @notify_app.command("send")
