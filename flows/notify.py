@@ -335,7 +335,7 @@ def notify_markdown(day: date, queued: list[QueueOutcome], report: DrainReport |
     if report is not None:
         rows = [("sender", report.sender), ("sent", report.sent), ("failed", report.failed)]
         rows += [(f"skipped: {why}", n) for why, n in sorted(report.skipped.items())]
-        rows.append(("resent after an interrupted drain", report.resumed))
+        rows.append(("resent after an interrupted drain (maybe twice)", report.resumed))
         rows.append(("retried after 5xx/429", report.retried))
         rows.append(("failed before, queued again (retry_failed)", report.requeued))
         parts.append("## Sent\n\n" + table(rows))

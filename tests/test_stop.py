@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -163,12 +164,20 @@ def _watch_the_stop(
     assert server.requests_seen == seen
 
 
-def _finish_and_check(registry: Registry, plan: Plan, server: DevSendGrid, in_flight: int) -> None:
-    """No row is left in flight; a second drain finishes; every email went out, and no
-    more went out twice than could have been in flight."""
+def _finish_and_check(
+    registry: Registry, plan: Plan, server: DevSendGrid, in_flight: int, errors: str = ""
+) -> None:
+    """No row is left in flight; a second drain finishes, counting as resent the rows
+    the stop put back mid-send (``errors``: the stop's line); every email went out, and
+    no more went out twice than could have been in flight."""
     assert _states(registry).get("sending", 0) == 0
     server.script([])
-    drain(registry, plan, SendGridSender(KEY, server.url, timeout=5))
+    finished = drain(registry, plan, SendGridSender(KEY, server.url, timeout=5))
+    if errors:  # a stop's line
+        [put_back] = re.findall(r"(\d+) put back", errors)
+        if int(put_back):
+            assert "sends cut short may have gone out" in errors
+        assert finished.resumed == int(put_back)
     assert _states(registry) == {"sent": EMAILS}
     delivered = _delivered(server)
     assert len(delivered) == EMAILS
@@ -226,7 +235,7 @@ def test_a_stopped_send_in_processes_ends_them_all_and_finishes_later(
     assert command.returncode == exit_code, errors
     assert "Traceback" not in errors
     assert "stopped:" in errors and "sent" in errors and "put back" in errors
-    _finish_and_check(registry, plan, slow_server, in_flight=2 * CONCURRENCY)
+    _finish_and_check(registry, plan, slow_server, in_flight=2 * CONCURRENCY, errors=errors)
 
 
 def test_a_stopped_send_in_one_process_puts_back_what_it_held(
@@ -255,7 +264,7 @@ def test_a_stopped_send_in_one_process_puts_back_what_it_held(
     _, errors = command.communicate(timeout=10)
     assert command.returncode == 143, errors
     assert "Traceback" not in errors and "stopped: 0 sent, 8 put back" in errors
-    _finish_and_check(registry, plan, slow_server, in_flight=8)
+    _finish_and_check(registry, plan, slow_server, in_flight=8, errors=errors)
 
 
 def test_workers_whose_parent_is_killed_stop_and_put_back_what_they_held(

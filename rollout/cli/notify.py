@@ -202,7 +202,7 @@ def notify_send(
     skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items())) or "none"
     stderr.print(
         f"sent {report.sent}, failed {report.failed}, skipped {sum(report.skipped.values())} "
-        f"({skipped}); resent after a crash: {report.resumed}; "
+        f"({skipped}); resent after a crash or a stop (maybe twice): {report.resumed}; "
         f"retried after 5xx/429: {report.retried}",
         highlight=False,
     )

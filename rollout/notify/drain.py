@@ -40,6 +40,7 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
+    literal,
     literal_column,
     or_,
     select,
@@ -126,7 +127,9 @@ class DrainReport:
     sent: int = 0
     failed: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
-    resumed: int = 0  # rows a crashed drain left in flight, sent again
+    # Rows a crashed drain left in flight, or a stop put back mid-send: sent again,
+    # though they may have gone out (the only duplicates).
+    resumed: int = 0
     put_back: int = 0  # claimed rows queued again by a stop: unsent, or not known to be
     failures: list[tuple[int, str]] = field(default_factory=list)
     requeued: int = 0  # failed rows queued again first (retry_failed)
@@ -163,6 +166,13 @@ class _Claimed:
     phase: str
     occasion: str
     context: dict[str, Any]
+    error: str | None = None  # CUT_SHORT: a stop put it back, its send maybe gone out
+
+
+# What a stop writes on a row whose send it cut short and put back (``_put_back``): the
+# send may have gone out, so the next drain, which sends it again, counts it with the
+# rows a crash left in flight (DrainReport.resumed). Sent, the row's error is cleared.
+CUT_SHORT = "put back by a stop: its send may have gone out"
 
 
 def _in_state(state: str) -> Any:
@@ -258,6 +268,7 @@ def _claim(
                 NOTIFICATIONS.c.phase,
                 NOTIFICATIONS.c.occasion,
                 NOTIFICATIONS.c.context,
+                NOTIFICATIONS.c.error,
             )
         ).all()
     return sorted((_Claimed(*row) for row in rows), key=lambda c: c.id)
@@ -575,26 +586,40 @@ def _release(engine: Engine, ids: list[int]) -> None:
         )
 
 
+def _cut_short() -> Any:
+    """SQL: the error a row put back mid-send gets (CUT_SHORT), unless it was withdrawn
+    meanwhile (it goes to skipped, and keeps its own)."""
+    return case((marked_withdrawn(), NOTIFICATIONS.c.error), else_=literal(CUT_SHORT))
+
+
 def _put_back(engine: Engine, ids: list[int], now: datetime) -> None:
     """Queue claimed rows again whose sends a stop cut short: they may have gone out, so
-    the attempt counts (the next drain sends them again, the only duplicates)."""
+    the attempt counts, and the row says so (CUT_SHORT): the next drain sends them again,
+    the only duplicates, and counts them as resent."""
     with begin_writing(engine) as connection:
         connection.execute(
             update(NOTIFICATIONS)
             .where(and_(NOTIFICATIONS.c.id.in_(ids), NOTIFICATIONS.c.state == "sending"))
-            .values(state=_unsent(), updated_at=now, lease_expires_at=None)
+            .values(
+                state=_unsent(),
+                error=_cut_short(),
+                updated_at=now,
+                lease_expires_at=None,
+            )
         )
 
 
-def _requeue_in_flight(engine: Engine, now: datetime) -> int:
+def _requeue_in_flight(engine: Engine, now: datetime, *, cut_short: bool = False) -> int:
     """Queue again every row in flight. Only while holding the run lock with no drain
     process left: the rows are then those of a drain (or worker) that died, and it may or
-    may not have sent them."""
+    may not have sent them. ``cut_short``: put back by this run's stop, so marked for the
+    next run to count as resent (CUT_SHORT); else counted by the caller, now."""
+    marked = {"error": _cut_short()} if cut_short else {}
     with begin_writing(engine) as connection:
         return connection.execute(
             update(NOTIFICATIONS)
             .where(NOTIFICATIONS.c.state == "sending")
-            .values(state=_unsent(), updated_at=now, lease_expires_at=None)
+            .values(state=_unsent(), updated_at=now, lease_expires_at=None, **marked)
         ).rowcount
 
 
@@ -608,6 +633,8 @@ class _Batch:
     # sent_at recorded is that moment too (recorded after midnight UTC, the deadline
     # the registry enforced was a day later than the one the notice gave).
     prepared_at: datetime
+    # Of its rows, those a stop had put back with their send maybe gone out (CUT_SHORT).
+    cut_short: int = 0
 
     @property
     def ids(self) -> list[int]:
@@ -626,6 +653,7 @@ def _next_batch(
     claimed = _claim(engine, size, clock(), sender, lease) if size > 0 else []
     if not claimed:
         return None
+    cut_short = sum(c.error == CUT_SHORT for c in claimed)
     now = clock()
     with engine.connect() as connection:
         recipients = _recipients(connection, claimed)
@@ -643,7 +671,17 @@ def _next_batch(
         [p for p in prepared if isinstance(p, _Outcome)],
         [p for p in prepared if isinstance(p, Message)],
         now,
+        cut_short,
     )
+
+
+def _stopped(report: DrainReport) -> str:
+    """A stopped drain's line: what went out, and what it put back, saying that sends
+    it cut short may have gone out (the next run sends them again, and counts them)."""
+    said = f"stopped: {report.sent} sent, {report.put_back} put back"
+    if report.put_back:
+        said += " (sends cut short may have gone out: the next run sends them again)"
+    return said
 
 
 def _count(report: DrainReport, outcomes: Iterable[_Outcome]) -> None:
@@ -752,6 +790,7 @@ def _drain_loop(
                     continue
                 break
             claimed += len(batch.ids)
+            report.resumed += batch.cut_short
             futures = [sends.submit(m) for m in batch.messages]
             _await_sends(futures, stop)
             # Looked at once: a send may still finish while the lists are made.
@@ -949,6 +988,7 @@ def _merge(reports: Iterable[DrainReport], into: DrainReport) -> DrainReport:
         into.failed += r.failed
         into.skipped.update(r.skipped)
         into.put_back += r.put_back
+        into.resumed += r.resumed
         into.failures += r.failures
         into.retried += r.retried
     return into
@@ -1037,8 +1077,8 @@ def drain(
                 _merge(reports, report)
             finally:
                 # What killed workers held: no drain process is left, the lock still held.
-                report.put_back += _requeue_in_flight(engine, clock())
-    stop.raise_if_set(f"stopped: {report.sent} sent, {report.put_back} put back")
+                report.put_back += _requeue_in_flight(engine, clock(), cut_short=True)
+    stop.raise_if_set(_stopped(report))
     return report
 
 
@@ -1088,7 +1128,7 @@ def drain_shard(
             "its notify run is gone (nobody holds the notify lock): stopped after "
             f"{report.sent} sent, {report.put_back} put back for the next run"
         )
-    stop.raise_if_set(f"stopped: {report.sent} sent, {report.put_back} put back")
+    stop.raise_if_set(_stopped(report))
     return report
 
 
