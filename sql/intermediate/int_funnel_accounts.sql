@@ -5,7 +5,7 @@
 with
 
 phases as (
-    select phase, notice_on, enforce_on from plan_phases
+    select phase, notice_on, enforce_on, two_factor from plan_phases
 ),
 
 -- Active on day D when active_from <= D < active_until (null: still active).
@@ -40,13 +40,17 @@ with_2fa_at_enforcement as (
     inner join factors using (account_id)
     where factors.active_from < phases.enforce_on
         and (factors.active_until is null or factors.active_until >= phases.enforce_on)
+        -- a factor the phase counts, as at notice (int_notice_enrolments)
+        and (phases.two_factor <> 'phishing_resistant' or factors.kind = 'webauthn')
 ),
 
 enrolled_after_requirement as (
     select distinct requirements.phase, requirements.account_id
     from requirements
+    inner join phases using (phase)
     inner join factors using (account_id)
     where factors.created_at > requirements.required_at
+        and (phases.two_factor <> 'phishing_resistant' or factors.kind = 'webauthn')
 ),
 
 notified as (

@@ -4,7 +4,7 @@
 with
 
 phases as (
-    select phase, cohort, notice_on from plan_phases
+    select phase, cohort, notice_on, two_factor from plan_phases
 ),
 
 memberships as (
@@ -27,6 +27,8 @@ cohort_at_notice as (
 
 -- "At notice" is the start of notice_on, before the notices go out: 2FA on the day
 -- before. Whoever enrols on the notice day itself enrolled 0 days after the notice.
+-- "2FA" is a factor the phase counts: a security key for a phishing_resistant phase
+-- (TOTP alone falls short of it), any factor otherwise (as deadline_survival).
 with_2fa_at_notice as (
     select distinct cohort_at_notice.phase, cohort_at_notice.account_id
     from cohort_at_notice
@@ -34,6 +36,7 @@ with_2fa_at_notice as (
     inner join factors using (account_id)
     where factors.active_from < phases.notice_on
         and (factors.active_until is null or factors.active_until >= phases.notice_on)
+        and (phases.two_factor <> 'phishing_resistant' or factors.kind = 'webauthn')
 ),
 
 without_2fa_at_notice as (
@@ -50,6 +53,7 @@ enrolments as (
     inner join phases using (phase)
     inner join factors using (account_id)
     where factors.created_at >= phases.notice_on
+        and (phases.two_factor <> 'phishing_resistant' or factors.kind = 'webauthn')
     group by all
 ),
 
