@@ -5,7 +5,7 @@
 with
 
 phases as (
-    select phase, notice_on, enforce_on, two_factor from plan_phases
+    select phase, notice_on, enforce_on, two_factor, days_after_notice from plan_phases
 ),
 
 -- Active on day D when active_from <= D < active_until (null: still active).
@@ -31,15 +31,52 @@ notices_sent as (
         and coalesce(sent_at, updated_at) < $as_of::date + 1
 ),
 
--- "At enforcement" reads like "at notice": the start of enforce_on, 2FA on the day
--- before, so enforcement runs on the day meet these accounts.
-with_2fa_at_enforcement as (
-    select distinct notice_enrolments.phase, notice_enrolments.account_id
+-- A phase with per-account deadlines enforces each account on its own day: its notice's
+-- day + days_after_notice + the days of its snooze granted by $as_of (as
+-- own_deadline in the package's deadlines module). Accounts never sent the notice have
+-- none.
+own_deadlines as (
+    select
+        notifications.phase,
+        notifications.account_id,
+        cast(min(notifications.sent_at) as date)
+            + cast(any_value(phases.days_after_notice) + coalesce(max(snoozes.days), 0)
+                as integer) as due_on
+    from registry.notifications as notifications
+    inner join phases using (phase)
+    left join registry.deadline_snoozes as snoozes
+        on snoozes.phase = notifications.phase
+        and snoozes.account_id = notifications.account_id
+        and snoozes.granted_at < $as_of::date + 1
+    where phases.days_after_notice is not null
+        and notifications.email = 'phase_notice'
+        and notifications.state = 'sent'
+        and notifications.sent_at < $as_of::date + 1
+    group by notifications.phase, notifications.account_id
+),
+
+-- Each account's day of enforcement: its own deadline, else the phase's enforce_on.
+enforcement_days as (
+    select
+        notice_enrolments.phase,
+        notice_enrolments.account_id,
+        coalesce(own_deadlines.due_on, phases.enforce_on) as enforce_on
     from notice_enrolments
     inner join phases using (phase)
+    left join own_deadlines using (phase, account_id)
+),
+
+-- "At enforcement" reads like "at notice": the start of the account's enforcement day,
+-- 2FA on the day before, so enforcement runs on the day meet these accounts.
+with_2fa_at_enforcement as (
+    select distinct enforcement_days.phase, enforcement_days.account_id
+    from enforcement_days
+    inner join phases using (phase)
     inner join factors using (account_id)
-    where factors.active_from < phases.enforce_on
-        and (factors.active_until is null or factors.active_until >= phases.enforce_on)
+    where factors.active_from < enforcement_days.enforce_on
+        and (
+            factors.active_until is null or factors.active_until >= enforcement_days.enforce_on
+        )
         -- a factor the phase counts, as at notice (int_notice_enrolments)
         and (phases.two_factor <> 'phishing_resistant' or factors.kind = 'webauthn')
 ),
@@ -68,10 +105,10 @@ at_enforcement as (
     select
         notified.*,
         notified.notified
-        and phases.enforce_on <= $as_of::date
+        and enforcement_days.enforce_on <= $as_of::date
         and with_2fa_at_enforcement.account_id is null as without_2fa_at_enforcement
     from notified
-    inner join phases using (phase)
+    inner join enforcement_days using (phase, account_id)
     left join with_2fa_at_enforcement using (phase, account_id)
 ),
 

@@ -1,7 +1,8 @@
-"""The compliance funnel counts the factor a phase asks for: for a security-key phase
+"""The compliance funnel as the phase enforces: for a security-key phase
 (two_factor: phishing_resistant) an account with TOTP alone is still short, at the
 notice and at enforcement, and enrolling TOTP is no enrolment (as deadline_survival
-counts). On the phase_funnel golden case, its phase-top asking a security key."""
+counts); with per-account deadlines, each account is judged "at enforcement" on its own
+deadline, snooze included. Worked by hand on two golden cases' inputs."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rollout.report.adoption import build_adoption
 from tests.sql.golden_harness import load_case, load_inputs
 
 CASE = Path(__file__).parent / "golden" / "adoption" / "phase_funnel"
+DEADLINES = Path(__file__).parent / "golden" / "adoption" / "deadline_survival"
 
 
 def test_a_security_key_phase_s_funnel_counts_only_security_keys(
@@ -43,3 +45,30 @@ def test_a_security_key_phase_s_funnel_counts_only_security_keys(
         "enrolled_after_enforcement from compliance_funnel where phase = 'phase-top'"
     ).fetchone()
     assert row == (10, 9, 7, 1, 1, 6, 2, 1)
+
+
+def test_a_per_account_deadline_phase_judges_each_account_at_its_own_deadline(
+    fresh_warehouse: duckdb.DuckDBPyConnection,
+) -> None:
+    """The deadline_survival case (phase own: 3 days from each notice, bob snoozed 2
+    days), its eight accounts in the cohort from 02-28, on 03-06. Notified while without
+    2FA at the start of 03-01: ann, bob, eve, gus (03-01 10:00) and dan (03-03) = 5; cat
+    had TOTP since 2022, fay's notice was skipped, hal's came 03-07. Own deadlines: ann,
+    eve and gus 03-04, bob 03-06 (snoozed), dan 03-06. At the start of each: ann (TOTP
+    03-02) and gus (03-01) hold one, bob his key of 03-05 (before his snoozed deadline:
+    judged on the plan's first deadline, 03-04, he counted as a miss), eve none (hers
+    was removed 03-01), dan none: eve and dan = 2."""
+    case = load_case(DEADLINES)
+    plan, problems = parse_plan((DEADLINES / "plan.yaml").read_text())
+    assert plan is not None and problems == []
+    load_inputs(fresh_warehouse, case)
+    fresh_warehouse.execute(
+        "insert into registry.cohort_memberships (cohort, account_id, first_qualified_on) "
+        "select 'everyone', id, date '2023-02-28' from registry.accounts"
+    )
+    build_adoption(fresh_warehouse, plan, case.parameters["as_of"])
+    row = fresh_warehouse.execute(
+        "select accounts, without_2fa_at_notice, notified, without_2fa_at_enforcement "
+        "from compliance_funnel where phase = 'own'"
+    ).fetchone()
+    assert row == (8, 7, 5, 2)
