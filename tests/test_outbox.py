@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import select, update
 
 from rollout.core.errors import RolloutError
-from rollout.core.plan import Plan
+from rollout.core.plan import ExemptAccount, Exemptions, Plan
 from rollout.demo.crowd import NOTICE_DAY
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.notify import outbox
@@ -79,6 +79,25 @@ def test_notices_reach_the_cohort_and_record_why_some_get_nothing(
     [again] = queue_due(registry, plan, NOTICE_DAY, actor="rm")
     assert (again.added, again.already) == (0, 4)
     assert len(rows(registry)) == 4
+
+
+def test_an_account_the_plan_exempts_gets_no_warning_of_its_phases(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """ "You will be signed out" of an enforcement that never touches it: the notice and
+    the reminders skip it, by name of the reason."""
+    exempting_ann = plan.model_copy(
+        update={
+            "exemptions": Exemptions(
+                accounts=[ExemptAccount(username="ann", reason="a service account")]
+            )
+        }
+    )
+    queue_due(registry, exempting_ann, NOTICE_DAY, actor="rm")
+    queue_due(registry, exempting_ann, date(2022, 1, 18), actor="rm")
+    assert rows(registry, "phase_notice")["ann"] == ("skipped", "exempt by the plan")
+    assert rows(registry, "reminder")["ann"] == ("skipped", "exempt by the plan")
+    assert rows(registry, "phase_notice")["ben"] == ("queued", None)
 
 
 def test_a_day_not_come_yet_is_previewed_but_never_queued(

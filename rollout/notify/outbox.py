@@ -55,6 +55,8 @@ SENDGRID_SOURCES = ("bounce", "block", "spam_report", "invalid_email", UNSUBSCRI
 COMPLIANT = "already compliant"
 # A reminder of a deadline the phase has already enforced on the account.
 ENFORCED = "already enforced"
+# A warning of a phase to an account the plan exempts: its enforcement never touches it.
+EXEMPT = "exempt by the plan"
 REPEAT = "inside the repeat window"
 # The context key of the day a queue run was for (``queue_due``'s ``day``): the day the
 # repeat window is judged on, so a back-filled run (``--as-of`` a past day) spaces its

@@ -42,11 +42,13 @@ from rollout.notify.outbox import (
     ACCOUNTS,
     COMPLIANT,
     ENFORCED,
+    EXEMPT,
     NOTIFICATIONS,
     RUN_DAY,
     UNVERIFIED,
     suppression_reason_sql,
 )
+from rollout.notify.reach import WARNINGS
 from rollout.registry import Registry
 from rollout.registry.deadlines import due_by
 from rollout.registry.engine import begin_writing
@@ -168,11 +170,17 @@ def audience(spec: str, plan: Plan, day: date) -> Select:
     raise ValueError(f"unknown audience {spec!r}")
 
 
-def _skip_reason(email: str, phase: Phase | None, now: datetime) -> Any:
+def _skip_reason(
+    email: str, phase: Phase | None, now: datetime, exempt: frozenset[str] = frozenset()
+) -> Any:
     """SQL: why an account gets no email at queue time, or NULL. "Compliant" means
-    meeting the phase's requirements for a phase that asks more than any 2FA."""
+    meeting the phase's requirements for a phase that asks more than any 2FA. An account
+    in ``exempt`` (the plan's exemptions) gets no warning of a phase: "you will be
+    signed out" of an enforcement that never touches it."""
     suppressed = suppression_reason_sql(func.lower(ACCOUNTS.c.email))
     whens = [(~ACCOUNTS.c.email_verified, UNVERIFIED), (suppressed.is_not(None), suppressed)]
+    if exempt and phase is not None and email in WARNINGS:
+        whens.append((ACCOUNTS.c.username.in_(sorted(exempt)), EXEMPT))
     if EMAILS[email].when_compliant == "skip":
         if phase is not None and not asks_only_2fa(phase):
             whens.append((~falls_short(phase.requires, ACCOUNTS.c.id, now), COMPLIANT))
@@ -202,13 +210,15 @@ def queue_email(
     run_id: str | None,
     now: datetime,
     requirements_of: Phase | None = None,
+    exempt: frozenset[str] = frozenset(),
 ) -> int:
     """Queue (or record as skipped) one email to each account; returns rows added.
-    ``requirements_of``: the phase whose requirements decide who is compliant.
+    ``requirements_of``: the phase whose requirements decide who is compliant;
+    ``exempt``: the plan's exempt usernames, who get none of its warnings.
 
     An account that already has this (email, phase, occasion) keeps its row: queued,
     sent or skipped, it is never queued again."""
-    reason = _skip_reason(email, requirements_of, now)
+    reason = _skip_reason(email, requirements_of, now, exempt)
     ids = account_ids.subquery()
     rows = connection.execute(
         dialect_insert(connection, NOTIFICATIONS)
@@ -325,6 +335,7 @@ def queue_due(registry: Registry, plan: Plan, day: date, *, actor: str) -> list[
                             if o.phase in {p.name for p in plan.phases}
                             else None
                         ),
+                        exempt=plan.exempt_usernames,
                     )
                 outcome = QueueOutcome(o, total, added, total - added)
                 run.summary = {"audience": total, "added": added, "already": total - added}
