@@ -293,6 +293,12 @@ def test_the_markdown_tells_the_same_story(report: ReportFiles) -> None:
     assert row in markdown
 
 
+def test_token_readiness_says_a_past_day_undercounts_its_uses(report: ReportFiles) -> None:
+    """A token keeps only its last use: a past day's report cannot see uses since."""
+    for text in (report.markdown.read_text(), report.html.read_text()):
+        assert "so these figures are exact only on the day itself" in " ".join(text.split())
+
+
 def test_markdown_tables_are_well_formed(report: ReportFiles) -> None:
     blocks = table_blocks(report.markdown.read_text())
     assert len(blocks) == 12
