@@ -352,6 +352,29 @@ def test_notify_preview_renders_every_email(rollout_home: Path) -> None:
     assert run("notify", "preview", "no_such_email").exit_code == 2
 
 
+def test_notify_preview_renders_the_emails_of_the_phase_asked_for(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each phase words its emails by what it asks and does: npm 2025's token phase's
+    reminder lists tokens, its first phase (a security key, TOTP closed) sends none, and
+    by default the reminder is the first phase's that sends one, with its own days."""
+    monkeypatch.setenv("ROLLOUT_PLAN", str(ROOT / "plans" / "npm-2025-tokens.yaml"))
+    run("db", "upgrade")
+    out = rollout_home / "outbox" / "preview"
+    by_default = run("notify", "preview", "reminder")
+    assert by_default.exit_code == 0, by_default.stderr
+    default_text = (out / "reminder-non-compliant.txt").read_text()
+    assert "In 7 days" in default_text and "token" in default_text
+    tokens = run("notify", "preview", "--phase", "bypass-tokens")
+    assert tokens.exit_code == 0, tokens.stderr
+    files = {Path(line).name for line in tokens.stdout.split()}
+    assert {"phase_notice-non-compliant.txt", "reminder-non-compliant.txt"} <= files
+    assert not any(name.startswith("brownout") or name.startswith("elv") for name in files)
+    none = run("notify", "preview", "reminder", "--phase", "totp-closed")
+    assert none.exit_code == 2 and "phase totp-closed sends no reminder" in none.stderr
+    assert run("notify", "preview", "--phase", "no-such-phase").exit_code == 2
+
+
 def test_notify_suppress_is_idempotent(rollout_home: Path) -> None:
     run("db", "upgrade")
     first = run("notify", "suppress", "Someone@Example.com", "--reason", "hard bounce")

@@ -37,11 +37,19 @@ def notify_preview(
     account: Annotated[
         str | None, typer.Option(help="Render it for this account (username) instead.")
     ] = None,
+    phase: Annotated[
+        str | None,
+        typer.Option(
+            help="The phase whose notice, reminder and enforcement emails to render "
+            "(default: the plan's first; for the reminder, its first phase that sends one)."
+        ),
+    ] = None,
 ) -> None:
     """Render examples of an email to outbox/preview/: subject, text and HTML."""
     from rollout.notify.drain import account_recipient
     from rollout.notify.emails import EMAILS
     from rollout.notify.examples import (
+        PHASE_EMAILS,
         example_stored,
         plan_sends,
         preview_examples,
@@ -57,13 +65,22 @@ def notify_preview(
         )
     # Every email the plan sends, or the one asked for (refused if the plan never sends it).
     names = [email] if email else [name for name in EMAILS if plan_sends(name, plan)]
+    if phase is not None:
+        plan.phase(phase)  # a phase the plan has (exit 2 naming them)
+        if email is None:  # its emails: a phase without reminders sends none
+            names = [
+                n
+                for n in names
+                if n in PHASE_EMAILS
+                and (n != "reminder" or plan.phase(phase).reminders_days_before)
+            ]
     directory = settings.outbox_dir / "preview"
     if account is None:
-        written = preview_examples(plan, names, directory)
+        written = preview_examples(plan, names, directory, phase)
     else:
         previews = []
         for name in names:
-            stored = example_stored(name, plan)
+            stored = example_stored(name, plan, phase if name in PHASE_EMAILS else None)
             recipient = account_recipient(runtime.registry, plan, account, stored.get("phase"))
             previews.append((f"{name}-{account}", render(name, recipient, stored, plan)))
         written = write_previews(directory, previews)

@@ -28,6 +28,8 @@ def _lacks(email: str, plan: Plan) -> str | None:
     """What the plan lacks to send this email, or None when it has an occasion for it."""
     if email in PHASE_EMAILS and not plan.phases:
         return "phases"
+    if email == "reminder" and not any(p.reminders_days_before for p in plan.phases):
+        return "phase with reminders"
     if email == "brownout_heads_up" and not plan.brownouts:
         return "brown-outs"
     if email == "elv_enrollment" and plan.elv is None:
@@ -41,21 +43,29 @@ def plan_sends(email: str, plan: Plan) -> bool:
     return _lacks(email, plan) is None
 
 
-def example_stored(email: str, plan: Plan) -> dict[str, Any]:
-    """What queueing would have stored for this email, from the plan's first occasion.
-    An email the plan never sends (``plan_sends``) is refused, exit 2."""
+def example_stored(email: str, plan: Plan, phase_name: str | None = None) -> dict[str, Any]:
+    """What queueing would have stored for this email, from the plan's first occasion
+    (of ``phase_name``, for a phase's email: each phase words its emails by what it asks
+    and does). An email the plan, or that phase, never sends is refused, exit 2."""
     lacking = _lacks(email, plan)
     if lacking is not None:
         raise RolloutError(f"plan {plan.name} never sends {email}: it has no {lacking}").with_exit(
             EXIT_BAD_INPUT
         )
-    phase = plan.phases[0] if plan.phases else None
+    if phase_name is not None:
+        phase = plan.phase(phase_name)
+    elif email == "reminder":  # the first phase that sends one (_lacks: there is one)
+        phase = next(p for p in plan.phases if p.reminders_days_before)
+    else:
+        phase = plan.phases[0] if plan.phases else None
     if email in ("phase_notice", "enforcement_notice"):
         assert phase is not None  # _lacks
         return {"phase": phase.name, "cohort": phase.cohort}
     if email == "reminder":
         assert phase is not None
-        return {"phase": phase.name, "days_before": min(phase.reminders_days_before, default=3)}
+        if not phase.reminders_days_before:
+            raise RolloutError(f"phase {phase.name} sends no reminder").with_exit(EXIT_BAD_INPUT)
+        return {"phase": phase.name, "days_before": min(phase.reminders_days_before)}
     if email == "brownout_heads_up":
         b = plan.brownouts[0]
         return {
@@ -117,14 +127,18 @@ def write_previews(directory: Path, previews: Sequence[tuple[str, Rendered]]) ->
     return list(files)
 
 
-def preview_examples(plan: Plan, emails: list[str], directory: Path) -> list[Path]:
-    """Render each email for each example recipient it would reach."""
+def preview_examples(
+    plan: Plan, emails: list[str], directory: Path, phase_name: str | None = None
+) -> list[Path]:
+    """Render each email for each example recipient it would reach (a phase's emails
+    as ``phase_name`` words them, when given)."""
     previews = []
     for email in emails:
         definition = EMAILS[email]
+        stored = example_stored(email, plan, phase_name if email in PHASE_EMAILS else None)
         for variant, recipient in EXAMPLE_RECIPIENTS.items():
             if recipient.compliant and definition.when_compliant == "skip":
                 continue  # a compliant account gets nothing: there is nothing to show
-            rendered = render(definition, recipient, example_stored(email, plan), plan)
+            rendered = render(definition, recipient, stored, plan)
             previews.append((f"{email}-{variant}", rendered))
     return write_previews(directory, previews)
