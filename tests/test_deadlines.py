@@ -19,7 +19,7 @@ from rollout.cli import app
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput
 from rollout.core.plan import Plan, load_plan, parse_plan, plan_problems
-from rollout.notify.drain import drain
+from rollout.notify.drain import account_recipient, drain
 from rollout.notify.message import Message
 from rollout.notify.queue import queue_due
 from rollout.notify.senders import FileSender
@@ -157,6 +157,21 @@ def test_reminders_follow_each_accounts_own_deadline(campaign: Campaign) -> None
     campaign.day(date(2023, 4, 27))  # 7 days before bob's
     assert campaign.sent("reminder") == {"ann", "eve", "bob"}
     assert "In 7 days, on Thursday 4 May 2023" in campaign.text_to("bob", "reminder")
+
+
+def test_a_reminder_previewed_for_an_account_gives_its_own_deadline(
+    campaign: Campaign, registry: Registry, plan: Plan
+) -> None:
+    """`notify preview reminder --account bob`: bob's deadline (his notice a week after
+    ann's), not one a notice sent today would start."""
+    campaign.day(date(2023, 3, 13))
+    AccountFactory(username="bob", in_cohort="publishers")
+    campaign.day(date(2023, 3, 20))
+    with use_clock(SimulatedClock(datetime(2023, 4, 27, 9))):
+        bob = account_recipient(registry, plan, "bob", PHASE, "reminder")
+        noticed = account_recipient(registry, plan, "bob", PHASE)  # a notice sent now
+    assert bob.deadline == date(2023, 5, 4)
+    assert noticed.deadline == date(2023, 6, 11)  # 45 days from 2023-04-27
 
 
 def _ask(

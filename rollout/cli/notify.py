@@ -81,7 +81,9 @@ def notify_preview(
         previews = []
         for name in names:
             stored = example_stored(name, plan, phase if name in PHASE_EMAILS else None)
-            recipient = account_recipient(runtime.registry, plan, account, stored.get("phase"))
+            recipient = account_recipient(
+                runtime.registry, plan, account, stored.get("phase"), name
+            )
             previews.append((f"{name}-{account}", render(name, recipient, stored, plan)))
         written = write_previews(directory, previews)
     for path in written:

@@ -1230,23 +1230,24 @@ def shards_report(registry: Registry, begun: ShardedSend) -> DrainReport:
 
 
 def account_recipient(
-    registry: Registry, plan: Plan, username: str, phase: str | None
+    registry: Registry, plan: Plan, username: str, phase: str | None, email: str = "phase_notice"
 ) -> Recipient:
-    """One account as a recipient (for previews), with its packages in ``phase``'s cohort."""
+    """One account as a recipient (for previews), with its packages in ``phase``'s cohort
+    and where it stands for ``email`` as a send now would find it: for a reminder or an
+    enforcement notice its own deadline and snooze, and the tokens that email lists (a
+    notice starts a deadline from now)."""
     with registry.engine.connect() as connection:
         account_id = connection.execute(
             select(ACCOUNTS.c.id).where(ACCOUNTS.c.username == username)
         ).scalar()
         if account_id is None:
             raise BadInput(None, None, f"no account named {username!r}")
-        claimed = [_Claimed(0, account_id, "phase_notice", phase or "", "", {})]
+        claimed = [_Claimed(0, account_id, email, phase or "", "", {})]
         recipient = _recipients(connection, claimed)[account_id]
         if phase is None:
             return recipient
         packages = _packages(connection, plan, claimed)
-        found = _standing(connection, plan, claimed, utc_now()).get(
-            ("phase_notice", phase, account_id)
-        )
+        found = _standing(connection, plan, claimed, utc_now()).get((email, phase, account_id))
     recipient = replace(
         recipient, packages=packages.get((plan.phase(phase).cohort, account_id), ())
     )
