@@ -339,3 +339,17 @@ def test_a_token_phase_summary_does_not_say_2fa_is_required() -> None:
         plan_of("classic-tokens"),
     )
     assert summary.subject == "Phase classic-tokens enforced: 3 accounts short of its requirements"
+
+
+def test_a_phase_forbidding_tokens_that_bypass_2fa_never_advises_such_a_token() -> None:
+    """npm 2025's bypass-tokens phase revokes granular tokens too (those set to bypass
+    2FA): "publish with a granular token instead" would send its maintainers back to the
+    kind of token it revokes."""
+    plan = load_plan(ROOT / "plans" / "npm-2025-tokens.yaml")
+    bypassing = (TokenLine("ci", "granular", datetime(2025, 3, 4), datetime(2025, 11, 30)),)
+    holder = replace(RECIPIENTS["holder"], lacks_factor=False, tokens=bypassing)
+    rendered = render("reminder", holder, {"phase": "bypass-tokens", "days_before": 7}, plan)
+    advice = "trusted publishing or a granular token that does not bypass 2FA"
+    assert advice in " ".join(rendered.text.split())
+    assert advice in " ".join(rendered.html.split())
+    assert "with a granular token or trusted publishing" not in " ".join(rendered.text.split())

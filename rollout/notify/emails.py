@@ -176,8 +176,18 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         "lacks_factor": (lacks and phase.requires.two_factor != "none")
         or (phase.requires.no_write_tokens_without_2fa and bool(r.tokens)),
         "tokens": list(r.tokens),
+        "token_replacement": token_replacement(phase.requires),
         "your_effects": [words[e] for e in phase.effects if e in applies],
     }
+
+
+def token_replacement(requires: Requirements) -> str:
+    """What to publish with instead of the tokens a phase forbids, in a few words that
+    fit after "publish from CI with": never a kind of token the phase forbids (a
+    granular token may bypass 2FA too)."""
+    if requires.no_bypass_2fa_tokens:
+        return "trusted publishing or a granular token that does not bypass 2FA"
+    return "a granular token or trusted publishing"
 
 
 def _day(value: Any) -> date:
