@@ -82,13 +82,14 @@ def test_every_shipped_plan_tells_its_story_on_a_sample_fitted_to_it(
             else:
                 assert did > 0, phase.name
         # A revoked or expired token works no more: no use of one is recorded after.
-        used_dead = registry.engine.connect().execute(
-            text(
-                "select count(*) from tokens where last_used_at > revoked_at "
-                "or last_used_at > expires_at"
-            )
-        )
-        assert used_dead.scalar_one() == 0
+        with registry.engine.connect() as connection:
+            used_dead = connection.execute(
+                text(
+                    "select count(*) from tokens where last_used_at > revoked_at "
+                    "or last_used_at > expires_at"
+                )
+            ).scalar_one()
+        assert used_dead == 0
     assert report.emails["sent"] > 0 and report.files is not None
     assert report.files.html.is_file()
     if any(p.deadline is not None for p in plan.phases):
