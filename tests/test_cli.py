@@ -111,15 +111,19 @@ def test_summary_csv(rollout_home: Path) -> None:
     assert row["files_loaded"] == "4"
 
 
+def _reference_plan_with(tmp_path: Path, old: str, new: str) -> Path:
+    """The reference plan with ``old`` replaced by ``new``, as a file of the test's own."""
+    edited = tmp_path / "plan.yaml"
+    text = (ROOT / "plans" / "npm-2022.yaml").read_text()
+    assert old in text
+    edited.write_text(text.replace(old, new))
+    return edited
+
+
 def test_plan_check_names_the_line_and_exits_2(rollout_home: Path, tmp_path: Path) -> None:
     good = run("plan", "check", str(ROOT / "plans" / "npm-2022.yaml"))
     assert good.exit_code == 0 and "is valid" in good.stderr
-    broken = tmp_path / "plan.yaml"
-    broken.write_text(
-        (ROOT / "plans" / "npm-2022.yaml")
-        .read_text()
-        .replace("    cohort: high-impact", "    cohort: nobody")
-    )
+    broken = _reference_plan_with(tmp_path, "    cohort: high-impact", "    cohort: nobody")
     result = run("plan", "check", str(broken))
     assert result.exit_code == 2
     assert f"{broken}:" in result.stderr and "unknown cohort 'nobody'" in result.stderr
@@ -128,12 +132,7 @@ def test_plan_check_names_the_line_and_exits_2(rollout_home: Path, tmp_path: Pat
 def test_plan_check_warns_of_a_cohort_no_phase_names_and_passes(
     rollout_home: Path, tmp_path: Path
 ) -> None:
-    unused = tmp_path / "plan.yaml"
-    unused.write_text(
-        (ROOT / "plans" / "npm-2022.yaml")
-        .read_text()
-        .replace("    cohort: high-impact", "    cohort: top-100")
-    )
+    unused = _reference_plan_with(tmp_path, "    cohort: high-impact", "    cohort: top-100")
     result = run("plan", "check", str(unused))
     assert result.exit_code == 0
     assert "warning: cohort high-impact is named by no phase" in result.stderr

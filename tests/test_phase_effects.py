@@ -355,6 +355,15 @@ def test_every_account_a_phase_acts_on_is_audited_as_required_once(
     assert dict(keys) == {"tfa_required": preview.count}
 
 
+def _new_classic_token(registry: Registry, username: str) -> None:
+    """A classic token ``username`` made an hour before enforcement: after the preview."""
+    with registry.engine.connect() as connection:
+        owner = connection.execute(
+            select(Account.id).where(Account.username == username)
+        ).scalar_one()
+    TokenFactory(account_id=owner, kind="publish", created_at=NOW - timedelta(hours=1))
+
+
 def test_a_rotated_token_at_the_same_count_refuses_with_the_previewed_fingerprint(
     registry: Registry, token_plan: Plan, tokens_of: dict[str, list[int]]
 ) -> None:
@@ -367,10 +376,7 @@ def test_a_rotated_token_at_the_same_count_refuses_with_the_previewed_fingerprin
             .where(Token.id == tokens_of["alice"][0])
             .values(revoked_at=NOW - timedelta(hours=2))
         )
-        alice = connection.execute(
-            select(Account.id).where(Account.username == "alice")
-        ).scalar_one()
-    TokenFactory(account_id=alice, kind="publish", created_at=NOW - timedelta(hours=1))
+    _new_classic_token(registry, "alice")
     with pytest.raises(GuardRefused, match="accounts and tokens it would change now are not"):
         enforce.enforce_phase(
             registry,
@@ -390,11 +396,7 @@ def test_a_token_count_that_moved_since_the_preview_refuses_and_changes_nothing(
     with pytest.raises(GuardRefused, match="--expect-tokens"):
         enforce.enforce_phase(registry, token_plan, "top-100", expect=2, actor="rm")
     # A classic token made after the preview: not in the list the approver saw.
-    with registry.engine.begin() as connection:
-        alice = connection.execute(
-            select(Account.id).where(Account.username == "alice")
-        ).scalar_one()
-    TokenFactory(account_id=alice, kind="publish", created_at=NOW - timedelta(hours=1))
+    _new_classic_token(registry, "alice")
     with pytest.raises(GuardRefused, match="revoke 3 tokens, not the 2 expected"):
         enforce.enforce_phase(
             registry, token_plan, "top-100", expect=2, expect_tokens=2, actor="rm"
