@@ -25,6 +25,7 @@ from tests.factories import (
     OrgMemberFactory,
     TeamFactory,
     TeamMemberFactory,
+    existing_account,
 )
 from tests.support.env import without_rollout_settings
 
@@ -154,6 +155,40 @@ def test_enforce_with_a_count_typed_back_refuses_when_more_would_go(
     assert len(orgs.audit_org(registry, "acme")) == 5
     done = orgs.enforce_org(registry, "acme", confirm="acme", owner="ada", actor="t", expect=3)
     assert done.removed == ["bo", "di", "fay"]
+
+
+def test_another_list_of_the_same_size_refuses_with_the_previewed_fingerprint(
+    registry: Registry, acme: dict[str, int]
+) -> None:
+    """The preview showed bo and di; bo enabled 2FA and fay joined without it since:
+    still two, but fay was on no list the owner saw. Nobody is removed."""
+    approved = orgs.removal_fingerprint(orgs.enforcement_preview(registry, "acme"))
+    FactorFactory(account=existing_account(acme["bo"]), kind="totp")
+    OrgMemberFactory(
+        org_id=_org(registry), account=AccountFactory(username="fay"), role="developer"
+    )
+    with pytest.raises(GuardRefused, match="are not the ones previewed"):
+        orgs.enforce_org(
+            registry,
+            "acme",
+            confirm="acme",
+            owner="ada",
+            actor="t",
+            expect=2,
+            expect_list=approved,
+        )
+    assert len(orgs.audit_org(registry, "acme")) == 5
+    now_listed = orgs.removal_fingerprint(orgs.enforcement_preview(registry, "acme"))
+    done = orgs.enforce_org(
+        registry,
+        "acme",
+        confirm="acme",
+        owner="ada",
+        actor="t",
+        expect=2,
+        expect_list=now_listed,
+    )
+    assert done.removed == ["di", "fay"]
 
 
 def test_a_member_removed_again_after_rejoining_is_audited_again(
@@ -365,7 +400,8 @@ def test_enforce_from_the_command_line_names_the_owners_going_and_needs_the_coun
     preview = run("orgs", "enforce", "acme")
     said = " ".join(preview.stderr.split())
     assert preview.exit_code == 0 and "of them 1 owner, without 2FA, are removed too" in said
-    assert "--owner YOU --confirm acme --expect 2" in said
+    listed = orgs.removal_fingerprint(orgs.enforcement_preview(registry, "acme"))
+    assert f"--owner YOU --confirm acme --expect 2 --expect-list {listed}" in said
     # It removes people: the count is typed back, always.
     unchecked = run("orgs", "enforce", "acme", "--owner", "ada", "--confirm", "acme")
     assert unchecked.exit_code == 2 and "--confirm needs --expect" in unchecked.stderr

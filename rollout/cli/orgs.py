@@ -93,6 +93,13 @@ def orgs_enforce(
             "refused if it changed.",
         ),
     ] = None,
+    expect_list: Annotated[
+        str | None,
+        typer.Option(
+            help="The list's fingerprint the preview showed: refused if the members to "
+            "remove differ from the previewed ones, even at the same count."
+        ),
+    ] = None,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Turn on 2FA enforcement for an org; members without 2FA are removed."""
@@ -100,6 +107,7 @@ def orgs_enforce(
         audit_org,
         enforce_org,
         owners_with_2fa,
+        removal_fingerprint,
         removed_by_enforcement,
     )
 
@@ -135,7 +143,7 @@ def orgs_enforce(
         stderr.print(
             f"preview only: to remove these {len(members)} members run "
             f"rollout orgs enforce {shell_word(org)} --owner YOU --confirm {shell_word(org)} "
-            f"--expect {len(members)}",
+            f"--expect {len(members)} --expect-list {removal_fingerprint(members)}",
             highlight=False,
         )
         return
@@ -150,7 +158,13 @@ def orgs_enforce(
             f"{shell_word(org)}` shows would be removed"
         ).with_exit(EXIT_BAD_INPUT)
     result = enforce_org(
-        runtime.registry, org, confirm=confirm, owner=owner, actor=settings.actor, expect=expect
+        runtime.registry,
+        org,
+        confirm=confirm,
+        owner=owner,
+        actor=settings.actor,
+        expect=expect,
+        expect_list=expect_list,
     )
     emit_record(
         {

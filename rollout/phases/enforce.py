@@ -42,6 +42,7 @@ from sqlalchemy import (
 
 from rollout.core.calendar import phase_step
 from rollout.core.errors import BadInput, GuardRefused
+from rollout.core.fingerprints import same_list
 from rollout.core.plan import Phase, Plan
 from rollout.notify import reach
 from rollout.notify.emails import ENFORCEMENT_EMAIL
@@ -968,7 +969,7 @@ def _guard(phase: Phase, preview: PhasePreview, expect: int, expect_tokens: int 
 
 def _list_guard(phase: Phase, preview: PhasePreview, expect_list: str | None) -> None:
     """Refuse a list other than the one previewed, even of the same size."""
-    if expect_list is None or preview.fingerprint == expect_list.strip().lower():
+    if expect_list is None or same_list(preview.fingerprint, expect_list):
         return
     what = "accounts and tokens" if phase.does("revoke_tokens") else "accounts"
     raise GuardRefused(

@@ -11,6 +11,7 @@ records the invitations accepted (a member again) or expired.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -31,6 +32,7 @@ from sqlalchemy import (
 from rollout.core.calendar import org_enforcement_step, org_reinvite_step
 from rollout.core.controls import shell_word
 from rollout.core.errors import BadInput, GuardRefused
+from rollout.core.fingerprints import list_fingerprint, same_list
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.engine import begin_writing
@@ -165,6 +167,11 @@ def _acting_owner(members: list[Member], org: str, owner: str, doing: str) -> Me
     return acting
 
 
+def removal_fingerprint(members: Iterable[Member]) -> str:
+    """Which members enforcement removes, as the preview's ``--expect-list``."""
+    return list_fingerprint(m.username for m in members)
+
+
 def enforce_org(
     registry: Registry,
     org: str,
@@ -173,9 +180,11 @@ def enforce_org(
     owner: str,
     actor: str,
     expect: int | None = None,
+    expect_list: str | None = None,
 ) -> OrgEnforcement:
     """Turn on 2FA enforcement for ``org`` as ``owner`` and remove members without 2FA;
-    with ``expect`` (the count the preview showed), only if that many would go now."""
+    with ``expect`` (the count the preview showed), only if that many would go now, and
+    with ``expect_list`` (its fingerprint: removal_fingerprint), only those same members."""
     if confirm != org:
         raise GuardRefused(f"type the org's name back to confirm: --confirm {shell_word(org)}")
     with registry.lock("orgs"):
@@ -188,6 +197,13 @@ def enforce_org(
             raise GuardRefused(
                 f"org {org!r} has {len(to_remove)} members without 2FA to remove, not the "
                 f"{expect} expected: run `rollout orgs enforce {shell_word(org)}` and check"
+            )
+        now_listed = removal_fingerprint(to_remove)
+        if expect_list is not None and not same_list(now_listed, expect_list):
+            raise GuardRefused(
+                f"org {org!r}: the members it would remove now are not the ones previewed "
+                f"(list {now_listed}, not {expect_list}): some changed since, though the "
+                f"count may not have; run `rollout orgs enforce {shell_word(org)}` and check"
             )
         owners = owners_with_2fa(members)
         reason = removal_reason(org)

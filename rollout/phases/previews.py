@@ -7,7 +7,6 @@ under ``reports/previews/``) with a JSON record beside it (who, when, the counts
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import uuid
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rollout.core.files import write_atomically
+from rollout.core.fingerprints import list_fingerprint
 from rollout.core.names import safe_path_component
 from rollout.core.output import markdown_text as md
 from rollout.core.output import write_csv
@@ -136,9 +136,9 @@ class PhasePreview:
         with the count (``--expect-list``), it makes enforcement refuse another list of
         the same size (one account enrolled and another dropped its factor, a token
         rotated), which the count alone lets through."""
-        accounts = ",".join(map(str, sorted(t.account_id for t in self.targets)))
-        tokens = ",".join(map(str, sorted(token_id for token_id, _ in self.token_ids)))
-        return hashlib.sha256(f"{accounts};{tokens}".encode()).hexdigest()[:12]
+        return list_fingerprint(
+            (t.account_id for t in self.targets), (token_id for token_id, _ in self.token_ids)
+        )
 
     @property
     def asks_only_2fa(self) -> bool:
