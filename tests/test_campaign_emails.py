@@ -353,3 +353,22 @@ def test_a_phase_forbidding_tokens_that_bypass_2fa_never_advises_such_a_token() 
     assert advice in " ".join(rendered.text.split())
     assert advice in " ".join(rendered.html.split())
     assert "with a granular token or trusted publishing" not in " ".join(rendered.text.split())
+
+
+def test_a_token_only_notice_does_not_thank_an_account_owing_2fa() -> None:
+    """pypi 2024: an account another phase required 2FA of, still without it and with no
+    token the rule forbids, was told it "meets the registry's new security requirements
+    ... nothing for you to do". It holds no affected token; it still owes 2FA."""
+    plan = plan_of("tokens-without-2fa")
+    owing = replace(RECIPIENTS["no-2fa"], lacks_factor=False, tokens=(), tfa_required=True)
+    rendered = render("phase_notice", owing, stored("phase_notice", "tokens-without-2fa"), plan)
+    text, html = " ".join(rendered.text.split()), " ".join(rendered.html.split())
+    assert "meets the registry's new security requirements" not in rendered.subject
+    assert "two-factor authentication is still required of your account" in rendered.subject
+    assert "nothing for you to do" not in text and "nothing for you to do" not in html
+    assert "requires two-factor authentication of your account, though" in text
+    assert "requires two-factor authentication of your account, though" in html
+    # One with 2FA, or never required it, is thanked as before.
+    for thanked in (replace(owing, tfa_required=False), replace(owing, method="totp")):
+        again = render("phase_notice", thanked, stored("phase_notice", "tokens-without-2fa"), plan)
+        assert again.subject == "Your account meets the registry's new security requirements"

@@ -294,10 +294,15 @@ def _recipients(connection: Connection, claimed: list[_Claimed]) -> dict[int, Re
             account.email,
             bool(account.email_verified),
             {2: "webauthn", 1: "totp"}.get(methods.get(account.id, 0)),
+            tfa_required=account.tfa_required_at is not None,
         )
         for account in connection.execute(
             select(
-                ACCOUNTS.c.id, ACCOUNTS.c.username, ACCOUNTS.c.email, ACCOUNTS.c.email_verified
+                ACCOUNTS.c.id,
+                ACCOUNTS.c.username,
+                ACCOUNTS.c.email,
+                ACCOUNTS.c.email_verified,
+                ACCOUNTS.c.tfa_required_at,
             ).where(ACCOUNTS.c.id.in_(ids))
         )
     }

@@ -48,6 +48,10 @@ class Recipient:
     # notice starts), and whether it was postponed on request (once is the most).
     deadline: date | None = None
     snoozed: bool = False
+    # The registry requires a second factor of the account (accounts.tfa_required_at,
+    # set by any phase's enforcement): a token-only phase's email to one without any
+    # factor says so rather than "nothing for you to do".
+    tfa_required: bool = False
 
     @property
     def compliant(self) -> bool:
@@ -170,6 +174,10 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         # new TOTP set-ups closed): it recommends; saying "requires" and "action
         # needed" told two million TOTP users something false (npm, 2025-10-13).
         "recommends_only": set(phase.effects) <= RECOMMENDING_EFFECTS,
+        # Meeting a token-only phase says nothing of 2FA: an account the registry
+        # requires 2FA of (another phase), without any factor, is not thanked for
+        # "meeting the new security requirements".
+        "no_second_factor": r.method is None and r.tfa_required,
         "security_key": phase.requires.two_factor == "phishing_resistant",
         # Enrolling is also the way out of PyPI's rule, even where the phase asks no
         # factor: its tokens offend only while the account has none.
