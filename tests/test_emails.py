@@ -492,3 +492,20 @@ def test_the_subject_is_one_nonempty_line(name: str, variant: str, plan: Plan) -
     subject = render_example(name, variant, plan).subject
     assert subject and subject == subject.strip()
     assert "\n" not in subject and "\r" not in subject and "  " not in subject
+
+
+@pytest.mark.parametrize("name", ["phase_notice", "reminder"])
+def test_an_account_an_earlier_phase_required_is_not_told_it_will_be(name: str, plan: Plan) -> None:
+    """npm 2022: top-100 accounts still without 2FA were sent high-impact's notice and
+    reminders saying 2FA "will be required" and "you will be signed out", three months
+    after both happened. They are told it is required already, and what to do."""
+    owing = replace(EXAMPLE_RECIPIENTS["non-compliant"], tfa_required=True)
+    rendered = render(name, owing, example_stored(name, plan), plan)
+    text, html = " ".join(rendered.text.split()), " ".join(rendered.html.split())
+    for part in (text, html):
+        assert "The registry already requires it of your account" in part
+        assert "signed out" not in part and "if it still does not" not in part
+    assert "already required of your account" in rendered.subject
+    # Not yet required: told what will happen, as before.
+    fresh = render(name, EXAMPLE_RECIPIENTS["non-compliant"], example_stored(name, plan), plan)
+    assert "signed out" in fresh.text and "already requires" not in fresh.text

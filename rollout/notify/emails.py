@@ -144,6 +144,10 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         "deadline": phase.enforce_on,
         "classic": asks_only_2fa(phase),
     }
+    # Already required by an earlier phase, without any factor: "will be required, you
+    # will be signed out" would be false (npm 2022's high-impact notices went to such
+    # top-100 accounts). Only before this phase's own enforcement: its notice and reminders.
+    found["already_required"] = r is not None and r.method is None and r.tfa_required
     if found["classic"] or r is None:
         return found
     lacks = r.lacks_factor if r.lacks_factor is not None else r.method is None
