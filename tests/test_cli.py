@@ -17,6 +17,7 @@ from rollout import warehouse
 from rollout.cli import app
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.config import load_settings
+from rollout.core.fingerprints import list_fingerprint
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.registry.engine import make_engine
 
@@ -482,6 +483,7 @@ def test_a_suggested_command_gives_the_shell_the_name_and_nothing_else(
     assert words.split("\0")[:-1] == [
         *("rollout", "orgs", "enforce", org),
         *("--owner", "YOU", "--confirm", org, "--expect", "1"),
+        *("--expect-list", list_fingerprint(["sam"])),
     ]
     assert not (rollout_home / "pwned").exists()
 
