@@ -100,6 +100,28 @@ def test_an_account_the_plan_exempts_gets_no_warning_of_its_phases(
     assert rows(registry, "phase_notice")["ben"] == ("queued", None)
 
 
+def test_an_enforcement_email_to_an_account_an_earlier_phase_flagged_says_so(
+    registry: Registry, plan: Plan, factories: None
+) -> None:
+    """npm 2022: a top-100 maintainer still without 2FA in May was told by high-impact's
+    enforcement "you were signed out": top-100 had done that in February. The email says
+    2FA was already required; one flagged by this phase itself is told it was signed out."""
+    from rollout.phases import enforce
+
+    AccountFactory(username="old", sessions=1, in_cohort=["top-100", "high-impact"])
+    AccountFactory(username="new", sessions=1, in_cohort="high-impact")
+    enforce.enforce_phase(registry, plan, "top-100", expect=1, actor="rm", early=True)
+    enforce.enforce_phase(registry, plan, "high-impact", expect=2, actor="rm", early=True)
+    sender = Recording()
+    drain(registry, plan, sender)
+    high_impact = plan.cohort("high-impact").description
+    told = {m.to_name: m for m in sender.sent if high_impact in " ".join(m.text.split())}
+    assert told["old"].subject == "Two-factor authentication is still required of your account"
+    assert "signed out" not in told["old"].text and "signed out" not in told["old"].html
+    assert "The registry already required 2FA of your account" in " ".join(told["old"].text.split())
+    assert told["new"].subject == "Two-factor authentication is now required: you were signed out"
+
+
 def test_a_day_not_come_yet_is_previewed_but_never_queued(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:

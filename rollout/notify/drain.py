@@ -89,6 +89,7 @@ from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import (
     CohortMembership,
+    PhaseRequirement,
     TfaFactor,
 )
 from rollout.registry.requirements import (
@@ -666,9 +667,17 @@ def _next_batch(
         suppressed = suppression_reasons(connection, (r.address for r in recipients.values()))
         last_sent = _last_sent(connection, plan, claimed)
         standing = _standing(connection, plan, claimed, now)
+        earlier = _required_earlier(connection, claimed)
     prepared = [
         _prepare(
-            plan, c, recipients.get(c.account_id), packages, suppressed, last_sent, now, standing
+            plan,
+            c,
+            _as_told(recipients.get(c.account_id), (c.phase, c.account_id) in earlier),
+            packages,
+            suppressed,
+            last_sent,
+            now,
+            standing,
         )
         for c in claimed
     ]
@@ -687,6 +696,34 @@ def _stopped(report: DrainReport) -> str:
     if report.put_back:
         said += " (sends cut short may have gone out: the next run sends them again)"
     return said
+
+
+def _required_earlier(connection: Connection, claimed: list[_Claimed]) -> set[tuple[str, int]]:
+    """(phase, account) of the batch's enforcement emails whose account another phase
+    had flagged before this one required it: it was flagged and signed out then, and
+    "you were signed out" now would be false."""
+    wanted = {(c.phase, c.account_id) for c in claimed if c.email == ENFORCEMENT_EMAIL}
+    if not wanted:
+        return set()
+    requirements = PhaseRequirement.__table__
+    rows = connection.execute(
+        select(requirements.c.phase, requirements.c.account_id)
+        .join(ACCOUNTS, ACCOUNTS.c.id == requirements.c.account_id)
+        .where(
+            requirements.c.account_id.in_(sorted({a for _, a in wanted})),
+            requirements.c.phase.in_(sorted({p for p, _ in wanted})),
+            ACCOUNTS.c.tfa_required_at < requirements.c.required_at,
+        )
+    ).all()
+    return {(phase, account_id) for phase, account_id in rows} & wanted
+
+
+def _as_told(recipient: Recipient | None, required_earlier: bool) -> Recipient | None:
+    return (
+        replace(recipient, required_earlier=True)
+        if recipient is not None and required_earlier
+        else recipient
+    )
 
 
 def _count(report: DrainReport, outcomes: Iterable[_Outcome]) -> None:

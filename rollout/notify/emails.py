@@ -52,6 +52,9 @@ class Recipient:
     # set by any phase's enforcement): a token-only phase's email to one without any
     # factor says so rather than "nothing for you to do".
     tfa_required: bool = False
+    # For an enforcement email: another phase had required 2FA of it (and signed it out)
+    # before this phase did, so this one changed neither.
+    required_earlier: bool = False
 
     @property
     def compliant(self) -> bool:
@@ -148,6 +151,7 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
     # will be signed out" would be false (npm 2022's high-impact notices went to such
     # top-100 accounts). Only before this phase's own enforcement: its notice and reminders.
     found["already_required"] = r is not None and r.method is None and r.tfa_required
+    found["required_earlier"] = r is not None and r.required_earlier
     if found["classic"] or r is None:
         return found
     lacks = r.lacks_factor if r.lacks_factor is not None else r.method is None
