@@ -588,3 +588,59 @@ def test_a_phase_named_with_an_underscore_finds_only_the_tokens_it_revoked(
             .all()
         )
     assert found == [mine.id]
+
+
+def test_a_warning_lists_the_tokens_enforcement_will_revoke_on_its_day(
+    registry: Registry, plan: Plan, factories: None, tmp_path: Path
+) -> None:
+    """A token-age rule (no token older than 90 days) judged as enforcement will judge
+    it: the notice sent 28 days before lists the token that will be 95 days old then
+    (67 today), not the one that expires before that day (old enough today)."""
+    from rollout.notify.drain import drain
+    from rollout.notify.queue import queue_due
+    from tests.support.outbox import Recording
+
+    aged = phase_of(
+        plan,
+        requires={"two_factor": "none", "token_max_age_days": 90},
+        effects=["revoke_tokens"],
+        max_tokens=10,
+    )
+    top = aged.phase("top-100")
+    enforced = datetime.combine(top.enforce_on, datetime.min.time())
+    sam = AccountFactory(username="sam", with_totp=True, in_cohort="top-100")
+    TokenFactory(
+        account=sam,
+        name="ages-by-then",
+        granular=True,
+        created_at=enforced - timedelta(days=95),
+        expires_at=None,
+    )
+    TokenFactory(
+        account=sam,
+        name="expires-before",
+        granular=True,
+        created_at=enforced - timedelta(days=200),
+        expires_at=enforced - timedelta(days=3),
+    )
+    TokenFactory(
+        account=sam,
+        name="young",
+        granular=True,
+        created_at=enforced - timedelta(days=30),
+        expires_at=None,
+    )
+    with use_clock(
+        SimulatedClock(datetime.combine(top.notice_on, datetime.min.time()) + timedelta(hours=9))
+    ):
+        queue_due(registry, aged, top.notice_on, actor="rm")
+        sender = Recording()
+        drain(registry, aged, sender)
+    [notice] = sender.sent
+    text = " ".join(notice.text.split())
+    assert "ages-by-then" in text
+    assert "expires-before" not in text and "young" not in text
+    # And enforcement on the day revokes exactly the token the notice named.
+    with use_clock(SimulatedClock(enforced + timedelta(hours=10))):
+        preview = enforce.preview_phase(registry, aged, aged.phase("top-100"))
+    assert [t.name for t in preview.tokens] == ["ages-by-then"]

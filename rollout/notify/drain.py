@@ -94,6 +94,7 @@ from rollout.registry.models import (
 )
 from rollout.registry.requirements import (
     TOKENS,
+    judged_at,
     lacks_factor,
     offending_token,
     revoked_by_phase,
@@ -388,24 +389,32 @@ def _standing(
                 )
             ).scalars()
         )
-        which = (
-            revoked_by_phase(TOKENS, name)
-            if email == ENFORCEMENT_EMAIL
-            else offending_token(requires, TOKENS, now)
-        )
+        # The enforcement notice lists what was revoked; a warning, what its account's
+        # enforcement will revoke: tokens judged as they will be on that day (judged_at),
+        # accounts grouped by the day (one, unless each has its own deadline).
+        by_day: dict[date | None, list[int]] = {}
+        for account_id in accounts:
+            day = None if email == ENFORCEMENT_EMAIL else own.get(account_id, (None,))[0]
+            by_day.setdefault(day or phase.enforce_on, []).append(account_id)
         tokens: dict[int, list[TokenLine]] = {}
-        for account_id, *line in connection.execute(
-            select(
-                TOKENS.c.account_id,
-                TOKENS.c.name,
-                TOKENS.c.kind,
-                TOKENS.c.created_at,
-                TOKENS.c.last_used_at,
+        for day, group in by_day.items():
+            which = (
+                revoked_by_phase(TOKENS, name)
+                if email == ENFORCEMENT_EMAIL
+                else offending_token(requires, TOKENS, judged_at(day, now))
             )
-            .where(and_(TOKENS.c.account_id.in_(accounts), which))
-            .order_by(TOKENS.c.account_id, TOKENS.c.created_at, TOKENS.c.id)
-        ):
-            tokens.setdefault(account_id, []).append(TokenLine(*line))
+            for account_id, *line in connection.execute(
+                select(
+                    TOKENS.c.account_id,
+                    TOKENS.c.name,
+                    TOKENS.c.kind,
+                    TOKENS.c.created_at,
+                    TOKENS.c.last_used_at,
+                )
+                .where(and_(TOKENS.c.account_id.in_(group), which))
+                .order_by(TOKENS.c.account_id, TOKENS.c.created_at, TOKENS.c.id)
+            ):
+                tokens.setdefault(account_id, []).append(TokenLine(*line))
         for account_id in accounts:
             deadline, snoozed = own.get(account_id, (None, False))
             found[(email, name, account_id)] = _Standing(

@@ -60,7 +60,7 @@ from rollout.registry.models import (
     has_active_factor,
     state_at,
 )
-from rollout.registry.requirements import falls_short
+from rollout.registry.requirements import falls_short, judged_at
 from rollout.registry.statistics import refresh_statistics
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,10 @@ def _skip_reason(
         whens.append((ACCOUNTS.c.username.in_(sorted(exempt)), EXEMPT))
     if EMAILS[email].when_compliant == "skip":
         if phase is not None and not asks_only_2fa(phase):
-            whens.append((~falls_short(phase.requires, ACCOUNTS.c.id, now), COMPLIANT))
+            # Compliant as enforcement will judge it (a token old enough only by then
+            # falls short): at the phase's first enforcement day.
+            at = judged_at(phase.enforce_on, now)
+            whens.append((~falls_short(phase.requires, ACCOUNTS.c.id, at), COMPLIANT))
         else:
             whens.append((has_active_factor(ACCOUNTS.c.id), COMPLIANT))
     if email == "reminder" and phase is not None:

@@ -8,7 +8,7 @@ that fall short, and on a token only when that token offends.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, false, or_, true
@@ -74,6 +74,14 @@ def holds_offending_token(
     return exists().where(
         and_(TOKENS.c.account_id == account_id, offending_token(requires, TOKENS, now))
     )
+
+
+def judged_at(enforced_on: date, now: datetime) -> datetime:
+    """The moment a warning judges an account's tokens by: the start of the day its
+    enforcement comes (``now`` if that has begun). A token's age and expiry are what
+    they will be then: a warning today would otherwise list a token that expires before
+    enforcement and leave out one that is old enough only by then."""
+    return max(now, datetime.combine(enforced_on, time.min))
 
 
 def falls_short(requires: Requirements, account_id: Any, now: datetime) -> ColumnElement[bool]:
