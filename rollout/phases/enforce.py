@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     and_,
     any_,
+    case,
     cast,
     column,
     exists,
@@ -36,7 +37,6 @@ from sqlalchemy import (
     select,
     table,
     text,
-    true,
     update,
 )
 
@@ -544,31 +544,30 @@ def _audit_requirement(batch: _Batch) -> None:
         REQUIREMENTS.c.run_id == batch.run_id,
         REQUIREMENTS.c.required_at == batch.now,
     )
-    lacking = batch.lacking(REQUIREMENTS.c.account_id)
-    kinds = (
-        [("tfa_required", lacking), ("phase_required", ~lacking)]
+    action = (
+        case((batch.lacking(REQUIREMENTS.c.account_id), "tfa_required"), else_="phase_required")
         if phase.does("require_2fa")
-        else [("phase_required", true())]
+        else literal("phase_required")
     )
-    for action, which in kinds:
-        batch.connection.execute(
-            dialect_insert(batch.connection, ACTIONS).from_select(
-                _audit_columns(),
-                select(
-                    literal(f"{action.replace('_', '-')}:{phase.name}:")
-                    + cast(REQUIREMENTS.c.account_id, String)
-                    + literal(f":{batch.run_id}"),
-                    literal(action),
-                    REQUIREMENTS.c.account_id,
-                    literal(None, String),
-                    *batch.audit_common({"two_factor": phase.requires.two_factor}),
-                ).where(and_(required_here, which)),
-            )
-            # No ON CONFLICT: these rows describe requirements this transaction just
-            # added (the insert before skipped existing ones), so their keys are new;
-            # were one not, the unique key should fail the batch loudly. (Speculative
-            # inserts cost a fifth more on PostgreSQL.)
+    batch.connection.execute(
+        dialect_insert(batch.connection, ACTIONS).from_select(
+            _audit_columns(),
+            select(
+                func.replace(action, "_", "-")
+                + literal(f":{phase.name}:")
+                + cast(REQUIREMENTS.c.account_id, String)
+                + literal(f":{batch.run_id}"),
+                action,
+                REQUIREMENTS.c.account_id,
+                literal(None, String),
+                *batch.audit_common({"two_factor": phase.requires.two_factor}),
+            ).where(required_here),
         )
+        # No ON CONFLICT: these rows describe requirements this transaction just added
+        # (the insert before skipped existing ones), so their keys are new; were one
+        # not, the unique key should fail the batch loudly. (Speculative inserts cost a
+        # fifth more on PostgreSQL.)
+    )
 
 
 def _require_second_factor(batch: _Batch) -> int:
