@@ -57,6 +57,12 @@ class Recipient:
     required_earlier: bool = False
 
     @property
+    def owes_2fa(self) -> bool:
+        """The registry requires 2FA of it already and it has none: told so, neither
+        that it "will be" required nor that there is "nothing for you to do"."""
+        return self.method is None and self.tfa_required
+
+    @property
     def compliant(self) -> bool:
         if self.lacks_factor is not None:
             return not self.lacks_factor and not self.tokens
@@ -147,10 +153,10 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         "deadline": phase.enforce_on,
         "classic": asks_only_2fa(phase),
     }
-    # Already required by an earlier phase, without any factor: "will be required, you
+    # Already required (by an earlier phase), without any factor: "will be required, you
     # will be signed out" would be false (npm 2022's high-impact notices went to such
-    # top-100 accounts). Only before this phase's own enforcement: its notice and reminders.
-    found["already_required"] = r is not None and r.method is None and r.tfa_required
+    # top-100 accounts), and so would a token-only phase's "nothing for you to do".
+    found["already_required"] = r is not None and r.owes_2fa
     found["required_earlier"] = r is not None and r.required_earlier
     if found["classic"] or r is None:
         return found
@@ -182,10 +188,6 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         # new TOTP set-ups closed): it recommends; saying "requires" and "action
         # needed" told two million TOTP users something false (npm, 2025-10-13).
         "recommends_only": set(phase.effects) <= RECOMMENDING_EFFECTS,
-        # Meeting a token-only phase says nothing of 2FA: an account the registry
-        # requires 2FA of (another phase), without any factor, is not thanked for
-        # "meeting the new security requirements".
-        "no_second_factor": r.method is None and r.tfa_required,
         "security_key": phase.requires.two_factor == "phishing_resistant",
         # Enrolling is also the way out of PyPI's rule, even where the phase asks no
         # factor: its tokens offend only while the account has none.
