@@ -5,12 +5,13 @@
 with
 
 phases as (
-    select phase, notice_on, enforce_on, two_factor, days_after_notice from plan_phases
+    select phase, notice_on, enforce_on, days_after_notice from plan_phases
 ),
 
--- Active on day D when active_from <= D < active_until (null: still active).
+-- The factors each phase counts (a security key for a phishing_resistant one), active
+-- on day D when active_from <= D < active_until (null: still active).
 factors as (
-    select * from ({{ int_factors_known }})
+    select * from ({{ int_phase_factors }})
 ),
 
 -- The cohort at each notice and who was without 2FA then (a temp table made once by
@@ -71,23 +72,18 @@ enforcement_days as (
 with_2fa_at_enforcement as (
     select distinct enforcement_days.phase, enforcement_days.account_id
     from enforcement_days
-    inner join phases using (phase)
-    inner join factors using (account_id)
+    inner join factors using (phase, account_id)
     where factors.active_from < enforcement_days.enforce_on
         and (
             factors.active_until is null or factors.active_until >= enforcement_days.enforce_on
         )
-        -- a factor the phase counts, as at notice (int_notice_enrolments)
-        and (phases.two_factor <> 'phishing_resistant' or factors.kind = 'webauthn')
 ),
 
 enrolled_after_requirement as (
     select distinct requirements.phase, requirements.account_id
     from requirements
-    inner join phases using (phase)
-    inner join factors using (account_id)
+    inner join factors using (phase, account_id)
     where factors.created_at > requirements.required_at
-        and (phases.two_factor <> 'phishing_resistant' or factors.kind = 'webauthn')
 ),
 
 notified as (

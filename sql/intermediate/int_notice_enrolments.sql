@@ -4,16 +4,16 @@
 with
 
 phases as (
-    select phase, cohort, notice_on, two_factor from plan_phases
+    select phase, cohort, notice_on from plan_phases
 ),
 
 memberships as (
     select * from ({{ int_memberships_known }})
 ),
 
--- Active on day D when active_from <= D < active_until (null: still active).
+-- The factors each phase counts (a security key for a phishing_resistant one).
 factors as (
-    select * from ({{ int_factors_known }})
+    select * from ({{ int_phase_factors }})
 ),
 
 cohort_at_notice as (
@@ -27,16 +27,14 @@ cohort_at_notice as (
 
 -- "At notice" is the start of notice_on, before the notices go out: 2FA on the day
 -- before. Whoever enrols on the notice day itself enrolled 0 days after the notice.
--- "2FA" is a factor the phase counts: a security key for a phishing_resistant phase
--- (TOTP alone falls short of it), any factor otherwise (as deadline_survival).
+-- "2FA" is a factor the phase counts (int_phase_factors).
 with_2fa_at_notice as (
     select distinct cohort_at_notice.phase, cohort_at_notice.account_id
     from cohort_at_notice
     inner join phases using (phase)
-    inner join factors using (account_id)
+    inner join factors using (phase, account_id)
     where factors.active_from < phases.notice_on
         and (factors.active_until is null or factors.active_until >= phases.notice_on)
-        and (phases.two_factor <> 'phishing_resistant' or factors.kind = 'webauthn')
 ),
 
 without_2fa_at_notice as (
@@ -51,9 +49,8 @@ enrolments as (
         min(factors.created_at) as enrolled_at
     from without_2fa_at_notice
     inner join phases using (phase)
-    inner join factors using (account_id)
+    inner join factors using (phase, account_id)
     where factors.created_at >= phases.notice_on
-        and (phases.two_factor <> 'phishing_resistant' or factors.kind = 'webauthn')
     group by all
 ),
 
