@@ -392,17 +392,19 @@ def _standing(
         # The enforcement notice lists what was revoked; a warning, what its account's
         # enforcement will revoke: tokens judged as they will be on that day (judged_at),
         # accounts grouped by the day (one, unless each has its own deadline).
-        by_day: dict[date | None, list[int]] = {}
-        for account_id in accounts:
-            day = None if email == ENFORCEMENT_EMAIL else own.get(account_id, (None,))[0]
-            by_day.setdefault(day or phase.enforce_on, []).append(account_id)
+        lists = [(accounts, revoked_by_phase(TOKENS, name))]
+        if email != ENFORCEMENT_EMAIL:
+            by_day: dict[date, list[int]] = {}
+            for account_id in accounts:
+                by_day.setdefault(own.get(account_id, (phase.enforce_on,))[0], []).append(
+                    account_id
+                )
+            lists = [
+                (group, offending_token(requires, TOKENS, judged_at(day, now)))
+                for day, group in by_day.items()
+            ]
         tokens: dict[int, list[TokenLine]] = {}
-        for day, group in by_day.items():
-            which = (
-                revoked_by_phase(TOKENS, name)
-                if email == ENFORCEMENT_EMAIL
-                else offending_token(requires, TOKENS, judged_at(day, now))
-            )
+        for group, which in lists:
             for account_id, *line in connection.execute(
                 select(
                     TOKENS.c.account_id,
