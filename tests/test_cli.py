@@ -216,29 +216,10 @@ def test_phase_enforce_previews_then_needs_the_count_typed_back(rollout_home: Pa
     assert run("phase", "enforce", "top-100", "--apply").exit_code == 2
     wrong = run("phase", "enforce", "top-100", "--apply", "--expect", str(len(targets) + 1))
     assert wrong.exit_code == 3 and "not the" in wrong.stderr
-    stale = run(
-        "phase",
-        "enforce",
-        "top-100",
-        "--apply",
-        "--expect",
-        str(len(targets)),
-        "--expect-list",
-        "000000000000",
-    )
+    apply = ("phase", "enforce", "top-100", "--apply", "--expect", str(len(targets)))
+    stale = run(*apply, "--expect-list", "000000000000")
     assert stale.exit_code == 3 and "not the ones previewed" in stale.stderr
-    done = run(
-        "phase",
-        "enforce",
-        "top-100",
-        "--apply",
-        "--expect",
-        str(len(targets)),
-        "--expect-list",
-        listed,
-        "--format",
-        "json",
-    )
+    done = run(*apply, "--expect-list", listed, "--format", "json")
     assert done.exit_code == 0, done.stderr
     assert json.loads(done.stdout)["accounts_flagged"] == len(targets)
     rollback = run("phase", "rollback", "top-100", "--format", "json")

@@ -167,27 +167,16 @@ def test_another_list_of_the_same_size_refuses_with_the_previewed_fingerprint(
     OrgMemberFactory(
         org_id=_org(registry), account=AccountFactory(username="fay"), role="developer"
     )
-    with pytest.raises(GuardRefused, match="are not the ones previewed"):
-        orgs.enforce_org(
-            registry,
-            "acme",
-            confirm="acme",
-            owner="ada",
-            actor="t",
-            expect=2,
-            expect_list=approved,
+
+    def enforce(listed: str) -> orgs.OrgEnforcement:
+        return orgs.enforce_org(
+            registry, "acme", confirm="acme", owner="ada", actor="t", expect=2, expect_list=listed
         )
+
+    with pytest.raises(GuardRefused, match="are not the ones previewed"):
+        enforce(approved)
     assert len(orgs.audit_org(registry, "acme")) == 5
-    now_listed = orgs.removal_fingerprint(orgs.enforcement_preview(registry, "acme"))
-    done = orgs.enforce_org(
-        registry,
-        "acme",
-        confirm="acme",
-        owner="ada",
-        actor="t",
-        expect=2,
-        expect_list=now_listed,
-    )
+    done = enforce(orgs.removal_fingerprint(orgs.enforcement_preview(registry, "acme")))
     assert done.removed == ["di", "fay"]
 
 

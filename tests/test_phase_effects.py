@@ -609,27 +609,19 @@ def test_a_warning_lists_the_tokens_enforcement_will_revoke_on_its_day(
     top = aged.phase("top-100")
     enforced = datetime.combine(top.enforce_on, datetime.min.time())
     sam = AccountFactory(username="sam", with_totp=True, in_cohort="top-100")
-    TokenFactory(
-        account=sam,
-        name="ages-by-then",
-        granular=True,
-        created_at=enforced - timedelta(days=95),
-        expires_at=None,
-    )
-    TokenFactory(
-        account=sam,
-        name="expires-before",
-        granular=True,
-        created_at=enforced - timedelta(days=200),
-        expires_at=enforced - timedelta(days=3),
-    )
-    TokenFactory(
-        account=sam,
-        name="young",
-        granular=True,
-        created_at=enforced - timedelta(days=30),
-        expires_at=None,
-    )
+    # (name, days old at enforcement, days before enforcement it expires; None: never)
+    for name, age, expiry in (
+        ("ages-by-then", 95, None),
+        ("expires-before", 200, 3),
+        ("young", 30, None),
+    ):
+        TokenFactory(
+            account=sam,
+            name=name,
+            granular=True,
+            created_at=enforced - timedelta(days=age),
+            expires_at=None if expiry is None else enforced - timedelta(days=expiry),
+        )
     with use_clock(
         SimulatedClock(datetime.combine(top.notice_on, datetime.min.time()) + timedelta(hours=9))
     ):
