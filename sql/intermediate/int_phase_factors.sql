@@ -1,7 +1,7 @@
 -- The factors each plan phase counts, as known on $as_of (int_factors_known): for a
 -- phishing_resistant phase a security key only (TOTP alone falls short of it), any
 -- factor otherwise, as deadline_survival counts. Included ({{ }}) by
--- int_notice_enrolments and int_funnel_accounts.
+-- int_notice_enrolments, int_funnel_accounts and compliance_funnel.
 with
 
 phases as (

@@ -12,9 +12,10 @@ memberships as (
     select * from ({{ int_memberships_known }})
 ),
 
+-- The factors each phase counts (a security key only for a phishing_resistant phase).
 -- Active on day D when active_from <= D < active_until (null: still active).
-factors as (
-    select * from ({{ int_factors_known }})
+phase_factors as (
+    select * from ({{ int_phase_factors }})
 ),
 
 -- The cohort at each notice, who was without 2FA then and when they enrolled (a temp
@@ -98,7 +99,7 @@ required_counts as (
 ),
 
 with_2fa_now as (
-    select distinct account_id from factors where active_until is null
+    select distinct phase, account_id from phase_factors where active_until is null
 ),
 
 still_without as (
@@ -107,7 +108,7 @@ still_without as (
     inner join memberships
         on memberships.cohort = phases.cohort
         and memberships.left_on is null
-    anti join with_2fa_now using (account_id)
+    anti join with_2fa_now using (phase, account_id)
     group by phases.phase
 ),
 
