@@ -479,6 +479,76 @@ def test_the_snooze_command_run_again_after_a_kill_says_already(
         "granted before",
         date(2023, 5, 2),
     )
+    assert _replies(registry) == [("eve", "granted", True, "")]
+
+
+def _replies(registry: Registry) -> list[tuple[str, str, bool, str]]:
+    """(username, occasion's kind, granted, what the maintainer is told) of each
+    snooze_reply queued, in username order."""
+    with registry.engine.connect() as connection:
+        rows = connection.execute(
+            select(Account.username, Notification.occasion, Notification.context)
+            .join(Notification, Notification.account_id == Account.id)
+            .where(Notification.email == "snooze_reply")
+            .order_by(Account.username, Notification.id)
+        ).all()
+    return [(u, o.split()[0], c["granted"], c["reason"]) for u, o, c in rows]
+
+
+def test_each_request_is_answered_by_email_once_granted_or_why_not(
+    campaign: Campaign, registry: Registry, plan: Plan, tmp_path: Path
+) -> None:
+    """GitHub answered a snooze on the spot; requests the site collects are answered
+    by the daily pickup: the new deadline, or why not in the maintainer's own terms
+    (not "cohort publishers"). A file read again the next day answers nothing again;
+    an unknown username gets nothing, an unverified address is skipped at sending."""
+    from rollout.phases.snoozes import grant_landed
+
+    campaign.day(date(2023, 3, 13))
+    landing = tmp_path / "landing"
+    (landing / "snoozes" / PHASE).mkdir(parents=True)
+    (landing / "snoozes" / PHASE / "2023-04-01.csv").write_text(
+        "username,days\neve,5\nann,9\ncat,3\nnobody,2\n"
+    )
+    grant_landed(registry, plan, landing, actor="flow", now=datetime(2023, 4, 2, 6))
+    at_most = "a deadline can be postponed by at most 7 days: ask again for 7 days or fewer"
+    not_yet = (
+        "your deadline has not started yet: it starts with our first email about this, "
+        "and you can ask then"
+    )
+    answered = [
+        ("ann", "refused", False, at_most),
+        ("cat", "refused", False, not_yet),
+        ("eve", "granted", True, ""),
+    ]
+    assert _replies(registry) == answered
+    grant_landed(registry, plan, landing, actor="flow", now=datetime(2023, 4, 3, 6))
+    assert _replies(registry) == answered
+
+    campaign.day(date(2023, 4, 3))
+    assert campaign.sent("snooze_reply") == {"ann", "eve"}  # cat's address is unverified
+    eve = " ".join(campaign.text_to("eve", "snooze_reply").split())
+    assert "We granted it: your account's own deadline is now Tuesday 2 May 2023." in eve
+    ann = " ".join(campaign.text_to("ann", "snooze_reply").split())
+    assert f"We could not grant it: {at_most}." in ann
+    assert "Your account's deadline stays Thursday 27 April 2023." in ann
+
+
+def test_a_refused_command_run_again_after_a_kill_answers_once(
+    campaign: Campaign, registry: Registry, plan: Plan
+) -> None:
+    campaign.day(date(2023, 3, 13))
+    for hour in (8, 9):  # the same request, the command run again the same day
+        at = datetime(2023, 4, 1, hour)
+        asked = [SnoozeRequest("ann", 9, at, COMMAND, requested_at_given=False)]
+        [outcome] = snooze(registry, plan, PHASE, asked, actor="rm", now=at)
+        assert outcome.outcome == "refused"
+    assert [r[:2] for r in _replies(registry)] == [("ann", "refused")]
+    # Asked again the next day, for other days: another request, another answer.
+    at = datetime(2023, 4, 2, 8)
+    asked = [SnoozeRequest("ann", 8, at, COMMAND, requested_at_given=False)]
+    snooze(registry, plan, PHASE, asked, actor="rm", now=at)
+    assert [r[:2] for r in _replies(registry)] == [("ann", "refused")] * 2
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ from rollout.notify.message import DeliveryFailed, Message
 from rollout.notify.render import Rendered, render, template_names
 from rollout.notify.senders import FileSender, SendGridSender
 from tests.hostile import HEADERS
-from tests.support.emails import CASE_IDS, CASES, render_example
+from tests.support.emails import CASE_IDS, CASES, plan_sending, render_example
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden" / "emails"
@@ -274,6 +274,7 @@ def test_a_variable_used_only_in_the_compliant_branch_is_still_required(plan: Pl
     ],
 )
 def test_a_stored_context_missing_a_key_does_not_render(name: str, key: str, plan: Plan) -> None:
+    plan = plan_sending(name, plan)
     stored = {k: v for k, v in example_stored(name, plan).items() if k != key}
     with pytest.raises((KeyError, jinja2.UndefinedError)):
         render(name, EXAMPLE_RECIPIENTS["non-compliant"], stored, plan)
@@ -300,6 +301,7 @@ HOSTILE = Recipient(
 def test_hostile_values_are_escaped_in_html_and_kept_out_of_the_subject_line(
     name: str, plan: Plan
 ) -> None:
+    plan = plan_sending(name, plan)
     rendered = render(name, HOSTILE, hostile_stored(name, plan), plan)
 
     assert "\r" not in rendered.subject and "\n" not in rendered.subject
@@ -326,6 +328,7 @@ FORGED = "\n\nSECURITY: your 2FA was reset, enrol again at https://evil.example\
 def test_no_value_starts_a_line_of_its_own_in_the_text_part(name: str, plan: Plan) -> None:
     """An org's name is its owner's choice, a removed member's username is that member's:
     in an email to someone else, neither may write lines of its own."""
+    plan = plan_sending(name, plan)
     stored = example_stored(name, plan)
     for key in ("org", "team", "invited_by"):
         if key in stored:
@@ -358,6 +361,7 @@ def assert_one_recipient_and_no_injected_header(mime: Any, subject: str) -> None
 def test_hostile_values_add_no_header_or_recipient_to_an_eml(
     name: str, plan: Plan, tmp_path: Path
 ) -> None:
+    plan = plan_sending(name, plan)
     rendered = render(name, HOSTILE, hostile_stored(name, plan), plan)
     message = message_for(name, HOSTILE, rendered)
     sender = FileSender(tmp_path)
@@ -374,6 +378,7 @@ def test_hostile_values_add_no_header_or_recipient_to_an_eml(
 
 @pytest.mark.parametrize("name", list(EMAILS))
 def test_hostile_values_add_no_recipient_to_a_sendgrid_request(name: str, plan: Plan) -> None:
+    plan = plan_sending(name, plan)
     rendered = render(name, HOSTILE, hostile_stored(name, plan), plan)
     sender = SendGridSender("SG.test-key-not-real.abcdefgh", "http://127.0.0.1:9")
 
@@ -440,6 +445,7 @@ def test_a_control_character_in_a_name_still_sends_every_email(
     """A username or org with CR/LF, ESC or a bidi override: the email goes out, to the
     address alone, with a one-line subject free of control characters (and parts free
     of the value's: no line of its own, nothing shown reversed), and adds no header."""
+    plan = plan_sending(name, plan)
     recipient = replace(EXAMPLE_RECIPIENTS["non-compliant"], username=username)
     stored = example_stored(name, plan)
     if "org" in stored:
@@ -470,6 +476,7 @@ def test_a_control_character_in_a_name_still_sends_every_email(
 def test_the_text_part_has_no_html_and_the_html_part_is_a_full_document(
     name: str, variant: str, plan: Plan
 ) -> None:
+    plan = plan_sending(name, plan)
     rendered = render_example(name, variant, plan)
     # Maintainers are pointed at the 2FA help; release managers at the report.
     n = plan.notifications
@@ -499,6 +506,7 @@ def test_an_account_an_earlier_phase_required_is_not_told_it_will_be(name: str, 
     """npm 2022: top-100 accounts still without 2FA were sent high-impact's notice and
     reminders saying 2FA "will be required" and "you will be signed out", three months
     after both happened. They are told it is required already, and what to do."""
+    plan = plan_sending(name, plan)
     owing = replace(EXAMPLE_RECIPIENTS["non-compliant"], tfa_required=True)
     rendered = render(name, owing, example_stored(name, plan), plan)
     text, html = " ".join(rendered.text.split()), " ".join(rendered.html.split())

@@ -90,6 +90,17 @@ def test_every_shipped_plan_tells_its_story_on_a_sample_fitted_to_it(
                 )
             ).scalar_one()
         assert used_dead == 0
+        # Each snooze granted is answered by one email (snooze_reply), sent or on its way.
+        with registry.engine.connect() as connection:
+            granted, answered, sent = connection.execute(
+                text(
+                    "select (select count(*) from deadline_snoozes), count(*), "
+                    "count(*) filter (where state = 'sent') from notifications "
+                    "where email = 'snooze_reply' and occasion = 'granted'"
+                )
+            ).one()
+        assert granted == answered == report.snoozed
+        assert sent > 0 or not report.snoozed
     assert report.emails["sent"] > 0 and report.files is not None
     assert report.files.html.is_file()
     if any(p.deadline is not None for p in plan.phases):

@@ -241,6 +241,7 @@ def phase_snooze(
         COMMAND,
         SnoozeRequest,
         read_requests,
+        replies_owed,
         snooze,
         snooze_preview,
     )
@@ -262,6 +263,8 @@ def phase_snooze(
         outcomes = snooze(runtime.registry, plan, phase, requests, actor=settings.actor, now=now)
     else:
         outcomes = snooze_preview(runtime.registry, plan, phase, requests)
+    # Each account asking is answered by email: granted, or why not (snooze_reply).
+    replies = replies_owed(outcomes)
     emit(
         [o.summary() for o in outcomes],
         fmt,
@@ -272,7 +275,14 @@ def phase_snooze(
     granted = sum(o.outcome == "granted" for o in outcomes)
     if not apply:
         stderr.print(
-            f"{granted} would be granted, {refused} refused; preview only: add --apply",
+            f"{granted} would be granted, {refused} refused, {replies} answered by email; "
+            "preview only: add --apply",
+            highlight=False,
+        )
+    elif replies:
+        stderr.print(
+            f"{replies} repl{'y' if replies == 1 else 'ies'} queued (snooze_reply): "
+            "`rollout notify send` sends them",
             highlight=False,
         )
     if refused:

@@ -130,6 +130,7 @@ EmailName = Literal[
     "org_invitation",
     "org_enforcement_summary",
     "phase_summary",
+    "snooze_reply",
 ]
 
 

@@ -337,3 +337,25 @@ def phase_summary(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[s
         "unreached": list(stored.get("unreached", [])),
         "unreached_more": int(stored.get("unreached_more", 0)),
     }
+
+
+@email(
+    "snooze_reply",
+    "the answer to this account's request to postpone its deadline: granted, or why not",
+    when_compliant="adapt",
+)
+def snooze_reply(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
+    phase = plan.phase(stored["phase"])
+    deadline = stored["deadline"]
+    return {
+        **common(r, plan),
+        "phase": phase.name,
+        "granted": bool(stored["granted"]),
+        "days": int(stored["days"]),
+        # Granted: the new deadline; refused: the account's deadline as it stands, if
+        # it has one (no notice yet, or not in the cohort: none).
+        "deadline": _day(deadline) if deadline else None,
+        "reason": str(stored["reason"]),
+        "requirements": phase.requires.describe(),
+        "snooze_url": plan.notifications.snooze_url,
+    }

@@ -4,13 +4,14 @@ what the golden files pin down, for every email, compliant and not."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 from rollout.core.files import write_atomically
 from rollout.core.names import file_stem_for
-from rollout.core.plan import Plan
+from rollout.core.plan import Phase, Plan
 from rollout.notify.emails import EMAILS, Recipient
 from rollout.notify.render import Rendered, render
 
@@ -34,7 +35,14 @@ def _lacks(email: str, plan: Plan) -> str | None:
         return "brown-outs"
     if email == "elv_enrollment" and plan.elv is None:
         return "ELV section"
+    if email == "snooze_reply" and _snoozing_phase(plan) is None:
+        return "phase that lets an account postpone its deadline"
     return None
+
+
+def _snoozing_phase(plan: Plan) -> Phase | None:
+    """The first phase whose accounts may postpone their deadlines (snooze_days)."""
+    return next((p for p in plan.phases if p.deadline and p.deadline.snooze_days), None)
 
 
 def plan_sends(email: str, plan: Plan) -> bool:
@@ -88,6 +96,17 @@ def example_stored(email: str, plan: Plan, phase_name: str | None = None) -> dic
         }
     if email == "org_enforcement_summary":
         return {"org": "example-org", "removed": ["sam-example", "lee-example"]}
+    if email == "snooze_reply":
+        snoozing = _snoozing_phase(plan)
+        assert snoozing is not None and snoozing.deadline is not None  # _lacks
+        days = snoozing.deadline.snooze_days
+        return {
+            "phase": snoozing.name,
+            "granted": True,
+            "days": days,
+            "deadline": (snoozing.enforce_on + timedelta(days=days)).isoformat(),
+            "reason": "",
+        }
     if email == "phase_summary":
         assert phase is not None
         return {

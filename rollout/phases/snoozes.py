@@ -7,7 +7,9 @@ registry's site collected (CSV `username,days[,requested_at]`): given to the com
 (`--file`), or landed under ``landing/snoozes/<phase>/``, where the daily `notify`
 flow grants them before queueing (``grant_landed``). Each is
 granted or refused with the reason; a grant is one ``deadline_snoozes`` row and one
-audit row, exactly once (a rerun of the same file grants nothing twice). Granting
+audit row, exactly once (a rerun of the same file grants nothing twice). Each account
+asking is answered by email (``snooze_reply``, queued in the same transaction): its
+new deadline, or why not in its own terms, once per request. Granting
 takes the enforcement lock, so no snooze lands in the middle of an enforcement run
 that already chose its accounts.
 """
@@ -15,9 +17,10 @@ that already chose its accounts.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,10 +36,17 @@ from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.deadlines import SNOOZES, deadlines
 from rollout.registry.engine import begin_writing
-from rollout.registry.ledger import dialect_insert, record_actions, recorded_run, utc_now
-from rollout.registry.models import Account, CohortMembership, PhaseRequirement
+from rollout.registry.ledger import (
+    dialect_insert,
+    insert_ignoring_existing,
+    record_actions,
+    recorded_run,
+    utc_now,
+)
+from rollout.registry.models import Account, CohortMembership, Notification, PhaseRequirement
 
 ACCOUNTS = Account.__table__
+NOTIFICATIONS = Notification.__table__
 REQUIREMENTS = PhaseRequirement.__table__
 COMMAND = "command"
 
@@ -60,6 +70,9 @@ class SnoozeOutcome:
     outcome: str  # granted | already | refused
     reason: str  # the new deadline, or why not
     deadline: date | None = None
+    told: str = ""  # why not, as the reply to the maintainer says it
+    account_id: int | None = None  # set when the account gets a reply (snooze_reply)
+    reply_queued: bool = False  # its reply is queued already (a request read again)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -69,6 +82,27 @@ class SnoozeOutcome:
             "deadline": self.deadline,
             "reason": self.reason,
         }
+
+
+REPLY_EMAIL = "snooze_reply"
+
+
+def reply_occasion(request: SnoozeRequest, outcome: SnoozeOutcome) -> str:
+    """The reply's occasion (one email per account, phase and occasion): a grant is
+    answered once (one snooze per account); a refusal once per request. A landed
+    file's request is its line (with its time, if the file gives one): the daily flow
+    reads the file again each day and must not answer it again. A command's is its
+    days on its day: the same command run again after a kill is the same request."""
+    if outcome.outcome == "granted":
+        return "granted"
+    if request.requested_at_given:
+        when = request.requested_at.isoformat()
+    elif request.source == COMMAND:
+        when = request.requested_at.date().isoformat()
+    else:
+        when = ""
+    key = f"{request.source}|{request.days}|{when}"
+    return f"refused {hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def read_requests(path: Path, now: datetime) -> list[SnoozeRequest]:
@@ -186,45 +220,86 @@ class _Known:
     snoozed: dict[int, tuple[int, datetime]]  # days, requested_at
     deadlines: dict[int, date]
     enforced: set[int]
+    replied: set[tuple[int, str]]  # (account, occasion) of the replies queued already
 
 
 def _judge(
     phase: Phase, request: SnoozeRequest, account_id: int | None, known: _Known
 ) -> SnoozeOutcome:
-    """Whether one request is granted, and why not."""
+    """Whether one request is granted, and why not: for the release manager, and in
+    the maintainer's own terms for the reply (a cohort's name means nothing to them)."""
     assert phase.deadline is not None
     most = phase.deadline.snooze_days
     own = known.deadlines
 
-    def refused(reason: str, deadline: date | None = None) -> SnoozeOutcome:
-        return SnoozeOutcome(request.username, request.days, "refused", reason, deadline)
+    def refused(reason: str, told: str, deadline: date | None = None) -> SnoozeOutcome:
+        return SnoozeOutcome(
+            request.username, request.days, "refused", reason, deadline, told, account_id
+        )
 
     if account_id is None:
-        return refused("no such account")
+        return refused("no such account", "")
     if account_id not in known.in_cohort:
-        return refused(f"not in cohort {phase.cohort}")
+        return refused(
+            f"not in cohort {phase.cohort}",
+            "this step of the campaign does not apply to your account, so it has no "
+            "deadline to postpone",
+        )
     if account_id in known.snoozed:
         days, at = known.snoozed[account_id]
         if days == request.days and (at == request.requested_at or not request.requested_at_given):
             return SnoozeOutcome(
                 request.username, days, "already", "granted before", own.get(account_id)
             )
-        return refused(f"already postponed once, by {days} days", own.get(account_id))
+        return refused(
+            f"already postponed once, by {days} days",
+            f"your deadline was postponed once already, by {days} days, and can be "
+            "postponed only once",
+            own.get(account_id),
+        )
     if account_id not in own:
-        return refused("never sent the notice: its deadline has not started")
+        return refused(
+            "never sent the notice: its deadline has not started",
+            "your deadline has not started yet: it starts with our first email about "
+            "this, and you can ask then",
+        )
     if request.days > most:
-        return refused(f"at most {most} days", own[account_id])
+        return refused(
+            f"at most {most} days",
+            f"a deadline can be postponed by at most {most} days: ask again for {most} "
+            "days or fewer",
+            own[account_id],
+        )
     if request.requested_at.date() > own[account_id]:
-        return refused(f"asked after its deadline ({own[account_id]})", own[account_id])
+        return refused(
+            f"asked after its deadline ({own[account_id]})",
+            "the request came after your deadline had passed",
+            own[account_id],
+        )
     # Nor before the notice that started the deadline: no one asks to postpone what they
     # were not yet told of (a mistyped date, or a request meant for another phase).
     noticed = own[account_id] - timedelta(days=phase.deadline.days_after_notice)
     if request.requested_at.date() < noticed:
-        return refused(f"asked before its notice ({noticed})", own[account_id])
+        return refused(
+            f"asked before its notice ({noticed})",
+            f"the request is dated before our first email about this ({noticed})",
+            own[account_id],
+        )
     if account_id in known.enforced:
-        return refused("the phase was enforced on it already", own[account_id])
+        return refused(
+            "the phase was enforced on it already",
+            "the requirements were applied to your account already",
+            own[account_id],
+        )
     new = own[account_id] + timedelta(days=request.days)
-    return SnoozeOutcome(request.username, request.days, "granted", f"deadline moved to {new}", new)
+    return SnoozeOutcome(
+        request.username,
+        request.days,
+        "granted",
+        f"deadline moved to {new}",
+        new,
+        account_id=account_id,
+    )
 
 
 def _judge_all(
@@ -240,7 +315,8 @@ def _judge_all(
             ).all()
         )
     m, q = CohortMembership, REQUIREMENTS.c
-    known = _Known(in_cohort=set(), snoozed={}, deadlines={}, enforced=set())
+    n = NOTIFICATIONS.c
+    known = _Known(in_cohort=set(), snoozed={}, deadlines={}, enforced=set(), replied=set())
     for accounts in in_chunks(sorted(ids.values())):
         known.in_cohort.update(
             connection.execute(
@@ -263,7 +339,26 @@ def _judge_all(
                 select(q.account_id).where(and_(q.phase == phase.name, q.account_id.in_(accounts)))
             ).scalars()
         )
-    return [_judge(phase, r, ids.get(r.username), known) for r in requests], ids
+        known.replied.update(
+            (account_id, occasion)
+            for account_id, occasion in connection.execute(
+                select(n.account_id, n.occasion).where(
+                    and_(
+                        n.email == REPLY_EMAIL,
+                        n.phase == phase.name,
+                        n.account_id.in_(accounts),
+                    )
+                )
+            )
+        )
+    outcomes = []
+    for request in requests:
+        outcome = _judge(phase, request, ids.get(request.username), known)
+        if outcome.account_id is not None:
+            queued = (outcome.account_id, reply_occasion(request, outcome)) in known.replied
+            outcome = replace(outcome, reply_queued=queued)
+        outcomes.append(outcome)
+    return outcomes, ids
 
 
 def snooze_preview(
@@ -344,11 +439,56 @@ def snooze(
                             for r, o, account_id in granted
                         ],
                     )
+                _queue_replies(connection, phase, requests, outcomes, run.id, now)
             run.summary = {
                 kind: sum(o.outcome == kind for o in outcomes)
                 for kind in ("granted", "already", "refused")
             }
     return outcomes
+
+
+def replies_owed(outcomes: list[SnoozeOutcome]) -> int:
+    """How many of these outcomes a run would answer by email (snooze_reply): each grant
+    and each refusal of an account, unless answered already."""
+    return sum(o.account_id is not None and not o.reply_queued for o in outcomes)
+
+
+def _queue_replies(
+    connection: Connection,
+    phase: Phase,
+    requests: list[SnoozeRequest],
+    outcomes: list[SnoozeOutcome],
+    run_id: str,
+    now: datetime,
+) -> None:
+    """One snooze_reply to each account asking, in the grant's transaction: the answer
+    goes out exactly once, whatever crashes (notify send sends it; an unverified or
+    suppressed address is skipped there, as for every email)."""
+    rows = [
+        {
+            "account_id": o.account_id,
+            "email": REPLY_EMAIL,
+            "phase": phase.name,
+            "occasion": reply_occasion(r, o),
+            "state": "queued",
+            "context": {
+                "phase": phase.name,
+                "granted": o.outcome == "granted",
+                "days": o.days,
+                "deadline": o.deadline.isoformat() if o.deadline else None,
+                "reason": o.told,
+            },
+            "attempts": 0,
+            "run_id": run_id,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for r, o in zip(requests, outcomes, strict=True)
+        if o.account_id is not None and not o.reply_queued
+    ]
+    insert_ignoring_existing(
+        connection, NOTIFICATIONS, rows, ["account_id", "email", "phase", "occasion"]
+    )
 
 
 # Where the registry's site lands request files: landing/snoozes/<phase>/*.csv.
@@ -385,9 +525,10 @@ def grant_landed(
             # that is not in the plan is an error of no file: it gets this one's name).
             done.rejected.append(str(error) if error.path else f"{path}: {error.reason}")
             continue
-        # Judged first, read-only: a file read again (its grants "already") records no run.
+        # Judged first, read-only: a file read again (its grants "already", its
+        # refusals answered) records no run.
         outcomes = snooze_preview(registry, plan, phase.name, requests)
-        if any(o.outcome == "granted" for o in outcomes):
+        if any(o.outcome == "granted" for o in outcomes) or replies_owed(outcomes):
             outcomes = snooze(registry, plan, phase.name, requests, actor=actor, now=now)
         for request, outcome in zip(requests, outcomes, strict=True):
             if outcome.outcome == "granted":
