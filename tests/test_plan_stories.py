@@ -108,5 +108,10 @@ def test_every_shipped_plan_tells_its_story_on_a_sample_fitted_to_it(
         with report.files.csvs["deadline_survival"].open() as handle:
             curve = list(csv.DictReader(handle))
         assert curve and float(curve[-1]["share_still_without"]) < 1
+        # Who no deadline reaches (never sent the notice) is said, when there is anyone.
+        with report.files.csvs["compliance_funnel"].open() as handle:
+            unreached = sum(int(r["never_noticed"]) for r in csv.DictReader(handle))
+        said = "were never sent the notice" in report.files.html.read_text()
+        assert said == (unreached > 0)
     if any(p.does("revoke_tokens") and p.requires.no_classic_tokens for p in plan.phases):
         assert report.tokens_replaced > 0

@@ -465,7 +465,7 @@ def test_degenerate_values_never_reach_the_svg(tmp_path: Path, plan: Plan) -> No
         )
         con.execute(
             "insert into compliance_funnel values ('top-100', 'top-100', '2022-01-04', "
-            "'2022-02-01', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, null)"
+            "'2022-02-01', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, null)"
         )
         con.execute("insert into adoption_by_org values (null, null, null, 'nan', 0, 0, null)")
         files = build_report(con, plan, AS_OF, tmp_path / "out")
@@ -790,6 +790,46 @@ def test_the_survival_curve_of_per_account_deadlines_shows_weeks_and_deadlines(
         (48, "", 4, 3),
     ]
     assert curve["rows"][-1]["share"] == 0.04
+    assert (curve["still_without"], curve["never_noticed"]) == (0, 0)  # no funnel row yet
+
+
+def test_the_accounts_a_per_account_deadline_never_reaches_are_counted_apart(
+    tmp_path: Path,
+) -> None:
+    """GitHub's shape: an account never sent its notice (an unverified address) has
+    no deadline, so no enforcement acts on it; the curve, which starts at each notice,
+    cannot show it. The deadlines section says how many of those still short they are."""
+    import duckdb
+
+    from rollout.core.plan import load_plan
+    from rollout.report.reporting import _deadlines
+
+    plan = load_plan(Path(__file__).resolve().parent.parent / "plans" / "github-2023.yaml")
+    con = duckdb.connect()
+    create_marts(con)
+    con.execute("insert into deadline_survival values ('publishers', 0, 10, 10, 0, 1.0)")
+    columns = [
+        c
+        for (c,) in con.execute(
+            "select name from pragma_table_info('compliance_funnel')"
+        ).fetchall()
+    ]
+    values = {c: 0 for c in columns} | {
+        "phase": "publishers",
+        "cohort": "publishers",
+        "notice_on": "2023-03-13",
+        "enforce_on": "2023-04-27",
+        "still_without": 902,
+        "never_noticed": 388,
+        "rolled_back_at": None,
+    }
+    con.execute(
+        f"insert into compliance_funnel ({', '.join(columns)}) "
+        f"values ({', '.join('?' for _ in columns)})",
+        [values[c] for c in columns],
+    )
+    [curve] = _deadlines(con, plan)
+    assert (curve["still_without"], curve["never_noticed"]) == (902, 388)
 
 
 def test_without_publish_events_the_section_says_so(tmp_path: Path, plan: Plan) -> None:

@@ -589,12 +589,22 @@ def _deadlines(con: duckdb.DuckDBPyConnection, plan: Plan) -> list[dict[str, Any
                         "share": _share(r["still_without"], r["accounts"]),
                     }
                 )
+        # Who the curves cannot show: accounts still short that were never sent the
+        # notice (an unverified or suppressed address) have no deadline, so no
+        # enforcement ever acts on them (github-2023's story: 388 of 902).
+        left = _rows(
+            con,
+            "select still_without, never_noticed from compliance_funnel where phase = $phase",
+            {"phase": phase.name},
+        )
         out.append(
             {
                 "phase": phase.name,
                 "days_after_notice": due,
                 "snooze_days": deadline.snooze_days,
                 "rows": shown,
+                "still_without": _int(left[0]["still_without"]) if left else 0,
+                "never_noticed": _int(left[0]["never_noticed"]) if left else 0,
             }
         )
     return out

@@ -102,13 +102,31 @@ with_2fa_now as (
     select distinct phase, account_id from phase_factors where active_until is null
 ),
 
+-- Sent the phase's notice by the end of $as_of: under per-account deadlines, what
+-- starts an account's deadline (one never sent it is never enforced).
+noticed as (
+    select distinct phase, account_id
+    from registry.notifications
+    where email = 'phase_notice'
+        and state = 'sent'
+        and coalesce(sent_at, updated_at) < $as_of::date + 1
+),
+
 still_without as (
-    select phases.phase, count(*) as still_without
+    select
+        phases.phase,
+        count(*) as still_without,
+        count(*) filter (where noticed.account_id is null) as never_noticed
     from phases
     inner join memberships
         on memberships.cohort = phases.cohort
         and memberships.left_on is null
-    anti join with_2fa_now using (phase, account_id)
+    left join noticed
+        on noticed.phase = phases.phase
+        and noticed.account_id = memberships.account_id
+    anti join with_2fa_now
+        on with_2fa_now.phase = phases.phase
+        and with_2fa_now.account_id = memberships.account_id
     group by phases.phase
 ),
 
@@ -130,6 +148,7 @@ final as (
         coalesce(revocations.sessions_revoked, 0) as sessions_revoked,
         coalesce(funnel_counts.enrolled_after_enforcement, 0) as enrolled_after_enforcement,
         coalesce(still_without.still_without, 0) as still_without,
+        coalesce(still_without.never_noticed, 0) as never_noticed,
         coalesce(required_counts.required, 0) as required,
         rollbacks.rolled_back_at
     from phases

@@ -29,7 +29,8 @@ def test_a_security_key_phase_s_funnel_counts_only_security_keys(
     of the notified: all but cat = 6; of those, required (eve, fay) = 2 enforced, and eve
     enrolled her key after it: 1. Still without a key on 02-14, of the cohort then (ann,
     ben, cat, dan, eve, fay, hal, ida, jon, max): all but the key holders cat, eve and
-    jon = 7, where any factor would leave 3."""
+    jon = 7, where any factor would leave 3; of those 7, never sent the notice by then:
+    ann (none queued), hal (his comes 02-15) and max (failed) = 3."""
     case = load_case(CASE)
     text = (CASE / "plan.yaml").read_text()
     asked = text.replace(
@@ -44,10 +45,10 @@ def test_a_security_key_phase_s_funnel_counts_only_security_keys(
     row = fresh_warehouse.execute(
         "select accounts, without_2fa_at_notice, notified, enrolled_7d, "
         "enrolled_by_enforcement, without_2fa_at_enforcement, enforced, "
-        "enrolled_after_enforcement, still_without "
+        "enrolled_after_enforcement, still_without, never_noticed "
         "from compliance_funnel where phase = 'phase-top'"
     ).fetchone()
-    assert row == (10, 9, 7, 1, 1, 6, 2, 1, 7)
+    assert row == (10, 9, 7, 1, 1, 6, 2, 1, 7, 3)
 
 
 def test_a_per_account_deadline_phase_judges_each_account_at_its_own_deadline(
