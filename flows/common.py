@@ -101,10 +101,14 @@ def runtime() -> Runtime:
     return current
 
 
-def table(rows: Sequence[tuple[str, Any]], header: tuple[str, str] = ("what", "value")) -> str:
-    """A two-column Markdown table; every name and value shown as text (``cell``)."""
-    lines = [f"| {header[0]} | {header[1]} |", "| --- | ---: |"]
-    lines += [f"| {cell(name)} | {cell(value)} |" for name, value in rows]
+def table(rows: Sequence[tuple[Any, ...]], header: tuple[str, ...] = ("what", "value")) -> str:
+    """A Markdown table, a name then its values (right-aligned); every cell shown as text
+    (``cell``)."""
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "| --- |" + " ---: |" * (len(header) - 1),
+    ]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

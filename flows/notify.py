@@ -326,8 +326,8 @@ def notify_markdown(day: date, queued: list[QueueOutcome], report: DrainReport |
         parts.append(
             "## Queued\n\n"
             + table(
-                [(f"{o.occasion.step} ({o.occasion.email})", o.added) for o in queued],
-                ("mailing", "new"),
+                [(f"{o.occasion.step} ({o.occasion.email})", o.added, o.skipped) for o in queued],
+                ("mailing", "new", "of which skipped"),
             )
         )
     else:
@@ -393,7 +393,9 @@ def notify(
         # After the artifact, which lists each failure: the run must not look fine.
         raise EmailsFailed(report.failure_message())
     return {
-        "queued": sum(o.added for o in queued),
+        # Queued to be sent: the rows recorded as skipped (with why, in the artifact)
+        # send nothing.
+        "queued": sum(o.added - o.skipped for o in queued),
         "sent": report.sent if report else 0,
         "failed": report.failed if report else 0,
     }

@@ -317,6 +317,9 @@ def test_notify_queues_previews_first_then_sends_to_the_file_outbox(rollout_home
     status = json.loads(run("notify", "status", "--format", "json").stdout)
     by_state = {(r["state"], r["reason"]): r["count"] for r in status}
     assert sum(by_state.values()) == due["new"]
+    # What the preview said would be skipped, and the apply recorded, is what was.
+    skipped = sum(n for (state, _), n in by_state.items() if state == "skipped")
+    assert skipped == due["of_which_skipped"] == json.loads(queued.stdout)[0]["of_which_skipped"]
     emls = list((rollout_home / "outbox").glob("*.eml"))
     assert len(emls) == by_state[("sent", "")]
     again = run("notify", "queue", "--as-of", "2022-01-04", "--apply", "--format", "json")

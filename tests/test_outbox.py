@@ -67,9 +67,9 @@ def test_notices_reach_the_cohort_and_record_why_some_get_nothing(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
     [preview] = queue_preview(registry, plan, NOTICE_DAY)
-    assert (preview.audience, preview.added) == (4, 4)
+    assert (preview.audience, preview.added, preview.skipped) == (4, 4, 2)
     [outcome] = queue_due(registry, plan, NOTICE_DAY, actor="rm")
-    assert (outcome.audience, outcome.added, outcome.already) == (4, 4, 0)
+    assert (outcome.audience, outcome.added, outcome.already, outcome.skipped) == (4, 4, 0, 2)
     assert rows(registry) == {
         "ann": ("queued", None),
         "ben": ("queued", None),  # compliant: a thank-you, not a warning
@@ -77,7 +77,9 @@ def test_notices_reach_the_cohort_and_record_why_some_get_nothing(
         "dan": ("skipped", "suppressed"),
     }
     [again] = queue_due(registry, plan, NOTICE_DAY, actor="rm")
-    assert (again.added, again.already) == (0, 4)
+    assert (again.added, again.already, again.skipped) == (0, 4, 0)
+    [previewed_again] = queue_preview(registry, plan, NOTICE_DAY)
+    assert (previewed_again.added, previewed_again.skipped) == (0, 0)
     assert len(rows(registry)) == 4
 
 

@@ -120,13 +120,16 @@ def notify_queue(
                 "due_on": o.occasion.due_on,
                 "audience": o.audience,
                 "new": o.added,
+                # Of new, recorded as skipped with why (unverified, suppressed,
+                # compliant, exempt): they send nothing.
+                "of_which_skipped": o.skipped,
                 "already": o.already,
             }
             for o in outcomes
         ],
         fmt,
         title=f"emails due on {day}" + ("" if apply else " (preview)"),
-        columns=["step", "email", "due_on", "audience", "new", "already"],
+        columns=["step", "email", "due_on", "audience", "new", "of_which_skipped", "already"],
     )
     if not outcomes:
         stderr.print(f"nothing is due on {day}", highlight=False)
@@ -136,13 +139,14 @@ def notify_queue(
     for o in outcomes:
         # A day queued late goes out today: a mailing whose last day has passed would
         # announce as still to come a date already gone.
-        if o.added and o.occasion.until <= today:
+        going = o.added - o.skipped
+        if going and o.occasion.until <= today:
             stderr.print(
                 labelled(
                     "warning:",
                     "bold yellow",
                     f"{o.occasion.step}: its last day was {o.occasion.until - timedelta(days=1)}"
-                    f", before today ({today}): these {o.added} emails, sent now, would "
+                    f", before today ({today}): these {going} emails, sent now, would "
                     "announce dates already past"
                     + (
                         "; `rollout notify withdraw` takes back those not sent yet" if apply else ""

@@ -443,7 +443,12 @@ class Story:
         queued = queue_due(self.registry, self.plan, day, actor=ACTOR)
         for o in queued:
             if o.added:
-                self._milestone(day, f"{o.occasion.step}: {o.added} emails queued")
+                skipped = f" (and {o.skipped} recorded as skipped, each with why)"
+                self._milestone(
+                    day,
+                    f"{o.occasion.step}: {o.added - o.skipped} emails queued"
+                    + (skipped if o.skipped else ""),
+                )
         result = drain(self.registry, self.plan, self.sender, concurrency=16)
         self.report.emails["sent"] += result.sent
         self.write_delivery_events(day)

@@ -214,8 +214,9 @@ def queue_email(
     now: datetime,
     requirements_of: Phase | None = None,
     exempt: frozenset[str] = frozenset(),
-) -> int:
-    """Queue (or record as skipped) one email to each account; returns rows added.
+) -> tuple[int, int]:
+    """Queue (or record as skipped) one email to each account; returns the rows added,
+    and how many of them were recorded as skipped (with why).
     ``requirements_of``: the phase whose requirements decide who is compliant;
     ``exempt``: the plan's exempt usernames, who get none of its warnings.
 
@@ -254,9 +255,9 @@ def queue_email(
             ).where(ACCOUNTS.c.id.in_(select(ids.c[0]))),
         )
         .on_conflict_do_nothing(index_elements=["account_id", "email", "phase", "occasion"])
-        .returning(NOTIFICATIONS.c.id)
+        .returning(NOTIFICATIONS.c.state)
     ).all()
-    return len(rows)
+    return len(rows), sum(state == "skipped" for (state,) in rows)
 
 
 @dataclass
@@ -265,13 +266,17 @@ class QueueOutcome:
     audience: int
     added: int = 0
     already: int = 0  # already queued, sent or skipped by an earlier run
+    # Of added, recorded as skipped with why (unverified, suppressed, compliant, exempt):
+    # rows that send nothing.
+    skipped: int = 0
 
 
 def queue_preview(registry: Registry, plan: Plan, day: date) -> list[QueueOutcome]:
     """What queueing on ``day`` would add, per mailing. Reads only."""
     outcomes = []
+    now = utc_now()
     with registry.engine.connect() as connection:
-        for o in _as_scheduled(connection, due_occasions(plan, day), utc_now()):
+        for o in _as_scheduled(connection, due_occasions(plan, day), now):
             ids = audience(o.audience, plan, day).subquery()
             total = connection.execute(select(func.count()).select_from(ids)).scalar_one()
             existing = connection.execute(
@@ -286,8 +291,33 @@ def queue_preview(registry: Registry, plan: Plan, day: date) -> list[QueueOutcom
                     )
                 )
             ).scalar_one()
-            outcomes.append(QueueOutcome(o, total, total - existing, existing))
+            # The new rows queue_email would record as skipped: the same reason, read.
+            reason = _skip_reason(o.email, _requirements_of(plan, o), now, plan.exempt_usernames)
+            skipped = connection.execute(
+                select(func.count())
+                .select_from(ACCOUNTS)
+                .where(
+                    and_(
+                        ACCOUNTS.c.id.in_(select(ids.c[0])),
+                        reason.is_not(None),
+                        ~exists().where(
+                            and_(
+                                NOTIFICATIONS.c.account_id == ACCOUNTS.c.id,
+                                NOTIFICATIONS.c.email == o.email,
+                                NOTIFICATIONS.c.phase == o.phase,
+                                NOTIFICATIONS.c.occasion == o.occasion,
+                            )
+                        ),
+                    )
+                )
+            ).scalar_one()
+            outcomes.append(QueueOutcome(o, total, total - existing, existing, skipped))
     return outcomes
+
+
+def _requirements_of(plan: Plan, o: Occasion) -> Phase | None:
+    """The phase whose requirements decide who is compliant for this mailing, if any."""
+    return plan.phase(o.phase) if o.phase in {p.name for p in plan.phases} else None
 
 
 def queue_due(registry: Registry, plan: Plan, day: date, *, actor: str) -> list[QueueOutcome]:
@@ -324,7 +354,7 @@ def queue_due(registry: Registry, plan: Plan, day: date, *, actor: str) -> list[
                     total = connection.execute(
                         select(func.count()).select_from(ids.subquery())
                     ).scalar_one()
-                    added = queue_email(
+                    added, skipped = queue_email(
                         connection,
                         email=o.email,
                         phase=o.phase,
@@ -333,15 +363,16 @@ def queue_due(registry: Registry, plan: Plan, day: date, *, actor: str) -> list[
                         context={**o.context, RUN_DAY: day.isoformat()},
                         run_id=run.id,
                         now=utc_now(),
-                        requirements_of=(
-                            plan.phase(o.phase)
-                            if o.phase in {p.name for p in plan.phases}
-                            else None
-                        ),
+                        requirements_of=_requirements_of(plan, o),
                         exempt=plan.exempt_usernames,
                     )
-                outcome = QueueOutcome(o, total, added, total - added)
-                run.summary = {"audience": total, "added": added, "already": total - added}
+                outcome = QueueOutcome(o, total, added, total - added, skipped)
+                run.summary = {
+                    "audience": total,
+                    "added": added,
+                    "skipped": skipped,
+                    "already": total - added,
+                }
             outcomes.append(outcome)
     return outcomes
 
@@ -368,7 +399,7 @@ def queue_phase_summary(
     if not managers:
         return 0
     listed = sorted(unreached)[:SUMMARY_UNREACHED]
-    return queue_email(
+    added, _ = queue_email(
         connection,
         email="phase_summary",
         phase=phase,
@@ -384,3 +415,4 @@ def queue_phase_summary(
         run_id=run_id,
         now=now,
     )
+    return added

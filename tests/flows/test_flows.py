@@ -370,6 +370,7 @@ def test_the_notify_flow_queues_the_days_mailings_and_sends_them_once(
     assert len(list((home.path / "outbox").glob("*.eml"))) == first["sent"]
     # Escaped as text: rendered, it reads "notices top-100 (phase_notice)".
     assert "notices top-100 \\(phase\\_notice\\)" in read_artifact("notify-2022-01-04").data
+    assert "| mailing | new | of which skipped |" in read_artifact("notify-2022-01-04").data
     again = notify_flows.notify(as_of=date(2022, 1, 4))
     assert (again["queued"], again["sent"]) == (0, 0)
 
