@@ -110,6 +110,16 @@ def test_campaign_emails_match_the_golden_files(email: str, phase: str, variant:
     check_golden(GOLDEN / f"{name}.html", rendered.html)
 
 
+@pytest.mark.parametrize(("email", "phase", "variant"), CASES, ids=["-".join(c) for c in CASES])
+def test_no_text_part_has_two_blank_lines_in_a_row_snoozed_or_not(
+    email: str, phase: str, variant: str
+) -> None:
+    for snoozed in (False, True):
+        r = replace(recipient(variant, phase), snoozed=snoozed)
+        text = render(email, r, stored(email, phase), plan_of(phase)).text
+        assert "\n\n\n" not in text, (snoozed, text)
+
+
 def test_a_token_holder_is_told_which_tokens_stop_working_and_when() -> None:
     rendered = render(
         "phase_notice",
@@ -339,6 +349,20 @@ def test_a_token_phase_summary_does_not_say_2fa_is_required() -> None:
         plan_of("classic-tokens"),
     )
     assert summary.subject == "Phase classic-tokens enforced: 3 accounts short of its requirements"
+
+
+def test_a_per_account_deadline_phase_summary_does_not_give_one_deadline_for_all() -> None:
+    """GitHub's shape enforces each day the accounts whose own deadline came: the summary
+    of a day's run names the first deadline as the first, not as everyone's."""
+    summary = render(
+        "phase_summary",
+        RECIPIENTS["compliant"],
+        {"phase": "publishers", "counts": {"accounts_required": 3}, "run_id": "r1"},
+        plan_of("publishers"),
+    )
+    said = " ".join(summary.text.split())
+    assert "each account by its own deadline, the first Thursday 27 April 2023" in said
+    assert "deadline Thursday" not in said
 
 
 def test_a_phase_forbidding_tokens_that_bypass_2fa_never_advises_such_a_token() -> None:

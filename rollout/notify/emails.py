@@ -329,6 +329,9 @@ def phase_summary(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[s
     return {
         **common(r, plan),
         **_phase(plan, stored),
+        # A phase giving each account its own deadline enforces some accounts each day:
+        # "deadline <the first>" read as if every account's had come.
+        "own_deadlines": plan.phase(stored["phase"]).deadline is not None,
         "counts": dict(stored.get("counts", {})),
         "run_id": stored.get("run_id", ""),
         "report_url": plan.notifications.report_url,
