@@ -115,3 +115,10 @@ def test_every_shipped_plan_tells_its_story_on_a_sample_fitted_to_it(
         assert said == (unreached > 0)
     if any(p.does("revoke_tokens") and p.requires.no_classic_tokens for p in plan.phases):
         assert report.tokens_replaced > 0
+    # Maintainers go on publishing through their tokens: the report's last 30 days show
+    # it (the sample's own publishes end where the story begins).
+    assert report.publishes > 0
+    with report.files.csvs["publishes_daily"].open() as handle:
+        recent = [r for r in csv.DictReader(handle) if r["via"] == "token"]
+    assert sum(int(r["publishes"]) for r in recent) > 0
+    assert "No publish events in the 30 days" not in report.files.html.read_text()

@@ -101,6 +101,13 @@ def test_the_reference_plan_runs_start_to_end(story: Story) -> None:
             {"start": STORY_START},
         ).fetchall()
     assert logins == report.logins and elv == report.elv_challenges
+    # Its publishes through tokens too, the sample's ending where the story begins.
+    with open_warehouse(settings.warehouse_path, read_only=True) as con:
+        [(published,)] = con.execute(
+            "select count(*) from stg_publishes where occurred_at >= $start",
+            {"start": STORY_START},
+        ).fetchall()
+    assert published == report.publishes > 0
     # Maintainers kept publishing through the plan, so the report can say who would
     # be stopped by a token that 2FA does not cover.
     assert report.token_uses > 0 and report.files is not None

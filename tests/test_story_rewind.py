@@ -98,3 +98,30 @@ def test_the_samples_later_history_is_held_back_and_replayed_on_its_day(
     with registry.engine.connect() as connection:
         revoked = dict(connection.execute(select(Token.name, Token.revoked_at)).all())
     assert revoked == {"old": None, "revoked-later": FEB_2, "made-later": None}
+
+
+def test_the_samples_later_logins_and_publishes_are_dropped_and_an_old_story_s_files_too(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """The story writes its own logins and publishes from its first day: the sample's
+    from then on would count twice (or before their day), and a previous story's files
+    would be read again."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rollout.demo.story import STORY_LOGINS, STORY_PUBLISHES
+
+    times = pa.array([BEFORE, FEB_2], pa.timestamp("us", tz="UTC"))
+    for folder, story_file in (("logins", STORY_LOGINS), ("publishes", STORY_PUBLISHES)):
+        (tmp_path / folder).mkdir()
+        pq.write_table(
+            pa.table({"occurred_at": times, "username": ["ann", "ben"]}),
+            tmp_path / folder / f"{folder}.parquet",
+        )
+        pq.write_table(pa.table({"occurred_at": times[:1]}), tmp_path / folder / story_file)
+
+    rewind(registry, tmp_path, START)
+    for folder in ("logins", "publishes"):
+        assert [p.name for p in (tmp_path / folder).iterdir()] == [f"{folder}.parquet"]
+        kept = pq.read_table(tmp_path / folder / f"{folder}.parquet")
+        assert kept.column("username").to_pylist() == ["ann"]

@@ -93,6 +93,7 @@ def demo(
             "logins": report.logins,
             "elv_challenges": report.elv_challenges,
             "token_uses": report.token_uses,
+            "publishes": report.publishes,
             "emails_sent": report.emails["sent"],
             "maintainers_bounced": report.bounced,
             **{f"never reached, enforced {p}": n for p, n in report.unreached_enforced.items()},

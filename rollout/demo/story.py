@@ -30,6 +30,7 @@ from datetime import time as clock_time
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,6 +48,7 @@ from rollout.notify.senders import FileSender
 from rollout.phases import brownouts, enforce, snoozes
 from rollout.phases.snoozes import SnoozeRequest
 from rollout.registry import Registry
+from rollout.registry.batches import in_chunks
 from rollout.registry.models import (
     Account,
     BrownoutWindow,
@@ -62,6 +64,7 @@ from rollout.warehouse import extract, ingest
 
 ACTOR = "demo"
 STORY_LOGINS = "logins-story.parquet"
+STORY_PUBLISHES = "publishes-story.parquet"
 DEAD_MAILBOX = "550 5.1.1 The email account that you tried to reach does not exist"
 
 
@@ -85,6 +88,9 @@ class Responses:
     # on a day with this chance (CI and release days), any other unrevoked one rarely.
     token_in_use: float = 0.3
     token_idle: float = 0.002
+    # Of a writing token's uses, the share that publish (landing/publishes/): CI also
+    # installs with it; the sample's maintainers publish a package about weekly then.
+    publish_per_write_use: float = 0.25
     # A maintainer reminded of its own deadline asks for more time, where a phase allows.
     snooze_when_reminded: float = 0.1
     # Accounts whose address no longer takes mail: their first email bounces, SendGrid
@@ -110,6 +116,7 @@ class StoryReport:
     logins: int = 0
     elv_challenges: int = 0
     token_uses: int = 0
+    publishes: int = 0  # of token_uses, publishes (a writing token's use, now and then)
     milestones: list[tuple[date, str]] = field(default_factory=list)
     seconds: float = 0.0
     job_seconds: Counter[str] = field(default_factory=Counter)
@@ -209,9 +216,10 @@ def rewind(registry: Registry, landing_dir: Path, start: date) -> HeldBack:
     """The registry as it stood when ``start`` began: factors, tokens and web sessions
     the sample dated on or after it are held back, and the removals and revocations it
     dated then undone, all returned to replay on their day (``replay``); the sample's
-    login events from ``start`` on are dropped, and the delivery events an earlier story
-    wrote. Without this, an account the sample gives 2FA in March met the February
-    deadline, and a token it revokes in April was gone in December."""
+    login and publish events from ``start`` on are dropped (the story writes its own),
+    and the delivery events an earlier story wrote. Without this, an account the sample
+    gives 2FA in March met the February deadline, and a token it revokes in April was
+    gone in December."""
     cutoff = _at(start, 0)
     held = HeldBack()
     with registry.engine.begin() as connection:
@@ -261,17 +269,24 @@ def rewind(registry: Registry, landing_dir: Path, start: date) -> HeldBack:
             )
     for path in (landing_dir / "events").glob("events-story-*.json"):
         path.unlink()
-    for path in sorted((landing_dir / "logins").glob("*.parquet")):
-        if path.name == STORY_LOGINS:
-            path.unlink()
-            continue
-        events = pq.read_table(path)
-        times = events.column("occurred_at").cast(pa.timestamp("us")).to_numpy()
-        keep = times < np.datetime64(cutoff, "us")
-        if not keep.all():
-            with written_in_place(path) as temporary:
-                pq.write_table(events.filter(pa.array(keep)), temporary)
+    stories = (("logins", STORY_LOGINS), ("publishes", STORY_PUBLISHES))
+    for folder, story_file in stories:
+        for path in sorted((landing_dir / folder).glob("*.parquet")):
+            if path.name == story_file:
+                path.unlink()
+            else:
+                _drop_events_from(path, cutoff)
     return held
+
+
+def _drop_events_from(path: Path, cutoff: datetime) -> None:
+    """Drop a landed events file's rows from ``cutoff`` on: the story writes its own."""
+    events = pq.read_table(path)
+    times = events.column("occurred_at").cast(pa.timestamp("us")).to_numpy()
+    keep = times < np.datetime64(cutoff, "us")
+    if not keep.all():
+        with written_in_place(path) as temporary:
+            pq.write_table(events.filter(pa.array(keep)), temporary)
 
 
 def _by_day(rows: list[dict[str, Any]], column: str) -> dict[date, list[dict[str, Any]]]:
@@ -392,6 +407,10 @@ class Story:
             clock=lambda: self.clock().replace(tzinfo=UTC),
         )
         self.events: list[tuple[datetime, str, str, str]] = []
+        # Publishes through writing tokens: (at, package, username, token kind, factor).
+        self.publishes: list[tuple[datetime, str, str, str, str]] = []
+        self.publish_rng = np.random.default_rng(seed + 2)  # apart: the story stays the same
+        self.package_of: dict[str, str] = {}  # username -> a package it maintains
         # The mail provider's side: what became of each email sent (delivery events).
         self.provider_rng = np.random.default_rng(seed + 1)
         self.dead: set[int] = set()  # account ids whose mailbox is dead
@@ -681,6 +700,7 @@ class Story:
         if new_factors:
             with engine.begin() as connection:
                 connection.execute(insert(TfaFactor), new_factors)
+        self.renew_tokens(day)
         self.use_tokens(day)
 
     def replay(self, day: date, held: HeldBack) -> None:
@@ -798,18 +818,7 @@ class Story:
             )
             new_ids = connection.execute(
                 insert(tokens).returning(tokens.c.id),
-                [
-                    {
-                        "account_id": account_id,
-                        "name": "ci-granular",
-                        "kind": "granular",
-                        "writes": True,
-                        "bypass_2fa": False,
-                        "created_at": at,
-                        "expires_at": at + timedelta(days=90),
-                    }
-                    for account_id in movers
-                ],
+                [_story_token(account_id, at) for account_id in movers],
             ).scalars()
             fresh = np.fromiter(new_ids, np.int64)
         keep = ~np.isin(p.token_ids, np.array(old, np.int64))
@@ -817,6 +826,51 @@ class Story:
         p.token_ids = np.concatenate([p.token_ids[keep], fresh])
         p.token_in_use = np.concatenate([p.token_in_use[keep], np.ones(len(fresh), bool)])
         self.report.tokens_replaced += len(old)
+
+    def renew_tokens(self, day: date) -> None:
+        """A granular token the story made lasts 90 days: in its last week its
+        maintainer makes the next one, as CI keeps publishing (the old one just
+        expires). Without this the token plans' stories fell silent 90 days after the
+        replacements."""
+        p = self.people
+        at = _at(day, 10)
+        tokens = Token.__table__
+        newer = Token.__table__.alias("newer")
+        with self.registry.engine.begin() as connection:
+            expiring = (
+                connection.execute(
+                    select(tokens.c.account_id).where(
+                        and_(
+                            tokens.c.name == STORY_TOKEN,
+                            tokens.c.revoked_at.is_(None),
+                            tokens.c.expires_at >= at,
+                            tokens.c.expires_at < at + timedelta(days=7),
+                            ~select(newer.c.id)
+                            .where(
+                                and_(
+                                    newer.c.account_id == tokens.c.account_id,
+                                    newer.c.name == STORY_TOKEN,
+                                    newer.c.created_at > tokens.c.created_at,
+                                )
+                            )
+                            .exists(),
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if not expiring:
+                return
+            fresh = np.fromiter(
+                connection.execute(
+                    insert(tokens).returning(tokens.c.id),
+                    [_story_token(account_id, at) for account_id in sorted(set(expiring))],
+                ).scalars(),
+                np.int64,
+            )
+        p.token_ids = np.concatenate([p.token_ids, fresh])
+        p.token_in_use = np.concatenate([p.token_in_use, np.ones(len(fresh), bool)])
 
     def use_tokens(self, day: date) -> None:
         """Tokens used today: a token's last use only moves forward (the sample may
@@ -845,7 +899,68 @@ class Story:
                 .values(last_used_at=used_at),
                 uses,
             )
+            self._publish(connection, uses)
         self.report.token_uses += len(uses)
+
+    def _publish(self, connection: Any, uses: list[dict[str, Any]]) -> None:
+        """Some uses of a writing token, live when used, are publishes of a package its
+        account maintains: what the report's Publishing section and the token-hardening
+        funnel read (landing/publishes/, written with the logins at the end). The second
+        factor is the account's, none through an automation token or one that bypasses
+        2FA."""
+        p, rng = self.people, self.publish_rng
+        chosen = [u for u in uses if rng.random() < self.responses.publish_per_write_use]
+        if not chosen or not self.package_of:
+            return
+        tokens = Token.__table__
+        found = {
+            row.id: row
+            for ids in in_chunks(sorted({u["token_id"] for u in chosen}))
+            for row in connection.execute(
+                select(
+                    tokens.c.id,
+                    tokens.c.account_id,
+                    tokens.c.kind,
+                    tokens.c.bypass_2fa,
+                    tokens.c.revoked_at,
+                    tokens.c.expires_at,
+                ).where(and_(tokens.c.id.in_(ids), tokens.c.writes))
+            )
+        }
+        for use in chosen:
+            token, at = found.get(use["token_id"]), use["used_at"]
+            if token is None or (n := p.index.get(token.account_id)) is None:
+                continue
+            if token.kind == "read_only" or any(
+                end is not None and end <= at for end in (token.revoked_at, token.expires_at)
+            ):
+                continue
+            username = p.usernames[n]
+            package = self.package_of.get(username)
+            if package is None:
+                continue
+            none = token.kind == "automation" or token.bypass_2fa or not p.method[n]
+            factor = "none" if none else ("webauthn" if p.method[n] == 2 else "totp")
+            self.publishes.append((at, package, username, token.kind, factor))
+        self.report.publishes = len(self.publishes)
+
+    def write_publishes(self) -> Path:
+        path = self.settings.landing_dir / "publishes" / STORY_PUBLISHES
+        path.parent.mkdir(parents=True, exist_ok=True)
+        events = sorted(self.publishes)
+        table = pa.table(
+            {
+                "occurred_at": pa.array([e[0] for e in events], pa.timestamp("us", tz="UTC")),
+                "package": pa.array([e[1] for e in events], pa.string()),
+                "username": pa.array([e[2] for e in events], pa.string()),
+                "via": pa.array(["token"] * len(events), pa.string()),
+                "token_kind": pa.array([e[3] for e in events], pa.string()),
+                "second_factor": pa.array([e[4] for e in events], pa.string()),
+            }
+        )
+        with written_in_place(path) as temporary:
+            pq.write_table(table, temporary)
+        return path
 
     def _login(self, at: datetime, n: int, second_factor: str, outcome: str) -> None:
         self.events.append((at, self.people.usernames[n], second_factor, outcome))
@@ -885,6 +1000,7 @@ class Story:
                 landing_root=settings.landing_dir,
             )
             self.last_download_day = warehouse.scalar(con, "select max(day) from stg_downloads")
+            self.package_of = _package_of_each_maintainer(con)
             self._move(self.start, 1)
             brownouts.schedule(registry, self.plan, actor=ACTOR)
             days = (self.end - self.start).days + 1
@@ -912,7 +1028,7 @@ class Story:
             self._move(self.end, 23, 59)
             ingest.ingest(
                 con,
-                [self.write_logins()],
+                [self.write_logins(), self.write_publishes()],
                 quarantine_limit=settings.quarantine_limit,
                 landing_root=settings.landing_dir,
             )
@@ -930,6 +1046,34 @@ class Story:
             self.report.shares = _shares(con, self.start, self.end)
         self.report.seconds = time.perf_counter() - started
         return self.report
+
+
+# The granular token a maintainer moves its CI to in the story (and renews before it
+# expires): 90 days, no 2FA bypass, as npm's 2025 rules allow.
+STORY_TOKEN = "ci-granular"
+
+
+def _story_token(account_id: int, at: datetime) -> dict[str, Any]:
+    return {
+        "account_id": account_id,
+        "name": STORY_TOKEN,
+        "kind": "granular",
+        "writes": True,
+        "bypass_2fa": False,
+        "created_at": at,
+        "expires_at": at + timedelta(days=90),
+    }
+
+
+def _package_of_each_maintainer(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """A package each maintainer maintains (the first by name, of the latest manifests):
+    what its token publishes in the story."""
+    rows = con.execute(
+        "select username, min(package) from "
+        "(select package, unnest(maintainers) as username from stg_manifests) "
+        "group by username"
+    ).fetchall()
+    return {str(username): str(package) for username, package in rows}
 
 
 def _did(phase: Any, result: Any) -> str:
