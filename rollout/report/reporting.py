@@ -271,6 +271,20 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
 
 # compliance_funnel's columns that are no count: the phase, its days, its rollback.
 _FUNNEL_LABELS = ("phase", "cohort", "notice_on", "enforce_on", "rolled_back_at")
+# Its counts that follow 2FA: shown as "—" for a phase that asks none.
+_TWO_FACTOR_STAGES = (
+    "without_2fa_at_notice",
+    "notified",
+    "enrolled_7d",
+    "enrolled_14d",
+    "enrolled_30d",
+    "enrolled_by_enforcement",
+    "without_2fa_at_enforcement",
+    "enforced",
+    "enrolled_after_enforcement",
+    "still_without",
+    "never_noticed",
+)
 
 
 def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str, Any]:
@@ -317,13 +331,23 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
         subtitle = f"cohort {cohort}, notice {notice_on or '?'}, enforcement {enforce_on or '?'}"
         if rolled_back_at is not None:
             subtitle += f", rolled back {rolled_back_at:%Y-%m-%d}"
+        # A phase asking no second factor (token rules alone) has no 2FA funnel: its
+        # stages would count 2FA it never asked for ("enforced" as the accounts without
+        # 2FA it happened to act on). It is told by the accounts it acted on.
+        asks_2fa = planned is None or planned.requires.two_factor != "none"
+        started = row is not None and not (notice_on is not None and notice_on > as_of)
         if notice_on is not None and notice_on > as_of:
             note = f"notices go out on {notice_on}"
         elif row is None:
             note = "no data yet"
+        elif not asks_2fa:
+            note = "asks no 2FA: see required by the phase, and token readiness"
         else:
             note = ""
         counts = {c: _int(row[c]) for c in count_columns} if row else {}
+        shown: dict[str, int | None] = dict(counts)
+        if not asks_2fa:
+            shown.update(dict.fromkeys(_TWO_FACTOR_STAGES, None))
         base = counts.get("without_2fa_at_notice", 0)
         chart_phases.append(
             FunnelPhase(
@@ -341,7 +365,7 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
                     "cohort": cohort,
                     "notice_on": notice_on,
                     "enforce_on": enforce_on,
-                    "started": note == "",
+                    "started": started,
                     # Enforced by the day: the phase requires accounts, or its funnel
                     # counts some enforced (its date in the plan alone is not: the
                     # headline read "enforced" for a phase nobody had enforced), and not
@@ -355,11 +379,12 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
                     # A phase asking more or other than 2FA (a security key, token rules)
                     # is told by the accounts it acts on, not "still without 2FA".
                     "asks_only_2fa": planned is None or planned.requires.asks_only_2fa,
+                    "asks_2fa": asks_2fa,
                     "asks": "; ".join(planned.requires.describe()) if planned else "",
-                    **counts,
+                    **shown,
                     "base": base,
-                    "median_days": quantile(name, 0.5),
-                    "p90_days": quantile(name, 0.9),
+                    "median_days": quantile(name, 0.5) if asks_2fa else None,
+                    "p90_days": quantile(name, 0.9) if asks_2fa else None,
                 }
             )
     return {"funnel": table, "funnel_chart": funnel_chart(chart_phases)}
@@ -827,7 +852,9 @@ def build_report(
         as_of=as_of,
         data_through=context["data_through"],
         populations=tuple(context["populations"]),
-        still_without_2fa={r["phase"]: r["still_without"] for r in funnel if r["enforced_yet"]},
+        still_without_2fa={
+            r["phase"]: r["still_without"] for r in funnel if r["enforced_yet"] and r["asks_2fa"]
+        },
         rolled_back={r["phase"]: r["rolled_back_at"] for r in funnel if r["rolled_back_at"]},
     )
 
