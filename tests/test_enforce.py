@@ -284,6 +284,12 @@ def test_the_blast_radius_limit_refuses(
     small = plan_exempting_carol.model_copy(update={"phases": phases})
     with pytest.raises(GuardRefused, match="over the plan's blast-radius limit of 1"):
         enforce.enforce_phase(registry, small, "top-100", expect=2, actor="rm")
+    # Enforced, then the limit lowered: a rerun passes over them again, and says so.
+    enforce.enforce_phase(registry, plan_exempting_carol, "top-100", expect=2, actor="rm")
+    with pytest.raises(
+        GuardRefused, match=r"2 accounts \(2 of them required by it already\), over the plan"
+    ):
+        enforce.enforce_phase(registry, small, "top-100", expect=2, actor="rm")
 
 
 def test_enforce_flags_revokes_audits_and_queues_once(

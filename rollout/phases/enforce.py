@@ -943,9 +943,13 @@ def _guard(phase: Phase, preview: PhasePreview, expect: int, expect_tokens: int 
             f"{expect} expected: run `rollout phase preview {phase.name}` and check"
         )
     if preview.count > phase.max_accounts:
+        # Accounts the phase requires already count too: a run passes over them again
+        # (sessions made since are signed out, tokens made since revoked).
+        again = preview.required_by_phase
         raise GuardRefused(
-            f"phase {phase.name} would change {preview.count} accounts, over the "
-            f"plan's blast-radius limit of {phase.max_accounts}"
+            f"phase {phase.name} would change {preview.count} accounts"
+            + (f" ({again} of them required by it already)" if again else "")
+            + f", over the plan's blast-radius limit of {phase.max_accounts}"
         )
     if not phase.does("revoke_tokens"):
         return
