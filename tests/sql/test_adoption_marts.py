@@ -76,9 +76,57 @@ account_strategy = st.fixed_dictionaries(
             st.tuples(st.sampled_from(["totp", "webauthn"]), hours, st.none() | hours),
             max_size=3,
         ),
-        "cohort": st.none() | st.tuples(st.integers(-3, 12), st.none() | st.integers(-3, 14)),
+        # Its stays in the cohort: the days it came in and left, in turn (the first an
+        # entry), and how many days a backfill moved its first day earlier.
+        "cohort": st.none()
+        | st.tuples(
+            st.lists(st.integers(-3, 14), min_size=1, max_size=5, unique=True).map(sorted),
+            st.integers(0, 2),
+        ),
     }
 )
+
+
+def _member(cohort: tuple[list[int], int], day: date) -> bool:
+    """In the cohort on ``day``: its (backfilled) first day has come, and its latest
+    move by then, if any, was an entry."""
+    moves, backfilled = cohort
+    if day < BASE.date() + timedelta(days=moves[0] - backfilled):
+        return False
+    done = [i for i, offset in enumerate(moves) if BASE.date() + timedelta(days=offset) <= day]
+    return not done or done[-1] % 2 == 0
+
+
+def _cohort_rows(accounts: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], ...]:
+    """registry.cohort_memberships as the builds leave it (the first day, the latest
+    departure unless it came back since) and the ledger's entries and departures."""
+    memberships, actions = [], []
+    for i, a in enumerate(accounts, start=1):
+        if a["cohort"] is None:
+            continue
+        moves, backfilled = a["cohort"]
+        days = [BASE.date() + timedelta(days=offset) for offset in moves]
+        memberships.append(
+            {
+                "cohort": "c",
+                "account_id": i,
+                "first_qualified_on": days[0] - timedelta(days=backfilled),
+                "left_on": days[-1] if len(days) % 2 == 0 else None,
+            }
+        )
+        for n, day in enumerate(days):
+            kind = "enter" if n % 2 == 0 else "leave"
+            actions.append(
+                {
+                    "id": len(actions) + 1,
+                    "effect_key": f"cohort-{kind}:c:{i}:{day}",
+                    "action": f"cohort_{kind}",
+                    "account_id": i,
+                    "phase": "c",
+                    "created_at": datetime.combine(day, time(6)),
+                }
+            )
+    return memberships, actions
 
 
 def _at(offset_hours: int) -> datetime:
@@ -115,10 +163,7 @@ def _expected_daily(accounts: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
                 else:
                     if account["cohort"] is None:
                         continue
-                    first = BASE.date() + timedelta(days=account["cohort"][0])
-                    left = account["cohort"][1]
-                    left_on = None if left is None else BASE.date() + timedelta(days=left)
-                    member = first <= day and (left_on is None or left_on > day)
+                    member = _member(account["cohort"], day)
                 if not member:
                     continue
                 counts["accounts"] += 1
@@ -193,22 +238,9 @@ def test_adoption_daily_matches_a_plain_count(
     )
     _replace_factors(con, accounts)
     # The cohort exists (as a population) whenever it has a row, even a later one.
-    _replace_rows(
-        con,
-        "cohort_memberships",
-        [
-            {
-                "cohort": "c",
-                "account_id": i,
-                "first_qualified_on": BASE.date() + timedelta(days=a["cohort"][0]),
-                "left_on": None
-                if a["cohort"][1] is None
-                else BASE.date() + timedelta(days=a["cohort"][1]),
-            }
-            for i, a in enumerate(accounts, start=1)
-            if a["cohort"] is not None
-        ],
-    )
+    memberships, actions = _cohort_rows(accounts)
+    _replace_rows(con, "cohort_memberships", memberships)
+    _replace_rows(con, "actions", actions)
     assert adoption_since(PROPERTY_PLAN) == SINCE
     build_adoption(con, PROPERTY_PLAN, AS_OF)
     actual = [
