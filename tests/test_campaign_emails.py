@@ -396,3 +396,40 @@ def test_a_token_only_notice_does_not_thank_an_account_owing_2fa() -> None:
     for thanked in (replace(owing, tfa_required=False), replace(owing, method="totp")):
         again = render("phase_notice", thanked, stored("phase_notice", "tokens-without-2fa"), plan)
         assert again.subject == "Your account meets the registry's new security requirements"
+
+
+def test_a_recommendation_to_an_account_a_later_phase_requires_says_it_will_be_required(
+    registry: Registry, factories: None, tmp_path: Path
+) -> None:
+    """RubyGems 2022: owners above 165M downloads were told MFA is recommended, the
+    owners above 180M (among them) the next day that it will be required. The
+    recommendation to those does not read as if 2FA stayed optional for them; to the
+    others, and to an account with 2FA, it says nothing of it."""
+    from email import message_from_bytes, policy
+
+    from rollout.notify.drain import drain
+    from rollout.notify.queue import queue_due
+    from rollout.notify.senders import FileSender
+    from tests.factories import AccountFactory
+
+    plan = plan_of("recommended")
+    AccountFactory(username="big", in_cohort=["recommended", "required"])
+    AccountFactory(username="medium", in_cohort="recommended")
+    AccountFactory(username="big-with-2fa", with_totp=True, in_cohort=["recommended", "required"])
+    notice_on = plan.phase("recommended").notice_on
+    with use_clock(SimulatedClock(datetime.combine(notice_on, time(9)))):
+        queue_due(registry, plan, notice_on, actor="rm")
+        drain(registry, plan, FileSender(tmp_path / "outbox", plan.notifications.from_address))
+    told = {}
+    for path in (tmp_path / "outbox").iterdir():
+        parsed = message_from_bytes(path.read_bytes(), policy=policy.default)
+        [to] = parsed["To"].addresses
+        told[to.username] = " ".join(parsed.get_body(("plain",)).get_content().split())
+    assert set(told) == {"big", "medium", "big-with-2fa"}
+    required = plan.cohort("required").description
+    said = (
+        f"Your account is also among the {required}: from Monday 15 August 2022 the "
+        "registry requires two-factor authentication of it"
+    )
+    assert said in told["big"] and "recommends" in told["big"]
+    assert "also among" not in told["medium"] and "also among" not in told["big-with-2fa"]

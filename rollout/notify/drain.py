@@ -51,7 +51,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import Select
 
 from rollout.core.errors import BadInput, RolloutError
-from rollout.core.plan import Plan
+from rollout.core.plan import Phase, Plan
 from rollout.core.stopping import (
     StopRequest,
     as_child,
@@ -65,6 +65,7 @@ from rollout.notify.emails import (
     Recipient,
     TokenLine,
     asks_only_2fa,
+    recommends_only,
 )
 from rollout.notify.message import DeliveryFailed, Message, Sender
 from rollout.notify.outbox import (
@@ -84,6 +85,7 @@ from rollout.notify.outbox import (
 from rollout.notify.render import render
 from rollout.notify.withdraw import marked_withdrawn
 from rollout.registry import Registry
+from rollout.registry.batches import in_chunks
 from rollout.registry.deadlines import deadlines_and_snoozes, own_deadline
 from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import utc_now
@@ -347,6 +349,7 @@ class _Standing:
     tokens: tuple[TokenLine, ...]
     deadline: date | None = None
     snoozed: bool = False  # its own deadline was postponed on request
+    stricter: tuple[str, date] | None = None  # Recipient.stricter
 
     def apply(self, recipient: Recipient) -> Recipient:
         return replace(
@@ -355,6 +358,7 @@ class _Standing:
             tokens=self.tokens,
             deadline=self.deadline,
             snoozed=self.snoozed,
+            stricter=self.stricter,
         )
 
 
@@ -417,11 +421,46 @@ def _standing(
                 .order_by(TOKENS.c.account_id, TOKENS.c.created_at, TOKENS.c.id)
             ):
                 tokens.setdefault(account_id, []).append(TokenLine(*line))
+        stricter = _stricter(connection, plan, phase, sorted(lacking))
         for account_id in accounts:
             deadline, snoozed = own.get(account_id, (None, False))
             found[(email, name, account_id)] = _Standing(
-                account_id in lacking, tuple(tokens.get(account_id, ())), deadline, snoozed
+                account_id in lacking,
+                tuple(tokens.get(account_id, ())),
+                deadline,
+                snoozed,
+                stricter.get(account_id),
             )
+    return found
+
+
+def _stricter(
+    connection: Connection, plan: Plan, phase: Phase, lacking: list[int]
+) -> dict[int, tuple[str, date]]:
+    """For a phase that only recommends: of its accounts without the factor, those a
+    phase of the plan that requires 2FA has in its cohort, with that cohort's
+    description and that phase's enforcement day (the earliest, if several)."""
+    if not recommends_only(phase) or not lacking:
+        return {}
+    requiring = sorted(
+        (p for p in plan.phases if p.does("require_2fa") and p.requires.two_factor != "none"),
+        key=lambda p: (p.enforce_on, p.name),
+    )
+    found: dict[int, tuple[str, date]] = {}
+    for other in requiring:
+        for ids in in_chunks(lacking):
+            for account_id in connection.execute(
+                select(CohortMembership.account_id).where(
+                    and_(
+                        CohortMembership.cohort == other.cohort,
+                        CohortMembership.left_on.is_(None),
+                        CohortMembership.account_id.in_(ids),
+                    )
+                )
+            ).scalars():
+                found.setdefault(
+                    account_id, (plan.cohort(other.cohort).description, other.enforce_on)
+                )
     return found
 
 

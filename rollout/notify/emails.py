@@ -55,6 +55,11 @@ class Recipient:
     # For an enforcement email: another phase had required 2FA of it (and signed it out)
     # before this phase did, so this one changed neither.
     required_earlier: bool = False
+    # For the email of a phase that only recommends (a banner): a phase of the plan that
+    # will require 2FA of the account too, as (its cohort's description, its enforcement
+    # day). "Recommends" alone read as if 2FA were optional for it (RubyGems 2022: warn
+    # above 165M downloads, require above 180M, a day apart).
+    stricter: tuple[str, date] | None = None
 
     @property
     def owes_2fa(self) -> bool:
@@ -118,6 +123,12 @@ def common(recipient: Recipient, plan: Plan) -> dict[str, Any]:
         "tokens_url": n.tokens_url,
         "sender_name": n.from_name,
     }
+
+
+def recommends_only(phase: Phase) -> bool:
+    """Nothing the phase does stops an account signing in or publishing (a banner, new
+    TOTP set-ups closed): its emails recommend."""
+    return set(phase.effects) <= RECOMMENDING_EFFECTS
 
 
 def asks_only_2fa(phase: Phase) -> bool:
@@ -187,7 +198,8 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         # Nothing the phase does stops an account signing in or publishing (a banner,
         # new TOTP set-ups closed): it recommends; saying "requires" and "action
         # needed" told two million TOTP users something false (npm, 2025-10-13).
-        "recommends_only": set(phase.effects) <= RECOMMENDING_EFFECTS,
+        "recommends_only": recommends_only(phase),
+        "stricter": r.stricter,
         "security_key": phase.requires.two_factor == "phishing_resistant",
         # Enrolling is also the way out of PyPI's rule, even where the phase asks no
         # factor: its tokens offend only while the account has none.
