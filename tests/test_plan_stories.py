@@ -5,13 +5,17 @@ replacing tokens, snoozing their deadlines), each phase enforced, the report wri
 from __future__ import annotations
 
 import csv
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
 
 from rollout.core.config import load_settings
-from rollout.demo.story import Story
+from rollout.demo.story import STORY_PUBLISHES, Story
 from rollout.phases import enforce
 from rollout.registry import Registry
 
@@ -81,15 +85,36 @@ def test_every_shipped_plan_tells_its_story_on_a_sample_fitted_to_it(
                 assert enforce.preview_phase(registry, plan, phase).token_count == 0
             else:
                 assert did > 0, phase.name
-        # A revoked or expired token works no more: no use of one is recorded after.
+        # A revoked or expired token works no more, and one made later in the day not
+        # yet: no use of one is recorded outside its life, and no publish through it.
         with registry.engine.connect() as connection:
             used_dead = connection.execute(
                 text(
                     "select count(*) from tokens where last_used_at > revoked_at "
-                    "or last_used_at > expires_at"
+                    "or last_used_at > expires_at or last_used_at < created_at"
                 )
             ).scalar_one()
+            lives: dict[tuple[str, str], list[tuple[Any, Any, Any]]] = {}
+            for username, kind, made, revoked, expires in connection.execute(
+                text(
+                    "select username, kind, tokens.created_at, revoked_at, expires_at "
+                    "from tokens join accounts on accounts.id = tokens.account_id"
+                )
+            ):
+                lives.setdefault((username, kind), []).append((made, revoked, expires))
         assert used_dead == 0
+        publishes = pq.read_table(settings.landing_dir / "publishes" / STORY_PUBLISHES)
+        for at, username, kind in zip(
+            publishes.column("occurred_at").cast(pa.timestamp("us")).to_pylist(),
+            publishes.column("username").to_pylist(),
+            publishes.column("token_kind").to_pylist(),
+            strict=True,
+        ):
+            assert any(
+                _as_naive(made) <= at
+                and all(end is None or _as_naive(end) > at for end in (revoked, expires))
+                for made, revoked, expires in lives.get((username, kind), [])
+            ), (at, username, kind)
         # Each snooze granted is answered by one email (snooze_reply), sent or on its way.
         with registry.engine.connect() as connection:
             granted, answered, sent = connection.execute(
@@ -122,3 +147,9 @@ def test_every_shipped_plan_tells_its_story_on_a_sample_fitted_to_it(
         recent = [r for r in csv.DictReader(handle) if r["via"] == "token"]
     assert sum(int(r["publishes"]) for r in recent) > 0
     assert "No publish events in the 30 days" not in report.files.html.read_text()
+
+
+def _as_naive(value: Any) -> datetime:
+    """A registry time as naive UTC (SQLite gives text, PostgreSQL datetimes)."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment.replace(tzinfo=None)

@@ -893,6 +893,9 @@ class Story:
             connection.execute(
                 update(tokens)
                 .where(tokens.c.id == bindparam("token_id"))
+                # A token made later in the day (a replacement, a renewal) is not used
+                # before it exists.
+                .where(tokens.c.created_at <= used_at)
                 .where(or_(last_used.is_(None), last_used < used_at))
                 .where(or_(tokens.c.revoked_at.is_(None), tokens.c.revoked_at > used_at))
                 .where(or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > used_at))
@@ -903,11 +906,11 @@ class Story:
         self.report.token_uses += len(uses)
 
     def _publish(self, connection: Any, uses: list[dict[str, Any]]) -> None:
-        """Some uses of a writing token, live when used, are publishes of a package its
-        account maintains: what the report's Publishing section and the token-hardening
-        funnel read (landing/publishes/, written with the logins at the end). The second
-        factor is the account's, none through an automation token or one that bypasses
-        2FA."""
+        """Some uses of a writing token, live when used (made, not yet revoked nor
+        expired), are publishes of a package its account maintains: what the report's
+        Publishing section and the token-hardening funnel read (landing/publishes/,
+        written with the logins at the end). The second factor is the account's, none
+        through an automation token or one that bypasses 2FA."""
         p, rng = self.people, self.publish_rng
         chosen = [u for u in uses if rng.random() < self.responses.publish_per_write_use]
         if not chosen or not self.package_of:
@@ -922,6 +925,7 @@ class Story:
                     tokens.c.account_id,
                     tokens.c.kind,
                     tokens.c.bypass_2fa,
+                    tokens.c.created_at,
                     tokens.c.revoked_at,
                     tokens.c.expires_at,
                 ).where(and_(tokens.c.id.in_(ids), tokens.c.writes))
@@ -931,9 +935,9 @@ class Story:
             token, at = found.get(use["token_id"]), use["used_at"]
             if token is None or (n := p.index.get(token.account_id)) is None:
                 continue
-            if token.kind == "read_only" or any(
-                end is not None and end <= at for end in (token.revoked_at, token.expires_at)
-            ):
+            if token.kind == "read_only" or at < token.created_at:
+                continue
+            if any(end is not None and end <= at for end in (token.revoked_at, token.expires_at)):
                 continue
             username = p.usernames[n]
             package = self.package_of.get(username)

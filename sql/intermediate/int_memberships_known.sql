@@ -3,7 +3,8 @@
 -- and only its latest departure (cleared when it comes back), so an account that left
 -- and came back would count as a member in between; the ledger's cohort_leave and
 -- cohort_enter actions (dated by their keys: the build's day) split it into its stays.
--- Included ({{ }}) by the adoption models that follow cohorts over days.
+-- Made once per adoption build (a temp table, rollout.report.adoption.ADOPTION_INPUTS)
+-- and read by the models that follow cohorts over days.
 with
 
 -- (A row whose departure comes before its first day, which no build writes, was never
@@ -15,29 +16,64 @@ memberships as (
         and (left_on is null or left_on >= first_qualified_on)
 ),
 
--- What the cohort builds recorded by $as_of: the day each account left or came in.
-moves as (
+-- What the cohort builds recorded, by the day they were for (the key's last ten
+-- characters: cohort-enter:<cohort>:<account>:<YYYY-MM-DD>).
+cohort_moves as (
     select
         phase as cohort,
         account_id,
         action = 'cohort_enter' as entered,
-        cast(regexp_extract(effect_key, '(\d{4}-\d{2}-\d{2})$', 1) as date) as day
+        cast(right(effect_key, 10) as date) as day,
+        created_at,
+        id
     from registry.actions
     where action in ('cohort_enter', 'cohort_leave')
-        and created_at < $as_of::date + 1
 ),
 
--- Each account's entries and departures in day order: its first day, the moves after
--- it, and the registry's departure (a ledger from before the moves were kept has none).
-events as (
-    select cohort, account_id, first_qualified_on as day, true as entered
+-- The accounts that left by $as_of: only their stays need the ledger. The others (most)
+-- are their registry row as it stands, in since its first day.
+left_once as (
+    select cohort, account_id
+    from cohort_moves
+    where not entered and day <= $as_of::date
+    union
+    select cohort, account_id
     from memberships
+    where left_on <= $as_of::date
+),
+
+stayed as (
+    select memberships.cohort, memberships.account_id, memberships.first_qualified_on
+    from memberships
+    anti join left_once using (cohort, account_id)
+),
+
+-- Of a day built more than once (a rerun), the last build decides: a rerun that brings
+-- an account back undoes the departure the first run recorded, and the reverse.
+moves as (
+    select cohort_moves.cohort, cohort_moves.account_id, cohort_moves.entered, cohort_moves.day
+    from cohort_moves
+    semi join left_once using (cohort, account_id)
+    where cohort_moves.day <= $as_of::date
+    qualify row_number() over (
+        partition by cohort_moves.cohort, cohort_moves.account_id, cohort_moves.day
+        order by cohort_moves.created_at desc, cohort_moves.id desc
+    ) = 1
+),
+
+-- Each such account's entries and departures in day order: its first day, the moves
+-- from it, and the registry's departure (a ledger from before the moves were kept has
+-- none).
+events as (
+    select memberships.cohort, memberships.account_id, memberships.first_qualified_on as day,
+        true as entered
+    from memberships
+    semi join left_once using (cohort, account_id)
     union
     select moves.cohort, moves.account_id, moves.day, moves.entered
     from moves
     inner join memberships using (cohort, account_id)
-    where moves.day > memberships.first_qualified_on
-        and moves.day <= $as_of::date
+    where moves.day >= memberships.first_qualified_on
     union
     select cohort, account_id, left_on, false
     from memberships
@@ -46,7 +82,8 @@ events as (
 
 -- A stay starts at an entry after a departure (or at the first day); two entries in a
 -- row (a backfill moved the first day earlier) are one stay. On one day an entry comes
--- first: a row whose departure is its first day was never in.
+-- first, so a departure that day (the day's last build dropped it) leaves the stay
+-- empty.
 ordered as (
     select
         *,
@@ -68,8 +105,8 @@ departures as (
     where not entered
 ),
 
--- It ends at the first departure from the day it began.
-final as (
+-- A stay ends at the first departure from the day it began.
+stays as (
     select
         starts.cohort,
         starts.account_id,
@@ -80,6 +117,14 @@ final as (
         on departures.cohort = starts.cohort
         and departures.account_id = starts.account_id
         and departures.day >= starts.day
+),
+
+final as (
+    select cohort, account_id, first_qualified_on, null::date as left_on
+    from stayed
+    union all
+    select cohort, account_id, first_qualified_on, left_on
+    from stays
 )
 
 select * from final

@@ -7,8 +7,10 @@ phases as (
     select phase, cohort, notice_on from plan_phases
 ),
 
+-- Each stay of an account in a cohort (a temp table made once by build_adoption from
+-- the intermediate model).
 memberships as (
-    select * from ({{ int_memberships_known }})
+    select * from int_memberships_known
 ),
 
 -- The factors each phase counts (a security key for a phishing_resistant one).

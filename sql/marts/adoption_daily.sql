@@ -10,8 +10,10 @@ accounts as (
     where created_at < $as_of::date + 1
 ),
 
+-- Each stay of an account in a cohort (a temp table made once by build_adoption from
+-- the intermediate model).
 memberships as (
-    select * from ({{ int_memberships_known }})
+    select * from int_memberships_known
 ),
 
 cohorts as (

@@ -451,17 +451,20 @@ def _funnel_accounts(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     """int_funnel_accounts' rows for AS_OF: build_adoption drops the temp tables it reads,
     so they are made again here, as build_adoption makes them."""
     adoption._create_plan_tables(con, FUNNEL_PLAN)
+    inputs = ("int_memberships_known", "int_notice_enrolments")
     try:
-        con.execute(
-            "create or replace temp table int_notice_enrolments as\n"
-            + warehouse.render("intermediate/int_notice_enrolments"),
-            {"as_of": AS_OF},
-        )
+        for name in inputs:
+            con.execute(
+                f"create or replace temp table {name} as\n"
+                + warehouse.render(f"intermediate/{name}"),
+                {"as_of": AS_OF},
+            )
         result = con.execute(warehouse.render("intermediate/int_funnel_accounts"), {"as_of": AS_OF})
         names = [d[0] for d in result.description]
         return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
     finally:
-        con.execute("drop table if exists temp.int_notice_enrolments")
+        for name in inputs:
+            con.execute(f"drop table if exists temp.{name}")
         adoption._drop_plan_tables(con)
 
 
