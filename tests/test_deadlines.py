@@ -27,6 +27,7 @@ from rollout.phases import enforce
 from rollout.phases.snoozes import (
     COMMAND,
     SnoozeRequest,
+    command_request,
     read_requests,
     snooze,
     snooze_preview,
@@ -468,11 +469,11 @@ def test_the_snooze_command_run_again_after_a_kill_says_already(
     campaign: Campaign, registry: Registry, plan: Plan
 ) -> None:
     campaign.day(date(2023, 3, 13))
-    asked = [SnoozeRequest("eve", 5, datetime(2023, 4, 1, 8), COMMAND, requested_at_given=False)]
+    asked = [command_request("eve", 5, datetime(2023, 4, 1, 8))]
     [granted] = snooze(registry, plan, PHASE, asked, actor="rm", now=datetime(2023, 4, 1, 8))
     assert granted.outcome == "granted"
     # The grant committed, then the command was killed before it printed: run again.
-    rerun = [SnoozeRequest("eve", 5, datetime(2023, 4, 1, 9), COMMAND, requested_at_given=False)]
+    rerun = [command_request("eve", 5, datetime(2023, 4, 1, 9))]
     [again] = snooze(registry, plan, PHASE, rerun, actor="rm", now=datetime(2023, 4, 1, 9))
     assert (again.outcome, again.reason, again.deadline) == (
         "already",
@@ -540,13 +541,13 @@ def test_a_refused_command_run_again_after_a_kill_answers_once(
     campaign.day(date(2023, 3, 13))
     for hour in (8, 9):  # the same request, the command run again the same day
         at = datetime(2023, 4, 1, hour)
-        asked = [SnoozeRequest("ann", 9, at, COMMAND, requested_at_given=False)]
+        asked = [command_request("ann", 9, at)]
         [outcome] = snooze(registry, plan, PHASE, asked, actor="rm", now=at)
         assert outcome.outcome == "refused"
     assert [r[:2] for r in _replies(registry)] == [("ann", "refused")]
     # Asked again the next day, for other days: another request, another answer.
     at = datetime(2023, 4, 2, 8)
-    asked = [SnoozeRequest("ann", 8, at, COMMAND, requested_at_given=False)]
+    asked = [command_request("ann", 8, at)]
     snooze(registry, plan, PHASE, asked, actor="rm", now=at)
     assert [r[:2] for r in _replies(registry)] == [("ann", "refused")] * 2
 
@@ -637,3 +638,73 @@ def test_a_snooze_of_1_000_days_is_bad_input_and_of_1000_days_a_refusal(
     requests.write_text("username,days\nann,1000\n")
     too_long = runner.invoke(app, ["phase", "snooze", PHASE, "--file", str(requests)])
     assert too_long.exit_code == 3, too_long.stderr
+
+
+def _land(landing: Path, name: str, text: str) -> None:
+    folder = landing / "snoozes" / PHASE
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+
+
+def test_one_request_is_answered_once_whatever_file_or_line_it_is_read_from(
+    campaign: Campaign, registry: Registry, plan: Plan, tmp_path: Path
+) -> None:
+    """The site's export repeats a pending request (its time says it is the same one);
+    a file without times rewritten with a row above moves a request's line."""
+    from rollout.phases.snoozes import grant_landed
+
+    campaign.day(date(2023, 3, 13))
+    landing = tmp_path / "landing"
+    timed = "username,days,requested_at\nann,9,2023-04-01T10:00:00\n"
+    _land(landing, "2023-04-01.csv", timed)
+    _land(landing, "requests.csv", "username,days\ndan,8\n")
+    grant_landed(registry, plan, landing, actor="flow", now=datetime(2023, 4, 2, 6))
+    _land(landing, "2023-04-02.csv", timed)
+    _land(landing, "requests.csv", "username,days\neve,5\ndan,8\n")
+    grant_landed(registry, plan, landing, actor="flow", now=datetime(2023, 4, 3, 6))
+    assert [r[:2] for r in _replies(registry)] == [
+        ("ann", "refused"),
+        ("dan", "refused"),
+        ("eve", "granted"),
+    ]
+
+
+def test_a_request_refused_stays_refused_when_read_again_after_it_could_pass(
+    campaign: Campaign, registry: Registry, plan: Plan, tmp_path: Path
+) -> None:
+    """bob asks before his notice and is told to ask once it comes; the daily flow reads
+    the same file after it came: the request he was told was refused is not granted
+    behind his back (no second, contradicting answer); asking again is a new request."""
+    from rollout.phases.snoozes import grant_landed
+
+    campaign.day(date(2023, 3, 13))
+    AccountFactory(username="bob", in_cohort="publishers")
+    landing = tmp_path / "landing"
+    _land(landing, "2023-03-15.csv", "username,days\nbob,5\n")
+    grant_landed(registry, plan, landing, actor="flow", now=datetime(2023, 3, 16, 6))
+    campaign.day(date(2023, 3, 20))  # bob's notice: his 45 days start
+    again = grant_landed(registry, plan, landing, actor="flow", now=datetime(2023, 3, 21, 6))
+    assert again.granted == 0
+    assert again.refused == [("2023-03-15.csv", "bob", "refused before, and answered by email")]
+    assert [r[:2] for r in _replies(registry)] == [("bob", "refused")]
+    _land(landing, "2023-03-21.csv", "username,days\nbob,5\n")
+    asked = grant_landed(registry, plan, landing, actor="flow", now=datetime(2023, 3, 22, 6))
+    assert asked.granted == 1
+    assert [r[:2] for r in _replies(registry)] == [("bob", "refused"), ("bob", "granted")]
+
+
+def test_a_file_given_to_the_command_again_another_week_is_asked_anew(
+    campaign: Campaign, registry: Registry, plan: Plan, tmp_path: Path
+) -> None:
+    """The release manager's weekly `--file requests.csv` without times: week 2's is a
+    new request, answered; the same file again the same day (after a kill) is not."""
+    from rollout.phases.snoozes import read_requests
+
+    campaign.day(date(2023, 3, 13))
+    for day in (datetime(2023, 3, 20, 8), datetime(2023, 3, 20, 9), datetime(2023, 3, 27, 8)):
+        path = tmp_path / day.strftime("%d") / "requests.csv"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("username,days\nann,9\n")
+        asked = read_requests(path, day, read_each_day=True)
+        snooze(registry, plan, PHASE, asked, actor="rm", now=day)
+    assert [r[:2] for r in _replies(registry)] == [("ann", "refused")] * 2

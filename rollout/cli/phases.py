@@ -238,8 +238,7 @@ def phase_snooze(
     (phases with per-account deadlines). Each request is granted or refused with the
     reason; a grant is audited. Exit 3 when any request is refused."""
     from rollout.phases.snoozes import (
-        COMMAND,
-        SnoozeRequest,
+        command_request,
         read_requests,
         replies_owed,
         snooze,
@@ -255,10 +254,10 @@ def phase_snooze(
     settings, plan = runtime.settings, runtime.plan
     now = utc_now()
     if file is not None:
-        requests = read_requests(file, now)
+        requests = read_requests(file, now, read_each_day=True)
     else:
         assert username is not None and days is not None
-        requests = [SnoozeRequest(username, days, now, COMMAND, requested_at_given=False)]
+        requests = [command_request(username, days, now)]
     if apply:
         outcomes = snooze(runtime.registry, plan, phase, requests, actor=settings.actor, now=now)
     else:

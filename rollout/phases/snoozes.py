@@ -61,6 +61,10 @@ class SnoozeRequest:
     # row without one): then the same days granted before is the same request again,
     # read again (a rerun after a kill, the daily flow reading a landed file anew).
     requested_at_given: bool = True
+    # Without a time of its own, what makes it the same request when read again (its
+    # answer is sent once): a landed file's name (the daily flow reads it every day), a
+    # file given to the command with the day it was read, the command's day.
+    read_as: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,27 +91,31 @@ class SnoozeOutcome:
 REPLY_EMAIL = "snooze_reply"
 
 
-def reply_occasion(request: SnoozeRequest, outcome: SnoozeOutcome) -> str:
+def command_request(username: str, days: int, now: datetime) -> SnoozeRequest:
+    """A request given on the command line, read ``now``: the same command again the
+    same day (after a kill) is the same request."""
+    return SnoozeRequest(username, days, now, COMMAND, False, f"{COMMAND}|{now.date()}")
+
+
+def reply_occasion(request: SnoozeRequest, granted: bool) -> str:
     """The reply's occasion (one email per account, phase and occasion): a grant is
-    answered once (one snooze per account); a refusal once per request. A landed
-    file's request is its line (with its time, if the file gives one): the daily flow
-    reads the file again each day and must not answer it again. A command's is its
-    days on its day: the same command run again after a kill is the same request."""
-    if outcome.outcome == "granted":
+    answered once (one snooze per account); a refusal once per request. A request with
+    its own time is that time and its days, whatever file it comes in (a site's export
+    may repeat a pending one); without one, its days as it was read (``read_as``)."""
+    if granted:
         return "granted"
-    if request.requested_at_given:
-        when = request.requested_at.isoformat()
-    elif request.source == COMMAND:
-        when = request.requested_at.date().isoformat()
-    else:
-        when = ""
-    key = f"{request.source}|{request.days}|{when}"
+    when = request.requested_at.isoformat() if request.requested_at_given else request.read_as
+    key = f"{request.days}|{when}"
     return f"refused {hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
-def read_requests(path: Path, now: datetime) -> list[SnoozeRequest]:
+def read_requests(path: Path, now: datetime, *, read_each_day: bool = False) -> list[SnoozeRequest]:
     """The requests of a CSV file (header ``username,days`` and an optional
-    ``requested_at``, UTC). Any bad row refuses the whole file, naming its line."""
+    ``requested_at``, UTC). Any bad row refuses the whole file, naming its line. A row
+    without a time is the same request each time the file is read (a landed file, read
+    by the daily flow every day), or, ``read_each_day``, each day it is read (a file
+    given to the command: next week's file of the same name asks anew)."""
+    read_as = f"{path.name}|{now.date()}" if read_each_day else path.name
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -143,7 +151,9 @@ def read_requests(path: Path, now: datetime) -> list[SnoozeRequest]:
         if username in seen:
             raise BadInput(path, line, f"{username!r} already asked on line {seen[username]}")
         seen[username] = line
-        requests.append(SnoozeRequest(username, days, at, f"{path.name} line {line}", given))
+        requests.append(
+            SnoozeRequest(username, days, at, f"{path.name} line {line}", given, read_as)
+        )
     return requests
 
 
@@ -353,10 +363,26 @@ def _judge_all(
         )
     outcomes = []
     for request in requests:
-        outcome = _judge(phase, request, ids.get(request.username), known)
+        account_id = ids.get(request.username)
+        if (account_id, reply_occasion(request, granted=False)) in known.replied:
+            # Refused, and told so: the same request read again stays refused, even if
+            # it would pass now (it was told to ask again, not that it would be granted).
+            outcomes.append(
+                SnoozeOutcome(
+                    request.username,
+                    request.days,
+                    "refused",
+                    "refused before, and answered by email",
+                    known.deadlines.get(account_id),
+                    account_id=account_id,
+                    reply_queued=True,
+                )
+            )
+            continue
+        outcome = _judge(phase, request, account_id, known)
         if outcome.account_id is not None:
-            queued = (outcome.account_id, reply_occasion(request, outcome)) in known.replied
-            outcome = replace(outcome, reply_queued=queued)
+            occasion = reply_occasion(request, granted=outcome.outcome == "granted")
+            outcome = replace(outcome, reply_queued=(outcome.account_id, occasion) in known.replied)
         outcomes.append(outcome)
     return outcomes, ids
 
@@ -469,7 +495,7 @@ def _queue_replies(
             "account_id": o.account_id,
             "email": REPLY_EMAIL,
             "phase": phase.name,
-            "occasion": reply_occasion(r, o),
+            "occasion": reply_occasion(r, granted=o.outcome == "granted"),
             "state": "queued",
             "context": {
                 "phase": phase.name,
