@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from rollout.core.clock import SimulatedClock, use_clock
-from rollout.core.plan import Plan, load_plan
+from rollout.core.plan import Plan, load_plan, parse_plan
 from rollout.notify.emails import Recipient, TokenLine
 from rollout.notify.render import render
 from rollout.registry import Registry
@@ -398,38 +398,86 @@ def test_a_token_only_notice_does_not_thank_an_account_owing_2fa() -> None:
         assert again.subject == "Your account meets the registry's new security requirements"
 
 
-def test_a_recommendation_to_an_account_a_later_phase_requires_says_it_will_be_required(
-    registry: Registry, factories: None, tmp_path: Path
-) -> None:
-    """RubyGems 2022: owners above 165M downloads were told MFA is recommended, the
-    owners above 180M (among them) the next day that it will be required. The
-    recommendation to those does not read as if 2FA stayed optional for them; to the
-    others, and to an account with 2FA, it says nothing of it."""
+def _rubygems(banner_asks: str = "any", required_asks: str = "any") -> Plan:
+    """RubyGems 2022's plan, its phases asking these factors."""
+    text = (ROOT / "plans" / "rubygems-2022.yaml").read_text()
+    for effects, asks in (("[warn]", banner_asks), ("[require_2fa]", required_asks)):
+        text = text.replace(
+            f"    effects: {effects}\n",
+            f"    effects: {effects}\n    requires: {{two_factor: {asks}}}\n",
+        )
+    parsed, problems = parse_plan(text)
+    assert parsed is not None and problems == [], problems
+    return parsed
+
+
+def _play_rubygems(registry: Registry, plan: Plan, outbox: Path) -> dict[str, list[str]]:
+    """The recommended notice (06-12), the required notice (06-13, 09:00), then the
+    recommended phase's banner enforced (06-13, noon): each account's texts, in order."""
     from email import message_from_bytes, policy
 
     from rollout.notify.drain import drain
     from rollout.notify.queue import queue_due
     from rollout.notify.senders import FileSender
+    from rollout.phases import enforce
+
+    sender = FileSender(outbox, plan.notifications.from_address)
+    for day in (date(2022, 6, 12), date(2022, 6, 13)):
+        with use_clock(SimulatedClock(datetime.combine(day, time(9)))):
+            queue_due(registry, plan, day, actor="rm")
+            drain(registry, plan, sender)
+    with use_clock(SimulatedClock(datetime(2022, 6, 13, 12))):
+        preview = enforce.preview_phase(registry, plan, plan.phase("recommended"))
+        enforce.enforce_phase(registry, plan, "recommended", expect=preview.count, actor="rm")
+        drain(registry, plan, sender)
+    told: dict[str, list[str]] = {}
+    for path in sorted(outbox.iterdir()):
+        parsed = message_from_bytes(path.read_bytes(), policy=policy.default)
+        [to] = parsed["To"].addresses
+        text = " ".join(parsed.get_body(("plain",)).get_content().split())
+        told.setdefault(to.username, []).append(text)
+    return told
+
+
+def test_a_recommendation_to_an_account_a_later_phase_requires_says_it_is_required(
+    registry: Registry, factories: None, tmp_path: Path
+) -> None:
+    """RubyGems 2022: owners above 165M downloads were told MFA is recommended, the
+    owners above 180M (among them) the next day that it will be required. The banner's
+    email after that does not read as if 2FA stayed optional for those; not before
+    their notice told them (it would announce what was not announced yet), nor to the
+    others, nor to an account with 2FA."""
     from tests.factories import AccountFactory
 
-    plan = plan_of("recommended")
+    plan = _rubygems()
     AccountFactory(username="big", in_cohort=["recommended", "required"])
     AccountFactory(username="medium", in_cohort="recommended")
     AccountFactory(username="big-with-2fa", with_totp=True, in_cohort=["recommended", "required"])
-    notice_on = plan.phase("recommended").notice_on
-    with use_clock(SimulatedClock(datetime.combine(notice_on, time(9)))):
-        queue_due(registry, plan, notice_on, actor="rm")
-        drain(registry, plan, FileSender(tmp_path / "outbox", plan.notifications.from_address))
-    told = {}
-    for path in (tmp_path / "outbox").iterdir():
-        parsed = message_from_bytes(path.read_bytes(), policy=policy.default)
-        [to] = parsed["To"].addresses
-        told[to.username] = " ".join(parsed.get_body(("plain",)).get_content().split())
-    assert set(told) == {"big", "medium", "big-with-2fa"}
+    told = _play_rubygems(registry, plan, tmp_path / "outbox")
     required = plan.cohort("required").description
     said = (
         f"Your account is also among the {required}: from Monday 15 August 2022 the "
-        "registry requires two-factor authentication of it"
+        "registry requires of it a second factor (TOTP or a security key), to sign in and "
+        "publish (we wrote to you about that separately)."
     )
-    assert said in told["big"] and "recommends" in told["big"]
-    assert "also among" not in told["medium"] and "also among" not in told["big-with-2fa"]
+    recommended_notice, _, banner = told["big"]
+    assert "recommends" in recommended_notice and "also among" not in recommended_notice
+    assert said in banner
+    assert not any("also among" in text for text in told["medium"] + told["big-with-2fa"])
+
+
+def test_the_stricter_phase_is_told_as_it_asks_and_not_to_an_account_meeting_it(
+    registry: Registry, factories: None, tmp_path: Path
+) -> None:
+    """A required phase asking a security key is said as such to an account short of
+    both: "2FA" would have it set up TOTP and still be enforced. A TOTP user that a
+    key-recommending banner finds short, but the required phase (any factor) does not,
+    hears nothing of the other."""
+    from tests.factories import AccountFactory
+
+    AccountFactory(username="big", in_cohort=["recommended", "required"])
+    told = _play_rubygems(registry, _rubygems(required_asks="phishing_resistant"), tmp_path / "a")
+    assert "requires of it a security key (WebAuthn); TOTP alone is not enough" in told["big"][-1]
+    AccountFactory(username="big-totp", with_totp=True, in_cohort=["recommended", "required"])
+    told = _play_rubygems(registry, _rubygems(banner_asks="phishing_resistant"), tmp_path / "b")
+    assert told["big-totp"] and not any("also among" in text for text in told["big-totp"])

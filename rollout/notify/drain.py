@@ -39,6 +39,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    exists,
     func,
     literal,
     literal_column,
@@ -63,6 +64,7 @@ from rollout.notify.emails import (
     EMAILS,
     ENFORCEMENT_EMAIL,
     Recipient,
+    Stricter,
     TokenLine,
     asks_only_2fa,
     recommends_only,
@@ -86,7 +88,7 @@ from rollout.notify.render import render
 from rollout.notify.withdraw import marked_withdrawn
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
-from rollout.registry.deadlines import deadlines_and_snoozes, own_deadline
+from rollout.registry.deadlines import deadlines, deadlines_and_snoozes, own_deadline
 from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import (
@@ -349,7 +351,7 @@ class _Standing:
     tokens: tuple[TokenLine, ...]
     deadline: date | None = None
     snoozed: bool = False  # its own deadline was postponed on request
-    stricter: tuple[str, date] | None = None  # Recipient.stricter
+    stricter: Stricter | None = None  # Recipient.stricter
 
     def apply(self, recipient: Recipient) -> Recipient:
         return replace(
@@ -436,31 +438,53 @@ def _standing(
 
 def _stricter(
     connection: Connection, plan: Plan, phase: Phase, lacking: list[int]
-) -> dict[int, tuple[str, date]]:
+) -> dict[int, Stricter]:
     """For a phase that only recommends: of its accounts without the factor, those a
-    phase of the plan that requires 2FA has in its cohort, with that cohort's
-    description and that phase's enforcement day (the earliest, if several)."""
+    later phase of the plan requiring 2FA has told so already (its notice sent) and
+    that still fall short of what it asks: what it asks, and by when (the account's
+    own deadline under per-account deadlines). Not before that notice: the line would
+    announce a policy not announced yet (pypi 2023's banner of July 2022 and the
+    mandate of 2024), and "we wrote to you" would be false."""
     if not recommends_only(phase) or not lacking:
         return {}
     requiring = sorted(
-        (p for p in plan.phases if p.does("require_2fa") and p.requires.two_factor != "none"),
+        (
+            p
+            for p in plan.phases
+            if p.name != phase.name
+            and p.does("require_2fa")
+            and p.requires.two_factor != "none"
+            and p.enforce_on >= phase.enforce_on
+        ),
         key=lambda p: (p.enforce_on, p.name),
     )
-    found: dict[int, tuple[str, date]] = {}
+    n = NOTIFICATIONS.c
+    found: dict[int, Stricter] = {}
     for other in requiring:
-        for ids in in_chunks(lacking):
-            for account_id in connection.execute(
-                select(CohortMembership.account_id).where(
-                    and_(
-                        CohortMembership.cohort == other.cohort,
-                        CohortMembership.left_on.is_(None),
-                        CohortMembership.account_id.in_(ids),
+        asks = other.requires.describe()[0]
+        cohort = plan.cohort(other.cohort).description if other.cohort != phase.cohort else None
+        for ids in in_chunks([a for a in lacking if a not in found]):
+            told = list(
+                connection.execute(
+                    select(ACCOUNTS.c.id).where(
+                        and_(
+                            ACCOUNTS.c.id.in_(ids),
+                            lacks_factor(other.requires, ACCOUNTS.c.id),
+                            exists().where(
+                                and_(
+                                    n.account_id == ACCOUNTS.c.id,
+                                    n.email == "phase_notice",
+                                    n.phase == other.name,
+                                    n.state == "sent",
+                                )
+                            ),
+                        )
                     )
-                )
-            ).scalars():
-                found.setdefault(
-                    account_id, (plan.cohort(other.cohort).description, other.enforce_on)
-                )
+                ).scalars()
+            )
+            own = deadlines(connection, other, told) if other.deadline is not None else {}
+            for account_id in told:
+                found[account_id] = Stricter(cohort, own.get(account_id, other.enforce_on), asks)
     return found
 
 

@@ -30,6 +30,15 @@ RECOMMENDING_EFFECTS = frozenset({"warn", "close_totp_enrolment"})
 
 
 @dataclass(frozen=True)
+class Stricter:
+    """A phase requiring 2FA of an account that another phase only recommends it to."""
+
+    cohort: str | None  # its cohort's description; None when it is the same cohort
+    on: date  # from when: its enforcement day, or the account's own deadline in it
+    asks: str  # the factor it asks, in words (Requirements.describe)
+
+
+@dataclass(frozen=True)
 class Recipient:
     """The account an email goes to, as it is at send time."""
 
@@ -55,11 +64,11 @@ class Recipient:
     # For an enforcement email: another phase had required 2FA of it (and signed it out)
     # before this phase did, so this one changed neither.
     required_earlier: bool = False
-    # For the email of a phase that only recommends (a banner): a phase of the plan that
-    # will require 2FA of the account too, as (its cohort's description, its enforcement
-    # day). "Recommends" alone read as if 2FA were optional for it (RubyGems 2022: warn
-    # above 165M downloads, require above 180M, a day apart).
-    stricter: tuple[str, date] | None = None
+    # For the email of a phase that only recommends (a banner): a later phase of the
+    # plan that requires 2FA of the account and told it so. "Recommends" alone read as
+    # if 2FA were optional for it (RubyGems 2022: warn above 165M downloads, require
+    # above 180M, a day apart).
+    stricter: Stricter | None = None
 
     @property
     def owes_2fa(self) -> bool:
