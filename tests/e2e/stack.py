@@ -97,14 +97,26 @@ def marked_pids(marker: str) -> list[int]:
 
 def kill_group(process: subprocess.Popen[bytes], grace: float = 10) -> None:
     """SIGTERM the process's session, then SIGKILL whatever is left of it."""
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=grace)
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=grace)
+    kill_groups([process], grace)
+
+
+def kill_groups(processes: list[subprocess.Popen[bytes]], grace: float = 10) -> None:
+    """SIGTERM each process's session at once, give them ``grace`` seconds together,
+    then SIGKILL whatever is left: a module's teardown waited out each worker's grace
+    in turn (20 s for two workers that finish their flow runs first)."""
+    for process in processes:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(deadline - time.monotonic(), 0.01))
+    for process in processes:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    for process in processes:
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace)
 
 
 @dataclass
@@ -196,8 +208,7 @@ class Processes:
 
     def stop_all(self) -> list[int]:
         """Kill everything started here; returns what is still alive after that."""
-        for process in reversed(self.started):
-            kill_group(process)
+        kill_groups(list(reversed(self.started)))
         for pid in marked_pids(self.marker):  # e.g. a flow run in its own session
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
