@@ -949,37 +949,39 @@ class Story:
         self.report.publishes = len(self.publishes)
 
     def write_publishes(self) -> Path:
-        path = self.settings.landing_dir / "publishes" / STORY_PUBLISHES
-        path.parent.mkdir(parents=True, exist_ok=True)
         events = sorted(self.publishes)
-        table = pa.table(
-            {
-                "occurred_at": pa.array([e[0] for e in events], pa.timestamp("us", tz="UTC")),
-                "package": pa.array([e[1] for e in events], pa.string()),
-                "username": pa.array([e[2] for e in events], pa.string()),
-                "via": pa.array(["token"] * len(events), pa.string()),
-                "token_kind": pa.array([e[3] for e in events], pa.string()),
-                "second_factor": pa.array([e[4] for e in events], pa.string()),
-            }
-        )
-        with written_in_place(path) as temporary:
-            pq.write_table(table, temporary)
-        return path
+        columns = {
+            "occurred_at": [e[0] for e in events],
+            "package": [e[1] for e in events],
+            "username": [e[2] for e in events],
+            "via": ["token"] * len(events),
+            "token_kind": [e[3] for e in events],
+            "second_factor": [e[4] for e in events],
+        }
+        return self._write_events("publishes", STORY_PUBLISHES, columns)
 
     def _login(self, at: datetime, n: int, second_factor: str, outcome: str) -> None:
         self.events.append((at, self.people.usernames[n], second_factor, outcome))
         self.report.logins += 1
 
     def write_logins(self) -> Path:
-        path = self.settings.landing_dir / "logins" / STORY_LOGINS
-        path.parent.mkdir(parents=True, exist_ok=True)
         events = sorted(self.events)
+        columns = ("occurred_at", "username", "second_factor", "outcome")
+        rows = {name: [e[i] for e in events] for i, name in enumerate(columns)}
+        return self._write_events("logins", STORY_LOGINS, rows)
+
+    def _write_events(self, folder: str, name: str, columns: dict[str, list[Any]]) -> Path:
+        """The story's events of one kind as a landing file (``occurred_at`` UTC, every
+        other column text), whole or not at all."""
+        path = self.settings.landing_dir / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         table = pa.table(
             {
-                "occurred_at": pa.array([e[0] for e in events], pa.timestamp("us", tz="UTC")),
-                "username": [e[1] for e in events],
-                "second_factor": [e[2] for e in events],
-                "outcome": [e[3] for e in events],
+                column: pa.array(
+                    values,
+                    pa.timestamp("us", tz="UTC") if column == "occurred_at" else pa.string(),
+                )
+                for column, values in columns.items()
             }
         )
         with written_in_place(path) as temporary:

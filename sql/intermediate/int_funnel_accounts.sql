@@ -25,11 +25,7 @@ requirements as (
 ),
 
 notices_sent as (
-    select distinct phase, account_id
-    from registry.notifications
-    where email = 'phase_notice'
-        and state = 'sent'
-        and coalesce(sent_at, updated_at) < $as_of::date + 1
+    select * from ({{ int_notices_sent }})
 ),
 
 -- A phase with per-account deadlines enforces each account on its own day: its notice's

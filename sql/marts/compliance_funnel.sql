@@ -107,11 +107,7 @@ with_2fa_now as (
 -- Sent the phase's notice by the end of $as_of: under per-account deadlines, what
 -- starts an account's deadline (one never sent it is never enforced).
 noticed as (
-    select distinct phase, account_id
-    from registry.notifications
-    where email = 'phase_notice'
-        and state = 'sent'
-        and coalesce(sent_at, updated_at) < $as_of::date + 1
+    select * from ({{ int_notices_sent }})
 ),
 
 still_without as (
