@@ -8,6 +8,7 @@ rewrites them, as for tests/golden/emails)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -411,9 +412,12 @@ def _rubygems(banner_asks: str = "any", required_asks: str = "any") -> Plan:
     return parsed
 
 
-def _play_rubygems(registry: Registry, plan: Plan, outbox: Path) -> dict[str, list[str]]:
+def _play_rubygems(
+    registry: Registry, plan: Plan, outbox: Path, before_banner: Callable[[], None] = lambda: None
+) -> dict[str, list[str]]:
     """The recommended notice (06-12), the required notice (06-13, 09:00), then the
-    recommended phase's banner enforced (06-13, noon): each account's texts, in order."""
+    recommended phase's banner enforced (06-13, noon, after ``before_banner``): each
+    account's texts, in order."""
     from email import message_from_bytes, policy
 
     from rollout.notify.drain import drain
@@ -427,6 +431,7 @@ def _play_rubygems(registry: Registry, plan: Plan, outbox: Path) -> dict[str, li
             queue_due(registry, plan, day, actor="rm")
             drain(registry, plan, sender)
     with use_clock(SimulatedClock(datetime(2022, 6, 13, 12))):
+        before_banner()
         preview = enforce.preview_phase(registry, plan, plan.phase("recommended"))
         enforce.enforce_phase(registry, plan, "recommended", expect=preview.count, actor="rm")
         drain(registry, plan, sender)
@@ -481,3 +486,27 @@ def test_the_stricter_phase_is_told_as_it_asks_and_not_to_an_account_meeting_it(
     AccountFactory(username="big-totp", with_totp=True, in_cohort=["recommended", "required"])
     told = _play_rubygems(registry, _rubygems(banner_asks="phishing_resistant"), tmp_path / "b")
     assert told["big-totp"] and not any("also among" in text for text in told["big-totp"])
+
+
+def test_a_requiring_phase_rolled_back_is_not_announced(
+    registry: Registry, factories: None, tmp_path: Path
+) -> None:
+    """Withdrawn, it requires nothing of anyone: the banner's email says nothing of it."""
+    from rollout.phases import enforce
+    from tests.factories import AccountFactory
+
+    plan = _rubygems()
+    AccountFactory(username="big", in_cohort=["recommended", "required"])
+
+    def enforced_early_then_withdrawn() -> None:
+        with use_clock(SimulatedClock(datetime(2022, 6, 13, 10))):
+            preview = enforce.preview_phase(registry, plan, plan.phase("required"))
+            enforce.enforce_phase(
+                registry, plan, "required", expect=preview.count, actor="rm", early=True
+            )
+        with use_clock(SimulatedClock(datetime(2022, 6, 13, 11))):
+            enforce.rollback_phase(registry, plan, "required", actor="rm")
+
+    told = _play_rubygems(registry, plan, tmp_path / "outbox", enforced_early_then_withdrawn)
+    banner = told["big"][-1]
+    assert "recommends" in banner and "also among" not in banner

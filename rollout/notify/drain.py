@@ -51,6 +51,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import Select
 
+from rollout.core.calendar import phase_step
 from rollout.core.errors import BadInput, RolloutError
 from rollout.core.plan import Phase, Plan
 from rollout.core.stopping import (
@@ -94,6 +95,7 @@ from rollout.registry.ledger import utc_now
 from rollout.registry.models import (
     CohortMembership,
     PhaseRequirement,
+    PlanRun,
     TfaFactor,
 )
 from rollout.registry.requirements import (
@@ -461,6 +463,8 @@ def _stricter(
     n = NOTIFICATIONS.c
     found: dict[int, Stricter] = {}
     for other in requiring:
+        if _rolled_back(connection, other):
+            continue  # withdrawn: it requires nothing of anyone now
         asks = other.requires.describe()[0]
         cohort = plan.cohort(other.cohort).description if other.cohort != phase.cohort else None
         for ids in in_chunks([a for a in lacking if a not in found]):
@@ -486,6 +490,24 @@ def _stricter(
             for account_id in told:
                 found[account_id] = Stricter(cohort, own.get(account_id, other.enforce_on), asks)
     return found
+
+
+def _rolled_back(connection: Connection, phase: Phase) -> bool:
+    """The phase's last succeeded apply or rollback run is a rollback."""
+    runs = PlanRun.__table__.c
+    last = connection.execute(
+        select(runs.mode)
+        .where(
+            and_(
+                runs.step == phase_step(phase.name),
+                runs.mode.in_(("apply", "rollback")),
+                runs.state == "succeeded",
+            )
+        )
+        .order_by(runs.finished_at.desc(), runs.started_at.desc())
+        .limit(1)
+    ).scalar()
+    return last == "rollback"
 
 
 def _last_sent(
