@@ -10,7 +10,7 @@ already compliant (for warnings only).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -52,7 +52,12 @@ from rollout.notify.reach import WARNINGS
 from rollout.registry import Registry
 from rollout.registry.deadlines import due_by
 from rollout.registry.engine import begin_writing
-from rollout.registry.ledger import dialect_insert, recorded_run, utc_now
+from rollout.registry.ledger import (
+    dialect_insert,
+    insert_ignoring_existing,
+    recorded_run,
+    utc_now,
+)
 from rollout.registry.models import (
     BrownoutWindow,
     CohortMembership,
@@ -258,6 +263,41 @@ def queue_email(
         .returning(NOTIFICATIONS.c.state)
     ).all()
     return len(rows), sum(state == "skipped" for (state,) in rows)
+
+
+def queue_each(
+    connection: Connection,
+    *,
+    email: str,
+    phase: str,
+    emails: Iterable[tuple[int, str, Mapping[str, Any]]],
+    run_id: str,
+    now: datetime,
+) -> int:
+    """Queue one email to each (account, occasion, context), each with a context of its
+    own (``queue_email`` gives one to all); returns the rows added. An (account, email,
+    phase, occasion) the outbox has already keeps its row: never queued twice. Who it
+    cannot reach is skipped at sending, with why, as for every email."""
+    return insert_ignoring_existing(
+        connection,
+        NOTIFICATIONS,
+        [
+            {
+                "account_id": account_id,
+                "email": email,
+                "phase": phase,
+                "occasion": occasion,
+                "state": "queued",
+                "context": dict(context),
+                "attempts": 0,
+                "run_id": run_id,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for account_id, occasion, context in emails
+        ],
+        ["account_id", "email", "phase", "occasion"],
+    )
 
 
 @dataclass

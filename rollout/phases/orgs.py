@@ -33,6 +33,7 @@ from rollout.core.calendar import org_enforcement_step, org_reinvite_step
 from rollout.core.controls import shell_word
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.fingerprints import list_fingerprint, same_list
+from rollout.notify.queue import queue_each
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.engine import begin_writing
@@ -44,7 +45,6 @@ from rollout.registry.ledger import (
 )
 from rollout.registry.models import (
     Account,
-    Notification,
     Org,
     OrgInvitation,
     OrgMember,
@@ -58,7 +58,6 @@ ORGS = Org.__table__
 MEMBERS = OrgMember.__table__
 TEAMS = Team.__table__
 TEAM_MEMBERS = TeamMember.__table__
-NOTIFICATIONS = Notification.__table__
 INVITATIONS = OrgInvitation.__table__
 REMOVAL_EMAIL = "org_removal_notice"
 SUMMARY_EMAIL = "org_enforcement_summary"
@@ -247,46 +246,26 @@ def enforce_org(
                 # Each run's emails are its own (occasion: the run): a later run that
                 # removes members who joined without 2FA since tells them and the
                 # owners again. A run is one transaction, so none is ever queued twice.
-                insert_ignoring_existing(
+                queue_each(
                     connection,
-                    NOTIFICATIONS,
-                    [
-                        {
-                            "account_id": account_id,
-                            "email": REMOVAL_EMAIL,
-                            "phase": phase,
-                            "occasion": run_id,
-                            "state": "queued",
-                            "context": {"org": org},
-                            "attempts": 0,
-                            "run_id": run_id,
-                            "created_at": now,
-                            "updated_at": now,
-                        }
-                        for _, account_id in removed
-                    ],
-                    ["account_id", "email", "phase", "occasion"],
+                    email=REMOVAL_EMAIL,
+                    phase=phase,
+                    emails=[(account_id, run_id, {"org": org}) for _, account_id in removed],
+                    run_id=run_id,
+                    now=now,
                 )
-                notified = insert_ignoring_existing(
+                summary = {"org": org, "removed": removed_names}
+                notified = queue_each(
                     connection,
-                    NOTIFICATIONS,
-                    [
-                        {
-                            "account_id": m.account_id,
-                            "email": SUMMARY_EMAIL,
-                            "phase": phase,
-                            "occasion": run_id,
-                            "state": "queued",
-                            "context": {"org": org, "removed": removed_names},
-                            "attempts": 0,
-                            "run_id": run_id,
-                            "created_at": now,
-                            "updated_at": now,
-                        }
+                    email=SUMMARY_EMAIL,
+                    phase=phase,
+                    emails=[
+                        (m.account_id, run_id, summary)
                         for m in owners
                         if turned_on or removed  # a run that changed nothing tells no one
                     ],
-                    ["account_id", "email", "phase", "occasion"],
+                    run_id=run_id,
+                    now=now,
                 )
                 record_actions(
                     connection,
@@ -528,30 +507,22 @@ def reinvite(
                         and_(INVITATIONS.c.org_id == org_id, INVITATIONS.c.run_id == run.id)
                     )
                 ).all()
-                emails = insert_ignoring_existing(
+                invited = {
+                    "org": org,
+                    "team": team,
+                    "invited_by": owner,
+                    "expires_at": expires_at.isoformat(),
+                }
+                emails = queue_each(
                     connection,
-                    NOTIFICATIONS,
-                    [
-                        {
-                            "account_id": account_id,
-                            "email": INVITATION_EMAIL,
-                            "phase": f"org:{org}",
-                            "occasion": f"invitation:{invitation_id}",
-                            "state": "queued",
-                            "context": {
-                                "org": org,
-                                "team": team,
-                                "invited_by": owner,
-                                "expires_at": expires_at.isoformat(),
-                            },
-                            "attempts": 0,
-                            "run_id": run.id,
-                            "created_at": now,
-                            "updated_at": now,
-                        }
+                    email=INVITATION_EMAIL,
+                    phase=f"org:{org}",
+                    emails=[
+                        (account_id, f"invitation:{invitation_id}", invited)
                         for invitation_id, account_id in rows
                     ],
-                    ["account_id", "email", "phase", "occasion"],
+                    run_id=run.id,
+                    now=now,
                 )
                 record_actions(
                     connection,

@@ -31,6 +31,7 @@ from rollout.core.calendar import snooze_step
 from rollout.core.errors import BadInput
 from rollout.core.files import utf8_text
 from rollout.core.plan import FIRST_DAY, Phase, Plan, supported_utc
+from rollout.notify.queue import queue_each
 from rollout.phases.enforce import LOCK
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
@@ -38,7 +39,6 @@ from rollout.registry.deadlines import SNOOZES, deadlines
 from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import (
     dialect_insert,
-    insert_ignoring_existing,
     record_actions,
     recorded_run,
     utc_now,
@@ -490,30 +490,27 @@ def _queue_replies(
     """One snooze_reply to each account asking, in the grant's transaction: the answer
     goes out exactly once, whatever crashes (notify send sends it; an unverified or
     suppressed address is skipped there, as for every email)."""
-    rows = [
-        {
-            "account_id": o.account_id,
-            "email": REPLY_EMAIL,
-            "phase": phase.name,
-            "occasion": reply_occasion(r, granted=o.outcome == "granted"),
-            "state": "queued",
-            "context": {
-                "phase": phase.name,
-                "granted": o.outcome == "granted",
-                "days": o.days,
-                "deadline": o.deadline.isoformat() if o.deadline else None,
-                "reason": o.told,
-            },
-            "attempts": 0,
-            "run_id": run_id,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for r, o in zip(requests, outcomes, strict=True)
-        if o.account_id is not None and not o.reply_queued
-    ]
-    insert_ignoring_existing(
-        connection, NOTIFICATIONS, rows, ["account_id", "email", "phase", "occasion"]
+    queue_each(
+        connection,
+        email=REPLY_EMAIL,
+        phase=phase.name,
+        emails=[
+            (
+                o.account_id,
+                reply_occasion(r, granted=o.outcome == "granted"),
+                {
+                    "phase": phase.name,
+                    "granted": o.outcome == "granted",
+                    "days": o.days,
+                    "deadline": o.deadline.isoformat() if o.deadline else None,
+                    "reason": o.told,
+                },
+            )
+            for r, o in zip(requests, outcomes, strict=True)
+            if o.account_id is not None and not o.reply_queued
+        ],
+        run_id=run_id,
+        now=now,
     )
 
 
