@@ -75,8 +75,10 @@ class SnoozeOutcome:
     reason: str  # the new deadline, or why not
     deadline: date | None = None
     told: str = ""  # why not, as the reply to the maintainer says it
-    account_id: int | None = None  # set when the account gets a reply (snooze_reply)
-    reply_queued: bool = False  # its reply is queued already (a request read again)
+    account_id: int | None = None  # the account asking, when there is one to answer
+    # The occasion of the snooze_reply it owes (reply_occasion); None when there is
+    # nobody to answer, or the answer is queued already (a request read again).
+    reply: str | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -249,6 +251,10 @@ def _judge(
 
     if account_id is None:
         return refused("no such account", "")
+    if (account_id, reply_occasion(request, granted=False)) in known.replied:
+        # Refused, and told so: the same request read again stays refused, even if it
+        # would pass now (it was told to ask again, not that it would be granted).
+        return refused("refused before, and answered by email", "", own.get(account_id))
     if account_id not in known.in_cohort:
         return refused(
             f"not in cohort {phase.cohort}",
@@ -363,26 +369,11 @@ def _judge_all(
         )
     outcomes = []
     for request in requests:
-        account_id = ids.get(request.username)
-        if (account_id, reply_occasion(request, granted=False)) in known.replied:
-            # Refused, and told so: the same request read again stays refused, even if
-            # it would pass now (it was told to ask again, not that it would be granted).
-            outcomes.append(
-                SnoozeOutcome(
-                    request.username,
-                    request.days,
-                    "refused",
-                    "refused before, and answered by email",
-                    known.deadlines.get(account_id),
-                    account_id=account_id,
-                    reply_queued=True,
-                )
-            )
-            continue
-        outcome = _judge(phase, request, account_id, known)
+        outcome = _judge(phase, request, ids.get(request.username), known)
         if outcome.account_id is not None:
             occasion = reply_occasion(request, granted=outcome.outcome == "granted")
-            outcome = replace(outcome, reply_queued=(outcome.account_id, occasion) in known.replied)
+            if (outcome.account_id, occasion) not in known.replied:
+                outcome = replace(outcome, reply=occasion)
         outcomes.append(outcome)
     return outcomes, ids
 
@@ -465,7 +456,7 @@ def snooze(
                             for r, o, account_id in granted
                         ],
                     )
-                _queue_replies(connection, phase, requests, outcomes, run.id, now)
+                _queue_replies(connection, phase, outcomes, run.id, now)
             run.summary = {
                 kind: sum(o.outcome == kind for o in outcomes)
                 for kind in ("granted", "already", "refused")
@@ -476,13 +467,12 @@ def snooze(
 def replies_owed(outcomes: list[SnoozeOutcome]) -> int:
     """How many of these outcomes a run would answer by email (snooze_reply): each grant
     and each refusal of an account, unless answered already."""
-    return sum(o.account_id is not None and not o.reply_queued for o in outcomes)
+    return sum(o.reply is not None for o in outcomes)
 
 
 def _queue_replies(
     connection: Connection,
     phase: Phase,
-    requests: list[SnoozeRequest],
     outcomes: list[SnoozeOutcome],
     run_id: str,
     now: datetime,
@@ -497,7 +487,7 @@ def _queue_replies(
         emails=[
             (
                 o.account_id,
-                reply_occasion(r, granted=o.outcome == "granted"),
+                o.reply,
                 {
                     "phase": phase.name,
                     "granted": o.outcome == "granted",
@@ -506,8 +496,8 @@ def _queue_replies(
                     "reason": o.told,
                 },
             )
-            for r, o in zip(requests, outcomes, strict=True)
-            if o.account_id is not None and not o.reply_queued
+            for o in outcomes
+            if o.account_id is not None and o.reply is not None
         ],
         run_id=run_id,
         now=now,
