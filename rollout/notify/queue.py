@@ -318,39 +318,25 @@ def queue_preview(registry: Registry, plan: Plan, day: date) -> list[QueueOutcom
     with registry.engine.connect() as connection:
         for o in _as_scheduled(connection, due_occasions(plan, day), now):
             ids = audience(o.audience, plan, day).subquery()
-            total = connection.execute(select(func.count()).select_from(ids)).scalar_one()
-            existing = connection.execute(
-                select(func.count())
-                .select_from(NOTIFICATIONS)
-                .where(
-                    and_(
-                        NOTIFICATIONS.c.email == o.email,
-                        NOTIFICATIONS.c.phase == o.phase,
-                        NOTIFICATIONS.c.occasion == o.occasion,
-                        NOTIFICATIONS.c.account_id.in_(select(ids.c[0])),
-                    )
+            has_row = exists().where(
+                and_(
+                    NOTIFICATIONS.c.account_id == ACCOUNTS.c.id,
+                    NOTIFICATIONS.c.email == o.email,
+                    NOTIFICATIONS.c.phase == o.phase,
+                    NOTIFICATIONS.c.occasion == o.occasion,
                 )
-            ).scalar_one()
+            )
             # The new rows queue_email would record as skipped: the same reason, read.
             reason = _skip_reason(o.email, _requirements_of(plan, o), now, plan.exempt_usernames)
-            skipped = connection.execute(
-                select(func.count())
-                .select_from(ACCOUNTS)
-                .where(
-                    and_(
-                        ACCOUNTS.c.id.in_(select(ids.c[0])),
-                        reason.is_not(None),
-                        ~exists().where(
-                            and_(
-                                NOTIFICATIONS.c.account_id == ACCOUNTS.c.id,
-                                NOTIFICATIONS.c.email == o.email,
-                                NOTIFICATIONS.c.phase == o.phase,
-                                NOTIFICATIONS.c.occasion == o.occasion,
-                            )
-                        ),
-                    )
+            total, existing, skipped = connection.execute(
+                select(
+                    func.count(),
+                    func.count().filter(has_row),
+                    func.count().filter(and_(~has_row, reason.is_not(None))),
                 )
-            ).scalar_one()
+                .select_from(ACCOUNTS)
+                .where(ACCOUNTS.c.id.in_(select(ids.c[0])))
+            ).one()
             outcomes.append(QueueOutcome(o, total, total - existing, existing, skipped))
     return outcomes
 
