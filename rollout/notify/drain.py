@@ -89,7 +89,12 @@ from rollout.notify.render import render
 from rollout.notify.withdraw import marked_withdrawn
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
-from rollout.registry.deadlines import deadlines, deadlines_and_snoozes, own_deadline
+from rollout.registry.deadlines import (
+    deadlines,
+    deadlines_and_snoozes,
+    notice_sent,
+    own_deadline,
+)
 from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import (
@@ -460,7 +465,6 @@ def _stricter(
         ),
         key=lambda p: (p.enforce_on, p.name),
     )
-    n = NOTIFICATIONS.c
     found: dict[int, Stricter] = {}
     for other in requiring:
         if _rolled_back(connection, other):
@@ -474,14 +478,7 @@ def _stricter(
                         and_(
                             ACCOUNTS.c.id.in_(ids),
                             lacks_factor(other.requires, ACCOUNTS.c.id),
-                            exists().where(
-                                and_(
-                                    n.account_id == ACCOUNTS.c.id,
-                                    n.email == "phase_notice",
-                                    n.phase == other.name,
-                                    n.state == "sent",
-                                )
-                            ),
+                            exists().where(notice_sent(other, ACCOUNTS.c.id)),
                         )
                     )
                 ).scalars()
@@ -493,7 +490,8 @@ def _stricter(
 
 
 def _rolled_back(connection: Connection, phase: Phase) -> bool:
-    """The phase's last succeeded apply or rollback run is a rollback."""
+    """The phase's last succeeded apply or rollback run, by start, is a rollback: what
+    `plan show` calls rolled back (rollout.phases.timeline)."""
     runs = PlanRun.__table__.c
     last = connection.execute(
         select(runs.mode)
@@ -504,7 +502,7 @@ def _rolled_back(connection: Connection, phase: Phase) -> bool:
                 runs.state == "succeeded",
             )
         )
-        .order_by(runs.finished_at.desc(), runs.started_at.desc())
+        .order_by(runs.started_at.desc())
         .limit(1)
     ).scalar()
     return last == "rollback"

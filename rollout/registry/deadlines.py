@@ -41,7 +41,9 @@ def _sent_notices(phase: Phase) -> ColumnElement[bool]:
     return and_(n.email == NOTICE, n.phase == phase.name, n.occasion == "", n.state == "sent")
 
 
-def _notice_sent(phase: Phase, account_id: Any) -> ColumnElement[bool]:
+def notice_sent(phase: Phase, account_id: Any) -> ColumnElement[bool]:
+    """SQL over the outbox: the row is the phase's notice to the account (an id or an id
+    column), sent: what starts the account's own deadline, and what told it."""
     return and_(NOTIFICATIONS.c.account_id == account_id, _sent_notices(phase))
 
 
@@ -70,7 +72,7 @@ def due_by(phase: Phase, account_id: Any, day: date) -> ColumnElement[bool]:
         SNOOZES, and_(s.phase == phase.name, s.account_id == n.account_id)
     )
     return exists(
-        select(1).select_from(noticed).where(_notice_sent(phase, account_id), or_(*by_snooze))
+        select(1).select_from(noticed).where(notice_sent(phase, account_id), or_(*by_snooze))
     )
 
 
