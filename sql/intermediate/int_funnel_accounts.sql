@@ -34,22 +34,18 @@ notices_sent as (
 -- none.
 own_deadlines as (
     select
-        notifications.phase,
-        notifications.account_id,
-        cast(min(notifications.sent_at) as date)
-            + cast(any_value(phases.days_after_notice) + coalesce(max(snoozes.days), 0)
-                as integer) as due_on
-    from registry.notifications as notifications
+        notices_sent.phase,
+        notices_sent.account_id,
+        cast(notices_sent.sent_at as date)
+            + cast(phases.days_after_notice + coalesce(snoozes.days, 0) as integer) as due_on
+    from notices_sent
     inner join phases using (phase)
     left join registry.deadline_snoozes as snoozes
-        on snoozes.phase = notifications.phase
-        and snoozes.account_id = notifications.account_id
+        on snoozes.phase = notices_sent.phase
+        and snoozes.account_id = notices_sent.account_id
         and snoozes.granted_at < $as_of::date + 1
     where phases.days_after_notice is not null
-        and notifications.email = 'phase_notice'
-        and notifications.state = 'sent'
-        and notifications.sent_at < $as_of::date + 1
-    group by notifications.phase, notifications.account_id
+        and notices_sent.sent_at is not null
 ),
 
 -- Each account's day of enforcement: its own deadline, else the phase's enforce_on.
