@@ -5,19 +5,19 @@ replacing tokens, snoozing their deadlines), each phase enforced, the report wri
 from __future__ import annotations
 
 import csv
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from rollout.core.config import load_settings
 from rollout.demo.story import STORY_PUBLISHES, Story
 from rollout.phases import enforce
 from rollout.registry import Registry
+from rollout.registry.models import Account, Token
 
 OTHER_PLANS = sorted(
     path
@@ -96,10 +96,13 @@ def test_every_shipped_plan_tells_its_story_on_a_sample_fitted_to_it(
             ).scalar_one()
             lives: dict[tuple[str, str], list[tuple[Any, Any, Any]]] = {}
             for username, kind, made, revoked, expires in connection.execute(
-                text(
-                    "select username, kind, tokens.created_at, revoked_at, expires_at "
-                    "from tokens join accounts on accounts.id = tokens.account_id"
-                )
+                select(
+                    Account.username,
+                    Token.kind,
+                    Token.created_at,
+                    Token.revoked_at,
+                    Token.expires_at,
+                ).join(Account, Account.id == Token.account_id)
             ):
                 lives.setdefault((username, kind), []).append((made, revoked, expires))
         assert used_dead == 0
@@ -111,8 +114,7 @@ def test_every_shipped_plan_tells_its_story_on_a_sample_fitted_to_it(
             strict=True,
         ):
             assert any(
-                _as_naive(made) <= at
-                and all(end is None or _as_naive(end) > at for end in (revoked, expires))
+                made <= at and all(end is None or end > at for end in (revoked, expires))
                 for made, revoked, expires in lives.get((username, kind), [])
             ), (at, username, kind)
         # Each snooze granted is answered by one email (snooze_reply), sent or on its way.
@@ -147,9 +149,3 @@ def test_every_shipped_plan_tells_its_story_on_a_sample_fitted_to_it(
         recent = [r for r in csv.DictReader(handle) if r["via"] == "token"]
     assert sum(int(r["publishes"]) for r in recent) > 0
     assert "No publish events in the 30 days" not in report.files.html.read_text()
-
-
-def _as_naive(value: Any) -> datetime:
-    """A registry time as naive UTC (SQLite gives text, PostgreSQL datetimes)."""
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return moment.replace(tzinfo=None)

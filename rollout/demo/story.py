@@ -946,10 +946,10 @@ class Story:
             none = token.kind == "automation" or token.bypass_2fa or not p.method[n]
             factor = "none" if none else ("webauthn" if p.method[n] == 2 else "totp")
             self.publishes.append((at, package, username, token.kind, factor))
-        self.report.publishes = len(self.publishes)
 
     def write_publishes(self) -> Path:
         events = sorted(self.publishes)
+        self.report.publishes = len(events)
         columns = {
             "occurred_at": [e[0] for e in events],
             "package": [e[1] for e in events],

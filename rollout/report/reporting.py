@@ -335,8 +335,9 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
         # stages would count 2FA it never asked for ("enforced" as the accounts without
         # 2FA it happened to act on). It is told by the accounts it acted on.
         asks_2fa = planned is None or planned.requires.two_factor != "none"
-        started = row is not None and not (notice_on is not None and notice_on > as_of)
-        if notice_on is not None and notice_on > as_of:
+        to_come = notice_on is not None and notice_on > as_of
+        started = row is not None and not to_come
+        if to_come:
             note = f"notices go out on {notice_on}"
         elif row is None:
             note = "no data yet"
