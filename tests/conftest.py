@@ -10,6 +10,7 @@ skipping it: CI must exercise PostgreSQL.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -145,11 +146,36 @@ def empty_registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("postgres_schema_url")
 
 
-@pytest.fixture
-def registry_url(empty_registry_url: str) -> str:
-    """A registry at the newest schema, on each backend in turn."""
-    engine = make_engine(empty_registry_url)
+@pytest.fixture(scope="session")
+def _migrated_sqlite_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite registry file the migrations brought to the newest schema, once per
+    process: each test's registry is a copy (0.1 s of migrations saved on each of
+    hundreds of tests)."""
+    path = tmp_path_factory.mktemp("migrated") / "registry.db"
+    engine = make_engine(f"sqlite:///{path}")
     upgrade(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture
+def registry_url(empty_registry_url: str, request: pytest.FixtureRequest) -> str:
+    """A registry at the newest schema, on each backend in turn. On SQLite, a copy of
+    one the migrations made, with an ``instance`` of its own, as migrating it gives
+    (rollout.registry.changes): two registries of one test are never the same one."""
+    if not empty_registry_url.startswith("sqlite:"):
+        engine = make_engine(empty_registry_url)
+        upgrade(engine)
+        engine.dispose()
+        return empty_registry_url
+    template = request.getfixturevalue("_migrated_sqlite_registry")
+    shutil.copyfile(template, make_url(empty_registry_url).database)
+    engine = make_engine(empty_registry_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE registry_changes SET instance = :instance"),
+            {"instance": uuid.uuid4().hex},
+        )
     engine.dispose()
     return empty_registry_url
 

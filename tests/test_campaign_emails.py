@@ -22,6 +22,7 @@ from rollout.notify.emails import Recipient, TokenLine
 from rollout.notify.render import render
 from rollout.registry import Registry
 from rollout.registry.models import Account, Notification
+from tests.test_email_parts import parts
 from tests.test_emails import check_golden, parse_html, words
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -510,3 +511,33 @@ def test_a_requiring_phase_rolled_back_is_not_announced(
     told = _play_rubygems(registry, plan, tmp_path / "outbox", enforced_early_then_withdrawn)
     banner = told["big"][-1]
     assert "recommends" in banner and "also among" not in banner
+
+
+@pytest.mark.parametrize("email", EMAILS)
+def test_a_cohort_the_plan_does_not_describe_is_described_by_its_rule(email: str) -> None:
+    """`description` is optional (docs/plans.md's examples leave it out): without one,
+    the emails said "your account is among the ." and "among the :". They say who the
+    cohort is by its rule instead, in the text and the HTML alike."""
+    plan = plan_of("totp-closed")
+    cohort = plan.phase("totp-closed").cohort
+    undescribed = plan.model_copy(
+        update={
+            "cohorts": {
+                **plan.cohorts,
+                cohort: plan.cohorts[cohort].model_copy(update={"description": ""}),
+            }
+        }
+    )
+    rendered = render(
+        email,
+        recipient("holder", "totp-closed"),
+        stored(email, "totp-closed"),
+        undescribed,
+    )
+    said = undescribed.cohorts[cohort].in_words()
+    assert said == "maintainers of any package"
+    _, visible, _, _ = parts(rendered)
+    for part in (words(rendered.text), words(visible)):
+        assert "among the :" not in part and "among the ." not in part
+        assert "the ," not in part
+        assert said in part

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from rollout.core import plan as plan_module
 from rollout.core.errors import BadInput
-from rollout.core.plan import EmailName, load_plan, parse_plan, plan_warnings
+from rollout.core.plan import CohortRule, EmailName, load_plan, parse_plan, plan_warnings
 from rollout.notify.emails import EMAILS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -282,6 +282,16 @@ def test_a_yaml_merge_key_is_not_a_repeat() -> None:
         ),
         (
             "dependents_gte: 500",
+            "top_share_by_downloads: {share: true, days: 180}",
+            "cohorts.high-impact.top_share_by_downloads.share",
+        ),
+        (
+            "dependents_gte: 500",
+            "top_share_by_downloads: {share: '0.01', days: 180}",
+            "cohorts.high-impact.top_share_by_downloads.share",
+        ),
+        (
+            "dependents_gte: 500",
             "top_share_by_downloads: {share: 0.01}",
             "cohorts.high-impact.top_share_by_downloads.days",
         ),
@@ -294,6 +304,9 @@ def test_a_yaml_merge_key_is_not_a_repeat() -> None:
         ("    hours: 24", "    hours: 0", "brownouts.0.hours"),
         ("    hours: 24", "    hours: 1.5", "brownouts.0.hours"),
         ("    heads_up_days_before: 3", "    heads_up_days_before: -3", "brownouts.0"),
+        # Due on the day it announces, its last day the one before: never sent.
+        ("    heads_up_days_before: 3", "    heads_up_days_before: 0", "brownouts.0"),
+        ("  heads_up_days_before: 7", "  heads_up_days_before: 0", "elv.heads_up_days_before"),
         ("    batch_size: 500", "    batch_size: 0", "phases.0.batch_size"),
         ("    batch_size: 500", "    batch_size: '500'", "phases.0.batch_size"),
         ("    max_accounts: 1000", "    max_accounts: -1", "phases.0.max_accounts"),
@@ -322,6 +335,26 @@ def test_every_plan_field_refuses_what_it_cannot_mean(old: str, new: str, where:
     line, reason = problems[0]
     assert reason.startswith(where)
     assert line == line_of(text, new.strip())
+
+
+@pytest.mark.parametrize("value", ["true", "'0.5'", "1.5"])
+def test_the_reach_guard_s_share_is_a_number_from_0_to_1(value: str) -> None:
+    """`max_unreached_share: true` meant "turn the guard on" and read as 1.0, a guard
+    that never refuses: a share is a number, as every number of a plan is strict."""
+    text = edited(
+        "    max_accounts: 1000", f"    max_accounts: 1000\n    max_unreached_share: {value}"
+    )
+    problems = problems_in(text)
+    assert problems, f"max_unreached_share: {value} was accepted"
+    line, reason = problems[0]
+    assert reason.startswith("phases.0.max_unreached_share")
+    assert line == line_of(text, f"max_unreached_share: {value}")
+    assert (
+        problems_in(
+            edited("    max_accounts: 1000", "    max_accounts: 1000\n    max_unreached_share: 1")
+        )
+        == []
+    )
 
 
 def test_every_plan_model_refuses_unknown_fields() -> None:
@@ -510,3 +543,40 @@ def test_two_phases_on_one_cohort_on_the_same_days_are_a_warning() -> None:
         "(2022-01-04, 2022-02-01): its maintainers get two notices and two enforcements "
         "(one phase can have both phases' effects)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("rule", "said"),
+    [
+        (
+            {"top_by_dependents": 100},
+            "maintainers of packages that are among the 100 with the most dependents",
+        ),
+        (
+            {"weekly_downloads_gt": 1_000_000, "dependents_gte": 500},
+            "maintainers of packages that have more than 1,000,000 weekly downloads "
+            "or have 500 or more dependents",
+        ),
+        (
+            {"downloads_gt": {"count": 165_000_000, "total": True}},
+            "maintainers of packages that have more than 165,000,000 downloads in all",
+        ),
+        (
+            {"top_share_by_downloads": {"share": 0.01, "days": 180}},
+            "maintainers of packages that are in the top 1% by downloads over 180 days",
+        ),
+        (
+            {"every_maintainer": True, "active_within": {"days": 365, "by": ["published"]}},
+            "maintainers of any package who published in the last 365 days",
+        ),
+        (
+            {"every_maintainer": True, "orgs": ["acme"]},
+            "maintainers of any package in the org acme",
+        ),
+        ({"every_maintainer": True, "description": "everyone here"}, "everyone here"),
+    ],
+)
+def test_a_cohort_is_told_in_words_by_its_description_or_else_its_rule(
+    rule: dict[str, object], said: str
+) -> None:
+    assert CohortRule.model_validate(rule).in_words() == said

@@ -158,7 +158,7 @@ class TopShare(_Strict):
     """The top ``share`` of packages by downloads over the ``days`` full days before the
     as-of day (PyPI's "critical" projects: the top 1% over 6 months)."""
 
-    share: float = Field(gt=0, le=1)
+    share: float = Field(strict=True, gt=0, le=1)
     days: int = Field(strict=True, ge=1, le=3660)
 
 
@@ -209,6 +209,42 @@ class CohortRule(_Strict):
             )
         return self
 
+    def in_words(self) -> str:
+        """Who the cohort is, as the emails say it ("Your account is among the ..."): its
+        ``description``, or one made from its rule when the plan gives none (the emails
+        read "among the :" without one)."""
+        if self.description.strip():
+            return self.description
+        if self.every_maintainer:
+            said = "maintainers of any package"
+        else:
+            criteria = []
+            if self.top_by_dependents is not None:
+                criteria.append(
+                    f"are among the {self.top_by_dependents:,} with the most dependents"
+                )
+            if self.weekly_downloads_gt is not None:
+                criteria.append(f"have more than {self.weekly_downloads_gt:,} weekly downloads")
+            if self.dependents_gte is not None:
+                criteria.append(f"have {self.dependents_gte:,} or more dependents")
+            if (over := self.downloads_gt) is not None:
+                span = "in all" if over.total else f"over {over.days:,} days"
+                criteria.append(f"have more than {over.count:,} downloads {span}")
+            if (top := self.top_share_by_downloads) is not None:
+                criteria.append(
+                    f"are in the top {top.share * 100:g}% by downloads over {top.days:,} days"
+                )
+            said = "maintainers of packages that " + " or ".join(criteria)
+        if self.active_within is not None:
+            did = " or ".join(
+                {"published": "published", "logged_in": "logged in"}[by]
+                for by in self.active_within.by
+            )
+            said += f" who {did} in the last {self.active_within.days:,} days"
+        if self.orgs:
+            said += f" in the org{'s' if len(self.orgs) > 1 else ''} {', '.join(self.orgs)}"
+        return said
+
     def download_window_days(self) -> int | None:
         """The longest window of full days before the as-of day this rule sums downloads
         over (beyond the metrics' own), so a build can refuse a window with gaps."""
@@ -225,17 +261,22 @@ class Window(_Strict):
     ends: Day
 
 
+# A heads-up goes out from its day until the day before what it announces (a mailing's
+# last day is the one before its deadline): 0 days before would leave it no day at all.
+HeadsUpDays = Annotated[int, Field(strict=True, ge=1, le=60)]
+
+
 class Elv(_Strict):
     trial: Window | None = None
     enroll_all_on: Day
-    heads_up_days_before: int = Field(7, strict=True, ge=0, le=60)
+    heads_up_days_before: HeadsUpDays = 7
 
 
 class Brownout(_Strict):
     name: Name
     starts_at: Moment
     hours: int = Field(24, strict=True, ge=1, le=168)
-    heads_up_days_before: int = Field(3, strict=True, ge=0, le=60)
+    heads_up_days_before: HeadsUpDays = 3
 
     @property
     def ends_at(self) -> datetime:
@@ -345,7 +386,7 @@ class Phase(_Strict):
     # would change were never reached by a warning (no notice or reminder delivered),
     # unless their count is typed back (--accept-unreached N). None: no guard (the
     # preview still lists them).
-    max_unreached_share: float | None = Field(None, ge=0, le=1)
+    max_unreached_share: float | None = Field(None, strict=True, ge=0, le=1)
 
     def does(self, effect: Effect) -> bool:
         return effect in self.effects

@@ -470,7 +470,7 @@ def _stricter(
         if _rolled_back(connection, other):
             continue  # withdrawn: it requires nothing of anyone now
         asks = other.requires.describe()[0]
-        cohort = plan.cohort(other.cohort).description if other.cohort != phase.cohort else None
+        cohort = plan.cohort(other.cohort).in_words() if other.cohort != phase.cohort else None
         for ids in in_chunks([a for a in lacking if a not in found]):
             told = list(
                 connection.execute(

@@ -169,7 +169,7 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
     found = {
         "phase": phase.name,
         "cohort": phase.cohort,
-        "cohort_description": plan.cohort(phase.cohort).description,
+        "cohort_description": plan.cohort(phase.cohort).in_words(),
         "deadline": phase.enforce_on,
         "classic": asks_only_2fa(phase),
     }
