@@ -11,7 +11,14 @@ from pydantic import BaseModel
 
 from rollout.core import plan as plan_module
 from rollout.core.errors import BadInput
-from rollout.core.plan import CohortRule, EmailName, load_plan, parse_plan, plan_warnings
+from rollout.core.plan import (
+    CohortRule,
+    EmailName,
+    RepeatableEmail,
+    load_plan,
+    parse_plan,
+    plan_warnings,
+)
 from rollout.notify.emails import EMAILS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -369,6 +376,21 @@ def test_every_plan_model_refuses_unknown_fields() -> None:
 
 def test_repeat_days_knows_exactly_the_emails_there_are() -> None:
     assert set(get_args(EmailName)) == set(EMAILS)
+    assert set(get_args(RepeatableEmail)) < set(EMAILS)
+
+
+@pytest.mark.parametrize("email", sorted(set(get_args(EmailName)) - set(get_args(RepeatableEmail))))
+def test_a_repeat_window_on_an_email_that_must_go_is_refused_at_its_line(email: str) -> None:
+    """`repeat_days: {phase_notice: 7}` held back the notice of a second phase to an
+    account noticed by a first within the week: in a phase with per-account deadlines
+    that account never got a deadline (never enforced), in another it was enforced
+    without a notice. Only recurring warnings may be held back."""
+    text = edited("    reminder: 7", f"    reminder: 7\n    {email}: 7")
+    problems = problems_in(text)
+    assert problems, f"repeat_days: {{{email}: 7}} was accepted"
+    line, reason = problems[0]
+    assert reason.startswith(f"notifications.repeat_days.{email}")
+    assert line == line_of(text, f"{email}: 7")
 
 
 def test_a_plan_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:

@@ -132,6 +132,11 @@ EmailName = Literal[
     "phase_summary",
     "snooze_reply",
 ]
+# The emails a repeat window (``repeat_days``) may hold back: warnings that recur, of
+# which one a week is enough. Every other email must go: a phase's notice starts its
+# deadlines (an account never sent it is never enforced, or enforced unwarned), the
+# enforcement and org emails tell of what was done, a snooze reply answers a request.
+RepeatableEmail = Literal["reminder", "brownout_heads_up", "elv_enrollment"]
 
 
 class MetricsWindows(_Strict):
@@ -429,7 +434,7 @@ class Notifications(_Strict):
     # Usernames of the registry staff who get each phase's summary.
     release_managers: list[Username] = Field(default_factory=list)
     # The least number of days between two emails of one kind to one account.
-    repeat_days: dict[EmailName, Annotated[int, Field(strict=True, ge=1, le=366)]] = Field(
+    repeat_days: dict[RepeatableEmail, Annotated[int, Field(strict=True, ge=1, le=366)]] = Field(
         default_factory=lambda: {"reminder": 7, "brownout_heads_up": 4}
     )
 
