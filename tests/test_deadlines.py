@@ -7,7 +7,7 @@ account once, audited."""
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from rollout.cli import app
 from rollout.core.clock import SimulatedClock, use_clock
-from rollout.core.errors import BadInput
+from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import Plan, load_plan, parse_plan, plan_problems
 from rollout.notify.drain import account_recipient, drain
 from rollout.notify.message import Message
@@ -285,6 +285,61 @@ def test_cutting_snooze_days_below_a_snooze_granted_is_refused_by_plan_check(
         "phase publishers: snooze_days is 2, but a snooze of 7 days was granted under the "
         "plan before: that account's deadline still counts it, and its reminders would not "
         "(they look as far as snooze_days); keep snooze_days at 7 or more"
+    ]
+    assert plan_drift(registry, plan) == ([], [])
+
+
+def _days_after_notice(plan: Plan, days: int) -> Plan:
+    [phase] = plan.phases
+    assert phase.deadline is not None
+    deadline = phase.deadline.model_copy(update={"days_after_notice": days})
+    return plan.model_copy(
+        update={
+            "phases": [
+                phase.model_copy(
+                    update={
+                        "deadline": deadline,
+                        "enforce_on": phase.notice_on + timedelta(days=days),
+                    }
+                )
+            ]
+        }
+    )
+
+
+def test_cutting_days_after_notice_once_notices_told_them_is_refused_until_put_back(
+    campaign: Campaign, registry: Registry, plan: Plan
+) -> None:
+    """ann's notice (13 March) said "Thursday 27 April is your account's own deadline: 45
+    days from ...". With days_after_notice cut to 30, she was enforced on 12 April, 15
+    days before the date she was given: plan check says so, and enforcement refuses."""
+    from rollout.phases.drift import plan_drift
+
+    campaign.day(date(2023, 3, 13))
+    cut = _days_after_notice(plan, 30)
+    errors, _ = plan_drift(registry, cut)
+    assert errors == [
+        "phase publishers: 3 notices sent told accounts their deadline came 45 days after "
+        "their notice, the plan now says 30: their deadlines would come before the dates "
+        "they were given, and `phase enforce` refuses; keep days_after_notice at 45 or more"
+    ]
+    with use_clock(SimulatedClock(datetime(2023, 4, 12, 12))):
+        preview = enforce.preview_phase(registry, cut, cut.phase(PHASE))
+        assert {t.username for t in preview.targets} == {"ann", "eve"}
+        with pytest.raises(GuardRefused, match="told accounts their own deadline came 45 days"):
+            enforce.enforce_phase(registry, cut, PHASE, expect=preview.count, actor="rm")
+        assert campaign.required() == set()
+        # The release manager's own decision: --early.
+        early = enforce.enforce_phase(
+            registry, cut, PHASE, expect=preview.count, actor="rm", early=True
+        )
+    assert early.accounts_required == 2
+    # Lengthened instead, nothing is held back: the accounts get more time than told.
+    errors, warnings = plan_drift(registry, _days_after_notice(plan, 60))
+    assert errors == []
+    assert warnings == [
+        "phase publishers: 3 notices sent told accounts their deadline came 45 days after "
+        "their notice, the plan now says 60"
     ]
     assert plan_drift(registry, plan) == ([], [])
 

@@ -73,8 +73,9 @@ def test_a_deadline_moved_before_the_one_reminders_told_warns_and_enforcement_wa
     moved = edited(tmp_path, "enforce_on: 2022-02-01", "enforce_on: 2022-01-25")
     result = check(moved)
     assert result.exit_code == 0
-    assert "warning: phase top-100: 1 reminder sent told accounts 2022-02-01, the plan now " in (
-        " ".join(result.stderr.split())
+    assert (
+        "warning: phase top-100: 3 sent emails (notices, reminders) told accounts 2022-02-01"
+        in (" ".join(result.stderr.split()))
     )
     from rollout.core.plan import load_plan
 
@@ -94,6 +95,40 @@ def test_a_deadline_moved_before_the_one_reminders_told_warns_and_enforcement_wa
             registry, earlier, "top-100", expect=3, actor="rm", early=True
         )
     assert forced.accounts_required == 3
+
+
+def test_a_deadline_moved_before_the_one_the_notices_told_holds_enforcement_back(
+    registry: Registry,
+    plan: Plan,
+    ids: dict[str, int],
+    tmp_path: Path,
+    check: Callable[[Path], Result],
+) -> None:
+    """No reminder has gone yet (or the phase has none): the notices alone told "from
+    Tuesday 1 February". Moved to 25 January, enforcement on the 25th signed accounts
+    out "as announced"; it waits for the date the notices gave."""
+    queue_and_send(registry, plan, date(2022, 1, 4))  # top-100's notices, no reminder yet
+    moved = edited(tmp_path, "enforce_on: 2022-02-01", "enforce_on: 2022-01-25")
+    result = check(moved)
+    assert result.exit_code == 0
+    said = " ".join(result.stderr.split())
+    assert "phase top-100: 2 sent emails (notices, reminders) told accounts 2022-02-01" in said
+    assert "(`phase enforce` refuses before the date told)" in said
+    from rollout.core.plan import load_plan
+
+    earlier = load_plan(moved)
+    with (
+        use_clock(SimulatedClock(datetime(2022, 1, 25, 10))),
+        pytest.raises(GuardRefused, match="told accounts 2022-02-01"),
+    ):
+        enforce.enforce_phase(registry, earlier, "top-100", expect=3, actor="rm")
+    with use_clock(SimulatedClock(datetime(2022, 2, 1, 10))):
+        done = enforce.enforce_phase(registry, earlier, "top-100", expect=3, actor="rm")
+    assert done.accounts_required == 3
+    # Postponed instead, the notices' earlier date holds nothing back.
+    assert (
+        check(edited(tmp_path, "enforce_on: 2022-02-01", "enforce_on: 2022-02-08")).exit_code == 0
+    )
 
 
 def test_a_second_plan_reusing_a_phase_name_on_the_same_registry_is_refused(
@@ -116,7 +151,7 @@ def test_a_second_plan_reusing_a_phase_name_on_the_same_registry_is_refused(
     said = " ".join(result.stderr.split())
     assert "has the name of a phase plan npm-2022 ran on this registry" in said
     # The other plan's reminders told its own date: not this plan's to warn of.
-    assert "reminder sent told" not in said
+    assert "told accounts" not in said
 
 
 def test_an_exemption_naming_no_account_is_a_warning(

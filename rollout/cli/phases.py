@@ -38,7 +38,7 @@ def phase_preview(
     Writes nothing to the registry; saves the list as a CSV under reports/previews/
     (and the tokens to revoke in a second CSV) with a record beside it that
     `rollout plan show` reads."""
-    from rollout.phases.enforce import enforceable_from, preview_phase
+    from rollout.phases.enforce import enforceable_from, fewer_days_than_told, preview_phase
     from rollout.phases.previews import COLUMNS, preview_rows, reach_verdict, save_preview
     from rollout.registry.ledger import utc_now
 
@@ -94,11 +94,14 @@ def phase_preview(
         apply += f" --accept-unreached {len(preview.unreached)}"
     apply += f" --expect-list {preview.fingerprint}"
     # The date `phase enforce` refuses before: enforce_on, or a later date the
-    # phase's sent reminders gave (enforce_on moved earlier since).
+    # phase's sent notices or reminders gave (enforce_on moved earlier since).
     due = enforceable_from(runtime.registry, plan, plan.phase(phase))
     today = utc_now().date()
     when = ""
-    if today < due:
+    fewer = fewer_days_than_told(runtime.registry, plan, plan.phase(phase))
+    if fewer is not None:
+        when = f"Not to be enforced: {fewer}.\n"
+    elif today < due:
         # Not in the command to copy: enforcing before the date is a decision of its own.
         days = (due - today).days
         when = (

@@ -194,6 +194,16 @@ class Step:
     mailing: Mailing | None = None
 
 
+def _told(phase: Phase) -> dict[str, Any]:
+    """A notice's context: its phase, and the deadline it tells as the plan gives it
+    when queued (one date for all, or the days from each account's notice), so that an
+    edit of the plan since is seen against what accounts were told
+    (rollout.phases.drift)."""
+    if phase.deadline is not None:
+        return {"phase": phase.name, "days_after_notice": phase.deadline.days_after_notice}
+    return {"phase": phase.name, "deadline": phase.enforce_on.isoformat()}
+
+
 def plan_calendar(plan: Plan) -> list[Step]:
     """Every dated step of the plan, in date order; steps of one day keep the plan's
     order: the ELV trial, the brown-outs, ELV for all, then each phase."""
@@ -297,7 +307,7 @@ def plan_calendar(plan: Plan) -> list[Step]:
                 + (f" (daily until {phase.deadline.last_notice_on})" if phase.deadline else ""),
                 f"{name} notices",
                 mailing=Mailing(
-                    "phase_notice", name, "", members, phase.notices_until, {"phase": name}
+                    "phase_notice", name, "", members, phase.notices_until, _told(phase)
                 ),
                 # Per-account deadlines: notices go out daily to newcomers until then.
                 ends=phase.deadline.last_notice_on if phase.deadline else None,

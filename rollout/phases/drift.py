@@ -7,8 +7,10 @@ A release manager edits the plan mid-campaign. These edits leave the registry be
   longer render, it cannot be rolled back, and a renamed phase starts its emails over;
 - a phase named like one another plan ran on the same registry: that plan's emails
   count as this one's, so this one's are "already" sent;
-- a phase's ``enforce_on`` moved after its reminders went: they told accounts a date
-  the plan no longer has (earlier, and enforcement would come before it);
+- a phase's ``enforce_on`` moved after its notices or reminders went: they told
+  accounts a date the plan no longer has (earlier, and enforcement would come before
+  it); with per-account deadlines, ``days_after_notice`` cut after notices told each
+  account its own (every one of them would come sooner: an error);
 - a phase's ``snooze_days`` cut below a snooze already granted: enforcement still
   reads that account's deadline, but its reminders look only as far as the plan's
   snooze now, so none would reach it.
@@ -18,7 +20,8 @@ exact: ``U2`` exempts nobody when the account is ``u2``), a lockout of someone m
 to be spared.
 
 ``plan check`` and ``plan show`` say so; ``phase enforce`` refuses before the latest
-date the accounts were told (``told_deadline``).
+date the accounts were told (``told_deadline``), and while a phase gives each account
+fewer days than its notice told (``told_days_after_notice``).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections import Counter
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, case, func, select
+from sqlalchemy import Connection, Select, and_, case, func, or_, select
 
 from rollout.core.plan import Phase, Plan
 from rollout.notify.outbox import NOTIFICATIONS, RUN_DAY
@@ -47,43 +50,68 @@ def plan_runs(plan: str) -> Select[Any]:
 
 
 def _emails(connection: Connection, phase: str | None = None) -> list[Any]:
-    """(phase, plan, deadline told, count) of the emails of phases, by the plan whose
-    run queued them; the deadline told is a sent reminder's (the day it was queued for
-    plus its days before), else None. Of ``phase``: its sent reminders only (what
-    enforcement asks). One pass, grouped in SQL: a phase of a million accounts sends
-    millions of emails."""
+    """(phase, plan, deadline told, days after notice told, count) of the emails of
+    phases, by the plan whose run queued them. What was told: a sent reminder's deadline
+    (the day it was queued for plus its days before), a sent notice's (the date, or the
+    days from each account's notice, its context recorded when it was queued), else
+    None. Of ``phase``: its sent reminders and notices only (what enforcement asks). One
+    pass, grouped in SQL: a phase of a million accounts sends millions of emails."""
     c = NOTIFICATIONS.c
-    told = and_(c.email == "reminder", c.state == "sent")
-    queued_on = case((told, c.context[RUN_DAY].as_string()))
-    days_before = case((told, c.context["days_before"].as_string()))
+    reminded = and_(c.email == "reminder", c.state == "sent")
+    noticed = and_(c.email == "phase_notice", c.state == "sent")
+    queued_on = case((reminded, c.context[RUN_DAY].as_string()))
+    days_before = case((reminded, c.context["days_before"].as_string()))
+    deadline = case((noticed, c.context["deadline"].as_string()))
+    days_after = case((noticed, c.context["days_after_notice"].as_string()))
+    told = (queued_on, days_before, deadline, days_after)
     query = (
-        select(c.phase, PLAN_RUNS.c.plan, queued_on, days_before, func.count())
+        select(c.phase, PLAN_RUNS.c.plan, *told, func.count())
         .select_from(NOTIFICATIONS.join(PLAN_RUNS, PLAN_RUNS.c.id == c.run_id))
-        .where(c.phase != "" if phase is None else and_(c.phase == phase, told))
-        .group_by(c.phase, PLAN_RUNS.c.plan, queued_on, days_before)
+        .where(c.phase != "" if phase is None else and_(c.phase == phase, or_(reminded, noticed)))
+        .group_by(c.phase, PLAN_RUNS.c.plan, *told)
     )
     return [
-        (name, plan, _told(day, before), count)
-        for name, plan, day, before, count in connection.execute(query)
+        (name, plan, _told(day, before, on), _number(after), count)
+        for name, plan, day, before, on, after, count in connection.execute(query)
     ]
 
 
-def _told(day: object, before: object) -> date | None:
-    if day is None or before is None:
-        return None
+def _told(day: object, before: object, on: object) -> date | None:
     try:
+        if on is not None:
+            return date.fromisoformat(str(on))
+        if day is None or before is None:
+            return None
         return date.fromisoformat(str(day)) + timedelta(days=int(str(before)))
     except ValueError:
         return None  # a row queued before the context said its day
 
 
+def _number(value: object) -> int | None:
+    try:
+        return None if value is None else int(str(value))
+    except ValueError:
+        return None
+
+
 def told_deadline(connection: Connection, phase: Phase, plan: str) -> date | None:
-    """The latest deadline ``plan``'s sent reminders of the phase gave, if any. (A phase
-    with per-account deadlines tells each account its own: none here.)"""
+    """The latest deadline ``plan``'s sent notices and reminders of the phase gave, if
+    any. (A phase with per-account deadlines tells each account its own: see
+    ``told_days_after_notice``.)"""
     if phase.deadline is not None:
         return None
-    told = [day for _, run_plan, day, _ in _emails(connection, phase.name) if run_plan == plan]
+    told = [day for _, run_plan, day, _, _ in _emails(connection, phase.name) if run_plan == plan]
     return max((day for day in told if day is not None), default=None)
+
+
+def told_days_after_notice(connection: Connection, phase: Phase, plan: str) -> int | None:
+    """The most days from its notice to its own deadline that ``plan``'s sent notices of
+    a phase with per-account deadlines told an account, if any: fewer in the plan now
+    would bring those deadlines before the dates the accounts were given."""
+    if phase.deadline is None:
+        return None
+    told = [days for _, run_plan, _, days, _ in _emails(connection, phase.name) if run_plan == plan]
+    return max((days for days in told if days is not None), default=None)
 
 
 def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
@@ -118,13 +146,16 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
     emailed: Counter[str] = Counter()
     others: dict[str, str] = {}
     told: dict[str, Counter[date]] = {}
-    for name, run_plan, day, count in emails:
+    told_days: dict[str, Counter[int]] = {}
+    for name, run_plan, day, days_after, count in emails:
         if run_plan != plan.name:
             others.setdefault(name, run_plan)
             continue
         emailed[name] += count
         if day is not None:
             told.setdefault(name, Counter())[day] += count
+        if days_after is not None:
+            told_days.setdefault(name, Counter())[days_after] += count
     for name in sorted((set(required) | set(emailed)) - names):
         errors.append(
             f"phase {name!r} is not in plan {plan.name}, but the registry has "
@@ -146,12 +177,31 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
             )
     for phase in plan.phases:
         if phase.deadline is not None:
-            continue  # each account is told its own
+            # Each account is told its own: days from its notice, which the plan's
+            # days_after_notice must not cut (every deadline told would come sooner).
+            now_days = phase.deadline.days_after_notice
+            for days, count in sorted(told_days.get(phase.name, Counter()).items()):
+                said = (
+                    f"phase {phase.name}: {count} notice{'s' if count != 1 else ''} sent "
+                    f"told accounts their deadline came {days} days after their notice, "
+                    f"the plan now says {now_days}"
+                )
+                if days > now_days:
+                    # Every such deadline would come sooner than told: enforcement refuses.
+                    errors.append(
+                        f"{said}: their deadlines would come before the dates they were "
+                        f"given, and `phase enforce` refuses; keep days_after_notice at "
+                        f"{days} or more"
+                    )
+                elif days < now_days:
+                    warnings.append(said)
+            continue
         for day, count in sorted(told.get(phase.name, Counter()).items()):
             if day != phase.enforce_on:
                 warnings.append(
-                    f"phase {phase.name}: {count} reminder{'s' if count != 1 else ''} "
-                    f"sent told accounts {day}, the plan now says {phase.enforce_on}"
+                    f"phase {phase.name}: {count} sent email{'s' if count != 1 else ''} "
+                    f"(notices, reminders) told accounts {day}, the plan now says "
+                    f"{phase.enforce_on}"
                     + (
                         " (`phase enforce` refuses before the date told)"
                         if day > phase.enforce_on

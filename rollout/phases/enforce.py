@@ -48,7 +48,7 @@ from rollout.notify import reach
 from rollout.notify.emails import ENFORCEMENT_EMAIL
 from rollout.notify.queue import queue_phase_summary
 from rollout.notify.withdraw import Selection, marked_withdrawn, withdraw_preview, withdraw_queued
-from rollout.phases.drift import told_deadline
+from rollout.phases.drift import told_days_after_notice, told_deadline
 from rollout.phases.previews import PhasePreview, Target, TokenTarget
 from rollout.registry import Registry
 from rollout.registry.deadlines import deadlines
@@ -827,6 +827,8 @@ def enforce_phase(
         engine = registry.engine
         if not early:
             _date_guard(phase, utc_now().date(), enforceable_from(registry, plan, phase))
+            if (fewer := fewer_days_than_told(registry, plan, phase)) is not None:
+                raise GuardRefused(fewer)
         preview = preview_phase(registry, plan, phase, details=False)
         _guard(phase, preview, expect, expect_tokens)
         _list_guard(phase, preview, expect_list)
@@ -910,11 +912,30 @@ def _queue_summary(
 
 def enforceable_from(registry: Registry, plan: Plan, phase: Phase) -> date:
     """The first day the phase may be enforced: its ``enforce_on``, the date every
-    notice and reminder gave, or a later date its sent reminders gave (``enforce_on``
-    moved earlier since)."""
+    notice and reminder gave, or a later date its sent notices or reminders gave
+    (``enforce_on`` moved earlier since)."""
     with registry.engine.connect() as connection:
         told = told_deadline(connection, phase, plan.name)
     return max(phase.enforce_on, told or phase.enforce_on)
+
+
+def fewer_days_than_told(registry: Registry, plan: Plan, phase: Phase) -> str | None:
+    """Why a phase with per-account deadlines may not be enforced now, if it gives
+    accounts fewer days from their notice than the notices sent told them
+    (``days_after_notice`` cut since): every such account's deadline would come before
+    the date it was given."""
+    if phase.deadline is None:
+        return None
+    with registry.engine.connect() as connection:
+        told = told_days_after_notice(connection, phase, plan.name)
+    if told is None or told <= phase.deadline.days_after_notice:
+        return None
+    return (
+        f"phase {phase.name}'s notices told accounts their own deadline came {told} days "
+        f"after their notice, and the plan now says {phase.deadline.days_after_notice}: "
+        "enforcing now locks them out before the dates they were given. Put "
+        f"days_after_notice back to {told} (or more), or pass --early to enforce anyway"
+    )
 
 
 def _date_guard(phase: Phase, today: date, due: date) -> None:
@@ -928,7 +949,7 @@ def _date_guard(phase: Phase, today: date, due: date) -> None:
         )
     if today < due:
         raise GuardRefused(
-            f"phase {phase.name}'s reminders told accounts {due}, and today is {today} "
+            f"phase {phase.name}'s notices or reminders told accounts {due}, and today is {today} "
             f"(the plan now says {phase.enforce_on}): enforcing now locks them out before "
             "the date they were given. Wait, or pass --early to enforce anyway"
         )
