@@ -34,7 +34,7 @@ from rollout.phases.snoozes import (
 )
 from rollout.registry import Registry, batches
 from rollout.registry.models import Account, Action, Notification
-from tests.factories import AccountFactory
+from tests.factories import AccountFactory, TokenFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASE = "publishers"
@@ -763,3 +763,79 @@ def test_a_file_given_to_the_command_again_another_week_is_asked_anew(
         asked = read_requests(path, day, read_each_day=True)
         snooze(registry, plan, PHASE, asked, actor="rm", now=day)
     assert [r[:2] for r in _replies(registry)] == [("ann", "refused")] * 2
+
+
+TOKEN_AGE_PLAN = """
+name: token-age
+cohorts:
+  c: {every_maintainer: true, description: maintainers of any package}
+phases:
+  - name: publishers
+    cohort: c
+    cohort_as_of: 2023-03-01
+    notice_on: 2023-03-01
+    reminders_days_before: [7]
+    enforce_on: 2023-04-15
+    deadline: {days_after_notice: 45, snooze_days: 0, last_notice_on: 2023-06-30}
+    max_accounts: 100
+    requires: {two_factor: none, token_max_age_days: 90}
+    effects: [revoke_tokens]
+    max_tokens: 100
+"""
+
+
+def test_tokens_are_judged_at_each_account_s_own_deadline_by_its_warnings_and_enforcement(
+    registry: Registry, factories: None, tmp_path: Path
+) -> None:
+    """bob's token is 71 days old at his deadline (15 April): his notice thanks him, and
+    daily enforcement later revoked it anyway the day it turned 91, unwarned. carl,
+    noticed on 20 April (deadline 4 June), holds a token 92 days old by then: his
+    reminder was skipped as compliant (judged on the phase's first deadline), then the
+    token revoked. Each is judged at the start of his own deadline, as his notice was."""
+    plan, problems = parse_plan(TOKEN_AGE_PLAN, "plan.yaml")
+    assert problems == [] and plan is not None
+    campaign = Campaign(registry, plan, tmp_path / "outbox")
+    bob = AccountFactory(username="bob", in_cohort="c")
+    TokenFactory(
+        account=bob, name="bob-ci", granular=True, expires_at=None, created_at=datetime(2023, 2, 3)
+    )
+    revoked: dict[date, list[str]] = {}
+    day = date(2023, 3, 1)
+    while day <= date(2023, 6, 10):
+        if day == date(2023, 4, 20):
+            carl = AccountFactory(username="carl", in_cohort="c")
+            TokenFactory(
+                account=carl,
+                name="carl-ci",
+                granular=True,
+                expires_at=None,
+                created_at=datetime(2023, 3, 4),
+            )
+        campaign.day(day)
+        if day >= plan.phases[0].enforce_on:
+            with use_clock(SimulatedClock(datetime.combine(day, time(12)))):
+                preview = campaign.preview(day)
+                enforce.enforce_phase(
+                    registry,
+                    plan,
+                    PHASE,
+                    expect=preview.count,
+                    expect_tokens=preview.token_count,
+                    actor="rm",
+                )
+            if preview.tokens:
+                revoked[day] = [t.username for t in preview.tokens]
+        day += timedelta(days=1)
+    assert "nothing for you to do" in " ".join(campaign.text_to("bob", "phase_notice").split())
+    assert revoked == {date(2023, 6, 4): ["carl"]}
+    with registry.engine.connect() as connection:
+        reminders = dict(
+            connection.execute(
+                select(Account.username, Notification.state)
+                .join(Notification, Notification.account_id == Account.id)
+                .where(Notification.email == "reminder")
+            ).all()
+        )
+    # bob's reminder: skipped, his token young enough at his deadline; carl's: sent.
+    assert reminders == {"bob": "skipped", "carl": "sent"}
+    assert "carl-ci" in campaign.text_to("carl", "reminder")

@@ -233,8 +233,9 @@ def test_the_token_age_and_pypis_publishing_without_2fa_rules(
         requires={"two_factor": "none", "token_max_age_days": 90},
         effects=["revoke_tokens"],
         max_tokens=10,
+        enforce_on=NOW.date(),
     )
-    preview = enforce.preview_phase(registry, aged, aged.phase("top-100"))
+    preview = enforce.preview_phase(registry, aged, aged.phase("top-100"), now=NOW)
     assert [t.username for t in preview.targets] == ["old-token"]
 
     without = AccountFactory(username="no-2fa", in_cohort="top-100")
@@ -265,6 +266,35 @@ def test_the_token_age_and_pypis_publishing_without_2fa_rules(
     )
     preview = enforce.preview_phase(registry, strict, strict.phase("top-100"))
     assert [t.username for t in preview.tokens] == ["no-2fa"]
+
+
+def test_a_token_is_aged_as_at_the_day_the_phase_announced_not_at_a_later_rerun(
+    registry: Registry, plan: Plan, factories: None
+) -> None:
+    """The warnings judged each token as it would be at the start of enforce_on: one
+    90 days old that morning was announced, one that turns 91 a week later was not. A
+    rerun of the phase a week on revokes the first, not the second (it revoked both,
+    the second unwarned); enforced early, a token is aged as at that moment."""
+    enforce_on = NOW.date()
+    announced = AccountFactory(username="announced", with_totp=True, in_cohort="top-100")
+    later = AccountFactory(username="old-later", with_totp=True, in_cohort="top-100")
+    TokenFactory(account=announced, kind="publish", created_at=NOW - timedelta(days=91))
+    TokenFactory(account=later, kind="publish", created_at=NOW - timedelta(days=85))
+    aged = phase_of(
+        plan,
+        requires={"two_factor": "none", "token_max_age_days": 90},
+        effects=["revoke_tokens"],
+        max_tokens=10,
+        enforce_on=enforce_on,
+    )
+    phase = aged.phase("top-100")
+    a_week_on = NOW + timedelta(days=7)
+    assert [
+        t.username for t in enforce.preview_phase(registry, aged, phase, now=a_week_on).tokens
+    ] == ["announced"]
+    # Early, the day before: the first token is 90 days old already, not yet 91.
+    early = enforce.preview_phase(registry, aged, phase, now=NOW - timedelta(days=1))
+    assert [t.username for t in early.tokens] == []
 
 
 def test_the_preview_says_the_token_revocation_is_irreversible_and_lists_them(

@@ -186,10 +186,17 @@ def _skip_reason(
     whens = [(~ACCOUNTS.c.email_verified, UNVERIFIED), (suppressed.is_not(None), suppressed)]
     if exempt and phase is not None and email in WARNINGS:
         whens.append((ACCOUNTS.c.username.in_(sorted(exempt)), EXEMPT))
-    if EMAILS[email].when_compliant == "skip":
+    # With per-account deadlines, tokens are judged at each account's own, which the
+    # drain reads (its standing) and skips by: judged here at the phase's first deadline,
+    # a token old enough only by the account's own passed, and the reminder before its
+    # revocation was skipped as compliant.
+    judged_when_sent = (
+        phase is not None and phase.deadline is not None and phase.requires.token_rules
+    )
+    if EMAILS[email].when_compliant == "skip" and not judged_when_sent:
         if phase is not None and not asks_only_2fa(phase):
             # Compliant as enforcement will judge it (a token old enough only by then
-            # falls short): at the phase's first enforcement day.
+            # falls short): at the phase's enforcement day.
             at = judged_at(phase.enforce_on, now)
             whens.append((~falls_short(phase.requires, ACCOUNTS.c.id, at), COMPLIANT))
         else:

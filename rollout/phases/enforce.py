@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, replace
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -210,11 +210,18 @@ def preview_phase(
         # whether it falls short, and those of the targets are the list to revoke.
         cohort_tokens: list[TokenTarget] = []
         cohort_token_ids: list[tuple[int, int]] = []
+        aged_at = _aged_at(phase, now)
         if requires.token_rules and details:
-            cohort_tokens = _offending_tokens(connection, phase, now)
+            cohort_tokens = _offending_tokens(connection, phase, now, aged_at)
             cohort_token_ids = [(t.token_id, t.account_id) for t in cohort_tokens]
         elif requires.token_rules:
-            cohort_token_ids = _offending_token_ids(connection, phase, now)
+            cohort_token_ids = _offending_token_ids(connection, phase, now, aged_at)
+        if per_account and requires.token_max_age_days is not None:
+            # Each account's tokens aged as at the start of its own deadline, as its
+            # warnings judged them: one that grew too old since was never announced.
+            kept = _old_by_own_deadline(connection, phase, now, own_deadlines, cohort_token_ids)
+            cohort_token_ids = [pair for pair in cohort_token_ids if pair[0] in kept]
+            cohort_tokens = [t for t in cohort_tokens if t.token_id in kept]
         held = Counter(account_id for _, account_id in cohort_token_ids)
         for row in connection.execute(query).all():
             (
@@ -286,31 +293,83 @@ def preview_phase(
     )
 
 
-def _cohort_tokens(phase: Phase, now: datetime) -> Any:
-    """The live tokens of the phase's current cohort that its token rules forbid."""
+def _aged_at(phase: Phase, now: datetime) -> datetime:
+    """When enforcement judges a token's age: the start of the day the phase announced
+    (its warnings judged tokens then, rollout.registry.requirements.judged_at), or
+    ``now`` if earlier (enforced early). A token that grew too old after that day was
+    never announced: a rerun weeks later does not revoke it unwarned. (Per-account
+    deadlines: ``_old_by_own_deadline`` judges each account at its own.)"""
+    if phase.deadline is not None:
+        return now
+    return min(now, datetime.combine(phase.enforce_on, time.min))
+
+
+def _cohort_tokens(phase: Phase, now: datetime, aged_at: datetime) -> Any:
+    """The live tokens of the phase's current cohort that its token rules forbid, their
+    age judged at ``aged_at``."""
     return and_(
         CohortMembership.account_id == TOKENS.c.account_id,
         CohortMembership.cohort == phase.cohort,
         CohortMembership.left_on.is_(None),
-        offending_token(phase.requires, TOKENS, now),
+        offending_token(phase.requires, TOKENS, now, aged_at),
     )
 
 
+def _old_by_own_deadline(
+    connection: Connection,
+    phase: Phase,
+    now: datetime,
+    own_deadlines: Mapping[int, date],
+    token_ids: list[tuple[int, int]],
+) -> set[int]:
+    """Of the tokens forbidden now (``token_ids``: token, account), those still forbidden
+    with the age judged at the start of their account's own deadline: forbidden by a
+    rule other than age, or old enough then. An account whose deadline has not come (or
+    that has none) keeps its tokens as judged now: it is not enforced today."""
+    max_age = phase.requires.token_max_age_days
+    assert max_age is not None
+    ageless = phase.requires.model_copy(update={"token_max_age_days": None})
+    other_rule = offending_token(ageless, TOKENS, now)
+    today = now.date()
+    kept: set[int] = set()
+    wanted = {token for token, _ in token_ids}
+    rows = connection.execute(
+        select(TOKENS.c.id, TOKENS.c.account_id, TOKENS.c.created_at, other_rule).join(
+            CohortMembership, _cohort_tokens(phase, now, now)
+        )
+    )
+    for token_id, account_id, created_at, by_other_rule in rows:
+        if token_id not in wanted:
+            continue
+        deadline = own_deadlines.get(account_id)
+        if (
+            by_other_rule
+            or deadline is None
+            or deadline > today
+            or created_at < datetime.combine(deadline, time.min) - timedelta(days=max_age)
+        ):
+            kept.add(token_id)
+    return kept
+
+
 def _offending_token_ids(
-    connection: Connection, phase: Phase, now: datetime
+    connection: Connection, phase: Phase, now: datetime, aged_at: datetime
 ) -> list[tuple[int, int]]:
     """(token id, account id) of the cohort's forbidden tokens: two integers a row, no
     per-row conversion."""
     query = (
         select(TOKENS.c.id, TOKENS.c.account_id)
-        .join(CohortMembership, _cohort_tokens(phase, now))
+        .join(CohortMembership, _cohort_tokens(phase, now, aged_at))
         .order_by(TOKENS.c.account_id, TOKENS.c.id)
     )
     return [(token, account) for token, account in connection.execute(query).all()]
 
 
-def _offending_tokens(connection: Connection, phase: Phase, now: datetime) -> list[TokenTarget]:
-    """The cohort's tokens that a token rule of the phase forbids at ``now``."""
+def _offending_tokens(
+    connection: Connection, phase: Phase, now: datetime, aged_at: datetime
+) -> list[TokenTarget]:
+    """The cohort's tokens that a token rule of the phase forbids at ``now``, their age
+    judged at ``aged_at``."""
     query = (
         select(
             TOKENS.c.id,
@@ -323,7 +382,7 @@ def _offending_tokens(connection: Connection, phase: Phase, now: datetime) -> li
             TOKENS.c.expires_at,
         )
         .join(ACCOUNTS, ACCOUNTS.c.id == TOKENS.c.account_id)
-        .join(CohortMembership, _cohort_tokens(phase, now))
+        .join(CohortMembership, _cohort_tokens(phase, now, aged_at))
         .order_by(TOKENS.c.account_id, TOKENS.c.id)
     )
     return [TokenTarget(*row) for row in connection.execute(query).all()]

@@ -44,9 +44,13 @@ def live_token(tokens: Any, now: datetime) -> ColumnElement[bool]:
     )
 
 
-def offending_token(requires: Requirements, tokens: Any, now: datetime) -> ColumnElement[bool]:
+def offending_token(
+    requires: Requirements, tokens: Any, now: datetime, aged_at: datetime | None = None
+) -> ColumnElement[bool]:
     """SQL over ``tokens`` (the table or an alias): a live token that one of the phase's
-    token rules forbids at ``now``. False when the phase has no token rule."""
+    token rules forbids at ``now``, its age judged at ``aged_at`` (default ``now``:
+    enforcement judges it at the start of the day it was announced for, not later).
+    False when the phase has no token rule."""
     rules: list[ColumnElement[bool]] = []
     if requires.no_classic_tokens:
         rules.append(tokens.c.kind.in_(CLASSIC_TOKEN_KINDS))
@@ -55,7 +59,8 @@ def offending_token(requires: Requirements, tokens: Any, now: datetime) -> Colum
     if requires.no_bypass_2fa_tokens:
         rules.append(tokens.c.bypass_2fa == true())
     if requires.token_max_age_days is not None:
-        rules.append(tokens.c.created_at < now - timedelta(days=requires.token_max_age_days))
+        aged = aged_at or now
+        rules.append(tokens.c.created_at < aged - timedelta(days=requires.token_max_age_days))
     if requires.no_write_tokens_without_2fa:
         # "Without 2FA" is without any second factor, whatever the phase asks of the
         # factors: PyPI's 2024 rule stopped the tokens of accounts with no 2FA at all,
