@@ -375,6 +375,8 @@ def test_notify_suppress_is_idempotent(rollout_home: Path) -> None:
         ("a@b.c\nBcc: x@evil.example", "bounced"),
         ("a@localhost", "bounced"),
         ("a@b.example", "  "),
+        # Longer than any address is stored (PostgreSQL refused it with a traceback).
+        ("a" * 330 + "@example.com", "bounced"),
     ],
 )
 def test_notify_suppress_refuses_what_is_not_an_address_and_stores_nothing(

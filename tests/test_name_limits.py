@@ -10,9 +10,10 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from rollout.core.plan import Plan
+from rollout.notify.withdraw import Selection, withdraw
 from rollout.phases import enforce, orgs
 from rollout.registry import Registry
-from rollout.registry.models import Account, Notification, PlanRun
+from rollout.registry.models import Account, Action, Notification, PlanRun
 from tests.factories import AccountFactory, OrgFactory, OrgMemberFactory
 
 REGISTRY_NAME_LIMIT = 214  # npm's limit for package, scope and user names
@@ -59,3 +60,33 @@ def test_a_phase_and_cohort_with_the_longest_allowed_names_enforce_and_roll_back
             ).scalar_one()
             == 1
         )
+
+
+def test_the_emails_of_an_org_with_the_longest_allowed_name_can_be_withdrawn(
+    registry: Registry, factories: None
+) -> None:
+    """`notify withdraw --phase org:<name>` audits the withdrawal under that phase: 218
+    characters, which actions.phase (100) did not hold on PostgreSQL, so the withdrawal
+    failed with a traceback and the org's emails stayed queued, to be sent."""
+    name = "o" * REGISTRY_NAME_LIMIT
+    org = OrgFactory(name=name)
+    owner = AccountFactory(username="a" * REGISTRY_NAME_LIMIT, with_webauthn=True)
+    OrgMemberFactory(org=org, account=owner, role="owner")
+    OrgMemberFactory(org=org, account=AccountFactory(username="b" * REGISTRY_NAME_LIMIT))
+    orgs.enforce_org(registry, name, confirm=name, owner=owner.username, actor="x")
+
+    withdrawn = withdraw(
+        registry,
+        Selection(phase=f"org:{name}"),
+        reason="the org changed its mind",
+        actor="rm",
+    )
+
+    assert withdrawn.taken == 2  # the removed member's notice and the owner's summary
+    with registry.engine.connect() as connection:
+        states = set(connection.scalars(select(Notification.state)))
+        [audited] = connection.execute(
+            select(Action.phase, Action.details).where(Action.action == "emails_withdrawn")
+        ).all()
+    assert states == {"skipped"}
+    assert audited.phase == f"org:{name}" and audited.details["count"] == 2

@@ -115,6 +115,27 @@ def test_a_second_sync_replaces_sendgrid_s_rows_and_keeps_those_set_by_hand(
     }
 
 
+def test_listed_addresses_longer_than_any_stored_are_left_out_not_cut_into_one(
+    registry: Registry, sendgrid: DevSendGrid
+) -> None:
+    """Two addresses of 330 characters sharing their first 320 were cut to the same
+    key, and the sync failed on it (a traceback on PostgreSQL already at one). No
+    account's address is that long: they stop no email of ours."""
+    long = "x" * 320
+    sendgrid.suppress(
+        {
+            "bounces": [
+                bounce(f"{long}a@example.com"),
+                bounce(f"{long}b@example.com"),
+                bounce("ok@example.com"),
+            ]
+        }
+    )
+    report = sync_suppressions(registry, sender_for(sendgrid), actor="ops")
+    assert report.by_source["bounce"] == 1
+    assert set(suppressions(registry)) == {("ok@example.com", "bounce")}
+
+
 def test_a_list_that_cannot_be_read_changes_nothing(
     registry: Registry, sendgrid: DevSendGrid
 ) -> None:

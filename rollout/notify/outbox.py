@@ -227,6 +227,9 @@ def suppression_reasons(connection: Connection, addresses: Iterable[str]) -> dic
     return reasons
 
 
+# The longest address stored (accounts.email and email_suppressions.address).
+ADDRESS_LIMIT = 320
+
 # An address one could send to: one @, something on each side, a dot in the domain, no
 # space or control character. (Not RFC 5322's every form: a check that a typed value,
 # "not an email" or "a@b.c\nBcc: x", is not stored as if it were one.)
@@ -240,6 +243,15 @@ def suppress(registry: Registry, address: str, *, reason: str, actor: str) -> bo
     BadInput for what is not an address, or a blank reason."""
     if not _ADDRESS.fullmatch(address.strip()):
         raise BadInput(None, None, f"{address!r} is not an email address (name@domain.tld)")
+    if len(address.strip()) > ADDRESS_LIMIT:
+        # No account's address is longer (accounts.email holds as many): on PostgreSQL
+        # the insert failed with a traceback.
+        raise BadInput(
+            None,
+            None,
+            f"{address.strip()[:40]!r}... is {len(address.strip())} characters: an address "
+            f"has at most {ADDRESS_LIMIT}",
+        )
     if not reason.strip():
         raise BadInput(None, None, "--reason is blank: say why (bounced, complained, asked)")
     with begin_writing(registry.engine) as connection:

@@ -42,7 +42,7 @@ from sqlalchemy import delete, select
 
 from rollout.core.errors import RolloutError
 from rollout.notify.message import DeliveryFailed
-from rollout.notify.outbox import SUPPRESSIONS
+from rollout.notify.outbox import ADDRESS_LIMIT, SUPPRESSIONS
 from rollout.notify.senders import SendGridSender
 from rollout.registry import Registry
 from rollout.registry.engine import begin_writing
@@ -154,10 +154,12 @@ def sync_suppressions(
         pages += read
         for entry in entries:
             address = entry["email"].strip().lower()
-            if not address:
+            if not address or len(address) > ADDRESS_LIMIT:
+                # Longer than any account's address can be (cut short, two such could
+                # meet as one key): it stops no email of ours.
                 continue
             rows[(address, source)] = {
-                "address": address[:320],
+                "address": address,
                 "source": source,
                 "reason": _reason(source, entry),
                 "created_at": _created(entry, now),

@@ -137,7 +137,9 @@ def withdraw_queued(
                 {
                     "effect_key": f"emails-withdrawn:{run_id or now.isoformat()}:{scope}",
                     "action": "emails_withdrawn",
-                    "subject": f"emails {scope}",
+                    # The column's 300 (an org's phase and an occasion may pass it);
+                    # the details keep each part whole.
+                    "subject": f"emails {scope}"[:300],
                     "phase": selection.phase,
                     "reason": reason,
                     "actor": actor,
@@ -148,6 +150,7 @@ def withdraw_queued(
                         "in_flight": in_flight,
                         "phase": selection.phase,
                         "email": selection.email,
+                        "occasion": selection.occasion,
                     },
                 }
             ],

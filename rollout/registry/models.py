@@ -435,7 +435,8 @@ class Action(Base):
     # of an npm-scale enforcement run writing 1.3M audit rows.
     account_id: Mapped[int | None] = mapped_column(Id)
     subject: Mapped[str | None] = mapped_column(String(300))
-    phase: Mapped[str | None] = mapped_column(String(100))
+    # org:<name> too (an org's emails withdrawn): a name may have 214 characters.
+    phase: Mapped[str | None] = mapped_column(String(300))
     reason: Mapped[str] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(String(200))
     run_id: Mapped[str | None] = mapped_column(String(64))
