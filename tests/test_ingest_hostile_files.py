@@ -189,9 +189,13 @@ def test_an_unreadable_file_is_refused_with_the_os_reason_and_the_others_load(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:
     root = landing_with_a_good_file(tmp_path)
-    path = root / "downloads" / "api-unreadable.json"
+    path = tmp_path / "named" / "downloads" / "api-unreadable.json"
+    path.parent.mkdir(parents=True)
+    # Named, a link is followed (found in a folder, one out of it is refused).
     path.symlink_to(UNREADABLE)
-    message = the_one_refused(run(con, root), path)
+    good = root / "downloads" / GOOD_CSV.name
+    report = ingest.ingest(con, [good, path], quarantine_limit=LIMIT, now=NOW)
+    message = the_one_refused(report, path)
     assert message == f"{path}: cannot read the file: {os.strerror(5)}"
     with pytest.raises(BadInput, match="cannot read the file: Input/output error"):
         load(con, path)
@@ -790,3 +794,74 @@ def test_a_key_named_twice_in_one_object_is_refused_by_line(
     root = landing_with_a_good_file(tmp_path)
     path = put(root, relative, text.encode())
     assert the_one_refused(run(con, root), path) == f"{path}:{line}: {reason}"
+
+
+# --- names and links -----------------------------------------------------------------
+
+
+def test_a_file_whose_name_is_not_utf8_is_refused_and_the_others_load(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A name of bytes that are not UTF-8 (a sync job's Latin-1 file) crashed the whole
+    run recording it; its content is fine, its name is what is refused."""
+    root = landing_with_a_good_file(tmp_path)
+    folder = os.fsencode(root / "downloads")
+    for name in (b"downloads-\xff.jsonl", b"downloads-\x9b2J.csv"):
+        with open(os.path.join(folder, name), "wb") as handle:
+            handle.write(GOOD_CSV.read_bytes() if name.endswith(b".csv") else b"")
+    report = run(con, root)
+    assert [f.status for f in report.files if f.path.name == GOOD_CSV.name] == ["loaded"]
+    assert len(report.rejected) == 2
+    for refused in report.rejected:
+        assert refused.message.endswith("the file's name (or its folder's) is not UTF-8: rename it")
+    assert warehouse.scalar(con, "select count(*) from ingested_files") == 1
+
+
+def test_the_cli_shows_a_name_that_is_not_utf8_escaped(rollout_home: Path) -> None:
+    """Its bytes came back raw to the terminal: 0x9b is CSI, a C1 control in 8 bits."""
+    root = landing_with_a_good_file(rollout_home)
+    with open(os.path.join(os.fsencode(root / "downloads"), b"downloads-\x9b2J.csv"), "wb") as f:
+        f.write(GOOD_CSV.read_bytes())
+    result = CliRunner().invoke(app, ["ingest", "--no-registry"])
+    assert result.exit_code == 2, result.stderr
+    for said in (result.stdout, result.stderr):
+        assert "\udc9b" not in said and "\x9b" not in said
+    assert "downloads-\\udc9b2J.csv" in result.stderr
+
+
+def test_a_link_to_a_file_outside_the_landing_folder_is_refused_without_its_contents(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A link to /proc/self/environ put the process's environment, secrets and all, in
+    the refusal ("missing columns ... (found: ...)"). A link within the folder still
+    loads."""
+    root = landing_with_a_good_file(tmp_path)
+    secret = put(tmp_path, "elsewhere/settings.csv", b"API_KEY=hunter2,other\n1,2\n")
+    outward = root / "downloads" / "downloads-2022-02-03.csv"
+    outward.symlink_to(secret)
+    inward = root / "downloads" / "downloads-2022-01-11.csv"
+    inward.symlink_to(root / "downloads" / GOOD_CSV.name)
+    report = run(con, root)
+    message = the_one_refused(report, outward)
+    assert message == (
+        f"{outward}: a symbolic link to a file outside {root}: ingest reads only files in "
+        "the folders it is given; copy the file there instead"
+    )
+    assert "hunter2" not in message
+    # The link inside the folder names a file already loaded: the same checksum.
+    assert {f.path.name: f.status for f in report.files}[inward.name] != "rejected"
+
+
+def test_a_refused_header_shows_the_start_of_what_it_found_not_all_of_it(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    root = landing_with_a_good_file(tmp_path)
+    wide = put(
+        root,
+        "downloads/downloads-2022-02-04.csv",
+        ",".join(f"c{n:04}" for n in range(400)).encode() + b"\n",
+    )
+    message = the_one_refused(run(con, root), wide)
+    assert "missing columns package, day, downloads (found: c0000, c0001" in message
+    assert message.endswith("... (400 columns))")
+    assert "c0399" not in message

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
+from rollout.core.controls import shell_word
 from rollout.core.output import (
     FORMULA_PREFIXES,
     Format,
@@ -125,6 +126,9 @@ def test_visible_shows_every_control_character() -> None:
     assert visible("a\x7fb\x9bc\u202ed") == "a\\x7fb\\x9bc\\u202ed"
     assert visible("two\nlines") == "two\\x0alines"
     assert visible("two\nlines", lines=True) == "two\nlines"
+    # A name that is not UTF-8 keeps its bytes as lone surrogates: shown, never written raw.
+    assert visible("downloads-\udc9b2J.csv") == "downloads-\\udc9b2J.csv"
+    assert shell_word("downloads-\udc9b2J.csv") == "$'downloads-\\x9b2J.csv'"
 
 
 @given(st.text())

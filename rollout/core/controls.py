@@ -9,10 +9,12 @@ import re
 import shlex
 
 # C0 and C1 controls and DEL (ESC starts the sequences that move the cursor and erase
-# lines), the line and paragraph separators, and the bidirectional overrides that
-# reorder what a line shows.
+# lines), the line and paragraph separators, the bidirectional overrides that reorder
+# what a line shows, and lone surrogates: the bytes of a file name that is not UTF-8,
+# which a terminal stream writes back raw (0x9b is CSI, a C1 control in 8 bits).
 _OTHER_CONTROLS = (
     r"\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+    r"\ud800-\udfff"
 )
 # Every one of them, tab and line feed too: what a one-line value (a header, a line of
 # an email) may not hold.
@@ -48,4 +50,7 @@ def shell_word(value: object) -> str:
 def _ansi_c_escape(match: re.Match[str]) -> str:
     # In $'...', \xHH is a byte: a C1 control (U+0080-U+009F) must be written \uHHHH.
     code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:
+        # A byte of a name that is not UTF-8, as Python keeps it: the byte itself.
+        return f"\\x{code - 0xDC00:02x}"
     return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"

@@ -174,8 +174,11 @@ def survey(
     found: list[LandingFile] = []
     strays: list[Unreadable] = []
 
-    def add(path: Path, root: Path | None) -> None:
+    def add(path: Path, root: Path | None, scanned: Path | None = None) -> None:
         try:
+            _require_utf8_name(path)
+            if scanned is not None:
+                _require_inside(path, scanned)
             found.append(classify(path, root))
         except BadInput as error:
             strays.append(Unreadable(path, _kind_of(path, root) or "unknown", error))
@@ -195,7 +198,7 @@ def survey(
                     if _owned_by_another_reader(child, path):
                         continue
                     if child.is_file():
-                        add(child, root or path)
+                        add(child, root or path, path)
                     else:
                         # Named like a landing file, but nothing to read: said, not
                         # passed over (the day it should have brought would be missing).
@@ -214,6 +217,37 @@ def survey(
     found.sort(key=lambda f: (KINDS.index(f.kind), f.path.name, str(f.path)))
     strays.sort(key=lambda stray: str(stray.path))
     return found, strays
+
+
+def _require_utf8_name(path: Path) -> None:
+    """Refuse a file whose name is not UTF-8 (the bytes Python keeps as surrogates): the
+    warehouse records each file by its name, and the whole run failed on it."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise BadInput(
+            path, None, "the file's name (or its folder's) is not UTF-8: rename it"
+        ) from error
+
+
+def _require_inside(path: Path, scanned: Path) -> None:
+    """Refuse a file found in a scanned folder that is a symbolic link to a file outside
+    it: ingest reads the landing folder, not what a link there points to anywhere (a
+    link to /proc/self/environ put the process's secrets in the refusal's message)."""
+    if not path.is_symlink():
+        return
+    try:
+        target = path.resolve(strict=True)
+        inside = target.is_relative_to(scanned.resolve(strict=True))
+    except OSError:
+        inside = False
+    if not inside:
+        raise BadInput(
+            path,
+            None,
+            f"a symbolic link to a file outside {scanned}: ingest reads only files in the "
+            "folders it is given; copy the file there instead",
+        )
 
 
 def _not_a_file(path: Path) -> str:
@@ -610,12 +644,21 @@ def _require_columns(file: LandingFile, present: Iterable[str], line: int | None
     present_set = set(present)
     missing = [c for c in REQUIRED_COLUMNS[file.kind] if c not in present_set]
     if missing:
+        found = ", ".join(sorted(present_set)) or "none"
+        if len(found) > FOUND_SHOWN:
+            # A header is names, not a page of text: what a wrong file holds (an export
+            # of something else, a secret) stays out of the message past a glance.
+            found = found[:FOUND_SHOWN] + f"... ({len(present_set)} columns)"
         raise BadInput(
             file.path,
             line,
             f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-            f"(found: {', '.join(sorted(present_set)) or 'none'})",
+            f"(found: {found})",
         )
+
+
+# The most of a refused file's header a message shows.
+FOUND_SHOWN = 120
 
 
 def _stage_csv_as_text(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
