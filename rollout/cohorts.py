@@ -546,6 +546,33 @@ def _tfa_at(con: duckdb.DuckDBPyConnection, cohort: str, as_of: date) -> datetim
     return NOW_ON if recent and (latest is None or as_of >= latest) else day_end(as_of)
 
 
+def cohorts_built_on(plan: Plan, as_of: date, named: list[str] | None = None) -> list[str]:
+    """The cohorts a build on ``as_of`` builds: the ``named`` ones, or all the plan's,
+    less those not fixed yet (``Plan.cohort_fixed_from``). A cohort is fixed from its
+    phase's ``cohort_as_of``: the daily build before it added every package that
+    qualified on any earlier day, for good (sticky), and the phase then emailed and
+    enforced maintainers of packages that did not qualify on its day. Named, a cohort
+    built before its day is refused."""
+    for name in named or []:
+        plan.cohort(name)  # an unknown name is bad input, as before
+        fixed = plan.cohort_fixed_from(name)
+        if fixed is not None and as_of < fixed[0]:
+            raise BadInput(
+                None,
+                None,
+                f"cohort {name} is fixed from {fixed[0]} (phase {fixed[1]}'s cohort_as_of): "
+                f"a build on {as_of} would add packages that qualify only before it; "
+                f"build it on {fixed[0]} or later",
+            )
+    if named:
+        return list(named)
+    return [
+        name
+        for name in plan.cohorts
+        if (fixed := plan.cohort_fixed_from(name)) is None or fixed[0] <= as_of
+    ]
+
+
 def build_cohorts(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,
@@ -564,7 +591,9 @@ def build_cohorts(
     ingests first). The cohort tables themselves are always read fresh.
     """
     require_metrics(con, as_of, allow_gaps=allow_gaps, weekly_days=plan.metrics.weekly_window_days)
-    names = cohorts or list(plan.cohorts)
+    names = cohorts_built_on(plan, as_of, cohorts)
+    if not names:
+        return []
     for name in names:
         require_download_window(con, plan.cohort(name), as_of, allow_gaps=allow_gaps)
     rules = {name: plan.cohorts[name] for name in names}

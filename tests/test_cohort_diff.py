@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner, Result
 
 from rollout import warehouse
@@ -13,6 +14,7 @@ from rollout.cli import app
 
 from .sql.golden_harness import GOLDEN_DIR, load_input
 
+ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOTS = (
     GOLDEN_DIR / "cohort_diff" / "entered_and_left" / "inputs" / "cohort_account_snapshots.csv"
 )
@@ -101,8 +103,21 @@ def _only_top_100_built_on(rollout_home: Path, day: str) -> None:
         )
 
 
-def test_a_day_only_another_cohort_was_built_is_no_day_of_this_one(rollout_home: Path) -> None:
+def _high_impact_fixed_early(rollout_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference plan with high-impact fixed from 2022-01-03, as top-100 is: the
+    golden case's snapshots have it built in January."""
+    text = (ROOT / "plans" / "npm-2022.yaml").read_text()
+    assert "cohort_as_of: 2022-03-14" in text
+    plan = rollout_home.parent / "plan.yaml"
+    plan.write_text(text.replace("cohort_as_of: 2022-03-14", "cohort_as_of: 2022-01-03"))
+    monkeypatch.setenv("ROLLOUT_PLAN", str(plan))
+
+
+def test_a_day_only_another_cohort_was_built_is_no_day_of_this_one(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """high-impact's 70 accounts all read as "left" on a day only top-100 was built."""
+    _high_impact_fixed_early(rollout_home, monkeypatch)
     _built(rollout_home)
     _only_top_100_built_on(rollout_home, "2022-01-18")
     other = run("cohorts", "diff", "2022-01-17", "2022-01-18", "--cohort", "high-impact")
@@ -110,6 +125,19 @@ def test_a_day_only_another_cohort_was_built_is_no_day_of_this_one(rollout_home:
     assert "cohort high-impact was not built for 2022-01-18" in " ".join(other.stderr.split())
     same = run("cohorts", "diff", "2022-01-17", "2022-01-18", "--cohort", "top-100", "-f", "json")
     assert same.exit_code == 0 and json.loads(same.stdout) == []
+
+
+def test_a_day_before_the_cohort_is_fixed_is_said_so(rollout_home: Path) -> None:
+    """high-impact is fixed from 2022-03-14 in the reference plan: no build can have a
+    day before it, and "run cohorts build for it first" would send the user to a build
+    that refuses."""
+    _built(rollout_home)
+    early = run("cohorts", "diff", "2022-01-04", "2022-01-17", "--cohort", "high-impact")
+    assert early.exit_code == 2 and early.stdout == ""
+    assert (
+        "cohort high-impact is fixed from 2022-03-14 (phase high-impact's cohort_as_of): "
+        "it has no build for 2022-01-04; pick days from then on"
+    ) in " ".join(early.stderr.split())
 
 
 def test_show_reads_the_cohorts_own_latest_day_and_refuses_a_day_it_was_not_built(

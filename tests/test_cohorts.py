@@ -54,13 +54,18 @@ MANIFESTS = [
 @pytest.fixture
 def small_cohorts_plan(plan: Plan) -> Plan:
     """The reference plan with cohorts the few packages here can fill: top-1 and a
-    high-impact of lower thresholds."""
+    high-impact of lower thresholds, fixed from the days built here (its phase's
+    cohort_as_of moved to top-100's: a cohort is not built before it)."""
     return plan.model_copy(
         update={
             "cohorts": {
                 "top-1": CohortRule(top_by_dependents=1),
                 "high-impact": CohortRule(weekly_downloads_gt=1000, dependents_gte=3),
-            }
+            },
+            "phases": [
+                phase.model_copy(update={"cohort_as_of": plan.phases[0].cohort_as_of})
+                for phase in plan.phases
+            ],
         }
     )
 
@@ -697,3 +702,32 @@ def test_a_cohort_of_org_members_takes_only_current_members(
     # carol publishes core through corp's team, erin maintains small in her own name;
     # dave left corp, alice and bob were never in it.
     assert accounts_of(con, "top-1", D1).keys() == {"carol", "erin"}
+
+
+def test_a_cohort_is_fixed_from_its_phase_s_day_not_from_the_builds_before_it(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+) -> None:
+    """high-impact's phase fixes it on D2, when big has dipped under the threshold. The
+    daily build of D1 added big for good (sticky), and the phase then emailed and
+    enforced its maintainer though it did not qualify on the phase's day. Before its
+    day a cohort is left out of the daily build, and refused when named."""
+    fixed_on_d2 = small_cohorts_plan.model_copy(
+        update={
+            "phases": [
+                p.model_copy(update={"cohort_as_of": D2}) if p.cohort == "high-impact" else p
+                for p in small_cohorts_plan.phases
+            ]
+        }
+    )
+    early = build(con, registry, fixed_on_d2, D1)
+    assert "high-impact" not in early and "top-1" in early  # top-1: no phase fixes it
+    with pytest.raises(
+        BadInput, match=r"cohort high-impact is fixed from 2022-02-08 \(phase high-impact"
+    ):
+        cohorts.build_cohorts(con, registry, fixed_on_d2, D1, actor="test", cohorts=["high-impact"])
+    on_its_day = build(con, registry, fixed_on_d2, D2)
+    assert sorted(on_its_day["high-impact"].packages_entered) == ["core"]
+    assert set(accounts_of(con, "high-impact", D2)) == {"bob", "carol"}

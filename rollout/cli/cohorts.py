@@ -183,6 +183,12 @@ def cohorts_diff(
             # A day no build wrote (of this cohort, when one is named) would show everyone
             # as entered (or left).
             if not snapshot_exists(con, day, cohort):
+                fixed = runtime.plan.cohort_fixed_from(cohort) if cohort else None
+                if fixed is not None and day < fixed[0]:
+                    raise RolloutError(
+                        f"cohort {cohort} is fixed from {fixed[0]} (phase {fixed[1]}'s "
+                        f"cohort_as_of): it has no build for {day}; pick days from then on"
+                    ).with_exit(EXIT_BAD_INPUT)
                 which = "no cohorts were" if cohort is None else f"cohort {cohort} was not"
                 raise RolloutError(
                     f"{which} built for {day}: run `rollout cohorts build --as-of "

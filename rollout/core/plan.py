@@ -465,6 +465,14 @@ class Plan(_Strict):
             raise BadInput(None, None, f"no cohort {name!r} in plan {self.name} (cohorts: {known})")
         return self.cohorts[name]
 
+    def cohort_fixed_from(self, name: str) -> tuple[date, str] | None:
+        """The first day a cohort has packages, and the phase that fixes it then: the
+        earliest ``cohort_as_of`` of the phases on it (its rule judged on that day's
+        metrics first; a package that qualifies then or later stays). None for a
+        cohort no phase names: built whenever asked."""
+        fixing = [(p.cohort_as_of, p.name) for p in self.phases if p.cohort == name]
+        return min(fixing) if fixing else None
+
     @property
     def exempt_usernames(self) -> frozenset[str]:
         return frozenset(a.username for a in self.exemptions.accounts)
