@@ -174,6 +174,23 @@ def test_line_numbers_count_blank_lines(con: duckdb.DuckDBPyConnection, tmp_path
     assert refused.value.line == 6
 
 
+def test_a_row_over_several_lines_is_named_by_the_line_it_starts_on(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A quoted value running over lines 3 and 4 was named line 4, where the row ended
+    (the snooze reader names the line a row starts on); the rows after it keep theirs."""
+    path = tmp_path / "downloads" / "d.csv"
+    path.parent.mkdir()
+    path.write_text(
+        'package,day,downloads\nreact,2022-01-10,1\n"bad\nname",2022-01-10,1\n'
+        "vue,2022-01-10,x\nlodash,2022-01-10,2\n"
+    )
+    result = load(con, path, limit=0.5)
+    assert (result.rows_loaded, result.rows_quarantined) == (2, 2)
+    lines = con.execute("select line from quarantine order by line").fetchall()
+    assert lines == [(3,), (5,)]
+
+
 def test_good_files_load_with_legacy_and_scoped_names(con: duckdb.DuckDBPyConnection) -> None:
     report = ingest.ingest(con, [GOOD], quarantine_limit=LIMIT, now=NOW)
     assert [f.status for f in report.files] == ["loaded"] * 4

@@ -473,13 +473,16 @@ def record_lines(file: LandingFile, ordinals: Iterable[int]) -> dict[int, int]:
             _allow_fields_duckdb_reads()
             reader = csv.reader(handle)
             ordinal = -1  # the header is record 0
+            ended = 0  # the line the record before ended on
             for row in reader:
+                # A record is named by the line it starts on (a quoted value may run
+                # over several: line_num is where it ended), as the snooze reader does.
+                starts, ended = ended + 1, reader.line_num
                 if not row:
                     continue
                 ordinal += 1
                 if ordinal in wanted:
-                    # line_num is the line where the record ended; records rarely span lines.
-                    result[ordinal] = reader.line_num
+                    result[ordinal] = starts
                 if ordinal >= last:
                     break
         else:
