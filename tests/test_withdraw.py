@@ -70,7 +70,7 @@ def test_withdrawing_by_phase_and_kind_takes_back_only_what_is_queued(
     assert audit == (
         "emails_withdrawn",
         "rm",
-        {"count": 1, "in_flight": 0, "phase": "top-100", "email": "phase_notice"},
+        {"count": 1, "in_flight": 0, "phase": "top-100", "email": "phase_notice", "occasion": None},
     )
 
 

@@ -67,7 +67,14 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
     with pytest.MonkeyPatch.context() as mp:
         without_rollout_settings(mp)
         mp.setenv("ROLLOUT_HOME", str(path))
-        mp.setenv("ROLLOUT_PLAN", str(ROOT / "plans" / "npm-2022.yaml"))
+        # The reference plan with high-impact fixed from top-100's day: the module's one
+        # daily run (2022-02-01) builds both cohorts (none is built before its phase's
+        # cohort_as_of), and the notify tests reach high-impact's members.
+        plan = path.parent / "npm-2022.yaml"
+        text = (ROOT / "plans" / "npm-2022.yaml").read_text()
+        assert "cohort_as_of: 2022-03-14" in text
+        plan.write_text(text.replace("cohort_as_of: 2022-03-14", "cohort_as_of: 2022-01-03"))
+        mp.setenv("ROLLOUT_PLAN", str(plan))
         settings = load_settings()
         generate_sample(
             "tiny", 7, registry=Registry(settings.registry_url), landing_dir=settings.landing_dir
