@@ -26,7 +26,7 @@ from flows.common import (
     with_runtime,
 )
 from flows.metrics import metrics
-from rollout.cohorts import CohortResult, build_cohorts
+from rollout.cohorts import CohortResult, build_cohorts, cohorts_not_fixed_yet
 from rollout.core.output import labelled_rows
 
 ENTERED_LISTED = 20
@@ -58,9 +58,13 @@ def entered_list(packages: Sequence[str], limit: int = ENTERED_LISTED) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
-def cohorts_markdown(as_of: date, results: Sequence[CohortResult]) -> str:
-    """The artifact: one table per cohort."""
+def cohorts_markdown(
+    as_of: date, results: Sequence[CohortResult], later: Sequence[str] = ()
+) -> str:
+    """The artifact: one table per cohort, and the cohorts not built before their day."""
     parts = [f"# Cohorts {as_of}"]
+    if later:
+        parts.append(f"Not built before their day: {cell(', '.join(later))}.")
     for r in results:
         # The cohort and the day are the heading's.
         rows = [(k, v) for k, v in labelled_rows(r) if k not in ("cohort", "as of")]
@@ -84,7 +88,7 @@ def cohorts(
     day = day_or_today(as_of)
     results = build_all_cohorts(day, allow_gaps, run_actor(runtime().settings), refresh_registry)
     create_markdown_artifact(
-        markdown=cohorts_markdown(day, results),
+        markdown=cohorts_markdown(day, results, cohorts_not_fixed_yet(runtime().plan, day)),
         key=artifact_key("cohorts", day),
         description=f"Cohorts for {day}",
     )

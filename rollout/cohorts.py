@@ -573,6 +573,16 @@ def cohorts_built_on(plan: Plan, as_of: date, named: list[str] | None = None) ->
     ]
 
 
+def cohorts_not_fixed_yet(plan: Plan, as_of: date) -> list[str]:
+    """What a build on ``as_of`` leaves out, said for a person: "high-impact (fixed from
+    2022-03-14 by phase high-impact)" for each cohort whose day has not come."""
+    return [
+        f"{name} (fixed from {fixed[0]} by phase {fixed[1]})"
+        for name in plan.cohorts
+        if (fixed := plan.cohort_fixed_from(name)) is not None and as_of < fixed[0]
+    ]
+
+
 def build_cohorts(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,

@@ -150,6 +150,13 @@ def test_metrics_and_cohorts_from_the_command_line(rollout_home: Path) -> None:
     assert built.exit_code == 0, built.stderr
     sizes = {row["cohort"]: row for row in json.loads(built.stdout)}
     assert sizes["top-100"]["packages"] == 100
+    # high-impact is fixed from its phase's day (2022-03-14): left out, and said so.
+    assert set(sizes) == {"top-100"}
+    assert "not built before their day: high-impact (fixed from 2022-03-14 by phase " in (
+        " ".join(built.stderr.split())
+    )
+    named = run("cohorts", "build", "--as-of", "2022-02-01", "--cohort", "high-impact")
+    assert named.exit_code == 2 and "cohort high-impact is fixed from 2022-03-14" in named.stderr
     shown = run("cohorts", "show", "top-100", "--without-2fa", "--format", "json")
     accounts = json.loads(shown.stdout)
     assert len(accounts) == sizes["top-100"]["without_2fa"]

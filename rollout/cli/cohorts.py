@@ -69,7 +69,7 @@ def cohorts_build(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Add the packages that qualify on a day to their cohorts; derive the accounts."""
-    from rollout.cohorts import build_cohorts
+    from rollout.cohorts import build_cohorts, cohorts_not_fixed_yet
 
     runtime = _runtime(ctx)
     settings, day = runtime.settings, _data_day(as_of, "--as-of")
@@ -84,6 +84,9 @@ def cohorts_build(
             allow_gaps=allow_gaps,
         )
     emit([r.summary() for r in results], fmt, title=f"cohorts {day}")
+    later = cohorts_not_fixed_yet(runtime.plan, day) if not cohort else []
+    if later:
+        stderr.print(f"not built before their day: {', '.join(later)}", highlight=False)
 
 
 @cohorts_app.command("show")

@@ -246,6 +246,26 @@ def test_cohorts_markdown_lists_at_most_20_entered_packages() -> None:
     assert entered_list([]) == "none"
 
 
+def test_cohorts_markdown_names_the_cohorts_not_built_before_their_day() -> None:
+    """A daily run before a phase's cohort_as_of builds no cohort of it: an artifact
+    with no table would read as a build that found nothing."""
+    from rollout.cohorts import cohorts_not_fixed_yet
+    from rollout.core.plan import load_plan
+
+    plan = load_plan(ROOT / "plans" / "npm-2022.yaml")
+    later = cohorts_not_fixed_yet(plan, date(2022, 1, 2))
+    assert later == [
+        "top-100 (fixed from 2022-01-03 by phase top-100)",
+        "high-impact (fixed from 2022-03-14 by phase high-impact)",
+    ]
+    assert cohorts_not_fixed_yet(plan, date(2022, 3, 14)) == []
+    markdown = cohorts_markdown(date(2022, 1, 2), [], later)
+    # (Markdown's escapes: a name is data.)
+    assert "Not built before their day: top-100 \\(fixed from 2022-01-03 by phase top-100\\)" in (
+        markdown
+    )
+
+
 def test_artifact_keys_are_lowercase_letters_digits_and_dashes() -> None:
     assert artifact_key("metrics", DAY) == "metrics-2022-02-01"
 
