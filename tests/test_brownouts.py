@@ -430,3 +430,37 @@ def test_a_heads_up_gives_the_window_as_scheduled_in_the_registry(
     with on_the_morning_of(in_five_days.date() - timedelta(days=2)):
         queue_due(registry, moved, in_five_days.date() - timedelta(days=2), actor="rm")
     assert {told for _, _, told in heads_ups(registry).values()} == {in_five_days.isoformat()}
+
+
+def test_a_window_whose_heads_up_went_is_not_moved_unannounced(
+    registry: Registry, plan: Plan, accounts: dict[str, int]
+) -> None:
+    """The heads-ups told kim and max the window's times (queued, they hold them too);
+    none goes again, so `brownout schedule` of a moved window brought the rehearsal a
+    day early unannounced. Refused, naming the way: cancel it, plan another."""
+    from rollout.notify.queue import queue_due
+
+    in_five_days = utc_now().replace(microsecond=0) + timedelta(days=5)
+    drill = plan.model_copy(
+        update={"brownouts": [Brownout(name="drill", starts_at=in_five_days)], "elv": None}
+    )
+    brownouts.schedule(registry, drill, actor="rm")
+    earlier = drill.model_copy(
+        update={"brownouts": [Brownout(name="drill", starts_at=in_five_days - timedelta(days=1))]}
+    )
+    # Before any heads-up, the window moves (and back).
+    assert brownouts.schedule_preview(registry, earlier)[0][1].startswith("move to")
+    heads_up_day = in_five_days.date() - timedelta(days=3)
+    with on_the_morning_of(heads_up_day):
+        queue_due(registry, drill, heads_up_day, actor="rm")
+    [(window_name, what)] = brownouts.schedule_preview(registry, earlier)
+    assert window_name == "drill"
+    assert what == (
+        "refused: its heads-up went (or is queued) to 2 accounts, telling them "
+        f"{in_five_days:%Y-%m-%d %H:%M} + 24 h; cancel it (`rollout brownout end drill`) and "
+        "plan the new window under another name, which gets a heads-up of its own"
+    )
+    with pytest.raises(GuardRefused, match="drill: refused: its heads-up went"):
+        brownouts.schedule(registry, earlier, actor="rm")
+    [window] = brownouts.status(registry)
+    assert window.starts_at == in_five_days

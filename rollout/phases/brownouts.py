@@ -22,6 +22,7 @@ from rollout.core.clock import naive_utc
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import Brownout, Plan
 from rollout.notify.emails import HEADS_UP_EMAIL
+from rollout.notify.outbox import NOTIFICATIONS
 from rollout.notify.withdraw import Selection, withdraw_queued
 from rollout.registry import Registry
 from rollout.registry.engine import begin_writing
@@ -107,6 +108,7 @@ def _schedule_changes(
     """Each brown-out of the plan, its window as stored now (None: none yet), and what
     scheduling would do with it."""
     existing = {w.name: w for w in status(registry)}
+    told = _heads_ups_sent(registry, [b.name for b in plan.brownouts])
     changes = []
     for planned in plan.brownouts:
         current = existing.get(planned.name)
@@ -117,10 +119,42 @@ def _schedule_changes(
             what = f"unchanged ({current.state})"
         elif current.state != "scheduled":
             what = f"refused: already {current.state}, cannot move"
+        elif told.get(planned.name):
+            # Its heads-up told accounts the window as it is (or is queued to, with its
+            # times); none goes again (one per account and brown-out), so the move
+            # would come unannounced.
+            what = (
+                f"refused: its heads-up went (or is queued) to {told[planned.name]} accounts, "
+                "telling them "
+                f"{current.starts_at:%Y-%m-%d %H:%M} + "
+                f"{round((current.ends_at - current.starts_at).total_seconds() / 3600)} h; "
+                f"cancel it (`rollout brownout end {planned.name}`) and plan the new window "
+                "under another name, which gets a heads-up of its own"
+            )
         else:
             what = f"move to {window[0]:%Y-%m-%d %H:%M} + {planned.hours} h"
         changes.append((planned, current, what))
     return changes
+
+
+def _heads_ups_sent(registry: Registry, names: list[str]) -> dict[str, int]:
+    """{brown-out: heads-ups sent, being sent or queued} of ``names``: the accounts told
+    its window, or to be told it with the times their queued email holds."""
+    if not names:
+        return {}
+    n = NOTIFICATIONS.c
+    with registry.engine.connect() as connection:
+        return dict(
+            connection.execute(
+                select(n.occasion, func.count())
+                .where(
+                    n.email == HEADS_UP_EMAIL,
+                    n.state.in_(("queued", "sending", "sent")),
+                    n.occasion.in_(names),
+                )
+                .group_by(n.occasion)
+            ).all()
+        )
 
 
 def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, str]]:
