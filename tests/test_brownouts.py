@@ -464,3 +464,39 @@ def test_a_window_whose_heads_up_went_is_not_moved_unannounced(
         brownouts.schedule(registry, earlier, actor="rm")
     [window] = brownouts.status(registry)
     assert window.starts_at == in_five_days
+
+
+def test_enroll_all_moved_earlier_after_its_heads_ups_waits_for_the_day_they_told(
+    registry: Registry, plan: Plan, accounts: dict[str, int]
+) -> None:
+    """The heads-ups (sent 2022-02-22) told kim and max "from Tuesday 1 March"; the plan
+    then moved enroll_all_on to 25 February, and enrol-all on the 25th met them with
+    login challenges before the day they were given. It waits for it (--early to
+    enrol anyway), and plan check says so."""
+    from rollout.notify.drain import drain
+    from rollout.notify.queue import queue_due
+    from rollout.phases.drift import plan_drift
+    from tests.support.outbox import Recording
+
+    elv_only = plan.model_copy(update={"brownouts": [], "phases": plan.phases[:1]})
+    with on_the_morning_of(date(2022, 2, 22)):
+        queue_due(registry, elv_only, date(2022, 2, 22), actor="rm")
+        drain(registry, elv_only, Recording())
+    assert brownouts.elv_day_told(registry) == date(2022, 3, 1)
+    assert elv_only.elv is not None
+    earlier = elv_only.model_copy(
+        update={"elv": elv_only.elv.model_copy(update={"enroll_all_on": date(2022, 2, 25)})}
+    )
+    _, warnings = plan_drift(registry, earlier)
+    assert (
+        "elv: the heads-ups sent told accounts they would be enrolled on 2022-03-01, the "
+        "plan now says 2022-02-25 (`elv enroll-all` refuses before the date told)"
+    ) in warnings
+    with (
+        use_clock(SimulatedClock(datetime(2022, 2, 25, 9))),
+        pytest.raises(GuardRefused, match="told accounts they would be enrolled on 2022-03-01"),
+    ):
+        brownouts.enroll_all(registry, earlier, actor="rm")
+    assert set(_enrolled_at(registry).values()) == {None}
+    with use_clock(SimulatedClock(datetime(2022, 3, 1, 9))):
+        assert brownouts.enroll_all(registry, earlier, actor="rm") == 3

@@ -133,7 +133,7 @@ def elv_enroll_all(
     stderr.print(f"{pending:,} accounts are not enrolled in ELV yet", highlight=False)
     if not apply:
         try:
-            enroll_all_guard(plan, utc_now().date(), early=early)
+            enroll_all_guard(plan, utc_now().date(), early=early, registry=runtime.registry)
         except GuardRefused as refused:
             if plan.elv is None:
                 raise  # nothing to preview

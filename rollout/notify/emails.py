@@ -24,6 +24,8 @@ ContextFunction = Callable[["Recipient", Mapping[str, Any], Plan], dict[str, Any
 ENFORCEMENT_EMAIL = "enforcement_notice"
 # The email ahead of a brown-out (its occasion: the brown-out's name).
 HEADS_UP_EMAIL = "brownout_heads_up"
+# The email ahead of ELV for all (its context: the day it tells, ``enrolled_on``).
+ELV_HEADS_UP_EMAIL = "elv_enrollment"
 # Effects that stop no one signing in or publishing (a banner, new TOTP set-ups
 # closed): a phase of only these recommends.
 RECOMMENDING_EFFECTS = frozenset({"warn", "close_totp_enrolment"})
@@ -300,7 +302,7 @@ def brownout_heads_up(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> di
 
 
 @email(
-    "elv_enrollment",
+    ELV_HEADS_UP_EMAIL,
     "every login will need an emailed code from this day on",
     when_compliant="skip",
 )

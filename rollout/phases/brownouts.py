@@ -21,7 +21,7 @@ from rollout.core.calendar import BROWNOUTS_SCHEDULE_STEP, ENROLL_ALL_STEP
 from rollout.core.clock import naive_utc
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import Brownout, Plan
-from rollout.notify.emails import HEADS_UP_EMAIL
+from rollout.notify.emails import ELV_HEADS_UP_EMAIL, HEADS_UP_EMAIL
 from rollout.notify.outbox import NOTIFICATIONS
 from rollout.notify.withdraw import Selection, withdraw_queued
 from rollout.registry import Registry
@@ -331,11 +331,14 @@ def end_now(registry: Registry, name: str, *, actor: str, reason: str) -> Window
     return _change_window(registry, name, actor, reason, _end_values, "brownout_ended")
 
 
-def enroll_all_guard(plan: Plan, today: date, *, early: bool = False) -> None:
-    """Refuse ELV for all under a plan without it, or before its ``enroll_all_on``
-    (unless ``early``): enrolled ahead of the day, the accounts its heads-up was to warn
-    are met by login challenges unannounced, and the heads-up's audience (accounts
-    without 2FA nor ELV) is then empty, so it never goes."""
+def enroll_all_guard(
+    plan: Plan, today: date, *, early: bool = False, registry: Registry | None = None
+) -> None:
+    """Refuse ELV for all under a plan without it, or before its ``enroll_all_on``, or
+    before a later day its sent heads-ups told (``enroll_all_on`` moved earlier since;
+    read from ``registry``), unless ``early``: enrolled ahead of the day, the accounts
+    its heads-up was to warn are met by login challenges unannounced, and the heads-up's
+    audience (accounts without 2FA nor ELV) is then empty, so it never goes."""
     if plan.elv is None:
         raise GuardRefused(
             f"plan {plan.name} has no elv section: it enrols nobody in enhanced login "
@@ -348,6 +351,30 @@ def enroll_all_guard(plan: Plan, today: date, *, early: bool = False) -> None:
             f"{today}: its heads-up tells accounts that date. Wait, move enroll_all_on "
             "in the plan, or pass --early to enrol them anyway"
         )
+    told = elv_day_told(registry) if registry is not None else None
+    if told is not None and today < told and not early:
+        raise GuardRefused(
+            f"the ELV heads-ups sent told accounts they would be enrolled on {told}, and "
+            f"today is {today} (the plan now says {due}): enrolling now challenges them "
+            "before the date they were given. Wait, or pass --early to enrol them anyway"
+        )
+
+
+def elv_day_told(registry: Registry) -> date | None:
+    """The latest enrolment day the sent ELV heads-ups gave, if any."""
+    n = NOTIFICATIONS.c
+    day = n.context["enrolled_on"].as_string()
+    with registry.engine.connect() as connection:
+        told = connection.execute(
+            select(day).where(n.email == ELV_HEADS_UP_EMAIL, n.state == "sent").group_by(day)
+        ).scalars()
+        days = []
+        for value in told:
+            try:
+                days.append(date.fromisoformat(str(value)))
+            except ValueError:
+                continue  # a row without the day: nothing told to hold to
+    return max(days, default=None)
 
 
 def enroll_all(
@@ -367,7 +394,7 @@ def enroll_all(
     if batch_size < 1:
         # 0 would enrol nobody and report success; a negative LIMIT means no limit.
         raise BadInput(None, None, f"batch size {batch_size}: must be at least 1")
-    enroll_all_guard(plan, utc_now().date(), early=early)
+    enroll_all_guard(plan, utc_now().date(), early=early, registry=registry)
     with registry.lock("elv"):
         engine = registry.engine
         with engine.connect() as connection:

@@ -217,6 +217,20 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
                 "deadline still counts it, and its reminders would not (they look as far as "
                 f"snooze_days); keep snooze_days at {longest} or more"
             )
+    if plan.elv is not None:
+        from rollout.phases.brownouts import elv_day_told
+
+        told_elv = elv_day_told(registry)
+        if told_elv is not None and told_elv != plan.elv.enroll_all_on:
+            warnings.append(
+                f"elv: the heads-ups sent told accounts they would be enrolled on {told_elv}, "
+                f"the plan now says {plan.elv.enroll_all_on}"
+                + (
+                    " (`elv enroll-all` refuses before the date told)"
+                    if told_elv > plan.elv.enroll_all_on
+                    else ""
+                )
+            )
     for username in exempt:
         if username not in known:
             warnings.append(
