@@ -475,14 +475,14 @@ def test_enroll_all_moved_earlier_after_its_heads_ups_waits_for_the_day_they_tol
     enrol anyway), and plan check says so."""
     from rollout.notify.drain import drain
     from rollout.notify.queue import queue_due
-    from rollout.phases.drift import plan_drift
+    from rollout.phases.drift import elv_day_told, plan_drift
     from tests.support.outbox import Recording
 
     elv_only = plan.model_copy(update={"brownouts": [], "phases": plan.phases[:1]})
     with on_the_morning_of(date(2022, 2, 22)):
         queue_due(registry, elv_only, date(2022, 2, 22), actor="rm")
         drain(registry, elv_only, Recording())
-    assert brownouts.elv_day_told(registry) == date(2022, 3, 1)
+    assert elv_day_told(registry) == date(2022, 3, 1)
     assert elv_only.elv is not None
     earlier = elv_only.model_copy(
         update={"elv": elv_only.elv.model_copy(update={"enroll_all_on": date(2022, 2, 25)})}

@@ -42,8 +42,20 @@ __all__ = ["ids"]  # a fixture, used by name
 
 NOW = 1_700_000_000
 EVENTS = [
-    {"email": "ann@example.com", "event": "delivered", "outbox_id": "7", "timestamp": NOW},
-    {"email": "bob@example.com", "event": "bounce", "outbox_id": "8", "timestamp": NOW},
+    {
+        "sg_event_id": "ev-ann",
+        "email": "ann@example.com",
+        "event": "delivered",
+        "outbox_id": "7",
+        "timestamp": NOW,
+    },
+    {
+        "sg_event_id": "ev-bob",
+        "email": "bob@example.com",
+        "event": "bounce",
+        "outbox_id": "8",
+        "timestamp": NOW,
+    },
 ]
 
 
@@ -183,15 +195,40 @@ def test_an_oversized_post_is_refused_before_it_is_read(
     assert written(tmp_path) == []
 
 
-# An empty array too: ingest would refuse that file every day.
-@pytest.mark.parametrize(
-    "body", [b'{"event": "delivered"}', b"[1, 2]", b"[]", b"not json", b"\xff\xfe"]
-)
+# An empty array too: ingest would refuse that file every day. So would a key twice in
+# an event, or a post of events without their id; nesting past the parser was a 500.
+EVENT = '"sg_event_id": "e1", "event": "delivered", "timestamp": 1, "email": "x@example.com"'
+REFUSED_SHAPES = {
+    b'{"event": "delivered"}': "the body is not a JSON array of events",
+    b"[1, 2]": "the body is not a JSON array of events",
+    b"[]": "the post has no events",
+    b"not json": "the body is not a JSON array of events",
+    b"\xff\xfe": None,  # not UTF-8: its signature cannot verify (401)
+    f'[{{{EVENT}, "event": "bounce"}}]'.encode(): (
+        "the body is not JSON ingest reads: key 'event' appears twice in one object"
+    ),
+    b'[{"event": "delivered", "timestamp": 1, "email": "x@example.com"}]': (
+        "an event has no sg_event_id"
+    ),
+    f"[{{{EVENT.replace(chr(34) + 'e1' + chr(34), chr(34) * 2)}}}]".encode(): (
+        "an event has no sg_event_id"
+    ),
+    # Deeper than Python's parser recurses, within the client's 4 KB.
+    b"[" * 2_000 + b"]" * 2_000: "the body is not a JSON array of events",
+}
+
+
+@pytest.mark.parametrize("body", list(REFUSED_SHAPES), ids=range(len(REFUSED_SHAPES)))
 def test_a_signed_post_of_another_shape_is_refused(
     client: httpx.Client, signer: WebhookSigner, tmp_path: Path, body: bytes
 ) -> None:
     answer = client.post(EVENTS_PATH, content=body, headers=signer.headers(body, NOW))
-    assert answer.status_code in (400, 401)
+    reason = REFUSED_SHAPES[body]
+    if reason is None:
+        assert answer.status_code == 401
+    else:
+        assert answer.status_code == 400
+        assert reason in answer.text
     assert written(tmp_path) == []
 
 

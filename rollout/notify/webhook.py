@@ -28,7 +28,6 @@ import asyncio
 import binascii
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import re
@@ -44,6 +43,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from rollout.core.config import webhook_public_key
+from rollout.warehouse.landing import RefusedPost, events_in_post
 
 log = logging.getLogger(__name__)
 
@@ -159,18 +159,15 @@ def create_app(
             verified = False
         if not verified:
             return _refuse(401, "the signature does not verify")
+        # What ingest would refuse, landed, it would refuse every day: an empty post, a
+        # key twice in an event, an event without its id (a nested post was a 500).
         try:
-            events = json.loads(payload)
-        except ValueError:
-            events = None
-        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
-            return _refuse(400, "the body is not a JSON array of events")
-        if not events:
-            # Ingest refuses an empty file: landed, it would be refused every day.
-            return _refuse(400, "the post has no events")
+            received = events_in_post(payload)
+        except RefusedPost as refused:
+            return _refuse(400, str(refused))
         if not _write_atomically(folder, event_file_name(timestamp, body), body):
             return _refuse(409, "this signed post was received before")
-        return JSONResponse({"received": len(events)})
+        return JSONResponse({"received": received})
 
     async def health(_: Request) -> JSONResponse:
         return JSONResponse({"ok": True})

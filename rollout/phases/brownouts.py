@@ -21,9 +21,10 @@ from rollout.core.calendar import BROWNOUTS_SCHEDULE_STEP, ENROLL_ALL_STEP
 from rollout.core.clock import naive_utc
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import Brownout, Plan
-from rollout.notify.emails import ELV_HEADS_UP_EMAIL, HEADS_UP_EMAIL
+from rollout.notify.emails import HEADS_UP_EMAIL
 from rollout.notify.outbox import NOTIFICATIONS
 from rollout.notify.withdraw import Selection, withdraw_queued
+from rollout.phases.drift import elv_day_told
 from rollout.registry import Registry
 from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import (
@@ -358,23 +359,6 @@ def enroll_all_guard(
             f"today is {today} (the plan now says {due}): enrolling now challenges them "
             "before the date they were given. Wait, or pass --early to enrol them anyway"
         )
-
-
-def elv_day_told(registry: Registry) -> date | None:
-    """The latest enrolment day the sent ELV heads-ups gave, if any."""
-    n = NOTIFICATIONS.c
-    day = n.context["enrolled_on"].as_string()
-    with registry.engine.connect() as connection:
-        told = connection.execute(
-            select(day).where(n.email == ELV_HEADS_UP_EMAIL, n.state == "sent").group_by(day)
-        ).scalars()
-        days = []
-        for value in told:
-            try:
-                days.append(date.fromisoformat(str(value)))
-            except ValueError:
-                continue  # a row without the day: nothing told to hold to
-    return max(days, default=None)
 
 
 def enroll_all(

@@ -33,6 +33,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, and_, case, func, or_, select
 
 from rollout.core.plan import Phase, Plan
+from rollout.notify.emails import ELV_HEADS_UP_EMAIL
 from rollout.notify.outbox import NOTIFICATIONS, RUN_DAY
 from rollout.registry import Registry
 from rollout.registry.models import Account, DeadlineSnooze, PhaseRequirement, PlanRun
@@ -218,8 +219,6 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
                 f"snooze_days); keep snooze_days at {longest} or more"
             )
     if plan.elv is not None:
-        from rollout.phases.brownouts import elv_day_told
-
         told_elv = elv_day_told(registry)
         if told_elv is not None and told_elv != plan.elv.enroll_all_on:
             warnings.append(
@@ -238,3 +237,20 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
                 "are exact): it exempts nobody"
             )
     return errors, warnings
+
+
+def elv_day_told(registry: Registry) -> date | None:
+    """The latest enrolment day the sent ELV heads-ups gave, if any."""
+    n = NOTIFICATIONS.c
+    day = n.context["enrolled_on"].as_string()
+    with registry.engine.connect() as connection:
+        told = connection.execute(
+            select(day).where(n.email == ELV_HEADS_UP_EMAIL, n.state == "sent").group_by(day)
+        ).scalars()
+        days = []
+        for value in told:
+            try:
+                days.append(date.fromisoformat(str(value)))
+            except ValueError:
+                continue  # a row without the day: nothing told to hold to
+    return max(days, default=None)

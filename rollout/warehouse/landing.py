@@ -1328,6 +1328,33 @@ EVENT_FIELDS = (
 )
 
 
+class RefusedPost(ValueError):
+    """A post of events that would be refused once landed: the reason."""
+
+
+def events_in_post(payload: str) -> int:
+    """The number of events of a post, or :class:`RefusedPost` with why it would be
+    refused once landed: what the Event Webhook receiver refuses before writing the
+    file, since a landed file ingest refuses is refused again every day. Not JSON (a key
+    twice in one object, nesting deeper than the parser goes), not an array of objects,
+    no events, or an event without one of the fields every event has (each such row is
+    bad, and a post of one event is all bad)."""
+    try:
+        events = _loads(payload)
+    except _DuplicateKey as error:
+        raise RefusedPost(f"the body is not JSON ingest reads: {error}") from None
+    except _JSON_ERRORS:
+        raise RefusedPost("the body is not a JSON array of events") from None
+    if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+        raise RefusedPost("the body is not a JSON array of events")
+    if not events:
+        raise RefusedPost("the post has no events")
+    for field in REQUIRED_COLUMNS["events"]:
+        if any(event.get(field) in (None, "") for event in events):
+            raise RefusedPost(f"an event has no {field}")
+    return len(events)
+
+
 def _json_kind(value: object) -> str:
     if isinstance(value, dict):
         return "an object"
