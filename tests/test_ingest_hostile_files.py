@@ -865,3 +865,66 @@ def test_a_refused_header_shows_the_start_of_what_it_found_not_all_of_it(
     assert "missing columns package, day, downloads (found: c0000, c0001" in message
     assert message.endswith("... (400 columns))")
     assert "c0399" not in message
+
+
+# --- lines longer than any landing line ----------------------------------------------
+
+
+def test_a_jsonl_line_longer_than_the_limit_is_refused_at_its_line_without_holding_it(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 14 MB .jsonl.gz held one line of 3 GB: DuckDB refused it, and the Python reader
+    naming the line read it whole, past 6 GB. The line is refused at its number, held
+    no further than the limit (here 64 KB, as 16 MB is in use)."""
+    from rollout.warehouse import landing
+
+    monkeypatch.setattr(landing, "LINE_LIMIT", 64 * 1024)
+    root = landing_with_a_good_file(tmp_path)
+    good = json.dumps({"name": "ok", "version": "1.0.0", "maintainers": ["ann"]}) + "\n"
+    huge = json.dumps({"name": "big", "version": "1.0.0", "readme": "x" * 200_000}) + "\n"
+    # Line 3 breaks the file for DuckDB: the Python reader then looks for the line.
+    text = good + huge + '{"name": "cut\n'
+    bomb = put(root, "manifests/manifests-2022-02-01.jsonl.gz", gzip.compress(text.encode()))
+    message = the_one_refused(run(con, root), bomb)
+    assert message == (
+        f"{bomb}:2: the line is longer than 65,536 characters: more than a landing line may "
+        "be (the file is refused whole)"
+    )
+
+
+def test_a_csv_line_longer_than_duckdb_reads_is_named_not_called_empty(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB stages nothing of a CSV whose data line is tens of MB long: the file was
+    refused as "no rows: the file is empty"."""
+    from rollout.warehouse import landing
+
+    monkeypatch.setattr(landing, "CSV_LINE_LIMIT", 1_000)
+    root = landing_with_a_good_file(tmp_path)
+    long = put(
+        root,
+        "downloads/downloads-2022-02-05.csv",
+        b"package,day,downloads\n" + b"x" * 5_000 + b",2022-02-05,1\n",
+    )
+    assert landing.no_rows(landing.classify(long)).line == 2
+    assert landing.no_rows(landing.classify(long)).reason.startswith(
+        "the line is longer than 1,000 characters"
+    )
+    empty = put(tmp_path, "downloads/downloads-2022-02-06.csv", b"package,day,downloads\n")
+    assert landing.no_rows(landing.classify(empty)).reason == "no rows: the file is empty"
+
+
+def test_a_json_document_over_the_limit_is_refused_before_it_is_held(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rollout.warehouse import landing
+
+    monkeypatch.setattr(landing, "DOCUMENT_LIMIT", 1_000)
+    root = landing_with_a_good_file(tmp_path)
+    ranges = [{"package": f"p{n}", "day": "2022-02-07", "downloads": n} for n in range(100)]
+    big = put(root, "downloads/downloads-2022-02-07.json", json.dumps(ranges).encode())
+    message = the_one_refused(run(con, root), big)
+    assert message == (
+        f"{big}: over 1,000 characters of JSON, which ingest reads whole: write it as JSON "
+        "lines (.jsonl) or Parquet"
+    )

@@ -415,7 +415,7 @@ def _ingest_new(
     )
     rows_bad, rows_duplicate = counts if counts else (0, 0)
     if rows_read == 0:
-        raise BadInput(file.path, None, "no rows: the file is empty")
+        raise landing.no_rows(file)
     if rows_bad / rows_read > quarantine_limit:
         raise FileRejected(
             file.path,

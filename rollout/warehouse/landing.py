@@ -408,16 +408,79 @@ def _damaged_stream(path: Path) -> BadInput | None:
     return None
 
 
+# The most of one line the Python readers hold (DuckDB's maximum_object_size for
+# JSON): a compressed file of a few MB may hold one line of gigabytes, which read
+# whole ran ingest out of memory. A longer line is refused at its number.
+LINE_LIMIT = 16 * 1024 * 1024
+# DuckDB's CSV reader takes lines of up to 2,000,000 bytes (its max_line_size).
+CSV_LINE_LIMIT = 2_000_000
+# The most of a ``.json`` document (read whole: a JSON array) the Python readers hold.
+DOCUMENT_LIMIT = 256 * 1024 * 1024
+
+
 def _byte_lines(stream: IO[bytes]) -> Iterator[bytes]:
     """A binary stream's lines, without their line feeds. Read in chunks: pyarrow's
     zstd stream has no readline. (No UTF-8 sequence holds the line feed byte, so a line
-    of bytes decodes on its own.)"""
-    rest = b""
+    of bytes decodes on its own.) A line over ``LINE_LIMIT`` bytes comes as its first
+    ``LINE_LIMIT`` bytes, the rest passed over unheld."""
+    rest, skipping = b"", False
     while chunk := stream.read(1 << 20):
+        if skipping:
+            end = chunk.find(b"\n")
+            if end < 0:
+                continue
+            chunk, skipping = chunk[end + 1 :], False
         *lines, rest = (rest + chunk).split(b"\n")
         yield from lines
+        if len(rest) > LINE_LIMIT:
+            yield rest[:LINE_LIMIT]
+            rest, skipping = b"", True
     if rest:
         yield rest
+
+
+def text_lines(path: Path, handle: io.TextIOBase, limit: int | None = None) -> Iterator[str]:
+    """The lines of a text file open as ``handle``, each held whole only up to
+    ``limit`` characters (``LINE_LIMIT``): a longer one is ``BadInput`` at its number,
+    read no further."""
+    limit = LINE_LIMIT if limit is None else limit
+    number = 0
+    while line := handle.readline(limit + 1):
+        number += 1
+        if len(line) > limit and not line.endswith("\n"):
+            raise BadInput(
+                path,
+                number,
+                f"the line is longer than {limit:,} characters: more than a landing line "
+                "may be (the file is refused whole)",
+            )
+        yield line
+
+
+def no_rows(file: LandingFile) -> BadInput:
+    """Why a file staged no rows: a CSV line longer than DuckDB reads (it then stages
+    nothing, and a file of one such line read as "empty"), at its number; else empty."""
+    if file.format == "csv":
+        try:
+            with open_text(file.path) as handle:
+                for _ in text_lines(file.path, handle, CSV_LINE_LIMIT):
+                    pass
+        except BadInput as too_long:
+            return too_long
+    return BadInput(file.path, None, "no rows: the file is empty")
+
+
+def read_document(path: Path, handle: io.TextIOBase) -> str:
+    """A whole ``.json`` document, up to ``DOCUMENT_LIMIT`` characters."""
+    text = handle.read(DOCUMENT_LIMIT + 1)
+    if len(text) > DOCUMENT_LIMIT:
+        raise BadInput(
+            path,
+            None,
+            f"over {DOCUMENT_LIMIT:,} characters of JSON, which ingest reads whole: write "
+            "it as JSON lines (.jsonl) or Parquet",
+        )
+    return text
 
 
 def _not_utf8(path: Path, reason: str) -> BadInput:
@@ -431,6 +494,8 @@ def _not_utf8(path: Path, reason: str) -> BadInput:
                 try:
                     line.decode("utf-8")
                 except UnicodeDecodeError as error:
+                    if len(line) == LINE_LIMIT and error.start >= LINE_LIMIT - 3:
+                        continue  # a character cut where the line was (not a bad byte)
                     return BadInput(
                         path,
                         number,
@@ -471,7 +536,7 @@ def record_lines(file: LandingFile, ordinals: Iterable[int]) -> dict[int, int]:
     with open_text(file.path) as handle:
         if file.format == "csv":
             _allow_fields_duckdb_reads()
-            reader = csv.reader(handle)
+            reader = csv.reader(text_lines(file.path, handle, CSV_LINE_LIMIT))
             ordinal = -1  # the header is record 0
             ended = 0  # the line the record before ended on
             for row in reader:
@@ -487,7 +552,7 @@ def record_lines(file: LandingFile, ordinals: Iterable[int]) -> dict[int, int]:
                     break
         else:
             ordinal = 0
-            for number, line in enumerate(handle, start=1):
+            for number, line in enumerate(text_lines(file.path, handle), start=1):
                 if not line.strip():
                     continue
                 ordinal += 1
@@ -610,7 +675,7 @@ def _first_bad_json_line(file: LandingFile) -> BadInput | None:
     """
     try:
         with open_text(file.path) as handle:
-            for number, text in enumerate(handle, start=1):
+            for number, text in enumerate(text_lines(file.path, handle), start=1):
                 if not text.strip():
                     continue
                 try:
@@ -633,7 +698,7 @@ def _csv_header(file: LandingFile) -> list[str]:
     with open_text(file.path) as handle:
         try:
             _allow_fields_duckdb_reads()
-            for row in csv.reader(handle):
+            for row in csv.reader(text_lines(file.path, handle, CSV_LINE_LIMIT)):
                 if row:
                     return [c.strip() for c in row]
         # Bytes that are not UTF-8 are open_text's to name: the reader decodes 8 KB at
@@ -909,7 +974,7 @@ def _range_documents(file: LandingFile, *, exact_lines: bool = False) -> list[tu
     needed for the few objects that have a problem (:func:`_object_line`)."""
     with open_text(file.path) as handle:
         if file.format == "json":
-            text = handle.read()
+            text = read_document(file.path, handle)
             try:
                 if exact_lines:
                     return _json_documents(text)
@@ -922,7 +987,7 @@ def _range_documents(file: LandingFile, *, exact_lines: bool = False) -> list[tu
                 raise _json_refusal(file.path, None, error) from error
             return list(enumerate(document if isinstance(document, list) else [document], 1))
         documents = []
-        for number, line in enumerate(handle, start=1):
+        for number, line in enumerate(text_lines(file.path, handle), start=1):
             if not line.strip():
                 continue
             try:
@@ -1376,7 +1441,7 @@ def _events_parse_error(file: LandingFile, error: Exception) -> BadInput:
         )
     try:
         with open_text(file.path) as handle:
-            text = handle.read()
+            text = read_document(file.path, handle)
         documents = _json_documents(text)  # (a repeated key named by its object's line)
         array = text.startswith("[", _after_space(text, 0))
         document = [d for _, d in documents] if array else documents[0][1]
