@@ -330,6 +330,51 @@ def test_the_enforcement_notice_lists_the_tokens_the_phase_revoked(
     assert parsed["Subject"] == "New security requirements are in force for your account"
 
 
+def test_a_rerun_that_revokes_a_token_made_since_tells_its_owner_again(
+    registry: Registry, token_plan: Plan, factories: None, tmp_path: Path
+) -> None:
+    """The first run revoked ci-release and its notice went; a classic token made three
+    days later was revoked by a rerun, and its owner heard nothing (one notice per
+    account and phase). The rerun's own notice goes, once, even if the rerun repeats."""
+    from email import message_from_bytes, policy
+
+    from rollout.notify.drain import drain
+    from rollout.notify.senders import FileSender
+    from rollout.phases import enforce
+    from tests.factories import AccountFactory, TokenFactory
+
+    holder = AccountFactory(username="holder", with_totp=True, in_cohort="top-100")
+    TokenFactory(account=holder, name="ci-release", kind="automation")
+    day = token_plan.phase("top-100").enforce_on
+    outbox = FileSender(tmp_path / "outbox")
+    with use_clock(SimulatedClock(datetime.combine(day, time(12)))):
+        enforce.enforce_phase(
+            registry, token_plan, "top-100", expect=1, expect_tokens=1, actor="rm"
+        )
+        assert drain(registry, token_plan, outbox).sent == 1
+    later = datetime.combine(day + timedelta(days=3), time(12))
+    TokenFactory(account=holder, name="ci-again", kind="automation", created_at=later)
+    with use_clock(SimulatedClock(later + timedelta(hours=1))):
+        again = enforce.enforce_phase(
+            registry, token_plan, "top-100", expect=1, expect_tokens=1, actor="rm"
+        )
+        assert (again.tokens_revoked, again.emails_queued) == (1, 1)
+        assert drain(registry, token_plan, outbox).sent == 1
+        # Nothing left to revoke: a third run changes nothing and tells no one.
+        third = enforce.preview_phase(registry, token_plan, token_plan.phase("top-100"))
+        assert third.token_count == 0
+    texts = [
+        words(
+            message_from_bytes(p.read_bytes(), policy=policy.default)
+            .get_body(("plain",))
+            .get_content()
+        )
+        for p in sorted((tmp_path / "outbox").iterdir())
+    ]
+    assert len(texts) == 2
+    assert "ci-again" in texts[1]
+
+
 @pytest.mark.parametrize("phase", ["totp-closed", "recommended"])
 def test_a_phase_that_stops_no_one_recommends_and_asks_no_action(phase: str) -> None:
     """npm 2025's totp-closed only closes new TOTP set-ups, RubyGems' recommended only

@@ -37,6 +37,7 @@ from sqlalchemy import (
     select,
     table,
     text,
+    true,
     update,
 )
 
@@ -715,6 +716,70 @@ def _queue_enforcement_emails(batch: _Batch) -> int:
     )
 
 
+def _queue_notices_of_tokens_revoked_again(batch: _Batch) -> int:
+    """An enforcement email of this run to each account whose tokens it revoked that an
+    earlier run of the phase had told already: a token made since, which the phase
+    forbids, is revoked by a rerun, and the notice sent before (one per account and
+    phase) blocked any other, so its owner was never told. Keyed by this run (its
+    occasion), so a rerun of this batch queues none twice."""
+    n = NOTIFICATIONS.c
+    told_before = exists().where(
+        and_(
+            n.account_id == TOKENS.c.account_id,
+            n.email == ENFORCEMENT_EMAIL,
+            n.phase == batch.phase.name,
+            n.occasion == "",
+            n.run_id != batch.run_id,
+            # Still queued, it lists this run's tokens too: rendered when it goes.
+            n.state != "queued",
+        )
+    )
+    revoked_now = (
+        select(TOKENS.c.account_id)
+        .where(
+            and_(
+                TOKENS.c.revoked_at == batch.now,
+                TOKENS.c.revoked_reason == batch.reason[:300],
+                batch.among(TOKENS.c.account_id),
+                told_before,
+            )
+        )
+        .distinct()
+        .subquery()
+    )
+    insert = dialect_insert(batch.connection, NOTIFICATIONS)
+    return _changed(
+        batch.connection,
+        insert.from_select(
+            [
+                "account_id",
+                "email",
+                "phase",
+                "occasion",
+                "state",
+                "context",
+                "attempts",
+                "run_id",
+                "created_at",
+                "updated_at",
+            ],
+            select(
+                revoked_now.c.account_id,
+                literal(ENFORCEMENT_EMAIL),
+                literal(batch.phase.name),
+                literal(f"run:{batch.run_id}"),
+                literal("queued"),
+                literal({"phase": batch.phase.name, "cohort": batch.phase.cohort}, JSON),
+                literal(0),
+                literal(batch.run_id),
+                literal(batch.now, DateTime),
+                literal(batch.now, DateTime),
+            ).where(true()),  # SQLite parses ON CONFLICT after a SELECT only past a WHERE
+        ).on_conflict_do_nothing(index_elements=["account_id", "email", "phase", "occasion"]),
+        NOTIFICATIONS.c.id,
+    )
+
+
 def _revoke_sessions(batch: _Batch) -> int:
     """The live web sessions of the accounts that lack the factor."""
     return _update_audited(
@@ -841,6 +906,8 @@ def _enforce_batch(
         if phase.does("revoke_tokens")
         else 0
     )
+    if tokens:
+        queued += _queue_notices_of_tokens_revoked_again(batch)
     return BatchOutcome(
         accounts_required=required,
         accounts_flagged=flagged,
