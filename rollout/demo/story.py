@@ -1100,9 +1100,13 @@ def _did(phase: Any, result: Any) -> str:
 
 def _shares(con: Any, start: date, end: date) -> dict[str, tuple[float | None, float | None]]:
     """Each population's 2FA share on the start (its last day up to then, else its first)
-    and on the end (its last day up to then), from ``adoption_daily``."""
+    and on the end (its last day up to then), from ``adoption_daily``. A cohort's days
+    before its first member are none of its own (they read "0% -> 96%")."""
     rows = con.execute(
-        "select population, day, share from adoption_daily where day <= ? order by day",
+        "select population, day, share from adoption_daily where day <= ? and "
+        "(population = 'all' or accounts > 0 or day > (select min(day) from adoption_daily "
+        "as first where first.population = adoption_daily.population and first.accounts > 0)) "
+        "order by day",
         [end],
     ).fetchall()
     shares: dict[str, tuple[float | None, float | None]] = {}

@@ -203,7 +203,13 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
             continue
         share = finite(row["share"], default=-1.0)
         row["share"] = share if 0.0 <= share <= 1.0 else _share(row["with_2fa"], row["accounts"])
-        by_population.setdefault(str(row["population"]), []).append(row)
+        population = str(row["population"])
+        if population != "all" and _int(row["accounts"]) == 0 and population not in by_population:
+            # A cohort before its first build has no one: not a share of 0%. Its line,
+            # its changes ("+48.8 pp in 7 days" against such a day) and its rows start
+            # with its first member; a cohort no build has filled yet is not shown.
+            continue
+        by_population.setdefault(population, []).append(row)
     order = _population_order(plan, list(by_population))
     data_through = max((r["day"] for r in rows if r["day"] is not None), default=None)
 
