@@ -375,6 +375,56 @@ def test_a_rerun_that_revokes_a_token_made_since_tells_its_owner_again(
     assert "ci-again" in texts[1]
 
 
+def test_a_rollback_keeps_the_email_of_an_account_whose_tokens_were_revoked(
+    registry: Registry, plan: Plan, factories: None, tmp_path: Path
+) -> None:
+    """Rolled back before its emails went: holder's token stays revoked (a token cannot
+    be restored), and withdrawing its enforcement email left holder's CI broken and
+    unexplained. That email goes, saying the step was rolled back since; the email of an
+    account the phase revoked nothing of (no-2fa, only required) is withdrawn as before."""
+    from email import message_from_bytes, policy
+
+    from rollout.core.plan import Phase
+    from rollout.notify.drain import drain
+    from rollout.notify.senders import FileSender
+    from rollout.phases import enforce
+    from tests.factories import AccountFactory, TokenFactory
+
+    phase = plan.phase("top-100")
+    both = Phase.model_validate(
+        {
+            **phase.model_dump(),
+            "requires": {"two_factor": "any", "no_classic_tokens": True},
+            "effects": ["require_2fa", "revoke_tokens"],
+            "max_tokens": 100,
+        }
+    )
+    both_plan = plan.model_copy(update={"phases": [both, *plan.phases[1:]]})
+    holder = AccountFactory(username="holder", with_totp=True, in_cohort="top-100")
+    TokenFactory(account=holder, name="ci-release", kind="automation")
+    AccountFactory(username="no-2fa", in_cohort="top-100")
+    with use_clock(SimulatedClock(datetime.combine(both.enforce_on, time(12)))):
+        result = enforce.enforce_phase(
+            registry, both_plan, "top-100", expect=2, expect_tokens=1, actor="rm"
+        )
+        assert (result.accounts_required, result.tokens_revoked) == (2, 1)
+    with use_clock(SimulatedClock(datetime.combine(both.enforce_on, time(13)))):
+        back = enforce.rollback_phase(registry, both_plan, "top-100", actor="rm")
+        assert back.emails_withdrawn == 1
+        assert drain(registry, both_plan, FileSender(tmp_path / "outbox")).sent == 1
+    [path] = (tmp_path / "outbox").iterdir()
+    message = message_from_bytes(path.read_bytes(), policy=policy.default)
+    assert message["To"].addresses[0].username == "holder"
+    text = words(message.get_body(("plain",)).get_content())
+    assert "- ci-release, automation" in text
+    assert (
+        "The registry has since rolled this step back: what it required no longer applies, "
+        "but a revoked token cannot be restored." in text
+    )
+    html = message.get_body(("html",)).get_content()
+    assert "The registry has since rolled this step back" in html
+
+
 @pytest.mark.parametrize("phase", ["totp-closed", "recommended"])
 def test_a_phase_that_stops_no_one_recommends_and_asks_no_action(phase: str) -> None:
     """npm 2025's totp-closed only closes new TOTP set-ups, RubyGems' recommended only

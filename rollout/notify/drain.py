@@ -359,6 +359,7 @@ class _Standing:
     deadline: date | None = None
     snoozed: bool = False  # its own deadline was postponed on request
     stricter: Stricter | None = None  # Recipient.stricter
+    rolled_back: bool = False  # Recipient.rolled_back
 
     def apply(self, recipient: Recipient) -> Recipient:
         return replace(
@@ -368,6 +369,7 @@ class _Standing:
             deadline=self.deadline,
             snoozed=self.snoozed,
             stricter=self.stricter,
+            rolled_back=self.rolled_back,
         )
 
 
@@ -431,6 +433,8 @@ def _standing(
             ):
                 tokens.setdefault(account_id, []).append(TokenLine(*line))
         stricter = _stricter(connection, plan, phase, sorted(lacking))
+        # Kept through a rollback only for what it revoked (rollback_phase): said so.
+        rolled_back = email == ENFORCEMENT_EMAIL and _rolled_back(connection, phase)
         for account_id in accounts:
             deadline, snoozed = own.get(account_id, (None, False))
             found[(email, name, account_id)] = _Standing(
@@ -439,6 +443,7 @@ def _standing(
                 deadline,
                 snoozed,
                 stricter.get(account_id),
+                rolled_back,
             )
     return found
 

@@ -71,6 +71,9 @@ class Recipient:
     # if 2FA were optional for it (RubyGems 2022: warn above 165M downloads, require
     # above 180M, a day apart).
     stricter: Stricter | None = None
+    # For an enforcement email: the phase was rolled back since it acted (before this
+    # email went); what it revoked stays revoked, and the email says so.
+    rolled_back: bool = False
 
     @property
     def owes_2fa(self) -> bool:
@@ -211,6 +214,7 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         # needed" told two million TOTP users something false (npm, 2025-10-13).
         "recommends_only": recommends_only(phase),
         "stricter": r.stricter,
+        "rolled_back": r.rolled_back,
         "security_key": phase.requires.two_factor == "phishing_resistant",
         # Enrolling is also the way out of PyPI's rule, even where the phase asks no
         # factor: its tokens offend only while the account has none.

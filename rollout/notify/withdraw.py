@@ -62,9 +62,14 @@ class Selection:
     email: str | None = None
     runs: Select[Any] | None = None
     occasion: str | None = None
+    # Of those, the rows this SQL condition holds for stay (a rollback keeps the
+    # enforcement email of an account whose tokens the phase revoked: they stay revoked).
+    keep: Any = None
 
     def where(self, states: tuple[str, ...] = (*NOT_GONE, IN_FLIGHT)) -> Any:
         conditions = [NOTIFICATIONS.c.state.in_(states)]
+        if self.keep is not None:
+            conditions.append(~self.keep)
         if self.phase is not None:
             conditions.append(NOTIFICATIONS.c.phase == self.phase)
         if self.email is not None:

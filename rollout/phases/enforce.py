@@ -72,6 +72,7 @@ from rollout.registry.requirements import (
     lacks_factor,
     offending_token,
     phase_reason,
+    revoked_by_phase,
 )
 from rollout.registry.statistics import refresh_statistics
 
@@ -1196,8 +1197,18 @@ def _enforcement_runs(phase_name: str) -> Select[Any]:
 
 
 def _queued_by_enforcement(phase_name: str) -> Selection:
-    """The phase's emails that its enforcement runs queued and nobody sent yet."""
-    return Selection(runs=_enforcement_runs(phase_name))
+    """The phase's emails that its enforcement runs queued and nobody sent yet, but the
+    enforcement email of an account whose tokens the phase revoked: a rollback cannot
+    restore them, and withdrawn, their owner was never told (the email then says the
+    step was rolled back since)."""
+    n = NOTIFICATIONS.c
+    revoked_tokens = exists().where(
+        and_(TOKENS.c.account_id == n.account_id, revoked_by_phase(TOKENS, phase_name))
+    )
+    return Selection(
+        runs=_enforcement_runs(phase_name),
+        keep=and_(n.email == ENFORCEMENT_EMAIL, revoked_tokens),
+    )
 
 
 def rollback_preview(
