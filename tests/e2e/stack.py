@@ -148,8 +148,13 @@ class Processes:
             if not name.startswith(("PREFECT_", "ROLLOUT_"))
             and name not in {"SENDGRID_API_KEY", "DO_NOT_TRACK"}
         }
+        # Temporary files under this folder: a worker killed at teardown leaves its
+        # runs' workspaces (prefect-workspace-attempt-*) behind, here and not in /tmp.
+        scratch = self.dir / "tmp"
+        scratch.mkdir(exist_ok=True)
         env.update(
             {
+                "TMPDIR": str(scratch),
                 "PREFECT_HOME": str(self.dir / "prefect-home"),
                 "PREFECT_API_URL": self.api_url,
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
