@@ -213,17 +213,22 @@ def preview_phase(
         cohort_tokens: list[TokenTarget] = []
         cohort_token_ids: list[tuple[int, int]] = []
         aged_at = _aged_at(phase, now)
-        if requires.token_rules and details:
+        if per_account and requires.token_max_age_days is not None:
+            # Each account's tokens aged as at the start of its own deadline, as its
+            # warnings judged them: one that grew too old since was never announced.
+            cohort_token_ids = _old_by_own_deadline(connection, phase, now, own_deadlines)
+            if details:
+                kept = {token for token, _ in cohort_token_ids}
+                cohort_tokens = [
+                    t
+                    for t in _offending_tokens(connection, phase, now, aged_at)
+                    if t.token_id in kept
+                ]
+        elif requires.token_rules and details:
             cohort_tokens = _offending_tokens(connection, phase, now, aged_at)
             cohort_token_ids = [(t.token_id, t.account_id) for t in cohort_tokens]
         elif requires.token_rules:
             cohort_token_ids = _offending_token_ids(connection, phase, now, aged_at)
-        if per_account and requires.token_max_age_days is not None:
-            # Each account's tokens aged as at the start of its own deadline, as its
-            # warnings judged them: one that grew too old since was never announced.
-            kept = _old_by_own_deadline(connection, phase, now, own_deadlines, cohort_token_ids)
-            cohort_token_ids = [pair for pair in cohort_token_ids if pair[0] in kept]
-            cohort_tokens = [t for t in cohort_tokens if t.token_id in kept]
         held = Counter(account_id for _, account_id in cohort_token_ids)
         for row in connection.execute(query).all():
             (
@@ -318,40 +323,35 @@ def _cohort_tokens(phase: Phase, now: datetime, aged_at: datetime) -> Any:
 
 
 def _old_by_own_deadline(
-    connection: Connection,
-    phase: Phase,
-    now: datetime,
-    own_deadlines: Mapping[int, date],
-    token_ids: list[tuple[int, int]],
-) -> set[int]:
-    """Of the tokens forbidden now (``token_ids``: token, account), those still forbidden
-    with the age judged at the start of their account's own deadline: forbidden by a
-    rule other than age, or old enough then. An account whose deadline has not come (or
-    that has none) keeps its tokens as judged now: it is not enforced today."""
+    connection: Connection, phase: Phase, now: datetime, own_deadlines: Mapping[int, date]
+) -> list[tuple[int, int]]:
+    """``_offending_token_ids`` of a phase with per-account deadlines and a token age
+    rule: the tokens forbidden now that are still forbidden with their age judged at the
+    start of their account's own deadline (by a rule other than age, or old enough
+    then). An account whose deadline has not come (or that has none) keeps its tokens
+    as judged now: it is not enforced today."""
     max_age = phase.requires.token_max_age_days
     assert max_age is not None
     ageless = phase.requires.model_copy(update={"token_max_age_days": None})
-    other_rule = offending_token(ageless, TOKENS, now)
     today = now.date()
-    kept: set[int] = set()
-    wanted = {token for token, _ in token_ids}
     rows = connection.execute(
-        select(TOKENS.c.id, TOKENS.c.account_id, TOKENS.c.created_at, other_rule).join(
-            CohortMembership, _cohort_tokens(phase, now, now)
+        select(
+            TOKENS.c.id,
+            TOKENS.c.account_id,
+            TOKENS.c.created_at,
+            offending_token(ageless, TOKENS, now),
         )
+        .join(CohortMembership, _cohort_tokens(phase, now, now))
+        .order_by(TOKENS.c.account_id, TOKENS.c.id)
     )
-    for token_id, account_id, created_at, by_other_rule in rows:
-        if token_id not in wanted:
-            continue
-        deadline = own_deadlines.get(account_id)
-        if (
-            by_other_rule
-            or deadline is None
-            or deadline > today
-            or created_at < datetime.combine(deadline, time.min) - timedelta(days=max_age)
-        ):
-            kept.add(token_id)
-    return kept
+    return [
+        (token_id, account_id)
+        for token_id, account_id, created_at, by_other_rule in rows
+        if by_other_rule
+        or (deadline := own_deadlines.get(account_id)) is None
+        or deadline > today
+        or created_at < datetime.combine(deadline, time.min) - timedelta(days=max_age)
+    ]
 
 
 def _offending_token_ids(
@@ -668,40 +668,47 @@ def _mark_accounts(batch: _Batch, column: str, action: str, *, lacking_only: boo
     )
 
 
-def _queue_enforcement_emails(batch: _Batch) -> int:
-    # Not queue_email: its queue-time skip checks (suppressed, unverified) cost
-    # 2 s of an npm-scale run, over the 30 s target; the drain makes them at send time.
+def _enforcement_emails(batch: _Batch, account_id: Any, where: Any, occasion: str = "") -> Any:
+    """INSERT ... SELECT of the phase's enforcement email, queued by this batch, to the
+    ``account_id`` of each row ``where`` selects (the caller adds its ON CONFLICT).
+    Not queue_email: its queue-time skip checks (suppressed, unverified) cost 2 s of an
+    npm-scale run, over the 30 s target; the drain makes them at send time."""
     phase = batch.phase
-    insert = dialect_insert(batch.connection, NOTIFICATIONS)
+    return dialect_insert(batch.connection, NOTIFICATIONS).from_select(
+        [
+            "account_id",
+            "email",
+            "phase",
+            "occasion",
+            "state",
+            "context",
+            "attempts",
+            "run_id",
+            "created_at",
+            "updated_at",
+        ],
+        select(
+            account_id,
+            literal(ENFORCEMENT_EMAIL),
+            literal(phase.name),
+            literal(occasion),
+            literal("queued"),
+            literal({"phase": phase.name, "cohort": phase.cohort}, JSON),
+            literal(0),
+            literal(batch.run_id),
+            literal(batch.now, DateTime),
+            literal(batch.now, DateTime),
+        ).where(where),  # (SQLite parses ON CONFLICT after a SELECT only past a WHERE)
+    )
+
+
+def _queue_enforcement_emails(batch: _Batch) -> int:
+    insert = _enforcement_emails(batch, ACCOUNTS.c.id, batch.among(ACCOUNTS.c.id))
     return _changed(
         batch.connection,
-        insert.from_select(
-            [
-                "account_id",
-                "email",
-                "phase",
-                "state",
-                "context",
-                "attempts",
-                "run_id",
-                "created_at",
-                "updated_at",
-            ],
-            select(
-                ACCOUNTS.c.id,
-                literal(ENFORCEMENT_EMAIL),
-                literal(phase.name),
-                literal("queued"),
-                literal({"phase": phase.name, "cohort": phase.cohort}, JSON),
-                literal(0),
-                literal(batch.run_id),
-                literal(batch.now, DateTime),
-                literal(batch.now, DateTime),
-            ).where(batch.among(ACCOUNTS.c.id)),
-        )
         # One the phase's rollback withdrew (never sent) is queued again: enforced
         # anew, the account must be told; one sent, queued or in flight stays as it is.
-        .on_conflict_do_update(
+        insert.on_conflict_do_update(
             index_elements=["account_id", "email", "phase", "occasion"],
             set_={
                 "state": "queued",
@@ -748,35 +755,12 @@ def _queue_notices_of_tokens_revoked_again(batch: _Batch) -> int:
         .distinct()
         .subquery()
     )
-    insert = dialect_insert(batch.connection, NOTIFICATIONS)
+    insert = _enforcement_emails(
+        batch, revoked_now.c.account_id, true(), occasion=f"run:{batch.run_id}"
+    )
     return _changed(
         batch.connection,
-        insert.from_select(
-            [
-                "account_id",
-                "email",
-                "phase",
-                "occasion",
-                "state",
-                "context",
-                "attempts",
-                "run_id",
-                "created_at",
-                "updated_at",
-            ],
-            select(
-                revoked_now.c.account_id,
-                literal(ENFORCEMENT_EMAIL),
-                literal(batch.phase.name),
-                literal(f"run:{batch.run_id}"),
-                literal("queued"),
-                literal({"phase": batch.phase.name, "cohort": batch.phase.cohort}, JSON),
-                literal(0),
-                literal(batch.run_id),
-                literal(batch.now, DateTime),
-                literal(batch.now, DateTime),
-            ).where(true()),  # SQLite parses ON CONFLICT after a SELECT only past a WHERE
-        ).on_conflict_do_nothing(index_elements=["account_id", "email", "phase", "occasion"]),
+        insert.on_conflict_do_nothing(index_elements=["account_id", "email", "phase", "occasion"]),
         NOTIFICATIONS.c.id,
     )
 
