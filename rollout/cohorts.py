@@ -9,7 +9,7 @@ Every entry, exit and release writes an audit row keyed so that a rerun adds non
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -546,6 +546,18 @@ def _tfa_at(con: duckdb.DuckDBPyConnection, cohort: str, as_of: date) -> datetim
     return NOW_ON if recent and (latest is None or as_of >= latest) else day_end(as_of)
 
 
+def _not_fixed_on(
+    plan: Plan, as_of: date, names: Iterable[str] | None = None
+) -> dict[str, tuple[date, str]]:
+    """Of ``names`` (every cohort of the plan), those a build on ``as_of`` comes too
+    early for, with the day and phase that fix them (``Plan.cohort_fixed_from``)."""
+    return {
+        name: fixed
+        for name in (plan.cohorts if names is None else names)
+        if (fixed := plan.cohort_fixed_from(name)) is not None and as_of < fixed[0]
+    }
+
+
 def cohorts_built_on(plan: Plan, as_of: date, named: list[str] | None = None) -> list[str]:
     """The cohorts a build on ``as_of`` builds: the ``named`` ones, or all the plan's,
     less those not fixed yet (``Plan.cohort_fixed_from``). A cohort is fixed from its
@@ -553,33 +565,29 @@ def cohorts_built_on(plan: Plan, as_of: date, named: list[str] | None = None) ->
     qualified on any earlier day, for good (sticky), and the phase then emailed and
     enforced maintainers of packages that did not qualify on its day. Named, a cohort
     built before its day is refused."""
-    for name in named or []:
-        plan.cohort(name)  # an unknown name is bad input, as before
-        fixed = plan.cohort_fixed_from(name)
-        if fixed is not None and as_of < fixed[0]:
+    if named:
+        for name in named:
+            plan.cohort(name)  # an unknown name is bad input, as before
+        if early := _not_fixed_on(plan, as_of, named):
+            name, (day, phase) = next(iter(early.items()))
             raise BadInput(
                 None,
                 None,
-                f"cohort {name} is fixed from {fixed[0]} (phase {fixed[1]}'s cohort_as_of): "
+                f"cohort {name} is fixed from {day} (phase {phase}'s cohort_as_of): "
                 f"a build on {as_of} would add packages that qualify only before it; "
-                f"build it on {fixed[0]} or later",
+                f"build it on {day} or later",
             )
-    if named:
         return list(named)
-    return [
-        name
-        for name in plan.cohorts
-        if (fixed := plan.cohort_fixed_from(name)) is None or fixed[0] <= as_of
-    ]
+    early = _not_fixed_on(plan, as_of)
+    return [name for name in plan.cohorts if name not in early]
 
 
 def cohorts_not_fixed_yet(plan: Plan, as_of: date) -> list[str]:
     """What a build on ``as_of`` leaves out, said for a person: "high-impact (fixed from
     2022-03-14 by phase high-impact)" for each cohort whose day has not come."""
     return [
-        f"{name} (fixed from {fixed[0]} by phase {fixed[1]})"
-        for name in plan.cohorts
-        if (fixed := plan.cohort_fixed_from(name)) is not None and as_of < fixed[0]
+        f"{name} (fixed from {day} by phase {phase})"
+        for name, (day, phase) in _not_fixed_on(plan, as_of).items()
     ]
 
 
