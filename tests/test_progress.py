@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -166,9 +167,9 @@ def test_the_demo_ends_with_the_numbers_that_tell_the_story(plan: Plan) -> None:
     ]
 
 
-def test_the_story_shares_are_the_start_and_end_days() -> None:
-    from datetime import date
-
+def _shares_of(rows: str, start: date, end: date) -> dict[str, tuple[float | None, float | None]]:
+    """``story._shares`` over an ``adoption_daily`` of these (day, population, accounts,
+    share) rows."""
     import duckdb
 
     from rollout.demo.story import _shares
@@ -177,34 +178,29 @@ def test_the_story_shares_are_the_start_and_end_days() -> None:
     con.execute(
         "create table adoption_daily (day date, population varchar, accounts int, share double)"
     )
-    con.execute(
-        "insert into adoption_daily values ('2021-11-30', 'all', 9, 0.1), "
-        "('2021-12-01', 'all', 9, 0.2), ('2021-12-05', 'all', 9, 0.5), "
-        "('2021-12-09', 'all', 9, 0.9), ('2021-12-03', 'cohort:top-100', 5, 0.4), "
-        "('2021-12-06', 'cohort:top-100', 5, 0.8)"
+    con.execute(f"insert into adoption_daily values {rows}")
+    return _shares(con, start, end)
+
+
+def test_the_story_shares_are_the_start_and_end_days() -> None:
+    shares = _shares_of(
+        "('2021-11-30', 'all', 9, 0.1), ('2021-12-01', 'all', 9, 0.2), "
+        "('2021-12-05', 'all', 9, 0.5), ('2021-12-09', 'all', 9, 0.9), "
+        "('2021-12-03', 'cohort:top-100', 5, 0.4), ('2021-12-06', 'cohort:top-100', 5, 0.8)",
+        date(2021, 12, 1),
+        date(2021, 12, 6),
     )
-    shares = _shares(con, date(2021, 12, 1), date(2021, 12, 6))
     assert shares == {"all": (0.2, 0.5), "cohort:top-100": (0.4, 0.8)}
 
 
 def test_the_closing_shares_start_with_a_cohort_s_first_member() -> None:
     """Before its first build a cohort's rows say 0 accounts and 0%: the demo's closing
     lines read "top-100: 2FA 0% -> 96%" for a cohort that began at 24%."""
-    from datetime import date
-
-    import duckdb
-
-    from rollout.demo.story import _shares
-
-    con = duckdb.connect()
-    con.execute(
-        "create table adoption_daily (day date, population varchar, accounts int, share double)"
-    )
-    con.execute(
-        "insert into adoption_daily values "
+    shares = _shares_of(
         "('2022-01-01', 'all', 10, 0.1), ('2022-01-01', 'cohort:top-100', 0, 0.0), "
         "('2022-01-02', 'all', 10, 0.2), ('2022-01-02', 'cohort:top-100', 5, 0.24), "
-        "('2022-01-03', 'all', 10, 0.3), ('2022-01-03', 'cohort:top-100', 5, 0.96)"
+        "('2022-01-03', 'all', 10, 0.3), ('2022-01-03', 'cohort:top-100', 5, 0.96)",
+        date(2022, 1, 1),
+        date(2022, 1, 3),
     )
-    shares = _shares(con, date(2022, 1, 1), date(2022, 1, 3))
     assert shares == {"all": (0.1, 0.3), "cohort:top-100": (0.24, 0.96)}
