@@ -55,11 +55,11 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
+from bench_plan import PLAN, fitted_plan
 from peak import own_peak_gib as peak_gib
 from registry_copy import copy_registry
 
 ROOT = Path(__file__).resolve().parents[1]
-PLAN = ROOT / "plans" / "npm-2022.yaml"
 METRICS = "select * from package_metrics_daily where as_of = $as_of order by package"
 EXCLUSIONS = (
     "select self_dependencies, unknown_dependencies, unknown_packages "
@@ -151,11 +151,11 @@ def setup(registry_url: str, before: list[Path], landing: Path, work: Path) -> d
     """The morning before: everything but the held-back files loaded, that day's
     metrics and cohorts built. Returns the day."""
     from rollout import cohorts, metrics, warehouse
-    from rollout.core.plan import load_plan
     from rollout.registry import Registry
     from rollout.warehouse import extract, ingest
 
-    plan = load_plan(PLAN)
+    as_of = day_of(before[-1]) + timedelta(days=1)
+    plan = fitted_plan(as_of)
     with (
         Registry(registry_url) as registry,
         warehouse.open_warehouse(work / "warehouse.duckdb") as con,
@@ -170,7 +170,6 @@ def setup(registry_url: str, before: list[Path], landing: Path, work: Path) -> d
         if report.rejected:
             raise SystemExit(f"FAIL: the sample did not ingest cleanly: {report.rejected}")
         extract.extract_registry(con, registry)
-        as_of = day_of(before[-1]) + timedelta(days=1)
         metrics.compute_metrics(con, as_of, plan.metrics)
         cohorts.build_cohorts(
             con, registry, plan, as_of, actor="bench", refresh_registry=False, allow_gaps=True
@@ -190,12 +189,12 @@ def daily_path(
     ``memory_limit`` (ROLLOUT_DUCKDB_MEMORY_LIMIT in a deployment) when given. The
     day's ``manifests`` file, if any, is ingested with its downloads file."""
     from rollout import cohorts, metrics, warehouse
-    from rollout.core.plan import load_plan
     from rollout.registry import Registry
     from rollout.warehouse import extract, ingest
 
-    plan = load_plan(PLAN)
     as_of = day_of(path) + timedelta(days=1)
+    # Fitted to this day: a cohort the setup's day fixed is fixed on every later one.
+    plan = fitted_plan(as_of)
     warehouse_path = work / "warehouse.duckdb"
     seconds: dict[str, float] = {}
     with Registry(f"sqlite:///{work / 'registry.db'}") as registry:

@@ -60,11 +60,11 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench_plan import PLAN, fitted_plan
 from peak import own_peak_gib as peak_gib
 from registry_copy import copy_registry
 
 ROOT = Path(__file__).resolve().parents[1]
-PLAN = ROOT / "plans" / "npm-2022.yaml"
 ROLLOUT_METRICS = "rollout-metrics.parquet"
 MAPS = {"dependencies": "prod", "devDependencies": "dev", "peerDependencies": "peer"}
 SHOW = 5  # differing packages shown
@@ -86,11 +86,10 @@ def run_rollout(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
     """As the daily flow runs it: the registry extract belongs to the ingest before
     (timed apart, like pandas' loading), then metrics and cohorts."""
     from rollout import cohorts, metrics, warehouse
-    from rollout.core.plan import load_plan
     from rollout.registry import Registry
     from rollout.warehouse import extract
 
-    plan = load_plan(PLAN)
+    plan = fitted_plan(as_of)
     registry = Registry(f"sqlite:///{work / 'registry.db'}")
     with registry, warehouse.open_warehouse(work / "warehouse.duckdb") as con:
         extracting = time.perf_counter()

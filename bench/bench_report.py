@@ -66,11 +66,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from bench_plan import fitted_plan
 from peak import children_peak_mib, own_peak_mib
 from registry_copy import copy_registry
 
 ROOT = Path(__file__).resolve().parents[1]
-PLAN = ROOT / "plans" / "npm-2022.yaml"
 ACTOR = "bench"
 US = 1_000_000
 DAY_US = 86_400 * US
@@ -404,14 +404,12 @@ class Simulation:
 
 def setup(args: argparse.Namespace) -> dict[str, Any]:
     from rollout import warehouse
-    from rollout.core.plan import load_plan
     from rollout.warehouse import ingest
 
     started = time.perf_counter()
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
     ensure_sample(args.registry, args.landing)
-    plan = load_plan(PLAN)
     url = copy_registry(args.registry, work)
     print(f"registry copied to {work / 'registry.db'} and upgraded", flush=True)
     for stale in ("warehouse.duckdb", "warehouse.duckdb.wal"):
@@ -424,6 +422,7 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
         )
         print(f"ingested {report.loaded} landing files, {report.rows_loaded:,} rows", flush=True)
         last_download_day = warehouse.scalar(con, "select max(day) from stg_downloads")
+        plan = fitted_plan(last_download_day + timedelta(days=1))
         first_day = min(p.cohort_as_of for p in plan.phases)
         sim = Simulation(url, work / "registry.db", con, plan, args.seed)
         sim.run(first_day, args.as_of, last_download_day + timedelta(days=1))
@@ -470,7 +469,6 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
 def measure(work: Path, as_of: date) -> dict[str, Any]:
     """One report job, as the report flow runs it, with its parts timed inside it."""
     from rollout import warehouse
-    from rollout.core.plan import load_plan
     from rollout.registry import Registry
     from rollout.report import adoption, reporting
     from rollout.warehouse import extract
@@ -497,13 +495,14 @@ def measure(work: Path, as_of: date) -> dict[str, Any]:
     timed(adoption, "build_adoption")
     for name in ("build_report", "build_context", "render_html", "render_markdown"):
         timed(reporting, name)
-    plan = load_plan(PLAN)
     opening = time.perf_counter()
     with (
         Registry(f"sqlite:///{work / 'registry.db'}") as registry,
         warehouse.open_warehouse(work / "warehouse.duckdb") as con,
     ):
         opened = time.perf_counter() - opening
+        # The plan the setup played: fitted to the sample's last download day.
+        plan = fitted_plan(warehouse.scalar(con, "select max(day) + 1 from stg_downloads"))
         started = time.perf_counter()
         files = reporting.report_from_registry(con, registry, plan, as_of, work / "reports")
         total = time.perf_counter() - started
