@@ -107,6 +107,49 @@ def test_a_change_by_another_program_is_read(
     assert _copy(con, changed) == full
 
 
+def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    return [
+        name
+        for (name,) in con.execute(
+            "select column_name from duckdb_columns() where schema_name = 'registry' "
+            "and table_name = $table order by column_index",
+            {"table": table},
+        ).fetchall()
+    ]
+
+
+def test_the_warehouse_holds_no_address_nor_the_senders_bookkeeping(
+    engine: Engine, sqlite_url: str, con: duckdb.DuckDBPyConnection
+) -> None:
+    with bound_to(engine):
+        AccountFactory(username="alice", email="alice@example.com")
+    extract.extract_registry(con, Registry(sqlite_url), ("accounts", "notifications"))
+    assert "email" not in _columns(con, "accounts")
+    assert "username" in _columns(con, "accounts")
+    kept = _columns(con, "notifications")
+    assert not {"context", "message_id", "attempts", "error", "sender", "lease_expires_at"} & set(
+        kept
+    )
+    assert {"email", "state", "delivery", "run_id", "sent_at"} <= set(kept)
+    assert "alice@example.com" not in str(_copy(con, "accounts"))
+
+
+def test_a_copy_with_other_columns_is_read_again_though_unchanged(
+    engine: Engine, sqlite_url: str, con: duckdb.DuckDBPyConnection, reads: list[tuple[str, ...]]
+) -> None:
+    """A warehouse extracted by an earlier rollout (accounts with their address) gets
+    this one's copy on its next extract, though the registry did not change."""
+    with bound_to(engine):
+        AccountFactory(username="alice", email="alice@example.com")
+    extract.extract_registry(con, Registry(sqlite_url), TABLES)
+    con.execute("alter table registry.accounts add column email varchar")
+    con.execute("update registry.accounts set email = 'alice@example.com'")
+    extract.extract_registry(con, Registry(sqlite_url), TABLES)
+    assert reads == [TABLES, ("accounts",)]
+    assert "email" not in _columns(con, "accounts")
+    assert _copy(con, "accounts") == _full_copy(sqlite_url, "accounts")
+
+
 def _full_copy(url: str, table: str) -> list[tuple[object, ...]]:
     with warehouse.open_warehouse(":memory:") as fresh:
         extract.extract_registry(fresh, Registry(url), (table,), full=True)

@@ -258,7 +258,9 @@ def _sqlite_database(registry_url: str) -> str:
 def _stale(
     con: duckdb.DuckDBPyConnection, tables: tuple[str, ...], versions: dict[str, changes.Version]
 ) -> tuple[str, ...]:
-    """The tables whose warehouse copy is not at the registry's current version."""
+    """The tables whose warehouse copy is not at the registry's current version, or
+    has other columns than an extract now copies (a copy made before a column was
+    added to the models, or left out of the warehouse: ``NOT_EXTRACTED``)."""
     copied = {
         name: changes.Version(instance, version)
         for name, instance, version in con.execute(
@@ -268,7 +270,21 @@ def _stale(
             {"tables": list(tables)},
         ).fetchall()
     }
-    return tuple(name for name in tables if copied.get(name) != versions[name])
+    columns = dict(
+        con.execute(
+            "select table_name, list(column_name order by column_index) "
+            "from duckdb_columns() where database_name = current_database() "
+            "and schema_name = 'registry' "
+            "and table_name in (select unnest($tables)) group by table_name",
+            {"tables": list(tables)},
+        ).fetchall()
+    )
+    return tuple(
+        name
+        for name in tables
+        if copied.get(name) != versions[name]
+        or columns.get(name) != [c.name for c in extracted_columns(Base.metadata.tables[name])]
+    )
 
 
 def _record_versions(
