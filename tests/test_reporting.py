@@ -473,7 +473,8 @@ def test_degenerate_values_never_reach_the_svg(tmp_path: Path, plan: Plan) -> No
         )
         con.execute(
             "insert into brownout_impact values "
-            "('brownout-1', 'brownout', '2022-02-16', '2022-02-17', 0, 0, 0, 0, 0, 0)"
+            "('brownout-1', 'brownout', '2022-02-16', '2022-02-17', 0, 0, 0, 0, 0, 0, "
+            "null, null)"
         )
         con.execute(
             "insert into compliance_funnel values ('top-100', 'top-100', '2022-01-04', "
