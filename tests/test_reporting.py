@@ -473,7 +473,8 @@ def test_degenerate_values_never_reach_the_svg(tmp_path: Path, plan: Plan) -> No
         )
         con.execute(
             "insert into brownout_impact values "
-            "('brownout-1', 'brownout', '2022-02-16', '2022-02-17', 0, 0, 0, 0, 0, 0)"
+            "('brownout-1', 'brownout', '2022-02-16', '2022-02-17', 0, 0, 0, 0, 0, 0, "
+            "null, null)"
         )
         con.execute(
             "insert into compliance_funnel values ('top-100', 'top-100', '2022-01-04', "
@@ -670,6 +671,65 @@ def test_the_markdown_marks_a_phase_whose_notices_are_not_out_yet(
     rows = [line for line in markdown.splitlines() if "(not held yet)" in line]
     assert rows and all(" 0 |" not in row and "—" in row for row in rows)
     assert "(not held yet)" in files.html.read_text()
+
+
+def _brownout_rows(markdown: str) -> list[list[str]]:
+    """The brown-out table's rows, cells split, its header first."""
+    [block] = [b for b in table_blocks(markdown) if b[0].startswith("| brown-out |")]
+    return [cells(line) for line in block if not line.startswith("| ---")]
+
+
+def test_the_brownout_table_says_over_what_enrolments_are_counted(report: ReportFiles) -> None:
+    """Enrolments run from each window's start to its enrolments_until: the column
+    beside them gives it, and the rows follow the brown-outs in the order they were
+    held, although brown-out 2's baseline (three weeks back) is the earliest span."""
+    header, *rows = _brownout_rows(report.markdown.read_text())
+    assert header[-3:] == [
+        "2FA enrolments, from the start",
+        "enrolments until (UTC)",
+        "ELV completed share",
+    ]
+    assert [(r[0], r[1], r[2], r[-3], r[-2]) for r in rows] == [
+        ("brownout-1", "baseline", "2022-02-09 00:00", "5,600", "2022-02-16 00:00"),
+        ("brownout-1", "brownout", "2022-02-16 00:00", "21,400", "2022-02-23 00:00"),
+        ("brownout-2", "baseline", "2022-02-02 00:00", "6,100", "2022-02-10 00:00"),
+        ("brownout-2", "brownout", "2022-02-23 00:00", "14,800", "2022-03-03 00:00"),
+    ]
+    with report.csvs["brownout_impact"].open(newline="") as handle:
+        order = [(r["brownout"], r["period"]) for r in csv.DictReader(handle)]
+    assert order == [(r[0], r[1]) for r in rows]
+    html = report.html.read_text()
+    assert '<th scope="col">enrolments until (UTC)</th>' in html
+    assert "7 days after its end, or to the next brown-out" in html
+    assert "(so far)" not in html
+
+
+def test_an_enrolment_window_still_open_is_counted_so_far(tmp_path: Path, plan: Plan) -> None:
+    """On 2022-02-26 brown-out 2's window (to 03-03) is open: its enrolments are marked
+    as counted so far, its baseline's as counted over as many days; brown-out 1's
+    window is over and unmarked."""
+    path = make_warehouse(tmp_path, plan)
+    with open_warehouse(path) as con:
+        con.execute(
+            "update brownout_impact set enrolments_complete = false, enrolments_until = "
+            "case period when 'brownout' then timestamp '2022-02-27' "
+            "else timestamp '2022-02-06' end where brownout = 'brownout-2'"
+        )
+        files = build_report(con, plan, date(2022, 2, 26), tmp_path / "open")
+    rows = {(r[0], r[1]): r for r in _brownout_rows(files.markdown.read_text())[1:]}
+    assert rows["brownout-2", "brownout"][-2] == "2022-02-27 00:00 (so far)"
+    assert rows["brownout-2", "baseline"][-2] == "2022-02-06 00:00 (as many days)"
+    assert rows["brownout-1", "brownout"][-2] == "2022-02-23 00:00"
+    assert rows["brownout-1", "baseline"][-2] == "2022-02-16 00:00"
+    html = files.html.read_text()
+    assert '<td class="date">2022-02-27 00:00 (so far)</td>' in html
+    chart = re.search(r'<svg\b[^>]*id="chart-brownouts".*?</svg>', html, re.S)
+    assert chart is not None
+    tips = re.findall(r"<title>([^<]*)</title>", chart.group(0))
+    assert "2FA enrolments, from the start, brownout-2, brown-out: 14,800 so far" in tips
+    assert "2FA enrolments, from the start, brownout-2, baseline: 6,100 (as many days)" in tips
+    assert "2FA enrolments, from the start, brownout-1, brown-out: 21,400" in tips
+    assert "Logins, brownout-2, brown-out: 1,180,000" in tips
 
 
 def test_each_bar_of_the_funnel_counts_some_of_the_bar_before(report: ReportFiles) -> None:

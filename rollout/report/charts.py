@@ -438,6 +438,9 @@ class BrownoutBars:
     name: str
     baseline: dict[str, float]
     brownout: dict[str, float]
+    # Measures counted so far: the brown-out's enrolment window is still open (and its
+    # baseline counted over as many days).
+    so_far: frozenset[str] = frozenset()
 
 
 def brownout_chart(windows: Sequence[BrownoutBars], metrics: Sequence[tuple[str, str]]) -> Markup:
@@ -447,8 +450,9 @@ def brownout_chart(windows: Sequence[BrownoutBars], metrics: Sequence[tuple[str,
         0,
         "Brown-out impact: brown-out window vs the same hours a week (or weeks) before",
         "Grouped bars, one panel per measure (logins, ELV challenges, completed, failed, "
-        "abandoned, enrolments in the next 7 days), each with its own scale: for each "
-        "brown-out, the baseline (grey) and the brown-out window (orange). "
+        "abandoned, 2FA enrolments from the window's start to 7 days after its end or the "
+        "next brown-out's start), each with its own scale: for each brown-out, the "
+        "baseline (grey) and the brown-out window (orange). "
         "The data table below the chart has the figures.",
     )
     top = 8 + _legend(
@@ -491,7 +495,10 @@ def brownout_chart(windows: Sequence[BrownoutBars], metrics: Sequence[tuple[str,
                 height = plot_h * value / peak if peak > 0 else 0.0
                 x = centre + offset
                 svg.open("g", class_="bar")
-                svg.tip(f"{title}, {window.name}, {period}: {value:,.0f}")
+                note = ""
+                if key in window.so_far:
+                    note = " so far" if period == "brown-out" else " (as many days)"
+                svg.tip(f"{title}, {window.name}, {period}: {value:,.0f}{note}")
                 svg.el("rect", x=x, y=base_y - height, width=bar_w, height=height, fill=colour)
                 svg.label(
                     x + bar_w / 2,

@@ -425,7 +425,9 @@ def _reach(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> list[dict
 
 def _brownouts(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
     """The brown-out table and chart. A window not begun by ``as_of`` is listed as not
-    held yet, its measures blank and no bars: its zeros read as a rehearsal nobody met."""
+    held yet, its measures blank and no bars: its zeros read as a rehearsal nobody met.
+    One whose enrolment window is still open on ``as_of`` has its enrolments marked as
+    counted so far, and its baseline's as counted over as many days."""
     spec = report_spec()
     order = spec.csv_order["brownout_impact"]
     rows = _rows(con, f"select * from brownout_impact order by {order}")
@@ -435,13 +437,18 @@ def _brownouts(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
         if r["period"] == "brownout" and (_day(r["starts_at"]) or as_of) <= as_of
     }
     windows: dict[str, dict[str, dict[str, float]]] = {}
+    open_windows: set[str] = set()
     table = []
     for r in rows:
         name, period = str(r["brownout"]), str(r["period"])
         measured = name in held
         values = {key: finite(r[key]) for key, _ in spec.brownout_measures}
+        # False, not null: a window the mart says is still open (counts so far).
+        so_far = measured and r["enrolments_complete"] is False
         if measured:
             windows.setdefault(name, {})[period] = values
+        if so_far:
+            open_windows.add(name)
         table.append(
             {
                 "brownout": name,
@@ -450,13 +457,22 @@ def _brownouts(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
                 "starts_at": r["starts_at"],
                 "ends_at": r["ends_at"],
                 **{key: _int(r[key]) if measured else None for key, _ in spec.brownout_measures},
+                "enrolments_until": r["enrolments_until"] if measured else None,
+                "enrolments_note": (
+                    ("so far" if period == "brownout" else "as many days") if so_far else ""
+                ),
                 "completion": _share(r["elv_completed"], r["elv_challenges"])
                 if measured and finite(r["elv_challenges"]) > 0
                 else None,
             }
         )
     bars = [
-        BrownoutBars(name, periods.get("baseline", {}), periods.get("brownout", {}))
+        BrownoutBars(
+            name,
+            periods.get("baseline", {}),
+            periods.get("brownout", {}),
+            so_far=frozenset({"enrolments"}) if name in open_windows else frozenset(),
+        )
         for name, periods in windows.items()
     ]
     return {

@@ -1,5 +1,6 @@
--- Logins and ELV challenges during each brown-out against the same hours a week
--- earlier, and how many accounts enrolled in 2FA in the week after each.
+-- Logins and ELV challenges during each brown-out against the same hours whole weeks
+-- earlier, and how many accounts enrolled in 2FA from each span's start to 7 days
+-- after its end (the brown-out's enrolment window; a baseline's is the same days).
 with
 
 windows as (
@@ -18,37 +19,72 @@ factors as (
     where created_at < $as_of::date + 1
 ),
 
--- The baseline is the same hours 7 days earlier, or 14, 21, ... when that would be
--- another brown-out: a week apart, brown-out 2's baseline would be brown-out 1.
-earlier_weeks as (
+-- Each brown-out's enrolment window: from its start (an account challenged during it
+-- may enrol right then) to 7 days after its end, cut short at the next brown-out's
+-- start, so no enrolment is credited to two brown-outs.
+enrolment_windows as (
     select
         windows.name,
-        weeks.weeks,
-        windows.starts_at - weeks.weeks * interval 7 day as starts_at,
-        windows.ends_at - weeks.weeks * interval 7 day as ends_at
+        windows.starts_at,
+        windows.ends_at,
+        -- least skips a null: the last brown-out has no later one.
+        least(windows.ends_at + interval 7 day, min(later.starts_at)) as until
     from windows
+    left join windows as later on later.starts_at > windows.starts_at
+    group by windows.name, windows.starts_at, windows.ends_at
+),
+
+-- The baseline is the nearest whole number of weeks earlier whose enrolment window
+-- (the brown-out's, shifted) overlaps no brown-out nor the 7 days after one: 7 days
+-- earlier overlaps the brown-out itself as soon as its window is longer than a week,
+-- and a span in another brown-out's following week would count that one's effect.
+earlier_weeks as (
+    select
+        enrolment_windows.name,
+        weeks.weeks,
+        enrolment_windows.starts_at - weeks.weeks * interval 7 day as starts_at,
+        enrolment_windows.ends_at - weeks.weeks * interval 7 day as ends_at,
+        enrolment_windows.until - weeks.weeks * interval 7 day as until
+    from enrolment_windows
     cross join range(1, 54) as weeks(weeks)
 ),
 
 clear_weeks as (
     select * from earlier_weeks
     anti join windows as other
-        on other.starts_at < earlier_weeks.ends_at
-        and earlier_weeks.starts_at < other.ends_at
+        on other.starts_at < earlier_weeks.until
+        and earlier_weeks.starts_at < other.ends_at + interval 7 day
 ),
 
 baselines as (
-    select name, starts_at, ends_at
+    select name, weeks, starts_at, ends_at
     from clear_weeks
     qualify row_number() over (partition by name order by weeks) = 1
 ),
 
+-- Counted up to the end of $as_of: a brown-out's window is clipped there (empty before
+-- it starts), and its baseline's to the same length, so the two stay comparable.
 spans as (
-    select name as brownout, 'brownout' as period, starts_at, ends_at
-    from windows
+    select
+        name as brownout,
+        'brownout' as period,
+        starts_at,
+        ends_at,
+        greatest(starts_at, least(until, $as_of::date + 1)) as enrolments_until,
+        until <= $as_of::date + 1 as enrolments_complete
+    from enrolment_windows
     union all
-    select name, 'baseline', starts_at, ends_at
+    select
+        baselines.name,
+        'baseline',
+        baselines.starts_at,
+        baselines.ends_at,
+        greatest(
+            enrolment_windows.starts_at, least(enrolment_windows.until, $as_of::date + 1)
+        ) - baselines.weeks * interval 7 day,
+        enrolment_windows.until <= $as_of::date + 1
     from baselines
+    inner join enrolment_windows using (name)
 ),
 
 span_logins as (
@@ -79,11 +115,11 @@ first_factors as (
 ),
 
 enrolment_counts as (
-    select spans.brownout, spans.period, count(*) as enrolments_next_7d
+    select spans.brownout, spans.period, count(*) as enrolments
     from spans
     inner join first_factors
-        on first_factors.enrolled_at >= spans.ends_at
-        and first_factors.enrolled_at < spans.ends_at + interval 7 day
+        on first_factors.enrolled_at >= spans.starts_at
+        and first_factors.enrolled_at < spans.enrolments_until
     group by spans.brownout, spans.period
 ),
 
@@ -98,7 +134,9 @@ final as (
         coalesce(login_counts.elv_completed, 0) as elv_completed,
         coalesce(login_counts.elv_failed, 0) as elv_failed,
         coalesce(login_counts.elv_abandoned, 0) as elv_abandoned,
-        coalesce(enrolment_counts.enrolments_next_7d, 0) as enrolments_next_7d
+        coalesce(enrolment_counts.enrolments, 0) as enrolments,
+        spans.enrolments_until,
+        spans.enrolments_complete
     from spans
     inner join windows on windows.name = spans.brownout
     left join login_counts using (brownout, period)

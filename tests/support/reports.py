@@ -44,7 +44,8 @@ MART_DDL = {
     "time_to_comply": "phase varchar, days_after_notice integer, accounts bigint",
     "brownout_impact": "brownout varchar, period varchar, starts_at timestamp, "
     "ends_at timestamp, logins bigint, elv_challenges bigint, elv_completed bigint, "
-    "elv_failed bigint, elv_abandoned bigint, enrolments_next_7d bigint",
+    "elv_failed bigint, elv_abandoned bigint, enrolments bigint, enrolments_until timestamp, "
+    "enrolments_complete boolean",
     "token_readiness": "cohort varchar, maintainers bigint, publishing_legacy bigint, "
     "publishing_personal bigint, with_automation bigint, ready bigint, "
     "classic_in_use bigint, bypass_in_use bigint, with_webauthn bigint",
@@ -141,16 +142,18 @@ def fill_marts(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date = AS_OF) 
         [("top-100", d, max(12 - d // 3, 1)) for d in range(0, 35)]
         + [("high-impact", d, max(200 - 4 * d, 5)) for d in range(0, 60)],
     )
+    # The reference plan's: brown-out 1's enrolment window is cut at brown-out 2's start
+    # (7 days), brown-out 2's runs 8 days, so its baseline is 3 weeks earlier.
     con.execute(
         "insert into brownout_impact values "
         "('brownout-1', 'baseline', '2022-02-09 00:00', '2022-02-10 00:00', 1200000, 41000, "
-        "39500, 900, 600, 800), "
+        "39500, 900, 600, 5600, '2022-02-16 00:00', true), "
         "('brownout-1', 'brownout', '2022-02-16 00:00', '2022-02-17 00:00', 1150000, 610000, "
-        "571000, 21000, 18000, 9400), "
-        "('brownout-2', 'baseline', '2022-02-16 00:00', '2022-02-17 00:00', 1150000, 610000, "
-        "571000, 21000, 18000, 9400), "
+        "571000, 21000, 18000, 21400, '2022-02-23 00:00', true), "
+        "('brownout-2', 'baseline', '2022-02-02 00:00', '2022-02-03 00:00', 1190000, 40000, "
+        "38200, 1000, 800, 6100, '2022-02-10 00:00', true), "
         "('brownout-2', 'brownout', '2022-02-23 00:00', '2022-02-24 00:00', 1180000, 598000, "
-        "575000, 12000, 11000, 5100)"
+        "575000, 12000, 11000, 14800, '2022-03-03 00:00', true)"
     )
     con.execute(
         "insert into token_readiness values "
