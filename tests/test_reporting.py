@@ -672,6 +672,48 @@ def test_the_markdown_marks_a_phase_whose_notices_are_not_out_yet(
     assert "(not held yet)" in files.html.read_text()
 
 
+def test_an_enrolment_span_not_over_reads_not_yet_not_a_count_so_far(
+    tmp_path: Path, plan: Plan
+) -> None:
+    """compliance_funnel leaves a span (within 7, 14, 30 days of the notice, before
+    enforcement) empty until the day it ends is the report's day or earlier. On 03-24
+    high-impact's 7 days (to 03-22) are over, its 14 and 30 days and its enforcement
+    (05-03) are not: they read not yet, the CSV's cells stay empty, and the page says
+    why. A count so far would read as the whole span's."""
+    with open_warehouse(make_warehouse(tmp_path, plan)) as con:
+        con.execute(
+            "update compliance_funnel set enrolled_14d = null, enrolled_30d = null, "
+            "enrolled_by_enforcement = null, without_2fa_at_enforcement = 0, enforced = 0, "
+            "enrolled_after_enforcement = 0 where phase = 'high-impact'"
+        )
+        files = build_report(con, plan, date(2022, 3, 24), tmp_path / "out")
+    markdown = files.markdown.read_text()
+    assert (
+        "| high-impact | 2022-03-15 | 2022-05-03 | 5,600 | 5,550 | 1,200 | not yet | not yet "
+        "| 0 | 0 | 0 |"
+    ) in markdown
+    assert "| top-100 | 2022-01-04 | 2022-02-01 | 100 | 100 | 30 | 45 | 70 | 25 |" in markdown
+    assert "(not yet: those N days were not over when 2022-03-24 began)" in markdown
+    html = files.html.read_text()
+    section = html[html.index('<section id="funnel"') : html.index('<section id="reach"')]
+    row = re.search(r'<tr><th scope="row">high-impact</th>.*?</tr>', section)
+    assert row is not None
+    cells_ = re.findall(r'<td class="num">([^<]*)</td>', row.group(0))
+    # accounts, without 2FA, notified, then the four spans: 7 days over, the rest not.
+    assert cells_[:7] == ["8,000", "5,600", "5,550", "1,200", "not yet", "not yet", "not yet"]
+    assert "Such a span not over when 2022-03-24 began reads not yet" in " ".join(section.split())
+    with files.csvs["compliance_funnel"].open() as handle:
+        [top, high] = list(csv.DictReader(handle))
+    assert (top["enrolled_30d"], top["enrolled_by_enforcement"]) == ("70", "75")
+    spans = ("enrolled_7d", "enrolled_14d", "enrolled_30d", "enrolled_by_enforcement")
+    assert [high[c] for c in spans] == ["1200", "", "", ""]
+
+
+def test_spans_all_over_say_nothing_of_not_yet(report: ReportFiles) -> None:
+    for text in (report.markdown.read_text(), report.html.read_text()):
+        assert "not yet" not in text.replace("(notices not sent yet)", "")
+
+
 def test_each_bar_of_the_funnel_counts_some_of_the_bar_before(report: ReportFiles) -> None:
     """The funnel chart's bars are a chain: no stage over 100% of the one above it."""
     html = report.html.read_text()
