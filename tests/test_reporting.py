@@ -714,6 +714,37 @@ def test_spans_all_over_say_nothing_of_not_yet(report: ReportFiles) -> None:
         assert "not yet" not in text.replace("(notices not sent yet)", "")
 
 
+def test_the_deadline_is_read_at_the_start_of_its_day_as_enforcement_reads_it(
+    tmp_path: Path,
+) -> None:
+    """deadline_survival's day N is the start of notice day + N, so an account's
+    deadline (notice day + 45 for github-2023) is day 45, marked there, and the report
+    says how it is read: one enrolling on its deadline day is still without there, as
+    in the funnel's still without 2FA at enforcement."""
+    from rollout.core.plan import load_plan
+
+    plan = load_plan(Path(__file__).resolve().parent.parent / "plans" / "github-2023.yaml")
+    with open_warehouse(tmp_path / "warehouse.duckdb") as con:
+        create_marts(con)
+        con.executemany(
+            "insert into deadline_survival values ('publishers', ?, 10, ?, 0, ?)",
+            [(n, 10 - n // 5, (10 - n // 5) / 10) for n in range(0, 47)],
+        )
+        files = build_report(con, plan, date(2023, 5, 1), tmp_path / "out")
+    markdown = files.markdown.read_text()
+    assert "| 45 | deadline | 10 | 1 | 10.0% | 0 |" in markdown
+    said = (
+        "the share still without it at the start of each day since their notice (day 0 "
+        "is the notice's UTC day). The deadline is day 45 at its start, as enforcement "
+        "reads it and as the funnel's still without 2FA at enforcement counts: an account "
+        "enrolling on its deadline day is still without it there."
+    )
+    assert said in " ".join(markdown.split())
+    html = files.html.read_text()
+    assert said in " ".join(html.split())
+    assert "still not compliant at the start of each day since notice" in html
+
+
 def test_each_bar_of_the_funnel_counts_some_of_the_bar_before(report: ReportFiles) -> None:
     """The funnel chart's bars are a chain: no stage over 100% of the one above it."""
     html = report.html.read_text()

@@ -607,7 +607,9 @@ def _publishing_weeks(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, 
 
 def _deadlines(con: duckdb.DuckDBPyConnection, plan: Plan) -> list[dict[str, Any]]:
     """Per phase with per-account deadlines, its survival curve at the days that tell it:
-    each week, the deadline, the deadline snoozed, and the last day reached."""
+    each week, the deadline, the deadline snoozed, and the last day reached. Each day N
+    of the mart is the start of notice day + N, so an account's deadline, notice day +
+    days_after_notice as enforcement judges it, is day days_after_notice."""
     out = []
     for phase in plan.phases:
         deadline = phase.deadline
