@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from rollout import warehouse
 from rollout.cli import app
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
@@ -34,7 +35,9 @@ from rollout.phases.snoozes import (
 )
 from rollout.registry import Registry, batches
 from rollout.registry.models import Account, Action, Notification
-from tests.factories import AccountFactory, TokenFactory
+from rollout.report.adoption import build_adoption
+from rollout.warehouse.extract import extract_registry
+from tests.factories import AccountFactory, FactorFactory, TokenFactory, existing_account
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASE = "publishers"
@@ -132,6 +135,38 @@ def test_each_account_is_enforced_at_its_own_deadline_and_the_unwarned_never(
     # cat was never sent the notice: she has no deadline and is never enforced.
     assert campaign.enforce(date(2024, 1, 7)) == set()
     assert "cat" not in campaign.required()
+
+
+def test_the_report_reads_each_deadline_at_its_start_as_enforcement_meets_it(
+    campaign: Campaign, registry: Registry, plan: Plan, tmp_path: Path
+) -> None:
+    """Enforcement acts on an account from its deadline day on, judging it as it runs:
+    eve enrolled on her deadline day before the run and is spared, ann is enforced. The
+    report reads a deadline at the start of its day, whom that day's enforcement may
+    meet: the survival curve at day 45 and the funnel's still without 2FA at
+    enforcement count them both (the curve read the day at its end, eve as complied)."""
+    campaign.day(date(2023, 3, 13))
+    deadline = date(2023, 4, 27)
+    [eve] = campaign_ids(registry, "eve")
+    FactorFactory(account=existing_account(eve), created_at=datetime.combine(deadline, time(8)))
+    assert campaign.enforce(deadline) == {"ann"}
+
+    with warehouse.open_warehouse(tmp_path / "warehouse.duckdb") as con:
+        extract_registry(con, registry)
+        build_adoption(con, plan, deadline)
+        curve = con.execute(
+            "select accounts, still_without from deadline_survival "
+            "where phase = $phase and days_since_notice = 45",
+            {"phase": PHASE},
+        ).fetchall()
+        funnel = con.execute(
+            "select without_2fa_at_enforcement, enforced from compliance_funnel "
+            "where phase = $phase",
+            {"phase": PHASE},
+        ).fetchall()
+    # ann and eve were short at their notice (dan has TOTP; cat was never sent one).
+    assert curve == [(2, 2)]
+    assert funnel == [(2, 1)]
 
 
 def test_the_notice_states_the_accounts_own_deadline_and_how_to_snooze(

@@ -732,6 +732,79 @@ def test_an_enrolment_window_still_open_is_counted_so_far(tmp_path: Path, plan: 
     assert "Logins, brownout-2, brown-out: 1,180,000" in tips
 
 
+def test_an_enrolment_span_not_over_reads_not_yet_not_a_count_so_far(
+    tmp_path: Path, plan: Plan
+) -> None:
+    """compliance_funnel leaves a span (within 7, 14, 30 days of the notice, before
+    enforcement) empty until the day it ends is the report's day or earlier. On 03-24
+    high-impact's 7 days (to 03-22) are over, its 14 and 30 days and its enforcement
+    (05-03) are not: they read not yet, the CSV's cells stay empty, and the page says
+    why. A count so far would read as the whole span's."""
+    with open_warehouse(make_warehouse(tmp_path, plan)) as con:
+        con.execute(
+            "update compliance_funnel set enrolled_14d = null, enrolled_30d = null, "
+            "enrolled_by_enforcement = null, without_2fa_at_enforcement = 0, enforced = 0, "
+            "enrolled_after_enforcement = 0 where phase = 'high-impact'"
+        )
+        files = build_report(con, plan, date(2022, 3, 24), tmp_path / "out")
+    markdown = files.markdown.read_text()
+    assert (
+        "| high-impact | 2022-03-15 | 2022-05-03 | 5,600 | 5,550 | 1,200 | not yet | not yet "
+        "| 0 | 0 | 0 |"
+    ) in markdown
+    assert "| top-100 | 2022-01-04 | 2022-02-01 | 100 | 100 | 30 | 45 | 70 | 25 |" in markdown
+    assert "(not yet: those N days were not over when 2022-03-24 began)" in markdown
+    html = files.html.read_text()
+    section = html[html.index('<section id="funnel"') : html.index('<section id="reach"')]
+    row = re.search(r'<tr><th scope="row">high-impact</th>.*?</tr>', section)
+    assert row is not None
+    cells_ = re.findall(r'<td class="num">([^<]*)</td>', row.group(0))
+    # accounts, without 2FA, notified, then the four spans: 7 days over, the rest not.
+    assert cells_[:7] == ["8,000", "5,600", "5,550", "1,200", "not yet", "not yet", "not yet"]
+    assert "Such a span not over when 2022-03-24 began reads not yet" in " ".join(section.split())
+    with files.csvs["compliance_funnel"].open() as handle:
+        [top, high] = list(csv.DictReader(handle))
+    assert (top["enrolled_30d"], top["enrolled_by_enforcement"]) == ("70", "75")
+    spans = ("enrolled_7d", "enrolled_14d", "enrolled_30d", "enrolled_by_enforcement")
+    assert [high[c] for c in spans] == ["1200", "", "", ""]
+
+
+def test_spans_all_over_say_nothing_of_not_yet(report: ReportFiles) -> None:
+    for text in (report.markdown.read_text(), report.html.read_text()):
+        assert "not yet" not in text.replace("(notices not sent yet)", "")
+
+
+def test_the_deadline_is_read_at_the_start_of_its_day_as_enforcement_reads_it(
+    tmp_path: Path,
+) -> None:
+    """deadline_survival's day N is the start of notice day + N, so an account's
+    deadline (notice day + 45 for github-2023) is day 45, marked there, and the report
+    says how it is read: one enrolling on its deadline day is still without there, as
+    in the funnel's still without 2FA at enforcement."""
+    from rollout.core.plan import load_plan
+
+    plan = load_plan(Path(__file__).resolve().parent.parent / "plans" / "github-2023.yaml")
+    with open_warehouse(tmp_path / "warehouse.duckdb") as con:
+        create_marts(con)
+        con.executemany(
+            "insert into deadline_survival values ('publishers', ?, 10, ?, 0, ?)",
+            [(n, 10 - n // 5, (10 - n // 5) / 10) for n in range(0, 47)],
+        )
+        files = build_report(con, plan, date(2023, 5, 1), tmp_path / "out")
+    markdown = files.markdown.read_text()
+    assert "| 45 | deadline | 10 | 1 | 10.0% | 0 |" in markdown
+    said = (
+        "the share still without it at the start of each day since their notice (day 0 "
+        "is the notice's UTC day). The deadline is day 45 at its start, as enforcement "
+        "reads it and as the funnel's still without 2FA at enforcement counts: an account "
+        "enrolling on its deadline day is still without it there."
+    )
+    assert said in " ".join(markdown.split())
+    html = files.html.read_text()
+    assert said in " ".join(html.split())
+    assert "still not compliant at the start of each day since notice" in html
+
+
 def test_each_bar_of_the_funnel_counts_some_of_the_bar_before(report: ReportFiles) -> None:
     """The funnel chart's bars are a chain: no stage over 100% of the one above it."""
     html = report.html.read_text()

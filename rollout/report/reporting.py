@@ -277,6 +277,20 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
 
 # compliance_funnel's columns that are no count: the phase, its days, its rollback.
 _FUNNEL_LABELS = ("phase", "cohort", "notice_on", "enforce_on", "rolled_back_at")
+# Its counts of a span after the notice (within 7, 14, 30 days, before enforcement):
+# null until the span is over by $as_of, shown as NOT_YET.
+_ENROLMENT_SPANS = ("enrolled_7d", "enrolled_14d", "enrolled_30d", "enrolled_by_enforcement")
+
+
+class _NotYet:
+    """A count of a span not over by the report's day: shown as "not yet" (a count so
+    far would read as the whole span's), as a brown-out not held yet is."""
+
+    def __repr__(self) -> str:
+        return "NOT_YET"
+
+
+NOT_YET = _NotYet()
 # Its counts that follow 2FA: shown as "—" for a phase that asks none.
 _TWO_FACTOR_STAGES = (
     "without_2fa_at_notice",
@@ -351,8 +365,11 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
             note = "asks no 2FA: see required by the phase, and token readiness"
         else:
             note = ""
-        counts = {c: _int(row[c]) for c in count_columns} if row else {}
-        shown: dict[str, int | None] = dict(counts)
+        counts = {c: _int(row[c]) for c in count_columns if row[c] is not None} if row else {}
+        # A span not over by as_of (null in the mart) is not yet known: not 0.
+        open_spans = [c for c in _ENROLMENT_SPANS if row is not None and row[c] is None]
+        shown: dict[str, int | _NotYet | None] = dict(counts)
+        shown.update(dict.fromkeys(open_spans, NOT_YET))
         if not asks_2fa:
             shown.update(dict.fromkeys(_TWO_FACTOR_STAGES, None))
         base = counts.get("without_2fa_at_notice", 0)
@@ -388,6 +405,8 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
                     "asks_only_2fa": planned is None or planned.requires.asks_only_2fa,
                     "asks_2fa": asks_2fa,
                     "asks": "; ".join(planned.requires.describe()) if planned else "",
+                    # Some enrolment span is not over on as_of (and shown): "not yet".
+                    "spans_open": asks_2fa and bool(open_spans),
                     **shown,
                     "base": base,
                     "median_days": quantile(name, 0.5) if asks_2fa else None,
@@ -604,7 +623,9 @@ def _publishing_weeks(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, 
 
 def _deadlines(con: duckdb.DuckDBPyConnection, plan: Plan) -> list[dict[str, Any]]:
     """Per phase with per-account deadlines, its survival curve at the days that tell it:
-    each week, the deadline, the deadline snoozed, and the last day reached."""
+    each week, the deadline, the deadline snoozed, and the last day reached. Each day N
+    of the mart is the start of notice day + N, so an account's deadline, notice day +
+    days_after_notice as enforcement judges it, is day days_after_notice."""
     out = []
     for phase in plan.phases:
         deadline = phase.deadline
@@ -711,6 +732,8 @@ def _defined(value: Any) -> None:
 
 def _count(value: Any) -> str:
     _defined(value)
+    if value is NOT_YET:
+        return "not yet"
     return "—" if value is None else f"{_int(value):,}"
 
 

@@ -66,7 +66,8 @@ enrolments as (
     where enrolled_at is not null
 ),
 
--- "Within N days after notice_on": before notice_on + N days, 00:00 UTC.
+-- "Within N days after notice_on": before notice_on + N days, 00:00 UTC. Counted here
+-- whatever $as_of; final leaves out a span not over by $as_of.
 enrolment_counts as (
     select
         enrolments.phase,
@@ -137,10 +138,26 @@ final as (
         coalesce(funnel_counts.accounts, 0) as accounts,
         coalesce(funnel_counts.without_2fa_at_notice, 0) as without_2fa_at_notice,
         coalesce(funnel_counts.notified, 0) as notified,
-        coalesce(enrolment_counts.enrolled_7d, 0) as enrolled_7d,
-        coalesce(enrolment_counts.enrolled_14d, 0) as enrolled_14d,
-        coalesce(enrolment_counts.enrolled_30d, 0) as enrolled_30d,
-        coalesce(enrolment_counts.enrolled_by_enforcement, 0) as enrolled_by_enforcement,
+        -- A span is over once the day it ends at the start of is $as_of or earlier (as
+        -- "at enforcement" counts once enforce_on is): until then null, not the count so
+        -- far, which would read as the whole span's (a report of its day may be written
+        -- while the day runs).
+        case
+            when phases.notice_on + 7 <= $as_of::date
+                then coalesce(enrolment_counts.enrolled_7d, 0)
+        end as enrolled_7d,
+        case
+            when phases.notice_on + 14 <= $as_of::date
+                then coalesce(enrolment_counts.enrolled_14d, 0)
+        end as enrolled_14d,
+        case
+            when phases.notice_on + 30 <= $as_of::date
+                then coalesce(enrolment_counts.enrolled_30d, 0)
+        end as enrolled_30d,
+        case
+            when phases.enforce_on <= $as_of::date
+                then coalesce(enrolment_counts.enrolled_by_enforcement, 0)
+        end as enrolled_by_enforcement,
         coalesce(funnel_counts.without_2fa_at_enforcement, 0) as without_2fa_at_enforcement,
         coalesce(funnel_counts.enforced, 0) as enforced,
         coalesce(revocations.sessions_revoked, 0) as sessions_revoked,

@@ -1,6 +1,10 @@
 -- For phases with per-account deadlines: of the accounts sent the phase's notice while
--- short of its second factor, the share still without it N days after their own notice
--- (a survival curve over each account's own clock), with the snoozed ones marked.
+-- short of its second factor, the share still without it at the start of the Nth day
+-- after their own notice (a survival curve over each account's own clock), with the
+-- snoozed ones marked. Day N is read at its start, as enforcement reads an account's
+-- deadline (its notice day + days_after_notice: own_deadline in the package's deadlines
+-- module), so the curve's day days_after_notice counts whom the deadline day's
+-- enforcement could meet: the funnel's "at enforcement" (int_funnel_accounts).
 with
 
 phases as (
@@ -62,14 +66,19 @@ snoozed as (
     inner join phases using (phase)
 ),
 
--- Each account's clock, day by day, while it is in the past of $as_of.
+-- Each account's clock, day by day, while it is in the past of $as_of. Day N is the
+-- start of notice day + N (00:00 UTC): a factor made during that day is not held yet,
+-- as that day's enforcement may run before it comes. So day 0 counts everyone (short at
+-- the notice), and one enrolling on its deadline day is still without at the deadline.
+-- A snooze granted on notice day + N counts by then: granted on the deadline day,
+-- before that day's enforcement, it postponed it.
 days as (
     select
         complied.phase,
         complied.account_id,
         day_number,
         complied.complied_on is null
-            or complied.complied_on > complied.noticed_on + day_number::integer as still_without,
+            or complied.complied_on >= complied.noticed_on + day_number::integer as still_without,
         snoozed.snoozed_on is not null
             and snoozed.snoozed_on <= complied.noticed_on + day_number::integer as snoozed_by_then
     from complied
