@@ -425,6 +425,56 @@ def test_a_rollback_keeps_the_email_of_an_account_whose_tokens_were_revoked(
     assert "The registry has since rolled this step back" in html
 
 
+@pytest.mark.parametrize("applied_again", [False, True], ids=["rolled-back", "applied-again"])
+def test_an_apply_and_a_rollback_at_one_instant_tell_which_came_last(
+    registry: Registry, plan: Plan, factories: None, tmp_path: Path, applied_again: bool
+) -> None:
+    """Under a clock that stands still (the demo's), a rollback starts at the instant of
+    the apply before it, or an apply again at the instant of the rollback before it:
+    which came last was arbitrary (the runs' ids are random), so holder's kept
+    enforcement email said "rolled back since" of a step applied again, or not of one
+    rolled back. The order the runs were recorded in decides."""
+    from email import message_from_bytes, policy
+
+    from rollout.core.plan import Phase
+    from rollout.notify.drain import drain
+    from rollout.notify.senders import FileSender
+    from rollout.phases import enforce
+    from tests.factories import AccountFactory, TokenFactory
+
+    phase = plan.phase("top-100")
+    both = Phase.model_validate(
+        {
+            **phase.model_dump(),
+            "requires": {"two_factor": "any", "no_classic_tokens": True},
+            "effects": ["require_2fa", "revoke_tokens"],
+            "max_tokens": 100,
+        }
+    )
+    both_plan = plan.model_copy(update={"phases": [both, *plan.phases[1:]]})
+    holder = AccountFactory(username="holder", with_totp=True, in_cohort="top-100")
+    TokenFactory(account=holder, name="ci-release", kind="automation")
+    noon = datetime.combine(both.enforce_on, time(12))
+    # Applied again: the rollback and the second apply share an instant, not the first.
+    with use_clock(SimulatedClock(noon - timedelta(hours=1) if applied_again else noon)):
+        enforce.enforce_phase(registry, both_plan, "top-100", expect=1, expect_tokens=1, actor="rm")
+    with use_clock(SimulatedClock(noon)):
+        enforce.rollback_phase(registry, both_plan, "top-100", actor="rm")
+        if applied_again:
+            # holder's token is gone: nobody to act on, but the step is applied again.
+            enforce.enforce_phase(
+                registry, both_plan, "top-100", expect=0, expect_tokens=0, actor="rm"
+            )
+        assert drain(registry, both_plan, FileSender(tmp_path / "outbox")).sent == 1
+    [path] = (tmp_path / "outbox").iterdir()
+    message = message_from_bytes(path.read_bytes(), policy=policy.default)
+    assert message["To"].addresses[0].username == "holder"
+    text = words(message.get_body(("plain",)).get_content())
+    assert "- ci-release, automation" in text
+    said = "The registry has since rolled this step back" in text
+    assert said is not applied_again
+
+
 @pytest.mark.parametrize("phase", ["totp-closed", "recommended"])
 def test_a_phase_that_stops_no_one_recommends_and_asks_no_action(phase: str) -> None:
     """npm 2025's totp-closed only closes new TOTP set-ups, RubyGems' recommended only

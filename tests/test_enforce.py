@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
+from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import ExemptAccount, Exemptions, Plan
 from rollout.phases import enforce
@@ -474,6 +475,41 @@ def test_plan_show_follows_a_phase_from_pending_to_rolled_back(
     assert (
         _state(registry, plan_exempting_carol, "brownout-1: 24 h of ELV for all") == "not scheduled"
     )
+
+
+def test_plan_show_orders_runs_of_one_instant_as_they_were_recorded(
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
+) -> None:
+    """Under a clock that stands still (the demo's), an apply, its rollback and the apply
+    after it all start at one instant: ordered by their start alone, the rollback could
+    come before the apply (the runs' ids are random), and the apply after a rollback of
+    the same instant was no apply at all (plan show failed on it)."""
+    plan, enforced = plan_exempting_carol, "phase top-100 enforced"
+    with use_clock(SimulatedClock(datetime(2022, 2, 1, 12))):
+        first = enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
+        back = enforce.rollback_phase(registry, plan, "top-100", actor="rm")
+        [step] = [s for s in step_states(registry, plan) if s.step.label == enforced]
+        assert (step.state, step.run_id) == ("rolled back", back.run_id)
+        again = enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
+        [step] = [s for s in step_states(registry, plan) if s.step.label == enforced]
+        assert (step.state, step.run_id) == ("applied", again.run_id)
+        assert again.run_id != first.run_id
+
+
+def test_a_re_run_killed_at_the_instant_of_the_apply_leaves_it_applied(
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
+) -> None:
+    """What the step did before the re-run is every run recorded before it, those of
+    its own instant too: by start alone, the apply was not before it, and the step read
+    "interrupted", an enforcement half done."""
+    plan = plan_exempting_carol
+    with use_clock(SimulatedClock(datetime(2022, 2, 1, 12))):
+        applied = enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
+        _left_running(registry, plan.name, "phase top-100", "apply", "enforce")
+        [step] = [
+            s for s in step_states(registry, plan) if s.step.label == "phase top-100 enforced"
+        ]
+    assert (step.state, step.run_id) == ("applied, re-run interrupted", applied.run_id)
 
 
 def test_plan_show_tells_an_interrupted_enforce_run_from_a_running_one(

@@ -27,6 +27,7 @@ from rollout.notify.queue import queue_due
 from rollout.phases import brownouts, enforce, orgs
 from rollout.registry import Registry, migrate
 from rollout.registry.engine import make_engine
+from rollout.registry.ledger import start_run
 from rollout.registry.models import Base
 from tests.factories import (
     AccountFactory,
@@ -369,3 +370,80 @@ def test_below_0013_an_address_keeps_one_suppression_and_unsubscribes_go(
         assert connection.execute(
             text("SELECT address, source FROM email_suppressions ORDER BY address")
         ).all() == [("a@example.com", "manual"), ("c@example.com", "manual")]
+
+
+def test_0018_numbers_the_runs_recorded_before_it_in_their_order(registry: Registry) -> None:
+    """By start, then finish (a run not finished after those of its instant), then as
+    inserted; the runs recorded afterwards come after them, whoever writes them."""
+    engine = registry.engine
+    migrate.downgrade(engine, "0017")
+    rows = [  # (id, started_at, finished_at), in the order they were inserted
+        ("c", "2022-02-01 10:00:00", "2022-02-01 10:05:00"),
+        ("a", "2022-02-01 09:00:00", "2022-02-01 09:01:00"),
+        ("e", "2022-02-01 11:00:00", None),
+        ("f", "2022-02-01 11:00:00", "2022-02-01 11:00:00"),
+        ("g", "2022-02-01 11:00:00", "2022-02-01 11:00:00"),
+        ("b", "2022-02-01 09:30:00", "2022-02-01 09:31:00"),
+    ]
+    with engine.begin() as connection:
+        for run_id, started, finished in rows:
+            connection.execute(
+                text(
+                    "INSERT INTO plan_runs (id, plan, step, mode, state, actor, started_at, "
+                    "finished_at, parameters, summary) VALUES (:id, 'p', 'phase top-100', "
+                    "'apply', :state, 'rm', :started, :finished, '{}', '{}')"
+                ),
+                {
+                    "id": run_id,
+                    "state": "succeeded" if finished else "running",
+                    "started": started,
+                    "finished": finished,
+                },
+            )
+    migrate.upgrade(engine)
+    _assert_matches_the_models(engine)
+    order = text("SELECT id FROM plan_runs ORDER BY seq")
+    with engine.connect() as connection:
+        assert connection.execute(order).scalars().all() == ["a", "b", "c", "f", "g", "e"]
+        assert connection.execute(text("SELECT min(seq) FROM plan_runs")).scalar_one() == 1
+    with engine.begin() as connection:
+        start_run(
+            connection, plan="p", step="phase top-100", mode="rollback", actor="rm", parameters={}
+        )
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT max(seq) FROM plan_runs")).scalar_one() == 7
+    if engine.dialect.name == "postgresql":
+        # Another writer's run, without a seq, gets the next one from the sequence.
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO plan_runs (id, plan, step, mode, state, actor, started_at, "
+                    "parameters, summary) VALUES ('h', 'p', 's', 'apply', 'running', 'rm', "
+                    "'2022-02-02 00:00:00', '{}', '{}')"
+                )
+            )
+        with engine.connect() as connection:
+            assert connection.execute(order).scalars().all()[-1] == "h"
+            assert connection.execute(text("SELECT max(seq) FROM plan_runs")).scalar_one() == 8
+    migrate.downgrade(engine, "0017")
+    assert "seq" not in _columns(engine)["plan_runs"]
+    migrate.upgrade(engine)
+    _assert_matches_the_models(engine)
+
+
+def test_0018_has_the_warehouse_copy_plan_runs_again(registry: Registry) -> None:
+    """The warehouse copies a SQLite registry's table again only when its change version
+    moved (rollout.registry.changes): adding seq moves it, even with no run to number,
+    or the copy would lack the column the adoption marts read."""
+    engine = registry.engine
+    migrate.downgrade(engine, "0017")
+    versions = text(
+        "SELECT version, read_version FROM registry_changes WHERE table_name = 'plan_runs'"
+    )
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE registry_changes SET read_version = version"))
+        read, _ = connection.execute(versions).one()
+    migrate.upgrade(engine)
+    with engine.connect() as connection:
+        version, read_version = connection.execute(versions).one()
+    assert read_version == read and version != read

@@ -495,8 +495,9 @@ def _stricter(
 
 
 def _rolled_back(connection: Connection, phase: Phase) -> bool:
-    """The phase's last succeeded apply or rollback run, by start, is a rollback: what
-    `plan show` calls rolled back (rollout.phases.timeline)."""
+    """The phase's last succeeded apply or rollback run, by start and then by the order
+    runs were recorded in (``seq``: an apply and its rollback can start at the same
+    instant), is a rollback: what `plan show` calls rolled back (rollout.phases.timeline)."""
     runs = PlanRun.__table__.c
     last = connection.execute(
         select(runs.mode)
@@ -507,7 +508,7 @@ def _rolled_back(connection: Connection, phase: Phase) -> bool:
                 runs.state == "succeeded",
             )
         )
-        .order_by(runs.started_at.desc())
+        .order_by(runs.started_at.desc(), runs.seq.desc())
         .limit(1)
     ).scalar()
     return last == "rollback"

@@ -52,9 +52,11 @@ def _lock_free(registry: Registry, name: str) -> bool:
 def _state_of(
     runs: Sequence[PlanRun], lock_free: Callable[[str], bool]
 ) -> tuple[str, PlanRun | None]:
-    """A step's state from its runs, oldest first, and the run that decided it: for an
-    applied step its first apply since the last rollback (a later no-op rerun, or a
-    catch-up that found nothing new, does not hide what the step did)."""
+    """A step's state from its runs, oldest first (``_recorded``), and the run that
+    decided it: for an applied step its first apply since the last rollback (a later
+    no-op rerun, or a catch-up that found nothing new, does not hide what the step
+    did). Which run came before which is their place in ``runs``, never their start
+    alone: an apply and its rollback can start at the same instant."""
     if not runs:
         return "pending", None
 
@@ -80,7 +82,7 @@ def _state_of(
         # A re-run stopped after the step was applied: what the step did stands (shown
         # by its apply), and only what the re-run had left (new accounts since, if any)
         # waits for the next run. "interrupted" alone read as an enforcement half done.
-        before = _state_of([r for r in runs if r.started_at < decisive.started_at], lock_free)
+        before = _state_of(runs[: runs.index(decisive)], lock_free)
         if before[0] == "applied":
             return "applied, re-run interrupted", before[1]
         return "interrupted", decisive
@@ -91,10 +93,8 @@ def _state_of(
         return "previewed", latest
     if done[-1].mode == "rollback":
         return "rolled back", done[-1]
-    since = [r for r in done if r.mode == "rollback"]
-    applies = [
-        r for r in done if r.mode == "apply" and (not since or r.started_at > since[-1].started_at)
-    ]
+    last_rollback = max((i for i, r in enumerate(done) if r.mode == "rollback"), default=-1)
+    applies = [r for r in done[last_rollback + 1 :] if r.mode == "apply"]
     return "applied", applies[0]
 
 
@@ -134,6 +134,16 @@ class _PreviewRun:
         return self.started_at
 
 
+def _recorded(run: PlanRun | _PreviewRun) -> tuple[datetime, int, int]:
+    """A run's place among its step's runs: by start, then as the registry recorded
+    them (plan_runs.seq: two runs can start at the same instant, under the demo's
+    simulated clock or a coarse one). A saved preview, which the registry never saw,
+    comes after the registry's runs of its instant."""
+    if isinstance(run, _PreviewRun):
+        return run.started_at, 1, 0
+    return run.started_at, 0, run.seq
+
+
 def step_states(
     registry: Registry,
     plan: Plan,
@@ -147,7 +157,9 @@ def step_states(
         runs: dict[str, list[Any]] = defaultdict(list)
         # As of ``now``: runs that started later have not happened yet.
         for run in connection.execute(
-            select(PlanRun).where(PlanRun.started_at <= now).order_by(PlanRun.started_at)
+            select(PlanRun)
+            .where(PlanRun.started_at <= now)
+            .order_by(PlanRun.started_at, PlanRun.seq)
         ).all():
             runs[run.step].append(run)
         windows = {w.name: w for w in connection.execute(select(BrownoutWindow)).all()}
@@ -159,7 +171,7 @@ def step_states(
                 _PreviewRun(record["run_id"], step, record["actor"], record["at"], summary)
             )
     for step_runs in runs.values():
-        step_runs.sort(key=lambda r: r.started_at)
+        step_runs.sort(key=_recorded)
     free: dict[str, bool] = {}
 
     def lock_free(name: str) -> bool:
@@ -214,7 +226,7 @@ def interrupted_off_calendar(
         running = connection.execute(
             select(PlanRun)
             .where(PlanRun.state == "running", PlanRun.started_at <= now)
-            .order_by(PlanRun.started_at)
+            .order_by(PlanRun.started_at, PlanRun.seq)
         ).all()
     free: dict[str, bool] = {}
     found = []

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, update
+from sqlalchemy import Connection, Engine, Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from rollout.core import clock
@@ -103,6 +103,21 @@ def record_actions(connection: Connection, actions: Iterable[Mapping[str, Any]])
         connection.execute(statement, rows)
 
 
+# PostgreSQL's sequence behind plan_runs.seq (revision 0018), also the column's default.
+RUN_SEQUENCE = "plan_runs_seq"
+
+
+def next_run_seq(connection: Connection) -> Any:
+    """SQL: the ``plan_runs.seq`` of a run recorded now, above every run recorded before
+    it. PostgreSQL draws it from its sequence. SQLite has no sequence for a column that
+    is not the key: one more than the highest, read by the INSERT itself, which holds
+    the database's one write lock from its start (no other writer can take the same
+    number; the column's unique constraint would refuse it anyway)."""
+    if connection.dialect.name == "postgresql":
+        return func.nextval(RUN_SEQUENCE)
+    return select(func.coalesce(func.max(PLAN_RUNS.c.seq), 0) + 1).scalar_subquery()
+
+
 def start_run(
     connection: Connection,
     *,
@@ -126,6 +141,7 @@ def start_run(
             parameters=dict(parameters),
             summary={},
             lock_name=lock,
+            seq=next_run_seq(connection),
         )
     )
     return run_id

@@ -339,6 +339,12 @@ class PlanRun(Base):
     # The run lock (Registry.lock) the run holds while it works: a row still
     # 'running' whose lock is free was left by a process that is gone (interrupted).
     lock_name: Mapped[str | None] = mapped_column(String(50))
+    # The order the runs were recorded in, 1, 2, 3... (rollout.registry.ledger.start_run
+    # numbers each; revision 0018 numbered those before it). Which of two runs came last
+    # is (started_at, seq): two runs can start at the same instant (the demo's
+    # simulated clock stands still while it moves a phase; a coarse clock), and then
+    # only seq tells an apply from the rollback after it. Not the id, a random UUID.
+    seq: Mapped[int] = mapped_column(BigInteger, unique=True)
 
 
 class PhaseRequirement(Base):

@@ -7,7 +7,7 @@
 with
 
 events as (
-    select phase, account_id, action, created_at
+    select id, phase, account_id, action, created_at
     from registry.actions
     where action in (
             'tfa_required', 'phase_required', 'tfa_required_withdrawn', 'tfa_required_cleared'
@@ -18,9 +18,17 @@ events as (
 ),
 
 -- A rollback ends the requirement: tfa_required_withdrawn, or tfa_required_cleared on
--- its own, which is all that rollbacks wrote before phase_requirements existed.
+-- its own, which is all that rollbacks wrote before phase_requirements existed. Which
+-- row came last is by created_at, then by id: a phase can be rolled back and enforced
+-- again at one instant (the demo's simulated clock, a coarse one), and the ledger's ids
+-- grow in the order its rows were written (it is append-only, and a phase's runs write
+-- one at a time, under the enforce lock).
 last_withdrawals as (
-    select phase, account_id, max(created_at) as withdrawn_at
+    select
+        phase,
+        account_id,
+        max(created_at) as withdrawn_at,
+        arg_max(id, (created_at, id)) as withdrawn_id
     from events
     where action in ('tfa_required_withdrawn', 'tfa_required_cleared')
     group by phase, account_id
@@ -28,7 +36,6 @@ last_withdrawals as (
 
 -- The requirement in force began with the first of its rows after the last rollback
 -- (a phase enforced, rolled back and enforced again requires from the second time).
--- A tfa_required at the very instant of a withdrawal counts as withdrawn.
 requirements as (
     select events.phase, events.account_id, min(events.created_at) as required_at
     from events
@@ -37,6 +44,10 @@ requirements as (
         and (
             last_withdrawals.withdrawn_at is null
             or events.created_at > last_withdrawals.withdrawn_at
+            or (
+                events.created_at = last_withdrawals.withdrawn_at
+                and events.id > last_withdrawals.withdrawn_id
+            )
         )
     group by events.phase, events.account_id
 ),

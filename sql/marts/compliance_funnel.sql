@@ -44,20 +44,22 @@ revocations as (
 
 -- The runs that applied or rolled back a phase (rollout.enforce's plan_runs steps).
 phase_runs as (
-    select step, mode, finished_at
+    select step, mode, finished_at, seq
     from registry.plan_runs
     where mode in ('apply', 'rollback')
         and state = 'succeeded'
         and finished_at < $as_of::date + 1
 ),
 
--- The phase's last such run decides: rolled back until it is applied again.
+-- The phase's last such run decides: rolled back until it is applied again. Last by
+-- finish, then in the order the runs were recorded (seq): an apply and its rollback can
+-- finish at the same instant (the demo's simulated clock, a coarse one).
 rollbacks as (
     select phases.phase, max(phase_runs.finished_at) as rolled_back_at
     from phases
     inner join phase_runs on phase_runs.step = phases.step
     group by phases.phase
-    having arg_max(phase_runs.mode, phase_runs.finished_at) = 'rollback'
+    having arg_max(phase_runs.mode, (phase_runs.finished_at, phase_runs.seq)) = 'rollback'
 ),
 
 enrolments as (

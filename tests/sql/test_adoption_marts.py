@@ -20,8 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rollout import warehouse
+from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import RolloutError
 from rollout.core.plan import Plan
+from rollout.registry import Registry
 from rollout.report import adoption
 from rollout.report.adoption import ADOPTION_TABLES, adoption_since, build_adoption
 from rollout.report.spec import report_spec
@@ -563,6 +565,59 @@ def _rows_of(con: duckdb.DuckDBPyConnection, query: str) -> list[dict[str, Any]]
     result = con.execute(query)
     names = [d[0] for d in result.description]
     return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+
+
+# --- runs of one instant ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("applied_again", [False, True], ids=["rolled-back", "applied-again"])
+def test_a_phase_rolled_back_or_applied_again_at_one_instant(
+    registry: Registry,
+    factories: None,
+    con: duckdb.DuckDBPyConnection,
+    plan: Plan,
+    applied_again: bool,
+) -> None:
+    """Under a clock that stands still (the demo's), a rollback starts and finishes at
+    the instant of the apply before it, or an apply again at the instant of the rollback
+    before it, and their audit rows share that instant. By time alone the funnel's last
+    run was whichever the warehouse met first (rolled_back_at of a phase applied again,
+    or none of one rolled back: the runs are read here in both orders), and a
+    requirement written at the instant of its withdrawal counted as withdrawn (0
+    required of a phase applied again). The order the runs were recorded in
+    (plan_runs.seq) and the ledger's (actions.id) decide."""
+    from rollout.phases import enforce
+    from rollout.warehouse.extract import extract_registry
+    from tests.factories import AccountFactory
+
+    for name in ("alice", "dave"):
+        AccountFactory(username=name, sessions=1, in_cohort="top-100")
+    at = datetime(2022, 2, 1, 12)
+    with use_clock(SimulatedClock(at - timedelta(hours=1) if applied_again else at)):
+        enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
+    with use_clock(SimulatedClock(at)):
+        enforce.rollback_phase(registry, plan, "top-100", actor="rm")
+        if applied_again:
+            enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
+    extract_registry(con, registry)
+    expected = (
+        {"required": 2, "rolled_back_at": None}
+        if applied_again
+        else {
+            "required": 0,
+            "rolled_back_at": at,
+        }
+    )
+    for _ in ("as extracted", "reversed"):
+        build_adoption(con, plan, at.date())
+        [row] = _rows_of(
+            con, "select required, rolled_back_at from compliance_funnel where phase = 'top-100'"
+        )
+        assert row == expected
+        con.execute(
+            "create or replace table registry.plan_runs as select * exclude (n) from "
+            "(select *, row_number() over () as n from registry.plan_runs) order by n desc"
+        )
 
 
 # --- the models' metadata and the rebuild ----------------------------------------------------
