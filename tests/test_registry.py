@@ -373,6 +373,31 @@ def test_a_failed_exporter_changes_nothing_and_leaves_no_process_behind(
     assert children() - before == set()
 
 
+def test_the_exporters_run_this_rollout_not_one_in_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from another checkout's folder (or any folder with a ``rollout`` in it), the
+    exporters import this process's rollout, as the extract that reads their files."""
+    other = tmp_path / "checkout" / "rollout" / "registry"
+    other.mkdir(parents=True)
+    marker = tmp_path / "the-other-rollout-ran"
+    (other.parent / "__init__.py").write_text("")
+    (other / "__init__.py").write_text("")
+    (other / "sqlite_export.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nraise SystemExit(1)\n"
+    )
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    add_account(engine, "alice")
+    engine.dispose()
+    monkeypatch.chdir(other.parents[1])
+    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        counts = extract_registry(con, Registry(url), ("accounts",), exporters=True)
+    assert counts == {"accounts": 1}
+    assert not marker.exists()
+
+
 def test_the_exporters_files_go_beside_the_warehouse_and_a_killed_extracts_are_removed(
     tmp_path: Path,
 ) -> None:

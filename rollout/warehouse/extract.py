@@ -29,6 +29,7 @@ from sqlalchemy import JSON, BigInteger, Boolean, Date, DateTime, Integer, Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.types import TypeEngine
 
+import rollout
 from rollout import warehouse
 from rollout.core.errors import RolloutError
 from rollout.core.stopping import PARENT_PID_VARIABLE, stop_requested_by_signals
@@ -128,6 +129,11 @@ def _export_sqlite(
     # once: the exporters have nothing to put back, and the finally below kills them
     # before their folder is removed.
     environment = {**os.environ, PARENT_PID_VARIABLE: str(os.getpid())}
+    # The exporters run this process's rollout: ``-P`` keeps the working folder off
+    # their path (``-m`` would put it first, so a ``rollout`` folder there, another
+    # checkout's, would be what they run), and the folder this one came from goes first.
+    here = str(Path(rollout.__file__).resolve().parents[1])
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, (here, environment.get("PYTHONPATH"))))
     with stop_requested_by_signals(raise_at_once=True):
         try:
             for share in shares:
@@ -135,7 +141,7 @@ def _export_sqlite(
                     f"{name}:{','.join(_numeric_columns(Base.metadata.tables[name]))}"
                     for name in share
                 ]
-                command = [sys.executable, "-m", "rollout.registry.sqlite_export", database]
+                command = [sys.executable, "-P", "-m", "rollout.registry.sqlite_export", database]
                 child = subprocess.Popen(
                     [*command, str(folder), *specs],
                     stdout=subprocess.DEVNULL,
