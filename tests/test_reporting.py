@@ -796,8 +796,9 @@ def test_the_deadline_is_read_at_the_start_of_its_day_as_enforcement_reads_it(
     said = (
         "the share still without it at the start of each day since their notice (day 0 "
         "is the notice's UTC day). The deadline is day 45 at its start, as enforcement "
-        "reads it and as the funnel's still without 2FA at enforcement counts: an account "
-        "enrolling on its deadline day is still without it there."
+        "reads it: an account enrolling on its deadline day is still without it there. "
+        "The snoozed among them (last column) have a later deadline of their own, at "
+        "which the funnel's still without 2FA at enforcement judges them."
     )
     assert said in " ".join(markdown.split())
     html = files.html.read_text()

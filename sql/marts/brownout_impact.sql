@@ -62,16 +62,18 @@ baselines as (
     qualify row_number() over (partition by name order by weeks) = 1
 ),
 
--- Counted up to the end of $as_of: a brown-out's window is clipped there (empty before
--- it starts), and its baseline's to the same length, so the two stay comparable.
+-- Counted up to the start of $as_of, as compliance_funnel's spans: a report of a day is
+-- written while it runs (the daily one at 10:00), and the brown-out's part of that day
+-- against its baseline's whole one would not compare. A brown-out's window is clipped
+-- there (empty before it starts), and its baseline's to the same length.
 spans as (
     select
         name as brownout,
         'brownout' as period,
         starts_at,
         ends_at,
-        greatest(starts_at, least(until, $as_of::date + 1)) as enrolments_until,
-        until <= $as_of::date + 1 as enrolments_complete
+        greatest(starts_at, least(until, $as_of::date)) as enrolments_until,
+        until <= $as_of::date as enrolments_complete
     from enrolment_windows
     union all
     select
@@ -80,9 +82,9 @@ spans as (
         baselines.starts_at,
         baselines.ends_at,
         greatest(
-            enrolment_windows.starts_at, least(enrolment_windows.until, $as_of::date + 1)
+            enrolment_windows.starts_at, least(enrolment_windows.until, $as_of::date)
         ) - baselines.weeks * interval 7 day,
-        enrolment_windows.until <= $as_of::date + 1
+        enrolment_windows.until <= $as_of::date
     from baselines
     inner join enrolment_windows using (name)
 ),
