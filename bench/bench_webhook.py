@@ -35,7 +35,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +44,7 @@ from typing import Any
 
 import httpx
 import psutil
+from rollout_child import ROLLOUT, rollout_env
 from sqlalchemy import func, select
 
 from rollout import warehouse
@@ -107,12 +107,12 @@ def main() -> None:
         home = Path(scratch)
         port = free_port()
         env = {
-            **os.environ,
+            **rollout_env(os.environ),
             "ROLLOUT_HOME": str(home),
             "ROLLOUT_SENDGRID_WEBHOOK_KEY": signer.public_key,
         }
         server = subprocess.Popen(
-            [sys.executable, "-m", "rollout", "notify", "events", "serve", "--port", str(port)],
+            [*ROLLOUT, "notify", "events", "serve", "--port", str(port)],
             env=env,
         )
         url = f"http://127.0.0.1:{port}"

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from rollout.core.calendar import plan_calendar, unplanned_kind
 from rollout.core.config import load_settings
@@ -132,3 +132,27 @@ def test_the_reference_plan_runs_start_to_end(story: Story) -> None:
     # Acted on unwarned: required, or skipped as compliant since the preview.
     unwarned_required = sum(int(row["never_reached_enforced"]) for row in reach.values())
     assert 0 < unwarned_required <= sum(report.unreached_enforced.values())
+    # The world the story writes is one the jobs could have seen: no account required
+    # by a phase held a factor dated before its enforcement, and no email skipped for
+    # the compliant (reminders, heads-ups) went to one holding a factor dated before
+    # its send. The maintainers act after the day's jobs, and the sample's own history
+    # reaches the registry before each job it precedes.
+    held_by_then = (
+        "exists (select 1 from tfa_factors f where f.account_id = {who} "
+        "and f.created_at < {when} and (f.removed_at is null or f.removed_at > {when}))"
+    )
+    with Registry(settings.registry_url) as registry, registry.engine.connect() as connection:
+        required_with_2fa = connection.execute(
+            text(
+                "select count(*) from phase_requirements r where "
+                + held_by_then.format(who="r.account_id", when="r.required_at")
+            )
+        ).scalar_one()
+        told_with_2fa = connection.execute(
+            text(
+                "select count(*) from notifications n where n.state = 'sent' and n.email in "
+                "('reminder', 'brownout_heads_up', 'elv_enrollment') and "
+                + held_by_then.format(who="n.account_id", when="n.sent_at")
+            )
+        ).scalar_one()
+    assert (required_with_2fa, told_with_2fa) == (0, 0)

@@ -46,7 +46,7 @@ def live(registry: Registry) -> dict[str, list[tuple[int, object]]]:
         }
 
 
-def test_the_samples_later_history_is_held_back_and_replayed_on_its_day(
+def test_the_samples_later_history_is_held_back_and_replayed_at_its_time(
     registry: Registry, factories: None, tmp_path: Path
 ) -> None:
     gave_up = AccountFactory(username="gave-up")
@@ -67,14 +67,18 @@ def test_the_samples_later_history_is_held_back_and_replayed_on_its_day(
     }
     assert live(registry) == before_feb
 
-    # A day with nothing dated on it changes nothing.
+    # Days with nothing dated on them change nothing, nor the hours of a day before
+    # what it dates (a job at 14:00 sees nothing of 15:00: its history up to its hour).
     with registry.engine.begin() as connection:
-        replay(connection, held, date(2022, 2, 1))
+        replay(connection, held, datetime(2022, 2, 2))
+        replay(connection, held, FEB_2)
     assert live(registry) == before_feb
 
     with registry.engine.begin() as connection:
-        done = replay(connection, held, FEB_2.date())
+        done = replay(connection, held, datetime(2022, 2, 3))
+        again = replay(connection, held, datetime(2022, 2, 3))
     assert [row["name"] for row in done.added["tokens"]] == ["made-later"]
+    assert again.added == {"tfa_factors": [], "tokens": [], "web_sessions": []}
     assert live(registry) == {
         "factors": [(late.id, "webauthn")],
         "tokens": [(gave_up.id, "old"), (late.id, "made-later")],
@@ -88,7 +92,7 @@ def test_the_samples_later_history_is_held_back_and_replayed_on_its_day(
             .where(WebSession.account_id == gave_up.id)
             .values(revoked_at=FEB_2, revoked_reason="phase top-100")
         )
-        done = replay(connection, held, MAR_3.date())
+        done = replay(connection, held, datetime(2022, 3, 4))
     assert done.ended["web_sessions"] == []
     assert live(registry) == {
         "factors": [],

@@ -3,8 +3,11 @@
 Each day the real jobs run under a simulated clock (:mod:`rollout.core.clock`), at the
 hours a deployment would run them: metrics and cohorts at 02:30, ELV for all at
 00:00 on its day, enforcement at 10:00 on a phase's day (preview, then the
-previewed count typed back), the day's emails at 09:00 to the file outbox. Between
-jobs, maintainers respond (:class:`Responses`): some enrol in 2FA after a notice or a
+previewed count typed back), the day's emails at 09:00 to the file outbox. After the
+day's jobs, from 11:00 (``DAY_FROM``), maintainers respond (:class:`Responses`): every
+act is dated after the jobs that, run earlier, could not have seen it (a factor dated
+08:00, written after the 10:00 enforcement, made an account enforced or reminded with
+2FA by its own record). Some enrol in 2FA after a notice or a
 reminder, more after being challenged during a brown-out, most once enforcement
 signs them out. Every login is recorded as a landing login event, with the ELV
 challenge the registry would have made, so the warehouse sees what users did.
@@ -173,6 +176,11 @@ def calendar(start: date, end: date) -> Iterator[date]:
         day += timedelta(days=1)
 
 
+# The hour maintainers' acts start on each day of the story: after every job of the day
+# (the last, enforcement, at 10:00), since what they do reaches the registry at once.
+DAY_FROM = 11
+
+
 def _at(day: date, hour: int, minute: int = 0) -> datetime:
     return datetime.combine(day, clock_time(hour, minute))
 
@@ -305,16 +313,27 @@ class Replayed:
     ended: dict[str, list[int]]
 
 
-def replay(connection: Any, held: HeldBack, day: date) -> Replayed:
-    """Add the held-back rows the sample dated on ``day`` and end those it ended that
-    day (a row the story ended already, e.g. a session enforcement revoked, keeps its
-    own end)."""
+def _due(by_day: dict[date, list[dict[str, Any]]], column: str, until: datetime) -> list[Any]:
+    """The rows dated before ``until``, taken out of ``by_day`` (each replayed once)."""
+    due = []
+    for day in sorted(d for d in by_day if d <= until.date()):
+        rows = by_day[day]
+        due += [row for row in rows if row[column] < until]
+        by_day[day] = [row for row in rows if row[column] >= until]
+    return due
+
+
+def replay(connection: Any, held: HeldBack, until: datetime) -> Replayed:
+    """Add the held-back rows the sample dated before ``until`` and end those it ended
+    by then (a row the story ended already, e.g. a session enforcement revoked, keeps
+    its own end), each once: called before each job of a day with the job's time, so a
+    job sees what happened before it and nothing after."""
     added: dict[str, list[dict[str, Any]]] = {}
     ended: dict[str, list[int]] = {}
     for history in _HISTORIES:
         table = history.table
         name = table.name
-        today = held.rows[name].get(day, [])
+        today = _due(held.rows[name], history.begins, until)
         added[name] = []
         if today:
             # New ids: on SQLite the story's own rows (a factor enrolled, a token made)
@@ -328,7 +347,7 @@ def replay(connection: Any, held: HeldBack, day: date) -> Replayed:
                 renumbered[row["id"]] = new_id
                 added[name].append({**row, "id": new_id})
         ended[name] = []
-        for row in held.ends[name].get(day, []):
+        for row in _due(held.ends[name], history.ends, until):
             row_id = held.renumbered[name][row["id"]] if row["held"] else row["id"]
             done = connection.execute(
                 update(table)
@@ -640,14 +659,14 @@ class Story:
             new_factors.append({"account_id": int(p.ids[n]), "kind": kind, "created_at": at})
             self.report.enrolled[cause] += 1
 
-        self.replay(day, held)
+        self.replay(_at(day + timedelta(days=1), 0), held)  # the rest of the day
         notified, reminded = self._recent_emails(engine, day)
         elv_enrolled, required, windows = self._elv_state(engine, day)
 
         # Logins, through the day: what each account meets at the door.
         chance = np.where(p.active, r.login_active, r.login_dormant)
         who = np.flatnonzero(rng.random(len(p.ids)) < chance)
-        seconds = rng.integers(6 * 3600, 23 * 3600, len(who))
+        seconds = rng.integers(DAY_FROM * 3600, 23 * 3600, len(who))
         for n, second in zip(who, seconds, strict=True):
             at = _at(day, 0) + timedelta(seconds=int(second))
             if p.method[n]:
@@ -677,7 +696,7 @@ class Story:
             if p.method[n] or (day - challenged_on).days > 7:
                 del self.brownout_challenged[n]
             elif day > challenged_on and rng.random() < r.week_after_brownout:
-                enrol(n, _at(day, int(rng.integers(8, 22))), "brown-out")
+                enrol(n, _at(day, int(rng.integers(DAY_FROM, 22))), "brown-out")
 
         # Emails read at some point in the day. While a phase asks for a security key, an
         # account with TOTP alone is short too: it adds a key.
@@ -692,7 +711,7 @@ class Story:
             # Drawn for everyone, so a dead mailbox changes no one else's story.
             reads = rng.random() < odds
             if reads and account_id not in self.dead:
-                at = _at(day, int(rng.integers(10, 22)), int(rng.integers(0, 60)))
+                at = _at(day, int(rng.integers(DAY_FROM, 22)), int(rng.integers(0, 60)))
                 enrol(n, at, "reminder" if account_id in reminded else "notice", key=wants_key)
         self.replace_tokens(day, notified, reminded)
         self.snooze(day, reminded)
@@ -703,13 +722,13 @@ class Story:
         self.renew_tokens(day)
         self.use_tokens(day)
 
-    def replay(self, day: date, held: HeldBack) -> None:
-        """The sample's own history of ``day`` (``rewind``), and the people in step with
-        it: a factor added is organic adoption, one removed may leave its account
+    def replay(self, until: datetime, held: HeldBack) -> None:
+        """The sample's own history before ``until`` (``rewind``), and the people in step
+        with it: a factor added is organic adoption, one removed may leave its account
         without 2FA, a token added is used as it was, a token revoked is no longer."""
         p = self.people
         with self.registry.engine.begin() as connection:
-            done = replay(connection, held, day)
+            done = replay(connection, held, until)
             factors = TfaFactor.__table__
             touched = [row["account_id"] for row in done.added["tfa_factors"]]
             removed = done.ended["tfa_factors"]
@@ -758,7 +777,7 @@ class Story:
             and not p.method[n]
             and rng.random() < self.responses.snooze_when_reminded
         ]
-        at = _at(day, 12)
+        at = _at(day, DAY_FROM + 1)
         for phase in phases:
             assert phase.deadline is not None
             requests = [
@@ -789,7 +808,7 @@ class Story:
         readers = notified | reminded
         if not phases or not readers:
             return
-        at = _at(day, int(rng.integers(10, 22)), int(rng.integers(0, 60)))
+        at = _at(day, int(rng.integers(DAY_FROM, 22)), int(rng.integers(0, 60)))
         tokens = Token.__table__
         with self.registry.engine.begin() as connection:
             held: dict[int, set[int]] = {}
@@ -833,7 +852,7 @@ class Story:
         expires). Without this the token plans' stories fell silent 90 days after the
         replacements."""
         p = self.people
-        at = _at(day, 10)
+        at = _at(day, DAY_FROM)
         tokens = Token.__table__
         newer = Token.__table__.alias("newer")
         with self.registry.engine.begin() as connection:
@@ -881,7 +900,7 @@ class Story:
         used = p.token_ids[rng.random(len(p.token_ids)) < chance]
         if not used.size:
             return
-        seconds = rng.integers(0, 24 * 3600, len(used))
+        seconds = rng.integers(DAY_FROM * 3600, 24 * 3600, len(used))
         uses = [
             {"token_id": int(i), "used_at": _at(day, 0) + timedelta(seconds=int(s))}
             for i, s in zip(used, seconds, strict=True)
@@ -1016,19 +1035,24 @@ class Story:
                 self._move(day, 0)
                 with self._timed("elv"):
                     self.elv_for_all(day)
+                # Each job sees the sample's own history of the day up to its hour
+                # (a factor it dates 08:00 spares its account the 10:00 enforcement).
                 self._move(day, 2, 30)
+                self.replay(_at(day, 2, 30), held)
                 with self._timed("metrics and cohorts"):
                     self.metrics_and_cohorts(con, day)
                 self._move(day, 9)
+                self.replay(_at(day, 9), held)
                 with self._timed("emails"):
                     self.emails(day)
                 self._move(day, 10)
+                self.replay(_at(day, 10), held)
                 with self._timed("enforcement"):
                     self.enforcement(con, day)
                 for b in self.plan.brownouts:
                     if b.starts_at.date() == day:
                         self._milestone(day, f"{b.name}: {b.hours} h of ELV for all without 2FA")
-                self._move(day, 11)
+                self._move(day, DAY_FROM)
                 with self._timed("maintainers"):
                     self.respond(day, held)
             self._move(self.end, 23, 59)
