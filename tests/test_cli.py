@@ -280,6 +280,27 @@ def test_brownouts_and_elv_from_the_command_line(rollout_home: Path) -> None:
     assert enrolled.exit_code == 0 and "enrolled 700 accounts" in enrolled.stderr
 
 
+def test_phase_preview_says_when_the_blast_radius_refuses_it(
+    rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command the preview ends with would be refused (exit 3) over max_accounts:
+    the preview says so first, as it does "Not due yet"."""
+    text = (ROOT / "plans" / "npm-2022.yaml").read_text()
+    small = tmp_path / "small.yaml"
+    small.write_text(text.replace("max_accounts: 1000", "max_accounts: 5"))
+    monkeypatch.setenv("ROLLOUT_PLAN", str(small))
+    _tiny_with_cohorts()
+    preview = run("phase", "preview", "top-100", "--format", "json")
+    assert preview.exit_code == 0, preview.stderr
+    count = len(json.loads(preview.stdout))
+    assert count > 5
+    said = " ".join(preview.stderr.split())
+    over = f"phase top-100 would change {count} accounts, over the plan's blast-radius limit of 5"
+    assert f"Over the blast radius: {over}" in said
+    refused = run("phase", "enforce", "top-100", "--apply", "--expect", str(count))
+    assert refused.exit_code == 3 and over in " ".join(refused.stderr.split())
+
+
 def _tiny_with_cohorts(day: str = "2022-01-03") -> None:
     run("sample", "--scale", "tiny", "--seed", "3")
     run("ingest")

@@ -293,6 +293,32 @@ def test_the_blast_radius_limit_refuses(
         enforce.enforce_phase(registry, small, "top-100", expect=2, actor="rm")
 
 
+def test_the_preview_says_the_blast_radius_refuses_it(
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int], tmp_path: Path
+) -> None:
+    """A list over max_accounts is refused whatever count is typed back: the preview and
+    the approval's artifact say so, in the guard's words, before anyone approves it."""
+    phases = [p.model_copy(update={"max_accounts": 1}) for p in plan_exempting_carol.phases]
+    small = plan_exempting_carol.model_copy(update={"phases": phases})
+    preview = enforce.preview_phase(registry, small, small.phase("top-100"))
+    over = "phase top-100 would change 2 accounts, over the plan's blast-radius limit of 1"
+    assert preview.over_blast_radius("accounts") == over
+    assert preview.over_blast_radius("tokens") is None
+    verdict = preview.blast_radius_verdict()
+    assert verdict is not None and over in verdict
+    markdown = preview_markdown(save_preview(small, preview, tmp_path, actor="rm"))
+    assert "Over the blast radius" in markdown and "limit of 1" in markdown
+    with pytest.raises(GuardRefused) as refused:
+        enforce.enforce_phase(registry, small, "top-100", expect=2, actor="rm")
+    assert str(refused.value) == over
+    within = enforce.preview_phase(
+        registry, plan_exempting_carol, plan_exempting_carol.phase("top-100")
+    )
+    assert within.blast_radius_verdict() is None
+    markdown = preview_markdown(save_preview(plan_exempting_carol, within, tmp_path, actor="rm"))
+    assert "blast radius" not in markdown
+
+
 def test_enforce_flags_revokes_audits_and_queues_once(
     registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
 ) -> None:

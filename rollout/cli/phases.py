@@ -109,6 +109,11 @@ def phase_preview(
             f"day{'' if days == 1 else 's'}), "
             "the date its emails gave; `phase enforce` refuses before it without --early.\n"
         )
+    # Over the plan's blast radius, enforcement refuses whatever is typed back: said
+    # before the command to copy, as "Not due yet" is.
+    over = preview.blast_radius_verdict()
+    if over is not None:
+        when = f"{over}\n{when}"
     if preview.per_account_deadlines:
         who += (
             f"; {preview.not_due} more fall short but their own deadline has not come "

@@ -296,6 +296,8 @@ def preview_phase(
         never_noticed=never_noticed,
         unreached=unreached,
         max_unreached_share=phase.max_unreached_share,
+        max_accounts=phase.max_accounts,
+        max_tokens=phase.max_tokens,
         exempt_but_required=exempt_but_required,
     )
 
@@ -1074,15 +1076,10 @@ def _guard(phase: Phase, preview: PhasePreview, expect: int, expect_tokens: int 
             f"phase {phase.name} would change {preview.count} accounts, not the "
             f"{expect} expected: run `rollout phase preview {phase.name}` and check"
         )
-    if preview.count > phase.max_accounts:
-        # Accounts the phase requires already count too: a run passes over them again
-        # (sessions made since are signed out, tokens made since revoked).
-        again = preview.required_by_phase
-        raise GuardRefused(
-            f"phase {phase.name} would change {preview.count} accounts"
-            + (f" ({again} of them required by it already)" if again else "")
-            + f", over the plan's blast-radius limit of {phase.max_accounts}"
-        )
+    # In the words the preview warned with (PhasePreview.over_blast_radius).
+    over = preview.over_blast_radius("accounts")
+    if over is not None:
+        raise GuardRefused(over)
     if not phase.does("revoke_tokens"):
         return
     if expect_tokens is None:
@@ -1095,11 +1092,9 @@ def _guard(phase: Phase, preview: PhasePreview, expect: int, expect_tokens: int 
             f"phase {phase.name} would revoke {preview.token_count} tokens, not the "
             f"{expect_tokens} expected: run `rollout phase preview {phase.name}` and check"
         )
-    if phase.max_tokens is not None and preview.token_count > phase.max_tokens:
-        raise GuardRefused(
-            f"phase {phase.name} would revoke {preview.token_count} tokens, over the "
-            f"plan's blast-radius limit of {phase.max_tokens}"
-        )
+    over = preview.over_blast_radius("tokens")
+    if over is not None:
+        raise GuardRefused(over)
 
 
 def _list_guard(phase: Phase, preview: PhasePreview, expect_list: str | None) -> None:
