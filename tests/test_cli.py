@@ -502,6 +502,38 @@ def test_a_suggested_command_gives_the_shell_the_name_and_nothing_else(
     assert not (rollout_home / "pwned").exists()
 
 
+@pytest.mark.parametrize("typed", ["zz", "53aeb24bf13", "53aeb24bf1345", "87", ""])
+def test_a_mistyped_list_fingerprint_is_a_usage_error(rollout_home: Path, typed: str) -> None:
+    """--expect-list that no preview could have printed (a digit short, the count pasted
+    in its place) is refused as the usage error it is (exit 2, naming the option), before
+    anything is read: not as a list that changed since its preview (exit 3, "preview
+    again"), which sent the release manager to look for who changed."""
+    run("db", "upgrade")
+    engine = make_engine(load_settings().registry_url)
+    with bound_to(engine):
+        team = OrgFactory(name="acme")
+        OrgMemberFactory(org=team, account=AccountFactory(username="sam"))
+        OrgMemberFactory(
+            org=team, account=AccountFactory(username="o", with_totp=True), role="owner"
+        )
+    engine.dispose()
+    phase = run("phase", "enforce", "top-100", "--apply", "--expect", "1", "--expect-list", typed)
+    org = run(
+        *("orgs", "enforce", "acme", "--owner", "o", "--confirm", "acme", "--expect", "1"),
+        *("--expect-list", typed),
+    )
+    for refused in (phase, org):
+        assert refused.exit_code == 2, refused.stderr
+        said = _one_line(refused.stderr)
+        assert f"--expect-list: {typed!r} is not a list's fingerprint (12 hex digits" in said
+    # As typed back from the preview (any case, spaces around): taken.
+    taken = run(
+        *("orgs", "enforce", "acme", "--owner", "o", "--confirm", "acme", "--expect", "1"),
+        *("--expect-list", f" {list_fingerprint(['sam']).upper()} "),
+    )
+    assert taken.exit_code == 0, taken.stderr
+
+
 def _one_line(text: str) -> str:
     """stderr as one line: the console wraps long messages at its width."""
     return " ".join(text.split())

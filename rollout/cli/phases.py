@@ -9,6 +9,7 @@ import typer
 
 from rollout.cli.app import (
     FormatOption,
+    _fingerprint,
     _runtime,
     app,
     reports_errors,
@@ -200,6 +201,7 @@ def phase_enforce(
         raise RolloutError(
             "--apply needs --expect N, the count `rollout phase preview` showed"
         ).with_exit(EXIT_BAD_INPUT)
+    expect_list = _fingerprint(expect_list)
     runtime = _runtime(ctx)
     settings = runtime.settings
     with progress_for(fmt) as progress:
