@@ -301,6 +301,27 @@ def test_phase_preview_says_when_the_blast_radius_refuses_it(
     assert refused.exit_code == 3 and over in " ".join(refused.stderr.split())
 
 
+def test_a_mistyped_cohort_or_phase_is_said_before_what_else_is_missing(
+    rollout_home: Path, tmp_path: Path
+) -> None:
+    """A typo in a cohort or phase name is reported as the typo, even where something
+    else is missing too (the day's metrics, the requests file): "no package metrics"
+    sent the release manager to compute metrics for a cohort that does not exist."""
+    assert run("db", "upgrade").exit_code == 0
+    typo = run("cohorts", "build", "--as-of", "2022-01-05", "--cohort", "top-10")
+    assert typo.exit_code == 2
+    assert "no cohort 'top-10' in plan npm-2022 (cohorts: top-100, high-impact)" in typo.stderr
+    # Named before its phase's day: said as such, whatever the metrics.
+    early = run("cohorts", "build", "--as-of", "2022-01-01", "--cohort", "top-100")
+    assert early.exit_code == 2 and "cohort top-100 is fixed from 2022-01-03" in early.stderr
+    # Not named: what is missing is still said as that.
+    unnamed = run("cohorts", "build", "--as-of", "2022-01-05")
+    assert unnamed.exit_code == 2 and "no warehouse yet" in unnamed.stderr
+    snooze = run("phase", "snooze", "top-10", "--file", str(tmp_path / "missing.csv"))
+    assert snooze.exit_code == 2
+    assert "no phase 'top-10' in plan npm-2022 (phases: top-100, high-impact)" in snooze.stderr
+
+
 def _tiny_with_cohorts(day: str = "2022-01-03") -> None:
     run("sample", "--scale", "tiny", "--seed", "3")
     run("ingest")

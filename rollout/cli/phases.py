@@ -262,6 +262,7 @@ def phase_snooze(
         raise RolloutError("a USERNAME needs --days N").with_exit(EXIT_BAD_INPUT)
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
+    plan.phase(phase)  # a typo is said as such, not as what reading --file found first
     now = utc_now()
     if file is not None:
         requests = read_requests(file, now, read_each_day=True)
