@@ -275,6 +275,11 @@ def test_brownouts_and_elv_from_the_command_line(rollout_home: Path) -> None:
     ]
     ended = run("brownout", "end", "brownout-1", "--reason", "test", "--apply")
     assert ended.exit_code == 3 and "already ended" in ended.stderr
+    # The previews refuse as the apply would (the runbook said they did not look).
+    for change in ("end", "start"):
+        previewed = run("brownout", change, "brownout-1", "--reason", "test")
+        assert previewed.exit_code == 3 and "ended" in previewed.stderr
+        assert "preview only" not in previewed.stderr
     assert "preview only" in run("elv", "enroll-all").stderr
     enrolled = run("elv", "enroll-all", "--apply")
     assert enrolled.exit_code == 0 and "enrolled 700 accounts" in enrolled.stderr

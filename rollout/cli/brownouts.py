@@ -66,7 +66,8 @@ def brownout_start(
     reason: Annotated[str, typer.Option(help="Why now: recorded in the audit ledger.")],
     apply: ApplyOption = False,
 ) -> None:
-    """Begin a scheduled brown-out now (it keeps its planned length)."""
+    """Begin a scheduled brown-out now (it keeps its planned length); one begun or
+    ended is refused (exit 3), in the preview too."""
     from rollout.phases.brownouts import change_preview, start_now
 
     runtime = _runtime(ctx)
@@ -89,7 +90,8 @@ def brownout_end(
     reason: Annotated[str, typer.Option(help="Why: recorded in the audit ledger.")],
     apply: ApplyOption = False,
 ) -> None:
-    """The emergency stop: a brown-out stops applying now, whatever its state."""
+    """The emergency stop: a brown-out stops applying now, scheduled (cancelled) or
+    active; one already ended is refused (exit 3), in the preview too."""
     from rollout.phases.brownouts import change_preview, end_now
 
     runtime = _runtime(ctx)
