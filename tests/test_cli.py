@@ -265,7 +265,7 @@ def test_orgs_audit_and_enforce_preview(rollout_home: Path) -> None:
 def test_brownouts_and_elv_from_the_command_line(rollout_home: Path) -> None:
     run("sample", "--scale", "tiny", "--seed", "3")
     preview = run("brownout", "schedule")
-    assert "brownout-1: create 2022-02-16 00:00 + 24 h" in preview.stderr
+    assert "brownout-1: create 2022-02-16 00:00 UTC + 24 h" in preview.stderr
     assert json.loads(run("brownout", "status", "--format", "json").stdout) == []
     assert run("brownout", "schedule", "--apply").exit_code == 0
     windows = json.loads(run("brownout", "status", "--format", "json").stdout)
@@ -275,6 +275,13 @@ def test_brownouts_and_elv_from_the_command_line(rollout_home: Path) -> None:
     ]
     ended = run("brownout", "end", "brownout-1", "--reason", "test", "--apply")
     assert ended.exit_code == 3 and "already ended" in ended.stderr
+    # Times are UTC, and a person is told so: in the table's headings (CSV and JSON keep
+    # the names programs read).
+    table = run("brownout", "status").stdout
+    assert "starts_at (UTC)" in table and "ends_at (UTC)" in table and "state (UTC)" not in table
+    assert run("brownout", "status", "--format", "csv").stdout.startswith(
+        "name,state,starts_at,ends_at,ended_early_at\n"
+    )
     # The previews refuse as the apply would (the runbook said they did not look).
     for change in ("end", "start"):
         previewed = run("brownout", change, "brownout-1", "--reason", "test")

@@ -115,7 +115,7 @@ def _schedule_changes(
         current = existing.get(planned.name)
         window = planned_window(planned)
         if current is None:
-            what = f"create {window[0]:%Y-%m-%d %H:%M} + {planned.hours} h"
+            what = f"create {window[0]:%Y-%m-%d %H:%M} UTC + {planned.hours} h"
         elif (naive_utc(current.starts_at), naive_utc(current.ends_at)) == window:
             what = f"unchanged ({current.state})"
         elif current.state != "scheduled":
@@ -127,13 +127,13 @@ def _schedule_changes(
             what = (
                 f"refused: its heads-up went (or is queued) to {told[planned.name]} accounts, "
                 "telling them "
-                f"{current.starts_at:%Y-%m-%d %H:%M} + "
+                f"{current.starts_at:%Y-%m-%d %H:%M} UTC + "
                 f"{round((current.ends_at - current.starts_at).total_seconds() / 3600)} h; "
                 f"cancel it (`rollout brownout end {planned.name}`) and plan the new window "
                 "under another name, which gets a heads-up of its own"
             )
         else:
-            what = f"move to {window[0]:%Y-%m-%d %H:%M} + {planned.hours} h"
+            what = f"move to {window[0]:%Y-%m-%d %H:%M} UTC + {planned.hours} h"
         changes.append((planned, current, what))
     return changes
 
