@@ -130,6 +130,12 @@ def test_plan_check_names_the_line_and_exits_2(rollout_home: Path, tmp_path: Pat
     assert f"{broken}:" in result.stderr and "unknown cohort 'nobody'" in result.stderr
 
 
+def test_plan_check_counts_in_words_that_fit_the_count(rollout_home: Path) -> None:
+    checked = run("plan", "check", str(ROOT / "plans" / "github-2023.yaml"))
+    assert checked.exit_code == 0, checked.stderr
+    assert "plan github-2023 is valid: 1 cohort, 1 phase, 0 brown-outs" in checked.stderr
+
+
 def test_plan_check_warns_of_a_cohort_no_phase_names_and_passes(
     rollout_home: Path, tmp_path: Path
 ) -> None:
