@@ -340,6 +340,25 @@ def test_a_mistyped_cohort_or_phase_is_said_before_what_else_is_missing(
     assert "no phase 'top-10' in plan npm-2022 (phases: top-100, high-impact)" in snooze.stderr
 
 
+def test_brownout_schedule_previews_the_refusal_its_apply_gives(
+    rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window that cannot move (ended; or its heads-up went) makes --apply refuse the
+    lot (exit 3, nothing scheduled): the preview refuses with it, as start's and end's
+    previews do, instead of suggesting the --apply."""
+    run("db", "upgrade")
+    assert run("brownout", "schedule", "--apply").exit_code == 0  # 2022: both ended
+    moved = tmp_path / "moved.yaml"
+    text = (ROOT / "plans" / "npm-2022.yaml").read_text()
+    moved.write_text(text.replace("2022-02-16T00:00:00", "2022-02-17T00:00:00"))
+    monkeypatch.setenv("ROLLOUT_PLAN", str(moved))
+    refusal = "brownout-1: refused: already ended, cannot move"
+    for command in (("brownout", "schedule"), ("brownout", "schedule", "--apply")):
+        refused = run(*command)
+        assert refused.exit_code == 3, refused.stderr
+        assert f"error: {refusal}" in refused.stderr and "add --apply" not in refused.stderr
+
+
 def _tiny_with_cohorts(day: str = "2022-01-03") -> None:
     run("sample", "--scale", "tiny", "--seed", "3")
     run("ingest")

@@ -44,7 +44,7 @@ def brownout_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> Non
 @reports_errors
 def brownout_schedule(ctx: typer.Context, apply: ApplyOption = False) -> None:
     """Create the plan's brown-out windows (or move ones that have not started)."""
-    from rollout.phases.brownouts import schedule, schedule_preview
+    from rollout.phases.brownouts import schedule, schedule_preview, schedule_refusal
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
@@ -52,6 +52,11 @@ def brownout_schedule(ctx: typer.Context, apply: ApplyOption = False) -> None:
     for name, what in changes:
         stderr.print(f"{name}: {what}", highlight=False)
     if not apply:
+        refused = schedule_refusal(changes)
+        if refused is not None:
+            # --apply would refuse the lot (exit 3, nothing scheduled): the preview says
+            # so as start's and end's do, rather than suggest it.
+            raise refused
         stderr.print("preview only: add --apply to schedule", highlight=False)
         return
     schedule(runtime.registry, plan, actor=settings.actor)

@@ -103,6 +103,13 @@ def schedule_preview(registry: Registry, plan: Plan) -> list[tuple[str, str]]:
     return [(planned.name, what) for planned, _, what in _schedule_changes(registry, plan)]
 
 
+def schedule_refusal(changes: list[tuple[str, str]]) -> GuardRefused | None:
+    """Why scheduling refuses (nothing is scheduled when any window is refused), from
+    its preview's changes; None when it would schedule them."""
+    refused = [f"{name}: {what}" for name, what in changes if what.startswith("refused")]
+    return GuardRefused("; ".join(refused)) if refused else None
+
+
 def _schedule_changes(
     registry: Registry, plan: Plan
 ) -> list[tuple[Brownout, WindowState | None, str]]:
@@ -162,9 +169,9 @@ def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, s
     """Create (or move, while not started) the plan's brown-out windows."""
     planned_changes = _schedule_changes(registry, plan)
     changes = [(planned.name, what) for planned, _, what in planned_changes]
-    refused = [f"{name}: {what}" for name, what in changes if what.startswith("refused")]
-    if refused:
-        raise GuardRefused("; ".join(refused))
+    refused = schedule_refusal(changes)
+    if refused is not None:
+        raise refused
     now = utc_now()
     meanwhile = GuardRefused(
         "the brown-out windows were changed by another run meanwhile (one started, ended "
