@@ -52,8 +52,8 @@ def required(registry: Registry, account_id: int, at: datetime) -> bool:
 
 def test_the_reference_brownouts_schedule_once(registry: Registry, plan: Plan) -> None:
     assert [what for _, what in brownouts.schedule_preview(registry, plan)] == [
-        "create 2022-02-16 00:00 + 24 h",
-        "create 2022-02-23 00:00 + 24 h",
+        "create 2022-02-16 00:00 UTC + 24 h",
+        "create 2022-02-23 00:00 UTC + 24 h",
     ]
     brownouts.schedule(registry, plan, actor="rm")
     assert [(w.name, w.state) for w in brownouts.status(registry)] == [
@@ -457,7 +457,7 @@ def test_a_window_whose_heads_up_went_is_not_moved_unannounced(
     assert window_name == "drill"
     assert what == (
         "refused: its heads-up went (or is queued) to 2 accounts, telling them "
-        f"{in_five_days:%Y-%m-%d %H:%M} + 24 h; cancel it (`rollout brownout end drill`) and "
+        f"{in_five_days:%Y-%m-%d %H:%M} UTC + 24 h; cancel it (`rollout brownout end drill`) and "
         "plan the new window under another name, which gets a heads-up of its own"
     )
     with pytest.raises(GuardRefused, match="drill: refused: its heads-up went"):

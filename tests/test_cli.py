@@ -130,6 +130,12 @@ def test_plan_check_names_the_line_and_exits_2(rollout_home: Path, tmp_path: Pat
     assert f"{broken}:" in result.stderr and "unknown cohort 'nobody'" in result.stderr
 
 
+def test_plan_check_counts_in_words_that_fit_the_count(rollout_home: Path) -> None:
+    checked = run("plan", "check", str(ROOT / "plans" / "github-2023.yaml"))
+    assert checked.exit_code == 0, checked.stderr
+    assert "plan github-2023 is valid: 1 cohort, 1 phase, 0 brown-outs" in checked.stderr
+
+
 def test_plan_check_warns_of_a_cohort_no_phase_names_and_passes(
     rollout_home: Path, tmp_path: Path
 ) -> None:
@@ -265,7 +271,7 @@ def test_orgs_audit_and_enforce_preview(rollout_home: Path) -> None:
 def test_brownouts_and_elv_from_the_command_line(rollout_home: Path) -> None:
     run("sample", "--scale", "tiny", "--seed", "3")
     preview = run("brownout", "schedule")
-    assert "brownout-1: create 2022-02-16 00:00 + 24 h" in preview.stderr
+    assert "brownout-1: create 2022-02-16 00:00 UTC + 24 h" in preview.stderr
     assert json.loads(run("brownout", "status", "--format", "json").stdout) == []
     assert run("brownout", "schedule", "--apply").exit_code == 0
     windows = json.loads(run("brownout", "status", "--format", "json").stdout)
@@ -275,9 +281,82 @@ def test_brownouts_and_elv_from_the_command_line(rollout_home: Path) -> None:
     ]
     ended = run("brownout", "end", "brownout-1", "--reason", "test", "--apply")
     assert ended.exit_code == 3 and "already ended" in ended.stderr
+    # Times are UTC, and a person is told so: in the table's headings (CSV and JSON keep
+    # the names programs read).
+    table = run("brownout", "status").stdout
+    assert "starts_at (UTC)" in table and "ends_at (UTC)" in table and "state (UTC)" not in table
+    assert run("brownout", "status", "--format", "csv").stdout.startswith(
+        "name,state,starts_at,ends_at,ended_early_at\n"
+    )
+    # The previews refuse as the apply would (the runbook said they did not look).
+    for change in ("end", "start"):
+        previewed = run("brownout", change, "brownout-1", "--reason", "test")
+        assert previewed.exit_code == 3 and "ended" in previewed.stderr
+        assert "preview only" not in previewed.stderr
     assert "preview only" in run("elv", "enroll-all").stderr
     enrolled = run("elv", "enroll-all", "--apply")
     assert enrolled.exit_code == 0 and "enrolled 700 accounts" in enrolled.stderr
+
+
+def test_phase_preview_says_when_the_blast_radius_refuses_it(
+    rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command the preview ends with would be refused (exit 3) over max_accounts:
+    the preview says so first, as it does "Not due yet"."""
+    text = (ROOT / "plans" / "npm-2022.yaml").read_text()
+    small = tmp_path / "small.yaml"
+    small.write_text(text.replace("max_accounts: 1000", "max_accounts: 5"))
+    monkeypatch.setenv("ROLLOUT_PLAN", str(small))
+    _tiny_with_cohorts()
+    preview = run("phase", "preview", "top-100", "--format", "json")
+    assert preview.exit_code == 0, preview.stderr
+    count = len(json.loads(preview.stdout))
+    assert count > 5
+    said = " ".join(preview.stderr.split())
+    over = f"phase top-100 would change {count} accounts, over the plan's blast-radius limit of 5"
+    assert f"Over the blast radius: {over}" in said
+    refused = run("phase", "enforce", "top-100", "--apply", "--expect", str(count))
+    assert refused.exit_code == 3 and over in " ".join(refused.stderr.split())
+
+
+def test_a_mistyped_cohort_or_phase_is_said_before_what_else_is_missing(
+    rollout_home: Path, tmp_path: Path
+) -> None:
+    """A typo in a cohort or phase name is reported as the typo, even where something
+    else is missing too (the day's metrics, the requests file): "no package metrics"
+    sent the release manager to compute metrics for a cohort that does not exist."""
+    assert run("db", "upgrade").exit_code == 0
+    typo = run("cohorts", "build", "--as-of", "2022-01-05", "--cohort", "top-10")
+    assert typo.exit_code == 2
+    assert "no cohort 'top-10' in plan npm-2022 (cohorts: top-100, high-impact)" in typo.stderr
+    # Named before its phase's day: said as such, whatever the metrics.
+    early = run("cohorts", "build", "--as-of", "2022-01-01", "--cohort", "top-100")
+    assert early.exit_code == 2 and "cohort top-100 is fixed from 2022-01-03" in early.stderr
+    # Not named: what is missing is still said as that.
+    unnamed = run("cohorts", "build", "--as-of", "2022-01-05")
+    assert unnamed.exit_code == 2 and "no warehouse yet" in unnamed.stderr
+    snooze = run("phase", "snooze", "top-10", "--file", str(tmp_path / "missing.csv"))
+    assert snooze.exit_code == 2
+    assert "no phase 'top-10' in plan npm-2022 (phases: top-100, high-impact)" in snooze.stderr
+
+
+def test_brownout_schedule_previews_the_refusal_its_apply_gives(
+    rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window that cannot move (ended; or its heads-up went) makes --apply refuse the
+    lot (exit 3, nothing scheduled): the preview refuses with it, as start's and end's
+    previews do, instead of suggesting the --apply."""
+    run("db", "upgrade")
+    assert run("brownout", "schedule", "--apply").exit_code == 0  # 2022: both ended
+    moved = tmp_path / "moved.yaml"
+    text = (ROOT / "plans" / "npm-2022.yaml").read_text()
+    moved.write_text(text.replace("2022-02-16T00:00:00", "2022-02-17T00:00:00"))
+    monkeypatch.setenv("ROLLOUT_PLAN", str(moved))
+    refusal = "brownout-1: refused: already ended, cannot move"
+    for command in (("brownout", "schedule"), ("brownout", "schedule", "--apply")):
+        refused = run(*command)
+        assert refused.exit_code == 3, refused.stderr
+        assert f"error: {refusal}" in refused.stderr and "add --apply" not in refused.stderr
 
 
 def _tiny_with_cohorts(day: str = "2022-01-03") -> None:
@@ -479,6 +558,38 @@ def test_a_suggested_command_gives_the_shell_the_name_and_nothing_else(
         *("--expect-list", list_fingerprint(["sam"])),
     ]
     assert not (rollout_home / "pwned").exists()
+
+
+@pytest.mark.parametrize("typed", ["zz", "53aeb24bf13", "53aeb24bf1345", "87", ""])
+def test_a_mistyped_list_fingerprint_is_a_usage_error(rollout_home: Path, typed: str) -> None:
+    """--expect-list that no preview could have printed (a digit short, the count pasted
+    in its place) is refused as the usage error it is (exit 2, naming the option), before
+    anything is read: not as a list that changed since its preview (exit 3, "preview
+    again"), which sent the release manager to look for who changed."""
+    run("db", "upgrade")
+    engine = make_engine(load_settings().registry_url)
+    with bound_to(engine):
+        team = OrgFactory(name="acme")
+        OrgMemberFactory(org=team, account=AccountFactory(username="sam"))
+        OrgMemberFactory(
+            org=team, account=AccountFactory(username="o", with_totp=True), role="owner"
+        )
+    engine.dispose()
+    phase = run("phase", "enforce", "top-100", "--apply", "--expect", "1", "--expect-list", typed)
+    org = run(
+        *("orgs", "enforce", "acme", "--owner", "o", "--confirm", "acme", "--expect", "1"),
+        *("--expect-list", typed),
+    )
+    for refused in (phase, org):
+        assert refused.exit_code == 2, refused.stderr
+        said = _one_line(refused.stderr)
+        assert f"--expect-list: {typed!r} is not a list's fingerprint (12 hex digits" in said
+    # As typed back from the preview (any case, spaces around): taken.
+    taken = run(
+        *("orgs", "enforce", "acme", "--owner", "o", "--confirm", "acme", "--expect", "1"),
+        *("--expect-list", f" {list_fingerprint(['sam']).upper()} "),
+    )
+    assert taken.exit_code == 0, taken.stderr
 
 
 def _one_line(text: str) -> str:

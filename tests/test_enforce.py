@@ -16,6 +16,7 @@ from sqlalchemy import func, select, text
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import ExemptAccount, Exemptions, Plan
+from rollout.notify.withdraw import Selection, withdraw
 from rollout.phases import enforce
 from rollout.phases.previews import preview_markdown, save_preview, saved_previews
 from rollout.phases.timeline import plan_steps, step_states
@@ -291,6 +292,85 @@ def test_the_blast_radius_limit_refuses(
         GuardRefused, match=r"2 accounts \(2 of them required by it already\), over the plan"
     ):
         enforce.enforce_phase(registry, small, "top-100", expect=2, actor="rm")
+
+
+def test_the_preview_says_the_blast_radius_refuses_it(
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int], tmp_path: Path
+) -> None:
+    """A list over max_accounts is refused whatever count is typed back: the preview and
+    the approval's artifact say so, in the guard's words, before anyone approves it."""
+    phases = [p.model_copy(update={"max_accounts": 1}) for p in plan_exempting_carol.phases]
+    small = plan_exempting_carol.model_copy(update={"phases": phases})
+    preview = enforce.preview_phase(registry, small, small.phase("top-100"))
+    over = "phase top-100 would change 2 accounts, over the plan's blast-radius limit of 1"
+    assert preview.over_blast_radius("accounts") == over
+    assert preview.over_blast_radius("tokens") is None
+    verdict = preview.blast_radius_verdict()
+    assert verdict is not None and over in verdict
+    markdown = preview_markdown(save_preview(small, preview, tmp_path, actor="rm"))
+    assert "Over the blast radius" in markdown and "limit of 1" in markdown
+    with pytest.raises(GuardRefused) as refused:
+        enforce.enforce_phase(registry, small, "top-100", expect=2, actor="rm")
+    assert str(refused.value) == over
+    within = enforce.preview_phase(
+        registry, plan_exempting_carol, plan_exempting_carol.phase("top-100")
+    )
+    assert within.blast_radius_verdict() is None
+    markdown = preview_markdown(save_preview(plan_exempting_carol, within, tmp_path, actor="rm"))
+    assert "blast radius" not in markdown
+
+
+def enforcement_notices(registry: Registry) -> dict[str, tuple[str, str | None]]:
+    """{username: (state, skip reason)} of the phase top-100's enforcement emails."""
+    with registry.engine.connect() as connection:
+        rows = connection.execute(
+            select(Account.username, Notification.state, Notification.skip_reason)
+            .join(Account, Account.id == Notification.account_id)
+            .where(Notification.phase == "top-100", Notification.email == "enforcement_notice")
+        ).all()
+    return {username: (state, why) for username, state, why in rows}
+
+
+def test_enforcement_emails_a_person_withdrew_stay_withdrawn_when_it_runs_again(
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
+) -> None:
+    """`notify withdraw` takes back a wrong text for good: the next run of the phase
+    (a deadline phase's each day, a rerun) queued it again. What the phase's own
+    rollback withdrew is queued again when it is enforced anew: the account is told."""
+
+    def again() -> int:
+        return enforce.enforce_phase(
+            registry, plan_exempting_carol, "top-100", expect=2, actor="rm"
+        ).emails_queued
+
+    assert again() == 2
+    taken = withdraw(
+        registry,
+        Selection(phase="top-100", email="enforcement_notice"),
+        reason="wrong text",
+        actor="rm",
+    )
+    assert taken.taken == 2
+    withdrawn = {"alice": ("skipped", "withdrawn: wrong text")}
+    withdrawn["dave"] = withdrawn["alice"]
+    assert again() == 0
+    assert enforcement_notices(registry) == withdrawn
+    # Rolled back and enforced anew: what the person withdrew stays withdrawn.
+    enforce.rollback_phase(registry, plan_exempting_carol, "top-100", actor="rm")
+    assert again() == 0
+    assert enforcement_notices(registry) == withdrawn
+    # Withdrawn by the rollback (never sent): queued again by the next enforcement.
+    with registry.engine.begin() as connection:
+        connection.execute(
+            Notification.__table__.update()
+            .where(Notification.email == "enforcement_notice")
+            .values(state="queued", skip_reason=None)
+        )
+    enforce.rollback_phase(registry, plan_exempting_carol, "top-100", actor="rm")
+    rolled_back = ("skipped", "withdrawn: phase top-100 rolled back")
+    assert enforcement_notices(registry) == {"alice": rolled_back, "dave": rolled_back}
+    assert again() == 2
+    assert enforcement_notices(registry) == {"alice": ("queued", None), "dave": ("queued", None)}
 
 
 def test_enforce_flags_revokes_audits_and_queues_once(

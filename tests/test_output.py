@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
+from datetime import date, datetime
 
 import pyarrow as pa
 import pytest
@@ -22,6 +24,7 @@ from rollout.core.output import (
     csv_cell,
     csv_cells,
     emit,
+    emit_record,
     labelled,
     markdown_text,
     stderr,
@@ -226,3 +229,22 @@ def test_a_result_presents_its_summary_with_its_labels() -> None:
         ("unknown packages depended on", 3),
         ("seconds", 0.5),
     ]
+
+
+def test_a_table_says_its_times_are_utc(capsys: pytest.CaptureFixture[str]) -> None:
+    """The pipeline's times are naive UTC: a table heads their column "(UTC)" and a
+    record's table says it in the cell; CSV and JSON keep the names and values as they
+    are, for programs."""
+    rows = [{"name": "a", "at": datetime(2022, 2, 16, 0, 0), "on": date(2022, 2, 16)}]
+    emit(rows, Format.table)
+    table = capsys.readouterr().out
+    assert "at (UTC)" in table and "on (UTC)" not in table and "name (UTC)" not in table
+    emit_record({"at": datetime(2022, 2, 16, 0, 0), "n": 3}, Format.table)
+    record = capsys.readouterr().out
+    assert "2022-02-16T00:00:00 UTC" in record and "3 UTC" not in record
+    emit(rows, Format.json)
+    assert json.loads(capsys.readouterr().out) == [
+        {"name": "a", "at": "2022-02-16T00:00:00", "on": "2022-02-16"}
+    ]
+    emit_record({"at": datetime(2022, 2, 16, 0, 0)}, Format.csv)
+    assert capsys.readouterr().out == "at\n2022-02-16T00:00:00\n"

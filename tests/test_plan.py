@@ -84,7 +84,7 @@ def test_overlapping_brownouts() -> None:
         (
             line_of(text, "starts_at: 2022-02-16T12:00:00"),
             "brownouts.1.starts_at: brown-out brownout-2 overlaps brownout-1 "
-            "(2022-02-16 00:00 + 24 h)",
+            "(2022-02-16 00:00 UTC + 24 h)",
         )
     ]
 
@@ -159,7 +159,7 @@ def test_overlap_is_judged_in_utc_whatever_the_offsets() -> None:
         (
             line_of(overlapping, "2022-02-16T22:00:00-01:00"),
             "brownouts.1.starts_at: brown-out brownout-2 overlaps brownout-1 "
-            "(2022-02-16 00:00 + 24 h)",
+            "(2022-02-16 00:00 UTC + 24 h)",
         )
     ]
 

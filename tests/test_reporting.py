@@ -638,7 +638,7 @@ def test_a_rolled_back_phase_is_marked_rolled_back_not_still_without_2fa(
     assert files.still_without_2fa == {"high-impact": 500}
     assert files.rolled_back == {"top-100": datetime(2022, 2, 3, 10, 15)}
     markdown = files.markdown.read_text()
-    assert "- Phase top-100 (enforcement 2022-02-01): rolled back 2022-02-03 10:15;" in markdown
+    assert "- Phase top-100 (enforcement 2022-02-01): rolled back 2022-02-03 10:15 UTC;" in markdown
     assert "Phase top-100 (enforced 2022-02-01)" not in markdown
     assert "- Phase high-impact (enforced 2022-05-03): 500 accounts still without 2FA." in markdown
     cards = _headline_cards(files)

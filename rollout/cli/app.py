@@ -200,6 +200,20 @@ def _data_day(text: str, option: str) -> date:
     return day
 
 
+def _fingerprint(text: str | None, option: str = "--expect-list") -> str | None:
+    """A list's fingerprint typed back: 12 hex digits, as the preview printed it. Another
+    value (a digit short, a count pasted in its place) is a usage error, not the list
+    that changed since the preview the guard would call it (exit 3, "preview again")."""
+    from rollout.core.fingerprints import is_fingerprint
+
+    if text is not None and not is_fingerprint(text):
+        raise RolloutError(
+            f"{option}: {text!r} is not a list's fingerprint (12 hex digits, as the preview "
+            "printed it)"
+        ).with_exit(EXIT_BAD_INPUT)
+    return text
+
+
 def _day_or_latest(con: Any, text: str | None, table: str, cohort: str | None = None) -> date:
     """The ``--as-of`` day given, or else the latest day ``table`` holds (of ``cohort``)."""
     if text is not None:

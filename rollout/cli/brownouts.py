@@ -44,7 +44,7 @@ def brownout_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> Non
 @reports_errors
 def brownout_schedule(ctx: typer.Context, apply: ApplyOption = False) -> None:
     """Create the plan's brown-out windows (or move ones that have not started)."""
-    from rollout.phases.brownouts import schedule, schedule_preview
+    from rollout.phases.brownouts import schedule, schedule_preview, schedule_refusal
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
@@ -52,6 +52,11 @@ def brownout_schedule(ctx: typer.Context, apply: ApplyOption = False) -> None:
     for name, what in changes:
         stderr.print(f"{name}: {what}", highlight=False)
     if not apply:
+        refused = schedule_refusal(changes)
+        if refused is not None:
+            # --apply would refuse the lot (exit 3, nothing scheduled): the preview says
+            # so as start's and end's do, rather than suggest it.
+            raise refused
         stderr.print("preview only: add --apply to schedule", highlight=False)
         return
     schedule(runtime.registry, plan, actor=settings.actor)
@@ -66,7 +71,8 @@ def brownout_start(
     reason: Annotated[str, typer.Option(help="Why now: recorded in the audit ledger.")],
     apply: ApplyOption = False,
 ) -> None:
-    """Begin a scheduled brown-out now (it keeps its planned length)."""
+    """Begin a scheduled brown-out now (it keeps its planned length); one begun or
+    ended is refused (exit 3), in the preview too."""
     from rollout.phases.brownouts import change_preview, start_now
 
     runtime = _runtime(ctx)
@@ -89,7 +95,8 @@ def brownout_end(
     reason: Annotated[str, typer.Option(help="Why: recorded in the audit ledger.")],
     apply: ApplyOption = False,
 ) -> None:
-    """The emergency stop: a brown-out stops applying now, whatever its state."""
+    """The emergency stop: a brown-out stops applying now, scheduled (cancelled) or
+    active; one already ended is refused (exit 3), in the preview too."""
     from rollout.phases.brownouts import change_preview, end_now
 
     runtime = _runtime(ctx)

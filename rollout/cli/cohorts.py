@@ -69,10 +69,15 @@ def cohorts_build(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Add the packages that qualify on a day to their cohorts; derive the accounts."""
-    from rollout.cohorts import build_cohorts, cohorts_not_fixed_yet
+    from rollout.cohorts import build_cohorts, cohorts_built_on, cohorts_not_fixed_yet
 
     runtime = _runtime(ctx)
     settings, day = runtime.settings, _data_day(as_of, "--as-of")
+    if cohort:
+        # A cohort named wrong, or before its day, is said as such first (as `cohorts
+        # show` does): not as the warehouse or the day's metrics missing for a build
+        # that would never be.
+        cohorts_built_on(runtime.plan, day, cohort)
     with runtime.warehouse() as con:
         results = build_cohorts(
             con,

@@ -10,6 +10,7 @@ import typer
 
 from rollout.cli.app import (
     FormatOption,
+    _fingerprint,
     _runtime,
     app,
     reports_errors,
@@ -157,6 +158,7 @@ def orgs_enforce(
             "--confirm needs --expect: the count of members `rollout orgs enforce "
             f"{shell_word(org)}` shows would be removed"
         ).with_exit(EXIT_BAD_INPUT)
+    expect_list = _fingerprint(expect_list)
     result = enforce_org(
         runtime.registry,
         org,

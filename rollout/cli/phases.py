@@ -9,6 +9,7 @@ import typer
 
 from rollout.cli.app import (
     FormatOption,
+    _fingerprint,
     _runtime,
     app,
     reports_errors,
@@ -109,6 +110,11 @@ def phase_preview(
             f"day{'' if days == 1 else 's'}), "
             "the date its emails gave; `phase enforce` refuses before it without --early.\n"
         )
+    # Over the plan's blast radius, enforcement refuses whatever is typed back: said
+    # before the command to copy, as "Not due yet" is.
+    over = preview.blast_radius_verdict()
+    if over is not None:
+        when = f"{over}\n{when}"
     if preview.per_account_deadlines:
         who += (
             f"; {preview.not_due} more fall short but their own deadline has not come "
@@ -195,6 +201,7 @@ def phase_enforce(
         raise RolloutError(
             "--apply needs --expect N, the count `rollout phase preview` showed"
         ).with_exit(EXIT_BAD_INPUT)
+    expect_list = _fingerprint(expect_list)
     runtime = _runtime(ctx)
     settings = runtime.settings
     with progress_for(fmt) as progress:
@@ -255,6 +262,7 @@ def phase_snooze(
         raise RolloutError("a USERNAME needs --days N").with_exit(EXIT_BAD_INPUT)
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
+    plan.phase(phase)  # a typo is said as such, not as what reading --file found first
     now = utc_now()
     if file is not None:
         requests = read_requests(file, now, read_each_day=True)

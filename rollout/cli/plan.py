@@ -53,11 +53,20 @@ def plan_check(
     _say_drift(errors, plan_warnings(plan) + warnings)
     if errors:
         raise typer.Exit(EXIT_BAD_INPUT)
-    stderr.print(
-        f"{path}: plan {plan.name} is valid: {len(plan.cohorts)} cohorts, "
-        f"{len(plan.phases)} phases, {len(plan.brownouts)} brown-outs",
-        highlight=False,
+    sizes = ", ".join(
+        _counted(len(parts), what)
+        for parts, what in (
+            (plan.cohorts, "cohort"),
+            (plan.phases, "phase"),
+            (plan.brownouts, "brown-out"),
+        )
     )
+    stderr.print(f"{path}: plan {plan.name} is valid: {sizes}", highlight=False)
+
+
+def _counted(n: int, what: str) -> str:
+    """``1 phase``, ``2 phases``: github-2023 read "1 cohorts, 1 phases"."""
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _drift(ctx: typer.Context, plan: Plan) -> tuple[list[str], list[str]]:

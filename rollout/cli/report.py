@@ -23,7 +23,7 @@ from rollout.core.output import Format, emit_record
 def report(
     ctx: typer.Context,
     as_of: Annotated[
-        str | None, typer.Option(help="The last day reported, YYYY-MM-DD (default: today).")
+        str | None, typer.Option(help="The last day reported, YYYY-MM-DD (default: today, UTC).")
     ] = None,
     fmt: FormatOption = Format.table,
 ) -> None:

@@ -4,13 +4,23 @@ destructive command refuse another list of the same size (one account in, anothe
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
+
+# What list_fingerprint gives, and so all a fingerprint typed back can be.
+FINGERPRINT = re.compile(r"[0-9a-f]{12}")
 
 
 def list_fingerprint(*groups: Iterable[object]) -> str:
     """12 hex digits of ``groups``, each taken as a set (order does not matter)."""
     text = ";".join(",".join(sorted(str(item) for item in group)) for group in groups)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def is_fingerprint(typed: str) -> bool:
+    """Whether ``typed`` (as :func:`same_list` reads it) could be a fingerprint at all: a
+    mistyped one would otherwise read as a list that changed since its preview."""
+    return FINGERPRINT.fullmatch(typed.strip().lower()) is not None
 
 
 def same_list(fingerprint: str, typed: str) -> bool:

@@ -207,7 +207,11 @@ def emit(
     else:
         table = Table(title=None if title is None else visible(title), show_lines=False)
         for name in names:
-            table.add_column(name, overflow="fold")
+            # Every time the pipeline keeps is UTC, without an offset (rollout.core.clock):
+            # a person reading the table is told so in the heading. CSV and JSON keep the
+            # column's name, which programs read.
+            timed = any(isinstance(row.get(name), datetime) for row in rows)
+            table.add_column(f"{name} (UTC)" if timed else name, overflow="fold")
         for row in rows:
             # One line a cell: a line break in a value would look like another row.
             table.add_row(
@@ -235,7 +239,16 @@ def emit_record(record: Mapping[str, Any], fmt: Format, *, title: str | None = N
     elif fmt is Format.csv:
         emit([record], fmt)
     else:
-        emit([{"what": k, "value": v} for k, v in record.items()], fmt, title=title)
+        # One column holds every value: a time says it is UTC in its own cell.
+        emit([{"what": k, "value": _utc_time(v)} for k, v in record.items()], fmt, title=title)
+
+
+def _utc_time(value: Any) -> Any:
+    """A time as a table cell of its own: ISO, and UTC said (the pipeline's times are
+    naive UTC); any other value as it is."""
+    if isinstance(value, datetime):
+        return f"{_plain(value)} UTC"
+    return value
 
 
 # --- Markdown: text, never markup ------------------------------------------------------

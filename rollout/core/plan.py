@@ -529,7 +529,7 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
                 PlanProblem(
                     ("brownouts", index, "starts_at"),
                     f"brown-out {later.name} overlaps {earlier.name} "
-                    f"({earlier.starts_at:%Y-%m-%d %H:%M} + {earlier.hours} h)",
+                    f"({earlier.starts_at:%Y-%m-%d %H:%M} UTC + {earlier.hours} h)",
                 )
             )
     phase_names: set[str] = set()

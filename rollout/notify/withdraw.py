@@ -33,6 +33,11 @@ NOT_GONE = ("queued", "failed")
 IN_FLIGHT = "sending"
 
 
+def withdrawn_reason(reason: str) -> str:
+    """The skip reason a withdrawal for ``reason`` leaves on each email it takes."""
+    return f"{WITHDRAWN}: {reason}"[:200]
+
+
 def marked_withdrawn() -> Any:
     """SQL: a row withdrawn while a drain held it: it must not be queued again. Never
     NULL (a NOT of it must hold for rows without a reason)."""
@@ -121,7 +126,7 @@ def withdraw_queued(
     in flight with the reason alone; audited once with the counts. Inside the caller's
     transaction."""
     now = utc_now()
-    skip_reason = f"{WITHDRAWN}: {reason}"[:200]
+    skip_reason = withdrawn_reason(reason)
     taken = connection.execute(
         update(NOTIFICATIONS)
         .where(selection.where(NOT_GONE))

@@ -103,6 +103,13 @@ def schedule_preview(registry: Registry, plan: Plan) -> list[tuple[str, str]]:
     return [(planned.name, what) for planned, _, what in _schedule_changes(registry, plan)]
 
 
+def schedule_refusal(changes: list[tuple[str, str]]) -> GuardRefused | None:
+    """Why scheduling refuses (nothing is scheduled when any window is refused), from
+    its preview's changes; None when it would schedule them."""
+    refused = [f"{name}: {what}" for name, what in changes if what.startswith("refused")]
+    return GuardRefused("; ".join(refused)) if refused else None
+
+
 def _schedule_changes(
     registry: Registry, plan: Plan
 ) -> list[tuple[Brownout, WindowState | None, str]]:
@@ -115,7 +122,7 @@ def _schedule_changes(
         current = existing.get(planned.name)
         window = planned_window(planned)
         if current is None:
-            what = f"create {window[0]:%Y-%m-%d %H:%M} + {planned.hours} h"
+            what = f"create {window[0]:%Y-%m-%d %H:%M} UTC + {planned.hours} h"
         elif (naive_utc(current.starts_at), naive_utc(current.ends_at)) == window:
             what = f"unchanged ({current.state})"
         elif current.state != "scheduled":
@@ -127,13 +134,13 @@ def _schedule_changes(
             what = (
                 f"refused: its heads-up went (or is queued) to {told[planned.name]} accounts, "
                 "telling them "
-                f"{current.starts_at:%Y-%m-%d %H:%M} + "
+                f"{current.starts_at:%Y-%m-%d %H:%M} UTC + "
                 f"{round((current.ends_at - current.starts_at).total_seconds() / 3600)} h; "
                 f"cancel it (`rollout brownout end {planned.name}`) and plan the new window "
                 "under another name, which gets a heads-up of its own"
             )
         else:
-            what = f"move to {window[0]:%Y-%m-%d %H:%M} + {planned.hours} h"
+            what = f"move to {window[0]:%Y-%m-%d %H:%M} UTC + {planned.hours} h"
         changes.append((planned, current, what))
     return changes
 
@@ -162,9 +169,9 @@ def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, s
     """Create (or move, while not started) the plan's brown-out windows."""
     planned_changes = _schedule_changes(registry, plan)
     changes = [(planned.name, what) for planned, _, what in planned_changes]
-    refused = [f"{name}: {what}" for name, what in changes if what.startswith("refused")]
-    if refused:
-        raise GuardRefused("; ".join(refused))
+    refused = schedule_refusal(changes)
+    if refused is not None:
+        raise refused
     now = utc_now()
     meanwhile = GuardRefused(
         "the brown-out windows were changed by another run meanwhile (one started, ended "

@@ -48,7 +48,7 @@ from rollout.core.plan import Phase, Plan
 from rollout.notify import reach
 from rollout.notify.emails import ENFORCEMENT_EMAIL
 from rollout.notify.queue import queue_phase_summary
-from rollout.notify.withdraw import Selection, marked_withdrawn, withdraw_preview, withdraw_queued
+from rollout.notify.withdraw import Selection, withdraw_preview, withdraw_queued, withdrawn_reason
 from rollout.phases.drift import told_days_after_notice, told_deadline
 from rollout.phases.previews import PhasePreview, Target, TokenTarget
 from rollout.registry import Registry
@@ -296,6 +296,8 @@ def preview_phase(
         never_noticed=never_noticed,
         unreached=unreached,
         max_unreached_share=phase.max_unreached_share,
+        max_accounts=phase.max_accounts,
+        max_tokens=phase.max_tokens,
         exempt_but_required=exempt_but_required,
     )
 
@@ -702,12 +704,20 @@ def _enforcement_emails(batch: _Batch, account_id: Any, where: Any, occasion: st
     )
 
 
+def _rolled_back(phase: str) -> str:
+    """Why a rollback withdraws its phase's unsent enforcement emails: what tells them,
+    when the phase is enforced again, from those a person withdrew."""
+    return f"phase {phase} rolled back"
+
+
 def _queue_enforcement_emails(batch: _Batch) -> int:
     insert = _enforcement_emails(batch, ACCOUNTS.c.id, batch.among(ACCOUNTS.c.id))
     return _changed(
         batch.connection,
         # One the phase's rollback withdrew (never sent) is queued again: enforced
-        # anew, the account must be told; one sent, queued or in flight stays as it is.
+        # anew, the account must be told; one sent, queued or in flight stays as it is,
+        # and so does one a person withdrew (`notify withdraw`: a wrong text), which the
+        # next run (a deadline phase's each day) queued again.
         insert.on_conflict_do_update(
             index_elements=["account_id", "email", "phase", "occasion"],
             set_={
@@ -718,7 +728,10 @@ def _queue_enforcement_emails(batch: _Batch) -> int:
                 "run_id": insert.excluded.run_id,
                 "updated_at": insert.excluded.updated_at,
             },
-            where=and_(NOTIFICATIONS.c.state == "skipped", marked_withdrawn()),
+            where=and_(
+                NOTIFICATIONS.c.state == "skipped",
+                NOTIFICATIONS.c.skip_reason == withdrawn_reason(_rolled_back(batch.phase.name)),
+            ),
         ),
         NOTIFICATIONS.c.id,
     )
@@ -1074,15 +1087,10 @@ def _guard(phase: Phase, preview: PhasePreview, expect: int, expect_tokens: int 
             f"phase {phase.name} would change {preview.count} accounts, not the "
             f"{expect} expected: run `rollout phase preview {phase.name}` and check"
         )
-    if preview.count > phase.max_accounts:
-        # Accounts the phase requires already count too: a run passes over them again
-        # (sessions made since are signed out, tokens made since revoked).
-        again = preview.required_by_phase
-        raise GuardRefused(
-            f"phase {phase.name} would change {preview.count} accounts"
-            + (f" ({again} of them required by it already)" if again else "")
-            + f", over the plan's blast-radius limit of {phase.max_accounts}"
-        )
+    # In the words the preview warned with (PhasePreview.over_blast_radius).
+    over = preview.over_blast_radius("accounts")
+    if over is not None:
+        raise GuardRefused(over)
     if not phase.does("revoke_tokens"):
         return
     if expect_tokens is None:
@@ -1095,11 +1103,9 @@ def _guard(phase: Phase, preview: PhasePreview, expect: int, expect_tokens: int 
             f"phase {phase.name} would revoke {preview.token_count} tokens, not the "
             f"{expect_tokens} expected: run `rollout phase preview {phase.name}` and check"
         )
-    if phase.max_tokens is not None and preview.token_count > phase.max_tokens:
-        raise GuardRefused(
-            f"phase {phase.name} would revoke {preview.token_count} tokens, over the "
-            f"plan's blast-radius limit of {phase.max_tokens}"
-        )
+    over = preview.over_blast_radius("tokens")
+    if over is not None:
+        raise GuardRefused(over)
 
 
 def _list_guard(phase: Phase, preview: PhasePreview, expect_list: str | None) -> None:
@@ -1425,7 +1431,7 @@ def rollback_phase(
                 emails = withdraw_queued(
                     connection,
                     _queued_by_enforcement(phase.name),
-                    reason=f"phase {phase.name} rolled back",
+                    reason=_rolled_back(phase.name),
                     actor=actor,
                     run_id=run.id,
                 )

@@ -122,6 +122,10 @@ class PhasePreview:
     # share (None: no limit).
     unreached: dict[int, str] = field(default_factory=dict)
     max_unreached_share: float | None = None
+    # The plan's blast radius for the phase (max_accounts, max_tokens; None: none given).
+    # Enforcement refuses a list over either, so the preview says so before it is approved.
+    max_accounts: int | None = None
+    max_tokens: int | None = None
     # Of the exempted, those this phase required before the exemption was added: the
     # exemption does not undo that (a rollback of the phase releases its accounts).
     exempt_but_required: list[str] = field(default_factory=list)
@@ -187,6 +191,43 @@ class PhasePreview:
         """More of the targets were never reached than the plan allows."""
         limit = self.max_unreached_share
         return limit is not None and self.unreached_share > limit
+
+    def over_blast_radius(self, what: str) -> str | None:
+        """Why enforcement would refuse this list as over the plan's blast radius for
+        ``what`` ("accounts" or "tokens"), in the guard's words; None within it."""
+        if what == "accounts":
+            if self.max_accounts is None or self.count <= self.max_accounts:
+                return None
+            # Accounts the phase requires already count too: a run passes over them again
+            # (sessions made since are signed out, tokens made since revoked).
+            again = self.required_by_phase
+            return (
+                f"phase {self.phase} would change {self.count} accounts"
+                + (f" ({again} of them required by it already)" if again else "")
+                + f", over the plan's blast-radius limit of {self.max_accounts}"
+            )
+        if self.max_tokens is None or self.token_count <= self.max_tokens:
+            return None
+        return (
+            f"phase {self.phase} would revoke {self.token_count} tokens, over the "
+            f"plan's blast-radius limit of {self.max_tokens}"
+        )
+
+    def blast_radius_verdict(self) -> str | None:
+        """One sentence for a preview over the plan's blast radius (None within it):
+        enforcement refuses it, whatever count is typed back."""
+        over = [
+            reason
+            for what in ("accounts", "tokens")
+            if (reason := self.over_blast_radius(what)) is not None
+        ]
+        if not over:
+            return None
+        return (
+            f"Over the blast radius: {'; '.join(over)}. Enforcement refuses it whatever "
+            "count is typed back: change the plan's limit (max_accounts, max_tokens) "
+            "deliberately, or release packages from the cohort."
+        )
 
     def unreached_by_category(self) -> dict[str, int]:
         """How many were never reached, by the category of why, most telling first."""
@@ -383,6 +424,10 @@ def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
         "",
         f"Full list: {md(saved.csv_path)}.",
     ]
+    over = p.blast_radius_verdict()
+    if over is not None:
+        # The tool's own words and numbers, but the phase's name is the plan's: escaped.
+        lines[-3:-3] = [md(over), ""]
     lines += _reach_lines(p, limit)
     lines += _table(COLUMNS, preview_rows(p), limit, "the CSV")
     lines += _table(TOKEN_COLUMNS, token_rows(p), limit, "the tokens' CSV")
