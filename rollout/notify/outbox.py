@@ -58,6 +58,9 @@ ENFORCED = "already enforced"
 # A warning of a phase to an account the plan exempts: its enforcement never touches it.
 EXEMPT = "exempt by the plan"
 REPEAT = "inside the repeat window"
+# The context key of an email queued past its last day on purpose (``notify queue
+# --late``), as the release manager asked.
+QUEUED_LATE = "queued_late"
 # The context key of the day a queue run was for (``queue_due``'s ``day``): the day the
 # repeat window is judged on, so a back-filled run (``--as-of`` a past day) spaces its
 # emails by the plan's calendar, not by the minutes between drains today.
