@@ -12,7 +12,9 @@ artifact is published. A rerun does not send failed emails again unless asked:
 The file outbox refuses emails last attempted through SendGrid (the drain's check).
 
 A mailing whose last day has passed (a past ``as_of`` caught up late) is held back
-unless ``late`` says to queue it anyway.
+unless ``late`` says to queue it anyway, and an email found past its last day as it is
+sent (after an outage of the sender, or retried long after it failed) is skipped as
+``too late``.
 
 With SendGrid, each run first copies its suppression lists into the registry
 (rollout.notify.suppressions), so the day's emails to bounced, blocked, invalid or
@@ -386,7 +388,8 @@ def notify(
 
     A mailing of ``as_of`` whose last day has passed by today (a past day caught up
     late) is held back, and the artifact says so: sent now it would announce a date
-    already gone. ``late`` queues it all the same, to be sent however late.
+    already gone. ``late`` queues it all the same, to be sent however late. Whatever is
+    queued and found past its last day when sent is skipped as ``too late``.
     """
     day = day_or_today(as_of)
     snoozes = snooze_task(run_actor(runtime().settings))

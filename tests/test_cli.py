@@ -23,6 +23,7 @@ from rollout.registry.engine import make_engine
 
 from .conftest import DATA
 from .factories import (
+    LATE_NOTICE,
     AccountFactory,
     NotificationFactory,
     OrgFactory,
@@ -495,7 +496,7 @@ def test_notify_send_never_hands_sendgrid_failures_to_the_file_outbox(
     run("db", "upgrade")
     engine = make_engine(load_settings().registry_url)
     with bound_to(engine):
-        NotificationFactory.create_batch(3, context={"phase": "top-100"})
+        NotificationFactory.create_batch(3, context=LATE_NOTICE)
     engine.dispose()
     with DevSendGrid() as server:
         monkeypatch.setenv("SENDGRID_API_KEY", server.api_key)

@@ -184,3 +184,4 @@ def test_notify_queue_shows_what_it_holds_back_and_why_and_late_queues_it(
     status = json.loads(run("notify", "status", "--format", "json").stdout)
     sent = {r["email"] for r in status if r["state"] == "sent"}
     assert sent == {"phase_notice", "reminder"}
+    assert "too late" not in {r["reason"] for r in status}
