@@ -128,7 +128,13 @@ def queue(url: str, plan, count: int) -> int:
                 phase=o.phase,
                 occasion=o.occasion,
                 account_ids=audience,
-                context={**o.context, outbox.RUN_DAY: o.due_on.isoformat()},
+                # Years after the plan's days: to be sent however late (notify queue
+                # --late), or the drain would skip every one as too late.
+                context={
+                    **o.context,
+                    outbox.RUN_DAY: o.due_on.isoformat(),
+                    outbox.QUEUED_LATE: True,
+                },
                 run_id=None,
                 now=outbox.utc_now(),
             )

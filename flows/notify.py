@@ -11,6 +11,11 @@ artifact is published. A rerun does not send failed emails again unless asked:
 ``retry_failed=True`` queues them again first and sends them through the same sender.
 The file outbox refuses emails last attempted through SendGrid (the drain's check).
 
+A mailing whose last day has passed (a past ``as_of`` caught up late) is held back
+unless ``late`` says to queue it anyway, and an email found past its last day as it is
+sent (after an outage of the sender, or retried long after it failed) is skipped as
+``too late``.
+
 With SendGrid, each run first copies its suppression lists into the registry
 (rollout.notify.suppressions), so the day's emails to bounced, blocked, invalid or
 complaining addresses are skipped with the reason instead of dropped unseen.
@@ -167,9 +172,9 @@ def suppressions_markdown(synced: SyncReport | str | None) -> str:
 
 
 @task(name="queue-due-emails", cache_policy=NO_CACHE, **IO_RETRIES)
-def queue_task(day: date, actor: str) -> list[QueueOutcome]:
+def queue_task(day: date, actor: str, late: bool = False) -> list[QueueOutcome]:
     run = runtime()
-    return queue_due(run.registry, run.plan, day, actor=actor)
+    return queue_due(run.registry, run.plan, day, actor=actor, late=late)
 
 
 @task(name="send-outbox", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -326,10 +331,20 @@ def notify_markdown(day: date, queued: list[QueueOutcome], report: DrainReport |
         parts.append(
             "## Queued\n\n"
             + table(
-                [(f"{o.occasion.step} ({o.occasion.email})", o.added, o.skipped) for o in queued],
-                ("mailing", "new", "of which skipped"),
+                [
+                    (f"{o.occasion.step} ({o.occasion.email})", o.added, o.skipped, o.held_back)
+                    for o in queued
+                ],
+                ("mailing", "new", "of which skipped", "held back: past its last day"),
             )
         )
+        if any(o.held_back for o in queued):
+            parts.append(
+                "> Held back: mailings (or accounts, by their own deadline) whose last day "
+                "had passed: sent now, they would announce dates already gone. "
+                "A run with `late: true` (or `rollout notify queue --as-of D --late --apply`) "
+                "queues them anyway."
+            )
     else:
         parts.append("Nothing new was due today.")
     if report is not None:
@@ -358,6 +373,7 @@ def notify(
     shards: int = 1,
     lease_seconds: int = int(DEFAULT_LEASE.total_seconds()),
     straggler_grace_seconds: float = STRAGGLER_GRACE_SECONDS,
+    late: bool = False,
 ) -> dict:
     """Queue the emails due on ``as_of`` (default: today, UTC), then send the outbox,
     here or (``shards`` > 1) in that many notify-shard runs on the pool's workers,
@@ -369,11 +385,16 @@ def notify(
     Ends Failed if any email failed, after publishing the artifact. ``retry_failed``:
     first queue again the emails that failed in earlier runs (once what failed them is
     fixed), to go through this run's sender.
+
+    A mailing of ``as_of`` whose last day has passed by today (a past day caught up
+    late) is held back, and the artifact says so: sent now it would announce a date
+    already gone. ``late`` queues it all the same, to be sent however late. Whatever is
+    queued and found past its last day when sent is skipped as ``too late``.
     """
     day = day_or_today(as_of)
     snoozes = snooze_task(run_actor(runtime().settings))
     suppressions = sync_suppressions_task(run_actor(runtime().settings))
-    queued = queue_task(day, run_actor(runtime().settings))
+    queued = queue_task(day, run_actor(runtime().settings), late)
     if not send:
         report = None
     elif shards > 1:

@@ -23,6 +23,7 @@ from factory.alchemy import SQLAlchemyModelFactory
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from rollout.notify.outbox import QUEUED_LATE
 from rollout.registry.models import (
     Account,
     CohortMembership,
@@ -40,6 +41,10 @@ from rollout.registry.models import (
 
 T0 = datetime(2021, 6, 1)
 COHORT_DAY = date(2022, 1, 3)
+# The context of a top-100 notice queued past its last day on purpose (``notify queue
+# --late``): a drain by the real clock, years after the reference plan's dates, sends it
+# (one without the mark is skipped as too late).
+LATE_NOTICE = {"phase": "top-100", QUEUED_LATE: True}
 
 _sessions: list[Session] = []
 

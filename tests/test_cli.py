@@ -23,6 +23,7 @@ from rollout.registry.engine import make_engine
 
 from .conftest import DATA
 from .factories import (
+    LATE_NOTICE,
     AccountFactory,
     NotificationFactory,
     OrgFactory,
@@ -381,25 +382,28 @@ def test_plan_show_lists_the_timeline_with_states(rollout_home: Path) -> None:
 
 def test_notify_queues_previews_first_then_sends_to_the_file_outbox(rollout_home: Path) -> None:
     _tiny_with_cohorts()
-    preview = run("notify", "queue", "--as-of", "2022-01-04", "--format", "json")
-    assert preview.exit_code == 0 and "preview only" in preview.stderr
-    [due] = json.loads(preview.stdout)
-    assert due["email"] == "phase_notice" and due["new"] == due["audience"] > 0
-    assert json.loads(run("notify", "status", "--format", "json").stdout) == []
     # Queued years late (this test runs after 2022): sent now, the notices would give a
-    # deadline long past. Said on the day before a send; not on the day itself.
-    late = "warning: notices top-100: its last day was 2022-01-31, before today"
-    assert late in " ".join(preview.stderr.split())
+    # deadline long past. Held back, saying so and how to queue them anyway.
+    years_late = run("notify", "queue", "--as-of", "2022-01-04", "--format", "json")
+    [held] = json.loads(years_late.stdout)
+    assert held["new"] == 0 and held["held_back"] == held["audience"] > 0
+    said = " ".join(years_late.stderr.split())
+    assert "held back: notices top-100: its last day was 2022-01-31, before today" in said
+    assert "--late queues them anyway" in said
     with use_clock(SimulatedClock(datetime(2022, 1, 4, 9))):
-        on_the_day = run("notify", "queue", "--as-of", "2022-01-04")
-    assert on_the_day.exit_code == 0 and "warning:" not in on_the_day.stderr
-    queued = run("notify", "queue", "--as-of", "2022-01-04", "--apply", "--format", "json")
-    assert json.loads(queued.stdout)[0]["new"] == due["new"]
-    assert "`rollout notify withdraw` takes back" in " ".join(queued.stderr.split())
-    counted = run("notify", "send")
-    assert counted.exit_code == 0 and "preview only" in counted.stderr
-    sent = run("notify", "send", "--apply")
-    assert sent.exit_code == 0, sent.stderr
+        preview = run("notify", "queue", "--as-of", "2022-01-04", "--format", "json")
+        assert preview.exit_code == 0 and "preview only" in preview.stderr
+        assert "held back" not in preview.stderr and "warning:" not in preview.stderr
+        [due] = json.loads(preview.stdout)
+        assert due["email"] == "phase_notice" and due["new"] == due["audience"] > 0
+        assert due["held_back"] == 0
+        assert json.loads(run("notify", "status", "--format", "json").stdout) == []
+        queued = run("notify", "queue", "--as-of", "2022-01-04", "--apply", "--format", "json")
+        assert json.loads(queued.stdout)[0]["new"] == due["new"]
+        counted = run("notify", "send")
+        assert counted.exit_code == 0 and "preview only" in counted.stderr
+        sent = run("notify", "send", "--apply")
+        assert sent.exit_code == 0, sent.stderr
     status = json.loads(run("notify", "status", "--format", "json").stdout)
     by_state = {(r["state"], r["reason"]): r["count"] for r in status}
     assert sum(by_state.values()) == due["new"]
@@ -603,7 +607,7 @@ def test_notify_send_never_hands_sendgrid_failures_to_the_file_outbox(
     run("db", "upgrade")
     engine = make_engine(load_settings().registry_url)
     with bound_to(engine):
-        NotificationFactory.create_batch(3, context={"phase": "top-100"})
+        NotificationFactory.create_batch(3, context=LATE_NOTICE)
     engine.dispose()
     with DevSendGrid() as server:
         monkeypatch.setenv("SENDGRID_API_KEY", server.api_key)

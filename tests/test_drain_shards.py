@@ -28,7 +28,6 @@ from rollout.notify.drain import (
     _claim,
     drain_shard,
 )
-from rollout.notify.queue import queue_due
 from rollout.notify.senders import SendGridSender
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
@@ -36,7 +35,7 @@ from rollout.registry.locks import advisory_lock_holders
 from rollout.registry.migrate import upgrade
 from rollout.registry.models import Notification
 from tests.factories import AccountFactory, bound_to
-from tests.support.outbox import ids
+from tests.support.outbox import ids, queue_late
 
 __all__ = ["ids"]  # a fixture, used by name
 
@@ -62,7 +61,7 @@ def test_shards_side_by_side_send_each_email_once_and_share_the_work(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
     cohort_of(registry, 120)
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     queued = states(registry)["queued"]
     reports: list[DrainReport] = []
     with DevSendGrid(api_key=KEY) as server:
@@ -89,7 +88,7 @@ def test_rows_a_dead_drainer_held_are_taken_over_when_its_lease_runs_out(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
     cohort_of(registry, 10)
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     # The dead one claimed four rows, with a lease running out in a second, and sent
     # one of them before it died (the only kind of duplicate a shard allows).
     held = _claim(registry.engine, 4, datetime.utcnow(), "sendgrid", timedelta(seconds=1))
@@ -111,7 +110,7 @@ def test_rows_a_dead_drainer_held_are_taken_over_when_its_lease_runs_out(
 def test_rows_a_live_drainer_holds_are_left_to_it(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")  # ann and ben
+    queue_late(registry, plan, NOTICE_DAY)  # ann and ben
     held = _claim(registry.engine, 1, datetime.utcnow(), "sendgrid", timedelta(hours=1))
     assert _claim(registry.engine, 5, datetime.utcnow(), "sendgrid") != held
     with registry.engine.connect() as connection:
@@ -144,7 +143,7 @@ def test_a_shard_killed_mid_run_leaves_the_run_to_finish_with_at_most_its_flight
 ) -> None:
     root = Path(__file__).resolve().parents[1]
     cohort_of(registry, 200)
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     queued = states(registry)["queued"]
     with DevSendGrid(api_key=KEY) as server, registry.lock("notify"):
         doomed = subprocess.Popen(
@@ -188,7 +187,7 @@ def test_lock_held_tells_whether_any_process_holds_the_run_lock(registry: Regist
 def test_a_shard_without_a_notify_run_sends_nothing(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     with DevSendGrid(api_key=KEY) as server:
         with pytest.raises(ShardOrphaned, match="no notify run holds the notify lock"):
             drain_shard(registry, plan, SendGridSender(KEY, server.url, timeout=5))
@@ -202,7 +201,7 @@ def test_a_shard_whose_notify_run_goes_away_stops_and_puts_back_what_it_held(
     """The process that started the shards died (its lock went with it): the next drain
     may start any time and take over every held row, so the shard must not go on."""
     cohort_of(registry, 40)
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     queued = states(registry)["queued"]
     errors: list[BaseException] = []
     with DevSendGrid(api_key=KEY) as server:

@@ -20,12 +20,11 @@ from rollout.core.plan import Plan
 from rollout.demo.crowd import NOTICE_DAY
 from rollout.notify.drain import drain
 from rollout.notify.message import Message, header_address
-from rollout.notify.queue import queue_due
 from rollout.notify.senders import _UNFOLDED, FileSender
 from rollout.registry import Registry
 from rollout.registry.models import Account, Notification
 from tests.factories import AccountFactory, bound_to
-from tests.support.outbox import ids
+from tests.support.outbox import ids, queue_late
 
 from .hostile import EVERYTHING, HEADERS
 
@@ -255,7 +254,7 @@ def test_a_drain_writes_one_parseable_eml_per_email_sent(
     registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
     hostile = _hostile_accounts(registry)
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     sender = FileSender(tmp_path / "outbox", plan.notifications.from_address)
     calls: list[int] = []
     send = sender.send
@@ -296,7 +295,7 @@ def test_rows_left_in_flight_are_written_again_over_their_own_files(
 ) -> None:
     """A crash leaves at most the claimed batch in flight; the next drain writes those
     again, each replacing its own file: still one .eml per email."""
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     sender = FileSender(tmp_path / "outbox")
     assert drain(registry, plan, sender).sent == 2
     first = {p.name: parse(p.read_bytes())["Message-ID"] for p in sender.outbox_dir.iterdir()}
@@ -324,7 +323,7 @@ def test_the_file_outbox_claims_a_bigger_batch_than_the_concurrency(
     with bound_to(registry.engine):
         for i in range(30):
             AccountFactory(username=f"u{i}", in_cohort="top-100", in_cohort__packages=["p"])
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     monkeypatch.setattr(rollout.notify.drain, "FILE_BATCH", 12)
     in_flight: list[int] = []
     sender = FileSender(tmp_path / "outbox")

@@ -157,9 +157,10 @@ def populated(empty_registry_url: str, tmp_path: Path, plan: Plan) -> Iterator[E
         brownouts.schedule(registry, plan, actor="rehearsal")
         outbox.suppress(registry, "nobody@example.com", reason="bounced", actor="rehearsal")
         # The notice, then both reminders (14 and 3 days before 2022-02-01): one account,
-        # one email kind, one phase, two occasions.
+        # one email kind, one phase, two occasions. Queued years late (--late): held back
+        # otherwise.
         for day in (date(2022, 1, 4), date(2022, 1, 18), date(2022, 1, 29)):
-            queue_due(registry, plan, day, actor="rehearsal")
+            queue_due(registry, plan, day, actor="rehearsal", late=True)
 
         def enforce_now() -> None:
             phase = plan.phase(PHASE)

@@ -36,7 +36,7 @@ from tests.factories import (
     bound_to,
     existing_account,
 )
-from tests.support.outbox import Recording, ids, queue_and_send, rows
+from tests.support.outbox import Recording, ids, on, queue_and_send, queue_late, rows
 
 ROOT = Path(__file__).resolve().parent.parent
 REPEAT = "inside the repeat window"
@@ -66,20 +66,21 @@ def test_a_missed_day_is_caught_up_but_never_after_the_deadline(plan: Plan) -> N
 def test_notices_reach_the_cohort_and_record_why_some_get_nothing(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    [preview] = queue_preview(registry, plan, NOTICE_DAY)
-    assert (preview.audience, preview.added, preview.skipped) == (4, 4, 2)
-    [outcome] = queue_due(registry, plan, NOTICE_DAY, actor="rm")
-    assert (outcome.audience, outcome.added, outcome.already, outcome.skipped) == (4, 4, 0, 2)
-    assert rows(registry) == {
-        "ann": ("queued", None),
-        "ben": ("queued", None),  # compliant: a thank-you, not a warning
-        "cat": ("skipped", "unverified email"),
-        "dan": ("skipped", "suppressed"),
-    }
-    [again] = queue_due(registry, plan, NOTICE_DAY, actor="rm")
-    assert (again.added, again.already, again.skipped) == (0, 4, 0)
-    [previewed_again] = queue_preview(registry, plan, NOTICE_DAY)
-    assert (previewed_again.added, previewed_again.skipped) == (0, 0)
+    with on(NOTICE_DAY):
+        [preview] = queue_preview(registry, plan, NOTICE_DAY)
+        assert (preview.audience, preview.added, preview.skipped) == (4, 4, 2)
+        [outcome] = queue_due(registry, plan, NOTICE_DAY, actor="rm")
+        assert (outcome.audience, outcome.added, outcome.already, outcome.skipped) == (4, 4, 0, 2)
+        assert rows(registry) == {
+            "ann": ("queued", None),
+            "ben": ("queued", None),  # compliant: a thank-you, not a warning
+            "cat": ("skipped", "unverified email"),
+            "dan": ("skipped", "suppressed"),
+        }
+        [again] = queue_due(registry, plan, NOTICE_DAY, actor="rm")
+        assert (again.added, again.already, again.skipped) == (0, 4, 0)
+        [previewed_again] = queue_preview(registry, plan, NOTICE_DAY)
+        assert (previewed_again.added, previewed_again.skipped) == (0, 0)
     assert len(rows(registry)) == 4
 
 
@@ -95,8 +96,9 @@ def test_an_account_the_plan_exempts_gets_no_warning_of_its_phases(
             )
         }
     )
-    queue_due(registry, exempting_ann, NOTICE_DAY, actor="rm")
-    queue_due(registry, exempting_ann, date(2022, 1, 18), actor="rm")
+    with on(date(2022, 1, 18)):
+        queue_due(registry, exempting_ann, NOTICE_DAY, actor="rm")
+        queue_due(registry, exempting_ann, date(2022, 1, 18), actor="rm")
     assert rows(registry, "phase_notice")["ann"] == ("skipped", "exempt by the plan")
     assert rows(registry, "reminder")["ann"] == ("skipped", "exempt by the plan")
     assert rows(registry, "phase_notice")["ben"] == ("queued", None)
@@ -146,7 +148,8 @@ def test_a_day_not_come_yet_is_previewed_but_never_queued(
 def test_reminders_skip_accounts_that_already_use_2fa(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    queue_due(registry, plan, date(2022, 1, 18), actor="rm")
+    with on(date(2022, 1, 18)):
+        queue_due(registry, plan, date(2022, 1, 18), actor="rm")
     assert rows(registry, "reminder")["ben"] == ("skipped", "already compliant")
     assert rows(registry, "reminder")["ann"] == ("queued", None)
 
@@ -157,9 +160,10 @@ def test_reminders_skip_accounts_that_already_use_2fa(
 def test_each_email_is_sent_once_with_wording_for_the_recipient(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
-    sender = Recording()
-    report = drain(registry, plan, sender)
+    with on(NOTICE_DAY):
+        queue_due(registry, plan, NOTICE_DAY, actor="rm")
+        sender = Recording()
+        report = drain(registry, plan, sender)
     assert (report.sent, report.failed) == (2, 0)
     by_name = {m.to_name: m for m in sender.sent}
     assert by_name["ann"].subject.startswith("Action needed")
@@ -174,19 +178,21 @@ def test_each_email_is_sent_once_with_wording_for_the_recipient(
             ).scalar_one()
             == f"id-{by_name['ann'].outbox_id}"
         )
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
-    assert drain(registry, plan, sender).sent == 0
+    with on(NOTICE_DAY):
+        queue_due(registry, plan, NOTICE_DAY, actor="rm")
+        assert drain(registry, plan, sender).sent == 0
     assert len(sender.sent) == 2
 
 
 def test_an_account_that_enrolled_after_queueing_gets_no_reminder(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    queue_due(registry, plan, date(2022, 1, 18), actor="rm")
-    with bound_to(registry.engine):
-        FactorFactory(account=existing_account(ids["ann"]), kind="webauthn")
-    sender = Recording()
-    drain(registry, plan, sender)
+    with on(date(2022, 1, 18)):
+        queue_due(registry, plan, date(2022, 1, 18), actor="rm")
+        with bound_to(registry.engine):
+            FactorFactory(account=existing_account(ids["ann"]), kind="webauthn")
+        sender = Recording()
+        drain(registry, plan, sender)
     assert "reminder" not in {m.email for m in sender.sent}
     assert rows(registry, "reminder")["ann"] == ("skipped", "already compliant")
 
@@ -259,18 +265,19 @@ def test_a_back_filled_run_judges_the_repeat_window_on_its_own_day(
     repeat_days: int,
     second: tuple[str, str | None],
 ) -> None:
-    """Two past days queued (``notify queue --as-of D``) and sent now, seconds apart, by
-    the real clock: the window between top-100's reminder (01-18) and high-impact's
-    (01-25) is judged on the runs' days, 7 days apart; not on the seconds between the
-    two drains."""
+    """Two past days queued (``notify queue --as-of D``) and sent now (01-26, before
+    either deadline), seconds apart: the window between top-100's reminder (01-18) and
+    high-impact's (01-25) is judged on the runs' days, 7 days apart; not on the seconds
+    between the two drains."""
     repeating = _second_campaign(
         _repeating(plan, reminder=repeat_days), registry, ids["ann"], date(2022, 1, 25)
     )
-    queue_due(registry, repeating, date(2022, 1, 18), actor="rm")
-    drain(registry, repeating, Recording())
-    queue_due(registry, repeating, date(2022, 1, 25), actor="rm")
-    sender = Recording()
-    drain(registry, repeating, sender)
+    with on(date(2022, 1, 26)):
+        queue_due(registry, repeating, date(2022, 1, 18), actor="rm")
+        drain(registry, repeating, Recording())
+        queue_due(registry, repeating, date(2022, 1, 25), actor="rm")
+        sender = Recording()
+        drain(registry, repeating, sender)
     assert _reminder(registry, ids["ann"], "14d") == ("sent", None)
     assert _reminder(registry, ids["ann"], "14d", "high-impact") == second
     reminded = {m.to_name for m in sender.sent if m.email == "reminder"}
@@ -284,15 +291,16 @@ def test_a_reminder_skips_an_account_the_phase_has_enforced_already(
     signed out in 3 days, when she was already."""
     from rollout.phases import enforce
 
-    enforce.enforce_phase(registry, plan, "top-100", expect=3, actor="rm", early=True)
-    queue_due(registry, plan, date(2022, 1, 29), actor="rm")
+    with on(date(2022, 1, 29)):
+        enforce.enforce_phase(registry, plan, "top-100", expect=3, actor="rm", early=True)
+        queue_due(registry, plan, date(2022, 1, 29), actor="rm")
     assert _reminder(registry, ids["ann"], "3d") == ("skipped", "already enforced")
 
 
 def test_a_rejected_message_fails_with_its_reason_and_the_rest_go_on(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     report = drain(registry, plan, Recording(fail_for="ann"))
     assert (report.sent, report.failed) == (1, 1)
     assert rows(registry)["ann"] == ("failed", "SendGrid answered 400: bad recipient")
@@ -304,7 +312,7 @@ def test_a_rejected_message_fails_with_its_reason_and_the_rest_go_on(
 def test_a_misconfigured_sender_stops_the_drain_and_loses_nothing(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     with pytest.raises(RolloutError, match="answered 401"):
         drain(registry, plan, Recording(misconfigured=True))
     assert rows(registry)["ann"] == ("queued", None)
@@ -314,7 +322,7 @@ def test_a_misconfigured_sender_stops_the_drain_and_loses_nothing(
 def test_the_file_outbox_writes_one_eml_per_message(
     registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     drain(registry, plan, FileSender(tmp_path / "outbox"))
     files = sorted(p.name for p in (tmp_path / "outbox").glob("*.eml"))
     assert len(files) == 2 and all(name.endswith("-phase_notice.eml") for name in files)
@@ -343,7 +351,7 @@ def test_the_fault_matrix_ends_with_each_message_sent_once_or_failed_with_its_re
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     _many(registry, 4)
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")  # ann, ben + 4
+    queue_late(registry, plan, NOTICE_DAY)  # ann, ben + 4
     waits: list[float] = []
     with DevSendGrid(api_key=KEY) as server, caplog.at_level(logging.DEBUG):
         # In order, one at a time: the first message meets a 429 and a 500, then a stall
@@ -400,7 +408,7 @@ def test_a_killed_drain_resends_at_most_what_was_in_flight(
     registry: Registry, registry_url: str, plan: Plan, ids: dict[str, int]
 ) -> None:
     _many(registry, 60)
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     with DevSendGrid(api_key=KEY) as server:
         child = subprocess.Popen(
             [
@@ -435,7 +443,7 @@ def test_a_killed_drain_resends_at_most_what_was_in_flight(
 def test_rows_left_in_flight_are_sent_again_by_the_next_drain(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     with registry.engine.begin() as connection:
         connection.execute(
             update(Notification)
@@ -450,7 +458,7 @@ def test_a_drain_in_several_processes_sends_each_message_once(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
     _many(registry, 40)
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     seen: list[tuple[int, int]] = []
     with DevSendGrid(api_key=KEY) as server:
         sender = SendGridSender(KEY, server.url, timeout=5)
@@ -473,7 +481,7 @@ def test_a_limit_holds_across_processes(
 ) -> None:
     """Each of three processes takes its part of 5 (2, 2, 1), not 5 rounded up each."""
     _many(registry, 20)
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     with DevSendGrid(api_key=KEY) as server:
         sender = SendGridSender(KEY, server.url, timeout=5)
         report = drain(registry, plan, sender, concurrency=1, processes=3, limit=5)
@@ -488,7 +496,7 @@ def test_a_drainer_that_loses_the_first_rows_to_another_claims_the_next_ones(
     """Two drainers reach for the same first rows: the second gets the rows after them,
     not nothing (which it would take for an empty outbox, and stop)."""
     _many(registry, 10)
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     with registry.engine.connect() as connection:
         queued = (
             connection.execute(
@@ -534,7 +542,7 @@ def _sender_of(registry: Registry) -> dict[str, str | None]:
 def test_each_row_records_the_sender_that_attempted_it(
     registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     assert _sender_of(registry)["ann"] is None  # queued, never attempted
     drain(registry, plan, FileSender(tmp_path / "outbox"))
     senders = _sender_of(registry)
@@ -544,7 +552,7 @@ def test_each_row_records_the_sender_that_attempted_it(
 def test_the_file_outbox_refuses_emails_last_attempted_through_sendgrid(
     registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     with DevSendGrid(api_key=KEY) as server:
         server.script([{"status": 400}])
         sender = SendGridSender(KEY, server.url, timeout=5)
@@ -574,7 +582,7 @@ def test_status_groups_failures_by_reason(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
     _many(registry, 3)
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")  # ann, ben + 3
+    queue_late(registry, plan, NOTICE_DAY)  # ann, ben + 3
     with DevSendGrid(api_key=KEY) as server:
         server.script([{"status": 400}] * 3)
         sender = SendGridSender(KEY, server.url, timeout=5)
@@ -602,7 +610,7 @@ def test_retries_after_5xx_are_logged_and_counted(
     ids: dict[str, int],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     with DevSendGrid(api_key=KEY) as server, caplog.at_level(logging.WARNING):
         server.script([{"status": 503}, {"status": 429, "retry_after": 0}])
         sender = SendGridSender(KEY, server.url, timeout=5, sleep=lambda _: None)

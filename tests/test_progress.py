@@ -19,7 +19,7 @@ from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 
 from .conftest import DATA
-from .factories import AccountFactory, NotificationFactory, bound_to
+from .factories import LATE_NOTICE, AccountFactory, NotificationFactory, bound_to
 
 ROOT = Path(__file__).resolve().parent.parent
 BAR = "━"  # Rich's bar; ESC starts every ANSI sequence
@@ -138,7 +138,7 @@ def test_notify_send_piped_draws_no_progress(rollout_home: Path) -> None:
     assert run("db", "upgrade").exit_code == 0
     engine = make_engine(load_settings().registry_url)
     with bound_to(engine):
-        NotificationFactory.create_batch(2, context={"phase": "top-100"})
+        NotificationFactory.create_batch(2, context=LATE_NOTICE)
     engine.dispose()
     sent = run("notify", "send", "--apply", "--concurrency", "1")
     assert sent.exit_code == 0, sent.stderr

@@ -13,12 +13,11 @@ from rollout.core.plan import Plan
 from rollout.demo.crowd import NOTICE_DAY
 from rollout.notify import outbox, render
 from rollout.notify.drain import drain
-from rollout.notify.queue import queue_due
 from rollout.registry import Registry
 
 # The fixtures and helpers of the outbox tests: ann (no 2FA) and ben (TOTP) get mail,
 # cat (unverified) and dan (suppressed) are skipped.
-from tests.support.outbox import Recording, ids, rows
+from tests.support.outbox import Recording, ids, queue_late, rows
 
 __all__ = ["ids"]  # a fixture, used by name
 
@@ -44,8 +43,8 @@ def broken_reminder(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_template_error_fails_that_email_and_the_others_are_sent(
     registry: Registry, plan: Plan, ids: dict[str, int], broken_reminder: None
 ) -> None:
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
-    queue_due(registry, plan, REMINDER_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
+    queue_late(registry, plan, REMINDER_DAY)
     assert outbox.pending(registry) == {"phase_notice": 2, "reminder": 1}  # ann, ben; ann
 
     sender = Recording()
@@ -75,7 +74,7 @@ def test_once_the_template_is_fixed_a_retry_sends_it(
     monkeypatch: pytest.MonkeyPatch,
     broken_reminder: None,
 ) -> None:
-    queue_due(registry, plan, REMINDER_DAY, actor="rm")
+    queue_late(registry, plan, REMINDER_DAY)
     assert drain(registry, plan, Recording()).failed == 1
     monkeypatch.undo()  # the shipped templates again
     assert outbox.retry_failed(registry) == 1

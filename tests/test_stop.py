@@ -25,13 +25,13 @@ from sqlalchemy import func, select
 from rollout.core.plan import Plan
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.notify.drain import drain
-from rollout.notify.queue import queue_due
 from rollout.notify.senders import SendGridSender
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
 from rollout.registry.models import Notification
 from tests.factories import AccountFactory, bound_to
+from tests.support.outbox import queue_late
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN = ROOT / "plans" / "npm-2022.yaml"
@@ -57,7 +57,7 @@ def queued(registry: Registry, plan: Plan) -> int:
             AccountFactory(
                 username=f"user{i:04d}", in_cohort="top-100", in_cohort__packages=["zeta-pkg"]
             )
-    [outcome] = queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    [outcome] = queue_late(registry, plan, NOTICE_DAY)  # sent by processes on the real clock
     assert outcome.added == EMAILS
     return EMAILS
 

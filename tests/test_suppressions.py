@@ -21,12 +21,11 @@ from rollout.dev.sendgrid_api import DEFAULT_API_KEY, DevSendGrid
 from rollout.notify import outbox
 from rollout.notify.drain import drain
 from rollout.notify.message import address_forms
-from rollout.notify.queue import queue_due
 from rollout.notify.senders import SendGridSender
 from rollout.notify.suppressions import LISTS, SuppressionsUnreadable, sync_suppressions
 from rollout.registry import Registry
 from rollout.registry.models import Account, EmailSuppression
-from tests.support.outbox import ids, rows
+from tests.support.outbox import ids, queue_late, rows
 
 __all__ = ["ids"]  # a fixture, used by name
 
@@ -177,7 +176,7 @@ def test_emails_to_listed_addresses_are_skipped_with_the_source(
         }
     )
     sync_suppressions(registry, sender_for(sendgrid), actor="ops")
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     assert rows(registry) == {
         "ann": ("skipped", "suppressed: bounce"),
         "ben": ("queued", None),
@@ -203,7 +202,7 @@ def test_a_blocked_address_still_gets_its_emails(
     )
     sync_suppressions(registry, sender_for(sendgrid), actor="ops")
     assert ("ann@example.com", "block") in suppressions(registry)  # recorded all the same
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     assert rows(registry)["ann"] == ("queued", None)
     drain(registry, plan, sender_for(sendgrid))
     assert rows(registry)["ann"] == ("sent", None)
@@ -212,7 +211,7 @@ def test_a_blocked_address_still_gets_its_emails(
 def test_an_address_listed_after_queueing_is_skipped_when_sent(
     registry: Registry, plan: Plan, ids: dict[str, int], sendgrid: DevSendGrid
 ) -> None:
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     assert rows(registry)["ann"] == ("queued", None)
     sendgrid.suppress(
         {"invalid_emails": [{"email": "ann@example.com", "created": CREATED, "reason": "bad"}]}
@@ -235,7 +234,7 @@ def test_a_bounce_of_an_international_address_stops_its_emails_in_either_form(
         connection.execute(
             update(Account).where(Account.id == ids["ann"]).values(email="ann@bücher.example")
         )
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     sendgrid.suppress({"bounces": [bounce("ann@xn--bcher-kva.example")]})
     sync_suppressions(registry, sender_for(sendgrid), actor="ops")
     drain(registry, plan, sender_for(sendgrid))

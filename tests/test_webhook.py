@@ -29,13 +29,12 @@ from rollout.demo.crowd import NOTICE_DAY
 from rollout.dev.sendgrid_api import DEFAULT_API_KEY, DevSendGrid
 from rollout.dev.webhook_signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSigner
 from rollout.notify.drain import drain
-from rollout.notify.queue import queue_due
 from rollout.notify.senders import SendGridSender
 from rollout.notify.suppressions import sync_suppressions
 from rollout.notify.webhook import EVENTS_PATH, create_app
 from rollout.registry import Registry
 from rollout.registry.models import Notification
-from tests.support.outbox import ids, rows
+from tests.support.outbox import ids, queue_late, rows
 from tests.support.serving import free_port, wait_until_answering
 
 __all__ = ["ids"]  # a fixture, used by name
@@ -357,7 +356,7 @@ def test_the_local_sendgrid_server_posts_what_happened_and_the_receiver_lands_it
     """The loop on one machine: queue, send through the real client to the local
     SendGrid server, its signed events to the receiver, landed; the bounce it reports
     is on its list at the next sync, and the next email to that address is skipped."""
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)
     receiver = create_app(signer.public_key, tmp_path)
     with (
         served(receiver) as url,
@@ -386,5 +385,5 @@ def test_the_local_sendgrid_server_posts_what_happened_and_the_receiver_lands_it
     }
     assert all(e["email_name"] == "phase_notice" for e in events)
     # SendGrid lists the bounced address; the sync brought it; the reminder skips ann.
-    queue_due(registry, plan, date(2022, 1, 18), actor="rm")
+    queue_late(registry, plan, date(2022, 1, 18))
     assert rows(registry, "reminder")["ann"] == ("skipped", "suppressed: bounce")

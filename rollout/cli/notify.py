@@ -99,19 +99,28 @@ def notify_queue(
         str | None, typer.Option(help="The day, YYYY-MM-DD (default: today, UTC).")
     ] = None,
     apply: Annotated[bool, typer.Option("--apply", help="Queue them (without: preview).")] = False,
+    late: Annotated[
+        bool,
+        typer.Option(
+            "--late",
+            help="Queue too the mailings whose last day has passed by today (held back "
+            "without it: they would announce dates already gone); the send takes them "
+            "however late.",
+        ),
+    ] = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Queue the emails the plan calls for on a day (notices, reminders, heads-ups)."""
-    from rollout.notify.queue import queue_due, queue_preview
+    from rollout.notify.queue import past_last_day, queue_due, queue_preview
     from rollout.registry.ledger import utc_now
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
     day = _parse_day(as_of, "--as-of") if as_of is not None else utc_now().date()
     if apply:
-        outcomes = queue_due(runtime.registry, plan, day, actor=settings.actor)
+        outcomes = queue_due(runtime.registry, plan, day, actor=settings.actor, late=late)
     else:
-        outcomes = queue_preview(runtime.registry, plan, day)
+        outcomes = queue_preview(runtime.registry, plan, day, late=late)
     emit(
         [
             {
@@ -124,12 +133,23 @@ def notify_queue(
                 # compliant, exempt): they send nothing.
                 "of_which_skipped": o.skipped,
                 "already": o.already,
+                # Not queued: past their last day (queued with --late).
+                "held_back": o.held_back,
             }
             for o in outcomes
         ],
         fmt,
         title=f"emails due on {day}" + ("" if apply else " (preview)"),
-        columns=["step", "email", "due_on", "audience", "new", "of_which_skipped", "already"],
+        columns=[
+            "step",
+            "email",
+            "due_on",
+            "audience",
+            "new",
+            "of_which_skipped",
+            "already",
+            "held_back",
+        ],
     )
     if not outcomes:
         stderr.print(f"nothing is due on {day}", highlight=False)
@@ -138,16 +158,31 @@ def notify_queue(
     today = utc_now().date()
     for o in outcomes:
         # A day queued late goes out today: a mailing whose last day has passed would
-        # announce as still to come a date already gone.
-        going = o.added - o.skipped
-        if going and o.occasion.until <= today:
+        # announce as still to come a date already gone. Held back unless --late.
+        whose = (
+            f"its last day was {o.occasion.until - timedelta(days=1)}, before today ({today})"
+            if past_last_day(o.occasion, today)
+            else "the accounts' own deadlines came by today"
+        )
+        if o.held_back:
+            stderr.print(
+                labelled(
+                    "held back:",
+                    "bold yellow",
+                    f"{o.occasion.step}: {whose}: {o.held_back} emails "
+                    f"{'not queued' if apply else 'would not be queued'}, they would announce "
+                    "dates already gone (--late queues them anyway)",
+                ),
+                highlight=False,
+            )
+        if o.late:
             stderr.print(
                 labelled(
                     "warning:",
                     "bold yellow",
-                    f"{o.occasion.step}: its last day was {o.occasion.until - timedelta(days=1)}"
-                    f", before today ({today}): these {going} emails, sent now, would "
-                    "announce dates already past"
+                    f"{o.occasion.step}: {whose}: {o.late} emails "
+                    f"{'queued' if apply else 'would be queued'} late (--late), to be sent "
+                    "however late; they would announce dates already gone"
                     + (
                         "; `rollout notify withdraw` takes back those not sent yet" if apply else ""
                     ),

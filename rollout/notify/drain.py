@@ -8,6 +8,10 @@ The file outbox claims FILE_BATCH (500) rows at a time and writes them in turn: 
 crash leaves at most those 500 in flight, and writing them again replaces their files.
 One drain runs at a time.
 
+An email whose last day has passed when it is claimed (a reminder after the deadline
+it counts to, a heads-up once its brown-out began: :func:`_too_late`) is not sent but
+recorded as skipped, ``too late``, as any skip: once, and for good.
+
 A stop (SIGTERM, SIGINT; rollout.core.stopping) claims nothing more, gives the sends in
 flight a moment, records what they came to and puts back the rest; worker processes are
 told and, after a grace, killed; the run lock is let go only once the last of them is gone.
@@ -62,8 +66,10 @@ from rollout.core.stopping import (
     stop_requested_by_signals,
 )
 from rollout.notify.emails import (
+    ELV_HEADS_UP_EMAIL,
     EMAILS,
     ENFORCEMENT_EMAIL,
+    HEADS_UP_EMAIL,
     Recipient,
     Stricter,
     TokenLine,
@@ -76,7 +82,9 @@ from rollout.notify.outbox import (
     COMPLIANT,
     FILE_SENDER,
     NOTIFICATIONS,
+    QUEUED_LATE,
     REPEAT,
+    TOO_LATE,
     UNVERIFIED,
     check_sender,
     failure_reason,
@@ -98,10 +106,12 @@ from rollout.registry.deadlines import (
 from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import (
+    BrownoutWindow,
     CohortMembership,
     PhaseRequirement,
     PlanRun,
     TfaFactor,
+    state_at,
 )
 from rollout.registry.requirements import (
     TOKENS,
@@ -494,6 +504,97 @@ def _stricter(
     return found
 
 
+def _too_late(
+    connection: Connection,
+    plan: Plan,
+    claimed: list[_Claimed],
+    standing: Mapping[tuple[str, str, int], _Standing],
+    now: datetime,
+) -> set[int]:
+    """The claimed rows whose last day has passed by ``now`` (whole UTC days, by the
+    pipeline's clock): sent after an outage of the sender, a paused deployment or a
+    retry of an old failure, each would announce as still to come a date already gone.
+    An email's last day is its mailing's (rollout.core.calendar: the day before the
+    Mailing's deadline), as the plan and the registry stand now:
+
+    - a phase notice: the day before the phase's deadline; with per-account deadlines
+      ``last_notice_on`` (a notice starts its account's deadline, and one sent later
+      would start it past the days the phase enforces);
+    - a reminder: the day before the deadline it counts to, the phase's or, with
+      per-account deadlines, the account's own (snoozed or not);
+    - a brown-out heads-up: the day before its window starts, as the registry has it
+      (and none once the window started, ended or was called off);
+    - the ELV heads-up: the day before the day it tells.
+
+    Emails of no date (the enforcement notice, the orgs' emails, the phase summary, a
+    snooze reply) are never too late; nor is one queued late on purpose (QUEUED_LATE)."""
+    today = now.date()
+    phases = {p.name: p for p in plan.phases}
+    names = sorted({c.occasion for c in claimed if c.email == HEADS_UP_EMAIL})
+    windows = {
+        w.name: w
+        for w in (
+            connection.execute(
+                select(
+                    BrownoutWindow.name,
+                    BrownoutWindow.starts_at,
+                    BrownoutWindow.ends_at,
+                    BrownoutWindow.ended_early_at,
+                ).where(BrownoutWindow.name.in_(names))
+            )
+            if names
+            else ()
+        )
+    }
+    brownouts = {b.name: b for b in plan.brownouts}
+
+    def until(c: _Claimed) -> date | None:
+        """The day the row is too late from (its last day's next), or None."""
+        phase = phases.get(c.phase)
+        if c.email == "phase_notice" and phase is not None:
+            return phase.notices_until
+        if c.email == "reminder" and phase is not None:
+            if phase.deadline is None:
+                return phase.enforce_on
+            found = standing.get((c.email, c.phase, c.account_id))
+            return found.deadline if found and found.deadline else phase.enforce_until
+        # A heads-up says the day its context holds: too late from that day, or from
+        # the day of what it announces, whichever comes first.
+        if c.email == HEADS_UP_EMAIL:
+            window = windows.get(c.occasion)
+            if window is not None:
+                starts = window.starts_at.date() if state_at(window, now) == "scheduled" else today
+            else:
+                planned = brownouts.get(c.occasion)
+                starts = planned.starts_at.date() if planned is not None else None
+            return _first(starts, _day_in(c.context, "starts_at"))
+        if c.email == ELV_HEADS_UP_EMAIL:
+            planned = plan.elv.enroll_all_on if plan.elv is not None else None
+            return _first(planned, _day_in(c.context, "enrolled_on"))
+        return None
+
+    late = set()
+    for c in claimed:
+        if c.context.get(QUEUED_LATE):
+            continue
+        day = until(c)
+        if day is not None and day <= today:
+            late.add(c.id)
+    return late
+
+
+def _first(*days: date | None) -> date | None:
+    return min((d for d in days if d is not None), default=None)
+
+
+def _day_in(context: Mapping[str, Any], key: str) -> date | None:
+    """The day a context's ``key`` holds (a date or a time), or None."""
+    try:
+        return date.fromisoformat(str(context[key])[:10])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _rolled_back(connection: Connection, phase: Phase) -> bool:
     """The phase's last succeeded apply or rollback run, by start and then by the order
     runs were recorded in (``seq``: an apply and its rollback can start at the same
@@ -574,8 +675,10 @@ def _prepare(
     last_sent: dict[tuple[int, str], list[tuple[str, date]]],
     now: datetime,
     standing: Mapping[tuple[str, str, int], _Standing] | None = None,
+    too_late: bool = False,
 ) -> _Outcome | Message:
-    """A message to send, or why this row ends here (skipped, or failed to render)."""
+    """A message to send, or why this row ends here (skipped, or failed to render).
+    ``too_late``: its last day has passed (:func:`_too_late`)."""
     definition = EMAILS.get(claimed.email)
     if definition is None:
         return _Outcome(claimed.id, "failed", f"no email named {claimed.email!r}")
@@ -591,6 +694,8 @@ def _prepare(
         return _Outcome(claimed.id, "skipped", why_suppressed)
     if recipient.compliant and definition.when_compliant == "skip":
         return _Outcome(claimed.id, "skipped", COMPLIANT)
+    if too_late:
+        return _Outcome(claimed.id, "skipped", TOO_LATE)
     days = plan.notifications.repeat_days.get(claimed.email)
     # Judged on the days the emails' runs were for: a back-filled run's day is not now.
     on = run_day(claimed.context, now.date())
@@ -768,6 +873,7 @@ def _next_batch(
         last_sent = _last_sent(connection, plan, claimed)
         standing = _standing(connection, plan, claimed, now)
         earlier = _required_earlier(connection, claimed)
+        late = _too_late(connection, plan, claimed, standing, now)
     prepared = [
         _prepare(
             plan,
@@ -778,6 +884,7 @@ def _next_batch(
             last_sent,
             now,
             standing,
+            c.id in late,
         )
         for c in claimed
     ]

@@ -58,6 +58,13 @@ ENFORCED = "already enforced"
 # A warning of a phase to an account the plan exempts: its enforcement never touches it.
 EXEMPT = "exempt by the plan"
 REPEAT = "inside the repeat window"
+# An email whose last day (its mailing's: the day before the date it announces, or the
+# account's own deadline) had passed when it came to be sent: "in 3 days" after the
+# deadline, a brown-out heads-up once it began (rollout.notify.drain._too_late).
+TOO_LATE = "too late"
+# The context key of an email queued past its last day on purpose (``notify queue
+# --late``): the drain sends it however late, as the release manager asked.
+QUEUED_LATE = "queued_late"
 # The context key of the day a queue run was for (``queue_due``'s ``day``): the day the
 # repeat window is judged on, so a back-filled run (``--as-of`` a past day) spaces its
 # emails by the plan's calendar, not by the minutes between drains today.

@@ -5,6 +5,13 @@ whose natural key (account, email, phase, occasion) makes a re-run, of a flow, a
 phase or the whole plan, queue nothing twice. Accounts the email must not reach are
 recorded as ``skipped`` with the reason: unverified email, suppressed address,
 already compliant (for warnings only).
+
+A mailing has a last day, the one before its ``until`` (for a reminder of per-account
+deadlines, also the day before each account's own deadline). A past day queued once
+that day has passed by today (``--as-of``, catching up) would send now "your deadline
+is in 3 days" after the deadline: such a mailing, or such an account, is held back (not
+queued, counted as ``held_back``) unless asked for with ``late`` (``notify queue
+--late``), which marks its rows (QUEUED_LATE) for the drain to send however late.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from rollout.notify.outbox import (
     ENFORCED,
     EXEMPT,
     NOTIFICATIONS,
+    QUEUED_LATE,
     RUN_DAY,
     UNVERIFIED,
     suppression_reason_sql,
@@ -83,7 +91,10 @@ class Occasion:
     phase: str
     occasion: str
     due_on: date
-    until: date  # queued no later than the day before (a reminder after the deadline is noise)
+    # Queued no later than the day before (a reminder after the deadline is noise): the
+    # mailing's last day is the one before. A reminder of per-account deadlines has, for
+    # each account, the day before its own deadline too.
+    until: date
     audience: str  # as rollout.core.calendar.Mailing.audience: audience() reads it
     context: dict[str, Any]
 
@@ -109,6 +120,28 @@ def plan_occasions(plan: Plan) -> list[Occasion]:
 def due_occasions(plan: Plan, day: date) -> list[Occasion]:
     """The mailings to queue on ``day``: due, and not yet too late (catches up missed days)."""
     return [o for o in plan_occasions(plan) if o.due_on <= day < o.until]
+
+
+def past_last_day(o: Occasion, today: date) -> bool:
+    """The mailing's last day (the one before ``until``) has passed by ``today``: sent
+    now, it would announce as still to come a date already gone."""
+    return o.until <= today
+
+
+def _parts(o: Occasion, plan: Plan, day: date, today: date) -> list[tuple[Select, bool]]:
+    """The accounts of the mailing queued on ``day``, each part with whether its last
+    day has passed by ``today``: all of them once the mailing's has; for a reminder of
+    per-account deadlines, the accounts whose own deadline is ``today`` or before
+    (queued for a past day, "in 3 days" would reach them after it)."""
+    ids = audience(o.audience, plan, day)
+    if past_last_day(o, today):
+        return [(ids, True)]
+    due_within = audience_due_within(o.audience)
+    if due_within is not None and day < today:
+        phase = plan.phase(due_within[0])
+        passed = due_by(phase, CohortMembership.account_id, today)
+        return [(ids.where(~passed), False), (ids.where(passed), True)]
+    return [(ids, False)]
 
 
 def _as_scheduled(
@@ -143,7 +176,8 @@ def _as_scheduled(
                 "ends_at": window.ends_at.isoformat(),
                 "hours": round((window.ends_at - window.starts_at).total_seconds() / 3600),
             }
-            kept.append(replace(o, context={**o.context, **times}))
+            # Its last day is the one before the window starts, wherever that is.
+            kept.append(replace(o, context={**o.context, **times}, until=window.starts_at.date()))
     return kept
 
 
@@ -316,36 +350,76 @@ class QueueOutcome:
     # Of added, recorded as skipped with why (unverified, suppressed, compliant, exempt):
     # rows that send nothing.
     skipped: int = 0
+    # Not queued: the mailing's last day (or the account's, by its own deadline) has
+    # passed by today, and ``late`` was not asked for (past_last_day).
+    held_back: int = 0
+    # Of added, queued past their last day because ``late`` was asked for (QUEUED_LATE).
+    late: int = 0
 
 
-def queue_preview(registry: Registry, plan: Plan, day: date) -> list[QueueOutcome]:
-    """What queueing on ``day`` would add, per mailing. Reads only."""
-    outcomes = []
+def _count(
+    connection: Connection, plan: Plan, o: Occasion, ids: Select, now: datetime
+) -> tuple[int, int, int]:
+    """(accounts, of them with a row of the mailing already, of the others those
+    queue_email would record as skipped): what queueing ``ids`` would do. Reads only."""
+    chosen = ids.subquery()
+    has_row = exists().where(
+        and_(
+            NOTIFICATIONS.c.account_id == ACCOUNTS.c.id,
+            NOTIFICATIONS.c.email == o.email,
+            NOTIFICATIONS.c.phase == o.phase,
+            NOTIFICATIONS.c.occasion == o.occasion,
+        )
+    )
+    # The new rows queue_email would record as skipped: the same reason, read.
+    reason = _skip_reason(o.email, _requirements_of(plan, o), now, plan.exempt_usernames)
+    total, existing, skipped = connection.execute(
+        select(
+            func.count(),
+            func.count().filter(has_row),
+            func.count().filter(and_(~has_row, reason.is_not(None))),
+        )
+        .select_from(ACCOUNTS)
+        .where(ACCOUNTS.c.id.in_(select(chosen.c[0])))
+    ).one()
+    return total, existing, skipped
+
+
+def _previewed(
+    connection: Connection,
+    plan: Plan,
+    o: Occasion,
+    parts: list[tuple[Select, bool]],
+    now: datetime,
+    *,
+    late: bool,
+) -> QueueOutcome:
+    outcome = QueueOutcome(o, 0)
+    for ids, past in parts:
+        total, existing, skipped = _count(connection, plan, o, ids, now)
+        outcome.audience += total
+        outcome.already += existing
+        if past and not late:
+            outcome.held_back += total - existing
+            continue
+        outcome.added += total - existing
+        outcome.skipped += skipped
+        if past:
+            outcome.late += total - existing
+    return outcome
+
+
+def queue_preview(
+    registry: Registry, plan: Plan, day: date, *, late: bool = False
+) -> list[QueueOutcome]:
+    """What queueing on ``day`` would add, per mailing, and hold back (``late``: queue
+    too, see queue_due). Reads only."""
     now = utc_now()
     with registry.engine.connect() as connection:
-        for o in _as_scheduled(connection, due_occasions(plan, day), now):
-            ids = audience(o.audience, plan, day).subquery()
-            has_row = exists().where(
-                and_(
-                    NOTIFICATIONS.c.account_id == ACCOUNTS.c.id,
-                    NOTIFICATIONS.c.email == o.email,
-                    NOTIFICATIONS.c.phase == o.phase,
-                    NOTIFICATIONS.c.occasion == o.occasion,
-                )
-            )
-            # The new rows queue_email would record as skipped: the same reason, read.
-            reason = _skip_reason(o.email, _requirements_of(plan, o), now, plan.exempt_usernames)
-            total, existing, skipped = connection.execute(
-                select(
-                    func.count(),
-                    func.count().filter(has_row),
-                    func.count().filter(and_(~has_row, reason.is_not(None))),
-                )
-                .select_from(ACCOUNTS)
-                .where(ACCOUNTS.c.id.in_(select(ids.c[0])))
-            ).one()
-            outcomes.append(QueueOutcome(o, total, total - existing, existing, skipped))
-    return outcomes
+        return [
+            _previewed(connection, plan, o, _parts(o, plan, day, now.date()), now, late=late)
+            for o in _as_scheduled(connection, due_occasions(plan, day), now)
+        ]
 
 
 def _requirements_of(plan: Plan, o: Occasion) -> Phase | None:
@@ -353,10 +427,17 @@ def _requirements_of(plan: Plan, o: Occasion) -> Phase | None:
     return plan.phase(o.phase) if o.phase in {p.name for p in plan.phases} else None
 
 
-def queue_due(registry: Registry, plan: Plan, day: date, *, actor: str) -> list[QueueOutcome]:
+def queue_due(
+    registry: Registry, plan: Plan, day: date, *, actor: str, late: bool = False
+) -> list[QueueOutcome]:
     """Queue every mailing due on ``day``, not after today (UTC, by the pipeline's
     clock): one recorded run per mailing. A day ahead would send now what its day is
-    to bring: reminders counting days from a day not come, heads-ups early."""
+    to bring: reminders counting days from a day not come, heads-ups early.
+
+    A past day's mailing whose last day has passed by today (or, for a reminder of
+    per-account deadlines, the accounts whose own deadline has come) is held back: not
+    queued (``held_back``), and a mailing held back whole records no run. With ``late``
+    it is queued all the same, its rows marked (QUEUED_LATE) for the drain to send."""
     today = utc_now().date()
     if day > today:
         raise BadInput(
@@ -373,6 +454,12 @@ def queue_due(registry: Registry, plan: Plan, day: date, *, actor: str) -> list[
         if occasions:  # the audiences below are what the statistics are for
             refresh_statistics(engine)
         for o in occasions:
+            parts = _parts(o, plan, day, today)
+            if not late and all(past for _, past in parts):
+                # Too late for every account: nothing to queue, no run to record.
+                with engine.connect() as connection:
+                    outcomes.append(_previewed(connection, plan, o, parts, utc_now(), late=late))
+                continue
             with recorded_run(
                 engine,
                 plan=plan.name,
@@ -380,31 +467,51 @@ def queue_due(registry: Registry, plan: Plan, day: date, *, actor: str) -> list[
                 mode="apply",
                 actor=actor,
                 lock="queue",
-                parameters={"day": day.isoformat(), "email": o.email},
+                parameters={
+                    "day": day.isoformat(),
+                    "email": o.email,
+                    **({"late": True} if late else {}),
+                },
             ) as run:
-                ids = audience(o.audience, plan, day)
+                outcome = QueueOutcome(o, 0)
                 with begin_writing(engine) as connection:
-                    total = connection.execute(
-                        select(func.count()).select_from(ids.subquery())
-                    ).scalar_one()
-                    added, skipped = queue_email(
-                        connection,
-                        email=o.email,
-                        phase=o.phase,
-                        occasion=o.occasion,
-                        account_ids=ids,
-                        context={**o.context, RUN_DAY: day.isoformat()},
-                        run_id=run.id,
-                        now=utc_now(),
-                        requirements_of=_requirements_of(plan, o),
-                        exempt=plan.exempt_usernames,
-                    )
-                outcome = QueueOutcome(o, total, added, total - added, skipped)
+                    for ids, past in parts:
+                        total = connection.execute(
+                            select(func.count()).select_from(ids.subquery())
+                        ).scalar_one()
+                        outcome.audience += total
+                        if past and not late:
+                            _, existing, _ = _count(connection, plan, o, ids, utc_now())
+                            outcome.already += existing
+                            outcome.held_back += total - existing
+                            continue
+                        context = {**o.context, RUN_DAY: day.isoformat()}
+                        if past:
+                            context[QUEUED_LATE] = True
+                        added, skipped = queue_email(
+                            connection,
+                            email=o.email,
+                            phase=o.phase,
+                            occasion=o.occasion,
+                            account_ids=ids,
+                            context=context,
+                            run_id=run.id,
+                            now=utc_now(),
+                            requirements_of=_requirements_of(plan, o),
+                            exempt=plan.exempt_usernames,
+                        )
+                        outcome.added += added
+                        outcome.skipped += skipped
+                        outcome.already += total - added
+                        if past:
+                            outcome.late += added
                 run.summary = {
-                    "audience": total,
-                    "added": added,
-                    "skipped": skipped,
-                    "already": total - added,
+                    "audience": outcome.audience,
+                    "added": outcome.added,
+                    "skipped": outcome.skipped,
+                    "already": outcome.already,
+                    **({"held_back": outcome.held_back} if outcome.held_back else {}),
+                    **({"late": outcome.late} if outcome.late else {}),
                 }
             outcomes.append(outcome)
     return outcomes

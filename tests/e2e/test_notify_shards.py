@@ -189,7 +189,8 @@ def stack(registry_url: str, processes: Processes, deployed: Deployed, home: Hom
     add_crowd(registry_url, EMAILS)
     processes.run(
         "queue",
-        [*ROLLOUT, "notify", "queue", "--as-of", NOTICE_DAY.isoformat(), "--apply"],
+        # Years after the notice day: queued however late (held back otherwise).
+        [*ROLLOUT, "notify", "queue", "--as-of", NOTICE_DAY.isoformat(), "--late", "--apply"],
         env,
     )
     url = start_dev_sendgrid(processes, home, KEY)

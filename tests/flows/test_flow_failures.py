@@ -27,7 +27,7 @@ from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
-from tests.factories import NotificationFactory, bound_to
+from tests.factories import LATE_NOTICE, NotificationFactory, bound_to
 from tests.support.artifacts import read_markdown
 from tests.support.env import without_rollout_settings
 
@@ -51,7 +51,7 @@ def outbox_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_env: None
     engine = make_engine(load_settings().registry_url)
     upgrade(engine)
     with bound_to(engine):
-        NotificationFactory.create_batch(30, context={"phase": "top-100"})
+        NotificationFactory.create_batch(30, context=LATE_NOTICE)
     engine.dispose()
     return tmp_path
 

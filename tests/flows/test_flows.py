@@ -38,6 +38,7 @@ from rollout.warehouse import open_warehouse
 from rollout.warehouse.ingest import FileResult, IngestReport
 from tests.support.artifacts import read_artifact
 from tests.support.env import without_rollout_settings
+from tests.support.outbox import on
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY = date(2022, 2, 1)
@@ -392,14 +393,29 @@ def test_the_elv_flow_enrols_every_account(daily_state: Any, home: Home) -> None
 def test_the_notify_flow_queues_the_days_mailings_and_sends_them_once(
     daily_state: Any, home: Home
 ) -> None:
-    first = notify_flows.notify(as_of=date(2022, 1, 4))
+    with on(date(2022, 1, 4)):  # the day's run, at 09:00
+        first = notify_flows.notify(as_of=date(2022, 1, 4))
     assert first["queued"] > 0 and first["sent"] > 0 and first["failed"] == 0
     assert len(list((home.path / "outbox").glob("*.eml"))) == first["sent"]
     # Escaped as text: rendered, it reads "notices top-100 (phase_notice)".
     assert "notices top-100 \\(phase\\_notice\\)" in read_artifact("notify-2022-01-04").data
     assert "| mailing | new | of which skipped |" in read_artifact("notify-2022-01-04").data
-    again = notify_flows.notify(as_of=date(2022, 1, 4))
+    with on(date(2022, 1, 4), hour=10):
+        again = notify_flows.notify(as_of=date(2022, 1, 4))
     assert (again["queued"], again["sent"]) == (0, 0)
+
+
+def test_the_notify_flow_catching_up_holds_back_a_mailing_past_its_last_day(
+    daily_state: Any, home: Home
+) -> None:
+    """A run for 2022-01-29, years after top-100's deadline (2022-02-01): its 3-day
+    reminders would tell accounts they will be signed out "in 3 days". None is queued,
+    and the artifact says why and how to send them anyway."""
+    caught_up = notify_flows.notify(as_of=date(2022, 1, 29))
+    assert (caught_up["queued"], caught_up["sent"]) == (0, 0)
+    artifact = read_artifact("notify-2022-01-29").data
+    assert "held back: past its last day" in artifact and "--late" in artifact
+    assert home.registry_rows("select count(*) from notifications where occasion = '3d'") == [(0,)]
 
 
 def test_the_sendgrid_key_can_come_from_a_secret_block_and_never_shows(
@@ -424,7 +440,8 @@ def test_the_sendgrid_key_can_come_from_a_secret_block_and_never_shows(
         with DevSendGrid(api_key=key) as server, caplog.at_level(logging.DEBUG):
             server.suppress({"bounces": [{"email": bounced.upper(), "created": 1640995200}]})
             monkeypatch.setenv("ROLLOUT_SENDGRID_URL", server.url)
-            state = notify_flows.notify(as_of=date(2022, 4, 3), return_state=True)
+            with on(date(2022, 4, 3)):
+                state = notify_flows.notify(as_of=date(2022, 4, 3), return_state=True)
             received = len(server.messages)
             recipients = {
                 m["body"]["personalizations"][0]["to"][0]["email"].lower() for m in server.messages
@@ -455,7 +472,8 @@ def test_unreadable_suppression_lists_warn_and_the_notices_still_go(
         monkeypatch.setenv("SENDGRID_API_KEY", DEFAULT_API_KEY)
         monkeypatch.setenv("ROLLOUT_SENDGRID_URL", server.url)
         # high-impact's 14-day reminder (see the test above on top-100's).
-        state = notify_flows.notify(as_of=date(2022, 4, 19), return_state=True)
+        with on(date(2022, 4, 19)):
+            state = notify_flows.notify(as_of=date(2022, 4, 19), return_state=True)
         received = len(server.messages)
     assert state.is_completed(), state.message
     assert state.result()["sent"] == received > 0

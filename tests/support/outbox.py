@@ -5,6 +5,7 @@ tests/test_file_outbox_eml.py and tests/test_render_failures.py (which import th
 from __future__ import annotations
 
 from datetime import date, datetime, time
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -14,7 +15,7 @@ from rollout.core.plan import Plan
 from rollout.notify import outbox
 from rollout.notify.drain import drain
 from rollout.notify.message import DeliveryFailed, Message
-from rollout.notify.queue import queue_due
+from rollout.notify.queue import QueueOutcome, queue_due
 from rollout.registry import Registry
 from rollout.registry.models import Account, Notification
 from tests.factories import AccountFactory, bound_to
@@ -71,9 +72,23 @@ class Recording:
         return f"id-{message.outbox_id}"
 
 
+def on(day: date, hour: int = 9) -> Any:
+    """The pipeline's clock at ``hour`` (UTC) of ``day``, as the daily flow runs then:
+    ``with on(day): ...``."""
+    return use_clock(SimulatedClock(datetime.combine(day, time(hour))))
+
+
+def queue_late(registry: Registry, plan: Plan, day: date) -> list[QueueOutcome]:
+    """``day``'s emails (of 2022) queued now, by the real clock, years after their last
+    day, as ``notify queue --as-of DAY --late --apply`` does: marked to be sent however
+    late. For the tests of sending (a drain by the real clock, in worker processes and
+    shards too, sends them), not of the calendar."""
+    return queue_due(registry, plan, day, actor="rm", late=True)
+
+
 def queue_and_send(registry: Registry, plan: Plan, *days: date) -> None:
     """Each day's emails queued and sent at 09:00 of that day, as the daily flow does."""
     for day in days:
-        with use_clock(SimulatedClock(datetime.combine(day, time(9)))):
+        with on(day):
             queue_due(registry, plan, day, actor="rm")
             drain(registry, plan, Recording())

@@ -1,0 +1,264 @@
+"""Sending late, on SQLite and PostgreSQL: an email claimed after its last day (the
+sender was down for days, the notify deployment paused, a failure retried long after)
+is not sent but recorded as skipped, ``too late``, for good: a reminder after the
+deadline it counts to (the phase's, or the account's own), a notice once its deadline
+came, a brown-out heads-up once the window started, the ELV heads-up once ELV came. An
+email of no date goes however late."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from rollout.core.clock import SimulatedClock, use_clock
+from rollout.core.plan import Plan, load_plan
+from rollout.notify import outbox
+from rollout.notify.drain import drain
+from rollout.notify.outbox import TOO_LATE, outbox_status
+from rollout.notify.queue import queue_due
+from rollout.phases import brownouts, enforce
+from rollout.phases.snoozes import COMMAND, SnoozeRequest, snooze
+from rollout.registry import Registry
+from rollout.registry.models import Account, Notification
+from tests.factories import AccountFactory, NotificationFactory, bound_to
+from tests.support.outbox import Recording, ids, on, queue_and_send
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTICE_DAY = date(2022, 1, 4)
+THREE_DAYS_BEFORE = date(2022, 1, 29)  # top-100's deadline: 2022-02-01
+
+__all__ = ["ids"]  # a fixture, used by name
+
+
+def _state(registry: Registry, username: str, email: str, occasion: str = "") -> tuple:
+    with registry.engine.connect() as connection:
+        return tuple(
+            connection.execute(
+                select(Notification.state, Notification.skip_reason)
+                .join(Account, Account.id == Notification.account_id)
+                .where(
+                    Account.username == username,
+                    Notification.email == email,
+                    Notification.occasion == occasion,
+                )
+            ).one()
+        )
+
+
+@pytest.mark.parametrize(
+    ("drained_on", "expected"),
+    [(date(2022, 1, 31), ("sent", None)), (date(2022, 2, 1), ("skipped", TOO_LATE))],
+    ids=["on-its-last-day", "on-the-deadline"],
+)
+def test_a_reminder_queued_before_an_outage_is_sent_only_until_its_last_day(
+    registry: Registry,
+    plan: Plan,
+    ids: dict[str, int],
+    drained_on: date,
+    expected: tuple[str, str | None],
+) -> None:
+    """top-100's 3-day reminder, queued on 01-29 and not sent that day (SendGrid down):
+    sent on 01-31 it is still in time; on 02-01, the deadline, "you will be signed out
+    in 3 days" would come after the fact. The skip shows in the drain's counts and in
+    the outbox status, and is final."""
+    queue_and_send(registry, plan, NOTICE_DAY, date(2022, 1, 18))  # the 14-day reminder
+    with on(THREE_DAYS_BEFORE):
+        queue_due(registry, plan, THREE_DAYS_BEFORE, actor="rm")
+    sender = Recording()
+    with on(drained_on):
+        report = drain(registry, plan, sender)
+    assert _state(registry, "ann", "reminder", "3d") == expected
+    reminded = "ann" in {m.to_name for m in sender.sent if m.email == "reminder"}
+    assert reminded == (expected[0] == "sent")
+    if expected[0] == "skipped":
+        assert report.skipped[TOO_LATE] == 1 and report.sent == 0
+        status = outbox_status(registry)
+        assert {"email": "reminder", "state": "skipped", "reason": TOO_LATE, "count": 1} in status
+        # For good: nothing left to send, nothing to retry.
+        with on(drained_on):
+            assert drain(registry, plan, sender, retry_failed=True).done == 0
+        assert _state(registry, "ann", "reminder", "3d") == expected
+
+
+def test_a_notice_and_a_failure_retried_after_the_deadline_are_too_late(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """The notices of 01-04: ann's refused by SendGrid (failed), ben's never sent (the
+    deployment paused). Retried and drained on 02-02, after top-100's deadline, neither
+    goes: "2FA will be required on 1 February" would be false news."""
+    with on(NOTICE_DAY):
+        queue_due(registry, plan, NOTICE_DAY, actor="rm")
+        drain(registry, plan, Recording(fail_for="ann"), limit=1)
+    assert _state(registry, "ann", "phase_notice")[0] == "failed"
+    assert _state(registry, "ben", "phase_notice")[0] == "queued"
+    sender = Recording()
+    with on(date(2022, 2, 2)):
+        report = drain(registry, plan, sender, retry_failed=True)
+    assert (report.requeued, report.sent, report.skipped[TOO_LATE]) == (1, 0, 2)
+    assert sender.sent == []
+    for name in ("ann", "ben"):
+        assert _state(registry, name, "phase_notice") == ("skipped", TOO_LATE)
+    assert outbox.failed_count(registry) == 0
+
+
+@pytest.mark.parametrize("scheduled", [True, False], ids=["window-scheduled", "plan-only"])
+@pytest.mark.parametrize(
+    ("drained_at", "expected"),
+    [
+        (datetime(2022, 2, 15, 23), ("sent", None)),
+        (datetime(2022, 2, 16, 9), ("skipped", TOO_LATE)),
+    ],
+    ids=["the-day-before", "once-it-began"],
+)
+def test_a_brownout_heads_up_is_too_late_once_its_window_began(
+    registry: Registry,
+    plan: Plan,
+    ids: dict[str, int],
+    scheduled: bool,
+    drained_at: datetime,
+    expected: tuple[str, str | None],
+) -> None:
+    """brownout-1's heads-up (queued 02-13, three days before 2022-02-16 00:00) left
+    unsent until after the window began by its schedule: nobody started or ended it, so
+    nothing withdrew it; "a rehearsal is coming" would reach accounts in the middle of it.
+    By the registry's window when it is scheduled, else by the plan's."""
+    if scheduled:
+        with on(date(2022, 2, 1)):
+            brownouts.schedule(registry, plan, actor="rm")
+    with on(date(2022, 2, 13)):
+        queue_due(registry, plan, date(2022, 2, 13), actor="rm")
+    with use_clock(SimulatedClock(drained_at)):
+        drain(registry, plan, Recording())
+    assert _state(registry, "ann", "brownout_heads_up", "brownout-1") == expected
+
+
+@pytest.mark.parametrize(
+    ("drained_on", "expected"),
+    [(date(2022, 2, 28), ("sent", None)), (date(2022, 3, 1), ("skipped", TOO_LATE))],
+    ids=["the-day-before", "on-the-day"],
+)
+def test_the_elv_heads_up_is_too_late_on_the_day_it_tells(
+    registry: Registry,
+    plan: Plan,
+    ids: dict[str, int],
+    drained_on: date,
+    expected: tuple[str, str | None],
+) -> None:
+    with on(date(2022, 2, 22)):
+        queue_due(registry, plan, date(2022, 2, 22), actor="rm")
+    with on(drained_on):
+        drain(registry, plan, Recording())
+    assert _state(registry, "ann", "elv_enrollment", "elv") == expected
+
+
+def test_a_reminder_follows_the_accounts_own_deadline_when_sent_late(
+    registry: Registry, factories: None
+) -> None:
+    """github-2023, 45 days from each account's notice: ann's and eve's went on 03-13
+    (deadline 04-27), bob's on 03-15 (04-29). Their 7-day reminders are queued on 04-22;
+    the sender is down until 04-28. Meanwhile eve postponed hers by 7 days (05-04). On
+    04-28 ann's deadline has gone: hers is skipped; eve's and bob's are still ahead: they
+    go, and so does the answer to eve's request (an email of no date)."""
+    plan = load_plan(ROOT / "plans" / "github-2023.yaml")
+    for day, names in ((date(2023, 3, 13), ("ann", "eve")), (date(2023, 3, 15), ("bob",))):
+        for name in names:
+            AccountFactory(username=name, in_cohort="publishers")
+        with on(day):
+            queue_due(registry, plan, day, actor="rm")
+            drain(registry, plan, Recording())
+    with on(date(2023, 4, 22)):
+        queue_due(registry, plan, date(2023, 4, 22), actor="rm")
+    at = datetime(2023, 4, 23, 8)
+    snooze(registry, plan, "publishers", [SnoozeRequest("eve", 7, at, COMMAND)], actor="rm", now=at)
+    sender = Recording()
+    with on(date(2023, 4, 28)):
+        report = drain(registry, plan, sender)
+    assert _state(registry, "ann", "reminder", "7d") == ("skipped", TOO_LATE)
+    assert _state(registry, "eve", "reminder", "7d") == ("sent", None)
+    assert _state(registry, "bob", "reminder", "7d") == ("sent", None)
+    assert {(m.to_name, m.email) for m in sender.sent} == {
+        ("eve", "reminder"),
+        ("bob", "reminder"),
+        ("eve", "snooze_reply"),
+    }
+    assert report.skipped == {TOO_LATE: 1}
+
+
+def test_emails_of_no_date_go_however_late(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """The enforcement notices of 02-01 and an org's removal notice, sent months later
+    (by the real clock, years): they tell what was done, not what is coming."""
+    with on(date(2022, 2, 1), hour=12):
+        preview = enforce.preview_phase(registry, plan, plan.phase("top-100"))
+        enforce.enforce_phase(
+            registry,
+            plan,
+            "top-100",
+            expect=preview.count,
+            accept_unreached=len(preview.unreached),
+            actor="rm",
+        )
+    with bound_to(registry.engine):
+        NotificationFactory(
+            account=AccountFactory(username="org-member"),
+            email="org_removal_notice",
+            phase="org:acme",
+            occasion="run-1",
+            context={"org": "acme"},
+        )
+    sender = Recording()
+    report = drain(registry, plan, sender)
+    assert report.skipped[TOO_LATE] == 0
+    assert {m.email for m in sender.sent} == {"enforcement_notice", "org_removal_notice"}
+    assert _state(registry, "ann", "enforcement_notice")[0] == "sent"
+
+
+def test_drain_workers_skip_too_late_emails_too(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """Worker processes judge by the real clock, years after 2022: the notices of 01-04,
+    queued on the day but never sent, are skipped as too late there as well."""
+    with on(NOTICE_DAY):
+        queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    report = drain(registry, plan, Recording(), processes=2)
+    assert (report.sent, report.skipped[TOO_LATE]) == (0, 2)
+    assert {state for state, _ in _states(registry)} == {"skipped"}
+
+
+def _states(registry: Registry) -> list[tuple[str, str | None]]:
+    with registry.engine.connect() as connection:
+        return [
+            tuple(row)
+            for row in connection.execute(select(Notification.state, Notification.skip_reason))
+        ]
+
+
+def test_notify_send_and_status_say_how_many_were_too_late(rollout_home: Path) -> None:
+    """A reminder queued in 2022 and sent now (the real clock): skipped, and said so."""
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+    from rollout.core.config import load_settings
+    from rollout.registry.engine import make_engine
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(app, list(args))
+
+    assert run("db", "upgrade").exit_code == 0
+    engine = make_engine(load_settings().registry_url)
+    with bound_to(engine):
+        NotificationFactory(
+            email="reminder", occasion="3d", context={"phase": "top-100", "days_before": 3}
+        )
+    engine.dispose()
+    sent = run("notify", "send", "--apply")
+    assert sent.exit_code == 0, sent.stderr
+    assert "sent 0, failed 0, skipped 1 (1 too late)" in " ".join(sent.stderr.split())
+    status = json.loads(run("notify", "status", "--format", "json").stdout)
+    assert status == [{"email": "reminder", "state": "skipped", "reason": TOO_LATE, "count": 1}]
