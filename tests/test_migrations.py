@@ -447,3 +447,30 @@ def test_0018_has_the_warehouse_copy_plan_runs_again(registry: Registry) -> None
     with engine.connect() as connection:
         version, read_version = connection.execute(versions).one()
     assert read_version == read and version != read
+
+
+def test_a_registry_a_newer_rollout_migrated_is_refused_by_downgrade(
+    empty_registry_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rollout db downgrade` from a revision this code does not have: alembic's
+    ResolutionError ("No such revision or branch") was a traceback, preview or not."""
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+
+    engine = make_engine(empty_registry_url)
+    migrate.upgrade(engine)
+    with engine.begin() as connection:
+        connection.execute(text("update alembic_version set version_num = '9999_future'"))
+    newer = "schema revision 9999_future, which this rollout does not know"
+    with pytest.raises(RolloutError, match=newer):
+        migrate.downgrade(engine, REVISIONS[1])
+    monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", empty_registry_url)
+    for apply in ([], ["--apply"]):
+        result = CliRunner().invoke(app, ["db", "downgrade", REVISIONS[1], *apply])
+        assert result.exit_code == 1, result.output
+        assert isinstance(result.exception, SystemExit)
+        assert newer in result.stderr
+    assert migrate.current_revision(engine) == "9999_future"
+    engine.dispose()
