@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from rollout import warehouse
 from rollout.notify.delivery import DeliveryReport, apply_delivery
-from rollout.registry import Registry
+from rollout.registry import Registry, migrate
 from rollout.registry.models import Notification, RegistryChange
 from rollout.warehouse import ingest
 from tests.factories import NotificationFactory, bound_to
@@ -199,3 +199,26 @@ def test_another_registry_gets_every_event_applied_afresh(
         connection.execute(RegistryChange.__table__.update().values(instance="another"))
     assert events.apply().notifications == 1
     assert states(registry)[sent[0]][0] == "delivered"
+
+
+def test_states_a_downgrade_below_0014_dropped_are_applied_again_after_the_upgrade(
+    registry: Registry, sent: list[int], events: Events
+) -> None:
+    """`rollout db downgrade 0013` drops the states with their columns, and the events
+    stay in the warehouse; back at the newest revision, the warehouse still counted them
+    applied to this registry, so the next ingest applied only newer events: every email
+    sent before read 'not delivered yet' (never reached, for the preview and the
+    guard of max_unreached_share), for good."""
+    a, b, c, *_ = sent
+    events.post(
+        event(a, "delivered", 5),
+        event(b, "bounce", 9, type="bounce", reason="550 no such user"),
+    )
+    events.apply()
+    applied = states(registry)
+    migrate.downgrade(registry.engine, "0013")
+    migrate.upgrade(registry.engine)
+    assert states(registry)[a] == (None, None, None)  # gone with the columns
+    events.post(event(c, "delivered", 20))  # the next day's post
+    events.apply()
+    assert states(registry) == {**applied, c: ("delivered", at(20), None)}
