@@ -11,7 +11,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from rollout import warehouse
 from rollout.notify.delivery import DeliveryReport, apply_delivery
@@ -222,3 +222,29 @@ def test_states_a_downgrade_below_0014_dropped_are_applied_again_after_the_upgra
     events.post(event(c, "delivered", 20))  # the next day's post
     events.apply()
     assert states(registry) == {**applied, c: ("delivered", at(20), None)}
+
+
+def test_states_a_restore_took_back_are_applied_again_by_the_next_ingest(
+    registry: Registry, sent: list[int], events: Events
+) -> None:
+    """The registry restored from a backup made before the last ingest applied its
+    events (docs/runbook-operator.md, section 12): the warehouse still counted them
+    applied, so re-running the days since, which the runbook says does what is missing,
+    left those emails 'not delivered yet' for good."""
+    a, b, c, *_ = sent
+    events.post(event(a, "delivered", 5))
+    events.apply()  # the backup is made after this
+    events.post(event(b, "bounce", 9, type="bounce", reason="550 no such user"))
+    events.post(event(c, "delivered", 7))
+    events.apply()
+    applied = states(registry)
+    with registry.engine.begin() as connection:  # the restore: b and c as backed up
+        connection.execute(
+            update(Notification)
+            .where(Notification.id.in_([b, c]))
+            .values(delivery=None, delivery_at=None, delivery_reason=None)
+        )
+    events.apply()  # the day run again: no new file
+    assert states(registry) == applied
+    report = events.apply()  # and then nothing more to do
+    assert report.notifications == 0
