@@ -657,3 +657,22 @@ def test_a_damaged_registry_is_named_with_the_way_back_not_a_traceback(
         assert result.stderr.startswith(f"error: {path}: cannot read the registry: "), command
         assert "restore it from its backup" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_a_command_that_reads_the_warehouse_refuses_one_an_older_rollout_left(
+    rollout_home: Path,
+) -> None:
+    """After the code's upgrade, before any run wrote the warehouse: one line naming the
+    way out, not a traceback from a view that lacks a column (cohorts simulate)."""
+    path = rollout_home / "warehouse.duckdb"
+    with warehouse.open_warehouse(path) as con:
+        con.execute(
+            "create or replace view stg_manifests as "
+            "select name as package, version, maintainers from raw_manifests"
+        )
+        con.execute("update warehouse_schema set fingerprint = 'an older rollout'")
+    result = run("cohorts", "simulate", "--top", "5", "--as-of", "2022-01-03")
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "made by another version of rollout" in result.stderr
+    assert "run `rollout ingest`" in result.stderr

@@ -11,11 +11,11 @@ from typing import Any
 
 import duckdb
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from rollout import warehouse
 from rollout.notify.delivery import DeliveryReport, apply_delivery
-from rollout.registry import Registry
+from rollout.registry import Registry, migrate
 from rollout.registry.models import Notification, RegistryChange
 from rollout.warehouse import ingest
 from tests.factories import NotificationFactory, bound_to
@@ -199,3 +199,52 @@ def test_another_registry_gets_every_event_applied_afresh(
         connection.execute(RegistryChange.__table__.update().values(instance="another"))
     assert events.apply().notifications == 1
     assert states(registry)[sent[0]][0] == "delivered"
+
+
+def test_states_a_downgrade_below_0014_dropped_are_applied_again_after_the_upgrade(
+    registry: Registry, sent: list[int], events: Events
+) -> None:
+    """`rollout db downgrade 0013` drops the states with their columns, and the events
+    stay in the warehouse; back at the newest revision, the warehouse still counted them
+    applied to this registry, so the next ingest applied only newer events: every email
+    sent before read 'not delivered yet' (never reached, for the preview and the
+    guard of max_unreached_share), for good."""
+    a, b, c, *_ = sent
+    events.post(
+        event(a, "delivered", 5),
+        event(b, "bounce", 9, type="bounce", reason="550 no such user"),
+    )
+    events.apply()
+    applied = states(registry)
+    migrate.downgrade(registry.engine, "0013")
+    migrate.upgrade(registry.engine)
+    assert states(registry)[a] == (None, None, None)  # gone with the columns
+    events.post(event(c, "delivered", 20))  # the next day's post
+    events.apply()
+    assert states(registry) == {**applied, c: ("delivered", at(20), None)}
+
+
+def test_states_a_restore_took_back_are_applied_again_by_the_next_ingest(
+    registry: Registry, sent: list[int], events: Events
+) -> None:
+    """The registry restored from a backup made before the last ingest applied its
+    events (docs/runbook-operator.md, section 12): the warehouse still counted them
+    applied, so re-running the days since, which the runbook says does what is missing,
+    left those emails 'not delivered yet' for good."""
+    a, b, c, *_ = sent
+    events.post(event(a, "delivered", 5))
+    events.apply()  # the backup is made after this
+    events.post(event(b, "bounce", 9, type="bounce", reason="550 no such user"))
+    events.post(event(c, "delivered", 7))
+    events.apply()
+    applied = states(registry)
+    with registry.engine.begin() as connection:  # the restore: b and c as backed up
+        connection.execute(
+            update(Notification)
+            .where(Notification.id.in_([b, c]))
+            .values(delivery=None, delivery_at=None, delivery_reason=None)
+        )
+    events.apply()  # the day run again: no new file
+    assert states(registry) == applied
+    report = events.apply()  # and then nothing more to do
+    assert report.notifications == 0

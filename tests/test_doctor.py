@@ -367,3 +367,12 @@ def test_doctor_exits_1_when_a_check_fails(healthy_home: Path, tmp_path: Path) -
     lines = result.stdout.splitlines()
     assert lines[0] == "check,status,detail"
     assert any(line.startswith("plan,fail,") for line in lines)
+
+
+def test_a_warehouse_whose_views_another_rollout_made_is_a_warning(tmp_path: Path) -> None:
+    """Read-only commands refuse it until a run writes it; the doctor says so."""
+    path = tmp_path / "warehouse.duckdb"
+    with warehouse.open_warehouse(path) as con:
+        con.execute("update warehouse_schema set fingerprint = 'an older rollout'")
+    result = check_warehouse(path)
+    assert result.status is Status.warn and "rollout ingest" in result.detail

@@ -26,13 +26,16 @@ from rollout.notify.drain import (
     DrainReport,
     ShardOrphaned,
     _claim,
+    begin_shards,
     drain_shard,
+    outbox_drained,
+    shards_report,
 )
 from rollout.notify.senders import SendGridSender
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.locks import advisory_lock_holders
-from rollout.registry.migrate import upgrade
+from rollout.registry.migrate import downgrade, upgrade
 from rollout.registry.models import Notification
 from tests.factories import AccountFactory, bound_to
 from tests.support.outbox import ids, queue_late
@@ -254,3 +257,33 @@ def test_a_held_run_lock_leaves_no_transaction_open(postgres_schema_url: str) ->
         assert holders == ["idle"]  # not "idle in transaction"
     finally:
         registry.close()
+
+
+def test_rows_a_drain_before_leases_left_in_flight_are_sent_by_the_shards(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """A drain of a rollout at revision 0014 died holding rows ('sending', and no lease
+    column yet); after the upgrade no shard took them over (only leases that ran out
+    are), so every sharded notify run ended with them held, "not drained", and only a
+    plain drain sent them."""
+    cohort_of(registry, 6)
+    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queued = states(registry)["queued"]
+    engine = registry.engine
+    downgrade(engine, "0014")
+    with engine.begin() as connection:  # what that drain's claim left
+        connection.execute(
+            text("update notifications set state = 'sending', attempts = 1 where state = 'queued'")
+        )
+    upgrade(engine)
+    with DevSendGrid(api_key=KEY) as server:
+        sender = SendGridSender(KEY, server.url, timeout=5)
+        with registry.lock("notify"):
+            begun = begin_shards(registry, sender.name)
+            drain_shard(registry, plan, sender, concurrency=4)
+            report = shards_report(registry, begun)
+            assert outbox_drained(registry)
+        sent = delivered(server)
+    assert len(sent) == queued and set(sent.values()) == {1}
+    assert report.sent == queued and report.resumed == queued  # they may have gone out
+    assert states(registry)["sending"] == 0

@@ -9,6 +9,10 @@ and from each revision back up to the newest.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -448,3 +452,78 @@ def test_0018_has_the_warehouse_copy_plan_runs_again(registry: Registry) -> None
     with engine.connect() as connection:
         version, read_version = connection.execute(versions).one()
     assert read_version == read and version != read
+
+
+def test_a_registry_a_newer_rollout_migrated_is_refused_by_downgrade(
+    empty_registry_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rollout db downgrade` from a revision this code does not have: alembic's
+    ResolutionError ("No such revision or branch") was a traceback, preview or not."""
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+
+    engine = make_engine(empty_registry_url)
+    migrate.upgrade(engine)
+    with engine.begin() as connection:
+        connection.execute(text("update alembic_version set version_num = '9999_future'"))
+    newer = "schema revision 9999_future, which this rollout does not know"
+    with pytest.raises(RolloutError, match=newer):
+        migrate.downgrade(engine, REVISIONS[1])
+    monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", empty_registry_url)
+    for apply in ([], ["--apply"]):
+        result = CliRunner().invoke(app, ["db", "downgrade", REVISIONS[1], *apply])
+        assert result.exit_code == 1, result.output
+        assert isinstance(result.exception, SystemExit)
+        assert newer in result.stderr
+    assert migrate.current_revision(engine) == "9999_future"
+    engine.dispose()
+
+
+def _waiting_on_locks(engine: Engine) -> int:
+    """PostgreSQL: the server processes waiting for a lock."""
+    with engine.connect() as connection:
+        return connection.execute(
+            text("select count(*) from pg_stat_activity where wait_event_type = 'Lock'")
+        ).scalar_one()
+
+
+def test_two_upgrades_at_once_take_turns(empty_registry_url: str, tmp_path: Path) -> None:
+    """Two `rollout db upgrade` at once (the worker host's and a release manager's): both
+    read the same revision and ran the same migrations, and the second failed, on
+    PostgreSQL with a page of traceback (a duplicate key in pg_type), on SQLite with
+    "database is locked". Now the second waits for the first and finds nothing to do.
+    A transaction holding the notifications table keeps both at 0014 until both wait."""
+    url = empty_registry_url
+    engine = make_engine(url)
+    migrate.upgrade(engine, "0013")
+    env = {**os.environ, "ROLLOUT_REGISTRY_URL": url, "ROLLOUT_HOME": str(tmp_path / "home")}
+    postgres = engine.dialect.name == "postgresql"
+    with engine.connect() as blocker:
+        if postgres:
+            blocker.execute(text("lock table notifications in access share mode"))
+        else:
+            blocker.exec_driver_sql("update accounts set id = id where 0")  # the write lock
+        upgrades = [
+            subprocess.Popen(
+                [sys.executable, "-m", "rollout", "db", "upgrade"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        deadline = time.monotonic() + 60
+        if postgres:
+            while _waiting_on_locks(engine) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        else:
+            time.sleep(5)  # both started and waiting for the write lock (30 s at most)
+        blocker.rollback()
+    errors = [upgrade.communicate(timeout=120)[1] for upgrade in upgrades]
+    assert [upgrade.returncode for upgrade in upgrades] == [0, 0], errors
+    assert migrate.current_revision(engine) == REVISIONS[0]
+    _assert_matches_the_models(engine)
+    engine.dispose()

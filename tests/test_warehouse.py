@@ -9,6 +9,7 @@ import duckdb
 import pytest
 
 from rollout import warehouse
+from rollout.core.errors import RolloutError
 from rollout.warehouse.manifests import latest_manifests
 
 
@@ -117,3 +118,54 @@ def test_duckdb_draws_no_progress_bar_on_stdout(tmp_path: Path) -> None:
     into `--format json` and CSV written to a file."""
     with warehouse.open_warehouse(tmp_path / "warehouse.duckdb") as con:
         assert con.execute("select current_setting('enable_progress_bar')").fetchone() == (False,)
+
+
+def _as_an_older_rollout_left_it(path: Path) -> None:
+    """A warehouse an older rollout made, as the code's upgrade finds it: its views by
+    that version's SQL (stg_manifests before package_key), under its fingerprint."""
+    with warehouse.open_warehouse(path) as con:
+        con.execute(
+            "create or replace view stg_manifests as "
+            "select name as package, version, maintainers from raw_manifests"
+        )
+        con.execute("update warehouse_schema set fingerprint = 'an older rollout'")
+
+
+def test_a_read_only_connection_refuses_views_another_rollout_made_until_one_writes(
+    tmp_path: Path,
+) -> None:
+    """Only a writing connection makes the views again: a command that only reads (plan
+    and cohorts simulate, cohorts show and diff, summary) ran the old views, and failed
+    with a traceback on a column they lack (package_key) or counted by the old rules."""
+    path = tmp_path / "warehouse.duckdb"
+    _as_an_older_rollout_left_it(path)
+    with pytest.raises(RolloutError, match="made by another version of rollout") as refused:
+        warehouse.connect(path, read_only=True)
+    assert "run `rollout ingest`" in str(refused.value)
+    with warehouse.open_warehouse(path):  # what `rollout ingest` (any writer) does first
+        pass
+    with warehouse.open_warehouse(path, read_only=True) as con:
+        assert "package_key" in [
+            c[0] for c in con.execute("select * from stg_manifests").description
+        ]
+
+
+def test_a_read_only_connection_refuses_another_schema_version(tmp_path: Path) -> None:
+    """As a writing one does: the docs promise a warehouse of another version is refused."""
+    path = tmp_path / "warehouse.duckdb"
+    with warehouse.open_warehouse(path) as con:
+        con.execute("update warehouse_meta set schema_version = 2")
+    with pytest.raises(RolloutError, match="has schema version 2, this rollout needs"):
+        warehouse.connect(path, read_only=True)
+
+
+def test_a_read_only_connection_takes_tables_made_since_the_schema_was_kept(
+    tmp_path: Path,
+) -> None:
+    """Runs make tables after the schema's digest was kept (the report's marts): the
+    read-only check looks at the fingerprint of the SQL alone, not at that digest."""
+    path = tmp_path / "warehouse.duckdb"
+    with warehouse.open_warehouse(path) as con:
+        con.execute("create table adoption_daily (day date)")
+    with warehouse.open_warehouse(path, read_only=True) as con:
+        assert con.execute("select count(*) from adoption_daily").fetchone() == (0,)

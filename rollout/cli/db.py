@@ -60,6 +60,8 @@ def db_downgrade(
     engine = make_engine(_runtime(ctx).settings.registry_url)
     try:
         current = migrate.current_revision(engine)
+        # A newer rollout's revision: this code knows no way down from it.
+        migrate.require_known_revision(current)
         if not migrate.is_known(revision):
             raise RolloutError(
                 f"revision {revision!r} is not one of this code's migrations"

@@ -10,7 +10,9 @@ only on the set of a notification's events, so applying again, in any order or a
 the warehouse is rebuilt, writes the same: a crash between the registry's commit and
 the warehouse's leaves the next run to write it again. A registry replaced by another
 (``rollout sample --replace``) gets all the events applied afresh, and the message ids
-keep the old registry's events off its notifications of the same ids.
+keep the old registry's events off its notifications of the same ids. So does one
+restored from a backup made before the last state written (kept with the state, and
+read back first: one row).
 """
 
 from __future__ import annotations
@@ -55,8 +57,16 @@ def apply_delivery(con: duckdb.DuckDBPyConnection, registry: Registry) -> Delive
     loaded since the last call (another registry than last time: of every notification
     an event names)."""
     instance = _instance(registry)
-    kept = con.execute("select applied_file_id, instance from delivery_state").fetchone()
-    since = 0 if kept is None or kept[1] != instance else int(kept[0])
+    kept = con.execute(
+        "select applied_file_id, instance, written_id, written from delivery_state"
+    ).fetchone()
+    written: tuple[int, str] | None = None
+    if kept is not None and kept[2] is not None:
+        written = (int(kept[2]), kept[3])
+    if kept is None or kept[1] != instance or _taken_back(registry, written):
+        since, written = 0, None
+    else:
+        since = int(kept[0])
     latest = int(warehouse.scalar(con, "select coalesce(max(file_id), 0) from ingested_files"))
     if latest <= since:
         return DeliveryReport(applied_file_id=since)
@@ -99,13 +109,39 @@ def apply_delivery(con: duckdb.DuckDBPyConnection, registry: Registry) -> Delive
     for start in range(0, len(changed), BATCH):
         with begin_writing(registry.engine) as connection:
             connection.execute(statement, changed[start : start + BATCH])
+    if changed:  # the last row of the last batch: the last write to be committed
+        last = changed[-1]["outbox_id"]
+        written = (last, _shown(_current(registry, [last])[last][1]))
     with warehouse.transaction(con):
         con.execute("delete from delivery_state")
         con.execute(
-            "insert into delivery_state values ($latest, $instance)",
-            {"latest": latest, "instance": instance},
+            "insert into delivery_state by name select $latest as applied_file_id, "
+            "$instance as instance, $written_id as written_id, $written as written",
+            {
+                "latest": latest,
+                "instance": instance,
+                "written_id": written[0] if written else None,
+                "written": written[1] if written else None,
+            },
         )
     return DeliveryReport(len(changed), len(touched) - len(current), latest)
+
+
+def _shown(state: State) -> str:
+    """A state as text to keep and compare: its parts as the registry gives them."""
+    delivery, at, reason = state
+    return repr((delivery, at.isoformat() if at else None, reason))
+
+
+def _taken_back(registry: Registry, written: tuple[int, str] | None) -> bool:
+    """Whether the registry no longer holds the state last written to it: restored from
+    a backup made before (docs/runbook-operator.md, section 12). The states applied
+    since that backup went with the restore, and re-running the days since loads no
+    file again, so without this they never came back. One row read, not the outbox."""
+    if written is None:
+        return False
+    found = _current(registry, [written[0]]).get(written[0])
+    return found is None or _shown(found[1]) != written[1]
 
 
 def _current(registry: Registry, ids: list[int]) -> dict[int, tuple[str | None, State]]:

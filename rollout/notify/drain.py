@@ -820,16 +820,23 @@ def _put_back(engine: Engine, ids: list[int], now: datetime) -> None:
         )
 
 
-def _requeue_in_flight(engine: Engine, now: datetime, *, cut_short: bool = False) -> int:
+def _requeue_in_flight(
+    engine: Engine, now: datetime, *, cut_short: bool = False, unleased: bool = False
+) -> int:
     """Queue again every row in flight. Only while holding the run lock with no drain
     process left: the rows are then those of a drain (or worker) that died, and it may or
     may not have sent them. ``cut_short``: put back by this run's stop, so marked for the
-    next run to count as resent (CUT_SHORT); else counted by the caller, now."""
+    next run to count as resent (CUT_SHORT); else counted by the caller, now.
+    ``unleased``: only the rows held without a lease, which no drainer of this code
+    holds (each claim takes one): a drain of a rollout before leases left them."""
     marked = {"error": _cut_short()} if cut_short else {}
+    held = NOTIFICATIONS.c.state == "sending"
+    if unleased:
+        held = and_(held, NOTIFICATIONS.c.lease_expires_at.is_(None))
     with begin_writing(engine) as connection:
         return connection.execute(
             update(NOTIFICATIONS)
-            .where(NOTIFICATIONS.c.state == "sending")
+            .where(held)
             .values(state=_unsent(), updated_at=now, lease_expires_at=None, **marked)
         ).rowcount
 
@@ -1083,7 +1090,7 @@ def _wait_for_leases(engine: Engine, clock: Callable[[], datetime], stop: StopRe
             select(func.min(NOTIFICATIONS.c.lease_expires_at)).where(_in_state("sending"))
         ).scalar()
     if earliest is None:
-        return False  # none held (or only rows of a drain before leases: a locked drain's)
+        return False  # none held (rows of a drain before leases: begin_shards requeued them)
     remaining = min(max((earliest - clock()).total_seconds(), 0.0), LEASE_POLL_SECONDS) + _POLL
     deadline = time.monotonic() + remaining
     while not stop.is_set() and time.monotonic() < deadline:
@@ -1420,6 +1427,7 @@ class ShardedSend:
     started_at: datetime
     requeued: int
     before: Counter[tuple[str, str | None]]
+    resumed: int = 0  # rows a drain before leases left in flight, queued again
 
 
 def _states(registry: Registry) -> Counter[tuple[str, str | None]]:
@@ -1444,7 +1452,12 @@ def begin_shards(
     check_sender(registry, sender, include_failed=retry_failed)
     started = clock()
     requeued = requeue_failed(registry.engine, started) if retry_failed else 0
-    return ShardedSend(sender, started, requeued, _states(registry))
+    # Rows a drain of a rollout before leases (registry revision 0015) had claimed when
+    # it died hold no lease, so no shard ever takes them over: left held, every sharded
+    # run ended "not drained", each day, until a plain drain queued them again. Under
+    # the notify lock, as that drain does; they may have gone out (resumed).
+    resumed = _requeue_in_flight(registry.engine, started, unleased=True)
+    return ShardedSend(sender, started, requeued, _states(registry), resumed)
 
 
 def outbox_drained(registry: Registry) -> bool:
@@ -1461,7 +1474,7 @@ def shards_report(registry: Registry, begun: ShardedSend) -> DrainReport:
     nothing): sent, failed (with why) and skipped since :func:`begin_shards`."""
     after = _states(registry)
     change = after - begun.before
-    report = DrainReport(begun.sender, requeued=begun.requeued)
+    report = DrainReport(begun.sender, requeued=begun.requeued, resumed=begun.resumed)
     report.sent = sum(n for (state, _), n in change.items() if state == "sent")
     report.skipped = Counter(
         {reason or "": n for (state, reason), n in change.items() if state == "skipped"}

@@ -180,7 +180,7 @@ def check_schema(registry: Registry) -> CheckResult:
 def check_warehouse(path: Path) -> CheckResult:
     import duckdb
 
-    from rollout.warehouse import SCHEMA_VERSION
+    from rollout.warehouse import SCHEMA_VERSION, made_by_this_sql, schema_version
 
     if not path.exists():
         # Derived data: a new install has none until the first ingest.
@@ -204,7 +204,8 @@ def check_warehouse(path: Path) -> CheckResult:
     except duckdb.Error as error:
         return CheckResult("warehouse", Status.fail, _short(f"{path}: cannot open: {error}"))
     try:
-        version = _warehouse_version(con)
+        version = schema_version(con)
+        current_sql = made_by_this_sql(con)
     finally:
         con.close()
     if version != SCHEMA_VERSION:
@@ -214,20 +215,16 @@ def check_warehouse(path: Path) -> CheckResult:
             f"{path} has schema version {version}, this code needs {SCHEMA_VERSION}: "
             "delete it and run `rollout ingest` (it is rebuilt from the landing files)",
         )
+    if not current_sql:
+        # The next run that writes it makes the views again; until then the commands
+        # that only read it refuse it.
+        return CheckResult(
+            "warehouse",
+            Status.warn,
+            f"{path}: its views are another rollout version's (not written since the "
+            "upgrade): run `rollout ingest`, or wait for the daily run",
+        )
     return CheckResult("warehouse", Status.ok, f"{path} (schema version {version}, read-only)")
-
-
-def _warehouse_version(con: Any) -> int | None:
-    tables = {
-        row[0]
-        for row in con.execute(
-            "select table_name from information_schema.tables where table_schema = 'main'"
-        ).fetchall()
-    }
-    if "warehouse_meta" not in tables:
-        return None
-    row = con.execute("select schema_version from warehouse_meta").fetchone()
-    return None if row is None else int(row[0])
 
 
 # --- the plan -------------------------------------------------------------------------------

@@ -41,6 +41,13 @@ def _advisory_key(connection: Connection, name: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+def hold_migration_lock(connection: Connection) -> None:
+    """PostgreSQL: wait until no other migration of this registry runs, and keep others
+    waiting until this connection's transaction ends (alembic's, around the whole run)."""
+    key = _advisory_key(connection, "migrate")
+    connection.execute(text("select pg_advisory_xact_lock(:k)"), {"k": key})
+
+
 @contextmanager
 def exclusive_run(registry_url: str, name: str, lock_engine: Engine | None) -> Iterator[None]:
     """Refuse a second concurrent run: an advisory lock on PostgreSQL, taken on a

@@ -25,7 +25,7 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    _require_known_revision(current_revision(engine))
+    require_known_revision(current_revision(engine))
     command.upgrade(alembic_config(engine), revision)
 
 
@@ -40,9 +40,9 @@ def is_known(revision: str | None) -> bool:
     return revision is None or revision in _known_revisions()
 
 
-def _require_known_revision(current: str | None) -> None:
-    """A registry migrated by a newer rollout: this one can neither use nor upgrade it
-    (alembic's own error was a traceback)."""
+def require_known_revision(current: str | None) -> None:
+    """A registry migrated by a newer rollout: this one can neither use, upgrade nor
+    downgrade it (alembic's own error was a traceback)."""
     if not is_known(current):
         raise RolloutError(
             f"the registry is at schema revision {current}, which this rollout does not "
@@ -60,6 +60,9 @@ def is_before(earlier: str, later: str) -> bool:
 
 
 def downgrade(engine: Engine, revision: str) -> None:
+    # As upgrade: from a revision this code does not have, alembic cannot find the way
+    # down (its ResolutionError was a traceback).
+    require_known_revision(current_revision(engine))
     command.downgrade(alembic_config(engine), revision)
 
 
@@ -89,7 +92,7 @@ def require_current_schema(registry_url: str) -> None:
     finally:
         engine.dispose()
     if current != newest:
-        _require_known_revision(current)
+        require_known_revision(current)
         raise RolloutError(
             f"the registry is at schema revision {current or 'none'}, this rollout needs "
             f"{newest}: run `rollout db upgrade`"

@@ -95,8 +95,14 @@ def connect(
     # DuckDB draws a progress bar on stdout for a query past two seconds, piped or not:
     # inside `--format json` or a CSV that goes to a file. rollout shows its own progress.
     con.execute("set enable_progress_bar = false")
-    if not read_only:
-        ensure_schema(con)
+    try:
+        if read_only:
+            _require_schema(con)
+        else:
+            ensure_schema(con)
+    except BaseException:
+        con.close()
+        raise
     return con
 
 
@@ -138,7 +144,9 @@ def open_warehouse(
         con.close()
 
 
-def _check_schema_version(con: duckdb.DuckDBPyConnection) -> None:
+def schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    """The warehouse's schema version: 1 for one made before it was recorded, None for
+    one with no tables yet."""
     tables = {
         row[0]
         for row in con.execute(
@@ -146,18 +154,49 @@ def _check_schema_version(con: duckdb.DuckDBPyConnection) -> None:
         ).fetchall()
     }
     if "warehouse_meta" in tables:
-        found = scalar(con, "select schema_version from warehouse_meta")
-    elif tables:
-        found = 1  # before the version was recorded
-    else:
+        return scalar(con, "select schema_version from warehouse_meta")
+    return 1 if tables else None
+
+
+def _check_schema_version(con: duckdb.DuckDBPyConnection) -> None:
+    found = schema_version(con)
+    if found is None:
         con.execute("create table warehouse_meta (schema_version integer not null)")
         con.execute("insert into warehouse_meta values ($v)", {"v": SCHEMA_VERSION})
         return
+    _require_version(con, found)
+
+
+def _require_version(con: duckdb.DuckDBPyConnection, found: int | None) -> None:
     if found != SCHEMA_VERSION:
         raise RolloutError(
             f"the warehouse {database_path(con)} has schema version {found}, this rollout "
             f"needs {SCHEMA_VERSION}: it is derived data, so delete the file and run "
             "`rollout ingest` to rebuild it from the landing files"
+        )
+
+
+def made_by_this_sql(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether this rollout's SQL made the warehouse's tables and views (the fingerprint
+    :func:`ensure_schema` keeps), not another version's."""
+    kept = _schema_kept(con)
+    return kept is not None and kept[0] == _schema_statements()[1]
+
+
+def _require_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """What :func:`ensure_schema` makes sure of, for a read-only connection, which can
+    make nothing: refuse a warehouse of another schema version, or one whose views
+    another rollout's SQL made (the code upgraded, and no command has written the
+    warehouse since). Read as they are, their queries failed on a column the old views
+    lack (a traceback), or counted by the old rules. Its fingerprint only: the digest of
+    the objects changes whenever a run makes a table, which a writer takes in its stride."""
+    _require_version(con, schema_version(con))
+    if not made_by_this_sql(con):
+        raise RolloutError(
+            f"the warehouse {database_path(con)} was made by another version of rollout "
+            "and has not been written since, so its views are not this version's: run "
+            "`rollout ingest` (any command that writes the warehouse brings them up to "
+            "date), then this again"
         )
 
 

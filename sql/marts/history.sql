@@ -93,3 +93,9 @@ create table if not exists delivery_state (
     instance varchar
 );
 alter table delivery_state add column if not exists instance varchar;
+-- And the state last written to the registry, as read back (written_id: the notification,
+-- written: its state): a registry restored from a backup made before that write holds
+-- another, and the next run applies them all (what the restore took back is not known).
+-- NULL: nothing written yet, or before these were kept; not checked.
+alter table delivery_state add column if not exists written_id bigint;
+alter table delivery_state add column if not exists written varchar;

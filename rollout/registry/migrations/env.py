@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from alembic import context
 
 from rollout.registry import changes
+from rollout.registry.locks import hold_migration_lock
 from rollout.registry.models import Base
 
 config = context.config
@@ -43,8 +44,16 @@ def run_migrations_online() -> None:
             driver.isolation_level = None
         try:
             with context.begin_transaction():
+                # One migration of a registry at a time, taken before alembic reads the
+                # revision: a second `rollout db upgrade` at the same time (the worker
+                # host's and a release manager's) read the same revision and ran the
+                # same migrations, and failed (a traceback on PostgreSQL, "database is
+                # locked" on SQLite). It now waits, then finds what the first left.
                 if sqlite:
-                    connection.exec_driver_sql("BEGIN")
+                    # The write lock at once, waited for (the busy timeout).
+                    connection.exec_driver_sql("BEGIN IMMEDIATE")
+                else:
+                    hold_migration_lock(connection)
                 context.run_migrations()
                 existing = set(sa.inspect(connection).get_table_names())
                 if "registry_changes" in existing:

@@ -19,7 +19,8 @@ depends_on = None
 # Drainers on several machines share the outbox (rollout.notify.drain.drain_shard): a
 # row one of them claimed (state 'sending') is its until the lease expires; after that
 # another takes it over, within the same run, as its drainer is presumed dead. NULL:
-# not claimed, or claimed before this revision (a locked drain requeues those).
+# not claimed, or claimed before this revision (a locked drain, or a sharded run as it
+# starts, requeues those).
 
 
 def upgrade() -> None:
