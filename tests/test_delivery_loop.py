@@ -26,12 +26,11 @@ from rollout.core.plan import load_plan
 from rollout.demo.crowd import NOTICE_DAY
 from rollout.dev.event_webhook import BOUNCE_REASON
 from rollout.dev.sendgrid_api import DEFAULT_API_KEY
-from rollout.notify.queue import queue_due
 from rollout.notify.webhook import EVENTS_PATH
 from rollout.registry import Registry
 from rollout.registry.models import Account, Notification
 from tests.factories import AccountFactory, bound_to
-from tests.support.outbox import ids
+from tests.support.outbox import ids, queue_late
 from tests.support.serving import free_port, wait_until_answering
 
 __all__ = ["ids"]  # a fixture, used by name
@@ -113,7 +112,8 @@ def test_who_bounced_is_named_before_enforcement_and_holds_it_back(
     (unverified email), dan (an address suppressed by hand), fay (no 2FA, delivered)."""
     with bound_to(registry.engine):
         AccountFactory(username="fay", in_cohort="top-100")
-    queue_due(registry, load_plan(Path(processes.env["ROLLOUT_PLAN"])), NOTICE_DAY, actor="rm")
+    # Sent now, by the real clock, years after the notice's last day: queued --late.
+    queue_late(registry, load_plan(Path(processes.env["ROLLOUT_PLAN"])), NOTICE_DAY)
     sendgrid_port, receiver_port = free_port(), free_port()
     receiver_url = f"http://127.0.0.1:{receiver_port}"
     sendgrid = processes.start(
