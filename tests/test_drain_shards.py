@@ -267,7 +267,7 @@ def test_rows_a_drain_before_leases_left_in_flight_are_sent_by_the_shards(
     are), so every sharded notify run ended with them held, "not drained", and only a
     plain drain sent them."""
     cohort_of(registry, 6)
-    queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    queue_late(registry, plan, NOTICE_DAY)  # sent by the real clock, years later
     queued = states(registry)["queued"]
     engine = registry.engine
     downgrade(engine, "0014")
