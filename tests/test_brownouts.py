@@ -500,3 +500,40 @@ def test_enroll_all_moved_earlier_after_its_heads_ups_waits_for_the_day_they_tol
     assert set(_enrolled_at(registry).values()) == {None}
     with use_clock(SimulatedClock(datetime(2022, 3, 1, 9))):
         assert brownouts.enroll_all(registry, earlier, actor="rm") == 3
+
+
+def test_plan_show_says_what_became_of_a_heads_up_never_sent(
+    registry: Registry, plan: Plan
+) -> None:
+    """A heads-up never queued is "pending" only while it may still go: once its
+    brown-out was ended early (or began, or is over) it is "not sent", never pending
+    for good. (A mailing whose last day is gone reads "missed": test_enforce.)"""
+    from rollout.phases.timeline import step_states
+
+    with use_clock(SimulatedClock(datetime(2022, 2, 1, 6))):
+        brownouts.schedule(registry, plan, actor="rm")
+    with use_clock(SimulatedClock(datetime(2022, 2, 5, 6))):
+        brownouts.end_now(registry, "brownout-1", actor="rm", reason="called off")
+
+    def heads_ups(at: datetime) -> dict[str, str]:
+        return {
+            s.step.subject: s.state
+            for s in step_states(registry, plan, at)
+            if s.step.mailing is not None and s.step.mailing.email == "brownout_heads_up"
+        }
+
+    assert heads_ups(datetime(2022, 2, 4)) == {"brownout-1": "pending", "brownout-2": "pending"}
+    assert heads_ups(datetime(2022, 2, 14)) == {
+        "brownout-1": "not sent: brown-out ended early",
+        "brownout-2": "pending",
+    }
+    # Moved a month on in the registry: its heads-up may still go (the queue announces
+    # the window's own times) until the window begins.
+    with registry.engine.begin() as connection:
+        connection.execute(
+            BrownoutWindow.__table__.update()
+            .where(BrownoutWindow.name == "brownout-2")
+            .values(starts_at=datetime(2022, 3, 23), ends_at=datetime(2022, 3, 24))
+        )
+    assert heads_ups(datetime(2022, 2, 24))["brownout-2"] == "pending"
+    assert heads_ups(datetime(2022, 3, 25))["brownout-2"] == "not sent: brown-out ended"

@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from rollout.core.calendar import Step, phase_step, plan_calendar, unplanned_kind
 from rollout.core.plan import Plan
+from rollout.notify.emails import HEADS_UP_EMAIL
 from rollout.phases.brownouts import ELV_PLAN
 from rollout.phases.previews import saved_previews
 from rollout.registry import Registry
@@ -144,6 +145,22 @@ def _recorded(run: PlanRun | _PreviewRun) -> tuple[datetime, int, int]:
     return run.started_at, 0, run.seq
 
 
+def _mailing_not_run(step: Step, window: Any, now: datetime) -> str | None:
+    """What became of a mailing never queued, once nothing will queue it: its brown-out
+    ended early, started or over before its heads-up went ("not sent: ..."), or its last
+    day gone ("missed": `notify queue` holds such a mailing back; `--late` sends it); a
+    heads-up goes by its window in the registry, moved or not.
+    None while it may still go: "pending" said of such a step read as still to come."""
+    assert step.mailing is not None
+    if step.mailing.email == HEADS_UP_EMAIL and window is not None:
+        # The registry's window, not the plan's day: the queue announces its own times.
+        held = state_at(window, now)
+        return None if held == "scheduled" else f"not sent: brown-out {held}"
+    if step.mailing.deadline <= now.date():
+        return "missed"
+    return None
+
+
 def step_states(
     registry: Registry,
     plan: Plan,
@@ -200,6 +217,8 @@ def step_states(
                 )
         else:
             state, run = _state_of(runs.get(step.key, []), lock_free)
+            if run is None and step.mailing is not None:
+                state = _mailing_not_run(step, windows.get(step.subject), now) or state
             states.append(
                 StepState(
                     step,
