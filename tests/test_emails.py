@@ -28,6 +28,7 @@ from rollout.core.plan import Plan
 from rollout.notify.emails import EMAILS, Recipient
 from rollout.notify.examples import EXAMPLE_RECIPIENTS, example_stored
 from rollout.notify.message import DeliveryFailed, Message
+from rollout.notify.outbox import SENT_ON
 from rollout.notify.render import Rendered, render, template_names
 from rollout.notify.senders import FileSender, SendGridSender
 from tests.hostile import HEADERS
@@ -195,6 +196,20 @@ def test_a_reminder_caught_up_late_counts_the_days_from_when_it_was_queued(plan:
     late = render("reminder", recipient, stored, plan)
     assert "in 12 days" in late.subject and "In 12 days, on Tuesday 1 February 2022" in late.text
     assert "14 days" not in late.subject + late.text + late.html
+
+
+def test_a_reminder_sent_after_its_day_counts_the_days_from_when_it_goes(plan: Plan) -> None:
+    """The 3-day reminder of top-100 (enforced 2022-02-01), queued for 2022-01-29 and
+    sent the next day (the sender was down): 2 days left, as the drain renders it."""
+    recipient = EXAMPLE_RECIPIENTS["non-compliant"]
+    stored = {"phase": "top-100", "days_before": 3, "queued_on": "2022-01-29"}
+    assert "in 3 days" in render("reminder", recipient, stored, plan).subject
+    late = render("reminder", recipient, {**stored, SENT_ON: "2022-01-30"}, plan)
+    assert "in 2 days" in late.subject and "In 2 days, on Tuesday 1 February 2022" in late.text
+    assert "3 days" not in late.subject + late.text + late.html
+    # Sent on the day it was queued for (the drain always says its day): as queued.
+    same = render("reminder", recipient, {**stored, SENT_ON: "2022-01-29"}, plan)
+    assert "in 3 days" in same.subject
 
 
 def test_an_org_summary_with_one_removed_member_is_grammatical(plan: Plan) -> None:

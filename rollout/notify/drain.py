@@ -84,6 +84,7 @@ from rollout.notify.outbox import (
     NOTIFICATIONS,
     QUEUED_LATE,
     REPEAT,
+    SENT_ON,
     TOO_LATE,
     UNVERIFIED,
     check_sender,
@@ -708,7 +709,9 @@ def _prepare(
             recipient = replace(
                 recipient, packages=packages.get((cohort, recipient.account_id), ())
             )
-        rendered = render(definition, recipient, claimed.context, plan)
+        rendered = render(
+            definition, recipient, {**claimed.context, SENT_ON: now.date().isoformat()}, plan
+        )
     except Exception as error:  # a template or context bug fails this message, not the run
         return _Outcome(claimed.id, "failed", f"render: {type(error).__name__}: {error}")
     if days:

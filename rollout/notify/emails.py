@@ -17,7 +17,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 from rollout.core.plan import DEFAULT_EFFECTS, Phase, Plan, Requirements
-from rollout.notify.outbox import run_day
+from rollout.notify.outbox import SENT_ON, run_day
 
 ContextFunction = Callable[["Recipient", Mapping[str, Any], Plan], dict[str, Any]]
 # The email enforcement queues to each account a phase changed.
@@ -267,12 +267,15 @@ def phase_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[st
 def reminder(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
     days_left = int(stored["days_before"])
     phase = _phase(plan, stored, r)
-    # Counted from the day the reminder was queued for, to the deadline: the account's
-    # own (a snooze since then moved it) or the phase's. A reminder caught up late (the
-    # queue missed its day) said "in 14 days" with 12 left.
+    # Counted from the day the reminder goes (the day it was queued for, or the day the
+    # drain sends it when later: SENT_ON) to the deadline: the account's own (a snooze
+    # since then moved it) or the phase's. A reminder caught up late (the queue missed
+    # its day) said "in 14 days" with 12 left, and one sent the day after it was queued
+    # for (an outage of the sender) "in 3 days" with 2.
     deadline = r.deadline or phase["deadline"]
     queued_on = run_day(stored, deadline - timedelta(days=days_left))
-    days_left = (deadline - queued_on).days
+    sent_on = date.fromisoformat(stored[SENT_ON]) if stored.get(SENT_ON) else queued_on
+    days_left = (deadline - max(queued_on, sent_on)).days
     return {
         **common(r, plan),
         **phase,

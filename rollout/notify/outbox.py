@@ -69,6 +69,10 @@ QUEUED_LATE = "queued_late"
 # repeat window is judged on, so a back-filled run (``--as-of`` a past day) spaces its
 # emails by the plan's calendar, not by the minutes between drains today.
 RUN_DAY = "queued_on"
+# The key the drain adds to what it renders from (never stored): the UTC day it sends
+# on, by the pipeline's clock, so "in N days" counts from the day the email goes, not
+# from the day it was queued for (a send after an outage, or after midnight).
+SENT_ON = "sent_on"
 
 _OUTBOX_PREFIX = re.compile(r"^outbox \d+: ")
 
