@@ -13,6 +13,7 @@ Screenshots of the whole page and of each chart are saved in the test's
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,13 @@ def full_page(browser: DevTools, tmp_path: Path, plan: Plan) -> Iterator[Page]:
 @pytest.fixture
 def empty_page(browser: DevTools, tmp_path: Path, plan: Plan) -> Iterator[Page]:
     yield from open_report(browser, run_report(tmp_path, plan, empty=True))
+
+
+def test_chromium_keeps_its_temporary_files_in_the_tests_folder(browser: DevTools) -> None:
+    """The profile's singleton socket lives in a folder of Chromium's temporary folder,
+    which a terminated Chromium leaves behind: the test's own, not the system's."""
+    socket = Path(os.readlink(browser.profile / "SingletonSocket"))
+    assert socket.is_relative_to(browser.tmp)
 
 
 def assert_quiet_and_offline(page: Page) -> None:

@@ -70,6 +70,11 @@ class DevTools:
     def __init__(self, binary: str, workdir: Path) -> None:
         self.profile = workdir / "profile"
         self.profile.mkdir(parents=True)
+        # Its own temporary files (the profile's singleton socket folder, which a
+        # terminated Chromium leaves) under ``workdir``: in the system's, one stayed
+        # behind per run of the suite.
+        self.tmp = workdir / "tmp"
+        self.tmp.mkdir()
         self.log_path = workdir / "chromium.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
@@ -77,6 +82,7 @@ class DevTools:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, "TMPDIR": str(self.tmp)},
         )
         self.events: list[dict[str, Any]] = []
         self._next_id = 0
