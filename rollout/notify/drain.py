@@ -107,12 +107,12 @@ from rollout.registry.deadlines import (
 from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import (
-    BrownoutWindow,
     CohortMembership,
     PhaseRequirement,
     PlanRun,
     TfaFactor,
     state_at,
+    windows_named,
 )
 from rollout.registry.requirements import (
     TOKENS,
@@ -531,22 +531,7 @@ def _too_late(
     snooze reply) are never too late; nor is one queued late on purpose (QUEUED_LATE)."""
     today = now.date()
     phases = {p.name: p for p in plan.phases}
-    names = sorted({c.occasion for c in claimed if c.email == HEADS_UP_EMAIL})
-    windows = {
-        w.name: w
-        for w in (
-            connection.execute(
-                select(
-                    BrownoutWindow.name,
-                    BrownoutWindow.starts_at,
-                    BrownoutWindow.ends_at,
-                    BrownoutWindow.ended_early_at,
-                ).where(BrownoutWindow.name.in_(names))
-            )
-            if names
-            else ()
-        )
-    }
+    windows = windows_named(connection, (c.occasion for c in claimed if c.email == HEADS_UP_EMAIL))
     brownouts = {b.name: b for b in plan.brownouts}
 
     def until(c: _Claimed) -> date | None:

@@ -67,11 +67,11 @@ from rollout.registry.ledger import (
     utc_now,
 )
 from rollout.registry.models import (
-    BrownoutWindow,
     CohortMembership,
     PhaseRequirement,
     has_active_factor,
     state_at,
+    windows_named,
 )
 from rollout.registry.requirements import falls_short, judged_at
 from rollout.registry.statistics import refresh_statistics
@@ -154,17 +154,7 @@ def _as_scheduled(
     names = [o.occasion for o in occasions if o.email == HEADS_UP_EMAIL]
     if not names:
         return occasions
-    windows = {
-        w.name: w
-        for w in connection.execute(
-            select(
-                BrownoutWindow.name,
-                BrownoutWindow.starts_at,
-                BrownoutWindow.ends_at,
-                BrownoutWindow.ended_early_at,
-            ).where(BrownoutWindow.name.in_(names))
-        )
-    }
+    windows = windows_named(connection, names)
     kept = []
     for o in occasions:
         window = windows.get(o.occasion) if o.email == HEADS_UP_EMAIL else None

@@ -8,6 +8,7 @@ SQLite and PostgreSQL migrate the same way.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, datetime
 from typing import Any, ClassVar
 
@@ -29,6 +30,7 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     exists,
+    select,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -542,6 +544,25 @@ class BrownoutWindow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     created_by: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
+
+
+def windows_named(connection: Any, names: Iterable[str]) -> dict[str, Any]:
+    """The brown-out windows of ``names`` as the registry has them (their times and
+    early end: what ``state_at`` reads), by name; one read, none for no names."""
+    names = sorted(set(names))
+    if not names:
+        return {}
+    return {
+        w.name: w
+        for w in connection.execute(
+            select(
+                BrownoutWindow.name,
+                BrownoutWindow.starts_at,
+                BrownoutWindow.ends_at,
+                BrownoutWindow.ended_early_at,
+            ).where(BrownoutWindow.name.in_(names))
+        )
+    }
 
 
 def state_at(window: Any, at: datetime) -> str:
