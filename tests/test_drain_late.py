@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from rollout.core.clock import SimulatedClock, use_clock
-from rollout.core.plan import Plan, load_plan
+from rollout.core.plan import Plan
 from rollout.notify import outbox
 from rollout.notify.drain import drain
 from rollout.notify.outbox import TOO_LATE, outbox_status
@@ -26,7 +26,7 @@ from rollout.phases.snoozes import COMMAND, SnoozeRequest, snooze
 from rollout.registry import Registry
 from rollout.registry.models import Account, Notification
 from tests.factories import AccountFactory, NotificationFactory, bound_to
-from tests.support.outbox import Recording, ids, on, queue_and_send
+from tests.support.outbox import Recording, ids, on, publishers_noticed, queue_and_send
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTICE_DAY = date(2022, 1, 4)
@@ -167,13 +167,7 @@ def test_a_reminder_follows_the_accounts_own_deadline_when_sent_late(
     the sender is down until 04-28. Meanwhile eve postponed hers by 7 days (05-04). On
     04-28 ann's deadline has gone: hers is skipped; eve's and bob's are still ahead: they
     go, and so does the answer to eve's request (an email of no date)."""
-    plan = load_plan(ROOT / "plans" / "github-2023.yaml")
-    for day, names in ((date(2023, 3, 13), ("ann", "eve")), (date(2023, 3, 15), ("bob",))):
-        for name in names:
-            AccountFactory(username=name, in_cohort="publishers")
-        with on(day):
-            queue_due(registry, plan, day, actor="rm")
-            drain(registry, plan, Recording())
+    plan = publishers_noticed(registry)
     with on(date(2023, 4, 22)):
         queue_due(registry, plan, date(2023, 4, 22), actor="rm")
     at = datetime(2023, 4, 23, 8)

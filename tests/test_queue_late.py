@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from rollout.cli import app
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.config import load_settings
-from rollout.core.plan import Plan, load_plan
+from rollout.core.plan import Plan
 from rollout.notify.drain import drain
 from rollout.notify.outbox import QUEUED_LATE
 from rollout.notify.queue import QueueOutcome, queue_due, queue_preview
@@ -24,7 +24,7 @@ from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.models import Account, Notification, PlanRun
 from tests.factories import AccountFactory, bound_to
-from tests.support.outbox import Recording, ids, on, rows
+from tests.support.outbox import Recording, ids, on, publishers_noticed, rows
 
 ROOT = Path(__file__).resolve().parent.parent
 # top-100's deadline is 2022-02-01: its reminders' last day is 2022-01-31.
@@ -112,14 +112,7 @@ def test_a_past_day_before_its_last_day_is_queued_as_ever(
 def github(registry: Registry, factories: None) -> Plan:
     """github-2023 (45 days from each account's notice): ann's and eve's notices went on
     2023-03-13 (deadline 04-27), bob's on 03-15 (deadline 04-29)."""
-    plan = load_plan(ROOT / "plans" / "github-2023.yaml")
-    for day, names in ((date(2023, 3, 13), ("ann", "eve")), (date(2023, 3, 15), ("bob",))):
-        for name in names:
-            AccountFactory(username=name, in_cohort="publishers")
-        with on(day):
-            queue_due(registry, plan, day, actor="rm")
-            drain(registry, plan, Recording())
-    return plan
+    return publishers_noticed(registry)
 
 
 def test_a_past_day_holds_back_the_reminders_of_accounts_whose_own_deadline_came(

@@ -5,13 +5,14 @@ tests/test_file_outbox_eml.py and tests/test_render_failures.py (which import th
 from __future__ import annotations
 
 from datetime import date, datetime, time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from rollout.core.clock import SimulatedClock, use_clock
-from rollout.core.plan import Plan
+from rollout.core.plan import Plan, load_plan
 from rollout.notify import outbox
 from rollout.notify.drain import drain
 from rollout.notify.message import DeliveryFailed, Message
@@ -76,6 +77,20 @@ def on(day: date, hour: int = 9) -> Any:
     """The pipeline's clock at ``hour`` (UTC) of ``day``, as the daily flow runs then:
     ``with on(day): ...``."""
     return use_clock(SimulatedClock(datetime.combine(day, time(hour))))
+
+
+def publishers_noticed(registry: Registry) -> Plan:
+    """github-2023 (45 days from each account's notice) with ann's and eve's notices
+    sent on 2023-03-13 (deadline 04-27) and bob's on 03-15 (deadline 04-29), each in
+    the cohort publishers. The factories must be bound to ``registry``."""
+    plan = load_plan(Path(__file__).resolve().parents[2] / "plans" / "github-2023.yaml")
+    for day, names in ((date(2023, 3, 13), ("ann", "eve")), (date(2023, 3, 15), ("bob",))):
+        for name in names:
+            AccountFactory(username=name, in_cohort="publishers")
+        with on(day):
+            queue_due(registry, plan, day, actor="rm")
+            drain(registry, plan, Recording())
+    return plan
 
 
 def queue_late(registry: Registry, plan: Plan, day: date) -> list[QueueOutcome]:
