@@ -193,7 +193,9 @@ def test_an_event_is_not_lost_when_the_file_that_brought_it_first_is_refused(
     [
         ('{"event": "delivered"}', "", "expected a JSON array of events, found an object"),
         ("[1, 2]", ":1", "event 1 is a number, not an object"),
-        ('[{"event": "delivered"}, "x"]', ":2", "event 2 is a string, not an object"),
+        ('[{"event": "delivered"}, "x"]', ":1", "event 2 is a string, not an object"),
+        # The line the event is on, not its place in the array.
+        ('[\n{"event": "delivered"},\n\n "x"\n]', ":4", "event 2 is a string, not an object"),
         ('[{"event": \n "delivered"', ":2", "malformed JSON"),
     ],
 )

@@ -414,6 +414,13 @@ def test_a_parquet_manifests_column_with_no_value_at_all_still_loads(
 # --- JSON nested past any parser's depth ---------------------------------------------------
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
+# A .json file is named by the line its trouble is on, below a first object whose
+# brackets inside a string (text, not nesting) outnumber the deep part's.
+RANGE = b'{"package": "' + b"[" * 200_000 + b'", "downloads": []}'
+DEEP_RANGES = b"[\n" + RANGE + b",\n" + DEEP + b"\n]"
+DEEP_EVENTS = (
+    b"[\n" + json.dumps({**event(1), "note": "{" * 200_000}).encode() + b",\n" + DEEP + b"]"
+)
 
 
 # A number of 5,000 digits: Python's parser refuses it with a ValueError of its own.
@@ -425,15 +432,15 @@ TOO_LONG = "Exceeds the limit (4300 digits)"
 @pytest.mark.parametrize(
     ("relative", "data", "line", "reason"),
     [
-        ("downloads/api-deep.json", DEEP, None, DEEPLY),
+        ("downloads/api-deep.json", DEEP_RANGES, 3, DEEPLY),
         ("downloads/api-deep.jsonl", b'{"package": "a", "downloads": []}\n' + DEEP, 2, DEEPLY),
         ("manifests/manifests-deep.jsonl", GOOD_MANIFEST + DEEP + b"\n", 2, DEEPLY),
-        ("events/events-deep.json", DEEP, None, DEEPLY),
+        ("events/events-deep.json", DEEP_EVENTS, 3, DEEPLY),
         ("events/events-deep.jsonl", json.dumps(event(1)).encode() + b"\n" + DEEP, 2, DEEPLY),
         (
             "downloads/api-long.json",
-            b'{"package": "a", "downloads": ' + LONG_NUMBER + b"}",
-            None,
+            b'{"package": "' + b"1" * 5000 + b'",\n "downloads": ' + LONG_NUMBER + b"}",
+            2,
             TOO_LONG,
         ),
         (
@@ -443,7 +450,12 @@ TOO_LONG = "Exceeds the limit (4300 digits)"
             TOO_LONG,
         ),
         ("manifests/manifests-long.jsonl", GOOD_MANIFEST + LONG_NUMBER + b"\n", 2, TOO_LONG),
-        ("events/events-long.json", LONG_NUMBER, None, TOO_LONG),
+        (
+            "events/events-long.json",
+            b"[\n1." + b"5" * 5000 + b",\n" + LONG_NUMBER + b"]",
+            3,
+            TOO_LONG,
+        ),
         (
             "events/events-long.jsonl",
             json.dumps(event(1)).encode() + b"\n" + LONG_NUMBER,

@@ -653,18 +653,51 @@ _DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
 _loads = _DECODER.decode
 
 
-def _json_refusal(path: Path, line: int | None, error: ValueError | RecursionError) -> BadInput:
+def _json_refusal(
+    path: Path, line: int | None, error: ValueError | RecursionError, text: str | None = None
+) -> BadInput:
     """``BadInput`` for JSON that Python's parser refused. ``line``: where the text
-    parsed starts (a JSON-lines line), or None for a whole file, whose parse error says
-    its own line."""
+    parsed starts (a JSON-lines line), or None for a whole file (``text``), whose parse
+    error says its own line, or whose line is found in the text."""
     if isinstance(error, json.JSONDecodeError):
         return BadInput(path, line or error.lineno, f"malformed JSON: {error.msg}")
     if isinstance(error, _DuplicateKey):
         return BadInput(path, line or error.line, f"malformed JSON: {error}")
+    if line is None and text is not None:
+        line = _unparsable_line(text, deepest=isinstance(error, RecursionError))
     if isinstance(error, RecursionError):
         return BadInput(path, line, "malformed JSON: nested too deeply")
     # "Exceeds the limit (4300 digits) for integer string conversion: ...; use sys..."
     return BadInput(path, line, f"malformed JSON: {str(error).split(';')[0]}")
+
+
+# The JSON tokens that say where a document is too deep or a number too long for
+# Python's parser: strings (skipped whole: brackets and digits inside them are text),
+# brackets, integers past its 4,300 digits (not a float's parts: a float of as many
+# digits parses), line ends.
+_JSON_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|[\[\]{}\n]|(?<![\d.eE+-])-?\d{4301,}(?![\d.eE])')
+
+
+def _unparsable_line(text: str, *, deepest: bool) -> int | None:
+    """The line of a whole JSON file where the parser gave up without saying where:
+    where the nesting first reaches its deepest (``deepest``), else the first integer
+    of more digits than it converts. None if the text holds neither."""
+    line, depth, deepest_depth, found = 1, 0, 0, None
+    for token in _JSON_TOKEN.finditer(text):
+        match token.group()[0]:
+            case "\n":
+                line += 1
+            case "[" | "{":
+                depth += 1
+                if deepest and depth > deepest_depth:
+                    deepest_depth, found = depth, line
+            case "]" | "}":
+                depth -= 1
+            case '"':
+                pass
+            case _ if not deepest:
+                return line
+    return found
 
 
 def _first_bad_json_line(file: LandingFile) -> BadInput | None:
@@ -984,7 +1017,7 @@ def _range_documents(file: LandingFile, *, exact_lines: bool = False) -> list[tu
                     _json_documents(text)  # again, object by object: the line of the one
                     raise
             except _JSON_ERRORS as error:
-                raise _json_refusal(file.path, None, error) from error
+                raise _json_refusal(file.path, None, error, text) from error
             return list(enumerate(document if isinstance(document, list) else [document], 1))
         documents = []
         for number, line in enumerate(text_lines(file.path, handle), start=1):
@@ -1439,24 +1472,23 @@ def _events_parse_error(file: LandingFile, error: Exception) -> BadInput:
         return _first_bad_json_line(file) or BadInput(
             file.path, None, f"malformed JSON lines: {error}"
         )
+    text = None
     try:
         with open_text(file.path) as handle:
             text = read_document(file.path, handle)
         documents = _json_documents(text)  # (a repeated key named by its object's line)
         array = text.startswith("[", _after_space(text, 0))
-        document = [d for _, d in documents] if array else documents[0][1]
     except _JSON_ERRORS as parse_error:
-        return _json_refusal(file.path, None, parse_error)
+        return _json_refusal(file.path, None, parse_error, text)
     except BadInput as unreadable:  # not UTF-8 (naming its line), or unreadable
         return unreadable
-    if not isinstance(document, list):
-        return BadInput(
-            file.path, None, f"expected a JSON array of events, found {_json_kind(document)}"
-        )
-    for position, event in enumerate(document, start=1):
+    if not array:
+        found = _json_kind(documents[0][1])
+        return BadInput(file.path, None, f"expected a JSON array of events, found {found}")
+    for position, (line, event) in enumerate(documents, start=1):
         if not isinstance(event, dict):
             return BadInput(
-                file.path, position, f"event {position} is {_json_kind(event)}, not an object"
+                file.path, line, f"event {position} is {_json_kind(event)}, not an object"
             )
     # DuckDB's own reason, without the tuning advice on the lines after it.
     reason = (str(error).splitlines() or [""])[0]
