@@ -19,6 +19,7 @@ from rollout.core.errors import GuardRefused
 from rollout.core.plan import Plan
 from rollout.phases import enforce
 from rollout.registry import Registry
+from tests.factories import CohortPackageFactory
 from tests.support.outbox import ids, queue_and_send
 
 __all__ = ["ids"]  # a fixture, used by name
@@ -175,3 +176,45 @@ def test_an_exemption_naming_no_account_is_a_warning(
     said = " ".join(result.stderr.split())
     assert "warning: exemptions: no account is named 'ANN' in the registry" in said
     assert "named 'ann'" not in said
+
+
+def test_cohort_packages_from_before_the_day_the_cohort_is_fixed_are_a_warning(
+    registry: Registry,
+    factories: None,
+    tmp_path: Path,
+    check: Callable[[Path], Result],
+) -> None:
+    """A build before the phase's cohort_as_of (an earlier rollout built every cohort
+    daily; or cohort_as_of moved later since) added packages for good that the rule
+    never judged on the cohort's day: their maintainers would be emailed and enforced.
+    Released ones, and those that entered on the day or after, are not named."""
+    early = date(2022, 3, 7)
+    for package in ("early-a", "early-b"):
+        CohortPackageFactory(cohort="high-impact", package=package, first_qualified_on=early)
+    CohortPackageFactory(
+        cohort="high-impact",
+        package="early-released",
+        first_qualified_on=early,
+        released_at=datetime(2022, 3, 8),
+        released_reason="not on its day",
+        released_by="rm",
+    )
+    CohortPackageFactory(
+        cohort="high-impact", package="on-the-day", first_qualified_on=date(2022, 3, 14)
+    )
+    CohortPackageFactory(cohort="top-100", package="top", first_qualified_on=date(2022, 1, 3))
+    result = check(ROOT / "plans" / "npm-2022.yaml")
+    assert result.exit_code == 0
+    said = " ".join(result.stderr.split())
+    assert (
+        "warning: cohort high-impact: 2 packages entered on a build before 2022-03-14, "
+        "the day phase high-impact fixes it (cohort_as_of)" in said
+    )
+    assert "early-a, early-b" in said
+    assert "rollout cohorts release PACKAGE --cohort high-impact --reason" in said
+    for named in ("early-released", "on-the-day", "cohort top-100"):
+        assert named not in said
+    # Moving cohort_as_of later, after the builds, makes the same packages early.
+    moved = edited(tmp_path, "cohort_as_of: 2022-01-03", "cohort_as_of: 2022-01-04")
+    said = " ".join(check(moved).stderr.split())
+    assert "cohort top-100: 1 package entered on a build before 2022-01-04" in said

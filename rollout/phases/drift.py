@@ -15,6 +15,11 @@ A release manager edits the plan mid-campaign. These edits leave the registry be
   reads that account's deadline, but its reminders look only as far as the plan's
   snooze now, so none would reach it.
 
+- a phase's ``cohort_as_of`` moved later after its cohort was built (or a build made
+  before it by an earlier rollout, which built every cohort daily): the packages that
+  entered before the cohort's day stay in it for good (sticky), though its rule was
+  never judged on that day, and their maintainers are emailed and enforced.
+
 And one edit that needs no history: an exemption naming no account (usernames are
 exact: ``U2`` exempts nobody when the account is ``u2``), a lockout of someone meant
 to be spared.
@@ -36,8 +41,15 @@ from rollout.core.plan import Phase, Plan
 from rollout.notify.emails import ELV_HEADS_UP_EMAIL
 from rollout.notify.outbox import NOTIFICATIONS, RUN_DAY
 from rollout.registry import Registry
-from rollout.registry.models import Account, DeadlineSnooze, PhaseRequirement, PlanRun
+from rollout.registry.models import (
+    Account,
+    CohortPackage,
+    DeadlineSnooze,
+    PhaseRequirement,
+    PlanRun,
+)
 
+COHORT_PACKAGES = CohortPackage.__table__
 REQUIREMENTS = PhaseRequirement.__table__
 PLAN_RUNS = PlanRun.__table__
 SNOOZES = DeadlineSnooze.__table__
@@ -138,6 +150,7 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
                 select(SNOOZES.c.phase, func.max(SNOOZES.c.days)).group_by(SNOOZES.c.phase)
             ).all()
         )
+        early = _entered_early(connection, plan)
         exempt = sorted(plan.exempt_usernames)
         known = set(
             connection.execute(
@@ -218,6 +231,15 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
                 "deadline still counts it, and its reminders would not (they look as far as "
                 f"snooze_days); keep snooze_days at {longest} or more"
             )
+    for cohort, (day, phase_name, count, packages) in early.items():
+        shown = ", ".join(packages) + (", ..." if count > len(packages) else "")
+        warnings.append(
+            f"cohort {cohort}: {count} package{'s' if count != 1 else ''} entered on a build "
+            f"before {day}, the day phase {phase_name} fixes it (cohort_as_of), and stay for "
+            f"good though its rule was not judged on that day: {shown}. Their maintainers "
+            "are emailed and enforced with the cohort's; release each that should not be "
+            f"(`rollout cohorts release PACKAGE --cohort {cohort} --reason ...`)"
+        )
     if plan.elv is not None:
         told_elv = elv_day_told(registry)
         if told_elv is not None and told_elv != plan.elv.enroll_all_on:
@@ -237,6 +259,33 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
                 "are exact): it exempts nobody"
             )
     return errors, warnings
+
+
+# Packages a warning names; the rest are counted.
+EARLY_SHOWN = 5
+
+
+def _entered_early(
+    connection: Connection, plan: Plan
+) -> dict[str, tuple[date, str, int, list[str]]]:
+    """Of each cohort a phase fixes: (the day it is fixed from, that phase, how many
+    unreleased packages entered on a build before it, the first few by name). The
+    builds of this version refuse such days (rollout.cohorts.cohorts_built_on)."""
+    c = COHORT_PACKAGES.c
+    early: dict[str, tuple[date, str, int, list[str]]] = {}
+    for cohort in plan.cohorts:
+        fixed = plan.cohort_fixed_from(cohort)
+        if fixed is None:
+            continue
+        day, phase = fixed
+        before = and_(c.cohort == cohort, c.released_at.is_(None), c.first_qualified_on < day)
+        count = connection.execute(select(func.count()).where(before)).scalar_one()
+        if count:
+            names = connection.execute(
+                select(c.package).where(before).order_by(c.package_key).limit(EARLY_SHOWN)
+            ).scalars()
+            early[cohort] = (day, phase, count, list(names))
+    return early
 
 
 def elv_day_told(registry: Registry) -> date | None:
