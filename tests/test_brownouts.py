@@ -537,3 +537,35 @@ def test_plan_show_says_what_became_of_a_heads_up_never_sent(
         )
     assert heads_ups(datetime(2022, 2, 24))["brownout-2"] == "pending"
     assert heads_ups(datetime(2022, 3, 25))["brownout-2"] == "not sent: brown-out ended"
+
+
+@pytest.mark.parametrize(
+    ("scheduled", "begun"),
+    [(True, "not sent: brown-out active"), (False, "missed")],
+    ids=["window-scheduled", "plan-only"],
+)
+def test_plan_show_reads_an_afternoon_windows_heads_up_pending_until_the_window_begins(
+    registry: Registry, plan: Plan, scheduled: bool, begun: str
+) -> None:
+    """brownout-1 starts at 14:00 UTC on 02-16 and its heads-up was never queued: on
+    that morning `notify queue` still queues it, so it is pending, not missed, until
+    the window begins, by the registry's window or, not scheduled, the plan's."""
+    from rollout.phases.timeline import step_states
+    from tests.support.outbox import AFTERNOON, with_an_afternoon_brownout
+
+    afternoon = with_an_afternoon_brownout(plan)
+    if scheduled:
+        with use_clock(SimulatedClock(datetime(2022, 2, 1, 6))):
+            brownouts.schedule(registry, afternoon, actor="rm")
+
+    def heads_up(at: datetime) -> str:
+        [state] = [
+            s.state
+            for s in step_states(registry, afternoon, at)
+            if s.step.key == "heads-up brownout-1"
+        ]
+        return state
+
+    assert heads_up(datetime(2022, 2, 16, 9)) == "pending"
+    assert heads_up(AFTERNOON - timedelta(minutes=1)) == "pending"
+    assert heads_up(AFTERNOON) == begun

@@ -26,7 +26,15 @@ from rollout.phases.snoozes import COMMAND, SnoozeRequest, snooze
 from rollout.registry import Registry
 from rollout.registry.models import Account, Notification
 from tests.factories import AccountFactory, NotificationFactory, bound_to
-from tests.support.outbox import Recording, ids, on, publishers_noticed, queue_and_send
+from tests.support.outbox import (
+    AFTERNOON,
+    Recording,
+    ids,
+    on,
+    publishers_noticed,
+    queue_and_send,
+    with_an_afternoon_brownout,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTICE_DAY = date(2022, 1, 4)
@@ -137,6 +145,38 @@ def test_a_brownout_heads_up_is_too_late_once_its_window_began(
         queue_due(registry, plan, date(2022, 2, 13), actor="rm")
     with use_clock(SimulatedClock(drained_at)):
         drain(registry, plan, Recording())
+    assert _state(registry, "ann", "brownout_heads_up", "brownout-1") == expected
+
+
+@pytest.mark.parametrize("scheduled", [True, False], ids=["window-scheduled", "plan-only"])
+@pytest.mark.parametrize(
+    ("drained_at", "expected"),
+    [
+        (datetime(2022, 2, 16, 9), ("sent", None)),
+        (datetime(2022, 2, 16, 13, 59), ("sent", None)),
+        (AFTERNOON, ("skipped", TOO_LATE)),
+    ],
+    ids=["that-morning", "a-minute-before", "as-it-begins"],
+)
+def test_a_heads_up_of_an_afternoon_window_goes_until_the_window_begins(
+    registry: Registry,
+    plan: Plan,
+    ids: dict[str, int],
+    scheduled: bool,
+    drained_at: datetime,
+    expected: tuple[str, str | None],
+) -> None:
+    """brownout-1 starts at 14:00 UTC on 02-16. Its heads-up, queued on 02-13 and held
+    up by an outage, still tells of a rehearsal to come on that day's morning: it goes
+    until the window begins, whether the window is the registry's or only the plan's."""
+    afternoon = with_an_afternoon_brownout(plan)
+    if scheduled:
+        with on(date(2022, 2, 1)):
+            brownouts.schedule(registry, afternoon, actor="rm")
+    with on(date(2022, 2, 13)):
+        queue_due(registry, afternoon, date(2022, 2, 13), actor="rm")
+    with use_clock(SimulatedClock(drained_at)):
+        drain(registry, afternoon, Recording())
     assert _state(registry, "ann", "brownout_heads_up", "brownout-1") == expected
 
 

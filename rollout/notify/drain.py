@@ -55,7 +55,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import Select
 
-from rollout.core.calendar import phase_step
+from rollout.core.calendar import phase_step, too_late
+from rollout.core.clock import day_start, naive_utc
 from rollout.core.errors import BadInput, RolloutError
 from rollout.core.plan import Phase, Plan
 from rollout.core.stopping import (
@@ -111,7 +112,7 @@ from rollout.registry.models import (
     PhaseRequirement,
     PlanRun,
     TfaFactor,
-    state_at,
+    ahead_until,
     windows_named,
 )
 from rollout.registry.requirements import (
@@ -512,71 +513,73 @@ def _too_late(
     standing: Mapping[tuple[str, str, int], _Standing],
     now: datetime,
 ) -> set[int]:
-    """The claimed rows whose last day has passed by ``now`` (whole UTC days, by the
+    """The claimed rows too late by ``now`` (rollout.core.calendar.too_late, by the
     pipeline's clock): sent after an outage of the sender, a paused deployment or a
-    retry of an old failure, each would announce as still to come a date already gone.
-    An email's last day is its mailing's (rollout.core.calendar: the day before the
-    Mailing's deadline), as the plan and the registry stand now:
+    retry of an old failure, each would announce as still to come what has come. An
+    email is too late from its mailing's instant (the calendar's Mailing.too_late_at), as
+    the plan and the registry stand now:
 
-    - a phase notice: the day before the phase's deadline; with per-account deadlines
-      ``last_notice_on`` (a notice starts its account's deadline, and one sent later
-      would start it past the days the phase enforces);
-    - a reminder: the day before the deadline it counts to, the phase's or, with
-      per-account deadlines, the account's own (snoozed or not);
-    - a brown-out heads-up: the day before its window starts, as the registry has it
-      (and none once the window started, ended or was called off);
-    - the ELV heads-up: the day before the day it tells.
+    - a phase notice: from the phase's deadline (00:00 UTC); with per-account deadlines
+      the day after ``last_notice_on`` (a notice starts its account's deadline, and one
+      sent later would start it past the days the phase enforces);
+    - a reminder: from the deadline it counts to, the phase's or, with per-account
+      deadlines, the account's own (snoozed or not);
+    - a brown-out heads-up: from the instant its window starts, as the registry has it
+      (or was called off), to the minute: at 09:00 one still announces a window that
+      begins at 14:00;
+    - the ELV heads-up: from the day it tells.
 
     Emails of no date (the enforcement notice, the orgs' emails, the phase summary, a
     snooze reply) are never too late; nor is one queued late on purpose (QUEUED_LATE)."""
-    today = now.date()
     phases = {p.name: p for p in plan.phases}
     windows = windows_named(connection, (c.occasion for c in claimed if c.email == HEADS_UP_EMAIL))
     brownouts = {b.name: b for b in plan.brownouts}
 
-    def until(c: _Claimed) -> date | None:
-        """The day the row is too late from (its last day's next), or None."""
+    def too_late_at(c: _Claimed) -> datetime | None:
+        """The instant the row is too late from, or None."""
         phase = phases.get(c.phase)
         if c.email == "phase_notice" and phase is not None:
-            return phase.notices_until
+            return day_start(phase.notices_until)
         if c.email == "reminder" and phase is not None:
             if phase.deadline is None:
-                return phase.enforce_on
+                return day_start(phase.enforce_on)
             found = standing.get((c.email, c.phase, c.account_id))
-            return found.deadline if found and found.deadline else phase.enforce_until
-        # A heads-up says the day its context holds: too late from that day, or from
-        # the day of what it announces, whichever comes first.
+            return day_start(found.deadline if found and found.deadline else phase.enforce_until)
+        # A heads-up says the time its context holds: too late from then, or from the
+        # start of what it announces, whichever comes first.
         if c.email == HEADS_UP_EMAIL:
             window = windows.get(c.occasion)
             if window is not None:
-                starts = window.starts_at.date() if state_at(window, now) == "scheduled" else today
+                starts: datetime | None = ahead_until(window)
             else:
                 planned = brownouts.get(c.occasion)
-                starts = planned.starts_at.date() if planned is not None else None
-            return _first(starts, _day_in(c.context, "starts_at"))
+                starts = naive_utc(planned.starts_at) if planned is not None else None
+            return _first(starts, _time_in(c.context, "starts_at"))
         if c.email == ELV_HEADS_UP_EMAIL:
-            planned = plan.elv.enroll_all_on if plan.elv is not None else None
-            return _first(planned, _day_in(c.context, "enrolled_on"))
+            planned_on = plan.elv.enroll_all_on if plan.elv is not None else None
+            told = _time_in(c.context, "enrolled_on")
+            return _first(day_start(planned_on) if planned_on else None, told)
         return None
 
     late = set()
     for c in claimed:
         if c.context.get(QUEUED_LATE):
             continue
-        day = until(c)
-        if day is not None and day <= today:
+        at = too_late_at(c)
+        if at is not None and too_late(at, now):
             late.add(c.id)
     return late
 
 
-def _first(*days: date | None) -> date | None:
-    return min((d for d in days if d is not None), default=None)
+def _first(*moments: datetime | None) -> datetime | None:
+    return min((m for m in moments if m is not None), default=None)
 
 
-def _day_in(context: Mapping[str, Any], key: str) -> date | None:
-    """The day a context's ``key`` holds (a date or a time), or None."""
+def _time_in(context: Mapping[str, Any], key: str) -> datetime | None:
+    """The instant a context's ``key`` holds (naive UTC): a time as it is, a day from
+    its start; None when missing or unreadable."""
     try:
-        return date.fromisoformat(str(context[key])[:10])
+        return naive_utc(datetime.fromisoformat(str(context[key])))
     except (KeyError, TypeError, ValueError):
         return None
 
