@@ -18,7 +18,7 @@ from sqlalchemy import select
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.plan import Plan
 from rollout.notify import outbox
-from rollout.notify.drain import drain
+from rollout.notify.drain import drain, too_late_waiting
 from rollout.notify.outbox import TOO_LATE, outbox_status
 from rollout.notify.queue import queue_due
 from rollout.phases import brownouts, enforce
@@ -268,6 +268,27 @@ def test_drain_workers_skip_too_late_emails_too(
     assert {state for state, _ in _states(registry)} == {"skipped"}
 
 
+def test_the_sends_preview_counts_what_the_send_skips_as_too_late(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """The notices of 01-04: ann's refused by SendGrid (failed), ben's never sent, and
+    ben's address suppressed since. On 02-02, after top-100's deadline, the preview of
+    the send counts one to be skipped as too late only with the failed ones retried
+    (ann's: ben's goes out for his address first, as the send judges), and the send
+    skips just that."""
+    with on(NOTICE_DAY):
+        queue_due(registry, plan, NOTICE_DAY, actor="rm")
+        drain(registry, plan, Recording(fail_for="ann"), limit=1)
+    outbox.suppress(registry, "ben@example.com", reason="hard bounce", actor="ops")
+    with on(date(2022, 2, 2)):
+        queued_only = too_late_waiting(registry, plan)
+        with_failed = too_late_waiting(registry, plan, include_failed=True)
+        report = drain(registry, plan, Recording(), retry_failed=True)
+    assert queued_only == {}
+    assert with_failed == {"phase_notice": 1}
+    assert report.skipped == {TOO_LATE: 1, "suppressed": 1}
+
+
 def _states(registry: Registry) -> list[tuple[str, str | None]]:
     with registry.engine.connect() as connection:
         return [
@@ -294,6 +315,11 @@ def test_notify_send_and_status_say_how_many_were_too_late(rollout_home: Path) -
             email="reminder", occasion="3d", context={"phase": "top-100", "days_before": 3}
         )
     engine.dispose()
+    preview = run("notify", "send")
+    assert preview.exit_code == 0, preview.stderr
+    said = " ".join(preview.stderr.split())
+    assert "1 emails queued; sender: file" in said
+    assert "1 would be skipped as too late (past their last day): reminder 1" in said
     sent = run("notify", "send", "--apply")
     assert sent.exit_code == 0, sent.stderr
     assert "sent 0, failed 0, skipped 1 (1 too late)" in " ".join(sent.stderr.split())

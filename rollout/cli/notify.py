@@ -213,7 +213,7 @@ def notify_send(
     ] = False,
 ) -> None:
     """Drain the outbox: render and send every queued email, exactly once."""
-    from rollout.notify.drain import drain
+    from rollout.notify.drain import drain, too_late_waiting
     from rollout.notify.outbox import check_sender, failed_count, pending
     from rollout.notify.senders import make_sender
 
@@ -235,6 +235,16 @@ def notify_send(
     # last attempted through SendGrid (the key is missing from this shell).
     check_sender(registry, sender.name, include_failed=retry_failed)
     if not apply:
+        # Judged as the send will judge them: "N emails queued" alone announced as to be
+        # sent those it then skips, past the day they announce.
+        late = too_late_waiting(registry, plan, include_failed=retry_failed)
+        if late:
+            kinds = ", ".join(f"{email} {n}" for email, n in sorted(late.items()))
+            stderr.print(
+                f"{late.total()} would be skipped as too late (past their last day): {kinds}; "
+                "not sent, for good",
+                highlight=False,
+            )
         stderr.print("preview only: add --apply to send them", highlight=False)
         return
     # A stop (SIGTERM/SIGINT) raises Stopped once every worker is gone: reports_errors.

@@ -655,19 +655,19 @@ class _Outcome:
     message_id: str | None = None
 
 
-def _prepare(
-    plan: Plan,
+def _ends_unsent(
     claimed: _Claimed,
     recipient: Recipient | None,
-    packages: Mapping[tuple[str, int], tuple[str, ...]],
     suppressed: Mapping[str, str],
-    last_sent: dict[tuple[int, str], list[tuple[str, date]]],
-    now: datetime,
-    standing: Mapping[tuple[str, str, int], _Standing] | None = None,
-    too_late: bool = False,
-) -> _Outcome | Message:
-    """A message to send, or why this row ends here (skipped, or failed to render).
-    ``too_late``: its last day has passed (:func:`_too_late`)."""
+    standing: Mapping[tuple[str, str, int], _Standing] | None,
+    too_late: bool,
+) -> _Outcome | Recipient:
+    """Why the row ends here, whatever else its batch holds: failed (no such email or
+    account) or skipped (an unverified or a suppressed address, already compliant, too
+    late: :func:`_too_late`), the first that applies; else its recipient as its email
+    sees it (its standing applied). What :func:`_prepare` judges each claimed row by
+    before the repeat window and rendering, and what the send's preview counts by
+    (:func:`too_late_waiting`): one judgement, so the preview tells what the send does."""
     definition = EMAILS.get(claimed.email)
     if definition is None:
         return _Outcome(claimed.id, "failed", f"no email named {claimed.email!r}")
@@ -685,6 +685,71 @@ def _prepare(
         return _Outcome(claimed.id, "skipped", COMPLIANT)
     if too_late:
         return _Outcome(claimed.id, "skipped", TOO_LATE)
+    return recipient
+
+
+def too_late_waiting(
+    registry: Registry,
+    plan: Plan,
+    *,
+    include_failed: bool = False,
+    clock: Callable[[], datetime] = utc_now,
+) -> Counter[str]:
+    """By email kind, the emails waiting to be sent (queued or left in flight; failed
+    too with ``include_failed``, as ``retry_failed`` queues them again first) that a
+    send started now would skip as too late: judged as the drain judges each row it
+    claims (:func:`_too_late`, then :func:`_ends_unsent`), so one it would skip for its
+    address or as compliant first is not counted. ``notify send``'s preview: it
+    announced every waiting email as to be sent. Reads only, FILE_BATCH rows at a time."""
+    states = ["queued", "sending", *(["failed"] if include_failed else [])]
+    c = NOTIFICATIONS.c
+    now = clock()
+    found: Counter[str] = Counter()
+    after = 0
+    with registry.engine.connect() as connection:
+        while True:
+            rows = connection.execute(
+                select(c.id, c.account_id, c.email, c.phase, c.occasion, c.context)
+                .where(c.state.in_(states), c.id > after)
+                .order_by(c.id)
+                .limit(FILE_BATCH)
+            ).all()
+            if not rows:
+                return found
+            batch = [_Claimed(*row[:5], context=row.context or {}) for row in rows]
+            after = batch[-1].id
+            standing = _standing(connection, plan, batch, now)
+            late = _too_late(connection, plan, batch, standing, now)
+            judged = [w for w in batch if w.id in late]
+            if not judged:
+                continue
+            recipients = _recipients(connection, judged)
+            suppressed = suppression_reasons(connection, (r.address for r in recipients.values()))
+            for w in judged:
+                ended = _ends_unsent(
+                    w, recipients.get(w.account_id), suppressed, standing, too_late=True
+                )
+                if isinstance(ended, _Outcome) and ended.reason == TOO_LATE:
+                    found[w.email] += 1
+
+
+def _prepare(
+    plan: Plan,
+    claimed: _Claimed,
+    recipient: Recipient | None,
+    packages: Mapping[tuple[str, int], tuple[str, ...]],
+    suppressed: Mapping[str, str],
+    last_sent: dict[tuple[int, str], list[tuple[str, date]]],
+    now: datetime,
+    standing: Mapping[tuple[str, str, int], _Standing] | None = None,
+    too_late: bool = False,
+) -> _Outcome | Message:
+    """A message to send, or why this row ends here (skipped, or failed to render).
+    ``too_late``: its last day has passed (:func:`_too_late`)."""
+    ended = _ends_unsent(claimed, recipient, suppressed, standing, too_late)
+    if isinstance(ended, _Outcome):
+        return ended
+    recipient, definition = ended, EMAILS[claimed.email]
     days = plan.notifications.repeat_days.get(claimed.email)
     # Judged on the days the emails' runs were for: a back-filled run's day is not now.
     on = run_day(claimed.context, now.date())
