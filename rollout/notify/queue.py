@@ -121,15 +121,27 @@ def plan_occasions(plan: Plan) -> list[Occasion]:
     ]
 
 
+def _due_on(o: Occasion, day: date) -> bool:
+    """Due on ``day``, and not too late from the day's start on (catches up missed days;
+    a heads-up of a window beginning at 14:00 is still due on its day)."""
+    return o.due_on <= day and not too_late(o.too_late_at, day_start(day))
+
+
 def due_occasions(plan: Plan, day: date) -> list[Occasion]:
-    """The mailings to queue on ``day``: due, and not too late from the day's start on
-    (catches up missed days; a heads-up of a window beginning at 14:00 is still due on
-    its day)."""
-    return [
-        o
-        for o in plan_occasions(plan)
-        if o.due_on <= day and not too_late(o.too_late_at, day_start(day))
-    ]
+    """The mailings to queue on ``day`` by the plan alone (the queue reads each
+    heads-up's window in the registry first: :func:`_due_as_scheduled`)."""
+    return [o for o in plan_occasions(plan) if _due_on(o, day)]
+
+
+def _due_as_scheduled(
+    connection: Connection, plan: Plan, day: date, now: datetime
+) -> list[Occasion]:
+    """The mailings to queue on ``day``, each heads-up as its window stands in the
+    registry (:func:`_as_scheduled`) before it is judged too late: a window moved later
+    than the plan's is still announced after the plan's day, as `plan show` reads its
+    heads-up pending (judged by the plan's day, it was never queued)."""
+    begun = [o for o in plan_occasions(plan) if o.due_on <= day]
+    return [o for o in _as_scheduled(connection, begun, now) if _due_on(o, day)]
 
 
 def past_last_day(o: Occasion, now: datetime) -> bool:
@@ -429,7 +441,7 @@ def queue_preview(
     with registry.engine.connect() as connection:
         return [
             _previewed(connection, plan, o, _parts(o, plan, day, now), now, late=late)
-            for o in _as_scheduled(connection, due_occasions(plan, day), now)
+            for o in _due_as_scheduled(connection, plan, day, now)
         ]
 
 
@@ -463,7 +475,7 @@ def queue_due(
     with registry.lock("queue"):
         engine = registry.engine
         with engine.connect() as connection:
-            occasions = _as_scheduled(connection, due_occasions(plan, day), now)
+            occasions = _due_as_scheduled(connection, plan, day, now)
         if occasions:  # the audiences below are what the statistics are for
             refresh_statistics(engine)
         for o in occasions:
