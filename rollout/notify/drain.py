@@ -660,11 +660,11 @@ def _ends_unsent(
     recipient: Recipient | None,
     suppressed: Mapping[str, str],
     standing: Mapping[tuple[str, str, int], _Standing] | None,
-    too_late: bool,
+    late: bool,
 ) -> _Outcome | Recipient:
     """Why the row ends here, whatever else its batch holds: failed (no such email or
     account) or skipped (an unverified or a suppressed address, already compliant, too
-    late: :func:`_too_late`), the first that applies; else its recipient as its email
+    late: ``late``, :func:`_too_late`'s), the first that applies; else its recipient as its email
     sees it (its standing applied). What :func:`_prepare` judges each claimed row by
     before the repeat window and rendering, and what the send's preview counts by
     (:func:`too_late_waiting`): one judgement, so the preview tells what the send does."""
@@ -683,7 +683,7 @@ def _ends_unsent(
         return _Outcome(claimed.id, "skipped", why_suppressed)
     if recipient.compliant and definition.when_compliant == "skip":
         return _Outcome(claimed.id, "skipped", COMPLIANT)
-    if too_late:
+    if late:
         return _Outcome(claimed.id, "skipped", TOO_LATE)
     return recipient
 
@@ -727,7 +727,7 @@ def too_late_waiting(
             suppressed = suppression_reasons(connection, (r.address for r in recipients.values()))
             for w in judged:
                 ended = _ends_unsent(
-                    w, recipients.get(w.account_id), suppressed, standing, too_late=True
+                    w, recipients.get(w.account_id), suppressed, standing, late=True
                 )
                 if isinstance(ended, _Outcome) and ended.reason == TOO_LATE:
                     found[w.email] += 1
@@ -742,11 +742,11 @@ def _prepare(
     last_sent: dict[tuple[int, str], list[tuple[str, date]]],
     now: datetime,
     standing: Mapping[tuple[str, str, int], _Standing] | None = None,
-    too_late: bool = False,
+    late: bool = False,
 ) -> _Outcome | Message:
     """A message to send, or why this row ends here (skipped, or failed to render).
-    ``too_late``: its last day has passed (:func:`_too_late`)."""
-    ended = _ends_unsent(claimed, recipient, suppressed, standing, too_late)
+    ``late``: its last day has passed (:func:`_too_late`)."""
+    ended = _ends_unsent(claimed, recipient, suppressed, standing, late)
     if isinstance(ended, _Outcome):
         return ended
     recipient, definition = ended, EMAILS[claimed.email]

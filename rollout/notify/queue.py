@@ -73,6 +73,7 @@ from rollout.registry.ledger import (
 from rollout.registry.models import (
     CohortMembership,
     PhaseRequirement,
+    ahead_until,
     has_active_factor,
     state_at,
     windows_named,
@@ -199,8 +200,9 @@ def _as_scheduled(
                 "ends_at": window.ends_at.isoformat(),
                 "hours": round((window.ends_at - window.starts_at).total_seconds() / 3600),
             }
-            # Too late once the window starts, wherever and at whatever hour that is.
-            kept.append(replace(o, context={**o.context, **times}, too_late_at=window.starts_at))
+            # Too late once the window starts (or is called off), wherever and at
+            # whatever hour that is.
+            kept.append(replace(o, context={**o.context, **times}, too_late_at=ahead_until(window)))
     return kept
 
 
