@@ -537,3 +537,68 @@ def test_plan_show_says_what_became_of_a_heads_up_never_sent(
         )
     assert heads_ups(datetime(2022, 2, 24))["brownout-2"] == "pending"
     assert heads_ups(datetime(2022, 3, 25))["brownout-2"] == "not sent: brown-out ended"
+
+
+@pytest.mark.parametrize(
+    ("scheduled", "begun"),
+    [(True, "not sent: brown-out active"), (False, "missed")],
+    ids=["window-scheduled", "plan-only"],
+)
+def test_plan_show_reads_an_afternoon_windows_heads_up_pending_until_the_window_begins(
+    registry: Registry, plan: Plan, scheduled: bool, begun: str
+) -> None:
+    """brownout-1 starts at 14:00 UTC on 02-16 and its heads-up was never queued: on
+    that morning `notify queue` still queues it, so it is pending, not missed, until
+    the window begins, by the registry's window or, not scheduled, the plan's."""
+    from rollout.phases.timeline import step_states
+    from tests.support.outbox import AFTERNOON, with_an_afternoon_brownout
+
+    afternoon = with_an_afternoon_brownout(plan)
+    if scheduled:
+        with use_clock(SimulatedClock(datetime(2022, 2, 1, 6))):
+            brownouts.schedule(registry, afternoon, actor="rm")
+
+    def heads_up(at: datetime) -> str:
+        [state] = [
+            s.state
+            for s in step_states(registry, afternoon, at)
+            if s.step.key == "heads-up brownout-1"
+        ]
+        return state
+
+    assert heads_up(datetime(2022, 2, 16, 9)) == "pending"
+    assert heads_up(AFTERNOON - timedelta(minutes=1)) == "pending"
+    assert heads_up(AFTERNOON) == begun
+
+
+def test_a_heads_up_of_a_window_moved_later_in_the_registry_is_queued_until_it_begins(
+    registry: Registry, plan: Plan, accounts: dict[str, int]
+) -> None:
+    """brownout-2's window, planned for 02-23, runs on 03-23 in the registry (scheduled
+    apart from the plan). On 02-24 its heads-up was never queued: `plan show` reads it
+    pending, since the window is still ahead, and the day's `notify queue` queues it,
+    with the registry's times (it judged it by the plan's day, and it stayed pending
+    for a month, never queued)."""
+    from rollout.notify.queue import queue_due
+    from rollout.phases.timeline import step_states
+
+    with use_clock(SimulatedClock(datetime(2022, 2, 1, 6))):
+        brownouts.schedule(registry, plan, actor="rm")
+    with registry.engine.begin() as connection:
+        connection.execute(
+            BrownoutWindow.__table__.update()
+            .where(BrownoutWindow.name == "brownout-2")
+            .values(starts_at=datetime(2022, 3, 23), ends_at=datetime(2022, 3, 24))
+        )
+    [shown] = [
+        s.state
+        for s in step_states(registry, plan, datetime(2022, 2, 24, 6))
+        if s.step.key == "heads-up brownout-2"
+    ]
+    assert shown == "pending"
+    with on_the_morning_of(date(2022, 2, 24)):
+        queued = {
+            o.occasion.step: o for o in queue_due(registry, plan, date(2022, 2, 24), actor="rm")
+        }
+    assert queued["heads-up brownout-2"].added == 2
+    assert {told for _, _, told in heads_ups(registry).values()} == {"2022-03-23T00:00:00"}

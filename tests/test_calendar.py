@@ -150,10 +150,10 @@ def test_every_reader_is_a_filter_of_the_calendar(shape: str) -> None:
     assert plan_steps(plan) == steps
     mailings = [(s.key, s.on, s.mailing) for s in steps if s.mailing is not None]
     assert [
-        (o.step, o.due_on, o.email, o.phase, o.occasion, o.until, o.audience, o.context)
+        (o.step, o.due_on, o.email, o.phase, o.occasion, o.too_late_at, o.audience, o.context)
         for o in plan_occasions(plan)
     ] == [
-        (key, on, m.email, m.phase, m.occasion, m.deadline, m.audience, dict(m.context))
+        (key, on, m.email, m.phase, m.occasion, m.too_late_at, m.audience, dict(m.context))
         for key, on, m in mailings
     ]
     assert [(m.on, m.label, m.kind, m.until) for m in plan_milestones(plan)] == [

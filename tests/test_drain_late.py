@@ -18,7 +18,7 @@ from sqlalchemy import select
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.plan import Plan
 from rollout.notify import outbox
-from rollout.notify.drain import drain
+from rollout.notify.drain import drain, too_late_waiting
 from rollout.notify.outbox import TOO_LATE, outbox_status
 from rollout.notify.queue import queue_due
 from rollout.phases import brownouts, enforce
@@ -26,7 +26,15 @@ from rollout.phases.snoozes import COMMAND, SnoozeRequest, snooze
 from rollout.registry import Registry
 from rollout.registry.models import Account, Notification
 from tests.factories import AccountFactory, NotificationFactory, bound_to
-from tests.support.outbox import Recording, ids, on, publishers_noticed, queue_and_send
+from tests.support.outbox import (
+    AFTERNOON,
+    Recording,
+    ids,
+    on,
+    publishers_noticed,
+    queue_and_send,
+    with_an_afternoon_brownout,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTICE_DAY = date(2022, 1, 4)
@@ -140,6 +148,38 @@ def test_a_brownout_heads_up_is_too_late_once_its_window_began(
     assert _state(registry, "ann", "brownout_heads_up", "brownout-1") == expected
 
 
+@pytest.mark.parametrize("scheduled", [True, False], ids=["window-scheduled", "plan-only"])
+@pytest.mark.parametrize(
+    ("drained_at", "expected"),
+    [
+        (datetime(2022, 2, 16, 9), ("sent", None)),
+        (datetime(2022, 2, 16, 13, 59), ("sent", None)),
+        (AFTERNOON, ("skipped", TOO_LATE)),
+    ],
+    ids=["that-morning", "a-minute-before", "as-it-begins"],
+)
+def test_a_heads_up_of_an_afternoon_window_goes_until_the_window_begins(
+    registry: Registry,
+    plan: Plan,
+    ids: dict[str, int],
+    scheduled: bool,
+    drained_at: datetime,
+    expected: tuple[str, str | None],
+) -> None:
+    """brownout-1 starts at 14:00 UTC on 02-16. Its heads-up, queued on 02-13 and held
+    up by an outage, still tells of a rehearsal to come on that day's morning: it goes
+    until the window begins, whether the window is the registry's or only the plan's."""
+    afternoon = with_an_afternoon_brownout(plan)
+    if scheduled:
+        with on(date(2022, 2, 1)):
+            brownouts.schedule(registry, afternoon, actor="rm")
+    with on(date(2022, 2, 13)):
+        queue_due(registry, afternoon, date(2022, 2, 13), actor="rm")
+    with use_clock(SimulatedClock(drained_at)):
+        drain(registry, afternoon, Recording())
+    assert _state(registry, "ann", "brownout_heads_up", "brownout-1") == expected
+
+
 @pytest.mark.parametrize(
     ("drained_on", "expected"),
     [(date(2022, 2, 28), ("sent", None)), (date(2022, 3, 1), ("skipped", TOO_LATE))],
@@ -228,6 +268,27 @@ def test_drain_workers_skip_too_late_emails_too(
     assert {state for state, _ in _states(registry)} == {"skipped"}
 
 
+def test_the_sends_preview_counts_what_the_send_skips_as_too_late(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """The notices of 01-04: ann's refused by SendGrid (failed), ben's never sent, and
+    ben's address suppressed since. On 02-02, after top-100's deadline, the preview of
+    the send counts one to be skipped as too late only with the failed ones retried
+    (ann's: ben's goes out for his address first, as the send judges), and the send
+    skips just that."""
+    with on(NOTICE_DAY):
+        queue_due(registry, plan, NOTICE_DAY, actor="rm")
+        drain(registry, plan, Recording(fail_for="ann"), limit=1)
+    outbox.suppress(registry, "ben@example.com", reason="hard bounce", actor="ops")
+    with on(date(2022, 2, 2)):
+        queued_only = too_late_waiting(registry, plan)
+        with_failed = too_late_waiting(registry, plan, include_failed=True)
+        report = drain(registry, plan, Recording(), retry_failed=True)
+    assert queued_only == {}
+    assert with_failed == {"phase_notice": 1}
+    assert report.skipped == {TOO_LATE: 1, "suppressed": 1}
+
+
 def _states(registry: Registry) -> list[tuple[str, str | None]]:
     with registry.engine.connect() as connection:
         return [
@@ -254,6 +315,11 @@ def test_notify_send_and_status_say_how_many_were_too_late(rollout_home: Path) -
             email="reminder", occasion="3d", context={"phase": "top-100", "days_before": 3}
         )
     engine.dispose()
+    preview = run("notify", "send")
+    assert preview.exit_code == 0, preview.stderr
+    said = " ".join(preview.stderr.split())
+    assert "1 emails queued; sender: file" in said
+    assert "1 would be skipped as too late (past their last day): reminder 1" in said
     sent = run("notify", "send", "--apply")
     assert sent.exit_code == 0, sent.stderr
     assert "sent 0, failed 0, skipped 1 (1 too late)" in " ".join(sent.stderr.split())

@@ -19,12 +19,21 @@ from rollout.core.config import load_settings
 from rollout.core.plan import Plan
 from rollout.notify.drain import drain
 from rollout.notify.outbox import QUEUED_LATE
-from rollout.notify.queue import QueueOutcome, queue_due, queue_preview
+from rollout.notify.queue import QueueOutcome, last_day_words, queue_due, queue_preview
+from rollout.phases import brownouts
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.models import Account, Notification, PlanRun
 from tests.factories import AccountFactory, bound_to
-from tests.support.outbox import Recording, ids, on, publishers_noticed, rows
+from tests.support.outbox import (
+    AFTERNOON,
+    Recording,
+    ids,
+    on,
+    publishers_noticed,
+    rows,
+    with_an_afternoon_brownout,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 # top-100's deadline is 2022-02-01: its reminders' last day is 2022-01-31.
@@ -106,6 +115,38 @@ def test_a_past_day_before_its_last_day_is_queued_as_ever(
     reminders = outcome["reminders top-100 3d"]
     assert (reminders.added, reminders.held_back, reminders.late) == (4, 0, 0)
     assert _reminders(registry, "ann") == ONE_REMINDER
+
+
+@pytest.mark.parametrize("scheduled", [True, False], ids=["window-scheduled", "plan-only"])
+@pytest.mark.parametrize("as_of", [date(2022, 2, 15), date(2022, 2, 16)], ids=["eve", "the-day"])
+def test_a_heads_up_caught_up_on_the_morning_of_an_afternoon_window_is_queued(
+    registry: Registry, plan: Plan, ids: dict[str, int], scheduled: bool, as_of: date
+) -> None:
+    """brownout-1 starts at 14:00 UTC on 02-16 and the notify deployment was paused
+    since 02-12. At 09:00 on the 16th, catching up the 15th, or the day's own run,
+    queues its heads-up (to ann, cat, dan and eve, without 2FA): it still tells of a
+    rehearsal to come, and is sent. From 14:00 it would tell of one under way: a window
+    only in the plan is held back (the registry's, begun, is no longer announced)."""
+    afternoon = with_an_afternoon_brownout(plan)
+    if scheduled:
+        with on(date(2022, 2, 1)):
+            brownouts.schedule(registry, afternoon, actor="rm")
+    with use_clock(SimulatedClock(AFTERNOON)):
+        begun = _by_step(queue_preview(registry, afternoon, as_of))
+    assert ("heads-up brownout-1" in begun) == (not scheduled)
+    if not scheduled:
+        held = begun["heads-up brownout-1"]
+        assert (held.added, held.held_back) == (0, 4)
+        assert last_day_words(held.occasion, AFTERNOON) == (
+            "it had to go before 2022-02-16 14:00 UTC, now 2022-02-16 14:00"
+        )
+    with on(date(2022, 2, 16)):
+        previewed = _by_step(queue_preview(registry, afternoon, as_of))
+        applied = _by_step(queue_due(registry, afternoon, as_of, actor="rm"))
+        drain(registry, afternoon, Recording())
+    for outcome in (previewed["heads-up brownout-1"], applied["heads-up brownout-1"]):
+        assert (outcome.audience, outcome.added, outcome.held_back, outcome.late) == (4, 4, 0, 0)
+    assert rows(registry, "brownout_heads_up")["ann"] == ("sent", None)
 
 
 @pytest.fixture

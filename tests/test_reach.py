@@ -110,6 +110,32 @@ def test_the_preview_names_who_no_warning_reached_and_why(
     )
 
 
+def test_a_warning_skipped_as_too_late_is_told_apart_from_none_sent(
+    registry: Registry, plan: Plan, factories: None
+) -> None:
+    """The send came after the deadline (SendGrid down for days): tia's notice was
+    skipped as too late. It was tried and never went, which "never sent a notice" (ned:
+    nothing was ever queued for him) did not say; an address skip still tells more."""
+    people = {
+        name: AccountFactory(username=name, in_cohort="top-100", sessions=1)
+        for name in ("tia", "ned", "una")
+    }
+    warned(people["tia"], state="skipped", skip_reason="too late", sent_at=None)
+    warned(people["una"], state="skipped", skip_reason="unverified email", sent_at=None)
+    warned(people["una"], "reminder", state="skipped", skip_reason="too late", sent_at=None)
+    preview = preview_phase(registry, plan, plan.phase("top-100"))
+    assert preview.unreached == {
+        people["tia"].id: "too late",
+        people["ned"].id: "never sent a notice",
+        people["una"].id: "unverified email",
+    }
+    assert preview.unreached_by_category() == {
+        "unverified email": 1,
+        "too late": 1,
+        "never sent a notice": 1,
+    }
+
+
 @pytest.fixture
 def managed(registry: Registry, plan: Plan) -> Plan:
     """The reference plan with a release manager, rita (with 2FA: never a target), who

@@ -3,7 +3,6 @@ lists) and withdraw emails."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated
 
 import typer
@@ -111,7 +110,7 @@ def notify_queue(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Queue the emails the plan calls for on a day (notices, reminders, heads-ups)."""
-    from rollout.notify.queue import past_last_day, queue_due, queue_preview
+    from rollout.notify.queue import last_day_words, past_last_day, queue_due, queue_preview
     from rollout.registry.ledger import utc_now
 
     runtime = _runtime(ctx)
@@ -155,13 +154,13 @@ def notify_queue(
         stderr.print(f"nothing is due on {day}", highlight=False)
     elif not apply:
         stderr.print("preview only: add --apply to queue them", highlight=False)
-    today = utc_now().date()
+    now = utc_now()
     for o in outcomes:
         # A day queued late goes out today: a mailing whose last day has passed would
         # announce as still to come a date already gone. Held back unless --late.
         whose = (
-            f"its last day was {o.occasion.until - timedelta(days=1)}, before today ({today})"
-            if past_last_day(o.occasion, today)
+            last_day_words(o.occasion, now)
+            if past_last_day(o.occasion, now)
             else "the accounts' own deadlines came by today"
         )
         if o.held_back:
@@ -214,7 +213,7 @@ def notify_send(
     ] = False,
 ) -> None:
     """Drain the outbox: render and send every queued email, exactly once."""
-    from rollout.notify.drain import drain
+    from rollout.notify.drain import drain, too_late_waiting
     from rollout.notify.outbox import check_sender, failed_count, pending
     from rollout.notify.senders import make_sender
 
@@ -236,6 +235,16 @@ def notify_send(
     # last attempted through SendGrid (the key is missing from this shell).
     check_sender(registry, sender.name, include_failed=retry_failed)
     if not apply:
+        # Judged as the send will judge them: "N emails queued" alone announced as to be
+        # sent those it then skips, past the day they announce.
+        late = too_late_waiting(registry, plan, include_failed=retry_failed)
+        if late:
+            kinds = ", ".join(f"{email} {n}" for email, n in sorted(late.items()))
+            stderr.print(
+                f"{late.total()} would be skipped as too late (past their last day): {kinds}; "
+                "not sent, for good",
+                highlight=False,
+            )
         stderr.print("preview only: add --apply to send them", highlight=False)
         return
     # A stop (SIGTERM/SIGINT) raises Stopped once every worker is gone: reports_errors.

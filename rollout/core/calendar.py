@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
+from rollout.core.clock import day_start, naive_utc
 from rollout.core.plan import ELV_STEPS, EmailName, Phase, Plan
 
 # What a step is. The adoption chart styles its milestones by these names
@@ -173,9 +174,19 @@ class Mailing:
     phase: str  # notifications.phase: "" for an email of no phase
     occasion: str  # notifications.occasion: which mailing of that email ("14d", "elv"...)
     audience: str  # cohort_audience(name) | WITHOUT_2FA | WITHOUT_2FA_NOR_ELV
-    # Queued only before this day: a warning that arrives after the event is noise.
-    deadline: date
+    # Queued and sent only before this instant (too_late): a warning that arrives after
+    # the event is noise. The start (00:00 UTC) of the day it announces, its last day
+    # the one before; a brown-out heads-up's is its window's start, to the minute: at
+    # 09:00 it still announces a window that begins at 14:00.
+    too_late_at: datetime
     context: Mapping[str, Any] = field(default_factory=dict)
+
+
+def too_late(too_late_at: datetime, at: datetime) -> bool:
+    """An email due before ``too_late_at`` would come too late at ``at``: sent then, it
+    would announce as still to come what has come (a deadline, a brown-out under way).
+    The one judgement of the queue's hold-back, the drain's skip and plan show's missed."""
+    return at >= too_late_at
 
 
 @dataclass(frozen=True)
@@ -223,7 +234,8 @@ def plan_calendar(plan: Plan) -> list[Step]:
         )
         steps.append(Step(elv.trial.ends, "trial_end", "", ELV, "ELV opt-in trial ends"))
     for b in plan.brownouts:
-        day = b.starts_at.date()
+        starts_at = naive_utc(b.starts_at)
+        day = starts_at.date()
         steps.append(
             Step(
                 day - timedelta(days=b.heads_up_days_before),
@@ -236,7 +248,7 @@ def plan_calendar(plan: Plan) -> list[Step]:
                     "",
                     b.name,
                     WITHOUT_2FA,
-                    day,
+                    starts_at,
                     {
                         "brownout": b.name,
                         "starts_at": b.starts_at.isoformat(),
@@ -271,7 +283,7 @@ def plan_calendar(plan: Plan) -> list[Step]:
                     "",
                     ELV,
                     WITHOUT_2FA_NOR_ELV,
-                    on,
+                    day_start(on),
                     {"enrolled_on": on.isoformat()},
                 ),
             )
@@ -307,7 +319,12 @@ def plan_calendar(plan: Plan) -> list[Step]:
                 + (f" (daily until {phase.deadline.last_notice_on})" if phase.deadline else ""),
                 f"{name} notices",
                 mailing=Mailing(
-                    "phase_notice", name, "", members, phase.notices_until, _told(phase)
+                    "phase_notice",
+                    name,
+                    "",
+                    members,
+                    day_start(phase.notices_until),
+                    _told(phase),
                 ),
                 # Per-account deadlines: notices go out daily to newcomers until then.
                 ends=phase.deadline.last_notice_on if phase.deadline else None,
@@ -329,7 +346,7 @@ def plan_calendar(plan: Plan) -> list[Step]:
                         name,
                         f"{days}d",
                         due_within_audience(name, days) if own else members,
-                        phase.enforce_until,
+                        day_start(phase.enforce_until),
                         {"phase": name, "days_before": days},
                     ),
                     ends=phase.enforce_until - timedelta(days=days) if own else None,

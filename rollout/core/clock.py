@@ -19,6 +19,12 @@ def real_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def day_start(day: date) -> datetime:
+    """The instant ``day`` begins (its midnight, naive UTC): what "from that day on"
+    compares against, ``at >= day_start(day)``."""
+    return datetime.combine(day, time())
+
+
 def day_end(day: date) -> datetime:
     """The instant ``day`` ends (the next day's midnight, naive UTC): what "as the day
     ended" compares against, ``created_at < day_end(day)``."""

@@ -266,8 +266,9 @@ class Window(_Strict):
     ends: Day
 
 
-# A heads-up goes out from its day until the day before what it announces (a mailing's
-# last day is the one before its deadline): 0 days before would leave it no day at all.
+# A heads-up goes out from its day until what it announces begins (a brown-out's window,
+# to the minute; ELV for all, its day): 0 days before would leave one of midnight no
+# time at all.
 HeadsUpDays = Annotated[int, Field(strict=True, ge=1, le=60)]
 
 

@@ -55,7 +55,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import Select
 
-from rollout.core.calendar import phase_step
+from rollout.core.calendar import phase_step, too_late
+from rollout.core.clock import day_start, naive_utc
 from rollout.core.errors import BadInput, RolloutError
 from rollout.core.plan import Phase, Plan
 from rollout.core.stopping import (
@@ -111,7 +112,7 @@ from rollout.registry.models import (
     PhaseRequirement,
     PlanRun,
     TfaFactor,
-    state_at,
+    ahead_until,
     windows_named,
 )
 from rollout.registry.requirements import (
@@ -512,71 +513,73 @@ def _too_late(
     standing: Mapping[tuple[str, str, int], _Standing],
     now: datetime,
 ) -> set[int]:
-    """The claimed rows whose last day has passed by ``now`` (whole UTC days, by the
+    """The claimed rows too late by ``now`` (rollout.core.calendar.too_late, by the
     pipeline's clock): sent after an outage of the sender, a paused deployment or a
-    retry of an old failure, each would announce as still to come a date already gone.
-    An email's last day is its mailing's (rollout.core.calendar: the day before the
-    Mailing's deadline), as the plan and the registry stand now:
+    retry of an old failure, each would announce as still to come what has come. An
+    email is too late from its mailing's instant (the calendar's Mailing.too_late_at), as
+    the plan and the registry stand now:
 
-    - a phase notice: the day before the phase's deadline; with per-account deadlines
-      ``last_notice_on`` (a notice starts its account's deadline, and one sent later
-      would start it past the days the phase enforces);
-    - a reminder: the day before the deadline it counts to, the phase's or, with
-      per-account deadlines, the account's own (snoozed or not);
-    - a brown-out heads-up: the day before its window starts, as the registry has it
-      (and none once the window started, ended or was called off);
-    - the ELV heads-up: the day before the day it tells.
+    - a phase notice: from the phase's deadline (00:00 UTC); with per-account deadlines
+      the day after ``last_notice_on`` (a notice starts its account's deadline, and one
+      sent later would start it past the days the phase enforces);
+    - a reminder: from the deadline it counts to, the phase's or, with per-account
+      deadlines, the account's own (snoozed or not);
+    - a brown-out heads-up: from the instant its window starts, as the registry has it
+      (or was called off), to the minute: at 09:00 one still announces a window that
+      begins at 14:00;
+    - the ELV heads-up: from the day it tells.
 
     Emails of no date (the enforcement notice, the orgs' emails, the phase summary, a
     snooze reply) are never too late; nor is one queued late on purpose (QUEUED_LATE)."""
-    today = now.date()
     phases = {p.name: p for p in plan.phases}
     windows = windows_named(connection, (c.occasion for c in claimed if c.email == HEADS_UP_EMAIL))
     brownouts = {b.name: b for b in plan.brownouts}
 
-    def until(c: _Claimed) -> date | None:
-        """The day the row is too late from (its last day's next), or None."""
+    def too_late_at(c: _Claimed) -> datetime | None:
+        """The instant the row is too late from, or None."""
         phase = phases.get(c.phase)
         if c.email == "phase_notice" and phase is not None:
-            return phase.notices_until
+            return day_start(phase.notices_until)
         if c.email == "reminder" and phase is not None:
             if phase.deadline is None:
-                return phase.enforce_on
+                return day_start(phase.enforce_on)
             found = standing.get((c.email, c.phase, c.account_id))
-            return found.deadline if found and found.deadline else phase.enforce_until
-        # A heads-up says the day its context holds: too late from that day, or from
-        # the day of what it announces, whichever comes first.
+            return day_start(found.deadline if found and found.deadline else phase.enforce_until)
+        # A heads-up says the time its context holds: too late from then, or from the
+        # start of what it announces, whichever comes first.
         if c.email == HEADS_UP_EMAIL:
             window = windows.get(c.occasion)
             if window is not None:
-                starts = window.starts_at.date() if state_at(window, now) == "scheduled" else today
+                starts: datetime | None = ahead_until(window)
             else:
                 planned = brownouts.get(c.occasion)
-                starts = planned.starts_at.date() if planned is not None else None
-            return _first(starts, _day_in(c.context, "starts_at"))
+                starts = naive_utc(planned.starts_at) if planned is not None else None
+            return _first(starts, _time_in(c.context, "starts_at"))
         if c.email == ELV_HEADS_UP_EMAIL:
-            planned = plan.elv.enroll_all_on if plan.elv is not None else None
-            return _first(planned, _day_in(c.context, "enrolled_on"))
+            planned_on = plan.elv.enroll_all_on if plan.elv is not None else None
+            told = _time_in(c.context, "enrolled_on")
+            return _first(day_start(planned_on) if planned_on else None, told)
         return None
 
     late = set()
     for c in claimed:
         if c.context.get(QUEUED_LATE):
             continue
-        day = until(c)
-        if day is not None and day <= today:
+        at = too_late_at(c)
+        if at is not None and too_late(at, now):
             late.add(c.id)
     return late
 
 
-def _first(*days: date | None) -> date | None:
-    return min((d for d in days if d is not None), default=None)
+def _first(*moments: datetime | None) -> datetime | None:
+    return min((m for m in moments if m is not None), default=None)
 
 
-def _day_in(context: Mapping[str, Any], key: str) -> date | None:
-    """The day a context's ``key`` holds (a date or a time), or None."""
+def _time_in(context: Mapping[str, Any], key: str) -> datetime | None:
+    """The instant a context's ``key`` holds (naive UTC): a time as it is, a day from
+    its start; None when missing or unreadable."""
     try:
-        return date.fromisoformat(str(context[key])[:10])
+        return naive_utc(datetime.fromisoformat(str(context[key])))
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -652,19 +655,19 @@ class _Outcome:
     message_id: str | None = None
 
 
-def _prepare(
-    plan: Plan,
+def _ends_unsent(
     claimed: _Claimed,
     recipient: Recipient | None,
-    packages: Mapping[tuple[str, int], tuple[str, ...]],
     suppressed: Mapping[str, str],
-    last_sent: dict[tuple[int, str], list[tuple[str, date]]],
-    now: datetime,
-    standing: Mapping[tuple[str, str, int], _Standing] | None = None,
-    too_late: bool = False,
-) -> _Outcome | Message:
-    """A message to send, or why this row ends here (skipped, or failed to render).
-    ``too_late``: its last day has passed (:func:`_too_late`)."""
+    standing: Mapping[tuple[str, str, int], _Standing] | None,
+    late: bool,
+) -> _Outcome | Recipient:
+    """Why the row ends here, whatever else its batch holds: failed (no such email or
+    account) or skipped (an unverified or a suppressed address, already compliant, too
+    late: ``late``, :func:`_too_late`'s), the first that applies; else its recipient as its email
+    sees it (its standing applied). What :func:`_prepare` judges each claimed row by
+    before the repeat window and rendering, and what the send's preview counts by
+    (:func:`too_late_waiting`): one judgement, so the preview tells what the send does."""
     definition = EMAILS.get(claimed.email)
     if definition is None:
         return _Outcome(claimed.id, "failed", f"no email named {claimed.email!r}")
@@ -680,8 +683,73 @@ def _prepare(
         return _Outcome(claimed.id, "skipped", why_suppressed)
     if recipient.compliant and definition.when_compliant == "skip":
         return _Outcome(claimed.id, "skipped", COMPLIANT)
-    if too_late:
+    if late:
         return _Outcome(claimed.id, "skipped", TOO_LATE)
+    return recipient
+
+
+def too_late_waiting(
+    registry: Registry,
+    plan: Plan,
+    *,
+    include_failed: bool = False,
+    clock: Callable[[], datetime] = utc_now,
+) -> Counter[str]:
+    """By email kind, the emails waiting to be sent (queued or left in flight; failed
+    too with ``include_failed``, as ``retry_failed`` queues them again first) that a
+    send started now would skip as too late: judged as the drain judges each row it
+    claims (:func:`_too_late`, then :func:`_ends_unsent`), so one it would skip for its
+    address or as compliant first is not counted. ``notify send``'s preview: it
+    announced every waiting email as to be sent. Reads only, FILE_BATCH rows at a time."""
+    states = ["queued", "sending", *(["failed"] if include_failed else [])]
+    c = NOTIFICATIONS.c
+    now = clock()
+    found: Counter[str] = Counter()
+    after = 0
+    with registry.engine.connect() as connection:
+        while True:
+            rows = connection.execute(
+                select(c.id, c.account_id, c.email, c.phase, c.occasion, c.context)
+                .where(c.state.in_(states), c.id > after)
+                .order_by(c.id)
+                .limit(FILE_BATCH)
+            ).all()
+            if not rows:
+                return found
+            batch = [_Claimed(*row[:5], context=row.context or {}) for row in rows]
+            after = batch[-1].id
+            standing = _standing(connection, plan, batch, now)
+            late = _too_late(connection, plan, batch, standing, now)
+            judged = [w for w in batch if w.id in late]
+            if not judged:
+                continue
+            recipients = _recipients(connection, judged)
+            suppressed = suppression_reasons(connection, (r.address for r in recipients.values()))
+            for w in judged:
+                ended = _ends_unsent(
+                    w, recipients.get(w.account_id), suppressed, standing, late=True
+                )
+                if isinstance(ended, _Outcome) and ended.reason == TOO_LATE:
+                    found[w.email] += 1
+
+
+def _prepare(
+    plan: Plan,
+    claimed: _Claimed,
+    recipient: Recipient | None,
+    packages: Mapping[tuple[str, int], tuple[str, ...]],
+    suppressed: Mapping[str, str],
+    last_sent: dict[tuple[int, str], list[tuple[str, date]]],
+    now: datetime,
+    standing: Mapping[tuple[str, str, int], _Standing] | None = None,
+    late: bool = False,
+) -> _Outcome | Message:
+    """A message to send, or why this row ends here (skipped, or failed to render).
+    ``late``: its last day has passed (:func:`_too_late`)."""
+    ended = _ends_unsent(claimed, recipient, suppressed, standing, late)
+    if isinstance(ended, _Outcome):
+        return ended
+    recipient, definition = ended, EMAILS[claimed.email]
     days = plan.notifications.repeat_days.get(claimed.email)
     # Judged on the days the emails' runs were for: a back-filled run's day is not now.
     on = run_day(claimed.context, now.date())

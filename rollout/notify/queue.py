@@ -6,12 +6,14 @@ phase or the whole plan, queue nothing twice. Accounts the email must not reach 
 recorded as ``skipped`` with the reason: unverified email, suppressed address,
 already compliant (for warnings only).
 
-A mailing has a last day, the one before its ``until`` (for a reminder of per-account
-deadlines, also the day before each account's own deadline). A past day queued once
-that day has passed by today (``--as-of``, catching up) would send now "your deadline
-is in 3 days" after the deadline: such a mailing, or such an account, is held back (not
-queued, counted as ``held_back``) unless asked for with ``late`` (``notify queue
---late``), which marks its rows (QUEUED_LATE) for the drain to send however late.
+A mailing is too late from its ``too_late_at`` (rollout.core.calendar.too_late: the
+start of the day it announces, so its last day is the one before; a brown-out heads-up's
+window start, to the minute; for a reminder of per-account deadlines, also each
+account's own deadline). A past day queued once it is too late (``--as-of``, catching
+up) would send now "your deadline is in 3 days" after the deadline: such a mailing, or
+such an account, is held back (not queued, counted as ``held_back``) unless asked for
+with ``late`` (``notify queue --late``), which marks its rows (QUEUED_LATE) for the
+drain to send however late.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ from rollout.core.calendar import (
     audience_cohort,
     audience_due_within,
     plan_calendar,
+    too_late,
 )
+from rollout.core.clock import day_start
 from rollout.core.errors import BadInput
 from rollout.core.plan import Phase, Plan
 from rollout.notify.emails import EMAILS, HEADS_UP_EMAIL, asks_only_2fa
@@ -69,6 +73,7 @@ from rollout.registry.ledger import (
 from rollout.registry.models import (
     CohortMembership,
     PhaseRequirement,
+    ahead_until,
     has_active_factor,
     state_at,
     windows_named,
@@ -91,10 +96,10 @@ class Occasion:
     phase: str
     occasion: str
     due_on: date
-    # Queued no later than the day before (a reminder after the deadline is noise): the
-    # mailing's last day is the one before. A reminder of per-account deadlines has, for
-    # each account, the day before its own deadline too.
-    until: date
+    # Queued only before this instant (a reminder after the deadline is noise): the
+    # Mailing's, or a heads-up's window start as the registry has it. A reminder of
+    # per-account deadlines has, for each account, its own deadline too.
+    too_late_at: datetime
     audience: str  # as rollout.core.calendar.Mailing.audience: audience() reads it
     context: dict[str, Any]
 
@@ -108,7 +113,7 @@ def plan_occasions(plan: Plan) -> list[Occasion]:
             m.phase,
             m.occasion,
             step.on,
-            m.deadline,
+            m.too_late_at,
             m.audience,
             dict(m.context),
         )
@@ -117,26 +122,55 @@ def plan_occasions(plan: Plan) -> list[Occasion]:
     ]
 
 
+def _due_on(o: Occasion, day: date) -> bool:
+    """Due on ``day``, and not too late from the day's start on (catches up missed days;
+    a heads-up of a window beginning at 14:00 is still due on its day)."""
+    return o.due_on <= day and not too_late(o.too_late_at, day_start(day))
+
+
 def due_occasions(plan: Plan, day: date) -> list[Occasion]:
-    """The mailings to queue on ``day``: due, and not yet too late (catches up missed days)."""
-    return [o for o in plan_occasions(plan) if o.due_on <= day < o.until]
+    """The mailings to queue on ``day`` by the plan alone (the queue reads each
+    heads-up's window in the registry first: :func:`_due_as_scheduled`)."""
+    return [o for o in plan_occasions(plan) if _due_on(o, day)]
 
 
-def past_last_day(o: Occasion, today: date) -> bool:
-    """The mailing's last day (the one before ``until``) has passed by ``today``: sent
-    now, it would announce as still to come a date already gone."""
-    return o.until <= today
+def _due_as_scheduled(
+    connection: Connection, plan: Plan, day: date, now: datetime
+) -> list[Occasion]:
+    """The mailings to queue on ``day``, each heads-up as its window stands in the
+    registry (:func:`_as_scheduled`) before it is judged too late: a window moved later
+    than the plan's is still announced after the plan's day, as `plan show` reads its
+    heads-up pending (judged by the plan's day, it was never queued)."""
+    begun = [o for o in plan_occasions(plan) if o.due_on <= day]
+    return [o for o in _as_scheduled(connection, begun, now) if _due_on(o, day)]
 
 
-def _parts(o: Occasion, plan: Plan, day: date, today: date) -> list[tuple[Select, bool]]:
-    """The accounts of the mailing queued on ``day``, each part with whether its last
-    day has passed by ``today``: all of them once the mailing's has; for a reminder of
-    per-account deadlines, the accounts whose own deadline is ``today`` or before
-    (queued for a past day, "in 3 days" would reach them after it)."""
+def past_last_day(o: Occasion, now: datetime) -> bool:
+    """The mailing is too late by ``now`` (its last day passed; a heads-up's window
+    begun): sent now, it would announce as still to come what has come."""
+    return too_late(o.too_late_at, now)
+
+
+def last_day_words(o: Occasion, now: datetime) -> str:
+    """Why a mailing past its last day is: ``its last day was 2022-01-31, before today
+    (2022-02-03)``; a heads-up of a window that begins other than at midnight, to the
+    minute."""
+    if o.too_late_at == day_start(o.too_late_at.date()):
+        last = o.too_late_at.date() - timedelta(days=1)
+        return f"its last day was {last}, before today ({now.date()})"
+    return f"it had to go before {o.too_late_at:%Y-%m-%d %H:%M} UTC, now {now:%Y-%m-%d %H:%M}"
+
+
+def _parts(o: Occasion, plan: Plan, day: date, now: datetime) -> list[tuple[Select, bool]]:
+    """The accounts of the mailing queued on ``day``, each part with whether it is too
+    late for them by ``now``: all of them once the mailing is; for a reminder of
+    per-account deadlines, the accounts whose own deadline is today or before (queued
+    for a past day, "in 3 days" would reach them after it)."""
     ids = audience(o.audience, plan, day)
-    if past_last_day(o, today):
+    if past_last_day(o, now):
         return [(ids, True)]
     due_within = audience_due_within(o.audience)
+    today = now.date()
     if due_within is not None and day < today:
         phase = plan.phase(due_within[0])
         passed = due_by(phase, CohortMembership.account_id, today)
@@ -166,8 +200,9 @@ def _as_scheduled(
                 "ends_at": window.ends_at.isoformat(),
                 "hours": round((window.ends_at - window.starts_at).total_seconds() / 3600),
             }
-            # Its last day is the one before the window starts, wherever that is.
-            kept.append(replace(o, context={**o.context, **times}, until=window.starts_at.date()))
+            # Too late once the window starts (or is called off), wherever and at
+            # whatever hour that is.
+            kept.append(replace(o, context={**o.context, **times}, too_late_at=ahead_until(window)))
     return kept
 
 
@@ -340,8 +375,8 @@ class QueueOutcome:
     # Of added, recorded as skipped with why (unverified, suppressed, compliant, exempt):
     # rows that send nothing.
     skipped: int = 0
-    # Not queued: the mailing's last day (or the account's, by its own deadline) has
-    # passed by today, and ``late`` was not asked for (past_last_day).
+    # Not queued: the mailing (or the account, by its own deadline) is too late by now,
+    # and ``late`` was not asked for (past_last_day).
     held_back: int = 0
     # Of added, queued past their last day because ``late`` was asked for (QUEUED_LATE).
     late: int = 0
@@ -407,8 +442,8 @@ def queue_preview(
     now = utc_now()
     with registry.engine.connect() as connection:
         return [
-            _previewed(connection, plan, o, _parts(o, plan, day, now.date()), now, late=late)
-            for o in _as_scheduled(connection, due_occasions(plan, day), now)
+            _previewed(connection, plan, o, _parts(o, plan, day, now), now, late=late)
+            for o in _due_as_scheduled(connection, plan, day, now)
         ]
 
 
@@ -424,11 +459,13 @@ def queue_due(
     clock): one recorded run per mailing. A day ahead would send now what its day is
     to bring: reminders counting days from a day not come, heads-ups early.
 
-    A past day's mailing whose last day has passed by today (or, for a reminder of
-    per-account deadlines, the accounts whose own deadline has come) is held back: not
+    A past day's mailing too late by now (its last day passed, a heads-up's window
+    begun; for a reminder of per-account deadlines, the accounts whose own deadline has
+    come) is held back: not
     queued (``held_back``), and a mailing held back whole records no run. With ``late``
     it is queued all the same, its rows marked (QUEUED_LATE) for the drain to send."""
-    today = utc_now().date()
+    now = utc_now()
+    today = now.date()
     if day > today:
         raise BadInput(
             None,
@@ -440,11 +477,11 @@ def queue_due(
     with registry.lock("queue"):
         engine = registry.engine
         with engine.connect() as connection:
-            occasions = _as_scheduled(connection, due_occasions(plan, day), utc_now())
+            occasions = _due_as_scheduled(connection, plan, day, now)
         if occasions:  # the audiences below are what the statistics are for
             refresh_statistics(engine)
         for o in occasions:
-            parts = _parts(o, plan, day, today)
+            parts = _parts(o, plan, day, now)
             if not late and all(past for _, past in parts):
                 # Too late for every account: nothing to queue, no run to record.
                 with engine.connect() as connection:

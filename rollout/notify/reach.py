@@ -5,8 +5,9 @@ warnings (its notice or a reminder) was sent and SendGrid's events say it arrive
 (``delivered``, or a spam report, which only a delivered email gets). Every other
 account of the phase was never reached, and why is one line a release manager can act
 on: a bounce or a drop (with the provider's reason), a skip (its reason: a suppressed or
-unverified address), a failed send, a send with no delivery event yet, a notice still
-waiting, or none at all. The why of an account with several warnings is the most
+unverified address; too late: tried, and never sent, its last day gone when the send
+came), a failed send, a send with no delivery event yet, a notice still waiting, or none
+at all. The why of an account with several warnings is the most
 telling one (a bounce over a later skip of the same address).
 
 ``phase preview`` lists them, ``phase enforce`` refuses above the phase's
@@ -21,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, case, literal, or_, select
 
+from rollout.notify.outbox import TOO_LATE
 from rollout.registry.models import REACHED_STATES, Notification
 
 NOTIFICATIONS = Notification.__table__
@@ -35,6 +37,7 @@ CATEGORIES = (
     "dropped",
     "suppressed",
     "unverified email",
+    TOO_LATE,
     "send failed",
     "not delivered yet",
     "not sent yet",
@@ -66,9 +69,11 @@ def reached(phase: str) -> Any:
 
 def _rank_and_why() -> tuple[Any, Any]:
     """SQL: how telling a warning that did not reach is (lower: more), and its why. A
-    skip for a reason that says nothing of the address (the account complied already,
-    the notice was withdrawn or inside the repeat window) tells least: an account with
-    nothing else was never sent a notice."""
+    skip as too late is final (the send came after its last day), so it tells more than
+    a failed send, which may still be retried, and is no "never sent a notice": one was
+    queued and tried. A skip for a reason that says nothing of the address (the account
+    complied already, the notice was withdrawn or inside the repeat window) tells least:
+    an account with nothing else was never sent a notice."""
     c = NOTIFICATIONS.c
     detail = case((c.delivery_reason.is_(None), literal("")), else_=": " + c.delivery_reason)
     sent = c.state == "sent"
@@ -78,13 +83,14 @@ def _rank_and_why() -> tuple[Any, Any]:
         (and_(sent, c.delivery == "bounced"), 0, "bounced" + detail),
         (and_(sent, c.delivery == "dropped"), 1, "dropped" + detail),
         (and_(skipped, about_the_address), 2, c.skip_reason),
-        (c.state == "failed", 3, literal("send failed")),
-        (and_(sent, c.delivery == "deferred"), 4, literal("not delivered yet: deferred")),
-        (and_(sent, c.delivery == "processed"), 4, literal("not delivered yet: processed")),
-        (sent, 4, literal("not delivered yet: no delivery event")),
-        (skipped, 6, literal(NEVER_SENT)),
+        (and_(skipped, c.skip_reason == TOO_LATE), 3, literal(TOO_LATE)),
+        (c.state == "failed", 4, literal("send failed")),
+        (and_(sent, c.delivery == "deferred"), 5, literal("not delivered yet: deferred")),
+        (and_(sent, c.delivery == "processed"), 5, literal("not delivered yet: processed")),
+        (sent, 5, literal("not delivered yet: no delivery event")),
+        (skipped, 7, literal(NEVER_SENT)),
     ]
-    rank = case(*((when, value) for when, value, _ in whens), else_=5)
+    rank = case(*((when, value) for when, value, _ in whens), else_=6)
     why = case(*((when, text) for when, _, text in whens), else_=literal("not sent yet"))
     return rank, why
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from rollout.core.calendar import Step, phase_step, plan_calendar, unplanned_kind
+from rollout.core.calendar import Step, phase_step, plan_calendar, too_late, unplanned_kind
 from rollout.core.plan import Plan
 from rollout.notify.emails import HEADS_UP_EMAIL
 from rollout.phases.brownouts import ELV_PLAN
@@ -156,7 +156,9 @@ def _mailing_not_run(step: Step, window: Any, now: datetime) -> str | None:
         # The registry's window, not the plan's day: the queue announces its own times.
         held = state_at(window, now)
         return None if held == "scheduled" else f"not sent: brown-out {held}"
-    if step.mailing.deadline <= now.date():
+    # By the instant, not the day: a heads-up of a window that begins at 14:00 may
+    # still be queued that morning.
+    if too_late(step.mailing.too_late_at, now):
         return "missed"
     return None
 

@@ -576,6 +576,15 @@ def state_at(window: Any, at: datetime) -> str:
     return "active" if at < window.ends_at else "ended"
 
 
+def ahead_until(window: Any) -> datetime:
+    """The instant a brown-out window stops being ahead (``state_at`` no longer
+    "scheduled"): its start, or its early end if it was called off before it began. A
+    heads-up announcing it is too late from then (rollout.core.calendar.too_late)."""
+    if window.ended_early_at is not None:
+        return min(window.starts_at, window.ended_early_at)
+    return window.starts_at
+
+
 class RegistryMark(Base):
     """What made this registry, when something other than ``rollout db upgrade`` did.
 

@@ -4,7 +4,7 @@
 -- of rollout/notify/reach.py, which phase preview and phase enforce apply to the
 -- registry as it is now, read as of $as_of. Each account counts once per column; an
 -- account never reached counts under the most telling of its warnings (a bounce, then
--- a drop, then a suppressed address), as reach.py's why does.
+-- a drop, then a suppressed address, then a skip as too late), as reach.py's why does.
 with
 
 phases as (
@@ -28,15 +28,25 @@ warnings as (
         notifications.state = 'skipped'
         and notifications.updated_at < $as_of::date + 1
         and notifications.skip_reason like 'suppressed%' as skipped_suppressed,
+        notifications.state = 'skipped'
+        and notifications.updated_at < $as_of::date + 1
+        and notifications.skip_reason = 'unverified email' as skipped_unverified,
+        -- Tried, and never sent: the send came after its last day (an outage, a late
+        -- retry: rollout.notify.outbox.TOO_LATE). Not an account nobody wrote to.
+        notifications.state = 'skipped'
+        and notifications.updated_at < $as_of::date + 1
+        and notifications.skip_reason = 'too late' as skipped_too_late,
         -- A warning skipped by then for a reason that says nothing of reach (the
         -- account already complied, the notice was withdrawn when the deadline moved)
         -- does not make the account one the phase meant to warn; a suppressed or
-        -- unverified address does. Skipped only later, it was still queued then.
+        -- unverified address does, and so does a skip as too late (the send found the
+        -- account verified, not suppressed and short of the phase before it found the
+        -- day gone). Skipped only later, it was still queued then.
         not (
             notifications.state = 'skipped'
             and notifications.updated_at < $as_of::date + 1
             and coalesce(notifications.skip_reason, '') not like 'suppressed%'
-            and coalesce(notifications.skip_reason, '') <> 'unverified email'
+            and coalesce(notifications.skip_reason, '') not in ('unverified email', 'too late')
         ) as meant_to_warn,
         case
             when notifications.delivery_at < $as_of::date + 1 then notifications.delivery
@@ -56,6 +66,8 @@ account_warnings as (
         bool_or(sent and delivery = 'bounced') as bounced,
         bool_or(sent and delivery = 'dropped') as dropped,
         bool_or(skipped_suppressed) as suppressed,
+        bool_or(skipped_unverified) as unverified,
+        bool_or(skipped_too_late) as too_late,
         bool_or(meant_to_warn) as meant_to_warn
     from warnings
     group by phase, account_id
@@ -68,8 +80,9 @@ planned_requirements as (
 ),
 
 -- The phase's accounts: every account with a warning of the phase meant to reach it
--- (in any state but skipped for a reason other than its address), and every account the
--- phase requires (applies to) (one enforced without any warning was never sent a notice).
+-- (in any state but skipped for a reason other than its address or too late), and every
+-- account the phase requires (applies to) (one enforced without any warning was never
+-- sent a notice).
 phase_accounts as (
     select phase, account_id from account_warnings where meant_to_warn
     union
@@ -85,6 +98,8 @@ reach as (
         coalesce(account_warnings.bounced, false) as bounced,
         coalesce(account_warnings.dropped, false) as dropped,
         coalesce(account_warnings.suppressed, false) as suppressed,
+        coalesce(account_warnings.unverified, false) as unverified,
+        coalesce(account_warnings.too_late, false) as too_late,
         planned_requirements.account_id is not null as enforced
     from phase_accounts
     left join account_warnings using (phase, account_id)
@@ -106,6 +121,16 @@ reach_counts as (
             and not reach.bounced
             and not reach.dropped
         ) as suppressed,
+        -- After every skip for its address (suppressed or unverified), as reach.py
+        -- ranks them: a skip as too late is final, a failed send may be retried.
+        count(*) filter (
+            where not reach.reached
+            and reach.too_late
+            and not reach.bounced
+            and not reach.dropped
+            and not reach.suppressed
+            and not reach.unverified
+        ) as too_late,
         count(*) filter (where not reach.reached) as never_reached,
         count(*) filter (where not reach.reached and reach.enforced) as never_reached_enforced
     from reach
@@ -121,6 +146,7 @@ final as (
         coalesce(reach_counts.bounced, 0) as bounced,
         coalesce(reach_counts.dropped, 0) as dropped,
         coalesce(reach_counts.suppressed, 0) as suppressed,
+        coalesce(reach_counts.too_late, 0) as too_late,
         coalesce(reach_counts.never_reached, 0) as never_reached,
         coalesce(reach_counts.never_reached_enforced, 0) as never_reached_enforced
     from phases

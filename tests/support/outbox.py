@@ -93,6 +93,19 @@ def publishers_noticed(registry: Registry) -> Plan:
     return plan
 
 
+# brownout-1 moved from midnight to the afternoon of its day (tests of its heads-up's
+# last moment: the window's start, not its day).
+AFTERNOON = datetime(2022, 2, 16, 14)
+
+
+def with_an_afternoon_brownout(plan: Plan) -> Plan:
+    """The reference plan with brownout-1 starting at 14:00 UTC on 2022-02-16 (not at
+    00:00): its heads-up, due from 02-13, still comes in time on the 16th's morning."""
+    first, *others = plan.brownouts
+    moved = first.model_copy(update={"starts_at": AFTERNOON})
+    return plan.model_copy(update={"brownouts": [moved, *others]})
+
+
 def queue_late(registry: Registry, plan: Plan, day: date) -> list[QueueOutcome]:
     """``day``'s emails (of 2022) queued now, by the real clock, years after their last
     day, as ``notify queue --as-of DAY --late --apply`` does: marked to be sent however

@@ -39,7 +39,7 @@ MART_DDL = {
     "required bigint, "
     "rolled_back_at timestamp",
     "notice_reach": "phase varchar, cohort varchar, notified bigint, delivered bigint, "
-    "bounced bigint, dropped bigint, suppressed bigint, never_reached bigint, "
+    "bounced bigint, dropped bigint, suppressed bigint, too_late bigint, never_reached bigint, "
     "never_reached_enforced bigint",
     "time_to_comply": "phase varchar, days_after_notice integer, accounts bigint",
     "brownout_impact": "brownout varchar, period varchar, starts_at timestamp, "
@@ -130,12 +130,13 @@ def fill_marts(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date = AS_OF) 
         "2100, 3500, 4500, 1050, 1000, 1500, 600, 500, 0, 1100, null)"
     )
     # Reach: of high-impact's 5,600 accounts (warned, or required), 5,380 reached and 220
-    # never: 95 bounced, 40 dropped, 25 suppressed, 60 for other reasons; 130 of the 220
-    # enforced (locked out unwarned).
+    # never: 95 bounced, 40 dropped, 25 suppressed, 30 skipped as too late (the send came
+    # after their last day), 30 for other reasons; 130 of the 220 enforced (locked out
+    # unwarned).
     con.execute(
         "insert into notice_reach values "
-        "('top-100', 'top-100', 100, 96, 2, 1, 1, 7, 4), "
-        "('high-impact', 'high-impact', 5550, 5380, 95, 40, 25, 220, 130)"
+        "('top-100', 'top-100', 100, 96, 2, 1, 1, 1, 7, 4), "
+        "('high-impact', 'high-impact', 5550, 5380, 95, 40, 25, 30, 220, 130)"
     )
     con.executemany(
         "insert into time_to_comply values (?, ?, ?)",
