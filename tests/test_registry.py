@@ -239,6 +239,20 @@ def test_a_registry_that_cannot_be_written_keeps_its_statistics_and_works(
     assert "accounts" not in analyzed_tables(pg_registry)
 
 
+def test_a_statement_run_again_is_planned_for_its_values_not_prepared_once(
+    pg_registry: Registry,
+) -> None:
+    """A batch's statements run again with other ids while the tables grow: PostgreSQL
+    plans each run for its own values, never reusing a generic plan of a prepared
+    statement made on the first runs' statistics (100 s of an npm-scale enforcement)."""
+    add_accounts(pg_registry, "a", 20)
+    with pg_registry.engine.connect() as connection:
+        for number in range(10):
+            connection.execute(select(Account.id).where(Account.username == f"a{number}"))
+        prepared = connection.execute(text("select count(*) from pg_prepared_statements"))
+        assert prepared.scalar_one() == 0
+
+
 def test_postgres_urls_as_people_paste_them_use_psycopg() -> None:
     assert normalize_url("postgresql://u:p@h/db").drivername == "postgresql+psycopg"
     assert normalize_url("postgres://u:p@h/db").drivername == "postgresql+psycopg"

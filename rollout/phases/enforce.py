@@ -31,6 +31,7 @@ from sqlalchemy import (
     cast,
     column,
     exists,
+    false,
     func,
     literal,
     or_,
@@ -399,8 +400,20 @@ def _among(connection: Connection, column: Any, ids: list[int]) -> Any:
     """``column IN ids`` for a batch of thousands of ids: one array parameter on
     PostgreSQL (a 10,000-placeholder statement cost more to parse than to run)."""
     if connection.dialect.name == "postgresql":
-        return column == any_(cast(literal(ids), ARRAY(BigInteger)))
+        return _in_array(column, ids)
     return column.in_(ids)
+
+
+def _in_array(column: Any, ids: list[int]) -> Any:
+    """PostgreSQL's ``column IN ids``: equal to one of an array, and between the
+    smallest and largest id. The range says nothing the array does not, but it is what
+    the planner can read: a batch holds ids in order, a narrow band of an index, while
+    for an array alone it costs one probe per id and took a scan of the whole table
+    instead (every live web session and every active factor, in each batch)."""
+    if not ids:
+        return false()
+    array = cast(literal(ids), ARRAY(BigInteger))
+    return and_(column.between(min(ids), max(ids)), column == any_(array))
 
 
 # SQLite's side of _id_set: temp tables of the connection (the names resolve to the
@@ -420,8 +433,7 @@ def _id_set(
     array parameter.
     """
     if connection.dialect.name == "postgresql":
-        array = cast(literal(ids), ARRAY(BigInteger))
-        return lambda column_: column_ == any_(array)
+        return lambda column_: _in_array(column_, ids)
     if name not in _ID_TABLES:
         raise ValueError(f"not an id table: {name!r}")
     connection.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {name} (id INTEGER PRIMARY KEY)")
@@ -575,61 +587,80 @@ def _account_key(action: str, batch: _Batch) -> Callable[[Any], Any]:
 
 def _record_requirement(batch: _Batch) -> int:
     """The phase's own record of whom it applies to, whether or not another phase
-    already does: what a rollback of either phase must know."""
-    return _changed(
-        batch.connection,
-        dialect_insert(batch.connection, REQUIREMENTS)
+    already does (what a rollback of either phase must know), and its audit row for
+    each account newly recorded (``_requirement_audit``). Returns how many."""
+    connection, phase = batch.connection, batch.phase
+    insert = (
+        dialect_insert(connection, REQUIREMENTS)
         .from_select(
             ["account_id", "phase", "required_at", "run_id"],
             select(
                 ACCOUNTS.c.id,
-                literal(batch.phase.name),
+                literal(phase.name),
                 literal(batch.now, DateTime),
                 literal(batch.run_id),
             ).where(batch.among(ACCOUNTS.c.id)),
         )
-        .on_conflict_do_nothing(index_elements=["account_id", "phase"]),
-        REQUIREMENTS.c.account_id,
+        .on_conflict_do_nothing(index_elements=["account_id", "phase"])
     )
+    if connection.dialect.name == "postgresql":
+        # Recorded and audited in one statement: the audit reads the rows the INSERT
+        # returns. Found again in the table instead, they were a scan of every
+        # requirement the run had made so far, in each batch (a table the planner
+        # last saw empty).
+        required = insert.returning(REQUIREMENTS.c.account_id).cte("required")
+        audited = (
+            _requirement_audit(batch, required.c.account_id, true())
+            .returning(ACTIONS.c.id)
+            .cte("audited")
+        )
+        return int(connection.execute(select(func.count()).select_from(audited)).scalar_one())
+    recorded = int(connection.execute(insert).rowcount)
+    connection.execute(
+        _requirement_audit(
+            batch,
+            REQUIREMENTS.c.account_id,
+            and_(
+                REQUIREMENTS.c.phase == phase.name,
+                batch.among(REQUIREMENTS.c.account_id),
+                REQUIREMENTS.c.run_id == batch.run_id,
+                REQUIREMENTS.c.required_at == batch.now,
+            ),
+        )
+    )
+    return recorded
 
 
-def _audit_requirement(batch: _Batch) -> None:
-    """One audit row per account the batch newly applies the phase to, whatever its
-    effects: ``tfa_required`` for one whose second factor the phase requires (it lacks
-    it, and the phase does require_2fa), ``phase_required`` for the others (a token,
-    banner or TOTP-closing phase's accounts, or one short only of the token rules). The
-    ledger is what the adoption marts read of whom a phase applied to, on any past day
+def _requirement_audit(batch: _Batch, account_id: Any, where: Any) -> Any:
+    """INSERT ... SELECT of one audit row per account the batch newly applies the phase
+    to (``account_id`` of the rows ``where`` selects), whatever its effects:
+    ``tfa_required`` for one whose second factor the phase requires (it lacks it, and
+    the phase does require_2fa), ``phase_required`` for the others (a token, banner or
+    TOTP-closing phase's accounts, or one short only of the token rules). The ledger is
+    what the adoption marts read of whom a phase applied to, on any past day
     (int_phase_requirements_known); the phase_requirements table holds only the present."""
     phase = batch.phase
-    required_here = and_(
-        REQUIREMENTS.c.phase == phase.name,
-        batch.among(REQUIREMENTS.c.account_id),
-        REQUIREMENTS.c.run_id == batch.run_id,
-        REQUIREMENTS.c.required_at == batch.now,
-    )
     action = (
-        case((batch.lacking(REQUIREMENTS.c.account_id), "tfa_required"), else_="phase_required")
+        case((batch.lacking(account_id), "tfa_required"), else_="phase_required")
         if phase.does("require_2fa")
         else literal("phase_required")
     )
-    batch.connection.execute(
-        dialect_insert(batch.connection, ACTIONS).from_select(
-            _audit_columns(),
-            select(
-                func.replace(action, "_", "-")
-                + literal(f":{phase.name}:")
-                + cast(REQUIREMENTS.c.account_id, String)
-                + literal(f":{batch.run_id}"),
-                action,
-                REQUIREMENTS.c.account_id,
-                literal(None, String),
-                *batch.audit_common({"two_factor": phase.requires.two_factor}),
-            ).where(required_here),
-        )
-        # No ON CONFLICT: these rows describe requirements this transaction just added
-        # (the insert before skipped existing ones), so their keys are new; were one
-        # not, the unique key should fail the batch loudly. (Speculative inserts cost a
-        # fifth more on PostgreSQL.)
+    # No ON CONFLICT: these rows describe requirements this transaction just added
+    # (the insert skipped existing ones), so their keys are new; were one not, the
+    # unique key should fail the batch loudly. (Speculative inserts cost a fifth more
+    # on PostgreSQL.)
+    return dialect_insert(batch.connection, ACTIONS).from_select(
+        _audit_columns(),
+        select(
+            func.replace(action, "_", "-")
+            + literal(f":{phase.name}:")
+            + cast(account_id, String)
+            + literal(f":{batch.run_id}"),
+            action,
+            account_id,
+            literal(None, String),
+            *batch.audit_common({"two_factor": phase.requires.two_factor}),
+        ).where(where),
     )
 
 
@@ -866,7 +897,6 @@ def _enforce_batch(
         connection.execute(text("set local synchronous_commit to off"))
     batch = _Batch(connection, phase, among, run_id, actor, now)
     required = _record_requirement(batch)
-    _audit_requirement(batch)
     # Those this run applies the phase to: not those a run that died had (a rerun
     # passes over them again, finding their effects done), whom the unreached count and
     # the summary would otherwise name as acted on twice. Read back only when some were
