@@ -454,6 +454,29 @@ def test_0018_has_the_warehouse_copy_plan_runs_again(registry: Registry) -> None
     assert read_version == read and version != read
 
 
+def test_0019_stamps_every_table_afresh_on_each_upgrade(registry: Registry) -> None:
+    """A registry taken below 0019 and up again (or a backup of it restored, then
+    upgraded) is never one the warehouse copied: each upgrade draws another stamp,
+    which no copy holds (rollout.registry.changes)."""
+    engine = registry.engine
+    stamps = text("SELECT DISTINCT stamp FROM registry_changes")
+
+    def drawn() -> list[str | None]:
+        with engine.connect() as connection:
+            return list(connection.execute(stamps).scalars())
+
+    migrate.downgrade(engine, "0018")
+    assert "stamp" not in _columns(engine)["registry_changes"]
+    migrate.upgrade(engine)
+    first = drawn()
+    migrate.downgrade(engine, "0018")
+    migrate.upgrade(engine)
+    second = drawn()
+    assert len(first) == len(second) == 1 and None not in first + second
+    assert first != second
+    _assert_matches_the_models(engine)
+
+
 def test_a_registry_a_newer_rollout_migrated_is_refused_by_downgrade(
     empty_registry_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

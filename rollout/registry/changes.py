@@ -26,6 +26,19 @@ time (see rollout.warehouse.extract).
 ``instance`` tells registries apart: a registry replaced by another (``rollout sample
 --replace`` builds the schema afresh) starts a new instance, and versions of the old
 one say nothing about it.
+
+A registry restored from a backup keeps its instance, and its versions go back with
+its rows: the next writes count them up to the version a copy holds, with other rows
+(or the backup, made between a write and the read that claimed it, holds that version
+already, with fewer rows). A counter kept in the database cannot tell, since the
+restore takes it back too; so the claim that closes a table's run of changes (``version
+<> read_version``) draws a random ``stamp`` for it, and the copy records the stamp
+with the version. A registry shows a version as claimed (``version = read_version``)
+with a stamp only with the rows that claim saw: any write since bumps the version, and
+a later claim draws another stamp, which no backup made before it holds. The copy
+holds exactly those rows only if no write came between the claim and its read (the
+race above): ``still_claimed`` says which tables that is, and the others are recorded
+with no version, so read whole next time (as they would be anyway: their version moved).
 """
 
 from __future__ import annotations
@@ -103,13 +116,18 @@ def bump_sql(tables: Iterable[str]) -> list[str]:
 class Version:
     instance: str
     version: int
+    stamp: str | None  # drawn by the claim that closed the version (see above)
+
+
+def _new_stamp() -> str:
+    return uuid.uuid4().hex
 
 
 def claim_versions(database: str, tables: Iterable[str]) -> dict[str, Version] | None:
     """The current version of each of ``tables``, marked read (``read_version =
-    version``) in one write transaction, before the caller's snapshot; None when the
-    registry does not track all of them (no table, a trigger missing): the caller
-    then reads everything."""
+    version``, a new stamp where it was not) in one write transaction, before the
+    caller's snapshot; None when the registry does not track all of them (no table, a
+    trigger missing): the caller then reads everything."""
     tables = tuple(tables)
     if not tables:
         return {}
@@ -126,18 +144,15 @@ def claim_versions(database: str, tables: Iterable[str]) -> dict[str, Version] |
             connection.execute("ROLLBACK")
             return None
         marks = ",".join("?" * len(tables))
-        rows = connection.execute(
-            f"SELECT table_name, instance, version FROM registry_changes "
-            f"WHERE table_name IN ({marks})",
-            tables,
-        ).fetchall()
-        # Only where a write moved the version: a transaction that writes nothing
-        # commits without touching the disk, and most tables, most days, are unchanged.
+        # Only where a write moved the version (or no stamp was drawn yet): a
+        # transaction that writes nothing commits without touching the disk, and most
+        # tables, most days, are unchanged. One stamp for all: each table's is new to it.
         connection.execute(
-            "UPDATE registry_changes SET read_version = version "
-            f"WHERE read_version <> version AND table_name IN ({marks})",
-            tables,
+            "UPDATE registry_changes SET read_version = version, stamp = ? "
+            f"WHERE (read_version <> version OR stamp IS NULL) AND table_name IN ({marks})",
+            (_new_stamp(), *tables),
         )
+        versions = _select_versions(connection, tables)
         connection.execute("COMMIT")
     except BaseException:
         if connection.in_transaction:
@@ -145,5 +160,31 @@ def claim_versions(database: str, tables: Iterable[str]) -> dict[str, Version] |
         raise
     finally:
         connection.close()
-    versions = {name: Version(instance, version) for name, instance, version in rows}
     return versions if set(versions) == set(tables) else None
+
+
+def _select_versions(connection: sqlite3.Connection, tables: tuple[str, ...]) -> dict[str, Version]:
+    marks = ",".join("?" * len(tables))
+    return {
+        name: Version(instance, version, stamp)
+        for name, instance, version, stamp in connection.execute(
+            "SELECT table_name, instance, version, stamp FROM registry_changes "
+            f"WHERE table_name IN ({marks})",
+            tables,
+        )
+    }
+
+
+def still_claimed(database: str, claimed: dict[str, Version]) -> dict[str, Version]:
+    """Of the versions a claim gave, those the registry still has, read after the
+    caller's read: a table written since the claim may have rows in the caller's copy
+    that its claimed version does not stand for (in a backup made between the claim and
+    that write, say), so it is left out. Its version moved: it is read again anyway."""
+    if not claimed:
+        return {}
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=60)
+    try:
+        current = _select_versions(connection, tuple(claimed))
+    finally:
+        connection.close()
+    return {name: version for name, version in claimed.items() if current.get(name) == version}
