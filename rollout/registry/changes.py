@@ -48,6 +48,8 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from sqlalchemy import Connection, text
+
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES
 
 TRACKED_TABLES: tuple[str, ...] = (*REGISTRY_TABLES, *LEDGER_TABLES)
@@ -57,6 +59,10 @@ TRIGGER_PREFIX = "registry_changes_"
 
 def _trigger_name(table: str, operation: str) -> str:
     return f"{TRIGGER_PREFIX}{table}_{operation}"
+
+
+def _trigger_names(tables: Iterable[str]) -> set[str]:
+    return {_trigger_name(table, operation) for table in tables for operation in OPERATIONS}
 
 
 def create_triggers_sql(tables: Iterable[str] = TRACKED_TABLES) -> list[str]:
@@ -103,6 +109,19 @@ def install_sql(sqlite: bool, tables: Iterable[str] = TRACKED_TABLES) -> list[st
     return rows_sql(tables) + (create_triggers_sql(tables) if sqlite else [])
 
 
+def is_installed(connection: Connection, tables: Iterable[str] = TRACKED_TABLES) -> bool:
+    """Whether ``install_sql`` would change nothing (read only): every table's row, and
+    on SQLite its triggers."""
+    tables = set(tables)
+    rows = set(connection.execute(text("SELECT table_name FROM registry_changes")).scalars())
+    if not tables <= rows:
+        return False
+    if connection.dialect.name != "sqlite":
+        return True
+    triggers = connection.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'"))
+    return _trigger_names(tables) <= set(triggers.scalars())
+
+
 def bump_sql(tables: Iterable[str]) -> list[str]:
     """Mark ``tables`` changed whatever their triggers did: for a bulk write made with
     the triggers dropped (rollout.registry.bulk)."""
@@ -139,8 +158,7 @@ def claim_versions(database: str, tables: Iterable[str]) -> dict[str, Version] |
             row[0]
             for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
         }
-        wanted = {_trigger_name(t, o) for t in tables for o in OPERATIONS}
-        if not wanted <= triggers:
+        if not _trigger_names(tables) <= triggers:
             connection.execute("ROLLBACK")
             return None
         marks = ",".join("?" * len(tables))
