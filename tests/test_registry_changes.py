@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import datetime
 from pathlib import Path
@@ -80,6 +81,26 @@ def test_an_unchanged_table_is_not_read_again(
     }
     assert extract.extract_registry(con, Registry(sqlite_url), TABLES)["accounts"] == 1
     assert reads == [TABLES]  # the second extract read nothing
+
+
+def test_an_extract_with_nothing_changed_does_not_wait_for_a_running_job(
+    engine: Engine, sqlite_url: str, con: duckdb.DuckDBPyConnection, reads: list[tuple[str, ...]]
+) -> None:
+    """The claim took the write lock on every extract, changed or not, so a daily
+    extract with nothing to read waited for a running job's write transaction (up to a
+    minute, then "database is locked"). With nothing to mark read it now only reads."""
+    _insert_account(sqlite_url, "alice")
+    extract.extract_registry(con, Registry(sqlite_url), TABLES)
+    with closing(_raw(sqlite_url)) as job, ThreadPoolExecutor(max_workers=1) as pool:
+        job.execute("BEGIN IMMEDIATE")  # the job's write transaction
+        run = pool.submit(extract.extract_registry, con, Registry(sqlite_url), TABLES)
+        try:
+            counts = run.result(timeout=10)
+        finally:
+            job.execute("ROLLBACK")  # lets a waiting extract go on, whatever happened
+            run.cancel()
+    assert counts["accounts"] == 1
+    assert reads == [TABLES]
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,9 @@ current and the table is not read again.
 The triggers bump a version only on the first change after a read (``version =
 read_version``), so a bulk write costs one check per row, not one update; a reader
 sets ``read_version = version`` for the tables it is about to read, in a write
-transaction of its own, before its snapshot. Why that loses nothing: SQLite has one
-writer at a time, so every write commits either before that transaction (and is in
+transaction of its own, before its snapshot (none when no table is to be set: a
+write after that read bumps the version, as after a claim). Why that loses nothing:
+SQLite has one writer at a time, so every write commits either before that transaction (and is in
 the snapshot read after it) or after it, when its trigger finds ``version =
 read_version`` (nothing changed since) and bumps the version, or finds it already
 bumped by an earlier write since; either way the version differs from the one the
@@ -145,31 +146,41 @@ def _new_stamp() -> str:
 def claim_versions(database: str, tables: Iterable[str]) -> dict[str, Version] | None:
     """The current version of each of ``tables``, marked read (``read_version =
     version``, a new stamp where it was not) in one write transaction, before the
-    caller's snapshot; None when the registry does not track all of them (no table, a
-    trigger missing): the caller then reads everything."""
+    caller's snapshot (when none is to be marked, a read alone); None when the registry
+    does not track all of them (no table, a trigger missing): the caller then reads
+    everything."""
     tables = tuple(tables)
     if not tables:
         return {}
+    marks = ",".join("?" * len(tables))
+    # Where a write moved the version (or no stamp was drawn yet).
+    unread = f"(read_version <> version OR stamp IS NULL) AND table_name IN ({marks})"
     connection = sqlite3.connect(f"file:{database}?mode=rw", uri=True, timeout=60)
     connection.isolation_level = None  # explicit transactions only
     try:
-        connection.execute("BEGIN IMMEDIATE")
-        triggers = {
-            row[0]
-            for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-        }
-        if not _trigger_names(tables) <= triggers:
+        # First a read alone: most days no table an extract reads has changed since it
+        # was last read, and with nothing to mark the extract need not wait for a
+        # running job's writes (the write lock, up to the timeout). A write committed
+        # after this read bumps the version, as after a claim.
+        connection.execute("BEGIN")
+        tracked = _tracks(connection, tables)
+        if (
+            tracked
+            and connection.execute(
+                f"SELECT 1 FROM registry_changes WHERE {unread}", tables
+            ).fetchone()
+        ):
+            connection.execute("COMMIT")
+            connection.execute("BEGIN IMMEDIATE")
+            tracked = _tracks(connection, tables)
+            # One stamp for all: each table's is new to it.
+            connection.execute(
+                f"UPDATE registry_changes SET read_version = version, stamp = ? WHERE {unread}",
+                (_new_stamp(), *tables),
+            )
+        if not tracked:
             connection.execute("ROLLBACK")
             return None
-        marks = ",".join("?" * len(tables))
-        # Only where a write moved the version (or no stamp was drawn yet): a
-        # transaction that writes nothing commits without touching the disk, and most
-        # tables, most days, are unchanged. One stamp for all: each table's is new to it.
-        connection.execute(
-            "UPDATE registry_changes SET read_version = version, stamp = ? "
-            f"WHERE (read_version <> version OR stamp IS NULL) AND table_name IN ({marks})",
-            (_new_stamp(), *tables),
-        )
         versions = _select_versions(connection, tables)
         connection.execute("COMMIT")
     except BaseException:
@@ -179,6 +190,12 @@ def claim_versions(database: str, tables: Iterable[str]) -> dict[str, Version] |
     finally:
         connection.close()
     return versions if set(versions) == set(tables) else None
+
+
+def _tracks(connection: sqlite3.Connection, tables: tuple[str, ...]) -> bool:
+    """Whether every one of ``tables`` has its change triggers."""
+    found = connection.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+    return _trigger_names(tables) <= {name for (name,) in found}
 
 
 def _select_versions(connection: sqlite3.Connection, tables: tuple[str, ...]) -> dict[str, Version]:
