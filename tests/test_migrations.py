@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -454,6 +455,29 @@ def test_0018_has_the_warehouse_copy_plan_runs_again(registry: Registry) -> None
     assert read_version == read and version != read
 
 
+def test_0019_stamps_every_table_afresh_on_each_upgrade(registry: Registry) -> None:
+    """A registry taken below 0019 and up again (or a backup of it restored, then
+    upgraded) is never one the warehouse copied: each upgrade draws another stamp,
+    which no copy holds (rollout.registry.changes)."""
+    engine = registry.engine
+    stamps = text("SELECT DISTINCT stamp FROM registry_changes")
+
+    def drawn() -> list[str | None]:
+        with engine.connect() as connection:
+            return list(connection.execute(stamps).scalars())
+
+    migrate.downgrade(engine, "0018")
+    assert "stamp" not in _columns(engine)["registry_changes"]
+    migrate.upgrade(engine)
+    first = drawn()
+    migrate.downgrade(engine, "0018")
+    migrate.upgrade(engine)
+    second = drawn()
+    assert len(first) == len(second) == 1 and None not in first + second
+    assert first != second
+    _assert_matches_the_models(engine)
+
+
 def test_a_registry_a_newer_rollout_migrated_is_refused_by_downgrade(
     empty_registry_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -526,4 +550,36 @@ def test_two_upgrades_at_once_take_turns(empty_registry_url: str, tmp_path: Path
     assert [upgrade.returncode for upgrade in upgrades] == [0, 0], errors
     assert migrate.current_revision(engine) == REVISIONS[0]
     _assert_matches_the_models(engine)
+    engine.dispose()
+
+
+def test_an_upgrade_with_nothing_to_do_does_not_wait_for_a_running_job(tmp_path: Path) -> None:
+    """`rollout db upgrade` of a SQLite registry already at the newest revision took the
+    write lock all the same (its migration transaction begins IMMEDIATE), so it waited
+    for a running job's write transaction (the busy timeout, 30 s) and then failed with
+    "database is locked". With nothing to do it now only reads. Still at the newest
+    revision but without a change trigger, it puts the trigger back (it takes the lock)."""
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    other = make_engine(url)
+    with ThreadPoolExecutor(max_workers=1) as pool, engine.connect() as job:
+        job.exec_driver_sql("update accounts set id = id where 0")  # the write lock
+        upgrade = pool.submit(migrate.upgrade, other)
+        try:
+            upgrade.result(timeout=10)
+        finally:
+            job.rollback()  # lets a waiting upgrade go on, whatever happened
+            upgrade.cancel()
+    trigger = "registry_changes_accounts_update"
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"drop trigger {trigger}")
+    migrate.upgrade(other)
+    with engine.connect() as connection:
+        found = connection.execute(
+            text("select count(*) from sqlite_master where type = 'trigger' and name = :n"),
+            {"n": trigger},
+        ).scalar_one()
+    assert found == 1
+    other.dispose()
     engine.dispose()

@@ -10,8 +10,9 @@ current and the table is not read again.
 The triggers bump a version only on the first change after a read (``version =
 read_version``), so a bulk write costs one check per row, not one update; a reader
 sets ``read_version = version`` for the tables it is about to read, in a write
-transaction of its own, before its snapshot. Why that loses nothing: SQLite has one
-writer at a time, so every write commits either before that transaction (and is in
+transaction of its own, before its snapshot (none when no table is to be set: a
+write after that read bumps the version, as after a claim). Why that loses nothing:
+SQLite has one writer at a time, so every write commits either before that transaction (and is in
 the snapshot read after it) or after it, when its trigger finds ``version =
 read_version`` (nothing changed since) and bumps the version, or finds it already
 bumped by an earlier write since; either way the version differs from the one the
@@ -26,6 +27,19 @@ time (see rollout.warehouse.extract).
 ``instance`` tells registries apart: a registry replaced by another (``rollout sample
 --replace`` builds the schema afresh) starts a new instance, and versions of the old
 one say nothing about it.
+
+A registry restored from a backup keeps its instance, and its versions go back with
+its rows: the next writes count them up to the version a copy holds, with other rows
+(or the backup, made between a write and the read that claimed it, holds that version
+already, with fewer rows). A counter kept in the database cannot tell, since the
+restore takes it back too; so the claim that closes a table's run of changes (``version
+<> read_version``) draws a random ``stamp`` for it, and the copy records the stamp
+with the version. A registry shows a version as claimed (``version = read_version``)
+with a stamp only with the rows that claim saw: any write since bumps the version, and
+a later claim draws another stamp, which no backup made before it holds. The copy
+holds exactly those rows only if no write came between the claim and its read (the
+race above): ``still_claimed`` says which tables that is, and the others are recorded
+with no version, so read whole next time (as they would be anyway: their version moved).
 """
 
 from __future__ import annotations
@@ -34,6 +48,8 @@ import sqlite3
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from sqlalchemy import Connection, text
 
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES
 
@@ -44,6 +60,10 @@ TRIGGER_PREFIX = "registry_changes_"
 
 def _trigger_name(table: str, operation: str) -> str:
     return f"{TRIGGER_PREFIX}{table}_{operation}"
+
+
+def _trigger_names(tables: Iterable[str]) -> set[str]:
+    return {_trigger_name(table, operation) for table in tables for operation in OPERATIONS}
 
 
 def create_triggers_sql(tables: Iterable[str] = TRACKED_TABLES) -> list[str]:
@@ -90,6 +110,19 @@ def install_sql(sqlite: bool, tables: Iterable[str] = TRACKED_TABLES) -> list[st
     return rows_sql(tables) + (create_triggers_sql(tables) if sqlite else [])
 
 
+def is_installed(connection: Connection, tables: Iterable[str] = TRACKED_TABLES) -> bool:
+    """Whether ``install_sql`` would change nothing (read only): every table's row, and
+    on SQLite its triggers."""
+    tables = set(tables)
+    rows = set(connection.execute(text("SELECT table_name FROM registry_changes")).scalars())
+    if not tables <= rows:
+        return False
+    if connection.dialect.name != "sqlite":
+        return True
+    triggers = connection.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'"))
+    return _trigger_names(tables) <= set(triggers.scalars())
+
+
 def bump_sql(tables: Iterable[str]) -> list[str]:
     """Mark ``tables`` changed whatever their triggers did: for a bulk write made with
     the triggers dropped (rollout.registry.bulk)."""
@@ -103,41 +136,52 @@ def bump_sql(tables: Iterable[str]) -> list[str]:
 class Version:
     instance: str
     version: int
+    stamp: str | None  # drawn by the claim that closed the version (see above)
+
+
+def _new_stamp() -> str:
+    return uuid.uuid4().hex
 
 
 def claim_versions(database: str, tables: Iterable[str]) -> dict[str, Version] | None:
     """The current version of each of ``tables``, marked read (``read_version =
-    version``) in one write transaction, before the caller's snapshot; None when the
-    registry does not track all of them (no table, a trigger missing): the caller
-    then reads everything."""
+    version``, a new stamp where it was not) in one write transaction, before the
+    caller's snapshot (when none is to be marked, a read alone); None when the registry
+    does not track all of them (no table, a trigger missing): the caller then reads
+    everything."""
     tables = tuple(tables)
     if not tables:
         return {}
+    marks = ",".join("?" * len(tables))
+    # Where a write moved the version (or no stamp was drawn yet).
+    unread = f"(read_version <> version OR stamp IS NULL) AND table_name IN ({marks})"
     connection = sqlite3.connect(f"file:{database}?mode=rw", uri=True, timeout=60)
     connection.isolation_level = None  # explicit transactions only
     try:
-        connection.execute("BEGIN IMMEDIATE")
-        triggers = {
-            row[0]
-            for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-        }
-        wanted = {_trigger_name(t, o) for t in tables for o in OPERATIONS}
-        if not wanted <= triggers:
+        # First a read alone: most days no table an extract reads has changed since it
+        # was last read, and with nothing to mark the extract need not wait for a
+        # running job's writes (the write lock, up to the timeout). A write committed
+        # after this read bumps the version, as after a claim.
+        connection.execute("BEGIN")
+        tracked = _tracks(connection, tables)
+        if (
+            tracked
+            and connection.execute(
+                f"SELECT 1 FROM registry_changes WHERE {unread}", tables
+            ).fetchone()
+        ):
+            connection.execute("COMMIT")
+            connection.execute("BEGIN IMMEDIATE")
+            tracked = _tracks(connection, tables)
+            # One stamp for all: each table's is new to it.
+            connection.execute(
+                f"UPDATE registry_changes SET read_version = version, stamp = ? WHERE {unread}",
+                (_new_stamp(), *tables),
+            )
+        if not tracked:
             connection.execute("ROLLBACK")
             return None
-        marks = ",".join("?" * len(tables))
-        rows = connection.execute(
-            f"SELECT table_name, instance, version FROM registry_changes "
-            f"WHERE table_name IN ({marks})",
-            tables,
-        ).fetchall()
-        # Only where a write moved the version: a transaction that writes nothing
-        # commits without touching the disk, and most tables, most days, are unchanged.
-        connection.execute(
-            "UPDATE registry_changes SET read_version = version "
-            f"WHERE read_version <> version AND table_name IN ({marks})",
-            tables,
-        )
+        versions = _select_versions(connection, tables)
         connection.execute("COMMIT")
     except BaseException:
         if connection.in_transaction:
@@ -145,5 +189,37 @@ def claim_versions(database: str, tables: Iterable[str]) -> dict[str, Version] |
         raise
     finally:
         connection.close()
-    versions = {name: Version(instance, version) for name, instance, version in rows}
     return versions if set(versions) == set(tables) else None
+
+
+def _tracks(connection: sqlite3.Connection, tables: tuple[str, ...]) -> bool:
+    """Whether every one of ``tables`` has its change triggers."""
+    found = connection.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+    return _trigger_names(tables) <= {name for (name,) in found}
+
+
+def _select_versions(connection: sqlite3.Connection, tables: tuple[str, ...]) -> dict[str, Version]:
+    marks = ",".join("?" * len(tables))
+    return {
+        name: Version(instance, version, stamp)
+        for name, instance, version, stamp in connection.execute(
+            "SELECT table_name, instance, version, stamp FROM registry_changes "
+            f"WHERE table_name IN ({marks})",
+            tables,
+        )
+    }
+
+
+def still_claimed(database: str, claimed: dict[str, Version]) -> dict[str, Version]:
+    """Of the versions a claim gave, those the registry still has, read after the
+    caller's read: a table written since the claim may have rows in the caller's copy
+    that its claimed version does not stand for (in a backup made between the claim and
+    that write, say), so it is left out. Its version moved: it is read again anyway."""
+    if not claimed:
+        return {}
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=60)
+    try:
+        current = _select_versions(connection, tuple(claimed))
+    finally:
+        connection.close()
+    return {name: version for name, version in claimed.items() if current.get(name) == version}

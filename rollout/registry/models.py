@@ -614,6 +614,9 @@ class RegistryChange(Base):
     instance: Mapped[str] = mapped_column(String(32))
     version: Mapped[int] = mapped_column(BigInteger)
     read_version: Mapped[int] = mapped_column(BigInteger)
+    # Drawn at random by each read of a change (the claim): what tells the copy of a
+    # version from a restored backup's rows at the same version. NULL: none drawn yet.
+    stamp: Mapped[str | None] = mapped_column(String(32))
 
 
 # The tables the sample generator and the warehouse extract know, in dependency order.

@@ -244,6 +244,11 @@ def extract_registry(
     if stale:  # (most days, for most callers, nothing is: no transaction to commit)
         with warehouse.transaction(con):
             counts = _replace_tables(con, registry_url, stale, exporters=exporters)
+            if versions is not None:
+                # Only those no write moved while they were read: see changes.
+                versions = changes.still_claimed(
+                    _sqlite_database(registry_url), {name: versions[name] for name in stale}
+                )
             _record_versions(con, counts, versions)
     unchanged = [name for name in tables if name not in counts]
     if unchanged:
@@ -264,13 +269,14 @@ def _sqlite_database(registry_url: str) -> str:
 def _stale(
     con: duckdb.DuckDBPyConnection, tables: tuple[str, ...], versions: dict[str, changes.Version]
 ) -> tuple[str, ...]:
-    """The tables whose warehouse copy is not at the registry's current version, or
-    has other columns than an extract now copies (a copy made before a column was
-    added to the models, or left out of the warehouse: ``NOT_EXTRACTED``)."""
+    """The tables whose warehouse copy is not at the registry's current version (its
+    stamp too: a restored registry's), or has other columns than an extract now copies
+    (a copy made before a column was added to the models, or left out of the
+    warehouse: ``NOT_EXTRACTED``)."""
     copied = {
-        name: changes.Version(instance, version)
-        for name, instance, version in con.execute(
-            "select table_name, instance, version from registry_extract_versions "
+        name: changes.Version(instance, version, stamp)
+        for name, instance, version, stamp in con.execute(
+            "select table_name, instance, version, stamp from registry_extract_versions "
             "where table_name in (select unnest($tables)) and table_name in "
             "(select table_name from duckdb_tables() where schema_name = 'registry')",
             {"tables": list(tables)},
@@ -299,23 +305,28 @@ def _record_versions(
     versions: dict[str, changes.Version] | None,
 ) -> None:
     """The version and rows of each table just read; no version when it is unknown
-    (the table is then read whole next time)."""
+    (None: of any; a table left out of ``versions``: of that one), and the table is
+    then read whole next time."""
     con.execute(
         "delete from registry_extract_versions where table_name in (select unnest($tables))",
         {"tables": list(counts)},
     )
     if versions is None:
         return
-    names = list(counts)
+    names = [name for name in counts if name in versions]
+    if not names:
+        return
     # One statement for them all: a daily run records a few tables many times a day.
     con.execute(
         "insert into registry_extract_versions by name "
         "select unnest($names) as table_name, unnest($instances) as instance, "
-        "unnest($versions) as version, unnest($rows) as rows, $now as extracted_at",
+        "unnest($versions) as version, unnest($stamps) as stamp, unnest($rows) as rows, "
+        "$now as extracted_at",
         {
             "names": names,
             "instances": [versions[name].instance for name in names],
             "versions": [versions[name].version for name in names],
+            "stamps": [versions[name].stamp for name in names],
             "rows": [counts[name] for name in names],
             "now": datetime.now(UTC).replace(tzinfo=None),
         },

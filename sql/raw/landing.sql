@@ -107,3 +107,7 @@ create table if not exists registry_extract_versions (
     rows         bigint not null,
     extracted_at timestamp not null
 );
+-- And the stamp the registry drew when that version was read (a restored registry's
+-- versions go back with its rows; its stamps are others). NULL in a copy recorded
+-- before stamps were kept: read again once.
+alter table registry_extract_versions add column if not exists stamp varchar;
