@@ -340,6 +340,11 @@ def run(
         )
         failures += bool(problems)
         print(f"{as_of}  " + "  ".join(f"{day[step]:8.1f}" for step in steps) + f"  {not problems}")
+        print(
+            "  rollout's cohorts: "
+            + ", ".join(f"{cohort} {found['sizes']}" for cohort, found in answer.items())
+            + " (packages qualifying, accounts, without 2FA)"
+        )
         for line in problems:
             print(f"  FAIL {line}")
     print("\nover the days (min, median, max):")

@@ -3,6 +3,8 @@
 Usage:
     python bench/bench_enforce.py --registry bench/out/npm/registry.db \\
         [--postgres postgresql://... (an empty database: the npm sample is generated in)]
+    python bench/bench_enforce.py --registry DIR/registry.db --naive-accounts 20
+        # a quick check on a small sample (bench/bench_sample.py --scale tiny --out DIR)
 
 The phase's cohort is every account with a live web session (about 1.1M sessions at
 npm scale; 87.5% of those accounts have no 2FA), so the run flags well over 100k
@@ -229,7 +231,7 @@ def sample_note(url: str) -> str | None:
     return note
 
 
-def run(label: str, url: str, plan: Plan) -> dict[str, int]:
+def run(label: str, url: str, plan: Plan, naive_accounts: int = NAIVE_ACCOUNTS) -> dict[str, int]:
     make_cohort(url)
     with Registry(url) as registry:
         _ = registry.engine  # made before the clock starts, as the bare engine was
@@ -238,7 +240,7 @@ def run(label: str, url: str, plan: Plan) -> dict[str, int]:
         preview_seconds = time.perf_counter() - started
     # The naive loop runs first, on the last accounts; the set-based run then does the
     # rest (the naive slice is already flagged, so it changes nothing there).
-    slice_ids = [t.account_id for t in preview.targets[-NAIVE_ACCOUNTS:]]
+    slice_ids = [t.account_id for t in preview.targets[len(preview.targets) - naive_accounts :]]
     naive_seconds, naive_flagged, naive_revoked = naive(url, slice_ids)
     with Registry(url) as registry:
         expect = enforce.preview_phase(registry, plan, plan.phase("bench")).count
@@ -250,12 +252,12 @@ def run(label: str, url: str, plan: Plan) -> dict[str, int]:
     found = verify(url, plan, expect, naive_flagged, naive_revoked, result)
     audit_rows = found["tfa_required audit rows"] + found["revoke_session audit rows"]
     per_account_set = seconds / max(result.accounts_flagged, 1)
-    per_account_naive = naive_seconds / NAIVE_ACCOUNTS
+    per_account_naive = naive_seconds / max(len(slice_ids), 1)
     print(
         f"| {label} | {result.accounts_flagged:,} | {result.sessions_revoked:,} | "
         f"{audit_rows:,} | {result.emails_queued:,} | "
         f"{result.batches} | {seconds:.1f} | {preview_seconds:.1f} | "
-        f"{per_account_naive * 1e3:.2f} ms/account ({NAIVE_ACCOUNTS:,} accounts in "
+        f"{per_account_naive * 1e3:.2f} ms/account ({len(slice_ids):,} accounts in "
         f"{naive_seconds:.1f} s; {per_account_naive * result.accounts_flagged:.0f} s "
         f"extrapolated) | {per_account_naive / per_account_set:.0f}x |",
         flush=True,
@@ -312,6 +314,13 @@ def main() -> None:
         help="the sample generated into PostgreSQL (seed 1; default npm); a smaller one "
         "with a --registry of the same scale checks the bench quickly",
     )
+    parser.add_argument(
+        "--naive-accounts",
+        type=int,
+        default=NAIVE_ACCOUNTS,
+        help=f"accounts the naive loop takes before the set-based run (default "
+        f"{NAIVE_ACCOUNTS:,}); fewer than a small sample's targets, or it takes them all",
+    )
     args = parser.parse_args()
     plan = bench_plan()
     print(
@@ -329,11 +338,11 @@ def main() -> None:
         upgrade(engine)  # a registry made by an older rollout
         engine.dispose()
         notes["SQLite"] = sample_note(f"sqlite:///{copy}")
-        counts["SQLite"] = run("SQLite", f"sqlite:///{copy}", plan)
+        counts["SQLite"] = run("SQLite", f"sqlite:///{copy}", plan, args.naive_accounts)
     if args.postgres and args.reuse:
         undo_earlier_run(args.postgres)
         notes["PostgreSQL"] = sample_note(args.postgres)
-        counts["PostgreSQL"] = run("PostgreSQL", args.postgres, plan)
+        counts["PostgreSQL"] = run("PostgreSQL", args.postgres, plan, args.naive_accounts)
     elif args.postgres:
         from rollout.demo.sample import generate_sample
         from rollout.registry.migrate import downgrade
@@ -356,7 +365,7 @@ def main() -> None:
             flush=True,
         )
         notes["PostgreSQL"] = sample_note(args.postgres)
-        counts["PostgreSQL"] = run("PostgreSQL", args.postgres, plan)
+        counts["PostgreSQL"] = run("PostgreSQL", args.postgres, plan, args.naive_accounts)
     if len(counts) == 2:
         if notes["SQLite"] != notes["PostgreSQL"]:
             print(f"backends not compared: different samples {notes}")

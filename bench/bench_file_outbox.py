@@ -122,7 +122,7 @@ def queue(url: str, plan, count: int) -> int:
             if left <= 0:
                 break
             audience = select(accounts.c.id).where(accounts.c.id.in_(ids[:left]))
-            left -= queue_email(
+            added, _skipped = queue_email(
                 connection,
                 email=o.email,
                 phase=o.phase,
@@ -138,6 +138,7 @@ def queue(url: str, plan, count: int) -> int:
                 run_id=None,
                 now=outbox.utc_now(),
             )
+            left -= added
         queued = connection.execute(
             select(func.count()).where(Notification.state == "queued")
         ).scalar_one()

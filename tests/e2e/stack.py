@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +34,7 @@ from typing import Any
 import pytest
 
 from rollout.phases.approvals import PrefectApi
+from tests.support.processes import kill_carrying, kill_group, kill_groups, pids_carrying
 from tests.support.serving import free_port, wait_until_answering
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,39 +82,7 @@ def tail(path: Path, lines: int = 40) -> str:
 
 def marked_pids(marker: str) -> list[int]:
     """Live processes carrying this marker (Linux /proc; elsewhere none are found)."""
-    needle = f"{MARKER}={marker}".encode()
-    found = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except (OSError, ValueError):
-            continue  # gone, or not ours to read
-    return [pid for pid in found if pid != os.getpid()]
-
-
-def kill_group(process: subprocess.Popen[bytes], grace: float = 10) -> None:
-    """SIGTERM the process's session, then SIGKILL whatever is left of it."""
-    kill_groups([process], grace)
-
-
-def kill_groups(processes: list[subprocess.Popen[bytes]], grace: float = 10) -> None:
-    """SIGTERM each process's session at once, give them ``grace`` seconds together,
-    then SIGKILL whatever is left: a module's teardown waited out each worker's grace
-    in turn (20 s for two workers that finish their flow runs first)."""
-    for process in processes:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for process in processes:
-        with suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=max(deadline - time.monotonic(), 0.01))
-    for process in processes:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    for process in processes:
-        with suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=grace)
+    return pids_carrying(MARKER, marker)
 
 
 @dataclass
@@ -214,13 +180,7 @@ class Processes:
     def stop_all(self) -> list[int]:
         """Kill everything started here; returns what is still alive after that."""
         kill_groups(list(reversed(self.started)))
-        for pid in marked_pids(self.marker):  # e.g. a flow run in its own session
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while (left := marked_pids(self.marker)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return left
+        return kill_carrying(MARKER, self.marker)  # e.g. a flow run in its own session
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
         """The server's REST API through rollout's own client of it (not Prefect's: its
