@@ -276,7 +276,11 @@ SLOW_TESTS = (
 
 
 def _listed(item: pytest.Item, entries: tuple[str, ...]) -> bool:
-    test = item.nodeid.split("[", 1)[0]
+    return _listed_id(item.nodeid, entries)
+
+
+def _listed_id(nodeid: str, entries: tuple[str, ...]) -> bool:
+    test = nodeid.split("[", 1)[0]
     return any(test == e or test.startswith(e if e.endswith("/") else f"{e}::") for e in entries)
 
 
@@ -306,10 +310,33 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadScopeScheduling
 
     class ByWorkUnit(LoadScopeScheduling):
+        ordered = False
+
         def _split_scope(self, nodeid: str) -> str:
             return _work_unit(nodeid)
 
+        def _assign_work_unit(self, node: Any) -> None:
+            # The longest units first, so that the run does not end with one worker
+            # at a long unit while the other has nothing left: xdist hands them out
+            # by their number of tests, which put the Prefect end-to-end unit (a few
+            # tests, minutes) and the plans' stories wherever their counts fell.
+            if not self.ordered:
+                self.ordered = True
+                units = sorted(
+                    self.workqueue.items(), key=lambda unit: _unit_weight(unit[1]), reverse=True
+                )
+                self.workqueue.clear()
+                self.workqueue.update(units)
+            super()._assign_work_unit(node)
+
     return ByWorkUnit(config, log)
+
+
+def _unit_weight(nodeids: Any) -> tuple[int, int]:
+    """How long a unit is expected to take: its tests marked slow or Prefect's (each
+    several seconds to minutes), then its number of tests."""
+    slow = sum(1 for n in nodeids if _listed_id(n, SLOW_TESTS) or _listed_id(n, PREFECT_TESTS))
+    return slow, len(nodeids)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
