@@ -10,6 +10,7 @@ import gzip
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -484,6 +485,24 @@ def test_json_python_cannot_parse_is_refused_and_the_others_load(
     message = the_one_refused(run(con, root), path)
     where = f"{path}:{line}" if line else f"{path}"
     assert message.startswith(f"{where}: malformed JSON: {reason}")
+
+
+# Past the depth the parser gave up at, text it never read: a string left open there,
+# full of escaped quotes, each of which the line scan once took for a string's start and
+# read to the line's end (quadratic: 40 kB took 12 s, a 1 MB file hours).
+OPEN_STRING = b"[" * 3_000 + b'"' + b'\\"' * 50_000
+
+
+@pytest.mark.parametrize("relative", ["downloads/api-deep.json", "events/events-deep.json"])
+def test_a_deep_json_file_with_a_string_left_open_is_refused_at_once(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, relative: str
+) -> None:
+    root = landing_with_a_good_file(tmp_path)
+    path = put(root, relative, OPEN_STRING)
+    started = time.monotonic()
+    message = the_one_refused(run(con, root), path)
+    assert time.monotonic() - started < 10
+    assert message.startswith(f"{path}:1: malformed JSON: {DEEPLY}")
 
 
 @pytest.mark.parametrize(

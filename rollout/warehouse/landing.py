@@ -674,8 +674,11 @@ def _json_refusal(
 # The JSON tokens that say where a document is too deep or a number too long for
 # Python's parser: strings (skipped whole: brackets and digits inside them are text),
 # brackets, integers past its 4,300 digits (not a float's parts: a float of as many
-# digits parses), line ends.
-_JSON_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|[\[\]{}\n]|(?<![\d.eE+-])-?\d{4301,}(?![\d.eE])')
+# digits parses), line ends. A string left open (in text past where the parser gave
+# up, which it never read) ends with its line, as no JSON string holds a line break:
+# required to close, each escaped quote in it was tried as a string's start and read
+# to the line's end, quadratic in a hostile file's line.
+_JSON_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"?|[\[\]{}\n]|(?<![\d.eE+-])-?\d{4301,}(?![\d.eE])')
 
 
 def _unparsable_line(text: str, *, deepest: bool) -> int | None:
