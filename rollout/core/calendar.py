@@ -182,11 +182,39 @@ class Mailing:
     context: Mapping[str, Any] = field(default_factory=dict)
 
 
+def too_late_by_plan(plan: Plan, email: str, phase_name: str, occasion: str) -> datetime | None:
+    """The instant an email of ``plan``'s mailings is too late from by the plan alone,
+    the ``Mailing.too_late_at`` its step gives: a notice from its phase's deadline (with
+    per-account deadlines, the day after the last notice), a reminder from the latest
+    deadline it can count to, whatever its days (the plan's may have changed since it
+    was queued), a heads-up from its brown-out's start, the ELV heads-up from the day it
+    tells. None for an email of no date, or of a phase or brown-out the plan has not."""
+    phase = next((p for p in plan.phases if p.name == phase_name), None)
+    if email == "phase_notice" and phase is not None:
+        return day_start(phase.notices_until)
+    if email == "reminder" and phase is not None:
+        return day_start(phase.enforce_until)
+    if email == "brownout_heads_up":
+        brownout = next((b for b in plan.brownouts if b.name == occasion), None)
+        return naive_utc(brownout.starts_at) if brownout is not None else None
+    if email == "elv_enrollment" and plan.elv is not None:
+        return day_start(plan.elv.enroll_all_on)
+    return None
+
+
 def too_late(too_late_at: datetime, at: datetime) -> bool:
     """An email due before ``too_late_at`` would come too late at ``at``: sent then, it
     would announce as still to come what has come (a deadline, a brown-out under way).
     The one judgement of the queue's hold-back, the drain's skip and plan show's missed."""
     return at >= too_late_at
+
+
+def _too_late_at(plan: Plan, email: str, phase_name: str, occasion: str) -> datetime:
+    """:func:`too_late_by_plan` of a mailing the plan has, so never None."""
+    at = too_late_by_plan(plan, email, phase_name, occasion)
+    if at is None:
+        raise ValueError(f"no last moment for {email} {phase_name!r} {occasion!r}")
+    return at
 
 
 @dataclass(frozen=True)
@@ -248,7 +276,7 @@ def plan_calendar(plan: Plan) -> list[Step]:
                     "",
                     b.name,
                     WITHOUT_2FA,
-                    starts_at,
+                    _too_late_at(plan, "brownout_heads_up", "", b.name),
                     {
                         "brownout": b.name,
                         "starts_at": b.starts_at.isoformat(),
@@ -283,7 +311,7 @@ def plan_calendar(plan: Plan) -> list[Step]:
                     "",
                     ELV,
                     WITHOUT_2FA_NOR_ELV,
-                    day_start(on),
+                    _too_late_at(plan, "elv_enrollment", "", ELV),
                     {"enrolled_on": on.isoformat()},
                 ),
             )
@@ -323,7 +351,7 @@ def plan_calendar(plan: Plan) -> list[Step]:
                     name,
                     "",
                     members,
-                    day_start(phase.notices_until),
+                    _too_late_at(plan, "phase_notice", name, ""),
                     _told(phase),
                 ),
                 # Per-account deadlines: notices go out daily to newcomers until then.
@@ -346,7 +374,7 @@ def plan_calendar(plan: Plan) -> list[Step]:
                         name,
                         f"{days}d",
                         due_within_audience(name, days) if own else members,
-                        day_start(phase.enforce_until),
+                        _too_late_at(plan, "reminder", name, f"{days}d"),
                         {"phase": name, "days_before": days},
                     ),
                     ends=phase.enforce_until - timedelta(days=days) if own else None,

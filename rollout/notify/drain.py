@@ -55,7 +55,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import Select
 
-from rollout.core.calendar import phase_step, too_late
+from rollout.core.calendar import phase_step, too_late, too_late_by_plan
 from rollout.core.clock import day_start, naive_utc
 from rollout.core.errors import BadInput, RolloutError
 from rollout.core.plan import Phase, Plan
@@ -533,33 +533,24 @@ def _too_late(
     snooze reply) are never too late; nor is one queued late on purpose (QUEUED_LATE)."""
     phases = {p.name: p for p in plan.phases}
     windows = windows_named(connection, (c.occasion for c in claimed if c.email == HEADS_UP_EMAIL))
-    brownouts = {b.name: b for b in plan.brownouts}
 
     def too_late_at(c: _Claimed) -> datetime | None:
-        """The instant the row is too late from, or None."""
+        """The instant the row is too late from, or None: the plan's (the calendar's),
+        moved by what the registry and the row itself know."""
+        planned = too_late_by_plan(plan, c.email, c.phase, c.occasion)
         phase = phases.get(c.phase)
-        if c.email == "phase_notice" and phase is not None:
-            return day_start(phase.notices_until)
-        if c.email == "reminder" and phase is not None:
-            if phase.deadline is None:
-                return day_start(phase.enforce_on)
+        if c.email == "reminder" and phase is not None and phase.deadline is not None:
             found = standing.get((c.email, c.phase, c.account_id))
-            return day_start(found.deadline if found and found.deadline else phase.enforce_until)
+            return day_start(found.deadline) if found and found.deadline else planned
         # A heads-up says the time its context holds: too late from then, or from the
         # start of what it announces, whichever comes first.
         if c.email == HEADS_UP_EMAIL:
             window = windows.get(c.occasion)
-            if window is not None:
-                starts: datetime | None = ahead_until(window)
-            else:
-                planned = brownouts.get(c.occasion)
-                starts = naive_utc(planned.starts_at) if planned is not None else None
+            starts = ahead_until(window) if window is not None else planned
             return _first(starts, _time_in(c.context, "starts_at"))
         if c.email == ELV_HEADS_UP_EMAIL:
-            planned_on = plan.elv.enroll_all_on if plan.elv is not None else None
-            told = _time_in(c.context, "enrolled_on")
-            return _first(day_start(planned_on) if planned_on else None, told)
-        return None
+            return _first(planned, _time_in(c.context, "enrolled_on"))
+        return planned
 
     late = set()
     for c in claimed:

@@ -19,7 +19,7 @@ drain to send however late.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -128,21 +128,25 @@ def _due_on(o: Occasion, day: date) -> bool:
     return o.due_on <= day and not too_late(o.too_late_at, day_start(day))
 
 
-def due_occasions(plan: Plan, day: date) -> list[Occasion]:
-    """The mailings to queue on ``day`` by the plan alone (the queue reads each
-    heads-up's window in the registry first: :func:`_due_as_scheduled`)."""
-    return [o for o in plan_occasions(plan) if _due_on(o, day)]
+def due_occasions(
+    plan: Plan,
+    day: date,
+    as_scheduled: Callable[[list[Occasion]], list[Occasion]] = lambda occasions: occasions,
+) -> list[Occasion]:
+    """The mailings to queue on ``day``: due by then, and not too late from the day's
+    start (catches up missed days). ``as_scheduled`` moves the begun ones first, as the
+    registry stands (the queue's :func:`_as_scheduled`): a window moved later than the
+    plan's is still announced after the plan's day, as `plan show` reads its heads-up
+    pending (judged by the plan's day, it was never queued)."""
+    begun = [o for o in plan_occasions(plan) if o.due_on <= day]
+    return [o for o in as_scheduled(begun) if _due_on(o, day)]
 
 
 def _due_as_scheduled(
     connection: Connection, plan: Plan, day: date, now: datetime
 ) -> list[Occasion]:
-    """The mailings to queue on ``day``, each heads-up as its window stands in the
-    registry (:func:`_as_scheduled`) before it is judged too late: a window moved later
-    than the plan's is still announced after the plan's day, as `plan show` reads its
-    heads-up pending (judged by the plan's day, it was never queued)."""
-    begun = [o for o in plan_occasions(plan) if o.due_on <= day]
-    return [o for o in _as_scheduled(connection, begun, now) if _due_on(o, day)]
+    """:func:`due_occasions`, each heads-up as its window stands in the registry."""
+    return due_occasions(plan, day, lambda begun: _as_scheduled(connection, begun, now))
 
 
 def past_last_day(o: Occasion, now: datetime) -> bool:
@@ -503,15 +507,16 @@ def queue_due(
                 outcome = QueueOutcome(o, 0)
                 with begin_writing(engine) as connection:
                     for ids, past in parts:
+                        if past and not late:
+                            total, existing, _ = _count(connection, plan, o, ids, utc_now())
+                            outcome.audience += total
+                            outcome.already += existing
+                            outcome.held_back += total - existing
+                            continue
                         total = connection.execute(
                             select(func.count()).select_from(ids.subquery())
                         ).scalar_one()
                         outcome.audience += total
-                        if past and not late:
-                            _, existing, _ = _count(connection, plan, o, ids, utc_now())
-                            outcome.already += existing
-                            outcome.held_back += total - existing
-                            continue
                         context = {**o.context, RUN_DAY: day.isoformat()}
                         if past:
                             context[QUEUED_LATE] = True
