@@ -41,14 +41,19 @@ def ids(registry: Registry) -> dict[str, int]:
     return found
 
 
-def rows(registry: Registry, email: str | None = None) -> dict[str, tuple[str, str | None]]:
-    """{username: (state, skip reason or error)} of the notifications, one email kind."""
+def rows(
+    registry: Registry, email: str | None = None, occasion: str | None = None
+) -> dict[str, tuple[str, str | None]]:
+    """{username: (state, skip reason or error)} of the notifications, one email kind
+    (and one occasion of it)."""
     with registry.engine.connect() as connection:
         query = select(
             Account.username, Notification.state, Notification.skip_reason, Notification.error
         ).join(Account, Account.id == Notification.account_id)
         if email:
             query = query.where(Notification.email == email)
+        if occasion is not None:
+            query = query.where(Notification.occasion == occasion)
         return {u: (s, r or e) for u, s, r, e in connection.execute(query)}
 
 
