@@ -58,7 +58,7 @@ import pytest
 
 from rollout.core.plan import load_plan
 from tests.conftest import REFERENCE_PLAN
-from tests.support.processes import kill_carrying, kill_group
+from tests.support.processes import kill_carrying, kill_group, start_logged
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -105,16 +105,7 @@ def run_bench(work: Path, script: str, *args: str, path: tuple[Path, ...] = ()) 
     )
     command = [sys.executable, str(BENCH / script), *args]
     log = work / f"{Path(script).stem}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command,
-            cwd=work,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_logged(command, env, work, log)
     returncode: int | None = None
     try:
         returncode = process.wait(timeout=SECONDS)

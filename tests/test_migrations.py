@@ -286,18 +286,30 @@ def test_a_registry_a_newer_rollout_migrated_is_refused_by_upgrade_and_use(
     """Alembic's CommandError was a traceback from `db upgrade`, and every other command
     advised running `db upgrade`."""
     url = f"sqlite:///{tmp_path / 'registry.db'}"
+    engine = _migrated_by_a_newer_rollout(url)
+    with pytest.raises(RolloutError, match=NEWER):
+        migrate.upgrade(engine)
+    with pytest.raises(RolloutError, match=NEWER) as refused:
+        migrate.require_current_schema(url)
+    assert "run `rollout db upgrade`" not in str(refused.value)
+    assert migrate.current_revision(engine) == FUTURE
+    engine.dispose()
+
+
+# The revision a newer rollout's migrations would leave, and how this one refuses it.
+FUTURE = "9999_future"
+NEWER = f"schema revision {FUTURE}, which this rollout does not know"
+
+
+def _migrated_by_a_newer_rollout(url: str) -> Engine:
+    """An engine on a registry at every revision this rollout has, then one it has not."""
     engine = make_engine(url)
     migrate.upgrade(engine)
     with engine.begin() as connection:
-        connection.execute(text("update alembic_version set version_num = '9999_future'"))
-    newer = "schema revision 9999_future, which this rollout does not know"
-    with pytest.raises(RolloutError, match=newer):
-        migrate.upgrade(engine)
-    with pytest.raises(RolloutError, match=newer) as refused:
-        migrate.require_current_schema(url)
-    assert "run `rollout db upgrade`" not in str(refused.value)
-    assert migrate.current_revision(engine) == "9999_future"
-    engine.dispose()
+        connection.execute(
+            text("update alembic_version set version_num = :future"), {"future": FUTURE}
+        )
+    return engine
 
 
 def test_classic_tokens_get_what_their_kind_can_do_at_0009(registry: Registry) -> None:
@@ -487,12 +499,8 @@ def test_a_registry_a_newer_rollout_migrated_is_refused_by_downgrade(
 
     from rollout.cli import app
 
-    engine = make_engine(empty_registry_url)
-    migrate.upgrade(engine)
-    with engine.begin() as connection:
-        connection.execute(text("update alembic_version set version_num = '9999_future'"))
-    newer = "schema revision 9999_future, which this rollout does not know"
-    with pytest.raises(RolloutError, match=newer):
+    engine = _migrated_by_a_newer_rollout(empty_registry_url)
+    with pytest.raises(RolloutError, match=NEWER):
         migrate.downgrade(engine, REVISIONS[1])
     monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("ROLLOUT_REGISTRY_URL", empty_registry_url)
@@ -500,8 +508,8 @@ def test_a_registry_a_newer_rollout_migrated_is_refused_by_downgrade(
         result = CliRunner().invoke(app, ["db", "downgrade", REVISIONS[1], *apply])
         assert result.exit_code == 1, result.output
         assert isinstance(result.exception, SystemExit)
-        assert newer in result.stderr
-    assert migrate.current_revision(engine) == "9999_future"
+        assert NEWER in result.stderr
+    assert migrate.current_revision(engine) == FUTURE
     engine.dispose()
 
 

@@ -34,7 +34,13 @@ from typing import Any
 import pytest
 
 from rollout.phases.approvals import PrefectApi
-from tests.support.processes import kill_carrying, kill_group, kill_groups, pids_carrying
+from tests.support.processes import (
+    kill_carrying,
+    kill_group,
+    kill_groups,
+    pids_carrying,
+    start_logged,
+)
 from tests.support.serving import free_port, wait_until_answering
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,16 +144,7 @@ class Processes:
         self, name: str, args: list[str], env: dict[str, str], cwd: Path
     ) -> subprocess.Popen[bytes]:
         """A process in a session of its own, both its streams in ``<name>.log``."""
-        with (self.dir / f"{name}.log").open("wb") as out:
-            process = subprocess.Popen(
-                args,
-                env=env,
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        process = start_logged(args, env, cwd, self.dir / f"{name}.log")
         self.started.append(process)
         return process
 

@@ -14,6 +14,23 @@ from pathlib import Path
 from typing import Any
 
 
+def start_logged(
+    args: list[str], env: dict[str, str], cwd: Path, log: Path
+) -> subprocess.Popen[bytes]:
+    """``args`` started in a session of its own (so that :func:`kill_group` reaches all
+    it starts), no input, both its streams written to ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            args,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def pids_carrying(variable: str, value: str) -> list[int]:
     """Live processes whose environment has ``variable=value`` (Linux /proc; elsewhere
     none are found), this one left out."""
