@@ -12,8 +12,8 @@ read_version``), so a bulk write costs one check per row, not one update; a read
 sets ``read_version = version`` for the tables it is about to read, in a write
 transaction of its own, before its snapshot (none when no table is to be set: a
 write after that read bumps the version, as after a claim). Why that loses nothing:
-SQLite has one writer at a time, so every write commits either before that transaction (and is in
-the snapshot read after it) or after it, when its trigger finds ``version =
+SQLite has one writer at a time, so every write commits either before that
+transaction (and is in the snapshot read after it) or after it, when its trigger finds ``version =
 read_version`` (nothing changed since) and bumps the version, or finds it already
 bumped by an earlier write since; either way the version differs from the one the
 reader recorded, and the next run reads the table again. A write committed between
@@ -62,8 +62,14 @@ def _trigger_name(table: str, operation: str) -> str:
     return f"{TRIGGER_PREFIX}{table}_{operation}"
 
 
-def _trigger_names(tables: Iterable[str]) -> set[str]:
-    return {_trigger_name(table, operation) for table in tables for operation in OPERATIONS}
+# The triggers a SQLite registry has (their names).
+_TRIGGERS_SQL = "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+
+
+def _has_triggers(found: Iterable[str], tables: Iterable[str]) -> bool:
+    """Whether the triggers ``found`` include every one of ``tables``' change triggers."""
+    wanted = {_trigger_name(table, operation) for table in tables for operation in OPERATIONS}
+    return wanted <= set(found)
 
 
 def create_triggers_sql(tables: Iterable[str] = TRACKED_TABLES) -> list[str]:
@@ -119,8 +125,7 @@ def is_installed(connection: Connection, tables: Iterable[str] = TRACKED_TABLES)
         return False
     if connection.dialect.name != "sqlite":
         return True
-    triggers = connection.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'"))
-    return _trigger_names(tables) <= set(triggers.scalars())
+    return _has_triggers(connection.execute(text(_TRIGGERS_SQL)).scalars(), tables)
 
 
 def bump_sql(tables: Iterable[str]) -> list[str]:
@@ -194,8 +199,7 @@ def claim_versions(database: str, tables: Iterable[str]) -> dict[str, Version] |
 
 def _tracks(connection: sqlite3.Connection, tables: tuple[str, ...]) -> bool:
     """Whether every one of ``tables`` has its change triggers."""
-    found = connection.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-    return _trigger_names(tables) <= {name for (name,) in found}
+    return _has_triggers((name for (name,) in connection.execute(_TRIGGERS_SQL)), tables)
 
 
 def _select_versions(connection: sqlite3.Connection, tables: tuple[str, ...]) -> dict[str, Version]:
