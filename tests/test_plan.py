@@ -364,6 +364,23 @@ def test_the_reach_guard_s_share_is_a_number_from_0_to_1(value: str) -> None:
     )
 
 
+@pytest.mark.parametrize(("weekly", "monthly"), [(60, 30), (8, 7)])
+def test_a_weekly_window_longer_than_the_monthly_is_refused_at_its_line(
+    weekly: int, monthly: int
+) -> None:
+    # The weekly downloads are summed inside the monthly window: 60 "weekly" days
+    # counted the 30 monthly ones alone, and cohorts were built on that.
+    text = edited("weekly_window_days: 7", f"weekly_window_days: {weekly}")
+    text = text.replace("monthly_window_days: 30", f"monthly_window_days: {monthly}", 1)
+    assert problems_in(text) == [
+        (
+            line_of(text, f"weekly_window_days: {weekly}"),
+            f"metrics.weekly_window_days: the weekly window ({weekly} days) is longer than "
+            f"the monthly one ({monthly} days)",
+        )
+    ]
+
+
 def test_every_plan_model_refuses_unknown_fields() -> None:
     models = [
         value

@@ -496,6 +496,17 @@ ELV_STEPS = "elv"
 def plan_problems(plan: Plan) -> list[PlanProblem]:
     """What is wrong with a plan that parsed: order of dates, references, overlaps."""
     problems: list[PlanProblem] = []
+    windows = plan.metrics
+    if windows.weekly_window_days > windows.monthly_window_days:
+        # The weekly sums are taken inside the monthly window (and only its gaps are
+        # known): a longer weekly window silently counted the monthly one's days alone.
+        problems.append(
+            PlanProblem(
+                ("metrics", "weekly_window_days"),
+                f"the weekly window ({windows.weekly_window_days} days) is longer than the "
+                f"monthly one ({windows.monthly_window_days} days)",
+            )
+        )
     elv = plan.elv
     if elv is not None and elv.trial is not None and elv.trial.ends <= elv.trial.starts:
         problems.append(
