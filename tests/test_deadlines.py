@@ -12,7 +12,7 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from typer.testing import CliRunner
 
 from rollout import warehouse
@@ -22,7 +22,7 @@ from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import Plan, load_plan, parse_plan, plan_problems
 from rollout.notify.drain import account_recipient, drain
 from rollout.notify.message import Message
-from rollout.notify.queue import queue_due
+from rollout.notify.queue import queue_due, queue_preview
 from rollout.notify.senders import FileSender
 from rollout.phases import enforce
 from rollout.phases.snoozes import (
@@ -135,6 +135,41 @@ def test_each_account_is_enforced_at_its_own_deadline_and_the_unwarned_never(
     # cat was never sent the notice: she has no deadline and is never enforced.
     assert campaign.enforce(date(2024, 1, 7)) == set()
     assert "cat" not in campaign.required()
+
+
+def test_a_notice_skipped_for_its_address_goes_once_the_address_is_verified(
+    campaign: Campaign, registry: Registry
+) -> None:
+    """cat's notice was skipped on the first day: her address was unverified. She
+    verifies it a week later, while notices still go daily to whoever was not sent
+    one: hers goes then, starting her 45 days, and she is enforced at her deadline. Her
+    skipped row stayed skipped for good: she was never told, so never enforced."""
+    campaign.day(date(2023, 3, 13))
+    assert "cat" not in campaign.sent("phase_notice")
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(Account).where(Account.username == "cat").values(email_verified=True)
+        )
+    with use_clock(SimulatedClock(datetime(2023, 3, 20, 9))):
+        previewed = queue_preview(registry, campaign.plan, date(2023, 3, 20))
+    [notices] = [o for o in previewed if o.occasion.email == "phase_notice"]
+    assert (notices.added, notices.skipped) == (1, 0)
+    campaign.day(date(2023, 3, 20))
+    assert "cat" in campaign.sent("phase_notice")
+    assert "Thursday 4 May 2023 is your account's own deadline" in campaign.text_to(
+        "cat", "phase_notice"
+    )
+    campaign.day(date(2023, 3, 21))  # the next day's queue sends her nothing more
+    with registry.engine.connect() as connection:
+        notices = connection.execute(
+            select(func.count())
+            .select_from(Notification)
+            .join(Account, Account.id == Notification.account_id)
+            .where(Account.username == "cat", Notification.email == "phase_notice")
+        ).scalar_one()
+    assert notices == 1
+    assert "cat" not in campaign.enforce(date(2023, 4, 27))
+    assert campaign.enforce(date(2023, 5, 4)) == {"cat"}
 
 
 def test_the_report_reads_each_deadline_at_its_start_as_enforcement_meets_it(

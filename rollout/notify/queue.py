@@ -34,7 +34,10 @@ from sqlalchemy import (
     exists,
     func,
     literal,
+    or_,
     select,
+    true,
+    update,
 )
 
 from rollout.core.calendar import (
@@ -296,9 +299,32 @@ def queue_email(
     ``exempt``: the plan's exempt usernames, who get none of its warnings.
 
     An account that already has this (email, phase, occasion) keeps its row: queued,
-    sent or skipped, it is never queued again."""
+    sent or skipped, it is never queued again; except a phase notice skipped for its
+    address (unverified, suppressed) whose address no longer stops it, which is queued
+    now (counted as added): notices go daily to whoever was not sent one, and without
+    one an account is never told its deadline (nor, with per-account deadlines, has
+    one: the campaign would pass it by for good)."""
     reason = _skip_reason(email, requirements_of, now, exempt)
     ids = account_ids.subquery()
+    reopened = 0
+    if email in REOPENED_WHEN_ADDRESS_FIXED:
+        n = NOTIFICATIONS.c
+        reopened = connection.execute(
+            update(NOTIFICATIONS)
+            .where(
+                _skipped_for_the_address(email, phase, occasion),
+                n.account_id.in_(select(ids.c[0])),
+                exists().where(ACCOUNTS.c.id == n.account_id, reason.is_(None)),
+            )
+            .values(
+                state="queued",
+                skip_reason=None,
+                context=literal(dict(context), JSON),
+                attempts=0,
+                run_id=run_id,
+                updated_at=now,
+            )
+        ).rowcount
     rows = connection.execute(
         dialect_insert(connection, NOTIFICATIONS)
         .from_select(
@@ -332,7 +358,25 @@ def queue_email(
         .on_conflict_do_nothing(index_elements=["account_id", "email", "phase", "occasion"])
         .returning(NOTIFICATIONS.c.state)
     ).all()
-    return len(rows), sum(state == "skipped" for (state,) in rows)
+    return len(rows) + reopened, sum(state == "skipped" for (state,) in rows)
+
+
+# The emails a skip for the address does not end for good: queued again once the address
+# no longer stops them (rollout.notify.queue.queue_email).
+REOPENED_WHEN_ADDRESS_FIXED = frozenset({"phase_notice"})
+
+
+def _skipped_for_the_address(email: str, phase: str, occasion: str) -> Any:
+    """SQL over ``notifications``: the mailing's rows skipped for the address (unverified,
+    suppressed), as rollout.notify.reach tells them apart."""
+    n = NOTIFICATIONS.c
+    return and_(
+        n.email == email,
+        n.phase == phase,
+        n.occasion == occasion,
+        n.state == "skipped",
+        or_(n.skip_reason == UNVERIFIED, n.skip_reason.like("suppressed%")),
+    )
 
 
 def queue_each(
@@ -392,16 +436,23 @@ def _count(
     """(accounts, of them with a row of the mailing already, of the others those
     queue_email would record as skipped): what queueing ``ids`` would do. Reads only."""
     chosen = ids.subquery()
+    # The new rows queue_email would record as skipped: the same reason, read.
+    reason = _skip_reason(o.email, _requirements_of(plan, o), now, plan.exempt_usernames)
+    # A row it would queue again (a notice skipped for an address fixed since) is new.
+    kept = (
+        ~and_(_skipped_for_the_address(o.email, o.phase, o.occasion), reason.is_(None))
+        if o.email in REOPENED_WHEN_ADDRESS_FIXED
+        else true()
+    )
     has_row = exists().where(
         and_(
             NOTIFICATIONS.c.account_id == ACCOUNTS.c.id,
             NOTIFICATIONS.c.email == o.email,
             NOTIFICATIONS.c.phase == o.phase,
             NOTIFICATIONS.c.occasion == o.occasion,
+            kept,
         )
     )
-    # The new rows queue_email would record as skipped: the same reason, read.
-    reason = _skip_reason(o.email, _requirements_of(plan, o), now, plan.exempt_usernames)
     total, existing, skipped = connection.execute(
         select(
             func.count(),
