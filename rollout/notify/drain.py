@@ -576,17 +576,23 @@ def _time_in(context: Mapping[str, Any], key: str) -> datetime | None:
 
 
 def _rolled_back(connection: Connection, phase: Phase) -> bool:
-    """The phase's last succeeded apply or rollback run, by start and then by the order
+    """The phase's last apply or succeeded rollback run, by start and then by the order
     runs were recorded in (``seq``: an apply and its rollback can start at the same
-    instant), is a rollback: what `plan show` calls rolled back (rollout.phases.timeline)."""
+    instant), is a rollback. An apply counts whatever its outcome: one again after the
+    rollback that was stopped, killed or failed half way required accounts and revoked
+    their tokens all the same, and its emails must not say the step was rolled back
+    since. A rollback counts once it has released every account (succeeded): one that
+    stopped or failed half way is to be run again."""
     runs = PlanRun.__table__.c
     last = connection.execute(
         select(runs.mode)
         .where(
             and_(
                 runs.step == phase_step(phase.name),
-                runs.mode.in_(("apply", "rollback")),
-                runs.state == "succeeded",
+                or_(
+                    runs.mode == "apply",
+                    and_(runs.mode == "rollback", runs.state == "succeeded"),
+                ),
             )
         )
         .order_by(runs.started_at.desc(), runs.seq.desc())
