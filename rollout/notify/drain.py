@@ -788,6 +788,15 @@ def _deliver(sender: Sender, message: Message) -> _Outcome:
         return _Outcome(message.outbox_id, "failed", failure.reason[:2000])
 
 
+def _remove_leftovers(sender: Sender) -> None:
+    """The file outbox's temporary files a drain killed mid-write left (under the notify
+    lock, before any worker starts: no write of this run is under way)."""
+    from rollout.notify.senders import FileSender
+
+    if isinstance(sender, FileSender):
+        sender.remove_leftovers()
+
+
 def _is_misconfiguration(failure: DeliveryFailed) -> bool:
     from rollout.notify.senders import SenderMisconfigured
 
@@ -1346,6 +1355,7 @@ def drain(
             report.requeued = requeue_failed(engine, clock())
         # Left in flight by a drain that died: it may or may not have sent them.
         report.resumed = _requeue_in_flight(engine, clock())
+        _remove_leftovers(sender)
         waiting = sum(pending(registry).values())
         total = min(waiting, limit) if limit is not None else waiting
         if processes <= 1:
