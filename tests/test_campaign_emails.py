@@ -475,6 +475,70 @@ def test_an_apply_and_a_rollback_at_one_instant_tell_which_came_last(
     assert said is not applied_again
 
 
+@pytest.mark.parametrize("ended", [KeyboardInterrupt, RuntimeError], ids=["stopped", "failed"])
+def test_an_apply_again_cut_short_after_a_rollback_does_not_call_its_own_step_rolled_back(
+    registry: Registry,
+    plan: Plan,
+    factories: None,
+    tmp_path: Path,
+    ended: type[BaseException],
+) -> None:
+    """Applied, rolled back, then applied again by a run stopped (or failed) after its
+    first batch: that batch revoked newcomer's token and queued its enforcement email.
+    Only a succeeded run counted, so the rollback read as the phase's last word and the
+    email said the step had been rolled back since, of a requirement that stands (plan
+    show: interrupted)."""
+    from email import message_from_bytes, policy
+
+    from rollout.core.plan import Phase
+    from rollout.notify.drain import drain
+    from rollout.notify.senders import FileSender
+    from rollout.phases import enforce
+    from tests.factories import AccountFactory, TokenFactory
+
+    phase = plan.phase("top-100")
+    both = Phase.model_validate(
+        {
+            **phase.model_dump(),
+            "requires": {"two_factor": "any", "no_classic_tokens": True},
+            "effects": ["require_2fa", "revoke_tokens"],
+            "max_tokens": 100,
+        }
+    )
+    both_plan = plan.model_copy(update={"phases": [both, *plan.phases[1:]]})
+    noon = datetime.combine(both.enforce_on, time(12))
+    with use_clock(SimulatedClock(noon)):
+        enforce.enforce_phase(registry, both_plan, "top-100", expect=0, expect_tokens=0, actor="rm")
+    with use_clock(SimulatedClock(noon + timedelta(hours=1))):
+        enforce.rollback_phase(registry, both_plan, "top-100", actor="rm")
+    for name in ("newcomer", "next"):
+        account = AccountFactory(username=name, with_totp=True, in_cohort="top-100")
+        TokenFactory(account=account, name=f"ci-{name}", kind="automation")
+
+    def cut_short(done: int, total: int) -> None:
+        raise ended("after the first batch")
+
+    with use_clock(SimulatedClock(noon + timedelta(hours=2))):
+        with pytest.raises(ended):
+            enforce.enforce_phase(
+                registry,
+                both_plan,
+                "top-100",
+                expect=2,
+                expect_tokens=2,
+                actor="rm",
+                batch_size=1,
+                progress=cut_short,
+            )
+        assert drain(registry, both_plan, FileSender(tmp_path / "outbox")).sent == 1
+    [path] = (tmp_path / "outbox").iterdir()
+    message = message_from_bytes(path.read_bytes(), policy=policy.default)
+    assert message["To"].addresses[0].username == "newcomer"
+    text = words(message.get_body(("plain",)).get_content())
+    assert "- ci-newcomer, automation" in text
+    assert "rolled this step back" not in text
+
+
 @pytest.mark.parametrize("phase", ["totp-closed", "recommended"])
 def test_a_phase_that_stops_no_one_recommends_and_asks_no_action(phase: str) -> None:
     """npm 2025's totp-closed only closes new TOTP set-ups, RubyGems' recommended only

@@ -311,6 +311,39 @@ def test_rows_left_in_flight_are_written_again_over_their_own_files(
     assert set(again.values()) == {m for *_, m in _sent(registry).values()}
 
 
+def test_a_drain_killed_mid_write_leaves_no_temporary_file_after_the_next(
+    registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
+) -> None:
+    """Killed between writing a message's temporary file and moving it into place (no
+    clean-up runs on SIGKILL), a drain left half a message, hidden, beside the outbox's
+    files for good: the rerun writes that email again under its own process's name."""
+    queue_late(registry, plan, NOTICE_DAY)
+    sender = FileSender(tmp_path / "outbox")
+    assert drain(registry, plan, sender, limit=1).sent == 1
+    [written] = sender.outbox_dir.iterdir()
+    with registry.engine.begin() as connection:  # the other row, claimed when it died
+        connection.execute(
+            update(Notification).where(Notification.state == "queued").values(state="sending")
+        )
+    [(outbox_id, email)] = _rows_in(registry, "sending")
+    name = sender.path_for(Message(outbox_id, email, "x@example.com", None, "s", "t", "h")).name
+    half = sender.outbox_dir / f".{name}.4194303.140000000000000.tmp"  # its pid and thread
+    half.write_bytes(b"From: Registry security <security@registry.example>\nSubj")
+    report = drain(registry, plan, sender)
+    assert (report.resumed, report.sent) == (1, 1)
+    assert sorted(p.name for p in sender.outbox_dir.iterdir()) == sorted([written.name, name])
+
+
+def _rows_in(registry: Registry, state: str) -> list[tuple[int, str]]:
+    with registry.engine.connect() as connection:
+        return [
+            (row.id, row.email)
+            for row in connection.execute(
+                select(Notification.id, Notification.email).where(Notification.state == state)
+            )
+        ]
+
+
 def test_the_file_outbox_claims_a_bigger_batch_than_the_concurrency(
     registry: Registry,
     plan: Plan,

@@ -476,3 +476,75 @@ def test_ctrl_c_while_the_command_starts_is_a_stop_not_a_traceback() -> None:
         check=False,
     )
     assert (done.returncode, done.stderr) == (130, "stopped by SIGINT\n")
+
+
+# A phase-enforce flow run as Prefect stops it (a cancel, the worker's upgrade): the flow
+# engine runs the flow's body under capture_sigterm, which turns SIGTERM into Prefect's
+# TerminationSignal, a BaseException but no KeyboardInterrupt. Stopped after its first
+# batch (of one account).
+STOPPED_AS_A_FLOW_RUN = textwrap.dedent(
+    """
+    import os, signal, sys
+    from prefect.utilities.engine import capture_sigterm
+    from rollout.core.plan import load_plan
+    from rollout.phases.enforce import enforce_phase
+    from rollout.registry import Registry
+
+    with capture_sigterm():
+        enforce_phase(
+            Registry(sys.argv[1]), load_plan(sys.argv[2]), "top-100", expect=3,
+            actor="prefect/run", batch_size=1,
+            progress=lambda done, total: os.kill(os.getpid(), signal.SIGTERM),
+        )
+    """
+)
+
+
+def test_an_enforcement_prefect_stops_shows_interrupted_and_finishes_when_run_again(
+    registry: Registry, registry_url: str, plan: Plan, factories: None
+) -> None:
+    """It read 'apply failed' in plan show, with no word of running it again: the
+    operator's runbook says a run stopped for an upgrade shows as interrupted."""
+    from rollout.core.calendar import phase_step
+    from rollout.phases.enforce import enforce_phase
+    from rollout.phases.timeline import step_states
+    from rollout.registry.locks import LOCK_SETTLE_SECONDS
+    from rollout.registry.models import Account, Action, PlanRun
+
+    for _ in range(3):
+        AccountFactory(in_cohort="top-100")
+    stopped = subprocess.run(
+        [sys.executable, "-c", STOPPED_AS_A_FLOW_RUN, registry_url, str(PLAN)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert stopped.returncode == -signal.SIGTERM, stopped.stderr
+
+    def state() -> str:
+        step = phase_step("top-100")
+        return next(s.state for s in step_states(registry, plan) if s.step.key == step)
+
+    deadline = time.monotonic() + 5 * LOCK_SETTLE_SECONDS  # PostgreSQL's lock lets go
+    while state() == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state() == "interrupted"
+    with registry.engine.connect() as connection:
+        [(run_state, summary)] = connection.execute(select(PlanRun.state, PlanRun.summary))
+    assert (run_state, summary["accounts_required"]) == ("running", 1)
+
+    assert enforce_phase(registry, plan, "top-100", expect=3, actor="rm").accounts_required == 2
+    assert state() == "applied"
+    with registry.engine.connect() as connection:
+        flagged = connection.execute(
+            select(func.count()).where(Account.tfa_required_at.is_not(None))
+        ).scalar_one()
+        audits = connection.execute(
+            select(Action.account_id, func.count())
+            .where(Action.action == "tfa_required")
+            .group_by(Action.account_id)
+        ).all()
+    assert flagged == 3
+    assert len(audits) == 3 and {count for _, count in audits} == {1}

@@ -576,17 +576,23 @@ def _time_in(context: Mapping[str, Any], key: str) -> datetime | None:
 
 
 def _rolled_back(connection: Connection, phase: Phase) -> bool:
-    """The phase's last succeeded apply or rollback run, by start and then by the order
+    """The phase's last apply or succeeded rollback run, by start and then by the order
     runs were recorded in (``seq``: an apply and its rollback can start at the same
-    instant), is a rollback: what `plan show` calls rolled back (rollout.phases.timeline)."""
+    instant), is a rollback. An apply counts whatever its outcome: one again after the
+    rollback that was stopped, killed or failed half way required accounts and revoked
+    their tokens all the same, and its emails must not say the step was rolled back
+    since. A rollback counts once it has released every account (succeeded): one that
+    stopped or failed half way is to be run again."""
     runs = PlanRun.__table__.c
     last = connection.execute(
         select(runs.mode)
         .where(
             and_(
                 runs.step == phase_step(phase.name),
-                runs.mode.in_(("apply", "rollback")),
-                runs.state == "succeeded",
+                or_(
+                    runs.mode == "apply",
+                    and_(runs.mode == "rollback", runs.state == "succeeded"),
+                ),
             )
         )
         .order_by(runs.started_at.desc(), runs.seq.desc())
@@ -780,6 +786,15 @@ def _deliver(sender: Sender, message: Message) -> _Outcome:
         if not failure.permanent and _is_misconfiguration(failure):
             raise
         return _Outcome(message.outbox_id, "failed", failure.reason[:2000])
+
+
+def _remove_leftovers(sender: Sender) -> None:
+    """The file outbox's temporary files a drain killed mid-write left (under the notify
+    lock, before any worker starts: no write of this run is under way)."""
+    from rollout.notify.senders import FileSender
+
+    if isinstance(sender, FileSender):
+        sender.remove_leftovers()
 
 
 def _is_misconfiguration(failure: DeliveryFailed) -> bool:
@@ -1340,6 +1355,7 @@ def drain(
             report.requeued = requeue_failed(engine, clock())
         # Left in flight by a drain that died: it may or may not have sent them.
         report.resumed = _requeue_in_flight(engine, clock())
+        _remove_leftovers(sender)
         waiting = sum(pending(registry).values())
         total = min(waiting, limit) if limit is not None else waiting
         if processes <= 1:

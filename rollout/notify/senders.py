@@ -547,6 +547,19 @@ class FileSender:
     def path_for(self, message: Message) -> Path:
         return self.outbox_dir / f"{message.outbox_id:08d}-{_file_label(message.email)}.eml"
 
+    def remove_leftovers(self) -> int:
+        """Remove the temporary files of writes a drain killed in the middle left behind
+        (a SIGKILL runs no clean-up; the rerun writes each such email again under a name
+        of its own process): half a message each, never to be moved into place. Only
+        while no drain writes here: under the ``notify`` lock, before any send. Returns
+        how many."""
+        removed = 0
+        for leftover in self.outbox_dir.glob(f".*.eml.*{_TEMP_SUFFIX}"):
+            with suppress(FileNotFoundError):
+                leftover.unlink()
+                removed += 1
+        return removed
+
     def send(self, message: Message) -> str:
         _check_sendable(message)
         try:
@@ -743,11 +756,15 @@ def _eml(
     return b"".join(out)
 
 
+# The end of a temporary file's name (_write_replacing; FileSender.remove_leftovers).
+_TEMP_SUFFIX = ".tmp"
+
+
 def _write_replacing(path: Path, data: bytes) -> None:
     """Write ``data`` to a hidden temp file beside ``path`` and rename it into place: a
     reader never sees half a file. No fsync (see FileSender). The temp name is this
     process's and thread's own, so concurrent sends never share one."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{_TEMP_SUFFIX}")
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     except FileNotFoundError:  # the first email: no outbox folder yet

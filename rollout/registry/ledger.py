@@ -183,8 +183,10 @@ def recorded_run(
     ``lock`` names the run lock (``Registry.lock``) the caller holds for the
     whole run: after a kill, the row stays 'running' while its lock is free, which is
     how ``plan show`` tells an interrupted run from one still at work. A run stopped
-    (SIGTERM, Ctrl-C: a KeyboardInterrupt) is interrupted too, not failed: its row
-    keeps 'running' with what was done so far, and its rerun finishes the work."""
+    is interrupted too, not failed: its row keeps 'running' with what was done so far,
+    and its rerun finishes the work. Stopped is any exception that is no Exception:
+    SIGTERM or Ctrl-C in a command (a KeyboardInterrupt), and SIGTERM in a Prefect flow
+    run (a cancel, the worker's upgrade), which Prefect raises as its TerminationSignal."""
     with begin_writing(engine) as connection:
         run = RunRecord(
             start_run(
@@ -199,15 +201,15 @@ def recorded_run(
         )
     try:
         yield run
-    except KeyboardInterrupt:
+    except Exception:
+        with begin_writing(engine) as connection:
+            finish_run(connection, run.id, state="failed", summary=run.summary)
+        raise
+    except BaseException:  # stopped
         with begin_writing(engine) as connection:
             connection.execute(
                 update(PLAN_RUNS).where(PLAN_RUNS.c.id == run.id).values(summary=dict(run.summary))
             )
-        raise
-    except BaseException:
-        with begin_writing(engine) as connection:
-            finish_run(connection, run.id, state="failed", summary=run.summary)
         raise
     with begin_writing(engine) as connection:
         finish_run(connection, run.id, state="succeeded", summary=run.summary)

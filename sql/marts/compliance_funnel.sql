@@ -42,24 +42,25 @@ revocations as (
     group by phase
 ),
 
--- The runs that applied or rolled back a phase (rollout.enforce's plan_runs steps).
+-- The runs that applied or rolled back a phase (rollout.enforce's plan_runs steps): an
+-- apply whatever its outcome (one stopped, killed or failed half way required accounts
+-- all the same; one not finished counts from its start), a rollback once it succeeded.
 phase_runs as (
-    select step, mode, finished_at, seq
+    select step, mode, coalesce(finished_at, started_at) as at, seq
     from registry.plan_runs
-    where mode in ('apply', 'rollback')
-        and state = 'succeeded'
-        and finished_at < $as_of::date + 1
+    where (mode = 'apply' or (mode = 'rollback' and state = 'succeeded'))
+        and coalesce(finished_at, started_at) < $as_of::date + 1
 ),
 
 -- The phase's last such run decides: rolled back until it is applied again. Last by
 -- finish, then in the order the runs were recorded (seq): an apply and its rollback can
 -- finish at the same instant (the demo's simulated clock, a coarse one).
 rollbacks as (
-    select phases.phase, max(phase_runs.finished_at) as rolled_back_at
+    select phases.phase, max(phase_runs.at) as rolled_back_at
     from phases
     inner join phase_runs on phase_runs.step = phases.step
     group by phases.phase
-    having arg_max(phase_runs.mode, (phase_runs.finished_at, phase_runs.seq)) = 'rollback'
+    having arg_max(phase_runs.mode, (phase_runs.at, phase_runs.seq)) = 'rollback'
 ),
 
 enrolments as (
