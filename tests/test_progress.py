@@ -167,6 +167,37 @@ def test_the_demo_ends_with_the_numbers_that_tell_the_story(plan: Plan) -> None:
     ]
 
 
+def test_the_demo_says_required_to_use_2fa_only_of_a_phase_that_asks_only_that(
+    plan: Plan,
+) -> None:
+    """A phase with a token rule applies to accounts with 2FA too (a stale token): its
+    count is not of accounts "required to use 2FA" (the keys-and-tokens plan's demo said
+    126 where 101 lacked 2FA)."""
+    from datetime import date
+
+    from rollout.cli.demo import _story_lines
+    from rollout.core.plan import Requirements
+    from rollout.demo.story import StoryReport
+
+    top = plan.phase("top-100")
+    tokens = top.model_copy(
+        update={
+            "requires": Requirements(token_max_age_days=365),
+            "effects": ["require_2fa", "revoke_tokens"],
+        }
+    )
+    keys = top.model_copy(update={"requires": Requirements(two_factor="phishing_resistant")})
+    report = StoryReport(date(2021, 12, 1), date(2022, 5, 10))
+    report.enforced = {"top-100": 126}
+    for phase, said in (
+        (top, "required to use 2FA"),
+        (tokens, "it applies to"),
+        (keys, "it applies to"),
+    ):
+        changed = plan.model_copy(update={"phases": [phase]})
+        assert f"  phase top-100: 126 accounts {said}" in _story_lines(report, changed)
+
+
 def _shares_of(rows: str, start: date, end: date) -> dict[str, tuple[float | None, float | None]]:
     """``story._shares`` over an ``adoption_daily`` of these (day, population, accounts,
     share) rows."""

@@ -124,6 +124,7 @@ def demo(
 def _story_lines(report: Any, plan: Any) -> list[str]:
     """The few numbers that tell the demo's story: 2FA share before and after, by
     cohort; who was required to use 2FA; emails; what the brown-outs did."""
+    from rollout.demo.story import applies_in_words  # lazily, as the command imports it
 
     def share(value: float | None) -> str:
         return "?" if value is None else f"{value:.0%}"
@@ -137,8 +138,7 @@ def _story_lines(report: Any, plan: Any) -> list[str]:
     for phase in plan.phases:
         if phase.name not in report.enforced:
             continue
-        applies = "required to use 2FA" if phase.does("require_2fa") else "it applies to"
-        did = [f"{report.enforced[phase.name]:,} accounts {applies}"]
+        did = [f"{report.enforced[phase.name]:,} accounts {applies_in_words(phase)}"]
         if report.unreached_enforced.get(phase.name):
             did.append(f"{report.unreached_enforced[phase.name]:,} of them never reached by email")
         if report.tokens_revoked.get(phase.name):

@@ -1106,11 +1106,21 @@ def _package_of_each_maintainer(con: duckdb.DuckDBPyConnection) -> dict[str, str
     return {str(username): str(package) for username, package in rows}
 
 
+def applies_in_words(phase: Any) -> str:
+    """What the accounts an enforcement applies to (``accounts_required``) are, in the
+    story's words: "required to use 2FA" only where that is what they lack; a phase with
+    token rules or asking for a security key also applies to accounts with 2FA (a stale
+    token, TOTP alone), as its summary email says ("short of its requirements")."""
+    if phase.does("require_2fa") and phase.requires.asks_only_2fa:
+        return "required to use 2FA"
+    return "it applies to"
+
+
 def _did(phase: Any, result: Any) -> str:
     """What one enforcement run did, in the milestone's words."""
     said = []
     if phase.does("require_2fa"):
-        said.append(f"{result.accounts_required} accounts required to use 2FA")
+        said.append(f"{result.accounts_required} accounts {applies_in_words(phase)}")
     if phase.does("revoke_sessions"):
         said.append(f"{result.sessions_revoked} web sessions revoked")
     if phase.does("revoke_tokens"):
