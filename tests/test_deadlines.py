@@ -172,6 +172,35 @@ def test_a_notice_skipped_for_its_address_goes_once_the_address_is_verified(
     assert campaign.enforce(date(2023, 5, 4)) == {"cat"}
 
 
+def test_a_notice_skipped_for_a_suppressed_form_of_its_address_is_not_queued_again(
+    campaign: Campaign, registry: Registry
+) -> None:
+    """SendGrid lists an international address by its IDNA form; the account holds the
+    Unicode one. The queue's SQL sees no suppression of that spelling, the drain (which
+    checks every form) skips the notice: the next days must not queue it again (it
+    was queued and skipped again each day, a notice 'added' daily, none sent)."""
+    from rollout.notify import outbox
+
+    AccountFactory(username="jan", email="jan@bücher.example", in_cohort="publishers")
+    outbox.suppress(registry, "jan@xn--bcher-kva.example", reason="hard bounce", actor="ops")
+    campaign.day(date(2023, 3, 13))
+    for day in (date(2023, 3, 14), date(2023, 3, 15)):
+        with use_clock(SimulatedClock(datetime.combine(day, time(9)))):
+            previewed = queue_preview(registry, campaign.plan, day)
+        [notices] = [o for o in previewed if o.occasion.email == "phase_notice"]
+        assert notices.added == 0
+        campaign.day(day)
+    with registry.engine.connect() as connection:
+        rows = connection.execute(
+            select(Notification.state, Notification.skip_reason, Notification.updated_at)
+            .join(Account, Account.id == Notification.account_id)
+            .where(Account.username == "jan", Notification.email == "phase_notice")
+        ).all()
+    assert [(state, reason) for state, reason, _ in rows] == [("skipped", "suppressed")]
+    assert rows[0].updated_at < datetime(2023, 3, 14)
+    assert "jan" not in campaign.sent("phase_notice")
+
+
 def test_the_report_reads_each_deadline_at_its_start_as_enforcement_meets_it(
     campaign: Campaign, registry: Registry, plan: Plan, tmp_path: Path
 ) -> None:

@@ -36,7 +36,6 @@ from sqlalchemy import (
     literal,
     or_,
     select,
-    true,
     update,
 )
 
@@ -62,9 +61,11 @@ from rollout.notify.outbox import (
     RUN_DAY,
     UNVERIFIED,
     suppression_reason_sql,
+    suppression_reasons,
 )
 from rollout.notify.reach import WARNINGS
 from rollout.registry import Registry
+from rollout.registry.batches import in_chunks
 from rollout.registry.deadlines import due_by
 from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import (
@@ -307,15 +308,10 @@ def queue_email(
     reason = _skip_reason(email, requirements_of, now, exempt)
     ids = account_ids.subquery()
     reopened = 0
-    if email in REOPENED_WHEN_ADDRESS_FIXED:
-        n = NOTIFICATIONS.c
-        reopened = connection.execute(
+    for chunk in in_chunks(_reopenable(connection, email, phase, occasion, ids, reason)):
+        reopened += connection.execute(
             update(NOTIFICATIONS)
-            .where(
-                _skipped_for_the_address(email, phase, occasion),
-                n.account_id.in_(select(ids.c[0])),
-                exists().where(ACCOUNTS.c.id == n.account_id, reason.is_(None)),
-            )
+            .where(NOTIFICATIONS.c.id.in_(chunk))
             .values(
                 state="queued",
                 skip_reason=None,
@@ -366,17 +362,34 @@ def queue_email(
 REOPENED_WHEN_ADDRESS_FIXED = frozenset({"phase_notice"})
 
 
-def _skipped_for_the_address(email: str, phase: str, occasion: str) -> Any:
-    """SQL over ``notifications``: the mailing's rows skipped for the address (unverified,
-    suppressed), as rollout.notify.reach tells them apart."""
+def _reopenable(
+    connection: Connection, email: str, phase: str, occasion: str, ids: Any, reason: Any
+) -> list[int]:
+    """The ids of the mailing's rows for ``ids`` (a subquery of account ids) that were
+    skipped for the address (unverified, suppressed, as rollout.notify.reach tells them
+    apart) and whose address stops them no more: ``reason`` (the queue's skip reason) is
+    NULL, and no form of the address is suppressed. The drain checks each form (its
+    domain in IDNA or Unicode), which the queue's SQL cannot: without that check here, a
+    notice the drain skipped for the other form would be queued again, and skipped
+    again, every day."""
+    if email not in REOPENED_WHEN_ADDRESS_FIXED:
+        return []
     n = NOTIFICATIONS.c
-    return and_(
-        n.email == email,
-        n.phase == phase,
-        n.occasion == occasion,
-        n.state == "skipped",
-        or_(n.skip_reason == UNVERIFIED, n.skip_reason.like("suppressed%")),
-    )
+    rows = connection.execute(
+        select(n.id, ACCOUNTS.c.email)
+        .join(ACCOUNTS, ACCOUNTS.c.id == n.account_id)
+        .where(
+            n.email == email,
+            n.phase == phase,
+            n.occasion == occasion,
+            n.state == "skipped",
+            or_(n.skip_reason == UNVERIFIED, n.skip_reason.like("suppressed%")),
+            n.account_id.in_(select(ids.c[0])),
+            reason.is_(None),
+        )
+    ).all()
+    suppressed = suppression_reasons(connection, {address for _, address in rows})
+    return [row_id for row_id, address in rows if address.lower() not in suppressed]
 
 
 def queue_each(
@@ -438,19 +451,12 @@ def _count(
     chosen = ids.subquery()
     # The new rows queue_email would record as skipped: the same reason, read.
     reason = _skip_reason(o.email, _requirements_of(plan, o), now, plan.exempt_usernames)
-    # A row it would queue again (a notice skipped for an address fixed since) is new.
-    kept = (
-        ~and_(_skipped_for_the_address(o.email, o.phase, o.occasion), reason.is_(None))
-        if o.email in REOPENED_WHEN_ADDRESS_FIXED
-        else true()
-    )
     has_row = exists().where(
         and_(
             NOTIFICATIONS.c.account_id == ACCOUNTS.c.id,
             NOTIFICATIONS.c.email == o.email,
             NOTIFICATIONS.c.phase == o.phase,
             NOTIFICATIONS.c.occasion == o.occasion,
-            kept,
         )
     )
     total, existing, skipped = connection.execute(
@@ -462,7 +468,10 @@ def _count(
         .select_from(ACCOUNTS)
         .where(ACCOUNTS.c.id.in_(select(chosen.c[0])))
     ).one()
-    return total, existing, skipped
+    # A row it would queue again (a notice skipped for an address fixed since) is new,
+    # and not skipped (its reason is NULL).
+    reopened = len(_reopenable(connection, o.email, o.phase, o.occasion, chosen, reason))
+    return total, existing - reopened, skipped
 
 
 def _previewed(
