@@ -6,6 +6,7 @@ test or a demo can point the whole tool somewhere else with one variable.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Mapping
@@ -64,6 +65,45 @@ def webhook_public_key(text: str) -> EllipticCurvePublicKey:
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise ValueError("is not SendGrid's verification key (base64 of an ECDSA public key)")
     return key
+
+
+def prefect_api(environ: Mapping[str, str]) -> tuple[str, dict[str, str]] | None:
+    """The Prefect API ``PREFECT_API_URL`` names and the headers to send it, as Prefect's
+    own client reads them (``PREFECT_API_AUTH_STRING``, a server's basic auth, before
+    ``PREFECT_API_KEY``, Prefect Cloud's); None when the URL is not set.
+
+    A value that cannot be used is ``BadInput`` naming the variable (a URL the HTTP
+    client cannot read was a traceback; a key holding a line break was sent as a header
+    and refused in a message that repeated it), and a key is never repeated."""
+    url = (environ.get("PREFECT_API_URL") or "").strip()
+    if not url:
+        return None
+    if not url.startswith(("http://", "https://")):
+        raise BadInput(None, None, f"PREFECT_API_URL={url!r}: expected an http(s) URL")
+    # Imported here: only the commands that talk to Prefect need it.
+    import httpx
+
+    try:
+        host = httpx.URL(url).host
+    except (httpx.InvalidURL, ValueError) as error:
+        raise BadInput(None, None, f"PREFECT_API_URL={url!r}: not a URL: {error}") from None
+    if not host or any(c.isspace() or not c.isprintable() for c in url):
+        raise BadInput(None, None, f"PREFECT_API_URL={url!r}: expected an http(s) URL")
+    auth_string = environ.get("PREFECT_API_AUTH_STRING")
+    if auth_string:
+        token = base64.b64encode(auth_string.encode()).decode()
+        return url, {"Authorization": f"Basic {token}"}
+    raw_key = environ.get("PREFECT_API_KEY")
+    if raw_key:
+        try:
+            key = api_key(raw_key)
+            if key is not None and not key.isascii():
+                raise ValueError("holds a character that is not ASCII (the key is not shown)")
+        except ValueError as error:
+            raise BadInput(None, None, f"environment variable PREFECT_API_KEY {error}") from None
+        if key is not None:
+            return url, {"Authorization": f"Bearer {key}"}
+    return url, {}
 
 
 def _machine_memory() -> int:
