@@ -10,7 +10,7 @@ is no column of its mart, a typo in a key) is refused with the file, the line an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,19 @@ class ReportSpec:
     # (column, label) pairs, in the order shown.
     brownout_measures: tuple[tuple[str, str], ...]
     funnel_stages: tuple[tuple[str, str], ...]
+    # Where each mart's row order is written (the file, and the line of each): a list
+    # that does not run on its mart is refused there (rollout.report.reporting).
+    path: Path = Path(SPEC_FILE)
+    order_lines: dict[str, int] = field(default_factory=dict)
+
+    def bad_order(self, mart: str, problem: str) -> BadInput:
+        """The refusal of ``mart``'s row order, which DuckDB could not run: ``problem``."""
+        return BadInput(
+            self.path,
+            self.order_lines.get(mart, 1),
+            f"csvs: {mart}: the row order {self.csv_order[mart]!r} does not run on "
+            f"{mart}: {problem}",
+        )
 
 
 @cache
@@ -72,6 +85,15 @@ def load_report_spec(path: Path, marts_dir: Path) -> ReportSpec:
         mart: _mart_columns(marts_dir, mart, path, _line(node, ["csvs", mart]))
         for mart in spec.csvs
     }
+    for mart, order in spec.csvs.items():
+        # One `order by` list: a second statement after it would run with every report.
+        if ";" in order or not order.strip():
+            raise BadInput(
+                path,
+                _line(node, ["csvs", mart]),
+                f"csvs: {mart}: a row order is one `order by` list (columns, no ';'), "
+                f"not {order!r}",
+            )
     for section, mart in (("brownout_measures", BROWNOUT_MART), ("funnel_stages", FUNNEL_MART)):
         columns = marts.get(mart)
         if columns is None:
@@ -90,6 +112,8 @@ def load_report_spec(path: Path, marts_dir: Path) -> ReportSpec:
         publishing_days=spec.publishing_days,
         brownout_measures=tuple(spec.brownout_measures.items()),
         funnel_stages=tuple(spec.funnel_stages.items()),
+        path=path,
+        order_lines={mart: _line(node, ["csvs", mart]) for mart in spec.csvs},
     )
 
 
