@@ -210,6 +210,20 @@ class Settings(BaseSettings):
             raise ValueError("is empty")
         return value
 
+    @field_validator("home", "plan_path", "warehouse_path_override")
+    @classmethod
+    def _home_folder_expanded(cls, value: Path | None) -> Path | None:
+        # `ROLLOUT_HOME=~/rollout` in a compose file, a systemd unit or a deployment's
+        # env, where no shell expands it: rollout made a folder named ~ in the working
+        # folder while DuckDB, which expands a leading ~ itself, put the warehouse in
+        # the home folder. Read as a shell (and DuckDB, and Prefect's settings) read it.
+        if value is None or not str(value).startswith("~"):
+            return value
+        try:
+            return value.expanduser()
+        except RuntimeError as error:  # HOME unset, or no such user for ~name
+            raise ValueError(f"starts with ~, which cannot be expanded here: {error}") from None
+
     @field_validator("registry_url_override")
     @classmethod
     def _registry_url(cls, value: str | None) -> str | None:

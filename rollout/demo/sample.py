@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import delete, insert, inspect, text
 
 from rollout.core.errors import BadInput, GuardRefused
-from rollout.core.files import written_in_place
+from rollout.core.files import duckdb_path, written_in_place
 from rollout.registry import Registry, bulk, migrate
 from rollout.registry.engine import make_engine, normalize_url
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, RegistryMark
@@ -1306,7 +1306,7 @@ def _write_jsonl(table: pa.Table, path: Path) -> None:
 
     with duckdb.connect() as con, written_in_place(path) as temporary:
         con.register("manifests", table)
-        target = str(temporary).replace("'", "''")
+        target = duckdb_path(temporary).replace("'", "''")
         # DuckDB writes maps as JSON objects and keeps the column names as they are.
         con.execute(f"COPY manifests TO '{target}' (FORMAT json)")
 

@@ -23,6 +23,7 @@ import httpx
 
 from rollout.core.config import prefect_api
 from rollout.core.errors import BadInput, RolloutError
+from rollout.core.files import duckdb_path
 
 if TYPE_CHECKING:
     from rollout.core.config import Settings
@@ -190,7 +191,7 @@ def check_warehouse(path: Path) -> CheckResult:
     try:
         # Read-only and closed at once, so a run starting meanwhile is not kept out
         # for longer than this query.
-        con = duckdb.connect(str(path), read_only=True)
+        con = duckdb.connect(duckdb_path(path), read_only=True)
     except duckdb.IOException as error:
         if "lock" not in str(error).lower():
             return CheckResult("warehouse", Status.fail, _short(f"{path}: cannot open: {error}"))

@@ -32,6 +32,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, Undefined
 
 from rollout.core.calendar import plan_calendar
 from rollout.core.errors import RolloutError
+from rollout.core.files import duckdb_path
 from rollout.core.output import csv_cells, markdown_text
 from rollout.core.plan import Plan
 from rollout.core.resources import resource_dir
@@ -868,7 +869,7 @@ def _copy_csv(
     ordered = con.sql(f"select {select} from {table} order by {order}").to_arrow_table()
     cells = pa.table([csv_cells(c) for c in ordered.columns], names=ordered.column_names)
     view = f"_csv_{secrets.token_hex(8)}"
-    target = str(path).replace("'", "''")
+    target = duckdb_path(path).replace("'", "''")
     con.register(view, cells)
     try:
         # A scan of an Arrow table keeps its rows' order (DuckDB's insertion order).
