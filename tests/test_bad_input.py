@@ -255,6 +255,11 @@ BAD_ENVIRONMENT = [
     # Prefect's own database URL has asyncpg: rollout connects with psycopg.
     ("ROLLOUT_REGISTRY_URL", "postgresql+asyncpg://rop:s3cret@/registry?host=/nowhere"),
     ("ROLLOUT_REGISTRY_URL", "sqlite+aiosqlite:///registry.db"),
+    # In memory: `db upgrade` said "at revision 0019" and the next command found none.
+    ("ROLLOUT_REGISTRY_URL", "sqlite://"),
+    ("ROLLOUT_REGISTRY_URL", "sqlite:///"),
+    ("ROLLOUT_REGISTRY_URL", "sqlite:///:memory:"),
+    ("ROLLOUT_WAREHOUSE", ":memory:"),
     ("ROLLOUT_DUCKDB_MEMORY_LIMIT", "lots"),
     ("ROLLOUT_SENDGRID_URL", "not a url"),
     ("ROLLOUT_ACTOR", ""),

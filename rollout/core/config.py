@@ -210,6 +210,18 @@ class Settings(BaseSettings):
             raise ValueError("is empty")
         return value
 
+    @field_validator("warehouse_path_override")
+    @classmethod
+    def _warehouse_file(cls, value: Path | None) -> Path | None:
+        # DuckDB's name for a database in memory: `ingest` loaded every file into it and
+        # the next command found no warehouse.
+        if value is not None and str(value) == ":memory:":
+            raise ValueError(
+                "names no file (a DuckDB database in memory is gone when the command "
+                "ends): write the warehouse file's path"
+            )
+        return value
+
     @field_validator("home", "plan_path", "warehouse_path_override")
     @classmethod
     def _home_folder_expanded(cls, value: Path | None) -> Path | None:
@@ -249,6 +261,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"names the driver {driver!r}: rollout connects to {backend} with "
                 f"{' or '.join(_REGISTRY_DRIVERS[backend])} (write {backend}://...)"
+            )
+        # sqlite:// (or sqlite:///, :memory:) is a database in memory, gone when the
+        # command ends: `db upgrade` said "at revision 0019" and every command after it
+        # found an empty one, to be upgraded again.
+        if backend == "sqlite" and (
+            url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+        ):
+            raise ValueError(
+                "names no database file (a SQLite database in memory is gone when the "
+                "command ends): write sqlite:///PATH"
             )
         return value
 
