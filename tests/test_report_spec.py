@@ -97,6 +97,12 @@ def test_an_edited_label_and_size_change_the_report(
             "notice_reach",
             "csvs: notice_reach: a row order is one `order by` list",
         ),
+        (
+            "  token_readiness: cohort",
+            "  ../intermediate/int_funnel_accounts: phase",
+            "../intermediate/int_funnel_accounts",
+            "csvs: '../intermediate/int_funnel_accounts' is no mart's name",
+        ),
     ],
     ids=[
         "unknown-key",
@@ -106,6 +112,7 @@ def test_an_edited_label_and_size_change_the_report(
         "no-model",
         "yaml",
         "second-statement",
+        "path-as-mart",
     ],
 )
 def test_a_broken_definition_is_refused_naming_file_line_and_reason(

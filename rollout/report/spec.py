@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rollout.core.errors import BadInput
+from rollout.core.names import SAFE_NAME_RULE, is_safe_name
 from rollout.core.resources import resource_dir
 
 SPEC_FILE = "adoption.yml"
@@ -81,6 +82,15 @@ def load_report_spec(path: Path, marts_dir: Path) -> ReportSpec:
         first = min(error.errors(), key=lambda e: e["type"] == "missing")
         where = [str(part) for part in first["loc"]]
         raise BadInput(path, _line(node, where), f"{'.'.join(where)}: {first['msg']}") from None
+    for mart in spec.csvs:
+        # A table's name, and `<mart>.csv` in the report's folder: `../x` named a model
+        # file in another folder, a file outside the report's, and was a SQL traceback.
+        if not is_safe_name(mart):
+            raise BadInput(
+                path,
+                _line(node, ["csvs", mart]),
+                f"csvs: {mart!r} is no mart's name ({SAFE_NAME_RULE})",
+            )
     marts = {
         mart: _mart_columns(marts_dir, mart, path, _line(node, ["csvs", mart]))
         for mart in spec.csvs
