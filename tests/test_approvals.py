@@ -87,6 +87,51 @@ def test_the_api_key_or_auth_string_goes_in_the_header() -> None:
         api_from_environ({"PREFECT_API_URL": "127.0.0.1:4200"})
 
 
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"PREFECT_API_URL": "http://[::1/api"}, "PREFECT_API_URL"),
+        ({"PREFECT_API_URL": "http://127.0.0.1:4200:1/api"}, "PREFECT_API_URL"),
+        ({"PREFECT_API_KEY": "pnu_s3cret\nX-Injected: 1"}, "PREFECT_API_KEY"),
+        ({"PREFECT_API_KEY": "pnu_s3crét"}, "PREFECT_API_KEY"),
+    ],
+    ids=["unclosed-ipv6", "two-ports", "key-with-header", "key-not-ascii"],
+)
+@pytest.mark.parametrize(
+    "args",
+    [("approvals",), ("approve", "0b6c8a52-9f1e-4c47-a1d2-5b0c3e7f9a10", "--expect", "3")],
+)
+def test_a_prefect_setting_that_cannot_be_used_is_one_line_naming_it_without_the_key(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], named: str, args: tuple[str, ...]
+) -> None:
+    """A bad URL was a traceback; a key holding a line break or a character that is not
+    ASCII was a traceback too, or refused by the HTTP client in a message repeating it."""
+    url = environ.get("PREFECT_API_URL", f"http://127.0.0.1:{closed_port()}/api")
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("PREFECT_API_AUTH_STRING", raising=False)
+    code, output = invoke(monkeypatch, url, *args)
+    assert code == 2, output
+    assert output.strip().count("\n") == 0 and "Traceback" not in output
+    assert named in output
+    assert "s3cret" not in output
+
+
+def test_the_auth_string_goes_before_the_key_as_prefect_s_client_sends_them() -> None:
+    """Both set: Prefect's client (and `rollout doctor`) send the server's basic auth."""
+    environ = {
+        "PREFECT_API_URL": "http://x/api",
+        "PREFECT_API_AUTH_STRING": "admin:pw",
+        "PREFECT_API_KEY": "k",
+    }
+    with api_from_environ(environ) as api:
+        assert api.client.headers["Authorization"] == "Basic YWRtaW46cHc="
+    # A key file saved with CRLF line ends keeps its CR through $(cat key): dropped, as
+    # the whitespace around SENDGRID_API_KEY is.
+    with api_from_environ({"PREFECT_API_URL": "http://x/api", "PREFECT_API_KEY": "k\r"}) as api:
+        assert api.client.headers["Authorization"] == "Bearer k"
+
+
 def test_the_request_round_trips_through_json() -> None:
     request = ApprovalRequest("top-100", 87, 120, 13, "/r/a.csv", "phase-preview-top-100", "t")
     assert ApprovalRequest.from_json(request.to_json()) == request

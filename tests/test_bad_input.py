@@ -208,6 +208,26 @@ def test_a_number_out_of_range_is_refused_before_anything_runs(
     assert enrolled == 0
 
 
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        (["--end", "2199-12-31"], "end 2199-12-31 is in the future"),
+        (["--end", "2011-06-30"], "end must be in 2012 or later"),
+        (["--days", "100000"], "would start the download history before 2010-01-01"),
+    ],
+    ids=["end-in-the-future", "end-too-early", "days-before-the-registry"],
+)
+def test_sample_refuses_a_history_it_cannot_write_before_making_anything(
+    rollout_home: Path, tmp_path: Path, options: list[str], reason: str
+) -> None:
+    """A mistyped --end or --days is refused before the registry is opened: it left an
+    empty registry.db (and the home) behind, which the next command took for a registry."""
+    stderr = refused(run("sample", "--scale", "tiny", *options))
+    assert reason in stderr
+    assert not rollout_home.exists()
+    assert files_under(tmp_path) == {}
+
+
 def numeric_parameters(command: Any, path: str = "rollout") -> list[tuple[str, Any]]:
     """Every int or float option and argument of every command, by its command path."""
     found = []
@@ -235,6 +255,11 @@ BAD_ENVIRONMENT = [
     # Prefect's own database URL has asyncpg: rollout connects with psycopg.
     ("ROLLOUT_REGISTRY_URL", "postgresql+asyncpg://rop:s3cret@/registry?host=/nowhere"),
     ("ROLLOUT_REGISTRY_URL", "sqlite+aiosqlite:///registry.db"),
+    # In memory: `db upgrade` said "at revision 0019" and the next command found none.
+    ("ROLLOUT_REGISTRY_URL", "sqlite://"),
+    ("ROLLOUT_REGISTRY_URL", "sqlite:///"),
+    ("ROLLOUT_REGISTRY_URL", "sqlite:///:memory:"),
+    ("ROLLOUT_WAREHOUSE", ":memory:"),
     ("ROLLOUT_DUCKDB_MEMORY_LIMIT", "lots"),
     ("ROLLOUT_SENDGRID_URL", "not a url"),
     ("ROLLOUT_ACTOR", ""),

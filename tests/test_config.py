@@ -138,3 +138,24 @@ def test_an_api_key_keeps_no_whitespace_around_it_and_none_inside() -> None:
         load_settings({"SENDGRID_API_KEY": "SG.secret\x00key"})
     assert "holds a space or a control character" in str(refused.value)
     assert "secret" not in str(refused.value).replace("(the key is not shown)", "")
+
+
+def test_a_leading_tilde_is_the_home_folder_as_duckdb_and_a_shell_read_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """ROLLOUT_HOME=~/rollout where no shell expands it (a compose file, a unit): rollout
+    made a folder named ~ in the working folder while DuckDB put the warehouse at home."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    settings = load_settings(
+        {
+            "ROLLOUT_HOME": "~/rollout",
+            "ROLLOUT_WAREHOUSE": "~/w/warehouse.duckdb",
+            "ROLLOUT_PLAN": "~/plans/p.yaml",
+        }
+    )
+    assert settings.home == tmp_path / "rollout"
+    assert settings.warehouse_path == tmp_path / "w" / "warehouse.duckdb"
+    assert settings.plan_path == tmp_path / "plans" / "p.yaml"
+    assert settings.registry_url == f"sqlite:///{tmp_path / 'rollout' / 'registry.db'}"
+    with pytest.raises(BadInput, match=r"environment variable ROLLOUT_HOME='~no-such-user-x/r'"):
+        load_settings({"ROLLOUT_HOME": "~no-such-user-x/r"})

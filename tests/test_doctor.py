@@ -271,6 +271,15 @@ def test_without_prefect_api_url_the_worker_is_not_checked() -> None:
     assert result.status is Status.warn and result.detail.startswith("PREFECT_API_URL not set")
 
 
+def test_a_prefect_setting_that_cannot_be_used_fails_the_check_naming_it() -> None:
+    """Read as `rollout approvals` reads them (config.prefect_api): the key not shown."""
+    result = check_worker({"PREFECT_API_URL": "http://[::1/api"}, transport=prefect_api())
+    assert result.status is Status.fail and "PREFECT_API_URL" in result.detail
+    result = check(prefect_api(), PREFECT_API_KEY="pnu_s3cr\u00e9t")
+    assert result.status is Status.fail and "PREFECT_API_KEY" in result.detail
+    assert "s3cr" not in result.detail
+
+
 def test_a_worker_with_a_recent_heartbeat_passes() -> None:
     result = check(prefect_api(workers=[worker("old", 3600), worker("host-1", 20)]))
     assert result.status is Status.ok

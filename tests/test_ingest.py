@@ -547,6 +547,41 @@ def test_a_path_duckdb_would_read_as_a_pattern_is_refused_and_the_others_load(
     assert loaded_rows(con) == [("react", DAY, 1)]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_a_path_starting_with_a_tilde_loads_that_file_not_one_in_the_home_folder(
+    con: duckdb.DuckDBPyConnection,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+) -> None:
+    """DuckDB reads a leading ~ as the home folder; Python, which checked and fingerprinted
+    the file, does not: the rows of another file were loaded under this one's checksum."""
+    work, home = tmp_path / "work", tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work.mkdir() or work)
+    for root, package in ((work / "~", "react"), (home, "vue")):
+        if fmt == "parquet":
+            typed_parquet(root, "d.parquet", [(package, DAY, 1)])
+        elif fmt == "csv":
+            (root / "downloads").mkdir(parents=True)
+            (root / "downloads" / "d.csv").write_text(f"package,day,downloads\n{package},{DAY},1\n")
+        else:
+            (root / "manifests").mkdir(parents=True)
+            manifest = {"name": package, "version": "1.0.0", "maintainers": ["kim"]}
+            (root / "manifests" / "m.jsonl").write_text(json.dumps(manifest) + "\n")
+    name = {
+        "csv": "downloads/d.csv",
+        "parquet": "downloads/d.parquet",
+        "jsonl": "manifests/m.jsonl",
+    }
+    report = ingest.ingest(con, [Path("~") / name[fmt]], quarantine_limit=LIMIT, now=NOW)
+    assert report.loaded == 1, report.rejected
+    if fmt == "jsonl":
+        assert con.execute("select name from raw_manifests").fetchall() == [("react",)]
+    else:
+        assert loaded_rows(con) == [("react", DAY, 1)]
+
+
 def test_a_refused_file_is_named_on_one_line_whatever_its_name_holds(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:

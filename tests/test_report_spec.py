@@ -91,8 +91,29 @@ def test_an_edited_label_and_size_change_the_report(
             "ledger_activity",
             "not valid YAML",
         ),
+        (
+            "  notice_reach: phase",
+            "  notice_reach: phase; drop table adoption_daily",
+            "notice_reach",
+            "csvs: notice_reach: a row order is one `order by` list",
+        ),
+        (
+            "  token_readiness: cohort",
+            "  ../intermediate/int_funnel_accounts: phase",
+            "../intermediate/int_funnel_accounts",
+            "csvs: '../intermediate/int_funnel_accounts' is no mart's name",
+        ),
     ],
-    ids=["unknown-key", "not-a-number", "no-such-measure", "no-such-stage", "no-model", "yaml"],
+    ids=[
+        "unknown-key",
+        "not-a-number",
+        "no-such-measure",
+        "no-such-stage",
+        "no-model",
+        "yaml",
+        "second-statement",
+        "path-as-mart",
+    ],
 )
 def test_a_broken_definition_is_refused_naming_file_line_and_reason(
     spec_copy: Path, old: str, new: str, marker: str, reason: str
@@ -115,3 +136,23 @@ def test_a_stage_list_without_its_mart_is_refused(spec_copy: Path) -> None:
     _edit(spec_copy, "  compliance_funnel: notice_on, phase\n", "")
     with pytest.raises(BadInput, match=r"funnel_stages needs compliance_funnel under csvs"):
         load_report_spec(spec_copy, MARTS_DIR)
+
+
+@pytest.mark.parametrize("mart", ["notice_reach", "adoption_daily", "publishes_daily"])
+def test_a_row_order_that_does_not_run_on_its_mart_is_refused_at_its_line(
+    tmp_path: Path, plan: Plan, spec_copy: Path, monkeypatch: pytest.MonkeyPatch, mart: str
+) -> None:
+    """A misspelt column in a mart's row order was a DuckDB traceback (exit 1) from the
+    middle of the report; it is the definition's line, and no report file is written."""
+    line = _line_of(spec_copy, f"  {mart}: ")
+    text = spec_copy.read_text().splitlines()
+    text[line - 1] = f"  {mart}: no_such_column, day"
+    spec_copy.write_text("\n".join(text) + "\n")
+    edited = load_report_spec(spec_copy, MARTS_DIR)
+    monkeypatch.setattr(reporting, "report_spec", lambda: edited)
+    with pytest.raises(BadInput) as refused:
+        run_report(tmp_path / "out", plan)
+    message = str(refused.value)
+    assert message.startswith(f"{spec_copy}:{line}: csvs: {mart}: the row order"), message
+    assert "no_such_column" in message
+    assert not (tmp_path / "out" / "reports").exists()

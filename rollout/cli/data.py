@@ -74,6 +74,8 @@ def sample(
         from rollout.demo.story import sample_window
 
         last_day, days = sample_window(runtime.plan)
+    # Before the registry is opened (which makes its file) or the home made.
+    sample_module.check_history(scale, last_day, days)
     contents = sample_module.registry_contents(runtime.registry)
     if contents.has_rows and contents.is_sample and not replace:
         # The preview (DESIGN.md rule 1): what --replace would destroy, and how.

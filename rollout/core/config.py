@@ -6,6 +6,7 @@ test or a demo can point the whole tool somewhere else with one variable.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Mapping
@@ -64,6 +65,45 @@ def webhook_public_key(text: str) -> EllipticCurvePublicKey:
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise ValueError("is not SendGrid's verification key (base64 of an ECDSA public key)")
     return key
+
+
+def prefect_api(environ: Mapping[str, str]) -> tuple[str, dict[str, str]] | None:
+    """The Prefect API ``PREFECT_API_URL`` names and the headers to send it, as Prefect's
+    own client reads them (``PREFECT_API_AUTH_STRING``, a server's basic auth, before
+    ``PREFECT_API_KEY``, Prefect Cloud's); None when the URL is not set.
+
+    A value that cannot be used is ``BadInput`` naming the variable (a URL the HTTP
+    client cannot read was a traceback; a key holding a line break was sent as a header
+    and refused in a message that repeated it), and a key is never repeated."""
+    url = (environ.get("PREFECT_API_URL") or "").strip()
+    if not url:
+        return None
+    if not url.startswith(("http://", "https://")):
+        raise BadInput(None, None, f"PREFECT_API_URL={url!r}: expected an http(s) URL")
+    # Imported here: only the commands that talk to Prefect need it.
+    import httpx
+
+    try:
+        host = httpx.URL(url).host
+    except (httpx.InvalidURL, ValueError) as error:
+        raise BadInput(None, None, f"PREFECT_API_URL={url!r}: not a URL: {error}") from None
+    if not host or any(c.isspace() or not c.isprintable() for c in url):
+        raise BadInput(None, None, f"PREFECT_API_URL={url!r}: expected an http(s) URL")
+    auth_string = environ.get("PREFECT_API_AUTH_STRING")
+    if auth_string:
+        token = base64.b64encode(auth_string.encode()).decode()
+        return url, {"Authorization": f"Basic {token}"}
+    raw_key = environ.get("PREFECT_API_KEY")
+    if raw_key:
+        try:
+            key = api_key(raw_key)
+            if key is not None and not key.isascii():
+                raise ValueError("holds a character that is not ASCII (the key is not shown)")
+        except ValueError as error:
+            raise BadInput(None, None, f"environment variable PREFECT_API_KEY {error}") from None
+        if key is not None:
+            return url, {"Authorization": f"Bearer {key}"}
+    return url, {}
 
 
 def _machine_memory() -> int:
@@ -170,6 +210,32 @@ class Settings(BaseSettings):
             raise ValueError("is empty")
         return value
 
+    @field_validator("warehouse_path_override")
+    @classmethod
+    def _warehouse_file(cls, value: Path | None) -> Path | None:
+        # DuckDB's name for a database in memory: `ingest` loaded every file into it and
+        # the next command found no warehouse.
+        if value is not None and str(value) == ":memory:":
+            raise ValueError(
+                "names no file (a DuckDB database in memory is gone when the command "
+                "ends): write the warehouse file's path"
+            )
+        return value
+
+    @field_validator("home", "plan_path", "warehouse_path_override")
+    @classmethod
+    def _home_folder_expanded(cls, value: Path | None) -> Path | None:
+        # `ROLLOUT_HOME=~/rollout` in a compose file, a systemd unit or a deployment's
+        # env, where no shell expands it: rollout made a folder named ~ in the working
+        # folder while DuckDB, which expands a leading ~ itself, put the warehouse in
+        # the home folder. Read as a shell (and DuckDB, and Prefect's settings) read it.
+        if value is None or not str(value).startswith("~"):
+            return value
+        try:
+            return value.expanduser()
+        except RuntimeError as error:  # HOME unset, or no such user for ~name
+            raise ValueError(f"starts with ~, which cannot be expanded here: {error}") from None
+
     @field_validator("registry_url_override")
     @classmethod
     def _registry_url(cls, value: str | None) -> str | None:
@@ -195,6 +261,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"names the driver {driver!r}: rollout connects to {backend} with "
                 f"{' or '.join(_REGISTRY_DRIVERS[backend])} (write {backend}://...)"
+            )
+        # sqlite:// (or sqlite:///, :memory:) is a database in memory, gone when the
+        # command ends: `db upgrade` said "at revision 0019" and every command after it
+        # found an empty one, to be upgraded again.
+        if backend == "sqlite" and (
+            url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+        ):
+            raise ValueError(
+                "names no database file (a SQLite database in memory is gone when the "
+                "command ends): write sqlite:///PATH"
             )
         return value
 

@@ -55,3 +55,12 @@ def utf8_text(path: Path, data: bytes) -> str:
             f"not UTF-8 text: byte 0x{data[error.start]:02x} at byte "
             f"{error.start - start + 1} of the line ({error.reason})",
         ) from None
+
+
+def duckdb_path(path: Path | str) -> str:
+    """``path`` as DuckDB must be given it to open that very file. DuckDB reads a
+    leading ``~`` as the home folder (``~x/y`` as the home folder's path followed by
+    ``x/y``), which Python, and every check rollout makes before DuckDB opens it, does
+    not: such a path is made absolute, so both name one file."""
+    text = str(path)
+    return os.path.abspath(text) if text.startswith("~") else text

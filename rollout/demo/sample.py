@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import delete, insert, inspect, text
 
 from rollout.core.errors import BadInput, GuardRefused
-from rollout.core.files import written_in_place
+from rollout.core.files import duckdb_path, written_in_place
 from rollout.registry import Registry, bulk, migrate
 from rollout.registry.engine import make_engine, normalize_url
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, RegistryMark
@@ -1306,7 +1306,7 @@ def _write_jsonl(table: pa.Table, path: Path) -> None:
 
     with duckdb.connect() as con, written_in_place(path) as temporary:
         con.register("manifests", table)
-        target = str(temporary).replace("'", "''")
+        target = duckdb_path(temporary).replace("'", "''")
         # DuckDB writes maps as JSON objects and keeps the column names as they are.
         con.execute(f"COPY manifests TO '{target}' (FORMAT json)")
 
@@ -1590,6 +1590,27 @@ class _Stages:
             self.progress(self.current[0], done, self.current[1])
 
 
+def check_history(scale: str | Scale, end: date, days: int | None) -> tuple[Scale, int]:
+    """The scale and the days of download history a sample ending on ``end`` would
+    have, or BadInput saying why not. Checked before anything is written (the registry
+    opened, the home made): a bad ``end`` or ``days`` changes nothing."""
+    sc = _resolve_scale(scale)
+    days = sc.days if days is None else days
+    if days < 1:
+        raise BadInput(None, None, f"days must be at least 1, not {days}")
+    _end_instant(end)
+    # A history reaching past year 1 raised OverflowError with the registry half made.
+    most = (end - REGISTRY_START).days + 1
+    if days > most:
+        raise BadInput(
+            None,
+            None,
+            f"days {days} would start the download history before {REGISTRY_START}, when "
+            f"the registry starts: at most {most} days up to {end}",
+        )
+    return sc, days
+
+
 def generate_sample(
     scale: str | Scale,
     seed: int,
@@ -1616,21 +1637,8 @@ def generate_sample(
     hold no other.
     """
     started = time.perf_counter()
-    sc = _resolve_scale(scale)
-    days = sc.days if days is None else days
-    if days < 1:
-        raise BadInput(None, None, f"days must be at least 1, not {days}")
+    sc, days = check_history(scale, end, days)
     end_us = _end_instant(end)
-    # Checked before anything is written: a history reaching past year 1 raised
-    # OverflowError with the registry half made.
-    most = (end - REGISTRY_START).days + 1
-    if days > most:
-        raise BadInput(
-            None,
-            None,
-            f"days {days} would start the download history before {REGISTRY_START}, when "
-            f"the registry starts: at most {most} days up to {end}",
-        )
     landing_dir = Path(landing_dir)
     stage = _Stages(progress)
     stage("Preparing the registry")

@@ -11,7 +11,6 @@ imports prefect): the work pool, then its workers and their last heartbeats.
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from rollout.core.errors import RolloutError
+from rollout.core.config import prefect_api
+from rollout.core.errors import BadInput, RolloutError
+from rollout.core.files import duckdb_path
 
 if TYPE_CHECKING:
     from rollout.core.config import Settings
@@ -190,7 +191,7 @@ def check_warehouse(path: Path) -> CheckResult:
     try:
         # Read-only and closed at once, so a run starting meanwhile is not kept out
         # for longer than this query.
-        con = duckdb.connect(str(path), read_only=True)
+        con = duckdb.connect(duckdb_path(path), read_only=True)
     except duckdb.IOException as error:
         if "lock" not in str(error).lower():
             return CheckResult("warehouse", Status.fail, _short(f"{path}: cannot open: {error}"))
@@ -340,14 +341,18 @@ def check_worker(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> CheckResult:
     """A worker of the pool sent a heartbeat recently (Prefect's rule for "online")."""
-    api_url = (environ.get("PREFECT_API_URL") or "").strip()
-    if not api_url:
+    try:
+        api = prefect_api(environ)
+    except BadInput as error:
+        return CheckResult("worker", Status.fail, _short(error.reason))
+    if api is None:
         return CheckResult(
             "worker", Status.warn, "PREFECT_API_URL not set: the Prefect worker was not checked"
         )
+    api_url, headers = api
     with httpx.Client(
         base_url=api_url.rstrip("/") + "/",
-        headers=_prefect_auth(environ),
+        headers=headers,
         timeout=TIMEOUT,
         transport=transport,
     ) as client:
@@ -370,17 +375,6 @@ def check_worker(
             Status.fail,
             f"{api_url} is not Prefect's REST API (does PREFECT_API_URL end in /api?)",
         )
-
-
-def _prefect_auth(environ: Mapping[str, str]) -> dict[str, str]:
-    # What Prefect's own client sends: the server's basic-auth string first, else an
-    # API key (Prefect Cloud).
-    auth_string = environ.get("PREFECT_API_AUTH_STRING")
-    if auth_string:
-        token = base64.b64encode(auth_string.encode()).decode()
-        return {"Authorization": f"Basic {token}"}
-    api_key = environ.get("PREFECT_API_KEY")
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def _judge_workers(

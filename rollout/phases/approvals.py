@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from rollout.core.config import prefect_api
 from rollout.core.errors import EXIT_BAD_INPUT, BadInput, GuardRefused, RolloutError
 
 if TYPE_CHECKING:
@@ -199,25 +200,17 @@ class PrefectApi:
 
 
 def api_from_environ(environ: Mapping[str, str] = os.environ) -> PrefectApi:
-    """The API ``PREFECT_API_URL`` names, with Prefect Cloud's key or a server's basic
-    auth string when set (the same variables Prefect's own client reads)."""
-    url = (environ.get("PREFECT_API_URL") or "").strip()
-    if not url:
+    """The API ``PREFECT_API_URL`` names, with a server's basic auth string or Prefect
+    Cloud's key when set (read as Prefect's own client reads them: config.prefect_api)."""
+    api = prefect_api(environ)
+    if api is None:
         raise BadInput(
             None,
             None,
             "PREFECT_API_URL is not set: set it to the Prefect server's API, "
             "e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api",
         )
-    if not url.startswith(("http://", "https://")):
-        raise BadInput(None, None, f"PREFECT_API_URL={url!r}: expected an http(s) URL")
-    headers = {}
-    if key := environ.get("PREFECT_API_KEY"):
-        headers["Authorization"] = f"Bearer {key}"
-    elif auth := environ.get("PREFECT_API_AUTH_STRING"):
-        import base64
-
-        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    url, headers = api
     return PrefectApi(url, headers)
 
 

@@ -32,6 +32,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, Undefined
 
 from rollout.core.calendar import plan_calendar
 from rollout.core.errors import RolloutError
+from rollout.core.files import duckdb_path
 from rollout.core.output import csv_cells, markdown_text
 from rollout.core.plan import Plan
 from rollout.core.resources import resource_dir
@@ -124,10 +125,13 @@ def plan_milestones(plan: Plan) -> list[Milestone]:
 
 
 def _columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
-    """Each mart's columns, contract columns first; a missing table or column is an error."""
+    """Each mart's columns, contract columns first; a missing table or column is an error,
+    and so is a row order (reports/adoption.yml) that does not run on its mart: refused
+    naming its line (it was a traceback from DuckDB), before any file is written."""
     found: dict[str, list[str]] = {}
     problems: list[str] = []
-    for table, required in report_spec().marts.items():
+    spec = report_spec()
+    for table, required in spec.marts.items():
         try:
             description = con.execute(f"select * from {table} limit 0").description
         except duckdb.CatalogException:
@@ -139,6 +143,11 @@ def _columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
             problems.append(f"{table} lacks {', '.join(missing)}")
             continue
         found[table] = [*required, *(c for c in actual if c not in required)]
+        try:
+            con.execute(f"select * from {table} order by {spec.csv_order[table]} limit 0")
+        except duckdb.Error as error:
+            problem = " ".join(str(error).split("\n")[0].split())
+            raise spec.bad_order(table, problem) from None
     if problems:
         raise RolloutError(
             "the warehouse's adoption marts do not match docs/adoption-marts.md ("
@@ -860,7 +869,7 @@ def _copy_csv(
     ordered = con.sql(f"select {select} from {table} order by {order}").to_arrow_table()
     cells = pa.table([csv_cells(c) for c in ordered.columns], names=ordered.column_names)
     view = f"_csv_{secrets.token_hex(8)}"
-    target = str(path).replace("'", "''")
+    target = duckdb_path(path).replace("'", "''")
     con.register(view, cells)
     try:
         # A scan of an Arrow table keeps its rows' order (DuckDB's insertion order).

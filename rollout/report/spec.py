@@ -10,7 +10,7 @@ is no column of its mart, a typo in a key) is refused with the file, the line an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rollout.core.errors import BadInput
+from rollout.core.names import SAFE_NAME_RULE, is_safe_name
 from rollout.core.resources import resource_dir
 
 SPEC_FILE = "adoption.yml"
@@ -50,6 +51,19 @@ class ReportSpec:
     # (column, label) pairs, in the order shown.
     brownout_measures: tuple[tuple[str, str], ...]
     funnel_stages: tuple[tuple[str, str], ...]
+    # Where each mart's row order is written (the file, and the line of each): a list
+    # that does not run on its mart is refused there (rollout.report.reporting).
+    path: Path = Path(SPEC_FILE)
+    order_lines: dict[str, int] = field(default_factory=dict)
+
+    def bad_order(self, mart: str, problem: str) -> BadInput:
+        """The refusal of ``mart``'s row order, which DuckDB could not run: ``problem``."""
+        return BadInput(
+            self.path,
+            self.order_lines.get(mart, 1),
+            f"csvs: {mart}: the row order {self.csv_order[mart]!r} does not run on "
+            f"{mart}: {problem}",
+        )
 
 
 @cache
@@ -68,10 +82,28 @@ def load_report_spec(path: Path, marts_dir: Path) -> ReportSpec:
         first = min(error.errors(), key=lambda e: e["type"] == "missing")
         where = [str(part) for part in first["loc"]]
         raise BadInput(path, _line(node, where), f"{'.'.join(where)}: {first['msg']}") from None
+    for mart in spec.csvs:
+        # A table's name, and `<mart>.csv` in the report's folder: `../x` named a model
+        # file in another folder, a file outside the report's, and was a SQL traceback.
+        if not is_safe_name(mart):
+            raise BadInput(
+                path,
+                _line(node, ["csvs", mart]),
+                f"csvs: {mart!r} is no mart's name ({SAFE_NAME_RULE})",
+            )
     marts = {
         mart: _mart_columns(marts_dir, mart, path, _line(node, ["csvs", mart]))
         for mart in spec.csvs
     }
+    for mart, order in spec.csvs.items():
+        # One `order by` list: a second statement after it would run with every report.
+        if ";" in order or not order.strip():
+            raise BadInput(
+                path,
+                _line(node, ["csvs", mart]),
+                f"csvs: {mart}: a row order is one `order by` list (columns, no ';'), "
+                f"not {order!r}",
+            )
     for section, mart in (("brownout_measures", BROWNOUT_MART), ("funnel_stages", FUNNEL_MART)):
         columns = marts.get(mart)
         if columns is None:
@@ -90,6 +122,8 @@ def load_report_spec(path: Path, marts_dir: Path) -> ReportSpec:
         publishing_days=spec.publishing_days,
         brownout_measures=tuple(spec.brownout_measures.items()),
         funnel_stages=tuple(spec.funnel_stages.items()),
+        path=path,
+        order_lines={mart: _line(node, ["csvs", mart]) for mart in spec.csvs},
     )
 
 

@@ -15,6 +15,7 @@ import duckdb
 
 from rollout.core.controls import visible
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
+from rollout.core.files import duckdb_path
 from rollout.core.resources import resource_dir
 
 # The checkout's sql/ (editable install), or the copy inside the installed wheel.
@@ -74,7 +75,7 @@ def connect(
     if memory_limit:
         config["memory_limit"] = memory_limit
     try:
-        con = duckdb.connect(str(path), read_only=read_only, config=config)
+        con = duckdb.connect(duckdb_path(path), read_only=read_only, config=config)
     except duckdb.IOException as error:
         if "lock" not in str(error).lower():
             # Not a DuckDB file, unreadable, a newer format: a message, not a traceback.

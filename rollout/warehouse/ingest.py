@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from rollout import warehouse
 from rollout.core.errors import BadInput, FileRejected, RowProblem
+from rollout.core.files import duckdb_path
 from rollout.core.names import PACKAGE_NAME_PATTERN
 from rollout.warehouse import landing
 from rollout.warehouse.landing import Fingerprint, LandingFile
@@ -267,7 +268,7 @@ def _load_in_place(
                         warehouse.run(
                             con,
                             "raw/load_downloads_in_place",
-                            {"path": str(file.path), "file_id": file_id},
+                            {"path": duckdb_path(file.path), "file_id": file_id},
                         )
                     else:
                         landing.stage(con, file)

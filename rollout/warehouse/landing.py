@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rollout.core.errors import BadInput
+from rollout.core.files import duckdb_path
 
 Kind = Literal["downloads", "manifests", "logins", "publishes", "events"]
 # Events last: they are SendGrid's delivery events, loaded in batches (rollout.warehouse.ingest).
@@ -779,7 +780,7 @@ def _stage_csv_as_text(con: duckdb.DuckDBPyConnection, file: LandingFile) -> Non
             select {wanted} from read_csv($path, header = true, auto_detect = false,
                 delim = ',', quote = '"', escape = '"', columns = $columns)
             """,
-            {"path": str(file.path), "columns": columns},
+            {"path": duckdb_path(file.path), "columns": columns},
         )
     except duckdb.Error as error:
         if "not utf-8 encoded" in str(error):
@@ -811,7 +812,7 @@ def _stage_parquet(con: duckdb.DuckDBPyConnection, file: LandingFile) -> dict[st
             f"create or replace temp view incoming_raw as "
             f"select {wanted}, file_row_number + 1 as ordinal "
             # binary_as_string: some writers (Spark, Hive) store strings as plain binary.
-            f"from read_parquet({_sql_string(str(file.path))}, file_row_number = true, "
+            f"from read_parquet({_sql_string(duckdb_path(file.path))}, file_row_number = true, "
             "binary_as_string = true)"
         )
     except duckdb.Error as error:
@@ -1236,7 +1237,7 @@ def _shape_json_manifests(con: duckdb.DuckDBPyConnection, file: LandingFile) -> 
         con.execute(
             "create or replace temp table incoming_raw as "
             "select * from read_json($path, format = 'newline_delimited', columns = $columns)",
-            {"path": str(file.path), "columns": columns},
+            {"path": duckdb_path(file.path), "columns": columns},
         )
     except duckdb.Error as error:
         raise (_first_bad_json_line(file) or _parse_error(file, error, "JSON")) from error
@@ -1536,7 +1537,7 @@ def stage_events(con: duckdb.DuckDBPyConnection, files: list[LandingFile]) -> No
     formats = {f.format for f in files}
     assert len(formats) == 1 and files, "one format a batch"
     shape = "array" if files[0].format == "json" else "newline_delimited"
-    paths = [str(f.path) for f in files]
+    paths = [duckdb_path(f.path) for f in files]
     try:
         # Outside a transaction the staged table's rowids are the read order: file by
         # file, event by event (DuckDB keeps insertion order).
