@@ -159,3 +159,8 @@ def test_a_leading_tilde_is_the_home_folder_as_duckdb_and_a_shell_read_it(
     assert settings.registry_url == f"sqlite:///{tmp_path / 'rollout' / 'registry.db'}"
     with pytest.raises(BadInput, match=r"environment variable ROLLOUT_HOME='~no-such-user-x/r'"):
         load_settings({"ROLLOUT_HOME": "~no-such-user-x/r"})
+    # The registry's SQLite file too (SQLite opened ./~/registry.db).
+    url = load_settings({"ROLLOUT_REGISTRY_URL": "sqlite:///~/reg/registry.db"}).registry_url
+    assert url == f"sqlite:///{tmp_path / 'reg' / 'registry.db'}"
+    with pytest.raises(BadInput, match=r"ROLLOUT_REGISTRY_URL"):
+        load_settings({"ROLLOUT_REGISTRY_URL": "sqlite:///~no-such-user-x/r.db"})

@@ -272,6 +272,14 @@ class Settings(BaseSettings):
                 "names no database file (a SQLite database in memory is gone when the "
                 "command ends): write sqlite:///PATH"
             )
+        # sqlite:///~/registry.db: SQLite opens a folder named ~ in the working folder,
+        # where ROLLOUT_HOME and ROLLOUT_WAREHOUSE read the home folder (as a shell).
+        if backend == "sqlite" and url.database and url.database.startswith("~"):
+            try:
+                expanded = str(Path(url.database).expanduser())
+            except RuntimeError as error:  # HOME unset, or no such user for ~name
+                raise ValueError(f"starts with ~, which cannot be expanded here: {error}") from None
+            return url.set(database=expanded).render_as_string(hide_password=False)
         return value
 
     @classmethod
