@@ -167,6 +167,24 @@ BAD_NUMBERS = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--webhook-url", "localhost:3031/events", "is not an http(s) URL"),
+        ("--webhook-url", "http://", "is not an http(s) URL"),
+        ("--webhook-url", "http://127.0.0.1:99999/x", "is not an http(s) URL"),
+        ("--record", "{tmp}", "cannot record messages here: Is a directory"),
+        ("--record", "{tmp}/file/under-a-file.jsonl", "cannot record messages here"),
+    ],
+)
+def test_the_dev_sendgrid_server_refuses_at_start_what_would_fail_at_the_first_message(
+    rollout_home: Path, tmp_path: Path, option: str, value: str, said: str
+) -> None:
+    (tmp_path / "file").write_text("")
+    stderr = refused(run("dev", "sendgrid", "--port", "0", option, value.format(tmp=tmp_path)))
+    assert said in stderr
+
+
 @pytest.fixture
 def registry_with_accounts(rollout_home: Path) -> Path:
     """A registry of three accounts none of which is enrolled in ELV."""

@@ -48,9 +48,41 @@ def dev_sendgrid(
 
     from rollout.dev.sendgrid_api import DEFAULT_API_KEY, serve
 
+    _check_sendgrid_options(record, webhook_url)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     settings = _runtime(ctx).settings
     key = api_key or (
         settings.sendgrid_api_key.get_secret_value() if settings.sendgrid_api_key else None
     )
     serve(host, port, key or DEFAULT_API_KEY, record, webhook_url)
+
+
+def _check_sendgrid_options(record: Path | None, webhook_url: str | None) -> None:
+    """Refuse at start (exit 2) what would fail only at the first message: a webhook URL
+    that is no http(s) URL, a record file that cannot be appended to."""
+    from urllib.parse import urlsplit
+
+    from rollout.core.controls import visible
+    from rollout.core.errors import BadInput
+
+    if webhook_url is not None:
+        try:
+            parts = urlsplit(webhook_url)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+            parts.port  # noqa: B018 (raises ValueError for a port out of range)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise BadInput(
+                None,
+                None,
+                f"--webhook-url {visible(webhook_url)!r} is not an http(s) URL "
+                "(e.g. http://127.0.0.1:3031/sendgrid/events)",
+            )
+    if record is not None:
+        try:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            with record.open("a", encoding="utf-8"):
+                pass
+        except OSError as error:
+            raise BadInput(record, None, f"cannot record messages here: {error.strerror}") from None
