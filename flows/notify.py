@@ -126,7 +126,8 @@ def snoozes_markdown(done: LandedSnoozes) -> str:
         return ""
     parts = [
         f"\n## Snooze requests\n\n{done.granted} granted, {done.already} granted before, "
-        f"{len(done.refused)} refused, {len(done.rejected)} files refused whole."
+        f"{len(done.refused)} refused, {done.answered_before} refused and answered "
+        f"before, {len(done.rejected)} files refused whole."
     ]
     if done.refused:
         rows = [(f"{user} ({file})", why) for file, user, why in done.refused[:50]]

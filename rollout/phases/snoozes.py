@@ -223,6 +223,10 @@ def snooze_phase(phase: Phase) -> Phase:
     return phase
 
 
+# Why a request read again is refused when it was refused and answered before.
+ANSWERED_BEFORE = "refused before, and answered by email"
+
+
 @dataclass(frozen=True)
 class _Known:
     """What judging a batch of requests reads of their accounts: a query each, per few
@@ -254,7 +258,7 @@ def _judge(
     if (account_id, reply_occasion(request, granted=False)) in known.replied:
         # Refused, and told so: the same request read again stays refused, even if it
         # would pass now (it was told to ask again, not that it would be granted).
-        return refused("refused before, and answered by email", "", own.get(account_id))
+        return refused(ANSWERED_BEFORE, "", own.get(account_id))
     if account_id not in known.in_cohort:
         return refused(
             f"not in cohort {phase.cohort}",
@@ -514,6 +518,9 @@ class LandedSnoozes:
 
     granted: int = 0
     already: int = 0
+    # Refused on an earlier day and answered then: the file read again. Counted, not
+    # listed: each day's artifact would list every refusal of the campaign again.
+    answered_before: int = 0
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # file, user, why
     rejected: list[str] = field(default_factory=list)  # whole files refused, with why
 
@@ -524,7 +531,8 @@ def grant_landed(
     """Grant the requests of every file under ``landing/snoozes/<phase>/``. A file is
     read whole or refused whole (a bad line, or a folder naming no phase that allows a
     snooze): it is reported, the others go on. Reading a file again grants nothing
-    twice (its grants come back as ``already``)."""
+    twice (its grants come back as ``already``, its answered refusals as
+    ``answered_before``)."""
     now = now or utc_now()
     done = LandedSnoozes()
     root = landing_dir / LANDING_FOLDER
@@ -548,6 +556,8 @@ def grant_landed(
                 done.granted += 1
             elif outcome.outcome == "already":
                 done.already += 1
+            elif outcome.reason == ANSWERED_BEFORE:
+                done.answered_before += 1
             else:
                 done.refused.append((path.name, request.username, outcome.reason))
     return done
