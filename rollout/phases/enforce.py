@@ -65,6 +65,7 @@ from rollout.registry.models import (
     PlanRun,
     WebSession,
 )
+from rollout.registry.parallel import connections_for, each_committed
 from rollout.registry.requirements import (
     FACTORS,
     TOKENS,
@@ -1009,32 +1010,46 @@ def enforce_phase(
         ) as run:
             result = EnforceResult(phase.name, run.id)
             unreached = frozenset(preview.unreached)
-            acted_on: list[int] = []
-            for start in range(0, len(ids), size):
-                accounts = ids[start : start + size]
-                with begin_writing(engine) as connection:
-                    outcome = _enforce_batch(
-                        connection,
-                        phase,
-                        accounts,
-                        run.id,
-                        actor,
-                        utc_now(),
-                        tokens_of,
-                        unreached,
-                        acted_on,
-                    )
-                    if start + size >= len(ids):
-                        # The summary commits with the last batch: a run stopped between
-                        # the two would have done the phase and told nobody, and its
-                        # rerun finds nothing left to do, so no summary either.
-                        done = replace(result)
-                        done.add(outcome)
-                        _queue_summary(connection, plan, done, preview, set(acted_on))
+            acted_on: list[int] = []  # extended by each batch (list.extend: thread-safe)
+            batches = [ids[start : start + size] for start in range(0, len(ids), size)]
+            accounts_done = 0
+
+            def apply(connection: Connection, accounts: list[int]) -> BatchOutcome:
+                return _enforce_batch(
+                    connection,
+                    phase,
+                    accounts,
+                    run.id,
+                    actor,
+                    utc_now(),
+                    tokens_of,
+                    unreached,
+                    acted_on,
+                )
+
+            def committed(accounts: list[int], outcome: BatchOutcome) -> None:
+                nonlocal accounts_done
                 result.add(outcome)
                 run.summary = _counts(result)
+                accounts_done += len(accounts)
                 if progress is not None:
-                    progress(min(start + size, len(ids)), len(ids))
+                    progress(accounts_done, len(ids))
+
+            # Every batch but the last, on PostgreSQL two at a time (each holds accounts
+            # no other does: rollout.registry.parallel).
+            each_committed(
+                engine, batches[:-1], apply, committed, connections=connections_for(engine)
+            )
+            if batches:
+                # The last once all the others committed, with the summary: a run stopped
+                # between the two would have done the phase and told nobody, and its
+                # rerun finds nothing left to do, so no summary either.
+                with begin_writing(engine) as connection:
+                    outcome = apply(connection, batches[-1])
+                    done = replace(result)
+                    done.add(outcome)
+                    _queue_summary(connection, plan, done, preview, set(acted_on))
+                committed(batches[-1], outcome)
         return result
 
 
