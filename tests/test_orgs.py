@@ -17,7 +17,15 @@ from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.phases import orgs
 from rollout.registry import Registry, batches
-from rollout.registry.models import Account, Action, Notification, Org, OrgMember, TeamMember
+from rollout.registry.models import (
+    Account,
+    Action,
+    Notification,
+    Org,
+    OrgMember,
+    TeamMember,
+    TfaFactor,
+)
 from tests.factories import (
     AccountFactory,
     FactorFactory,
@@ -435,3 +443,38 @@ def test_a_removed_member_leaves_the_orgs_teams_and_the_audit_says_which(
     # di left acme's teams, not another org's; cy (2FA) stays.
     assert memberships == {(release.id, acme["cy"]), (elsewhere.id, acme["di"])}
     assert removed == {"bo": {"teams": []}, "di": {"teams": ["docs", "release"]}}
+
+
+def test_an_invitation_accepted_before_the_member_is_removed_again_reads_accepted(
+    registry: Registry, enforced: dict[str, int]
+) -> None:
+    """di is invited back, accepts, drops 2FA and is removed again before anyone listed
+    the invitations: the invitation was accepted (not pending, nor later expired), and
+    once di uses 2FA again, di can be invited back again."""
+    start = datetime(2022, 3, 1, 10)
+    with use_clock(SimulatedClock(start)):
+        orgs.reinvite(registry, "acme", "release", owner="ada", confirm="acme", expect=1, actor="t")
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(OrgMember)
+            .where(OrgMember.account_id == enforced["di"])
+            .values(removed_at=None, removed_reason=None, joined_at=start + timedelta(hours=1))
+        )
+        connection.execute(
+            update(TfaFactor)
+            .where(TfaFactor.account_id == enforced["di"])
+            .values(removed_at=start + timedelta(hours=2))
+        )
+    with use_clock(SimulatedClock(start + timedelta(hours=3))):
+        again = orgs.enforce_org(registry, "acme", confirm="acme", owner="ada", actor="t")
+    assert again.removed == ["di"]
+    FactorFactory(account_id=enforced["di"], kind="webauthn", created_at=start)
+    with use_clock(SimulatedClock(start + timedelta(hours=4))):
+        [invitation] = orgs.invitations(registry, "acme", actor="t")
+        assert [i.username for i in orgs.reinvite_preview(registry, "acme", "release")] == ["di"]
+    assert invitation.state == "accepted"
+    with registry.engine.connect() as connection:
+        audit = connection.execute(
+            select(Action.action).where(Action.action.like("org_invitation_%")).order_by(Action.id)
+        ).scalars()
+        assert list(audit) == ["org_invitation_sent", "org_invitation_accepted"]

@@ -25,6 +25,7 @@ from sqlalchemy import (
     exists,
     func,
     literal_column,
+    or_,
     select,
     update,
 )
@@ -218,6 +219,10 @@ def enforce_org(
         ) as run:
             run_id = run.id
             with begin_writing(engine) as connection:
+                # Before any removal: an invitation back its member accepted is recorded
+                # accepted while the account is still a member (removed, it would read
+                # pending, keep the member from being invited again, then "expire").
+                settle_invitations(connection, org_id, org, now=now, actor=actor, run_id=run_id)
                 turned_on = connection.execute(
                     update(ORGS)
                     .where(and_(ORGS.c.id == org_id, ORGS.c.tfa_enforced_at.is_(None)))
@@ -402,11 +407,16 @@ def settle_invitations(
 ) -> dict[str, int]:
     """Record the pending invitations of ``org`` that were accepted (the account is a
     member again) or expired, each once, audited. Returns how many of each."""
+    # A member again now, or one since the invitation (joined after it was sent, and
+    # removed again since: accepted all the same, not pending, nor later "expired").
     member_again = exists().where(
         and_(
             MEMBERS.c.org_id == org_id,
             MEMBERS.c.account_id == INVITATIONS.c.account_id,
-            MEMBERS.c.removed_at.is_(None),
+            or_(
+                MEMBERS.c.removed_at.is_(None),
+                MEMBERS.c.joined_at >= INVITATIONS.c.created_at,
+            ),
         )
     )
     settled = {}
