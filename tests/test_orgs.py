@@ -478,3 +478,41 @@ def test_an_invitation_accepted_before_the_member_is_removed_again_reads_accepte
             select(Action.action).where(Action.action.like("org_invitation_%")).order_by(Action.id)
         ).scalars()
         assert list(audit) == ["org_invitation_sent", "org_invitation_accepted"]
+
+
+def test_reinvite_refuses_another_list_of_the_same_size_than_the_one_previewed(
+    registry: Registry, enforced: dict[str, int], cli: Callable[..., Any]
+) -> None:
+    """The preview shows di; then di drops 2FA and bo enables it: one to invite either
+    way, but not the one the owner confirmed. Nobody is invited."""
+    preview = cli("orgs", "reinvite", "acme", "--team", "release")
+    listed = orgs.invitation_fingerprint(orgs.reinvite_preview(registry, "acme", "release"))
+    assert f"--expect 1 --expect-list {listed}" in " ".join(preview.stderr.split())
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(TfaFactor)
+            .where(TfaFactor.account_id == enforced["di"])
+            .values(removed_at=datetime(2022, 2, 4))
+        )
+    FactorFactory(account_id=enforced["bo"], kind="webauthn", created_at=datetime(2022, 2, 4))
+    with pytest.raises(GuardRefused, match="not the ones previewed"):
+        orgs.reinvite(
+            registry,
+            "acme",
+            "release",
+            owner="ada",
+            confirm="acme",
+            expect=1,
+            expect_list=listed,
+            actor="t",
+        )
+    confirm = ["--owner", "ada", "--confirm", "acme", "--expect", "1", "--expect-list"]
+    swapped = cli("orgs", "reinvite", "acme", "--team", "release", *confirm, listed)
+    assert swapped.exit_code == 3 and "not the ones previewed" in swapped.stderr
+    mistyped = cli("orgs", "reinvite", "acme", "--team", "release", *confirm, "1")
+    assert mistyped.exit_code == 2
+    assert orgs.invitations(registry, "acme", actor="t") == []
+    now = orgs.invitation_fingerprint(orgs.reinvite_preview(registry, "acme", "release"))
+    done = cli("orgs", "reinvite", "acme", "--team", "release", *confirm, now)
+    assert done.exit_code == 0, done.stderr
+    assert [i.username for i in orgs.invitations(registry, "acme", actor="t")] == ["bo"]

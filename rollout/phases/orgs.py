@@ -402,6 +402,11 @@ def _invitees(connection: Connection, org_id: int, org: str, now: datetime) -> l
     return [Invitee(*row) for row in connection.execute(query)]
 
 
+def invitation_fingerprint(invitees: Iterable[Invitee]) -> str:
+    """Which members ``reinvite`` invites, as the preview's ``--expect-list``."""
+    return list_fingerprint(i.username for i in invitees)
+
+
 def settle_invitations(
     connection: Connection, org_id: int, org: str, *, now: datetime, actor: str, run_id: str | None
 ) -> dict[str, int]:
@@ -461,10 +466,12 @@ def reinvite(
     confirm: str,
     expect: int,
     actor: str,
+    expect_list: str | None = None,
 ) -> Reinvitation:
     """Invite back into ``team`` of ``org`` exactly the previewed members (enforcement
     removed them; they now use 2FA), as ``owner``: one pending invitation each, open
-    for INVITATION_DAYS, emailed and audited, each once across reruns."""
+    for INVITATION_DAYS, emailed and audited, each once across reruns. ``expect`` is
+    the count the preview showed, and ``expect_list`` (invitation_fingerprint) who."""
     if confirm != org:
         raise GuardRefused(f"type the org's name back to confirm: --confirm {shell_word(org)}")
     with registry.lock("orgs"):
@@ -481,6 +488,14 @@ def reinvite(
                 f"expected: run `rollout orgs reinvite {shell_word(org)} --team "
                 f"{shell_word(team)}` and check"
             )
+        now_listed = invitation_fingerprint(invitees)
+        if expect_list is not None and not same_list(now_listed, expect_list):
+            raise GuardRefused(
+                f"org {org!r}: the members it would invite back now are not the ones "
+                f"previewed (list {now_listed}, not {expect_list}): some changed since, "
+                f"though the count may not have; run `rollout orgs reinvite {shell_word(org)} "
+                f"--team {shell_word(team)}` and check"
+            )
         expires_at = now + timedelta(days=INVITATION_DAYS)
         with recorded_run(
             engine,
@@ -489,7 +504,13 @@ def reinvite(
             mode="apply",
             actor=actor,
             lock="orgs",
-            parameters={"org": org, "team": team, "owner": owner, "expect": expect},
+            parameters={
+                "org": org,
+                "team": team,
+                "owner": owner,
+                "expect": expect,
+                "expect_list": expect_list,
+            },
         ) as run:
             with begin_writing(engine) as connection:
                 settle_invitations(connection, org_id, org, now=now, actor=actor, run_id=run.id)
