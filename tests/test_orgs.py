@@ -516,3 +516,17 @@ def test_reinvite_refuses_another_list_of_the_same_size_than_the_one_previewed(
     done = cli("orgs", "reinvite", "acme", "--team", "release", *confirm, now)
     assert done.exit_code == 0, done.stderr
     assert [i.username for i in orgs.invitations(registry, "acme", actor="t")] == ["bo"]
+
+
+def test_members_removed_before_the_org_was_renamed_are_invited_back_under_its_new_name(
+    registry: Registry, enforced: dict[str, int]
+) -> None:
+    """acme becomes acme-inc after its enforcement removed bo and di: di, now with 2FA,
+    is still a member its enforcement removed (not one who left on their own)."""
+    with registry.engine.begin() as connection:
+        connection.execute(update(Org).where(Org.name == "acme").values(name="acme-inc"))
+    assert [i.username for i in orgs.reinvite_preview(registry, "acme-inc", "release")] == ["di"]
+    done = orgs.reinvite(
+        registry, "acme-inc", "release", owner="ada", confirm="acme-inc", expect=1, actor="t"
+    )
+    assert done.invited == ["di"]

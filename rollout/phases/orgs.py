@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     Row,
@@ -46,6 +47,7 @@ from rollout.registry.ledger import (
 )
 from rollout.registry.models import (
     Account,
+    Action,
     Org,
     OrgInvitation,
     OrgMember,
@@ -60,6 +62,7 @@ MEMBERS = OrgMember.__table__
 TEAMS = Team.__table__
 TEAM_MEMBERS = TeamMember.__table__
 INVITATIONS = OrgInvitation.__table__
+ACTIONS = Action.__table__
 REMOVAL_EMAIL = "org_removal_notice"
 SUMMARY_EMAIL = "org_enforcement_summary"
 INVITATION_EMAIL = "org_invitation"
@@ -376,6 +379,21 @@ def reinvite_preview(registry: Registry, org: str, team: str) -> list[Invitee]:
         return _invitees(connection, org_id, org, utc_now())
 
 
+def removed_by_enforcement_of(org: str) -> ColumnElement[bool]:
+    """SQL over ``org_members``: the row's removal was the org's enforcement, not the
+    member leaving or an owner's hand: its reason names the org, or, for an org renamed
+    since (the reason names it as it was then), the removal's audit row, written with it
+    at the same instant."""
+    audited = exists().where(
+        and_(
+            ACTIONS.c.account_id == MEMBERS.c.account_id,
+            ACTIONS.c.action == "org_member_removed",
+            ACTIONS.c.created_at == MEMBERS.c.removed_at,
+        )
+    )
+    return or_(MEMBERS.c.removed_reason == removal_reason(org), audited)
+
+
 def _invitees(connection: Connection, org_id: int, org: str, now: datetime) -> list[Invitee]:
     pending = exists().where(
         and_(
@@ -392,7 +410,7 @@ def _invitees(connection: Connection, org_id: int, org: str, now: datetime) -> l
             and_(
                 MEMBERS.c.org_id == org_id,
                 MEMBERS.c.removed_at.is_not(None),
-                MEMBERS.c.removed_reason == removal_reason(org),
+                removed_by_enforcement_of(org),
                 has_active_factor(Account.id),
                 ~pending,
             )
