@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from typer.testing import CliRunner
 
 from rollout.cli import app
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
+from rollout.core.fingerprints import list_fingerprint
 from rollout.phases import orgs
 from rollout.registry import Registry, batches
 from rollout.registry.models import (
@@ -34,6 +35,7 @@ from tests.factories import (
     TeamFactory,
     TeamMemberFactory,
     existing_account,
+    existing_org,
 )
 from tests.support.env import without_rollout_settings
 
@@ -530,3 +532,35 @@ def test_members_removed_before_the_org_was_renamed_are_invited_back_under_its_n
         registry, "acme-inc", "release", owner="ada", confirm="acme-inc", expect=1, actor="t"
     )
     assert done.invited == ["di"]
+
+
+def test_enforce_refuses_when_a_previewed_name_now_belongs_to_another_account(
+    registry: Registry, acme: dict[str, int]
+) -> None:
+    """di's account is deleted after the preview, and a new account takes the name di
+    and joins without 2FA: the same names and count, but not the member previewed."""
+    previewed = orgs.removal_fingerprint(orgs.enforcement_preview(registry, "acme"))
+    with registry.engine.begin() as connection:
+        connection.execute(delete(Account).where(Account.id == acme["di"]))
+    newcomer = AccountFactory(username="di")
+    OrgMemberFactory(org=existing_org(_org(registry)), account=newcomer, role="developer")
+    assert [m.username for m in orgs.enforcement_preview(registry, "acme")] == ["bo", "di"]
+    with pytest.raises(GuardRefused, match="not the ones previewed"):
+        orgs.enforce_org(
+            registry,
+            "acme",
+            confirm="acme",
+            owner="ada",
+            actor="t",
+            expect=2,
+            expect_list=previewed,
+        )
+    assert [m.username for m in orgs.enforcement_preview(registry, "acme")] == ["bo", "di"]
+
+
+def test_names_holding_the_fingerprints_separator_make_different_lists() -> None:
+    """{'x,y', 'z'} and {'x', 'y,z'}: two lists of two each, two fingerprints (a
+    registry's names are data: any character may be in one)."""
+    assert list_fingerprint(["x,y", "z"]) != list_fingerprint(["x", "y,z"])
+    assert list_fingerprint(["a;b"]) != list_fingerprint(["a"], ["b"])
+    assert list_fingerprint(["a\\,b"]) != list_fingerprint(["a\\", "b"])

@@ -171,8 +171,10 @@ def _acting_owner(members: list[Member], org: str, owner: str, doing: str) -> Me
 
 
 def removal_fingerprint(members: Iterable[Member]) -> str:
-    """Which members enforcement removes, as the preview's ``--expect-list``."""
-    return list_fingerprint(m.username for m in members)
+    """Which members enforcement removes, as the preview's ``--expect-list``: their
+    accounts, not their names (a name freed by a deleted account may be taken by
+    another before the apply)."""
+    return list_fingerprint(m.account_id for m in members)
 
 
 def enforce_org(
@@ -421,8 +423,9 @@ def _invitees(connection: Connection, org_id: int, org: str, now: datetime) -> l
 
 
 def invitation_fingerprint(invitees: Iterable[Invitee]) -> str:
-    """Which members ``reinvite`` invites, as the preview's ``--expect-list``."""
-    return list_fingerprint(i.username for i in invitees)
+    """Which members ``reinvite`` invites, as the preview's ``--expect-list`` (their
+    accounts, as removal_fingerprint)."""
+    return list_fingerprint(i.account_id for i in invitees)
 
 
 def settle_invitations(
