@@ -91,6 +91,11 @@ def existing_account(account_id: int) -> Account:
     return _current().get_one(Account, account_id)
 
 
+def existing_org(org_id: int) -> Org:
+    """The org of that id, for a factory's ``org=`` where a test kept only its id."""
+    return _current().get_one(Org, org_id)
+
+
 class AccountFactory(_Factory):
     """An account without 2FA, its email verified (``email_verified=False``: not yet).
     Traits: ``with_totp``, ``with_webauthn``; ``sessions=N`` live web sessions,

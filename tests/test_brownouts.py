@@ -602,3 +602,48 @@ def test_a_heads_up_of_a_window_moved_later_in_the_registry_is_queued_until_it_b
         }
     assert queued["heads-up brownout-2"].added == 2
     assert {told for _, _, told in heads_ups(registry).values()} == {"2022-03-23T00:00:00"}
+
+
+def test_a_window_started_early_may_not_overlap_another(registry: Registry, plan: Plan) -> None:
+    """Windows never overlap (the plan's rule, which brownout_impact reads them by): the
+    second started early while the first runs would; once the first is ended, it may."""
+    now = utc_now().replace(microsecond=0)
+    first = Brownout(name="first", starts_at=now + timedelta(hours=1))
+    second = Brownout(name="second", starts_at=now + timedelta(hours=26))
+    brownouts.schedule(registry, plan.model_copy(update={"brownouts": [first, second]}), actor="rm")
+    brownouts.start_now(registry, "first", actor="rm", reason="rehearsal")
+    with pytest.raises(GuardRefused, match=r"second .*would overlap first"):
+        brownouts.change_preview(registry, "second", "start")
+    with pytest.raises(GuardRefused, match=r"second .*would overlap first"):
+        brownouts.start_now(registry, "second", actor="rm", reason="both at once")
+    assert [(w.name, w.state) for w in brownouts.status(registry)] == [
+        ("first", "active"),
+        ("second", "scheduled"),
+    ]
+    brownouts.end_now(registry, "first", actor="rm", reason="done")
+    assert brownouts.start_now(registry, "second", actor="rm", reason="next").state == "active"
+
+
+def test_a_window_scheduled_over_one_the_plan_no_longer_names_is_refused(
+    registry: Registry, plan: Plan
+) -> None:
+    """The plan renamed its brown-out: the old window, still in the registry and still
+    to come, would run alongside the new one. Scheduling says so and schedules nothing,
+    until the old one is cancelled."""
+    tomorrow = utc_now().replace(microsecond=0) + timedelta(days=1)
+    old = plan.model_copy(update={"brownouts": [Brownout(name="drill", starts_at=tomorrow)]})
+    brownouts.schedule(registry, old, actor="rm")
+    renamed = plan.model_copy(
+        update={"brownouts": [Brownout(name="drill-2", starts_at=tomorrow + timedelta(hours=2))]}
+    )
+    [(name, what)] = brownouts.schedule_preview(registry, renamed)
+    assert name == "drill-2" and what.startswith("refused: would overlap drill (scheduled")
+    with pytest.raises(GuardRefused, match="would overlap drill"):
+        brownouts.schedule(registry, renamed, actor="rm")
+    assert [w.name for w in brownouts.status(registry)] == ["drill"]
+    brownouts.end_now(registry, "drill", actor="rm", reason="renamed drill-2")
+    brownouts.schedule(registry, renamed, actor="rm")
+    assert [(w.name, w.state) for w in brownouts.status(registry)] == [
+        ("drill", "ended early"),
+        ("drill-2", "scheduled"),
+    ]

@@ -29,6 +29,7 @@ from .factories import (
     OrgFactory,
     OrgMemberFactory,
     bound_to,
+    existing_account,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -540,7 +541,8 @@ def test_a_suggested_command_gives_the_shell_the_name_and_nothing_else(
     engine = make_engine(f"sqlite:///{rollout_home / 'registry.db'}")
     with bound_to(engine):
         team = OrgFactory(name=org)
-        OrgMemberFactory(org=team, account=AccountFactory(username="sam"))
+        sam = AccountFactory(username="sam").id
+        OrgMemberFactory(org=team, account=existing_account(sam))
         # An owner with 2FA, who can turn enforcement on: the preview suggests the command.
         OrgMemberFactory(org=team, account=AccountFactory(with_totp=True), role="owner")
     engine.dispose()
@@ -559,7 +561,7 @@ def test_a_suggested_command_gives_the_shell_the_name_and_nothing_else(
     assert words.split("\0")[:-1] == [
         *("rollout", "orgs", "enforce", org),
         *("--owner", "YOU", "--confirm", org, "--expect", "1"),
-        *("--expect-list", list_fingerprint(["sam"])),
+        *("--expect-list", list_fingerprint([sam])),
     ]
     assert not (rollout_home / "pwned").exists()
 
@@ -574,7 +576,8 @@ def test_a_mistyped_list_fingerprint_is_a_usage_error(rollout_home: Path, typed:
     engine = make_engine(load_settings().registry_url)
     with bound_to(engine):
         team = OrgFactory(name="acme")
-        OrgMemberFactory(org=team, account=AccountFactory(username="sam"))
+        sam = AccountFactory(username="sam").id
+        OrgMemberFactory(org=team, account=existing_account(sam))
         OrgMemberFactory(
             org=team, account=AccountFactory(username="o", with_totp=True), role="owner"
         )
@@ -591,7 +594,7 @@ def test_a_mistyped_list_fingerprint_is_a_usage_error(rollout_home: Path, typed:
     # As typed back from the preview (any case, spaces around): taken.
     taken = run(
         *("orgs", "enforce", "acme", "--owner", "o", "--confirm", "acme", "--expect", "1"),
-        *("--expect-list", f" {list_fingerprint(['sam']).upper()} "),
+        *("--expect-list", f" {list_fingerprint([sam]).upper()} "),
     )
     assert taken.exit_code == 0, taken.stderr
 

@@ -19,7 +19,14 @@ from rollout import warehouse
 from rollout.cli import app
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
-from rollout.core.plan import Plan, load_plan, parse_plan, plan_problems
+from rollout.core.plan import (
+    ExemptAccount,
+    Exemptions,
+    Plan,
+    load_plan,
+    parse_plan,
+    plan_problems,
+)
 from rollout.notify.drain import account_recipient, drain
 from rollout.notify.message import Message
 from rollout.notify.queue import queue_due, queue_preview
@@ -942,3 +949,24 @@ def test_tokens_are_judged_at_each_account_s_own_deadline_by_its_warnings_and_en
     # bob's reminder: skipped, his token young enough at his deadline; carl's: sent.
     assert reminders == {"bob": "skipped", "carl": "sent"}
     assert "carl-ci" in campaign.text_to("carl", "reminder")
+
+
+def test_an_exempt_account_asking_to_snooze_is_told_it_has_no_deadline(
+    registry: Registry, plan: Plan, factories: None, tmp_path: Path
+) -> None:
+    """The plan exempts ann: she is sent no notice, so she has no deadline, and never
+    will. Her request is refused as exempt, and her reply says so, not that her deadline
+    starts with an email that never comes."""
+    exempting = plan.model_copy(
+        update={"exemptions": Exemptions(accounts=[ExemptAccount(username="ann", reason="bot")])}
+    )
+    AccountFactory(username="ann", in_cohort="publishers")
+    campaign = Campaign(registry, exempting, tmp_path / "outbox")
+    campaign.day(date(2023, 3, 13))
+    assert campaign.sent("phase_notice") == set()
+    assert _ask(registry, exempting, "ann", 3, date(2023, 3, 20))[:2] == (
+        "refused",
+        "exempt by the plan",
+    )
+    [(_, _, granted, told)] = _replies(registry)
+    assert not granted and "exempt" in told and "first email" not in told

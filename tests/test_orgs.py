@@ -9,15 +9,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from typer.testing import CliRunner
 
 from rollout.cli import app
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
+from rollout.core.fingerprints import list_fingerprint
 from rollout.phases import orgs
 from rollout.registry import Registry, batches
-from rollout.registry.models import Account, Action, Notification, Org, OrgMember, TeamMember
+from rollout.registry.models import (
+    Account,
+    Action,
+    Notification,
+    Org,
+    OrgMember,
+    TeamMember,
+    TfaFactor,
+)
 from tests.factories import (
     AccountFactory,
     FactorFactory,
@@ -26,6 +35,7 @@ from tests.factories import (
     TeamFactory,
     TeamMemberFactory,
     existing_account,
+    existing_org,
 )
 from tests.support.env import without_rollout_settings
 
@@ -435,3 +445,122 @@ def test_a_removed_member_leaves_the_orgs_teams_and_the_audit_says_which(
     # di left acme's teams, not another org's; cy (2FA) stays.
     assert memberships == {(release.id, acme["cy"]), (elsewhere.id, acme["di"])}
     assert removed == {"bo": {"teams": []}, "di": {"teams": ["docs", "release"]}}
+
+
+def test_an_invitation_accepted_before_the_member_is_removed_again_reads_accepted(
+    registry: Registry, enforced: dict[str, int]
+) -> None:
+    """di is invited back, accepts, drops 2FA and is removed again before anyone listed
+    the invitations: the invitation was accepted (not pending, nor later expired), and
+    once di uses 2FA again, di can be invited back again."""
+    start = datetime(2022, 3, 1, 10)
+    with use_clock(SimulatedClock(start)):
+        orgs.reinvite(registry, "acme", "release", owner="ada", confirm="acme", expect=1, actor="t")
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(OrgMember)
+            .where(OrgMember.account_id == enforced["di"])
+            .values(removed_at=None, removed_reason=None, joined_at=start + timedelta(hours=1))
+        )
+        connection.execute(
+            update(TfaFactor)
+            .where(TfaFactor.account_id == enforced["di"])
+            .values(removed_at=start + timedelta(hours=2))
+        )
+    with use_clock(SimulatedClock(start + timedelta(hours=3))):
+        again = orgs.enforce_org(registry, "acme", confirm="acme", owner="ada", actor="t")
+    assert again.removed == ["di"]
+    FactorFactory(account_id=enforced["di"], kind="webauthn", created_at=start)
+    with use_clock(SimulatedClock(start + timedelta(hours=4))):
+        [invitation] = orgs.invitations(registry, "acme", actor="t")
+        assert [i.username for i in orgs.reinvite_preview(registry, "acme", "release")] == ["di"]
+    assert invitation.state == "accepted"
+    with registry.engine.connect() as connection:
+        audit = connection.execute(
+            select(Action.action).where(Action.action.like("org_invitation_%")).order_by(Action.id)
+        ).scalars()
+        assert list(audit) == ["org_invitation_sent", "org_invitation_accepted"]
+
+
+def test_reinvite_refuses_another_list_of_the_same_size_than_the_one_previewed(
+    registry: Registry, enforced: dict[str, int], cli: Callable[..., Any]
+) -> None:
+    """The preview shows di; then di drops 2FA and bo enables it: one to invite either
+    way, but not the one the owner confirmed. Nobody is invited."""
+    preview = cli("orgs", "reinvite", "acme", "--team", "release")
+    listed = orgs.invitation_fingerprint(orgs.reinvite_preview(registry, "acme", "release"))
+    assert f"--expect 1 --expect-list {listed}" in " ".join(preview.stderr.split())
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(TfaFactor)
+            .where(TfaFactor.account_id == enforced["di"])
+            .values(removed_at=datetime(2022, 2, 4))
+        )
+    FactorFactory(account_id=enforced["bo"], kind="webauthn", created_at=datetime(2022, 2, 4))
+    with pytest.raises(GuardRefused, match="not the ones previewed"):
+        orgs.reinvite(
+            registry,
+            "acme",
+            "release",
+            owner="ada",
+            confirm="acme",
+            expect=1,
+            expect_list=listed,
+            actor="t",
+        )
+    confirm = ["--owner", "ada", "--confirm", "acme", "--expect", "1", "--expect-list"]
+    swapped = cli("orgs", "reinvite", "acme", "--team", "release", *confirm, listed)
+    assert swapped.exit_code == 3 and "not the ones previewed" in swapped.stderr
+    mistyped = cli("orgs", "reinvite", "acme", "--team", "release", *confirm, "1")
+    assert mistyped.exit_code == 2
+    assert orgs.invitations(registry, "acme", actor="t") == []
+    now = orgs.invitation_fingerprint(orgs.reinvite_preview(registry, "acme", "release"))
+    done = cli("orgs", "reinvite", "acme", "--team", "release", *confirm, now)
+    assert done.exit_code == 0, done.stderr
+    assert [i.username for i in orgs.invitations(registry, "acme", actor="t")] == ["bo"]
+
+
+def test_members_removed_before_the_org_was_renamed_are_invited_back_under_its_new_name(
+    registry: Registry, enforced: dict[str, int]
+) -> None:
+    """acme becomes acme-inc after its enforcement removed bo and di: di, now with 2FA,
+    is still a member its enforcement removed (not one who left on their own)."""
+    with registry.engine.begin() as connection:
+        connection.execute(update(Org).where(Org.name == "acme").values(name="acme-inc"))
+    assert [i.username for i in orgs.reinvite_preview(registry, "acme-inc", "release")] == ["di"]
+    done = orgs.reinvite(
+        registry, "acme-inc", "release", owner="ada", confirm="acme-inc", expect=1, actor="t"
+    )
+    assert done.invited == ["di"]
+
+
+def test_enforce_refuses_when_a_previewed_name_now_belongs_to_another_account(
+    registry: Registry, acme: dict[str, int]
+) -> None:
+    """di's account is deleted after the preview, and a new account takes the name di
+    and joins without 2FA: the same names and count, but not the member previewed."""
+    previewed = orgs.removal_fingerprint(orgs.enforcement_preview(registry, "acme"))
+    with registry.engine.begin() as connection:
+        connection.execute(delete(Account).where(Account.id == acme["di"]))
+    newcomer = AccountFactory(username="di")
+    OrgMemberFactory(org=existing_org(_org(registry)), account=newcomer, role="developer")
+    assert [m.username for m in orgs.enforcement_preview(registry, "acme")] == ["bo", "di"]
+    with pytest.raises(GuardRefused, match="not the ones previewed"):
+        orgs.enforce_org(
+            registry,
+            "acme",
+            confirm="acme",
+            owner="ada",
+            actor="t",
+            expect=2,
+            expect_list=previewed,
+        )
+    assert [m.username for m in orgs.enforcement_preview(registry, "acme")] == ["bo", "di"]
+
+
+def test_names_holding_the_fingerprints_separator_make_different_lists() -> None:
+    """{'x,y', 'z'} and {'x', 'y,z'}: two lists of two each, two fingerprints (a
+    registry's names are data: any character may be in one)."""
+    assert list_fingerprint(["x,y", "z"]) != list_fingerprint(["x", "y,z"])
+    assert list_fingerprint(["a;b"]) != list_fingerprint(["a"], ["b"])
+    assert list_fingerprint(["a\\,b"]) != list_fingerprint(["a\\", "b"])

@@ -195,10 +195,22 @@ def orgs_reinvite(
     expect: Annotated[
         int | None, typer.Option(min=0, help="The count the preview showed, typed back.")
     ] = None,
+    expect_list: Annotated[
+        str | None,
+        typer.Option(
+            help="The list's fingerprint the preview showed: refused if the members to "
+            "invite differ from the previewed ones, even at the same count."
+        ),
+    ] = None,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Invite back into a team the members org enforcement removed who now use 2FA."""
-    from rollout.phases.orgs import INVITATION_DAYS, reinvite, reinvite_preview
+    from rollout.phases.orgs import (
+        INVITATION_DAYS,
+        invitation_fingerprint,
+        reinvite,
+        reinvite_preview,
+    )
 
     runtime = _runtime(ctx)
     settings = runtime.settings
@@ -214,7 +226,7 @@ def orgs_reinvite(
             f"preview only: to invite these {len(invitees)} back into team {team!r} (the "
             f"invitations stay open {INVITATION_DAYS} days) run rollout orgs reinvite "
             f"{shell_word(org)} --team {shell_word(team)} --owner YOU --confirm {shell_word(org)} "
-            f"--expect {len(invitees)}",
+            f"--expect {len(invitees)} --expect-list {invitation_fingerprint(invitees)}",
             highlight=False,
         )
         return
@@ -231,6 +243,7 @@ def orgs_reinvite(
         confirm=confirm,
         expect=expect,
         actor=settings.actor,
+        expect_list=_fingerprint(expect_list),
     )
     emit_record(
         {

@@ -12,8 +12,10 @@ FINGERPRINT = re.compile(r"[0-9a-f]{12}")
 
 
 def list_fingerprint(*groups: Iterable[object]) -> str:
-    """12 hex digits of ``groups``, each taken as a set (order does not matter)."""
-    text = ";".join(",".join(sorted(str(item) for item in group)) for group in groups)
+    """12 hex digits of ``groups``, each taken as a set (order does not matter). An
+    item holding a separator (``,`` ``;``) has it escaped: {'x,y', 'z'} and {'x', 'y,z'}
+    are two lists (an id's digits have none, so those fingerprints are as they were)."""
+    text = ";".join(",".join(sorted(_item(item) for item in group)) for group in groups)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -26,3 +28,7 @@ def is_fingerprint(typed: str) -> bool:
 def same_list(fingerprint: str, typed: str) -> bool:
     """Whether ``typed`` (as a person typed it back: any case, spaces around) names it."""
     return fingerprint == typed.strip().lower()
+
+
+def _item(item: object) -> str:
+    return re.sub(r"[\\,;]", lambda m: "\\" + m.group(), str(item))

@@ -115,7 +115,10 @@ def _schedule_changes(
 ) -> list[tuple[Brownout, WindowState | None, str]]:
     """Each brown-out of the plan, its window as stored now (None: none yet), and what
     scheduling would do with it."""
-    existing = {w.name: w for w in status(registry)}
+    now = utc_now()
+    existing = {w.name: w for w in status(registry, now)}
+    planned_names = {b.name for b in plan.brownouts}
+    unplanned = [w for name, w in existing.items() if name not in planned_names]
     told = _heads_ups_sent(registry, [b.name for b in plan.brownouts])
     changes = []
     for planned in plan.brownouts:
@@ -141,8 +144,33 @@ def _schedule_changes(
             )
         else:
             what = f"move to {window[0]:%Y-%m-%d %H:%M} UTC + {planned.hours} h"
+        if what.startswith(("create", "move")):
+            clash = _overlapping(window, unplanned, now)
+            if clash is not None:
+                # A window the plan no longer names (renamed, taken out) still applies
+                # at its time: both would run.
+                what = (
+                    f"refused: would overlap {clash.name} ({clash.state}, "
+                    f"{clash.starts_at:%Y-%m-%d %H:%M} UTC + "
+                    f"{round((clash.ends_at - clash.starts_at).total_seconds() / 3600)} h), "
+                    "a window the plan does not name: cancel it first "
+                    f"(`rollout brownout end {clash.name}`)"
+                )
         changes.append((planned, current, what))
     return changes
+
+
+def _overlapping(
+    window: tuple[datetime, datetime], others: list[WindowState], now: datetime
+) -> WindowState | None:
+    """The first of ``others`` that still applies or will (not ended, nor called off)
+    and whose hours meet ``window``'s; None when none does."""
+    starts_at, ends_at = window
+    for other in others:
+        other_ends = min(other.ends_at, other.ended_early_at or other.ends_at)
+        if other.starts_at < ends_at and starts_at < other_ends and other_ends > now:
+            return other
+    return None
 
 
 def _heads_ups_sent(registry: Registry, names: list[str]) -> dict[str, int]:
@@ -257,8 +285,9 @@ def _change_window(
     action: str,
 ) -> WindowState:
     now = utc_now()
-    window = _current(registry, name, now)
+    window, others = _current(registry, name, now)
     values = decide(window, now)
+    _refuse_overlap(window, values, others, now)
     with begin_writing(registry.engine) as connection:
         # Only the window as it was decided on: two stops at once (a person and the
         # brownout-end deployment) both pass the check, and the second must then find
@@ -303,25 +332,48 @@ def _start_values(window: WindowState, now: datetime) -> dict[str, datetime]:
     return {"starts_at": now, "ends_at": now + (window.ends_at - window.starts_at)}
 
 
+def _refuse_overlap(
+    window: WindowState, values: dict[str, datetime], others: list[WindowState], now: datetime
+) -> None:
+    """Windows never overlap (a plan's are checked so; brownout_impact reads each against
+    its own hours, and ending one must end the challenges): one started early must not
+    run into another that still applies, or will."""
+    if "starts_at" not in values:
+        return
+    ends_at = values["ends_at"]
+    other = _overlapping((values["starts_at"], ends_at), others, now)
+    if other is not None:
+        other_ends = min(other.ends_at, other.ended_early_at or other.ends_at)
+        raise GuardRefused(
+            f"brown-out {window.name} started now (until {ends_at:%Y-%m-%d %H:%M} UTC) "
+            f"would overlap {other.name} ({other.state}, {other.starts_at:%Y-%m-%d %H:%M}"
+            f" to {other_ends:%Y-%m-%d %H:%M} UTC): end that one first "
+            f"(`rollout brownout end {other.name}`), or wait"
+        )
+
+
 def _end_values(window: WindowState, now: datetime) -> dict[str, datetime]:
     if window.state in ("ended", "ended early"):
         raise GuardRefused(f"brown-out {window.name} has already {window.state}")
     return {"ended_early_at": now}
 
 
-def _current(registry: Registry, name: str, now: datetime) -> WindowState:
-    current = {w.name: w for w in status(registry, now)}.get(name)
+def _current(registry: Registry, name: str, now: datetime) -> tuple[WindowState, list[WindowState]]:
+    """The window named, and every other."""
+    windows = status(registry, now)
+    current = next((w for w in windows if w.name == name), None)
     if current is None:
         raise BadInput(None, None, f"no brown-out window named {name!r}")
-    return current
+    return current, [w for w in windows if w.name != name]
 
 
 def change_preview(registry: Registry, name: str, change: str) -> str:
     """What ``start``/``end`` would do now, or GuardRefused saying why it would not."""
     decide = {"start": _start_values, "end": _end_values}[change]
     now = utc_now()
-    window = _current(registry, name, now)
+    window, others = _current(registry, name, now)
     values = decide(window, now)
+    _refuse_overlap(window, values, others, now)
     if change == "start":
         return (
             f"would start {name} now ({window.state}), until {values['ends_at']:%Y-%m-%d %H:%M} UTC"

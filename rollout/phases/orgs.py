@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     Row,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     exists,
     func,
     literal_column,
+    or_,
     select,
     update,
 )
@@ -45,6 +47,7 @@ from rollout.registry.ledger import (
 )
 from rollout.registry.models import (
     Account,
+    Action,
     Org,
     OrgInvitation,
     OrgMember,
@@ -59,6 +62,7 @@ MEMBERS = OrgMember.__table__
 TEAMS = Team.__table__
 TEAM_MEMBERS = TeamMember.__table__
 INVITATIONS = OrgInvitation.__table__
+ACTIONS = Action.__table__
 REMOVAL_EMAIL = "org_removal_notice"
 SUMMARY_EMAIL = "org_enforcement_summary"
 INVITATION_EMAIL = "org_invitation"
@@ -167,8 +171,10 @@ def _acting_owner(members: list[Member], org: str, owner: str, doing: str) -> Me
 
 
 def removal_fingerprint(members: Iterable[Member]) -> str:
-    """Which members enforcement removes, as the preview's ``--expect-list``."""
-    return list_fingerprint(m.username for m in members)
+    """Which members enforcement removes, as the preview's ``--expect-list``: their
+    accounts, not their names (a name freed by a deleted account may be taken by
+    another before the apply)."""
+    return list_fingerprint(m.account_id for m in members)
 
 
 def enforce_org(
@@ -218,6 +224,10 @@ def enforce_org(
         ) as run:
             run_id = run.id
             with begin_writing(engine) as connection:
+                # Before any removal: an invitation back its member accepted is recorded
+                # accepted while the account is still a member (removed, it would read
+                # pending, keep the member from being invited again, then "expire").
+                settle_invitations(connection, org_id, org, now=now, actor=actor, run_id=run_id)
                 turned_on = connection.execute(
                     update(ORGS)
                     .where(and_(ORGS.c.id == org_id, ORGS.c.tfa_enforced_at.is_(None)))
@@ -371,6 +381,21 @@ def reinvite_preview(registry: Registry, org: str, team: str) -> list[Invitee]:
         return _invitees(connection, org_id, org, utc_now())
 
 
+def removed_by_enforcement_of(org: str) -> ColumnElement[bool]:
+    """SQL over ``org_members``: the row's removal was the org's enforcement, not the
+    member leaving or an owner's hand: its reason names the org, or, for an org renamed
+    since (the reason names it as it was then), the removal's audit row, written with it
+    at the same instant."""
+    audited = exists().where(
+        and_(
+            ACTIONS.c.account_id == MEMBERS.c.account_id,
+            ACTIONS.c.action == "org_member_removed",
+            ACTIONS.c.created_at == MEMBERS.c.removed_at,
+        )
+    )
+    return or_(MEMBERS.c.removed_reason == removal_reason(org), audited)
+
+
 def _invitees(connection: Connection, org_id: int, org: str, now: datetime) -> list[Invitee]:
     pending = exists().where(
         and_(
@@ -387,7 +412,7 @@ def _invitees(connection: Connection, org_id: int, org: str, now: datetime) -> l
             and_(
                 MEMBERS.c.org_id == org_id,
                 MEMBERS.c.removed_at.is_not(None),
-                MEMBERS.c.removed_reason == removal_reason(org),
+                removed_by_enforcement_of(org),
                 has_active_factor(Account.id),
                 ~pending,
             )
@@ -397,16 +422,27 @@ def _invitees(connection: Connection, org_id: int, org: str, now: datetime) -> l
     return [Invitee(*row) for row in connection.execute(query)]
 
 
+def invitation_fingerprint(invitees: Iterable[Invitee]) -> str:
+    """Which members ``reinvite`` invites, as the preview's ``--expect-list`` (their
+    accounts, as removal_fingerprint)."""
+    return list_fingerprint(i.account_id for i in invitees)
+
+
 def settle_invitations(
     connection: Connection, org_id: int, org: str, *, now: datetime, actor: str, run_id: str | None
 ) -> dict[str, int]:
     """Record the pending invitations of ``org`` that were accepted (the account is a
     member again) or expired, each once, audited. Returns how many of each."""
+    # A member again now, or one since the invitation (joined after it was sent, and
+    # removed again since: accepted all the same, not pending, nor later "expired").
     member_again = exists().where(
         and_(
             MEMBERS.c.org_id == org_id,
             MEMBERS.c.account_id == INVITATIONS.c.account_id,
-            MEMBERS.c.removed_at.is_(None),
+            or_(
+                MEMBERS.c.removed_at.is_(None),
+                MEMBERS.c.joined_at >= INVITATIONS.c.created_at,
+            ),
         )
     )
     settled = {}
@@ -451,10 +487,12 @@ def reinvite(
     confirm: str,
     expect: int,
     actor: str,
+    expect_list: str | None = None,
 ) -> Reinvitation:
     """Invite back into ``team`` of ``org`` exactly the previewed members (enforcement
     removed them; they now use 2FA), as ``owner``: one pending invitation each, open
-    for INVITATION_DAYS, emailed and audited, each once across reruns."""
+    for INVITATION_DAYS, emailed and audited, each once across reruns. ``expect`` is
+    the count the preview showed, and ``expect_list`` (invitation_fingerprint) who."""
     if confirm != org:
         raise GuardRefused(f"type the org's name back to confirm: --confirm {shell_word(org)}")
     with registry.lock("orgs"):
@@ -471,6 +509,14 @@ def reinvite(
                 f"expected: run `rollout orgs reinvite {shell_word(org)} --team "
                 f"{shell_word(team)}` and check"
             )
+        now_listed = invitation_fingerprint(invitees)
+        if expect_list is not None and not same_list(now_listed, expect_list):
+            raise GuardRefused(
+                f"org {org!r}: the members it would invite back now are not the ones "
+                f"previewed (list {now_listed}, not {expect_list}): some changed since, "
+                f"though the count may not have; run `rollout orgs reinvite {shell_word(org)} "
+                f"--team {shell_word(team)}` and check"
+            )
         expires_at = now + timedelta(days=INVITATION_DAYS)
         with recorded_run(
             engine,
@@ -479,7 +525,13 @@ def reinvite(
             mode="apply",
             actor=actor,
             lock="orgs",
-            parameters={"org": org, "team": team, "owner": owner, "expect": expect},
+            parameters={
+                "org": org,
+                "team": team,
+                "owner": owner,
+                "expect": expect,
+                "expect_list": expect_list,
+            },
         ) as run:
             with begin_writing(engine) as connection:
                 settle_invitations(connection, org_id, org, now=now, actor=actor, run_id=run.id)

@@ -240,7 +240,11 @@ class _Known:
 
 
 def _judge(
-    phase: Phase, request: SnoozeRequest, account_id: int | None, known: _Known
+    phase: Phase,
+    request: SnoozeRequest,
+    account_id: int | None,
+    known: _Known,
+    exempt: frozenset[str] = frozenset(),
 ) -> SnoozeOutcome:
     """Whether one request is granted, and why not: for the release manager, and in
     the maintainer's own terms for the reply (a cohort's name means nothing to them)."""
@@ -275,6 +279,14 @@ def _judge(
             f"already postponed once, by {days} days",
             f"your deadline was postponed once already, by {days} days, and can be "
             "postponed only once",
+            own.get(account_id),
+        )
+    if request.username in exempt:
+        # Sent no notice (rollout.notify.queue), so no deadline, ever: not one that
+        # "starts with our first email", which never comes.
+        return refused(
+            "exempt by the plan",
+            "your account is exempt from this step of the campaign: it has no deadline to postpone",
             own.get(account_id),
         )
     if account_id not in own:
@@ -323,7 +335,10 @@ def _judge(
 
 
 def _judge_all(
-    connection: Connection, phase: Phase, requests: list[SnoozeRequest]
+    connection: Connection,
+    phase: Phase,
+    requests: list[SnoozeRequest],
+    exempt: frozenset[str] = frozenset(),
 ) -> tuple[list[SnoozeOutcome], dict[str, int]]:
     """Each request's outcome, and the account ids of the usernames found."""
     usernames = sorted({r.username for r in requests})
@@ -373,7 +388,7 @@ def _judge_all(
         )
     outcomes = []
     for request in requests:
-        outcome = _judge(phase, request, ids.get(request.username), known)
+        outcome = _judge(phase, request, ids.get(request.username), known, exempt)
         if outcome.account_id is not None:
             occasion = reply_occasion(request, granted=outcome.outcome == "granted")
             if (outcome.account_id, occasion) not in known.replied:
@@ -388,7 +403,7 @@ def snooze_preview(
     """What ``snooze`` would grant and refuse. Reads only."""
     phase = snooze_phase(plan.phase(phase_name))
     with registry.engine.connect() as connection:
-        return _judge_all(connection, phase, requests)[0]
+        return _judge_all(connection, phase, requests, plan.exempt_usernames)[0]
 
 
 def snooze(
@@ -415,7 +430,7 @@ def snooze(
             parameters={"phase": phase.name, "requests": len(requests)},
         ) as run:
             with begin_writing(engine) as connection:
-                outcomes, ids = _judge_all(connection, phase, requests)
+                outcomes, ids = _judge_all(connection, phase, requests, plan.exempt_usernames)
                 granted = [
                     (r, o, ids[r.username])
                     for r, o in zip(requests, outcomes, strict=True)
