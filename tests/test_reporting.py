@@ -429,6 +429,39 @@ def test_a_phase_asking_more_than_2fa_is_headlined_by_the_accounts_it_acted_on(
     assert "asks no 2FA: see required by the phase, and token readiness" in html
 
 
+def test_a_plan_requiring_no_2fa_is_not_said_to_require_2fa_of_anyone(
+    tmp_path: Path, plan: Plan
+) -> None:
+    """required and never_reached_enforced count every account a phase applies to: a
+    token phase's holders of classic tokens, a warn phase's accounts shown the banner.
+    Of a plan whose top-100 phase revokes tokens (then rolled back) and whose
+    high-impact phase only warns, the report must not say either phase requires 2FA of
+    its accounts, that they were required to use 2FA, or locked out: neither did so."""
+    top, high = plan.phases
+    tokens = Phase.model_validate(
+        {
+            **top.model_dump(),
+            "requires": {"two_factor": "none", "no_classic_tokens": True},
+            "effects": ["revoke_tokens"],
+        }
+    )
+    banner = Phase.model_validate({**high.model_dump(), "effects": ["warn"]})
+    shaped = plan.model_copy(update={"phases": [tokens, banner]})
+    with open_warehouse(make_warehouse(tmp_path, shaped)) as con:
+        con.execute(
+            "update compliance_funnel set rolled_back_at = timestamp '2022-02-02 10:00' "
+            "where phase = 'top-100'"
+        )
+        files = build_report(con, shaped, AS_OF, tmp_path / "out")
+    for text in (files.markdown.read_text(), files.html.read_text()):
+        for claim in ("requires 2FA of", "required to use 2FA", "locked out"):
+            assert claim not in text, claim
+    markdown = files.markdown.read_text()
+    assert "- Phase top-100 (enforcement 2022-02-01): rolled back 2022-02-02 10:00 UTC; " in (
+        markdown
+    )
+
+
 def test_extra_columns_follow_the_contracts(tmp_path: Path, plan: Plan) -> None:
     warehouse = make_warehouse(tmp_path, plan)
     with open_warehouse(warehouse) as con:

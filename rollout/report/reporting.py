@@ -33,7 +33,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, Undefined
 from rollout.core.calendar import plan_calendar
 from rollout.core.errors import RolloutError
 from rollout.core.output import csv_cells, markdown_text
-from rollout.core.plan import Plan
+from rollout.core.plan import Phase, Plan
 from rollout.core.resources import resource_dir
 from rollout.core.stopping import stop_requested_by_signals
 from rollout.report.adoption import adoption_since
@@ -307,6 +307,13 @@ _TWO_FACTOR_STAGES = (
 )
 
 
+def _requires_only_2fa(phase: Phase | None) -> bool:
+    """Whether the accounts ``phase`` applies to (compliance_funnel's required,
+    notice_reach's enforced) are the accounts it requires 2FA of: it requires 2FA
+    (require_2fa) and asks nothing else. A phase not in the plan is read as npm's."""
+    return phase is None or (phase.does("require_2fa") and phase.requires.asks_only_2fa)
+
+
 def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str, Any]:
     spec = report_spec()
     count_columns = [c for c in spec.marts["compliance_funnel"] if c not in _FUNNEL_LABELS]
@@ -403,6 +410,10 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
                     # A phase asking more or other than 2FA (a security key, token rules)
                     # is told by the accounts it acts on, not "still without 2FA".
                     "asks_only_2fa": planned is None or planned.requires.asks_only_2fa,
+                    # What it requires of its accounts is 2FA alone (require_2fa, no other
+                    # rule): "requires 2FA of" is true of its required. A token, banner or
+                    # security-key phase applies to accounts for other reasons too.
+                    "requires_2fa": _requires_only_2fa(planned),
                     "asks_2fa": asks_2fa,
                     "asks": "; ".join(planned.requires.describe()) if planned else "",
                     # Some enrolment span is not over on as_of (and shown): "not yet".
@@ -711,6 +722,8 @@ def build_context(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> di
     context.update(_adoption(con, plan, as_of))
     context.update(_funnel(con, plan, as_of))
     context["reach"] = _reach(con, plan, as_of)
+    # Every phase's required are accounts it requires 2FA of: the report may say so.
+    context["requires_only_2fa"] = all(_requires_only_2fa(p) for p in plan.phases)
     context.update(_brownouts(con, as_of))
     context.update(_orgs(con))
     context["tokens"] = _tokens(con)
