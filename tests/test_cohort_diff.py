@@ -127,6 +127,20 @@ def test_a_day_only_another_cohort_was_built_is_no_day_of_this_one(
     assert same.exit_code == 0 and json.loads(same.stdout) == []
 
 
+def test_every_cohort_s_diff_needs_each_cohort_built_on_both_days(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --cohort the diff is of every cohort: one built on only one of the days
+    (a `cohorts build --cohort top-100` on 01-18) is not "everyone left" of it; the day
+    it lacks is named, as for --cohort."""
+    _high_impact_fixed_early(rollout_home, monkeypatch)
+    _built(rollout_home)
+    _only_top_100_built_on(rollout_home, "2022-01-18")
+    every = run("cohorts", "diff", "2022-01-17", "2022-01-18", "-f", "json")
+    assert every.exit_code == 2 and every.stdout == ""
+    assert "cohort high-impact was not built for 2022-01-18" in " ".join(every.stderr.split())
+
+
 def test_a_day_before_the_cohort_is_fixed_is_said_so(rollout_home: Path) -> None:
     """high-impact is fixed from 2022-03-14 in the reference plan: no build can have a
     day before it, and "run cohorts build for it first" would send the user to a build
