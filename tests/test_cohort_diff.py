@@ -167,3 +167,19 @@ def test_show_reads_the_cohorts_own_latest_day_and_refuses_a_day_it_was_not_buil
     assert "no build of cohort high-impact for 2022-01-18" in " ".join(unbuilt.stderr.split())
     both = run("cohorts", "show", "top-100", "--packages", "--without-2fa")
     assert both.exit_code == 2 and "give one" in both.stderr
+
+
+def test_show_reads_a_latest_build_without_accounts_as_none(rollout_home: Path) -> None:
+    """high-impact built on 01-31 with its packages and no account: its latest accounts
+    are none (the build before's read as its members today)."""
+    _built(rollout_home)
+    with warehouse.open_warehouse(rollout_home / "warehouse.duckdb") as con:
+        con.execute(
+            "insert into cohort_package_snapshots values "
+            "('2022-01-31', 'high-impact', 'vue', '2022-01-03', ['rank'], true)"
+        )
+    latest = run("cohorts", "show", "high-impact", "-f", "json")
+    assert latest.exit_code == 0, latest.stderr
+    assert json.loads(latest.stdout) == []
+    packages = run("cohorts", "show", "high-impact", "--packages", "-f", "json")
+    assert [p["package"] for p in json.loads(packages.stdout)] == ["vue"]

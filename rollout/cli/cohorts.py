@@ -116,7 +116,7 @@ def cohorts_show(
 ) -> None:
     """The accounts (or packages) of a cohort on a day, with 2FA status and why."""
 
-    from rollout.cohorts import snapshot_exists
+    from rollout.cohorts import latest_build, snapshot_exists
 
     if packages and without_2fa:
         raise RolloutError(
@@ -125,8 +125,10 @@ def cohorts_show(
     runtime = _runtime(ctx)
     runtime.plan.cohort(cohort)
     with runtime.warehouse(read_only=True) as con:
-        table = "cohort_package_snapshots" if packages else "cohort_account_snapshots"
-        day = _day_or_latest(con, as_of, table, cohort)
+        # The cohort's latest build, of its packages or its accounts alike: one that put
+        # no account in it has no account row, and its accounts are none that day.
+        latest = latest_build(con, cohort) if as_of is None else None
+        day = latest or _day_or_latest(con, as_of, "cohort_account_snapshots", cohort)
         if not snapshot_exists(con, day, cohort):
             # Zeros would read as an empty cohort, not as a day never built.
             raise RolloutError(
