@@ -737,6 +737,27 @@ def test_the_brownout_table_says_over_what_enrolments_are_counted(report: Report
     assert "(so far)" not in html
 
 
+def test_a_brownout_under_way_on_the_report_s_day_is_not_measured_as_held(
+    tmp_path: Path, plan: Plan
+) -> None:
+    """The daily report of 2022-02-23 (written at 10:00) meets brown-out 2 under way: the
+    mart counts up to the start of the day, so it has nothing of it yet, and its zeros
+    are no rehearsal nobody met; the next day's report has its 24 hours."""
+    path = make_warehouse(tmp_path, plan)
+    with open_warehouse(path) as con:
+        con.execute(
+            "update brownout_impact set logins = 0, elv_challenges = 0, elv_completed = 0, "
+            "elv_failed = 0, elv_abandoned = 0, enrolments = 0, enrolments_complete = false, "
+            "enrolments_until = starts_at where brownout = 'brownout-2'"
+        )
+        files = build_report(con, plan, date(2022, 2, 23), tmp_path / "during")
+    rows = {(r[0], r[1]): r for r in _brownout_rows(files.markdown.read_text())[1:]}
+    under_way = rows["brownout-2 (under way: counted from the next day)", "brownout"]
+    assert under_way[4:-2] == ["—"] * (len(under_way) - 6)
+    assert rows["brownout-1", "brownout"][4] == "1,150,000"
+    assert "brownout-2 (under way: counted from the next day)" in files.html.read_text()
+
+
 def test_an_enrolment_window_still_open_is_counted_so_far(tmp_path: Path, plan: Plan) -> None:
     """On 2022-02-26 brown-out 2's window (to 03-03) is open: its enrolments are marked
     as counted so far, its baseline's as counted over as many days; brown-out 1's

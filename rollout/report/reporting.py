@@ -461,10 +461,21 @@ def _brownouts(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
     spec = report_spec()
     order = spec.csv_order["brownout_impact"]
     rows = _rows(con, f"select * from brownout_impact order by {order}")
+    # Measured from the hours before the report's day began (the mart counts up to the
+    # start of as_of, as the day is still running): one begun on as_of is under way, its
+    # counts not begun yet; one begun before and not over has its hours so far.
+    day_start = datetime.combine(as_of, datetime.min.time())
     held = {
         str(r["brownout"])
         for r in rows
-        if r["period"] == "brownout" and (_day(r["starts_at"]) or as_of) <= as_of
+        if r["period"] == "brownout" and _before(r["starts_at"], day_start)
+    }
+    under_way = {
+        str(r["brownout"])
+        for r in rows
+        if r["period"] == "brownout"
+        and not _before(r["ends_at"], day_start + timedelta(microseconds=1))
+        and _before(r["starts_at"], day_start + timedelta(days=1))
     }
     windows: dict[str, dict[str, dict[str, float]]] = {}
     open_windows: set[str] = set()
@@ -483,6 +494,9 @@ def _brownouts(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
             {
                 "brownout": name,
                 "held": measured,
+                # Its hours not all over when as_of began: counted so far (held), or
+                # none yet (begun on as_of).
+                "under_way": name in under_way,
                 "period": period,
                 "starts_at": r["starts_at"],
                 "ends_at": r["ends_at"],
@@ -501,7 +515,13 @@ def _brownouts(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
             name,
             periods.get("baseline", {}),
             periods.get("brownout", {}),
-            so_far=frozenset({"enrolments"}) if name in open_windows else frozenset(),
+            so_far=frozenset(
+                (key for key, _ in spec.brownout_measures)
+                if name in under_way
+                else {"enrolments"}
+                if name in open_windows
+                else ()
+            ),
         )
         for name, periods in windows.items()
     ]
@@ -510,6 +530,11 @@ def _brownouts(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
         "brownout_chart": brownout_chart(bars, spec.brownout_measures),
         "brownout_measures": spec.brownout_measures,
     }
+
+
+def _before(value: object, moment: datetime) -> bool:
+    """Whether a mart's timestamp is before ``moment`` (an unreadable one: not)."""
+    return isinstance(value, datetime) and value < moment
 
 
 def _orgs(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
