@@ -541,7 +541,7 @@ def _tfa_at(con: duckdb.DuckDBPyConnection, cohort: str, as_of: date) -> datetim
     phase preview see today); as ``as_of`` ended, for any other day. A rebuild of past
     days in date order made each the latest in turn, and so showed today's 2FA on every
     one of them: a day's status depended on the order days were built."""
-    latest = latest_as_of(con, "cohort_account_snapshots", cohort)
+    latest = latest_build(con, cohort)
     recent = as_of >= utc_now().date() - timedelta(days=1)
     return NOW_ON if recent and (latest is None or as_of >= latest) else day_end(as_of)
 
@@ -835,6 +835,19 @@ def latest_as_of(
         return warehouse.scalar(con, f"select max(as_of) from {table}")
     return warehouse.scalar(
         con, f"select max(as_of) from {table} where cohort = $cohort", {"cohort": cohort}
+    )
+
+
+def latest_build(con: duckdb.DuckDBPyConnection, cohort: str) -> date | None:
+    """The latest day a build wrote ``cohort``'s snapshots: of its packages or its
+    accounts (a build whose packages put no account in it writes no account row, and
+    its accounts that day are none, not the build before's)."""
+    return warehouse.scalar(
+        con,
+        "select max(as_of) from (select as_of from cohort_package_snapshots "
+        "where cohort = $cohort union all select as_of from cohort_account_snapshots "
+        "where cohort = $cohort)",
+        {"cohort": cohort},
     )
 
 

@@ -179,3 +179,30 @@ def test_cohort_views_are_each_cohort_s_latest_day(con: duckdb.DuckDBPyConnectio
     ]
     history = con.execute("select count(*), count(distinct as_of) from cohort_membership_history")
     assert history.fetchall() == [(20, 4)]
+
+
+def test_a_cohort_whose_latest_build_has_no_accounts_shows_none(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    """high-impact built on 01-24 with its packages but no account (their maintainers'
+    accounts gone, say): its latest membership is nobody, not 01-17's bob and cat, who
+    are no longer in it."""
+    load_input(
+        con,
+        GOLDEN_DIR / "cohort_diff" / "entered_and_left" / "inputs" / "cohort_account_snapshots.csv",
+    )
+    con.execute(
+        "insert into cohort_package_snapshots select distinct as_of, cohort, "
+        "unnest(packages), as_of, ['rank'], true from cohort_account_snapshots"
+    )
+    con.execute(
+        "delete from cohort_account_snapshots where cohort = 'high-impact' and as_of = '2022-01-24'"
+    )
+    accounts = con.execute(
+        "select distinct cohort, as_of from cohort_accounts order by cohort"
+    ).fetchall()
+    assert accounts == [("top-100", date(2022, 1, 24))]
+    packages = con.execute(
+        "select distinct cohort, as_of from cohort_packages order by cohort"
+    ).fetchall()
+    assert packages == [("high-impact", date(2022, 1, 24)), ("top-100", date(2022, 1, 24))]

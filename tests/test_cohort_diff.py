@@ -127,6 +127,20 @@ def test_a_day_only_another_cohort_was_built_is_no_day_of_this_one(
     assert same.exit_code == 0 and json.loads(same.stdout) == []
 
 
+def test_every_cohort_s_diff_needs_each_cohort_built_on_both_days(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --cohort the diff is of every cohort: one built on only one of the days
+    (a `cohorts build --cohort top-100` on 01-18) is not "everyone left" of it; the day
+    it lacks is named, as for --cohort."""
+    _high_impact_fixed_early(rollout_home, monkeypatch)
+    _built(rollout_home)
+    _only_top_100_built_on(rollout_home, "2022-01-18")
+    every = run("cohorts", "diff", "2022-01-17", "2022-01-18", "-f", "json")
+    assert every.exit_code == 2 and every.stdout == ""
+    assert "cohort high-impact was not built for 2022-01-18" in " ".join(every.stderr.split())
+
+
 def test_a_day_before_the_cohort_is_fixed_is_said_so(rollout_home: Path) -> None:
     """high-impact is fixed from 2022-03-14 in the reference plan: no build can have a
     day before it, and "run cohorts build for it first" would send the user to a build
@@ -153,3 +167,19 @@ def test_show_reads_the_cohorts_own_latest_day_and_refuses_a_day_it_was_not_buil
     assert "no build of cohort high-impact for 2022-01-18" in " ".join(unbuilt.stderr.split())
     both = run("cohorts", "show", "top-100", "--packages", "--without-2fa")
     assert both.exit_code == 2 and "give one" in both.stderr
+
+
+def test_show_reads_a_latest_build_without_accounts_as_none(rollout_home: Path) -> None:
+    """high-impact built on 01-31 with its packages and no account: its latest accounts
+    are none (the build before's read as its members today)."""
+    _built(rollout_home)
+    with warehouse.open_warehouse(rollout_home / "warehouse.duckdb") as con:
+        con.execute(
+            "insert into cohort_package_snapshots values "
+            "('2022-01-31', 'high-impact', 'vue', '2022-01-03', ['rank'], true)"
+        )
+    latest = run("cohorts", "show", "high-impact", "-f", "json")
+    assert latest.exit_code == 0, latest.stderr
+    assert json.loads(latest.stdout) == []
+    packages = run("cohorts", "show", "high-impact", "--packages", "-f", "json")
+    assert [p["package"] for p in json.loads(packages.stdout)] == ["vue"]

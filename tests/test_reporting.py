@@ -429,6 +429,39 @@ def test_a_phase_asking_more_than_2fa_is_headlined_by_the_accounts_it_acted_on(
     assert "asks no 2FA: see required by the phase, and token readiness" in html
 
 
+def test_a_plan_requiring_no_2fa_is_not_said_to_require_2fa_of_anyone(
+    tmp_path: Path, plan: Plan
+) -> None:
+    """required and never_reached_enforced count every account a phase applies to: a
+    token phase's holders of classic tokens, a warn phase's accounts shown the banner.
+    Of a plan whose top-100 phase revokes tokens (then rolled back) and whose
+    high-impact phase only warns, the report must not say either phase requires 2FA of
+    its accounts, that they were required to use 2FA, or locked out: neither did so."""
+    top, high = plan.phases
+    tokens = Phase.model_validate(
+        {
+            **top.model_dump(),
+            "requires": {"two_factor": "none", "no_classic_tokens": True},
+            "effects": ["revoke_tokens"],
+        }
+    )
+    banner = Phase.model_validate({**high.model_dump(), "effects": ["warn"]})
+    shaped = plan.model_copy(update={"phases": [tokens, banner]})
+    with open_warehouse(make_warehouse(tmp_path, shaped)) as con:
+        con.execute(
+            "update compliance_funnel set rolled_back_at = timestamp '2022-02-02 10:00' "
+            "where phase = 'top-100'"
+        )
+        files = build_report(con, shaped, AS_OF, tmp_path / "out")
+    for text in (files.markdown.read_text(), files.html.read_text()):
+        for claim in ("requires 2FA of", "required to use 2FA", "locked out"):
+            assert claim not in text, claim
+    markdown = files.markdown.read_text()
+    assert "- Phase top-100 (enforcement 2022-02-01): rolled back 2022-02-02 10:00 UTC; " in (
+        markdown
+    )
+
+
 def test_extra_columns_follow_the_contracts(tmp_path: Path, plan: Plan) -> None:
     warehouse = make_warehouse(tmp_path, plan)
     with open_warehouse(warehouse) as con:
@@ -702,6 +735,27 @@ def test_the_brownout_table_says_over_what_enrolments_are_counted(report: Report
     assert '<th scope="col">enrolments until (UTC)</th>' in html
     assert "7 days after its end, or to the next brown-out" in html
     assert "(so far)" not in html
+
+
+def test_a_brownout_under_way_on_the_report_s_day_is_not_measured_as_held(
+    tmp_path: Path, plan: Plan
+) -> None:
+    """The daily report of 2022-02-23 (written at 10:00) meets brown-out 2 under way: the
+    mart counts up to the start of the day, so it has nothing of it yet, and its zeros
+    are no rehearsal nobody met; the next day's report has its 24 hours."""
+    path = make_warehouse(tmp_path, plan)
+    with open_warehouse(path) as con:
+        con.execute(
+            "update brownout_impact set logins = 0, elv_challenges = 0, elv_completed = 0, "
+            "elv_failed = 0, elv_abandoned = 0, enrolments = 0, enrolments_complete = false, "
+            "enrolments_until = starts_at where brownout = 'brownout-2'"
+        )
+        files = build_report(con, plan, date(2022, 2, 23), tmp_path / "during")
+    rows = {(r[0], r[1]): r for r in _brownout_rows(files.markdown.read_text())[1:]}
+    under_way = rows["brownout-2 (under way: counted from the next day)", "brownout"]
+    assert under_way[4:-2] == ["—"] * (len(under_way) - 6)
+    assert rows["brownout-1", "brownout"][4] == "1,150,000"
+    assert "brownout-2 (under way: counted from the next day)" in files.html.read_text()
 
 
 def test_an_enrolment_window_still_open_is_counted_so_far(tmp_path: Path, plan: Plan) -> None:

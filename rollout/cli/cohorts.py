@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import date
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,6 +19,11 @@ from rollout.cli.app import (
 )
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 from rollout.core.output import Format, emit, emit_record, labelled, stderr
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from rollout.core.plan import Plan
 
 # --- metrics and cohorts -------------------------------------------------------------
 
@@ -110,7 +116,7 @@ def cohorts_show(
 ) -> None:
     """The accounts (or packages) of a cohort on a day, with 2FA status and why."""
 
-    from rollout.cohorts import snapshot_exists
+    from rollout.cohorts import latest_build, snapshot_exists
 
     if packages and without_2fa:
         raise RolloutError(
@@ -119,8 +125,10 @@ def cohorts_show(
     runtime = _runtime(ctx)
     runtime.plan.cohort(cohort)
     with runtime.warehouse(read_only=True) as con:
-        table = "cohort_package_snapshots" if packages else "cohort_account_snapshots"
-        day = _day_or_latest(con, as_of, table, cohort)
+        # The cohort's latest build, of its packages or its accounts alike: one that put
+        # no account in it has no account row, and its accounts are none that day.
+        latest = latest_build(con, cohort) if as_of is None else None
+        day = latest or _day_or_latest(con, as_of, "cohort_account_snapshots", cohort)
         if not snapshot_exists(con, day, cohort):
             # Zeros would read as an empty cohort, not as a day never built.
             raise RolloutError(
@@ -202,6 +210,8 @@ def cohorts_diff(
                     f"{which} built for {day}: run `rollout cohorts build --as-of "
                     f"{day}` first, or pick a day they were built"
                 ).with_exit(EXIT_BAD_INPUT)
+        if cohort is None:
+            _refuse_cohorts_built_on_one_day(con, runtime.plan, days["d1"], days["d2"])
         result = con.execute(warehouse.render("marts/cohort_diff"), days)
         names = [d[0] for d in result.description]
         rows = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
@@ -209,6 +219,31 @@ def cohorts_diff(
         for row in rows:
             row["packages"] = ", ".join(row["packages"])
     emit(rows, fmt, title=f"cohort changes {first} → {second}", columns=names)
+
+
+def _refuse_cohorts_built_on_one_day(
+    con: duckdb.DuckDBPyConnection, plan: Plan, d1: date, d2: date
+) -> None:
+    """Every cohort's diff: a cohort built on one of the days and not the other (a
+    `cohorts build --cohort` of another) would show all its accounts as entered or
+    left. Only a day before the cohort is fixed (no build can have it) is no build
+    missing: its accounts came in as it came to be."""
+    from rollout.cohorts import snapshot_exists
+
+    for name in plan.cohorts:
+        built = {day: snapshot_exists(con, day, name) for day in (d1, d2)}
+        if all(built.values()) or not any(built.values()):
+            continue
+        missing = d1 if not built[d1] else d2
+        fixed = plan.cohort_fixed_from(name)
+        if fixed is not None and missing < fixed[0]:
+            continue
+        raise RolloutError(
+            f"cohort {name} was not built for {missing} (only for "
+            f"{d2 if missing == d1 else d1}): its accounts would all read as "
+            f"{'entered' if missing == d1 else 'left'}; run `rollout cohorts build --as-of "
+            f"{missing} --cohort {name}` first, or name another with --cohort"
+        ).with_exit(EXIT_BAD_INPUT)
 
 
 @cohorts_app.command("simulate")

@@ -34,7 +34,7 @@ from rollout.core.calendar import plan_calendar
 from rollout.core.errors import RolloutError
 from rollout.core.files import duckdb_path
 from rollout.core.output import csv_cells, markdown_text
-from rollout.core.plan import Plan
+from rollout.core.plan import Phase, Plan
 from rollout.core.resources import resource_dir
 from rollout.core.stopping import stop_requested_by_signals
 from rollout.report.adoption import adoption_since
@@ -316,6 +316,13 @@ _TWO_FACTOR_STAGES = (
 )
 
 
+def _requires_only_2fa(phase: Phase | None) -> bool:
+    """Whether the accounts ``phase`` applies to (compliance_funnel's required,
+    notice_reach's enforced) are the accounts it requires 2FA of: it requires 2FA
+    (require_2fa) and asks nothing else. A phase not in the plan is read as npm's."""
+    return phase is None or (phase.does("require_2fa") and phase.requires.asks_only_2fa)
+
+
 def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str, Any]:
     spec = report_spec()
     count_columns = [c for c in spec.marts["compliance_funnel"] if c not in _FUNNEL_LABELS]
@@ -412,6 +419,10 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
                     # A phase asking more or other than 2FA (a security key, token rules)
                     # is told by the accounts it acts on, not "still without 2FA".
                     "asks_only_2fa": planned is None or planned.requires.asks_only_2fa,
+                    # What it requires of its accounts is 2FA alone (require_2fa, no other
+                    # rule): "requires 2FA of" is true of its required. A token, banner or
+                    # security-key phase applies to accounts for other reasons too.
+                    "requires_2fa": _requires_only_2fa(planned),
                     "asks_2fa": asks_2fa,
                     "asks": "; ".join(planned.requires.describe()) if planned else "",
                     # Some enrolment span is not over on as_of (and shown): "not yet".
@@ -459,10 +470,21 @@ def _brownouts(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
     spec = report_spec()
     order = spec.csv_order["brownout_impact"]
     rows = _rows(con, f"select * from brownout_impact order by {order}")
+    # Measured from the hours before the report's day began (the mart counts up to the
+    # start of as_of, as the day is still running): one begun on as_of is under way, its
+    # counts not begun yet; one begun before and not over has its hours so far.
+    day_start = datetime.combine(as_of, datetime.min.time())
     held = {
         str(r["brownout"])
         for r in rows
-        if r["period"] == "brownout" and (_day(r["starts_at"]) or as_of) <= as_of
+        if r["period"] == "brownout" and _before(r["starts_at"], day_start)
+    }
+    under_way = {
+        str(r["brownout"])
+        for r in rows
+        if r["period"] == "brownout"
+        and not _before(r["ends_at"], day_start + timedelta(microseconds=1))
+        and _before(r["starts_at"], day_start + timedelta(days=1))
     }
     windows: dict[str, dict[str, dict[str, float]]] = {}
     open_windows: set[str] = set()
@@ -481,6 +503,9 @@ def _brownouts(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
             {
                 "brownout": name,
                 "held": measured,
+                # Its hours not all over when as_of began: counted so far (held), or
+                # none yet (begun on as_of).
+                "under_way": name in under_way,
                 "period": period,
                 "starts_at": r["starts_at"],
                 "ends_at": r["ends_at"],
@@ -499,7 +524,13 @@ def _brownouts(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
             name,
             periods.get("baseline", {}),
             periods.get("brownout", {}),
-            so_far=frozenset({"enrolments"}) if name in open_windows else frozenset(),
+            so_far=frozenset(
+                (key for key, _ in spec.brownout_measures)
+                if name in under_way
+                else {"enrolments"}
+                if name in open_windows
+                else ()
+            ),
         )
         for name, periods in windows.items()
     ]
@@ -508,6 +539,11 @@ def _brownouts(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
         "brownout_chart": brownout_chart(bars, spec.brownout_measures),
         "brownout_measures": spec.brownout_measures,
     }
+
+
+def _before(value: object, moment: datetime) -> bool:
+    """Whether a mart's timestamp is before ``moment`` (an unreadable one: not)."""
+    return isinstance(value, datetime) and value < moment
 
 
 def _orgs(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
@@ -720,6 +756,8 @@ def build_context(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> di
     context.update(_adoption(con, plan, as_of))
     context.update(_funnel(con, plan, as_of))
     context["reach"] = _reach(con, plan, as_of)
+    # Every phase's required are accounts it requires 2FA of: the report may say so.
+    context["requires_only_2fa"] = all(_requires_only_2fa(p) for p in plan.phases)
     context.update(_brownouts(con, as_of))
     context.update(_orgs(con))
     context["tokens"] = _tokens(con)

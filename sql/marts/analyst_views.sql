@@ -9,19 +9,36 @@ create or replace view cohort_membership_history as
 select as_of, cohort, account_id, username, tfa_status, first_qualified_on, packages, via
 from cohort_account_snapshots;
 
+-- Each cohort's latest build is the latest day either of its snapshots holds: a build
+-- whose cohort had packages but no account writes no account row, and its latest
+-- accounts are none, not the build before's.
 create or replace view cohort_accounts as
+with latest as (
+    select cohort, max(as_of) as as_of
+    from (
+        select cohort, as_of from cohort_package_snapshots
+        union all
+        select cohort, as_of from cohort_account_snapshots
+    )
+    group by cohort
+)
 select snapshots.*
 from cohort_account_snapshots as snapshots
-inner join (
-    select cohort, max(as_of) as as_of from cohort_account_snapshots group by cohort
-) as latest using (cohort, as_of);
+inner join latest using (cohort, as_of);
 
 create or replace view cohort_packages as
+with latest as (
+    select cohort, max(as_of) as as_of
+    from (
+        select cohort, as_of from cohort_package_snapshots
+        union all
+        select cohort, as_of from cohort_account_snapshots
+    )
+    group by cohort
+)
 select snapshots.*
 from cohort_package_snapshots as snapshots
-inner join (
-    select cohort, max(as_of) as as_of from cohort_package_snapshots group by cohort
-) as latest using (cohort, as_of);
+inner join latest using (cohort, as_of);
 
 comment on view package_metrics is
     'Reach of every package on the latest computed day: weekly/30-day downloads, '

@@ -10,7 +10,7 @@ windows as (
 logins as (
     select occurred_at, second_factor, outcome
     from stg_logins
-    where occurred_at < $as_of::date + 1
+    where occurred_at < $as_of::date
 ),
 
 factors as (
@@ -66,12 +66,16 @@ baselines as (
 -- written while it runs (the daily one at 10:00), and the brown-out's part of that day
 -- against its baseline's whole one would not compare. A brown-out's window is clipped
 -- there (empty before it starts), and its baseline's to the same length.
+-- The logins likewise: a brown-out under way on $as_of counts its hours before the day
+-- began (the report's day so far against its baseline's whole hours would read as
+-- fewer logins), and its baseline as many hours.
 spans as (
     select
         name as brownout,
         'brownout' as period,
         starts_at,
         ends_at,
+        greatest(starts_at, least(ends_at, $as_of::date)) as logins_until,
         greatest(starts_at, least(until, $as_of::date)) as enrolments_until,
         until <= $as_of::date as enrolments_complete
     from enrolment_windows
@@ -81,6 +85,9 @@ spans as (
         'baseline',
         baselines.starts_at,
         baselines.ends_at,
+        greatest(
+            enrolment_windows.starts_at, least(enrolment_windows.ends_at, $as_of::date)
+        ) - baselines.weeks * interval 7 day,
         greatest(
             enrolment_windows.starts_at, least(enrolment_windows.until, $as_of::date)
         ) - baselines.weeks * interval 7 day,
@@ -94,7 +101,7 @@ span_logins as (
     from spans
     inner join logins
         on logins.occurred_at >= spans.starts_at
-        and logins.occurred_at < spans.ends_at
+        and logins.occurred_at < spans.logins_until
 ),
 
 login_counts as (

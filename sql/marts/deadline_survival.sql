@@ -44,20 +44,25 @@ at_notice as (
     )
 ),
 
--- When each complied: its first counting factor after the notice (up to $as_of).
-complied as (
+-- The counting factors each made after its notice (up to $as_of), as the days whose
+-- start holds them: from the day after it was made to the day it was removed (a removal
+-- after $as_of not known yet). Held at the start of day D when created_at < D and
+-- (removed_at null or removed_at >= D), as the funnel reads "at enforcement": a factor
+-- made and removed again before a deadline does not meet it.
+held as (
     select
         at_notice.phase,
         at_notice.account_id,
-        cast(at_notice.sent_at as date) as noticed_on,
-        min(cast(factors.created_at as date)) as complied_on
+        cast(factors.created_at as date) + 1 as held_from,
+        case
+            when factors.removed_at < $as_of::date + 1 then cast(factors.removed_at as date)
+        end as held_through
     from at_notice
-    left join factors
+    inner join factors
         on factors.phase = at_notice.phase
         and factors.account_id = at_notice.account_id
         and factors.created_at > at_notice.sent_at
         and factors.created_at < $as_of::date + 1
-    group by all
 ),
 
 snoozed as (
@@ -74,19 +79,33 @@ snoozed as (
 -- before that day's enforcement, it postponed it.
 days as (
     select
-        complied.phase,
-        complied.account_id,
+        at_notice.phase,
+        at_notice.account_id,
         day_number,
-        complied.complied_on is null
-            or complied.complied_on >= complied.noticed_on + day_number::integer as still_without,
+        cast(at_notice.sent_at as date) + day_number::integer as day,
         snoozed.snoozed_on is not null
-            and snoozed.snoozed_on <= complied.noticed_on + day_number::integer as snoozed_by_then
-    from complied
+            and snoozed.snoozed_on <= cast(at_notice.sent_at as date) + day_number::integer
+            as snoozed_by_then
+    from at_notice
     inner join phases using (phase)
     left join snoozed using (phase, account_id)
     cross join range(0, 366) as numbers(day_number)
     where day_number <= phases.days_after_notice + phases.snooze_days + 14
-        and complied.noticed_on + day_number::integer <= $as_of::date
+        and cast(at_notice.sent_at as date) + day_number::integer <= $as_of::date
+),
+
+-- Still without a counting factor at the start of the day: none held then.
+still as (
+    select
+        days.*,
+        not exists (
+            select 1 from held
+            where held.phase = days.phase
+                and held.account_id = days.account_id
+                and held.held_from <= days.day
+                and (held.held_through is null or held.held_through >= days.day)
+        ) as still_without
+    from days
 ),
 
 final as (
@@ -97,7 +116,7 @@ final as (
         count(*) filter (where still_without) as still_without,
         count(*) filter (where still_without and snoozed_by_then) as snoozed,
         round(count(*) filter (where still_without) / count(*), 4) as share_still_without
-    from days
+    from still
     group by phase, day_number
     order by phase, day_number
 )

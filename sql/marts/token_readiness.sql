@@ -9,9 +9,13 @@ cohorts as (
     select distinct cohort from registry.cohort_memberships
 ),
 
+-- The cohort's accounts on $as_of: each stay of an account in a cohort (a temp table
+-- made once by build_adoption from the intermediate model), as adoption_daily counts
+-- them. The registry's row alone keeps an account that left and came back in the
+-- cohort over the days it was out.
 members as (
-    select cohort, account_id
-    from registry.cohort_memberships
+    select distinct cohort, account_id
+    from int_memberships_known
     where first_qualified_on <= $as_of::date
         and (left_on is null or left_on > $as_of::date)
 ),

@@ -76,3 +76,45 @@ def test_a_per_account_deadline_phase_judges_each_account_at_its_own_deadline(
         "from compliance_funnel where phase = 'own'"
     ).fetchone()
     assert row == (8, 7, 5, 2)
+
+
+def test_a_factor_removed_before_the_deadline_leaves_the_account_without_it(
+    fresh_warehouse: duckdb.DuckDBPyConnection,
+) -> None:
+    """The deadline_survival case with ann's TOTP (made 03-02 15:00, during day 1)
+    removed 03-03 12:00: at the start of her deadline day (03-04, day 3) she holds no
+    factor, so the deadline's enforcement meets her. The funnel counts her without 2FA at
+    enforcement (ann, eve, dan = 3); the curve, read "as enforcement reads it", counts
+    her from day 3 on too: day 2 (the start of 03-03, her TOTP held) bob, eve, dan = 3;
+    day 3 ann, bob, eve, dan = 4 (bob snoozed: the accounts not snoozed, ann, eve and
+    dan, are the funnel's 3); day 4 of ann, bob, eve (dan's clock stops at day 3): all 3;
+    day 5: ann, eve = 2 (bob's key of 03-05 held)."""
+    case = load_case(DEADLINES)
+    plan, problems = parse_plan((DEADLINES / "plan.yaml").read_text())
+    assert plan is not None and problems == []
+    load_inputs(fresh_warehouse, case)
+    fresh_warehouse.execute(
+        "update registry.tfa_factors set removed_at = timestamp '2023-03-03 12:00:00' "
+        "where account_id = 1"
+    )
+    fresh_warehouse.execute(
+        "insert into registry.cohort_memberships (cohort, account_id, first_qualified_on) "
+        "select 'everyone', id, date '2023-02-28' from registry.accounts"
+    )
+    build_adoption(fresh_warehouse, plan, case.parameters["as_of"])
+    [[at_enforcement]] = fresh_warehouse.execute(
+        "select without_2fa_at_enforcement from compliance_funnel where phase = 'own'"
+    ).fetchall()
+    curve = fresh_warehouse.execute(
+        "select days_since_notice, accounts, still_without, snoozed "
+        "from deadline_survival where phase = 'own' order by days_since_notice"
+    ).fetchall()
+    assert at_enforcement == 3
+    assert curve == [
+        (0, 4, 4, 0),
+        (1, 4, 4, 0),
+        (2, 4, 3, 1),
+        (3, 4, 4, 1),
+        (4, 3, 3, 1),
+        (5, 3, 2, 0),
+    ]
