@@ -731,13 +731,18 @@ def _first_bad_json_line(file: LandingFile) -> BadInput | None:
     return None
 
 
-def _csv_header(file: LandingFile) -> list[str]:
+def _csv_header(file: LandingFile) -> tuple[list[str], int]:
+    """The header's names and the line it is on: the first line that is not blank, as
+    DuckDB skips blank lines below it (told where it is, or it takes a blank line above
+    it for the header, and the header for a row)."""
     with open_text(file.path) as handle:
         try:
             _allow_fields_duckdb_reads()
-            for row in csv.reader(text_lines(file.path, handle, CSV_LINE_LIMIT)):
-                if row:
-                    return [c.strip() for c in row]
+            for line, row in enumerate(
+                csv.reader(text_lines(file.path, handle, CSV_LINE_LIMIT)), start=1
+            ):
+                if row:  # (a blank line is one empty row: no quoted value spans it)
+                    return [c.strip() for c in row], line
         # Bytes that are not UTF-8 are open_text's to name: the reader decodes 8 KB at
         # a time, so they may be far below the header.
         except csv.Error as error:
@@ -767,10 +772,10 @@ FOUND_SHOWN = 120
 
 
 def _stage_csv_as_text(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
-    header = _csv_header(file)
-    _require_columns(file, header, 1)
+    header, header_line = _csv_header(file)
+    _require_columns(file, header, header_line)
     if len(set(header)) != len(header):
-        raise BadInput(file.path, 1, "a column name appears twice in the header")
+        raise BadInput(file.path, header_line, "a column name appears twice in the header")
     columns = {name: "VARCHAR" for name in header}
     wanted = ", ".join(f'"{c}"' for c in REQUIRED_COLUMNS[file.kind])
     try:
@@ -778,9 +783,10 @@ def _stage_csv_as_text(con: duckdb.DuckDBPyConnection, file: LandingFile) -> Non
             f"""
             create or replace temp table incoming_raw as
             select {wanted} from read_csv($path, header = true, auto_detect = false,
-                delim = ',', quote = '"', escape = '"', columns = $columns)
+                delim = ',', quote = '"', escape = '"', columns = $columns,
+                skip = $blank_lines)
             """,
-            {"path": duckdb_path(file.path), "columns": columns},
+            {"path": duckdb_path(file.path), "columns": columns, "blank_lines": header_line - 1},
         )
     except duckdb.Error as error:
         if "not utf-8 encoded" in str(error):
