@@ -239,6 +239,38 @@ def test_a_landing_name_on_something_not_a_file_is_refused_not_passed_over(
     )
 
 
+def test_a_folder_where_a_days_file_should_be_is_refused_not_passed_over(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A folder named like a day's file with nothing ingest reads in it, or a link to a
+    folder outside the landing area (os.walk does not follow it), was passed over
+    unsaid: the day missing, the run a success. A folder named so that holds landing
+    files (Spark writes `x.csv/part-0.csv`) loads them."""
+    root = landing_with_a_good_file(tmp_path)
+    empty = root / "downloads" / "downloads-2022-02-01.csv"
+    empty.mkdir()
+    (empty / "_SUCCESS").touch()
+    outside = tmp_path / "archive"
+    outside.mkdir()
+    put(outside, "downloads-2022-02-02.csv", GOOD_CSV.read_bytes())
+    linked = root / "downloads" / "feb"
+    linked.symlink_to(outside)
+    spark = root / "downloads" / "downloads-2022-02-03.csv"
+    put(spark, "part-0.csv", b"package,day,downloads\nvue,2022-01-20,7\n")
+    report = run(con, root)
+    assert {f.path.name: f.status for f in report.files} == {
+        GOOD_CSV.name: "loaded",
+        "part-0.csv": "loaded",
+        empty.name: "rejected",
+        linked.name: "rejected",
+    }
+    messages = {f.path: f.message for f in report.rejected}
+    assert messages[empty] == (
+        f"{empty}: a folder holding no landing file, not a file: nothing to read"
+    )
+    assert messages[linked].startswith(f"{linked}: a symbolic link to a folder outside {root}")
+
+
 def test_a_subfolder_that_cannot_be_listed_is_refused_with_the_os_reason(
     con: duckdb.DuckDBPyConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -192,7 +192,25 @@ def survey(
     for path in paths:
         if path.is_dir():
             unlisted: list[OSError] = []
-            for folder, _, names in os.walk(path, onerror=unlisted.append):
+            # Subfolders named like a landing file (downloads-2022-01-31.csv/): each must
+            # hold a file ingest reads, or the day it names would be missing unsaid.
+            named_like_files: list[Path] = []
+            for folder, subfolders, names in os.walk(path, onerror=unlisted.append):
+                for child in (Path(folder) / name for name in subfolders):
+                    if child.name.startswith(".") or _owned_by_another_reader(child / "-", path):
+                        continue
+                    if child.is_symlink():
+                        # os.walk does not follow it: its files would be passed over.
+                        # One to a folder inside this one is read there, by its path.
+                        try:
+                            _require_inside(child, path, "folder")
+                        except BadInput as error:
+                            strays.append(
+                                Unreadable(child, _kind_of(child, root or path) or "unknown", error)
+                            )
+                        continue
+                    if _format_of(child) is not None:
+                        named_like_files.append(child)
                 for child in (Path(folder) / name for name in names):
                     if child.name.startswith(".") or _format_of(child) is None:
                         continue
@@ -204,6 +222,13 @@ def survey(
                         # Named like a landing file, but nothing to read: said, not
                         # passed over (the day it should have brought would be missing).
                         refuse(child, root or path, _not_a_file(child))
+            for folder in named_like_files:
+                if not any(
+                    item.path.is_relative_to(folder)
+                    for item in (*found, *strays)
+                    if item.path != folder
+                ):
+                    refuse(folder, root or path, _not_a_file(folder))
             # A subfolder ingest may not list: its files would be missed unsaid.
             for error in unlisted:
                 folder = Path(error.filename)
@@ -231,10 +256,11 @@ def _require_utf8_name(path: Path) -> None:
         ) from error
 
 
-def _require_inside(path: Path, scanned: Path) -> None:
+def _require_inside(path: Path, scanned: Path, what: str = "file") -> None:
     """Refuse a file found in a scanned folder that is a symbolic link to a file outside
     it: ingest reads the landing folder, not what a link there points to anywhere (a
-    link to /proc/self/environ put the process's secrets in the refusal's message)."""
+    link to /proc/self/environ put the process's secrets in the refusal's message).
+    ``what``: "folder" for a link to a folder, which ingest does not follow."""
     if not path.is_symlink():
         return
     try:
@@ -246,14 +272,16 @@ def _require_inside(path: Path, scanned: Path) -> None:
         raise BadInput(
             path,
             None,
-            f"a symbolic link to a file outside {scanned}: ingest reads only files in the "
-            "folders it is given; copy the file there instead",
+            f"a symbolic link to a {what} outside {scanned}: ingest reads only files in "
+            f"the folders it is given; copy the {what} there instead",
         )
 
 
 def _not_a_file(path: Path) -> str:
     if path.is_symlink() and not path.exists():
         return "a symbolic link to nothing: its target does not exist"
+    if path.is_dir():
+        return "a folder holding no landing file, not a file: nothing to read"
     return "not a regular file (a pipe, a socket or a device): nothing to read"
 
 
