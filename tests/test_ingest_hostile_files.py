@@ -689,6 +689,44 @@ def test_a_csv_error_keeps_its_reason_in_one_short_line(
     assert "\n" not in message and len(message) < len(str(path)) + 300
 
 
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gz"])
+@pytest.mark.parametrize(
+    ("text", "line", "ends"),
+    [
+        ("{header}\r\n{rows}\r\nvue,2022-01-10,2\nlodash,2022-01-10,3\r\n", 402, "LF, ... CRLF"),
+        ("{header}\n{rows}\nvue,2022-01-10,2\r\n", 402, "CRLF, ... LF"),
+        ("{header}\n{rows}\nvue\r,2022-01-10,2\n", 402, "CR, ... LF"),
+        # A line end inside a quoted value is the value's: the row's own end is LF.
+        ('{header},note\n"react",2022-01-10,1,"a\r\nb"\nvue\r,2022-01-10,2,c\n', 4, "CR, ... LF"),
+    ],
+    ids=["lf-among-crlf", "crlf-among-lf", "lone-cr", "quoted-crlf"],
+)
+def test_a_csv_file_mixing_line_ends_is_refused_at_the_first_odd_line(
+    con: duckdb.DuckDBPyConnection,
+    tmp_path: Path,
+    text: str,
+    line: int,
+    ends: str,
+    compress: bool,
+) -> None:
+    """DuckDB refuses a row ending otherwise than the first line, saying only that its
+    "state machine reached an invalid state": no line, in a file of thousands."""
+    rows = "\n".join(f"p{n},2022-01-10,{n}" for n in range(400))
+    if text.startswith("{header}\r\n"):
+        rows = rows.replace("\n", "\r\n")
+    data = text.format(header="package,day,downloads", rows=rows).encode()
+    name = "downloads/d.csv" + (".gz" if compress else "")
+    path = put(tmp_path, name, gzip.compress(data) if compress else data)
+    with pytest.raises(BadInput) as refused:
+        load(con, path)
+    odd, usual = ends.split(", ... ")
+    assert str(refused.value) == (
+        f"{path}:{line}: malformed CSV: the line ends with {odd}, the lines before it with "
+        f"{usual}: write the file with one kind of line end"
+    )
+    assert row_counts(con) == NOTHING
+
+
 def test_a_csv_row_with_too_many_columns_quotes_only_the_start_of_a_huge_line(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:

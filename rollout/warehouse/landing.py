@@ -820,7 +820,41 @@ def _stage_csv_as_text(con: duckdb.DuckDBPyConnection, file: LandingFile) -> Non
         if "not utf-8 encoded" in str(error):
             # Said as for a JSON or a short CSV file (open_text), with the physical line.
             raise _not_utf8(file.path, "invalid byte sequence") from error
-        raise _parse_error(file, error, "CSV") from error
+        refusal = _parse_error(file, error, "CSV")
+        if refusal.line is None:
+            # DuckDB's parser takes the first line's end for every line's, and where
+            # another ends a row it says only that its "state machine reached an
+            # invalid state", naming no line.
+            refusal = _mixed_line_end(file) or refusal
+        raise refusal from error
+
+
+_LINE_END_NAMES = {"\r\n": "CRLF", "\n": "LF", "\r": "CR"}
+
+
+def _mixed_line_end(file: LandingFile) -> BadInput | None:
+    """The first line of a CSV file ending a row otherwise than the first line does
+    (a line break inside a quoted value is the value's), or None."""
+    first = None
+    quoted = False
+    with open_text(file.path) as handle:
+        for number, line in enumerate(text_lines(file.path, handle, CSV_LINE_LIMIT), start=1):
+            quoted ^= line.count('"') % 2 == 1
+            body = line.rstrip("\r\n")
+            ending = line[len(body) :]
+            if quoted or not ending:
+                continue
+            if first is None:
+                first = ending
+            elif ending != first:
+                return BadInput(
+                    file.path,
+                    number,
+                    f"malformed CSV: the line ends with {_LINE_END_NAMES.get(ending, repr(ending))}"
+                    f", the lines before it with {_LINE_END_NAMES.get(first, repr(first))}: "
+                    "write the file with one kind of line end",
+                )
+    return None
 
 
 def _stage_parquet(con: duckdb.DuckDBPyConnection, file: LandingFile) -> dict[str, str]:
