@@ -930,6 +930,86 @@ def test_the_cli_shows_a_name_that_is_not_utf8_escaped(rollout_home: Path) -> No
     assert "downloads-\\udc9b2J.csv" in result.stderr
 
 
+def _downloads_parquet(path: Path, day: object) -> None:
+    pq.write_table(pa.table({"package": ["react"], "day": [day], "downloads": [5]}), path)
+
+
+# (file under a folder `column=value`, what it holds, the table and the column its rows
+# load into, the value the file holds there)
+HIVE_LAYOUTS: list[tuple[str, Callable[[Path], object], str, str, object]] = [
+    (
+        "downloads/day=2022-01-11/part-0.parquet",  # typed: loaded in place
+        lambda path: _downloads_parquet(path, DAY),
+        "raw_downloads",
+        "day",
+        DAY,
+    ),
+    (
+        "downloads/day=2022-01-11/part-0.parquet",  # a day of text: staged
+        lambda path: _downloads_parquet(path, DAY.isoformat()),
+        "raw_downloads",
+        "day",
+        DAY,
+    ),
+    (
+        "downloads/downloads=7/d.csv",
+        lambda path: path.write_text("package,day,downloads\nreact,2022-01-10,5\n"),
+        "raw_downloads",
+        "downloads",
+        5,
+    ),
+    (
+        "logins/username=mallory/logins.csv",
+        lambda path: path.write_text(
+            "occurred_at,username,second_factor,outcome\n2022-01-10T10:00:00Z,alice,totp,success\n"
+        ),
+        "raw_logins",
+        "username",
+        "alice",
+    ),
+    (
+        "manifests/name=evil/manifests.jsonl",
+        lambda path: path.write_bytes(GOOD_MANIFEST),
+        "raw_manifests",
+        "name",
+        "a",
+    ),
+    (
+        "events/email=someone@example.com/events-1.json",
+        lambda path: path.write_text(json.dumps([event(1)])),
+        "raw_events",
+        "email",
+        "user1@example.com",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("relative", "write", "table", "column", "held"),
+    HIVE_LAYOUTS,
+    ids=["typed-parquet", "staged-parquet", "csv", "logins", "manifests", "events"],
+)
+def test_a_folder_named_like_a_column_does_not_change_the_rows_of_the_files_in_it(
+    con: duckdb.DuckDBPyConnection,
+    tmp_path: Path,
+    relative: str,
+    write: Callable[[Path], object],
+    table: str,
+    column: str,
+    held: object,
+) -> None:
+    """DuckDB's readers take a folder `key=value` above a file for Hive's layout and give
+    every row that value in column `key`: a day's counts loaded under another day, alice's
+    logins as mallory's (or an events post refused: its email is no JSON)."""
+    root = tmp_path / "landing"
+    path = root / relative
+    path.parent.mkdir(parents=True)
+    write(path)
+    report = run(con, root)
+    assert [f.status for f in report.files] == ["loaded"], report.files[0].message
+    assert con.execute(f"select {column} from {table}").fetchall() == [(held,)]
+
+
 def test_a_link_to_a_file_outside_the_landing_folder_is_refused_without_its_contents(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:

@@ -107,6 +107,13 @@ def _kind_of(path: Path, root: Path | None) -> Kind | None:
     return None
 
 
+# Every DuckDB reader of a landing file says this: by default a folder named `key=value`
+# above a file (Hive's layout: downloads/day=2022-01-10/part-0.parquet) makes a column
+# `key` of every row, and one the file has takes the folder's value: a file's counts
+# loaded under another day, its logins under another user. A landing file's rows are
+# what it holds, wherever it lies.
+NO_HIVE_PARTITIONS = "hive_partitioning = false"
+
 # DuckDB's readers expand these in a path as a glob: `d[12].parquet` would read d1.parquet.
 _GLOB_CHARACTERS = re.compile(r"[*?\[\]]")
 
@@ -812,7 +819,7 @@ def _stage_csv_as_text(con: duckdb.DuckDBPyConnection, file: LandingFile) -> Non
             create or replace temp table incoming_raw as
             select {wanted} from read_csv($path, header = true, auto_detect = false,
                 delim = ',', quote = '"', escape = '"', columns = $columns,
-                skip = $blank_lines)
+                skip = $blank_lines, hive_partitioning = false)
             """,
             {"path": duckdb_path(file.path), "columns": columns, "blank_lines": header_line - 1},
         )
@@ -881,7 +888,7 @@ def _stage_parquet(con: duckdb.DuckDBPyConnection, file: LandingFile) -> dict[st
             f"select {wanted}, file_row_number + 1 as ordinal "
             # binary_as_string: some writers (Spark, Hive) store strings as plain binary.
             f"from read_parquet({_sql_string(duckdb_path(file.path))}, file_row_number = true, "
-            "binary_as_string = true)"
+            f"binary_as_string = true, {NO_HIVE_PARTITIONS})"
         )
     except duckdb.Error as error:
         raise _parse_error(file, error, "Parquet") from error
@@ -1304,7 +1311,8 @@ def _shape_json_manifests(con: duckdb.DuckDBPyConnection, file: LandingFile) -> 
     try:
         con.execute(
             "create or replace temp table incoming_raw as "
-            "select * from read_json($path, format = 'newline_delimited', columns = $columns)",
+            "select * from read_json($path, format = 'newline_delimited', columns = $columns, "
+            f"{NO_HIVE_PARTITIONS})",
             {"path": duckdb_path(file.path), "columns": columns},
         )
     except duckdb.Error as error:
@@ -1612,7 +1620,7 @@ def stage_events(con: duckdb.DuckDBPyConnection, files: list[LandingFile]) -> No
         con.execute(
             f"create or replace temp table incoming_raw as select {_EVENT_VALUES} "
             "from read_json($paths, format = $shape, columns = $columns, "
-            "filename = 'source_path')",
+            f"filename = 'source_path', {NO_HIVE_PARTITIONS})",
             {"paths": paths, "shape": shape, "columns": dict.fromkeys(EVENT_FIELDS, "JSON")},
         )
     # UnicodeDecodeError: DuckDB's message quoted bytes of the file that are not UTF-8.
