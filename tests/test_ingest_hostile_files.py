@@ -727,6 +727,31 @@ def test_a_csv_file_mixing_line_ends_is_refused_at_the_first_odd_line(
     assert row_counts(con) == NOTHING
 
 
+@pytest.mark.parametrize(
+    ("header", "named"),
+    [
+        ("Package,day,downloads,package", "'Package', 'package'"),
+        ("package,DAY,downloads,day", "'DAY', 'day'"),
+        ("\npackage,day,downloads,Note,note", "'Note', 'note'"),
+    ],
+    ids=["package", "day", "column-nobody-reads-below-a-blank-line"],
+)
+def test_a_csv_column_named_twice_in_another_case_is_refused_at_the_header(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, header: str, named: str
+) -> None:
+    """DuckDB's names are not case-sensitive: it refused `package` beside `Package` with
+    its own words ("table read_csv has duplicate column name"), naming no line."""
+    path = put(tmp_path, "downloads/d.csv", f"{header}\nreact,2022-01-10,5,x\n".encode())
+    with pytest.raises(BadInput) as refused:
+        load(con, path)
+    line = header.count("\n") + 1
+    assert str(refused.value) == (
+        f"{path}:{line}: a column name appears twice in the header ({named}; names are "
+        "not case-sensitive)"
+    )
+    assert row_counts(con) == NOTHING
+
+
 def test_a_csv_row_with_too_many_columns_quotes_only_the_start_of_a_huge_line(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:

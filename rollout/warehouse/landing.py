@@ -809,8 +809,17 @@ FOUND_SHOWN = 120
 def _stage_csv_as_text(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
     header, header_line = _csv_header(file)
     _require_columns(file, header, header_line)
-    if len(set(header)) != len(header):
-        raise BadInput(file.path, header_line, "a column name appears twice in the header")
+    # DuckDB's names are not case-sensitive: `package` and `PACKAGE` are one name twice.
+    folded = [name.lower() for name in header]
+    repeated = sorted({name for name in header if folded.count(name.lower()) > 1})
+    if repeated:
+        raise BadInput(
+            file.path,
+            header_line,
+            "a column name appears twice in the header "
+            f"({shorten(', '.join(repr(name) for name in repeated))}; names are not "
+            "case-sensitive)",
+        )
     columns = {name: "VARCHAR" for name in header}
     wanted = ", ".join(f'"{c}"' for c in REQUIRED_COLUMNS[file.kind])
     try:
