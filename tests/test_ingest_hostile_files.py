@@ -269,6 +269,9 @@ def test_a_folder_where_a_days_file_should_be_is_refused_not_passed_over(
         f"{empty}: a folder holding no landing file, not a file: nothing to read"
     )
     assert messages[linked].startswith(f"{linked}: a symbolic link to a folder outside {root}")
+    # Named on the command line, as the day's file, it is refused too.
+    [named] = ingest.ingest(con, [empty], quarantine_limit=LIMIT, now=NOW).files
+    assert (named.path, named.status) == (empty, "rejected")
 
 
 def test_a_subfolder_that_cannot_be_listed_is_refused_with_the_os_reason(

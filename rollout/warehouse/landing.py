@@ -201,7 +201,7 @@ def survey(
             unlisted: list[OSError] = []
             # Subfolders named like a landing file (downloads-2022-01-31.csv/): each must
             # hold a file ingest reads, or the day it names would be missing unsaid.
-            named_like_files: list[Path] = []
+            named_like_files = [path] if _format_of(path) is not None else []
             for folder, subfolders, names in os.walk(path, onerror=unlisted.append):
                 for child in (Path(folder) / name for name in subfolders):
                     if child.name.startswith(".") or _owned_by_another_reader(child / "-", path):
