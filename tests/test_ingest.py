@@ -174,6 +174,37 @@ def test_line_numbers_count_blank_lines(con: duckdb.DuckDBPyConnection, tmp_path
     assert refused.value.line == 6
 
 
+@pytest.mark.parametrize("kind", ["downloads", "logins"])
+def test_blank_lines_above_the_header_are_read_past_not_taken_for_it(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, kind: str
+) -> None:
+    """The header is the first line that is not blank: DuckDB took the blank line above
+    it for the header, then the header for a row (quarantined as a bad day or time),
+    and each bad row was named a line early."""
+    header, good, bad, other = {
+        "downloads": (
+            "package,day,downloads",
+            "react,2022-01-10,1",
+            "vue,2022-01-10,x",
+            "lodash,2022-01-10,2",
+        ),
+        "logins": (
+            "occurred_at,username,second_factor,outcome",
+            "2022-01-10T10:00:00Z,alice,totp,success",
+            "2022-01-10T10:00:00Z,bob,totp,lost",
+            "2022-01-10T11:00:00Z,carol,none,failed",
+        ),
+    }[kind]
+    path = tmp_path / kind / "d.csv"
+    path.parent.mkdir()
+    path.write_text(f"\n\n{header}\n{good}\n\n{bad}\n{other}\n")
+    result = load(con, path, limit=0.5)
+    assert (result.rows_read, result.rows_loaded, result.rows_quarantined) == (3, 2, 1)
+    [(line, reason)] = con.execute("select line, reason from quarantine").fetchall()
+    assert line == 6
+    assert ("'x'" if kind == "downloads" else "'lost'") in reason
+
+
 def test_a_row_over_several_lines_is_named_by_the_line_it_starts_on(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:

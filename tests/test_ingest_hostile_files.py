@@ -239,6 +239,41 @@ def test_a_landing_name_on_something_not_a_file_is_refused_not_passed_over(
     )
 
 
+def test_a_folder_where_a_days_file_should_be_is_refused_not_passed_over(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A folder named like a day's file with nothing ingest reads in it, or a link to a
+    folder outside the landing area (os.walk does not follow it), was passed over
+    unsaid: the day missing, the run a success. A folder named so that holds landing
+    files (Spark writes `x.csv/part-0.csv`) loads them."""
+    root = landing_with_a_good_file(tmp_path)
+    empty = root / "downloads" / "downloads-2022-02-01.csv"
+    empty.mkdir()
+    (empty / "_SUCCESS").touch()
+    outside = tmp_path / "archive"
+    outside.mkdir()
+    put(outside, "downloads-2022-02-02.csv", GOOD_CSV.read_bytes())
+    linked = root / "downloads" / "feb"
+    linked.symlink_to(outside)
+    spark = root / "downloads" / "downloads-2022-02-03.csv"
+    put(spark, "part-0.csv", b"package,day,downloads\nvue,2022-01-20,7\n")
+    report = run(con, root)
+    assert {f.path.name: f.status for f in report.files} == {
+        GOOD_CSV.name: "loaded",
+        "part-0.csv": "loaded",
+        empty.name: "rejected",
+        linked.name: "rejected",
+    }
+    messages = {f.path: f.message for f in report.rejected}
+    assert messages[empty] == (
+        f"{empty}: a folder holding no landing file, not a file: nothing to read"
+    )
+    assert messages[linked].startswith(f"{linked}: a symbolic link to a folder outside {root}")
+    # Named on the command line, as the day's file, it is refused too.
+    [named] = ingest.ingest(con, [empty], quarantine_limit=LIMIT, now=NOW).files
+    assert (named.path, named.status) == (empty, "rejected")
+
+
 def test_a_subfolder_that_cannot_be_listed_is_refused_with_the_os_reason(
     con: duckdb.DuckDBPyConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -657,6 +692,69 @@ def test_a_csv_error_keeps_its_reason_in_one_short_line(
     assert "\n" not in message and len(message) < len(str(path)) + 300
 
 
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gz"])
+@pytest.mark.parametrize(
+    ("text", "line", "ends"),
+    [
+        ("{header}\r\n{rows}\r\nvue,2022-01-10,2\nlodash,2022-01-10,3\r\n", 402, "LF, ... CRLF"),
+        ("{header}\n{rows}\nvue,2022-01-10,2\r\n", 402, "CRLF, ... LF"),
+        ("{header}\n{rows}\nvue\r,2022-01-10,2\n", 402, "CR, ... LF"),
+        # A line end inside a quoted value is the value's: the row's own end is LF.
+        ('{header},note\n"react",2022-01-10,1,"a\r\nb"\nvue\r,2022-01-10,2,c\n', 4, "CR, ... LF"),
+    ],
+    ids=["lf-among-crlf", "crlf-among-lf", "lone-cr", "quoted-crlf"],
+)
+def test_a_csv_file_mixing_line_ends_is_refused_at_the_first_odd_line(
+    con: duckdb.DuckDBPyConnection,
+    tmp_path: Path,
+    text: str,
+    line: int,
+    ends: str,
+    compress: bool,
+) -> None:
+    """DuckDB refuses a row ending otherwise than the first line, saying only that its
+    "state machine reached an invalid state": no line, in a file of thousands."""
+    rows = "\n".join(f"p{n},2022-01-10,{n}" for n in range(400))
+    if text.startswith("{header}\r\n"):
+        rows = rows.replace("\n", "\r\n")
+    data = text.format(header="package,day,downloads", rows=rows).encode()
+    name = "downloads/d.csv" + (".gz" if compress else "")
+    path = put(tmp_path, name, gzip.compress(data) if compress else data)
+    with pytest.raises(BadInput) as refused:
+        load(con, path)
+    odd, usual = ends.split(", ... ")
+    assert str(refused.value) == (
+        f"{path}:{line}: malformed CSV: the line ends with {odd}, the lines before it with "
+        f"{usual}: write the file with one kind of line end"
+    )
+    assert row_counts(con) == NOTHING
+
+
+@pytest.mark.parametrize(
+    ("header", "named"),
+    [
+        ("Package,day,downloads,package", "'Package', 'package'"),
+        ("package,DAY,downloads,day", "'DAY', 'day'"),
+        ("\npackage,day,downloads,Note,note", "'Note', 'note'"),
+    ],
+    ids=["package", "day", "column-nobody-reads-below-a-blank-line"],
+)
+def test_a_csv_column_named_twice_in_another_case_is_refused_at_the_header(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, header: str, named: str
+) -> None:
+    """DuckDB's names are not case-sensitive: it refused `package` beside `Package` with
+    its own words ("table read_csv has duplicate column name"), naming no line."""
+    path = put(tmp_path, "downloads/d.csv", f"{header}\nreact,2022-01-10,5,x\n".encode())
+    with pytest.raises(BadInput) as refused:
+        load(con, path)
+    line = header.count("\n") + 1
+    assert str(refused.value) == (
+        f"{path}:{line}: a column name appears twice in the header ({named}; names are "
+        "not case-sensitive)"
+    )
+    assert row_counts(con) == NOTHING
+
+
 def test_a_csv_row_with_too_many_columns_quotes_only_the_start_of_a_huge_line(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:
@@ -858,6 +956,86 @@ def test_the_cli_shows_a_name_that_is_not_utf8_escaped(rollout_home: Path) -> No
     for said in (result.stdout, result.stderr):
         assert "\udc9b" not in said and "\x9b" not in said
     assert "downloads-\\udc9b2J.csv" in result.stderr
+
+
+def _downloads_parquet(path: Path, day: object) -> None:
+    pq.write_table(pa.table({"package": ["react"], "day": [day], "downloads": [5]}), path)
+
+
+# (file under a folder `column=value`, what it holds, the table and the column its rows
+# load into, the value the file holds there)
+HIVE_LAYOUTS: list[tuple[str, Callable[[Path], object], str, str, object]] = [
+    (
+        "downloads/day=2022-01-11/part-0.parquet",  # typed: loaded in place
+        lambda path: _downloads_parquet(path, DAY),
+        "raw_downloads",
+        "day",
+        DAY,
+    ),
+    (
+        "downloads/day=2022-01-11/part-0.parquet",  # a day of text: staged
+        lambda path: _downloads_parquet(path, DAY.isoformat()),
+        "raw_downloads",
+        "day",
+        DAY,
+    ),
+    (
+        "downloads/downloads=7/d.csv",
+        lambda path: path.write_text("package,day,downloads\nreact,2022-01-10,5\n"),
+        "raw_downloads",
+        "downloads",
+        5,
+    ),
+    (
+        "logins/username=mallory/logins.csv",
+        lambda path: path.write_text(
+            "occurred_at,username,second_factor,outcome\n2022-01-10T10:00:00Z,alice,totp,success\n"
+        ),
+        "raw_logins",
+        "username",
+        "alice",
+    ),
+    (
+        "manifests/name=evil/manifests.jsonl",
+        lambda path: path.write_bytes(GOOD_MANIFEST),
+        "raw_manifests",
+        "name",
+        "a",
+    ),
+    (
+        "events/email=someone@example.com/events-1.json",
+        lambda path: path.write_text(json.dumps([event(1)])),
+        "raw_events",
+        "email",
+        "user1@example.com",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("relative", "write", "table", "column", "held"),
+    HIVE_LAYOUTS,
+    ids=["typed-parquet", "staged-parquet", "csv", "logins", "manifests", "events"],
+)
+def test_a_folder_named_like_a_column_does_not_change_the_rows_of_the_files_in_it(
+    con: duckdb.DuckDBPyConnection,
+    tmp_path: Path,
+    relative: str,
+    write: Callable[[Path], object],
+    table: str,
+    column: str,
+    held: object,
+) -> None:
+    """DuckDB's readers take a folder `key=value` above a file for Hive's layout and give
+    every row that value in column `key`: a day's counts loaded under another day, alice's
+    logins as mallory's (or an events post refused: its email is no JSON)."""
+    root = tmp_path / "landing"
+    path = root / relative
+    path.parent.mkdir(parents=True)
+    write(path)
+    report = run(con, root)
+    assert [f.status for f in report.files] == ["loaded"], report.files[0].message
+    assert con.execute(f"select {column} from {table}").fetchall() == [(held,)]
 
 
 def test_a_link_to_a_file_outside_the_landing_folder_is_refused_without_its_contents(

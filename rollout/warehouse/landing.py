@@ -107,6 +107,13 @@ def _kind_of(path: Path, root: Path | None) -> Kind | None:
     return None
 
 
+# Every DuckDB reader of a landing file says this: by default a folder named `key=value`
+# above a file (Hive's layout: downloads/day=2022-01-10/part-0.parquet) makes a column
+# `key` of every row, and one the file has takes the folder's value: a file's counts
+# loaded under another day, its logins under another user. A landing file's rows are
+# what it holds, wherever it lies.
+NO_HIVE_PARTITIONS = "hive_partitioning = false"
+
 # DuckDB's readers expand these in a path as a glob: `d[12].parquet` would read d1.parquet.
 _GLOB_CHARACTERS = re.compile(r"[*?\[\]]")
 
@@ -192,7 +199,25 @@ def survey(
     for path in paths:
         if path.is_dir():
             unlisted: list[OSError] = []
-            for folder, _, names in os.walk(path, onerror=unlisted.append):
+            # Subfolders named like a landing file (downloads-2022-01-31.csv/): each must
+            # hold a file ingest reads, or the day it names would be missing unsaid.
+            named_like_files = [path] if _format_of(path) is not None else []
+            for folder, subfolders, names in os.walk(path, onerror=unlisted.append):
+                for child in (Path(folder) / name for name in subfolders):
+                    if child.name.startswith(".") or _owned_by_another_reader(child / "-", path):
+                        continue
+                    if child.is_symlink():
+                        # os.walk does not follow it: its files would be passed over.
+                        # One to a folder inside this one is read there, by its path.
+                        try:
+                            _require_inside(child, path, "folder")
+                        except BadInput as error:
+                            strays.append(
+                                Unreadable(child, _kind_of(child, root or path) or "unknown", error)
+                            )
+                        continue
+                    if _format_of(child) is not None:
+                        named_like_files.append(child)
                 for child in (Path(folder) / name for name in names):
                     if child.name.startswith(".") or _format_of(child) is None:
                         continue
@@ -204,6 +229,13 @@ def survey(
                         # Named like a landing file, but nothing to read: said, not
                         # passed over (the day it should have brought would be missing).
                         refuse(child, root or path, _not_a_file(child))
+            for folder in named_like_files:
+                if not any(
+                    item.path.is_relative_to(folder)
+                    for item in (*found, *strays)
+                    if item.path != folder
+                ):
+                    refuse(folder, root or path, _not_a_file(folder))
             # A subfolder ingest may not list: its files would be missed unsaid.
             for error in unlisted:
                 folder = Path(error.filename)
@@ -231,10 +263,11 @@ def _require_utf8_name(path: Path) -> None:
         ) from error
 
 
-def _require_inside(path: Path, scanned: Path) -> None:
+def _require_inside(path: Path, scanned: Path, what: str = "file") -> None:
     """Refuse a file found in a scanned folder that is a symbolic link to a file outside
     it: ingest reads the landing folder, not what a link there points to anywhere (a
-    link to /proc/self/environ put the process's secrets in the refusal's message)."""
+    link to /proc/self/environ put the process's secrets in the refusal's message).
+    ``what``: "folder" for a link to a folder, which ingest does not follow."""
     if not path.is_symlink():
         return
     try:
@@ -246,14 +279,16 @@ def _require_inside(path: Path, scanned: Path) -> None:
         raise BadInput(
             path,
             None,
-            f"a symbolic link to a file outside {scanned}: ingest reads only files in the "
-            "folders it is given; copy the file there instead",
+            f"a symbolic link to a {what} outside {scanned}: ingest reads only files in "
+            f"the folders it is given; copy the {what} there instead",
         )
 
 
 def _not_a_file(path: Path) -> str:
     if path.is_symlink() and not path.exists():
         return "a symbolic link to nothing: its target does not exist"
+    if path.is_dir():
+        return "a folder holding no landing file, not a file: nothing to read"
     return "not a regular file (a pipe, a socket or a device): nothing to read"
 
 
@@ -731,13 +766,18 @@ def _first_bad_json_line(file: LandingFile) -> BadInput | None:
     return None
 
 
-def _csv_header(file: LandingFile) -> list[str]:
+def _csv_header(file: LandingFile) -> tuple[list[str], int]:
+    """The header's names and the line it is on: the first line that is not blank, as
+    DuckDB skips blank lines below it (told where it is, or it takes a blank line above
+    it for the header, and the header for a row)."""
     with open_text(file.path) as handle:
         try:
             _allow_fields_duckdb_reads()
-            for row in csv.reader(text_lines(file.path, handle, CSV_LINE_LIMIT)):
-                if row:
-                    return [c.strip() for c in row]
+            for line, row in enumerate(
+                csv.reader(text_lines(file.path, handle, CSV_LINE_LIMIT)), start=1
+            ):
+                if row:  # (a blank line is one empty row: no quoted value spans it)
+                    return [c.strip() for c in row], line
         # Bytes that are not UTF-8 are open_text's to name: the reader decodes 8 KB at
         # a time, so they may be far below the header.
         except csv.Error as error:
@@ -767,10 +807,19 @@ FOUND_SHOWN = 120
 
 
 def _stage_csv_as_text(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
-    header = _csv_header(file)
-    _require_columns(file, header, 1)
-    if len(set(header)) != len(header):
-        raise BadInput(file.path, 1, "a column name appears twice in the header")
+    header, header_line = _csv_header(file)
+    _require_columns(file, header, header_line)
+    # DuckDB's names are not case-sensitive: `package` and `PACKAGE` are one name twice.
+    folded = [name.lower() for name in header]
+    repeated = sorted({name for name in header if folded.count(name.lower()) > 1})
+    if repeated:
+        raise BadInput(
+            file.path,
+            header_line,
+            "a column name appears twice in the header "
+            f"({shorten(', '.join(repr(name) for name in repeated))}; names are not "
+            "case-sensitive)",
+        )
     columns = {name: "VARCHAR" for name in header}
     wanted = ", ".join(f'"{c}"' for c in REQUIRED_COLUMNS[file.kind])
     try:
@@ -778,15 +827,50 @@ def _stage_csv_as_text(con: duckdb.DuckDBPyConnection, file: LandingFile) -> Non
             f"""
             create or replace temp table incoming_raw as
             select {wanted} from read_csv($path, header = true, auto_detect = false,
-                delim = ',', quote = '"', escape = '"', columns = $columns)
+                delim = ',', quote = '"', escape = '"', columns = $columns,
+                skip = $blank_lines, hive_partitioning = false)
             """,
-            {"path": duckdb_path(file.path), "columns": columns},
+            {"path": duckdb_path(file.path), "columns": columns, "blank_lines": header_line - 1},
         )
     except duckdb.Error as error:
         if "not utf-8 encoded" in str(error):
             # Said as for a JSON or a short CSV file (open_text), with the physical line.
             raise _not_utf8(file.path, "invalid byte sequence") from error
-        raise _parse_error(file, error, "CSV") from error
+        refusal = _parse_error(file, error, "CSV")
+        if refusal.line is None:
+            # DuckDB's parser takes the first line's end for every line's, and where
+            # another ends a row it says only that its "state machine reached an
+            # invalid state", naming no line.
+            refusal = _mixed_line_end(file) or refusal
+        raise refusal from error
+
+
+_LINE_END_NAMES = {"\r\n": "CRLF", "\n": "LF", "\r": "CR"}
+
+
+def _mixed_line_end(file: LandingFile) -> BadInput | None:
+    """The first line of a CSV file ending a row otherwise than the first line does
+    (a line break inside a quoted value is the value's), or None."""
+    first = None
+    quoted = False
+    with open_text(file.path) as handle:
+        for number, line in enumerate(text_lines(file.path, handle, CSV_LINE_LIMIT), start=1):
+            quoted ^= line.count('"') % 2 == 1
+            body = line.rstrip("\r\n")
+            ending = line[len(body) :]
+            if quoted or not ending:
+                continue
+            if first is None:
+                first = ending
+            elif ending != first:
+                return BadInput(
+                    file.path,
+                    number,
+                    f"malformed CSV: the line ends with {_LINE_END_NAMES.get(ending, repr(ending))}"
+                    f", the lines before it with {_LINE_END_NAMES.get(first, repr(first))}: "
+                    "write the file with one kind of line end",
+                )
+    return None
 
 
 def _stage_parquet(con: duckdb.DuckDBPyConnection, file: LandingFile) -> dict[str, str]:
@@ -813,7 +897,7 @@ def _stage_parquet(con: duckdb.DuckDBPyConnection, file: LandingFile) -> dict[st
             f"select {wanted}, file_row_number + 1 as ordinal "
             # binary_as_string: some writers (Spark, Hive) store strings as plain binary.
             f"from read_parquet({_sql_string(duckdb_path(file.path))}, file_row_number = true, "
-            "binary_as_string = true)"
+            f"binary_as_string = true, {NO_HIVE_PARTITIONS})"
         )
     except duckdb.Error as error:
         raise _parse_error(file, error, "Parquet") from error
@@ -1236,7 +1320,8 @@ def _shape_json_manifests(con: duckdb.DuckDBPyConnection, file: LandingFile) -> 
     try:
         con.execute(
             "create or replace temp table incoming_raw as "
-            "select * from read_json($path, format = 'newline_delimited', columns = $columns)",
+            "select * from read_json($path, format = 'newline_delimited', columns = $columns, "
+            f"{NO_HIVE_PARTITIONS})",
             {"path": duckdb_path(file.path), "columns": columns},
         )
     except duckdb.Error as error:
@@ -1544,7 +1629,7 @@ def stage_events(con: duckdb.DuckDBPyConnection, files: list[LandingFile]) -> No
         con.execute(
             f"create or replace temp table incoming_raw as select {_EVENT_VALUES} "
             "from read_json($paths, format = $shape, columns = $columns, "
-            "filename = 'source_path')",
+            f"filename = 'source_path', {NO_HIVE_PARTITIONS})",
             {"paths": paths, "shape": shape, "columns": dict.fromkeys(EVENT_FIELDS, "JSON")},
         )
     # UnicodeDecodeError: DuckDB's message quoted bytes of the file that are not UTF-8.
