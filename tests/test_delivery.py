@@ -15,6 +15,8 @@ from sqlalchemy import select, update
 
 from rollout import warehouse
 from rollout.notify.delivery import DeliveryReport, apply_delivery
+from rollout.notify.message import MAY_HAVE_GONE
+from rollout.notify.outbox import CUT_SHORT, retry_failed
 from rollout.registry import Registry, migrate
 from rollout.registry.models import Notification, RegistryChange
 from rollout.warehouse import ingest
@@ -248,3 +250,61 @@ def test_states_a_restore_took_back_are_applied_again_by_the_next_ingest(
     assert states(registry) == applied
     report = events.apply()  # and then nothing more to do
     assert report.notifications == 0
+
+
+def test_a_send_that_went_unanswered_is_recorded_sent_when_its_events_show_it_went(
+    registry: Registry, events: Events
+) -> None:
+    """A send whose request went and got no answer fails, 'SendGrid may have sent it'
+    (no message id recorded); so does one a stop cut short (queued again). The runbook
+    said to retry only those that never went, but `--retry-failed` queued every failed
+    email again: one SendGrid's events showed delivered was sent a second time, and its
+    account counted as never sent the notice."""
+    unanswered = (
+        "outbox 1: no answer from SendGrid within 10s after the request went: "
+        f"{MAY_HAVE_GONE}, so it is not sent again"
+    )
+    ended = datetime(2022, 1, 10, 8, 30)
+    with bound_to(registry.engine):
+        went = NotificationFactory(state="failed", error=unanswered, updated_at=ended).id
+        cut_short = NotificationFactory(state="queued", error=CUT_SHORT, updated_at=ended).id
+        never_went = NotificationFactory(state="failed", error=unanswered).id
+        # Refused outright: an event naming its outbox id is another message's.
+        refused = NotificationFactory(state="failed", error="SendGrid answered 400: x").id
+        # Events of another kind of email, or from before the row was made, are not its.
+        other_kind = NotificationFactory(state="failed", error=unanswered).id
+        made_later = NotificationFactory(
+            state="failed", error=unanswered, created_at=datetime(2022, 1, 11)
+        ).id
+    events.post(
+        event(went, "processed", 1, email_name="phase_notice"),
+        event(went, "delivered", 2, email_name="phase_notice"),
+        event(cut_short, "deferred", 3),
+        event(refused, "delivered", 4),
+        event(other_kind, "delivered", 5, email_name="reminder"),
+        event(made_later, "delivered", 6, email_name="phase_notice"),
+    )
+    report = events.apply()
+    assert report.gone == 2
+    with registry.engine.connect() as connection:
+        rows = {
+            r.id: r
+            for r in connection.execute(
+                select(
+                    Notification.id, Notification.state, Notification.sent_at, Notification.error
+                )
+            )
+        }
+    assert [(rows[i].state, rows[i].sent_at, rows[i].error) for i in (went, cut_short)] == [
+        ("sent", ended, None),
+        ("sent", ended, None),
+    ]
+    assert states(registry)[went][0] == "delivered"
+    # Only the failed emails no event shows went are queued again.
+    assert retry_failed(registry) == 4
+    with registry.engine.connect() as connection:
+        queued = set(
+            connection.scalars(select(Notification.id).where(Notification.state == "queued"))
+        )
+    assert queued == {never_went, refused, other_kind, made_later}
+    assert events.apply().gone == 0  # once

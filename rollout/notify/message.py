@@ -80,6 +80,12 @@ class Message:
         return name
 
 
+# What the reason of a send that may have gone out says (its request went whole and no
+# answer came: rollout.notify.senders): SendGrid's events then tell whether it went
+# (rollout.notify.delivery records it sent when they do).
+MAY_HAVE_GONE = "SendGrid may have sent it"
+
+
 class DeliveryFailed(Exception):
     """A message could not be delivered. ``permanent`` failures are not worth retrying later."""
 

@@ -54,7 +54,13 @@ from sendgrid.helpers.mail import (
 )
 
 from rollout.core import clock as pipeline_clock
-from rollout.notify.message import DeliveryFailed, Message, Sender, header_address
+from rollout.notify.message import (
+    MAY_HAVE_GONE,
+    DeliveryFailed,
+    Message,
+    Sender,
+    header_address,
+)
 
 if TYPE_CHECKING:
     from rollout.core.config import Settings
@@ -229,9 +235,10 @@ class SendGridSender:
 
     A send whose request went whole but got no answer (a read timeout, a dropped
     connection) is not retried: Mail Send has no idempotency key, SendGrid may have
-    taken it, and a retry sent the email twice. It fails with a reason that says so;
-    SendGrid's events name its ``outbox_id`` if it went, and ``--retry-failed`` sends
-    it again when it did not. (A read of a suppression list is retried: it changes
+    taken it, and a retry sent the email twice. It fails with a reason that says so
+    (MAY_HAVE_GONE); SendGrid's events name its ``outbox_id`` if it went, and ingest
+    then records it sent (rollout.notify.delivery), so ``--retry-failed`` sends it
+    again only when no event shows it went. (A read of a suppression list is retried: it changes
     nothing.)
 
     Each retry is logged as a warning (the outbox id, SendGrid's status or the network
@@ -340,10 +347,10 @@ class SendGridSender:
                 raise SenderMisconfigured(outcome.reason)
             if outcome.after_sending and not idempotent:
                 raise DeliveryFailed(
-                    f"{outcome.reason} after the request went: SendGrid may have sent it, "
-                    "so it is not sent again (that sent it twice); its events show this "
-                    "outbox id if it went, and `rollout notify send --apply --retry-failed` "
-                    "sends it when it did not",
+                    f"{outcome.reason} after the request went: {MAY_HAVE_GONE}, "
+                    "so it is not sent again (that sent it twice); once ingest loads "
+                    "SendGrid's events, it is recorded as sent if they show it went, and "
+                    "`rollout notify send --apply --retry-failed` sends it when they do not",
                     permanent=False,
                 )
             if not outcome.retryable:
