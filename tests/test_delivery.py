@@ -308,3 +308,16 @@ def test_a_send_that_went_unanswered_is_recorded_sent_when_its_events_show_it_we
         )
     assert queued == {never_went, refused, other_kind, made_later}
     assert events.apply().gone == 0  # once
+
+
+def test_an_email_accepted_without_a_message_id_gets_its_events(
+    registry: Registry, events: Events
+) -> None:
+    """SendGrid (or a proxy before it) answered 202 without X-Message-Id: the send is
+    recorded with an empty message id, which no event's sg_message_id starts with, so
+    its delivery stayed unknown for good ('not delivered yet': never reached)."""
+    with bound_to(registry.engine):
+        accepted = NotificationFactory(state="sent", message_id="").id
+    events.post(event(accepted, "delivered", 1, sg_message_id="abc.filter0001.1.0"))
+    events.apply()
+    assert states(registry)[accepted] == ("delivered", at(1), None)

@@ -776,7 +776,8 @@ def _prepare(
 
 def _deliver(sender: Sender, message: Message) -> _Outcome:
     try:
-        return _Outcome(message.outbox_id, "sent", message_id=sender.send(message))
+        # An empty id (SendGrid's answer had no X-Message-Id) is no id: NULL, as unknown.
+        return _Outcome(message.outbox_id, "sent", message_id=sender.send(message) or None)
     except DeliveryFailed as failure:
         if not failure.permanent and _is_misconfiguration(failure):
             raise
