@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from rollout.core.config import load_settings
-from rollout.dev.sendgrid_api import DevSendGrid
+from rollout.dev.sendgrid_api import DevSendGrid, parse_fault
 from rollout.notify.message import DeliveryFailed, Message
 from rollout.notify.senders import (
     REDACTED,
@@ -137,6 +137,28 @@ def test_retry_after_is_capped(dev: DevSendGrid, make: Callable, sleeps: list) -
     dev.script([{"status": 429, "retry_after": 600}])
     make(backoff_cap=5.0).send(MESSAGE)
     assert sleeps == [5.0]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Retry-After": "nan"}, {"Retry-After": "NaN"}, {"X-RateLimit-Reset": "nan"}],
+    ids=["retry-after", "retry-after-case", "rate-limit-reset"],
+)
+def test_a_429_whose_wait_is_not_a_number_waits_the_backoff(
+    make: Callable, sleeps: list, headers: dict[str, str]
+) -> None:
+    """float() reads 'nan', and max(nan, 0) is nan: the sleep raised ValueError in the
+    send thread, which stopped the whole drain with a traceback."""
+    outcome = _http_error_outcome(429, b"", headers)
+    assert outcome.retryable and outcome.retry_after is None
+    sender = make(backoff_base=0.5)
+    assert 0 <= sender._delay(1, outcome.retry_after) <= 0.5
+
+
+def test_the_dev_server_refuses_a_wait_that_is_not_a_finite_number() -> None:
+    for wait in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="retry_after"):
+            parse_fault({"status": 429, "retry_after": wait})
 
 
 def test_500_then_success(dev: DevSendGrid, make: Callable, sleeps: list) -> None:

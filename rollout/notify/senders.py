@@ -20,6 +20,7 @@ import email.utils
 import http.client
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -495,15 +496,21 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
     value = headers.get("Retry-After")
     if value:
         with suppress(ValueError):
-            return max(float(value), 0.0)
+            return _seconds(float(value))
         with suppress(TypeError, ValueError):
             when = email.utils.parsedate_to_datetime(value)
             return max((when - datetime.now(UTC)).total_seconds(), 0.0)
     reset = headers.get("X-RateLimit-Reset")  # what SendGrid itself sends: epoch seconds
     if reset:
         with suppress(ValueError):
-            return max(float(reset) - time.time(), 0.0)
+            return _seconds(float(reset) - time.time())
     return None
+
+
+def _seconds(value: float) -> float | None:
+    """A wait in seconds, at least 0; None for what is no number (float() reads "nan"
+    and "inf", and sleeping NaN seconds raised in the send thread, ending the drain)."""
+    return max(value, 0.0) if math.isfinite(value) else None
 
 
 # --- file outbox -----------------------------------------------------------------------
