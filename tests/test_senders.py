@@ -18,7 +18,7 @@ import pytest
 
 from rollout.core.config import load_settings
 from rollout.dev.sendgrid_api import DevSendGrid, parse_fault
-from rollout.notify.message import DeliveryFailed, Message
+from rollout.notify.message import DeliveryFailed, Message, address_forms
 from rollout.notify.senders import (
     REDACTED,
     FileSender,
@@ -494,6 +494,41 @@ def test_an_internationalised_domain_is_written_in_its_idna_form(tmp_path: Path)
         message(to_address="ann@bücher.example")
     )
     assert body["personalizations"][0]["to"][0]["email"] == "ann@xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize(
+    ("domain", "sent_to", "not_to"),
+    [
+        ("faß.example", "xn--fa-hia.example", "fass.example"),
+        ("Faß.Example", "xn--fa-hia.example", "fass.example"),
+        ("ςκύλος.example", "xn--vxacmjd7d.example", "xn--vxacmnd1d.example"),
+    ],
+)
+def test_a_domain_is_encoded_as_registries_do_not_mapped_to_another(
+    tmp_path: Path, domain: str, sent_to: str, not_to: str
+) -> None:
+    """Python's "idna" codec is IDNA 2003, which maps ß to ss and a final sigma to
+    sigma: the notice for ann@faß.example went to ann@fass.example, someone else's
+    domain. Registries and mail servers use IDNA 2008, which keeps them (xn--fa-hia)."""
+    to = f"ann@{domain}"
+    body = SendGridSender("SG.test-key-not-real.abcdefgh").request_body(message(to_address=to))
+    assert body["personalizations"][0]["to"][0]["email"] == f"ann@{sent_to}"
+    sender = FileSender(tmp_path)
+    sender.send(message(to_address=to))
+    [recipient] = parse(sender.path_for(MESSAGE))["To"].addresses
+    assert recipient.addr_spec == f"ann@{sent_to}"
+    # A suppression of either form of the address stops it; of the other domain, not.
+    forms = address_forms(to)
+    assert f"ann@{sent_to}" in forms and f"ann@{domain.lower()}" in forms
+    assert f"ann@{not_to}" not in forms
+    assert address_forms(f"ann@{sent_to}") >= {f"ann@{domain.lower()}"}
+
+
+def test_an_emoji_domain_idna_2008_refuses_is_still_sent_in_its_idna_2003_form() -> None:
+    body = SendGridSender("SG.test-key-not-real.abcdefgh").request_body(
+        message(to_address="ann@i❤.example")
+    )
+    assert body["personalizations"][0]["to"][0]["email"] == "ann@xn--i-7iq.example"
 
 
 def test_a_domain_idna_cannot_encode_fails_permanently(tmp_path: Path) -> None:
