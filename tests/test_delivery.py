@@ -5,7 +5,7 @@ new events, once, and the same again after the warehouse is rebuilt."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +268,16 @@ def test_a_send_that_went_unanswered_is_recorded_sent_when_its_events_show_it_we
     with bound_to(registry.engine):
         went = NotificationFactory(state="failed", error=unanswered, updated_at=ended).id
         cut_short = NotificationFactory(state="queued", error=CUT_SHORT, updated_at=ended).id
+        # Held by a drainer that died mid-send (its lease ran out), or by one sending now.
+        held_by_the_dead = NotificationFactory(
+            state="sending",
+            updated_at=ended,
+            lease_expires_at=ended + timedelta(minutes=5),
+            skip_reason="withdrawn: wrong text",  # withdrawn while held: it went
+        ).id
+        held_now = NotificationFactory(
+            state="sending", updated_at=ended, lease_expires_at=datetime(2999, 1, 1)
+        ).id
         never_went = NotificationFactory(state="failed", error=unanswered).id
         # Refused outright: an event naming its outbox id is another message's.
         refused = NotificationFactory(state="failed", error="SendGrid answered 400: x").id
@@ -280,24 +290,35 @@ def test_a_send_that_went_unanswered_is_recorded_sent_when_its_events_show_it_we
         event(went, "processed", 1, email_name="phase_notice"),
         event(went, "delivered", 2, email_name="phase_notice"),
         event(cut_short, "deferred", 3),
+        event(held_by_the_dead, "processed", 3),
+        event(held_now, "processed", 3),
         event(refused, "delivered", 4),
         event(other_kind, "delivered", 5, email_name="reminder"),
         event(made_later, "delivered", 6, email_name="phase_notice"),
     )
     report = events.apply()
-    assert report.gone == 2
+    assert report.gone == 3
     with registry.engine.connect() as connection:
         rows = {
             r.id: r
             for r in connection.execute(
                 select(
-                    Notification.id, Notification.state, Notification.sent_at, Notification.error
+                    Notification.id,
+                    Notification.state,
+                    Notification.sent_at,
+                    Notification.error,
+                    Notification.skip_reason,
                 )
             )
         }
-    assert [(rows[i].state, rows[i].sent_at, rows[i].error) for i in (went, cut_short)] == [
+    assert [
+        (rows[i].state, rows[i].sent_at, rows[i].error or rows[i].skip_reason)
+        for i in (went, cut_short, held_by_the_dead, held_now)
+    ] == [
         ("sent", ended, None),
         ("sent", ended, None),
+        ("sent", ended, None),
+        ("sending", None, None),  # its drainer records it
     ]
     assert states(registry)[went][0] == "delivered"
     # Only the failed emails no event shows went are queued again.

@@ -14,16 +14,16 @@ keep the old registry's events off its notifications of the same ids. So does on
 restored from a backup made before the last state written (kept with the state, and
 read back first: one row).
 
-An email whose send may have gone out unrecorded (no answer after its request went, or
-a stop cut it short) has no message id; when events of its outbox id and kind show
-SendGrid took it, it is recorded as sent (:func:`_settle_gone`), so neither
-``--retry-failed`` nor the next drain sends it again.
+An email whose send may have gone out unrecorded (no answer after its request went, a
+stop cut it short, its drainer died holding it) has no message id; when events of its
+outbox id and kind show SendGrid took it, it is recorded as sent (:func:`_settle_gone`),
+so neither ``--retry-failed`` nor the next drain sends it again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import duckdb
 import pyarrow as pa
@@ -155,27 +155,33 @@ _ACCEPTED_EVENTS = (
 
 
 def _settle_gone(con: duckdb.DuckDBPyConnection, registry: Registry) -> int:
-    """Record as sent the emails whose send may have gone out without word of it
-    (failed with no answer after the request went, MAY_HAVE_GONE; or put back by a stop
-    mid-send, CUT_SHORT) that SendGrid's events show it took: no message id was
-    recorded for them, so their outbox id is what the events name. Left failed,
-    ``--retry-failed`` sent them a second time (so did the next drain, for one put
-    back), and an account so warned counted as never sent its notice.
+    """Record as sent the emails whose send may have gone out without word of it that
+    SendGrid's events show it took: failed with no answer after the request went
+    (MAY_HAVE_GONE), put back by a stop mid-send (CUT_SHORT), or held by a drainer
+    whose lease ran out (it died mid-send). No message id was recorded for them, so
+    their outbox id is what the events name. Left as they were, ``--retry-failed`` or
+    the next drain sent them a second time, and an account so warned counted as never
+    sent its notice.
 
     Only events of the email's own kind, from after the row was made, count (another
-    registry's events of the same outbox id came before). Dated when the attempt ended
-    by this pipeline's clock (never before the email was made, so a deadline counted
-    from it is never earlier than the one the email gave). Returns how many."""
+    registry's events of the same outbox id came before). Dated by the pipeline's clock
+    when the attempt ended (held: when it was claimed), or just after SendGrid's first
+    event if later: never before the email was made, so a deadline counted from it is
+    never earlier than the one the email gave. Returns how many."""
     c = NOTIFICATIONS.c
+    now = utc_now()
     may_have_gone = and_(
         c.message_id.is_(None),
         or_(
             and_(c.state == "failed", c.error.contains(MAY_HAVE_GONE, autoescape=True)),
             and_(c.state == "queued", c.error == CUT_SHORT),
+            and_(c.state == "sending", c.lease_expires_at < now),
         ),
     )
     with registry.engine.connect() as connection:
-        rows = connection.execute(select(c.id, c.email, c.created_at).where(may_have_gone)).all()
+        rows = connection.execute(
+            select(c.id, c.email, c.created_at, c.updated_at).where(may_have_gone)
+        ).all()
     if not rows:
         return 0
     con.register(
@@ -189,32 +195,40 @@ def _settle_gone(con: duckdb.DuckDBPyConnection, registry: Registry) -> int:
         ),
     )
     try:
-        gone = [
-            row[0]
-            for row in con.execute(
-                "select distinct outbox_id from raw_events as e "
+        first_event = dict(
+            con.execute(
+                "select outbox_id, min(e.occurred_at) from raw_events as e "
                 "join may_have_gone as m using (outbox_id) "
                 "where e.event in (select unnest($accepted)) and e.occurred_at >= m.created_at "
-                "and (e.email_name is null or e.email_name = m.email_name) order by 1",
+                "and (e.email_name is null or e.email_name = m.email_name) group by 1",
                 {"accepted": list(_ACCEPTED_EVENTS)},
             ).fetchall()
-        ]
+        )
     finally:
         con.unregister("may_have_gone")
+    # An event's time is whole seconds, cut down: the message went before the next one.
+    gone = [
+        {"row_id": r.id, "new_sent_at": max(r.updated_at, first_event[r.id] + timedelta(seconds=1))}
+        for r in rows
+        if r.id in first_event
+    ]
+    statement = (
+        update(NOTIFICATIONS)
+        .where(c.id == bindparam("row_id"), may_have_gone)
+        .values(
+            state="sent",
+            sent_at=bindparam("new_sent_at"),
+            # A withdrawal marks a held row: it goes if its send goes, and it went.
+            skip_reason=None,
+            error=None,
+            updated_at=now,
+            lease_expires_at=None,
+        )
+    )
     settled = 0
-    for chunk in in_chunks(gone, BATCH):
+    for start in range(0, len(gone), BATCH):
         with begin_writing(registry.engine) as connection:
-            settled += connection.execute(
-                update(NOTIFICATIONS)
-                .where(c.id.in_(chunk), may_have_gone)
-                .values(
-                    state="sent",
-                    sent_at=c.updated_at,  # the old value: when the attempt ended
-                    error=None,
-                    updated_at=utc_now(),
-                    lease_expires_at=None,
-                )
-            ).rowcount
+            settled += connection.execute(statement, gone[start : start + BATCH]).rowcount
     return settled
 
 
