@@ -229,6 +229,16 @@ def test_a_connection_refused_is_retried_then_sent() -> None:
         dev.stop()
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:abc", "http://[::1"])
+def test_a_url_no_request_can_go_to_stops_the_send_as_misconfigured(url: str, sleeps: list) -> None:
+    """Not 'after the request went: SendGrid may have sent it' (nothing went), nor a
+    ValueError out of the send thread: the settings are wrong for every email."""
+    with pytest.raises(SenderMisconfigured) as caught:
+        SendGridSender("SG.test-key-not-real.abcdefgh", url, sleep=sleeps.append).send(MESSAGE)
+    assert "may have sent" not in caught.value.reason and "URL" in caught.value.reason
+    assert sleeps == []
+
+
 def test_400_is_permanent_with_the_reason(dev: DevSendGrid, make: Callable, sleeps: list) -> None:
     dev.script([{"status": 400}])
     with pytest.raises(DeliveryFailed) as caught:

@@ -420,6 +420,11 @@ class SendGridSender:
             response = call()
         except python_http_client.exceptions.HTTPError as exc:
             return _http_error_outcome(exc.status_code, exc.body, exc.headers)
+        except (http.client.InvalidURL, ValueError) as exc:
+            # The request could not even be made ("host:abc", a broken IPv6 host): the
+            # URL is wrong for every message, and nothing went.
+            reason = f"cannot send to {self.base_url!r}: the URL is unusable ({exc})"
+            return _Outcome(reason=_redactor.scrub(reason), misconfigured=True)
         except urllib.error.URLError as exc:
             # urllib wraps in URLError what fails before the request is whole (refused,
             # DNS, a connect timeout, a write cut short): SendGrid has nothing to act on.
