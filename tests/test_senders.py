@@ -18,7 +18,7 @@ import pytest
 
 from rollout.core.config import load_settings
 from rollout.dev.sendgrid_api import DevSendGrid, parse_fault
-from rollout.notify.message import DeliveryFailed, Message, address_forms
+from rollout.notify.message import MAY_HAVE_GONE, DeliveryFailed, Message, address_forms
 from rollout.notify.senders import (
     REDACTED,
     FileSender,
@@ -168,6 +168,30 @@ def test_500_then_success(dev: DevSendGrid, make: Callable, sleeps: list) -> Non
     assert len(sleeps) == 1
     assert 0 <= sleeps[0] <= 0.5  # full jitter within the first backoff step
     assert [m["message_id"] for m in dev.messages] == [message_id]
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_gateway_that_got_no_answer_from_sendgrid_is_not_sent_again(
+    dev: DevSendGrid, make: Callable, sleeps: list, status: int
+) -> None:
+    """A 504 (or 502) comes from the gateway in front of Mail Send: the request reached
+    it, and its answer did not come back, as with a read timeout. SendGrid may have
+    taken the message; retrying it sent the email twice."""
+    dev.script([{"status": status}])
+    with pytest.raises(DeliveryFailed) as caught:
+        make().send(MESSAGE)
+    assert not caught.value.permanent
+    assert f"SendGrid answered {status}" in caught.value.reason
+    assert MAY_HAVE_GONE in caught.value.reason
+    assert dev.requests_seen == 1 and sleeps == []
+
+
+def test_a_suppression_page_a_gateway_failed_is_read_again(
+    dev: DevSendGrid, make: Callable, sleeps: list
+) -> None:
+    dev.script_suppression_faults([{"status": 504}])
+    assert make().suppression_page("bounces", 500, 0) == []
+    assert len(sleeps) == 1
 
 
 def test_backoff_grows_exponentially_with_full_jitter(

@@ -76,6 +76,9 @@ MAX_REASON = 500
 # Statuses that say our configuration is wrong (key, scopes, URL), not the message: every
 # other message would fail the same way, so none of them should be given up on for good.
 _CONFIGURATION_STATUSES = frozenset({401, 403, 404, 405})
+# Bad gateway, gateway timeout: a proxy's answer for a request it passed on and got no
+# (good) answer to. The request went; like a read timeout, it may have been acted on.
+_GATEWAY_STATUSES = frozenset({502, 504})
 # Loose on purpose: what matters is one @ and no whitespace/control characters.
 # \Z, not $: $ also matches before a final line feed, which let "a@b.example\n" through.
 _ADDRESS_RE = re.compile(r"\A[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\Z")
@@ -229,18 +232,18 @@ class SendGridSender:
     """Sends through SendGrid's Mail Send API, retrying what is worth retrying.
 
     Retried, with exponential backoff and full jitter (or ``Retry-After`` when given):
-    429, 5xx, and a connection that failed before the request went (refused, DNS, a
-    connect timeout). Other 4xx fail at once: 400/413 permanently, 401/403/404/405 as
-    :class:`SenderMisconfigured`. Running out of attempts is not permanent: the outbox
-    can try again later (``--retry-failed``).
+    429, 5xx but a gateway's 502 and 504, and a connection that failed before the
+    request went (refused, DNS, a connect timeout). Other 4xx fail at once: 400/413
+    permanently, 401/403/404/405 as :class:`SenderMisconfigured`. Running out of
+    attempts is not permanent: the outbox can try again later (``--retry-failed``).
 
     A send whose request went whole but got no answer (a read timeout, a dropped
-    connection) is not retried: Mail Send has no idempotency key, SendGrid may have
-    taken it, and a retry sent the email twice. It fails with a reason that says so
-    (MAY_HAVE_GONE); SendGrid's events name its ``outbox_id`` if it went, and ingest
-    then records it sent (rollout.notify.delivery), so ``--retry-failed`` sends it
-    again only when no event shows it went. (A read of a suppression list is retried: it changes
-    nothing.)
+    connection, a gateway's 502 or 504) is not retried: Mail Send has no idempotency
+    key, SendGrid may have taken it, and a retry sent the email twice. It fails with a
+    reason that says so (MAY_HAVE_GONE); SendGrid's events name its ``outbox_id`` if
+    it went, and ingest then records it sent (rollout.notify.delivery), so
+    ``--retry-failed`` sends it again only when no event shows it went. (A read of a
+    suppression list is retried: it changes nothing.)
 
     Each retry is logged as a warning (the outbox id, SendGrid's status or the network
     error, the attempt; never the key), and :attr:`retried_after_status` counts those
@@ -473,6 +476,10 @@ def _http_error_outcome(status: int, body: bytes | None, headers: Any) -> _Outco
         return _Outcome(
             reason=reason, retryable=True, retry_after=_retry_after(headers), status=status
         )
+    if status in _GATEWAY_STATUSES:
+        # The gateway in front of the API got no (good) answer from behind it: as a read
+        # timeout, the request went and SendGrid may have acted on it.
+        return _Outcome(reason=reason, retryable=True, status=status, after_sending=True)
     if status >= 500:
         return _Outcome(reason=reason, retryable=True, status=status)
     return _Outcome(reason=reason, misconfigured=status in _CONFIGURATION_STATUSES, status=status)
