@@ -64,6 +64,12 @@ def ingest_landing() -> IngestReport:
             delivered.notifications,
             delivered.unknown,
         )
+    if delivered.gone:
+        logger.info(
+            "delivery events: %d emails whose send got no answer went after all: "
+            "recorded as sent (not sent again)",
+            delivered.gone,
+        )
     return report
 
 

@@ -95,6 +95,23 @@ def test_a_memory_limit_duckdb_would_refuse_or_cannot_work_in_is_bad_input(value
         load_settings({"ROLLOUT_DUCKDB_MEMORY_LIMIT": value})
 
 
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("http://127.0.0.1:abc", "Port could not"),
+        ("https://api.sendgrid.com:70000", "Port out of range"),
+        ("http://[::1", "IPv6"),
+        ("https://:443", "host"),
+    ],
+)
+def test_a_sendgrid_url_the_client_cannot_use_is_bad_input(value: str, reason: str) -> None:
+    """Each passed the pattern; every email then failed at sending, one 'after the
+    request went: SendGrid may have sent it' though nothing went, or the drain ended in
+    a ValueError traceback."""
+    with pytest.raises(BadInput, match=f"^environment variable ROLLOUT_SENDGRID_URL=.*{reason}"):
+        load_settings({"ROLLOUT_SENDGRID_URL": value})
+
+
 def test_a_refused_database_url_is_not_echoed() -> None:
     with pytest.raises(BadInput) as refused:
         load_settings({"ROLLOUT_REGISTRY_URL": "mysql://rollout:s3cret@db/registry"})

@@ -5,7 +5,7 @@ new events, once, and the same again after the warehouse is rebuilt."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,8 @@ from sqlalchemy import select, update
 
 from rollout import warehouse
 from rollout.notify.delivery import DeliveryReport, apply_delivery
+from rollout.notify.message import MAY_HAVE_GONE
+from rollout.notify.outbox import CUT_SHORT, retry_failed
 from rollout.registry import Registry, migrate
 from rollout.registry.models import Notification, RegistryChange
 from rollout.warehouse import ingest
@@ -248,3 +250,95 @@ def test_states_a_restore_took_back_are_applied_again_by_the_next_ingest(
     assert states(registry) == applied
     report = events.apply()  # and then nothing more to do
     assert report.notifications == 0
+
+
+def test_a_send_that_went_unanswered_is_recorded_sent_when_its_events_show_it_went(
+    registry: Registry, events: Events
+) -> None:
+    """A send whose request went and got no answer fails, 'SendGrid may have sent it'
+    (no message id recorded); so does one a stop cut short (queued again). The runbook
+    said to retry only those that never went, but `--retry-failed` queued every failed
+    email again: one SendGrid's events showed delivered was sent a second time, and its
+    account counted as never sent the notice."""
+    unanswered = (
+        "outbox 1: no answer from SendGrid within 10s after the request went: "
+        f"{MAY_HAVE_GONE}, so it is not sent again"
+    )
+    ended = datetime(2022, 1, 10, 8, 30)
+    with bound_to(registry.engine):
+        went = NotificationFactory(state="failed", error=unanswered, updated_at=ended).id
+        cut_short = NotificationFactory(state="queued", error=CUT_SHORT, updated_at=ended).id
+        # Held by a drainer that died mid-send (its lease ran out), or by one sending now.
+        held_by_the_dead = NotificationFactory(
+            state="sending",
+            updated_at=ended,
+            lease_expires_at=ended + timedelta(minutes=5),
+            skip_reason="withdrawn: wrong text",  # withdrawn while held: it went
+        ).id
+        held_now = NotificationFactory(
+            state="sending", updated_at=ended, lease_expires_at=datetime(2999, 1, 1)
+        ).id
+        never_went = NotificationFactory(state="failed", error=unanswered).id
+        # Refused outright: an event naming its outbox id is another message's.
+        refused = NotificationFactory(state="failed", error="SendGrid answered 400: x").id
+        # Events of another kind of email, or from before the row was made, are not its.
+        other_kind = NotificationFactory(state="failed", error=unanswered).id
+        made_later = NotificationFactory(
+            state="failed", error=unanswered, created_at=datetime(2022, 1, 11)
+        ).id
+    events.post(
+        event(went, "processed", 1, email_name="phase_notice"),
+        event(went, "delivered", 2, email_name="phase_notice"),
+        event(cut_short, "deferred", 3),
+        event(held_by_the_dead, "processed", 3),
+        event(held_now, "processed", 3),
+        event(refused, "delivered", 4),
+        event(other_kind, "delivered", 5, email_name="reminder"),
+        event(made_later, "delivered", 6, email_name="phase_notice"),
+    )
+    report = events.apply()
+    assert report.gone == 3
+    with registry.engine.connect() as connection:
+        rows = {
+            r.id: r
+            for r in connection.execute(
+                select(
+                    Notification.id,
+                    Notification.state,
+                    Notification.sent_at,
+                    Notification.error,
+                    Notification.skip_reason,
+                )
+            )
+        }
+    assert [
+        (rows[i].state, rows[i].sent_at, rows[i].error or rows[i].skip_reason)
+        for i in (went, cut_short, held_by_the_dead, held_now)
+    ] == [
+        ("sent", ended, None),
+        ("sent", ended, None),
+        ("sent", ended, None),
+        ("sending", None, None),  # its drainer records it
+    ]
+    assert states(registry)[went][0] == "delivered"
+    # Only the failed emails no event shows went are queued again.
+    assert retry_failed(registry) == 4
+    with registry.engine.connect() as connection:
+        queued = set(
+            connection.scalars(select(Notification.id).where(Notification.state == "queued"))
+        )
+    assert queued == {never_went, refused, other_kind, made_later}
+    assert events.apply().gone == 0  # once
+
+
+def test_an_email_accepted_without_a_message_id_gets_its_events(
+    registry: Registry, events: Events
+) -> None:
+    """SendGrid (or a proxy before it) answered 202 without X-Message-Id: the send is
+    recorded with an empty message id, which no event's sg_message_id starts with, so
+    its delivery stayed unknown for good ('not delivered yet': never reached)."""
+    with bound_to(registry.engine):
+        accepted = NotificationFactory(state="sent", message_id="").id
+    events.post(event(accepted, "delivered", 1, sg_message_id="abc.filter0001.1.0"))
+    events.apply()
+    assert states(registry)[accepted] == ("delivered", at(1), None)

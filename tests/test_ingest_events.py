@@ -98,7 +98,6 @@ def test_a_post_loads_each_event_with_what_rollout_reads(
             "timestamp 2022-02-03 12:00:00 is in the future",
         ),
         ({"timestamp": 0}, "timestamp 1970-01-01 00:00:00 is before 2000"),
-        ({"email": ""}, "email is missing"),
         ({"outbox_id": "9223372036854775808"}, "outbox_id '9223372036854775808' is not a"),
         ({"outbox_id": "seven"}, "outbox_id 'seven' is not a positive whole number"),
         ({"outbox_id": "-7"}, "outbox_id '-7' is not a positive whole number"),

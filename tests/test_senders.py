@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from rollout.core.config import load_settings
-from rollout.dev.sendgrid_api import DevSendGrid
-from rollout.notify.message import DeliveryFailed, Message
+from rollout.dev.sendgrid_api import DevSendGrid, parse_fault
+from rollout.notify.message import MAY_HAVE_GONE, DeliveryFailed, Message, address_forms
 from rollout.notify.senders import (
     REDACTED,
     FileSender,
@@ -139,6 +139,28 @@ def test_retry_after_is_capped(dev: DevSendGrid, make: Callable, sleeps: list) -
     assert sleeps == [5.0]
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [{"Retry-After": "nan"}, {"Retry-After": "NaN"}, {"X-RateLimit-Reset": "nan"}],
+    ids=["retry-after", "retry-after-case", "rate-limit-reset"],
+)
+def test_a_429_whose_wait_is_not_a_number_waits_the_backoff(
+    make: Callable, sleeps: list, headers: dict[str, str]
+) -> None:
+    """float() reads 'nan', and max(nan, 0) is nan: the sleep raised ValueError in the
+    send thread, which stopped the whole drain with a traceback."""
+    outcome = _http_error_outcome(429, b"", headers)
+    assert outcome.retryable and outcome.retry_after is None
+    sender = make(backoff_base=0.5)
+    assert 0 <= sender._delay(1, outcome.retry_after) <= 0.5
+
+
+def test_the_dev_server_refuses_a_wait_that_is_not_a_finite_number() -> None:
+    for wait in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="retry_after"):
+            parse_fault({"status": 429, "retry_after": wait})
+
+
 def test_500_then_success(dev: DevSendGrid, make: Callable, sleeps: list) -> None:
     dev.script([{"status": 500}])
     message_id = make(backoff_base=0.5).send(MESSAGE)
@@ -146,6 +168,30 @@ def test_500_then_success(dev: DevSendGrid, make: Callable, sleeps: list) -> Non
     assert len(sleeps) == 1
     assert 0 <= sleeps[0] <= 0.5  # full jitter within the first backoff step
     assert [m["message_id"] for m in dev.messages] == [message_id]
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_gateway_that_got_no_answer_from_sendgrid_is_not_sent_again(
+    dev: DevSendGrid, make: Callable, sleeps: list, status: int
+) -> None:
+    """A 504 (or 502) comes from the gateway in front of Mail Send: the request reached
+    it, and its answer did not come back, as with a read timeout. SendGrid may have
+    taken the message; retrying it sent the email twice."""
+    dev.script([{"status": status}])
+    with pytest.raises(DeliveryFailed) as caught:
+        make().send(MESSAGE)
+    assert not caught.value.permanent
+    assert f"SendGrid answered {status}" in caught.value.reason
+    assert MAY_HAVE_GONE in caught.value.reason
+    assert dev.requests_seen == 1 and sleeps == []
+
+
+def test_a_suppression_page_a_gateway_failed_is_read_again(
+    dev: DevSendGrid, make: Callable, sleeps: list
+) -> None:
+    dev.script_suppression_faults([{"status": 504}])
+    assert make().suppression_page("bounces", 500, 0) == []
+    assert len(sleeps) == 1
 
 
 def test_backoff_grows_exponentially_with_full_jitter(
@@ -205,6 +251,16 @@ def test_a_connection_refused_is_retried_then_sent() -> None:
         assert len(waits) == 1 and [m["message_id"] for m in dev.messages] == [message_id]
     finally:
         dev.stop()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:abc", "http://[::1"])
+def test_a_url_no_request_can_go_to_stops_the_send_as_misconfigured(url: str, sleeps: list) -> None:
+    """Not 'after the request went: SendGrid may have sent it' (nothing went), nor a
+    ValueError out of the send thread: the settings are wrong for every email."""
+    with pytest.raises(SenderMisconfigured) as caught:
+        SendGridSender("SG.test-key-not-real.abcdefgh", url, sleep=sleeps.append).send(MESSAGE)
+    assert "may have sent" not in caught.value.reason and "URL" in caught.value.reason
+    assert sleeps == []
 
 
 def test_400_is_permanent_with_the_reason(dev: DevSendGrid, make: Callable, sleeps: list) -> None:
@@ -472,6 +528,41 @@ def test_an_internationalised_domain_is_written_in_its_idna_form(tmp_path: Path)
         message(to_address="ann@bücher.example")
     )
     assert body["personalizations"][0]["to"][0]["email"] == "ann@xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize(
+    ("domain", "sent_to", "not_to"),
+    [
+        ("faß.example", "xn--fa-hia.example", "fass.example"),
+        ("Faß.Example", "xn--fa-hia.example", "fass.example"),
+        ("ςκύλος.example", "xn--vxacmjd7d.example", "xn--vxacmnd1d.example"),
+    ],
+)
+def test_a_domain_is_encoded_as_registries_do_not_mapped_to_another(
+    tmp_path: Path, domain: str, sent_to: str, not_to: str
+) -> None:
+    """Python's "idna" codec is IDNA 2003, which maps ß to ss and a final sigma to
+    sigma: the notice for ann@faß.example went to ann@fass.example, someone else's
+    domain. Registries and mail servers use IDNA 2008, which keeps them (xn--fa-hia)."""
+    to = f"ann@{domain}"
+    body = SendGridSender("SG.test-key-not-real.abcdefgh").request_body(message(to_address=to))
+    assert body["personalizations"][0]["to"][0]["email"] == f"ann@{sent_to}"
+    sender = FileSender(tmp_path)
+    sender.send(message(to_address=to))
+    [recipient] = parse(sender.path_for(MESSAGE))["To"].addresses
+    assert recipient.addr_spec == f"ann@{sent_to}"
+    # A suppression of either form of the address stops it; of the other domain, not.
+    forms = address_forms(to)
+    assert f"ann@{sent_to}" in forms and f"ann@{domain.lower()}" in forms
+    assert f"ann@{not_to}" not in forms
+    assert address_forms(f"ann@{sent_to}") >= {f"ann@{domain.lower()}"}
+
+
+def test_an_emoji_domain_idna_2008_refuses_is_still_sent_in_its_idna_2003_form() -> None:
+    body = SendGridSender("SG.test-key-not-real.abcdefgh").request_body(
+        message(to_address="ann@i❤.example")
+    )
+    assert body["personalizations"][0]["to"][0]["email"] == "ann@xn--i-7iq.example"
 
 
 def test_a_domain_idna_cannot_encode_fails_permanently(tmp_path: Path) -> None:

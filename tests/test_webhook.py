@@ -15,9 +15,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
+import duckdb
 import httpx
 import pytest
 import uvicorn
@@ -34,6 +35,7 @@ from rollout.notify.suppressions import sync_suppressions
 from rollout.notify.webhook import EVENTS_PATH, create_app
 from rollout.registry import Registry
 from rollout.registry.models import Notification
+from rollout.warehouse import ingest
 from tests.support.outbox import ids, queue_late, rows
 from tests.support.serving import free_port, wait_until_answering
 
@@ -179,6 +181,44 @@ def test_a_replayed_post_is_refused_and_the_first_kept(
     replay = client.post(EVENTS_PATH, content=body, headers=headers)
     assert replay.status_code == 409
     assert written(tmp_path) == first and first[0].read_bytes() == body
+
+
+def test_a_post_with_an_account_event_lands_and_loads_whole(
+    client: httpx.Client,
+    signer: WebhookSigner,
+    tmp_path: Path,
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    """SendGrid's account status change events (enabled in the webhook's settings) name
+    no recipient: no email, as its Event Webhook reference shows them. The receiver
+    refused a post holding one with 400 ('an event has no email'), delivery events
+    beside it included, and SendGrid gives up on a post after retrying it."""
+    suspended = {
+        "event": "account_status_change",
+        "sg_event_id": "ev-account",
+        "timestamp": NOW,
+        "type": "compliance_suspend",
+    }
+    body = body_of([*EVENTS, suspended])
+    answer = client.post(EVENTS_PATH, content=body, headers=signer.headers(body, NOW))
+    assert (answer.status_code, answer.json()) == (200, {"received": 3})
+    report = ingest.ingest(
+        con,
+        [tmp_path],
+        quarantine_limit=0.0,
+        landing_root=tmp_path,
+        now=datetime.fromtimestamp(NOW + 60, UTC).replace(tzinfo=None),
+    )
+    assert [(f.status, f.rows_loaded, f.rows_quarantined) for f in report.files] == [
+        ("loaded", 3, 0)
+    ]
+    assert con.execute(
+        "select sg_event_id, email from raw_events order by sg_event_id"
+    ).fetchall() == [
+        ("ev-account", None),
+        ("ev-ann", "ann@example.com"),
+        ("ev-bob", "bob@example.com"),
+    ]
 
 
 def test_an_oversized_post_is_refused_before_it_is_read(

@@ -226,6 +226,12 @@ def ingest(
             ),
             highlight=False,
         )
+    if delivered is not None and delivered.gone:
+        stderr.print(
+            f"delivery events: {delivered.gone:,} emails whose send got no answer went "
+            "after all: recorded as sent (not sent again)",
+            highlight=False,
+        )
     for refused in result.rejected:
         stderr.print(labelled("refused:", "bold red", refused.message))
     if result.rejected:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -235,6 +236,21 @@ class Settings(BaseSettings):
             return value.expanduser()
         except RuntimeError as error:  # HOME unset, or no such user for ~name
             raise ValueError(f"starts with ~, which cannot be expanded here: {error}") from None
+
+    @field_validator("sendgrid_url")
+    @classmethod
+    def _sendgrid_url(cls, value: str) -> str:
+        """A URL the HTTP client can send to: the pattern took a port that is no number
+        ("host:abc") or past 65535, a broken IPv6 host, no host at all, and each failed
+        only at sending, every email alike."""
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (ValueError for a port that is no port)
+        except ValueError as error:
+            raise ValueError(f"is not a URL the client can use: {error}") from None
+        if not parts.hostname:
+            raise ValueError("names no host")
+        return value
 
     @field_validator("registry_url_override")
     @classmethod

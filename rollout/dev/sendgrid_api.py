@@ -63,6 +63,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import re
 import socket
 import threading
@@ -555,7 +556,13 @@ def fault_json(fault: Fault) -> dict[str, Any]:
 def _non_negative(value: object, name: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    # NaN passed "< 0" (and a NaN or infinite wait was a 500 on the 429's headers).
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
         raise ValueError(f"fault {name} must be a non-negative number")
     return float(value)
 

@@ -13,21 +13,29 @@ the warehouse's leaves the next run to write it again. A registry replaced by an
 keep the old registry's events off its notifications of the same ids. So does one
 restored from a backup made before the last state written (kept with the state, and
 read back first: one row).
+
+An email whose send may have gone out unrecorded (no answer after its request went, a
+stop cut it short, its drainer died holding it) has no message id; when events of its
+outbox id and kind show SendGrid took it, it is recorded as sent (:func:`_settle_gone`),
+so neither ``--retry-failed`` nor the next drain sends it again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import duckdb
 import pyarrow as pa
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 
 from rollout import warehouse
+from rollout.notify.message import MAY_HAVE_GONE
+from rollout.notify.outbox import CUT_SHORT
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.engine import begin_writing
+from rollout.registry.ledger import utc_now
 from rollout.registry.models import Notification, RegistryChange
 
 NOTIFICATIONS = Notification.__table__
@@ -43,6 +51,9 @@ class DeliveryReport:
     notifications: int = 0  # states written (changed)
     unknown: int = 0  # outbox ids in events that name no notification (another sender's?)
     applied_file_id: int = 0  # the last ingested file whose events are applied
+    # Emails whose send may have gone out unanswered (failed, or put back by a stop)
+    # that SendGrid's events show went: recorded as sent (:func:`_settle_gone`).
+    gone: int = 0
 
 
 def _instance(registry: Registry) -> str:
@@ -69,7 +80,7 @@ def apply_delivery(con: duckdb.DuckDBPyConnection, registry: Registry) -> Delive
         since = int(kept[0])
     latest = int(warehouse.scalar(con, "select coalesce(max(file_id), 0) from ingested_files"))
     if latest <= since:
-        return DeliveryReport(applied_file_id=since)
+        return DeliveryReport(applied_file_id=since, gone=_settle_gone(con, registry))
     touched = [
         row[0]
         for row in con.execute(
@@ -124,7 +135,101 @@ def apply_delivery(con: duckdb.DuckDBPyConnection, registry: Registry) -> Delive
                 "written": written[1] if written else None,
             },
         )
-    return DeliveryReport(len(changed), len(touched) - len(current), latest)
+    return DeliveryReport(
+        len(changed), len(touched) - len(current), latest, _settle_gone(con, registry)
+    )
+
+
+# The events that say SendGrid took a message (every kind that says anything of its
+# delivery: it was processed first, even when then dropped).
+_ACCEPTED_EVENTS = (
+    "processed",
+    "deferred",
+    "delivered",
+    "open",
+    "click",
+    "dropped",
+    "bounce",
+    "spamreport",
+)
+
+
+def _settle_gone(con: duckdb.DuckDBPyConnection, registry: Registry) -> int:
+    """Record as sent the emails whose send may have gone out without word of it that
+    SendGrid's events show it took: failed with no answer after the request went
+    (MAY_HAVE_GONE), put back by a stop mid-send (CUT_SHORT), or held by a drainer
+    whose lease ran out (it died mid-send). No message id was recorded for them, so
+    their outbox id is what the events name. Left as they were, ``--retry-failed`` or
+    the next drain sent them a second time, and an account so warned counted as never
+    sent its notice.
+
+    Only events of the email's own kind, from after the row was made, count (another
+    registry's events of the same outbox id came before). Dated by the pipeline's clock
+    when the attempt ended (held: when it was claimed), or just after SendGrid's first
+    event if later: never before the email was made, so a deadline counted from it is
+    never earlier than the one the email gave. Returns how many."""
+    c = NOTIFICATIONS.c
+    now = utc_now()
+    may_have_gone = and_(
+        c.message_id.is_(None),
+        or_(
+            and_(c.state == "failed", c.error.contains(MAY_HAVE_GONE, autoescape=True)),
+            and_(c.state == "queued", c.error == CUT_SHORT),
+            and_(c.state == "sending", c.lease_expires_at < now),
+        ),
+    )
+    with registry.engine.connect() as connection:
+        rows = connection.execute(
+            select(c.id, c.email, c.created_at, c.updated_at).where(may_have_gone)
+        ).all()
+    if not rows:
+        return 0
+    con.register(
+        "may_have_gone",
+        pa.table(
+            {
+                "outbox_id": pa.array([r.id for r in rows], pa.int64()),
+                "email_name": pa.array([r.email for r in rows], pa.string()),
+                "created_at": pa.array([r.created_at for r in rows], pa.timestamp("us")),
+            }
+        ),
+    )
+    try:
+        first_event = dict(
+            con.execute(
+                "select outbox_id, min(e.occurred_at) from raw_events as e "
+                "join may_have_gone as m using (outbox_id) "
+                "where e.event in (select unnest($accepted)) and e.occurred_at >= m.created_at "
+                "and (e.email_name is null or e.email_name = m.email_name) group by 1",
+                {"accepted": list(_ACCEPTED_EVENTS)},
+            ).fetchall()
+        )
+    finally:
+        con.unregister("may_have_gone")
+    # An event's time is whole seconds, cut down: the message went before the next one.
+    gone = [
+        {"row_id": r.id, "new_sent_at": max(r.updated_at, first_event[r.id] + timedelta(seconds=1))}
+        for r in rows
+        if r.id in first_event
+    ]
+    statement = (
+        update(NOTIFICATIONS)
+        .where(c.id == bindparam("row_id"), may_have_gone)
+        .values(
+            state="sent",
+            sent_at=bindparam("new_sent_at"),
+            # A withdrawal marks a held row: it goes if its send goes, and it went.
+            skip_reason=None,
+            error=None,
+            updated_at=now,
+            lease_expires_at=None,
+        )
+    )
+    settled = 0
+    for start in range(0, len(gone), BATCH):
+        with begin_writing(registry.engine) as connection:
+            settled += connection.execute(statement, gone[start : start + BATCH]).rowcount
+    return settled
 
 
 def _shown(state: State) -> str:

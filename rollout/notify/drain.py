@@ -81,6 +81,7 @@ from rollout.notify.message import DeliveryFailed, Message, Sender
 from rollout.notify.outbox import (
     ACCOUNTS,
     COMPLIANT,
+    CUT_SHORT,
     FILE_SENDER,
     NOTIFICATIONS,
     QUEUED_LATE,
@@ -192,12 +193,6 @@ class _Claimed:
     occasion: str
     context: dict[str, Any]
     error: str | None = None  # CUT_SHORT: a stop put it back, its send maybe gone out
-
-
-# What a stop writes on a row whose send it cut short and put back (``_put_back``): the
-# send may have gone out, so the next drain, which sends it again, counts it with the
-# rows a crash left in flight (DrainReport.resumed). Sent, the row's error is cleared.
-CUT_SHORT = "put back by a stop: its send may have gone out"
 
 
 def _in_state(state: str) -> Any:
@@ -781,7 +776,8 @@ def _prepare(
 
 def _deliver(sender: Sender, message: Message) -> _Outcome:
     try:
-        return _Outcome(message.outbox_id, "sent", message_id=sender.send(message))
+        # An empty id (SendGrid's answer had no X-Message-Id) is no id: NULL, as unknown.
+        return _Outcome(message.outbox_id, "sent", message_id=sender.send(message) or None)
     except DeliveryFailed as failure:
         if not failure.permanent and _is_misconfiguration(failure):
             raise

@@ -6,6 +6,8 @@ import contextlib
 from dataclasses import dataclass
 from typing import Protocol
 
+import idna
+
 from rollout.core import controls
 
 # C0 and C1 controls and DEL, the line and paragraph separators and the bidirectional
@@ -28,7 +30,7 @@ def header_address(address: str) -> str:
     local, at, domain = address.rpartition("@")
     if not at or domain.isascii():
         return address
-    return f"{local}@{domain.encode('idna').decode('ascii')}"
+    return f"{local}@{_to_idna(domain)}"
 
 
 def address_forms(address: str) -> set[str]:
@@ -39,19 +41,38 @@ def address_forms(address: str) -> set[str]:
     text = address.strip().lower()
     forms = {text}
     local, at, domain = text.rpartition("@")
-    if at:
+    # An ASCII domain without an xn-- label is the same in both forms.
+    if at and not (domain.isascii() and "xn--" not in domain):
         for convert in (_to_idna, _from_idna):
             with contextlib.suppress(UnicodeError):
                 forms.add(f"{local}@{convert(domain)}")
     return forms
 
 
+# The characters IDNA 2003 (Python's "idna" codec) maps to others where IDNA 2008, which
+# registries and mail servers use, keeps them: ß to ss, a final sigma to sigma, the
+# joiners to nothing. Encoded the 2003 way, ann@faß.example was written to
+# ann@fass.example: another domain.
+_DEVIATIONS = frozenset("\u00df\u03c2\u200c\u200d")
+
+
 def _to_idna(domain: str) -> str:
-    return domain.encode("idna").decode("ascii")
+    """``domain`` in IDNA 2008 (UTS 46 mapping: case folded, ß kept); a domain IDNA
+    2008 refuses (an emoji) in IDNA 2003 unless that would make it another domain.
+    UnicodeError (idna.IDNAError is one) when neither takes it."""
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        if _DEVIATIONS & set(domain):
+            raise
+        return domain.encode("idna").decode("ascii")
 
 
 def _from_idna(domain: str) -> str:
-    return domain.encode("ascii").decode("idna")
+    try:
+        return idna.decode(domain, uts46=True)
+    except idna.IDNAError:
+        return domain.encode("ascii").decode("idna")
 
 
 @dataclass(frozen=True)
@@ -78,6 +99,12 @@ class Message:
         if not name or CONTROL_CHARACTERS.search(name) or "," in name or ";" in name:
             return None
         return name
+
+
+# What the reason of a send that may have gone out says (its request went whole and no
+# answer came: rollout.notify.senders): SendGrid's events then tell whether it went
+# (rollout.notify.delivery records it sent when they do).
+MAY_HAVE_GONE = "SendGrid may have sent it"
 
 
 class DeliveryFailed(Exception):

@@ -74,6 +74,12 @@ RUN_DAY = "queued_on"
 # from the day it was queued for (a send after an outage, or after midnight).
 SENT_ON = "sent_on"
 
+# What a stop writes on a row whose send it cut short and put back (the drain's
+# ``_put_back``): the send may have gone out, so the next drain, which sends it again,
+# counts it with the rows a crash left in flight (DrainReport.resumed); SendGrid's events
+# may show it went first (rollout.notify.delivery). Sent, the row's error is cleared.
+CUT_SHORT = "put back by a stop: its send may have gone out"
+
 _OUTBOX_PREFIX = re.compile(r"^outbox \d+: ")
 
 

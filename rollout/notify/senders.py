@@ -20,6 +20,7 @@ import email.utils
 import http.client
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -54,7 +55,13 @@ from sendgrid.helpers.mail import (
 )
 
 from rollout.core import clock as pipeline_clock
-from rollout.notify.message import DeliveryFailed, Message, Sender, header_address
+from rollout.notify.message import (
+    MAY_HAVE_GONE,
+    DeliveryFailed,
+    Message,
+    Sender,
+    header_address,
+)
 
 if TYPE_CHECKING:
     from rollout.core.config import Settings
@@ -69,6 +76,9 @@ MAX_REASON = 500
 # Statuses that say our configuration is wrong (key, scopes, URL), not the message: every
 # other message would fail the same way, so none of them should be given up on for good.
 _CONFIGURATION_STATUSES = frozenset({401, 403, 404, 405})
+# Bad gateway, gateway timeout: a proxy's answer for a request it passed on and got no
+# (good) answer to. The request went; like a read timeout, it may have been acted on.
+_GATEWAY_STATUSES = frozenset({502, 504})
 # Loose on purpose: what matters is one @ and no whitespace/control characters.
 # \Z, not $: $ also matches before a final line feed, which let "a@b.example\n" through.
 _ADDRESS_RE = re.compile(r"\A[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\Z")
@@ -222,17 +232,18 @@ class SendGridSender:
     """Sends through SendGrid's Mail Send API, retrying what is worth retrying.
 
     Retried, with exponential backoff and full jitter (or ``Retry-After`` when given):
-    429, 5xx, and a connection that failed before the request went (refused, DNS, a
-    connect timeout). Other 4xx fail at once: 400/413 permanently, 401/403/404/405 as
-    :class:`SenderMisconfigured`. Running out of attempts is not permanent: the outbox
-    can try again later (``--retry-failed``).
+    429, 5xx but a gateway's 502 and 504, and a connection that failed before the
+    request went (refused, DNS, a connect timeout). Other 4xx fail at once: 400/413
+    permanently, 401/403/404/405 as :class:`SenderMisconfigured`. Running out of
+    attempts is not permanent: the outbox can try again later (``--retry-failed``).
 
     A send whose request went whole but got no answer (a read timeout, a dropped
-    connection) is not retried: Mail Send has no idempotency key, SendGrid may have
-    taken it, and a retry sent the email twice. It fails with a reason that says so;
-    SendGrid's events name its ``outbox_id`` if it went, and ``--retry-failed`` sends
-    it again when it did not. (A read of a suppression list is retried: it changes
-    nothing.)
+    connection, a gateway's 502 or 504) is not retried: Mail Send has no idempotency
+    key, SendGrid may have taken it, and a retry sent the email twice. It fails with a
+    reason that says so (MAY_HAVE_GONE); SendGrid's events name its ``outbox_id`` if
+    it went, and ingest then records it sent (rollout.notify.delivery), so
+    ``--retry-failed`` sends it again only when no event shows it went. (A read of a
+    suppression list is retried: it changes nothing.)
 
     Each retry is logged as a warning (the outbox id, SendGrid's status or the network
     error, the attempt; never the key), and :attr:`retried_after_status` counts those
@@ -340,10 +351,10 @@ class SendGridSender:
                 raise SenderMisconfigured(outcome.reason)
             if outcome.after_sending and not idempotent:
                 raise DeliveryFailed(
-                    f"{outcome.reason} after the request went: SendGrid may have sent it, "
-                    "so it is not sent again (that sent it twice); its events show this "
-                    "outbox id if it went, and `rollout notify send --apply --retry-failed` "
-                    "sends it when it did not",
+                    f"{outcome.reason} after the request went: {MAY_HAVE_GONE}, "
+                    "so it is not sent again (that sent it twice); once ingest loads "
+                    "SendGrid's events, it is recorded as sent if they show it went, and "
+                    "`rollout notify send --apply --retry-failed` sends it when they do not",
                     permanent=False,
                 )
             if not outcome.retryable:
@@ -412,6 +423,11 @@ class SendGridSender:
             response = call()
         except python_http_client.exceptions.HTTPError as exc:
             return _http_error_outcome(exc.status_code, exc.body, exc.headers)
+        except (http.client.InvalidURL, ValueError) as exc:
+            # The request could not even be made ("host:abc", a broken IPv6 host): the
+            # URL is wrong for every message, and nothing went.
+            reason = f"cannot send to {self.base_url!r}: the URL is unusable ({exc})"
+            return _Outcome(reason=_redactor.scrub(reason), misconfigured=True)
         except urllib.error.URLError as exc:
             # urllib wraps in URLError what fails before the request is whole (refused,
             # DNS, a connect timeout, a write cut short): SendGrid has nothing to act on.
@@ -460,6 +476,10 @@ def _http_error_outcome(status: int, body: bytes | None, headers: Any) -> _Outco
         return _Outcome(
             reason=reason, retryable=True, retry_after=_retry_after(headers), status=status
         )
+    if status in _GATEWAY_STATUSES:
+        # The gateway in front of the API got no (good) answer from behind it: as a read
+        # timeout, the request went and SendGrid may have acted on it.
+        return _Outcome(reason=reason, retryable=True, status=status, after_sending=True)
     if status >= 500:
         return _Outcome(reason=reason, retryable=True, status=status)
     return _Outcome(reason=reason, misconfigured=status in _CONFIGURATION_STATUSES, status=status)
@@ -488,15 +508,21 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
     value = headers.get("Retry-After")
     if value:
         with suppress(ValueError):
-            return max(float(value), 0.0)
+            return _seconds(float(value))
         with suppress(TypeError, ValueError):
             when = email.utils.parsedate_to_datetime(value)
             return max((when - datetime.now(UTC)).total_seconds(), 0.0)
     reset = headers.get("X-RateLimit-Reset")  # what SendGrid itself sends: epoch seconds
     if reset:
         with suppress(ValueError):
-            return max(float(reset) - time.time(), 0.0)
+            return _seconds(float(reset) - time.time())
     return None
+
+
+def _seconds(value: float) -> float | None:
+    """A wait in seconds, at least 0; None for what is no number (float() reads "nan"
+    and "inf", and sleeping NaN seconds raised in the send thread, ending the drain)."""
+    return max(value, 0.0) if math.isfinite(value) else None
 
 
 # --- file outbox -----------------------------------------------------------------------

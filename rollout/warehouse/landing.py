@@ -37,7 +37,8 @@ REQUIRED_COLUMNS: dict[Kind, tuple[str, ...]] = {
     "manifests": ("name", "version", "maintainers"),
     "logins": ("occurred_at", "username", "second_factor", "outcome"),
     "publishes": ("occurred_at", "package", "username", "via", "token_kind", "second_factor"),
-    "events": ("sg_event_id", "event", "timestamp", "email"),
+    # Not the email: SendGrid's account events (account_status_change) name no recipient.
+    "events": ("sg_event_id", "event", "timestamp"),
 }
 MANIFEST_MAPS = ("dependencies", "devDependencies", "peerDependencies")
 
@@ -1670,7 +1671,8 @@ def stage_events(con: duckdb.DuckDBPyConnection, files: list[LandingFile]) -> No
             case when regexp_full_match(trim(timestamp), '\d{1,11}')
                 then make_timestamp(cast(trim(timestamp) as bigint) * 1000000) end
                 as occurred_at,
-            trim(email) as email,
+            -- None for an account event (account_status_change): no recipient.
+            nullif(trim(email), '') as email,
             outbox_id as outbox_id_text,
             case when regexp_full_match(trim(outbox_id), '0*[1-9]\d{0,18}')
                 then try_cast(trim(outbox_id) as bigint) end as outbox_id,

@@ -2,8 +2,9 @@
 -- (outbox_id, message_id: the registry's, for those the events loaded since the last
 -- time name) from all of its SendGrid events. An event counts for a notification only
 -- when its sg_message_id is the notification's message id followed by SendGrid's
--- suffix (or when either is unknown): another registry's notification of the same id
--- (a registry replaced, its warehouse kept) takes none of its events.
+-- suffix (or when either is unknown; an empty message id is unknown: SendGrid's answer
+-- had no X-Message-Id): another registry's notification of the same id (a registry
+-- replaced, its warehouse kept) takes none of its events.
 -- Events come out of order and again, so the state is the most final event's (by the
 -- order of DELIVERY_STATES in rollout/registry/models.py), not the latest's: a bounce
 -- after a deferral is bounced, a spam report after the delivery is spam_report. Opens
@@ -39,8 +40,8 @@ states as (
             else events.reason end as reason
     from events
     inner join touched using (outbox_id)
-    where events.sg_message_id is null
-        or touched.message_id is null
+    where nullif(events.sg_message_id, '') is null
+        or nullif(touched.message_id, '') is null
         or events.sg_message_id = touched.message_id
         or starts_with(events.sg_message_id, touched.message_id || '.')
 ),

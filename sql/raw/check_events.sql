@@ -26,7 +26,6 @@ judged as (
                     || ''' is not a Unix time in whole seconds'
             when occurred_at > $latest then 'timestamp ' || occurred_at || ' is in the future'
             when occurred_at < $earliest then 'timestamp ' || occurred_at || ' is before 2000'
-            when email is null or email = '' then 'email is missing'
             when outbox_id_text is not null and outbox_id is null
                 then 'outbox_id ''' || outbox_id_text || ''' is not a positive whole number'
         end as problem

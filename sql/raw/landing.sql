@@ -75,7 +75,7 @@ create table if not exists raw_events (
     sg_event_id   varchar using compression uncompressed not null,
     event         varchar not null,      -- processed, delivered, deferred, bounce, dropped, ...
     occurred_at   timestamp not null,    -- SendGrid's timestamp, UTC
-    email         varchar using compression uncompressed not null,
+    email         varchar using compression uncompressed,  -- NULL: an account event
     outbox_id     bigint,                -- notifications.id from custom_args; NULL: not rollout's mail
     email_name    varchar,
     sg_message_id varchar using compression uncompressed,
@@ -83,6 +83,8 @@ create table if not exists raw_events (
     reason        varchar,               -- of a bounce, drop or deferral (reason, else response)
     file_id       bigint not null
 );
+-- A warehouse made before account events were taken required an email of every event.
+alter table raw_events alter column email drop not null;
 
 -- Rows refused by validation, kept with the reason so they can be fixed and re-sent.
 create table if not exists quarantine (
