@@ -1,15 +1,24 @@
 """Brown-out and ELV flows, deployed on the plan's schedule (see prefect.yaml).
 
 ``brownout-start`` runs at a window's planned start: the window (scheduled from the
-plan) begins to apply by itself at that time, so the flow checks and reports it, and
-starts it if it was never scheduled early. ``brownout-end`` runs at the planned end:
-a window ends by itself too; the flow confirms it, or ends it if still active (a
-late-running window must never outlive its plan). The emergency stop stays the CLI's
-``rollout brownout end NAME``, which works at any time. ``elv-enroll-all`` turns on
-ELV for every account on the plan's day.
+plan) begins to apply by itself at that time, so the flow checks and reports it,
+scheduling the plan's windows first if nobody did. ``brownout-end`` runs at the planned
+end: a window ends by itself too; the flow confirms it, or ends it if still active
+past the plan's end (a late-running window must never outlive its plan). The emergency
+stop stays the CLI's ``rollout brownout end NAME``, which works at any time. ``elv-enroll-all``
+turns on ELV for every account on the plan's day.
+
+The schedules are copies of the plan's times in prefect.yaml, which change only with
+``prefect deploy --all``: a run that fires while the window is still well ahead (the
+plan moved it later since, or a manual run) changes nothing and fails, naming the
+window's times. Beginning a brown-out early, or cutting one short, is a release
+manager's decision, taken with the CLI's ``start``/``end`` and a reason, never a stale
+timer's.
 """
 
 from __future__ import annotations
+
+from datetime import datetime, timedelta
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -27,6 +36,11 @@ from flows.common import (
 )
 from rollout.core.errors import GuardRefused
 from rollout.phases import brownouts
+from rollout.registry.ledger import utc_now
+
+# How far ahead of a planned time a run may still act on it: the worker's clock may
+# trail the server's, which started the run at that time, by a little.
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 def _find(name: str) -> brownouts.WindowState | None:
@@ -45,6 +59,19 @@ def schedule_from_plan(actor: str) -> None:
     """Create the plan's windows: the schedule reached a window nobody scheduled."""
     run = runtime()
     brownouts.schedule(run.registry, run.plan, actor=actor)
+
+
+def _refuse_ahead(name: str, what: str, when: datetime) -> None:
+    """Refuse to start or end a window on a run that came well before the time it is
+    due to (a schedule older than the plan): the window is left as it is."""
+    if when - utc_now() <= CLOCK_SKEW:
+        return
+    raise GuardRefused(
+        f"brown-out {name} is planned to {what} at {when:%Y-%m-%d %H:%M} UTC, not now: "
+        f"nothing was changed. This run's schedule is out of step with the plan "
+        f"(redeploy prefect.yaml with `prefect deploy --all`); to {what} it now, "
+        f"`rollout brownout {what} {name} --reason ... --apply`"
+    )
 
 
 def _report(name: str, what: str) -> brownouts.WindowState:
@@ -75,6 +102,7 @@ def brownout_start(name: str) -> str:
         schedule_from_plan(actor)
     window = _window(name)
     if window.state == "scheduled":
+        _refuse_ahead(name, "start", window.starts_at)
         window = brownouts.start_now(
             runtime().registry, name, actor=actor, reason="planned start (Prefect schedule)"
         )
@@ -93,6 +121,9 @@ def brownout_end(name: str) -> str:
     if window.state == "scheduled":
         raise GuardRefused(f"brown-out {name} has not started: there is nothing to end")
     if window.state == "active":
+        planned = {b.name: b for b in runtime().plan.brownouts}.get(name)
+        if planned is not None:  # a window the plan dropped ends now
+            _refuse_ahead(name, "end", brownouts.planned_window(planned)[1])
         window = brownouts.end_now(
             runtime().registry,
             name,

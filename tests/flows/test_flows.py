@@ -359,26 +359,74 @@ def test_an_approved_enforce_run_applies_exactly_the_previewed_accounts(
     assert "Approved by rita" in read_artifact("phase-enforce-top-100").data
 
 
-def _plan_with_brownout_soon(home: Home) -> Path:
-    """The reference plan with brownout-1 starting in an hour (the real one is in 2022)."""
+def _plan_with_brownouts(home: Home, first: datetime, second: datetime) -> Path:
+    """The reference plan with brownout-1 and brownout-2 starting at ``first`` and
+    ``second`` (the real ones are in 2022; the flows read the real clock)."""
     text = (ROOT / "plans" / "npm-2022.yaml").read_text()
-    soon = (datetime.now(UTC) + timedelta(hours=1)).replace(tzinfo=None, microsecond=0)
-    path = home.path / "plan-brownout-soon.yaml"
-    path.write_text(text.replace("2022-02-16T00:00:00", soon.isoformat()))
+    path = home.path / f"plan-brownouts-{first:%Y%m%d%H%M%S}.yaml"
+    for planned, when in (("2022-02-16T00:00:00", first), ("2022-02-23T00:00:00", second)):
+        assert planned in text
+        text = text.replace(planned, when.replace(microsecond=0).isoformat())
+    path.write_text(text)
     return path
 
 
-def test_the_brownout_flows_start_and_end_a_window(
+def _window(home: Home, name: str) -> Any:
+    from rollout.phases.brownouts import status
+
+    return {w.name: w for w in status(Registry(home.settings.registry_url))}[name]
+
+
+def test_the_brownout_flows_start_and_end_a_window_at_its_planned_times(
     daily_state: Any, home: Home, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("ROLLOUT_PLAN", str(_plan_with_brownout_soon(home)))
+    now = datetime.now(UTC).replace(tzinfo=None)
+    # brownout-1's start is due (the worker's clock a minute behind the server's).
+    monkeypatch.setenv(
+        "ROLLOUT_PLAN",
+        str(_plan_with_brownouts(home, now + timedelta(minutes=1), now + timedelta(days=10))),
+    )
     assert brownout_flows.brownout_start("brownout-1") == "active"
     assert "| state | active |" in read_artifact("brownout-brownout-1-started").data
+    # Its plan has it end a day later (brownout-1 keeps 24 hours): the end is due then.
+    ended_now = now - timedelta(hours=24) + timedelta(minutes=1)
+    monkeypatch.setenv(
+        "ROLLOUT_PLAN", str(_plan_with_brownouts(home, ended_now, now + timedelta(days=10)))
+    )
     assert brownout_flows.brownout_end("brownout-1") == "ended early"
     ended = brownout_flows.brownout_end("brownout-1", return_state=True)
     assert ended.is_completed()  # ending an ended window again is a no-op
     refused = brownout_flows.brownout_start("brownout-1", return_state=True)
     assert refused.is_failed() and "cannot start again" in refused.message
+
+
+def test_a_brownout_run_well_before_the_window_s_planned_times_changes_nothing(
+    daily_state: Any, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The plan moved brownout-2 later since prefect.yaml was deployed: its old
+    # schedules fire days before the window is due, before its heads-up.
+    from rollout.phases.brownouts import end_now, start_now
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    later = _plan_with_brownouts(home, now + timedelta(days=10), now + timedelta(days=20))
+    monkeypatch.setenv("ROLLOUT_PLAN", str(later))
+    refused = brownout_flows.brownout_start("brownout-2", return_state=True)
+    window = _window(home, "brownout-2")
+    assert window.state == "scheduled" and window.starts_at > now + timedelta(days=9)
+    assert refused.is_failed() and "\n" not in refused.message
+    assert refused.message.startswith(
+        f"brown-out brownout-2 is planned to start at {window.starts_at:%Y-%m-%d %H:%M} UTC, "
+        "not now: nothing was changed"
+    )
+    assert "prefect deploy --all" in refused.message
+    # A window a release manager started early (the CLI's `brownout start`) is not cut
+    # short by the old end's run either.
+    registry = Registry(home.settings.registry_url)
+    start_now(registry, "brownout-2", actor="rm", reason="agreed with support")
+    refused = brownout_flows.brownout_end("brownout-2", return_state=True)
+    assert refused.is_failed() and "planned to end at" in refused.message
+    assert _window(home, "brownout-2").state == "active"
+    end_now(registry, "brownout-2", actor="rm", reason="the test is over")
 
 
 def test_the_elv_flow_enrols_every_account(daily_state: Any, home: Home) -> None:
