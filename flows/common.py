@@ -35,8 +35,18 @@ R = TypeVar("R")
 
 
 def day_or_today(as_of: date | None) -> date:
-    """The as-of day: the given one, else today's UTC date (the week is the 7 days before)."""
-    return as_of or datetime.now(UTC).date()
+    """The as-of day: the given one, else the UTC day the flow run was scheduled for
+    (the week is the 7 days before); outside a flow run, today's. A scheduled run that
+    starts late (the pool paused over midnight for an upgrade, runbook section 11) still
+    does its own day: taking the day it ran, two late runs did one day twice and the
+    day before never had its metrics, cohorts or report. A run started by hand is
+    scheduled when it is made: today."""
+    if as_of is not None:
+        return as_of
+    scheduled = flow_run.scheduled_start_time
+    if scheduled is None:
+        return datetime.now(UTC).date()
+    return scheduled.astimezone(UTC).date()
 
 
 def key_for(*parts: str) -> str:

@@ -537,3 +537,29 @@ def test_the_report_flow_writes_the_report_and_publishes_its_markdown(
     assert "<svg" in html.read_text()
     assert (html.parent / "adoption_daily.csv").exists()
     assert "2FA adoption" in read_artifact(f"adoption-{DAY}").data
+
+
+def test_a_run_started_late_does_the_day_it_was_scheduled_for(prefect_server: None) -> None:
+    """A daily run scheduled for 02:30 on one day and picked up after midnight (the
+    pool paused over an upgrade) does its own day, not the day it ran: two late runs
+    did one day twice and left the other without metrics, cohorts or report."""
+    from prefect import flow, get_client
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.flow_engine import run_flow
+    from prefect.states import Scheduled
+
+    from flows.common import day_or_today
+
+    @flow(name="which-day")
+    def which_day(as_of: date | None = None) -> date:
+        return day_or_today(as_of)
+
+    scheduled = datetime(2022, 2, 1, 2, 30, tzinfo=UTC)
+    client: SyncPrefectClient
+    with get_client(sync_client=True) as client:
+        late = client.create_flow_run(which_day, state=Scheduled(scheduled_time=scheduled))
+    assert run_flow(which_day, flow_run=late) == date(2022, 2, 1)
+    # Started by hand (scheduled as it is made), or given its day: as before.
+    before = datetime.now(UTC).date()
+    assert which_day() in {before, datetime.now(UTC).date()}  # (a run across midnight)
+    assert which_day(date(2021, 12, 1)) == date(2021, 12, 1)
