@@ -1137,3 +1137,38 @@ def test_a_json_document_over_the_limit_is_refused_before_it_is_held(
         f"{big}: over 1,000 characters of JSON, which ingest reads whole: write it as JSON "
         "lines (.jsonl) or Parquet"
     )
+
+
+# --- a carriage return inside a JSON line -----------------------------------------------
+
+
+def test_a_carriage_return_inside_a_downloads_json_line_is_whitespace_not_a_line_end(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """JSON takes a CR for whitespace and a JSON-lines file ends its lines with LF (as
+    DuckDB reads the other kinds): the object is read whole, not cut at the CR."""
+    text = (
+        '{"package": "react",\r "downloads": [{"day": "2022-01-10", "downloads": 1}]}\n'
+        '{"package": "vue", "downloads": [{"day": "2022-01-10",\r\r "downloads": 2}]}\n'
+    )
+    path = put(tmp_path, "downloads/api.jsonl", text.encode())
+    assert load(con, path).rows_loaded == 2
+    assert con.execute("select package, downloads from stg_downloads order by 1").fetchall() == [
+        ("react", 1),
+        ("vue", 2),
+    ]
+
+
+def test_a_bad_manifest_after_a_carriage_return_is_named_at_its_own_line(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    text = (
+        '{"name": "a", "version": "1.0.0",\r\r "maintainers": ["u"]}\n'
+        '{"name": "b", "version": "1.0.0", "maintainers": ["u"]}\n'
+        '{"name": "Not Valid!", "version": "1.0.0", "maintainers": ["u"]}\n'
+    )
+    path = put(tmp_path, "manifests/m.jsonl", text.encode())
+    assert load(con, path, limit=0.5).rows_loaded == 2
+    assert con.execute("select line, reason from quarantine").fetchall() == [
+        (3, "package name 'Not Valid!' is not a valid npm package name")
+    ]

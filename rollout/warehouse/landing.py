@@ -390,13 +390,22 @@ def _open_binary(path: Path) -> IO[bytes]:
     return path.open("rb")
 
 
+# Where a line ends. A CSV line ends with LF, CRLF or a bare CR (the csv module and
+# DuckDB's reader take each; a mix is refused: _mixed_line_end). A JSON line ends with
+# LF only: a CR is JSON's whitespace, which DuckDB's JSON reader reads past inside an
+# object, so a reader here splitting there refused a good file or named the wrong line.
+_CSV_LINES = ""
+_JSON_LINES = "\n"
+
+
 @contextmanager
-def open_text(path: Path) -> Iterator[io.TextIOBase]:
+def open_text(path: Path, *, newline: str = _CSV_LINES) -> Iterator[io.TextIOBase]:
     """A landing text file, plain, ``.gz`` or ``.zst``, as text (UTF-8, with or
-    without a byte-order mark). A damaged compressed stream, an unreadable file or
+    without a byte-order mark), its lines ending as ``newline`` says (``_JSON_LINES``
+    for JSON), never translated. A damaged compressed stream, an unreadable file or
     bytes that are not UTF-8 (read anywhere in the ``with`` block) are ``BadInput``."""
     try:
-        with io.TextIOWrapper(_open_binary(path), encoding=_TEXT_ENCODING, newline="") as text:
+        with io.TextIOWrapper(_open_binary(path), encoding=_TEXT_ENCODING, newline=newline) as text:
             yield text
     except UnicodeDecodeError as error:
         raise _not_utf8(path, error.reason) from error
@@ -570,7 +579,9 @@ def record_lines(file: LandingFile, ordinals: Iterable[int]) -> dict[int, int]:
         return {row[0]: row[1] for row in _range_rows(file, exact_lines=True) if row[0] in wanted}
     result: dict[int, int] = {}
     last = max(wanted)
-    with open_text(file.path) as handle:
+    with open_text(
+        file.path, newline=_CSV_LINES if file.format == "csv" else _JSON_LINES
+    ) as handle:
         if file.format == "csv":
             _allow_fields_duckdb_reads()
             reader = csv.reader(text_lines(file.path, handle, CSV_LINE_LIMIT))
@@ -747,7 +758,7 @@ def _first_bad_json_line(file: LandingFile) -> BadInput | None:
     object is the next line; a line-by-line read names the line at fault.
     """
     try:
-        with open_text(file.path) as handle:
+        with open_text(file.path, newline=_JSON_LINES) as handle:
             for number, text in enumerate(text_lines(file.path, handle), start=1):
                 if not text.strip():
                     continue
@@ -1094,7 +1105,7 @@ def _range_documents(file: LandingFile, *, exact_lines: bool = False) -> list[tu
     its line (the file is one object or an array of them): the whole text in one
     ``json.loads`` stages a third faster than object by object, and lines are only
     needed for the few objects that have a problem (:func:`_object_line`)."""
-    with open_text(file.path) as handle:
+    with open_text(file.path, newline=_JSON_LINES) as handle:
         if file.format == "json":
             text = read_document(file.path, handle)
             try:
@@ -1564,7 +1575,7 @@ def _events_parse_error(file: LandingFile, error: Exception) -> BadInput:
         )
     text = None
     try:
-        with open_text(file.path) as handle:
+        with open_text(file.path, newline=_JSON_LINES) as handle:
             text = read_document(file.path, handle)
         documents = _json_documents(text)  # (a repeated key named by its object's line)
         array = text.startswith("[", _after_space(text, 0))
