@@ -1172,3 +1172,44 @@ def test_a_bad_manifest_after_a_carriage_return_is_named_at_its_own_line(
     assert con.execute("select line, reason from quarantine").fetchall() == [
         (3, "package name 'Not Valid!' is not a valid npm package name")
     ]
+
+
+# --- a range object's values of the wrong JSON type -------------------------------------
+
+
+def test_a_range_package_or_day_that_is_no_string_is_named_as_sent_not_missing(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A package or a day sent as a number (an id, 20220110) is there, only not text:
+    the reason and the quarantined record say what was sent, as for a count."""
+    objects = [
+        {"package": "react", "downloads": [{"day": "2022-01-10", "downloads": 1}]},
+        {"package": 123, "downloads": [{"day": "2022-01-10", "downloads": 2}]},
+        {"package": "vue", "downloads": [{"day": 20220110, "downloads": 3}]},
+        {"package": ["zod"], "downloads": [{"day": "2022-01-10", "downloads": 4}]},
+        {"package": None, "downloads": [{"day": None, "downloads": 5}]},
+    ]
+    text = "".join(json.dumps(o) + "\n" for o in objects)
+    result = load(con, put(tmp_path, "downloads/api.jsonl", text.encode()), limit=0.9)
+    assert (result.rows_loaded, result.rows_quarantined) == (1, 4)
+    quarantined = con.execute("select line, reason, record from quarantine order by line")
+    assert [
+        (line, reason, json.loads(record)) for line, reason, record in quarantined.fetchall()
+    ] == [
+        (
+            2,
+            "package name 123 is not a string",
+            {"package": "123", "day": "2022-01-10", "downloads": "2"},
+        ),
+        (
+            3,
+            "day '20220110' is not a real date (expected YYYY-MM-DD)",
+            {"package": "vue", "day": "20220110", "downloads": "3"},
+        ),
+        (
+            4,
+            'package name ["zod"] is not a string',
+            {"package": '["zod"]', "day": "2022-01-10", "downloads": "4"},
+        ),
+        (5, "package name is missing", {"package": None, "day": None, "downloads": "5"}),
+    ]

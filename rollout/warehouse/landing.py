@@ -1015,11 +1015,17 @@ def _finish_downloads(
         f"{count} as downloads",
     ]
     line = "ordinal"
+    constant = "cast(null as varchar)"
+    package_raw = constant
     if has_ordinal and types is None:  # the JSON range format knows its lines
         stored.append("line")
         line = "line"
-    constant = "cast(null as varchar)"
-    for value, name in ((day_raw, "day_raw"), (count_raw, "downloads_raw")):
+        package_raw = "package_raw"  # and a package may be a JSON number, not text
+    for value, name in (
+        (package_raw, "package_raw"),
+        (day_raw, "day_raw"),
+        (count_raw, "downloads_raw"),
+    ):
         if value != constant:
             stored.append(f"{value} as {name}")
     con.execute(
@@ -1031,7 +1037,8 @@ def _finish_downloads(
     con.execute(
         f"""
         create or replace temp view incoming as
-        select ordinal, {line} as line, package, {day_raw_column} as day_raw, day,
+        select ordinal, {line} as line, package, {package_raw} as package_raw,
+            {day_raw_column} as day_raw, day,
             {count_raw_column} as downloads_raw, downloads
         from incoming_rows
         """
@@ -1207,11 +1214,24 @@ def _range_problem(document: dict[str, Any]) -> str | None:
     return None
 
 
-def _text_column(file: LandingFile, rows: list[RangeRow], index: int, name: str) -> pa.Array:
-    """Each row's ``index``-th value, where it is a string. JSON may escape half of a
-    UTF-16 surrogate pair ("\\ud800"), which Python reads into a string that is no text
-    (it has no UTF-8): the file is refused at the first one, found only then."""
-    values = [r[index] if isinstance(r[index], str) else None for r in rows]
+def _json_text(value: object) -> str | None:
+    """A JSON value that is there but no string (a number, an array, true), as its JSON
+    text: what a message and the quarantine quote. None for a string or null."""
+    return None if value is None or isinstance(value, str) else json.dumps(value)
+
+
+def _text_column(
+    file: LandingFile, rows: list[RangeRow], index: int, name: str, *, as_sent: bool = False
+) -> pa.Array:
+    """Each row's ``index``-th value, where it is a string; with ``as_sent``, any other
+    value but null as its JSON text (a day of 20220110 is there, and no date). JSON may
+    escape half of a UTF-16 surrogate pair ("\\ud800"), which Python reads into a string
+    that is no text (it has no UTF-8): the file is refused at the first one, found only
+    then."""
+    values = [
+        r[index] if isinstance(r[index], str) else _json_text(r[index]) if as_sent else None
+        for r in rows
+    ]
     try:
         return pa.array(values, pa.string())
     except UnicodeEncodeError as error:
@@ -1237,7 +1257,9 @@ def _stage_json_range(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None
             "ordinal": pa.array([r[0] for r in rows], pa.int64()),
             "line": pa.array([r[1] for r in rows], pa.int64()),
             "package": _text_column(file, rows, 2, "package"),
-            "day": _text_column(file, rows, 3, "day"),
+            # A package that is no string is no name (an id?): kept apart, as sent.
+            "package_raw": pa.array([_json_text(r[2]) for r in rows], pa.string()),
+            "day": _text_column(file, rows, 3, "day", as_sent=True),
             "downloads": pa.array([r[4] for r in rows], pa.string()),
         }
     )
