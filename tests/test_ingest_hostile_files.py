@@ -841,8 +841,20 @@ def test_a_broken_json_array_is_refused_at_the_line_json_names(
         ('"start": "2022-01-12", "end": "2022-01-10"', "start 2022-01-12 is after end 2022-01-10"),
         ('"start": "last week", "end": "2022-01-11"', "start 'last week' is not a YYYY-MM-DD date"),
         ('"start": "2022-01-10", "end": "2022-02-30"', "end '2022-02-30' is not a YYYY-MM-DD date"),
+        ('"start": null, "end": "2022-01-11"', "start null is not a YYYY-MM-DD date"),
+        ('"start": "2022-01-10", "end": 20220111', "end 20220111 is not a YYYY-MM-DD date"),
+        ('"start": ["2022-01-10"]', 'start ["2022-01-10"] is not a YYYY-MM-DD date'),
     ],
-    ids=["day-after-end", "end-only", "start-after-end", "start-not-a-day", "impossible-end"],
+    ids=[
+        "day-after-end",
+        "end-only",
+        "start-after-end",
+        "start-not-a-day",
+        "impossible-end",
+        "start-null",
+        "end-a-number",
+        "start-an-array",
+    ],
 )
 def test_a_range_object_whose_days_contradict_its_start_and_end_is_refused_on_its_line(
     con: duckdb.DuckDBPyConnection, tmp_path: Path, bounds: str, reason: str
@@ -1213,3 +1225,19 @@ def test_a_range_package_or_day_that_is_no_string_is_named_as_sent_not_missing(
         ),
         (5, "package name is missing", {"package": None, "day": None, "downloads": "5"}),
     ]
+
+
+@pytest.mark.parametrize(
+    ("value", "found"),
+    [("[1]", "an array"), ('"x"', "a string"), ("7", "a number"), ("true", "a boolean")],
+)
+def test_a_json_line_that_is_no_object_is_named_in_json_words(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, value: str, found: str
+) -> None:
+    text = '{"name": "a", "version": "1.0.0", "maintainers": ["u"]}\n' + value + "\n"
+    with pytest.raises(BadInput) as refused:
+        load(con, put(tmp_path, "manifests/m.jsonl", text.encode()))
+    assert (refused.value.line, refused.value.reason) == (
+        2,
+        f"malformed JSON lines: expected one object per line, found {found}",
+    )

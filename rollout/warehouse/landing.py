@@ -771,7 +771,7 @@ def _first_bad_json_line(file: LandingFile) -> BadInput | None:
                         file.path,
                         number,
                         "malformed JSON lines: expected one "
-                        f"object per line, found {type(document).__name__}",
+                        f"object per line, found {_json_kind(document)}",
                     )
     except BadInput as error:  # not UTF-8 (naming its line), or unreadable
         return error
@@ -1187,6 +1187,14 @@ def _range_day(value: object) -> date | None:
     return day if day.isoformat() == value else None
 
 
+def _quoted(value: object) -> str:
+    """A JSON value as a message quotes it: a string in quotes (as the row checks quote
+    a value), anything else as its JSON text (null, not Python's None), shortened."""
+    if isinstance(value, str):
+        return shorten(repr(value))
+    return shorten(json.dumps(value))
+
+
 def _range_problem(document: dict[str, Any]) -> str | None:
     """Why a range object contradicts itself, or None. Its ``start`` and ``end`` are
     optional (the rows carry their days), but where given they are the object's claim:
@@ -1197,7 +1205,7 @@ def _range_problem(document: dict[str, Any]) -> str | None:
         if field in document:
             bounds[field] = _range_day(document[field])
             if bounds[field] is None:
-                return f"{field} {document[field]!r} is not a YYYY-MM-DD date"
+                return f"{field} {_quoted(document[field])} is not a YYYY-MM-DD date"
     start, end = bounds.get("start"), bounds.get("end")
     if start is not None and end is not None and start > end:
         return f"start {start} is after end {end}"
