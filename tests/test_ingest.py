@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import gzip
 import json
 import shutil
@@ -651,6 +652,54 @@ def test_a_count_beyond_bigint_is_out_of_range_not_missing(
     text.write_text("package,day,downloads\nreact,2022-01-11,99999999999999999999\n")
     with pytest.raises(BadInput, match="downloads 99999999999999999999 is out of range"):
         load(con, text)
+
+
+@pytest.mark.parametrize(
+    ("counts", "whole", "not_whole"),
+    [
+        (
+            pa.array([5, 10**20, decimal.Decimal("2.50")], pa.decimal128(38, 2)),
+            "100000000000000000000",
+            "2.50",
+        ),
+        (pa.array([5.0, 1e20, 2.5], pa.float64()), "100000000000000000000", "2.5"),
+    ],
+    ids=["decimal", "double"],
+)
+def test_a_whole_parquet_count_beyond_bigint_is_out_of_range_not_a_fraction(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, counts: pa.Array, whole: str, not_whole: str
+) -> None:
+    path = tmp_path / "downloads" / "huge.parquet"
+    path.parent.mkdir()
+    pq.write_table(
+        pa.table({"package": ["react", "vue", "zod"], "day": [DAY] * 3, "downloads": counts}),
+        path,
+    )
+    result = load(con, path, limit=0.9)
+    assert (result.rows_loaded, result.rows_quarantined) == (1, 2)
+    assert con.execute("select line, reason from quarantine order by line").fetchall() == [
+        (2, f"downloads {whole} is out of range (at most 9223372036854775807)"),
+        (3, f"downloads '{not_whole}' is not a whole number"),
+    ]
+
+
+def test_a_whole_json_count_beyond_bigint_is_out_of_range_not_a_fraction(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    path = tmp_path / "downloads" / "huge.jsonl"
+    path.parent.mkdir()
+    days = [{"day": "2022-01-10", "downloads": n} for n in (5, 1e20, 2.5)]
+    path.write_text(
+        "".join(
+            json.dumps({"package": package, "downloads": [day]}) + "\n"
+            for package, day in zip(["react", "vue", "zod"], days, strict=True)
+        )
+    )
+    load(con, path, limit=0.9)
+    assert con.execute("select line, reason from quarantine order by line").fetchall() == [
+        (2, "downloads 100000000000000000000 is out of range (at most 9223372036854775807)"),
+        (3, "downloads '2.5' is not a whole number"),
+    ]
 
 
 def test_a_repeat_after_the_first_rows_in_order_is_caught(

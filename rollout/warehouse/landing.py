@@ -991,6 +991,17 @@ def _downloads_expressions(types: dict[str, str] | None) -> tuple[str, str, str,
         count, count_raw = "try_cast(downloads as bigint)", "cast(downloads as varchar)"
     elif count_type in ("DOUBLE", "FLOAT") or count_type.startswith("DECIMAL"):
         count = "case when downloads = floor(downloads) then try_cast(downloads as bigint) end"
+        # A whole count too large for BIGINT is out of range, not "not a whole number":
+        # its text is its digits (a double's is 1e+20, a decimal's 1...0.00).
+        digits = (
+            "cast(floor(downloads) as varchar)"
+            if count_type.startswith("DECIMAL")
+            else "printf('%.0f', downloads)"
+        )
+        count_raw = (
+            f"case when isfinite(downloads) and downloads = floor(downloads) then {digits} "
+            "else cast(downloads as varchar) end"
+        )
     else:
         # try_cast would round '10.5' and accept '1e3': whole numbers are digits only.
         count = (
@@ -1050,6 +1061,9 @@ def _json_count(value: object) -> str | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 2**63:
+        # 1e20: whole, and too large (its digits say so, as a Parquet double's do).
+        return str(int(value))
     # Anything else (a string, a float) must fail the whole-number check.
     return json.dumps(value)
 
