@@ -339,6 +339,61 @@ def test_parquet_manifests_load(con: duckdb.DuckDBPyConnection, tmp_path: Path) 
     ).fetchall() == [("a", "b", "prod"), ("b", "a", "dev")]
 
 
+def manifest(name: str, **fields: object) -> dict[str, object]:
+    return {"name": name, "version": "1.0.0", "maintainers": ["u"], **fields}
+
+
+def test_a_dependency_range_that_is_no_string_is_a_bad_manifest_not_a_dependent(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A range is a string (npm's semver range, a tag, a URL): a number, a null or an
+    object is no range, and the manifest is bad, not counted as a dependent of "b"."""
+    path = tmp_path / "manifests" / "m.jsonl"
+    path.parent.mkdir()
+    rows = [
+        manifest("good", dependencies={"b": "^1.0.0"}),
+        manifest("number", dependencies={"b": 1}),
+        manifest("null", devDependencies={"b": None}),
+        manifest("object", peerDependencies={"b": {"version": "1"}}),
+        manifest("boolean", dependencies={"b": "^1", "c": True}),
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = load(con, path, limit=0.9)
+    assert (result.rows_loaded, result.rows_quarantined) == (1, 4)
+    assert con.execute("select line, reason from quarantine order by line").fetchall() == [
+        (2, "dependencies must be an object of package name to version range"),
+        (3, "devDependencies must be an object of package name to version range"),
+        (4, "peerDependencies must be an object of package name to version range"),
+        (5, "dependencies must be an object of package name to version range"),
+    ]
+    assert con.execute("select package, dependency, range from stg_dependencies").fetchall() == [
+        ("good", "b", "^1.0.0")
+    ]
+
+
+def test_a_parquet_dependency_range_that_is_null_is_a_bad_manifest(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    path = tmp_path / "manifests" / "m.parquet"
+    path.parent.mkdir()
+    deps = pa.map_(pa.string(), pa.string())
+    pq.write_table(
+        pa.table(
+            {
+                "name": ["a", "b"],
+                "version": ["1.0.0", "2.0.0"],
+                "dependencies": pa.array([[("b", "^2")], [("a", None)]], deps),
+                "maintainers": [["u1"], ["u1"]],
+            }
+        ),
+        path,
+    )
+    load(con, path, limit=0.9)
+    assert con.execute("select line, reason from quarantine").fetchall() == [
+        (2, "dependencies must be an object of package name to version range")
+    ]
+
+
 def test_missing_parquet_column_is_named(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
     path = tmp_path / "downloads" / "d.parquet"
     path.parent.mkdir()

@@ -1349,7 +1349,10 @@ def _shape_parquet_manifests(types: dict[str, str]) -> str:
             # An Arrow map may repeat a key; a manifest's may not (it would count twice).
             maps.append(
                 f'try_cast("{name}" as {_MAP_TYPE}) as "{name}", '
-                f'("{name}" is not null and try_cast("{name}" as {_MAP_TYPE}) is null)'
+                f'("{name}" is not null and try_cast("{name}" as {_MAP_TYPE}) is null'
+                # A range is a string: a null one is no range (as in a JSON manifest).
+                f' or coalesce(len(list_filter(map_values("{name}"), lambda range: range is null))'
+                f" > 0, false))"
                 f' as "{name}_malformed", '
                 f'coalesce(len(map_keys("{name}")) <> len(list_distinct(map_keys("{name}"))),'
                 f' false) as "{name}_repeats"'
@@ -1388,7 +1391,13 @@ def _shape_json_manifests(con: duckdb.DuckDBPyConnection, file: LandingFile) -> 
     maps = ", ".join(
         f"""case when json_type("{m}") = 'OBJECT' then try_cast("{m}" as {_MAP_TYPE}) end
                 as "{m}",
-            coalesce(json_type("{m}") not in ('OBJECT', 'NULL'), false) as "{m}_malformed",
+            coalesce(json_type("{m}") not in ('OBJECT', 'NULL'), false)
+                -- A range is a string: a number, null, object or boolean is none (cast,
+                -- it loaded as its JSON text, or NULL, and counted as a dependent).
+                or coalesce(json_type("{m}") = 'OBJECT' and len(list_filter(
+                    map_values(try_cast("{m}" as MAP(VARCHAR, JSON))),
+                    lambda range: coalesce(json_type(range), 'NULL') <> 'VARCHAR')) > 0, false)
+                as "{m}_malformed",
             coalesce(json_type("{m}") = 'OBJECT'
                 and len(json_keys("{m}")) <> len(list_distinct(json_keys("{m}"))), false)
                 as "{m}_repeats\""""
