@@ -394,6 +394,21 @@ def test_a_parquet_dependency_range_that_is_null_is_a_bad_manifest(
     ]
 
 
+def test_a_maintainer_listed_twice_is_one_maintainer(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A username repeated (or repeated but for spaces, or once as {"name"}) is one
+    maintainer: listed twice, an account with none was counted twice as unresolved."""
+    path = tmp_path / "manifests" / "m.jsonl"
+    path.parent.mkdir()
+    rows = [manifest("a", maintainers=["ghost", "u", " ghost", {"name": "u"}, "v"])]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert load(con, path).rows_loaded == 1
+    assert con.execute("select maintainers from stg_manifests").fetchall() == [
+        (["ghost", "u", "v"],)
+    ]
+
+
 def test_missing_parquet_column_is_named(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
     path = tmp_path / "downloads" / "d.parquet"
     path.parent.mkdir()
