@@ -826,3 +826,33 @@ def test_a_bad_row_after_a_byte_order_mark_keeps_its_line(
         load(con, path)
     assert refused.value.line == 3 and "downloads -5 is negative" in str(refused.value)
     assert row_counts(con) == NOTHING
+
+
+# --- logins sent again ------------------------------------------------------------------
+
+
+def test_logins_sent_again_in_another_file_are_duplicates_not_counted_twice(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A corrected logins file (its bad row fixed) or the same one re-sent as .gz has
+    another checksum: its rows already loaded are duplicates, only the new ones load."""
+    header = "occurred_at,username,second_factor,outcome\n"
+    rows = [
+        "2022-01-10T10:00:00Z,gaearon,none,success\n",
+        "2022-01-10T11:00:00Z,acdlite,elv,abandoned\n",
+        "2022-01-10T12:00:00Z,hzoo,totp,success\n",
+    ]
+    folder = tmp_path / "logins"
+    folder.mkdir()
+    first = folder / "logins-2022-01-10.csv"
+    first.write_text(header + "".join(rows) + "2022-01-10T13:00:00Z,sebmck,sms,success\n")
+    assert load(con, first, limit=0.5).rows_loaded == 3
+    corrected = folder / "logins-2022-01-10-corrected.csv"
+    corrected.write_text(header + "".join(rows) + "2022-01-10T13:00:00Z,sebmck,totp,success\n")
+    fixed = load(con, corrected)
+    assert (fixed.rows_read, fixed.rows_loaded, fixed.rows_duplicate) == (4, 1, 3)
+    resent = folder / "logins-2022-01-10-corrected.csv.gz"
+    resent.write_bytes(gzip.compress(corrected.read_bytes().replace(b"\n", b"\r\n")))
+    again = load(con, resent)
+    assert (again.status, again.rows_loaded, again.rows_duplicate) == ("loaded", 0, 4)
+    assert con.execute("select count(*) from stg_logins").fetchone() == (4,)
