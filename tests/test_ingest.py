@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import gzip
 import json
 import shutil
@@ -338,6 +339,76 @@ def test_parquet_manifests_load(con: duckdb.DuckDBPyConnection, tmp_path: Path) 
     ).fetchall() == [("a", "b", "prod"), ("b", "a", "dev")]
 
 
+def manifest(name: str, **fields: object) -> dict[str, object]:
+    return {"name": name, "version": "1.0.0", "maintainers": ["u"], **fields}
+
+
+def test_a_dependency_range_that_is_no_string_is_a_bad_manifest_not_a_dependent(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A range is a string (npm's semver range, a tag, a URL): a number, a null or an
+    object is no range, and the manifest is bad, not counted as a dependent of "b"."""
+    path = tmp_path / "manifests" / "m.jsonl"
+    path.parent.mkdir()
+    rows = [
+        manifest("good", dependencies={"b": "^1.0.0"}),
+        manifest("number", dependencies={"b": 1}),
+        manifest("null", devDependencies={"b": None}),
+        manifest("object", peerDependencies={"b": {"version": "1"}}),
+        manifest("boolean", dependencies={"b": "^1", "c": True}),
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = load(con, path, limit=0.9)
+    assert (result.rows_loaded, result.rows_quarantined) == (1, 4)
+    assert con.execute("select line, reason from quarantine order by line").fetchall() == [
+        (2, "dependencies must be an object of package name to version range"),
+        (3, "devDependencies must be an object of package name to version range"),
+        (4, "peerDependencies must be an object of package name to version range"),
+        (5, "dependencies must be an object of package name to version range"),
+    ]
+    assert con.execute("select package, dependency, range from stg_dependencies").fetchall() == [
+        ("good", "b", "^1.0.0")
+    ]
+
+
+def test_a_parquet_dependency_range_that_is_null_is_a_bad_manifest(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    path = tmp_path / "manifests" / "m.parquet"
+    path.parent.mkdir()
+    deps = pa.map_(pa.string(), pa.string())
+    pq.write_table(
+        pa.table(
+            {
+                "name": ["a", "b"],
+                "version": ["1.0.0", "2.0.0"],
+                "dependencies": pa.array([[("b", "^2")], [("a", None)]], deps),
+                "maintainers": [["u1"], ["u1"]],
+            }
+        ),
+        path,
+    )
+    load(con, path, limit=0.9)
+    assert con.execute("select line, reason from quarantine").fetchall() == [
+        (2, "dependencies must be an object of package name to version range")
+    ]
+
+
+def test_a_maintainer_listed_twice_is_one_maintainer(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A username repeated (or repeated but for spaces, or once as {"name"}) is one
+    maintainer: listed twice, an account with none was counted twice as unresolved."""
+    path = tmp_path / "manifests" / "m.jsonl"
+    path.parent.mkdir()
+    rows = [manifest("a", maintainers=["ghost", "u", " ghost", {"name": "u"}, "v"])]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert load(con, path).rows_loaded == 1
+    assert con.execute("select maintainers from stg_manifests").fetchall() == [
+        (["ghost", "u", "v"],)
+    ]
+
+
 def test_missing_parquet_column_is_named(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
     path = tmp_path / "downloads" / "d.parquet"
     path.parent.mkdir()
@@ -653,6 +724,54 @@ def test_a_count_beyond_bigint_is_out_of_range_not_missing(
         load(con, text)
 
 
+@pytest.mark.parametrize(
+    ("counts", "whole", "not_whole"),
+    [
+        (
+            pa.array([5, 10**20, decimal.Decimal("2.50")], pa.decimal128(38, 2)),
+            "100000000000000000000",
+            "2.50",
+        ),
+        (pa.array([5.0, 1e20, 2.5], pa.float64()), "100000000000000000000", "2.5"),
+    ],
+    ids=["decimal", "double"],
+)
+def test_a_whole_parquet_count_beyond_bigint_is_out_of_range_not_a_fraction(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, counts: pa.Array, whole: str, not_whole: str
+) -> None:
+    path = tmp_path / "downloads" / "huge.parquet"
+    path.parent.mkdir()
+    pq.write_table(
+        pa.table({"package": ["react", "vue", "zod"], "day": [DAY] * 3, "downloads": counts}),
+        path,
+    )
+    result = load(con, path, limit=0.9)
+    assert (result.rows_loaded, result.rows_quarantined) == (1, 2)
+    assert con.execute("select line, reason from quarantine order by line").fetchall() == [
+        (2, f"downloads {whole} is out of range (at most 9223372036854775807)"),
+        (3, f"downloads '{not_whole}' is not a whole number"),
+    ]
+
+
+def test_a_whole_json_count_beyond_bigint_is_out_of_range_not_a_fraction(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    path = tmp_path / "downloads" / "huge.jsonl"
+    path.parent.mkdir()
+    days = [{"day": "2022-01-10", "downloads": n} for n in (5, 1e20, 2.5)]
+    path.write_text(
+        "".join(
+            json.dumps({"package": package, "downloads": [day]}) + "\n"
+            for package, day in zip(["react", "vue", "zod"], days, strict=True)
+        )
+    )
+    load(con, path, limit=0.9)
+    assert con.execute("select line, reason from quarantine order by line").fetchall() == [
+        (2, "downloads 100000000000000000000 is out of range (at most 9223372036854775807)"),
+        (3, "downloads '2.5' is not a whole number"),
+    ]
+
+
 def test_a_repeat_after_the_first_rows_in_order_is_caught(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:
@@ -707,3 +826,33 @@ def test_a_bad_row_after_a_byte_order_mark_keeps_its_line(
         load(con, path)
     assert refused.value.line == 3 and "downloads -5 is negative" in str(refused.value)
     assert row_counts(con) == NOTHING
+
+
+# --- logins sent again ------------------------------------------------------------------
+
+
+def test_logins_sent_again_in_another_file_are_duplicates_not_counted_twice(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A corrected logins file (its bad row fixed) or the same one re-sent as .gz has
+    another checksum: its rows already loaded are duplicates, only the new ones load."""
+    header = "occurred_at,username,second_factor,outcome\n"
+    rows = [
+        "2022-01-10T10:00:00Z,gaearon,none,success\n",
+        "2022-01-10T11:00:00Z,acdlite,elv,abandoned\n",
+        "2022-01-10T12:00:00Z,hzoo,totp,success\n",
+    ]
+    folder = tmp_path / "logins"
+    folder.mkdir()
+    first = folder / "logins-2022-01-10.csv"
+    first.write_text(header + "".join(rows) + "2022-01-10T13:00:00Z,sebmck,sms,success\n")
+    assert load(con, first, limit=0.5).rows_loaded == 3
+    corrected = folder / "logins-2022-01-10-corrected.csv"
+    corrected.write_text(header + "".join(rows) + "2022-01-10T13:00:00Z,sebmck,totp,success\n")
+    fixed = load(con, corrected)
+    assert (fixed.rows_read, fixed.rows_loaded, fixed.rows_duplicate) == (4, 1, 3)
+    resent = folder / "logins-2022-01-10-corrected.csv.gz"
+    resent.write_bytes(gzip.compress(corrected.read_bytes().replace(b"\n", b"\r\n")))
+    again = load(con, resent)
+    assert (again.status, again.rows_loaded, again.rows_duplicate) == ("loaded", 0, 4)
+    assert con.execute("select count(*) from stg_logins").fetchone() == (4,)

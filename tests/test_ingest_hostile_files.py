@@ -841,8 +841,20 @@ def test_a_broken_json_array_is_refused_at_the_line_json_names(
         ('"start": "2022-01-12", "end": "2022-01-10"', "start 2022-01-12 is after end 2022-01-10"),
         ('"start": "last week", "end": "2022-01-11"', "start 'last week' is not a YYYY-MM-DD date"),
         ('"start": "2022-01-10", "end": "2022-02-30"', "end '2022-02-30' is not a YYYY-MM-DD date"),
+        ('"start": null, "end": "2022-01-11"', "start null is not a YYYY-MM-DD date"),
+        ('"start": "2022-01-10", "end": 20220111', "end 20220111 is not a YYYY-MM-DD date"),
+        ('"start": ["2022-01-10"]', 'start ["2022-01-10"] is not a YYYY-MM-DD date'),
     ],
-    ids=["day-after-end", "end-only", "start-after-end", "start-not-a-day", "impossible-end"],
+    ids=[
+        "day-after-end",
+        "end-only",
+        "start-after-end",
+        "start-not-a-day",
+        "impossible-end",
+        "start-null",
+        "end-a-number",
+        "start-an-array",
+    ],
 )
 def test_a_range_object_whose_days_contradict_its_start_and_end_is_refused_on_its_line(
     con: duckdb.DuckDBPyConnection, tmp_path: Path, bounds: str, reason: str
@@ -1136,4 +1148,96 @@ def test_a_json_document_over_the_limit_is_refused_before_it_is_held(
     assert message == (
         f"{big}: over 1,000 characters of JSON, which ingest reads whole: write it as JSON "
         "lines (.jsonl) or Parquet"
+    )
+
+
+# --- a carriage return inside a JSON line -----------------------------------------------
+
+
+def test_a_carriage_return_inside_a_downloads_json_line_is_whitespace_not_a_line_end(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """JSON takes a CR for whitespace and a JSON-lines file ends its lines with LF (as
+    DuckDB reads the other kinds): the object is read whole, not cut at the CR."""
+    text = (
+        '{"package": "react",\r "downloads": [{"day": "2022-01-10", "downloads": 1}]}\n'
+        '{"package": "vue", "downloads": [{"day": "2022-01-10",\r\r "downloads": 2}]}\n'
+    )
+    path = put(tmp_path, "downloads/api.jsonl", text.encode())
+    assert load(con, path).rows_loaded == 2
+    assert con.execute("select package, downloads from stg_downloads order by 1").fetchall() == [
+        ("react", 1),
+        ("vue", 2),
+    ]
+
+
+def test_a_bad_manifest_after_a_carriage_return_is_named_at_its_own_line(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    text = (
+        '{"name": "a", "version": "1.0.0",\r\r "maintainers": ["u"]}\n'
+        '{"name": "b", "version": "1.0.0", "maintainers": ["u"]}\n'
+        '{"name": "Not Valid!", "version": "1.0.0", "maintainers": ["u"]}\n'
+    )
+    path = put(tmp_path, "manifests/m.jsonl", text.encode())
+    assert load(con, path, limit=0.5).rows_loaded == 2
+    assert con.execute("select line, reason from quarantine").fetchall() == [
+        (3, "package name 'Not Valid!' is not a valid npm package name")
+    ]
+
+
+# --- a range object's values of the wrong JSON type -------------------------------------
+
+
+def test_a_range_package_or_day_that_is_no_string_is_named_as_sent_not_missing(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A package or a day sent as a number (an id, 20220110) is there, only not text:
+    the reason and the quarantined record say what was sent, as for a count."""
+    objects = [
+        {"package": "react", "downloads": [{"day": "2022-01-10", "downloads": 1}]},
+        {"package": 123, "downloads": [{"day": "2022-01-10", "downloads": 2}]},
+        {"package": "vue", "downloads": [{"day": 20220110, "downloads": 3}]},
+        {"package": ["zod"], "downloads": [{"day": "2022-01-10", "downloads": 4}]},
+        {"package": None, "downloads": [{"day": None, "downloads": 5}]},
+    ]
+    text = "".join(json.dumps(o) + "\n" for o in objects)
+    result = load(con, put(tmp_path, "downloads/api.jsonl", text.encode()), limit=0.9)
+    assert (result.rows_loaded, result.rows_quarantined) == (1, 4)
+    quarantined = con.execute("select line, reason, record from quarantine order by line")
+    assert [
+        (line, reason, json.loads(record)) for line, reason, record in quarantined.fetchall()
+    ] == [
+        (
+            2,
+            "package name 123 is not a string",
+            {"package": "123", "day": "2022-01-10", "downloads": "2"},
+        ),
+        (
+            3,
+            "day '20220110' is not a real date (expected YYYY-MM-DD)",
+            {"package": "vue", "day": "20220110", "downloads": "3"},
+        ),
+        (
+            4,
+            'package name ["zod"] is not a string',
+            {"package": '["zod"]', "day": "2022-01-10", "downloads": "4"},
+        ),
+        (5, "package name is missing", {"package": None, "day": None, "downloads": "5"}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "found"),
+    [("[1]", "an array"), ('"x"', "a string"), ("7", "a number"), ("true", "a boolean")],
+)
+def test_a_json_line_that_is_no_object_is_named_in_json_words(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, value: str, found: str
+) -> None:
+    text = '{"name": "a", "version": "1.0.0", "maintainers": ["u"]}\n' + value + "\n"
+    with pytest.raises(BadInput) as refused:
+        load(con, put(tmp_path, "manifests/m.jsonl", text.encode()))
+    assert (refused.value.line, refused.value.reason) == (
+        2,
+        f"malformed JSON lines: expected one object per line, found {found}",
     )

@@ -85,7 +85,8 @@ def _problem_the_downloads_check_finds(name: str) -> str | None:
     con = _check_warehouse()
     con.execute(
         "create or replace temp table incoming as select 1::bigint as ordinal, "
-        "1::bigint as line, $name::varchar as package, null::varchar as day_raw, "
+        "1::bigint as line, $name::varchar as package, null::varchar as package_raw, "
+        "null::varchar as day_raw, "
         "date '2022-01-10' as day, null::varchar as downloads_raw, 5::bigint as downloads",
         {"name": name},
     )

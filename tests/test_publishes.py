@@ -5,6 +5,7 @@ through stg_publishes."""
 
 from __future__ import annotations
 
+import gzip
 from datetime import date, datetime
 from pathlib import Path
 
@@ -107,3 +108,40 @@ def test_a_bad_row_refuses_the_file_naming_its_line_and_reason(
         load(con, path)
     assert "line 3: " in str(refused.value) and reason in str(refused.value)
     assert con.execute("select count(*) from raw_publishes").fetchone() == (0,)
+
+
+# --- the same events sent again in another file ------------------------------------------
+
+
+def test_events_sent_again_in_another_file_are_duplicates_not_loaded_twice(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """Another file holding events already loaded (the file re-sent compressed, with a
+    byte-order mark or CRLF: another checksum; an export overlapping the last one) adds
+    only the events not loaded yet. Repeats within one file are still each a publish."""
+    twice = "2025-11-20T15:00:00Z,vue,erin,token,granular,none"
+    first = load(con, write_csv(tmp_path, [*GOOD, twice, twice]))
+    assert (first.rows_loaded, first.rows_duplicate) == (7, 0)
+    again = tmp_path / "landing" / "publishes" / "publishes-2025-11-20-again.csv.gz"
+    text = "\r\n".join([HEADER, *GOOD, twice, twice]) + "\r\n"
+    again.write_bytes(gzip.compress(b"\xef\xbb\xbf" + text.encode()))
+    second = load(con, again)
+    assert (second.status, second.rows_loaded, second.rows_duplicate) == ("loaded", 0, 7)
+    # The same instant written another way is the same event; a third copy is new.
+    overlapping = tmp_path / "landing" / "publishes" / "publishes-2025-11-20-late.csv"
+    overlapping.write_text(
+        "\n".join(
+            [
+                HEADER,
+                "2025-11-20T12:00:00+02:00,left-pad,alice,token,automation,none",
+                twice,
+                twice,
+                twice,
+                "2025-11-20T16:00:00Z,vue,erin,token,granular,none",
+            ]
+        )
+        + "\n"
+    )
+    third = load(con, overlapping)
+    assert (third.rows_loaded, third.rows_duplicate) == (2, 3)
+    assert con.execute("select count(*) from stg_publishes").fetchone() == (9,)

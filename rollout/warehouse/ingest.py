@@ -288,7 +288,7 @@ def _load_in_place(
                 f"""
                 create or replace temp view incoming as
                 select rowid as ordinal, rowid as line, package,
-                    cast(null as varchar) as day_raw, day,
+                    cast(null as varchar) as package_raw, cast(null as varchar) as day_raw, day,
                     cast(null as varchar) as downloads_raw, downloads
                 from raw_downloads
                 where file_id in ({own})

@@ -390,13 +390,22 @@ def _open_binary(path: Path) -> IO[bytes]:
     return path.open("rb")
 
 
+# Where a line ends. A CSV line ends with LF, CRLF or a bare CR (the csv module and
+# DuckDB's reader take each; a mix is refused: _mixed_line_end). A JSON line ends with
+# LF only: a CR is JSON's whitespace, which DuckDB's JSON reader reads past inside an
+# object, so a reader here splitting there refused a good file or named the wrong line.
+_CSV_LINES = ""
+_JSON_LINES = "\n"
+
+
 @contextmanager
-def open_text(path: Path) -> Iterator[io.TextIOBase]:
+def open_text(path: Path, *, newline: str = _CSV_LINES) -> Iterator[io.TextIOBase]:
     """A landing text file, plain, ``.gz`` or ``.zst``, as text (UTF-8, with or
-    without a byte-order mark). A damaged compressed stream, an unreadable file or
+    without a byte-order mark), its lines ending as ``newline`` says (``_JSON_LINES``
+    for JSON), never translated. A damaged compressed stream, an unreadable file or
     bytes that are not UTF-8 (read anywhere in the ``with`` block) are ``BadInput``."""
     try:
-        with io.TextIOWrapper(_open_binary(path), encoding=_TEXT_ENCODING, newline="") as text:
+        with io.TextIOWrapper(_open_binary(path), encoding=_TEXT_ENCODING, newline=newline) as text:
             yield text
     except UnicodeDecodeError as error:
         raise _not_utf8(path, error.reason) from error
@@ -570,7 +579,9 @@ def record_lines(file: LandingFile, ordinals: Iterable[int]) -> dict[int, int]:
         return {row[0]: row[1] for row in _range_rows(file, exact_lines=True) if row[0] in wanted}
     result: dict[int, int] = {}
     last = max(wanted)
-    with open_text(file.path) as handle:
+    with open_text(
+        file.path, newline=_CSV_LINES if file.format == "csv" else _JSON_LINES
+    ) as handle:
         if file.format == "csv":
             _allow_fields_duckdb_reads()
             reader = csv.reader(text_lines(file.path, handle, CSV_LINE_LIMIT))
@@ -747,7 +758,7 @@ def _first_bad_json_line(file: LandingFile) -> BadInput | None:
     object is the next line; a line-by-line read names the line at fault.
     """
     try:
-        with open_text(file.path) as handle:
+        with open_text(file.path, newline=_JSON_LINES) as handle:
             for number, text in enumerate(text_lines(file.path, handle), start=1):
                 if not text.strip():
                     continue
@@ -760,7 +771,7 @@ def _first_bad_json_line(file: LandingFile) -> BadInput | None:
                         file.path,
                         number,
                         "malformed JSON lines: expected one "
-                        f"object per line, found {type(document).__name__}",
+                        f"object per line, found {_json_kind(document)}",
                     )
     except BadInput as error:  # not UTF-8 (naming its line), or unreadable
         return error
@@ -980,6 +991,17 @@ def _downloads_expressions(types: dict[str, str] | None) -> tuple[str, str, str,
         count, count_raw = "try_cast(downloads as bigint)", "cast(downloads as varchar)"
     elif count_type in ("DOUBLE", "FLOAT") or count_type.startswith("DECIMAL"):
         count = "case when downloads = floor(downloads) then try_cast(downloads as bigint) end"
+        # A whole count too large for BIGINT is out of range, not "not a whole number":
+        # its text is its digits (a double's is 1e+20, a decimal's 1...0.00).
+        digits = (
+            "cast(floor(downloads) as varchar)"
+            if count_type.startswith("DECIMAL")
+            else "printf('%.0f', downloads)"
+        )
+        count_raw = (
+            f"case when isfinite(downloads) and downloads = floor(downloads) then {digits} "
+            "else cast(downloads as varchar) end"
+        )
     else:
         # try_cast would round '10.5' and accept '1e3': whole numbers are digits only.
         count = (
@@ -1004,11 +1026,17 @@ def _finish_downloads(
         f"{count} as downloads",
     ]
     line = "ordinal"
+    constant = "cast(null as varchar)"
+    package_raw = constant
     if has_ordinal and types is None:  # the JSON range format knows its lines
         stored.append("line")
         line = "line"
-    constant = "cast(null as varchar)"
-    for value, name in ((day_raw, "day_raw"), (count_raw, "downloads_raw")):
+        package_raw = "package_raw"  # and a package may be a JSON number, not text
+    for value, name in (
+        (package_raw, "package_raw"),
+        (day_raw, "day_raw"),
+        (count_raw, "downloads_raw"),
+    ):
         if value != constant:
             stored.append(f"{value} as {name}")
     con.execute(
@@ -1020,7 +1048,8 @@ def _finish_downloads(
     con.execute(
         f"""
         create or replace temp view incoming as
-        select ordinal, {line} as line, package, {day_raw_column} as day_raw, day,
+        select ordinal, {line} as line, package, {package_raw} as package_raw,
+            {day_raw_column} as day_raw, day,
             {count_raw_column} as downloads_raw, downloads
         from incoming_rows
         """
@@ -1032,6 +1061,9 @@ def _json_count(value: object) -> str | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 2**63:
+        # 1e20: whole, and too large (its digits say so, as a Parquet double's do).
+        return str(int(value))
     # Anything else (a string, a float) must fail the whole-number check.
     return json.dumps(value)
 
@@ -1094,7 +1126,7 @@ def _range_documents(file: LandingFile, *, exact_lines: bool = False) -> list[tu
     its line (the file is one object or an array of them): the whole text in one
     ``json.loads`` stages a third faster than object by object, and lines are only
     needed for the few objects that have a problem (:func:`_object_line`)."""
-    with open_text(file.path) as handle:
+    with open_text(file.path, newline=_JSON_LINES) as handle:
         if file.format == "json":
             text = read_document(file.path, handle)
             try:
@@ -1169,6 +1201,14 @@ def _range_day(value: object) -> date | None:
     return day if day.isoformat() == value else None
 
 
+def _quoted(value: object) -> str:
+    """A JSON value as a message quotes it: a string in quotes (as the row checks quote
+    a value), anything else as its JSON text (null, not Python's None), shortened."""
+    if isinstance(value, str):
+        return shorten(repr(value))
+    return shorten(json.dumps(value))
+
+
 def _range_problem(document: dict[str, Any]) -> str | None:
     """Why a range object contradicts itself, or None. Its ``start`` and ``end`` are
     optional (the rows carry their days), but where given they are the object's claim:
@@ -1179,7 +1219,7 @@ def _range_problem(document: dict[str, Any]) -> str | None:
         if field in document:
             bounds[field] = _range_day(document[field])
             if bounds[field] is None:
-                return f"{field} {document[field]!r} is not a YYYY-MM-DD date"
+                return f"{field} {_quoted(document[field])} is not a YYYY-MM-DD date"
     start, end = bounds.get("start"), bounds.get("end")
     if start is not None and end is not None and start > end:
         return f"start {start} is after end {end}"
@@ -1196,11 +1236,24 @@ def _range_problem(document: dict[str, Any]) -> str | None:
     return None
 
 
-def _text_column(file: LandingFile, rows: list[RangeRow], index: int, name: str) -> pa.Array:
-    """Each row's ``index``-th value, where it is a string. JSON may escape half of a
-    UTF-16 surrogate pair ("\\ud800"), which Python reads into a string that is no text
-    (it has no UTF-8): the file is refused at the first one, found only then."""
-    values = [r[index] if isinstance(r[index], str) else None for r in rows]
+def _json_text(value: object) -> str | None:
+    """A JSON value that is there but no string (a number, an array, true), as its JSON
+    text: what a message and the quarantine quote. None for a string or null."""
+    return None if value is None or isinstance(value, str) else json.dumps(value)
+
+
+def _text_column(
+    file: LandingFile, rows: list[RangeRow], index: int, name: str, *, as_sent: bool = False
+) -> pa.Array:
+    """Each row's ``index``-th value, where it is a string; with ``as_sent``, any other
+    value but null as its JSON text (a day of 20220110 is there, and no date). JSON may
+    escape half of a UTF-16 surrogate pair ("\\ud800"), which Python reads into a string
+    that is no text (it has no UTF-8): the file is refused at the first one, found only
+    then."""
+    values = [
+        r[index] if isinstance(r[index], str) else _json_text(r[index]) if as_sent else None
+        for r in rows
+    ]
     try:
         return pa.array(values, pa.string())
     except UnicodeEncodeError as error:
@@ -1226,7 +1279,9 @@ def _stage_json_range(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None
             "ordinal": pa.array([r[0] for r in rows], pa.int64()),
             "line": pa.array([r[1] for r in rows], pa.int64()),
             "package": _text_column(file, rows, 2, "package"),
-            "day": _text_column(file, rows, 3, "day"),
+            # A package that is no string is no name (an id?): kept apart, as sent.
+            "package_raw": pa.array([_json_text(r[2]) for r in rows], pa.string()),
+            "day": _text_column(file, rows, 3, "day", as_sent=True),
             "downloads": pa.array([r[4] for r in rows], pa.string()),
         }
     )
@@ -1294,7 +1349,10 @@ def _shape_parquet_manifests(types: dict[str, str]) -> str:
             # An Arrow map may repeat a key; a manifest's may not (it would count twice).
             maps.append(
                 f'try_cast("{name}" as {_MAP_TYPE}) as "{name}", '
-                f'("{name}" is not null and try_cast("{name}" as {_MAP_TYPE}) is null)'
+                f'("{name}" is not null and try_cast("{name}" as {_MAP_TYPE}) is null'
+                # A range is a string: a null one is no range (as in a JSON manifest).
+                f' or coalesce(len(list_filter(map_values("{name}"), lambda range: range is null))'
+                f" > 0, false))"
                 f' as "{name}_malformed", '
                 f'coalesce(len(map_keys("{name}")) <> len(list_distinct(map_keys("{name}"))),'
                 f' false) as "{name}_repeats"'
@@ -1333,7 +1391,13 @@ def _shape_json_manifests(con: duckdb.DuckDBPyConnection, file: LandingFile) -> 
     maps = ", ".join(
         f"""case when json_type("{m}") = 'OBJECT' then try_cast("{m}" as {_MAP_TYPE}) end
                 as "{m}",
-            coalesce(json_type("{m}") not in ('OBJECT', 'NULL'), false) as "{m}_malformed",
+            coalesce(json_type("{m}") not in ('OBJECT', 'NULL'), false)
+                -- A range is a string: a number, null, object or boolean is none (cast,
+                -- it loaded as its JSON text, or NULL, and counted as a dependent).
+                or coalesce(json_type("{m}") = 'OBJECT' and len(list_filter(
+                    map_values(try_cast("{m}" as MAP(VARCHAR, JSON))),
+                    lambda range: coalesce(json_type(range), 'NULL') <> 'VARCHAR')) > 0, false)
+                as "{m}_malformed",
             coalesce(json_type("{m}") = 'OBJECT'
                 and len(json_keys("{m}")) <> len(list_distinct(json_keys("{m}"))), false)
                 as "{m}_repeats\""""
@@ -1564,7 +1628,7 @@ def _events_parse_error(file: LandingFile, error: Exception) -> BadInput:
         )
     text = None
     try:
-        with open_text(file.path) as handle:
+        with open_text(file.path, newline=_JSON_LINES) as handle:
             text = read_document(file.path, handle)
         documents = _json_documents(text)  # (a repeated key named by its object's line)
         array = text.startswith("[", _after_space(text, 0))

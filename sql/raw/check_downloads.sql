@@ -13,6 +13,8 @@ row_problems as (
     select
         ordinal,
         case
+            when package_raw is not null
+                then 'package name ' || package_raw || ' is not a string'
             when package is null or package = '' then 'package name is missing'
             when lower(package) in ('node_modules', 'favicon.ico')
                 then 'package name ''' || package || ''' is reserved'
@@ -173,7 +175,7 @@ final as (
         coalesce(first_finding.problem is null and first_finding.duplicate, false)
             as duplicate,
         json_object(
-            'package', staged.package,
+            'package', coalesce(staged.package_raw, staged.package),
             'day', coalesce(cast(staged.day_raw as varchar), cast(staged.day as varchar)),
             'downloads',
             coalesce(cast(staged.downloads_raw as varchar), cast(staged.downloads as varchar))

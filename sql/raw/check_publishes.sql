@@ -1,4 +1,9 @@
--- Validate the staged publish events file (temp table `incoming`); keeps the bad rows.
+-- Validate the staged publish events file (temp table `incoming`); keeps the bad rows,
+-- and the rows already loaded from another file (`duplicate`): the same publishes sent
+-- again (a file re-sent compressed, with a byte-order mark or CRLF, corrected, or an
+-- export overlapping the last) are not counted twice. A row repeated within the file is
+-- another publish (the same person may publish twice in a second): each copy counts
+-- against a copy loaded before.
 -- `via`: `token` (with the token's kind), `session` (published from a logged-in
 -- session) or `trusted` (trusted publishing: an OIDC identity, no token, no person).
 -- `second_factor`: what was proved at publish time (`none` when nothing was: an
@@ -10,10 +15,16 @@ staged as (
     select * from incoming
 ),
 
-final as (
+judged as (
     select
         ordinal,
         line,
+        occurred_at,
+        package,
+        username,
+        via,
+        token_kind,
+        second_factor,
         json_object(
             'occurred_at', occurred_at_text, 'package', package, 'username', username,
             'via', via, 'token_kind', token_kind, 'second_factor', second_factor
@@ -46,10 +57,58 @@ final as (
             when via = 'trusted' and second_factor <> 'none'
                 then 'second_factor ' || second_factor
                     || ' with trusted publishing, where no person signs in'
-        end as problem,
-        false as duplicate
+        end as problem
     from staged
+),
+
+-- Each good row's copy number among the file's identical rows. token_kind is NULL
+-- unless via is token: the key holds it as '' so that NULLs match.
+copies as (
+    select
+        ordinal,
+        occurred_at,
+        package,
+        username,
+        via,
+        coalesce(token_kind, '') as token_kind,
+        second_factor,
+        row_number() over (
+            partition by occurred_at, package, username, via, token_kind, second_factor
+            order by ordinal
+        ) as copy
+    from judged
+    where problem is null
+),
+
+-- How many copies of each such row are loaded already (the file's time span only).
+loaded as (
+    select
+        occurred_at, package, username, via, coalesce(token_kind, '') as token_kind,
+        second_factor, count(*) as copies
+    from raw_publishes
+    semi join copies using (occurred_at, package, username, via, second_factor)
+    where occurred_at between (select min(occurred_at) from copies)
+        and (select max(occurred_at) from copies)
+    group by all
+),
+
+duplicates as (
+    select copies.ordinal
+    from copies
+    inner join loaded using (occurred_at, package, username, via, token_kind, second_factor)
+    where copies.copy <= loaded.copies
+),
+
+final as (
+    select
+        judged.ordinal,
+        judged.line,
+        judged.record,
+        judged.problem,
+        judged.problem is null and duplicates.ordinal is not null as duplicate
+    from judged
+    left join duplicates using (ordinal)
 )
 
 select * from final
-where problem is not null
+where problem is not null or duplicate
