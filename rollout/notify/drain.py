@@ -1390,6 +1390,10 @@ def drain(
                     progress=advance,
                 )
                 _merge(reports, report)
+                # Once more at the end: the workers are looked at every half second, and a
+                # drain done between two looks (or within the first) left the progress
+                # short of what it came to, or never shown at all.
+                advance()
             finally:
                 # What killed workers held: no drain process is left, the lock still held.
                 report.put_back += _requeue_in_flight(engine, clock(), cut_short=True)
