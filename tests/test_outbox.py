@@ -25,6 +25,7 @@ from rollout.demo.crowd import NOTICE_DAY
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.notify import outbox
 from rollout.notify.drain import DrainReport, _claim, _shares, drain
+from rollout.notify.message import DeliveryFailed, Message
 from rollout.notify.queue import due_occasions, plan_occasions, queue_due, queue_preview
 from rollout.notify.senders import FileSender, SendGridSender
 from rollout.registry import Registry
@@ -438,6 +439,57 @@ def test_a_killed_drain_resends_at_most_what_was_in_flight(
     twice = [i for i, n in delivered.items() if n > 1]
     assert len(twice) <= 4  # at most the in-flight handful, never a batch
     assert max(delivered.values()) <= 2
+
+
+class _Answering(Recording):
+    """A sender whose provider answered with a message id the registry cannot keep."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__()
+        self.message_id = message_id
+
+    def send(self, message: Message) -> str:
+        super().send(message)
+        return self.message_id
+
+
+@pytest.mark.parametrize(
+    "message_id", ["x" * 201, "abc\x00def", "id with\nline break"], ids=["long", "nul", "newline"]
+)
+def test_a_message_id_the_outbox_cannot_keep_is_recorded_unknown_and_sent_once(
+    registry: Registry, plan: Plan, ids: dict[str, int], message_id: str
+) -> None:
+    """An X-Message-Id past the column's 200 characters (or with a NUL) failed the record
+    on PostgreSQL after the send: the rows stayed in flight and the next drain sent them
+    again. Kept as unknown (NULL, as when SendGrid gives none), the email is sent once."""
+    queue_late(registry, plan, NOTICE_DAY)
+    sender = _Answering(message_id)
+    report = drain(registry, plan, sender)
+    again = drain(registry, plan, sender)
+    assert (report.sent, again.sent, len(sender.sent)) == (2, 0, 2)
+    with registry.engine.connect() as connection:
+        kept = connection.execute(
+            select(Notification.state, Notification.message_id).where(
+                Notification.state != "skipped"
+            )
+        ).all()
+    assert sorted(kept) == [("sent", None), ("sent", None)]
+
+
+class _Refused(Recording):
+    def send(self, message: Message) -> str:
+        raise DeliveryFailed("SendGrid answered 400: to.email: bad\x00address", permanent=True)
+
+
+def test_a_failure_whose_reason_holds_a_nul_is_recorded(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """SendGrid's error body is quoted in the reason; a NUL in it failed the record on
+    PostgreSQL (the drain ended with the batch in flight, to be sent again)."""
+    queue_late(registry, plan, NOTICE_DAY)
+    report = drain(registry, plan, _Refused())
+    assert report.failed == 2
+    assert rows(registry)["ann"] == ("failed", "SendGrid answered 400: to.email: bad\\x00address")
 
 
 def test_rows_left_in_flight_are_sent_again_by_the_next_drain(

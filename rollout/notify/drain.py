@@ -774,14 +774,47 @@ def _prepare(
     )
 
 
+# What ``notifications.message_id`` holds.
+_MESSAGE_ID_LIMIT = NOTIFICATIONS.c.message_id.type.length
+
+
+def _kept_message_id(outbox_id: int, message_id: str | None) -> str | None:
+    """The message id to record for a sent email: NULL (unknown, as when SendGrid's
+    answer had none) for an empty one, and for one the column cannot hold (past its
+    length, or with a character no printable ASCII: PostgreSQL refused it, the record
+    failed after the send, and the next drain sent the email again). Events then count
+    for the email by its outbox id alone (sql/intermediate/int_notification_delivery.sql)."""
+    if not message_id:
+        return None
+    if (
+        len(message_id) > _MESSAGE_ID_LIMIT
+        or not message_id.isprintable()
+        or not (message_id.isascii())
+    ):
+        log.warning(
+            "outbox %d: sent, but its message id (%d characters) cannot be kept: %r; "
+            "recorded as unknown",
+            outbox_id,
+            len(message_id),
+            message_id[:80],
+        )
+        return None
+    return message_id
+
+
 def _deliver(sender: Sender, message: Message) -> _Outcome:
     try:
-        # An empty id (SendGrid's answer had no X-Message-Id) is no id: NULL, as unknown.
-        return _Outcome(message.outbox_id, "sent", message_id=sender.send(message) or None)
+        message_id = sender.send(message)
     except DeliveryFailed as failure:
         if not failure.permanent and _is_misconfiguration(failure):
             raise
-        return _Outcome(message.outbox_id, "failed", failure.reason[:2000])
+        # A NUL (from SendGrid's error body) is no text PostgreSQL keeps: the record
+        # failed, and the batch stayed in flight to be sent again.
+        reason = failure.reason.replace("\x00", "\\x00")[:2000]
+        return _Outcome(message.outbox_id, "failed", reason)
+    return _Outcome(
+        message.outbox_id, "sent", message_id=_kept_message_id(message.outbox_id, message_id)
+    )
 
 
 def _remove_leftovers(sender: Sender) -> None:
