@@ -82,6 +82,7 @@ from rollout.notify.outbox import (
     ACCOUNTS,
     COMPLIANT,
     CUT_SHORT,
+    DIED_HOLDING,
     FILE_SENDER,
     NOTIFICATIONS,
     QUEUED_LATE,
@@ -239,7 +240,7 @@ def _settle_lapsed_withdrawals(connection: Connection, now: datetime) -> None:
         connection.execute(
             update(NOTIFICATIONS)
             .where(and_(NOTIFICATIONS.c.id.in_(ids), _in_state("sending")))
-            .values(state="skipped", updated_at=now, lease_expires_at=None)
+            .values(state="skipped", error=DIED_HOLDING, updated_at=now, lease_expires_at=None)
         )
 
 
@@ -852,7 +853,9 @@ def _record(
     if not rows:
         return
     # One withdrawn while in flight (rollout.notify.withdraw) that did not go ends
-    # skipped with the withdrawal's reason: a failed one would be retried.
+    # skipped with the withdrawal's reason: a failed one would be retried. It keeps its
+    # failure's reason: one that may have gone out (MAY_HAVE_GONE) is recorded sent
+    # once SendGrid's events show it went (rollout.notify.delivery).
     c = NOTIFICATIONS.c
     stays_withdrawn = and_(marked_withdrawn(), bindparam("new_state") != "sent")
     with begin_writing(engine) as connection:
@@ -862,7 +865,7 @@ def _record(
             .values(
                 state=case((stays_withdrawn, "skipped"), else_=bindparam("new_state")),
                 skip_reason=case((stays_withdrawn, c.skip_reason), else_=bindparam("new_reason")),
-                error=case((stays_withdrawn, None), else_=bindparam("new_error")),
+                error=bindparam("new_error"),
                 message_id=bindparam("new_message_id"),
                 sent_at=bindparam("new_sent_at"),
                 updated_at=bindparam("now"),
@@ -889,9 +892,10 @@ def _release(engine: Engine, ids: list[int]) -> None:
 
 
 def _cut_short() -> Any:
-    """SQL: the error a row put back mid-send gets (CUT_SHORT), unless it was withdrawn
-    meanwhile (it goes to skipped, and keeps its own)."""
-    return case((marked_withdrawn(), NOTIFICATIONS.c.error), else_=literal(CUT_SHORT))
+    """SQL: the error a row put back mid-send gets (CUT_SHORT), withdrawn meanwhile too
+    (it goes to skipped, its send maybe gone out: rollout.notify.delivery records it sent
+    if SendGrid's events show it went)."""
+    return literal(CUT_SHORT)
 
 
 def _put_back(engine: Engine, ids: list[int], now: datetime) -> None:
@@ -920,7 +924,12 @@ def _requeue_in_flight(
     next run to count as resent (CUT_SHORT); else counted by the caller, now.
     ``unleased``: only the rows held without a lease, which no drainer of this code
     holds (each claim takes one): a drain of a rollout before leases left them."""
-    marked = {"error": _cut_short()} if cut_short else {}
+    # A withdrawn one goes to skipped, marked as maybe gone (rollout.notify.delivery).
+    marked = {
+        "error": _cut_short()
+        if cut_short
+        else case((marked_withdrawn(), literal(DIED_HOLDING)), else_=NOTIFICATIONS.c.error)
+    }
     held = NOTIFICATIONS.c.state == "sending"
     if unleased:
         held = and_(held, NOTIFICATIONS.c.lease_expires_at.is_(None))
