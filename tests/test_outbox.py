@@ -345,6 +345,43 @@ def _delivered(server: DevSendGrid) -> Counter[int]:
     return Counter(int(m["body"]["custom_args"]["outbox_id"]) for m in server.messages)
 
 
+def _states(registry: Registry) -> Counter[str]:
+    with registry.engine.connect() as connection:
+        return Counter(connection.scalars(select(Notification.state)).all())
+
+
+def test_a_sendgrid_outage_stops_the_drain_with_the_rest_still_queued(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """SendGrid down: each email failed after its retries, every one of the outbox, and
+    nothing but `--retry-failed` by hand sent them again. Three batches in a row of which
+    nothing went stop the drain; the rest stay queued, and the next run sends them."""
+    _many(registry, 40)
+    queue_late(registry, plan, NOTICE_DAY)
+    with DevSendGrid(api_key=KEY) as server:
+        server.script([{"status": 503}] * 100)
+        sender = SendGridSender(KEY, server.url, timeout=5, max_attempts=2, sleep=lambda _: None)
+        with pytest.raises(RolloutError, match=r"sendgrid is unavailable: gave up .* 503.*queued"):
+            drain(registry, plan, sender, concurrency=4)
+        assert server.requests_seen == 3 * 4 * 2
+        assert _states(registry) == {"failed": 12, "queued": 30, "skipped": 2}
+        server.script([])
+        again = drain(registry, plan, sender, concurrency=4)
+    assert again.sent == 30 and _states(registry)["sent"] == 30
+
+
+def test_a_blip_of_one_batch_does_not_stop_the_drain(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    _many(registry, 40)
+    queue_late(registry, plan, NOTICE_DAY)
+    with DevSendGrid(api_key=KEY) as server:
+        server.script([{"status": 503}] * 8)  # the first batch's four emails, twice each
+        sender = SendGridSender(KEY, server.url, timeout=5, max_attempts=2, sleep=lambda _: None)
+        report = drain(registry, plan, sender, concurrency=4)
+    assert (report.sent, report.failed) == (38, 4)
+
+
 def test_the_fault_matrix_ends_with_each_message_sent_once_or_failed_with_its_reason(
     registry: Registry,
     plan: Plan,

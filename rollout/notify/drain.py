@@ -77,7 +77,7 @@ from rollout.notify.emails import (
     asks_only_2fa,
     recommends_only,
 )
-from rollout.notify.message import DeliveryFailed, Message, Sender
+from rollout.notify.message import DeliveryFailed, Message, Sender, SenderUnavailable
 from rollout.notify.outbox import (
     ACCOUNTS,
     COMPLIANT,
@@ -139,6 +139,13 @@ FILE_BATCH = 500
 IN_FLIGHT_GRACE = 0.5
 WORKER_GRACE = 1.0
 _POLL = 0.05  # seconds between looks at a stop request while waiting
+# Batches in a row of which nothing went and a send found the provider unavailable
+# (SenderUnavailable: SendGrid down through every retry, the outbox folder unwritable)
+# after which a drain stops: an outage failed every queued email, each after its
+# retries, and nothing sends failed ones again but `--retry-failed` by hand. Stopped,
+# only those batches failed; the rest stay queued for the next run. Not one batch: a
+# blip of a few seconds (one email's retries) would hold back the rest for a day.
+OUTAGE_BATCHES = 3
 # How long a drainer holds the rows it claimed (a batch is sent and recorded well within
 # it: SendGrid's retries of one message take at most about 170 s, five attempts of up to
 # 10 s and four waits of at most 30 s). A drainer that dies leaves
@@ -646,6 +653,7 @@ class _Outcome:
     state: str
     reason: str | None = None
     message_id: str | None = None
+    unavailable: bool = False  # failed: the provider took nothing (SenderUnavailable)
 
 
 def _ends_unsent(
@@ -812,7 +820,12 @@ def _deliver(sender: Sender, message: Message) -> _Outcome:
         # A NUL (from SendGrid's error body) is no text PostgreSQL keeps: the record
         # failed, and the batch stayed in flight to be sent again.
         reason = failure.reason.replace("\x00", "\\x00")[:2000]
-        return _Outcome(message.outbox_id, "failed", reason)
+        return _Outcome(
+            message.outbox_id,
+            "failed",
+            reason,
+            unavailable=isinstance(failure, SenderUnavailable),
+        )
     return _Outcome(
         message.outbox_id, "sent", message_id=_kept_message_id(message.outbox_id, message_id)
     )
@@ -1137,6 +1150,7 @@ def _drain_loop(
     sends: _InlineSends | _SendThreads
     sends = _InlineSends(sender) if inline else _SendThreads(sender, concurrency)
     retried_before = _retried(sender)
+    outage = 0  # batches in a row nothing of which went, the provider unavailable
     try:
         while (limit is None or claimed < limit) and not stop.is_set():
             size = batch_size if limit is None else min(batch_size, limit - claimed)
@@ -1170,6 +1184,19 @@ def _drain_loop(
                         "(fix the settings and run again)"
                     ) from None
                 raise error
+            if any(o.unavailable for o in finished) and not any(
+                o.state == "sent" for o in finished
+            ):
+                outage += 1
+            elif finished:
+                outage = 0
+            if outage >= OUTAGE_BATCHES:
+                reason = next(o.reason for o in reversed(finished) if o.unavailable)
+                raise RolloutError(
+                    f"{sender.name} is unavailable: {reason}; {report.failed} emails failed, "
+                    "nothing more was sent: the rest stay queued for the next run (the "
+                    "failed ones: `rollout notify send --apply --retry-failed`)"
+                )
             if progress:
                 progress(report)
     finally:

@@ -61,6 +61,7 @@ from rollout.notify.message import (
     DeliveryFailed,
     Message,
     Sender,
+    SenderUnavailable,
     header_address,
 )
 
@@ -384,7 +385,7 @@ class SendGridSender:
                 )
                 self._sleep(delay)
         reason = f"gave up after {self.max_attempts} attempts: {outcome.reason}"
-        raise DeliveryFailed(reason, permanent=False)
+        raise SenderUnavailable(reason)
 
     def request_body(self, message: Message) -> dict[str, Any]:
         """The Mail Send JSON for one message, built with the official helpers."""
@@ -654,7 +655,7 @@ class FileSender:
             # name): every email the outbox refused alike then reads as one reason.
             why = exc.strerror or str(exc)
             reason = f"outbox {message.outbox_id}: cannot write to {self.outbox_dir}: {why}"
-            raise DeliveryFailed(reason, permanent=False) from None
+            raise SenderUnavailable(reason) from None
         return message_id
 
     def eml(self, message: Message) -> tuple[str, bytes]:
