@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 
 from rollout import warehouse
 from rollout.notify.delivery import DeliveryReport, apply_delivery
+from rollout.notify.drain import _claim, _Outcome, _put_back, _record, _requeue_in_flight
 from rollout.notify.message import MAY_HAVE_GONE
 from rollout.notify.outbox import CUT_SHORT, retry_failed
 from rollout.registry import Registry, migrate
@@ -328,6 +329,56 @@ def test_a_send_that_went_unanswered_is_recorded_sent_when_its_events_show_it_we
             connection.scalars(select(Notification.id).where(Notification.state == "queued"))
         )
     assert queued == {never_went, refused, other_kind, made_later}
+    assert events.apply().gone == 0  # once
+
+
+def test_a_withdrawn_email_whose_send_went_is_recorded_sent_whatever_ended_its_hold(
+    registry: Registry, events: Events
+) -> None:
+    """An email withdrawn while a drain held it goes only if that send goes (rollout.notify
+    .withdraw). Each way its hold ended unanswered made it skipped, the withdrawal's
+    reason, and no word that its send may have gone: SendGrid's events showing it went
+    were never applied, and its account counted as never told."""
+    held = datetime(2022, 1, 10, 8, 30)
+    reason = "withdrawn: wrong text"
+    with bound_to(registry.engine):
+        ids = [
+            NotificationFactory(
+                state="sending",
+                skip_reason=reason,
+                updated_at=held,
+                lease_expires_at=held + timedelta(minutes=5),
+            ).id
+            for _ in range(5)
+        ]
+    unanswered, cut_short, died, _lapsed, refused = ids
+    after = held + timedelta(minutes=1)
+    _record(
+        registry.engine,
+        [
+            _Outcome(unanswered, "failed", f"no answer after the request went: {MAY_HAVE_GONE}"),
+            _Outcome(refused, "failed", "SendGrid answered 400: x"),  # it did not go
+        ],
+        after,
+    )
+    _put_back(registry.engine, [cut_short], after)  # a stop cut its send short
+    # `lapsed`: its drainer died and its lease ran out (a shard's claim settles it);
+    # `died`: held without a lease when a drain, its run lock taken, requeues what a
+    # dead drain held.
+    assert _claim(registry.engine, 10, held + timedelta(hours=1), "sendgrid") == []
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(Notification).where(Notification.id == died).values(lease_expires_at=None)
+        )
+    _requeue_in_flight(registry.engine, held + timedelta(hours=1))
+    with registry.engine.connect() as connection:
+        before = dict(connection.execute(select(Notification.id, Notification.state)).all())
+    assert set(before.values()) == {"skipped"}
+    events.post(*(event(i, "processed", 3) for i in ids))
+    assert events.apply().gone == 4
+    with registry.engine.connect() as connection:
+        after_events = dict(connection.execute(select(Notification.id, Notification.state)).all())
+    assert [after_events[i] for i in ids] == ["sent", "sent", "sent", "sent", "skipped"]
     assert events.apply().gone == 0  # once
 
 

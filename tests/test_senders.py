@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import logging
 import os
 import random
 import socket
+import threading
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
@@ -261,6 +263,95 @@ def test_a_url_no_request_can_go_to_stops_the_send_as_misconfigured(url: str, sl
         SendGridSender("SG.test-key-not-real.abcdefgh", url, sleep=sleeps.append).send(MESSAGE)
     assert "may have sent" not in caught.value.reason and "URL" in caught.value.reason
     assert sleeps == []
+
+
+class _Stub:
+    """A server answering every request with one status and headers (a 200 with ``[]``
+    for a body: a front page, an empty list): what it was asked, with the Authorization
+    header it got."""
+
+    def __init__(self, status: int, headers: dict[str, str]) -> None:
+        self.seen: list[tuple[str, str, str | None]] = []
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.do_GET()
+
+            def do_GET(self) -> None:
+                stub.seen.append((self.command, self.path, self.headers.get("Authorization")))
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"[]")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stub() -> Iterator[Callable[..., _Stub]]:
+    made: list[_Stub] = []
+
+    def start(status: int, **headers: str) -> _Stub:
+        made.append(_Stub(status, headers))
+        return made[-1]
+
+    yield start
+    for server in made:
+        server.close()
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_stops_the_send_as_misconfigured_and_is_not_followed(
+    stub: Callable[..., _Stub], status: int, sleeps: list
+) -> None:
+    """urllib followed a 301/302/303 with a GET of the new place, without the email, and
+    its 200 was taken for SendGrid's: the email recorded sent, none sent; and the key went
+    along to wherever the redirect pointed."""
+    elsewhere = stub(200)
+    server = stub(status, Location=f"{elsewhere.url}/front")
+    sender = SendGridSender("SG.test-key-not-real.abcdefgh", server.url, sleep=sleeps.append)
+    with pytest.raises(SenderMisconfigured) as caught:
+        sender.send(MESSAGE)
+    assert f"answered {status}" in caught.value.reason and not caught.value.permanent
+    assert [method for method, _, _ in server.seen] == ["POST"] and elsewhere.seen == []
+    assert sleeps == []
+
+
+@pytest.mark.parametrize("status", [406, 407, 410, 415, 426])
+def test_a_refusal_that_says_nothing_of_the_email_stops_the_send_as_misconfigured(
+    dev: DevSendGrid, make: Callable, sleeps: list, status: int
+) -> None:
+    """Every email would be refused alike (a proxy wanting its own credentials, an API
+    answering another content type): not a failure of this email for good."""
+    dev.script([{"status": status}])
+    with pytest.raises(SenderMisconfigured) as caught:
+        make().send(MESSAGE)
+    assert not caught.value.permanent and f"answered {status}" in caught.value.reason
+    assert sleeps == [] and dev.requests_seen == 1
+
+
+def test_a_suppression_page_behind_a_redirect_is_not_read_there(
+    stub: Callable[..., _Stub], sleeps: list
+) -> None:
+    elsewhere = stub(200)
+    server = stub(307, Location=f"{elsewhere.url}/v3/suppression/bounces")
+    sender = SendGridSender("SG.test-key-not-real.abcdefgh", server.url, sleep=sleeps.append)
+    with pytest.raises(SenderMisconfigured):
+        sender.suppression_page("bounces", 500, 0)
+    assert elsewhere.seen == []  # the key never went to the other host
 
 
 def test_400_is_permanent_with_the_reason(dev: DevSendGrid, make: Callable, sleeps: list) -> None:

@@ -278,3 +278,32 @@ def test_the_lists_are_sendgrid_s_five() -> None:
 
     assert set(LISTS) == set(SUPPRESSION_LISTS)
     assert set(LISTS.values()) == set(outbox.SENDGRID_SOURCES)
+
+
+class _Unpaged:
+    """A list server that pages as asked not: the whole list whatever the limit, or the
+    first page whatever the offset. Gives up after 50 pages (the reader looped forever)."""
+
+    def __init__(self, entries: list[dict[str, object]], *, honours_limit: bool) -> None:
+        self.entries = entries
+        self.honours_limit = honours_limit
+        self.asked = 0
+
+    def suppression_page(self, list_name: str, limit: int, offset: int) -> list[object]:
+        self.asked += 1
+        assert self.asked < 50, "the reader kept asking for pages"
+        if list_name != "bounces":
+            return []
+        return self.entries[:limit] if self.honours_limit else list(self.entries)
+
+
+@pytest.mark.parametrize("honours_limit", [False, True], ids=["whole-list", "offset-ignored"])
+def test_a_list_not_paged_as_asked_is_refused_not_read_forever(
+    registry: Registry, honours_limit: bool
+) -> None:
+    server = _Unpaged(
+        [bounce(f"gone{i}@example.com") for i in range(3)], honours_limit=honours_limit
+    )
+    with pytest.raises(SuppressionsUnreadable, match=r"bounces list .* nothing was changed"):
+        sync_suppressions(registry, server, actor="ops", page_size=2)  # type: ignore[arg-type]
+    assert server.asked <= 2 and suppressions(registry) == {}

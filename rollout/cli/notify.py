@@ -366,7 +366,8 @@ def notify_events_serve(
 ) -> None:
     """Receive SendGrid's Event Webhook posts: each verified with the key in
     ROLLOUT_SENDGRID_WEBHOOK_KEY and written whole under landing/events/ for ingest;
-    unsigned, badly signed, stale, replayed or oversized posts are refused."""
+    unsigned, badly signed, stale or oversized posts are refused; one received again is
+    acknowledged and not written again."""
     import uvicorn
 
     from rollout.notify.webhook import EVENTS_PATH, create_app

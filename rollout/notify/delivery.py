@@ -15,7 +15,8 @@ restored from a backup made before the last state written (kept with the state, 
 read back first: one row).
 
 An email whose send may have gone out unrecorded (no answer after its request went, a
-stop cut it short, its drainer died holding it) has no message id; when events of its
+stop cut it short, its drainer died holding it; withdrawn meanwhile too, then skipped)
+has no message id; when events of its
 outbox id and kind show SendGrid took it, it is recorded as sent (:func:`_settle_gone`),
 so neither ``--retry-failed`` nor the next drain sends it again.
 """
@@ -31,7 +32,8 @@ from sqlalchemy import and_, bindparam, func, or_, select, update
 
 from rollout import warehouse
 from rollout.notify.message import MAY_HAVE_GONE
-from rollout.notify.outbox import CUT_SHORT
+from rollout.notify.outbox import CUT_SHORT, DIED_HOLDING
+from rollout.notify.withdraw import marked_withdrawn
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.engine import begin_writing
@@ -176,6 +178,17 @@ def _settle_gone(con: duckdb.DuckDBPyConnection, registry: Registry) -> int:
             and_(c.state == "failed", c.error.contains(MAY_HAVE_GONE, autoescape=True)),
             and_(c.state == "queued", c.error == CUT_SHORT),
             and_(c.state == "sending", c.lease_expires_at < now),
+            # Withdrawn while held, its hold ended so (rollout.notify.drain): it goes if
+            # its send went, and the withdrawal left it skipped.
+            and_(
+                c.state == "skipped",
+                marked_withdrawn(),
+                or_(
+                    c.error.contains(MAY_HAVE_GONE, autoescape=True),
+                    c.error == CUT_SHORT,
+                    c.error == DIED_HOLDING,
+                ),
+            ),
         ),
     )
     with registry.engine.connect() as connection:

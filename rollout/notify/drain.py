@@ -77,11 +77,12 @@ from rollout.notify.emails import (
     asks_only_2fa,
     recommends_only,
 )
-from rollout.notify.message import DeliveryFailed, Message, Sender
+from rollout.notify.message import DeliveryFailed, Message, Sender, SenderUnavailable
 from rollout.notify.outbox import (
     ACCOUNTS,
     COMPLIANT,
     CUT_SHORT,
+    DIED_HOLDING,
     FILE_SENDER,
     NOTIFICATIONS,
     QUEUED_LATE,
@@ -138,6 +139,13 @@ FILE_BATCH = 500
 IN_FLIGHT_GRACE = 0.5
 WORKER_GRACE = 1.0
 _POLL = 0.05  # seconds between looks at a stop request while waiting
+# Batches in a row of which nothing went and a send found the provider unavailable
+# (SenderUnavailable: SendGrid down through every retry, the outbox folder unwritable)
+# after which a drain stops: an outage failed every queued email, each after its
+# retries, and nothing sends failed ones again but `--retry-failed` by hand. Stopped,
+# only those batches failed; the rest stay queued for the next run. Not one batch: a
+# blip of a few seconds (one email's retries) would hold back the rest for a day.
+OUTAGE_BATCHES = 3
 # How long a drainer holds the rows it claimed (a batch is sent and recorded well within
 # it: SendGrid's retries of one message take at most about 170 s, five attempts of up to
 # 10 s and four waits of at most 30 s). A drainer that dies leaves
@@ -239,7 +247,7 @@ def _settle_lapsed_withdrawals(connection: Connection, now: datetime) -> None:
         connection.execute(
             update(NOTIFICATIONS)
             .where(and_(NOTIFICATIONS.c.id.in_(ids), _in_state("sending")))
-            .values(state="skipped", updated_at=now, lease_expires_at=None)
+            .values(state="skipped", error=DIED_HOLDING, updated_at=now, lease_expires_at=None)
         )
 
 
@@ -645,6 +653,7 @@ class _Outcome:
     state: str
     reason: str | None = None
     message_id: str | None = None
+    unavailable: bool = False  # failed: the provider took nothing (SenderUnavailable)
 
 
 def _ends_unsent(
@@ -774,14 +783,52 @@ def _prepare(
     )
 
 
+# What ``notifications.message_id`` holds.
+_MESSAGE_ID_LIMIT = NOTIFICATIONS.c.message_id.type.length
+
+
+def _kept_message_id(outbox_id: int, message_id: str | None) -> str | None:
+    """The message id to record for a sent email: NULL (unknown, as when SendGrid's
+    answer had none) for an empty one, and for one the column cannot hold (past its
+    length, or with a character no printable ASCII: PostgreSQL refused it, the record
+    failed after the send, and the next drain sent the email again). Events then count
+    for the email by its outbox id alone (sql/intermediate/int_notification_delivery.sql)."""
+    if not message_id:
+        return None
+    if (
+        len(message_id) > _MESSAGE_ID_LIMIT
+        or not message_id.isprintable()
+        or not (message_id.isascii())
+    ):
+        log.warning(
+            "outbox %d: sent, but its message id (%d characters) cannot be kept: %r; "
+            "recorded as unknown",
+            outbox_id,
+            len(message_id),
+            message_id[:80],
+        )
+        return None
+    return message_id
+
+
 def _deliver(sender: Sender, message: Message) -> _Outcome:
     try:
-        # An empty id (SendGrid's answer had no X-Message-Id) is no id: NULL, as unknown.
-        return _Outcome(message.outbox_id, "sent", message_id=sender.send(message) or None)
+        message_id = sender.send(message)
     except DeliveryFailed as failure:
         if not failure.permanent and _is_misconfiguration(failure):
             raise
-        return _Outcome(message.outbox_id, "failed", failure.reason[:2000])
+        # A NUL (from SendGrid's error body) is no text PostgreSQL keeps: the record
+        # failed, and the batch stayed in flight to be sent again.
+        reason = failure.reason.replace("\x00", "\\x00")[:2000]
+        return _Outcome(
+            message.outbox_id,
+            "failed",
+            reason,
+            unavailable=isinstance(failure, SenderUnavailable),
+        )
+    return _Outcome(
+        message.outbox_id, "sent", message_id=_kept_message_id(message.outbox_id, message_id)
+    )
 
 
 def _remove_leftovers(sender: Sender) -> None:
@@ -819,7 +866,9 @@ def _record(
     if not rows:
         return
     # One withdrawn while in flight (rollout.notify.withdraw) that did not go ends
-    # skipped with the withdrawal's reason: a failed one would be retried.
+    # skipped with the withdrawal's reason: a failed one would be retried. It keeps its
+    # failure's reason: one that may have gone out (MAY_HAVE_GONE) is recorded sent
+    # once SendGrid's events show it went (rollout.notify.delivery).
     c = NOTIFICATIONS.c
     stays_withdrawn = and_(marked_withdrawn(), bindparam("new_state") != "sent")
     with begin_writing(engine) as connection:
@@ -829,7 +878,7 @@ def _record(
             .values(
                 state=case((stays_withdrawn, "skipped"), else_=bindparam("new_state")),
                 skip_reason=case((stays_withdrawn, c.skip_reason), else_=bindparam("new_reason")),
-                error=case((stays_withdrawn, None), else_=bindparam("new_error")),
+                error=bindparam("new_error"),
                 message_id=bindparam("new_message_id"),
                 sent_at=bindparam("new_sent_at"),
                 updated_at=bindparam("now"),
@@ -856,9 +905,10 @@ def _release(engine: Engine, ids: list[int]) -> None:
 
 
 def _cut_short() -> Any:
-    """SQL: the error a row put back mid-send gets (CUT_SHORT), unless it was withdrawn
-    meanwhile (it goes to skipped, and keeps its own)."""
-    return case((marked_withdrawn(), NOTIFICATIONS.c.error), else_=literal(CUT_SHORT))
+    """SQL: the error a row put back mid-send gets (CUT_SHORT), withdrawn meanwhile too
+    (it goes to skipped, its send maybe gone out: rollout.notify.delivery records it sent
+    if SendGrid's events show it went)."""
+    return literal(CUT_SHORT)
 
 
 def _put_back(engine: Engine, ids: list[int], now: datetime) -> None:
@@ -887,7 +937,12 @@ def _requeue_in_flight(
     next run to count as resent (CUT_SHORT); else counted by the caller, now.
     ``unleased``: only the rows held without a lease, which no drainer of this code
     holds (each claim takes one): a drain of a rollout before leases left them."""
-    marked = {"error": _cut_short()} if cut_short else {}
+    # A withdrawn one goes to skipped, marked as maybe gone (rollout.notify.delivery).
+    marked = {
+        "error": _cut_short()
+        if cut_short
+        else case((marked_withdrawn(), literal(DIED_HOLDING)), else_=NOTIFICATIONS.c.error)
+    }
     held = NOTIFICATIONS.c.state == "sending"
     if unleased:
         held = and_(held, NOTIFICATIONS.c.lease_expires_at.is_(None))
@@ -1095,6 +1150,7 @@ def _drain_loop(
     sends: _InlineSends | _SendThreads
     sends = _InlineSends(sender) if inline else _SendThreads(sender, concurrency)
     retried_before = _retried(sender)
+    outage = 0  # batches in a row nothing of which went, the provider unavailable
     try:
         while (limit is None or claimed < limit) and not stop.is_set():
             size = batch_size if limit is None else min(batch_size, limit - claimed)
@@ -1128,6 +1184,19 @@ def _drain_loop(
                         "(fix the settings and run again)"
                     ) from None
                 raise error
+            if any(o.unavailable for o in finished) and not any(
+                o.state == "sent" for o in finished
+            ):
+                outage += 1
+            elif finished:
+                outage = 0
+            if outage >= OUTAGE_BATCHES:
+                reason = next(o.reason for o in reversed(finished) if o.unavailable)
+                raise RolloutError(
+                    f"{sender.name} is unavailable: {reason}; {report.failed} emails failed, "
+                    "nothing more was sent: the rest stay queued for the next run (the "
+                    "failed ones: `rollout notify send --apply --retry-failed`)"
+                )
             if progress:
                 progress(report)
     finally:
@@ -1390,6 +1459,10 @@ def drain(
                     progress=advance,
                 )
                 _merge(reports, report)
+                # Once more at the end: the workers are looked at every half second, and a
+                # drain done between two looks (or within the first) left the progress
+                # short of what it came to, or never shown at all.
+                advance()
             finally:
                 # What killed workers held: no drain process is left, the lock still held.
                 report.put_back += _requeue_in_flight(engine, clock(), cut_short=True)

@@ -116,6 +116,16 @@ class DeliveryFailed(Exception):
         self.permanent = permanent
 
 
+class SenderUnavailable(DeliveryFailed):
+    """The provider took nothing while this message was tried (SendGrid answered 5xx or
+    429, or could not be reached, through every attempt; the file outbox could not be
+    written): nothing about the message. Not permanent. A drain that sees only these for
+    a while stops (rollout.notify.drain), the rest kept queued for the next run."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, permanent=False)
+
+
 class Sender(Protocol):
     """Delivers one message and returns the provider's message id, or raises DeliveryFailed."""
 

@@ -79,6 +79,9 @@ SENT_ON = "sent_on"
 # counts it with the rows a crash left in flight (DrainReport.resumed); SendGrid's events
 # may show it went first (rollout.notify.delivery). Sent, the row's error is cleared.
 CUT_SHORT = "put back by a stop: its send may have gone out"
+# The error of a withdrawn email whose drainer died holding it (rollout.notify.drain):
+# skipped, its send maybe gone out (rollout.notify.delivery settles it by its events).
+DIED_HOLDING = "its drainer died holding it: its send may have gone out"
 
 _OUTBOX_PREFIX = re.compile(r"^outbox \d+: ")
 

@@ -27,6 +27,7 @@ import re
 import threading
 import time
 import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ from rollout.notify.message import (
     DeliveryFailed,
     Message,
     Sender,
+    SenderUnavailable,
     header_address,
 )
 
@@ -73,9 +75,12 @@ DEFAULT_FROM_NAME = "Registry security"
 REDACTED = "[REDACTED]"
 MAX_REASON = 500
 
-# Statuses that say our configuration is wrong (key, scopes, URL), not the message: every
-# other message would fail the same way, so none of them should be given up on for good.
-_CONFIGURATION_STATUSES = frozenset({401, 403, 404, 405})
+# Statuses that say something is wrong with the message itself (SendGrid's 400 names the
+# field, 413: too large): it fails for good. Every other status that is not retried (a
+# redirect, 401/403/404/405, 406, 407, 410, 415, ...) says our configuration is wrong
+# (key, scopes, URL, a proxy in the way), not the message: every other message would fail
+# the same way, so none is given up on for good, and the drain stops with them queued.
+_MESSAGE_STATUSES = frozenset({400, 413})
 # Bad gateway, gateway timeout: a proxy's answer for a request it passed on and got no
 # (good) answer to. The request went; like a read timeout, it may have been acted on.
 _GATEWAY_STATUSES = frozenset({502, 504})
@@ -233,8 +238,9 @@ class SendGridSender:
 
     Retried, with exponential backoff and full jitter (or ``Retry-After`` when given):
     429, 5xx but a gateway's 502 and 504, and a connection that failed before the
-    request went (refused, DNS, a connect timeout). Other 4xx fail at once: 400/413
-    permanently, 401/403/404/405 as :class:`SenderMisconfigured`. Running out of
+    request went (refused, DNS, a connect timeout). Other answers fail at once: 400/413
+    permanently, any other (a redirect, 401/403/404/405/406/407/415 ...) as
+    :class:`SenderMisconfigured`. Running out of
     attempts is not permanent: the outbox can try again later (``--retry-failed``).
 
     A send whose request went whole but got no answer (a read timeout, a dropped
@@ -286,6 +292,10 @@ class SendGridSender:
         self._rng = rng or random.Random()
         self._retries = _Tally()
         self._client = SendGridAPIClient(api_key=key, host=self.base_url)
+        # A client that follows no redirect (see _NoRedirectClient).
+        self._client.client = _NoRedirectClient(
+            host=self.base_url, request_headers=self._client.client.request_headers, version=3
+        )
         # The client has no timeout by default (urllib would wait forever). It is applied
         # per socket operation (connect, each read), not to the request as a whole.
         self._client.client.timeout = timeout
@@ -375,7 +385,7 @@ class SendGridSender:
                 )
                 self._sleep(delay)
         reason = f"gave up after {self.max_attempts} attempts: {outcome.reason}"
-        raise DeliveryFailed(reason, permanent=False)
+        raise SenderUnavailable(reason)
 
     def request_body(self, message: Message) -> dict[str, Any]:
         """The Mail Send JSON for one message, built with the official helpers."""
@@ -470,6 +480,41 @@ class SendGridSender:
         return self._rng.uniform(0, ceiling)
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows no redirect: urllib then raises the 3xx as an HTTPError."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class _NoRedirectClient(python_http_client.Client):
+    """The official client, but answering a redirect with its status, not following it.
+
+    urllib followed a 301/302/303 to a POST with a GET of the new location, without the
+    email: whatever answered that GET 200 (an https front page, for an http URL) was
+    taken for SendGrid accepting the email, recorded as sent though none went. It also
+    sent the ``Authorization`` header (the key) on to wherever the redirect pointed. A
+    redirect says the URL is wrong (``ROLLOUT_SENDGRID_URL``): the sender stops as
+    misconfigured, the emails kept queued."""
+
+    def _build_client(self, name: str | None = None) -> _NoRedirectClient:
+        url_path = [*self._url_path, name] if name else self._url_path
+        return _NoRedirectClient(
+            host=self.host,
+            version=self._version,
+            request_headers=self.request_headers,
+            url_path=url_path,
+            append_slash=self.append_slash,
+            timeout=self.timeout,
+        )
+
+    def _make_request(self, opener: Any, request: Any, timeout: Any = None) -> Any:
+        del opener  # urllib's default one, which follows redirects
+        return super()._make_request(
+            urllib.request.build_opener(_RefuseRedirects), request, timeout=timeout
+        )
+
+
 def _http_error_outcome(status: int, body: bytes | None, headers: Any) -> _Outcome:
     reason = _redactor.scrub(f"SendGrid answered {status}: {_error_messages(body)}")
     if status == 429:
@@ -482,7 +527,9 @@ def _http_error_outcome(status: int, body: bytes | None, headers: Any) -> _Outco
         return _Outcome(reason=reason, retryable=True, status=status, after_sending=True)
     if status >= 500:
         return _Outcome(reason=reason, retryable=True, status=status)
-    return _Outcome(reason=reason, misconfigured=status in _CONFIGURATION_STATUSES, status=status)
+    if status in _MESSAGE_STATUSES:
+        return _Outcome(reason=reason, status=status)
+    return _Outcome(reason=reason, misconfigured=True, status=status)
 
 
 def _error_messages(body: bytes | str | None) -> str:
@@ -608,7 +655,7 @@ class FileSender:
             # name): every email the outbox refused alike then reads as one reason.
             why = exc.strerror or str(exc)
             reason = f"outbox {message.outbox_id}: cannot write to {self.outbox_dir}: {why}"
-            raise DeliveryFailed(reason, permanent=False) from None
+            raise SenderUnavailable(reason) from None
         return message_id
 
     def eml(self, message: Message) -> tuple[str, bytes]:

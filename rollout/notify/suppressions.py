@@ -89,9 +89,14 @@ class SyncReport:
 def read_list(
     sender: SendGridSender, list_name: str, page_size: int = PAGE_SIZE
 ) -> tuple[list[dict[str, Any]], int]:
-    """Every entry of one SendGrid list, paging until a short page; and the pages read."""
+    """Every entry of one SendGrid list, paging until a short page; and the pages read.
+
+    A server that does not page as asked (a page longer than the limit: the whole list
+    each time; a full page the same as the one before: the offset ignored) never gives a
+    short page, and the reader asked for pages forever: such a list is unreadable."""
     entries: list[dict[str, Any]] = []
     pages = 0
+    previous: list[Any] | None = None
     while True:
         try:
             page = sender.suppression_page(list_name, page_size, pages * page_size)
@@ -101,6 +106,17 @@ def read_list(
                 f"{pages * page_size}): {error.reason}; nothing was changed"
             ) from None
         pages += 1
+        if len(page) > page_size or (page and page == previous):
+            what = (
+                f"{len(page)} entries for a page of {page_size}"
+                if len(page) > page_size
+                else "the same page again for the next offset"
+            )
+            raise SuppressionsUnreadable(
+                f"SendGrid's {list_name} list is not paged as asked ({what}, page "
+                f"{pages}); nothing was changed"
+            )
+        previous = page
         for entry in page:
             if not isinstance(entry, dict) or not isinstance(entry.get("email"), str):
                 raise SuppressionsUnreadable(

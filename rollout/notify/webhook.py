@@ -16,8 +16,10 @@ events serve``) that, for each post:
 4. writes the body, byte for byte as signed, as one landing file
    ``events/events-<timestamp>-<digest>.json``: written to a temporary name, flushed
    and linked into place, so ingest never sees half a file. The digest is of the
-   timestamp and body: the same signed post again (a replay) finds its file there and
-   is refused (409) with nothing written.
+   timestamp and body: the same signed post again (SendGrid posting it again when our
+   answer did not reach it, or a replay) finds its file there and is answered 200 with
+   nothing written. Not 409: SendGrid posts again what it got no 2xx for, for 24 hours,
+   and every retry of a post already kept was refused again, a warning each time.
 
 Nothing is written for a refused post. Ingest loads the files like every landing file.
 """
@@ -166,7 +168,9 @@ def create_app(
         except RefusedPost as refused:
             return _refuse(400, str(refused))
         if not _write_atomically(folder, event_file_name(timestamp, body), body):
-            return _refuse(409, "this signed post was received before")
+            # Kept already, whole: acknowledged, so SendGrid stops posting it.
+            log.info("event post received before: acknowledged, not written again")
+            return JSONResponse({"received": received, "duplicate": True})
         return JSONResponse({"received": received})
 
     async def health(_: Request) -> JSONResponse:
