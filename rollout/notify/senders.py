@@ -24,6 +24,7 @@ import math
 import os
 import random
 import re
+import secrets
 import threading
 import time
 import urllib.error
@@ -815,7 +816,10 @@ def _eml(
         [(part_head, data)] = parts
         return head.encode() + part_head + b"\n" + data
     while True:  # a boundary no part contains (a random one, so all but certainly)
-        boundary = f"=_rollout_{random.getrandbits(96):024x}"
+        # From secrets, not the random module: send threads drawing from its global
+        # state changed it under whatever else the process was drawing (a property
+        # test's strategies, which Hypothesis then warned of).
+        boundary = f"=_rollout_{secrets.token_hex(12)}"
         if not any(boundary.encode() in data for _, data in parts):
             break
     out = [
