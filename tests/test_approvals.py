@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from rollout.cli import app
 from rollout.core.errors import BadInput, RolloutError
+from rollout.phases import approvals as approvals_module
 from rollout.phases.approvals import (
     ApprovalRequest,
     PrefectApi,
@@ -210,3 +211,56 @@ def test_a_request_keeps_the_unreached_count_and_reads_one_recorded_before_it() 
     assert ApprovalRequest.from_json(request.to_json()) == request
     older = {k: v for k, v in request.to_json().items() if "unreached" not in k}
     assert ApprovalRequest.from_json(older).unreached is None
+
+
+def _prefect_with_one_waiting_run(timestamp: str, pause_timeout: str) -> PrefectApi:
+    """A Prefect server (as Prefect 3 answers: times in ISO with a ``Z``) holding one
+    phase-enforce run paused for its approval."""
+    run_id = "0b6c8a52-9f1e-4c47-a1d2-5b0c3e7f9a10"
+    request = ApprovalRequest("top-100", 87, 29, 24, "/r/a.csv", "phase-preview-top-100", "t")
+
+    def handler(http: httpx.Request) -> httpx.Response:
+        path = http.url.path.removeprefix("/api")
+        if path == f"/flows/name/{approvals_module.ENFORCE_FLOW}":
+            return httpx.Response(200, json={"id": "flow-1"})
+        if path == "/flow_runs/filter":
+            state = {
+                "name": "Suspended",
+                "timestamp": timestamp,
+                "state_details": {"pause_timeout": pause_timeout},
+            }
+            return httpx.Response(200, json=[{"id": run_id, "name": "calm-fox", "state": state}])
+        if path == f"/flow_runs/{run_id}/input/{approvals_module.REQUEST_INPUT_KEY}":
+            return httpx.Response(200, text=json.dumps(request.to_json()))
+        return httpx.Response(404, json={})
+
+    api = PrefectApi("http://prefect.test/api")
+    api.client = httpx.Client(base_url=api.url, transport=httpx.MockTransport(handler))
+    return api
+
+
+def test_approvals_give_their_times_in_utc_without_an_offset_as_every_listing_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """README: listings' times are UTC, ISO without an offset in CSV and JSON, and a
+    table heads them (UTC). Prefect gives its times with a Z, or another offset."""
+    api = _prefect_with_one_waiting_run(
+        "2022-02-01T10:00:03.123456Z", "2022-02-01T12:00:03.654321+02:00"
+    )
+    monkeypatch.setattr(approvals_module, "api_from_environ", lambda: api)
+    runner = CliRunner()
+
+    listed = runner.invoke(app, ["approvals", "--format", "json"])
+    assert listed.exit_code == 0, listed.output
+    [row] = json.loads(listed.stdout)
+    assert row["waiting_since"] == "2022-02-01T10:00:03"
+    assert row["expires"] == "2022-02-01T10:00:03"
+    assert row["accounts"] == 87 and row["sessions"] == 29
+
+    api = _prefect_with_one_waiting_run(
+        "2022-02-01T10:00:03.123456Z", "2022-02-01T12:00:03.654321+02:00"
+    )
+    monkeypatch.setattr(approvals_module, "api_from_environ", lambda: api)
+    table = runner.invoke(app, ["approvals"])
+    assert "waiting_since (UTC)" in table.stdout and "expires (UTC)" in table.stdout
+    assert "2022-02-01T10:00:03" in table.stdout and "10:00:03.123456Z" not in table.stdout

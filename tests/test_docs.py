@@ -37,6 +37,19 @@ def test_every_command_has_help(name: str, command: Any) -> None:
     assert "Usage:" in result.output
 
 
+GROUPS = [(name, command) for name, command in all_commands() if getattr(command, "commands", None)]
+
+
+@pytest.mark.parametrize(("name", "command"), GROUPS, ids=lambda v: str(v) or "rollout")
+def test_a_group_run_bare_shows_its_help_and_no_empty_error(name: str, command: Any) -> None:
+    """`rollout notify` with no sub-command: the group's help, then exit 2 (bad usage),
+    not an error line with no reason after it (`error:  (see ...)`)."""
+    result = CliRunner().invoke(app, name.split())
+    assert result.exit_code == 2
+    assert "Usage:" in result.stdout
+    assert "error:" not in result.stderr
+
+
 def test_the_commands_the_design_promises_exist() -> None:
     names = {name for name, _ in all_commands()}
     assert {"sample", "ingest", "summary", "quarantine", "db upgrade", "db status"} <= names

@@ -29,7 +29,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _usage_error_line(error: click.ClickException) -> None:
     """A usage error (an option's bad value, an unknown option) as the one line every
-    other error is, with where to look, instead of Typer's boxed panel of five."""
+    other error is, with where to look, instead of Typer's boxed panel of five.
+
+    A group run with no sub-command (`rollout notify`) has printed its help already:
+    nothing to add (Typer's own function says nothing then either). Known by its name,
+    as Typer knows it: Typer raises it from its own copy of click."""
+    if type(error).__name__ == "NoArgsIsHelpError":
+        return
     context = getattr(error, "ctx", None)
     hint = f" (see `{context.command_path} --help`)" if context is not None else ""
     stderr.print(labelled("error:", "bold red", f"{error.format_message()}{hint}"))

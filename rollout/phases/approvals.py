@@ -21,10 +21,12 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from rollout.core.clock import naive_utc
 from rollout.core.config import prefect_api
 from rollout.core.errors import EXIT_BAD_INPUT, BadInput, GuardRefused, RolloutError
 
@@ -97,8 +99,10 @@ class Waiting:
     run_id: str
     run_name: str
     state: str  # Suspended (resumes in a new process) or Paused (its process waits)
-    waiting_since: str
-    expires: str | None
+    # Naive UTC, to the second, as every time the pipeline lists (Prefect gives them
+    # with an offset): None when the server gave none.
+    waiting_since: datetime | None
+    expires: datetime | None
     request: ApprovalRequest | None  # None: a run from before the request was recorded
 
     def row(self) -> dict[str, Any]:
@@ -236,6 +240,18 @@ def _request_of(api: PrefectApi, run_id: str) -> ApprovalRequest | None:
         return None  # written by another version: list the run without its counts
 
 
+def _utc_time(value: Any) -> datetime | None:
+    """A time from Prefect's API (ISO, with an offset: ``...Z``) as naive UTC, to the
+    second; None for none, or one that is not a time."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return naive_utc(moment).replace(microsecond=0)
+
+
 def _waiting(api: PrefectApi, run: Mapping[str, Any]) -> Waiting:
     state = run.get("state") or {}
     details = state.get("state_details") or {}
@@ -243,8 +259,8 @@ def _waiting(api: PrefectApi, run: Mapping[str, Any]) -> Waiting:
         run_id=run["id"],
         run_name=run["name"],
         state=state.get("name") or run.get("state_name") or "Paused",
-        waiting_since=state.get("timestamp") or "",
-        expires=details.get("pause_timeout"),
+        waiting_since=_utc_time(state.get("timestamp")),
+        expires=_utc_time(details.get("pause_timeout")),
         request=_request_of(api, run["id"]),
     )
 
@@ -265,7 +281,7 @@ def waiting_approvals(api: PrefectApi) -> list[Waiting]:
         },
     )
     found = [_waiting(api, run) for run in runs]
-    return sorted(found, key=lambda w: w.waiting_since)
+    return sorted(found, key=lambda w: w.waiting_since or datetime.min)
 
 
 def parse_run_id(text: str) -> str:
@@ -320,9 +336,10 @@ def approve(
     reason = (result.get("details") or {}).get("reason") or status
     if (result.get("state") or {}).get("type") == "FAILED":
         # The server failed it: it waited past its deadline. Nothing was applied.
+        deadline = f" (deadline {waiting.expires} UTC)" if waiting.expires else ""
         raise RolloutError(
-            f"flow run {run_id} can no longer be approved: {reason} "
-            f"(deadline {waiting.expires}); nothing was applied, start a new run"
+            f"flow run {run_id} can no longer be approved: {reason}{deadline}; nothing was "
+            "applied, start a new run"
         )
     raise RolloutError(f"the approval of flow run {run_id} was refused: {reason}").with_exit(
         EXIT_BAD_INPUT
