@@ -80,6 +80,20 @@ def test_an_older_schema_fails_naming_both_revisions(registry_url: str) -> None:
     assert "at revision 0001" in schema.detail and "rollout db upgrade" in schema.detail
 
 
+def test_a_schema_a_newer_rollout_migrated_fails_without_advising_db_upgrade(
+    registry_url: str,
+) -> None:
+    """`rollout db upgrade` refuses such a registry; the doctor advised running it."""
+    engine = make_engine(registry_url)
+    with engine.begin() as connection:
+        connection.execute(text("update alembic_version set version_num = '9999_future'"))
+    engine.dispose()
+    schema = check_schema(Registry(registry_url))
+    assert schema.status is Status.fail
+    assert "9999_future, which this rollout does not know" in schema.detail
+    assert "rollout db upgrade" not in schema.detail
+
+
 def test_a_missing_sqlite_file_fails_and_is_not_created(tmp_path: Path) -> None:
     path = tmp_path / "nowhere" / "registry.db"
     url = f"sqlite:///{path}"

@@ -183,12 +183,20 @@ def check_schema(registry: Registry) -> CheckResult:
     head = migrate.head_revision()
     if current is None:
         return CheckResult("schema", Status.fail, "no schema yet: run `rollout db upgrade`")
+    if not migrate.is_known(current):
+        # `rollout db upgrade` refuses it: the advice is the newer code, as every
+        # other command gives it (rollout.registry.migrate.require_known_revision).
+        return CheckResult(
+            "schema",
+            Status.fail,
+            f"at revision {current}, which this rollout does not know (its newest is "
+            f"{head}): a newer rollout migrated it; run that version, or upgrade this one",
+        )
     if current != head:
         return CheckResult(
             "schema",
             Status.fail,
-            f"at revision {current}, this code needs {head}: run `rollout db upgrade` "
-            "(or, if the database is newer, upgrade the code)",
+            f"at revision {current}, this code needs {head}: run `rollout db upgrade`",
         )
     return CheckResult("schema", Status.ok, f"at revision {current} (the newest)")
 
