@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -78,12 +80,43 @@ def test_an_older_schema_fails_naming_both_revisions(registry_url: str) -> None:
     assert "at revision 0001" in schema.detail and "rollout db upgrade" in schema.detail
 
 
+def test_a_schema_a_newer_rollout_migrated_fails_without_advising_db_upgrade(
+    registry_url: str,
+) -> None:
+    """`rollout db upgrade` refuses such a registry; the doctor advised running it."""
+    engine = make_engine(registry_url)
+    with engine.begin() as connection:
+        connection.execute(text("update alembic_version set version_num = '9999_future'"))
+    engine.dispose()
+    schema = check_schema(Registry(registry_url))
+    assert schema.status is Status.fail
+    assert "9999_future, which this rollout does not know" in schema.detail
+    assert "rollout db upgrade" not in schema.detail
+
+
 def test_a_missing_sqlite_file_fails_and_is_not_created(tmp_path: Path) -> None:
     path = tmp_path / "nowhere" / "registry.db"
     url = f"sqlite:///{path}"
     assert check_registry(Registry(url)).status is Status.fail
     assert check_schema(Registry(url)).status is Status.fail
     assert not path.exists() and not path.parent.exists()
+
+
+@pytest.mark.parametrize("which", ["file", "folder"])
+def test_a_sqlite_registry_no_command_can_write_fails(tmp_path: Path, which: str) -> None:
+    """`select 1` passed a registry on which every command that records anything failed
+    ("attempt to write a readonly database", or no room for its journal and lock)."""
+    path = tmp_path / "home" / "registry.db"
+    path.parent.mkdir()
+    url = f"sqlite:///{path}"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    with read_only(path if which == "file" else path.parent):
+        result = check_registry(Registry(url))
+    assert result.status is Status.fail, result
+    assert "read-only" in result.detail
+    assert check_registry(Registry(url)).status is Status.ok
 
 
 def test_an_unreachable_server_fails() -> None:
@@ -155,6 +188,48 @@ def test_a_warehouse_a_run_holds_is_skipped_with_a_warning(warehouse_held_by_a_r
     assert "not checked" in result.detail and "process" in result.detail
 
 
+@contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """``path`` made read-only for this user: its mode, and for root (whom modes do not
+    stop) the immutable attribute. Skips where neither holds."""
+    mode = path.stat().st_mode
+    path.chmod(0o555 if path.is_dir() else 0o444)
+    immutable = os.geteuid() == 0 and (
+        subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+    )
+    try:
+        if os.access(path, os.W_OK):
+            pytest.skip(f"cannot make {path} read-only here")
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        path.chmod(mode)
+
+
+@pytest.mark.parametrize("which", ["file", "folder"])
+def test_a_warehouse_no_run_can_write_fails(tmp_path: Path, which: str) -> None:
+    """The doctor opens it read-only, so it passed a warehouse on which every ingest,
+    cohort build and report then failed ("Operation not permitted")."""
+    path = tmp_path / "home" / "warehouse.duckdb"
+    path.parent.mkdir()
+    warehouse.connect(path).close()
+    with read_only(path if which == "file" else path.parent):
+        result = check_warehouse(path)
+    assert result.status is Status.fail, result
+    assert "read-only" in result.detail and "rollout ingest" in result.detail
+    assert check_warehouse(path).status is Status.ok
+
+
+def test_no_warehouse_yet_in_a_folder_no_run_can_write_fails(tmp_path: Path) -> None:
+    path = tmp_path / "home" / "warehouse.duckdb"
+    path.parent.mkdir()
+    with read_only(path.parent):
+        result = check_warehouse(path)
+    assert result.status is Status.fail and "read-only" in result.detail
+    assert not path.exists()
+
+
 # --- plan -----------------------------------------------------------------------------------
 
 
@@ -179,6 +254,14 @@ def test_a_broken_plan_fails_naming_the_file_and_line(tmp_path: Path) -> None:
 def test_without_a_key_the_file_outbox_is_fine(tmp_path: Path) -> None:
     result = check_sendgrid(settings_for(tmp_path))
     assert result.status is Status.ok and "file outbox" in result.detail
+
+
+def test_a_file_outbox_no_send_can_write_fails(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    settings.outbox_dir.mkdir(parents=True)
+    with read_only(settings.outbox_dir):
+        result = check_sendgrid(settings)
+    assert result.status is Status.fail and "read-only" in result.detail
 
 
 def test_a_key_the_server_accepts_passes(tmp_path: Path) -> None:

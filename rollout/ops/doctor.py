@@ -11,6 +11,7 @@ imports prefect): the work pool, then its workers and their last heartbeats.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -112,16 +113,22 @@ def _registry_engine(registry_url: str) -> Any:
     return make_engine(registry_url, connect_args={"connect_timeout": int(TIMEOUT)})
 
 
-def _missing_sqlite_file(registry_url: str) -> Path | None:
-    """The SQLite file the URL names when it does not exist: connecting would create it."""
+def _sqlite_file(registry_url: str) -> Path | None:
+    """The file of a SQLite registry (None: PostgreSQL, or SQLite in memory)."""
     from rollout.registry.engine import is_sqlite, normalize_url
 
     if not is_sqlite(registry_url):
         return None
     database = normalize_url(registry_url).database
-    if not database or database == ":memory:" or Path(database).exists():
+    if not database or database == ":memory:":
         return None
     return Path(database)
+
+
+def _missing_sqlite_file(registry_url: str) -> Path | None:
+    """The SQLite file the URL names when it does not exist: connecting would create it."""
+    database = _sqlite_file(registry_url)
+    return None if database is None or database.exists() else database
 
 
 def check_registry(registry: Registry) -> CheckResult:
@@ -133,6 +140,17 @@ def check_registry(registry: Registry) -> CheckResult:
     if missing is not None:
         return CheckResult(
             "registry", Status.fail, f"no database at {missing}: run `rollout db upgrade`"
+        )
+    database = _sqlite_file(registry_url)
+    unwritable = _unwritable(database) if database is not None else None
+    if unwritable is not None:
+        # `select 1` reads; every command that records anything (and its lock file,
+        # and SQLite's journal, both beside the file) would fail on it.
+        return CheckResult(
+            "registry",
+            Status.fail,
+            f"{unwritable} is read-only for this user: no command can record anything "
+            "in the registry (check its permissions and the file system)",
         )
     engine = _registry_engine(registry_url)
     shown = engine.url.render_as_string(hide_password=True)
@@ -165,12 +183,20 @@ def check_schema(registry: Registry) -> CheckResult:
     head = migrate.head_revision()
     if current is None:
         return CheckResult("schema", Status.fail, "no schema yet: run `rollout db upgrade`")
+    if not migrate.is_known(current):
+        # `rollout db upgrade` refuses it: the advice is the newer code, as every
+        # other command gives it (rollout.registry.migrate.require_known_revision).
+        return CheckResult(
+            "schema",
+            Status.fail,
+            f"at revision {current}, which this rollout does not know (its newest is "
+            f"{head}): a newer rollout migrated it; run that version, or upgrade this one",
+        )
     if current != head:
         return CheckResult(
             "schema",
             Status.fail,
-            f"at revision {current}, this code needs {head}: run `rollout db upgrade` "
-            "(or, if the database is newer, upgrade the code)",
+            f"at revision {current}, this code needs {head}: run `rollout db upgrade`",
         )
     return CheckResult("schema", Status.ok, f"at revision {current} (the newest)")
 
@@ -184,6 +210,13 @@ def check_warehouse(path: Path) -> CheckResult:
     from rollout.warehouse import SCHEMA_VERSION, made_by_this_sql, schema_version
 
     if not path.exists():
+        if path.parent.is_dir() and not os.access(path.parent, os.W_OK):
+            return CheckResult(
+                "warehouse",
+                Status.fail,
+                f"no warehouse yet, and {path.parent} is read-only for this user: "
+                "`rollout ingest` cannot make it there",
+            )
         # Derived data: a new install has none until the first ingest.
         return CheckResult(
             "warehouse", Status.warn, f"no warehouse yet at {path}: run `rollout ingest`"
@@ -216,6 +249,16 @@ def check_warehouse(path: Path) -> CheckResult:
             f"{path} has schema version {version}, this code needs {SCHEMA_VERSION}: "
             "delete it and run `rollout ingest` (it is rebuilt from the landing files)",
         )
+    unwritable = _unwritable(path)
+    if unwritable is not None:
+        # Read-only, the doctor opened it; every run that writes it (`rollout ingest`,
+        # the daily run, cohort builds, reports) failed on it while this said ok.
+        return CheckResult(
+            "warehouse",
+            Status.fail,
+            f"{unwritable} is read-only for this user: `rollout ingest` and the daily run "
+            "cannot write the warehouse (check its permissions and the file system)",
+        )
     if not current_sql:
         # The next run that writes it makes the views again; until then the commands
         # that only read it refuse it.
@@ -226,6 +269,16 @@ def check_warehouse(path: Path) -> CheckResult:
             "upgrade): run `rollout ingest`, or wait for the daily run",
         )
     return CheckResult("warehouse", Status.ok, f"{path} (schema version {version}, read-only)")
+
+
+def _unwritable(path: Path) -> Path | None:
+    """A database file, or its folder (DuckDB's WAL file, SQLite's journal and the
+    registry's lock file go beside it), when this user cannot write it; None when both
+    are writable. Asked, not tried: the doctor writes nothing."""
+    for where in (path, path.parent):
+        if not os.access(where, os.W_OK):
+            return where
+    return None
 
 
 # --- the plan -------------------------------------------------------------------------------
@@ -259,6 +312,14 @@ def check_sendgrid(settings: Settings) -> CheckResult:
 
     sender = make_sender(settings)
     if not isinstance(sender, SendGridSender):
+        outbox = settings.outbox_dir
+        if outbox.is_dir() and not os.access(outbox, os.W_OK):
+            return CheckResult(
+                "sendgrid",
+                Status.fail,
+                f"file outbox {outbox} is read-only for this user: `rollout notify send` "
+                "cannot write the emails there",
+            )
         return CheckResult(
             "sendgrid",
             Status.ok,
