@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, ClassVar
 
 import duckdb
@@ -109,7 +110,9 @@ def rule_parameters(rule: CohortRule, as_of: date) -> dict[str, Any]:
         "downloads_gt": downloads.count if downloads else None,
         "downloads_days": downloads.days if downloads else None,
         "downloads_total": bool(downloads and downloads.total),
-        "top_share": share.share if share else None,
+        # As written in the plan (0.07), not as the nearest binary fraction: the cut is
+        # ceil(share x packages), and 0.07 x 100 in floating point is 7.000000000000001.
+        "top_share": Decimal(repr(share.share)) if share else None,
         "share_days": share.days if share else None,
         "every_maintainer": rule.every_maintainer,
     }

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from rollout import cohorts, metrics
 from rollout.core.errors import BadInput, GuardRefused
-from rollout.core.plan import ActiveWithin, CohortRule, DownloadsOver, Plan
+from rollout.core.plan import ActiveWithin, CohortRule, DownloadsOver, Plan, TopShare
 from rollout.registry import Registry, batches
 from rollout.registry.engine import session_scope
 from rollout.registry.models import (
@@ -30,6 +30,7 @@ from rollout.registry.models import (
     TfaFactor,
 )
 from rollout.warehouse import ingest
+from rollout.warehouse.extract import extract_registry
 
 T0 = datetime(2021, 6, 1)
 D1 = date(2022, 2, 1)
@@ -731,3 +732,46 @@ def test_a_cohort_is_fixed_from_its_phase_s_day_not_from_the_builds_before_it(
     on_its_day = build(con, registry, fixed_on_d2, D2)
     assert sorted(on_its_day["high-impact"].packages_entered) == ["core"]
     assert set(accounts_of(con, "high-impact", D2)) == {"bob", "carol"}
+
+
+def ingest_registry_of(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, per_day: dict[str, int], days: int = 37
+) -> None:
+    """A registry of ``per_day``'s packages (maintained by erin), each downloaded that
+    many times a day on the ``days`` days before D2."""
+    landing = tmp_path / "registry-of"
+    (landing / "manifests").mkdir(parents=True)
+    (landing / "downloads").mkdir()
+    (landing / "manifests" / "manifests-many.jsonl").write_text(
+        "".join(
+            json.dumps({"name": name, "version": "1.0.0", "maintainers": ["erin"]}) + "\n"
+            for name in per_day
+        )
+    )
+    write_downloads(landing / "downloads", D2 - timedelta(days=days), days, per_day)
+    report = ingest.ingest(
+        con, [landing], quarantine_limit=0.01, landing_root=landing, now=datetime(2022, 3, 1)
+    )
+    assert report.rejected == []
+
+
+def test_a_top_share_is_that_share_of_the_packages_however_the_share_is_written(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+    tmp_path: Path,
+) -> None:
+    """100 packages with metrics (the 6 of MANIFESTS and 94 more, each downloaded a
+    different number of times, more than those 6): the top 7% is 7 packages, the top
+    14% is 14. In binary floating point 0.07 * 100 is 7.000000000000001, and its
+    ceiling put an eighth package in (a fifteenth for 14%)."""
+    ingest_registry_of(con, tmp_path, {f"pkg{i:02d}": 1000 + i for i in range(94)})
+    metrics.compute_metrics(con, D2, small_cohorts_plan.metrics)
+    assert con.execute(
+        "select count(*) from package_metrics_daily where as_of = $d", {"d": D2}
+    ).fetchone() == (100,)
+    extract_registry(con, registry)
+    for share, count in ((0.07, 7), (0.14, 14), (0.29, 29), (0.57, 57), (0.5, 50)):
+        rule = CohortRule(top_share_by_downloads=TopShare(share=share, days=30))
+        assert cohorts.simulate(con, rule, D2).packages == count, share

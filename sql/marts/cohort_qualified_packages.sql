@@ -55,6 +55,8 @@ meeting as (
         metrics.weekly_downloads > $weekly_downloads_gt as by_weekly_downloads,
         metrics.dependents >= $dependents_gte as by_dependents,
         windowed.downloads > $downloads_gt as by_window_downloads,
+        -- $top_share is a decimal, as the plan wrote it: the cut is exact (a double's
+        -- 0.07 x 100 was 7.000000000000001, and its ceiling 8).
         share_ranked.share_rank <= ceil($top_share * share_ranked.population) as by_share,
         $every_maintainer as by_every_maintainer
     from metrics
@@ -87,7 +89,7 @@ reasoned as (
                         else 'in the ' || $downloads_days || ' days before ' || $as_of end
                     || ' (more than ' || $downloads_gt || ')' end,
             case when by_share
-                then 'top ' || round($top_share * 100, 4) || '% by downloads over '
+                then 'top ' || round($top_share::double * 100, 4) || '% by downloads over '
                     || $share_days || ' days (rank ' || share_rank || ' of '
                     || population || ', ' || share_downloads
                     || ' downloads)' end,
