@@ -775,3 +775,34 @@ def test_a_top_share_is_that_share_of_the_packages_however_the_share_is_written(
     for share, count in ((0.07, 7), (0.14, 14), (0.29, 29), (0.57, 57), (0.5, 50)):
         rule = CohortRule(top_share_by_downloads=TopShare(share=share, days=30))
         assert cohorts.simulate(con, rule, D2).packages == count, share
+
+
+def test_a_package_with_no_downloads_or_no_dependents_is_never_top_by_them(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+) -> None:
+    """Of MANIFESTS' 6 packages only big, core and small were downloaded, and only core
+    has dependents. The top 60% by downloads cut at rank 4, where app0..app2 tie at no
+    downloads: all three came in (ties at the cut are in), so a top share took every
+    package of a registry where most had none. The top 2 by dependents took app0, first
+    by name of the five with none."""
+    metrics.compute_metrics(con, D2, small_cohorts_plan.metrics)
+    extract_registry(con, registry)
+
+    def qualified(rule: CohortRule) -> list[str]:
+        with cohorts.selecting(con, rule, D2):
+            return [
+                key
+                for (key,) in con.execute(
+                    "select package_key from selected_packages order by 1"
+                ).fetchall()
+            ]
+
+    by_share = CohortRule(top_share_by_downloads=TopShare(share=0.6, days=30))
+    assert qualified(by_share) == ["big", "core", "small"]
+    everything = CohortRule(top_share_by_downloads=TopShare(share=1.0, days=30))
+    assert qualified(everything) == ["big", "core", "small"]
+    assert qualified(CohortRule(top_by_dependents=2)) == ["core"]
+    assert qualified(CohortRule(top_by_dependents=1)) == ["core"]
