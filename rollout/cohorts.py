@@ -666,11 +666,13 @@ def build_cohorts(
             for name in names:
                 today, unresolved = found[name]
                 _snapshot(con, name, as_of, today, [key for _, key, _ in qualified[name]])
+                # As the snapshot counts them: a backfilled day had only the packages
+                # that had qualified by then.
                 total = warehouse.scalar(
                     con,
-                    "select count(*) from registry.cohort_packages where "
-                    "cohort = $cohort and released_at is null",
-                    {"cohort": name},
+                    "select count(*) from registry.cohort_packages where cohort = $cohort "
+                    "and released_at is null and first_qualified_on <= $as_of",
+                    {"cohort": name, "as_of": as_of},
                 )
                 result = CohortResult(
                     cohort=name,

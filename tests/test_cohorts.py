@@ -806,3 +806,24 @@ def test_a_package_with_no_downloads_or_no_dependents_is_never_top_by_them(
     assert qualified(everything) == ["big", "core", "small"]
     assert qualified(CohortRule(top_by_dependents=2)) == ["core"]
     assert qualified(CohortRule(top_by_dependents=1)) == ["core"]
+
+
+def test_a_backfilled_day_counts_the_packages_it_had_not_those_that_came_later(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+    tmp_path: Path,
+) -> None:
+    """new is downloaded 500 times a day from D1 on: high-impact from D2. Built again
+    for D1 after D2, high-impact had 2 packages then (big, core), as its snapshot says;
+    the build said 3, counting new, which entered on D2."""
+    ingest_registry_of(con, tmp_path, {"new": 500}, days=7)
+    assert build(con, registry, small_cohorts_plan, D1)["high-impact"].packages == 2
+    assert build(con, registry, small_cohorts_plan, D2)["high-impact"].packages == 3
+    again = build(con, registry, small_cohorts_plan, D1)["high-impact"]
+    snapshot = con.execute(
+        "select count(*) from cohort_package_snapshots where cohort = 'high-impact' and as_of = $d",
+        {"d": D1},
+    ).fetchone()
+    assert (again.packages, snapshot) == (2, (2,))
