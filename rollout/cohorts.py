@@ -706,6 +706,20 @@ def release_preview(registry: Registry, cohort: str, package: str) -> str:
         ).first()
         if row is None:
             raise BadInput(None, None, f"{package!r} is not in cohort {cohort}")
+        # What keeps an account in once this is out: another package of the cohort
+        # not released (one released since the last build no longer does).
+        others = {
+            key
+            for (key,) in connection.execute(
+                select(c.package_key).where(
+                    and_(
+                        c.cohort == cohort,
+                        c.released_at.is_(None),
+                        c.package_key != package.lower(),
+                    )
+                )
+            )
+        }
         m = MEMBERSHIPS.c
         members = [
             packages
@@ -713,7 +727,14 @@ def release_preview(registry: Registry, cohort: str, package: str) -> str:
                 select(m.packages).where(and_(m.cohort == cohort, m.left_on.is_(None)))
             )
         ]
-    only_this = sum(1 for packages in members if packages == [row.package])
+    # By key: an account's packages are named as it publishes them (a team's grant may
+    # spell the name in other capitals than the cohort's entry).
+    only_this = sum(
+        1
+        for packages in members
+        if package.lower() in {name.lower() for name in packages}
+        and not others.intersection(name.lower() for name in packages)
+    )
     state = (
         f"released on {row.released_at:%Y-%m-%d}"
         if row.released_at

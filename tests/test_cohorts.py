@@ -827,3 +827,26 @@ def test_a_backfilled_day_counts_the_packages_it_had_not_those_that_came_later(
         {"d": D1},
     ).fetchone()
     assert (again.packages, snapshot) == (2, (2,))
+
+
+def test_a_release_preview_counts_who_leaves_once_their_other_packages_are_released(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+) -> None:
+    """erin maintains small and app0..app2, all in a cohort of every maintainer. With
+    the three apps released (no build since), releasing small takes her out at the next
+    build: the preview said nobody would leave, reading her packages as of the last
+    build, apps and all."""
+    plan = with_cohort(small_cohorts_plan, CohortRule(every_maintainer=True))
+    build(con, registry, plan, D1)
+    assert "0 account(s) are in top-1 only through it" in cohorts.release_preview(
+        registry, "top-1", "app0"
+    )
+    for app in ("app0", "app1", "app2"):
+        cohorts.release_package(registry, "top-1", app, reason="test", actor="rm")
+    preview = cohorts.release_preview(registry, "top-1", "small")
+    assert "1 account(s) are in top-1 only through it" in preview
+    cohorts.release_package(registry, "top-1", "small", reason="test", actor="rm")
+    assert build(con, registry, plan, D2)["top-1"].accounts_left == 1
