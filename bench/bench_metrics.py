@@ -320,7 +320,9 @@ def run_pandas(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
     for cohort, rule in plan.cohorts.items():
         selected = np.zeros(count, bool)
         if rule.top_by_dependents is not None:
-            selected |= table["rank_by_dependents"].to_numpy() <= rule.top_by_dependents
+            selected |= (table["rank_by_dependents"].to_numpy() <= rule.top_by_dependents) & (
+                table["dependents"].to_numpy() > 0
+            )
         if rule.weekly_downloads_gt is not None:
             selected |= table["weekly_downloads"].to_numpy() > rule.weekly_downloads_gt
         if rule.dependents_gte is not None:
@@ -465,7 +467,7 @@ def run_duckdb(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
     answer: dict[str, Any] = {}
     for cohort, rule in plan.cohorts.items():
         criteria = [
-            f"rank_by_dependents <= {rule.top_by_dependents}"
+            f"(rank_by_dependents <= {rule.top_by_dependents} and dependents > 0)"
             if rule.top_by_dependents is not None
             else None,
             f"weekly_downloads > {rule.weekly_downloads_gt}"
@@ -609,7 +611,9 @@ def run_polars(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
     for cohort, rule in plan.cohorts.items():
         selected = pl.lit(False)
         if rule.top_by_dependents is not None:
-            selected |= pl.col("rank_by_dependents") <= rule.top_by_dependents
+            selected |= (pl.col("rank_by_dependents") <= rule.top_by_dependents) & (
+                pl.col("dependents") > 0
+            )
         if rule.weekly_downloads_gt is not None:
             selected |= pl.col("weekly_downloads") > rule.weekly_downloads_gt
         if rule.dependents_gte is not None:

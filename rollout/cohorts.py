@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, ClassVar
 
 import duckdb
@@ -109,7 +110,9 @@ def rule_parameters(rule: CohortRule, as_of: date) -> dict[str, Any]:
         "downloads_gt": downloads.count if downloads else None,
         "downloads_days": downloads.days if downloads else None,
         "downloads_total": bool(downloads and downloads.total),
-        "top_share": share.share if share else None,
+        # As written in the plan (0.07), not as the nearest binary fraction: the cut is
+        # ceil(share x packages), and 0.07 x 100 in floating point is 7.000000000000001.
+        "top_share": Decimal(repr(share.share)) if share else None,
         "share_days": share.days if share else None,
         "every_maintainer": rule.every_maintainer,
     }
@@ -663,11 +666,13 @@ def build_cohorts(
             for name in names:
                 today, unresolved = found[name]
                 _snapshot(con, name, as_of, today, [key for _, key, _ in qualified[name]])
+                # As the snapshot counts them: a backfilled day had only the packages
+                # that had qualified by then.
                 total = warehouse.scalar(
                     con,
-                    "select count(*) from registry.cohort_packages where "
-                    "cohort = $cohort and released_at is null",
-                    {"cohort": name},
+                    "select count(*) from registry.cohort_packages where cohort = $cohort "
+                    "and released_at is null and first_qualified_on <= $as_of",
+                    {"cohort": name, "as_of": as_of},
                 )
                 result = CohortResult(
                     cohort=name,
@@ -701,6 +706,20 @@ def release_preview(registry: Registry, cohort: str, package: str) -> str:
         ).first()
         if row is None:
             raise BadInput(None, None, f"{package!r} is not in cohort {cohort}")
+        # What keeps an account in once this is out: another package of the cohort
+        # not released (one released since the last build no longer does).
+        others = {
+            key
+            for (key,) in connection.execute(
+                select(c.package_key).where(
+                    and_(
+                        c.cohort == cohort,
+                        c.released_at.is_(None),
+                        c.package_key != package.lower(),
+                    )
+                )
+            )
+        }
         m = MEMBERSHIPS.c
         members = [
             packages
@@ -708,7 +727,14 @@ def release_preview(registry: Registry, cohort: str, package: str) -> str:
                 select(m.packages).where(and_(m.cohort == cohort, m.left_on.is_(None)))
             )
         ]
-    only_this = sum(1 for packages in members if packages == [row.package])
+    # By key: an account's packages are named as it publishes them (a team's grant may
+    # spell the name in other capitals than the cohort's entry).
+    only_this = sum(
+        1
+        for packages in members
+        if package.lower() in {name.lower() for name in packages}
+        and not others.intersection(name.lower() for name in packages)
+    )
     state = (
         f"released on {row.released_at:%Y-%m-%d}"
         if row.released_at

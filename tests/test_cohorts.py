@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from rollout import cohorts, metrics
 from rollout.core.errors import BadInput, GuardRefused
-from rollout.core.plan import ActiveWithin, CohortRule, DownloadsOver, Plan
+from rollout.core.plan import ActiveWithin, CohortRule, DownloadsOver, Plan, TopShare
 from rollout.registry import Registry, batches
 from rollout.registry.engine import session_scope
 from rollout.registry.models import (
@@ -30,6 +30,7 @@ from rollout.registry.models import (
     TfaFactor,
 )
 from rollout.warehouse import ingest
+from rollout.warehouse.extract import extract_registry
 
 T0 = datetime(2021, 6, 1)
 D1 = date(2022, 2, 1)
@@ -731,3 +732,121 @@ def test_a_cohort_is_fixed_from_its_phase_s_day_not_from_the_builds_before_it(
     on_its_day = build(con, registry, fixed_on_d2, D2)
     assert sorted(on_its_day["high-impact"].packages_entered) == ["core"]
     assert set(accounts_of(con, "high-impact", D2)) == {"bob", "carol"}
+
+
+def ingest_registry_of(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, per_day: dict[str, int], days: int = 37
+) -> None:
+    """A registry of ``per_day``'s packages (maintained by erin), each downloaded that
+    many times a day on the ``days`` days before D2."""
+    landing = tmp_path / "registry-of"
+    (landing / "manifests").mkdir(parents=True)
+    (landing / "downloads").mkdir()
+    (landing / "manifests" / "manifests-many.jsonl").write_text(
+        "".join(
+            json.dumps({"name": name, "version": "1.0.0", "maintainers": ["erin"]}) + "\n"
+            for name in per_day
+        )
+    )
+    write_downloads(landing / "downloads", D2 - timedelta(days=days), days, per_day)
+    report = ingest.ingest(
+        con, [landing], quarantine_limit=0.01, landing_root=landing, now=datetime(2022, 3, 1)
+    )
+    assert report.rejected == []
+
+
+def test_a_top_share_is_that_share_of_the_packages_however_the_share_is_written(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+    tmp_path: Path,
+) -> None:
+    """100 packages with metrics (the 6 of MANIFESTS and 94 more, each downloaded a
+    different number of times, more than those 6): the top 7% is 7 packages, the top
+    14% is 14. In binary floating point 0.07 * 100 is 7.000000000000001, and its
+    ceiling put an eighth package in (a fifteenth for 14%)."""
+    ingest_registry_of(con, tmp_path, {f"pkg{i:02d}": 1000 + i for i in range(94)})
+    metrics.compute_metrics(con, D2, small_cohorts_plan.metrics)
+    assert con.execute(
+        "select count(*) from package_metrics_daily where as_of = $d", {"d": D2}
+    ).fetchone() == (100,)
+    extract_registry(con, registry)
+    for share, count in ((0.07, 7), (0.14, 14), (0.29, 29), (0.57, 57), (0.5, 50)):
+        rule = CohortRule(top_share_by_downloads=TopShare(share=share, days=30))
+        assert cohorts.simulate(con, rule, D2).packages == count, share
+
+
+def test_a_package_with_no_downloads_or_no_dependents_is_never_top_by_them(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+) -> None:
+    """Of MANIFESTS' 6 packages only big, core and small were downloaded, and only core
+    has dependents. The top 60% by downloads cut at rank 4, where app0..app2 tie at no
+    downloads: all three came in (ties at the cut are in), so a top share took every
+    package of a registry where most had none. The top 2 by dependents took app0, first
+    by name of the five with none."""
+    metrics.compute_metrics(con, D2, small_cohorts_plan.metrics)
+    extract_registry(con, registry)
+
+    def qualified(rule: CohortRule) -> list[str]:
+        with cohorts.selecting(con, rule, D2):
+            return [
+                key
+                for (key,) in con.execute(
+                    "select package_key from selected_packages order by 1"
+                ).fetchall()
+            ]
+
+    by_share = CohortRule(top_share_by_downloads=TopShare(share=0.6, days=30))
+    assert qualified(by_share) == ["big", "core", "small"]
+    everything = CohortRule(top_share_by_downloads=TopShare(share=1.0, days=30))
+    assert qualified(everything) == ["big", "core", "small"]
+    assert qualified(CohortRule(top_by_dependents=2)) == ["core"]
+    assert qualified(CohortRule(top_by_dependents=1)) == ["core"]
+
+
+def test_a_backfilled_day_counts_the_packages_it_had_not_those_that_came_later(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+    tmp_path: Path,
+) -> None:
+    """new is downloaded 500 times a day from D1 on: high-impact from D2. Built again
+    for D1 after D2, high-impact had 2 packages then (big, core), as its snapshot says;
+    the build said 3, counting new, which entered on D2."""
+    ingest_registry_of(con, tmp_path, {"new": 500}, days=7)
+    assert build(con, registry, small_cohorts_plan, D1)["high-impact"].packages == 2
+    assert build(con, registry, small_cohorts_plan, D2)["high-impact"].packages == 3
+    again = build(con, registry, small_cohorts_plan, D1)["high-impact"]
+    snapshot = con.execute(
+        "select count(*) from cohort_package_snapshots where cohort = 'high-impact' and as_of = $d",
+        {"d": D1},
+    ).fetchone()
+    assert (again.packages, snapshot) == (2, (2,))
+
+
+def test_a_release_preview_counts_who_leaves_once_their_other_packages_are_released(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+) -> None:
+    """erin maintains small and app0..app2, all in a cohort of every maintainer. With
+    the three apps released (no build since), releasing small takes her out at the next
+    build: the preview said nobody would leave, reading her packages as of the last
+    build, apps and all."""
+    plan = with_cohort(small_cohorts_plan, CohortRule(every_maintainer=True))
+    build(con, registry, plan, D1)
+    assert "0 account(s) are in top-1 only through it" in cohorts.release_preview(
+        registry, "top-1", "app0"
+    )
+    for app in ("app0", "app1", "app2"):
+        cohorts.release_package(registry, "top-1", app, reason="test", actor="rm")
+    preview = cohorts.release_preview(registry, "top-1", "small")
+    assert "1 account(s) are in top-1 only through it" in preview
+    cohorts.release_package(registry, "top-1", "small", reason="test", actor="rm")
+    assert build(con, registry, plan, D2)["top-1"].accounts_left == 1

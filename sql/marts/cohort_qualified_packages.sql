@@ -51,11 +51,18 @@ meeting as (
         share_ranked.downloads as share_downloads,
         share_ranked.share_rank,
         share_ranked.population,
-        metrics.rank_by_dependents <= $top_by_dependents as by_dependents_rank,
+        -- A package with no dependents (no downloads) is not among the top by them:
+        -- in a registry with fewer than N that have any, the rank went on by name
+        -- (app0, app1, ...), and a share's cut among the many tied at none took them all.
+        metrics.rank_by_dependents <= $top_by_dependents
+            and metrics.dependents > 0 as by_dependents_rank,
         metrics.weekly_downloads > $weekly_downloads_gt as by_weekly_downloads,
         metrics.dependents >= $dependents_gte as by_dependents,
         windowed.downloads > $downloads_gt as by_window_downloads,
-        share_ranked.share_rank <= ceil($top_share * share_ranked.population) as by_share,
+        -- $top_share is a decimal, as the plan wrote it: the cut is exact (a double's
+        -- 0.07 x 100 was 7.000000000000001, and its ceiling 8).
+        share_ranked.share_rank <= ceil($top_share * share_ranked.population)
+            and share_ranked.downloads > 0 as by_share,
         $every_maintainer as by_every_maintainer
     from metrics
     left join windowed on windowed.package = metrics.package
@@ -87,7 +94,7 @@ reasoned as (
                         else 'in the ' || $downloads_days || ' days before ' || $as_of end
                     || ' (more than ' || $downloads_gt || ')' end,
             case when by_share
-                then 'top ' || round($top_share * 100, 4) || '% by downloads over '
+                then 'top ' || round($top_share::double * 100, 4) || '% by downloads over '
                     || $share_days || ' days (rank ' || share_rank || ' of '
                     || population || ', ' || share_downloads
                     || ' downloads)' end,

@@ -294,7 +294,8 @@ def model_qualified(metrics: list[dict[str, Any]], rule: CohortRule) -> list[dic
             row["dependents"],
         )
         reasons = []
-        if rule.top_by_dependents is not None and rank <= rule.top_by_dependents:
+        # A package with no dependents is not among the top by them, whatever its rank.
+        if rule.top_by_dependents is not None and rank <= rule.top_by_dependents and dependents:
             reasons.append(
                 f"top {rule.top_by_dependents} by dependents (rank {rank}, {dependents} dependents)"
             )
