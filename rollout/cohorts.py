@@ -869,11 +869,7 @@ def latest_build(con: duckdb.DuckDBPyConnection, cohort: str) -> date | None:
     accounts (a build whose packages put no account in it writes no account row, and
     its accounts that day are none, not the build before's)."""
     return warehouse.scalar(
-        con,
-        "select max(as_of) from (select as_of from cohort_package_snapshots "
-        "where cohort = $cohort union all select as_of from cohort_account_snapshots "
-        "where cohort = $cohort)",
-        {"cohort": cohort},
+        con, "select as_of from cohort_latest_builds where cohort = $cohort", {"cohort": cohort}
     )
 
 

@@ -11,34 +11,26 @@ from cohort_account_snapshots;
 
 -- Each cohort's latest build is the latest day either of its snapshots holds: a build
 -- whose cohort had packages but no account writes no account row, and its latest
--- accounts are none, not the build before's.
-create or replace view cohort_accounts as
-with latest as (
-    select cohort, max(as_of) as as_of
-    from (
-        select cohort, as_of from cohort_package_snapshots
-        union all
-        select cohort, as_of from cohort_account_snapshots
-    )
-    group by cohort
+-- accounts are none, not the build before's. (Undocumented, no comment: the two views
+-- below and rollout.cohorts.latest_build read it.)
+create or replace view cohort_latest_builds as
+select cohort, max(as_of) as as_of
+from (
+    select cohort, as_of from cohort_package_snapshots
+    union all
+    select cohort, as_of from cohort_account_snapshots
 )
+group by cohort;
+
+create or replace view cohort_accounts as
 select snapshots.*
 from cohort_account_snapshots as snapshots
-inner join latest using (cohort, as_of);
+inner join cohort_latest_builds using (cohort, as_of);
 
 create or replace view cohort_packages as
-with latest as (
-    select cohort, max(as_of) as as_of
-    from (
-        select cohort, as_of from cohort_package_snapshots
-        union all
-        select cohort, as_of from cohort_account_snapshots
-    )
-    group by cohort
-)
 select snapshots.*
 from cohort_package_snapshots as snapshots
-inner join latest using (cohort, as_of);
+inner join cohort_latest_builds using (cohort, as_of);
 
 comment on view package_metrics is
     'Reach of every package on the latest computed day: weekly/30-day downloads, '
