@@ -198,18 +198,13 @@ def enforce_org(
         members = audit_org(registry, org)
         acting = _acting_owner(members, org, owner, "enforcing it on")
         to_remove = removed_by_enforcement(members)
-        if expect is not None and len(to_remove) != expect:
-            raise GuardRefused(
-                f"org {org!r} has {len(to_remove)} members without 2FA to remove, not the "
-                f"{expect} expected: run `rollout orgs enforce {shell_word(org)}` and check"
-            )
-        now_listed = removal_fingerprint(to_remove)
-        if expect_list is not None and not same_list(now_listed, expect_list):
-            raise GuardRefused(
-                f"org {org!r}: the members it would remove now are not the ones previewed "
-                f"(list {now_listed}, not {expect_list}): some changed since, though the "
-                f"count may not have; run `rollout orgs enforce {shell_word(org)}` and check"
-            )
+        _as_previewed(
+            org,
+            ("members without 2FA to remove", "remove"),
+            (len(to_remove), expect),
+            (removal_fingerprint(to_remove), expect_list),
+            f"rollout orgs enforce {shell_word(org)}",
+        )
         owners = owners_with_2fa(members)
         reason = removal_reason(org)
         now = utc_now()
@@ -503,20 +498,13 @@ def reinvite(
         with engine.connect() as connection:
             team_id = _team_id(connection, org_id, org, team)
             invitees = _invitees(connection, org_id, org, now)
-        if len(invitees) != expect:
-            raise GuardRefused(
-                f"org {org!r} has {len(invitees)} members to invite back, not the {expect} "
-                f"expected: run `rollout orgs reinvite {shell_word(org)} --team "
-                f"{shell_word(team)}` and check"
-            )
-        now_listed = invitation_fingerprint(invitees)
-        if expect_list is not None and not same_list(now_listed, expect_list):
-            raise GuardRefused(
-                f"org {org!r}: the members it would invite back now are not the ones "
-                f"previewed (list {now_listed}, not {expect_list}): some changed since, "
-                f"though the count may not have; run `rollout orgs reinvite {shell_word(org)} "
-                f"--team {shell_word(team)}` and check"
-            )
+        _as_previewed(
+            org,
+            ("members to invite back", "invite back"),
+            (len(invitees), expect),
+            (invitation_fingerprint(invitees), expect_list),
+            f"rollout orgs reinvite {shell_word(org)} --team {shell_word(team)}",
+        )
         expires_at = now + timedelta(days=INVITATION_DAYS)
         with recorded_run(
             engine,
@@ -633,3 +621,27 @@ def invitations(registry: Registry, org: str, *, actor: str) -> list[Invitation]
     )
     with engine.connect() as connection:
         return [Invitation(*row) for row in connection.execute(query)]
+
+
+def _as_previewed(
+    org: str,
+    words: tuple[str, str],
+    counts: tuple[int, int | None],
+    lists: tuple[str, str | None],
+    preview: str,
+) -> None:
+    """Refuse (GuardRefused) a confirmation that no longer matches what the command
+    would do: the count typed back (``counts``: now, expected; None when not given), and
+    the previewed list's fingerprint (``lists``: now, expected). ``words``: whom it acts
+    on, and what it does to them; ``preview``: the command that previews it again."""
+    (who, does), (found, expect), (listed, expect_list) = words, counts, lists
+    if expect is not None and found != expect:
+        raise GuardRefused(
+            f"org {org!r} has {found} {who}, not the {expect} expected: run `{preview}` and check"
+        )
+    if expect_list is not None and not same_list(listed, expect_list):
+        raise GuardRefused(
+            f"org {org!r}: the members it would {does} now are not the ones previewed "
+            f"(list {listed}, not {expect_list}): some changed since, though the count may "
+            f"not have; run `{preview}` and check"
+        )
