@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -208,18 +209,7 @@ def test_a_compliant_account_is_thanked_and_a_warning_tier_only_recommends() -> 
 @pytest.fixture
 def token_plan(plan: Plan) -> Plan:
     """The reference plan whose top-100 phase is npm 2025's classic-token revocation."""
-    from rollout.core.plan import Phase
-
-    phase = plan.phase("top-100")
-    changed = Phase.model_validate(
-        {
-            **phase.model_dump(),
-            "requires": {"two_factor": "none", "no_classic_tokens": True},
-            "effects": ["revoke_tokens"],
-            "max_tokens": 100,
-        }
-    )
-    return plan.model_copy(update={"phases": [changed, *plan.phases[1:]]})
+    return _top_100_as(plan, {"two_factor": "none", "no_classic_tokens": True}, ["revoke_tokens"])
 
 
 def test_queued_from_the_registry_each_holder_hears_of_its_own_tokens(
@@ -384,22 +374,13 @@ def test_a_rollback_keeps_the_email_of_an_account_whose_tokens_were_revoked(
     account the phase revoked nothing of (no-2fa, only required) is withdrawn as before."""
     from email import message_from_bytes, policy
 
-    from rollout.core.plan import Phase
     from rollout.notify.drain import drain
     from rollout.notify.senders import FileSender
     from rollout.phases import enforce
     from tests.factories import AccountFactory, TokenFactory
 
-    phase = plan.phase("top-100")
-    both = Phase.model_validate(
-        {
-            **phase.model_dump(),
-            "requires": {"two_factor": "any", "no_classic_tokens": True},
-            "effects": ["require_2fa", "revoke_tokens"],
-            "max_tokens": 100,
-        }
-    )
-    both_plan = plan.model_copy(update={"phases": [both, *plan.phases[1:]]})
+    both_plan = _with_tokens_too(plan)
+    both = both_plan.phase("top-100")
     holder = AccountFactory(username="holder", with_totp=True, in_cohort="top-100")
     TokenFactory(account=holder, name="ci-release", kind="automation")
     AccountFactory(username="no-2fa", in_cohort="top-100")
@@ -436,22 +417,13 @@ def test_an_apply_and_a_rollback_at_one_instant_tell_which_came_last(
     rolled back. The order the runs were recorded in decides."""
     from email import message_from_bytes, policy
 
-    from rollout.core.plan import Phase
     from rollout.notify.drain import drain
     from rollout.notify.senders import FileSender
     from rollout.phases import enforce
     from tests.factories import AccountFactory, TokenFactory
 
-    phase = plan.phase("top-100")
-    both = Phase.model_validate(
-        {
-            **phase.model_dump(),
-            "requires": {"two_factor": "any", "no_classic_tokens": True},
-            "effects": ["require_2fa", "revoke_tokens"],
-            "max_tokens": 100,
-        }
-    )
-    both_plan = plan.model_copy(update={"phases": [both, *plan.phases[1:]]})
+    both_plan = _with_tokens_too(plan)
+    both = both_plan.phase("top-100")
     holder = AccountFactory(username="holder", with_totp=True, in_cohort="top-100")
     TokenFactory(account=holder, name="ci-release", kind="automation")
     noon = datetime.combine(both.enforce_on, time(12))
@@ -490,22 +462,13 @@ def test_an_apply_again_cut_short_after_a_rollback_does_not_call_its_own_step_ro
     show: interrupted)."""
     from email import message_from_bytes, policy
 
-    from rollout.core.plan import Phase
     from rollout.notify.drain import drain
     from rollout.notify.senders import FileSender
     from rollout.phases import enforce
     from tests.factories import AccountFactory, TokenFactory
 
-    phase = plan.phase("top-100")
-    both = Phase.model_validate(
-        {
-            **phase.model_dump(),
-            "requires": {"two_factor": "any", "no_classic_tokens": True},
-            "effects": ["require_2fa", "revoke_tokens"],
-            "max_tokens": 100,
-        }
-    )
-    both_plan = plan.model_copy(update={"phases": [both, *plan.phases[1:]]})
+    both_plan = _with_tokens_too(plan)
+    both = both_plan.phase("top-100")
     noon = datetime.combine(both.enforce_on, time(12))
     with use_clock(SimulatedClock(noon)):
         enforce.enforce_phase(registry, both_plan, "top-100", expect=0, expect_tokens=0, actor="rm")
@@ -750,3 +713,23 @@ def test_a_cohort_the_plan_does_not_describe_is_described_by_its_rule(email: str
         assert "among the :" not in part and "among the ." not in part
         assert "the ," not in part
         assert said in part
+
+
+def _with_tokens_too(plan: Plan) -> Plan:
+    """The reference plan with its top-100 phase asking 2FA and no classic tokens, and
+    revoking them too."""
+    return _top_100_as(
+        plan, {"two_factor": "any", "no_classic_tokens": True}, ["require_2fa", "revoke_tokens"]
+    )
+
+
+def _top_100_as(plan: Plan, requires: dict[str, Any], effects: list[str]) -> Plan:
+    """The reference plan with its top-100 phase asking ``requires`` and doing
+    ``effects`` (revoking 100 tokens at most)."""
+    from rollout.core.plan import Phase
+
+    phase = plan.phase("top-100")
+    changed = Phase.model_validate(
+        {**phase.model_dump(), "requires": requires, "effects": effects, "max_tokens": 100}
+    )
+    return plan.model_copy(update={"phases": [changed, *plan.phases[1:]]})
