@@ -302,13 +302,7 @@ def test_invitations_are_recorded_accepted_or_expired(
     start = datetime(2022, 3, 1, 10)
     with use_clock(SimulatedClock(start)):
         orgs.reinvite(registry, "acme", "release", owner="ada", confirm="acme", expect=1, actor="t")
-    # di accepts: the registry makes them a member again.
-    with registry.engine.begin() as connection:
-        connection.execute(
-            update(OrgMember)
-            .where(OrgMember.account_id == enforced["di"])
-            .values(removed_at=None, removed_reason=None, joined_at=start + timedelta(days=1))
-        )
+    _accepts(registry, enforced["di"], start + timedelta(days=1))
     with use_clock(SimulatedClock(start + timedelta(days=2))):
         [accepted] = orgs.invitations(registry, "acme", actor="t")
     assert accepted.state == "accepted"
@@ -456,12 +450,8 @@ def test_an_invitation_accepted_before_the_member_is_removed_again_reads_accepte
     start = datetime(2022, 3, 1, 10)
     with use_clock(SimulatedClock(start)):
         orgs.reinvite(registry, "acme", "release", owner="ada", confirm="acme", expect=1, actor="t")
+    _accepts(registry, enforced["di"], start + timedelta(hours=1))
     with registry.engine.begin() as connection:
-        connection.execute(
-            update(OrgMember)
-            .where(OrgMember.account_id == enforced["di"])
-            .values(removed_at=None, removed_reason=None, joined_at=start + timedelta(hours=1))
-        )
         connection.execute(
             update(TfaFactor)
             .where(TfaFactor.account_id == enforced["di"])
@@ -564,3 +554,13 @@ def test_names_holding_the_fingerprints_separator_make_different_lists() -> None
     assert list_fingerprint(["x,y", "z"]) != list_fingerprint(["x", "y,z"])
     assert list_fingerprint(["a;b"]) != list_fingerprint(["a"], ["b"])
     assert list_fingerprint(["a\\,b"]) != list_fingerprint(["a\\", "b"])
+
+
+def _accepts(registry: Registry, account_id: int, at: datetime) -> None:
+    """The member accepts the invitation: the registry makes them a member again."""
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(OrgMember)
+            .where(OrgMember.account_id == account_id)
+            .values(removed_at=None, removed_reason=None, joined_at=at)
+        )
