@@ -146,7 +146,7 @@ def accounts_query(
             "cohort": cohort,
             "active_days": active.days if active else None,
             "active_by": list(active.by) if active else [],
-            "orgs": list(rule.orgs),
+            "orgs": list(rule.orgs or []),
         },
     )
 

@@ -344,6 +344,24 @@ def test_every_plan_field_refuses_what_it_cannot_mean(old: str, new: str, where:
     assert line == line_of(text, new.strip())
 
 
+@pytest.mark.parametrize(
+    ("orgs", "reason"),
+    [
+        (
+            "[]",
+            "cohorts.high-impact.orgs: orgs names no org: an empty list would let every "
+            "account in; name at least one org, or leave orgs out",
+        ),
+        ("[corp, corp-labs, corp]", "cohorts.high-impact.orgs: org 'corp' is listed twice"),
+    ],
+)
+def test_an_org_filter_names_each_org_once_and_at_least_one(orgs: str, reason: str) -> None:
+    """`orgs: []` read as no filter at all: a cohort meant for an org's members took in
+    every maintainer of its packages (a templated list that came out empty widened it)."""
+    text = edited("    dependents_gte: 500\n", f"    dependents_gte: 500\n    orgs: {orgs}\n")
+    assert problems_in(text) == [(line_of(text, f"orgs: {orgs}"), reason)]
+
+
 @pytest.mark.parametrize("value", ["true", "'0.5'", "1.5"])
 def test_the_reach_guard_s_share_is_a_number_from_0_to_1(value: str) -> None:
     """`max_unreached_share: true` meant "turn the guard on" and read as 1.0, a guard

@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -196,7 +197,24 @@ class CohortRule(_Strict):
     every_maintainer: bool = Field(False, strict=True)
     # Account filters, each narrowing the accounts the package criteria give.
     active_within: ActiveWithin | None = None
-    orgs: list[Username] = Field(default_factory=list)
+    # None (left out): no org filter. Given: at least one org, each once (an empty list
+    # would read as "no filter" and put every account of the packages in the cohort).
+    orgs: list[Username] | None = None
+
+    @field_validator("orgs")
+    @classmethod
+    def _names_orgs(cls, orgs: list[str] | None) -> list[str] | None:
+        if orgs is None:
+            return None
+        if not orgs:
+            raise ValueError(
+                "orgs names no org: an empty list would let every account in; name at "
+                "least one org, or leave orgs out"
+            )
+        if len(set(orgs)) < len(orgs):
+            twice = next(org for org in orgs if orgs.count(org) > 1)
+            raise ValueError(f"org {twice!r} is listed twice")
+        return orgs
 
     @model_validator(mode="after")
     def _has_a_criterion(self) -> CohortRule:
