@@ -218,3 +218,76 @@ def test_cohort_packages_from_before_the_day_the_cohort_is_fixed_are_a_warning(
     moved = edited(tmp_path, "cohort_as_of: 2022-01-03", "cohort_as_of: 2022-01-04")
     said = " ".join(check(moved).stderr.split())
     assert "cohort top-100: 1 package entered on a build before 2022-01-04" in said
+
+
+def test_a_phase_asking_more_than_its_notices_told_is_refused_and_not_enforced(
+    registry: Registry,
+    plan: Plan,
+    ids: dict[str, int],
+    tmp_path: Path,
+    check: Callable[[Path], Result],
+) -> None:
+    """top-100's notices told any second factor would do, and ben (TOTP) that he met it
+    already. The plan edited since to ask a security key would flag ben and close his
+    TOTP set-ups with no word of it: `plan check` refuses the edit and enforcement
+    waits, unless forced."""
+    queue_and_send(registry, plan, date(2022, 1, 4))  # top-100's notices: "any factor"
+    stricter = edited(
+        tmp_path,
+        "    max_accounts: 1000\n",
+        "    max_accounts: 1000\n    requires: {two_factor: phishing_resistant}\n"
+        "    effects: [require_2fa, revoke_sessions, close_totp_enrolment]\n",
+    )
+    result = check(stricter)
+    assert result.exit_code == 2
+    said = " ".join(result.stderr.split())
+    assert (
+        "phase top-100: 2 sent emails (notices, reminders) told accounts it asks and does "
+        "'two_factor=any;effects=require_2fa,revoke_sessions'" in said
+    )
+    assert (
+        "it now asks more (a security key (WebAuthn); TOTP alone is not enough; effect "
+        "close_totp_enrolment)" in said
+    )
+    from rollout.core.plan import load_plan
+
+    edited_plan = load_plan(stricter)
+    with use_clock(SimulatedClock(datetime(2022, 2, 1, 10))):
+        preview = CliRunner().invoke(
+            app, ["phase", "preview", "top-100"], env={"ROLLOUT_PLAN": str(stricter)}
+        )
+        assert preview.exit_code == 0, preview.stderr
+        assert "Not to be enforced: 2 of phase top-100's sent notices and reminders" in (
+            " ".join(preview.stderr.split())
+        )
+        with pytest.raises(GuardRefused, match="the plan now asks more"):
+            enforce.enforce_phase(registry, edited_plan, "top-100", expect=4, actor="rm")
+        forced = enforce.enforce_phase(
+            registry, edited_plan, "top-100", expect=4, actor="rm", early=True
+        )
+    assert forced.accounts_required == 4  # ben too, as the release manager chose
+
+
+def test_a_phase_asking_less_than_its_notices_told_is_only_a_warning(
+    registry: Registry,
+    plan: Plan,
+    ids: dict[str, int],
+    tmp_path: Path,
+    check: Callable[[Path], Result],
+) -> None:
+    queue_and_send(registry, plan, date(2022, 1, 4))
+    milder = edited(
+        tmp_path, "    max_accounts: 1000\n", "    max_accounts: 1000\n    effects: [require_2fa]\n"
+    )
+    result = check(milder)
+    assert result.exit_code == 0, result.stderr
+    assert (
+        "warning: phase top-100: 2 sent emails (notices, reminders) told accounts it asks "
+        "and does 'two_factor=any;effects=require_2fa,revoke_sessions', the plan now says "
+        "'two_factor=any;effects=require_2fa'" in " ".join(result.stderr.split())
+    )
+    from rollout.core.plan import load_plan
+
+    with use_clock(SimulatedClock(datetime(2022, 2, 1, 10))):
+        done = enforce.enforce_phase(registry, load_plan(milder), "top-100", expect=3, actor="rm")
+    assert done.accounts_required == 3

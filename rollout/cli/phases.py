@@ -39,7 +39,12 @@ def phase_preview(
     Writes nothing to the registry; saves the list as a CSV under reports/previews/
     (and the tokens to revoke in a second CSV) with a record beside it that
     `rollout plan show` reads."""
-    from rollout.phases.enforce import enforceable_from, fewer_days_than_told, preview_phase
+    from rollout.phases.enforce import (
+        asks_more_than_told,
+        enforceable_from,
+        fewer_days_than_told,
+        preview_phase,
+    )
     from rollout.phases.previews import COLUMNS, preview_rows, reach_verdict, save_preview
     from rollout.registry.ledger import utc_now
 
@@ -99,7 +104,9 @@ def phase_preview(
     due = enforceable_from(runtime.registry, plan, plan.phase(phase))
     today = utc_now().date()
     when = ""
-    fewer = fewer_days_than_told(runtime.registry, plan, plan.phase(phase))
+    fewer = fewer_days_than_told(runtime.registry, plan, plan.phase(phase)) or (
+        asks_more_than_told(runtime.registry, plan, plan.phase(phase))
+    )
     if fewer is not None:
         when = f"Not to be enforced: {fewer}.\n"
     elif today < due:

@@ -234,13 +234,15 @@ class Step:
 
 
 def _told(phase: Phase) -> dict[str, Any]:
-    """A notice's context: its phase, and the deadline it tells as the plan gives it
-    when queued (one date for all, or the days from each account's notice), so that an
-    edit of the plan since is seen against what accounts were told
-    (rollout.phases.drift)."""
+    """A notice's context: its phase, the deadline it tells as the plan gives it when
+    queued (one date for all, or the days from each account's notice), and what the
+    phase asks and does then (Phase.asks), so that an edit of the plan since is seen
+    against what accounts were told (rollout.phases.drift)."""
     if phase.deadline is not None:
-        return {"phase": phase.name, "days_after_notice": phase.deadline.days_after_notice}
-    return {"phase": phase.name, "deadline": phase.enforce_on.isoformat()}
+        told = {"phase": phase.name, "days_after_notice": phase.deadline.days_after_notice}
+    else:
+        told = {"phase": phase.name, "deadline": phase.enforce_on.isoformat()}
+    return {**told, "asks": phase.asks()}
 
 
 def plan_calendar(plan: Plan) -> list[Step]:
@@ -375,7 +377,7 @@ def plan_calendar(plan: Plan) -> list[Step]:
                         f"{days}d",
                         due_within_audience(name, days) if own else members,
                         _too_late_at(plan, "reminder", name, f"{days}d"),
-                        {"phase": name, "days_before": days},
+                        {"phase": name, "days_before": days, "asks": phase.asks()},
                     ),
                     ends=phase.enforce_until - timedelta(days=days) if own else None,
                 )

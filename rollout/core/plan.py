@@ -375,6 +375,39 @@ class Requirements(_Strict):
         return said
 
 
+# The token rules that are on or off, as Phase.asks records them.
+_TOKEN_FLAGS = (
+    "no_classic_tokens",
+    "no_unnamed_tokens",
+    "no_bypass_2fa_tokens",
+    "no_write_tokens_without_2fa",
+)
+_FACTOR_RANK = {"none": 0, "any": 1, "phishing_resistant": 2}
+
+
+def asks_more_than(told: str, phase: Phase) -> list[str]:
+    """What ``phase`` asks or does now beyond ``told`` (a :meth:`Phase.asks` its emails
+    recorded), in words: a stronger factor, a token rule it did not have (or a shorter
+    age), an effect it did not do. Empty when it asks no more, or ``told`` is not one."""
+    fields = dict(part.partition("=")[::2] for part in told.split(";"))
+    if fields.get("two_factor") not in _FACTOR_RANK or "effects" not in fields:
+        return []
+    now = phase.requires
+    more: list[str] = []
+    if _FACTOR_RANK[now.two_factor] > _FACTOR_RANK[fields["two_factor"]]:
+        more.append(now.describe()[0])
+    every_rule = Requirements(two_factor="none", **dict.fromkeys(_TOKEN_FLAGS, True))
+    words = dict(zip(_TOKEN_FLAGS, every_rule.describe(), strict=True))
+    more += [words[rule] for rule in _TOKEN_FLAGS if getattr(now, rule) and rule not in fields]
+    age = now.token_max_age_days
+    told_age = fields.get("token_max_age_days")
+    if age is not None and (told_age is None or not told_age.isdigit() or age < int(told_age)):
+        more.append(f"no tokens older than {age} days")
+    told_effects = set(fields["effects"].split(","))
+    more += [f"effect {e}" for e in phase.effects if e not in told_effects]
+    return more
+
+
 class Deadline(_Strict):
     """Each account's own deadline: ``days_after_notice`` days from the day its notice
     was sent (GitHub 2023: 45 days), postponed once by at most ``snooze_days`` (7) on
@@ -414,6 +447,18 @@ class Phase(_Strict):
 
     def does(self, effect: Effect) -> bool:
         return effect in self.effects
+
+    def asks(self) -> str:
+        """What the phase asks and does, as its notices and reminders record it when
+        queued (``rollout.phases.drift``): one line, the same on SQLite and PostgreSQL,
+        that :func:`asks_more_than` reads back."""
+        r = self.requires
+        parts = [f"two_factor={r.two_factor}"]
+        parts += [rule for rule in _TOKEN_FLAGS if getattr(r, rule)]
+        if r.token_max_age_days is not None:
+            parts.append(f"token_max_age_days={r.token_max_age_days}")
+        parts.append("effects=" + ",".join(sorted(self.effects)))
+        return ";".join(parts)
 
     @property
     def enforce_until(self) -> date:

@@ -11,6 +11,10 @@ A release manager edits the plan mid-campaign. These edits leave the registry be
   accounts a date the plan no longer has (earlier, and enforcement would come before
   it); with per-account deadlines, ``days_after_notice`` cut after notices told each
   account its own (every one of them would come sooner: an error);
+- a phase's ``requires`` or ``effects`` edited to ask or do more after its notices or
+  reminders told what it asked (``Phase.asks``, recorded when each was queued): an
+  account that met what it was told (a TOTP user, told any factor would do) would be
+  enforced unwarned (an error; asking less is a warning);
 - a phase's ``snooze_days`` cut below a snooze already granted: enforcement still
   reads that account's deadline, but its reminders look only as far as the plan's
   snooze now, so none would reach it.
@@ -25,8 +29,9 @@ exact: ``U2`` exempts nobody when the account is ``u2``), a lockout of someone m
 to be spared.
 
 ``plan check`` and ``plan show`` say so; ``phase enforce`` refuses before the latest
-date the accounts were told (``told_deadline``), and while a phase gives each account
-fewer days than its notice told (``told_days_after_notice``).
+date the accounts were told (``told_deadline``), while a phase gives each account
+fewer days than its notice told (``told_days_after_notice``), and while it asks more
+than its emails told (``told_less``).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, and_, case, func, or_, select
 
-from rollout.core.plan import Phase, Plan
+from rollout.core.plan import Phase, Plan, asks_more_than
 from rollout.notify.emails import ELV_HEADS_UP_EMAIL
 from rollout.notify.outbox import NOTIFICATIONS, RUN_DAY
 from rollout.registry import Registry
@@ -63,12 +68,14 @@ def plan_runs(plan: str) -> Select[Any]:
 
 
 def _emails(connection: Connection, phase: str | None = None) -> list[Any]:
-    """(phase, plan, deadline told, days after notice told, count) of the emails of
-    phases, by the plan whose run queued them. What was told: a sent reminder's deadline
-    (the day it was queued for plus its days before), a sent notice's (the date, or the
-    days from each account's notice, its context recorded when it was queued), else
-    None. Of ``phase``: its sent reminders and notices only (what enforcement asks). One
-    pass, grouped in SQL: a phase of a million accounts sends millions of emails."""
+    """(phase, plan, deadline told, days after notice told, asks told, count) of the
+    emails of phases, by the plan whose run queued them. What was told: a sent
+    reminder's deadline (the day it was queued for plus its days before), a sent
+    notice's (the date, or the days from each account's notice, its context recorded
+    when it was queued), else None; what a sent notice or reminder said the phase asks
+    and does (Phase.asks, recorded when queued; None for one queued before it was).
+    Of ``phase``: its sent reminders and notices only (what enforcement asks). One pass,
+    grouped in SQL: a phase of a million accounts sends millions of emails."""
     c = NOTIFICATIONS.c
     reminded = and_(c.email == "reminder", c.state == "sent")
     noticed = and_(c.email == "phase_notice", c.state == "sent")
@@ -76,7 +83,8 @@ def _emails(connection: Connection, phase: str | None = None) -> list[Any]:
     days_before = case((reminded, c.context["days_before"].as_string()))
     deadline = case((noticed, c.context["deadline"].as_string()))
     days_after = case((noticed, c.context["days_after_notice"].as_string()))
-    told = (queued_on, days_before, deadline, days_after)
+    asks = case((or_(reminded, noticed), c.context["asks"].as_string()))
+    told = (queued_on, days_before, deadline, days_after, asks)
     query = (
         select(c.phase, PLAN_RUNS.c.plan, *told, func.count())
         .select_from(NOTIFICATIONS.join(PLAN_RUNS, PLAN_RUNS.c.id == c.run_id))
@@ -84,8 +92,8 @@ def _emails(connection: Connection, phase: str | None = None) -> list[Any]:
         .group_by(c.phase, PLAN_RUNS.c.plan, *told)
     )
     return [
-        (name, plan, _told(day, before, on), _number(after), count)
-        for name, plan, day, before, on, after, count in connection.execute(query)
+        (name, plan, _told(day, before, on), _number(after), asks, count)
+        for name, plan, day, before, on, after, asks, count in connection.execute(query)
     ]
 
 
@@ -113,7 +121,7 @@ def told_deadline(connection: Connection, phase: Phase, plan: str) -> date | Non
     ``told_days_after_notice``.)"""
     if phase.deadline is not None:
         return None
-    told = [day for _, run_plan, day, _, _ in _emails(connection, phase.name) if run_plan == plan]
+    told = [day for _, run_plan, day, *_ in _emails(connection, phase.name) if run_plan == plan]
     return max((day for day in told if day is not None), default=None)
 
 
@@ -123,8 +131,25 @@ def told_days_after_notice(connection: Connection, phase: Phase, plan: str) -> i
     would bring those deadlines before the dates the accounts were given."""
     if phase.deadline is None:
         return None
-    told = [days for _, run_plan, _, days, _ in _emails(connection, phase.name) if run_plan == plan]
+    told = [
+        days for _, run_plan, _, days, *_ in _emails(connection, phase.name) if run_plan == plan
+    ]
     return max((days for days in told if days is not None), default=None)
+
+
+def told_less(connection: Connection, phase: Phase, plan: str) -> tuple[int, str, list[str]] | None:
+    """If ``plan``'s sent notices and reminders of the phase told accounts it asks less
+    than it does now (a stronger factor, a token rule, an effect added since): how many
+    emails, what the first of them told, and what the phase asks beyond it. Accounts
+    that met what they were told would be enforced unwarned."""
+    short = [
+        (count, told, more)
+        for _, run_plan, _, _, told, count in _emails(connection, phase.name)
+        if run_plan == plan and told is not None and (more := asks_more_than(told, phase))
+    ]
+    if not short:
+        return None
+    return sum(count for count, _, _ in short), short[0][1], short[0][2]
 
 
 def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
@@ -161,7 +186,8 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
     others: dict[str, str] = {}
     told: dict[str, Counter[date]] = {}
     told_days: dict[str, Counter[int]] = {}
-    for name, run_plan, day, days_after, count in emails:
+    told_asks: dict[str, Counter[str]] = {}
+    for name, run_plan, day, days_after, asks, count in emails:
         if run_plan != plan.name:
             others.setdefault(name, run_plan)
             continue
@@ -170,6 +196,8 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
             told.setdefault(name, Counter())[day] += count
         if days_after is not None:
             told_days.setdefault(name, Counter())[days_after] += count
+        if asks is not None:
+            told_asks.setdefault(name, Counter())[asks] += count
     for name in sorted((set(required) | set(emailed)) - names):
         errors.append(
             f"phase {name!r} is not in plan {plan.name}, but the registry has "
@@ -222,6 +250,27 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
                         else ""
                     )
                 )
+    for phase in plan.phases:
+        # What the sent notices and reminders said the phase asks and does: asking more
+        # now (a security key where any factor was told, a token rule, an effect) locks
+        # out accounts that did what they were told; asking less is only said.
+        for asks, count in sorted(told_asks.get(phase.name, Counter()).items()):
+            if asks == phase.asks():
+                continue
+            said = (
+                f"phase {phase.name}: {count} sent email{'s' if count != 1 else ''} "
+                f"(notices, reminders) told accounts it asks and does {asks!r}, the plan now "
+                f"says {phase.asks()!r}"
+            )
+            if more := asks_more_than(asks, phase):
+                errors.append(
+                    f"{said}: it now asks more ({'; '.join(more)}), and accounts that met "
+                    "what they were told would be enforced unwarned; `phase enforce` "
+                    "refuses. Put the requirements and effects back, and ask the rest in "
+                    "a new phase with its own notice and dates"
+                )
+            else:
+                warnings.append(said)
     for phase in plan.phases:
         longest = longest_snooze.get(phase.name)
         if phase.deadline is not None and longest and longest > phase.deadline.snooze_days:

@@ -50,7 +50,7 @@ from rollout.notify import reach
 from rollout.notify.emails import ENFORCEMENT_EMAIL
 from rollout.notify.queue import queue_phase_summary
 from rollout.notify.withdraw import Selection, withdraw_preview, withdraw_queued, withdrawn_reason
-from rollout.phases.drift import told_days_after_notice, told_deadline
+from rollout.phases.drift import told_days_after_notice, told_deadline, told_less
 from rollout.phases.previews import PhasePreview, Target, TokenTarget
 from rollout.registry import Registry
 from rollout.registry.deadlines import deadlines
@@ -984,6 +984,8 @@ def enforce_phase(
             _date_guard(phase, utc_now().date(), enforceable_from(registry, plan, phase))
             if (fewer := fewer_days_than_told(registry, plan, phase)) is not None:
                 raise GuardRefused(fewer)
+            if (more := asks_more_than_told(registry, plan, phase)) is not None:
+                raise GuardRefused(more)
         preview = preview_phase(registry, plan, phase, details=False)
         _guard(phase, preview, expect, expect_tokens)
         _list_guard(phase, preview, expect_list)
@@ -1104,6 +1106,25 @@ def fewer_days_than_told(registry: Registry, plan: Plan, phase: Phase) -> str | 
         f"after their notice, and the plan now says {phase.deadline.days_after_notice}: "
         "enforcing now locks them out before the dates they were given. Put "
         f"days_after_notice back to {told} (or more), or pass --early to enforce anyway"
+    )
+
+
+def asks_more_than_told(registry: Registry, plan: Plan, phase: Phase) -> str | None:
+    """Why a phase may not be enforced now, if it asks or does more than its sent
+    notices and reminders told (``requires`` or ``effects`` edited since): an account
+    that met what it was told (a TOTP user told any factor would do) would be locked
+    out unwarned."""
+    with registry.engine.connect() as connection:
+        less = told_less(connection, phase, plan.name)
+    if less is None:
+        return None
+    count, told, more = less
+    return (
+        f"{count} of phase {phase.name}'s sent notices and reminders told accounts it asks "
+        f"and does {told!r}; the plan now asks more ({'; '.join(more)}): enforcing now "
+        "locks out accounts that did what they were told. Put the requirements and "
+        "effects back and ask the rest in a new phase with its own notice, or pass "
+        "--early to enforce anyway"
     )
 
 
