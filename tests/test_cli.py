@@ -9,6 +9,7 @@ import re
 import shutil
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -298,7 +299,7 @@ def test_orgs_audit_and_enforce_preview(rollout_home: Path) -> None:
 def test_brownouts_and_elv_from_the_command_line(rollout_home: Path) -> None:
     run("sample", "--scale", "tiny", "--seed", "3")
     preview = run("brownout", "schedule")
-    assert "brownout-1: create 2022-02-16 00:00 UTC + 24 h" in preview.stderr
+    assert "brownout-1 │ create │ 2022-02-16T00:00:00" in preview.stdout
     assert json.loads(run("brownout", "status", "--format", "json").stdout) == []
     assert run("brownout", "schedule", "--apply").exit_code == 0
     windows = json.loads(run("brownout", "status", "--format", "json").stdout)
@@ -323,6 +324,51 @@ def test_brownouts_and_elv_from_the_command_line(rollout_home: Path) -> None:
     assert "preview only" in run("elv", "enroll-all").stderr
     enrolled = run("elv", "enroll-all", "--apply")
     assert enrolled.exit_code == 0 and "enrolled 700 accounts" in enrolled.stderr
+
+
+def test_every_command_printing_a_result_gives_json_alone_on_stdout(rollout_home: Path) -> None:
+    """`--format json` on the commands that took none (brown-out schedule, start and end,
+    ELV for all, notify send) or printed nothing with it (a sample's preview): their
+    result as JSON on stdout, their messages on stderr."""
+
+    def json_of(*args: str) -> Any:
+        result = run(*args, "--format", "json")
+        assert result.exit_code == 0, (args, result.stderr)
+        return json.loads(result.stdout)
+
+    run("sample", "--scale", "tiny", "--seed", "3")
+    assert json_of("sample", "--scale", "tiny", "--seed", "3") == {
+        "registry": f"sqlite:///{rollout_home / 'registry.db'}",
+        "name": "registry.db",
+        "accounts": 700,
+        "emails": 0,
+        "runs": 0,
+    }
+    planned = json_of("brownout", "schedule")
+    assert [(w["name"], w["change"], w["starts_at"]) for w in planned] == [
+        ("brownout-1", "create", "2022-02-16T00:00:00"),
+        ("brownout-2", "create", "2022-02-23T00:00:00"),
+    ]
+    assert [w["change"] for w in json_of("brownout", "schedule", "--apply")] == ["create"] * 2
+    assert [w["change"] for w in json_of("brownout", "schedule")] == ["unchanged"] * 2
+    moved = "brownout-1", "--reason", "test"
+    with use_clock(SimulatedClock(datetime(2022, 2, 1))):
+        assert json_of("brownout", "start", *moved)["state"] == "scheduled"
+        started = json_of("brownout", "start", *moved, "--apply")
+        assert (started["name"], started["state"]) == ("brownout-1", "active")
+        assert json_of("brownout", "end", *moved)["state"] == "active"
+        ended = json_of("brownout", "end", *moved, "--apply")
+        assert ended["state"] == "ended early" and ended["ended_early_at"].startswith("2022-02-01")
+    assert json_of("elv", "enroll-all") == {"not_enrolled": 700, "enrolled": 0, "applied": False}
+    assert json_of("elv", "enroll-all", "--apply") == {
+        "not_enrolled": 700,
+        "enrolled": 700,
+        "applied": True,
+    }
+    assert json_of("notify", "send") == []
+    assert json_of("notify", "send", "--apply")["sent"] == 0
+    files = json_of("notify", "preview", "phase_notice")
+    assert files and all(Path(f["file"]).is_file() for f in files)
 
 
 def test_phase_preview_says_when_the_blast_radius_refuses_it(
