@@ -299,7 +299,8 @@ def summary(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
 @app.command()
 @reports_errors
 def doctor(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
-    """Health checks: registry, schema, warehouse, plan, SendGrid key, Prefect worker.
+    """Health checks: registry, schema, warehouse, landing and reports folders, plan,
+    SendGrid key, Prefect worker.
 
     One row per check, ok, warn or fail; exits 1 if any fails. Reads only: it sends no
     email and opens the warehouse read-only, skipping it (warn) while a run holds it."""
