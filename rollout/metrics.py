@@ -56,7 +56,8 @@ class MetricsReport:
             "as_of": self.as_of,
             "packages": self.packages,
             "weekly_window_complete": self.weekly_window_complete,
-            "missing_days": self.missing,
+            # The days, a list (JSON gives ISO dates; a table and Markdown say "none").
+            "missing_days": list(self.missing_days),
             "self_dependencies_ignored": self.self_dependencies,
             "dependencies_on_unknown_packages": self.unknown_dependencies,
             "unknown_packages": self.unknown_packages,

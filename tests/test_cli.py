@@ -9,6 +9,7 @@ import re
 import shutil
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -183,6 +184,31 @@ def test_metrics_and_cohorts_from_the_command_line(rollout_home: Path) -> None:
     assert json.loads(simulated.stdout)["as_of"] == "2022-02-01"
 
 
+def test_metrics_gives_the_missing_days_as_a_list_scripts_read(rollout_home: Path) -> None:
+    """JSON: a list of ISO dates, empty for none (it was "none", or the days in words);
+    CSV: one cell, the days joined as every command joins a list."""
+    assert run("sample", "--scale", "tiny", "--seed", "3").exit_code == 0
+    assert run("ingest").exit_code == 0  # downloads up to 2022-01-31
+    complete = run("metrics", "--as-of", "2022-02-01", "--format", "json")
+    assert json.loads(complete.stdout)["missing_days"] == []
+    gaps = run("metrics", "--as-of", "2022-02-03", "--format", "json")
+    assert gaps.exit_code == 0, gaps.stderr
+    assert json.loads(gaps.stdout)["missing_days"] == ["2022-02-01", "2022-02-02"]
+    assert "download data missing for 2022-02-01, 2022-02-02" in gaps.stderr
+    cells = next(
+        csv.DictReader(
+            io.StringIO(run("metrics", "--as-of", "2022-02-03", "--format", "csv").stdout)
+        )
+    )
+    assert cells["missing_days"] == "2022-02-01, 2022-02-02"
+    cells = next(
+        csv.DictReader(
+            io.StringIO(run("metrics", "--as-of", "2022-02-01", "--format", "csv").stdout)
+        )
+    )
+    assert cells["missing_days"] == ""
+
+
 def test_metrics_of_the_next_day_equal_a_rebuild(rollout_home: Path) -> None:
     """The next day's windows are the kept ones moved; --rebuild sums them whole."""
     assert run("sample", "--scale", "tiny", "--seed", "3").exit_code == 0
@@ -273,7 +299,7 @@ def test_orgs_audit_and_enforce_preview(rollout_home: Path) -> None:
 def test_brownouts_and_elv_from_the_command_line(rollout_home: Path) -> None:
     run("sample", "--scale", "tiny", "--seed", "3")
     preview = run("brownout", "schedule")
-    assert "brownout-1: create 2022-02-16 00:00 UTC + 24 h" in preview.stderr
+    assert "brownout-1 │ create │ 2022-02-16T00:00:00" in preview.stdout
     assert json.loads(run("brownout", "status", "--format", "json").stdout) == []
     assert run("brownout", "schedule", "--apply").exit_code == 0
     windows = json.loads(run("brownout", "status", "--format", "json").stdout)
@@ -298,6 +324,51 @@ def test_brownouts_and_elv_from_the_command_line(rollout_home: Path) -> None:
     assert "preview only" in run("elv", "enroll-all").stderr
     enrolled = run("elv", "enroll-all", "--apply")
     assert enrolled.exit_code == 0 and "enrolled 700 accounts" in enrolled.stderr
+
+
+def test_every_command_printing_a_result_gives_json_alone_on_stdout(rollout_home: Path) -> None:
+    """`--format json` on the commands that took none (brown-out schedule, start and end,
+    ELV for all, notify send) or printed nothing with it (a sample's preview): their
+    result as JSON on stdout, their messages on stderr."""
+
+    def json_of(*args: str) -> Any:
+        result = run(*args, "--format", "json")
+        assert result.exit_code == 0, (args, result.stderr)
+        return json.loads(result.stdout)
+
+    run("sample", "--scale", "tiny", "--seed", "3")
+    assert json_of("sample", "--scale", "tiny", "--seed", "3") == {
+        "registry": f"sqlite:///{rollout_home / 'registry.db'}",
+        "name": "registry.db",
+        "accounts": 700,
+        "emails": 0,
+        "runs": 0,
+    }
+    planned = json_of("brownout", "schedule")
+    assert [(w["name"], w["change"], w["starts_at"]) for w in planned] == [
+        ("brownout-1", "create", "2022-02-16T00:00:00"),
+        ("brownout-2", "create", "2022-02-23T00:00:00"),
+    ]
+    assert [w["change"] for w in json_of("brownout", "schedule", "--apply")] == ["create"] * 2
+    assert [w["change"] for w in json_of("brownout", "schedule")] == ["unchanged"] * 2
+    moved = "brownout-1", "--reason", "test"
+    with use_clock(SimulatedClock(datetime(2022, 2, 1))):
+        assert json_of("brownout", "start", *moved)["state"] == "scheduled"
+        started = json_of("brownout", "start", *moved, "--apply")
+        assert (started["name"], started["state"]) == ("brownout-1", "active")
+        assert json_of("brownout", "end", *moved)["state"] == "active"
+        ended = json_of("brownout", "end", *moved, "--apply")
+        assert ended["state"] == "ended early" and ended["ended_early_at"].startswith("2022-02-01")
+    assert json_of("elv", "enroll-all") == {"not_enrolled": 700, "enrolled": 0, "applied": False}
+    assert json_of("elv", "enroll-all", "--apply") == {
+        "not_enrolled": 700,
+        "enrolled": 700,
+        "applied": True,
+    }
+    assert json_of("notify", "send") == []
+    assert json_of("notify", "send", "--apply")["sent"] == 0
+    files = json_of("notify", "preview", "phase_notice")
+    assert files and all(Path(f["file"]).is_file() for f in files)
 
 
 def test_phase_preview_says_when_the_blast_radius_refuses_it(

@@ -29,8 +29,10 @@ from rollout.core.config import Settings, load_settings
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.ops.doctor import (
     Status,
+    check_landing,
     check_plan,
     check_registry,
+    check_reports,
     check_schema,
     check_sendgrid,
     check_warehouse,
@@ -228,6 +230,56 @@ def test_no_warehouse_yet_in_a_folder_no_run_can_write_fails(tmp_path: Path) -> 
         result = check_warehouse(path)
     assert result.status is Status.fail and "read-only" in result.detail
     assert not path.exists()
+
+
+# --- the landing and reports folders --------------------------------------------------------
+
+FOLDER_CHECKS = [("landing", check_landing), ("reports", check_reports)]
+
+
+@pytest.mark.parametrize(("name", "check"), FOLDER_CHECKS)
+def test_a_folder_the_runs_write_that_this_user_cannot_fails(
+    tmp_path: Path, name: str, check: Any
+) -> None:
+    """It checked the warehouse, the registry and the file outbox, not these: a preview
+    that could not save its list, or a receiver that could not land events, went
+    unseen until it failed."""
+    folder = tmp_path / "home" / name
+    folder.mkdir(parents=True)
+    assert check(folder).status is Status.ok
+    with read_only(folder):
+        result = check(folder)
+    assert result.status is Status.fail and result.check == name, result
+    assert f"{folder} is read-only for this user" in result.detail
+
+
+@pytest.mark.parametrize(("name", "check"), FOLDER_CHECKS)
+def test_a_missing_folder_is_fine_when_it_can_be_made(
+    tmp_path: Path, name: str, check: Any
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    made_later = check(home / name)
+    assert made_later.status is Status.ok and "not there yet" in made_later.detail
+    with read_only(home):
+        result = check(home / name)
+    assert result.status is Status.fail and "cannot be made" in result.detail
+    assert not (home / name).exists()
+
+
+@pytest.mark.parametrize(("name", "check"), FOLDER_CHECKS)
+def test_a_file_where_the_folder_should_be_fails(tmp_path: Path, name: str, check: Any) -> None:
+    (tmp_path / name).write_text("")
+    result = check(tmp_path / name)
+    assert result.status is Status.fail and "is not a folder" in result.detail
+
+
+def test_a_file_outbox_that_cannot_be_made_fails(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    settings.home.mkdir()
+    with read_only(settings.home):
+        result = check_sendgrid(settings)
+    assert result.status is Status.fail and "cannot be made" in result.detail
 
 
 # --- plan -----------------------------------------------------------------------------------
@@ -441,13 +493,16 @@ def test_doctor_lists_every_check_and_exits_0_when_none_fails(healthy_home: Path
         "registry",
         "schema",
         "warehouse",
+        "landing",
+        "reports",
         "plan",
         "sendgrid",
         "worker",
     ]
     statuses = {r["check"]: r["status"] for r in rows}
     assert statuses["worker"] == "warn"  # no PREFECT_API_URL here: a warning is not a failure
-    assert {statuses[c] for c in ("registry", "schema", "warehouse", "plan", "sendgrid")} == {"ok"}
+    checks = ("registry", "schema", "warehouse", "landing", "reports", "plan", "sendgrid")
+    assert {statuses[c] for c in checks} == {"ok"}
 
 
 def test_doctor_exits_1_when_a_check_fails(healthy_home: Path, tmp_path: Path) -> None:

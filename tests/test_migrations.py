@@ -312,6 +312,53 @@ def _migrated_by_a_newer_rollout(url: str) -> Engine:
     return engine
 
 
+# Commands of every group that use the registry.
+REGISTRY_COMMANDS = [
+    ("notify", "status"),
+    ("brownout", "status"),
+    ("elv", "enroll-all"),
+    ("phase", "preview", "top-100"),
+    ("plan", "show"),
+    ("orgs", "audit", "acme"),
+    ("ingest",),
+    ("db", "upgrade"),
+]
+
+
+@pytest.mark.parametrize("schema", ["older", "newer"])
+@pytest.mark.parametrize("command", REGISTRY_COMMANDS, ids=" ".join)
+def test_a_registry_at_another_schema_is_a_failure_exit_1_in_every_command(
+    rollout_home: Path, schema: str, command: tuple[str, ...]
+) -> None:
+    """Not bad input (2: nothing typed is wrong) nor a guard (3): the registry and the
+    code must be brought to one version, and the message says which way (the README's
+    exit codes). `db upgrade` brings an older one up instead."""
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+
+    url = f"sqlite:///{rollout_home / 'registry.db'}"
+    (rollout_home / "landing").mkdir(parents=True)
+    if schema == "newer":
+        _migrated_by_a_newer_rollout(url).dispose()
+    else:
+        engine = make_engine(url)
+        migrate.upgrade(engine, REVISIONS[-2])
+        engine.dispose()
+    result = CliRunner().invoke(app, list(command))
+    if command == ("db", "upgrade") and schema == "older":
+        assert result.exit_code == 0, result.stderr
+        return
+    assert result.exit_code == 1, (result.stderr, result.exception)
+    said = " ".join(result.stderr.split())
+    if schema == "older":
+        assert said.startswith(f"error: the registry is at schema revision {REVISIONS[-2]}")
+        assert "run `rollout db upgrade`" in said
+    else:
+        assert said.startswith(f"error: the registry is at {NEWER}")
+        assert "a newer rollout migrated it" in said
+
+
 def test_classic_tokens_get_what_their_kind_can_do_at_0009(registry: Registry) -> None:
     engine = registry.engine
     migrate.downgrade(engine, "0008")

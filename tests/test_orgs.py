@@ -379,7 +379,7 @@ def test_reinvite_from_the_command_line(enforced: dict[str, int], cli: Callable[
         "json",
     )
     assert done.exit_code == 0, done.stderr
-    assert json.loads(done.stdout)["invited_members"] == "di"
+    assert json.loads(done.stdout)["invited_members"] == ["di"]
     listed = json.loads(run("orgs", "invitations", "acme", "--format", "json").stdout)
     assert [(i["username"], i["team"], i["state"]) for i in listed] == [
         ("di", "release", "pending")
@@ -399,6 +399,16 @@ def test_enforce_from_the_command_line_names_the_owners_going_and_needs_the_coun
     unchecked = run("orgs", "enforce", "acme", "--owner", "ada", "--confirm", "acme")
     assert unchecked.exit_code == 2 and "--confirm needs --expect" in unchecked.stderr
     assert [m.username for m in orgs.enforcement_preview(registry, "acme")] == ["bo", "di"]
+
+    # The members removed, a list for programs (it was their names in one string, or
+    # "none").
+    apply = ("orgs", "enforce", "acme", "--owner", "ada", "--confirm", "acme", "--format", "json")
+    done = run(*apply, "--expect", "2", "--expect-list", listed)
+    assert done.exit_code == 0, done.stderr
+    assert json.loads(done.stdout)["removed_members"] == ["bo", "di"]
+    again = run(*apply, "--expect", "0")
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["removed_members"] == []
 
     # With no owner using 2FA, every --owner would be refused: no command to copy.
     with registry.engine.begin() as connection:

@@ -218,7 +218,8 @@ def test_a_result_presents_its_summary_with_its_labels() -> None:
     from rollout.metrics import MetricsReport
 
     report = MetricsReport(date(2022, 1, 3), 12, [date(2022, 1, 1)], False, 1, 2, 3, 0.5)
-    assert report.summary()["missing_days"] == "2022-01-01"
+    # A list for programs (JSON); in words for people (the artifacts' Markdown).
+    assert report.summary()["missing_days"] == [date(2022, 1, 1)]
     assert labelled_rows(report) == [
         ("as of", date(2022, 1, 3)),
         ("packages", 12),
@@ -248,3 +249,27 @@ def test_a_table_says_its_times_are_utc(capsys: pytest.CaptureFixture[str]) -> N
     ]
     emit_record({"at": datetime(2022, 2, 16, 0, 0)}, Format.csv)
     assert capsys.readouterr().out == "at\n2022-02-16T00:00:00\n"
+
+
+def test_a_list_is_a_list_in_json_one_cell_in_csv_and_words_in_a_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Scripts read a list from JSON, never prose; CSV puts it in one cell, joined as
+    every command joins a list there, and empty for none; a table says "none"."""
+    record = {"days": [date(2022, 1, 1), date(2022, 1, 2)], "none": [], "hostile": ["=cmd", "b"]}
+    emit_record(record, Format.json)
+    assert json.loads(capsys.readouterr().out) == {
+        "days": ["2022-01-01", "2022-01-02"],
+        "none": [],
+        "hostile": ["=cmd", "b"],
+    }
+    emit_record(record, Format.csv)
+    assert list(csv.reader(io.StringIO(capsys.readouterr().out))) == [
+        ["days", "none", "hostile"],
+        ["2022-01-01, 2022-01-02", "", "'=cmd, b"],
+    ]
+    emit_record(record, Format.table)
+    table = capsys.readouterr().out
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in table.splitlines()]
+    assert ["days", "2022-01-01, 2022-01-02"] in cells and ["none", "none"] in cells
+    assert markdown_text([]) == "none" and markdown_text(["a", "b"]) == "a, b"

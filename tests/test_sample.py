@@ -337,7 +337,8 @@ def test_the_command_previews_then_needs_the_name(rollout_home: Path) -> None:
     before = _state(f"sqlite:///{db}")
 
     preview = sample()
-    assert preview.exit_code == 0 and preview.stdout == ""
+    # The listing (stdout) is what --replace would lose; the messages are on stderr.
+    assert preview.exit_code == 0 and "what --replace would lose" in preview.stdout
     said = _one_line(preview.stderr)
     assert f"preview only: sqlite:///{db} holds a sample registry: {accounts} accounts" in said
     assert "--replace --confirm registry.db" in said

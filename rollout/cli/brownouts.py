@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -13,7 +13,14 @@ from rollout.cli.app import (
     app,
     reports_errors,
 )
-from rollout.core.output import Format, emit, progress_for, stderr
+from rollout.core.output import Format, emit, emit_record, progress_for, stderr
+
+if TYPE_CHECKING:
+    from rollout.phases.brownouts import WindowState
+    from rollout.registry import Registry
+
+# A brown-out window as every command lists it (status, start, end).
+WINDOW_COLUMNS = ("name", "state", "starts_at", "ends_at", "ended_early_at")
 
 # --- brown-outs and ELV --------------------------------------------------------------------
 
@@ -33,26 +40,38 @@ def brownout_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> Non
 
     windows = status(_runtime(ctx).registry)
     emit(
-        [vars(w) for w in windows],
+        [_window_record(w) for w in windows],
         fmt,
         title="brown-out windows",
-        columns=["name", "state", "starts_at", "ends_at", "ended_early_at"],
+        columns=WINDOW_COLUMNS,
     )
 
 
 @brownout_app.command("schedule")
 @reports_errors
-def brownout_schedule(ctx: typer.Context, apply: ApplyOption = False) -> None:
-    """Create the plan's brown-out windows (or move ones that have not started)."""
-    from rollout.phases.brownouts import schedule, schedule_preview, schedule_refusal
+def brownout_schedule(
+    ctx: typer.Context, apply: ApplyOption = False, fmt: FormatOption = Format.table
+) -> None:
+    """Create the plan's brown-out windows (or move ones that have not started): each
+    window and its change (create, move, unchanged, refused), previewed by default."""
+    from rollout.phases.brownouts import (
+        SCHEDULE_COLUMNS,
+        schedule,
+        schedule_refusal,
+        schedule_rows,
+    )
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
-    changes = schedule_preview(runtime.registry, plan)
-    for name, what in changes:
-        stderr.print(f"{name}: {what}", highlight=False)
+    rows = schedule_rows(runtime.registry, plan)
+    emit(
+        rows,
+        fmt,
+        title="brown-out windows to schedule" + ("" if apply else " (preview)"),
+        columns=SCHEDULE_COLUMNS,
+    )
     if not apply:
-        refused = schedule_refusal(changes)
+        refused = schedule_refusal([(row["name"], row["detail"]) for row in rows])
         if refused is not None:
             # --apply would refuse the lot (exit 3, nothing scheduled): the preview says
             # so as start's and end's do, rather than suggest it.
@@ -63,6 +82,16 @@ def brownout_schedule(ctx: typer.Context, apply: ApplyOption = False) -> None:
     stderr.print("scheduled", highlight=False)
 
 
+def _window_record(window: WindowState) -> dict[str, Any]:
+    return {column: getattr(window, column) for column in WINDOW_COLUMNS}
+
+
+def _window_now(registry: Registry, name: str) -> WindowState | None:
+    from rollout.phases.brownouts import status
+
+    return next((w for w in status(registry) if w.name == name), None)
+
+
 @brownout_app.command("start")
 @reports_errors
 def brownout_start(
@@ -70,18 +99,22 @@ def brownout_start(
     name: Annotated[str, typer.Argument(help="The window, as named in the plan.")],
     reason: Annotated[str, typer.Option(help="Why now: recorded in the audit ledger.")],
     apply: ApplyOption = False,
+    fmt: FormatOption = Format.table,
 ) -> None:
     """Begin a scheduled brown-out now (it keeps its planned length); one begun or
-    ended is refused (exit 3), in the preview too."""
+    ended is refused (exit 3), in the preview too. Lists the window: as it is (preview),
+    or as started."""
     from rollout.phases.brownouts import change_preview, start_now
 
     runtime = _runtime(ctx)
     settings = runtime.settings
     if not apply:
         preview = change_preview(runtime.registry, name, "start")
+        _emit_window(_window_now(runtime.registry, name), fmt, f"{name} (preview)")
         stderr.print(f"{preview}; preview only: add --apply", highlight=False)
         return
     window = start_now(runtime.registry, name, actor=settings.actor, reason=reason)
+    _emit_window(window, fmt, name)
     stderr.print(
         f"{name} is {window.state} until {window.ends_at:%Y-%m-%d %H:%M} UTC", highlight=False
     )
@@ -94,19 +127,29 @@ def brownout_end(
     name: Annotated[str, typer.Argument(help="The window to stop.")],
     reason: Annotated[str, typer.Option(help="Why: recorded in the audit ledger.")],
     apply: ApplyOption = False,
+    fmt: FormatOption = Format.table,
 ) -> None:
     """The emergency stop: a brown-out stops applying now, scheduled (cancelled) or
-    active; one already ended is refused (exit 3), in the preview too."""
+    active; one already ended is refused (exit 3), in the preview too. Lists the window:
+    as it is (preview), or as ended."""
     from rollout.phases.brownouts import change_preview, end_now
 
     runtime = _runtime(ctx)
     settings = runtime.settings
     if not apply:
         preview = change_preview(runtime.registry, name, "end")
+        _emit_window(_window_now(runtime.registry, name), fmt, f"{name} (preview)")
         stderr.print(f"{preview}; preview only: add --apply", highlight=False)
         return
     window = end_now(runtime.registry, name, actor=settings.actor, reason=reason)
+    _emit_window(window, fmt, name)
     stderr.print(f"{name}: {window.state}", highlight=False)
+
+
+def _emit_window(window: WindowState | None, fmt: Format, title: str) -> None:
+    # change_preview refused a window that is not there: one is, by now.
+    assert window is not None
+    emit_record(_window_record(window), fmt, title=title)
 
 
 @elv_app.command("enroll-all")
@@ -121,9 +164,11 @@ def elv_enroll_all(
             "--early", help="Enrol before the plan's enroll_all_on (its heads-up gave that day)."
         ),
     ] = False,
+    fmt: FormatOption = Format.table,
 ) -> None:
     """Enrol every account in ELV on the plan's enroll_all_on, in resumable batches with
-    a progress bar (previews by default)."""
+    a progress bar (previews by default). Lists the accounts not enrolled before it, and
+    those it enrolled (none in the preview)."""
     from sqlalchemy import func, select
 
     from rollout.core.errors import GuardRefused
@@ -146,9 +191,12 @@ def elv_enroll_all(
                 raise  # nothing to preview
             # As `phase preview` says it: not in the command to copy.
             stderr.print(f"Not due yet: {refused}", highlight=False, markup=False)
+        emit_record(
+            {"not_enrolled": pending, "enrolled": 0, "applied": False}, fmt, title="ELV (preview)"
+        )
         stderr.print("preview only: add --apply to enrol them", highlight=False)
         return
-    with progress_for() as progress:
+    with progress_for(fmt) as progress:
         task = progress.add_task("enrolling", total=pending)
         enrolled = enroll_all(
             runtime.registry,
@@ -158,4 +206,7 @@ def elv_enroll_all(
             progress=lambda done, total: progress.update(task, completed=done),
             early=early,
         )
+    emit_record(
+        {"not_enrolled": pending, "enrolled": enrolled, "applied": True}, fmt, title="ELV for all"
+    )
     stderr.print(f"enrolled {enrolled:,} accounts", highlight=False)

@@ -79,6 +79,17 @@ def sample(
     contents = sample_module.registry_contents(runtime.registry)
     if contents.has_rows and contents.is_sample and not replace:
         # The preview (DESIGN.md rule 1): what --replace would destroy, and how.
+        emit_record(
+            {
+                "registry": contents.url,
+                "name": contents.name,
+                "accounts": contents.accounts,
+                "emails": contents.emails,
+                "runs": contents.runs,
+            },
+            fmt,
+            title="sample registry: what --replace would lose (preview)",
+        )
         stderr.print(
             f"preview only: {contents.describe()}.\nTo replace it (and drop its warehouse), add: "
             f"--replace --confirm {contents.name}",
@@ -288,7 +299,8 @@ def summary(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
 @app.command()
 @reports_errors
 def doctor(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
-    """Health checks: registry, schema, warehouse, plan, SendGrid key, Prefect worker.
+    """Health checks: registry, schema, warehouse, landing and reports folders, plan,
+    SendGrid key, Prefect worker.
 
     One row per check, ok, warn or fail; exits 1 if any fails. Reads only: it sends no
     email and opens the warehouse read-only, skipping it (warn) while a run holds it."""

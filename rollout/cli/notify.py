@@ -43,8 +43,10 @@ def notify_preview(
             "(default: the plan's first; for the reminder, its first phase that sends one)."
         ),
     ] = None,
+    fmt: FormatOption = Format.table,
 ) -> None:
-    """Render examples of an email to outbox/preview/: subject, text and HTML."""
+    """Render examples of an email to outbox/preview/: subject, text and HTML. Lists the
+    files written: one path a line (table), or a `file` column (CSV, JSON)."""
     from rollout.notify.drain import account_recipient
     from rollout.notify.emails import EMAILS
     from rollout.notify.examples import (
@@ -85,8 +87,12 @@ def notify_preview(
             )
             previews.append((f"{name}-{account}", render(name, recipient, stored, plan)))
         written = write_previews(directory, previews)
-    for path in written:
-        typer.echo(str(path))
+    if fmt is Format.table:
+        # A path a line, as scripts have read it: `xargs`, `for f in $(...)`.
+        for path in written:
+            typer.echo(str(path))
+    else:
+        emit([{"file": path} for path in written], fmt, columns=["file"])
     stderr.print(f"{len(written)} files under {directory}", highlight=False)
 
 
@@ -211,8 +217,10 @@ def notify_send(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Queue failed emails again first.")
     ] = False,
+    fmt: FormatOption = Format.table,
 ) -> None:
-    """Drain the outbox: render and send every queued email, exactly once."""
+    """Drain the outbox: render and send every queued email, exactly once. Lists the
+    emails queued by kind, and those too late to go (preview), or what the send did."""
     from rollout.notify.drain import drain, too_late_waiting
     from rollout.notify.outbox import check_sender, failed_count, pending
     from rollout.notify.senders import make_sender
@@ -226,8 +234,9 @@ def notify_send(
     )
     queued = pending(registry)
     failed = failed_count(registry) if retry_failed else 0
-    for email, count in queued.items():
-        stderr.print(f"  {email}: {count}", highlight=False)
+    if apply:  # the preview lists them on stdout
+        for email, count in queued.items():
+            stderr.print(f"  {email}: {count}", highlight=False)
     stderr.print(f"{sum(queued.values())} emails queued; sender: {sender.name}", highlight=False)
     if retry_failed:
         stderr.print(f"{failed} failed emails to queue again first", highlight=False)
@@ -238,6 +247,15 @@ def notify_send(
         # Judged as the send will judge them: "N emails queued" alone announced as to be
         # sent those it then skips, past the day they announce.
         late = too_late_waiting(registry, plan, include_failed=retry_failed)
+        emit(
+            [
+                {"email": email, "queued": queued.get(email, 0), "too_late": late.get(email, 0)}
+                for email in sorted({*queued, *late})
+            ],
+            fmt,
+            title=f"emails queued; sender: {sender.name} (preview)",
+            columns=["email", "queued", "too_late"],
+        )
         if late:
             kinds = ", ".join(f"{email} {n}" for email, n in sorted(late.items()))
             stderr.print(
@@ -248,7 +266,7 @@ def notify_send(
         stderr.print("preview only: add --apply to send them", highlight=False)
         return
     # A stop (SIGTERM/SIGINT) raises Stopped once every worker is gone: reports_errors.
-    with progress_for() as progress:
+    with progress_for(fmt) as progress:
         task = progress.add_task("sending", total=None)
 
         def advance(done: int, total: int) -> None:
@@ -264,6 +282,19 @@ def notify_send(
             progress=advance,
             retry_failed=retry_failed,
         )
+    emit_record(
+        {
+            "sender": report.sender,
+            "sent": report.sent,
+            "failed": report.failed,
+            "skipped": sum(report.skipped.values()),
+            "resumed": report.resumed,
+            "retried": report.retried,
+            "requeued": report.requeued,
+        },
+        fmt,
+        title="notify send",
+    )
     if retry_failed:
         stderr.print(f"{report.requeued} failed emails queued again", highlight=False)
     skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items())) or "none"

@@ -45,10 +45,15 @@ def report(
     emit_record(
         {
             "as_of": day,
-            "data_through": files.data_through or "no data",
+            # None (JSON null, an empty CSV cell) when no day has adoption data; said in
+            # words for people.
+            "data_through": files.data_through
+            if files.data_through is not None or fmt is not Format.table
+            else "no data",
             "accounts": everyone.accounts if everyone else 0,
             "with_2fa": everyone.with_2fa if everyone else 0,
-            "share": round(everyone.share, 4) if everyone else 0,
+            # No share of no accounts: null, not a 0 % adoption.
+            "share": round(everyone.share, 4) if everyone else None,
             "html": files.html,
             "markdown": files.markdown,
         },

@@ -46,10 +46,34 @@ class Format(StrEnum):
 
 
 def _plain(value: Any) -> Any:
+    """A value as JSON gives it: ISO for dates and times, text for a path, and a list
+    of such values for a list (a program reads a list, not prose)."""
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+# A list in one cell (CSV, a table, Markdown): its items joined, as every command puts a
+# list in one (`cohorts show`'s packages, `orgs audit`'s methods); JSON keeps the list.
+LIST_SEPARATOR = ", "
+
+
+def _joined(value: Any) -> Any:
+    """A list as one CSV cell: its items joined (empty for none); any other value as it is."""
+    if isinstance(value, list | tuple):
+        return LIST_SEPARATOR.join(str(item) for item in _plain(value))
+    return value
+
+
+def in_words(value: Any) -> Any:
+    """A value as people read it in a table or Markdown: a list's items joined, or
+    ``none`` for an empty list; any other value as it is."""
+    if isinstance(value, list | tuple):
+        return _joined(value) or "none"
     return value
 
 
@@ -62,10 +86,11 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
 
 
 def csv_cell(value: Any) -> Any:
-    """A value as a CSV cell: empty for None, ISO for dates, and a string that a
+    """A value as a CSV cell: empty for None, ISO for dates, a list's items joined
+    (:data:`LIST_SEPARATOR`), and a string that a
     spreadsheet would run as a formula prefixed with ``'``. Numbers stay numbers
     (-5 in a count column is a number, not a formula)."""
-    value = _plain(value)
+    value = _plain(_joined(value))
     if value is None:
         return ""
     if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
@@ -215,7 +240,10 @@ def emit(
         for row in rows:
             # One line a cell: a line break in a value would look like another row.
             table.add_row(
-                *("" if row.get(k) is None else visible(_plain(row.get(k))) for k in names)
+                *(
+                    "" if row.get(k) is None else visible(_plain(in_words(row.get(k))))
+                    for k in names
+                )
             )
         console = DataConsole()
         if not console.is_terminal:
@@ -227,7 +255,7 @@ def emit(
 
 
 def _on_screen(value: Any) -> Any:
-    plain = _plain(value)  # a list's items joined: each shown as well
+    plain = _plain(_joined(value))  # a list's items joined: each shown as well
     return visible(plain) if isinstance(plain, str) else plain
 
 
@@ -279,7 +307,7 @@ def markdown_text(value: Any) -> str:
     comes out of it, and it is one line."""
     if isinstance(value, Markdown):
         return str(value)
-    text = "" if value is None else str(_plain(value))
+    text = "" if value is None else str(_plain(in_words(value)))
     text = " ".join(text.replace("\t", " ").splitlines())
     text = visible(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
@@ -298,8 +326,9 @@ class Presentable(Protocol):
 
 
 def labelled_rows(result: Presentable) -> list[tuple[str, Any]]:
-    """``result``'s summary as (label, value) rows: its LABELS, else the key in words."""
+    """``result``'s summary as (label, value) rows: its LABELS, else the key in words;
+    a list's items joined (:func:`in_words`)."""
     return [
-        (result.LABELS.get(key, key.replace("_", " ")), value)
+        (result.LABELS.get(key, key.replace("_", " ")), in_words(value))
         for key, value in result.summary().items()
     ]

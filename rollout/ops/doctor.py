@@ -77,6 +77,8 @@ def run_checks(
         _guarded("registry", lambda: check_registry(runtime.registry)),
         _guarded("schema", lambda: check_schema(runtime.registry)),
         _guarded("warehouse", lambda: check_warehouse(settings.warehouse_path)),
+        _guarded("landing", lambda: check_landing(settings.landing_dir)),
+        _guarded("reports", lambda: check_reports(settings.reports_dir)),
         _guarded("plan", lambda: check_plan(settings.plan_path)),
         _guarded("sendgrid", lambda: check_sendgrid(settings)),
         _guarded("worker", lambda: check_worker(environ, transport=prefect_transport, now=now)),
@@ -281,6 +283,61 @@ def _unwritable(path: Path) -> Path | None:
     return None
 
 
+# --- the folders the runs write -------------------------------------------------------------
+
+
+def _folder_unusable(folder: Path) -> str | None:
+    """Why this user cannot write files into ``folder`` (None: it can). A folder not
+    there yet is fine when it can be made (the first run makes it): the nearest folder
+    above it that is there must be writable. Asked, not tried: the doctor writes nothing."""
+    if folder.exists():
+        if not folder.is_dir():
+            return f"{folder} is not a folder"
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return f"{folder} is read-only for this user"
+        return None
+    above = folder.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        return f"{folder} cannot be made: {above} is not a folder"
+    if not os.access(above, os.W_OK | os.X_OK):
+        return f"{folder} is not there, and cannot be made: {above} is read-only for this user"
+    return None
+
+
+def _check_folder(name: str, folder: Path, writers: str) -> CheckResult:
+    problem = _folder_unusable(folder)
+    if problem is not None:
+        return CheckResult(
+            name, Status.fail, f"{problem}: {writers} (check its permissions and the file system)"
+        )
+    made = "" if folder.is_dir() else " (not there yet: the first run makes it)"
+    return CheckResult(name, Status.ok, f"{folder}{made}")
+
+
+def check_landing(folder: Path) -> CheckResult:
+    """The landing folder: `rollout sample` and the SendGrid events receiver write into
+    it, and `rollout ingest` moves nothing out of it but reads it."""
+    return _check_folder(
+        "landing",
+        folder,
+        "the events receiver (`rollout notify events serve`) and `rollout sample` cannot "
+        "write the landing files there",
+    )
+
+
+def check_reports(folder: Path) -> CheckResult:
+    """The reports folder: every phase preview saves its list there (`phase enforce`
+    checks against it), and `rollout report` writes the adoption report."""
+    return _check_folder(
+        "reports",
+        folder,
+        "`rollout phase preview` cannot save its list (so no phase can be enforced) and "
+        "`rollout report` cannot write the report",
+    )
+
+
 # --- the plan -------------------------------------------------------------------------------
 
 
@@ -312,13 +369,12 @@ def check_sendgrid(settings: Settings) -> CheckResult:
 
     sender = make_sender(settings)
     if not isinstance(sender, SendGridSender):
-        outbox = settings.outbox_dir
-        if outbox.is_dir() and not os.access(outbox, os.W_OK):
+        problem = _folder_unusable(settings.outbox_dir)
+        if problem is not None:
             return CheckResult(
                 "sendgrid",
                 Status.fail,
-                f"file outbox {outbox} is read-only for this user: `rollout notify send` "
-                "cannot write the emails there",
+                f"file outbox: {problem}: `rollout notify send` cannot write the emails there",
             )
         return CheckResult(
             "sendgrid",

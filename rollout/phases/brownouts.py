@@ -103,6 +103,28 @@ def schedule_preview(registry: Registry, plan: Plan) -> list[tuple[str, str]]:
     return [(planned.name, what) for planned, _, what in _schedule_changes(registry, plan)]
 
 
+# `rollout brownout schedule`'s listing: each window of the plan, the change scheduling
+# makes (create, move, unchanged or refused), its planned times, and the change in words.
+SCHEDULE_COLUMNS = ("name", "change", "starts_at", "ends_at", "detail")
+
+
+def schedule_rows(registry: Registry, plan: Plan) -> list[dict[str, Any]]:
+    """:func:`schedule_preview` as rows of :data:`SCHEDULE_COLUMNS`, for the listing."""
+    rows = []
+    for planned, _, what in _schedule_changes(registry, plan):
+        starts_at, ends_at = planned_window(planned)
+        rows.append(
+            {
+                "name": planned.name,
+                "change": what.split(maxsplit=1)[0].rstrip(":"),
+                "starts_at": starts_at,
+                "ends_at": ends_at,
+                "detail": what,
+            }
+        )
+    return rows
+
+
 def schedule_refusal(changes: list[tuple[str, str]]) -> GuardRefused | None:
     """Why scheduling refuses (nothing is scheduled when any window is refused), from
     its preview's changes; None when it would schedule them."""
