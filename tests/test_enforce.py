@@ -466,6 +466,34 @@ def test_a_crash_between_batches_then_a_rerun_finishes_exactly_once(
     assert count(registry, Notification) == 2
 
 
+def test_an_account_deleted_during_the_run_is_neither_acted_on_nor_called_compliant(
+    registry: Registry, plan: Plan, factories: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry closes accounts while a run goes through its batches (the preview
+    under the run's lock named them): a closed one is skipped as deleted, not counted
+    among those that enrolled since, and nothing is recorded of it."""
+    alice = AccountFactory(username="alice", sessions=1, in_cohort="top-100")
+    bob = AccountFactory(username="bob", sessions=1, in_cohort="top-100")
+    real = enforce._enforce_batch
+
+    def bob_closed_first(
+        connection: Any, phase: Any, account_ids: list[int], *args: Any, **kw: Any
+    ) -> Any:
+        if bob.id in account_ids:
+            connection.execute(text("DELETE FROM accounts WHERE id = :id"), {"id": bob.id})
+        return real(connection, phase, account_ids, *args, **kw)
+
+    monkeypatch.setattr(enforce, "_enforce_batch", bob_closed_first)
+    result = enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm", batch_size=1)
+    assert (result.accounts_required, result.sessions_revoked, result.emails_queued) == (1, 1, 1)
+    assert (result.skipped_deleted, result.skipped_now_compliant) == (1, 0)
+    with registry.engine.connect() as connection:
+        [summary] = connection.execute(select(PlanRun.summary)).scalars()
+        audited = set(connection.execute(select(Action.account_id)).scalars())
+    assert summary["skipped_deleted"] == 1 and summary["skipped_now_compliant"] == 0
+    assert audited == {alice.id}
+
+
 def test_an_account_that_enrolled_since_the_preview_is_left_alone(
     registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
 ) -> None:
