@@ -206,6 +206,7 @@ def verify(
         "accounts flagged": (result.accounts_flagged, expect - naive_flagged),
         "emails queued": (result.emails_queued, expect),
         "skipped as now compliant": (result.skipped_now_compliant, 0),
+        "skipped as deleted": (result.skipped_deleted, 0),
     }
     problems = [
         f"{name}: the registry holds {found[name]:,}, expected {value:,}"

@@ -402,6 +402,30 @@ def test_enforce_flags_revokes_audits_and_queues_once(
     assert count(registry, Notification) == 2
 
 
+def test_a_session_made_after_a_revoked_one_was_deleted_is_revoked_and_audited_too(
+    registry: Registry, plan: Plan, factories: None
+) -> None:
+    """The registry deletes signed-out sessions; the audit keeps their revocations by
+    id. A later session never takes such an id: the next run revokes it under an audit
+    row of its own, rather than failing on the key the first revocation holds."""
+    alice = AccountFactory(username="alice", sessions=1, in_cohort="top-100")
+    enforce.enforce_phase(registry, plan, "top-100", expect=1, actor="rm")
+    with registry.engine.begin() as connection:
+        [revoked] = connection.execute(select(WebSession.id)).scalars()
+        connection.execute(text("DELETE FROM web_sessions WHERE id = :id"), {"id": revoked})
+    bob = AccountFactory(username="bob", sessions=1, in_cohort="top-100")
+    expect = enforce.preview_phase(registry, plan, plan.phase("top-100")).count
+    result = enforce.enforce_phase(registry, plan, "top-100", expect=expect, actor="rm")
+    assert result.sessions_revoked == 1 and live_sessions(registry, bob.id) == 0
+    with registry.engine.connect() as connection:
+        audited = connection.execute(
+            select(Action.account_id, Action.subject).where(Action.action == "revoke_session")
+        ).all()
+    [(_, first), (_, second)] = sorted(audited)
+    assert sorted(a for a, _ in audited) == [alice.id, bob.id]
+    assert first == f"web_session:{revoked}" and second != first
+
+
 def test_a_crash_between_batches_then_a_rerun_finishes_exactly_once(
     registry: Registry,
     plan_exempting_carol: Plan,
@@ -440,6 +464,34 @@ def test_a_crash_between_batches_then_a_rerun_finishes_exactly_once(
     assert count(registry, Action, Action.action == "tfa_required") == 2
     assert count(registry, Action, Action.action == "revoke_session") == 3
     assert count(registry, Notification) == 2
+
+
+def test_an_account_deleted_during_the_run_is_neither_acted_on_nor_called_compliant(
+    registry: Registry, plan: Plan, factories: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry closes accounts while a run goes through its batches (the preview
+    under the run's lock named them): a closed one is skipped as deleted, not counted
+    among those that enrolled since, and nothing is recorded of it."""
+    alice = AccountFactory(username="alice", sessions=1, in_cohort="top-100")
+    bob = AccountFactory(username="bob", sessions=1, in_cohort="top-100")
+    real = enforce._enforce_batch
+
+    def bob_closed_first(
+        connection: Any, phase: Any, account_ids: list[int], *args: Any, **kw: Any
+    ) -> Any:
+        if bob.id in account_ids:
+            connection.execute(text("DELETE FROM accounts WHERE id = :id"), {"id": bob.id})
+        return real(connection, phase, account_ids, *args, **kw)
+
+    monkeypatch.setattr(enforce, "_enforce_batch", bob_closed_first)
+    result = enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm", batch_size=1)
+    assert (result.accounts_required, result.sessions_revoked, result.emails_queued) == (1, 1, 1)
+    assert (result.skipped_deleted, result.skipped_now_compliant) == (1, 0)
+    with registry.engine.connect() as connection:
+        [summary] = connection.execute(select(PlanRun.summary)).scalars()
+        audited = set(connection.execute(select(Action.account_id)).scalars())
+    assert summary["skipped_deleted"] == 1 and summary["skipped_now_compliant"] == 0
+    assert audited == {alice.id}
 
 
 def test_an_account_that_enrolled_since_the_preview_is_left_alone(

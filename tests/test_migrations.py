@@ -537,6 +537,89 @@ def test_0019_stamps_every_table_afresh_on_each_upgrade(registry: Registry) -> N
     _assert_matches_the_models(engine)
 
 
+def test_0020_gives_no_id_again_not_even_one_deleted_before_it(registry: Registry) -> None:
+    """Below 0020 SQLite gave the newest row's id again once it was deleted. Upgraded,
+    the rows keep their ids, and a new account, session, token, org or team takes an id
+    past every one the registry holds or the ledger still names (an account deleted
+    before the upgrade, a session the audit says was revoked); on PostgreSQL, whose
+    sequences never went back, the revision changes nothing."""
+    engine = registry.engine
+    migrate.downgrade(engine, "0019")
+    with bound_to(engine):
+        kept = AccountFactory(sessions=1)
+        TokenFactory(account=kept)
+        org = OrgFactory()
+        TeamFactory(org=org)
+        OrgMemberFactory(org=org, account=kept)
+        FactorFactory(account=kept)
+        gone = AccountFactory(username="closed")
+    tables = ["accounts", "web_sessions", "tokens", "orgs", "teams"]
+    with engine.begin() as connection:
+        largest = {
+            t: connection.execute(text(f"SELECT max(id) FROM {t}")).scalar_one() for t in tables
+        }
+        # What the ledger says of rows deleted since: the account, its revoked session
+        # and token, the org and team it was invited back into.
+        connection.execute(
+            text(
+                "INSERT INTO actions (effect_key, action, account_id, subject, reason, actor, "
+                "created_at, details) VALUES (:key, 'revoke_session', :account, :subject, "
+                "'r', 'rm', '2022-02-01 00:00:00', '{}')"
+            ),
+            [
+                {
+                    "key": "revoke-session:old",
+                    "account": gone.id,
+                    "subject": f"web_session:{largest['web_sessions'] + 5}",
+                },
+                {
+                    "key": "revoke-token:old",
+                    "account": gone.id,
+                    "subject": f"token:{largest['tokens'] + 5}",
+                },
+            ],
+        )
+        connection.execute(
+            text(
+                "INSERT INTO org_invitations (org_id, account_id, team_id, state, invited_by, "
+                "created_at, expires_at) VALUES (:org, :account, :team, 'expired', 'o', "
+                "'2022-02-01 00:00:00', '2022-02-08 00:00:00')"
+            ),
+            {
+                "org": largest["orgs"] + 5,
+                "account": gone.id,
+                "team": largest["teams"] + 5,
+            },
+        )
+        connection.execute(text("DELETE FROM accounts WHERE id = :id"), {"id": gone.id})
+    before = _counts(engine)
+    migrate.upgrade(engine)
+    _assert_matches_the_models(engine)
+    assert _counts(engine) == before
+    with bound_to(engine):
+        account = AccountFactory(sessions=1)
+        token = TokenFactory(account=account)
+        team = TeamFactory(org=OrgFactory())
+        session = account_session(engine, account.id)
+    assert account.id > gone.id
+    past = 5 if engine.dialect.name == "sqlite" else 0
+    assert session > largest["web_sessions"] + past
+    assert token.id > largest["tokens"] + past
+    assert team.org_id > largest["orgs"] + past and team.id > largest["teams"] + past
+    # Down again: the rows stay; up again: the same.
+    migrate.downgrade(engine, "0019")
+    assert _counts(engine)["accounts"] == before["accounts"] + 1
+    migrate.upgrade(engine)
+    _assert_matches_the_models(engine)
+
+
+def account_session(engine: Engine, account_id: int) -> int:
+    with engine.connect() as connection:
+        return connection.execute(
+            text("SELECT id FROM web_sessions WHERE account_id = :a"), {"a": account_id}
+        ).scalar_one()
+
+
 def test_a_registry_a_newer_rollout_migrated_is_refused_by_downgrade(
     empty_registry_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

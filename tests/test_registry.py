@@ -30,6 +30,15 @@ from rollout.registry.models import (
 from rollout.registry.statistics import CAMPAIGN_TABLES, refresh_statistics
 from rollout.warehouse import extract
 from rollout.warehouse.extract import EXTRACTED_TABLES, extract_registry
+from tests.factories import (
+    AccountFactory,
+    FactorFactory,
+    OrgFactory,
+    OrgMemberFactory,
+    SessionFactory,
+    TeamFactory,
+    TokenFactory,
+)
 
 T0 = datetime(2022, 1, 1, 12, 0)
 
@@ -150,6 +159,35 @@ def test_an_email_exists_once_per_account_kind_and_phase(registry: Registry) -> 
     queue("high-impact")
     with pytest.raises(IntegrityError):
         queue("top-100")
+
+
+# The registry's rows that can be deleted (an account closed takes its factors,
+# sessions, tokens and org memberships with it; an org its teams and members) while the
+# ledger, the outbox and the warehouse's history still name their ids.
+DELETABLE = {
+    "accounts": lambda: AccountFactory(),
+    "tfa_factors": lambda: FactorFactory(),
+    "web_sessions": lambda: SessionFactory(),
+    "tokens": lambda: TokenFactory(),
+    "orgs": lambda: OrgFactory(),
+    "org_members": lambda: OrgMemberFactory(),
+    "teams": lambda: TeamFactory(),
+}
+
+
+@pytest.mark.parametrize("table", sorted(DELETABLE))
+def test_the_id_of_a_deleted_row_is_never_given_to_another(
+    registry: Registry, factories: None, table: str
+) -> None:
+    """SQLite gives a new row the largest id plus one, unless the table says
+    AUTOINCREMENT: the newest row deleted, the next took its id, and with it the
+    history the ledger keeps of the first (notices, flags, revocations, snoozes)."""
+    make = DELETABLE[table]
+    make()
+    deleted = make().id
+    with registry.engine.begin() as connection:
+        connection.execute(text(f"DELETE FROM {table} WHERE id = :id"), {"id": deleted})
+    assert make().id > deleted
 
 
 def test_live_sessions_are_indexed_for_revocation(registry: Registry) -> None:

@@ -98,6 +98,8 @@ class EnforceResult:
     sessions_revoked: int = 0
     emails_queued: int = 0
     skipped_now_compliant: int = 0
+    # Previewed, then deleted from the registry before their batch: nothing done.
+    skipped_deleted: int = 0
     tokens_revoked: int = 0
     accounts_warned: int = 0
     totp_enrolment_closed: int = 0
@@ -120,6 +122,7 @@ class EnforceResult:
         "totp_enrolment_closed": "accounts closed to new TOTP set-ups",
         "emails_queued": "enforcement emails queued",
         "skipped_now_compliant": "skipped: compliant since the preview",
+        "skipped_deleted": "skipped: deleted from the registry since the preview",
         "accounts_unreached": "of the accounts acted on, never reached by a notice or reminder",
     }
 
@@ -479,6 +482,7 @@ class BatchOutcome:
     sessions_revoked: int = 0
     emails_queued: int = 0
     skipped_now_compliant: int = 0
+    skipped_deleted: int = 0
     tokens_revoked: int = 0
     accounts_warned: int = 0
     totp_enrolment_closed: int = 0
@@ -888,8 +892,17 @@ def _enforce_batch(
         .all()
     )
     skipped = len(account_ids) - len(still_short)
+    deleted = 0
+    if skipped:
+        # Of those no longer short, the accounts the registry deleted since the preview
+        # (it closes accounts while a run goes on): not counted as having complied.
+        present = connection.execute(
+            select(func.count()).select_from(ACCOUNTS).where(among(ACCOUNTS.c.id))
+        ).scalar_one()
+        deleted = len(account_ids) - int(present)
+        skipped -= deleted
     if not still_short:
-        return BatchOutcome(skipped_now_compliant=skipped)
+        return BatchOutcome(skipped_now_compliant=skipped, skipped_deleted=deleted)
     if skipped:
         among = _id_set(connection, still_short)
     if connection.dialect.name == "postgresql":
@@ -943,6 +956,7 @@ def _enforce_batch(
         sessions_revoked=revoked,
         emails_queued=queued,
         skipped_now_compliant=skipped,
+        skipped_deleted=deleted,
         tokens_revoked=tokens,
         accounts_warned=warned,
         totp_enrolment_closed=closed,

@@ -118,7 +118,8 @@ def reset_id_sequences(url: str, tables: Iterable[str]) -> None:
     """Move PostgreSQL's id sequences past the ids inserted explicitly.
 
     Without it the next ORM insert would be handed id 1 and fail on the primary key.
-    SQLite needs nothing: INTEGER PRIMARY KEY takes max(rowid) + 1.
+    SQLite needs nothing: an explicit id moves an AUTOINCREMENT table's sequence past it,
+    and another table's next id is max(rowid) + 1.
     """
     if is_sqlite(url):
         return

@@ -79,6 +79,15 @@ def _one_of(column: str, values: tuple[str, ...]) -> str:
 # BIGINT on PostgreSQL, but INTEGER on SQLite so the column is the rowid alias.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
+# The registry's tables whose rows can be deleted (a closed account takes its factors,
+# sessions, tokens and org memberships; a deleted org its teams and members) while the
+# ledger, the outbox and the warehouse still name their ids: the audit's keys and
+# subjects (revoke-session:<id>, token:<id>), notices, snoozes, invitations. SQLite gives
+# a new row the largest id plus one, so the newest row deleted, the next took its id and
+# that history; AUTOINCREMENT never gives an id twice, as PostgreSQL's sequences never
+# do (revision 0020). The ledger's own tables are never deleted from.
+NEVER_REUSED = {"sqlite_autoincrement": True}
+
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
@@ -87,6 +96,7 @@ class Base(DeclarativeBase):
 
 class Account(Base):
     __tablename__ = "accounts"
+    __table_args__ = (NEVER_REUSED,)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     username: Mapped[str] = mapped_column(String(214), unique=True)
@@ -114,6 +124,7 @@ class TfaFactor(Base):
             sqlite_where=text("removed_at IS NULL"),
             postgresql_where=text("removed_at IS NULL"),
         ),
+        NEVER_REUSED,
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -139,6 +150,7 @@ class WebSession(Base):
             sqlite_where=text("revoked_at IS NULL"),
             postgresql_where=text("revoked_at IS NULL"),
         ),
+        NEVER_REUSED,
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -170,6 +182,7 @@ class Token(Base):
             sqlite_where=text("revoked_at IS NULL"),
             postgresql_where=text("revoked_at IS NULL"),
         ),
+        NEVER_REUSED,
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -196,6 +209,7 @@ class Token(Base):
 
 class Org(Base):
     __tablename__ = "orgs"
+    __table_args__ = (NEVER_REUSED,)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     name: Mapped[str] = mapped_column(String(214), unique=True)
@@ -209,6 +223,7 @@ class OrgMember(Base):
         CheckConstraint(_one_of("role", ORG_ROLES), name="role"),
         UniqueConstraint("org_id", "account_id", name="uq_org_members_org_account"),
         Index("ix_org_members_account", "account_id"),
+        NEVER_REUSED,
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -280,7 +295,7 @@ class DeadlineSnooze(Base):
 
 class Team(Base):
     __tablename__ = "teams"
-    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_teams_org_name"),)
+    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_teams_org_name"), NEVER_REUSED)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"))
