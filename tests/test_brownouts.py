@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import Brownout, Plan, load_plan
-from rollout.phases import brownouts
+from rollout.phases import brownouts, drift
 from rollout.registry import Registry
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import Account, Action, BrownoutWindow, Notification, PlanRun
@@ -624,26 +624,91 @@ def test_a_window_started_early_may_not_overlap_another(registry: Registry, plan
     assert brownouts.start_now(registry, "second", actor="rm", reason="next").state == "active"
 
 
-def test_a_window_scheduled_over_one_the_plan_no_longer_names_is_refused(
+def test_a_window_scheduled_over_one_another_plan_made_is_refused(
     registry: Registry, plan: Plan
 ) -> None:
-    """The plan renamed its brown-out: the old window, still in the registry and still
-    to come, would run alongside the new one. Scheduling says so and schedules nothing,
-    until the old one is cancelled."""
+    """Another plan's window, still in the registry and still to come, would run
+    alongside this plan's: scheduling says so and schedules nothing, until the other is
+    cancelled (a plan cancels only the windows it scheduled itself)."""
     tomorrow = utc_now().replace(microsecond=0) + timedelta(days=1)
-    old = plan.model_copy(update={"brownouts": [Brownout(name="drill", starts_at=tomorrow)]})
-    brownouts.schedule(registry, old, actor="rm")
-    renamed = plan.model_copy(
+    other = plan.model_copy(
+        update={"name": "other", "brownouts": [Brownout(name="drill", starts_at=tomorrow)]}
+    )
+    brownouts.schedule(registry, other, actor="rm")
+    ours = plan.model_copy(
         update={"brownouts": [Brownout(name="drill-2", starts_at=tomorrow + timedelta(hours=2))]}
     )
-    [(name, what)] = brownouts.schedule_preview(registry, renamed)
+    [(name, what)] = brownouts.schedule_preview(registry, ours)
     assert name == "drill-2" and what.startswith("refused: would overlap drill (scheduled")
     with pytest.raises(GuardRefused, match="would overlap drill"):
-        brownouts.schedule(registry, renamed, actor="rm")
+        brownouts.schedule(registry, ours, actor="rm")
     assert [w.name for w in brownouts.status(registry)] == ["drill"]
-    brownouts.end_now(registry, "drill", actor="rm", reason="renamed drill-2")
-    brownouts.schedule(registry, renamed, actor="rm")
+    brownouts.end_now(registry, "drill", actor="rm", reason="not this campaign's")
+    brownouts.schedule(registry, ours, actor="rm")
     assert [(w.name, w.state) for w in brownouts.status(registry)] == [
         ("drill", "ended early"),
         ("drill-2", "scheduled"),
     ]
+
+
+def test_a_window_the_plan_no_longer_names_does_not_start_once_scheduling_follows_the_plan(
+    registry: Registry, plan: Plan, accounts: dict[str, int]
+) -> None:
+    """The plan drops one brown-out not begun and renames the one under way. Until
+    scheduling follows the plan, both still apply at their times, and `plan check`
+    says so; scheduling then cancels the one not begun (previewed, audited: it never
+    starts) and leaves the one under way to its end, saying how to stop it now."""
+    now = utc_now().replace(microsecond=0)
+    running = Brownout(name="running", starts_at=now + timedelta(hours=1))
+    dropped = Brownout(name="dropped", starts_at=now + timedelta(days=3))
+    brownouts.schedule(
+        registry, plan.model_copy(update={"brownouts": [running, dropped]}), actor="rm"
+    )
+    brownouts.start_now(registry, "running", actor="rm", reason="rehearsal")
+    later = Brownout(name="later", starts_at=now + timedelta(days=5))
+    edited = plan.model_copy(update={"brownouts": [later]})
+    in_dropped = now + timedelta(days=3, hours=2)
+    assert required(registry, accounts["kim"], in_dropped)
+
+    _, warnings = drift.plan_drift(registry, edited)
+    said = " ".join(w for w in warnings if w.startswith("brown-out"))
+    assert "brown-out dropped is scheduled in the registry" in said
+    assert "no longer in plan npm-2022: it starts by itself at its time" in said
+    assert "brown-out running is active in the registry" in said
+    assert "`rollout brownout end running --reason ... --apply` stops it now" in said
+
+    preview = dict(brownouts.schedule_preview(registry, edited))
+    assert preview["dropped"].startswith("cancel: no longer in plan npm-2022")
+    assert preview["running"].startswith("left active until")
+    assert brownouts.schedule_refusal(list(preview.items())) is None
+    brownouts.schedule(registry, edited, actor="rm")
+
+    assert [(w.name, w.state) for w in brownouts.status(registry)] == [
+        ("running", "active"),
+        ("dropped", "ended early"),
+        ("later", "scheduled"),
+    ]
+    assert not required(registry, accounts["kim"], in_dropped)
+    with registry.engine.connect() as connection:
+        ended = connection.execute(
+            select(Action.subject, Action.reason).where(Action.action == "brownout_ended")
+        ).all()
+    assert ended == [("brownout:dropped", "cancelled: no longer in plan npm-2022")]
+    _, warnings = drift.plan_drift(registry, edited)
+    assert [w for w in warnings if "dropped" in w] == []
+    # Scheduling again changes nothing more (the one under way is still said).
+    assert dict(brownouts.schedule_preview(registry, edited))["later"] == "unchanged (scheduled)"
+    assert "dropped" not in dict(brownouts.schedule_preview(registry, edited))
+
+
+def test_plan_check_says_a_window_dated_otherwise_keeps_the_registrys_times(
+    registry: Registry, plan: Plan
+) -> None:
+    now = utc_now().replace(microsecond=0)
+    drill = Brownout(name="drill", starts_at=now + timedelta(days=2))
+    brownouts.schedule(registry, plan.model_copy(update={"brownouts": [drill]}), actor="rm")
+    moved = drill.model_copy(update={"starts_at": now + timedelta(days=4)})
+    _, warnings = drift.plan_drift(registry, plan.model_copy(update={"brownouts": [moved]}))
+    [said] = [w for w in warnings if w.startswith("brown-out")]
+    assert "brown-out drill is scheduled in the registry" in said
+    assert "the registry's times apply until `rollout brownout schedule --apply` moves it" in said

@@ -99,8 +99,52 @@ def planned_window(planned: Brownout) -> tuple[datetime, datetime]:
 
 
 def schedule_preview(registry: Registry, plan: Plan) -> list[tuple[str, str]]:
-    """(window, what scheduling would do) for each brown-out of the plan."""
-    return [(planned.name, what) for planned, _, what in _schedule_changes(registry, plan)]
+    """(window, what scheduling would do) for each brown-out of the plan, then for each
+    window of the plan's it no longer names that still applies or will."""
+    changes, dropped = _schedule_changes(registry, plan)
+    return [(planned.name, what) for planned, _, what in changes] + [
+        (window.name, what) for window, what in dropped
+    ]
+
+
+def scheduled_by(plan: Plan) -> str:
+    """The reason ``schedule`` stores on the windows it creates: which plan's they are."""
+    return f"plan {plan.name}"
+
+
+def _dropped(
+    registry: Registry, plan: Plan, windows: list[WindowState], now: datetime
+) -> list[tuple[WindowState, str]]:
+    """The windows ``plan`` scheduled that it no longer names (renamed, taken out) and
+    that still apply or will, each with what scheduling does with it: one not started is
+    cancelled (it would start by itself at its time); one under way is left to its end,
+    which only `brownout end` brings forward."""
+    names = {b.name for b in plan.brownouts}
+    with registry.engine.connect() as connection:
+        ours = set(
+            connection.execute(
+                select(WINDOWS.c.name).where(WINDOWS.c.reason == scheduled_by(plan))
+            ).scalars()
+        )
+    dropped = []
+    for window in windows:
+        if window.name in names or window.name not in ours:
+            continue
+        if window.state == "scheduled":
+            what = (
+                f"cancel: no longer in plan {plan.name} (scheduled "
+                f"{window.starts_at:%Y-%m-%d %H:%M} UTC, it would start by itself)"
+            )
+        elif window.state == "active":
+            what = (
+                f"left active until {window.ends_at:%Y-%m-%d %H:%M} UTC though no longer in "
+                f"plan {plan.name}: stop it now with `rollout brownout end {window.name} "
+                "--reason ... --apply`"
+            )
+        else:
+            continue
+        dropped.append((window, what))
+    return dropped
 
 
 def schedule_refusal(changes: list[tuple[str, str]]) -> GuardRefused | None:
@@ -112,13 +156,19 @@ def schedule_refusal(changes: list[tuple[str, str]]) -> GuardRefused | None:
 
 def _schedule_changes(
     registry: Registry, plan: Plan
-) -> list[tuple[Brownout, WindowState | None, str]]:
+) -> tuple[list[tuple[Brownout, WindowState | None, str]], list[tuple[WindowState, str]]]:
     """Each brown-out of the plan, its window as stored now (None: none yet), and what
-    scheduling would do with it."""
+    scheduling would do with it; then the windows the plan dropped (``_dropped``)."""
     now = utc_now()
-    existing = {w.name: w for w in status(registry, now)}
+    windows = status(registry, now)
+    existing = {w.name: w for w in windows}
     planned_names = {b.name for b in plan.brownouts}
-    unplanned = [w for name, w in existing.items() if name not in planned_names]
+    dropped = _dropped(registry, plan, windows, now)
+    cancelled = {w.name for w, what in dropped if what.startswith("cancel")}
+    # A window cancelled in the same run no longer applies: the plan's may take its hours.
+    unplanned = [
+        w for name, w in existing.items() if name not in planned_names and name not in cancelled
+    ]
     told = _heads_ups_sent(registry, [b.name for b in plan.brownouts])
     changes = []
     for planned in plan.brownouts:
@@ -157,7 +207,7 @@ def _schedule_changes(
                     f"(`rollout brownout end {clash.name}`)"
                 )
         changes.append((planned, current, what))
-    return changes
+    return changes, dropped
 
 
 def _overlapping(
@@ -195,8 +245,10 @@ def _heads_ups_sent(registry: Registry, names: list[str]) -> dict[str, int]:
 
 def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, str]]:
     """Create (or move, while not started) the plan's brown-out windows."""
-    planned_changes = _schedule_changes(registry, plan)
-    changes = [(planned.name, what) for planned, _, what in planned_changes]
+    planned_changes, dropped = _schedule_changes(registry, plan)
+    changes = [(planned.name, what) for planned, _, what in planned_changes] + [
+        (window.name, what) for window, what in dropped
+    ]
     refused = schedule_refusal(changes)
     if refused is not None:
         raise refused
@@ -228,7 +280,7 @@ def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, s
                                 ends_at=ends_at,
                                 created_at=now,
                                 created_by=actor,
-                                reason=f"plan {plan.name}",
+                                reason=scheduled_by(plan),
                             )
                         )
                 except IntegrityError:  # another schedule created it first
@@ -257,6 +309,25 @@ def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, s
                         "created_at": now,
                     }
                 ],
+            )
+        for window, what in dropped:
+            if not what.startswith("cancel"):
+                continue
+            # Only the window as previewed, and only while it has not started.
+            cancelled = connection.execute(
+                update(WINDOWS)
+                .where(and_(_as_read(window), WINDOWS.c.starts_at > utc_now()))
+                .values(ended_early_at=now)
+            ).rowcount
+            if cancelled != 1:
+                raise meanwhile
+            _audit_change(
+                connection,
+                window.name,
+                "brownout_ended",
+                f"cancelled: no longer in plan {plan.name}",
+                actor,
+                now,
             )
         finish_run(connection, run_id, state="succeeded", summary={"changes": len(changes)})
     return changes
@@ -300,28 +371,35 @@ def _change_window(
                 f"brown-out {name} was changed by another run meanwhile: "
                 "see `rollout brownout status`"
             )
-        # Its heads-up not sent yet would announce what has begun or will not come.
-        withdraw_queued(
-            connection,
-            Selection(email=HEADS_UP_EMAIL, occasion=name),
-            reason=f"brown-out {name} {'started' if action == 'brownout_started' else 'ended'}",
-            actor=actor,
-            run_id=None,
-        )
-        record_actions(
-            connection,
-            [
-                {
-                    "effect_key": f"{action}:{name}:{now.isoformat()}",
-                    "action": action,
-                    "subject": f"brownout:{name}",
-                    "reason": reason,
-                    "actor": actor,
-                    "created_at": now,
-                }
-            ],
-        )
+        _audit_change(connection, name, action, reason, actor, now)
     return {w.name: w for w in status(registry, now)}[name]
+
+
+def _audit_change(
+    connection: Connection, name: str, action: str, reason: str, actor: str, now: datetime
+) -> None:
+    """What starting or ending a window writes besides it: its heads-up not sent yet
+    withdrawn (it would announce what has begun or will not come), and the audit row."""
+    withdraw_queued(
+        connection,
+        Selection(email=HEADS_UP_EMAIL, occasion=name),
+        reason=f"brown-out {name} {'started' if action == 'brownout_started' else 'ended'}",
+        actor=actor,
+        run_id=None,
+    )
+    record_actions(
+        connection,
+        [
+            {
+                "effect_key": f"{action}:{name}:{now.isoformat()}",
+                "action": action,
+                "subject": f"brownout:{name}",
+                "reason": reason,
+                "actor": actor,
+                "created_at": now,
+            }
+        ],
+    )
 
 
 def _start_values(window: WindowState, now: datetime) -> dict[str, datetime]:
