@@ -3,6 +3,8 @@ plan, starting early, the emergency end, and enrolling everyone."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from pathlib import Path
@@ -140,25 +142,64 @@ def test_start_early_and_the_emergency_end(
         brownouts.end_now(registry, "nope", actor="rm", reason="x")
 
 
+def _at_once(
+    monkeypatch: pytest.MonkeyPatch,
+    decide: str,
+    first: Callable[[], object],
+    second: Callable[[], object],
+) -> tuple[object, object]:
+    """Run ``first`` and, once ``first`` has made its decision (``decide``, one of
+    brownouts' _start_values, _end_values) but not yet written it, ``second`` in another
+    thread: two runs at once, each past its reading before the other wrote. ``first``
+    waits (up to a few seconds) for ``second`` to finish before writing. Returns what
+    each returned, or the exception it raised."""
+    checked = getattr(brownouts, decide)
+    decided, second_done = threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+
+    def decide_then_wait(window: brownouts.WindowState, now: datetime) -> Any:
+        values = checked(window, now)
+        if not decided.is_set():
+            decided.set()
+            second_done.wait(3)  # the second blocks on the windows' lock: wait no more
+        return values
+
+    def running(key: str, call: Callable[[], object], then: threading.Event | None) -> None:
+        try:
+            results[key] = call()
+        except Exception as error:  # the test reads which one refused
+            results[key] = error
+        finally:
+            if then is not None:
+                then.set()
+
+    monkeypatch.setattr(brownouts, decide, decide_then_wait)
+    one = threading.Thread(target=running, args=("first", first, None))
+    one.start()
+    assert decided.wait(10)
+    two = threading.Thread(target=running, args=("second", second, second_done))
+    two.start()
+    one.join(60)
+    two.join(60)
+    return results["first"], results["second"]
+
+
 def test_of_two_stops_at_once_only_the_first_ends_the_window(
     registry: Registry, plan: Plan, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A person and the brownout-end deployment, both past the check before either
-    writes: the second is refused, and the window ends once, audited once."""
+    """A person and the brownout-end deployment at once: the second is refused, and the
+    window ends once, audited once."""
     brownouts.schedule(registry, soon(plan), actor="rm")
     brownouts.start_now(registry, "drill", actor="rm", reason="rehearsal")
-    checked = brownouts._end_values
-
-    def the_other_stops_meanwhile(window: brownouts.WindowState, now: datetime) -> Any:
-        values = checked(window, now)
-        monkeypatch.setattr(brownouts, "_end_values", checked)
-        first = brownouts.end_now(registry, "drill", actor="deployment", reason="scheduled end")
-        assert first.state == "ended early"
-        return values
-
-    monkeypatch.setattr(brownouts, "_end_values", the_other_stops_meanwhile)
-    with pytest.raises(GuardRefused, match="was changed by another run meanwhile"):
-        brownouts.end_now(registry, "drill", actor="rm", reason="login errors spiking")
+    first, second = _at_once(
+        monkeypatch,
+        "_end_values",
+        lambda: brownouts.end_now(registry, "drill", actor="deployment", reason="planned end"),
+        lambda: brownouts.end_now(registry, "drill", actor="rm", reason="login errors"),
+    )
+    assert isinstance(first, brownouts.WindowState) and first.state == "ended early"
+    assert isinstance(second, GuardRefused)
+    assert "brown-out drill has already ended early" in str(second)
     with registry.engine.connect() as connection:
         stops = (
             connection.execute(select(Action.actor).where(Action.action == "brownout_ended"))
@@ -166,6 +207,39 @@ def test_of_two_stops_at_once_only_the_first_ends_the_window(
             .all()
         )
     assert stops == ["deployment"]
+
+
+def test_of_two_overlapping_windows_started_at_once_only_one_starts(
+    registry: Registry, plan: Plan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two release managers start two windows at once, each window clear of the other
+    as it was read: started now, they would overlap. Exactly one starts; the other is
+    refused (exit 3), naming the window that holds, and nothing of it is written."""
+    now = utc_now().replace(microsecond=0)
+    # An hour each, days apart: each started now is clear of the other as scheduled.
+    first = Brownout(name="first", starts_at=now + timedelta(days=2), hours=1)
+    second = Brownout(name="second", starts_at=now + timedelta(days=4), hours=1)
+    brownouts.schedule(registry, plan.model_copy(update={"brownouts": [first, second]}), actor="rm")
+    started, refused = _at_once(
+        monkeypatch,
+        "_start_values",
+        lambda: brownouts.start_now(registry, "first", actor="ann", reason="rehearsal"),
+        lambda: brownouts.start_now(registry, "second", actor="bob", reason="rehearsal"),
+    )
+    assert isinstance(started, brownouts.WindowState) and started.state == "active"
+    assert isinstance(refused, GuardRefused)
+    assert refused.exit_code == 3
+    assert "brown-out second started now" in str(refused)
+    assert "would overlap first (active" in str(refused)
+    assert [(w.name, w.state) for w in brownouts.status(registry)] == [
+        ("first", "active"),
+        ("second", "scheduled"),
+    ]
+    with registry.engine.connect() as connection:
+        starts = connection.execute(
+            select(Action.actor).where(Action.action == "brownout_started")
+        ).scalars()
+        assert list(starts) == ["ann"]
 
 
 def test_a_window_started_while_a_schedule_was_previewed_is_not_moved(

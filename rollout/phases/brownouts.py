@@ -9,7 +9,8 @@ the login rule the registry applies; ``enroll_all`` turns ELV on for every accou
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -34,6 +35,7 @@ from rollout.registry.ledger import (
     start_run,
     utc_now,
 )
+from rollout.registry.locks import hold_transaction_lock
 from rollout.registry.models import Account, BrownoutWindow, has_active_factor, state_at
 
 WINDOWS = BrownoutWindow.__table__
@@ -57,15 +59,33 @@ class WindowState:
 def status(registry: Registry, at: datetime | None = None) -> list[WindowState]:
     at = at or utc_now()
     with registry.engine.connect() as connection:
-        windows = connection.execute(
-            select(
-                WINDOWS.c.name, WINDOWS.c.starts_at, WINDOWS.c.ends_at, WINDOWS.c.ended_early_at
-            ).order_by(WINDOWS.c.starts_at)
-        ).all()
+        return _windows(connection, at)
+
+
+def _windows(connection: Connection, at: datetime) -> list[WindowState]:
+    windows = connection.execute(
+        select(
+            WINDOWS.c.name, WINDOWS.c.starts_at, WINDOWS.c.ends_at, WINDOWS.c.ended_early_at
+        ).order_by(WINDOWS.c.starts_at)
+    ).all()
     return [
         WindowState(w.name, w.starts_at, w.ends_at, w.ended_early_at, state_at(w, at))
         for w in windows
     ]
+
+
+# Held by each change of the windows from its check to its write: windows never overlap,
+# and two changes at once (two starts of different windows) would each pass the overlap
+# check against the other's window as it was.
+WINDOWS_LOCK = "brownout-windows"
+
+
+@contextmanager
+def _changing_windows(registry: Registry) -> Iterator[Connection]:
+    """A transaction that changes the windows, the only one doing so until it ends."""
+    with begin_writing(registry.engine) as connection:
+        hold_transaction_lock(connection, WINDOWS_LOCK)
+        yield connection
 
 
 def _active_window(at: datetime) -> object:
@@ -101,7 +121,7 @@ def planned_window(planned: Brownout) -> tuple[datetime, datetime]:
 def schedule_preview(registry: Registry, plan: Plan) -> list[tuple[str, str]]:
     """(window, what scheduling would do) for each brown-out of the plan, then for each
     window of the plan's it no longer names that still applies or will."""
-    changes, dropped = _schedule_changes(registry, plan)
+    changes, dropped = _schedule_changes(registry, plan, status(registry))
     return [(planned.name, what) for planned, _, what in changes] + [
         (window.name, what) for window, what in dropped
     ]
@@ -155,12 +175,12 @@ def schedule_refusal(changes: list[tuple[str, str]]) -> GuardRefused | None:
 
 
 def _schedule_changes(
-    registry: Registry, plan: Plan
+    registry: Registry, plan: Plan, windows: list[WindowState]
 ) -> tuple[list[tuple[Brownout, WindowState | None, str]], list[tuple[WindowState, str]]]:
-    """Each brown-out of the plan, its window as stored now (None: none yet), and what
-    scheduling would do with it; then the windows the plan dropped (``_dropped``)."""
+    """Each brown-out of the plan, its window as stored (``windows``, read now; None:
+    none yet), and what scheduling would do with it; then the windows the plan dropped
+    (``_dropped``)."""
     now = utc_now()
-    windows = status(registry, now)
     existing = {w.name: w for w in windows}
     planned_names = {b.name for b in plan.brownouts}
     dropped = _dropped(registry, plan, windows, now)
@@ -245,7 +265,8 @@ def _heads_ups_sent(registry: Registry, names: list[str]) -> dict[str, int]:
 
 def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, str]]:
     """Create (or move, while not started) the plan's brown-out windows."""
-    planned_changes, dropped = _schedule_changes(registry, plan)
+    read = status(registry)
+    planned_changes, dropped = _schedule_changes(registry, plan, read)
     changes = [(planned.name, what) for planned, _, what in planned_changes] + [
         (window.name, what) for window, what in dropped
     ]
@@ -257,7 +278,11 @@ def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, s
         "the brown-out windows were changed by another run meanwhile (one started, ended "
         "or scheduled): see `rollout brownout status`, then schedule again"
     )
-    with begin_writing(registry.engine) as connection:
+    with _changing_windows(registry) as connection:
+        # As read for the decisions above, under the lock: a start or a schedule that
+        # committed meanwhile would make them stale (an overlap, a move of a window begun).
+        if _as_stored(_windows(connection, now)) != _as_stored(read):
+            raise meanwhile
         run_id = start_run(
             connection,
             plan=plan.name,
@@ -333,6 +358,11 @@ def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, s
     return changes
 
 
+def _as_stored(windows: list[WindowState]) -> list[tuple[Any, ...]]:
+    """The windows' rows as stored, whatever their state at the time each was read."""
+    return sorted((w.name, w.starts_at, w.ends_at, w.ended_early_at) for w in windows)
+
+
 def _as_read(window: WindowState) -> Any:
     """SQL: the window's row still as ``window`` read it: what a change decided on that
     read may write over (another run's start, end or move meanwhile makes it refused)."""
@@ -355,11 +385,13 @@ def _change_window(
     decide: Callable[[WindowState, datetime], dict[str, datetime]],
     action: str,
 ) -> WindowState:
-    now = utc_now()
-    window, others = _current(registry, name, now)
-    values = decide(window, now)
-    _refuse_overlap(window, values, others, now)
-    with begin_writing(registry.engine) as connection:
+    with _changing_windows(registry) as connection:
+        # Checked under the lock, on the windows as committed: of two starts at once of
+        # windows that would overlap, the second sees the first's and refuses, naming it.
+        now = utc_now()
+        window, others = _current_of(_windows(connection, now), name)
+        values = decide(window, now)
+        _refuse_overlap(window, values, others, now)
         # Only the window as it was decided on: two stops at once (a person and the
         # brownout-end deployment) both pass the check, and the second must then find
         # the window changed, not write over the first and audit a second stop.
@@ -438,7 +470,10 @@ def _end_values(window: WindowState, now: datetime) -> dict[str, datetime]:
 
 def _current(registry: Registry, name: str, now: datetime) -> tuple[WindowState, list[WindowState]]:
     """The window named, and every other."""
-    windows = status(registry, now)
+    return _current_of(status(registry, now), name)
+
+
+def _current_of(windows: list[WindowState], name: str) -> tuple[WindowState, list[WindowState]]:
     current = next((w for w in windows if w.name == name), None)
     if current is None:
         raise BadInput(None, None, f"no brown-out window named {name!r}")
