@@ -3,6 +3,8 @@ plan, starting early, the emergency end, and enrolling everyone."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from pathlib import Path
@@ -14,7 +16,7 @@ from sqlalchemy import func, select
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import Brownout, Plan, load_plan
-from rollout.phases import brownouts
+from rollout.phases import brownouts, drift
 from rollout.registry import Registry
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import Account, Action, BrownoutWindow, Notification, PlanRun
@@ -140,25 +142,64 @@ def test_start_early_and_the_emergency_end(
         brownouts.end_now(registry, "nope", actor="rm", reason="x")
 
 
+def _at_once(
+    monkeypatch: pytest.MonkeyPatch,
+    decide: str,
+    first: Callable[[], object],
+    second: Callable[[], object],
+) -> tuple[object, object]:
+    """Run ``first`` and, once ``first`` has made its decision (``decide``, one of
+    brownouts' _start_values, _end_values) but not yet written it, ``second`` in another
+    thread: two runs at once, each past its reading before the other wrote. ``first``
+    waits (up to a few seconds) for ``second`` to finish before writing. Returns what
+    each returned, or the exception it raised."""
+    checked = getattr(brownouts, decide)
+    decided, second_done = threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+
+    def decide_then_wait(window: brownouts.WindowState, now: datetime) -> Any:
+        values = checked(window, now)
+        if not decided.is_set():
+            decided.set()
+            second_done.wait(3)  # the second blocks on the windows' lock: wait no more
+        return values
+
+    def running(key: str, call: Callable[[], object], then: threading.Event | None) -> None:
+        try:
+            results[key] = call()
+        except Exception as error:  # the test reads which one refused
+            results[key] = error
+        finally:
+            if then is not None:
+                then.set()
+
+    monkeypatch.setattr(brownouts, decide, decide_then_wait)
+    one = threading.Thread(target=running, args=("first", first, None))
+    one.start()
+    assert decided.wait(10)
+    two = threading.Thread(target=running, args=("second", second, second_done))
+    two.start()
+    one.join(60)
+    two.join(60)
+    return results["first"], results["second"]
+
+
 def test_of_two_stops_at_once_only_the_first_ends_the_window(
     registry: Registry, plan: Plan, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A person and the brownout-end deployment, both past the check before either
-    writes: the second is refused, and the window ends once, audited once."""
+    """A person and the brownout-end deployment at once: the second is refused, and the
+    window ends once, audited once."""
     brownouts.schedule(registry, soon(plan), actor="rm")
     brownouts.start_now(registry, "drill", actor="rm", reason="rehearsal")
-    checked = brownouts._end_values
-
-    def the_other_stops_meanwhile(window: brownouts.WindowState, now: datetime) -> Any:
-        values = checked(window, now)
-        monkeypatch.setattr(brownouts, "_end_values", checked)
-        first = brownouts.end_now(registry, "drill", actor="deployment", reason="scheduled end")
-        assert first.state == "ended early"
-        return values
-
-    monkeypatch.setattr(brownouts, "_end_values", the_other_stops_meanwhile)
-    with pytest.raises(GuardRefused, match="was changed by another run meanwhile"):
-        brownouts.end_now(registry, "drill", actor="rm", reason="login errors spiking")
+    first, second = _at_once(
+        monkeypatch,
+        "_end_values",
+        lambda: brownouts.end_now(registry, "drill", actor="deployment", reason="planned end"),
+        lambda: brownouts.end_now(registry, "drill", actor="rm", reason="login errors"),
+    )
+    assert isinstance(first, brownouts.WindowState) and first.state == "ended early"
+    assert isinstance(second, GuardRefused)
+    assert "brown-out drill has already ended early" in str(second)
     with registry.engine.connect() as connection:
         stops = (
             connection.execute(select(Action.actor).where(Action.action == "brownout_ended"))
@@ -166,6 +207,39 @@ def test_of_two_stops_at_once_only_the_first_ends_the_window(
             .all()
         )
     assert stops == ["deployment"]
+
+
+def test_of_two_overlapping_windows_started_at_once_only_one_starts(
+    registry: Registry, plan: Plan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two release managers start two windows at once, each window clear of the other
+    as it was read: started now, they would overlap. Exactly one starts; the other is
+    refused (exit 3), naming the window that holds, and nothing of it is written."""
+    now = utc_now().replace(microsecond=0)
+    # An hour each, days apart: each started now is clear of the other as scheduled.
+    first = Brownout(name="first", starts_at=now + timedelta(days=2), hours=1)
+    second = Brownout(name="second", starts_at=now + timedelta(days=4), hours=1)
+    brownouts.schedule(registry, plan.model_copy(update={"brownouts": [first, second]}), actor="rm")
+    started, refused = _at_once(
+        monkeypatch,
+        "_start_values",
+        lambda: brownouts.start_now(registry, "first", actor="ann", reason="rehearsal"),
+        lambda: brownouts.start_now(registry, "second", actor="bob", reason="rehearsal"),
+    )
+    assert isinstance(started, brownouts.WindowState) and started.state == "active"
+    assert isinstance(refused, GuardRefused)
+    assert refused.exit_code == 3
+    assert "brown-out second started now" in str(refused)
+    assert "would overlap first (active" in str(refused)
+    assert [(w.name, w.state) for w in brownouts.status(registry)] == [
+        ("first", "active"),
+        ("second", "scheduled"),
+    ]
+    with registry.engine.connect() as connection:
+        starts = connection.execute(
+            select(Action.actor).where(Action.action == "brownout_started")
+        ).scalars()
+        assert list(starts) == ["ann"]
 
 
 def test_a_window_started_while_a_schedule_was_previewed_is_not_moved(
@@ -624,26 +698,91 @@ def test_a_window_started_early_may_not_overlap_another(registry: Registry, plan
     assert brownouts.start_now(registry, "second", actor="rm", reason="next").state == "active"
 
 
-def test_a_window_scheduled_over_one_the_plan_no_longer_names_is_refused(
+def test_a_window_scheduled_over_one_another_plan_made_is_refused(
     registry: Registry, plan: Plan
 ) -> None:
-    """The plan renamed its brown-out: the old window, still in the registry and still
-    to come, would run alongside the new one. Scheduling says so and schedules nothing,
-    until the old one is cancelled."""
+    """Another plan's window, still in the registry and still to come, would run
+    alongside this plan's: scheduling says so and schedules nothing, until the other is
+    cancelled (a plan cancels only the windows it scheduled itself)."""
     tomorrow = utc_now().replace(microsecond=0) + timedelta(days=1)
-    old = plan.model_copy(update={"brownouts": [Brownout(name="drill", starts_at=tomorrow)]})
-    brownouts.schedule(registry, old, actor="rm")
-    renamed = plan.model_copy(
+    other = plan.model_copy(
+        update={"name": "other", "brownouts": [Brownout(name="drill", starts_at=tomorrow)]}
+    )
+    brownouts.schedule(registry, other, actor="rm")
+    ours = plan.model_copy(
         update={"brownouts": [Brownout(name="drill-2", starts_at=tomorrow + timedelta(hours=2))]}
     )
-    [(name, what)] = brownouts.schedule_preview(registry, renamed)
+    [(name, what)] = brownouts.schedule_preview(registry, ours)
     assert name == "drill-2" and what.startswith("refused: would overlap drill (scheduled")
     with pytest.raises(GuardRefused, match="would overlap drill"):
-        brownouts.schedule(registry, renamed, actor="rm")
+        brownouts.schedule(registry, ours, actor="rm")
     assert [w.name for w in brownouts.status(registry)] == ["drill"]
-    brownouts.end_now(registry, "drill", actor="rm", reason="renamed drill-2")
-    brownouts.schedule(registry, renamed, actor="rm")
+    brownouts.end_now(registry, "drill", actor="rm", reason="not this campaign's")
+    brownouts.schedule(registry, ours, actor="rm")
     assert [(w.name, w.state) for w in brownouts.status(registry)] == [
         ("drill", "ended early"),
         ("drill-2", "scheduled"),
     ]
+
+
+def test_a_window_the_plan_no_longer_names_does_not_start_once_scheduling_follows_the_plan(
+    registry: Registry, plan: Plan, accounts: dict[str, int]
+) -> None:
+    """The plan drops one brown-out not begun and renames the one under way. Until
+    scheduling follows the plan, both still apply at their times, and `plan check`
+    says so; scheduling then cancels the one not begun (previewed, audited: it never
+    starts) and leaves the one under way to its end, saying how to stop it now."""
+    now = utc_now().replace(microsecond=0)
+    running = Brownout(name="running", starts_at=now + timedelta(hours=1))
+    dropped = Brownout(name="dropped", starts_at=now + timedelta(days=3))
+    brownouts.schedule(
+        registry, plan.model_copy(update={"brownouts": [running, dropped]}), actor="rm"
+    )
+    brownouts.start_now(registry, "running", actor="rm", reason="rehearsal")
+    later = Brownout(name="later", starts_at=now + timedelta(days=5))
+    edited = plan.model_copy(update={"brownouts": [later]})
+    in_dropped = now + timedelta(days=3, hours=2)
+    assert required(registry, accounts["kim"], in_dropped)
+
+    _, warnings = drift.plan_drift(registry, edited)
+    said = " ".join(w for w in warnings if w.startswith("brown-out"))
+    assert "brown-out dropped is scheduled in the registry" in said
+    assert "no longer in plan npm-2022: it starts by itself at its time" in said
+    assert "brown-out running is active in the registry" in said
+    assert "`rollout brownout end running --reason ... --apply` stops it now" in said
+
+    preview = dict(brownouts.schedule_preview(registry, edited))
+    assert preview["dropped"].startswith("cancel: no longer in plan npm-2022")
+    assert preview["running"].startswith("left active until")
+    assert brownouts.schedule_refusal(list(preview.items())) is None
+    brownouts.schedule(registry, edited, actor="rm")
+
+    assert [(w.name, w.state) for w in brownouts.status(registry)] == [
+        ("running", "active"),
+        ("dropped", "ended early"),
+        ("later", "scheduled"),
+    ]
+    assert not required(registry, accounts["kim"], in_dropped)
+    with registry.engine.connect() as connection:
+        ended = connection.execute(
+            select(Action.subject, Action.reason).where(Action.action == "brownout_ended")
+        ).all()
+    assert ended == [("brownout:dropped", "cancelled: no longer in plan npm-2022")]
+    _, warnings = drift.plan_drift(registry, edited)
+    assert [w for w in warnings if "dropped" in w] == []
+    # Scheduling again changes nothing more (the one under way is still said).
+    assert dict(brownouts.schedule_preview(registry, edited))["later"] == "unchanged (scheduled)"
+    assert "dropped" not in dict(brownouts.schedule_preview(registry, edited))
+
+
+def test_plan_check_says_a_window_dated_otherwise_keeps_the_registrys_times(
+    registry: Registry, plan: Plan
+) -> None:
+    now = utc_now().replace(microsecond=0)
+    drill = Brownout(name="drill", starts_at=now + timedelta(days=2))
+    brownouts.schedule(registry, plan.model_copy(update={"brownouts": [drill]}), actor="rm")
+    moved = drill.model_copy(update={"starts_at": now + timedelta(days=4)})
+    _, warnings = drift.plan_drift(registry, plan.model_copy(update={"brownouts": [moved]}))
+    [said] = [w for w in warnings if w.startswith("brown-out")]
+    assert "brown-out drill is scheduled in the registry" in said
+    assert "the registry's times apply until `rollout brownout schedule --apply` moves it" in said

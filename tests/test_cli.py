@@ -296,7 +296,9 @@ def test_orgs_audit_and_enforce_preview(rollout_home: Path) -> None:
     assert run("orgs", "audit", "no-such-org").exit_code == 2
 
 
-def test_brownouts_and_elv_from_the_command_line(rollout_home: Path) -> None:
+def test_brownouts_and_elv_from_the_command_line(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run("sample", "--scale", "tiny", "--seed", "3")
     preview = run("brownout", "schedule")
     assert "brownout-1 │ create │ 2022-02-16T00:00:00" in preview.stdout
@@ -314,8 +316,25 @@ def test_brownouts_and_elv_from_the_command_line(rollout_home: Path) -> None:
     table = run("brownout", "status").stdout
     assert "starts_at (UTC)" in table and "ends_at (UTC)" in table and "state (UTC)" not in table
     assert run("brownout", "status", "--format", "csv").stdout.startswith(
-        "name,state,starts_at,ends_at,ended_early_at\n"
+        "name,state,starts_at,ends_at,ended_early_at,in_plan\n"
     )
+    # Whether the plan still names each window: the registry applies it either way.
+    assert [w["in_plan"] for w in windows] == [True, True]
+    # Only the plan's windows start: one it dropped is refused (exit 3), a typo is bad
+    # input (exit 2).
+    reference = (ROOT / "plans" / "npm-2022.yaml").read_text()
+    start = reference.index("  - name: brownout-2")  # the last window, a blank line after
+    without = rollout_home / "without-brownout-2.yaml"
+    without.write_text(reference[:start] + reference[reference.index("\n\n", start) + 1 :])
+    monkeypatch.setenv("ROLLOUT_PLAN", str(without))
+    for extra in ((), ("--apply",)):
+        dropped = run("brownout", "start", "brownout-2", "--reason", "x", *extra)
+        assert dropped.exit_code == 3, dropped.stderr
+        assert "brown-out brownout-2 is not in plan npm-2022" in _one_line(dropped.stderr)
+    assert run("brownout", "start", "brownout-9", "--reason", "x").exit_code == 2
+    listed = json.loads(run("brownout", "status", "--format", "json").stdout)
+    assert [w["in_plan"] for w in listed] == [True, False]
+    monkeypatch.delenv("ROLLOUT_PLAN")
     # The previews refuse as the apply would (the runbook said they did not look).
     for change in ("end", "start"):
         previewed = run("brownout", change, "brownout-1", "--reason", "test")

@@ -23,6 +23,7 @@ from rollout.registry.models import (
     Action,
     Notification,
     Org,
+    OrgInvitation,
     OrgMember,
     TeamMember,
     TfaFactor,
@@ -341,42 +342,26 @@ def cli(registry_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> C
     return lambda *args: runner.invoke(app, list(args))
 
 
-def test_reinvite_from_the_command_line(enforced: dict[str, int], cli: Callable[..., Any]) -> None:
+def test_reinvite_from_the_command_line(
+    registry: Registry, enforced: dict[str, int], cli: Callable[..., Any]
+) -> None:
     run = cli
     preview = run("orgs", "reinvite", "acme", "--team", "release", "--format", "json")
     assert preview.exit_code == 0, preview.stderr
     assert [m["username"] for m in json.loads(preview.stdout)] == ["di"]
-    assert "--owner YOU --confirm acme --expect 1" in preview.stderr
+    fingerprint = orgs.invitation_fingerprint(orgs.reinvite_preview(registry, "acme", "release"))
+    assert f"--owner YOU --confirm acme --expect 1 --expect-list {fingerprint}" in " ".join(
+        preview.stderr.split()
+    )
     assert run("orgs", "reinvite", "acme", "--team", "release", "--confirm", "acme").exit_code == 2
     assert run("orgs", "reinvite", "acme", "--team", "nope").exit_code == 2
-    moved = run(
-        "orgs",
-        "reinvite",
-        "acme",
-        "--team",
-        "release",
-        "--owner",
-        "ada",
-        "--confirm",
-        "acme",
-        "--expect",
-        "2",
-    )
+    confirm = ("orgs", "reinvite", "acme", "--team", "release", "--owner", "ada")
+    moved = run(*confirm, "--confirm", "acme", "--expect", "2", "--expect-list", fingerprint)
     assert moved.exit_code == 3 and "not the 2 expected" in moved.stderr
     done = run(
-        "orgs",
-        "reinvite",
-        "acme",
-        "--team",
-        "release",
-        "--owner",
-        "ada",
-        "--confirm",
-        "acme",
-        "--expect",
-        "1",
-        "--format",
-        "json",
+        *confirm,
+        *("--confirm", "acme", "--expect", "1", "--expect-list", fingerprint),
+        *("--format", "json"),
     )
     assert done.exit_code == 0, done.stderr
     assert json.loads(done.stdout)["invited_members"] == ["di"]
@@ -518,6 +503,44 @@ def test_reinvite_refuses_another_list_of_the_same_size_than_the_one_previewed(
     done = cli("orgs", "reinvite", "acme", "--team", "release", *confirm, now)
     assert done.exit_code == 0, done.stderr
     assert [i.username for i in orgs.invitations(registry, "acme", actor="t")] == ["bo"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("orgs", "enforce", "acme"),
+        ("orgs", "reinvite", "acme", "--team", "release"),
+    ],
+    ids=["enforce", "reinvite"],
+)
+def test_an_owner_confirms_the_exact_list_the_preview_showed_not_only_its_count(
+    registry: Registry, enforced: dict[str, int], cli: Callable[..., Any], command: tuple[str, ...]
+) -> None:
+    """The owner confirms the exact list (DESIGN): --confirm with the count but without
+    the list's fingerprint is a usage error naming --expect-list and the preview to run
+    (exit 2), and nobody is removed or invited."""
+    OrgMemberFactory(org=existing_org(_org(registry)), account=AccountFactory(username="fy"))
+    before = _state(registry)
+    count = len(json.loads(cli(*command, "--format", "json").stdout))
+    assert count == 1
+    refused = cli(*command, "--owner", "ada", "--confirm", "acme", "--expect", str(count))
+    said = " ".join(refused.stderr.split())
+    assert refused.exit_code == 2, said
+    assert "--confirm needs --expect-list F" in said
+    assert f"run `rollout {' '.join(command)}`" in said
+    assert _state(registry) == before
+
+
+def _state(registry: Registry) -> tuple[object, ...]:
+    """What enforcing or inviting back would change: memberships, invitations, emails,
+    the audit."""
+    with registry.engine.connect() as connection:
+        counts = [
+            connection.execute(select(func.count()).select_from(table)).scalar_one()
+            for table in (Action, Notification, OrgInvitation)
+        ]
+        members = connection.execute(select(OrgMember.account_id, OrgMember.removed_at))
+        return (*counts, sorted(members.all()))
 
 
 def test_members_removed_before_the_org_was_renamed_are_invited_back_under_its_new_name(

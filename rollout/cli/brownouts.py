@@ -35,15 +35,29 @@ app.add_typer(elv_app, name="elv")
 @brownout_app.command("status")
 @reports_errors
 def brownout_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
-    """Every brown-out window and its state now: scheduled, active, ended, ended early."""
+    """Every brown-out window and its state now: scheduled, active, ended, ended early;
+    and whether the plan names it (the registry applies a window the plan dropped at its
+    times all the same: `brownout schedule --apply` cancels one not started)."""
+    from rollout.core.controls import visible
+    from rollout.core.errors import RolloutError
     from rollout.phases.brownouts import status
 
-    windows = status(_runtime(ctx).registry)
+    runtime = _runtime(ctx)
+    windows = status(runtime.registry)
+    try:
+        planned: set[str] | None = {b.name for b in runtime.plan.brownouts}
+    except RolloutError as unread:  # the status is what an emergency needs first
+        said = f"the plan could not be read ({visible(str(unread))}): in_plan unknown"
+        stderr.print(said, markup=False, highlight=False)
+        planned = None
     emit(
-        [_window_record(w) for w in windows],
+        [
+            {**_window_record(w), "in_plan": None if planned is None else w.name in planned}
+            for w in windows
+        ],
         fmt,
         title="brown-out windows",
-        columns=WINDOW_COLUMNS,
+        columns=[*WINDOW_COLUMNS, "in_plan"],
     )
 
 
@@ -102,12 +116,20 @@ def brownout_start(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Begin a scheduled brown-out now (it keeps its planned length); one begun or
-    ended is refused (exit 3), in the preview too. Lists the window: as it is (preview),
-    or as started."""
-    from rollout.phases.brownouts import change_preview, start_now
+    ended, or one the plan does not name, is refused (exit 3), in the preview too. Lists
+    the window: as it is (preview), or as started."""
+    from rollout.core.errors import GuardRefused
+    from rollout.phases.brownouts import change_preview, start_now, status
 
     runtime = _runtime(ctx)
-    settings = runtime.settings
+    settings, plan = runtime.settings, runtime.plan
+    stored = {w.name for w in status(runtime.registry)}
+    if name in stored and name not in {b.name for b in plan.brownouts}:
+        # The plan dropped it (or never had it): `brownout schedule --apply` cancels it.
+        raise GuardRefused(
+            f"brown-out {name} is not in plan {plan.name}: only the plan's windows start; "
+            "`rollout brownout schedule` cancels one the plan dropped"
+        )
     if not apply:
         preview = change_preview(runtime.registry, name, "start")
         _emit_window(_window_now(runtime.registry, name), fmt, f"{name} (preview)")

@@ -41,6 +41,35 @@ def _members_rows(members: list[Any], fmt: Format) -> list[dict[str, Any]]:
     ]
 
 
+def _typed_back(
+    preview: str,
+    acting: tuple[str, str],
+    owner: str | None,
+    expect: int | None,
+    expect_list: str | None,
+) -> str:
+    """What ``--confirm`` needs besides the org's name: the owner acting, and the count
+    and the list's fingerprint the preview printed (``preview``: the command that shows
+    them), as the owner confirms the exact list (exit 2 naming each one missing).
+    Returns the fingerprint as typed back, checked (``_fingerprint``)."""
+    missing = [
+        f"{flag} ({why})"
+        for flag, why, given in (
+            (*acting, owner),
+            ("--expect N", "the count the preview showed", expect),
+            ("--expect-list F", "the fingerprint of the list the preview showed", expect_list),
+        )
+        if given is None
+    ]
+    if missing or expect_list is None:
+        raise RolloutError(
+            f"--confirm needs {', '.join(missing)}: run `{preview}`, check the list, and "
+            "copy the command it prints"
+        ).with_exit(EXIT_BAD_INPUT)
+    _fingerprint(expect_list)
+    return expect_list
+
+
 @orgs_app.command("audit")
 @reports_errors
 def orgs_audit(
@@ -97,8 +126,9 @@ def orgs_enforce(
     expect_list: Annotated[
         str | None,
         typer.Option(
-            help="The list's fingerprint the preview showed: refused if the members to "
-            "remove differ from the previewed ones, even at the same count."
+            help="The list's fingerprint the preview showed (required with --confirm): "
+            "refused if the members to remove differ from the previewed ones, "
+            "even at the same count."
         ),
     ] = None,
     fmt: FormatOption = Format.table,
@@ -148,17 +178,14 @@ def orgs_enforce(
             highlight=False,
         )
         return
-    if owner is None:
-        raise RolloutError("--confirm needs --owner: the owner turning enforcement on").with_exit(
-            EXIT_BAD_INPUT
-        )
-    if expect is None:
-        # It removes people: the count the preview showed is typed back, always.
-        raise RolloutError(
-            "--confirm needs --expect: the count of members `rollout orgs enforce "
-            f"{shell_word(org)}` shows would be removed"
-        ).with_exit(EXIT_BAD_INPUT)
-    expect_list = _fingerprint(expect_list)
+    # It removes people: the owner typed back who they are, as the preview listed them.
+    expect_list = _typed_back(
+        f"rollout orgs enforce {shell_word(org)}",
+        ("--owner", "the owner turning enforcement on"),
+        owner,
+        expect,
+        expect_list,
+    )
     result = enforce_org(
         runtime.registry,
         org,
@@ -193,13 +220,17 @@ def orgs_reinvite(
     ] = None,
     owner: Annotated[str | None, typer.Option(help="The owner inviting (must use 2FA).")] = None,
     expect: Annotated[
-        int | None, typer.Option(min=0, help="The count the preview showed, typed back.")
+        int | None,
+        typer.Option(
+            min=0, help="The count the preview showed, typed back (required with --confirm)."
+        ),
     ] = None,
     expect_list: Annotated[
         str | None,
         typer.Option(
-            help="The list's fingerprint the preview showed: refused if the members to "
-            "invite differ from the previewed ones, even at the same count."
+            help="The list's fingerprint the preview showed (required with --confirm): "
+            "refused if the members to invite differ from the previewed ones, "
+            "even at the same count."
         ),
     ] = None,
     fmt: FormatOption = Format.table,
@@ -230,11 +261,13 @@ def orgs_reinvite(
             highlight=False,
         )
         return
-    if owner is None or expect is None:
-        raise RolloutError(
-            "--confirm needs --owner (the owner inviting) and --expect N (the count the "
-            "preview showed)"
-        ).with_exit(EXIT_BAD_INPUT)
+    expect_list = _typed_back(
+        f"rollout orgs reinvite {shell_word(org)} --team {shell_word(team)}",
+        ("--owner", "the owner inviting"),
+        owner,
+        expect,
+        expect_list,
+    )
     result = reinvite(
         runtime.registry,
         org,
@@ -243,7 +276,7 @@ def orgs_reinvite(
         confirm=confirm,
         expect=expect,
         actor=settings.actor,
-        expect_list=_fingerprint(expect_list),
+        expect_list=expect_list,
     )
     emit_record(
         {

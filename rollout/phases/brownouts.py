@@ -9,7 +9,8 @@ the login rule the registry applies; ``enroll_all`` turns ELV on for every accou
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -34,6 +35,7 @@ from rollout.registry.ledger import (
     start_run,
     utc_now,
 )
+from rollout.registry.locks import hold_transaction_lock
 from rollout.registry.models import Account, BrownoutWindow, has_active_factor, state_at
 
 WINDOWS = BrownoutWindow.__table__
@@ -57,15 +59,33 @@ class WindowState:
 def status(registry: Registry, at: datetime | None = None) -> list[WindowState]:
     at = at or utc_now()
     with registry.engine.connect() as connection:
-        windows = connection.execute(
-            select(
-                WINDOWS.c.name, WINDOWS.c.starts_at, WINDOWS.c.ends_at, WINDOWS.c.ended_early_at
-            ).order_by(WINDOWS.c.starts_at)
-        ).all()
+        return _windows(connection, at)
+
+
+def _windows(connection: Connection, at: datetime) -> list[WindowState]:
+    windows = connection.execute(
+        select(
+            WINDOWS.c.name, WINDOWS.c.starts_at, WINDOWS.c.ends_at, WINDOWS.c.ended_early_at
+        ).order_by(WINDOWS.c.starts_at)
+    ).all()
     return [
         WindowState(w.name, w.starts_at, w.ends_at, w.ended_early_at, state_at(w, at))
         for w in windows
     ]
+
+
+# Held by each change of the windows from its check to its write: windows never overlap,
+# and two changes at once (two starts of different windows) would each pass the overlap
+# check against the other's window as it was.
+WINDOWS_LOCK = "brownout-windows"
+
+
+@contextmanager
+def _changing_windows(registry: Registry) -> Iterator[Connection]:
+    """A transaction that changes the windows, the only one doing so until it ends."""
+    with begin_writing(registry.engine) as connection:
+        hold_transaction_lock(connection, WINDOWS_LOCK)
+        yield connection
 
 
 def _active_window(at: datetime) -> object:
@@ -99,30 +119,79 @@ def planned_window(planned: Brownout) -> tuple[datetime, datetime]:
 
 
 def schedule_preview(registry: Registry, plan: Plan) -> list[tuple[str, str]]:
-    """(window, what scheduling would do) for each brown-out of the plan."""
-    return [(planned.name, what) for planned, _, what in _schedule_changes(registry, plan)]
+    """(window, what scheduling would do) for each brown-out of the plan, then for each
+    window of the plan's it no longer names that still applies or will."""
+    changes, dropped = _schedule_changes(registry, plan, status(registry))
+    return [(planned.name, what) for planned, _, what in changes] + [
+        (window.name, what) for window, what in dropped
+    ]
+
+
+def scheduled_by(plan: Plan) -> str:
+    """The reason ``schedule`` stores on the windows it creates: which plan's they are."""
+    return f"plan {plan.name}"
+
+
+def _dropped(
+    registry: Registry, plan: Plan, windows: list[WindowState], now: datetime
+) -> list[tuple[WindowState, str]]:
+    """The windows ``plan`` scheduled that it no longer names (renamed, taken out) and
+    that still apply or will, each with what scheduling does with it: one not started is
+    cancelled (it would start by itself at its time); one under way is left to its end,
+    which only `brownout end` brings forward."""
+    names = {b.name for b in plan.brownouts}
+    with registry.engine.connect() as connection:
+        ours = set(
+            connection.execute(
+                select(WINDOWS.c.name).where(WINDOWS.c.reason == scheduled_by(plan))
+            ).scalars()
+        )
+    dropped = []
+    for window in windows:
+        if window.name in names or window.name not in ours:
+            continue
+        if window.state == "scheduled":
+            what = (
+                f"cancel: no longer in plan {plan.name} (scheduled "
+                f"{window.starts_at:%Y-%m-%d %H:%M} UTC, it would start by itself)"
+            )
+        elif window.state == "active":
+            what = (
+                f"left active until {window.ends_at:%Y-%m-%d %H:%M} UTC though no longer in "
+                f"plan {plan.name}: stop it now with `rollout brownout end {window.name} "
+                "--reason ... --apply`"
+            )
+        else:
+            continue
+        dropped.append((window, what))
+    return dropped
 
 
 # `rollout brownout schedule`'s listing: each window of the plan, the change scheduling
-# makes (create, move, unchanged or refused), its planned times, and the change in words.
+# makes (create, move, unchanged or refused; cancel or keep one the plan dropped), its
+# times, and the change in words.
 SCHEDULE_COLUMNS = ("name", "change", "starts_at", "ends_at", "detail")
 
 
 def schedule_rows(registry: Registry, plan: Plan) -> list[dict[str, Any]]:
-    """:func:`schedule_preview` as rows of :data:`SCHEDULE_COLUMNS`, for the listing."""
+    """:func:`schedule_preview` as rows of :data:`SCHEDULE_COLUMNS`, for the listing:
+    the plan's windows, then those it dropped (``cancel``, or ``keep`` one under way)."""
+    changes, dropped = _schedule_changes(registry, plan, status(registry))
     rows = []
-    for planned, _, what in _schedule_changes(registry, plan):
+    for planned, _, what in changes:
         starts_at, ends_at = planned_window(planned)
-        rows.append(
-            {
-                "name": planned.name,
-                "change": what.split(maxsplit=1)[0].rstrip(":"),
-                "starts_at": starts_at,
-                "ends_at": ends_at,
-                "detail": what,
-            }
-        )
+        change = what.split(maxsplit=1)[0].rstrip(":")
+        rows.append(_schedule_row(planned.name, change, starts_at, ends_at, what))
+    for window, what in dropped:
+        change = "cancel" if what.startswith("cancel") else "keep"
+        rows.append(_schedule_row(window.name, change, window.starts_at, window.ends_at, what))
     return rows
+
+
+def _schedule_row(
+    name: str, change: str, starts_at: datetime, ends_at: datetime, detail: str
+) -> dict[str, Any]:
+    return dict(zip(SCHEDULE_COLUMNS, (name, change, starts_at, ends_at, detail), strict=True))
 
 
 def schedule_refusal(changes: list[tuple[str, str]]) -> GuardRefused | None:
@@ -133,14 +202,20 @@ def schedule_refusal(changes: list[tuple[str, str]]) -> GuardRefused | None:
 
 
 def _schedule_changes(
-    registry: Registry, plan: Plan
-) -> list[tuple[Brownout, WindowState | None, str]]:
-    """Each brown-out of the plan, its window as stored now (None: none yet), and what
-    scheduling would do with it."""
+    registry: Registry, plan: Plan, windows: list[WindowState]
+) -> tuple[list[tuple[Brownout, WindowState | None, str]], list[tuple[WindowState, str]]]:
+    """Each brown-out of the plan, its window as stored (``windows``, read now; None:
+    none yet), and what scheduling would do with it; then the windows the plan dropped
+    (``_dropped``)."""
     now = utc_now()
-    existing = {w.name: w for w in status(registry, now)}
+    existing = {w.name: w for w in windows}
     planned_names = {b.name for b in plan.brownouts}
-    unplanned = [w for name, w in existing.items() if name not in planned_names]
+    dropped = _dropped(registry, plan, windows, now)
+    cancelled = {w.name for w, what in dropped if what.startswith("cancel")}
+    # A window cancelled in the same run no longer applies: the plan's may take its hours.
+    unplanned = [
+        w for name, w in existing.items() if name not in planned_names and name not in cancelled
+    ]
     told = _heads_ups_sent(registry, [b.name for b in plan.brownouts])
     changes = []
     for planned in plan.brownouts:
@@ -179,7 +254,7 @@ def _schedule_changes(
                     f"(`rollout brownout end {clash.name}`)"
                 )
         changes.append((planned, current, what))
-    return changes
+    return changes, dropped
 
 
 def _overlapping(
@@ -217,8 +292,11 @@ def _heads_ups_sent(registry: Registry, names: list[str]) -> dict[str, int]:
 
 def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, str]]:
     """Create (or move, while not started) the plan's brown-out windows."""
-    planned_changes = _schedule_changes(registry, plan)
-    changes = [(planned.name, what) for planned, _, what in planned_changes]
+    read = status(registry)
+    planned_changes, dropped = _schedule_changes(registry, plan, read)
+    changes = [(planned.name, what) for planned, _, what in planned_changes] + [
+        (window.name, what) for window, what in dropped
+    ]
     refused = schedule_refusal(changes)
     if refused is not None:
         raise refused
@@ -227,7 +305,11 @@ def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, s
         "the brown-out windows were changed by another run meanwhile (one started, ended "
         "or scheduled): see `rollout brownout status`, then schedule again"
     )
-    with begin_writing(registry.engine) as connection:
+    with _changing_windows(registry) as connection:
+        # As read for the decisions above, under the lock: a start or a schedule that
+        # committed meanwhile would make them stale (an overlap, a move of a window begun).
+        if _as_stored(_windows(connection, now)) != _as_stored(read):
+            raise meanwhile
         run_id = start_run(
             connection,
             plan=plan.name,
@@ -250,7 +332,7 @@ def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, s
                                 ends_at=ends_at,
                                 created_at=now,
                                 created_by=actor,
-                                reason=f"plan {plan.name}",
+                                reason=scheduled_by(plan),
                             )
                         )
                 except IntegrityError:  # another schedule created it first
@@ -280,8 +362,32 @@ def schedule(registry: Registry, plan: Plan, *, actor: str) -> list[tuple[str, s
                     }
                 ],
             )
+        for window, what in dropped:
+            if not what.startswith("cancel"):
+                continue
+            # Only the window as previewed, and only while it has not started.
+            cancelled = connection.execute(
+                update(WINDOWS)
+                .where(and_(_as_read(window), WINDOWS.c.starts_at > utc_now()))
+                .values(ended_early_at=now)
+            ).rowcount
+            if cancelled != 1:
+                raise meanwhile
+            _audit_change(
+                connection,
+                window.name,
+                "brownout_ended",
+                f"cancelled: no longer in plan {plan.name}",
+                actor,
+                now,
+            )
         finish_run(connection, run_id, state="succeeded", summary={"changes": len(changes)})
     return changes
+
+
+def _as_stored(windows: list[WindowState]) -> list[tuple[Any, ...]]:
+    """The windows' rows as stored, whatever their state at the time each was read."""
+    return sorted((w.name, w.starts_at, w.ends_at, w.ended_early_at) for w in windows)
 
 
 def _as_read(window: WindowState) -> Any:
@@ -306,11 +412,13 @@ def _change_window(
     decide: Callable[[WindowState, datetime], dict[str, datetime]],
     action: str,
 ) -> WindowState:
-    now = utc_now()
-    window, others = _current(registry, name, now)
-    values = decide(window, now)
-    _refuse_overlap(window, values, others, now)
-    with begin_writing(registry.engine) as connection:
+    with _changing_windows(registry) as connection:
+        # Checked under the lock, on the windows as committed: of two starts at once of
+        # windows that would overlap, the second sees the first's and refuses, naming it.
+        now = utc_now()
+        window, others = _current_of(_windows(connection, now), name)
+        values = decide(window, now)
+        _refuse_overlap(window, values, others, now)
         # Only the window as it was decided on: two stops at once (a person and the
         # brownout-end deployment) both pass the check, and the second must then find
         # the window changed, not write over the first and audit a second stop.
@@ -322,28 +430,35 @@ def _change_window(
                 f"brown-out {name} was changed by another run meanwhile: "
                 "see `rollout brownout status`"
             )
-        # Its heads-up not sent yet would announce what has begun or will not come.
-        withdraw_queued(
-            connection,
-            Selection(email=HEADS_UP_EMAIL, occasion=name),
-            reason=f"brown-out {name} {'started' if action == 'brownout_started' else 'ended'}",
-            actor=actor,
-            run_id=None,
-        )
-        record_actions(
-            connection,
-            [
-                {
-                    "effect_key": f"{action}:{name}:{now.isoformat()}",
-                    "action": action,
-                    "subject": f"brownout:{name}",
-                    "reason": reason,
-                    "actor": actor,
-                    "created_at": now,
-                }
-            ],
-        )
+        _audit_change(connection, name, action, reason, actor, now)
     return {w.name: w for w in status(registry, now)}[name]
+
+
+def _audit_change(
+    connection: Connection, name: str, action: str, reason: str, actor: str, now: datetime
+) -> None:
+    """What starting or ending a window writes besides it: its heads-up not sent yet
+    withdrawn (it would announce what has begun or will not come), and the audit row."""
+    withdraw_queued(
+        connection,
+        Selection(email=HEADS_UP_EMAIL, occasion=name),
+        reason=f"brown-out {name} {'started' if action == 'brownout_started' else 'ended'}",
+        actor=actor,
+        run_id=None,
+    )
+    record_actions(
+        connection,
+        [
+            {
+                "effect_key": f"{action}:{name}:{now.isoformat()}",
+                "action": action,
+                "subject": f"brownout:{name}",
+                "reason": reason,
+                "actor": actor,
+                "created_at": now,
+            }
+        ],
+    )
 
 
 def _start_values(window: WindowState, now: datetime) -> dict[str, datetime]:
@@ -382,7 +497,10 @@ def _end_values(window: WindowState, now: datetime) -> dict[str, datetime]:
 
 def _current(registry: Registry, name: str, now: datetime) -> tuple[WindowState, list[WindowState]]:
     """The window named, and every other."""
-    windows = status(registry, now)
+    return _current_of(status(registry, now), name)
+
+
+def _current_of(windows: list[WindowState], name: str) -> tuple[WindowState, list[WindowState]]:
     current = next((w for w in windows if w.name == name), None)
     if current is None:
         raise BadInput(None, None, f"no brown-out window named {name!r}")

@@ -24,6 +24,9 @@ A release manager edits the plan mid-campaign. These edits leave the registry be
   entered before the cohort's day stay in it for good (sticky), though its rule was
   never judged on that day, and their maintainers are emailed and enforced.
 
+- a brown-out window the plan scheduled, then dropped or dated otherwise: the registry
+  applies it at its stored times until ``brownout schedule`` cancels or moves it.
+
 And one edit that needs no history: an exemption naming no account (usernames are
 exact: ``U2`` exempts nobody when the account is ``u2``), a lockout of someone meant
 to be spared.
@@ -42,16 +45,20 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, and_, case, func, or_, select
 
+from rollout.core.clock import naive_utc
 from rollout.core.plan import Phase, Plan, asks_more_than
 from rollout.notify.emails import ELV_HEADS_UP_EMAIL
 from rollout.notify.outbox import NOTIFICATIONS, RUN_DAY
 from rollout.registry import Registry
+from rollout.registry.ledger import utc_now
 from rollout.registry.models import (
     Account,
+    BrownoutWindow,
     CohortPackage,
     DeadlineSnooze,
     PhaseRequirement,
     PlanRun,
+    state_at,
 )
 
 COHORT_PACKAGES = CohortPackage.__table__
@@ -301,6 +308,7 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
                     else ""
                 )
             )
+    warnings += _windows_astray(registry, plan)
     for username in exempt:
         if username not in known:
             warnings.append(
@@ -335,6 +343,50 @@ def _entered_early(
             ).scalars()
             early[cohort] = (day, phase, count, list(names))
     return early
+
+
+def _windows_astray(registry: Registry, plan: Plan) -> list[str]:
+    """The plan's brown-out windows in the registry that still apply or will, and that
+    the plan no longer names or dates otherwise: the registry applies a window at its
+    own times, whatever the plan now says."""
+    planned = {b.name: (naive_utc(b.starts_at), naive_utc(b.ends_at)) for b in plan.brownouts}
+    now = utc_now()
+    with registry.engine.connect() as connection:
+        windows = connection.execute(
+            select(BrownoutWindow)
+            .where(BrownoutWindow.reason == f"plan {plan.name}")
+            .order_by(BrownoutWindow.starts_at)
+        ).all()
+    said = []
+    for window in windows:
+        state = state_at(window, now)
+        if state not in ("scheduled", "active"):
+            continue
+        when = f"{window.starts_at:%Y-%m-%d %H:%M} to {window.ends_at:%Y-%m-%d %H:%M} UTC"
+        times = planned.get(window.name)
+        if times is None:
+            said.append(
+                f"brown-out {window.name} is {state} in the registry ({when}) but no longer "
+                f"in plan {plan.name}: it "
+                + (
+                    "starts by itself at its time; `rollout brownout schedule --apply` cancels it"
+                    if state == "scheduled"
+                    else "applies until its end; `rollout brownout end "
+                    f"{window.name} --reason ... --apply` stops it now"
+                )
+            )
+        elif times != (window.starts_at, window.ends_at):
+            said.append(
+                f"brown-out {window.name} is {state} in the registry {when}, the plan now "
+                f"says {times[0]:%Y-%m-%d %H:%M} to {times[1]:%Y-%m-%d %H:%M} UTC: the "
+                "registry's times apply"
+                + (
+                    " until `rollout brownout schedule --apply` moves it"
+                    if state == "scheduled"
+                    else ""
+                )
+            )
+    return said
 
 
 def elv_day_told(registry: Registry) -> date | None:

@@ -44,7 +44,18 @@ def _advisory_key(connection: Connection, name: str) -> int:
 def hold_migration_lock(connection: Connection) -> None:
     """PostgreSQL: wait until no other migration of this registry runs, and keep others
     waiting until this connection's transaction ends (alembic's, around the whole run)."""
-    key = _advisory_key(connection, "migrate")
+    hold_transaction_lock(connection, "migrate")
+
+
+def hold_transaction_lock(connection: Connection, name: str) -> None:
+    """Wait until no other transaction holds ``name``, and keep others waiting until
+    this connection's transaction ends: for a check and the write it decides (two at
+    once would both pass the check). PostgreSQL: a transaction-level advisory lock.
+    SQLite: nothing more than its one writer at a time, which ``begin_writing`` takes
+    at the transaction's start."""
+    if connection.dialect.name != "postgresql":
+        return
+    key = _advisory_key(connection, name)
     connection.execute(text("select pg_advisory_xact_lock(:k)"), {"k": key})
 
 

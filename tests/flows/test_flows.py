@@ -31,6 +31,7 @@ from flows.metrics import metrics_markdown
 from rollout.cohorts import CohortResult
 from rollout.core.config import Settings, load_settings
 from rollout.core.errors import BadInput
+from rollout.core.plan import load_plan
 from rollout.demo.sample import generate_sample
 from rollout.metrics import MetricsReport
 from rollout.registry import Registry
@@ -427,6 +428,37 @@ def test_a_brownout_run_well_before_the_window_s_planned_times_changes_nothing(
     assert refused.is_failed() and "planned to end at" in refused.message
     assert _window(home, "brownout-2").state == "active"
     end_now(registry, "brownout-2", actor="rm", reason="the test is over")
+
+
+def test_a_brownout_start_left_over_for_a_window_the_plan_dropped_starts_nothing(
+    daily_state: Any, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prefect.yaml still has a window's start after the plan dropped it: the run
+    begins nothing and says how to cancel the window the registry still holds."""
+    from rollout.phases.brownouts import schedule
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    # Windows of their own: the registry is shared with the other flows' tests.
+    text = _plan_with_brownouts(home, now + timedelta(days=10), now + timedelta(minutes=30))
+    text = text.read_text().replace("brownout-1", "drill-1").replace("brownout-2", "drill-2")
+    both = home.path / "plan-with-drills.yaml"
+    both.write_text(text)
+    schedule(Registry(home.settings.registry_url), load_plan(both), actor="rm")
+    dropped = home.path / "plan-without-drill-2.yaml"
+    start = text.index("  - name: drill-2")  # the last window, a blank line after it
+    dropped.write_text(text[:start] + text[text.index("\n\n", start) + 1 :])
+    assert [b.name for b in load_plan(dropped).brownouts] == ["drill-1"]
+    monkeypatch.setenv("ROLLOUT_PLAN", str(dropped))
+    refused = brownout_flows.brownout_start("drill-2", return_state=True)
+    assert refused.is_failed()
+    assert refused.message.startswith(
+        "brown-out drill-2 is not in plan npm-2022 (it is scheduled in the registry): "
+        "nothing was started"
+    )
+    assert _window(home, "drill-2").state == "scheduled"
+    # Scheduling the plan as it is now cancels it, before it starts by itself.
+    schedule(Registry(home.settings.registry_url), load_plan(dropped), actor="rm")
+    assert _window(home, "drill-2").state == "ended early"
 
 
 def test_the_elv_flow_enrols_every_account(daily_state: Any, home: Home) -> None:
