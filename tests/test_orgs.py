@@ -391,7 +391,8 @@ def test_enforce_from_the_command_line_names_the_owners_going_and_needs_the_coun
     done = run(*apply, "--expect", "2", "--expect-list", listed)
     assert done.exit_code == 0, done.stderr
     assert json.loads(done.stdout)["removed_members"] == ["bo", "di"]
-    again = run(*apply, "--expect", "0")
+    nobody = orgs.removal_fingerprint([])
+    again = run(*apply, "--expect", "0", "--expect-list", nobody)
     assert again.exit_code == 0, again.stderr
     assert json.loads(again.stdout)["removed_members"] == []
 
