@@ -742,3 +742,49 @@ def _top_100_as(plan: Plan, requires: dict[str, Any], effects: list[str]) -> Pla
         {**phase.model_dump(), "requires": requires, "effects": effects, "max_tokens": 100}
     )
     return plan.model_copy(update={"phases": [changed, *plan.phases[1:]]})
+
+
+def test_two_phases_noticed_the_same_day_each_send_their_own_notice(
+    registry: Registry, factories: None, tmp_path: Path
+) -> None:
+    """npm 2025 announced TOTP's end (2025-10-13) and the classic tokens' revocation
+    (2025-12-09) on one day: an account short of both gets both notices that day, each
+    telling its own requirement and deadline. Not one merged away: each notice is the
+    record that starts its phase's deadline, and one dropped would leave its phase
+    enforcing an account never told of it (docs/plans.md, "Notifications")."""
+    from email import message_from_bytes, policy
+
+    from rollout.notify.drain import drain
+    from rollout.notify.queue import queue_due
+    from rollout.notify.senders import FileSender
+    from tests.factories import AccountFactory, TokenFactory
+
+    plan = plan_of("classic-tokens")
+    day = plan.phase("classic-tokens").notice_on
+    assert plan.phase("totp-closed").notice_on == day
+    holder = AccountFactory(username="holder", with_totp=True, in_cohort="everyone")
+    TokenFactory(account=holder, name="ci", kind="publish", created_at=datetime(2024, 1, 1))
+    with use_clock(SimulatedClock(datetime.combine(day, time(9)))):
+        queue_due(registry, plan, day, actor="rm")
+        drain(registry, plan, FileSender(tmp_path / "outbox", plan.notifications.from_address))
+    with registry.engine.connect() as connection:
+        sent = sorted(
+            connection.execute(
+                select(Notification.phase, Notification.email, Notification.state)
+            ).all()
+        )
+    assert sent == [
+        ("classic-tokens", "phase_notice", "sent"),
+        ("totp-closed", "phase_notice", "sent"),
+    ]
+    texts = [
+        message_from_bytes(path.read_bytes(), policy=policy.default)
+        .get_body(("plain",))
+        .get_content()
+        for path in (tmp_path / "outbox").iterdir()
+    ]
+    october, december = "13 October 2025", "9 December 2025"
+    assert sorted((october in text, december in text) for text in texts) == [
+        (False, True),
+        (True, False),
+    ]

@@ -628,6 +628,49 @@ def test_packages_whose_names_differ_in_capitals_count_their_own_downloads(
     ]
 
 
+def test_names_differing_in_capitals_qualifying_the_same_day_are_one_cohort_entry(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+    tmp_path: Path,
+) -> None:
+    """Big and big are two packages, each judged on its own downloads, and one entry of
+    the cohort (keyed big, the maintainers of both its accounts): both qualifying on one
+    day is one package qualifying and entering, as the cohort's own count says, not two."""
+    landing = tmp_path / "more"
+    (landing / "manifests").mkdir(parents=True)
+    (landing / "downloads").mkdir()
+    (landing / "manifests" / "manifests-big.jsonl").write_text(
+        json.dumps({"name": "Big", "version": "1.0.0", "maintainers": ["dave"]}) + "\n"
+    )
+    write_downloads(landing / "downloads", D1 - timedelta(days=30), 37, {"Big": 200})
+    report = ingest.ingest(
+        con, [landing], quarantine_limit=0.01, landing_root=landing, now=datetime(2022, 3, 1)
+    )
+    assert report.rejected == []
+    rule = CohortRule(downloads_gt=DownloadsOver(count=4739, days=30))
+    built = build(con, registry, with_cohort(small_cohorts_plan, rule), D2)["top-1"]
+    assert (built.packages, built.packages_qualifying_today) == (1, 1)
+    assert built.packages_entered == ["Big"]
+    assert con.execute(
+        "select package, reasons from cohort_package_snapshots "
+        "where cohort = 'top-1' and as_of = $day",
+        {"day": D2},
+    ).fetchall() == [
+        (
+            "Big",
+            [
+                "Big: 6000 downloads in the 30 days before 2022-02-08 (more than 4739)",
+                "big: 4740 downloads in the 30 days before 2022-02-08 (more than 4739)",
+            ],
+        )
+    ]
+    # Its accounts: Big's maintainer and big's.
+    assert "dave" in accounts_of(con, "top-1", D2)
+    assert cohorts.simulate(con, rule, D2).packages == 1
+
+
 def ingest_activity(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
     """alice published 3 days before D1, erin 40 days before; bob logged in 2 days
     before D1 and dave failed to, the day before."""

@@ -774,7 +774,7 @@ def test_a_quoted_value_over_several_lines_keeps_the_line_numbers_after_it(
     assert refused.value.line == 5
 
 
-@pytest.mark.parametrize("days", ["1_000", "+7", "\u0663", "1e3", "7.0", "1" * 5000])
+@pytest.mark.parametrize("days", ["1_000", "+7", "\u0663", "1e3", "7.5", "1" * 5000])
 def test_days_not_written_as_plain_digits_are_bad_input(tmp_path: Path, days: str) -> None:
     # int() reads 1_000, +7 and other scripts' digits (U+0663, ARABIC-INDIC THREE): the
     # 1_000 was then refused by the snooze guard (exit 3) instead of as a bad file.

@@ -1,7 +1,7 @@
 """`rollout plan simulate PLAN --as-of D`: what each phase of a plan would touch if it
 ran on D (its cohort by its rule on D's metrics; the accounts without 2FA at the end of
-D it would require it of, minus exemptions; their web sessions live then), writing
-nothing, so a release manager can compare plans."""
+D it would require it of, or only warn in a warn-only phase, minus exemptions; their web
+sessions live then), writing nothing, so a release manager can compare plans."""
 
 from __future__ import annotations
 
@@ -143,3 +143,37 @@ def test_token_and_security_key_requirements_count_what_the_preview_lists(
     assert top["sessions_to_revoke"] == sum(
         t["live_sessions"] for t in targets if t["lacks_factor"] and "sessions" in effects
     )
+
+
+def test_a_warn_only_phase_counts_accounts_to_warn_and_requires_nobody(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rubygems-2022's first tier: a banner for the accounts short of it, nothing required.
+    warning = plan_file(
+        tmp_path, "    max_accounts: 1000\n", "    max_accounts: 1000\n    effects: [warn]\n"
+    )
+    monkeypatch.setenv("ROLLOUT_PLAN", str(warning))
+    preview = run("phase", "preview", "top-100", "--format", "json")
+    assert preview.exit_code == 0, preview.output
+    targets = json.loads(preview.stdout)
+    top = simulate(str(warning))["top-100"]
+    assert top["accounts_to_warn"] == len(targets) > 0
+    assert (top["accounts_to_require"], top["sessions_to_revoke"]) == (0, 0)
+
+
+def test_a_phase_that_warns_and_requires_counts_its_accounts_in_both(
+    home: Path, tmp_path: Path
+) -> None:
+    both = plan_file(
+        tmp_path,
+        "    max_accounts: 1000\n",
+        "    max_accounts: 1000\n    effects: [warn, require_2fa]\n",
+    )
+    top = simulate(str(both))["top-100"]
+    assert (
+        top["accounts_to_warn"]
+        == top["accounts_to_require"]
+        == simulate()["top-100"]["accounts_to_require"]
+        > 0
+    )
+    assert simulate()["top-100"]["accounts_to_warn"] == 0

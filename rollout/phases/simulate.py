@@ -27,7 +27,11 @@ class PhaseWhatIf:
     packages: int
     accounts: int
     # Cohort accounts short of the phase's requirements (without the factor it asks
-    # for, or holding a token it forbids) and not exempt: whom enforcement would touch.
+    # for, or holding a token it forbids) and not exempt, when its effects show them a
+    # banner (warn): all a warn-only phase does to them, which requires nothing of them.
+    accounts_to_warn: int
+    # The same accounts, when enforcement would act on them:
+    # flag, sign out, revoke tokens from, close TOTP to. 0 for a phase that only warns.
     accounts_to_require: int
     # The live web sessions of those without the factor, when the phase revokes them.
     sessions_to_revoke: int
@@ -134,20 +138,27 @@ def simulate_plan(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> li
                     **selected_params,
                 },
             )
-        accounts, to_require, sessions, exempted, tokens = counts or (0, 0, 0, 0, 0)
+        accounts, short, sessions, exempted, tokens = counts or (0, 0, 0, 0, 0)
         found.append(
             PhaseWhatIf(
-                phase.name,
-                phase.cohort,
-                packages,
-                accounts,
-                to_require,
-                sessions,
-                exempted,
-                tokens,
+                phase=phase.name,
+                cohort=phase.cohort,
+                packages=packages,
+                accounts=accounts,
+                accounts_to_warn=short if phase.does("warn") else 0,
+                accounts_to_require=short if _requires(phase) else 0,
+                sessions_to_revoke=sessions,
+                exempt=exempted,
+                tokens_to_revoke=tokens,
             )
         )
     return found
+
+
+def _requires(phase: Phase) -> bool:
+    """Whether enforcing the phase acts on an account short of it (a flag, a sign-out, a
+    revoked token, TOTP closed), not only warns it (a banner)."""
+    return any(effect != "warn" for effect in phase.effects)
 
 
 def _requirement_parameters(phase: Phase) -> dict[str, Any]:

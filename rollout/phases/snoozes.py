@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, select
 
 from rollout.core.calendar import snooze_step
+from rollout.core.counts import in_exponent_notation, whole_count
 from rollout.core.errors import BadInput
 from rollout.core.files import utf8_text
 from rollout.core.plan import FIRST_DAY, Phase, Plan, supported_utc
@@ -179,16 +180,20 @@ def _rows(path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
 
 
 def _days(path: Path, line: int, value: str) -> int:
-    """A request's days: ASCII digits only. Python's int() also reads 1_000, +7 and
-    other scripts' digits, which would then be refused as too many days (exit 3) when
-    it is the file that is wrong (exit 2)."""
-    text = value.strip()
-    if not (text.isascii() and text.isdigit()):
-        raise BadInput(path, line, f"days must be a whole number, not {value!r}")
+    """A request's days: a whole count as every landing file writes one
+    (rollout.core.counts: ASCII digits, 7.0 too). Python's int() also reads 1_000, +7
+    and other scripts' digits, which would then be refused as too many days (exit 3)
+    when it is the file that is wrong (exit 2)."""
+    digits = value.strip().split(".", 1)[0].lstrip("-")
     # Any longer is no number of days (and past 4300 digits int() itself refuses).
-    if len(text) > 9:
-        raise BadInput(path, line, f"days must be at most 9 digits, not {len(text)}")
-    days = int(text)
+    if len(digits) > 9 and digits.isascii() and digits.isdigit():
+        raise BadInput(path, line, f"days must be at most 9 digits, not {len(digits)}")
+    days = whole_count(value)
+    if days is None:
+        reason = f"days must be a whole number, not {value!r}"
+        if in_exponent_notation(value):
+            reason += " (exponent notation: write the days in digits)"
+        raise BadInput(path, line, reason)
     if days < 1:
         raise BadInput(path, line, "days must be at least 1")
     return days

@@ -24,6 +24,7 @@ import duckdb
 import pyarrow as pa
 
 from rollout import warehouse
+from rollout.core.counts import EXPONENT_PATTERN, WHOLE_COUNT_PATTERN
 from rollout.core.errors import BadInput, FileRejected, RowProblem
 from rollout.core.files import duckdb_path
 from rollout.core.names import PACKAGE_NAME_PATTERN
@@ -125,6 +126,8 @@ def _check_parameters(
         )
         return {
             "name_pattern": PACKAGE_NAME_PATTERN,
+            "whole_pattern": WHOLE_COUNT_PATTERN,
+            "exponent_pattern": EXPONENT_PATTERN,
             "today": now.date(),
             "earliest": EARLIEST.date(),
             "min_day": lowest,

@@ -25,6 +25,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rollout.core.counts import WHOLE_COUNT_PATTERN
 from rollout.core.errors import BadInput
 from rollout.core.files import duckdb_path
 
@@ -696,8 +697,21 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return document
 
 
+class _JsonFloat(float):
+    """A JSON number with a fraction or an exponent, keeping the text it was written
+    as: a count is judged by that text (``5.0`` is whole, ``1e3`` is exponent
+    notation), as a CSV cell is (rollout.core.counts)."""
+
+    text: str
+
+    def __new__(cls, text: str) -> _JsonFloat:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
 # Every JSON landing file rollout parses in Python, parsed so.
-_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_float=_JsonFloat)
 _loads = _DECODER.decode
 
 
@@ -1003,10 +1017,12 @@ def _downloads_expressions(types: dict[str, str] | None) -> tuple[str, str, str,
             "else cast(downloads as varchar) end"
         )
     else:
-        # try_cast would round '10.5' and accept '1e3': whole numbers are digits only.
+        # Text: try_cast would round '10.5' and accept '1e3'. A whole count is digits,
+        # with a fraction of zeros allowed (5.0), as rollout.core.counts says.
+        text = "trim(cast(downloads as varchar))"
         count = (
-            "case when regexp_full_match(trim(cast(downloads as varchar)), '-?\\d+') "
-            "then try_cast(trim(cast(downloads as varchar)) as bigint) end"
+            f"case when regexp_full_match({text}, {_sql_string(WHOLE_COUNT_PATTERN)}) "
+            f"then try_cast(split_part({text}, '.', 1) as bigint) end"
         )
     return day, day_raw, count, count_raw
 
@@ -1057,14 +1073,17 @@ def _finish_downloads(
 
 
 def _json_count(value: object) -> str | None:
+    """A count of the range format as text, judged as a CSV cell is: a number as it was
+    written (5, 5.0, 1e3), a string as it is ("5"); anything else (true, [5]) as its
+    JSON text, which is no whole number."""
     if value is None:
         return None
+    if isinstance(value, _JsonFloat):
+        return value.text
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    if isinstance(value, float) and value.is_integer() and abs(value) >= 2**63:
-        # 1e20: whole, and too large (its digits say so, as a Parquet double's do).
-        return str(int(value))
-    # Anything else (a string, a float) must fail the whole-number check.
+    if isinstance(value, str):
+        return value
     return json.dumps(value)
 
 

@@ -103,13 +103,32 @@ reasoned as (
     from meeting
 ),
 
-final as (
+by_name as (
     select
         package,
         package_key,
-        list_filter(candidate_reasons, lambda reason: reason is not null) as reasons
+        list_filter(candidate_reasons, lambda reason: reason is not null) as reasons,
+        count(*) over (partition by package_key) as names_of_key
     from reasoned
     where len(list_filter(candidate_reasons, lambda reason: reason is not null)) > 0
+),
+
+-- One row a cohort entry: npm's legacy Foo and foo are two packages, each qualifying on
+-- its own numbers (above), and one entry of the cohort, keyed by the lower-cased name
+-- (registry.cohort_packages), whose maintainers are both's. Both qualifying the same
+-- day is one package qualifying (and entering), named by the first name in code-point
+-- order, each reason saying which name it is of.
+final as (
+    select
+        min(package) as package,
+        package_key,
+        flatten(list(
+            case when names_of_key = 1 then reasons
+                else list_transform(reasons, lambda reason: package || ': ' || reason) end
+            order by package
+        )) as reasons
+    from by_name
+    group by package_key
 )
 
 select * from final

@@ -27,10 +27,15 @@ row_problems as (
             when day > $today then 'day ' || day || ' is in the future'
             when day < $earliest then 'day ' || day || ' is before 2000'
             when downloads is null and downloads_raw is null then 'downloads is missing'
+            -- A whole count (rollout.core.counts: digits, 5.0 too) that is no BIGINT.
             when downloads is null
-                and regexp_full_match(trim(cast(downloads_raw as varchar)), '-?\d+')
+                and regexp_full_match(trim(cast(downloads_raw as varchar)), $whole_pattern)
                 then 'downloads ' || trim(cast(downloads_raw as varchar))
                     || ' is out of range (at most 9223372036854775807)'
+            when downloads is null
+                and regexp_full_match(trim(cast(downloads_raw as varchar)), $exponent_pattern)
+                then 'downloads ''' || cast(downloads_raw as varchar)
+                    || ''' is in exponent notation: write the count in digits'
             when downloads is null
                 then 'downloads ''' || cast(downloads_raw as varchar)
                     || ''' is not a whole number'

@@ -304,14 +304,22 @@ def model_qualified(metrics: list[dict[str, Any]], rule: CohortRule) -> list[dic
         if rule.dependents_gte is not None and dependents >= rule.dependents_gte:
             reasons.append(f"{dependents} dependents (at least {rule.dependents_gte})")
         if reasons:
-            qualified.append(
-                {
-                    "package": row["package"],
-                    "package_key": row["package"].lower(),
-                    "reasons": reasons,
-                }
-            )
-    return qualified
+            qualified.append((row["package"], reasons))
+    # One entry a lower-cased name: Foo and foo qualifying together are one, named by
+    # the first name, each reason by its own name.
+    entries: dict[str, list[tuple[str, list[str]]]] = {}
+    for package, reasons in sorted(qualified):
+        entries.setdefault(package.lower(), []).append((package, reasons))
+    return [
+        {
+            "package": names[0][0],
+            "package_key": key,
+            "reasons": names[0][1]
+            if len(names) == 1
+            else [f"{package}: {reason}" for package, reasons in names for reason in reasons],
+        }
+        for key, names in entries.items()
+    ]
 
 
 # --- properties ------------------------------------------------------------------------
