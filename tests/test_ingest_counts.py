@@ -36,7 +36,6 @@ CASES: list[tuple[str, Any, float | None, int | str]] = [
     (HUGE, int(HUGE), None, f"downloads {HUGE} is out of range (at most 9223372036854775807)"),
     ("five", "five", None, "downloads 'five' is not a whole number"),
 ]
-IDS = [case[0] for case in CASES]
 
 
 def _json_value(written: str, value: Any) -> str:
@@ -91,8 +90,17 @@ FORMATS = {
 }
 
 
-@pytest.mark.parametrize("fmt", list(FORMATS))
-@pytest.mark.parametrize(("written", "value", "double", "outcome"), CASES, ids=IDS)
+# Every case in every format, but a Parquet double only where one holds the case (5.00,
+# 1e3 and "five" are text; the double 5.0 covers their values).
+EVERY_FORMAT = [
+    pytest.param(fmt, *case, id=f"{case[0]}-{fmt}")
+    for case in CASES
+    for fmt in FORMATS
+    if fmt != "parquet-double" or case[2] is not None
+]
+
+
+@pytest.mark.parametrize(("fmt", "written", "value", "double", "outcome"), EVERY_FORMAT)
 def test_a_downloads_count_follows_one_rule_in_every_format(
     con: duckdb.DuckDBPyConnection,
     tmp_path: Path,
@@ -102,8 +110,6 @@ def test_a_downloads_count_follows_one_rule_in_every_format(
     double: float | None,
     outcome: int | str,
 ) -> None:
-    if fmt == "parquet-double" and double is None:
-        pytest.skip("a double holds no such text (its value is covered by another case)")
     path = _write(tmp_path / "downloads" / FORMATS[fmt], fmt, written, value, double)
     load(con, path, limit=0.9)
     loaded = con.execute("select package, downloads from raw_downloads order by package").fetchall()
