@@ -9,7 +9,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, inspect, select, text
 
 from rollout import warehouse
 from rollout.core.plan import Plan
@@ -18,14 +18,16 @@ from rollout.notify.drain import drain
 from rollout.notify.queue import queue_due
 from rollout.notify.senders import FileSender
 from rollout.phases import enforce
-from rollout.registry import Registry, migrate
-from rollout.registry.models import Notification
+from rollout.registry import Registry, changes, migrate
+from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Notification
 from rollout.report.adoption import build_adoption
 from rollout.warehouse.extract import extract_registry
 from tests.factories import (
     AccountFactory,
     NotificationFactory,
+    OrgFactory,
     SnoozeFactory,
+    TeamFactory,
     bound_to,
     existing_account,
 )
@@ -148,3 +150,59 @@ def test_the_queue_previews_enforcement_and_the_warehouse_go_on_without_a_delete
         ).fetchone()
     assert counts["notifications"] >= 1 and kept == [("sent",)]
     assert members == (0,) and funnel == (3, 2)
+
+
+def test_no_ledger_table_holds_a_key_or_trigger_that_refuses_the_registry_a_delete(
+    registry: Registry,
+) -> None:
+    """The whole class, as the migrations left it: a key from a ledger table to a
+    registry table follows the registry's row (ON DELETE CASCADE) or does not exist; no
+    trigger sits on a registry table but the change counters, which never refuse."""
+    engine = registry.engine
+    inspector = inspect(engine)
+    blocking = [
+        (table, key["name"])
+        for table in LEDGER_TABLES
+        for key in inspector.get_foreign_keys(table)
+        if key["referred_table"] in REGISTRY_TABLES
+        and (key.get("options") or {}).get("ondelete", "").upper() != "CASCADE"
+    ]
+    assert blocking == []
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            triggers = connection.execute(
+                text("SELECT tbl_name, name FROM sqlite_master WHERE type = 'trigger'")
+            ).all()
+        else:
+            triggers = connection.execute(
+                text(
+                    "SELECT event_object_table, trigger_name FROM information_schema.triggers "
+                    "WHERE event_object_schema = current_schema()"
+                )
+            ).all()
+    on_registry = {name for table, name in triggers if table in REGISTRY_TABLES}
+    assert all(name.startswith(changes.TRIGGER_PREFIX) for name in on_registry)
+
+
+def test_the_registry_can_delete_an_org_and_team_rollout_invited_an_account_back_into(
+    registry: Registry,
+) -> None:
+    engine = registry.engine
+    with bound_to(engine):
+        account = AccountFactory(in_cohort="top-100")
+        team = TeamFactory(org=OrgFactory(name="closing-org"))
+        NotificationFactory(account=account, phase="org:closing-org", email="org_invitation")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO org_invitations (org_id, account_id, team_id, state, invited_by, "
+                "created_at, expires_at) VALUES (:org, :account, :team, 'pending', 'owner', "
+                "'2022-02-01 00:00:00', '2022-02-08 00:00:00')"
+            ),
+            {"org": team.org_id, "account": account.id, "team": team.id},
+        )
+        connection.execute(text("DELETE FROM orgs WHERE id = :id"), {"id": team.org_id})
+    close_account(engine, account.id)
+    with engine.connect() as connection:
+        kept = connection.execute(text("SELECT count(*) FROM org_invitations")).scalar_one()
+    assert kept == 1
