@@ -79,6 +79,7 @@ from rollout.notify.emails import (
 )
 from rollout.notify.message import DeliveryFailed, Message, Sender, SenderUnavailable
 from rollout.notify.outbox import (
+    ACCOUNT_DELETED,
     ACCOUNTS,
     COMPLIANT,
     CUT_SHORT,
@@ -663,9 +664,10 @@ def _ends_unsent(
     standing: Mapping[tuple[str, str, int], _Standing] | None,
     late: bool,
 ) -> _Outcome | Recipient:
-    """Why the row ends here, whatever else its batch holds: failed (no such email or
-    account) or skipped (an unverified or a suppressed address, already compliant, too
-    late: ``late``, :func:`_too_late`'s), the first that applies; else its recipient as its email
+    """Why the row ends here, whatever else its batch holds: failed (no such email) or
+    skipped (its account deleted, an unverified or a suppressed address, already
+    compliant, too late: ``late``, :func:`_too_late`'s), the first that applies; else
+    its recipient as its email
     sees it (its standing applied). What :func:`_prepare` judges each claimed row by
     before the repeat window and rendering, and what the send's preview counts by
     (:func:`too_late_waiting`): one judgement, so the preview tells what the send does."""
@@ -673,7 +675,9 @@ def _ends_unsent(
     if definition is None:
         return _Outcome(claimed.id, "failed", f"no email named {claimed.email!r}")
     if recipient is None:
-        return _Outcome(claimed.id, "failed", f"account {claimed.account_id} no longer exists")
+        # Deleted by the registry since it was queued: there is no one to send it to,
+        # and retrying would not bring the account back.
+        return _Outcome(claimed.id, "skipped", ACCOUNT_DELETED)
     found = (standing or {}).get((claimed.email, claimed.phase, claimed.account_id))
     if found is not None:
         recipient = found.apply(recipient)

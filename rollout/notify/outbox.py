@@ -58,6 +58,9 @@ ENFORCED = "already enforced"
 # A warning of a phase to an account the plan exempts: its enforcement never touches it.
 EXEMPT = "exempt by the plan"
 REPEAT = "inside the repeat window"
+# An email whose account the registry deleted (closed, erased at its owner's request)
+# before it went: never sent, for good; the outbox row stays (revision 0021).
+ACCOUNT_DELETED = "account deleted"
 # An email whose last day (its mailing's: the day before the date it announces, or the
 # account's own deadline) had passed when it came to be sent: "in 3 days" after the
 # deadline, a brown-out heads-up once it began (rollout.notify.drain._too_late).

@@ -496,7 +496,10 @@ class Notification(Base):
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    # No foreign key (revision 0021), as the audit ledger: the registry may delete an
+    # account it has emailed (closed, erased at its owner's request), and the outbox
+    # keeps what was sent to it. The drain skips an email whose account is gone.
+    account_id: Mapped[int] = mapped_column(Id)
     email: Mapped[str] = mapped_column(String(100))
     # '' rather than NULL for emails outside a phase: NULLs never collide in UNIQUE.
     # A plan phase, or ``org:<org>`` for an org's enforcement (an org name is up to 214).

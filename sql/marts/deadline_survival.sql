@@ -14,10 +14,15 @@ phases as (
 ),
 
 -- One sent notice per account and phase (the outbox's natural key): its clock's start.
+-- Of accounts the registry still has: the outbox keeps the notices of deleted ones
+-- (revision 0021), whose factors went with them, and which would count as without 2FA
+-- for ever (the funnel, its cohort read from the memberships that went too, does not
+-- count them either).
 noticed as (
     select notifications.phase, notifications.account_id, notifications.sent_at
     from registry.notifications as notifications
     inner join phases using (phase)
+    semi join registry.accounts as accounts on accounts.id = notifications.account_id
     where notifications.email = 'phase_notice'
         and notifications.state = 'sent'
         and notifications.sent_at < $as_of::date + 1
