@@ -58,6 +58,8 @@ def ingest_landing() -> IngestReport:
     )
     for refused in report.rejected:
         logger.warning("landing file refused, nothing of it loaded: %s", refused.message)
+    for repaired in report.repairs:
+        logger.warning("%s", repaired)
     if delivered.notifications or delivered.unknown:
         logger.info(
             "delivery events: %d notifications' states written, %d outbox ids unknown",

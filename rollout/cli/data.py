@@ -243,6 +243,8 @@ def ingest(
             "after all: recorded as sent (not sent again)",
             highlight=False,
         )
+    for repaired in result.repairs:
+        stderr.print(labelled("note:", "bold yellow", repaired))
     for refused in result.rejected:
         stderr.print(labelled("refused:", "bold red", refused.message))
     if result.rejected:

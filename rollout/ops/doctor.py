@@ -209,7 +209,13 @@ def check_schema(registry: Registry) -> CheckResult:
 def check_warehouse(path: Path) -> CheckResult:
     import duckdb
 
-    from rollout.warehouse import SCHEMA_VERSION, made_by_this_sql, schema_version
+    from rollout.warehouse import (
+        REPAIRS,
+        SCHEMA_VERSION,
+        made_by_this_sql,
+        repairs_pending,
+        schema_version,
+    )
 
     if not path.exists():
         if path.parent.is_dir() and not os.access(path.parent, os.W_OK):
@@ -242,6 +248,7 @@ def check_warehouse(path: Path) -> CheckResult:
     try:
         version = schema_version(con)
         current_sql = made_by_this_sql(con)
+        pending = repairs_pending(con) if version == SCHEMA_VERSION else []
     finally:
         con.close()
     if version != SCHEMA_VERSION:
@@ -260,6 +267,16 @@ def check_warehouse(path: Path) -> CheckResult:
             Status.fail,
             f"{unwritable} is read-only for this user: `rollout ingest` and the daily run "
             "cannot write the warehouse (check its permissions and the file system)",
+        )
+    if pending:
+        # Repaired in place by the next run that writes it; until then the commands
+        # that only read it refuse it.
+        return CheckResult(
+            "warehouse",
+            Status.warn,
+            f"{path} was loaded by an older rollout and is not checked yet for rows "
+            f"that rollout loaded wrongly ({'; '.join(REPAIRS[name] for name in pending)})"
+            ": run `rollout ingest` to check it and repair it in place",
         )
     if not current_sql:
         # The next run that writes it makes the views again; until then the commands

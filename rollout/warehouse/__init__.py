@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +167,8 @@ def _check_schema_version(con: duckdb.DuckDBPyConnection) -> None:
     if found is None:
         con.execute("create table warehouse_meta (schema_version integer not null)")
         con.execute("insert into warehouse_meta values ($v)", {"v": SCHEMA_VERSION})
+        # A new warehouse holds nothing an older rollout loaded: nothing to repair.
+        _record_repairs(con, {name: Repaired() for name in REPAIRS}, reported=True)
         return
     _require_version(con, found)
 
@@ -192,6 +197,15 @@ def _require_schema(con: duckdb.DuckDBPyConnection) -> None:
     lack (a traceback), or counted by the old rules. Its fingerprint only: the digest of
     the objects changes whenever a run makes a table, which a writer takes in its stride."""
     _require_version(con, schema_version(con))
+    pending = repairs_pending(con)
+    if pending:
+        raise RolloutError(
+            f"the warehouse {database_path(con)} was loaded by an older rollout and is "
+            "not checked yet for rows that rollout loaded wrongly "
+            f"({'; '.join(REPAIRS[name] for name in pending)}): run `rollout ingest` "
+            "(any command that writes the warehouse checks it and repairs it in place), "
+            "then this again"
+        )
     if not made_by_this_sql(con):
         raise RolloutError(
             f"the warehouse {database_path(con)} was made by another version of rollout "
@@ -220,8 +234,14 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     _check_schema_version(con)
     statements, fingerprint = _schema_statements()
     kept = _schema_kept(con)
-    if kept is not None and kept[0] == fingerprint and kept[1] == _objects(con):
-        return
+    if kept is None or kept[0] != fingerprint or kept[1] != _objects(con):
+        _make_schema(con, statements, fingerprint)
+    _repair(con)
+
+
+def _make_schema(
+    con: duckdb.DuckDBPyConnection, statements: tuple[str, ...], fingerprint: str
+) -> None:
     for statement in statements:
         con.execute(statement)
     con.execute(
@@ -270,7 +290,7 @@ def _objects(con: duckdb.DuckDBPyConnection) -> str:
             from (
                 select schema_name || '.' || table_name as name, sql from duckdb_tables()
                 where not temporary and database_name = current_database()
-                    and table_name <> 'warehouse_schema'
+                    and table_name not in ('warehouse_schema', 'warehouse_repairs')
                 union all
                 select schema_name || '.' || view_name, sql from duckdb_views()
                 where not temporary and not internal and database_name = current_database()
@@ -278,6 +298,141 @@ def _objects(con: duckdb.DuckDBPyConnection) -> str:
             """,
         )
     )
+
+
+# --- repairs of what an older rollout loaded -------------------------------------------
+
+# One-time repairs, in place, of rows an older rollout loaded that this one would not
+# have: the warehouse keeps history no rebuild brings back (metrics and cohort builds
+# of past days), and its landing files may be gone, so it is repaired, not refused.
+# Each runs once, on the first writing connection of this rollout (`rollout ingest`
+# after the upgrade), and is recorded in `warehouse_repairs` (a new warehouse records
+# them all as done). What each name repairs, as the operator is told:
+REPAIRS = {
+    "logins_publishes_loaded_twice": "logins and publishes rows loaded twice, from a "
+    "file and another holding them too (re-sent compressed or corrected, an export "
+    "overlapping the last)",
+}
+
+
+@dataclass(frozen=True)
+class Repaired:
+    """What one repair removed: rows of each table, and the days they fell on."""
+
+    rows: Mapping[str, int] = field(default_factory=dict)
+    first_day: date | None = None
+    last_day: date | None = None
+
+    @property
+    def removed(self) -> int:
+        return sum(self.rows.values())
+
+
+def _repairs_table(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        """
+        create table if not exists warehouse_repairs (
+            name         varchar primary key,
+            applied_at   timestamp not null,
+            rows_removed bigint not null,
+            detail       varchar not null,   -- rows removed by table, as json
+            first_day    date,               -- the days of the rows removed
+            last_day     date,
+            reported     boolean not null    -- told the operator (rollout ingest)
+        )
+        """
+    )
+
+
+def _record_repairs(
+    con: duckdb.DuckDBPyConnection, done: Mapping[str, Repaired], *, reported: bool
+) -> None:
+    _repairs_table(con)
+    for name, repaired in done.items():
+        con.execute(
+            "insert into warehouse_repairs values "
+            "($name, now(), $rows, $detail, $first, $last, $reported)",
+            {
+                "name": name,
+                "rows": repaired.removed,
+                "detail": json.dumps(dict(repaired.rows)),
+                "first": repaired.first_day,
+                "last": repaired.last_day,
+                "reported": reported or not repaired.removed,
+            },
+        )
+
+
+def repairs_pending(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The repairs this rollout knows that the warehouse has not had (read-only)."""
+    try:
+        done = {row[0] for row in con.execute("select name from warehouse_repairs").fetchall()}
+    except duckdb.CatalogException:  # made by a rollout before repairs were recorded
+        done = set()
+    return [name for name in REPAIRS if name not in done]
+
+
+def _repair(con: duckdb.DuckDBPyConnection) -> None:
+    pending = repairs_pending(con)
+    if not pending:
+        return
+    with transaction(con):  # all of it or none: a crash midway repairs it next time
+        _record_repairs(con, {name: _REPAIR_RUNS[name](con) for name in pending}, reported=False)
+
+
+def _remove_loaded_twice(con: duckdb.DuckDBPyConnection) -> Repaired:
+    """Remove the logins and publishes rows the ingest's duplicate check would have
+    skipped (sql/raw/repair_*_loaded_twice.sql), and count them as duplicates of their
+    files in ``ingested_files``, as if loaded by this rollout."""
+    rows: dict[str, int] = {}
+    days: list[date] = []
+    for kind in ("logins", "publishes"):
+        run(con, f"raw/repair_{kind}_loaded_twice")
+        found = one(
+            con,
+            "select count(*), min(occurred_at)::date, max(occurred_at)::date from loaded_twice",
+        )
+        assert found is not None
+        if not found[0]:
+            continue
+        rows[kind] = found[0]
+        days += [found[1], found[2]]
+        con.execute(f"delete from raw_{kind} where rowid in (select row_id from loaded_twice)")
+        con.execute(
+            """
+            update ingested_files set
+                rows_loaded = rows_loaded - removed.n,
+                rows_duplicate = rows_duplicate + removed.n
+            from (select file_id, count(*) as n from loaded_twice group by file_id) as removed
+            where ingested_files.file_id = removed.file_id
+            """
+        )
+    con.execute("drop table if exists loaded_twice")
+    return Repaired(rows, min(days, default=None), max(days, default=None))
+
+
+_REPAIR_RUNS = {"logins_publishes_loaded_twice": _remove_loaded_twice}
+
+
+def unreported_repairs(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """What repairs removed that the operator has not been told yet, one sentence each,
+    marked told: `rollout ingest` prints them."""
+    _repairs_table(con)
+    found = con.execute(
+        "select name, detail, first_day, last_day from warehouse_repairs "
+        "where not reported order by applied_at, name"
+    ).fetchall()
+    told = []
+    for name, detail, first, last in found:
+        removed = ", ".join(f"{n:,} {kind}" for kind, n in json.loads(detail).items())
+        days = f"{first}" if first == last else f"{first} to {last}"
+        told.append(
+            f"repaired the warehouse: removed {removed} rows an older rollout had "
+            f"loaded twice ({REPAIRS[name]}), of {days}: the reports of those days "
+            "counted them twice; write each again with `rollout report --as-of DAY`"
+        )
+    con.execute("update warehouse_repairs set reported = true where not reported")
+    return told
 
 
 _INCLUDE = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")

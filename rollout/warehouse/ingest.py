@@ -53,6 +53,9 @@ class FileResult:
 @dataclass
 class IngestReport:
     files: list[FileResult] = field(default_factory=list)
+    # What the warehouse's one-time repairs of an older rollout's rows removed, not told
+    # before (``warehouse.unreported_repairs``): one sentence each, for the operator.
+    repairs: list[str] = field(default_factory=list)
 
     def _count(self, status: Status) -> int:
         return sum(1 for f in self.files if f.status == status)
@@ -747,4 +750,5 @@ def ingest(
         run.refuse(stray.path, stray.kind, stray.refusal)
     if progress and files:
         progress(files[-1], len(files), len(files))
+    run.report.repairs = warehouse.unreported_repairs(con)
     return run.report
