@@ -3,6 +3,7 @@ plan, starting early, the emergency end, and enrolling everyone."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from pathlib import Path
@@ -138,6 +139,24 @@ def test_start_early_and_the_emergency_end(
         brownouts.end_now(registry, "drill", actor="rm", reason="again")
     with pytest.raises(BadInput, match="no brown-out window named 'nope'"):
         brownouts.end_now(registry, "nope", actor="rm", reason="x")
+
+
+@pytest.mark.parametrize("change", [brownouts.start_now, brownouts.end_now])
+def test_starting_or_ending_a_window_needs_a_reason(
+    registry: Registry, plan: Plan, change: Callable[..., object]
+) -> None:
+    """The audit ledger is the only record of why a window left its schedule: a blank
+    --reason is refused, as `cohorts release` and `notify withdraw` refuse one, and the
+    window is as it was, with nothing audited."""
+    brownouts.schedule(registry, soon(plan), actor="rm")
+    with pytest.raises(BadInput, match="say why"):
+        change(registry, "drill", actor="rm", reason="  ")
+    assert [(w.name, w.state) for w in brownouts.status(registry)] == [("drill", "scheduled")]
+    with registry.engine.connect() as connection:
+        audited = connection.execute(
+            select(Action.action).where(Action.action.in_(["brownout_started", "brownout_ended"]))
+        )
+        assert audited.all() == []
 
 
 def test_of_two_stops_at_once_only_the_first_ends_the_window(
