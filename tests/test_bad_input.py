@@ -320,6 +320,8 @@ def test_a_connection_option_the_driver_does_not_know_is_one_line_naming_the_var
 
 # Commands that read or change the registry, or the warehouse, each with its arguments.
 NEED_A_REGISTRY = [
+    ["db", "downgrade", "0018"],
+    ["db", "downgrade", "0018", "--apply"],
     ["plan", "show"],
     ["report", "--as-of", "2022-03-01"],
     ["phase", "preview", "top-100"],
@@ -329,8 +331,13 @@ NEED_A_REGISTRY = [
     ["notify", "send", "--apply"],
     ["notify", "status"],
     ["notify", "suppress", "someone@example.com", "--reason", "asked"],
+    ["notify", "withdraw", "--email", "reminder", "--reason", "moved", "--apply"],
+    ["cohorts", "release", "left-pad", "--cohort", "top-100", "--reason", "ok", "--apply"],
     ["orgs", "audit", "acme"],
+    ["orgs", "enforce", "acme"],
+    ["orgs", "reinvite", "acme", "--team", "core"],
     ["brownout", "schedule"],
+    ["brownout", "end", "brownout-1", "--reason", "errors", "--apply"],
     ["elv", "enroll-all"],
 ]
 NEED_A_WAREHOUSE = [

@@ -184,6 +184,24 @@ def _at_once(
     return results["first"], results["second"]
 
 
+@pytest.mark.parametrize("change", [brownouts.start_now, brownouts.end_now])
+def test_starting_or_ending_a_window_needs_a_reason(
+    registry: Registry, plan: Plan, change: Callable[..., object]
+) -> None:
+    """The audit ledger is the only record of why a window left its schedule: a blank
+    --reason is refused, as `cohorts release` and `notify withdraw` refuse one, and the
+    window is as it was, with nothing audited."""
+    brownouts.schedule(registry, soon(plan), actor="rm")
+    with pytest.raises(BadInput, match="say why"):
+        change(registry, "drill", actor="rm", reason="  ")
+    assert [(w.name, w.state) for w in brownouts.status(registry)] == [("drill", "scheduled")]
+    with registry.engine.connect() as connection:
+        audited = connection.execute(
+            select(Action.action).where(Action.action.in_(["brownout_started", "brownout_ended"]))
+        )
+        assert audited.all() == []
+
+
 def test_of_two_stops_at_once_only_the_first_ends_the_window(
     registry: Registry, plan: Plan, monkeypatch: pytest.MonkeyPatch
 ) -> None:

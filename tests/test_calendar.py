@@ -194,7 +194,7 @@ def test_every_run_in_plan_runs_is_a_calendar_step_or_unplanned(
     registry: Registry, factories: None, plan: Plan
 ) -> None:
     AccountFactory(username="ann", in_cohort="top-100", sessions=1)
-    AccountFactory(username="ben", with_totp=True, in_cohort="top-100")
+    AccountFactory(username="ben", with_totp=True, in_cohort=["top-100", "high-impact"])
     owner = AccountFactory(username="ola", with_totp=True)
     acme = OrgFactory(name="acme")
     OrgMemberFactory(org=acme, account=owner, role="owner")

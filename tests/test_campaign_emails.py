@@ -465,11 +465,12 @@ def test_an_apply_again_cut_short_after_a_rollback_does_not_call_its_own_step_ro
     from rollout.notify.drain import drain
     from rollout.notify.senders import FileSender
     from rollout.phases import enforce
-    from tests.factories import AccountFactory, TokenFactory
+    from tests.factories import AccountFactory, CohortPackageFactory, TokenFactory
 
     both_plan = _with_tokens_too(plan)
     both = both_plan.phase("top-100")
     noon = datetime.combine(both.enforce_on, time(12))
+    CohortPackageFactory(cohort="top-100")  # built, its maintainers not registered yet
     with use_clock(SimulatedClock(noon)):
         enforce.enforce_phase(registry, both_plan, "top-100", expect=0, expect_tokens=0, actor="rm")
     with use_clock(SimulatedClock(noon + timedelta(hours=1))):

@@ -22,7 +22,7 @@ from rollout.phases.previews import preview_markdown, save_preview, saved_previe
 from rollout.phases.timeline import plan_steps, step_states
 from rollout.registry import Registry, locks
 from rollout.registry.engine import make_engine
-from rollout.registry.ledger import start_run
+from rollout.registry.ledger import finish_run, start_run
 from rollout.registry.locks import _advisory_key, make_lock_engine
 from rollout.registry.migrate import upgrade
 from rollout.registry.models import (
@@ -96,6 +96,33 @@ def test_preview_lists_exactly_the_non_compliant(
     assert preview.sessions == 3
     assert (preview.compliant, preview.exempted) == (1, ["carol"])
     assert count(registry, Action) == 0 and required(registry) == set()
+
+
+def test_a_phase_whose_cohort_was_never_built_is_refused_not_applied_to_no_one(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """high-impact before its cohort's first build: the preview said "0 accounts ...
+    would be required", `--apply --expect 0` was recorded as applied, and `plan show`
+    then said the phase was enforced while the build to come would list maintainers
+    no enforcement ever reached."""
+    never_built = "its cohort high-impact has never been built"
+    with pytest.raises(BadInput, match=never_built):
+        enforce.preview_phase(registry, plan, plan.phase("high-impact"))
+    with pytest.raises(BadInput, match=never_built):
+        enforce.enforce_phase(registry, plan, "high-impact", expect=0, actor="rm")
+    assert count(registry, PlanRun) == 0 and required(registry) == set()
+    # Built on its day and found empty, it is a cohort of no one: previewed as such.
+    with registry.engine.begin() as connection:
+        run = start_run(
+            connection,
+            plan=plan.name,
+            step="cohorts 2022-03-14",
+            mode="apply",
+            actor="rm",
+            parameters={"as_of": "2022-03-14", "cohorts": ["high-impact"]},
+        )
+        finish_run(connection, run, state="succeeded", summary={})
+    assert enforce.preview_phase(registry, plan, plan.phase("high-impact")).count == 0
 
 
 def test_a_token_count_given_for_a_phase_that_revokes_none_is_refused(
@@ -645,7 +672,7 @@ def test_a_re_run_killed_at_the_instant_of_the_apply_leaves_it_applied(
 
 
 def test_plan_show_tells_an_interrupted_enforce_run_from_a_running_one(
-    registry: Registry, plan: Plan, tmp_path: Path
+    registry: Registry, plan: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:
     with registry.engine.begin() as connection:
         start_run(

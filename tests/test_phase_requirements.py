@@ -24,6 +24,7 @@ from rollout.core.plan import Plan
 from rollout.phases import enforce
 from rollout.phases.timeline import step_states
 from rollout.registry import Registry
+from rollout.registry.ledger import finish_run, start_run
 from rollout.registry.locks import LOCK_SETTLE_SECONDS
 from rollout.registry.migrate import downgrade, upgrade
 from rollout.registry.models import (
@@ -77,6 +78,21 @@ def actions(registry: Registry, action: str) -> int:
         return connection.execute(
             select(func.count()).select_from(Action).where(Action.action == action)
         ).scalar_one()
+
+
+def built(registry: Registry, plan: Plan, *cohorts: str) -> None:
+    """Record a cohort build of ``cohorts`` on 2022-01-03: one that found no one is a
+    cohort of none (a cohort never built is refused by the preview)."""
+    with registry.engine.begin() as connection:
+        run_id = start_run(
+            connection,
+            plan=plan.name,
+            step="cohorts 2022-01-03",
+            mode="apply",
+            actor="rm",
+            parameters={"as_of": "2022-01-03", "cohorts": list(cohorts)},
+        )
+        finish_run(connection, run_id, state="succeeded", summary={})
 
 
 def run(registry: Registry, plan: Plan, phase: str) -> enforce.EnforceResult:
@@ -262,6 +278,7 @@ def test_required_means_some_applied_phase_requires_it(
     if not accounts:
         accounts = [AccountFactory().id for _ in range(8)]
     _reset(registry)
+    built(registry, three_phase_plan, *PHASES)
     with registry.engine.begin() as connection:
         for account_id, names in zip(accounts, memberships, strict=True):
             for name in names:
@@ -315,6 +332,7 @@ def test_the_migration_rebuilds_requirements_from_what_enforcement_left(
     rebuilds them from the audit rows and emails each enforcement left."""
     run(registry, three_phase_plan, "p1")
     run(registry, three_phase_plan, "p2")
+    built(registry, three_phase_plan, "p3")
     run(registry, three_phase_plan, "p3")  # an empty cohort: requires nobody
     enforce.rollback_phase(registry, three_phase_plan, "p1", actor="rm")
     run(registry, three_phase_plan, "p1")

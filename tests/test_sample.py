@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import func, insert, inspect, select, text
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
@@ -40,7 +40,7 @@ from rollout.demo.sample import (
 )
 from rollout.registry import Registry, bulk, migrate
 from rollout.registry.engine import make_engine, session_scope
-from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Account
+from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Account, RegistryMark
 from tests.conftest import fresh_postgres_database
 from tests.factories import AccountFactory, NotificationFactory
 
@@ -323,6 +323,56 @@ def test_the_rehearsal_that_emptied_production_is_refused(
         assert "did not make: 1 accounts, 0 emails and 0 runs would be lost" in said
         password = make_url(registry_url).password
         assert not password or f":{password}@" not in said
+    assert _state(registry_url) == before
+    assert not rollout_home.exists()
+
+
+def test_the_demo_is_never_played_on_a_registry_sample_did_not_make(
+    rollout_home: Path,
+    registry_url: str,
+    factories: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`rollout demo` from a shell with the deployments' ROLLOUT_REGISTRY_URL: it rewound
+    that registry to the story's start (deleting the sessions dated after it), scheduled
+    the plan's brown-outs, queued emails and enforced. Refused, with nothing changed and
+    no warehouse made."""
+    AccountFactory(sessions=2, in_cohort="top-100")  # sessions from 2021-06-01
+    (rollout_home / "landing").mkdir(parents=True)
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    before = _state(registry_url)
+    result = CliRunner().invoke(app, ["demo", "--start", "2021-05-30", "--end", "2021-05-31"])
+    assert result.exit_code == 3, result.output
+    said = _one_line(result.stderr)
+    assert "holds a registry `rollout sample` did not make" in said
+    assert "Nothing was changed" in said
+    password = make_url(registry_url).password
+    assert not password or f":{password}@" not in said
+    assert _state(registry_url) == before
+    assert not (rollout_home / "warehouse.duckdb").exists()
+
+
+def test_the_demo_without_its_landing_files_is_refused_before_it_changes_the_sample(
+    rollout_home: Path,
+    registry_url: str,
+    registry: Registry,
+    factories: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sample registry whose landing folder is not under ROLLOUT_HOME (a mistyped home,
+    or a sample written elsewhere): the demo rewound the registry, then failed to ingest."""
+    AccountFactory(sessions=2, in_cohort="top-100")
+    with registry.engine.begin() as connection:
+        connection.execute(
+            insert(RegistryMark).values(
+                kind="sample", created_at=datetime(2021, 6, 1), note="rollout sample"
+            )
+        )
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    before = _state(registry_url)
+    result = CliRunner().invoke(app, ["demo", "--start", "2021-05-30", "--end", "2021-05-31"])
+    assert result.exit_code == 2, result.output
+    assert f"{rollout_home / 'landing'}: no such file or folder" in _one_line(result.stderr)
     assert _state(registry_url) == before
     assert not rollout_home.exists()
 

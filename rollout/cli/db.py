@@ -55,9 +55,13 @@ def db_downgrade(
     changed". Back the registry up first."""
     from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
     from rollout.registry import migrate
-    from rollout.registry.engine import make_engine
+    from rollout.registry.engine import make_engine, require_sqlite_file
 
-    engine = make_engine(_runtime(ctx).settings.registry_url)
+    url = _runtime(ctx).settings.registry_url
+    # There is nothing to take back where no registry is: opening it would make an
+    # empty one (and its folder) wherever a mistyped ROLLOUT_HOME points.
+    require_sqlite_file(url)
+    engine = make_engine(url)
     try:
         current = migrate.current_revision(engine)
         # A newer rollout's revision: this code knows no way down from it.

@@ -98,6 +98,11 @@ def cohorts_step(as_of: date) -> str:
     return f"{_COHORTS}{as_of}"
 
 
+def cohorts_step_prefix() -> str:
+    """What every cohort build's step starts with (``cohorts_step``), to find them all."""
+    return _COHORTS
+
+
 def notices_step(phase: str) -> str:
     return f"notices {phase}"
 

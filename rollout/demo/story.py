@@ -42,8 +42,10 @@ from sqlalchemy import Engine, and_, bindparam, delete, insert, or_, select, upd
 from rollout import cohorts, metrics, warehouse
 from rollout.core.calendar import plan_calendar
 from rollout.core.clock import SimulatedClock, use_clock
+from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.files import written_in_place
 from rollout.core.plan import Phase, Plan
+from rollout.demo.sample import registry_contents
 from rollout.notify.delivery import apply_delivery
 from rollout.notify.drain import drain
 from rollout.notify.queue import queue_due
@@ -218,6 +220,25 @@ class HeldBack:
     # By table, a held-back row's id in the sample -> its id once added (``replay``);
     # an end marked "held" is of a held-back row, so by its sample id.
     renumbered: dict[str, dict[int, int]] = field(default_factory=dict)
+
+
+def require_sample(registry: Registry, landing_dir: Path) -> None:
+    """Refuse, before anything is changed, to play the story on a registry `rollout
+    sample` did not make (GuardRefused), or without its landing files (BadInput). The
+    story rewinds the registry (deleting the sessions, tokens and factors dated after
+    its start), adds its own, queues and sends emails, and enforces: on a production
+    registry, named by the deployments' ROLLOUT_REGISTRY_URL, that is real lock-outs."""
+    contents = registry_contents(registry)
+    if not contents.is_sample:
+        raise GuardRefused(
+            f"refusing to play the demo on it: {contents.url} holds a registry `rollout "
+            "sample` did not make; the demo rewinds, changes and enforces on the registry "
+            "it is given. Nothing was changed. Point ROLLOUT_HOME (and ROLLOUT_REGISTRY_URL, "
+            "ROLLOUT_WAREHOUSE) at a scratch home and run `rollout sample` there first, or "
+            "`make demo`."
+        )
+    if not landing_dir.is_dir():
+        raise BadInput(landing_dir, None, "no such file or folder (`rollout sample` writes it)")
 
 
 def rewind(registry: Registry, landing_dir: Path, start: date) -> HeldBack:
@@ -1012,6 +1033,7 @@ class Story:
     def run(self) -> StoryReport:
         started = time.perf_counter()
         settings, registry = self.settings, self.registry
+        require_sample(registry, settings.landing_dir)
         held = rewind(registry, settings.landing_dir, self.start)
         self.people = _people(registry.engine, self.start)
         ids = self.people.ids

@@ -412,6 +412,11 @@ def _change_window(
     decide: Callable[[WindowState, datetime], dict[str, datetime]],
     action: str,
 ) -> WindowState:
+    # The ledger's only account of why a window began or stopped off its schedule, as
+    # a cohort release or a withdrawal must say why.
+    if not reason.strip():
+        verb = "start" if action == "brownout_started" else "end"
+        raise BadInput(None, None, f"say why: brownout {verb} {name} --reason '...'")
     with _changing_windows(registry) as connection:
         # Checked under the lock, on the windows as committed: of two starts at once of
         # windows that would overlap, the second sees the first's and refuses, naming it.

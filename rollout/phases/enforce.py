@@ -42,7 +42,7 @@ from sqlalchemy import (
     update,
 )
 
-from rollout.core.calendar import phase_step
+from rollout.core.calendar import cohorts_step_prefix, phase_step
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.fingerprints import same_list
 from rollout.core.plan import Phase, Plan
@@ -60,6 +60,7 @@ from rollout.registry.models import (
     Account,
     Action,
     CohortMembership,
+    CohortPackage,
     Notification,
     PhaseRequirement,
     PlanRun,
@@ -129,6 +130,35 @@ class EnforceResult:
     def summary(self) -> dict[str, Any]:
         """The result as one record: what the CLI prints, flows return, runs store."""
         return asdict(self)
+
+
+def require_cohort_built(connection: Connection, phase: Phase) -> None:
+    """Refuse (exit 2) a phase whose cohort was never built: it has no packages, no
+    accounts and no build recorded. Its preview would read "0 accounts", and an
+    enforcement approved on it would be recorded as applied (`plan show`: applied)
+    having required no one, while the maintainers the build would list go unenforced.
+    A cohort built and found empty is a cohort of none: previewed and enforced as such."""
+    cohort = phase.cohort
+    for model in (CohortPackage, CohortMembership):
+        found = connection.execute(select(model.id).where(model.cohort == cohort).limit(1))
+        if found.first() is not None:
+            return
+    builds = connection.execute(
+        select(PlanRun.parameters).where(
+            PlanRun.step.startswith(cohorts_step_prefix()),
+            PlanRun.state == "succeeded",
+            PlanRun.mode == "apply",
+        )
+    )
+    if any(cohort in (parameters or {}).get("cohorts", ()) for (parameters,) in builds):
+        return
+    raise BadInput(
+        None,
+        None,
+        f"phase {phase.name}: its cohort {cohort} has never been built, so there is no one "
+        f"to preview or enforce yet: build it on its day, `rollout cohorts build --as-of "
+        f"{phase.cohort_as_of}` (the daily run does), then preview again",
+    )
 
 
 def preview_phase(
@@ -207,6 +237,7 @@ def preview_phase(
     not_reached: list[int] = []
     refresh_statistics(registry.engine)  # the planner's, not the registry's data
     with registry.engine.connect() as connection:
+        require_cohort_built(connection, phase)
         # With per-account deadlines, each noticed account's own (one read of the phase's
         # notices and snoozes): only accounts whose deadline has come are targets today;
         # an account without one was never sent the notice.
