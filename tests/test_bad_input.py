@@ -331,6 +331,8 @@ NEED_A_REGISTRY = [
     ["notify", "send", "--apply"],
     ["notify", "status"],
     ["notify", "suppress", "someone@example.com", "--reason", "asked"],
+    ["notify", "suppress", "someone@example.com", "--reason", "asked", "--apply"],
+    ["notify", "unsuppress", "someone@example.com", "--reason", "ok", "--apply"],
     ["notify", "withdraw", "--email", "reminder", "--reason", "moved", "--apply"],
     ["cohorts", "release", "left-pad", "--cohort", "top-100", "--reason", "ok", "--apply"],
     ["orgs", "audit", "acme"],

@@ -542,9 +542,9 @@ def test_notify_preview_renders_the_emails_of_the_phase_asked_for(
 
 def test_notify_suppress_is_idempotent(rollout_home: Path) -> None:
     run("db", "upgrade")
-    first = run("notify", "suppress", "Someone@Example.com", "--reason", "hard bounce")
+    first = run("notify", "suppress", "Someone@Example.com", "--reason", "hard bounce", "--apply")
     assert first.exit_code == 0 and "suppressed" in first.stderr
-    again = run("notify", "suppress", "someone@example.com", "--reason", "again")
+    again = run("notify", "suppress", "someone@example.com", "--reason", "again", "--apply")
     assert "already suppressed" in again.stderr
 
 

@@ -1,9 +1,9 @@
 """`rollout notify`: preview, queue, send, status, suppress (by hand or from SendGrid's
-lists) and withdraw emails."""
+lists), lift a suppression and withdraw emails."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -16,6 +16,9 @@ from rollout.cli.app import (
 )
 from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput, RolloutError
 from rollout.core.output import Format, emit, emit_record, labelled, progress_for, stderr
+
+if TYPE_CHECKING:
+    from rollout.notify.suppressions import AddressStanding
 
 # --- notify --------------------------------------------------------------------------------
 
@@ -321,22 +324,161 @@ def notify_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     emit(rows, fmt, title="outbox", columns=["email", "state", "reason", "count"])
 
 
+def _kinds(counts: dict[str, int]) -> list[str]:
+    """Emails by kind, as a list a preview shows: ``reminder 2``."""
+    return [f"{email} {n}" for email, n in counts.items()]
+
+
+def _accounts_words(standing: AddressStanding) -> str:
+    if not standing.accounts:
+        return "no account uses this address"
+    return f"{len(standing.accounts)} account(s) use it: " + ", ".join(standing.usernames)
+
+
 @notify_app.command("suppress")
 @reports_errors
 def notify_suppress(
     ctx: typer.Context,
     address: Annotated[str, typer.Argument(help="The email address to stop writing to.")],
     reason: Annotated[str, typer.Option(help="Why (bounced, complained, asked).")],
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Suppress it (without: preview only).")
+    ] = False,
+    fmt: FormatOption = Format.table,
 ) -> None:
-    """Stop every email to an address (recorded as a skip with the reason 'suppressed')."""
-    from rollout.notify.outbox import suppress
+    """Stop every email to an address (recorded as a skip with the reason 'suppressed').
+
+    Previews first: the accounts that use the address (in any case, its domain in IDNA
+    or Unicode, as the send matches them), the emails to them not sent yet that would
+    be skipped, and whether it is already suppressed (by hand, or on SendGrid's
+    lists). With --apply, suppresses it, audited; `notify unsuppress` lifts it."""
+    from rollout.notify.outbox import SUPPRESS_EXAMPLES, checked_reason, suppress
+    from rollout.notify.suppressions import standing_of
 
     runtime = _runtime(ctx)
-    added = suppress(runtime.registry, address, reason=reason, actor=runtime.settings.actor)
+    standing = standing_of(runtime.registry, address)
+    checked_reason(reason, example=SUPPRESS_EXAMPLES)
+    added = False
+    if apply:
+        added = suppress(runtime.registry, address, reason=reason, actor=runtime.settings.actor)
+    emit_record(
+        {
+            "address": standing.address,
+            "accounts": len(standing.accounts),
+            "usernames": standing.usernames,
+            "already_suppressed": [s.words() for s in standing.suppressions],
+            "emails_not_sent": sum(standing.waiting.values()),
+            "emails_not_sent_by_kind": _kinds(standing.waiting),
+            "applied": apply,
+            "suppressed_now": added,
+        },
+        fmt,
+        title="suppress" + ("" if apply else " (preview)"),
+    )
+    stderr.print(f"{standing.address}: {_accounts_words(standing)}", highlight=False)
+    waiting = sum(standing.waiting.values())
+    if waiting:
+        stderr.print(
+            f"{waiting} emails to them not sent yet "
+            + ("will be" if apply else "would be")
+            + f" skipped as suppressed: {', '.join(_kinds(standing.waiting))}",
+            highlight=False,
+        )
+    if standing.in_flight:
+        stderr.print(
+            f"{standing.in_flight} being sent now: they go if that send goes", highlight=False
+        )
+    for held in standing.suppressions:
+        stderr.print(f"already suppressed {held.words()}", highlight=False)
+    if apply:
+        stderr.print(
+            f"{standing.address!r}: " + ("suppressed" if added else "was already suppressed"),
+            highlight=False,
+        )
+        return
     stderr.print(
-        f"{address.strip()!r}: " + ("suppressed" if added else "was already suppressed"),
+        "once lifted (`rollout notify unsuppress`), the next day's queue sends the phase "
+        "notices skipped meanwhile, until their last day; reminders, heads-ups and "
+        "enforcement notices skipped meanwhile are not sent again",
         highlight=False,
     )
+    stderr.print("preview only: add --apply to suppress it", highlight=False)
+
+
+@notify_app.command("unsuppress")
+@reports_errors
+def notify_unsuppress(
+    ctx: typer.Context,
+    address: Annotated[str, typer.Argument(help="The email address to write to again.")],
+    reason: Annotated[
+        str, typer.Option(help="Why (the address works again, suppressed by mistake).")
+    ],
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Lift it (without: preview only).")
+    ] = False,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Lift a suppression set by hand (`notify suppress`), in every form of the address.
+
+    Previews first: the accounts that use it, its suppressions, and the emails skipped
+    as suppressed meanwhile (the next day's queue sends the phase notices again, until
+    their last day; other emails stay skipped). Refused (exit 3) while one of SendGrid's
+    lists (bounces, spam reports, invalid emails) holds the address: remove it there
+    first, then `notify sync-suppressions`. With --apply, lifts it, audited."""
+    from rollout.notify.outbox import checked_reason
+    from rollout.notify.suppressions import (
+        UNSUPPRESS_EXAMPLES,
+        sendgrid_refusal,
+        standing_of,
+        unsuppress,
+    )
+
+    runtime = _runtime(ctx)
+    standing = standing_of(runtime.registry, address)
+    checked_reason(reason, example=UNSUPPRESS_EXAMPLES)
+    refusal = sendgrid_refusal(standing)
+    lifted = []
+    if apply:
+        # Judged again in the transaction that lifts it: refused with nothing changed.
+        lifted = unsuppress(runtime.registry, address, reason=reason, actor=runtime.settings.actor)
+    emit_record(
+        {
+            "address": standing.address,
+            "accounts": len(standing.accounts),
+            "usernames": standing.usernames,
+            "suppressed": [s.words() for s in standing.suppressions],
+            "skipped_as_suppressed": sum(standing.skipped.values()),
+            "skipped_as_suppressed_by_kind": _kinds(standing.skipped),
+            "notices_queued_again": standing.reopened,
+            "applied": apply,
+            "lifted": [s.address for s in lifted],
+        },
+        fmt,
+        title="unsuppress" + ("" if apply else " (preview)"),
+    )
+    stderr.print(f"{standing.address}: {_accounts_words(standing)}", highlight=False)
+    for held in standing.suppressions:
+        stderr.print(f"suppressed {held.words()}", highlight=False)
+    if refusal is not None:
+        # The preview says what --apply would refuse (exit 3, as it does).
+        stderr.print(labelled("would be refused:", "bold yellow", refusal), highlight=False)
+    elif not standing.manual:
+        stderr.print(
+            f"{standing.address!r}: not suppressed by hand: nothing to lift", highlight=False
+        )
+    if standing.skipped and refusal is None:
+        stderr.print(
+            f"{sum(standing.skipped.values())} emails to them were skipped as suppressed "
+            f"({', '.join(_kinds(standing.skipped))}): the next day's `rollout notify queue` "
+            f"sends the {standing.reopened} phase notices among them again, until each "
+            "notice's last day; the others stay skipped",
+            highlight=False,
+        )
+    if apply:
+        if lifted:
+            stderr.print(f"{standing.address!r}: suppression by hand lifted", highlight=False)
+        return
+    stderr.print("preview only: add --apply to lift it", highlight=False)
 
 
 @notify_app.command("sync-suppressions")

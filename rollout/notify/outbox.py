@@ -31,7 +31,7 @@ from rollout.notify.message import address_forms
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.engine import begin_writing
-from rollout.registry.ledger import dialect_insert, utc_now
+from rollout.registry.ledger import dialect_insert, record_actions, utc_now
 from rollout.registry.models import (
     Account,
     EmailSuppression,
@@ -261,36 +261,99 @@ _ADDRESS = re.compile(
 )
 
 
-def suppress(registry: Registry, address: str, *, reason: str, actor: str) -> bool:
-    """Stop all email to an address; returns False if it already was (by hand). Raises
-    BadInput for what is not an address, or a blank reason."""
-    if not _ADDRESS.fullmatch(address.strip()):
+def checked_address(address: str) -> str:
+    """The address as a suppression stores it (stripped, lower-cased); BadInput (exit 2)
+    for what is not an address, or one longer than any account's can be."""
+    text = address.strip()
+    if not _ADDRESS.fullmatch(text):
         raise BadInput(None, None, f"{address!r} is not an email address (name@domain.tld)")
-    if len(address.strip()) > ADDRESS_LIMIT:
+    if len(text) > ADDRESS_LIMIT:
         # No account's address is longer (accounts.email holds as many): on PostgreSQL
         # the insert failed with a traceback.
         raise BadInput(
             None,
             None,
-            f"{address.strip()[:40]!r}... is {len(address.strip())} characters: an address "
-            f"has at most {ADDRESS_LIMIT}",
+            f"{text[:40]!r}... is {len(text)} characters: an address has at most {ADDRESS_LIMIT}",
         )
+    return text.lower()
+
+
+def checked_reason(reason: str, *, example: str) -> str:
+    """A suppression's (or its lifting's) reason; BadInput (exit 2) when blank."""
     if not reason.strip():
-        raise BadInput(None, None, "--reason is blank: say why (bounced, complained, asked)")
+        raise BadInput(None, None, f"--reason is blank: say why ({example})")
+    return reason
+
+
+SUPPRESS_EXAMPLES = "bounced, complained, asked"
+
+
+def suppress(registry: Registry, address: str, *, reason: str, actor: str) -> bool:
+    """Stop all email to an address; returns False if it already was (by hand, in any
+    form of the address: :func:`address_forms`). Raises BadInput for what is not an
+    address, or a blank reason. Audited (``email_suppressed``) in the same transaction;
+    ``rollout notify suppress`` previews first (rollout.notify.suppressions)."""
+    stored = checked_address(address)
+    checked_reason(reason, example=SUPPRESS_EXAMPLES)
     with begin_writing(registry.engine) as connection:
-        return bool(
-            connection.execute(
-                dialect_insert(connection, SUPPRESSIONS)
-                .values(
-                    address=address.strip().lower(),
-                    source=MANUAL,
-                    reason=reason,
-                    created_at=utc_now(),
-                    created_by=actor,
+        if connection.execute(
+            select(SUPPRESSIONS.c.address).where(
+                and_(
+                    SUPPRESSIONS.c.address.in_(sorted(address_forms(stored))),
+                    SUPPRESSIONS.c.source == MANUAL,
                 )
-                .on_conflict_do_nothing(index_elements=["address", "source"])
-            ).rowcount
+            )
+        ).first():
+            return False
+        now = utc_now()
+        added = connection.execute(
+            dialect_insert(connection, SUPPRESSIONS)
+            .values(
+                address=stored,
+                source=MANUAL,
+                reason=reason,
+                created_at=now,
+                created_by=actor,
+            )
+            .on_conflict_do_nothing(index_elements=["address", "source"])
+        ).rowcount
+        if not added:
+            return False
+        accounts = accounts_using(connection, stored)
+        record_actions(
+            connection,
+            [
+                {
+                    "effect_key": f"email-suppress:{stored}:{now.isoformat()}",
+                    "action": "email_suppressed",
+                    "account_id": accounts[0][0] if len(accounts) == 1 else None,
+                    # The column's 300; the details keep the address whole.
+                    "subject": stored[:300],
+                    "reason": reason,
+                    "actor": actor,
+                    "created_at": now,
+                    "details": {
+                        "address": stored,
+                        "usernames": [username for _, username, _ in accounts],
+                    },
+                }
+            ],
         )
+        return True
+
+
+def accounts_using(connection: Connection, address: str) -> list[tuple[int, str, str]]:
+    """(id, username, email) of the accounts a suppression of ``address`` (as stored:
+    lower-cased) stops, as the drain matches them: the account's address in any of its
+    forms (:func:`address_forms`: case, the domain in IDNA or Unicode) is ``address``.
+    By username."""
+    forms = sorted(address_forms(address))
+    rows = connection.execute(
+        select(ACCOUNTS.c.id, ACCOUNTS.c.username, ACCOUNTS.c.email)
+        .where(func.lower(func.trim(ACCOUNTS.c.email)).in_(forms))
+        .order_by(ACCOUNTS.c.username)
+    ).all()
+    return [(i, u, e) for i, u, e in rows if address in address_forms(e)]
 
 
 def outbox_status(registry: Registry) -> list[dict[str, Any]]:

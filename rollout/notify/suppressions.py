@@ -38,15 +38,27 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, and_, delete, func, or_, select
 
-from rollout.core.errors import RolloutError
-from rollout.notify.message import DeliveryFailed
-from rollout.notify.outbox import ADDRESS_LIMIT, SUPPRESSIONS
+from rollout.core.errors import GuardRefused, RolloutError
+from rollout.notify.message import DeliveryFailed, address_forms
+from rollout.notify.outbox import (
+    ADDRESS_LIMIT,
+    MANUAL,
+    NOT_STOPPING,
+    NOTIFICATIONS,
+    SUPPRESSED,
+    SUPPRESSIONS,
+    accounts_using,
+    checked_address,
+    checked_reason,
+)
+from rollout.notify.queue import REOPENED_WHEN_ADDRESS_FIXED
 from rollout.notify.senders import SendGridSender
 from rollout.registry import Registry
+from rollout.registry.batches import in_chunks
 from rollout.registry.engine import begin_writing
-from rollout.registry.ledger import utc_now
+from rollout.registry.ledger import record_actions, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -211,3 +223,194 @@ def sync_suppressions(
         report.removed,
     )
     return report
+
+
+# --- by hand: what suppressing or lifting an address does, and lifting it ----------------
+
+# The source recorded -> SendGrid's list that holds it (where support removes it).
+LIST_OF = {source: list_name for list_name, source in LISTS.items()}
+UNSUPPRESS_EXAMPLES = "the address works again, suppressed by mistake"
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """One row of ``email_suppressions`` for some form of an address."""
+
+    address: str
+    source: str
+    reason: str
+    created_at: datetime
+    created_by: str
+
+    @property
+    def stops_email(self) -> bool:
+        return self.source not in NOT_STOPPING
+
+    def words(self) -> str:
+        """Who holds it and why, as a preview says it."""
+        if self.source == MANUAL:
+            held = f"by hand, by {self.created_by} on {self.created_at:%Y-%m-%d}"
+        else:
+            held = f"on SendGrid's {LIST_OF.get(self.source, self.source)} list"
+            if not self.stops_email:
+                held += " (recorded; it does not stop these emails)"
+        return f"{held} ({self.address}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class AddressStanding:
+    """What a suppression of an address (stored lower-cased) touches: the accounts it
+    stops as the drain matches them, the suppressions of any of its forms, the emails to
+    those accounts not sent yet (queued or failed, by kind) and in flight, and those
+    skipped because an address was suppressed (by kind)."""
+
+    address: str
+    accounts: list[tuple[int, str, str]]
+    suppressions: list[Suppression]
+    waiting: dict[str, int]
+    in_flight: int
+    skipped: dict[str, int]
+
+    @property
+    def usernames(self) -> list[str]:
+        return [username for _, username, _ in self.accounts]
+
+    @property
+    def manual(self) -> list[Suppression]:
+        return [s for s in self.suppressions if s.source == MANUAL]
+
+    @property
+    def sendgrid_stopping(self) -> list[Suppression]:
+        """SendGrid's rows that stop email: a lifting by hand would not bring it back."""
+        return [s for s in self.suppressions if s.source != MANUAL and s.stops_email]
+
+    @property
+    def reopened(self) -> int:
+        """Of the skipped, the emails the next day's queue sends again once nothing stops
+        the address (rollout.notify.queue.REOPENED_WHEN_ADDRESS_FIXED), until their last
+        day; every other kind skipped stays skipped."""
+        return sum(n for email, n in self.skipped.items() if email in REOPENED_WHEN_ADDRESS_FIXED)
+
+
+def address_standing(connection: Connection, address: str) -> AddressStanding:
+    """Reads only: see :class:`AddressStanding`. ``address`` as :func:`checked_address`
+    gives it."""
+    forms = sorted(address_forms(address))
+    s = SUPPRESSIONS.c
+    found = [
+        Suppression(*row)
+        for row in connection.execute(
+            select(s.address, s.source, s.reason, s.created_at, s.created_by)
+            .where(s.address.in_(forms))
+            .order_by(s.source, s.address)
+        )
+    ]
+    accounts = accounts_using(connection, address)
+    ids = [account_id for account_id, _, _ in accounts]
+    n = NOTIFICATIONS.c
+    waiting: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    in_flight = 0
+    for chunk in in_chunks(ids):
+        for email, state, count in connection.execute(
+            select(n.email, n.state, func.count())
+            .where(
+                n.account_id.in_(chunk),
+                or_(
+                    n.state.in_(["queued", "failed", "sending"]),
+                    and_(n.state == "skipped", n.skip_reason.like(f"{SUPPRESSED}%")),
+                ),
+            )
+            .group_by(n.email, n.state)
+        ):
+            if state == "sending":
+                in_flight += count
+            elif state == "skipped":
+                skipped[email] = skipped.get(email, 0) + count
+            else:
+                waiting[email] = waiting.get(email, 0) + count
+    return AddressStanding(
+        address,
+        accounts,
+        found,
+        dict(sorted(waiting.items())),
+        in_flight,
+        dict(sorted(skipped.items())),
+    )
+
+
+def standing_of(registry: Registry, address: str) -> AddressStanding:
+    """:func:`address_standing` of a typed address (BadInput for what is not one)."""
+    stored = checked_address(address)
+    with registry.engine.connect() as connection:
+        return address_standing(connection, stored)
+
+
+def sendgrid_refusal(standing: AddressStanding) -> str | None:
+    """Why lifting a suppression of this address by hand would not bring its email back:
+    SendGrid's lists hold it (the next sync copies them again), or None."""
+    held = standing.sendgrid_stopping
+    if not held:
+        return None
+    lists = ", ".join(sorted({LIST_OF.get(s.source, s.source) for s in held}))
+    return (
+        f"{standing.address} is on SendGrid's {lists} list: its email stays stopped whatever "
+        "is lifted here, and `rollout notify sync-suppressions` (the notify flow, each day) "
+        "copies SendGrid's lists again. Remove it there first (SendGrid: Suppressions), run "
+        "`rollout notify sync-suppressions`, then lift it here"
+    )
+
+
+def unsuppress(registry: Registry, address: str, *, reason: str, actor: str) -> list[Suppression]:
+    """Lift the suppressions set by hand of an address, in each of its forms; returns
+    those lifted (none: it was not suppressed by hand). Refused (GuardRefused, exit 3,
+    nothing changed) while one of SendGrid's lists stops its email. Audited
+    (``email_unsuppressed``, one row for each lifted) in the same transaction. The
+    phase notices skipped meanwhile are queued again by the next day's queue, until their
+    last day; other emails skipped meanwhile stay skipped (rollout.notify.queue)."""
+    stored = checked_address(address)
+    checked_reason(reason, example=UNSUPPRESS_EXAMPLES)
+    with begin_writing(registry.engine) as connection:
+        standing = address_standing(connection, stored)
+        refusal = sendgrid_refusal(standing)
+        if refusal is not None:
+            raise GuardRefused(f"{refusal}; nothing was changed")
+        lifted = standing.manual
+        if not lifted:
+            return []
+        connection.execute(
+            delete(SUPPRESSIONS).where(
+                and_(
+                    SUPPRESSIONS.c.source == MANUAL,
+                    SUPPRESSIONS.c.address.in_([s.address for s in lifted]),
+                )
+            )
+        )
+        now = utc_now()
+        record_actions(
+            connection,
+            [
+                {
+                    # The suppression lifted: its address and when it was set.
+                    "effect_key": (f"email-unsuppress:{s.address}:{s.created_at.isoformat()}"),
+                    "action": "email_unsuppressed",
+                    "account_id": (
+                        standing.accounts[0][0] if len(standing.accounts) == 1 else None
+                    ),
+                    "subject": s.address[:300],
+                    "reason": reason,
+                    "actor": actor,
+                    "created_at": now,
+                    "details": {
+                        "address": s.address,
+                        "usernames": standing.usernames,
+                        "suppressed_by": s.created_by,
+                        "suppressed_at": s.created_at.isoformat(),
+                        "suppressed_for": s.reason,
+                    },
+                }
+                for s in lifted
+            ],
+        )
+    log.info("%s: suppression by hand lifted by %s", stored, actor)
+    return lifted
