@@ -250,3 +250,24 @@ def test_the_longest_address_is_suppressed_lifted_and_audited_whole(registry: Re
             .all()
         )
     assert [d["address"] for d in details] == [address, address]
+
+
+def test_the_preview_finds_the_accounts_as_the_send_matches_them(
+    registry: Registry, ids: dict[str, int], rollout: Any
+) -> None:
+    """ann holds her domain in capitals beyond ASCII (SQLite's lower() folds only
+    ASCII; the send stops her emails all the same); eve's local part has LIKE's
+    wildcards, which match only themselves; ben's differs from eve's only where a
+    wildcard would have matched."""
+    move(registry, ids["ann"], "  Ann@BÜCHER.example ")
+    move(registry, ids["eve"], "e_v%e@example.com")
+    move(registry, ids["ben"], "exvxe@example.com")
+    for typed, expected in [
+        ("ann@xn--bcher-kva.example", ["ann"]),
+        ("ann@bücher.example", ["ann"]),
+        ("E_V%E@example.com", ["eve"]),
+        ("e%@example.com", []),
+    ]:
+        preview = rollout("notify", "suppress", typed, "--reason", "x", "--format", "json")
+        assert preview.exit_code == 0, preview.stderr
+        assert json.loads(preview.stdout)["usernames"] == expected, typed
