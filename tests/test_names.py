@@ -11,6 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from rollout import warehouse
+from rollout.core.counts import EXPONENT_PATTERN, WHOLE_COUNT_PATTERN
 from rollout.core.errors import BadInput
 from rollout.core.names import (
     PACKAGE_NAME_PATTERN,
@@ -96,6 +97,8 @@ def _problem_the_downloads_check_finds(name: str) -> str | None:
         "raw/check_downloads",
         {
             "name_pattern": PACKAGE_NAME_PATTERN,
+            "whole_pattern": WHOLE_COUNT_PATTERN,
+            "exponent_pattern": EXPONENT_PATTERN,
             "today": date(2022, 2, 1),
             "earliest": date(2000, 1, 1),
             "min_day": day,
