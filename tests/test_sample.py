@@ -40,6 +40,7 @@ from rollout.demo.sample import (
     generate_sample,
     registry_contents,
 )
+from rollout.demo.story import STORY_LOGINS, STORY_PUBLISHES
 from rollout.registry import Registry, bulk, migrate
 from rollout.registry.engine import make_engine, session_scope
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Account, RegistryMark
@@ -178,6 +179,27 @@ def test_refuses_to_overwrite_unless_replace(run: Run, tmp_path: Path) -> None:
     assert all(replaced.query(f"SELECT count(*) FROM {t}")[0][0] == 0 for t in LEDGER_TABLES)
     assert not stray.exists()
     assert mine.exists()  # outside the sample's subfolders: left alone
+
+
+def test_replacing_a_sample_drops_its_demos_events_so_ingest_loads_only_the_new_sample(
+    tmp_path: Path,
+) -> None:
+    """The demo adds its story's publishes and SendGrid delivery events to the sample's
+    landing folder: they outlived `--replace`, and the next `rollout ingest` loaded the
+    old story's events (outbox ids naming no notification) with the new sample."""
+    first = _generate(tmp_path)
+    story = (
+        first.landing / "publishes" / STORY_PUBLISHES,
+        first.landing / "logins" / STORY_LOGINS,
+        first.landing / "events" / "events-story-20220120.json",
+    )
+    for path in story:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"the old story's")
+    replaced = _generate(tmp_path, replace=True, confirm="registry.db")
+    assert not any(path.exists() for path in story)
+    written = sorted(p for p in replaced.landing.rglob("*") if p.is_file())
+    assert written == sorted([*replaced.summary.landing_files, replaced.landing / SAMPLE_MARK])
 
 
 def test_replacing_a_sample_drops_its_warehouse_so_the_next_ingest_loads_the_new_one(

@@ -41,8 +41,9 @@ if TYPE_CHECKING:
     from rollout.core.config import Settings
 
 REAL_DOWNLOADS = Path(__file__).parent / "data" / "npm-monthly-downloads.tsv.gz"
-# The landing subfolders the sample owns: replace=True deletes these and nothing else.
-LANDING_KINDS = ("manifests", "downloads", "logins")
+# The landing subfolders the sample and its demo write (the story's login, publish and
+# delivery events among the sample's): replace=True deletes these and nothing else.
+LANDING_KINDS = ("manifests", "downloads", "logins", "publishes", "events")
 # What `rollout sample` leaves in the landing folder it writes, before any landing file
 # (ingest passes over a name starting with a dot): the folder, and its home's outbox and
 # reports, are a sample's (check_locations).
@@ -1562,7 +1563,10 @@ def _files_in(folder: Path) -> int:
         return 0
     if not folder.is_dir():
         return 1
-    return sum(1 for path in folder.rglob("*") if not path.is_dir())
+    try:
+        return sum(1 for path in folder.rglob("*") if not path.is_dir())
+    except OSError:
+        return 1  # a subfolder it cannot list: nothing shows it is the sample's
 
 
 def _not_the_samples(setting: str, what: str, path: Path, why: str) -> GuardRefused:
