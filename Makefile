@@ -8,8 +8,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_HOME := $(or $(ROLLOUT_HOME),var)
 # The demo replaces its registry: every location is the demo home's own, whatever the
-# shell points at (a production registry, warehouse or SendGrid key).
-DEMO_ENV := env -u ROLLOUT_REGISTRY_URL -u ROLLOUT_WAREHOUSE -u SENDGRID_API_KEY ROLLOUT_HOME=$(DEMO_HOME)
+# shell points at (a production registry, warehouse, plan or SendGrid key). The landing
+# folder, outbox and reports hang off ROLLOUT_HOME (no setting of their own); `rollout
+# sample` and `rollout demo` refuse a home or warehouse a sample did not make (exit 3).
+DEMO_ENV := env -u ROLLOUT_REGISTRY_URL -u ROLLOUT_WAREHOUSE -u ROLLOUT_PLAN -u SENDGRID_API_KEY ROLLOUT_HOME=$(DEMO_HOME)
 
 .PHONY: demo test test-fast lint format bench clean screenshot
 
@@ -29,7 +31,6 @@ ifneq ($(PLAN),)
 	$(DEMO_ENV) ROLLOUT_PLAN=$(PLAN) $(BIN)/rollout db upgrade
 	@echo "== sample registry (small), its download history fitted to $(PLAN)'s cohort days"
 	$(DEMO_ENV) ROLLOUT_PLAN=$(PLAN) $(BIN)/rollout sample --scale small --seed 7 --for-plan --replace --confirm registry.db
-	rm -rf $(DEMO_HOME)/warehouse.duckdb $(DEMO_HOME)/warehouse.duckdb.wal $(DEMO_HOME)/outbox $(DEMO_HOME)/reports
 	@echo "== $(PLAN), day by day over its calendar (simulated clock)"
 	$(DEMO_ENV) ROLLOUT_PLAN=$(PLAN) $(BIN)/rollout demo --metrics-every 28
 	@echo "== where each step of the plan stands"
@@ -39,9 +40,9 @@ else
 	@echo "== registry schema"
 	$(DEMO_ENV) $(BIN)/rollout db upgrade
 	@echo "== sample registry (small: ~20k real npm packages, 12k accounts; downloads to 2022-03-13)"
-	@# Replaces $(DEMO_HOME)/registry.db only if an earlier demo made it (else exit 3).
+	@# Replaces $(DEMO_HOME)/registry.db only if an earlier demo made it (else exit 3),
+	@# and with it that demo's warehouse, outbox/ and reports/.
 	$(DEMO_ENV) $(BIN)/rollout sample --scale small --seed 7 --end 2022-03-13 --days 110 --replace --confirm registry.db
-	rm -rf $(DEMO_HOME)/warehouse.duckdb $(DEMO_HOME)/warehouse.duckdb.wal $(DEMO_HOME)/outbox $(DEMO_HOME)/reports
 	@echo "== the reference plan, day by day from 2021-12-01 to 2022-05-10 (simulated clock)"
 	$(DEMO_ENV) $(BIN)/rollout demo --start 2021-12-01 --end 2022-05-10
 	@echo "== where each step of the plan stands"

@@ -65,7 +65,8 @@ def main() -> None:
             end=end,
             days=days,
         )
-        files = sum(1 for _ in (work / "landing").rglob("*.*"))
+        # Not the sample's hidden mark (.rollout-sample): ingest passes it over.
+        files = sum(1 for p in (work / "landing").rglob("*.*") if not p.name.startswith("."))
         print(f"{args.plan.name}: {files} landing files, {days} days of downloads")
         timings: dict[str, list[float]] = {"batched": [], "one by one": []}
         answers = []

@@ -10,6 +10,7 @@ import csv
 import gzip
 import hashlib
 import json
+import shutil
 import sqlite3
 import statistics
 from collections import Counter
@@ -33,15 +34,17 @@ from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.names import is_valid_package_name
 from rollout.demo.sample import (
     REAL_DOWNLOADS,
+    SAMPLE_MARK,
     SampleSummary,
     confirm_name,
     generate_sample,
     registry_contents,
 )
+from rollout.demo.story import STORY_LOGINS, STORY_PUBLISHES
 from rollout.registry import Registry, bulk, migrate
 from rollout.registry.engine import make_engine, session_scope
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Account, RegistryMark
-from tests.conftest import fresh_postgres_database
+from tests.conftest import fresh_postgres_database, typed_parquet_downloads
 from tests.factories import AccountFactory, NotificationFactory
 
 SEED = 7
@@ -178,6 +181,27 @@ def test_refuses_to_overwrite_unless_replace(run: Run, tmp_path: Path) -> None:
     assert mine.exists()  # outside the sample's subfolders: left alone
 
 
+def test_replacing_a_sample_drops_its_demos_events_so_ingest_loads_only_the_new_sample(
+    tmp_path: Path,
+) -> None:
+    """The demo adds its story's publishes and SendGrid delivery events to the sample's
+    landing folder: they outlived `--replace`, and the next `rollout ingest` loaded the
+    old story's events (outbox ids naming no notification) with the new sample."""
+    first = _generate(tmp_path)
+    story = (
+        first.landing / "publishes" / STORY_PUBLISHES,
+        first.landing / "logins" / STORY_LOGINS,
+        first.landing / "events" / "events-story-20220120.json",
+    )
+    for path in story:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"the old story's")
+    replaced = _generate(tmp_path, replace=True, confirm="registry.db")
+    assert not any(path.exists() for path in story)
+    written = sorted(p for p in replaced.landing.rglob("*") if p.is_file())
+    assert written == sorted([*replaced.summary.landing_files, replaced.landing / SAMPLE_MARK])
+
+
 def test_replacing_a_sample_drops_its_warehouse_so_the_next_ingest_loads_the_new_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -198,6 +222,9 @@ def test_replacing_a_sample_drops_its_warehouse_so_the_next_ingest_loads_the_new
     rollout("sample", "--scale", "tiny", "--seed", "7", "--days", "10")
     rollout("ingest")
     assert (home / "warehouse.duckdb").exists()
+    for folder in ("outbox", "reports/previews"):  # as the demo leaves them
+        (home / folder).mkdir(parents=True)
+        (home / folder / "old-story").write_text("the replaced sample's", encoding="utf-8")
     replaced = rollout(
         "sample",
         "--scale",
@@ -210,8 +237,12 @@ def test_replacing_a_sample_drops_its_warehouse_so_the_next_ingest_loads_the_new
         "--confirm",
         "registry.db",
     )
-    assert "removed the replaced sample's warehouse" in " ".join(replaced.stderr.split())
+    said = " ".join(replaced.stderr.split())
+    assert "removed the replaced sample's warehouse" in said
     assert not (home / "warehouse.duckdb").exists()
+    # The old story's emails, reports and previews went with it.
+    assert "removed the replaced sample's outbox" in said
+    assert not (home / "outbox").exists() and not (home / "reports").exists()
     rollout("ingest")
 
 
@@ -402,6 +433,118 @@ def test_the_command_previews_then_needs_the_name(rollout_home: Path) -> None:
     assert sample("--replace", "--confirm", "registry.db").exit_code == 0
 
 
+# --- the sample and the demo touch only their own --------------------------------------
+
+
+def _production_home(root: Path) -> Path:
+    """A worker's home `rollout sample` made none of: a landing file, the warehouse it
+    was loaded into, an email in the outbox and a report."""
+    home = root / "production"
+    typed_parquet_downloads(
+        home / "landing" / "downloads" / "downloads-2022-01-30.parquet",
+        [("left-pad", date(2022, 1, 30), 10)],
+    )
+    loaded = CliRunner().invoke(
+        app, ["ingest", "--no-registry"], env={"ROLLOUT_HOME": str(home), "ROLLOUT_WAREHOUSE": ""}
+    )
+    assert loaded.exit_code == 0, loaded.output
+    (home / "outbox").mkdir()
+    (home / "outbox" / "00000001-someone.eml").write_text("Subject: 2FA\n", encoding="utf-8")
+    (home / "reports" / "2022-01-30").mkdir(parents=True)
+    (home / "reports" / "2022-01-30" / "adoption.html").write_text("<p>", encoding="utf-8")
+    return home
+
+
+def _rollout(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args))
+
+
+SAMPLE = ("sample", "--scale", "tiny", "--seed", "7", "--days", "10")
+REPLACE = (*SAMPLE, "--replace", "--confirm", "registry.db")
+DEMO = ("demo", "--start", "2022-01-20", "--end", "2022-01-21")
+
+
+def test_a_sample_home_with_the_warehouse_still_on_productions_is_refused(
+    rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ROLLOUT_HOME on a demo home, ROLLOUT_WAREHOUSE still on production's: `sample
+    --replace` deleted production's warehouse, and the demo loaded the sample into it."""
+    production = _production_home(tmp_path)
+    assert _rollout(*SAMPLE).exit_code == 0
+    warehouse = production / "warehouse.duckdb"
+    monkeypatch.setenv("ROLLOUT_WAREHOUSE", str(warehouse))
+    url = f"sqlite:///{rollout_home / 'registry.db'}"
+    before = (_landing_bytes(production), _landing_bytes(rollout_home / "landing"), _state(url))
+    for command in (REPLACE, SAMPLE, DEMO):
+        result = _rollout(*command)
+        assert result.exit_code == 3, (command, result.output)
+        said = _one_line(result.stderr)
+        assert f"ROLLOUT_WAREHOUSE's warehouse '{warehouse}'" in said, command
+        assert "from outside the sample's landing folder" in said
+        assert "Nothing was changed" in said
+    after = (_landing_bytes(production), _landing_bytes(rollout_home / "landing"), _state(url))
+    assert after == before
+    assert not (rollout_home / "outbox").exists() and not (rollout_home / "reports").exists()
+
+
+def test_a_sample_registry_with_the_home_still_on_productions_is_refused(
+    rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ROLLOUT_REGISTRY_URL on a sample, ROLLOUT_HOME still on the worker's home: `sample
+    --replace` deleted production's landing files (even with an empty registry, nothing
+    typed back) and its warehouse, and the demo rewrote its login events and wrote its
+    emails, reports and previews among production's."""
+    production = _production_home(tmp_path)
+    assert _rollout(*SAMPLE).exit_code == 0
+    url = f"sqlite:///{rollout_home / 'registry.db'}"
+    monkeypatch.setenv("ROLLOUT_HOME", str(production))
+    before = (_landing_bytes(production), _state(url))
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    for registry_url, command in ((url, REPLACE), (url, DEMO), (empty, (*SAMPLE, "--replace"))):
+        monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+        result = _rollout(*command)
+        assert result.exit_code == 3, (command, result.output)
+        said = _one_line(result.stderr)
+        assert f"ROLLOUT_HOME's landing folder '{production / 'landing'}'" in said, command
+        assert f"no {SAMPLE_MARK}" in said and "Nothing was changed" in said
+    assert (_landing_bytes(production), _state(url)) == before
+
+
+def test_an_outbox_or_reports_sample_did_not_make_is_refused(
+    rollout_home: Path, tmp_path: Path
+) -> None:
+    """A home with no landing files yet, but another's emails or reports: the demo would
+    write its own among them (and `plan show` read its previews)."""
+    for folder, name in (("outbox", "00000001-someone.eml"), ("reports", "adoption.html")):
+        (rollout_home / folder).mkdir(parents=True)
+        (rollout_home / folder / name).write_text("theirs", encoding="utf-8")
+        result = _rollout(*SAMPLE)
+        assert result.exit_code == 3, result.output
+        assert f"ROLLOUT_HOME's {folder}" in _one_line(result.stderr)
+        assert sorted(p.name for p in rollout_home.iterdir()) == [folder]
+        shutil.rmtree(rollout_home / folder)
+
+
+def test_a_landing_folder_sample_did_not_write_is_never_replaced(tmp_path: Path) -> None:
+    first = _generate(tmp_path / "sample")
+    assert (first.landing / SAMPLE_MARK).is_file()
+    theirs = tmp_path / "theirs"
+    typed_parquet_downloads(
+        theirs / "downloads" / "downloads-2022-01-30.parquet", [("left-pad", date(2022, 1, 30), 1)]
+    )
+    before = (_landing_bytes(theirs), _registry_checksum(first))
+    with pytest.raises(GuardRefused, match=f"holds 1 files and no {SAMPLE_MARK}"):
+        generate_sample(
+            "tiny",
+            SEED,
+            registry=Registry(first.url),
+            landing_dir=theirs,
+            replace=True,
+            confirm="registry.db",
+        )
+    assert (_landing_bytes(theirs), _registry_checksum(first)) == before
+
+
 def test_progress_reports_each_stage_from_zero_to_total(run: Run) -> None:
     stages: dict[str, list[tuple[int, int]]] = {}
     for stage, done, total in run.progress:
@@ -547,7 +690,9 @@ def test_summary_matches_the_registry(run: Run) -> None:
     )
     assert s.packages == 1000 and s.accounts == 700
     assert all(counts[t] > 0 for t in REGISTRY_TABLES)
-    assert sorted(s.landing_files) == sorted(p for p in run.landing.rglob("*") if p.is_file())
+    # Every file in the landing folder but the mark saying a sample wrote it.
+    written = sorted(p for p in run.landing.rglob("*") if p.is_file())
+    assert written == sorted([*s.landing_files, run.landing / SAMPLE_MARK])
 
 
 def test_two_factor_share_and_kinds(run: Run) -> None:

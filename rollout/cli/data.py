@@ -76,6 +76,11 @@ def sample(
         last_day, days = sample_window(runtime.plan)
     # Before the registry is opened (which makes its file) or the home made.
     sample_module.check_history(scale, last_day, days)
+    # Refused (exit 3) before the registry is opened (which makes a SQLite file) or the
+    # home made: a landing folder, outbox, reports or warehouse the sample did not make
+    # (ROLLOUT_HOME left on the worker's home, ROLLOUT_WAREHOUSE on production's).
+    locations = sample_module.Locations.of(settings)
+    sample_module.check_locations(locations)
     contents = sample_module.registry_contents(runtime.registry)
     if contents.has_rows and contents.is_sample and not replace:
         # The preview (DESIGN.md rule 1): what --replace would destroy, and how.
@@ -91,7 +96,8 @@ def sample(
             title="sample registry: what --replace would lose (preview)",
         )
         stderr.print(
-            f"preview only: {contents.describe()}.\nTo replace it (and drop its warehouse), add: "
+            f"preview only: {contents.describe()}.\nTo replace it (and drop its warehouse, "
+            "outbox and reports), add: "
             f"--replace --confirm {contents.name}",
             highlight=False,
         )
@@ -116,17 +122,22 @@ def sample(
             confirm=confirm,
             progress=report,
         )
-    if replace and contents.has_rows:
-        _drop_stale_warehouse(settings.warehouse_path)
+    if replace:
+        _drop_replaced(locations)
     record = {k: v for k, v in vars(summary).items() if k != "landing_files"}
     record["landing_files"] = len(summary.landing_files)
     emit_record(record, fmt, title=f"sample registry ({scale}, seed {seed})")
 
 
-def _drop_stale_warehouse(path: Path) -> None:
-    """The replaced sample's warehouse held its data: the next ingest refused the new
-    sample's files as conflicting with the old ones, and metrics read the old days. A
-    sample's warehouse is rebuilt from its files (`rollout ingest`)."""
+def _drop_replaced(locations: Any) -> None:
+    """What the replaced sample's demo and ingest made of it: its warehouse held its
+    data (the next ingest refused the new sample's files as conflicting with the old
+    ones, and metrics read the old days), its outbox the old story's emails and its
+    reports folder the old story's reports and previews. A sample's warehouse is rebuilt
+    from its files (`rollout ingest`). check_locations showed each the sample's."""
+    import shutil
+
+    path = locations.warehouse
     stale = [p for p in (path, path.with_name(path.name + ".wal")) if p.exists()]
     for file in stale:
         file.unlink()
@@ -136,6 +147,10 @@ def _drop_stale_warehouse(path: Path) -> None:
             "`rollout ingest` builds it for the new one",
             highlight=False,
         )
+    for what, folder in (("outbox", locations.outbox), ("reports", locations.reports)):
+        if folder.is_dir():
+            shutil.rmtree(folder)
+            stderr.print(f"removed the replaced sample's {what} {visible(folder)}", highlight=False)
 
 
 # --- ingest ------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -36,9 +37,17 @@ from rollout.registry import Registry, bulk, migrate
 from rollout.registry.engine import make_engine, normalize_url
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, RegistryMark
 
+if TYPE_CHECKING:
+    from rollout.core.config import Settings
+
 REAL_DOWNLOADS = Path(__file__).parent / "data" / "npm-monthly-downloads.tsv.gz"
-# The landing subfolders the sample owns: replace=True deletes these and nothing else.
-LANDING_KINDS = ("manifests", "downloads", "logins")
+# The landing subfolders the sample and its demo write (the story's login, publish and
+# delivery events among the sample's): replace=True deletes these and nothing else.
+LANDING_KINDS = ("manifests", "downloads", "logins", "publishes", "events")
+# What `rollout sample` leaves in the landing folder it writes, before any landing file
+# (ingest passes over a name starting with a dot): the folder, and its home's outbox and
+# reports, are a sample's (check_locations).
+SAMPLE_MARK = ".rollout-sample"
 
 Progress = Callable[[str, int, int], None]
 
@@ -1514,6 +1523,144 @@ def check_replace(contents: RegistryContents, replace: bool, confirm: str | None
         )
 
 
+# --- the locations a sample owns -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Locations:
+    """The files `rollout sample` and `rollout demo` write or delete besides the
+    registry (which its own mark shows a sample's: registry_contents), each with the
+    setting that names it."""
+
+    landing: Path
+    outbox: Path
+    reports: Path
+    warehouse: Path
+    warehouse_setting: str  # ROLLOUT_WAREHOUSE when it overrides the home's
+
+    @classmethod
+    def of(cls, settings: Settings) -> Locations:
+        return cls(
+            landing=settings.landing_dir,
+            outbox=settings.outbox_dir,
+            reports=settings.reports_dir,
+            warehouse=settings.warehouse_path,
+            warehouse_setting=(
+                "ROLLOUT_WAREHOUSE" if settings.warehouse_path_override else "ROLLOUT_HOME"
+            ),
+        )
+
+
+def is_marked(landing_dir: Path) -> bool:
+    """Whether `rollout sample` wrote this landing folder (it holds SAMPLE_MARK)."""
+    return (Path(landing_dir) / SAMPLE_MARK).is_file()
+
+
+def _files_in(folder: Path) -> int:
+    """How many files ``folder`` holds, in all its subfolders (something that is no
+    folder counts as one: it is not the sample's to replace either)."""
+    if not folder.exists() and not folder.is_symlink():
+        return 0
+    if not folder.is_dir():
+        return 1
+    try:
+        return sum(1 for path in folder.rglob("*") if not path.is_dir())
+    except OSError:
+        return 1  # a subfolder it cannot list: nothing shows it is the sample's
+
+
+def _not_the_samples(setting: str, what: str, path: Path, why: str) -> GuardRefused:
+    return GuardRefused(
+        f"refusing to touch {setting}'s {what} {str(path)!r}: {why}, so `rollout sample` "
+        f"did not make it. Nothing was changed. Point {setting} at a scratch location "
+        "(`make demo` uses its own home), or, if an older rollout's sample made it, "
+        "delete it yourself."
+    )
+
+
+def check_landing(landing_dir: Path, setting: str = "ROLLOUT_HOME") -> None:
+    """Refuse (GuardRefused, nothing changed) a landing folder holding files that
+    `rollout sample` did not write: one without SAMPLE_MARK (production's, when
+    ROLLOUT_HOME names the worker's home)."""
+    landing_dir = Path(landing_dir)
+    if is_marked(landing_dir):
+        return
+    files = _files_in(landing_dir)
+    if files:
+        raise _not_the_samples(
+            setting,
+            "landing folder",
+            landing_dir,
+            f"it holds {files} files and no {SAMPLE_MARK}",
+        )
+
+
+def check_locations(locations: Locations) -> None:
+    """Refuse (GuardRefused, nothing changed), naming the setting and the path, any
+    location a sample or its demo would write or delete that is not the sample's own:
+
+    - the landing folder, unless it holds SAMPLE_MARK or no file at all;
+    - the outbox and reports folders beside it, unless the landing folder holds the
+      mark (they are then the sample's home's) or they hold no file;
+    - the warehouse, unless there is none, or every landing file it loaded lies in
+      the marked landing folder (one that loaded none: only the home's own).
+    """
+    check_landing(locations.landing)
+    marked = is_marked(locations.landing)
+    for what, folder in (("outbox", locations.outbox), ("reports folder", locations.reports)):
+        if not marked and (files := _files_in(folder)):
+            raise _not_the_samples(
+                "ROLLOUT_HOME",
+                what,
+                folder,
+                f"it holds {files} files and the landing folder beside it has no {SAMPLE_MARK}",
+            )
+    why = _foreign_warehouse(locations, marked)
+    if why is not None:
+        raise _not_the_samples(locations.warehouse_setting, "warehouse", locations.warehouse, why)
+
+
+def _foreign_warehouse(locations: Locations, marked: bool) -> str | None:
+    """Why the warehouse is not the sample's, or None when it is (or there is none)."""
+    import duckdb
+
+    path = locations.warehouse
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        connection = duckdb.connect(duckdb_path(path), read_only=True)
+    except duckdb.Error as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return f"it cannot be opened to tell whose it is ({reason})"
+    try:
+        tables = {
+            row[0]
+            for row in connection.execute(
+                "select table_name from information_schema.tables"
+            ).fetchall()
+        }
+        if "ingested_files" not in tables:
+            return "it holds no ingested_files table (it is no rollout warehouse)"
+        loaded = [
+            row[0] for row in connection.execute("select path from ingested_files").fetchall()
+        ]
+    finally:
+        connection.close()
+    if not loaded:
+        if locations.warehouse_setting == "ROLLOUT_HOME":
+            return None  # the home's own, and it loaded nothing
+        return "it loaded no landing file, so nothing shows it is the sample's"
+    landing = locations.landing.resolve()
+    foreign = [name for name in loaded if not Path(name).resolve().is_relative_to(landing)]
+    if not marked or foreign:
+        example = (foreign or loaded)[0]
+        return (
+            f"it loaded {len(foreign or loaded)} files from outside the sample's landing "
+            f"folder {str(locations.landing)!r}, such as {example!r}"
+        )
+    return None
+
+
 def prepare_registry(
     registry: Registry,
     replace: bool,
@@ -1521,11 +1668,15 @@ def prepare_registry(
     confirm: str | None = None,
     note: str = "rollout sample",
 ) -> None:
-    """Refuse to overwrite anything unless allowed (check_replace), then empty the
-    registry at the newest schema and mark it a sample."""
+    """Refuse to overwrite anything unless allowed (check_replace, check_landing),
+    then mark the landing folder, empty the registry at the newest schema and mark it
+    a sample."""
+    landing_dir = Path(landing_dir)
     contents = registry_contents(registry)
     check_replace(contents, replace, confirm)
-    existing = _landing_files(landing_dir)
+    check_landing(landing_dir)
+    mark = landing_dir / SAMPLE_MARK
+    existing = [path for path in _landing_files(landing_dir) if path != mark]
     if existing and not replace:
         raise BadInput(
             landing_dir,
@@ -1533,6 +1684,12 @@ def prepare_registry(
             f"the landing folder already has {len(existing)} files; pass replace=True to "
             "delete them",
         )
+    # Marked before any landing file is written: a run that dies half way leaves a
+    # folder the next sample can replace.
+    if not mark.is_file():
+        landing_dir.mkdir(parents=True, exist_ok=True)
+        with written_in_place(mark) as temporary:
+            temporary.write_text(f"written by {note}\n", encoding="utf-8")
     # A bare engine, not registry.engine: migrations work on any schema, or none.
     engine = make_engine(registry.url)
     try:

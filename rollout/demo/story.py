@@ -45,7 +45,13 @@ from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.files import written_in_place
 from rollout.core.plan import Phase, Plan
-from rollout.demo.sample import registry_contents
+from rollout.demo.sample import (
+    SAMPLE_MARK,
+    Locations,
+    check_locations,
+    is_marked,
+    registry_contents,
+)
 from rollout.notify.delivery import apply_delivery
 from rollout.notify.drain import drain
 from rollout.notify.queue import queue_due
@@ -222,12 +228,18 @@ class HeldBack:
     renumbered: dict[str, dict[int, int]] = field(default_factory=dict)
 
 
-def require_sample(registry: Registry, landing_dir: Path) -> None:
+def require_sample(registry: Registry, locations: Locations) -> None:
     """Refuse, before anything is changed, to play the story on a registry `rollout
-    sample` did not make (GuardRefused), or without its landing files (BadInput). The
-    story rewinds the registry (deleting the sessions, tokens and factors dated after
-    its start), adds its own, queues and sends emails, and enforces: on a production
-    registry, named by the deployments' ROLLOUT_REGISTRY_URL, that is real lock-outs."""
+    sample` did not make (GuardRefused), or without its landing files (BadInput), or
+    on a landing folder, outbox, reports folder or warehouse that is not the sample's
+    (GuardRefused: check_locations). The story rewinds the registry (deleting the
+    sessions, tokens and factors dated after its start), adds its own, queues and sends
+    emails, and enforces: on a production registry, named by the deployments'
+    ROLLOUT_REGISTRY_URL, that is real lock-outs. It rewrites the landing folder's login
+    and publish events, loads the sample into the warehouse and writes emails, reports
+    and previews: in production's home, or production's warehouse (ROLLOUT_HOME or
+    ROLLOUT_WAREHOUSE left on them), that is production's data."""
+    landing_dir = locations.landing
     contents = registry_contents(registry)
     if not contents.is_sample:
         raise GuardRefused(
@@ -239,6 +251,14 @@ def require_sample(registry: Registry, landing_dir: Path) -> None:
         )
     if not landing_dir.is_dir():
         raise BadInput(landing_dir, None, "no such file or folder (`rollout sample` writes it)")
+    if not is_marked(landing_dir):
+        raise GuardRefused(
+            f"refusing to play the demo on ROLLOUT_HOME's landing folder {str(landing_dir)!r}: "
+            f"it has no {SAMPLE_MARK}, so `rollout sample` did not write it. Nothing was "
+            "changed. Point ROLLOUT_HOME at the sample's home, or run `rollout sample` in a "
+            "scratch one (`make demo`)."
+        )
+    check_locations(locations)
 
 
 def rewind(registry: Registry, landing_dir: Path, start: date) -> HeldBack:
@@ -1033,7 +1053,7 @@ class Story:
     def run(self) -> StoryReport:
         started = time.perf_counter()
         settings, registry = self.settings, self.registry
-        require_sample(registry, settings.landing_dir)
+        require_sample(registry, Locations.of(settings))
         held = rewind(registry, settings.landing_dir, self.start)
         self.people = _people(registry.engine, self.start)
         ids = self.people.ids
