@@ -75,6 +75,18 @@ def run_actor(settings: Settings, environ: Mapping[str, str] = os.environ) -> st
 _RUNTIME: ContextVar[Runtime | None] = ContextVar("rollout_flow_runtime", default=None)
 
 
+# How long a run waits for the warehouse another process holds open before it fails.
+# The pipeline's own runs hold it for seconds to a minute: runs that come due together
+# (the late runs of a pool paused over a few nights, a manual metrics run beside the
+# daily one) take turns instead of failing. A notebook left open is waited for no
+# longer than this, then named in the run's failure.
+WAREHOUSE_WAIT_SECONDS = 600
+
+
+def _log_waiting(message: str) -> None:
+    get_run_logger().warning("%s", message)
+
+
 def with_runtime(fn: Callable[P, R]) -> Callable[P, R]:
     """For every flow function, under ``@flow`` and ``@fail_on_user_error``: one Runtime
     for the run, made as it starts and closed as it ends, whatever the outcome. Its parts
@@ -84,7 +96,8 @@ def with_runtime(fn: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        with _running_with(Runtime()):
+        made = Runtime(warehouse_wait=WAREHOUSE_WAIT_SECONDS, on_warehouse_wait=_log_waiting)
+        with _running_with(made):
             return fn(*args, **kwargs)
 
     return run

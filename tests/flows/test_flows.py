@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -22,12 +24,13 @@ from typing import Any
 import pytest
 
 from flows import brownouts as brownout_flows
+from flows import common as common_flows
 from flows import notify as notify_flows
 from flows import phases
 from flows import report as report_flows
 from flows.cohorts import cohorts, cohorts_markdown, daily, entered_list
 from flows.common import artifact_key
-from flows.metrics import metrics_markdown
+from flows.metrics import metrics, metrics_markdown
 from rollout.cohorts import CohortResult
 from rollout.core.config import Settings, load_settings
 from rollout.core.errors import BadInput
@@ -37,7 +40,7 @@ from rollout.metrics import MetricsReport
 from rollout.registry import Registry
 from rollout.warehouse import open_warehouse
 from rollout.warehouse.ingest import FileResult, IngestReport
-from tests.support.artifacts import read_artifact
+from tests.support.artifacts import logs_since, read_artifact
 from tests.support.env import without_rollout_settings
 from tests.support.outbox import on
 
@@ -595,3 +598,61 @@ def test_a_run_started_late_does_the_day_it_was_scheduled_for(prefect_server: No
     before = datetime.now(UTC).date()
     assert which_day() in {before, datetime.now(UTC).date()}  # (a run across midnight)
     assert which_day(date(2021, 12, 1)) == date(2021, 12, 1)
+
+
+# --- the warehouse held by another process ---------------------------------------------
+
+# Another process with the warehouse open (a second run, a notebook) for argv[2] seconds.
+HOLD_WAREHOUSE = """
+import sys, time, duckdb
+connection = duckdb.connect(sys.argv[1])
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+connection.close()
+"""
+
+
+@contextmanager
+def warehouse_held(home: Home, seconds: float) -> Iterator[subprocess.Popen[str]]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WAREHOUSE, str(home.settings.warehouse_path), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_run_waits_for_the_warehouse_another_run_holds_and_completes(
+    daily_state: Any, home: Home
+) -> None:
+    """Runs that come due together (late runs after the pool was paused over a few
+    nights, a manual metrics run beside the daily one) take turns at the warehouse: the
+    second to open it waits for the first, it does not fail."""
+    start = datetime.now(UTC)
+    with warehouse_held(home, 4) as holder:
+        state = metrics(as_of=DAY, ingest_first=False, return_state=True)
+        assert holder.poll() is not None  # it held the warehouse until it was done
+    assert state.is_completed(), state.message
+    logs = logs_since(start)
+    assert f"the warehouse is open in process {holder.pid}; waiting for it" in logs
+    report = state.result()
+    assert report.as_of == DAY and report.packages > 0
+
+
+def test_a_run_fails_naming_the_holder_once_it_has_waited_long_enough(
+    daily_state: Any, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(common_flows, "WAREHOUSE_WAIT_SECONDS", 1)
+    with warehouse_held(home, 60) as holder:
+        state = metrics(as_of=DAY, ingest_first=False, return_state=True)
+    assert state.is_failed()
+    assert state.message == (
+        f"{home.settings.warehouse_path}: the warehouse is open in process {holder.pid} "
+        "(a notebook, a duckdb shell, another rollout run?), waited for 1 s; close it or "
+        "wait, then run again"
+    )
