@@ -33,10 +33,11 @@ from flows.common import artifact_key
 from flows.metrics import metrics, metrics_markdown
 from rollout.cohorts import CohortResult
 from rollout.core.config import Settings, load_settings
-from rollout.core.errors import BadInput
+from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import load_plan
 from rollout.demo.sample import generate_sample
 from rollout.metrics import MetricsReport
+from rollout.notify.drain import ShardOrphaned
 from rollout.registry import Registry
 from rollout.warehouse import open_warehouse
 from rollout.warehouse.ingest import FileResult, IngestReport
@@ -340,13 +341,21 @@ def test_the_phase_preview_flow_publishes_the_list_and_changes_nothing(
 def test_an_approval_with_the_wrong_count_applies_nothing(
     preview_count: int, home: Home, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    start = datetime.now(UTC)
     state = _enforce_with_approval(
         monkeypatch, {"expect": preview_count + 1, "approved_by": "rita"}
     )
     assert state.is_failed() and state.name == "Refused"  # the guard's line, no traceback
+    logs = logs_since(start)
+    assert "Task run failed with exception: GuardRefused('phase top-100 would change" in logs
+    assert "Traceback" not in logs
     assert state.message.startswith(f"phase top-100 would change {preview_count} accounts, not")
     assert f"not the {preview_count + 1} expected" in state.message and "\n" not in state.message
     assert _required(home) == 0
+    # What a deployed run's engine raises at its end: the refusal, a user error, whose
+    # traceback the run's log leaves out, not a FailedRun it would log as a crash.
+    with pytest.raises(GuardRefused):
+        state.result()
 
 
 def test_an_approved_enforce_run_applies_exactly_the_previewed_accounts(
@@ -656,3 +665,75 @@ def test_a_run_fails_naming_the_holder_once_it_has_waited_long_enough(
         "(a notebook, a duckdb shell, another rollout run?), waited for 1 s; close it or "
         "wait, then run again"
     )
+
+
+# --- how a deployed run that fails ends its log ----------------------------------------
+
+
+def run_as_deployed(flow_fn: Any, **parameters: Any) -> tuple[BaseException, str]:
+    """Run ``flow_fn`` as a worker's flow-run process does (Prefect's ``run_flow`` with
+    the run's logger for the engine's last word): the error it ends with, and the run's
+    log on the server."""
+    from prefect import get_client
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.flow_engine import run_flow
+    from prefect.logging.loggers import flow_run_logger
+
+    start = datetime.now(UTC)
+    client: SyncPrefectClient
+    with get_client(sync_client=True) as client:
+        made = client.create_flow_run(flow_fn, parameters=parameters)
+    with pytest.raises(Exception) as raised:
+        run_flow(flow_fn, flow_run=made, error_logger=flow_run_logger(made))
+    return raised.value, logs_since(start)
+
+
+def test_a_deployed_run_failed_by_bad_input_logs_its_line_and_no_traceback(
+    prefect_server: None, home: Home
+) -> None:
+    """A phase the plan does not have: the state's one line, and no "unexpected
+    exception" with a traceback under it, which reads as a bug."""
+    error, logs = run_as_deployed(phases.phase_preview, phase="top-1000")
+    assert isinstance(error, BadInput)
+    assert "Finished in state Failed(\"no phase 'top-1000' in plan npm-2022" in logs
+    assert "unexpected exception" not in logs and "Traceback" not in logs
+
+
+def test_a_deployed_run_given_a_parameter_of_the_wrong_type_logs_no_traceback(
+    prefect_server: None, home: Home
+) -> None:
+    """``as_of`` typed in the UI as 2022-13-01: refused before the flow starts, nothing
+    written, the reason in the state's message."""
+    error, logs = run_as_deployed(metrics, as_of="2022-13-01", ingest_first=True)
+    assert "as_of" in str(error)
+    assert (
+        "the run's parameters were refused, the flow did not start: Flow run received "
+        "invalid parameters:\n - as_of: Input should be a valid date or datetime, month "
+        "value is outside expected range of 1-12"
+    ) in logs
+    assert "unexpected exception" not in logs and "Traceback" not in logs
+
+
+def test_a_deployed_shard_without_its_notify_run_ends_cancelled_with_no_traceback(
+    prefect_server: None, home: Home
+) -> None:
+    error, logs = run_as_deployed(notify_flows.notify_shard)
+    assert isinstance(error, ShardOrphaned)
+    assert "no notify run holds the notify lock" in logs
+    assert "unexpected exception" not in logs and "Traceback" not in logs
+
+
+def test_a_deployed_run_failed_by_a_bug_keeps_its_traceback(prefect_server: None) -> None:
+    from prefect import flow
+
+    from flows.common import fail_on_user_error
+
+    @flow(name="a-bug")
+    @fail_on_user_error
+    def a_bug() -> None:
+        raise ZeroDivisionError("a bug")
+
+    error, logs = run_as_deployed(a_bug)
+    assert isinstance(error, ZeroDivisionError)
+    assert "Engine execution exited with unexpected exception" in logs
+    assert "ZeroDivisionError: a bug" in logs
