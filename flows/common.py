@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 import python_http_client.exceptions
 from prefect import Task, get_run_logger
 from prefect.client.schemas.objects import TaskRun
+from prefect.exceptions import ParameterTypeError
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
@@ -75,6 +76,18 @@ def run_actor(settings: Settings, environ: Mapping[str, str] = os.environ) -> st
 _RUNTIME: ContextVar[Runtime | None] = ContextVar("rollout_flow_runtime", default=None)
 
 
+# How long a run waits for the warehouse another process holds open before it fails.
+# The pipeline's own runs hold it for seconds to a minute: runs that come due together
+# (the late runs of a pool paused over a few nights, a manual metrics run beside the
+# daily one) take turns instead of failing. A notebook left open is waited for no
+# longer than this, then named in the run's failure.
+WAREHOUSE_WAIT_SECONDS = 600
+
+
+def _log_waiting(message: str) -> None:
+    get_run_logger().warning("%s", message)
+
+
 def with_runtime(fn: Callable[P, R]) -> Callable[P, R]:
     """For every flow function, under ``@flow`` and ``@fail_on_user_error``: one Runtime
     for the run, made as it starts and closed as it ends, whatever the outcome. Its parts
@@ -84,7 +97,8 @@ def with_runtime(fn: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        with _running_with(Runtime()):
+        made = Runtime(warehouse_wait=WAREHOUSE_WAIT_SECONDS, on_warehouse_wait=_log_waiting)
+        with _running_with(made):
             return fn(*args, **kwargs)
 
     return run
@@ -149,6 +163,47 @@ def fail_on_user_error(fn: Callable[P, R]) -> Callable[P, R | State]:
     # in this module's globals: hand it the function's own, already resolved.
     run.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]
     return run
+
+
+# What Prefect's engine logs, with the traceback, when a deployed run's flow ends Failed:
+# it asks the final state for its result, which raises the run's error again.
+ENGINE_EXIT_MESSAGE = "Engine execution exited with unexpected exception"
+
+
+class _NoTracebackForUserErrors(logging.Filter):
+    """No traceback in a run's log for a user error: a RolloutError (bad input, a
+    guard's refusal: ``fail_on_user_error``) or parameters that do not fit the flow (an
+    ``as_of`` of 2022-13-01 typed in the UI). The state's message says what in one line;
+    a traceback made it read as a bug, and a bug's traceback is what the release
+    manager's runbook says to look for. Any other error keeps it.
+
+    - The engine's last word on a deployed run ("unexpected exception", raised again
+      from the final state) is dropped for a RolloutError: "Finished in state Failed"
+      already said it. For refused parameters it becomes that one line (nothing else in
+      the run's log says why: Prefect's own lines about them stay in the worker's output).
+    - A task without retries (enforcement) that raises one logs "Task run failed with
+      exception: <the error>": kept, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if record.msg == ENGINE_EXIT_MESSAGE and isinstance(error, ParameterTypeError):
+            record.msg = "the run's parameters were refused, the flow did not start: %s"
+            record.args = (str(error),)
+        elif not isinstance(error, RolloutError):
+            return True
+        elif record.msg == ENGINE_EXIT_MESSAGE:
+            return False
+        record.exc_info = record.exc_text = None
+        return True
+
+
+# On the loggers of flow and task runs, whose records go to the run's log on the server
+# and to the worker's output. Installed when a flow module is imported, as a deployed
+# run's process does before it runs the flow.
+for _name in ("prefect.flow_runs", "prefect.task_runs"):
+    _logger = logging.getLogger(_name)
+    if not any(isinstance(f, _NoTracebackForUserErrors) for f in _logger.filters):
+        _logger.addFilter(_NoTracebackForUserErrors())
 
 
 def is_transient(error: BaseException) -> bool:

@@ -238,9 +238,11 @@ def notify_shard(
             )
         except ShardOrphaned as gone:
             # Its run was cancelled, or its machine died: the shard is called off with
-            # it (Cancelled, as when the run's cancel reaches it first), not Failed.
+            # it (Cancelled, as when the run's cancel reaches it first), not Failed. The
+            # error is the state's data, so that a deployed run's engine, raising it
+            # again at the end, logs no "unexpected exception" (flows.common).
             logger.warning("%s", gone)
-            return Cancelled(message=str(gone))
+            return Cancelled(message=str(gone), data=gone)
     done = {"sent": report.sent, "failed": report.failed, "skipped": sum(report.skipped.values())}
     logger.info("this shard: %(sent)d sent, %(failed)d failed, %(skipped)d skipped", done)
     return done

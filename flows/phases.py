@@ -221,7 +221,9 @@ def phase_enforce(
         )
     except GuardRefused as refused:
         logger.error("refused: %s", refused)
-        return Failed(name=REFUSED_STATE, message=str(refused))
+        # The refusal as the state's data: a deployed run's engine raises it again at
+        # the end, and logs no traceback for it (flows.common), as for any user error.
+        return Failed(name=REFUSED_STATE, message=str(refused), data=refused)
     create_markdown_artifact(
         markdown=enforce_markdown(result, approval),
         key=key_for("phase-enforce", phase),

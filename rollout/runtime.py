@@ -17,7 +17,8 @@ starts without them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -31,12 +32,27 @@ if TYPE_CHECKING:
     from rollout.registry import Registry
 
 
+# How often a waiting run tries the warehouse again.
+WAREHOUSE_POLL_SECONDS = 2.0
+
+
+def _duration(seconds: float) -> str:
+    """``90`` -> ``"90 s"``, ``600`` -> ``"10 min"``."""
+    if seconds >= 120 and seconds % 60 == 0:
+        return f"{int(seconds // 60)} min"
+    return f"{seconds:g} s"
+
+
 class Runtime:
     """Settings, plan, registry and warehouse for one invocation, each made on first use.
 
     ``settings`` and ``plan`` may be given, as tests do; otherwise they come from the
     environment (:func:`rollout.core.config.load_settings`) and ``settings.plan_path``.
     ``close`` closes the registry (a later use opens it again). Also a context manager.
+
+    ``warehouse_wait``: how many seconds :meth:`warehouse` waits for a warehouse another
+    process holds open before it fails (0, a command's: at once); ``on_warehouse_wait``
+    is told, once, that it waits and for whom.
     """
 
     def __init__(
@@ -44,11 +60,15 @@ class Runtime:
         settings: Settings | None = None,
         *,
         plan: Plan | None = None,
+        warehouse_wait: float = 0,
+        on_warehouse_wait: Callable[[str], None] | None = None,
     ) -> None:
         self._settings = settings
         self._plan = plan
         self._registry: Registry | None = None
         self._making = threading.Lock()
+        self._warehouse_wait = warehouse_wait
+        self._on_warehouse_wait = on_warehouse_wait
 
     @property
     def settings(self) -> Settings:
@@ -92,17 +112,41 @@ class Runtime:
         ``ROLLOUT_DUCKDB_MEMORY_LIMIT`` applied: to readers too (a what-if or a diff can
         need as much memory as a build). A missing warehouse is an error (exit 2) unless
         ``create``: only what fills it from nothing (ingest, the report's registry
-        extract, the demo) makes one, so a mistyped ``ROLLOUT_HOME`` makes no files."""
-        from rollout.warehouse import open_warehouse
+        extract, the demo) makes one, so a mistyped ``ROLLOUT_HOME`` makes no files.
+
+        Held open by another process (DuckDB: one writer, or readers), it is waited for
+        up to ``warehouse_wait`` seconds, then refused (WarehouseBusy)."""
+        from rollout.warehouse import WarehouseBusy, connect
 
         settings = self.settings
-        with open_warehouse(
-            settings.warehouse_path,
-            read_only=read_only,
-            memory_limit=settings.duckdb_memory_limit,
-            create=create,
-        ) as con:
+        deadline = time.monotonic() + self._warehouse_wait
+        told = False
+        while True:
+            try:
+                con = connect(
+                    settings.warehouse_path,
+                    read_only=read_only,
+                    memory_limit=settings.duckdb_memory_limit,
+                    create=create,
+                )
+                break
+            except WarehouseBusy as busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if self._warehouse_wait > 0:
+                        raise busy.after_waiting(_duration(self._warehouse_wait)) from None
+                    raise
+                if not told and self._on_warehouse_wait is not None:
+                    self._on_warehouse_wait(
+                        f"{busy.path}: the warehouse is open in {busy.who}; waiting for it "
+                        f"(at most {_duration(self._warehouse_wait)})"
+                    )
+                told = True
+                time.sleep(min(WAREHOUSE_POLL_SECONDS, left))
+        try:
             yield con
+        finally:
+            con.close()
 
     def close(self) -> None:
         """Close the registry, if it was opened."""

@@ -103,6 +103,16 @@ def test_the_entrypoint_is_a_flow_with_the_parameters_given(name: str) -> None:
     assert "rollout" in deployment.get("tags", [])
 
 
+def test_only_the_notify_shards_may_run_on_a_machine_without_the_rollout_home() -> None:
+    """Workers on other machines poll the notify-shards queue alone (runbook section 6):
+    every other deployment reads or writes ROLLOUT_HOME (the warehouse, the previews'
+    CSVs, the reports, the file outbox) and stays on the default queue, which only the
+    worker of that host polls."""
+    queues = {name: d["work_pool"].get("work_queue_name") for name, d in DEPLOYMENTS.items()}
+    assert queues.pop("notify-shard") == "notify-shards"
+    assert set(queues.values()) == {None}  # the pool's default queue
+
+
 @pytest.mark.parametrize(
     ("name", "when"), [("daily", "30 2 * * *"), ("notify", "0 9 * * *"), ("report", "0 10 * * *")]
 )

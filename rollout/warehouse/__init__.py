@@ -48,6 +48,25 @@ _REGISTRY_PLACEHOLDERS = {
 }
 
 
+class WarehouseBusy(RolloutError):
+    """The warehouse is open in another process (DuckDB allows one writer, or readers,
+    not both). ``holder``: that process's id, when DuckDB names it."""
+
+    def __init__(self, path: Path, holder: str | None, waited: str = "") -> None:
+        self.path = path
+        self.holder = holder
+        self.who = f"process {holder}" if holder else "another process"
+        waiting = f", waited for {waited}" if waited else ""
+        super().__init__(
+            f"{path}: the warehouse is open in {self.who} (a notebook, a duckdb shell, "
+            f"another rollout run?){waiting}; close it or wait, then run again"
+        )
+
+    def after_waiting(self, waited: str) -> WarehouseBusy:
+        """The same refusal, saying how long it was waited for (``"10 min"``)."""
+        return WarehouseBusy(self.path, self.holder, waited)
+
+
 def sql_text(name: str) -> str:
     """The text of ``sql/<name>.sql`` (``name`` like ``raw/landing``)."""
     return (SQL_DIR / f"{name}.sql").read_text()
@@ -89,11 +108,7 @@ def connect(
             ) from None
         # DuckDB allows one writer, or readers, not both: say so, not a traceback.
         holder = re.search(r"\(PID (\d+)\)", str(error))
-        who = f"process {holder.group(1)}" if holder else "another process"
-        raise RolloutError(
-            f"{path}: the warehouse is open in {who} (a notebook, a duckdb shell, another "
-            "rollout run?); close it or wait, then run again"
-        ) from None
+        raise WarehouseBusy(path, holder.group(1) if holder else None) from None
     # Every time in the pipeline is UTC; never let the machine's zone leak in.
     con.execute("set TimeZone = 'UTC'")
     # DuckDB draws a progress bar on stdout for a query past two seconds, piped or not:

@@ -46,6 +46,8 @@ from tests.support.serving import free_port, wait_until_answering
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = ROOT / "plans" / "npm-2022.yaml"
 POOL = "rollout-process"
+# The queue of the pool that workers on other machines than the ROLLOUT_HOME host poll.
+SHARD_QUEUE = "notify-shards"
 DAY = "2022-02-01"
 PHASE = "top-100"
 PREFECT = [sys.executable, "-m", "prefect"]

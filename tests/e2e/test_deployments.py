@@ -30,6 +30,7 @@ from tests.e2e.stack import (
     POOL,
     PREFECT,
     ROOT,
+    SHARD_QUEUE,
     WORKER_SECONDS,
     Deployed,
     Home,
@@ -108,6 +109,8 @@ def test_deploy_creates_every_deployment_of_prefect_yaml(
         where = f"deployment {expected['name']}"
         assert created["entrypoint"] == expected["entrypoint"], where
         assert created["work_pool_name"] == expected["work_pool"]["name"] == POOL, where
+        queue = SHARD_QUEUE if expected["name"] == "notify-shard" else "default"
+        assert created["work_queue_name"] == queue, where
         assert created["pull_steps"] == CONFIG["pull"], where
         assert set(created["tags"]) == set(expected["tags"]), where
         assert created["parameters"] == (expected.get("parameters") or {}), where
@@ -181,3 +184,31 @@ def test_it_writes_the_csv_and_its_record_but_nothing_to_the_registry(
         home.env,
     )
     assert json.loads(out.strip().splitlines()[-1]) == []
+
+
+def test_a_worker_of_another_machine_takes_no_run_but_the_notify_shards(
+    processes: Processes, deployed: Deployed, home: Home, preview_run: PreviewRun
+) -> None:
+    """A worker started as the runbook says for the machines that only send (polling
+    the notify-shards queue) leaves a report run alone: it would write the report, and
+    a warehouse of its own, under that machine's ROLLOUT_HOME."""
+    other_home = processes.dir / "other-machine-home"
+    created = processes.api(
+        "POST",
+        f"/deployments/{deployed.deployments['report']['id']}/create_flow_run",
+        {"parameters": {"as_of": "2022-02-01"}},
+    )
+    worker = processes.start(
+        "worker-other-machine",
+        [*PREFECT, "worker", "start", "--pool", POOL, "--work-queue", SHARD_QUEUE, "--run-once"],
+        {**home.env, "ROLLOUT_HOME": str(other_home), "ROLLOUT_PROJECT_DIR": str(ROOT)},
+        processes.dir,
+    )
+    try:
+        assert worker.wait(timeout=WORKER_SECONDS) == 0, processes.diagnostics()
+    except subprocess.TimeoutExpired:
+        kill_group(worker)
+        pytest.fail(f"the worker still ran after {WORKER_SECONDS} s\n" + processes.diagnostics())
+    run = processes.api("GET", f"/flow_runs/{created['id']}")
+    assert run["state_type"] == "SCHEDULED", run["state"]
+    assert not other_home.exists()

@@ -37,6 +37,7 @@ from tests.e2e.stack import (
     PREFECT,
     ROLLOUT,
     ROOT,
+    SHARD_QUEUE,
     WORKER_SECONDS,
     Deployed,
     Home,
@@ -86,7 +87,9 @@ class Stack:
         messages = httpx.get(f"{self.sendgrid}/dev/messages", timeout=30).json()
         return Counter(int(m["body"]["custom_args"]["outbox_id"]) for m in messages)
 
-    def worker(self, name: str) -> Any:
+    def worker(self, name: str, *, shards_only: bool = False) -> Any:
+        """A worker of the pool; ``shards_only``: as on a machine other than the
+        ROLLOUT_HOME host, which polls the notify-shards queue alone (runbook 6)."""
         env = {
             **self.env,
             "ROLLOUT_PROJECT_DIR": str(ROOT),
@@ -97,9 +100,10 @@ class Stack:
             WORKER_VARIABLE: name,
         }
         # Room for the notify run and two shards each: the shards spread over both.
+        queues = ["--work-queue", SHARD_QUEUE] if shards_only else []
         return self.processes.start(
             f"worker-{name}",
-            [*PREFECT, "worker", "start", "--pool", POOL, "--limit", "3"],
+            [*PREFECT, "worker", "start", "--pool", POOL, "--limit", "3", *queues],
             env,
             self.processes.dir,
         )
@@ -203,7 +207,7 @@ def first(stack: Stack) -> tuple[dict[str, Any], dict[int, str], list[dict[str, 
     stack.worker("a")
     run_id = stack.start_notify()
     stack.wait(run_id, {"RUNNING"})  # on worker a: b joins for the shards
-    stack.worker("b")
+    stack.worker("b", shards_only=True)
     run = stack.wait(run_id, FINAL_STATES)
     return run, stack.outbox(), stack.shard_runs(run_id)
 
@@ -268,7 +272,7 @@ def test_cancelling_the_run_stops_every_shard_and_puts_back_what_they_held(
     if not pids_of_worker("a"):
         stack.worker("a")
     if not pids_of_worker("b"):
-        stack.worker("b")
+        stack.worker("b", shards_only=True)
     httpx.delete(f"{stack.sendgrid}/dev/messages", timeout=30)
     stack.outbox(requeue=True)
     # A slow SendGrid (1 s a message), so the cancel lands while much is left to send.

@@ -28,7 +28,7 @@ from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
 from tests.factories import LATE_NOTICE, NotificationFactory, bound_to
-from tests.support.artifacts import read_markdown
+from tests.support.artifacts import logs_since, read_markdown
 from tests.support.env import without_rollout_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,20 +62,6 @@ def sendgrid(monkeypatch: pytest.MonkeyPatch, outbox_home: Path) -> Iterator[Dev
         monkeypatch.setenv("SENDGRID_API_KEY", server.api_key)
         monkeypatch.setenv("ROLLOUT_SENDGRID_URL", server.url)
         yield server
-
-
-def logs_since(start: datetime) -> str:
-    """Every log line any run sent since ``start``: flows, subflows and tasks."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterTimestamp
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=5)
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(
-            log_filter=LogFilter(timestamp=LogFilterTimestamp(after_=start)), limit=200
-        )
-    return "\n".join(log.message for log in logs)
 
 
 # --- notify ----------------------------------------------------------------------------

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -22,22 +24,24 @@ from typing import Any
 import pytest
 
 from flows import brownouts as brownout_flows
+from flows import common as common_flows
 from flows import notify as notify_flows
 from flows import phases
 from flows import report as report_flows
 from flows.cohorts import cohorts, cohorts_markdown, daily, entered_list
 from flows.common import artifact_key
-from flows.metrics import metrics_markdown
+from flows.metrics import metrics, metrics_markdown
 from rollout.cohorts import CohortResult
 from rollout.core.config import Settings, load_settings
-from rollout.core.errors import BadInput
+from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import load_plan
 from rollout.demo.sample import generate_sample
 from rollout.metrics import MetricsReport
+from rollout.notify.drain import ShardOrphaned
 from rollout.registry import Registry
 from rollout.warehouse import open_warehouse
 from rollout.warehouse.ingest import FileResult, IngestReport
-from tests.support.artifacts import read_artifact
+from tests.support.artifacts import logs_since, read_artifact
 from tests.support.env import without_rollout_settings
 from tests.support.outbox import on
 
@@ -339,13 +343,21 @@ def test_the_phase_preview_flow_publishes_the_list_and_changes_nothing(
 def test_an_approval_with_the_wrong_count_applies_nothing(
     preview_count: int, home: Home, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    start = datetime.now(UTC)
     state = _enforce_with_approval(
         monkeypatch, {"expect": preview_count + 1, "approved_by": "rita"}
     )
     assert state.is_failed() and state.name == "Refused"  # the guard's line, no traceback
+    logs = logs_since(start)
+    assert "Task run failed with exception: GuardRefused('phase top-100 would change" in logs
+    assert "Traceback" not in logs
     assert state.message.startswith(f"phase top-100 would change {preview_count} accounts, not")
     assert f"not the {preview_count + 1} expected" in state.message and "\n" not in state.message
     assert _required(home) == 0
+    # What a deployed run's engine raises at its end: the refusal, a user error, whose
+    # traceback the run's log leaves out, not a FailedRun it would log as a crash.
+    with pytest.raises(GuardRefused):
+        state.result()
 
 
 def test_an_approved_enforce_run_applies_exactly_the_previewed_accounts(
@@ -597,3 +609,133 @@ def test_a_run_started_late_does_the_day_it_was_scheduled_for(prefect_server: No
     before = datetime.now(UTC).date()
     assert which_day() in {before, datetime.now(UTC).date()}  # (a run across midnight)
     assert which_day(date(2021, 12, 1)) == date(2021, 12, 1)
+
+
+# --- the warehouse held by another process ---------------------------------------------
+
+# Another process with the warehouse open (a second run, a notebook) for argv[2] seconds.
+HOLD_WAREHOUSE = """
+import sys, time, duckdb
+connection = duckdb.connect(sys.argv[1])
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+connection.close()
+"""
+
+
+@contextmanager
+def warehouse_held(home: Home, seconds: float) -> Iterator[subprocess.Popen[str]]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WAREHOUSE, str(home.settings.warehouse_path), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_run_waits_for_the_warehouse_another_run_holds_and_completes(
+    daily_state: Any, home: Home
+) -> None:
+    """Runs that come due together (late runs after the pool was paused over a few
+    nights, a manual metrics run beside the daily one) take turns at the warehouse: the
+    second to open it waits for the first, it does not fail."""
+    start = datetime.now(UTC)
+    with warehouse_held(home, 4) as holder:
+        state = metrics(as_of=DAY, ingest_first=False, return_state=True)
+        assert holder.poll() is not None  # it held the warehouse until it was done
+    assert state.is_completed(), state.message
+    logs = logs_since(start)
+    assert f"the warehouse is open in process {holder.pid}; waiting for it" in logs
+    report = state.result()
+    assert report.as_of == DAY and report.packages > 0
+
+
+def test_a_run_fails_naming_the_holder_once_it_has_waited_long_enough(
+    daily_state: Any, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(common_flows, "WAREHOUSE_WAIT_SECONDS", 1)
+    with warehouse_held(home, 60) as holder:
+        state = metrics(as_of=DAY, ingest_first=False, return_state=True)
+    assert state.is_failed()
+    assert state.message == (
+        f"{home.settings.warehouse_path}: the warehouse is open in process {holder.pid} "
+        "(a notebook, a duckdb shell, another rollout run?), waited for 1 s; close it or "
+        "wait, then run again"
+    )
+
+
+# --- how a deployed run that fails ends its log ----------------------------------------
+
+
+def run_as_deployed(flow_fn: Any, **parameters: Any) -> tuple[BaseException, str]:
+    """Run ``flow_fn`` as a worker's flow-run process does (Prefect's ``run_flow`` with
+    the run's logger for the engine's last word): the error it ends with, and the run's
+    log on the server."""
+    from prefect import get_client
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.flow_engine import run_flow
+    from prefect.logging.loggers import flow_run_logger
+
+    start = datetime.now(UTC)
+    client: SyncPrefectClient
+    with get_client(sync_client=True) as client:
+        made = client.create_flow_run(flow_fn, parameters=parameters)
+    with pytest.raises(Exception) as raised:
+        run_flow(flow_fn, flow_run=made, error_logger=flow_run_logger(made))
+    return raised.value, logs_since(start)
+
+
+def test_a_deployed_run_failed_by_bad_input_logs_its_line_and_no_traceback(
+    prefect_server: None, home: Home
+) -> None:
+    """A phase the plan does not have: the state's one line, and no "unexpected
+    exception" with a traceback under it, which reads as a bug."""
+    error, logs = run_as_deployed(phases.phase_preview, phase="top-1000")
+    assert isinstance(error, BadInput)
+    assert "Finished in state Failed(\"no phase 'top-1000' in plan npm-2022" in logs
+    assert "unexpected exception" not in logs and "Traceback" not in logs
+
+
+def test_a_deployed_run_given_a_parameter_of_the_wrong_type_logs_no_traceback(
+    prefect_server: None, home: Home
+) -> None:
+    """``as_of`` typed in the UI as 2022-13-01: refused before the flow starts, nothing
+    written, the reason in the state's message."""
+    error, logs = run_as_deployed(metrics, as_of="2022-13-01", ingest_first=True)
+    assert "as_of" in str(error)
+    assert (
+        "the run's parameters were refused, the flow did not start: Flow run received "
+        "invalid parameters:\n - as_of: Input should be a valid date or datetime, month "
+        "value is outside expected range of 1-12"
+    ) in logs
+    assert "unexpected exception" not in logs and "Traceback" not in logs
+
+
+def test_a_deployed_shard_without_its_notify_run_ends_cancelled_with_no_traceback(
+    prefect_server: None, home: Home
+) -> None:
+    error, logs = run_as_deployed(notify_flows.notify_shard)
+    assert isinstance(error, ShardOrphaned)
+    assert "no notify run holds the notify lock" in logs
+    assert "unexpected exception" not in logs and "Traceback" not in logs
+
+
+def test_a_deployed_run_failed_by_a_bug_keeps_its_traceback(prefect_server: None) -> None:
+    from prefect import flow
+
+    from flows.common import fail_on_user_error
+
+    @flow(name="a-bug")
+    @fail_on_user_error
+    def a_bug() -> None:
+        raise ZeroDivisionError("a bug")
+
+    error, logs = run_as_deployed(a_bug)
+    assert isinstance(error, ZeroDivisionError)
+    assert "Engine execution exited with unexpected exception" in logs
+    assert "ZeroDivisionError: a bug" in logs

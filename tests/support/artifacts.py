@@ -1,7 +1,9 @@
-"""Reading a run's Markdown artifact back from the Prefect server, for the flow tests."""
+"""Reading a run's Markdown artifact, or the runs' logs, back from the Prefect server, for
+the flow tests."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 
@@ -25,3 +27,17 @@ def read_artifact(key: str) -> Any:
 def read_markdown(key: str) -> str:
     """The Markdown text of the newest artifact with ``key``."""
     return str(read_artifact(key).data)
+
+
+def logs_since(start: datetime) -> str:
+    """Every log line any run sent since ``start``: flows, subflows and tasks."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTimestamp
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(timestamp=LogFilterTimestamp(after_=start)), limit=200
+        )
+    return "\n".join(log.message for log in logs)
