@@ -159,12 +159,71 @@ def test_the_demo_ends_with_the_numbers_that_tell_the_story(plan: Plan) -> None:
     lines = _story_lines(report, plan)
     assert lines == [
         "The story:",
-        "  top-100: 2FA 31% -> 97%",
-        "  all: 2FA 10% -> ?",
+        "  cohort top-100: 2FA 31% -> 97%",
+        "  all accounts: 2FA 10% -> ?",
         "  phase top-100: 12 accounts required to use 2FA",
         "  emails sent: 1,234",
         "  enrolled in response to a brown-out: 40 (unprompted, over all 161 days: 15)",
     ]
+
+
+def test_the_demo_tells_a_cohort_named_all_from_all_accounts(plan: Plan) -> None:
+    """A cohort may be named ``all``: its line read "all:" like every account's."""
+    from datetime import date
+
+    from rollout.cli.demo import _story_lines
+    from rollout.demo.story import StoryReport
+
+    top = plan.phase("top-100").model_copy(update={"cohort": "all"})
+    named_all = plan.model_copy(
+        update={"cohorts": {"all": plan.cohorts["top-100"]}, "phases": [top]}
+    )
+    report = StoryReport(date(2021, 12, 1), date(2022, 5, 10))
+    report.shares = {"cohort:all": (0.31, 0.97), "all": (0.1, 0.4)}
+    lines = _story_lines(report, named_all)
+    assert "  cohort all: 2FA 31% -> 97%" in lines
+    assert "  all accounts: 2FA 10% -> 40%" in lines
+
+
+def test_the_demo_gives_a_security_key_cohort_its_security_key_share(plan: Plan) -> None:
+    """A phase asking a security key counts WebAuthn alone: its cohort's "2FA" share
+    (TOTP too) is not what it asks, so the closing lines give the security-key share
+    beside it (npm-2025-tokens read "everyone: 2FA 12% -> 68%" with 50% holding a key)."""
+    from datetime import date
+
+    from rollout.cli.demo import _story_lines
+    from rollout.core.plan import Requirements
+    from rollout.demo.story import StoryReport
+
+    keys = plan.phase("top-100").model_copy(
+        update={"requires": Requirements(two_factor="phishing_resistant")}
+    )
+    with_keys = plan.model_copy(update={"phases": [keys, plan.phase("high-impact")]})
+    report = StoryReport(date(2021, 12, 1), date(2022, 5, 10))
+    report.shares = {"cohort:top-100": (0.3, 0.9), "cohort:high-impact": (0.2, 0.6)}
+    report.key_shares = {"cohort:top-100": (0.1, 0.5), "cohort:high-impact": (0.05, 0.1)}
+    lines = _story_lines(report, with_keys)
+    assert "  cohort top-100: 2FA 30% -> 90%, security key 10% -> 50%" in lines
+    assert "  cohort high-impact: 2FA 20% -> 60%" in lines
+
+
+def test_the_story_security_key_shares_are_webauthn_of_accounts() -> None:
+    import duckdb
+
+    from rollout.demo.story import _shares
+
+    con = duckdb.connect()
+    con.execute(
+        "create table adoption_daily (day date, population varchar, accounts int, "
+        "share double, webauthn int)"
+    )
+    con.execute(
+        "insert into adoption_daily values ('2022-01-01', 'all', 10, 0.5, 1), "
+        "('2022-01-03', 'all', 10, 0.8, 4), ('2022-01-03', 'cohort:c', 0, 0.0, 0)"
+    )
+    assert _shares(con, date(2022, 1, 1), date(2022, 1, 3), security_key=True) == {
+        "all": (0.1, 0.4)
+    }
 
 
 def test_the_demo_says_required_to_use_2fa_only_of_a_phase_that_asks_only_that(

@@ -123,18 +123,30 @@ def demo(
 
 def _story_lines(report: Any, plan: Any) -> list[str]:
     """The few numbers that tell the demo's story: 2FA share before and after, by
-    cohort; who was required to use 2FA; emails; what the brown-outs did."""
+    cohort (labelled as the report labels them: "cohort all" is no "all accounts"), and
+    the security-key share of a cohort a phase asks a security key of; who was required
+    to use 2FA; emails; what the brown-outs did."""
     from rollout.demo.story import applies_in_words  # lazily, as the command imports it
+    from rollout.report.reporting import population_label
 
     def share(value: float | None) -> str:
         return "?" if value is None else f"{value:.0%}"
 
+    asks_a_key = {
+        f"cohort:{phase.cohort}"
+        for phase in plan.phases
+        if phase.requires.two_factor == "phishing_resistant"
+    }
     lines = ["The story:"]
     for population in [*(f"cohort:{c}" for c in plan.cohorts), "all"]:
         if population in report.shares:
             before, after = report.shares[population]
-            name = population.removeprefix("cohort:")
-            lines.append(f"  {name}: 2FA {share(before)} -> {share(after)}")
+            said = f"2FA {share(before)} -> {share(after)}"
+            if population in asks_a_key:
+                key_before, key_after = report.key_shares.get(population, (None, None))
+                said += f", security key {share(key_before)} -> {share(key_after)}"
+            name = population_label(population)
+            lines.append(f"  {name[:1].lower()}{name[1:]}: {said}")
     for phase in plan.phases:
         if phase.name not in report.enforced:
             continue

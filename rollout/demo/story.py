@@ -135,6 +135,9 @@ class StoryReport:
     # population ("all", "cohort:top-100", ...) -> 2FA share at the start and at the end
     # (adoption_daily; None: no row that day).
     shares: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    # The same days' security-key share (webauthn / accounts): what a phase asking a
+    # security key (two_factor: phishing_resistant) counts.
+    key_shares: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -1116,6 +1119,7 @@ class Story:
                     refresh_registry=False,
                 )
             self.report.shares = _shares(con, self.start, self.end)
+            self.report.key_shares = _shares(con, self.start, self.end, security_key=True)
         self.report.seconds = time.perf_counter() - started
         return self.report
 
@@ -1174,12 +1178,18 @@ def _did(phase: Any, result: Any) -> str:
     return ", ".join(said)
 
 
-def _shares(con: Any, start: date, end: date) -> dict[str, tuple[float | None, float | None]]:
-    """Each population's 2FA share on the start (its last day up to then, else its first)
+def _shares(
+    con: Any, start: date, end: date, *, security_key: bool = False
+) -> dict[str, tuple[float | None, float | None]]:
+    """Each population's 2FA share (with ``security_key``, its share with a security
+    key: webauthn / accounts) on the start (its last day up to then, else its first)
     and on the end (its last day up to then), from ``adoption_daily``. A cohort's days
     before its first member are none of its own (they read "0% -> 96%")."""
+    share = "share"
+    if security_key:
+        share = "case when accounts > 0 then webauthn / accounts else 0.0 end"
     rows = con.execute(
-        "select population, day, share from adoption_daily where day <= ? and "
+        f"select population, day, {share} from adoption_daily where day <= ? and "
         "(population = 'all' or accounts > 0 or day > (select min(day) from adoption_daily "
         "as first where first.population = adoption_daily.population and first.accounts > 0)) "
         "order by day",
