@@ -429,6 +429,36 @@ def test_a_phase_asking_more_than_2fa_is_headlined_by_the_accounts_it_acted_on(
     assert "asks no 2FA: see required by the phase, and token readiness" in html
 
 
+def test_a_security_key_phase_s_funnel_says_its_2fa_is_a_security_key(
+    tmp_path: Path, plan: Plan
+) -> None:
+    """compliance_funnel counts a security key alone for a phishing_resistant phase: its
+    "still without 2FA" (npm-2025-tokens: 198) counted TOTP users too, beside a headline
+    of 128 cohort accounts without 2FA, with nothing to say the two differ."""
+    top = plan.phase("top-100")
+    keys = Phase.model_validate(
+        {**top.model_dump(), "requires": {"two_factor": "phishing_resistant"}}
+    )
+    key_plan = plan.model_copy(update={"phases": [keys, *plan.phases[1:]]})
+    with open_warehouse(make_warehouse(tmp_path, key_plan)) as con:
+        files = build_report(con, key_plan, AS_OF, tmp_path / "out")
+    markdown = files.markdown.read_text()
+    funnel = next(b for b in table_blocks(markdown) if b[0].startswith("| phase | notice |"))
+    assert any(line.startswith("| top-100 (2FA: a security key) |") for line in funnel)
+    assert any(line.startswith("| high-impact |") for line in funnel)
+    said = "is a security key (WebAuthn): an account with TOTP alone counts as without it"
+    assert said in markdown
+    html = files.html.read_text()
+    assert '<th scope="row">top-100 (2FA: a security key)</th>' in html
+    assert '<th scope="row">high-impact</th>' in html
+    assert said in html
+    assert "cohort top-100, notice 2022-01-04, enforcement 2022-02-01, 2FA counted: a " in html
+    # An any-factor plan's report says nothing of security keys in its funnel.
+    plain = run_report(tmp_path / "plain", plan)
+    for text in (plain.markdown.read_text(), plain.html.read_text()):
+        assert "(2FA: a security key)" not in text and said not in text
+
+
 def test_a_plan_requiring_no_2fa_is_not_said_to_require_2fa_of_anyone(
     tmp_path: Path, plan: Plan
 ) -> None:

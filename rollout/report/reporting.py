@@ -367,6 +367,12 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
         subtitle = f"cohort {cohort}, notice {notice_on or '?'}, enforcement {enforce_on or '?'}"
         if rolled_back_at is not None:
             subtitle += f", rolled back {rolled_back_at:%Y-%m-%d}"
+        # A phase asking a security key counts only WebAuthn (compliance_funnel's "2FA"
+        # is a factor the phase counts): its "without 2FA" is without a security key,
+        # TOTP users included, and the report says so wherever it shows those counts.
+        counts_a_key = planned is not None and planned.requires.two_factor == "phishing_resistant"
+        if counts_a_key:
+            subtitle += ", 2FA counted: a security key"
         # A phase asking no second factor (token rules alone) has no 2FA funnel: its
         # stages would count 2FA it never asked for ("enforced" as the accounts without
         # 2FA it happened to act on). It is told by the accounts it acted on.
@@ -424,6 +430,8 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
                     # security-key phase applies to accounts for other reasons too.
                     "requires_2fa": _requires_only_2fa(planned),
                     "asks_2fa": asks_2fa,
+                    # Its 2FA columns count a security key (WebAuthn), not any factor.
+                    "counts_a_key": counts_a_key,
                     "asks": "; ".join(planned.requires.describe()) if planned else "",
                     # Some enrolment span is not over on as_of (and shown): "not yet".
                     "spans_open": asks_2fa and bool(open_spans),
