@@ -523,6 +523,36 @@ def test_empty_marts_make_a_valid_report(empty_report: ReportFiles) -> None:
     assert empty_report.still_without_2fa == {}
 
 
+def test_a_plan_without_brownouts_says_so_not_no_data_yet(tmp_path: Path, plan: Plan) -> None:
+    """github-2023, pypi-2023, rubygems-2022 and npm-2025-tokens hold no brown-out: their
+    reports read "No data yet: no brown-out has been measured" under an empty chart,
+    as if one were to come."""
+    calm = plan.model_copy(update={"brownouts": [], "name": "calm_plan"})
+    with open_warehouse(make_warehouse(tmp_path, calm)) as con:
+        con.execute("delete from brownout_impact")
+        files = build_report(con, calm, AS_OF, tmp_path / "out")
+    markdown = files.markdown.read_text()
+    brownouts = markdown.split("## Brown-out impact")[1].split("\n## ")[0]
+    assert brownouts.strip() == "_Plan calm\\_plan holds no brown-outs._"
+    html = files.html.read_text()
+    section = html.split('<section id="brownouts"')[1].split("</section>")[0]
+    assert "Plan calm_plan holds no brown-outs." in section
+    assert "<svg" not in section and "No data yet" not in section
+    # A plan that holds brown-outs, none measured yet, still says no data yet.
+    empty = run_report(tmp_path / "empty", plan, empty=True)
+    assert "_No data yet: no brown-out has been measured._" in empty.markdown.read_text()
+    assert "No data yet: no brown-out has been measured." in empty.html.read_text()
+
+
+def test_brownouts_measured_under_an_earlier_plan_are_shown_all_the_same(
+    tmp_path: Path, plan: Plan
+) -> None:
+    calm = plan.model_copy(update={"brownouts": []})
+    files = run_report(tmp_path, calm)
+    assert "holds no brown-outs" not in files.markdown.read_text()
+    assert "brownout-1" in files.html.read_text().split('<section id="brownouts"')[1]
+
+
 def test_degenerate_values_never_reach_the_svg(tmp_path: Path, plan: Plan) -> None:
     """No accounts (share 0/0), NaN and NULL shares, one single day, zero brown-outs."""
     path = tmp_path / "warehouse.duckdb"
