@@ -294,3 +294,27 @@ def test_the_closing_shares_start_with_a_cohort_s_first_member() -> None:
         date(2022, 1, 3),
     )
     assert shares == {"all": (0.1, 0.3), "cohort:top-100": (0.24, 0.96)}
+
+
+def test_the_demo_counts_one_thing_in_the_singular(plan: Plan) -> None:
+    """A tiny sample's story read "1 accounts" and "1 maintainers": every count the
+    demo says, in its closing lines and its milestones, takes its noun's number."""
+    from datetime import date
+    from types import SimpleNamespace
+
+    from rollout.cli.demo import _story_lines
+    from rollout.demo.story import StoryReport, _did
+
+    report = StoryReport(date(2021, 12, 1), date(2022, 5, 10))
+    report.enforced = {"top-100": 1}
+    report.tokens_revoked = {"top-100": 1}
+    report.emails["sent"] = 3
+    report.bounced = 1
+    lines = _story_lines(report, plan)
+    assert "  phase top-100: 1 account required to use 2FA, 1 token revoked" in lines
+    assert "  emails sent: 3 (to 1 maintainer they bounced)" in lines
+
+    one = SimpleNamespace(accounts_required=1, sessions_revoked=1, tokens_revoked=2)
+    assert _did(plan.phase("top-100"), one) == (
+        "1 account required to use 2FA, 1 web session revoked"
+    )

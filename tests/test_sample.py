@@ -290,7 +290,7 @@ def test_a_registry_sample_did_not_make_is_never_replaced(
                 confirm=confirm,
             )
         message = str(refused.value)
-        assert "a registry `rollout sample` did not make: 2 accounts, 1 emails and 0 runs" in (
+        assert "a registry `rollout sample` did not make: 2 accounts, 1 email and 0 runs" in (
             message
         )
         assert make_url(registry_url).render_as_string(hide_password=True) in message
@@ -351,7 +351,7 @@ def test_the_rehearsal_that_emptied_production_is_refused(
         result = CliRunner().invoke(app, ["sample", "--scale", "tiny", *flags])
         assert result.exit_code == 3, result.output
         said = _one_line(result.stderr)
-        assert "did not make: 1 accounts, 0 emails and 0 runs would be lost" in said
+        assert "did not make: 1 account, 0 emails and 0 runs would be lost" in said
         password = make_url(registry_url).password
         assert not password or f":{password}@" not in said
     assert _state(registry_url) == before

@@ -16,7 +16,7 @@ from rollout.cli.app import (
     reports_errors,
 )
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
-from rollout.core.output import Format, emit_record, progress_for, stderr
+from rollout.core.output import Format, counted, emit_record, progress_for, stderr
 
 # --- demo ----------------------------------------------------------------------------------
 
@@ -150,11 +150,11 @@ def _story_lines(report: Any, plan: Any) -> list[str]:
     for phase in plan.phases:
         if phase.name not in report.enforced:
             continue
-        did = [f"{report.enforced[phase.name]:,} accounts {applies_in_words(phase)}"]
+        did = [f"{counted(report.enforced[phase.name], 'account')} {applies_in_words(phase)}"]
         if report.unreached_enforced.get(phase.name):
             did.append(f"{report.unreached_enforced[phase.name]:,} of them never reached by email")
         if report.tokens_revoked.get(phase.name):
-            did.append(f"{report.tokens_revoked[phase.name]:,} tokens revoked")
+            did.append(f"{counted(report.tokens_revoked[phase.name], 'token')} revoked")
         lines.append(f"  phase {phase.name}: {', '.join(did)}")
     if report.snoozed:
         lines.append(f"  own deadlines postponed on request: {report.snoozed:,}")
@@ -164,7 +164,7 @@ def _story_lines(report: Any, plan: Any) -> list[str]:
         )
     lines.append(
         f"  emails sent: {report.emails['sent']:,}"
-        + (f" (to {report.bounced:,} maintainers they bounced)" if report.bounced else "")
+        + (f" (to {counted(report.bounced, 'maintainer')} they bounced)" if report.bounced else "")
     )
     days = (report.end - report.start).days + 1
     if plan.brownouts:

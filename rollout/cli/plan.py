@@ -18,7 +18,7 @@ from rollout.cli.app import (
 )
 from rollout.core.controls import shell_word, visible
 from rollout.core.errors import EXIT_BAD_INPUT
-from rollout.core.output import Format, emit, labelled, stderr
+from rollout.core.output import Format, counted, emit, labelled, stderr
 
 if TYPE_CHECKING:
     from rollout.core.plan import Plan
@@ -54,7 +54,7 @@ def plan_check(
     if errors:
         raise typer.Exit(EXIT_BAD_INPUT)
     sizes = ", ".join(
-        _counted(len(parts), what)
+        counted(len(parts), what)
         for parts, what in (
             (plan.cohorts, "cohort"),
             (plan.phases, "phase"),
@@ -62,11 +62,6 @@ def plan_check(
         )
     )
     stderr.print(f"{path}: plan {plan.name} is valid: {sizes}", highlight=False)
-
-
-def _counted(n: int, what: str) -> str:
-    """``1 phase``, ``2 phases``: github-2023 read "1 cohorts, 1 phases"."""
-    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _drift(ctx: typer.Context, plan: Plan) -> tuple[list[str], list[str]]:

@@ -85,6 +85,12 @@ def in_words(value: Any) -> Any:
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 account``, ``2 accounts``, ``12,000 accounts``: a count and its noun, as
+    people read them (a regular plural: the nouns counted here all take an s)."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def csv_cell(value: Any) -> Any:
     """A value as a CSV cell: empty for None, ISO for dates, a list's items joined
     (:data:`LIST_SEPARATOR`), and a string that a

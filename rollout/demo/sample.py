@@ -33,6 +33,7 @@ from sqlalchemy import delete, insert, inspect, text
 
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.files import duckdb_path, written_in_place
+from rollout.core.output import counted
 from rollout.registry import Registry, bulk, migrate
 from rollout.registry.engine import make_engine, normalize_url
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, RegistryMark
@@ -1443,8 +1444,8 @@ class RegistryContents:
     def describe(self) -> str:
         kind = "a sample registry" if self.is_sample else "a registry `rollout sample` did not make"
         return (
-            f"{self.url} holds {kind}: {self.accounts} accounts, {self.emails} emails and "
-            f"{self.runs} runs would be lost"
+            f"{self.url} holds {kind}: {counted(self.accounts, 'account')}, "
+            f"{counted(self.emails, 'email')} and {counted(self.runs, 'run')} would be lost"
         )
 
 

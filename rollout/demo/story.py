@@ -44,6 +44,7 @@ from rollout.core.calendar import plan_calendar
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.files import written_in_place
+from rollout.core.output import counted
 from rollout.core.plan import Phase, Plan
 from rollout.demo.sample import (
     SAMPLE_MARK,
@@ -518,7 +519,7 @@ class Story:
                 allow_gaps=True,
             )
             if day in as_of_days:
-                sizes = ", ".join(f"{r.cohort} {r.accounts} accounts" for r in results)
+                sizes = ", ".join(f"{r.cohort} {counted(r.accounts, 'account')}" for r in results)
                 self._milestone(day, f"cohorts fixed: {sizes}")
 
     def emails(self, day: date) -> None:
@@ -528,7 +529,7 @@ class Story:
                 skipped = f" (and {o.skipped} recorded as skipped, each with why)"
                 self._milestone(
                     day,
-                    f"{o.occasion.step}: {o.added - o.skipped} emails queued"
+                    f"{o.occasion.step}: {counted(o.added - o.skipped, 'email')} queued"
                     + (skipped if o.skipped else ""),
                 )
         result = drain(self.registry, self.plan, self.sender, concurrency=16)
@@ -644,7 +645,7 @@ class Story:
             return
         enrolled = brownouts.enroll_all(self.registry, self.plan, actor=ACTOR)
         self.report.elv_enrolled = enrolled
-        self._milestone(day, f"ELV for all: {enrolled} accounts enrolled")
+        self._milestone(day, f"ELV for all: {counted(enrolled, 'account')} enrolled")
 
     # What maintainers do.
 
@@ -1166,15 +1167,17 @@ def _did(phase: Any, result: Any) -> str:
     """What one enforcement run did, in the milestone's words."""
     said = []
     if phase.does("require_2fa"):
-        said.append(f"{result.accounts_required} accounts {applies_in_words(phase)}")
+        said.append(f"{counted(result.accounts_required, 'account')} {applies_in_words(phase)}")
     if phase.does("revoke_sessions"):
-        said.append(f"{result.sessions_revoked} web sessions revoked")
+        said.append(f"{counted(result.sessions_revoked, 'web session')} revoked")
     if phase.does("revoke_tokens"):
-        said.append(f"{result.tokens_revoked} tokens revoked")
+        said.append(f"{counted(result.tokens_revoked, 'token')} revoked")
     if phase.does("warn"):
-        said.append(f"{result.accounts_warned} accounts shown the banner")
+        said.append(f"{counted(result.accounts_warned, 'account')} shown the banner")
     if phase.does("close_totp_enrolment"):
-        said.append(f"{result.totp_enrolment_closed} accounts closed to new TOTP set-ups")
+        said.append(
+            f"{counted(result.totp_enrolment_closed, 'account')} closed to new TOTP set-ups"
+        )
     return ", ".join(said)
 
 
