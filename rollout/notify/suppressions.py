@@ -59,6 +59,7 @@ from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import record_actions, utc_now
+from rollout.registry.locks import hold_transaction_lock
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,10 @@ def _created(entry: dict[str, Any], fallback: datetime) -> datetime:
     return fallback
 
 
+# Held by a sync from its read of the rows it replaces to its commit.
+SYNC_LOCK = "suppressions-sync"
+
+
 def sync_suppressions(
     registry: Registry,
     sender: SendGridSender,
@@ -173,7 +178,9 @@ def sync_suppressions(
 ) -> SyncReport:
     """Replace the SendGrid-sourced rows of ``email_suppressions`` with SendGrid's lists
     as they are now: all five read first, then written in one transaction (a list that
-    cannot be read raises :class:`SuppressionsUnreadable` with nothing changed)."""
+    cannot be read raises :class:`SuppressionsUnreadable` with nothing changed). Syncs
+    take turns at the write (``SYNC_LOCK``): one started while another writes waits for
+    it, then writes its own copy."""
     now = utc_now()
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     pages = 0
@@ -197,6 +204,11 @@ def sync_suppressions(
             progress(list_name, len(entries))
     sources = list(LISTS.values())
     with begin_writing(registry.engine) as connection:
+        # One copy at a time, from what it replaces to its commit: two at once (the
+        # notify flow's and one by hand) each deleted the rows as they were and then
+        # inserted the same addresses, and on PostgreSQL the second failed on a
+        # duplicate key. The second now waits, and replaces the first's copy.
+        hold_transaction_lock(connection, SYNC_LOCK)
         before = {
             (address, source)
             for address, source in connection.execute(
