@@ -49,6 +49,7 @@ from rollout.notify.outbox import (
     NOTIFICATIONS,
     SUPPRESSED,
     SUPPRESSIONS,
+    SUPPRESSIONS_LOCK,
     accounts_using,
     checked_address,
     checked_reason,
@@ -164,10 +165,6 @@ def _created(entry: dict[str, Any], fallback: datetime) -> datetime:
     return fallback
 
 
-# Held by a sync from its read of the rows it replaces to its commit.
-SYNC_LOCK = "suppressions-sync"
-
-
 def sync_suppressions(
     registry: Registry,
     sender: SendGridSender,
@@ -179,7 +176,7 @@ def sync_suppressions(
     """Replace the SendGrid-sourced rows of ``email_suppressions`` with SendGrid's lists
     as they are now: all five read first, then written in one transaction (a list that
     cannot be read raises :class:`SuppressionsUnreadable` with nothing changed). Syncs
-    take turns at the write (``SYNC_LOCK``): one started while another writes waits for
+    take turns at the write (``SUPPRESSIONS_LOCK``): one started while another writes waits for
     it, then writes its own copy."""
     now = utc_now()
     rows: dict[tuple[str, str], dict[str, Any]] = {}
@@ -208,7 +205,7 @@ def sync_suppressions(
         # notify flow's and one by hand) each deleted the rows as they were and then
         # inserted the same addresses, and on PostgreSQL the second failed on a
         # duplicate key. The second now waits, and replaces the first's copy.
-        hold_transaction_lock(connection, SYNC_LOCK)
+        hold_transaction_lock(connection, SUPPRESSIONS_LOCK)
         before = {
             (address, source)
             for address, source in connection.execute(
@@ -383,6 +380,7 @@ def unsuppress(registry: Registry, address: str, *, reason: str, actor: str) -> 
     stored = checked_address(address)
     checked_reason(reason, example=UNSUPPRESS_EXAMPLES)
     with begin_writing(registry.engine) as connection:
+        hold_transaction_lock(connection, SUPPRESSIONS_LOCK)
         standing = address_standing(connection, stored)
         refusal = sendgrid_refusal(standing)
         if refusal is not None:
