@@ -7,12 +7,14 @@ send matches them: in any case, the domain in IDNA or Unicode."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from typer.testing import CliRunner
 
 from rollout.cli import app
@@ -135,6 +137,48 @@ def test_a_suppression_in_another_form_of_the_address_is_not_set_twice(
 ) -> None:
     assert outbox.suppress(registry, "ann@bücher.example", reason="bounced", actor="rm")
     assert not outbox.suppress(registry, "ann@xn--bcher-kva.example", reason="x", actor="rm")
+    assert ("ann@xn--bcher-kva.example", "manual") not in suppressions(registry)
+    assert len(audited(registry, "email_suppressed", "ann@bücher.example")) == 1
+    assert audited(registry, "email_suppressed", ANN) == []
+
+
+def test_two_suppressions_at_once_in_two_forms_of_the_address_set_it_once(
+    registry: Registry, ids: dict[str, int]
+) -> None:
+    """Two operators suppress ann at once, one typing her domain in Unicode, the other
+    in IDNA: the second waits for the first to commit and finds it suppressed (on
+    PostgreSQL both passed the check against the rows as they were: two rows, two
+    audit rows)."""
+    first_wrote = threading.Event()
+    added: dict[str, bool] = {}
+    errors: list[BaseException] = []
+
+    def suppress(own: Registry, address: str) -> None:
+        try:
+            if address == ANN:
+                assert first_wrote.wait(timeout=30)
+            added[address] = outbox.suppress(own, address, reason="bounced", actor="rm")
+        except BaseException as error:  # reported by the test's thread
+            errors.append(error)
+
+    with Registry(registry.url) as first, Registry(registry.url) as second:
+
+        @event.listens_for(first.engine, "after_cursor_execute")
+        def hold_the_write_open(*args: Any) -> None:
+            if args[2].lstrip().upper().startswith("INSERT INTO EMAIL_SUPPRESSIONS"):
+                first_wrote.set()
+                time.sleep(1.0)  # uncommitted, while the second comes to its check
+
+        threads = [
+            threading.Thread(target=suppress, args=(first, "ann@bücher.example")),
+            threading.Thread(target=suppress, args=(second, ANN)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert errors == []
+    assert added == {"ann@bücher.example": True, ANN: False}
     assert ("ann@xn--bcher-kva.example", "manual") not in suppressions(registry)
     assert len(audited(registry, "email_suppressed", "ann@bücher.example")) == 1
     assert audited(registry, "email_suppressed", ANN) == []

@@ -7,11 +7,14 @@ security notices; a list that cannot be read changing nothing."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from typer.testing import CliRunner
 
 from rollout.cli import app
@@ -22,7 +25,12 @@ from rollout.notify import outbox
 from rollout.notify.drain import drain
 from rollout.notify.message import address_forms
 from rollout.notify.senders import SendGridSender
-from rollout.notify.suppressions import LISTS, SuppressionsUnreadable, sync_suppressions
+from rollout.notify.suppressions import (
+    LISTS,
+    SuppressionsUnreadable,
+    SyncReport,
+    sync_suppressions,
+)
 from rollout.registry import Registry
 from rollout.registry.models import Account, EmailSuppression
 from tests.support.outbox import ids, queue_late, rows
@@ -307,3 +315,50 @@ def test_a_list_not_paged_as_asked_is_refused_not_read_forever(
     with pytest.raises(SuppressionsUnreadable, match=r"bounces list .* nothing was changed"):
         sync_suppressions(registry, server, actor="ops", page_size=2)  # type: ignore[arg-type]
     assert server.asked <= 2 and suppressions(registry) == {}
+
+
+def test_two_syncs_at_once_take_turns_and_the_second_finds_the_first_s_copy(
+    registry: Registry, sendgrid: DevSendGrid
+) -> None:
+    """The notify flow's sync and one by hand, at once: the second waits for the first
+    to commit, then replaces its rows (on PostgreSQL it inserted the same addresses
+    beside the first's, and failed on a duplicate key)."""
+    sendgrid.suppress({"bounces": [bounce(f"gone{i}@example.com") for i in range(50)]})
+    first_wrote = threading.Event()
+    reports: dict[str, SyncReport] = {}
+    errors: list[BaseException] = []
+
+    def sync(name: str, own: Registry, **options: Any) -> None:
+        try:
+            reports[name] = sync_suppressions(own, sender_for(sendgrid), actor=name, **options)
+        except BaseException as error:  # reported by the test's thread
+            errors.append(error)
+
+    def second_writes_once_the_first_has(list_name: str, entries: int) -> None:
+        if list_name == "unsubscribes":  # the last list read: its write comes next
+            assert first_wrote.wait(timeout=30)
+
+    with Registry(registry.url) as first, Registry(registry.url) as second:
+
+        @event.listens_for(first.engine, "after_cursor_execute")
+        def hold_the_write_open(*args: Any) -> None:
+            if args[2].lstrip().upper().startswith("INSERT INTO EMAIL_SUPPRESSIONS"):
+                first_wrote.set()
+                time.sleep(1.0)  # uncommitted, while the second comes to its write
+
+        threads = [
+            threading.Thread(target=sync, args=("flow", first)),
+            threading.Thread(
+                target=sync,
+                args=("ops", second),
+                kwargs={"progress": second_writes_once_the_first_has},
+            ),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert errors == []
+    assert (reports["flow"].added, reports["ops"].added, reports["ops"].removed) == (50, 0, 0)
+    found = suppressions(registry)
+    assert len(found) == 50 and ("gone49@example.com", "bounce") in found

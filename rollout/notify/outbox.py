@@ -32,6 +32,7 @@ from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import dialect_insert, record_actions, utc_now
+from rollout.registry.locks import hold_transaction_lock
 from rollout.registry.models import (
     Account,
     EmailSuppression,
@@ -50,6 +51,11 @@ SUPPRESSED = "suppressed"
 # SendGrid's lists (rollout.notify.suppressions). A global unsubscribe is recorded but
 # does not stop the security notices: see rollout.notify.suppressions.
 MANUAL = "manual"
+# Held by every change of email_suppressions from its check to its commit (a suppression
+# by hand, its lifting, a copy of SendGrid's lists): two at once each passed their check
+# against the rows as they were (an address suppressed twice in two of its forms, with
+# two audit rows; two syncs inserting the same rows, the second failing on PostgreSQL).
+SUPPRESSIONS_LOCK = "email-suppressions"
 UNSUBSCRIBE = "unsubscribe"
 SENDGRID_SOURCES = ("bounce", "block", "spam_report", "invalid_email", UNSUBSCRIBE)
 COMPLIANT = "already compliant"
@@ -296,6 +302,7 @@ def suppress(registry: Registry, address: str, *, reason: str, actor: str) -> bo
     stored = checked_address(address)
     checked_reason(reason, example=SUPPRESS_EXAMPLES)
     with begin_writing(registry.engine) as connection:
+        hold_transaction_lock(connection, SUPPRESSIONS_LOCK)
         if connection.execute(
             select(SUPPRESSIONS.c.address).where(
                 and_(

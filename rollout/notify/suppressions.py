@@ -49,6 +49,7 @@ from rollout.notify.outbox import (
     NOTIFICATIONS,
     SUPPRESSED,
     SUPPRESSIONS,
+    SUPPRESSIONS_LOCK,
     accounts_using,
     checked_address,
     checked_reason,
@@ -59,6 +60,7 @@ from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import record_actions, utc_now
+from rollout.registry.locks import hold_transaction_lock
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +175,9 @@ def sync_suppressions(
 ) -> SyncReport:
     """Replace the SendGrid-sourced rows of ``email_suppressions`` with SendGrid's lists
     as they are now: all five read first, then written in one transaction (a list that
-    cannot be read raises :class:`SuppressionsUnreadable` with nothing changed)."""
+    cannot be read raises :class:`SuppressionsUnreadable` with nothing changed). Syncs
+    take turns at the write (``SUPPRESSIONS_LOCK``): one started while another writes waits for
+    it, then writes its own copy."""
     now = utc_now()
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     pages = 0
@@ -197,6 +201,11 @@ def sync_suppressions(
             progress(list_name, len(entries))
     sources = list(LISTS.values())
     with begin_writing(registry.engine) as connection:
+        # One copy at a time, from what it replaces to its commit: two at once (the
+        # notify flow's and one by hand) each deleted the rows as they were and then
+        # inserted the same addresses, and on PostgreSQL the second failed on a
+        # duplicate key. The second now waits, and replaces the first's copy.
+        hold_transaction_lock(connection, SUPPRESSIONS_LOCK)
         before = {
             (address, source)
             for address, source in connection.execute(
@@ -371,6 +380,7 @@ def unsuppress(registry: Registry, address: str, *, reason: str, actor: str) -> 
     stored = checked_address(address)
     checked_reason(reason, example=UNSUPPRESS_EXAMPLES)
     with begin_writing(registry.engine) as connection:
+        hold_transaction_lock(connection, SUPPRESSIONS_LOCK)
         standing = address_standing(connection, stored)
         refusal = sendgrid_refusal(standing)
         if refusal is not None:
