@@ -132,8 +132,8 @@ def test_a_token_holder_is_told_which_tokens_stop_working_and_when() -> None:
     )
     text = words(rendered.text)
     assert (
-        "From Tuesday 9 December 2025, the registry requires of these accounts: - no classic tokens"
-        in text
+        "From Tuesday 9 December 2025, 00:00 UTC, the registry requires of these accounts:"
+        " - no classic tokens" in text
     )
     assert (
         "ci-publish, automation, created Thursday 4 March 2021, last used Sunday 30 November 2025"
@@ -171,8 +171,11 @@ def test_a_per_account_deadline_is_the_recipients_own_with_the_snooze_offer() ->
         plan_of("publishers"),
     )
     text = words(lee.text)
-    assert "In 7 days, on Thursday 4 May 2023, the registry requires" in text
-    assert "Thursday 4 May 2023 is your account's own deadline: 45 days from the day" in text
+    assert "In 7 days, from Thursday 4 May 2023, 00:00 UTC, the registry requires" in text
+    assert (
+        "Thursday 4 May 2023, 00:00 UTC is your account's own deadline: 45 days from the day"
+        in text
+    )
     assert "postpone it once, by up to 7 days" in text
     assert "postpone it once, by up to 7 days</a>" in lee.html
     # After enforcement the offer is gone: there is nothing left to postpone.
@@ -635,7 +638,7 @@ def test_a_recommendation_to_an_account_a_later_phase_requires_says_it_is_requir
     told = _play_rubygems(registry, plan, tmp_path / "outbox")
     required = plan.cohort("required").description
     said = (
-        f"Your account is also among the {required}: from Monday 15 August 2022 the "
+        f"Your account is also among the {required}: from Monday 15 August 2022, 00:00 UTC the "
         "registry requires of it a second factor (TOTP or a security key), to sign in and "
         "publish (we wrote to you about that separately)."
     )
