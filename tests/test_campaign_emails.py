@@ -519,6 +519,23 @@ def test_a_phase_that_stops_no_one_recommends_and_asks_no_action(phase: str) -> 
         assert "requires" not in said and "action needed" not in said, email
 
 
+@pytest.mark.parametrize("phase", ["totp-closed", "recommended"])
+@pytest.mark.parametrize("variant", ["compliant", "no-2fa"])
+def test_a_phase_that_only_recommends_speaks_of_recommendations_to_everyone(
+    phase: str, variant: str
+) -> None:
+    """Its notice to an account that meets it said "meets the registry's new security
+    requirements", and every email's footer "affected by the registry's new security
+    requirements": a recommendation, in both parts, whatever the account's standing."""
+    for email in EMAILS:
+        if email == "reminder" and recipient(variant, phase).compliant:
+            continue  # not sent
+        rendered = render(email, recipient(variant, phase), stored(email, phase), plan_of(phase))
+        for part in (rendered.subject, rendered.text, rendered.html):
+            said = words(part).lower()
+            assert "requirement" not in said, (email, part)
+
+
 def test_a_token_phase_summary_does_not_say_2fa_is_required() -> None:
     summary = render(
         "phase_summary",
