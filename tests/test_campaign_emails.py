@@ -536,6 +536,16 @@ def test_a_phase_that_only_recommends_speaks_of_recommendations_to_everyone(
             assert "requirement" not in said, (email, part)
 
 
+def test_a_recommending_phase_summary_counts_accounts_short_of_its_recommendations() -> None:
+    summary = render(
+        "phase_summary",
+        RECIPIENTS["compliant"],
+        {"phase": "recommended", "counts": {"accounts_flagged": 3}, "run_id": "r1"},
+        plan_of("recommended"),
+    )
+    assert summary.subject == "Phase recommended enforced: 3 accounts short of its recommendations"
+
+
 def test_a_token_phase_summary_does_not_say_2fa_is_required() -> None:
     summary = render(
         "phase_summary",
