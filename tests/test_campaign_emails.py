@@ -8,6 +8,7 @@ rewrites them, as for tests/golden/emails)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
@@ -819,3 +820,38 @@ def test_two_phases_noticed_the_same_day_each_send_their_own_notice(
         (False, True),
         (True, False),
     ]
+
+
+SHIPPED_PHASES = [
+    (path.stem, phase.name)
+    for path in sorted((ROOT / "plans").glob("*.yaml"))
+    for phase in load_plan(path).phases
+]
+
+
+@pytest.mark.parametrize(
+    ("plan_name", "phase"), SHIPPED_PHASES, ids=["/".join(p) for p in SHIPPED_PHASES]
+)
+def test_the_preview_of_every_phase_shows_an_account_short_of_it(
+    plan_name: str, phase: str, tmp_path: Path
+) -> None:
+    """`notify preview --phase classic-tokens` rendered its non-compliant example with
+    no token to list and nothing it would lose: "for your account:" and "What to do:"
+    followed by nothing. The release manager reviewing the wording never saw the token
+    table or the lines an account short of the phase reads."""
+    from rollout.notify.examples import preview_examples
+
+    plan = load_plan(ROOT / "plans" / f"{plan_name}.yaml")
+    emails = ["phase_notice", "enforcement_notice"]
+    if plan.phase(phase).reminders_days_before:
+        emails.append("reminder")
+    preview_examples(plan, emails, tmp_path, phase)
+    for email in emails:
+        text = (tmp_path / f"{email}-non-compliant.txt").read_text()
+        assert not re.search(r":\n\n", text.split("\n--\n")[0].replace("Hi sam-example,", "")), (
+            f"{email}: a heading with nothing under it:\n{text}"
+        )
+        if not (plan.phase(phase).requires.token_rules):
+            continue
+        html = (tmp_path / f"{email}-non-compliant.html").read_text()
+        assert '<table role="presentation" cellpadding="4"' in html, email
