@@ -855,3 +855,17 @@ def test_the_preview_of_every_phase_shows_an_account_short_of_it(
             continue
         html = (tmp_path / f"{email}-non-compliant.html").read_text()
         assert '<table role="presentation" cellpadding="4"' in html, email
+
+
+def test_a_snooze_reply_names_the_campaign_it_answers_for() -> None:
+    """A per-account deadline is never npm 2022's "2FA by one date" (asks_only_2fa): the
+    reply's footer said the account was affected by "the registry's move to two-factor
+    authentication" under a phase that asks a security key or no tokens."""
+    plan = plan_of("publishers")
+    stored = {"phase": "publishers", "granted": True, "days": 7, "deadline": "2023-05-04"}
+    stored["reason"] = ""
+    reply = render("snooze_reply", RECIPIENTS["no-2fa"], stored, plan)
+    for part in (reply.text, reply.html):
+        said = words(part)
+        assert "new security requirements" in said
+        assert "move to two-factor authentication" not in said

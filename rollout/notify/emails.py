@@ -393,4 +393,8 @@ def snooze_reply(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[st
         "reason": str(stored["reason"]),
         "requirements": phase.requires.describe(),
         "snooze_url": plan.notifications.snooze_url,
+        # Its footer names the campaign as the phase's other emails do (a phase with
+        # per-account deadlines is never "2FA by one date").
+        "classic": asks_only_2fa(phase),
+        "recommends_only": recommends_only(phase),
     }
