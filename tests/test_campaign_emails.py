@@ -8,6 +8,7 @@ rewrites them, as for tests/golden/emails)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
@@ -132,8 +133,8 @@ def test_a_token_holder_is_told_which_tokens_stop_working_and_when() -> None:
     )
     text = words(rendered.text)
     assert (
-        "From Tuesday 9 December 2025, the registry requires of these accounts: - no classic tokens"
-        in text
+        "From Tuesday 9 December 2025, 00:00 UTC, the registry requires of these accounts:"
+        " - no classic tokens" in text
     )
     assert (
         "ci-publish, automation, created Thursday 4 March 2021, last used Sunday 30 November 2025"
@@ -171,8 +172,11 @@ def test_a_per_account_deadline_is_the_recipients_own_with_the_snooze_offer() ->
         plan_of("publishers"),
     )
     text = words(lee.text)
-    assert "In 7 days, on Thursday 4 May 2023, the registry requires" in text
-    assert "Thursday 4 May 2023 is your account's own deadline: 45 days from the day" in text
+    assert "In 7 days, from Thursday 4 May 2023, 00:00 UTC, the registry requires" in text
+    assert (
+        "Thursday 4 May 2023, 00:00 UTC is your account's own deadline: 45 days from the day"
+        in text
+    )
     assert "postpone it once, by up to 7 days" in text
     assert "postpone it once, by up to 7 days</a>" in lee.html
     # After enforcement the offer is gone: there is nothing left to postpone.
@@ -516,6 +520,33 @@ def test_a_phase_that_stops_no_one_recommends_and_asks_no_action(phase: str) -> 
         assert "requires" not in said and "action needed" not in said, email
 
 
+@pytest.mark.parametrize("phase", ["totp-closed", "recommended"])
+@pytest.mark.parametrize("variant", ["compliant", "no-2fa"])
+def test_a_phase_that_only_recommends_speaks_of_recommendations_to_everyone(
+    phase: str, variant: str
+) -> None:
+    """Its notice to an account that meets it said "meets the registry's new security
+    requirements", and every email's footer "affected by the registry's new security
+    requirements": a recommendation, in both parts, whatever the account's standing."""
+    for email in EMAILS:
+        if email == "reminder" and recipient(variant, phase).compliant:
+            continue  # not sent
+        rendered = render(email, recipient(variant, phase), stored(email, phase), plan_of(phase))
+        for part in (rendered.subject, rendered.text, rendered.html):
+            said = words(part).lower()
+            assert "requirement" not in said, (email, part)
+
+
+def test_a_recommending_phase_summary_counts_accounts_short_of_its_recommendations() -> None:
+    summary = render(
+        "phase_summary",
+        RECIPIENTS["compliant"],
+        {"phase": "recommended", "counts": {"accounts_flagged": 3}, "run_id": "r1"},
+        plan_of("recommended"),
+    )
+    assert summary.subject == "Phase recommended enforced: 3 accounts short of its recommendations"
+
+
 def test_a_token_phase_summary_does_not_say_2fa_is_required() -> None:
     summary = render(
         "phase_summary",
@@ -635,7 +666,7 @@ def test_a_recommendation_to_an_account_a_later_phase_requires_says_it_is_requir
     told = _play_rubygems(registry, plan, tmp_path / "outbox")
     required = plan.cohort("required").description
     said = (
-        f"Your account is also among the {required}: from Monday 15 August 2022 the "
+        f"Your account is also among the {required}: from Monday 15 August 2022, 00:00 UTC the "
         "registry requires of it a second factor (TOTP or a security key), to sign in and "
         "publish (we wrote to you about that separately)."
     )
@@ -789,3 +820,52 @@ def test_two_phases_noticed_the_same_day_each_send_their_own_notice(
         (False, True),
         (True, False),
     ]
+
+
+SHIPPED_PHASES = [
+    (path.stem, phase.name)
+    for path in sorted((ROOT / "plans").glob("*.yaml"))
+    for phase in load_plan(path).phases
+]
+
+
+@pytest.mark.parametrize(
+    ("plan_name", "phase"), SHIPPED_PHASES, ids=["/".join(p) for p in SHIPPED_PHASES]
+)
+def test_the_preview_of_every_phase_shows_an_account_short_of_it(
+    plan_name: str, phase: str, tmp_path: Path
+) -> None:
+    """`notify preview --phase classic-tokens` rendered its non-compliant example with
+    no token to list and nothing it would lose: "for your account:" and "What to do:"
+    followed by nothing. The release manager reviewing the wording never saw the token
+    table or the lines an account short of the phase reads."""
+    from rollout.notify.examples import preview_examples
+
+    plan = load_plan(ROOT / "plans" / f"{plan_name}.yaml")
+    emails = ["phase_notice", "enforcement_notice"]
+    if plan.phase(phase).reminders_days_before:
+        emails.append("reminder")
+    preview_examples(plan, emails, tmp_path, phase)
+    for email in emails:
+        text = (tmp_path / f"{email}-non-compliant.txt").read_text()
+        assert not re.search(r":\n\n", text.split("\n--\n")[0].replace("Hi sam-example,", "")), (
+            f"{email}: a heading with nothing under it:\n{text}"
+        )
+        if not (plan.phase(phase).requires.token_rules):
+            continue
+        html = (tmp_path / f"{email}-non-compliant.html").read_text()
+        assert '<table role="presentation" cellpadding="4"' in html, email
+
+
+def test_a_snooze_reply_names_the_campaign_it_answers_for() -> None:
+    """A per-account deadline is never npm 2022's "2FA by one date" (asks_only_2fa): the
+    reply's footer said the account was affected by "the registry's move to two-factor
+    authentication" under a phase that asks a security key or no tokens."""
+    plan = plan_of("publishers")
+    stored = {"phase": "publishers", "granted": True, "days": 7, "deadline": "2023-05-04"}
+    stored["reason"] = ""
+    reply = render("snooze_reply", RECIPIENTS["no-2fa"], stored, plan)
+    for part in (reply.text, reply.html):
+        said = words(part)
+        assert "new security requirements" in said
+        assert "move to two-factor authentication" not in said

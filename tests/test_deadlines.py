@@ -163,7 +163,7 @@ def test_a_notice_skipped_for_its_address_goes_once_the_address_is_verified(
     assert (notices.added, notices.skipped) == (1, 0)
     campaign.day(date(2023, 3, 20))
     assert "cat" in campaign.sent("phase_notice")
-    assert "Thursday 4 May 2023 is your account's own deadline" in campaign.text_to(
+    assert "Thursday 4 May 2023, 00:00 UTC is your account's own deadline" in campaign.text_to(
         "cat", "phase_notice"
     )
     campaign.day(date(2023, 3, 21))  # the next day's queue sends her nothing more
@@ -247,8 +247,10 @@ def test_the_notice_states_the_accounts_own_deadline_and_how_to_snooze(
     AccountFactory(username="bob", in_cohort="publishers")
     campaign.day(date(2023, 3, 20))
     ann, bob = (campaign.text_to(name, "phase_notice") for name in ("ann", "bob"))
-    assert "Thursday 27 April 2023 is your account's own deadline: 45 days from the" in ann
-    assert "Thursday 4 May 2023 is your account's own deadline" in bob
+    assert (
+        "Thursday 27 April 2023, 00:00 UTC is your account's own deadline: 45 days from the" in ann
+    )
+    assert "Thursday 4 May 2023, 00:00 UTC is your account's own deadline" in bob
     assert "postpone it once, by up to 7 days" in bob
     assert plan.notifications.snooze_url in bob
     # dan already uses 2FA: thanked, no deadline to meet.
@@ -263,7 +265,7 @@ def test_reminders_follow_each_accounts_own_deadline(campaign: Campaign) -> None
     assert campaign.sent("reminder") == {"ann", "eve"}
     campaign.day(date(2023, 4, 27))  # 7 days before bob's
     assert campaign.sent("reminder") == {"ann", "eve", "bob"}
-    assert "In 7 days, on Thursday 4 May 2023" in campaign.text_to("bob", "reminder")
+    assert "In 7 days, from Thursday 4 May 2023, 00:00 UTC" in campaign.text_to("bob", "reminder")
 
 
 def test_a_reminder_previewed_for_an_account_gives_its_own_deadline(
@@ -524,11 +526,14 @@ def test_a_reminder_counts_the_days_to_a_deadline_snoozed_since_it_was_queued(
         drain(registry, plan, campaign.sender)
     # Queued 7 days before 04-27; sent after her snooze to 05-04: 14 days left.
     text = campaign.text_to("ann", "reminder")
-    assert "In 14 days, on Thursday 4 May 2023" in text
+    assert "In 14 days, from Thursday 4 May 2023, 00:00 UTC" in text
     # Not "45 days from the day we first wrote" (it is 52 now), nor a second snooze
     # offered that `phase snooze` would refuse.
     said = " ".join(text.split())
-    assert "Thursday 4 May 2023 is your account's own deadline, postponed as you asked" in said
+    assert (
+        "Thursday 4 May 2023, 00:00 UTC is your account's own deadline, postponed as you asked"
+        in said
+    )
     assert "45 days" not in said and "postpone it once" not in said
 
 
@@ -558,7 +563,7 @@ def test_a_notice_sent_across_midnight_gives_the_deadline_the_registry_enforces(
 
     drain(registry, plan, SlowFileSender(), clock=across_midnight)
     said = " ".join(campaign.text_to("ann", "phase_notice").split())
-    assert "Thursday 27 April 2023 is your account's own deadline" in said
+    assert "Thursday 27 April 2023, 00:00 UTC is your account's own deadline" in said
     with registry.engine.connect() as connection:
         own = deadlines(connection, plan.phase(PHASE))
     [ann] = campaign_ids(registry, "ann")
@@ -690,10 +695,10 @@ def test_each_request_is_answered_by_email_once_granted_or_why_not(
     campaign.day(date(2023, 4, 3))
     assert campaign.sent("snooze_reply") == {"ann", "eve"}  # cat's address is unverified
     eve = " ".join(campaign.text_to("eve", "snooze_reply").split())
-    assert "We granted it: your account's own deadline is now Tuesday 2 May 2023." in eve
+    assert "We granted it: your account's own deadline is now Tuesday 2 May 2023, 00:00 UTC." in eve
     ann = " ".join(campaign.text_to("ann", "snooze_reply").split())
     assert f"We could not grant it: {at_most}." in ann
-    assert "Your account's deadline stays Thursday 27 April 2023." in ann
+    assert "Your account's deadline stays Thursday 27 April 2023, 00:00 UTC." in ann
 
 
 def test_a_refused_command_run_again_after_a_kill_answers_once(

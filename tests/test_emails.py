@@ -15,6 +15,7 @@ import difflib
 import os
 import re
 from dataclasses import replace
+from datetime import date
 from email import policy
 from email.parser import BytesParser
 from html.parser import HTMLParser
@@ -24,7 +25,7 @@ from typing import Any
 import jinja2
 import pytest
 
-from rollout.core.plan import Plan
+from rollout.core.plan import Plan, load_plan
 from rollout.notify.emails import EMAILS, Recipient
 from rollout.notify.examples import EXAMPLE_RECIPIENTS, example_stored
 from rollout.notify.message import DeliveryFailed, Message
@@ -194,7 +195,10 @@ def test_a_reminder_caught_up_late_counts_the_days_from_when_it_was_queued(plan:
     recipient = EXAMPLE_RECIPIENTS["non-compliant"]
     stored = {"phase": "top-100", "days_before": 14, "queued_on": "2022-01-20"}
     late = render("reminder", recipient, stored, plan)
-    assert "in 12 days" in late.subject and "In 12 days, on Tuesday 1 February 2022" in late.text
+    assert (
+        "in 12 days" in late.subject
+        and "In 12 days, from Tuesday 1 February 2022, 00:00 UTC" in words(late.text)
+    )
     assert "14 days" not in late.subject + late.text + late.html
 
 
@@ -205,11 +209,50 @@ def test_a_reminder_sent_after_its_day_counts_the_days_from_when_it_goes(plan: P
     stored = {"phase": "top-100", "days_before": 3, "queued_on": "2022-01-29"}
     assert "in 3 days" in render("reminder", recipient, stored, plan).subject
     late = render("reminder", recipient, {**stored, SENT_ON: "2022-01-30"}, plan)
-    assert "in 2 days" in late.subject and "In 2 days, on Tuesday 1 February 2022" in late.text
+    assert (
+        "in 2 days" in late.subject
+        and "In 2 days, from Tuesday 1 February 2022, 00:00 UTC" in words(late.text)
+    )
     assert "3 days" not in late.subject + late.text + late.html
     # Sent on the day it was queued for (the drain always says its day): as queued.
     same = render("reminder", recipient, {**stored, SENT_ON: "2022-01-29"}, plan)
     assert "in 3 days" in same.subject
+
+
+# A day an email names: "Tuesday 1 February 2022".
+_A_DAY = re.compile(r"(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day \d{1,2} [A-Z][a-z]+ \d{4}")
+
+
+@pytest.mark.parametrize(
+    ("name", "variant"),
+    [c for c in CASES if c[0] != "phase_summary"],
+    ids=[i for c, i in zip(CASES, CASE_IDS, strict=True) if c[0] != "phase_summary"],
+)
+def test_every_day_a_maintainer_is_told_is_an_instant_in_utc(
+    name: str, variant: str, plan: Plan
+) -> None:
+    """A deadline, a snooze's new one, the day ELV starts, a brown-out: each is a UTC
+    day, and enforcement runs early in it (02:30 UTC). "From Tuesday 1 February 2022"
+    read in California gave a day more than there was; the email names the instant."""
+    rendered = render_example(name, variant, plan)
+    for part in (rendered.subject, words(rendered.text), words(rendered.html)):
+        for found in _A_DAY.finditer(part):
+            assert re.match(r", \d\d:\d\d UTC", part[found.end() :]), (
+                f"{name}: {found.group()!r} without a time in UTC: {part[found.start() :][:80]!r}"
+            )
+
+
+def test_an_own_deadline_and_a_snoozed_one_are_named_in_utc() -> None:
+    plan = plan_sending("snooze_reply", load_plan(ROOT / "plans" / "npm-2022.yaml"))
+    recipient = replace(
+        EXAMPLE_RECIPIENTS["non-compliant"], deadline=date(2023, 5, 4), snoozed=True
+    )
+    for email in ("phase_notice", "reminder", "enforcement_notice"):
+        rendered = render(email, recipient, example_stored(email, plan), plan)
+        for part in (rendered.text, rendered.html):
+            assert "Thursday 4 May 2023, 00:00 UTC" in words(part), email
+    reply = render_example("snooze_reply", "non-compliant", plan)
+    assert reply.subject == "Your deadline was postponed to Thursday 4 May 2023, 00:00 UTC"
 
 
 def test_an_org_summary_with_one_removed_member_is_grammatical(plan: Plan) -> None:

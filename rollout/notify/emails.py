@@ -362,6 +362,8 @@ def phase_summary(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[s
         # A phase giving each account its own deadline enforces some accounts each day:
         # "deadline <the first>" read as if every account's had come.
         "own_deadlines": plan.phase(stored["phase"]).deadline is not None,
+        # A banner's phase: its accounts fall short of what it recommends.
+        "recommends_only": recommends_only(plan.phase(stored["phase"])),
         "counts": dict(stored.get("counts", {})),
         "run_id": stored.get("run_id", ""),
         "report_url": plan.notifications.report_url,
@@ -391,4 +393,8 @@ def snooze_reply(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[st
         "reason": str(stored["reason"]),
         "requirements": phase.requires.describe(),
         "snooze_url": plan.notifications.snooze_url,
+        # Its footer names the campaign as the phase's other emails do (a phase with
+        # per-account deadlines is never "2FA by one date").
+        "classic": asks_only_2fa(phase),
+        "recommends_only": recommends_only(phase),
     }

@@ -4,7 +4,8 @@ what the golden files pin down, for every email, compliant and not."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 from rollout.core.files import write_atomically
 from rollout.core.names import file_stem_for
 from rollout.core.plan import Phase, Plan
-from rollout.notify.emails import EMAILS, Recipient
+from rollout.notify.emails import EMAILS, Recipient, TokenLine, asks_only_2fa
 from rollout.notify.render import Rendered, render
 
 PACKAGES = ("left-pad", "@example/parser", "tiny-colors")
@@ -23,6 +24,34 @@ EXAMPLE_RECIPIENTS = {
 
 
 PHASE_EMAILS = ("phase_notice", "reminder", "enforcement_notice", "phase_summary")
+
+
+def example_recipient(variant: str, email: str, phase: Phase | None) -> Recipient:
+    """The example recipient as the drain would see it in ``phase`` (rendering a phase's
+    notice, reminder or enforcement email). A phase that asks more than any 2FA judges
+    an account by its standing, not its 2FA method alone: the account short of it lacks
+    the factor the phase asks for and holds a token each of its token rules forbids;
+    the one that meets it neither. Without this the preview of a token phase showed an
+    account "short" of it with nothing to list and nothing to do."""
+    base = EXAMPLE_RECIPIENTS[variant]
+    if phase is None or email not in PHASE_EMAILS[:3] or asks_only_2fa(phase):
+        return base
+    if base.compliant:
+        return replace(base, lacks_factor=False, deadline=phase.enforce_on)
+    requires = phase.requires
+    tokens: tuple[TokenLine, ...] = ()
+    if requires.token_rules:
+        # A token every token rule the phase has would forbid: classic, unnamed, bypassing
+        # 2FA, older than any age limit, publishing (from an account without 2FA).
+        created = datetime.combine(phase.enforce_on - timedelta(days=3 * 365), time(9, 30))
+        used = datetime.combine(phase.notice_on - timedelta(days=3), time(14, 5))
+        tokens = (TokenLine(None, "automation", created, used),)
+    return replace(
+        base,
+        lacks_factor=requires.two_factor != "none",
+        tokens=tokens,
+        deadline=phase.enforce_on,
+    )
 
 
 def _lacks(email: str, plan: Plan) -> str | None:
@@ -155,7 +184,9 @@ def preview_examples(
     for email in emails:
         definition = EMAILS[email]
         stored = example_stored(email, plan, phase_name if email in PHASE_EMAILS else None)
-        for variant, recipient in EXAMPLE_RECIPIENTS.items():
+        phase = plan.phase(stored["phase"]) if email in PHASE_EMAILS else None
+        for variant in EXAMPLE_RECIPIENTS:
+            recipient = example_recipient(variant, email, phase)
             if recipient.compliant and definition.when_compliant == "skip":
                 continue  # a compliant account gets nothing: there is nothing to show
             rendered = render(definition, recipient, stored, plan)

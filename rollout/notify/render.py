@@ -63,6 +63,14 @@ def _when(value: datetime) -> str:
     return f"{_day(value)}, {value:%H:%M} UTC"
 
 
+def _from_day(value: date) -> str:
+    """A day something starts for the recipient (a deadline, ELV for all): the instant
+    it starts, in UTC. The plan's days are UTC days and enforcement runs early in one;
+    "from Tuesday 1 February 2022" alone gave a maintainer in California a day more."""
+    _defined(value)
+    return f"{_day(value)}, 00:00 UTC"
+
+
 # A run of control characters with the whitespace around it: one space, so "a\n  b"
 # reads "a b" while a value's own spacing (a padded column) stays.
 _BREAKS = re.compile(rf"\s*(?:{CONTROL_CHARACTERS.pattern}\s*)+")
@@ -93,6 +101,7 @@ def environment() -> Environment:
     )
     env.filters["day"] = _day
     env.filters["when"] = _when
+    env.filters["from_day"] = _from_day
     return env
 
 
