@@ -515,6 +515,46 @@ def test_an_account_that_rotated_its_token_during_the_run_is_left_for_the_next_p
     assert [t.token_id for t in again.tokens] == made_since
 
 
+def test_a_listed_token_its_owner_revoked_at_the_batch_s_instant_is_not_counted_as_revoked(
+    registry: Registry, token_plan: Plan, factories: None
+) -> None:
+    """holder revokes one of its two listed tokens itself, at the very instant its
+    batch runs (a coarse or simulated clock). The phase revokes the other: it counts
+    and audits that one alone, and the one its owner revoked keeps its owner's reason."""
+    first = AccountFactory(username="first", with_totp=True, in_cohort="top-100")
+    holder = AccountFactory(username="holder", with_totp=True, in_cohort="top-100")
+    TokenFactory(account=first, kind="automation")
+    by_owner = TokenFactory(account=holder, name="ci-old", kind="publish")
+    by_phase = TokenFactory(account=holder, name="ci-other", kind="publish")
+
+    def owner_revokes(done: int, total: int) -> None:
+        if done == 1:
+            with registry.engine.begin() as connection:
+                connection.execute(
+                    Token.__table__.update()
+                    .where(Token.id == by_owner.id)
+                    .values(revoked_at=NOW, revoked_reason="revoked by its owner")
+                )
+
+    result = enforce.enforce_phase(
+        registry,
+        phase_of(token_plan, batch_size=1),
+        "top-100",
+        expect=2,
+        expect_tokens=3,
+        actor="rm",
+        progress=owner_revokes,
+    )
+    assert result.tokens_revoked == 2
+    revoked = [t for t, _ in audited(registry, "revoke_token")]
+    assert f"token:{by_phase.id}" in revoked and f"token:{by_owner.id}" not in revoked
+    with registry.engine.connect() as connection:
+        reason = connection.execute(
+            select(Token.revoked_reason).where(Token.id == by_owner.id)
+        ).scalar_one()
+    assert reason == "revoked by its owner"
+
+
 def test_the_warning_banner_then_rollback_clears_it_but_keeps_revocations(
     registry: Registry, plan: Plan, factories: None
 ) -> None:

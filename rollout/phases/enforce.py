@@ -894,9 +894,15 @@ def _revoke_tokens(batch: _Batch, token_ids: list[int]) -> int:
         key=lambda rows: literal("revoke-token:") + cast(rows.c.id, String),
         subject=lambda rows: literal("token:") + cast(rows.c.id, String),
         account_id=lambda rows: rows.c.account_id,
-        # Every previewed token was live under the lock, so those revoked at this
-        # batch's instant are exactly the ones this UPDATE revoked.
-        changed_where=and_(previewed(TOKENS.c.id), TOKENS.c.revoked_at == batch.now),
+        # Every previewed token was live under the lock, and no other run of the phase
+        # revokes meanwhile (it holds the lock), so those revoked at this batch's
+        # instant with its reason are exactly the ones this UPDATE revoked: not one its
+        # owner revoked at the same instant (a coarse or simulated clock).
+        changed_where=and_(
+            previewed(TOKENS.c.id),
+            TOKENS.c.revoked_at == batch.now,
+            TOKENS.c.revoked_reason == batch.reason[:300],
+        ),
     )
 
 
