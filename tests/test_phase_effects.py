@@ -23,7 +23,7 @@ from rollout.phases import enforce
 from rollout.phases.approvals import ApprovalRequest
 from rollout.phases.previews import _accounts_label, preview_markdown, save_preview
 from rollout.registry import Registry
-from rollout.registry.models import Account, Action, Token, WebSession
+from rollout.registry.models import Account, Action, Notification, Token, WebSession
 from tests.factories import T0, AccountFactory, FactorFactory, TokenFactory
 
 NOW = datetime(2025, 12, 9, 12)
@@ -472,6 +472,87 @@ def test_an_account_compliant_since_the_preview_keeps_its_tokens_and_sessions(
             .where(Token.account_id == late.id, Token.revoked_at.is_(None))
         ).scalar_one()
     assert late_live == 1
+
+
+def test_an_account_that_rotated_its_token_during_the_run_is_left_for_the_next_preview(
+    registry: Registry, token_plan: Plan, factories: None
+) -> None:
+    """rotator replaces its listed classic token with a new classic one after the
+    preview but before its batch. The new token was never approved, so it stays live;
+    nor is rotator recorded as enforced or told so (its enforcement email would say
+    "nothing for you to do" with a forbidden token live). The next preview lists it,
+    with the new token."""
+    first = AccountFactory(username="first", with_totp=True, in_cohort="top-100")
+    rotator = AccountFactory(username="rotator", with_totp=True, in_cohort="top-100")
+    TokenFactory(account=first, name="ci-first", kind="automation")
+    listed = TokenFactory(account=rotator, name="ci-old", kind="publish")
+    one_by_one = phase_of(token_plan, batch_size=1)
+    made_since: list[int] = []
+
+    def rotate(done: int, total: int) -> None:
+        if done == 1:
+            with registry.engine.begin() as connection:
+                connection.execute(
+                    Token.__table__.update()
+                    .where(Token.id == listed.id)
+                    .values(revoked_at=NOW, revoked_reason="replaced by its maintainer")
+                )
+            made_since.append(TokenFactory(account=rotator, name="ci-new", kind="publish").id)
+
+    result = enforce.enforce_phase(
+        registry, one_by_one, "top-100", expect=2, expect_tokens=2, actor="rm", progress=rotate
+    )
+    assert (result.accounts_required, result.tokens_revoked, result.emails_queued) == (1, 1, 1)
+    assert (result.skipped_tokens_changed, result.skipped_now_compliant) == (1, 0)
+    assert made_since[0] in live_tokens(registry)
+    assert audited(registry, "phase_required") == [(f"account:{first.id}", 1)]
+    with registry.engine.connect() as connection:
+        told = connection.execute(select(Notification.account_id)).scalars().all()
+    assert told == [first.id]
+
+    again = enforce.preview_phase(registry, one_by_one, one_by_one.phase("top-100"))
+    assert [t.username for t in again.targets] == ["rotator"]
+    assert [t.token_id for t in again.tokens] == made_since
+
+
+def test_a_listed_token_its_owner_revoked_at_the_batch_s_instant_is_not_counted_as_revoked(
+    registry: Registry, token_plan: Plan, factories: None
+) -> None:
+    """holder revokes one of its two listed tokens itself, at the very instant its
+    batch runs (a coarse or simulated clock). The phase revokes the other: it counts
+    and audits that one alone, and the one its owner revoked keeps its owner's reason."""
+    first = AccountFactory(username="first", with_totp=True, in_cohort="top-100")
+    holder = AccountFactory(username="holder", with_totp=True, in_cohort="top-100")
+    TokenFactory(account=first, kind="automation")
+    by_owner = TokenFactory(account=holder, name="ci-old", kind="publish")
+    by_phase = TokenFactory(account=holder, name="ci-other", kind="publish")
+
+    def owner_revokes(done: int, total: int) -> None:
+        if done == 1:
+            with registry.engine.begin() as connection:
+                connection.execute(
+                    Token.__table__.update()
+                    .where(Token.id == by_owner.id)
+                    .values(revoked_at=NOW, revoked_reason="revoked by its owner")
+                )
+
+    result = enforce.enforce_phase(
+        registry,
+        phase_of(token_plan, batch_size=1),
+        "top-100",
+        expect=2,
+        expect_tokens=3,
+        actor="rm",
+        progress=owner_revokes,
+    )
+    assert result.tokens_revoked == 2
+    revoked = [t for t, _ in audited(registry, "revoke_token")]
+    assert f"token:{by_phase.id}" in revoked and f"token:{by_owner.id}" not in revoked
+    with registry.engine.connect() as connection:
+        reason = connection.execute(
+            select(Token.revoked_reason).where(Token.id == by_owner.id)
+        ).scalar_one()
+    assert reason == "revoked by its owner"
 
 
 def test_the_warning_banner_then_rollback_clears_it_but_keeps_revocations(

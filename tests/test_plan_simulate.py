@@ -145,6 +145,32 @@ def test_token_and_security_key_requirements_count_what_the_preview_lists(
     )
 
 
+def test_a_token_age_rule_counts_the_tokens_enforcement_on_the_day_would_revoke(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Enforcement on D ages tokens at the start of D (the day its warnings announced):
+    a token made N days before D is not yet over N days old. Aged at the end of D, the
+    what-if counted the tokens made on each boundary day as well (some of these ages
+    fall on a day a cohort account made a token)."""
+    for days in range(1, 12):
+        aged = plan_file(
+            tmp_path,
+            "    max_accounts: 1000\n",
+            "    max_accounts: 1000\n"
+            f"    requires: {{two_factor: none, token_max_age_days: {days}}}\n"
+            "    effects: [revoke_tokens]\n    max_tokens: 100000\n",
+        )
+        monkeypatch.setenv("ROLLOUT_PLAN", str(aged))
+        preview = run("phase", "preview", "top-100", "--format", "json")
+        assert preview.exit_code == 0, preview.output
+        targets = json.loads(preview.stdout)
+        top = simulate(str(aged))["top-100"]
+        assert (top["accounts_to_require"], top["tokens_to_revoke"]) == (
+            len(targets),
+            sum(t["tokens_to_revoke"] for t in targets),
+        ), f"token_max_age_days: {days}"
+
+
 def test_a_warn_only_phase_counts_accounts_to_warn_and_requires_nobody(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

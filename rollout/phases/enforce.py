@@ -101,6 +101,10 @@ class EnforceResult:
     skipped_now_compliant: int = 0
     # Previewed, then deleted from the registry before their batch: nothing done.
     skipped_deleted: int = 0
+    # Previewed for tokens, whose listed tokens were revoked or expired before their
+    # batch, while a token made since (not listed) offends: nothing done, left for the
+    # next preview (_short_as_previewed).
+    skipped_tokens_changed: int = 0
     tokens_revoked: int = 0
     accounts_warned: int = 0
     totp_enrolment_closed: int = 0
@@ -124,6 +128,10 @@ class EnforceResult:
         "emails_queued": "enforcement emails queued",
         "skipped_now_compliant": "skipped: compliant since the preview",
         "skipped_deleted": "skipped: deleted from the registry since the preview",
+        "skipped_tokens_changed": (
+            "skipped: their listed tokens gone since the preview, a token made since "
+            "left for the next preview"
+        ),
         "accounts_unreached": "of the accounts acted on, never reached by a notice or reminder",
     }
 
@@ -514,6 +522,7 @@ class BatchOutcome:
     emails_queued: int = 0
     skipped_now_compliant: int = 0
     skipped_deleted: int = 0
+    skipped_tokens_changed: int = 0
     tokens_revoked: int = 0
     accounts_warned: int = 0
     totp_enrolment_closed: int = 0
@@ -885,9 +894,49 @@ def _revoke_tokens(batch: _Batch, token_ids: list[int]) -> int:
         key=lambda rows: literal("revoke-token:") + cast(rows.c.id, String),
         subject=lambda rows: literal("token:") + cast(rows.c.id, String),
         account_id=lambda rows: rows.c.account_id,
-        # Every previewed token was live under the lock, so those revoked at this
-        # batch's instant are exactly the ones this UPDATE revoked.
-        changed_where=and_(previewed(TOKENS.c.id), TOKENS.c.revoked_at == batch.now),
+        # Every previewed token was live under the lock, and no other run of the phase
+        # revokes meanwhile (it holds the lock), so those revoked at this batch's
+        # instant with its reason are exactly the ones this UPDATE revoked: not one its
+        # owner revoked at the same instant (a coarse or simulated clock).
+        changed_where=and_(
+            previewed(TOKENS.c.id),
+            TOKENS.c.revoked_at == batch.now,
+            TOKENS.c.revoked_reason == batch.reason[:300],
+        ),
+    )
+
+
+def _short_as_previewed(
+    connection: Connection,
+    phase: Phase,
+    account_ids: list[int],
+    tokens_of: Mapping[int, list[int]] | None,
+    now: datetime,
+) -> Any:
+    """SQL over ``accounts``: an account that falls short is still short of the phase as
+    previewed: it lacks the factor the phase asks for, or one of the tokens the preview
+    listed for it still offends. Of a phase that revokes tokens, an account whose listed
+    tokens its owner revoked (or that expired) since the preview, and that falls short
+    now only by a token made since (rotated), is not: enforcement revokes no token the
+    preview did not list, so acting on it would record it as enforced and tell it so
+    ("nothing for you to do") with a forbidden token still live. It is left for the
+    next preview, which lists that token. Without ``tokens_of`` (or revoking no
+    tokens): every account that falls short."""
+    if tokens_of is None or not phase.does("revoke_tokens"):
+        return true()
+    previewed = [t for a in account_ids for t in tokens_of.get(a, ())]
+    if not previewed:
+        return lacks_factor(phase.requires, ACCOUNTS.c.id)
+    listed = _id_set(connection, previewed, "token_ids")
+    return or_(
+        lacks_factor(phase.requires, ACCOUNTS.c.id),
+        exists().where(
+            and_(
+                TOKENS.c.account_id == ACCOUNTS.c.id,
+                listed(TOKENS.c.id),
+                offending_token(phase.requires, TOKENS, now),
+            )
+        ),
     )
 
 
@@ -913,16 +962,14 @@ def _enforce_batch(
     row through Python (at npm scale that was 1.3M audit rows a run).
     """
     among = _id_set(connection, account_ids)
-    still_short = list(
-        connection.execute(
-            select(ACCOUNTS.c.id).where(
-                and_(among(ACCOUNTS.c.id), falls_short(phase.requires, ACCOUNTS.c.id, now))
-            )
-        )
-        .scalars()
-        .all()
-    )
-    skipped = len(account_ids) - len(still_short)
+    short = connection.execute(
+        select(ACCOUNTS.c.id, _short_as_previewed(connection, phase, account_ids, tokens_of, now))
+        .where(and_(among(ACCOUNTS.c.id), falls_short(phase.requires, ACCOUNTS.c.id, now)))
+        .order_by(ACCOUNTS.c.id)
+    ).all()
+    still_short = [account_id for account_id, as_previewed in short if as_previewed]
+    tokens_changed = len(short) - len(still_short)
+    skipped = len(account_ids) - len(short)
     deleted = 0
     if skipped:
         # Of those no longer short, the accounts the registry deleted since the preview
@@ -933,8 +980,12 @@ def _enforce_batch(
         deleted = len(account_ids) - int(present)
         skipped -= deleted
     if not still_short:
-        return BatchOutcome(skipped_now_compliant=skipped, skipped_deleted=deleted)
-    if skipped:
+        return BatchOutcome(
+            skipped_now_compliant=skipped,
+            skipped_deleted=deleted,
+            skipped_tokens_changed=tokens_changed,
+        )
+    if len(still_short) < len(account_ids):
         among = _id_set(connection, still_short)
     if connection.dialect.name == "postgresql":
         # A batch commits or vanishes whole either way; not waiting for its WAL flush
@@ -988,6 +1039,7 @@ def _enforce_batch(
         emails_queued=queued,
         skipped_now_compliant=skipped,
         skipped_deleted=deleted,
+        skipped_tokens_changed=tokens_changed,
         tokens_revoked=tokens,
         accounts_warned=warned,
         totp_enrolment_closed=closed,

@@ -10,7 +10,7 @@ the registry keeps: the question is "if this plan had fixed its cohort on D".
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from datetime import date
+from datetime import date, datetime, time
 from typing import Any
 
 import duckdb
@@ -52,7 +52,8 @@ class PhaseWhatIf:
 def simulate_plan(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> list[PhaseWhatIf]:
     """Per phase of ``plan``, in plan order, what it would touch on ``as_of``: the
     registry as it stood at the end of that day (accounts created, 2FA factors held,
-    web sessions live), as far as the registry's times tell."""
+    web sessions and tokens live), as far as the registry's times tell; a token's age
+    as enforcement on that day judges it, at the day's start."""
     exempt = sorted(plan.exempt_usernames)
     ended = day_end(as_of)
     found = []
@@ -95,8 +96,10 @@ def simulate_plan(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> li
                             ($no_classic and tokens.kind in ('automation', 'publish', 'read_only'))
                             or ($no_unnamed and tokens.name is null)
                             or ($no_bypass and tokens.bypass_2fa)
+                            -- aged as enforcement on the day ages it: at its start
+                            -- (requirements.judged_at), not at its end
                             or (tokens.created_at
-                                < $day_end - to_days(coalesce($max_age_days, 0)::integer)
+                                < $day_start - to_days(coalesce($max_age_days, 0)::integer)
                                 and $max_age_days is not null)
                             -- without any second factor, whatever the phase asks
                             or ($no_write_without and tokens.writes
@@ -134,6 +137,7 @@ def simulate_plan(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> li
                 {
                     "exempt": exempt,
                     "day_end": ended,
+                    "day_start": datetime.combine(as_of, time.min),
                     **_requirement_parameters(phase),
                     **selected_params,
                 },
