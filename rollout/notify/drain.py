@@ -149,8 +149,9 @@ _POLL = 0.05  # seconds between looks at a stop request while waiting
 OUTAGE_BATCHES = 3
 # How long a drainer holds the rows it claimed (a batch is sent and recorded well within
 # it: SendGrid's retries of one message take at most about 170 s, five attempts of up to
-# 10 s and four waits of at most 30 s). A drainer that dies leaves
-# its rows to be taken over when it runs out (drain_shard waits for that).
+# 10 s and four waits of at most 30 s), and renewed before a send once a tenth of it has
+# passed (_Hold). A drainer that dies leaves its rows to be taken over when it runs out
+# (drain_shard waits for that); one only slow sends none it no longer holds.
 DEFAULT_LEASE = timedelta(minutes=5)
 
 # --- delivery ------------------------------------------------------------------------------
@@ -166,6 +167,9 @@ class DrainReport:
     # though they may have gone out (the only duplicates).
     resumed: int = 0
     put_back: int = 0  # claimed rows queued again by a stop: unsent, or not known to be
+    # Claimed rows another drainer took over before this one sent or recorded them (it
+    # outlived its lease): left to that one, counted by it.
+    overtaken: int = 0
     failures: list[tuple[int, str]] = field(default_factory=list)
     requeued: int = 0  # failed rows queued again first (retry_failed)
     retried: int = 0  # sends retried after the provider answered 5xx or 429
@@ -202,6 +206,9 @@ class _Claimed:
     occasion: str
     context: dict[str, Any]
     error: str | None = None  # CUT_SHORT: a stop put it back, its send maybe gone out
+    # Its ``attempts`` as claimed: the claim's token. Every claim (a take-over too) adds
+    # one, so the row is still this drainer's while it is 'sending' with this count.
+    attempt: int = 0
 
 
 def _in_state(state: str) -> Any:
@@ -298,6 +305,7 @@ def _claim(
                 NOTIFICATIONS.c.occasion,
                 NOTIFICATIONS.c.context,
                 NOTIFICATIONS.c.error,
+                NOTIFICATIONS.c.attempts,
             )
         ).all()
     return sorted((_Claimed(*row) for row in rows), key=lambda c: c.id)
@@ -815,7 +823,16 @@ def _kept_message_id(outbox_id: int, message_id: str | None) -> str | None:
     return message_id
 
 
-def _deliver(sender: Sender, message: Message) -> _Outcome:
+# The state of an outcome whose row this drainer no longer held when it was to send it
+# (another drainer took it over: _Hold): not sent, nothing recorded.
+OVERTAKEN = "overtaken"
+
+
+def _deliver(
+    sender: Sender, message: Message, keeps: Callable[[int], bool] | None = None
+) -> _Outcome:
+    if keeps is not None and not keeps(message.outbox_id):
+        return _Outcome(message.outbox_id, OVERTAKEN)
     try:
         message_id = sender.send(message)
     except DeliveryFailed as failure:
@@ -850,11 +867,91 @@ def _is_misconfiguration(failure: DeliveryFailed) -> bool:
     return isinstance(failure, SenderMisconfigured)
 
 
+def _held_rows(connection: Connection, held: Mapping[int, int]) -> tuple[set[int], dict[int, str]]:
+    """Of the rows of ``held`` ({id: attempts as claimed}), those still this drainer's
+    ('sending' with the attempts its claim gave), locked until the transaction ends
+    (SQLite: begin_writing's write lock); and the state of each of the others."""
+    c = NOTIFICATIONS.c
+    query = select(c.id, c.state, c.attempts).where(c.id.in_(sorted(held)))
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update()
+    mine, others = set(), {}
+    for row_id, state, attempts in connection.execute(query):
+        if state == "sending" and attempts == held[row_id]:
+            mine.add(row_id)
+        else:
+            others[row_id] = state
+    return mine, others
+
+
+def _renew(engine: Engine, held: Mapping[int, int], now: datetime, lease: timedelta) -> set[int]:
+    """Extend to ``now`` + ``lease`` the lease on the rows of ``held`` this drainer still
+    holds (checked and extended in one transaction: a claim taking one over cannot come
+    in between); returns them. One whose lease ran out but that nobody took over is
+    still its own (the claim that takes a row over changes its attempts)."""
+    if not held:
+        return set()
+    with begin_writing(engine) as connection:
+        mine, _ = _held_rows(connection, held)
+        if mine:
+            connection.execute(
+                update(NOTIFICATIONS)
+                .where(NOTIFICATIONS.c.id.in_(sorted(mine)))
+                .values(lease_expires_at=now + lease)
+            )
+    return mine
+
+
+# A sent email's row that another drainer took over may still be recorded sent while it
+# is in one of these states: it went, and recorded so it is not sent (or, failed or put
+# back, retried) again; one recorded sent or skipped is left as it is.
+_OVERTAKEN_SENT_RECORDED_FROM = ("sending", "queued", "failed")
+
+
 def _record(
-    engine: Engine, outcomes: Iterable[_Outcome], now: datetime, sent_at: datetime | None = None
-) -> None:
+    engine: Engine,
+    outcomes: Iterable[_Outcome],
+    now: datetime,
+    sent_at: datetime | None = None,
+    held: Mapping[int, int] | None = None,
+) -> set[int]:
     """Write what became of each row, at ``now``; a sent one is dated ``sent_at`` (when
-    its message was made: its batch's ``prepared_at``), or ``now``."""
+    its message was made: its batch's ``prepared_at``), or ``now``. Returns the ids
+    written.
+
+    ``held`` ({id: attempts as claimed}): only the rows this drainer still holds are
+    written; one another drainer took over (this one outlived its lease) is that one's
+    to record, but for a send that went: it is recorded sent unless already recorded
+    sent or skipped, so that it is not sent again. Without ``held``, every row in
+    flight is written (whoever holds it)."""
+    outcomes = list(outcomes)
+    if not outcomes:
+        return set()
+    with begin_writing(engine) as connection:
+        if held is None:
+            written = {o.id for o in outcomes}
+        else:
+            mine, others = _held_rows(connection, {o.id: held[o.id] for o in outcomes})
+            written = mine | {
+                o.id
+                for o in outcomes
+                if o.state == "sent" and others.get(o.id) in _OVERTAKEN_SENT_RECORDED_FROM
+            }
+        chosen = [o for o in outcomes if o.id in written]
+        _write_outcomes(connection, chosen, now, sent_at, checked=held is not None)
+    return written
+
+
+def _write_outcomes(
+    connection: Connection,
+    outcomes: list[_Outcome],
+    now: datetime,
+    sent_at: datetime | None,
+    *,
+    checked: bool,
+) -> None:
+    """``checked``: the rows were chosen under this transaction's lock (_record); else
+    only rows in flight are written."""
     rows = [
         {
             "row_id": o.id,
@@ -875,21 +972,21 @@ def _record(
     # once SendGrid's events show it went (rollout.notify.delivery).
     c = NOTIFICATIONS.c
     stays_withdrawn = and_(marked_withdrawn(), bindparam("new_state") != "sent")
-    with begin_writing(engine) as connection:
-        connection.execute(
-            update(NOTIFICATIONS)
-            .where(and_(c.id == bindparam("row_id"), c.state == "sending"))
-            .values(
-                state=case((stays_withdrawn, "skipped"), else_=bindparam("new_state")),
-                skip_reason=case((stays_withdrawn, c.skip_reason), else_=bindparam("new_reason")),
-                error=bindparam("new_error"),
-                message_id=bindparam("new_message_id"),
-                sent_at=bindparam("new_sent_at"),
-                updated_at=bindparam("now"),
-                lease_expires_at=None,
-            ),
-            rows,
-        )
+    recordable = literal(True) if checked else c.state == "sending"
+    connection.execute(
+        update(NOTIFICATIONS)
+        .where(and_(c.id == bindparam("row_id"), recordable))
+        .values(
+            state=case((stays_withdrawn, "skipped"), else_=bindparam("new_state")),
+            skip_reason=case((stays_withdrawn, c.skip_reason), else_=bindparam("new_reason")),
+            error=bindparam("new_error"),
+            message_id=bindparam("new_message_id"),
+            sent_at=bindparam("new_sent_at"),
+            updated_at=bindparam("now"),
+            lease_expires_at=None,
+        ),
+        rows,
+    )
 
 
 def _unsent() -> Any:
@@ -898,14 +995,44 @@ def _unsent() -> Any:
     return case((marked_withdrawn(), "skipped"), else_="queued")
 
 
-def _release(engine: Engine, ids: list[int]) -> None:
-    """Put claimed rows back, unsent (the sender is misconfigured: nothing went out)."""
+def _update_held(
+    engine: Engine, ids: list[int], held: Mapping[int, int] | None, **values: Any
+) -> None:
+    """Update the rows of ``ids`` in flight; with ``held`` ({id: attempts as claimed}),
+    only those this drainer still holds (not taken over by another: see _Claimed)."""
+    c = NOTIFICATIONS.c
+    if not ids:
+        return
     with begin_writing(engine) as connection:
+        if held is None:
+            connection.execute(
+                update(NOTIFICATIONS)
+                .where(and_(c.id.in_(ids), c.state == "sending"))
+                .values(**values)
+            )
+            return
         connection.execute(
             update(NOTIFICATIONS)
-            .where(and_(NOTIFICATIONS.c.id.in_(ids), NOTIFICATIONS.c.state == "sending"))
-            .values(state=_unsent(), attempts=NOTIFICATIONS.c.attempts - 1, lease_expires_at=None)
+            .where(
+                c.id == bindparam("row_id"),
+                c.attempts == bindparam("row_attempt"),
+                c.state == "sending",
+            )
+            .values(**values),
+            [{"row_id": i, "row_attempt": held[i]} for i in ids],
         )
+
+
+def _release(engine: Engine, ids: list[int], held: Mapping[int, int] | None = None) -> None:
+    """Put claimed rows back, unsent (the sender is misconfigured: nothing went out)."""
+    _update_held(
+        engine,
+        ids,
+        held,
+        state=_unsent(),
+        attempts=NOTIFICATIONS.c.attempts - 1,
+        lease_expires_at=None,
+    )
 
 
 def _cut_short() -> Any:
@@ -915,21 +1042,21 @@ def _cut_short() -> Any:
     return literal(CUT_SHORT)
 
 
-def _put_back(engine: Engine, ids: list[int], now: datetime) -> None:
+def _put_back(
+    engine: Engine, ids: list[int], now: datetime, held: Mapping[int, int] | None = None
+) -> None:
     """Queue claimed rows again whose sends a stop cut short: they may have gone out, so
     the attempt counts, and the row says so (CUT_SHORT): the next drain sends them again,
     the only duplicates, and counts them as resent."""
-    with begin_writing(engine) as connection:
-        connection.execute(
-            update(NOTIFICATIONS)
-            .where(and_(NOTIFICATIONS.c.id.in_(ids), NOTIFICATIONS.c.state == "sending"))
-            .values(
-                state=_unsent(),
-                error=_cut_short(),
-                updated_at=now,
-                lease_expires_at=None,
-            )
-        )
+    _update_held(
+        engine,
+        ids,
+        held,
+        state=_unsent(),
+        error=_cut_short(),
+        updated_at=now,
+        lease_expires_at=None,
+    )
 
 
 def _requeue_in_flight(
@@ -970,6 +1097,10 @@ class _Batch:
     prepared_at: datetime
     # Of its rows, those a stop had put back with their send maybe gone out (CUT_SHORT).
     cut_short: int = 0
+    # {id: attempts as claimed} of its rows (the claim's token: _Claimed), and when
+    # they were claimed (their lease runs from then).
+    held: dict[int, int] = field(default_factory=dict)
+    claimed_at: datetime | None = None
 
     @property
     def ids(self) -> list[int]:
@@ -985,7 +1116,8 @@ def _next_batch(
     lease: timedelta = DEFAULT_LEASE,
 ) -> _Batch | None:
     """Claim up to ``size`` queued rows and decide, for each, to skip it or its message."""
-    claimed = _claim(engine, size, clock(), sender, lease) if size > 0 else []
+    claimed_at = clock()
+    claimed = _claim(engine, size, claimed_at, sender, lease) if size > 0 else []
     if not claimed:
         return None
     cut_short = sum(c.error == CUT_SHORT for c in claimed)
@@ -1017,7 +1149,41 @@ def _next_batch(
         [p for p in prepared if isinstance(p, Message)],
         now,
         cut_short,
+        {c.id: c.attempt for c in claimed},
+        claimed_at,
     )
+
+
+# A batch's lease is renewed before a send once this share of it has passed since it
+# was claimed or last renewed: a send then starts with at least 90% of the lease ahead
+# (SendGrid's retries of one message take at most about 170 s of the 300).
+RENEW_AFTER = 0.1
+
+
+class _Hold:
+    """The lease on a batch's rows, kept while they are sent: before each send, renewed
+    if a tenth of it has passed (checked and extended at once: _renew), and a row this
+    drainer no longer holds (it outlived its lease, slow or paused, and another drainer
+    took the row over) is not sent. Shared by the batch's send threads."""
+
+    def __init__(
+        self, engine: Engine, batch: _Batch, clock: Callable[[], datetime], lease: timedelta
+    ) -> None:
+        self._engine, self._clock, self._lease = engine, clock, lease
+        self._held = dict(batch.held)
+        self._renewed_at = batch.claimed_at or clock()
+        self._lock = threading.Lock()
+
+    def keeps(self, outbox_id: int) -> bool:
+        """Whether this drainer still holds the row, its lease renewed if due."""
+        with self._lock:
+            now = self._clock()
+            if self._held and now - self._renewed_at >= self._lease * RENEW_AFTER:
+                kept = _renew(self._engine, self._held, now, self._lease)
+                for lost in set(self._held) - kept:
+                    del self._held[lost]
+                self._renewed_at = now
+            return outbox_id in self._held
 
 
 def _stopped(report: DrainReport) -> str:
@@ -1057,6 +1223,29 @@ def _as_told(recipient: Recipient | None, required_earlier: bool) -> Recipient |
     )
 
 
+def _overtaken(unrecorded: list[_Outcome], unsent: int) -> int:
+    """How many rows of a batch another drainer took over while this one held them (it
+    outlived its lease): ``unsent`` were not sent (_Hold), ``unrecorded`` ended here but
+    were left to the other to record (_record). A send among them went out, and the other
+    drainer may send it again: said in the log, with its message id."""
+    for o in unrecorded:
+        if o.state == "sent":
+            log.warning(
+                "outbox %d: sent (message id %s) after another drainer took it over, its "
+                "lease having run out: it may go out twice",
+                o.id,
+                o.message_id,
+            )
+    if unrecorded or unsent:
+        log.warning(
+            "%d emails were taken over by another drainer while this one held them (their "
+            "lease ran out: a slow or paused drainer); %d of them not sent by this one",
+            len(unrecorded) + unsent,
+            unsent,
+        )
+    return len(unrecorded) + unsent
+
+
 def _count(report: DrainReport, outcomes: Iterable[_Outcome]) -> None:
     for o in outcomes:
         if o.state == "sent":
@@ -1074,10 +1263,10 @@ class _InlineSends:
     def __init__(self, sender: Sender) -> None:
         self._sender = sender
 
-    def submit(self, message: Message) -> Future[_Outcome]:
+    def submit(self, message: Message, keeps: Callable[[int], bool]) -> Future[_Outcome]:
         future: Future[_Outcome] = Future()
         try:
-            future.set_result(_deliver(self._sender, message))
+            future.set_result(_deliver(self._sender, message, keeps))
         except Exception as error:  # as _SendThreads: the drain decides
             future.set_exception(error)
         return future
@@ -1092,7 +1281,9 @@ class _SendThreads:
     process alive; a stop has put such a send's row back already."""
 
     def __init__(self, sender: Sender, count: int) -> None:
-        self._work: queue.SimpleQueue[tuple[Message, Future[_Outcome]] | None]
+        self._work: queue.SimpleQueue[
+            tuple[Message, Callable[[int], bool], Future[_Outcome]] | None
+        ]
         self._work = queue.SimpleQueue()
         self._count = count
         for n in range(count):
@@ -1100,9 +1291,9 @@ class _SendThreads:
                 target=self._run, args=(sender,), name=f"send-{n}", daemon=True
             ).start()
 
-    def submit(self, message: Message) -> Future[_Outcome]:
+    def submit(self, message: Message, keeps: Callable[[int], bool]) -> Future[_Outcome]:
         future: Future[_Outcome] = Future()
-        self._work.put((message, future))
+        self._work.put((message, keeps, future))
         return future
 
     def close(self) -> None:
@@ -1111,9 +1302,9 @@ class _SendThreads:
 
     def _run(self, sender: Sender) -> None:
         while (item := self._work.get()) is not None:
-            message, future = item
+            message, keeps, future = item
             try:
-                future.set_result(_deliver(sender, message))
+                future.set_result(_deliver(sender, message, keeps))
             except Exception as error:  # the drain decides (a misconfigured sender stops it)
                 future.set_exception(error)
 
@@ -1165,22 +1356,28 @@ def _drain_loop(
                 break
             claimed += len(batch.ids)
             report.resumed += batch.cut_short
-            futures = [sends.submit(m) for m in batch.messages]
+            hold = _Hold(engine, batch, clock, lease)
+            futures = [sends.submit(m, hold.keeps) for m in batch.messages]
             _await_sends(futures, stop)
             # Looked at once: a send may still finish while the lists are made.
             settled = {
                 m.outbox_id: f for m, f in zip(batch.messages, futures, strict=True) if f.done()
             }
-            finished = [f.result() for f in settled.values() if not f.exception()]
+            ended = [f.result() for f in settled.values() if not f.exception()]
+            finished = [o for o in ended if o.state != OVERTAKEN]
             refused = [(i, e) for i, f in settled.items() if (e := f.exception())]
             unsent = [m.outbox_id for m in batch.messages if m.outbox_id not in settled]  # a stop
-            _record(engine, [*batch.outcomes, *finished], clock(), batch.prepared_at)
-            _count(report, [*batch.outcomes, *finished])
+            outcomes = [*batch.outcomes, *finished]
+            recorded = _record(engine, outcomes, clock(), batch.prepared_at, batch.held)
+            _count(report, [o for o in outcomes if o.id in recorded])
+            report.overtaken += _overtaken(
+                [o for o in outcomes if o.id not in recorded], len(ended) - len(finished)
+            )
             if unsent:
-                _put_back(engine, unsent, clock())
+                _put_back(engine, unsent, clock(), batch.held)
                 report.put_back += len(unsent)
             if refused:
-                _release(engine, [outbox_id for outbox_id, _ in refused])
+                _release(engine, [outbox_id for outbox_id, _ in refused], batch.held)
                 error = refused[0][1]
                 if isinstance(error, DeliveryFailed):  # misconfigured (see _deliver)
                     raise RolloutError(
@@ -1375,6 +1572,7 @@ def _merge(reports: Iterable[DrainReport], into: DrainReport) -> DrainReport:
         into.failed += r.failed
         into.skipped.update(r.skipped)
         into.put_back += r.put_back
+        into.overtaken += r.overtaken
         into.resumed += r.resumed
         into.failures += r.failures
         into.retried += r.retried

@@ -1,0 +1,171 @@
+"""A drainer alive but slower than its lease (SendGrid's 429 backoffs, a file outbox on
+a slow disk, a long pause): another drainer takes its rows over once the lease runs out.
+The slow one then sends none of the rows it no longer holds, records nothing over the
+other's, and keeps (renews) the lease on the rows nobody took: each email goes at most
+once between live drainers, but for a send already in flight as its lease ran out."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from rollout.core.plan import Plan
+from rollout.demo.crowd import NOTICE_DAY
+from rollout.notify.drain import DEFAULT_LEASE, DrainReport, _claim, _drain_loop, _put_back, _record
+from rollout.notify.drain import _Outcome as Outcome
+from rollout.notify.message import Message
+from rollout.notify.outbox import FILE_SENDER
+from rollout.registry import Registry
+from rollout.registry.models import Notification
+from tests.factories import AccountFactory, bound_to
+from tests.support.outbox import ids, queue_late
+
+__all__ = ["ids"]  # a fixture, used by name
+
+T0 = datetime(2026, 1, 5, 9)
+
+
+class Clock:
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+class Slow:
+    """A file-outbox sender (its batch written one message after the other) whose first
+    write takes ``pause`` by the drainer's clock, during which ``meanwhile`` runs."""
+
+    name = FILE_SENDER
+
+    def __init__(self, clock: Clock, pause: timedelta, meanwhile: Callable[[], None]) -> None:
+        self.clock, self.pause, self.meanwhile = clock, pause, meanwhile
+        self.sent: list[int] = []
+
+    def send(self, message: Message) -> str:
+        if not self.sent:
+            self.clock.at += self.pause
+            self.meanwhile()
+        self.sent.append(message.outbox_id)
+        return f"slow-{message.outbox_id}"
+
+
+class Quick:
+    name = FILE_SENDER
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    def send(self, message: Message) -> str:
+        self.sent.append(message.outbox_id)
+        return f"quick-{message.outbox_id}"
+
+
+def cohort_of(registry: Registry, count: int) -> None:
+    with bound_to(registry.engine, batch=True):
+        for i in range(count):
+            AccountFactory(username=f"user{i:04d}", in_cohort="top-100")
+
+
+def ledger(registry: Registry) -> dict[int, tuple[str, str | None]]:
+    with registry.engine.connect() as connection:
+        return {
+            i: (state, message_id)
+            for i, state, message_id in connection.execute(
+                select(Notification.id, Notification.state, Notification.message_id)
+            )
+        }
+
+
+def drain_with(registry: Registry, plan: Plan, sender: object, clock: Clock) -> DrainReport:
+    return _drain_loop(
+        registry.engine,
+        plan,
+        sender,  # type: ignore[arg-type]
+        concurrency=4,
+        limit=None,
+        clock=clock,
+    )
+
+
+def test_rows_taken_over_from_a_slow_drainer_are_not_sent_again_by_it(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    cohort_of(registry, 10)
+    queue_late(registry, plan, NOTICE_DAY)
+    quick, late = Quick(), Clock(T0 + DEFAULT_LEASE + timedelta(minutes=1))
+    slow_clock = Clock(T0)
+    # Its first write outlasts the lease; meanwhile another drainer takes everything over.
+    slow = Slow(slow_clock, DEFAULT_LEASE + timedelta(minutes=1), lambda: quick_report.append(
+        drain_with(registry, plan, quick, late)
+    ))  # fmt: skip
+    quick_report: list[DrainReport] = []
+    report = drain_with(registry, plan, slow, slow_clock)
+    sent = Counter(slow.sent + quick.sent)
+    # Only the write in flight as the lease ran out goes twice; the slow one sends no more.
+    assert slow.sent == slow.sent[:1] and sent[slow.sent[0]] == 2
+    assert max(Counter(quick.sent).values()) == 1
+    rows = ledger(registry)
+    went = {i for i, (state, _) in rows.items() if state == "sent"}
+    assert went == set(quick.sent)
+    # The ledger keeps the taker's record: the slow one wrote nothing over it.
+    assert {rows[i][1] for i in went} == {f"quick-{i}" for i in went}
+    assert report.sent == 0 and report.overtaken == 12
+    assert quick_report[0].sent == len(went)
+
+
+def test_a_slow_drainer_whose_rows_nobody_took_renews_its_lease_and_sends_them(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    cohort_of(registry, 10)
+    queue_late(registry, plan, NOTICE_DAY)
+    clock = Clock(T0)
+    taken: list[int] = []
+
+    class Watched(Slow):
+        def send(self, message: Message) -> str:
+            if len(self.sent) == 1:  # after the long write: another drainer looks
+                taken.extend(c.id for c in _claim(registry.engine, 20, clock.at, "file"))
+            return super().send(message)
+
+    slow = Watched(clock, DEFAULT_LEASE + timedelta(minutes=1), lambda: None)
+    report = drain_with(registry, plan, slow, clock)
+    assert taken == []  # its lease renewed before its next write: nothing to take over
+    assert report.sent == len(slow.sent) == 12 and report.overtaken == 0
+    assert Counter(slow.sent).most_common(1)[0][1] == 1
+    rows = ledger(registry)
+    assert {rows[i] for i in slow.sent} == {("sent", f"slow-{i}") for i in slow.sent}
+
+
+def test_a_slow_drainers_results_for_rows_taken_over_leave_the_takers_hold_alone(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    queue_late(registry, plan, NOTICE_DAY)  # ann and ben
+    first = _claim(registry.engine, 2, T0, "sendgrid")
+    later = T0 + DEFAULT_LEASE + timedelta(seconds=1)
+    taken = _claim(registry.engine, 2, later, "sendgrid")  # the first one's lease ran out
+    assert {c.id for c in taken} == {c.id for c in first}
+    held = {c.id: c.attempt for c in first}
+    went, failed = first[0].id, first[1].id
+    # The slow one's send went, its other failed; then a stop of it puts back both.
+    written = _record(
+        registry.engine,
+        [Outcome(went, "sent", message_id="slow-1"), Outcome(failed, "failed", "HTTP 400")],
+        later,
+        held=held,
+    )
+    _put_back(registry.engine, [went, failed], later, held)
+    # The one that went is recorded sent (the taker must not send it again); the failure
+    # is not the slow one's to record, nor its to put back: the taker still holds it.
+    assert written == {went}
+    rows = ledger(registry)
+    assert rows[went] == ("sent", "slow-1") and rows[failed] == ("sending", None)
+    with registry.engine.connect() as connection:
+        lease = connection.scalar(
+            select(Notification.lease_expires_at).where(Notification.id == failed)
+        )
+    assert lease == later + DEFAULT_LEASE
