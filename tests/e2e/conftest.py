@@ -19,7 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
+from tests.conftest import POSTGRES_URL, fresh_postgres_database
 from tests.e2e.stack import (
     DAY,
     EXPECTED_COUNT,
@@ -38,8 +40,26 @@ from tests.e2e.stack import (
 
 
 @pytest.fixture(scope="session")
-def server_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
-    """The session's processes: the Prefect server and the deploy."""
+def prefect_database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Prefect server's database: one of its own on the test PostgreSQL server, as
+    operators run Prefect in production (on SQLite, a server under the load of a whole
+    suite on 2 cores answered "database is locked" to a shard's final state, which then
+    stayed Cancelling); SQLite only where no PostgreSQL is configured."""
+    if not POSTGRES_URL:
+        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('prefect-db') / 'server.db'}"
+        return
+    with fresh_postgres_database("prefect") as url:
+        yield (
+            make_url(url).set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+        )
+
+
+@pytest.fixture(scope="session")
+def server_processes(
+    tmp_path_factory: pytest.TempPathFactory, prefect_database_url: str
+) -> Iterator[Processes]:
+    """The session's processes: the Prefect server and the deploy (stopped before its
+    database is dropped: this fixture is torn down first)."""
     processes = Processes(tmp_path_factory.mktemp("e2e-server"))
     (processes.dir / "prefect-home").mkdir()
     try:
@@ -103,16 +123,14 @@ def home(processes: Processes, prepared_home: tuple[Path, int]) -> Home:
 
 
 @pytest.fixture(scope="session")
-def server(server_processes: Processes) -> subprocess.Popen[bytes]:
+def server(server_processes: Processes, prefect_database_url: str) -> subprocess.Popen[bytes]:
     """`prefect server start`, not waited for (``deployed`` waits)."""
     processes = server_processes
     return processes.start(
         "server",
         [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(processes.port)],
         processes.env(
-            PREFECT_SERVER_DATABASE_CONNECTION_URL=(
-                f"sqlite+aiosqlite:///{processes.dir / 'prefect-home' / 'server.db'}"
-            ),
+            PREFECT_SERVER_DATABASE_CONNECTION_URL=prefect_database_url,
             # No scheduler: the daily deployment's cron runs must never reach the worker
             # (at 02:29:55 UTC one would be due within its prefetch window).
             PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
