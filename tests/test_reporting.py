@@ -289,7 +289,10 @@ def test_the_markdown_tells_the_same_story(report: ReportFiles) -> None:
         "## Milestones",
     ):
         assert f"\n{heading}\n" in markdown
-    row = "| top-100 | 2022-01-04 | 2022-02-01 | 100 | 100 | 30 | 45 | 70 | 25 | 25 | 15 | 10 | 27"
+    row = (
+        "| top-100 | 2022-01-04 | 2022-02-01 | 100 | 100 | 30 | 45 | 70 | 25 | 25 | 40 | 0 | 15 "
+        "| 10 | 27"
+    )
     assert row in markdown
 
 
@@ -423,10 +426,53 @@ def test_a_phase_asking_more_than_2fa_is_headlined_by_the_accounts_it_acted_on(
     # as the accounts without 2FA it happened to act on). It keeps its accounts acted on.
     funnel = next(b for b in table_blocks(markdown) if b[0].startswith("| phase | notice |"))
     top_row = cells(next(line for line in funnel if line.startswith("| top-100 |")))
-    assert top_row[3:12] == ["—"] * 9 and top_row[12] == "27" and top_row[13] == "—"
+    assert top_row[3:10] == ["—"] * 7 and top_row[12:14] == ["—"] * 2
+    assert top_row[14] == "27" and top_row[15] == "—"
     high = cells(next(line for line in funnel if line.startswith("| high-impact |")))
-    assert "—" not in high[3:12]
+    assert "—" not in high[3:14]
     assert "asks no 2FA: see required by the phase, and token readiness" in html
+
+
+def test_a_token_phase_s_funnel_counts_the_tokens_it_revoked(tmp_path: Path, plan: Plan) -> None:
+    """A token phase (npm-2025-tokens' classic-tokens revoked 70 tokens) showed no
+    revocation anywhere: the funnel counted sessions_revoked alone, 0 for a phase that
+    signs nobody out. Its tokens revoked are in the HTML, the Markdown and the CSV."""
+    top = plan.phase("top-100")
+    tokens = Phase.model_validate(
+        {
+            **top.model_dump(),
+            "requires": {"two_factor": "none", "no_classic_tokens": True},
+            "effects": ["revoke_tokens"],
+        }
+    )
+    token_plan = plan.model_copy(update={"phases": [tokens, *plan.phases[1:]]})
+    with open_warehouse(make_warehouse(tmp_path, token_plan)) as con:
+        con.execute(
+            "update compliance_funnel set sessions_revoked = 0, tokens_revoked = 1234 "
+            "where phase = 'top-100'"
+        )
+        files = build_report(con, token_plan, AS_OF, tmp_path / "out")
+    funnel = next(
+        b for b in table_blocks(files.markdown.read_text()) if b[0].startswith("| phase |")
+    )
+    header = cells(funnel[0])
+    top_row = cells(next(line for line in funnel if line.startswith("| top-100 |")))
+    high = cells(next(line for line in funnel if line.startswith("| high-impact |")))
+    revoked = (header.index("sessions revoked"), header.index("tokens revoked"))
+    assert [top_row[i] for i in revoked] == ["0", "1,234"]
+    assert [high[i] for i in revoked] == ["1,500", "0"]
+    table = re.search(r'<table id="table-funnel">.*?</table>', files.html.read_text(), re.S)
+    assert table is not None
+    head = re.findall(r'<th scope="col"[^>]*>([^<]*)</th>', table.group(0))
+    assert head[head.index("sessions revoked") + 1] == "tokens revoked"
+    top_html = re.search(r'<th scope="row">top-100</th>(.*?)</tr>', table.group(0), re.S)
+    assert top_html is not None
+    values = re.findall(r"<td[^>]*>([^<]*)</td>", top_html.group(1))
+    # The row's cells after its th: cohort, notice, enforcement, then the counts.
+    assert values[head.index("tokens revoked") - 1] == "1,234"
+    with files.csvs["compliance_funnel"].open() as handle:
+        rows = {r["phase"]: r for r in csv.DictReader(handle)}
+    assert (rows["top-100"]["sessions_revoked"], rows["top-100"]["tokens_revoked"]) == ("0", "1234")
 
 
 def test_a_security_key_phase_s_funnel_says_its_2fa_is_a_security_key(
@@ -571,7 +617,7 @@ def test_degenerate_values_never_reach_the_svg(tmp_path: Path, plan: Plan) -> No
         )
         con.execute(
             "insert into compliance_funnel values ('top-100', 'top-100', '2022-01-04', "
-            "'2022-02-01', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, null)"
+            "'2022-02-01', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, null)"
         )
         con.execute("insert into adoption_by_org values (null, null, null, 'nan', 0, 0, null)")
         files = build_report(con, plan, AS_OF, tmp_path / "out")
@@ -864,7 +910,7 @@ def test_an_enrolment_span_not_over_reads_not_yet_not_a_count_so_far(
     markdown = files.markdown.read_text()
     assert (
         "| high-impact | 2022-03-15 | 2022-05-03 | 5,600 | 5,550 | 1,200 | not yet | not yet "
-        "| 0 | 0 | 0 |"
+        "| 0 | 0 | 1,500 | 0 | 0 |"
     ) in markdown
     assert "| top-100 | 2022-01-04 | 2022-02-01 | 100 | 100 | 30 | 45 | 70 | 25 |" in markdown
     assert "(not yet: those N days were not over when 2022-03-24 began)" in markdown

@@ -34,10 +34,15 @@ requirements as (
     select * from ({{ int_phase_requirements_known }})
 ),
 
+-- What the phase revoked: web sessions and tokens, one audit row each (a rollback
+-- restores neither).
 revocations as (
-    select phase, count(*) as sessions_revoked
+    select
+        phase,
+        count(*) filter (where action = 'revoke_session') as sessions_revoked,
+        count(*) filter (where action = 'revoke_token') as tokens_revoked
     from registry.actions
-    where action = 'revoke_session'
+    where action in ('revoke_session', 'revoke_token')
         and created_at < $as_of::date + 1
     group by phase
 ),
@@ -164,6 +169,7 @@ final as (
         coalesce(funnel_counts.without_2fa_at_enforcement, 0) as without_2fa_at_enforcement,
         coalesce(funnel_counts.enforced, 0) as enforced,
         coalesce(revocations.sessions_revoked, 0) as sessions_revoked,
+        coalesce(revocations.tokens_revoked, 0) as tokens_revoked,
         coalesce(funnel_counts.enrolled_after_enforcement, 0) as enrolled_after_enforcement,
         coalesce(still_without.still_without, 0) as still_without,
         coalesce(still_without.never_noticed, 0) as never_noticed,
