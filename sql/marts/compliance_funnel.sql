@@ -81,10 +81,7 @@ enrolment_counts as (
         enrolments.phase,
         count(*) filter (where enrolments.enrolled_at < phases.notice_on + 7) as enrolled_7d,
         count(*) filter (where enrolments.enrolled_at < phases.notice_on + 14) as enrolled_14d,
-        count(*) filter (where enrolments.enrolled_at < phases.notice_on + 30) as enrolled_30d,
-        count(*) filter (
-            where enrolments.enrolled_at < phases.enforce_on
-        ) as enrolled_by_enforcement
+        count(*) filter (where enrolments.enrolled_at < phases.notice_on + 30) as enrolled_30d
     from enrolments
     inner join phases using (phase)
     group by enrolments.phase
@@ -96,6 +93,9 @@ funnel_counts as (
         count(*) as accounts,
         count(*) filter (where without_2fa_at_notice) as without_2fa_at_notice,
         count(*) filter (where notified) as notified,
+        -- Each account judged at its own day of enforcement (int_funnel_accounts): under
+        -- per-account deadlines its own deadline, once that has come.
+        count(*) filter (where enrolled_by_enforcement) as enrolled_by_enforcement,
         count(*) filter (where without_2fa_at_enforcement) as without_2fa_at_enforcement,
         count(*) filter (where enforced) as enforced,
         count(*) filter (where enrolled_after_enforcement) as enrolled_after_enforcement
@@ -162,9 +162,11 @@ final as (
             when phases.notice_on + 30 <= $as_of::date
                 then coalesce(enrolment_counts.enrolled_30d, 0)
         end as enrolled_30d,
+        -- enforce_on is the first day of enforcement (under per-account deadlines the
+        -- first own deadline possible): before it no account's span is over.
         case
             when phases.enforce_on <= $as_of::date
-                then coalesce(enrolment_counts.enrolled_by_enforcement, 0)
+                then coalesce(funnel_counts.enrolled_by_enforcement, 0)
         end as enrolled_by_enforcement,
         coalesce(funnel_counts.without_2fa_at_enforcement, 0) as without_2fa_at_enforcement,
         coalesce(funnel_counts.enforced, 0) as enforced,
