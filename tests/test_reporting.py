@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import re
 from datetime import date, datetime
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -1179,3 +1180,80 @@ def test_the_accounts_a_per_account_deadline_never_reaches_are_counted_apart(
 def test_without_publish_events_the_section_says_so(tmp_path: Path, plan: Plan) -> None:
     report = run_report(tmp_path, plan, empty=True)
     assert "No publish events in the 30 days to 2022-05-31" in report.html.read_text()
+
+
+def test_a_per_account_deadline_phase_is_enforced_at_each_account_s_own_deadline(
+    tmp_path: Path,
+) -> None:
+    """github-2023's publishers: each account has 45 days from its own notice (7 more if
+    it snoozed), notices until 2023-11-16. The report said "enforced 2023-04-27" and
+    "enforcement 2023-04-27", the first of its own deadlines (the last is 2024-01-07),
+    as if the phase had one date. It names the span of own deadlines, and says the
+    funnel judges each account at its own."""
+    from rollout.core.plan import load_plan
+
+    gh = load_plan(Path(__file__).resolve().parent.parent / "plans" / "github-2023.yaml")
+    as_of = date(2023, 6, 1)
+    with open_warehouse(make_warehouse(tmp_path, gh, empty=True)) as con:
+        con.execute(
+            "insert into adoption_daily values ('2023-06-01', 'all', 1000, 400, 300, 100, 0.4, 2)"
+        )
+        columns = [
+            c
+            for (c,) in con.execute(
+                "select name from pragma_table_info('compliance_funnel')"
+            ).fetchall()
+        ]
+        values = {c: 0 for c in columns} | {
+            "phase": "publishers",
+            "cohort": "publishers",
+            "notice_on": "2023-03-13",
+            "enforce_on": "2023-04-27",
+            "accounts": 362,
+            "without_2fa_at_notice": 314,
+            "notified": 295,
+            "without_2fa_at_enforcement": 135,
+            "enforced": 135,
+            "still_without": 47,
+            "required": 135,
+            "rolled_back_at": None,
+        }
+        con.execute(
+            f"insert into compliance_funnel ({', '.join(columns)}) "
+            f"values ({', '.join('?' for _ in columns)})",
+            [values[c] for c in columns],
+        )
+        files = build_report(con, gh, as_of, tmp_path / "out")
+    markdown = files.markdown.read_text()
+    html = files.html.read_text()
+    for text in (markdown, re.sub(r"<[^>]+>", "", html)):
+        assert "enforced 2023-04-27" not in text
+        assert "enforcement 2023-04-27" not in text
+    said = "enforced at each account's own deadline, 2023-04-27 to 2024-01-07"
+    assert f"- Phase publishers ({said}): 47 accounts still without 2FA." in markdown
+    cards = unescape(_headline_cards(files))
+    assert f"accounts of phase publishers still without 2FA ({said})" in cards
+    funnel = next(b for b in table_blocks(markdown) if b[0].startswith("| phase | notice |"))
+    row = cells(next(line for line in funnel if line.startswith("| publishers |")))
+    assert row[2] == "own deadlines 2023-04-27 to 2024-01-07"
+    assert '<td class="date">own deadlines 2023-04-27 to 2024-01-07</td>' in html
+    assert "cohort publishers, notice 2023-03-13, enforcement own deadlines 2023-04-27 to " in html
+    judged = "judge each account at its own deadline once that has come"
+    assert judged in markdown and judged in html
+    assert "45 days after its notice (up to 7 more if it snoozed)" in markdown
+    # Its notices, reminders and enforcement run daily: under way on 06-01, not done.
+    assert (
+        "| 2023-04-27 to 2024-01-07 | publishers enforced, daily: each account on its own "
+        "day | under way |"
+    ) in markdown
+    assert (
+        "| 2023-03-13 to 2023-11-16 | publishers notices, daily: each account on its own "
+        "day | under way |"
+    ) in markdown
+    # A phase of one date keeps its date, and says nothing of own deadlines.
+    plain = run_report(
+        tmp_path / "plain",
+        load_plan(Path(__file__).resolve().parent.parent / "plans" / "npm-2022.yaml"),
+    )
+    assert "- Phase top-100 (enforced 2022-02-01)" in plain.markdown.read_text()
+    assert judged not in plain.markdown.read_text() and judged not in plain.html.read_text()
