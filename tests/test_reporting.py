@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import re
 from datetime import date, datetime
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -289,7 +290,10 @@ def test_the_markdown_tells_the_same_story(report: ReportFiles) -> None:
         "## Milestones",
     ):
         assert f"\n{heading}\n" in markdown
-    row = "| top-100 | 2022-01-04 | 2022-02-01 | 100 | 100 | 30 | 45 | 70 | 25 | 25 | 15 | 10 | 27"
+    row = (
+        "| top-100 | 2022-01-04 | 2022-02-01 | 100 | 100 | 30 | 45 | 70 | 25 | 25 | 40 | 0 | 15 "
+        "| 10 | 27"
+    )
     assert row in markdown
 
 
@@ -423,10 +427,53 @@ def test_a_phase_asking_more_than_2fa_is_headlined_by_the_accounts_it_acted_on(
     # as the accounts without 2FA it happened to act on). It keeps its accounts acted on.
     funnel = next(b for b in table_blocks(markdown) if b[0].startswith("| phase | notice |"))
     top_row = cells(next(line for line in funnel if line.startswith("| top-100 |")))
-    assert top_row[3:12] == ["—"] * 9 and top_row[12] == "27" and top_row[13] == "—"
+    assert top_row[3:10] == ["—"] * 7 and top_row[12:14] == ["—"] * 2
+    assert top_row[14] == "27" and top_row[15] == "—"
     high = cells(next(line for line in funnel if line.startswith("| high-impact |")))
-    assert "—" not in high[3:12]
+    assert "—" not in high[3:14]
     assert "asks no 2FA: see required by the phase, and token readiness" in html
+
+
+def test_a_token_phase_s_funnel_counts_the_tokens_it_revoked(tmp_path: Path, plan: Plan) -> None:
+    """A token phase (npm-2025-tokens' classic-tokens revoked 70 tokens) showed no
+    revocation anywhere: the funnel counted sessions_revoked alone, 0 for a phase that
+    signs nobody out. Its tokens revoked are in the HTML, the Markdown and the CSV."""
+    top = plan.phase("top-100")
+    tokens = Phase.model_validate(
+        {
+            **top.model_dump(),
+            "requires": {"two_factor": "none", "no_classic_tokens": True},
+            "effects": ["revoke_tokens"],
+        }
+    )
+    token_plan = plan.model_copy(update={"phases": [tokens, *plan.phases[1:]]})
+    with open_warehouse(make_warehouse(tmp_path, token_plan)) as con:
+        con.execute(
+            "update compliance_funnel set sessions_revoked = 0, tokens_revoked = 1234 "
+            "where phase = 'top-100'"
+        )
+        files = build_report(con, token_plan, AS_OF, tmp_path / "out")
+    funnel = next(
+        b for b in table_blocks(files.markdown.read_text()) if b[0].startswith("| phase |")
+    )
+    header = cells(funnel[0])
+    top_row = cells(next(line for line in funnel if line.startswith("| top-100 |")))
+    high = cells(next(line for line in funnel if line.startswith("| high-impact |")))
+    revoked = (header.index("sessions revoked"), header.index("tokens revoked"))
+    assert [top_row[i] for i in revoked] == ["0", "1,234"]
+    assert [high[i] for i in revoked] == ["1,500", "0"]
+    table = re.search(r'<table id="table-funnel">.*?</table>', files.html.read_text(), re.S)
+    assert table is not None
+    head = re.findall(r'<th scope="col"[^>]*>([^<]*)</th>', table.group(0))
+    assert head[head.index("sessions revoked") + 1] == "tokens revoked"
+    top_html = re.search(r'<th scope="row">top-100</th>(.*?)</tr>', table.group(0), re.S)
+    assert top_html is not None
+    values = re.findall(r"<td[^>]*>([^<]*)</td>", top_html.group(1))
+    # The row's cells after its th: cohort, notice, enforcement, then the counts.
+    assert values[head.index("tokens revoked") - 1] == "1,234"
+    with files.csvs["compliance_funnel"].open() as handle:
+        rows = {r["phase"]: r for r in csv.DictReader(handle)}
+    assert (rows["top-100"]["sessions_revoked"], rows["top-100"]["tokens_revoked"]) == ("0", "1234")
 
 
 def test_a_security_key_phase_s_funnel_says_its_2fa_is_a_security_key(
@@ -571,7 +618,7 @@ def test_degenerate_values_never_reach_the_svg(tmp_path: Path, plan: Plan) -> No
         )
         con.execute(
             "insert into compliance_funnel values ('top-100', 'top-100', '2022-01-04', "
-            "'2022-02-01', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, null)"
+            "'2022-02-01', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, null)"
         )
         con.execute("insert into adoption_by_org values (null, null, null, 'nan', 0, 0, null)")
         files = build_report(con, plan, AS_OF, tmp_path / "out")
@@ -864,7 +911,7 @@ def test_an_enrolment_span_not_over_reads_not_yet_not_a_count_so_far(
     markdown = files.markdown.read_text()
     assert (
         "| high-impact | 2022-03-15 | 2022-05-03 | 5,600 | 5,550 | 1,200 | not yet | not yet "
-        "| 0 | 0 | 0 |"
+        "| 0 | 0 | 1,500 | 0 | 0 |"
     ) in markdown
     assert "| top-100 | 2022-01-04 | 2022-02-01 | 100 | 100 | 30 | 45 | 70 | 25 |" in markdown
     assert "(not yet: those N days were not over when 2022-03-24 began)" in markdown
@@ -1133,3 +1180,80 @@ def test_the_accounts_a_per_account_deadline_never_reaches_are_counted_apart(
 def test_without_publish_events_the_section_says_so(tmp_path: Path, plan: Plan) -> None:
     report = run_report(tmp_path, plan, empty=True)
     assert "No publish events in the 30 days to 2022-05-31" in report.html.read_text()
+
+
+def test_a_per_account_deadline_phase_is_enforced_at_each_account_s_own_deadline(
+    tmp_path: Path,
+) -> None:
+    """github-2023's publishers: each account has 45 days from its own notice (7 more if
+    it snoozed), notices until 2023-11-16. The report said "enforced 2023-04-27" and
+    "enforcement 2023-04-27", the first of its own deadlines (the last is 2024-01-07),
+    as if the phase had one date. It names the span of own deadlines, and says the
+    funnel judges each account at its own."""
+    from rollout.core.plan import load_plan
+
+    gh = load_plan(Path(__file__).resolve().parent.parent / "plans" / "github-2023.yaml")
+    as_of = date(2023, 6, 1)
+    with open_warehouse(make_warehouse(tmp_path, gh, empty=True)) as con:
+        con.execute(
+            "insert into adoption_daily values ('2023-06-01', 'all', 1000, 400, 300, 100, 0.4, 2)"
+        )
+        columns = [
+            c
+            for (c,) in con.execute(
+                "select name from pragma_table_info('compliance_funnel')"
+            ).fetchall()
+        ]
+        values = {c: 0 for c in columns} | {
+            "phase": "publishers",
+            "cohort": "publishers",
+            "notice_on": "2023-03-13",
+            "enforce_on": "2023-04-27",
+            "accounts": 362,
+            "without_2fa_at_notice": 314,
+            "notified": 295,
+            "without_2fa_at_enforcement": 135,
+            "enforced": 135,
+            "still_without": 47,
+            "required": 135,
+            "rolled_back_at": None,
+        }
+        con.execute(
+            f"insert into compliance_funnel ({', '.join(columns)}) "
+            f"values ({', '.join('?' for _ in columns)})",
+            [values[c] for c in columns],
+        )
+        files = build_report(con, gh, as_of, tmp_path / "out")
+    markdown = files.markdown.read_text()
+    html = files.html.read_text()
+    for text in (markdown, re.sub(r"<[^>]+>", "", html)):
+        assert "enforced 2023-04-27" not in text
+        assert "enforcement 2023-04-27" not in text
+    said = "enforced at each account's own deadline, 2023-04-27 to 2024-01-07"
+    assert f"- Phase publishers ({said}): 47 accounts still without 2FA." in markdown
+    cards = unescape(_headline_cards(files))
+    assert f"accounts of phase publishers still without 2FA ({said})" in cards
+    funnel = next(b for b in table_blocks(markdown) if b[0].startswith("| phase | notice |"))
+    row = cells(next(line for line in funnel if line.startswith("| publishers |")))
+    assert row[2] == "own deadlines 2023-04-27 to 2024-01-07"
+    assert '<td class="date">own deadlines 2023-04-27 to 2024-01-07</td>' in html
+    assert "cohort publishers, notice 2023-03-13, enforcement own deadlines 2023-04-27 to " in html
+    judged = "judge each account at its own deadline once that has come"
+    assert judged in markdown and judged in html
+    assert "45 days after its notice (up to 7 more if it snoozed)" in markdown
+    # Its notices, reminders and enforcement run daily: under way on 06-01, not done.
+    assert (
+        "| 2023-04-27 to 2024-01-07 | publishers enforced, daily: each account on its own "
+        "day | under way |"
+    ) in markdown
+    assert (
+        "| 2023-03-13 to 2023-11-16 | publishers notices, daily: each account on its own "
+        "day | under way |"
+    ) in markdown
+    # A phase of one date keeps its date, and says nothing of own deadlines.
+    plain = run_report(
+        tmp_path / "plain",
+        load_plan(Path(__file__).resolve().parent.parent / "plans" / "npm-2022.yaml"),
+    )
+    assert "- Phase top-100 (enforced 2022-02-01)" in plain.markdown.read_text()
+    assert judged not in plain.markdown.read_text() and judged not in plain.html.read_text()

@@ -323,6 +323,35 @@ def _requires_only_2fa(phase: Phase | None) -> bool:
     return phase is None or (phase.does("require_2fa") and phase.requires.asks_only_2fa)
 
 
+# The steps that per-account deadlines repeat daily, each account on its own day:
+# notices, reminders, enforcement (their Milestone.until is the last such day).
+_DAILY_STEPS = ("notice", "reminder", "enforce")
+
+
+def _milestone(m: Milestone, as_of: date) -> dict[str, Any]:
+    """A row of the milestones table. A step of per-account deadlines runs daily from its
+    day until its last (``until``): "done" only once that is past, "under way" between
+    (its first day alone read as done, and enforcement as over, on its first day)."""
+    until = m.until if m.kind in _DAILY_STEPS and m.until and m.until > m.on else None
+    return {
+        "on": m.on,
+        "label": m.label,
+        "kind": m.kind,
+        "until": until,
+        "past": (until or m.on) <= as_of,
+        "under_way": until is not None and m.on <= as_of < until,
+    }
+
+
+def _enforcement(phase: Phase | None, enforce_on: date | None) -> str:
+    """When ``phase`` is enforced, as the report says it: its day, or with per-account
+    deadlines the span of them (its enforce_on is only the first own deadline possible,
+    the notice day's; the last is the last notice's, snoozed)."""
+    if phase is not None and phase.deadline is not None:
+        return f"own deadlines {phase.enforce_on} to {phase.enforce_until}"
+    return str(enforce_on or "?")
+
+
 def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str, Any]:
     spec = report_spec()
     count_columns = [c for c in spec.marts["compliance_funnel"] if c not in _FUNNEL_LABELS]
@@ -364,7 +393,11 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
         cohort = str(row["cohort"]) if row else planned.cohort if planned else ""
         rolled_back_at = row["rolled_back_at"] if row else None
         rolled_back_at = rolled_back_at if isinstance(rolled_back_at, datetime) else None
-        subtitle = f"cohort {cohort}, notice {notice_on or '?'}, enforcement {enforce_on or '?'}"
+        # Per-account deadlines: enforce_on is only the first own deadline possible;
+        # each account is enforced (and judged, in the funnel) at its own.
+        deadline = planned.deadline if planned is not None else None
+        enforcement = _enforcement(planned, enforce_on)
+        subtitle = f"cohort {cohort}, notice {notice_on or '?'}, enforcement {enforcement}"
         if rolled_back_at is not None:
             subtitle += f", rolled back {rolled_back_at:%Y-%m-%d}"
         # A phase asking a security key counts only WebAuthn (compliance_funnel's "2FA"
@@ -411,6 +444,17 @@ def _funnel(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[str
                     "cohort": cohort,
                     "notice_on": notice_on,
                     "enforce_on": enforce_on,
+                    # What enforcement is: the day, or the span of own deadlines.
+                    "enforcement": enforcement,
+                    # After "enforced": "2022-02-01", or "at each account's own deadline,
+                    # 2023-04-27 to 2024-01-07" (not "enforced 2023-04-27", the first).
+                    "enforced_when": enforcement
+                    if planned is None or planned.deadline is None
+                    else f"at each account's own deadline, {planned.enforce_on} to "
+                    f"{planned.enforce_until}",
+                    "own_deadlines": deadline is not None,
+                    "days_after_notice": deadline.days_after_notice if deadline else None,
+                    "snooze_days": deadline.snooze_days if deadline else None,
                     "started": started,
                     # Enforced by the day: the phase requires accounts, or its funnel
                     # counts some enforced (its date in the plan alone is not: the
@@ -756,10 +800,7 @@ def build_context(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> di
         "marts": list(report_spec().marts),
         "columns": columns,
         "top_orgs": report_spec().top_orgs,
-        "milestones": [
-            {"on": m.on, "label": m.label, "kind": m.kind, "past": m.on <= as_of}
-            for m in plan_milestones(plan)
-        ],
+        "milestones": [_milestone(m, as_of) for m in plan_milestones(plan)],
     }
     context.update(_adoption(con, plan, as_of))
     context.update(_funnel(con, plan, as_of))

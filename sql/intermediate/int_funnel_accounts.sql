@@ -48,14 +48,21 @@ own_deadlines as (
         and notices_sent.sent_at is not null
 ),
 
--- Each account's day of enforcement: its own deadline, else the phase's enforce_on.
+-- Each account's day of enforcement: the phase's enforce_on, or under per-account
+-- deadlines its own deadline (none for an account never sent the notice: it is never
+-- enforced; a notice sent with no sent_at, which gives no day, falls back on enforce_on).
 enforcement_days as (
     select
         notice_enrolments.phase,
         notice_enrolments.account_id,
-        coalesce(own_deadlines.due_on, phases.enforce_on) as enforce_on
+        case
+            when phases.days_after_notice is null then phases.enforce_on
+            when notices_sent.account_id is not null
+                then coalesce(own_deadlines.due_on, phases.enforce_on)
+        end as enforce_on
     from notice_enrolments
     inner join phases using (phase)
+    left join notices_sent using (phase, account_id)
     left join own_deadlines using (phase, account_id)
 ),
 
@@ -92,10 +99,23 @@ notified as (
 at_enforcement as (
     select
         notified.*,
-        notified.notified
-        and enforcement_days.enforce_on <= $as_of::date
-        and with_2fa_at_enforcement.account_id is null as without_2fa_at_enforcement
+        enforcement_days.enforce_on,
+        -- Of those without 2FA at notice, enrolled before the start of their day of
+        -- enforcement, once that day has come (a span not over is not judged yet).
+        coalesce(
+            notified.without_2fa_at_notice
+            and enforcement_days.enforce_on <= $as_of::date
+            and notice_enrolments.enrolled_at < enforcement_days.enforce_on,
+            false
+        ) as enrolled_by_enforcement,
+        coalesce(
+            notified.notified
+            and enforcement_days.enforce_on <= $as_of::date
+            and with_2fa_at_enforcement.account_id is null,
+            false
+        ) as without_2fa_at_enforcement
     from notified
+    inner join notice_enrolments using (phase, account_id)
     inner join enforcement_days using (phase, account_id)
     left join with_2fa_at_enforcement using (phase, account_id)
 ),
@@ -113,8 +133,10 @@ final as (
     select
         enforced.phase,
         enforced.account_id,
+        enforced.enforce_on,
         enforced.without_2fa_at_notice,
         enforced.notified,
+        enforced.enrolled_by_enforcement,
         enforced.without_2fa_at_enforcement,
         enforced.enforced,
         enforced.enforced

@@ -34,10 +34,15 @@ requirements as (
     select * from ({{ int_phase_requirements_known }})
 ),
 
+-- What the phase revoked: web sessions and tokens, one audit row each (a rollback
+-- restores neither).
 revocations as (
-    select phase, count(*) as sessions_revoked
+    select
+        phase,
+        count(*) filter (where action = 'revoke_session') as sessions_revoked,
+        count(*) filter (where action = 'revoke_token') as tokens_revoked
     from registry.actions
-    where action = 'revoke_session'
+    where action in ('revoke_session', 'revoke_token')
         and created_at < $as_of::date + 1
     group by phase
 ),
@@ -76,10 +81,7 @@ enrolment_counts as (
         enrolments.phase,
         count(*) filter (where enrolments.enrolled_at < phases.notice_on + 7) as enrolled_7d,
         count(*) filter (where enrolments.enrolled_at < phases.notice_on + 14) as enrolled_14d,
-        count(*) filter (where enrolments.enrolled_at < phases.notice_on + 30) as enrolled_30d,
-        count(*) filter (
-            where enrolments.enrolled_at < phases.enforce_on
-        ) as enrolled_by_enforcement
+        count(*) filter (where enrolments.enrolled_at < phases.notice_on + 30) as enrolled_30d
     from enrolments
     inner join phases using (phase)
     group by enrolments.phase
@@ -91,6 +93,9 @@ funnel_counts as (
         count(*) as accounts,
         count(*) filter (where without_2fa_at_notice) as without_2fa_at_notice,
         count(*) filter (where notified) as notified,
+        -- Each account judged at its own day of enforcement (int_funnel_accounts): under
+        -- per-account deadlines its own deadline, once that has come.
+        count(*) filter (where enrolled_by_enforcement) as enrolled_by_enforcement,
         count(*) filter (where without_2fa_at_enforcement) as without_2fa_at_enforcement,
         count(*) filter (where enforced) as enforced,
         count(*) filter (where enrolled_after_enforcement) as enrolled_after_enforcement
@@ -157,13 +162,16 @@ final as (
             when phases.notice_on + 30 <= $as_of::date
                 then coalesce(enrolment_counts.enrolled_30d, 0)
         end as enrolled_30d,
+        -- enforce_on is the first day of enforcement (under per-account deadlines the
+        -- first own deadline possible): before it no account's span is over.
         case
             when phases.enforce_on <= $as_of::date
-                then coalesce(enrolment_counts.enrolled_by_enforcement, 0)
+                then coalesce(funnel_counts.enrolled_by_enforcement, 0)
         end as enrolled_by_enforcement,
         coalesce(funnel_counts.without_2fa_at_enforcement, 0) as without_2fa_at_enforcement,
         coalesce(funnel_counts.enforced, 0) as enforced,
         coalesce(revocations.sessions_revoked, 0) as sessions_revoked,
+        coalesce(revocations.tokens_revoked, 0) as tokens_revoked,
         coalesce(funnel_counts.enrolled_after_enforcement, 0) as enrolled_after_enforcement,
         coalesce(still_without.still_without, 0) as still_without,
         coalesce(still_without.never_noticed, 0) as never_noticed,

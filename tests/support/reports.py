@@ -35,8 +35,8 @@ MART_DDL = {
     "accounts bigint, without_2fa_at_notice bigint, notified bigint, enrolled_7d bigint, "
     "enrolled_14d bigint, enrolled_30d bigint, enrolled_by_enforcement bigint, "
     "without_2fa_at_enforcement bigint, enforced bigint, sessions_revoked bigint, "
-    "enrolled_after_enforcement bigint, still_without bigint, never_noticed bigint, "
-    "required bigint, "
+    "tokens_revoked bigint, enrolled_after_enforcement bigint, still_without bigint, "
+    "never_noticed bigint, required bigint, "
     "rolled_back_at timestamp",
     "notice_reach": "phase varchar, cohort varchar, notified bigint, delivered bigint, "
     "bounced bigint, dropped bigint, suppressed bigint, too_late bigint, never_reached bigint, "
@@ -125,9 +125,9 @@ def fill_marts(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date = AS_OF) 
     con.execute(
         "insert into compliance_funnel values "
         "('top-100', 'top-100', '2022-01-04', '2022-02-01', 250, 100, 100, 30, 45, 70, 75, "
-        "25, 25, 40, 15, 10, 0, 27, null), "
+        "25, 25, 40, 0, 15, 10, 0, 27, null), "
         "('high-impact', 'high-impact', '2022-03-15', '2022-05-03', 8000, 5600, 5550, 1200, "
-        "2100, 3500, 4500, 1050, 1000, 1500, 600, 500, 0, 1100, null)"
+        "2100, 3500, 4500, 1050, 1000, 1500, 0, 600, 500, 0, 1100, null)"
     )
     # Reach: of high-impact's 5,600 accounts (warned, or required), 5,380 reached and 220
     # never: 95 bounced, 40 dropped, 25 suppressed, 30 skipped as too late (the send came
