@@ -533,7 +533,7 @@ def test_a_landing_folder_sample_did_not_write_is_never_replaced(tmp_path: Path)
         theirs / "downloads" / "downloads-2022-01-30.parquet", [("left-pad", date(2022, 1, 30), 1)]
     )
     before = (_landing_bytes(theirs), _registry_checksum(first))
-    with pytest.raises(GuardRefused, match=f"holds 1 files and no {SAMPLE_MARK}"):
+    with pytest.raises(GuardRefused, match=f"holds 1 file and no {SAMPLE_MARK}"):
         generate_sample(
             "tiny",
             SEED,

@@ -294,6 +294,7 @@ def notify_send(
             "resumed": report.resumed,
             "retried": report.retried,
             "requeued": report.requeued,
+            "overtaken": report.overtaken,
         },
         fmt,
         title="notify send",
@@ -307,6 +308,14 @@ def notify_send(
         f"retried after 5xx/429: {report.retried}",
         highlight=False,
     )
+    if report.overtaken:
+        # This drain outlived its lease on them (a stall): another sender took them over
+        # and sends and records them; each one already in flight is logged as a warning.
+        stderr.print(
+            f"{report.overtaken} claimed emails were taken over by another sender once "
+            "this one outlived its lease: left to it",
+            highlight=False,
+        )
     for outbox_id, reason in report.failures[:20]:
         stderr.print(f"  failed #{outbox_id}: {reason}", highlight=False)
     if report.failed:

@@ -1592,7 +1592,7 @@ def check_landing(landing_dir: Path, setting: str = "ROLLOUT_HOME") -> None:
             setting,
             "landing folder",
             landing_dir,
-            f"it holds {files} files and no {SAMPLE_MARK}",
+            f"it holds {counted(files, 'file')} and no {SAMPLE_MARK}",
         )
 
 
@@ -1614,7 +1614,8 @@ def check_locations(locations: Locations) -> None:
                 "ROLLOUT_HOME",
                 what,
                 folder,
-                f"it holds {files} files and the landing folder beside it has no {SAMPLE_MARK}",
+                f"it holds {counted(files, 'file')} and the landing folder beside it has "
+                f"no {SAMPLE_MARK}",
             )
     why = _foreign_warehouse(locations, marked)
     if why is not None:
