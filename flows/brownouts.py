@@ -99,17 +99,11 @@ def brownout_start(name: str) -> str:
     logger = get_run_logger()
     actor = run_actor(runtime().settings)
     plan = runtime().plan
-    if name not in {b.name for b in plan.brownouts}:
-        # A schedule left from before the plan dropped the window: not this run's to
-        # begin (scheduling the plan cancels one not started).
-        found = _find(name)
-        raise GuardRefused(
-            f"brown-out {name} is not in plan {plan.name}"
-            + (f" (it is {found.state} in the registry)" if found else "")
-            + ": nothing was started. `rollout brownout schedule --apply` cancels a window "
-            f"the plan dropped that has not started, `rollout brownout end {name} --reason "
-            "... --apply` one under way; redeploy prefect.yaml (`prefect deploy --all`)"
-        )
+    try:
+        brownouts.refuse_unplanned(plan, name, _find(name))
+    except GuardRefused as refused:
+        # A deployment's schedule left from before the plan dropped the window.
+        raise GuardRefused(f"{refused}; redeploy prefect.yaml (`prefect deploy --all`)") from None
     if _find(name) is None:
         schedule_from_plan(actor)
     window = _window(name)

@@ -118,21 +118,16 @@ def brownout_start(
     """Begin a scheduled brown-out now (it keeps its planned length); one begun or
     ended, or one the plan does not name, is refused (exit 3), in the preview too. Lists
     the window: as it is (preview), or as started."""
-    from rollout.core.errors import GuardRefused
-    from rollout.phases.brownouts import change_preview, start_now, status
+    from rollout.phases.brownouts import change_preview, refuse_unplanned, start_now
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
-    stored = {w.name for w in status(runtime.registry)}
-    if name in stored and name not in {b.name for b in plan.brownouts}:
-        # The plan dropped it (or never had it): `brownout schedule --apply` cancels it.
-        raise GuardRefused(
-            f"brown-out {name} is not in plan {plan.name}: only the plan's windows start; "
-            "`rollout brownout schedule` cancels one the plan dropped"
-        )
+    found = _window_now(runtime.registry, name)
+    if found is not None:  # a name nowhere is refused below as unknown (exit 2)
+        refuse_unplanned(plan, name, found)
     if not apply:
         preview = change_preview(runtime.registry, name, "start")
-        _emit_window(_window_now(runtime.registry, name), fmt, f"{name} (preview)")
+        _emit_window(found, fmt, f"{name} (preview)")
         stderr.print(f"{preview}; preview only: add --apply", highlight=False)
         return
     window = start_now(runtime.registry, name, actor=settings.actor, reason=reason)

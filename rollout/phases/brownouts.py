@@ -526,6 +526,21 @@ def change_preview(registry: Registry, name: str, change: str) -> str:
     return f"would end {name} now ({window.state})"
 
 
+def refuse_unplanned(plan: Plan, name: str, found: WindowState | None) -> None:
+    """Refuse to start a window ``plan`` does not name (``found``: it as stored, if it
+    is): one left from before the plan dropped it is not to begin, by hand or on a
+    deployment's schedule; scheduling the plan cancels it if not started."""
+    if name in {b.name for b in plan.brownouts}:
+        return
+    raise GuardRefused(
+        f"brown-out {name} is not in plan {plan.name}"
+        + (f" (it is {found.state} in the registry)" if found else "")
+        + ": nothing was started. `rollout brownout schedule --apply` cancels a window "
+        f"the plan dropped that has not started, `rollout brownout end {name} --reason "
+        "... --apply` one under way"
+    )
+
+
 def start_now(registry: Registry, name: str, *, actor: str, reason: str) -> WindowState:
     """Begin a scheduled window now (it keeps its planned length)."""
     return _change_window(registry, name, actor, reason, _start_values, "brownout_started")
