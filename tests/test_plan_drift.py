@@ -44,6 +44,35 @@ def check(
     return lambda path: CliRunner().invoke(app, ["plan", "check", str(path)])
 
 
+def _previewed_refused_then_forced(
+    registry: Registry,
+    plan_file: Path,
+    at: datetime,
+    *,
+    says: str,
+    refused: str,
+    expect: int,
+) -> int:
+    """Under the edited plan at ``at``: top-100's preview says ``says``, its enforcement
+    is refused (``refused``), and with --early (the release manager's choice) applies.
+    The accounts that run required."""
+    from rollout.core.plan import load_plan
+
+    edited_plan = load_plan(plan_file)
+    with use_clock(SimulatedClock(at)):
+        preview = CliRunner().invoke(
+            app, ["phase", "preview", "top-100"], env={"ROLLOUT_PLAN": str(plan_file)}
+        )
+        assert preview.exit_code == 0, preview.stderr
+        assert says in " ".join(preview.stderr.split())
+        with pytest.raises(GuardRefused, match=refused):
+            enforce.enforce_phase(registry, edited_plan, "top-100", expect=expect, actor="rm")
+        forced = enforce.enforce_phase(
+            registry, edited_plan, "top-100", expect=expect, actor="rm", early=True
+        )
+    return forced.accounts_required
+
+
 def test_a_phase_renamed_after_it_emailed_is_refused_by_plan_check(
     registry: Registry,
     plan: Plan,
@@ -78,24 +107,16 @@ def test_a_deadline_moved_before_the_one_reminders_told_warns_and_enforcement_wa
         "warning: phase top-100: 3 sent emails (notices, reminders) told accounts 2022-02-01"
         in (" ".join(result.stderr.split()))
     )
-    from rollout.core.plan import load_plan
-
-    earlier = load_plan(moved)
-    with use_clock(SimulatedClock(datetime(2022, 1, 25, 10))):
-        # The preview names the date enforcement waits for, not the plan's.
-        preview = CliRunner().invoke(
-            app, ["phase", "preview", "top-100"], env={"ROLLOUT_PLAN": str(moved)}
-        )
-        assert preview.exit_code == 0, preview.stderr
-        assert "Not due yet: the phase is enforced from 2022-02-01 (in 7 days)" in (
-            " ".join(preview.stderr.split())
-        )
-        with pytest.raises(GuardRefused, match="reminders told accounts 2022-02-01"):
-            enforce.enforce_phase(registry, earlier, "top-100", expect=3, actor="rm")
-        forced = enforce.enforce_phase(
-            registry, earlier, "top-100", expect=3, actor="rm", early=True
-        )
-    assert forced.accounts_required == 3
+    # The preview names the date enforcement waits for, not the plan's.
+    forced = _previewed_refused_then_forced(
+        registry,
+        moved,
+        datetime(2022, 1, 25, 10),
+        says="Not due yet: the phase is enforced from 2022-02-01 (in 7 days)",
+        refused="reminders told accounts 2022-02-01",
+        expect=3,
+    )
+    assert forced == 3
 
 
 def test_a_deadline_moved_before_the_one_the_notices_told_holds_enforcement_back(
@@ -249,23 +270,15 @@ def test_a_phase_asking_more_than_its_notices_told_is_refused_and_not_enforced(
         "it now asks more (a security key (WebAuthn); TOTP alone is not enough; effect "
         "close_totp_enrolment)" in said
     )
-    from rollout.core.plan import load_plan
-
-    edited_plan = load_plan(stricter)
-    with use_clock(SimulatedClock(datetime(2022, 2, 1, 10))):
-        preview = CliRunner().invoke(
-            app, ["phase", "preview", "top-100"], env={"ROLLOUT_PLAN": str(stricter)}
-        )
-        assert preview.exit_code == 0, preview.stderr
-        assert "Not to be enforced: 2 of phase top-100's sent notices and reminders" in (
-            " ".join(preview.stderr.split())
-        )
-        with pytest.raises(GuardRefused, match="the plan now asks more"):
-            enforce.enforce_phase(registry, edited_plan, "top-100", expect=4, actor="rm")
-        forced = enforce.enforce_phase(
-            registry, edited_plan, "top-100", expect=4, actor="rm", early=True
-        )
-    assert forced.accounts_required == 4  # ben too, as the release manager chose
+    forced = _previewed_refused_then_forced(
+        registry,
+        stricter,
+        datetime(2022, 2, 1, 10),
+        says="Not to be enforced: 2 of phase top-100's sent notices and reminders",
+        refused="the plan now asks more",
+        expect=4,
+    )
+    assert forced == 4  # ben too, as the release manager chose
 
 
 def test_a_phase_asking_less_than_its_notices_told_is_only_a_warning(
