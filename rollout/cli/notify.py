@@ -338,6 +338,15 @@ def _kinds(counts: dict[str, int]) -> list[str]:
     return [f"{email} {n}" for email, n in counts.items()]
 
 
+def _who_uses(standing: AddressStanding) -> dict[str, object]:
+    """The address and the accounts using it, as suppress and unsuppress list them."""
+    return {
+        "address": standing.address,
+        "accounts": len(standing.accounts),
+        "usernames": standing.usernames,
+    }
+
+
 def _accounts_words(standing: AddressStanding) -> str:
     if not standing.accounts:
         return "no account uses this address"
@@ -372,9 +381,7 @@ def notify_suppress(
         added = suppress(runtime.registry, address, reason=reason, actor=runtime.settings.actor)
     emit_record(
         {
-            "address": standing.address,
-            "accounts": len(standing.accounts),
-            "usernames": standing.usernames,
+            **_who_uses(standing),
             "already_suppressed": [s.words() for s in standing.suppressions],
             "emails_not_sent": sum(standing.waiting.values()),
             "emails_not_sent_by_kind": _kinds(standing.waiting),
@@ -452,9 +459,7 @@ def notify_unsuppress(
         lifted = unsuppress(runtime.registry, address, reason=reason, actor=runtime.settings.actor)
     emit_record(
         {
-            "address": standing.address,
-            "accounts": len(standing.accounts),
-            "usernames": standing.usernames,
+            **_who_uses(standing),
             "suppressed": [s.words() for s in standing.suppressions],
             "skipped_as_suppressed": sum(standing.skipped.values()),
             "skipped_as_suppressed_by_kind": _kinds(standing.skipped),
