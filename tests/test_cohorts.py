@@ -589,6 +589,22 @@ def test_a_download_rule_over_a_longer_window_needs_every_day_of_it(
     assert cohorts.build_cohorts(con, registry, plan_with(60), D2, actor="test", allow_gaps=True)
 
 
+def _land_capital_big(con: duckdb.DuckDBPyConnection, tmp_path: Path, *, daily: int) -> None:
+    """Ingest the package Big (maintained by dave; npm's legacy capitals: not big) with
+    ``daily`` downloads a day over the 37 days up to a week after D1."""
+    landing = tmp_path / "more"
+    (landing / "manifests").mkdir(parents=True)
+    (landing / "downloads").mkdir()
+    (landing / "manifests" / "manifests-big.jsonl").write_text(
+        json.dumps({"name": "Big", "version": "1.0.0", "maintainers": ["dave"]}) + "\n"
+    )
+    write_downloads(landing / "downloads", D1 - timedelta(days=30), 37, {"Big": daily})
+    report = ingest.ingest(
+        con, [landing], quarantine_limit=0.01, landing_root=landing, now=datetime(2022, 3, 1)
+    )
+    assert report.rejected == []
+
+
 def test_packages_whose_names_differ_in_capitals_count_their_own_downloads(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,
@@ -598,19 +614,7 @@ def test_packages_whose_names_differ_in_capitals_count_their_own_downloads(
 ) -> None:
     """npm's legacy names: Big is not big. Summed by lower-cased name, big was credited
     with Big's downloads too (and each row of the two matched twice)."""
-    landing = tmp_path / "more"
-    (landing / "manifests").mkdir(parents=True)
-    (landing / "downloads").mkdir()
-    (landing / "manifests" / "manifests-big.jsonl").write_text(
-        json.dumps({"name": "Big", "version": "1.0.0", "maintainers": ["dave"]}) + "\n"
-    )
-    write_downloads(landing / "downloads", D1 - timedelta(days=30), 37, {"Big": 1})
-    assert (
-        ingest.ingest(
-            con, [landing], quarantine_limit=0.01, landing_root=landing, now=datetime(2022, 3, 1)
-        ).rejected
-        == []
-    )
+    _land_capital_big(con, tmp_path, daily=1)
 
     def qualified(count: int) -> list[tuple[str, list[str]]]:
         rule = CohortRule(downloads_gt=DownloadsOver(count=count, days=30))
@@ -638,17 +642,7 @@ def test_names_differing_in_capitals_qualifying_the_same_day_are_one_cohort_entr
     """Big and big are two packages, each judged on its own downloads, and one entry of
     the cohort (keyed big, the maintainers of both its accounts): both qualifying on one
     day is one package qualifying and entering, as the cohort's own count says, not two."""
-    landing = tmp_path / "more"
-    (landing / "manifests").mkdir(parents=True)
-    (landing / "downloads").mkdir()
-    (landing / "manifests" / "manifests-big.jsonl").write_text(
-        json.dumps({"name": "Big", "version": "1.0.0", "maintainers": ["dave"]}) + "\n"
-    )
-    write_downloads(landing / "downloads", D1 - timedelta(days=30), 37, {"Big": 200})
-    report = ingest.ingest(
-        con, [landing], quarantine_limit=0.01, landing_root=landing, now=datetime(2022, 3, 1)
-    )
-    assert report.rejected == []
+    _land_capital_big(con, tmp_path, daily=200)
     rule = CohortRule(downloads_gt=DownloadsOver(count=4739, days=30))
     built = build(con, registry, with_cohort(small_cohorts_plan, rule), D2)["top-1"]
     assert (built.packages, built.packages_qualifying_today) == (1, 1)
