@@ -33,6 +33,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from registry_copy import sample_into_postgres
 from sqlalchemy import select, text
 
 from rollout.core.plan import CohortRule, Phase, Plan, load_plan
@@ -345,26 +346,7 @@ def main() -> None:
         notes["PostgreSQL"] = sample_note(args.postgres)
         counts["PostgreSQL"] = run("PostgreSQL", args.postgres, plan, args.naive_accounts)
     elif args.postgres:
-        from rollout.demo.sample import generate_sample
-        from rollout.registry.migrate import downgrade
-
-        engine = make_engine(args.postgres)
-        downgrade(engine, "base")
-        engine.dispose()
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="bench-enforce-pg-") as scratch:
-            generate_sample(
-                args.scale,
-                1,
-                registry=Registry(args.postgres),
-                landing_dir=Path(scratch) / "landing",
-                replace=True,
-            )
-        print(
-            f"(the {args.scale} sample generated into PostgreSQL in "
-            f"{time.perf_counter() - started:.0f} s, not counted)",
-            flush=True,
-        )
+        sample_into_postgres(args.postgres, args.scale, purpose="enforce")
         notes["PostgreSQL"] = sample_note(args.postgres)
         counts["PostgreSQL"] = run("PostgreSQL", args.postgres, plan, args.naive_accounts)
     if len(counts) == 2:

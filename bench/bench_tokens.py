@@ -31,6 +31,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+from registry_copy import sample_into_postgres
 from sqlalchemy import text
 
 from rollout.core.plan import CohortRule, Phase, Plan, load_plan
@@ -271,26 +272,7 @@ def main() -> None:
         if args.reuse:
             undo_earlier_run(args.postgres)
         else:
-            from rollout.demo.sample import generate_sample
-            from rollout.registry.migrate import downgrade
-
-            engine = make_engine(args.postgres)
-            downgrade(engine, "base")
-            engine.dispose()
-            started = time.perf_counter()
-            with tempfile.TemporaryDirectory(prefix="bench-tokens-pg-") as scratch:
-                generate_sample(
-                    args.scale,
-                    1,
-                    registry=Registry(args.postgres),
-                    landing_dir=Path(scratch) / "landing",
-                    replace=True,
-                )
-            print(
-                f"(the {args.scale} sample generated into PostgreSQL in "
-                f"{time.perf_counter() - started:.0f} s, not counted)",
-                flush=True,
-            )
+            sample_into_postgres(args.postgres, args.scale, purpose="tokens")
         counts["PostgreSQL"] = run("PostgreSQL", args.postgres, plan)
     if len(counts) == 2 and counts["SQLite"] != counts["PostgreSQL"]:
         print(f"backends differ (different samples?): {counts}")
