@@ -21,6 +21,7 @@ from email.parser import BytesParser
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import jinja2
 import pytest
@@ -267,6 +268,55 @@ def test_a_phase_summary_with_one_flagged_account_is_grammatical(plan: Plan) -> 
     stored = {**example_stored("phase_summary", plan), "counts": {"accounts_flagged": 1}}
     subject = render("phase_summary", manager, stored, plan).subject
     assert "1 account now required" in subject
+
+
+def test_an_invitation_links_to_where_the_account_accepts_it(plan: Plan) -> None:
+    """The plan's invitations page, asked for the org: the maintainer follows the link
+    rather than looking for "your account's organizations page"."""
+    n = plan.notifications.model_copy(
+        update={"invitations_url": "https://www.registry.example/settings/invitations"}
+    )
+    plan = plan.model_copy(update={"notifications": n})
+    invited = EXAMPLE_RECIPIENTS["non-compliant"]
+
+    rendered = render("org_invitation", invited, example_stored("org_invitation", plan), plan)
+
+    link = "https://www.registry.example/settings/invitations?org=example-org"
+    assert "Accept the invitation on the registry's website before" in words(rendered.text)
+    assert f"\n  {link}\n" in rendered.text
+    assert link in parse_html(rendered.html).hrefs
+
+
+# Names an org's owner may choose, each breaking a link a different way if used raw.
+LINK_BREAKERS = [
+    'acme" onclick="alert(1)',
+    "<b>acme</b>",
+    "acme\r\nBcc: victim@example.com",
+    "acme&org=other#top",
+    "../../login?next=https://evil.example",
+    "acme tëam 組織",
+    "acme\u202ereversed",
+]
+
+
+@pytest.mark.parametrize("org", LINK_BREAKERS)
+def test_an_org_s_name_stays_data_in_the_invitation_s_link(org: str, plan: Plan) -> None:
+    """Percent-encoded whole: one link in each part, to the plan's page, whose one org
+    parameter reads back as the name (no attribute, header, parameter or path of its
+    own), the same in the text and the HTML."""
+    stored = {**example_stored("org_invitation", plan), "org": org}
+
+    rendered = render("org_invitation", EXAMPLE_RECIPIENTS["compliant"], stored, plan)
+
+    base = plan.notifications.invitations_url
+    [href] = [h for h in parse_html(rendered.html).hrefs if h.startswith(base)]
+    [in_text] = [line.strip() for line in rendered.text.splitlines() if base in line]
+    assert href == in_text
+    assert re.fullmatch(r"[A-Za-z0-9%._~:/?=&-]+", href), href
+    parts = urlsplit(href)
+    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == base
+    assert parse_qs(parts.query) == {"org": [org]}
+    assert parts.fragment == ""
 
 
 # --- templates and declarations ---------------------------------------------------------
@@ -536,9 +586,10 @@ def test_the_text_part_has_no_html_and_the_html_part_is_a_full_document(
 ) -> None:
     plan = plan_sending(name, plan)
     rendered = render_example(name, variant, plan)
-    # Maintainers are pointed at the 2FA help; release managers at the report.
+    # Maintainers are pointed at the 2FA help; release managers at the day's report.
     n = plan.notifications
-    help_url = n.report_url if name == "phase_summary" else n.help_url
+    enforced_on = example_stored(name, plan).get("enforced_on")
+    help_url = f"{n.report_url}/{enforced_on}/adoption.html" if enforced_on else n.help_url
 
     assert not re.search(r"</?[A-Za-z][^>]*>|&(?:lt|gt|amp|#\d+);", rendered.text)
     assert help_url in rendered.text

@@ -4,18 +4,24 @@ their count is typed back, and counts the unwarned it acted on."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import GuardRefused
+from rollout.core.links import REPORT_HTML
 from rollout.core.plan import Plan
+from rollout.notify.examples import EXAMPLE_RECIPIENTS
 from rollout.notify.queue import SUMMARY_UNREACHED
+from rollout.notify.render import render
 from rollout.phases.enforce import enforce_phase, preview_phase
 from rollout.registry import Registry
 from rollout.registry.models import Notification, PhaseRequirement
+from rollout.report.reporting import report_dir
 from tests.factories import (
     AccountFactory,
     FactorFactory,
@@ -192,6 +198,28 @@ def test_the_release_managers_summary_names_the_unwarned_it_enforced(
     assert context["counts"]["accounts_unreached"] == len(WHY)
     assert context["unreached"] == [{"username": name, "why": WHY[name]} for name in sorted(WHY)]
     assert context["unreached_more"] == 0
+
+
+def test_the_summary_links_to_the_report_of_the_day_its_enforcement_ran(
+    registry: Registry, managed: Plan, cohort: dict[str, int], tmp_path: Path
+) -> None:
+    """Not the reports folder: the release manager lands on the report of that day, at
+    the address the report is written under (reports/<day>/adoption.html)."""
+    with use_clock(SimulatedClock(datetime(2022, 2, 3, 14, 30))):
+        enforce_phase(registry, managed, "top-100", expect=len(cohort), actor="rm")
+    with registry.engine.connect() as connection:
+        [context] = connection.execute(
+            select(Notification.context).where(Notification.email == "phase_summary")
+        ).scalars()
+    rita = EXAMPLE_RECIPIENTS["compliant"]
+
+    rendered = render("phase_summary", rita, context, managed)
+
+    written = report_dir(tmp_path, date(2022, 2, 3)) / REPORT_HTML
+    link = f"{managed.notifications.report_url}/{written.relative_to(tmp_path).as_posix()}"
+    assert link == "https://rollout.registry.example/reports/2022-02-03/adoption.html"
+    assert f"The adoption report of Thursday 3 February 2022: {link}" in rendered.text
+    assert f'<a href="{link}">The adoption report of Thursday 3 February 2022</a>' in rendered.html
 
 
 def test_a_summary_names_the_first_unwarned_by_name_and_counts_the_rest(

@@ -291,10 +291,85 @@ def test_the_markdown_tells_the_same_story(report: ReportFiles) -> None:
     ):
         assert f"\n{heading}\n" in markdown
     row = (
-        "| top-100 | 2022-01-04 | 2022-02-01 | 100 | 100 | 30 | 45 | 70 | 25 | 25 | 40 | 0 | 15 "
-        "| 10 | 27"
+        "| top-100 | top-100 | 2022-01-04 | 2022-02-01 | 250 | 100 | 100 | 30 | 45 | 70 | 75 "
+        "| 25 | 25 | 40 | 0 | 15 | 10 | 27 | 10 | 25 |"
     )
     assert row in markdown
+
+
+class _Tables(HTMLParser):
+    """Each table's rows, each row its cells' text (a header row first)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tables: list[list[list[str]]] = []
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._row is not None and self._cell is not None:
+            self._row.append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.tables[-1].append(self._row)
+            self._row = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def tables_of(html: str) -> list[list[list[str]]]:
+    parser = _Tables()
+    parser.feed(html)
+    parser.close()
+    return parser.tables
+
+
+def markdown_as_html(markdown: str) -> str:
+    return MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(markdown)
+
+
+def test_the_markdown_carries_every_column_and_value_of_the_html_tables(
+    report: ReportFiles,
+) -> None:
+    """Like an email's text and HTML parts: each table has the same columns in both, and
+    each row the Markdown keeps (it keeps the top rows of the long ones) reads as in the
+    page, the funnel's before enforcement and its per-account phases' note included."""
+    html, markdown = report.html.read_text(), report.markdown.read_text()
+    in_html, in_markdown = tables_of(html), tables_of(markdown_as_html(markdown))
+
+    assert len(in_html) == len(in_markdown)
+    for page, md in zip(in_html, in_markdown, strict=True):
+        assert md[0] == page[0], f"columns differ: {page[0]} in the HTML, {md[0]} in Markdown"
+        missing = [row for row in md[1:] if row not in page[1:]]
+        assert missing == [], f"table {page[0][0]}: rows unlike the HTML's: {missing}"
+    [funnel] = [t for t in in_markdown if t[0][:2] == ["phase", "cohort"]]
+    assert "before enforcement" in funnel[0]
+    note = re.search(r"<p>(Notified, still without 2FA at enforcement[^<]*)</p>", html)
+    assert note is not None
+    assert " ".join(unescape(note[1]).split()) in " ".join(markdown.split())
+
+
+def test_a_phase_whose_notices_are_to_come_says_so_in_words_in_both(
+    tmp_path: Path, plan: Plan
+) -> None:
+    """Not a grey row alone: the page says what the Markdown says."""
+    with open_warehouse(make_warehouse(tmp_path, plan), read_only=True) as con:
+        files = build_report(con, plan, date(2022, 2, 10), tmp_path / "out")
+    html = tables_of(files.html.read_text())
+    markdown = tables_of(markdown_as_html(files.markdown.read_text()))
+    for tables in (html, markdown):
+        phases = [row[0] for t in tables if t[0][0] == "phase" for row in t[1:]]
+        assert "high-impact (notices not sent yet)" in phases
 
 
 def test_token_readiness_says_a_past_day_undercounts_its_uses(report: ReportFiles) -> None:
@@ -425,12 +500,12 @@ def test_a_phase_asking_more_than_2fa_is_headlined_by_the_accounts_it_acted_on(
     )
     # Its funnel has no 2FA stages: they would count 2FA it never asked for ("enforced"
     # as the accounts without 2FA it happened to act on). It keeps its accounts acted on.
-    funnel = next(b for b in table_blocks(markdown) if b[0].startswith("| phase | notice |"))
+    funnel = next(b for b in table_blocks(markdown) if b[0].startswith("| phase | cohort |"))
     top_row = cells(next(line for line in funnel if line.startswith("| top-100 |")))
-    assert top_row[3:10] == ["—"] * 7 and top_row[12:14] == ["—"] * 2
-    assert top_row[14] == "27" and top_row[15] == "—"
+    assert top_row[5:13] == ["—"] * 8 and top_row[15:17] == ["—"] * 2
+    assert top_row[17] == "27" and top_row[18] == "—"
     high = cells(next(line for line in funnel if line.startswith("| high-impact |")))
-    assert "—" not in high[3:14]
+    assert "—" not in high[5:17]
     assert "asks no 2FA: see required by the phase, and token readiness" in html
 
 
@@ -490,7 +565,7 @@ def test_a_security_key_phase_s_funnel_says_its_2fa_is_a_security_key(
     with open_warehouse(make_warehouse(tmp_path, key_plan)) as con:
         files = build_report(con, key_plan, AS_OF, tmp_path / "out")
     markdown = files.markdown.read_text()
-    funnel = next(b for b in table_blocks(markdown) if b[0].startswith("| phase | notice |"))
+    funnel = next(b for b in table_blocks(markdown) if b[0].startswith("| phase | cohort |"))
     assert any(line.startswith("| top-100 (2FA: a security key) |") for line in funnel)
     assert any(line.startswith("| high-impact |") for line in funnel)
     said = "is a security key (WebAuthn): an account with TOTP alone counts as without it"
@@ -800,12 +875,13 @@ def test_a_phase_past_its_date_that_nobody_enforced_is_not_called_enforced(
 def test_the_markdown_marks_a_phase_whose_notices_are_not_out_yet(
     tmp_path: Path, plan: Plan
 ) -> None:
-    """As the HTML greys its row: a row of zeros read as a phase that reached no one."""
+    """A row of zeros read as a phase that reached no one (the HTML says so too, beside
+    greying its row)."""
     path = make_warehouse(tmp_path, plan)
     with open_warehouse(path, read_only=True) as con:
         files = build_report(con, plan, date(2022, 1, 2), tmp_path / "early")
     markdown = files.markdown.read_text()
-    assert "| top-100 (notices not sent yet) | 2022-01-04 |" in markdown
+    assert "| top-100 (notices not sent yet) | top-100 | 2022-01-04 |" in markdown
     assert markdown.count("(notices not sent yet)") >= 2  # the funnel and the reach
     # Brown-outs still ahead are not held yet: no zeros measured, and no bars.
     rows = [line for line in markdown.splitlines() if "(not held yet)" in line]
@@ -910,11 +986,14 @@ def test_an_enrolment_span_not_over_reads_not_yet_not_a_count_so_far(
         files = build_report(con, plan, date(2022, 3, 24), tmp_path / "out")
     markdown = files.markdown.read_text()
     assert (
-        "| high-impact | 2022-03-15 | 2022-05-03 | 5,600 | 5,550 | 1,200 | not yet | not yet "
-        "| 0 | 0 | 1,500 | 0 | 0 |"
+        "| high-impact | high-impact | 2022-03-15 | 2022-05-03 | 8,000 | 5,600 | 5,550 | 1,200 "
+        "| not yet | not yet | not yet | 0 | 0 | 1,500 | 0 | 0 |"
     ) in markdown
-    assert "| top-100 | 2022-01-04 | 2022-02-01 | 100 | 100 | 30 | 45 | 70 | 25 |" in markdown
-    assert "(not yet: those N days were not over when 2022-03-24 began)" in markdown
+    assert "| top-100 | top-100 | 2022-01-04 | 2022-02-01 | 250 | 100 | 100 | 30 | 45 | 70 |" in (
+        markdown
+    )
+    said = "Such a span not over when 2022-03-24 began reads not yet"
+    assert said in markdown
     html = files.html.read_text()
     section = html[html.index('<section id="funnel"') : html.index('<section id="reach"')]
     row = re.search(r'<tr><th scope="row">high-impact</th>.*?</tr>', section)
@@ -1233,9 +1312,9 @@ def test_a_per_account_deadline_phase_is_enforced_at_each_account_s_own_deadline
     assert f"- Phase publishers ({said}): 47 accounts still without 2FA." in markdown
     cards = unescape(_headline_cards(files))
     assert f"accounts of phase publishers still without 2FA ({said})" in cards
-    funnel = next(b for b in table_blocks(markdown) if b[0].startswith("| phase | notice |"))
+    funnel = next(b for b in table_blocks(markdown) if b[0].startswith("| phase | cohort |"))
     row = cells(next(line for line in funnel if line.startswith("| publishers |")))
-    assert row[2] == "own deadlines 2023-04-27 to 2024-01-07"
+    assert row[3] == "own deadlines 2023-04-27 to 2024-01-07"
     assert '<td class="date">own deadlines 2023-04-27 to 2024-01-07</td>' in html
     assert "cohort publishers, notice 2023-03-13, enforcement own deadlines 2023-04-27 to " in html
     judged = "judge each account at its own deadline once that has come"

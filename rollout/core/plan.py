@@ -494,7 +494,12 @@ class Notifications(_Strict):
     tokens_url: Url = "https://docs.registry.example/automation-tokens"
     # Where an account postpones its own deadline, in phases that allow a snooze.
     snooze_url: Url = "https://docs.registry.example/2fa#postpone"
+    # The reports folder as published: a phase's summary links to the report of the day
+    # its enforcement ran, ``<report_url>/<YYYY-MM-DD>/adoption.html``.
     report_url: Url = "https://rollout.registry.example/reports"
+    # Where an account accepts an org's invitation back (the registry website's page of
+    # its pending invitations): the email links to it with ``?org=<the org>``.
+    invitations_url: Url = "https://registry.example/settings/invitations"
     # Usernames of the registry staff who get each phase's summary.
     release_managers: list[Username] = Field(default_factory=list)
     # The least number of days between two emails of one kind to one account.

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
+from rollout.core.links import invitation_link, report_link
 from rollout.core.plan import DEFAULT_EFFECTS, Phase, Plan, Requirements
 from rollout.notify.outbox import SENT_ON, run_day
 
@@ -26,6 +27,8 @@ ENFORCEMENT_EMAIL = "enforcement_notice"
 HEADS_UP_EMAIL = "brownout_heads_up"
 # The email ahead of ELV for all (its context: the day it tells, ``enrolled_on``).
 ELV_HEADS_UP_EMAIL = "elv_enrollment"
+# What a phase summary stores: the UTC day its enforcement ran (its report's day).
+ENFORCED_ON = "enforced_on"
 # Effects that stop no one signing in or publishing (a banner, new TOTP set-ups
 # closed): a phase of only these recommends.
 RECOMMENDING_EFFECTS = frozenset({"warn", "close_totp_enrolment"})
@@ -338,6 +341,7 @@ def org_invitation(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[
         "team": stored["team"],
         "invited_by": stored["invited_by"],
         "expires_at": _time(stored["expires_at"]),
+        "accept_url": invitation_link(plan.notifications.invitations_url, str(stored["org"])),
     }
 
 
@@ -356,6 +360,7 @@ def org_enforcement_summary(r: Recipient, stored: Mapping[str, Any], plan: Plan)
     when_compliant="adapt",
 )
 def phase_summary(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
+    report_day = _day(stored[ENFORCED_ON]) if stored.get(ENFORCED_ON) else None
     return {
         **common(r, plan),
         **_phase(plan, stored),
@@ -366,7 +371,14 @@ def phase_summary(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[s
         "recommends_only": recommends_only(plan.phase(stored["phase"])),
         "counts": dict(stored.get("counts", {})),
         "run_id": stored.get("run_id", ""),
-        "report_url": plan.notifications.report_url,
+        # The report of the day the enforcement ran (a summary queued before the day was
+        # stored with it: the reports folder).
+        "report_day": report_day,
+        "report_url": (
+            report_link(plan.notifications.report_url, report_day)
+            if report_day
+            else plan.notifications.report_url
+        ),
         # The accounts it acted on that no notice or reminder reached, with why (the
         # first of them; a summary from before this list existed has none).
         "unreached": list(stored.get("unreached", [])),

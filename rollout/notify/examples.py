@@ -153,6 +153,7 @@ def example_stored(email: str, plan: Plan, phase_name: str | None = None) -> dic
                 {"username": "sam-example", "why": "unverified email"},
             ],
             "unreached_more": 0,
+            "enforced_on": phase.enforce_on.isoformat(),
         }
     raise KeyError(email)
 

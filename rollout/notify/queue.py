@@ -50,7 +50,7 @@ from rollout.core.calendar import (
 from rollout.core.clock import day_start
 from rollout.core.errors import BadInput
 from rollout.core.plan import Phase, Plan
-from rollout.notify.emails import EMAILS, HEADS_UP_EMAIL, asks_only_2fa
+from rollout.notify.emails import EMAILS, ENFORCED_ON, HEADS_UP_EMAIL, asks_only_2fa
 from rollout.notify.outbox import (
     ACCOUNTS,
     COMPLIANT,
@@ -643,6 +643,7 @@ def queue_phase_summary(
             "run_id": run_id,
             "unreached": [{"username": u, "why": why} for u, why in listed],
             "unreached_more": len(unreached) - len(listed),
+            ENFORCED_ON: now.date().isoformat(),
         },
         run_id=run_id,
         now=now,

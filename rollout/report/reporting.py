@@ -33,6 +33,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, Undefined
 from rollout.core.calendar import plan_calendar
 from rollout.core.errors import RolloutError
 from rollout.core.files import duckdb_path
+from rollout.core.links import REPORT_HTML, report_folder
 from rollout.core.output import csv_cells, markdown_text
 from rollout.core.plan import Phase, Plan
 from rollout.core.resources import resource_dir
@@ -104,8 +105,9 @@ class ReportFiles:
 
 
 def report_dir(reports_dir: Path, as_of: date) -> Path:
-    """Where the report of ``as_of`` goes: ``<reports_dir>/<YYYY-MM-DD>/``."""
-    return Path(reports_dir) / as_of.isoformat()
+    """Where the report of ``as_of`` goes: ``<reports_dir>/<YYYY-MM-DD>/`` (the rule the
+    release managers' summary links by: rollout.core.links)."""
+    return Path(reports_dir) / report_folder(as_of)
 
 
 # --- the plan's milestones --------------------------------------------------------
@@ -984,7 +986,7 @@ def build_report(
             _copy_csv(con, table, columns, staging.temporary(name))
             csvs[table] = out_dir / name
         markdown_path = staging.write_text("adoption.md", markdown)
-        html_path = staging.write_text("adoption.html", html)
+        html_path = staging.write_text(REPORT_HTML, html)
     funnel = context["funnel"]
     return ReportFiles(
         out_dir=out_dir,
