@@ -35,7 +35,7 @@ from rollout.registry.ledger import (
     upsert,
     utc_now,
 )
-from rollout.registry.models import CohortMembership, CohortPackage
+from rollout.registry.models import CohortMembership, CohortPackage, Org
 from rollout.warehouse.extract import extract_registry
 from rollout.warehouse.manifests import latest_manifests
 
@@ -594,6 +594,63 @@ def cohorts_not_fixed_yet(plan: Plan, as_of: date) -> list[str]:
     ]
 
 
+def orgs_not_in_registry(connection: Connection, rules: dict[str, CohortRule]) -> list[str]:
+    """One line for each of ``rules`` (by cohort name) whose ``orgs`` names an org the
+    registry does not have: its filter lets no member of it in (org names are exact, as
+    the registry compares them). Another spelling of the same name, if the registry has
+    one, is said. Reads only."""
+    named = sorted({org for rule in rules.values() for org in rule.orgs or []})
+    if not named:
+        return []
+    orgs = Org.__table__
+    by_folded: dict[str, list[str]] = {}
+    present: set[str] = set()
+    for chunk in in_chunks(sorted({org.lower() for org in named})):
+        for (name,) in connection.execute(
+            select(orgs.c.name).where(func.lower(orgs.c.name).in_(chunk))
+        ):
+            by_folded.setdefault(name.lower(), []).append(name)
+    for chunk in in_chunks(named):
+        present.update(
+            connection.execute(select(orgs.c.name).where(orgs.c.name.in_(chunk))).scalars()
+        )
+    lines = []
+    for cohort, rule in rules.items():
+        missing = [org for org in rule.orgs or [] if org not in present]
+        if not missing:
+            continue
+        said = ", ".join(
+            repr(org)
+            + (
+                f" (the registry has {', '.join(repr(o) for o in sorted(by_folded[org.lower()]))})"
+                if org.lower() in by_folded
+                else ""
+            )
+            for org in missing
+        )
+        lines.append(
+            f"cohort {cohort}: orgs names {said}, which the registry does not have: its "
+            f"filter lets no member of {'them' if len(missing) > 1 else 'it'} in"
+        )
+    return lines
+
+
+def require_known_orgs(registry: Registry, rules: dict[str, CohortRule]) -> None:
+    """BadInput (exit 2), before anything is built, when a cohort's ``orgs`` names an
+    org the registry does not have: a misspelt name gave the cohort none of the org's
+    members, and its phases no one to warn or enforce, without a word."""
+    with registry.engine.connect() as connection:
+        lines = orgs_not_in_registry(connection, rules)
+    if lines:
+        raise BadInput(
+            None,
+            None,
+            "; ".join(lines)
+            + ". Correct the name in the plan, or take out an org the registry does not have "
+            "(yet, or any more); nothing was built",
+        )
+
+
 def build_cohorts(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,
@@ -618,6 +675,7 @@ def build_cohorts(
     for name in names:
         require_download_window(con, plan.cohort(name), as_of, allow_gaps=allow_gaps)
     rules = {name: plan.cohorts[name] for name in names}
+    require_known_orgs(registry, rules)
     engine = registry.engine
     with registry.lock("cohorts"):
         # Each cohort's account models read the latest manifests: the kept ones.

@@ -742,6 +742,26 @@ def test_a_cohort_of_org_members_takes_only_current_members(
     assert accounts_of(con, "top-1", D1).keys() == {"carol", "erin"}
 
 
+def test_a_build_naming_an_org_the_registry_does_not_have_is_refused_and_builds_nothing(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+) -> None:
+    """A misspelt org (`Corp` for corp) gave the cohort none of corp's members, and its
+    phases no one to warn, without a word: refused, naming the cohort and the name."""
+    rule = CohortRule(every_maintainer=True, orgs=["Corp"])
+    with pytest.raises(
+        BadInput,
+        match=r"cohort top-1: orgs names 'Corp' \(the registry has 'corp'\), which the "
+        r"registry does not have.*nothing was built",
+    ):
+        build(con, registry, with_cohort(small_cohorts_plan, rule), D1)
+    with registry.engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(CohortMembership)).scalar() == 0
+        assert connection.execute(select(func.count()).select_from(CohortPackage)).scalar() == 0
+
+
 def test_a_cohort_is_fixed_from_its_phase_s_day_not_from_the_builds_before_it(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,

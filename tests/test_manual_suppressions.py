@@ -22,6 +22,7 @@ from rollout.core.plan import Plan
 from rollout.demo.crowd import NOTICE_DAY
 from rollout.notify import outbox
 from rollout.notify.drain import drain
+from rollout.notify.queue import queue_preview
 from rollout.notify.suppressions import unsuppress
 from rollout.registry import Registry
 from rollout.registry.models import Account, Action, EmailSuppression
@@ -315,3 +316,41 @@ def test_the_preview_finds_the_accounts_as_the_send_matches_them(
         preview = rollout("notify", "suppress", typed, "--reason", "x", "--format", "json")
         assert preview.exit_code == 0, preview.stderr
         assert json.loads(preview.stdout)["usernames"] == expected, typed
+
+
+def test_the_queue_its_preview_and_the_send_agree_on_addresses_beyond_ascii(
+    registry: Registry, plan: Plan, ids: dict[str, int], rollout: Any
+) -> None:
+    """ann's address has capitals beyond ASCII (SQLite's lower() leaves Å as it is),
+    ben's its domain in IDNA where the suppression has it in Unicode: the queue and its
+    preview skip them as the send does, and `notify suppress` finds ann (and eve, whose
+    Kelvin sign Python lower-cases to k) as the send matches them. Before, the preview
+    counted them as queued, and the send skipped them."""
+    move(registry, ids["ann"], "ÅNN@X.EXAMPLE")
+    move(registry, ids["ben"], "ben@xn--bcher-kva.example")
+    # A Kelvin sign, which Python lower-cases to an ASCII k (eve is in no cohort).
+    move(registry, ids["eve"], "\u212aIM@example.com")
+    for typed, expected in [("Ånn@x.example", ["ann"]), ("kim@example.com", ["eve"])]:
+        preview = rollout("notify", "suppress", typed, "--reason", "x", "--format", "json")
+        assert preview.exit_code == 0, preview.stderr
+        assert json.loads(preview.stdout)["usernames"] == expected, typed
+    outbox.suppress(registry, "ånn@x.example", reason="hard bounce", actor="ops")
+    outbox.suppress(registry, "ben@bücher.example", reason="hard bounce", actor="ops")
+
+    [previewed] = [
+        o
+        for o in queue_preview(registry, plan, NOTICE_DAY, late=True)
+        if o.occasion.email == "phase_notice"
+    ]
+    # cat: unverified; dan, ann and ben: suppressed.
+    assert (previewed.added, previewed.skipped) == (4, 4)
+    queue_late(registry, plan, NOTICE_DAY)
+    notices = rows(registry, "phase_notice")
+    assert {name: notices[name] for name in ("ann", "ben")} == {
+        "ann": ("skipped", "suppressed"),
+        "ben": ("skipped", "suppressed"),
+    }
+    assert sum(state == "skipped" for state, _ in notices.values()) == previewed.skipped
+    sender = Recording()
+    drain(registry, plan, sender)
+    assert sender.sent == []

@@ -371,6 +371,32 @@ def test_reinvite_from_the_command_line(
     ]
 
 
+def test_an_invitation_to_an_account_deleted_since_is_still_listed_as_deleted(
+    registry: Registry, enforced: dict[str, int], cli: Callable[..., Any]
+) -> None:
+    """The registry closes di's account after di was invited back: the owner still sees
+    the invitation, its invitee shown as deleted (by id, with no name)."""
+    orgs.reinvite(registry, "acme", "release", owner="ada", confirm="acme", expect=1, actor="t")
+    with registry.engine.begin() as connection:
+        connection.execute(delete(Account).where(Account.id == enforced["di"]))
+
+    [invitation] = orgs.invitations(registry, "acme", actor="t")
+    assert (invitation.username, invitation.account_id, invitation.account_deleted) == (
+        None,
+        enforced["di"],
+        True,
+    )
+    assert (invitation.team, invitation.state) == ("release", "pending")
+    listed = cli("orgs", "invitations", "acme", "--format", "json")
+    assert listed.exit_code == 0, listed.stderr
+    assert [
+        (i["username"], i["account_id"], i["account_deleted"], i["state"])
+        for i in json.loads(listed.stdout)
+    ] == [(None, enforced["di"], True, "pending")]
+    table = cli("orgs", "invitations", "acme")
+    assert "acme: 1 invitations" in table.stdout and "True" in table.stdout
+
+
 def test_enforce_from_the_command_line_names_the_owners_going_and_needs_the_count(
     registry: Registry, acme: dict[str, int], cli: Callable[..., Any]
 ) -> None:

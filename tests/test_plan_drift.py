@@ -19,7 +19,7 @@ from rollout.core.errors import GuardRefused
 from rollout.core.plan import Plan
 from rollout.phases import enforce
 from rollout.registry import Registry
-from tests.factories import CohortPackageFactory
+from tests.factories import CohortPackageFactory, OrgFactory, bound_to
 from tests.support.outbox import ids, queue_and_send
 
 __all__ = ["ids"]  # a fixture, used by name
@@ -304,3 +304,31 @@ def test_a_phase_asking_less_than_its_notices_told_is_only_a_warning(
     with use_clock(SimulatedClock(datetime(2022, 2, 1, 10))):
         done = enforce.enforce_phase(registry, load_plan(milder), "top-100", expect=3, actor="rm")
     assert done.accounts_required == 3
+
+
+def test_a_cohort_naming_an_org_the_registry_does_not_have_is_a_warning(
+    registry: Registry,
+    plan: Plan,
+    ids: dict[str, int],
+    tmp_path: Path,
+    check: Callable[[Path], Result],
+) -> None:
+    """Org names are exact: `orgs: [Acme, corp-lab]` lets none of acme's members in, and
+    corp-lab may not exist yet (a plan is written before its orgs): said, not refused."""
+    with bound_to(registry.engine):
+        OrgFactory(name="acme")
+        OrgFactory(name="corp")
+    naming = edited(
+        tmp_path,
+        "    top_by_dependents: 100\n",
+        "    top_by_dependents: 100\n    orgs: [Acme, corp, corp-lab]\n",
+    )
+    result = check(naming)
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert (
+        "warning: cohort top-100: orgs names 'Acme' (the registry has 'acme'), 'corp-lab', "
+        "which the registry does not have: its filter lets no member of them in "
+        "(`cohorts build` refuses it until the registry has the org)"
+    ) in said
+    assert "'corp'," not in said

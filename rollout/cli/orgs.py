@@ -301,12 +301,23 @@ def orgs_invitations(
     fmt: FormatOption = Format.table,
 ) -> None:
     """The org's invitations back and their state (pending, accepted, expired); records
-    first those accepted or expired since."""
+    first those accepted or expired since. An account the registry deleted since is
+    listed too, by its id, with account_deleted true and no username."""
     from rollout.phases.orgs import invitations
 
     runtime = _runtime(ctx)
     found = invitations(runtime.registry, org, actor=runtime.settings.actor)
-    columns = ["username", "team", "state", "invited_by", "created_at", "expires_at", "settled_at"]
+    columns = [
+        "username",
+        "account_id",
+        "account_deleted",
+        "team",
+        "state",
+        "invited_by",
+        "created_at",
+        "expires_at",
+        "settled_at",
+    ]
     emit(
         [{c: getattr(i, c) for c in columns} for i in found],
         fmt,

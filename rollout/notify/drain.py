@@ -77,7 +77,13 @@ from rollout.notify.emails import (
     asks_only_2fa,
     recommends_only,
 )
-from rollout.notify.message import DeliveryFailed, Message, Sender, SenderUnavailable
+from rollout.notify.message import (
+    DeliveryFailed,
+    Message,
+    Sender,
+    SenderUnavailable,
+    normal_address,
+)
 from rollout.notify.outbox import (
     ACCOUNT_DELETED,
     ACCOUNTS,
@@ -691,7 +697,7 @@ def _ends_unsent(
         recipient = found.apply(recipient)
     if not recipient.verified:
         return _Outcome(claimed.id, "skipped", UNVERIFIED)
-    why_suppressed = suppressed.get(recipient.address.lower())
+    why_suppressed = suppressed.get(normal_address(recipient.address))
     if why_suppressed is not None:
         return _Outcome(claimed.id, "skipped", why_suppressed)
     if recipient.compliant and definition.when_compliant == "skip":

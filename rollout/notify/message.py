@@ -33,12 +33,21 @@ def header_address(address: str) -> str:
     return f"{local}@{_to_idna(domain)}"
 
 
+def normal_address(address: str) -> str:
+    """An address as suppressions store and compare it: stripped, lower-cased by
+    Python's Unicode rules (ÅSA@X.EXAMPLE is åsa@x.example). The one home of the rule:
+    SQL's lower() folds only ASCII on SQLite (and on PostgreSQL follows the database's
+    locale), so no address is compared lower-cased in SQL."""
+    return address.strip().lower()
+
+
 def address_forms(address: str) -> set[str]:
-    """The forms one address takes, lower-cased: as given, with its domain in IDNA (as
-    SendGrid lists a bounce: it is sent that form) and in Unicode (as a person types
-    it). A suppression of any form stops email to all: compared as given, a bounce
-    from ann@xn--bcher-kva.example never stopped the emails to ann@bücher.example."""
-    text = address.strip().lower()
+    """The forms one address takes, lower-cased (:func:`normal_address`): as given,
+    with its domain in IDNA (as SendGrid lists a bounce: it is sent that form) and in
+    Unicode (as a person types it). A suppression of any form stops email to all:
+    compared as given, a bounce from ann@xn--bcher-kva.example never stopped the emails
+    to ann@bücher.example."""
+    text = normal_address(address)
     forms = {text}
     local, at, domain = text.rpartition("@")
     # An ASCII domain without an xn-- label is the same in both forms.

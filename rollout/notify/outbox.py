@@ -9,8 +9,10 @@ counts as sent on, what is pending or failed, retries, suppressions and the stat
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
@@ -27,7 +29,7 @@ from sqlalchemy import (
 )
 
 from rollout.core.errors import BadInput, RolloutError
-from rollout.notify.message import address_forms
+from rollout.notify.message import address_forms, normal_address
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.engine import begin_writing
@@ -219,21 +221,12 @@ def _suppression_reason() -> Any:
     )
 
 
-def suppression_reason_sql(address: Any) -> Any:
-    """SQL: the skip reason for ``address`` (lower-cased), or NULL when no suppression
-    stops its email; of several, the first by reason (so the same one every time)."""
-    return (
-        select(func.min(_suppression_reason()))
-        .where(and_(SUPPRESSIONS.c.address == address, stops_email(SUPPRESSIONS.c.source)))
-        .scalar_subquery()
-    )
-
-
 def suppression_reasons(connection: Connection, addresses: Iterable[str]) -> dict[str, str]:
-    """{lower-cased address: skip reason} for those of ``addresses`` no email goes to,
-    chosen as :func:`suppression_reason_sql` chooses, whichever form of the address
-    (its domain in IDNA or in Unicode: :func:`address_forms`) is suppressed."""
-    forms = {address.lower(): address_forms(address) for address in addresses}
+    """{address as :func:`normal_address` gives it: skip reason} for those of
+    ``addresses`` no email goes to, whichever form of the address (its domain in IDNA or
+    in Unicode: :func:`address_forms`) is suppressed; of several reasons, the first (so
+    the same one every time). What the send skips by, and the queue and its preview."""
+    forms = {normal_address(address): address_forms(address) for address in addresses}
     wanted = sorted(set().union(*forms.values())) if forms else []
     found: dict[str, str] = {}
     for chunk in in_chunks(wanted):
@@ -267,9 +260,34 @@ _ADDRESS = re.compile(
 )
 
 
+def suppressed_accounts(connection: Connection, account_ids: Any) -> dict[int, str]:
+    """{account id: skip reason} of the accounts of ``account_ids`` (a subquery of ids)
+    whose address a suppression stops, matched in Python as the send matches
+    (:func:`suppression_reasons`): the queue's SQL compared lower(email), which on SQLite
+    folds only ASCII, and one form of the domain, so its preview counted ÅSA@X.EXAMPLE
+    (or ann@xn--bcher-kva.example) as queued while the send skipped it. Reads the
+    audience's addresses only when some suppression stops email."""
+    if (
+        connection.execute(
+            select(SUPPRESSIONS.c.address).where(stops_email(SUPPRESSIONS.c.source)).limit(1)
+        ).first()
+        is None
+    ):
+        return {}
+    rows = connection.execute(
+        select(ACCOUNTS.c.id, ACCOUNTS.c.email).where(ACCOUNTS.c.id.in_(select(account_ids.c[0])))
+    ).all()
+    reasons = suppression_reasons(connection, {email for _, email in rows})
+    return {
+        account_id: reasons[normal_address(email)]
+        for account_id, email in rows
+        if normal_address(email) in reasons
+    }
+
+
 def checked_address(address: str) -> str:
-    """The address as a suppression stores it (stripped, lower-cased); BadInput (exit 2)
-    for what is not an address, or one longer than any account's can be."""
+    """The address as a suppression stores it (:func:`normal_address`); BadInput (exit
+    2) for what is not an address, or one longer than any account's can be."""
     text = address.strip()
     if not _ADDRESS.fullmatch(text):
         raise BadInput(None, None, f"{address!r} is not an email address (name@domain.tld)")
@@ -281,7 +299,7 @@ def checked_address(address: str) -> str:
             None,
             f"{text[:40]!r}... is {len(text)} characters: an address has at most {ADDRESS_LIMIT}",
         )
-    return text.lower()
+    return normal_address(text)
 
 
 def checked_reason(reason: str, *, example: str) -> str:
@@ -356,15 +374,37 @@ def accounts_using(connection: Connection, address: str) -> list[tuple[int, str,
     By username."""
     # Found by the local part, then matched here: SQLite's lower() folds only ASCII, so
     # an account's ann@BÜCHER.example was missed by SQL's comparison of whole addresses,
-    # while the send (Python's lower()) stops its emails.
-    local = address.rpartition("@")[0]
-    pattern = re.sub(r"([\\%_])", r"\\\1", local) + "@%"
+    # while the send (Python's lower()) stops its emails. For the same reason a character
+    # SQL may not have lower-cased as Python did (ÅSA's Å; the k of a Kelvin sign) is a
+    # wildcard in the pattern: the candidates are never fewer than the matches.
+    pattern = _local_part_pattern(address.rpartition("@")[0]) + "@%"
     rows = connection.execute(
         select(ACCOUNTS.c.id, ACCOUNTS.c.username, ACCOUNTS.c.email)
         .where(func.lower(func.trim(ACCOUNTS.c.email)).like(pattern, escape="\\"))
         .order_by(ACCOUNTS.c.username)
     ).all()
     return [(i, u, e) for i, u, e in rows if address in address_forms(e)]
+
+
+@functools.cache
+def _folded_from_beyond_ascii() -> frozenset[str]:
+    """The ASCII characters Python's lower() makes of some other character (k of the
+    Kelvin sign, i of İ): SQL's lower() on SQLite leaves those as they are."""
+    return frozenset(
+        c for code in range(0x80, sys.maxunicode + 1) for c in chr(code).lower() if c.isascii()
+    )
+
+
+def _local_part_pattern(local: str) -> str:
+    """A LIKE pattern (escape \\) matching ``local`` (lower-cased by Python) in any
+    address SQL's lower() gives: a non-ASCII character any run of characters (lower()
+    may make two of one: İ is i and a combining dot), an ASCII one lower() makes of
+    another (the k of a Kelvin sign) any one character."""
+    loose = _folded_from_beyond_ascii()
+    return "".join(
+        "%" if not c.isascii() else "_" if c in loose else re.sub(r"([\\%_])", r"\\\1", c)
+        for c in local
+    )
 
 
 def outbox_status(registry: Registry) -> list[dict[str, Any]]:

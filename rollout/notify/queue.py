@@ -30,6 +30,7 @@ from sqlalchemy import (
     DateTime,
     Select,
     and_,
+    bindparam,
     case,
     exists,
     func,
@@ -51,6 +52,7 @@ from rollout.core.clock import day_start
 from rollout.core.errors import BadInput
 from rollout.core.plan import Phase, Plan
 from rollout.notify.emails import EMAILS, ENFORCED_ON, HEADS_UP_EMAIL, asks_only_2fa
+from rollout.notify.message import normal_address
 from rollout.notify.outbox import (
     ACCOUNTS,
     COMPLIANT,
@@ -60,7 +62,7 @@ from rollout.notify.outbox import (
     QUEUED_LATE,
     RUN_DAY,
     UNVERIFIED,
-    suppression_reason_sql,
+    suppressed_accounts,
     suppression_reasons,
 )
 from rollout.notify.reach import WARNINGS
@@ -243,14 +245,27 @@ def audience(spec: str, plan: Plan, day: date) -> Select:
 
 
 def _skip_reason(
-    email: str, phase: Phase | None, now: datetime, exempt: frozenset[str] = frozenset()
+    email: str,
+    phase: Phase | None,
+    now: datetime,
+    suppressed: Mapping[int, str],
+    exempt: frozenset[str] = frozenset(),
 ) -> Any:
     """SQL: why an account gets no email at queue time, or NULL. "Compliant" means
     meeting the phase's requirements for a phase that asks more than any 2FA. An account
     in ``exempt`` (the plan's exemptions) gets no warning of a phase: "you will be
-    signed out" of an enforcement that never touches it."""
-    suppressed = suppression_reason_sql(func.lower(ACCOUNTS.c.email))
-    whens = [(~ACCOUNTS.c.email_verified, UNVERIFIED), (suppressed.is_not(None), suppressed)]
+    signed out" of an enforcement that never touches it. ``suppressed``: the accounts
+    whose address a suppression stops, and why (``suppressed_accounts``: matched as the
+    send matches them, which SQL cannot)."""
+    whens: list[tuple[Any, Any]] = [(~ACCOUNTS.c.email_verified, UNVERIFIED)]
+    by_reason: dict[str, list[int]] = {}
+    for account_id, why in suppressed.items():
+        by_reason.setdefault(why, []).append(account_id)
+    whens += [
+        # Inline: as many as are suppressed, past any limit of bound parameters.
+        (ACCOUNTS.c.id.in_(bindparam(f"suppressed_{i}", sorted(ids), literal_execute=True)), why)
+        for i, (why, ids) in enumerate(sorted(by_reason.items()))
+    ]
     if exempt and phase is not None and email in WARNINGS:
         whens.append((ACCOUNTS.c.username.in_(sorted(exempt)), EXEMPT))
     # With per-account deadlines, tokens are judged at each account's own, which the
@@ -305,8 +320,8 @@ def queue_email(
     now (counted as added): notices go daily to whoever was not sent one, and without
     one an account is never told its deadline (nor, with per-account deadlines, has
     one: the campaign would pass it by for good)."""
-    reason = _skip_reason(email, requirements_of, now, exempt)
     ids = account_ids.subquery()
+    reason = _skip_reason(email, requirements_of, now, suppressed_accounts(connection, ids), exempt)
     reopened = 0
     for chunk in in_chunks(_reopenable(connection, email, phase, occasion, ids, reason)):
         reopened += connection.execute(
@@ -389,7 +404,7 @@ def _reopenable(
         )
     ).all()
     suppressed = suppression_reasons(connection, {address for _, address in rows})
-    return [row_id for row_id, address in rows if address.lower() not in suppressed]
+    return [row_id for row_id, address in rows if normal_address(address) not in suppressed]
 
 
 def queue_each(
@@ -450,7 +465,13 @@ def _count(
     queue_email would record as skipped): what queueing ``ids`` would do. Reads only."""
     chosen = ids.subquery()
     # The new rows queue_email would record as skipped: the same reason, read.
-    reason = _skip_reason(o.email, _requirements_of(plan, o), now, plan.exempt_usernames)
+    reason = _skip_reason(
+        o.email,
+        _requirements_of(plan, o),
+        now,
+        suppressed_accounts(connection, chosen),
+        plan.exempt_usernames,
+    )
     has_row = exists().where(
         and_(
             NOTIFICATIONS.c.account_id == ACCOUNTS.c.id,

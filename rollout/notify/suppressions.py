@@ -25,9 +25,10 @@ What each source does:
   to be locked out; such transactional notices are outside what an unsubscribe covers
   (as for password resets). Bounces and spam reports are not bypassed.
 
-Addresses are compared lower-cased, as everywhere in the outbox, and when an email is
-sent in each form of an international domain (IDNA, as SendGrid lists it, or Unicode,
-as an account may hold it: ``rollout.notify.message.address_forms``).
+Addresses are compared lower-cased by Python's rules (``rollout.notify.message.
+normal_address``: never by SQL's lower(), which on SQLite folds only ASCII), as
+everywhere in the outbox, and in each form of an international domain (IDNA, as
+SendGrid lists it, or Unicode, as an account may hold it: ``address_forms``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, func, or_, select
 
 from rollout.core.errors import GuardRefused, RolloutError
-from rollout.notify.message import DeliveryFailed, address_forms
+from rollout.notify.message import DeliveryFailed, address_forms, normal_address
 from rollout.notify.outbox import (
     ADDRESS_LIMIT,
     MANUAL,
@@ -185,7 +186,7 @@ def sync_suppressions(
         entries, read = read_list(sender, list_name, page_size)
         pages += read
         for entry in entries:
-            address = entry["email"].strip().lower()
+            address = normal_address(entry["email"])
             if not address or len(address) > ADDRESS_LIMIT:
                 # Longer than any account's address can be (cut short, two such could
                 # meet as one key): it stops no email of ours.

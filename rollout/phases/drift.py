@@ -27,9 +27,10 @@ A release manager edits the plan mid-campaign. These edits leave the registry be
 - a brown-out window the plan scheduled, then dropped or dated otherwise: the registry
   applies it at its stored times until ``brownout schedule`` cancels or moves it.
 
-And one edit that needs no history: an exemption naming no account (usernames are
+And edits that need no history: an exemption naming no account (usernames are
 exact: ``U2`` exempts nobody when the account is ``u2``), a lockout of someone meant
-to be spared.
+to be spared; a cohort's ``orgs`` naming an org the registry does not have (a warning:
+a plan may be written before its orgs exist; ``cohorts build`` refuses it).
 
 ``plan check`` and ``plan show`` say so; ``phase enforce`` refuses before the latest
 date the accounts were told (``told_deadline``), while a phase gives each account
@@ -45,6 +46,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, and_, case, func, or_, select
 
+from rollout.cohorts import orgs_not_in_registry
 from rollout.core.clock import naive_utc
 from rollout.core.plan import Phase, Plan, asks_more_than
 from rollout.notify.emails import ELV_HEADS_UP_EMAIL
@@ -315,6 +317,11 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
                 f"exemptions: no account is named {username!r} in the registry (usernames "
                 "are exact): it exempts nobody"
             )
+    with registry.engine.connect() as connection:
+        warnings += [
+            f"{line} (`cohorts build` refuses it until the registry has the org)"
+            for line in orgs_not_in_registry(connection, plan.cohorts)
+        ]
     return errors, warnings
 
 

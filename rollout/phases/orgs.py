@@ -588,24 +588,35 @@ def reinvite(
 
 @dataclass(frozen=True)
 class Invitation:
-    username: str
-    team: str
+    """One invitation back. The registry may have deleted its account (or its team)
+    since: the invitation is still listed, with ``username`` (``team``) None and
+    ``account_deleted`` set, as the ledger keeps it (docs/data-contracts.md)."""
+
+    account_id: int
+    username: str | None
+    team: str | None
     state: str
     invited_by: str
     created_at: datetime
     expires_at: datetime
     settled_at: datetime | None
 
+    @property
+    def account_deleted(self) -> bool:
+        return self.username is None
+
 
 def invitations(registry: Registry, org: str, *, actor: str) -> list[Invitation]:
     """The org's invitations back, newest first, after recording those accepted or
-    expired since (``settle_invitations``)."""
+    expired since (``settle_invitations``): every one, those of accounts (or teams) the
+    registry deleted since included (no name: :class:`Invitation`)."""
     engine = registry.engine
     org_id, _ = _org_id(engine, org)
     with registry.lock("orgs"), begin_writing(engine) as connection:
         settle_invitations(connection, org_id, org, now=utc_now(), actor=actor, run_id=None)
     query = (
         select(
+            INVITATIONS.c.account_id,
             Account.username,
             Team.name,
             INVITATIONS.c.state,
@@ -614,10 +625,11 @@ def invitations(registry: Registry, org: str, *, actor: str) -> list[Invitation]
             INVITATIONS.c.expires_at,
             INVITATIONS.c.settled_at,
         )
-        .join(Account, Account.id == INVITATIONS.c.account_id)
-        .join(Team, Team.id == INVITATIONS.c.team_id)
+        # Outer joins: an inner one dropped the invitation of an account deleted since.
+        .outerjoin(Account, Account.id == INVITATIONS.c.account_id)
+        .outerjoin(Team, Team.id == INVITATIONS.c.team_id)
         .where(INVITATIONS.c.org_id == org_id)
-        .order_by(INVITATIONS.c.created_at.desc(), Account.username)
+        .order_by(INVITATIONS.c.created_at.desc(), Account.username, INVITATIONS.c.account_id)
     )
     with engine.connect() as connection:
         return [Invitation(*row) for row in connection.execute(query)]

@@ -5,6 +5,7 @@
 -- registry as it is now, read as of $as_of. Each account counts once per column; an
 -- account never reached counts under the most telling of its warnings (a bounce, then
 -- a drop, then a suppressed address, then a skip as too late), as reach.py's why does.
+-- An account the registry deleted since counts only as deleted.
 with
 
 phases as (
@@ -41,12 +42,15 @@ warnings as (
         -- does not make the account one the phase meant to warn; a suppressed or
         -- unverified address does, and so does a skip as too late (the send found the
         -- account verified, not suppressed and short of the phase before it found the
-        -- day gone). Skipped only later, it was still queued then.
+        -- day gone). Skipped only later, it was still queued then. A skip as account
+        -- deleted (the send found the account gone) was meant to warn it too: it counts
+        -- as deleted, as does any account of the phase the registry no longer has.
         not (
             notifications.state = 'skipped'
             and notifications.updated_at < $as_of::date + 1
             and coalesce(notifications.skip_reason, '') not like 'suppressed%'
-            and coalesce(notifications.skip_reason, '') not in ('unverified email', 'too late')
+            and coalesce(notifications.skip_reason, '')
+            not in ('unverified email', 'too late', 'account deleted')
         ) as meant_to_warn,
         case
             when notifications.delivery_at < $as_of::date + 1 then notifications.delivery
@@ -104,6 +108,18 @@ reach as (
     from phase_accounts
     left join account_warnings using (phase, account_id)
     left join planned_requirements using (phase, account_id)
+    -- Of accounts the registry still has: the outbox keeps the warnings of deleted ones
+    -- (revision 0021). No one can be reached there any more, nor is anyone locked out:
+    -- they count apart (deleted), in no other column, as phase preview, which reads
+    -- the accounts there are, leaves them out.
+    semi join registry.accounts as accounts on accounts.id = phase_accounts.account_id
+),
+
+deleted_accounts as (
+    select phase_accounts.phase, count(*) as deleted
+    from phase_accounts
+    anti join registry.accounts as accounts on accounts.id = phase_accounts.account_id
+    group by phase_accounts.phase
 ),
 
 reach_counts as (
@@ -148,9 +164,11 @@ final as (
         coalesce(reach_counts.suppressed, 0) as suppressed,
         coalesce(reach_counts.too_late, 0) as too_late,
         coalesce(reach_counts.never_reached, 0) as never_reached,
-        coalesce(reach_counts.never_reached_enforced, 0) as never_reached_enforced
+        coalesce(reach_counts.never_reached_enforced, 0) as never_reached_enforced,
+        coalesce(deleted_accounts.deleted, 0) as deleted
     from phases
     left join reach_counts using (phase)
+    left join deleted_accounts using (phase)
     order by phases.phase
 )
 
