@@ -24,6 +24,7 @@ from rollout import warehouse
 from rollout.core.calendar import cohorts_step
 from rollout.core.clock import day_end
 from rollout.core.errors import BadInput, GuardRefused
+from rollout.core.output import counted
 from rollout.core.plan import CohortRule, Plan
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
@@ -200,7 +201,7 @@ def require_metrics(
         gap += f"; the latest download data loaded is for {latest}" if latest else ""
     else:
         gap = (
-            f"{len(weekly)} of the {weekly_days} days of {as_of}'s weekly window "
+            f"{len(weekly)} of the {counted(weekly_days, 'day')} of {as_of}'s weekly window "
             f"({start}..{end}): {day_ranges(weekly)}"
         )
     raise BadInput(
@@ -799,7 +800,8 @@ def release_preview(registry: Registry, cohort: str, package: str) -> str:
         else f"in {cohort} since {row.first_qualified_on} ({'; '.join(row.reasons)})"
     )
     return (
-        f"{row.package}: {state}; {only_this} account(s) are in {cohort} only through it "
+        f"{row.package}: {state}; {counted(only_this, 'account')} "
+        f"{'is' if only_this == 1 else 'are'} in {cohort} only through it "
         "and would leave at the next build"
     )
 
@@ -873,7 +875,7 @@ def require_download_window(
         raise BadInput(
             None,
             None,
-            f"the cohort rule sums downloads over the {days} days {start}.."
+            f"the cohort rule sums downloads over the {counted(days, 'day')} {start}.."
             f"{as_of - timedelta(days=1)}, but only {loaded} of them are loaded: load the "
             "missing days' downloads, or pass --allow-gaps to build on what there is",
         )

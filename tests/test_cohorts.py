@@ -432,7 +432,7 @@ def test_release_previews_then_takes_the_package_out_with_an_audit_row(
 ) -> None:
     build(con, registry, small_cohorts_plan, D1)
     preview = cohorts.release_preview(registry, "high-impact", "BIG")
-    assert "1 account(s) are in high-impact only through it" in preview
+    assert "1 account is in high-impact only through it" in preview
     cohorts.release_package(registry, "high-impact", "big", reason="inflated downloads", actor="rm")
     with registry.engine.connect() as connection:
         released = connection.execute(
@@ -898,12 +898,12 @@ def test_a_release_preview_counts_who_leaves_once_their_other_packages_are_relea
     build, apps and all."""
     plan = with_cohort(small_cohorts_plan, CohortRule(every_maintainer=True))
     build(con, registry, plan, D1)
-    assert "0 account(s) are in top-1 only through it" in cohorts.release_preview(
+    assert "0 accounts are in top-1 only through it" in cohorts.release_preview(
         registry, "top-1", "app0"
     )
     for app in ("app0", "app1", "app2"):
         cohorts.release_package(registry, "top-1", app, reason="test", actor="rm")
     preview = cohorts.release_preview(registry, "top-1", "small")
-    assert "1 account(s) are in top-1 only through it" in preview
+    assert "1 account is in top-1 only through it" in preview
     cohorts.release_package(registry, "top-1", "small", reason="test", actor="rm")
     assert build(con, registry, plan, D2)["top-1"].accounts_left == 1

@@ -159,7 +159,7 @@ def test_who_bounced_is_named_before_enforcement_and_holds_it_back(
     loaded = processes.run("ingest", "--format", "json")
     assert loaded.returncode == 0, loaded.stderr
     assert {f["kind"] for f in json.loads(loaded.stdout)} == {"events"}
-    assert "delivery events: 3 notifications' states written" in loaded.stderr
+    assert "delivery events: states written for 3 notifications" in loaded.stderr
     with registry.engine.connect() as connection:
         states = dict(
             connection.execute(

@@ -286,7 +286,7 @@ def test_notify_send_and_status_say_how_many_were_too_late(rollout_home: Path) -
     preview = run("notify", "send")
     assert preview.exit_code == 0, preview.stderr
     said = " ".join(preview.stderr.split())
-    assert "1 emails queued; sender: file" in said
+    assert "1 email queued; sender: file" in said
     assert "1 would be skipped as too late (past their last day): reminder 1" in said
     sent = run("notify", "send", "--apply")
     assert sent.exit_code == 0, sent.stderr

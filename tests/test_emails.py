@@ -626,3 +626,32 @@ def test_an_account_an_earlier_phase_required_is_not_told_it_will_be(name: str, 
     # Not yet required: told what will happen, as before.
     fresh = render(name, EXAMPLE_RECIPIENTS["non-compliant"], example_stored(name, plan), plan)
     assert "signed out" in fresh.text and "already requires" not in fresh.text
+
+
+def test_an_own_deadline_one_day_after_the_notice_says_1_day(plan: Plan) -> None:
+    """days_after_notice and snooze_days may be 1: the campaign emails say "1 day"."""
+    github = plan_sending("snooze_reply", plan)
+    one_day = github.model_copy(
+        update={
+            "phases": [
+                p
+                if p.deadline is None
+                else p.model_copy(
+                    update={
+                        "deadline": p.deadline.model_copy(
+                            update={"days_after_notice": 1, "snooze_days": 1}
+                        )
+                    }
+                )
+                for p in github.phases
+            ]
+        }
+    )
+    recipient = replace(EXAMPLE_RECIPIENTS["non-compliant"], deadline=date(2023, 5, 4))
+    for email in ("phase_notice", "reminder"):
+        rendered = render(email, recipient, example_stored(email, one_day), one_day)
+        for part in (rendered.text, rendered.html):
+            said = words(part)
+            assert "1 day from the day we first wrote to you" in said, email
+            assert "postpone it once, by up to 1 day" in said, email
+            assert "1 days" not in said, email

@@ -81,7 +81,7 @@ def test_row_level_refusal_says_how_much_was_bad_and_that_nothing_loaded(
 ) -> None:
     with pytest.raises(
         BadInput,
-        match=r"1 of 3 lines are bad \(33\.3%, over the 1\.0% limit\); "
+        match=r"1 of 3 lines is bad \(33\.3%, over the 1\.0% limit\); "
         r"nothing was loaded: line 3: downloads -5 is negative",
     ):
         load(con, BAD / "downloads-negative-count.csv")

@@ -777,7 +777,7 @@ def test_a_bad_row_with_a_field_over_python_csvs_limit_is_named_by_its_line(
     path = put(
         tmp_path, "downloads/d.csv", f"package,day,downloads\n\n{name},2022-01-10,1\n".encode()
     )
-    with pytest.raises(BadInput, match=r":3: 1 of 1 lines are bad") as refused:
+    with pytest.raises(BadInput, match=r":3: 1 of 1 line is bad") as refused:
         load(con, path)
     assert refused.value.line == 3
     # The refusal quotes the start of the name; the quarantine, had it been within the

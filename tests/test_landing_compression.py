@@ -256,7 +256,7 @@ def test_a_bad_row_over_the_limit_refuses_the_file_naming_file_and_line(
     # An events post's rows are its events, named by their place in the array.
     rows = "events" if case == "events-json" else "lines"
     assert str(refused.value).startswith(
-        f"{path}:{line}: 1 of 3 {rows} are bad (33.3%, over the 1.0% limit); nothing was loaded"
+        f"{path}:{line}: 1 of 3 {rows} is bad (33.3%, over the 1.0% limit); nothing was loaded"
     )
     assert reason in str(refused.value)
     assert row_counts(con) == NOTHING

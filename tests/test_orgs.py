@@ -244,7 +244,7 @@ def test_reinvite_is_guarded_and_happens_once(registry: Registry, enforced: dict
         orgs.reinvite(registry, "acme", "release", owner="ada", confirm="x", expect=1, actor="t")
     with pytest.raises(GuardRefused, match="'cy' is not an owner"):
         orgs.reinvite(registry, "acme", "release", owner="cy", confirm="acme", expect=1, actor="t")
-    with pytest.raises(GuardRefused, match="1 members to invite back, not the 2 expected"):
+    with pytest.raises(GuardRefused, match="1 member to invite back, not the 2 expected"):
         orgs.reinvite(registry, "acme", "release", owner="ada", confirm="acme", expect=2, actor="t")
 
     done = orgs.reinvite(

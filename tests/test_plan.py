@@ -551,7 +551,7 @@ def test_a_reminder_too_many_days_before_enforcement_is_refused_not_an_overflow(
     text = edited("reminders_days_before: [14, 3]", f"reminders_days_before: [14, {days}]")
     assert (
         line_of(text, f"reminders_days_before: [14, {days}]"),
-        f"phases.0.reminders_days_before.1: a reminder {days} days before enforcement "
+        f"phases.0.reminders_days_before.1: a reminder {days:,} days before enforcement "
         "is not between the notice and enforcement",
     ) in problems_in(text)
     # One that has a day still names it.

@@ -433,9 +433,9 @@ def test_the_release_manager_rehearsal_runs_as_the_runbook_gives_it(
 
     # 3. Preview the phase: the count, and the command to apply, with N filled in.
     preview = run(preview_command)
-    counted = re.search(r"^(\d+) accounts without 2FA in cohort (\S+)", preview.stderr, re.M)
+    counted = re.search(r"^([\d,]+) accounts? without 2FA in cohort (\S+)", preview.stderr, re.M)
     assert counted and counted.group(2) == phase.cohort, preview.stderr
-    expect = int(counted.group(1))
+    expect = int(counted.group(1).replace(",", ""))
     assert not plan.exempt_usernames
     assert expect == len(table_rows(preview.stdout)) == len(without_2fa)
     to_apply = re.search(r"^To apply: rollout (.+)$", preview.stderr, re.M)

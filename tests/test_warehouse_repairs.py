@@ -135,7 +135,7 @@ def test_the_next_ingest_tells_the_operator_what_was_removed_and_which_reports_t
         first = ingest.ingest(con, files, quarantine_limit=0.01, now=NOW)
         again = ingest.ingest(con, files, quarantine_limit=0.01, now=NOW)
     assert first.skipped == 4 and first.repairs == [
-        "repaired the warehouse: removed 4 logins, 2 publishes rows an older rollout had "
+        "repaired the warehouse: removed 4 logins rows, 2 publishes rows an older rollout had "
         "loaded twice (logins and publishes rows loaded twice, from a file and another "
         "holding them too (re-sent compressed or corrected, an export overlapping the "
         "last)), of 2022-01-10 to 2022-01-11: the reports of those days counted them "

@@ -13,7 +13,7 @@ from rollout.cli.app import (
     app,
     reports_errors,
 )
-from rollout.core.output import Format, emit, emit_record, progress_for, stderr
+from rollout.core.output import Format, counted, emit, emit_record, progress_for, stderr
 
 if TYPE_CHECKING:
     from rollout.phases.brownouts import WindowState
@@ -199,7 +199,10 @@ def elv_enroll_all(
         pending = connection.execute(
             select(func.count()).select_from(Account).where(Account.elv_enrolled_at.is_(None))
         ).scalar_one()
-    stderr.print(f"{pending:,} accounts are not enrolled in ELV yet", highlight=False)
+    stderr.print(
+        f"{counted(pending, 'account')} {'is' if pending == 1 else 'are'} not enrolled in ELV yet",
+        highlight=False,
+    )
     if not apply:
         try:
             enroll_all_guard(plan, utc_now().date(), early=early, registry=runtime.registry)
@@ -226,4 +229,4 @@ def elv_enroll_all(
     emit_record(
         {"not_enrolled": pending, "enrolled": enrolled, "applied": True}, fmt, title="ELV for all"
     )
-    stderr.print(f"enrolled {enrolled:,} accounts", highlight=False)
+    stderr.print(f"enrolled {counted(enrolled, 'account')}", highlight=False)

@@ -18,7 +18,7 @@ from rollout.cli.app import (
     reports_errors,
 )
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
-from rollout.core.output import Format, emit, emit_record, labelled, stderr
+from rollout.core.output import Format, counted, emit, emit_record, labelled, stderr
 
 if TYPE_CHECKING:
     import duckdb
@@ -164,7 +164,7 @@ def cohorts_show(
     emit(
         rows,
         fmt,
-        title=f"{cohort} on {day}: {len(rows)} {'packages' if packages else 'accounts'}",
+        title=f"{cohort} on {day}: {counted(len(rows), 'package' if packages else 'account')}",
         columns=names,
     )
 

@@ -15,7 +15,16 @@ from rollout.cli.app import (
     reports_errors,
 )
 from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, RolloutError
-from rollout.core.output import Format, emit, emit_record, labelled, progress_for, stderr, visible
+from rollout.core.output import (
+    Format,
+    counted,
+    emit,
+    emit_record,
+    labelled,
+    progress_for,
+    stderr,
+    visible,
+)
 
 # --- sample ------------------------------------------------------------------------
 
@@ -237,16 +246,21 @@ def ingest(
     emit(rows, fmt, title="landing files", columns=columns)
     stderr.print(
         f"{result.loaded} loaded, {result.skipped} skipped (already loaded), "
-        f"{len(result.rejected)} refused; {result.rows_loaded:,} rows loaded, "
+        f"{len(result.rejected)} refused; {counted(result.rows_loaded, 'row')} loaded, "
         f"{result.rows_quarantined:,} quarantined"
-        + (f"; registry: {registry_counts.get('accounts', 0):,} accounts" if registry else ""),
+        + (
+            f"; registry: {counted(registry_counts.get('accounts', 0), 'account')}"
+            if registry
+            else ""
+        ),
         highlight=False,
     )
     if delivered is not None and (delivered.notifications or delivered.unknown):
         stderr.print(
-            f"delivery events: {delivered.notifications:,} notifications' states written"
+            f"delivery events: states written for "
+            f"{counted(delivered.notifications, 'notification')}"
             + (
-                f", {delivered.unknown:,} outbox ids naming no notification"
+                f", {counted(delivered.unknown, 'outbox id')} naming no notification"
                 if delivered.unknown
                 else ""
             ),
@@ -254,8 +268,8 @@ def ingest(
         )
     if delivered is not None and delivered.gone:
         stderr.print(
-            f"delivery events: {delivered.gone:,} emails whose send got no answer went "
-            "after all: recorded as sent (not sent again)",
+            f"delivery events: {counted(delivered.gone, 'email')} whose send got no answer "
+            "went after all: recorded as sent (not sent again)",
             highlight=False,
         )
     for repaired in result.repairs:

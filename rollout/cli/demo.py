@@ -170,12 +170,12 @@ def _story_lines(report: Any, plan: Any) -> list[str]:
     if plan.brownouts:
         lines.append(
             f"  enrolled in response to a brown-out: {report.enrolled['brown-out']:,} "
-            f"(unprompted, over all {days} days: {report.enrolled['organic']:,})"
+            f"(unprompted, over all {counted(days, 'day')}: {report.enrolled['organic']:,})"
         )
     else:
         prompted = report.enrolled["notice"] + report.enrolled["reminder"]
         lines.append(
             f"  enrolled after a notice or reminder: {prompted:,} "
-            f"(unprompted, over all {days} days: {report.enrolled['organic']:,})"
+            f"(unprompted, over all {counted(days, 'day')}: {report.enrolled['organic']:,})"
         )
     return lines

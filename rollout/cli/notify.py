@@ -15,7 +15,7 @@ from rollout.cli.app import (
     reports_errors,
 )
 from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput, RolloutError
-from rollout.core.output import Format, emit, emit_record, labelled, progress_for, stderr
+from rollout.core.output import Format, counted, emit, emit_record, labelled, progress_for, stderr
 
 if TYPE_CHECKING:
     from rollout.notify.suppressions import AddressStanding
@@ -96,7 +96,7 @@ def notify_preview(
             typer.echo(str(path))
     else:
         emit([{"file": path} for path in written], fmt, columns=["file"])
-    stderr.print(f"{len(written)} files under {directory}", highlight=False)
+    stderr.print(f"{counted(len(written), 'file')} under {directory}", highlight=False)
 
 
 @notify_app.command("queue")
@@ -177,7 +177,7 @@ def notify_queue(
                 labelled(
                     "held back:",
                     "bold yellow",
-                    f"{o.occasion.step}: {whose}: {o.held_back} emails "
+                    f"{o.occasion.step}: {whose}: {counted(o.held_back, 'email')} "
                     f"{'not queued' if apply else 'would not be queued'}, they would announce "
                     "dates already gone (--late queues them anyway)",
                 ),
@@ -188,7 +188,7 @@ def notify_queue(
                 labelled(
                     "warning:",
                     "bold yellow",
-                    f"{o.occasion.step}: {whose}: {o.late} emails "
+                    f"{o.occasion.step}: {whose}: {counted(o.late, 'email')} "
                     f"{'queued' if apply else 'would be queued'} late (--late), to be sent "
                     "however late; they would announce dates already gone"
                     + (
@@ -240,9 +240,12 @@ def notify_send(
     if apply:  # the preview lists them on stdout
         for email, count in queued.items():
             stderr.print(f"  {email}: {count}", highlight=False)
-    stderr.print(f"{sum(queued.values())} emails queued; sender: {sender.name}", highlight=False)
+    stderr.print(
+        f"{counted(sum(queued.values()), 'email')} queued; sender: {sender.name}",
+        highlight=False,
+    )
     if retry_failed:
-        stderr.print(f"{failed} failed emails to queue again first", highlight=False)
+        stderr.print(f"{counted(failed, 'failed email')} to queue again first", highlight=False)
     # The preview refuses as the send would: the file outbox never takes an email
     # last attempted through SendGrid (the key is missing from this shell).
     check_sender(registry, sender.name, include_failed=retry_failed)
@@ -300,7 +303,7 @@ def notify_send(
         title="notify send",
     )
     if retry_failed:
-        stderr.print(f"{report.requeued} failed emails queued again", highlight=False)
+        stderr.print(f"{counted(report.requeued, 'failed email')} queued again", highlight=False)
     skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items())) or "none"
     stderr.print(
         f"sent {report.sent}, failed {report.failed}, skipped {sum(report.skipped.values())} "
@@ -312,8 +315,9 @@ def notify_send(
         # This drain outlived its lease on them (a stall): another sender took them over
         # and sends and records them; each one already in flight is logged as a warning.
         stderr.print(
-            f"{report.overtaken} claimed emails were taken over by another sender once "
-            "this one outlived its lease: left to it",
+            f"{counted(report.overtaken, 'claimed email')} "
+            f"{'was' if report.overtaken == 1 else 'were'} taken over by another sender "
+            "once this one outlived its lease: left to it",
             highlight=False,
         )
     for outbox_id, reason in report.failures[:20]:
@@ -350,7 +354,10 @@ def _who_uses(standing: AddressStanding) -> dict[str, object]:
 def _accounts_words(standing: AddressStanding) -> str:
     if not standing.accounts:
         return "no account uses this address"
-    return f"{len(standing.accounts)} account(s) use it: " + ", ".join(standing.usernames)
+    n = len(standing.accounts)
+    return f"{counted(n, 'account')} {'uses' if n == 1 else 'use'} it: " + ", ".join(
+        standing.usernames
+    )
 
 
 @notify_app.command("suppress")
@@ -395,7 +402,7 @@ def notify_suppress(
     waiting = sum(standing.waiting.values())
     if waiting:
         stderr.print(
-            f"{waiting} emails to them not sent yet "
+            f"{counted(waiting, 'email')} to them not sent yet "
             + ("will be" if apply else "would be")
             + f" skipped as suppressed: {', '.join(_kinds(standing.waiting))}",
             highlight=False,
@@ -481,11 +488,17 @@ def notify_unsuppress(
             f"{standing.address!r}: not suppressed by hand: nothing to lift", highlight=False
         )
     if standing.skipped and refusal is None:
+        skipped = sum(standing.skipped.values())
+        again = (
+            "the phase notice among them again, until its last day"
+            if standing.reopened == 1
+            else f"the {standing.reopened:,} phase notices among them again, until each "
+            "notice's last day"
+        )
         stderr.print(
-            f"{sum(standing.skipped.values())} emails to them were skipped as suppressed "
-            f"({', '.join(_kinds(standing.skipped))}): the next day's `rollout notify queue` "
-            f"sends the {standing.reopened} phase notices among them again, until each "
-            "notice's last day; the others stay skipped",
+            f"{counted(skipped, 'email')} to them {'was' if skipped == 1 else 'were'} "
+            f"skipped as suppressed ({', '.join(_kinds(standing.skipped))}): the next "
+            f"day's `rollout notify queue` sends {again}; the others stay skipped",
             highlight=False,
         )
     if apply:
@@ -658,13 +671,15 @@ def notify_withdraw(
     )
     if not apply:
         stderr.print(
-            f"{total} queued or failed emails would be withdrawn{in_flight_note(flying)}; "
+            f"{counted(total, 'queued or failed email')} would be withdrawn"
+            f"{in_flight_note(flying)}; "
             "preview only: add --apply --reason '...'",
             highlight=False,
         )
         return
     withdrawn = withdraw(registry, selection, reason=reason, actor=settings.actor)
     stderr.print(
-        f"withdrew {withdrawn.taken} queued or failed emails{in_flight_note(withdrawn.in_flight)}",
+        f"withdrew {counted(withdrawn.taken, 'queued or failed email')}"
+        f"{in_flight_note(withdrawn.in_flight)}",
         highlight=False,
     )

@@ -17,7 +17,7 @@ from rollout.cli.app import (
 )
 from rollout.core.controls import shell_word, visible
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
-from rollout.core.output import Format, emit, emit_record, stderr
+from rollout.core.output import Format, counted, emit, emit_record, stderr
 
 # --- orgs ----------------------------------------------------------------------------------
 
@@ -26,6 +26,11 @@ orgs_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(orgs_app, name="orgs")
+
+
+def _these(n: int, noun: str) -> str:
+    """``this member`` or ``these 3 members``: the ones a preview just listed."""
+    return f"this {noun}" if n == 1 else f"these {counted(n, noun)}"
 
 
 def _members_rows(members: list[Any], fmt: Format) -> list[dict[str, Any]]:
@@ -99,7 +104,7 @@ def orgs_audit(
     emit(
         _members_rows(shown, fmt),
         fmt,
-        title=f"{org}: {len(shown)} of {len(members)} members",
+        title=f"{org}: {len(shown):,} of {counted(len(members), 'member')}",
         columns=["username", "role", "tfa_status", "tfa_methods", "joined_at"],
     )
 
@@ -150,7 +155,7 @@ def orgs_enforce(
         emit(
             _members_rows(members, fmt),
             fmt,
-            title=f"{org}: {len(members)} members would be removed",
+            title=f"{org}: {counted(len(members), 'member')} would be removed",
             columns=["username", "role", "tfa_status", "tfa_methods", "joined_at"],
         )
         # Owners and admins go too: said apart, as the org loses who runs it.
@@ -158,7 +163,7 @@ def orgs_enforce(
         if leading:
             stderr.print(
                 "of them "
-                + " and ".join(f"{n} {role}{'s' if n > 1 else ''}" for role, n in leading.items())
+                + " and ".join(counted(n, role) for role, n in leading.items())
                 + ", without 2FA, are removed too",
                 highlight=False,
             )
@@ -172,7 +177,7 @@ def orgs_enforce(
             )
             return
         stderr.print(
-            f"preview only: to remove these {len(members)} members run "
+            f"preview only: to remove {_these(len(members), 'member')} run "
             f"rollout orgs enforce {shell_word(org)} --owner YOU --confirm {shell_word(org)} "
             f"--expect {len(members)} --expect-list {removal_fingerprint(members)}",
             highlight=False,
@@ -250,12 +255,14 @@ def orgs_reinvite(
         emit(
             [{"username": i.username, "removed_at": i.removed_at} for i in invitees],
             fmt,
-            title=f"{org}: {len(invitees)} removed members now use 2FA",
+            title=f"{org}: {counted(len(invitees), 'removed member')} now "
+            f"{'uses' if len(invitees) == 1 else 'use'} 2FA",
             columns=["username", "removed_at"],
         )
         stderr.print(
-            f"preview only: to invite these {len(invitees)} back into team {team!r} (the "
-            f"invitations stay open {INVITATION_DAYS} days) run rollout orgs reinvite "
+            f"preview only: to invite {_these(len(invitees), 'member')} back into team "
+            f"{team!r} (the invitations stay open {counted(INVITATION_DAYS, 'day')}) run "
+            "rollout orgs reinvite "
             f"{shell_word(org)} --team {shell_word(team)} --owner YOU --confirm {shell_word(org)} "
             f"--expect {len(invitees)} --expect-list {invitation_fingerprint(invitees)}",
             highlight=False,
@@ -321,6 +328,6 @@ def orgs_invitations(
     emit(
         [{c: getattr(i, c) for c in columns} for i in found],
         fmt,
-        title=f"{org}: {len(found)} invitations",
+        title=f"{org}: {counted(len(found), 'invitation')}",
         columns=columns,
     )

@@ -15,7 +15,7 @@ from rollout.cli.app import (
     reports_errors,
 )
 from rollout.core.errors import EXIT_BAD_INPUT, GuardRefused, RolloutError
-from rollout.core.output import Format, emit, emit_record, progress_for, stderr
+from rollout.core.output import Format, counted, emit, emit_record, progress_for, stderr
 
 # --- phases ------------------------------------------------------------------------------
 
@@ -54,12 +54,12 @@ def phase_preview(
     saved = save_preview(plan, preview, settings.reports_dir, actor=settings.actor)
     # Only what the phase does: a phase that revokes tokens alone signs nobody out.
     signs_out, revokes_tokens = preview.signs_out, preview.revokes_tokens
-    sessions = f", {preview.sessions} web sessions" if signs_out else ""
-    tokens = f", {preview.token_count} tokens" if revokes_tokens else ""
+    sessions = f", {counted(preview.sessions, 'web session')}" if signs_out else ""
+    tokens = f", {counted(preview.token_count, 'token')}" if revokes_tokens else ""
     emit(
         preview_rows(preview),
         fmt,
-        title=f"phase {phase}: {preview.count} accounts{sessions}{tokens}",
+        title=f"phase {phase}: {counted(preview.count, 'account')}{sessions}{tokens}",
         columns=COLUMNS,
     )
     short = (
@@ -71,10 +71,14 @@ def phase_preview(
         # The phase was applied: its accounts still short stay on the list (the count
         # --expect checks), but enforcing again changes only the new ones.
         who = (
-            f"{preview.count} accounts {short} in cohort {preview.cohort}: "
+            f"{counted(preview.count, 'account')} {short} in cohort {preview.cohort}: "
             f"{preview.required_by_phase} already required by this phase (enforced), "
             f"{preview.newly_required} would be newly required"
-            + (f"; {preview.sessions} live web sessions would be signed out" if signs_out else "")
+            + (
+                f"; {counted(preview.sessions, 'live web session')} would be signed out"
+                if signs_out
+                else ""
+            )
         )
     else:
         done = [
@@ -83,16 +87,16 @@ def phase_preview(
                 if "require_2fa" in preview.effects
                 else []
             ),
-            *([f"signed out of {preview.sessions} web sessions"] if signs_out else []),
+            *([f"signed out of {counted(preview.sessions, 'web session')}"] if signs_out else []),
         ]
-        who = f"{preview.count} accounts {short} in cohort {preview.cohort}" + (
+        who = f"{counted(preview.count, 'account')} {short} in cohort {preview.cohort}" + (
             f" would be {' and '.join(done)}" if done else ""
         )
     apply = f"rollout phase enforce {phase} --apply --expect {preview.count}"
     if revokes_tokens:
         # Irreversible: a revoked token is gone, and the CI publishing with it breaks.
         who += (
-            f"; {preview.token_count} of their tokens would be revoked, which cannot be "
+            f"; {preview.token_count:,} of their tokens would be revoked, which cannot be "
             f"undone (listed in {saved.csv_path.with_name(saved.csv_path.stem + '-tokens.csv')})"
         )
         apply += f" --expect-tokens {preview.token_count}"
@@ -113,8 +117,7 @@ def phase_preview(
         # Not in the command to copy: enforcing before the date is a decision of its own.
         days = (due - today).days
         when = (
-            f"Not due yet: the phase is enforced from {due} (in {days} "
-            f"day{'' if days == 1 else 's'}), "
+            f"Not due yet: the phase is enforced from {due} (in {counted(days, 'day')}), "
             "the date its emails gave; `phase enforce` refuses before it without --early.\n"
         )
     # Over the plan's blast radius, enforcement refuses whatever is typed back: said
@@ -298,13 +301,13 @@ def phase_snooze(
         )
     elif replies:
         stderr.print(
-            f"{replies} repl{'y' if replies == 1 else 'ies'} queued (snooze_reply): "
-            "`rollout notify send` sends them",
+            f"{counted(replies, 'reply', 'replies')} queued (snooze_reply): "
+            f"`rollout notify send` sends {'it' if replies == 1 else 'them'}",
             highlight=False,
         )
     if refused:
         raise GuardRefused(
-            f"{refused} of {len(outcomes)} requests refused (listed above)"
+            f"{refused:,} of {counted(len(outcomes), 'request')} refused (listed above)"
             + (f"; the other {granted} granted" if apply and granted else "")
         )
 
@@ -363,20 +366,22 @@ def phase_rollback(
     if rolled_back.does("require_2fa"):
         what = (
             f"rollback of {phase} would withdraw its 2FA requirement from "
-            f"{len(preview.accounts)} accounts: {len(preview.cleared)} no longer required, "
+            f"{counted(len(preview.accounts), 'account')}: {len(preview.cleared)} no longer "
+            "required, "
             f"{len(preview.kept)} still required by another applied phase"
         )
     elif marking:
         # It required no 2FA: what it undoes is the marks its effects set.
         what = (
-            f"rollback of {phase} would withdraw the phase from {len(preview.accounts)} "
-            f"accounts and clear what it set ({', '.join(marking)}) where no other applied "
+            f"rollback of {phase} would withdraw the phase from "
+            f"{counted(len(preview.accounts), 'account')} and clear what it set "
+            f"({', '.join(marking)}) where no other applied "
             "phase set the same"
         )
     else:
         what = (
-            f"rollback of {phase} would withdraw the phase from {len(preview.accounts)} "
-            f"accounts; it set nothing on them to clear"
+            f"rollback of {phase} would withdraw the phase from "
+            f"{counted(len(preview.accounts), 'account')}; it set nothing on them to clear"
         )
     revoked = [
         what_
@@ -386,7 +391,8 @@ def phase_rollback(
     kept = f"; revoked {' and '.join(revoked)} stay revoked" if revoked else ""
     stderr.print(
         f"{what}; "
-        f"{preview.queued_emails} queued or failed emails of its enforcement withdrawn"
+        f"{counted(preview.queued_emails, 'queued or failed email')} of its enforcement "
+        "withdrawn"
         f"{in_flight_note(preview.in_flight_emails)}{kept}",
         highlight=False,
     )
@@ -414,7 +420,7 @@ def approvals(fmt: FormatOption = Format.table) -> None:
         waiting = waiting_approvals(api)
     emit([w.row() for w in waiting], fmt, title="runs waiting for approval", columns=COLUMNS)
     stderr.print(
-        f"{len(waiting)} run(s) waiting; approve one with: "
+        f"{counted(len(waiting), 'run')} waiting; approve one with: "
         "rollout approve RUN_ID --expect ACCOUNTS [--as NAME]",
         highlight=False,
     )
@@ -469,7 +475,8 @@ def approve(
             api, run, expect=expect, approved_by=name, accept_unreached=accept_unreached
         )
         stderr.print(
-            f"approved flow run {waited.run_name} ({run}) as {name} for {expect} accounts",
+            f"approved flow run {waited.run_name} ({run}) as {name} for "
+            f"{counted(expect, 'account')}",
             highlight=False,
         )
         found = wait_for_outcome(api, run, timeout=timeout) if wait else outcome(api, run)

@@ -22,6 +22,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 from rollout.core.clock import day_start, naive_utc
+from rollout.core.output import counted
 from rollout.core.plan import ELV_STEPS, EmailName, Phase, Plan
 
 # What a step is. The adoption chart styles its milestones by these names
@@ -373,9 +374,9 @@ def plan_calendar(plan: Plan) -> list[Step]:
                     "reminder",
                     reminders_step(name, days),
                     name,
-                    f"phase {name} reminders ({days} day{'s' if days != 1 else ''} before"
+                    f"phase {name} reminders ({counted(days, 'day')} before"
                     + (" each account's own deadline)" if own else ")"),
-                    f"{name} reminder ({days} days before)",
+                    f"{name} reminder ({counted(days, 'day')} before)",
                     mailing=Mailing(
                         "reminder",
                         name,

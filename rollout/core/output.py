@@ -85,10 +85,12 @@ def in_words(value: Any) -> Any:
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
 
 
-def counted(n: int, noun: str) -> str:
+def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``1 account``, ``2 accounts``, ``12,000 accounts``: a count and its noun, as
-    people read them (a regular plural: the nouns counted here all take an s)."""
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+    people read them. The plural takes an s unless given (``counted(n, "reply",
+    "replies")``); every message that puts a number before a noun says it through here,
+    so a count of one never reads ``1 accounts``."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
 def csv_cell(value: Any) -> Any:

@@ -30,6 +30,7 @@ from rollout.core.clock import naive_utc
 from rollout.core.errors import BadInput
 from rollout.core.files import utf8_text
 from rollout.core.names import SAFE_NAME_RULE, is_safe_name
+from rollout.core.output import counted
 
 
 class _Strict(BaseModel):
@@ -247,15 +248,18 @@ class CohortRule(_Strict):
                     f"are among the {self.top_by_dependents:,} with the most dependents"
                 )
             if self.weekly_downloads_gt is not None:
-                criteria.append(f"have more than {self.weekly_downloads_gt:,} weekly downloads")
+                criteria.append(
+                    f"have more than {counted(self.weekly_downloads_gt, 'weekly download')}"
+                )
             if self.dependents_gte is not None:
                 criteria.append(f"have {self.dependents_gte:,} or more dependents")
             if (over := self.downloads_gt) is not None:
-                span = "in all" if over.total else f"over {over.days:,} days"
-                criteria.append(f"have more than {over.count:,} downloads {span}")
+                span = "in all" if over.total else f"over {counted(over.days, 'day')}"
+                criteria.append(f"have more than {counted(over.count, 'download')} {span}")
             if (top := self.top_share_by_downloads) is not None:
                 criteria.append(
-                    f"are in the top {top.share * 100:g}% by downloads over {top.days:,} days"
+                    f"are in the top {top.share * 100:g}% by downloads over "
+                    f"{counted(top.days, 'day')}"
                 )
             said = "maintainers of packages that " + " or ".join(criteria)
         if self.active_within is not None:
@@ -263,7 +267,7 @@ class CohortRule(_Strict):
                 {"published": "published", "logged_in": "logged in"}[by]
                 for by in self.active_within.by
             )
-            said += f" who {did} in the last {self.active_within.days:,} days"
+            said += f" who {did} in the last {counted(self.active_within.days, 'day')}"
         if self.orgs:
             said += f" in the org{'s' if len(self.orgs) > 1 else ''} {', '.join(self.orgs)}"
         return said
@@ -369,7 +373,7 @@ class Requirements(_Strict):
         if self.no_bypass_2fa_tokens:
             said.append("no tokens that bypass 2FA")
         if self.token_max_age_days is not None:
-            said.append(f"no tokens older than {self.token_max_age_days} days")
+            said.append(f"no tokens older than {counted(self.token_max_age_days, 'day')}")
         if self.no_write_tokens_without_2fa:
             said.append("no publishing tokens without 2FA")
         return said
@@ -402,7 +406,7 @@ def asks_more_than(told: str, phase: Phase) -> list[str]:
     age = now.token_max_age_days
     told_age = fields.get("token_max_age_days")
     if age is not None and (told_age is None or not told_age.isdigit() or age < int(told_age)):
-        more.append(f"no tokens older than {age} days")
+        more.append(f"no tokens older than {counted(age, 'day')}")
     told_effects = set(fields["effects"].split(","))
     more += [f"effect {e}" for e in phase.effects if e not in told_effects]
     return more
@@ -571,8 +575,8 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
         problems.append(
             PlanProblem(
                 ("metrics", "weekly_window_days"),
-                f"the weekly window ({windows.weekly_window_days} days) is longer than the "
-                f"monthly one ({windows.monthly_window_days} days)",
+                f"the weekly window ({counted(windows.weekly_window_days, 'day')}) is longer "
+                f"than the monthly one ({counted(windows.monthly_window_days, 'day')})",
             )
         )
     elv = plan.elv
@@ -650,7 +654,7 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
                 problems.append(
                     PlanProblem(
                         (*where, "reminders_days_before", position),
-                        f"a reminder {days} days before enforcement is listed twice",
+                        f"a reminder {counted(days, 'day')} before enforcement is listed twice",
                     )
                 )
             # Compared in days, not as a date: 10**9 days before enforcement has no date.
@@ -658,7 +662,8 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
                 problems.append(
                     PlanProblem(
                         (*where, "reminders_days_before", position),
-                        f"a reminder {days} days before enforcement{_day_before(phase, days)} "
+                        f"a reminder {counted(days, 'day')} before enforcement"
+                        f"{_day_before(phase, days)} "
                         f"is not between the notice and enforcement",
                     )
                 )
@@ -725,7 +730,7 @@ def _deadline_problems(phase: Phase) -> list[tuple[Path_, str]]:
             (
                 ("enforce_on",),
                 f"with per-account deadlines enforcement starts on the first deadline, "
-                f"notice_on + {deadline.days_after_notice} days = {first}",
+                f"notice_on + {counted(deadline.days_after_notice, 'day')} = {first}",
             )
         )
     if deadline.last_notice_on < phase.notice_on:

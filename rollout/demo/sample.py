@@ -286,7 +286,9 @@ def _new_unique(
         seen = pa.concat_arrays([seen, lower.take(pa.array(fresh))])
         have += len(fresh)
     else:
-        raise RuntimeError(f"could not make {n} distinct names; the patterns are exhausted")
+        raise RuntimeError(
+            f"could not make {counted(n, 'distinct name')}; the patterns are exhausted"
+        )
     return pa.concat_arrays(names), np.concatenate(extra)
 
 
@@ -1657,7 +1659,8 @@ def _foreign_warehouse(locations: Locations, marked: bool) -> str | None:
     if not marked or foreign:
         example = (foreign or loaded)[0]
         return (
-            f"it loaded {len(foreign or loaded)} files from outside the sample's landing "
+            f"it loaded {counted(len(foreign or loaded), 'file')} from outside the sample's "
+            "landing "
             f"folder {str(locations.landing)!r}, such as {example!r}"
         )
     return None
@@ -1683,8 +1686,8 @@ def prepare_registry(
         raise BadInput(
             landing_dir,
             None,
-            f"the landing folder already has {len(existing)} files; pass replace=True to "
-            "delete them",
+            f"the landing folder already has {counted(len(existing), 'file')}; pass "
+            f"replace=True to delete {'it' if len(existing) == 1 else 'them'}",
         )
     # Marked before any landing file is written: a run that dies half way leaves a
     # folder the next sample can replace.
@@ -1765,7 +1768,7 @@ def check_history(scale: str | Scale, end: date, days: int | None) -> tuple[Scal
             None,
             None,
             f"days {days} would start the download history before {REGISTRY_START}, when "
-            f"the registry starts: at most {most} days up to {end}",
+            f"the registry starts: at most {counted(most, 'day')} up to {end}",
         )
     return sc, days
 

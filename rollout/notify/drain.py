@@ -58,6 +58,7 @@ from sqlalchemy.sql import Select
 from rollout.core.calendar import phase_step, too_late, too_late_by_plan
 from rollout.core.clock import day_start, naive_utc
 from rollout.core.errors import BadInput, RolloutError
+from rollout.core.output import counted
 from rollout.core.plan import Phase, Plan
 from rollout.core.stopping import (
     StopRequest,
@@ -189,9 +190,8 @@ class DrainReport:
         ``20 emails failed: SendGrid answered 400: bad request (20)``."""
         reasons = Counter(failure_reason(why) for _, why in self.failures)
         shown = "; ".join(f"{why} ({n})" for why, n in reasons.most_common(top))
-        more = f"; {len(reasons) - top} other reasons" if len(reasons) > top else ""
-        noun = "email" if self.failed == 1 else "emails"
-        return f"{self.failed} {noun} failed: {shown}{more}"
+        more = f"; {counted(len(reasons) - top, 'other reason')}" if len(reasons) > top else ""
+        return f"{counted(self.failed, 'email')} failed: {shown}{more}"
 
 
 class EmailsFailed(RolloutError):
@@ -819,10 +819,9 @@ def _kept_message_id(outbox_id: int, message_id: str | None) -> str | None:
         or not (message_id.isascii())
     ):
         log.warning(
-            "outbox %d: sent, but its message id (%d characters) cannot be kept: %r; "
-            "recorded as unknown",
+            "outbox %d: sent, but its message id (%s) cannot be kept: %r; recorded as unknown",
             outbox_id,
-            len(message_id),
+            counted(len(message_id), "character"),
             message_id[:80],
         )
         return None
@@ -1244,9 +1243,10 @@ def _overtaken(unrecorded: list[_Outcome], unsent: int) -> int:
             )
     if unrecorded or unsent:
         log.warning(
-            "%d emails were taken over by another drainer while this one held them (their "
+            "%s taken over by another drainer while this one held them (their "
             "lease ran out: a slow or paused drainer); %d of them not sent by this one",
-            len(unrecorded) + unsent,
+            counted(len(unrecorded) + unsent, "email")
+            + (" was" if len(unrecorded) + unsent == 1 else " were"),
             unsent,
         )
     return len(unrecorded) + unsent
@@ -1400,7 +1400,8 @@ def _drain_loop(
             if outage >= OUTAGE_BATCHES:
                 reason = next(o.reason for o in reversed(finished) if o.unavailable)
                 raise RolloutError(
-                    f"{sender.name} is unavailable: {reason}; {report.failed} emails failed, "
+                    f"{sender.name} is unavailable: {reason}; "
+                    f"{counted(report.failed, 'email')} failed, "
                     "nothing more was sent: the rest stay queued for the next run (the "
                     "failed ones: `rollout notify send --apply --retry-failed`)"
                 )

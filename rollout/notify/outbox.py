@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 
 from rollout.core.errors import BadInput, RolloutError
+from rollout.core.output import counted
 from rollout.notify.message import address_forms, normal_address
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
@@ -186,7 +187,8 @@ def check_sender(registry: Registry, sender: str, *, include_failed: bool) -> No
     count = meant_for_a_provider(registry, include_failed=include_failed)
     if count:
         raise RolloutError(
-            f"{count} emails waiting to be sent were last attempted through SendGrid, but "
+            f"{counted(count, 'email')} waiting to be sent "
+            f"{'was' if count == 1 else 'were'} last attempted through SendGrid, but "
             "no SendGrid key was found here, so the sender would be the file outbox: "
             "nothing was sent. Set SENDGRID_API_KEY (the notify deployment also reads the "
             "Prefect Secret block named by ROLLOUT_SENDGRID_SECRET_BLOCK, default "
@@ -297,7 +299,8 @@ def checked_address(address: str) -> str:
         raise BadInput(
             None,
             None,
-            f"{text[:40]!r}... is {len(text)} characters: an address has at most {ADDRESS_LIMIT}",
+            f"{text[:40]!r}... is {counted(len(text), 'character')}: an address has at most "
+            f"{ADDRESS_LIMIT}",
         )
     return normal_address(text)
 

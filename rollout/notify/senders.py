@@ -57,6 +57,7 @@ from sendgrid.helpers.mail import (
 )
 
 from rollout.core import clock as pipeline_clock
+from rollout.core.output import counted
 from rollout.notify.message import (
     MAY_HAVE_GONE,
     DeliveryFailed,
@@ -385,7 +386,8 @@ class SendGridSender:
                     delay,
                 )
                 self._sleep(delay)
-        reason = f"gave up after {self.max_attempts} attempts: {outcome.reason}"
+        reason = f"gave up after {counted(self.max_attempts, 'attempt')}: {outcome.reason}"
+
         raise SenderUnavailable(reason)
 
     def request_body(self, message: Message) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, func, or_, select
 
 from rollout.core.errors import GuardRefused, RolloutError
+from rollout.core.output import counted
 from rollout.notify.message import DeliveryFailed, address_forms, normal_address
 from rollout.notify.outbox import (
     ADDRESS_LIMIT,
@@ -123,7 +124,7 @@ def read_list(
         pages += 1
         if len(page) > page_size or (page and page == previous):
             what = (
-                f"{len(page)} entries for a page of {page_size}"
+                f"{counted(len(page), 'entry', 'entries')} for a page of {page_size}"
                 if len(page) > page_size
                 else "the same page again for the next offset"
             )

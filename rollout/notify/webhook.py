@@ -45,6 +45,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from rollout.core.config import webhook_public_key
+from rollout.core.output import counted
 from rollout.warehouse.landing import RefusedPost, events_in_post
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,8 @@ def create_app(
         try:
             body = await _read_capped(request, max_bytes)
         except _TooLarge:
-            return _refuse(413, f"the post is over {max_bytes} bytes")
+            return _refuse(413, f"the post is over {counted(max_bytes, 'byte')}")
+
         except asyncio.CancelledError:
             # The receiver is stopping and this post's body is still arriving after the
             # grace: nothing of it is written, and a 503 (if the client still listens)

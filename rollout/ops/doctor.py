@@ -25,6 +25,7 @@ import httpx
 from rollout.core.config import prefect_api
 from rollout.core.errors import BadInput, RolloutError
 from rollout.core.files import duckdb_path
+from rollout.core.output import counted
 
 if TYPE_CHECKING:
     from rollout.core.config import Settings
@@ -368,7 +369,8 @@ def check_plan(path: Path) -> CheckResult:
     return CheckResult(
         "plan",
         Status.ok,
-        f"{plan.name} ({path}): {len(plan.phases)} phases, {len(plan.cohorts)} cohorts",
+        f"{plan.name} ({path}): {counted(len(plan.phases), 'phase')}, "
+        f"{counted(len(plan.cohorts), 'cohort')}",
     )
 
 

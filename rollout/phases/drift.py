@@ -48,6 +48,7 @@ from sqlalchemy import Connection, Select, and_, case, func, or_, select
 
 from rollout.cohorts import orgs_not_in_registry
 from rollout.core.clock import naive_utc
+from rollout.core.output import counted
 from rollout.core.plan import Phase, Plan, asks_more_than
 from rollout.notify.emails import ELV_HEADS_UP_EMAIL
 from rollout.notify.outbox import NOTIFICATIONS, RUN_DAY
@@ -210,7 +211,7 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
     for name in sorted((set(required) | set(emailed)) - names):
         errors.append(
             f"phase {name!r} is not in plan {plan.name}, but the registry has "
-            f"{required.get(name, 0)} accounts it requires and {emailed[name]} "
+            f"{counted(required.get(name, 0), 'account')} it requires and {emailed[name]:,} "
             "of its emails: renamed or deleted after it acted? Its emails no longer "
             "render and it cannot be rolled back; keep its name (roll it back first "
             "to retire it)"
@@ -233,8 +234,9 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
             now_days = phase.deadline.days_after_notice
             for days, count in sorted(told_days.get(phase.name, Counter()).items()):
                 said = (
-                    f"phase {phase.name}: {count} notice{'s' if count != 1 else ''} sent "
-                    f"told accounts their deadline came {days} days after their notice, "
+                    f"phase {phase.name}: {counted(count, 'notice')} sent "
+                    f"told accounts their deadline came {counted(days, 'day')} after their "
+                    "notice, "
                     f"the plan now says {now_days}"
                 )
                 if days > now_days:
@@ -250,7 +252,7 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
         for day, count in sorted(told.get(phase.name, Counter()).items()):
             if day != phase.enforce_on:
                 warnings.append(
-                    f"phase {phase.name}: {count} sent email{'s' if count != 1 else ''} "
+                    f"phase {phase.name}: {counted(count, 'sent email')} "
                     f"(notices, reminders) told accounts {day}, the plan now says "
                     f"{phase.enforce_on}"
                     + (
@@ -267,7 +269,7 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
             if asks == phase.asks():
                 continue
             said = (
-                f"phase {phase.name}: {count} sent email{'s' if count != 1 else ''} "
+                f"phase {phase.name}: {counted(count, 'sent email')} "
                 f"(notices, reminders) told accounts it asks and does {asks!r}, the plan now "
                 f"says {phase.asks()!r}"
             )
@@ -285,15 +287,17 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
         if phase.deadline is not None and longest and longest > phase.deadline.snooze_days:
             errors.append(
                 f"phase {phase.name}: snooze_days is {phase.deadline.snooze_days}, but a "
-                f"snooze of {longest} days was granted under the plan before: that account's "
+                f"snooze of {counted(longest, 'day')} was granted under the plan before: "
+                "that account's "
                 "deadline still counts it, and its reminders would not (they look as far as "
                 f"snooze_days); keep snooze_days at {longest} or more"
             )
     for cohort, (day, phase_name, count, packages) in early.items():
         shown = ", ".join(packages) + (", ..." if count > len(packages) else "")
         warnings.append(
-            f"cohort {cohort}: {count} package{'s' if count != 1 else ''} entered on a build "
-            f"before {day}, the day phase {phase_name} fixes it (cohort_as_of), and stay for "
+            f"cohort {cohort}: {counted(count, 'package')} entered on a build "
+            f"before {day}, the day phase {phase_name} fixes it (cohort_as_of), and "
+            f"{'stays' if count == 1 else 'stay'} for "
             f"good though its rule was not judged on that day: {shown}. Their maintainers "
             "are emailed and enforced with the cohort's; release each that should not be "
             f"(`rollout cohorts release PACKAGE --cohort {cohort} --reason ...`)"

@@ -45,6 +45,7 @@ from sqlalchemy import (
 from rollout.core.calendar import cohorts_step_prefix, phase_step
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.fingerprints import same_list
+from rollout.core.output import counted
 from rollout.core.plan import Phase, Plan
 from rollout.notify import reach
 from rollout.notify.emails import ENFORCEMENT_EMAIL
@@ -1199,7 +1200,8 @@ def fewer_days_than_told(registry: Registry, plan: Plan, phase: Phase) -> str | 
     if told is None or told <= phase.deadline.days_after_notice:
         return None
     return (
-        f"phase {phase.name}'s notices told accounts their own deadline came {told} days "
+        f"phase {phase.name}'s notices told accounts their own deadline came "
+        f"{counted(told, 'day')} "
         f"after their notice, and the plan now says {phase.deadline.days_after_notice}: "
         "enforcing now locks them out before the dates they were given. Put "
         f"days_after_notice back to {told} (or more), or pass --early to enforce anyway"
@@ -1247,7 +1249,7 @@ def _guard(phase: Phase, preview: PhasePreview, expect: int, expect_tokens: int 
     typed back) and within the plan's blast radius."""
     if preview.count != expect:
         raise GuardRefused(
-            f"phase {phase.name} would change {preview.count} accounts, not the "
+            f"phase {phase.name} would change {counted(preview.count, 'account')}, not the "
             f"{expect} expected: run `rollout phase preview {phase.name}` and check"
         )
     # In the words the preview warned with (PhasePreview.over_blast_radius).
@@ -1263,7 +1265,7 @@ def _guard(phase: Phase, preview: PhasePreview, expect: int, expect_tokens: int 
         )
     if preview.token_count != expect_tokens:
         raise GuardRefused(
-            f"phase {phase.name} would revoke {preview.token_count} tokens, not the "
+            f"phase {phase.name} would revoke {counted(preview.token_count, 'token')}, not the "
             f"{expect_tokens} expected: run `rollout phase preview {phase.name}` and check"
         )
     over = preview.over_blast_radius("tokens")
@@ -1289,14 +1291,16 @@ def _reach_guard(phase: Phase, preview: PhasePreview, accept: int | None) -> Non
     unreached = len(preview.unreached)
     if accept is not None and accept != unreached:
         raise GuardRefused(
-            f"phase {phase.name}: {unreached} of the accounts were never reached by a "
+            f"phase {phase.name}: {unreached:,} of the accounts "
+            f"{'was' if unreached == 1 else 'were'} never reached by a "
             f"notice or reminder, not the {accept} accepted: run `rollout phase preview "
             f"{phase.name}` and check"
         )
     if preview.over_unreached_limit and accept is None:
         raise GuardRefused(
-            f"phase {phase.name}: {unreached} of {preview.count} accounts "
-            f"({preview.unreached_share:.1%}) were never reached by a notice or reminder, "
+            f"phase {phase.name}: {unreached:,} of {counted(preview.count, 'account')} "
+            f"({preview.unreached_share:.1%}) {'was' if unreached == 1 else 'were'} never "
+            "reached by a notice or reminder, "
             f"over the plan's max_unreached_share of {phase.max_unreached_share:.1%}: "
             f"`rollout phase preview {phase.name}` lists them with why; to enforce anyway, "
             f"type their count back (--accept-unreached {unreached})"

@@ -35,6 +35,7 @@ from rollout.core.calendar import org_enforcement_step, org_reinvite_step
 from rollout.core.controls import shell_word
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.fingerprints import list_fingerprint, same_list
+from rollout.core.output import counted
 from rollout.notify.queue import queue_each
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
@@ -200,7 +201,7 @@ def enforce_org(
         to_remove = removed_by_enforcement(members)
         _as_previewed(
             org,
-            ("members without 2FA to remove", "remove"),
+            ("member", "without 2FA to remove", "remove"),
             (len(to_remove), expect),
             (removal_fingerprint(to_remove), expect_list),
             f"rollout orgs enforce {shell_word(org)}",
@@ -500,7 +501,7 @@ def reinvite(
             invitees = _invitees(connection, org_id, org, now)
         _as_previewed(
             org,
-            ("members to invite back", "invite back"),
+            ("member", "to invite back", "invite back"),
             (len(invitees), expect),
             (invitation_fingerprint(invitees), expect_list),
             f"rollout orgs reinvite {shell_word(org)} --team {shell_word(team)}",
@@ -637,7 +638,7 @@ def invitations(registry: Registry, org: str, *, actor: str) -> list[Invitation]
 
 def _as_previewed(
     org: str,
-    words: tuple[str, str],
+    words: tuple[str, str, str],
     counts: tuple[int, int | None],
     lists: tuple[str, str | None],
     preview: str,
@@ -645,12 +646,15 @@ def _as_previewed(
     """Refuse (GuardRefused) a confirmation that no longer matches what the command
     would do: the count typed back (``counts``: now, expected; None when not given), and
     the previewed list's fingerprint (``lists``: now, expected). ``words``: whom it acts
-    on, and what it does to them; ``preview``: the command that previews it again."""
-    (who, does), (found, expect), (listed, expect_list) = words, counts, lists
+    on (a noun, counted, and the words after it), and what it does to them; ``preview``:
+    the command that previews it again."""
+    (who, why, does), (found, expect), (listed, expect_list) = words, counts, lists
     if expect is not None and found != expect:
         raise GuardRefused(
-            f"org {org!r} has {found} {who}, not the {expect} expected: run `{preview}` and check"
+            f"org {org!r} has {counted(found, who)} {why}, not the {expect} expected: "
+            f"run `{preview}` and check"
         )
+
     if expect_list is not None and not same_list(listed, expect_list):
         raise GuardRefused(
             f"org {org!r}: the members it would {does} now are not the ones previewed "

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from rollout.core.files import write_atomically
 from rollout.core.fingerprints import list_fingerprint
 from rollout.core.names import safe_path_component
+from rollout.core.output import counted, write_csv
 from rollout.core.output import markdown_text as md
-from rollout.core.output import write_csv
 from rollout.notify.reach import CATEGORIES, category
 from rollout.registry.ledger import utc_now
 
@@ -202,14 +202,14 @@ class PhasePreview:
             # (sessions made since are signed out, tokens made since revoked).
             again = self.required_by_phase
             return (
-                f"phase {self.phase} would change {self.count} accounts"
+                f"phase {self.phase} would change {counted(self.count, 'account')}"
                 + (f" ({again} of them required by it already)" if again else "")
                 + f", over the plan's blast-radius limit of {self.max_accounts}"
             )
         if self.max_tokens is None or self.token_count <= self.max_tokens:
             return None
         return (
-            f"phase {self.phase} would revoke {self.token_count} tokens, over the "
+            f"phase {self.phase} would revoke {counted(self.token_count, 'token')}, over the "
             f"plan's blast-radius limit of {self.max_tokens}"
         )
 

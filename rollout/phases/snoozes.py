@@ -31,6 +31,7 @@ from rollout.core.calendar import snooze_step
 from rollout.core.counts import in_exponent_notation, whole_count
 from rollout.core.errors import BadInput
 from rollout.core.files import utf8_text
+from rollout.core.output import counted
 from rollout.core.plan import FIRST_DAY, Phase, Plan, supported_utc
 from rollout.notify.queue import queue_each
 from rollout.phases.enforce import LOCK
@@ -142,7 +143,9 @@ def read_requests(path: Path, now: datetime, *, read_each_day: bool = False) -> 
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
-            raise BadInput(path, line, f"expected {len(header)} values, found {len(row)}")
+            raise BadInput(
+                path, line, f"expected {counted(len(header), 'value')}, found {len(row)}"
+            )
         values = dict(zip(header, row, strict=True))
         username = values["username"].strip()
         if not username:
@@ -281,8 +284,8 @@ def _judge(
                 request.username, days, "already", "granted before", own.get(account_id)
             )
         return refused(
-            f"already postponed once, by {days} days",
-            f"your deadline was postponed once already, by {days} days, and can be "
+            f"already postponed once, by {counted(days, 'day')}",
+            f"your deadline was postponed once already, by {counted(days, 'day')}, and can be "
             "postponed only once",
             own.get(account_id),
         )
@@ -302,9 +305,9 @@ def _judge(
         )
     if request.days > most:
         return refused(
-            f"at most {most} days",
-            f"a deadline can be postponed by at most {most} days: ask again for {most} "
-            "days or fewer",
+            f"at most {counted(most, 'day')}",
+            f"a deadline can be postponed by at most {counted(most, 'day')}: ask again for "
+            f"{counted(most, 'day')} or fewer",
             own[account_id],
         )
     if request.requested_at.date() > own[account_id]:
@@ -468,7 +471,7 @@ def snooze(
                                 "action": "snooze_deadline",
                                 "account_id": account_id,
                                 "phase": phase.name,
-                                "reason": f"postponed by {r.days} days to {o.deadline}",
+                                "reason": f"postponed by {counted(r.days, 'day')} to {o.deadline}",
                                 "actor": actor,
                                 "run_id": run.id,
                                 "details": {

@@ -19,6 +19,7 @@ import duckdb
 from rollout.core.controls import visible
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 from rollout.core.files import duckdb_path
+from rollout.core.output import counted
 from rollout.core.resources import resource_dir
 
 # The checkout's sql/ (editable install), or the copy inside the installed wheel.
@@ -439,10 +440,10 @@ def unreported_repairs(con: duckdb.DuckDBPyConnection) -> list[str]:
     ).fetchall()
     told = []
     for name, detail, first, last in found:
-        removed = ", ".join(f"{n:,} {kind}" for kind, n in json.loads(detail).items())
+        removed = ", ".join(counted(n, f"{kind} row") for kind, n in json.loads(detail).items())
         days = f"{first}" if first == last else f"{first} to {last}"
         told.append(
-            f"repaired the warehouse: removed {removed} rows an older rollout had "
+            f"repaired the warehouse: removed {removed} an older rollout had "
             f"loaded twice ({REPAIRS[name]}), of {days}: the reports of those days "
             "counted them twice; write each again with `rollout report --as-of DAY`"
         )

@@ -28,6 +28,7 @@ from rollout.core.counts import EXPONENT_PATTERN, WHOLE_COUNT_PATTERN
 from rollout.core.errors import BadInput, FileRejected, RowProblem
 from rollout.core.files import duckdb_path
 from rollout.core.names import PACKAGE_NAME_PATTERN
+from rollout.core.output import counted
 from rollout.warehouse import landing
 from rollout.warehouse.landing import Fingerprint, LandingFile
 
@@ -427,7 +428,8 @@ def _ingest_new(
         raise FileRejected(
             file.path,
             _shown(_problems(con, file, limit=5)),
-            f"{rows_bad} of {rows_read} {file.row_word}s are bad "
+            f"{rows_bad:,} of {counted(rows_read, file.row_word)} "
+            f"{'is' if rows_bad == 1 else 'are'} bad "
             f"({rows_bad / rows_read:.1%}, over the {quarantine_limit:.1%} limit); "
             "nothing was loaded",
         )
@@ -542,7 +544,8 @@ def _load_new_events(
             refusal = FileRejected(
                 file.path,
                 _shown(_event_problems(con, file, index, limit=5)),
-                f"{rows_bad} of {rows} {file.row_word}s are bad "
+                f"{rows_bad:,} of {counted(rows, file.row_word)} "
+                f"{'is' if rows_bad == 1 else 'are'} bad "
                 f"({rows_bad / rows:.1%}, over the {quarantine_limit:.1%} limit); "
                 "nothing was loaded",
             )

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from rollout.core.counts import WHOLE_COUNT_PATTERN
 from rollout.core.errors import BadInput
 from rollout.core.files import duckdb_path
+from rollout.core.output import counted
 
 Kind = Literal["downloads", "manifests", "logins", "publishes", "events"]
 # Events last: they are SendGrid's delivery events, loaded in batches (rollout.warehouse.ingest).
@@ -498,7 +499,8 @@ def text_lines(path: Path, handle: io.TextIOBase, limit: int | None = None) -> I
             raise BadInput(
                 path,
                 number,
-                f"the line is longer than {limit:,} characters: more than a landing line "
+                f"the line is longer than {counted(limit, 'character')}: more than a landing "
+                "line "
                 "may be (the file is refused whole)",
             )
         yield line
@@ -524,7 +526,7 @@ def read_document(path: Path, handle: io.TextIOBase) -> str:
         raise BadInput(
             path,
             None,
-            f"over {DOCUMENT_LIMIT:,} characters of JSON, which ingest reads whole: write "
+            f"over {counted(DOCUMENT_LIMIT, 'character')} of JSON, which ingest reads whole: write "
             "it as JSON lines (.jsonl) or Parquet",
         )
     return text
@@ -661,7 +663,8 @@ def _parse_error(file: LandingFile, error: duckdb.Error, what: str) -> BadInput:
         )
         if found:
             reason = (
-                f"expected {found.group(1)} columns, found {found.group(2)}: {shorten(original)}"
+                f"expected {counted(int(found.group(1)), 'column')}, found {found.group(2)}: "
+                f"{shorten(original)}"
             )
         else:
             # The first line only says where ("CSV Error on Line: 202"); the why is
@@ -819,7 +822,7 @@ def _require_columns(file: LandingFile, present: Iterable[str], line: int | None
         if len(found) > FOUND_SHOWN:
             # A header is names, not a page of text: what a wrong file holds (an export
             # of something else, a secret) stays out of the message past a glance.
-            found = found[:FOUND_SHOWN] + f"... ({len(present_set)} columns)"
+            found = found[:FOUND_SHOWN] + f"... ({counted(len(present_set), 'column')})"
         raise BadInput(
             file.path,
             line,
@@ -1720,7 +1723,10 @@ def stage_events(con: duckdb.DuckDBPyConnection, files: list[LandingFile]) -> No
     except (duckdb.Error, UnicodeDecodeError) as error:
         if len(files) == 1:
             raise _events_parse_error(files[0], error) from error
-        raise BadInput(None, None, f"one of {len(files)} events files is unreadable") from error
+        raise BadInput(
+            None, None, f"one of {counted(len(files), 'events file')} is unreadable"
+        ) from error
+
     # Typed once into a table: the check and the load each read it (as a view, each
     # read converted all the values again, 0.5 s a million events).
     con.execute(
