@@ -169,7 +169,9 @@ def suppressions_markdown(synced: SyncReport | str | None) -> str:
             "\n## SendGrid suppressions\n\n> **Warning: not synced**, the last copy was "
             f"used: {markdown_text(synced)}\n"
         )
-    return "\n## SendGrid suppressions\n\n" + table(list(synced.summary().items())) + "\n"
+    # Keyed for scripts (spam_reports); read by people here: in words.
+    rows = [(key.replace("_", " "), n) for key, n in synced.summary().items()]
+    return "\n## SendGrid suppressions\n\n" + table(rows) + "\n"
 
 
 @task(name="queue-due-emails", cache_policy=NO_CACHE, **IO_RETRIES)

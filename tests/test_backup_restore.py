@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from rollout.cli import app
 from rollout.registry.engine import adbc_uri
 from tests.conftest import fresh_postgres_database
+from tests.support.previews import to_apply
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +67,7 @@ def populate(registry_url: str, home: Path) -> int:
     rollout(registry_url, home, "cohorts", "build", "--as-of", "2022-02-01")
     preview = rollout(registry_url, home, "phase", "preview", "top-100", "--format", "json")
     count = len(json.loads(preview.stdout))
-    rollout(registry_url, home, "phase", "enforce", "top-100", "--apply", "--expect", str(count))
+    rollout(registry_url, home, *to_apply(preview.stderr))
     return count
 
 

@@ -325,7 +325,7 @@ NEED_A_REGISTRY = [
     ["plan", "show"],
     ["report", "--as-of", "2022-03-01"],
     ["phase", "preview", "top-100"],
-    ["phase", "enforce", "top-100", "--apply", "--expect", "3"],
+    ["phase", "enforce", "top-100", "--apply", "--expect", "3", "--expect-list", "0123456789ab"],
     ["phase", "rollback", "top-100"],
     ["notify", "queue"],
     ["notify", "send", "--apply"],

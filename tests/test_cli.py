@@ -32,6 +32,7 @@ from .factories import (
     bound_to,
     existing_account,
 )
+from .support.previews import to_apply
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -255,9 +256,17 @@ def test_phase_enforce_previews_then_needs_the_count_typed_back(rollout_home: Pa
     assert targets and all(t["live_sessions"] >= 0 for t in targets)
     [listed] = re.findall(rf"--apply --expect {len(targets)} --expect-list (\w+)", preview.stderr)
     assert run("phase", "enforce", "top-100", "--apply").exit_code == 2
-    wrong = run("phase", "enforce", "top-100", "--apply", "--expect", str(len(targets) + 1))
-    assert wrong.exit_code == 3 and "not the" in wrong.stderr
     apply = ("phase", "enforce", "top-100", "--apply", "--expect", str(len(targets)))
+    # The count alone is not the list previewed: refused before anything is read.
+    count_only = run(*apply)
+    assert count_only.exit_code == 2
+    assert (
+        "--apply needs --expect-list F (the fingerprint of the list the preview showed): "
+        "run `rollout phase preview top-100`, check the list, and copy the command it prints"
+    ) in " ".join(count_only.stderr.split())
+    assert json.loads(run("phase", "preview", "top-100", "--format", "json").stdout) == targets
+    wrong = run(*apply[:-1], str(len(targets) + 1), "--expect-list", listed)
+    assert wrong.exit_code == 3 and "not the" in wrong.stderr
     stale = run(*apply, "--expect-list", "000000000000")
     assert stale.exit_code == 3 and "not the ones previewed" in stale.stderr
     done = run(*apply, "--expect-list", listed, "--format", "json")
@@ -413,7 +422,7 @@ def test_phase_preview_says_when_the_blast_radius_refuses_it(
     said = " ".join(preview.stderr.split())
     over = f"phase top-100 would change {count} accounts, over the plan's blast-radius limit of 5"
     assert f"Over the blast radius: {over}" in said
-    refused = run("phase", "enforce", "top-100", "--apply", "--expect", str(count))
+    refused = run(*to_apply(preview.stderr))
     assert refused.exit_code == 3 and over in " ".join(refused.stderr.split())
 
 

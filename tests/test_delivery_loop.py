@@ -31,6 +31,7 @@ from rollout.registry import Registry
 from rollout.registry.models import Account, Notification
 from tests.factories import AccountFactory, bound_to
 from tests.support.outbox import ids, queue_late
+from tests.support.previews import to_apply
 from tests.support.serving import free_port, wait_until_answering
 
 __all__ = ["ids"]  # a fixture, used by name
@@ -188,21 +189,12 @@ def test_who_bounced_is_named_before_enforcement_and_holds_it_back(
     assert "Never reached: 3 of 4 (75.0%), over the plan's limit of 50.0%" in preview.stderr
     assert "--apply --expect 4 --accept-unreached 3" in preview.stderr
 
-    refused = processes.run("phase", "enforce", "top-100", "--apply", "--expect", "4")
+    apply = to_apply(preview.stderr)
+    assert apply[-4:-2] == ["--accept-unreached", "3"]
+    refused = processes.run(*apply[:-4], *apply[-2:])
     assert refused.returncode == 3
     assert "3 of 4 accounts (75.0%) were never reached" in refused.stderr
-    enforced = processes.run(
-        "phase",
-        "enforce",
-        "top-100",
-        "--apply",
-        "--expect",
-        "4",
-        "--accept-unreached",
-        "3",
-        "--format",
-        "json",
-    )
+    enforced = processes.run(*apply, "--format", "json")
     assert enforced.returncode == 0, enforced.stderr
     result = json.loads(enforced.stdout)
     assert (result["accounts_required"], result["accounts_unreached"]) == (4, 3)

@@ -33,6 +33,7 @@ from rollout.registry.models import (
     WebSession,
 )
 from tests.factories import AccountFactory, FactorFactory, existing_account
+from tests.support.previews import to_apply
 
 
 @pytest.fixture
@@ -157,9 +158,9 @@ def test_enforcing_before_enforce_on_is_refused_unless_early(
             enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
         assert required(registry) == set() and count(registry, Action) == 0
         monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
-        cli = CliRunner().invoke(app, ["phase", "enforce", "top-100", "--apply", "--expect", "3"])
-        assert cli.exit_code == 3 and "pass --early to enforce anyway" in cli.stderr
         preview = CliRunner().invoke(app, ["phase", "preview", "top-100"])
+        cli = CliRunner().invoke(app, to_apply(preview.stderr))
+        assert cli.exit_code == 3 and "pass --early to enforce anyway" in cli.stderr
         assert "Not due yet: the phase is enforced from 2022-02-01 (in 1 day)" in preview.stderr
         early = enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm", early=True)
     assert early.accounts_required == 2 and required(registry) == {"alice", "dave"}

@@ -75,6 +75,9 @@ def start_enforce(
     expect: int = NON_COMPLIANT,
     expect_tokens: int | None = None,
 ) -> subprocess.Popen[bytes]:
+    with Registry(registry_url) as registry:
+        loaded = load_plan(plan)
+        listed = enforce.preview_phase(registry, loaded, loaded.phase("top-100")).fingerprint
     env = {
         **os.environ,
         "ROLLOUT_REGISTRY_URL": registry_url,
@@ -94,6 +97,7 @@ def start_enforce(
             "--expect",
             str(expect),
             *(["--expect-tokens", str(expect_tokens)] if expect_tokens is not None else []),
+            *("--expect-list", listed),
         ],
         env=env,
         stdout=subprocess.DEVNULL,

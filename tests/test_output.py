@@ -4,11 +4,15 @@ emails: test_senders.py and test_emails.py."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import html
 import io
 import json
+import re
+from collections.abc import Iterator
 from datetime import date, datetime
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -273,3 +277,65 @@ def test_a_list_is_a_list_in_json_one_cell_in_csv_and_words_in_a_table(
     cells = [[c.strip() for c in line.split("│")[1:-1]] for line in table.splitlines()]
     assert ["days", "2022-01-01, 2022-01-02"] in cells and ["none", "none"] in cells
     assert markdown_text([]) == "none" and markdown_text(["a", "b"]) == "a, b"
+
+
+# --- JSON keys: snake_case -------------------------------------------------------------
+
+SNAKE_CASE = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def test_counts_by_a_phase_are_an_object_in_json_and_a_row_each_in_a_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A script reads `record["enforced"]["top-100"]`: no key with a space or a phase's
+    name in it. People read one row (a CSV column) per phase, named as before."""
+    record = {"emails_sent": 3, "enforced": {"top-100": 2, "high-impact": 5}}
+    emit_record(record, Format.json)
+    assert json.loads(capsys.readouterr().out) == record
+    emit_record(record, Format.table)
+    table = capsys.readouterr().out
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in table.splitlines()]
+    assert ["enforced top-100", "2"] in cells and ["enforced high-impact", "5"] in cells
+    emit_record(record, Format.csv)
+    assert list(csv.reader(io.StringIO(capsys.readouterr().out))) == [
+        ["emails_sent", "enforced top-100", "enforced high-impact"],
+        ["3", "2", "5"],
+    ]
+
+
+def _json_keys_of_records(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    """The keys a record printed as JSON is built with, as written: of each dict in a
+    ``summary()`` or ``row()`` (what commands print) or in an ``emit``/``emit_record``
+    call; a key made from a value (an f-string in a comprehension) shown as ``f"..."``."""
+    for node in ast.walk(tree):
+        builds_record = (
+            isinstance(node, ast.FunctionDef) and node.name in ("summary", "row", "record")
+        ) or (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", None))
+            in ("emit", "emit_record")
+        )
+        if not builds_record:
+            continue
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.Dict):
+                for key in inner.keys:
+                    if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                        yield key.lineno, key.value
+            elif isinstance(inner, ast.DictComp) and isinstance(inner.key, ast.JoinedStr):
+                yield inner.lineno, 'f"..."'
+
+
+def test_every_record_a_command_prints_has_snake_case_keys() -> None:
+    """`notify sync-suppressions` printed "pages read" and "spam reports", `demo`
+    "enforced top-100" and "seconds metrics": keys a script cannot spell beforehand
+    (jq needs them quoted, a phase's name changes them). Counts keyed by a value go
+    under one snake_case key as an object."""
+    root = Path(__file__).resolve().parents[1] / "rollout"
+    found = [
+        f"{path.relative_to(root.parent)}:{line}: {key!r}"
+        for path in sorted(root.rglob("*.py"))
+        for line, key in _json_keys_of_records(ast.parse(path.read_text(encoding="utf-8")))
+        if not SNAKE_CASE.fullmatch(key)
+    ]
+    assert found == []

@@ -25,6 +25,7 @@ from rollout.phases.previews import _accounts_label, preview_markdown, save_prev
 from rollout.registry import Registry
 from rollout.registry.models import Account, Action, Notification, Token, WebSession
 from tests.factories import T0, AccountFactory, FactorFactory, TokenFactory
+from tests.support.previews import to_apply
 
 NOW = datetime(2025, 12, 9, 12)
 
@@ -656,13 +657,12 @@ def test_the_cli_needs_the_token_count_typed_back(
     assert "in cohort top-100; 2 of their tokens would be revoked" in said
     assert "signed out" not in said and "web sessions" not in said
     assert "--apply --expect 2 --expect-tokens 2" in shown.stderr
-    refused = runner.invoke(app, ["phase", "enforce", "top-100", "--apply", "--expect", "2"])
+    apply = to_apply(shown.stderr)
+    assert apply[3:7] == ["--apply", "--expect", "2", "--expect-tokens"]
+    without_tokens = [*apply[:6], *apply[8:]]
+    refused = runner.invoke(app, without_tokens)
     assert refused.exit_code == 3 and "--expect-tokens" in refused.stderr
-    done = runner.invoke(
-        app,
-        ["phase", "enforce", "top-100", "--apply", "--expect", "2", "--expect-tokens", "2"],
-        catch_exceptions=False,
-    )
+    done = runner.invoke(app, apply, catch_exceptions=False)
     assert done.exit_code == 0, done.stderr
     assert len(audited_by_url(registry_url)) == 2
     # Its rollback speaks of what a token phase set, and of the tokens it cannot undo.

@@ -20,6 +20,7 @@ from rollout.registry.engine import make_engine
 
 from .conftest import DATA
 from .factories import LATE_NOTICE, AccountFactory, NotificationFactory, bound_to
+from .support.previews import to_apply
 
 ROOT = Path(__file__).resolve().parent.parent
 BAR = "━"  # Rich's bar; ESC starts every ANSI sequence
@@ -93,7 +94,7 @@ def test_phase_enforce_draws_progress_on_a_terminal_only(
     three_to_enforce: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(FORCE_PROGRESS, "1")
-    shown = run("phase", "enforce", "top-100", "--apply", "--expect", "3")
+    shown = run(*to_apply(run("phase", "preview", "top-100").stderr))
     assert shown.exit_code == 0, shown.stderr
     assert drawn(shown.stderr) and "phase top-100: accounts" in shown.stderr
 
@@ -102,12 +103,12 @@ def test_phase_enforce_piped_and_json_draw_nothing(
     three_to_enforce: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(FORCE_PROGRESS, "1")
-    done = run("phase", "enforce", "top-100", "--apply", "--expect", "3", "--format", "json")
+    done = run(*to_apply(run("phase", "preview", "top-100").stderr), "--format", "json")
     assert done.exit_code == 0, done.stderr
     assert json.loads(done.stdout)["accounts_flagged"] == 3
     assert not drawn(done.stderr)
     monkeypatch.delenv(FORCE_PROGRESS)
-    again = run("phase", "enforce", "top-100", "--apply", "--expect", "3")
+    again = run(*to_apply(run("phase", "preview", "top-100").stderr))
     assert again.exit_code == 0, again.stderr
     assert not drawn(again.stderr)
 

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, text
 
 from rollout.core.calendar import plan_calendar, unplanned_kind
 from rollout.core.config import load_settings
-from rollout.demo.story import Story
+from rollout.demo.story import Story, StoryReport
 from rollout.notify.outbox import outbox_status
 from rollout.phases.timeline import step_states
 from rollout.registry import Registry
@@ -156,3 +156,29 @@ def test_the_reference_plan_runs_start_to_end(story: Story) -> None:
             )
         ).scalar_one()
     assert (required_with_2fa, told_with_2fa) == (0, 0)
+
+
+def test_the_demo_s_record_keys_counts_by_phase_under_one_snake_case_key() -> None:
+    """`rollout demo --format json` gave "enforced top-100" and "never reached, enforced
+    top-100": keys with spaces and a phase's name in them. Now one key each, an object
+    by phase (cause, job)."""
+    from collections import Counter
+    from datetime import date
+
+    report = StoryReport(
+        date(2022, 1, 1),
+        date(2022, 1, 10),
+        enforced={"top-100": 48},
+        unreached_enforced={"top-100": 6},
+        tokens_revoked={"top-100": 0, "classic-tokens": 70},
+        enrolled=Counter({"notice": 3, "brown-out": 2}),
+        job_seconds=Counter({"metrics": 1.234}),
+    )
+    summary = report.summary()
+    assert summary["days"] == 10
+    assert summary["enforced"] == {"top-100": 48}
+    assert summary["never_reached_enforced"] == {"top-100": 6}
+    assert summary["tokens_revoked"] == {"classic-tokens": 70}
+    assert summary["enrolled_after"] == {"brown-out": 2, "notice": 3}
+    assert summary["job_seconds"] == {"metrics": 1.2}
+    assert all(key.replace("_", "").isalpha() and key.islower() for key in summary)

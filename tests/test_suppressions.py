@@ -277,8 +277,17 @@ def test_the_command_syncs_and_needs_a_sendgrid_key(
     sendgrid.suppress({"bounces": [bounce("a@example.com")]})
     done = runner.invoke(app, ["notify", "sync-suppressions", "--format", "json"])
     assert done.exit_code == 0, done.stderr
-    summary = json.loads(done.stdout)
-    assert (summary["bounces"], summary["added"], summary["pages read"]) == (1, 1, 5)
+    # snake_case keys, as every --format json record: a script reads summary["pages_read"].
+    assert json.loads(done.stdout) == {
+        "bounces": 1,
+        "blocks": 0,
+        "spam_reports": 0,
+        "invalid_emails": 0,
+        "unsubscribes": 0,
+        "added": 1,
+        "removed": 0,
+        "pages_read": 5,
+    }
 
 
 def test_the_lists_are_sendgrid_s_five() -> None:

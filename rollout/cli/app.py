@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import Annotated, Any, TypeVar
 
@@ -204,6 +204,20 @@ def _data_day(text: str, option: str) -> date:
             f"{option}: {text} is after today ({today}, UTC): it has no data yet"
         ).with_exit(EXIT_BAD_INPUT)
     return day
+
+
+def _typed_back(acting: str, preview: str, needed: Sequence[tuple[str, str, object]]) -> None:
+    """The one rule of every apply that acts on a previewed list of people (phase
+    enforce, orgs enforce and reinvite): ``acting`` (``--apply``, ``--confirm``) needs
+    each of ``needed`` (flag, what it is, as given) typed back from the preview, the
+    count and the list's fingerprint among them. Exit 2 naming each one missing and
+    ``preview``, the command that prints them; nothing is read or changed before."""
+    missing = [f"{flag} ({why})" for flag, why, given in needed if given is None]
+    if missing:
+        raise RolloutError(
+            f"{acting} needs {', '.join(missing)}: run `{preview}`, check the list, and "
+            "copy the command it prints"
+        ).with_exit(EXIT_BAD_INPUT)
 
 
 def _fingerprint(text: str | None, option: str = "--expect-list") -> str | None:

@@ -88,25 +88,7 @@ def demo(
         )
         report = story.run()
     emit_record(
-        {
-            "days": (last - first).days + 1,
-            "logins": report.logins,
-            "elv_challenges": report.elv_challenges,
-            "token_uses": report.token_uses,
-            "publishes": report.publishes,
-            "emails_sent": report.emails["sent"],
-            "maintainers_bounced": report.bounced,
-            **{f"never reached, enforced {p}": n for p, n in report.unreached_enforced.items()},
-            **{f"enforced {phase}": n for phase, n in report.enforced.items()},
-            **{f"tokens revoked {phase}": n for phase, n in report.tokens_revoked.items() if n},
-            "tokens_replaced_by_maintainers": report.tokens_replaced,
-            "deadlines_snoozed": report.snoozed,
-            "sessions_revoked": report.sessions_revoked,
-            "elv_enrolled": report.elv_enrolled,
-            **{f"enrolled after {cause}": n for cause, n in sorted(report.enrolled.items())},
-            "seconds": round(report.seconds, 1),
-            **{f"seconds {job}": round(t, 1) for job, t in report.job_seconds.items()},
-        },
+        report.summary(),
         fmt,
         title=f"the plan from {first} to {last}",
     )

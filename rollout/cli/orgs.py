@@ -12,6 +12,7 @@ from rollout.cli.app import (
     FormatOption,
     _fingerprint,
     _runtime,
+    _typed_back,
     app,
     reports_errors,
 )
@@ -46,7 +47,7 @@ def _members_rows(members: list[Any], fmt: Format) -> list[dict[str, Any]]:
     ]
 
 
-def _typed_back(
+def _confirmed(
     preview: str,
     acting: tuple[str, str],
     owner: str | None,
@@ -55,22 +56,18 @@ def _typed_back(
 ) -> str:
     """What ``--confirm`` needs besides the org's name: the owner acting, and the count
     and the list's fingerprint the preview printed (``preview``: the command that shows
-    them), as the owner confirms the exact list (exit 2 naming each one missing).
-    Returns the fingerprint as typed back, checked (``_fingerprint``)."""
-    missing = [
-        f"{flag} ({why})"
-        for flag, why, given in (
+    them), as the owner confirms the exact list (``_typed_back``: exit 2 naming each one
+    missing). Returns the fingerprint as typed back, checked (``_fingerprint``)."""
+    _typed_back(
+        "--confirm",
+        preview,
+        [
             (*acting, owner),
             ("--expect N", "the count the preview showed", expect),
             ("--expect-list F", "the fingerprint of the list the preview showed", expect_list),
-        )
-        if given is None
-    ]
-    if missing or expect_list is None:
-        raise RolloutError(
-            f"--confirm needs {', '.join(missing)}: run `{preview}`, check the list, and "
-            "copy the command it prints"
-        ).with_exit(EXIT_BAD_INPUT)
+        ],
+    )
+    assert expect_list is not None
     _fingerprint(expect_list)
     return expect_list
 
@@ -184,7 +181,7 @@ def orgs_enforce(
         )
         return
     # It removes people: the owner typed back who they are, as the preview listed them.
-    expect_list = _typed_back(
+    expect_list = _confirmed(
         f"rollout orgs enforce {shell_word(org)}",
         ("--owner", "the owner turning enforcement on"),
         owner,
@@ -268,7 +265,7 @@ def orgs_reinvite(
             highlight=False,
         )
         return
-    expect_list = _typed_back(
+    expect_list = _confirmed(
         f"rollout orgs reinvite {shell_word(org)} --team {shell_word(team)}",
         ("--owner", "the owner inviting"),
         owner,

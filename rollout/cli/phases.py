@@ -11,9 +11,11 @@ from rollout.cli.app import (
     FormatOption,
     _fingerprint,
     _runtime,
+    _typed_back,
     app,
     reports_errors,
 )
+from rollout.core.controls import shell_word
 from rollout.core.errors import EXIT_BAD_INPUT, GuardRefused, RolloutError
 from rollout.core.output import Format, counted, emit, emit_record, progress_for, stderr
 
@@ -194,8 +196,9 @@ def phase_enforce(
     expect_list: Annotated[
         str | None,
         typer.Option(
-            help="The list's fingerprint the preview showed: refuses if the accounts or "
-            "tokens differ from the previewed ones, even at the same count."
+            help="The list's fingerprint the preview showed (required with --apply): "
+            "refuses if the accounts or tokens differ from the previewed ones, even at the "
+            "same count."
         ),
     ] = None,
     fmt: FormatOption = Format.table,
@@ -207,10 +210,16 @@ def phase_enforce(
     if not apply:
         phase_preview(ctx, phase, fmt)
         return
-    if expect is None:
-        raise RolloutError(
-            "--apply needs --expect N, the count `rollout phase preview` showed"
-        ).with_exit(EXIT_BAD_INPUT)
+    # Sessions and tokens revoked cannot be restored: the release manager types back
+    # who, as the preview listed them, not only how many (as an org's owner does).
+    _typed_back(
+        "--apply",
+        f"rollout phase preview {shell_word(phase)}",
+        [
+            ("--expect N", "the count the preview showed", expect),
+            ("--expect-list F", "the fingerprint of the list the preview showed", expect_list),
+        ],
+    )
     expect_list = _fingerprint(expect_list)
     runtime = _runtime(ctx)
     settings = runtime.settings

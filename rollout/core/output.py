@@ -268,15 +268,42 @@ def _on_screen(value: Any) -> Any:
 
 
 def emit_record(record: Mapping[str, Any], fmt: Format, *, title: str | None = None) -> None:
-    """One record: a two-column table for people, a single object for machines."""
+    """One record: a two-column table for people, a single object for machines.
+
+    Its keys are snake_case (a script reads ``record["pages_read"]``); counts keyed by
+    a value (a phase's name, a job's) are a mapping under one such key, an object in
+    JSON, and a row or column each (``enforced top-100``) in a table or CSV."""
     if fmt is Format.json:
-        json.dump({k: _plain(v) for k, v in record.items()}, sys.stdout, indent=2, default=str)
+        json.dump(
+            {k: _plain_mapping(v) for k, v in record.items()}, sys.stdout, indent=2, default=str
+        )
         sys.stdout.write("\n")
-    elif fmt is Format.csv:
-        emit([record], fmt)
+        return
+    flat = _flattened(record)
+    if fmt is Format.csv:
+        emit([flat], fmt)
     else:
         # One column holds every value: a time says it is UTC in its own cell.
-        emit([{"what": k, "value": _utc_time(v)} for k, v in record.items()], fmt, title=title)
+        emit([{"what": k, "value": _utc_time(v)} for k, v in flat.items()], fmt, title=title)
+
+
+def _plain_mapping(value: Any) -> Any:
+    """A value as JSON gives it (:func:`_plain`), a mapping's values too."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return _plain(value)
+
+
+def _flattened(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record with each mapping in it spread out: ``{"enforced": {"top-100": 3}}`` is
+    ``{"enforced top-100": 3}``, a row of its own in a table, a column in CSV."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{key} {inner}": v for inner, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
 
 
 def _utc_time(value: Any) -> Any:

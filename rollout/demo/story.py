@@ -140,6 +140,30 @@ class StoryReport:
     # security key (two_factor: phishing_resistant) counts.
     key_shares: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
+    def summary(self) -> dict[str, Any]:
+        """What `rollout demo` prints: snake_case keys, as every --format json record;
+        counts by phase, cause or job are an object under one key (``enforced``:
+        {"top-100": 48}), as a phase's name is no key a script could know beforehand."""
+        return {
+            "days": (self.end - self.start).days + 1,
+            "logins": self.logins,
+            "elv_challenges": self.elv_challenges,
+            "token_uses": self.token_uses,
+            "publishes": self.publishes,
+            "emails_sent": self.emails["sent"],
+            "maintainers_bounced": self.bounced,
+            "never_reached_enforced": dict(self.unreached_enforced),
+            "enforced": dict(self.enforced),
+            "tokens_revoked": {phase: n for phase, n in self.tokens_revoked.items() if n},
+            "tokens_replaced_by_maintainers": self.tokens_replaced,
+            "deadlines_snoozed": self.snoozed,
+            "sessions_revoked": self.sessions_revoked,
+            "elv_enrolled": self.elv_enrolled,
+            "enrolled_after": dict(sorted(self.enrolled.items())),
+            "seconds": round(self.seconds, 1),
+            "job_seconds": {job: round(t, 1) for job, t in self.job_seconds.items()},
+        }
+
 
 @dataclass
 class _People:

@@ -95,10 +95,11 @@ class SyncReport:
         """Addresses per list, those added and removed since the last sync, pages read:
         the command's output and the notify artifact's table."""
         return {
-            **{f"{source.replace('_', ' ')}s": n for source, n in self.by_source.items()},
+            # Named as SendGrid names its lists (snake_case, as every --format json key).
+            **{name: self.by_source.get(source, 0) for name, source in LISTS.items()},
             "added": self.added,
             "removed": self.removed,
-            "pages read": self.pages,
+            "pages_read": self.pages,
         }
 
 

@@ -552,6 +552,7 @@ def test_the_sendgrid_key_can_come_from_a_secret_block_and_never_shows(
     artifact = read_artifact("notify-2022-04-03").data
     assert "| sender | sendgrid |" in artifact
     assert "SendGrid suppressions" in artifact and "| bounces | 1 |" in artifact
+    assert "| spam reports | 0 |" in artifact and "| pages read |" in artifact
     assert key not in artifact and key not in caplog.text
     assert not any(key in p.read_text(errors="ignore") for p in home.path.rglob("*") if p.is_file())
 
