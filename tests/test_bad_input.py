@@ -439,6 +439,30 @@ def test_a_refused_value_with_a_line_break_cannot_fake_a_line_of_output(
     assert not any(line.startswith("ALL FILES") for line in result.stderr.splitlines())
 
 
+@pytest.mark.parametrize(
+    ("what", "answer"),
+    [
+        ("a wrong password", 'password authentication failed for user "rollout_password"'),
+        ("no such database", 'database "no_such_registry" does not exist'),
+    ],
+)
+def test_a_registry_url_the_server_turns_down_is_a_setting_to_fix(
+    rollout_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    turned_down_postgres_urls: dict[str, str],
+    what: str,
+    answer: str,
+) -> None:
+    """The server's own answer, naming the setting, exit 2: trying again cannot help
+    (a server not there is another matter: exit 1, and the flows retry)."""
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", turned_down_postgres_urls[what])
+    stderr = refused(run("plan", "show"))
+    [line] = stderr.strip().splitlines()
+    assert line.startswith("error: environment variable ROLLOUT_REGISTRY_URL: ")
+    assert line.endswith(answer)
+    assert "s3cret" not in stderr
+
+
 @pytest.mark.parametrize("command", [["plan", "show"], ["notify", "status"]], ids=" ".join)
 def test_a_registry_server_that_is_not_there_is_one_line_without_the_password(
     rollout_home: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]

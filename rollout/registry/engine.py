@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from rollout.core.controls import visible
@@ -75,6 +75,52 @@ def require_sqlite_file(registry_url: str) -> None:
         ).with_exit(EXIT_BAD_INPUT)
 
 
+# What the PostgreSQL server (or libpq, or psycopg) answers when the registry URL cannot
+# work however often it is tried: its login, its database, a connection option. Matched
+# in the driver's message, since psycopg gives a failed connection no SQLSTATE; in
+# English, as servers answer unless their lc_messages says otherwise (an answer in
+# another language stays what any other failure to connect is: one that may pass, which
+# the flows retry). A refused connection, a timeout, a host not found stay that too.
+_URL_REFUSALS = (
+    "password authentication failed",  # 28P01
+    "no password supplied",
+    "does not exist",  # 3D000 the database, 28000 the role
+    "is not permitted to log in",  # 28000
+    "no pg_hba.conf entry",  # 28000
+    "pg_hba.conf rejects connection",  # 28000
+    "permission denied for database",  # 42501: no CONNECT privilege
+    "invalid connection option",
+    "invalid sslmode value",
+    "invalid integer value",
+)
+
+
+class RegistryURLRefused(RolloutError):
+    """The registry's server turned down the URL itself (the login, the database, an
+    option): a setting to fix, not a failure to wait out; exit code 2. ``reason`` is the
+    server's answer on one line, which names the host, the user or the database it
+    turned down (drivers never repeat a password)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = visible(reason)
+        super().__init__(f"environment variable ROLLOUT_REGISTRY_URL: {self.reason}")
+        self.exit_code = EXIT_BAD_INPUT
+
+
+def _refused_url(context: ExceptionContext) -> BaseException | None:
+    """``handle_error``: a connection the server turned down for a reason in
+    ``_URL_REFUSALS`` raises RegistryURLRefused instead (every caller, the CLI and
+    the flows alike, then treats it as the user's to fix). Only as a connection is
+    made: a statement's errors are its own."""
+    if context.connection is not None:
+        return None
+    original = context.original_exception
+    reason = " ".join(str(original).split())
+    if not any(refusal in reason for refusal in _URL_REFUSALS):
+        return None
+    return RegistryURLRefused(reason)
+
+
 def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -91,7 +137,9 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     # tiny) made its audit insert 100 s of a 137 s run at npm scale. Planned each time
     # for its own values, a set-based statement costs a millisecond more.
     connect_args = {"prepare_threshold": None, **kwargs.pop("connect_args", {})}
-    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+    engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+    event.listen(engine, "handle_error", _refused_url)
+    return engine
 
 
 @contextmanager
