@@ -273,6 +273,8 @@ BAD_ENVIRONMENT = [
     # Prefect's own database URL has asyncpg: rollout connects with psycopg.
     ("ROLLOUT_REGISTRY_URL", "postgresql+asyncpg://rop:s3cret@/registry?host=/nowhere"),
     ("ROLLOUT_REGISTRY_URL", "sqlite+aiosqlite:///registry.db"),
+    # A port that is no number, in the query: it was a traceback at connecting.
+    ("ROLLOUT_REGISTRY_URL", "postgresql://rop:s3cret@/registry?host=/nowhere&port=abc"),
     # In memory: `db upgrade` said "at revision 0019" and the next command found none.
     ("ROLLOUT_REGISTRY_URL", "sqlite://"),
     ("ROLLOUT_REGISTRY_URL", "sqlite:///"),
