@@ -107,18 +107,44 @@ class RegistryURLRefused(RolloutError):
         self.exit_code = EXIT_BAD_INPUT
 
 
-def _refused_url(context: ExceptionContext) -> BaseException | None:
-    """``handle_error``: a connection the server turned down for a reason in
-    ``_URL_REFUSALS`` raises RegistryURLRefused instead (every caller, the CLI and
-    the flows alike, then treats it as the user's to fix). Only as a connection is
-    made: a statement's errors are its own."""
-    if context.connection is not None:
-        return None
-    original = context.original_exception
-    reason = " ".join(str(original).split())
+def url_refused(error: BaseException) -> RegistryURLRefused | None:
+    """What a driver's failure to connect (psycopg's, ADBC's) is when the server turned
+    the URL down for a reason in ``_URL_REFUSALS``: a RegistryURLRefused, which every
+    caller, the CLI and the flows alike, treats as the user's to fix. None otherwise."""
+    reason = " ".join(str(error).split())
     if not any(refusal in reason for refusal in _URL_REFUSALS):
         return None
     return RegistryURLRefused(reason)
+
+
+def _refused_url(context: ExceptionContext) -> BaseException | None:
+    """``handle_error``: a connection turned down raises RegistryURLRefused instead
+    (``url_refused``). Only as a connection is made: a statement's errors are its own."""
+    if context.connection is not None:
+        return None
+    return url_refused(context.original_exception)
+
+
+@contextmanager
+def adbc_connect(url: str | URL) -> Iterator[Any]:
+    """An ADBC DB-API connection to the registry at ``url`` (a SQLAlchemy URL), closed
+    on leaving; a URL the server turns down raises RegistryURLRefused, as an engine's
+    connection does."""
+    if is_sqlite(url):
+        import adbc_driver_sqlite.dbapi as driver
+    else:
+        import adbc_driver_postgresql.dbapi as driver
+    try:
+        connection = driver.connect(adbc_uri(url))
+    except driver.Error as error:
+        refused = url_refused(error)
+        if refused is None:
+            raise
+        raise refused from None
+    try:
+        yield connection
+    finally:
+        connection.close()
 
 
 def make_engine(url: str | URL, **kwargs: Any) -> Engine:
