@@ -379,7 +379,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         # The postgresql param of empty_registry_url carries its own mark.
-        if "postgres_schema_url" in fixtures:
+        if "postgres_schema_url" in fixtures or "turned_down_postgres_urls" in fixtures:
             item.add_marker(pytest.mark.postgres)
         if _listed(item, BROWSER_TESTS):
             item.add_marker(pytest.mark.browser)

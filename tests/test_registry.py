@@ -551,7 +551,6 @@ def test_two_sqlite_writers_wait_for_each_other_rather_than_fail(tmp_path: Path)
     other.dispose()
 
 
-@pytest.mark.postgres
 def test_a_url_the_server_turns_down_is_refused_alike_by_an_engine_and_by_adbc(
     turned_down_postgres_urls: dict[str, str],
 ) -> None:

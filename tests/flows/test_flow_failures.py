@@ -172,7 +172,6 @@ def test_a_registry_url_the_server_turns_down_fails_the_run_at_once_in_one_line(
     assert "Traceback" not in logs and "s3cret" not in logs
 
 
-@pytest.mark.postgres
 def test_a_turned_down_registry_url_is_not_transient_and_a_refused_connection_is(
     turned_down_postgres_urls: dict[str, str],
 ) -> None:
