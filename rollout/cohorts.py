@@ -809,11 +809,15 @@ def release_preview(registry: Registry, cohort: str, package: str) -> str:
 def release_package(
     registry: Registry, cohort: str, package: str, *, reason: str, actor: str
 ) -> str:
-    """Take a package out of a cohort for good; returns its name as recorded."""
+    """Take a package out of a cohort for good; returns its name as recorded.
+
+    Under the cohorts lock, as a build: a build at work read the packages before the
+    release and would keep in, past its end, the accounts the release lets go "at the
+    next build". So the release is refused (GuardRefused) until it ends."""
     if not reason.strip():
         raise BadInput(None, None, "a release needs a --reason")
     key = package.lower()
-    with begin_writing(registry.engine) as connection:
+    with registry.lock("cohorts"), begin_writing(registry.engine) as connection:
         c = COHORT_PACKAGES.c
         row = connection.execute(
             select(c.id, c.package, c.released_at).where(

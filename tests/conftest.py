@@ -138,6 +138,42 @@ def fresh_postgres_database(prefix: str) -> Iterator[str]:
         admin.dispose()
 
 
+# The role tests/support/with-postgres makes give its password (every other login is
+# trusted there).
+PASSWORD_ROLE = "rollout_password"
+
+
+@pytest.fixture
+def turned_down_postgres_urls() -> dict[str, str]:
+    """Registry URLs the test server turns down however often they are tried, by what
+    is wrong with them: a wrong password, a database that does not exist. Each holds
+    the password ``s3cret-wrong``."""
+    base = make_url(postgres_url_or_skip())
+    admin = make_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(
+            text(
+                f"do $$ begin create role {PASSWORD_ROLE} login password 'right-password';"
+                " exception when duplicate_object then null; end $$"
+            )
+        )
+    admin.dispose()
+    wrong_password = base.set(username=PASSWORD_ROLE, password="s3cret-wrong")
+    probe = make_engine(wrong_password)
+    try:
+        with probe.connect():
+            pytest.skip(f"the test server lets {PASSWORD_ROLE} in without its password")
+    except Exception:
+        pass
+    finally:
+        probe.dispose()
+    no_database = base.set(password="s3cret-wrong", database="no_such_registry")
+    return {
+        "a wrong password": wrong_password.render_as_string(hide_password=False),
+        "no such database": no_database.render_as_string(hide_password=False),
+    }
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def empty_registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of an empty database, on each backend in turn."""
@@ -343,7 +379,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         # The postgresql param of empty_registry_url carries its own mark.
-        if "postgres_schema_url" in fixtures:
+        if "postgres_schema_url" in fixtures or "turned_down_postgres_urls" in fixtures:
             item.add_marker(pytest.mark.postgres)
         if _listed(item, BROWSER_TESTS):
             item.add_marker(pytest.mark.browser)

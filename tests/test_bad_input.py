@@ -273,6 +273,8 @@ BAD_ENVIRONMENT = [
     # Prefect's own database URL has asyncpg: rollout connects with psycopg.
     ("ROLLOUT_REGISTRY_URL", "postgresql+asyncpg://rop:s3cret@/registry?host=/nowhere"),
     ("ROLLOUT_REGISTRY_URL", "sqlite+aiosqlite:///registry.db"),
+    # A port that is no number, in the query: it was a traceback at connecting.
+    ("ROLLOUT_REGISTRY_URL", "postgresql://rop:s3cret@/registry?host=/nowhere&port=abc"),
     # In memory: `db upgrade` said "at revision 0019" and the next command found none.
     ("ROLLOUT_REGISTRY_URL", "sqlite://"),
     ("ROLLOUT_REGISTRY_URL", "sqlite:///"),
@@ -437,6 +439,30 @@ def test_a_refused_value_with_a_line_break_cannot_fake_a_line_of_output(
     [refusal] = [line for line in result.stderr.splitlines() if "x\\x0a" in line]
     assert refusal.startswith("refused:") and fake in refusal
     assert not any(line.startswith("ALL FILES") for line in result.stderr.splitlines())
+
+
+@pytest.mark.parametrize(
+    ("what", "answer"),
+    [
+        ("a wrong password", 'password authentication failed for user "rollout_password"'),
+        ("no such database", 'database "no_such_registry" does not exist'),
+    ],
+)
+def test_a_registry_url_the_server_turns_down_is_a_setting_to_fix(
+    rollout_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    turned_down_postgres_urls: dict[str, str],
+    what: str,
+    answer: str,
+) -> None:
+    """The server's own answer, naming the setting, exit 2: trying again cannot help
+    (a server not there is another matter: exit 1, and the flows retry)."""
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", turned_down_postgres_urls[what])
+    stderr = refused(run("plan", "show"))
+    [line] = stderr.strip().splitlines()
+    assert line.startswith("error: environment variable ROLLOUT_REGISTRY_URL: ")
+    assert line.endswith(answer)
+    assert "s3cret" not in stderr
 
 
 @pytest.mark.parametrize("command", [["plan", "show"], ["notify", "status"]], ids=" ".join)

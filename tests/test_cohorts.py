@@ -454,10 +454,41 @@ def test_release_previews_then_takes_the_package_out_with_an_audit_row(
         cohorts.release_package(registry, "high-impact", "big", reason="again", actor="rm")
 
 
-# On SQLite the two cannot interleave: each release takes the write lock first
-# (registry.engine.begin_writing), so Alice waits for Bob's commit and is the one refused.
-@pytest.mark.postgres
-@pytest.mark.parametrize("empty_registry_url", ["postgresql"], indirect=True)
+def test_a_release_while_a_build_is_at_work_is_refused_until_it_ends(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The build read the packages before the release and would keep the accounts in
+    through the released one after it: "they leave at the next build" would not hold
+    of the build that ended last. A release takes the cohorts lock as a build does, so
+    it is refused while one is at work, and writes nothing."""
+    build(con, registry, small_cohorts_plan, D1)
+    update_memberships = cohorts._update_memberships
+    refusals: list[GuardRefused] = []
+
+    def release_meanwhile(*args: Any, **kwargs: Any) -> tuple[int, int]:
+        with pytest.raises(GuardRefused, match="another cohorts run") as refused:
+            cohorts.release_package(registry, "high-impact", "big", reason="inflated", actor="rm")
+        refusals.append(refused.value)
+        return update_memberships(*args, **kwargs)
+
+    monkeypatch.setattr(cohorts, "_update_memberships", release_meanwhile)
+    build(con, registry, small_cohorts_plan, D2)
+    assert refusals
+    with registry.engine.connect() as connection:
+        released = connection.execute(
+            select(CohortPackage.package).where(CohortPackage.released_at.is_not(None))
+        ).all()
+    assert released == []
+    monkeypatch.setattr(cohorts, "_update_memberships", update_memberships)
+    cohorts.release_package(registry, "high-impact", "big", reason="inflated", actor="rm")
+    # The next build (of the same day, again) lets its only account go.
+    assert build(con, registry, small_cohorts_plan, D2)["high-impact"].accounts_left == 1
+
+
 def test_a_release_racing_another_is_refused_not_written_over(
     con: duckdb.DuckDBPyConnection,
     registry: Registry,
@@ -465,21 +496,22 @@ def test_a_release_racing_another_is_refused_not_written_over(
     people: dict[str, int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Bob's release read the package unreleased; Alice's commits before Bob writes.
-    Bob is refused, and Alice's reason and audit row stand."""
+    """Alice's release starts while Bob's is at work (it has read the package
+    unreleased): Alice is refused by the cohorts lock, and Bob's reason and audit row
+    stand, alone."""
     from rollout.registry import ledger
 
     build(con, registry, small_cohorts_plan, D1)
     now = ledger.utc_now
 
-    def alice_first() -> datetime:
+    def alice_meanwhile() -> datetime:
         monkeypatch.setattr(cohorts, "utc_now", now)
-        cohorts.release_package(registry, "high-impact", "big", reason="alice", actor="alice")
+        with pytest.raises(GuardRefused, match="another cohorts run"):
+            cohorts.release_package(registry, "high-impact", "big", reason="alice", actor="alice")
         return now()
 
-    monkeypatch.setattr(cohorts, "utc_now", alice_first)
-    with pytest.raises(GuardRefused, match="released from high-impact by another run"):
-        cohorts.release_package(registry, "high-impact", "big", reason="bob", actor="bob")
+    monkeypatch.setattr(cohorts, "utc_now", alice_meanwhile)
+    cohorts.release_package(registry, "high-impact", "big", reason="bob", actor="bob")
     with registry.engine.connect() as connection:
         released = connection.execute(
             select(CohortPackage.released_reason, CohortPackage.released_by)
@@ -487,8 +519,8 @@ def test_a_release_racing_another_is_refused_not_written_over(
         audit = connection.execute(
             select(Action.actor).where(Action.action == "cohort_package_release")
         ).all()
-    assert [tuple(r) for r in released if r[0]] == [("alice", "alice")]
-    assert [a.actor for a in audit] == ["alice"]
+    assert [tuple(r) for r in released if r[0]] == [("bob", "bob")]
+    assert [a.actor for a in audit] == ["bob"]
 
 
 def test_cohorts_need_that_days_metrics(

@@ -6,20 +6,22 @@ once, audited, and never touches a compliant account or a token the preview left
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from typer.testing import CliRunner
 
 from rollout.cli import app
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import GuardRefused
 from rollout.core.plan import Phase, Plan, Requirements, parse_plan
-from rollout.phases import enforce
+from rollout.phases import brownouts, enforce
 from rollout.phases.approvals import ApprovalRequest
 from rollout.phases.previews import _accounts_label, preview_markdown, save_preview
 from rollout.registry import Registry
@@ -747,3 +749,73 @@ def test_a_warning_lists_the_tokens_enforcement_will_revoke_on_its_day(
     with use_clock(SimulatedClock(enforced + timedelta(hours=10))):
         preview = enforce.preview_phase(registry, aged, aged.phase("top-100"))
     assert [t.name for t in preview.tokens] == ["ages-by-then"]
+
+
+# --- beside ELV's enrolment ----------------------------------------------------------
+
+
+def _waiting_on_a_row_lock(registry: Registry) -> bool:
+    """Whether another server process of this database waits for a lock on a row."""
+    with registry.engine.connect() as connection:
+        return bool(
+            connection.execute(
+                text(
+                    "select count(*) from pg_stat_activity where datname = current_database()"
+                    " and pid <> pg_backend_pid() and wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        )
+
+
+@pytest.mark.parametrize("empty_registry_url", ["postgresql"], indirect=True)
+def test_an_enforcement_and_elv_enrolment_at_once_both_finish(
+    registry: Registry, plan: Plan, factories: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`phase enforce` and `elv enroll-all` change the same account rows. Enforcement
+    flags (one UPDATE) then warns (another) its batch; enrolment takes a range of ids.
+    Had each locked the rows as its statements met them, enrolment would hold amy
+    (flagged already, so the first UPDATE passed her) and wait for ben, while
+    enforcement held ben and waited for amy: PostgreSQL's deadlock detector fails one.
+    Both lock their rows first, in order of id: one waits, then both finish."""
+    amy = AccountFactory(username="amy", in_cohort="top-100", tfa_required_at=T0)
+    ben = AccountFactory(username="ben", in_cohort="top-100")
+    assert amy.id < ben.id
+    warns_too = phase_of(plan, effects=["require_2fa", "warn"])
+    between_statements, go_on = threading.Event(), threading.Event()
+    mark_accounts = enforce._mark_accounts
+
+    def pause_before_warning(*args: Any, **kwargs: Any) -> int:
+        between_statements.set()
+        assert go_on.wait(30)
+        return mark_accounts(*args, **kwargs)
+
+    monkeypatch.setattr(enforce, "_mark_accounts", pause_before_warning)
+    failures: list[BaseException] = []
+
+    def run(work: Any) -> threading.Thread:
+        def catching() -> None:
+            try:
+                work()
+            except BaseException as error:
+                failures.append(error)
+                between_statements.set()
+
+        thread = threading.Thread(target=catching)
+        thread.start()
+        return thread
+
+    enforcing = run(
+        lambda: enforce.enforce_phase(registry, warns_too, "top-100", expect=2, actor="rm")
+    )
+    assert between_statements.wait(30)
+    enrolling = run(lambda: brownouts.enroll_all(registry, plan, actor="ops"))
+    deadline = time.monotonic() + 30
+    while not _waiting_on_a_row_lock(registry) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    go_on.set()
+    enforcing.join(60)
+    enrolling.join(60)
+    assert failures == []
+    assert marked(registry, "warned_at") == {"amy", "ben"}
+    assert marked(registry, "tfa_required_at") == {"amy", "ben"}
+    assert marked(registry, "elv_enrolled_at") == {"amy", "ben"}

@@ -17,7 +17,14 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from rollout import warehouse
 from rollout.core.errors import RolloutError
 from rollout.registry import Registry, migrate
-from rollout.registry.engine import begin_writing, make_engine, normalize_url, session_scope
+from rollout.registry.engine import (
+    RegistryURLRefused,
+    adbc_connect,
+    begin_writing,
+    make_engine,
+    normalize_url,
+    session_scope,
+)
 from rollout.registry.models import (
     Account,
     Action,
@@ -542,3 +549,25 @@ def test_two_sqlite_writers_wait_for_each_other_rather_than_fail(tmp_path: Path)
     assert finished == ["other"]  # it waited for the batch's commit, then wrote
     engine.dispose()
     other.dispose()
+
+
+def test_a_url_the_server_turns_down_is_refused_alike_by_an_engine_and_by_adbc(
+    turned_down_postgres_urls: dict[str, str],
+) -> None:
+    """The extract and the bulk loads read and write through ADBC, a driver of its own:
+    a turned-down URL says so there in the same words (it was ADBC's error, and a
+    traceback)."""
+    for url in turned_down_postgres_urls.values():
+        engine = make_engine(url)
+        with pytest.raises(RegistryURLRefused) as through_the_engine:
+            engine.connect()
+        engine.dispose()
+        with pytest.raises(RegistryURLRefused) as through_adbc, adbc_connect(url):
+            pass
+        for refused in (through_the_engine.value, through_adbc.value):
+            assert refused.exit_code == 2
+            assert str(refused).startswith("environment variable ROLLOUT_REGISTRY_URL: ")
+            assert "s3cret" not in str(refused)
+        # The server's answer, after each driver's own words for "failed to connect".
+        answer = through_the_engine.value.reason.partition("FATAL: ")[2]
+        assert answer and through_adbc.value.reason.endswith(answer)

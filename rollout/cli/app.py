@@ -91,10 +91,6 @@ def reports_errors(function: F) -> F:
             stderr.print(str(stopped), highlight=False, markup=False)
             raise typer.Exit(stopped.exit_code) from None
         except Exception as error:
-            bad_url = _bad_registry_url(error)
-            if bad_url is not None:
-                stderr.print(labelled("error:", "bold red", bad_url))
-                raise typer.Exit(EXIT_BAD_INPUT) from error
             failure = _input_output_failure(error)
             if failure is None:
                 raise
@@ -107,19 +103,6 @@ def reports_errors(function: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _bad_registry_url(error: BaseException) -> str | None:
-    """A connection option in ROLLOUT_REGISTRY_URL the driver does not know (a misspelt
-    ``sslmode``): a setting to fix, said in one line. Any other ProgrammingError is a
-    bug and keeps its traceback."""
-    sqlalchemy = sys.modules.get("sqlalchemy.exc")
-    if sqlalchemy is None or not isinstance(error, sqlalchemy.ProgrammingError):
-        return None
-    reason = " ".join(str(getattr(error, "orig", None) or error).split())
-    if "connection option" not in reason:
-        return None
-    return visible(f"environment variable ROLLOUT_REGISTRY_URL: {reason}")
-
-
 def _input_output_failure(error: BaseException) -> str | None:
     """What an operating-system or DuckDB input/output error says, naming the file when
     it knows it; None for any other error (a bug keeps its traceback)."""
@@ -129,8 +112,9 @@ def _input_output_failure(error: BaseException) -> str | None:
     duckdb = sys.modules.get("duckdb")  # loaded by then if it raised; never imported here
     if duckdb is not None and isinstance(error, duckdb.IOException):
         return visible(str(error))
-    # The registry's server not there, refusing the login, or gone mid-run: one line (the
-    # driver's reason; drivers do not repeat a password), not a page of traceback.
+    # The registry's server not there, or gone mid-run: one line (the driver's reason;
+    # drivers do not repeat a password), not a page of traceback. One that turns the URL
+    # down (its login, its database) is a RegistryURLRefused, exit 2.
     sqlalchemy = sys.modules.get("sqlalchemy.exc")
     if sqlalchemy is not None and isinstance(
         error, sqlalchemy.OperationalError | sqlalchemy.InterfaceError

@@ -278,6 +278,14 @@ class Settings(BaseSettings):
                 f"names the driver {driver!r}: rollout connects to {backend} with "
                 f"{' or '.join(_REGISTRY_DRIVERS[backend])} (write {backend}://...)"
             )
+        if backend == "postgresql":
+            # What the driver would be handed, worked out as at connecting, where a port
+            # that is no number (?port=abc) crashed every command with a traceback.
+            psycopg = url.set(drivername="postgresql+psycopg")
+            try:
+                psycopg.get_dialect()().create_connect_args(psycopg)
+            except ArgumentError as error:
+                raise ValueError(str(error)) from None
         # sqlite:// (or sqlite:///, :memory:) is a database in memory, gone when the
         # command ends: `db upgrade` said "at revision 0019" and every command after it
         # found an empty one, to be upgraded again.

@@ -115,7 +115,7 @@ from rollout.registry.deadlines import (
     notice_sent,
     own_deadline,
 )
-from rollout.registry.engine import begin_writing
+from rollout.registry.engine import RegistryURLRefused, begin_writing
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import (
     CohortMembership,
@@ -1743,7 +1743,7 @@ def _owner_watched(registry: Registry, stop: StopRequest) -> Iterator[threading.
         while not done.wait(OWNER_POLL_SECONDS):
             try:
                 held = registry.lock_held("notify")
-            except SQLAlchemyError:
+            except (SQLAlchemyError, RegistryURLRefused):
                 continue  # the registry unreachable: the drain itself will say so
             if not held:
                 orphaned.set()

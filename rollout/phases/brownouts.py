@@ -36,7 +36,7 @@ from rollout.registry.ledger import (
     start_run,
     utc_now,
 )
-from rollout.registry.locks import hold_transaction_lock
+from rollout.registry.locks import hold_transaction_lock, lock_accounts
 from rollout.registry.models import Account, BrownoutWindow, has_active_factor, state_at
 
 WINDOWS = BrownoutWindow.__table__
@@ -622,19 +622,17 @@ def enroll_all(
             while True:
                 now = utc_now()
                 with begin_writing(engine) as connection:
-                    ids = [
-                        row[0]
-                        for row in connection.execute(
-                            select(ACCOUNTS.c.id)
-                            .where(
-                                and_(ACCOUNTS.c.id > last_id, ACCOUNTS.c.elv_enrolled_at.is_(None))
-                            )
-                            .order_by(ACCOUNTS.c.id)
-                            .limit(batch_size)
-                        )
-                    ]
+                    # Locked first, in order of id, as enforcement locks its batch's
+                    # (rollout.registry.locks): the two at once never deadlock.
+                    ids = lock_accounts(
+                        connection,
+                        and_(ACCOUNTS.c.id > last_id, ACCOUNTS.c.elv_enrolled_at.is_(None)),
+                        limit=batch_size,
+                    )
                     if not ids:
                         break
+                    # The rows just locked: nothing clears elv_enrolled_at, so no
+                    # other row of the range matches.
                     changed = connection.execute(
                         update(ACCOUNTS)
                         .where(

@@ -57,6 +57,7 @@ from rollout.registry import Registry
 from rollout.registry.deadlines import deadlines
 from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import dialect_insert, record_actions, recorded_run, utc_now
+from rollout.registry.locks import lock_accounts
 from rollout.registry.models import (
     Account,
     Action,
@@ -988,6 +989,10 @@ def _enforce_batch(
         )
     if len(still_short) < len(account_ids):
         among = _id_set(connection, still_short)
+    # Every account this batch may change, locked before it changes any, in order of id
+    # (rollout.registry.locks): its several UPDATEs (flag, then warn, ...) each lock a
+    # different subset, and beside ELV's enrolment that order deadlocked.
+    lock_accounts(connection, among(ACCOUNTS.c.id))
     if connection.dialect.name == "postgresql":
         # A batch commits or vanishes whole either way; not waiting for its WAL flush
         # cannot lose half a batch, only delay when a server crash would lose it all.
@@ -1493,6 +1498,9 @@ def _rollback_batch(
     applies to, audit each."""
     phase_name = phase.name
     reason = f"rollback of phase {phase_name}"
+    # Its accounts locked first, in order of id, as every run changing accounts does
+    # (rollout.registry.locks): one UPDATE a mark, each of a different subset.
+    lock_accounts(connection, _among(connection, ACCOUNTS.c.id, ids))
     withdrawn = [
         row[0]
         for row in connection.execute(

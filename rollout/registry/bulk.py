@@ -14,35 +14,20 @@ still open the ingest fails with "disk I/O error" (or worse, see sqlite.org/howt
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from rollout.registry import changes
-from rollout.registry.engine import adbc_uri, is_sqlite
+from rollout.registry.engine import adbc_connect, is_sqlite
 
 # SQLAlchemy's own storage format for DateTime on SQLite. ADBC would write ISO 8601
 # with a 'T', which sorts differently from what the ORM writes and binds, so string
 # comparisons in SQL (``created_at < :cutoff``) would be wrong on the same day.
 # Arrow's %S prints the fraction of a timestamp[us] (``05.000000``).
 _SQLITE_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-
-
-@contextmanager
-def adbc_connect(url: str) -> Iterator[Any]:
-    """An ADBC DB-API connection to the registry at ``url`` (SQLAlchemy URL)."""
-    if is_sqlite(url):
-        import adbc_driver_sqlite.dbapi as driver
-    else:
-        import adbc_driver_postgresql.dbapi as driver
-    connection = driver.connect(adbc_uri(url))
-    try:
-        yield connection
-    finally:
-        connection.close()
 
 
 def for_backend(data: pa.Table, sqlite: bool) -> pa.Table:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from rollout.core.controls import visible
@@ -75,6 +75,78 @@ def require_sqlite_file(registry_url: str) -> None:
         ).with_exit(EXIT_BAD_INPUT)
 
 
+# What the PostgreSQL server (or libpq, or psycopg) answers when the registry URL cannot
+# work however often it is tried: its login, its database, a connection option. Matched
+# in the driver's message, since psycopg gives a failed connection no SQLSTATE; in
+# English, as servers answer unless their lc_messages says otherwise (an answer in
+# another language stays what any other failure to connect is: one that may pass, which
+# the flows retry). A refused connection, a timeout, a host not found stay that too.
+_URL_REFUSALS = (
+    "password authentication failed",  # 28P01
+    "no password supplied",
+    "does not exist",  # 3D000 the database, 28000 the role
+    "is not permitted to log in",  # 28000
+    "no pg_hba.conf entry",  # 28000
+    "pg_hba.conf rejects connection",  # 28000
+    "permission denied for database",  # 42501: no CONNECT privilege
+    "invalid connection option",
+    "invalid sslmode value",
+    "invalid integer value",
+)
+
+
+class RegistryURLRefused(RolloutError):
+    """The registry's server turned down the URL itself (the login, the database, an
+    option): a setting to fix, not a failure to wait out; exit code 2. ``reason`` is the
+    server's answer on one line, which names the host, the user or the database it
+    turned down (drivers never repeat a password)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = visible(reason)
+        super().__init__(f"environment variable ROLLOUT_REGISTRY_URL: {self.reason}")
+        self.exit_code = EXIT_BAD_INPUT
+
+
+def url_refused(error: BaseException) -> RegistryURLRefused | None:
+    """What a driver's failure to connect (psycopg's, ADBC's) is when the server turned
+    the URL down for a reason in ``_URL_REFUSALS``: a RegistryURLRefused, which every
+    caller, the CLI and the flows alike, treats as the user's to fix. None otherwise."""
+    reason = " ".join(str(error).split())
+    if not any(refusal in reason for refusal in _URL_REFUSALS):
+        return None
+    return RegistryURLRefused(reason)
+
+
+def _refused_url(context: ExceptionContext) -> BaseException | None:
+    """``handle_error``: a connection turned down raises RegistryURLRefused instead
+    (``url_refused``). Only as a connection is made: a statement's errors are its own."""
+    if context.connection is not None:
+        return None
+    return url_refused(context.original_exception)
+
+
+@contextmanager
+def adbc_connect(url: str | URL) -> Iterator[Any]:
+    """An ADBC DB-API connection to the registry at ``url`` (a SQLAlchemy URL), closed
+    on leaving; a URL the server turns down raises RegistryURLRefused, as an engine's
+    connection does."""
+    if is_sqlite(url):
+        import adbc_driver_sqlite.dbapi as driver
+    else:
+        import adbc_driver_postgresql.dbapi as driver
+    try:
+        connection = driver.connect(adbc_uri(url))
+    except driver.Error as error:
+        refused = url_refused(error)
+        if refused is None:
+            raise
+        raise refused from None
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
 def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -91,7 +163,9 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     # tiny) made its audit insert 100 s of a 137 s run at npm scale. Planned each time
     # for its own values, a set-based statement costs a millisecond more.
     connect_args = {"prepare_threshold": None, **kwargs.pop("connect_args", {})}
-    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+    engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+    event.listen(engine, "handle_error", _refused_url)
+    return engine
 
 
 @contextmanager

@@ -1,7 +1,18 @@
-"""One run at a time: an advisory lock on PostgreSQL, a lock file on SQLite.
+"""One run at a time: an advisory lock on PostgreSQL, a lock file on SQLite; and the
+order in which runs of different kinds lock the rows they share.
 
 Reached through :meth:`rollout.registry.Registry.lock`; here, below the handle, so the
-registry package needs nothing from the layers above it."""
+registry package needs nothing from the layers above it.
+
+Runs of different kinds hold different run locks and may go on at once: `phase
+enforce` (or `rollback`) beside `elv enroll-all`, both changing ``accounts`` rows.
+On PostgreSQL each of their transactions locks its accounts first, all of them, in
+order of id (:func:`lock_accounts`), before it changes any: two transactions that take
+their rows in one order never wait for each other in a circle. Left to its UPDATEs,
+an enforcement batch flagged some accounts, then warned more of them (a later
+statement, rows of lower ids), while an enrolment held those and waited for the first:
+PostgreSQL's deadlock detector failed one of the two. On SQLite one transaction
+writes at a time (``begin_writing``): nothing to order."""
 
 from __future__ import annotations
 
@@ -14,12 +25,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import ColumnElement, Connection, Engine, event, select, text
 from sqlalchemy.engine import URL
 
 from rollout.core.errors import GuardRefused
 from rollout.core.names import safe_path_component
 from rollout.registry.engine import make_engine, normalize_url, require_sqlite_file
+from rollout.registry.models import Account
+
+_ACCOUNTS = Account.__table__
 
 
 def _lock_path(url: URL, name: str) -> Path:
@@ -57,6 +71,21 @@ def hold_transaction_lock(connection: Connection, name: str) -> None:
         return
     key = _advisory_key(connection, name)
     connection.execute(text("select pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+def lock_accounts(
+    connection: Connection, where: ColumnElement[bool], *, limit: int | None = None
+) -> list[int]:
+    """The ids of the accounts ``where`` selects (the first ``limit`` of them), in
+    order, locked for this transaction's changes on PostgreSQL (FOR NO KEY UPDATE, what
+    an UPDATE of them takes, taken in order of id: the module's rule). A transaction
+    that changes ``accounts`` calls it first, for every row it is going to change."""
+    query = select(_ACCOUNTS.c.id).where(where).order_by(_ACCOUNTS.c.id)
+    if limit is not None:
+        query = query.limit(limit)
+    # The rows are locked as the sort hands them over: in order of id, whatever way
+    # the planner found them. SQLite ignores the clause (its one writer at a time).
+    return list(connection.execute(query.with_for_update(key_share=True)).scalars())
 
 
 @contextmanager

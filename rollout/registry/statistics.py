@@ -24,6 +24,8 @@ import logging
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from rollout.registry.engine import RegistryURLRefused
+
 log = logging.getLogger(__name__)
 
 # What the outbox, the deadlines and the previews read.
@@ -71,6 +73,9 @@ def refresh_statistics(engine: Engine) -> list[str]:
                 connection.execute(text(f"ANALYZE (SKIP_LOCKED) {', '.join(map(quote, stale))}"))
     except DBAPIError as error:
         log.warning("planner statistics not refreshed: %s", str(error.orig).strip())
+        return []
+    except RegistryURLRefused as error:  # its password changed since the run began, say
+        log.warning("planner statistics not refreshed: %s", error.reason)
         return []
     if stale:
         log.info("analyzed %s", ", ".join(stale))

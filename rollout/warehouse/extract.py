@@ -34,7 +34,7 @@ from rollout import warehouse
 from rollout.core.errors import RolloutError
 from rollout.core.stopping import PARENT_PID_VARIABLE, stop_requested_by_signals
 from rollout.registry import Registry, changes
-from rollout.registry.engine import adbc_uri, is_sqlite, normalize_url
+from rollout.registry.engine import adbc_connect, is_sqlite, normalize_url
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Base, extracted_columns
 from rollout.registry.sqlite_export import NULL_INT, select_with_sentinels
 
@@ -178,9 +178,7 @@ def _sqlite_select(table: Table) -> str:
 
 @contextmanager
 def _postgres_cursor(registry_url: str) -> Iterator[Any]:
-    import adbc_driver_postgresql.dbapi as driver
-
-    with driver.connect(adbc_uri(registry_url)) as connection, connection.cursor() as cursor:
+    with adbc_connect(registry_url) as connection, connection.cursor() as cursor:
         yield cursor
 
 

@@ -25,7 +25,7 @@ from rollout.core.errors import BadInput, GuardRefused
 from rollout.demo.sample import generate_sample
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.registry import Registry
-from rollout.registry.engine import make_engine
+from rollout.registry.engine import RegistryURLRefused, make_engine
 from rollout.registry.migrate import upgrade
 from tests.factories import LATE_NOTICE, NotificationFactory, bound_to
 from tests.support.artifacts import logs_since, read_markdown
@@ -148,6 +148,43 @@ def test_a_transient_registry_error_is_retried_and_a_user_error_is_not(
     assert state.message == "the plan has no phase 'top-1000'"
     with pytest.raises(BadInput):  # a caller (a parent flow) gets the error as raised
         state.result()
+
+
+def test_a_registry_url_the_server_turns_down_fails_the_run_at_once_in_one_line(
+    prefect_server: None,
+    clean_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    turned_down_postgres_urls: dict[str, str],
+) -> None:
+    """A wrong password is the operator's to fix: retried, it failed after 70 s with a
+    traceback, as if the server had been away."""
+    monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path))
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", turned_down_postgres_urls["a wrong password"])
+    start = datetime.now(UTC)
+    state = notify_flows.notify(as_of=QUIET_DAY, send=False, return_state=True)
+    assert datetime.now(UTC) - start < timedelta(seconds=10)  # the first retry waits 10 s
+    assert state.is_failed()
+    assert state.message.startswith("environment variable ROLLOUT_REGISTRY_URL: ")
+    assert state.message.endswith('password authentication failed for user "rollout_password"')
+    logs = logs_since(start)
+    assert "AwaitingRetry" not in logs
+    assert "Traceback" not in logs and "s3cret" not in logs
+
+
+def test_a_turned_down_registry_url_is_not_transient_and_a_refused_connection_is(
+    turned_down_postgres_urls: dict[str, str],
+) -> None:
+    for url in turned_down_postgres_urls.values():
+        engine = make_engine(url)
+        with pytest.raises(RegistryURLRefused) as turned_down:
+            engine.connect()
+        engine.dispose()
+        assert not is_transient(turned_down.value)
+    engine = make_engine("postgresql://u:s3cret@127.0.0.1:1/db")
+    with pytest.raises(OperationalError) as refused:
+        engine.connect()
+    assert is_transient(refused.value)
 
 
 # --- daily, on a registry whose downloads end before the day ---------------------------
