@@ -24,6 +24,7 @@ from sqlalchemy import (
     and_,
     case,
     func,
+    or_,
     select,
     update,
 )
@@ -262,6 +263,17 @@ _ADDRESS = re.compile(
 )
 
 
+def _beyond_sql_lower(connection: Connection, email: Any) -> Any:
+    """SQL: an address whose suppressed forms SQL cannot find by lower(): a character
+    beyond printable ASCII (SQLite's lower() folds only ASCII; a space Python's strip
+    would drop) or an IDNA label (its Unicode form is another address)."""
+    if connection.dialect.name == "sqlite":
+        unusual = email.op("GLOB")("*[^!-~]*")
+    else:
+        unusual = email.op("~")("[^!-~]")
+    return or_(unusual, func.lower(email).contains("xn--", autoescape=True))
+
+
 def suppressed_accounts(connection: Connection, account_ids: Any) -> dict[int, str]:
     """{account id: skip reason} of the accounts of ``account_ids`` (a subquery of ids)
     whose address a suppression stops, matched in Python as the send matches
@@ -276,8 +288,19 @@ def suppressed_accounts(connection: Connection, account_ids: Any) -> dict[int, s
         is None
     ):
         return {}
+    stopping = select(SUPPRESSIONS.c.address).where(stops_email(SUPPRESSIONS.c.source))
+    # Only the candidates reach Python (reading a 2M-account audience's addresses took
+    # 13 s): an address SQL lower-cases as Python does (printable ASCII, no IDNA label)
+    # that a suppression names as stored, and every address SQL cannot judge, which
+    # Python decides as the send does.
     rows = connection.execute(
-        select(ACCOUNTS.c.id, ACCOUNTS.c.email).where(ACCOUNTS.c.id.in_(select(account_ids.c[0])))
+        select(ACCOUNTS.c.id, ACCOUNTS.c.email).where(
+            ACCOUNTS.c.id.in_(select(account_ids.c[0])),
+            or_(
+                func.lower(ACCOUNTS.c.email).in_(stopping),
+                _beyond_sql_lower(connection, ACCOUNTS.c.email),
+            ),
+        )
     ).all()
     reasons = suppression_reasons(connection, {email for _, email in rows})
     return {
