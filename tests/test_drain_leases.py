@@ -14,10 +14,19 @@ from sqlalchemy import select
 
 from rollout.core.plan import Plan
 from rollout.demo.crowd import NOTICE_DAY
-from rollout.notify.drain import DEFAULT_LEASE, DrainReport, _claim, _drain_loop, _put_back, _record
+from rollout.notify.drain import (
+    DEFAULT_LEASE,
+    DrainReport,
+    _claim,
+    _drain_loop,
+    _put_back,
+    _record,
+    _release,
+    _renew,
+)
 from rollout.notify.drain import _Outcome as Outcome
 from rollout.notify.message import Message
-from rollout.notify.outbox import FILE_SENDER
+from rollout.notify.outbox import FILE_SENDER, UNVERIFIED
 from rollout.registry import Registry
 from rollout.registry.models import Notification
 from tests.factories import AccountFactory, bound_to
@@ -149,7 +158,7 @@ def test_a_slow_drainers_results_for_rows_taken_over_leave_the_takers_hold_alone
     later = T0 + DEFAULT_LEASE + timedelta(seconds=1)
     taken = _claim(registry.engine, 2, later, "sendgrid")  # the first one's lease ran out
     assert {c.id for c in taken} == {c.id for c in first}
-    held = {c.id: c.attempt for c in first}
+    held = {c.id: c.claim for c in first}
     went, failed = first[0].id, first[1].id
     # The slow one's send went, its other failed; then a stop of it puts back both.
     written = _record(
@@ -169,3 +178,34 @@ def test_a_slow_drainers_results_for_rows_taken_over_leave_the_takers_hold_alone
             select(Notification.lease_expires_at).where(Notification.id == failed)
         )
     assert lease == later + DEFAULT_LEASE
+
+
+def test_a_slow_drainer_leaves_a_later_claim_of_a_reopened_notice_alone(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """Queueing sets a reopened notice's attempts back to 0: a later claim of it then
+    has the attempts the slow drainer's claim had. The claim's token tells them apart."""
+    queue_late(registry, plan, NOTICE_DAY)
+    with registry.engine.connect() as connection:
+        ann = connection.scalar(
+            select(Notification.id).where(
+                Notification.account_id == ids["ann"], Notification.state == "queued"
+            )
+        )
+    slow = {c.id: c.claim for c in _claim(registry.engine, 1, T0, "sendgrid")}
+    assert list(slow) == [ann]
+    # Its lease runs out: another drainer takes the notice over and skips it, the
+    # address unverified by then; verified again, the next queueing reopens it.
+    later = T0 + DEFAULT_LEASE + timedelta(seconds=1)
+    taker = {c.id: c.claim for c in _claim(registry.engine, 1, later, "sendgrid")}
+    assert _record(registry.engine, [Outcome(ann, "skipped", UNVERIFIED)], later, held=taker)
+    assert queue_late(registry, plan, NOTICE_DAY)[0].added == 1
+    third = {c.id: c.claim for c in _claim(registry.engine, 1, later, "sendgrid")}
+    assert list(third) == [ann]
+    # The slow one comes back: the row is the third claim's, not its own.
+    assert _renew(registry.engine, slow, later, DEFAULT_LEASE) == set()
+    assert _record(registry.engine, [Outcome(ann, "failed", "HTTP 400")], later, held=slow) == set()
+    _put_back(registry.engine, [ann], later, slow)
+    _release(registry.engine, [ann], slow)
+    assert ledger(registry)[ann] == ("sending", None)
+    assert _renew(registry.engine, third, later, DEFAULT_LEASE) == {ann}

@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import secrets
 import threading
 import time
 from collections import Counter
@@ -206,9 +207,9 @@ class _Claimed:
     occasion: str
     context: dict[str, Any]
     error: str | None = None  # CUT_SHORT: a stop put it back, its send maybe gone out
-    # Its ``attempts`` as claimed: the claim's token. Every claim (a take-over too) adds
-    # one, so the row is still this drainer's while it is 'sending' with this count.
-    attempt: int = 0
+    # The token its claim drew (a take-over draws another): the row is still this
+    # drainer's while it is 'sending' under it (notifications.claim_token).
+    claim: str | None = None
 
 
 def _in_state(state: str) -> Any:
@@ -255,7 +256,13 @@ def _settle_lapsed_withdrawals(connection: Connection, now: datetime) -> None:
         connection.execute(
             update(NOTIFICATIONS)
             .where(and_(NOTIFICATIONS.c.id.in_(ids), _in_state("sending")))
-            .values(state="skipped", error=DIED_HOLDING, updated_at=now, lease_expires_at=None)
+            .values(
+                state="skipped",
+                error=DIED_HOLDING,
+                updated_at=now,
+                lease_expires_at=None,
+                claim_token=None,
+            )
         )
 
 
@@ -264,7 +271,10 @@ def _claim(
 ) -> list[_Claimed]:
     """Up to ``size`` claimable rows, marked as sending by this drainer until ``now`` +
     ``lease``: none when nothing is (the drainers sharing the outbox take that as the
-    end of their work, or wait for the leases of others: drain_shard)."""
+    end of their work, or wait for the leases of others: drain_shard). The claim draws
+    a token of its own (a random one: no other claim, before or after, has it), written
+    to the rows it takes: what makes a row still this drainer's (_held_rows)."""
+    token = secrets.token_hex(16)
     with begin_writing(engine) as connection:
         _settle_lapsed_withdrawals(connection, now)
         if connection.dialect.name == "postgresql":
@@ -296,6 +306,7 @@ def _claim(
                 sender=sender,
                 updated_at=now,
                 lease_expires_at=now + lease,
+                claim_token=token,
             )
             .returning(
                 NOTIFICATIONS.c.id,
@@ -305,7 +316,7 @@ def _claim(
                 NOTIFICATIONS.c.occasion,
                 NOTIFICATIONS.c.context,
                 NOTIFICATIONS.c.error,
-                NOTIFICATIONS.c.attempts,
+                NOTIFICATIONS.c.claim_token,
             )
         ).all()
     return sorted((_Claimed(*row) for row in rows), key=lambda c: c.id)
@@ -867,28 +878,28 @@ def _is_misconfiguration(failure: DeliveryFailed) -> bool:
     return isinstance(failure, SenderMisconfigured)
 
 
-def _held_rows(connection: Connection, held: Mapping[int, int]) -> tuple[set[int], dict[int, str]]:
-    """Of the rows of ``held`` ({id: attempts as claimed}), those still this drainer's
-    ('sending' with the attempts its claim gave), locked until the transaction ends
+def _held_rows(connection: Connection, held: Mapping[int, str]) -> tuple[set[int], dict[int, str]]:
+    """Of the rows of ``held`` ({id: its claim's token}), those still this drainer's
+    ('sending' under the token its claim drew), locked until the transaction ends
     (SQLite: begin_writing's write lock); and the state of each of the others."""
     c = NOTIFICATIONS.c
-    query = select(c.id, c.state, c.attempts).where(c.id.in_(sorted(held)))
+    query = select(c.id, c.state, c.claim_token).where(c.id.in_(sorted(held)))
     if connection.dialect.name == "postgresql":
         query = query.with_for_update()
     mine, others = set(), {}
-    for row_id, state, attempts in connection.execute(query):
-        if state == "sending" and attempts == held[row_id]:
+    for row_id, state, token in connection.execute(query):
+        if state == "sending" and token is not None and token == held[row_id]:
             mine.add(row_id)
         else:
             others[row_id] = state
     return mine, others
 
 
-def _renew(engine: Engine, held: Mapping[int, int], now: datetime, lease: timedelta) -> set[int]:
+def _renew(engine: Engine, held: Mapping[int, str], now: datetime, lease: timedelta) -> set[int]:
     """Extend to ``now`` + ``lease`` the lease on the rows of ``held`` this drainer still
     holds (checked and extended in one transaction: a claim taking one over cannot come
     in between); returns them. One whose lease ran out but that nobody took over is
-    still its own (the claim that takes a row over changes its attempts)."""
+    still its own (the claim that takes a row over draws another token)."""
     if not held:
         return set()
     with begin_writing(engine) as connection:
@@ -913,13 +924,13 @@ def _record(
     outcomes: Iterable[_Outcome],
     now: datetime,
     sent_at: datetime | None = None,
-    held: Mapping[int, int] | None = None,
+    held: Mapping[int, str] | None = None,
 ) -> set[int]:
     """Write what became of each row, at ``now``; a sent one is dated ``sent_at`` (when
     its message was made: its batch's ``prepared_at``), or ``now``. Returns the ids
     written.
 
-    ``held`` ({id: attempts as claimed}): only the rows this drainer still holds are
+    ``held`` ({id: its claim's token}): only the rows this drainer still holds are
     written; one another drainer took over (this one outlived its lease) is that one's
     to record, but for a send that went: it is recorded sent unless already recorded
     sent or skipped, so that it is not sent again. Without ``held``, every row in
@@ -984,6 +995,7 @@ def _write_outcomes(
             sent_at=bindparam("new_sent_at"),
             updated_at=bindparam("now"),
             lease_expires_at=None,
+            claim_token=None,
         ),
         rows,
     )
@@ -996,9 +1008,9 @@ def _unsent() -> Any:
 
 
 def _update_held(
-    engine: Engine, ids: list[int], held: Mapping[int, int] | None, **values: Any
+    engine: Engine, ids: list[int], held: Mapping[int, str] | None, **values: Any
 ) -> None:
-    """Update the rows of ``ids`` in flight; with ``held`` ({id: attempts as claimed}),
+    """Update the rows of ``ids`` in flight; with ``held`` ({id: its claim's token}),
     only those this drainer still holds (not taken over by another: see _Claimed)."""
     c = NOTIFICATIONS.c
     if not ids:
@@ -1015,15 +1027,15 @@ def _update_held(
             update(NOTIFICATIONS)
             .where(
                 c.id == bindparam("row_id"),
-                c.attempts == bindparam("row_attempt"),
+                c.claim_token == bindparam("row_claim"),
                 c.state == "sending",
             )
             .values(**values),
-            [{"row_id": i, "row_attempt": held[i]} for i in ids],
+            [{"row_id": i, "row_claim": held[i]} for i in ids],
         )
 
 
-def _release(engine: Engine, ids: list[int], held: Mapping[int, int] | None = None) -> None:
+def _release(engine: Engine, ids: list[int], held: Mapping[int, str] | None = None) -> None:
     """Put claimed rows back, unsent (the sender is misconfigured: nothing went out)."""
     _update_held(
         engine,
@@ -1032,6 +1044,7 @@ def _release(engine: Engine, ids: list[int], held: Mapping[int, int] | None = No
         state=_unsent(),
         attempts=NOTIFICATIONS.c.attempts - 1,
         lease_expires_at=None,
+        claim_token=None,
     )
 
 
@@ -1043,7 +1056,7 @@ def _cut_short() -> Any:
 
 
 def _put_back(
-    engine: Engine, ids: list[int], now: datetime, held: Mapping[int, int] | None = None
+    engine: Engine, ids: list[int], now: datetime, held: Mapping[int, str] | None = None
 ) -> None:
     """Queue claimed rows again whose sends a stop cut short: they may have gone out, so
     the attempt counts, and the row says so (CUT_SHORT): the next drain sends them again,
@@ -1056,6 +1069,7 @@ def _put_back(
         error=_cut_short(),
         updated_at=now,
         lease_expires_at=None,
+        claim_token=None,
     )
 
 
@@ -1081,7 +1095,9 @@ def _requeue_in_flight(
         return connection.execute(
             update(NOTIFICATIONS)
             .where(held)
-            .values(state=_unsent(), updated_at=now, lease_expires_at=None, **marked)
+            .values(
+                state=_unsent(), updated_at=now, lease_expires_at=None, claim_token=None, **marked
+            )
         ).rowcount
 
 
@@ -1097,9 +1113,9 @@ class _Batch:
     prepared_at: datetime
     # Of its rows, those a stop had put back with their send maybe gone out (CUT_SHORT).
     cut_short: int = 0
-    # {id: attempts as claimed} of its rows (the claim's token: _Claimed), and when
-    # they were claimed (their lease runs from then).
-    held: dict[int, int] = field(default_factory=dict)
+    # {id: its claim's token} of its rows (_Claimed), and when they were claimed (their
+    # lease runs from then).
+    held: dict[int, str] = field(default_factory=dict)
     claimed_at: datetime | None = None
 
     @property
@@ -1149,7 +1165,7 @@ def _next_batch(
         [p for p in prepared if isinstance(p, Message)],
         now,
         cut_short,
-        {c.id: c.attempt for c in claimed},
+        {c.id: c.claim for c in claimed if c.claim is not None},
         claimed_at,
     )
 
