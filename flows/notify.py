@@ -381,9 +381,11 @@ def notify(
     """Queue the emails due on ``as_of`` (default: today, UTC), then send the outbox,
     here or (``shards`` > 1) in that many notify-shard runs on the pool's workers,
     ``concurrency`` sends at a time each; a shard's rows are its for ``lease_seconds``
-    at a time, after which, if it died, another takes them over. A shard run not
-    ended ``straggler_grace_seconds`` after the outbox drained never will (its
-    machine died) and is set Cancelled.
+    at a time (lengthened to the longest one attempt may take, and a margin, if
+    shorter: rollout.notify.drain.lease_for), after which, if it died, another takes
+    them over.
+    A shard run not ended ``straggler_grace_seconds`` after the outbox drained never
+    will (its machine died) and is set Cancelled.
 
     Ends Failed if any email failed, after publishing the artifact. ``retry_failed``:
     first queue again the emails that failed in earlier runs (once what failed them is

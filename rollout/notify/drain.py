@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import pickle
@@ -78,7 +79,14 @@ from rollout.notify.emails import (
     asks_only_2fa,
     recommends_only,
 )
-from rollout.notify.message import DeliveryFailed, Message, Sender, SenderUnavailable
+from rollout.notify.message import (
+    DeliveryFailed,
+    Message,
+    SendAbandoned,
+    Sender,
+    SenderUnavailable,
+    attempts_held_by,
+)
 from rollout.notify.outbox import (
     ACCOUNT_DELETED,
     ACCOUNTS,
@@ -148,12 +156,18 @@ _POLL = 0.05  # seconds between looks at a stop request while waiting
 # only those batches failed; the rest stay queued for the next run. Not one batch: a
 # blip of a few seconds (one email's retries) would hold back the rest for a day.
 OUTAGE_BATCHES = 3
-# How long a drainer holds the rows it claimed (a batch is sent and recorded well within
-# it: SendGrid's retries of one message take at most about 170 s, five attempts of up to
-# 10 s and four waits of at most 30 s), and renewed before a send once a tenth of it has
-# passed (_Hold). A drainer that dies leaves its rows to be taken over when it runs out
-# (drain_shard waits for that); one only slow sends none it no longer holds.
+# How long a drainer holds the rows it claimed, renewed before each attempt of a send
+# once a tenth of it has passed, or sooner when less is ahead than the attempt may take
+# and a margin (_Hold; SendGrid's one attempt: a connection and an answer of up to 10 s
+# each, and a wait of up to 30 s before the next). A drainer that dies leaves its rows
+# to be taken over when it runs out
+# (drain_shard waits for that); one only slow sends none it no longer holds, nor tries
+# again one it lost during a wait. Never shorter than lease_for says.
 DEFAULT_LEASE = timedelta(minutes=5)
+# What a drainer keeps of its lease ahead of an attempt beyond the longest it may take
+# (its sender's ``longest_attempt``): the clocks of the machines sharing the outbox,
+# which may disagree a little, a short pause of the process, the record after the send.
+LEASE_MARGIN = timedelta(seconds=15)
 
 # --- delivery ------------------------------------------------------------------------------
 
@@ -845,7 +859,11 @@ def _deliver(
     if keeps is not None and not keeps(message.outbox_id):
         return _Outcome(message.outbox_id, OVERTAKEN)
     try:
-        message_id = sender.send(message)
+        # Each attempt after the first looks again (its lease may run out during a wait).
+        with attempts_held_by(lambda: keeps is None or keeps(message.outbox_id)):
+            message_id = sender.send(message)
+    except SendAbandoned:
+        return _Outcome(message.outbox_id, OVERTAKEN)
     except DeliveryFailed as failure:
         if not failure.permanent and _is_misconfiguration(failure):
             raise
@@ -1172,20 +1190,51 @@ def _next_batch(
 
 # A batch's lease is renewed before a send once this share of it has passed since it
 # was claimed or last renewed: a send then starts with at least 90% of the lease ahead
-# (SendGrid's retries of one message take at most about 170 s of the 300).
+# (SendGrid's one attempt, with its wait, takes at most 50 s of the 300, the margin 15 s
+# more).
 RENEW_AFTER = 0.1
 
 
+def send_hold(sender: Sender) -> timedelta:
+    """How long a row must stay this drainer's past the start of an attempt to send it:
+    the longest one attempt of the sender may take (with the wait before the next), and
+    LEASE_MARGIN."""
+    seconds = float(getattr(sender, "longest_attempt", 0.0) or 0.0)
+    return timedelta(seconds=max(seconds, 0.0)) + LEASE_MARGIN
+
+
+def lease_for(sender: Sender, lease: timedelta = DEFAULT_LEASE) -> timedelta:
+    """The lease a drainer sending through ``sender`` holds its rows for: ``lease``, or
+    longer, in whole seconds, when an attempt started with the least of it ahead (1 -
+    RENEW_AFTER, just before a renewal is due) could outlast it: another drainer would
+    take the row over while its request is under way (or one of its batch sent and not
+    yet recorded) and send it a second time. A longer lease only delays the take-over
+    of a dead drainer's rows."""
+    shortest = send_hold(sender) / (1 - RENEW_AFTER)
+    if lease >= shortest:
+        return lease
+    return timedelta(seconds=math.ceil(shortest.total_seconds()))
+
+
 class _Hold:
-    """The lease on a batch's rows, kept while they are sent: before each send, renewed
-    if a tenth of it has passed (checked and extended at once: _renew), and a row this
-    drainer no longer holds (it outlived its lease, slow or paused, and another drainer
-    took the row over) is not sent. Shared by the batch's send threads."""
+    """The lease on a batch's rows, kept while they are sent: before each attempt of a
+    send, renewed if a tenth of it has passed, or if less of it is ahead than the attempt
+    may take and a margin (``send_hold``; checked and extended at once: _renew), and a
+    row this drainer no longer holds (it outlived its lease, slow or paused, and another
+    drainer took the row over) is not sent, nor tried again. So no request outlasts the
+    lease it started under: a row is taken over only while no request of it is under
+    way. Shared by the batch's send threads."""
 
     def __init__(
-        self, engine: Engine, batch: _Batch, clock: Callable[[], datetime], lease: timedelta
+        self,
+        engine: Engine,
+        batch: _Batch,
+        clock: Callable[[], datetime],
+        lease: timedelta,
+        send_hold: timedelta = LEASE_MARGIN,
     ) -> None:
         self._engine, self._clock, self._lease = engine, clock, lease
+        self._send_hold = send_hold
         self._held = dict(batch.held)
         self._renewed_at = batch.claimed_at or clock()
         self._lock = threading.Lock()
@@ -1194,7 +1243,9 @@ class _Hold:
         """Whether this drainer still holds the row, its lease renewed if due."""
         with self._lock:
             now = self._clock()
-            if self._held and now - self._renewed_at >= self._lease * RENEW_AFTER:
+            ahead = self._renewed_at + self._lease - now
+            due = now - self._renewed_at >= self._lease * RENEW_AFTER
+            if self._held and (due or ahead < self._send_hold):
                 kept = _renew(self._engine, self._held, now, self._lease)
                 for lost in set(self._held) - kept:
                     del self._held[lost]
@@ -1355,6 +1406,19 @@ def _drain_loop(
     FILE_BATCH rows written one after the other in this thread (see drain)."""
     stop = stop or StopRequest()
     report = DrainReport(sender.name)
+    held_for = lease_for(sender, lease)
+    if held_for != lease:
+        log.warning(
+            "a lease of %ds is shorter than an attempt through %s may take (%ds, and a %ds "
+            "margin, with a tenth of the lease gone before it is renewed): rows are held "
+            "%ds at a time instead",
+            lease.total_seconds(),
+            sender.name,
+            send_hold(sender).total_seconds() - LEASE_MARGIN.total_seconds(),
+            LEASE_MARGIN.total_seconds(),
+            held_for.total_seconds(),
+        )
+    lease = held_for
     claimed = 0
     inline = sender.name == FILE_SENDER
     batch_size = FILE_BATCH if inline else concurrency
@@ -1372,7 +1436,7 @@ def _drain_loop(
                 break
             claimed += len(batch.ids)
             report.resumed += batch.cut_short
-            hold = _Hold(engine, batch, clock, lease)
+            hold = _Hold(engine, batch, clock, lease, send_hold(sender))
             futures = [sends.submit(m, hold.keeps) for m in batch.messages]
             _await_sends(futures, stop)
             # Looked at once: a send may still finish while the lists are made.
