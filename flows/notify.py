@@ -243,8 +243,17 @@ def notify_shard(
             # again at the end, logs no "unexpected exception" (flows.common).
             logger.warning("%s", gone)
             return Cancelled(message=str(gone), data=gone)
-    done = {"sent": report.sent, "failed": report.failed, "skipped": sum(report.skipped.values())}
-    logger.info("this shard: %(sent)d sent, %(failed)d failed, %(skipped)d skipped", done)
+    done = {
+        "sent": report.sent,
+        "failed": report.failed,
+        "skipped": sum(report.skipped.values()),
+        "overtaken": report.overtaken,
+    }
+    logger.info(
+        "this shard: %(sent)d sent, %(failed)d failed, %(skipped)d skipped, %(overtaken)d "
+        "taken over by another shard once this one outlived its lease",
+        done,
+    )
     return done
 
 
@@ -328,7 +337,17 @@ def send_in_shards(
     return report
 
 
-def notify_markdown(day: date, queued: list[QueueOutcome], report: DrainReport | None) -> str:
+# The artifact's row of the claimed emails another sender took over (notify send's
+# ``overtaken``): a sender that outlived its lease (a stall) left them to the taker.
+OVERTAKEN_ROW = "taken over by another sender once this one outlived its lease"
+
+
+def notify_markdown(
+    day: date, queued: list[QueueOutcome], report: DrainReport | None, *, shards: int = 1
+) -> str:
+    """The notify run's artifact. ``shards``: how many notify-shard runs sent, whose
+    report (``shards_report``) is read from the outbox: what each shard had taken over
+    from it is in that shard's log and result, not here."""
     parts = [f"# Emails {day}"]
     if queued:
         parts.append(
@@ -356,6 +375,10 @@ def notify_markdown(day: date, queued: list[QueueOutcome], report: DrainReport |
         rows.append(("resent after an interrupted drain (maybe twice)", report.resumed))
         rows.append(("retried after 5xx/429", report.retried))
         rows.append(("failed before, queued again (retry_failed)", report.requeued))
+        if shards > 1:
+            rows.append((OVERTAKEN_ROW, "in each shard run's log"))
+        else:
+            rows.append((OVERTAKEN_ROW, report.overtaken))
         parts.append("## Sent\n\n" + table(rows))
         if report.failures:
             parts.append(
@@ -409,7 +432,7 @@ def notify(
     else:
         report = send_task(concurrency, retry_failed)
     create_markdown_artifact(
-        markdown=notify_markdown(day, queued, report)
+        markdown=notify_markdown(day, queued, report, shards=shards if send else 1)
         + snoozes_markdown(snoozes)
         + suppressions_markdown(suppressions),
         key=artifact_key("notify", day),
