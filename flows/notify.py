@@ -245,8 +245,17 @@ def notify_shard(
             # again at the end, logs no "unexpected exception" (flows.common).
             logger.warning("%s", gone)
             return Cancelled(message=str(gone), data=gone)
-    done = {"sent": report.sent, "failed": report.failed, "skipped": sum(report.skipped.values())}
-    logger.info("this shard: %(sent)d sent, %(failed)d failed, %(skipped)d skipped", done)
+    done = {
+        "sent": report.sent,
+        "failed": report.failed,
+        "skipped": sum(report.skipped.values()),
+        "overtaken": report.overtaken,
+    }
+    logger.info(
+        "this shard: %(sent)d sent, %(failed)d failed, %(skipped)d skipped, %(overtaken)d "
+        "taken over by another shard once this one outlived its lease",
+        done,
+    )
     return done
 
 
@@ -330,7 +339,17 @@ def send_in_shards(
     return report
 
 
-def notify_markdown(day: date, queued: list[QueueOutcome], report: DrainReport | None) -> str:
+# The artifact's row of the claimed emails another sender took over (notify send's
+# ``overtaken``): a sender that outlived its lease (a stall) left them to the taker.
+OVERTAKEN_ROW = "taken over by another sender once this one outlived its lease"
+
+
+def notify_markdown(
+    day: date, queued: list[QueueOutcome], report: DrainReport | None, *, shards: int = 1
+) -> str:
+    """The notify run's artifact. ``shards``: how many notify-shard runs sent, whose
+    report (``shards_report``) is read from the outbox: what each shard had taken over
+    from it is in that shard's log and result, not here."""
     parts = [f"# Emails {day}"]
     if queued:
         parts.append(
@@ -358,6 +377,10 @@ def notify_markdown(day: date, queued: list[QueueOutcome], report: DrainReport |
         rows.append(("resent after an interrupted drain (maybe twice)", report.resumed))
         rows.append(("retried after 5xx/429", report.retried))
         rows.append(("failed before, queued again (retry_failed)", report.requeued))
+        if shards > 1:
+            rows.append((OVERTAKEN_ROW, "in each shard run's log"))
+        else:
+            rows.append((OVERTAKEN_ROW, report.overtaken))
         parts.append("## Sent\n\n" + table(rows))
         if report.failures:
             parts.append(
@@ -383,9 +406,11 @@ def notify(
     """Queue the emails due on ``as_of`` (default: today, UTC), then send the outbox,
     here or (``shards`` > 1) in that many notify-shard runs on the pool's workers,
     ``concurrency`` sends at a time each; a shard's rows are its for ``lease_seconds``
-    at a time, after which, if it died, another takes them over. A shard run not
-    ended ``straggler_grace_seconds`` after the outbox drained never will (its
-    machine died) and is set Cancelled.
+    at a time (lengthened to the longest one attempt may take, and a margin, if
+    shorter: rollout.notify.drain.lease_for), after which, if it died, another takes
+    them over.
+    A shard run not ended ``straggler_grace_seconds`` after the outbox drained never
+    will (its machine died) and is set Cancelled.
 
     Ends Failed if any email failed, after publishing the artifact. ``retry_failed``:
     first queue again the emails that failed in earlier runs (once what failed them is
@@ -409,7 +434,7 @@ def notify(
     else:
         report = send_task(concurrency, retry_failed)
     create_markdown_artifact(
-        markdown=notify_markdown(day, queued, report)
+        markdown=notify_markdown(day, queued, report, shards=shards if send else 1)
         + snoozes_markdown(snoozes)
         + suppressions_markdown(suppressions),
         key=artifact_key("notify", day),

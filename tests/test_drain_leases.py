@@ -1,11 +1,16 @@
 """A drainer alive but slower than its lease (SendGrid's 429 backoffs, a file outbox on
 a slow disk, a long pause): another drainer takes its rows over once the lease runs out.
 The slow one then sends none of the rows it no longer holds, records nothing over the
-other's, and keeps (renews) the lease on the rows nobody took: each email goes at most
-once between live drainers, but for a send already in flight as its lease ran out."""
+other's, and keeps (renews) the lease on the rows nobody took. No attempt of a send
+starts with less of the lease ahead than it and the wait after it may take (its
+sender's longest attempt, and a margin), nor once the row was taken over during a
+pause, so each email goes at most once between live drainers, but for a request paused
+mid-way past the margin (a stopped process)."""
 
 from __future__ import annotations
 
+import math
+import threading
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -14,10 +19,23 @@ from sqlalchemy import select
 
 from rollout.core.plan import Plan
 from rollout.demo.crowd import NOTICE_DAY
-from rollout.notify.drain import DEFAULT_LEASE, DrainReport, _claim, _drain_loop, _put_back, _record
+from rollout.dev.sendgrid_api import DevSendGrid
+from rollout.notify.drain import (
+    DEFAULT_LEASE,
+    LEASE_MARGIN,
+    DrainReport,
+    _claim,
+    _drain_loop,
+    _put_back,
+    _record,
+    _release,
+    _renew,
+    lease_for,
+)
 from rollout.notify.drain import _Outcome as Outcome
 from rollout.notify.message import Message
-from rollout.notify.outbox import FILE_SENDER
+from rollout.notify.outbox import FILE_SENDER, UNVERIFIED
+from rollout.notify.senders import SendGridSender
 from rollout.registry import Registry
 from rollout.registry.models import Notification
 from tests.factories import AccountFactory, bound_to
@@ -26,6 +44,7 @@ from tests.support.outbox import ids, queue_late
 __all__ = ["ids"]  # a fixture, used by name
 
 T0 = datetime(2026, 1, 5, 9)
+KEY = "SG.test-leases.k3y"
 
 
 class Clock:
@@ -149,7 +168,7 @@ def test_a_slow_drainers_results_for_rows_taken_over_leave_the_takers_hold_alone
     later = T0 + DEFAULT_LEASE + timedelta(seconds=1)
     taken = _claim(registry.engine, 2, later, "sendgrid")  # the first one's lease ran out
     assert {c.id for c in taken} == {c.id for c in first}
-    held = {c.id: c.attempt for c in first}
+    held = {c.id: c.claim for c in first}
     went, failed = first[0].id, first[1].id
     # The slow one's send went, its other failed; then a stop of it puts back both.
     written = _record(
@@ -169,3 +188,118 @@ def test_a_slow_drainers_results_for_rows_taken_over_leave_the_takers_hold_alone
             select(Notification.lease_expires_at).where(Notification.id == failed)
         )
     assert lease == later + DEFAULT_LEASE
+
+
+def test_a_slow_drainer_leaves_a_later_claim_of_a_reopened_notice_alone(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """Queueing sets a reopened notice's attempts back to 0: a later claim of it then
+    has the attempts the slow drainer's claim had. The claim's token tells them apart."""
+    queue_late(registry, plan, NOTICE_DAY)
+    with registry.engine.connect() as connection:
+        ann = connection.scalar(
+            select(Notification.id).where(
+                Notification.account_id == ids["ann"], Notification.state == "queued"
+            )
+        )
+    slow = {c.id: c.claim for c in _claim(registry.engine, 1, T0, "sendgrid")}
+    assert list(slow) == [ann]
+    # Its lease runs out: another drainer takes the notice over and skips it, the
+    # address unverified by then; verified again, the next queueing reopens it.
+    later = T0 + DEFAULT_LEASE + timedelta(seconds=1)
+    taker = {c.id: c.claim for c in _claim(registry.engine, 1, later, "sendgrid")}
+    assert _record(registry.engine, [Outcome(ann, "skipped", UNVERIFIED)], later, held=taker)
+    assert queue_late(registry, plan, NOTICE_DAY)[0].added == 1
+    third = {c.id: c.claim for c in _claim(registry.engine, 1, later, "sendgrid")}
+    assert list(third) == [ann]
+    # The slow one comes back: the row is the third claim's, not its own.
+    assert _renew(registry.engine, slow, later, DEFAULT_LEASE) == set()
+    assert _record(registry.engine, [Outcome(ann, "failed", "HTTP 400")], later, held=slow) == set()
+    _put_back(registry.engine, [ann], later, slow)
+    _release(registry.engine, [ann], slow)
+    assert ledger(registry)[ann] == ("sending", None)
+    assert _renew(registry.engine, third, later, DEFAULT_LEASE) == {ann}
+
+
+def test_a_send_retrying_past_a_short_lease_is_never_taken_over_mid_send(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """An operator's lease of 60 s, and SendGrid rate-limiting three requests (30 s
+    each, its Retry-After): the sends outlast the lease they were given. The
+    drainer holds its rows for as long as a send may take, so another drainer looking
+    while it waits finds nothing to take over, and each email goes once."""
+    queue_late(registry, plan, NOTICE_DAY)  # ann and ben
+    clock = Clock(T0)
+    looked: list[int] = []
+
+    def wait(seconds: float) -> None:  # the sender's backoff, by the drainer's clock
+        clock.at += timedelta(seconds=seconds)
+        looked.extend(c.id for c in _claim(registry.engine, 20, clock.at, "sendgrid"))
+
+    with DevSendGrid(api_key=KEY) as server:
+        server.script([{"status": 429, "retry_after": 30}] * 3)
+        sender = SendGridSender(KEY, server.url, timeout=5, sleep=wait)
+        report = _drain_loop(
+            registry.engine,
+            plan,
+            sender,
+            concurrency=2,
+            limit=None,
+            clock=clock,
+            lease=timedelta(seconds=60),
+        )
+        went = Counter(int(m["body"]["custom_args"]["outbox_id"]) for m in server.messages)
+    assert clock.at - T0 == timedelta(seconds=90)  # past the 60 s asked for
+    assert looked == []
+    assert report.sent == 2 and report.overtaken == 0
+    assert sorted(went.values()) == [1, 1]
+
+
+def test_a_send_whose_row_was_taken_over_during_a_wait_is_not_tried_again(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """SendGrid asks the drainer to wait 30 s before trying again, and the process is
+    paused 10 minutes meanwhile, past its lease: another drainer takes the rows over.
+    The waiting one does not try again what is no longer its own: the taker sends each
+    email, once."""
+    queue_late(registry, plan, NOTICE_DAY)  # ann and ben
+    clock = Clock(T0)
+    taken: list[int] = []
+
+    paused = threading.Lock()
+
+    def wait(seconds: float) -> None:  # both sends wait; the first wait is the long one
+        with paused:
+            if not taken:
+                clock.at += timedelta(seconds=seconds, minutes=10)
+                taken.extend(c.id for c in _claim(registry.engine, 20, clock.at, "sendgrid"))
+
+    with DevSendGrid(api_key=KEY) as server:
+        server.script([{"status": 429, "retry_after": 30}] * 2)
+        sender = SendGridSender(KEY, server.url, timeout=5, sleep=wait)
+        report = _drain_loop(
+            registry.engine,
+            plan,
+            sender,
+            concurrency=2,
+            limit=None,
+            clock=clock,
+            lease=timedelta(seconds=60),
+        )
+        went = len(server.messages)
+    assert len(taken) == 2  # both leases ran out during the pause
+    assert went == 0  # neither request was made again
+    assert report.sent == 0 and report.overtaken == 2
+    assert {ledger(registry)[i] for i in taken} == {("sending", None)}  # the taker's to send
+
+
+def test_the_lease_covers_the_longest_attempt_its_sender_may_make() -> None:
+    default = SendGridSender(KEY, "http://127.0.0.1:9")
+    assert default.longest_attempt == 50  # an answer within 2 x 10 s, a wait of up to 30 s
+    assert lease_for(default) == DEFAULT_LEASE
+    assert lease_for(default, timedelta(seconds=5)) == timedelta(seconds=73)  # (50 + 15) / 0.9
+    slow = SendGridSender(KEY, "http://127.0.0.1:9", timeout=200)
+    held = (slow.longest_attempt + LEASE_MARGIN.total_seconds()) / 0.9
+    assert lease_for(slow) == timedelta(seconds=math.ceil(held)) > DEFAULT_LEASE
+    # A sender that says nothing (the file outbox) is held for the margin.
+    assert lease_for(Quick(), timedelta(seconds=5)) == timedelta(seconds=17)

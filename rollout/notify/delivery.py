@@ -236,6 +236,7 @@ def _settle_gone(con: duckdb.DuckDBPyConnection, registry: Registry) -> int:
             error=None,
             updated_at=now,
             lease_expires_at=None,
+            claim_token=None,
         )
     )
     settled = 0

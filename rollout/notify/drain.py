@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import pickle
 import queue
+import secrets
 import threading
 import time
 from collections import Counter
@@ -81,8 +83,10 @@ from rollout.notify.emails import (
 from rollout.notify.message import (
     DeliveryFailed,
     Message,
+    SendAbandoned,
     Sender,
     SenderUnavailable,
+    attempts_held_by,
     normal_address,
 )
 from rollout.notify.outbox import (
@@ -154,12 +158,18 @@ _POLL = 0.05  # seconds between looks at a stop request while waiting
 # only those batches failed; the rest stay queued for the next run. Not one batch: a
 # blip of a few seconds (one email's retries) would hold back the rest for a day.
 OUTAGE_BATCHES = 3
-# How long a drainer holds the rows it claimed (a batch is sent and recorded well within
-# it: SendGrid's retries of one message take at most about 170 s, five attempts of up to
-# 10 s and four waits of at most 30 s), and renewed before a send once a tenth of it has
-# passed (_Hold). A drainer that dies leaves its rows to be taken over when it runs out
-# (drain_shard waits for that); one only slow sends none it no longer holds.
+# How long a drainer holds the rows it claimed, renewed before each attempt of a send
+# once a tenth of it has passed, or sooner when less is ahead than the attempt may take
+# and a margin (_Hold; SendGrid's one attempt: a connection and an answer of up to 10 s
+# each, and a wait of up to 30 s before the next). A drainer that dies leaves its rows
+# to be taken over when it runs out
+# (drain_shard waits for that); one only slow sends none it no longer holds, nor tries
+# again one it lost during a wait. Never shorter than lease_for says.
 DEFAULT_LEASE = timedelta(minutes=5)
+# What a drainer keeps of its lease ahead of an attempt beyond the longest it may take
+# (its sender's ``longest_attempt``): the clocks of the machines sharing the outbox,
+# which may disagree a little, a short pause of the process, the record after the send.
+LEASE_MARGIN = timedelta(seconds=15)
 
 # --- delivery ------------------------------------------------------------------------------
 
@@ -212,9 +222,9 @@ class _Claimed:
     occasion: str
     context: dict[str, Any]
     error: str | None = None  # CUT_SHORT: a stop put it back, its send maybe gone out
-    # Its ``attempts`` as claimed: the claim's token. Every claim (a take-over too) adds
-    # one, so the row is still this drainer's while it is 'sending' with this count.
-    attempt: int = 0
+    # The token its claim drew (a take-over draws another): the row is still this
+    # drainer's while it is 'sending' under it (notifications.claim_token).
+    claim: str | None = None
 
 
 def _in_state(state: str) -> Any:
@@ -261,7 +271,13 @@ def _settle_lapsed_withdrawals(connection: Connection, now: datetime) -> None:
         connection.execute(
             update(NOTIFICATIONS)
             .where(and_(NOTIFICATIONS.c.id.in_(ids), _in_state("sending")))
-            .values(state="skipped", error=DIED_HOLDING, updated_at=now, lease_expires_at=None)
+            .values(
+                state="skipped",
+                error=DIED_HOLDING,
+                updated_at=now,
+                lease_expires_at=None,
+                claim_token=None,
+            )
         )
 
 
@@ -270,7 +286,10 @@ def _claim(
 ) -> list[_Claimed]:
     """Up to ``size`` claimable rows, marked as sending by this drainer until ``now`` +
     ``lease``: none when nothing is (the drainers sharing the outbox take that as the
-    end of their work, or wait for the leases of others: drain_shard)."""
+    end of their work, or wait for the leases of others: drain_shard). The claim draws
+    a token of its own (a random one: no other claim, before or after, has it), written
+    to the rows it takes: what makes a row still this drainer's (_held_rows)."""
+    token = secrets.token_hex(16)
     with begin_writing(engine) as connection:
         _settle_lapsed_withdrawals(connection, now)
         if connection.dialect.name == "postgresql":
@@ -302,6 +321,7 @@ def _claim(
                 sender=sender,
                 updated_at=now,
                 lease_expires_at=now + lease,
+                claim_token=token,
             )
             .returning(
                 NOTIFICATIONS.c.id,
@@ -311,7 +331,7 @@ def _claim(
                 NOTIFICATIONS.c.occasion,
                 NOTIFICATIONS.c.context,
                 NOTIFICATIONS.c.error,
-                NOTIFICATIONS.c.attempts,
+                NOTIFICATIONS.c.claim_token,
             )
         ).all()
     return sorted((_Claimed(*row) for row in rows), key=lambda c: c.id)
@@ -839,7 +859,11 @@ def _deliver(
     if keeps is not None and not keeps(message.outbox_id):
         return _Outcome(message.outbox_id, OVERTAKEN)
     try:
-        message_id = sender.send(message)
+        # Each attempt after the first looks again (its lease may run out during a wait).
+        with attempts_held_by(lambda: keeps is None or keeps(message.outbox_id)):
+            message_id = sender.send(message)
+    except SendAbandoned:
+        return _Outcome(message.outbox_id, OVERTAKEN)
     except DeliveryFailed as failure:
         if not failure.permanent and _is_misconfiguration(failure):
             raise
@@ -872,28 +896,28 @@ def _is_misconfiguration(failure: DeliveryFailed) -> bool:
     return isinstance(failure, SenderMisconfigured)
 
 
-def _held_rows(connection: Connection, held: Mapping[int, int]) -> tuple[set[int], dict[int, str]]:
-    """Of the rows of ``held`` ({id: attempts as claimed}), those still this drainer's
-    ('sending' with the attempts its claim gave), locked until the transaction ends
+def _held_rows(connection: Connection, held: Mapping[int, str]) -> tuple[set[int], dict[int, str]]:
+    """Of the rows of ``held`` ({id: its claim's token}), those still this drainer's
+    ('sending' under the token its claim drew), locked until the transaction ends
     (SQLite: begin_writing's write lock); and the state of each of the others."""
     c = NOTIFICATIONS.c
-    query = select(c.id, c.state, c.attempts).where(c.id.in_(sorted(held)))
+    query = select(c.id, c.state, c.claim_token).where(c.id.in_(sorted(held)))
     if connection.dialect.name == "postgresql":
         query = query.with_for_update()
     mine, others = set(), {}
-    for row_id, state, attempts in connection.execute(query):
-        if state == "sending" and attempts == held[row_id]:
+    for row_id, state, token in connection.execute(query):
+        if state == "sending" and token is not None and token == held[row_id]:
             mine.add(row_id)
         else:
             others[row_id] = state
     return mine, others
 
 
-def _renew(engine: Engine, held: Mapping[int, int], now: datetime, lease: timedelta) -> set[int]:
+def _renew(engine: Engine, held: Mapping[int, str], now: datetime, lease: timedelta) -> set[int]:
     """Extend to ``now`` + ``lease`` the lease on the rows of ``held`` this drainer still
     holds (checked and extended in one transaction: a claim taking one over cannot come
     in between); returns them. One whose lease ran out but that nobody took over is
-    still its own (the claim that takes a row over changes its attempts)."""
+    still its own (the claim that takes a row over draws another token)."""
     if not held:
         return set()
     with begin_writing(engine) as connection:
@@ -918,13 +942,13 @@ def _record(
     outcomes: Iterable[_Outcome],
     now: datetime,
     sent_at: datetime | None = None,
-    held: Mapping[int, int] | None = None,
+    held: Mapping[int, str] | None = None,
 ) -> set[int]:
     """Write what became of each row, at ``now``; a sent one is dated ``sent_at`` (when
     its message was made: its batch's ``prepared_at``), or ``now``. Returns the ids
     written.
 
-    ``held`` ({id: attempts as claimed}): only the rows this drainer still holds are
+    ``held`` ({id: its claim's token}): only the rows this drainer still holds are
     written; one another drainer took over (this one outlived its lease) is that one's
     to record, but for a send that went: it is recorded sent unless already recorded
     sent or skipped, so that it is not sent again. Without ``held``, every row in
@@ -989,6 +1013,7 @@ def _write_outcomes(
             sent_at=bindparam("new_sent_at"),
             updated_at=bindparam("now"),
             lease_expires_at=None,
+            claim_token=None,
         ),
         rows,
     )
@@ -1001,9 +1026,9 @@ def _unsent() -> Any:
 
 
 def _update_held(
-    engine: Engine, ids: list[int], held: Mapping[int, int] | None, **values: Any
+    engine: Engine, ids: list[int], held: Mapping[int, str] | None, **values: Any
 ) -> None:
-    """Update the rows of ``ids`` in flight; with ``held`` ({id: attempts as claimed}),
+    """Update the rows of ``ids`` in flight; with ``held`` ({id: its claim's token}),
     only those this drainer still holds (not taken over by another: see _Claimed)."""
     c = NOTIFICATIONS.c
     if not ids:
@@ -1020,15 +1045,15 @@ def _update_held(
             update(NOTIFICATIONS)
             .where(
                 c.id == bindparam("row_id"),
-                c.attempts == bindparam("row_attempt"),
+                c.claim_token == bindparam("row_claim"),
                 c.state == "sending",
             )
             .values(**values),
-            [{"row_id": i, "row_attempt": held[i]} for i in ids],
+            [{"row_id": i, "row_claim": held[i]} for i in ids],
         )
 
 
-def _release(engine: Engine, ids: list[int], held: Mapping[int, int] | None = None) -> None:
+def _release(engine: Engine, ids: list[int], held: Mapping[int, str] | None = None) -> None:
     """Put claimed rows back, unsent (the sender is misconfigured: nothing went out)."""
     _update_held(
         engine,
@@ -1037,6 +1062,7 @@ def _release(engine: Engine, ids: list[int], held: Mapping[int, int] | None = No
         state=_unsent(),
         attempts=NOTIFICATIONS.c.attempts - 1,
         lease_expires_at=None,
+        claim_token=None,
     )
 
 
@@ -1048,7 +1074,7 @@ def _cut_short() -> Any:
 
 
 def _put_back(
-    engine: Engine, ids: list[int], now: datetime, held: Mapping[int, int] | None = None
+    engine: Engine, ids: list[int], now: datetime, held: Mapping[int, str] | None = None
 ) -> None:
     """Queue claimed rows again whose sends a stop cut short: they may have gone out, so
     the attempt counts, and the row says so (CUT_SHORT): the next drain sends them again,
@@ -1061,6 +1087,7 @@ def _put_back(
         error=_cut_short(),
         updated_at=now,
         lease_expires_at=None,
+        claim_token=None,
     )
 
 
@@ -1086,7 +1113,9 @@ def _requeue_in_flight(
         return connection.execute(
             update(NOTIFICATIONS)
             .where(held)
-            .values(state=_unsent(), updated_at=now, lease_expires_at=None, **marked)
+            .values(
+                state=_unsent(), updated_at=now, lease_expires_at=None, claim_token=None, **marked
+            )
         ).rowcount
 
 
@@ -1102,9 +1131,9 @@ class _Batch:
     prepared_at: datetime
     # Of its rows, those a stop had put back with their send maybe gone out (CUT_SHORT).
     cut_short: int = 0
-    # {id: attempts as claimed} of its rows (the claim's token: _Claimed), and when
-    # they were claimed (their lease runs from then).
-    held: dict[int, int] = field(default_factory=dict)
+    # {id: its claim's token} of its rows (_Claimed), and when they were claimed (their
+    # lease runs from then).
+    held: dict[int, str] = field(default_factory=dict)
     claimed_at: datetime | None = None
 
     @property
@@ -1154,27 +1183,58 @@ def _next_batch(
         [p for p in prepared if isinstance(p, Message)],
         now,
         cut_short,
-        {c.id: c.attempt for c in claimed},
+        {c.id: c.claim for c in claimed if c.claim is not None},
         claimed_at,
     )
 
 
 # A batch's lease is renewed before a send once this share of it has passed since it
 # was claimed or last renewed: a send then starts with at least 90% of the lease ahead
-# (SendGrid's retries of one message take at most about 170 s of the 300).
+# (SendGrid's one attempt, with its wait, takes at most 50 s of the 300, the margin 15 s
+# more).
 RENEW_AFTER = 0.1
 
 
+def send_hold(sender: Sender) -> timedelta:
+    """How long a row must stay this drainer's past the start of an attempt to send it:
+    the longest one attempt of the sender may take (with the wait before the next), and
+    LEASE_MARGIN."""
+    seconds = float(getattr(sender, "longest_attempt", 0.0) or 0.0)
+    return timedelta(seconds=max(seconds, 0.0)) + LEASE_MARGIN
+
+
+def lease_for(sender: Sender, lease: timedelta = DEFAULT_LEASE) -> timedelta:
+    """The lease a drainer sending through ``sender`` holds its rows for: ``lease``, or
+    longer, in whole seconds, when an attempt started with the least of it ahead (1 -
+    RENEW_AFTER, just before a renewal is due) could outlast it: another drainer would
+    take the row over while its request is under way (or one of its batch sent and not
+    yet recorded) and send it a second time. A longer lease only delays the take-over
+    of a dead drainer's rows."""
+    shortest = send_hold(sender) / (1 - RENEW_AFTER)
+    if lease >= shortest:
+        return lease
+    return timedelta(seconds=math.ceil(shortest.total_seconds()))
+
+
 class _Hold:
-    """The lease on a batch's rows, kept while they are sent: before each send, renewed
-    if a tenth of it has passed (checked and extended at once: _renew), and a row this
-    drainer no longer holds (it outlived its lease, slow or paused, and another drainer
-    took the row over) is not sent. Shared by the batch's send threads."""
+    """The lease on a batch's rows, kept while they are sent: before each attempt of a
+    send, renewed if a tenth of it has passed, or if less of it is ahead than the attempt
+    may take and a margin (``send_hold``; checked and extended at once: _renew), and a
+    row this drainer no longer holds (it outlived its lease, slow or paused, and another
+    drainer took the row over) is not sent, nor tried again. So no request outlasts the
+    lease it started under: a row is taken over only while no request of it is under
+    way. Shared by the batch's send threads."""
 
     def __init__(
-        self, engine: Engine, batch: _Batch, clock: Callable[[], datetime], lease: timedelta
+        self,
+        engine: Engine,
+        batch: _Batch,
+        clock: Callable[[], datetime],
+        lease: timedelta,
+        send_hold: timedelta = LEASE_MARGIN,
     ) -> None:
         self._engine, self._clock, self._lease = engine, clock, lease
+        self._send_hold = send_hold
         self._held = dict(batch.held)
         self._renewed_at = batch.claimed_at or clock()
         self._lock = threading.Lock()
@@ -1183,7 +1243,9 @@ class _Hold:
         """Whether this drainer still holds the row, its lease renewed if due."""
         with self._lock:
             now = self._clock()
-            if self._held and now - self._renewed_at >= self._lease * RENEW_AFTER:
+            ahead = self._renewed_at + self._lease - now
+            due = now - self._renewed_at >= self._lease * RENEW_AFTER
+            if self._held and (due or ahead < self._send_hold):
                 kept = _renew(self._engine, self._held, now, self._lease)
                 for lost in set(self._held) - kept:
                     del self._held[lost]
@@ -1345,6 +1407,19 @@ def _drain_loop(
     FILE_BATCH rows written one after the other in this thread (see drain)."""
     stop = stop or StopRequest()
     report = DrainReport(sender.name)
+    held_for = lease_for(sender, lease)
+    if held_for != lease:
+        log.warning(
+            "a lease of %ds is shorter than an attempt through %s may take (%ds, and a %ds "
+            "margin, with a tenth of the lease gone before it is renewed): rows are held "
+            "%ds at a time instead",
+            lease.total_seconds(),
+            sender.name,
+            send_hold(sender).total_seconds() - LEASE_MARGIN.total_seconds(),
+            LEASE_MARGIN.total_seconds(),
+            held_for.total_seconds(),
+        )
+    lease = held_for
     claimed = 0
     inline = sender.name == FILE_SENDER
     batch_size = FILE_BATCH if inline else concurrency
@@ -1362,7 +1437,7 @@ def _drain_loop(
                 break
             claimed += len(batch.ids)
             report.resumed += batch.cut_short
-            hold = _Hold(engine, batch, clock, lease)
+            hold = _Hold(engine, batch, clock, lease, send_hold(sender))
             futures = [sends.submit(m, hold.keeps) for m in batch.messages]
             _await_sends(futures, stop)
             # Looked at once: a send may still finish while the lists are made.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -136,8 +138,45 @@ class SenderUnavailable(DeliveryFailed):
 
 
 class Sender(Protocol):
-    """Delivers one message and returns the provider's message id, or raises DeliveryFailed."""
+    """Delivers one message and returns the provider's message id, or raises DeliveryFailed.
+
+    A sender that talks to a provider says how long one attempt may take at most (its
+    request and the wait before the next), in seconds, as ``longest_attempt``, and
+    looks before each attempt after the first
+    whether the drain still holds the row (:func:`still_held`; else it raises
+    :class:`SendAbandoned`): the drain starts no attempt with less of its lease ahead
+    than that and a margin (rollout.notify.drain.lease_for), so no request is under
+    way once the row may be taken over. One that says nothing (the file outbox: a write
+    again replaces its file) is held for the drain's margin."""
 
     name: str
 
     def send(self, message: Message) -> str: ...
+
+
+class SendAbandoned(Exception):
+    """A send given up before its next attempt: the drain no longer holds its row (its
+    lease ran out during a wait, and another drainer took it over). Nothing of this
+    attempt went; the row is the other drainer's to send and record."""
+
+
+_HOLD = threading.local()
+
+
+@contextlib.contextmanager
+def attempts_held_by(keeps: Callable[[], bool]) -> Iterator[None]:
+    """While inside, in this thread, :func:`still_held` asks ``keeps`` (the drain's hold
+    on the row being sent: renewed if due, False once another drainer took it over)."""
+    previous = getattr(_HOLD, "keeps", None)
+    _HOLD.keeps = keeps
+    try:
+        yield
+    finally:
+        _HOLD.keeps = previous
+
+
+def still_held() -> bool:
+    """Whether the send under way in this thread may make another attempt: its row is
+    still the drain's (True outside a drain's send)."""
+    keeps = getattr(_HOLD, "keeps", None)
+    return keeps is None or bool(keeps())

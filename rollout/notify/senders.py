@@ -62,9 +62,11 @@ from rollout.notify.message import (
     MAY_HAVE_GONE,
     DeliveryFailed,
     Message,
+    SendAbandoned,
     Sender,
     SenderUnavailable,
     header_address,
+    still_held,
 )
 
 if TYPE_CHECKING:
@@ -306,6 +308,19 @@ class SendGridSender:
         return f"SendGridSender(base_url={self.base_url!r}, timeout={self.timeout})"
 
     @property
+    def longest_attempt(self) -> float:
+        """The most one attempt of a send may take, in seconds: its request (a
+        connection and an answer of up to ``timeout`` each: the client's timeout is per
+        socket operation) and the wait before the next (at most ``backoff_cap``, a
+        ``Retry-After`` capped so too); 50 s by default. The drain starts no attempt
+        with less of its lease ahead than this and a margin, so the rows of its batch
+        stay its own through the wait too (one sent meanwhile, not yet recorded, is not
+        taken over), and before each attempt after the first this sender looks whether
+        the drain still holds the row (still_held: a pause may have outlasted the
+        lease): rollout.notify.drain.lease_for."""
+        return 2 * self.timeout + self.backoff_cap
+
+    @property
     def retried_after_status(self) -> int:
         """Retries after SendGrid answered 5xx or 429, since this sender was made."""
         return self._retries.value
@@ -356,6 +371,10 @@ class SendGridSender:
         request that is not ``idempotent`` is not sent again once it went unanswered."""
         outcome = _Outcome()
         for number in range(1, self.max_attempts + 1):
+            if number > 1 and not still_held():
+                raise SendAbandoned(
+                    f"{label}: not tried again: another sender took it over during the wait"
+                )
             outcome = attempt()
             if outcome.response is not None:
                 return outcome

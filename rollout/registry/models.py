@@ -528,6 +528,10 @@ class Notification(Base):
     # While 'sending': until when the drainer that claimed it holds it; after that
     # another drainer of the run takes it over (rollout.notify.drain). NULL otherwise.
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # While 'sending': the token of the claim that holds it, drawn afresh by each claim
+    # (a take-over too); the drainer renews, records or puts back only the rows still
+    # 'sending' under its own token (revision 0022). NULL otherwise.
+    claim_token: Mapped[str | None] = mapped_column(String(32))
 
 
 class EmailSuppression(Base):
@@ -666,13 +670,21 @@ LEDGER_TABLES: tuple[str, ...] = (
 # Columns the warehouse does not copy, being nothing a mart or an analyst's question
 # needs. Of the outbox (5M emails at npm scale, the biggest table a cold extract
 # reads): what an email was rendered from and the provider's id (most of its bytes),
-# and the sender's own bookkeeping (attempts, last error, which sender, its lease):
-# the four cost about a fifth of reading the table. Of the accounts: the address,
+# and the sender's own bookkeeping (attempts, last error, which sender, its lease and
+# claim): the four cost about a fifth of reading the table. Of the accounts: the address,
 # personal data the warehouse (read more widely than the registry) does not need;
 # emails go from the registry.
 NOT_EXTRACTED: dict[str, frozenset[str]] = {
     "notifications": frozenset(
-        {"context", "message_id", "attempts", "error", "sender", "lease_expires_at"}
+        {
+            "context",
+            "message_id",
+            "attempts",
+            "error",
+            "sender",
+            "lease_expires_at",
+            "claim_token",
+        }
     ),
     "accounts": frozenset({"email"}),
 }

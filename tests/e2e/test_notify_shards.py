@@ -51,6 +51,7 @@ KEY = "SG.e2e-shards.not-a-real-key"
 EMAILS = 2000
 SHARDS = 4
 CONCURRENCY = 4
+# Lengthened by the drain to what one SendGrid attempt and its margin take (73 s: lease_for).
 LEASE_SECONDS = 5
 GRACE_SECONDS = 5
 WORKER_VARIABLE = "ROLLOUT_TEST_WORKER"

@@ -34,10 +34,11 @@ from flows.metrics import metrics, metrics_markdown
 from rollout.cohorts import CohortResult
 from rollout.core.config import Settings, load_settings
 from rollout.core.errors import BadInput, GuardRefused
+from rollout.core.output import markdown_text as cell
 from rollout.core.plan import load_plan
 from rollout.demo.sample import generate_sample
 from rollout.metrics import MetricsReport
-from rollout.notify.drain import ShardOrphaned
+from rollout.notify.drain import DrainReport, ShardOrphaned
 from rollout.registry import Registry
 from rollout.warehouse import open_warehouse
 from rollout.warehouse.ingest import FileResult, IngestReport
@@ -497,6 +498,18 @@ def test_the_notify_flow_queues_the_days_mailings_and_sends_them_once(
     with on(date(2022, 1, 4), hour=10):
         again = notify_flows.notify(as_of=date(2022, 1, 4))
     assert (again["queued"], again["sent"]) == (0, 0)
+
+
+def test_the_notify_artifact_counts_the_emails_taken_over_as_notify_send_does() -> None:
+    """A sender that outlived its lease (a stall) left some claimed emails to another:
+    `notify send` counts them (``overtaken``), and so does the run's artifact; a run in
+    shards, whose counts come from the outbox, points to each shard's own."""
+    report = DrainReport("sendgrid", sent=5, overtaken=2)
+    shown = notify_flows.notify_markdown(date(2022, 1, 4), [], report)
+    assert f"| {cell(notify_flows.OVERTAKEN_ROW)} | 2 |" in shown
+    sharded = notify_flows.notify_markdown(date(2022, 1, 4), [], report, shards=3)
+    elsewhere = cell("in each shard run's log")
+    assert f"| {cell(notify_flows.OVERTAKEN_ROW)} | {elsewhere} |" in sharded
 
 
 def test_the_notify_flow_catching_up_holds_back_a_mailing_past_its_last_day(
