@@ -21,6 +21,7 @@ from sqlalchemy import select, text
 from rollout.core.plan import Plan
 from rollout.demo.crowd import NOTICE_DAY
 from rollout.dev.sendgrid_api import DevSendGrid
+from rollout.notify import drain as drain_module
 from rollout.notify.drain import (
     OWNER_POLL_SECONDS,
     DrainReport,
@@ -130,20 +131,26 @@ SHARD_SCRIPT = textwrap.dedent(
     import sys
     from datetime import timedelta
     from rollout.core.plan import load_plan
-    from rollout.notify.drain import drain_shard
+    from rollout.notify import drain
     from rollout.notify.senders import SendGridSender
     from rollout.registry import Registry
     url, server, key, plan = sys.argv[1:5]
+    drain.LEASE_MARGIN = timedelta(seconds=1)  # one machine: no clocks to disagree
     with Registry(url) as registry:
-        drain_shard(registry, load_plan(plan), SendGridSender(key, server, timeout=5),
-                    concurrency=4, lease=timedelta(seconds=2))
+        drain.drain_shard(registry, load_plan(plan),
+                          SendGridSender(key, server, timeout=1, backoff_cap=0.5),
+                          concurrency=4, lease=timedelta(seconds=2))
     """
 )
 
 
 def test_a_shard_killed_mid_run_leaves_the_run_to_finish_with_at_most_its_flight_twice(
-    registry: Registry, plan: Plan, ids: dict[str, int]
+    registry: Registry, plan: Plan, ids: dict[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A sender quick to give up, and one machine's clock: the dead shard's lease (the
+    # longest attempt and the margin: lease_for) runs out in 4 s, not the 61 s of
+    # SendGrid's defaults and the margin between machines.
+    monkeypatch.setattr(drain_module, "LEASE_MARGIN", timedelta(seconds=1))
     root = Path(__file__).resolve().parents[1]
     cohort_of(registry, 200)
     queue_late(registry, plan, NOTICE_DAY)
@@ -160,7 +167,7 @@ def test_a_shard_killed_mid_run_leaves_the_run_to_finish_with_at_most_its_flight
             time.sleep(0.005)
         doomed.kill()
         doomed.wait()
-        sender = SendGridSender(KEY, server.url, timeout=5)
+        sender = SendGridSender(KEY, server.url, timeout=1, backoff_cap=0.5)
         report = drain_shard(registry, plan, sender, concurrency=4, lease=timedelta(seconds=2))
         sent = delivered(server)
     assert states(registry)["sent"] == queued and states(registry)["sending"] == 0
