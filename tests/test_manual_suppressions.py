@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import event, select, text, update
 from typer.testing import CliRunner
 
 from rollout.cli import app
@@ -354,3 +354,35 @@ def test_the_queue_its_preview_and_the_send_agree_on_addresses_beyond_ascii(
     sender = Recording()
     drain(registry, plan, sender)
     assert sender.sent == []
+
+
+@pytest.mark.parametrize(
+    "empty_registry_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_the_queue_skips_a_suppressed_address_whatever_the_databases_locale(
+    registry: Registry, plan: Plan, ids: dict[str, int], rollout: Any
+) -> None:
+    """A PostgreSQL database whose locale lower-cases as Turkish does (its lower() makes
+    the I of ANNI@X.EXAMPLE a dotless i, U+0131): `notify suppress` finds ann, and the
+    queue and its preview skip her notice, suppressed as anni@x.example, as the send
+    does. Before, no suppression matched what SQL's lower() made of her address: the
+    preview counted her notice as queued, and the send skipped it."""
+    with registry.engine.begin() as connection:
+        connection.execute(
+            text('ALTER TABLE accounts ALTER COLUMN email TYPE varchar(320) COLLATE "tr-x-icu"')
+        )
+    move(registry, ids["ann"], "ANNI@X.EXAMPLE")
+    preview = rollout("notify", "suppress", "anni@x.example", "--reason", "x", "--format", "json")
+    assert preview.exit_code == 0, preview.stderr
+    assert json.loads(preview.stdout)["usernames"] == ["ann"]
+    outbox.suppress(registry, "anni@x.example", reason="hard bounce", actor="ops")
+
+    [previewed] = [
+        o
+        for o in queue_preview(registry, plan, NOTICE_DAY, late=True)
+        if o.occasion.email == "phase_notice"
+    ]
+    # cat: unverified; dan and ann: suppressed.
+    assert (previewed.added, previewed.skipped) == (4, 3)
+    queue_late(registry, plan, NOTICE_DAY)
+    assert rows(registry, "phase_notice")["ann"] == ("skipped", "suppressed")

@@ -263,15 +263,26 @@ _ADDRESS = re.compile(
 )
 
 
+def _ascii_lower(connection: Connection, email: Any) -> Any:
+    """SQL: ``email`` with its ASCII capitals lower-cased and nothing else changed, as
+    Python's lower() does to printable ASCII. SQLite's lower() is that; PostgreSQL's
+    follows the collation (the database's locale), and under a Turkish one made the I
+    of ANNI@X.EXAMPLE a dotless i (U+0131), so no suppression of anni@x.example matched it: its
+    collation "C" folds only ASCII."""
+    if connection.dialect.name == "postgresql":
+        return func.lower(email.collate("C"))
+    return func.lower(email)
+
+
 def _beyond_sql_lower(connection: Connection, email: Any) -> Any:
-    """SQL: an address whose suppressed forms SQL cannot find by lower(): a character
-    beyond printable ASCII (SQLite's lower() folds only ASCII; a space Python's strip
-    would drop) or an IDNA label (its Unicode form is another address)."""
+    """SQL: an address whose suppressed forms SQL cannot find by :func:`_ascii_lower`: a
+    character beyond printable ASCII (a space Python's strip would drop) or an IDNA
+    label (its Unicode form is another address)."""
     if connection.dialect.name == "sqlite":
         unusual = email.op("GLOB")("*[^!-~]*")
     else:
         unusual = email.op("~")("[^!-~]")
-    return or_(unusual, func.lower(email).contains("xn--", autoescape=True))
+    return or_(unusual, _ascii_lower(connection, email).contains("xn--", autoescape=True))
 
 
 def suppressed_accounts(connection: Connection, account_ids: Any) -> dict[int, str]:
@@ -290,14 +301,14 @@ def suppressed_accounts(connection: Connection, account_ids: Any) -> dict[int, s
         return {}
     stopping = select(SUPPRESSIONS.c.address).where(stops_email(SUPPRESSIONS.c.source))
     # Only the candidates reach Python (reading a 2M-account audience's addresses took
-    # 13 s): an address SQL lower-cases as Python does (printable ASCII, no IDNA label)
-    # that a suppression names as stored, and every address SQL cannot judge, which
-    # Python decides as the send does.
+    # 13 s): an address SQL lower-cases as Python does (printable ASCII, no IDNA label,
+    # by _ascii_lower whatever the database's locale) that a suppression names as
+    # stored, and every address SQL cannot judge, which Python decides as the send does.
     rows = connection.execute(
         select(ACCOUNTS.c.id, ACCOUNTS.c.email).where(
             ACCOUNTS.c.id.in_(select(account_ids.c[0])),
             or_(
-                func.lower(ACCOUNTS.c.email).in_(stopping),
+                _ascii_lower(connection, ACCOUNTS.c.email).in_(stopping),
                 _beyond_sql_lower(connection, ACCOUNTS.c.email),
             ),
         )
