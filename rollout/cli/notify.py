@@ -15,7 +15,17 @@ from rollout.cli.app import (
     reports_errors,
 )
 from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput, RolloutError
-from rollout.core.output import Format, counted, emit, emit_record, labelled, progress_for, stderr
+from rollout.core.output import (
+    Format,
+    by_count,
+    counted,
+    emit,
+    emit_record,
+    labelled,
+    progress_for,
+    stderr,
+    them,
+)
 
 if TYPE_CHECKING:
     from rollout.notify.suppressions import AddressStanding
@@ -162,7 +172,8 @@ def notify_queue(
     if not outcomes:
         stderr.print(f"nothing is due on {day}", highlight=False)
     elif not apply:
-        stderr.print("preview only: add --apply to queue them", highlight=False)
+        new = sum(o.added for o in outcomes)
+        stderr.print(f"preview only: add --apply to queue {them(new)}", highlight=False)
     now = utc_now()
     for o in outcomes:
         # A day queued late goes out today: a mailing whose last day has passed would
@@ -178,8 +189,11 @@ def notify_queue(
                     "held back:",
                     "bold yellow",
                     f"{o.occasion.step}: {whose}: {counted(o.held_back, 'email')} "
-                    f"{'not queued' if apply else 'would not be queued'}, they would announce "
-                    "dates already gone (--late queues them anyway)",
+                    f"{'not queued' if apply else 'would not be queued'}, "
+                    + by_count(o.held_back, "it", "they")
+                    + " would announce "
+                    + by_count(o.held_back, "a date", "dates")
+                    + f" already gone (--late queues {them(o.held_back)} anyway)",
                 ),
                 highlight=False,
             )
@@ -190,9 +204,13 @@ def notify_queue(
                     "bold yellow",
                     f"{o.occasion.step}: {whose}: {counted(o.late, 'email')} "
                     f"{'queued' if apply else 'would be queued'} late (--late), to be sent "
-                    "however late; they would announce dates already gone"
+                    f"however late; {by_count(o.late, 'it', 'they')} would announce "
+                    f"{by_count(o.late, 'a date', 'dates')} already gone"
                     + (
-                        "; `rollout notify withdraw` takes back those not sent yet" if apply else ""
+                        "; `rollout notify withdraw` takes back "
+                        + by_count(o.late, "it if not sent yet", "those not sent yet")
+                        if apply
+                        else ""
                     ),
                 ),
                 highlight=False,
@@ -269,7 +287,9 @@ def notify_send(
                 "not sent, for good",
                 highlight=False,
             )
-        stderr.print("preview only: add --apply to send them", highlight=False)
+        stderr.print(
+            f"preview only: add --apply to send {them(sum(queued.values()))}", highlight=False
+        )
         return
     # A stop (SIGTERM/SIGINT) raises Stopped once every worker is gone: reports_errors.
     with progress_for(fmt) as progress:
@@ -409,7 +429,9 @@ def notify_suppress(
         )
     if standing.in_flight:
         stderr.print(
-            f"{standing.in_flight} being sent now: they go if that send goes", highlight=False
+            f"{standing.in_flight} being sent now: "
+            f"{by_count(standing.in_flight, 'it goes', 'they go')} if that send goes",
+            highlight=False,
         )
     for held in standing.suppressions:
         stderr.print(f"already suppressed {held.words()}", highlight=False)
@@ -490,7 +512,7 @@ def notify_unsuppress(
     if standing.skipped and refusal is None:
         skipped = sum(standing.skipped.values())
         again = (
-            "the phase notice among them again, until its last day"
+            f"{by_count(skipped, 'it', 'the phase notice among them')} again, until its last day"
             if standing.reopened == 1
             else f"the {standing.reopened:,} phase notices among them again, until each "
             "notice's last day"

@@ -17,7 +17,7 @@ from rollout.cli.app import (
 )
 from rollout.core.controls import shell_word
 from rollout.core.errors import EXIT_BAD_INPUT, GuardRefused, RolloutError
-from rollout.core.output import Format, counted, emit, emit_record, progress_for, stderr
+from rollout.core.output import Format, counted, emit, emit_record, progress_for, stderr, them
 
 # --- phases ------------------------------------------------------------------------------
 
@@ -311,7 +311,7 @@ def phase_snooze(
     elif replies:
         stderr.print(
             f"{counted(replies, 'reply', 'replies')} queued (snooze_reply): "
-            f"`rollout notify send` sends {'it' if replies == 1 else 'them'}",
+            f"`rollout notify send` sends {them(replies)}",
             highlight=False,
         )
     if refused:
@@ -390,7 +390,8 @@ def phase_rollback(
     else:
         what = (
             f"rollback of {phase} would withdraw the phase from "
-            f"{counted(len(preview.accounts), 'account')}; it set nothing on them to clear"
+            f"{counted(len(preview.accounts), 'account')}; it set nothing on "
+            f"{them(len(preview.accounts))} to clear"
         )
     revoked = [
         what_
