@@ -11,9 +11,11 @@ from rollout.cli.app import (
     FormatOption,
     _parse_day,
     _runtime,
+    _typed_back,
     app,
     reports_errors,
 )
+from rollout.core.controls import shell_word
 from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput, RolloutError
 from rollout.core.output import (
     Format,
@@ -650,14 +652,23 @@ def notify_withdraw(
     apply: Annotated[
         bool, typer.Option("--apply", help="Withdraw them (without: preview only).")
     ] = False,
+    expect: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="The count of queued or failed emails the preview showed, typed back "
+            "(required with --apply): refuses if another count would be withdrawn now.",
+        ),
+    ] = None,
     fmt: FormatOption = Format.table,
 ) -> None:
-    """Take back queued emails that must no longer go, by phase, kind or both.
+    """Take back queued emails that must no longer go, by phase, kind or both, for good.
 
     Every email not sent yet is taken: queued ones and failed ones. They stay in the
-    outbox as skipped ('withdrawn: REASON'), audited. One a send is sending now goes
-    only if that send goes (it is not queued again after a stop or a crash); emails
-    already sent are not touched."""
+    outbox as skipped ('withdrawn: REASON'), audited, and are never queued again. One a
+    send is sending now goes only if that send goes (it is not queued again after a stop
+    or a crash); emails already sent are not touched. --apply needs the preview's count
+    typed back (--expect N)."""
     from rollout.notify.emails import EMAILS
     from rollout.notify.withdraw import (
         Selection,
@@ -674,6 +685,22 @@ def notify_withdraw(
             f"no email named {email!r}: one of {', '.join(sorted(EMAILS))}"
         ).with_exit(EXIT_BAD_INPUT)
     selection = Selection(phase=phase, email=email)
+    preview_command = "rollout notify withdraw" + "".join(
+        f" --{option} {shell_word(value)}"
+        for option, value in (("phase", phase), ("email", email))
+        if value is not None
+    )
+    if apply:
+        # Withdrawn is for good (never queued again): the count the preview showed
+        # typed back, so emails queued since (the day's notices) are not silenced unseen.
+        _typed_back(
+            "--apply",
+            preview_command,
+            [
+                ("--expect N", "the count the preview showed", expect),
+                ("--reason '...'", "why they must not go", reason if reason.strip() else None),
+            ],
+        )
     runtime = _runtime(ctx)
     settings, registry = runtime.settings, runtime.registry
     with registry.engine.connect() as connection:
@@ -693,13 +720,20 @@ def notify_withdraw(
     )
     if not apply:
         stderr.print(
-            f"{counted(total, 'queued or failed email')} would be withdrawn"
-            f"{in_flight_note(flying)}; "
-            "preview only: add --apply --reason '...'",
+            f"{counted(total, 'queued or failed email')} would be withdrawn for good"
+            f"{in_flight_note(flying)}; preview only: to withdraw "
+            f"{them(total)} run {preview_command} --apply --expect {total} --reason '...'",
             highlight=False,
         )
         return
-    withdrawn = withdraw(registry, selection, reason=reason, actor=settings.actor)
+    withdrawn = withdraw(
+        registry,
+        selection,
+        reason=reason,
+        actor=settings.actor,
+        expect=expect,
+        preview=preview_command,
+    )
     stderr.print(
         f"withdrew {counted(withdrawn.taken, 'queued or failed email')}"
         f"{in_flight_note(withdrawn.in_flight)}",
