@@ -3,10 +3,12 @@ after a person approves the exact count).
 
 ``phase-enforce`` previews, publishes the preview artifact, records what it found (the
 flow run input ``rollout-approval-request``, which ``rollout approvals`` lists), then
-waits for an :class:`Approval`: the account count the preview showed typed back, and
-the approver's name (``rollout approve RUN --expect N --as NAME``, or the Prefect UI's
-Resume form). Enforcement itself re-checks that count against a fresh preview, under
-the enforce lock, so a cohort that moved while the run waited is refused, not applied.
+waits for an :class:`Approval`: the account count and the list's fingerprint the
+preview showed typed back, and the approver's name (``rollout approve RUN --expect N
+--expect-list F --as NAME``, or the Prefect UI's Resume form). A list other than its
+preview's is refused; enforcement itself re-checks the count and the list against a
+fresh preview, under the enforce lock, so a cohort that moved while the run waited is
+refused, not applied.
 
 Deployed, the run *suspends*: its process exits and the server keeps the run, so a
 worker restart while it waits loses nothing; the approval reschedules it and it starts
