@@ -3,10 +3,12 @@ after a person approves the exact count).
 
 ``phase-enforce`` previews, publishes the preview artifact, records what it found (the
 flow run input ``rollout-approval-request``, which ``rollout approvals`` lists), then
-waits for an :class:`Approval`: the account count the preview showed typed back, and
-the approver's name (``rollout approve RUN --expect N --as NAME``, or the Prefect UI's
-Resume form). Enforcement itself re-checks that count against a fresh preview, under
-the enforce lock, so a cohort that moved while the run waited is refused, not applied.
+waits for an :class:`Approval`: the account count and the list's fingerprint the
+preview showed typed back, and the approver's name (``rollout approve RUN --expect N
+--expect-list F --as NAME``, or the Prefect UI's Resume form). A list other than its
+preview's is refused; enforcement itself re-checks the count and the list against a
+fresh preview, under the enforce lock, so a cohort that moved while the run waited is
+refused, not applied.
 
 Deployed, the run *suspends*: its process exits and the server keeps the run, so a
 worker restart while it waits loses nothing; the approval reschedules it and it starts
@@ -40,6 +42,7 @@ from flows.common import (
     with_runtime,
 )
 from rollout.core.errors import GuardRefused
+from rollout.core.fingerprints import same_list
 from rollout.core.output import labelled_rows
 from rollout.phases.approvals import REFUSED_STATE, REQUEST_INPUT_KEY, ApprovalRequest
 from rollout.phases.enforce import EnforceResult, enforce_phase, preview_phase
@@ -52,7 +55,8 @@ APPROVAL_POLL_SECONDS = 10
 
 
 class Approval(RunInput):
-    """What the approver types back: the count the preview showed, and their name.
+    """What the approver types back: the count and the list's fingerprint the preview
+    showed (as `phase enforce --apply` takes them), and their name.
 
     The server checks a resume's input against this schema and refuses one that does
     not fit, leaving the run waiting. Never give it initial data
@@ -60,6 +64,9 @@ class Approval(RunInput):
     types but drops these constraints, and a default makes the field optional."""
 
     expect: int = Field(ge=0)
+    # The fingerprint of the preview's list (12 hex digits, as the form's description
+    # and `rollout approvals` show it): the run refuses another list, even at the count.
+    expect_list: str = Field(pattern=r"^\s*[0-9a-fA-F]{12}\s*$")
     # Refused when empty or too long for the audit ledger's actor ("<approver> via
     # <run>" must fit its 200 characters).
     approved_by: str = Field(min_length=1, max_length=80, pattern=r"^\S(.*\S)?$")
@@ -145,6 +152,19 @@ def request_approval(phase: str, settings_actor: str) -> ApprovalRequest:
     return request
 
 
+def approved_list(request: ApprovalRequest, typed: str) -> None:
+    """GuardRefused when ``typed`` is not the fingerprint of the list this run previewed
+    (a request recorded before fingerprints names none: the fresh preview's is checked)."""
+    if request.fingerprint is None or same_list(request.fingerprint, typed):
+        return
+    raise GuardRefused(
+        f"phase {request.phase}: the list approved ({typed.strip()}) is not the one this "
+        f"run previewed (list {request.fingerprint}, {request.csv_path}): nothing was "
+        "changed; check that list and start a new run, or approve the run whose preview "
+        "you checked"
+    )
+
+
 def wait_for_approval(request: ApprovalRequest, timeout: int) -> Approval:
     """Suspend when deployed (the process exits; resuming reschedules the run), pause
     in-process otherwise. Either way the server checks the input against the schema."""
@@ -164,9 +184,11 @@ def wait_for_approval(request: ApprovalRequest, timeout: int) -> Approval:
                 if request.unreached
                 else ""
             )
-            + ". Type back the account count to approve "
-            f"(list: {cell(request.csv_path)}), or run `rollout approve {flow_run.id} "
-            "--expect N --as NAME`."
+            + ". Type back the account count (expect) and the list's fingerprint "
+            + (f"(expect_list: {request.fingerprint})" if request.fingerprint else "(expect_list)")
+            + f" to approve (list: {cell(request.csv_path)}), or run `rollout approve "
+            f"{flow_run.id} --expect {request.accounts} --expect-list "
+            f"{request.fingerprint or 'F'} --as NAME`."
         )
     )
     key = key_for("approve", request.phase)
@@ -196,12 +218,13 @@ def phase_enforce(
     request = request_approval(phase, run_actor(settings))
     logger.info(
         "phase %s would change %d accounts (sessions to sign out: %s, tokens to revoke: %s); "
-        "waiting for approval (type back the count %d)",
+        "waiting for approval (type back the count %d and the list %s)",
         phase,
         request.accounts,
         "none" if request.sessions is None else request.sessions,
         "none" if request.tokens is None else request.tokens,
         request.accounts,
+        request.fingerprint,
     )
     # Nothing of the registry held open while a person decides (a day, at most): the
     # enforce task opens it again.
@@ -209,15 +232,17 @@ def phase_enforce(
     approval = wait_for_approval(request, approval_timeout_seconds)
     actor = f"{approval.approved_by} via {run_actor(settings)}"
     try:
-        # The accounts and tokens approved are those the preview listed: another count
-        # under the lock refuses, and so does another list of the same size.
+        # The list approved is this run's preview's (not another run's, or an older
+        # preview's); and the accounts and tokens enforced are those it listed: another
+        # count under the lock refuses, and so does another list of the same size.
+        approved_list(request, approval.expect_list)
         result = enforce_task(
             phase,
             approval.expect,
             actor,
             request.tokens,
             approval.accept_unreached,
-            expect_list=request.fingerprint,
+            expect_list=request.fingerprint or approval.expect_list,
         )
     except GuardRefused as refused:
         logger.error("refused: %s", refused)

@@ -9,7 +9,7 @@ Every entry, exit and release writes an audit row keyed so that a rerun adds non
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -600,21 +600,52 @@ def orgs_not_in_registry(connection: Connection, rules: dict[str, CohortRule]) -
     registry does not have: its filter lets no member of it in (org names are exact, as
     the registry compares them). Another spelling of the same name, if the registry has
     one, is said. Reads only."""
+    orgs = Org.__table__
+
+    def spelt_alike(names: Sequence[str]) -> list[str]:
+        folded = sorted({name.lower() for name in names})
+        return list(
+            connection.execute(
+                select(orgs.c.name).where(
+                    orgs.c.name.in_(names) | func.lower(orgs.c.name).in_(folded)
+                )
+            ).scalars()
+        )
+
+    return _unknown_orgs(rules, spelt_alike, "the registry")
+
+
+def orgs_not_in_extract(con: duckdb.DuckDBPyConnection, rules: dict[str, CohortRule]) -> list[str]:
+    """``orgs_not_in_registry`` of the registry as the warehouse last extracted it:
+    what a what-if (``plan simulate``) reads, which counts no member of such an org."""
+
+    def spelt_alike(names: Sequence[str]) -> list[str]:
+        return [
+            name
+            for (name,) in con.execute(
+                "select name from registry.orgs where name in (select unnest($names)) "
+                "or lower(name) in (select unnest($folded))",
+                {"names": list(names), "folded": sorted({name.lower() for name in names})},
+            ).fetchall()
+        ]
+
+    return _unknown_orgs(rules, spelt_alike, "the registry as last extracted")
+
+
+def _unknown_orgs(
+    rules: dict[str, CohortRule], spelt_alike: Callable[[Sequence[str]], list[str]], where: str
+) -> list[str]:
+    """The lines of ``orgs_not_in_registry``: ``spelt_alike`` gives the names ``where``
+    has that are one of those it is given (a chunk at a time), or are in lower case
+    (as the database folds it: SQLite folds ASCII only, hence both)."""
     named = sorted({org for rule in rules.values() for org in rule.orgs or []})
     if not named:
         return []
-    orgs = Org.__table__
-    by_folded: dict[str, list[str]] = {}
-    present: set[str] = set()
-    for chunk in in_chunks(sorted({org.lower() for org in named})):
-        for (name,) in connection.execute(
-            select(orgs.c.name).where(func.lower(orgs.c.name).in_(chunk))
-        ):
-            by_folded.setdefault(name.lower(), []).append(name)
+    by_folded: dict[str, set[str]] = {}
     for chunk in in_chunks(named):
-        present.update(
-            connection.execute(select(orgs.c.name).where(orgs.c.name.in_(chunk))).scalars()
-        )
+        for name in spelt_alike(chunk):
+            by_folded.setdefault(name.lower(), set()).add(name)
+    present = {name for names in by_folded.values() for name in names}
     lines = []
     for cohort, rule in rules.items():
         missing = [org for org in rule.orgs or [] if org not in present]
@@ -623,14 +654,14 @@ def orgs_not_in_registry(connection: Connection, rules: dict[str, CohortRule]) -
         said = ", ".join(
             repr(org)
             + (
-                f" (the registry has {', '.join(repr(o) for o in sorted(by_folded[org.lower()]))})"
+                f" ({where} has {', '.join(repr(o) for o in sorted(by_folded[org.lower()]))})"
                 if org.lower() in by_folded
                 else ""
             )
             for org in missing
         )
         lines.append(
-            f"cohort {cohort}: orgs names {said}, which the registry does not have: its "
+            f"cohort {cohort}: orgs names {said}, which {where} does not have: its "
             f"filter lets no member of {'them' if len(missing) > 1 else 'it'} in"
         )
     return lines

@@ -23,6 +23,9 @@ from rollout.phases.approvals import (
     parse_run_id,
 )
 
+# A preview list's fingerprint, typed back with the count.
+LIST = ("--expect-list", "7d1e40b2c9a3")
+
 
 def closed_port() -> int:
     with socket.socket() as sock:
@@ -41,7 +44,10 @@ def invoke(monkeypatch: pytest.MonkeyPatch, api_url: str | None, *args: str) -> 
 
 @pytest.mark.parametrize(
     "args",
-    [("approvals",), ("approve", "0b6c8a52-9f1e-4c47-a1d2-5b0c3e7f9a10", "--expect", "3")],
+    [
+        ("approvals",),
+        ("approve", "0b6c8a52-9f1e-4c47-a1d2-5b0c3e7f9a10", "--expect", "3", *LIST),
+    ],
 )
 def test_without_prefect_api_url_they_exit_2_with_one_line(
     monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
@@ -61,7 +67,7 @@ def test_an_unreachable_server_exits_2_with_one_line(monkeypatch: pytest.MonkeyP
 
 def test_approve_takes_only_a_full_run_id(monkeypatch: pytest.MonkeyPatch) -> None:
     code, output = invoke(
-        monkeypatch, "http://127.0.0.1:9/api", "approve", "0b6c8a52", "--expect", "3"
+        monkeypatch, "http://127.0.0.1:9/api", "approve", "0b6c8a52", "--expect", "3", *LIST
     )
     assert code == 2 and "give the full id `rollout approvals` lists" in output
     with pytest.raises(BadInput):
@@ -73,8 +79,30 @@ def test_approve_takes_only_a_full_run_id(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_a_negative_count_is_bad_usage(monkeypatch: pytest.MonkeyPatch) -> None:
     run = "0b6c8a52-9f1e-4c47-a1d2-5b0c3e7f9a10"
-    code, _ = invoke(monkeypatch, "http://127.0.0.1:9/api", "approve", run, "--expect", "-1")
+    code, _ = invoke(monkeypatch, "http://127.0.0.1:9/api", "approve", run, "--expect", "-1", *LIST)
     assert code == 2
+
+
+@pytest.mark.parametrize(
+    ("typed", "said"),
+    [
+        ((), "Missing option '--expect-list'"),
+        (("--expect-list", "87"), "'87' is not a list's fingerprint"),
+        (("--expect-list", "7d1e40b2c9a"), "is not a list's fingerprint (12 hex digits"),
+    ],
+)
+def test_approve_needs_the_list_s_fingerprint_typed_back_as_phase_enforce_does(
+    monkeypatch: pytest.MonkeyPatch, typed: tuple[str, ...], said: str
+) -> None:
+    """The count alone approves any list of that size: the approver types back the
+    fingerprint `rollout approvals` shows, as `phase enforce --apply` needs it. Missing
+    or not a fingerprint at all: exit 2 before the server is asked (none listens)."""
+    run = "0b6c8a52-9f1e-4c47-a1d2-5b0c3e7f9a10"
+    url = f"http://127.0.0.1:{closed_port()}/api"
+    code, output = invoke(monkeypatch, url, "approve", run, "--expect", "3", *typed)
+    assert code == 2
+    assert said in " ".join(output.replace("│", " ").split())
+    assert "cannot reach" not in output
 
 
 def test_the_api_key_or_auth_string_goes_in_the_header() -> None:
@@ -100,7 +128,10 @@ def test_the_api_key_or_auth_string_goes_in_the_header() -> None:
 )
 @pytest.mark.parametrize(
     "args",
-    [("approvals",), ("approve", "0b6c8a52-9f1e-4c47-a1d2-5b0c3e7f9a10", "--expect", "3")],
+    [
+        ("approvals",),
+        ("approve", "0b6c8a52-9f1e-4c47-a1d2-5b0c3e7f9a10", "--expect", "3", *LIST),
+    ],
 )
 def test_a_prefect_setting_that_cannot_be_used_is_one_line_naming_it_without_the_key(
     monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], named: str, args: tuple[str, ...]
@@ -197,8 +228,15 @@ def test_an_approval_over_the_reach_limit_carries_the_unreached_count(
     api = PrefectApi("http://prefect.test/api")
     api.client = httpx.Client(base_url=api.url, transport=httpx.MockTransport(handler))
     with api:
-        approve(api, "r", expect=87, approved_by="ana", accept_unreached=accept)
-    expected = {"expect": 87, "approved_by": "ana"}
+        approve(
+            api,
+            "r",
+            expect=87,
+            expect_list="7d1e40b2c9a3",
+            approved_by="ana",
+            accept_unreached=accept,
+        )
+    expected = {"expect": 87, "expect_list": "7d1e40b2c9a3", "approved_by": "ana"}
     if accept is not None:
         expected["accept_unreached"] = accept
     assert sent == [{"run_input": expected}]
@@ -217,7 +255,9 @@ def _prefect_with_one_waiting_run(timestamp: str, pause_timeout: str) -> Prefect
     """A Prefect server (as Prefect 3 answers: times in ISO with a ``Z``) holding one
     phase-enforce run paused for its approval."""
     run_id = "0b6c8a52-9f1e-4c47-a1d2-5b0c3e7f9a10"
-    request = ApprovalRequest("top-100", 87, 29, 24, "/r/a.csv", "phase-preview-top-100", "t")
+    request = ApprovalRequest(
+        "top-100", 87, 29, 24, "/r/a.csv", "phase-preview-top-100", "t", fingerprint="7d1e40b2c9a3"
+    )
 
     def handler(http: httpx.Request) -> httpx.Response:
         path = http.url.path.removeprefix("/api")
@@ -256,6 +296,9 @@ def test_approvals_give_their_times_in_utc_without_an_offset_as_every_listing_do
     assert row["waiting_since"] == "2022-02-01T10:00:03"
     assert row["expires"] == "2022-02-01T10:00:03"
     assert row["accounts"] == 87 and row["sessions"] == 29
+    # The list's fingerprint, to type back with the count (`rollout approve --expect-list`).
+    assert row["list"] == "7d1e40b2c9a3"
+    assert "--expect-list LIST" in " ".join(listed.stderr.split())
 
     api = _prefect_with_one_waiting_run(
         "2022-02-01T10:00:03.123456Z", "2022-02-01T12:00:03.654321+02:00"

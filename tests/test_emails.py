@@ -287,6 +287,25 @@ def test_an_invitation_links_to_where_the_account_accepts_it(plan: Plan) -> None
     assert link in parse_html(rendered.html).hrefs
 
 
+def test_an_invitation_says_the_org_requires_2fa_of_whoever_accepts_it(plan: Plan) -> None:
+    """The org invites back members its 2FA enforcement removed: one without 2FA when
+    the email goes (the factor removed since the preview) is told to set it up again
+    before accepting, with the help link, in both parts; one with it, to keep it on."""
+    stored = example_stored("org_invitation", plan)
+    without = render("org_invitation", EXAMPLE_RECIPIENTS["non-compliant"], stored, plan)
+    help_url = plan.notifications.help_url
+    for part in (words(without.text), words(re.sub(r"<[^>]+>", "", without.html))):
+        assert "example-org requires two-factor authentication (2FA) of every member" in part
+        assert "Your account has no 2FA now: set it up again before you accept" in part
+    assert f"\n  {help_url}\n" in without.text
+    assert help_url in parse_html(without.html).hrefs
+
+    kept = render("org_invitation", EXAMPLE_RECIPIENTS["compliant"], stored, plan)
+    for part in (words(kept.text), words(re.sub(r"<[^>]+>", "", kept.html))):
+        assert "example-org requires two-factor authentication (2FA) of every member" in part
+        assert "keep it on" in part and "set it up again" not in part
+
+
 # Names an org's owner may choose, each breaking a link a different way if used raw.
 LINK_BREAKERS = [
     'acme" onclick="alert(1)',

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,34 @@ def test_a_phase_that_warns_and_requires_counts_its_accounts_in_both(
         > 0
     )
     assert simulate()["top-100"]["accounts_to_warn"] == 0
+
+
+def test_a_cohort_naming_an_org_the_registry_does_not_have_is_said_not_counted_as_zero(
+    home: Path, tmp_path: Path
+) -> None:
+    """Org names are exact: a misspelt org lets none of its members in, so the what-if
+    counts none, as `plan check` warns and `cohorts build` refuses; the what-if says so
+    on stderr (its counts still come: a plan is often tried before its orgs exist)."""
+    with sqlite3.connect(home / "registry.db") as connection:
+        org = connection.execute(
+            "select name from orgs where upper(name) <> name order by name limit 1"
+        ).fetchone()[0]
+    misspelt = org.upper()
+    naming = plan_file(
+        tmp_path,
+        "    top_by_dependents: 100\n",
+        f"    top_by_dependents: 100\n    orgs: [{misspelt}, {org}, no-such-org]\n",
+    )
+    result = run("plan", "simulate", str(naming), "--as-of", DAY, "--format", "json")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    assert (
+        f"warning: cohort top-100: orgs names {misspelt!r} (the registry as last extracted "
+        f"has {org!r}), 'no-such-org', which the registry as last extracted does not have: "
+        "its filter lets no member of them in (so counted none here"
+    ) in said
+    assert f"{org!r}," not in said.replace(f"has {org!r})", "")
+    assert {row["phase"] for row in json.loads(result.stdout)} >= {"top-100"}
+    # A plan whose orgs the registry has is tried without a word.
+    quiet = run("plan", "simulate", "--as-of", DAY, "--format", "json")
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr

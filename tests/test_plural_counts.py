@@ -1,6 +1,7 @@
 """A count of one reads in the singular: "1 account", never "1 accounts", in what the
 commands say (a guard's refusal, a phase preview, notify send's summary, ingest's), all
-through rollout.core.output.counted."""
+through rollout.core.output.counted; the words after it agree too ("add --apply to send it",
+not "them", for one email: rollout.core.output.them and by_count)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 from rollout.cli import app
 from rollout.core.config import load_settings
 from rollout.core.errors import GuardRefused
-from rollout.core.output import counted
+from rollout.core.output import by_count, counted, them
 from rollout.core.plan import Plan
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.phases import enforce
@@ -37,6 +38,28 @@ def test_counted_says_one_in_the_singular_and_takes_an_irregular_plural() -> Non
     assert counted(12_000, "account") == "12,000 accounts"
     assert counted(1, "reply", "replies") == "1 reply"
     assert counted(2, "reply", "replies") == "2 replies"
+
+
+def test_the_words_after_a_count_agree_with_it() -> None:
+    assert [them(n) for n in (0, 1, 2)] == ["them", "it", "them"]
+    assert by_count(1, "it goes", "they go") == "it goes"
+    assert by_count(3, "it goes", "they go") == "they go"
+
+
+def test_previews_of_one_thing_say_it_not_them(
+    registry: Registry,
+    registry_url: str,
+    factories: None,
+    rollout_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ "1 account is not enrolled in ELV yet ... add --apply to enrol it": the pronoun
+    after a count agrees with it, as the noun does."""
+    AccountFactory(username="alice")
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    told = said(run("elv", "enroll-all", "--early").stderr)
+    assert "1 account is not enrolled in ELV yet" in told
+    assert "preview only: add --apply to enrol it" in told
 
 
 def test_a_guard_refusal_over_one_account_says_1_account(
@@ -78,6 +101,7 @@ def test_notify_send_of_one_email_counts_it_in_the_singular(
         monkeypatch.setenv("ROLLOUT_SENDGRID_URL", server.url)
         preview = run("notify", "send")
         assert "1 email queued; sender: sendgrid" in said(preview.stderr)
+        assert "preview only: add --apply to send it" in said(preview.stderr)
         server.script([{"status": 400}])
         sent = run("notify", "send", "--apply")
         assert sent.exit_code == 1

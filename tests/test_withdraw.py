@@ -87,11 +87,27 @@ def test_withdraw_from_the_command_line_previews_then_applies(rollout_home: Path
         ("phase_notice", 1),
         ("reminder", 2),
     }
-    assert "3 queued or failed emails would be withdrawn" in preview.stderr
+    told = " ".join(preview.stderr.split())
+    assert "3 queued or failed emails would be withdrawn for good" in told
+    assert (
+        "to withdraw them run rollout notify withdraw --phase top-100 --apply --expect 3 "
+        "--reason '...'" in told
+    )
     assert states(registry)[("top-100", "reminder", "queued")] == 2
 
     applied = runner.invoke(
-        app, ["notify", "withdraw", "--phase", "top-100", "--apply", "--reason", "paused"]
+        app,
+        [
+            "notify",
+            "withdraw",
+            "--phase",
+            "top-100",
+            "--apply",
+            "--expect",
+            "3",
+            "--reason",
+            "paused",
+        ],
     )
     assert applied.exit_code == 0, applied.stderr
     assert "withdrew 3 queued or failed emails" in applied.stderr
@@ -99,8 +115,49 @@ def test_withdraw_from_the_command_line_previews_then_applies(rollout_home: Path
 
     assert runner.invoke(app, ["notify", "withdraw"]).exit_code == 2
     assert runner.invoke(app, ["notify", "withdraw", "--email", "nope"]).exit_code == 2
-    no_reason = runner.invoke(app, ["notify", "withdraw", "--email", "reminder", "--apply"])
+    no_reason = runner.invoke(
+        app, ["notify", "withdraw", "--email", "reminder", "--apply", "--expect", "0"]
+    )
     assert no_reason.exit_code == 2 and "--reason" in no_reason.stderr
+    registry.close()
+
+
+def test_withdrawing_for_good_needs_the_previewed_count_typed_back(
+    rollout_home: Path,
+) -> None:
+    """A withdrawn email is never queued again: --apply takes the count the preview
+    showed, so an email queued since (the day's notices) is not silenced unseen.
+    Without it: exit 2 naming it and the preview; another count: exit 3, nothing
+    withdrawn."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    registry = Registry(f"sqlite:///{rollout_home / 'registry.db'}")
+    with bound_to(registry.engine):
+        outbox()
+    withdraw_top_100 = ["notify", "withdraw", "--phase", "top-100", "--apply"]
+
+    unchecked = runner.invoke(app, [*withdraw_top_100, "--reason", "paused"])
+    assert unchecked.exit_code == 2
+    said = " ".join(unchecked.stderr.split())
+    assert "--apply needs --expect N (the count the preview showed)" in said
+    assert "run `rollout notify withdraw --phase top-100`" in said
+
+    # The preview showed 3; a queue run adds a reminder before the withdrawal.
+    with bound_to(registry.engine):
+        NotificationFactory(email="reminder", occasion="1d")
+    stale = runner.invoke(app, [*withdraw_top_100, "--expect", "3", "--reason", "paused"])
+    assert stale.exit_code == 3
+    assert (
+        "4 queued or failed emails would be withdrawn now, not the 3 expected: the outbox "
+        "changed since the preview; nothing was withdrawn"
+    ) in " ".join(stale.stderr.split())
+    assert states(registry)[("top-100", "reminder", "queued")] == 3
+    with registry.engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(Action)) == 0
+
+    applied = runner.invoke(app, [*withdraw_top_100, "--expect", "4", "--reason", "paused"])
+    assert applied.exit_code == 0, applied.stderr
+    assert states(registry)[("top-100", "reminder", "skipped")] == 3
     registry.close()
 
 
@@ -113,19 +170,42 @@ def test_a_phase_neither_in_the_plan_nor_in_the_outbox_is_refused(rollout_home: 
         NotificationFactory(email="phase_notice", phase="retired")
 
     typo = runner.invoke(
-        app, ["notify", "withdraw", "--phase", "top-10", "--apply", "--reason", "x"]
+        app,
+        ["notify", "withdraw", "--phase", "top-10", "--apply", "--expect", "0", "--reason", "x"],
     )
     assert typo.exit_code == 2
     assert "no phase 'top-10' in plan npm-2022 (phases: top-100, high-impact)" in typo.stderr
 
     retired = runner.invoke(
-        app, ["notify", "withdraw", "--phase", "retired", "--apply", "--reason", "renamed"]
+        app,
+        [
+            "notify",
+            "withdraw",
+            "--phase",
+            "retired",
+            "--apply",
+            "--expect",
+            "1",
+            "--reason",
+            "renamed",
+        ],
     )
     assert retired.exit_code == 0, retired.stderr
     assert states(registry) == {("retired", "phase_notice", "skipped"): 1}
     # Run again (after a kill, say): nothing left to take back, and no error.
     again = runner.invoke(
-        app, ["notify", "withdraw", "--phase", "retired", "--apply", "--reason", "renamed"]
+        app,
+        [
+            "notify",
+            "withdraw",
+            "--phase",
+            "retired",
+            "--apply",
+            "--expect",
+            "0",
+            "--reason",
+            "renamed",
+        ],
     )
     assert again.exit_code == 0, again.stderr
     assert "withdrew 0 queued or failed emails" in again.stderr

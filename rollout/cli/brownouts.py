@@ -13,7 +13,7 @@ from rollout.cli.app import (
     app,
     reports_errors,
 )
-from rollout.core.output import Format, counted, emit, emit_record, progress_for, stderr
+from rollout.core.output import Format, counted, emit, emit_record, progress_for, stderr, them
 
 if TYPE_CHECKING:
     from rollout.phases.brownouts import WindowState
@@ -214,7 +214,7 @@ def elv_enroll_all(
         emit_record(
             {"not_enrolled": pending, "enrolled": 0, "applied": False}, fmt, title="ELV (preview)"
         )
-        stderr.print("preview only: add --apply to enrol them", highlight=False)
+        stderr.print(f"preview only: add --apply to enrol {them(pending)}", highlight=False)
         return
     with progress_for(fmt) as progress:
         task = progress.add_task("enrolling", total=pending)

@@ -11,11 +11,23 @@ from rollout.cli.app import (
     FormatOption,
     _parse_day,
     _runtime,
+    _typed_back,
     app,
     reports_errors,
 )
+from rollout.core.controls import shell_word
 from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput, RolloutError
-from rollout.core.output import Format, counted, emit, emit_record, labelled, progress_for, stderr
+from rollout.core.output import (
+    Format,
+    by_count,
+    counted,
+    emit,
+    emit_record,
+    labelled,
+    progress_for,
+    stderr,
+    them,
+)
 
 if TYPE_CHECKING:
     from rollout.notify.suppressions import AddressStanding
@@ -162,7 +174,8 @@ def notify_queue(
     if not outcomes:
         stderr.print(f"nothing is due on {day}", highlight=False)
     elif not apply:
-        stderr.print("preview only: add --apply to queue them", highlight=False)
+        new = sum(o.added for o in outcomes)
+        stderr.print(f"preview only: add --apply to queue {them(new)}", highlight=False)
     now = utc_now()
     for o in outcomes:
         # A day queued late goes out today: a mailing whose last day has passed would
@@ -178,8 +191,11 @@ def notify_queue(
                     "held back:",
                     "bold yellow",
                     f"{o.occasion.step}: {whose}: {counted(o.held_back, 'email')} "
-                    f"{'not queued' if apply else 'would not be queued'}, they would announce "
-                    "dates already gone (--late queues them anyway)",
+                    f"{'not queued' if apply else 'would not be queued'}, "
+                    + by_count(o.held_back, "it", "they")
+                    + " would announce "
+                    + by_count(o.held_back, "a date", "dates")
+                    + f" already gone (--late queues {them(o.held_back)} anyway)",
                 ),
                 highlight=False,
             )
@@ -190,9 +206,13 @@ def notify_queue(
                     "bold yellow",
                     f"{o.occasion.step}: {whose}: {counted(o.late, 'email')} "
                     f"{'queued' if apply else 'would be queued'} late (--late), to be sent "
-                    "however late; they would announce dates already gone"
+                    f"however late; {by_count(o.late, 'it', 'they')} would announce "
+                    f"{by_count(o.late, 'a date', 'dates')} already gone"
                     + (
-                        "; `rollout notify withdraw` takes back those not sent yet" if apply else ""
+                        "; `rollout notify withdraw` takes back "
+                        + by_count(o.late, "it if not sent yet", "those not sent yet")
+                        if apply
+                        else ""
                     ),
                 ),
                 highlight=False,
@@ -269,7 +289,9 @@ def notify_send(
                 "not sent, for good",
                 highlight=False,
             )
-        stderr.print("preview only: add --apply to send them", highlight=False)
+        stderr.print(
+            f"preview only: add --apply to send {them(sum(queued.values()))}", highlight=False
+        )
         return
     # A stop (SIGTERM/SIGINT) raises Stopped once every worker is gone: reports_errors.
     with progress_for(fmt) as progress:
@@ -409,7 +431,9 @@ def notify_suppress(
         )
     if standing.in_flight:
         stderr.print(
-            f"{standing.in_flight} being sent now: they go if that send goes", highlight=False
+            f"{standing.in_flight} being sent now: "
+            f"{by_count(standing.in_flight, 'it goes', 'they go')} if that send goes",
+            highlight=False,
         )
     for held in standing.suppressions:
         stderr.print(f"already suppressed {held.words()}", highlight=False)
@@ -490,7 +514,7 @@ def notify_unsuppress(
     if standing.skipped and refusal is None:
         skipped = sum(standing.skipped.values())
         again = (
-            "the phase notice among them again, until its last day"
+            f"{by_count(skipped, 'it', 'the phase notice among them')} again, until its last day"
             if standing.reopened == 1
             else f"the {standing.reopened:,} phase notices among them again, until each "
             "notice's last day"
@@ -628,14 +652,23 @@ def notify_withdraw(
     apply: Annotated[
         bool, typer.Option("--apply", help="Withdraw them (without: preview only).")
     ] = False,
+    expect: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="The count of queued or failed emails the preview showed, typed back "
+            "(required with --apply): refuses if another count would be withdrawn now.",
+        ),
+    ] = None,
     fmt: FormatOption = Format.table,
 ) -> None:
-    """Take back queued emails that must no longer go, by phase, kind or both.
+    """Take back queued emails that must no longer go, by phase, kind or both, for good.
 
     Every email not sent yet is taken: queued ones and failed ones. They stay in the
-    outbox as skipped ('withdrawn: REASON'), audited. One a send is sending now goes
-    only if that send goes (it is not queued again after a stop or a crash); emails
-    already sent are not touched."""
+    outbox as skipped ('withdrawn: REASON'), audited, and are never queued again. One a
+    send is sending now goes only if that send goes (it is not queued again after a stop
+    or a crash); emails already sent are not touched. --apply needs the preview's count
+    typed back (--expect N)."""
     from rollout.notify.emails import EMAILS
     from rollout.notify.withdraw import (
         Selection,
@@ -652,6 +685,22 @@ def notify_withdraw(
             f"no email named {email!r}: one of {', '.join(sorted(EMAILS))}"
         ).with_exit(EXIT_BAD_INPUT)
     selection = Selection(phase=phase, email=email)
+    preview_command = "rollout notify withdraw" + "".join(
+        f" --{option} {shell_word(value)}"
+        for option, value in (("phase", phase), ("email", email))
+        if value is not None
+    )
+    if apply:
+        # Withdrawn is for good (never queued again): the count the preview showed
+        # typed back, so emails queued since (the day's notices) are not silenced unseen.
+        _typed_back(
+            "--apply",
+            preview_command,
+            [
+                ("--expect N", "the count the preview showed", expect),
+                ("--reason '...'", "why they must not go", reason if reason.strip() else None),
+            ],
+        )
     runtime = _runtime(ctx)
     settings, registry = runtime.settings, runtime.registry
     with registry.engine.connect() as connection:
@@ -671,13 +720,20 @@ def notify_withdraw(
     )
     if not apply:
         stderr.print(
-            f"{counted(total, 'queued or failed email')} would be withdrawn"
-            f"{in_flight_note(flying)}; "
-            "preview only: add --apply --reason '...'",
+            f"{counted(total, 'queued or failed email')} would be withdrawn for good"
+            f"{in_flight_note(flying)}; preview only: to withdraw "
+            f"{them(total)} run {preview_command} --apply --expect {total} --reason '...'",
             highlight=False,
         )
         return
-    withdrawn = withdraw(registry, selection, reason=reason, actor=settings.actor)
+    withdrawn = withdraw(
+        registry,
+        selection,
+        reason=reason,
+        actor=settings.actor,
+        expect=expect,
+        preview=preview_command,
+    )
     stderr.print(
         f"withdrew {counted(withdrawn.taken, 'queued or failed email')}"
         f"{in_flight_note(withdrawn.in_flight)}",

@@ -17,7 +17,7 @@ from rollout.cli.app import (
 )
 from rollout.core.controls import shell_word
 from rollout.core.errors import EXIT_BAD_INPUT, GuardRefused, RolloutError
-from rollout.core.output import Format, counted, emit, emit_record, progress_for, stderr
+from rollout.core.output import Format, counted, emit, emit_record, progress_for, stderr, them
 
 # --- phases ------------------------------------------------------------------------------
 
@@ -311,7 +311,7 @@ def phase_snooze(
     elif replies:
         stderr.print(
             f"{counted(replies, 'reply', 'replies')} queued (snooze_reply): "
-            f"`rollout notify send` sends {'it' if replies == 1 else 'them'}",
+            f"`rollout notify send` sends {them(replies)}",
             highlight=False,
         )
     if refused:
@@ -390,7 +390,8 @@ def phase_rollback(
     else:
         what = (
             f"rollback of {phase} would withdraw the phase from "
-            f"{counted(len(preview.accounts), 'account')}; it set nothing on them to clear"
+            f"{counted(len(preview.accounts), 'account')}; it set nothing on "
+            f"{them(len(preview.accounts))} to clear"
         )
     revoked = [
         what_
@@ -422,7 +423,7 @@ def approvals(fmt: FormatOption = Format.table) -> None:
 
     Reads the Prefect server PREFECT_API_URL names. Each row: the run's id and name,
     its phase, since when it waits and until when, the preview's account and session
-    counts, the preview's CSV and its artifact key."""
+    counts, its list's fingerprint (``list``), the preview's CSV and its artifact key."""
     from rollout.phases.approvals import COLUMNS, api_from_environ, waiting_approvals
 
     with api_from_environ() as api:
@@ -430,7 +431,7 @@ def approvals(fmt: FormatOption = Format.table) -> None:
     emit([w.row() for w in waiting], fmt, title="runs waiting for approval", columns=COLUMNS)
     stderr.print(
         f"{counted(len(waiting), 'run')} waiting; approve one with: "
-        "rollout approve RUN_ID --expect ACCOUNTS [--as NAME]",
+        "rollout approve RUN_ID --expect ACCOUNTS --expect-list LIST [--as NAME]",
         highlight=False,
     )
 
@@ -442,6 +443,13 @@ def approve(
     run_id: Annotated[str, typer.Argument(help="The run's full id, as `rollout approvals` lists.")],
     expect: Annotated[
         int, typer.Option(min=0, help="The account count the preview showed, typed back.")
+    ],
+    expect_list: Annotated[
+        str,
+        typer.Option(
+            help="The fingerprint of the preview's list (`rollout approvals` column list), "
+            "typed back: the run refuses another list, even at the same count."
+        ),
     ],
     accept_unreached: Annotated[
         int | None,
@@ -463,11 +471,13 @@ def approve(
     ] = 3600,
     fmt: FormatOption = Format.table,
 ) -> None:
-    """Approve a waiting phase-enforce run: resume it with the count typed back.
+    """Approve a waiting phase-enforce run: resume it with the count and the list's
+    fingerprint typed back, as `phase enforce --apply` takes them.
 
     The server refuses an approval its form does not accept (exit 2; the run keeps
-    waiting). The run checks the count against a fresh preview under the enforce lock;
-    a wrong one fails it, changing nothing (exit 3, the guard's reason on stderr)."""
+    waiting). The run checks the list against its preview's, and the count and list
+    against a fresh preview under the enforce lock; a wrong one fails it, changing
+    nothing (exit 3, the guard's reason on stderr)."""
     from rollout.phases.approvals import (
         api_from_environ,
         outcome,
@@ -478,14 +488,20 @@ def approve(
     from rollout.phases.approvals import approve as resume
 
     run = parse_run_id(run_id)
+    expect_list = _fingerprint(expect_list) or ""
     name = _runtime(ctx).settings.actor if approved_by is None else approved_by
     with api_from_environ() as api:
         waited = resume(
-            api, run, expect=expect, approved_by=name, accept_unreached=accept_unreached
+            api,
+            run,
+            expect=expect,
+            expect_list=expect_list.strip().lower(),
+            approved_by=name,
+            accept_unreached=accept_unreached,
         )
         stderr.print(
             f"approved flow run {waited.run_name} ({run}) as {name} for "
-            f"{counted(expect, 'account')}",
+            f"{counted(expect, 'account')} (list {expect_list.strip().lower()})",
             highlight=False,
         )
         found = wait_for_outcome(api, run, timeout=timeout) if wait else outcome(api, run)

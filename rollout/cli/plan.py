@@ -188,13 +188,15 @@ def plan_simulate(
     its rule on that day's metrics: accounts it would require 2FA of, their live web
     sessions). Reads the warehouse only; writes nothing."""
     from rollout.core.plan import load_plan
-    from rollout.phases.simulate import PhaseWhatIf, simulate_plan
+    from rollout.phases.simulate import PhaseWhatIf, simulate_plan, simulate_warnings
 
     runtime = _runtime(ctx)
     plan = load_plan(file) if file is not None else runtime.plan
     with runtime.warehouse(read_only=True) as con:
         day = _day_or_latest(con, as_of, "package_metrics_daily")
         found = simulate_plan(con, plan, day)
+        warnings = simulate_warnings(con, plan)
+    _say_drift([], warnings)
     emit(
         [what_if.row() for what_if in found],
         fmt,

@@ -93,6 +93,17 @@ def counted(n: int, noun: str, plural: str | None = None) -> str:
     return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
+def by_count(n: int, one: str, many: str) -> str:
+    """``one`` when ``n`` is 1, else ``many``: the words after a count that agree with
+    it ("1 email queued; add --apply to send it", "2 ... send them")."""
+    return one if n == 1 else many
+
+
+def them(n: int) -> str:
+    """``it`` or ``them``: the pronoun for ``n`` things a message has just counted."""
+    return by_count(n, "it", "them")
+
+
 def csv_cell(value: Any) -> Any:
     """A value as a CSV cell: empty for None, ISO for dates, a list's items joined
     (:data:`LIST_SEPARATOR`), and a string that a

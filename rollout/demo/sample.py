@@ -33,7 +33,7 @@ from sqlalchemy import delete, insert, inspect, text
 
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.files import duckdb_path, written_in_place
-from rollout.core.output import counted
+from rollout.core.output import counted, them
 from rollout.registry import Registry, bulk, migrate
 from rollout.registry.engine import make_engine, normalize_url
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, RegistryMark
@@ -1687,7 +1687,7 @@ def prepare_registry(
             landing_dir,
             None,
             f"the landing folder already has {counted(len(existing), 'file')}; pass "
-            f"replace=True to delete {'it' if len(existing) == 1 else 'them'}",
+            f"replace=True to delete {them(len(existing))}",
         )
     # Marked before any landing file is written: a run that dies half way leaves a
     # folder the next sample can replace.

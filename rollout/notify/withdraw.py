@@ -20,7 +20,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, and_, case, func, select, true, update
 
-from rollout.core.errors import BadInput
+from rollout.core.errors import BadInput, GuardRefused
+from rollout.core.output import counted
 from rollout.registry import Registry
 from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import record_actions, utc_now
@@ -168,11 +169,31 @@ def withdraw_queued(
     return Withdrawn(taken, in_flight)
 
 
-def withdraw(registry: Registry, selection: Selection, *, reason: str, actor: str) -> Withdrawn:
-    """``rollout notify withdraw --apply``: one transaction."""
+def withdraw(
+    registry: Registry,
+    selection: Selection,
+    *,
+    reason: str,
+    actor: str,
+    expect: int | None = None,
+    preview: str = "rollout notify withdraw",
+) -> Withdrawn:
+    """``rollout notify withdraw --apply``: one transaction. With ``expect`` (the count
+    of queued or failed emails the preview showed, typed back), refused (GuardRefused,
+    nothing changed) when it would take another count: the outbox moved since the
+    preview (a queue run added emails that a withdrawal would silence for good).
+    ``preview``: the command that previews it again."""
     if selection.phase is None and selection.email is None:
         raise BadInput(None, None, "say which emails to withdraw: --phase, --email or both")
     if not reason.strip():
         raise BadInput(None, None, "say why: --reason")
     with begin_writing(registry.engine) as connection:
-        return withdraw_queued(connection, selection, reason=reason, actor=actor, run_id=None)
+        withdrawn = withdraw_queued(connection, selection, reason=reason, actor=actor, run_id=None)
+        # Counted as taken, in the same transaction: a mismatch rolls all of it back.
+        if expect is not None and withdrawn.taken != expect:
+            raise GuardRefused(
+                f"{counted(withdrawn.taken, 'queued or failed email')} would be withdrawn "
+                f"now, not the {expect} expected: the outbox changed since the preview; "
+                f"nothing was withdrawn. Run `{preview}` and check"
+            )
+        return withdrawn

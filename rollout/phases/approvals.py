@@ -1,8 +1,9 @@
 """Approvals of ``phase-enforce`` runs, over Prefect's REST API.
 
 A ``phase-enforce`` run previews, then waits (Prefect state Paused, named Suspended when
-deployed) for an approval: the previewed account count typed back and the approver's
-name. ``rollout approvals`` lists the runs waiting, ``rollout approve`` resumes one.
+deployed) for an approval: the previewed account count and list fingerprint typed back,
+and the approver's name. ``rollout approvals`` lists the runs waiting, ``rollout
+approve`` resumes one.
 
 This module speaks HTTP (httpx) to the server ``PREFECT_API_URL`` names rather than
 importing prefect: nothing under rollout/ imports it (tests/test_docs.py). The resume
@@ -118,6 +119,8 @@ class Waiting:
             "sessions": request.sessions if request else None,
             "tokens": request.tokens if request else None,
             "unreached": request.unreached if request else None,
+            # The fingerprint of the preview's list, typed back with the count.
+            "list": request.fingerprint if request else None,
             "preview_csv": request.csv_path if request else None,
             "artifact": request.artifact_key if request else None,
         }
@@ -134,6 +137,7 @@ COLUMNS = (
     "sessions",
     "tokens",
     "unreached",
+    "list",
     "preview_csv",
     "artifact",
 )
@@ -310,13 +314,15 @@ def approve(
     run_id: str,
     *,
     expect: int,
+    expect_list: str,
     approved_by: str,
     accept_unreached: int | None = None,
 ) -> Waiting:
-    """Resume a waiting ``phase-enforce`` run with an approval (``accept_unreached``:
-    the count of accounts no warning reached, when over the plan's limit); returns the
-    run as it waited. Refused (exit 2) when the run is not one waiting for an approval or the
-    server's input schema refuses the approval; the run then keeps waiting."""
+    """Resume a waiting ``phase-enforce`` run with an approval: the preview's count and
+    list fingerprint typed back (``accept_unreached``: the count of accounts no warning
+    reached, when over the plan's limit); returns the run as it waited. Refused (exit 2)
+    when the run is not one waiting for an approval or the server's input schema refuses
+    the approval; the run then keeps waiting."""
     run = _read_run(api, run_id)
     if run["flow_id"] != _enforce_flow_id(api):
         raise BadInput(None, None, f"flow run {run_id} is not a {ENFORCE_FLOW} run")
@@ -326,7 +332,11 @@ def approve(
             "for an approval"
         ).with_exit(EXIT_BAD_INPUT)
     waiting = _waiting(api, run)
-    run_input: dict[str, Any] = {"expect": expect, "approved_by": approved_by}
+    run_input: dict[str, Any] = {
+        "expect": expect,
+        "expect_list": expect_list,
+        "approved_by": approved_by,
+    }
     if accept_unreached is not None:
         run_input["accept_unreached"] = accept_unreached
     result = api.json("POST", f"/flow_runs/{run_id}/resume", {"run_input": run_input})

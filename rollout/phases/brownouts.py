@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from rollout.core.calendar import BROWNOUTS_SCHEDULE_STEP, ENROLL_ALL_STEP
 from rollout.core.clock import naive_utc
 from rollout.core.errors import BadInput, GuardRefused
-from rollout.core.output import counted
+from rollout.core.output import counted, them
 from rollout.core.plan import Brownout, Plan
 from rollout.notify.emails import HEADS_UP_EMAIL
 from rollout.notify.outbox import NOTIFICATIONS
@@ -235,7 +235,7 @@ def _schedule_changes(
             what = (
                 f"refused: its heads-up went (or is queued) to "
                 f"{counted(told[planned.name], 'account')}, telling "
-                f"{'it' if told[planned.name] == 1 else 'them'} "
+                f"{them(told[planned.name])} "
                 f"{current.starts_at:%Y-%m-%d %H:%M} UTC + "
                 f"{round((current.ends_at - current.starts_at).total_seconds() / 3600)} h; "
                 f"cancel it (`rollout brownout end {planned.name}`) and plan the new window "

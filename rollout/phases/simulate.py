@@ -159,6 +159,19 @@ def simulate_plan(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> li
     return found
 
 
+def simulate_warnings(con: duckdb.DuckDBPyConnection, plan: Plan) -> list[str]:
+    """What a person reading ``simulate_plan``'s counts should know: a phase's cohort
+    whose ``orgs`` names an org the registry (as the warehouse last extracted it) does
+    not have counts none of its members, as `plan check` warns and `cohorts build`
+    refuses (rollout.cohorts.orgs_not_in_registry)."""
+    used = {phase.cohort for phase in plan.phases}
+    rules = {name: rule for name, rule in plan.cohorts.items() if name in used}
+    return [
+        f"{line} (so counted none here; `cohorts build` refuses it until the registry has the org)"
+        for line in cohorts.orgs_not_in_extract(con, rules)
+    ]
+
+
 def _requires(phase: Phase) -> bool:
     """Whether enforcing the phase acts on an account short of it (a flag, a sign-out, a
     revoked token, TOTP closed), not only warns it (a banner)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -168,9 +169,10 @@ def test_a_deployed_run_waits_suspended_with_its_input_schema(
     schema = processes.api(
         "GET", f"/flow_runs/{first_run.run_id}/input/{details['run_input_keyset']['schema']}"
     )
-    # Both fields required, with their constraints: the server refuses what misses them.
+    # The fields required, with their constraints: the server refuses what misses them.
     # The count of accounts never warned is asked only over the plan's share: optional.
-    assert set(schema["required"]) == {"expect", "approved_by"}
+    assert set(schema["required"]) == {"expect", "expect_list", "approved_by"}
+    assert schema["properties"]["expect_list"]["pattern"]
     assert schema["properties"]["accept_unreached"]["anyOf"][0]["minimum"] == 0
     assert schema["properties"]["approved_by"]["minLength"] == 1
     assert schema["properties"]["expect"]["minimum"] == 0
@@ -188,15 +190,24 @@ def test_approvals_lists_it_with_its_full_id_and_the_preview(
     assert row["artifact"] == f"phase-preview-{PHASE}"
     assert Path(row["preview_csv"]).is_file()
     assert row["expires"]  # the approval deadline
+    assert re.fullmatch(r"[0-9a-f]{12}", row["list"])  # typed back with the count
+
+
+def listed_list(processes: Processes, home: Home, run_id: str) -> str:
+    """The fingerprint of a waiting run's preview list, as `rollout approvals` shows it."""
+    listed = rollout(processes, home, "approvals", "--format", "json")
+    [row] = [r for r in listed.json() if r["run_id"] == run_id]
+    return row["list"]
 
 
 def test_approve_resumes_it_after_the_restart_and_it_enforces_exactly_once(
     processes: Processes, home: Home, first_run: Waiting
 ) -> None:
     count = home.expected_count
+    fingerprint = listed_list(processes, home, first_run.run_id)
     approved = rollout(
-        processes, home, "approve", first_run.run_id, "--expect", str(count), "--as", "ana",
-        "--format", "json",
+        processes, home, "approve", first_run.run_id, "--expect", str(count),
+        "--expect-list", fingerprint, "--as", "ana", "--format", "json",
     )  # fmt: skip
     assert approved.code == 0, approved.err + processes.diagnostics()
     assert approved.json()["state"] == "Completed"
@@ -223,12 +234,19 @@ def test_an_approval_without_a_name_is_refused_and_the_run_keeps_waiting(
     processes: Processes, home: Home, second_run: Waiting
 ) -> None:
     refused = rollout(
-        processes, home, "approve", second_run.run_id, "--expect", "1", "--as", "", "--no-wait"
-    )
+        processes, home, "approve", second_run.run_id, "--expect", "1",
+        "--expect-list", "0123456789ab", "--as", "", "--no-wait",
+    )  # fmt: skip
     assert refused.code == 2, refused.err
     assert "was refused" in refused.err and "approved_by" in refused.err
-    # The same through the API, without the field at all, and a negative count.
-    for run_input in ({"expect": 1}, {"expect": -1, "approved_by": "ana"}):
+    # The same through the API, without the name or the list, a negative count, and a
+    # list that is no fingerprint.
+    for run_input in (
+        {"expect": 1, "expect_list": "0123456789ab"},
+        {"expect": 1, "approved_by": "ana"},
+        {"expect": -1, "expect_list": "0123456789ab", "approved_by": "ana"},
+        {"expect": 1, "expect_list": "87", "approved_by": "ana"},
+    ):
         result = processes.api(
             "POST", f"/flow_runs/{second_run.run_id}/resume", {"run_input": run_input}
         )
@@ -242,9 +260,11 @@ def test_a_wrong_count_fails_the_run_with_the_guard_s_line_and_changes_nothing(
 ) -> None:
     before = (required(processes, home), applied_runs(processes, home))
     wrong = home.expected_count + 1
+    fingerprint = listed_list(processes, home, second_run.run_id)
     refused = rollout(
-        processes, home, "approve", second_run.run_id, "--expect", str(wrong), "--as", "ana"
-    )
+        processes, home, "approve", second_run.run_id, "--expect", str(wrong),
+        "--expect-list", fingerprint, "--as", "ana",
+    )  # fmt: skip
     line = (
         f"phase {PHASE} would change {home.expected_count} accounts, not the {wrong} "
         f"expected: run `rollout phase preview {PHASE}` and check"
@@ -260,5 +280,8 @@ def test_a_wrong_count_fails_the_run_with_the_guard_s_line_and_changes_nothing(
 def test_approve_refuses_a_run_that_is_not_waiting(
     processes: Processes, home: Home, second_run: Waiting
 ) -> None:
-    again = rollout(processes, home, "approve", second_run.run_id, "--expect", "1", "--as", "a")
+    again = rollout(
+        processes, home, "approve", second_run.run_id, "--expect", "1",
+        "--expect-list", "0123456789ab", "--as", "a",
+    )  # fmt: skip
     assert again.code == 2 and "not waiting for an approval" in again.err

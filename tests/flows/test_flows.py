@@ -9,6 +9,7 @@ checked through the plain functions that render it, without a server.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -301,8 +302,12 @@ def _paused_run(flow_name: str, timeout: float = 60) -> Any:
 
 
 def _enforce_with_approval(monkeypatch: pytest.MonkeyPatch, approval: dict[str, Any]) -> Any:
-    """Run phase-enforce in a thread, approve it as a release manager would, return its state."""
+    """Run phase-enforce in a thread, approve it as a release manager would, return its
+    state. Without an ``expect_list``, the approval types back the run's preview's."""
     from prefect.flow_runs import resume_flow_run
+    from prefect.input import read_flow_run_input
+
+    from rollout.phases.approvals import REQUEST_INPUT_KEY
 
     monkeypatch.setattr(phases, "APPROVAL_POLL_SECONDS", 1)
     result: dict[str, Any] = {}
@@ -311,7 +316,8 @@ def _enforce_with_approval(monkeypatch: pytest.MonkeyPatch, approval: dict[str, 
     )
     worker.start()
     paused = _paused_run("phase-enforce")
-    resume_flow_run(paused.id, run_input=approval)
+    request = read_flow_run_input(REQUEST_INPUT_KEY, flow_run_id=paused.id)
+    resume_flow_run(paused.id, run_input={"expect_list": request["fingerprint"], **approval})
     worker.join(timeout=120)
     assert not worker.is_alive()
     return result["state"]
@@ -359,6 +365,39 @@ def test_an_approval_with_the_wrong_count_applies_nothing(
     # traceback the run's log leaves out, not a FailedRun it would log as a crash.
     with pytest.raises(GuardRefused):
         state.result()
+
+
+def test_an_approval_types_back_the_list_s_fingerprint_the_form_shows() -> None:
+    """As `phase enforce --apply` needs --expect-list: the form asks for the list's
+    fingerprint (12 hex digits; the server refuses another shape, the run keeps
+    waiting), its description gives it, and the run refuses a list not its preview's."""
+    from flows.phases import Approval, approved_list
+    from rollout.phases.approvals import ApprovalRequest
+
+    schema = Approval.model_json_schema()
+    assert set(schema["required"]) == {"expect", "expect_list", "approved_by"}
+    pattern = schema["properties"]["expect_list"]["pattern"]
+    assert re.fullmatch(pattern, "7d1e40b2c9a3") and not re.fullmatch(pattern, "87")
+    request = ApprovalRequest(
+        "top-100", 87, 29, 24, "/r/a.csv", "k", "t", fingerprint="7d1e40b2c9a3"
+    )
+    approved_list(request, " 7D1E40B2C9A3 ")  # as typed: any case, spaces around
+    with pytest.raises(GuardRefused, match=r"the list approved \(0123456789ab\) is not the one"):
+        approved_list(request, "0123456789ab")
+    # A request recorded before fingerprints: the fresh preview's list is checked.
+    approved_list(replace(request, fingerprint=None), "0123456789ab")
+
+
+def test_an_approval_of_another_list_applies_nothing(
+    preview_count: int, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = _enforce_with_approval(
+        monkeypatch,
+        {"expect": preview_count, "expect_list": "0123456789ab", "approved_by": "rita"},
+    )
+    assert state.is_failed() and state.name == "Refused"
+    assert "the list approved (0123456789ab) is not the one this run previewed" in state.message
+    assert _required(home) == 0
 
 
 def test_an_approved_enforce_run_applies_exactly_the_previewed_accounts(
