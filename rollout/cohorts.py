@@ -24,8 +24,8 @@ from rollout import warehouse
 from rollout.core.calendar import cohorts_step
 from rollout.core.clock import day_end
 from rollout.core.errors import BadInput, GuardRefused
-from rollout.core.output import counted
 from rollout.core.plan import CohortRule, Plan
+from rollout.core.words import counted
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.engine import begin_writing

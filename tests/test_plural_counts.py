@@ -1,7 +1,7 @@
 """A count of one reads in the singular: "1 account", never "1 accounts", in what the
 commands say (a guard's refusal, a phase preview, notify send's summary, ingest's), all
-through rollout.core.output.counted; the words after it agree too ("add --apply to send it",
-not "them", for one email: rollout.core.output.them and by_count)."""
+through rollout.core.words.counted; the words after it agree too ("add --apply to send it",
+not "them", for one email: rollout.core.words.them and by_count)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from rollout.cli import app
 from rollout.core.config import load_settings
 from rollout.core.errors import GuardRefused
-from rollout.core.output import by_count, counted, them
 from rollout.core.plan import Plan
+from rollout.core.words import by_count, counted, them
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.phases import enforce
 from rollout.registry import Registry

@@ -13,7 +13,8 @@ from rollout.cli.app import (
     app,
     reports_errors,
 )
-from rollout.core.output import Format, counted, emit, emit_record, progress_for, stderr, them
+from rollout.core.output import Format, emit, emit_record, progress_for, stderr
+from rollout.core.words import counted, them
 
 if TYPE_CHECKING:
     from rollout.phases.brownouts import WindowState

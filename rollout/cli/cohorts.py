@@ -18,7 +18,8 @@ from rollout.cli.app import (
     reports_errors,
 )
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
-from rollout.core.output import Format, counted, emit, emit_record, labelled, stderr
+from rollout.core.output import Format, emit, emit_record, labelled, stderr
+from rollout.core.words import counted
 
 if TYPE_CHECKING:
     import duckdb

@@ -15,16 +15,8 @@ from rollout.cli.app import (
     reports_errors,
 )
 from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, RolloutError
-from rollout.core.output import (
-    Format,
-    counted,
-    emit,
-    emit_record,
-    labelled,
-    progress_for,
-    stderr,
-    visible,
-)
+from rollout.core.output import Format, emit, emit_record, labelled, progress_for, stderr, visible
+from rollout.core.words import counted
 
 # --- sample ------------------------------------------------------------------------
 

@@ -16,7 +16,8 @@ from rollout.cli.app import (
     reports_errors,
 )
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
-from rollout.core.output import Format, counted, emit_record, progress_for, stderr
+from rollout.core.output import Format, emit_record, progress_for, stderr
+from rollout.core.words import counted
 
 # --- demo ----------------------------------------------------------------------------------
 

@@ -17,17 +17,8 @@ from rollout.cli.app import (
 )
 from rollout.core.controls import shell_word
 from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput, RolloutError
-from rollout.core.output import (
-    Format,
-    by_count,
-    counted,
-    emit,
-    emit_record,
-    labelled,
-    progress_for,
-    stderr,
-    them,
-)
+from rollout.core.output import Format, emit, emit_record, labelled, progress_for, stderr
+from rollout.core.words import by_count, counted, them
 
 if TYPE_CHECKING:
     from rollout.notify.suppressions import AddressStanding

@@ -18,7 +18,8 @@ from rollout.cli.app import (
 )
 from rollout.core.controls import shell_word, visible
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
-from rollout.core.output import Format, counted, emit, emit_record, stderr
+from rollout.core.output import Format, emit, emit_record, stderr
+from rollout.core.words import counted
 
 # --- orgs ----------------------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ from rollout.cli.app import (
 )
 from rollout.core.controls import shell_word
 from rollout.core.errors import EXIT_BAD_INPUT, GuardRefused, RolloutError
-from rollout.core.output import Format, counted, emit, emit_record, progress_for, stderr, them
+from rollout.core.output import Format, emit, emit_record, progress_for, stderr
+from rollout.core.words import counted, them
 
 # --- phases ------------------------------------------------------------------------------
 

@@ -18,7 +18,8 @@ from rollout.cli.app import (
 )
 from rollout.core.controls import shell_word, visible
 from rollout.core.errors import EXIT_BAD_INPUT
-from rollout.core.output import Format, counted, emit, labelled, stderr
+from rollout.core.output import Format, emit, labelled, stderr
+from rollout.core.words import counted
 
 if TYPE_CHECKING:
     from rollout.core.plan import Plan

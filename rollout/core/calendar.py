@@ -22,8 +22,8 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 from rollout.core.clock import day_start, naive_utc
-from rollout.core.output import counted
 from rollout.core.plan import ELV_STEPS, EmailName, Phase, Plan
+from rollout.core.words import counted
 
 # What a step is. The adoption chart styles its milestones by these names
 # (rollout.report.charts), and notebooks filter on them: they are part of the interface.

@@ -30,7 +30,7 @@ from rollout.core.clock import naive_utc
 from rollout.core.errors import BadInput
 from rollout.core.files import utf8_text
 from rollout.core.names import SAFE_NAME_RULE, is_safe_name
-from rollout.core.output import counted
+from rollout.core.words import counted
 
 
 class _Strict(BaseModel):

@@ -33,7 +33,7 @@ from sqlalchemy import delete, insert, inspect, text
 
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.files import duckdb_path, written_in_place
-from rollout.core.output import counted, them
+from rollout.core.words import counted, them
 from rollout.registry import Registry, bulk, migrate
 from rollout.registry.engine import make_engine, normalize_url
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, RegistryMark

@@ -44,8 +44,8 @@ from rollout.core.calendar import plan_calendar
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.files import written_in_place
-from rollout.core.output import counted
 from rollout.core.plan import Phase, Plan
+from rollout.core.words import counted
 from rollout.demo.sample import (
     SAMPLE_MARK,
     Locations,

@@ -60,7 +60,6 @@ from sqlalchemy.sql import Select
 from rollout.core.calendar import phase_step, too_late, too_late_by_plan
 from rollout.core.clock import day_start, naive_utc
 from rollout.core.errors import BadInput, RolloutError
-from rollout.core.output import counted
 from rollout.core.plan import Phase, Plan
 from rollout.core.stopping import (
     StopRequest,
@@ -69,6 +68,7 @@ from rollout.core.stopping import (
     stop_processes,
     stop_requested_by_signals,
 )
+from rollout.core.words import counted
 from rollout.notify.emails import (
     ELV_HEADS_UP_EMAIL,
     EMAILS,

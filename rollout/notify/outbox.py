@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 
 from rollout.core.errors import BadInput, RolloutError
-from rollout.core.output import counted
+from rollout.core.words import counted
 from rollout.notify.message import address_forms, normal_address
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks

@@ -57,7 +57,7 @@ from sendgrid.helpers.mail import (
 )
 
 from rollout.core import clock as pipeline_clock
-from rollout.core.output import counted
+from rollout.core.words import counted
 from rollout.notify.message import (
     MAY_HAVE_GONE,
     DeliveryFailed,

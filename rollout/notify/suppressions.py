@@ -42,7 +42,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, func, or_, select
 
 from rollout.core.errors import GuardRefused, RolloutError
-from rollout.core.output import counted
+from rollout.core.words import counted
 from rollout.notify.message import DeliveryFailed, address_forms, normal_address
 from rollout.notify.outbox import (
     ADDRESS_LIMIT,

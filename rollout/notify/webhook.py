@@ -45,7 +45,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from rollout.core.config import webhook_public_key
-from rollout.core.output import counted
+from rollout.core.words import counted
 from rollout.warehouse.landing import RefusedPost, events_in_post
 
 log = logging.getLogger(__name__)

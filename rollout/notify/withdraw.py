@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, and_, case, func, select, true, update
 
 from rollout.core.errors import BadInput, GuardRefused
-from rollout.core.output import counted
+from rollout.core.words import counted
 from rollout.registry import Registry
 from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import record_actions, utc_now

@@ -25,7 +25,7 @@ import httpx
 from rollout.core.config import prefect_api
 from rollout.core.errors import BadInput, RolloutError
 from rollout.core.files import duckdb_path
-from rollout.core.output import counted
+from rollout.core.words import counted
 
 if TYPE_CHECKING:
     from rollout.core.config import Settings

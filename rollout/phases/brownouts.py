@@ -21,8 +21,8 @@ from sqlalchemy.exc import IntegrityError
 from rollout.core.calendar import BROWNOUTS_SCHEDULE_STEP, ENROLL_ALL_STEP
 from rollout.core.clock import naive_utc
 from rollout.core.errors import BadInput, GuardRefused
-from rollout.core.output import counted, them
 from rollout.core.plan import Brownout, Plan
+from rollout.core.words import counted, them
 from rollout.notify.emails import HEADS_UP_EMAIL
 from rollout.notify.outbox import NOTIFICATIONS
 from rollout.notify.withdraw import Selection, withdraw_queued

@@ -48,8 +48,8 @@ from sqlalchemy import Connection, Select, and_, case, func, or_, select
 
 from rollout.cohorts import orgs_not_in_registry
 from rollout.core.clock import naive_utc
-from rollout.core.output import counted
 from rollout.core.plan import Phase, Plan, asks_more_than
+from rollout.core.words import counted
 from rollout.notify.emails import ELV_HEADS_UP_EMAIL
 from rollout.notify.outbox import NOTIFICATIONS, RUN_DAY
 from rollout.registry import Registry

@@ -45,8 +45,8 @@ from sqlalchemy import (
 from rollout.core.calendar import cohorts_step_prefix, phase_step
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.fingerprints import same_list
-from rollout.core.output import counted
 from rollout.core.plan import Phase, Plan
+from rollout.core.words import counted
 from rollout.notify import reach
 from rollout.notify.emails import ENFORCEMENT_EMAIL
 from rollout.notify.queue import queue_phase_summary

@@ -35,7 +35,7 @@ from rollout.core.calendar import org_enforcement_step, org_reinvite_step
 from rollout.core.controls import shell_word
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.fingerprints import list_fingerprint, same_list
-from rollout.core.output import counted
+from rollout.core.words import counted
 from rollout.notify.queue import queue_each
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks

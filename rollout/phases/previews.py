@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 from rollout.core.files import write_atomically
 from rollout.core.fingerprints import list_fingerprint
 from rollout.core.names import safe_path_component
-from rollout.core.output import counted, write_csv
 from rollout.core.output import markdown_text as md
+from rollout.core.output import write_csv
+from rollout.core.words import counted
 from rollout.notify.reach import CATEGORIES, category
 from rollout.registry.ledger import utc_now
 

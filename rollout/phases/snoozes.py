@@ -31,8 +31,8 @@ from rollout.core.calendar import snooze_step
 from rollout.core.counts import in_exponent_notation, whole_count
 from rollout.core.errors import BadInput
 from rollout.core.files import utf8_text
-from rollout.core.output import counted
 from rollout.core.plan import FIRST_DAY, Phase, Plan, supported_utc
+from rollout.core.words import counted
 from rollout.notify.queue import queue_each
 from rollout.phases.enforce import LOCK
 from rollout.registry import Registry

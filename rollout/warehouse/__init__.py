@@ -19,8 +19,8 @@ import duckdb
 from rollout.core.controls import visible
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 from rollout.core.files import duckdb_path
-from rollout.core.output import counted
 from rollout.core.resources import resource_dir
+from rollout.core.words import counted
 
 # The checkout's sql/ (editable install), or the copy inside the installed wheel.
 SQL_DIR = resource_dir("sql")

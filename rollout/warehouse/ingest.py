@@ -28,7 +28,7 @@ from rollout.core.counts import EXPONENT_PATTERN, WHOLE_COUNT_PATTERN
 from rollout.core.errors import BadInput, FileRejected, RowProblem
 from rollout.core.files import duckdb_path
 from rollout.core.names import PACKAGE_NAME_PATTERN
-from rollout.core.output import counted
+from rollout.core.words import counted
 from rollout.warehouse import landing
 from rollout.warehouse.landing import Fingerprint, LandingFile
 

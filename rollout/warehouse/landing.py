@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from rollout.core.counts import WHOLE_COUNT_PATTERN
 from rollout.core.errors import BadInput
 from rollout.core.files import duckdb_path
-from rollout.core.output import counted
+from rollout.core.words import counted
 
 Kind = Literal["downloads", "manifests", "logins", "publishes", "events"]
 # Events last: they are SendGrid's delivery events, loaded in batches (rollout.warehouse.ingest).
