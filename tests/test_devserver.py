@@ -350,6 +350,20 @@ def test_a_stall_the_client_gave_up_on_is_still_recorded(dev: DevSendGrid) -> No
     assert len(dev.wait_for_messages(1, timeout=3)) == 1
 
 
+def test_a_trickled_answer_outlasts_a_per_read_timeout_and_is_recorded_first(
+    dev: DevSendGrid,
+) -> None:
+    # A byte every 0.1 s: no read waits 0.5 s, so the whole answer takes 1.5 s.
+    dev.script([{"trickle": 1.5}, {"trickle": 0.5, "status": 503}])
+    started = time.monotonic()
+    status, headers, _ = send(dev, timeout=0.5)
+    assert status == 202 and headers["X-Message-Id"]
+    assert time.monotonic() - started >= 1.4
+    assert len(dev.messages) == 1
+    assert send(dev, timeout=0.5)[0] == 503  # with a status: that answer, slowly
+    assert len(dev.messages) == 1
+
+
 def test_stop_does_not_wait_for_stalled_requests() -> None:
     dev = DevSendGrid(KEY).start()
     dev.script([{"stall": 30}])
@@ -374,7 +388,15 @@ def test_faults_can_be_set_over_http(dev: DevSendGrid) -> None:
 
 @pytest.mark.parametrize(
     "fault",
-    [{}, {"status": 200}, {"stall": -1}, {"drop": True, "status": 500}, {"explode": True}],
+    [
+        {},
+        {"status": 200},
+        {"stall": -1},
+        {"drop": True, "status": 500},
+        {"drop": True, "trickle": 1},
+        {"trickle": -1},
+        {"explode": True},
+    ],
 )
 def test_bad_faults_are_refused(fault: dict[str, Any]) -> None:
     with pytest.raises(ValueError):

@@ -1,31 +1,37 @@
 """A drainer alive but slower than its lease (SendGrid's 429 backoffs, a file outbox on
 a slow disk, a long pause): another drainer takes its rows over once the lease runs out.
 The slow one then sends none of the rows it no longer holds, records nothing over the
-other's, and keeps (renews) the lease on the rows nobody took. No attempt of a send
-starts with less of the lease ahead than it and the wait after it may take (its
-sender's longest attempt, and a margin), nor once the row was taken over during a
-pause, so each email goes at most once between live drainers, but for a request paused
-mid-way past the margin (a stopped process)."""
+other's, and keeps (renews) the lease on the rows nobody took. While a batch's requests
+are under way a heartbeat renews its lease, however long one takes (a server answering
+a byte at a time); no attempt of a send starts with less of the lease ahead than it and
+the wait after it may take (its sender's longest attempt, and a margin), nor once the
+row was taken over during a pause, so each email goes at most once between live
+drainers, but for a request paused mid-way past the lease (a stopped process)."""
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 
 from rollout.core.plan import Plan
 from rollout.demo.crowd import NOTICE_DAY
 from rollout.dev.sendgrid_api import DevSendGrid
+from rollout.notify import drain as drain_module
 from rollout.notify.drain import (
     DEFAULT_LEASE,
     LEASE_MARGIN,
     DrainReport,
     _claim,
     _drain_loop,
+    _Hold,
+    _next_batch,
     _put_back,
     _record,
     _release,
@@ -37,6 +43,7 @@ from rollout.notify.message import Message
 from rollout.notify.outbox import FILE_SENDER, UNVERIFIED
 from rollout.notify.senders import SendGridSender
 from rollout.registry import Registry
+from rollout.registry.ledger import utc_now
 from rollout.registry.models import Notification
 from tests.factories import AccountFactory, bound_to
 from tests.support.outbox import ids, queue_late
@@ -303,3 +310,82 @@ def test_the_lease_covers_the_longest_attempt_its_sender_may_make() -> None:
     assert lease_for(slow) == timedelta(seconds=math.ceil(held)) > DEFAULT_LEASE
     # A sender that says nothing (the file outbox) is held for the margin.
     assert lease_for(Quick(), timedelta(seconds=5)) == timedelta(seconds=17)
+
+
+def test_a_request_trickling_past_the_lease_keeps_its_rows_from_other_drainers(
+    registry: Registry, plan: Plan, ids: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SendGrid answers one send a byte every 0.1 s: no read outlasts the client's 1 s
+    timeout, but the request takes 6 s, past the 4 s lease (the longest attempt a
+    timeout of 1 s bounds, a 1 s margin: one machine's clock). Its drainer keeps the
+    lease while the request is under way, so another drainer looking meanwhile takes
+    nothing over, and each email goes once."""
+    monkeypatch.setattr(drain_module, "LEASE_MARGIN", timedelta(seconds=1))
+    queue_late(registry, plan, NOTICE_DAY)  # ann and ben
+    with DevSendGrid(api_key=KEY) as server:
+        server.script([{"trickle": 6}])
+        sender = SendGridSender(KEY, server.url, timeout=1, backoff_cap=0)
+        lease = timedelta(seconds=1)
+        assert lease_for(sender, lease) == timedelta(seconds=4)
+        others: list[DrainReport] = []
+
+        def another_drainer() -> None:
+            server.wait_for_messages(1, timeout=10)  # the trickling one is under way
+            time.sleep(5)  # past its lease
+            with Registry(registry.url) as own:
+                others.append(
+                    _drain_loop(
+                        own.engine,
+                        plan,
+                        SendGridSender(KEY, server.url, timeout=1, backoff_cap=0),
+                        concurrency=2,
+                        limit=None,
+                        clock=utc_now,
+                        lease=lease,
+                    )
+                )
+
+        looker = threading.Thread(target=another_drainer)
+        looker.start()
+        report = _drain_loop(
+            registry.engine,
+            plan,
+            sender,
+            concurrency=2,
+            limit=None,
+            clock=utc_now,
+            lease=lease,
+        )
+        looker.join(timeout=30)
+        went = Counter(int(m["body"]["custom_args"]["outbox_id"]) for m in server.messages)
+    assert others[0].sent == 0 and others[0].overtaken == 0
+    assert report.sent == 2 and report.overtaken == 0
+    assert sorted(went.values()) == [1, 1]
+    assert {state for state, _ in ledger(registry).values()} >= {"sent"}
+    # The drains' heartbeats ended with them: none keeps the process alive.
+    assert not [t for t in threading.enumerate() if t.name == "lease-heartbeat"]
+
+
+def test_a_heartbeat_that_finds_its_rows_taken_over_leaves_them_unsent(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """The process was paused past its lease (its heartbeat with it) and another drainer
+    took the batch over: the next beat renews nothing of the taker's, and the rows not
+    yet sent are not sent by this one."""
+    queue_late(registry, plan, NOTICE_DAY)  # ann and ben
+    clock = Clock(T0)
+    batch = _next_batch(registry.engine, plan, 2, clock, "sendgrid", DEFAULT_LEASE)
+    assert batch is not None and len(batch.held) == 2
+    hold = _Hold(registry.engine, batch, clock, DEFAULT_LEASE)
+    clock.at += DEFAULT_LEASE + timedelta(seconds=1)  # the pause
+    taker = {c.id: c.claim for c in _claim(registry.engine, 2, clock.at, "sendgrid")}
+    assert set(taker) == set(batch.held)
+    hold.renew()
+    assert not any(hold.keeps(i) for i in batch.held)
+    with registry.engine.connect() as connection:
+        leases = set(
+            connection.scalars(
+                select(Notification.lease_expires_at).where(Notification.id.in_(taker))
+            )
+        )
+    assert leases == {clock.at + DEFAULT_LEASE}  # the taker's, as its claim set it

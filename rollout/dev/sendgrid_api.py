@@ -46,6 +46,12 @@ the API: rate limiter, load balancer, network). Each object has one or more of:
   outbox id. ``stall`` can be combined with ``status`` (wait, then fail).
 - ``drop``: ``{"drop": true}`` reads the request, then closes the connection without any
   response (not combinable with ``status``).
+- ``trickle``: seconds over which the answer is written, a byte every TRICKLE_STEP
+  (0.1 s), its headers padded to last that long: ``{"trickle": 6}``. No read waits longer
+  than a step, so a client's per-read timeout never fires: a server that answers this
+  slowly holds a request as long as it likes (only a limit on the whole request would
+  end it). It applies to the answer a request would get (a 202, recorded before its
+  first byte, or a scripted ``status``); not combinable with ``drop``.
 
 For example, two rate-limited requests, then a dropped one, then normal service::
 
@@ -139,7 +145,9 @@ RESERVED_HEADERS = frozenset(
 # Deliberately loose (one @, a dotted domain, no spaces or brackets): the point is to
 # catch obviously broken addresses the way SendGrid does, not to implement RFC 5322.
 _EMAIL_RE = re.compile(r"\A[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+\.[^@\s<>()\[\],;:\"]+\Z")
-_FAULT_KEYS = frozenset({"status", "retry_after", "stall", "drop"})
+_FAULT_KEYS = frozenset({"status", "retry_after", "stall", "drop", "trickle"})
+# The pause between the bytes of a trickled answer (the ``trickle`` fault), in seconds.
+TRICKLE_STEP = 0.1
 
 
 # --- validation ------------------------------------------------------------------------
@@ -488,6 +496,7 @@ class Fault:
     retry_after: float | None = None
     stall: float = 0.0
     drop: bool = False
+    trickle: float = 0.0
 
 
 def parse_fault(raw: Mapping[str, Any]) -> Fault:
@@ -505,11 +514,14 @@ def parse_fault(raw: Mapping[str, Any]) -> Fault:
         retry_after=_non_negative(raw.get("retry_after"), "retry_after"),
         stall=_non_negative(raw.get("stall"), "stall") or 0.0,
         drop=bool(raw.get("drop", False)),
+        trickle=_non_negative(raw.get("trickle"), "trickle") or 0.0,
     )
-    if fault.status is None and not fault.drop and not fault.stall:
-        raise ValueError("a fault needs status, stall or drop")
+    if fault.status is None and not fault.drop and not fault.stall and not fault.trickle:
+        raise ValueError("a fault needs status, stall, drop or trickle")
     if fault.drop and fault.status is not None:
         raise ValueError("a dropped connection has no status")
+    if fault.drop and fault.trickle:
+        raise ValueError("a dropped connection has no answer to trickle")
     return fault
 
 
@@ -550,6 +562,8 @@ def fault_json(fault: Fault) -> dict[str, Any]:
         shown["stall"] = fault.stall
     if fault.drop:
         shown["drop"] = True
+    if fault.trickle:
+        shown["trickle"] = fault.trickle
     return shown
 
 
@@ -639,6 +653,7 @@ def new_message_id() -> str:
 class _Handler(BaseHTTPRequestHandler):
     server_version = "DevSendGrid/1"
     server: _Server
+    _trickle = 0.0  # seconds the next answer takes (the ``trickle`` fault)
 
     @property
     def state(self) -> _State:
@@ -856,8 +871,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault.drop:
             self._drop()
             return True
+        self._trickle = fault.trickle  # the answer, whichever it is, goes slowly
         if fault.status is None:
-            return False  # a pure stall: go on and answer normally
+            return False  # a pure stall or trickle: go on and answer normally
         if fault.status == HTTPStatus.TOO_MANY_REQUESTS:
             self._send_rate_limited(fault.retry_after)
         else:
@@ -921,7 +937,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._respond(status, b"", headers or {})
 
     def _respond(self, status: int, data: bytes, headers: Mapping[str, str]) -> None:
+        trickle, self._trickle = self._trickle, 0.0
         try:
+            if trickle:
+                self._respond_slowly(status, data, headers, trickle)
+                return
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
@@ -931,6 +951,28 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             # The client gave up (e.g. timed out during a stall); nothing left to tell it.
             self.close_connection = True
+
+    def _respond_slowly(
+        self, status: int, data: bytes, headers: Mapping[str, str], seconds: float
+    ) -> None:
+        """The answer a byte every TRICKLE_STEP, padded to last ``seconds`` (the
+        ``trickle`` fault); a stop of the server drops it."""
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        head = b"".join(self._headers_buffer)
+        self._headers_buffer = []
+        steps = math.ceil(seconds / TRICKLE_STEP)
+        padding = steps - len(head) - len(data) - 19  # what the padding's own line adds
+        if padding > 0:
+            head += b"X-Dev-Trickle: " + b"." * padding + b"\r\n"
+        head += b"\r\n"
+        for byte in head + data:
+            self.wfile.write(bytes([byte]))
+            if self.state.stopping.wait(TRICKLE_STEP):
+                self._drop()  # shutting down: don't hold the test run hostage
+                return
 
 
 def _fault_message(status: int) -> str:

@@ -158,13 +158,15 @@ _POLL = 0.05  # seconds between looks at a stop request while waiting
 # only those batches failed; the rest stay queued for the next run. Not one batch: a
 # blip of a few seconds (one email's retries) would hold back the rest for a day.
 OUTAGE_BATCHES = 3
-# How long a drainer holds the rows it claimed, renewed before each attempt of a send
-# once a tenth of it has passed, or sooner when less is ahead than the attempt may take
-# and a margin (_Hold; SendGrid's one attempt: a connection and an answer of up to 10 s
-# each, and a wait of up to 30 s before the next). A drainer that dies leaves its rows
-# to be taken over when it runs out
-# (drain_shard waits for that); one only slow sends none it no longer holds, nor tries
-# again one it lost during a wait. Never shorter than lease_for says.
+# How long a drainer holds the rows it claimed: renewed every tenth of it while their
+# sends are under way, however long a request takes (_Heartbeat), and before each
+# attempt of a send once a tenth of it has passed, or sooner when less is ahead than the
+# attempt may take and a margin (_Hold; SendGrid's one attempt: a connection and an
+# answer of up to 10 s each when each read gets its bytes in time, and a wait of up to
+# 30 s before the next). A drainer that dies (or is paused: its heartbeat with it)
+# leaves its rows to be taken over when it runs out (drain_shard waits for that); one
+# only slow sends none it no longer holds, nor tries again one it lost during a wait.
+# Never shorter than lease_for says.
 DEFAULT_LEASE = timedelta(minutes=5)
 # What a drainer keeps of its lease ahead of an attempt beyond the longest it may take
 # (its sender's ``longest_attempt``): the clocks of the machines sharing the outbox,
@@ -1188,10 +1190,10 @@ def _next_batch(
     )
 
 
-# A batch's lease is renewed before a send once this share of it has passed since it
-# was claimed or last renewed: a send then starts with at least 90% of the lease ahead
-# (SendGrid's one attempt, with its wait, takes at most 50 s of the 300, the margin 15 s
-# more).
+# A batch's lease is renewed once this share of it has passed since it was claimed or
+# last renewed: by the heartbeat while its sends are under way, and before a send, which
+# then starts with at least 90% of the lease ahead (SendGrid's one attempt, with its
+# wait, takes 50 s of the 300 when its server answers in time, the margin 15 s more).
 RENEW_AFTER = 0.1
 
 
@@ -1208,8 +1210,10 @@ def lease_for(sender: Sender, lease: timedelta = DEFAULT_LEASE) -> timedelta:
     longer, in whole seconds, when an attempt started with the least of it ahead (1 -
     RENEW_AFTER, just before a renewal is due) could outlast it: another drainer would
     take the row over while its request is under way (or one of its batch sent and not
-    yet recorded) and send it a second time. A longer lease only delays the take-over
-    of a dead drainer's rows."""
+    yet recorded) and send it a second time. (A request slower than that, its server
+    answering a byte at a time, is covered by the heartbeat: _Heartbeat; this bound
+    holds when a renewal cannot be made.) A longer lease only delays the take-over of a
+    dead drainer's rows."""
     shortest = send_hold(sender) / (1 - RENEW_AFTER)
     if lease >= shortest:
         return lease
@@ -1217,13 +1221,18 @@ def lease_for(sender: Sender, lease: timedelta = DEFAULT_LEASE) -> timedelta:
 
 
 class _Hold:
-    """The lease on a batch's rows, kept while they are sent: before each attempt of a
-    send, renewed if a tenth of it has passed, or if less of it is ahead than the attempt
-    may take and a margin (``send_hold``; checked and extended at once: _renew), and a
-    row this drainer no longer holds (it outlived its lease, slow or paused, and another
-    drainer took the row over) is not sent, nor tried again. So no request outlasts the
-    lease it started under: a row is taken over only while no request of it is under
-    way. Shared by the batch's send threads."""
+    """The lease on a batch's rows, kept while they are sent: renewed by a heartbeat
+    (:class:`_Heartbeat`) every tenth of it while the batch's requests are under way,
+    however long one takes (SendGrid's client bounds each read of an answer, not the
+    request: a server that answers a byte at a time, a slow TLS handshake or DNS); and
+    before each attempt of a send, if a tenth of it has passed, or if less of it is
+    ahead than the attempt may take and a margin (``send_hold``: a process paused or a
+    heartbeat that could not reach the registry). Each renewal checks and extends at
+    once (_renew); a row this drainer no longer holds (it outlived its lease, paused,
+    and another drainer took the row over) is not sent, nor tried again. So a row is
+    taken over only while no request of it is under way, but for one whose process was
+    paused mid-request past the lease (its heartbeat paused too). Shared by the batch's
+    send threads and its heartbeat."""
 
     def __init__(
         self,
@@ -1246,11 +1255,74 @@ class _Hold:
             ahead = self._renewed_at + self._lease - now
             due = now - self._renewed_at >= self._lease * RENEW_AFTER
             if self._held and (due or ahead < self._send_hold):
-                kept = _renew(self._engine, self._held, now, self._lease)
-                for lost in set(self._held) - kept:
-                    del self._held[lost]
-                self._renewed_at = now
+                self._renew(now)
             return outbox_id in self._held
+
+    def renew(self) -> None:
+        """Renew the lease now (the heartbeat), on the rows this drainer still holds."""
+        with self._lock:
+            if self._held:
+                self._renew(self._clock())
+
+    def _renew(self, now: datetime) -> None:
+        kept = _renew(self._engine, self._held, now, self._lease)
+        for lost in set(self._held) - kept:
+            del self._held[lost]
+        self._renewed_at = now
+
+
+class _Heartbeat:
+    """A daemon thread that renews the lease on the batch in flight (:meth:`keeping`)
+    every ``every`` seconds, by the monotonic clock (the drain's clock may be a test's),
+    from the start of its sends until they are over. One per drain loop, idle between
+    batches: a batch quicker than ``every`` (most are) costs it nothing. The batch is
+    recorded or put back after :meth:`keeping` ends; a renewal still under way then
+    changes nothing (a recorded or put back row is no longer 'sending' under the claim's
+    token). A daemon: it never keeps a stopped process alive. A renewal that fails (the
+    registry unreachable a moment) is logged and tried again at the next beat; the
+    checks before each attempt (_Hold.keeps) still hold the batch to its lease."""
+
+    def __init__(self, every: float) -> None:
+        self._every = every
+        self._lock = threading.Lock()
+        self._hold: _Hold | None = None
+        self._due = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    @contextlib.contextmanager
+    def keeping(self, hold: _Hold) -> Iterator[None]:
+        with self._lock:
+            self._hold, self._due = hold, time.monotonic() + self._every
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._hold = None
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=IN_FLIGHT_GRACE)
+
+    def _beat(self) -> None:
+        wait = self._every
+        while not self._done.wait(wait):
+            with self._lock:
+                hold, wait = self._hold, self._due - time.monotonic()
+                if hold is None or wait > 0:
+                    wait = self._every if hold is None else wait
+                    continue
+                self._due, wait = time.monotonic() + self._every, self._every
+            try:
+                hold.renew()
+            except (SQLAlchemyError, RegistryURLRefused) as error:
+                log.warning(
+                    "the lease on a batch in flight could not be renewed (tried again in "
+                    "%.1fs): %s",
+                    self._every,
+                    error,
+                )
 
 
 def _stopped(report: DrainReport) -> str:
@@ -1425,6 +1497,9 @@ def _drain_loop(
     batch_size = FILE_BATCH if inline else concurrency
     sends: _InlineSends | _SendThreads
     sends = _InlineSends(sender) if inline else _SendThreads(sender, concurrency)
+    # The file outbox writes in this thread (nothing beats while it does: a write that
+    # outlasts the lease is written again by the taker, replacing its own file).
+    heartbeat = None if inline else _Heartbeat(lease.total_seconds() * RENEW_AFTER)
     retried_before = _retried(sender)
     outage = 0  # batches in a row nothing of which went, the provider unavailable
     try:
@@ -1438,8 +1513,9 @@ def _drain_loop(
             claimed += len(batch.ids)
             report.resumed += batch.cut_short
             hold = _Hold(engine, batch, clock, lease, send_hold(sender))
-            futures = [sends.submit(m, hold.keeps) for m in batch.messages]
-            _await_sends(futures, stop)
+            with heartbeat.keeping(hold) if heartbeat else contextlib.nullcontext():
+                futures = [sends.submit(m, hold.keeps) for m in batch.messages]
+                _await_sends(futures, stop)
             # Looked at once: a send may still finish while the lists are made.
             settled = {
                 m.outbox_id: f for m, f in zip(batch.messages, futures, strict=True) if f.done()
@@ -1484,6 +1560,8 @@ def _drain_loop(
                 progress(report)
     finally:
         sends.close()
+        if heartbeat:
+            heartbeat.close()
         report.retried = _retried(sender) - retried_before
     return report
 

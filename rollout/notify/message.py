@@ -145,9 +145,10 @@ class Sender(Protocol):
     looks before each attempt after the first
     whether the drain still holds the row (:func:`still_held`; else it raises
     :class:`SendAbandoned`): the drain starts no attempt with less of its lease ahead
-    than that and a margin (rollout.notify.drain.lease_for), so no request is under
-    way once the row may be taken over. One that says nothing (the file outbox: a write
-    again replaces its file) is held for the drain's margin."""
+    than that and a margin (rollout.notify.drain.lease_for), and renews the lease while
+    requests are under way (its heartbeat), so no request is under way once the row may
+    be taken over. One that says nothing (the file outbox: a write again replaces its
+    file) is held for the drain's margin, with no heartbeat."""
 
     name: str
 

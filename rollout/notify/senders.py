@@ -309,15 +309,18 @@ class SendGridSender:
 
     @property
     def longest_attempt(self) -> float:
-        """The most one attempt of a send may take, in seconds: its request (a
-        connection and an answer of up to ``timeout`` each: the client's timeout is per
-        socket operation) and the wait before the next (at most ``backoff_cap``, a
-        ``Retry-After`` capped so too); 50 s by default. The drain starts no attempt
-        with less of its lease ahead than this and a margin, so the rows of its batch
-        stay its own through the wait too (one sent meanwhile, not yet recorded, is not
-        taken over), and before each attempt after the first this sender looks whether
-        the drain still holds the row (still_held: a pause may have outlasted the
-        lease): rollout.notify.drain.lease_for."""
+        """How long one attempt of a send takes at most when SendGrid answers in time,
+        in seconds: its request (a connection and an answer of up to ``timeout`` each)
+        and the wait before the next (at most ``backoff_cap``, a ``Retry-After`` capped
+        so too); 50 s by default. Not a bound on the request: the client's timeout is
+        per socket operation, so a server answering a byte at a time, each address of a
+        host tried in turn, a slow TLS handshake or DNS (no limit) make it longer; the
+        drain's heartbeat keeps its lease while a request is under way, however long
+        (rollout.notify.drain._Heartbeat). The drain starts no attempt with less of its
+        lease ahead than this and a margin (rollout.notify.drain.lease_for), so the rows
+        of its batch stay its own through the wait too should a renewal fail, and before
+        each attempt after the first this sender looks whether the drain still holds the
+        row (still_held: a pause may have outlasted the lease)."""
         return 2 * self.timeout + self.backoff_cap
 
     @property
