@@ -543,6 +543,31 @@ def refuse_unplanned(plan: Plan, name: str, found: WindowState | None) -> None:
     )
 
 
+def call_off_dropped(
+    registry: Registry, plan: Plan, name: str, *, actor: str
+) -> WindowState | None:
+    """Make a window ``plan`` scheduled and no longer names stop applying: cancelled if
+    not started, ended now if under way (it began by itself at its time, nobody having
+    scheduled the plan since it dropped the window). The plan is the release manager's
+    decision; the registry applies a window at login whatever the plan says. None, and
+    nothing changed, for any other window (the plan's own, one it never scheduled, one
+    over)."""
+    now = utc_now()
+    dropped = {w.name: w for w, _ in _dropped(registry, plan, status(registry, now), now)}
+    window = dropped.get(name)
+    if window is None:
+        return None
+    what = "cancelled" if window.state == "scheduled" else "ended"
+    return _change_window(
+        registry,
+        name,
+        actor,
+        f"{what}: no longer in plan {plan.name}",
+        _end_values,
+        "brownout_ended",
+    )
+
+
 def start_now(registry: Registry, name: str, *, actor: str, reason: str) -> WindowState:
     """Begin a scheduled window now (it keeps its planned length)."""
     return _change_window(registry, name, actor, reason, _start_values, "brownout_started")

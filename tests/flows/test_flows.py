@@ -42,6 +42,7 @@ from rollout.notify.drain import DrainReport, ShardOrphaned
 from rollout.registry import Registry
 from rollout.warehouse import open_warehouse
 from rollout.warehouse.ingest import FileResult, IngestReport
+from tests.factories import AccountFactory, bound_to
 from tests.support.artifacts import logs_since, read_artifact
 from tests.support.env import without_rollout_settings
 from tests.support.outbox import on
@@ -445,12 +446,14 @@ def test_a_brownout_run_well_before_the_window_s_planned_times_changes_nothing(
     end_now(registry, "brownout-2", actor="rm", reason="the test is over")
 
 
-def test_a_brownout_start_left_over_for_a_window_the_plan_dropped_starts_nothing(
+def test_a_brownout_start_left_over_for_a_window_the_plan_dropped_calls_it_off(
     daily_state: Any, home: Home, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """prefect.yaml still has a window's start after the plan dropped it: the run
-    begins nothing and says how to cancel the window the registry still holds."""
-    from rollout.phases.brownouts import schedule
+    """prefect.yaml still has a window's start after the plan dropped it, and nobody
+    scheduled the plan since: the registry would apply the window at login from its
+    time (ELV's challenge reads the registry, not the plan). The run calls it off, as
+    `brownout schedule --apply` would, rather than fail and leave it to start."""
+    from rollout.phases.brownouts import elv_required, schedule
 
     now = datetime.now(UTC).replace(tzinfo=None)
     # Windows of their own: the registry is shared with the other flows' tests.
@@ -458,22 +461,61 @@ def test_a_brownout_start_left_over_for_a_window_the_plan_dropped_starts_nothing
     text = text.read_text().replace("brownout-1", "drill-1").replace("brownout-2", "drill-2")
     both = home.path / "plan-with-drills.yaml"
     both.write_text(text)
-    schedule(Registry(home.settings.registry_url), load_plan(both), actor="rm")
+    registry = Registry(home.settings.registry_url)
+    schedule(registry, load_plan(both), actor="rm")
     dropped = home.path / "plan-without-drill-2.yaml"
     start = text.index("  - name: drill-2")  # the last window, a blank line after it
     dropped.write_text(text[:start] + text[text.index("\n\n", start) + 1 :])
     assert [b.name for b in load_plan(dropped).brownouts] == ["drill-1"]
     monkeypatch.setenv("ROLLOUT_PLAN", str(dropped))
-    refused = brownout_flows.brownout_start("drill-2", return_state=True)
-    assert refused.is_failed()
-    assert refused.message.startswith(
-        "brown-out drill-2 is not in plan npm-2022 (it is scheduled in the registry): "
+    window = _window(home, "drill-2")
+    with bound_to(registry.engine):
+        account_id = AccountFactory(username="drill-watcher").id  # no 2FA, no ELV
+    with registry.engine.connect() as connection:  # the window would challenge them
+        assert elv_required(connection, account_id, window.starts_at + timedelta(minutes=1))
+    assert brownout_flows.brownout_start("drill-2") == "ended early"
+    assert _window(home, "drill-2").state == "ended early"
+    with registry.engine.connect() as connection:
+        assert not elv_required(connection, account_id, window.starts_at + timedelta(minutes=1))
+    assert "| state | ended early |" in read_artifact("brownout-drill-2-called-off").data
+    [(reason,)] = home.registry_rows(
+        "select reason from actions where action = 'brownout_ended' "
+        "and subject = 'brownout:drill-2'"
+    )
+    assert reason == "cancelled: no longer in plan npm-2022"
+    # Again (a retry, a second old schedule): it is over, nothing to call off.
+    again = brownout_flows.brownout_start("drill-2", return_state=True)
+    assert again.is_failed() and again.message.startswith(
+        "brown-out drill-2 is not in plan npm-2022 (it is ended early in the registry): "
         "nothing was started"
     )
-    assert _window(home, "drill-2").state == "scheduled"
-    # Scheduling the plan as it is now cancels it, before it starts by itself.
-    schedule(Registry(home.settings.registry_url), load_plan(dropped), actor="rm")
-    assert _window(home, "drill-2").state == "ended early"
+
+
+def test_a_brownout_start_for_a_dropped_window_already_under_way_ends_it(
+    daily_state: Any, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run fires at the window's start: the window has begun by itself by the time
+    the worker runs it. Dropped from the plan, it ends there."""
+    from rollout.phases.brownouts import schedule
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    text = _plan_with_brownouts(home, now + timedelta(days=30), now + timedelta(seconds=2))
+    text = text.read_text().replace("brownout-1", "late-1").replace("brownout-2", "late-2")
+    both = home.path / "plan-with-late.yaml"
+    both.write_text(text)
+    schedule(Registry(home.settings.registry_url), load_plan(both), actor="rm")
+    dropped = home.path / "plan-without-late-2.yaml"
+    start = text.index("  - name: late-2")
+    dropped.write_text(text[:start] + text[text.index("\n\n", start) + 1 :])
+    monkeypatch.setenv("ROLLOUT_PLAN", str(dropped))
+    while _window(home, "late-2").state == "scheduled":
+        time.sleep(0.2)
+    assert _window(home, "late-2").state == "active"
+    assert brownout_flows.brownout_start("late-2") == "ended early"
+    [(reason,)] = home.registry_rows(
+        "select reason from actions where action = 'brownout_ended' and subject = 'brownout:late-2'"
+    )
+    assert reason == "ended: no longer in plan npm-2022"
 
 
 def test_the_elv_flow_enrols_every_account(daily_state: Any, home: Home) -> None:
