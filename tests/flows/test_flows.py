@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import pytest
 
@@ -545,13 +546,32 @@ def test_the_notify_flow_queues_the_days_mailings_and_sends_them_once(
 def test_the_notify_artifact_counts_the_emails_taken_over_as_notify_send_does() -> None:
     """A sender that outlived its lease (a stall) left some claimed emails to another:
     `notify send` counts them (``overtaken``), and so does the run's artifact; a run in
-    shards, whose counts come from the outbox, points to each shard's own."""
+    shards sums what its shard runs told, and says so when some told nothing."""
     report = DrainReport("sendgrid", sent=5, overtaken=2)
     shown = notify_flows.notify_markdown(date(2022, 1, 4), [], report)
     assert f"| {cell(notify_flows.OVERTAKEN_ROW)} | 2 |" in shown
-    sharded = notify_flows.notify_markdown(date(2022, 1, 4), [], report, shards=3)
-    elsewhere = cell("in each shard run's log")
-    assert f"| {cell(notify_flows.OVERTAKEN_ROW)} | {elsewhere} |" in sharded
+    every = notify_flows.notify_markdown(date(2022, 1, 4), [], report, shards=3, shards_reported=3)
+    assert f"| {cell(notify_flows.OVERTAKEN_ROW)} | 2 |" in every
+    some = notify_flows.notify_markdown(date(2022, 1, 4), [], report, shards=3, shards_reported=2)
+    told = cell("2 (told by 2 of the 3 shard runs: one that did not complete tells none)")
+    assert f"| {cell(notify_flows.OVERTAKEN_ROW)} | {told} |" in some
+
+
+def test_a_notify_run_reads_what_each_shard_run_had_taken_over(
+    prefect_server: None, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shard runs are other processes, on other machines: their return values are
+    nowhere their notify run can read (Prefect persists none by default, and then on the
+    shard's own disk). Each leaves its counts as an artifact of its run, which is."""
+    stalled = iter([DrainReport("file", sent=3, overtaken=2), DrainReport("file", overtaken=1)])
+    monkeypatch.setattr(notify_flows, "drain_shard", lambda *_a, **_k: next(stalled))
+    runs = [notify_flows.notify_shard(return_state=True) for _ in range(2)]
+    assert [r.is_completed() for r in runs] == [True, True]
+    ids = [r.state_details.flow_run_id for r in runs]
+    never_told = uuid4()  # a shard run killed before it ended
+    counts = notify_flows.read_shard_counts([*ids, never_told])
+    assert {i: c["overtaken"] for i, c in counts.items()} == {ids[0]: 2, ids[1]: 1}
+    assert counts[ids[0]]["sent"] == 3
 
 
 def test_the_notify_flow_catching_up_holds_back_a_mailing_past_its_last_day(
