@@ -64,6 +64,29 @@ def schedule_from_plan(actor: str) -> None:
     brownouts.schedule(run.registry, run.plan, actor=actor)
 
 
+@task(name="call-off-dropped-brownouts", cache_policy=NO_CACHE, **IO_RETRIES)
+def call_off_dropped_brownouts(actor: str) -> list[str]:
+    """Cancel the windows the plan dropped that have not started (the daily run's):
+    the registry would apply each at login from its time until a `brownout schedule
+    --apply`. Returns their names; a change another run made meanwhile is left to the
+    next day's run (or `brownout schedule`), with a warning."""
+    logger = get_run_logger()
+    run = runtime()
+    try:
+        cancelled = brownouts.call_off_dropped_windows(run.registry, run.plan, actor=actor)
+    except GuardRefused as refused:
+        logger.warning("brown-out windows the plan dropped were not cancelled: %s", refused)
+        return []
+    for window in cancelled:
+        logger.warning(
+            "brown-out %s was cancelled: no longer in plan %s (it was to start at %s UTC)",
+            window.name,
+            run.plan.name,
+            f"{window.starts_at:%Y-%m-%d %H:%M}",
+        )
+    return [w.name for w in cancelled]
+
+
 def _refuse_ahead(name: str, what: str, when: datetime) -> None:
     """Refuse to start or end a window on a run that came well before the time it is
     due to (a schedule older than the plan): the window is left as it is."""

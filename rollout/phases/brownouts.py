@@ -568,6 +568,22 @@ def call_off_dropped(
     )
 
 
+def call_off_dropped_windows(registry: Registry, plan: Plan, *, actor: str) -> list[WindowState]:
+    """Cancel every window ``plan`` scheduled and no longer names that has not started
+    (``call_off_dropped``): what `brownout schedule --apply` cancels, without creating or
+    moving the plan's own windows. For the daily run, so that a window the plan dropped
+    does not start by itself because nobody scheduled the plan since. One under way is
+    left to its end, as `schedule` leaves it (`brownout end` stops it)."""
+    now = utc_now()
+    cancelled = []
+    for window, _ in _dropped(registry, plan, status(registry, now), now):
+        if window.state == "scheduled":
+            done = call_off_dropped(registry, plan, window.name, actor=actor)
+            if done is not None:
+                cancelled.append(done)
+    return cancelled
+
+
 def start_now(registry: Registry, name: str, *, actor: str, reason: str) -> WindowState:
     """Begin a scheduled window now (it keeps its planned length)."""
     return _change_window(registry, name, actor, reason, _start_values, "brownout_started")

@@ -519,6 +519,36 @@ def test_a_brownout_start_for_a_dropped_window_already_under_way_ends_it(
     assert reason == "ended: no longer in plan npm-2022"
 
 
+def test_the_daily_run_cancels_a_window_the_plan_dropped_before_it_starts(
+    gap_state: Any, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prefect.yaml redeployed without the window's runs, and nobody scheduled the plan
+    since: no brownout-start comes, and the registry would apply the window at login at
+    its time. The daily run cancels it first thing, even on a day whose metrics fail."""
+    from rollout.phases.brownouts import schedule
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    text = _plan_with_brownouts(home, now + timedelta(days=40), now + timedelta(days=50))
+    text = text.read_text().replace("brownout-1", "gone-1").replace("brownout-2", "gone-2")
+    both = home.path / "plan-with-gone.yaml"
+    both.write_text(text)
+    schedule(Registry(home.settings.registry_url), load_plan(both), actor="rm")
+    dropped = home.path / "plan-without-gone-2.yaml"
+    start = text.index("  - name: gone-2")
+    dropped.write_text(text[:start] + text[text.index("\n\n", start) + 1 :])
+    monkeypatch.setenv("ROLLOUT_PLAN", str(dropped))
+    state = daily(as_of=GAP_DAY, ingest_first=False, return_state=True)
+    assert state.is_failed()  # the day's weekly window has a gap: cohorts refused
+    assert _window(home, "gone-2").state == "ended early"
+    assert _window(home, "gone-1").state == "scheduled"  # the plan's own, untouched
+    [(reason, actor)] = home.registry_rows(
+        "select reason, actor from actions where action = 'brownout_ended' "
+        "and subject = 'brownout:gone-2'"
+    )
+    assert reason == "cancelled: no longer in plan npm-2022"
+    assert actor.startswith("prefect/")  # the daily run
+
+
 def test_the_elv_flow_enrols_every_account(daily_state: Any, home: Home) -> None:
     enrolled = brownout_flows.elv_enroll_all(batch_size=100)
     [(total, left)] = home.registry_rows(
