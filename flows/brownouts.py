@@ -2,7 +2,10 @@
 
 ``brownout-start`` runs at a window's planned start: the window (scheduled from the
 plan) begins to apply by itself at that time, so the flow checks and reports it,
-scheduling the plan's windows first if nobody did. ``brownout-end`` runs at the planned
+scheduling the plan's windows first if nobody did; for a window the plan dropped since
+(its schedule left in prefect.yaml), which the registry would still apply from its time,
+it calls the window off instead (cancelled, or ended if it began by itself), as
+``brownout schedule --apply`` and ``brownout end`` would. ``brownout-end`` runs at the planned
 end: a window ends by itself too; the flow confirms it, or ends it if still active
 past the plan's end (a late-running window must never outlive its plan). The emergency
 stop stays the CLI's ``rollout brownout end NAME``, which works at any time. ``elv-enroll-all``
@@ -61,6 +64,29 @@ def schedule_from_plan(actor: str) -> None:
     brownouts.schedule(run.registry, run.plan, actor=actor)
 
 
+@task(name="call-off-dropped-brownouts", cache_policy=NO_CACHE, **IO_RETRIES)
+def call_off_dropped_brownouts(actor: str) -> list[str]:
+    """Cancel the windows the plan dropped that have not started (the daily run's):
+    the registry would apply each at login from its time until a `brownout schedule
+    --apply`. Returns their names; a change another run made meanwhile is left to the
+    next day's run (or `brownout schedule`), with a warning."""
+    logger = get_run_logger()
+    run = runtime()
+    try:
+        cancelled = brownouts.call_off_dropped_windows(run.registry, run.plan, actor=actor)
+    except GuardRefused as refused:
+        logger.warning("brown-out windows the plan dropped were not cancelled: %s", refused)
+        return []
+    for window in cancelled:
+        logger.warning(
+            "brown-out %s was cancelled: no longer in plan %s (it was to start at %s UTC)",
+            window.name,
+            run.plan.name,
+            f"{window.starts_at:%Y-%m-%d %H:%M}",
+        )
+    return [w.name for w in cancelled]
+
+
 def _refuse_ahead(name: str, what: str, when: datetime) -> None:
     """Refuse to start or end a window on a run that came well before the time it is
     due to (a schedule older than the plan): the window is left as it is."""
@@ -99,11 +125,26 @@ def brownout_start(name: str) -> str:
     logger = get_run_logger()
     actor = run_actor(runtime().settings)
     plan = runtime().plan
-    try:
-        brownouts.refuse_unplanned(plan, name, _find(name))
-    except GuardRefused as refused:
-        # A deployment's schedule left from before the plan dropped the window.
-        raise GuardRefused(f"{refused}; redeploy prefect.yaml (`prefect deploy --all`)") from None
+    if name not in {b.name for b in plan.brownouts}:
+        # A deployment's schedule left from before the plan dropped the window, which
+        # the registry still holds: it would apply at login from its time (or does
+        # already) until a `brownout schedule --apply`. The plan dropped it: call it off.
+        called_off = brownouts.call_off_dropped(runtime().registry, plan, name, actor=actor)
+        if called_off is None:  # not a window this plan scheduled, or one over
+            try:
+                brownouts.refuse_unplanned(plan, name, _find(name))
+            except GuardRefused as refused:
+                raise GuardRefused(
+                    f"{refused}; redeploy prefect.yaml (`prefect deploy --all`)"
+                ) from None
+        logger.warning(
+            "brown-out %s is not in plan %s: called off (%s) rather than started; "
+            "redeploy prefect.yaml (`prefect deploy --all`) to drop this schedule",
+            name,
+            plan.name,
+            called_off.state,
+        )
+        return _report(name, "called off").state
     if _find(name) is None:
         schedule_from_plan(actor)
     window = _window(name)

@@ -14,6 +14,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.brownouts import call_off_dropped_brownouts
 from flows.common import (
     IO_RETRIES,
     artifact_key,
@@ -102,10 +103,14 @@ def daily(
     as_of: date | None = None, ingest_first: bool = True, allow_gaps: bool = False
 ) -> list[CohortResult]:
     """``metrics`` then ``cohorts`` as subflows; a failed metrics run stops the cohorts.
+    First, the brown-out windows the plan dropped that have not started are cancelled
+    (``call_off_dropped_brownouts``): nothing else would stop them applying at login.
 
     A subflow failed by a user error (missing download days, say) raises that error
     here, and this run fails with the same one line."""
     day = day_or_today(as_of)
+    # First: a metrics run that fails must not leave a dropped window to start.
+    call_off_dropped_brownouts(run_actor(runtime().settings))
     metrics(as_of=day, ingest_first=ingest_first)
     # The ingest just extracted the registry: no need to read it again.
     return cohorts(as_of=day, allow_gaps=allow_gaps, refresh_registry=not ingest_first)

@@ -24,13 +24,15 @@ With ``shards`` above 1 the sending fans out: that many ``notify-shard`` runs of
 ``notify-shard`` deployment, which any worker of the pool picks up (on other machines),
 drain the outbox together (rollout.notify.drain.drain_shard: rows claimed with a lease,
 a dead shard's taken over when it runs out). This run holds the ``notify`` lock while
-they work, waits for them, and reads what they did from the outbox. Cancelling it
+they work, waits for them, and reads what they did from the outbox, and what each had
+taken over from it from that shard run's artifact (``read_shard_counts``). Cancelling it
 cancels them (the server cancels a cancelled run's subflow runs; their workers stop
 them, and each puts back what it held).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -38,10 +40,15 @@ from datetime import date, timedelta
 from uuid import UUID
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+)
 from prefect.client.schemas.objects import TERMINAL_STATES, StateType
 from prefect.deployments import run_deployment
 from prefect.states import Cancelled, Cancelling, State
@@ -256,7 +263,38 @@ def notify_shard(
         "taken over by another shard once this one outlived its lease",
         done,
     )
+    # Where its notify run reads them (read_shard_counts): the return value is not.
+    create_table_artifact(
+        table=[done],
+        key=SHARD_COUNTS_KEY,
+        description="What this notify-shard run sent, failed, skipped and had taken over",
+    )
     return done
+
+
+# Each notify-shard run's counts, as a table artifact of one row: the one place its
+# notify run, on another machine, can read them through the Prefect API. A flow run's
+# return value is not: Prefect persists none by default (results.persist_by_default),
+# and a persisted one lies in the result storage of the shard's own machine.
+SHARD_COUNTS_KEY = "notify-shard-counts"
+
+
+def read_shard_counts(ids: list[UUID]) -> dict[UUID, dict[str, int]]:
+    """The counts each of the shard runs ``ids`` left (its SHARD_COUNTS_KEY artifact),
+    by run; a run that did not complete (killed, cancelled, failed) left none."""
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=ids),
+                key=ArtifactFilterKey(any_=[SHARD_COUNTS_KEY]),
+            )
+        )
+    counts = {}
+    for artifact in artifacts:
+        data = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+        if artifact.flow_run_id is not None and isinstance(data, list) and data:
+            counts[artifact.flow_run_id] = {k: int(v) for k, v in data[0].items()}
+    return counts
 
 
 def _wait_for_shards(ids: list[UUID], grace: float) -> dict[UUID, StateType]:
@@ -298,10 +336,11 @@ def send_in_shards(
     lease_seconds: int,
     retry_failed: bool,
     grace: float = STRAGGLER_GRACE_SECONDS,
-) -> DrainReport:
+) -> tuple[DrainReport, int]:
     """The outbox drained by ``shards`` notify-shard runs, any worker's, under this
     run's ``notify`` lock; a shard run not ended ``grace`` seconds after the outbox
-    drained is set Cancelled (``_wait_for_shards``)."""
+    drained is set Cancelled (``_wait_for_shards``). Returns what they did together
+    (its ``overtaken`` summed over the shard runs that reported), and how many did."""
     logger = get_run_logger()
     run = runtime()
     sender = run_sender()
@@ -328,6 +367,9 @@ def send_in_shards(
             raise
         report = shards_report(run.registry, begun)
         drained = outbox_drained(run.registry)
+    # What the shards had taken over is theirs to tell (the outbox does not say).
+    counts = read_shard_counts(ids)
+    report.overtaken = sum(c.get("overtaken", 0) for c in counts.values())
     unfinished = [str(i) for i, t in states.items() if t != StateType.COMPLETED]
     if unfinished:
         logger.warning("shards that did not complete: %s", ", ".join(unfinished))
@@ -336,7 +378,7 @@ def send_in_shards(
             f"the outbox was not drained: {len(unfinished)} of {shards} shards did not "
             "complete; the next run sends what is left"
         )
-    return report
+    return report, len(counts)
 
 
 # The artifact's row of the claimed emails another sender took over (notify send's
@@ -345,11 +387,16 @@ OVERTAKEN_ROW = "taken over by another sender once this one outlived its lease"
 
 
 def notify_markdown(
-    day: date, queued: list[QueueOutcome], report: DrainReport | None, *, shards: int = 1
+    day: date,
+    queued: list[QueueOutcome],
+    report: DrainReport | None,
+    *,
+    shards: int = 1,
+    shards_reported: int | None = None,
 ) -> str:
     """The notify run's artifact. ``shards``: how many notify-shard runs sent, whose
-    report (``shards_report``) is read from the outbox: what each shard had taken over
-    from it is in that shard's log and result, not here."""
+    report (``shards_report``) is read from the outbox, and what they had taken over
+    from them summed over the ``shards_reported`` that said (``read_shard_counts``)."""
     parts = [f"# Emails {day}"]
     if queued:
         parts.append(
@@ -377,8 +424,16 @@ def notify_markdown(
         rows.append(("resent after an interrupted drain (maybe twice)", report.resumed))
         rows.append(("retried after 5xx/429", report.retried))
         rows.append(("failed before, queued again (retry_failed)", report.requeued))
-        if shards > 1:
-            rows.append((OVERTAKEN_ROW, "in each shard run's log"))
+        reported = shards if shards_reported is None else shards_reported
+        if shards > 1 and reported < shards:
+            # A shard run killed or cancelled tells nothing of what it had taken over.
+            rows.append(
+                (
+                    OVERTAKEN_ROW,
+                    f"{report.overtaken} (told by {reported} of the {shards} shard runs: "
+                    "one that did not complete tells none)",
+                )
+            )
         else:
             rows.append((OVERTAKEN_ROW, report.overtaken))
         parts.append("## Sent\n\n" + table(rows))
@@ -425,16 +480,19 @@ def notify(
     snoozes = snooze_task(run_actor(runtime().settings))
     suppressions = sync_suppressions_task(run_actor(runtime().settings))
     queued = queue_task(day, run_actor(runtime().settings), late)
+    reported = None
     if not send:
         report = None
     elif shards > 1:
-        report = send_in_shards(
+        report, reported = send_in_shards(
             shards, concurrency, lease_seconds, retry_failed, straggler_grace_seconds
         )
     else:
         report = send_task(concurrency, retry_failed)
     create_markdown_artifact(
-        markdown=notify_markdown(day, queued, report, shards=shards if send else 1)
+        markdown=notify_markdown(
+            day, queued, report, shards=shards if send else 1, shards_reported=reported
+        )
         + snoozes_markdown(snoozes)
         + suppressions_markdown(suppressions),
         key=artifact_key("notify", day),

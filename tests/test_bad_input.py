@@ -475,3 +475,26 @@ def test_a_registry_server_that_is_not_there_is_one_line_without_the_password(
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: the registry database: connection failed")
     assert "s3cret" not in result.stderr and "Traceback" not in result.output
+
+
+def test_a_registry_server_gone_by_the_extract_is_the_same_one_line(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch, postgres_schema_url: str
+) -> None:
+    """The extract reads PostgreSQL through ADBC, a driver of its own: a server gone
+    between the command's first query and the extract (a failover) is the one line and
+    exit 1 a server not there at all gives (it was ADBC's traceback)."""
+    engine = make_engine(postgres_schema_url)
+    upgrade(engine)
+    engine.dispose()
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", postgres_schema_url)
+    (rollout_home / "landing").mkdir(parents=True)
+    # The engine reaches the server; ADBC, a moment later, finds nobody there.
+    monkeypatch.setattr(
+        "rollout.registry.engine.adbc_uri", lambda _url: "postgresql://u:s3cret@127.0.0.1:1/db"
+    )
+    result = run("ingest")
+    assert result.exit_code == 1, (result.stderr, result.exception)
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: the registry database: IO: [libpq] Failed to connect")
+    assert "Connection refused" in line
+    assert "s3cret" not in result.stderr and "Traceback" not in result.output

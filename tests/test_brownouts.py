@@ -765,7 +765,10 @@ def test_a_window_the_plan_no_longer_names_does_not_start_once_scheduling_follow
     _, warnings = drift.plan_drift(registry, edited)
     said = " ".join(w for w in warnings if w.startswith("brown-out"))
     assert "brown-out dropped is scheduled in the registry" in said
-    assert "no longer in plan npm-2022: it starts by itself at its time" in said
+    assert (
+        "no longer in plan npm-2022: it starts by itself at its time unless the next "
+        "daily run cancels it first" in said
+    )
     assert "brown-out running is active in the registry" in said
     assert "`rollout brownout end running --reason ... --apply` stops it now" in said
 
@@ -791,6 +794,44 @@ def test_a_window_the_plan_no_longer_names_does_not_start_once_scheduling_follow
     # Scheduling again changes nothing more (the one under way is still said).
     assert dict(brownouts.schedule_preview(registry, edited))["later"] == "unchanged (scheduled)"
     assert "dropped" not in dict(brownouts.schedule_preview(registry, edited))
+
+
+def test_the_daily_run_s_call_off_cancels_only_the_dropped_windows_not_begun(
+    registry: Registry, plan: Plan, accounts: dict[str, int]
+) -> None:
+    """What the daily run does without anyone scheduling the plan: the window the plan
+    dropped that has not begun no longer challenges anyone at its time; the plan's own
+    window is not created nor moved, the one under way runs on (as `schedule` leaves it),
+    and a second call has nothing to do."""
+    now = utc_now().replace(microsecond=0)
+    running = Brownout(name="running", starts_at=now + timedelta(hours=1))
+    dropped = Brownout(name="dropped", starts_at=now + timedelta(days=3))
+    kept = Brownout(name="kept", starts_at=now + timedelta(days=6))
+    brownouts.schedule(
+        registry, plan.model_copy(update={"brownouts": [running, dropped, kept]}), actor="rm"
+    )
+    brownouts.start_now(registry, "running", actor="rm", reason="rehearsal")
+    later = Brownout(name="later", starts_at=now + timedelta(days=9))
+    edited = plan.model_copy(update={"brownouts": [kept, later]})
+    in_dropped = now + timedelta(days=3, hours=2)
+    assert required(registry, accounts["kim"], in_dropped)
+
+    cancelled = brownouts.call_off_dropped_windows(registry, edited, actor="daily")
+    assert [(w.name, w.state) for w in cancelled] == [("dropped", "ended early")]
+    assert not required(registry, accounts["kim"], in_dropped)
+    assert [(w.name, w.state) for w in brownouts.status(registry)] == [
+        ("running", "active"),
+        ("dropped", "ended early"),
+        ("kept", "scheduled"),
+    ]
+    with registry.engine.connect() as connection:
+        ended = connection.execute(
+            select(Action.subject, Action.reason, Action.actor).where(
+                Action.action == "brownout_ended"
+            )
+        ).all()
+    assert ended == [("brownout:dropped", "cancelled: no longer in plan npm-2022", "daily")]
+    assert brownouts.call_off_dropped_windows(registry, edited, actor="daily") == []
 
 
 def test_plan_check_says_a_window_dated_otherwise_keeps_the_registrys_times(

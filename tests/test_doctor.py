@@ -152,7 +152,7 @@ def test_a_warehouse_of_another_version_fails(tmp_path: Path) -> None:
     con.execute("update warehouse_meta set schema_version = 1")
     con.close()
     result = check_warehouse(path)
-    assert result.status is Status.fail and "delete it" in result.detail
+    assert result.status is Status.fail and "move it aside" in result.detail
 
 
 @pytest.fixture

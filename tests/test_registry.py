@@ -10,9 +10,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import adbc_driver_manager
 import pytest
 from sqlalchemy import Engine, event, inspect, select, text
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from rollout import warehouse
 from rollout.core.errors import RolloutError
@@ -571,3 +572,25 @@ def test_a_url_the_server_turns_down_is_refused_alike_by_an_engine_and_by_adbc(
         # The server's answer, after each driver's own words for "failed to connect".
         answer = through_the_engine.value.reason.partition("FATAL: ")[2]
         assert answer and through_adbc.value.reason.endswith(answer)
+
+
+def test_a_connection_the_server_drops_under_adbc_is_an_engine_s_operational_error(
+    postgres_schema_url: str,
+) -> None:
+    """A failover while the extract reads: SQLAlchemy's OperationalError, as an engine's
+    dropped connection is (what the flows retry and the CLI reports in one line); a
+    statement's own error (bad SQL) stays ADBC's."""
+    with (
+        pytest.raises(OperationalError) as dropped,
+        adbc_connect(postgres_schema_url) as connection,
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("select pg_terminate_backend(pg_backend_pid())")
+        cursor.fetchall()
+    assert "terminating connection" in str(dropped.value.orig)
+    with (
+        pytest.raises(adbc_driver_manager.ProgrammingError),
+        adbc_connect(postgres_schema_url) as connection,
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("selec 1")

@@ -10,6 +10,7 @@ import pytest
 
 from rollout import warehouse
 from rollout.core.errors import RolloutError
+from rollout.ops.doctor import Status, check_warehouse
 from rollout.warehouse.manifests import latest_manifests
 
 
@@ -157,6 +158,35 @@ def test_a_read_only_connection_refuses_another_schema_version(tmp_path: Path) -
         con.execute("update warehouse_meta set schema_version = 2")
     with pytest.raises(RolloutError, match="has schema version 2, this rollout needs"):
         warehouse.connect(path, read_only=True)
+
+
+def test_the_advice_to_rebuild_says_what_a_rebuild_reads_again_and_what_it_loses(
+    tmp_path: Path,
+) -> None:
+    """ "Delete it and rebuild from the landing files" hid that the warehouse is the only
+    keeper of past days' metrics and cohort snapshots: every refusal that advises a
+    rebuild (another schema version, a file DuckDB cannot open, the doctor) says to move
+    it aside, what the new one reads again and what is lost, and how to get days back."""
+    path = tmp_path / "warehouse.duckdb"
+    with warehouse.open_warehouse(path) as con:
+        con.execute("update warehouse_meta set schema_version = 2")
+    with pytest.raises(RolloutError) as other_version:
+        warehouse.connect(path)
+    broken = tmp_path / "broken.duckdb"
+    broken.write_text("not a DuckDB file\n" * 100)
+    with pytest.raises(RolloutError) as unreadable:
+        warehouse.connect(broken)
+    doctor = check_warehouse(path)
+    assert doctor.status is Status.fail
+    for message in (str(other_version.value), str(unreadable.value), doctor.detail):
+        assert "\n" not in message
+        assert "move it aside" in message and "delete" not in message
+        assert "re-reads every landing file still under the landing folder" in message
+        assert "copies the registry again" in message
+        assert "lost are the rows of landing files no longer there" in message
+        for table in ("package_metrics_daily", "metrics_runs", "cohort_account_snapshots"):
+            assert table in message
+        assert "`rollout metrics --as-of DAY` and `rollout cohorts build --as-of DAY`" in message
 
 
 def test_a_read_only_connection_takes_tables_made_since_the_schema_was_kept(

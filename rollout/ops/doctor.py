@@ -218,6 +218,7 @@ def check_warehouse(path: Path) -> CheckResult:
     import duckdb
 
     from rollout.warehouse import (
+        REBUILD_ADVICE,
         REPAIRS,
         SCHEMA_VERSION,
         made_by_this_sql,
@@ -264,7 +265,7 @@ def check_warehouse(path: Path) -> CheckResult:
             "warehouse",
             Status.fail,
             f"{path} has schema version {version}, this code needs {SCHEMA_VERSION}: "
-            "delete it and run `rollout ingest` (it is rebuilt from the landing files)",
+            f"{REBUILD_ADVICE}",
         )
     unwritable = _unwritable(path)
     if unwritable is not None:

@@ -543,6 +543,47 @@ def refuse_unplanned(plan: Plan, name: str, found: WindowState | None) -> None:
     )
 
 
+def call_off_dropped(
+    registry: Registry, plan: Plan, name: str, *, actor: str
+) -> WindowState | None:
+    """Make a window ``plan`` scheduled and no longer names stop applying: cancelled if
+    not started, ended now if under way (it began by itself at its time, nobody having
+    scheduled the plan since it dropped the window). The plan is the release manager's
+    decision; the registry applies a window at login whatever the plan says. None, and
+    nothing changed, for any other window (the plan's own, one it never scheduled, one
+    over)."""
+    now = utc_now()
+    dropped = {w.name: w for w, _ in _dropped(registry, plan, status(registry, now), now)}
+    window = dropped.get(name)
+    if window is None:
+        return None
+    what = "cancelled" if window.state == "scheduled" else "ended"
+    return _change_window(
+        registry,
+        name,
+        actor,
+        f"{what}: no longer in plan {plan.name}",
+        _end_values,
+        "brownout_ended",
+    )
+
+
+def call_off_dropped_windows(registry: Registry, plan: Plan, *, actor: str) -> list[WindowState]:
+    """Cancel every window ``plan`` scheduled and no longer names that has not started
+    (``call_off_dropped``): what `brownout schedule --apply` cancels, without creating or
+    moving the plan's own windows. For the daily run, so that a window the plan dropped
+    does not start by itself because nobody scheduled the plan since. One under way is
+    left to its end, as `schedule` leaves it (`brownout end` stops it)."""
+    now = utc_now()
+    cancelled = []
+    for window, _ in _dropped(registry, plan, status(registry, now), now):
+        if window.state == "scheduled":
+            done = call_off_dropped(registry, plan, window.name, actor=actor)
+            if done is not None:
+                cancelled.append(done)
+    return cancelled
+
+
 def start_now(registry: Registry, name: str, *, actor: str, reason: str) -> WindowState:
     """Begin a scheduled window now (it keeps its planned length)."""
     return _change_window(registry, name, actor, reason, _start_values, "brownout_started")

@@ -380,7 +380,8 @@ def _windows_astray(registry: Registry, plan: Plan) -> list[str]:
                 f"brown-out {window.name} is {state} in the registry ({when}) but no longer "
                 f"in plan {plan.name}: it "
                 + (
-                    "starts by itself at its time; `rollout brownout schedule --apply` cancels it"
+                    "starts by itself at its time unless the next daily run cancels it first; "
+                    "`rollout brownout schedule --apply` cancels it now"
                     if state == "scheduled"
                     else "applies until its end; `rollout brownout end "
                     f"{window.name} --reason ... --apply` stops it now"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -125,11 +126,24 @@ def _refused_url(context: ExceptionContext) -> BaseException | None:
     return url_refused(context.original_exception)
 
 
+def _as_engine_error(error: BaseException) -> BaseException:
+    """ADBC's OperationalError (a server not there, a connection dropped or cancelled,
+    a timeout: ADBC's IO, CANCELLED, TIMEOUT and UNKNOWN) as SQLAlchemy's, which wraps
+    psycopg's and sqlite3's alike: the class the flows retry (``flows.common
+    .is_transient``) and the CLI reports in one line, exit 1. Other errors as they are."""
+    import adbc_driver_manager
+
+    if isinstance(error, adbc_driver_manager.OperationalError):
+        return sqlalchemy_exc.OperationalError(None, None, error)
+    return error
+
+
 @contextmanager
 def adbc_connect(url: str | URL) -> Iterator[Any]:
     """An ADBC DB-API connection to the registry at ``url`` (a SQLAlchemy URL), closed
-    on leaving; a URL the server turns down raises RegistryURLRefused, as an engine's
-    connection does."""
+    on leaving. Its failures read as an engine's do: a URL the server turns down raises
+    RegistryURLRefused; a server not there, or gone while the connection is used, raises
+    SQLAlchemy's OperationalError (``_as_engine_error``)."""
     if is_sqlite(url):
         import adbc_driver_sqlite.dbapi as driver
     else:
@@ -138,11 +152,19 @@ def adbc_connect(url: str | URL) -> Iterator[Any]:
         connection = driver.connect(adbc_uri(url))
     except driver.Error as error:
         refused = url_refused(error)
-        if refused is None:
+        if refused is not None:
+            raise refused from None
+        wrapped = _as_engine_error(error)
+        if wrapped is error:
             raise
-        raise refused from None
+        raise wrapped from error
     try:
         yield connection
+    except driver.Error as error:
+        wrapped = _as_engine_error(error)
+        if wrapped is error:
+            raise
+        raise wrapped from error
     finally:
         connection.close()
 

@@ -29,6 +29,22 @@ SQL_DIR = resource_dir("sql")
 # rebuilt from landing files, and a file of another version is refused clearly.
 SCHEMA_VERSION = 3
 
+# What to do with a warehouse this rollout cannot use (not a DuckDB file, another
+# schema version), and what it costs: every message that says to rebuild it says this.
+# The landing files and the registry come back whole; the history of past days is the
+# warehouse's own (metrics and cohort builds append a day's snapshot each run), and a
+# day computed again reads the landing files and the registry as they are then.
+REBUILD_ADVICE = (
+    "move it aside (it keeps the history it holds) and run `rollout ingest`: the new "
+    "warehouse re-reads every landing file still under the landing folder "
+    "($ROLLOUT_HOME/landing) and copies the registry again; lost are the rows of "
+    "landing files no longer there, and each past day's metrics and cohort snapshots "
+    "(package_metrics_daily, metrics_runs, cohort_package_snapshots, "
+    "cohort_account_snapshots): `rollout metrics --as-of DAY` and `rollout cohorts build "
+    "--as-of DAY` compute a day again, from the landing files and the registry as they "
+    "are now (docs/runbook-operator.md, section 12)"
+)
+
 # Views over the raw tables, in dependency order.
 STAGING_VIEWS = (
     "stg_downloads",
@@ -104,8 +120,7 @@ def connect(
             # Not a DuckDB file, unreadable, a newer format: a message, not a traceback.
             raise RolloutError(
                 f"{path}: cannot open the warehouse: {error}; if ROLLOUT_WAREHOUSE (or "
-                "ROLLOUT_HOME) names the warehouse, it is derived data, so move it aside "
-                "and run `rollout ingest` to rebuild it from the landing files"
+                f"ROLLOUT_HOME) names the warehouse, {REBUILD_ADVICE}"
             ) from None
         # DuckDB allows one writer, or readers, not both: say so, not a traceback.
         holder = re.search(r"\(PID (\d+)\)", str(error))
@@ -193,8 +208,7 @@ def _require_version(con: duckdb.DuckDBPyConnection, found: int | None) -> None:
     if found != SCHEMA_VERSION:
         raise RolloutError(
             f"the warehouse {database_path(con)} has schema version {found}, this rollout "
-            f"needs {SCHEMA_VERSION}: it is derived data, so delete the file and run "
-            "`rollout ingest` to rebuild it from the landing files"
+            f"needs {SCHEMA_VERSION}: {REBUILD_ADVICE}"
         )
 
 

@@ -14,6 +14,7 @@ a fresh outbox state.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -27,6 +28,8 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
+from flows.common import cell
+from flows.notify import OVERTAKEN_ROW, SHARD_COUNTS_KEY
 from rollout.demo.crowd import NOTICE_DAY, add_crowd
 from rollout.registry.engine import make_engine
 from rollout.registry.models import Notification
@@ -153,6 +156,21 @@ class Stack:
         }
         return [r for r in runs if r.get("parent_task_run_id") in parent_tasks]
 
+    def artifacts(self, run_ids: list[str], key: str) -> list[dict[str, Any]]:
+        """The artifacts ``key`` of the flow runs ``run_ids``."""
+        return self.processes.api(
+            "POST",
+            "/artifacts/filter",
+            {"artifacts": {"key": {"any_": [key]}, "flow_run_id": {"any_": run_ids}}},
+        )
+
+    def overtaken_row(self, run_id: str) -> str:
+        """The notify run's artifact's row of the emails taken over."""
+        [artifact] = self.artifacts([run_id], f"notify-{NOTICE_DAY.isoformat()}")
+        row = f"| {cell(OVERTAKEN_ROW)} | "
+        [line] = [line for line in artifact["data"].splitlines() if line.startswith(row)]
+        return line.removeprefix(row).removesuffix(" |")
+
 
 def _environs() -> dict[int, list[bytes]]:
     found = {}
@@ -227,6 +245,13 @@ def test_shards_on_two_workers_deliver_each_email_once(
     logs = {name: (stack.processes.dir / f"worker-{name}.log").read_text() for name in "ab"}
     for name, log in logs.items():
         assert any(s["id"] in log for s in shards), f"worker {name} ran no shard"
+    # Each shard run told its counts where the notify run reads them; it sums them.
+    told = [
+        json.loads(a["data"])[0]
+        for a in stack.artifacts([s["id"] for s in shards], SHARD_COUNTS_KEY)
+    ]
+    assert len(told) == SHARDS and sum(t["sent"] for t in told) == EMAILS
+    assert stack.overtaken_row(run["id"]) == str(sum(t["overtaken"] for t in told))
 
 
 def test_a_worker_killed_mid_run_leaves_the_run_to_complete(
@@ -252,7 +277,16 @@ def test_a_worker_killed_mid_run_leaves_the_run_to_complete(
     assert run["state_type"] == "COMPLETED", run["state"]["message"] + stack.processes.diagnostics()
     # The dead machine's shard runs never reported: called off after the grace, none
     # left Running.
-    assert {s["state_type"] for s in stack.shard_runs(run_id)} <= {"COMPLETED", "CANCELLED"}
+    shards = stack.shard_runs(run_id)
+    assert {s["state_type"] for s in shards} <= {"COMPLETED", "CANCELLED"}
+    # What the dead shards had taken over from them is not known, and the artifact says so.
+    completed = [s["id"] for s in shards if s["state_type"] == "COMPLETED"]
+    told = [json.loads(a["data"])[0] for a in stack.artifacts(completed, SHARD_COUNTS_KEY)]
+    assert len(told) == len(completed) < SHARDS
+    assert stack.overtaken_row(run_id) == cell(
+        f"{sum(t['overtaken'] for t in told)} (told by {len(completed)} of the {SHARDS} "
+        "shard runs: one that did not complete tells none)"
+    )
     outbox = stack.outbox()
     assert set(outbox.values()) <= {"sent", "skipped"}
     delivered = stack.delivered()

@@ -25,7 +25,7 @@ from rollout.core.errors import BadInput, GuardRefused
 from rollout.demo.sample import generate_sample
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.registry import Registry
-from rollout.registry.engine import RegistryURLRefused, make_engine
+from rollout.registry.engine import RegistryURLRefused, adbc_connect, make_engine
 from rollout.registry.migrate import upgrade
 from tests.factories import LATE_NOTICE, NotificationFactory, bound_to
 from tests.support.artifacts import logs_since, read_markdown
@@ -185,6 +185,18 @@ def test_a_turned_down_registry_url_is_not_transient_and_a_refused_connection_is
     with pytest.raises(OperationalError) as refused:
         engine.connect()
     assert is_transient(refused.value)
+
+
+def test_a_server_adbc_cannot_reach_is_transient_as_through_an_engine() -> None:
+    """The extract and the bulk loads connect through ADBC: a refused connection there
+    is retried as the engine's is (ADBC's own OperationalError was not)."""
+    with (
+        pytest.raises(OperationalError) as refused,
+        adbc_connect("postgresql://u:s3cret@127.0.0.1:1/db"),
+    ):
+        pass
+    assert is_transient(refused.value)
+    assert "Connection refused" in str(refused.value.orig)
 
 
 # --- daily, on a registry whose downloads end before the day ---------------------------

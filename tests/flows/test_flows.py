@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import pytest
 
@@ -43,6 +44,7 @@ from rollout.notify.drain import DrainReport, ShardOrphaned
 from rollout.registry import Registry
 from rollout.warehouse import open_warehouse
 from rollout.warehouse.ingest import FileResult, IngestReport
+from tests.factories import AccountFactory, bound_to
 from tests.support.artifacts import logs_since, read_artifact
 from tests.support.env import without_rollout_settings
 from tests.support.outbox import on
@@ -484,12 +486,14 @@ def test_a_brownout_run_well_before_the_window_s_planned_times_changes_nothing(
     end_now(registry, "brownout-2", actor="rm", reason="the test is over")
 
 
-def test_a_brownout_start_left_over_for_a_window_the_plan_dropped_starts_nothing(
+def test_a_brownout_start_left_over_for_a_window_the_plan_dropped_calls_it_off(
     daily_state: Any, home: Home, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """prefect.yaml still has a window's start after the plan dropped it: the run
-    begins nothing and says how to cancel the window the registry still holds."""
-    from rollout.phases.brownouts import schedule
+    """prefect.yaml still has a window's start after the plan dropped it, and nobody
+    scheduled the plan since: the registry would apply the window at login from its
+    time (ELV's challenge reads the registry, not the plan). The run calls it off, as
+    `brownout schedule --apply` would, rather than fail and leave it to start."""
+    from rollout.phases.brownouts import elv_required, schedule
 
     now = datetime.now(UTC).replace(tzinfo=None)
     # Windows of their own: the registry is shared with the other flows' tests.
@@ -497,22 +501,91 @@ def test_a_brownout_start_left_over_for_a_window_the_plan_dropped_starts_nothing
     text = text.read_text().replace("brownout-1", "drill-1").replace("brownout-2", "drill-2")
     both = home.path / "plan-with-drills.yaml"
     both.write_text(text)
-    schedule(Registry(home.settings.registry_url), load_plan(both), actor="rm")
+    registry = Registry(home.settings.registry_url)
+    schedule(registry, load_plan(both), actor="rm")
     dropped = home.path / "plan-without-drill-2.yaml"
     start = text.index("  - name: drill-2")  # the last window, a blank line after it
     dropped.write_text(text[:start] + text[text.index("\n\n", start) + 1 :])
     assert [b.name for b in load_plan(dropped).brownouts] == ["drill-1"]
     monkeypatch.setenv("ROLLOUT_PLAN", str(dropped))
-    refused = brownout_flows.brownout_start("drill-2", return_state=True)
-    assert refused.is_failed()
-    assert refused.message.startswith(
-        "brown-out drill-2 is not in plan npm-2022 (it is scheduled in the registry): "
+    window = _window(home, "drill-2")
+    with bound_to(registry.engine):
+        account_id = AccountFactory(username="drill-watcher").id  # no 2FA, no ELV
+    with registry.engine.connect() as connection:  # the window would challenge them
+        assert elv_required(connection, account_id, window.starts_at + timedelta(minutes=1))
+    assert brownout_flows.brownout_start("drill-2") == "ended early"
+    assert _window(home, "drill-2").state == "ended early"
+    with registry.engine.connect() as connection:
+        assert not elv_required(connection, account_id, window.starts_at + timedelta(minutes=1))
+    assert "| state | ended early |" in read_artifact("brownout-drill-2-called-off").data
+    [(reason,)] = home.registry_rows(
+        "select reason from actions where action = 'brownout_ended' "
+        "and subject = 'brownout:drill-2'"
+    )
+    assert reason == "cancelled: no longer in plan npm-2022"
+    # Again (a retry, a second old schedule): it is over, nothing to call off.
+    again = brownout_flows.brownout_start("drill-2", return_state=True)
+    assert again.is_failed() and again.message.startswith(
+        "brown-out drill-2 is not in plan npm-2022 (it is ended early in the registry): "
         "nothing was started"
     )
-    assert _window(home, "drill-2").state == "scheduled"
-    # Scheduling the plan as it is now cancels it, before it starts by itself.
-    schedule(Registry(home.settings.registry_url), load_plan(dropped), actor="rm")
-    assert _window(home, "drill-2").state == "ended early"
+
+
+def test_a_brownout_start_for_a_dropped_window_already_under_way_ends_it(
+    daily_state: Any, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run fires at the window's start: the window has begun by itself by the time
+    the worker runs it. Dropped from the plan, it ends there."""
+    from rollout.phases.brownouts import schedule
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    text = _plan_with_brownouts(home, now + timedelta(days=30), now + timedelta(seconds=2))
+    text = text.read_text().replace("brownout-1", "late-1").replace("brownout-2", "late-2")
+    both = home.path / "plan-with-late.yaml"
+    both.write_text(text)
+    schedule(Registry(home.settings.registry_url), load_plan(both), actor="rm")
+    dropped = home.path / "plan-without-late-2.yaml"
+    start = text.index("  - name: late-2")
+    dropped.write_text(text[:start] + text[text.index("\n\n", start) + 1 :])
+    monkeypatch.setenv("ROLLOUT_PLAN", str(dropped))
+    while _window(home, "late-2").state == "scheduled":
+        time.sleep(0.2)
+    assert _window(home, "late-2").state == "active"
+    assert brownout_flows.brownout_start("late-2") == "ended early"
+    [(reason,)] = home.registry_rows(
+        "select reason from actions where action = 'brownout_ended' and subject = 'brownout:late-2'"
+    )
+    assert reason == "ended: no longer in plan npm-2022"
+
+
+def test_the_daily_run_cancels_a_window_the_plan_dropped_before_it_starts(
+    gap_state: Any, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prefect.yaml redeployed without the window's runs, and nobody scheduled the plan
+    since: no brownout-start comes, and the registry would apply the window at login at
+    its time. The daily run cancels it first thing, even on a day whose metrics fail."""
+    from rollout.phases.brownouts import schedule
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    text = _plan_with_brownouts(home, now + timedelta(days=40), now + timedelta(days=50))
+    text = text.read_text().replace("brownout-1", "gone-1").replace("brownout-2", "gone-2")
+    both = home.path / "plan-with-gone.yaml"
+    both.write_text(text)
+    schedule(Registry(home.settings.registry_url), load_plan(both), actor="rm")
+    dropped = home.path / "plan-without-gone-2.yaml"
+    start = text.index("  - name: gone-2")
+    dropped.write_text(text[:start] + text[text.index("\n\n", start) + 1 :])
+    monkeypatch.setenv("ROLLOUT_PLAN", str(dropped))
+    state = daily(as_of=GAP_DAY, ingest_first=False, return_state=True)
+    assert state.is_failed()  # the day's weekly window has a gap: cohorts refused
+    assert _window(home, "gone-2").state == "ended early"
+    assert _window(home, "gone-1").state == "scheduled"  # the plan's own, untouched
+    [(reason, actor)] = home.registry_rows(
+        "select reason, actor from actions where action = 'brownout_ended' "
+        "and subject = 'brownout:gone-2'"
+    )
+    assert reason == "cancelled: no longer in plan npm-2022"
+    assert actor.startswith("prefect/")  # the daily run
 
 
 def test_the_elv_flow_enrols_every_account(daily_state: Any, home: Home) -> None:
@@ -542,13 +615,32 @@ def test_the_notify_flow_queues_the_days_mailings_and_sends_them_once(
 def test_the_notify_artifact_counts_the_emails_taken_over_as_notify_send_does() -> None:
     """A sender that outlived its lease (a stall) left some claimed emails to another:
     `notify send` counts them (``overtaken``), and so does the run's artifact; a run in
-    shards, whose counts come from the outbox, points to each shard's own."""
+    shards sums what its shard runs told, and says so when some told nothing."""
     report = DrainReport("sendgrid", sent=5, overtaken=2)
     shown = notify_flows.notify_markdown(date(2022, 1, 4), [], report)
     assert f"| {cell(notify_flows.OVERTAKEN_ROW)} | 2 |" in shown
-    sharded = notify_flows.notify_markdown(date(2022, 1, 4), [], report, shards=3)
-    elsewhere = cell("in each shard run's log")
-    assert f"| {cell(notify_flows.OVERTAKEN_ROW)} | {elsewhere} |" in sharded
+    every = notify_flows.notify_markdown(date(2022, 1, 4), [], report, shards=3, shards_reported=3)
+    assert f"| {cell(notify_flows.OVERTAKEN_ROW)} | 2 |" in every
+    some = notify_flows.notify_markdown(date(2022, 1, 4), [], report, shards=3, shards_reported=2)
+    told = cell("2 (told by 2 of the 3 shard runs: one that did not complete tells none)")
+    assert f"| {cell(notify_flows.OVERTAKEN_ROW)} | {told} |" in some
+
+
+def test_a_notify_run_reads_what_each_shard_run_had_taken_over(
+    prefect_server: None, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shard runs are other processes, on other machines: their return values are
+    nowhere their notify run can read (Prefect persists none by default, and then on the
+    shard's own disk). Each leaves its counts as an artifact of its run, which is."""
+    stalled = iter([DrainReport("file", sent=3, overtaken=2), DrainReport("file", overtaken=1)])
+    monkeypatch.setattr(notify_flows, "drain_shard", lambda *_a, **_k: next(stalled))
+    runs = [notify_flows.notify_shard(return_state=True) for _ in range(2)]
+    assert [r.is_completed() for r in runs] == [True, True]
+    ids = [r.state_details.flow_run_id for r in runs]
+    never_told = uuid4()  # a shard run killed before it ended
+    counts = notify_flows.read_shard_counts([*ids, never_told])
+    assert {i: c["overtaken"] for i, c in counts.items()} == {ids[0]: 2, ids[1]: 1}
+    assert counts[ids[0]]["sent"] == 3
 
 
 def test_the_notify_flow_catching_up_holds_back_a_mailing_past_its_last_day(
