@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Engine
 from rollout.core.errors import RolloutError
 from rollout.registry import changes
 from rollout.registry.engine import make_engine, require_sqlite_file
+from rollout.registry.locks import migration_exclusive
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -38,7 +39,14 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         newest = head_revision()
         if current == newest and revision in ("head", newest) and changes.is_installed(connection):
             return
-    command.upgrade(alembic_config(engine), revision)
+    # Every run lock held while the schema changes: refused (exit 3, naming the runs)
+    # while a run is at work, and none starts meanwhile (rollout.registry.locks).
+    with migration_exclusive(_url_of(engine)):
+        command.upgrade(alembic_config(engine), revision)
+
+
+def _url_of(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
 
 
 @cache
@@ -75,7 +83,8 @@ def downgrade(engine: Engine, revision: str) -> None:
     # As upgrade: from a revision this code does not have, alembic cannot find the way
     # down (its ResolutionError was a traceback).
     require_known_revision(current_revision(engine))
-    command.downgrade(alembic_config(engine), revision)
+    with migration_exclusive(_url_of(engine)):
+        command.downgrade(alembic_config(engine), revision)
 
 
 def current_revision(engine: Engine) -> str | None:
