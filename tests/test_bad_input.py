@@ -323,7 +323,7 @@ def test_a_connection_option_the_driver_does_not_know_is_one_line_naming_the_var
 # Commands that read or change the registry, or the warehouse, each with its arguments.
 NEED_A_REGISTRY = [
     ["db", "downgrade", "0018"],
-    ["db", "downgrade", "0018", "--apply"],
+    ["db", "downgrade", "0018", "--apply", "--from", "0022"],
     ["plan", "show"],
     ["report", "--as-of", "2022-03-01"],
     ["phase", "preview", "top-100"],

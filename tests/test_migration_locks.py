@@ -1,19 +1,28 @@
 """A schema migration and the runs at work: `rollout db upgrade` and `db downgrade` hold
 every run lock while they change the schema (refused while a run holds one), and a run
-checks the schema again once it holds its lock."""
+checks the schema again once it holds its lock. A downgrade previews what it drops."""
 
 from __future__ import annotations
 
-import pytest
+import json
+from pathlib import Path
+from typing import Any
 
+import pytest
+from typer.testing import CliRunner
+
+from rollout.cli import app
 from rollout.core.errors import GuardRefused, RolloutError
 from rollout.registry import Registry, migrate
+from rollout.registry.engine import make_engine
 from rollout.registry.locks import (
     RUN_LOCKS,
     exclusive_run,
     make_lock_engine,
     migration_exclusive,
 )
+
+from .factories import NotificationFactory, bound_to
 
 NEWEST = migrate.head_revision()
 BEFORE = "0021"  # one revision back: 0022 only added notifications.claim_token
@@ -82,3 +91,53 @@ def test_a_run_that_checked_the_schema_before_a_migration_refuses_once_it_holds_
 def test_only_the_known_run_locks_are_taken(registry: Registry) -> None:
     with pytest.raises(ValueError, match="not one of"):
         registry.lock("tokens")
+
+
+def test_a_downgrade_previews_what_it_drops_and_needs_the_revision_typed_back(
+    rollout_home: Path,
+) -> None:
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(app, list(args))
+
+    def revision() -> str:
+        return json.loads(run("db", "status", "--format", "json").stdout)["revision"]
+
+    assert run("db", "upgrade").exit_code == 0
+    engine = make_engine(f"sqlite:///{rollout_home / 'registry.db'}")
+    try:
+        with bound_to(engine):
+            NotificationFactory(claim_token="c1")
+            NotificationFactory()
+    finally:
+        engine.dispose()
+
+    preview = run("db", "downgrade", BEFORE)
+    assert preview.exit_code == 0, preview.stderr
+    assert f"would take the registry from revision {NEWEST} back to {BEFORE}" in preview.stderr
+    assert f"{NEWEST}: notification claims" in preview.stderr
+    assert "drops column notifications.claim_token (1 values)" in preview.stderr
+    assert f"rollout db downgrade {BEFORE} --apply --from {NEWEST}" in preview.stderr
+    assert revision() == NEWEST  # the preview did it and rolled it back
+
+    untyped = run("db", "downgrade", BEFORE, "--apply")
+    assert untyped.exit_code == 2 and "--apply needs --from REVISION" in untyped.stderr
+    stale = run("db", "downgrade", BEFORE, "--apply", "--from", BEFORE)
+    assert stale.exit_code == 3 and f"is at revision {NEWEST} now" in stale.stderr
+    assert revision() == NEWEST
+    done = run("db", "downgrade", BEFORE, "--apply", "--from", NEWEST)
+    assert done.exit_code == 0 and revision() == BEFORE, done.stderr
+
+
+def test_a_downgrade_preview_does_the_downgrade_and_rolls_it_back(registry: Registry) -> None:
+    with bound_to(registry.engine):
+        NotificationFactory(claim_token="c1")
+    preview = migrate.preview_downgrade(registry.engine, "0013")
+    assert [rev for rev, _ in preview.revisions][:2] == [NEWEST, BEFORE]
+    assert preview.columns["notifications.claim_token"] == 1
+    assert preview.columns["plan_runs.seq"] == 0
+    assert not preview.tables and not preview.rows
+    assert migrate.current_revision(registry.engine) == NEWEST
+    with registry.engine.connect() as connection:  # the columns are all still there
+        assert connection.exec_driver_sql(
+            "select claim_token, lease_expires_at, delivery from notifications"
+        ).all() == [("c1", None, None)]
