@@ -62,13 +62,13 @@ def test_db_downgrade_previews_then_takes_the_schema_back(rollout_home: Path) ->
     preview = run("db", "downgrade", "0014")
     assert preview.exit_code == 0 and revision() == newest
     assert f"would take the registry from revision {newest} back to 0014" in preview.stderr
-    done = run("db", "downgrade", "0014", "--apply")
+    done = run("db", "downgrade", "0014", "--apply", "--from", newest)
     assert done.exit_code == 0 and revision() == "0014", done.stderr
-    unknown = run("db", "downgrade", "0099", "--apply")
+    unknown = run("db", "downgrade", "0099", "--apply", "--from", "0014")
     assert (
         unknown.exit_code == 2 and "'0099' is not one of this code's migrations" in unknown.stderr
     )
-    later = run("db", "downgrade", newest, "--apply")
+    later = run("db", "downgrade", newest, "--apply", "--from", "0014")
     assert later.exit_code == 2 and "is not before it" in later.stderr
     assert revision() == "0014" and not migrate.is_before(newest, "0014")
     assert run("db", "upgrade").exit_code == 0 and revision() == newest

@@ -634,7 +634,7 @@ def test_a_registry_a_newer_rollout_migrated_is_refused_by_downgrade(
         migrate.downgrade(engine, REVISIONS[1])
     monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("ROLLOUT_REGISTRY_URL", empty_registry_url)
-    for apply in ([], ["--apply"]):
+    for apply in ([], ["--apply", "--from", FUTURE]):
         result = CliRunner().invoke(app, ["db", "downgrade", REVISIONS[1], *apply])
         assert result.exit_code == 1, result.output
         assert isinstance(result.exception, SystemExit)

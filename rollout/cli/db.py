@@ -48,15 +48,37 @@ def db_downgrade(
         str, typer.Argument(help="The revision to go back to (`rollout db status` names them).")
     ],
     apply: ApplyOption = False,
+    from_revision: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="With --apply: the revision the registry is at, typed back from the preview.",
+        ),
+    ] = None,
 ) -> None:
     """Take the registry's schema back to an earlier revision: the way back after an
-    upgrade of the code is undone (previews by default). Each migration undoes itself
+    upgrade of the code is undone. Previews by default: the revisions undone, and the
+    tables, columns and rows they drop (found by doing it and rolling back); --apply
+    needs --from, the revision the preview started from. Each migration undoes itself
     on the data it produced, or refuses with "cannot downgrade below ...; nothing was
-    changed". Back the registry up first."""
-    from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
+    changed". Refused (exit 3) while a run holds its run lock. Back the registry up
+    first."""
+    from rollout.cli.app import _typed_back
+    from rollout.core.controls import shell_word
+    from rollout.core.errors import EXIT_BAD_INPUT, GuardRefused, RolloutError
     from rollout.registry import migrate
     from rollout.registry.engine import make_engine, require_sqlite_file
 
+    preview_command = f"rollout db downgrade {shell_word(revision)}"
+    if apply:
+        # Before anything is read: as every apply of a previewed change.
+        _typed_back(
+            "--apply",
+            preview_command,
+            [("--from REVISION", "the revision the registry is at", from_revision)],
+        )
+    elif from_revision is not None:
+        raise RolloutError("--from goes with --apply").with_exit(EXIT_BAD_INPUT)
     url = _runtime(ctx).settings.registry_url
     # There is nothing to take back where no registry is: opening it would make an
     # empty one (and its folder) wherever a mistyped ROLLOUT_HOME points.
@@ -75,16 +97,43 @@ def db_downgrade(
                 f"the registry is at revision {current}: {revision} is not before it"
             ).with_exit(EXIT_BAD_INPUT)
         if not apply:
+            _print_preview(migrate.preview_downgrade(engine, revision))
             stderr.print(
-                f"would take the registry from revision {current} back to {revision}; "
-                "preview only: back it up, then add --apply",
+                "preview only: back the registry up, then run "
+                f"`{preview_command} --apply --from {shell_word(current)}`",
                 highlight=False,
+                markup=False,
             )
             return
-        migrate.downgrade(engine, revision)
+        if from_revision != current:
+            raise GuardRefused(
+                f"--from {from_revision}: the registry is at revision {current} now; "
+                f"preview again (`{preview_command}`)"
+            )
+        migrate.downgrade(engine, revision, expect_current=from_revision)
         stderr.print(f"registry at revision {migrate.current_revision(engine)}")
     finally:
         engine.dispose()
+
+
+def _print_preview(preview: object) -> None:
+    from rollout.registry.migrate import DowngradePreview
+
+    assert isinstance(preview, DowngradePreview)
+    lines = [
+        f"would take the registry from revision {preview.current} back to {preview.target}, "
+        "undoing:"
+    ]
+    # Each revision's title: its docstring's first paragraph, on one line.
+    lines += [
+        f"  {rev}: {' '.join(doc.split(chr(10) * 2)[0].split())}" for rev, doc in preview.revisions
+    ]
+    lost = [f"  drops table {t} ({n} rows)" for t, n in preview.tables.items()]
+    lost += [f"  drops column {c} ({n} values)" for c, n in preview.columns.items()]
+    lost += [f"  removes {n} rows of {t}" for t, n in preview.rows.items()]
+    lines += ["what it drops:", *lost] if lost else ["it drops no table, column or row"]
+    for line in lines:
+        stderr.print(line, highlight=False, markup=False)
 
 
 @db_app.command("status")

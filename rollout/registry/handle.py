@@ -17,14 +17,15 @@ the process at the other end makes a Registry of its own.
 from __future__ import annotations
 
 import threading
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
 
 from sqlalchemy import Engine
 
 from rollout.registry.engine import is_sqlite, make_engine, normalize_url
-from rollout.registry.locks import exclusive_run, make_lock_engine, run_lock_held
-from rollout.registry.migrate import require_current_schema
+from rollout.registry.locks import RUN_LOCKS, exclusive_run, make_lock_engine, run_lock_held
+from rollout.registry.migrate import current_revision, head_revision, require_current_schema
 
 
 class Registry:
@@ -73,13 +74,31 @@ class Registry:
         """Run exclusively as ``name`` (``enforce``, ``notify``...): GuardRefused if
         another run holds it. An advisory lock on PostgreSQL, a lock file next to the
         database on SQLite (rollout.registry.locks); either goes with its process."""
+        if name not in RUN_LOCKS:
+            # A schema migration takes every run lock: one it does not know of would
+            # let a run go on while the schema changes under it.
+            raise ValueError(f"{name!r} is not one of rollout.registry.locks.RUN_LOCKS")
+        return self._locked(name)
+
+    @contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
         if self.is_sqlite:
-            return exclusive_run(self.url, name, None)
-        with self._making:
-            if self._lock_engine is None:  # its own pool: rollout.registry.locks says why
-                self._lock_engine = make_lock_engine(self.url)
-            lock_engine = self._lock_engine
-        return exclusive_run(self.url, name, lock_engine)
+            lock_engine = None
+        else:
+            with self._making:
+                if self._lock_engine is None:  # its own pool: rollout.registry.locks says why
+                    self._lock_engine = make_lock_engine(self.url)
+                lock_engine = self._lock_engine
+        with exclusive_run(self.url, name, lock_engine):
+            # The schema again, now that no migration can change it before the run
+            # ends: one checked before the lock (when the run began) may have been
+            # migrated since, by `rollout db upgrade` of a newer rollout or `db
+            # downgrade`, while this run waited for approval or was queued.
+            # One query on the registry's own engine (which checks the schema on first
+            # use); the full check, and its message, only when the revision moved.
+            if current_revision(self.engine) != head_revision():
+                require_current_schema(self.url)
+            yield
 
     def lock_held(self, name: str) -> bool:
         """Whether some run, in any process, holds the ``name`` lock now."""

@@ -21,7 +21,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,25 @@ from rollout.registry.engine import make_engine, normalize_url, require_sqlite_f
 from rollout.registry.models import Account
 
 _ACCOUNTS = Account.__table__
+
+
+# Every run lock the code takes (Registry.lock refuses another name, so none is left out
+# of a migration's): what each run kind is, for the messages that name one.
+RUN_LOCKS: dict[str, str] = {
+    "cohorts": "`cohorts build` (the daily flow's cohort step)",
+    "elv": "`elv enroll-all`",
+    "enforce": "`phase enforce` or `rollback`, `phase snooze`, the phase-enforce flow",
+    "notify": "`notify send` (the notify flow, its shards' run)",
+    "orgs": "`orgs enforce`, `orgs reinvite` or `orgs rollback`",
+    "queue": "`notify queue` (the daily flow's queue step)",
+}
+
+# Held by `rollout db upgrade` and `db downgrade` beside every run lock, for as long as
+# they change the schema: a run refused meanwhile is told why. A session-level lock,
+# not the transaction-level "migrate" one (hold_migration_lock) that orders migrations.
+MIGRATION_LOCK = "schema-migration"
+# Taken first by a migration, waited for: one migration of a registry at a time.
+MIGRATION_GATE = "schema-migration-gate"
 
 
 def _lock_path(url: URL, name: str) -> Path:
@@ -89,7 +108,9 @@ def lock_accounts(
 
 
 @contextmanager
-def exclusive_run(registry_url: str, name: str, lock_engine: Engine | None) -> Iterator[None]:
+def exclusive_run(
+    registry_url: str, name: str, lock_engine: Engine | None, *, settle: float | None = None
+) -> Iterator[None]:
     """Refuse a second concurrent run: an advisory lock on PostgreSQL, taken on a
     connection of ``lock_engine`` (:func:`make_lock_engine`; None on SQLite), a lock
     file next to the database on SQLite. Both vanish with the process that held them,
@@ -104,7 +125,7 @@ def exclusive_run(registry_url: str, name: str, lock_engine: Engine | None) -> I
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as error:
                 raise GuardRefused(
-                    f"another {name} run holds {path}; wait for it to finish"
+                    _refusal(registry_url, None, name, f"another {name} run holds {path}")
                 ) from error
             yield
         finally:
@@ -116,11 +137,97 @@ def exclusive_run(registry_url: str, name: str, lock_engine: Engine | None) -> I
     # the pool, whichever way the block is left (make_lock_engine).
     with lock_engine.connect() as connection:
         key = _advisory_key(connection, name)
-        got = _try_advisory_lock(connection, key)
+        got = _try_advisory_lock(connection, key, LOCK_SETTLE_SECONDS if settle is None else settle)
         if not got:
             raise GuardRefused(
-                f"another {name} run holds the registry's advisory lock; wait for it to finish"
+                _refusal(
+                    registry_url,
+                    connection,
+                    name,
+                    f"another {name} run holds the registry's advisory lock",
+                )
             )
+        yield
+
+
+def _refusal(registry_url: str, connection: Connection | None, name: str, held: str) -> str:
+    """Why a run lock is refused: another run of its kind, or a schema migration (which
+    holds every run lock while it works)."""
+    if name != MIGRATION_LOCK:
+        url = normalize_url(registry_url)
+        if url.get_backend_name() == "sqlite":
+            migrating = _file_lock_held(_lock_path(url, MIGRATION_LOCK))
+        else:
+            assert connection is not None
+            migrating = bool(advisory_lock_holders(connection, MIGRATION_LOCK))
+        if migrating:
+            return (
+                f"a schema migration (`rollout db upgrade` or `db downgrade`) holds the "
+                f"{name} lock; wait for it to finish, then run again"
+            )
+    return f"{held}; wait for it to finish"
+
+
+@contextmanager
+def migration_exclusive(registry_url: str) -> Iterator[None]:
+    """For a schema migration: take every run lock (RUN_LOCKS) and MIGRATION_LOCK, and
+    hold them until the block ends, so that no run is at work while the schema changes
+    under it and none starts meanwhile (each refused, told why). A run at work already:
+    GuardRefused (exit 3) naming each one and how to stop it, nothing taken."""
+    url = normalize_url(registry_url)
+    lock_engine = None if url.get_backend_name() == "sqlite" else make_lock_engine(registry_url)
+    try:
+        with ExitStack() as held:
+            # Another migration at work (the worker host's `db upgrade` and a release
+            # manager's at once) is waited for, not refused: this one then finds what
+            # it left (hold_migration_lock orders their transactions likewise).
+            held.enter_context(_waiting_exclusive(registry_url, MIGRATION_GATE, lock_engine))
+            busy = []
+            for name in RUN_LOCKS:
+                try:
+                    held.enter_context(_quiet_exclusive(registry_url, name, lock_engine))
+                except GuardRefused:
+                    busy.append(name)
+            if busy:
+                runs = "; ".join(f"{name}: {RUN_LOCKS[name]}" for name in busy)
+                raise GuardRefused(
+                    f"a run is at work on the registry, holding its run lock ({runs}): "
+                    "the schema was not changed. Let it finish, or stop it (Ctrl-C or "
+                    "SIGTERM to its process; `prefect flow-run cancel` for a flow run: it "
+                    "stops cleanly, and runs again for the same day after the migration), "
+                    "then migrate"
+                )
+            # Last, once every run lock is the migration's: while it is held, none of
+            # them is a run's (run_lock_held).
+            held.enter_context(_quiet_exclusive(registry_url, MIGRATION_LOCK, lock_engine))
+            yield
+    finally:
+        if lock_engine is not None:
+            lock_engine.dispose()
+
+
+@contextmanager
+def _waiting_exclusive(registry_url: str, name: str, lock_engine: Engine | None) -> Iterator[None]:
+    """``name`` taken exclusively, waiting for whoever holds it (Ctrl-C stops the wait)."""
+    url = normalize_url(registry_url)
+    if lock_engine is None:
+        handle = os.open(_lock_path(url, name), os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(handle)
+        return
+    with lock_engine.connect() as connection:
+        key = _advisory_key(connection, name)
+        connection.execute(text("select pg_advisory_lock(:k)"), {"k": key})
+        yield  # let go as the connection goes back to the pool (make_lock_engine)
+
+
+@contextmanager
+def _quiet_exclusive(registry_url: str, name: str, lock_engine: Engine | None) -> Iterator[None]:
+    # A migration asks each lock once: a run that is at work is refused, not waited for.
+    with exclusive_run(registry_url, name, lock_engine, settle=0.0):
         yield
 
 
@@ -131,8 +238,8 @@ def exclusive_run(registry_url: str, name: str, lock_engine: Engine | None) -> I
 LOCK_SETTLE_SECONDS = 2.0
 
 
-def _try_advisory_lock(connection: Connection, key: int) -> bool:
-    deadline = time.monotonic() + LOCK_SETTLE_SECONDS
+def _try_advisory_lock(connection: Connection, key: int, settle: float) -> bool:
+    deadline = time.monotonic() + settle
     query = text("select pg_try_advisory_lock(:k)")
     while not (got := bool(connection.execute(query, {"k": key}).scalar())):
         if time.monotonic() >= deadline:
@@ -175,28 +282,38 @@ def make_lock_engine(registry_url: str) -> Engine:
 
 
 def run_lock_held(registry_url: str, engine: Engine, name: str) -> bool:
-    """Whether some process holds the ``name`` run lock (taking nothing; ``engine`` is
-    the registry's): how a notify run's shards, on other machines, tell that their run
-    is still there."""
+    """Whether some run holds the ``name`` run lock (taking nothing; ``engine`` is the
+    registry's): how a notify run's shards, on other machines, tell that their run is
+    still there, and `plan show` a run at work from one interrupted. Not while a schema
+    migration holds it (migration_exclusive): no run is at work then, and a shard of a
+    notify run that died stops rather than send under a schema changing."""
     url = normalize_url(registry_url)
     if url.get_backend_name() == "sqlite":
-        path = _lock_path(url, name)
-        try:
-            handle = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            # A shared lock is refused while the run holds its exclusive one; when it
-            # is granted it is let go at once (a run starting in that instant is refused
-            # as if another held the lock, and may start again).
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(handle)
-        return False
+        return _file_lock_held(_lock_path(url, name)) and not _file_lock_held(
+            _lock_path(url, MIGRATION_LOCK)
+        )
     with engine.connect() as connection:
-        return bool(advisory_lock_holders(connection, name))
+        return bool(advisory_lock_holders(connection, name)) and not advisory_lock_holders(
+            connection, MIGRATION_LOCK
+        )
+
+
+def _file_lock_held(path: Path) -> bool:
+    """Whether some process holds the lock file ``path`` (SQLite), taking nothing."""
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        # A shared lock is refused while the run holds its exclusive one; when it
+        # is granted it is let go at once (a run starting in that instant is refused
+        # as if another held the lock, and may start again).
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(handle)
+    return False
 
 
 def advisory_lock_holders(connection: Connection, name: str) -> list[int]:

@@ -54,6 +54,11 @@ def run_migrations_online() -> None:
                     connection.exec_driver_sql("BEGIN IMMEDIATE")
                 else:
                     hold_migration_lock(connection)
+                preview = config.attributes.get("preview")
+                if preview is not None:
+                    # `rollout db downgrade` without --apply: the migrations run, are
+                    # looked at, and roll back (rollout.registry.migrate).
+                    preview(connection, context.run_migrations)
                 context.run_migrations()
                 existing = set(sa.inspect(connection).get_table_names())
                 if "registry_changes" in existing:
