@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, ExceptionContext, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from rollout.core.controls import visible
@@ -128,8 +129,8 @@ def _refused_url(context: ExceptionContext) -> BaseException | None:
 @contextmanager
 def adbc_connect(url: str | URL) -> Iterator[Any]:
     """An ADBC DB-API connection to the registry at ``url`` (a SQLAlchemy URL), closed
-    on leaving; a URL the server turns down raises RegistryURLRefused, as an engine's
-    connection does."""
+    on leaving; a URL the server turns down raises RegistryURLRefused, and a server not
+    there SQLAlchemy's OperationalError, as an engine's connection does."""
     if is_sqlite(url):
         import adbc_driver_sqlite.dbapi as driver
     else:
@@ -138,9 +139,14 @@ def adbc_connect(url: str | URL) -> Iterator[Any]:
         connection = driver.connect(adbc_uri(url))
     except driver.Error as error:
         refused = url_refused(error)
-        if refused is None:
-            raise
-        raise refused from None
+        if refused is not None:
+            raise refused from None
+        if isinstance(error, driver.OperationalError):
+            # The server not there (a refused connection, a host not found, a timeout):
+            # what an engine's connection raises for it, which the CLI says in one line
+            # (exit 1) and the flows retry; ADBC's own error was neither.
+            raise OperationalError(None, None, error) from error
+        raise
     try:
         yield connection
     finally:

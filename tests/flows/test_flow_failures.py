@@ -25,11 +25,14 @@ from rollout.core.errors import BadInput, GuardRefused
 from rollout.demo.sample import generate_sample
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.registry import Registry
-from rollout.registry.engine import RegistryURLRefused, make_engine
+from rollout.registry.engine import RegistryURLRefused, adbc_connect, make_engine
 from rollout.registry.migrate import upgrade
 from tests.factories import LATE_NOTICE, NotificationFactory, bound_to
 from tests.support.artifacts import logs_since, read_markdown
 from tests.support.env import without_rollout_settings
+
+# Nothing listens on port 1: connecting is refused at once.
+SERVER_AWAY = "postgresql://u:s3cret@127.0.0.1:1/db"
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET_DAY = date(2021, 6, 1)  # the reference plan has no mailing due: only the outbox is sent
@@ -181,10 +184,21 @@ def test_a_turned_down_registry_url_is_not_transient_and_a_refused_connection_is
             engine.connect()
         engine.dispose()
         assert not is_transient(turned_down.value)
-    engine = make_engine("postgresql://u:s3cret@127.0.0.1:1/db")
+    engine = make_engine(SERVER_AWAY)
     with pytest.raises(OperationalError) as refused:
         engine.connect()
     assert is_transient(refused.value)
+
+
+def test_a_registry_server_not_there_is_transient_through_adbc_as_through_an_engine() -> None:
+    """The extract and the bulk loads connect through ADBC: a server away (restarting,
+    failing over) between a run's first statement and its extract was ADBC's own
+    error, which no flow retried and the CLI printed as a traceback."""
+    with pytest.raises(OperationalError) as refused, adbc_connect(SERVER_AWAY):
+        pass
+    assert is_transient(refused.value)
+    reason = str(refused.value.orig)
+    assert "Connection refused" in reason and "s3cret" not in str(refused.value)
 
 
 # --- daily, on a registry whose downloads end before the day ---------------------------
