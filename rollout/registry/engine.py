@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -90,10 +91,19 @@ _URL_REFUSALS = (
     "no pg_hba.conf entry",  # 28000
     "pg_hba.conf rejects connection",  # 28000
     "permission denied for database",  # 42501: no CONNECT privilege
+    # A connection option libpq (or psycopg) refuses before connecting: unknown, or a
+    # value it cannot take (sslmode, target_session_attrs, gssencmode, ...: "invalid
+    # X value"; a port out of range; connect_timeout, which psycopg reads itself).
     "invalid connection option",
-    "invalid sslmode value",
-    "invalid integer value",
+    "invalid port number",
+    "bad value for connect_timeout",
+    "could not match",  # more ports (or hostaddrs) than hosts
+    "could not parse network address",  # hostaddr
+    "invalid require_auth method",
+    "invalid value for parameter",  # options=-c NAME=VALUE the server refuses
 )
+# "invalid sslmode value", "invalid integer value ... for connection option", ...
+_INVALID_OPTION_VALUE = re.compile(r"\binvalid [a-z_ ]+ value\b")
 
 
 class RegistryURLRefused(RolloutError):
@@ -113,7 +123,9 @@ def url_refused(error: BaseException) -> RegistryURLRefused | None:
     the URL down for a reason in ``_URL_REFUSALS``: a RegistryURLRefused, which every
     caller, the CLI and the flows alike, treats as the user's to fix. None otherwise."""
     reason = " ".join(str(error).split())
-    if not any(refusal in reason for refusal in _URL_REFUSALS):
+    if not any(refusal in reason for refusal in _URL_REFUSALS) and not (
+        _INVALID_OPTION_VALUE.search(reason)
+    ):
         return None
     return RegistryURLRefused(reason)
 
