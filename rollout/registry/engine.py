@@ -95,6 +95,7 @@ _URL_REFUSALS = (
     # value it cannot take (sslmode, target_session_attrs, gssencmode, ...: "invalid
     # X value"; a port out of range; connect_timeout, which psycopg reads itself).
     "invalid connection option",
+    "invalid URI query parameter",  # the same, as ADBC's libpq reads the URL
     "invalid port number",
     "bad value for connect_timeout",
     "could not match",  # more ports (or hostaddrs) than hosts

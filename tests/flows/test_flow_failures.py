@@ -199,6 +199,11 @@ def test_a_registry_server_not_there_is_transient_through_adbc_as_through_an_eng
     assert is_transient(refused.value)
     reason = str(refused.value.orig)
     assert "Connection refused" in reason and "s3cret" not in str(refused.value)
+    # A connection option libpq does not know is the URL's, through ADBC too.
+    with pytest.raises(RegistryURLRefused) as unknown, adbc_connect(f"{SERVER_AWAY}?sslmod=x"):
+        pass
+    assert not is_transient(unknown.value)
+    assert str(unknown.value).endswith('invalid URI query parameter: "sslmod"')
 
 
 # --- daily, on a registry whose downloads end before the day ---------------------------
