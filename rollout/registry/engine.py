@@ -143,7 +143,8 @@ def _refused_url(context: ExceptionContext) -> BaseException | None:
 def adbc_connect(url: str | URL) -> Iterator[Any]:
     """An ADBC DB-API connection to the registry at ``url`` (a SQLAlchemy URL), closed
     on leaving; a URL the server turns down raises RegistryURLRefused, and a server not
-    there SQLAlchemy's OperationalError, as an engine's connection does."""
+    there (or the connection lost in use) SQLAlchemy's OperationalError, as an engine's
+    connection does."""
     if is_sqlite(url):
         import adbc_driver_sqlite.dbapi as driver
     else:
@@ -162,6 +163,11 @@ def adbc_connect(url: str | URL) -> Iterator[Any]:
         raise
     try:
         yield connection
+    except driver.OperationalError as error:
+        # The connection lost in use (the server restarted, failed over, ended it): as
+        # the same through an engine, to be retried. Errors of a statement itself are
+        # ADBC's other classes (ProgrammingError, DataError, ...), left as they are.
+        raise OperationalError(None, None, error) from error
     finally:
         connection.close()
 

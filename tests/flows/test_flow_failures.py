@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from python_http_client.exceptions import HTTPError
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from flows import cohorts as cohort_flows
@@ -204,6 +205,23 @@ def test_a_registry_server_not_there_is_transient_through_adbc_as_through_an_eng
         pass
     assert not is_transient(unknown.value)
     assert str(unknown.value).endswith('invalid URI query parameter: "sslmod"')
+
+
+def test_a_connection_lost_in_use_through_adbc_is_transient(postgres_schema_url: str) -> None:
+    """The server restarting (or failing over) in the middle of an extract: retried, as
+    the same through an engine is; it was ADBC's error, a traceback and no retry."""
+    engine = make_engine(postgres_schema_url)
+    with pytest.raises(OperationalError) as lost, adbc_connect(postgres_schema_url) as connection:
+        cursor = connection.cursor()
+        cursor.execute("select pg_backend_pid()")
+        [(pid,)] = cursor.fetchall()
+        with engine.begin() as other:
+            other.execute(text("select pg_terminate_backend(:pid)"), {"pid": pid})
+        cursor.execute("select 1")
+        cursor.fetchall()
+    engine.dispose()
+    assert is_transient(lost.value)
+    assert "terminating connection" in str(lost.value.orig)
 
 
 # --- daily, on a registry whose downloads end before the day ---------------------------
