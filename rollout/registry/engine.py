@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, ExceptionContext, make_url
@@ -36,7 +37,17 @@ def adbc_uri(url: str | URL) -> str:
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         return parsed.database or ":memory:"
-    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    # SQLAlchemy renders a space of the database name as it is, which libpq's URI
+    # parser refuses ("unexpected spaces"), though psycopg, given the name apart,
+    # connects: the name encoded here whole; the rest SQLAlchemy encodes itself.
+    rendered = (
+        parsed.set(drivername="postgresql")
+        ._replace(database=None)
+        .render_as_string(hide_password=False)
+    )
+    before_query, question, query = rendered.partition("?")
+    database = "" if parsed.database is None else "/" + quote(parsed.database, safe="")
+    return f"{before_query}{database}{question}{query}"
 
 
 def _sqlite_pragmas(database: str, dbapi_connection: Any, _record: Any) -> None:
