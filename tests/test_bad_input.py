@@ -320,6 +320,30 @@ def test_a_connection_option_the_driver_does_not_know_is_one_line_naming_the_var
     )
 
 
+@pytest.mark.parametrize(
+    ("option", "answer"),
+    [
+        # psycopg reads it itself: it was a traceback.
+        ("connect_timeout=abc", "bad value for connect_timeout: 'abc'"),
+        # libpq's: it was exit 1, "the registry database: ...", and the flows retried it
+        # for a minute, as if the server were away.
+        ("port=99999", 'invalid port number: "99999"'),
+        ("target_session_attrs=primry", 'invalid target_session_attrs value: "primry"'),
+        ("gssencmode=always", 'invalid gssencmode value: "always"'),
+    ],
+)
+def test_a_connection_option_value_the_driver_refuses_is_one_line_naming_the_variable(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch, option: str, answer: str
+) -> None:
+    monkeypatch.setenv(
+        "ROLLOUT_REGISTRY_URL", f"postgresql://rop:s3cret@/registry?host=/nowhere&{option}"
+    )
+    stderr = refused(run("db", "status"))
+    [line] = stderr.strip().splitlines()
+    assert line.startswith("error: environment variable ROLLOUT_REGISTRY_URL: ")
+    assert line.endswith(answer) and "s3cret" not in stderr
+
+
 # Commands that read or change the registry, or the warehouse, each with its arguments.
 NEED_A_REGISTRY = [
     ["db", "downgrade", "0018"],

@@ -130,6 +130,18 @@ def test_an_unreachable_server_fails() -> None:
     assert schema.status is Status.fail and "unreachable" in schema.detail
 
 
+def test_the_registry_check_connects_with_the_urls_own_connect_timeout(
+    postgres_schema_url: str,
+) -> None:
+    """As every command does: one that is no number fails the check, as it refuses
+    every command (exit 2); the check's own timeout hid it, and the check passed."""
+    bad = check_registry(Registry(f"{postgres_schema_url}&connect_timeout=abc"))
+    assert bad.status is Status.fail, bad
+    assert bad.detail.endswith("cannot connect: bad value for connect_timeout: 'abc'")
+    good = check_registry(Registry(f"{postgres_schema_url}&connect_timeout=5"))
+    assert good.status is Status.ok, good
+
+
 # --- warehouse ------------------------------------------------------------------------------
 
 

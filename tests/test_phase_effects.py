@@ -663,7 +663,14 @@ def test_the_cli_needs_the_token_count_typed_back(
     assert apply[3:7] == ["--apply", "--expect", "2", "--expect-tokens"]
     without_tokens = [*apply[:6], *apply[8:]]
     refused = runner.invoke(app, without_tokens)
-    assert refused.exit_code == 3 and "--expect-tokens" in refused.stderr
+    # Typed back as the count and the list are: a usage error naming it, before the
+    # lock is taken or the registry read (it was exit 3 after a whole preview).
+    assert refused.exit_code == 2, refused.stderr
+    assert " ".join(refused.stderr.split()) == (
+        "error: --apply needs --expect-tokens T (the token count the preview showed): run "
+        "`rollout phase preview top-100`, check the list, and copy the command it prints"
+    )
+    assert not audited_by_url(registry_url)
     done = runner.invoke(app, apply, catch_exceptions=False)
     assert done.exit_code == 0, done.stderr
     assert len(audited_by_url(registry_url)) == 2

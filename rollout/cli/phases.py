@@ -175,7 +175,9 @@ def phase_enforce(
     expect_tokens: Annotated[
         int | None,
         typer.Option(
-            min=0, help="The token count the preview showed, typed back (phases revoking tokens)."
+            min=0,
+            help="The token count the preview showed, typed back (required with --apply "
+            "for a phase revoking tokens).",
         ),
     ] = None,
     accept_unreached: Annotated[
@@ -212,17 +214,25 @@ def phase_enforce(
         phase_preview(ctx, phase, fmt)
         return
     # Sessions and tokens revoked cannot be restored: the release manager types back
-    # who, as the preview listed them, not only how many (as an org's owner does).
+    # who, as the preview listed them, not only how many (as an org's owner does); for
+    # a phase revoking tokens, how many of those too. The plan says which (a file, not
+    # the registry): nothing is read before a missing one is said.
+    runtime = _runtime(ctx)
+    revokes_tokens = runtime.plan.phase(phase).does("revoke_tokens")
     _typed_back(
         "--apply",
         f"rollout phase preview {shell_word(phase)}",
         [
             ("--expect N", "the count the preview showed", expect),
+            *(
+                [("--expect-tokens T", "the token count the preview showed", expect_tokens)]
+                if revokes_tokens
+                else []
+            ),
             ("--expect-list F", "the fingerprint of the list the preview showed", expect_list),
         ],
     )
     expect_list = _fingerprint(expect_list)
-    runtime = _runtime(ctx)
     settings = runtime.settings
     with progress_for(fmt) as progress:
         task = progress.add_task(f"phase {phase}: accounts", total=expect)

@@ -108,9 +108,13 @@ def _short(text: str) -> str:
 
 
 def _registry_engine(registry_url: str) -> Any:
-    from rollout.registry.engine import is_sqlite, make_engine
+    from rollout.registry.engine import is_sqlite, make_engine, normalize_url
 
     if is_sqlite(registry_url):
+        return make_engine(registry_url)
+    if "connect_timeout" in normalize_url(registry_url).query:
+        # The URL's own, as every command connects with it: one no number fails here as
+        # there (it was overridden, and the check passed while every command refused).
         return make_engine(registry_url)
     # libpq waits as long as the OS does for a host that drops packets.
     return make_engine(registry_url, connect_args={"connect_timeout": int(TIMEOUT)})

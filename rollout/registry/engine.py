@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sqlalchemy_exc
@@ -35,7 +37,17 @@ def adbc_uri(url: str | URL) -> str:
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         return parsed.database or ":memory:"
-    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    # SQLAlchemy renders a space of the database name as it is, which libpq's URI
+    # parser refuses ("unexpected spaces"), though psycopg, given the name apart,
+    # connects: the name encoded here whole; the rest SQLAlchemy encodes itself.
+    rendered = (
+        parsed.set(drivername="postgresql")
+        ._replace(database=None)
+        .render_as_string(hide_password=False)
+    )
+    before_query, question, query = rendered.partition("?")
+    database = "" if parsed.database is None else "/" + quote(parsed.database, safe="")
+    return f"{before_query}{database}{question}{query}"
 
 
 def _sqlite_pragmas(database: str, dbapi_connection: Any, _record: Any) -> None:
@@ -90,10 +102,20 @@ _URL_REFUSALS = (
     "no pg_hba.conf entry",  # 28000
     "pg_hba.conf rejects connection",  # 28000
     "permission denied for database",  # 42501: no CONNECT privilege
+    # A connection option libpq (or psycopg) refuses before connecting: unknown, or a
+    # value it cannot take (sslmode, target_session_attrs, gssencmode, ...: "invalid
+    # X value"; a port out of range; connect_timeout, which psycopg reads itself).
     "invalid connection option",
-    "invalid sslmode value",
-    "invalid integer value",
+    "invalid URI query parameter",  # the same, as ADBC's libpq reads the URL
+    "invalid port number",
+    "bad value for connect_timeout",
+    "could not match",  # more ports (or hostaddrs) than hosts
+    "could not parse network address",  # hostaddr
+    "invalid require_auth method",
+    "invalid value for parameter",  # options=-c NAME=VALUE the server refuses
 )
+# "invalid sslmode value", "invalid integer value ... for connection option", ...
+_INVALID_OPTION_VALUE = re.compile(r"\binvalid [a-z_ ]+ value\b")
 
 
 class RegistryURLRefused(RolloutError):
@@ -113,7 +135,9 @@ def url_refused(error: BaseException) -> RegistryURLRefused | None:
     the URL down for a reason in ``_URL_REFUSALS``: a RegistryURLRefused, which every
     caller, the CLI and the flows alike, treats as the user's to fix. None otherwise."""
     reason = " ".join(str(error).split())
-    if not any(refusal in reason for refusal in _URL_REFUSALS):
+    if not any(refusal in reason for refusal in _URL_REFUSALS) and not (
+        _INVALID_OPTION_VALUE.search(reason)
+    ):
         return None
     return RegistryURLRefused(reason)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from python_http_client.exceptions import HTTPError
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from flows import cohorts as cohort_flows
@@ -30,6 +31,9 @@ from rollout.registry.migrate import upgrade
 from tests.factories import LATE_NOTICE, NotificationFactory, bound_to
 from tests.support.artifacts import logs_since, read_markdown
 from tests.support.env import without_rollout_settings
+
+# Nothing listens on port 1: connecting is refused at once.
+SERVER_AWAY = "postgresql://u:s3cret@127.0.0.1:1/db"
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET_DAY = date(2021, 6, 1)  # the reference plan has no mailing due: only the outbox is sent
@@ -181,22 +185,43 @@ def test_a_turned_down_registry_url_is_not_transient_and_a_refused_connection_is
             engine.connect()
         engine.dispose()
         assert not is_transient(turned_down.value)
-    engine = make_engine("postgresql://u:s3cret@127.0.0.1:1/db")
+    engine = make_engine(SERVER_AWAY)
     with pytest.raises(OperationalError) as refused:
         engine.connect()
     assert is_transient(refused.value)
 
 
-def test_a_server_adbc_cannot_reach_is_transient_as_through_an_engine() -> None:
-    """The extract and the bulk loads connect through ADBC: a refused connection there
-    is retried as the engine's is (ADBC's own OperationalError was not)."""
-    with (
-        pytest.raises(OperationalError) as refused,
-        adbc_connect("postgresql://u:s3cret@127.0.0.1:1/db"),
-    ):
+def test_a_registry_server_not_there_is_transient_through_adbc_as_through_an_engine() -> None:
+    """The extract and the bulk loads connect through ADBC: a server away (restarting,
+    failing over) between a run's first statement and its extract was ADBC's own
+    error, which no flow retried and the CLI printed as a traceback."""
+    with pytest.raises(OperationalError) as refused, adbc_connect(SERVER_AWAY):
         pass
     assert is_transient(refused.value)
-    assert "Connection refused" in str(refused.value.orig)
+    reason = str(refused.value.orig)
+    assert "Connection refused" in reason and "s3cret" not in str(refused.value)
+    # A connection option libpq does not know is the URL's, through ADBC too.
+    with pytest.raises(RegistryURLRefused) as unknown, adbc_connect(f"{SERVER_AWAY}?sslmod=x"):
+        pass
+    assert not is_transient(unknown.value)
+    assert str(unknown.value).endswith('invalid URI query parameter: "sslmod"')
+
+
+def test_a_connection_lost_in_use_through_adbc_is_transient(postgres_schema_url: str) -> None:
+    """The server restarting (or failing over) in the middle of an extract: retried, as
+    the same through an engine is; it was ADBC's error, a traceback and no retry."""
+    engine = make_engine(postgres_schema_url)
+    with pytest.raises(OperationalError) as lost, adbc_connect(postgres_schema_url) as connection:
+        cursor = connection.cursor()
+        cursor.execute("select pg_backend_pid()")
+        [(pid,)] = cursor.fetchall()
+        with engine.begin() as other:
+            other.execute(text("select pg_terminate_backend(:pid)"), {"pid": pid})
+        cursor.execute("select 1")
+        cursor.fetchall()
+    engine.dispose()
+    assert is_transient(lost.value)
+    assert "terminating connection" in str(lost.value.orig)
 
 
 # --- daily, on a registry whose downloads end before the day ---------------------------
