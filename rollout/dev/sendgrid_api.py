@@ -47,7 +47,8 @@ the API: rate limiter, load balancer, network). Each object has one or more of:
 - ``drop``: ``{"drop": true}`` reads the request, then closes the connection without any
   response (not combinable with ``status``).
 - ``trickle``: seconds over which the answer is written, a byte every TRICKLE_STEP
-  (0.1 s), its headers padded to last that long: ``{"trickle": 6}``. No read waits longer
+  (0.1 s, several bytes a step for a long answer), its headers padded to last that long:
+  ``{"trickle": 6}``. No read waits longer
   than a step, so a client's per-read timeout never fires: a server that answers this
   slowly holds a request as long as it likes (only a limit on the whole request would
   end it). It applies to the answer a request would get (a 202, recorded before its
@@ -968,8 +969,13 @@ class _Handler(BaseHTTPRequestHandler):
         if padding > 0:
             head += b"X-Dev-Trickle: " + b"." * padding + b"\r\n"
         head += b"\r\n"
-        for byte in head + data:
-            self.wfile.write(bytes([byte]))
+        answer = head + data
+        # In ``steps`` pieces (padded, it has at least as many bytes): an answer longer
+        # than that, a byte a step, took its length in tenths of a second, not ``seconds``.
+        pieces = max(1, min(steps, len(answer)))
+        for piece in range(pieces):
+            start, end = piece * len(answer) // pieces, (piece + 1) * len(answer) // pieces
+            self.wfile.write(answer[start:end])
             if self.state.stopping.wait(TRICKLE_STEP):
                 self._drop()  # shutting down: don't hold the test run hostage
                 return
