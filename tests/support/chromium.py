@@ -20,6 +20,8 @@ from typing import Any
 
 from websockets.sync.client import ClientConnection, connect
 
+from tests.support.processes import die_with_parent
+
 INSTALL_HINT = (
     "the browser test and `make screenshot` need Chromium: install it with "
     "`apt-get install -y chromium` (Debian; `chromium-browser` on Ubuntu) or set "
@@ -83,6 +85,7 @@ class DevTools:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "TMPDIR": str(self.tmp)},
+            preexec_fn=die_with_parent,
         )
         self.events: list[dict[str, Any]] = []
         self._next_id = 0

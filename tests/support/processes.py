@@ -5,13 +5,25 @@ a session of its own). Shared by tests/e2e/ and tests/test_benches.py."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> None:
+    """For ``preexec_fn``: the child gets SIGTERM when the test process that started it
+    dies, even killed (SIGTERM, SIGKILL) before its teardown ran: a Prefect server an
+    interrupted run started went on serving, and taking CPU, for hours."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def start_logged(
@@ -28,6 +40,7 @@ def start_logged(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
 
 
