@@ -65,6 +65,17 @@ def test_an_unreachable_server_exits_2_with_one_line(monkeypatch: pytest.MonkeyP
     assert f"cannot reach the Prefect API at {url}" in output
 
 
+def test_a_password_in_prefect_api_url_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server behind basic auth in the URL itself: the messages show the URL, not its
+    password, whether the server is away or the URL cannot be read."""
+    port = closed_port()
+    code, output = invoke(monkeypatch, f"http://ops:s3cret-pw@127.0.0.1:{port}/api", "approvals")
+    assert code == 2 and "s3cret-pw" not in output
+    assert f"http://ops:***@127.0.0.1:{port}/api" in output
+    code, output = invoke(monkeypatch, "http://ops:s3cret-pw@[::1/api", "approvals")
+    assert code == 2 and "s3cret-pw" not in output and "PREFECT_API_URL" in output
+
+
 def test_approve_takes_only_a_full_run_id(monkeypatch: pytest.MonkeyPatch) -> None:
     code, output = invoke(
         monkeypatch, "http://127.0.0.1:9/api", "approve", "0b6c8a52", "--expect", "3", *LIST

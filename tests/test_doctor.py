@@ -427,6 +427,20 @@ def test_a_prefect_setting_that_cannot_be_used_fails_the_check_naming_it() -> No
     assert "s3cr" not in result.detail
 
 
+def test_a_password_in_prefect_api_url_is_not_shown() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    result = check_worker(
+        {"PREFECT_API_URL": "http://ops:s3cret-pw@prefect.example/api"},
+        transport=httpx.MockTransport(refuse),
+    )
+    assert result.status is Status.fail and "s3cret-pw" not in result.detail
+    assert "http://ops:***@prefect.example/api" in result.detail
+    result = check_worker({"PREFECT_API_URL": "http://ops:s3cret-pw@[::1/api"}, transport=None)
+    assert result.status is Status.fail and "s3cret-pw" not in result.detail
+
+
 def test_a_worker_with_a_recent_heartbeat_passes() -> None:
     result = check(prefect_api(workers=[worker("old", 3600), worker("host-1", 20)]))
     assert result.status is Status.ok

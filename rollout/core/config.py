@@ -68,6 +68,21 @@ def webhook_public_key(text: str) -> EllipticCurvePublicKey:
     return key
 
 
+def url_shown(url: str) -> str:
+    """``url`` as a message may show it: a password in its authority
+    (``https://ops:secret@prefect.example/api``) replaced by ``***``. Read as text, so a
+    URL no parser accepts is hidden alike."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user}:***@{host}{rest[end:]}"
+
+
 def prefect_api(environ: Mapping[str, str]) -> tuple[str, dict[str, str]] | None:
     """The Prefect API ``PREFECT_API_URL`` names and the headers to send it, as Prefect's
     own client reads them (``PREFECT_API_AUTH_STRING``, a server's basic auth, before
@@ -79,17 +94,18 @@ def prefect_api(environ: Mapping[str, str]) -> tuple[str, dict[str, str]] | None
     url = (environ.get("PREFECT_API_URL") or "").strip()
     if not url:
         return None
+    shown = url_shown(url)
     if not url.startswith(("http://", "https://")):
-        raise BadInput(None, None, f"PREFECT_API_URL={url!r}: expected an http(s) URL")
+        raise BadInput(None, None, f"PREFECT_API_URL={shown!r}: expected an http(s) URL")
     # Imported here: only the commands that talk to Prefect need it.
     import httpx
 
     try:
         host = httpx.URL(url).host
     except (httpx.InvalidURL, ValueError) as error:
-        raise BadInput(None, None, f"PREFECT_API_URL={url!r}: not a URL: {error}") from None
+        raise BadInput(None, None, f"PREFECT_API_URL={shown!r}: not a URL: {error}") from None
     if not host or any(c.isspace() or not c.isprintable() for c in url):
-        raise BadInput(None, None, f"PREFECT_API_URL={url!r}: expected an http(s) URL")
+        raise BadInput(None, None, f"PREFECT_API_URL={shown!r}: expected an http(s) URL")
     auth_string = environ.get("PREFECT_API_AUTH_STRING")
     if auth_string:
         token = base64.b64encode(auth_string.encode()).decode()

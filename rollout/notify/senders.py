@@ -57,6 +57,7 @@ from sendgrid.helpers.mail import (
 )
 
 from rollout.core import clock as pipeline_clock
+from rollout.core.config import url_shown
 from rollout.core.words import counted
 from rollout.notify.message import (
     MAY_HAVE_GONE,
@@ -305,7 +306,7 @@ class SendGridSender:
         self._client.client.timeout = timeout
 
     def __repr__(self) -> str:
-        return f"SendGridSender(base_url={self.base_url!r}, timeout={self.timeout})"
+        return f"SendGridSender(base_url={url_shown(self.base_url)!r}, timeout={self.timeout})"
 
     @property
     def longest_attempt(self) -> float:
@@ -461,7 +462,7 @@ class SendGridSender:
         except (http.client.InvalidURL, ValueError) as exc:
             # The request could not even be made ("host:abc", a broken IPv6 host): the
             # URL is wrong for every message, and nothing went.
-            reason = f"cannot send to {self.base_url!r}: the URL is unusable ({exc})"
+            reason = f"cannot send to {url_shown(self.base_url)!r}: the URL is unusable ({exc})"
             return _Outcome(reason=_redactor.scrub(reason), misconfigured=True)
         except urllib.error.URLError as exc:
             # urllib wraps in URLError what fails before the request is whole (refused,

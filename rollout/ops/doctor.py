@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from rollout.core.config import prefect_api
+from rollout.core.config import prefect_api, url_shown
 from rollout.core.errors import BadInput, RolloutError
 from rollout.core.files import duckdb_path
 from rollout.core.words import counted
@@ -513,7 +513,9 @@ def check_worker(
             )
         except httpx.HTTPError as error:
             return CheckResult(
-                "worker", Status.fail, _short(f"{api_url}: no answer: {type(error).__name__}")
+                "worker",
+                Status.fail,
+                _short(f"{url_shown(api_url)}: no answer: {type(error).__name__}"),
             )
     try:
         return _judge_workers(api_url, pool, workers, now())
@@ -521,7 +523,7 @@ def check_worker(
         return CheckResult(
             "worker",
             Status.fail,
-            f"{api_url} is not Prefect's REST API (does PREFECT_API_URL end in /api?)",
+            f"{url_shown(api_url)} is not Prefect's REST API (does PREFECT_API_URL end in /api?)",
         )
 
 
@@ -532,18 +534,18 @@ def _judge_workers(
         return CheckResult(
             "worker",
             Status.fail,
-            f"{api_url} has no work pool {WORK_POOL}: "
+            f"{url_shown(api_url)} has no work pool {WORK_POOL}: "
             f"`prefect work-pool create {WORK_POOL} --type process`",
         )
     if pool.status_code in (401, 403):
         return CheckResult(
             "worker",
             Status.fail,
-            f"{api_url} refused us ({pool.status_code}): check PREFECT_API_AUTH_STRING",
+            f"{url_shown(api_url)} refused us ({pool.status_code}): check PREFECT_API_AUTH_STRING",
         )
     if pool.status_code != 200 or workers is None or workers.status_code != 200:
         status = pool.status_code if workers is None else workers.status_code
-        return CheckResult("worker", Status.fail, f"{api_url} answered {status}")
+        return CheckResult("worker", Status.fail, f"{url_shown(api_url)} answered {status}")
     if pool.json().get("is_paused"):
         return CheckResult(
             "worker",

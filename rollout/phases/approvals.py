@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from rollout.core.clock import naive_utc
-from rollout.core.config import prefect_api
+from rollout.core.config import prefect_api, url_shown
 from rollout.core.errors import EXIT_BAD_INPUT, BadInput, GuardRefused, RolloutError
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ class PrefectApi:
         except httpx.HTTPError as error:
             # No server, a wrong port or host: bad input (the URL), not a failed run.
             raise RolloutError(
-                f"cannot reach the Prefect API at {self.url} (PREFECT_API_URL): "
+                f"cannot reach the Prefect API at {url_shown(self.url)} (PREFECT_API_URL): "
                 f"{type(error).__name__}: {error}"
             ).with_exit(EXIT_BAD_INPUT) from None
 
