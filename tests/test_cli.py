@@ -134,6 +134,25 @@ def test_plan_check_names_the_line_and_exits_2(rollout_home: Path, tmp_path: Pat
     assert f"{broken}:" in result.stderr and "unknown cohort 'nobody'" in result.stderr
 
 
+def test_plan_check_says_when_it_could_not_check_against_the_registry(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its checks of what the registry has done (renamed phases, orgs, brown-out windows)
+    were skipped without a word when there was no registry or it was away."""
+    plan = str(ROOT / "plans" / "npm-2022.yaml")
+    none = run("plan", "check", plan)
+    assert none.exit_code == 0 and "is valid" in none.stderr
+    assert "warning: not checked against the registry" in none.stderr
+    assert "there is none at ROLLOUT_REGISTRY_URL" in none.stderr
+    assert run("db", "upgrade").exit_code == 0
+    there = run("plan", "check", plan)
+    assert there.exit_code == 0 and "not checked against the registry" not in there.stderr
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", "postgresql+psycopg://u:s3cret@127.0.0.1:1/db")
+    away = run("plan", "check", plan)
+    assert away.exit_code == 0 and "warning: not checked against the registry" in away.stderr
+    assert "s3cret" not in away.stderr
+
+
 def test_plan_check_counts_in_words_that_fit_the_count(rollout_home: Path) -> None:
     checked = run("plan", "check", str(ROOT / "plans" / "github-2023.yaml"))
     assert checked.exit_code == 0, checked.stderr

@@ -66,8 +66,9 @@ def plan_check(
 
 
 def _drift(ctx: typer.Context, plan: Plan) -> tuple[list[str], list[str]]:
-    """rollout.phases.drift's errors and warnings; none without a registry to read (a
-    plan checked on a machine that has none, or one not set up)."""
+    """rollout.phases.drift's errors and warnings. Without a registry to read (a plan
+    checked on a machine that has none, or one not set up, or away) one warning says the
+    checks against it were not made: they were skipped without a word."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -77,12 +78,16 @@ def _drift(ctx: typer.Context, plan: Plan) -> tuple[list[str], list[str]]:
 
     runtime = _runtime(ctx)
     url = runtime.settings.registry_url
+    unchecked = (
+        "not checked against the registry (what it has done, its orgs, its brown-out windows): {}"
+    )
     if is_sqlite(url) and not Path(make_url(url).database or "").is_file():
-        return [], []
+        return [], [unchecked.format("there is none at ROLLOUT_REGISTRY_URL")]
     try:
         return plan_drift(runtime.registry, plan)
-    except (RolloutError, SQLAlchemyError):
-        return [], []
+    except (RolloutError, SQLAlchemyError) as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()
+        return [], [unchecked.format(reason[0] if reason else type(error).__name__)]
 
 
 def _say_drift(errors: list[str], warnings: list[str]) -> None:
