@@ -44,6 +44,7 @@ from flows.common import (
 from rollout.core.errors import GuardRefused
 from rollout.core.fingerprints import same_list
 from rollout.core.output import labelled_rows
+from rollout.core.words import counted
 from rollout.phases.approvals import REFUSED_STATE, REQUEST_INPUT_KEY, ApprovalRequest
 from rollout.phases.enforce import EnforceResult, enforce_phase, preview_phase
 from rollout.phases.previews import SavedPreview, preview_markdown, save_preview
@@ -134,7 +135,8 @@ def enforce_markdown(result: EnforceResult, approval: Approval) -> str:
     rows = [(k, v) for k, v in labelled_rows(result) if k not in ("phase", "run id")]
     return (
         f"# Phase {cell(result.phase)}: enforced\n\n"
-        f"Approved by {cell(approval.approved_by)} for {approval.expect} accounts; "
+        f"Approved by {cell(approval.approved_by)} for {counted(approval.expect, 'account')}"
+        f" (list `{cell(approval.expect_list.strip().lower())}`); "
         f"registry run `{result.run_id}`.\n\n{table(rows)}\n"
     )
 

@@ -413,7 +413,11 @@ def test_an_approved_enforce_run_applies_exactly_the_previewed_accounts(
         "select distinct actor from actions where action = 'tfa_required'"
     )
     assert actor.startswith("rita via prefect/")
-    assert "Approved by rita" in read_artifact("phase-enforce-top-100").data
+    # The artifact names the list approved, as the approver typed it back.
+    assert re.search(
+        rf"Approved by rita for {preview_count:,} accounts? \(list `[0-9a-f]{{12}}`\)",
+        read_artifact("phase-enforce-top-100").data,
+    )
 
 
 def _plan_with_brownouts(home: Home, first: datetime, second: datetime) -> Path:
