@@ -107,14 +107,23 @@ def ledger(registry: Registry) -> dict[int, tuple[str, str | None]]:
         }
 
 
-def drain_with(registry: Registry, plan: Plan, sender: object, clock: Clock) -> DrainReport:
+def drain_with(
+    registry: Registry,
+    plan: Plan,
+    sender: object,
+    clock: Callable[[], datetime],
+    *,
+    concurrency: int = 4,
+    lease: timedelta = DEFAULT_LEASE,
+) -> DrainReport:
     return _drain_loop(
         registry.engine,
         plan,
         sender,  # type: ignore[arg-type]
-        concurrency=4,
+        concurrency=concurrency,
         limit=None,
         clock=clock,
+        lease=lease,
     )
 
 
@@ -246,14 +255,8 @@ def test_a_send_retrying_past_a_short_lease_is_never_taken_over_mid_send(
     with DevSendGrid(api_key=KEY) as server:
         server.script([{"status": 429, "retry_after": 30}] * 3)
         sender = SendGridSender(KEY, server.url, timeout=5, sleep=wait)
-        report = _drain_loop(
-            registry.engine,
-            plan,
-            sender,
-            concurrency=2,
-            limit=None,
-            clock=clock,
-            lease=timedelta(seconds=60),
+        report = drain_with(
+            registry, plan, sender, clock, concurrency=2, lease=timedelta(seconds=60)
         )
         went = Counter(int(m["body"]["custom_args"]["outbox_id"]) for m in server.messages)
     assert clock.at - T0 == timedelta(seconds=90)  # past the 60 s asked for
@@ -284,14 +287,8 @@ def test_a_send_whose_row_was_taken_over_during_a_wait_is_not_tried_again(
     with DevSendGrid(api_key=KEY) as server:
         server.script([{"status": 429, "retry_after": 30}] * 2)
         sender = SendGridSender(KEY, server.url, timeout=5, sleep=wait)
-        report = _drain_loop(
-            registry.engine,
-            plan,
-            sender,
-            concurrency=2,
-            limit=None,
-            clock=clock,
-            lease=timedelta(seconds=60),
+        report = drain_with(
+            registry, plan, sender, clock, concurrency=2, lease=timedelta(seconds=60)
         )
         went = len(server.messages)
     assert len(taken) == 2  # both leases ran out during the pause
@@ -333,29 +330,12 @@ def test_a_request_trickling_past_the_lease_keeps_its_rows_from_other_drainers(
             server.wait_for_messages(1, timeout=10)  # the trickling one is under way
             time.sleep(5)  # past its lease
             with Registry(registry.url) as own:
-                others.append(
-                    _drain_loop(
-                        own.engine,
-                        plan,
-                        SendGridSender(KEY, server.url, timeout=1, backoff_cap=0),
-                        concurrency=2,
-                        limit=None,
-                        clock=utc_now,
-                        lease=lease,
-                    )
-                )
+                other = SendGridSender(KEY, server.url, timeout=1, backoff_cap=0)
+                others.append(drain_with(own, plan, other, utc_now, concurrency=2, lease=lease))
 
         looker = threading.Thread(target=another_drainer)
         looker.start()
-        report = _drain_loop(
-            registry.engine,
-            plan,
-            sender,
-            concurrency=2,
-            limit=None,
-            clock=utc_now,
-            lease=lease,
-        )
+        report = drain_with(registry, plan, sender, utc_now, concurrency=2, lease=lease)
         looker.join(timeout=30)
         went = Counter(int(m["body"]["custom_args"]["outbox_id"]) for m in server.messages)
     assert others[0].sent == 0 and others[0].overtaken == 0
