@@ -432,6 +432,23 @@ def _plan_with_brownouts(home: Home, first: datetime, second: datetime) -> Path:
     return path
 
 
+def _scheduled_then_dropped(home: Home, first: datetime, second: datetime, name: str) -> Path:
+    """The plan with brownout-1 and brownout-2 renamed ``name``-1 and ``name``-2
+    (windows of their own: the registry is shared with the other flows' tests),
+    scheduled; returns the same plan without ``name``-2."""
+    from rollout.phases.brownouts import schedule
+
+    text = _plan_with_brownouts(home, first, second).read_text()
+    text = text.replace("brownout-1", f"{name}-1").replace("brownout-2", f"{name}-2")
+    both = home.path / f"plan-with-{name}.yaml"
+    both.write_text(text)
+    schedule(Registry(home.settings.registry_url), load_plan(both), actor="rm")
+    dropped = home.path / f"plan-without-{name}-2.yaml"
+    start = text.index(f"  - name: {name}-2")  # the last window, a blank line after it
+    dropped.write_text(text[:start] + text[text.index("\n\n", start) + 1 :])
+    return dropped
+
+
 def _window(home: Home, name: str) -> Any:
     from rollout.phases.brownouts import status
 
@@ -497,19 +514,13 @@ def test_a_brownout_start_left_over_for_a_window_the_plan_dropped_calls_it_off(
     scheduled the plan since: the registry would apply the window at login from its
     time (ELV's challenge reads the registry, not the plan). The run calls it off, as
     `brownout schedule --apply` would, rather than fail and leave it to start."""
-    from rollout.phases.brownouts import elv_required, schedule
+    from rollout.phases.brownouts import elv_required
 
     now = datetime.now(UTC).replace(tzinfo=None)
-    # Windows of their own: the registry is shared with the other flows' tests.
-    text = _plan_with_brownouts(home, now + timedelta(days=10), now + timedelta(minutes=30))
-    text = text.read_text().replace("brownout-1", "drill-1").replace("brownout-2", "drill-2")
-    both = home.path / "plan-with-drills.yaml"
-    both.write_text(text)
+    dropped = _scheduled_then_dropped(
+        home, now + timedelta(days=10), now + timedelta(minutes=30), "drill"
+    )
     registry = Registry(home.settings.registry_url)
-    schedule(registry, load_plan(both), actor="rm")
-    dropped = home.path / "plan-without-drill-2.yaml"
-    start = text.index("  - name: drill-2")  # the last window, a blank line after it
-    dropped.write_text(text[:start] + text[text.index("\n\n", start) + 1 :])
     assert [b.name for b in load_plan(dropped).brownouts] == ["drill-1"]
     monkeypatch.setenv("ROLLOUT_PLAN", str(dropped))
     window = _window(home, "drill-2")
@@ -540,17 +551,10 @@ def test_a_brownout_start_for_a_dropped_window_already_under_way_ends_it(
 ) -> None:
     """The run fires at the window's start: the window has begun by itself by the time
     the worker runs it. Dropped from the plan, it ends there."""
-    from rollout.phases.brownouts import schedule
-
     now = datetime.now(UTC).replace(tzinfo=None)
-    text = _plan_with_brownouts(home, now + timedelta(days=30), now + timedelta(seconds=2))
-    text = text.read_text().replace("brownout-1", "late-1").replace("brownout-2", "late-2")
-    both = home.path / "plan-with-late.yaml"
-    both.write_text(text)
-    schedule(Registry(home.settings.registry_url), load_plan(both), actor="rm")
-    dropped = home.path / "plan-without-late-2.yaml"
-    start = text.index("  - name: late-2")
-    dropped.write_text(text[:start] + text[text.index("\n\n", start) + 1 :])
+    dropped = _scheduled_then_dropped(
+        home, now + timedelta(days=30), now + timedelta(seconds=2), "late"
+    )
     monkeypatch.setenv("ROLLOUT_PLAN", str(dropped))
     while _window(home, "late-2").state == "scheduled":
         time.sleep(0.2)
@@ -568,17 +572,10 @@ def test_the_daily_run_cancels_a_window_the_plan_dropped_before_it_starts(
     """prefect.yaml redeployed without the window's runs, and nobody scheduled the plan
     since: no brownout-start comes, and the registry would apply the window at login at
     its time. The daily run cancels it first thing, even on a day whose metrics fail."""
-    from rollout.phases.brownouts import schedule
-
     now = datetime.now(UTC).replace(tzinfo=None)
-    text = _plan_with_brownouts(home, now + timedelta(days=40), now + timedelta(days=50))
-    text = text.read_text().replace("brownout-1", "gone-1").replace("brownout-2", "gone-2")
-    both = home.path / "plan-with-gone.yaml"
-    both.write_text(text)
-    schedule(Registry(home.settings.registry_url), load_plan(both), actor="rm")
-    dropped = home.path / "plan-without-gone-2.yaml"
-    start = text.index("  - name: gone-2")
-    dropped.write_text(text[:start] + text[text.index("\n\n", start) + 1 :])
+    dropped = _scheduled_then_dropped(
+        home, now + timedelta(days=40), now + timedelta(days=50), "gone"
+    )
     monkeypatch.setenv("ROLLOUT_PLAN", str(dropped))
     state = daily(as_of=GAP_DAY, ingest_first=False, return_state=True)
     assert state.is_failed()  # the day's weekly window has a gap: cohorts refused
