@@ -397,6 +397,16 @@ def _new_classic_token(registry: Registry, username: str) -> None:
     TokenFactory(account_id=owner, kind="publish", created_at=NOW - timedelta(hours=1))
 
 
+def _revoked_by_its_owner(registry: Registry, token_id: int, reason: str) -> None:
+    """The token revoked at NOW, as its owner does, outside the phase."""
+    with registry.engine.begin() as connection:
+        connection.execute(
+            Token.__table__.update()
+            .where(Token.id == token_id)
+            .values(revoked_at=NOW, revoked_reason=reason)
+        )
+
+
 def test_a_rotated_token_at_the_same_count_refuses_with_the_previewed_fingerprint(
     registry: Registry, token_plan: Plan, tokens_of: dict[str, list[int]]
 ) -> None:
@@ -494,12 +504,7 @@ def test_an_account_that_rotated_its_token_during_the_run_is_left_for_the_next_p
 
     def rotate(done: int, total: int) -> None:
         if done == 1:
-            with registry.engine.begin() as connection:
-                connection.execute(
-                    Token.__table__.update()
-                    .where(Token.id == listed.id)
-                    .values(revoked_at=NOW, revoked_reason="replaced by its maintainer")
-                )
+            _revoked_by_its_owner(registry, listed.id, "replaced by its maintainer")
             made_since.append(TokenFactory(account=rotator, name="ci-new", kind="publish").id)
 
     result = enforce.enforce_phase(
@@ -532,12 +537,7 @@ def test_a_listed_token_its_owner_revoked_at_the_batch_s_instant_is_not_counted_
 
     def owner_revokes(done: int, total: int) -> None:
         if done == 1:
-            with registry.engine.begin() as connection:
-                connection.execute(
-                    Token.__table__.update()
-                    .where(Token.id == by_owner.id)
-                    .values(revoked_at=NOW, revoked_reason="revoked by its owner")
-                )
+            _revoked_by_its_owner(registry, by_owner.id, "revoked by its owner")
 
     result = enforce.enforce_phase(
         registry,
