@@ -176,37 +176,12 @@ def test_a_phase_neither_in_the_plan_nor_in_the_outbox_is_refused(rollout_home: 
     assert typo.exit_code == 2
     assert "no phase 'top-10' in plan npm-2022 (phases: top-100, high-impact)" in typo.stderr
 
-    retired = runner.invoke(
-        app,
-        [
-            "notify",
-            "withdraw",
-            "--phase",
-            "retired",
-            "--apply",
-            "--expect",
-            "1",
-            "--reason",
-            "renamed",
-        ],
-    )
+    withdraw_retired = ["notify", "withdraw", "--phase", "retired", "--apply"]
+    retired = runner.invoke(app, [*withdraw_retired, "--expect", "1", "--reason", "renamed"])
     assert retired.exit_code == 0, retired.stderr
     assert states(registry) == {("retired", "phase_notice", "skipped"): 1}
     # Run again (after a kill, say): nothing left to take back, and no error.
-    again = runner.invoke(
-        app,
-        [
-            "notify",
-            "withdraw",
-            "--phase",
-            "retired",
-            "--apply",
-            "--expect",
-            "0",
-            "--reason",
-            "renamed",
-        ],
-    )
+    again = runner.invoke(app, [*withdraw_retired, "--expect", "0", "--reason", "renamed"])
     assert again.exit_code == 0, again.stderr
     assert "withdrew 0 queued or failed emails" in again.stderr
     # The plan's own phase with nothing queued is a preview of nothing, not an error.
