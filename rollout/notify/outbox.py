@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 
 from rollout.core.errors import BadInput, RolloutError
-from rollout.core.words import counted
+from rollout.core.words import by_count, counted
 from rollout.notify.message import address_forms, normal_address
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
@@ -189,7 +189,7 @@ def check_sender(registry: Registry, sender: str, *, include_failed: bool) -> No
     if count:
         raise RolloutError(
             f"{counted(count, 'email')} waiting to be sent "
-            f"{'was' if count == 1 else 'were'} last attempted through SendGrid, but "
+            f"{by_count(count, 'was', 'were')} last attempted through SendGrid, but "
             "no SendGrid key was found here, so the sender would be the file outbox: "
             "nothing was sent. Set SENDGRID_API_KEY (the notify deployment also reads the "
             "Prefect Secret block named by ROLLOUT_SENDGRID_SECRET_BLOCK, default "
