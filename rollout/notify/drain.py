@@ -68,7 +68,7 @@ from rollout.core.stopping import (
     stop_processes,
     stop_requested_by_signals,
 )
-from rollout.core.words import counted
+from rollout.core.words import by_count, counted
 from rollout.notify.emails import (
     ELV_HEADS_UP_EMAIL,
     EMAILS,
@@ -1375,15 +1375,16 @@ def _overtaken(unrecorded: list[_Outcome], unsent: int) -> int:
                 o.id,
                 o.message_id,
             )
-    if unrecorded or unsent:
+    overtaken = len(unrecorded) + unsent
+    if overtaken:
         log.warning(
-            "%s taken over by another drainer while this one held them (their "
+            "%s %s taken over by another drainer while this one held them (their "
             "lease ran out: a slow or paused drainer); %d of them not sent by this one",
-            counted(len(unrecorded) + unsent, "email")
-            + (" was" if len(unrecorded) + unsent == 1 else " were"),
+            counted(overtaken, "email"),
+            by_count(overtaken, "was", "were"),
             unsent,
         )
-    return len(unrecorded) + unsent
+    return overtaken
 
 
 def _count(report: DrainReport, outcomes: Iterable[_Outcome]) -> None:

@@ -410,7 +410,6 @@ class SendGridSender:
                 )
                 self._sleep(delay)
         reason = f"gave up after {counted(self.max_attempts, 'attempt')}: {outcome.reason}"
-
         raise SenderUnavailable(reason)
 
     def request_body(self, message: Message) -> dict[str, Any]:

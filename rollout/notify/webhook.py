@@ -142,7 +142,6 @@ def create_app(
             body = await _read_capped(request, max_bytes)
         except _TooLarge:
             return _refuse(413, f"the post is over {counted(max_bytes, 'byte')}")
-
         except asyncio.CancelledError:
             # The receiver is stopping and this post's body is still arriving after the
             # grace: nothing of it is written, and a 503 (if the client still listens)
