@@ -22,6 +22,7 @@ from rollout.core.words import by_count, counted, them
 
 if TYPE_CHECKING:
     from rollout.notify.suppressions import AddressStanding
+    from rollout.runtime import Runtime
 
 # --- notify --------------------------------------------------------------------------------
 
@@ -364,6 +365,20 @@ def _who_uses(standing: AddressStanding) -> dict[str, object]:
     }
 
 
+def _address_standing(
+    ctx: typer.Context, address: str, reason: str, *, example: str
+) -> tuple[Runtime, AddressStanding]:
+    """The runtime and the address's standing, the reason checked (after the address):
+    how suppress and unsuppress both begin."""
+    from rollout.notify.outbox import checked_reason
+    from rollout.notify.suppressions import standing_of
+
+    runtime = _runtime(ctx)
+    standing = standing_of(runtime.registry, address)
+    checked_reason(reason, example=example)
+    return runtime, standing
+
+
 def _accounts_words(standing: AddressStanding) -> str:
     if not standing.accounts:
         return "no account uses this address"
@@ -390,12 +405,9 @@ def notify_suppress(
     or Unicode, as the send matches them), the emails to them not sent yet that would
     be skipped, and whether it is already suppressed (by hand, or on SendGrid's
     lists). With --apply, suppresses it, audited; `notify unsuppress` lifts it."""
-    from rollout.notify.outbox import SUPPRESS_EXAMPLES, checked_reason, suppress
-    from rollout.notify.suppressions import standing_of
+    from rollout.notify.outbox import SUPPRESS_EXAMPLES, suppress
 
-    runtime = _runtime(ctx)
-    standing = standing_of(runtime.registry, address)
-    checked_reason(reason, example=SUPPRESS_EXAMPLES)
+    runtime, standing = _address_standing(ctx, address, reason, example=SUPPRESS_EXAMPLES)
     added = False
     if apply:
         added = suppress(runtime.registry, address, reason=reason, actor=runtime.settings.actor)
@@ -463,17 +475,9 @@ def notify_unsuppress(
     their last day; other emails stay skipped). Refused (exit 3) while one of SendGrid's
     lists (bounces, spam reports, invalid emails) holds the address: remove it there
     first, then `notify sync-suppressions`. With --apply, lifts it, audited."""
-    from rollout.notify.outbox import checked_reason
-    from rollout.notify.suppressions import (
-        UNSUPPRESS_EXAMPLES,
-        sendgrid_refusal,
-        standing_of,
-        unsuppress,
-    )
+    from rollout.notify.suppressions import UNSUPPRESS_EXAMPLES, sendgrid_refusal, unsuppress
 
-    runtime = _runtime(ctx)
-    standing = standing_of(runtime.registry, address)
-    checked_reason(reason, example=UNSUPPRESS_EXAMPLES)
+    runtime, standing = _address_standing(ctx, address, reason, example=UNSUPPRESS_EXAMPLES)
     refusal = sendgrid_refusal(standing)
     lifted = []
     if apply:
