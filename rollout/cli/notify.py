@@ -330,7 +330,7 @@ def notify_send(
         # and sends and records them; each one already in flight is logged as a warning.
         stderr.print(
             f"{counted(report.overtaken, 'claimed email')} "
-            f"{'was' if report.overtaken == 1 else 'were'} taken over by another sender "
+            f"{by_count(report.overtaken, 'was', 'were')} taken over by another sender "
             "once this one outlived its lease: left to it",
             highlight=False,
         )
@@ -383,7 +383,7 @@ def _accounts_words(standing: AddressStanding) -> str:
     if not standing.accounts:
         return "no account uses this address"
     n = len(standing.accounts)
-    return f"{counted(n, 'account')} {'uses' if n == 1 else 'use'} it: " + ", ".join(
+    return f"{counted(n, 'account')} {by_count(n, 'uses', 'use')} it: " + ", ".join(
         standing.usernames
     )
 
@@ -515,7 +515,7 @@ def notify_unsuppress(
             "notice's last day"
         )
         stderr.print(
-            f"{counted(skipped, 'email')} to them {'was' if skipped == 1 else 'were'} "
+            f"{counted(skipped, 'email')} to them {by_count(skipped, 'was', 'were')} "
             f"skipped as suppressed ({', '.join(_kinds(standing.skipped))}): the next "
             f"day's `rollout notify queue` sends {again}; the others stay skipped",
             highlight=False,
