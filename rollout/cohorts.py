@@ -25,7 +25,7 @@ from rollout.core.calendar import cohorts_step
 from rollout.core.clock import day_end
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import CohortRule, Plan
-from rollout.core.words import counted
+from rollout.core.words import by_count, counted, them
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.engine import begin_writing
@@ -662,7 +662,7 @@ def _unknown_orgs(
         )
         lines.append(
             f"cohort {cohort}: orgs names {said}, which {where} does not have: its "
-            f"filter lets no member of {'them' if len(missing) > 1 else 'it'} in"
+            f"filter lets no member of {them(len(missing))} in"
         )
     return lines
 
@@ -832,7 +832,7 @@ def release_preview(registry: Registry, cohort: str, package: str) -> str:
     )
     return (
         f"{row.package}: {state}; {counted(only_this, 'account')} "
-        f"{'is' if only_this == 1 else 'are'} in {cohort} only through it "
+        f"{by_count(only_this, 'is', 'are')} in {cohort} only through it "
         "and would leave at the next build"
     )
 

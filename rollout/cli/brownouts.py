@@ -14,7 +14,7 @@ from rollout.cli.app import (
     reports_errors,
 )
 from rollout.core.output import Format, emit, emit_record, progress_for, stderr
-from rollout.core.words import counted, them
+from rollout.core.words import by_count, counted, them
 
 if TYPE_CHECKING:
     from rollout.phases.brownouts import WindowState
@@ -201,7 +201,7 @@ def elv_enroll_all(
             select(func.count()).select_from(Account).where(Account.elv_enrolled_at.is_(None))
         ).scalar_one()
     stderr.print(
-        f"{counted(pending, 'account')} {'is' if pending == 1 else 'are'} not enrolled in ELV yet",
+        f"{counted(pending, 'account')} {by_count(pending, 'is', 'are')} not enrolled in ELV yet",
         highlight=False,
     )
     if not apply:

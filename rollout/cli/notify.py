@@ -22,6 +22,7 @@ from rollout.core.words import by_count, counted, them
 
 if TYPE_CHECKING:
     from rollout.notify.suppressions import AddressStanding
+    from rollout.runtime import Runtime
 
 # --- notify --------------------------------------------------------------------------------
 
@@ -329,7 +330,7 @@ def notify_send(
         # and sends and records them; each one already in flight is logged as a warning.
         stderr.print(
             f"{counted(report.overtaken, 'claimed email')} "
-            f"{'was' if report.overtaken == 1 else 'were'} taken over by another sender "
+            f"{by_count(report.overtaken, 'was', 'were')} taken over by another sender "
             "once this one outlived its lease: left to it",
             highlight=False,
         )
@@ -364,11 +365,25 @@ def _who_uses(standing: AddressStanding) -> dict[str, object]:
     }
 
 
+def _address_standing(
+    ctx: typer.Context, address: str, reason: str, *, example: str
+) -> tuple[Runtime, AddressStanding]:
+    """The runtime and the address's standing, the reason checked (after the address):
+    how suppress and unsuppress both begin."""
+    from rollout.notify.outbox import checked_reason
+    from rollout.notify.suppressions import standing_of
+
+    runtime = _runtime(ctx)
+    standing = standing_of(runtime.registry, address)
+    checked_reason(reason, example=example)
+    return runtime, standing
+
+
 def _accounts_words(standing: AddressStanding) -> str:
     if not standing.accounts:
         return "no account uses this address"
     n = len(standing.accounts)
-    return f"{counted(n, 'account')} {'uses' if n == 1 else 'use'} it: " + ", ".join(
+    return f"{counted(n, 'account')} {by_count(n, 'uses', 'use')} it: " + ", ".join(
         standing.usernames
     )
 
@@ -390,12 +405,9 @@ def notify_suppress(
     or Unicode, as the send matches them), the emails to them not sent yet that would
     be skipped, and whether it is already suppressed (by hand, or on SendGrid's
     lists). With --apply, suppresses it, audited; `notify unsuppress` lifts it."""
-    from rollout.notify.outbox import SUPPRESS_EXAMPLES, checked_reason, suppress
-    from rollout.notify.suppressions import standing_of
+    from rollout.notify.outbox import SUPPRESS_EXAMPLES, suppress
 
-    runtime = _runtime(ctx)
-    standing = standing_of(runtime.registry, address)
-    checked_reason(reason, example=SUPPRESS_EXAMPLES)
+    runtime, standing = _address_standing(ctx, address, reason, example=SUPPRESS_EXAMPLES)
     added = False
     if apply:
         added = suppress(runtime.registry, address, reason=reason, actor=runtime.settings.actor)
@@ -463,17 +475,9 @@ def notify_unsuppress(
     their last day; other emails stay skipped). Refused (exit 3) while one of SendGrid's
     lists (bounces, spam reports, invalid emails) holds the address: remove it there
     first, then `notify sync-suppressions`. With --apply, lifts it, audited."""
-    from rollout.notify.outbox import checked_reason
-    from rollout.notify.suppressions import (
-        UNSUPPRESS_EXAMPLES,
-        sendgrid_refusal,
-        standing_of,
-        unsuppress,
-    )
+    from rollout.notify.suppressions import UNSUPPRESS_EXAMPLES, sendgrid_refusal, unsuppress
 
-    runtime = _runtime(ctx)
-    standing = standing_of(runtime.registry, address)
-    checked_reason(reason, example=UNSUPPRESS_EXAMPLES)
+    runtime, standing = _address_standing(ctx, address, reason, example=UNSUPPRESS_EXAMPLES)
     refusal = sendgrid_refusal(standing)
     lifted = []
     if apply:
@@ -511,7 +515,7 @@ def notify_unsuppress(
             "notice's last day"
         )
         stderr.print(
-            f"{counted(skipped, 'email')} to them {'was' if skipped == 1 else 'were'} "
+            f"{counted(skipped, 'email')} to them {by_count(skipped, 'was', 'were')} "
             f"skipped as suppressed ({', '.join(_kinds(standing.skipped))}): the next "
             f"day's `rollout notify queue` sends {again}; the others stay skipped",
             highlight=False,

@@ -19,7 +19,7 @@ from rollout.cli.app import (
 from rollout.core.controls import shell_word, visible
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 from rollout.core.output import Format, emit, emit_record, stderr
-from rollout.core.words import counted
+from rollout.core.words import by_count, counted
 
 # --- orgs ----------------------------------------------------------------------------------
 
@@ -254,7 +254,7 @@ def orgs_reinvite(
             [{"username": i.username, "removed_at": i.removed_at} for i in invitees],
             fmt,
             title=f"{org}: {counted(len(invitees), 'removed member')} now "
-            f"{'uses' if len(invitees) == 1 else 'use'} 2FA",
+            f"{by_count(len(invitees), 'uses', 'use')} 2FA",
             columns=["username", "removed_at"],
         )
         stderr.print(

@@ -499,20 +499,20 @@ def approve(
     from rollout.phases.approvals import approve as resume
 
     run = parse_run_id(run_id)
-    expect_list = _fingerprint(expect_list) or ""
+    expect_list = (_fingerprint(expect_list) or "").strip().lower()
     name = _runtime(ctx).settings.actor if approved_by is None else approved_by
     with api_from_environ() as api:
         waited = resume(
             api,
             run,
             expect=expect,
-            expect_list=expect_list.strip().lower(),
+            expect_list=expect_list,
             approved_by=name,
             accept_unreached=accept_unreached,
         )
         stderr.print(
             f"approved flow run {waited.run_name} ({run}) as {name} for "
-            f"{counted(expect, 'account')} (list {expect_list.strip().lower()})",
+            f"{counted(expect, 'account')} (list {expect_list})",
             highlight=False,
         )
         found = wait_for_outcome(api, run, timeout=timeout) if wait else outcome(api, run)

@@ -49,7 +49,7 @@ from sqlalchemy import Connection, Select, and_, case, func, or_, select
 from rollout.cohorts import orgs_not_in_registry
 from rollout.core.clock import naive_utc
 from rollout.core.plan import Phase, Plan, asks_more_than
-from rollout.core.words import counted
+from rollout.core.words import by_count, counted
 from rollout.notify.emails import ELV_HEADS_UP_EMAIL
 from rollout.notify.outbox import NOTIFICATIONS, RUN_DAY
 from rollout.registry import Registry
@@ -297,7 +297,7 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
         warnings.append(
             f"cohort {cohort}: {counted(count, 'package')} entered on a build "
             f"before {day}, the day phase {phase_name} fixes it (cohort_as_of), and "
-            f"{'stays' if count == 1 else 'stay'} for "
+            f"{by_count(count, 'stays', 'stay')} for "
             f"good though its rule was not judged on that day: {shown}. Their maintainers "
             "are emailed and enforced with the cohort's; release each that should not be "
             f"(`rollout cohorts release PACKAGE --cohort {cohort} --reason ...`)"

@@ -46,7 +46,7 @@ from rollout.core.calendar import cohorts_step_prefix, phase_step
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.fingerprints import same_list
 from rollout.core.plan import Phase, Plan
-from rollout.core.words import counted
+from rollout.core.words import by_count, counted
 from rollout.notify import reach
 from rollout.notify.emails import ENFORCEMENT_EMAIL
 from rollout.notify.queue import queue_phase_summary
@@ -1297,14 +1297,14 @@ def _reach_guard(phase: Phase, preview: PhasePreview, accept: int | None) -> Non
     if accept is not None and accept != unreached:
         raise GuardRefused(
             f"phase {phase.name}: {unreached:,} of the accounts "
-            f"{'was' if unreached == 1 else 'were'} never reached by a "
+            f"{by_count(unreached, 'was', 'were')} never reached by a "
             f"notice or reminder, not the {accept} accepted: run `rollout phase preview "
             f"{phase.name}` and check"
         )
     if preview.over_unreached_limit and accept is None:
         raise GuardRefused(
             f"phase {phase.name}: {unreached:,} of {counted(preview.count, 'account')} "
-            f"({preview.unreached_share:.1%}) {'was' if unreached == 1 else 'were'} never "
+            f"({preview.unreached_share:.1%}) {by_count(unreached, 'was', 'were')} never "
             "reached by a notice or reminder, "
             f"over the plan's max_unreached_share of {phase.max_unreached_share:.1%}: "
             f"`rollout phase preview {phase.name}` lists them with why; to enforce anyway, "

@@ -150,16 +150,23 @@ def _refused_url(context: ExceptionContext) -> BaseException | None:
     return url_refused(context.original_exception)
 
 
-def _as_engine_error(error: BaseException) -> BaseException:
+@contextmanager
+def _as_engine_errors(driver: Any, *, connecting: bool = False) -> Iterator[None]:
     """ADBC's OperationalError (a server not there, a connection dropped or cancelled,
-    a timeout: ADBC's IO, CANCELLED, TIMEOUT and UNKNOWN) as SQLAlchemy's, which wraps
-    psycopg's and sqlite3's alike: the class the flows retry (``flows.common
-    .is_transient``) and the CLI reports in one line, exit 1. Other errors as they are."""
+    a timeout: ADBC's IO, CANCELLED, TIMEOUT and UNKNOWN) raised as SQLAlchemy's, which
+    wraps psycopg's and sqlite3's alike: the class the flows retry (``flows.common
+    .is_transient``) and the CLI reports in one line, exit 1. ``connecting``: a URL the
+    server turns down raises RegistryURLRefused. Other errors as they are."""
     import adbc_driver_manager
 
-    if isinstance(error, adbc_driver_manager.OperationalError):
-        return sqlalchemy_exc.OperationalError(None, None, error)
-    return error
+    try:
+        yield
+    except driver.Error as error:
+        if connecting and (refused := url_refused(error)) is not None:
+            raise refused from None
+        if isinstance(error, adbc_driver_manager.OperationalError):
+            raise sqlalchemy_exc.OperationalError(None, None, error) from error
+        raise
 
 
 @contextmanager
@@ -167,28 +174,16 @@ def adbc_connect(url: str | URL) -> Iterator[Any]:
     """An ADBC DB-API connection to the registry at ``url`` (a SQLAlchemy URL), closed
     on leaving. Its failures read as an engine's do: a URL the server turns down raises
     RegistryURLRefused; a server not there, or gone while the connection is used, raises
-    SQLAlchemy's OperationalError (``_as_engine_error``)."""
+    SQLAlchemy's OperationalError (``_as_engine_errors``)."""
     if is_sqlite(url):
         import adbc_driver_sqlite.dbapi as driver
     else:
         import adbc_driver_postgresql.dbapi as driver
-    try:
+    with _as_engine_errors(driver, connecting=True):
         connection = driver.connect(adbc_uri(url))
-    except driver.Error as error:
-        refused = url_refused(error)
-        if refused is not None:
-            raise refused from None
-        wrapped = _as_engine_error(error)
-        if wrapped is error:
-            raise
-        raise wrapped from error
     try:
-        yield connection
-    except driver.Error as error:
-        wrapped = _as_engine_error(error)
-        if wrapped is error:
-            raise
-        raise wrapped from error
+        with _as_engine_errors(driver):
+            yield connection
     finally:
         connection.close()
 

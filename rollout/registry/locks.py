@@ -184,8 +184,9 @@ def migration_exclusive(registry_url: str) -> Iterator[None]:
             held.enter_context(_waiting_exclusive(registry_url, MIGRATION_GATE, lock_engine))
             busy = []
             for name in RUN_LOCKS:
+                # Each asked once (settle=0): a run at work is refused, not waited for.
                 try:
-                    held.enter_context(_quiet_exclusive(registry_url, name, lock_engine))
+                    held.enter_context(exclusive_run(registry_url, name, lock_engine, settle=0.0))
                 except GuardRefused:
                     busy.append(name)
             if busy:
@@ -199,7 +200,7 @@ def migration_exclusive(registry_url: str) -> Iterator[None]:
                 )
             # Last, once every run lock is the migration's: while it is held, none of
             # them is a run's (run_lock_held).
-            held.enter_context(_quiet_exclusive(registry_url, MIGRATION_LOCK, lock_engine))
+            held.enter_context(exclusive_run(registry_url, MIGRATION_LOCK, lock_engine, settle=0.0))
             yield
     finally:
         if lock_engine is not None:
@@ -222,13 +223,6 @@ def _waiting_exclusive(registry_url: str, name: str, lock_engine: Engine | None)
         key = _advisory_key(connection, name)
         connection.execute(text("select pg_advisory_lock(:k)"), {"k": key})
         yield  # let go as the connection goes back to the pool (make_lock_engine)
-
-
-@contextmanager
-def _quiet_exclusive(registry_url: str, name: str, lock_engine: Engine | None) -> Iterator[None]:
-    # A migration asks each lock once: a run that is at work is refused, not waited for.
-    with exclusive_run(registry_url, name, lock_engine, settle=0.0):
-        yield
 
 
 # A run killed a moment ago holds its advisory lock until its server process notices

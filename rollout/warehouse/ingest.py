@@ -28,7 +28,7 @@ from rollout.core.counts import EXPONENT_PATTERN, WHOLE_COUNT_PATTERN
 from rollout.core.errors import BadInput, FileRejected, RowProblem
 from rollout.core.files import duckdb_path
 from rollout.core.names import PACKAGE_NAME_PATTERN
-from rollout.core.words import counted
+from rollout.core.words import by_count, counted
 from rollout.warehouse import landing
 from rollout.warehouse.landing import Fingerprint, LandingFile
 
@@ -429,7 +429,7 @@ def _ingest_new(
             file.path,
             _shown(_problems(con, file, limit=5)),
             f"{rows_bad:,} of {counted(rows_read, file.row_word)} "
-            f"{'is' if rows_bad == 1 else 'are'} bad "
+            f"{by_count(rows_bad, 'is', 'are')} bad "
             f"({rows_bad / rows_read:.1%}, over the {quarantine_limit:.1%} limit); "
             "nothing was loaded",
         )
@@ -545,7 +545,7 @@ def _load_new_events(
                 file.path,
                 _shown(_event_problems(con, file, index, limit=5)),
                 f"{rows_bad:,} of {counted(rows, file.row_word)} "
-                f"{'is' if rows_bad == 1 else 'are'} bad "
+                f"{by_count(rows_bad, 'is', 'are')} bad "
                 f"({rows_bad / rows:.1%}, over the {quarantine_limit:.1%} limit); "
                 "nothing was loaded",
             )
