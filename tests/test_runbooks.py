@@ -70,9 +70,13 @@ class DocCommand:
         return f"{self.path.relative_to(ROOT)}:{self.line}"
 
 
-def shell_blocks(path: Path) -> list[tuple[int, str, list[tuple[int, str]]]]:
-    """Each fenced sh/bash/console block of a Markdown file: the heading it sits under,
-    and its lines (number, text), `\\` continuations joined into the first line."""
+def shell_blocks(
+    path: Path, kinds: set[str] = SHELL_BLOCKS
+) -> list[tuple[int, str, list[tuple[int, str]]]]:
+    """Each fenced sh/bash/console block of a Markdown file (or of the other kinds
+    asked for, "" for a block with no language: output the docs show): the heading it
+    sits under, and its lines (number, text), `\\` continuations joined into the first
+    line."""
     blocks: list[tuple[int, str, list[tuple[int, str]]]] = []
     heading = ""
     lines = path.read_text().splitlines()
@@ -98,7 +102,7 @@ def shell_blocks(path: Path) -> list[tuple[int, str, list[tuple[int, str]]]]:
             body.append((number, text))
             index += 1
         index += 1  # the closing fence
-        if fence.group(2) in SHELL_BLOCKS:
+        if fence.group(2) in kinds:
             blocks.append((start + 1, heading, body))
     return blocks
 
@@ -307,11 +311,24 @@ def test_commands_are_read_as_a_shell_would(tmp_path: Path) -> None:
 RUNBOOK = ROOT / "docs" / "runbook-release-manager.md"
 
 
-def section_blocks(heading: str) -> list[list[tuple[int, str]]]:
-    """The shell blocks of the release manager's runbook under a heading (its start)."""
-    blocks = [body for _, under, body in shell_blocks(RUNBOOK) if under.startswith(heading)]
-    assert blocks, f"no shell block under a heading {heading!r} in {RUNBOOK.name}"
+def section_blocks(heading: str, kinds: set[str] = SHELL_BLOCKS) -> list[list[tuple[int, str]]]:
+    """The shell blocks (or blocks of other kinds) of the release manager's runbook
+    under a heading (its start)."""
+    blocks = [body for _, under, body in shell_blocks(RUNBOOK, kinds) if under.startswith(heading)]
+    assert blocks, f"no such block under a heading {heading!r} in {RUNBOOK.name}"
     return blocks
+
+
+def output_shape(text: str) -> list[str]:
+    """Output lines as the docs show them, up to what differs from one registry to
+    another: paths, numbers and fingerprints, and which reasons a count is split by."""
+    shapes = []
+    for line in text.strip().splitlines():
+        line = re.sub(r"\S*/\S*", "PATH", line)
+        line = re.sub(r"\b[0-9a-f]*[0-9][0-9a-f]*\b", "N", line)
+        line = re.sub(r"Why: .* \(column notice\)", "Why: ... (column notice)", line)
+        shapes.append(line)
+    return shapes
 
 
 def section_commands(heading: str, block: int | None = None) -> list[DocCommand]:
@@ -440,6 +457,9 @@ def test_the_release_manager_rehearsal_runs_as_the_runbook_gives_it(
     assert expect == len(table_rows(preview.stdout)) == len(without_2fa)
     to_apply = re.search(r"^To apply: rollout (.+)$", preview.stderr, re.M)
     assert to_apply, preview.stderr
+    # The preview's summary reads as the runbook shows it, line by line.
+    (shown,) = section_blocks("3. Preview", kinds={""})
+    assert output_shape(preview.stderr) == output_shape("\n".join(t for _, t in shown))
     state = plan_step(run(show_csv).stdout, phase.enforce_on, enforced_step)["state"]
     assert state == "previewed"
 
