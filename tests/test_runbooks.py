@@ -514,3 +514,34 @@ def test_the_release_manager_rehearsal_runs_as_the_runbook_gives_it(
             "count": str(expect),
         }
     ]
+
+    # 8. Orgs, on the sample's org as the runbook names it: audit, the enforcement's
+    # preview, its command with the preview's count and list typed back, then the
+    # invitations back (into a team the org has) and their listing.
+    orgs = section_commands("8. Orgs")
+    assert [c.words[:2] for c in orgs] == [
+        ("orgs", "audit"),
+        ("orgs", "audit"),
+        ("orgs", "enforce"),
+        ("orgs", "enforce"),
+        ("orgs", "reinvite"),
+        ("orgs", "invitations"),
+    ]
+    audit, audit_filtered, enforce_preview, enforce_org, reinvite, invitations = orgs
+    members = table_rows(run(audit).stdout)
+    owner = option(enforce_org, "--owner")
+    assert {"username": owner, "role": "owner"}.items() <= next(
+        row for row in members if row["username"] == owner
+    ).items()
+    filtered = table_rows(run(audit_filtered).stdout)
+    assert filtered and {(r["role"], r["tfa_status"]) for r in filtered} == {("developer", "none")}
+    would_go = run(enforce_preview)
+    hint = re.search(r"run rollout (orgs enforce .+)$", would_go.stderr, re.M)
+    assert hint, would_go.stderr
+    typed = hint.group(1).split()
+    typed[typed.index("--owner") + 1] = owner  # the hint says YOU
+    assert typed == list(enforce_org.words)  # the rehearsal's count and list, as the runbook's
+    removed = record(run(enforce_org).stdout)
+    assert int(removed["removed"]) == len(table_rows(would_go.stdout)) > 0
+    run(reinvite)
+    run(invitations)
