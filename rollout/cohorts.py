@@ -785,8 +785,50 @@ def build_cohorts(
         return results
 
 
+@dataclass(frozen=True)
+class ReleasePreview:
+    """What a release of a package from a cohort would change: the package as the
+    cohort records it, since when and why it is in (or when it was released), and how
+    many accounts are in the cohort only through it (they leave at the next build)."""
+
+    package: str
+    cohort: str
+    first_qualified_on: date
+    reasons: list[str]
+    released_at: datetime | None
+    accounts_leaving: int
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "package": self.package,
+            "cohort": self.cohort,
+            "first_qualified_on": self.first_qualified_on,
+            "reasons": self.reasons,
+            "released_at": self.released_at,
+            "accounts_leaving": self.accounts_leaving,
+        }
+
+    def sentence(self) -> str:
+        state = (
+            f"released on {self.released_at:%Y-%m-%d}"
+            if self.released_at
+            else f"in {self.cohort} since {self.first_qualified_on} ({'; '.join(self.reasons)})"
+        )
+        only_this = self.accounts_leaving
+        return (
+            f"{self.package}: {state}; {counted(only_this, 'account')} "
+            f"{by_count(only_this, 'is', 'are')} in {self.cohort} only through it "
+            "and would leave at the next build"
+        )
+
+
 def release_preview(registry: Registry, cohort: str, package: str) -> str:
     """What a release would change, in words, for the preview that comes first."""
+    return release_outlook(registry, cohort, package).sentence()
+
+
+def release_outlook(registry: Registry, cohort: str, package: str) -> ReleasePreview:
+    """What a release would change (:class:`ReleasePreview`), read before it is done."""
     with registry.engine.connect() as connection:
         c = COHORT_PACKAGES.c
         row = connection.execute(
@@ -825,15 +867,13 @@ def release_preview(registry: Registry, cohort: str, package: str) -> str:
         if package.lower() in {name.lower() for name in packages}
         and not others.intersection(name.lower() for name in packages)
     )
-    state = (
-        f"released on {row.released_at:%Y-%m-%d}"
-        if row.released_at
-        else f"in {cohort} since {row.first_qualified_on} ({'; '.join(row.reasons)})"
-    )
-    return (
-        f"{row.package}: {state}; {counted(only_this, 'account')} "
-        f"{by_count(only_this, 'is', 'are')} in {cohort} only through it "
-        "and would leave at the next build"
+    return ReleasePreview(
+        package=row.package,
+        cohort=cohort,
+        first_qualified_on=row.first_qualified_on,
+        reasons=list(row.reasons),
+        released_at=row.released_at,
+        accounts_leaving=only_this,
     )
 
 

@@ -373,6 +373,43 @@ def test_brownouts_and_elv_from_the_command_line(
     assert enrolled.exit_code == 0 and "enrolled 700 accounts" in enrolled.stderr
 
 
+def test_a_cohort_release_gives_its_preview_and_what_it_did_as_json(rollout_home: Path) -> None:
+    """`cohorts release` previews (the package, since when and why it is in, how many
+    accounts leave with it) and releases: with --format json, that record alone on
+    stdout, as every command printing a result gives it; its sentence on stderr."""
+    assert run("sample", "--scale", "tiny", "--seed", "3").exit_code == 0
+    assert run("ingest").exit_code == 0
+    assert run("metrics", "--as-of", "2022-02-01").exit_code == 0
+    assert run("cohorts", "build", "--as-of", "2022-02-01").exit_code == 0
+    packages = json.loads(run("cohorts", "show", "top-100", "--packages", "-f", "json").stdout)
+    package = packages[0]["package"]
+    release = ("cohorts", "release", package, "--cohort", "top-100", "--reason", "test")
+
+    previewed = run(*release, "--format", "json")
+    assert previewed.exit_code == 0, previewed.stderr
+    record = json.loads(previewed.stdout)
+    assert record == {
+        "package": package,
+        "cohort": "top-100",
+        "first_qualified_on": "2022-02-01",
+        "reasons": packages[0]["reasons"],
+        "released_at": None,
+        "accounts_leaving": record["accounts_leaving"],
+        "applied": False,
+    }
+    assert isinstance(record["accounts_leaving"], int)
+    assert f"{package}: in top-100 since 2022-02-01" in previewed.stderr
+    assert "preview only" in previewed.stderr
+
+    released = run(*release, "--apply", "--format", "json")
+    assert released.exit_code == 0, released.stderr
+    assert json.loads(released.stdout) == {**record, "applied": True}
+    assert f"released {package} from top-100" in released.stderr
+    listed = run(*release, "--format", "csv")
+    (row,) = csv.DictReader(io.StringIO(listed.stdout))
+    assert row["released_at"] and row["applied"] == "False"  # released before this preview
+
+
 def test_every_command_printing_a_result_gives_json_alone_on_stdout(rollout_home: Path) -> None:
     """`--format json` on the commands that took none (brown-out schedule, start and end,
     ELV for all, notify send) or printed nothing with it (a sample's preview): their

@@ -168,3 +168,24 @@ def test_every_example_in_the_plan_language_page_is_a_valid_plan_part() -> None:
                 plan[key] = value
         _, problems = parse_plan(yaml.safe_dump(plan), "plan.yaml")
         assert problems == [], (block, problems)
+
+
+# The commands that print no result, only messages: a server's log, a plan's verdict, the
+# revision a migration reached. Every other command prints a listing, a preview or what
+# it did, and the README promises each of those `--format table|csv|json`.
+PRINTS_NO_RESULT = {
+    "db upgrade": "says the revision the registry is at",
+    "db downgrade": "says the revisions undone and what they drop (an operator's step)",
+    "plan check": "says valid, or one error line per problem",
+    "notify events serve": "a server: logs the posts it receives",
+    "dev sendgrid": "a server: logs the mail it accepts",
+}
+
+
+def test_every_command_printing_a_result_takes_format() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "Every command that prints a result" in readme and "`--format table|csv|json`" in readme
+    cli = cli_commands()
+    assert set(PRINTS_NO_RESULT) <= set(cli)
+    missing = sorted(name for name, options in cli.items() if "--format" not in options)
+    assert missing == sorted(PRINTS_NO_RESULT), "commands printing a result without --format"

@@ -303,19 +303,23 @@ def cohorts_release(
     apply: Annotated[
         bool, typer.Option("--apply", help="Do it (without: only show what would change).")
     ] = False,
+    fmt: FormatOption = Format.table,
 ) -> None:
     """Take a package out of a cohort for good, with a reason and an audit row."""
-    from rollout.cohorts import release_package, release_preview
+    from rollout.cohorts import release_outlook, release_package
 
     runtime = _runtime(ctx)
     settings = runtime.settings
     runtime.plan.cohort(cohort)
-    preview = release_preview(runtime.registry, cohort, package)
-    stderr.print(preview, highlight=False)
+    preview = release_outlook(runtime.registry, cohort, package)
+    stderr.print(preview.sentence(), highlight=False)
+    record = {**preview.record(), "applied": False}
     if not apply:
+        emit_record(record, fmt, title=f"release from {cohort} (preview)")
         stderr.print("preview only: add --apply to release it", highlight=False)
         return
     name = release_package(runtime.registry, cohort, package, reason=reason, actor=settings.actor)
+    emit_record({**record, "applied": True}, fmt, title=f"release from {cohort}")
     stderr.print(
         f"released {name} from {cohort}; accounts leave at the next `rollout cohorts build`",
         highlight=False,
