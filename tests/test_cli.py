@@ -62,8 +62,21 @@ def test_db_downgrade_previews_then_takes_the_schema_back(rollout_home: Path) ->
     preview = run("db", "downgrade", "0014")
     assert preview.exit_code == 0 and revision() == newest
     assert f"would take the registry from revision {newest} back to 0014" in preview.stderr
-    done = run("db", "downgrade", "0014", "--apply", "--from", newest)
+    # The preview as one record too, as every command printing a result gives it.
+    previewed = json.loads(run("db", "downgrade", "0014", "--format", "json").stdout)
+    assert previewed["from_revision"] == newest and previewed["to_revision"] == "0014"
+    assert (
+        previewed["revisions_undone"][0] == newest and "0014" not in previewed["revisions_undone"]
+    )
+    assert previewed["applied"] is False and revision() == newest
+    assert all(isinstance(n, int) for n in previewed["columns_dropped"].values())
+    done = run("db", "downgrade", "0014", "--apply", "--from", newest, "--format", "json")
     assert done.exit_code == 0 and revision() == "0014", done.stderr
+    assert json.loads(done.stdout) == {
+        "from_revision": newest,
+        "to_revision": "0014",
+        "applied": True,
+    }
     unknown = run("db", "downgrade", "0099", "--apply", "--from", "0014")
     assert (
         unknown.exit_code == 2 and "'0099' is not one of this code's migrations" in unknown.stderr

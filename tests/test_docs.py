@@ -175,7 +175,6 @@ def test_every_example_in_the_plan_language_page_is_a_valid_plan_part() -> None:
 # it did, and the README promises each of those `--format table|csv|json`.
 PRINTS_NO_RESULT = {
     "db upgrade": "says the revision the registry is at",
-    "db downgrade": "says the revisions undone and what they drop (an operator's step)",
     "plan check": "says valid, or one error line per problem",
     "notify events serve": "a server: logs the posts it receives",
     "dev sendgrid": "a server: logs the mail it accepts",

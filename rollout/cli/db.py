@@ -55,6 +55,7 @@ def db_downgrade(
             help="With --apply: the revision the registry is at, typed back from the preview.",
         ),
     ] = None,
+    fmt: FormatOption = Format.table,
 ) -> None:
     """Take the registry's schema back to an earlier revision: the way back after an
     upgrade of the code is undone. Previews by default: the revisions undone, and the
@@ -97,7 +98,9 @@ def db_downgrade(
                 f"the registry is at revision {current}: {revision} is not before it"
             ).with_exit(EXIT_BAD_INPUT)
         if not apply:
-            _print_preview(migrate.preview_downgrade(engine, revision))
+            preview = migrate.preview_downgrade(engine, revision)
+            _print_preview(preview)
+            emit_record(_preview_record(preview), fmt, title="downgrade (preview)")
             stderr.print(
                 "preview only: back the registry up, then run "
                 f"`{preview_command} --apply --from {shell_word(current)}`",
@@ -111,9 +114,32 @@ def db_downgrade(
                 f"preview again (`{preview_command}`)"
             )
         migrate.downgrade(engine, revision, expect_current=from_revision)
-        stderr.print(f"registry at revision {migrate.current_revision(engine)}")
+        now = migrate.current_revision(engine)
+        emit_record(
+            {"from_revision": from_revision, "to_revision": now, "applied": True},
+            fmt,
+            title="downgrade",
+        )
+        stderr.print(f"registry at revision {now}")
     finally:
         engine.dispose()
+
+
+def _preview_record(preview: object) -> dict[str, object]:
+    """A downgrade's preview as one record: the revisions it would undo, newest first,
+    and the tables, columns and rows it would drop, counted."""
+    from rollout.registry.migrate import DowngradePreview
+
+    assert isinstance(preview, DowngradePreview)
+    return {
+        "from_revision": preview.current,
+        "to_revision": preview.target,
+        "revisions_undone": [rev for rev, _ in preview.revisions],
+        "tables_dropped": preview.tables,
+        "columns_dropped": preview.columns,
+        "rows_removed": preview.rows,
+        "applied": False,
+    }
 
 
 def _print_preview(preview: object) -> None:
