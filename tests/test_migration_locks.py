@@ -1,18 +1,34 @@
 """A schema migration and the runs at work: `rollout db upgrade` and `db downgrade` hold
 every run lock while they change the schema (refused while a run holds one), and a run
-checks the schema again once it holds its lock. A downgrade previews what it drops."""
+checks the schema again once it holds its lock. The writers that hold no run lock
+(`brownout`, `notify suppress|unsuppress|withdraw|sync-suppressions`, ingest's delivery
+states) are kept out likewise. A downgrade previews what it drops."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
+from sqlalchemy import func, select, text
 from typer.testing import CliRunner
 
 from rollout.cli import app
 from rollout.core.errors import GuardRefused, RolloutError
+from rollout.core.plan import Brownout, Plan
+from rollout.dev.sendgrid_api import DEFAULT_API_KEY, DevSendGrid
+from rollout.notify import outbox
+from rollout.notify.delivery import apply_delivery
+from rollout.notify.senders import SendGridSender
+from rollout.notify.suppressions import sync_suppressions, unsuppress
+from rollout.notify.withdraw import Selection, withdraw
+from rollout.phases import brownouts
 from rollout.registry import Registry, migrate
 from rollout.registry.engine import make_engine
 from rollout.registry.locks import (
@@ -21,6 +37,7 @@ from rollout.registry.locks import (
     make_lock_engine,
     migration_exclusive,
 )
+from rollout.warehouse import ingest
 
 from .factories import NotificationFactory, bound_to
 
@@ -141,3 +158,199 @@ def test_a_downgrade_preview_does_the_downgrade_and_rolls_it_back(registry: Regi
         assert connection.exec_driver_sql(
             "select claim_token, lease_expires_at, delivery from notifications"
         ).all() == [("c1", None, None)]
+
+
+# The registry's tables a writer without a run lock changes, all rows counted: what
+# "nothing was changed" is checked against.
+WRITTEN = (
+    "email_suppressions",
+    "notifications",
+    "brownout_windows",
+    "actions",
+    "plan_runs",
+)
+
+
+def written(registry: Registry) -> dict[str, Any]:
+    with registry.engine.connect() as connection:
+        return {
+            table: connection.execute(text(f"select * from {table} order by 1")).all()
+            for table in WRITTEN
+        }
+
+
+@pytest.fixture
+def drill(plan: Plan) -> Plan:
+    """The plan with one brown-out tomorrow, so it can still be started or ended."""
+    tomorrow = date.today() + timedelta(days=1)
+    return plan.model_copy(update={"brownouts": [Brownout(name="drill", starts_at=tomorrow)]})
+
+
+@pytest.fixture
+def sendgrid() -> Iterator[DevSendGrid]:
+    with DevSendGrid() as server:
+        yield server
+
+
+@pytest.fixture
+def writers(
+    registry: Registry,
+    drill: Plan,
+    sendgrid: DevSendGrid,
+    con: duckdb.DuckDBPyConnection,
+    tmp_path: Path,
+) -> dict[str, Callable[[], object]]:
+    """Every writer that holds no run lock, each with something to write: a drill
+    scheduled (to start and end), a manual suppression (to lift), a queued email (to
+    withdraw), a failed one (to retry), a SendGrid bounce (to copy), a delivery event
+    ingested into the warehouse (to apply to the registry)."""
+    brownouts.schedule(registry, drill, actor="rm")
+    outbox.suppress(registry, "dan@example.com", reason="bounced", actor="ops")
+    with bound_to(registry.engine):
+        NotificationFactory(state="queued", phase="cohort-1", email="phase_notice")
+        NotificationFactory(state="failed", error="outbox 2: timed out")
+        delivered = NotificationFactory(state="sent").id
+    sendgrid.suppress(
+        {"bounces": [{"email": "eve@example.com", "created": 1_640_995_200, "reason": "550"}]}
+    )
+    landing = tmp_path / "landing"
+    (landing / "events").mkdir(parents=True)
+    (landing / "events" / "events-0001.json").write_text(
+        json.dumps(
+            [
+                {
+                    "sg_event_id": "e1",
+                    "event": "delivered",
+                    "timestamp": 1_641_800_000,
+                    "email": "ann@example.com",
+                    "outbox_id": str(delivered),
+                }
+            ]
+        )
+    )
+    ingest.ingest(con, [landing], quarantine_limit=0.0, landing_root=landing)
+    sender = SendGridSender(DEFAULT_API_KEY, sendgrid.url, timeout=5, sleep=lambda _: None)
+    return {
+        "brownout schedule": lambda: brownouts.schedule(
+            registry,
+            drill.model_copy(
+                update={"brownouts": [drill.brownouts[0].model_copy(update={"hours": 12})]}
+            ),
+            actor="rm",
+        ),
+        "brownout start": lambda: brownouts.start_now(
+            registry, "drill", actor="rm", reason="rehearsal"
+        ),
+        "brownout end": lambda: brownouts.end_now(registry, "drill", actor="rm", reason="cut"),
+        "notify suppress": lambda: outbox.suppress(
+            registry, "ann@example.com", reason="asked", actor="rm"
+        ),
+        "notify unsuppress": lambda: unsuppress(
+            registry, "dan@example.com", reason="by mistake", actor="rm"
+        ),
+        "notify withdraw": lambda: withdraw(
+            registry, Selection(phase="cohort-1"), reason="wrong text", actor="rm"
+        ),
+        "retry failed emails": lambda: outbox.retry_failed(registry),
+        "notify sync-suppressions": lambda: sync_suppressions(registry, sender, actor="ops"),
+        "ingest's delivery states": lambda: apply_delivery(con, registry),
+    }
+
+
+WRITERS = [
+    "brownout schedule",
+    "brownout start",
+    "brownout end",
+    "notify suppress",
+    "notify unsuppress",
+    "notify withdraw",
+    "retry failed emails",
+    "notify sync-suppressions",
+    "ingest's delivery states",
+]
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_writer_without_a_run_lock_is_refused_during_a_migration_and_changes_nothing(
+    registry: Registry, writers: dict[str, Callable[[], object]], writer: str
+) -> None:
+    before = written(registry)
+    with migration_exclusive(registry.url):
+        with pytest.raises(GuardRefused, match="a schema migration") as refused:
+            writers[writer]()
+        assert refused.value.exit_code == 3
+        assert "nothing was changed" in str(refused.value)
+    assert written(registry) == before
+    writers[writer]()  # the migration gone, it goes
+    assert written(registry) != before
+
+
+def test_a_writer_that_checked_the_schema_before_a_migration_refuses_to_write(
+    registry: Registry,
+) -> None:
+    """A long-lived writer (a Prefect worker's flow, an operator's session) checked the
+    schema, then a downgrade ran: its write is refused, not made in the old schema."""
+    registry.check_schema()
+    with Registry(registry.url) as operator:
+        migrate.downgrade(operator.engine, BEFORE)
+    with pytest.raises(RolloutError, match=f"schema revision {BEFORE}, this rollout needs"):
+        outbox.suppress(registry, "ann@example.com", reason="asked", actor="rm")
+    with registry.engine.connect() as connection:
+        assert connection.execute(text("select count(*) from email_suppressions")).scalar() == 0
+    migrate.upgrade(registry.engine)
+
+
+def test_a_migration_waits_for_a_write_in_flight_and_the_write_commits_first(
+    registry: Registry,
+) -> None:
+    """A suppression's transaction at work when `db downgrade` starts: the migration
+    changes the schema once it committed, not under it."""
+    done: list[BaseException | None] = []
+
+    def migrate_down() -> None:
+        try:
+            with Registry(registry.url) as operator:
+                migrate.downgrade(operator.engine, BEFORE)
+            done.append(None)
+        except BaseException as error:
+            done.append(error)
+
+    migration = threading.Thread(target=migrate_down)
+    with registry.writing() as connection:
+        connection.execute(
+            text(
+                "insert into email_suppressions (address, source, reason, created_at, "
+                "created_by) values ('ann@example.com', 'manual', 'asked', "
+                "current_timestamp, 'rm')"
+            )
+        )
+        migration.start()
+        time.sleep(1.0)
+        assert migration.is_alive() and done == []  # waiting for the write
+    migration.join(timeout=60)
+    assert done == [None]
+    assert migrate.current_revision(registry.engine) == BEFORE
+    with registry.engine.connect() as connection:
+        assert (
+            connection.execute(
+                select(func.count()).select_from(text("email_suppressions"))
+            ).scalar()
+            == 1
+        )
+    migrate.upgrade(registry.engine)
+
+
+def test_a_writer_during_a_migration_is_refused_on_one_line_exit_3(
+    rollout_home: Path,
+) -> None:
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    with migration_exclusive(f"sqlite:///{rollout_home / 'registry.db'}"):
+        refused = runner.invoke(
+            app, ["notify", "suppress", "ann@example.com", "--reason", "asked", "--apply"]
+        )
+    assert refused.exit_code == 3, refused.stderr
+    assert "a schema migration (`rollout db upgrade` or `db downgrade`) is at work" in (
+        refused.stderr
+    )
+    assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1

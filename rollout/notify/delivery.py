@@ -36,7 +36,6 @@ from rollout.notify.outbox import CUT_SHORT, DIED_HOLDING
 from rollout.notify.withdraw import marked_withdrawn
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
-from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import Notification, RegistryChange
 
@@ -120,7 +119,7 @@ def apply_delivery(con: duckdb.DuckDBPyConnection, registry: Registry) -> Delive
         )
     )
     for start in range(0, len(changed), BATCH):
-        with begin_writing(registry.engine) as connection:
+        with registry.writing() as connection:
             connection.execute(statement, changed[start : start + BATCH])
     if changed:  # the last row of the last batch: the last write to be committed
         last = changed[-1]["outbox_id"]
@@ -241,7 +240,7 @@ def _settle_gone(con: duckdb.DuckDBPyConnection, registry: Registry) -> int:
     )
     settled = 0
     for start in range(0, len(gone), BATCH):
-        with begin_writing(registry.engine) as connection:
+        with registry.writing() as connection:
             settled += connection.execute(statement, gone[start : start + BATCH]).rowcount
     return settled
 

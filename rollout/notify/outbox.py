@@ -136,16 +136,24 @@ def retry_failed(registry: Registry, *, sender: str | None = None) -> int:
     ``drain(..., retry_failed=True)`` does this under the drain's run lock."""
     if sender is not None:
         check_sender(registry, sender, include_failed=True)
-    return requeue_failed(registry.engine, utc_now())
+    # No run lock held (a drain under its lock does this itself): kept out of a
+    # schema migration as every such writer is (Registry.writing).
+    with registry.writing() as connection:
+        return _requeue_failed(connection, utc_now())
 
 
 def requeue_failed(engine: Engine, now: datetime) -> int:
+    """Failed emails queued again, by a drain under its run lock."""
     with begin_writing(engine) as connection:
-        return connection.execute(
-            update(NOTIFICATIONS)
-            .where(NOTIFICATIONS.c.state == "failed")
-            .values(state="queued", error=None, updated_at=now)
-        ).rowcount
+        return _requeue_failed(connection, now)
+
+
+def _requeue_failed(connection: Connection, now: datetime) -> int:
+    return connection.execute(
+        update(NOTIFICATIONS)
+        .where(NOTIFICATIONS.c.state == "failed")
+        .values(state="queued", error=None, updated_at=now)
+    ).rowcount
 
 
 def failed_count(registry: Registry) -> int:
@@ -351,7 +359,7 @@ def suppress(registry: Registry, address: str, *, reason: str, actor: str) -> bo
     ``rollout notify suppress`` previews first (rollout.notify.suppressions)."""
     stored = checked_address(address)
     checked_reason(reason, example=SUPPRESS_EXAMPLES)
-    with begin_writing(registry.engine) as connection:
+    with registry.writing() as connection:
         hold_transaction_lock(connection, SUPPRESSIONS_LOCK)
         if connection.execute(
             select(SUPPRESSIONS.c.address).where(

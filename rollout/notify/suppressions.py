@@ -60,7 +60,6 @@ from rollout.notify.queue import REOPENED_WHEN_ADDRESS_FIXED
 from rollout.notify.senders import SendGridSender
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
-from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import record_actions, utc_now
 from rollout.registry.locks import hold_transaction_lock
 
@@ -203,7 +202,7 @@ def sync_suppressions(
         if progress is not None:
             progress(list_name, len(entries))
     sources = list(LISTS.values())
-    with begin_writing(registry.engine) as connection:
+    with registry.writing() as connection:
         # One copy at a time, from what it replaces to its commit: two at once (the
         # notify flow's and one by hand) each deleted the rows as they were and then
         # inserted the same addresses, and on PostgreSQL the second failed on a
@@ -382,7 +381,7 @@ def unsuppress(registry: Registry, address: str, *, reason: str, actor: str) -> 
     last day; other emails skipped meanwhile stay skipped (rollout.notify.queue)."""
     stored = checked_address(address)
     checked_reason(reason, example=UNSUPPRESS_EXAMPLES)
-    with begin_writing(registry.engine) as connection:
+    with registry.writing() as connection:
         hold_transaction_lock(connection, SUPPRESSIONS_LOCK)
         standing = address_standing(connection, stored)
         refusal = sendgrid_refusal(standing)

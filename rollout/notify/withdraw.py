@@ -23,7 +23,6 @@ from sqlalchemy import Connection, Select, and_, case, func, select, true, updat
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.words import counted
 from rollout.registry import Registry
-from rollout.registry.engine import begin_writing
 from rollout.registry.ledger import record_actions, utc_now
 from rollout.registry.models import Notification
 
@@ -187,7 +186,7 @@ def withdraw(
         raise BadInput(None, None, "say which emails to withdraw: --phase, --email or both")
     if not reason.strip():
         raise BadInput(None, None, "say why: --reason")
-    with begin_writing(registry.engine) as connection:
+    with registry.writing() as connection:
         withdrawn = withdraw_queued(connection, selection, reason=reason, actor=actor, run_id=None)
         # Counted as taken, in the same transaction: a mismatch rolls all of it back.
         if expect is not None and withdrawn.taken != expect:

@@ -84,7 +84,7 @@ WINDOWS_LOCK = "brownout-windows"
 @contextmanager
 def _changing_windows(registry: Registry) -> Iterator[Connection]:
     """A transaction that changes the windows, the only one doing so until it ends."""
-    with begin_writing(registry.engine) as connection:
+    with registry.writing() as connection:
         hold_transaction_lock(connection, WINDOWS_LOCK)
         yield connection
 

@@ -21,10 +21,19 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
-from rollout.registry.engine import is_sqlite, make_engine, normalize_url
-from rollout.registry.locks import RUN_LOCKS, exclusive_run, make_lock_engine, run_lock_held
+from rollout.core.errors import GuardRefused
+from rollout.registry.engine import begin_writing, is_sqlite, make_engine, normalize_url
+from rollout.registry.locks import (
+    RUN_LOCKS,
+    WRITING_DURING_MIGRATION,
+    exclusive_run,
+    make_lock_engine,
+    migration_at_work,
+    refuse_writing_during_migration,
+    run_lock_held,
+)
 from rollout.registry.migrate import current_revision, head_revision, require_current_schema
 
 
@@ -99,6 +108,23 @@ class Registry:
             if current_revision(self.engine) != head_revision():
                 require_current_schema(self.url)
             yield
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A transaction that changes the registry, for a writer that holds no run lock
+        (`brownout schedule|start|end`, `notify suppress|unsuppress|withdraw`, `notify
+        sync-suppressions`, retrying failed emails, ingest's delivery states): a schema
+        migration keeps the runs out by their locks, and these by this. Refused
+        (GuardRefused, exit 3, nothing changed) while a migration is at work, and
+        refused as ``check_schema`` is (RolloutError) when one changed the schema since
+        this writer checked it; otherwise no migration starts changing the schema
+        before the transaction ends (rollout.registry.locks.WRITERS_LOCK)."""
+        if migration_at_work(self.url):  # SQLite: refused now, not after the busy timeout
+            raise GuardRefused(WRITING_DURING_MIGRATION)
+        with begin_writing(self.engine) as connection:
+            if refuse_writing_during_migration(self.url, connection) != head_revision():
+                require_current_schema(self.url)
+            yield connection
 
     def lock_held(self, name: str) -> bool:
         """Whether some run, in any process, holds the ``name`` lock now."""

@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, event, select, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
 
 from rollout.core.errors import GuardRefused
 from rollout.core.names import safe_path_component
@@ -53,6 +54,20 @@ RUN_LOCKS: dict[str, str] = {
 MIGRATION_LOCK = "schema-migration"
 # Taken first by a migration, waited for: one migration of a registry at a time.
 MIGRATION_GATE = "schema-migration-gate"
+# PostgreSQL: taken shared by each transaction of a writer that holds no run lock
+# (`brownout start`, `notify suppress`, ingest's delivery states: Registry.writing), and
+# exclusively by a migration, after every run lock: the migration waits for the writes
+# in flight (WRITERS_WAIT_SECONDS at most), and refuses every write meanwhile. SQLite
+# needs none: its one writer at a time orders a write and a migration's transaction.
+WRITERS_LOCK = "registry-writers"
+# How long a migration waits for the writes in flight: each is one short transaction
+# (a batch of delivery states, a suppression); one open longer is stuck, and refuses it.
+WRITERS_WAIT_SECONDS = 30.0
+# What a writer that holds no run lock is told while a schema migration is at work.
+WRITING_DURING_MIGRATION = (
+    "a schema migration (`rollout db upgrade` or `db downgrade`) is at work on the "
+    "registry: nothing was changed; wait for it to finish, then run again"
+)
 
 
 def _lock_path(url: URL, name: str) -> Path:
@@ -201,6 +216,10 @@ def migration_exclusive(registry_url: str) -> Iterator[None]:
             # Last, once every run lock is the migration's: while it is held, none of
             # them is a run's (run_lock_held).
             held.enter_context(exclusive_run(registry_url, MIGRATION_LOCK, lock_engine, settle=0.0))
+            if lock_engine is not None:
+                # The writers that hold no run lock: the writes in flight waited for,
+                # each one after refused (refuse_writing_during_migration).
+                held.enter_context(_writers_kept_out(lock_engine))
             yield
     finally:
         if lock_engine is not None:
@@ -223,6 +242,67 @@ def _waiting_exclusive(registry_url: str, name: str, lock_engine: Engine | None)
         key = _advisory_key(connection, name)
         connection.execute(text("select pg_advisory_lock(:k)"), {"k": key})
         yield  # let go as the connection goes back to the pool (make_lock_engine)
+
+
+@contextmanager
+def _writers_kept_out(lock_engine: Engine) -> Iterator[None]:
+    """PostgreSQL: WRITERS_LOCK taken exclusively, waiting for the writers' transactions
+    in flight; while the migration waits, a writer starting is refused already (its
+    shared request conflicts with the one waiting). A write open for longer than
+    WRITERS_WAIT_SECONDS: GuardRefused, the schema not changed."""
+    with lock_engine.connect() as connection:
+        key = _advisory_key(connection, WRITERS_LOCK)
+        wait = f"{int(WRITERS_WAIT_SECONDS * 1000)}ms"
+        connection.execute(text("select set_config('lock_timeout', :t, false)"), {"t": wait})
+        try:
+            connection.execute(text("select pg_advisory_lock(:k)"), {"k": key})
+        except OperationalError as error:
+            if getattr(error.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                raise
+            raise GuardRefused(
+                f"a write to the registry has been at work for over "
+                f"{WRITERS_WAIT_SECONDS:g} s (a transaction of `brownout`, `notify "
+                "suppress`, `notify withdraw` or ingest's delivery states, or one left "
+                "open): the schema was not changed. Let it finish, or stop it, then migrate"
+            ) from error
+        finally:
+            connection.execute(text("select set_config('lock_timeout', '0', false)"))
+        yield  # let go as the connection goes back to the pool (make_lock_engine)
+
+
+def refuse_writing_during_migration(registry_url: str, connection: Connection) -> str | None:
+    """Inside the transaction of a writer that holds no run lock (Registry.writing),
+    before it changes anything: GuardRefused (exit 3, WRITING_DURING_MIGRATION) while a
+    schema migration is at work, and otherwise the registry's schema revision as this
+    transaction sees it (the caller compares it with its code's). PostgreSQL: WRITERS_LOCK
+    taken shared until the transaction ends, so no migration starts changing the schema
+    before it does; asked with the revision, in one round trip. SQLite: the transaction
+    holds the database's write lock already (begin_writing), which a migration's
+    transaction takes for its whole run: the migration lock file says whether one is
+    about to begin, or has just committed."""
+    if connection.dialect.name == "postgresql":
+        key = _advisory_key(connection, WRITERS_LOCK)
+        got, current = connection.execute(
+            text(
+                "select pg_try_advisory_xact_lock_shared(:k),"
+                " (select version_num from alembic_version)"
+            ),
+            {"k": key},
+        ).one()
+        if not got:
+            raise GuardRefused(WRITING_DURING_MIGRATION)
+        return current
+    if migration_at_work(registry_url):
+        raise GuardRefused(WRITING_DURING_MIGRATION)
+    return connection.execute(text("select version_num from alembic_version")).scalar()
+
+
+def migration_at_work(registry_url: str) -> bool:
+    """SQLite: whether a schema migration holds the registry's migration lock (taking
+    nothing): a writer refuses at once, rather than wait for the database's write lock
+    behind the migration's transaction (the busy timeout) and fail "database is locked"."""
+    url = normalize_url(registry_url)
+    return url.get_backend_name() == "sqlite" and _file_lock_held(_lock_path(url, MIGRATION_LOCK))
 
 
 # A run killed a moment ago holds its advisory lock until its server process notices
