@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sqlalchemy_exc
@@ -40,14 +40,17 @@ def adbc_uri(url: str | URL) -> str:
     # SQLAlchemy renders a space of the database name as it is, which libpq's URI
     # parser refuses ("unexpected spaces"), though psycopg, given the name apart,
     # connects: the name encoded here whole; the rest SQLAlchemy encodes itself.
-    rendered = (
+    # Its query likewise: SQLAlchemy writes a space as "+", which libpq's URI parser
+    # keeps as a "+" (options=-c statement_timeout=5000 reached the server as
+    # "-c+statement_timeout=5000", refused, through ADBC alone).
+    before_query = (
         parsed.set(drivername="postgresql")
-        ._replace(database=None)
+        ._replace(database=None, query={})
         .render_as_string(hide_password=False)
     )
-    before_query, question, query = rendered.partition("?")
     database = "" if parsed.database is None else "/" + quote(parsed.database, safe="")
-    return f"{before_query}{database}{question}{query}"
+    query = urlencode(sorted(parsed.query.items()), doseq=True, quote_via=quote)
+    return f"{before_query}{database}{'?' if query else ''}{query}"
 
 
 def _sqlite_pragmas(database: str, dbapi_connection: Any, _record: Any) -> None:
@@ -112,10 +115,42 @@ _URL_REFUSALS = (
     "could not match",  # more ports (or hostaddrs) than hosts
     "could not parse network address",  # hostaddr
     "invalid require_auth method",
-    "invalid value for parameter",  # options=-c NAME=VALUE the server refuses
+    "invalid value for parameter",  # 22023: options=-c NAME=VALUE the server refuses
+    "unrecognized configuration parameter",  # 42704: options=-c NAME=... it has no NAME
 )
 # "invalid sslmode value", "invalid integer value ... for connection option", ...
 _INVALID_OPTION_VALUE = re.compile(r"\binvalid [a-z_ ]+ value\b")
+
+
+# Whole numbers libpq reads only as it opens a TCP connection: through a Unix socket a
+# bad value (keepalives=x) passed the engine, then failed ADBC's cancel handle ("Could
+# not initialize PGcancel"), a failure the flows retried, at every extract. Checked
+# before any connection, on every path, in libpq's own words.
+_LIBPQ_WHOLE_NUMBERS = (
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+)
+_LIBPQ_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
+
+
+def connection_option_problem(url: str | URL) -> str | None:
+    """What is wrong with a connection option of a PostgreSQL ``url`` that libpq would
+    refuse only on some connections (``_LIBPQ_WHOLE_NUMBERS``), as libpq says it; None
+    when nothing is (or for SQLite). Options libpq refuses on every connection (an
+    unknown one, sslmode=bogus) are left to it: ``url_refused`` reads its answer."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return None
+    for name in _LIBPQ_WHOLE_NUMBERS:
+        given = parsed.query.get(name)
+        for value in (given,) if isinstance(given, str) else given or ():
+            whole = _LIBPQ_INTEGER.fullmatch(value)
+            if whole is None or not -(2**31) <= int(value) < 2**31:
+                return f'invalid integer value "{value}" for connection option "{name}"'
+    return None
 
 
 class RegistryURLRefused(RolloutError):
@@ -178,6 +213,8 @@ def adbc_connect(url: str | URL) -> Iterator[Any]:
     if is_sqlite(url):
         import adbc_driver_sqlite.dbapi as driver
     else:
+        if (problem := connection_option_problem(url)) is not None:
+            raise RegistryURLRefused(problem)
         import adbc_driver_postgresql.dbapi as driver
     with _as_engine_errors(driver, connecting=True):
         connection = driver.connect(adbc_uri(url))
@@ -196,6 +233,8 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         engine = create_engine(parsed, **kwargs)
         event.listen(engine, "connect", functools.partial(_sqlite_pragmas, parsed.database))
         return engine
+    if (problem := connection_option_problem(parsed)) is not None:
+        raise RegistryURLRefused(problem)
     # No server-side prepared statements (psycopg prepares a statement run 5 times):
     # PostgreSQL then reuses a generic plan made without the values, on the statistics
     # of that moment, for every later run of the statement. An enforcement's batches
