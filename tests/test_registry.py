@@ -50,6 +50,7 @@ from tests.factories import (
     TeamFactory,
     TokenFactory,
 )
+from tests.support.foreign_postgres import postgres_answering_in
 
 T0 = datetime(2022, 1, 1, 12, 0)
 
@@ -615,6 +616,47 @@ def test_adbc_is_given_a_connection_option_with_a_space_as_libpq_decodes_it() ->
     assert adbc_uri(url) == (
         "postgresql://rop@/registry?host=%2Frun%2Fpg&options=-c%20statement_timeout%3D5000"
     )
+
+
+@pytest.mark.postgres
+def test_a_url_a_server_turns_down_in_another_language_is_refused_all_the_same() -> None:
+    """A server whose lc_messages is German answers "Passwort-Authentifizierung ...
+    fehlgeschlagen": read as English words, it was a server away, retried for a minute,
+    exit 1. Its SQLSTATE says what it is in any language; an answer that may pass (too
+    many connections for the role) stays one."""
+    with postgres_answering_in("de") as base:
+        admin = make_engine(base, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.exec_driver_sql(
+                "create role rollout_password login password 'right-password';"
+                "create role rollout_busy login connection limit 0"
+            )
+        admin.dispose()
+        url = make_url(base)
+        turned_down = {
+            "a wrong password": url.set(username="rollout_password", password="s3cret-wrong"),
+            "no such database": url.set(database="no_such_registry"),
+            "no such role": url.set(username="no_such_role"),
+        }
+        for what, wrong in turned_down.items():
+            engine = make_engine(wrong)
+            with pytest.raises(RegistryURLRefused) as through_the_engine:
+                engine.connect()
+            engine.dispose()
+            with pytest.raises(RegistryURLRefused) as through_adbc, adbc_connect(wrong):
+                pass
+            for refused in (through_the_engine.value, through_adbc.value):
+                assert refused.exit_code == 2, what
+                assert "s3cret" not in str(refused)
+            if what == "no such database":  # the server did answer in German
+                assert "Datenbank »no_such_registry« existiert nicht" in str(refused)
+        busy = url.set(username="rollout_busy")
+        engine = make_engine(busy)
+        with pytest.raises(OperationalError):
+            engine.connect()
+        engine.dispose()
+        with pytest.raises(OperationalError), adbc_connect(busy):
+            pass
 
 
 def test_a_connection_option_with_a_space_works_alike_through_an_engine_and_adbc(
