@@ -330,6 +330,8 @@ def test_a_connection_option_the_driver_does_not_know_is_one_line_naming_the_var
         ("port=99999", 'invalid port number: "99999"'),
         ("target_session_attrs=primry", 'invalid target_session_attrs value: "primry"'),
         ("gssencmode=always", 'invalid gssencmode value: "always"'),
+        # libpq reads it only on a TCP connection: through this socket it was exit 1.
+        ("keepalives=x", 'invalid integer value "x" for connection option "keepalives"'),
     ],
 )
 def test_a_connection_option_value_the_driver_refuses_is_one_line_naming_the_variable(

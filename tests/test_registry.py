@@ -50,6 +50,7 @@ from tests.factories import (
     TeamFactory,
     TokenFactory,
 )
+from tests.support.foreign_postgres import postgres_answering_in
 
 T0 = datetime(2022, 1, 1, 12, 0)
 
@@ -606,6 +607,112 @@ def test_adbc_is_given_the_database_name_encoded_as_libpq_decodes_it() -> None:
     assert adbc_uri(url) == "postgresql://rop:s3cret@db.example:5432/reg%20100%25%2Fx%2By"
     socket = make_url("postgresql://rop@/registry?host=/run/pg")
     assert adbc_uri(socket) == "postgresql://rop@/registry?host=%2Frun%2Fpg"
+
+
+def test_adbc_is_given_a_connection_option_with_a_space_as_libpq_decodes_it() -> None:
+    """SQLAlchemy writes a space of the query as "+", which libpq keeps: the server got
+    "-c+statement_timeout=5000", refused, through ADBC (the extract) alone."""
+    url = make_url("postgresql://rop@/registry?host=/run/pg&options=-c%20statement_timeout%3D5000")
+    assert adbc_uri(url) == (
+        "postgresql://rop@/registry?host=%2Frun%2Fpg&options=-c%20statement_timeout%3D5000"
+    )
+
+
+@pytest.mark.postgres
+def test_a_url_a_server_turns_down_in_another_language_is_refused_all_the_same() -> None:
+    """A server whose lc_messages is German answers "Passwort-Authentifizierung ...
+    fehlgeschlagen": read as English words, it was a server away, retried for a minute,
+    exit 1. Its SQLSTATE says what it is in any language; an answer that may pass (too
+    many connections for the role) stays one."""
+    with postgres_answering_in("de") as base:
+        admin = make_engine(base, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.exec_driver_sql(
+                "create role rollout_password login password 'right-password';"
+                "create role rollout_busy login connection limit 0"
+            )
+        admin.dispose()
+        url = make_url(base)
+        turned_down = {
+            "a wrong password": url.set(username="rollout_password", password="s3cret-wrong"),
+            "no such database": url.set(database="no_such_registry"),
+            "no such role": url.set(username="no_such_role"),
+        }
+        for what, wrong in turned_down.items():
+            engine = make_engine(wrong)
+            with pytest.raises(RegistryURLRefused) as through_the_engine:
+                engine.connect()
+            engine.dispose()
+            with pytest.raises(RegistryURLRefused) as through_adbc, adbc_connect(wrong):
+                pass
+            for refused in (through_the_engine.value, through_adbc.value):
+                assert refused.exit_code == 2, what
+                assert "s3cret" not in str(refused)
+            if what == "no such database":  # the server did answer in German
+                assert "Datenbank »no_such_registry« existiert nicht" in str(refused)
+        busy = url.set(username="rollout_busy")
+        engine = make_engine(busy)
+        with pytest.raises(OperationalError):
+            engine.connect()
+        engine.dispose()
+        with pytest.raises(OperationalError), adbc_connect(busy):
+            pass
+
+
+def test_a_connection_option_with_a_space_works_alike_through_an_engine_and_adbc(
+    postgres_schema_url: str,
+) -> None:
+    url = make_url(postgres_schema_url)
+    schema = url.query["options"].removeprefix("-csearch_path=")
+    spaced = url.update_query_dict({"options": f"-c search_path={schema} -c work_mem=8MB"})
+    engine = make_engine(spaced)
+    with engine.connect() as connection:
+        through_the_engine = connection.exec_driver_sql(
+            "select current_setting('work_mem')"
+        ).scalar_one()
+    engine.dispose()
+    with adbc_connect(spaced) as connection, connection.cursor() as cursor:
+        cursor.execute("select current_setting('work_mem')")
+        [(through_adbc,)] = cursor.fetchall()
+    assert through_the_engine == through_adbc == "8MB"
+
+
+@pytest.mark.parametrize(
+    ("option", "answer"),
+    [
+        # libpq reads these only on a TCP connection: through a socket the engine
+        # connected, and ADBC failed every extract with "Could not initialize PGcancel",
+        # which the flows retried.
+        ("keepalives=x", 'invalid integer value "x" for connection option "keepalives"'),
+        ("tcp_user_timeout=9999999999", 'for connection option "tcp_user_timeout"'),
+        # The server's answer to a setting it has no name for (42704): it was retried.
+        ("options=-c no_such_setting=1", 'parameter "no_such_setting"'),
+        ("sslmode=bogus", 'invalid sslmode value: "bogus"'),
+        ("no_such_option=1", '"no_such_option"'),
+    ],
+)
+def test_a_connection_option_that_can_never_work_is_refused_on_every_path(
+    postgres_schema_url: str, option: str, answer: str
+) -> None:
+    """However often it is tried, the same answer: refused at once (exit 2, never
+    retried), naming the option, through an engine and through ADBC alike."""
+    name, _, value = option.partition("=")
+    schema_url = make_url(postgres_schema_url)
+    if name == "options":  # beside the schema's search_path
+        value = f"{schema_url.query['options']} {value}"
+    url = schema_url.update_query_dict({name: value})
+    with pytest.raises(RegistryURLRefused) as through_the_engine:
+        engine = make_engine(url)
+        try:
+            engine.connect()
+        finally:
+            engine.dispose()
+    with pytest.raises(RegistryURLRefused) as through_adbc, adbc_connect(url):
+        pass
+    for refused in (through_the_engine.value, through_adbc.value):
+        assert refused.exit_code == 2
+        assert str(refused).startswith("environment variable ROLLOUT_REGISTRY_URL: ")
+        assert answer in str(refused)
 
 
 @pytest.mark.postgres

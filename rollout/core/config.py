@@ -302,6 +302,11 @@ class Settings(BaseSettings):
                 psycopg.get_dialect()().create_connect_args(psycopg)
             except ArgumentError as error:
                 raise ValueError(str(error)) from None
+            # One libpq would refuse only on a TCP connection (keepalives=x).
+            from rollout.registry.engine import connection_option_problem
+
+            if (problem := connection_option_problem(psycopg)) is not None:
+                raise ValueError(problem)
         # sqlite:// (or sqlite:///, :memory:) is a database in memory, gone when the
         # command ends: `db upgrade` said "at revision 0019" and every command after it
         # found an empty one, to be upgraded again.

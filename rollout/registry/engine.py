@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sqlalchemy_exc
@@ -40,14 +40,17 @@ def adbc_uri(url: str | URL) -> str:
     # SQLAlchemy renders a space of the database name as it is, which libpq's URI
     # parser refuses ("unexpected spaces"), though psycopg, given the name apart,
     # connects: the name encoded here whole; the rest SQLAlchemy encodes itself.
-    rendered = (
+    # Its query likewise: SQLAlchemy writes a space as "+", which libpq's URI parser
+    # keeps as a "+" (options=-c statement_timeout=5000 reached the server as
+    # "-c+statement_timeout=5000", refused, through ADBC alone).
+    before_query = (
         parsed.set(drivername="postgresql")
-        ._replace(database=None)
+        ._replace(database=None, query={})
         .render_as_string(hide_password=False)
     )
-    before_query, question, query = rendered.partition("?")
     database = "" if parsed.database is None else "/" + quote(parsed.database, safe="")
-    return f"{before_query}{database}{question}{query}"
+    query = urlencode(sorted(parsed.query.items()), doseq=True, quote_via=quote)
+    return f"{before_query}{database}{'?' if query else ''}{query}"
 
 
 def _sqlite_pragmas(database: str, dbapi_connection: Any, _record: Any) -> None:
@@ -88,12 +91,16 @@ def require_sqlite_file(registry_url: str) -> None:
         ).with_exit(EXIT_BAD_INPUT)
 
 
-# What the PostgreSQL server (or libpq, or psycopg) answers when the registry URL cannot
-# work however often it is tried: its login, its database, a connection option. Matched
-# in the driver's message, since psycopg gives a failed connection no SQLSTATE; in
-# English, as servers answer unless their lc_messages says otherwise (an answer in
-# another language stays what any other failure to connect is: one that may pass, which
-# the flows retry). A refused connection, a timeout, a host not found stay that too.
+# What libpq (or psycopg) answers, before any server speaks, for a URL that cannot work
+# however often it is tried: a connection option. Matched in the driver's message, the
+# only thing it gives (no SQLSTATE: nothing came from a server); libpq's and psycopg's
+# own words are English in rollout's process, which never sets LC_MESSAGES from the
+# environment (Python sets LC_CTYPE alone, and gettext translates nothing in the "C"
+# locale). The server's own answers (its login, its database) are read by SQLSTATE
+# (_server_refused), in any language; the English lines below are what is left when the
+# SQLSTATE cannot be had (a libpq older than 18, which traces no startup; the server
+# gone between the two tries). A refused connection, a timeout, a host not found are
+# none of these: failures that may pass, which the flows retry.
 _URL_REFUSALS = (
     "password authentication failed",  # 28P01
     "no password supplied",
@@ -112,10 +119,113 @@ _URL_REFUSALS = (
     "could not match",  # more ports (or hostaddrs) than hosts
     "could not parse network address",  # hostaddr
     "invalid require_auth method",
-    "invalid value for parameter",  # options=-c NAME=VALUE the server refuses
+    "invalid value for parameter",  # 22023: options=-c NAME=VALUE the server refuses
+    "unrecognized configuration parameter",  # 42704: options=-c NAME=... it has no NAME
 )
 # "invalid sslmode value", "invalid integer value ... for connection option", ...
 _INVALID_OPTION_VALUE = re.compile(r"\binvalid [a-z_ ]+ value\b")
+
+# The SQLSTATEs of a server's answer that turn the URL itself down: class 28 (a wrong
+# or missing password, no such role, a role that may not log in, pg_hba.conf), 3D000
+# (no such database), 42501 (no CONNECT privilege), 42704 and 22023 (options=-c
+# NAME=VALUE: no such setting, a value it cannot take). Others (53300 too many
+# connections, 57P03 starting up or shutting down, ...) may pass.
+_REFUSING_SQLSTATES = ("3D000", "42501", "42704", "22023")
+# libpq writes a server's answer as "SEVERITY:  message" after the "... failed: " of
+# the attempt (the severity in the server's language, the two spaces always).
+_SERVER_ANSWERED = re.compile(r"failed: [^:\n]+:  ")
+_TRACED_SQLSTATE = re.compile(rb'\tErrorResponse\t.*? C "([0-9A-Z]{5})"')
+_PROBE_SECONDS = 10.0
+
+
+def _refusing(sqlstate: str) -> bool:
+    return sqlstate.startswith("28") or sqlstate in _REFUSING_SQLSTATES
+
+
+def _server_sqlstates(conninfo: str) -> list[str]:
+    """The SQLSTATE of each error the server answers a connection to ``conninfo``
+    (a libpq URI) with, read from libpq's protocol trace: psycopg and ADBC give a failed
+    connection none, and the message is in the server's lc_messages. One connection
+    more, made only after the server has answered one with an error. Empty when none
+    can be had (libpq before 18 traces no startup; no answer within _PROBE_SECONDS).
+    The trace holds what the client sent too: an unnamed file of this process, read
+    once and closed."""
+    import select
+    import tempfile
+    import time
+
+    from psycopg import pq
+
+    deadline = time.monotonic() + _PROBE_SECONDS
+    with tempfile.TemporaryFile() as trace:
+        connection = pq.PGconn.connect_start(conninfo.encode())
+        try:
+            if connection.status == pq.ConnStatus.BAD:
+                return []
+            connection.trace(trace.fileno())
+            connection.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+            status = pq.PollingStatus.WRITING
+            while status not in (pq.PollingStatus.OK, pq.PollingStatus.FAILED):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                waiting = [connection.socket]
+                if status == pq.PollingStatus.READING:
+                    select.select(waiting, [], [], left)
+                else:
+                    select.select([], waiting, [], left)
+                status = connection.connect_poll()
+            connection.untrace()  # flushes it
+        finally:
+            connection.finish()
+        trace.seek(0)
+        return [code.decode() for code in _TRACED_SQLSTATE.findall(trace.read())]
+
+
+def _server_refused(message: str, conninfo: str | None) -> bool | None:
+    """Whether the server's answer in ``message`` turned the URL down, by its SQLSTATE
+    (``_server_sqlstates``); None when no server answered or its SQLSTATE cannot be
+    had: the caller reads the message then."""
+    if conninfo is None or not _SERVER_ANSWERED.search(message):
+        return None
+    try:
+        sqlstates = _server_sqlstates(conninfo)
+    except Exception:  # psycopg's own error, an OSError: no SQLSTATE, the text decides
+        return None
+    if not sqlstates:
+        return None
+    return all(_refusing(sqlstate) for sqlstate in sqlstates)
+
+
+# Whole numbers libpq reads only as it opens a TCP connection: through a Unix socket a
+# bad value (keepalives=x) passed the engine, then failed ADBC's cancel handle ("Could
+# not initialize PGcancel"), a failure the flows retried, at every extract. Checked
+# before any connection, on every path, in libpq's own words.
+_LIBPQ_WHOLE_NUMBERS = (
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+)
+_LIBPQ_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
+
+
+def connection_option_problem(url: str | URL) -> str | None:
+    """What is wrong with a connection option of a PostgreSQL ``url`` that libpq would
+    refuse only on some connections (``_LIBPQ_WHOLE_NUMBERS``), as libpq says it; None
+    when nothing is (or for SQLite). Options libpq refuses on every connection (an
+    unknown one, sslmode=bogus) are left to it: ``url_refused`` reads its answer."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return None
+    for name in _LIBPQ_WHOLE_NUMBERS:
+        given = parsed.query.get(name)
+        for value in (given,) if isinstance(given, str) else given or ():
+            whole = _LIBPQ_INTEGER.fullmatch(value)
+            if whole is None or not -(2**31) <= int(value) < 2**31:
+                return f'invalid integer value "{value}" for connection option "{name}"'
+    return None
 
 
 class RegistryURLRefused(RolloutError):
@@ -130,11 +240,17 @@ class RegistryURLRefused(RolloutError):
         self.exit_code = EXIT_BAD_INPUT
 
 
-def url_refused(error: BaseException) -> RegistryURLRefused | None:
-    """What a driver's failure to connect (psycopg's, ADBC's) is when the server turned
-    the URL down for a reason in ``_URL_REFUSALS``: a RegistryURLRefused, which every
-    caller, the CLI and the flows alike, treats as the user's to fix. None otherwise."""
-    reason = " ".join(str(error).split())
+def url_refused(error: BaseException, url: str | URL | None = None) -> RegistryURLRefused | None:
+    """What a driver's failure to connect (psycopg's, ADBC's) to ``url`` is when the
+    server turned the URL down (by the SQLSTATE of its answer, in whatever language it
+    answered), or libpq or psycopg did (``_URL_REFUSALS``): a RegistryURLRefused, which
+    every caller, the CLI and the flows alike, treats as the user's to fix. None
+    otherwise."""
+    message = str(error)
+    reason = " ".join(message.split())
+    conninfo = None if url is None or is_sqlite(url) else adbc_uri(url)
+    if (by_sqlstate := _server_refused(message, conninfo)) is not None:
+        return RegistryURLRefused(reason) if by_sqlstate else None
     if not any(refusal in reason for refusal in _URL_REFUSALS) and not (
         _INVALID_OPTION_VALUE.search(reason)
     ):
@@ -147,22 +263,24 @@ def _refused_url(context: ExceptionContext) -> BaseException | None:
     (``url_refused``). Only as a connection is made: a statement's errors are its own."""
     if context.connection is not None:
         return None
-    return url_refused(context.original_exception)
+    url = context.engine.url if context.engine is not None else None
+    return url_refused(context.original_exception, url)
 
 
 @contextmanager
-def _as_engine_errors(driver: Any, *, connecting: bool = False) -> Iterator[None]:
+def _as_engine_errors(driver: Any, *, connecting: str | URL | None = None) -> Iterator[None]:
     """ADBC's OperationalError (a server not there, a connection dropped or cancelled,
     a timeout: ADBC's IO, CANCELLED, TIMEOUT and UNKNOWN) raised as SQLAlchemy's, which
     wraps psycopg's and sqlite3's alike: the class the flows retry (``flows.common
-    .is_transient``) and the CLI reports in one line, exit 1. ``connecting``: a URL the
-    server turns down raises RegistryURLRefused. Other errors as they are."""
+    .is_transient``) and the CLI reports in one line, exit 1. ``connecting``, the URL
+    being connected to: one the server turns down raises RegistryURLRefused. Other
+    errors as they are."""
     import adbc_driver_manager
 
     try:
         yield
     except driver.Error as error:
-        if connecting and (refused := url_refused(error)) is not None:
+        if connecting is not None and (refused := url_refused(error, connecting)) is not None:
             raise refused from None
         if isinstance(error, adbc_driver_manager.OperationalError):
             raise sqlalchemy_exc.OperationalError(None, None, error) from error
@@ -178,8 +296,10 @@ def adbc_connect(url: str | URL) -> Iterator[Any]:
     if is_sqlite(url):
         import adbc_driver_sqlite.dbapi as driver
     else:
+        if (problem := connection_option_problem(url)) is not None:
+            raise RegistryURLRefused(problem)
         import adbc_driver_postgresql.dbapi as driver
-    with _as_engine_errors(driver, connecting=True):
+    with _as_engine_errors(driver, connecting=url):
         connection = driver.connect(adbc_uri(url))
     try:
         with _as_engine_errors(driver):
@@ -196,6 +316,8 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         engine = create_engine(parsed, **kwargs)
         event.listen(engine, "connect", functools.partial(_sqlite_pragmas, parsed.database))
         return engine
+    if (problem := connection_option_problem(parsed)) is not None:
+        raise RegistryURLRefused(problem)
     # No server-side prepared statements (psycopg prepares a statement run 5 times):
     # PostgreSQL then reuses a generic plan made without the values, on the statistics
     # of that moment, for every later run of the statement. An enforcement's batches

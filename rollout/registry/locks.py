@@ -72,7 +72,10 @@ WRITING_DURING_MIGRATION = (
 
 def _lock_path(url: URL, name: str) -> Path:
     """Next to the database file itself: the same file reached through a symlink or
-    another relative path must take the same lock (two enforcements ran at once so)."""
+    another relative path must take the same lock (two enforcements ran at once so).
+    The file stays when its lock is let go, empty: removed, a process that had opened
+    it (waiting on it, or about to lock it) would lock the removed file while the next
+    run made and locked a new one, two runs at once. A file left holds no lock."""
     database = os.path.realpath(url.database or "")
     return Path(f"{database}.{safe_path_component(name, 'lock')}.lock")
 
