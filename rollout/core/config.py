@@ -21,6 +21,7 @@ from rollout.core.errors import BadInput
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+    from sqlalchemy.engine import URL
 
 # The registry runs on these (DESIGN.md); `postgres://` is what people paste.
 _REGISTRY_BACKENDS = ("sqlite", "postgresql", "postgres")
@@ -121,6 +122,36 @@ def prefect_api(environ: Mapping[str, str]) -> tuple[str, dict[str, str]] | None
         if key is not None:
             return url, {"Authorization": f"Bearer {key}"}
     return url, {}
+
+
+# Whole numbers libpq reads only as it opens a TCP connection: through a Unix socket a
+# bad value (keepalives=x) passed the engine, then failed ADBC's cancel handle ("Could
+# not initialize PGcancel"), a failure the flows retried, at every extract. Checked
+# before any connection, on every path, in libpq's own words.
+_LIBPQ_WHOLE_NUMBERS = (
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+)
+_LIBPQ_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
+
+
+def connection_option_problem(url: URL) -> str | None:
+    """What is wrong with a connection option of a PostgreSQL ``url`` that libpq would
+    refuse only on some connections (``_LIBPQ_WHOLE_NUMBERS``), as libpq says it; None
+    when nothing is (or for SQLite). Options libpq refuses on every connection (an
+    unknown one, sslmode=bogus) are left to it: ``url_refused`` reads its answer."""
+    if url.get_backend_name() == "sqlite":
+        return None
+    for name in _LIBPQ_WHOLE_NUMBERS:
+        given = url.query.get(name)
+        for value in (given,) if isinstance(given, str) else given or ():
+            whole = _LIBPQ_INTEGER.fullmatch(value)
+            if whole is None or not -(2**31) <= int(value) < 2**31:
+                return f'invalid integer value "{value}" for connection option "{name}"'
+    return None
 
 
 def _machine_memory() -> int:
@@ -303,8 +334,6 @@ class Settings(BaseSettings):
             except ArgumentError as error:
                 raise ValueError(str(error)) from None
             # One libpq would refuse only on a TCP connection (keepalives=x).
-            from rollout.registry.engine import connection_option_problem
-
             if (problem := connection_option_problem(psycopg)) is not None:
                 raise ValueError(problem)
         # sqlite:// (or sqlite:///, :memory:) is a database in memory, gone when the

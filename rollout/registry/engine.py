@@ -16,6 +16,7 @@ from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from rollout.core.config import connection_option_problem
 from rollout.core.controls import visible
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 
@@ -197,37 +198,6 @@ def _server_refused(message: str, conninfo: str | None) -> bool | None:
     return all(_refusing(sqlstate) for sqlstate in sqlstates)
 
 
-# Whole numbers libpq reads only as it opens a TCP connection: through a Unix socket a
-# bad value (keepalives=x) passed the engine, then failed ADBC's cancel handle ("Could
-# not initialize PGcancel"), a failure the flows retried, at every extract. Checked
-# before any connection, on every path, in libpq's own words.
-_LIBPQ_WHOLE_NUMBERS = (
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_count",
-    "tcp_user_timeout",
-)
-_LIBPQ_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
-
-
-def connection_option_problem(url: str | URL) -> str | None:
-    """What is wrong with a connection option of a PostgreSQL ``url`` that libpq would
-    refuse only on some connections (``_LIBPQ_WHOLE_NUMBERS``), as libpq says it; None
-    when nothing is (or for SQLite). Options libpq refuses on every connection (an
-    unknown one, sslmode=bogus) are left to it: ``url_refused`` reads its answer."""
-    parsed = normalize_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        return None
-    for name in _LIBPQ_WHOLE_NUMBERS:
-        given = parsed.query.get(name)
-        for value in (given,) if isinstance(given, str) else given or ():
-            whole = _LIBPQ_INTEGER.fullmatch(value)
-            if whole is None or not -(2**31) <= int(value) < 2**31:
-                return f'invalid integer value "{value}" for connection option "{name}"'
-    return None
-
-
 class RegistryURLRefused(RolloutError):
     """The registry's server turned down the URL itself (the login, the database, an
     option): a setting to fix, not a failure to wait out; exit code 2. ``reason`` is the
@@ -296,7 +266,7 @@ def adbc_connect(url: str | URL) -> Iterator[Any]:
     if is_sqlite(url):
         import adbc_driver_sqlite.dbapi as driver
     else:
-        if (problem := connection_option_problem(url)) is not None:
+        if (problem := connection_option_problem(normalize_url(url))) is not None:
             raise RegistryURLRefused(problem)
         import adbc_driver_postgresql.dbapi as driver
     with _as_engine_errors(driver, connecting=url):
