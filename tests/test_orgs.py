@@ -354,6 +354,11 @@ def test_reinvite_from_the_command_line(
     assert f"--owner YOU --confirm acme --expect 1 --expect-list {fingerprint}" in " ".join(
         preview.stderr.split()
     )
+    # Given with the preview, the owner is in the command it prints: it runs as printed.
+    by_ada = run("orgs", "reinvite", "acme", "--team", "release", "--owner", "ada")
+    assert by_ada.exit_code == 0 and "reinvite acme --team release --owner ada --confirm acme" in (
+        " ".join(by_ada.stderr.split())
+    )
     assert run("orgs", "reinvite", "acme", "--team", "release", "--confirm", "acme").exit_code == 2
     assert run("orgs", "reinvite", "acme", "--team", "nope").exit_code == 2
     confirm = ("orgs", "reinvite", "acme", "--team", "release", "--owner", "ada")
@@ -407,6 +412,8 @@ def test_enforce_from_the_command_line_names_the_owners_going_and_needs_the_coun
     assert preview.exit_code == 0 and "of them 1 owner, without 2FA, are removed too" in said
     listed = orgs.removal_fingerprint(orgs.enforcement_preview(registry, "acme"))
     assert f"--owner YOU --confirm acme --expect 2 --expect-list {listed}" in said
+    by_ada = " ".join(run("orgs", "enforce", "acme", "--owner", "ada").stderr.split())
+    assert f"enforce acme --owner ada --confirm acme --expect 2 --expect-list {listed}" in by_ada
     # It removes people: the count is typed back, always.
     unchecked = run("orgs", "enforce", "acme", "--owner", "ada", "--confirm", "acme")
     assert unchecked.exit_code == 2 and "--confirm needs --expect" in unchecked.stderr

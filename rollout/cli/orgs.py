@@ -30,6 +30,12 @@ orgs_app = typer.Typer(
 app.add_typer(orgs_app, name="orgs")
 
 
+def _owner_word(owner: str | None) -> str:
+    """The owner in a preview's hint: the one given with the preview (`--owner`), so the
+    hint runs as printed; else YOU, for the owner running it to fill in."""
+    return "YOU" if owner is None else shell_word(owner)
+
+
 def _these(n: int, noun: str) -> str:
     """``this member`` or ``these 3 members``: the ones a preview just listed."""
     return f"this {noun}" if n == 1 else f"these {counted(n, noun)}"
@@ -176,7 +182,8 @@ def orgs_enforce(
             return
         stderr.print(
             f"preview only: to remove {_these(len(members), 'member')} run "
-            f"rollout orgs enforce {shell_word(org)} --owner YOU --confirm {shell_word(org)} "
+            f"rollout orgs enforce {shell_word(org)} --owner {_owner_word(owner)} "
+            f"--confirm {shell_word(org)} "
             f"--expect {len(members)} --expect-list {removal_fingerprint(members)}",
             highlight=False,
         )
@@ -261,7 +268,8 @@ def orgs_reinvite(
             f"preview only: to invite {_these(len(invitees), 'member')} back into team "
             f"{team!r} (the invitations stay open {counted(INVITATION_DAYS, 'day')}) run "
             "rollout orgs reinvite "
-            f"{shell_word(org)} --team {shell_word(team)} --owner YOU --confirm {shell_word(org)} "
+            f"{shell_word(org)} --team {shell_word(team)} --owner {_owner_word(owner)} "
+            f"--confirm {shell_word(org)} "
             f"--expect {len(invitees)} --expect-list {invitation_fingerprint(invitees)}",
             highlight=False,
         )
