@@ -270,7 +270,7 @@ def test_the_command_syncs_and_needs_a_sendgrid_key(
     runner = CliRunner()
     assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
     without = runner.invoke(app, ["notify", "sync-suppressions"])
-    assert without.exit_code == 1
+    assert without.exit_code == 2  # a setting missing: bad usage
     assert "no SendGrid key" in without.stderr
     monkeypatch.setenv("SENDGRID_API_KEY", DEFAULT_API_KEY)
     monkeypatch.setenv("ROLLOUT_SENDGRID_URL", sendgrid.url)

@@ -543,7 +543,7 @@ def notify_sync_suppressions(ctx: typer.Context, fmt: FormatOption = Format.tabl
         raise RolloutError(
             "no SendGrid key was found, and the suppression lists are SendGrid's: set "
             "SENDGRID_API_KEY (and ROLLOUT_SENDGRID_URL for another server) and run again"
-        )
+        ).with_exit(EXIT_BAD_INPUT)  # a setting missing: bad usage, as the receiver's key
     with progress_for(fmt) as progress:
         task = progress.add_task("reading SendGrid's lists", total=5)
 
