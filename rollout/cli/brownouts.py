@@ -185,8 +185,8 @@ def elv_enroll_all(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Enrol every account in ELV on the plan's enroll_all_on, in resumable batches with
-    a progress bar (previews by default). Lists the accounts not enrolled before it, and
-    those it enrolled (none in the preview)."""
+    a progress bar (previews by default). Counts the accounts not enrolled before it,
+    and those it enrolled (none in the preview)."""
     from sqlalchemy import func, select
 
     from rollout.core.errors import GuardRefused
