@@ -674,3 +674,37 @@ def test_an_own_deadline_one_day_after_the_notice_says_1_day(plan: Plan) -> None
             assert "1 day from the day we first wrote to you" in said, email
             assert "postpone it once, by up to 1 day" in said, email
             assert "1 days" not in said, email
+
+
+@pytest.mark.parametrize(
+    ("report_url", "link"),
+    [
+        # A published folder read through a signed address (a storage token in the query):
+        # the day's path goes into the path, the token stays the query.
+        (
+            "https://store.example/reports?sv=2024&sig=a%2Bb",
+            "https://store.example/reports/2022-02-03/adoption.html?sv=2024&sig=a%2Bb",
+        ),
+        (
+            "https://rollout.example/reports/#top",
+            "https://rollout.example/reports/2022-02-03/adoption.html#top",
+        ),
+        ("https://rollout.example", "https://rollout.example/2022-02-03/adoption.html"),
+    ],
+)
+def test_the_summary_links_to_the_day_s_report_under_any_report_url(
+    report_url: str, link: str, plan: Plan
+) -> None:
+    """The day's report is under the plan's report_url, whatever its address holds: its
+    query and fragment stay as they are, never swallowing the day's path (a link to the
+    reports folder, or a query the server reads as another token)."""
+    plan = plan_sending("phase_summary", plan)
+    n = plan.notifications.model_copy(update={"report_url": report_url})
+    plan = plan.model_copy(update={"notifications": n})
+    stored = {**example_stored("phase_summary", plan), "enforced_on": "2022-02-03"}
+
+    rendered = render("phase_summary", EXAMPLE_RECIPIENTS["compliant"], stored, plan)
+
+    assert f": {link}\n" in rendered.text
+    assert link.replace("&", "&amp;") in rendered.html
+    assert link in parse_html(rendered.html).hrefs

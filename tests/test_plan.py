@@ -333,6 +333,34 @@ def test_a_yaml_merge_key_is_not_a_repeat() -> None:
         ),
         ("release_managers: []", "release_managers: ['']", "notifications.release_managers.0"),
         ("report_url: https://", "report_url: javascript://", "notifications.report_url"),
+        # What a terminal or a mail reader acts on, never seen in the plan as written: a
+        # right-to-left override (the From name every email shows read reversed), a C1
+        # control, a line separator, ESC in a link every email carries.
+        (
+            "from_name: Registry security",
+            r'from_name: "Registry \u202eytiruces"',
+            "notifications.from_name",
+        ),
+        (
+            "from_name: Registry security",
+            r'from_name: "Registry\x85security"',
+            "notifications.from_name",
+        ),
+        (
+            "release_managers: []",
+            r'release_managers: ["rita\u2028"]',
+            "notifications.release_managers.0",
+        ),
+        (
+            "report_url: https://rollout.registry.example/reports",
+            r'report_url: "https://rollout.example/\x1b[2Kreports"',
+            "notifications.report_url",
+        ),
+        (
+            "report_url: https://rollout.registry.example/reports",
+            r'report_url: "https://rollout.example/\u202ereports"',
+            "notifications.report_url",
+        ),
     ],
 )
 def test_every_plan_field_refuses_what_it_cannot_mean(old: str, new: str, where: str) -> None:

@@ -22,8 +22,13 @@ def report_folder(as_of: date) -> PurePosixPath:
 
 
 def report_link(report_url: str, as_of: date) -> str:
-    """The address of the report of ``as_of`` under the plan's ``report_url``."""
-    return f"{report_url.rstrip('/')}/{report_folder(as_of) / REPORT_HTML}"
+    """The address of the report of ``as_of`` under the plan's ``report_url``: the day's
+    path joined to the address's path, its query (a signed address's token) and fragment
+    kept after it. Appended to the whole address, the path went into the query or the
+    fragment, and the link led to the reports folder, or nowhere."""
+    parts = urlsplit(report_url)
+    path = f"{parts.path.rstrip('/')}/{report_folder(as_of) / REPORT_HTML}"
+    return urlunsplit(parts._replace(path=path))
 
 
 def with_query(url: str, **values: str) -> str:

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from rollout.core.clock import naive_utc
+from rollout.core.controls import CONTROL_CHARACTERS
 from rollout.core.errors import BadInput
 from rollout.core.files import utf8_text
 from rollout.core.names import SAFE_NAME_RULE, is_safe_name
@@ -112,14 +113,21 @@ Moment = Annotated[
 
 
 def _one_line(value: str) -> str:
-    # These go into email headers: a line break there would add a header.
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError("must be one line without control characters")
+    # These go into email headers and every email's links: a line break there would add
+    # a header; a C1 control, a line separator or a bidi override (U+202E: the From name
+    # read reversed) acts in a mail reader or a terminal, unseen in the plan as written.
+    # The terminal's and the emails' set (rollout.core.controls), refused here.
+    found = CONTROL_CHARACTERS.search(value)
+    if found is not None:
+        raise ValueError(
+            f"must be one line without control characters (U+{ord(found.group()):04X} "
+            f"at character {found.start() + 1})"
+        )
     return value
 
 
 OneLine = Annotated[str, AfterValidator(_one_line)]
-Url = Annotated[str, Field(pattern=r"^https?://[^\s]+$")]
+Url = Annotated[str, Field(pattern=r"^https?://[^\s]+$"), AfterValidator(_one_line)]
 Username = Annotated[str, Field(min_length=1, max_length=214), AfterValidator(_one_line)]
 # The emails a plan can tune, one per email rollout.notify.emails defines (a test checks).
 EmailName = Literal[
@@ -492,7 +500,9 @@ class Exemptions(_Strict):
 class Notifications(_Strict):
     """Who the emails come from, where they point, and how often they may repeat."""
 
-    from_address: str = Field("security@registry.example", pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    from_address: Annotated[
+        str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"), AfterValidator(_one_line)
+    ] = "security@registry.example"
     from_name: OneLine = "Registry security"
     help_url: Url = "https://docs.registry.example/2fa"
     tokens_url: Url = "https://docs.registry.example/automation-tokens"
