@@ -287,6 +287,36 @@ def test_an_invitation_links_to_where_the_account_accepts_it(plan: Plan) -> None
     assert link in parse_html(rendered.html).hrefs
 
 
+@pytest.mark.parametrize(
+    ("invitations_url", "link"),
+    [
+        (
+            "https://r.example/invitations?tab=orgs",
+            "https://r.example/invitations?tab=orgs&org=example-org",
+        ),
+        (
+            "https://r.example/invitations?org=&tab=orgs",
+            "https://r.example/invitations?tab=orgs&org=example-org",
+        ),
+        (
+            "https://r.example/invitations?org=other",
+            "https://r.example/invitations?org=example-org",
+        ),
+    ],
+)
+def test_an_invitation_link_names_the_org_once_whatever_the_page_s_query(
+    plan: Plan, invitations_url: str, link: str
+) -> None:
+    """The page's own query is kept; an ``org`` it already had gives way to the
+    invitation's org, named once (twice, a page reads either)."""
+    n = plan.notifications.model_copy(update={"invitations_url": invitations_url})
+    plan = plan.model_copy(update={"notifications": n})
+    stored = example_stored("org_invitation", plan)
+    rendered = render("org_invitation", EXAMPLE_RECIPIENTS["non-compliant"], stored, plan)
+    assert f"\n  {link}\n" in rendered.text
+    assert link in parse_html(rendered.html).hrefs
+
+
 def test_an_invitation_says_the_org_requires_2fa_of_whoever_accepts_it(plan: Plan) -> None:
     """The org invites back members its 2FA enforcement removed: one without 2FA when
     the email goes (the factor removed since the preview) is told to set it up again

@@ -32,9 +32,12 @@ def report_link(report_url: str, as_of: date) -> str:
 
 
 def with_query(url: str, **values: str) -> str:
-    """``url`` with ``values`` added to its query, each percent-encoded whole."""
+    """``url`` with ``values`` set in its query, each percent-encoded whole: a key the
+    address had already (an invitations page given as ``...?org=``) takes the value
+    given, once, rather than appearing twice, which a page reads as either."""
     parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True) + list(values.items())
+    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in values]
+    query = kept + list(values.items())
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote, safe="")))
 
 
