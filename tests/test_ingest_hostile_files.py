@@ -677,6 +677,24 @@ def test_a_named_file_that_is_no_landing_file_is_refused_and_the_other_named_fil
         ingest.ingest(con, [tmp_path / "missing.csv"], quarantine_limit=LIMIT, now=NOW)
 
 
+def test_a_named_path_with_nothing_to_read_is_said_as_what_it_is_not_as_missing(
+    rollout_home: Path, tmp_path: Path
+) -> None:
+    pipe = tmp_path / "downloads-2022-01-11.csv"
+    os.mkfifo(pipe)
+    dangling = tmp_path / "downloads-2022-01-12.csv"
+    dangling.symlink_to(tmp_path / "gone.csv")
+    for path, reason in [
+        (pipe, "not a regular file (a pipe, a socket or a device): nothing to read"),
+        (dangling, "a symbolic link to nothing: its target does not exist"),
+        (Path("/dev/null"), "not a regular file (a pipe, a socket or a device)"),
+    ]:
+        result = CliRunner().invoke(app, ["ingest", "--no-registry", str(path)])
+        assert result.exit_code == 2, result.stderr
+        assert f"{path}: {reason}" in result.stderr
+    assert not (rollout_home / "warehouse.duckdb").exists()
+
+
 def test_the_cli_lists_a_stray_file_as_refused_loads_the_rest_and_exits_2(
     rollout_home: Path,
 ) -> None:

@@ -336,7 +336,10 @@ def require_existing(paths: Iterable[Path]) -> None:
     argument, or ``ROLLOUT_HOME``, checked before anything (the warehouse) is made."""
     for path in paths:
         if not (path.is_dir() or path.is_file()):
-            raise BadInput(path, None, "no such file or folder")
+            # There, but nothing to read (a pipe, a device, a link to nothing): said as
+            # what it is, not as a path mistyped.
+            there = os.path.lexists(path)
+            raise BadInput(path, None, _not_a_file(path) if there else "no such file or folder")
 
 
 def discover(paths: Iterable[Path], root: Path | None = None) -> list[LandingFile]:
