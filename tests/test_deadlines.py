@@ -6,6 +6,7 @@ account once, audited."""
 
 from __future__ import annotations
 
+import gzip
 import re
 from datetime import date, datetime, time, timedelta
 from email import message_from_bytes, policy
@@ -608,6 +609,38 @@ def test_landed_request_files_are_granted_once_and_a_bad_file_is_refused_whole(
     assert (again.granted, again.already) == (0, 1)
     assert campaign.enforce(date(2023, 4, 27)) == {"ann"}
     assert campaign.enforce(date(2023, 5, 2)) == {"eve"}
+
+
+def test_a_request_file_landed_where_or_as_no_request_file_is_refused_not_passed_over(
+    campaign: Campaign, registry: Registry, plan: Plan, tmp_path: Path
+) -> None:
+    # Passed over, these requests were never answered and the accounts asking were held
+    # to their deadlines, with nothing in the day's artifact to say so.
+    from rollout.phases.snoozes import grant_landed
+
+    campaign.day(date(2023, 3, 13))
+    snoozes = tmp_path / "landing" / "snoozes"
+    (snoozes / PHASE / "2023-04").mkdir(parents=True)
+    request = "username,days\neve,5\n"
+    (snoozes / "2023-04-01.csv").write_text(request)
+    (snoozes / PHASE / "2023-04" / "01.csv").write_text(request)
+    (snoozes / PHASE / "2023-04-01.csv.gz").write_bytes(gzip.compress(request.encode()))
+    (snoozes / PHASE / "2023-04-02.CSV").write_text("username,days\nann,2\n")
+    # Not request files (yet): a writer's hidden file, a download's part, a note.
+    (snoozes / PHASE / ".2023-04-03.csv.tmp").write_text("username,days\ndan,1\n")
+    (snoozes / PHASE / "2023-04-03.csv.part").write_text("username,days\ndan,1\n")
+    (snoozes / "README.txt").write_text("requests land here")
+    done = grant_landed(
+        registry, plan, tmp_path / "landing", actor="flow", now=datetime(2023, 4, 2, 6)
+    )
+    assert done.granted == 1  # ann's, read though its name is in capitals
+    assert sorted(done.rejected) == [
+        f"{snoozes / '2023-04-01.csv'}: directly under {snoozes}: a request file goes in "
+        f"the folder of its phase, {snoozes}/<phase>/",
+        f"{snoozes / PHASE / '2023-04-01.csv.gz'}: compressed as .gz: a request file is plain CSV",
+        f"{snoozes / PHASE / '2023-04' / '01.csv'}: in a folder below a phase's in "
+        f"{snoozes}: a request file goes in the folder of its phase, {snoozes}/<phase>/",
+    ]
 
 
 def test_a_landed_file_without_request_times_read_again_the_next_day_grants_nothing_new(

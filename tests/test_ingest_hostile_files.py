@@ -624,6 +624,45 @@ def test_a_stray_file_in_the_landing_area_is_refused_and_the_others_load(
     assert warehouse.scalar(con, "select count(*) from ingested_files") == 1
 
 
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        (
+            "downloads/downloads-2022-01-11.csv.bz2",
+            "compressed as .bz2, which ingest does not read: compress landing files with "
+            "gzip (.gz) or zstd (.zst), or land them plain",
+        ),
+        ("logins/logins-2022-01-11.csv.xz", "compressed as .xz, which ingest does not read"),
+        ("manifests/manifests.jsonl.zip", "compressed as .zip, which ingest does not read"),
+        ("downloads/downloads-2022-01-11.CSV.ZSTD", "compressed as .zstd, which"),
+        (
+            "downloads/downloads-2022-01-11.parquet.gz",
+            "compressed as .gz, which ingest does not read: Parquet compresses its own "
+            "columns: land it as .parquet",
+        ),
+    ],
+)
+def test_a_landing_file_compressed_in_a_way_ingest_cannot_read_is_refused_not_passed_over(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, name: str, reason: str
+) -> None:
+    # bzip2, xz, zip...: a day's file a release manager or an export tool landed that
+    # way brought nothing, and ingest said "0 refused" (exit 0): a day missing unsaid.
+    root = landing_with_a_good_file(tmp_path)
+    compressed = put(root, name, b"\x42\x5a\x68 whatever the codec wrote")
+    assert the_one_refused(run(con, root), compressed).startswith(f"{compressed}: {reason}")
+
+
+def test_a_file_still_being_fetched_beside_its_landing_name_is_left_alone(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    # Not a landing file yet (a download's .part, a checksum beside it): nothing to say.
+    root = landing_with_a_good_file(tmp_path)
+    put(root, "downloads/downloads-2022-01-11.csv.part", b"package,day,downl")
+    put(root, "downloads/downloads-2022-01-11.csv.sha256", b"0" * 64)
+    report = run(con, root)
+    assert [(f.path.name, f.status) for f in report.files] == [(GOOD_CSV.name, "loaded")]
+
+
 def test_a_named_file_that_is_no_landing_file_is_refused_and_the_other_named_files_load(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:
@@ -636,6 +675,24 @@ def test_a_named_file_that_is_no_landing_file_is_refused_and_the_other_named_fil
     # A path that does not exist is a mistyped argument, not a file to judge.
     with pytest.raises(BadInput, match="no such file or folder"):
         ingest.ingest(con, [tmp_path / "missing.csv"], quarantine_limit=LIMIT, now=NOW)
+
+
+def test_a_named_path_with_nothing_to_read_is_said_as_what_it_is_not_as_missing(
+    rollout_home: Path, tmp_path: Path
+) -> None:
+    pipe = tmp_path / "downloads-2022-01-11.csv"
+    os.mkfifo(pipe)
+    dangling = tmp_path / "downloads-2022-01-12.csv"
+    dangling.symlink_to(tmp_path / "gone.csv")
+    for path, reason in [
+        (pipe, "not a regular file (a pipe, a socket or a device): nothing to read"),
+        (dangling, "a symbolic link to nothing: its target does not exist"),
+        (Path("/dev/null"), "not a regular file (a pipe, a socket or a device)"),
+    ]:
+        result = CliRunner().invoke(app, ["ingest", "--no-registry", str(path)])
+        assert result.exit_code == 2, result.stderr
+        assert f"{path}: {reason}" in result.stderr
+    assert not (rollout_home / "warehouse.duckdb").exists()
 
 
 def test_the_cli_lists_a_stray_file_as_refused_loads_the_rest_and_exits_2(

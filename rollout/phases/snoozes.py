@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
@@ -548,6 +549,49 @@ class LandedSnoozes:
     rejected: list[str] = field(default_factory=list)  # whole files refused, with why
 
 
+# What a request file's name may end with, past .csv, that still makes it one: the
+# compressions a landing file takes, and the ones other tools write.
+_COMPRESSED = (".gz", ".zst", ".bz2", ".xz", ".zip", ".gzip", ".zstd")
+
+
+def _landed_files(root: Path) -> tuple[list[Path], list[str]]:
+    """The request files under ``root`` (``<phase>/*.csv``, in path order), and the files
+    named like one that are not where or what a request file is, each refused with why:
+    a file directly under ``snoozes/`` or in a folder below a phase's, or a compressed
+    one. Passed over, their requests went unanswered unsaid, and the accounts asking
+    were held to their deadlines. A hidden file (a writer's, before its rename) and a
+    file named otherwise (notes.txt, a download's .part) are left alone."""
+    files: list[Path] = []
+    misplaced: list[str] = []
+    if not root.is_dir():
+        return files, misplaced
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = sorted(s for s in subfolders if not s.startswith("."))
+        depth = len(Path(folder).relative_to(root).parts)
+        for name in sorted(names):
+            path = Path(folder) / name
+            suffixes = [s.lower() for s in path.suffixes]
+            if name.startswith(".") or ".csv" not in suffixes:
+                continue
+            if suffixes[-1] != ".csv":
+                if suffixes[-1] in _COMPRESSED and suffixes[-2] == ".csv":
+                    misplaced.append(
+                        f"{path}: compressed as {suffixes[-1]}: a request file is plain CSV"
+                    )
+                continue
+            if depth == 1:
+                files.append(path)
+            else:
+                where = "directly under" if depth == 0 else "in a folder below a phase's in"
+                misplaced.append(
+                    f"{path}: {where} {root}: a request file goes in the folder of its phase, "
+                    f"{root}/<phase>/"
+                )
+    # A subfolder named like a request file is read, and refused as no file to read.
+    files.extend(p for p in root.glob("*/*.csv") if p.is_dir())
+    return sorted(files), misplaced
+
+
 def grant_landed(
     registry: Registry, plan: Plan, landing_dir: Path, *, actor: str, now: datetime | None = None
 ) -> LandedSnoozes:
@@ -558,8 +602,9 @@ def grant_landed(
     ``answered_before``)."""
     now = now or utc_now()
     done = LandedSnoozes()
-    root = landing_dir / LANDING_FOLDER
-    for path in sorted(root.glob("*/*.csv")) if root.is_dir() else []:
+    files, misplaced = _landed_files(landing_dir / LANDING_FOLDER)
+    done.rejected.extend(misplaced)
+    for path in files:
         name = path.parent.name
         try:
             phase = snooze_phase(plan.phase(name))

@@ -45,6 +45,15 @@ REQUIRED_COLUMNS: dict[Kind, tuple[str, ...]] = {
 MANIFEST_MAPS = ("dependencies", "devDependencies", "peerDependencies")
 
 _COMPRESSION = (".gz", ".zst")
+# What other tools compress a file as (bzip2, xz, zip, Spark's codecs, the long spellings
+# of gzip and zstd): a landing file's name followed by one of these is a landing file
+# ingest cannot read, refused rather than passed over (the day it brings would be
+# missing unsaid). Another suffix after a landing file's name (a download's `.part`,
+# a checksum's `.sha256`) is not a landing file yet, and is left alone.
+_UNREAD_COMPRESSION = frozenset(
+    {".bz2", ".xz", ".lzma", ".lz4", ".zip", ".7z", ".snappy", ".deflate", ".br", ".z"}
+    | {".lzo", ".gzip", ".zstd", ".zlib"}
+)
 _FORMATS = {
     ".csv": "csv",
     ".parquet": "parquet",
@@ -85,6 +94,25 @@ class LandingFile:
         if self.kind == "events" and self.format == "json":
             return "event"
         return "row" if self.format == "parquet" else "line"
+
+
+def _unread_compression(path: Path) -> str | None:
+    """The suffix of a compression ingest does not read after a landing format's
+    (``.csv.bz2``: ``.bz2``), or after gzip's or zstd's on a Parquet file (``.parquet.gz``:
+    Parquet compresses its own columns, and DuckDB reads no compressed Parquet file)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if len(suffixes) < 2 or suffixes[-2] not in _FORMATS:
+        return None
+    last = suffixes[-1]
+    if last in _UNREAD_COMPRESSION or (last in _COMPRESSION and suffixes[-2] == ".parquet"):
+        return last
+    return None
+
+
+def _named_like_landing(path: Path) -> bool:
+    """Whether ``path``'s name is a landing file's, readable or not
+    (:func:`_unread_compression`)."""
+    return _format_of(path) is not None or _unread_compression(path) is not None
 
 
 def _format_of(path: Path) -> str | None:
@@ -136,6 +164,14 @@ def require_plain_path(file: LandingFile) -> None:
 def classify(path: Path, root: Path | None = None) -> LandingFile:
     fmt = _format_of(path)
     kind = _kind_of(path, root)
+    unread = _unread_compression(path)
+    if kind is not None and unread is not None:
+        how = (
+            "Parquet compresses its own columns: land it as .parquet"
+            if unread in _COMPRESSION
+            else "compress landing files with gzip (.gz) or zstd (.zst), or land them plain"
+        )
+        raise BadInput(path, None, f"compressed as {unread}, which ingest does not read: {how}")
     if kind is None:
         raise BadInput(
             path,
@@ -204,7 +240,7 @@ def survey(
             unlisted: list[OSError] = []
             # Subfolders named like a landing file (downloads-2022-01-31.csv/): each must
             # hold a file ingest reads, or the day it names would be missing unsaid.
-            named_like_files = [path] if _format_of(path) is not None else []
+            named_like_files = [path] if _named_like_landing(path) else []
             for folder, subfolders, names in os.walk(path, onerror=unlisted.append):
                 for child in (Path(folder) / name for name in subfolders):
                     if child.name.startswith(".") or _owned_by_another_reader(child / "-", path):
@@ -219,10 +255,10 @@ def survey(
                                 Unreadable(child, _kind_of(child, root or path) or "unknown", error)
                             )
                         continue
-                    if _format_of(child) is not None:
+                    if _named_like_landing(child):
                         named_like_files.append(child)
                 for child in (Path(folder) / name for name in names):
-                    if child.name.startswith(".") or _format_of(child) is None:
+                    if child.name.startswith(".") or not _named_like_landing(child):
                         continue
                     if _owned_by_another_reader(child, path):
                         continue
@@ -300,7 +336,10 @@ def require_existing(paths: Iterable[Path]) -> None:
     argument, or ``ROLLOUT_HOME``, checked before anything (the warehouse) is made."""
     for path in paths:
         if not (path.is_dir() or path.is_file()):
-            raise BadInput(path, None, "no such file or folder")
+            # There, but nothing to read (a pipe, a device, a link to nothing): said as
+            # what it is, not as a path mistyped.
+            there = os.path.lexists(path)
+            raise BadInput(path, None, _not_a_file(path) if there else "no such file or folder")
 
 
 def discover(paths: Iterable[Path], root: Path | None = None) -> list[LandingFile]:
