@@ -845,3 +845,55 @@ def test_plan_check_says_a_window_dated_otherwise_keeps_the_registrys_times(
     [said] = [w for w in warnings if w.startswith("brown-out")]
     assert "brown-out drill is scheduled in the registry" in said
     assert "the registry's times apply until `rollout brownout schedule --apply` moves it" in said
+
+
+def test_enrolling_early_withdraws_the_elv_heads_ups_queued_and_not_sent(
+    registry: Registry,
+    plan: Plan,
+    accounts: dict[str, int],
+    registry_url: str,
+    rollout_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Queued on 22 February to tell the accounts "from 1 March", the heads-ups had not
+    gone when `elv enroll-all --early` enrolled them on the 23rd: sent after it, they
+    announced as to come what had been done. Withdrawn with the enrolment (the reason
+    kept), as a brown-out's start withdraws its heads-up; none goes."""
+    from rollout.notify.drain import drain
+    from rollout.notify.queue import queue_due
+    from tests.support.outbox import Recording
+
+    elv_only = plan.model_copy(update={"brownouts": [], "phases": plan.phases[:1]})
+    with on_the_morning_of(date(2022, 2, 22)):
+        queue_due(registry, elv_only, date(2022, 2, 22), actor="rm")
+    with registry.engine.connect() as connection:
+        queued = connection.execute(
+            select(func.count())
+            .select_from(Notification)
+            .where(Notification.email == "elv_enrollment", Notification.state == "queued")
+        ).scalar_one()
+    assert queued == 2  # kim and max: lee uses 2FA
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    with use_clock(SimulatedClock(datetime(2022, 2, 23, 9))):
+        preview = CliRunner().invoke(app, ["elv", "enroll-all"])
+        assert preview.exit_code == 0, preview.stderr
+        assert "2 ELV heads-ups not sent yet are withdrawn with it" in preview.stderr
+        assert brownouts.enroll_all(registry, elv_only, actor="rm", early=True) == 3
+        sender = Recording()
+        drain(registry, elv_only, sender)
+    assert [m for m in sender.sent if m.email == "elv_enrollment"] == []
+    with registry.engine.connect() as connection:
+        states = connection.execute(
+            select(Notification.state, Notification.skip_reason, func.count())
+            .where(Notification.email == "elv_enrollment")
+            .group_by(Notification.state, Notification.skip_reason)
+        ).all()
+        withdrawals = connection.execute(
+            select(func.count()).select_from(Action).where(Action.action == "emails_withdrawn")
+        ).scalar_one()
+    assert states == [("skipped", "withdrawn: every account enrolled in ELV", queued)]
+    assert withdrawals == 1

@@ -1008,3 +1008,33 @@ def test_an_exempt_account_asking_to_snooze_is_told_it_has_no_deadline(
     )
     [(_, _, granted, told)] = _replies(registry)
     assert not granted and "exempt" in told and "first email" not in told
+
+
+def test_a_snooze_killed_is_no_longer_listed_interrupted_once_its_requests_ran_again(
+    campaign: Campaign, registry: Registry, plan: Plan
+) -> None:
+    """A killed snooze run's hint says "re-run it": the same requests granted since
+    finish it; a run of other requests does not (it granted none of the killed run's)."""
+    from rollout.core.calendar import REQUESTS_FINGERPRINT, snooze_step
+    from rollout.phases.snoozes import requests_fingerprint
+    from rollout.phases.timeline import interrupted_off_calendar
+    from rollout.registry.ledger import start_run
+
+    campaign.day(date(2023, 3, 13))
+    asked = [command_request("eve", 5, datetime(2023, 4, 1, 8))]
+    with registry.engine.begin() as connection:
+        killed = start_run(
+            connection,
+            plan=plan.name,
+            step=snooze_step(PHASE),
+            mode="apply",
+            actor="rm",
+            parameters={REQUESTS_FINGERPRINT: requests_fingerprint(asked)},
+            lock="enforce",
+        )
+    at = datetime(2023, 4, 1, 9)
+    snooze(registry, plan, PHASE, [command_request("ann", 5, at)], actor="rm", now=at)
+    assert [run.id for run in interrupted_off_calendar(registry, plan)] == [killed]
+    rerun = [command_request("eve", 5, at)]  # the same command, later the same day
+    snooze(registry, plan, PHASE, rerun, actor="rm", now=at)
+    assert interrupted_off_calendar(registry, plan) == []

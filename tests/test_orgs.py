@@ -17,8 +17,10 @@ from rollout.cli import app
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.fingerprints import list_fingerprint
+from rollout.core.plan import Plan
 from rollout.phases import orgs
 from rollout.registry import Registry, batches
+from rollout.registry.ledger import start_run
 from rollout.registry.models import (
     Account,
     Action,
@@ -632,3 +634,31 @@ def _accepts(registry: Registry, account_id: int, at: datetime) -> None:
             .where(OrgMember.account_id == account_id)
             .values(removed_at=None, removed_reason=None, joined_at=at)
         )
+
+
+def test_an_org_enforcement_killed_then_run_again_is_no_longer_listed_interrupted(
+    registry: Registry, acme: dict[str, int], plan: Plan
+) -> None:
+    """`plan show` says of a killed org enforcement "re-run it": once a re-run finished
+    the work, it no longer does. One of another org, or killed after, still is."""
+    from rollout.core.calendar import org_enforcement_step
+    from rollout.phases.timeline import interrupted_off_calendar
+
+    def killed(org: str) -> str:
+        with registry.engine.begin() as connection:
+            return start_run(
+                connection,
+                plan="orgs",
+                step=org_enforcement_step(org),
+                mode="apply",
+                actor="rm",
+                parameters={"org": org, "owner": "ada"},
+                lock="orgs",
+            )
+
+    first, other = killed("acme"), killed("beta")
+    assert [run.id for run in interrupted_off_calendar(registry, plan)] == [first, other]
+    orgs.enforce_org(registry, "acme", confirm="acme", owner="ada", actor="rm")
+    assert [run.id for run in interrupted_off_calendar(registry, plan)] == [other]
+    later = killed("acme")
+    assert [run.id for run in interrupted_off_calendar(registry, plan)] == [other, later]

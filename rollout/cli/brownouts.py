@@ -190,7 +190,8 @@ def elv_enroll_all(
     from sqlalchemy import func, select
 
     from rollout.core.errors import GuardRefused
-    from rollout.phases.brownouts import enroll_all, enroll_all_guard
+    from rollout.notify.withdraw import in_flight_note, withdraw_preview
+    from rollout.phases.brownouts import ELV_HEADS_UPS, enroll_all, enroll_all_guard
     from rollout.registry.ledger import utc_now
     from rollout.registry.models import Account
 
@@ -200,10 +201,20 @@ def elv_enroll_all(
         pending = connection.execute(
             select(func.count()).select_from(Account).where(Account.elv_enrolled_at.is_(None))
         ).scalar_one()
+        heads_ups = withdraw_preview(connection, ELV_HEADS_UPS)
     stderr.print(
         f"{counted(pending, 'account')} {by_count(pending, 'is', 'are')} not enrolled in ELV yet",
         highlight=False,
     )
+    queued = sum(row["queued"] for row in heads_ups)
+    flying = sum(row["in_flight"] for row in heads_ups)
+    if queued or flying:
+        # Each tells of the enrolment as to come: withdrawn before any account is enrolled.
+        stderr.print(
+            f"{counted(queued, 'ELV heads-up')} not sent yet "
+            f"{by_count(queued, 'is', 'are')} withdrawn with it{in_flight_note(flying)}",
+            highlight=False,
+        )
     if not apply:
         try:
             enroll_all_guard(plan, utc_now().date(), early=early, registry=runtime.registry)

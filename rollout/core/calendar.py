@@ -135,6 +135,11 @@ def snooze_step(phase: str) -> str:
     return f"{_SNOOZE}{phase}"
 
 
+# The parameter of a snooze run that says which requests it judged (a fingerprint of
+# them): a run killed is finished by a later one with the same requests, not by any.
+REQUESTS_FINGERPRINT = "requests_fingerprint"
+
+
 # Runs that plan_runs records for no dated step of the calendar, by kind, and why the
 # calendar leaves them out.
 UNPLANNED_STEPS: Mapping[str, str] = {

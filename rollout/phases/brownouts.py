@@ -23,7 +23,7 @@ from rollout.core.clock import naive_utc
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import Brownout, Plan
 from rollout.core.words import counted, them
-from rollout.notify.emails import HEADS_UP_EMAIL
+from rollout.notify.emails import ELV_HEADS_UP_EMAIL, HEADS_UP_EMAIL
 from rollout.notify.outbox import NOTIFICATIONS
 from rollout.notify.withdraw import Selection, withdraw_queued
 from rollout.phases.drift import elv_day_told
@@ -594,6 +594,11 @@ def end_now(registry: Registry, name: str, *, actor: str, reason: str) -> Window
     return _change_window(registry, name, actor, reason, _end_values, "brownout_ended")
 
 
+# The ELV heads-ups `enroll_all` withdraws (those not gone), and why.
+ELV_HEADS_UPS = Selection(email=ELV_HEADS_UP_EMAIL)
+ENROLLED_ALL = "every account enrolled in ELV"
+
+
 def enroll_all_guard(
     plan: Plan, today: date, *, early: bool = False, registry: Registry | None = None
 ) -> None:
@@ -636,7 +641,9 @@ def enroll_all(
     ``enroll_all_on`` or later (``enroll_all_guard``); resumable: a rerun touches only
     accounts still not enrolled. One audit row per batch (first and last id, count): at
     2M accounts a row each would double the work for no more truth, since
-    ``elv_enrolled_at`` itself records each account's change."""
+    ``elv_enrolled_at`` itself records each account's change. First the ELV heads-ups
+    not sent yet are withdrawn (``ELV_HEADS_UPS``), audited: each announces the
+    enrolment as to come."""
     if batch_size < 1:
         # 0 would enrol nobody and report success; a negative LIMIT means no limit.
         raise BadInput(None, None, f"batch size {batch_size}: must be at least 1")
@@ -659,6 +666,18 @@ def enroll_all(
             parameters={"batch_size": batch_size, "early": early},
         ) as run:
             run_id = run.id
+            # Before any account: enrolled (early), they would still be sent the
+            # heads-ups queued and not gone, telling them of a day to come what is done
+            # (as a brown-out's start withdraws its own). A kill between batches leaves
+            # none queued; a rerun withdraws again (nothing left) and goes on.
+            with begin_writing(engine) as connection:
+                withdraw_queued(
+                    connection,
+                    ELV_HEADS_UPS,
+                    reason=ENROLLED_ALL,
+                    actor=actor,
+                    run_id=run_id,
+                )
             enrolled, last_id = 0, -1
             while True:
                 now = utc_now()

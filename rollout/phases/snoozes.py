@@ -28,10 +28,11 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, select
 
-from rollout.core.calendar import snooze_step
+from rollout.core.calendar import REQUESTS_FINGERPRINT, snooze_step
 from rollout.core.counts import in_exponent_notation, whole_count
 from rollout.core.errors import BadInput
 from rollout.core.files import utf8_text
+from rollout.core.fingerprints import list_fingerprint
 from rollout.core.plan import FIRST_DAY, Phase, Plan, supported_utc
 from rollout.core.words import counted
 from rollout.notify.queue import queue_each
@@ -112,6 +113,17 @@ def reply_occasion(request: SnoozeRequest, granted: bool) -> str:
     when = request.requested_at.isoformat() if request.requested_at_given else request.read_as
     key = f"{request.days}|{when}"
     return f"refused {hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def requests_fingerprint(requests: list[SnoozeRequest]) -> str:
+    """Which requests a run judges, whatever their order: each as ``reply_occasion``
+    tells one from another (its days, and its own time or how it was read), so the
+    same command or file run again after a kill is the same requests."""
+    return list_fingerprint(
+        f"{r.username}|{r.days}|"
+        + (r.requested_at.isoformat() if r.requested_at_given else r.read_as)
+        for r in requests
+    )
 
 
 def read_requests(path: Path, now: datetime, *, read_each_day: bool = False) -> list[SnoozeRequest]:
@@ -436,7 +448,11 @@ def snooze(
             mode="apply",
             actor=actor,
             lock=LOCK,
-            parameters={"phase": phase.name, "requests": len(requests)},
+            parameters={
+                "phase": phase.name,
+                "requests": len(requests),
+                REQUESTS_FINGERPRINT: requests_fingerprint(requests),
+            },
         ) as run:
             with begin_writing(engine) as connection:
                 outcomes, ids = _judge_all(connection, phase, requests, plan.exempt_usernames)

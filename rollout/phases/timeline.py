@@ -18,7 +18,14 @@ from typing import Any
 
 from sqlalchemy import select
 
-from rollout.core.calendar import Step, phase_step, plan_calendar, too_late, unplanned_kind
+from rollout.core.calendar import (
+    REQUESTS_FINGERPRINT,
+    Step,
+    phase_step,
+    plan_calendar,
+    too_late,
+    unplanned_kind,
+)
 from rollout.core.plan import Plan
 from rollout.notify.emails import HEADS_UP_EMAIL
 from rollout.phases.brownouts import ELV_PLAN
@@ -240,7 +247,9 @@ def interrupted_off_calendar(
     """Runs still marked running whose process is gone, of no step of the plan's
     calendar (an org owner's enforcement or invitations, snoozes, a cohort build on a
     day the plan does not date: rollout.core.calendar.UNPLANNED_STEPS), oldest first:
-    ``plan show`` lists them below the calendar, as it does the calendar's own."""
+    ``plan show`` lists them below the calendar, as it does the calendar's own. Not one
+    a later run finished (:func:`_finished_since`): its hint says to re-run it, and the
+    re-run done, it would say so for ever."""
     now = at or utc_now()
     dated = {step.key for step in plan_steps(plan) if step.key}
     with registry.engine.connect() as connection:
@@ -249,6 +258,13 @@ def interrupted_off_calendar(
             .where(PlanRun.state == "running", PlanRun.started_at <= now)
             .order_by(PlanRun.started_at, PlanRun.seq)
         ).all()
+        succeeded = connection.execute(
+            select(PlanRun).where(
+                PlanRun.state == "succeeded",
+                PlanRun.finished_at <= now,
+                PlanRun.step.in_({run.step for run in running if run.step not in dated}),
+            )
+        ).all()
     free: dict[str, bool] = {}
     found = []
     for run in running:
@@ -256,8 +272,31 @@ def interrupted_off_calendar(
             continue
         if run.plan not in (plan.name, ELV_PLAN) and unplanned_kind(run.step) is None:
             continue  # another plan's (an earlier campaign's): its own `plan show`'s
+        if _finished_since(run, succeeded):
+            continue
         if run.lock_name not in free:
             free[run.lock_name] = _lock_free(registry, run.lock_name)
         if free[run.lock_name]:
             found.append(run)
     return found
+
+
+def _finished_since(run: PlanRun, succeeded: Sequence[PlanRun]) -> bool:
+    """Whether a run of the same step recorded after ``run`` succeeded, which did what
+    ``run`` had left: each of these steps' runs acts on all there is to do when it runs
+    (an org's members without 2FA, its removed members now with 2FA, the day's cohorts,
+    every account not ELV-enrolled), but a snooze, which grants only the requests it is
+    given: one finishes it only with the same requests (``requests_fingerprint``)."""
+    return any(
+        (later.plan, later.step, later.mode) == (run.plan, run.step, run.mode)
+        and later.seq > run.seq
+        and (
+            unplanned_kind(run.step) != "snoozes"
+            or (
+                run.parameters.get(REQUESTS_FINGERPRINT) is not None
+                and later.parameters.get(REQUESTS_FINGERPRINT)
+                == run.parameters.get(REQUESTS_FINGERPRINT)
+            )
+        )
+        for later in succeeded
+    )
