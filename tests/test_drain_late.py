@@ -18,7 +18,7 @@ from sqlalchemy import select
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.plan import Plan
 from rollout.notify import outbox
-from rollout.notify.drain import drain, too_late_waiting
+from rollout.notify.drain import drain, skips_waiting
 from rollout.notify.outbox import TOO_LATE, outbox_status
 from rollout.notify.queue import queue_due
 from rollout.phases import brownouts, enforce
@@ -249,11 +249,11 @@ def test_the_sends_preview_counts_what_the_send_skips_as_too_late(
         drain(registry, plan, Recording(fail_for="ann"), limit=1)
     outbox.suppress(registry, "ben@example.com", reason="hard bounce", actor="ops")
     with on(date(2022, 2, 2)):
-        queued_only = too_late_waiting(registry, plan)
-        with_failed = too_late_waiting(registry, plan, include_failed=True)
+        queued_only = skips_waiting(registry, plan)
+        with_failed = skips_waiting(registry, plan, include_failed=True)
         report = drain(registry, plan, Recording(), retry_failed=True)
     assert queued_only == {}
-    assert with_failed == {"phase_notice": 1}
+    assert with_failed == {(TOO_LATE, "phase_notice"): 1}
     assert report.skipped == {TOO_LATE: 1, "suppressed": 1}
 
 

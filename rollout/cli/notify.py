@@ -3,6 +3,7 @@ lists), lift a suppression and withdraw emails."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -235,9 +236,10 @@ def notify_send(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Drain the outbox: render and send every queued email, exactly once. Lists the
-    emails queued by kind, and those too late to go (preview), or what the send did."""
-    from rollout.notify.drain import drain, too_late_waiting
-    from rollout.notify.outbox import check_sender, failed_count, pending
+    emails queued by kind, and those it would skip (too late, already enforced: preview),
+    or what the send did."""
+    from rollout.notify.drain import drain, skips_waiting
+    from rollout.notify.outbox import ENFORCED, TOO_LATE, check_sender, failed_count, pending
     from rollout.notify.senders import make_sender
 
     runtime = _runtime(ctx)
@@ -264,23 +266,37 @@ def notify_send(
     if not apply:
         # Judged as the send will judge them: "N emails queued" alone announced as to be
         # sent those it then skips, past the day they announce.
-        late = too_late_waiting(registry, plan, include_failed=retry_failed)
+        # So are the warnings of a phase enforced on their accounts since they were queued.
+        skips = skips_waiting(registry, plan, include_failed=retry_failed)
+        by_reason = {
+            reason: Counter({email: n for (why, email), n in skips.items() if why == reason})
+            for reason in (TOO_LATE, ENFORCED)
+        }
+        late, enforced = by_reason[TOO_LATE], by_reason[ENFORCED]
         emit(
             [
-                {"email": email, "queued": queued.get(email, 0), "too_late": late.get(email, 0)}
-                for email in sorted({*queued, *late})
+                {
+                    "email": email,
+                    "queued": queued.get(email, 0),
+                    "too_late": late.get(email, 0),
+                    "already_enforced": enforced.get(email, 0),
+                }
+                for email in sorted({*queued, *late, *enforced})
             ],
             fmt,
             title=f"emails queued; sender: {sender.name} (preview)",
-            columns=["email", "queued", "too_late"],
+            columns=["email", "queued", "too_late", "already_enforced"],
         )
-        if late:
-            kinds = ", ".join(f"{email} {n}" for email, n in sorted(late.items()))
-            stderr.print(
-                f"{late.total()} would be skipped as too late (past their last day): {kinds}; "
-                "not sent, for good",
-                highlight=False,
-            )
+        for counts, why in (
+            (late, "too late (past their last day)"),
+            (enforced, "already enforced (their phase has required their accounts since)"),
+        ):
+            if counts:
+                kinds = ", ".join(f"{email} {n}" for email, n in sorted(counts.items()))
+                stderr.print(
+                    f"{counts.total()} would be skipped as {why}: {kinds}; not sent, for good",
+                    highlight=False,
+                )
         stderr.print(
             f"preview only: add --apply to send {them(sum(queued.values()))}", highlight=False
         )

@@ -10,7 +10,9 @@ One drain runs at a time.
 
 An email whose last day has passed when it is claimed (a reminder after the deadline
 it counts to, a heads-up once its brown-out began: :func:`_too_late`) is not sent but
-recorded as skipped, ``too late``, as any skip: once, and for good.
+recorded as skipped, ``too late``, as any skip: once, and for good; so is a warning of
+a phase (its notice, a reminder) whose account the phase's enforcement flagged since it
+was queued (:func:`_enforced`), ``already enforced``.
 
 A stop (SIGTERM, SIGINT; rollout.core.stopping) claims nothing more, gives the sends in
 flight a moment, records what they came to and puts back the rest; worker processes are
@@ -95,6 +97,7 @@ from rollout.notify.outbox import (
     COMPLIANT,
     CUT_SHORT,
     DIED_HOLDING,
+    ENFORCED,
     FILE_SENDER,
     NOTIFICATIONS,
     QUEUED_LATE,
@@ -109,6 +112,7 @@ from rollout.notify.outbox import (
     run_day,
     suppression_reasons,
 )
+from rollout.notify.reach import WARNINGS
 from rollout.notify.render import render
 from rollout.notify.withdraw import marked_withdrawn
 from rollout.registry import Registry
@@ -699,14 +703,15 @@ def _ends_unsent(
     suppressed: Mapping[str, str],
     standing: Mapping[tuple[str, str, int], _Standing] | None,
     late: bool,
+    enforced: bool = False,
 ) -> _Outcome | Recipient:
     """Why the row ends here, whatever else its batch holds: failed (no such email) or
     skipped (its account deleted, an unverified or a suppressed address, already
-    compliant, too late: ``late``, :func:`_too_late`'s), the first that applies; else
-    its recipient as its email
+    compliant, too late: ``late``, :func:`_too_late`'s, already enforced: ``enforced``,
+    :func:`_enforced`'s), the first that applies; else its recipient as its email
     sees it (its standing applied). What :func:`_prepare` judges each claimed row by
     before the repeat window and rendering, and what the send's preview counts by
-    (:func:`too_late_waiting`): one judgement, so the preview tells what the send does."""
+    (:func:`skips_waiting`): one judgement, so the preview tells what the send does."""
     definition = EMAILS.get(claimed.email)
     if definition is None:
         return _Outcome(claimed.id, "failed", f"no email named {claimed.email!r}")
@@ -726,26 +731,56 @@ def _ends_unsent(
         return _Outcome(claimed.id, "skipped", COMPLIANT)
     if late:
         return _Outcome(claimed.id, "skipped", TOO_LATE)
+    if enforced:
+        return _Outcome(claimed.id, "skipped", ENFORCED)
     return recipient
 
 
-def too_late_waiting(
+def _enforced(connection: Connection, claimed: list[_Claimed]) -> set[int]:
+    """The claimed warnings of a phase (its notice, a reminder) whose account the
+    phase's enforcement has flagged (``phase_requirements``) since they were queued: an
+    early enforcement (``phase enforce --early``) between the queue and the send, a
+    failure retried after it. "In 3 days you will be signed out", after the enforcement
+    notice, to one signed out already: skipped, ``already enforced``, as the queue skips
+    them (rollout.notify.queue._skip_reason). One query for the batch; a rolled-back
+    phase requires nothing of its accounts (its rows are gone), and its warnings go."""
+    wanted = {(c.phase, c.account_id): c.id for c in claimed if c.email in WARNINGS and c.phase}
+    if not wanted:
+        return set()
+    requirements = PhaseRequirement.__table__
+    rows = connection.execute(
+        select(requirements.c.phase, requirements.c.account_id).where(
+            requirements.c.account_id.in_(sorted({a for _, a in wanted})),
+            requirements.c.phase.in_(sorted({p for p, _ in wanted})),
+        )
+    ).all()
+    return {wanted[key] for key in map(tuple, rows) if key in wanted}
+
+
+# The skips of a waiting email the send's preview counts (:func:`skips_waiting`): those
+# judged by the day or the registry at the send, which the queue could not foresee.
+PREVIEWED_SKIPS = (TOO_LATE, ENFORCED)
+
+
+def skips_waiting(
     registry: Registry,
     plan: Plan,
     *,
     include_failed: bool = False,
     clock: Callable[[], datetime] = utc_now,
-) -> Counter[str]:
-    """By email kind, the emails waiting to be sent (queued or left in flight; failed
-    too with ``include_failed``, as ``retry_failed`` queues them again first) that a
-    send started now would skip as too late: judged as the drain judges each row it
-    claims (:func:`_too_late`, then :func:`_ends_unsent`), so one it would skip for its
-    address or as compliant first is not counted. ``notify send``'s preview: it
-    announced every waiting email as to be sent. Reads only, FILE_BATCH rows at a time."""
+) -> Counter[tuple[str, str]]:
+    """By (skip reason, email kind), the emails waiting to be sent (queued or left in
+    flight; failed too with ``include_failed``, as ``retry_failed`` queues them again
+    first) that a send started now would skip as too late or as already enforced:
+    judged as the drain judges each row it claims (:func:`_too_late`, :func:`_enforced`,
+    then :func:`_ends_unsent`), so one it would skip for its address or as compliant
+    first is not counted, and one both too late and enforced counts once, as too late.
+    ``notify send``'s preview: it announced every waiting email as to be sent. Reads
+    only, FILE_BATCH rows at a time."""
     states = ["queued", "sending", *(["failed"] if include_failed else [])]
     c = NOTIFICATIONS.c
     now = clock()
-    found: Counter[str] = Counter()
+    found: Counter[tuple[str, str]] = Counter()
     after = 0
     with registry.engine.connect() as connection:
         while True:
@@ -761,17 +796,23 @@ def too_late_waiting(
             after = batch[-1].id
             standing = _standing(connection, plan, batch, now)
             late = _too_late(connection, plan, batch, standing, now)
-            judged = [w for w in batch if w.id in late]
+            enforced = _enforced(connection, batch)
+            judged = [w for w in batch if w.id in late or w.id in enforced]
             if not judged:
                 continue
             recipients = _recipients(connection, judged)
             suppressed = suppression_reasons(connection, (r.address for r in recipients.values()))
             for w in judged:
                 ended = _ends_unsent(
-                    w, recipients.get(w.account_id), suppressed, standing, late=True
+                    w,
+                    recipients.get(w.account_id),
+                    suppressed,
+                    standing,
+                    late=w.id in late,
+                    enforced=w.id in enforced,
                 )
-                if isinstance(ended, _Outcome) and ended.reason == TOO_LATE:
-                    found[w.email] += 1
+                if isinstance(ended, _Outcome) and ended.reason in PREVIEWED_SKIPS:
+                    found[(ended.reason, w.email)] += 1
 
 
 def _prepare(
@@ -784,10 +825,12 @@ def _prepare(
     now: datetime,
     standing: Mapping[tuple[str, str, int], _Standing] | None = None,
     late: bool = False,
+    enforced: bool = False,
 ) -> _Outcome | Message:
     """A message to send, or why this row ends here (skipped, or failed to render).
-    ``late``: its last day has passed (:func:`_too_late`)."""
-    ended = _ends_unsent(claimed, recipient, suppressed, standing, late)
+    ``late``: its last day has passed (:func:`_too_late`); ``enforced``: a warning of a
+    phase that has flagged its account since (:func:`_enforced`)."""
+    ended = _ends_unsent(claimed, recipient, suppressed, standing, late, enforced)
     if isinstance(ended, _Outcome):
         return ended
     recipient, definition = ended, EMAILS[claimed.email]
@@ -1166,6 +1209,7 @@ def _next_batch(
         standing = _standing(connection, plan, claimed, now)
         earlier = _required_earlier(connection, claimed)
         late = _too_late(connection, plan, claimed, standing, now)
+        enforced = _enforced(connection, claimed)
     prepared = [
         _prepare(
             plan,
@@ -1177,6 +1221,7 @@ def _next_batch(
             now,
             standing,
             c.id in late,
+            c.id in enforced,
         )
         for c in claimed
     ]

@@ -1,0 +1,167 @@
+"""Warnings of a phase after its enforcement, on SQLite and PostgreSQL: a notice or a
+reminder of a phase, queued before the phase's enforcement flagged its account (a
+release manager enforcing ``--early`` between the day's queue and its send, a failed
+send retried with ``--retry-failed`` afterwards) is not sent but recorded as skipped,
+``already enforced``, for good: "in 3 days you will be signed out" must not follow the
+enforcement notice of one signed out already. Judged when the send takes it, as the
+queue judges it, and counted so by the send's preview; a rolled-back phase requires
+nothing of anyone, so its warnings go again."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert
+
+from rollout.core.plan import Plan
+from rollout.notify.drain import drain, skips_waiting
+from rollout.notify.emails import ENFORCEMENT_EMAIL
+from rollout.notify.outbox import ENFORCED, QUEUED_LATE, TOO_LATE
+from rollout.notify.queue import queue_due
+from rollout.phases import enforce
+from rollout.registry import Registry
+from rollout.registry.models import PhaseRequirement
+from tests.factories import NotificationFactory, bound_to
+from tests.support.outbox import Recording, ids, on, queue_and_send, rows
+
+NOTICE_DAY = date(2022, 1, 4)
+FOURTEEN_DAYS_BEFORE = date(2022, 1, 18)
+THREE_DAYS_BEFORE = date(2022, 1, 29)  # top-100's deadline: 2022-02-01
+
+__all__ = ["ids"]  # a fixture, used by name
+
+
+def _enforce_early(registry: Registry, plan: Plan) -> None:
+    """top-100 enforced before its day: ann, cat and dan flagged (ben has TOTP)."""
+    enforce.enforce_phase(registry, plan, "top-100", expect=3, actor="rm", early=True)
+
+
+def _reminded(sender: Recording) -> set[str]:
+    return {m.to_name for m in sender.sent if m.email == "reminder"}
+
+
+def test_a_reminder_queued_before_an_early_enforcement_is_skipped_when_sent(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """The 3-day reminder queued on 01-29 at 09:00; the release manager enforces top-100
+    early at 09:30, before the send: ann gets the enforcement notice, not a countdown
+    to a deadline that has passed for her."""
+    queue_and_send(registry, plan, NOTICE_DAY, FOURTEEN_DAYS_BEFORE)
+    with on(THREE_DAYS_BEFORE):
+        queue_due(registry, plan, THREE_DAYS_BEFORE, actor="rm")
+    assert rows(registry, "reminder", "3d")["ann"] == ("queued", None)
+    with on(THREE_DAYS_BEFORE, hour=10):
+        _enforce_early(registry, plan)
+        sender = Recording()
+        report = drain(registry, plan, sender)
+    assert rows(registry, "reminder", "3d")["ann"] == ("skipped", ENFORCED)
+    assert "ann" not in _reminded(sender)
+    assert "ann" in {m.to_name for m in sender.sent if m.email == ENFORCEMENT_EMAIL}
+    assert report.skipped[ENFORCED] == 1
+    with on(THREE_DAYS_BEFORE, hour=11):  # for good: nothing left to send
+        assert drain(registry, plan, Recording(), retry_failed=True).sent == 0
+    assert rows(registry, "reminder", "3d")["ann"] == ("skipped", ENFORCED)
+
+
+def test_a_failed_reminder_retried_after_the_enforcement_is_skipped(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """SendGrid refused ann's reminder on 01-29; top-100 enforced early on 01-30; the
+    failure retried after it (``notify send --retry-failed``) is not sent."""
+    queue_and_send(registry, plan, NOTICE_DAY, FOURTEEN_DAYS_BEFORE)
+    with on(THREE_DAYS_BEFORE):
+        queue_due(registry, plan, THREE_DAYS_BEFORE, actor="rm")
+        drain(registry, plan, Recording(fail_for="ann"))
+    assert rows(registry, "reminder", "3d")["ann"][0] == "failed"
+    with on(date(2022, 1, 30)):
+        _enforce_early(registry, plan)
+        drain(registry, plan, Recording())  # the enforcement notices
+        sender = Recording()
+        report = drain(registry, plan, sender, retry_failed=True)
+    assert rows(registry, "reminder", "3d")["ann"] == ("skipped", ENFORCED)
+    assert "ann" not in _reminded(sender)
+    assert report.skipped == {ENFORCED: 1}
+
+
+def test_a_reminder_waiting_through_an_enforcement_and_its_rollback_is_sent(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """Enforced early, then rolled back before the send: the phase requires nothing of
+    ann now, her deadline stands, and the reminder of it goes."""
+    queue_and_send(registry, plan, NOTICE_DAY, FOURTEEN_DAYS_BEFORE)
+    with on(THREE_DAYS_BEFORE):
+        queue_due(registry, plan, THREE_DAYS_BEFORE, actor="rm")
+    with on(THREE_DAYS_BEFORE, hour=10):
+        _enforce_early(registry, plan)
+        enforce.rollback_phase(registry, plan, "top-100", actor="rm")
+        sender = Recording()
+        drain(registry, plan, sender)
+    assert rows(registry, "reminder", "3d")["ann"][0] == "sent"
+    assert _reminded(sender) == {"ann"}
+
+
+def test_the_sends_preview_counts_the_warnings_it_skips_as_already_enforced(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """ann's reminder refused on 01-29, top-100 enforced early on 01-30: the preview
+    counts it as the send skips it, already enforced, only with the failed ones
+    retried; one also past its last day (on 02-02) is counted once, as too late, as the
+    send records it."""
+    queue_and_send(registry, plan, NOTICE_DAY, FOURTEEN_DAYS_BEFORE)
+    with on(THREE_DAYS_BEFORE):
+        queue_due(registry, plan, THREE_DAYS_BEFORE, actor="rm")
+        drain(registry, plan, Recording(fail_for="ann"))
+    with on(date(2022, 1, 30)):
+        _enforce_early(registry, plan)
+        drain(registry, plan, Recording())
+        assert skips_waiting(registry, plan) == {}
+        assert skips_waiting(registry, plan, include_failed=True) == {(ENFORCED, "reminder"): 1}
+    with on(date(2022, 2, 2)):
+        assert skips_waiting(registry, plan, include_failed=True) == {(TOO_LATE, "reminder"): 1}
+        assert drain(registry, plan, Recording(), retry_failed=True).skipped == {TOO_LATE: 1}
+
+
+def test_notify_send_says_how_many_would_be_skipped_as_already_enforced(
+    rollout_home: Path,
+) -> None:
+    """A reminder queued late on purpose (``--late``: never too late) whose account
+    top-100 has required since: the preview counts it in its column and says so, and
+    the send skips it as it said."""
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+    from rollout.core.config import load_settings
+    from rollout.registry.engine import make_engine
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(app, list(args))
+
+    assert run("db", "upgrade").exit_code == 0
+    engine = make_engine(load_settings().registry_url)
+    with bound_to(engine):
+        reminder = NotificationFactory(
+            email="reminder",
+            occasion="3d",
+            context={"phase": "top-100", "days_before": 3, QUEUED_LATE: True},
+        )
+    with engine.begin() as connection:
+        connection.execute(
+            insert(PhaseRequirement).values(
+                account_id=reminder.account_id, phase="top-100", required_at=datetime(2022, 1, 29)
+            )
+        )
+    engine.dispose()
+    preview = run("notify", "send", "--format", "json")
+    assert preview.exit_code == 0, preview.stderr
+    assert json.loads(preview.stdout) == [
+        {"email": "reminder", "queued": 1, "too_late": 0, "already_enforced": 1}
+    ]
+    said = " ".join(preview.stderr.split())
+    assert "1 would be skipped as already enforced" in said and "reminder 1;" in said
+    assert "too late" not in said
+    sent = run("notify", "send", "--apply")
+    assert sent.exit_code == 0, sent.stderr
+    assert "sent 0, failed 0, skipped 1 (1 already enforced)" in " ".join(sent.stderr.split())
