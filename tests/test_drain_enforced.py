@@ -14,7 +14,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 
 from rollout.core.plan import Plan
 from rollout.notify.drain import drain, skips_waiting
@@ -23,7 +23,7 @@ from rollout.notify.outbox import ENFORCED, QUEUED_LATE, TOO_LATE
 from rollout.notify.queue import queue_due
 from rollout.phases import enforce
 from rollout.registry import Registry
-from rollout.registry.models import PhaseRequirement
+from rollout.registry.models import Account, PhaseRequirement
 from tests.factories import NotificationFactory, bound_to
 from tests.support.outbox import Recording, ids, on, queue_and_send, rows
 
@@ -122,6 +122,32 @@ def test_the_sends_preview_counts_the_warnings_it_skips_as_already_enforced(
     with on(date(2022, 2, 2)):
         assert skips_waiting(registry, plan, include_failed=True) == {(TOO_LATE, "reminder"): 1}
         assert drain(registry, plan, Recording(), retry_failed=True).skipped == {TOO_LATE: 1}
+
+
+def test_no_notice_of_a_phase_goes_to_an_account_it_enforced_early(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """cat's notice was skipped on 01-04 (her address unverified); top-100 enforced
+    early on 01-20 flags her; she verifies her address on 01-21. The next day's queue
+    does not send her "from 2022-02-01 you will need 2FA": she was signed out already."""
+    queue_and_send(registry, plan, NOTICE_DAY)
+    assert rows(registry, "phase_notice")["cat"][0] == "skipped"
+    with on(date(2022, 1, 20)):
+        _enforce_early(registry, plan)
+        drain(registry, plan, Recording())
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(Account).where(Account.id == ids["cat"]).values(email_verified=True)
+        )
+    sender = Recording()
+    with on(date(2022, 1, 21)):
+        outcomes = queue_due(registry, plan, date(2022, 1, 21), actor="rm")
+        # Not queued again for her fixed address: the queue judges it as the send would.
+        assert [o.added for o in outcomes if o.occasion.email == "phase_notice"] == [0]
+        assert rows(registry, "phase_notice")["cat"][0] == "skipped"
+        drain(registry, plan, sender)
+    assert rows(registry, "phase_notice")["cat"][0] == "skipped"
+    assert "cat" not in {m.to_name for m in sender.sent if m.email == "phase_notice"}
 
 
 def test_notify_send_says_how_many_would_be_skipped_as_already_enforced(

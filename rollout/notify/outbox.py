@@ -63,7 +63,8 @@ SUPPRESSIONS_LOCK = "email-suppressions"
 UNSUBSCRIBE = "unsubscribe"
 SENDGRID_SOURCES = ("bounce", "block", "spam_report", "invalid_email", UNSUBSCRIBE)
 COMPLIANT = "already compliant"
-# A reminder of a deadline the phase has already enforced on the account.
+# A warning of a phase (its notice, a reminder) to an account the phase has already been
+# enforced on: at queueing (queue._skip_reason) and at sending (drain._enforced).
 ENFORCED = "already enforced"
 # A warning of a phase to an account the plan exempts: its enforcement never touches it.
 EXEMPT = "exempt by the plan"

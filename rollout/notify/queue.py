@@ -4,7 +4,8 @@ Queueing is set-based (one INSERT ... SELECT per occasion) into ``notifications`
 whose natural key (account, email, phase, occasion) makes a re-run, of a flow, a
 phase or the whole plan, queue nothing twice. Accounts the email must not reach are
 recorded as ``skipped`` with the reason: unverified email, suppressed address,
-already compliant (for warnings only).
+already compliant, exempt by the plan, already enforced (the last three for warnings
+only: a phase's notice and reminders).
 
 A mailing is too late from its ``too_late_at`` (rollout.core.calendar.too_late: the
 start of the day it announces, so its last day is the one before; a brown-out heads-up's
@@ -283,9 +284,12 @@ def _skip_reason(
             whens.append((~falls_short(phase.requires, ACCOUNTS.c.id, at), COMPLIANT))
         else:
             whens.append((has_active_factor(ACCOUNTS.c.id), COMPLIANT))
-    if email == "reminder" and phase is not None:
+    if email in WARNINGS and phase is not None:
         # "In 3 days you will be signed out", to an account signed out already (the
-        # phase enforced before the date, or its date moved after enforcement).
+        # phase enforced before the date, or its date moved after enforcement); or its
+        # notice, queued again for an address fixed since (_reopenable), after the
+        # enforcement notice. The drain judges the rows queued before the enforcement
+        # the same way (rollout.notify.drain._enforced).
         required = exists().where(
             and_(
                 PhaseRequirement.account_id == ACCOUNTS.c.id,
