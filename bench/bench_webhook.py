@@ -170,11 +170,17 @@ def main() -> None:
         events = sum(len(json.loads(path.read_bytes())) for path in landed)
         if events != args.events:
             failures.append(f"{events} events landed for {args.events} posted")
+        # The process's CPU time counts in clock ticks (10 ms): a small run's receiver
+        # may have used less than one (it divided by zero).
+        per_cpu = (
+            f"{args.events / cpu:,.0f} events per CPU-second"
+            if cpu > 0
+            else "less than a clock tick, too little to rate"
+        )
         print(
             f"{args.events:,} events in {len(prepared):,} posts of {args.batch}, "
             f"{args.threads} client threads: {wall:.1f} s wall, {args.events / wall:,.0f} "
-            f"events/s; receiver CPU {cpu:.1f} s: {args.events / cpu:,.0f} events per "
-            "CPU-second"
+            f"events/s; receiver CPU {cpu:.1f} s: {per_cpu}"
         )
         url = args.registry_url or f"sqlite:///{home / 'registry.db'}"
         failures += ingest_part(home, args.events, args.repeat, url)
