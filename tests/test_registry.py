@@ -556,6 +556,20 @@ def test_two_sqlite_writers_wait_for_each_other_rather_than_fail(tmp_path: Path)
     other.dispose()
 
 
+def refused_by_engine_and_adbc(url: str | URL) -> tuple[RegistryURLRefused, RegistryURLRefused]:
+    """What an engine (its making and first connection) and ADBC each raise for ``url``,
+    both required to be RegistryURLRefused."""
+    with pytest.raises(RegistryURLRefused) as through_the_engine:
+        engine = make_engine(url)
+        try:
+            engine.connect()
+        finally:
+            engine.dispose()
+    with pytest.raises(RegistryURLRefused) as through_adbc, adbc_connect(url):
+        pass
+    return through_the_engine.value, through_adbc.value
+
+
 def test_a_url_the_server_turns_down_is_refused_alike_by_an_engine_and_by_adbc(
     turned_down_postgres_urls: dict[str, str],
 ) -> None:
@@ -563,19 +577,14 @@ def test_a_url_the_server_turns_down_is_refused_alike_by_an_engine_and_by_adbc(
     a turned-down URL says so there in the same words (it was ADBC's error, and a
     traceback)."""
     for url in turned_down_postgres_urls.values():
-        engine = make_engine(url)
-        with pytest.raises(RegistryURLRefused) as through_the_engine:
-            engine.connect()
-        engine.dispose()
-        with pytest.raises(RegistryURLRefused) as through_adbc, adbc_connect(url):
-            pass
-        for refused in (through_the_engine.value, through_adbc.value):
+        through_the_engine, through_adbc = refused_by_engine_and_adbc(url)
+        for refused in (through_the_engine, through_adbc):
             assert refused.exit_code == 2
             assert str(refused).startswith("environment variable ROLLOUT_REGISTRY_URL: ")
             assert "s3cret" not in str(refused)
         # The server's answer, after each driver's own words for "failed to connect".
-        answer = through_the_engine.value.reason.partition("FATAL: ")[2]
-        assert answer and through_adbc.value.reason.endswith(answer)
+        answer = through_the_engine.reason.partition("FATAL: ")[2]
+        assert answer and through_adbc.reason.endswith(answer)
 
 
 def test_a_connection_the_server_drops_under_adbc_is_an_engine_s_operational_error(
@@ -639,13 +648,7 @@ def test_a_url_a_server_turns_down_in_another_language_is_refused_all_the_same()
             "no such role": url.set(username="no_such_role"),
         }
         for what, wrong in turned_down.items():
-            engine = make_engine(wrong)
-            with pytest.raises(RegistryURLRefused) as through_the_engine:
-                engine.connect()
-            engine.dispose()
-            with pytest.raises(RegistryURLRefused) as through_adbc, adbc_connect(wrong):
-                pass
-            for refused in (through_the_engine.value, through_adbc.value):
+            for refused in refused_by_engine_and_adbc(wrong):
                 assert refused.exit_code == 2, what
                 assert "s3cret" not in str(refused)
             if what == "no such database":  # the server did answer in German
@@ -701,15 +704,7 @@ def test_a_connection_option_that_can_never_work_is_refused_on_every_path(
     if name == "options":  # beside the schema's search_path
         value = f"{schema_url.query['options']} {value}"
     url = schema_url.update_query_dict({name: value})
-    with pytest.raises(RegistryURLRefused) as through_the_engine:
-        engine = make_engine(url)
-        try:
-            engine.connect()
-        finally:
-            engine.dispose()
-    with pytest.raises(RegistryURLRefused) as through_adbc, adbc_connect(url):
-        pass
-    for refused in (through_the_engine.value, through_adbc.value):
+    for refused in refused_by_engine_and_adbc(url):
         assert refused.exit_code == 2
         assert str(refused).startswith("environment variable ROLLOUT_REGISTRY_URL: ")
         assert answer in str(refused)
