@@ -48,6 +48,7 @@ from rollout.registry.ledger import (
     utc_now,
 )
 from rollout.registry.models import Account, CohortMembership, Notification, PhaseRequirement
+from rollout.warehouse.landing import COMPRESSED_SUFFIXES
 
 ACCOUNTS = Account.__table__
 NOTIFICATIONS = Notification.__table__
@@ -565,11 +566,6 @@ class LandedSnoozes:
     rejected: list[str] = field(default_factory=list)  # whole files refused, with why
 
 
-# What a request file's name may end with, past .csv, that still makes it one: the
-# compressions a landing file takes, and the ones other tools write.
-_COMPRESSED = (".gz", ".zst", ".bz2", ".xz", ".zip", ".gzip", ".zstd")
-
-
 def _landed_files(root: Path) -> tuple[list[Path], list[str]]:
     """The request files under ``root`` (``<phase>/*.csv``, in path order), and the files
     named like one that are not where or what a request file is, each refused with why:
@@ -590,7 +586,7 @@ def _landed_files(root: Path) -> tuple[list[Path], list[str]]:
             if name.startswith(".") or ".csv" not in suffixes:
                 continue
             if suffixes[-1] != ".csv":
-                if suffixes[-1] in _COMPRESSED and suffixes[-2] == ".csv":
+                if suffixes[-1] in COMPRESSED_SUFFIXES and suffixes[-2] == ".csv":
                     misplaced.append(
                         f"{path}: compressed as {suffixes[-1]}: a request file is plain CSV"
                     )

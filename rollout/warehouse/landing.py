@@ -54,6 +54,9 @@ _UNREAD_COMPRESSION = frozenset(
     {".bz2", ".xz", ".lzma", ".lz4", ".zip", ".7z", ".snappy", ".deflate", ".br", ".z"}
     | {".lzo", ".gzip", ".zstd", ".zlib"}
 )
+# Every compression a file's name may say, read or not: what makes `x.csv.<this>` a CSV
+# file compressed (snooze requests, which are read plain only, refuse them all).
+COMPRESSED_SUFFIXES = frozenset(_COMPRESSION) | _UNREAD_COMPRESSION
 _FORMATS = {
     ".csv": "csv",
     ".parquet": "parquet",
