@@ -31,7 +31,7 @@ from sqlalchemy.exc import OperationalError
 
 from rollout.core.errors import GuardRefused
 from rollout.core.names import safe_path_component
-from rollout.registry.engine import make_engine, normalize_url, require_sqlite_file
+from rollout.registry.engine import is_sqlite, make_engine, normalize_url, require_sqlite_file
 from rollout.registry.models import Account
 
 _ACCOUNTS = Account.__table__
@@ -172,9 +172,8 @@ def _refusal(registry_url: str, connection: Connection | None, name: str, held: 
     """Why a run lock is refused: another run of its kind, or a schema migration (which
     holds every run lock while it works)."""
     if name != MIGRATION_LOCK:
-        url = normalize_url(registry_url)
-        if url.get_backend_name() == "sqlite":
-            migrating = _file_lock_held(_lock_path(url, MIGRATION_LOCK))
+        if is_sqlite(registry_url):
+            migrating = migration_at_work(registry_url)
         else:
             assert connection is not None
             migrating = bool(advisory_lock_holders(connection, MIGRATION_LOCK))
