@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,6 +14,9 @@ from rollout.cli.app import (
     reports_errors,
 )
 from rollout.core.output import Format, emit_record, labelled, stderr
+
+if TYPE_CHECKING:
+    from rollout.registry.migrate import DowngradePreview
 
 db_app = typer.Typer(help="The registry database: migrations and status.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -125,12 +128,9 @@ def db_downgrade(
         engine.dispose()
 
 
-def _preview_record(preview: object) -> dict[str, object]:
+def _preview_record(preview: DowngradePreview) -> dict[str, object]:
     """A downgrade's preview as one record: the revisions it would undo, newest first,
     and the tables, columns and rows it would drop, counted."""
-    from rollout.registry.migrate import DowngradePreview
-
-    assert isinstance(preview, DowngradePreview)
     return {
         "from_revision": preview.current,
         "to_revision": preview.target,
@@ -142,10 +142,7 @@ def _preview_record(preview: object) -> dict[str, object]:
     }
 
 
-def _print_preview(preview: object) -> None:
-    from rollout.registry.migrate import DowngradePreview
-
-    assert isinstance(preview, DowngradePreview)
+def _print_preview(preview: DowngradePreview) -> None:
     lines = [
         f"would take the registry from revision {preview.current} back to {preview.target}, "
         "undoing:"
