@@ -65,6 +65,8 @@ BAD_VALUES = {
     "ROLLOUT_ACTOR": "",
     "SENDGRID_API_KEY": None,  # any text may be a key
     "ROLLOUT_SENDGRID_WEBHOOK_KEY": "not-a-key",
+    "ROLLOUT_SENDGRID_TIMEOUT_SECONDS": "0",
+    "ROLLOUT_SENDGRID_RETRY_WAIT_SECONDS": "-1",
 }
 
 
@@ -112,6 +114,25 @@ def test_a_sendgrid_url_the_client_cannot_use_is_bad_input(value: str, reason: s
         load_settings({"ROLLOUT_SENDGRID_URL": value})
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("ROLLOUT_SENDGRID_TIMEOUT_SECONDS", "ten", "valid number"),
+        ("ROLLOUT_SENDGRID_TIMEOUT_SECONDS", "nan", "finite number"),
+        ("ROLLOUT_SENDGRID_TIMEOUT_SECONDS", "inf", "finite number"),
+        ("ROLLOUT_SENDGRID_TIMEOUT_SECONDS", "301", "less than or equal to 300"),
+        ("ROLLOUT_SENDGRID_RETRY_WAIT_SECONDS", "601", "less than or equal to 600"),
+    ],
+)
+def test_a_sendgrid_wait_that_is_no_number_of_seconds_is_bad_input(
+    name: str, value: str, reason: str
+) -> None:
+    """A client without a timeout would wait forever on a silent server, and an
+    endless wait makes an endless lease (rollout.notify.drain.lease_for)."""
+    with pytest.raises(BadInput, match=f"^environment variable {name}='{value}': .*{reason}"):
+        load_settings({name: value})
+
+
 def test_a_refused_database_url_is_not_echoed() -> None:
     with pytest.raises(BadInput) as refused:
         load_settings({"ROLLOUT_REGISTRY_URL": "mysql://rollout:s3cret@db/registry"})
@@ -132,6 +153,8 @@ def test_a_refused_database_url_is_not_echoed() -> None:
         ("ROLLOUT_DUCKDB_MEMORY_LIMIT", "1.5 TiB"),
         ("ROLLOUT_SENDGRID_URL", "http://127.0.0.1:3030"),
         ("ROLLOUT_QUARANTINE_LIMIT", "0"),
+        ("ROLLOUT_SENDGRID_TIMEOUT_SECONDS", "2.5"),
+        ("ROLLOUT_SENDGRID_RETRY_WAIT_SECONDS", "0"),
     ],
 )
 def test_usable_settings_are_accepted(name: str, value: str) -> None:

@@ -188,3 +188,23 @@ def test_every_command_printing_a_result_takes_format() -> None:
     assert set(PRINTS_NO_RESULT) <= set(cli)
     missing = sorted(name for name, options in cli.items() if "--format" not in options)
     assert missing == sorted(PRINTS_NO_RESULT), "commands printing a result without --format"
+
+
+@pytest.mark.parametrize(
+    ("document", "heading"),
+    [("README.md", "## Configuration"), ("docs/runbook-operator.md", "| variable |")],
+)
+def test_every_setting_is_in_the_configuration_tables(document: str, heading: str) -> None:
+    """An operator learns the environment from these tables: each variable Settings
+    reads has its row in both, and neither names one nothing reads."""
+    from rollout.core.config import Settings
+    from rollout.core.output import FORCE_PROGRESS
+
+    text = (ROOT / document).read_text()
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", section, re.MULTILINE))
+    read = {f.validation_alias for f in Settings.model_fields.values() if f.validation_alias}
+    # Read by Prefect's client, the notify flow or the CLI's output, not by Settings.
+    elsewhere = {"PREFECT_API_URL", "ROLLOUT_SENDGRID_SECRET_BLOCK", FORCE_PROGRESS}
+    assert read <= documented, "read but not documented"
+    assert documented <= read | elsewhere, "documented but read by nothing"

@@ -11,6 +11,7 @@ import threading
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 from rollout.core.config import load_settings
 from rollout.dev.sendgrid_api import DevSendGrid, parse_fault
+from rollout.notify.drain import lease_for
 from rollout.notify.message import MAY_HAVE_GONE, DeliveryFailed, Message, address_forms
 from rollout.notify.senders import (
     REDACTED,
@@ -735,3 +737,31 @@ def test_make_sender_uses_sendgrid_when_a_key_is_set(tmp_path: Path, dev: DevSen
     assert isinstance(sender, SendGridSender)
     assert sender.name == "sendgrid"
     assert sender.send(MESSAGE) == dev.messages[0]["message_id"]
+    assert (sender.timeout, sender.backoff_cap) == (10, 30)  # the documented defaults
+
+
+def test_the_sendgrid_waits_set_bound_an_attempt_and_so_the_drain_s_lease(
+    tmp_path: Path, dev: DevSendGrid
+) -> None:
+    """An operator shortens the client's timeout and its longest wait before a retry:
+    an attempt is bounded by them, and a dead drainer's rows are taken over sooner."""
+    settings = load_settings(
+        {
+            "ROLLOUT_HOME": str(tmp_path),
+            "SENDGRID_API_KEY": dev.api_key,
+            "ROLLOUT_SENDGRID_URL": dev.url,
+            "ROLLOUT_SENDGRID_TIMEOUT_SECONDS": "2.5",
+            "ROLLOUT_SENDGRID_RETRY_WAIT_SECONDS": "4",
+        }
+    )
+    sender = make_sender(settings)
+    assert isinstance(sender, SendGridSender)
+    assert (sender.timeout, sender.backoff_cap) == (2.5, 4)
+    assert sender.longest_attempt == 2 * 2.5 + 4
+    assert lease_for(sender, timedelta(seconds=5)) == timedelta(seconds=27)  # (9 + 15) / 0.9
+    # A Retry-After asking for longer is capped to the wait set.
+    dev.script([{"status": 429, "retry_after": 120}])
+    waits: list[float] = []
+    sender._sleep = waits.append
+    assert sender.send(MESSAGE)
+    assert waits == [4]

@@ -172,6 +172,27 @@ class Settings(BaseSettings):
         description="an http(s) URL",
         pattern=r"^https?://[^\s/]+(/\S*)?$",
     )
+    # How long the SendGrid client waits for a connection and for each read of an
+    # answer, and the longest wait before retrying a send (a Retry-After is capped to
+    # it). Together they bound one attempt (SendGridSender.longest_attempt), which sets
+    # how long a drainer's lease on its rows must be, and so how soon another drainer
+    # takes over the rows of one that died (rollout.notify.drain.lease_for).
+    sendgrid_timeout_seconds: float = Field(
+        10.0,
+        validation_alias="ROLLOUT_SENDGRID_TIMEOUT_SECONDS",
+        description="seconds, more than 0 and at most 300",
+        gt=0,
+        le=300,
+        allow_inf_nan=False,
+    )
+    sendgrid_retry_wait_seconds: float = Field(
+        30.0,
+        validation_alias="ROLLOUT_SENDGRID_RETRY_WAIT_SECONDS",
+        description="seconds, from 0 to 600",
+        ge=0,
+        le=600,
+        allow_inf_nan=False,
+    )
     # The Event Webhook's verification key, as SendGrid shows it (Mail Settings >
     # Event Webhook > Signed Event Webhook): base64 of an ECDSA public key. The event
     # receiver refuses to start without it (rollout.notify.webhook).

@@ -900,6 +900,8 @@ def make_sender(
         return SendGridSender(
             settings.sendgrid_api_key,
             settings.sendgrid_url,
+            timeout=settings.sendgrid_timeout_seconds,
+            backoff_cap=settings.sendgrid_retry_wait_seconds,
             from_address=from_address,
             from_name=from_name,
         )
