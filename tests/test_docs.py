@@ -37,6 +37,19 @@ def test_every_command_has_help(name: str, command: Any) -> None:
     assert "Usage:" in result.output
 
 
+@pytest.mark.parametrize(("name", "command"), all_commands(), ids=lambda v: str(v) or "rollout")
+def test_help_shows_no_value_for_a_flag(name: str, command: Any) -> None:
+    """`--apply <bool>` reads as if `--apply true` were how to give it (refused as an
+    extra argument): a flag is shown bare, an option taking a value with its type."""
+    result = CliRunner().invoke(app, [*name.split(), "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    assert "<bool>" not in result.output
+    help_line = next(line for line in result.output.splitlines() if " --help " in line)
+    assert "<" not in help_line
+    if any("--format" in getattr(p, "opts", ()) for p in command.params):
+        assert "<table|csv|json>" in result.output
+
+
 GROUPS = [(name, command) for name, command in all_commands() if getattr(command, "commands", None)]
 
 

@@ -45,6 +45,20 @@ def _usage_error_line(error: click.ClickException) -> None:
 # looks it up on the module each time): the one place its format is chosen.
 typer_rich_utils.rich_format_error = _usage_error_line
 
+
+def _flag_type_shown(option: typer.core.TyperOption, ctx: click.Context) -> str | None:
+    """No type for a flag (``--apply``, ``--help``): it takes no value, and Typer 0.29's
+    ``<bool>`` beside one reads as if it did (``--apply true`` is then refused as an
+    extra argument). Every option taking a value keeps its type."""
+    if option.is_flag and not option.count:
+        return None
+    return _option_type_shown(option, ctx)
+
+
+# Typer's help panels ask each option for this (typer.rich_utils._print_options_panel).
+_option_type_shown = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flag_type_shown  # type: ignore[method-assign]
+
 app = typer.Typer(
     name="rollout",
     help="Move a package registry's maintainers to mandatory two-factor authentication.",
