@@ -46,6 +46,22 @@ def _usage_error_line(error: click.ClickException) -> None:
 typer_rich_utils.rich_format_error = _usage_error_line
 
 
+def _paragraphs_rewrapped(paragraphs: list[str], markup_mode: Any) -> str:
+    """A command's help after its first paragraph, each paragraph wrapped to the
+    terminal: the line breaks inside one are the docstring's source wrapping, which
+    Typer 0.29 kept (a paragraph broke mid-sentence at column 88 on any terminal). A
+    paragraph starting with ``\\b`` keeps its lines, as Click's help does."""
+    return "\n\n".join(
+        paragraph if paragraph.startswith("\b") else " ".join(paragraph.split())
+        for paragraph in paragraphs
+    )
+
+
+# Typer's help formats a command's later paragraphs through this function (looked up on
+# the module each time).
+typer_rich_utils._fix_linebreaks = _paragraphs_rewrapped
+
+
 def _flag_type_shown(option: typer.core.TyperOption, ctx: click.Context) -> str | None:
     """No type for a flag (``--apply``, ``--help``): it takes no value, and Typer 0.29's
     ``<bool>`` beside one reads as if it did (``--apply true`` is then refused as an
