@@ -244,9 +244,13 @@ class CohortRule(_Strict):
     def in_words(self) -> str:
         """Who the cohort is, as the emails say it ("Your account is among the ..."): its
         ``description``, or one made from its rule when the plan gives none (the emails
-        read "among the :" without one)."""
-        if self.description.strip():
-            return self.description
+        read "among the :" without one). The description as one line, without a final
+        full stop: written over lines (``description: >``, as a plan's own is) it ended
+        in a line break, and the sentence around it gives the punctuation ("ecosystem. :"
+        and "ecosystem. , your account included" otherwise)."""
+        said = " ".join(self.description.split()).rstrip(".").rstrip()
+        if said:
+            return said
         if self.every_maintainer:
             said = "maintainers of any package"
         else:
