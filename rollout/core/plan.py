@@ -187,6 +187,16 @@ class ActiveWithin(_Strict):
     days: int = Field(strict=True, ge=1, le=3660)
     by: list[Activity] = Field(default_factory=lambda: ["published", "logged_in"], min_length=1)
 
+    @field_validator("by")
+    @classmethod
+    def _each_once(cls, by: list[Activity]) -> list[Activity]:
+        # As orgs, effects and reminders: a list naming one thing twice is a slip (the
+        # emails told the cohort as who "published or published").
+        twice = next((activity for activity in by if by.count(activity) > 1), None)
+        if twice is not None:
+            raise ValueError(f"activity {twice!r} is listed twice")
+        return by
+
 
 class CohortRule(_Strict):
     """Which packages put their maintainers in a cohort. Criteria combine with OR.
