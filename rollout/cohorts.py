@@ -957,21 +957,41 @@ def require_download_window(
 
 
 @contextmanager
-def selecting(con: duckdb.DuckDBPyConnection, rule: CohortRule, as_of: date) -> Iterator[None]:
+def selecting(
+    con: duckdb.DuckDBPyConnection,
+    rule: CohortRule,
+    as_of: date,
+    *,
+    allow_gaps: bool = False,
+    weekly_days: int = 7,
+) -> Iterator[None]:
     """While open, ``marts/cohort_accounts`` reads the accounts ``rule`` selects on
     ``as_of``'s metrics (temp tables only: the warehouse may be opened read-only).
-    A rule whose download window has gaps is refused (``require_download_window``)."""
-    require_metrics(con, as_of, allow_gaps=True)  # a day without them: no zeros for answers
-    require_download_window(con, rule, as_of, allow_gaps=False)
+    A day without metrics is refused (no zeros for answers), and unless ``allow_gaps``
+    so is a rule whose downloads have gaps, as a build refuses it: its download window
+    (``require_download_window``), or the metrics' weekly window (``weekly_days``
+    long) for ``weekly_downloads_gt``, whose sums a gap undercounts (a what-if of a
+    day past the data counted no package above a weekly threshold, without a word)."""
+    weekly_free = allow_gaps or rule.weekly_downloads_gt is None
+    require_metrics(con, as_of, allow_gaps=weekly_free, weekly_days=weekly_days)
+    require_download_window(con, rule, as_of, allow_gaps=allow_gaps)
     query = f"select package_key from ({warehouse.render('marts/cohort_qualified_packages')})"
     with _selected(con, query, rule_parameters(rule, as_of)):
         yield
 
 
-def simulate(con: duckdb.DuckDBPyConnection, rule: CohortRule, as_of: date) -> CohortSizes:
-    """Cohort sizes under ``rule`` on ``as_of``'s metrics; writes nothing."""
+def simulate(
+    con: duckdb.DuckDBPyConnection,
+    rule: CohortRule,
+    as_of: date,
+    *,
+    allow_gaps: bool = False,
+    weekly_days: int = 7,
+) -> CohortSizes:
+    """Cohort sizes under ``rule`` on ``as_of``'s metrics (gaps in its downloads refused
+    unless ``allow_gaps``: ``selecting``); writes nothing."""
     query, params = accounts_query(rule, as_of, cohort="")
-    with selecting(con, rule, as_of):
+    with selecting(con, rule, as_of, allow_gaps=allow_gaps, weekly_days=weekly_days):
         packages = warehouse.scalar(con, "select count(*) from selected_packages")
         sizes = warehouse.one(
             con,

@@ -756,6 +756,33 @@ def test_a_cohort_the_plan_does_not_describe_is_described_by_its_rule(email: str
         assert said in part
 
 
+@pytest.mark.parametrize("email", EMAILS)
+def test_a_cohort_description_written_over_lines_reads_as_one_phrase(email: str) -> None:
+    """A description written as the plan's own is (`description: >`, folded over lines)
+    ends in a line break, and a person ends it with a full stop: the emails said
+    "critical to the ecosystem. :" and "ecosystem. , your account included". The
+    sentence around it gives the punctuation."""
+    plan = plan_of("totp-closed")
+    cohort = plan.phase("totp-closed").cohort
+    folded = "maintainers of the projects we consider\ncritical to the ecosystem.\n"
+    described = plan.model_copy(
+        update={
+            "cohorts": {
+                **plan.cohorts,
+                cohort: plan.cohorts[cohort].model_copy(update={"description": folded}),
+            }
+        }
+    )
+    rendered = render(
+        email, recipient("holder", "totp-closed"), stored(email, "totp-closed"), described
+    )
+    said = "maintainers of the projects we consider critical to the ecosystem"
+    _, visible, _, _ = parts(rendered)
+    for part in (words(rendered.text), words(visible)):
+        # One mark of the sentence's own right after the phrase, no space before it.
+        assert re.search(re.escape(said) + r"[:.,](?: [^:.,]|$)", part), part
+
+
 def _with_tokens_too(plan: Plan) -> Plan:
     """The reference plan with its top-100 phase asking 2FA and no classic tokens, and
     revoking them too."""

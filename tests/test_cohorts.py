@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from rollout import cohorts, metrics
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import ActiveWithin, CohortRule, DownloadsOver, Plan, TopShare
+from rollout.phases.simulate import simulate_plan
 from rollout.registry import Registry, batches
 from rollout.registry.engine import session_scope
 from rollout.registry.models import (
@@ -592,6 +593,37 @@ def test_simulate_writes_nothing(
     sizes = cohorts.simulate(con, CohortRule(weekly_downloads_gt=100), D1)
     assert (sizes.packages, sizes.accounts, sizes.accounts_without_2fa) == (1, 1, 1)
     assert action_count(registry) == 0
+
+
+def test_a_what_if_on_weekly_downloads_refuses_a_gap_in_the_weekly_window_as_a_build_does(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+) -> None:
+    # A what-if of a day whose weekly window the data does not cover counted every
+    # package's weekly downloads short: no package above a weekly threshold, and a
+    # release manager comparing a warn and a require threshold read zeros, exit 0.
+    late = date(2022, 2, 10)  # the window runs to 2022-02-09; data ends 2022-02-07
+    metrics.compute_metrics(con, late, small_cohorts_plan.metrics)
+    extract_registry(con, registry)
+    gap = (
+        r"missing for 2 of the 7 days of 2022-02-10's weekly window "
+        r"\(2022-02-03\.\.2022-02-09\): 2022-02-08\.\.2022-02-09\. Load it, or allow gaps"
+    )
+    weekly = CohortRule(weekly_downloads_gt=50)  # big: 20 a day over the 5 days loaded
+    high_impact = small_cohorts_plan.model_copy(
+        update={"phases": [small_cohorts_plan.phase("high-impact")]}
+    )
+    with pytest.raises(BadInput, match=gap):
+        cohorts.simulate(con, weekly, late)
+    with pytest.raises(BadInput, match=gap):
+        simulate_plan(con, high_impact, late)  # its cohort counts weekly downloads
+    # Allowed, it counts what there is; a rule on dependents alone has no weekly sums.
+    assert cohorts.simulate(con, weekly, late, allow_gaps=True).packages == 1
+    [what_if] = simulate_plan(con, high_impact, late, allow_gaps=True)
+    assert what_if.phase == "high-impact"
+    assert cohorts.simulate(con, CohortRule(top_by_dependents=1), late).packages == 1
 
 
 def test_a_download_rule_over_a_longer_window_needs_every_day_of_it(

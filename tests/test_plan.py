@@ -390,6 +390,21 @@ def test_an_org_filter_names_each_org_once_and_at_least_one(orgs: str, reason: s
     assert problems_in(text) == [(line_of(text, f"orgs: {orgs}"), reason)]
 
 
+def test_an_activity_filter_names_each_activity_once() -> None:
+    """`by: [published, published]` was taken, and the emails told the cohort as
+    maintainers "who published or published in the last 365 days"."""
+    by = "{days: 365, by: [published, published]}"
+    text = edited(
+        "    dependents_gte: 500\n", f"    dependents_gte: 500\n    active_within: {by}\n"
+    )
+    assert problems_in(text) == [
+        (
+            line_of(text, f"active_within: {by}"),
+            "cohorts.high-impact.active_within.by: activity 'published' is listed twice",
+        )
+    ]
+
+
 @pytest.mark.parametrize("value", ["true", "'0.5'", "1.5"])
 def test_the_reach_guard_s_share_is_a_number_from_0_to_1(value: str) -> None:
     """`max_unreached_share: true` meant "turn the guard on" and read as 1.0, a guard

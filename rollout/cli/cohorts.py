@@ -261,9 +261,18 @@ def cohorts_simulate(
         int | None, typer.Option(min=1, help="The top N packages by dependents qualify.")
     ] = None,
     as_of: AsOfOption = None,
+    allow_gaps: Annotated[
+        bool,
+        typer.Option(
+            help="Count even if download days are missing from the weekly window "
+            "(--weekly-downloads-gt)."
+        ),
+    ] = False,
     fmt: FormatOption = Format.table,
 ) -> None:
-    """What-if: cohort sizes under other thresholds. Writes nothing."""
+    """What-if: cohort sizes under other thresholds. Writes nothing. With
+    --weekly-downloads-gt, a weekly window missing download days is refused (exit 2),
+    as `cohorts build` refuses it, unless --allow-gaps."""
     from rollout.cohorts import simulate
     from rollout.core.plan import CohortRule
 
@@ -276,9 +285,11 @@ def cohorts_simulate(
         dependents_gte=dependents_gte,
         top_by_dependents=top,
     )
-    with _runtime(ctx).warehouse(read_only=True) as con:
+    runtime = _runtime(ctx)
+    with runtime.warehouse(read_only=True) as con:
         day = _day_or_latest(con, as_of, "package_metrics_daily")
-        sizes = simulate(con, rule, day)
+        weekly_days = runtime.plan.metrics.weekly_window_days
+        sizes = simulate(con, rule, day, allow_gaps=allow_gaps, weekly_days=weekly_days)
     emit_record(
         {
             "as_of": day,

@@ -188,11 +188,19 @@ def plan_simulate(
         typer.Argument(help="The plan to try (default: $ROLLOUT_PLAN, plans/npm-2022.yaml)."),
     ] = None,
     as_of: AsOfOption = None,
+    allow_gaps: Annotated[
+        bool,
+        typer.Option(
+            help="Count even if download days are missing from a cohort rule's window "
+            "(the weekly one, for weekly_downloads_gt)."
+        ),
+    ] = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """What-if: what each phase of a plan would touch if it ran on a day (its cohort by
     its rule on that day's metrics: accounts it would require 2FA of, their live web
-    sessions). Reads the warehouse only; writes nothing."""
+    sessions). Reads the warehouse only; writes nothing. A rule whose download days
+    are missing is refused (exit 2), as `cohorts build` refuses it, unless --allow-gaps."""
     from rollout.core.plan import load_plan
     from rollout.phases.simulate import PhaseWhatIf, simulate_plan, simulate_warnings
 
@@ -200,7 +208,7 @@ def plan_simulate(
     plan = load_plan(file) if file is not None else runtime.plan
     with runtime.warehouse(read_only=True) as con:
         day = _day_or_latest(con, as_of, "package_metrics_daily")
-        found = simulate_plan(con, plan, day)
+        found = simulate_plan(con, plan, day, allow_gaps=allow_gaps)
         warnings = simulate_warnings(con, plan)
     _say_drift([], warnings)
     emit(

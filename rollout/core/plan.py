@@ -187,6 +187,16 @@ class ActiveWithin(_Strict):
     days: int = Field(strict=True, ge=1, le=3660)
     by: list[Activity] = Field(default_factory=lambda: ["published", "logged_in"], min_length=1)
 
+    @field_validator("by")
+    @classmethod
+    def _each_once(cls, by: list[Activity]) -> list[Activity]:
+        # As orgs, effects and reminders: a list naming one thing twice is a slip (the
+        # emails told the cohort as who "published or published").
+        twice = next((activity for activity in by if by.count(activity) > 1), None)
+        if twice is not None:
+            raise ValueError(f"activity {twice!r} is listed twice")
+        return by
+
 
 class CohortRule(_Strict):
     """Which packages put their maintainers in a cohort. Criteria combine with OR.
@@ -244,9 +254,13 @@ class CohortRule(_Strict):
     def in_words(self) -> str:
         """Who the cohort is, as the emails say it ("Your account is among the ..."): its
         ``description``, or one made from its rule when the plan gives none (the emails
-        read "among the :" without one)."""
-        if self.description.strip():
-            return self.description
+        read "among the :" without one). The description as one line, without a final
+        full stop: written over lines (``description: >``, as a plan's own is) it ended
+        in a line break, and the sentence around it gives the punctuation ("ecosystem. :"
+        and "ecosystem. , your account included" otherwise)."""
+        said = " ".join(self.description.split()).rstrip(".").rstrip()
+        if said:
+            return said
         if self.every_maintainer:
             said = "maintainers of any package"
         else:

@@ -49,18 +49,24 @@ class PhaseWhatIf:
         return [f.name for f in fields(cls)]
 
 
-def simulate_plan(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> list[PhaseWhatIf]:
+def simulate_plan(
+    con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date, *, allow_gaps: bool = False
+) -> list[PhaseWhatIf]:
     """Per phase of ``plan``, in plan order, what it would touch on ``as_of``: the
     registry as it stood at the end of that day (accounts created, 2FA factors held,
     web sessions and tokens live), as far as the registry's times tell; a token's age
-    as enforcement on that day judges it, at the day's start."""
+    as enforcement on that day judges it, at the day's start. A cohort rule whose
+    downloads have gaps that day is refused, as a build refuses it, unless
+    ``allow_gaps`` (``cohorts.selecting``)."""
     exempt = sorted(plan.exempt_usernames)
     ended = day_end(as_of)
     found = []
     for phase in plan.phases:
         rule = plan.cohort(phase.cohort)
         selected, selected_params = cohorts.accounts_query(rule, as_of, cohort="")
-        with cohorts.selecting(con, rule, as_of):
+        with cohorts.selecting(
+            con, rule, as_of, allow_gaps=allow_gaps, weekly_days=plan.metrics.weekly_window_days
+        ):
             packages = warehouse.scalar(con, "select count(*) from selected_packages") or 0
             counts = warehouse.one(
                 con,
