@@ -19,7 +19,7 @@ from flows.common import (
     IO_RETRIES,
     artifact_key,
     cell,
-    day_or_today,
+    data_day_or_today,
     fail_on_user_error,
     run_actor,
     runtime,
@@ -86,7 +86,7 @@ def cohorts(
 
     ``refresh_registry=False`` trusts the registry extract a preceding ingest made.
     """
-    day = day_or_today(as_of)
+    day = data_day_or_today(as_of)
     results = build_all_cohorts(day, allow_gaps, run_actor(runtime().settings), refresh_registry)
     create_markdown_artifact(
         markdown=cohorts_markdown(day, results, cohorts_not_fixed_yet(runtime().plan, day)),
@@ -108,7 +108,7 @@ def daily(
 
     A subflow failed by a user error (missing download days, say) raises that error
     here, and this run fails with the same one line."""
-    day = day_or_today(as_of)
+    day = data_day_or_today(as_of)
     # First: a metrics run that fails must not leave a dropped window to start.
     call_off_dropped_brownouts(run_actor(runtime().settings))
     metrics(as_of=day, ingest_first=ingest_first)

@@ -26,6 +26,7 @@ from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from rollout.core.clock import require_data_day
 from rollout.core.config import Settings
 from rollout.core.errors import RolloutError
 from rollout.core.output import markdown_text as cell
@@ -48,6 +49,15 @@ def day_or_today(as_of: date | None) -> date:
     if scheduled is None:
         return datetime.now(UTC).date()
     return scheduled.astimezone(UTC).date()
+
+
+def data_day_or_today(as_of: date | None) -> date:
+    """The day of a run that computes and keeps a day's data (metrics, cohorts, the
+    report): ``day_or_today``, refused when after today before the run opens anything
+    (as the library and the CLI refuse it): it has no data yet."""
+    day = day_or_today(as_of)
+    require_data_day(day)
+    return day
 
 
 def key_for(*parts: str) -> str:

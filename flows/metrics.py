@@ -16,7 +16,7 @@ from flows.common import (
     IO_RETRIES,
     artifact_key,
     cell,
-    day_or_today,
+    data_day_or_today,
     fail_on_user_error,
     runtime,
     table,
@@ -131,7 +131,7 @@ def metrics_markdown(report: MetricsReport, ingested: IngestReport | None) -> st
 @with_runtime
 def metrics(as_of: date | None = None, ingest_first: bool = True) -> MetricsReport:
     """Package metrics for ``as_of`` (default: today, UTC; the week is the 7 days before)."""
-    day = day_or_today(as_of)
+    day = data_day_or_today(as_of)
     ingested = ingest_landing() if ingest_first else None
     report = compute_package_metrics(day)
     create_markdown_artifact(

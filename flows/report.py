@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import (
     IO_RETRIES,
     artifact_key,
-    day_or_today,
+    data_day_or_today,
     fail_on_user_error,
     runtime,
     with_runtime,
@@ -34,7 +34,7 @@ def build(day: date) -> ReportFiles:
 def report(as_of: date | None = None) -> str:
     """Rebuild the adoption marts for ``as_of`` (default: today, UTC) and write the
     report under reports/<as_of>/; the Markdown is published as an artifact."""
-    day = day_or_today(as_of)
+    day = data_day_or_today(as_of)
     files = build(day)
     create_markdown_artifact(
         markdown=files.markdown.read_text(),

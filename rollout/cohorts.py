@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, Table, and_, case, func, select, upda
 
 from rollout import warehouse
 from rollout.core.calendar import cohorts_step
-from rollout.core.clock import day_end
+from rollout.core.clock import day_end, require_data_day
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import CohortRule, Plan
 from rollout.core.words import by_count, counted, them
@@ -700,6 +700,7 @@ def build_cohorts(
     publish, 2FA factors): for a run that extracted it minutes ago (the daily flow
     ingests first). The cohort tables themselves are always read fresh.
     """
+    require_data_day(as_of)
     require_metrics(con, as_of, allow_gaps=allow_gaps, weekly_days=plan.metrics.weekly_window_days)
     names = cohorts_built_on(plan, as_of, cohorts)
     if not names:

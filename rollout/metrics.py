@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import duckdb
 
 from rollout import warehouse
+from rollout.core.clock import require_data_day
 from rollout.core.plan import MetricsWindows
 from rollout.warehouse import manifests
 
@@ -79,6 +80,7 @@ def compute_metrics(
     """``rebuild``: sum the download windows over all their days and count the
     dependents over every latest manifest, ignoring the kept ones (the full path, and
     the check of the incremental one)."""
+    require_data_day(as_of)
     started = time.perf_counter()
     # Every model below reads the latest manifests, most of them more than once.
     with manifests.latest_manifests(con, rebuild=rebuild):

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from rollout import cohorts, metrics
+from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import ActiveWithin, CohortRule, DownloadsOver, Plan, TopShare
 from rollout.phases.simulate import simulate_plan
@@ -30,6 +31,7 @@ from rollout.registry.models import (
     TeamPackage,
     TfaFactor,
 )
+from rollout.report.reporting import report_from_registry
 from rollout.warehouse import ingest
 from rollout.warehouse.extract import extract_registry
 
@@ -971,3 +973,26 @@ def test_a_release_preview_counts_who_leaves_once_their_other_packages_are_relea
     assert "1 account is in top-1 only through it" in preview
     cohorts.release_package(registry, "top-1", "small", reason="test", actor="rm")
     assert build(con, registry, plan, D2)["top-1"].accounts_left == 1
+
+
+def test_a_day_after_today_is_refused_by_the_library_until_midnight_utc(
+    con: duckdb.DuckDBPyConnection, registry: Registry, plan: Plan, tmp_path: Path
+) -> None:
+    """Metrics, cohorts and the report of a day not come are refused wherever they are
+    asked for (the CLI, a flow run's as_of, a script): it has no data yet, and its
+    metrics would stand as the latest day. From its midnight (UTC) on, it is today."""
+    day = date(2022, 2, 1)
+    clock = SimulatedClock(datetime(2022, 1, 31, 23, 59, 59))
+    refused = r"^as_of: 2022-02-01 is after today \(2022-01-31, UTC\): it has no data yet$"
+    with use_clock(clock):
+        with pytest.raises(BadInput, match=refused):
+            metrics.compute_metrics(con, day, plan.metrics)
+        with pytest.raises(BadInput, match=refused):
+            cohorts.build_cohorts(con, registry, plan, day, actor="test")
+        with pytest.raises(BadInput, match=refused):
+            report_from_registry(con, registry, plan, day, tmp_path / "reports")
+        assert con.execute("select count(*) from package_metrics_daily").fetchone() == (0,)
+        assert con.execute("select count(*) from metrics_runs").fetchone() == (0,)
+        assert not (tmp_path / "reports").exists()
+        clock.move_to(datetime(2022, 2, 1, 0, 0))
+        assert metrics.compute_metrics(con, day, plan.metrics).as_of == day

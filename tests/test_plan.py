@@ -150,6 +150,30 @@ def test_brownout_times_with_and_without_offsets_are_all_naive_utc() -> None:
     assert all(b.starts_at.tzinfo is None for b in plan.brownouts)
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("starts_at: 2022-02-16T00:00:00", "starts_at: '20220216'", "a time"),
+        ("starts_at: 2022-02-16T00:00:00", 'starts_at: "1645000000"', "a time"),
+        ("starts_at: 2022-02-16T00:00:00", "starts_at: ' 1645000000.5 '", "a time"),
+        ("enroll_all_on: 2022-03-01", "enroll_all_on: '1646092800'", "a date"),
+        ("enroll_all_on: 2022-03-01", "enroll_all_on: '20220301'", "a date"),
+    ],
+)
+def test_a_date_or_time_quoted_as_digits_is_refused_not_read_as_seconds_since_1970(
+    old: str, new: str, expected: str
+) -> None:
+    """A templated plan (`starts_at: "${DAY}"`) quoted a day in digits: pydantic read
+    '20220216' as seconds since 1970 (a brown-out on 1970-08-23, enrolment on the day
+    the digits happened to count), as it would the number unquoted, which is refused."""
+    text = edited(old, new)
+    problems = problems_in(text)
+    assert len(problems) == 1, problems
+    line, reason = problems[0]
+    assert line == line_of(text, new.strip())
+    assert f"expected {expected}" in reason and "not a number" in reason
+
+
 def test_overlap_is_judged_in_utc_whatever_the_offsets() -> None:
     # 23:00 at UTC-01:00 is midnight UTC: brownout-1 (00:00 + 24 h) has just ended.
     touching = edited("starts_at: 2022-02-23T00:00:00", "starts_at: 2022-02-16T23:00:00-01:00")

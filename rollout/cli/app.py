@@ -209,14 +209,10 @@ def _data_day(text: str, option: str) -> date:
     today (UTC, by the pipeline's clock). A day ahead has no data: its metrics then
     stood as the latest day package_metrics and the what-ifs default to, and its report
     claimed adoption figures up to a day that has not come."""
-    from rollout.registry.ledger import utc_now
+    from rollout.core.clock import require_data_day
 
     day = _parse_day(text, option)
-    today = utc_now().date()
-    if day > today:
-        raise RolloutError(
-            f"{option}: {text} is after today ({today}, UTC): it has no data yet"
-        ).with_exit(EXIT_BAD_INPUT)
+    require_data_day(day, option)
     return day
 
 

@@ -47,6 +47,21 @@ def utc_now() -> datetime:
     return _clock.get()()
 
 
+def require_data_day(day: date, name: str = "as_of") -> None:
+    """Refuse (bad input, naming ``name``) a day whose data would be computed and kept
+    (metrics, cohorts, the report) when it is after today (UTC, by this clock): it has
+    no data yet. Its metrics would then stand as the latest day every default reads, and
+    its report claim figures up to a day not come. In the library, not only the CLI:
+    a flow run's ``as_of`` (typed in Prefect's UI) reaches it too."""
+    from rollout.core.errors import BadInput
+
+    today = utc_now().date()
+    if day > today:
+        raise BadInput(
+            None, None, f"{name}: {day} is after today ({today}, UTC): it has no data yet"
+        )
+
+
 @contextmanager
 def use_clock(clock: Callable[[], datetime]) -> Iterator[None]:
     """Run the block with ``clock`` as the time (this thread and context only)."""

@@ -54,10 +54,17 @@ def _safe_name(value: str) -> str:
 Name = Annotated[str, AfterValidator(_safe_name)]
 
 
+# What pydantic reads as seconds since 1970 when it is text: digits, a sign, a point.
+_NUMBER_TEXT = re.compile(r"\s*[-+]?(?:\d+\.?\d*|\.\d+)\s*")
+
+
 def _no_number(expected: str) -> BeforeValidator:
     def refuse(value: object) -> object:
-        # YAML reads 20220301 as a number, which pydantic would take as seconds since 1970.
-        if isinstance(value, int | float):
+        # YAML reads 20220301 as a number, which pydantic would take as seconds since 1970;
+        # quoted ('20220301', as a templated plan writes "${DAY}") it does the same.
+        if isinstance(value, int | float) or (
+            isinstance(value, str) and _NUMBER_TEXT.fullmatch(value)
+        ):
             raise ValueError(f"expected {expected}, not a number")
         return value
 

@@ -31,6 +31,7 @@ import pyarrow as pa
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Undefined
 
 from rollout.core.calendar import plan_calendar
+from rollout.core.clock import require_data_day
 from rollout.core.errors import RolloutError
 from rollout.core.files import duckdb_path
 from rollout.core.links import REPORT_HTML, report_folder
@@ -1017,6 +1018,7 @@ def report_from_registry(
     from rollout.report.adoption import build_adoption, registry_inputs
     from rollout.warehouse.extract import extract_registry
 
+    require_data_day(as_of)
     if refresh_registry:
         # Only what the marts read: at npm scale the whole registry is twice the work.
         extract_registry(con, registry, registry_inputs())

@@ -13,13 +13,16 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from python_http_client.exceptions import HTTPError
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from flows import cohorts as cohort_flows
+from flows import metrics as metrics_flows
 from flows import notify as notify_flows
+from flows import report as report_flows
 from flows.common import is_transient
 from rollout.core.config import load_settings
 from rollout.core.errors import BadInput, GuardRefused
@@ -262,6 +265,35 @@ def test_a_daily_run_past_the_data_fails_with_one_line_naming_the_weekly_window(
     with pytest.raises(BadInput):
         state.result()
     assert "weekly window is incomplete" in read_markdown(f"metrics-{today}")
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        pytest.param(lambda day: metrics_flows.metrics(as_of=day, return_state=True), id="metrics"),
+        pytest.param(lambda day: cohort_flows.cohorts(as_of=day, return_state=True), id="cohorts"),
+        pytest.param(lambda day: cohort_flows.daily(as_of=day, return_state=True), id="daily"),
+        pytest.param(lambda day: report_flows.report(as_of=day, return_state=True), id="report"),
+    ],
+)
+def test_a_run_for_a_day_after_today_fails_with_one_line_and_leaves_no_such_day(
+    prefect_server: None, sample_home: Path, run: Any
+) -> None:
+    """As `rollout metrics|cohorts build|report --as-of` refuse it: a day ahead has no
+    data, and its metrics would stand as the latest day every default reads."""
+    today = datetime.now(UTC).date()
+    ahead = today + timedelta(days=10)
+    state = run(ahead)
+    assert state.is_failed()
+    assert state.message == f"as_of: {ahead} is after today ({today}, UTC): it has no data yet"
+    with pytest.raises(BadInput):
+        state.result()
+    warehouse = sample_home / "warehouse.duckdb"
+    if warehouse.exists():  # the run refused before making one: no day at all
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            days = con.execute("select distinct as_of from package_metrics_daily").fetchall()
+        assert (ahead,) not in days
+    assert not (sample_home / "reports" / ahead.isoformat()).exists()
 
 
 # --- what is retried, without a server -----------------------------------------------------
