@@ -795,6 +795,32 @@ def test_a_request_file_with_a_byte_order_mark_is_read_as_landing_files_are(
     assert (request.username, request.days, request.source) == ("ann", 3, "requests.csv line 2")
 
 
+def test_a_request_file_s_header_from_a_spreadsheet_is_read_trimmed_and_in_any_case(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "requests.csv"
+    path.write_text(" Username , DAYS ,Requested_At\nann,3,2023-04-01T08:00:00Z\n")
+    [request] = read_requests(path, datetime(2023, 4, 1, 12))
+    assert (request.username, request.days, request.requested_at) == (
+        "ann",
+        3,
+        datetime(2023, 4, 1, 8),
+    )
+    for header, reason in [
+        (
+            "user,days",
+            "the header must name the columns username and days "
+            "(and optionally requested_at); found 'user', 'days'",
+        ),
+        ("username,Days,days", "column days appears twice (names are not case-sensitive)"),
+        ("username,days,Note", "unknown columns: 'Note'"),
+    ]:
+        path.write_text(f"{header}\nann,3,4\n")
+        with pytest.raises(BadInput) as refused:
+            read_requests(path, datetime(2023, 4, 1, 12))
+        assert str(refused.value) == f"{path}:1: {reason}"
+
+
 def test_a_quoted_value_over_several_lines_keeps_the_line_numbers_after_it(
     tmp_path: Path,
 ) -> None:
