@@ -6,11 +6,14 @@ account once, audited."""
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
 import re
 from datetime import date, datetime, time, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
@@ -793,6 +796,49 @@ def test_a_request_file_with_a_byte_order_mark_is_read_as_landing_files_are(
     path.write_bytes("\ufeffusername,days\r\nann,3\r\n".encode())
     [request] = read_requests(path, datetime(2023, 4, 1, 12))
     assert (request.username, request.days, request.source) == ("ann", 3, "requests.csv line 2")
+
+
+def test_a_request_file_s_header_from_a_spreadsheet_is_read_trimmed_and_in_any_case(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "requests.csv"
+    path.write_text(" Username , DAYS ,Requested_At\nann,3,2023-04-01T08:00:00Z\n")
+    [request] = read_requests(path, datetime(2023, 4, 1, 12))
+    assert (request.username, request.days, request.requested_at) == (
+        "ann",
+        3,
+        datetime(2023, 4, 1, 8),
+    )
+    for header, reason in [
+        (
+            "user,days",
+            "the header must name the columns username and days "
+            "(and optionally requested_at); found 'user', 'days'",
+        ),
+        ("username,Days,days", "column days appears twice (names are not case-sensitive)"),
+        ("username,days,Note", "unknown columns: 'Note'"),
+    ]:
+        path.write_text(f"{header}\nann,3,4\n")
+        with pytest.raises(BadInput) as refused:
+            read_requests(path, datetime(2023, 4, 1, 12))
+        assert str(refused.value) == f"{path}:1: {reason}"
+
+
+@pytest.mark.parametrize(
+    ("compress", "name"),
+    [(gzip.compress, "gzip"), (bz2.compress, "bzip2"), (lzma.compress, "xz")],
+)
+def test_a_compressed_request_file_is_said_to_be_compressed(
+    rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compress: Any, name: str
+) -> None:
+    monkeypatch.setenv("ROLLOUT_PLAN", str(ROOT / "plans" / "github-2023.yaml"))
+    path = tmp_path / "requests.csv.gz"
+    path.write_bytes(compress(b"username,days\nann,3\n"))
+    snoozed = CliRunner().invoke(app, ["phase", "snooze", PHASE, "--file", str(path)])
+    assert snoozed.exit_code == 2, snoozed.output
+    assert snoozed.stderr.strip() == (
+        f"error: {path}: a {name}-compressed file, not text: decompress it first"
+    )
 
 
 def test_a_quoted_value_over_several_lines_keeps_the_line_numbers_after_it(

@@ -22,6 +22,7 @@ from rollout.notify.emails import ENFORCEMENT_EMAIL
 from rollout.notify.outbox import ENFORCED, QUEUED_LATE, TOO_LATE
 from rollout.notify.queue import queue_due
 from rollout.phases import enforce
+from rollout.phases.previews import reach_verdict
 from rollout.registry import Registry
 from rollout.registry.models import Account, PhaseRequirement
 from tests.factories import NotificationFactory, bound_to
@@ -122,6 +123,35 @@ def test_the_sends_preview_counts_the_warnings_it_skips_as_already_enforced(
     with on(date(2022, 2, 2)):
         assert skips_waiting(registry, plan, include_failed=True) == {(TOO_LATE, "reminder"): 1}
         assert drain(registry, plan, Recording(), retry_failed=True).skipped == {TOO_LATE: 1}
+
+
+def test_an_early_enforcement_s_preview_says_which_warnings_it_leaves_unsent(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """top-100's notices queued on 01-04 at 09:00 and not sent yet; previewed at 09:30
+    for an early enforcement: ann's notice is waiting, and the preview says that once
+    enforced it is never sent (the send skips it, already enforced), as the send then
+    does. cat's and dan's (an unverified, a suppressed address) never go anyway."""
+    with on(NOTICE_DAY):
+        queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    with on(NOTICE_DAY, hour=10):
+        preview = enforce.preview_phase(registry, plan, plan.phase("top-100"))
+        assert preview.warnings_left_unsent == {"not sent yet": 1}
+        verdict = reach_verdict(preview)
+        assert (
+            "1 account of them (not sent yet 1) would never get their notice or reminder "
+            "once enforced: the send skips it as already enforced"
+        ) in verdict
+        enforce.enforce_phase(
+            registry, plan, "top-100", expect=preview.count, actor="rm", early=True
+        )
+        report = drain(registry, plan, Recording())
+    assert report.skipped[ENFORCED] == sum(preview.warnings_left_unsent.values())
+    assert rows(registry, "phase_notice")["ann"] == ("skipped", ENFORCED)
+    with on(NOTICE_DAY, hour=11):  # nothing left waiting: said of nobody
+        assert (
+            enforce.preview_phase(registry, plan, plan.phase("top-100")).warnings_left_unsent == {}
+        )
 
 
 def test_no_notice_of_a_phase_goes_to_an_account_it_enforced_early(

@@ -375,3 +375,20 @@ def readable_lines(data: bytes, compression: str) -> int:
         while chunk := stream.read(16):
             lines += chunk.count(b"\n")
     return lines
+
+
+@pytest.mark.parametrize(("compression", "said"), [("gz", "gzip"), ("zst", "zstd")])
+@pytest.mark.parametrize("case", CASES)
+def test_a_file_compressed_under_a_plain_name_is_said_to_be_compressed(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, case: str, compression: str, said: str
+) -> None:
+    compressed = write(tmp_path, case, compression, CLEAN)
+    path = compressed.with_suffix("")  # downloads-2022-01-10.csv, its bytes gzip's
+    compressed.rename(path)
+    with pytest.raises(BadInput) as refused:
+        load(con, path)
+    assert str(refused.value) == (
+        f"{path}: a {said}-compressed file, not text: decompress it first "
+        f"(or name it {COMPRESSIONS[compression][0]})"
+    )
+    assert row_counts(con) == NOTHING

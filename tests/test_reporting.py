@@ -27,7 +27,7 @@ from rollout.report.reporting import (
 )
 from rollout.report.spec import report_spec
 from rollout.warehouse import open_warehouse
-from tests.hostile import FORMULAS, MARKUP
+from tests.hostile import FORMULAS, HEADERS, MARKUP, TERMINAL
 from tests.support.reports import (
     AS_OF,
     CSV_HOSTILE_ORG,
@@ -242,6 +242,36 @@ def test_user_input_is_escaped_in_the_html(report: ReportFiles) -> None:
     assert "&lt;b&gt;x&lt;/b&gt;&amp;&#34;" in html
     assert "<script>alert" not in html
     assert "email &lt;script&gt;alert(1)&lt;/script&gt; sent" in html
+
+
+def test_a_control_character_in_a_name_shows_as_its_escape_in_the_html_as_in_the_markdown(
+    tmp_path: Path, plan: Plan
+) -> None:
+    """A right-to-left override (or an isolate, ESC, NUL) in an org's or a brown-out's
+    name would reorder or hide what the page shows: it shows as its escape, as on a
+    terminal and in the Markdown."""
+    names = [*TERMINAL, *HEADERS]
+    with open_warehouse(make_warehouse(tmp_path, plan)) as con:
+        con.executemany(
+            "insert into adoption_by_org values (?, ?, ?, ?, ?, ?, ?)",
+            [(name, 1000 + i, 1, 0.0, 1, 0, None) for i, name in enumerate(names)],
+        )
+        con.execute(
+            "insert into brownout_impact values ('brown\u202eout', 'brownout', '2022-02-16', "
+            "'2022-02-17', 10, 5, 1, 1, 1, 1, null, null)"
+        )
+        files = build_report(con, plan, AS_OF, tmp_path / "out")
+    html = files.html.read_text()
+    controls = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+    assert not controls.search(html), controls.findall(html)
+    assert "right\\u202eto-left" in html
+    assert "acme\\u202e\\u2066moc.elgoog//:sptth ta nigol\\u2069" in html
+    assert "\\x1b[2K\\x1b[1Amallory" in html
+    brownouts = re.search(r'<svg[^>]*id="chart-brownouts".*?</svg>', html, re.S)
+    assert brownouts is not None and "brown\\u202eout" in brownouts.group(0)
+    rendered = MarkdownIt("commonmark").enable("table").render(files.markdown.read_text())
+    assert not controls.search(rendered)
+    assert "right\\u202eto-left" in rendered
 
 
 def test_only_the_largest_orgs_are_in_the_page(report: ReportFiles) -> None:

@@ -41,12 +41,40 @@ def written_in_place(path: Path) -> Iterator[Path]:
         raise
 
 
+# What a compressed file starts with, by the tool that made it: such a file given where
+# text is read (a plan, a file of snooze requests) is said to be compressed, not "not
+# UTF-8 text: byte 0x8b" (gzip's second byte).
+COMPRESSED_MAGIC = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x5d\x00\x00", "lzma"),
+    (b"PK\x03\x04", "zip"),
+    (b"7z\xbc\xaf\x27\x1c", "7-Zip"),
+    (b"\x04\x22\x4d\x18", "lz4"),
+)
+
+
+def compressed_as(data: bytes) -> str | None:
+    """The compression ``data`` starts with (``gzip``, ``zstd``, ...), or None."""
+    return next((name for magic, name in COMPRESSED_MAGIC if data.startswith(magic)), None)
+
+
 def utf8_text(path: Path, data: bytes) -> str:
     """``data``, read from ``path``, as UTF-8 text (a byte-order mark skipped, as
-    spreadsheets write one), or BadInput naming the line and byte where it is not."""
+    spreadsheets write one), or BadInput naming the line and byte where it is not, or,
+    for a compressed file, saying so (decompress it first)."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
+        # Only bytes that are not text are taken for a compressed file: a text file that
+        # happens to start like one (``BZh``) is read as the text it is.
+        compression = compressed_as(data)
+        if compression is not None:
+            raise BadInput(
+                path, None, f"a {compression}-compressed file, not text: decompress it first"
+            ) from None
         start = data.rfind(b"\n", 0, error.start) + 1
         line = data.count(b"\n", 0, error.start) + 1
         raise BadInput(

@@ -10,7 +10,10 @@ of the rules that keep it data, whatever the output:
 - text for a terminal shows its control characters as escapes (:func:`visible`) and
   is never read as Rich markup (:data:`stderr` and every console made here);
 - text for Markdown shows as the text it is, never as markup, HTML or a link
-  (:func:`markdown_text`).
+  (:func:`markdown_text`);
+- text for an HTML page (the adoption report, its SVG charts) shows its control
+  characters as escapes, as a terminal and Markdown show them (:func:`html_text`),
+  before the page escapes it.
 """
 
 from __future__ import annotations
@@ -128,6 +131,20 @@ def write_csv(out: TextIO, columns: Sequence[str], rows: Iterable[Mapping[str, A
     out.write(line([csv_cell(c) for c in columns]))
     for row in rows:
         out.write(line([csv_cell(row.get(c)) for c in columns]))
+
+
+# --- HTML: control characters visible, as on a terminal and in Markdown ---------------
+
+
+def html_text(value: Any) -> Any:
+    """A string for an HTML page, before it is escaped: its control characters shown as
+    escapes (:func:`visible`; a right-to-left override ``\\u202e`` in an org's name would
+    show the name, and whatever follows it in its cell, reversed; ESC and NUL are not
+    text). Line breaks and tabs stay (HTML shows them as spaces). Anything else (a
+    number, ``Markup`` the page's own code wrote) as it is."""
+    if isinstance(value, str) and not hasattr(value, "__html__"):
+        return visible(value, lines=True)
+    return value
 
 
 # --- terminals: control characters visible (rollout.core.controls), no markup -----------

@@ -30,6 +30,8 @@ NOTIFICATIONS = Notification.__table__
 # comes after; the phase summary goes to release managers).
 WARNINGS = ("phase_notice", "reminder")
 NEVER_SENT = "never sent a notice"
+NOT_SENT_YET = "not sent yet"
+SEND_FAILED = "send failed"
 # The categories of why, most telling first: an account's why is its most telling
 # warning's. Each why starts with its category (then ": " and the detail, if any).
 CATEGORIES = (
@@ -38,9 +40,9 @@ CATEGORIES = (
     "suppressed",
     "unverified email",
     TOO_LATE,
-    "send failed",
+    SEND_FAILED,
     "not delivered yet",
-    "not sent yet",
+    NOT_SENT_YET,
     NEVER_SENT,
 )
 
@@ -84,14 +86,14 @@ def _rank_and_why() -> tuple[Any, Any]:
         (and_(sent, c.delivery == "dropped"), 1, "dropped" + detail),
         (and_(skipped, about_the_address), 2, c.skip_reason),
         (and_(skipped, c.skip_reason == TOO_LATE), 3, literal(TOO_LATE)),
-        (c.state == "failed", 4, literal("send failed")),
+        (c.state == "failed", 4, literal(SEND_FAILED)),
         (and_(sent, c.delivery == "deferred"), 5, literal("not delivered yet: deferred")),
         (and_(sent, c.delivery == "processed"), 5, literal("not delivered yet: processed")),
         (sent, 5, literal("not delivered yet: no delivery event")),
         (skipped, 7, literal(NEVER_SENT)),
     ]
     rank = case(*((when, value) for when, value, _ in whens), else_=6)
-    why = case(*((when, text) for when, _, text in whens), else_=literal("not sent yet"))
+    why = case(*((when, text) for when, _, text in whens), else_=literal(NOT_SENT_YET))
     return rank, why
 
 

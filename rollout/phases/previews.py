@@ -22,7 +22,7 @@ from rollout.core.names import safe_path_component
 from rollout.core.output import markdown_text as md
 from rollout.core.output import write_csv
 from rollout.core.words import counted
-from rollout.notify.reach import CATEGORIES, category
+from rollout.notify.reach import CATEGORIES, NOT_SENT_YET, SEND_FAILED, category
 from rollout.registry.ledger import utc_now
 
 if TYPE_CHECKING:
@@ -41,6 +41,9 @@ COLUMNS = (
     "deadline",
     "notice",
 )
+# The reasons an account was never reached whose warning may still go out, until its
+# phase is enforced: then the send skips it, already enforced (PhasePreview.warnings_left_unsent).
+UNSENT_CATEGORIES = (NOT_SENT_YET, SEND_FAILED)
 # What the ``notice`` column says of an account a warning reached (else why not).
 REACHED = "delivered"
 # The tokens a phase that revokes tokens would revoke: their own CSV beside the accounts'.
@@ -230,6 +233,16 @@ class PhasePreview:
             "deliberately, or release packages from the cohort."
         )
 
+    @property
+    def warnings_left_unsent(self) -> dict[str, int]:
+        """Of the never reached, by category, those whose warning is still to be sent
+        (queued, or failed and not retried): enforced first, it never is, as the send
+        skips a warning to an account its phase has enforced (``already enforced``:
+        rollout.notify.drain._enforced), so they learn of it from the enforcement notice."""
+        return {
+            why: n for why, n in self.unreached_by_category().items() if why in UNSENT_CATEGORIES
+        }
+
     def unreached_by_category(self) -> dict[str, int]:
         """How many were never reached, by the category of why, most telling first."""
         counts = Counter(category(why) for why in self.unreached.values())
@@ -350,18 +363,30 @@ def _table(
 
 def reach_verdict(p: PhasePreview) -> str:
     """One sentence on the reach guard: within the plan's limit, or over it (and what
-    enforcing anyway takes)."""
+    enforcing anyway takes); then, if any, how many of them have a warning waiting that
+    enforcing now leaves unsent for good (:attr:`PhasePreview.warnings_left_unsent`)."""
     unreached = len(p.unreached)
     share = f"{unreached} of {p.count} ({p.unreached_share:.1%})"
     if p.max_unreached_share is None:
-        return f"Never reached: {share}; the plan sets no limit (max_unreached_share)."
-    limit = f"the plan's limit of {p.max_unreached_share:.1%}"
-    if not p.over_unreached_limit:
-        return f"Never reached: {share}, within {limit}."
-    return (
-        f"Never reached: {share}, over {limit}: enforcement refuses unless the count is "
-        f"typed back (--accept-unreached {unreached})."
-    )
+        verdict = f"Never reached: {share}; the plan sets no limit (max_unreached_share)."
+    elif not p.over_unreached_limit:
+        verdict = f"Never reached: {share}, within the plan's limit of {p.max_unreached_share:.1%}."
+    else:
+        verdict = (
+            f"Never reached: {share}, over the plan's limit of {p.max_unreached_share:.1%}: "
+            f"enforcement refuses unless the count is typed back (--accept-unreached {unreached})."
+        )
+    unsent = p.warnings_left_unsent
+    if unsent:
+        # What enforcing does to them beyond the list: their warning never goes out.
+        verdict += (
+            f" {counted(sum(unsent.values()), 'account')} of them "
+            f"({', '.join(f'{why} {n}' for why, n in unsent.items())}) would never get "
+            "their notice or reminder once enforced: the send skips it as already "
+            "enforced (send it first: rollout notify send --apply, with --retry-failed for "
+            "a failed one)."
+        )
+    return verdict
 
 
 def _reach_lines(p: PhasePreview, limit: int) -> list[str]:

@@ -48,7 +48,7 @@ from rollout.registry.ledger import (
     utc_now,
 )
 from rollout.registry.models import Account, CohortMembership, Notification, PhaseRequirement
-from rollout.warehouse.landing import COMPRESSED_SUFFIXES
+from rollout.warehouse.landing import COMPRESSED_SUFFIXES, shorten
 
 ACCOUNTS = Account.__table__
 NOTIFICATIONS = Notification.__table__
@@ -127,6 +127,9 @@ def requests_fingerprint(requests: list[SnoozeRequest]) -> str:
     )
 
 
+_COLUMNS = ("username", "days", "requested_at")
+
+
 def read_requests(path: Path, now: datetime, *, read_each_day: bool = False) -> list[SnoozeRequest]:
     """The requests of a CSV file (header ``username,days`` and an optional
     ``requested_at``, UTC). Any bad row refuses the whole file, naming its line. A row
@@ -142,15 +145,28 @@ def read_requests(path: Path, now: datetime, *, read_each_day: bool = False) -> 
     # (rollout.warehouse.landing): else the header's first name is not found.
     rows = _rows(path, utf8_text(path, data))
     first = next(rows, None)
-    header = first[1] if first is not None else None
-    if header is None or not {"username", "days"} <= set(header):
-        raise BadInput(path, 1, "the header must name the columns username and days")
+    # A spreadsheet's export may say ` Username ` or `DAYS`: a column's name is read
+    # trimmed and in any case (the message shows the header as written).
+    written = first[1] if first is not None else []
+    header = [name.strip().casefold() for name in written]
+    if not {"username", "days"} <= set(header):
+        found = ", ".join(repr(name) for name in written) or "nothing"
+        raise BadInput(
+            path,
+            1,
+            "the header must name the columns username and days "
+            f"(and optionally requested_at); found {shorten(found)}",
+        )
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:  # which one would be read? (a dict keeps the last, silently)
-        raise BadInput(path, 1, f"column {repeated[0]} appears twice")
-    unknown = set(header) - {"username", "days", "requested_at"}
+        raise BadInput(
+            path, 1, f"column {repeated[0]} appears twice (names are not case-sensitive)"
+        )
+    unknown = [w for w, name in zip(written, header, strict=True) if name not in _COLUMNS]
     if unknown:
-        raise BadInput(path, 1, f"unknown columns: {', '.join(sorted(unknown))}")
+        raise BadInput(
+            path, 1, f"unknown columns: {shorten(', '.join(repr(name) for name in unknown))}"
+        )
     requests: list[SnoozeRequest] = []
     seen: dict[str, int] = {}
     for line, row in rows:

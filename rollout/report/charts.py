@@ -2,7 +2,8 @@
 
 Each chart is a function of plain data that returns one ``<svg>`` element as
 ``Markup``, ready for an autoescaped Jinja template. Every text and attribute value
-is escaped here (org, cohort and brown-out names are input), and every coordinate
+is escaped here, its control characters shown as escapes first (org, cohort and
+brown-out names are input), and every coordinate
 goes through ``_n``, so a NaN or an infinity in the data can never reach the SVG.
 A chart with nothing to draw still renders, with a "No data yet" note in it.
 """
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from markupsafe import Markup, escape
+
+from rollout.core.output import html_text
 
 WIDTH = 960
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif"
@@ -72,6 +75,12 @@ def percent(value: float) -> str:
     return f"{finite(value) * 100:.1f}%"
 
 
+def _escaped(text: str) -> Markup:
+    """A text or attribute value of a chart: its control characters shown as the report's
+    tables show them (``rollout.core.output.html_text``), then escaped."""
+    return escape(html_text(text))
+
+
 class Svg:
     """A tiny SVG writer: elements in order, all values escaped."""
 
@@ -90,14 +99,14 @@ class Svg:
                 continue
             name = key.rstrip("_").replace("_", "-")
             shown = _n(value) if isinstance(value, int | float) else str(value)
-            out.append(f' {name}="{escape(shown)}"')
+            out.append(f' {name}="{_escaped(shown)}"')
         return "".join(out)
 
     def el(self, tag: str, text: str | None = None, /, **attrs: object) -> None:
         if text is None:
             self._parts.append(f"<{tag}{self._attrs(attrs)}/>")
         else:
-            self._parts.append(f"<{tag}{self._attrs(attrs)}>{escape(text)}</{tag}>")
+            self._parts.append(f"<{tag}{self._attrs(attrs)}>{_escaped(text)}</{tag}>")
 
     def open(self, tag: str, /, **attrs: object) -> None:
         self._parts.append(f"<{tag}{self._attrs(attrs)}>")
@@ -123,8 +132,8 @@ class Svg:
             f' viewBox="0 0 {WIDTH} {_n(self.height)}" width="{WIDTH}"'
             f' height="{_n(self.height)}" role="img" aria-labelledby="{escape(ids)}"'
             f' font-family="{escape(FONT)}">'
-            f'<title id="{escape(self.chart_id)}-title">{escape(self.title)}</title>'
-            f'<desc id="{escape(self.chart_id)}-desc">{escape(self.description)}</desc>'
+            f'<title id="{escape(self.chart_id)}-title">{_escaped(self.title)}</title>'
+            f'<desc id="{escape(self.chart_id)}-desc">{_escaped(self.description)}</desc>'
         )
         return Markup(head + "".join(self._parts) + "</svg>")
 

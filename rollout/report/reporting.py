@@ -35,7 +35,7 @@ from rollout.core.clock import require_data_day
 from rollout.core.errors import RolloutError
 from rollout.core.files import duckdb_path
 from rollout.core.links import REPORT_HTML, report_folder
-from rollout.core.output import csv_cells, markdown_text
+from rollout.core.output import csv_cells, html_text, markdown_text
 from rollout.core.plan import Phase, Plan
 from rollout.core.resources import resource_dir
 from rollout.core.stopping import stop_requested_by_signals
@@ -867,9 +867,10 @@ def _environment(markdown: bool) -> Environment:
         # reports/templates: the checkout's (editable install) or the wheel's copy.
         loader=FileSystemLoader(resource_dir("reports") / "templates"),
         undefined=StrictUndefined,
-        # HTML escapes everything that is not Markup; Markdown escapes every {{ value }}.
+        # HTML escapes everything that is not Markup, its control characters shown first
+        # as the terminal and Markdown show them; Markdown escapes every {{ value }}.
         autoescape=not markdown,
-        finalize=_md if markdown else None,
+        finalize=_md if markdown else html_text,
         keep_trailing_newline=True,
         auto_reload=False,
         trim_blocks=True,

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from rollout.core.counts import WHOLE_COUNT_PATTERN
 from rollout.core.errors import BadInput
-from rollout.core.files import duckdb_path
+from rollout.core.files import compressed_as, duckdb_path
 from rollout.core.words import counted
 
 Kind = Literal["downloads", "manifests", "logins", "publishes", "events"]
@@ -578,8 +578,19 @@ def _not_utf8(path: Path, reason: str) -> BadInput:
     """Where a text file stops being UTF-8, as ``BadInput`` naming the line. Decoders
     work on chunks (Python's text reader 8 KB at a time, even for a CSV header), so
     where they fail says neither the line nor what was being read: the file's lines
-    are read again as bytes, only now that it is refused, to find the bad byte."""
+    are read again as bytes, only now that it is refused, to find the bad byte. A file
+    compressed under a plain name (gzip's bytes in ``downloads.csv``) is said so."""
     try:
+        with _open_binary(path) as stream:
+            compression = compressed_as(stream.read(8))
+        if compression is not None:
+            named = {"gzip": " (or name it .gz)", "zstd": " (or name it .zst)"}
+            return BadInput(
+                path,
+                None,
+                f"a {compression}-compressed file, not text: decompress it first"
+                + named.get(compression, ""),
+            )
         with _open_binary(path) as stream:
             for number, line in enumerate(_byte_lines(stream), start=1):
                 try:
