@@ -174,6 +174,35 @@ def test_a_date_or_time_quoted_as_digits_is_refused_not_read_as_seconds_since_19
     assert f"expected {expected}" in reason and "not a number" in reason
 
 
+@pytest.mark.parametrize(
+    "written",
+    [
+        "2022-03-01T00:00:00-08:00",  # 08:00 UTC on the day: taken as the day
+        "2022-03-01T00:00:00+05:00",  # 19:00 UTC the day before: taken as 2022-03-01
+        "2022-03-01T00:00:00Z",
+        "2022-03-01 00:00:00",
+        "'2022-03-01T00:00:00+05:00'",
+        "'2022-03-01T00:00'",
+        "' 2022-03-01'",
+    ],
+)
+@pytest.mark.parametrize(
+    "field", ["enroll_all_on: 2022-03-01", "notice_on: 2022-01-04", "starts: 2021-12-07"]
+)
+def test_a_date_given_as_a_time_or_with_an_offset_is_refused_at_its_line(
+    field: str, written: str
+) -> None:
+    """A plan's dates are days: a midnight with an offset was read as its calendar day,
+    whatever instant that was in UTC (the previous day, at +05:00), silently."""
+    key = field.split(":")[0]
+    text = edited(field, f"{key}: {written}")
+    problems = problems_in(text)
+    assert len(problems) == 1, problems
+    line, reason = problems[0]
+    assert line == line_of(text, f"{key}: {written}")
+    assert f"{key}: expected a date, YYYY-MM-DD, not " in reason
+
+
 def test_overlap_is_judged_in_utc_whatever_the_offsets() -> None:
     # 23:00 at UTC-01:00 is midnight UTC: brownout-1 (00:00 + 24 h) has just ended.
     touching = edited("starts_at: 2022-02-23T00:00:00", "starts_at: 2022-02-16T23:00:00-01:00")

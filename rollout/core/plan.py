@@ -109,7 +109,30 @@ def _supported_moment(value: datetime) -> datetime:
     return moment
 
 
-Day = Annotated[date, _no_number("a date, YYYY-MM-DD"), AfterValidator(_supported_day)]
+# A day as written: YYYY-MM-DD. pydantic also reads a time at midnight as its day,
+# whatever its offset: 2022-03-01T00:00:00+05:00 is 2022-02-28 19:00 UTC, and was
+# taken as 2022-03-01 (a time later that day was refused). A day is given as a day.
+_DAY_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _day_as_written(value: object) -> object:
+    if isinstance(value, datetime):  # YAML read it as a time: it had one
+        raise ValueError(
+            f"expected a date, YYYY-MM-DD, not a time ({value.isoformat()}): a day is "
+            "given without a time or offset"
+        )
+    if isinstance(value, str) and not _DAY_TEXT.fullmatch(value):
+        raise ValueError(f"expected a date, YYYY-MM-DD, not {value!r}")
+    return value
+
+
+# (pydantic runs the before-validators last to first: a number is refused as one first.)
+Day = Annotated[
+    date,
+    BeforeValidator(_day_as_written),
+    _no_number("a date, YYYY-MM-DD"),
+    AfterValidator(_supported_day),
+]
 # Times are compared with each other and with the registry's, which are naive UTC: a
 # time given with an offset is converted once, here, so every plan time is naive UTC.
 Moment = Annotated[
