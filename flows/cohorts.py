@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.brownouts import call_off_dropped_brownouts
 from flows.common import (
     IO_RETRIES,
+    FlowDay,
     artifact_key,
     cell,
     data_day_or_today,
@@ -80,7 +81,7 @@ def cohorts_markdown(
 @fail_on_user_error
 @with_runtime
 def cohorts(
-    as_of: date | None = None, allow_gaps: bool = False, refresh_registry: bool = True
+    as_of: FlowDay | None = None, allow_gaps: bool = False, refresh_registry: bool = True
 ) -> list[CohortResult]:
     """Cohorts for ``as_of`` (default: today, UTC); the day's metrics must exist.
 
@@ -100,7 +101,7 @@ def cohorts(
 @fail_on_user_error
 @with_runtime
 def daily(
-    as_of: date | None = None, ingest_first: bool = True, allow_gaps: bool = False
+    as_of: FlowDay | None = None, ingest_first: bool = True, allow_gaps: bool = False
 ) -> list[CohortResult]:
     """``metrics`` then ``cohorts`` as subflows; a failed metrics run stops the cohorts.
     First, the brown-out windows the plan dropped that have not started are cancelled

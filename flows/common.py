@@ -30,10 +30,18 @@ from rollout.core.clock import require_data_day
 from rollout.core.config import Settings
 from rollout.core.errors import RolloutError
 from rollout.core.output import markdown_text as cell
+from rollout.core.plan import Day
 from rollout.runtime import Runtime
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# Every flow's day parameter (``as_of``), as Prefect validates it (with pydantic) from
+# the UI, `prefect deployment run --param` or a schedule: a day written YYYY-MM-DD, as
+# a plan's dates and the CLI's --as-of are. pydantic alone read digits (1646092800,
+# typed or quoted) as seconds since 1970 and a midnight with an offset as its calendar
+# day: a run of another day than asked, its data written under it.
+FlowDay = Day
 
 
 def day_or_today(as_of: date | None) -> date:

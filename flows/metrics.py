@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import (
     IO_RETRIES,
+    FlowDay,
     artifact_key,
     cell,
     data_day_or_today,
@@ -129,7 +130,7 @@ def metrics_markdown(report: MetricsReport, ingested: IngestReport | None) -> st
 @flow(name="metrics", description="Ingest landing files, then compute a day's package metrics.")
 @fail_on_user_error
 @with_runtime
-def metrics(as_of: date | None = None, ingest_first: bool = True) -> MetricsReport:
+def metrics(as_of: FlowDay | None = None, ingest_first: bool = True) -> MetricsReport:
     """Package metrics for ``as_of`` (default: today, UTC; the week is the 7 days before)."""
     day = data_day_or_today(as_of)
     ingested = ingest_landing() if ingest_first else None

@@ -56,6 +56,7 @@ from pydantic import SecretStr
 
 from flows.common import (
     IO_RETRIES,
+    FlowDay,
     artifact_key,
     day_or_today,
     fail_on_user_error,
@@ -449,7 +450,7 @@ def notify_markdown(
 @fail_on_user_error
 @with_runtime
 def notify(
-    as_of: date | None = None,
+    as_of: FlowDay | None = None,
     send: bool = True,
     concurrency: int = 8,
     retry_failed: bool = False,

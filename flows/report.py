@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import (
     IO_RETRIES,
+    FlowDay,
     artifact_key,
     data_day_or_today,
     fail_on_user_error,
@@ -31,7 +32,7 @@ def build(day: date) -> ReportFiles:
 @flow(name="report", description="The adoption report: HTML, Markdown and CSV per mart.")
 @fail_on_user_error
 @with_runtime
-def report(as_of: date | None = None) -> str:
+def report(as_of: FlowDay | None = None) -> str:
     """Rebuild the adoption marts for ``as_of`` (default: today, UTC) and write the
     report under reports/<as_of>/; the Markdown is published as an artifact."""
     day = data_day_or_today(as_of)

@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
-from datetime import datetime, time
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -172,3 +172,55 @@ def test_the_project_dir_is_fixed_at_deploy_time_only_when_set_there(
     # ...which the pull step resolves from the worker's environment when a run starts.
     monkeypatch.setenv("ROLLOUT_PROJECT_DIR", "/srv/worker")
     assert apply_values(deployed[step], dict(os.environ))["directory"] == "/srv/worker"
+
+
+def _day_parameters() -> list[tuple[str, str]]:
+    """Every (deployment, parameter) whose flow takes a day."""
+    found = []
+    for name in sorted(DEPLOYMENTS):
+        flow = load_entrypoint(DEPLOYMENTS[name]["entrypoint"])
+        for parameter in inspect.signature(flow.fn, eval_str=True).parameters.values():
+            if date in _types_in(parameter.annotation):
+                found.append((name, parameter.name))
+    return found
+
+
+def _types_in(annotation: Any) -> set[Any]:
+    from typing import get_args
+
+    parts = get_args(annotation)
+    return {annotation} if not parts else {t for part in parts for t in _types_in(part)}
+
+
+def test_some_deployments_take_a_day() -> None:
+    assert {"daily", "metrics", "cohorts", "notify", "report"} <= {n for n, _ in _day_parameters()}
+
+
+@pytest.mark.parametrize(("name", "parameter"), _day_parameters())
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "1646092800",  # seconds since 1970: 2022-03-01 to pydantic
+        1646092800,
+        "20220301",
+        20220301,
+        "2022-03-01T00:00:00-08:00",  # a midnight with an offset: taken as its calendar day
+        "2022-03-01T00:00:00+05:00",  # the day before, in UTC
+        "2022-W09-2",
+    ],
+)
+def test_a_day_parameter_is_a_day_written_yyyy_mm_dd_not_digits_or_a_time(
+    name: str, parameter: str, typed: object
+) -> None:
+    """A day typed in Prefect's UI or `prefect deployment run --param as_of=...` as digits
+    ran the flow for the day those digits count in seconds since 1970, and a midnight with
+    an offset for its calendar day, whatever day that is in UTC. Each is refused before
+    the flow starts, naming the parameter; YYYY-MM-DD is taken."""
+    from prefect.exceptions import ParameterTypeError
+
+    flow = load_entrypoint(DEPLOYMENTS[name]["entrypoint"])
+    base = dict(DEPLOYMENTS[name].get("parameters") or {})
+    with pytest.raises(ParameterTypeError, match=rf"{parameter}: .*expected a date, YYYY-MM-DD"):
+        flow.validate_parameters({**base, parameter: typed})
+    taken = flow.validate_parameters({**base, parameter: "2022-03-01"})
+    assert taken[parameter] == date(2022, 3, 1)
