@@ -8,6 +8,7 @@ ahead."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,46 @@ def test_a_future_day_inside_the_range_is_a_day_like_any_other(rollout_home: Pat
         assert queued.exit_code == 0, queued.stderr
     shown = run("plan", "show", "--at", "2199-12-31T23:59:59")
     assert shown.exit_code == 0, shown.stderr
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        "20220216",  # --as-of refuses these days; --at took them too
+        "2022-W07-3",
+        "2022W073",
+        "20220216T10:00",
+        "2022-02-16x10:00",  # Python reads any separator
+        "2022-02-16 10:00",
+        "2022-02-16T10",
+        "2022-02-16T1000",
+        "2022-02-16T10:00:00.5",
+        "2022-02-16T10:00+0530",
+    ],
+)
+def test_a_time_not_written_as_the_docs_give_it_is_refused(rollout_home: Path, at: str) -> None:
+    """The CLI's day and time options take the same day, YYYY-MM-DD: `--at 20220216` and
+    `--at 2022-W07-3` were read as 2022-02-16, which `--as-of` refuses."""
+    stderr = refused(run("plan", "show", "--at", at))
+    assert stderr == (
+        f"error: --at: '{at}' is not a time in the form YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS], "
+        "UTC or with an offset (Z, +HH:MM)"
+    )
+    assert not rollout_home.exists()
+
+
+@pytest.mark.parametrize(
+    ("at", "utc"),
+    [
+        ("2022-02-16", datetime(2022, 2, 16)),
+        ("2022-02-16T10:00", datetime(2022, 2, 16, 10)),
+        ("2022-02-16T10:00:30", datetime(2022, 2, 16, 10, 0, 30)),
+        ("2022-02-16T10:00Z", datetime(2022, 2, 16, 10)),
+        ("2022-02-16T10:00:30+05:30", datetime(2022, 2, 16, 4, 30, 30)),
+        ("2022-02-16T20:00-08:00", datetime(2022, 2, 17, 4)),
+    ],
+)
+def test_a_time_in_a_documented_form_is_taken_as_naive_utc(at: str, utc: datetime) -> None:
+    from rollout.cli.app import _parse_time
+
+    assert _parse_time(at) == utc

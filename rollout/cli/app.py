@@ -8,6 +8,7 @@ safety guard. Messages and progress go to stderr; stdout carries only the listin
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
@@ -258,19 +259,32 @@ def _day_or_latest(con: Any, text: str | None, table: str, cohort: str | None = 
     return latest
 
 
+# The forms a time on the command line takes: the day as --as-of takes it (YYYY-MM-DD),
+# then optionally THH:MM or THH:MM:SS, then optionally an offset (Z, +HH:MM). Python
+# 3.11's datetime.fromisoformat reads more (20220216, 2022-W07-3, 2022-02-16x10, T1000),
+# forms --as-of refuses, which a typo can land in.
+_TIME_FORMS = "YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS], UTC or with an offset (Z, +HH:MM)"
+_TIME_TEXT = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:T[0-9]{2}:[0-9]{2}(?::[0-9]{2})?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?"
+)
+
+
 def _parse_time(text: str, option: str = "--at") -> datetime:
-    """A UTC time, YYYY-MM-DD[THH:MM[:SS]]; stored naive, as the registry keeps UTC."""
+    """A time: YYYY-MM-DD (its midnight) or YYYY-MM-DDTHH:MM[:SS], in UTC or with an
+    offset; stored naive UTC, as the registry keeps it."""
+
+    def refused(reason: str) -> RolloutError:
+        return RolloutError(f"{option}: {text!r} {reason}").with_exit(EXIT_BAD_INPUT)
+
     try:
         moment = datetime.fromisoformat(text)
     except ValueError as error:
-        raise RolloutError(
-            f"{option}: {text!r} is not a time (YYYY-MM-DD or YYYY-MM-DDTHH:MM)"
-        ).with_exit(EXIT_BAD_INPUT) from error
+        raise refused(f"is not a time ({_TIME_FORMS})") from error
+    if not _TIME_TEXT.fullmatch(text):
+        raise refused(f"is not a time in the form {_TIME_FORMS}")
     from rollout.core.plan import SUPPORTED_DAYS, supported_utc
 
     utc = supported_utc(moment)
     if utc is None:
-        raise RolloutError(
-            f"{option}: {text!r} is out of range: times are {SUPPORTED_DAYS} (UTC)"
-        ).with_exit(EXIT_BAD_INPUT)
+        raise refused(f"is out of range: times are {SUPPORTED_DAYS} (UTC)")
     return utc
