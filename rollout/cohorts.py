@@ -101,12 +101,18 @@ class CohortSizes:
     accounts_with_webauthn: int
 
 
-def rule_parameters(rule: CohortRule, as_of: date) -> dict[str, Any]:
+def rule_parameters(
+    rule: CohortRule, as_of: date, weekly_days: int | None = None
+) -> dict[str, Any]:
+    """``weekly_days``: the plan's weekly window, when the day's metrics were computed
+    with another (``require_metrics`` says): ``weekly_downloads_gt`` then sums it from
+    the downloads. None: the metrics' weekly downloads."""
     downloads, share = rule.downloads_gt, rule.top_share_by_downloads
     return {
         "as_of": as_of,
         "top_by_dependents": rule.top_by_dependents,
         "weekly_downloads_gt": rule.weekly_downloads_gt,
+        "weekly_days": weekly_days if rule.weekly_downloads_gt is not None else None,
         "dependents_gte": rule.dependents_gte,
         "downloads_gt": downloads.count if downloads else None,
         "downloads_days": downloads.days if downloads else None,
@@ -163,6 +169,23 @@ def day_ranges(days: list[date]) -> str:
     return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}..{r[-1]}" for r in runs)
 
 
+def _days_without_downloads(con: duckdb.DuckDBPyConnection, start: date, end: date) -> list[date]:
+    """The days ``start``..``end`` with no download data loaded at all, as the metrics'
+    ``missing_days`` (int_download_gaps) are."""
+    rows = con.execute(
+        """
+        select cast(day as date) as day
+        from generate_series($start::date, $end::date, interval 1 day) as days(day)
+        where cast(day as date) not in (
+            select distinct day from stg_downloads where day between $start and $end
+        )
+        order by day
+        """,
+        {"start": start, "end": end},
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
 def _latest_download_day(con: duckdb.DuckDBPyConnection) -> date | None:
     try:
         return warehouse.scalar(con, "select max(day) from stg_downloads")
@@ -172,15 +195,22 @@ def _latest_download_day(con: duckdb.DuckDBPyConnection) -> date | None:
 
 def require_metrics(
     con: duckdb.DuckDBPyConnection, as_of: date, *, allow_gaps: bool, weekly_days: int = 7
-) -> None:
+) -> int | None:
     """Refuse a day without metrics, or whose weekly window has days without download data.
 
     ``missing_days`` holds the whole monthly window's gaps; only those of the weekly
     window (the ``weekly_days`` before ``as_of``) stop the cohorts, and only they are named.
+
+    Returns the weekly window ``weekly_downloads_gt`` is to sum from the downloads
+    (``rule_parameters``): ``weekly_days`` when the day's metrics were computed with
+    another weekly window (a what-if of another plan's, ROLLOUT_PLAN's changed since)
+    or one not recorded (metrics computed before it was), its gaps then judged on the
+    downloads loaded; None when the metrics' own weekly downloads are the plan's.
     """
     run = warehouse.one(
         con,
-        "select weekly_window_complete, missing_days from metrics_runs where as_of = $d",
+        "select weekly_window_complete, missing_days, weekly_window_days "
+        "from metrics_runs where as_of = $d",
         {"d": as_of},
     )
     if run is None:
@@ -189,10 +219,14 @@ def require_metrics(
             None,
             f"no package metrics for {as_of}: run `rollout metrics --as-of {as_of}` first",
         )
-    complete, missing = run
-    if complete or allow_gaps:
-        return
+    complete, missing, computed_with = run
+    resummed = None if computed_with == weekly_days else weekly_days
     start, end = as_of - timedelta(days=weekly_days), as_of - timedelta(days=1)
+    if resummed is not None:
+        missing = _days_without_downloads(con, start, end)
+        complete = not missing
+    if complete or allow_gaps:
+        return resummed
     weekly = [d for d in missing if start <= d <= end]
     if len(weekly) == weekly_days:
         # Typically a day past the data (a default as-of of today): say where it ends.
@@ -231,10 +265,11 @@ def _selected(con: duckdb.DuckDBPyConnection, query: str, params: dict[str, Any]
 
 
 def _qualified_today(
-    con: duckdb.DuckDBPyConnection, rule: CohortRule, as_of: date
+    con: duckdb.DuckDBPyConnection, rule: CohortRule, as_of: date, weekly_days: int | None
 ) -> list[tuple[str, str, list[str]]]:
     return con.execute(
-        warehouse.render("marts/cohort_qualified_packages"), rule_parameters(rule, as_of)
+        warehouse.render("marts/cohort_qualified_packages"),
+        rule_parameters(rule, as_of, weekly_days),
     ).fetchall()
 
 
@@ -701,7 +736,9 @@ def build_cohorts(
     ingests first). The cohort tables themselves are always read fresh.
     """
     require_data_day(as_of)
-    require_metrics(con, as_of, allow_gaps=allow_gaps, weekly_days=plan.metrics.weekly_window_days)
+    resummed = require_metrics(
+        con, as_of, allow_gaps=allow_gaps, weekly_days=plan.metrics.weekly_window_days
+    )
     names = cohorts_built_on(plan, as_of, cohorts)
     if not names:
         return []
@@ -731,7 +768,9 @@ def build_cohorts(
             # packages as just written, the memberships as they stood (a rule's
             # account filters keep its members), and, unless the caller has just
             # extracted them, who can publish and their factors.
-            qualified = {name: _qualified_today(con, rules[name], as_of) for name in names}
+            qualified = {
+                name: _qualified_today(con, rules[name], as_of, resummed) for name in names
+            }
             entered = {
                 name: _add_packages(engine, name, as_of, qualified[name], run.id, actor)
                 for name in names
@@ -974,10 +1013,10 @@ def selecting(
     long) for ``weekly_downloads_gt``, whose sums a gap undercounts (a what-if of a
     day past the data counted no package above a weekly threshold, without a word)."""
     weekly_free = allow_gaps or rule.weekly_downloads_gt is None
-    require_metrics(con, as_of, allow_gaps=weekly_free, weekly_days=weekly_days)
+    resummed = require_metrics(con, as_of, allow_gaps=weekly_free, weekly_days=weekly_days)
     require_download_window(con, rule, as_of, allow_gaps=allow_gaps)
     query = f"select package_key from ({warehouse.render('marts/cohort_qualified_packages')})"
-    with _selected(con, query, rule_parameters(rule, as_of)):
+    with _selected(con, query, rule_parameters(rule, as_of, resummed)):
         yield
 
 

@@ -263,8 +263,11 @@ def _compute(
         seconds = time.perf_counter() - started
         con.execute(
             """
-            insert or replace into metrics_runs values ($as_of, $computed_at, $packages,
-                $missing, $complete, $self_deps, $unknown_deps, $unknown_packages, $seconds)
+            insert or replace into metrics_runs (as_of, computed_at, packages, missing_days,
+                weekly_window_complete, self_dependencies, unknown_dependencies,
+                unknown_packages, seconds, weekly_window_days, monthly_window_days)
+            values ($as_of, $computed_at, $packages, $missing, $complete, $self_deps,
+                $unknown_deps, $unknown_packages, $seconds, $weekly_days, $monthly_days)
             """,
             {
                 "as_of": as_of,
@@ -276,6 +279,8 @@ def _compute(
                 "unknown_deps": unknown_deps,
                 "unknown_packages": unknown_packages,
                 "seconds": seconds,
+                "weekly_days": windows.weekly_window_days,
+                "monthly_days": windows.monthly_window_days,
             },
         )
     return MetricsReport(

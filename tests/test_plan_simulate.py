@@ -235,3 +235,75 @@ def test_a_cohort_naming_an_org_the_registry_does_not_have_is_said_not_counted_a
     # A plan whose orgs the registry has is tried without a word.
     quiet = run("plan", "simulate", "--as-of", DAY, "--format", "json")
     assert quiet.exit_code == 0 and "warning" not in quiet.stderr
+
+
+def windowed_plan(tmp_path: Path, name: str, windows: str, rule: str) -> Path:
+    """The reference plan with its metrics windows and high-impact's rule replaced."""
+    text = REFERENCE.read_text()
+    old_windows = "  weekly_window_days: 7\n  monthly_window_days: 30\n"
+    old_rule = "    weekly_downloads_gt: 1000000\n    dependents_gte: 500\n"
+    assert old_windows in text and old_rule in text
+    path = tmp_path / f"{name}.yaml"
+    windows += "" if "monthly" in windows else "  monthly_window_days: 30\n"
+    path.write_text(text.replace(old_windows, windows).replace(old_rule, f"    {rule}\n"))
+    return path
+
+
+def test_a_plan_with_another_weekly_window_counts_its_weekly_downloads_over_it(
+    home: Path, tmp_path: Path
+) -> None:
+    """The day's metrics were computed with the reference plan's 7-day week: a plan with
+    a 28-day one gave exactly the 7-day counts, silently. Its weekly downloads are its
+    28 days, as many packages as the same threshold over 28 days selects."""
+    week = "  weekly_window_days: 7\n  monthly_window_days: 30\n"
+    four_weeks = "  weekly_window_days: 28\n  monthly_window_days: 30\n"
+    rule = "weekly_downloads_gt: 1000"
+    seven = simulate(str(windowed_plan(tmp_path, "seven", week, rule)))["high-impact"]
+    weekly = simulate(str(windowed_plan(tmp_path, "weekly", four_weeks, rule)))["high-impact"]
+    over_28 = windowed_plan(tmp_path, "over", week, "downloads_gt: {count: 1000, days: 28}")
+    assert weekly["packages"] == simulate(str(over_28))["high-impact"]["packages"]
+    assert weekly["packages"] > seven["packages"] > 0
+    assert weekly["accounts"] >= seven["accounts"]
+
+
+def test_a_longer_weekly_window_with_days_not_loaded_is_refused_unless_gaps_are_allowed(
+    home: Path, tmp_path: Path
+) -> None:
+    """Its weekly window reaches before the sample's first download day: refused, as a
+    gap in the metrics' own weekly window is, naming the plan's window, not counted
+    short (the metrics' missing days cover only their own windows)."""
+    long = windowed_plan(
+        tmp_path,
+        "long",
+        "  weekly_window_days: 90\n  monthly_window_days: 90\n",
+        "weekly_downloads_gt: 1000",
+    )
+    result = run("plan", "simulate", str(long), "--as-of", DAY)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.stderr.split())
+    assert f"of {DAY}'s weekly window (2021-11-03..2022-01-31)" in said
+    assert "--allow-gaps" in said
+    allowed = run("plan", "simulate", str(long), "--as-of", DAY, "--allow-gaps")
+    assert allowed.exit_code == 0, allowed.output
+
+
+def test_cohorts_simulate_under_a_plan_whose_week_changed_since_the_metrics_counts_its_week(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ROLLOUT_PLAN's weekly window changed after the day's metrics were computed: the
+    cohort what-if (and a build, by the same rule) sums the plan's week, not the
+    metrics' one."""
+
+    def sized(plan: Path) -> int:
+        monkeypatch.setenv("ROLLOUT_PLAN", str(plan))
+        result = run(
+            "cohorts", "simulate", "--weekly-downloads-gt", "1000", "--as-of", DAY,
+            "--format", "json",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return int(json.loads(result.stdout)["packages"])
+
+    rule = "weekly_downloads_gt: 1000"
+    week = windowed_plan(tmp_path, "week", "  weekly_window_days: 7\n", rule)
+    four = windowed_plan(tmp_path, "four", "  weekly_window_days: 28\n", rule)
+    assert sized(four) > sized(week) > 0

@@ -21,6 +21,20 @@ windowed as (
     group by package
 ),
 
+-- weekly_downloads_gt under a plan whose weekly window is not the one the day's metrics
+-- were computed with ($weekly_days; null: the metrics' own): summed over its days from
+-- the downloads, as the metrics sum theirs (int_download_windows), so a what-if of a
+-- plan with a 28-day week counts 28 days, not the metrics' 7.
+weekly_window as (
+    select package, sum(downloads) as downloads
+    from stg_downloads
+    where $weekly_downloads_gt is not null
+        and $weekly_days is not null
+        and day < $as_of::date
+        and day >= $as_of::date - $weekly_days::integer
+    group by package
+),
+
 -- top_share_by_downloads: ranked among every package with metrics that day.
 share_window as (
     select package, sum(downloads) as downloads
@@ -46,7 +60,11 @@ share_ranked as (
 -- one go on to have their reasons spelled out (a few thousand of 4M at npm scale).
 meeting as (
     select
-        metrics.*,
+        metrics.* replace (
+            case when $weekly_days is null then metrics.weekly_downloads
+                else cast(coalesce(weekly_window.downloads, 0) as bigint) end
+                as weekly_downloads
+        ),
         windowed.downloads as window_downloads,
         share_ranked.downloads as share_downloads,
         share_ranked.share_rank,
@@ -56,7 +74,9 @@ meeting as (
         -- (app0, app1, ...), and a share's cut among the many tied at none took them all.
         metrics.rank_by_dependents <= $top_by_dependents
             and metrics.dependents > 0 as by_dependents_rank,
-        metrics.weekly_downloads > $weekly_downloads_gt as by_weekly_downloads,
+        case when $weekly_days is null then metrics.weekly_downloads
+            else coalesce(weekly_window.downloads, 0) end
+            > $weekly_downloads_gt as by_weekly_downloads,
         metrics.dependents >= $dependents_gte as by_dependents,
         windowed.downloads > $downloads_gt as by_window_downloads,
         -- $top_share is a decimal, as the plan wrote it: the cut is exact (a double's
@@ -66,6 +86,7 @@ meeting as (
         $every_maintainer as by_every_maintainer
     from metrics
     left join windowed on windowed.package = metrics.package
+    left join weekly_window on weekly_window.package = metrics.package
     left join share_ranked on share_ranked.package = metrics.package
     -- (By the aliases in the same select: DuckDB then pushes the tests on the day's
     -- metrics down into its scan, which a filter over this CTE's output did not.)

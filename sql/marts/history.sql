@@ -25,6 +25,12 @@ create table if not exists metrics_runs (
     seconds                double not null
 );
 
+-- The windows the day's metrics were computed with (rollout.metrics): a plan whose
+-- weekly window is another has its weekly sums summed again from the downloads
+-- (cohort_qualified_packages). Null on a row computed before they were recorded.
+alter table metrics_runs add column if not exists weekly_window_days integer;
+alter table metrics_runs add column if not exists monthly_window_days integer;
+
 -- Cohort packages as of each day (sticky: everything that ever qualified and was not
 -- released), with why it first qualified and whether it still qualifies that day.
 create table if not exists cohort_package_snapshots (

@@ -224,4 +224,6 @@ def test_a_rebuild_counts_whole_and_gives_the_same_metrics(tmp_path: Path) -> No
             == moved_run
         )
         # a's self-dependency and the two declarations of ghost are left out.
-        assert moved_run[-1][4:] == (1, 2, 1)
+        assert moved_run[-1][4:7] == (1, 2, 1)
+        # and the windows the day was computed with (a plan with another week sums its own)
+        assert moved_run[-1][7:] == (3, 7)
