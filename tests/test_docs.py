@@ -209,6 +209,7 @@ def test_every_example_in_the_plan_language_page_is_a_valid_plan_part() -> None:
 PRINTS_NO_RESULT = {
     "db upgrade": "says the revision the registry is at",
     "plan check": "says valid, or one error line per problem",
+    "copy-warehouse": "says where the copy is",
     "notify events serve": "a server: logs the posts it receives",
     "dev sendgrid": "a server: logs the mail it accepts",
 }

@@ -1,4 +1,5 @@
-"""The data commands: `rollout sample`, `ingest`, `quarantine`, `summary`, and `doctor`."""
+"""The data commands: `rollout sample`, `ingest`, `quarantine`, `summary`,
+`copy-warehouse`, and `doctor`."""
 
 from __future__ import annotations
 
@@ -317,6 +318,36 @@ def summary(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
         names = [d[0] for d in result.description]
         values = result.fetchall()[0]
     emit_record(dict(zip(names, values, strict=True)), fmt, title="warehouse")
+
+
+@app.command("copy-warehouse")
+@reports_errors
+def copy_warehouse(
+    ctx: typer.Context,
+    target: Annotated[
+        Path,
+        typer.Argument(help="The copy: a new DuckDB file, or a folder to make it in."),
+    ],
+    replace: Annotated[
+        bool, typer.Option(help="Replace an earlier copy there (a DuckDB file only).")
+    ] = False,
+) -> None:
+    """Copy the warehouse into a file of your own, to query for as long as you like.
+
+    Opens it read-only, as a reader: while a run writes it, refused at once (run again
+    in a minute); while the copy is made, the pipeline's runs wait for it. The copy is
+    one committed state, written beside TARGET and moved into place whole; unlike `cp`,
+    never half of a run's write, and with what a run's log (`.wal`) still holds."""
+    from rollout import warehouse
+
+    with _runtime(ctx).warehouse(read_only=True) as con:
+        written = warehouse.copy_warehouse(con, target, replace=replace)
+    stderr.print(
+        f"copied the warehouse to {visible(written)}: open it with "
+        f"duckdb.connect({str(written)!r}, read_only=True), or point ROLLOUT_WAREHOUSE at it",
+        highlight=False,
+        markup=False,
+    )
 
 
 @app.command()

@@ -18,7 +18,7 @@ import duckdb
 
 from rollout.core.controls import visible
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
-from rollout.core.files import duckdb_path
+from rollout.core.files import duckdb_path, written_in_place
 from rollout.core.resources import resource_dir
 from rollout.core.words import counted
 
@@ -517,3 +517,66 @@ def scalar(
     # result is only partly fetched.
     rows = con.execute(query, dict(params or {})).fetchall()
     return rows[0][0] if rows else None
+
+
+# --- a copy for analysts ---------------------------------------------------------------
+
+# What a DuckDB file holds at bytes 8-11 (after its checksum): a file there that does
+# not is not a warehouse copy, and `copy-warehouse --replace` leaves it alone.
+_DUCKDB_MAGIC = b"DUCK"
+
+
+def copy_warehouse(con: duckdb.DuckDBPyConnection, target: Path, *, replace: bool = False) -> Path:
+    """Copy the warehouse ``con`` has open (read-only: DuckDB's shared lock keeps every
+    writer out until the copy is made, so it is one committed state, whatever a run's
+    log, the ``.wal`` beside the file, still holds) into a new DuckDB file at
+    ``target`` (a folder: the warehouse's file name inside it), written beside it and
+    moved into place whole. A file copied with ``cp`` while a run writes can be half of
+    one checkpoint and half of another (DuckDB cannot open it), and without its ``.wal``
+    it misses what the run committed. ``target`` there already is refused (exit 2),
+    unless ``replace`` and it is a DuckDB file. Returns the file written."""
+    source = Path(database_path(con) or "")
+    if target.is_dir():
+        target = target / source.name
+    if target.exists() and target.resolve() == source.resolve():
+        raise RolloutError(
+            f"{visible(target)}: the warehouse itself: name another file for its copy"
+        ).with_exit(EXIT_BAD_INPUT)
+    if target.exists() and not replace:
+        raise RolloutError(
+            f"{visible(target)}: already exists: name another file, or give --replace to "
+            "replace that copy"
+        ).with_exit(EXIT_BAD_INPUT)
+    if target.exists() and not _is_duckdb_file(target):
+        raise RolloutError(
+            f"{visible(target)}: not a DuckDB file, so not an earlier copy: --replace "
+            "replaces only a warehouse copy; name another file"
+        ).with_exit(EXIT_BAD_INPUT)
+    name = scalar(con, "select current_database()")
+    with written_in_place(target) as temporary:
+        attached = duckdb_path(temporary).replace("'", "''")
+        wal = Path(f"{temporary}.wal")
+        try:
+            con.execute(f"attach '{attached}' as rollout_copy (read_only false)")
+            try:
+                con.execute(f"copy from database {_identifier(name)} to rollout_copy")
+            finally:
+                # Detaching writes the copy out whole (a checkpoint): no log is left.
+                con.execute("detach rollout_copy")
+        except BaseException:
+            wal.unlink(missing_ok=True)
+            raise
+    return target
+
+
+def _identifier(name: str) -> str:
+    """``name`` as a quoted SQL identifier (a warehouse file named ``my "data".duckdb``)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _is_duckdb_file(path: Path) -> bool:
+    try:
+        with path.open("rb") as file:
+            return file.read(12)[8:12] == _DUCKDB_MAGIC
+    except OSError:
+        return False
