@@ -155,7 +155,9 @@ def exclusive_run(
     # the pool, whichever way the block is left (make_lock_engine).
     with lock_engine.connect() as connection:
         key = _advisory_key(connection, name)
-        got = _try_advisory_lock(connection, key, LOCK_SETTLE_SECONDS if settle is None else settle)
+        got = _try_advisory_lock(
+            connection, key, LOCK_SETTLE_SECONDS if settle is None else settle, name
+        )
         if not got:
             raise GuardRefused(
                 _refusal(
@@ -314,11 +316,16 @@ def migration_at_work(registry_url: str) -> bool:
 LOCK_SETTLE_SECONDS = 2.0
 
 
-def _try_advisory_lock(connection: Connection, key: int, settle: float) -> bool:
+def _try_advisory_lock(connection: Connection, key: int, settle: float, name: str) -> bool:
+    """Take the run lock ``key`` (``name``), trying again for ``settle`` seconds while
+    a run killed a moment ago may still hold it; not when a schema migration holds it
+    (it holds every run lock for as long as it works: seconds to minutes, no settling)."""
     deadline = time.monotonic() + settle
     query = text("select pg_try_advisory_lock(:k)")
     while not (got := bool(connection.execute(query, {"k": key}).scalar())):
         if time.monotonic() >= deadline:
+            break
+        if name != MIGRATION_LOCK and advisory_lock_holders(connection, MIGRATION_LOCK):
             break
         time.sleep(0.05)
     return got
