@@ -381,8 +381,13 @@ def prefect_api(
     paused: bool = False,
     workers: list[dict[str, Any]] | None = None,
     seen: list[httpx.Request] | None = None,
+    polled: dict[str, float | None] | None = None,
+    paused_queues: tuple[str, ...] = (),
 ) -> httpx.MockTransport:
-    """Prefect's two endpoints the check reads, answering as the server does."""
+    """Prefect's endpoints the check reads, answering as the server does: the pool, its
+    workers, and its queues, each last polled ``polled[name]`` seconds ago (None: never;
+    by default both a few seconds ago, as a worker polling the whole pool leaves them)."""
+    polled = {"default": 5, "notify-shards": 5} if polled is None else polled
 
     def handle(request: httpx.Request) -> httpx.Response:
         if seen is not None:
@@ -394,6 +399,19 @@ def prefect_api(
             return httpx.Response(200, json={"name": "rollout-process", "is_paused": paused})
         if request.method == "POST" and path == "/api/work_pools/rollout-process/workers/filter":
             return httpx.Response(200, json=workers or [])
+        queue = path.removeprefix("/api/work_pools/rollout-process/queues/")
+        if request.method == "GET" and queue in polled:
+            ago = polled[queue]
+            last = None if ago is None else (NOW - timedelta(seconds=ago)).isoformat()
+            return httpx.Response(
+                200,
+                json={
+                    "name": queue,
+                    "is_paused": queue in paused_queues,
+                    "last_polled": last and last.replace("+00:00", "Z"),
+                    "status": "PAUSED" if queue in paused_queues else "READY",
+                },
+            )
         return httpx.Response(404, json={"detail": "Not Found"})
 
     return httpx.MockTransport(handle)
@@ -453,6 +471,33 @@ def test_only_stale_heartbeats_fail() -> None:
     assert result.status is Status.fail and "no live worker" in result.detail
     assert "host-1" in result.detail
     assert check(prefect_api(workers=[worker("host-1", 89, interval=None)])).status is Status.ok
+
+
+def test_live_workers_that_poll_only_the_shard_queue_fail() -> None:
+    """Workers on other machines poll notify-shards alone: alive, they start none of the
+    runs on the default queue (daily, notify, report...) when the ROLLOUT_HOME host's
+    worker is gone."""
+    shards_only = {"default": 3600.0, "notify-shards": 5.0}
+    result = check(prefect_api(workers=[worker("shard-host", 5)], polled=shards_only))
+    assert result.status is Status.fail
+    assert "no worker polls the queue default" in result.detail
+    assert "3600s ago" in result.detail and "shard-host" in result.detail
+    never = check(prefect_api(workers=[worker("shard-host", 5)], polled={"default": None}))
+    assert never.status is Status.fail and "last polled: never" in never.detail
+    # Prefect's own rule for a ready queue: polled within 60 s.
+    assert check(prefect_api(workers=[worker("h", 5)], polled={"default": 59})).status is Status.ok
+
+
+def test_the_default_queue_polled_lately_passes_and_says_so() -> None:
+    result = check(prefect_api(workers=[worker("host-1", 5)], polled={"default": 7}))
+    assert result.status is Status.ok and "queue default polled 7s ago" in result.detail
+
+
+@pytest.mark.parametrize("queue", ["default", "notify-shards"])
+def test_a_paused_queue_fails_with_the_command_to_resume_it(queue: str) -> None:
+    result = check(prefect_api(workers=[worker("host-1", 5)], paused_queues=(queue,)))
+    assert result.status is Status.fail
+    assert f"prefect work-queue resume {queue} --pool rollout-process" in result.detail
 
 
 def test_a_pool_without_any_worker_fails() -> None:

@@ -33,6 +33,15 @@ if TYPE_CHECKING:
     from rollout.runtime import Runtime
 
 WORK_POOL = "rollout-process"
+# The pool's queues (prefect.yaml): every deployment but notify-shard is on `default`,
+# which only the worker of the ROLLOUT_HOME host polls (it polls every queue); workers
+# on other machines poll `notify-shards` alone. A live worker of the pool is not enough:
+# with only those, no daily, notify, report, preview, enforce or brown-out run starts.
+HOME_QUEUE = "default"
+SHARD_QUEUE = "notify-shards"
+# Prefect's own rule for a ready work queue (server/models/work_queues.py,
+# WORK_QUEUE_LAST_POLLED_TIMEOUT): a worker asked it for runs within 60 s.
+QUEUE_POLLED_WITHIN = timedelta(seconds=60)
 COLUMNS = ("check", "status", "detail")
 # Seconds to wait for a database, SendGrid or Prefect before calling it unreachable:
 # a health check that hangs is worse than one that says "no answer".
@@ -506,11 +515,13 @@ def check_worker(
     ) as client:
         try:
             pool = client.get(f"work_pools/{WORK_POOL}")
-            workers = (
-                client.post(f"work_pools/{WORK_POOL}/workers/filter", json={"offset": 0})
-                if pool.status_code == 200
-                else None
-            )
+            workers = queues = None
+            if pool.status_code == 200:
+                workers = client.post(f"work_pools/{WORK_POOL}/workers/filter", json={"offset": 0})
+                queues = {
+                    name: client.get(f"work_pools/{WORK_POOL}/queues/{name}")
+                    for name in (HOME_QUEUE, SHARD_QUEUE)
+                }
         except httpx.HTTPError as error:
             return CheckResult(
                 "worker",
@@ -518,7 +529,9 @@ def check_worker(
                 _short(f"{url_shown(api_url)}: no answer: {type(error).__name__}"),
             )
     try:
-        return _judge_workers(api_url, pool, workers, now())
+        return _judge_workers(api_url, pool, workers, now()) or _judge_queues(
+            api_url, queues or {}, workers, now()
+        )
     except ValueError:  # JSONDecodeError: the UI's HTML, say, at a URL without /api
         return CheckResult(
             "worker",
@@ -529,7 +542,9 @@ def check_worker(
 
 def _judge_workers(
     api_url: str, pool: httpx.Response, workers: httpx.Response | None, now: datetime
-) -> CheckResult:
+) -> CheckResult | None:
+    """A fail when the pool cannot run anything (missing, paused, no live worker); None
+    when it can, and its queues are next (``_judge_queues``)."""
     if pool.status_code == 404:
         return CheckResult(
             "worker",
@@ -561,17 +576,66 @@ def _judge_workers(
             Status.fail,
             _short(f"no live worker in {WORK_POOL} (no recent heartbeat; workers seen: {known})"),
         )
+    return None
+
+
+def _judge_queues(
+    api_url: str,
+    queues: Mapping[str, httpx.Response],
+    workers: httpx.Response | None,
+    now: datetime,
+) -> CheckResult:
+    """The pool's queues: none paused, and `default` polled lately. A live worker that
+    polls `notify-shards` alone (another machine's) starts none of the runs on `default`."""
+    for name, answer in queues.items():
+        if answer.status_code == 404 and name == SHARD_QUEUE:
+            continue  # made by `prefect deploy --all`; before it, nothing is on it
+        if answer.status_code != 200:
+            return CheckResult(
+                "worker",
+                Status.fail,
+                f"{url_shown(api_url)} answered {answer.status_code} for the queue {name} "
+                f"of {WORK_POOL}",
+            )
+        if answer.json().get("is_paused"):
+            return CheckResult(
+                "worker",
+                Status.fail,
+                f"queue {name} of {WORK_POOL} is paused: no run on it starts until "
+                f"`prefect work-queue resume {name} --pool {WORK_POOL}`",
+            )
+    live = [w for w in (workers.json() if workers is not None else []) if _is_live(w, now)]
+    names = ", ".join(str(w.get("name", "?")) for w in live)
+    home = queues.get(HOME_QUEUE)
+    polled = _when(home.json().get("last_polled")) if home is not None else None
+    if polled is None or now - polled > QUEUE_POLLED_WITHIN:
+        last = "never" if polled is None else f"{max((now - polled).total_seconds(), 0):.0f}s ago"
+        return CheckResult(
+            "worker",
+            Status.fail,
+            _short(
+                f"no worker polls the queue {HOME_QUEUE} of {WORK_POOL} (last polled: {last}), "
+                f"so no daily, notify, report, phase or brown-out run starts; the live "
+                f"workers ({names}) poll other queues only: start the worker of the "
+                f"ROLLOUT_HOME host without --work-queue"
+            ),
+        )
     newest = max(live, key=lambda w: _heartbeat(w) or now)
     age = max((now - (_heartbeat(newest) or now)).total_seconds(), 0)
     return CheckResult(
         "worker",
         Status.ok,
-        f"{len(live)} live in {WORK_POOL}: {newest.get('name')} (heartbeat {age:.0f}s ago)",
+        f"{len(live)} live in {WORK_POOL}: {newest.get('name')} (heartbeat {age:.0f}s ago; "
+        f"queue {HOME_QUEUE} polled {max((now - polled).total_seconds(), 0):.0f}s ago)",
     )
 
 
 def _heartbeat(worker: Mapping[str, Any]) -> datetime | None:
-    value = worker.get("last_heartbeat_time")
+    return _when(worker.get("last_heartbeat_time"))
+
+
+def _when(value: object) -> datetime | None:
+    """A time as Prefect's API gives it (ISO 8601, `Z` for UTC); None when not given."""
     if not value:
         return None
     when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
