@@ -364,6 +364,88 @@ def test_a_key_that_cannot_read_the_suppression_lists_warns(tmp_path: Path) -> N
         assert check_sendgrid(settings).status is Status.ok
 
 
+def secret_blocks(blocks: dict[str, Any], seen: list[httpx.Request] | None = None) -> Any:
+    """Prefect's REST API holding these Secret blocks (name: value), as it answers
+    ``GET block_types/slug/secret/block_documents/name/NAME``."""
+    prefix = "/api/block_types/slug/secret/block_documents/name/"
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if seen is not None:
+            seen.append(request)
+        name = request.url.path.removeprefix(prefix)
+        if request.url.path.startswith(prefix) and name in blocks:
+            return httpx.Response(200, json={"name": name, "data": {"value": blocks[name]}})
+        return httpx.Response(404, json={"detail": "Block document not found"})
+
+    return httpx.MockTransport(handle)
+
+
+def check_with_blocks(
+    settings: Settings, blocks: dict[str, Any], **environ: str
+) -> tuple[Any, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+    result = check_sendgrid(
+        settings,
+        {"PREFECT_API_URL": API, **environ},
+        prefect_transport=secret_blocks(blocks, seen),
+    )
+    return result, seen
+
+
+def test_the_key_of_the_notify_flow_s_secret_block_is_checked(tmp_path: Path) -> None:
+    """The runbook's way to give the worker the key (section 9) is a Secret block, not
+    the environment: the doctor said "file outbox, nothing is sent" while every notify
+    run sent through SendGrid with a key it never checked."""
+    wrong = "SG.revoked.in-the-block"
+    with DevSendGrid(KEY) as dev:
+        settings = settings_for(tmp_path, ROLLOUT_SENDGRID_URL=dev.url)
+        good, seen = check_with_blocks(settings, {"sendgrid-api-key": KEY})
+        refused, _ = check_with_blocks(settings, {"sendgrid-api-key": wrong + "\n"})
+        named, _ = check_with_blocks(
+            settings, {"ops-key": KEY}, ROLLOUT_SENDGRID_SECRET_BLOCK="ops-key"
+        )
+        assert dev.messages == []
+    assert good.status is Status.ok and "Secret block 'sendgrid-api-key'" in good.detail
+    assert seen[0].url.params["include_secrets"] == "true"
+    assert refused.status is Status.fail and "refused the key (401)" in refused.detail
+    assert "Secret block" in refused.detail and wrong not in refused.detail
+    assert named.status is Status.ok and "'ops-key'" in named.detail
+
+
+def test_without_a_key_or_a_secret_block_the_file_outbox_is_fine(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    result, _ = check_with_blocks(settings, {})
+    assert result.status is Status.ok and "file outbox" in result.detail
+    assert "no Secret block 'sendgrid-api-key'" in result.detail
+    empty, _ = check_with_blocks(settings, {"sendgrid-api-key": "  "})
+    assert empty.status is Status.ok and "file outbox" in empty.detail
+
+
+def test_the_environment_s_key_goes_first_and_no_block_is_read(tmp_path: Path) -> None:
+    with DevSendGrid(KEY) as dev:
+        settings = settings_for(tmp_path, SENDGRID_API_KEY=KEY, ROLLOUT_SENDGRID_URL=dev.url)
+        result, seen = check_with_blocks(settings, {"sendgrid-api-key": "SG.other"})
+    assert result.status is Status.ok and "Secret block" not in result.detail and seen == []
+
+
+def test_a_secret_block_holding_no_key_fails_without_showing_it(tmp_path: Path) -> None:
+    result, _ = check_with_blocks(settings_for(tmp_path), {"sendgrid-api-key": "SG.a b"})
+    assert result.status is Status.fail and "Secret block 'sendgrid-api-key'" in result.detail
+    assert "SG.a b" not in result.detail
+
+
+def test_a_secret_block_prefect_cannot_give_is_a_warning(tmp_path: Path) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    result = check_sendgrid(
+        settings_for(tmp_path),
+        {"PREFECT_API_URL": API},
+        prefect_transport=httpx.MockTransport(refuse),
+    )
+    assert result.status is Status.warn and "was not checked" in result.detail
+
+
 def test_an_unreachable_sendgrid_fails(tmp_path: Path) -> None:
     settings = settings_for(
         tmp_path, SENDGRID_API_KEY=KEY, ROLLOUT_SENDGRID_URL="http://127.0.0.1:1"

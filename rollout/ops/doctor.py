@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import httpx
 
@@ -90,7 +91,10 @@ def run_checks(
         _guarded("landing", lambda: check_landing(settings.landing_dir)),
         _guarded("reports", lambda: check_reports(settings.reports_dir)),
         _guarded("plan", lambda: check_plan(settings.plan_path)),
-        _guarded("sendgrid", lambda: check_sendgrid(settings)),
+        _guarded(
+            "sendgrid",
+            lambda: check_sendgrid(settings, environ, prefect_transport=prefect_transport),
+        ),
         _guarded("worker", lambda: check_worker(environ, transport=prefect_transport, now=now)),
     ]
 
@@ -398,15 +402,44 @@ def check_plan(path: Path) -> CheckResult:
 # --- SendGrid -------------------------------------------------------------------------------
 
 
-def check_sendgrid(settings: Settings) -> CheckResult:
+def check_sendgrid(
+    settings: Settings,
+    environ: Mapping[str, str] | None = None,
+    *,
+    prefect_transport: httpx.BaseTransport | None = None,
+) -> CheckResult:
     """The key against the configured host, with the sender ``notify send`` would use.
 
-    ``GET /v3/scopes`` is SendGrid's cheapest authenticated call, and it says whether the
-    key may send mail at all, and read the suppression lists the notify flow copies
-    (rollout.notify.suppressions; without them, a warning). Nothing is sent."""
+    The key is the one the notify flow sends with: ``SENDGRID_API_KEY``, else the
+    Prefect Secret block ``ROLLOUT_SENDGRID_SECRET_BLOCK`` names (read through
+    ``PREFECT_API_URL``, as the worker check reads the pool), else none (the file
+    outbox). ``GET /v3/scopes`` is SendGrid's cheapest authenticated call, and it says
+    whether the key may send mail at all, and read the suppression lists the notify flow
+    copies (rollout.notify.suppressions; without them, a warning). Nothing is sent."""
+    from pydantic import SecretStr
+
+    from rollout.core.config import api_key
     from rollout.notify.senders import SendGridSender, make_sender
     from rollout.notify.suppressions import LISTS as SUPPRESSION_LISTS
 
+    from_block = no_key = ""
+    if settings.sendgrid_api_key is None and environ is not None:
+        block = _secret_block_key(environ, prefect_transport)
+        if isinstance(block, CheckResult):
+            return block
+        name, stored = block if block is not None else ("", None)
+        if block is not None and stored is None:
+            no_key = f" and Prefect has no Secret block {name!r}"
+        elif stored is not None:
+            no_key = f" and the Secret block {name!r} is empty"
+            try:
+                key = api_key(stored)
+            except ValueError as error:
+                # The notify flow refuses it alike (flows/notify.py, settings_with_secret).
+                return CheckResult("sendgrid", Status.fail, f"the Secret block {name!r} {error}")
+            if key is not None:
+                settings = settings.model_copy(update={"sendgrid_api_key": SecretStr(key)})
+                from_block = f" (the key of the Secret block {name!r}, as the notify flow takes it)"
     sender = make_sender(settings)
     if not isinstance(sender, SendGridSender):
         problem = _folder_unusable(settings.outbox_dir)
@@ -419,15 +452,19 @@ def check_sendgrid(settings: Settings) -> CheckResult:
         return CheckResult(
             "sendgrid",
             Status.ok,
-            f"file outbox ({settings.outbox_dir}): SENDGRID_API_KEY is not set, nothing is sent",
+            f"file outbox ({settings.outbox_dir}): SENDGRID_API_KEY is not set"
+            f"{no_key}, nothing is sent",
         )
     status, scopes, problem = _read_scopes(sender)
     where = sender.base_url
+    key_name = "the Secret block's key" if from_block else "SENDGRID_API_KEY"
     if problem is not None:
         return CheckResult("sendgrid", Status.fail, _short(f"{where}: {problem}"))
     if status in (401, 403):
         return CheckResult(
-            "sendgrid", Status.fail, f"{where} refused the key ({status}): check SENDGRID_API_KEY"
+            "sendgrid",
+            Status.fail,
+            f"{where} refused the key ({status}): check {key_name}{from_block}",
         )
     if status != 200:
         return CheckResult("sendgrid", Status.fail, f"{where} answered {status} to GET /v3/scopes")
@@ -435,7 +472,7 @@ def check_sendgrid(settings: Settings) -> CheckResult:
         return CheckResult(
             "sendgrid",
             Status.fail,
-            f"{where} accepts the key, but it lacks the mail.send permission",
+            f"{where} accepts the key{from_block}, but it lacks the mail.send permission",
         )
     # Reading each list needs its scope, or the whole suppression.read.
     wanted = [f"suppression.{name}.read" for name in SUPPRESSION_LISTS]
@@ -447,12 +484,63 @@ def check_sendgrid(settings: Settings) -> CheckResult:
         return CheckResult(
             "sendgrid",
             Status.warn,
-            f"{where} accepts the key (mail.send), but it cannot read the suppression "
+            f"{where} accepts the key{from_block} (mail.send), but it cannot read the suppression "
             f"lists ({', '.join(unreadable)}): bounces and spam reports are not skipped",
         )
     return CheckResult(
-        "sendgrid", Status.ok, f"{where} accepts the key (mail.send, suppression lists)"
+        "sendgrid", Status.ok, f"{where} accepts the key{from_block} (mail.send, suppression lists)"
     )
+
+
+def _secret_block_key(
+    environ: Mapping[str, str], transport: httpx.BaseTransport | None
+) -> tuple[str, str | None] | CheckResult | None:
+    """(block name, the value it holds) of the Secret block the notify flow takes the
+    SendGrid key from when ``SENDGRID_API_KEY`` is unset, the value None when there is
+    no such block (the flow's file outbox); None when there is no Prefect to ask (no
+    ``PREFECT_API_URL``); a warning row when Prefect cannot say (the worker check fails
+    on that already). Through Prefect's REST API, as the worker check: nothing under
+    rollout/ imports prefect."""
+    from rollout.notify.senders import SECRET_BLOCK, SECRET_BLOCK_SETTING
+
+    name = environ.get(SECRET_BLOCK_SETTING) or SECRET_BLOCK
+    try:
+        api = prefect_api(environ)
+    except BadInput as error:
+        return CheckResult(
+            "sendgrid",
+            Status.warn,
+            _short(f"the notify flow's Secret block {name!r} was not checked: {error.reason}"),
+        )
+    if api is None:
+        return None
+    api_url, headers = api
+    unread = f"the notify flow's Secret block {name!r} was not checked: {url_shown(api_url)}"
+    with httpx.Client(
+        base_url=api_url.rstrip("/") + "/",
+        headers=headers,
+        timeout=TIMEOUT,
+        transport=transport,
+    ) as client:
+        try:
+            answer = client.get(
+                f"block_types/slug/secret/block_documents/name/{quote(name, safe='')}",
+                params={"include_secrets": "true"},
+            )
+        except httpx.HTTPError as error:
+            return CheckResult(
+                "sendgrid", Status.warn, _short(f"{unread}: no answer: {type(error).__name__}")
+            )
+    if answer.status_code == 404:
+        return name, None
+    if answer.status_code != 200:
+        return CheckResult("sendgrid", Status.warn, f"{unread} answered {answer.status_code}")
+    try:
+        value = (answer.json().get("data") or {}).get("value")
+    except (ValueError, AttributeError):
+        return CheckResult("sendgrid", Status.warn, f"{unread} is not Prefect's REST API")
+    # As the flow reads it: str() of what the block holds (Secret.get()).
+    return name, "" if value is None else str(value)
 
 
 def _read_scopes(sender: Any) -> tuple[int | None, list[str], str | None]:
