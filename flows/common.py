@@ -10,17 +10,20 @@ import inspect
 import logging
 import os
 import re
+import signal
+import threading
 import urllib.error
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, date, datetime
+from types import FrameType
 from typing import Any, ParamSpec, TypeVar
 
 import python_http_client.exceptions
 from prefect import Task, get_run_logger
 from prefect.client.schemas.objects import TaskRun
-from prefect.exceptions import ParameterTypeError
+from prefect.exceptions import ParameterTypeError, TerminationSignal
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
@@ -116,10 +119,55 @@ def with_runtime(fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         made = Runtime(warehouse_wait=WAREHOUSE_WAIT_SECONDS, on_warehouse_wait=_log_waiting)
-        with _running_with(made):
+        with stops_kept(), _running_with(made):
             return fn(*args, **kwargs)
 
     return run
+
+
+# DuckDB's word for a query a signal interrupted: it swallows the exception the signal's
+# handler raised and raises this instead (rollout.core.stopping says the same of the CLI).
+QUERY_INTERRUPTED = "Query interrupted"
+
+
+@contextmanager
+def stops_kept() -> Iterator[None]:
+    """A stop stays a stop in a flow run. Prefect's SIGTERM handler (a worker stopped,
+    systemd's stop, a run cancelled) raises TerminationSignal, with which Prefect ends the
+    run Crashed, or Cancelled when it was cancelled. One landing while DuckDB works (an
+    ingest, the metrics, a cohort build, the report) became RuntimeError("Query
+    interrupted"): the run ended Failed with a traceback, read as a bug, and a cancelled
+    run was not Cancelled. So the signal is noted as it lands (Prefect's handler still
+    does its part) and that error is raised again as the stop it stands for: SIGTERM's
+    TerminationSignal, else SIGINT's KeyboardInterrupt (Python's own handler, which
+    DuckDB swallowed alike)."""
+    received: list[int] = []
+    previous = (
+        signal.getsignal(signal.SIGTERM)
+        if threading.current_thread() is threading.main_thread()
+        else None
+    )
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        if callable(previous):
+            previous(signum, frame)
+
+    noting = callable(previous)
+    if noting:
+        signal.signal(signal.SIGTERM, note)
+    try:
+        yield
+    except RuntimeError as error:
+        if str(error) != QUERY_INTERRUPTED:
+            raise
+        if received:
+            raise TerminationSignal(received[-1]) from error
+        raise KeyboardInterrupt from error
+    finally:
+        # Put back only our own: a handler installed since is its installer's to undo.
+        if noting and signal.getsignal(signal.SIGTERM) is note:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager

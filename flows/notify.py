@@ -82,11 +82,9 @@ from rollout.notify.drain import (
 )
 from rollout.notify.message import Sender
 from rollout.notify.queue import QueueOutcome, queue_due
-from rollout.notify.senders import SendGridSender, make_sender
+from rollout.notify.senders import SECRET_BLOCK, SECRET_BLOCK_SETTING, SendGridSender, make_sender
 from rollout.notify.suppressions import SuppressionsUnreadable, SyncReport, sync_suppressions
 from rollout.phases.snoozes import LandedSnoozes, grant_landed
-
-SECRET_BLOCK = "sendgrid-api-key"
 
 
 def settings_with_secret(settings: Settings, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -94,7 +92,7 @@ def settings_with_secret(settings: Settings, environ: Mapping[str, str] = os.env
     environment has none (``settings`` are the environment's: the runtime's)."""
     if settings.sendgrid_api_key is not None:
         return settings
-    name = environ.get("ROLLOUT_SENDGRID_SECRET_BLOCK", SECRET_BLOCK)
+    name = environ.get(SECRET_BLOCK_SETTING, SECRET_BLOCK)
     try:
         stored = str(Secret.load(name).get())
     except ValueError:  # no such block: the file outbox

@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,13 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from rollout.cli import app
+from rollout.core.plan import Plan
+from rollout.phases.enforce import preview_phase
+from rollout.phases.previews import save_preview
+from rollout.registry import Registry
 from rollout.registry.engine import adbc_uri
 from tests.conftest import fresh_postgres_database
+from tests.factories import AccountFactory
 from tests.support.previews import to_apply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,3 +140,31 @@ def test_the_runbook_gives_the_commands_this_test_runs() -> None:
         "rollout notify status --format json",
     ):
         assert command in drill, command
+
+
+def test_the_backup_table_keeps_every_file_a_phase_preview_saves(
+    registry: Registry, plan: Plan, factories: None, tmp_path: Path
+) -> None:
+    """The table said `reports/previews/*.csv`: a backup taken by that glob left out each
+    list's record (`.json`: who previewed, when, the counts), and a home restored from it
+    lost every `previewed` of `rollout plan show`."""
+    AccountFactory(username="alice", sessions=1, in_cohort="top-100")
+    preview = preview_phase(registry, plan, plan.phase("top-100"))
+    home = tmp_path / "home"
+    saved = save_preview(plan, preview, home / "reports", actor="rm")
+    written = sorted(p.relative_to(home).as_posix() for p in home.rglob("*") if p.is_file())
+    assert any(name.endswith(".json") for name in written)
+
+    runbook = (ROOT / "docs" / "runbook-operator.md").read_text()
+    table = runbook[runbook.index("## 12. Backups") : runbook.index("**What a rebuild")]
+    backed_up = [
+        row.split("|")[1].strip().strip("`")
+        for row in table.splitlines()
+        if row.startswith("| `") and row.split("|")[2].strip().startswith("yes")
+    ]
+    for name in written:
+        assert any(fnmatch(name, pattern) or name.startswith(pattern) for pattern in backed_up), (
+            name,
+            backed_up,
+        )
+    assert saved.csv_path.exists()

@@ -364,6 +364,88 @@ def test_a_key_that_cannot_read_the_suppression_lists_warns(tmp_path: Path) -> N
         assert check_sendgrid(settings).status is Status.ok
 
 
+def secret_blocks(blocks: dict[str, Any], seen: list[httpx.Request] | None = None) -> Any:
+    """Prefect's REST API holding these Secret blocks (name: value), as it answers
+    ``GET block_types/slug/secret/block_documents/name/NAME``."""
+    prefix = "/api/block_types/slug/secret/block_documents/name/"
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if seen is not None:
+            seen.append(request)
+        name = request.url.path.removeprefix(prefix)
+        if request.url.path.startswith(prefix) and name in blocks:
+            return httpx.Response(200, json={"name": name, "data": {"value": blocks[name]}})
+        return httpx.Response(404, json={"detail": "Block document not found"})
+
+    return httpx.MockTransport(handle)
+
+
+def check_with_blocks(
+    settings: Settings, blocks: dict[str, Any], **environ: str
+) -> tuple[Any, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+    result = check_sendgrid(
+        settings,
+        {"PREFECT_API_URL": API, **environ},
+        prefect_transport=secret_blocks(blocks, seen),
+    )
+    return result, seen
+
+
+def test_the_key_of_the_notify_flow_s_secret_block_is_checked(tmp_path: Path) -> None:
+    """The runbook's way to give the worker the key (section 9) is a Secret block, not
+    the environment: the doctor said "file outbox, nothing is sent" while every notify
+    run sent through SendGrid with a key it never checked."""
+    wrong = "SG.revoked.in-the-block"
+    with DevSendGrid(KEY) as dev:
+        settings = settings_for(tmp_path, ROLLOUT_SENDGRID_URL=dev.url)
+        good, seen = check_with_blocks(settings, {"sendgrid-api-key": KEY})
+        refused, _ = check_with_blocks(settings, {"sendgrid-api-key": wrong + "\n"})
+        named, _ = check_with_blocks(
+            settings, {"ops-key": KEY}, ROLLOUT_SENDGRID_SECRET_BLOCK="ops-key"
+        )
+        assert dev.messages == []
+    assert good.status is Status.ok and "Secret block 'sendgrid-api-key'" in good.detail
+    assert seen[0].url.params["include_secrets"] == "true"
+    assert refused.status is Status.fail and "refused the key (401)" in refused.detail
+    assert "Secret block" in refused.detail and wrong not in refused.detail
+    assert named.status is Status.ok and "'ops-key'" in named.detail
+
+
+def test_without_a_key_or_a_secret_block_the_file_outbox_is_fine(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    result, _ = check_with_blocks(settings, {})
+    assert result.status is Status.ok and "file outbox" in result.detail
+    assert "no Secret block 'sendgrid-api-key'" in result.detail
+    empty, _ = check_with_blocks(settings, {"sendgrid-api-key": "  "})
+    assert empty.status is Status.ok and "file outbox" in empty.detail
+
+
+def test_the_environment_s_key_goes_first_and_no_block_is_read(tmp_path: Path) -> None:
+    with DevSendGrid(KEY) as dev:
+        settings = settings_for(tmp_path, SENDGRID_API_KEY=KEY, ROLLOUT_SENDGRID_URL=dev.url)
+        result, seen = check_with_blocks(settings, {"sendgrid-api-key": "SG.other"})
+    assert result.status is Status.ok and "Secret block" not in result.detail and seen == []
+
+
+def test_a_secret_block_holding_no_key_fails_without_showing_it(tmp_path: Path) -> None:
+    result, _ = check_with_blocks(settings_for(tmp_path), {"sendgrid-api-key": "SG.a b"})
+    assert result.status is Status.fail and "Secret block 'sendgrid-api-key'" in result.detail
+    assert "SG.a b" not in result.detail
+
+
+def test_a_secret_block_prefect_cannot_give_is_a_warning(tmp_path: Path) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    result = check_sendgrid(
+        settings_for(tmp_path),
+        {"PREFECT_API_URL": API},
+        prefect_transport=httpx.MockTransport(refuse),
+    )
+    assert result.status is Status.warn and "was not checked" in result.detail
+
+
 def test_an_unreachable_sendgrid_fails(tmp_path: Path) -> None:
     settings = settings_for(
         tmp_path, SENDGRID_API_KEY=KEY, ROLLOUT_SENDGRID_URL="http://127.0.0.1:1"
@@ -381,8 +463,13 @@ def prefect_api(
     paused: bool = False,
     workers: list[dict[str, Any]] | None = None,
     seen: list[httpx.Request] | None = None,
+    polled: dict[str, float | None] | None = None,
+    paused_queues: tuple[str, ...] = (),
 ) -> httpx.MockTransport:
-    """Prefect's two endpoints the check reads, answering as the server does."""
+    """Prefect's endpoints the check reads, answering as the server does: the pool, its
+    workers, and its queues, each last polled ``polled[name]`` seconds ago (None: never;
+    by default both a few seconds ago, as a worker polling the whole pool leaves them)."""
+    polled = {"default": 5, "notify-shards": 5} if polled is None else polled
 
     def handle(request: httpx.Request) -> httpx.Response:
         if seen is not None:
@@ -394,6 +481,19 @@ def prefect_api(
             return httpx.Response(200, json={"name": "rollout-process", "is_paused": paused})
         if request.method == "POST" and path == "/api/work_pools/rollout-process/workers/filter":
             return httpx.Response(200, json=workers or [])
+        queue = path.removeprefix("/api/work_pools/rollout-process/queues/")
+        if request.method == "GET" and queue in polled:
+            ago = polled[queue]
+            last = None if ago is None else (NOW - timedelta(seconds=ago)).isoformat()
+            return httpx.Response(
+                200,
+                json={
+                    "name": queue,
+                    "is_paused": queue in paused_queues,
+                    "last_polled": last and last.replace("+00:00", "Z"),
+                    "status": "PAUSED" if queue in paused_queues else "READY",
+                },
+            )
         return httpx.Response(404, json={"detail": "Not Found"})
 
     return httpx.MockTransport(handle)
@@ -453,6 +553,33 @@ def test_only_stale_heartbeats_fail() -> None:
     assert result.status is Status.fail and "no live worker" in result.detail
     assert "host-1" in result.detail
     assert check(prefect_api(workers=[worker("host-1", 89, interval=None)])).status is Status.ok
+
+
+def test_live_workers_that_poll_only_the_shard_queue_fail() -> None:
+    """Workers on other machines poll notify-shards alone: alive, they start none of the
+    runs on the default queue (daily, notify, report...) when the ROLLOUT_HOME host's
+    worker is gone."""
+    shards_only = {"default": 3600.0, "notify-shards": 5.0}
+    result = check(prefect_api(workers=[worker("shard-host", 5)], polled=shards_only))
+    assert result.status is Status.fail
+    assert "no worker polls the queue default" in result.detail
+    assert "3600s ago" in result.detail and "shard-host" in result.detail
+    never = check(prefect_api(workers=[worker("shard-host", 5)], polled={"default": None}))
+    assert never.status is Status.fail and "last polled: never" in never.detail
+    # Prefect's own rule for a ready queue: polled within 60 s.
+    assert check(prefect_api(workers=[worker("h", 5)], polled={"default": 59})).status is Status.ok
+
+
+def test_the_default_queue_polled_lately_passes_and_says_so() -> None:
+    result = check(prefect_api(workers=[worker("host-1", 5)], polled={"default": 7}))
+    assert result.status is Status.ok and "queue default polled 7s ago" in result.detail
+
+
+@pytest.mark.parametrize("queue", ["default", "notify-shards"])
+def test_a_paused_queue_fails_with_the_command_to_resume_it(queue: str) -> None:
+    result = check(prefect_api(workers=[worker("host-1", 5)], paused_queues=(queue,)))
+    assert result.status is Status.fail
+    assert f"prefect work-queue resume {queue} --pool rollout-process" in result.detail
 
 
 def test_a_pool_without_any_worker_fails() -> None:

@@ -77,6 +77,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FROM_ADDRESS = "noreply@registry.example"
 DEFAULT_FROM_NAME = "Registry security"
+# The notify flows take the SendGrid key from this Prefect Secret block (named by
+# SECRET_BLOCK_SETTING) when SENDGRID_API_KEY is unset (flows/notify.py), and `rollout
+# doctor` checks that key (rollout.ops.doctor): one name for both.
+SECRET_BLOCK = "sendgrid-api-key"
+SECRET_BLOCK_SETTING = "ROLLOUT_SENDGRID_SECRET_BLOCK"
 REDACTED = "[REDACTED]"
 MAX_REASON = 500
 

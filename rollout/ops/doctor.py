@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import httpx
 
@@ -33,6 +34,15 @@ if TYPE_CHECKING:
     from rollout.runtime import Runtime
 
 WORK_POOL = "rollout-process"
+# The pool's queues (prefect.yaml): every deployment but notify-shard is on `default`,
+# which only the worker of the ROLLOUT_HOME host polls (it polls every queue); workers
+# on other machines poll `notify-shards` alone. A live worker of the pool is not enough:
+# with only those, no daily, notify, report, preview, enforce or brown-out run starts.
+HOME_QUEUE = "default"
+SHARD_QUEUE = "notify-shards"
+# Prefect's own rule for a ready work queue (server/models/work_queues.py,
+# WORK_QUEUE_LAST_POLLED_TIMEOUT): a worker asked it for runs within 60 s.
+QUEUE_POLLED_WITHIN = timedelta(seconds=60)
 COLUMNS = ("check", "status", "detail")
 # Seconds to wait for a database, SendGrid or Prefect before calling it unreachable:
 # a health check that hangs is worse than one that says "no answer".
@@ -81,7 +91,10 @@ def run_checks(
         _guarded("landing", lambda: check_landing(settings.landing_dir)),
         _guarded("reports", lambda: check_reports(settings.reports_dir)),
         _guarded("plan", lambda: check_plan(settings.plan_path)),
-        _guarded("sendgrid", lambda: check_sendgrid(settings)),
+        _guarded(
+            "sendgrid",
+            lambda: check_sendgrid(settings, environ, prefect_transport=prefect_transport),
+        ),
         _guarded("worker", lambda: check_worker(environ, transport=prefect_transport, now=now)),
     ]
 
@@ -389,15 +402,44 @@ def check_plan(path: Path) -> CheckResult:
 # --- SendGrid -------------------------------------------------------------------------------
 
 
-def check_sendgrid(settings: Settings) -> CheckResult:
+def check_sendgrid(
+    settings: Settings,
+    environ: Mapping[str, str] | None = None,
+    *,
+    prefect_transport: httpx.BaseTransport | None = None,
+) -> CheckResult:
     """The key against the configured host, with the sender ``notify send`` would use.
 
-    ``GET /v3/scopes`` is SendGrid's cheapest authenticated call, and it says whether the
-    key may send mail at all, and read the suppression lists the notify flow copies
-    (rollout.notify.suppressions; without them, a warning). Nothing is sent."""
+    The key is the one the notify flow sends with: ``SENDGRID_API_KEY``, else the
+    Prefect Secret block ``ROLLOUT_SENDGRID_SECRET_BLOCK`` names (read through
+    ``PREFECT_API_URL``, as the worker check reads the pool), else none (the file
+    outbox). ``GET /v3/scopes`` is SendGrid's cheapest authenticated call, and it says
+    whether the key may send mail at all, and read the suppression lists the notify flow
+    copies (rollout.notify.suppressions; without them, a warning). Nothing is sent."""
+    from pydantic import SecretStr
+
+    from rollout.core.config import api_key
     from rollout.notify.senders import SendGridSender, make_sender
     from rollout.notify.suppressions import LISTS as SUPPRESSION_LISTS
 
+    from_block = no_key = ""
+    if settings.sendgrid_api_key is None and environ is not None:
+        block = _secret_block_key(environ, prefect_transport)
+        if isinstance(block, CheckResult):
+            return block
+        name, stored = block if block is not None else ("", None)
+        if block is not None and stored is None:
+            no_key = f" and Prefect has no Secret block {name!r}"
+        elif stored is not None:
+            no_key = f" and the Secret block {name!r} is empty"
+            try:
+                key = api_key(stored)
+            except ValueError as error:
+                # The notify flow refuses it alike (flows/notify.py, settings_with_secret).
+                return CheckResult("sendgrid", Status.fail, f"the Secret block {name!r} {error}")
+            if key is not None:
+                settings = settings.model_copy(update={"sendgrid_api_key": SecretStr(key)})
+                from_block = f" (the key of the Secret block {name!r}, as the notify flow takes it)"
     sender = make_sender(settings)
     if not isinstance(sender, SendGridSender):
         problem = _folder_unusable(settings.outbox_dir)
@@ -410,15 +452,19 @@ def check_sendgrid(settings: Settings) -> CheckResult:
         return CheckResult(
             "sendgrid",
             Status.ok,
-            f"file outbox ({settings.outbox_dir}): SENDGRID_API_KEY is not set, nothing is sent",
+            f"file outbox ({settings.outbox_dir}): SENDGRID_API_KEY is not set"
+            f"{no_key}, nothing is sent",
         )
     status, scopes, problem = _read_scopes(sender)
     where = sender.base_url
+    key_name = "the Secret block's key" if from_block else "SENDGRID_API_KEY"
     if problem is not None:
         return CheckResult("sendgrid", Status.fail, _short(f"{where}: {problem}"))
     if status in (401, 403):
         return CheckResult(
-            "sendgrid", Status.fail, f"{where} refused the key ({status}): check SENDGRID_API_KEY"
+            "sendgrid",
+            Status.fail,
+            f"{where} refused the key ({status}): check {key_name}{from_block}",
         )
     if status != 200:
         return CheckResult("sendgrid", Status.fail, f"{where} answered {status} to GET /v3/scopes")
@@ -426,7 +472,7 @@ def check_sendgrid(settings: Settings) -> CheckResult:
         return CheckResult(
             "sendgrid",
             Status.fail,
-            f"{where} accepts the key, but it lacks the mail.send permission",
+            f"{where} accepts the key{from_block}, but it lacks the mail.send permission",
         )
     # Reading each list needs its scope, or the whole suppression.read.
     wanted = [f"suppression.{name}.read" for name in SUPPRESSION_LISTS]
@@ -438,12 +484,63 @@ def check_sendgrid(settings: Settings) -> CheckResult:
         return CheckResult(
             "sendgrid",
             Status.warn,
-            f"{where} accepts the key (mail.send), but it cannot read the suppression "
+            f"{where} accepts the key{from_block} (mail.send), but it cannot read the suppression "
             f"lists ({', '.join(unreadable)}): bounces and spam reports are not skipped",
         )
     return CheckResult(
-        "sendgrid", Status.ok, f"{where} accepts the key (mail.send, suppression lists)"
+        "sendgrid", Status.ok, f"{where} accepts the key{from_block} (mail.send, suppression lists)"
     )
+
+
+def _secret_block_key(
+    environ: Mapping[str, str], transport: httpx.BaseTransport | None
+) -> tuple[str, str | None] | CheckResult | None:
+    """(block name, the value it holds) of the Secret block the notify flow takes the
+    SendGrid key from when ``SENDGRID_API_KEY`` is unset, the value None when there is
+    no such block (the flow's file outbox); None when there is no Prefect to ask (no
+    ``PREFECT_API_URL``); a warning row when Prefect cannot say (the worker check fails
+    on that already). Through Prefect's REST API, as the worker check: nothing under
+    rollout/ imports prefect."""
+    from rollout.notify.senders import SECRET_BLOCK, SECRET_BLOCK_SETTING
+
+    name = environ.get(SECRET_BLOCK_SETTING) or SECRET_BLOCK
+    try:
+        api = prefect_api(environ)
+    except BadInput as error:
+        return CheckResult(
+            "sendgrid",
+            Status.warn,
+            _short(f"the notify flow's Secret block {name!r} was not checked: {error.reason}"),
+        )
+    if api is None:
+        return None
+    api_url, headers = api
+    unread = f"the notify flow's Secret block {name!r} was not checked: {url_shown(api_url)}"
+    with httpx.Client(
+        base_url=api_url.rstrip("/") + "/",
+        headers=headers,
+        timeout=TIMEOUT,
+        transport=transport,
+    ) as client:
+        try:
+            answer = client.get(
+                f"block_types/slug/secret/block_documents/name/{quote(name, safe='')}",
+                params={"include_secrets": "true"},
+            )
+        except httpx.HTTPError as error:
+            return CheckResult(
+                "sendgrid", Status.warn, _short(f"{unread}: no answer: {type(error).__name__}")
+            )
+    if answer.status_code == 404:
+        return name, None
+    if answer.status_code != 200:
+        return CheckResult("sendgrid", Status.warn, f"{unread} answered {answer.status_code}")
+    try:
+        value = (answer.json().get("data") or {}).get("value")
+    except (ValueError, AttributeError):
+        return CheckResult("sendgrid", Status.warn, f"{unread} is not Prefect's REST API")
+    # As the flow reads it: str() of what the block holds (Secret.get()).
+    return name, "" if value is None else str(value)
 
 
 def _read_scopes(sender: Any) -> tuple[int | None, list[str], str | None]:
@@ -506,11 +603,13 @@ def check_worker(
     ) as client:
         try:
             pool = client.get(f"work_pools/{WORK_POOL}")
-            workers = (
-                client.post(f"work_pools/{WORK_POOL}/workers/filter", json={"offset": 0})
-                if pool.status_code == 200
-                else None
-            )
+            workers = queues = None
+            if pool.status_code == 200:
+                workers = client.post(f"work_pools/{WORK_POOL}/workers/filter", json={"offset": 0})
+                queues = {
+                    name: client.get(f"work_pools/{WORK_POOL}/queues/{name}")
+                    for name in (HOME_QUEUE, SHARD_QUEUE)
+                }
         except httpx.HTTPError as error:
             return CheckResult(
                 "worker",
@@ -518,7 +617,9 @@ def check_worker(
                 _short(f"{url_shown(api_url)}: no answer: {type(error).__name__}"),
             )
     try:
-        return _judge_workers(api_url, pool, workers, now())
+        return _judge_workers(api_url, pool, workers, now()) or _judge_queues(
+            api_url, queues or {}, workers, now()
+        )
     except ValueError:  # JSONDecodeError: the UI's HTML, say, at a URL without /api
         return CheckResult(
             "worker",
@@ -529,7 +630,9 @@ def check_worker(
 
 def _judge_workers(
     api_url: str, pool: httpx.Response, workers: httpx.Response | None, now: datetime
-) -> CheckResult:
+) -> CheckResult | None:
+    """A fail when the pool cannot run anything (missing, paused, no live worker); None
+    when it can, and its queues are next (``_judge_queues``)."""
     if pool.status_code == 404:
         return CheckResult(
             "worker",
@@ -561,17 +664,66 @@ def _judge_workers(
             Status.fail,
             _short(f"no live worker in {WORK_POOL} (no recent heartbeat; workers seen: {known})"),
         )
+    return None
+
+
+def _judge_queues(
+    api_url: str,
+    queues: Mapping[str, httpx.Response],
+    workers: httpx.Response | None,
+    now: datetime,
+) -> CheckResult:
+    """The pool's queues: none paused, and `default` polled lately. A live worker that
+    polls `notify-shards` alone (another machine's) starts none of the runs on `default`."""
+    for name, answer in queues.items():
+        if answer.status_code == 404 and name == SHARD_QUEUE:
+            continue  # made by `prefect deploy --all`; before it, nothing is on it
+        if answer.status_code != 200:
+            return CheckResult(
+                "worker",
+                Status.fail,
+                f"{url_shown(api_url)} answered {answer.status_code} for the queue {name} "
+                f"of {WORK_POOL}",
+            )
+        if answer.json().get("is_paused"):
+            return CheckResult(
+                "worker",
+                Status.fail,
+                f"queue {name} of {WORK_POOL} is paused: no run on it starts until "
+                f"`prefect work-queue resume {name} --pool {WORK_POOL}`",
+            )
+    live = [w for w in (workers.json() if workers is not None else []) if _is_live(w, now)]
+    names = ", ".join(str(w.get("name", "?")) for w in live)
+    home = queues.get(HOME_QUEUE)
+    polled = _when(home.json().get("last_polled")) if home is not None else None
+    if polled is None or now - polled > QUEUE_POLLED_WITHIN:
+        last = "never" if polled is None else f"{max((now - polled).total_seconds(), 0):.0f}s ago"
+        return CheckResult(
+            "worker",
+            Status.fail,
+            _short(
+                f"no worker polls the queue {HOME_QUEUE} of {WORK_POOL} (last polled: {last}), "
+                f"so no daily, notify, report, phase or brown-out run starts; the live "
+                f"workers ({names}) poll other queues only: start the worker of the "
+                f"ROLLOUT_HOME host without --work-queue"
+            ),
+        )
     newest = max(live, key=lambda w: _heartbeat(w) or now)
     age = max((now - (_heartbeat(newest) or now)).total_seconds(), 0)
     return CheckResult(
         "worker",
         Status.ok,
-        f"{len(live)} live in {WORK_POOL}: {newest.get('name')} (heartbeat {age:.0f}s ago)",
+        f"{len(live)} live in {WORK_POOL}: {newest.get('name')} (heartbeat {age:.0f}s ago; "
+        f"queue {HOME_QUEUE} polled {max((now - polled).total_seconds(), 0):.0f}s ago)",
     )
 
 
 def _heartbeat(worker: Mapping[str, Any]) -> datetime | None:
-    value = worker.get("last_heartbeat_time")
+    return _when(worker.get("last_heartbeat_time"))
+
+
+def _when(value: object) -> datetime | None:
+    """A time as Prefect's API gives it (ISO 8601, `Z` for UTC); None when not given."""
     if not value:
         return None
     when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))

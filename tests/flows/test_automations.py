@@ -90,6 +90,18 @@ def test_failed_runs_alert_at_once_and_paused_runs_after_four_hours() -> None:
     assert paused.for_each == {"prefect.resource.id"}
 
     assert no_worker.posture is Posture.Proactive
-    assert no_worker.after == {"prefect.work-pool.not-ready"}
-    assert no_worker.expect == {"prefect.work-pool.ready"}
-    assert no_worker.match.model_dump()["prefect.resource.name"] == "rollout-process"
+    # The default queue, which only the ROLLOUT_HOME host's worker polls: the pool stays
+    # ready while a shard-only worker of another machine polls it, starting none of
+    # the scheduled runs.
+    assert no_worker.after == {"prefect.work-queue.not-ready"}
+    assert no_worker.expect == {"prefect.work-queue.ready"}
+    assert no_worker.match.model_dump()["prefect.resource.name"] == "default"
+    [pool] = (
+        no_worker.match_related
+        if isinstance(no_worker.match_related, list)
+        else [no_worker.match_related]
+    )
+    assert pool.model_dump() == {
+        "prefect.resource.role": "work-pool",
+        "prefect.resource.name": "rollout-process",
+    }

@@ -7,6 +7,9 @@ a registry of their own with 30 queued notices, on a day the plan has nothing du
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import urllib.error
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -334,3 +337,53 @@ def test_a_user_error_caused_by_a_transient_one_is_not_retried() -> None:
             raise GuardRefused("refused") from cause
     except GuardRefused as error:
         assert not is_transient(error)
+
+
+# --- a stop ------------------------------------------------------------------------------
+
+# A flow run of its own process, as a worker starts one: SIGTERM lands while DuckDB
+# works (the worker's host stopping it, systemd's KillMode=control-group), one second in.
+STOPPED_IN_A_QUERY = """
+import os, signal, threading
+import duckdb
+from prefect import flow
+from prefect.runtime import flow_run
+from flows.common import with_runtime
+
+@flow(name="stopped-in-a-query")
+@with_runtime
+def stopped_in_a_query() -> None:
+    print(flow_run.id, flush=True)
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # Prefect's, noted
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    duckdb.connect().execute("select count(*) from range(1000000000000) a").fetchall()
+
+stopped_in_a_query()
+"""
+
+
+def test_a_run_stopped_while_duckdb_works_ends_crashed_not_failed(
+    prefect_server: None, clean_env: None, tmp_path: Path
+) -> None:
+    """DuckDB turns the signal's exception into RuntimeError("Query interrupted"): the
+    run ended Failed with a traceback (the failed-run alert read a bug), not Crashed as
+    Prefect ends a stopped run, nor Cancelled when it was cancelled."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    script = tmp_path / "stopped.py"
+    script.write_text(STOPPED_IN_A_QUERY)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "ROLLOUT_HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+    }
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    run_id = done.stdout.split()[0]
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run_id).state
+    assert state is not None and state.is_crashed(), (state, done.stderr[-2000:])
+    assert "Query interrupted" not in (state.message or "")
