@@ -342,6 +342,47 @@ def test_a_snooze_postpones_one_deadline_once_within_the_plans_days(
     assert audited == 1
 
 
+def _reply_to(campaign: Campaign, username: str) -> tuple[str, str]:
+    """The last snooze_reply written to ``username``: its plain text and its HTML's
+    words, each read back from the .eml."""
+    for path in sorted(campaign.outbox.glob("*-snooze_reply.eml"), reverse=True):
+        message = message_from_bytes(path.read_bytes(), policy=policy.default)
+        if message["To"].addresses[0].username == username:
+            text = message.get_body(("plain",)).get_content()
+            html = message.get_body(("html",)).get_content()
+            return " ".join(text.split()), " ".join(re.sub(r"<[^>]+>", "", html).split())
+    raise AssertionError(f"no snooze_reply to {username}")
+
+
+def test_a_snooze_refused_after_the_deadline_says_it_has_passed_and_applies_now(
+    campaign: Campaign, registry: Registry, plan: Plan
+) -> None:
+    """ann asks two days after her deadline, enforced on it: her reply said her deadline
+    "stays" 27 April, what the registry asks "by then", and that "nothing changes" for
+    an account that meets it, as if the day were still to come."""
+    campaign.day(date(2023, 3, 13))
+    assert campaign.enforce(date(2023, 4, 27)) == {"ann", "eve"}
+    assert _ask(registry, plan, "ann", 3, date(2023, 4, 29))[0] == "refused"
+    campaign.day(date(2023, 4, 29))
+    for part in _reply_to(campaign, "ann"):
+        assert "the request came after your deadline had passed" in part
+        passed = "Your account's deadline was Thursday 27 April 2023, 00:00 UTC: it has passed"
+        assert passed in part
+        assert "What the registry asks of your account since then" in part
+        assert "This applies to your account now" in part
+        assert "stays" not in part and "by then" not in part
+        assert "nothing changes for it" not in part
+    # Refused before its deadline, the deadline is still to come: "stays", "by then".
+    AccountFactory(username="bob", in_cohort="publishers")
+    campaign.day(date(2023, 5, 1))
+    assert _ask(registry, plan, "bob", 8, date(2023, 5, 1))[0] == "refused"
+    campaign.day(date(2023, 5, 1))
+    for part in _reply_to(campaign, "bob"):
+        assert "Your account's deadline stays Thursday 15 June 2023, 00:00 UTC" in part
+        assert "What the registry asks of your account by then" in part
+        assert "has passed" not in part
+
+
 def test_requests_judged_a_few_accounts_at_a_time_get_the_same_outcomes(
     campaign: Campaign, registry: Registry, plan: Plan, monkeypatch: pytest.MonkeyPatch
 ) -> None:

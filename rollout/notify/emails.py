@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from rollout.core.links import invitation_link, report_link
 from rollout.core.plan import DEFAULT_EFFECTS, Phase, Plan, Requirements
-from rollout.notify.outbox import SENT_ON, run_day
+from rollout.notify.outbox import RUN_DAY, SENT_ON, run_day
 
 ContextFunction = Callable[["Recipient", Mapping[str, Any], Plan], dict[str, Any]]
 # The email enforcement queues to each account a phase changed.
@@ -393,7 +393,12 @@ def phase_summary(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[s
 )
 def snooze_reply(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
     phase = plan.phase(stored["phase"])
-    deadline = stored["deadline"]
+    deadline = _day(stored["deadline"]) if stored["deadline"] else None
+    # The day the reply goes (the drain's SENT_ON, else its queue run's day): a request
+    # refused after its deadline was told the deadline "stays" that day, what the
+    # registry asks "by then", and that "nothing changes" for an account that meets it:
+    # all in the future, of a deadline past and a requirement in force.
+    sent_on = stored.get(SENT_ON) or stored.get(RUN_DAY)
     return {
         **common(r, plan),
         "phase": phase.name,
@@ -401,7 +406,8 @@ def snooze_reply(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[st
         "days": int(stored["days"]),
         # Granted: the new deadline; refused: the account's deadline as it stands, if
         # it has one (no notice yet, or not in the cohort: none).
-        "deadline": _day(deadline) if deadline else None,
+        "deadline": deadline,
+        "passed": deadline is not None and sent_on is not None and deadline <= _day(sent_on),
         "reason": str(stored["reason"]),
         "requirements": phase.requires.describe(),
         "snooze_url": plan.notifications.snooze_url,
