@@ -523,6 +523,13 @@ def _snapshot(
                 "delete from cohort_account_snapshots where as_of = $as_of and cohort = $cohort",
                 params,
             )
+            # The build itself, so one that writes no row still reads as the cohort's
+            # latest day, empty (cohort_latest_builds).
+            con.execute(
+                "insert or replace into cohort_builds "
+                "values ($as_of, $cohort, timezone('UTC', now()))",
+                params,
+            )
             con.execute(
                 """
                 insert into cohort_package_snapshots
@@ -1060,22 +1067,23 @@ def latest_as_of(
 
 
 def latest_build(con: duckdb.DuckDBPyConnection, cohort: str) -> date | None:
-    """The latest day a build wrote ``cohort``'s snapshots: of its packages or its
-    accounts (a build whose packages put no account in it writes no account row, and
-    its accounts that day are none, not the build before's)."""
+    """The latest day ``cohort`` was built, whatever the build wrote (one whose packages
+    put no account in it writes no account row, one whose packages were all released
+    no row at all: its accounts that day are none, not the build before's)."""
     return warehouse.scalar(
         con, "select as_of from cohort_latest_builds where cohort = $cohort", {"cohort": cohort}
     )
 
 
 def snapshot_exists(con: duckdb.DuckDBPyConnection, day: date, cohort: str | None = None) -> bool:
-    """Whether a cohort build wrote ``cohort``'s (or any cohort's) snapshot of ``day``."""
+    """Whether a cohort build of ``day`` ran for ``cohort`` (or any cohort), empty or not."""
     which = "" if cohort is None else " and cohort = $cohort"
     params: dict[str, Any] = {"day": day} | ({} if cohort is None else {"cohort": cohort})
     return bool(
         warehouse.scalar(
             con,
-            f"select exists (select 1 from cohort_package_snapshots where as_of = $day{which}) "
+            f"select exists (select 1 from cohort_builds where as_of = $day{which}) "
+            f"or exists (select 1 from cohort_package_snapshots where as_of = $day{which}) "
             f"or exists (select 1 from cohort_account_snapshots where as_of = $day{which})",
             params,
         )

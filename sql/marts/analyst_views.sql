@@ -9,13 +9,17 @@ create or replace view cohort_membership_history as
 select as_of, cohort, account_id, username, tfa_status, first_qualified_on, packages, via
 from cohort_account_snapshots;
 
--- Each cohort's latest build is the latest day either of its snapshots holds: a build
--- whose cohort had packages but no account writes no account row, and its latest
--- accounts are none, not the build before's. (Undocumented, no comment: the two views
--- below and rollout.cohorts.latest_build read it.)
+-- Each cohort's latest build: the latest day a build recorded (cohort_builds), or either
+-- of its snapshots holds (a warehouse built before builds were recorded). A build whose
+-- cohort had packages but no account writes no account row, and one whose packages were
+-- all released writes none at all: its latest accounts and packages are none, not the
+-- build before's. (Undocumented, no comment: the two views below and
+-- rollout.cohorts.latest_build read it.)
 create or replace view cohort_latest_builds as
 select cohort, max(as_of) as as_of
 from (
+    select cohort, as_of from cohort_builds
+    union all
     select cohort, as_of from cohort_package_snapshots
     union all
     select cohort, as_of from cohort_account_snapshots
