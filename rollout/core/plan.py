@@ -133,10 +133,26 @@ Day = Annotated[
     _no_number("a date, YYYY-MM-DD"),
     AfterValidator(_supported_day),
 ]
+
+
+def _time_as_written(value: object) -> object:
+    """A time is given with its time: a day alone (``2022-02-16``, YAML's date or the
+    text) was read as its midnight UTC, which a plan meaning the day's start where its
+    writer is (or the working day's) does not say. Refused, as a day with a time is."""
+    plain_day = isinstance(value, date) and not isinstance(value, datetime)
+    if plain_day or (isinstance(value, str) and _DAY_TEXT.fullmatch(value.strip())):
+        raise ValueError(
+            f"expected a time, YYYY-MM-DDTHH:MM:SS (UTC, or with an offset), not a day "
+            f"({str(value).strip()}): write {str(value).strip()}T00:00:00 for its midnight UTC"
+        )
+    return value
+
+
 # Times are compared with each other and with the registry's, which are naive UTC: a
 # time given with an offset is converted once, here, so every plan time is naive UTC.
 Moment = Annotated[
     datetime,
+    BeforeValidator(_time_as_written),
     _no_number("a time, YYYY-MM-DDTHH:MM:SS (UTC, or with an offset)"),
     AfterValidator(_supported_moment),
 ]
