@@ -25,7 +25,7 @@ from rollout.core.calendar import cohorts_step
 from rollout.core.clock import day_end, require_data_day
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import CohortRule, Plan
-from rollout.core.words import by_count, counted, them
+from rollout.core.words import by_count, counted, percent, them
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.engine import begin_writing
@@ -120,6 +120,8 @@ def rule_parameters(
         # As written in the plan (0.07), not as the nearest binary fraction: the cut is
         # ceil(share x packages), and 0.07 x 100 in floating point is 7.000000000000001.
         "top_share": Decimal(repr(share.share)) if share else None,
+        # As people write it in the reasons ("top 1%"; 1e-05 and 1.0 are not).
+        "top_share_percent": percent(share.share) if share else None,
         "share_days": share.days if share else None,
         "every_maintainer": rule.every_maintainer,
     }

@@ -1024,3 +1024,29 @@ def test_a_cohort_whose_packages_are_all_released_reads_as_empty(
     assert cohorts.snapshot_exists(con, D2, "high-impact")
     # The other cohort's day is its own.
     assert con.execute("select distinct as_of from cohort_accounts").fetchall() == [(D2,)]
+
+
+def test_a_tiny_top_share_reads_as_people_write_it_in_the_reasons(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+) -> None:
+    """The top 0.0001% of the 6 packages is the first one: its reason said "top 0.0%"
+    (the share rounded to 4 places), and "top 1.0%" for 0.01."""
+    plan = small_cohorts_plan.model_copy(
+        update={
+            "cohorts": {
+                "top-1": CohortRule(top_share_by_downloads=TopShare(share=1e-06, days=7)),
+                "high-impact": CohortRule(top_share_by_downloads=TopShare(share=0.01, days=7)),
+            }
+        }
+    )
+    build(con, registry, plan, D2)
+    reasons = con.execute(
+        "select cohort, package, reasons from cohort_packages order by cohort"
+    ).fetchall()
+    assert reasons == [
+        ("high-impact", "big", ["top 1% by downloads over 7 days (rank 1 of 6, 140 downloads)"]),
+        ("top-1", "big", ["top 0.0001% by downloads over 7 days (rank 1 of 6, 140 downloads)"]),
+    ]

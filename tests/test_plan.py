@@ -737,6 +737,15 @@ def test_two_phases_on_one_cohort_on_the_same_days_are_a_warning() -> None:
             {"top_share_by_downloads": {"share": 0.01, "days": 180}},
             "maintainers of packages that are in the top 1% by downloads over 180 days",
         ),
+        # As people write a share: not 1e-05, nor a float's 7.000000000000001.
+        (
+            {"top_share_by_downloads": {"share": 1e-07, "days": 30}},
+            "maintainers of packages that are in the top 0.00001% by downloads over 30 days",
+        ),
+        (
+            {"top_share_by_downloads": {"share": 0.07, "days": 1}},
+            "maintainers of packages that are in the top 7% by downloads over 1 day",
+        ),
         (
             {"every_maintainer": True, "active_within": {"days": 365, "by": ["published"]}},
             "maintainers of any package who published in the last 365 days",

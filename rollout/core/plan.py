@@ -31,7 +31,7 @@ from rollout.core.controls import CONTROL_CHARACTERS
 from rollout.core.errors import BadInput
 from rollout.core.files import utf8_text
 from rollout.core.names import SAFE_NAME_RULE, is_safe_name
-from rollout.core.words import counted
+from rollout.core.words import counted, percent
 
 
 class _Strict(BaseModel):
@@ -326,7 +326,7 @@ class CohortRule(_Strict):
                 criteria.append(f"have more than {counted(over.count, 'download')} {span}")
             if (top := self.top_share_by_downloads) is not None:
                 criteria.append(
-                    f"are in the top {top.share * 100:g}% by downloads over "
+                    f"are in the top {percent(top.share)}% by downloads over "
                     f"{counted(top.days, 'day')}"
                 )
             said = "maintainers of packages that " + " or ".join(criteria)
