@@ -25,7 +25,7 @@ from rollout.core.calendar import cohorts_step
 from rollout.core.clock import day_end, require_data_day
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import CohortRule, Plan
-from rollout.core.words import by_count, counted, them
+from rollout.core.words import by_count, counted, percent, them
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.engine import begin_writing
@@ -120,6 +120,8 @@ def rule_parameters(
         # As written in the plan (0.07), not as the nearest binary fraction: the cut is
         # ceil(share x packages), and 0.07 x 100 in floating point is 7.000000000000001.
         "top_share": Decimal(repr(share.share)) if share else None,
+        # As people write it in the reasons ("top 1%"; 1e-05 and 1.0 are not).
+        "top_share_percent": percent(share.share) if share else None,
         "share_days": share.days if share else None,
         "every_maintainer": rule.every_maintainer,
     }
@@ -521,6 +523,13 @@ def _snapshot(
             )
             con.execute(
                 "delete from cohort_account_snapshots where as_of = $as_of and cohort = $cohort",
+                params,
+            )
+            # The build itself, so one that writes no row still reads as the cohort's
+            # latest day, empty (cohort_latest_builds).
+            con.execute(
+                "insert or replace into cohort_builds "
+                "values ($as_of, $cohort, timezone('UTC', now()))",
                 params,
             )
             con.execute(
@@ -1060,22 +1069,23 @@ def latest_as_of(
 
 
 def latest_build(con: duckdb.DuckDBPyConnection, cohort: str) -> date | None:
-    """The latest day a build wrote ``cohort``'s snapshots: of its packages or its
-    accounts (a build whose packages put no account in it writes no account row, and
-    its accounts that day are none, not the build before's)."""
+    """The latest day ``cohort`` was built, whatever the build wrote (one whose packages
+    put no account in it writes no account row, one whose packages were all released
+    no row at all: its accounts that day are none, not the build before's)."""
     return warehouse.scalar(
         con, "select as_of from cohort_latest_builds where cohort = $cohort", {"cohort": cohort}
     )
 
 
 def snapshot_exists(con: duckdb.DuckDBPyConnection, day: date, cohort: str | None = None) -> bool:
-    """Whether a cohort build wrote ``cohort``'s (or any cohort's) snapshot of ``day``."""
+    """Whether a cohort build of ``day`` ran for ``cohort`` (or any cohort), empty or not."""
     which = "" if cohort is None else " and cohort = $cohort"
     params: dict[str, Any] = {"day": day} | ({} if cohort is None else {"cohort": cohort})
     return bool(
         warehouse.scalar(
             con,
-            f"select exists (select 1 from cohort_package_snapshots where as_of = $day{which}) "
+            f"select exists (select 1 from cohort_builds where as_of = $day{which}) "
+            f"or exists (select 1 from cohort_package_snapshots where as_of = $day{which}) "
             f"or exists (select 1 from cohort_account_snapshots where as_of = $day{which})",
             params,
         )

@@ -206,3 +206,30 @@ def test_a_cohort_whose_latest_build_has_no_accounts_shows_none(
         "select distinct cohort, as_of from cohort_packages order by cohort"
     ).fetchall()
     assert packages == [("high-impact", date(2022, 1, 24)), ("top-100", date(2022, 1, 24))]
+
+
+def test_package_metrics_says_when_its_download_windows_have_gaps(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A day computed past the data counts its missing days as zeros: the view says
+    which windows are incomplete, so those zeros do not read as packages nobody
+    downloaded."""
+    report = ingest(
+        con, _landing(tmp_path / "landing"), quarantine_limit=0.0, now=datetime(2022, 3, 1)
+    )
+    assert report.rejected == []
+    last = max(DAYS)
+    shown = "select distinct weekly_window_complete, monthly_window_complete from package_metrics"
+    # The 20 days of data: the week before the day after them is whole, its month not.
+    compute_metrics(con, last + timedelta(days=1), MetricsWindows(monthly_window_days=20))
+    assert con.execute(shown).fetchall() == [(True, True)]
+    compute_metrics(con, last + timedelta(days=1), MetricsWindows())
+    assert con.execute(shown).fetchall() == [(True, False)]
+
+    # A week after the data: the weekly window is all gap, the monthly in part.
+    compute_metrics(con, last + timedelta(days=8), MetricsWindows())
+    rows = con.execute(
+        "select distinct weekly_downloads, weekly_window_complete, monthly_window_complete "
+        "from package_metrics"
+    ).fetchall()
+    assert rows == [(0, False, False)]

@@ -996,3 +996,57 @@ def test_a_day_after_today_is_refused_by_the_library_until_midnight_utc(
         assert not (tmp_path / "reports").exists()
         clock.move_to(datetime(2022, 2, 1, 0, 0))
         assert metrics.compute_metrics(con, day, plan.metrics).as_of == day
+
+
+def test_a_cohort_whose_packages_are_all_released_reads_as_empty(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+) -> None:
+    """Every package of high-impact released and none qualifying on D2: the build writes
+    no row, and the analyst views showed D1's accounts and packages as its latest."""
+    build(con, registry, small_cohorts_plan, D1)
+    packages = [
+        row[0]
+        for row in con.execute(
+            "select package from cohort_packages where cohort = 'high-impact'"
+        ).fetchall()
+    ]
+    assert packages and accounts_of(con, "high-impact", D1)
+    for package in packages:
+        cohorts.release_package(registry, "high-impact", package, reason="mistake", actor="rm")
+    build(con, registry, small_cohorts_plan, D2)
+    for view in ("cohort_accounts", "cohort_packages"):
+        rows = con.execute(f"select as_of from {view} where cohort = 'high-impact'").fetchall()
+        assert rows == [], view
+    assert cohorts.latest_build(con, "high-impact") == D2
+    assert cohorts.snapshot_exists(con, D2, "high-impact")
+    # The other cohort's day is its own.
+    assert con.execute("select distinct as_of from cohort_accounts").fetchall() == [(D2,)]
+
+
+def test_a_tiny_top_share_reads_as_people_write_it_in_the_reasons(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+) -> None:
+    """The top 0.0001% of the 6 packages is the first one: its reason said "top 0.0%"
+    (the share rounded to 4 places), and "top 1.0%" for 0.01."""
+    plan = small_cohorts_plan.model_copy(
+        update={
+            "cohorts": {
+                "top-1": CohortRule(top_share_by_downloads=TopShare(share=1e-06, days=7)),
+                "high-impact": CohortRule(top_share_by_downloads=TopShare(share=0.01, days=7)),
+            }
+        }
+    )
+    build(con, registry, plan, D2)
+    reasons = con.execute(
+        "select cohort, package, reasons from cohort_packages order by cohort"
+    ).fetchall()
+    assert reasons == [
+        ("high-impact", "big", ["top 1% by downloads over 7 days (rank 1 of 6, 140 downloads)"]),
+        ("top-1", "big", ["top 0.0001% by downloads over 7 days (rank 1 of 6, 140 downloads)"]),
+    ]

@@ -174,6 +174,25 @@ def test_a_date_or_time_quoted_as_digits_is_refused_not_read_as_seconds_since_19
     assert f"expected {expected}" in reason and "not a number" in reason
 
 
+@pytest.mark.parametrize("written", ["2022-02-16", "'2022-02-16'", "' 2022-02-16 '"])
+def test_a_brownout_start_given_as_a_day_without_a_time_is_refused_at_its_line(
+    written: str,
+) -> None:
+    """docs/plans.md: times are YYYY-MM-DDTHH:MM:SS. A day alone was taken as its
+    midnight UTC, which a release manager meaning the day's start at home did not say
+    (as a day given with a time is refused, not read as its calendar day)."""
+    new = f"starts_at: {written}"
+    text = edited("starts_at: 2022-02-16T00:00:00", new)
+    problems = problems_in(text)
+    assert len(problems) == 1, problems
+    line, reason = problems[0]
+    assert line == line_of(text, new)
+    assert reason == (
+        "brownouts.0.starts_at: expected a time, YYYY-MM-DDTHH:MM:SS (UTC, or with an "
+        "offset), not a day (2022-02-16): write 2022-02-16T00:00:00 for its midnight UTC"
+    )
+
+
 @pytest.mark.parametrize(
     "written",
     [
@@ -717,6 +736,15 @@ def test_two_phases_on_one_cohort_on_the_same_days_are_a_warning() -> None:
         (
             {"top_share_by_downloads": {"share": 0.01, "days": 180}},
             "maintainers of packages that are in the top 1% by downloads over 180 days",
+        ),
+        # As people write a share: not 1e-05, nor a float's 7.000000000000001.
+        (
+            {"top_share_by_downloads": {"share": 1e-07, "days": 30}},
+            "maintainers of packages that are in the top 0.00001% by downloads over 30 days",
+        ),
+        (
+            {"top_share_by_downloads": {"share": 0.07, "days": 1}},
+            "maintainers of packages that are in the top 7% by downloads over 1 day",
         ),
         (
             {"every_maintainer": True, "active_within": {"days": 365, "by": ["published"]}},

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rollout.core.errors import FileRejected
+from rollout.core.errors import BadInput, FileRejected
 from rollout.warehouse import ingest, landing
 
 HEADER = "occurred_at,package,username,via,token_kind,second_factor"
@@ -145,3 +145,57 @@ def test_events_sent_again_in_another_file_are_duplicates_not_loaded_twice(
     third = load(con, overlapping)
     assert (third.rows_loaded, third.rows_duplicate) == (2, 3)
     assert con.execute("select count(*) from stg_publishes").fetchone() == (9,)
+
+
+# --- a span with no events -----------------------------------------------------------------
+
+
+def test_a_file_with_its_columns_and_no_rows_is_a_span_with_none_loaded_as_zero_rows(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A day nobody logged in or published is a real day: its export (the header alone,
+    or a Parquet file with the columns, as the demo leaves the sample's files when every
+    event is after its first day) loads as 0 rows, not refused as an empty file."""
+    folder = tmp_path / "landing"
+    logins = folder / "logins" / "logins.parquet"
+    logins.parent.mkdir(parents=True)
+    pq.write_table(
+        pa.table(
+            {
+                "occurred_at": pa.array([], pa.timestamp("us", tz="UTC")),
+                "username": pa.array([], pa.string()),
+                "second_factor": pa.array([], pa.string()),
+                "outcome": pa.array([], pa.string()),
+            }
+        ),
+        logins,
+    )
+    publishes = write_csv(tmp_path, [])
+    for path, table in ((logins, "raw_logins"), (publishes, "raw_publishes")):
+        result = load(con, path)
+        assert (result.status, result.rows_read, result.rows_loaded) == ("loaded", 0, 0)
+        assert con.execute(f"select count(*) from {table}").fetchone() == (0,)
+    assert con.execute("select count(*) from ingested_files").fetchone() == (2,)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        # No header: not the export of a span, a file cut short.
+        ("publishes/publishes-1.csv", b"", ":1: empty file: expected a CSV header"),
+        ("logins/logins-1.csv", b"", ":1: empty file: expected a CSV header"),
+        # The columns of another kind: no rows does not pass them.
+        ("logins/logins-2.csv", b"occurred_at,username\n", "second_factor"),
+        # Downloads and manifests with no rows are an export gone wrong.
+        ("downloads/downloads-2025-11-20.csv", b"package,day,downloads\n", "the file is empty"),
+    ],
+)
+def test_a_file_with_no_rows_and_no_header_or_of_another_kind_is_still_refused(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, name: str, content: bytes, reason: str
+) -> None:
+    path = tmp_path / "landing" / name
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    with pytest.raises(BadInput, match=reason):
+        load(con, path)
+    assert con.execute("select count(*) from ingested_files").fetchone() == (0,)

@@ -31,7 +31,7 @@ from rollout.core.controls import CONTROL_CHARACTERS
 from rollout.core.errors import BadInput
 from rollout.core.files import utf8_text
 from rollout.core.names import SAFE_NAME_RULE, is_safe_name
-from rollout.core.words import counted
+from rollout.core.words import counted, percent
 
 
 class _Strict(BaseModel):
@@ -133,10 +133,26 @@ Day = Annotated[
     _no_number("a date, YYYY-MM-DD"),
     AfterValidator(_supported_day),
 ]
+
+
+def _time_as_written(value: object) -> object:
+    """A time is given with its time: a day alone (``2022-02-16``, YAML's date or the
+    text) was read as its midnight UTC, which a plan meaning the day's start where its
+    writer is (or the working day's) does not say. Refused, as a day with a time is."""
+    plain_day = isinstance(value, date) and not isinstance(value, datetime)
+    if plain_day or (isinstance(value, str) and _DAY_TEXT.fullmatch(value.strip())):
+        raise ValueError(
+            f"expected a time, YYYY-MM-DDTHH:MM:SS (UTC, or with an offset), not a day "
+            f"({str(value).strip()}): write {str(value).strip()}T00:00:00 for its midnight UTC"
+        )
+    return value
+
+
 # Times are compared with each other and with the registry's, which are naive UTC: a
 # time given with an offset is converted once, here, so every plan time is naive UTC.
 Moment = Annotated[
     datetime,
+    BeforeValidator(_time_as_written),
     _no_number("a time, YYYY-MM-DDTHH:MM:SS (UTC, or with an offset)"),
     AfterValidator(_supported_moment),
 ]
@@ -310,7 +326,7 @@ class CohortRule(_Strict):
                 criteria.append(f"have more than {counted(over.count, 'download')} {span}")
             if (top := self.top_share_by_downloads) is not None:
                 criteria.append(
-                    f"are in the top {top.share * 100:g}% by downloads over "
+                    f"are in the top {percent(top.share)}% by downloads over "
                     f"{counted(top.days, 'day')}"
                 )
             said = "maintainers of packages that " + " or ".join(criteria)

@@ -4,6 +4,8 @@ messages count too), so any layer may say a count through here."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``1 account``, ``2 accounts``, ``12,000 accounts``: a count and its noun, as
@@ -11,6 +13,14 @@ def counted(n: int, noun: str, plural: str | None = None) -> str:
     "replies")``); every message that puts a number before a noun says it through here,
     so a count of one never reads ``1 accounts``."""
     return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
+def percent(share: float) -> str:
+    """A share (0.01) as a percentage people write: ``1``, ``0.5``, ``34``, ``0.00001``,
+    from the share as written (its shortest repr), so without a float's tail
+    (``7.000000000000001``), an exponent (``1e-05``) or zeros that say nothing
+    (``34.0``). The caller adds the ``%``."""
+    return format((Decimal(repr(share)) * 100).normalize(), "f")
 
 
 def by_count(n: int, one: str, many: str) -> str:

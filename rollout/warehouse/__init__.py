@@ -40,9 +40,9 @@ REBUILD_ADVICE = (
     "($ROLLOUT_HOME/landing) and copies the registry again; lost are the rows of "
     "landing files no longer there, and each past day's metrics and cohort snapshots "
     "(package_metrics_daily, metrics_runs, cohort_package_snapshots, "
-    "cohort_account_snapshots): `rollout metrics --as-of DAY` and `rollout cohorts build "
-    "--as-of DAY` compute a day again, from the landing files and the registry as they "
-    "are now (docs/runbook-operator.md, section 12)"
+    "cohort_account_snapshots, cohort_builds): `rollout metrics --as-of DAY` and "
+    "`rollout cohorts build --as-of DAY` compute a day again, from the landing files and "
+    "the registry as they are now (docs/runbook-operator.md, section 12)"
 )
 
 # Views over the raw tables, in dependency order.

@@ -548,9 +548,15 @@ def text_lines(path: Path, handle: io.TextIOBase, limit: int | None = None) -> I
         yield line
 
 
-def no_rows(file: LandingFile) -> BadInput:
-    """Why a file staged no rows: a CSV line longer than DuckDB reads (it then stages
-    nothing, and a file of one such line read as "empty"), at its number; else empty."""
+# Kinds whose file is an export of the events of a span: one with its header (or its
+# Parquet columns) and no rows is a span in which nothing happened, loaded as 0 rows.
+# A downloads or manifests file with no rows is an export that went wrong: refused.
+QUIET_SPAN_KINDS = frozenset({"logins", "publishes"})
+
+
+def unread_line(file: LandingFile) -> BadInput | None:
+    """A CSV line longer than DuckDB reads (it then stages nothing, and a file of one
+    such line read as "empty"), at its number; else None."""
     if file.format == "csv":
         try:
             with open_text(file.path) as handle:
@@ -558,7 +564,13 @@ def no_rows(file: LandingFile) -> BadInput:
                     pass
         except BadInput as too_long:
             return too_long
-    return BadInput(file.path, None, "no rows: the file is empty")
+    return None
+
+
+def no_rows(file: LandingFile) -> BadInput:
+    """Why a file staged no rows: a line DuckDB did not read (``unread_line``), at its
+    number; else empty."""
+    return unread_line(file) or BadInput(file.path, None, "no rows: the file is empty")
 
 
 def read_document(path: Path, handle: io.TextIOBase) -> str:

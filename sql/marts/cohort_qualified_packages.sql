@@ -115,7 +115,7 @@ reasoned as (
                         else 'in the ' || $downloads_days || ' days before ' || $as_of end
                     || ' (more than ' || $downloads_gt || ')' end,
             case when by_share
-                then 'top ' || round($top_share::double * 100, 4) || '% by downloads over '
+                then 'top ' || $top_share_percent || '% by downloads over '
                     || $share_days || ' days (rank ' || share_rank || ' of '
                     || population || ', ' || share_downloads
                     || ' downloads)' end,

@@ -56,6 +56,16 @@ create table if not exists cohort_account_snapshots (
     via                varchar[] not null  -- maintainer, or team org/name
 );
 
+-- Each cohort build of a day, whatever it wrote: a cohort whose packages were all
+-- released and none qualify any more writes no snapshot row, and its latest day is that
+-- build's, empty, not the build before's (cohort_latest_builds).
+create table if not exists cohort_builds (
+    as_of    date not null,
+    cohort   varchar not null,
+    built_at timestamp not null,
+    primary key (as_of, cohort)
+);
+
 -- Which download windows rollout.metrics keeps (in `download_windows`, which it
 -- writes: package, weekly_downloads, monthly_downloads, the packages with a non-zero
 -- sum) so the next day's are updated by what changed (int_download_windows_step)
