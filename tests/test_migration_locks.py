@@ -10,7 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from rollout.phases import brownouts
 from rollout.registry import Registry, migrate
 from rollout.registry import locks as locks_module
 from rollout.registry.engine import make_engine
+from rollout.registry.ledger import utc_now
 from rollout.registry.locks import (
     RUN_LOCKS,
     exclusive_run,
@@ -191,7 +192,7 @@ def written(registry: Registry) -> dict[str, Any]:
 @pytest.fixture
 def drill(plan: Plan) -> Plan:
     """The plan with one brown-out tomorrow, so it can still be started or ended."""
-    tomorrow = date.today() + timedelta(days=1)
+    tomorrow = utc_now().replace(microsecond=0) + timedelta(days=1)
     return plan.model_copy(update={"brownouts": [Brownout(name="drill", starts_at=tomorrow)]})
 
 
