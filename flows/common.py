@@ -11,13 +11,11 @@ import logging
 import os
 import re
 import signal
-import threading
 import urllib.error
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, date, datetime
-from types import FrameType
 from typing import Any, ParamSpec, TypeVar
 
 import python_http_client.exceptions
@@ -137,37 +135,17 @@ def stops_kept() -> Iterator[None]:
     run Crashed, or Cancelled when it was cancelled. One landing while DuckDB works (an
     ingest, the metrics, a cohort build, the report) became RuntimeError("Query
     interrupted"): the run ended Failed with a traceback, read as a bug, and a cancelled
-    run was not Cancelled. So the signal is noted as it lands (Prefect's handler still
-    does its part) and that error is raised again as the stop it stands for: SIGTERM's
-    TerminationSignal, else SIGINT's KeyboardInterrupt (Python's own handler, which
-    DuckDB swallowed alike)."""
-    received: list[int] = []
-    previous = (
-        signal.getsignal(signal.SIGTERM)
-        if threading.current_thread() is threading.main_thread()
-        else None
-    )
-
-    def note(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        if callable(previous):
-            previous(signum, frame)
-
-    noting = callable(previous)
-    if noting:
-        signal.signal(signal.SIGTERM, note)
+    run was not Cancelled. That error is raised again as the stop it stands for: in a
+    flow run only a signal interrupts a query (a worker's stop and cancel are SIGTERM;
+    Ctrl-C's KeyboardInterrupt ends the run Crashed alike). The SIGTERM handler is left
+    as Prefect installed it: wrapped, Prefect no longer knew it for its own and a
+    cancelled run ended Crashed (prefect.utilities.engine.capture_sigterm)."""
     try:
         yield
     except RuntimeError as error:
         if str(error) != QUERY_INTERRUPTED:
             raise
-        if received:
-            raise TerminationSignal(received[-1]) from error
-        raise KeyboardInterrupt from error
-    finally:
-        # Put back only our own: a handler installed since is its installer's to undo.
-        if noting and signal.getsignal(signal.SIGTERM) is note:
-            signal.signal(signal.SIGTERM, previous)
+        raise TerminationSignal(signal.SIGTERM) from error
 
 
 @contextmanager

@@ -354,7 +354,7 @@ from flows.common import with_runtime
 @with_runtime
 def stopped_in_a_query() -> None:
     print(flow_run.id, flush=True)
-    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # Prefect's, noted
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # Prefect's
     threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
     duckdb.connect().execute("select count(*) from range(1000000000000) a").fetchall()
 
