@@ -9,8 +9,9 @@ crash leaves at most those 500 in flight, and writing them again replaces their 
 One drain runs at a time.
 
 An email whose last day has passed when it is claimed (a reminder after the deadline
-it counts to, a heads-up once its brown-out began: :func:`_too_late`) is not sent but
-recorded as skipped, ``too late``, as any skip: once, and for good; so is a warning of
+it counts to, a heads-up once its brown-out began, an org's invitation once it expired:
+:func:`_too_late`) is not sent but recorded as skipped, ``too late``, as any skip: once,
+and for good; so is a warning of
 a phase (its notice, a reminder) whose account the phase's enforcement flagged since it
 was queued (:func:`_enforced`), ``already enforced``.
 
@@ -76,6 +77,7 @@ from rollout.notify.emails import (
     EMAILS,
     ENFORCEMENT_EMAIL,
     HEADS_UP_EMAIL,
+    INVITATION_EMAIL,
     Recipient,
     Stricter,
     TokenLine,
@@ -571,10 +573,14 @@ def _too_late(
     - a brown-out heads-up: from the instant its window starts, as the registry has it
       (or was called off), to the minute: at 09:00 one still announces a window that
       begins at 14:00;
-    - the ELV heads-up: from the day it tells.
+    - the ELV heads-up: from the day it tells;
+    - an org's invitation back: from the instant the invitation expires (its
+      ``expires_at``, INVITATION_DAYS after the owner sent it): "accept before" a time
+      gone, of an invitation the registry no longer takes, sent after an outage.
 
-    Emails of no date (the enforcement notice, the orgs' emails, the phase summary, a
-    snooze reply) are never too late; nor is one queued late on purpose (QUEUED_LATE)."""
+    Emails of no date (the enforcement notice, an org's removal notice and enforcement
+    summary, the phase summary, a snooze reply) are never too late; nor is one queued
+    late on purpose (QUEUED_LATE)."""
     phases = {p.name: p for p in plan.phases}
     windows = windows_named(connection, (c.occasion for c in claimed if c.email == HEADS_UP_EMAIL))
 
@@ -594,6 +600,8 @@ def _too_late(
             return _first(starts, _time_in(c.context, "starts_at"))
         if c.email == ELV_HEADS_UP_EMAIL:
             return _first(planned, _time_in(c.context, "enrolled_on"))
+        if c.email == INVITATION_EMAIL:
+            return _time_in(c.context, "expires_at")
         return planned
 
     late = set()

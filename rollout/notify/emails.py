@@ -27,6 +27,8 @@ ENFORCEMENT_EMAIL = "enforcement_notice"
 HEADS_UP_EMAIL = "brownout_heads_up"
 # The email ahead of ELV for all (its context: the day it tells, ``enrolled_on``).
 ELV_HEADS_UP_EMAIL = "elv_enrollment"
+# An org's invitation back (its context: the instant it expires, ``expires_at``).
+INVITATION_EMAIL = "org_invitation"
 # What a phase summary stores: the UTC day its enforcement ran (its report's day).
 ENFORCED_ON = "enforced_on"
 # Effects that stop no one signing in or publishing (a banner, new TOTP set-ups
@@ -330,7 +332,7 @@ def org_removal_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> d
 
 
 @email(
-    "org_invitation",
+    INVITATION_EMAIL,
     "an org that removed this account for lacking 2FA invites it back to a team",
     when_compliant="adapt",
 )

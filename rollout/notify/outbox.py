@@ -74,7 +74,8 @@ REPEAT = "inside the repeat window"
 ACCOUNT_DELETED = "account deleted"
 # An email whose last day (its mailing's: the day before the date it announces, or the
 # account's own deadline) had passed when it came to be sent: "in 3 days" after the
-# deadline, a brown-out heads-up once it began (rollout.notify.drain._too_late).
+# deadline, a brown-out heads-up once it began, an org's invitation back once it expired
+# (rollout.notify.drain._too_late).
 TOO_LATE = "too late"
 # The context key of an email queued past its last day on purpose (``notify queue
 # --late``): the drain sends it however late, as the release manager asked.
