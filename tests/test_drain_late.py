@@ -71,7 +71,7 @@ def test_a_reminder_queued_before_an_outage_is_sent_only_until_its_last_day(
     assert reminded == (expected[0] == "sent")
     if reminded:  # sent two days after its day: the days left counted from the send
         [sent] = [m for m in sender.sent if m.email == "reminder" and m.to_name == "ann"]
-        assert "in 1 day" in sent.subject and "3 days" not in sent.subject
+        assert "within 24 hours" in sent.subject and "3 days" not in sent.subject
     if expected[0] == "skipped":
         assert report.skipped[TOO_LATE] == 1 and report.sent == 0
         status = outbox_status(registry)

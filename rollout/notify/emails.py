@@ -286,8 +286,22 @@ def reminder(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, A
         **phase,
         "packages": list(r.packages),
         "days_left": days_left,
+        "how_soon": how_soon(days_left),
         "stage": "reminder",
     }
+
+
+def how_soon(days_left: int) -> str | None:
+    """How soon a deadline (00:00 UTC of its day) comes, in the words of an email sent
+    ``days_left`` UTC days before that day, whatever the hour it goes: "in 3 days"; the
+    day before, "within 24 hours" (sent at 09:00 it is 15 hours away: "in 1 day" said
+    more time than there was, and "tomorrow" is today for most of the Americas); None
+    once the day has come (a reminder queued ``--late``): the deadline has passed."""
+    if days_left >= 2:
+        return f"in {days_left} days"
+    if days_left == 1:
+        return "within 24 hours"
+    return None
 
 
 @email(
