@@ -78,6 +78,7 @@ from rollout.notify.emails import (
     ENFORCEMENT_EMAIL,
     HEADS_UP_EMAIL,
     INVITATION_EMAIL,
+    LOGIN_HEADS_UPS,
     Recipient,
     Stricter,
     TokenLine,
@@ -750,11 +751,26 @@ def _enforced(connection: Connection, claimed: list[_Claimed]) -> set[int]:
     early enforcement (``phase enforce --early``) between the queue and the send, a
     failure retried after it. "In 3 days you will be signed out", after the enforcement
     notice, to one signed out already: skipped, ``already enforced``, as the queue skips
-    them (rollout.notify.queue._skip_reason). One query for the batch; a rolled-back
+    them (rollout.notify.queue._skip_reason). So are the heads-ups of a brown-out or of
+    ELV (LOGIN_HEADS_UPS) to an account the registry requires 2FA of since (any
+    phase's enforcement): "you will just be asked for the code at login" to one that
+    must set 2FA up to sign in at all. One query for the batch of each; a rolled-back
     phase requires nothing of its accounts (its rows are gone), and its warnings go."""
+    found: set[int] = set()
+    heads_ups = {c.id: c.account_id for c in claimed if c.email in LOGIN_HEADS_UPS}
+    if heads_ups:
+        required = set(
+            connection.scalars(
+                select(ACCOUNTS.c.id).where(
+                    ACCOUNTS.c.id.in_(sorted(set(heads_ups.values()))),
+                    ACCOUNTS.c.tfa_required_at.is_not(None),
+                )
+            )
+        )
+        found |= {row for row, account_id in heads_ups.items() if account_id in required}
     wanted = {(c.phase, c.account_id): c.id for c in claimed if c.email in WARNINGS and c.phase}
     if not wanted:
-        return set()
+        return found
     requirements = PhaseRequirement.__table__
     rows = connection.execute(
         select(requirements.c.phase, requirements.c.account_id).where(
@@ -762,7 +778,7 @@ def _enforced(connection: Connection, claimed: list[_Claimed]) -> set[int]:
             requirements.c.phase.in_(sorted({p for p, _ in wanted})),
         )
     ).all()
-    return {wanted[key] for key in map(tuple, rows) if key in wanted}
+    return found | {wanted[key] for key in map(tuple, rows) if key in wanted}
 
 
 # The skips of a waiting email the send's preview counts (:func:`skips_waiting`): those

@@ -27,6 +27,11 @@ ENFORCEMENT_EMAIL = "enforcement_notice"
 HEADS_UP_EMAIL = "brownout_heads_up"
 # The email ahead of ELV for all (its context: the day it tells, ``enrolled_on``).
 ELV_HEADS_UP_EMAIL = "elv_enrollment"
+# The emails ahead of a login change for accounts without 2FA (a brown-out's emailed
+# codes, ELV for all): none goes to an account the registry requires 2FA of already
+# (signed out, told to set it up at its next login): "nothing breaks: you will just be
+# asked for the code at login" is false for it, and no code lets it in.
+LOGIN_HEADS_UPS = (HEADS_UP_EMAIL, ELV_HEADS_UP_EMAIL)
 # An org's invitation back (its context: the instant it expires, ``expires_at``).
 INVITATION_EMAIL = "org_invitation"
 # What a phase summary stores: the UTC day its enforcement ran (its report's day).

@@ -64,7 +64,9 @@ UNSUBSCRIBE = "unsubscribe"
 SENDGRID_SOURCES = ("bounce", "block", "spam_report", "invalid_email", UNSUBSCRIBE)
 COMPLIANT = "already compliant"
 # A warning of a phase (its notice, a reminder) to an account the phase has already been
-# enforced on: at queueing (queue._skip_reason) and at sending (drain._enforced).
+# enforced on, or a heads-up of a brown-out or of ELV (emails.LOGIN_HEADS_UPS) to one
+# without 2FA that any phase requires it of: at queueing (queue._skip_reason) and at
+# sending (drain._enforced).
 ENFORCED = "already enforced"
 # A warning of a phase to an account the plan exempts: its enforcement never touches it.
 EXEMPT = "exempt by the plan"
