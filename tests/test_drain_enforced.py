@@ -221,3 +221,63 @@ def test_notify_send_says_how_many_would_be_skipped_as_already_enforced(
     sent = run("notify", "send", "--apply")
     assert sent.exit_code == 0, sent.stderr
     assert "sent 0, failed 0, skipped 1 (1 already enforced)" in " ".join(sent.stderr.split())
+
+
+HEADS_UP_DAY = date(2022, 2, 13)  # brownout-1 on 02-16; top-100 enforced from 02-01
+ELV_HEADS_UP_DAY = date(2022, 2, 22)  # ELV for all on 03-01
+
+
+def _enforce_top_100(registry: Registry, plan: Plan) -> None:
+    """top-100 enforced: ann, cat and dan required 2FA and signed out (ben has TOTP)."""
+    preview = enforce.preview_phase(registry, plan, plan.phase("top-100"))
+    enforce.enforce_phase(
+        registry,
+        plan,
+        "top-100",
+        expect=preview.count,
+        accept_unreached=len(preview.unreached),
+        actor="rm",
+    )
+
+
+def test_heads_ups_are_not_queued_to_accounts_already_required_2fa(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """top-100 enforced on 02-01: ann, without 2FA, was signed out and must set it up
+    at her next login, the enforcement notice told her. The brown-out's heads-up ("nothing
+    breaks: you will just be asked for the code at login") and ELV's ("every login will
+    need an emailed code") are false for her: no code lets her in without setting up
+    2FA. Recorded as skipped, already enforced; eve (no 2FA, required of nothing) gets
+    both."""
+    with on(date(2022, 2, 1)):
+        _enforce_top_100(registry, plan)
+    sender = Recording()
+    for day in (HEADS_UP_DAY, ELV_HEADS_UP_DAY):
+        with on(day):
+            queue_due(registry, plan, day, actor="rm")
+            drain(registry, plan, sender)
+    assert rows(registry, "brownout_heads_up", "brownout-1")["ann"] == ("skipped", ENFORCED)
+    assert rows(registry, "elv_enrollment", "elv")["ann"] == ("skipped", ENFORCED)
+    heads_ups = {(m.to_name, m.email) for m in sender.sent if m.email != ENFORCEMENT_EMAIL}
+    assert heads_ups == {("eve", "brownout_heads_up"), ("eve", "elv_enrollment")}
+
+
+def test_a_heads_up_queued_before_the_enforcement_is_skipped_when_sent(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """brownout-1's heads-ups queued on 02-13 at 09:00; top-100 enforced, late, at 10:00
+    (ann required 2FA, signed out); the send at 11:00 skips ann's, as the queue would
+    have, and its preview said so beforehand."""
+    with on(HEADS_UP_DAY):
+        queue_due(registry, plan, HEADS_UP_DAY, actor="rm")
+    assert rows(registry, "brownout_heads_up", "brownout-1")["ann"] == ("queued", None)
+    with on(HEADS_UP_DAY, hour=10):
+        _enforce_top_100(registry, plan)
+    sender = Recording()
+    with on(HEADS_UP_DAY, hour=11):
+        waiting = skips_waiting(registry, plan)
+        report = drain(registry, plan, sender)
+    assert waiting == {(ENFORCED, "brownout_heads_up"): 1}
+    assert report.skipped[ENFORCED] == 1
+    assert rows(registry, "brownout_heads_up", "brownout-1")["ann"] == ("skipped", ENFORCED)
+    assert {m.to_name for m in sender.sent if m.email == "brownout_heads_up"} == {"eve"}

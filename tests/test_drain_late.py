@@ -71,7 +71,7 @@ def test_a_reminder_queued_before_an_outage_is_sent_only_until_its_last_day(
     assert reminded == (expected[0] == "sent")
     if reminded:  # sent two days after its day: the days left counted from the send
         [sent] = [m for m in sender.sent if m.email == "reminder" and m.to_name == "ann"]
-        assert "in 1 day" in sent.subject and "3 days" not in sent.subject
+        assert "within 24 hours" in sent.subject and "3 days" not in sent.subject
     if expected[0] == "skipped":
         assert report.skipped[TOO_LATE] == 1 and report.sent == 0
         status = outbox_status(registry)
@@ -222,6 +222,54 @@ def test_emails_of_no_date_go_however_late(
     assert report.skipped[TOO_LATE] == 0
     assert {m.email for m in sender.sent} == {"enforcement_notice", "org_removal_notice"}
     assert rows(registry, "enforcement_notice", "")["ann"][0] == "sent"
+
+
+@pytest.mark.parametrize(
+    ("drained_at", "expected"),
+    [
+        (datetime(2022, 3, 8, 9, 59), ("sent", None)),
+        (datetime(2022, 3, 8, 10), ("skipped", TOO_LATE)),
+        (datetime(2022, 3, 20, 9), ("skipped", TOO_LATE)),
+    ],
+    ids=["a-minute-before-it-expires", "as-it-expires", "days-after"],
+)
+def test_an_org_invitation_goes_only_until_it_expires(
+    registry: Registry,
+    plan: Plan,
+    ids: dict[str, int],
+    drained_at: datetime,
+    expected: tuple[str, str | None],
+) -> None:
+    """An invitation back into acme, sent by its owner on 03-01 10:00 and open for 7
+    days, queued then and left unsent by an outage: until 03-08 10:00 its email still
+    says "accept before Tuesday 8 March 2022, 10:00 UTC" of an invitation the registry
+    takes; from then on it would invite the member to accept one the registry has
+    expired. Skipped as too late, as the send's preview says beforehand."""
+    with bound_to(registry.engine):
+        NotificationFactory(
+            account=AccountFactory(username="invited", with_totp=True),
+            email="org_invitation",
+            phase="org:acme",
+            occasion="invitation:1",
+            context={
+                "org": "acme",
+                "team": "core",
+                "invited_by": "owner",
+                "expires_at": "2022-03-08T10:00:00",
+            },
+        )
+    sender = Recording()
+    with use_clock(SimulatedClock(drained_at)):
+        waiting = skips_waiting(registry, plan)
+        report = drain(registry, plan, sender)
+    assert rows(registry, "org_invitation", "invitation:1")["invited"] == expected
+    if expected[0] == "sent":
+        [sent] = sender.sent
+        assert "Tuesday 8 March 2022, 10:00 UTC" in sent.text
+        assert waiting == {}
+    else:
+        assert sender.sent == [] and report.skipped == {TOO_LATE: 1}
+        assert waiting == {(TOO_LATE, "org_invitation"): 1}
 
 
 def test_drain_workers_skip_too_late_emails_too(

@@ -15,7 +15,7 @@ import difflib
 import os
 import re
 from dataclasses import replace
-from datetime import date
+from datetime import date, timedelta
 from email import policy
 from email.parser import BytesParser
 from html.parser import HTMLParser
@@ -185,9 +185,49 @@ def test_the_reminder_says_how_many_days_are_left(plan: Plan) -> None:
     stored = example_stored("reminder", plan)
     recipient = EXAMPLE_RECIPIENTS["non-compliant"]
     assert f"in {stored['days_before']} days" in render("reminder", recipient, stored, plan).subject
-    one_day = render("reminder", recipient, {**stored, "days_before": 1}, plan)
-    assert "in 1 day" in one_day.subject
-    assert "1 days" not in one_day.subject + one_day.text + one_day.html
+
+
+@pytest.mark.parametrize("phase", ["top-100", "publishers"], ids=["2fa-wording", "campaign"])
+def test_a_reminder_the_day_before_its_deadline_says_within_24_hours(phase: str) -> None:
+    """A 1-day reminder goes on the day before the deadline, at whatever hour the daily
+    flow sends it (09:00 UTC): the deadline, 00:00 UTC the next day, is 15 hours away.
+    "In 1 day" said more time than there was (and "tomorrow" is today in California):
+    "within 24 hours" is true whenever that day it goes, in the subject, text and HTML."""
+    plan = load_plan(
+        ROOT / "plans" / ("npm-2022.yaml" if phase == "top-100" else "github-2023.yaml")
+    )
+    deadline = plan.phase(phase).enforce_on
+    the_day_before = (deadline - timedelta(days=1)).isoformat()
+    recipient = replace(EXAMPLE_RECIPIENTS["non-compliant"], deadline=deadline)
+    stored = {"phase": phase, "days_before": 1, "queued_on": the_day_before}
+    rendered = render("reminder", recipient, {**stored, SENT_ON: the_day_before}, plan)
+    assert rendered.subject.endswith("within 24 hours")
+    assert f"Within 24 hours, from {deadline:%A} {deadline.day}" in words(rendered.text)
+    assert f"Within 24 hours</strong>, from {deadline:%A} {deadline.day}" in rendered.html
+    for part in (rendered.subject, rendered.text, rendered.html):
+        assert not re.search(r"\b(?:in|In) (?:<strong>)?1 day", part)
+
+
+@pytest.mark.parametrize("phase", ["top-100", "publishers"], ids=["2fa-wording", "campaign"])
+def test_a_reminder_queued_late_and_sent_after_its_deadline_says_since(phase: str) -> None:
+    """The 3-day reminder of a day caught up with ``notify queue --late`` after the
+    deadline (the release manager asked for it, knowing what it says): it counted "in
+    -2 days" (or "in 0 days" on the day); it says the requirement applies since then."""
+    plan = load_plan(
+        ROOT / "plans" / ("npm-2022.yaml" if phase == "top-100" else "github-2023.yaml")
+    )
+    deadline = plan.phase(phase).enforce_on
+    recipient = replace(EXAMPLE_RECIPIENTS["non-compliant"], deadline=deadline)
+    queued_on = (deadline - timedelta(days=3)).isoformat()
+    for sent_on in (deadline, deadline + timedelta(days=2)):
+        stored = {"phase": phase, "days_before": 3, "queued_on": queued_on, "queued_late": True}
+        rendered = render("reminder", recipient, {**stored, SENT_ON: sent_on.isoformat()}, plan)
+        day = f"{deadline:%A} {deadline.day} {deadline:%B %Y}"
+        assert rendered.subject.endswith(f"since {day}")
+        assert f"Since {day}, 00:00 UTC" in words(rendered.text)
+        assert f"Since <strong>{day}, 00:00 UTC</strong>" in rendered.html
+        for part in (rendered.subject, rendered.text, rendered.html):
+            assert not re.search(r"\b(?:in|In) (?:<strong>)?-?[0-9]+ days?", part)
 
 
 def test_a_reminder_caught_up_late_counts_the_days_from_when_it_was_queued(plan: Plan) -> None:

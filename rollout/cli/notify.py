@@ -289,7 +289,10 @@ def notify_send(
         )
         for counts, why in (
             (late, "too late (past their last day)"),
-            (enforced, "already enforced (their phase has required their accounts since)"),
+            (
+                enforced,
+                "already enforced (2FA has been required of their accounts since they were queued)",
+            ),
         ):
             if counts:
                 kinds = ", ".join(f"{email} {n}" for email, n in sorted(counts.items()))

@@ -9,8 +9,9 @@ crash leaves at most those 500 in flight, and writing them again replaces their 
 One drain runs at a time.
 
 An email whose last day has passed when it is claimed (a reminder after the deadline
-it counts to, a heads-up once its brown-out began: :func:`_too_late`) is not sent but
-recorded as skipped, ``too late``, as any skip: once, and for good; so is a warning of
+it counts to, a heads-up once its brown-out began, an org's invitation once it expired:
+:func:`_too_late`) is not sent but recorded as skipped, ``too late``, as any skip: once,
+and for good; so is a warning of
 a phase (its notice, a reminder) whose account the phase's enforcement flagged since it
 was queued (:func:`_enforced`), ``already enforced``.
 
@@ -76,6 +77,8 @@ from rollout.notify.emails import (
     EMAILS,
     ENFORCEMENT_EMAIL,
     HEADS_UP_EMAIL,
+    INVITATION_EMAIL,
+    LOGIN_HEADS_UPS,
     Recipient,
     Stricter,
     TokenLine,
@@ -571,10 +574,14 @@ def _too_late(
     - a brown-out heads-up: from the instant its window starts, as the registry has it
       (or was called off), to the minute: at 09:00 one still announces a window that
       begins at 14:00;
-    - the ELV heads-up: from the day it tells.
+    - the ELV heads-up: from the day it tells;
+    - an org's invitation back: from the instant the invitation expires (its
+      ``expires_at``, INVITATION_DAYS after the owner sent it): "accept before" a time
+      gone, of an invitation the registry no longer takes, sent after an outage.
 
-    Emails of no date (the enforcement notice, the orgs' emails, the phase summary, a
-    snooze reply) are never too late; nor is one queued late on purpose (QUEUED_LATE)."""
+    Emails of no date (the enforcement notice, an org's removal notice and enforcement
+    summary, the phase summary, a snooze reply) are never too late; nor is one queued
+    late on purpose (QUEUED_LATE)."""
     phases = {p.name: p for p in plan.phases}
     windows = windows_named(connection, (c.occasion for c in claimed if c.email == HEADS_UP_EMAIL))
 
@@ -594,6 +601,8 @@ def _too_late(
             return _first(starts, _time_in(c.context, "starts_at"))
         if c.email == ELV_HEADS_UP_EMAIL:
             return _first(planned, _time_in(c.context, "enrolled_on"))
+        if c.email == INVITATION_EMAIL:
+            return _time_in(c.context, "expires_at")
         return planned
 
     late = set()
@@ -742,11 +751,26 @@ def _enforced(connection: Connection, claimed: list[_Claimed]) -> set[int]:
     early enforcement (``phase enforce --early``) between the queue and the send, a
     failure retried after it. "In 3 days you will be signed out", after the enforcement
     notice, to one signed out already: skipped, ``already enforced``, as the queue skips
-    them (rollout.notify.queue._skip_reason). One query for the batch; a rolled-back
+    them (rollout.notify.queue._skip_reason). So are the heads-ups of a brown-out or of
+    ELV (LOGIN_HEADS_UPS) to an account the registry requires 2FA of since (any
+    phase's enforcement): "you will just be asked for the code at login" to one that
+    must set 2FA up to sign in at all. One query for the batch of each; a rolled-back
     phase requires nothing of its accounts (its rows are gone), and its warnings go."""
+    found: set[int] = set()
+    heads_ups = {c.id: c.account_id for c in claimed if c.email in LOGIN_HEADS_UPS}
+    if heads_ups:
+        required = set(
+            connection.scalars(
+                select(ACCOUNTS.c.id).where(
+                    ACCOUNTS.c.id.in_(sorted(set(heads_ups.values()))),
+                    ACCOUNTS.c.tfa_required_at.is_not(None),
+                )
+            )
+        )
+        found |= {row for row, account_id in heads_ups.items() if account_id in required}
     wanted = {(c.phase, c.account_id): c.id for c in claimed if c.email in WARNINGS and c.phase}
     if not wanted:
-        return set()
+        return found
     requirements = PhaseRequirement.__table__
     rows = connection.execute(
         select(requirements.c.phase, requirements.c.account_id).where(
@@ -754,7 +778,7 @@ def _enforced(connection: Connection, claimed: list[_Claimed]) -> set[int]:
             requirements.c.phase.in_(sorted({p for p, _ in wanted})),
         )
     ).all()
-    return {wanted[key] for key in map(tuple, rows) if key in wanted}
+    return found | {wanted[key] for key in map(tuple, rows) if key in wanted}
 
 
 # The skips of a waiting email the send's preview counts (:func:`skips_waiting`): those

@@ -27,6 +27,13 @@ ENFORCEMENT_EMAIL = "enforcement_notice"
 HEADS_UP_EMAIL = "brownout_heads_up"
 # The email ahead of ELV for all (its context: the day it tells, ``enrolled_on``).
 ELV_HEADS_UP_EMAIL = "elv_enrollment"
+# The emails ahead of a login change for accounts without 2FA (a brown-out's emailed
+# codes, ELV for all): none goes to an account the registry requires 2FA of already
+# (signed out, told to set it up at its next login): "nothing breaks: you will just be
+# asked for the code at login" is false for it, and no code lets it in.
+LOGIN_HEADS_UPS = (HEADS_UP_EMAIL, ELV_HEADS_UP_EMAIL)
+# An org's invitation back (its context: the instant it expires, ``expires_at``).
+INVITATION_EMAIL = "org_invitation"
 # What a phase summary stores: the UTC day its enforcement ran (its report's day).
 ENFORCED_ON = "enforced_on"
 # Effects that stop no one signing in or publishing (a banner, new TOTP set-ups
@@ -284,8 +291,22 @@ def reminder(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, A
         **phase,
         "packages": list(r.packages),
         "days_left": days_left,
+        "how_soon": how_soon(days_left),
         "stage": "reminder",
     }
+
+
+def how_soon(days_left: int) -> str | None:
+    """How soon a deadline (00:00 UTC of its day) comes, in the words of an email sent
+    ``days_left`` UTC days before that day, whatever the hour it goes: "in 3 days"; the
+    day before, "within 24 hours" (sent at 09:00 it is 15 hours away: "in 1 day" said
+    more time than there was, and "tomorrow" is today for most of the Americas); None
+    once the day has come (a reminder queued ``--late``): the deadline has passed."""
+    if days_left >= 2:
+        return f"in {days_left} days"
+    if days_left == 1:
+        return "within 24 hours"
+    return None
 
 
 @email(
@@ -330,7 +351,7 @@ def org_removal_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> d
 
 
 @email(
-    "org_invitation",
+    INVITATION_EMAIL,
     "an org that removed this account for lacking 2FA invites it back to a team",
     when_compliant="adapt",
 )

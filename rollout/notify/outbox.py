@@ -64,7 +64,9 @@ UNSUBSCRIBE = "unsubscribe"
 SENDGRID_SOURCES = ("bounce", "block", "spam_report", "invalid_email", UNSUBSCRIBE)
 COMPLIANT = "already compliant"
 # A warning of a phase (its notice, a reminder) to an account the phase has already been
-# enforced on: at queueing (queue._skip_reason) and at sending (drain._enforced).
+# enforced on, or a heads-up of a brown-out or of ELV (emails.LOGIN_HEADS_UPS) to one
+# without 2FA that any phase requires it of: at queueing (queue._skip_reason) and at
+# sending (drain._enforced).
 ENFORCED = "already enforced"
 # A warning of a phase to an account the plan exempts: its enforcement never touches it.
 EXEMPT = "exempt by the plan"
@@ -74,7 +76,8 @@ REPEAT = "inside the repeat window"
 ACCOUNT_DELETED = "account deleted"
 # An email whose last day (its mailing's: the day before the date it announces, or the
 # account's own deadline) had passed when it came to be sent: "in 3 days" after the
-# deadline, a brown-out heads-up once it began (rollout.notify.drain._too_late).
+# deadline, a brown-out heads-up once it began, an org's invitation back once it expired
+# (rollout.notify.drain._too_late).
 TOO_LATE = "too late"
 # The context key of an email queued past its last day on purpose (``notify queue
 # --late``): the drain sends it however late, as the release manager asked.

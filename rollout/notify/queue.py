@@ -5,7 +5,8 @@ whose natural key (account, email, phase, occasion) makes a re-run, of a flow, a
 phase or the whole plan, queue nothing twice. Accounts the email must not reach are
 recorded as ``skipped`` with the reason: unverified email, suppressed address,
 already compliant, exempt by the plan, already enforced (the last three for warnings
-only: a phase's notice and reminders).
+only: a phase's notice and reminders; already enforced also for the heads-ups of a
+brown-out and of ELV, to an account any phase has required 2FA of).
 
 A mailing is too late from its ``too_late_at`` (rollout.core.calendar.too_late: the
 start of the day it announces, so its last day is the one before; a brown-out heads-up's
@@ -52,7 +53,13 @@ from rollout.core.calendar import (
 from rollout.core.clock import day_start
 from rollout.core.errors import BadInput
 from rollout.core.plan import Phase, Plan
-from rollout.notify.emails import EMAILS, ENFORCED_ON, HEADS_UP_EMAIL, asks_only_2fa
+from rollout.notify.emails import (
+    EMAILS,
+    ENFORCED_ON,
+    HEADS_UP_EMAIL,
+    LOGIN_HEADS_UPS,
+    asks_only_2fa,
+)
 from rollout.notify.message import normal_address
 from rollout.notify.outbox import (
     ACCOUNTS,
@@ -297,6 +304,10 @@ def _skip_reason(
             )
         )
         whens.append((required, ENFORCED))
+    if email in LOGIN_HEADS_UPS:
+        # Without 2FA and required it (by any phase): signed out, it sets 2FA up at its
+        # next login; a heads-up of emailed codes at login is false for it.
+        whens.append((ACCOUNTS.c.tfa_required_at.is_not(None), ENFORCED))
     return case(*whens, else_=None)
 
 

@@ -36,6 +36,7 @@ from rollout.core.controls import shell_word
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.fingerprints import list_fingerprint, same_list
 from rollout.core.words import counted
+from rollout.notify.emails import INVITATION_EMAIL
 from rollout.notify.queue import queue_each
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
@@ -66,7 +67,6 @@ INVITATIONS = OrgInvitation.__table__
 ACTIONS = Action.__table__
 REMOVAL_EMAIL = "org_removal_notice"
 SUMMARY_EMAIL = "org_enforcement_summary"
-INVITATION_EMAIL = "org_invitation"
 # How long an invitation back stays open (GitHub's org invitations: 7 days).
 INVITATION_DAYS = 7
 
