@@ -62,12 +62,15 @@ screenshot: $(STAMP)
 # ROLLOUT_TEST_POSTGRES_URL names one. CI=true makes PostgreSQL a must (.ci/run).
 # Each xdist worker takes whole modules, and all of tests/e2e, so an expensive fixture
 # (a Prefect server, a demo) is built once (tests/conftest.py, pytest_xdist_make_scheduler).
-# The 15 slowest tests are listed at the end: where the suite's time goes.
+# The 15 slowest tests are listed at the end: where the suite's time goes. One worker
+# more than the cores: about a third of the suite's time is spent waiting (on Prefect
+# servers and workers, PostgreSQL, subprocesses stopped and leases running out), which
+# the third worker's CPU fills (bench/RESULTS.md, `make test`).
 test: $(STAMP)
 	tests/support/ensure-chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	tests/support/with-postgres $(BIN)/pytest -n auto --durations=15
+	tests/support/with-postgres $(BIN)/pytest -n $$(($$(nproc) + 1)) --durations=15
 
 # Leaves out what needs PostgreSQL, Chromium or Prefect, and the slow tests (markers
 # assigned in tests/conftest.py), so it needs nothing but the virtualenv.
