@@ -577,3 +577,20 @@ def test_the_doctor_runs_from_cron_as_the_runbook_gives_it(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr
     plan_row = next(line for line in done.stdout.splitlines() if re.search(r"\bplan\b", line))
     assert re.search(r"plan\s*\S\s*ok\s", plan_row), done.stdout
+
+
+def test_the_worker_unit_stops_every_flow_run_with_the_worker_still_there() -> None:
+    """The operator's systemd unit signals the whole cgroup with SIGTERM at once and
+    never the worker first: the flow runs stop on SIGTERM (their children ignore SIGINT,
+    as does `prefect worker start` in effect), and a flow run whose worker was gone
+    ended without reporting its state, left Running."""
+    text = (ROOT / "docs" / "runbook-operator.md").read_text()
+    units = re.findall(r"```ini\n(.*?)```", text, re.S)
+    unit = next(u for u in units if "prefect worker start" in u)
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#")
+    )
+    assert settings.get("KillMode") == "control-group"
+    assert settings.get("KillSignal", "SIGTERM") == "SIGTERM"
+    assert not {"ExecStop", "ExecStopPre"} & settings.keys()
+    assert int(settings["TimeoutStopSec"]) >= 30  # the runs' wind-down and final states
