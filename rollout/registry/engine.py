@@ -252,12 +252,12 @@ def _cancel_on_stop(context: ExceptionContext) -> None:
     if isinstance(context.original_exception, Exception | KeyboardInterrupt):
         return
     connection = context.connection
-    if connection is None or connection.invalidated:
-        return
-    dbapi_connection = connection.connection.dbapi_connection
-    cancel = getattr(dbapi_connection, "cancel_safe", None)
-    if cancel is not None:
-        with suppress(Exception):  # the statement may have ended, the server gone
+    # Nothing here may raise: an error a handler raises replaces the stop.
+    with suppress(Exception):  # a connection closed, a statement ended, the server gone
+        if connection is None or connection.invalidated:
+            return
+        cancel = getattr(connection.connection.dbapi_connection, "cancel_safe", None)
+        if cancel is not None:
             cancel(timeout=STOP_CANCEL_SECONDS)
 
 
