@@ -676,3 +676,17 @@ def test_a_warehouse_whose_views_another_rollout_made_is_a_warning(tmp_path: Pat
         con.execute("update warehouse_schema set fingerprint = 'an older rollout'")
     result = check_warehouse(path)
     assert result.status is Status.warn and "rollout ingest" in result.detail
+
+
+def test_a_relative_plan_missing_from_the_working_folder_names_that_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ROLLOUT_PLAN=plans/npm-2022.yaml, as the runbook's environment file has it, read
+    by a job that did not cd into the checkout (cron starts in the home folder): the
+    failure said only "plans/npm-2022.yaml: No such file or directory", which reads as
+    a checkout missing its plan."""
+    monkeypatch.chdir(tmp_path)
+    result = check_plan(Path("plans/npm-2022.yaml"))
+    assert result.status is Status.fail
+    assert "plans/npm-2022.yaml" in result.detail
+    assert f"a relative path, read from the working folder {tmp_path}" in result.detail

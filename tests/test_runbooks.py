@@ -14,6 +14,8 @@ import io
 import os
 import re
 import shlex
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -545,3 +547,50 @@ def test_the_release_manager_rehearsal_runs_as_the_runbook_gives_it(
     assert int(removed["removed"]) == len(table_rows(would_go.stdout)) > 0
     run(reinvite)
     run(invitations)
+
+
+def test_the_doctor_runs_from_cron_as_the_runbook_gives_it(tmp_path: Path) -> None:
+    """The runbook's cron line for `rollout doctor`, run as cron runs it: by sh, from
+    the home folder, with nothing in the environment but PATH and HOME. Its settings
+    file names the plan as the runbook's /etc/rollout.env does, relative to the
+    checkout: without a cd into the checkout the plan check failed every time."""
+    blocks = shell_blocks(ROOT / "docs" / "runbook-operator.md", {"crontab"})
+    lines = [text for _, _, body in blocks for _, text in body if "rollout doctor" in text]
+    assert len(lines) == 1, "the operator's runbook gives one cron line for the doctor"
+    *schedule, user, command = lines[0].split(None, 6)
+    assert len(schedule) == 5 and user == "rollout"
+    settings = tmp_path / "rollout.env"
+    settings.write_text(f"ROLLOUT_HOME={tmp_path / 'home'}\nROLLOUT_PLAN=plans/npm-2022.yaml\n")
+    # The checkout and its .venv are this test's: this checkout, this interpreter.
+    command = (
+        command.replace("/srv/rollout", shlex.quote(str(ROOT)))
+        .replace("/etc/rollout.env", shlex.quote(str(settings)))
+        .replace(".venv/bin/rollout", f"{shlex.quote(sys.executable)} -m rollout")
+    )
+    home = tmp_path / "home-folder"
+    home.mkdir()
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "COLUMNS": "200"}
+    done = subprocess.run(
+        ["/bin/sh", "-c", command], cwd=home, env=env, capture_output=True, text=True, timeout=120
+    )
+    # No registry in this home: a check fails, so the line prints the table (cron mails it).
+    assert done.returncode == 0, done.stderr
+    plan_row = next(line for line in done.stdout.splitlines() if re.search(r"\bplan\b", line))
+    assert re.search(r"plan\s*\S\s*ok\s", plan_row), done.stdout
+
+
+def test_the_worker_unit_stops_every_flow_run_with_the_worker_still_there() -> None:
+    """The operator's systemd unit signals the whole cgroup with SIGTERM at once and
+    never the worker first: the flow runs stop on SIGTERM (their children ignore SIGINT,
+    as does `prefect worker start` in effect), and a flow run whose worker was gone
+    ended without reporting its state, left Running."""
+    text = (ROOT / "docs" / "runbook-operator.md").read_text()
+    units = re.findall(r"```ini\n(.*?)```", text, re.S)
+    unit = next(u for u in units if "prefect worker start" in u)
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#")
+    )
+    assert settings.get("KillMode") == "control-group"
+    assert settings.get("KillSignal", "SIGTERM") == "SIGTERM"
+    assert not {"ExecStop", "ExecStopPre"} & settings.keys()
+    assert int(settings["TimeoutStopSec"]) >= 30  # the runs' wind-down and final states

@@ -1035,7 +1035,12 @@ def read_plan_text(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise BadInput(path, None, f"cannot read the plan: {error.strerror}") from error
+        reason = f"cannot read the plan: {error.strerror}"
+        if not path.is_absolute():
+            # ROLLOUT_PLAN=plans/... from a job that did not cd into the checkout (cron
+            # starts in the home folder): say where the relative path was looked for.
+            reason += f" (a relative path, read from the working folder {Path.cwd()})"
+        raise BadInput(path, None, reason) from error
     return utf8_text(path, data)
 
 

@@ -6,7 +6,7 @@ import functools
 import re
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -237,6 +237,30 @@ def _refused_url(context: ExceptionContext) -> BaseException | None:
     return url_refused(context.original_exception, url)
 
 
+# How long a stop waits for the server to take a cancel request, at most.
+STOP_CANCEL_SECONDS = 5.0
+
+
+def _cancel_on_stop(context: ExceptionContext) -> None:
+    """``handle_error``: a stop that is no KeyboardInterrupt (Prefect's TerminationSignal,
+    which a flow run's SIGTERM raises) landing while a statement runs asks the server to
+    cancel it. psycopg does so on a KeyboardInterrupt alone (the CLI's ``Stopped`` is
+    one); on anything else it leaves the statement to run on in the server after the
+    process is gone, holding its locks (a batch's rows, the writers' lock) against the
+    next run until it is done, only to be rolled back. SQLAlchemy then closes the
+    connection, as for any such stop."""
+    if isinstance(context.original_exception, Exception | KeyboardInterrupt):
+        return
+    connection = context.connection
+    # Nothing here may raise: an error a handler raises replaces the stop.
+    with suppress(Exception):  # a connection closed, a statement ended, the server gone
+        if connection is None or connection.invalidated:
+            return
+        cancel = getattr(connection.connection.dbapi_connection, "cancel_safe", None)
+        if cancel is not None:
+            cancel(timeout=STOP_CANCEL_SECONDS)
+
+
 @contextmanager
 def _as_engine_errors(driver: Any, *, connecting: str | URL | None = None) -> Iterator[None]:
     """ADBC's OperationalError (a server not there, a connection dropped or cancelled,
@@ -298,6 +322,7 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     connect_args = {"prepare_threshold": None, **kwargs.pop("connect_args", {})}
     engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **kwargs)
     event.listen(engine, "handle_error", _refused_url)
+    event.listen(engine, "handle_error", _cancel_on_stop)
     return engine
 
 

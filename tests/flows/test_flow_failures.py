@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -390,3 +391,68 @@ def test_a_run_stopped_while_duckdb_works_ends_crashed_not_failed(
         state = client.read_flow_run(run_id).state
     assert state is not None and state.is_crashed(), (state, done.stderr[-2000:])
     assert "Query interrupted" not in (state.message or "")
+
+
+# The same, SIGTERM landing while the registry's PostgreSQL works on a statement (an
+# UPDATE of many rows, a lock wait): here a sleep with a marker pg_stat_activity shows.
+STOPPED_IN_A_STATEMENT = """
+import os, signal, threading
+from sqlalchemy import text
+from prefect import flow
+from prefect.runtime import flow_run
+from flows.common import with_runtime
+from rollout.registry.engine import make_engine
+
+@flow(name="stopped-in-a-statement")
+@with_runtime
+def stopped_in_a_statement() -> None:
+    print(flow_run.id, flush=True)
+    with make_engine(os.environ["ROLLOUT_REGISTRY_URL"]).connect() as connection:
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        connection.execute(text("select pg_sleep(60) -- stopped-in-a-statement"))
+
+stopped_in_a_statement()
+"""
+
+
+def test_a_run_stopped_while_postgresql_works_ends_its_statement_on_the_server(
+    prefect_server: None, clean_env: None, tmp_path: Path, postgres_schema_url: str
+) -> None:
+    """Prefect's TerminationSignal is no KeyboardInterrupt, on which alone psycopg cancels
+    the statement in flight: the run ended Crashed, but its statement went on in the
+    server after the process was gone, holding its locks (a batch's rows, the writers'
+    lock) against the next run for as long as it took."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    script = tmp_path / "stopped.py"
+    script.write_text(STOPPED_IN_A_STATEMENT)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "ROLLOUT_HOME": str(tmp_path),
+        "ROLLOUT_REGISTRY_URL": postgres_schema_url,
+        "PYTHONPATH": str(ROOT),
+    }
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert time.monotonic() - started < 45  # not after the statement's 60 s
+    run_id = done.stdout.split()[0]
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run_id).state
+    assert state is not None and state.is_crashed(), (state, done.stderr[-2000:])
+    assert "Execution was aborted by a termination signal" in (state.message or "")
+    engine = make_engine(postgres_schema_url)
+    try:
+        with engine.connect() as connection:
+            still_running = connection.execute(
+                text(
+                    "select count(*) from pg_stat_activity where state = 'active'"
+                    " and query like '%-- stopped-in-a-statement' and pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert still_running == 0
