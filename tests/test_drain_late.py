@@ -24,7 +24,7 @@ from rollout.notify.queue import queue_due
 from rollout.phases import brownouts, enforce
 from rollout.phases.snoozes import COMMAND, SnoozeRequest, snooze
 from rollout.registry import Registry
-from rollout.registry.models import Notification
+from rollout.registry.models import Notification, OrgInvitation
 from tests.factories import AccountFactory, NotificationFactory, bound_to
 from tests.support.outbox import (
     AFTERNOON,
@@ -270,6 +270,56 @@ def test_an_org_invitation_goes_only_until_it_expires(
     else:
         assert sender.sent == [] and report.skipped == {TOO_LATE: 1}
         assert waiting == {(TOO_LATE, "org_invitation"): 1}
+
+
+@pytest.mark.parametrize(("state", "goes"), [("pending", True), ("accepted", False)])
+def test_an_org_invitation_accepted_before_its_email_goes_is_not_sent(
+    registry: Registry, plan: Plan, ids: dict[str, int], state: str, goes: bool
+) -> None:
+    """The member accepted the invitation (on the registry's site, which shows the
+    pending ones) while its email waited: "acme invites you back" to one back already
+    is skipped as too late, as the send's preview says beforehand; a pending one goes."""
+    with bound_to(registry.engine):
+        account = AccountFactory(username="invited", with_totp=True)
+        NotificationFactory(
+            account=account,
+            email="org_invitation",
+            phase="org:acme",
+            occasion="invitation:7",
+            context={
+                "org": "acme",
+                "team": "core",
+                "invited_by": "owner",
+                "expires_at": "2022-03-08T10:00:00",
+            },
+        )
+    with registry.engine.begin() as connection:
+        connection.execute(
+            OrgInvitation.__table__.insert().values(
+                id=7,
+                org_id=1,
+                account_id=account.id,
+                team_id=1,
+                state=state,
+                invited_by="owner",
+                created_at=datetime(2022, 3, 1, 10),
+                expires_at=datetime(2022, 3, 8, 10),
+                settled_at=None if state == "pending" else datetime(2022, 3, 2, 8),
+            )
+        )
+    sender = Recording()
+    with use_clock(SimulatedClock(datetime(2022, 3, 3, 9))):
+        waiting = skips_waiting(registry, plan)
+        report = drain(registry, plan, sender)
+    if goes:
+        assert [m.email for m in sender.sent] == ["org_invitation"] and waiting == {}
+    else:
+        assert sender.sent == [] and report.skipped == {TOO_LATE: 1}
+        assert waiting == {(TOO_LATE, "org_invitation"): 1}
+        assert rows(registry, "org_invitation", "invitation:7")["invited"] == (
+            "skipped",
+            TOO_LATE,
+        )
 
 
 def test_drain_workers_skip_too_late_emails_too(

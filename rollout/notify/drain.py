@@ -130,6 +130,7 @@ from rollout.registry.engine import RegistryURLRefused, begin_writing
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import (
     CohortMembership,
+    OrgInvitation,
     PhaseRequirement,
     PlanRun,
     TfaFactor,
@@ -577,7 +578,9 @@ def _too_late(
     - the ELV heads-up: from the day it tells;
     - an org's invitation back: from the instant the invitation expires (its
       ``expires_at``, INVITATION_DAYS after the owner sent it): "accept before" a time
-      gone, of an invitation the registry no longer takes, sent after an outage.
+      gone, of an invitation the registry no longer takes, sent after an outage; and
+      once the registry has it accepted or expired however early (no longer pending:
+      "invites you back" to a member back already).
 
     Emails of no date (the enforcement notice, an org's removal notice and enforcement
     summary, the phase summary, a snooze reply) are never too late; nor is one queued
@@ -605,7 +608,7 @@ def _too_late(
             return _time_in(c.context, "expires_at")
         return planned
 
-    late = set()
+    late = _invitations_settled(connection, claimed)
     for c in claimed:
         if c.context.get(QUEUED_LATE):
             continue
@@ -613,6 +616,28 @@ def _too_late(
         if at is not None and too_late(at, now):
             late.add(c.id)
     return late
+
+
+def _invitations_settled(connection: Connection, claimed: list[_Claimed]) -> set[int]:
+    """The claimed invitation emails whose invitation (``invitation:<id>``, its
+    occasion) the registry no longer has pending: accepted (the member is back) or
+    expired before its email went. One query for the batch."""
+    invitations = {}
+    for c in claimed:
+        prefix, _, number = c.occasion.partition(":")
+        if c.email == INVITATION_EMAIL and prefix == "invitation" and number.isdigit():
+            invitations[c.id] = int(number)
+    if not invitations:
+        return set()
+    table = OrgInvitation.__table__
+    settled = set(
+        connection.scalars(
+            select(table.c.id).where(
+                table.c.id.in_(sorted(set(invitations.values()))), table.c.state != "pending"
+            )
+        )
+    )
+    return {row for row, invitation in invitations.items() if invitation in settled}
 
 
 def _first(*moments: datetime | None) -> datetime | None:
