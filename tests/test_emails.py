@@ -228,6 +228,8 @@ def test_a_reminder_queued_late_and_sent_after_its_deadline_says_since(phase: st
         assert f"Since <strong>{day}, 00:00 UTC</strong>" in rendered.html
         for part in (rendered.subject, rendered.text, rendered.html):
             assert not re.search(r"\b(?:in|In) (?:<strong>)?-?[0-9]+ days?", part)
+            # Nor "if it still does not on that day" of a day gone.
+            assert "on that day" not in words(part).lower()
 
 
 def test_a_reminder_caught_up_late_counts_the_days_from_when_it_was_queued(plan: Plan) -> None:
