@@ -232,6 +232,32 @@ def test_a_reminder_queued_late_and_sent_after_its_deadline_says_since(phase: st
             assert "on that day" not in words(part).lower()
 
 
+@pytest.mark.parametrize("snoozed", [False, True], ids=["own-deadline", "snoozed"])
+def test_a_reminder_sent_after_an_own_deadline_offers_no_postponing_it(snoozed: bool) -> None:
+    """github-2023's publishers have deadlines of their own, which a request may
+    postpone until the day has passed (later the request is refused: "the request came
+    after your deadline had passed"). A reminder queued ``--late`` and sent after it says
+    the requirement applies since that day; it said the day "is" the account's deadline
+    and offered to postpone it, a request bound to be refused."""
+    plan = load_plan(ROOT / "plans" / "github-2023.yaml")
+    deadline = plan.phase("publishers").enforce_on
+    recipient = replace(EXAMPLE_RECIPIENTS["non-compliant"], deadline=deadline, snoozed=snoozed)
+    stored = {
+        "phase": "publishers",
+        "days_before": 3,
+        "queued_on": (deadline - timedelta(days=3)).isoformat(),
+        "queued_late": True,
+        SENT_ON: (deadline + timedelta(days=2)).isoformat(),
+    }
+    rendered = render("reminder", recipient, stored, plan)
+    day = f"{deadline:%A} {deadline.day} {deadline:%B %Y}, 00:00 UTC"
+    for part in (words(rendered.text), words(re.sub(r"<[^>]+>", "", rendered.html))):
+        assert f"{day} was your account's own deadline" in part
+        assert "is your account's own deadline" not in part
+        assert "postpone it" not in part and "postponed again" not in part
+    assert plan.notifications.snooze_url not in rendered.text + rendered.html
+
+
 def test_a_reminder_caught_up_late_counts_the_days_from_when_it_was_queued(plan: Plan) -> None:
     """top-100 is enforced on 2022-02-01: its 14-day reminder, queued on 2022-01-20
     (the queue missed the 18th), says 12 days, not 14."""
