@@ -92,7 +92,8 @@ def settings_with_secret(settings: Settings, environ: Mapping[str, str] = os.env
     environment has none (``settings`` are the environment's: the runtime's)."""
     if settings.sendgrid_api_key is not None:
         return settings
-    name = environ.get(SECRET_BLOCK_SETTING, SECRET_BLOCK)
+    # Empty is unset, as an empty SENDGRID_API_KEY is no key (and as doctor reads it).
+    name = environ.get(SECRET_BLOCK_SETTING) or SECRET_BLOCK
     try:
         stored = str(Secret.load(name).get())
     except ValueError:  # no such block: the file outbox

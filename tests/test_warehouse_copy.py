@@ -166,3 +166,42 @@ def test_no_warehouse_yet_is_refused_and_makes_no_files(rollout_home: Path, tmp_
     assert "no warehouse yet: run `rollout ingest` first" in result.stderr
     assert not (rollout_home / "warehouse.duckdb").exists()
     assert not (tmp_path / "copies").exists()
+
+
+def test_a_copy_replaced_after_its_session_was_killed_opens_without_that_session_s_log(
+    warehouse_file: Path, tmp_path: Path
+) -> None:
+    """An analyst's notebook wrote to the earlier copy and its kernel was killed: its
+    log (`mine.duckdb.wal`) stays beside the file. The new copy moved into place with
+    that log beside it could not be opened ("WAL does not match database file"): the
+    replaced copy's log goes with it."""
+    mine = tmp_path / "mine.duckdb"
+    assert run("copy-warehouse", str(mine)).exit_code == 0
+    subprocess.run([sys.executable, "-c", COMMIT_THEN_DIE, str(mine)], check=True)
+    assert Path(f"{mine}.wal").exists()
+
+    result = run("copy-warehouse", str(mine), "--replace")
+
+    assert result.exit_code == 0, result.stderr
+    assert not Path(f"{mine}.wal").exists()
+    with duckdb.connect(str(mine), read_only=True) as con:
+        assert con.sql("select count(*) from ingested_files").fetchall() == [(4,)]
+        assert "committed_by_a_killed_run" not in {
+            row[0] for row in con.sql("show tables").fetchall()
+        }
+
+
+def test_a_copy_made_where_an_earlier_one_was_deleted_without_its_log_opens(
+    warehouse_file: Path, tmp_path: Path
+) -> None:
+    """`rm mine.duckdb` leaves a killed session's `mine.duckdb.wal`: a new copy of that
+    name is made without it, as one DuckDB opens."""
+    mine = tmp_path / "mine.duckdb"
+    assert run("copy-warehouse", str(mine)).exit_code == 0
+    subprocess.run([sys.executable, "-c", COMMIT_THEN_DIE, str(mine)], check=True)
+    mine.unlink()
+
+    assert run("copy-warehouse", str(mine)).exit_code == 0
+
+    with duckdb.connect(str(mine), read_only=True) as con:
+        assert con.sql("select count(*) from ingested_files").fetchall() == [(4,)]

@@ -534,7 +534,8 @@ def copy_warehouse(con: duckdb.DuckDBPyConnection, target: Path, *, replace: boo
     moved into place whole. A file copied with ``cp`` while a run writes can be half of
     one checkpoint and half of another (DuckDB cannot open it), and without its ``.wal``
     it misses what the run committed. ``target`` there already is refused (exit 2),
-    unless ``replace`` and it is a DuckDB file. Returns the file written."""
+    unless ``replace`` and it is a DuckDB file (replaced with its log, if a session
+    on it left one). Returns the file written."""
     source = Path(database_path(con) or "")
     if target.is_dir():
         target = target / source.name
@@ -566,6 +567,10 @@ def copy_warehouse(con: duckdb.DuckDBPyConnection, target: Path, *, replace: boo
         except BaseException:
             wal.unlink(missing_ok=True)
             raise
+        # The replaced copy's own log (a session on it killed before it wrote its
+        # commits in: a notebook's kernel): left beside the new file, DuckDB refused
+        # to open it ("WAL does not match database file"). It goes with its copy.
+        Path(f"{target}.wal").unlink(missing_ok=True)
     return target
 
 

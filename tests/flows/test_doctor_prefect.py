@@ -84,3 +84,30 @@ def test_the_sendgrid_check_reads_the_notify_flow_s_secret_block(
     with DevSendGrid(key) as dev:
         settings = load_settings({"ROLLOUT_HOME": str(tmp_path), "ROLLOUT_SENDGRID_URL": dev.url})
         assert check_sendgrid(settings, environ).status is Status.fail
+
+
+def test_an_empty_secret_block_setting_names_the_default_block_for_the_flow_and_doctor(
+    prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ROLLOUT_SENDGRID_SECRET_BLOCK=` (an environment file's line left empty) is the
+    setting unset, as an empty SENDGRID_API_KEY is no key: the notify flow and doctor
+    both read the default block. The flow asked Prefect for a block named '' and sent
+    nothing (the file outbox), while doctor checked the default's key and said ok."""
+    from prefect.blocks.system import Secret
+
+    from flows import notify as notify_flows
+    from rollout.notify import senders
+
+    default = f"doctor-default-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(senders, "SECRET_BLOCK", default)
+    monkeypatch.setattr(notify_flows, "SECRET_BLOCK", default)
+    key = "SG.default-block.key"
+    Secret(value=key).save(default, overwrite=True)
+    environ = {**api_environ(), "ROLLOUT_SENDGRID_SECRET_BLOCK": ""}
+    with DevSendGrid(key) as dev:
+        settings = load_settings({"ROLLOUT_HOME": str(tmp_path), "ROLLOUT_SENDGRID_URL": dev.url})
+        checked = check_sendgrid(settings, environ)
+        sending = notify_flows.settings_with_secret(settings, environ)
+    assert checked.status is Status.ok and f"Secret block {default!r}" in checked.detail
+    assert sending.sendgrid_api_key is not None
+    assert sending.sendgrid_api_key.get_secret_value() == key
