@@ -171,21 +171,14 @@ def day_ranges(days: list[date]) -> str:
     return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}..{r[-1]}" for r in runs)
 
 
-def _days_without_downloads(con: duckdb.DuckDBPyConnection, start: date, end: date) -> list[date]:
-    """The days ``start``..``end`` with no download data loaded at all, as the metrics'
-    ``missing_days`` (int_download_gaps) are."""
-    rows = con.execute(
-        """
-        select cast(day as date) as day
-        from generate_series($start::date, $end::date, interval 1 day) as days(day)
-        where cast(day as date) not in (
-            select distinct day from stg_downloads where day between $start and $end
-        )
-        order by day
-        """,
-        {"start": start, "end": end},
-    ).fetchall()
-    return [row[0] for row in rows]
+def _days_without_downloads(
+    con: duckdb.DuckDBPyConnection, as_of: date, weekly_days: int
+) -> list[date]:
+    """The ``weekly_days`` before ``as_of`` with no download data loaded at all, as the
+    metrics find their gaps (int_download_gaps, over a window of that one length)."""
+    params = {"as_of": as_of, "weekly_days": weekly_days, "monthly_days": weekly_days}
+    gaps = con.execute(warehouse.render("intermediate/int_download_gaps"), params).fetchall()
+    return [row[0] for row in gaps]
 
 
 def _latest_download_day(con: duckdb.DuckDBPyConnection) -> date | None:
@@ -225,7 +218,7 @@ def require_metrics(
     resummed = None if computed_with == weekly_days else weekly_days
     start, end = as_of - timedelta(days=weekly_days), as_of - timedelta(days=1)
     if resummed is not None:
-        missing = _days_without_downloads(con, start, end)
+        missing = _days_without_downloads(con, as_of, weekly_days)
         complete = not missing
     if complete or allow_gaps:
         return resummed
