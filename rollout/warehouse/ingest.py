@@ -422,10 +422,8 @@ def _ingest_new(
         con, "select count(problem), count(*) filter (where duplicate) from flagged"
     )
     rows_bad, rows_duplicate = counts if counts else (0, 0)
-    if rows_read == 0 and (
-        file.kind not in landing.QUIET_SPAN_KINDS or landing.unread_line(file) is not None
-    ):
-        raise landing.no_rows(file)
+    if rows_read == 0 and (refused := landing.no_rows(file)) is not None:
+        raise refused
     if rows_read and rows_bad / rows_read > quarantine_limit:
         raise FileRejected(
             file.path,

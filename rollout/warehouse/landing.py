@@ -554,9 +554,11 @@ def text_lines(path: Path, handle: io.TextIOBase, limit: int | None = None) -> I
 QUIET_SPAN_KINDS = frozenset({"logins", "publishes"})
 
 
-def unread_line(file: LandingFile) -> BadInput | None:
-    """A CSV line longer than DuckDB reads (it then stages nothing, and a file of one
-    such line read as "empty"), at its number; else None."""
+def no_rows(file: LandingFile) -> BadInput | None:
+    """Why a file that staged no rows is refused: a CSV line longer than DuckDB reads
+    (it then stages nothing, and a file of one such line read as "empty"), at its
+    number; else, unless it is a span in which nothing happened (QUIET_SPAN_KINDS: None,
+    loaded as 0 rows), that it is empty."""
     if file.format == "csv":
         try:
             with open_text(file.path) as handle:
@@ -564,13 +566,9 @@ def unread_line(file: LandingFile) -> BadInput | None:
                     pass
         except BadInput as too_long:
             return too_long
-    return None
-
-
-def no_rows(file: LandingFile) -> BadInput:
-    """Why a file staged no rows: a line DuckDB did not read (``unread_line``), at its
-    number; else empty."""
-    return unread_line(file) or BadInput(file.path, None, "no rows: the file is empty")
+    if file.kind in QUIET_SPAN_KINDS:
+        return None
+    return BadInput(file.path, None, "no rows: the file is empty")
 
 
 def read_document(path: Path, handle: io.TextIOBase) -> str:
