@@ -516,12 +516,7 @@ def _secret_block_key(
         return None
     api_url, headers = api
     unread = f"the notify flow's Secret block {name!r} was not checked: {url_shown(api_url)}"
-    with httpx.Client(
-        base_url=api_url.rstrip("/") + "/",
-        headers=headers,
-        timeout=TIMEOUT,
-        transport=transport,
-    ) as client:
+    with _prefect_client(api_url, headers, transport) as client:
         try:
             answer = client.get(
                 f"block_types/slug/secret/block_documents/name/{quote(name, safe='')}",
@@ -541,6 +536,19 @@ def _secret_block_key(
         return CheckResult("sendgrid", Status.warn, f"{unread} is not Prefect's REST API")
     # As the flow reads it: str() of what the block holds (Secret.get()).
     return name, "" if value is None else str(value)
+
+
+def _prefect_client(
+    api_url: str, headers: Mapping[str, str], transport: httpx.BaseTransport | None
+) -> httpx.Client:
+    """A client of Prefect's REST API at ``api_url`` (``prefect_api``), its paths
+    relative to it, bounded by TIMEOUT."""
+    return httpx.Client(
+        base_url=api_url.rstrip("/") + "/",
+        headers=dict(headers),
+        timeout=TIMEOUT,
+        transport=transport,
+    )
 
 
 def _read_scopes(sender: Any) -> tuple[int | None, list[str], str | None]:
@@ -595,12 +603,7 @@ def check_worker(
             "worker", Status.warn, "PREFECT_API_URL not set: the Prefect worker was not checked"
         )
     api_url, headers = api
-    with httpx.Client(
-        base_url=api_url.rstrip("/") + "/",
-        headers=headers,
-        timeout=TIMEOUT,
-        transport=transport,
-    ) as client:
+    with _prefect_client(api_url, headers, transport) as client:
         try:
             pool = client.get(f"work_pools/{WORK_POOL}")
             workers = queues = None
