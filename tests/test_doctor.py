@@ -10,8 +10,6 @@ import base64
 import json
 import os
 import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -41,6 +39,7 @@ from rollout.ops.doctor import (
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
+from tests.support.warehouse_holder import warehouse_held
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "SG.doctor-test.key"
@@ -172,28 +171,8 @@ def warehouse_held_by_a_run(tmp_path: Path) -> Iterator[Path]:
     """A warehouse another process has open for writing, as a running flow does."""
     path = tmp_path / "warehouse.duckdb"
     warehouse.connect(path).close()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(
-                f"""
-                import sys, duckdb
-                con = duckdb.connect({str(path)!r})
-                print("holding", flush=True)
-                sys.stdin.read()
-                """
-            ),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+    with warehouse_held(path):
         yield path
-    finally:
-        holder.communicate(timeout=10)  # closes its stdin: it exits
 
 
 def test_a_warehouse_a_run_holds_is_skipped_with_a_warning(warehouse_held_by_a_run: Path) -> None:

@@ -21,6 +21,7 @@ import nbformat
 import pytest
 
 from rollout.core.config import load_settings
+from tests.support.warehouse_holder import warehouse_held
 
 from .conftest import tiny_story
 
@@ -228,16 +229,6 @@ def test_a_missing_warehouse_says_how_to_create_it(
     assert "make demo" in message
 
 
-# Another process with the warehouse open, as a pipeline run (read_only False) or another
-# analyst's notebook (True) has it, until killed.
-HOLD_WAREHOUSE = """
-import sys, time, duckdb
-connection = duckdb.connect(sys.argv[1], read_only=sys.argv[2] == "True")
-print("held", flush=True)
-time.sleep(60)
-"""
-
-
 @pytest.mark.parametrize("read_only", [False, True], ids=["a-run-writes", "another-reads"])
 def test_opening_the_warehouse_while_a_run_writes_it_says_what_to_do(
     read_only: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -246,23 +237,16 @@ def test_opening_the_warehouse_while_a_run_writes_it_says_what_to_do(
     duckdb.connect(str(warehouse)).close()
     monkeypatch.setenv("ROLLOUT_WAREHOUSE", str(warehouse))
     monkeypatch.chdir(NOTEBOOKS)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_WAREHOUSE, str(warehouse), str(read_only)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     cell: dict[str, object] = {}
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    # Another process with the warehouse open, as a pipeline run (read_only False) or
+    # another analyst's notebook (True) has it.
+    with warehouse_held(warehouse, read_only=read_only) as holder:
         if read_only:  # readers share it
             exec(first_code_cell(notebook_paths()[0]), cell)
             cell["con"].close()  # type: ignore[attr-defined]
             return
         with pytest.raises(RuntimeError) as raised:
             exec(first_code_cell(notebook_paths()[0]), cell)
-    finally:
-        holder.kill()
-        holder.wait()
     message = str(raised.value)
     assert f"{warehouse} is being written by another process" in message
     assert "run this again in a few minutes" in message

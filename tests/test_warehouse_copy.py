@@ -13,8 +13,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -25,6 +23,7 @@ from rollout.cli import app
 
 from .conftest import DATA
 from .hostile import TERMINAL
+from .support.warehouse_holder import warehouse_held
 
 
 def run(*args: str) -> Result:
@@ -89,34 +88,12 @@ def test_the_copy_is_a_warehouse_rollout_reads(
     assert copied.stdout == original.stdout
 
 
-# Another process with the warehouse open for writing, as a running flow has it.
-HOLD_WAREHOUSE = """
-import sys, time, duckdb
-connection = duckdb.connect(sys.argv[1])
-print("held", flush=True)
-time.sleep(60)
-"""
-
-
-@contextmanager
-def held_by_a_run(path: Path) -> Iterator[subprocess.Popen[str]]:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_WAREHOUSE, str(path)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        yield holder
-    finally:
-        holder.kill()
-        holder.wait()
-
-
 def test_while_a_run_writes_the_copy_is_refused_at_once_and_nothing_is_written(
     warehouse_file: Path, tmp_path: Path
 ) -> None:
     copies = tmp_path / "copies"
     copies.mkdir()
-    with held_by_a_run(warehouse_file) as holder:
+    with warehouse_held(warehouse_file) as holder:
         result = run("copy-warehouse", str(copies / "mine.duckdb"))
     assert result.exit_code == 1
     assert f"the warehouse is open in process {holder.pid}" in result.stderr

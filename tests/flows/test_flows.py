@@ -11,12 +11,10 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -48,6 +46,7 @@ from tests.factories import AccountFactory, bound_to
 from tests.support.artifacts import logs_since, read_artifact
 from tests.support.env import without_rollout_settings
 from tests.support.outbox import on
+from tests.support.warehouse_holder import warehouse_held
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY = date(2022, 2, 1)
@@ -759,30 +758,6 @@ def test_a_run_started_late_does_the_day_it_was_scheduled_for(prefect_server: No
 
 # --- the warehouse held by another process ---------------------------------------------
 
-# Another process with the warehouse open (a second run, a notebook) for argv[2] seconds.
-HOLD_WAREHOUSE = """
-import sys, time, duckdb
-connection = duckdb.connect(sys.argv[1])
-print("held", flush=True)
-time.sleep(float(sys.argv[2]))
-connection.close()
-"""
-
-
-@contextmanager
-def warehouse_held(home: Home, seconds: float) -> Iterator[subprocess.Popen[str]]:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_WAREHOUSE, str(home.settings.warehouse_path), str(seconds)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        yield holder
-    finally:
-        holder.kill()
-        holder.wait()
-
 
 def test_a_run_waits_for_the_warehouse_another_run_holds_and_completes(
     daily_state: Any, home: Home
@@ -791,7 +766,7 @@ def test_a_run_waits_for_the_warehouse_another_run_holds_and_completes(
     nights, a manual metrics run beside the daily one) take turns at the warehouse: the
     second to open it waits for the first, it does not fail."""
     start = datetime.now(UTC)
-    with warehouse_held(home, 4) as holder:
+    with warehouse_held(home.settings.warehouse_path, seconds=4) as holder:
         state = metrics(as_of=DAY, ingest_first=False, return_state=True)
         assert holder.poll() is not None  # it held the warehouse until it was done
     assert state.is_completed(), state.message
@@ -805,7 +780,7 @@ def test_a_run_fails_naming_the_holder_once_it_has_waited_long_enough(
     daily_state: Any, home: Home, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(common_flows, "WAREHOUSE_WAIT_SECONDS", 1)
-    with warehouse_held(home, 60) as holder:
+    with warehouse_held(home.settings.warehouse_path) as holder:
         state = metrics(as_of=DAY, ingest_first=False, return_state=True)
     assert state.is_failed()
     assert state.message == (
