@@ -26,7 +26,14 @@ from rollout.phases.previews import reach_verdict
 from rollout.registry import Registry
 from rollout.registry.models import Account, PhaseRequirement
 from tests.factories import NotificationFactory, bound_to
-from tests.support.outbox import Recording, ids, on, queue_and_send, rows
+from tests.support.outbox import (
+    Recording,
+    enforce_as_previewed,
+    ids,
+    on,
+    queue_and_send,
+    rows,
+)
 
 NOTICE_DAY = date(2022, 1, 4)
 FOURTEEN_DAYS_BEFORE = date(2022, 1, 18)
@@ -227,19 +234,6 @@ HEADS_UP_DAY = date(2022, 2, 13)  # brownout-1 on 02-16; top-100 enforced from 0
 ELV_HEADS_UP_DAY = date(2022, 2, 22)  # ELV for all on 03-01
 
 
-def _enforce_top_100(registry: Registry, plan: Plan) -> None:
-    """top-100 enforced: ann, cat and dan required 2FA and signed out (ben has TOTP)."""
-    preview = enforce.preview_phase(registry, plan, plan.phase("top-100"))
-    enforce.enforce_phase(
-        registry,
-        plan,
-        "top-100",
-        expect=preview.count,
-        accept_unreached=len(preview.unreached),
-        actor="rm",
-    )
-
-
 def test_heads_ups_are_not_queued_to_accounts_already_required_2fa(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
@@ -250,7 +244,7 @@ def test_heads_ups_are_not_queued_to_accounts_already_required_2fa(
     2FA. Recorded as skipped, already enforced; eve (no 2FA, required of nothing) gets
     both."""
     with on(date(2022, 2, 1)):
-        _enforce_top_100(registry, plan)
+        enforce_as_previewed(registry, plan, "top-100")  # ann, cat, dan
     sender = Recording()
     for day in (HEADS_UP_DAY, ELV_HEADS_UP_DAY):
         with on(day):
@@ -272,7 +266,7 @@ def test_a_heads_up_queued_before_the_enforcement_is_skipped_when_sent(
         queue_due(registry, plan, HEADS_UP_DAY, actor="rm")
     assert rows(registry, "brownout_heads_up", "brownout-1")["ann"] == ("queued", None)
     with on(HEADS_UP_DAY, hour=10):
-        _enforce_top_100(registry, plan)
+        enforce_as_previewed(registry, plan, "top-100")  # ann, cat, dan
     sender = Recording()
     with on(HEADS_UP_DAY, hour=11):
         waiting = skips_waiting(registry, plan)

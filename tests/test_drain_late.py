@@ -21,7 +21,7 @@ from rollout.notify import outbox
 from rollout.notify.drain import drain, skips_waiting
 from rollout.notify.outbox import TOO_LATE, outbox_status
 from rollout.notify.queue import queue_due
-from rollout.phases import brownouts, enforce
+from rollout.phases import brownouts
 from rollout.phases.snoozes import COMMAND, SnoozeRequest, snooze
 from rollout.registry import Registry
 from rollout.registry.models import Notification, OrgInvitation
@@ -29,6 +29,7 @@ from tests.factories import AccountFactory, NotificationFactory, bound_to
 from tests.support.outbox import (
     AFTERNOON,
     Recording,
+    enforce_as_previewed,
     ids,
     on,
     publishers_noticed,
@@ -200,15 +201,7 @@ def test_emails_of_no_date_go_however_late(
     """The enforcement notices of 02-01 and an org's removal notice, sent months later
     (by the real clock, years): they tell what was done, not what is coming."""
     with on(date(2022, 2, 1), hour=12):
-        preview = enforce.preview_phase(registry, plan, plan.phase("top-100"))
-        enforce.enforce_phase(
-            registry,
-            plan,
-            "top-100",
-            expect=preview.count,
-            accept_unreached=len(preview.unreached),
-            actor="rm",
-        )
+        enforce_as_previewed(registry, plan, "top-100")
     with bound_to(registry.engine):
         NotificationFactory(
             account=AccountFactory(username="org-member"),

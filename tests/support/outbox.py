@@ -17,6 +17,7 @@ from rollout.notify import outbox
 from rollout.notify.drain import drain
 from rollout.notify.message import DeliveryFailed, Message
 from rollout.notify.queue import QueueOutcome, queue_due
+from rollout.phases import enforce
 from rollout.registry import Registry
 from rollout.registry.models import Account, Notification
 from tests.factories import AccountFactory, bound_to
@@ -125,3 +126,17 @@ def queue_and_send(registry: Registry, plan: Plan, *days: date) -> None:
         with on(day):
             queue_due(registry, plan, day, actor="rm")
             drain(registry, plan, Recording())
+
+
+def enforce_as_previewed(registry: Registry, plan: Plan, phase: str) -> None:
+    """``phase`` enforced as a release manager does it: the preview's counts typed back,
+    its never-reached accounts accepted."""
+    preview = enforce.preview_phase(registry, plan, plan.phase(phase))
+    enforce.enforce_phase(
+        registry,
+        plan,
+        phase,
+        expect=preview.count,
+        accept_unreached=len(preview.unreached),
+        actor="rm",
+    )
