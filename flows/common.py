@@ -32,6 +32,7 @@ from rollout.core.config import Settings
 from rollout.core.errors import RolloutError
 from rollout.core.output import markdown_text as cell
 from rollout.core.plan import Day
+from rollout.core.stopping import interrupted_query
 from rollout.runtime import Runtime
 
 P = ParamSpec("P")
@@ -123,11 +124,6 @@ def with_runtime(fn: Callable[P, R]) -> Callable[P, R]:
     return run
 
 
-# DuckDB's word for a query a signal interrupted: it swallows the exception the signal's
-# handler raised and raises this instead (rollout.core.stopping says the same of the CLI).
-QUERY_INTERRUPTED = "Query interrupted"
-
-
 @contextmanager
 def stops_kept() -> Iterator[None]:
     """A stop stays a stop in a flow run. Prefect's SIGTERM handler (a worker stopped,
@@ -143,7 +139,8 @@ def stops_kept() -> Iterator[None]:
     try:
         yield
     except RuntimeError as error:
-        if str(error) != QUERY_INTERRUPTED:
+        # DuckDB swallows the exception the signal's handler raised and raises this.
+        if not interrupted_query(error):
             raise
         raise TerminationSignal(signal.SIGTERM) from error
 

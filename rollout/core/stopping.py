@@ -55,6 +55,12 @@ class Stopped(KeyboardInterrupt):
 _last_signal: int | None = None
 
 
+def interrupted_query(error: BaseException) -> bool:
+    """Whether ``error`` is DuckDB's word for a query a signal interrupted (the CLI's
+    stops here, a flow run's in flows.common.stops_kept)."""
+    return isinstance(error, RuntimeError) and str(error) == "Query interrupted"
+
+
 def stopped_by_interruption(error: BaseException) -> Stopped | None:
     """``error`` as the stop it stands for: a Stopped as it is, Python's own
     KeyboardInterrupt as SIGINT's, and DuckDB's word for a query a signal interrupted
@@ -64,7 +70,7 @@ def stopped_by_interruption(error: BaseException) -> Stopped | None:
         return error
     if isinstance(error, KeyboardInterrupt):
         return Stopped(signal.SIGINT)
-    if isinstance(error, RuntimeError) and str(error) == "Query interrupted":
+    if interrupted_query(error):
         return Stopped(_last_signal or signal.SIGINT)
     return None
 
