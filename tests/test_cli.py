@@ -147,6 +147,21 @@ def test_plan_check_names_the_line_and_exits_2(rollout_home: Path, tmp_path: Pat
     assert f"{broken}:" in result.stderr and "unknown cohort 'nobody'" in result.stderr
 
 
+def test_a_line_break_in_a_file_s_name_cannot_fake_a_line_of_a_message(
+    rollout_home: Path, tmp_path: Path
+) -> None:
+    """A status line names the file as data: its line break is shown (\\x0a), as an
+    error's is, never a line of its own saying something the command did not."""
+    named = tmp_path / "mine\nerror: the registry was wiped.yaml"
+    shutil.copyfile(ROOT / "plans" / "npm-2022.yaml", named)
+    result = run("plan", "check", str(named))
+    assert result.exit_code == 0, result.stderr
+    assert f"{tmp_path}/mine\\x0aerror: the registry was wiped.yaml: plan npm-2022 is valid" in (
+        result.stderr
+    )
+    assert not any(line.startswith("error:") for line in result.stderr.splitlines())
+
+
 def test_plan_check_says_when_it_could_not_check_against_the_registry(
     rollout_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

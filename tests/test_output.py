@@ -164,9 +164,21 @@ def test_messages_on_stderr_show_values_as_text(
     stderr.print(labelled("error:", "bold red", f"no org named {value}"))
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\x07" not in err
-    assert f"released {visible(value, lines=True)} from top-100" in err
-    # An error is one line whatever it holds: a line break is shown, not obeyed.
+    # A message is one line whatever it holds: a line break is shown, not obeyed (a
+    # package named "x\n3 loaded, 0 refused" would fake a summary line).
+    assert f"released {visible(value)} from top-100\n" in err
     assert f"error: no org named {visible(value)}\n" in err
+
+
+def test_a_message_of_several_lines_gives_each_line_and_its_values_stay_on_theirs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stderr.print("The list: reports/x.csv", "To apply: rollout phase enforce", sep="\n")
+    stderr.print("released two\nlines from top-100", "\tindented")
+    assert capsys.readouterr().err == (
+        "The list: reports/x.csv\nTo apply: rollout phase enforce\n"
+        "released two\\x0alines from top-100 \\x09indented\n"
+    )
 
 
 # --- Markdown -----------------------------------------------------------------------------

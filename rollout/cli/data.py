@@ -98,9 +98,10 @@ def sample(
             title="sample registry: what --replace would lose (preview)",
         )
         stderr.print(
-            f"preview only: {contents.describe()}.\nTo replace it (and drop its warehouse, "
-            "outbox and reports), add: "
+            f"preview only: {contents.describe()}.",
+            "To replace it (and drop its warehouse, outbox and reports), add: "
             f"--replace --confirm {contents.name}",
+            sep="\n",
             highlight=False,
         )
         return

@@ -93,13 +93,15 @@ def demo(
         fmt,
         title=f"the plan from {first} to {last}",
     )
-    stderr.print("\n" + "\n".join(_story_lines(report, plan)), highlight=False)
+    stderr.print("", *_story_lines(report, plan), sep="\n", highlight=False)
     if report.files is not None:
         stderr.print(
-            f"\nThe adoption report: {report.files.html}\n"
-            f"Emails sent: {settings.outbox_dir} (one .eml each)\n"
-            f"The warehouse: {settings.warehouse_path} (docs/warehouse.md)\n"
-            f"Where each step stands: rollout plan show",
+            "",
+            f"The adoption report: {report.files.html}",
+            f"Emails sent: {settings.outbox_dir} (one .eml each)",
+            f"The warehouse: {settings.warehouse_path} (docs/warehouse.md)",
+            "Where each step stands: rollout plan show",
+            sep="\n",
             highlight=False,
         )
 

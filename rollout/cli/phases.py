@@ -110,24 +110,24 @@ def phase_preview(
     # phase's sent notices or reminders gave (enforce_on moved earlier since).
     due = enforceable_from(runtime.registry, plan, plan.phase(phase))
     today = utc_now().date()
-    when = ""
-    fewer = fewer_days_than_told(runtime.registry, plan, plan.phase(phase)) or (
-        asks_more_than_told(runtime.registry, plan, plan.phase(phase))
-    )
-    if fewer is not None:
-        when = f"Not to be enforced: {fewer}.\n"
-    elif today < due:
-        # Not in the command to copy: enforcing before the date is a decision of its own.
-        days = (due - today).days
-        when = (
-            f"Not due yet: the phase is enforced from {due} (in {counted(days, 'day')}), "
-            "the date its emails gave; `phase enforce` refuses before it without --early.\n"
-        )
+    when: list[str] = []  # lines of their own, before the command to copy
     # Over the plan's blast radius, enforcement refuses whatever is typed back: said
     # before the command to copy, as "Not due yet" is.
     over = preview.blast_radius_verdict()
     if over is not None:
-        when = f"{over}\n{when}"
+        when.append(over)
+    fewer = fewer_days_than_told(runtime.registry, plan, plan.phase(phase)) or (
+        asks_more_than_told(runtime.registry, plan, plan.phase(phase))
+    )
+    if fewer is not None:
+        when.append(f"Not to be enforced: {fewer}.")
+    elif today < due:
+        # Not in the command to copy: enforcing before the date is a decision of its own.
+        days = (due - today).days
+        when.append(
+            f"Not due yet: the phase is enforced from {due} (in {counted(days, 'day')}), "
+            "the date its emails gave; `phase enforce` refuses before it without --early."
+        )
     if preview.per_account_deadlines:
         who += (
             f"; {preview.not_due} more fall short but their own deadline has not come "
@@ -143,20 +143,20 @@ def phase_preview(
             if preview.exempt_but_required
             else ""
         )
-        + ".\n"
-        f"Enforcement does: {', '.join(preview.effects)}.\n"
-        f"{reach_verdict(preview)}"
+        + ".",
+        f"Enforcement does: {', '.join(preview.effects)}.",
+        reach_verdict(preview)
         + (
             " Why: "
             + ", ".join(f"{why} {n}" for why, n in preview.unreached_by_category().items())
             + " (column notice)."
             if preview.unreached
             else ""
-        )
-        + "\n"
-        f"{when}"
-        f"The list: {saved.csv_path}\n"
+        ),
+        *when,
+        f"The list: {saved.csv_path}",
         f"To apply: {apply}",
+        sep="\n",
         highlight=False,
     )
 

@@ -152,7 +152,10 @@ def html_text(value: Any) -> Any:
 
 class DataConsole(Console):
     """A Rich console on which every string is data: never markup or an emoji code, and
-    its control characters visible. Style comes only from :class:`rich.text.Text`."""
+    one line with its control characters visible, line breaks included (a package or
+    file name holding one would otherwise print a line of its own, faking a summary).
+    A message of several lines gives each as a string of its own:
+    ``console.print(*lines, sep="\n")``. Style comes only from :class:`rich.text.Text`."""
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("highlight", False)
@@ -161,7 +164,7 @@ class DataConsole(Console):
     def render_str(self, text: str, **kwargs: Any) -> Text:
         # Every string printed, in a table cell or a title goes through here.
         kwargs.update(markup=False, emoji=False)
-        return super().render_str(visible(text, lines=True), **kwargs)
+        return super().render_str(visible(text), **kwargs)
 
 
 # soft_wrap: messages name files and lines; never wrap or cut them.
