@@ -32,6 +32,7 @@ from .factories import (
     bound_to,
     existing_account,
 )
+from .support.env import without_rollout_settings
 from .support.previews import to_apply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -614,6 +615,22 @@ def test_notify_preview_renders_every_email(rollout_home: Path) -> None:
     assert "phase_notice-compliant.html" in files and "reminder-non-compliant.txt" in files
     assert "reminder-compliant.txt" not in files  # a compliant account gets no reminder
     assert run("notify", "preview", "no_such_email").exit_code == 2
+
+
+def test_notify_preview_lists_its_files_as_they_are_named_when_piped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path a line, as scripts read it: what looks like a terminal escape in a folder's
+    name is part of the name, not taken out (which named a file that is not there)."""
+    home = tmp_path / "home\x1b[31m"
+    without_rollout_settings(monkeypatch)
+    monkeypatch.setenv("ROLLOUT_HOME", str(home))
+    run("db", "upgrade")
+    result = run("notify", "preview", "phase_notice")
+    assert result.exit_code == 0, result.stderr
+    listed = result.stdout.splitlines()
+    assert listed and all(Path(line).is_file() for line in listed)
+    assert all(line.startswith(f"{home}/outbox/preview/") for line in listed)
 
 
 def test_notify_preview_renders_the_emails_of_the_phase_asked_for(

@@ -28,6 +28,7 @@ from rollout.core.output import (
     csv_cell,
     csv_cells,
     emit,
+    emit_lines,
     emit_record,
     labelled,
     markdown_text,
@@ -123,6 +124,22 @@ def test_csv_on_a_terminal_shows_control_characters_and_piped_keeps_them(
     assert [r["username"] for r in read_csv(piped.getvalue())] == [
         csv_cell(r["username"]) for r in rows
     ]
+
+
+def test_a_list_of_files_on_a_terminal_shows_control_characters_and_piped_keeps_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    files = [Path("/home/h\x1b[2K\x1b[1Amallory/outbox/x.txt"), Path("/srv/right\u202eto-left")]
+    screen = Terminal()
+    monkeypatch.setattr("sys.stdout", screen)
+    emit_lines(files)
+    assert screen.getvalue() == (
+        "/home/h\\x1b[2K\\x1b[1Amallory/outbox/x.txt\n/srv/right\\u202eto-left\n"
+    )
+    piped = io.StringIO()
+    monkeypatch.setattr("sys.stdout", piped)
+    emit_lines(files)
+    assert piped.getvalue().splitlines() == [str(f) for f in files]
 
 
 # --- terminals ----------------------------------------------------------------------------

@@ -18,7 +18,15 @@ from rollout.cli.app import (
 )
 from rollout.core.controls import shell_word
 from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput, RolloutError
-from rollout.core.output import Format, emit, emit_record, labelled, progress_for, stderr
+from rollout.core.output import (
+    Format,
+    emit,
+    emit_lines,
+    emit_record,
+    labelled,
+    progress_for,
+    stderr,
+)
 from rollout.core.words import by_count, counted, them
 
 if TYPE_CHECKING:
@@ -97,8 +105,7 @@ def notify_preview(
         written = write_previews(directory, previews)
     if fmt is Format.table:
         # A path a line, as scripts have read it: `xargs`, `for f in $(...)`.
-        for path in written:
-            typer.echo(str(path))
+        emit_lines(written)
     else:
         emit([{"file": path} for path in written], fmt, columns=["file"])
     stderr.print(f"{counted(len(written), 'file')} under {directory}", highlight=False)

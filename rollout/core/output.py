@@ -274,6 +274,16 @@ def emit(
         console.print(table)
 
 
+def emit_lines(values: Iterable[object]) -> None:
+    """One value a line on stdout, as scripts read a list of files (``xargs``, ``for f
+    in $(...)``): piped, exactly the value (``click.echo`` would take out what looks like
+    a terminal escape, naming another file); on a terminal, its control characters shown
+    (:func:`visible`), as CSV's cells are."""
+    shown = visible if sys.stdout.isatty() else str
+    for value in values:
+        sys.stdout.write(shown(value) + "\n")
+
+
 def _on_screen(value: Any) -> Any:
     plain = _plain(_joined(value))  # a list's items joined: each shown as well
     return visible(plain) if isinstance(plain, str) else plain
