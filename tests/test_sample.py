@@ -13,6 +13,7 @@ import json
 import shutil
 import sqlite3
 import statistics
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
@@ -310,6 +311,30 @@ def test_a_sample_is_replaced_only_with_its_name_typed_back(tmp_path: Path) -> N
             "0 emails and 0 runs would be lost"
         ) in str(refused.value)
     assert (_registry_checksum(first), _landing_bytes(first.landing)) == before
+
+
+def test_the_name_to_type_back_is_suggested_as_one_shell_word(tmp_path: Path) -> None:
+    """A registry file named with a space, a quote and ``$(...)``: the suggested
+    ``--confirm`` pasted into a shell gives the command exactly that name, and runs
+    nothing it holds (it split into words, and ran the ``$(...)``)."""
+    db = tmp_path / "it's my $(touch pwned) registry.db"
+    registry = Registry(f"sqlite:///{db}")
+    generate_sample("tiny", SEED, registry=registry, landing_dir=tmp_path / "landing")
+    for replace in (False, True):
+        with pytest.raises(GuardRefused) as refused:
+            generate_sample(
+                "tiny", SEED, registry=registry, landing_dir=tmp_path / "landing", replace=replace
+            )
+        suggested = str(refused.value).split("--confirm ", 1)[1].split(" (", 1)[0]
+        typed = subprocess.run(
+            ["bash", "-c", f"printf '%s\\n' {suggested}"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert typed.stdout == f"{db.name}\n"
+        assert not (tmp_path / "pwned").exists()
 
 
 def test_an_empty_registry_is_filled_without_asking_and_marked_a_sample(

@@ -15,6 +15,7 @@ from rollout.cli.app import (
     app,
     reports_errors,
 )
+from rollout.core.controls import shell_word
 from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, RolloutError
 from rollout.core.output import Format, emit, emit_record, labelled, progress_for, stderr, visible
 from rollout.core.words import counted
@@ -100,7 +101,7 @@ def sample(
         stderr.print(
             f"preview only: {contents.describe()}.",
             "To replace it (and drop its warehouse, outbox and reports), add: "
-            f"--replace --confirm {contents.name}",
+            f"--replace --confirm {shell_word(contents.name)}",
             sep="\n",
             highlight=False,
         )

@@ -31,6 +31,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from sqlalchemy import delete, insert, inspect, text
 
+from rollout.core.controls import shell_word
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.files import duckdb_path, written_in_place
 from rollout.core.words import counted, them
@@ -1517,11 +1518,11 @@ def check_replace(contents: RegistryContents, replace: bool, confirm: str | None
     if not replace:
         raise GuardRefused(
             f"{contents.describe()}. Nothing was changed; to replace it: "
-            f"--replace --confirm {contents.name}"
+            f"--replace --confirm {shell_word(contents.name)}"
         )
     if confirm != contents.name:
         raise GuardRefused(
-            f"type the database's name back to replace it: --confirm {contents.name} "
+            f"type the database's name back to replace it: --confirm {shell_word(contents.name)} "
             f"({contents.describe()}). Nothing was changed."
         )
 
