@@ -172,17 +172,17 @@ def check_registry(registry: Registry) -> CheckResult:
             f"{unwritable} is read-only for this user: no command can record anything "
             "in the registry (check its permissions and the file system)",
         )
-    from rollout.registry.engine import RegistryURLRefused
+    from rollout.registry.engine import RegistryStatementCancelled, RegistryURLRefused
 
     engine = _registry_engine(registry_url)
     shown = engine.url.render_as_string(hide_password=True)
     try:
         with engine.connect() as connection:
             connection.execute(text("select 1"))
-    except (SQLAlchemyError, RegistryURLRefused) as error:
+    except (SQLAlchemyError, RegistryURLRefused, RegistryStatementCancelled) as error:
         reason = (
             error.reason
-            if isinstance(error, RegistryURLRefused)
+            if isinstance(error, RegistryURLRefused | RegistryStatementCancelled)
             else str(getattr(error, "orig", None) or error).strip()
         )
         return CheckResult("registry", Status.fail, _short(f"{shown}: cannot connect: {reason}"))
@@ -195,7 +195,7 @@ def check_schema(registry: Registry) -> CheckResult:
     from sqlalchemy.exc import SQLAlchemyError
 
     from rollout.registry import migrate
-    from rollout.registry.engine import RegistryURLRefused
+    from rollout.registry.engine import RegistryStatementCancelled, RegistryURLRefused
 
     registry_url = registry.url
     if _missing_sqlite_file(registry_url) is not None:
@@ -203,7 +203,7 @@ def check_schema(registry: Registry) -> CheckResult:
     engine = _registry_engine(registry_url)
     try:
         current = migrate.current_revision(engine)
-    except (SQLAlchemyError, RegistryURLRefused):
+    except (SQLAlchemyError, RegistryURLRefused, RegistryStatementCancelled):
         return CheckResult("schema", Status.fail, "cannot read it: the registry is unreachable")
     finally:
         engine.dispose()
