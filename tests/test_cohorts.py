@@ -1050,3 +1050,27 @@ def test_a_tiny_top_share_reads_as_people_write_it_in_the_reasons(
         ("high-impact", "big", ["top 1% by downloads over 7 days (rank 1 of 6, 140 downloads)"]),
         ("top-1", "big", ["top 0.0001% by downloads over 7 days (rank 1 of 6, 140 downloads)"]),
     ]
+
+
+def test_the_daily_cohort_step_goes_beside_a_phase_run_and_is_refused_by_a_cohorts_run(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+) -> None:
+    """docs/runbook-operator.md ("The daily run and the run locks"): a phase run (the
+    enforce lock, held while it enforces) does not hold the daily build off; another
+    cohorts run (a release manager's `cohorts release` or `cohorts build`) refuses it at
+    once, nothing written, and the daily run fails in one line (not retried)."""
+    with Registry(registry.url) as release_manager, release_manager.lock("enforce"):
+        assert build(con, registry, small_cohorts_plan, D1)["high-impact"].accounts_entered
+    before = action_count(registry)
+    with (
+        Registry(registry.url) as release_manager,
+        release_manager.lock("cohorts"),
+        pytest.raises(GuardRefused, match="another cohorts run") as refused,
+    ):
+        build(con, registry, small_cohorts_plan, D2)
+    assert refused.value.exit_code == 3
+    assert action_count(registry) == before
+    assert "high-impact" in build(con, registry, small_cohorts_plan, D2)  # once it has gone

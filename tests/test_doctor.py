@@ -400,6 +400,21 @@ def test_without_a_key_or_a_secret_block_the_file_outbox_is_fine(tmp_path: Path)
     assert empty.status is Status.ok and "file outbox" in empty.detail
 
 
+def test_without_prefect_to_ask_the_secret_block_is_said_unchecked_not_ok(tmp_path: Path) -> None:
+    """From a shell without PREFECT_API_URL the doctor cannot read the Secret block the
+    deployed notify flow sends with: "ok, file outbox, nothing is sent" was not so for
+    every notify run sending through SendGrid with a key nobody checked."""
+    result = check_sendgrid(settings_for(tmp_path), {})
+    assert result.status is Status.warn
+    assert result.detail.startswith(
+        "the notify flow's Secret block 'sendgrid-api-key' was not checked: PREFECT_API_URL "
+        "is not set"
+    )
+    assert "file outbox" in result.detail  # what the CLI here would do
+    named = check_sendgrid(settings_for(tmp_path), {"ROLLOUT_SENDGRID_SECRET_BLOCK": "ops-key"})
+    assert named.status is Status.warn and "'ops-key' was not checked" in named.detail
+
+
 def test_the_environment_s_key_goes_first_and_no_block_is_read(tmp_path: Path) -> None:
     with DevSendGrid(KEY) as dev:
         settings = settings_for(tmp_path, SENDGRID_API_KEY=KEY, ROLLOUT_SENDGRID_URL=dev.url)
@@ -632,8 +647,10 @@ def test_doctor_lists_every_check_and_exits_0_when_none_fails(healthy_home: Path
         "worker",
     ]
     statuses = {r["check"]: r["status"] for r in rows}
-    assert statuses["worker"] == "warn"  # no PREFECT_API_URL here: a warning is not a failure
-    checks = ("registry", "schema", "warehouse", "landing", "reports", "plan", "sendgrid")
+    # No PREFECT_API_URL here: neither the worker nor the notify flow's Secret block was
+    # checked, a warning each, not a failure.
+    assert statuses["worker"] == statuses["sendgrid"] == "warn"
+    checks = ("registry", "schema", "warehouse", "landing", "reports", "plan")
     assert {statuses[c] for c in checks} == {"ok"}
 
 

@@ -39,6 +39,7 @@ from rollout.registry.locks import (
     make_lock_engine,
     migration_exclusive,
 )
+from rollout.warehouse import connect as warehouse_connect
 from rollout.warehouse import ingest
 
 from .factories import NotificationFactory, bound_to
@@ -84,6 +85,7 @@ def test_a_run_starting_during_a_migration_is_refused_and_told_why(
     (LOCK_SETTLE_SECONDS) is not spent on a migration, which holds every lock for as
     long as it works (it was 2 s a refusal on PostgreSQL)."""
     monkeypatch.setattr(locks_module, "LOCK_SETTLE_SECONDS", 60.0)
+    _ = registry.engine  # made before the migration began (a first use meanwhile is refused)
     started = time.monotonic()
     with migration_exclusive(registry.url):
         for name in RUN_LOCKS:
@@ -364,3 +366,54 @@ def test_a_writer_during_a_migration_is_refused_on_one_line_exit_3(
         refused.stderr
     )
     assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+# What a release manager or an analyst reads of the registry while an operator
+# migrates: each first reaches it through its schema check. (`cohorts show` reads the
+# warehouse alone, which a migration does not change.)
+READERS = [
+    ["notify", "status"],
+    ["plan", "show"],
+    ["report", "--as-of", "2022-01-31"],
+    ["brownout", "status"],
+]
+
+
+@pytest.mark.parametrize("reader", READERS, ids=" ".join)
+def test_a_read_during_a_migration_is_refused_on_one_line_exit_3(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch, reader: list[str]
+) -> None:
+    """An upgrade at work: the schema is still the old one, and the reader was told "run
+    `rollout db upgrade`", which is at work already. A downgrade at work: the schema was
+    the newest, so the reader went on reading tables the migration was changing."""
+    monkeypatch.setenv("ROLLOUT_PLAN", str(Path(__file__).parents[1] / "plans" / "npm-2022.yaml"))
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    warehouse_connect(rollout_home / "warehouse.duckdb").close()
+    url = f"sqlite:///{rollout_home / 'registry.db'}"
+    for revision in (BEFORE, NEWEST):  # an upgrade at work; a downgrade at work
+        engine = make_engine(url)
+        migrate.downgrade(engine, revision)
+        engine.dispose()
+        with migration_exclusive(url):
+            refused = runner.invoke(app, reader)
+        assert refused.exit_code == 3, refused.stderr
+        assert refused.stderr.startswith(
+            "error: a schema migration (`rollout db upgrade` or `db downgrade`) is at work "
+            "on the registry"
+        )
+        assert "Traceback" not in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        engine = make_engine(url)
+        migrate.upgrade(engine)
+        engine.dispose()
+
+
+def test_a_registry_first_used_during_a_migration_is_refused(registry: Registry) -> None:
+    """On each backend: PostgreSQL's migration holds its advisory lock, SQLite's its file."""
+    with migration_exclusive(registry.url), Registry(registry.url) as reader:
+        with pytest.raises(GuardRefused, match="a schema migration") as refused:
+            reader.check_schema()
+        assert refused.value.exit_code == 3
+    with Registry(registry.url) as reader:
+        reader.check_schema()  # the migration gone, it reads

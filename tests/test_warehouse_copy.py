@@ -182,3 +182,30 @@ def test_a_copy_made_where_an_earlier_one_was_deleted_without_its_log_opens(
 
     with duckdb.connect(str(mine), read_only=True) as con:
         assert con.sql("select count(*) from ingested_files").fetchall() == [(4,)]
+
+
+def test_a_copy_a_notebook_has_open_for_writing_is_not_replaced_under_it(
+    warehouse_file: Path, tmp_path: Path
+) -> None:
+    """An analyst's notebook writing to the earlier copy: replacing it moved a new file
+    over the one the session writes and took its log away, so what it had written since
+    its last checkpoint was lost. Refused, naming the process; the copy left as it was."""
+    mine = tmp_path / "mine.duckdb"
+    assert run("copy-warehouse", str(mine)).exit_code == 0
+    before = mine.stat()
+    with warehouse_held(mine) as notebook:
+        result = run("copy-warehouse", str(mine), "--replace")
+        assert result.exit_code == 1
+        assert f"{mine}: the copy is open in process {notebook.pid}" in result.stderr
+        assert mine.stat().st_ino == before.st_ino
+        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_copy_a_notebook_only_reads_is_replaced(warehouse_file: Path, tmp_path: Path) -> None:
+    """A reader keeps what it opened (the file moved over it is a new one) and writes
+    no log: the copy is replaced."""
+    mine = tmp_path / "mine.duckdb"
+    assert run("copy-warehouse", str(mine)).exit_code == 0
+    with warehouse_held(mine, read_only=True):
+        result = run("copy-warehouse", str(mine), "--replace")
+    assert result.exit_code == 0, result.stderr

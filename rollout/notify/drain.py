@@ -126,7 +126,11 @@ from rollout.registry.deadlines import (
     notice_sent,
     own_deadline,
 )
-from rollout.registry.engine import RegistryURLRefused, begin_writing
+from rollout.registry.engine import (
+    RegistryStatementCancelled,
+    RegistryURLRefused,
+    begin_writing,
+)
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import (
     CohortMembership,
@@ -1410,7 +1414,7 @@ class _Heartbeat:
                 self._due, wait = time.monotonic() + self._every, self._every
             try:
                 hold.renew()
-            except (SQLAlchemyError, RegistryURLRefused) as error:
+            except (SQLAlchemyError, RegistryURLRefused, RegistryStatementCancelled) as error:
                 log.warning(
                     "the lease on a batch in flight could not be renewed (tried again in "
                     "%.1fs): %s",
@@ -1991,7 +1995,7 @@ def _owner_watched(registry: Registry, stop: StopRequest) -> Iterator[threading.
         while not done.wait(OWNER_POLL_SECONDS):
             try:
                 held = registry.lock_held("notify")
-            except (SQLAlchemyError, RegistryURLRefused):
+            except (SQLAlchemyError, RegistryURLRefused, RegistryStatementCancelled):
                 continue  # the registry unreachable: the drain itself will say so
             if not held:
                 orphaned.set()

@@ -172,17 +172,17 @@ def check_registry(registry: Registry) -> CheckResult:
             f"{unwritable} is read-only for this user: no command can record anything "
             "in the registry (check its permissions and the file system)",
         )
-    from rollout.registry.engine import RegistryURLRefused
+    from rollout.registry.engine import RegistryStatementCancelled, RegistryURLRefused
 
     engine = _registry_engine(registry_url)
     shown = engine.url.render_as_string(hide_password=True)
     try:
         with engine.connect() as connection:
             connection.execute(text("select 1"))
-    except (SQLAlchemyError, RegistryURLRefused) as error:
+    except (SQLAlchemyError, RegistryURLRefused, RegistryStatementCancelled) as error:
         reason = (
             error.reason
-            if isinstance(error, RegistryURLRefused)
+            if isinstance(error, RegistryURLRefused | RegistryStatementCancelled)
             else str(getattr(error, "orig", None) or error).strip()
         )
         return CheckResult("registry", Status.fail, _short(f"{shown}: cannot connect: {reason}"))
@@ -195,7 +195,7 @@ def check_schema(registry: Registry) -> CheckResult:
     from sqlalchemy.exc import SQLAlchemyError
 
     from rollout.registry import migrate
-    from rollout.registry.engine import RegistryURLRefused
+    from rollout.registry.engine import RegistryStatementCancelled, RegistryURLRefused
 
     registry_url = registry.url
     if _missing_sqlite_file(registry_url) is not None:
@@ -203,7 +203,7 @@ def check_schema(registry: Registry) -> CheckResult:
     engine = _registry_engine(registry_url)
     try:
         current = migrate.current_revision(engine)
-    except (SQLAlchemyError, RegistryURLRefused):
+    except (SQLAlchemyError, RegistryURLRefused, RegistryStatementCancelled):
         return CheckResult("schema", Status.fail, "cannot read it: the registry is unreachable")
     finally:
         engine.dispose()
@@ -422,11 +422,15 @@ def check_sendgrid(
     from rollout.notify.senders import SendGridSender, make_sender
     from rollout.notify.suppressions import LISTS as SUPPRESSION_LISTS
 
-    from_block = no_key = ""
+    from_block = no_key = unchecked = ""
     if settings.sendgrid_api_key is None and environ is not None:
         block = _secret_block_key(environ, prefect_transport)
         if isinstance(block, CheckResult):
             return block
+        if block is None:
+            # No Prefect to ask: the deployed notify flow may hold a key in the block
+            # (the runbook's way to give it one) that nothing here has checked.
+            unchecked = _secret_block_unchecked(environ)
         name, stored = block if block is not None else ("", None)
         if block is not None and stored is None:
             no_key = f" and Prefect has no Secret block {name!r}"
@@ -448,6 +452,13 @@ def check_sendgrid(
                 "sendgrid",
                 Status.fail,
                 f"file outbox: {problem}: `rollout notify send` cannot write the emails there",
+            )
+        if unchecked:
+            return CheckResult(
+                "sendgrid",
+                Status.warn,
+                f"{unchecked}; here, without SENDGRID_API_KEY, `rollout notify send` "
+                f"writes the file outbox ({settings.outbox_dir})",
             )
         return CheckResult(
             "sendgrid",
@@ -489,6 +500,20 @@ def check_sendgrid(
         )
     return CheckResult(
         "sendgrid", Status.ok, f"{where} accepts the key{from_block} (mail.send, suppression lists)"
+    )
+
+
+def _secret_block_unchecked(environ: Mapping[str, str]) -> str:
+    """What the SendGrid check says of the notify flow's Secret block when there is no
+    Prefect to read it from (no ``PREFECT_API_URL``): the block named as the flow
+    names it (flows/notify.py, settings_with_secret)."""
+    from rollout.notify.senders import SECRET_BLOCK, SECRET_BLOCK_SETTING
+
+    name = environ.get(SECRET_BLOCK_SETTING) or SECRET_BLOCK
+    return (
+        f"the notify flow's Secret block {name!r} was not checked: PREFECT_API_URL is not "
+        "set (set it as the worker has it to check the key the deployed notify flow "
+        "sends with)"
     )
 
 

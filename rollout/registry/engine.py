@@ -237,6 +237,53 @@ def _refused_url(context: ExceptionContext) -> BaseException | None:
     return url_refused(context.original_exception, url)
 
 
+# query_canceled: the server ended a statement because its statement_timeout passed (set
+# by the operator on rollout's role or database, or in the URL's options=-c ...), or
+# because someone asked it to (pg_cancel_backend). Either way someone bounded or
+# stopped the statement on purpose, unlike lock_timeout (55P03), a deadlock (40P01) or a
+# serialization failure (40001), which a next try may not meet. rollout's own cancel
+# on a stop never reaches a caller as one: the stop is what is raised (psycopg's
+# KeyboardInterrupt handling, _cancel_on_stop, rollout.registry.parallel).
+STATEMENT_CANCELLED = "57014"
+
+
+class RegistryStatementCancelled(RolloutError):
+    """The registry's server ended a statement: its statement_timeout, or a cancel
+    asked of it. Not a failure that passes by itself (the flows do not retry it: the
+    statement ran its bound once already, and again would take as long): exit 1, one
+    line naming the server's reason and the setting. ``reason``: the server's words."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = visible(" ".join(reason.split()))
+        super().__init__(
+            f"the registry database ended a statement ({self.reason}; SQLSTATE "
+            f"{STATEMENT_CANCELLED}): a statement_timeout set for rollout's role or "
+            "database (ALTER ROLE ... SET statement_timeout), or in ROLLOUT_REGISTRY_URL's "
+            "options=-c statement_timeout=..., bounds each statement; raise or unset it "
+            "for rollout, or find who cancelled it (pg_cancel_backend). Not retried; what "
+            "the statement was writing was rolled back"
+        )
+
+
+def statement_cancelled(error: BaseException) -> RegistryStatementCancelled | None:
+    """``error`` (psycopg's or ADBC's) as a RegistryStatementCancelled when the server
+    ended the statement (SQLSTATE 57014), None otherwise."""
+    if getattr(error, "sqlstate", None) != STATEMENT_CANCELLED:
+        return None
+    # psycopg's primary message, or ADBC's "CANCELLED: [libpq] ... ERROR:  <message>".
+    diag = getattr(error, "diag", None)
+    reason = getattr(diag, "message_primary", None) or str(error).split("ERROR:")[-1]
+    return RegistryStatementCancelled(reason.split(". SQLSTATE")[0].strip())
+
+
+def _cancelled_statement(context: ExceptionContext) -> BaseException | None:
+    """``handle_error``: a statement the server ended (``statement_cancelled``) raises
+    RegistryStatementCancelled instead of an OperationalError the flows would retry."""
+    if context.connection is None:
+        return None
+    return statement_cancelled(context.original_exception)
+
+
 # How long a stop waits for the server to take a cancel request, at most.
 STOP_CANCEL_SECONDS = 5.0
 
@@ -267,8 +314,9 @@ def _as_engine_errors(driver: Any, *, connecting: str | URL | None = None) -> It
     a timeout: ADBC's IO, CANCELLED, TIMEOUT and UNKNOWN) raised as SQLAlchemy's, which
     wraps psycopg's and sqlite3's alike: the class the flows retry (``flows.common
     .is_transient``) and the CLI reports in one line, exit 1. ``connecting``, the URL
-    being connected to: one the server turns down raises RegistryURLRefused. Other
-    errors as they are."""
+    being connected to: one the server turns down raises RegistryURLRefused. A
+    statement the server ended (a statement_timeout) raises RegistryStatementCancelled,
+    as through an engine. Other errors as they are."""
     import adbc_driver_manager
 
     try:
@@ -276,6 +324,8 @@ def _as_engine_errors(driver: Any, *, connecting: str | URL | None = None) -> It
     except driver.Error as error:
         if connecting is not None and (refused := url_refused(error, connecting)) is not None:
             raise refused from None
+        if (ended := statement_cancelled(error)) is not None:
+            raise ended from error
         if isinstance(error, adbc_driver_manager.OperationalError):
             raise sqlalchemy_exc.OperationalError(None, None, error) from error
         raise
@@ -323,6 +373,7 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **kwargs)
     event.listen(engine, "handle_error", _refused_url)
     event.listen(engine, "handle_error", _cancel_on_stop)
+    event.listen(engine, "handle_error", _cancelled_statement)
     return engine
 
 

@@ -301,6 +301,22 @@ def refuse_writing_during_migration(registry_url: str, connection: Connection) -
     return connection.execute(text("select version_num from alembic_version")).scalar()
 
 
+READING_DURING_MIGRATION = (
+    "a schema migration (`rollout db upgrade` or `db downgrade`) is at work on the "
+    "registry: its tables are changing, so nothing was read; wait for it to finish, then "
+    "run again"
+)
+
+
+def migration_holding(registry_url: str, connection: Connection) -> bool:
+    """Whether a schema migration is at work on the registry ``connection`` reaches
+    (its MIGRATION_LOCK held, taking nothing): an advisory lock on PostgreSQL, the lock
+    file on SQLite."""
+    if connection.dialect.name == "postgresql":
+        return bool(advisory_lock_holders(connection, MIGRATION_LOCK))
+    return migration_at_work(registry_url)
+
+
 def migration_at_work(registry_url: str) -> bool:
     """SQLite: whether a schema migration holds the registry's migration lock (taking
     nothing): a writer refuses at once, rather than wait for the database's write lock

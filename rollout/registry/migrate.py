@@ -18,7 +18,11 @@ from sqlalchemy import Connection, Engine
 from rollout.core.errors import GuardRefused, RolloutError
 from rollout.registry import changes
 from rollout.registry.engine import make_engine, require_sqlite_file
-from rollout.registry.locks import migration_exclusive
+from rollout.registry.locks import (
+    READING_DURING_MIGRATION,
+    migration_exclusive,
+    migration_holding,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -202,10 +206,17 @@ def is_up_to_date(engine: Engine) -> bool:
 
 def require_current_schema(registry_url: str) -> None:
     """Refuse to work on a registry whose schema is older (or newer) than this code's,
-    or on a SQLite registry that is not there (rather than make an empty one)."""
+    or on a SQLite registry that is not there (rather than make an empty one). Refuse
+    too (GuardRefused, exit 3) while a schema migration is at work: an upgrade's old
+    revision would say to run `rollout db upgrade`, at work already, and a downgrade's
+    newest one would let a reader on into tables it is changing (on PostgreSQL, a query
+    waiting on the migration's locks then reads the schema it left)."""
     require_sqlite_file(registry_url)
     engine = make_engine(registry_url)
     try:
+        with engine.connect() as connection:
+            if migration_holding(registry_url, connection):
+                raise GuardRefused(READING_DURING_MIGRATION)
         current, newest = current_revision(engine), head_revision()
     finally:
         engine.dispose()

@@ -24,7 +24,7 @@ import logging
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from rollout.registry.engine import RegistryURLRefused
+from rollout.registry.engine import RegistryStatementCancelled, RegistryURLRefused
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ def refresh_statistics(engine: Engine) -> list[str]:
     except DBAPIError as error:
         log.warning("planner statistics not refreshed: %s", str(error.orig).strip())
         return []
-    except RegistryURLRefused as error:  # its password changed since the run began, say
+    except (RegistryURLRefused, RegistryStatementCancelled) as error:
+        # Its password changed since the run began, say; or the role's statement_timeout.
         log.warning("planner statistics not refreshed: %s", error.reason)
         return []
     if stale:

@@ -535,7 +535,8 @@ def copy_warehouse(con: duckdb.DuckDBPyConnection, target: Path, *, replace: boo
     one checkpoint and half of another (DuckDB cannot open it), and without its ``.wal``
     it misses what the run committed. ``target`` there already is refused (exit 2),
     unless ``replace`` and it is a DuckDB file (replaced with its log, if a session
-    on it left one). Returns the file written."""
+    on it left one) that no other process has open for writing (refused, exit 1,
+    naming the process). Returns the file written."""
     source = Path(database_path(con) or "")
     if target.is_dir():
         target = target / source.name
@@ -554,7 +555,7 @@ def copy_warehouse(con: duckdb.DuckDBPyConnection, target: Path, *, replace: boo
             "replaces only a warehouse copy; name another file"
         ).with_exit(EXIT_BAD_INPUT)
     name = scalar(con, "select current_database()")
-    with written_in_place(target) as temporary:
+    with _not_written_elsewhere(target), written_in_place(target) as temporary:
         attached = duckdb_path(temporary).replace("'", "''")
         wal = Path(f"{temporary}.wal")
         try:
@@ -572,6 +573,38 @@ def copy_warehouse(con: duckdb.DuckDBPyConnection, target: Path, *, replace: boo
         # to open it ("WAL does not match database file"). It goes with its copy.
         Path(f"{target}.wal").unlink(missing_ok=True)
     return target
+
+
+@contextmanager
+def _not_written_elsewhere(target: Path) -> Iterator[None]:
+    """Refuse (exit 1, naming the process) to replace a copy another process has open
+    for writing (an analyst's notebook): the file moved over it and its log taken away,
+    that session went on writing into a file no longer there and lost what it wrote
+    since its last checkpoint. Held open as a reader until the copy is in place, so no
+    session starts writing the old one meanwhile. A reader of it keeps what it opened
+    (the new file is another one) and writes no log: no refusal. Nothing there yet, or a
+    file DuckDB cannot open otherwise: nothing to protect."""
+    if not target.exists():
+        yield
+        return
+    config = {"autoinstall_known_extensions": False}
+    try:
+        held = duckdb.connect(duckdb_path(target), read_only=True, config=config)
+    except duckdb.Error as error:
+        if "lock" not in str(error).lower():
+            yield
+            return
+        holder = re.search(r"\(PID (\d+)\)", str(error))
+        who = f"process {holder.group(1)}" if holder else "another process"
+        raise RolloutError(
+            f"{visible(target)}: the copy is open in {who} for writing (a notebook, a "
+            "duckdb shell?): replacing it would lose what that session wrote; close it "
+            "there, then run again"
+        ) from None
+    try:
+        yield
+    finally:
+        held.close()
 
 
 def _identifier(name: str) -> str:

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import psycopg
 import pytest
 from python_http_client.exceptions import HTTPError
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from flows import cohorts as cohort_flows
@@ -33,7 +35,12 @@ from rollout.core.errors import BadInput, GuardRefused
 from rollout.demo.sample import generate_sample
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.registry import Registry
-from rollout.registry.engine import RegistryURLRefused, adbc_connect, make_engine
+from rollout.registry.engine import (
+    RegistryStatementCancelled,
+    RegistryURLRefused,
+    adbc_connect,
+    make_engine,
+)
 from rollout.registry.migrate import upgrade
 from tests.factories import LATE_NOTICE, NotificationFactory, bound_to
 from tests.support.artifacts import logs_since, read_markdown
@@ -456,3 +463,64 @@ def test_a_run_stopped_while_postgresql_works_ends_its_statement_on_the_server(
     finally:
         engine.dispose()
     assert still_running == 0
+
+
+# --- a statement the registry's server ends --------------------------------------------
+
+
+def _bounded(url: str, setting: str) -> str:
+    """``url`` with ``-c setting`` added to its options, as an operator bounds a role."""
+    parsed = make_url(url)
+    options = f"{parsed.query.get('options', '')} -c{setting}".strip()
+    return parsed.update_query_dict({"options": options}).render_as_string(hide_password=False)
+
+
+def test_a_statement_the_operator_s_statement_timeout_ends_is_not_retried_and_says_why(
+    postgres_schema_url: str,
+) -> None:
+    """A statement_timeout (on the role, the database, or in the URL's options) is the
+    operator's bound: retried 3 times, the statement ran up to 4 times that bound."""
+    engine = make_engine(_bounded(postgres_schema_url, "statement_timeout=200"))
+    try:
+        with pytest.raises(RegistryStatementCancelled) as ended, engine.connect() as connection:
+            connection.execute(text("select pg_sleep(5)"))
+    finally:
+        engine.dispose()
+    assert not is_transient(ended.value)
+    message = str(ended.value)
+    assert "canceling statement due to statement timeout" in message
+    assert "statement_timeout" in message.replace("statement timeout", "")
+    assert "Not retried" in message
+
+
+def test_a_statement_the_operator_s_statement_timeout_ends_through_adbc_is_not_retried(
+    postgres_schema_url: str,
+) -> None:
+    with (
+        pytest.raises(RegistryStatementCancelled) as ended,
+        adbc_connect(_bounded(postgres_schema_url, "statement_timeout=200")) as connection,
+    ):
+        cursor = connection.cursor()
+        cursor.execute("select pg_sleep(5)")
+        cursor.fetchall()
+    assert not is_transient(ended.value)
+
+
+def test_a_lock_timeout_or_a_deadlock_is_still_transient(postgres_schema_url: str) -> None:
+    """Another transaction held what the statement needed: the next try may find it gone."""
+    setup = make_engine(postgres_schema_url)
+    waiting = make_engine(_bounded(postgres_schema_url, "lock_timeout=200"))
+    try:
+        with setup.begin() as connection:
+            connection.execute(text("create table held (id int)"))
+        with setup.begin() as holder:
+            holder.execute(text("lock table held in access exclusive mode"))
+            with pytest.raises(OperationalError) as lock_timeout, waiting.connect() as other:
+                other.execute(text("select * from held"))
+        assert lock_timeout.value.orig.sqlstate == "55P03"
+        assert is_transient(lock_timeout.value)
+    finally:
+        waiting.dispose()
+        setup.dispose()
+    deadlock = OperationalError("update", {}, psycopg.errors.DeadlockDetected("deadlock detected"))
+    assert is_transient(deadlock)
