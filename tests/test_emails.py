@@ -28,7 +28,7 @@ import pytest
 
 from rollout.core.plan import Plan, load_plan
 from rollout.notify.emails import EMAILS, Recipient
-from rollout.notify.examples import EXAMPLE_RECIPIENTS, example_stored
+from rollout.notify.examples import EXAMPLE_RECIPIENTS, example_recipient, example_stored
 from rollout.notify.message import DeliveryFailed, Message
 from rollout.notify.outbox import SENT_ON
 from rollout.notify.render import Rendered, render, template_names
@@ -230,6 +230,62 @@ def test_a_reminder_queued_late_and_sent_after_its_deadline_says_since(phase: st
             assert not re.search(r"\b(?:in|In) (?:<strong>)?-?[0-9]+ days?", part)
             # Nor "if it still does not on that day" of a day gone.
             assert "on that day" not in words(part).lower()
+
+
+@pytest.mark.parametrize(
+    ("plan_file", "phase", "variant"),
+    [
+        ("npm-2022.yaml", "top-100", "non-compliant"),
+        ("npm-2022.yaml", "top-100", "compliant"),
+        ("npm-2025-tokens.yaml", "classic-tokens", "non-compliant"),
+        ("npm-2025-tokens.yaml", "totp-closed", "non-compliant"),
+    ],
+    ids=["2fa-wording", "2fa-wording-compliant", "campaign", "campaign-recommends"],
+)
+@pytest.mark.parametrize(
+    ("sent", "passed"),
+    [(-1, False), (0, True), (2, True)],
+    ids=["the-day-before", "the-day-itself", "the-day-after"],
+)
+def test_a_notice_queued_late_and_sent_on_or_after_its_deadline_says_since_in_every_line(
+    plan_file: str, phase: str, variant: str, sent: int, passed: bool
+) -> None:
+    """A phase's notice of a day caught up with ``notify queue --late`` (the release
+    manager asked for it) and sent on or after the phase's deadline: its subject said
+    "will be required from" and "action needed by" that day, its body "from" it, and
+    "on that day, if it still does not": every line of a day still to come. It says
+    what its late reminder says: "since", "once the registry enforces it"."""
+    plan = load_plan(ROOT / "plans" / plan_file)
+    deadline = plan.phase(phase).enforce_on
+    recipient = example_recipient(variant, "phase_notice", plan.phase(phase))
+    stored = {
+        "phase": phase,
+        "queued_on": (deadline - timedelta(days=28)).isoformat(),
+        "queued_late": True,
+        SENT_ON: (deadline + timedelta(days=sent)).isoformat(),
+    }
+    rendered = render("phase_notice", recipient, stored, plan)
+    day = f"{deadline:%A} {deadline.day} {deadline:%B %Y}"
+    text, html = words(rendered.text), words(re.sub(r"<[^>]+>", "", rendered.html))
+    for part in (text, html):
+        assert (f"Since {day}, 00:00 UTC" in part or f"since {day}, 00:00 UTC" in part) is passed
+
+    def ahead(part: str) -> bool:
+        said = part.lower()
+        return any(
+            words in said
+            for words in (
+                f"from {day.lower()}",
+                "on that day",
+                "action needed by",
+                "will be required",
+                "must use",
+            )
+        )
+
+    for part in (rendered.subject, text, html):
+        assert not (passed and ahead(part)), part
+    assert ahead(text) is not passed and ahead(html) is not passed
 
 
 @pytest.mark.parametrize("snoozed", [False, True], ids=["own-deadline", "snoozed"])
