@@ -230,6 +230,8 @@ def test_a_reminder_queued_late_and_sent_after_its_deadline_says_since(phase: st
             assert not re.search(r"\b(?:in|In) (?:<strong>)?-?[0-9]+ days?", part)
             # Nor "if it still does not on that day" of a day gone.
             assert "on that day" not in words(part).lower()
+        for part in (words(rendered.text), words(re.sub(r"<[^>]+>", "", rendered.html))):
+            assert "Once the registry enforces it, " in part
 
 
 @pytest.mark.parametrize(
