@@ -321,7 +321,7 @@ def test_a_snooze_postpones_one_deadline_once_within_the_plans_days(
     assert _ask(registry, plan, "nobody", 3, on)[:2] == ("refused", "no such account")
     assert _ask(registry, plan, "ann", 3, date(2023, 4, 28))[:2] == (
         "refused",
-        "asked after its deadline (2023-04-27)",
+        "asked on or after its deadline (2023-04-27, 00:00 UTC)",
     )
     assert _ask(registry, plan, "ann", 3, date(2023, 1, 1))[:2] == (
         "refused",
@@ -331,8 +331,12 @@ def test_a_snooze_postpones_one_deadline_once_within_the_plans_days(
     assert campaign.enforce(date(2023, 4, 27)) == {"ann"}
     assert _ask(registry, plan, "ann", 3, date(2023, 4, 27))[:2] == (
         "refused",
-        "the phase was enforced on it already",
+        "asked on or after its deadline (2023-04-27, 00:00 UTC)",
     )
+    # Asked in time (the site's file says when), read after her deadline was enforced.
+    asked = SnoozeRequest("ann", 3, datetime(2023, 4, 26, 23), "late.csv line 2")
+    [late] = snooze(registry, plan, PHASE, [asked], actor="rm", now=datetime(2023, 4, 28, 6))
+    assert (late.outcome, late.reason) == ("refused", "the phase was enforced on it already")
     assert campaign.enforce(date(2023, 5, 1)) == set()
     assert campaign.enforce(date(2023, 5, 2)) == {"eve"}
     with registry.engine.connect() as connection:
@@ -381,6 +385,31 @@ def test_a_snooze_refused_after_the_deadline_says_it_has_passed_and_applies_now(
         assert "Your account's deadline stays Thursday 15 June 2023, 00:00 UTC" in part
         assert "What the registry asks of your account by then" in part
         assert "has passed" not in part
+
+
+@pytest.mark.parametrize(
+    ("asked_on", "outcome", "reply"),
+    [
+        (date(2023, 4, 26), "granted", "your account's own deadline is now Sunday 30 April 2023"),
+        (date(2023, 4, 27), "refused", "it has passed"),
+        (date(2023, 4, 28), "refused", "it has passed"),
+    ],
+    ids=["the-day-before", "the-day-itself", "the-day-after"],
+)
+def test_a_snooze_is_granted_until_the_day_before_the_deadline_as_that_day_s_emails_say(
+    campaign: Campaign, registry: Registry, plan: Plan, asked_on: date, outcome: str, reply: str
+) -> None:
+    """ann's deadline is 27 April, 00:00 UTC: enforcement acts on her that day, and that
+    day's reminder and reply say it has passed. A request on the day itself was granted
+    (only one after the day was refused), so the reply to it moved a deadline its own
+    text said had passed, and the enforcement of that day skipped her."""
+    campaign.day(date(2023, 3, 13))
+    assert _ask(registry, plan, "ann", 3, asked_on)[0] == outcome
+    campaign.day(asked_on)
+    for part in _reply_to(campaign, "ann"):
+        assert reply in part
+    expected = {"eve"} if outcome == "granted" else {"ann", "eve"}
+    assert campaign.enforce(date(2023, 4, 27)) == expected
 
 
 def test_requests_judged_a_few_accounts_at_a_time_get_the_same_outcomes(

@@ -28,7 +28,7 @@ import pytest
 
 from rollout.core.plan import Plan, load_plan
 from rollout.notify.emails import EMAILS, Recipient
-from rollout.notify.examples import EXAMPLE_RECIPIENTS, example_stored
+from rollout.notify.examples import EXAMPLE_RECIPIENTS, example_recipient, example_stored
 from rollout.notify.message import DeliveryFailed, Message
 from rollout.notify.outbox import SENT_ON
 from rollout.notify.render import Rendered, render, template_names
@@ -230,13 +230,71 @@ def test_a_reminder_queued_late_and_sent_after_its_deadline_says_since(phase: st
             assert not re.search(r"\b(?:in|In) (?:<strong>)?-?[0-9]+ days?", part)
             # Nor "if it still does not on that day" of a day gone.
             assert "on that day" not in words(part).lower()
+        for part in (words(rendered.text), words(re.sub(r"<[^>]+>", "", rendered.html))):
+            assert "Once the registry enforces it, " in part
+
+
+@pytest.mark.parametrize(
+    ("plan_file", "phase", "variant"),
+    [
+        ("npm-2022.yaml", "top-100", "non-compliant"),
+        ("npm-2022.yaml", "top-100", "compliant"),
+        ("npm-2025-tokens.yaml", "classic-tokens", "non-compliant"),
+        ("npm-2025-tokens.yaml", "totp-closed", "non-compliant"),
+    ],
+    ids=["2fa-wording", "2fa-wording-compliant", "campaign", "campaign-recommends"],
+)
+@pytest.mark.parametrize(
+    ("sent", "passed"),
+    [(-1, False), (0, True), (2, True)],
+    ids=["the-day-before", "the-day-itself", "the-day-after"],
+)
+def test_a_notice_queued_late_and_sent_on_or_after_its_deadline_says_since_in_every_line(
+    plan_file: str, phase: str, variant: str, sent: int, passed: bool
+) -> None:
+    """A phase's notice of a day caught up with ``notify queue --late`` (the release
+    manager asked for it) and sent on or after the phase's deadline: its subject said
+    "will be required from" and "action needed by" that day, its body "from" it, and
+    "on that day, if it still does not": every line of a day still to come. It says
+    what its late reminder says: "since", "once the registry enforces it"."""
+    plan = load_plan(ROOT / "plans" / plan_file)
+    deadline = plan.phase(phase).enforce_on
+    recipient = example_recipient(variant, "phase_notice", plan.phase(phase))
+    stored = {
+        "phase": phase,
+        "queued_on": (deadline - timedelta(days=28)).isoformat(),
+        "queued_late": True,
+        SENT_ON: (deadline + timedelta(days=sent)).isoformat(),
+    }
+    rendered = render("phase_notice", recipient, stored, plan)
+    day = f"{deadline:%A} {deadline.day} {deadline:%B %Y}"
+    text, html = words(rendered.text), words(re.sub(r"<[^>]+>", "", rendered.html))
+    for part in (text, html):
+        assert (f"Since {day}, 00:00 UTC" in part or f"since {day}, 00:00 UTC" in part) is passed
+
+    def ahead(part: str) -> bool:
+        said = part.lower()
+        return any(
+            words in said
+            for words in (
+                f"from {day.lower()}",
+                "on that day",
+                "action needed by",
+                "will be required",
+                "must use",
+            )
+        )
+
+    for part in (rendered.subject, text, html):
+        assert not (passed and ahead(part)), part
+    assert ahead(text) is not passed and ahead(html) is not passed
 
 
 @pytest.mark.parametrize("snoozed", [False, True], ids=["own-deadline", "snoozed"])
 def test_a_reminder_sent_after_an_own_deadline_offers_no_postponing_it(snoozed: bool) -> None:
     """github-2023's publishers have deadlines of their own, which a request may
-    postpone until the day has passed (later the request is refused: "the request came
-    after your deadline had passed"). A reminder queued ``--late`` and sent after it says
+    postpone until the day before (from the day on the request is refused: "the request
+    came after your deadline had passed"). A reminder queued ``--late`` and sent after it says
     the requirement applies since that day; it said the day "is" the account's deadline
     and offered to postpone it, a request bound to be refused."""
     plan = load_plan(ROOT / "plans" / "github-2023.yaml")
@@ -322,6 +380,42 @@ def test_an_own_deadline_and_a_snoozed_one_are_named_in_utc() -> None:
             assert "Thursday 4 May 2023, 00:00 UTC" in words(part), email
     reply = render_example("snooze_reply", "non-compliant", plan)
     assert reply.subject == "Your deadline was postponed to Thursday 4 May 2023, 00:00 UTC"
+
+
+@pytest.mark.parametrize(
+    ("sent", "passed"),
+    [(-1, False), (0, True), (2, True)],
+    ids=["the-day-before", "the-day-itself", "the-day-after"],
+)
+def test_a_granted_snooze_reply_sent_once_its_new_deadline_came_says_it_has_passed(
+    sent: int, passed: bool
+) -> None:
+    """A grant to 4 May, answered by a send held up until that day or later (an outage
+    of the sender): the reply said the deadline "is now" 4 May, then that what it asks
+    applies "since then" and "now". Snooze replies go however late (the answer is owed,
+    as a refusal's is): it says the new deadline was that day, and that it has passed."""
+    plan = plan_sending("snooze_reply", load_plan(ROOT / "plans" / "npm-2022.yaml"))
+    deadline = date(2023, 5, 4)
+    stored = {
+        "phase": "publishers",
+        "granted": True,
+        "days": 7,
+        "deadline": deadline.isoformat(),
+        "reason": "",
+        "queued_on": "2023-04-26",
+        SENT_ON: (deadline + timedelta(days=sent)).isoformat(),
+    }
+    rendered = render("snooze_reply", EXAMPLE_RECIPIENTS["non-compliant"], stored, plan)
+    day = "Thursday 4 May 2023, 00:00 UTC"
+    for part in (words(rendered.text), words(re.sub(r"<[^>]+>", "", rendered.html))):
+        if passed:
+            assert f"We granted it: your account's own deadline was postponed to {day}, " in part
+            assert "and that day has passed" in part
+            assert "is now" not in part and "by then" not in part
+            assert "This applies to your account now" in part
+        else:
+            assert f"We granted it: your account's own deadline is now {day}." in part
+            assert "has passed" not in part and "by then" in part
 
 
 def test_an_org_summary_with_one_removed_member_is_grammatical(plan: Plan) -> None:

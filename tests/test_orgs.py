@@ -335,6 +335,30 @@ def test_invitations_are_recorded_accepted_or_expired(
     ]
 
 
+def test_an_invitation_email_is_not_sent_to_a_member_back_already(
+    registry: Registry, enforced: dict[str, int], plan: Plan
+) -> None:
+    """di accepts on the registry's site (a member again) while the invitation's email
+    waits, and nobody has run `orgs invitations` since, which records it accepted: the
+    send sent "acme invites you back" to a member back already. It is skipped, too
+    late, as one the registry has recorded accepted is; bo's, still pending, goes."""
+    from rollout.notify.drain import drain, skips_waiting
+    from rollout.notify.outbox import TOO_LATE
+    from tests.support.outbox import Recording, rows
+
+    start = datetime(2022, 3, 1, 10)
+    FactorFactory(account_id=enforced["bo"], kind="webauthn", created_at=start)
+    with use_clock(SimulatedClock(start)):
+        orgs.reinvite(registry, "acme", "release", owner="ada", confirm="acme", expect=2, actor="t")
+    _accepts(registry, enforced["di"], start + timedelta(hours=1))
+    sender = Recording()
+    with use_clock(SimulatedClock(start + timedelta(hours=2))):
+        assert skips_waiting(registry, plan) == {(TOO_LATE, "org_invitation"): 1}
+        drain(registry, plan, sender)
+    assert [m.to_name for m in sender.sent if m.email == "org_invitation"] == ["bo"]
+    assert rows(registry, "org_invitation")["di"] == ("skipped", TOO_LATE)
+
+
 @pytest.fixture
 def cli(registry_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
     """`rollout ARGS...` against this test's registry, with a home of its own."""

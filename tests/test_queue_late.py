@@ -105,6 +105,24 @@ def test_a_past_day_whose_last_day_has_passed_is_held_back_unless_asked_late(
     assert _runs(registry, "reminders top-100 3d") == 1
 
 
+def test_a_notice_queued_late_and_sent_after_the_deadline_says_the_requirement_applies_since(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """top-100's notices of 01-04, caught up with ``--late`` on 02-03, after its
+    deadline of 02-01: ann's said 2FA "will be required from" 1 February and "on that
+    day, if it still does not" you will be signed out, of a day gone."""
+    with on(AFTER_THE_DEADLINE):
+        queue_due(registry, plan, date(2022, 1, 4), actor="rm", late=True)
+        sender = Recording()
+        drain(registry, plan, sender)
+    [notice] = [m for m in sender.sent if (m.to_name, m.email) == ("ann", "phase_notice")]
+    assert notice.subject.endswith("required of your account since Tuesday 1 February 2022")
+    said = " ".join(notice.text.split())
+    assert "since Tuesday 1 February 2022, 00:00 UTC maintainers of these packages have had" in said
+    assert "Once the registry enforces it, you will be signed out" in said
+    assert "on that day" not in said and "from Tuesday" not in said
+
+
 def test_a_past_day_before_its_last_day_is_queued_as_ever(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:

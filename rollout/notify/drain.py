@@ -131,6 +131,7 @@ from rollout.registry.engine import (
     RegistryURLRefused,
     begin_writing,
 )
+from rollout.registry.invitations import member_again
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import (
     CohortMembership,
@@ -624,8 +625,8 @@ def _too_late(
 
 def _invitations_settled(connection: Connection, claimed: list[_Claimed]) -> set[int]:
     """The claimed invitation emails whose invitation (``invitation:<id>``, its
-    occasion) the registry no longer has pending: accepted (the member is back) or
-    expired before its email went. One query for the batch."""
+    occasion) the registry no longer has pending: accepted (the member is back, recorded
+    or not) or expired before its email went. One query for the batch."""
     invitations = {}
     for c in claimed:
         prefix, _, number = c.occasion.partition(":")
@@ -634,10 +635,13 @@ def _invitations_settled(connection: Connection, claimed: list[_Claimed]) -> set
     if not invitations:
         return set()
     table = OrgInvitation.__table__
+    # Accepted on the registry's site (the member is back) is settled before any run of
+    # ours records it so (``orgs invitations``, the org's next enforcement or reinvite).
     settled = set(
         connection.scalars(
             select(table.c.id).where(
-                table.c.id.in_(sorted(set(invitations.values()))), table.c.state != "pending"
+                table.c.id.in_(sorted(set(invitations.values()))),
+                or_(table.c.state != "pending", member_again()),
             )
         )
     )

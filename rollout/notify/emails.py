@@ -260,11 +260,19 @@ def _time(value: Any) -> datetime:
     needs_packages=True,
 )
 def phase_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
+    phase = _phase(plan, stored, r)
+    # A notice of one date for all, queued ``--late`` and sent on or after that day (the
+    # drain's SENT_ON, else its queue run's day): "from", "on that day, if it still does
+    # not" and "action needed by" a day gone. Its words are the late reminder's:
+    # "since", "once the registry enforces it". (A notice under per-account deadlines
+    # starts its own deadline, always ahead.)
+    sent_on = stored.get(SENT_ON) or stored.get(RUN_DAY)
     return {
         **common(r, plan),
-        **_phase(plan, stored, r),
+        **phase,
         "packages": list(r.packages),
         "stage": "notice",
+        "passed": sent_on is not None and phase["deadline"] <= _day(sent_on),
     }
 
 
@@ -293,6 +301,8 @@ def reminder(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, A
         "days_left": days_left,
         "how_soon": how_soon(days_left),
         "stage": "reminder",
+        # Sent on or after the deadline (queued --late): every line says so.
+        "passed": how_soon(days_left) is None,
     }
 
 
@@ -315,7 +325,7 @@ def how_soon(days_left: int) -> str | None:
     when_compliant="adapt",
 )
 def enforcement_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
-    return {**common(r, plan), **_phase(plan, stored, r), "stage": "enforced"}
+    return {**common(r, plan), **_phase(plan, stored, r), "stage": "enforced", "passed": True}
 
 
 @email(

@@ -41,6 +41,7 @@ from rollout.notify.queue import queue_each
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.engine import begin_writing
+from rollout.registry.invitations import member_again
 from rollout.registry.ledger import (
     insert_ignoring_existing,
     record_actions,
@@ -431,19 +432,9 @@ def settle_invitations(
     member again) or expired, each once, audited. Returns how many of each."""
     # A member again now, or one since the invitation (joined after it was sent, and
     # removed again since: accepted all the same, not pending, nor later "expired").
-    member_again = exists().where(
-        and_(
-            MEMBERS.c.org_id == org_id,
-            MEMBERS.c.account_id == INVITATIONS.c.account_id,
-            or_(
-                MEMBERS.c.removed_at.is_(None),
-                MEMBERS.c.joined_at >= INVITATIONS.c.created_at,
-            ),
-        )
-    )
     settled = {}
     for state, condition in (
-        ("accepted", member_again),
+        ("accepted", member_again()),
         ("expired", INVITATIONS.c.expires_at <= now),
     ):
         rows = connection.execute(

@@ -340,9 +340,12 @@ def _judge(
             f"{counted(most, 'day')} or fewer",
             own[account_id],
         )
-    if request.requested_at.date() > own[account_id]:
+    # The deadline is 00:00 UTC of its day (the emails say so), and enforcement acts on
+    # that day (rollout.registry.deadlines.due_by): asked on the day is asked after it,
+    # as that day's reminders and replies say ("it has passed").
+    if request.requested_at.date() >= own[account_id]:
         return refused(
-            f"asked after its deadline ({own[account_id]})",
+            f"asked on or after its deadline ({own[account_id]}, 00:00 UTC)",
             "the request came after your deadline had passed",
             own[account_id],
         )
