@@ -26,6 +26,7 @@ from .conftest import DATA
 from .factories import (
     LATE_NOTICE,
     AccountFactory,
+    CohortPackageFactory,
     NotificationFactory,
     OrgFactory,
     OrgMemberFactory,
@@ -278,6 +279,51 @@ def test_release_only_previews_without_apply(rollout_home: Path) -> None:
     assert json.loads(rebuilt.stdout)[0]["packages"] == 99
 
 
+def test_a_release_run_again_after_it_went_through_changes_nothing_and_succeeds(
+    rollout_home: Path,
+) -> None:
+    """The release committed, then the terminal was lost (or the command killed before
+    it printed): the same command again finds it done and says so, exit 0, with no
+    second audit row and the first reason kept, as a rerun after a crash finishes the
+    job. Its preview says there is nothing to release, not "add --apply"; the record
+    gives the time it was released, once applied too."""
+    from sqlalchemy import func, select
+
+    from rollout.registry.models import Action
+
+    run("db", "upgrade")
+    engine = make_engine(f"sqlite:///{rollout_home / 'registry.db'}")
+    with bound_to(engine):
+        CohortPackageFactory(package="left-pad")
+    release = ("cohorts", "release", "left-pad", "--cohort", "top-100", "--format", "json")
+
+    first = run(*release, "--reason", "inflated downloads", "--apply")
+    assert first.exit_code == 0, first.stderr
+    released_at = json.loads(first.stdout)["released_at"]
+    assert released_at is not None
+
+    again = run(*release, "--reason", "inflated downloads", "--apply")
+    assert again.exit_code == 0, again.stderr
+    said = " ".join(again.stderr.split())
+    assert (
+        f"left-pad was already released from top-100 on {released_at[:10]} by "
+        "rollout (inflated downloads): nothing changed"
+    ) in said
+    assert json.loads(again.stdout) | {"applied": None} == json.loads(first.stdout) | {
+        "applied": None
+    }
+    previewed = run(*release, "--reason", "x")
+    assert previewed.exit_code == 0
+    assert "preview only" not in previewed.stderr
+    assert "already released" in " ".join(previewed.stderr.split())
+    with engine.connect() as connection:
+        audited = connection.scalar(
+            select(func.count()).where(Action.action == "cohort_package_release")
+        )
+    engine.dispose()
+    assert audited == 1
+
+
 def test_phase_enforce_previews_then_needs_the_count_typed_back(rollout_home: Path) -> None:
     run("sample", "--scale", "tiny", "--seed", "3")
     run("ingest")
@@ -416,7 +462,10 @@ def test_a_cohort_release_gives_its_preview_and_what_it_did_as_json(rollout_home
 
     released = run(*release, "--apply", "--format", "json")
     assert released.exit_code == 0, released.stderr
-    assert json.loads(released.stdout) == {**record, "applied": True}
+    done = json.loads(released.stdout)
+    # Applied, the record says when it was released (the preview's was before).
+    assert done == {**record, "released_at": done["released_at"], "applied": True}
+    assert done["released_at"] is not None
     assert f"released {package} from top-100" in released.stderr
     listed = run(*release, "--format", "csv")
     (row,) = csv.DictReader(io.StringIO(listed.stdout))
