@@ -523,6 +523,66 @@ def test_every_command_printing_a_result_gives_json_alone_on_stdout(rollout_home
     assert files and all(Path(f["file"]).is_file() for f in files)
 
 
+def test_an_enforcement_refused_as_not_previewed_names_who_changed_since(
+    rollout_home: Path,
+) -> None:
+    """Between the preview and the apply one listed account enabled 2FA and another
+    dropped its factor: the same count, another list. The refusal (exit 3, nothing
+    changed) names who left the list and who joined it since the preview approved,
+    with that preview's time and file, so the release manager need not diff two CSVs;
+    another count is refused naming them the same way."""
+    from sqlalchemy import func, select
+
+    from rollout.registry.models import Action, TfaFactor
+
+    run("db", "upgrade")
+    engine = make_engine(f"sqlite:///{rollout_home / 'registry.db'}")
+    with bound_to(engine):
+        AccountFactory(username="alice", in_cohort="top-100", sessions=1)
+        bob = AccountFactory(username="bob", in_cohort="top-100")
+        # Hostile: a formula (the CSV guards it), a line break (the message keeps one line).
+        carol = AccountFactory(username="=carol\nx", in_cohort="top-100", with_totp=True)
+    preview = run("phase", "preview", "top-100")
+    assert preview.exit_code == 0, preview.stderr
+    apply = to_apply(preview.stderr)
+    assert apply[apply.index("--expect") + 1] == "2"
+    [csv_name] = [p.name for p in (rollout_home / "reports" / "previews").glob("*.csv")]
+
+    with engine.begin() as connection:
+        connection.execute(
+            TfaFactor.__table__.insert().values(
+                account_id=bob.id, kind="totp", created_at=datetime(2022, 1, 1)
+            )
+        )
+        connection.execute(
+            TfaFactor.__table__.update()
+            .where(TfaFactor.account_id == carol.id)
+            .values(removed_at=datetime(2022, 1, 1))
+        )
+    refused = run(*apply)
+    assert refused.exit_code == 3, refused.stderr
+    [said] = refused.stderr.splitlines()
+    assert "the accounts it would change now are not the ones previewed" in said
+    assert (
+        f"({csv_name}): 1 account no longer listed (bob); 1 account newly listed (=carol\\x0ax)"
+    ) in said
+
+    with engine.begin() as connection:
+        connection.execute(
+            TfaFactor.__table__.insert().values(
+                account_id=carol.id, kind="totp", created_at=datetime(2022, 1, 1)
+            )
+        )
+    fewer = run(*apply)
+    assert fewer.exit_code == 3
+    said = " ".join(fewer.stderr.split())
+    assert "phase top-100 would change 1 account, not the 2 expected" in said
+    assert "1 account no longer listed (bob); 0 accounts newly listed" in said
+    with engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(Action)) == 0
+    engine.dispose()
+
+
 def test_phase_preview_says_when_the_blast_radius_refuses_it(
     rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
