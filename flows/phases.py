@@ -46,7 +46,7 @@ from rollout.core.fingerprints import same_list
 from rollout.core.output import labelled_rows
 from rollout.core.words import counted
 from rollout.phases.approvals import REFUSED_STATE, REQUEST_INPUT_KEY, ApprovalRequest
-from rollout.phases.enforce import EnforceResult, enforce_phase, preview_phase
+from rollout.phases.enforce import EnforceResult, enforce_phase, naming_changes, preview_phase
 from rollout.phases.previews import SavedPreview, preview_markdown, save_preview
 
 # A day is long enough to reach a release manager; after it the run fails unapplied.
@@ -246,7 +246,9 @@ def phase_enforce(
             approval.accept_unreached,
             expect_list=request.fingerprint or approval.expect_list,
         )
-    except GuardRefused as refused:
+    except GuardRefused as guard:
+        # Who changed since this run's preview, when the list is not the one it listed.
+        refused = naming_changes(guard, settings.reports_dir, request.fingerprint)
         logger.error("refused: %s", refused)
         # The refusal as the state's data: a deployed run's engine raises it again at
         # the end, and logs no traceback for it (flows.common), as for any user error.

@@ -919,10 +919,31 @@ def release_outlook(registry: Registry, cohort: str, package: str) -> ReleasePre
     )
 
 
+@dataclass(frozen=True)
+class Released:
+    """A package's release from a cohort: its name as recorded, when, why and by whom;
+    ``now``: released by this call (False: an earlier one had, and nothing changed)."""
+
+    package: str
+    released_at: datetime
+    reason: str
+    by: str
+    now: bool
+
+    def already(self, cohort: str) -> str:
+        """What a release run again says: it was done, and by whom, and why."""
+        return (
+            f"{self.package} was already released from {cohort} on "
+            f"{self.released_at:%Y-%m-%d} by {self.by} ({self.reason}): nothing changed"
+        )
+
+
 def release_package(
     registry: Registry, cohort: str, package: str, *, reason: str, actor: str
-) -> str:
-    """Take a package out of a cohort for good; returns its name as recorded.
+) -> Released:
+    """Take a package out of a cohort for good, once: run again (after a crash, or a
+    lost terminal) it finds the release done and changes nothing (``Released.now``
+    False), with no second audit row, the first reason kept.
 
     Under the cohorts lock, as a build: a build at work read the packages before the
     release and would keep in, past its end, the accounts the release lets go "at the
@@ -933,24 +954,28 @@ def release_package(
     with registry.lock("cohorts"), begin_writing(registry.engine) as connection:
         c = COHORT_PACKAGES.c
         row = connection.execute(
-            select(c.id, c.package, c.released_at).where(
+            select(c.id, c.package, c.released_at, c.released_reason, c.released_by).where(
                 and_(c.cohort == cohort, c.package_key == key)
             )
         ).first()
         if row is None:
             raise BadInput(None, None, f"{package!r} is not in cohort {cohort}")
         if row.released_at is not None:
-            raise BadInput(
-                None,
-                None,
-                f"{row.package} was already released from {cohort} on {row.released_at:%Y-%m-%d}",
+            # Done by an earlier run (this one's, before a crash): the job is finished.
+            return Released(
+                row.package,
+                row.released_at,
+                row.released_reason or "",
+                row.released_by or "",
+                False,
             )
+        now = utc_now()
         # Guarded on the state read: a second release that read the same unreleased
         # row commits after this one and finds it released (not a silent overwrite).
         released = connection.execute(
             update(COHORT_PACKAGES)
             .where(and_(c.id == row.id, c.released_at.is_(None)))
-            .values(released_at=utc_now(), released_reason=reason, released_by=actor)
+            .values(released_at=now, released_reason=reason, released_by=actor)
         ).rowcount
         if released != 1:
             raise GuardRefused(
@@ -970,7 +995,7 @@ def release_package(
                 }
             ],
         )
-        return str(row.package)
+        return Released(row.package, now, reason, actor, True)
 
 
 def require_download_window(

@@ -361,7 +361,10 @@ NEED_A_REGISTRY = [
     ["notify", "suppress", "someone@example.com", "--reason", "asked"],
     ["notify", "suppress", "someone@example.com", "--reason", "asked", "--apply"],
     ["notify", "unsuppress", "someone@example.com", "--reason", "ok", "--apply"],
-    ["notify", "withdraw", "--email", "reminder", "--reason", "moved", "--apply", "--expect", "3"],
+    [
+        *("notify", "withdraw", "--email", "reminder", "--reason", "moved", "--apply"),
+        *("--expect", "3", "--expect-list", "0123456789ab"),
+    ],
     ["cohorts", "release", "left-pad", "--cohort", "top-100", "--reason", "ok", "--apply"],
     ["orgs", "audit", "acme"],
     ["orgs", "enforce", "acme"],

@@ -26,6 +26,7 @@ from .conftest import DATA
 from .factories import (
     LATE_NOTICE,
     AccountFactory,
+    CohortPackageFactory,
     NotificationFactory,
     OrgFactory,
     OrgMemberFactory,
@@ -294,6 +295,51 @@ def test_release_only_previews_without_apply(rollout_home: Path) -> None:
     assert json.loads(rebuilt.stdout)[0]["packages"] == 99
 
 
+def test_a_release_run_again_after_it_went_through_changes_nothing_and_succeeds(
+    rollout_home: Path,
+) -> None:
+    """The release committed, then the terminal was lost (or the command killed before
+    it printed): the same command again finds it done and says so, exit 0, with no
+    second audit row and the first reason kept, as a rerun after a crash finishes the
+    job. Its preview says there is nothing to release, not "add --apply"; the record
+    gives the time it was released, once applied too."""
+    from sqlalchemy import func, select
+
+    from rollout.registry.models import Action
+
+    run("db", "upgrade")
+    engine = make_engine(f"sqlite:///{rollout_home / 'registry.db'}")
+    with bound_to(engine):
+        CohortPackageFactory(package="left-pad")
+    release = ("cohorts", "release", "left-pad", "--cohort", "top-100", "--format", "json")
+
+    first = run(*release, "--reason", "inflated downloads", "--apply")
+    assert first.exit_code == 0, first.stderr
+    released_at = json.loads(first.stdout)["released_at"]
+    assert released_at is not None
+
+    again = run(*release, "--reason", "inflated downloads", "--apply")
+    assert again.exit_code == 0, again.stderr
+    said = " ".join(again.stderr.split())
+    assert (
+        f"left-pad was already released from top-100 on {released_at[:10]} by "
+        "rollout (inflated downloads): nothing changed"
+    ) in said
+    assert json.loads(again.stdout) | {"applied": None} == json.loads(first.stdout) | {
+        "applied": None
+    }
+    previewed = run(*release, "--reason", "x")
+    assert previewed.exit_code == 0
+    assert "preview only" not in previewed.stderr
+    assert "already released" in " ".join(previewed.stderr.split())
+    with engine.connect() as connection:
+        audited = connection.scalar(
+            select(func.count()).where(Action.action == "cohort_package_release")
+        )
+    engine.dispose()
+    assert audited == 1
+
+
 def test_phase_enforce_previews_then_needs_the_count_typed_back(rollout_home: Path) -> None:
     run("sample", "--scale", "tiny", "--seed", "3")
     run("ingest")
@@ -432,7 +478,10 @@ def test_a_cohort_release_gives_its_preview_and_what_it_did_as_json(rollout_home
 
     released = run(*release, "--apply", "--format", "json")
     assert released.exit_code == 0, released.stderr
-    assert json.loads(released.stdout) == {**record, "applied": True}
+    done = json.loads(released.stdout)
+    # Applied, the record says when it was released (the preview's was before).
+    assert done == {**record, "released_at": done["released_at"], "applied": True}
+    assert done["released_at"] is not None
     assert f"released {package} from top-100" in released.stderr
     listed = run(*release, "--format", "csv")
     (row,) = csv.DictReader(io.StringIO(listed.stdout))
@@ -488,6 +537,66 @@ def test_every_command_printing_a_result_gives_json_alone_on_stdout(rollout_home
     }
     files = json_of("notify", "preview", "phase_notice")
     assert files and all(Path(f["file"]).is_file() for f in files)
+
+
+def test_an_enforcement_refused_as_not_previewed_names_who_changed_since(
+    rollout_home: Path,
+) -> None:
+    """Between the preview and the apply one listed account enabled 2FA and another
+    dropped its factor: the same count, another list. The refusal (exit 3, nothing
+    changed) names who left the list and who joined it since the preview approved,
+    with that preview's time and file, so the release manager need not diff two CSVs;
+    another count is refused naming them the same way."""
+    from sqlalchemy import func, select
+
+    from rollout.registry.models import Action, TfaFactor
+
+    run("db", "upgrade")
+    engine = make_engine(f"sqlite:///{rollout_home / 'registry.db'}")
+    with bound_to(engine):
+        AccountFactory(username="alice", in_cohort="top-100", sessions=1)
+        bob = AccountFactory(username="bob", in_cohort="top-100")
+        # Hostile: a formula (the CSV guards it), a line break (the message keeps one line).
+        carol = AccountFactory(username="=carol\nx", in_cohort="top-100", with_totp=True)
+    preview = run("phase", "preview", "top-100")
+    assert preview.exit_code == 0, preview.stderr
+    apply = to_apply(preview.stderr)
+    assert apply[apply.index("--expect") + 1] == "2"
+    [csv_name] = [p.name for p in (rollout_home / "reports" / "previews").glob("*.csv")]
+
+    with engine.begin() as connection:
+        connection.execute(
+            TfaFactor.__table__.insert().values(
+                account_id=bob.id, kind="totp", created_at=datetime(2022, 1, 1)
+            )
+        )
+        connection.execute(
+            TfaFactor.__table__.update()
+            .where(TfaFactor.account_id == carol.id)
+            .values(removed_at=datetime(2022, 1, 1))
+        )
+    refused = run(*apply)
+    assert refused.exit_code == 3, refused.stderr
+    [said] = refused.stderr.splitlines()
+    assert "the accounts it would change now are not the ones previewed" in said
+    assert (
+        f"({csv_name}): 1 account no longer listed (bob); 1 account newly listed (=carol\\x0ax)"
+    ) in said
+
+    with engine.begin() as connection:
+        connection.execute(
+            TfaFactor.__table__.insert().values(
+                account_id=carol.id, kind="totp", created_at=datetime(2022, 1, 1)
+            )
+        )
+    fewer = run(*apply)
+    assert fewer.exit_code == 3
+    said = " ".join(fewer.stderr.split())
+    assert "phase top-100 would change 1 account, not the 2 expected" in said
+    assert "1 account no longer listed (bob); 0 accounts newly listed" in said
+    with engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(Action)) == 0
+    engine.dispose()
 
 
 def test_phase_preview_says_when_the_blast_radius_refuses_it(

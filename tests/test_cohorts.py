@@ -453,8 +453,14 @@ def test_release_previews_then_takes_the_package_out_with_an_audit_row(
     after = build(con, registry, small_cohorts_plan, D2)["high-impact"]
     assert after.accounts_left == 1
     assert "alice" not in accounts_of(con, "high-impact", D2)
-    with pytest.raises(BadInput, match="already released"):
-        cohorts.release_package(registry, "high-impact", "big", reason="again", actor="rm")
+    # Run again: done already, nothing changed, the first reason kept, no second row.
+    again = cohorts.release_package(registry, "high-impact", "big", reason="again", actor="rm")
+    assert (again.now, again.reason) == (False, "inflated downloads")
+    with registry.engine.connect() as connection:
+        assert (
+            connection.scalar(select(func.count()).where(Action.action == "cohort_package_release"))
+            == 1
+        )
 
 
 def test_a_release_while_a_build_is_at_work_is_refused_until_it_ends(

@@ -451,6 +451,36 @@ def test_a_token_count_that_moved_since_the_preview_refuses_and_changes_nothing(
     assert len(live_tokens(registry)) == 7  # six of the fixture, and the new one
 
 
+def test_a_token_made_since_the_preview_is_named_in_the_refusal_with_its_preview(
+    registry: Registry, token_plan: Plan, tokens_of: dict[str, list[int]], tmp_path: Path
+) -> None:
+    """The approved preview saved (as `phase preview` and the flow save it): the refusal
+    of a token count that moved says, against it, what changed: the same accounts, one
+    token more; as a GuardRefused that names it all, with nothing changed."""
+    preview = enforce.preview_phase(registry, token_plan, token_plan.phase("top-100"))
+    saved = save_preview(token_plan, preview, tmp_path, actor="rm")
+    _new_classic_token(registry, "alice")
+    with pytest.raises(enforce.NotAsPreviewed) as refused:
+        enforce.enforce_phase(
+            registry,
+            token_plan,
+            "top-100",
+            expect=2,
+            expect_tokens=2,
+            expect_list=preview.fingerprint,
+            actor="rm",
+        )
+    said = str(enforce.naming_changes(refused.value, tmp_path, preview.fingerprint))
+    assert said.startswith("phase top-100 would revoke 3 tokens, not the 2 expected")
+    assert said.endswith(
+        f"({saved.csv_path.name}): 0 accounts no longer listed; 0 accounts newly listed; "
+        "0 tokens no longer listed, 1 newly listed"
+    )
+    # No preview saved with that list here (taken elsewhere): the refusal as it was.
+    assert enforce.naming_changes(refused.value, tmp_path, "0123456789ab") is refused.value
+    assert audited(registry, "revoke_token") == []
+
+
 def test_an_account_compliant_since_the_preview_keeps_its_tokens_and_sessions(
     registry: Registry, plan: Plan, factories: None
 ) -> None:

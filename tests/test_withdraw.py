@@ -29,6 +29,18 @@ def states(registry: Registry) -> dict[tuple[str, str, str], int]:
     return {(p, e, s): n for p, e, s, n in rows}
 
 
+def _hint(preview_stderr: str) -> list[str]:
+    """The `--expect N --expect-list F` a withdrawal's preview prints for its apply."""
+    told = " ".join(preview_stderr.split()).split()
+    at = told.index("--expect")
+    assert told[at + 2] == "--expect-list", preview_stderr
+    return told[at : at + 4]
+
+
+# The fingerprint of no emails at all: a rerun's, once everything was withdrawn.
+NOTHING = "e3b0c44298fc"
+
+
 def outbox() -> None:
     """Two reminders and a notice queued for top-100, one notice already sent, and a
     notice queued for high-impact."""
@@ -89,25 +101,17 @@ def test_withdraw_from_the_command_line_previews_then_applies(rollout_home: Path
     }
     told = " ".join(preview.stderr.split())
     assert "3 queued or failed emails would be withdrawn for good" in told
+    typed_back = _hint(preview.stderr)
     assert (
-        "to withdraw them run rollout notify withdraw --phase top-100 --apply --expect 3 "
-        "--reason '...'" in told
+        "to withdraw them run rollout notify withdraw --phase top-100 --apply "
+        f"{' '.join(typed_back)} --reason '...'" in told
     )
+    assert typed_back[:2] == ["--expect", "3"]
     assert states(registry)[("top-100", "reminder", "queued")] == 2
 
     applied = runner.invoke(
         app,
-        [
-            "notify",
-            "withdraw",
-            "--phase",
-            "top-100",
-            "--apply",
-            "--expect",
-            "3",
-            "--reason",
-            "paused",
-        ],
+        ["notify", "withdraw", "--phase", "top-100", "--apply", *typed_back, "--reason", "paused"],
     )
     assert applied.exit_code == 0, applied.stderr
     assert "withdrew 3 queued or failed emails" in applied.stderr
@@ -116,7 +120,11 @@ def test_withdraw_from_the_command_line_previews_then_applies(rollout_home: Path
     assert runner.invoke(app, ["notify", "withdraw"]).exit_code == 2
     assert runner.invoke(app, ["notify", "withdraw", "--email", "nope"]).exit_code == 2
     no_reason = runner.invoke(
-        app, ["notify", "withdraw", "--email", "reminder", "--apply", "--expect", "0"]
+        app,
+        [
+            *("notify", "withdraw", "--email", "reminder", "--apply"),
+            *("--expect", "0", "--expect-list", NOTHING),
+        ],
     )
     assert no_reason.exit_code == 2 and "--reason" in no_reason.stderr
     registry.close()
@@ -139,13 +147,24 @@ def test_withdrawing_for_good_needs_the_previewed_count_typed_back(
     unchecked = runner.invoke(app, [*withdraw_top_100, "--reason", "paused"])
     assert unchecked.exit_code == 2
     said = " ".join(unchecked.stderr.split())
-    assert "--apply needs --expect N (the count the preview showed)" in said
+    assert (
+        "--apply needs --expect N (the count the preview showed), --expect-list F (the "
+        "fingerprint the preview showed)"
+    ) in said
     assert "run `rollout notify withdraw --phase top-100`" in said
+    preview = runner.invoke(app, ["notify", "withdraw", "--phase", "top-100"])
+    typed_back = _hint(preview.stderr)
+    # A fingerprint no preview prints (the count pasted in its place): a usage error.
+    mistyped = runner.invoke(
+        app, [*withdraw_top_100, "--expect", "3", "--expect-list", "3", "--reason", "paused"]
+    )
+    assert mistyped.exit_code == 2
+    assert "--expect-list: '3' is not a list's fingerprint" in mistyped.stderr
 
     # The preview showed 3; a queue run adds a reminder before the withdrawal.
     with bound_to(registry.engine):
         NotificationFactory(email="reminder", occasion="1d")
-    stale = runner.invoke(app, [*withdraw_top_100, "--expect", "3", "--reason", "paused"])
+    stale = runner.invoke(app, [*withdraw_top_100, *typed_back, "--reason", "paused"])
     assert stale.exit_code == 3
     assert (
         "4 queued or failed emails would be withdrawn now, not the 3 expected: the outbox "
@@ -155,7 +174,9 @@ def test_withdrawing_for_good_needs_the_previewed_count_typed_back(
     with registry.engine.connect() as connection:
         assert connection.scalar(select(func.count()).select_from(Action)) == 0
 
-    applied = runner.invoke(app, [*withdraw_top_100, "--expect", "4", "--reason", "paused"])
+    again = runner.invoke(app, ["notify", "withdraw", "--phase", "top-100"])
+    assert _hint(again.stderr)[:2] == ["--expect", "4"]
+    applied = runner.invoke(app, [*withdraw_top_100, *_hint(again.stderr), "--reason", "paused"])
     assert applied.exit_code == 0, applied.stderr
     assert states(registry)[("top-100", "reminder", "skipped")] == 3
     registry.close()
@@ -171,17 +192,23 @@ def test_a_phase_neither_in_the_plan_nor_in_the_outbox_is_refused(rollout_home: 
 
     typo = runner.invoke(
         app,
-        ["notify", "withdraw", "--phase", "top-10", "--apply", "--expect", "0", "--reason", "x"],
+        [
+            *("notify", "withdraw", "--phase", "top-10", "--apply"),
+            *("--expect", "0", "--expect-list", NOTHING, "--reason", "x"),
+        ],
     )
     assert typo.exit_code == 2
     assert "no phase 'top-10' in plan npm-2022 (phases: top-100, high-impact)" in typo.stderr
 
     withdraw_retired = ["notify", "withdraw", "--phase", "retired", "--apply"]
-    retired = runner.invoke(app, [*withdraw_retired, "--expect", "1", "--reason", "renamed"])
+    preview = runner.invoke(app, ["notify", "withdraw", "--phase", "retired"])
+    retired = runner.invoke(app, [*withdraw_retired, *_hint(preview.stderr), "--reason", "renamed"])
     assert retired.exit_code == 0, retired.stderr
     assert states(registry) == {("retired", "phase_notice", "skipped"): 1}
     # Run again (after a kill, say): nothing left to take back, and no error.
-    again = runner.invoke(app, [*withdraw_retired, "--expect", "0", "--reason", "renamed"])
+    again = runner.invoke(
+        app, [*withdraw_retired, "--expect", "0", "--expect-list", NOTHING, "--reason", "renamed"]
+    )
     assert again.exit_code == 0, again.stderr
     assert "withdrew 0 queued or failed emails" in again.stderr
     # The plan's own phase with nothing queued is a preview of nothing, not an error.
@@ -255,3 +282,52 @@ def test_a_crashed_drains_withdrawn_rows_are_skipped_when_requeued(
     assert drain._requeue_in_flight(registry.engine, T0) == 2
     assert _state_of(registry, crashed) == ("skipped", "withdrawn: rolled back")
     assert _state_of(registry, other) == ("queued", None)
+
+
+def test_other_emails_at_the_previewed_count_are_not_withdrawn_unseen(
+    rollout_home: Path,
+) -> None:
+    """Between the preview and the apply the daily notify run sends one of the previewed
+    reminders and queues a new one: the count is the same, the emails are not. The new
+    one would be silenced for good unseen, so the apply refuses (exit 3, nothing
+    withdrawn, nothing audited) on the previewed list's fingerprint, as `phase enforce`
+    and `orgs enforce` refuse another list of the same size."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    registry = Registry(f"sqlite:///{rollout_home / 'registry.db'}")
+    with bound_to(registry.engine):
+        outbox()
+    preview = runner.invoke(app, ["notify", "withdraw", "--phase", "top-100"])
+    assert preview.exit_code == 0, preview.stderr
+    typed_back = _hint(preview.stderr)
+    assert typed_back[:2] == ["--expect", "3"]
+
+    with registry.engine.begin() as connection:
+        gone = connection.scalars(
+            select(Notification.id).where(Notification.email == "reminder").limit(1)
+        ).one()
+        connection.execute(
+            Notification.__table__.update()
+            .where(Notification.id == gone)
+            .values(state="sent", sent_at=T0)
+        )
+    with bound_to(registry.engine):
+        NotificationFactory(email="reminder", occasion="1d")
+
+    withdraw_top_100 = ["notify", "withdraw", "--phase", "top-100", "--apply"]
+    stale = runner.invoke(app, [*withdraw_top_100, *typed_back, "--reason", "paused"])
+    assert stale.exit_code == 3, stale.stderr
+    assert (
+        "the queued or failed emails it would withdraw now are not the ones previewed"
+        in " ".join(stale.stderr.split())
+    )
+    assert states(registry)[("top-100", "reminder", "queued")] == 2
+    with registry.engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(Action)) == 0
+
+    # Previewed again, the new list is the one withdrawn.
+    again = runner.invoke(app, ["notify", "withdraw", "--phase", "top-100"])
+    applied = runner.invoke(app, [*withdraw_top_100, *_hint(again.stderr), "--reason", "paused"])
+    assert applied.exit_code == 0, applied.stderr
+    assert states(registry)[("top-100", "reminder", "skipped")] == 2
+    registry.close()

@@ -219,10 +219,11 @@ def _data_day(text: str, option: str) -> date:
 
 def _typed_back(acting: str, preview: str, needed: Sequence[tuple[str, str, object]]) -> None:
     """The one rule of every apply that acts on a previewed list of people (phase
-    enforce, orgs enforce and reinvite): ``acting`` (``--apply``, ``--confirm``) needs
-    each of ``needed`` (flag, what it is, as given) typed back from the preview, the
-    count and the list's fingerprint among them. Exit 2 naming each one missing and
-    ``preview``, the command that prints them; nothing is read or changed before."""
+    enforce, orgs enforce and reinvite, notify withdraw): ``acting`` (``--apply``,
+    ``--confirm``) needs each of ``needed`` (flag, what it is, as given) typed back
+    from the preview, the count and the list's fingerprint among them. Exit 2 naming
+    each one missing and ``preview``, the command that prints them; nothing is read or
+    changed before."""
     missing = [f"{flag} ({why})" for flag, why, given in needed if given is None]
     if missing:
         raise RolloutError(

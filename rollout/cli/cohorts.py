@@ -327,11 +327,25 @@ def cohorts_release(
     record = {**preview.record(), "applied": False}
     if not apply:
         emit_record(record, fmt, title=f"release from {cohort} (preview)")
-        stderr.print("preview only: add --apply to release it", highlight=False)
+        stderr.print(
+            "preview only: add --apply to release it"
+            if preview.released_at is None
+            else "already released: nothing to release",
+            highlight=False,
+        )
         return
-    name = release_package(runtime.registry, cohort, package, reason=reason, actor=settings.actor)
-    emit_record({**record, "applied": True}, fmt, title=f"release from {cohort}")
+    released = release_package(
+        runtime.registry, cohort, package, reason=reason, actor=settings.actor
+    )
+    emit_record(
+        {**record, "released_at": released.released_at, "applied": True},
+        fmt,
+        title=f"release from {cohort}",
+    )
     stderr.print(
-        f"released {name} from {cohort}; accounts leave at the next `rollout cohorts build`",
+        f"released {released.package} from {cohort}; accounts leave at the next "
+        "`rollout cohorts build`"
+        if released.now
+        else released.already(cohort),
         highlight=False,
     )

@@ -10,6 +10,7 @@ import typer
 
 from rollout.cli.app import (
     FormatOption,
+    _fingerprint,
     _parse_day,
     _runtime,
     _typed_back,
@@ -681,6 +682,13 @@ def notify_withdraw(
             "(required with --apply): refuses if another count would be withdrawn now.",
         ),
     ] = None,
+    expect_list: Annotated[
+        str | None,
+        typer.Option(
+            help="The fingerprint of the emails the preview showed (required with "
+            "--apply): refuses if others would be withdrawn now, even at the same count.",
+        ),
+    ] = None,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Take back queued emails that must no longer go, by phase, kind or both, for good.
@@ -689,13 +697,14 @@ def notify_withdraw(
     outbox as skipped ('withdrawn: REASON'), audited, and are never queued again. One a
     send is sending now goes only if that send goes (it is not queued again after a stop
     or a crash); emails already sent are not touched. --apply needs the preview's count
-    typed back (--expect N)."""
+    and its list's fingerprint typed back (--expect N --expect-list F)."""
     from rollout.notify.emails import EMAILS
     from rollout.notify.withdraw import (
         Selection,
         in_flight_note,
         phase_in_outbox,
         withdraw,
+        withdraw_fingerprint,
         withdraw_preview,
     )
 
@@ -712,20 +721,24 @@ def notify_withdraw(
         if value is not None
     )
     if apply:
-        # Withdrawn is for good (never queued again): the count the preview showed
-        # typed back, so emails queued since (the day's notices) are not silenced unseen.
+        # Withdrawn is for good (never queued again): the count the preview showed and
+        # its list's fingerprint typed back, so emails queued since (the day's notices)
+        # are not silenced unseen, not even in place of others sent since.
         _typed_back(
             "--apply",
             preview_command,
             [
                 ("--expect N", "the count the preview showed", expect),
+                ("--expect-list F", "the fingerprint the preview showed", expect_list),
                 ("--reason '...'", "why they must not go", reason if reason.strip() else None),
             ],
         )
+        _fingerprint(expect_list)
     runtime = _runtime(ctx)
     settings, registry = runtime.settings, runtime.registry
     with registry.engine.connect() as connection:
         queued = withdraw_preview(connection, selection)
+        listed = withdraw_fingerprint(connection, selection)
         # A phase an earlier plan had is known by its emails (taken back, or already
         # withdrawn by a first run); one neither in the plan nor in the outbox is a
         # typo: plan.phase refuses it.
@@ -743,7 +756,8 @@ def notify_withdraw(
         stderr.print(
             f"{counted(total, 'queued or failed email')} would be withdrawn for good"
             f"{in_flight_note(flying)}; preview only: to withdraw "
-            f"{them(total)} run {preview_command} --apply --expect {total} --reason '...'",
+            f"{them(total)} run {preview_command} --apply --expect {total} "
+            f"--expect-list {listed} --reason '...'",
             highlight=False,
         )
         return
@@ -753,6 +767,7 @@ def notify_withdraw(
         reason=reason,
         actor=settings.actor,
         expect=expect,
+        expect_list=expect_list,
         preview=preview_command,
     )
     stderr.print(

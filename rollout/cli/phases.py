@@ -208,7 +208,7 @@ def phase_enforce(
 ) -> None:
     """Apply the phase's effects to its non-compliant accounts (by default: require 2FA
     and revoke their web sessions; a plan may add the banner, token revocation, ...)."""
-    from rollout.phases.enforce import enforce_phase
+    from rollout.phases.enforce import enforce_phase, naming_changes
 
     if not apply:
         phase_preview(ctx, phase, fmt)
@@ -234,20 +234,27 @@ def phase_enforce(
     )
     expect_list = _fingerprint(expect_list)
     settings = runtime.settings
-    with progress_for(fmt) as progress:
-        task = progress.add_task(f"phase {phase}: accounts", total=expect)
-        result = enforce_phase(
-            runtime.registry,
-            runtime.plan,
-            phase,
-            expect=expect,
-            expect_tokens=expect_tokens,
-            accept_unreached=accept_unreached,
-            actor=settings.actor,
-            progress=lambda done, total: progress.update(task, completed=done, total=total),
-            early=early,
-            expect_list=expect_list,
-        )
+    try:
+        with progress_for(fmt) as progress:
+            task = progress.add_task(f"phase {phase}: accounts", total=expect)
+            result = enforce_phase(
+                runtime.registry,
+                runtime.plan,
+                phase,
+                expect=expect,
+                expect_tokens=expect_tokens,
+                accept_unreached=accept_unreached,
+                actor=settings.actor,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+                early=early,
+                expect_list=expect_list,
+            )
+    except GuardRefused as refused:
+        # Who changed since the preview approved, when its files are here to say.
+        said = naming_changes(refused, settings.reports_dir, expect_list)
+        if said is refused:
+            raise
+        raise said from None
     emit_record(result.summary(), fmt, title=f"phase {phase} enforced")
 
 

@@ -15,12 +15,13 @@ transaction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Select, and_, case, func, select, true, update
 
 from rollout.core.errors import BadInput, GuardRefused
+from rollout.core.fingerprints import list_fingerprint, same_list
 from rollout.core.words import counted
 from rollout.registry import Registry
 from rollout.registry.ledger import record_actions, utc_now
@@ -51,6 +52,9 @@ class Withdrawn:
 
     taken: int
     in_flight: int
+    # Which emails were taken back (withdrawn_fingerprint of their ids): not compared,
+    # two withdrawals of as many emails are the same outcome.
+    fingerprint: str = field(default="", compare=False)
 
 
 def in_flight_note(count: int) -> str:
@@ -100,6 +104,21 @@ def withdraw_preview(connection: Connection, selection: Selection) -> list[dict[
     return [{"phase": p, "email": e, "queued": n, "in_flight": f} for p, e, n, f in rows]
 
 
+def withdrawn_fingerprint(ids: Any) -> str:
+    """Which emails not gone a withdrawal takes, as its preview's ``--expect-list``:
+    their ids, so other emails at the same count (one sent, another queued since the
+    preview) are not the list previewed."""
+    return list_fingerprint(ids)
+
+
+def withdraw_fingerprint(connection: Connection, selection: Selection) -> str:
+    """The fingerprint of the emails not gone (queued or failed) ``selection`` takes
+    now: what the preview prints and the apply compares."""
+    return withdrawn_fingerprint(
+        connection.scalars(select(NOTIFICATIONS.c.id).where(selection.where(NOT_GONE)))
+    )
+
+
 def _already_marked() -> Any:
     """SQL: an in-flight row an earlier withdrawal marked (not counted again)."""
     return and_(NOTIFICATIONS.c.state == IN_FLIGHT, marked_withdrawn())
@@ -127,11 +146,13 @@ def withdraw_queued(
     transaction."""
     now = utc_now()
     skip_reason = withdrawn_reason(reason)
-    taken = connection.execute(
+    taken_ids = connection.scalars(
         update(NOTIFICATIONS)
         .where(selection.where(NOT_GONE))
         .values(state="skipped", skip_reason=skip_reason, error=None, updated_at=now)
-    ).rowcount
+        .returning(NOTIFICATIONS.c.id)
+    ).all()
+    taken = len(taken_ids)
     in_flight = connection.execute(
         update(NOTIFICATIONS)
         .where(and_(selection.where((IN_FLIGHT,)), ~_already_marked()))
@@ -165,7 +186,7 @@ def withdraw_queued(
                 }
             ],
         )
-    return Withdrawn(taken, in_flight)
+    return Withdrawn(taken, in_flight, withdrawn_fingerprint(taken_ids))
 
 
 def withdraw(
@@ -175,12 +196,15 @@ def withdraw(
     reason: str,
     actor: str,
     expect: int | None = None,
+    expect_list: str | None = None,
     preview: str = "rollout notify withdraw",
 ) -> Withdrawn:
     """``rollout notify withdraw --apply``: one transaction. With ``expect`` (the count
     of queued or failed emails the preview showed, typed back), refused (GuardRefused,
     nothing changed) when it would take another count: the outbox moved since the
-    preview (a queue run added emails that a withdrawal would silence for good).
+    preview (a queue run added emails that a withdrawal would silence for good); with
+    ``expect_list`` (its fingerprint: withdraw_fingerprint), refused as well when the
+    emails it would take are others at the same count (one sent, another queued since).
     ``preview``: the command that previews it again."""
     if selection.phase is None and selection.email is None:
         raise BadInput(None, None, "say which emails to withdraw: --phase, --email or both")
@@ -194,5 +218,12 @@ def withdraw(
                 f"{counted(withdrawn.taken, 'queued or failed email')} would be withdrawn "
                 f"now, not the {expect} expected: the outbox changed since the preview; "
                 f"nothing was withdrawn. Run `{preview}` and check"
+            )
+        if expect_list is not None and not same_list(withdrawn.fingerprint, expect_list):
+            raise GuardRefused(
+                "the queued or failed emails it would withdraw now are not the ones "
+                f"previewed (list {withdrawn.fingerprint}, not {expect_list.strip()}): the "
+                "outbox changed since the preview, though the count may not have; nothing "
+                f"was withdrawn. Run `{preview}` and check"
             )
         return withdrawn

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import date, datetime, time, timedelta
+from pathlib import Path
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -52,7 +53,7 @@ from rollout.notify.emails import ENFORCEMENT_EMAIL
 from rollout.notify.queue import queue_phase_summary
 from rollout.notify.withdraw import Selection, withdraw_preview, withdraw_queued, withdrawn_reason
 from rollout.phases.drift import told_days_after_notice, told_deadline, told_less
-from rollout.phases.previews import PhasePreview, Target, TokenTarget
+from rollout.phases.previews import PhasePreview, Target, TokenTarget, changed_since
 from rollout.registry import Registry
 from rollout.registry.deadlines import deadlines
 from rollout.registry.engine import begin_writing
@@ -1249,13 +1250,41 @@ def _date_guard(phase: Phase, today: date, due: date) -> None:
         )
 
 
+class NotAsPreviewed(GuardRefused):
+    """Refused: the list taken under the lock (``preview``) is not the one approved (its
+    count, token count or fingerprint): a caller holding the approved preview's files
+    can say who changed (rollout.phases.previews.changed_since)."""
+
+    def __init__(self, message: str, preview: PhasePreview) -> None:
+        super().__init__(message)
+        self.preview = preview
+
+    def __reduce__(self) -> tuple[type[GuardRefused], tuple[str]]:
+        # Stored or sent on (a flow run's state keeps its refusal) as the refusal it
+        # is: its message, not the whole list with every address in it.
+        return GuardRefused, (str(self),)
+
+
+def naming_changes(refused: GuardRefused, reports_dir: Path, typed: str | None) -> GuardRefused:
+    """``refused``, and when it is a list not as previewed (:class:`NotAsPreviewed`)
+    whose approved preview (``typed``: its fingerprint) is saved under ``reports_dir``,
+    saying who changed since (rollout.phases.previews.changed_since); else as it is."""
+    if not isinstance(refused, NotAsPreviewed) or typed is None:
+        return refused
+    changes = changed_since(reports_dir, refused.preview, typed)
+    if changes is None:
+        return refused
+    return GuardRefused(f"{refused}; {changes}")
+
+
 def _guard(phase: Phase, preview: PhasePreview, expect: int, expect_tokens: int | None) -> None:
     """Refuse unless the preview taken under the lock is the one approved (the counts
     typed back) and within the plan's blast radius."""
     if preview.count != expect:
-        raise GuardRefused(
+        raise NotAsPreviewed(
             f"phase {phase.name} would change {counted(preview.count, 'account')}, not the "
-            f"{expect} expected: run `rollout phase preview {phase.name}` and check"
+            f"{expect} expected: run `rollout phase preview {phase.name}` and check",
+            preview,
         )
     # In the words the preview warned with (PhasePreview.over_blast_radius).
     over = preview.over_blast_radius("accounts")
@@ -1269,9 +1298,10 @@ def _guard(phase: Phase, preview: PhasePreview, expect: int, expect_tokens: int 
             f"token count `rollout phase preview {phase.name}` showed (--expect-tokens)"
         )
     if preview.token_count != expect_tokens:
-        raise GuardRefused(
+        raise NotAsPreviewed(
             f"phase {phase.name} would revoke {counted(preview.token_count, 'token')}, not the "
-            f"{expect_tokens} expected: run `rollout phase preview {phase.name}` and check"
+            f"{expect_tokens} expected: run `rollout phase preview {phase.name}` and check",
+            preview,
         )
     over = preview.over_blast_radius("tokens")
     if over is not None:
@@ -1283,10 +1313,11 @@ def _list_guard(phase: Phase, preview: PhasePreview, expect_list: str | None) ->
     if expect_list is None or same_list(preview.fingerprint, expect_list):
         return
     what = "accounts and tokens" if phase.does("revoke_tokens") else "accounts"
-    raise GuardRefused(
+    raise NotAsPreviewed(
         f"phase {phase.name}: the {what} it would change now are not the ones previewed "
         f"(list {preview.fingerprint}, not {expect_list}): some changed since, though the "
-        f"count may not have; run `rollout phase preview {phase.name}` and check"
+        f"count may not have; run `rollout phase preview {phase.name}` and check",
+        preview,
     )
 
 

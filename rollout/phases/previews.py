@@ -7,6 +7,7 @@ under ``reports/previews/``) with a JSON record beside it (who, when, the counts
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import uuid
@@ -16,11 +17,12 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rollout.core.controls import visible
 from rollout.core.files import write_atomically
 from rollout.core.fingerprints import list_fingerprint
 from rollout.core.names import safe_path_component
+from rollout.core.output import FORMULA_PREFIXES, write_csv
 from rollout.core.output import markdown_text as md
-from rollout.core.output import write_csv
 from rollout.core.words import counted
 from rollout.notify.reach import CATEGORIES, NOT_SENT_YET, SEND_FAILED, category
 from rollout.registry.ledger import utc_now
@@ -321,6 +323,9 @@ def save_preview(
         "max_unreached_share": preview.max_unreached_share,
         "csv": path.name,
         "tokens_csv": tokens_csv.name if tokens_csv else None,
+        # What its apply types back (--expect-list): a refusal finds the preview by it,
+        # to say who changed since (changed_since).
+        "fingerprint": preview.fingerprint,
     }
     write_atomically(path.with_suffix(".json"), json.dumps(record, indent=2))
     return SavedPreview(preview, run_id, path, at)
@@ -337,6 +342,70 @@ def saved_previews(reports_dir: Path) -> list[dict[str, Any]]:
             continue  # not a preview record: plan show is no place to fail on it
         records.append(record)
     return sorted(records, key=lambda r: r["at"])
+
+
+def _read_column_pairs(path: Path, key: str, value: str) -> dict[int, str]:
+    """``key`` (an id) to ``value`` of each row of a preview's CSV, the cell's formula
+    guard (a leading ``'``, csv_cell) taken off again."""
+
+    def cell(text: str) -> str:
+        return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_PREFIXES) else text
+
+    with path.open(newline="", encoding="utf-8") as f:
+        return {int(row[key]): cell(row[value]) for row in csv.DictReader(f)}
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    """The first ``limit`` names, then how many more: each name data, on one line (a
+    flow run's state message, a log line), its control characters shown as escapes."""
+    shown = ", ".join(visible(name) for name in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def changed_since(reports_dir: Path, fresh: PhasePreview, typed: str) -> str | None:
+    """Who changed since the preview whose list's fingerprint was typed back (``typed``,
+    the latest of ``fresh``'s phase saved under ``reports/previews/``), against the list
+    taken now (``fresh``): the accounts no longer listed and those newly listed, by
+    name (and the tokens, counted), with the preview's time and file. None when no such
+    preview is saved here (taken on another machine, or its files removed), or when the
+    list has not changed."""
+    typed = typed.strip().lower()
+    found = [
+        r
+        for r in saved_previews(reports_dir)
+        if r.get("phase") == fresh.phase and r.get("fingerprint") == typed
+    ]
+    if not found or fresh.fingerprint == typed:
+        return None
+    record = found[-1]
+    folder = reports_dir / "previews"
+    try:
+        then = _read_column_pairs(folder / record["csv"], "account_id", "username")
+        then_tokens = (
+            set(_read_column_pairs(folder / record["tokens_csv"], "token_id", "username"))
+            if record.get("tokens_csv")
+            else set()
+        )
+    except (OSError, KeyError, ValueError, csv.Error):
+        return None  # a file edited or cut short: the refusal stands on its own
+    now = {t.account_id: t.username for t in fresh.targets}
+    gone = sorted(then[a] for a in then.keys() - now.keys())
+    new = sorted(now[a] for a in now.keys() - then.keys())
+    parts = [
+        f"{counted(len(gone), 'account')} no longer listed"
+        + (f" ({_names(gone)})" if gone else ""),
+        f"{counted(len(new), 'account')} newly listed" + (f" ({_names(new)})" if new else ""),
+    ]
+    tokens_now = {token_id for token_id, _ in fresh.token_ids}
+    if then_tokens != tokens_now:
+        parts.append(
+            f"{counted(len(then_tokens - tokens_now), 'token')} no longer listed, "
+            f"{len(tokens_now - then_tokens)} newly listed"
+        )
+    return (
+        f"since the preview of {record['at']:%Y-%m-%d %H:%M:%S} UTC ({record['csv']}): "
+        + "; ".join(parts)
+    )
 
 
 def _accounts_label(p: PhasePreview) -> str:

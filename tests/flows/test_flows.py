@@ -357,7 +357,7 @@ def test_an_approval_with_the_wrong_count_applies_nothing(
     )
     assert state.is_failed() and state.name == "Refused"  # the guard's line, no traceback
     logs = logs_since(start)
-    assert "Task run failed with exception: GuardRefused('phase top-100 would change" in logs
+    assert "Task run failed with exception: NotAsPreviewed('phase top-100 would change" in logs
     assert "Traceback" not in logs
     assert state.message.startswith(f"phase top-100 would change {preview_count} accounts, not")
     assert f"not the {preview_count + 1} expected" in state.message and "\n" not in state.message
