@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 
 from rollout.core.plan import Plan
 from rollout.dev.sendgrid_api import DevSendGrid
-from rollout.notify.drain import drain
+from rollout.notify.drain import OWNER_POLL_SECONDS, drain
 from rollout.notify.senders import SendGridSender
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
@@ -140,6 +140,7 @@ def _watch_the_stop(
     *,
     workers: list[psutil.Process],
     lock_held: bool = True,
+    gone_within: float = GONE_WITHIN,
 ) -> None:
     """Wait until every process of the command is gone. All along, with ``lock_held``,
     check that the run lock is never free while a worker is still there or a row is
@@ -155,7 +156,7 @@ def _watch_the_stop(
             break
         elapsed = time.monotonic() - started
         working = _alive(workers)
-        assert not working or elapsed < GONE_WITHIN, f"workers still running: {working}"
+        assert not working or elapsed < gone_within, f"workers still running: {working}"
         assert elapsed < EXITED_WITHIN, f"still running: {alive}"
         time.sleep(0.01)
     # Nobody sends any more: not a late retry, not an orphaned worker.
@@ -280,8 +281,16 @@ def test_workers_whose_parent_is_killed_stop_and_put_back_what_they_held(
     workers = _workers([parent, *parent.children()])
     command.kill()  # no chance to stop anything: the workers must notice on their own
     command.wait()
-    # The lock went with its holder; the workers must notice that on their own.
-    _watch_the_stop(registry, workers, slow_server, workers=workers, lock_held=False)
+    # The lock went with its holder; the workers must notice that on their own, at
+    # their next look (every OWNER_POLL_SECONDS), then stop as a signalled one does.
+    _watch_the_stop(
+        registry,
+        workers,
+        slow_server,
+        workers=workers,
+        lock_held=False,
+        gone_within=OWNER_POLL_SECONDS + GONE_WITHIN,
+    )
     _finish_and_check(registry, plan, slow_server, in_flight=2 * CONCURRENCY)
 
 
