@@ -1031,3 +1031,26 @@ def test_notify_preview_for_an_account_words_the_email_as_the_send_would_that_da
         today, said = preview("phase_notice")
     assert "since Tuesday 1 February 2022" in today and "2022-03-01" in said
     assert run("notify", "preview", "--on", "2022-02-30").exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("metrics", "--as-of", "2022-01-01", "--format", "{hostile}"),  # a bad choice
+        ("metrics", "--{hostile}"),  # an unknown option
+        ("summary", "{hostile}"),  # an extra argument
+        ("{hostile}",),  # no such command
+        ("phase", "enforce", "top-100", "--expect", "{hostile}"),  # not a number
+    ],
+)
+def test_a_usage_error_shows_the_value_typed_as_data(
+    rollout_home: Path, args: tuple[str, ...]
+) -> None:
+    """Click's usage errors repeat what was typed: an erase (ESC[2J), a right-to-left
+    override and a line break faking an error stay escapes on the one error line."""
+    hostile = "x\x1b[2J\u202e\nerror: the registry was wiped"
+    result = run(*(a.replace("{hostile}", hostile) for a in args))
+    assert result.exit_code == 2
+    assert "\x1b" not in result.stderr and "\u202e" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: ")
