@@ -676,6 +676,43 @@ def test_a_recommendation_to_an_account_a_later_phase_requires_says_it_is_requir
     assert not any("also among" in text for text in told["medium"] + told["big-with-2fa"])
 
 
+@pytest.mark.parametrize(
+    ("email", "stored_context"),
+    [
+        ("phase_notice", {"phase": "recommended", "sent_on": "2022-08-20"}),
+        ("reminder", {"phase": "recommended", "days_before": 7, "sent_on": "2022-08-20"}),
+        ("enforcement_notice", {"phase": "recommended", "sent_on": "2022-08-20"}),
+    ],
+)
+def test_a_recommendation_sent_after_the_stricter_phase_s_day_says_it_is_required_since(
+    email: str, stored_context: dict[str, object]
+) -> None:
+    """The banner's emails sent late (a notice or reminder queued --late, the banner
+    enforced after the required phase's day) go on 2022-08-20: the required phase's
+    line says "since" 15 August, as the banner's own line says "since" its day, never
+    "from" a day gone. Sent before that day, it still says "from"."""
+    from rollout.notify.emails import Stricter
+
+    plan = _rubygems()
+    big = Recipient(
+        1,
+        "big",
+        "big@example.com",
+        True,
+        None,
+        ("rails",),
+        stricter=Stricter("owners above 180M", date(2022, 8, 15), "a second factor"),
+    )
+    late = render(email, big, stored_context, plan)
+    early = render(email, big, {**stored_context, "sent_on": "2022-06-13"}, plan)
+    for message, said in ((late, "since"), (early, "from")):
+        text = " ".join(message.text.split())
+        html = " ".join(re.sub(r"<[^>]+>", "", message.html).split())
+        for body in (text, html):
+            assert f"owners above 180M: {said} Monday 15 August 2022" in body
+    assert "has required of it a second factor" in " ".join(late.text.split())
+
+
 def test_the_stricter_phase_is_told_as_it_asks(
     registry: Registry, factories: None, tmp_path: Path
 ) -> None:

@@ -994,3 +994,63 @@ def test_a_command_that_reads_the_warehouse_refuses_one_an_older_rollout_left(
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "made by another version of rollout" in result.stderr
     assert "run `rollout ingest`" in result.stderr
+
+
+def test_notify_preview_for_an_account_words_the_email_as_the_send_would_that_day(
+    registry_url: str, factories: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """top-100's deadline is 2022-02-01. An account's notice previewed after it reads
+    as a notice queued --late and sent then ("since", no "action needed by"), and the
+    preview says the send would skip it as too late unless so queued; its reminder
+    counts the days left on that day. Before the deadline, as planned. Today (the
+    pipeline's clock) is the default day."""
+    without_rollout_settings(monkeypatch)
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path))
+    AccountFactory(username="kim")
+    out = tmp_path / "outbox" / "preview"
+
+    def preview(email: str, *on: str) -> tuple[str, str]:
+        result = run("notify", "preview", email, "--account", "kim", *on)
+        assert result.exit_code == 0, result.stderr
+        subject = (out / f"{email}-kim.subject.txt").read_text()
+        return subject + " " + " ".join((out / f"{email}-kim.txt").read_text().split()), " ".join(
+            result.stderr.split()
+        )
+
+    late, said = preview("phase_notice", "--on", "2022-02-05")
+    assert "since Tuesday 1 February 2022" in late and "will be required" not in late
+    assert "phase_notice: on 2022-02-05 it is past its last day (2022-02-01)" in said
+    assert "notify queue --late" in said
+    ahead, said = preview("phase_notice", "--on", "2022-01-04")
+    assert "will be required of your account from Tuesday 1 February 2022" in ahead
+    assert "past its last day" not in said
+    reminder, _ = preview("reminder", "--on", "2022-01-30")
+    assert "In 2 days" in reminder and "In 3 days" not in reminder
+    with use_clock(SimulatedClock(datetime(2022, 3, 1, 9))):
+        today, said = preview("phase_notice")
+    assert "since Tuesday 1 February 2022" in today and "2022-03-01" in said
+    assert run("notify", "preview", "--on", "2022-02-30").exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("metrics", "--as-of", "2022-01-01", "--format", "{hostile}"),  # a bad choice
+        ("metrics", "--{hostile}"),  # an unknown option
+        ("summary", "{hostile}"),  # an extra argument
+        ("{hostile}",),  # no such command
+        ("phase", "enforce", "top-100", "--expect", "{hostile}"),  # not a number
+    ],
+)
+def test_a_usage_error_shows_the_value_typed_as_data(
+    rollout_home: Path, args: tuple[str, ...]
+) -> None:
+    """Click's usage errors repeat what was typed: an erase (ESC[2J), a right-to-left
+    override and a line break faking an error stay escapes on the one error line."""
+    hostile = "x\x1b[2J\u202e\nerror: the registry was wiped"
+    result = run(*(a.replace("{hostile}", hostile) for a in args))
+    assert result.exit_code == 2
+    assert "\x1b" not in result.stderr and "\u202e" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: ")

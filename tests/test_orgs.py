@@ -686,3 +686,23 @@ def test_an_org_enforcement_killed_then_run_again_is_no_longer_listed_interrupte
     assert [run.id for run in interrupted_off_calendar(registry, plan)] == [other]
     later = killed("acme")
     assert [run.id for run in interrupted_off_calendar(registry, plan)] == [other, later]
+
+
+def test_a_member_promoted_to_owner_since_the_preview_is_not_removed_as_previewed(
+    registry: Registry, acme: dict[str, int]
+) -> None:
+    """The preview showed bo (owner) and di (developer), and warned of one owner going;
+    di is made an owner since: the same accounts, but the org would lose a second owner
+    the confirming owner was never told of. Refused, naming the owners it would remove
+    now; nobody is removed."""
+    approved = orgs.removal_fingerprint(orgs.enforcement_preview(registry, "acme"))
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(OrgMember).where(OrgMember.account_id == acme["di"]).values(role="owner")
+        )
+    with pytest.raises(GuardRefused, match="not the ones previewed") as refused:
+        orgs.enforce_org(
+            registry, "acme", confirm="acme", owner="ada", actor="t", expect=2, expect_list=approved
+        )
+    assert "2 owners (bo, di)" in str(refused.value)
+    assert [m.username for m in orgs.enforcement_preview(registry, "acme")] == ["bo", "di"]

@@ -4,7 +4,8 @@ lists), lift a suppression and withdraw emails."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Annotated
+from datetime import datetime, time
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -31,6 +32,8 @@ from rollout.core.output import (
 from rollout.core.words import by_count, counted, them
 
 if TYPE_CHECKING:
+    from rollout.core.plan import Plan
+    from rollout.notify.emails import Recipient
     from rollout.notify.suppressions import AddressStanding
     from rollout.runtime import Runtime
 
@@ -60,10 +63,23 @@ def notify_preview(
             "(default: the plan's first; for the reminder, its first phase that sends one)."
         ),
     ] = None,
+    on: Annotated[
+        str | None,
+        typer.Option(
+            "--on",
+            help="The day it goes, YYYY-MM-DD: rendered as the send would word it that day "
+            "(default: with --account, today, UTC; else the day the plan sends each).",
+        ),
+    ] = None,
     fmt: FormatOption = Format.table,
 ) -> None:
     """Render examples of an email to outbox/preview/: subject, text and HTML. Lists the
-    files written: one path a line (table), or a `file` column (CSV, JSON)."""
+    files written: one path a line (table), or a `file` column (CSV, JSON).
+
+    With --account, an account's email as a send today (or --on DAY) would word it: a
+    deadline gone is "since" it, a reminder counts the days left then; one the send
+    would skip as too late that day is said so."""
+    from rollout.core.calendar import too_late
     from rollout.notify.drain import account_recipient
     from rollout.notify.emails import EMAILS
     from rollout.notify.examples import (
@@ -71,12 +87,15 @@ def notify_preview(
         example_stored,
         plan_sends,
         preview_examples,
+        sent_that_day,
         write_previews,
     )
     from rollout.notify.render import render
+    from rollout.registry.ledger import utc_now
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
+    day = _parse_day(on, "--on") if on is not None else None
     if email is not None and email not in EMAILS:
         raise RolloutError(f"no email named {email!r} (emails: {', '.join(EMAILS)})").with_exit(
             EXIT_BAD_INPUT
@@ -94,15 +113,29 @@ def notify_preview(
             ]
     directory = settings.outbox_dir / "preview"
     if account is None:
-        written = preview_examples(plan, names, directory, phase)
+        written = preview_examples(plan, names, directory, phase, day)
     else:
+        # An account's email as the send words it on a day (today by default): the
+        # plan's first day for it said "from" a deadline long gone, "in 14 days".
+        now = utc_now() if day is None else datetime.combine(day, time())
         previews = []
         for name in names:
-            stored = example_stored(name, plan, phase if name in PHASE_EMAILS else None)
+            stored = sent_that_day(
+                example_stored(name, plan, phase if name in PHASE_EMAILS else None), now.date()
+            )
             recipient = account_recipient(
-                runtime.registry, plan, account, stored.get("phase"), name
+                runtime.registry, plan, account, stored.get("phase"), name, now=now
             )
             previews.append((f"{name}-{account}", render(name, recipient, stored, plan)))
+            late_from = _too_late_from(plan, name, stored, recipient)
+            if late_from is not None and too_late(late_from, now):
+                stderr.print(
+                    f"{name}: on {now.date()} it is past its last day ({late_from.date()}): "
+                    "the send skips it as too late, unless queued with `rollout notify queue "
+                    "--late`; rendered as it would then go",
+                    highlight=False,
+                    markup=False,
+                )
         written = write_previews(directory, previews)
     if fmt is Format.table:
         # A path a line, as scripts have read it: `xargs`, `for f in $(...)`.
@@ -110,6 +143,22 @@ def notify_preview(
     else:
         emit([{"file": path} for path in written], fmt, columns=["file"])
     stderr.print(f"{counted(len(written), 'file')} under {directory}", highlight=False)
+
+
+def _too_late_from(
+    plan: Plan, email: str, stored: dict[str, Any], recipient: Recipient
+) -> datetime | None:
+    """The instant a phase's notice or reminder to ``recipient`` is too late from, as
+    the drain judges it (rollout.notify.drain._too_late): the plan's, or for a reminder
+    under per-account deadlines the account's own deadline. None for another email."""
+    from rollout.core.calendar import day_start, too_late_by_plan
+
+    if email not in ("phase_notice", "reminder"):
+        return None
+    phase = plan.phase(str(stored["phase"]))
+    if email == "reminder" and phase.deadline is not None and recipient.deadline is not None:
+        return day_start(recipient.deadline)
+    return too_late_by_plan(plan, email, phase.name, "")
 
 
 @notify_app.command("queue")

@@ -2089,12 +2089,18 @@ def shards_report(registry: Registry, begun: ShardedSend) -> DrainReport:
 
 
 def account_recipient(
-    registry: Registry, plan: Plan, username: str, phase: str | None, email: str = "phase_notice"
+    registry: Registry,
+    plan: Plan,
+    username: str,
+    phase: str | None,
+    email: str = "phase_notice",
+    *,
+    now: datetime | None = None,
 ) -> Recipient:
     """One account as a recipient (for previews), with its packages in ``phase``'s cohort
-    and where it stands for ``email`` as a send now would find it: for a reminder or an
-    enforcement notice its own deadline and snooze, and the tokens that email lists (a
-    notice starts a deadline from now)."""
+    and where it stands for ``email`` as a send at ``now`` (default: now) would find it:
+    for a reminder or an enforcement notice its own deadline and snooze, and the tokens
+    that email lists (a notice starts a deadline from then)."""
     with registry.engine.connect() as connection:
         account_id = connection.execute(
             select(ACCOUNTS.c.id).where(ACCOUNTS.c.username == username)
@@ -2106,7 +2112,9 @@ def account_recipient(
         if phase is None:
             return recipient
         packages = _packages(connection, plan, claimed)
-        found = _standing(connection, plan, claimed, utc_now()).get((email, phase, account_id))
+        found = _standing(connection, plan, claimed, now or utc_now()).get(
+            (email, phase, account_id)
+        )
     recipient = replace(
         recipient, packages=packages.get((plan.phase(phase).cohort, account_id), ())
     )

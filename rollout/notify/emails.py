@@ -273,6 +273,7 @@ def phase_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[st
         "packages": list(r.packages),
         "stage": "notice",
         "passed": sent_on is not None and phase["deadline"] <= _day(sent_on),
+        "stricter_passed": _stricter_passed(r, sent_on),
     }
 
 
@@ -303,6 +304,7 @@ def reminder(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, A
         "stage": "reminder",
         # Sent on or after the deadline (queued --late): every line says so.
         "passed": how_soon(days_left) is None,
+        "stricter_passed": _stricter_passed(r, max(queued_on, sent_on)),
     }
 
 
@@ -325,7 +327,26 @@ def how_soon(days_left: int) -> str | None:
     when_compliant="adapt",
 )
 def enforcement_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
-    return {**common(r, plan), **_phase(plan, stored, r), "stage": "enforced", "passed": True}
+    return {
+        **common(r, plan),
+        **_phase(plan, stored, r),
+        "stage": "enforced",
+        "passed": True,
+        "stricter_passed": _stricter_passed(r, stored.get(SENT_ON) or stored.get(RUN_DAY)),
+    }
+
+
+def _stricter_passed(r: Recipient | None, sent_on: Any) -> bool:
+    """Whether the day the email goes (``sent_on``: a date, its ISO text, or None when
+    not known) is on or after the day the stricter phase requires 2FA from: its line
+    says "since", not "from" a day gone (a recommendation sent late, or enforced after
+    the requiring phase's day)."""
+    return (
+        r is not None
+        and r.stricter is not None
+        and sent_on is not None
+        and r.stricter.on <= _day(sent_on)
+    )
 
 
 @email(

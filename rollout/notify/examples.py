@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from rollout.core.files import write_atomically
 from rollout.core.names import file_stem_for
 from rollout.core.plan import Phase, Plan
 from rollout.notify.emails import EMAILS, Recipient, TokenLine, asks_only_2fa
+from rollout.notify.outbox import SENT_ON
 from rollout.notify.render import Rendered, render
 
 PACKAGES = ("left-pad", "@example/parser", "tiny-colors")
@@ -177,14 +178,21 @@ def write_previews(directory: Path, previews: Sequence[tuple[str, Rendered]]) ->
 
 
 def preview_examples(
-    plan: Plan, emails: list[str], directory: Path, phase_name: str | None = None
+    plan: Plan,
+    emails: list[str],
+    directory: Path,
+    phase_name: str | None = None,
+    sent_on: date | None = None,
 ) -> list[Path]:
     """Render each email for each example recipient it would reach (a phase's emails
-    as ``phase_name`` words them, when given)."""
+    as ``phase_name`` words them, when given), as sent on ``sent_on`` (default: each on
+    the day the plan sends it)."""
     previews = []
     for email in emails:
         definition = EMAILS[email]
-        stored = example_stored(email, plan, phase_name if email in PHASE_EMAILS else None)
+        stored = sent_that_day(
+            example_stored(email, plan, phase_name if email in PHASE_EMAILS else None), sent_on
+        )
         phase = plan.phase(stored["phase"]) if email in PHASE_EMAILS else None
         for variant in EXAMPLE_RECIPIENTS:
             recipient = example_recipient(variant, email, phase)
@@ -193,3 +201,9 @@ def preview_examples(
             rendered = render(definition, recipient, stored, plan)
             previews.append((f"{email}-{variant}", rendered))
     return write_previews(directory, previews)
+
+
+def sent_that_day(stored: dict[str, Any], sent_on: date | None) -> dict[str, Any]:
+    """``stored`` as the drain renders it on ``sent_on`` (its SENT_ON: "since" a deadline
+    gone, the days a reminder has left then); as it is without a day."""
+    return stored if sent_on is None else {**stored, SENT_ON: sent_on.isoformat()}

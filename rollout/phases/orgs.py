@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 
 from rollout.core.calendar import org_enforcement_step, org_reinvite_step
-from rollout.core.controls import shell_word
+from rollout.core.controls import shell_word, visible
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.fingerprints import list_fingerprint, same_list
 from rollout.core.words import counted
@@ -175,8 +175,24 @@ def _acting_owner(members: list[Member], org: str, owner: str, doing: str) -> Me
 def removal_fingerprint(members: Iterable[Member]) -> str:
     """Which members enforcement removes, as the preview's ``--expect-list``: their
     accounts, not their names (a name freed by a deleted account may be taken by
-    another before the apply)."""
-    return list_fingerprint(m.account_id for m in members)
+    another before the apply), each with its role: the preview warns apart of the owners
+    and admins going, so a member made an owner since is not the list confirmed."""
+    return list_fingerprint(f"{m.account_id}:{m.role}" for m in members)
+
+
+def leading_removed(members: Iterable[Member]) -> str | None:
+    """The owners and admins among ``members`` (those enforcement removes), by name, as
+    data: what the org loses who runs it (``2 owners (bo, di) and 1 admin (cy)``)."""
+    by_role: dict[str, list[str]] = {}
+    for m in members:
+        if m.role in ("owner", "admin"):
+            by_role.setdefault(m.role, []).append(m.username)
+    if not by_role:
+        return None
+    return " and ".join(
+        f"{counted(len(names), role)} ({', '.join(visible(n) for n in sorted(names))})"
+        for role, names in sorted(by_role.items(), key=lambda item: item[0] != "owner")
+    )
 
 
 def enforce_org(
@@ -206,6 +222,8 @@ def enforce_org(
             (len(to_remove), expect),
             (removal_fingerprint(to_remove), expect_list),
             f"rollout orgs enforce {shell_word(org)}",
+            # A role is part of the list: who the org would lose that runs it, now.
+            now_said=f"it would remove {leading_removed(to_remove) or 'no owner or admin'} now",
         )
         owners = owners_with_2fa(members)
         reason = removal_reason(org)
@@ -633,12 +651,15 @@ def _as_previewed(
     counts: tuple[int, int | None],
     lists: tuple[str, str | None],
     preview: str,
+    *,
+    now_said: str | None = None,
 ) -> None:
     """Refuse (GuardRefused) a confirmation that no longer matches what the command
     would do: the count typed back (``counts``: now, expected; None when not given), and
     the previewed list's fingerprint (``lists``: now, expected). ``words``: whom it acts
     on (a noun, counted, and the words after it), and what it does to them; ``preview``:
-    the command that previews it again."""
+    the command that previews it again; ``now_said``: what the refusal of another list
+    says of the list now (the preview's own list is not saved to compare with)."""
     (who, why, does), (found, expect), (listed, expect_list) = words, counts, lists
     if expect is not None and found != expect:
         raise GuardRefused(
@@ -650,5 +671,5 @@ def _as_previewed(
         raise GuardRefused(
             f"org {org!r}: the members it would {does} now are not the ones previewed "
             f"(list {listed}, not {expect_list}): some changed since, though the count may "
-            f"not have; run `{preview}` and check"
+            f"not have{'' if now_said is None else f' ({now_said})'}; run `{preview}` and check"
         )
