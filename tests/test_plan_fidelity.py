@@ -1,5 +1,6 @@
-"""The shipped plans keep the dates and thresholds the registries actually used, and the
-plan language page quotes a shipped campaign with its own dates.
+"""The shipped plans keep the dates and thresholds the registries actually used, their
+comments say where a date rests only on third-party reports, and the plan language page
+quotes a shipped campaign with its own dates.
 
 The facts below are those of the research behind the plans (registry-campaigns.md,
 cited in each plan's comments): a plan that drifts from them, or a page that quotes a
@@ -92,6 +93,20 @@ def test_each_shipped_plan_keeps_its_registrys_thresholds_and_windows() -> None:
     github = _plan("github-2023")
     deadline = _phase(github, "publishers")["deadline"]
     assert (deadline["days_after_notice"], deadline["snooze_days"]) == (45, 7)
+
+
+# Dates the research has from third-party coverage only, by plan.
+THIRD_PARTY = {"npm-2025-tokens": ["2026-05-19"]}
+
+
+@pytest.mark.parametrize("plan", sorted(THIRD_PARTY))
+def test_a_date_only_third_party_reports_give_is_said_to_be_one(plan: str) -> None:
+    header = _header(plan)
+    for day in THIRD_PARTY[plan]:
+        sentences = [s for s in re.split(r"(?<=\.)\s", header) if day in s]
+        assert sentences, f"{plan}'s comment does not give {day}"
+        for sentence in sentences:
+            assert "third-party" in sentence, sentence
 
 
 DATE_FIELDS = ("cohort_as_of", "notice_on", "enforce_on", "reminders_days_before")
