@@ -1,6 +1,7 @@
 """The shipped plans keep the dates and thresholds the registries actually used, their
-comments say where a date rests only on third-party reports, and the plan language page
-quotes a shipped campaign with its own dates.
+comments say where a date rests only on third-party reports and name the steps of the
+campaign the plan leaves out, and the plan language page quotes a shipped campaign with
+its own dates.
 
 The facts below are those of the research behind the plans (registry-campaigns.md,
 cited in each plan's comments): a plan that drifts from them, or a page that quotes a
@@ -107,6 +108,26 @@ def test_a_date_only_third_party_reports_give_is_said_to_be_one(plan: str) -> No
         assert sentences, f"{plan}'s comment does not give {day}"
         for sentence in sentences:
             assert "third-party" in sentence, sentence
+
+
+# Steps of each campaign in the research that the plan does not model: its opening
+# comment must name each (a word or date of it) and say it is left out.
+LEFT_OUT = {
+    "npm-2022": ["top 500"],
+    "pypi-2023": ["2023-06-01", "2023-08-08"],
+    "github-2023": ["banner", "org admins"],
+    "npm-2025-tokens": ["2026-02-03", "2-hour session", "staged publishing"],
+    "rubygems-2022": ["MX"],
+}
+
+
+@pytest.mark.parametrize("plan", sorted(LEFT_OUT))
+def test_each_plan_names_the_steps_of_its_campaign_it_leaves_out(plan: str) -> None:
+    header = _header(plan)
+    for step in LEFT_OUT[plan]:
+        sentences = [s for s in re.split(r"(?<=\.)\s", header) if step in s]
+        assert sentences, f"{plan}'s comment does not name {step!r}"
+        assert any("not modelled" in s.lower() for s in sentences), sentences
 
 
 DATE_FIELDS = ("cohort_as_of", "notice_on", "enforce_on", "reminders_days_before")
