@@ -18,8 +18,8 @@ from rollout import warehouse
 from rollout.cli import app
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.config import load_settings
-from rollout.core.fingerprints import list_fingerprint
 from rollout.dev.sendgrid_api import DevSendGrid
+from rollout.phases.orgs import Member, removal_fingerprint
 from rollout.registry.engine import make_engine
 
 from .conftest import DATA
@@ -876,7 +876,7 @@ def test_a_suggested_command_gives_the_shell_the_name_and_nothing_else(
     assert words.split("\0")[:-1] == [
         *("rollout", "orgs", "enforce", org),
         *("--owner", "YOU", "--confirm", org, "--expect", "1"),
-        *("--expect-list", list_fingerprint([sam])),
+        *("--expect-list", _removing(sam)),
     ]
     assert not (rollout_home / "pwned").exists()
 
@@ -909,9 +909,16 @@ def test_a_mistyped_list_fingerprint_is_a_usage_error(rollout_home: Path, typed:
     # As typed back from the preview (any case, spaces around): taken.
     taken = run(
         *("orgs", "enforce", "acme", "--owner", "o", "--confirm", "acme", "--expect", "1"),
-        *("--expect-list", f" {list_fingerprint([sam]).upper()} "),
+        *("--expect-list", f" {_removing(sam).upper()} "),
     )
     assert taken.exit_code == 0, taken.stderr
+
+
+def _removing(*developers: int) -> str:
+    """The --expect-list an org preview prints for removing these developers' accounts."""
+    return removal_fingerprint(
+        Member(0, account, "", "developer", "none", [], datetime.min) for account in developers
+    )
 
 
 def _one_line(text: str) -> str:
