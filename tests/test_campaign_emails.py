@@ -933,3 +933,59 @@ def test_a_snooze_reply_names_the_campaign_it_answers_for() -> None:
         said = words(part)
         assert "new security requirements" in said
         assert "move to two-factor authentication" not in said
+
+
+def _sent_texts(outbox: Path) -> dict[str, tuple[str, str, str]]:
+    """Each sent email by its file's name: its subject, plain text (as words) and HTML."""
+    from email import message_from_bytes, policy
+
+    found = {}
+    for path in sorted(outbox.iterdir()):
+        message = message_from_bytes(path.read_bytes(), policy=policy.default)
+        text = words(message.get_body(("plain",)).get_content())
+        html = message.get_body(("html",)).get_content()
+        found[path.name] = (str(message["Subject"]), text, html)
+    return found
+
+
+def test_a_token_an_earlier_phase_revokes_first_is_said_to_stop_on_that_phase_s_day(
+    registry: Registry, factories: None, tmp_path: Path
+) -> None:
+    """npm 2025: the bypass-2FA notice of 2025-11-05 (enforced 2026-05-19) listed a
+    classic automation token (it bypasses 2FA) as stopping on 2026-05-19, while the
+    classic-token phase revokes it on 2025-12-09: a maintainer who read the latest
+    email kept CI on it five months too long. The line says the earlier day and why;
+    a token only this phase revokes keeps the phase's day."""
+    from rollout.notify.drain import drain
+    from rollout.notify.queue import queue_due
+    from rollout.notify.senders import FileSender
+    from tests.factories import AccountFactory, TokenFactory
+
+    plan = load_plan(ROOT / "plans" / "npm-2025-tokens.yaml")
+    bypass = plan.phase("bypass-tokens")
+    holder = AccountFactory(username="holder", with_totp=True, in_cohort="everyone")
+    TokenFactory(account=holder, name="ci-classic", kind="automation")
+    TokenFactory(
+        account=holder,
+        name="ci-granular",
+        granular=True,
+        bypass_2fa=True,
+        created_at=datetime(2025, 10, 1),
+        expires_at=datetime(2026, 9, 1),
+    )
+    with use_clock(SimulatedClock(datetime.combine(bypass.notice_on, time(9)))):
+        queue_due(registry, plan, bypass.notice_on, actor="rm")
+        drain(registry, plan, FileSender(tmp_path / "outbox"))
+    [(subject, text, html)] = [
+        sent for sent in _sent_texts(tmp_path / "outbox").values() if "bypass 2FA" in sent[1]
+    ]
+    assert subject.startswith("Action needed by Tuesday 19 May 2026")
+    classic_line = re.search(r"- ci-classic, automation, [^-]*", text)
+    granular_line = re.search(r"- ci-granular, granular, [^-]*", text)
+    assert classic_line and granular_line, text
+    assert (
+        "stops working sooner, from Tuesday 9 December 2025, 00:00 UTC "
+        "(the registry requires no classic tokens from then)" in classic_line.group()
+    )
+    assert "sooner" not in granular_line.group()
+    assert "stops working sooner, from <strong>Tuesday 9 December 2025, 00:00 UTC" in html

@@ -472,7 +472,9 @@ def _standing(
         # The enforcement notice lists what was revoked; a warning, what its account's
         # enforcement will revoke: tokens judged as they will be on that day (judged_at),
         # accounts grouped by the day (one, unless each has its own deadline).
-        lists = [(accounts, revoked_by_phase(TOKENS, name))]
+        lists: list[tuple[list[int], Any, date | None]] = [
+            (accounts, revoked_by_phase(TOKENS, name), None)
+        ]
         if email != ENFORCEMENT_EMAIL:
             by_day: dict[date, list[int]] = {}
             for account_id in accounts:
@@ -480,13 +482,16 @@ def _standing(
                     account_id
                 )
             lists = [
-                (group, offending_token(requires, TOKENS, judged_at(day, now)))
+                (group, offending_token(requires, TOKENS, judged_at(day, now)), day)
                 for day, group in by_day.items()
             ]
         tokens: dict[int, list[TokenLine]] = {}
-        for group, which in lists:
-            for account_id, *line in connection.execute(
+        for group, which, day in lists:
+            # A warning's token that another phase revokes before ``day``: said so.
+            sooner = {} if day is None else _revoked_sooner(connection, plan, name, group, day, now)
+            for token_id, account_id, *line in connection.execute(
                 select(
+                    TOKENS.c.id,
                     TOKENS.c.account_id,
                     TOKENS.c.name,
                     TOKENS.c.kind,
@@ -496,7 +501,8 @@ def _standing(
                 .where(and_(TOKENS.c.account_id.in_(group), which))
                 .order_by(TOKENS.c.account_id, TOKENS.c.created_at, TOKENS.c.id)
             ):
-                tokens.setdefault(account_id, []).append(TokenLine(*line))
+                stops_on, because = sooner.get(token_id, (None, ""))
+                tokens.setdefault(account_id, []).append(TokenLine(*line, stops_on, because))
         stricter = _stricter(connection, plan, phase, sorted(lacking))
         # Kept through a rollback only for what it revoked (rollback_phase): said so.
         rolled_back = email == ENFORCEMENT_EMAIL and _rolled_back(connection, phase)
@@ -510,6 +516,62 @@ def _standing(
                 stricter.get(account_id),
                 rolled_back,
             )
+    return found
+
+
+def _revoked_sooner(
+    connection: Connection, plan: Plan, phase: str, accounts: list[int], day: date, now: datetime
+) -> dict[int, tuple[date, str]]:
+    """For a warning of ``phase`` to ``accounts``, whose enforcement comes on ``day``:
+    {token id: (day, rules)} of their tokens that another phase of the plan revokes
+    before that day: one enforced by a date still to come (today included) before this
+    phase's, not rolled back, whose cohort holds the account now and whose token rules
+    forbid the token as its enforcement will judge it (``judged_at``). The earliest such
+    phase's day, and its token rules in words. npm 2025: the bypass-2FA notice listed a
+    classic automation token as stopping in May 2026, while the classic-token phase
+    revoked it in December 2025."""
+    if not accounts:
+        return {}
+    today = now.date()
+    earlier = sorted(
+        (
+            p
+            for p in plan.phases
+            if p.name != phase
+            and p.does("revoke_tokens")
+            and p.deadline is None
+            and today <= p.enforce_on < day
+            and p.requires.token_rules
+        ),
+        key=lambda p: (p.enforce_on, p.name),
+    )
+    exempt = sorted(plan.exempt_usernames)
+    found: dict[int, tuple[date, str]] = {}
+    for other in earlier:
+        if _rolled_back(connection, other):
+            continue  # withdrawn: it revokes nothing now
+        rules = "; ".join(r for r in other.requires.describe() if r.startswith("no "))
+        for ids in in_chunks(accounts):
+            for token_id in connection.execute(
+                select(TOKENS.c.id)
+                .join(ACCOUNTS, ACCOUNTS.c.id == TOKENS.c.account_id)
+                .join(
+                    CohortMembership,
+                    and_(
+                        CohortMembership.account_id == TOKENS.c.account_id,
+                        CohortMembership.cohort == other.cohort,
+                        CohortMembership.left_on.is_(None),
+                    ),
+                )
+                .where(
+                    and_(
+                        TOKENS.c.account_id.in_(ids),
+                        ACCOUNTS.c.username.not_in(exempt),
+                        offending_token(other.requires, TOKENS, judged_at(other.enforce_on, now)),
+                    )
+                )
+            ).scalars():
+                found.setdefault(token_id, (other.enforce_on, rules))
     return found
 
 

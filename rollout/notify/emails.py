@@ -106,6 +106,11 @@ class TokenLine:
     kind: str
     created_at: datetime
     last_used_at: datetime | None
+    # In a warning: an earlier phase of the plan revokes the token first, from this day
+    # (its enforcement day), by these requirements (its token rules, in words); the
+    # warning's own date would tell its owner there was time until then.
+    stops_on: date | None = None
+    stops_because: str = ""
 
 
 @dataclass(frozen=True)
