@@ -329,7 +329,9 @@ def test_a_rerun_that_revokes_a_token_made_since_tells_its_owner_again(
 ) -> None:
     """The first run revoked ci-release and its notice went; a classic token made three
     days later was revoked by a rerun, and its owner heard nothing (one notice per
-    account and phase). The rerun's own notice goes, once, even if the rerun repeats."""
+    account and phase). The rerun's own notice goes, once, even if the rerun repeats,
+    and tells what the rerun revoked: listing ci-release again, in the same words, told
+    its owner a token reported days before was revoked anew."""
     from email import message_from_bytes, policy
 
     from rollout.notify.drain import drain
@@ -357,16 +359,76 @@ def test_a_rerun_that_revokes_a_token_made_since_tells_its_owner_again(
         # Nothing left to revoke: a third run changes nothing and tells no one.
         third = enforce.preview_phase(registry, token_plan, token_plan.phase("top-100"))
         assert third.token_count == 0
-    texts = [
-        words(
-            message_from_bytes(p.read_bytes(), policy=policy.default)
-            .get_body(("plain",))
-            .get_content()
-        )
+    messages = [
+        message_from_bytes(p.read_bytes(), policy=policy.default)
         for p in sorted((tmp_path / "outbox").iterdir())
     ]
+    texts = [words(m.get_body(("plain",)).get_content()) for m in messages]
     assert len(texts) == 2
-    assert "ci-again" in texts[1]
+    first, rerun = sorted(texts, key=lambda text: "ci-again" in text)
+    assert "- ci-release, automation" in first
+    assert "ci-again" not in first
+    assert (
+        f"We wrote to you on {day:%A} {day.day} {day:%B %Y} about what this step changed "
+        "for your account. It has run again since, and for your account: - the tokens "
+        "listed below revoked, which cannot be undone Your tokens revoked since then "
+        "(those revoked before were listed in that email) (name, kind, created, last "
+        "used): - ci-again, automation" in rerun
+    )
+    assert "ci-release" not in rerun
+    html = next(m for m in messages if "ci-again" in m.get_body(("plain",)).get_content())
+    assert "ci-release" not in html.get_body(("html",)).get_content()
+    assert html["Subject"] == (
+        "More of your tokens were revoked under the registry's new security requirements"
+    )
+
+
+def test_a_rerun_tells_every_revoked_token_to_an_owner_the_first_email_never_reached(
+    registry: Registry, token_plan: Plan, factories: None, tmp_path: Path
+) -> None:
+    """The first run's email to holder was skipped (its address unverified then): the
+    rerun's email is the first holder reads, so it lists ci-release too."""
+    from email import message_from_bytes, policy
+
+    from sqlalchemy import update
+
+    from rollout.notify.drain import drain
+    from rollout.notify.senders import FileSender
+    from rollout.phases import enforce
+    from rollout.registry.models import Account
+    from tests.factories import AccountFactory, TokenFactory
+
+    holder = AccountFactory(
+        username="holder", with_totp=True, in_cohort="top-100", email_verified=False
+    )
+    TokenFactory(account=holder, name="ci-release", kind="automation")
+    day = token_plan.phase("top-100").enforce_on
+    outbox = FileSender(tmp_path / "outbox")
+    with use_clock(SimulatedClock(datetime.combine(day, time(12)))):
+        enforce.enforce_phase(
+            registry, token_plan, "top-100", expect=1, expect_tokens=1, actor="rm"
+        )
+        assert drain(registry, token_plan, outbox).sent == 0
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(Account).where(Account.id == holder.id).values(email_verified=True)
+        )
+    later = datetime.combine(day + timedelta(days=3), time(12))
+    TokenFactory(account=holder, name="ci-again", kind="automation", created_at=later)
+    with use_clock(SimulatedClock(later + timedelta(hours=1))):
+        enforce.enforce_phase(
+            registry, token_plan, "top-100", expect=1, expect_tokens=1, actor="rm"
+        )
+        assert drain(registry, token_plan, outbox).sent == 1
+    [path] = (tmp_path / "outbox").iterdir()
+    text = words(
+        message_from_bytes(path.read_bytes(), policy=policy.default)
+        .get_body(("plain",))
+        .get_content()
+    )
+    assert "Your tokens that were revoked" in text
+    assert "- ci-release, automation" in text and "- ci-again, automation" in text
+    assert "We wrote to you" not in text
 
 
 def test_a_rollback_keeps_the_email_of_an_account_whose_tokens_were_revoked(

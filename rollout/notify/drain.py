@@ -45,15 +45,18 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    String,
     and_,
     bindparam,
     case,
+    cast,
     exists,
     func,
     literal,
     literal_column,
     or_,
     select,
+    true,
     union_all,
     update,
 )
@@ -79,6 +82,7 @@ from rollout.notify.emails import (
     HEADS_UP_EMAIL,
     INVITATION_EMAIL,
     LOGIN_HEADS_UPS,
+    RERUN_OCCASION,
     Recipient,
     Stricter,
     TokenLine,
@@ -134,6 +138,7 @@ from rollout.registry.engine import (
 from rollout.registry.invitations import member_again
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import (
+    Action,
     CohortMembership,
     OrgInvitation,
     PhaseRequirement,
@@ -151,6 +156,8 @@ from rollout.registry.requirements import (
 )
 
 log = logging.getLogger(__name__)
+
+ACTIONS = Action.__table__
 
 # Messages sent at once, and so at most claimed at once: the most a crash can resend.
 DEFAULT_CONCURRENCY = 8
@@ -425,6 +432,7 @@ class _Standing:
     snoozed: bool = False  # its own deadline was postponed on request
     stricter: Stricter | None = None  # Recipient.stricter
     rolled_back: bool = False  # Recipient.rolled_back
+    told_on: date | None = None  # Recipient.told_on
 
     def apply(self, recipient: Recipient) -> Recipient:
         return replace(
@@ -435,12 +443,26 @@ class _Standing:
             snoozed=self.snoozed,
             stricter=self.stricter,
             rolled_back=self.rolled_back,
+            told_on=self.told_on,
         )
+
+
+def _rerun_of(claimed: _Claimed) -> str:
+    """The run whose own enforcement email this is (its occasion ``run:<id>``), or ''."""
+    if claimed.email == ENFORCEMENT_EMAIL and claimed.occasion.startswith(RERUN_OCCASION):
+        return claimed.occasion.removeprefix(RERUN_OCCASION)
+    return ""
+
+
+def _standing_key(claimed: _Claimed) -> tuple[str, str, int, str]:
+    """Where :func:`_standing` files a claimed row: its email, phase and account, and
+    for a rerun's enforcement email the run (it tells what that run revoked)."""
+    return (claimed.email, claimed.phase, claimed.account_id, _rerun_of(claimed))
 
 
 def _standing(
     connection: Connection, plan: Plan, claimed: list[_Claimed], now: datetime
-) -> dict[tuple[str, str, int], _Standing]:
+) -> dict[tuple[str, str, int, str], _Standing]:
     """{(email, phase, account): where it stands} for the phase emails of phases that
     ask more than any 2FA or give each account its own deadline (phases that ask only
     2FA by one date are judged by the recipient's 2FA method, as before). The tokens:
@@ -448,12 +470,12 @@ def _standing(
     notice, those the phase's enforcement revoked. The deadline: for a notice, the one
     it starts (sent now); for the others, the account's own."""
     phases = {p.name: p for p in plan.phases if not asks_only_2fa(p)}
-    wanted: dict[tuple[str, str], set[int]] = {}
+    wanted: dict[tuple[str, str, str], set[int]] = {}
     for c in claimed:
         if c.email in _PHASE_EMAILS and c.phase in phases:
-            wanted.setdefault((c.email, c.phase), set()).add(c.account_id)
-    found: dict[tuple[str, str, int], _Standing] = {}
-    for (email, name), ids in wanted.items():
+            wanted.setdefault((c.email, c.phase, _rerun_of(c)), set()).add(c.account_id)
+    found: dict[tuple[str, str, int, str], _Standing] = {}
+    for (email, name, rerun), ids in wanted.items():
         phase = phases[name]
         requires = phase.requires
         accounts = sorted(ids)
@@ -485,6 +507,12 @@ def _standing(
                 (group, offending_token(requires, TOKENS, judged_at(day, now)), day)
                 for day, group in by_day.items()
             ]
+        # A rerun's own email, to an account an earlier enforcement email of the phase
+        # reached: what this run revoked, since that day (the earlier ones were listed
+        # then). Listing every token the phase ever revoked, in the same words, told
+        # its owner a token revoked days before was revoked again.
+        told = _told_on(connection, name, accounts) if rerun else {}
+        in_run = _revoked_in_run(rerun) if rerun else true()
         tokens: dict[int, list[TokenLine]] = {}
         for group, which, day in lists:
             # A warning's token that another phase revokes before ``day``: said so.
@@ -497,10 +525,14 @@ def _standing(
                     TOKENS.c.kind,
                     TOKENS.c.created_at,
                     TOKENS.c.last_used_at,
+                    in_run.label("in_run"),
                 )
                 .where(and_(TOKENS.c.account_id.in_(group), which))
                 .order_by(TOKENS.c.account_id, TOKENS.c.created_at, TOKENS.c.id)
             ):
+                *line, this_run = line
+                if account_id in told and not this_run:
+                    continue
                 stops_on, because = sooner.get(token_id, (None, ""))
                 tokens.setdefault(account_id, []).append(TokenLine(*line, stops_on, because))
         stricter = _stricter(connection, plan, phase, sorted(lacking))
@@ -508,14 +540,49 @@ def _standing(
         rolled_back = email == ENFORCEMENT_EMAIL and _rolled_back(connection, phase)
         for account_id in accounts:
             deadline, snoozed = own.get(account_id, (None, False))
-            found[(email, name, account_id)] = _Standing(
+            found[(email, name, account_id, rerun)] = _Standing(
                 account_id in lacking,
                 tuple(tokens.get(account_id, ())),
                 deadline,
                 snoozed,
                 stricter.get(account_id),
                 rolled_back,
+                told.get(account_id),
             )
+    return found
+
+
+def _revoked_in_run(run_id: str) -> Any:
+    """SQL: the token's revocation was audited by run ``run_id`` (its ``revoke_token``
+    row, keyed ``revoke-token:<id>``: one per token)."""
+    return exists().where(
+        and_(
+            ACTIONS.c.effect_key == literal("revoke-token:") + cast(TOKENS.c.id, String),
+            ACTIONS.c.run_id == run_id,
+        )
+    )
+
+
+def _told_on(connection: Connection, phase: str, accounts: list[int]) -> dict[int, date]:
+    """{account: the day the phase's first enforcement email to it was sent}, for those
+    it reached (one skipped, failed or withdrawn told nothing: a rerun's email then
+    lists every token the phase revoked of the account)."""
+    n = NOTIFICATIONS.c
+    found: dict[int, date] = {}
+    for ids in in_chunks(accounts):
+        for account_id, sent_at in connection.execute(
+            select(n.account_id, n.sent_at).where(
+                and_(
+                    n.account_id.in_(ids),
+                    n.email == ENFORCEMENT_EMAIL,
+                    n.phase == phase,
+                    n.occasion == "",
+                    n.state == "sent",
+                    n.sent_at.is_not(None),
+                )
+            )
+        ):
+            found[account_id] = sent_at.date()
     return found
 
 
@@ -625,7 +692,7 @@ def _too_late(
     connection: Connection,
     plan: Plan,
     claimed: list[_Claimed],
-    standing: Mapping[tuple[str, str, int], _Standing],
+    standing: Mapping[tuple[str, str, int, str], _Standing],
     now: datetime,
 ) -> set[int]:
     """The claimed rows too late by ``now`` (rollout.core.calendar.too_late, by the
@@ -661,7 +728,7 @@ def _too_late(
         planned = too_late_by_plan(plan, c.email, c.phase, c.occasion)
         phase = phases.get(c.phase)
         if c.email == "reminder" and phase is not None and phase.deadline is not None:
-            found = standing.get((c.email, c.phase, c.account_id))
+            found = standing.get(_standing_key(c))
             return day_start(found.deadline) if found and found.deadline else planned
         # A heads-up says the time its context holds: too late from then, or from the
         # start of what it announces, whichever comes first.
@@ -805,7 +872,7 @@ def _ends_unsent(
     claimed: _Claimed,
     recipient: Recipient | None,
     suppressed: Mapping[str, str],
-    standing: Mapping[tuple[str, str, int], _Standing] | None,
+    standing: Mapping[tuple[str, str, int, str], _Standing] | None,
     late: bool,
     enforced: bool = False,
 ) -> _Outcome | Recipient:
@@ -823,7 +890,7 @@ def _ends_unsent(
         # Deleted by the registry since it was queued: there is no one to send it to,
         # and retrying would not bring the account back.
         return _Outcome(claimed.id, "skipped", ACCOUNT_DELETED)
-    found = (standing or {}).get((claimed.email, claimed.phase, claimed.account_id))
+    found = (standing or {}).get(_standing_key(claimed))
     if found is not None:
         recipient = found.apply(recipient)
     if not recipient.verified:
@@ -942,7 +1009,7 @@ def _prepare(
     suppressed: Mapping[str, str],
     last_sent: dict[tuple[int, str], list[tuple[str, date]]],
     now: datetime,
-    standing: Mapping[tuple[str, str, int], _Standing] | None = None,
+    standing: Mapping[tuple[str, str, int, str], _Standing] | None = None,
     late: bool = False,
     enforced: bool = False,
 ) -> _Outcome | Message:
@@ -2175,7 +2242,7 @@ def account_recipient(
             return recipient
         packages = _packages(connection, plan, claimed)
         found = _standing(connection, plan, claimed, now or utc_now()).get(
-            (email, phase, account_id)
+            _standing_key(claimed[0])
         )
     recipient = replace(
         recipient, packages=packages.get((plan.phase(phase).cohort, account_id), ())

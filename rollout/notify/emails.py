@@ -23,6 +23,9 @@ from rollout.notify.outbox import RUN_DAY, SENT_ON, run_day
 ContextFunction = Callable[["Recipient", Mapping[str, Any], Plan], dict[str, Any]]
 # The email enforcement queues to each account a phase changed.
 ENFORCEMENT_EMAIL = "enforcement_notice"
+# The occasion prefix of the enforcement email a rerun of a phase queues (``run:<id>``)
+# to the owners of tokens it revoked that an earlier run had told already.
+RERUN_OCCASION = "run:"
 # The email ahead of a brown-out (its occasion: the brown-out's name).
 HEADS_UP_EMAIL = "brownout_heads_up"
 # The email ahead of ELV for all (its context: the day it tells, ``enrolled_on``).
@@ -84,6 +87,10 @@ class Recipient:
     # For an enforcement email: the phase was rolled back since it acted (before this
     # email went); what it revoked stays revoked, and the email says so.
     rolled_back: bool = False
+    # For the enforcement email of a rerun of the phase (occasion ``run:<id>``): the day
+    # its first enforcement email reached the account. This one tells only what the
+    # rerun did: ``tokens`` are the tokens it revoked.
+    told_on: date | None = None
 
     @property
     def owes_2fa(self) -> bool:
@@ -208,6 +215,9 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         or (effect == "revoke_tokens" and r.tokens)
         or effect == "warn"
     }
+    if r.told_on is not None:
+        # A rerun's own email: the rest was told on ``told_on``; this run revoked tokens.
+        applies &= {"revoke_tokens"}
     words = dict(EFFECT_WORDS)
     if phase.requires.two_factor == "phishing_resistant":
         words["require_2fa"] = "a security key (WebAuthn) required to sign in and publish"
@@ -230,6 +240,7 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         "recommends_only": recommends_only(phase),
         "stricter": r.stricter,
         "rolled_back": r.rolled_back,
+        "told_on": r.told_on,
         "security_key": phase.requires.two_factor == "phishing_resistant",
         # Enrolling is also the way out of PyPI's rule, even where the phase asks no
         # factor: its tokens offend only while the account has none.

@@ -49,7 +49,7 @@ from rollout.core.fingerprints import same_list
 from rollout.core.plan import Phase, Plan
 from rollout.core.words import by_count, counted
 from rollout.notify import reach
-from rollout.notify.emails import ENFORCEMENT_EMAIL
+from rollout.notify.emails import ENFORCEMENT_EMAIL, RERUN_OCCASION
 from rollout.notify.queue import queue_phase_summary
 from rollout.notify.withdraw import Selection, withdraw_preview, withdraw_queued, withdrawn_reason
 from rollout.phases.drift import told_days_after_notice, told_deadline, told_less
@@ -848,7 +848,7 @@ def _queue_notices_of_tokens_revoked_again(batch: _Batch) -> int:
         .subquery()
     )
     insert = _enforcement_emails(
-        batch, revoked_now.c.account_id, true(), occasion=f"run:{batch.run_id}"
+        batch, revoked_now.c.account_id, true(), occasion=f"{RERUN_OCCASION}{batch.run_id}"
     )
     return _changed(
         batch.connection,
