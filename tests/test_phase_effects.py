@@ -321,6 +321,77 @@ def test_the_preview_says_the_token_revocation_is_irreversible_and_lists_them(
     ]
 
 
+def test_the_preview_says_which_rule_each_token_breaks(
+    registry: Registry, plan: Plan, factories: None, tmp_path: Path
+) -> None:
+    """Several token rules in one phase: each listed token says which it breaks (in the
+    CSV, the Markdown and the count by rule), the approver no longer infers it from the
+    kind, the name, the creation day; the cells stay data, and the list's fingerprint
+    (the ids) does not change with them."""
+    import csv
+
+    from tests.hostile import FORMULAS
+
+    strict = phase_of(
+        plan,
+        requires={
+            "two_factor": "none",
+            "no_classic_tokens": True,
+            "no_bypass_2fa_tokens": True,
+            "token_max_age_days": 90,
+        },
+        effects=["revoke_tokens"],
+        max_tokens=100,
+    )
+    holder = AccountFactory(username=FORMULAS[0], in_cohort="top-100")
+    fresh = NOW - timedelta(days=10)
+    classic_old = TokenFactory(account=holder, name=FORMULAS[1]).id
+    classic_new = TokenFactory(account=holder, kind="publish", created_at=fresh).id
+    bypass = TokenFactory(account=holder, granular=True, bypass_2fa=True, created_at=fresh).id
+    TokenFactory(account=holder, granular=True, created_at=fresh)  # breaks none
+    preview = enforce.preview_phase(registry, strict, strict.phase("top-100"))
+    assert {t.token_id: t.breaks for t in preview.tokens} == {
+        # a classic automation token bypasses 2FA too
+        classic_old: "no classic tokens; no tokens that bypass 2FA; no tokens older than 90 days",
+        classic_new: "no classic tokens",
+        bypass: "no tokens that bypass 2FA",
+    }
+    assert preview.tokens_by_rule() == [
+        ("no classic tokens", 2),
+        ("no tokens that bypass 2FA", 2),
+        ("no tokens older than 90 days", 1),
+    ]
+    saved = save_preview(strict, preview, tmp_path, actor="rm")
+    tokens_csv = saved.csv_path.with_name(saved.csv_path.stem + "-tokens.csv")
+    rows = list(csv.DictReader(tokens_csv.open(newline="")))
+    assert {int(r["token_id"]): r["breaks"] for r in rows} == {
+        t.token_id: t.breaks for t in preview.tokens
+    }
+    assert all(r["username"] == "'" + FORMULAS[0] for r in rows)
+    markdown = preview_markdown(saved)
+    assert "| of which break the rule: no classic tokens | 2 |" in markdown
+    assert "no classic tokens; no tokens that bypass 2FA; no tokens older than" in markdown
+    without = enforce.preview_phase(registry, strict, strict.phase("top-100"), details=False)
+    assert without.fingerprint == preview.fingerprint
+
+
+def test_one_token_rule_adds_no_count_by_rule(
+    registry: Registry, token_plan: Plan, tokens_of: dict[str, list[int]], tmp_path: Path
+) -> None:
+    only_classic = phase_of(
+        token_plan,
+        requires={"two_factor": "none", "no_classic_tokens": True},
+        effects=["revoke_tokens"],
+        max_tokens=100,
+    )
+    preview = enforce.preview_phase(registry, only_classic, only_classic.phase("top-100"))
+    assert [t.breaks for t in preview.tokens] == ["no classic tokens"]
+    assert preview.tokens_by_rule() == []
+    assert "break the rule" not in preview_markdown(
+        save_preview(only_classic, preview, tmp_path, actor="rm")
+    )
+
+
 # --- enforcement ------------------------------------------------------------------------
 
 
@@ -688,6 +759,12 @@ def test_the_cli_needs_the_token_count_typed_back(
     said = " ".join(shown.stderr.split())
     assert "in cohort top-100; 2 of their tokens would be revoked" in said
     assert "signed out" not in said and "web sessions" not in said
+    # Two token rules: how many tokens break each (alice's automation token both).
+    assert (
+        "which cannot be undone (by the rule each breaks, a token may break several: "
+        "no classic tokens: 1, no tokens that bypass 2FA: 2)" in said
+    )
+    assert "with the rules each breaks)" in said
     assert "--apply --expect 2 --expect-tokens 2" in shown.stderr
     apply = to_apply(shown.stderr)
     assert apply[3:7] == ["--apply", "--expect", "2", "--expect-tokens"]

@@ -98,9 +98,19 @@ def phase_preview(
     apply = f"rollout phase enforce {phase} --apply --expect {preview.count}"
     if revokes_tokens:
         # Irreversible: a revoked token is gone, and the CI publishing with it breaks.
+        by_rule = preview.tokens_by_rule()
         who += (
             f"; {preview.token_count:,} of their tokens would be revoked, which cannot be "
-            f"undone (listed in {saved.csv_path.with_name(saved.csv_path.stem + '-tokens.csv')})"
+            "undone"
+            + (
+                " (by the rule each breaks, a token may break several: "
+                + ", ".join(f"{rule}: {count:,}" for rule, count in by_rule)
+                + ")"
+                if by_rule
+                else ""
+            )
+            + f" (listed in {saved.csv_path.with_name(saved.csv_path.stem + '-tokens.csv')},"
+            " with the rules each breaks)"
         )
         apply += f" --expect-tokens {preview.token_count}"
     if preview.over_unreached_limit:

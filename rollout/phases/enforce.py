@@ -79,6 +79,7 @@ from rollout.registry.requirements import (
     offending_token,
     phase_reason,
     revoked_by_phase,
+    token_rules,
 )
 from rollout.registry.statistics import refresh_statistics
 
@@ -420,7 +421,9 @@ def _offending_tokens(
     connection: Connection, phase: Phase, now: datetime, aged_at: datetime
 ) -> list[TokenTarget]:
     """The cohort's tokens that a token rule of the phase forbids at ``now``, their age
-    judged at ``aged_at``."""
+    judged at ``aged_at``, each with the rules it breaks (an approver of a phase with
+    several rules had to infer which from the other columns)."""
+    rules = token_rules(phase.requires, TOKENS, aged_at)
     query = (
         select(
             TOKENS.c.id,
@@ -431,12 +434,18 @@ def _offending_tokens(
             TOKENS.c.created_at,
             TOKENS.c.last_used_at,
             TOKENS.c.expires_at,
+            *(case((broken, 1), else_=0) for broken in rules.values()),
         )
         .join(ACCOUNTS, ACCOUNTS.c.id == TOKENS.c.account_id)
         .join(CohortMembership, _cohort_tokens(phase, now, aged_at))
         .order_by(TOKENS.c.account_id, TOKENS.c.id)
     )
-    return [TokenTarget(*row) for row in connection.execute(query).all()]
+    found = []
+    for row in connection.execute(query).all():
+        details, broken = row[:8], row[8:]
+        breaks = "; ".join(rule for rule, hit in zip(rules, broken, strict=True) if hit)
+        found.append(TokenTarget(*details, breaks=breaks))
+    return found
 
 
 # --- enforcement ---------------------------------------------------------------------------

@@ -58,6 +58,7 @@ TOKEN_COLUMNS = (
     "created_at",
     "last_used_at",
     "expires_at",
+    "breaks",
 )
 # Rows the markdown artifact lists; the CSV always has them all.
 MARKDOWN_ROWS = 50
@@ -96,6 +97,8 @@ class TokenTarget:
     created_at: datetime
     last_used_at: datetime | None
     expires_at: datetime | None
+    # The phase's token rules it breaks, in words (Requirements.describe), "; " between.
+    breaks: str = ""
 
 
 @dataclass
@@ -177,6 +180,19 @@ class PhasePreview:
     @property
     def token_count(self) -> int:
         return len(self.token_ids)
+
+    def tokens_by_rule(self) -> list[tuple[str, int]]:
+        """(rule in words, how many of the listed tokens break it), in the plan's order
+        of the rules, for a phase with more than one token rule (a token may break
+        several, so the counts may add up to more than the tokens). Empty otherwise, or
+        when the preview holds no token details."""
+        rules = [r for r in self.requirements if r.startswith("no ")]
+        if len(rules) < 2 or not self.tokens:
+            return []
+        counts = Counter(
+            rule for t in self.tokens for rule in t.breaks.split("; ") if rule in rules
+        )
+        return [(rule, counts[rule]) for rule in rules]
 
     @property
     def required_by_phase(self) -> int:
@@ -503,6 +519,10 @@ def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
         lines.append(f"| their live web sessions to revoke | {p.sessions} |")
     if p.revokes_tokens:
         lines.append(f"| their tokens to revoke (irreversible) | {p.token_count} |")
+        lines += [
+            f"| of which break the rule: {md(rule)} | {count} |"
+            for rule, count in p.tokens_by_rule()
+        ]
     if p.per_account_deadlines:
         lines += [
             f"| short, their own deadline still to come (untouched today) | {p.not_due} |",

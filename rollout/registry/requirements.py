@@ -51,24 +51,36 @@ def offending_token(
     token rules forbids at ``now``, its age judged at ``aged_at`` (default ``now``:
     enforcement judges it at the start of the day it was announced for, not later).
     False when the phase has no token rule."""
-    rules: list[ColumnElement[bool]] = []
+    rules = token_rules(requires, tokens, aged_at or now)
+    if not rules:
+        return false()
+    return and_(live_token(tokens, now), or_(*rules.values()))
+
+
+def token_rules(
+    requires: Requirements, tokens: Any, aged_at: datetime
+) -> dict[str, ColumnElement[bool]]:
+    """{the rule in words (as Requirements.describe says it): SQL over ``tokens``, the
+    token breaks it} for each token rule of the phase, in describe's order, a token's
+    age judged at ``aged_at``. Liveness aside (:func:`offending_token`)."""
+    rules: dict[str, ColumnElement[bool]] = {}
+    said = iter(r for r in requires.describe() if r.startswith("no "))
     if requires.no_classic_tokens:
-        rules.append(tokens.c.kind.in_(CLASSIC_TOKEN_KINDS))
+        rules[next(said)] = tokens.c.kind.in_(CLASSIC_TOKEN_KINDS)
     if requires.no_unnamed_tokens:
-        rules.append(tokens.c.name.is_(None))
+        rules[next(said)] = tokens.c.name.is_(None)
     if requires.no_bypass_2fa_tokens:
-        rules.append(tokens.c.bypass_2fa == true())
+        rules[next(said)] = tokens.c.bypass_2fa == true()
     if requires.token_max_age_days is not None:
-        aged = aged_at or now
-        rules.append(tokens.c.created_at < aged - timedelta(days=requires.token_max_age_days))
+        rules[next(said)] = tokens.c.created_at < aged_at - timedelta(
+            days=requires.token_max_age_days
+        )
     if requires.no_write_tokens_without_2fa:
         # "Without 2FA" is without any second factor, whatever the phase asks of the
         # factors: PyPI's 2024 rule stopped the tokens of accounts with no 2FA at all,
         # and a token-only phase (two_factor: none) applies it on its own.
-        rules.append(and_(tokens.c.writes == true(), ~has_active_factor(tokens.c.account_id)))
-    if not rules:
-        return false()
-    return and_(live_token(tokens, now), or_(*rules))
+        rules[next(said)] = and_(tokens.c.writes == true(), ~has_active_factor(tokens.c.account_id))
+    return rules
 
 
 def holds_offending_token(
