@@ -172,6 +172,59 @@ def test_a_token_age_rule_counts_the_tokens_enforcement_on_the_day_would_revoke(
         ), f"token_max_age_days: {days}"
 
 
+def test_a_token_expiring_during_the_day_is_counted_as_enforcement_at_its_start_revokes_it(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Enforcement on D runs from 00:00 UTC: a classic token expiring at 10:00 on D
+    still works then, and is revoked (the preview at that moment lists it, as the
+    warnings did). Judged at the end of D, the what-if left it out; one expiring at
+    00:00 on D has stopped working, and neither counts it."""
+    import shutil
+    from datetime import datetime
+
+    from rollout.core.clock import SimulatedClock, use_clock
+
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy)
+    shutil.rmtree(copy / "reports", ignore_errors=True)  # other tests' previews
+    monkeypatch.setenv("ROLLOUT_HOME", str(copy))
+    classic = plan_file(
+        tmp_path,
+        "    max_accounts: 1000\n",
+        "    max_accounts: 1000\n"
+        "    requires: {two_factor: none, no_classic_tokens: true}\n"
+        "    effects: [revoke_tokens]\n    max_tokens: 100000\n",
+    )
+    monkeypatch.setenv("ROLLOUT_PLAN", str(classic))
+    with sqlite3.connect(copy / "registry.db") as db:
+        first, second = [
+            token_id
+            for (token_id,) in db.execute(
+                "select t.id from tokens t join cohort_memberships m"
+                " on m.account_id = t.account_id and m.cohort = 'top-100'"
+                " and m.left_on is null"
+                " where t.kind in ('automation', 'publish', 'read_only')"
+                " and t.revoked_at is null and t.expires_at is null"
+                " order by t.id limit 2"
+            )
+        ]
+        db.execute(
+            "update tokens set expires_at = ? where id = ?", (f"{DAY} 10:00:00.000000", first)
+        )
+        db.execute(
+            "update tokens set expires_at = ? where id = ?", (f"{DAY} 00:00:00.000000", second)
+        )
+    assert run("ingest", "--full-extract").exit_code == 0
+    with use_clock(SimulatedClock(datetime.fromisoformat(DAY))):
+        preview = run("phase", "preview", "top-100", "--format", "json")
+    assert preview.exit_code == 0, preview.output
+    listed = sum(t["tokens_to_revoke"] for t in json.loads(preview.stdout))
+    [tokens_csv] = (copy / "reports" / "previews").glob("*-tokens.csv")
+    ids = {int(line.split(",")[0]) for line in tokens_csv.read_text().splitlines()[1:]}
+    assert first in ids and second not in ids
+    assert simulate(str(classic))["top-100"]["tokens_to_revoke"] == listed
+
+
 def test_a_warn_only_phase_counts_accounts_to_warn_and_requires_nobody(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -55,7 +55,9 @@ def simulate_plan(
     """Per phase of ``plan``, in plan order, what it would touch on ``as_of``: the
     registry as it stood at the end of that day (accounts created, 2FA factors held,
     web sessions and tokens live), as far as the registry's times tell; a token's age
-    as enforcement on that day judges it, at the day's start. A cohort rule whose
+    and expiry as enforcement on that day judges them, at the day's start (a token
+    expiring during the day still works when enforcement runs at 00:00 UTC, and its
+    warnings listed it: it is counted, as the preview counts it). A cohort rule whose
     downloads have gaps that day is refused, as a build refuses it, unless
     ``allow_gaps`` (``cohorts.selecting``)."""
     exempt = sorted(plan.exempt_usernames)
@@ -97,7 +99,11 @@ def simulate_plan(
                     inner join cohort using (account_id)
                     where tokens.created_at < $day_end
                         and (tokens.revoked_at is null or tokens.revoked_at >= $day_end)
-                        and (tokens.expires_at is null or tokens.expires_at > $day_end)
+                        -- still working at the day's start, when enforcement on the day
+                        -- (00:00 UTC on) revokes it and its warnings listed it
+                        -- (requirements.judged_at): one expiring during the day is
+                        -- revoked, not left to expire
+                        and (tokens.expires_at is null or tokens.expires_at > $day_start)
                         and (
                             ($no_classic and tokens.kind in ('automation', 'publish', 'read_only'))
                             or ($no_unnamed and tokens.name is null)
