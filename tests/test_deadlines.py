@@ -580,8 +580,11 @@ def test_a_per_account_deadline_starts_enforcement_on_the_first_deadline() -> No
     text = (ROOT / "plans" / "github-2023.yaml").read_text()
     moved = text.replace("enforce_on: 2023-04-27", "enforce_on: 2023-04-20")
     _, errors = parse_plan(moved, "github.yaml")
+    line = next(  # the line changed
+        n for n, text in enumerate(moved.splitlines(), 1) if "enforce_on: 2023-04-20" in text
+    )
     assert [str(e) for e in errors] == [
-        "github.yaml:33: phases.0.enforce_on: with per-account deadlines enforcement "
+        f"github.yaml:{line}: phases.0.enforce_on: with per-account deadlines enforcement "
         "starts on the first deadline, notice_on + 45 days = 2023-04-27"
     ]
     plan, _ = parse_plan(text)
