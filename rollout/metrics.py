@@ -118,13 +118,14 @@ def _dependency_counts(con: duckdb.DuckDBPyConnection, counted: int, rebuild: bo
     else:
         # The sums are HUGEINT; the kept table holds BIGINT, as the mart.
         counts = warehouse.render("intermediate/int_dependency_counts")
-        con.execute(
-            "create or replace table dependency_counts as select dependency, "
-            "cast(dependents as bigint) as dependents, "
-            "cast(dev_dependents as bigint) as dev_dependents, "
-            "cast(peer_dependents as bigint) as peer_dependents, "
-            f"cast(edges as bigint) as edges from ({counts}) where edges <> 0"
-        )
+        with warehouse.strings_uncompressed(con):
+            con.execute(
+                "create or replace table dependency_counts as select dependency, "
+                "cast(dependents as bigint) as dependents, "
+                "cast(dev_dependents as bigint) as dev_dependents, "
+                "cast(peer_dependents as bigint) as peer_dependents, "
+                f"cast(edges as bigint) as edges from ({counts}) where edges <> 0"
+            )
     if exclusions is None:
         whole = warehouse.one(con, warehouse.render("intermediate/int_dependency_exclusions"))
         exclusions = whole or (0, 0, 0)
@@ -224,13 +225,15 @@ def _download_windows(
     # at npm scale). The sums are HUGEINT; the kept table holds BIGINT, as the mart.
     # Only packages with a non-zero sum are kept, whichever way: the mart reads a
     # missing row as zeros, and the step drops the packages whose windows emptied.
-    con.execute(
-        "create or replace table download_windows as select package, "
-        "cast(weekly_downloads as bigint) as weekly_downloads, "
-        f"cast(monthly_downloads as bigint) as monthly_downloads from ({windows}) "
-        "where monthly_downloads <> 0 or coalesce(weekly_downloads, 0) <> 0",
-        step_params,
-    )
+    # Its names uncompressed: rewritten whole every run (warehouse.strings_uncompressed).
+    with warehouse.strings_uncompressed(con):
+        con.execute(
+            "create or replace table download_windows as select package, "
+            "cast(weekly_downloads as bigint) as weekly_downloads, "
+            f"cast(monthly_downloads as bigint) as monthly_downloads from ({windows}) "
+            "where monthly_downloads <> 0 or coalesce(weekly_downloads, 0) <> 0",
+            step_params,
+        )
     con.execute("delete from download_windows_state")
     con.execute(
         "insert into download_windows_state values ($as_of, $weekly_days, $monthly_days, $counted)",

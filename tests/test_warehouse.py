@@ -74,6 +74,77 @@ def test_the_view_is_dropped_when_the_block_fails(con: duckdb.DuckDBPyConnection
     assert ("stg_manifests",) not in views
 
 
+# One more than a row group: DuckDB writes a full row group to disk during the statement.
+MANY = 122_880 + 1_000
+
+
+def string_compressions(con: duckdb.DuckDBPyConnection, table: str, column: str) -> set[str]:
+    """How the first row group of ``column`` stores its strings (the one a large write
+    flushed to disk as it went)."""
+    con.execute("checkpoint")
+    rows = con.execute(
+        f"select distinct compression from pragma_storage_info('{table}') "
+        "where column_name = $column and segment_type = 'VARCHAR' and row_group_id = 0",
+        {"column": column},
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def test_a_metrics_rebuild_writes_the_names_of_the_tables_it_keeps_uncompressed(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    """Compressing millions of unique names cost more than the queries that made the
+    tables a run replaces whole (rollout.warehouse.strings_uncompressed)."""
+    from datetime import date
+
+    from rollout.core.plan import MetricsWindows
+    from rollout.metrics import compute_metrics
+
+    con.execute(
+        f"insert into raw_manifests select 'package-' || i, '1.0.0', ['ann'], 5, i, [] "
+        f"from range({MANY}) as t(i)"
+    )
+    con.execute(
+        f"insert into raw_dependencies select 5, i, 'package-' || (i + 1), '^1', 'prod' "
+        f"from range({MANY}) as t(i)"
+    )
+    con.execute(
+        f"insert into raw_downloads select 'package-' || i, date '2022-01-30', i + 1, 5 "
+        f"from range({MANY}) as t(i)"
+    )
+    report = compute_metrics(con, date(2022, 1, 31), MetricsWindows(), rebuild=True)
+
+    assert report.packages == MANY + 2  # and the two of the fixture
+    assert string_compressions(con, "latest_manifests", "package") == {"Uncompressed"}
+    assert string_compressions(con, "latest_manifests", "package_key") == {"Uncompressed"}
+    assert string_compressions(con, "download_windows", "package") == {"Uncompressed"}
+    assert string_compressions(con, "dependency_counts", "dependency") == {"Uncompressed"}
+    # The setting is the database's: put back.
+    assert warehouse.scalar(con, "select current_setting('disabled_compression_methods')") == ""
+
+
+def test_strings_uncompressed_puts_back_the_setting_it_found_even_when_the_block_fails(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    def setting() -> str:
+        return warehouse.scalar(con, "select current_setting('disabled_compression_methods')")
+
+    con.execute("set disabled_compression_methods = 'rle'")
+    with pytest.raises(RuntimeError), warehouse.strings_uncompressed(con):
+        assert set(setting().lower().split(",")) == {"rle", "dict_fsst"}
+        raise RuntimeError("a write failed")
+    assert setting().lower() == "rle"
+    # A statement failing inside a transaction aborts it: the write's own error is
+    # what the caller sees, and the setting is put back all the same.
+    with (
+        pytest.raises(duckdb.Error, match="a bad row"),
+        warehouse.transaction(con),
+        warehouse.strings_uncompressed(con),
+    ):
+        con.execute("create or replace table download_windows as select error('a bad row')")
+    assert setting().lower() == "rle"
+
+
 def views(con: duckdb.DuckDBPyConnection) -> set[str]:
     rows = con.execute("select view_name from duckdb_views() where not internal").fetchall()
     return {row[0] for row in rows}

@@ -490,6 +490,42 @@ def run(
     return con.execute(render(name), dict(params or {}))
 
 
+# DuckDB's one compression for strings in new storage (DICT_FSST): a dictionary, then
+# FSST over it. Names unique to a row (a package's, one row each) gain little from it.
+STRING_COMPRESSION = "dict_fsst"
+
+
+@contextmanager
+def strings_uncompressed(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Tables written within the block store their strings as they are, not through
+    DICT_FSST. For the tables rollout.metrics and rollout.warehouse.manifests replace
+    whole, one row a package (the latest manifests, the download windows, the
+    dependents counts): at npm scale compressing their 4M names cost more CPU than
+    the query that made them (1.5 s of the latest manifests' 3.9 s, 1.1 s of the
+    windows' 1.7 s), in tables kept once, not a copy a day (package_metrics_daily is
+    written as before). Only what DuckDB writes while the block runs is affected:
+    rows left to a later checkpoint are compressed as ever. The setting is the
+    database's, not the connection's: put back after, whatever it was, through a
+    connection of its own (``con`` may be inside a transaction a failed write has
+    aborted, which refuses every statement but a rollback)."""
+
+    def setting(value: str | None = None) -> str:
+        with con.cursor() as other:
+            if value is not None:
+                other.execute(f"set disabled_compression_methods = '{value}'")
+            return scalar(other, "select current_setting('disabled_compression_methods')")
+
+    kept = setting() or ""
+    methods = [m for m in kept.split(",") if m.strip()]
+    if STRING_COMPRESSION not in (m.strip().lower() for m in methods):
+        methods.append(STRING_COMPRESSION)
+    setting(",".join(methods))
+    try:
+        yield
+    finally:
+        setting(kept)
+
+
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """All of it or none of it: a failure rolls back everything done inside."""

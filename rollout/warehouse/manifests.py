@@ -66,11 +66,14 @@ def refresh(con: duckdb.DuckDBPyConnection, *, rebuild: bool = False) -> None:
     with warehouse.transaction(con):
         counted = warehouse.scalar(con, "select coalesce(max(file_id), 0) from raw_manifests")
         if kept is None:
-            # main.: the whole ranking, whatever a caller's temp view says.
-            con.execute(
-                f"create or replace table latest_manifests as "
-                f"select {COLUMNS} from main.stg_manifests"
-            )
+            # main.: the whole ranking, whatever a caller's temp view says. Its strings
+            # uncompressed: compressing 4M names, keys and maintainers' lists cost more
+            # than ranking them (warehouse.strings_uncompressed).
+            with warehouse.strings_uncompressed(con):
+                con.execute(
+                    f"create or replace table latest_manifests as "
+                    f"select {COLUMNS} from main.stg_manifests"
+                )
         else:
             step = warehouse.render("intermediate/int_latest_manifests_step")
             con.execute(
