@@ -9,7 +9,7 @@ rewrites them, as for tests/golden/emails)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -24,6 +24,7 @@ from rollout.notify.emails import Recipient, TokenLine
 from rollout.notify.render import render
 from rollout.registry import Registry
 from rollout.registry.models import Account, Notification
+from tests.factories import MembershipFactory, existing_account
 from tests.test_email_parts import parts
 from tests.test_emails import check_golden, parse_html, words
 
@@ -680,11 +681,18 @@ def _rubygems(banner_asks: str = "any", required_asks: str = "any") -> Plan:
 
 
 def _play_rubygems(
-    registry: Registry, plan: Plan, outbox: Path, before_banner: Callable[[], None] = lambda: None
+    registry: Registry,
+    plan: Plan,
+    outbox: Path,
+    before_banner: Callable[[], None] = lambda: None,
+    *,
+    newcomers: Sequence[str] = (),
 ) -> dict[str, list[str]]:
     """The recommended notice (06-12), the required notice (06-13, 09:00), then the
     recommended phase's banner enforced (06-13, noon, after ``before_banner``): each
-    account's texts, in order."""
+    account's texts, in order. ``newcomers`` join the recommended cohort on 06-13,
+    after its notice's last day: the banner's email is the only word of that phase
+    they get (an account its notice reached is not sent it)."""
     from email import message_from_bytes, policy
 
     from rollout.notify.drain import drain
@@ -698,6 +706,12 @@ def _play_rubygems(
             queue_due(registry, plan, day, actor="rm")
             drain(registry, plan, sender)
     with use_clock(SimulatedClock(datetime(2022, 6, 13, 12))):
+        for username in newcomers:
+            with registry.engine.connect() as connection:
+                account_id = connection.execute(
+                    select(Account.id).where(Account.username == username)
+                ).scalar_one()
+            MembershipFactory(account=existing_account(account_id), cohort="recommended")
         before_banner()
         preview = enforce.preview_phase(registry, plan, plan.phase("recommended"))
         enforce.enforce_phase(registry, plan, "recommended", expect=preview.count, actor="rm")
@@ -718,24 +732,29 @@ def test_a_recommendation_to_an_account_a_later_phase_requires_says_it_is_requir
     owners above 180M (among them) the next day that it will be required. The banner's
     email after that does not read as if 2FA stayed optional for those; not before
     their notice told them (it would announce what was not announced yet), nor to the
-    others, nor to an account with 2FA."""
+    others; an account with 2FA gets none of them (the plan's phases do not ask for
+    notices to accounts that meet them)."""
     from tests.factories import AccountFactory
 
     plan = _rubygems()
     AccountFactory(username="big", in_cohort=["recommended", "required"])
+    AccountFactory(username="late-big", in_cohort="required")  # a newcomer to the banner
     AccountFactory(username="medium", in_cohort="recommended")
     AccountFactory(username="big-with-2fa", with_totp=True, in_cohort=["recommended", "required"])
-    told = _play_rubygems(registry, plan, tmp_path / "outbox")
+    told = _play_rubygems(registry, plan, tmp_path / "outbox", newcomers=["late-big"])
     required = plan.cohort("required").description
     said = (
         f"Your account is also among the {required}: from Monday 15 August 2022, 00:00 UTC the "
         "registry requires of it a second factor (TOTP or a security key), to sign in and "
         "publish (we wrote to you about that separately)."
     )
-    recommended_notice, _, banner = told["big"]
+    recommended_notice, required_notice = told["big"]  # the banner was in its notice
     assert "recommends" in recommended_notice and "also among" not in recommended_notice
-    assert said in banner
-    assert not any("also among" in text for text in told["medium"] + told["big-with-2fa"])
+    assert "recommends" not in required_notice
+    _, banner = told["late-big"]
+    assert "recommends" in banner and said in banner
+    assert not any("also among" in text for text in told["medium"])
+    assert "big-with-2fa" not in told  # meets both phases: neither notice goes to it
 
 
 @pytest.mark.parametrize(
@@ -782,8 +801,10 @@ def test_the_stricter_phase_is_told_as_it_asks(
     both: "2FA" would have it set up TOTP and still be enforced."""
     from tests.factories import AccountFactory
 
-    AccountFactory(username="big", in_cohort=["recommended", "required"])
-    told = _play_rubygems(registry, _rubygems(required_asks="phishing_resistant"), tmp_path / "a")
+    AccountFactory(username="big", in_cohort="required")
+    told = _play_rubygems(
+        registry, _rubygems(required_asks="phishing_resistant"), tmp_path / "a", newcomers=["big"]
+    )
     assert "requires of it a security key (WebAuthn); TOTP alone is not enough" in told["big"][-1]
 
 
@@ -809,7 +830,7 @@ def test_a_requiring_phase_rolled_back_is_not_announced(
     from tests.factories import AccountFactory
 
     plan = _rubygems()
-    AccountFactory(username="big", in_cohort=["recommended", "required"])
+    AccountFactory(username="big", in_cohort="required")
 
     def enforced_early_then_withdrawn() -> None:
         with use_clock(SimulatedClock(datetime(2022, 6, 13, 10))):
@@ -820,7 +841,9 @@ def test_a_requiring_phase_rolled_back_is_not_announced(
         with use_clock(SimulatedClock(datetime(2022, 6, 13, 11))):
             enforce.rollback_phase(registry, plan, "required", actor="rm")
 
-    told = _play_rubygems(registry, plan, tmp_path / "outbox", enforced_early_then_withdrawn)
+    told = _play_rubygems(
+        registry, plan, tmp_path / "outbox", enforced_early_then_withdrawn, newcomers=["big"]
+    )
     banner = told["big"][-1]
     assert "recommends" in banner and "also among" not in banner
 

@@ -1048,6 +1048,7 @@ phases:
     requires: {two_factor: none, token_max_age_days: 90}
     effects: [revoke_tokens]
     max_tokens: 100
+    notify_compliant: true
 """
 
 

@@ -516,6 +516,10 @@ class Phase(_Strict):
     # unless their count is typed back (--accept-unreached N). None: no guard (the
     # preview still lists them).
     max_unreached_share: float | None = Field(None, strict=True, ge=0, le=1)
+    # The notice to accounts that already meet the phase too (a thank-you): only when
+    # the plan asks. Without it they get none (nothing to do; one a day later, if they
+    # fall short before the notice's last day).
+    notify_compliant: bool = Field(False, strict=True)
 
     def does(self, effect: Effect) -> bool:
         return effect in self.effects

@@ -88,6 +88,7 @@ from rollout.notify.emails import (
     TokenLine,
     asks_only_2fa,
     recommends_only,
+    skips_compliant,
 )
 from rollout.notify.message import (
     DeliveryFailed,
@@ -868,7 +869,14 @@ class _Outcome:
     unavailable: bool = False  # failed: the provider took nothing (SenderUnavailable)
 
 
+def _phase_of(plan: Plan, name: str | None) -> Phase | None:
+    """The plan's phase of that name, if it has one (an email of no phase, or of a phase
+    taken out of the plan since it was queued: None)."""
+    return next((p for p in plan.phases if p.name == name), None)
+
+
 def _ends_unsent(
+    plan: Plan,
     claimed: _Claimed,
     recipient: Recipient | None,
     suppressed: Mapping[str, str],
@@ -898,7 +906,7 @@ def _ends_unsent(
     why_suppressed = suppressed.get(normal_address(recipient.address))
     if why_suppressed is not None:
         return _Outcome(claimed.id, "skipped", why_suppressed)
-    if recipient.compliant and definition.when_compliant == "skip":
+    if recipient.compliant and skips_compliant(claimed.email, _phase_of(plan, claimed.phase)):
         return _Outcome(claimed.id, "skipped", COMPLIANT)
     if late:
         return _Outcome(claimed.id, "skipped", TOO_LATE)
@@ -990,6 +998,7 @@ def skips_waiting(
             suppressed = suppression_reasons(connection, (r.address for r in recipients.values()))
             for w in judged:
                 ended = _ends_unsent(
+                    plan,
                     w,
                     recipients.get(w.account_id),
                     suppressed,
@@ -1016,7 +1025,7 @@ def _prepare(
     """A message to send, or why this row ends here (skipped, or failed to render).
     ``late``: its last day has passed (:func:`_too_late`); ``enforced``: a warning of a
     phase that has flagged its account since (:func:`_enforced`)."""
-    ended = _ends_unsent(claimed, recipient, suppressed, standing, late, enforced)
+    ended = _ends_unsent(plan, claimed, recipient, suppressed, standing, late, enforced)
     if isinstance(ended, _Outcome):
         return ended
     recipient, definition = ended, EMAILS[claimed.email]

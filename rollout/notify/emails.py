@@ -167,6 +167,21 @@ def recommends_only(phase: Phase) -> bool:
     return set(phase.effects) <= RECOMMENDING_EFFECTS
 
 
+# The email that tells an account of a phase; to one already meeting the phase, only
+# when the plan asks (Phase.notify_compliant).
+NOTICE_EMAIL = "phase_notice"
+
+
+def skips_compliant(email: str, phase: Phase | None) -> bool:
+    """An account that meets the phase gets no such email: a reminder (nothing to
+    remind of), or a phase's notice unless the plan asks (``notify_compliant``): a
+    "you already meet it" to every account of a banner phase, or of a token phase to
+    every account holding no such token, is mail with nothing to do."""
+    if EMAILS[email].when_compliant == "skip":
+        return True
+    return email == NOTICE_EMAIL and phase is not None and not phase.notify_compliant
+
+
 def asks_only_2fa(phase: Phase) -> bool:
     """The phase asks any second factor by one date and does npm 2022's effects: its
     emails keep their 2FA wording; every other phase's say what it asks and does, and

@@ -13,7 +13,7 @@ from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 from rollout.core.files import write_atomically
 from rollout.core.names import file_stem_for
 from rollout.core.plan import Phase, Plan
-from rollout.notify.emails import EMAILS, Recipient, TokenLine, asks_only_2fa
+from rollout.notify.emails import EMAILS, Recipient, TokenLine, asks_only_2fa, skips_compliant
 from rollout.notify.outbox import SENT_ON
 from rollout.notify.render import Rendered, render
 
@@ -196,7 +196,7 @@ def preview_examples(
         phase = plan.phase(stored["phase"]) if email in PHASE_EMAILS else None
         for variant in EXAMPLE_RECIPIENTS:
             recipient = example_recipient(variant, email, phase)
-            if recipient.compliant and definition.when_compliant == "skip":
+            if recipient.compliant and skips_compliant(email, phase):
                 continue  # a compliant account gets nothing: there is nothing to show
             rendered = render(definition, recipient, stored, plan)
             previews.append((f"{email}-{variant}", rendered))

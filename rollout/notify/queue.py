@@ -54,11 +54,11 @@ from rollout.core.clock import day_start
 from rollout.core.errors import BadInput
 from rollout.core.plan import Phase, Plan
 from rollout.notify.emails import (
-    EMAILS,
     ENFORCED_ON,
     HEADS_UP_EMAIL,
     LOGIN_HEADS_UPS,
     asks_only_2fa,
+    skips_compliant,
 )
 from rollout.notify.message import normal_address
 from rollout.notify.outbox import (
@@ -252,6 +252,15 @@ def audience(spec: str, plan: Plan, day: date) -> Select:
     raise ValueError(f"unknown audience {spec!r}")
 
 
+def _short_of(phase: Phase | None, now: datetime) -> Any:
+    """SQL: the account falls short of the phase as its enforcement will judge it (a
+    token old enough only by then falls short: at the phase's enforcement day); of any
+    second factor, for an email of no phase or a phase asking only that."""
+    if phase is not None and not asks_only_2fa(phase):
+        return falls_short(phase.requires, ACCOUNTS.c.id, judged_at(phase.enforce_on, now))
+    return ~has_active_factor(ACCOUNTS.c.id)
+
+
 def _skip_reason(
     email: str,
     phase: Phase | None,
@@ -283,14 +292,8 @@ def _skip_reason(
     judged_when_sent = (
         phase is not None and phase.deadline is not None and phase.requires.token_rules
     )
-    if EMAILS[email].when_compliant == "skip" and not judged_when_sent:
-        if phase is not None and not asks_only_2fa(phase):
-            # Compliant as enforcement will judge it (a token old enough only by then
-            # falls short): at the phase's enforcement day.
-            at = judged_at(phase.enforce_on, now)
-            whens.append((~falls_short(phase.requires, ACCOUNTS.c.id, at), COMPLIANT))
-        else:
-            whens.append((has_active_factor(ACCOUNTS.c.id), COMPLIANT))
+    if skips_compliant(email, phase) and not judged_when_sent:
+        whens.append((~_short_of(phase, now), COMPLIANT))
     if email in WARNINGS and phase is not None:
         # "In 3 days you will be signed out", to an account signed out already (the
         # phase enforced before the date, or its date moved after enforcement); or its
@@ -334,11 +337,17 @@ def queue_email(
     address (unverified, suppressed) whose address no longer stops it, which is queued
     now (counted as added): notices go daily to whoever was not sent one, and without
     one an account is never told its deadline (nor, with per-account deadlines, has
-    one: the campaign would pass it by for good)."""
+    one: the campaign would pass it by for good); and a notice skipped as compliant
+    (the plan sends none to an account meeting the phase) whose account falls short
+    now: it lost its factor, or took a token the phase forbids, and must be told before
+    the enforcement that will act on it."""
     ids = account_ids.subquery()
     reason = _skip_reason(email, requirements_of, now, suppressed_accounts(connection, ids), exempt)
     reopened = 0
-    for chunk in in_chunks(_reopenable(connection, email, phase, occasion, ids, reason)):
+    reopenable = _reopenable(
+        connection, email, phase, occasion, ids, reason, requirements_of=requirements_of, now=now
+    )
+    for chunk in in_chunks(reopenable):
         reopened += connection.execute(
             update(NOTIFICATIONS)
             .where(NOTIFICATIONS.c.id.in_(chunk))
@@ -387,18 +396,30 @@ def queue_email(
     return len(rows) + reopened, sum(state == "skipped" for (state,) in rows)
 
 
-# The emails a skip for the address does not end for good: queued again once the address
-# no longer stops them (rollout.notify.queue.queue_email).
+# The emails a skip for the address, or as compliant, does not end for good: queued
+# again once the address no longer stops them, or the account falls short
+# (rollout.notify.queue.queue_email).
 REOPENED_WHEN_ADDRESS_FIXED = frozenset({"phase_notice"})
 
 
 def _reopenable(
-    connection: Connection, email: str, phase: str, occasion: str, ids: Any, reason: Any
+    connection: Connection,
+    email: str,
+    phase: str,
+    occasion: str,
+    ids: Any,
+    reason: Any,
+    *,
+    requirements_of: Phase | None,
+    now: datetime,
 ) -> list[int]:
     """The ids of the mailing's rows for ``ids`` (a subquery of account ids) that were
     skipped for the address (unverified, suppressed, as rollout.notify.reach tells them
-    apart) and whose address stops them no more: ``reason`` (the queue's skip reason) is
-    NULL, and no form of the address is suppressed. The drain checks each form (its
+    apart) or as compliant (at the queue or the send), and that nothing stops any more:
+    ``reason`` (the queue's skip reason) is NULL, the account falls short of the phase
+    (judged here too: with per-account deadlines and token rules only the send judges
+    it, and a row it skips again would be queued again every day), and no form of the
+    address is suppressed. The drain checks each form (its
     domain in IDNA or Unicode), which the queue's SQL cannot: without that check here, a
     notice the drain skipped for the other form would be queued again, and skipped
     again, every day."""
@@ -413,7 +434,11 @@ def _reopenable(
             n.phase == phase,
             n.occasion == occasion,
             n.state == "skipped",
-            or_(n.skip_reason == UNVERIFIED, n.skip_reason.like("suppressed%")),
+            or_(
+                n.skip_reason == UNVERIFIED,
+                n.skip_reason.like("suppressed%"),
+                and_(n.skip_reason == COMPLIANT, _short_of(requirements_of, now)),
+            ),
             n.account_id.in_(select(ids.c[0])),
             reason.is_(None),
         )
@@ -506,7 +531,18 @@ def _count(
     ).one()
     # A row it would queue again (a notice skipped for an address fixed since) is new,
     # and not skipped (its reason is NULL).
-    reopened = len(_reopenable(connection, o.email, o.phase, o.occasion, chosen, reason))
+    reopened = len(
+        _reopenable(
+            connection,
+            o.email,
+            o.phase,
+            o.occasion,
+            chosen,
+            reason,
+            requirements_of=_requirements_of(plan, o),
+            now=now,
+        )
+    )
     return total, existing - reopened, skipped
 
 

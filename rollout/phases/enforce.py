@@ -49,7 +49,7 @@ from rollout.core.fingerprints import same_list
 from rollout.core.plan import Phase, Plan
 from rollout.core.words import by_count, counted
 from rollout.notify import reach
-from rollout.notify.emails import ENFORCEMENT_EMAIL, RERUN_OCCASION
+from rollout.notify.emails import ENFORCEMENT_EMAIL, NOTICE_EMAIL, RERUN_OCCASION
 from rollout.notify.queue import queue_phase_summary
 from rollout.notify.withdraw import Selection, withdraw_preview, withdraw_queued, withdrawn_reason
 from rollout.phases.drift import told_days_after_notice, told_deadline, told_less
@@ -798,8 +798,32 @@ def _rolled_back(phase: str) -> str:
     return f"phase {phase} rolled back"
 
 
+def _told_of_the_banner(batch: _Batch) -> Any | None:
+    """SQL: for a phase whose only effect is the banner, the account was sent the
+    phase's notice, which told it the banner comes on its day: the enforcement email
+    ("a banner is now shown") would tell it again, a day or two later (PyPI 2023: a
+    reminder, the banner's notice and the banner's email on three days running). One
+    the notice did not reach (unverified then, suppressed, a newcomer) still gets it.
+    None for a phase that does anything else: that is news to every account."""
+    if list(batch.phase.effects) != ["warn"]:
+        return None
+    n = NOTIFICATIONS.c
+    return exists().where(
+        and_(
+            n.account_id == ACCOUNTS.c.id,
+            n.email == NOTICE_EMAIL,
+            n.phase == batch.phase.name,
+            n.state == "sent",
+        )
+    )
+
+
 def _queue_enforcement_emails(batch: _Batch) -> int:
-    insert = _enforcement_emails(batch, ACCOUNTS.c.id, batch.among(ACCOUNTS.c.id))
+    told = _told_of_the_banner(batch)
+    among = batch.among(ACCOUNTS.c.id)
+    insert = _enforcement_emails(
+        batch, ACCOUNTS.c.id, among if told is None else and_(among, ~told)
+    )
     return _changed(
         batch.connection,
         # One the phase's rollback withdrew (never sent) is queued again: enforced
