@@ -373,8 +373,8 @@ def test_a_rerun_that_revokes_a_token_made_since_tells_its_owner_again(
         f"We wrote to you on {day:%A} {day.day} {day:%B %Y} about what this step changed "
         "for your account. It has run again since, and for your account: - the tokens "
         "listed below revoked, which cannot be undone Your tokens revoked since then "
-        "(those revoked before were listed in that email) (name, kind, created, last "
-        "used): - ci-again, automation" in rerun
+        "(those revoked before were listed in our emails up to then) (name, kind, created, "
+        "last used): - ci-again, automation" in rerun
     )
     assert "ci-release" not in rerun
     html = next(m for m in messages if "ci-again" in m.get_body(("plain",)).get_content())
@@ -430,6 +430,103 @@ def test_a_rerun_tells_every_revoked_token_to_an_owner_the_first_email_never_rea
     assert "Your tokens that were revoked" in text
     assert "- ci-release, automation" in text and "- ci-again, automation" in text
     assert "We wrote to you" not in text
+
+
+def test_a_rerun_tells_the_tokens_an_earlier_rerun_s_email_never_told(
+    registry: Registry, token_plan: Plan, factories: None, tmp_path: Path
+) -> None:
+    """The first run's email told holder of ci-release; a second run revoked ci-again,
+    and its email was skipped (holder's address unverified then); a third revoked
+    ci-third. Its email is the first holder hears of ci-again: it lists both, since the
+    last email that reached holder (it listed only ci-third: ci-again's revocation was
+    never told, and holder's CI broke unexplained)."""
+    from email import message_from_bytes, policy
+
+    from sqlalchemy import update
+
+    from rollout.notify.drain import drain
+    from rollout.notify.senders import FileSender
+    from rollout.phases import enforce
+    from tests.factories import AccountFactory, TokenFactory
+
+    holder = AccountFactory(username="holder", with_totp=True, in_cohort="top-100")
+    TokenFactory(account=holder, name="ci-release", kind="automation")
+    day = token_plan.phase("top-100").enforce_on
+    outbox = FileSender(tmp_path / "outbox")
+
+    def verified(value: bool) -> None:
+        with registry.engine.begin() as connection:
+            connection.execute(
+                update(Account).where(Account.id == holder.id).values(email_verified=value)
+            )
+
+    def rerun(name: str, days: int) -> int:
+        at = datetime.combine(day + timedelta(days=days), time(12))
+        TokenFactory(account=holder, name=name, kind="automation", created_at=at)
+        with use_clock(SimulatedClock(at + timedelta(hours=1))):
+            enforce.enforce_phase(
+                registry, token_plan, "top-100", expect=1, expect_tokens=1, actor="rm"
+            )
+            return drain(registry, token_plan, outbox).sent
+
+    with use_clock(SimulatedClock(datetime.combine(day, time(12)))):
+        enforce.enforce_phase(
+            registry, token_plan, "top-100", expect=1, expect_tokens=1, actor="rm"
+        )
+        assert drain(registry, token_plan, outbox).sent == 1
+    verified(False)
+    assert rerun("ci-again", 3) == 0  # skipped: holder's address unverified
+    verified(True)
+    assert rerun("ci-third", 5) == 1
+    texts = [
+        words(
+            message_from_bytes(p.read_bytes(), policy=policy.default)
+            .get_body(("plain",))
+            .get_content()
+        )
+        for p in (tmp_path / "outbox").iterdir()
+    ]
+    [third] = [text for text in texts if "ci-third" in text]
+    assert f"We wrote to you on {day:%A} {day.day} {day:%B %Y}" in third
+    assert "- ci-again, automation" in third and "- ci-third, automation" in third
+    assert "ci-release" not in third
+
+
+def test_a_rerun_s_email_counts_from_the_last_email_that_reached_its_owner(
+    registry: Registry, token_plan: Plan, factories: None, tmp_path: Path
+) -> None:
+    """Three runs, each email sent: the third's says it wrote on the second's day (the
+    last it told), and lists only ci-third (ci-again was in the second's email)."""
+    from email import message_from_bytes, policy
+
+    from rollout.notify.drain import drain
+    from rollout.notify.senders import FileSender
+    from rollout.phases import enforce
+    from tests.factories import AccountFactory, TokenFactory
+
+    holder = AccountFactory(username="holder", with_totp=True, in_cohort="top-100")
+    TokenFactory(account=holder, name="ci-release", kind="automation")
+    day = token_plan.phase("top-100").enforce_on
+    outbox = FileSender(tmp_path / "outbox")
+    for days, name in ((0, None), (3, "ci-again"), (5, "ci-third")):
+        at = datetime.combine(day + timedelta(days=days), time(12))
+        if name is not None:
+            TokenFactory(account=holder, name=name, kind="automation", created_at=at)
+        with use_clock(SimulatedClock(at + timedelta(hours=1))):
+            enforce.enforce_phase(
+                registry, token_plan, "top-100", expect=1, expect_tokens=1, actor="rm"
+            )
+            assert drain(registry, token_plan, outbox).sent == 1
+    messages = [
+        message_from_bytes(p.read_bytes(), policy=policy.default)
+        for p in (tmp_path / "outbox").iterdir()
+    ]
+    [third] = [m for m in messages if "ci-third" in m.get_body(("plain",)).get_content()]
+    text = words(third.get_body(("plain",)).get_content())
+    second = day + timedelta(days=3)
+    assert f"We wrote to you on {second:%A} {second.day} {second:%B %Y}" in text
+    assert "ci-again" not in text and "ci-release" not in text
+    assert "ci-again" not in third.get_body(("html",)).get_content()
 
 
 def test_a_rollback_keeps_the_email_of_an_account_whose_tokens_were_revoked(

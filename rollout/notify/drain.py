@@ -509,9 +509,11 @@ def _standing(
                 for day, group in by_day.items()
             ]
         # A rerun's own email, to an account an earlier enforcement email of the phase
-        # reached: what this run revoked, since that day (the earlier ones were listed
-        # then). Listing every token the phase ever revoked, in the same words, told
-        # its owner a token revoked days before was revoked again.
+        # reached: what was revoked since the last such email went (listed then or
+        # before), this run's tokens among them. Listing every token the phase ever
+        # revoked, in the same words, told its owner a token revoked days before was
+        # revoked again; listing this run's alone left out an earlier rerun's tokens
+        # whose own email never went (skipped, failed, withdrawn).
         told = _told_on(connection, name, accounts) if rerun else {}
         in_run = _revoked_in_run(rerun) if rerun else true()
         tokens: dict[int, list[TokenLine]] = {}
@@ -526,14 +528,15 @@ def _standing(
                     TOKENS.c.kind,
                     TOKENS.c.created_at,
                     TOKENS.c.last_used_at,
+                    TOKENS.c.revoked_at,
                     in_run.label("in_run"),
                 )
                 .where(and_(TOKENS.c.account_id.in_(group), which))
                 .order_by(TOKENS.c.account_id, TOKENS.c.created_at, TOKENS.c.id)
             ):
-                *line, this_run = line
-                if account_id in told and not this_run:
-                    continue
+                *line, revoked_at, this_run = line
+                if account_id in told and not this_run and revoked_at <= told[account_id]:
+                    continue  # listed by an email that reached its owner
                 stops_on, because = sooner.get(token_id, (None, ""))
                 tokens.setdefault(account_id, []).append(TokenLine(*line, stops_on, because))
         stricter = _stricter(connection, plan, phase, sorted(lacking))
@@ -548,7 +551,7 @@ def _standing(
                 snoozed,
                 stricter.get(account_id),
                 rolled_back,
-                told.get(account_id),
+                told[account_id].date() if account_id in told else None,
             )
     return found
 
@@ -564,26 +567,28 @@ def _revoked_in_run(run_id: str) -> Any:
     )
 
 
-def _told_on(connection: Connection, phase: str, accounts: list[int]) -> dict[int, date]:
-    """{account: the day the phase's first enforcement email to it was sent}, for those
-    it reached (one skipped, failed or withdrawn told nothing: a rerun's email then
-    lists every token the phase revoked of the account)."""
+def _told_on(connection: Connection, phase: str, accounts: list[int]) -> dict[int, datetime]:
+    """{account: when the last of the phase's enforcement emails to it that reached it
+    was sent (the first or a rerun's)}: it listed every token the phase had revoked of
+    the account by then, itself or with the emails before it. Only for accounts the
+    first one reached (one skipped, failed or withdrawn told nothing: a rerun's email
+    then lists every token the phase revoked of the account)."""
     n = NOTIFICATIONS.c
-    found: dict[int, date] = {}
+    found: dict[int, datetime] = {}
+    sent = and_(
+        n.email == ENFORCEMENT_EMAIL,
+        n.phase == phase,
+        n.state == "sent",
+        n.sent_at.is_not(None),
+    )
     for ids in in_chunks(accounts):
         for account_id, sent_at in connection.execute(
-            select(n.account_id, n.sent_at).where(
-                and_(
-                    n.account_id.in_(ids),
-                    n.email == ENFORCEMENT_EMAIL,
-                    n.phase == phase,
-                    n.occasion == "",
-                    n.state == "sent",
-                    n.sent_at.is_not(None),
-                )
-            )
+            select(n.account_id, func.max(n.sent_at))
+            .where(and_(n.account_id.in_(ids), sent))
+            .group_by(n.account_id)
+            .having(func.sum(case((n.occasion == "", 1), else_=0)) > 0)
         ):
-            found[account_id] = sent_at.date()
+            found[account_id] = sent_at
     return found
 
 

@@ -87,9 +87,11 @@ class Recipient:
     # For an enforcement email: the phase was rolled back since it acted (before this
     # email went); what it revoked stays revoked, and the email says so.
     rolled_back: bool = False
-    # For the enforcement email of a rerun of the phase (occasion ``run:<id>``): the day
-    # its first enforcement email reached the account. This one tells only what the
-    # rerun did: ``tokens`` are the tokens it revoked.
+    # For the enforcement email of a rerun of the phase (occasion ``run:<id>``) to an
+    # account its first enforcement email reached: the day the last of the phase's
+    # enforcement emails that reached it went. This one tells what was revoked since:
+    # ``tokens`` are those the rerun revoked, and those of earlier reruns whose own
+    # email never went.
     told_on: date | None = None
 
     @property
@@ -231,7 +233,7 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         or effect == "warn"
     }
     if r.told_on is not None:
-        # A rerun's own email: the rest was told on ``told_on``; this run revoked tokens.
+        # A rerun's own email: the rest was told by ``told_on``; reruns revoked tokens.
         applies &= {"revoke_tokens"}
     words = dict(EFFECT_WORDS)
     if phase.requires.two_factor == "phishing_resistant":
