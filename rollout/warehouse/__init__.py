@@ -6,7 +6,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -495,6 +497,12 @@ def run(
 STRING_COMPRESSION = "dict_fsst"
 
 
+# The blocks of strings_uncompressed open in this process, per warehouse file: how
+# many, and the setting the first of them found (guarded by _UNCOMPRESSED_GUARD).
+_UNCOMPRESSED: dict[str, tuple[int, str]] = {}
+_UNCOMPRESSED_GUARD = threading.Lock()
+
+
 @contextmanager
 def strings_uncompressed(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """Tables written within the block store their strings as they are, not through
@@ -505,9 +513,14 @@ def strings_uncompressed(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     windows' 1.7 s), in tables kept once, not a copy a day (package_metrics_daily is
     written as before). Only what DuckDB writes while the block runs is affected:
     rows left to a later checkpoint are compressed as ever. The setting is the
-    database's, not the connection's: put back after, whatever it was, through a
-    connection of its own (``con`` may be inside a transaction a failed write has
-    aborted, which refuses every statement but a rollback)."""
+    database's, not the connection's: every connection of this process to the file
+    shares it (a thread's, a notebook's second cursor). So blocks overlapping on one
+    file are counted: the first changes it, the last puts back what the first found,
+    whatever it was (a block ending while another writes would have put compression
+    back under it, and the last one put back the first's change, for good). Put back
+    through a connection of its own (``con`` may be inside a transaction a failed
+    write has aborted, which refuses every statement but a rollback). An in-memory
+    database is counted per connection (its cursors cannot be told from another's)."""
 
     def setting(value: str | None = None) -> str:
         with con.cursor() as other:
@@ -515,15 +528,26 @@ def strings_uncompressed(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
                 other.execute(f"set disabled_compression_methods = '{value}'")
             return scalar(other, "select current_setting('disabled_compression_methods')")
 
-    kept = setting() or ""
-    methods = [m for m in kept.split(",") if m.strip()]
-    if STRING_COMPRESSION not in (m.strip().lower() for m in methods):
-        methods.append(STRING_COMPRESSION)
-    setting(",".join(methods))
+    path = database_path(con)
+    key = os.path.realpath(path) if path else f"memory:{id(con)}"
+    with _UNCOMPRESSED_GUARD:
+        blocks, kept = _UNCOMPRESSED.get(key, (0, ""))
+        if blocks == 0:
+            kept = setting() or ""
+            methods = [m for m in kept.split(",") if m.strip()]
+            if STRING_COMPRESSION not in (m.strip().lower() for m in methods):
+                methods.append(STRING_COMPRESSION)
+            setting(",".join(methods))
+        _UNCOMPRESSED[key] = (blocks + 1, kept)
     try:
         yield
     finally:
-        setting(kept)
+        with _UNCOMPRESSED_GUARD:
+            blocks, kept = _UNCOMPRESSED.pop(key)
+            if blocks > 1:
+                _UNCOMPRESSED[key] = (blocks - 1, kept)
+            else:
+                setting(kept)
 
 
 @contextmanager
