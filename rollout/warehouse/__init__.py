@@ -9,8 +9,8 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -497,14 +497,58 @@ def run(
 STRING_COMPRESSION = "dict_fsst"
 
 
-# The blocks of strings_uncompressed open in this process, per warehouse file: how
-# many, and the setting the first of them found (guarded by _UNCOMPRESSED_GUARD).
-_UNCOMPRESSED: dict[str, tuple[int, str]] = {}
-_UNCOMPRESSED_GUARD = threading.Lock()
+# The blocks of database_setting open in this process, per warehouse file and setting:
+# how many, and the value the first of them found (guarded by _SETTINGS_GUARD).
+_SETTINGS: dict[tuple[str, str], tuple[int, str]] = {}
+_SETTINGS_GUARD = threading.Lock()
 
 
 @contextmanager
-def strings_uncompressed(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+def database_setting(
+    con: duckdb.DuckDBPyConnection, name: str, change: Callable[[str], str]
+) -> Iterator[None]:
+    """DuckDB's setting ``name`` as ``change(what it was)`` while the block runs, put
+    back after. Such a setting (``disabled_compression_methods``,
+    ``preserve_insertion_order``) is the database's, not the connection's: every
+    connection of this process to the file shares it (a thread's, a notebook's second
+    cursor). So blocks overlapping on one file are counted: the first changes it, the
+    last puts back what the first found (a block ending while another worked would have
+    put the setting back under it, and the last one left the first's change for good).
+    Read and set through a connection of its own: ``con`` may be inside a transaction a
+    failed statement has aborted, which refuses every statement but a rollback (the
+    caller then saw "Current transaction is aborted", not why it failed). The setting
+    lives in the process, not the file: a process stopped inside leaves the file as it
+    was. An in-memory database is counted per connection (its cursors cannot be told
+    from another's)."""
+
+    def setting(value: str | None = None) -> str:
+        with con.cursor() as other:
+            if value is not None:
+                quoted = value.replace("'", "''")
+                other.execute(f"set {name} = '{quoted}'")
+            found = scalar(other, f"select current_setting('{name}')")
+            return "" if found is None else str(found)
+
+    path = database_path(con)
+    key = (os.path.realpath(path) if path else f"memory:{id(con)}", name)
+    with _SETTINGS_GUARD:
+        blocks, kept = _SETTINGS.get(key, (0, ""))
+        if blocks == 0:
+            kept = setting()
+            setting(change(kept))
+        _SETTINGS[key] = (blocks + 1, kept)
+    try:
+        yield
+    finally:
+        with _SETTINGS_GUARD:
+            blocks, kept = _SETTINGS.pop(key)
+            if blocks > 1:
+                _SETTINGS[key] = (blocks - 1, kept)
+            else:
+                setting(kept)
+
+
+def strings_uncompressed(con: duckdb.DuckDBPyConnection) -> AbstractContextManager[None]:
     """Tables written within the block store their strings as they are, not through
     DICT_FSST. For the tables rollout.metrics and rollout.warehouse.manifests replace
     whole, one row a package (the latest manifests, the download windows, the
@@ -513,41 +557,16 @@ def strings_uncompressed(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     windows' 1.7 s), in tables kept once, not a copy a day (package_metrics_daily is
     written as before). Only what DuckDB writes while the block runs is affected:
     rows left to a later checkpoint are compressed as ever. The setting is the
-    database's, not the connection's: every connection of this process to the file
-    shares it (a thread's, a notebook's second cursor). So blocks overlapping on one
-    file are counted: the first changes it, the last puts back what the first found,
-    whatever it was (a block ending while another writes would have put compression
-    back under it, and the last one put back the first's change, for good). Put back
-    through a connection of its own (``con`` may be inside a transaction a failed
-    write has aborted, which refuses every statement but a rollback). An in-memory
-    database is counted per connection (its cursors cannot be told from another's)."""
+    database's (``database_setting``: blocks overlapping on one file are counted, and
+    it is put back as the first found it)."""
 
-    def setting(value: str | None = None) -> str:
-        with con.cursor() as other:
-            if value is not None:
-                other.execute(f"set disabled_compression_methods = '{value}'")
-            return scalar(other, "select current_setting('disabled_compression_methods')")
+    def with_strings_uncompressed(kept: str) -> str:
+        methods = [m for m in kept.split(",") if m.strip()]
+        if STRING_COMPRESSION not in (m.strip().lower() for m in methods):
+            methods.append(STRING_COMPRESSION)
+        return ",".join(methods)
 
-    path = database_path(con)
-    key = os.path.realpath(path) if path else f"memory:{id(con)}"
-    with _UNCOMPRESSED_GUARD:
-        blocks, kept = _UNCOMPRESSED.get(key, (0, ""))
-        if blocks == 0:
-            kept = setting() or ""
-            methods = [m for m in kept.split(",") if m.strip()]
-            if STRING_COMPRESSION not in (m.strip().lower() for m in methods):
-                methods.append(STRING_COMPRESSION)
-            setting(",".join(methods))
-        _UNCOMPRESSED[key] = (blocks + 1, kept)
-    try:
-        yield
-    finally:
-        with _UNCOMPRESSED_GUARD:
-            blocks, kept = _UNCOMPRESSED.pop(key)
-            if blocks > 1:
-                _UNCOMPRESSED[key] = (blocks - 1, kept)
-            else:
-                setting(kept)
+    return database_setting(con, "disabled_compression_methods", with_strings_uncompressed)
 
 
 @contextmanager
