@@ -657,7 +657,8 @@ def copy_warehouse(con: duckdb.DuckDBPyConnection, target: Path, *, replace: boo
 @contextmanager
 def _not_written_elsewhere(target: Path) -> Iterator[None]:
     """Refuse (exit 1, naming the process) to replace a copy another process has open
-    for writing (an analyst's notebook): the file moved over it and its log taken away,
+    for writing (an analyst's notebook, or this process: a kernel copying again with the
+    old copy open): the file moved over it and its log taken away,
     that session went on writing into a file no longer there and lost what it wrote
     since its last checkpoint. Held open as a reader until the copy is in place, so no
     session starts writing the old one meanwhile. A reader of it keeps what it opened
@@ -666,15 +667,25 @@ def _not_written_elsewhere(target: Path) -> Iterator[None]:
     if not target.exists():
         yield
         return
-    config = {"autoinstall_known_extensions": False}
     try:
-        held = duckdb.connect(duckdb_path(target), read_only=True, config=config)
+        held = _open_reading(target)
     except duckdb.Error as error:
-        if "lock" not in str(error).lower():
+        said = str(error).lower()
+        # This process has it open for writing: DuckDB opens a file once a process, and
+        # a read-only opening beside a writing one is refused as "a different
+        # configuration" (a notebook's kernel holding the old copy as it copies again).
+        here = "different configuration" in said
+        if "lock" not in said and not here:
             yield
             return
         holder = re.search(r"\(PID (\d+)\)", str(error))
-        who = f"process {holder.group(1)}" if holder else "another process"
+        who = (
+            "this process"
+            if here
+            else f"process {holder.group(1)}"
+            if holder
+            else "another process"
+        )
         raise RolloutError(
             f"{visible(target)}: the copy is open in {who} for writing (a notebook, a "
             "duckdb shell?): replacing it would lose what that session wrote; close it "
@@ -684,6 +695,20 @@ def _not_written_elsewhere(target: Path) -> Iterator[None]:
         yield
     finally:
         held.close()
+
+
+def _open_reading(target: Path) -> duckdb.DuckDBPyConnection:
+    """``target`` opened read-only, without installing an extension it names; with
+    DuckDB's defaults when this process reads it so already (its opening is shared,
+    and refused with another configuration): a reader, not a writer."""
+    try:
+        return duckdb.connect(
+            duckdb_path(target), read_only=True, config={"autoinstall_known_extensions": False}
+        )
+    except duckdb.Error as error:
+        if "different configuration" not in str(error).lower():
+            raise
+        return duckdb.connect(duckdb_path(target), read_only=True)
 
 
 def _identifier(name: str) -> str:
