@@ -417,3 +417,20 @@ def test_a_registry_first_used_during_a_migration_is_refused(registry: Registry)
         assert refused.value.exit_code == 3
     with Registry(registry.url) as reader:
         reader.check_schema()  # the migration gone, it reads
+
+
+def test_doctor_during_an_upgrade_says_a_migration_is_at_work_not_to_run_the_upgrade(
+    registry: Registry,
+) -> None:
+    """An upgrade at work: doctor's schema check said "run `rollout db upgrade`" (a fail,
+    exit 1), the upgrade at work already, as a reader was told before it was refused."""
+    from rollout.ops.doctor import Status, check_schema
+
+    migrate.downgrade(registry.engine, BEFORE)
+    with migration_exclusive(registry.url):
+        during = check_schema(registry)
+    assert during.status is Status.warn, during
+    assert "a schema migration" in during.detail and "is at work" in during.detail
+    assert "run `rollout db upgrade`" not in during.detail
+    migrate.upgrade(registry.engine)
+    assert check_schema(registry).status is Status.ok

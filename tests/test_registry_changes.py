@@ -192,6 +192,24 @@ def test_the_extract_puts_back_the_connections_row_order_setting(
     assert warehouse.scalar(con, "select current_setting('preserve_insertion_order')") is kept
 
 
+def test_an_extract_whose_copy_fails_in_the_warehouse_says_why_and_puts_the_setting_back(
+    engine: Engine, sqlite_url: str, con: duckdb.DuckDBPyConnection
+) -> None:
+    """A copy the warehouse refuses (an analyst's view where the extract keeps a table)
+    aborts the warehouse's transaction, which then refuses every statement but a
+    rollback: putting the row order setting back on that connection failed with
+    "Current transaction is aborted", which the caller saw instead of the reason, and
+    the setting stayed off for the process."""
+    with bound_to(engine):
+        AccountFactory(username="alice")
+    con.execute("create or replace view registry.tokens as select 1 as id")
+    with pytest.raises(duckdb.Error) as failed:
+        extract.extract_registry(con, Registry(sqlite_url), TABLES, full=True)
+    assert "transaction is aborted" not in str(failed.value)
+    assert "tokens" in str(failed.value)
+    assert warehouse.scalar(con, "select current_setting('preserve_insertion_order')") is True
+
+
 def _full_copy(url: str, table: str) -> list[tuple[object, ...]]:
     with warehouse.open_warehouse(":memory:") as fresh:
         extract.extract_registry(fresh, Registry(url), (table,), full=True)

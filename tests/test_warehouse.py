@@ -145,6 +145,31 @@ def test_strings_uncompressed_puts_back_the_setting_it_found_even_when_the_block
     assert setting().lower() == "rle"
 
 
+def test_strings_uncompressed_blocks_overlapping_on_one_warehouse_put_back_the_setting_they_found(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    """The setting is the database's, shared by every connection of the process to the
+    file (two threads, a notebook's second cursor): the first block to end put back
+    what it found while the other still wrote, and the last put back the first's
+    change, leaving every later write of the process (package_metrics_daily's copy a
+    day) uncompressed for good."""
+
+    def setting() -> str:
+        return warehouse.scalar(con, "select current_setting('disabled_compression_methods')")
+
+    other = con.cursor()
+    first, second = warehouse.strings_uncompressed(con), warehouse.strings_uncompressed(other)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    # The second block still writes: its strings still uncompressed.
+    other.execute(f"create table kept as select 'package-' || i as name from range({MANY}) t(i)")
+    assert string_compressions(con, "kept", "name") == {"Uncompressed"}
+    second.__exit__(None, None, None)
+    assert setting() == ""
+    other.close()
+
+
 def views(con: duckdb.DuckDBPyConnection) -> set[str]:
     rows = con.execute("select view_name from duckdb_views() where not internal").fetchall()
     return {row[0] for row in rows}

@@ -209,3 +209,31 @@ def test_a_copy_a_notebook_only_reads_is_replaced(warehouse_file: Path, tmp_path
     with warehouse_held(mine, read_only=True):
         result = run("copy-warehouse", str(mine), "--replace")
     assert result.exit_code == 0, result.stderr
+
+
+def test_a_copy_this_process_has_open_for_writing_is_not_replaced(
+    warehouse_file: Path, tmp_path: Path
+) -> None:
+    """A notebook's kernel calling the copy with the old copy still open there: DuckDB
+    refuses a second, read-only opening of the file in one process ("a different
+    configuration"), which did not read as a lock, so the file was moved over that
+    session's as if nothing had it open."""
+    mine = tmp_path / "mine.duckdb"
+    assert run("copy-warehouse", str(mine)).exit_code == 0
+    before = mine.stat()
+    with duckdb.connect(str(mine)) as notebook:
+        notebook.execute("create table mine as select 42 as answer")
+        result = run("copy-warehouse", str(mine), "--replace")
+        assert result.exit_code == 1, result.stderr
+        assert f"{mine}: the copy is open in this process for writing" in result.stderr
+        assert mine.stat().st_ino == before.st_ino
+    with duckdb.connect(str(mine), read_only=True) as kept:
+        assert kept.execute("select answer from mine").fetchall() == [(42,)]
+
+
+def test_a_copy_this_process_only_reads_is_replaced(warehouse_file: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "mine.duckdb"
+    assert run("copy-warehouse", str(mine)).exit_code == 0
+    with duckdb.connect(str(mine), read_only=True):
+        result = run("copy-warehouse", str(mine), "--replace")
+    assert result.exit_code == 0, result.stderr

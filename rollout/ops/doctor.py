@@ -196,18 +196,31 @@ def check_schema(registry: Registry) -> CheckResult:
 
     from rollout.registry import migrate
     from rollout.registry.engine import RegistryStatementCancelled, RegistryURLRefused
+    from rollout.registry.locks import migration_holding
 
     registry_url = registry.url
     if _missing_sqlite_file(registry_url) is not None:
         return CheckResult("schema", Status.fail, "no registry database yet (see registry)")
     engine = _registry_engine(registry_url)
     try:
+        with engine.connect() as connection:
+            migrating = migration_holding(registry_url, connection)
         current = migrate.current_revision(engine)
     except (SQLAlchemyError, RegistryURLRefused, RegistryStatementCancelled):
         return CheckResult("schema", Status.fail, "cannot read it: the registry is unreachable")
     finally:
         engine.dispose()
     head = migrate.head_revision()
+    if migrating:
+        # Not "run `rollout db upgrade`": one is at work (or a downgrade), and the
+        # commands that read the registry are refused until it ends (exit 3).
+        return CheckResult(
+            "schema",
+            Status.warn,
+            f"a schema migration (`rollout db upgrade` or `db downgrade`) is at work on "
+            f"the registry, at revision {current or 'none'} for now (this code needs "
+            f"{head}): run doctor again once it has finished",
+        )
     if current is None:
         return CheckResult("schema", Status.fail, "no schema yet: run `rollout db upgrade`")
     if not migrate.is_known(current):

@@ -6,9 +6,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -495,8 +497,58 @@ def run(
 STRING_COMPRESSION = "dict_fsst"
 
 
+# The blocks of database_setting open in this process, per warehouse file and setting:
+# how many, and the value the first of them found (guarded by _SETTINGS_GUARD).
+_SETTINGS: dict[tuple[str, str], tuple[int, str]] = {}
+_SETTINGS_GUARD = threading.Lock()
+
+
 @contextmanager
-def strings_uncompressed(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+def database_setting(
+    con: duckdb.DuckDBPyConnection, name: str, change: Callable[[str], str]
+) -> Iterator[None]:
+    """DuckDB's setting ``name`` as ``change(what it was)`` while the block runs, put
+    back after. Such a setting (``disabled_compression_methods``,
+    ``preserve_insertion_order``) is the database's, not the connection's: every
+    connection of this process to the file shares it (a thread's, a notebook's second
+    cursor). So blocks overlapping on one file are counted: the first changes it, the
+    last puts back what the first found (a block ending while another worked would have
+    put the setting back under it, and the last one left the first's change for good).
+    Read and set through a connection of its own: ``con`` may be inside a transaction a
+    failed statement has aborted, which refuses every statement but a rollback (the
+    caller then saw "Current transaction is aborted", not why it failed). The setting
+    lives in the process, not the file: a process stopped inside leaves the file as it
+    was. An in-memory database is counted per connection (its cursors cannot be told
+    from another's)."""
+
+    def setting(value: str | None = None) -> str:
+        with con.cursor() as other:
+            if value is not None:
+                quoted = value.replace("'", "''")
+                other.execute(f"set {name} = '{quoted}'")
+            found = scalar(other, f"select current_setting('{name}')")
+            return "" if found is None else str(found)
+
+    path = database_path(con)
+    key = (os.path.realpath(path) if path else f"memory:{id(con)}", name)
+    with _SETTINGS_GUARD:
+        blocks, kept = _SETTINGS.get(key, (0, ""))
+        if blocks == 0:
+            kept = setting()
+            setting(change(kept))
+        _SETTINGS[key] = (blocks + 1, kept)
+    try:
+        yield
+    finally:
+        with _SETTINGS_GUARD:
+            blocks, kept = _SETTINGS.pop(key)
+            if blocks > 1:
+                _SETTINGS[key] = (blocks - 1, kept)
+            else:
+                setting(kept)
+
+
+def strings_uncompressed(con: duckdb.DuckDBPyConnection) -> AbstractContextManager[None]:
     """Tables written within the block store their strings as they are, not through
     DICT_FSST. For the tables rollout.metrics and rollout.warehouse.manifests replace
     whole, one row a package (the latest manifests, the download windows, the
@@ -505,25 +557,16 @@ def strings_uncompressed(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     windows' 1.7 s), in tables kept once, not a copy a day (package_metrics_daily is
     written as before). Only what DuckDB writes while the block runs is affected:
     rows left to a later checkpoint are compressed as ever. The setting is the
-    database's, not the connection's: put back after, whatever it was, through a
-    connection of its own (``con`` may be inside a transaction a failed write has
-    aborted, which refuses every statement but a rollback)."""
+    database's (``database_setting``: blocks overlapping on one file are counted, and
+    it is put back as the first found it)."""
 
-    def setting(value: str | None = None) -> str:
-        with con.cursor() as other:
-            if value is not None:
-                other.execute(f"set disabled_compression_methods = '{value}'")
-            return scalar(other, "select current_setting('disabled_compression_methods')")
+    def with_strings_uncompressed(kept: str) -> str:
+        methods = [m for m in kept.split(",") if m.strip()]
+        if STRING_COMPRESSION not in (m.strip().lower() for m in methods):
+            methods.append(STRING_COMPRESSION)
+        return ",".join(methods)
 
-    kept = setting() or ""
-    methods = [m for m in kept.split(",") if m.strip()]
-    if STRING_COMPRESSION not in (m.strip().lower() for m in methods):
-        methods.append(STRING_COMPRESSION)
-    setting(",".join(methods))
-    try:
-        yield
-    finally:
-        setting(kept)
+    return database_setting(con, "disabled_compression_methods", with_strings_uncompressed)
 
 
 @contextmanager
@@ -614,7 +657,8 @@ def copy_warehouse(con: duckdb.DuckDBPyConnection, target: Path, *, replace: boo
 @contextmanager
 def _not_written_elsewhere(target: Path) -> Iterator[None]:
     """Refuse (exit 1, naming the process) to replace a copy another process has open
-    for writing (an analyst's notebook): the file moved over it and its log taken away,
+    for writing (an analyst's notebook, or this process: a kernel copying again with the
+    old copy open): the file moved over it and its log taken away,
     that session went on writing into a file no longer there and lost what it wrote
     since its last checkpoint. Held open as a reader until the copy is in place, so no
     session starts writing the old one meanwhile. A reader of it keeps what it opened
@@ -623,15 +667,25 @@ def _not_written_elsewhere(target: Path) -> Iterator[None]:
     if not target.exists():
         yield
         return
-    config = {"autoinstall_known_extensions": False}
     try:
-        held = duckdb.connect(duckdb_path(target), read_only=True, config=config)
+        held = _open_reading(target)
     except duckdb.Error as error:
-        if "lock" not in str(error).lower():
+        said = str(error).lower()
+        # This process has it open for writing: DuckDB opens a file once a process, and
+        # a read-only opening beside a writing one is refused as "a different
+        # configuration" (a notebook's kernel holding the old copy as it copies again).
+        here = "different configuration" in said
+        if "lock" not in said and not here:
             yield
             return
         holder = re.search(r"\(PID (\d+)\)", str(error))
-        who = f"process {holder.group(1)}" if holder else "another process"
+        who = (
+            "this process"
+            if here
+            else f"process {holder.group(1)}"
+            if holder
+            else "another process"
+        )
         raise RolloutError(
             f"{visible(target)}: the copy is open in {who} for writing (a notebook, a "
             "duckdb shell?): replacing it would lose what that session wrote; close it "
@@ -641,6 +695,20 @@ def _not_written_elsewhere(target: Path) -> Iterator[None]:
         yield
     finally:
         held.close()
+
+
+def _open_reading(target: Path) -> duckdb.DuckDBPyConnection:
+    """``target`` opened read-only, without installing an extension it names; with
+    DuckDB's defaults when this process reads it so already (its opening is shared,
+    and refused with another configuration): a reader, not a writer."""
+    try:
+        return duckdb.connect(
+            duckdb_path(target), read_only=True, config={"autoinstall_known_extensions": False}
+        )
+    except duckdb.Error as error:
+        if "different configuration" not in str(error).lower():
+            raise
+        return duckdb.connect(duckdb_path(target), read_only=True)
 
 
 def _identifier(name: str) -> str:
