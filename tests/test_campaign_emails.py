@@ -1171,3 +1171,61 @@ def test_a_token_an_earlier_phase_revokes_first_is_said_to_stop_on_that_phase_s_
     )
     assert "sooner" not in granular_line.group()
     assert "stops working sooner, from <strong>Tuesday 9 December 2025, 00:00 UTC" in html
+
+
+def test_a_later_phase_s_warning_tells_the_sooner_day_an_earlier_phase_requires_2fa(
+    registry: Registry, factories: None, tmp_path: Path
+) -> None:
+    """A hand-written plan may announce a later phase before an earlier one is
+    enforced (docs/plans.md): high-impact's notice (for 2022-05-03) went on 2022-01-10
+    to an account top-100 requires 2FA of from 2022-02-01, saying "from 3 May": its
+    owner planned on three months it did not have. Its notice and its reminder say the
+    sooner day; an account only in high-impact keeps the phase's own day alone."""
+    from rollout.notify.drain import drain
+    from rollout.notify.queue import queue_due
+    from rollout.notify.senders import FileSender
+    from tests.factories import AccountFactory
+
+    text = (ROOT / "plans" / "npm-2022.yaml").read_text()
+    text = text.replace(
+        "cohort_as_of: 2022-03-14\n    notice_on: 2022-03-15\n"
+        "    reminders_days_before: [30, 14, 3]",
+        "cohort_as_of: 2022-01-09\n    notice_on: 2022-01-10\n"
+        "    reminders_days_before: [110, 14, 3]",
+    )
+    plan, problems = parse_plan(text, "overlap.yaml")
+    assert plan is not None and not problems, problems
+    AccountFactory(username="in-both", in_cohort=["top-100", "high-impact"])
+    AccountFactory(username="later-only", in_cohort="high-impact")
+    outbox = tmp_path / "outbox"
+    for day in (date(2022, 1, 10), date(2022, 1, 13)):  # the notice; 110 days before
+        with use_clock(SimulatedClock(datetime.combine(day, time(9)))):
+            queue_due(registry, plan, day, actor="rm")
+            drain(registry, plan, FileSender(outbox))
+    sent = {
+        (email, username): (text, html)
+        for email in ("phase_notice", "reminder")
+        for username in ("in-both", "later-only")
+        for _, text, html in [
+            found
+            for name, found in _sent_texts(outbox).items()
+            if email in name and f"Hi {username}," in found[1] and "3 May 2022" in found[1]
+        ]
+    }
+    assert set(sent) == {
+        (email, username)
+        for email in ("phase_notice", "reminder")
+        for username in ("in-both", "later-only")
+    }
+    sooner = (
+        "registry requires of your account a second factor (TOTP or a security key) "
+        "sooner, from Tuesday 1 February 2022, 00:00 UTC"
+    )
+    for email in ("phase_notice", "reminder"):
+        text, html = sent[(email, "in-both")]
+        assert "also among the maintainers of the 100 packages" in text
+        assert sooner in text, text
+        assert "sooner, from <strong>" not in html
+        assert "<strong>sooner, from Tuesday 1 February 2022, 00:00 UTC</strong>" in html
+        text, html = sent[(email, "later-only")]
+        assert "sooner" not in text and "sooner" not in html

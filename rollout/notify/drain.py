@@ -694,6 +694,89 @@ def _stricter(
     return found
 
 
+def _required_sooner(
+    connection: Connection,
+    plan: Plan,
+    claimed: list[_Claimed],
+    standing: Mapping[tuple[str, str, int, str], _Standing],
+    now: datetime,
+) -> dict[tuple[str, int], Stricter]:
+    """{(phase, account): the sooner requirement} for the batch's notices and reminders
+    of phases requiring 2FA, to accounts that another phase requires 2FA of before this
+    one's deadline (the phase's ``enforce_on``, or the account's own): one enforced by
+    a fixed day still to come (today included), not rolled back, whose cohort holds the
+    account now, that is not exempt, has not been required 2FA yet (its email says so
+    already) and lacks both phases' factors. The earliest such phase's day and factor.
+    The plan language allows a later phase's notice before an earlier phase enforces:
+    its "required from" the later day told an account in both cohorts there was time
+    until then (the tokens' counterpart: :func:`_revoked_sooner`)."""
+    today = now.date()
+    phases = {p.name: p for p in plan.phases}
+    wanted: dict[str, dict[int, date]] = {}
+    for c in claimed:
+        phase = phases.get(c.phase)
+        if (
+            c.email not in ("phase_notice", "reminder")
+            or phase is None
+            or not phase.does("require_2fa")
+            or phase.requires.two_factor == "none"
+        ):
+            continue
+        found = standing.get(_standing_key(c))
+        day = found.deadline if found is not None and found.deadline else phase.enforce_on
+        wanted.setdefault(phase.name, {})[c.account_id] = day
+    exempt = sorted(plan.exempt_usernames)
+    sooner: dict[tuple[str, int], Stricter] = {}
+    for name, days in wanted.items():
+        phase = phases[name]
+        latest = max(days.values())
+        earlier = sorted(
+            (
+                p
+                for p in plan.phases
+                if p.name != name
+                and p.does("require_2fa")
+                and p.requires.two_factor != "none"
+                and p.deadline is None
+                and today <= p.enforce_on < latest
+            ),
+            key=lambda p: (p.enforce_on, p.name),
+        )
+        for other in earlier:
+            if _rolled_back(connection, other):
+                continue  # withdrawn: it requires nothing of anyone now
+            cohort = plan.cohort(other.cohort).in_words() if other.cohort != phase.cohort else None
+            asks = other.requires.describe()[0]
+            ids = [a for a, day in days.items() if other.enforce_on < day]
+            for chunk in in_chunks(sorted(ids)):
+                for account_id in connection.execute(
+                    select(ACCOUNTS.c.id)
+                    .join(
+                        CohortMembership,
+                        and_(
+                            CohortMembership.account_id == ACCOUNTS.c.id,
+                            CohortMembership.cohort == other.cohort,
+                            CohortMembership.left_on.is_(None),
+                        ),
+                    )
+                    .where(
+                        and_(
+                            ACCOUNTS.c.id.in_(chunk),
+                            ACCOUNTS.c.username.not_in(exempt),
+                            ACCOUNTS.c.tfa_required_at.is_(None),
+                            lacks_factor(phase.requires, ACCOUNTS.c.id),
+                            lacks_factor(other.requires, ACCOUNTS.c.id),
+                        )
+                    )
+                ).scalars():
+                    sooner.setdefault((name, account_id), Stricter(cohort, other.enforce_on, asks))
+    return sooner
+
+
+def _as_sooner(recipient: Recipient | None, sooner: Stricter | None) -> Recipient | None:
+    return replace(recipient, sooner=sooner) if recipient is not None and sooner else recipient
+
+
 def _too_late(
     connection: Connection,
     plan: Plan,
@@ -1408,13 +1491,17 @@ def _next_batch(
         last_sent = _last_sent(connection, plan, claimed)
         standing = _standing(connection, plan, claimed, now)
         earlier = _required_earlier(connection, claimed)
+        sooner = _required_sooner(connection, plan, claimed, standing, now)
         late = _too_late(connection, plan, claimed, standing, now)
         enforced = _enforced(connection, claimed)
     prepared = [
         _prepare(
             plan,
             c,
-            _as_told(recipients.get(c.account_id), (c.phase, c.account_id) in earlier),
+            _as_sooner(
+                _as_told(recipients.get(c.account_id), (c.phase, c.account_id) in earlier),
+                sooner.get((c.phase, c.account_id)),
+            ),
             packages,
             suppressed,
             last_sent,
@@ -2255,12 +2342,12 @@ def account_recipient(
         if phase is None:
             return recipient
         packages = _packages(connection, plan, claimed)
-        found = _standing(connection, plan, claimed, now or utc_now()).get(
-            _standing_key(claimed[0])
-        )
+        standing = _standing(connection, plan, claimed, now or utc_now())
+        found = standing.get(_standing_key(claimed[0]))
+        sooner = _required_sooner(connection, plan, claimed, standing, now or utc_now())
     recipient = replace(
         recipient, packages=packages.get((plan.phase(phase).cohort, account_id), ())
     )
     if found is not None:
         recipient = found.apply(recipient)
-    return recipient
+    return _as_sooner(recipient, sooner.get((phase, account_id))) or recipient

@@ -46,7 +46,8 @@ RECOMMENDING_EFFECTS = frozenset({"warn", "close_totp_enrolment"})
 
 @dataclass(frozen=True)
 class Stricter:
-    """A phase requiring 2FA of an account that another phase only recommends it to."""
+    """A phase requiring 2FA of an account that another phase only recommends it to
+    (Recipient.stricter), or requires of it later (Recipient.sooner)."""
 
     cohort: str | None  # its cohort's description; None when it is the same cohort
     on: date  # from when: its enforcement day, or the account's own deadline in it
@@ -84,6 +85,12 @@ class Recipient:
     # if 2FA were optional for it (RubyGems 2022: warn above 165M downloads, require
     # above 180M, a day apart).
     stricter: Stricter | None = None
+    # For a notice or reminder of a phase that requires 2FA: another phase of the plan
+    # requires 2FA of the account sooner (enforced on a fixed day still to come, before
+    # this one's deadline), its cohort holding the account, which lacks its factor. The
+    # email's own date alone told its owner there was time until then (a hand-written
+    # plan whose later phase is announced before an earlier one is enforced).
+    sooner: Stricter | None = None
     # For an enforcement email: the phase was rolled back since it acted (before this
     # email went); what it revoked stays revoked, and the email says so.
     rolled_back: bool = False
@@ -222,6 +229,7 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
     # top-100 accounts), and so would a token-only phase's "nothing for you to do".
     found["already_required"] = r is not None and r.owes_2fa
     found["required_earlier"] = r is not None and r.required_earlier
+    found["sooner"] = r.sooner if r is not None else None
     if found["classic"] or r is None:
         return found
     lacks = r.lacks_factor if r.lacks_factor is not None else r.method is None
