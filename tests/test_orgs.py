@@ -706,3 +706,133 @@ def test_a_member_promoted_to_owner_since_the_preview_is_not_removed_as_previewe
         )
     assert "2 owners (bo, di)" in str(refused.value)
     assert [m.username for m in orgs.enforcement_preview(registry, "acme")] == ["bo", "di"]
+
+
+def _said(result: Any) -> str:
+    return " ".join(result.stderr.split())
+
+
+def test_an_org_preview_is_saved_as_a_phase_preview_is(
+    registry: Registry, acme: dict[str, int], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The list the owner confirms is kept: its CSV under reports/previews/, named as a
+    phase preview's, its record beside it (who, when, the counts, the fingerprint),
+    each preview its own files; the preview says where."""
+    first = cli("orgs", "enforce", "acme")
+    assert first.exit_code == 0, first.stderr
+    [path] = (tmp_path / "reports" / "previews").glob("*.csv")
+    assert re.fullmatch(r"org-acme-\d{8}T\d{6}-[0-9a-f]{8}\.csv", path.name)
+    assert f"the list: {path}" in _said(first)
+    assert path.read_text().splitlines() == [
+        "account_id,username,role,tfa_status,joined_at",
+        *(
+            f"{m.account_id},{m.username},{m.role},none,{m.joined_at.isoformat()}"
+            for m in orgs.enforcement_preview(registry, "acme")
+        ),
+    ]
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["kind"] == "org-enforce" and record["org"] == "acme"
+    assert (record["members"], record["owners"], record["admins"]) == (2, 1, 0)
+    assert record["fingerprint"] == orgs.removal_fingerprint(
+        orgs.enforcement_preview(registry, "acme")
+    )
+    assert record["csv"] == path.name and record["org_id"] == _org(registry)
+    assert cli("orgs", "enforce", "acme").exit_code == 0
+    assert len(list((tmp_path / "reports" / "previews").glob("org-acme-*.json"))) == 2
+    # Nothing else is left behind (atomic writes), and no plan step reads them.
+    assert not list((tmp_path / "reports" / "previews").glob(".*"))
+
+
+def test_an_org_preview_of_a_hostile_org_name_stays_in_its_folder(
+    registry: Registry, factories: None, tmp_path: Path
+) -> None:
+    """An org's name is the registry's: any character. Its file name is made safe, and
+    its record keeps the name as it is."""
+    name = "../../x\n=evil"
+    OrgFactory(name=name)
+    path = orgs.save_enforcement_preview(registry, name, [], tmp_path, actor="t")
+    assert path.parent == tmp_path / "previews"
+    assert re.fullmatch(r"org-x_evil-[0-9a-f]{12}-\d{8}T\d{6}-[0-9a-f]{8}\.csv", path.name)
+    assert json.loads(path.with_suffix(".json").read_text())["org"] == name
+
+
+def test_an_org_enforcement_refused_as_not_previewed_names_who_changed_since(
+    registry: Registry, acme: dict[str, int], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Since the preview (bo, owner; di, developer): bo enabled 2FA, a newcomer joined
+    without it, di was made an owner. Two members either way: the refusal (exit 3,
+    nobody removed) names who left the list, who joined it and whose role changed,
+    names as data, with the preview's time and file. Then di leaves the org: another
+    count, named the same way."""
+    apply = ("orgs", "enforce", "acme", "--owner", "ada", "--confirm", "acme")
+    preview = cli("orgs", "enforce", "acme")
+    listed = orgs.removal_fingerprint(orgs.enforcement_preview(registry, "acme"))
+    [csv_name] = [p.name for p in (tmp_path / "reports" / "previews").glob("*.csv")]
+    FactorFactory(account=existing_account(acme["bo"]), kind="totp")
+    OrgMemberFactory(
+        org=existing_org(_org(registry)),
+        account=AccountFactory(username="=fay\nx"),
+        role="developer",
+    )
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(OrgMember).where(OrgMember.account_id == acme["di"]).values(role="owner")
+        )
+    before = _state(registry)
+
+    refused = cli(*apply, "--expect", "2", "--expect-list", listed)
+    assert refused.exit_code == 3, refused.stderr
+    [said] = refused.stderr.splitlines()
+    assert said.count("are not the ones previewed") == 1
+    assert (
+        f"({csv_name}): 1 member no longer listed (bo); 1 member newly listed (=fay\\x0ax); "
+        "1 role changed (di: developer to owner)"
+    ) in said
+    assert preview.exit_code == 0 and _state(registry) == before
+
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(OrgMember)
+            .where(OrgMember.account_id == acme["di"])
+            .values(removed_at=datetime(2022, 2, 3))
+        )
+    fewer = cli(*apply, "--expect", "2", "--expect-list", listed)
+    assert fewer.exit_code == 3
+    said = _said(fewer)
+    assert "org 'acme' has 1 member without 2FA to remove, not the 2 expected" in said
+    assert "2 members no longer listed (bo, di); 1 member newly listed (=fay\\x0ax)" in said
+    # A fingerprint no preview here showed (another machine's): the refusal alone.
+    elsewhere = cli(*apply, "--expect", "1", "--expect-list", "0123456789ab")
+    assert elsewhere.exit_code == 3 and "no longer listed" not in elsewhere.stderr
+    assert _state(registry)[:3] == before[:3]
+    assert [m.username for m in orgs.enforcement_preview(registry, "acme")] == ["=fay\nx"]
+
+
+def test_a_reinvitation_refused_as_not_previewed_names_who_changed_since(
+    registry: Registry, enforced: dict[str, int], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The preview showed di; then di dropped 2FA and bo enabled it: one either way,
+    but the refusal names who left the list and who joined it; nobody is invited."""
+    preview = cli("orgs", "reinvite", "acme", "--team", "release")
+    assert preview.exit_code == 0, preview.stderr
+    [path] = (tmp_path / "reports" / "previews").glob("*.csv")
+    assert re.fullmatch(r"org-acme-reinvite-\d{8}T\d{6}-[0-9a-f]{8}\.csv", path.name)
+    assert f"the list: {path}" in _said(preview)
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert (record["kind"], record["team"], record["members"]) == ("org-reinvite", "release", 1)
+    listed = record["fingerprint"]
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(TfaFactor)
+            .where(TfaFactor.account_id == enforced["di"])
+            .values(removed_at=datetime(2022, 2, 4))
+        )
+    FactorFactory(account_id=enforced["bo"], kind="webauthn", created_at=datetime(2022, 2, 4))
+    confirm = ("--owner", "ada", "--confirm", "acme", "--expect", "1", "--expect-list", listed)
+    refused = cli("orgs", "reinvite", "acme", "--team", "release", *confirm)
+    assert refused.exit_code == 3, refused.stderr
+    said = _said(refused)
+    assert "not the ones previewed" in said
+    assert f"({path.name}): 1 member no longer listed (di); 1 member newly listed (bo)" in said
+    assert "role" not in said
+    assert orgs.invitations(registry, "acme", actor="t") == []

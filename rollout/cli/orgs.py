@@ -17,7 +17,7 @@ from rollout.cli.app import (
     reports_errors,
 )
 from rollout.core.controls import shell_word, visible
-from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
+from rollout.core.errors import EXIT_BAD_INPUT, GuardRefused, RolloutError
 from rollout.core.output import Format, emit, emit_record, stderr
 from rollout.core.words import by_count, counted
 
@@ -146,9 +146,11 @@ def orgs_enforce(
     from rollout.phases.orgs import (
         audit_org,
         enforce_org,
+        naming_member_changes,
         owners_with_2fa,
         removal_fingerprint,
         removed_by_enforcement,
+        save_enforcement_preview,
     )
 
     runtime = _runtime(ctx)
@@ -156,6 +158,10 @@ def orgs_enforce(
     everyone = audit_org(runtime.registry, org)
     members = removed_by_enforcement(everyone)
     if confirm is None:
+        # Kept as shown: a refused apply names who changed since (naming_member_changes).
+        saved = save_enforcement_preview(
+            runtime.registry, org, members, settings.reports_dir, actor=settings.actor
+        )
         emit(
             _members_rows(members, fmt),
             fmt,
@@ -171,6 +177,7 @@ def orgs_enforce(
                 + ", without 2FA, are removed too",
                 highlight=False,
             )
+        stderr.print(f"the list: {saved}", highlight=False, markup=False)
         if not owners_with_2fa(everyone):
             # Every --owner would be refused: no command to suggest.
             stderr.print(
@@ -196,15 +203,22 @@ def orgs_enforce(
         expect,
         expect_list,
     )
-    result = enforce_org(
-        runtime.registry,
-        org,
-        confirm=confirm,
-        owner=owner,
-        actor=settings.actor,
-        expect=expect,
-        expect_list=expect_list,
-    )
+    try:
+        result = enforce_org(
+            runtime.registry,
+            org,
+            confirm=confirm,
+            owner=owner,
+            actor=settings.actor,
+            expect=expect,
+            expect_list=expect_list,
+        )
+    except GuardRefused as refused:
+        # Who changed since the preview confirmed, when its files are here to say.
+        said = naming_member_changes(refused, settings.reports_dir, expect_list)
+        if said is refused:
+            raise
+        raise said from None
     emit_record(
         {
             "org": result.org,
@@ -249,14 +263,19 @@ def orgs_reinvite(
     from rollout.phases.orgs import (
         INVITATION_DAYS,
         invitation_fingerprint,
+        naming_member_changes,
         reinvite,
         reinvite_preview,
+        save_reinvite_preview,
     )
 
     runtime = _runtime(ctx)
     settings = runtime.settings
     invitees = reinvite_preview(runtime.registry, org, team)
     if confirm is None:
+        saved = save_reinvite_preview(
+            runtime.registry, org, team, invitees, settings.reports_dir, actor=settings.actor
+        )
         emit(
             [{"username": i.username, "removed_at": i.removed_at} for i in invitees],
             fmt,
@@ -264,6 +283,7 @@ def orgs_reinvite(
             f"{by_count(len(invitees), 'uses', 'use')} 2FA",
             columns=["username", "removed_at"],
         )
+        stderr.print(f"the list: {saved}", highlight=False, markup=False)
         stderr.print(
             f"preview only: to invite {_these(len(invitees), 'member')} back into team "
             f"{team!r} (the invitations stay open {counted(INVITATION_DAYS, 'day')}) run "
@@ -281,16 +301,22 @@ def orgs_reinvite(
         expect,
         expect_list,
     )
-    result = reinvite(
-        runtime.registry,
-        org,
-        team,
-        owner=owner,
-        confirm=confirm,
-        expect=expect,
-        actor=settings.actor,
-        expect_list=expect_list,
-    )
+    try:
+        result = reinvite(
+            runtime.registry,
+            org,
+            team,
+            owner=owner,
+            confirm=confirm,
+            expect=expect,
+            actor=settings.actor,
+            expect_list=expect_list,
+        )
+    except GuardRefused as refused:
+        said = naming_member_changes(refused, settings.reports_dir, expect_list)
+        if said is refused:
+            raise
+        raise said from None
     emit_record(
         {
             "org": result.org,

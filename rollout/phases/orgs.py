@@ -7,13 +7,19 @@ removed (with a notice), the owners get a summary, and every effect is audited o
 ``reinvite`` invites the members it removed who have since enabled 2FA back into a
 team the owner chooses, previewed and confirmed the same way; ``settle_invitations``
 records the invitations accepted (a member again) or expired.
+
+Each preview is saved under ``reports/previews/`` as a phase's is (its CSV, a record
+beside it: rollout.phases.previews.save_list), so an apply refused as not previewed
+names who changed since (``naming_member_changes``).
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import (
     ColumnElement,
@@ -35,9 +41,11 @@ from rollout.core.calendar import org_enforcement_step, org_reinvite_step
 from rollout.core.controls import shell_word, visible
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.fingerprints import list_fingerprint, same_list
+from rollout.core.names import file_stem_for
 from rollout.core.words import counted
 from rollout.notify.emails import INVITATION_EMAIL
 from rollout.notify.queue import queue_each
+from rollout.phases.previews import names_shown, read_rows, save_list, saved_previews
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.engine import begin_writing
@@ -70,6 +78,11 @@ REMOVAL_EMAIL = "org_removal_notice"
 SUMMARY_EMAIL = "org_enforcement_summary"
 # How long an invitation back stays open (GitHub's org invitations: 7 days).
 INVITATION_DAYS = 7
+# The ``kind`` of an org's saved preview record (reports/previews/), and its CSV's columns.
+ENFORCE_PREVIEW = "org-enforce"
+REINVITE_PREVIEW = "org-reinvite"
+ENFORCE_COLUMNS = ("account_id", "username", "role", "tfa_status", "joined_at")
+REINVITE_COLUMNS = ("account_id", "username", "removed_at")
 
 
 def removal_reason(org: str) -> str:
@@ -222,6 +235,7 @@ def enforce_org(
             (len(to_remove), expect),
             (removal_fingerprint(to_remove), expect_list),
             f"rollout orgs enforce {shell_word(org)}",
+            (ENFORCE_PREVIEW, org_id, {m.account_id: (m.username, m.role) for m in to_remove}),
             # A role is part of the list: who the org would lose that runs it, now.
             now_said=f"it would remove {leading_removed(to_remove) or 'no owner or admin'} now",
         )
@@ -514,6 +528,7 @@ def reinvite(
             (len(invitees), expect),
             (invitation_fingerprint(invitees), expect_list),
             f"rollout orgs reinvite {shell_word(org)} --team {shell_word(team)}",
+            (REINVITE_PREVIEW, org_id, {i.account_id: (i.username, None) for i in invitees}),
         )
         expires_at = now + timedelta(days=INVITATION_DAYS)
         with recorded_run(
@@ -645,31 +660,180 @@ def invitations(registry: Registry, org: str, *, actor: str) -> list[Invitation]
         return [Invitation(*row) for row in connection.execute(query)]
 
 
+class MembersNotAsPreviewed(GuardRefused):
+    """Refused: the members an org command would act on now (``listed``: account id to
+    name and role, None for a list without roles) are not the ones previewed (their
+    count or fingerprint): a caller holding the preview's files can say who changed
+    (:func:`naming_member_changes`)."""
+
+    def __init__(
+        self, message: str, kind: str, org_id: int, listed: dict[int, tuple[str, str | None]]
+    ) -> None:
+        super().__init__(message)
+        self.kind, self.org_id, self.listed = kind, org_id, listed
+
+    def __reduce__(self) -> tuple[type[GuardRefused], tuple[str]]:
+        # Passed on as the refusal it is: its message, not the members listed.
+        return GuardRefused, (str(self),)
+
+
 def _as_previewed(
     org: str,
     words: tuple[str, str, str],
     counts: tuple[int, int | None],
     lists: tuple[str, str | None],
     preview: str,
+    listed: tuple[str, int, dict[int, tuple[str, str | None]]],
     *,
     now_said: str | None = None,
 ) -> None:
-    """Refuse (GuardRefused) a confirmation that no longer matches what the command
-    would do: the count typed back (``counts``: now, expected; None when not given), and
-    the previewed list's fingerprint (``lists``: now, expected). ``words``: whom it acts
-    on (a noun, counted, and the words after it), and what it does to them; ``preview``:
-    the command that previews it again; ``now_said``: what the refusal of another list
-    says of the list now (the preview's own list is not saved to compare with)."""
-    (who, why, does), (found, expect), (listed, expect_list) = words, counts, lists
+    """Refuse (:class:`MembersNotAsPreviewed`) a confirmation that no longer matches
+    what the command would do: the count typed back (``counts``: now, expected; None
+    when not given), and the previewed list's fingerprint (``lists``: now, expected).
+    ``words``: whom it acts on (a noun, counted, and the words after it), and what it
+    does to them; ``preview``: the command that previews it again; ``listed``: the
+    preview's kind, the org's id and the members now (what the refusal carries);
+    ``now_said``: what the refusal of another list says of the list now."""
+    (who, why, does), (found, expect), (fingerprint, expect_list) = words, counts, lists
     if expect is not None and found != expect:
-        raise GuardRefused(
+        raise MembersNotAsPreviewed(
             f"org {org!r} has {counted(found, who)} {why}, not the {expect} expected: "
-            f"run `{preview}` and check"
+            f"run `{preview}` and check",
+            *listed,
         )
 
-    if expect_list is not None and not same_list(listed, expect_list):
-        raise GuardRefused(
+    if expect_list is not None and not same_list(fingerprint, expect_list):
+        raise MembersNotAsPreviewed(
             f"org {org!r}: the members it would {does} now are not the ones previewed "
-            f"(list {listed}, not {expect_list}): some changed since, though the count may "
-            f"not have{'' if now_said is None else f' ({now_said})'}; run `{preview}` and check"
+            f"(list {fingerprint}, not {expect_list}): some changed since, though the count "
+            f"may not have{'' if now_said is None else f' ({now_said})'}; run `{preview}` "
+            "and check",
+            *listed,
         )
+
+
+# --- saved previews ----------------------------------------------------------------------
+
+
+def _preview_stem(kind: str, org: str) -> str:
+    """The file name's start of an org's saved preview: the org's name is the registry's
+    (any character), made safe (file_stem_for)."""
+    stem = f"org-{file_stem_for(org)}"
+    return stem if kind == ENFORCE_PREVIEW else f"{stem}-reinvite"
+
+
+def save_enforcement_preview(
+    registry: Registry, org: str, members: list[Member], reports_dir: Path, *, actor: str
+) -> Path:
+    """Save the members ``orgs enforce`` would remove (removed_by_enforcement), as the
+    preview showed them, under ``reports/previews/`` (a phase preview's naming, its
+    record beside it). Returns the CSV's path."""
+    org_id, _ = _org_id(registry.engine, org)
+    rows = [{c: getattr(m, c) for c in ENFORCE_COLUMNS} for m in members]
+    record = {
+        "kind": ENFORCE_PREVIEW,
+        "org": org,
+        # A refusal finds the preview by the org's id: it may be renamed before the apply.
+        "org_id": org_id,
+        "actor": actor,
+        "members": len(members),
+        "owners": sum(m.role == "owner" for m in members),
+        "admins": sum(m.role == "admin" for m in members),
+        "fingerprint": removal_fingerprint(members),
+    }
+    path, _, _ = save_list(
+        reports_dir, _preview_stem(ENFORCE_PREVIEW, org), ENFORCE_COLUMNS, rows, record
+    )
+    return path
+
+
+def save_reinvite_preview(
+    registry: Registry,
+    org: str,
+    team: str,
+    invitees: list[Invitee],
+    reports_dir: Path,
+    *,
+    actor: str,
+) -> Path:
+    """Save the members ``orgs reinvite`` would invite back into ``team``, as
+    :func:`save_enforcement_preview` does. Returns the CSV's path."""
+    org_id, _ = _org_id(registry.engine, org)
+    rows = [{c: getattr(i, c) for c in REINVITE_COLUMNS} for i in invitees]
+    record = {
+        "kind": REINVITE_PREVIEW,
+        "org": org,
+        "org_id": org_id,
+        "team": team,
+        "actor": actor,
+        "members": len(invitees),
+        "fingerprint": invitation_fingerprint(invitees),
+    }
+    path, _, _ = save_list(
+        reports_dir, _preview_stem(REINVITE_PREVIEW, org), REINVITE_COLUMNS, rows, record
+    )
+    return path
+
+
+def naming_member_changes(
+    refused: GuardRefused, reports_dir: Path, typed: str | None
+) -> GuardRefused:
+    """``refused``, and when it is a list not as previewed (:class:`MembersNotAsPreviewed`)
+    whose preview (``typed``: its fingerprint) is saved under ``reports_dir``, saying
+    who changed since (:func:`members_changed_since`); else as it is."""
+    if not isinstance(refused, MembersNotAsPreviewed) or typed is None:
+        return refused
+    changes = members_changed_since(reports_dir, refused, typed)
+    if changes is None:
+        return refused
+    return GuardRefused(f"{refused}; {changes}")
+
+
+def members_changed_since(
+    reports_dir: Path, refused: MembersNotAsPreviewed, typed: str
+) -> str | None:
+    """Who changed since the org's preview whose list's fingerprint was typed back (the
+    latest of its kind and org saved under ``reports/previews/``), against the members
+    now (``refused.listed``): those no longer listed, those newly listed, and those whose
+    role changed, by name, as data (visible), with the preview's time and file. None when
+    no such preview is saved here (taken on another machine, or its files removed), or
+    when it cannot be read or differs in nothing."""
+    typed = typed.strip().lower()
+    found = [
+        r
+        for r in saved_previews(reports_dir)
+        if r.get("kind") == refused.kind
+        and r.get("org_id") == refused.org_id
+        and r.get("fingerprint") == typed
+    ]
+    if not found:
+        return None
+    record = found[-1]
+    try:
+        then = read_rows(reports_dir / "previews" / record["csv"], "account_id")
+        then_names = {a: row["username"] for a, row in then.items()}
+        then_roles = {a: row.get("role") for a, row in then.items()}
+    except (OSError, KeyError, ValueError, TypeError, csv.Error):
+        return None  # a file edited or cut short: the refusal stands on its own
+    now = refused.listed
+    gone = sorted(then_names[a] for a in then.keys() - now.keys())
+    new = sorted(now[a][0] for a in now.keys() - then.keys())
+    moved = sorted(
+        (now[a][0], then_roles[a], now[a][1])
+        for a in then.keys() & now.keys()
+        if now[a][1] is not None and then_roles[a] != now[a][1]
+    )
+    if not (gone or new or moved):
+        return None
+    parts = [
+        f"{counted(len(gone), 'member')} no longer listed"
+        + (f" ({names_shown(gone)})" if gone else ""),
+        f"{counted(len(new), 'member')} newly listed" + (f" ({names_shown(new)})" if new else ""),
+    ]
+    if moved:
+        roles = [f"{visible(name)}: {visible(was)} to {visible(role)}" for name, was, role in moved]
+        parts.append(f"{counted(len(moved), 'role')} changed ({names_shown(roles)})")
+    return (
+        f"since the preview of {record['at']:%Y-%m-%d %H:%M:%S} UTC ({visible(record['csv'])}): "
+        + "; ".join(parts)
+    )

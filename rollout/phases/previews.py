@@ -2,7 +2,9 @@
 
 The release manager signs off on a list, so the list is saved as it was shown (a CSV
 under ``reports/previews/``) with a JSON record beside it (who, when, the counts) that
-``rollout plan show`` reads. A preview writes nothing to the registry.
+``rollout plan show`` reads. A preview writes nothing to the registry. An org's
+previews (rollout.phases.orgs) are saved the same way (:func:`save_list`), each record
+with its ``kind``, so a refused apply can name who changed since (read_rows).
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ TOKEN_COLUMNS = (
 )
 # Rows the markdown artifact lists; the CSV always has them all.
 MARKDOWN_ROWS = 50
+# A saved record's ``kind``: a phase's preview (a record without one is one too, saved
+# before org previews were), or an org's (rollout.phases.orgs).
+PHASE_PREVIEW = "phase"
 
 
 # What rollout.phases.enforce.preview_phase finds; kept here, with what reads it (the saved
@@ -298,6 +303,38 @@ def token_rows(preview: PhasePreview) -> list[dict[str, Any]]:
     return [{c: getattr(t, c) for c in TOKEN_COLUMNS} for t in preview.tokens]
 
 
+def preview_path(reports_dir: Path, stem: str, at: datetime, run_id: str) -> Path:
+    """Where a preview's CSV goes: ``reports/previews/<stem>-<time>-<id>.csv`` (``stem``
+    already safe as a file name: safe_path_component, file_stem_for), its record beside
+    it (``.json``). Kept: never pruned, backed up (docs/runbook-operator.md)."""
+    return reports_dir / "previews" / f"{stem}-{at:%Y%m%dT%H%M%S}-{run_id[:8]}.csv"
+
+
+def csv_text(columns: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    write_csv(out, columns, rows)
+    return out.getvalue()
+
+
+def save_list(
+    reports_dir: Path,
+    stem: str,
+    columns: tuple[str, ...],
+    rows: list[dict[str, Any]],
+    record: dict[str, Any],
+) -> tuple[Path, str, datetime]:
+    """Save a preview's list as a phase preview is: its CSV, then its record (``record``
+    with the run's id, time and the CSV's name) beside it, last, each written
+    atomically, so a record always has its list. Returns (CSV path, run id, time)."""
+    at = utc_now()
+    run_id = uuid.uuid4().hex
+    path = preview_path(reports_dir, stem, at, run_id)
+    write_atomically(path, csv_text(columns, rows))
+    record = {**record, "run_id": run_id, "at": at.isoformat(), "csv": path.name}
+    write_atomically(path.with_suffix(".json"), json.dumps(record, indent=2))
+    return path, run_id, at
+
+
 def save_preview(
     plan: Plan, preview: PhasePreview, reports_dir: Path, *, actor: str
 ) -> SavedPreview:
@@ -305,18 +342,14 @@ def save_preview(
     always has its list)."""
     at = utc_now()
     run_id = uuid.uuid4().hex
-    phase = safe_path_component(preview.phase, "phase")
-    path = reports_dir / "previews" / f"{phase}-{at:%Y%m%dT%H%M%S}-{run_id[:8]}.csv"
-    out = io.StringIO()
-    write_csv(out, COLUMNS, preview_rows(preview))
-    write_atomically(path, out.getvalue())
+    path = preview_path(reports_dir, safe_path_component(preview.phase, "phase"), at, run_id)
+    write_atomically(path, csv_text(COLUMNS, preview_rows(preview)))
     tokens_csv = None
     if preview.revokes_tokens:
         tokens_csv = path.with_name(path.stem + "-tokens.csv")
-        out = io.StringIO()
-        write_csv(out, TOKEN_COLUMNS, token_rows(preview))
-        write_atomically(tokens_csv, out.getvalue())
+        write_atomically(tokens_csv, csv_text(TOKEN_COLUMNS, token_rows(preview)))
     record = {
+        "kind": PHASE_PREVIEW,
         "plan": plan.name,
         "phase": preview.phase,
         "run_id": run_id,
@@ -360,18 +393,23 @@ def saved_previews(reports_dir: Path) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: r["at"])
 
 
-def _read_column_pairs(path: Path, key: str, value: str) -> dict[int, str]:
-    """``key`` (an id) to ``value`` of each row of a preview's CSV, the cell's formula
-    guard (a leading ``'``, csv_cell) taken off again."""
+def read_rows(path: Path, key: str) -> dict[int, dict[str, str]]:
+    """Each row of a preview's CSV by ``key`` (an id), every cell's formula guard (a
+    leading ``'``, csv_cell) taken off again."""
 
     def cell(text: str) -> str:
         return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_PREFIXES) else text
 
     with path.open(newline="", encoding="utf-8") as f:
-        return {int(row[key]): cell(row[value]) for row in csv.DictReader(f)}
+        return {int(row[key]): {c: cell(v) for c, v in row.items()} for row in csv.DictReader(f)}
 
 
-def _names(names: list[str], limit: int = 5) -> str:
+def _read_column_pairs(path: Path, key: str, value: str) -> dict[int, str]:
+    """``key`` (an id) to ``value`` of each row of a preview's CSV (read_rows)."""
+    return {k: row[value] for k, row in read_rows(path, key).items()}
+
+
+def names_shown(names: list[str], limit: int = 5) -> str:
     """The first ``limit`` names, then how many more: each name data, on one line (a
     flow run's state message, a log line), its control characters shown as escapes."""
     shown = ", ".join(visible(name) for name in names[:limit])
@@ -389,7 +427,9 @@ def changed_since(reports_dir: Path, fresh: PhasePreview, typed: str) -> str | N
     found = [
         r
         for r in saved_previews(reports_dir)
-        if r.get("phase") == fresh.phase and r.get("fingerprint") == typed
+        if r.get("kind", PHASE_PREVIEW) == PHASE_PREVIEW
+        and r.get("phase") == fresh.phase
+        and r.get("fingerprint") == typed
     ]
     if not found or fresh.fingerprint == typed:
         return None
@@ -409,8 +449,8 @@ def changed_since(reports_dir: Path, fresh: PhasePreview, typed: str) -> str | N
     new = sorted(now[a] for a in now.keys() - then.keys())
     parts = [
         f"{counted(len(gone), 'account')} no longer listed"
-        + (f" ({_names(gone)})" if gone else ""),
-        f"{counted(len(new), 'account')} newly listed" + (f" ({_names(new)})" if new else ""),
+        + (f" ({names_shown(gone)})" if gone else ""),
+        f"{counted(len(new), 'account')} newly listed" + (f" ({names_shown(new)})" if new else ""),
     ]
     tokens_now = {token_id for token_id, _ in fresh.token_ids}
     if then_tokens != tokens_now:

@@ -29,7 +29,7 @@ from rollout.core.calendar import (
 from rollout.core.plan import Plan
 from rollout.notify.emails import HEADS_UP_EMAIL
 from rollout.phases.brownouts import ELV_PLAN
-from rollout.phases.previews import saved_previews
+from rollout.phases.previews import PHASE_PREVIEW, saved_previews
 from rollout.registry import Registry
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import BrownoutWindow, PlanRun, state_at
@@ -190,7 +190,12 @@ def step_states(
             runs[run.step].append(run)
         windows = {w.name: w for w in connection.execute(select(BrownoutWindow)).all()}
     for record in saved_previews(reports_dir) if reports_dir else []:
-        if record.get("plan") == plan.name and record["at"] <= now:
+        # A phase's preview of this plan (an org's, saved beside it, is no plan step).
+        if (
+            record.get("kind", PHASE_PREVIEW) == PHASE_PREVIEW
+            and record.get("plan") == plan.name
+            and record["at"] <= now
+        ):
             summary = {k: record[k] for k in ("accounts", "sessions", "compliant", "exempted")}
             step = phase_step(record["phase"])
             runs[step].append(
