@@ -73,6 +73,24 @@ def test_help_paragraphs_wrap_to_the_terminal_not_to_the_source() -> None:
 GROUPS = [(name, command) for name, command in all_commands() if getattr(command, "commands", None)]
 
 
+def test_a_group_lists_each_command_on_one_line_on_a_terminal_wide_enough() -> None:
+    """`rollout orgs --help`: each command's description is its first paragraph on one
+    line, however the docstring was wrapped (Typer 0.29 kept the source's breaks there:
+    a description broke after "records" and at each source line)."""
+    import inspect
+
+    checked = 0
+    for name, group in GROUPS:
+        result = CliRunner().invoke(app, [*name.split(), "--help"], env={"COLUMNS": "1000"})
+        lines = [" ".join(line.strip(" │").split()) for line in result.output.splitlines()]
+        for sub_name, sub in group.commands.items():
+            first = inspect.cleandoc(sub.help or "").partition("\f")[0].split("\n\n")[0]
+            shown = " ".join([sub_name, *first.split()])
+            assert shown in lines, f"rollout {name} --help: {sub_name}"
+            checked += 1
+    assert checked >= 20
+
+
 @pytest.mark.parametrize(("name", "command"), GROUPS, ids=lambda v: str(v) or "rollout")
 def test_a_group_run_bare_shows_its_help_and_no_empty_error(name: str, command: Any) -> None:
     """`rollout notify` with no sub-command: the group's help, then exit 2 (bad usage),

@@ -8,6 +8,7 @@ safety guard. Messages and progress go to stderr; stdout carries only the listin
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -61,6 +62,23 @@ def _paragraphs_rewrapped(paragraphs: list[str], markup_mode: Any) -> str:
 # Typer's help formats a command's later paragraphs through this function (looked up on
 # the module each time).
 typer_rich_utils._fix_linebreaks = _paragraphs_rewrapped
+
+
+def _first_paragraph_rewrapped(*, help_text: str, markup_mode: Any) -> Any:
+    """A command's line in its group's command list: the first paragraph of its help
+    wrapped to the panel, as the command's own help shows it. Typer 0.29 kept the
+    docstring's source breaks there (``rollout orgs --help`` broke a description after
+    "records" and again mid-sentence at each source line)."""
+    first, gap, rest = inspect.cleandoc(help_text).partition("\n\n")
+    if not first.startswith("\b"):
+        first = " ".join(first.split())
+    return _command_help(help_text=first + gap + rest, markup_mode=markup_mode)
+
+
+# Typer's group help builds each command's line through this function (looked up on the
+# module each time, by typer.rich_utils._print_commands_panel).
+_command_help = typer_rich_utils._make_command_help
+typer_rich_utils._make_command_help = _first_paragraph_rewrapped
 
 
 def _flag_type_shown(option: typer.core.TyperOption, ctx: click.Context) -> str | None:

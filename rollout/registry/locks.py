@@ -44,7 +44,7 @@ RUN_LOCKS: dict[str, str] = {
     "elv": "`elv enroll-all`",
     "enforce": "`phase enforce` or `rollback`, `phase snooze`, the phase-enforce flow",
     "notify": "`notify send` (the notify flow, its shards' run)",
-    "orgs": "`orgs enforce`, `orgs reinvite` or `orgs rollback`",
+    "orgs": "`orgs enforce`, `orgs reinvite` or `orgs invitations`",
     "queue": "`notify queue` (the daily flow's queue step)",
 }
 
