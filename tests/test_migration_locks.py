@@ -434,3 +434,31 @@ def test_doctor_during_an_upgrade_says_a_migration_is_at_work_not_to_run_the_upg
     assert "run `rollout db upgrade`" not in during.detail
     migrate.upgrade(registry.engine)
     assert check_schema(registry).status is Status.ok
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+def test_db_status_during_an_upgrade_says_a_migration_is_at_work_in_every_format(
+    rollout_home: Path, fmt: str
+) -> None:
+    """It said only `up_to_date: false`, which reads as "run `rollout db upgrade`", the
+    upgrade at work already: doctor and the readers say a migration is at work."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    url = f"sqlite:///{rollout_home / 'registry.db'}"
+    engine = make_engine(url)
+    migrate.downgrade(engine, BEFORE)
+    engine.dispose()
+    with migration_exclusive(url):
+        during = runner.invoke(app, ["db", "status", "--format", fmt])
+    assert during.exit_code == 0, during.stderr
+    assert "a schema migration (`rollout db upgrade` or `db downgrade`) is at work" in (
+        " ".join(during.stderr.split())
+    )
+    if fmt == "json":
+        status = json.loads(during.stdout)
+        assert (status["up_to_date"], status["migration_at_work"]) == (False, True)
+    else:
+        assert "migration_at_work" in during.stdout and "true" in during.stdout.lower()
+    after = runner.invoke(app, ["db", "status", "--format", "json"])
+    assert json.loads(after.stdout)["migration_at_work"] is False
+    assert "schema migration" not in after.stderr
