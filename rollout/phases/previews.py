@@ -13,7 +13,7 @@ import json
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -347,16 +347,79 @@ def save_preview(
     return SavedPreview(preview, run_id, path, at)
 
 
-def saved_previews(reports_dir: Path) -> list[dict[str, Any]]:
-    """Every preview record under ``reports/previews/``, oldest first."""
+# What a preview record holds that its readers use (plan show, a refused enforcement's
+# "changed since"), and of what JSON type: a record without one of them, or with another
+# type, is not read (a list, a number for the time, a file name that is a number).
+_RECORD_FIELDS: dict[str, type] = {
+    "plan": str,
+    "phase": str,
+    "run_id": str,
+    "actor": str,
+    "at": str,
+    "accounts": int,
+    "sessions": int,
+    "compliant": int,
+    "exempted": int,
+    "csv": str,
+}
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true or false"}.get(
+        type(value), "null" if value is None else "a number"
+    )
+
+
+def _bare_file_name(value: Any) -> bool:
+    """A file's name beside the record, not a path (``../``, ``/etc/...``) to read."""
+    return isinstance(value, str) and value not in ("", ".", "..") and Path(value).name == value
+
+
+def _preview_record(path: Path) -> dict[str, Any]:
+    """The record ``path`` holds, its time read; ValueError saying what is wrong."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not UTF-8 text ({error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON (line {error.lineno}: {error.msg})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{_json_type(record)}, not a JSON object")
+    for key, kind in _RECORD_FIELDS.items():
+        if key not in record:
+            raise ValueError(f"no {key!r}")
+        value = record[key]
+        # JSON's true is a Python int too: not a count.
+        if not isinstance(value, kind) or isinstance(value, bool):
+            expected = "a string" if kind is str else "a whole number"
+            raise ValueError(f"{key!r} is {_json_type(value)}, not {expected}")
+    try:
+        at = datetime.fromisoformat(record["at"])
+    except ValueError:
+        raise ValueError(f"'at' is not a time: {visible(record['at'][:40])}") from None
+    # Saved in UTC without an offset (utc_now), as every time here is: one given with an
+    # offset (edited by hand) is that time in UTC, not one that cannot be compared.
+    record["at"] = at if at.tzinfo is None else at.astimezone(UTC).replace(tzinfo=None)
+    for key in ("csv", "tokens_csv"):
+        value = record.get(key)
+        if (key == "csv" or value is not None) and not _bare_file_name(value):
+            raise ValueError(f"{key!r} is not the name of a file beside it")
+    return record
+
+
+def saved_previews(reports_dir: Path, skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every preview record under ``reports/previews/``, oldest first. A file there that
+    is not one (edited, cut short, another tool's) is left out, and said in ``skipped``
+    (its name and what is wrong with it): plan show warns of it and shows the rest, a
+    refused enforcement's refusal stands without it."""
     records = []
-    for path in (reports_dir / "previews").glob("*.json"):
+    for path in sorted((reports_dir / "previews").glob("*.json")):
         try:
-            record = json.loads(path.read_text())
-            record["at"] = datetime.fromisoformat(record["at"])
-        except (OSError, ValueError, KeyError):
-            continue  # not a preview record: plan show is no place to fail on it
-        records.append(record)
+            records.append(_preview_record(path))
+        except (OSError, ValueError) as error:
+            why = error.strerror if isinstance(error, OSError) and error.strerror else error
+            if skipped is not None:
+                skipped.append(f"{visible(path)}: not read as a preview record: {why}")
     return sorted(records, key=lambda r: r["at"])
 
 
@@ -419,7 +482,7 @@ def changed_since(reports_dir: Path, fresh: PhasePreview, typed: str) -> str | N
             f"{len(tokens_now - then_tokens)} newly listed"
         )
     return (
-        f"since the preview of {record['at']:%Y-%m-%d %H:%M:%S} UTC ({record['csv']}): "
+        f"since the preview of {record['at']:%Y-%m-%d %H:%M:%S} UTC ({visible(record['csv'])}): "
         + "; ".join(parts)
     )
 

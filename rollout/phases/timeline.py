@@ -175,9 +175,11 @@ def step_states(
     plan: Plan,
     at: datetime | None = None,
     reports_dir: Path | None = None,
+    skipped: list[str] | None = None,
 ) -> list[StepState]:
     """Each step of the plan with its state, from plan_runs, brownout_windows and the
-    previews saved under ``reports_dir`` (a preview writes nothing to the registry)."""
+    previews saved under ``reports_dir`` (a preview writes nothing to the registry);
+    a file there that is not a preview record is said in ``skipped`` (saved_previews)."""
     now = at or utc_now()
     with registry.engine.connect() as connection:
         runs: dict[str, list[Any]] = defaultdict(list)
@@ -189,7 +191,7 @@ def step_states(
         ).all():
             runs[run.step].append(run)
         windows = {w.name: w for w in connection.execute(select(BrownoutWindow)).all()}
-    for record in saved_previews(reports_dir) if reports_dir else []:
+    for record in saved_previews(reports_dir, skipped) if reports_dir else []:
         if record.get("plan") == plan.name and record["at"] <= now:
             summary = {k: record[k] for k in ("accounts", "sessions", "compliant", "exempted")}
             step = phase_step(record["phase"])
