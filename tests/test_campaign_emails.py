@@ -1229,3 +1229,63 @@ def test_a_later_phase_s_warning_tells_the_sooner_day_an_earlier_phase_requires_
         assert "<strong>sooner, from Tuesday 1 February 2022, 00:00 UTC</strong>" in html
         text, html = sent[(email, "later-only")]
         assert "sooner" not in text and "sooner" not in html
+
+
+def test_a_token_stopping_sooner_is_said_to_break_only_the_rules_it_breaks(
+    registry: Registry, factories: None, tmp_path: Path
+) -> None:
+    """The earlier phase with three token rules: the line named all three for each
+    token ("the registry requires no classic tokens; no unnamed tokens; no tokens older
+    than 365 days"), telling the owner of a named, new classic token to rename a token
+    that has a name. Each line names the rules that token breaks, in text and HTML."""
+    from rollout.notify.drain import drain
+    from rollout.notify.queue import queue_due
+    from rollout.notify.senders import FileSender
+    from tests.factories import AccountFactory, TokenFactory
+
+    classic = "requires: {two_factor: none, no_classic_tokens: true}"
+    text = (ROOT / "plans" / "npm-2025-tokens.yaml").read_text()
+    assert classic in text
+    path = tmp_path / "plan.yaml"
+    path.write_text(
+        text.replace(
+            classic,
+            "requires: {two_factor: none, no_classic_tokens: true, no_unnamed_tokens: true,"
+            " token_max_age_days: 365}",
+        )
+    )
+    plan = load_plan(path)
+    bypass = plan.phase("bypass-tokens")
+    holder = AccountFactory(username="holder", with_totp=True, in_cohort="everyone")
+    young = datetime(2025, 10, 1)
+    TokenFactory(account=holder, name="ci-classic", kind="automation", created_at=young)
+    TokenFactory(account=holder, name=None, kind="automation", created_at=datetime(2022, 1, 1))
+    TokenFactory(
+        account=holder,
+        name=None,
+        granular=True,
+        bypass_2fa=True,
+        created_at=young,
+        expires_at=datetime(2026, 9, 1),
+    )
+    with use_clock(SimulatedClock(datetime.combine(bypass.notice_on, time(9)))):
+        queue_due(registry, plan, bypass.notice_on, actor="rm")
+        drain(registry, plan, FileSender(tmp_path / "outbox"))
+    [(_, text, html)] = [
+        sent for sent in _sent_texts(tmp_path / "outbox").values() if "bypass 2FA" in sent[1]
+    ]
+    sooner = "stops working sooner, from Tuesday 9 December 2025, 00:00 UTC (the registry requires "
+    expected = {
+        "ci-classic, automation": "no classic tokens from then)",
+        "(unnamed), automation": (
+            "no classic tokens, no unnamed tokens and no tokens older than 365 days from then)"
+        ),
+        "(unnamed), granular": "no unnamed tokens from then)",
+    }
+    for token, rules in expected.items():
+        line = re.search(rf"- {re.escape(token)}, [^-]*", text)
+        assert line and sooner + rules in line.group(), (token, text)
+    said = words(re.sub(r"<[^>]+>", "", html))
+    for rules in expected.values():
+        assert f"(the registry requires {rules}" in said
+    assert "no classic tokens; no unnamed tokens" not in said + text

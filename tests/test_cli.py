@@ -680,6 +680,27 @@ def test_plan_show_lists_the_timeline_with_states(rollout_home: Path) -> None:
     assert run("plan", "show", "--at", "yesterday").exit_code == 2
 
 
+def test_plan_show_warns_of_a_preview_record_it_cannot_read_and_shows_the_rest(
+    rollout_home: Path,
+) -> None:
+    """A record edited into a list, or with a number for its time: a TypeError traceback.
+    Now a warning naming the file and what is wrong, the real preview still shown."""
+    _tiny_with_cohorts()
+    run("phase", "preview", "top-100")
+    folder = rollout_home / "reports" / "previews"
+    [record] = [json.loads(p.read_text()) for p in folder.glob("*.json")]
+    (folder / "edited.json").write_text("[]")
+    (folder / "retimed.json").write_text(json.dumps({**record, "at": 20220201}))
+    shown = run("plan", "show", "--format", "json")
+    assert shown.exit_code == 0, shown.stderr
+    steps = {s["step"]: s for s in json.loads(shown.stdout)}
+    assert steps["phase top-100 enforced"]["state"] == "previewed"
+    said = " ".join(shown.stderr.split())
+    assert f"warning: {folder / 'edited.json'}: not read as a preview record: a list" in said
+    assert f"{folder / 'retimed.json'}: not read as a preview record: 'at' is a number" in said
+    assert "Traceback" not in shown.stderr
+
+
 def test_notify_queues_previews_first_then_sends_to_the_file_outbox(rollout_home: Path) -> None:
     _tiny_with_cohorts()
     # Queued years late (this test runs after 2022): sent now, the notices would give a

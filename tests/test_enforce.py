@@ -3,6 +3,7 @@ guards, audit rows, and exactly once across crashes and reruns."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -608,6 +609,64 @@ def test_a_saved_preview_keeps_the_list_and_its_record_and_writes_nothing_to_the
     assert "expected count **2**" in markdown and "--apply" not in markdown
     assert "Exempted: carol" in markdown
     assert required(registry) == set() and count(registry, Action) == 0
+
+
+# Files under reports/previews/ that are not preview records (edited by hand, another
+# tool's), each with what plan show says is wrong with it.
+NOT_PREVIEW_RECORDS = {
+    "a-list.json": ("[1, 2]", "a list, not a JSON object"),
+    "a-number-for-a-time.json": ("{}", "'at' is a number, not a string"),
+    "a-number-for-its-list.json": ("{}", "'csv' is a number, not a string"),
+    "a-path-for-its-list.json": ("{}", "'csv' is not the name of a file beside it"),
+    "cut-short.json": ('{"plan": "npm-2022", "at": "2022', "not JSON (line 1:"),
+}
+
+
+def _not_preview_records(folder: Path, record: dict[str, Any]) -> None:
+    """Each of NOT_PREVIEW_RECORDS, the broken ones a copy of ``record`` (a real one,
+    later, its fingerprint) with one field spoilt."""
+    spoilt = {
+        "a-number-for-a-time.json": {"at": 1893456000},
+        "a-number-for-its-list.json": {"csv": 5, "at": "2030-01-01T00:00:00"},
+        "a-path-for-its-list.json": {"csv": "../../../etc/passwd"},
+    }
+    for name, (content, _) in NOT_PREVIEW_RECORDS.items():
+        if name in spoilt:
+            content = json.dumps({**record, **spoilt[name]})
+        (folder / name).write_text(content)
+
+
+def test_files_in_the_previews_folder_that_are_not_preview_records_are_skipped_and_named(
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int], tmp_path: Path
+) -> None:
+    """A list, a number for the time or the CSV's name: plan show
+    (and an enforcement refusal's "changed since") raised TypeError, a traceback. Each is
+    left out, named with what is wrong, and the real preview still read; a record that
+    names its list by a path is not followed there."""
+    from rollout.phases.previews import changed_since
+
+    phase = plan_exempting_carol.phase("top-100")
+    preview = enforce.preview_phase(registry, plan_exempting_carol, phase)
+    saved = save_preview(plan_exempting_carol, preview, tmp_path, actor="rm")
+    folder = tmp_path / "previews"
+    record = json.loads(saved.csv_path.with_suffix(".json").read_text())
+    _not_preview_records(folder, record)
+
+    skipped: list[str] = []
+    states = step_states(registry, plan_exempting_carol, datetime(2999, 1, 1), tmp_path, skipped)
+    [enforced] = [s for s in states if s.step.label == "phase top-100 enforced"]
+    assert (enforced.state, enforced.run_id) == ("previewed", saved.run_id)
+    assert len(skipped) == len(NOT_PREVIEW_RECORDS)
+    for name, (_, why) in NOT_PREVIEW_RECORDS.items():
+        [said] = [line for line in skipped if f"{folder / name}:" in line]
+        assert why in said, said
+
+    # One account left the list since: named against the real record, not a broken
+    # one of the same fingerprint saved later.
+    fewer = dataclasses.replace(preview, targets=preview.targets[:1])
+    changes = changed_since(tmp_path, fewer, record["fingerprint"])
+    assert changes is not None and changes.startswith("since the preview of ")
+    assert f"({saved.csv_path.name}): 1 account no longer listed" in changes
 
 
 def _state(registry: Registry, plan: Plan, what: str, reports: Path | None = None) -> str:

@@ -7,6 +7,7 @@ states) are kept out likewise. A downgrade previews what it drops."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -434,3 +435,82 @@ def test_doctor_during_an_upgrade_says_a_migration_is_at_work_not_to_run_the_upg
     assert "run `rollout db upgrade`" not in during.detail
     migrate.upgrade(registry.engine)
     assert check_schema(registry).status is Status.ok
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+def test_db_status_during_an_upgrade_says_a_migration_is_at_work_in_every_format(
+    rollout_home: Path, fmt: str
+) -> None:
+    """It said only `up_to_date: false`, which reads as "run `rollout db upgrade`", the
+    upgrade at work already: doctor and the readers say a migration is at work."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    url = f"sqlite:///{rollout_home / 'registry.db'}"
+    engine = make_engine(url)
+    migrate.downgrade(engine, BEFORE)
+    engine.dispose()
+    with migration_exclusive(url):
+        during = runner.invoke(app, ["db", "status", "--format", fmt])
+    assert during.exit_code == 0, during.stderr
+    assert "a schema migration (`rollout db upgrade` or `db downgrade`) is at work" in (
+        " ".join(during.stderr.split())
+    )
+    if fmt == "json":
+        status = json.loads(during.stdout)
+        assert (status["up_to_date"], status["migration_at_work"]) == (False, True)
+    else:
+        assert "migration_at_work" in during.stdout and "true" in during.stdout.lower()
+    after = runner.invoke(app, ["db", "status", "--format", "json"])
+    assert json.loads(after.stdout)["migration_at_work"] is False
+    assert "schema migration" not in after.stderr
+
+
+def test_a_user_who_cannot_read_the_lock_files_reads_unless_a_migration_is_at_work(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every read-only command checks the migration's lock file: one this user may not
+    open failed with "Permission denied" (exit 1; doctor's schema check a fail), so an
+    analyst could read nothing. Whether it is held is asked of the kernel instead: read
+    when no migration is at work, refused as any reader is while one is."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    url = f"sqlite:///{rollout_home / 'registry.db'}"
+    with migration_exclusive(url):
+        pass  # every lock file made, as on a registry that has been migrated
+    real_open = os.open
+    monkeypatch.setattr(
+        locks_module.os,
+        "open",
+        lambda path, flags, *args, **kwargs: (
+            _refused(path)
+            if str(path).endswith(".lock") and not flags & (os.O_WRONLY | os.O_RDWR)
+            else real_open(path, flags, *args, **kwargs)
+        ),
+    )
+    for reader in (["notify", "status"], ["brownout", "status"], ["db", "status"]):
+        read = runner.invoke(app, reader)
+        assert read.exit_code == 0, (reader, read.stderr)
+    engine = make_engine(url)
+    assert locks_module.run_lock_held(url, engine, "enforce") is False
+    with migration_exclusive(url):
+        refused = runner.invoke(app, ["notify", "status"])
+        assert locks_module.run_lock_held(url, engine, "enforce") is False
+        with Registry(url) as reader, pytest.raises(GuardRefused):
+            reader.check_schema()
+    assert refused.exit_code == 3, refused.stderr
+    assert "a schema migration" in refused.stderr and "Traceback" not in refused.stderr
+    with exclusive_run(url, "enforce", None):
+        assert locks_module.run_lock_held(url, engine, "enforce") is True
+    engine.dispose()
+
+    # Where the kernel's table cannot be read either: one line saying what to do.
+    monkeypatch.setattr(locks_module, "PROC_LOCKS", rollout_home / "no-such-table")
+    failed = runner.invoke(app, ["notify", "status"])
+    assert failed.exit_code == 1
+    [said] = failed.stderr.strip().splitlines()
+    assert said.startswith(f"error: {rollout_home / 'registry.db.schema-migration.lock'}: ")
+    assert "cannot tell whether" in said and "chmod a+r" in said
+
+
+def _refused(path: Any) -> int:
+    raise PermissionError(13, "Permission denied", str(path))

@@ -225,6 +225,89 @@ def test_a_token_expiring_during_the_day_is_counted_as_enforcement_at_its_start_
     assert simulate(str(classic))["top-100"]["tokens_to_revoke"] == listed
 
 
+def test_tokens_revoked_or_made_during_the_day_are_judged_as_enforcement_at_its_start_sees_them(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Enforcement on D runs from 00:00 UTC. A classic token its owner revokes at 10:00
+    on D is live then, and revoked by it: the what-if, judging revocations at the end
+    of D, left it out. One revoked at 00:00 on D is gone by then; one made at 10:00 on
+    D did not exist yet, and the what-if counted it."""
+    import shutil
+
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy)
+    monkeypatch.setenv("ROLLOUT_HOME", str(copy))
+    classic = plan_file(
+        tmp_path,
+        "    max_accounts: 1000\n",
+        "    max_accounts: 1000\n"
+        "    requires: {two_factor: none, no_classic_tokens: true}\n"
+        "    effects: [revoke_tokens]\n    max_tokens: 100000\n",
+    )
+
+    def counted_after(column: str, at: str, token_id: int) -> int:
+        with sqlite3.connect(copy / "registry.db") as db:
+            db.execute(f"update tokens set {column} = ? where id = ?", (f"{DAY} {at}", token_id))
+        assert run("ingest", "--full-extract").exit_code == 0
+        return int(simulate(str(classic))["top-100"]["tokens_to_revoke"])
+
+    with sqlite3.connect(copy / "registry.db") as db:
+        revoked_late, revoked_at_start, made_late, made_at_start = [
+            token_id
+            for (token_id,) in db.execute(
+                "select t.id from tokens t join cohort_memberships m"
+                " on m.account_id = t.account_id and m.cohort = 'top-100'"
+                " and m.left_on is null"
+                " where t.kind in ('automation', 'publish', 'read_only')"
+                " and t.revoked_at is null and t.expires_at is null"
+                f" and t.created_at < '{DAY}' order by t.id limit 4"
+            )
+        ]
+    before = simulate(str(classic))["top-100"]["tokens_to_revoke"]
+    assert counted_after("revoked_at", "10:00:00.000000", revoked_late) == before
+    assert counted_after("revoked_at", "00:00:00.000000", revoked_at_start) == before - 1
+    assert counted_after("created_at", "10:00:00.000000", made_late) == before - 2
+    assert counted_after("created_at", "00:00:00.000000", made_at_start) == before - 2
+
+
+def test_a_second_factor_added_during_the_day_keeps_no_write_token_enforcement_revokes(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PyPI 2024's rule on D, enforced from 00:00 UTC: an account without 2FA then loses
+    its publishing tokens, though it adds a factor at 10:00. Judged at the end of D,
+    the what-if counted none of them."""
+    import shutil
+
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy)
+    monkeypatch.setenv("ROLLOUT_HOME", str(copy))
+    writes = plan_file(
+        tmp_path,
+        "    max_accounts: 1000\n",
+        "    max_accounts: 1000\n"
+        "    requires: {two_factor: none, no_write_tokens_without_2fa: true}\n"
+        "    effects: [revoke_tokens]\n    max_tokens: 100000\n",
+    )
+    with sqlite3.connect(copy / "registry.db") as db:
+        account_id, tokens = db.execute(
+            "select t.account_id, count(*) from tokens t join cohort_memberships m"
+            " on m.account_id = t.account_id and m.cohort = 'top-100' and m.left_on is null"
+            " where t.writes and t.revoked_at is null and t.expires_at is null"
+            " and t.account_id not in (select account_id from tfa_factors)"
+            " group by t.account_id order by t.account_id limit 1"
+        ).fetchone()
+    before = simulate(str(writes))["top-100"]["tokens_to_revoke"]
+    for at, counted in (("10:00:00.000000", before), ("00:00:00.000000", before - tokens)):
+        with sqlite3.connect(copy / "registry.db") as db:
+            db.execute("delete from tfa_factors where account_id = ?", (account_id,))
+            db.execute(
+                "insert into tfa_factors (account_id, kind, created_at) values (?, 'totp', ?)",
+                (account_id, f"{DAY} {at}"),
+            )
+        assert run("ingest", "--full-extract").exit_code == 0
+        assert simulate(str(writes))["top-100"]["tokens_to_revoke"] == counted, at
+
+
 def test_a_warn_only_phase_counts_accounts_to_warn_and_requires_nobody(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -166,12 +166,14 @@ def db_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     from rollout.core.errors import RolloutError
     from rollout.registry import migrate
     from rollout.registry.engine import make_engine, normalize_url, require_sqlite_file
+    from rollout.registry.locks import migration_holding
 
     # A bare engine, as for `db upgrade`: the status of a registry at any schema. Of a
     # SQLite file that is not there, that it is not (the runbooks check where the
     # registry is before `db upgrade` makes it): opening it would make an empty one.
     url = _runtime(ctx).settings.registry_url
     current: str | None = None
+    migrating = False
     try:
         require_sqlite_file(url)
     except RolloutError as missing:
@@ -179,16 +181,33 @@ def db_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     else:
         engine = make_engine(url)
         try:
+            # Asked before the revision, as doctor asks: a migration that ends between
+            # the two leaves its newest revision, not an old one said to be at work.
+            with engine.connect() as connection:
+                migrating = migration_holding(url, connection)
             current = migrate.current_revision(engine)
         finally:
             engine.dispose()
     head = migrate.head_revision()
+    if migrating:
+        # Not up to date for now, and not for `rollout db upgrade` to fix: it is at work
+        # (or a downgrade is), and the commands that read the registry refuse meanwhile.
+        stderr.print(
+            labelled(
+                "note:",
+                "yellow",
+                "a schema migration (`rollout db upgrade` or `db downgrade`) is at work on "
+                "the registry: its revision is the one it is changing; run `rollout db "
+                "status` again once it has finished",
+            )
+        )
     emit_record(
         {
             "registry": normalize_url(url).render_as_string(hide_password=True),
             "revision": current,
             "newest": head,
             "up_to_date": current == head,
+            "migration_at_work": migrating,
         },
         fmt,
     )

@@ -32,3 +32,10 @@ def by_count(n: int, one: str, many: str) -> str:
 def them(n: int) -> str:
     """``it`` or ``them``: the pronoun for ``n`` things a message has just counted."""
     return by_count(n, "it", "them")
+
+
+def listed(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``: things named in a sentence."""
+    if len(items) < 2:
+        return "".join(items)
+    return f"{', '.join(items[:-1])} and {items[-1]}"

@@ -74,7 +74,7 @@ from rollout.core.stopping import (
     stop_processes,
     stop_requested_by_signals,
 )
-from rollout.core.words import by_count, counted
+from rollout.core.words import by_count, counted, listed
 from rollout.notify.emails import (
     ELV_HEADS_UP_EMAIL,
     EMAILS,
@@ -154,6 +154,7 @@ from rollout.registry.requirements import (
     lacks_factor,
     offending_token,
     revoked_by_phase,
+    token_rules,
 )
 
 log = logging.getLogger(__name__)
@@ -600,9 +601,11 @@ def _revoked_sooner(
     before that day: one enforced by a date still to come (today included) before this
     phase's, not rolled back, whose cohort holds the account now and whose token rules
     forbid the token as its enforcement will judge it (``judged_at``). The earliest such
-    phase's day, and its token rules in words. npm 2025: the bypass-2FA notice listed a
-    classic automation token as stopping in May 2026, while the classic-token phase
-    revoked it in December 2025."""
+    phase's day, and the rules of it (of them, two on that day) that the token breaks,
+    in words: not every token rule of the phase, which told the owner of a token named
+    and new that "no unnamed tokens" and "no tokens older than 90 days" stopped it.
+    npm 2025: the bypass-2FA notice listed a classic automation token as stopping in May
+    2026, while the classic-token phase revoked it in December 2025."""
     if not accounts:
         return {}
     today = now.date()
@@ -619,14 +622,15 @@ def _revoked_sooner(
         key=lambda p: (p.enforce_on, p.name),
     )
     exempt = sorted(plan.exempt_usernames)
-    found: dict[int, tuple[date, str]] = {}
+    found: dict[int, tuple[date, list[str]]] = {}
     for other in earlier:
         if _rolled_back(connection, other):
             continue  # withdrawn: it revokes nothing now
-        rules = "; ".join(r for r in other.requires.describe() if r.startswith("no "))
+        at = judged_at(other.enforce_on, now)
+        rules = token_rules(other.requires, TOKENS, at)
         for ids in in_chunks(accounts):
-            for token_id in connection.execute(
-                select(TOKENS.c.id)
+            for token_id, *broken in connection.execute(
+                select(TOKENS.c.id, *(case((rule, 1), else_=0) for rule in rules.values()))
                 .join(ACCOUNTS, ACCOUNTS.c.id == TOKENS.c.account_id)
                 .join(
                     CohortMembership,
@@ -640,12 +644,15 @@ def _revoked_sooner(
                     and_(
                         TOKENS.c.account_id.in_(ids),
                         ACCOUNTS.c.username.not_in(exempt),
-                        offending_token(other.requires, TOKENS, judged_at(other.enforce_on, now)),
+                        offending_token(other.requires, TOKENS, at),
                     )
                 )
-            ).scalars():
-                found.setdefault(token_id, (other.enforce_on, rules))
-    return found
+            ):
+                breaks = [rule for rule, hit in zip(rules, broken, strict=True) if hit]
+                day_found, said = found.setdefault(token_id, (other.enforce_on, []))
+                if day_found == other.enforce_on:  # the earliest day's phases, each rule once
+                    said += [rule for rule in breaks if rule not in said]
+    return {token_id: (on, listed(rules)) for token_id, (on, rules) in found.items()}
 
 
 def _stricter(

@@ -123,7 +123,8 @@ class TokenLine:
     created_at: datetime
     last_used_at: datetime | None
     # In a warning: an earlier phase of the plan revokes the token first, from this day
-    # (its enforcement day), by these requirements (its token rules, in words); the
+    # (its enforcement day), by these requirements (the token rules of it the token
+    # breaks, in words: "no classic tokens and no unnamed tokens"); the
     # warning's own date would tell its owner there was time until then.
     stops_on: date | None = None
     stops_because: str = ""

@@ -722,6 +722,16 @@ def _preview_stem(kind: str, org: str) -> str:
     return stem if kind == ENFORCE_PREVIEW else f"{stem}-reinvite"
 
 
+# What an org preview's record must hold for a refusal to name who changed since it.
+_RECORD_FIELDS: dict[str, type] = {
+    "org": str,
+    "org_id": int,
+    "actor": str,
+    "members": int,
+    "fingerprint": str,
+}
+
+
 def save_enforcement_preview(
     registry: Registry, org: str, members: list[Member], reports_dir: Path, *, actor: str
 ) -> Path:
@@ -801,10 +811,8 @@ def members_changed_since(
     typed = typed.strip().lower()
     found = [
         r
-        for r in saved_previews(reports_dir)
-        if r.get("kind") == refused.kind
-        and r.get("org_id") == refused.org_id
-        and r.get("fingerprint") == typed
+        for r in saved_previews(reports_dir, kind=refused.kind, fields=_RECORD_FIELDS)
+        if r["org_id"] == refused.org_id and r["fingerprint"] == typed
     ]
     if not found:
         return None

@@ -15,7 +15,7 @@ import json
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -380,16 +380,97 @@ def save_preview(
     return SavedPreview(preview, run_id, path, at)
 
 
-def saved_previews(reports_dir: Path) -> list[dict[str, Any]]:
-    """Every preview record under ``reports/previews/``, oldest first."""
+# What a preview record holds that its readers use (plan show, a refused enforcement's
+# "changed since"), and of what JSON type: a record without one of them, or with another
+# type, is not read (a list, a number for the time, a file name that is a number).
+# What a phase preview's record must hold for its readers (plan show, a refusal naming
+# who changed), each of its type; another kind's record says what it needs itself.
+PHASE_RECORD_FIELDS: dict[str, type] = {
+    "plan": str,
+    "phase": str,
+    "run_id": str,
+    "actor": str,
+    "at": str,
+    "accounts": int,
+    "sessions": int,
+    "compliant": int,
+    "exempted": int,
+    "csv": str,
+}
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true or false"}.get(
+        type(value), "null" if value is None else "a number"
+    )
+
+
+def _bare_file_name(value: Any) -> bool:
+    """A file's name beside the record, not a path (``../``, ``/etc/...``) to read."""
+    return isinstance(value, str) and value not in ("", ".", "..") and Path(value).name == value
+
+
+def _preview_record(path: Path, kind: str, fields: dict[str, type]) -> dict[str, Any] | None:
+    """The record ``path`` holds, its time read, or None when it is another kind's (an
+    org's beside a phase's: each reader reads its own); ValueError saying what is wrong."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not UTF-8 text ({error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON (line {error.lineno}: {error.msg})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{_json_type(record)}, not a JSON object")
+    # A record without a kind was saved before org previews were: a phase's.
+    if record.get("kind", PHASE_PREVIEW) != kind:
+        return None
+    for key, expected_type in fields.items():
+        if key not in record:
+            raise ValueError(f"no {key!r}")
+        value = record[key]
+        # JSON's true is a Python int too: not a count.
+        if not isinstance(value, expected_type) or isinstance(value, bool):
+            expected = "a string" if expected_type is str else "a whole number"
+            raise ValueError(f"{key!r} is {_json_type(value)}, not {expected}")
+    try:
+        at = datetime.fromisoformat(record["at"])
+    except ValueError:
+        raise ValueError(f"'at' is not a time: {visible(record['at'][:40])}") from None
+    # Saved in UTC without an offset (utc_now), as every time here is: one given with an
+    # offset (edited by hand) is that time in UTC, not one that cannot be compared.
+    record["at"] = at if at.tzinfo is None else at.astimezone(UTC).replace(tzinfo=None)
+    for key in ("csv", "tokens_csv"):
+        value = record.get(key)
+        if (key == "csv" or value is not None) and not _bare_file_name(value):
+            raise ValueError(f"{key!r} is not the name of a file beside it")
+    return record
+
+
+def saved_previews(
+    reports_dir: Path,
+    skipped: list[str] | None = None,
+    *,
+    kind: str = PHASE_PREVIEW,
+    fields: dict[str, type] | None = None,
+) -> list[dict[str, Any]]:
+    """Every preview record of ``kind`` under ``reports/previews/``, oldest first, each
+    holding ``fields`` (a phase preview's by default; every record needs its time
+    ``at`` and its list ``csv``). A file there that is not one (edited, cut short,
+    another tool's) is left out, and said in ``skipped`` (its name and what is wrong
+    with it): plan show warns of it and shows the rest, a refused enforcement's refusal
+    stands without it. Another kind's records are left out, unsaid."""
+    needed = {"at": str, "csv": str, **(PHASE_RECORD_FIELDS if fields is None else fields)}
     records = []
-    for path in (reports_dir / "previews").glob("*.json"):
+    for path in sorted((reports_dir / "previews").glob("*.json")):
         try:
-            record = json.loads(path.read_text())
-            record["at"] = datetime.fromisoformat(record["at"])
-        except (OSError, ValueError, KeyError):
-            continue  # not a preview record: plan show is no place to fail on it
-        records.append(record)
+            record = _preview_record(path, kind, needed)
+        except (OSError, ValueError) as error:
+            why = error.strerror if isinstance(error, OSError) and error.strerror else error
+            if skipped is not None:
+                skipped.append(f"{visible(path)}: not read as a preview record: {why}")
+            continue
+        if record is not None:
+            records.append(record)
     return sorted(records, key=lambda r: r["at"])
 
 
@@ -427,9 +508,7 @@ def changed_since(reports_dir: Path, fresh: PhasePreview, typed: str) -> str | N
     found = [
         r
         for r in saved_previews(reports_dir)
-        if r.get("kind", PHASE_PREVIEW) == PHASE_PREVIEW
-        and r.get("phase") == fresh.phase
-        and r.get("fingerprint") == typed
+        if r.get("phase") == fresh.phase and r.get("fingerprint") == typed
     ]
     if not found or fresh.fingerprint == typed:
         return None
@@ -459,7 +538,7 @@ def changed_since(reports_dir: Path, fresh: PhasePreview, typed: str) -> str | N
             f"{len(tokens_now - then_tokens)} newly listed"
         )
     return (
-        f"since the preview of {record['at']:%Y-%m-%d %H:%M:%S} UTC ({record['csv']}): "
+        f"since the preview of {record['at']:%Y-%m-%d %H:%M:%S} UTC ({visible(record['csv'])}): "
         + "; ".join(parts)
     )
 

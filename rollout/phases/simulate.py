@@ -54,10 +54,12 @@ def simulate_plan(
 ) -> list[PhaseWhatIf]:
     """Per phase of ``plan``, in plan order, what it would touch on ``as_of``: the
     registry as it stood at the end of that day (accounts created, 2FA factors held,
-    web sessions and tokens live), as far as the registry's times tell; a token's age
-    and expiry as enforcement on that day judges them, at the day's start (a token
-    expiring during the day still works when enforcement runs at 00:00 UTC, and its
-    warnings listed it: it is counted, as the preview counts it). A cohort rule whose
+    web sessions live), as far as the registry's times tell; the tokens as enforcement
+    on that day finds them, at the day's start (00:00 UTC): made by then, not revoked
+    nor expired by then, aged then, and for a rule on tokens without 2FA, the account's
+    factors then. A token expiring or revoked during the day still works when
+    enforcement runs, and its warnings listed it: it is counted, as the preview at that
+    moment counts it; one made during the day is not. A cohort rule whose
     downloads have gaps that day is refused, as a build refuses it, unless
     ``allow_gaps`` (``cohorts.selecting``)."""
     exempt = sorted(plan.exempt_usernames)
@@ -92,17 +94,19 @@ def simulate_plan(
                     where $two_factor <> 'none'
                         and account_id not in (select account_id from with_factor)
                 ),
-                -- requirements.offending_token, at the end of the day
+                -- requirements.offending_token, at the day's start: enforcement on
+                -- the day revokes from 00:00 UTC, and its warnings listed the tokens
+                -- as they would stand then (requirements.judged_at). A token live at
+                -- that instant: made by then (one made later in the day it never saw),
+                -- neither revoked by then (one its owner revokes at 10:00 it revokes
+                -- first) nor expired (one expiring during the day is revoked, not left
+                -- to expire)
                 offending as (
                     select tokens.id, tokens.account_id
                     from registry.tokens as tokens
                     inner join cohort using (account_id)
-                    where tokens.created_at < $day_end
-                        and (tokens.revoked_at is null or tokens.revoked_at >= $day_end)
-                        -- still working at the day's start, when enforcement on the day
-                        -- (00:00 UTC on) revokes it and its warnings listed it
-                        -- (requirements.judged_at): one expiring during the day is
-                        -- revoked, not left to expire
+                    where tokens.created_at <= $day_start
+                        and (tokens.revoked_at is null or tokens.revoked_at > $day_start)
                         and (tokens.expires_at is null or tokens.expires_at > $day_start)
                         and (
                             ($no_classic and tokens.kind in ('automation', 'publish', 'read_only'))
@@ -113,12 +117,13 @@ def simulate_plan(
                             or (tokens.created_at
                                 < $day_start - to_days(coalesce($max_age_days, 0)::integer)
                                 and $max_age_days is not null)
-                            -- without any second factor, whatever the phase asks
+                            -- without any second factor, whatever the phase asks:
+                            -- at the day's start too, when enforcement judges the token
                             or ($no_write_without and tokens.writes
                                 and tokens.account_id not in (
                                     select account_id from registry.tfa_factors
-                                    where created_at < $day_end
-                                        and (removed_at is null or removed_at >= $day_end)))
+                                    where created_at <= $day_start
+                                        and (removed_at is null or removed_at > $day_start)))
                         )
                 ),
                 short as (

@@ -29,7 +29,7 @@ from rollout.core.calendar import (
 from rollout.core.plan import Plan
 from rollout.notify.emails import HEADS_UP_EMAIL
 from rollout.phases.brownouts import ELV_PLAN
-from rollout.phases.previews import PHASE_PREVIEW, saved_previews
+from rollout.phases.previews import saved_previews
 from rollout.registry import Registry
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import BrownoutWindow, PlanRun, state_at
@@ -175,9 +175,11 @@ def step_states(
     plan: Plan,
     at: datetime | None = None,
     reports_dir: Path | None = None,
+    skipped: list[str] | None = None,
 ) -> list[StepState]:
     """Each step of the plan with its state, from plan_runs, brownout_windows and the
-    previews saved under ``reports_dir`` (a preview writes nothing to the registry)."""
+    previews saved under ``reports_dir`` (a preview writes nothing to the registry);
+    a file there that is not a preview record is said in ``skipped`` (saved_previews)."""
     now = at or utc_now()
     with registry.engine.connect() as connection:
         runs: dict[str, list[Any]] = defaultdict(list)
@@ -189,13 +191,9 @@ def step_states(
         ).all():
             runs[run.step].append(run)
         windows = {w.name: w for w in connection.execute(select(BrownoutWindow)).all()}
-    for record in saved_previews(reports_dir) if reports_dir else []:
-        # A phase's preview of this plan (an org's, saved beside it, is no plan step).
-        if (
-            record.get("kind", PHASE_PREVIEW) == PHASE_PREVIEW
-            and record.get("plan") == plan.name
-            and record["at"] <= now
-        ):
+    for record in saved_previews(reports_dir, skipped) if reports_dir else []:
+        # A phase's preview of this plan (an org's, saved beside it, is left out).
+        if record.get("plan") == plan.name and record["at"] <= now:
             summary = {k: record[k] for k in ("accounts", "sessions", "compliant", "exempted")}
             step = phase_step(record["phase"])
             runs[step].append(

@@ -29,7 +29,8 @@ from sqlalchemy import ColumnElement, Connection, Engine, event, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
-from rollout.core.errors import GuardRefused
+from rollout.core.controls import visible
+from rollout.core.errors import GuardRefused, RolloutError
 from rollout.core.names import safe_path_component
 from rollout.registry.engine import is_sqlite, make_engine, normalize_url, require_sqlite_file
 from rollout.registry.models import Account
@@ -397,12 +398,32 @@ def run_lock_held(registry_url: str, engine: Engine, name: str) -> bool:
         )
 
 
+# The kernel's table of the file locks held (Linux): where a reader that may not open a
+# lock file (a registry folder shared with analysts, the files the operator's) finds
+# whether one is held. It lists the locks of the processes this one can see (its PID
+# namespace): a migration run from another container on a shared volume is not seen.
+PROC_LOCKS = Path("/proc/locks")
+
+
 def _file_lock_held(path: Path) -> bool:
     """Whether some process holds the lock file ``path`` (SQLite), taking nothing."""
     try:
         handle = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return False
+    except PermissionError as error:
+        # Not readable by this user: a read-only user must still read (the file is
+        # only ever read here), so the kernel's table says whether it is held.
+        held = _held_in_proc_locks(path)
+        if held is None:
+            raise RolloutError(
+                f"{visible(path)}: cannot tell whether a run or a schema migration holds "
+                f"this lock file: {error.strerror or error}, and {PROC_LOCKS} (where it "
+                "could be found without opening it) cannot be read. Make the lock files "
+                "beside the registry readable to this user (`chmod a+r`: they are only "
+                "read, never written, by a command that reads)"
+            ) from error
+        return held
     try:
         # A shared lock is refused while the run holds its exclusive one; when it
         # is granted it is let go at once (a run starting in that instant is refused
@@ -413,6 +434,24 @@ def _file_lock_held(path: Path) -> bool:
     finally:
         os.close(handle)
     return False
+
+
+def _held_in_proc_locks(path: Path) -> bool | None:
+    """Whether the kernel's table of file locks (PROC_LOCKS) has a lock granted on the
+    file ``path`` (its device and inode, from ``stat``, which needs no read permission);
+    None when there is no such table to read (not Linux)."""
+    found = os.stat(path)
+    where = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
+    try:
+        table = PROC_LOCKS.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF"; a waiter's line has "->" after
+    # the number: only granted locks count (a waiter implies one granted anyway).
+    return any(
+        "->" not in fields and where in fields
+        for fields in (line.split() for line in table.splitlines())
+    )
 
 
 def advisory_lock_holders(connection: Connection, name: str) -> list[int]:
