@@ -739,8 +739,12 @@ def test_an_org_preview_is_saved_as_a_phase_preview_is(
     assert record["csv"] == path.name and record["org_id"] == _org(registry)
     assert cli("orgs", "enforce", "acme").exit_code == 0
     assert len(list((tmp_path / "reports" / "previews").glob("org-acme-*.json"))) == 2
-    # Nothing else is left behind (atomic writes), and no plan step reads them.
+    # Nothing else is left behind (atomic writes), and no plan step reads them: plan
+    # show reads phase previews beside them, without a word on the org's.
     assert not list((tmp_path / "reports" / "previews").glob(".*"))
+    shown = cli("plan", "show")
+    assert shown.exit_code == 0, shown.stderr
+    assert "warning" not in shown.stderr
 
 
 def test_an_org_preview_of_a_hostile_org_name_stays_in_its_folder(
