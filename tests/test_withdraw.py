@@ -4,19 +4,26 @@ the library and the command line."""
 
 from __future__ import annotations
 
+import csv
 import json
+import re
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from rollout.cli import app
 from rollout.notify import drain
 from rollout.notify.withdraw import Selection, Withdrawn, withdraw, withdraw_preview
+from rollout.phases.withdrawals import save_withdraw_preview
 from rollout.registry import Registry
 from rollout.registry.models import Action, Notification
 from tests.factories import T0, AccountFactory, NotificationFactory, bound_to
+from tests.support.env import without_rollout_settings
 
 
 def states(registry: Registry) -> dict[tuple[str, str, str], int]:
@@ -331,3 +338,132 @@ def test_other_emails_at_the_previewed_count_are_not_withdrawn_unseen(
     assert applied.exit_code == 0, applied.stderr
     assert states(registry)[("top-100", "reminder", "skipped")] == 2
     registry.close()
+
+
+@pytest.fixture
+def cli(
+    registry_url: str, factories: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., Any]:
+    """`rollout ARGS...` against this test's registry (each backend), a home of its own."""
+    without_rollout_settings(monkeypatch)
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path))
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, list(args))
+
+
+def test_a_withdrawal_preview_saves_the_emails_it_lists(
+    registry: Registry, cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The preview keeps the list it showed under reports/previews/ (one row per email:
+    id, account, kind, phase, occasion, state; a hostile name a cell that stays data),
+    with its record beside it, and says where."""
+    outbox()
+    hostile = NotificationFactory(
+        email="reminder", occasion="1d", account=AccountFactory(username="=HYPERLINK(1)\nx")
+    )
+    flying = NotificationFactory(state="sending", account=AccountFactory())
+    preview = cli("notify", "withdraw", "--phase", "top-100")
+    assert preview.exit_code == 0, preview.stderr
+    [path] = (tmp_path / "reports" / "previews").glob("*.csv")
+    assert re.fullmatch(r"withdraw-top-100-\d{8}T\d{6}-[0-9a-f]{8}\.csv", path.name)
+    assert f"the list: {path}" in preview.stderr.replace("\n", "")
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == [
+        "notification_id",
+        *("account_id", "username", "email", "phase", "occasion", "state"),
+    ]
+    assert {(r["email"], r["occasion"], r["state"]) for r in rows} == {
+        ("reminder", "3d", "queued"),
+        ("phase_notice", "", "queued"),
+        ("reminder", "1d", "queued"),
+        ("phase_notice", "", "sending"),
+    }
+    assert len(rows) == 5
+    [cell] = [r for r in rows if r["notification_id"] == str(hostile.id)]
+    assert cell["username"] == "'=HYPERLINK(1)\nx"
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert (record["kind"], record["phase"], record["email"]) == ("withdraw", "top-100", None)
+    assert (record["emails"], record["in_flight"], record["csv"]) == (4, 1, path.name)
+    assert ["--expect", "4", "--expect-list", record["fingerprint"]] == _hint(preview.stderr)
+    assert str(flying.id) in {r["notification_id"] for r in rows}
+    # No plan step reads them: plan show reads the phases' previews beside them, unwarned.
+    shown = cli("plan", "show")
+    assert shown.exit_code == 0, shown.stderr
+    assert "warning" not in shown.stderr
+
+
+def test_a_withdrawal_refused_as_not_previewed_names_the_emails_changed_since(
+    registry: Registry, cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Previewed: alice's two reminders and a notice. Then the daily run sends one of
+    alice's reminders and queues one for a hostile name: the same count, other emails.
+    The refusal (exit 3, nothing withdrawn) says which: the one sent (now sent), the one
+    queued, as data, with the preview's time and file. Then another is queued: another
+    count, named the same way; a fingerprint no preview here showed, the refusal alone."""
+    alice = AccountFactory(username="alice")
+    first = NotificationFactory(email="reminder", occasion="3d", account=alice)
+    NotificationFactory(email="reminder", occasion="7d", account=alice)
+    NotificationFactory(email="phase_notice", account=alice)
+    preview = cli("notify", "withdraw", "--phase", "top-100")
+    assert preview.exit_code == 0, preview.stderr
+    typed_back = _hint(preview.stderr)
+    [csv_name] = [p.name for p in (tmp_path / "reports" / "previews").glob("*.csv")]
+    with registry.engine.begin() as connection:
+        connection.execute(
+            Notification.__table__.update()
+            .where(Notification.id == first.id)
+            .values(state="sent", sent_at=T0)
+        )
+    queued = NotificationFactory(
+        email="reminder", occasion="1d", account=AccountFactory(username="\x1b[2Kmallory")
+    )
+    apply = ("notify", "withdraw", "--phase", "top-100", "--apply", "--reason", "paused")
+
+    refused = cli(*apply, *typed_back)
+    assert refused.exit_code == 3, refused.stderr
+    said = " ".join(refused.stderr.split())
+    assert said.startswith(
+        "error: the queued or failed emails it would withdraw now are not the ones"
+    )
+    assert (
+        f"({csv_name}): 1 email no longer listed (#{first.id} reminder 3d to alice: now sent); "
+        f"1 email newly listed (#{queued.id} reminder 1d to \\x1b[2Kmallory)"
+    ) in said
+    assert "\x1b" not in refused.stderr
+    assert states(registry)[("top-100", "reminder", "queued")] == 2
+    with registry.engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(Action)) == 0
+
+    more = [
+        NotificationFactory(
+            email="reminder", occasion="1d", account=AccountFactory(username=f"m{n}")
+        )
+        for n in range(6)
+    ]
+    fewer = cli(*apply, *typed_back)
+    assert fewer.exit_code == 3
+    said = " ".join(fewer.stderr.split())
+    assert said.startswith(
+        "error: 9 queued or failed emails would be withdrawn now, not the 3 expected"
+    )
+    assert "1 email no longer listed" in said
+    assert f"7 emails newly listed (#{queued.id} reminder 1d to " in said
+    assert f"#{more[3].id} reminder 1d to m3 and 2 more)" in said
+    elsewhere = cli(*apply, "--expect", "3", "--expect-list", "0123456789ab")
+    assert elsewhere.exit_code == 3 and "no longer listed" not in elsewhere.stderr
+    assert states(registry)[("top-100", "reminder", "queued")] == 8
+
+
+def test_a_withdrawal_preview_of_a_hostile_phase_stays_in_its_folder(tmp_path: Path) -> None:
+    """An org's emails are withdrawn by `--phase org:NAME`, the name the registry's (any
+    character): its file name is made safe, its record keeps the selection as it is."""
+    phase = "org:../../x\n=evil"
+    path = save_withdraw_preview(tmp_path, Selection(phase=phase, email="reminder"), [], actor="rm")
+    assert path.parent == tmp_path / "previews"
+    assert re.fullmatch(
+        r"withdraw-org_[._]*x_evil-[0-9a-f]{12}-reminder-\d{8}T\d{6}-[0-9a-f]{8}\.csv", path.name
+    )
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert (record["phase"], record["email"], record["emails"]) == (phase, "reminder", 0)

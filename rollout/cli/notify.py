@@ -19,7 +19,7 @@ from rollout.cli.app import (
     reports_errors,
 )
 from rollout.core.controls import shell_word
-from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput, RolloutError
+from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput, GuardRefused, RolloutError
 from rollout.core.output import (
     Format,
     emit,
@@ -745,17 +745,20 @@ def notify_withdraw(
     Every email not sent yet is taken: queued ones and failed ones. They stay in the
     outbox as skipped ('withdrawn: REASON'), audited, and are never queued again. One a
     send is sending now goes only if that send goes (it is not queued again after a stop
-    or a crash); emails already sent are not touched. --apply needs the preview's count
-    and its list's fingerprint typed back (--expect N --expect-list F)."""
+    or a crash); emails already sent are not touched. The preview saves its list under
+    reports/previews/; --apply needs the preview's count and its list's fingerprint typed
+    back (--expect N --expect-list F), and a refusal names the emails changed since."""
     from rollout.notify.emails import EMAILS
     from rollout.notify.withdraw import (
         Selection,
         in_flight_note,
+        listed_counts,
+        listed_fingerprint,
         phase_in_outbox,
         withdraw,
-        withdraw_fingerprint,
-        withdraw_preview,
+        withdraw_list,
     )
+    from rollout.phases.withdrawals import naming_email_changes, save_withdraw_preview
 
     if phase is None and email is None:
         raise RolloutError("say which emails: --phase, --email or both").with_exit(EXIT_BAD_INPUT)
@@ -786,13 +789,14 @@ def notify_withdraw(
     runtime = _runtime(ctx)
     settings, registry = runtime.settings, runtime.registry
     with registry.engine.connect() as connection:
-        queued = withdraw_preview(connection, selection)
-        listed = withdraw_fingerprint(connection, selection)
+        # One read: the counts shown, the list saved and its fingerprint are one list.
+        emails = withdraw_list(connection, selection)
         # A phase an earlier plan had is known by its emails (taken back, or already
         # withdrawn by a first run); one neither in the plan nor in the outbox is a
         # typo: plan.phase refuses it.
         if phase and not phase.startswith("org:") and not phase_in_outbox(connection, phase):
             runtime.plan.phase(phase)
+    queued = listed_counts(emails)
     total = sum(row["queued"] for row in queued)
     flying = sum(row["in_flight"] for row in queued)
     emit(
@@ -802,23 +806,34 @@ def notify_withdraw(
         columns=["phase", "email", "queued", "in_flight"],
     )
     if not apply:
+        # Kept as shown: a refused apply names which emails changed since
+        # (naming_email_changes).
+        saved = save_withdraw_preview(settings.reports_dir, selection, emails, actor=settings.actor)
+        stderr.print(f"the list: {saved}", highlight=False, markup=False)
         stderr.print(
             f"{counted(total, 'queued or failed email')} would be withdrawn for good"
             f"{in_flight_note(flying)}; preview only: to withdraw "
             f"{them(total)} run {preview_command} --apply --expect {total} "
-            f"--expect-list {listed} --reason '...'",
+            f"--expect-list {listed_fingerprint(emails)} --reason '...'",
             highlight=False,
         )
         return
-    withdrawn = withdraw(
-        registry,
-        selection,
-        reason=reason,
-        actor=settings.actor,
-        expect=expect,
-        expect_list=expect_list,
-        preview=preview_command,
-    )
+    try:
+        withdrawn = withdraw(
+            registry,
+            selection,
+            reason=reason,
+            actor=settings.actor,
+            expect=expect,
+            expect_list=expect_list,
+            preview=preview_command,
+        )
+    except GuardRefused as refused:
+        # Which emails changed since the preview typed back, when its files are here.
+        said = naming_email_changes(refused, registry, settings.reports_dir, expect_list)
+        if said is refused:
+            raise
+        raise said from None
     stderr.print(
         f"withdrew {counted(withdrawn.taken, 'queued or failed email')}"
         f"{in_flight_note(withdrawn.in_flight)}",

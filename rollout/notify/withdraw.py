@@ -25,13 +25,18 @@ from rollout.core.fingerprints import list_fingerprint, same_list
 from rollout.core.words import counted
 from rollout.registry import Registry
 from rollout.registry.ledger import record_actions, utc_now
-from rollout.registry.models import Notification
+from rollout.registry.models import Account, Notification
 
 NOTIFICATIONS = Notification.__table__
+ACCOUNTS = Account.__table__
 WITHDRAWN = "withdrawn"
 # Not gone yet and never to go once withdrawn; and the one state a withdrawal can only mark.
 NOT_GONE = ("queued", "failed")
 IN_FLIGHT = "sending"
+# A preview's list of the emails a withdrawal would take back or mark, one row each: the
+# saved CSV's columns (rollout.phases.withdrawals). ``email`` is the email's kind, as
+# ``--email`` names it; ``username`` is empty for an account gone since it was queued.
+LIST_COLUMNS = ("notification_id", "account_id", "username", "email", "phase", "occasion", "state")
 
 
 def withdrawn_reason(reason: str) -> str:
@@ -55,6 +60,8 @@ class Withdrawn:
     # Which emails were taken back (withdrawn_fingerprint of their ids): not compared,
     # two withdrawals of as many emails are the same outcome.
     fingerprint: str = field(default="", compare=False)
+    # Their ids, for a refusal to say which changed since the preview (not compared either).
+    taken_ids: frozenset[int] = field(default=frozenset(), compare=False, repr=False)
 
 
 def in_flight_note(count: int) -> str:
@@ -111,12 +118,50 @@ def withdrawn_fingerprint(ids: Any) -> str:
     return list_fingerprint(ids)
 
 
-def withdraw_fingerprint(connection: Connection, selection: Selection) -> str:
-    """The fingerprint of the emails not gone (queued or failed) ``selection`` takes
-    now: what the preview prints and the apply compares."""
-    return withdrawn_fingerprint(
-        connection.scalars(select(NOTIFICATIONS.c.id).where(selection.where(NOT_GONE)))
-    )
+def withdraw_list(connection: Connection, selection: Selection) -> list[dict[str, Any]]:
+    """Each email a withdrawal would take back (``queued``, ``failed``) or mark (in
+    flight), oldest first, as a preview lists and saves it (LIST_COLUMNS): one read, so
+    its counts (listed_counts) and its fingerprint (listed_fingerprint) are of one list."""
+    c = NOTIFICATIONS.c
+    rows = connection.execute(
+        select(c.id, c.account_id, ACCOUNTS.c.username, c.email, c.phase, c.occasion, c.state)
+        .select_from(NOTIFICATIONS.outerjoin(ACCOUNTS, ACCOUNTS.c.id == c.account_id))
+        .where(and_(selection.where(), ~_already_marked()))
+        .order_by(c.id)
+    ).all()
+    return [dict(zip(LIST_COLUMNS, row, strict=True)) for row in rows]
+
+
+def listed_counts(listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A list's emails by phase and kind, as :func:`withdraw_preview` counts them."""
+    counts: dict[tuple[str, str], list[int]] = {}
+    for row in listed:
+        count = counts.setdefault((row["phase"], row["email"]), [0, 0])
+        count[row["state"] == IN_FLIGHT] += 1
+    return [
+        {"phase": p, "email": e, "queued": n, "in_flight": f}
+        for (p, e), (n, f) in sorted(counts.items())
+    ]
+
+
+def listed_fingerprint(listed: list[dict[str, Any]]) -> str:
+    """The fingerprint of a list's emails not gone (queued or failed): what the preview
+    prints and the apply compares (``Withdrawn.fingerprint``)."""
+    return withdrawn_fingerprint(r["notification_id"] for r in listed if r["state"] in NOT_GONE)
+
+
+class EmailsNotAsPreviewed(GuardRefused):
+    """Refused: the emails a withdrawal would take back now (``taken``: their ids) are
+    not the ones previewed (their count or fingerprint) for ``selection``: a caller
+    holding the preview's files can say which changed (rollout.phases.withdrawals)."""
+
+    def __init__(self, message: str, selection: Selection, taken: frozenset[int]) -> None:
+        super().__init__(message)
+        self.selection, self.taken = selection, taken
+
+    def __reduce__(self) -> tuple[type[GuardRefused], tuple[str]]:
+        # Passed on as the refusal it is: its message, not the emails' ids.
+        return GuardRefused, (str(self),)
 
 
 def _already_marked() -> Any:
@@ -186,7 +231,7 @@ def withdraw_queued(
                 }
             ],
         )
-    return Withdrawn(taken, in_flight, withdrawn_fingerprint(taken_ids))
+    return Withdrawn(taken, in_flight, withdrawn_fingerprint(taken_ids), frozenset(taken_ids))
 
 
 def withdraw(
@@ -203,7 +248,7 @@ def withdraw(
     of queued or failed emails the preview showed, typed back), refused (GuardRefused,
     nothing changed) when it would take another count: the outbox moved since the
     preview (a queue run added emails that a withdrawal would silence for good); with
-    ``expect_list`` (its fingerprint: withdraw_fingerprint), refused as well when the
+    ``expect_list`` (its fingerprint: listed_fingerprint), refused as well when the
     emails it would take are others at the same count (one sent, another queued since).
     ``preview``: the command that previews it again."""
     if selection.phase is None and selection.email is None:
@@ -214,16 +259,20 @@ def withdraw(
         withdrawn = withdraw_queued(connection, selection, reason=reason, actor=actor, run_id=None)
         # Counted as taken, in the same transaction: a mismatch rolls all of it back.
         if expect is not None and withdrawn.taken != expect:
-            raise GuardRefused(
+            raise EmailsNotAsPreviewed(
                 f"{counted(withdrawn.taken, 'queued or failed email')} would be withdrawn "
                 f"now, not the {expect} expected: the outbox changed since the preview; "
-                f"nothing was withdrawn. Run `{preview}` and check"
+                f"nothing was withdrawn. Run `{preview}` and check",
+                selection,
+                withdrawn.taken_ids,
             )
         if expect_list is not None and not same_list(withdrawn.fingerprint, expect_list):
-            raise GuardRefused(
+            raise EmailsNotAsPreviewed(
                 "the queued or failed emails it would withdraw now are not the ones "
                 f"previewed (list {withdrawn.fingerprint}, not {expect_list.strip()}): the "
                 "outbox changed since the preview, though the count may not have; nothing "
-                f"was withdrawn. Run `{preview}` and check"
+                f"was withdrawn. Run `{preview}` and check",
+                selection,
+                withdrawn.taken_ids,
             )
         return withdrawn

@@ -3,8 +3,9 @@
 The release manager signs off on a list, so the list is saved as it was shown (a CSV
 under ``reports/previews/``) with a JSON record beside it (who, when, the counts) that
 ``rollout plan show`` reads. A preview writes nothing to the registry. An org's
-previews (rollout.phases.orgs) are saved the same way (:func:`save_list`), each record
-with its ``kind``, so a refused apply can name who changed since (read_rows).
+previews (rollout.phases.orgs) and a withdrawal's (rollout.phases.withdrawals) are saved
+the same way (:func:`save_list`), each record with its ``kind``, so a refused apply can
+name who changed since (read_rows).
 """
 
 from __future__ import annotations
