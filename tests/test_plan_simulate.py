@@ -1,7 +1,8 @@
 """`rollout plan simulate PLAN --as-of D`: what each phase of a plan would touch if it
-ran on D (its cohort by its rule on D's metrics; the accounts without 2FA at the end of
-D it would require it of, or only warn in a warn-only phase, minus exemptions; their web
-sessions live then), writing nothing, so a release manager can compare plans."""
+ran on D (its cohort by its rule on D's metrics; the accounts without 2FA at the start
+of D, 00:00 UTC, when enforcement on D acts, it would require it of, or only warn in a
+warn-only phase, minus exemptions; their web sessions live then), writing nothing, so
+a release manager can compare plans."""
 
 from __future__ import annotations
 
@@ -443,3 +444,56 @@ def test_cohorts_simulate_under_a_plan_whose_week_changed_since_the_metrics_coun
     week = windowed_plan(tmp_path, "week", "  weekly_window_days: 7\n", rule)
     four = windowed_plan(tmp_path, "four", "  weekly_window_days: 28\n", rule)
     assert sized(four) > sized(week) > 0
+
+
+def test_accounts_factors_and_sessions_are_judged_at_the_start_of_the_day_as_tokens_are(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Enforcement on D runs from 00:00 UTC, and the what-if judges every fact then, as
+    it judges tokens. An account that adds 2FA at 10:00 on D is still flagged and signed
+    out by it; a session opened at 10:00 on D, and an account made then, it never saw.
+    Judged at the end of D, the what-if left out the first and counted the others."""
+    import shutil
+
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy)
+    monkeypatch.setenv("ROLLOUT_HOME", str(copy))
+    with sqlite3.connect(copy / "registry.db") as db:
+        lacking = [
+            account_id
+            for (account_id,) in db.execute(
+                "select m.account_id from cohort_memberships m"
+                " where m.cohort = 'top-100' and m.left_on is null"
+                " and m.account_id not in (select account_id from tfa_factors)"
+                " and (select count(*) from web_sessions s where s.account_id = m.account_id"
+                "      and s.revoked_at is null) = 1"
+                " order by m.account_id limit 3"
+            )
+        ]
+    adds_factor, opens_session, made_late = lacking
+    before = simulate()["top-100"]
+
+    def after(statement: str, account_id: int) -> dict[str, Any]:
+        with sqlite3.connect(copy / "registry.db") as db:
+            db.execute(statement, (f"{DAY} 10:00:00.000000", account_id))
+        assert run("ingest", "--full-extract").exit_code == 0
+        return simulate()["top-100"]
+
+    added = after(
+        "insert into tfa_factors (created_at, account_id, kind) values (?, ?, 'totp')",
+        adds_factor,
+    )
+    assert added["accounts_to_require"] == before["accounts_to_require"]
+    assert added["sessions_to_revoke"] == before["sessions_to_revoke"]
+
+    opened = after(
+        "update web_sessions set created_at = ? where account_id = ? and revoked_at is null",
+        opens_session,
+    )
+    assert opened["accounts_to_require"] == before["accounts_to_require"]
+    assert opened["sessions_to_revoke"] == before["sessions_to_revoke"] - 1
+
+    made = after("update accounts set created_at = ? where id = ?", made_late)
+    assert made["accounts"] == before["accounts"] - 1
+    assert made["accounts_to_require"] == before["accounts_to_require"] - 1
+    assert made["sessions_to_revoke"] == before["sessions_to_revoke"] - 2

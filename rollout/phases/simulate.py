@@ -16,7 +16,6 @@ from typing import Any
 import duckdb
 
 from rollout import cohorts, warehouse
-from rollout.core.clock import day_end
 from rollout.core.plan import Phase, Plan
 
 
@@ -53,17 +52,17 @@ def simulate_plan(
     con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date, *, allow_gaps: bool = False
 ) -> list[PhaseWhatIf]:
     """Per phase of ``plan``, in plan order, what it would touch on ``as_of``: the
-    registry as it stood at the end of that day (accounts created, 2FA factors held,
-    web sessions live), as far as the registry's times tell; the tokens as enforcement
-    on that day finds them, at the day's start (00:00 UTC): made by then, not revoked
-    nor expired by then, aged then, and for a rule on tokens without 2FA, the account's
-    factors then. A token expiring or revoked during the day still works when
-    enforcement runs, and its warnings listed it: it is counted, as the preview at that
-    moment counts it; one made during the day is not. A cohort rule whose
-    downloads have gaps that day is refused, as a build refuses it, unless
+    registry as enforcement on that day finds it, at the day's start (00:00 UTC), the
+    one moment every fact is judged at: accounts made by then, 2FA factors held then
+    (one added during the day does not keep an account from being flagged and signed
+    out), web sessions live then (one opened during the day is not revoked); tokens
+    made by then, not revoked nor expired by then, aged then, and for a rule on tokens
+    without 2FA, the account's factors then. A token expiring or revoked during the
+    day still works when enforcement runs, and its warnings listed it: it is counted,
+    as the preview at that moment counts it; one made during the day is not. A cohort
+    rule whose downloads have gaps that day is refused, as a build refuses it, unless
     ``allow_gaps`` (``cohorts.selecting``)."""
     exempt = sorted(plan.exempt_usernames)
-    ended = day_end(as_of)
     found = []
     for phase in plan.phases:
         rule = plan.cohort(phase.cohort)
@@ -81,12 +80,16 @@ def simulate_plan(
                     from selected
                     inner join registry.accounts as accounts
                         on accounts.id = selected.account_id
-                    where accounts.created_at < $day_end
+                    where accounts.created_at <= $day_start
                 ),
+                -- Every fact at the day's start, 00:00 UTC, when enforcement on the
+                -- day acts: an account made later that day it never saw; one adding
+                -- a factor at 10:00 it flagged and signed out first; a session opened
+                -- later it did not revoke.
                 with_factor as (
                     select distinct account_id from registry.tfa_factors
-                    where created_at < $day_end
-                        and (removed_at is null or removed_at >= $day_end)
+                    where created_at <= $day_start
+                        and (removed_at is null or removed_at > $day_start)
                         and ($two_factor <> 'phishing_resistant' or kind = 'webauthn')
                 ),
                 lacking as (
@@ -142,9 +145,9 @@ def simulate_plan(
                         where $revokes_sessions
                             and sessions.account_id in (select account_id from targets)
                             and sessions.account_id in (select account_id from lacking)
-                            and sessions.created_at < $day_end
+                            and sessions.created_at <= $day_start
                             and (sessions.revoked_at is null
-                                or sessions.revoked_at >= $day_end)),
+                                or sessions.revoked_at > $day_start)),
                     (select count(*) from short
                         where list_contains($exempt::varchar[], username)),
                     (select count(*) from offending
@@ -153,7 +156,6 @@ def simulate_plan(
                 """,
                 {
                     "exempt": exempt,
-                    "day_end": ended,
                     "day_start": datetime.combine(as_of, time.min),
                     **_requirement_parameters(phase),
                     **selected_params,

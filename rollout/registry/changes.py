@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, text
 
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES
+from rollout.registry.readonly import reading_uri, why_read_only
 
 TRACKED_TABLES: tuple[str, ...] = (*REGISTRY_TABLES, *LEDGER_TABLES)
 OPERATIONS = ("insert", "update", "delete")
@@ -157,6 +158,10 @@ def claim_versions(database: str, tables: Iterable[str]) -> dict[str, Version] |
     tables = tuple(tables)
     if not tables:
         return {}
+    if why_read_only(database) is not None:
+        # Not to be written by this process (an analyst's read access): nothing can be
+        # marked read, so everything is read, as from a registry that tracks nothing.
+        return None
     marks = ",".join("?" * len(tables))
     # Where a write moved the version (or no stamp was drawn yet).
     unread = f"(read_version <> version OR stamp IS NULL) AND table_name IN ({marks})"
@@ -221,7 +226,7 @@ def still_claimed(database: str, claimed: dict[str, Version]) -> dict[str, Versi
     that write, say), so it is left out. Its version moved: it is read again anyway."""
     if not claimed:
         return {}
-    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=60)
+    connection = sqlite3.connect(reading_uri(database), uri=True, timeout=60)
     try:
         current = _select_versions(connection, tuple(claimed))
     finally:

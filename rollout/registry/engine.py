@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from rollout.core.config import connection_option_problem
 from rollout.core.controls import visible
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
+from rollout.registry.readonly import read_only_refusal, read_only_uri, why_read_only
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -54,12 +56,16 @@ def adbc_uri(url: str | URL) -> str:
     return f"{before_query}{database}{'?' if query else ''}{query}"
 
 
-def _sqlite_pragmas(database: str, dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(
+    database: str, dbapi_connection: Any, _record: Any, *, read_only: bool = False
+) -> None:
     cursor = dbapi_connection.cursor()
     try:
         # WAL lets the warehouse extract read while an action writes; foreign keys are
         # off by default in SQLite; the busy timeout turns lock contention into waiting.
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # A file opened read-only keeps the journal mode it has (setting one writes).
+        if not read_only:
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -355,10 +361,32 @@ def adbc_connect(url: str | URL) -> Iterator[Any]:
 def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        database = parsed.database
+        reason = None
+        if database and database != ":memory:" and not database.startswith("file:"):
+            reason = why_read_only(database)
+            if reason is None:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+        if reason is not None:
+            # A file this process may not write (an analyst's read access, a read-only
+            # mount): opened read-only, so readers read; writers are refused in one line
+            # naming the file (_refuse_writing), not "unable to open database file".
+            uri = read_only_uri(database, reason)
+            engine = create_engine(
+                parsed,
+                creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False),
+                **kwargs,
+            )
+            _READ_ONLY[engine] = (database, reason)
+            event.listen(
+                engine,
+                "connect",
+                functools.partial(_sqlite_pragmas, database, read_only=True),
+            )
+            event.listen(engine, "handle_error", _refuse_writing)
+            return engine
         engine = create_engine(parsed, **kwargs)
-        event.listen(engine, "connect", functools.partial(_sqlite_pragmas, parsed.database))
+        event.listen(engine, "connect", functools.partial(_sqlite_pragmas, database))
         return engine
     if (problem := connection_option_problem(parsed)) is not None:
         raise RegistryURLRefused(problem)
@@ -375,6 +403,30 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     event.listen(engine, "handle_error", _cancel_on_stop)
     event.listen(engine, "handle_error", _cancelled_statement)
     return engine
+
+
+# The SQLite engines opened read-only (make_engine): their file and why.
+_READ_ONLY: weakref.WeakKeyDictionary[Engine, tuple[str, str]] = weakref.WeakKeyDictionary()
+
+
+def read_only_reason(engine: Engine) -> tuple[str, str] | None:
+    """The file and why, when ``engine`` reads a SQLite registry it may not write."""
+    return _READ_ONLY.get(engine)
+
+
+def _refuse_writing(context: ExceptionContext) -> BaseException | None:
+    """``handle_error`` of a read-only SQLite engine: a statement that writes (SQLite's
+    "attempt to write a readonly database") raises the one-line refusal instead."""
+    engine = context.engine
+    known = read_only_reason(engine) if engine is not None else None
+    error = context.original_exception
+    if known is None or not isinstance(error, sqlite3.OperationalError):
+        return None
+    if getattr(error, "sqlite_errorcode", None) is None or (
+        error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_READONLY
+    ):
+        return None
+    return read_only_refusal(*known)
 
 
 @contextmanager

@@ -34,6 +34,7 @@ from rollout.core.errors import GuardRefused, RolloutError
 from rollout.core.names import safe_path_component
 from rollout.registry.engine import is_sqlite, make_engine, normalize_url, require_sqlite_file
 from rollout.registry.models import Account
+from rollout.registry.readonly import read_only_refusal, why_read_only
 
 _ACCOUNTS = Account.__table__
 
@@ -138,7 +139,7 @@ def exclusive_run(
     if url.get_backend_name() == "sqlite":
         path = _lock_path(url, name)
         require_sqlite_file(registry_url)  # the lock file goes next to it
-        handle = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        handle = _open_lock_file(url, path)
         try:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -231,12 +232,21 @@ def migration_exclusive(registry_url: str) -> Iterator[None]:
             lock_engine.dispose()
 
 
+def _open_lock_file(url: URL, path: Path) -> int:
+    """The lock file ``path`` of the SQLite registry at ``url``, opened to be locked
+    (made if need be). Only a run that writes the registry takes one: on a registry this
+    process may not write, the writer's one-line refusal, not the lock file's EROFS."""
+    if (reason := why_read_only(url.database or "")) is not None:
+        raise read_only_refusal(url.database or "", reason)
+    return os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+
+
 @contextmanager
 def _waiting_exclusive(registry_url: str, name: str, lock_engine: Engine | None) -> Iterator[None]:
     """``name`` taken exclusively, waiting for whoever holds it (Ctrl-C stops the wait)."""
     url = normalize_url(registry_url)
     if lock_engine is None:
-        handle = os.open(_lock_path(url, name), os.O_CREAT | os.O_RDWR, 0o644)
+        handle = _open_lock_file(url, _lock_path(url, name))
         try:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield

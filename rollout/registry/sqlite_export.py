@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from rollout.core.stopping import as_child
 from rollout.registry.models import Base, extracted_columns
+from rollout.registry.readonly import reading_uri
 
 # ADBC's SQLite driver guesses each column's type from a batch's values, and a batch
 # whose values are all NULL is guessed as an integer; a later text value then fails.
@@ -39,7 +40,7 @@ def select_with_sentinels(table_name: str, numeric: set[str]) -> str:
 
 
 def export(database: str, folder: Path, tables: list[str], numeric: dict[str, set[str]]) -> None:
-    with adbc_sqlite.connect(database) as connection, connection.cursor() as cursor:
+    with adbc_sqlite.connect(reading_uri(database)) as connection, connection.cursor() as cursor:
         for name in tables:
             cursor.execute(select_with_sentinels(name, numeric.get(name, set())))
             reader = cursor.fetch_record_batch()

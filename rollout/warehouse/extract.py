@@ -36,6 +36,7 @@ from rollout.core.stopping import PARENT_PID_VARIABLE, stop_requested_by_signals
 from rollout.registry import Registry, changes
 from rollout.registry.engine import adbc_connect, is_sqlite, normalize_url
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, Base, extracted_columns
+from rollout.registry.readonly import reading_uri
 from rollout.registry.sqlite_export import NULL_INT, select_with_sentinels
 
 EXTRACTED_TABLES = (*REGISTRY_TABLES, *LEDGER_TABLES)
@@ -87,7 +88,7 @@ EXPORTERS = 2
 def _table_sizes(database: str, tables: tuple[str, ...]) -> dict[str, int]:
     """Each table's largest rowid: its row count near enough to share the work, read
     off the b-tree at once instead of counting."""
-    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    connection = sqlite3.connect(reading_uri(database), uri=True)
     try:
         return {
             name: connection.execute(f"select coalesce(max(rowid), 0) from {name}").fetchone()[0]
@@ -186,7 +187,7 @@ def _read_sqlite_here(registry_url: str, tables: tuple[str, ...]) -> dict[str, p
     """The same export in this process through sqlite3, straight to Arrow: slower per
     row, but no child process to start (see ``IN_PROCESS_ROWS``)."""
     database = _sqlite_database(registry_url)
-    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    connection = sqlite3.connect(reading_uri(database), uri=True)
     read: dict[str, pa.Table] = {}
     try:
         for name in tables:

@@ -1,0 +1,155 @@
+"""A SQLite registry this user may not write (an analyst's read access, a read-only
+mount): every read-only command reads it, opened read-only; a writer is refused in one
+line naming the file and why, nothing changed. The tests mount file systems: they run
+as root, here and in CI."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from rollout.cli import app
+from rollout.registry.engine import make_engine
+from rollout.registry.models import Account, EmailSuppression
+
+from .factories import AccountFactory, bound_to
+
+READERS = (
+    ["db", "status"],
+    ["notify", "status"],
+    ["brownout", "status"],
+    ["plan", "show"],
+    ["report"],
+)
+WRITERS = (
+    ["notify", "suppress", "someone@example.com", "--reason", "asked", "--apply"],
+    ["notify", "queue", "--apply"],
+)
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def registry_folder(tmp_path: Path, rollout_home: Path) -> Iterator[Path]:
+    """A folder holding a migrated registry with two accounts, the home elsewhere."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    runner = CliRunner()
+    made = runner.invoke(
+        app, ["db", "upgrade"], env={"ROLLOUT_REGISTRY_URL": f"sqlite:///{folder}/registry.db"}
+    )
+    assert made.exit_code == 0, made.stderr
+    engine = make_engine(f"sqlite:///{folder}/registry.db")
+    with bound_to(engine):
+        AccountFactory.create_batch(2)
+    engine.dispose()
+    yield folder
+
+
+@pytest.fixture
+def read_only_file_system(tmp_path: Path, rollout_home: Path) -> Iterator[Path]:
+    """A file system of its own (tmpfs) holding the registry, remounted read-only:
+    nothing on this machine can change it."""
+    folder = tmp_path / "snapshot"
+    folder.mkdir()
+    _mount("-t", "tmpfs", "tmpfs", str(folder))
+    try:
+        runner = CliRunner()
+        url = f"sqlite:///{folder}/registry.db"
+        assert (
+            runner.invoke(app, ["db", "upgrade"], env={"ROLLOUT_REGISTRY_URL": url}).exit_code == 0
+        )
+        engine = make_engine(url)
+        with bound_to(engine):
+            AccountFactory.create_batch(2)
+        engine.dispose()
+        _mount("-o", "remount,ro", str(folder))
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.fixture
+def read_only_view(tmp_path: Path, registry_folder: Path) -> Iterator[Path]:
+    """``registry_folder`` seen through a read-only bind mount: read-only here, written
+    by whoever writes the folder itself."""
+    view = tmp_path / "view"
+    view.mkdir()
+    _mount("--bind", "-o", "ro", str(registry_folder), str(view))
+    try:
+        yield view
+    finally:
+        subprocess.run(["umount", str(view)], check=False)
+
+
+def test_every_read_only_command_reads_a_registry_on_a_read_only_file_system(
+    read_only_file_system: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = read_only_file_system / "registry.db"
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", f"sqlite:///{database}")
+    runner = CliRunner()
+    for reader in READERS:
+        read = runner.invoke(app, reader)
+        assert read.exit_code == 0, (reader, read.stderr)
+    status = runner.invoke(app, ["db", "status", "--format", "json"])
+    assert '"up_to_date": true' in status.stdout
+
+
+def test_a_writer_on_a_registry_it_may_not_write_is_refused_in_one_line(
+    read_only_file_system: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = read_only_file_system / "registry.db"
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", f"sqlite:///{database}")
+    runner = CliRunner()
+    for writer in WRITERS:
+        refused = runner.invoke(app, writer)
+        assert refused.exit_code == 1, (writer, refused.stderr)
+        [said] = refused.stderr.strip().splitlines()
+        assert said.startswith(f"error: {database}: this command writes the registry"), said
+        assert "mounted read-only" in said and "Nothing was changed" in said
+    reader = sqlite3.connect(f"file:{database}?immutable=1", uri=True)
+    assert reader.execute(f"select count(*) from {EmailSuppression.__tablename__}").fetchone() == (
+        0,
+    )
+    reader.close()
+
+
+def test_a_read_only_view_of_a_registry_no_one_has_open_is_refused_in_one_line(
+    read_only_view: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through a read-only bind mount the file can still change (the folder itself is
+    written): not read as immutable; SQLite needs the WAL's -shm file, which only a
+    process that has the registry open keeps there."""
+    database = read_only_view / "registry.db"
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", f"sqlite:///{database}")
+    refused = CliRunner().invoke(app, ["notify", "status"])
+    assert refused.exit_code == 1
+    [said] = refused.stderr.strip().splitlines()
+    assert said.startswith(f"error: {database}: cannot read the registry: ")
+    assert "registry.db-shm" in said and "Traceback" not in refused.stderr
+
+
+def test_a_read_only_view_reads_what_a_writer_at_work_commits(
+    read_only_view: Path, registry_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = make_engine(f"sqlite:///{registry_folder}/registry.db")
+    with writer.connect() as held:  # its -shm file beside the registry
+        with bound_to(writer):
+            AccountFactory.create()
+        view = make_engine(f"sqlite:///{read_only_view}/registry.db")
+        with view.connect() as reading:
+            assert reading.scalar(select(func.count()).select_from(Account)) == 3
+        view.dispose()
+        monkeypatch.setenv("ROLLOUT_REGISTRY_URL", f"sqlite:///{read_only_view}/registry.db")
+        read = CliRunner().invoke(app, ["notify", "status"])
+        assert read.exit_code == 0, read.stderr
+        held.rollback()
+    writer.dispose()
