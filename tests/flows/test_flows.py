@@ -8,12 +8,13 @@ checked through the plain functions that render it, without a server.
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
@@ -67,6 +68,11 @@ class Home:
         database = self.settings.registry_url.removeprefix("sqlite:///")
         with closing(sqlite3.connect(database)) as connection:
             return connection.execute(query).fetchall()
+
+    def registry_write(self, statement: str) -> None:
+        database = self.settings.registry_url.removeprefix("sqlite:///")
+        with closing(sqlite3.connect(database)) as connection, connection:
+            connection.execute(statement)
 
 
 @pytest.fixture(scope="module")
@@ -302,9 +308,14 @@ def _paused_run(flow_name: str, timeout: float = 60) -> Any:
     raise AssertionError(f"no paused {flow_name} run within {timeout} s")
 
 
-def _enforce_with_approval(monkeypatch: pytest.MonkeyPatch, approval: dict[str, Any]) -> Any:
+def _enforce_with_approval(
+    monkeypatch: pytest.MonkeyPatch,
+    approval: dict[str, Any],
+    while_paused: Callable[[dict[str, Any]], None] = lambda request: None,
+) -> Any:
     """Run phase-enforce in a thread, approve it as a release manager would, return its
-    state. Without an ``expect_list``, the approval types back the run's preview's."""
+    state. Without an ``expect_list``, the approval types back the run's preview's.
+    ``while_paused`` is given the run's approval request before it is approved."""
     from prefect.flow_runs import resume_flow_run
     from prefect.input import read_flow_run_input
 
@@ -318,6 +329,7 @@ def _enforce_with_approval(monkeypatch: pytest.MonkeyPatch, approval: dict[str, 
     worker.start()
     paused = _paused_run("phase-enforce")
     request = read_flow_run_input(REQUEST_INPUT_KEY, flow_run_id=paused.id)
+    while_paused(request)
     resume_flow_run(paused.id, run_input={"expect_list": request["fingerprint"], **approval})
     worker.join(timeout=120)
     assert not worker.is_alive()
@@ -387,6 +399,39 @@ def test_an_approval_types_back_the_list_s_fingerprint_the_form_shows() -> None:
         approved_list(request, "0123456789ab")
     # A request recorded before fingerprints: the fresh preview's list is checked.
     approved_list(replace(request, fingerprint=None), "0123456789ab")
+
+
+def test_an_approval_refused_as_the_list_changed_since_names_who_changed(
+    preview_count: int, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the run waited for its approval, one account it listed set up 2FA: the
+    refusal (the count is not the one approved) names who left the list since the
+    run's preview, as the CLI's does, from the preview's saved files."""
+    left: list[str] = []
+
+    def one_listed_account_sets_up_2fa(request: dict[str, Any]) -> None:
+        with open(request["csv_path"], newline="", encoding="utf-8") as listed:
+            first = next(csv.DictReader(listed))
+        left.append(first["username"])
+        home.registry_write(
+            "insert into tfa_factors (account_id, kind, created_at) "
+            f"values ({int(first['account_id'])}, 'totp', '2000-01-01 00:00:00')"
+        )
+
+    try:
+        state = _enforce_with_approval(
+            monkeypatch,
+            {"expect": preview_count, "approved_by": "rita"},
+            one_listed_account_sets_up_2fa,
+        )
+    finally:
+        home.registry_write("delete from tfa_factors where created_at = '2000-01-01 00:00:00'")
+    assert state.is_failed() and state.name == "Refused"
+    assert f"not the {preview_count} expected" in state.message
+    assert "since the preview of " in state.message
+    assert f"1 account no longer listed ({left[0]}); 0 accounts newly listed" in state.message
+    assert "\n" not in state.message
+    assert _required(home) == 0
 
 
 def test_an_approval_of_another_list_applies_nothing(
