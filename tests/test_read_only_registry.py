@@ -153,3 +153,26 @@ def test_a_read_only_view_reads_what_a_writer_at_work_commits(
         assert read.exit_code == 0, read.stderr
         held.rollback()
     writer.dispose()
+
+
+def test_a_registry_named_through_a_symbolic_link_is_read_where_its_file_is(
+    read_only_view: Path, registry_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An analyst's home links to the registry in a folder shared read-only: SQLite opens
+    the file the link names and finds its -shm beside that file, not beside the link;
+    the link's own folder (writable) is not the one that may not be written."""
+    link = tmp_path / "mine" / "registry.db"
+    link.parent.mkdir()
+    link.symlink_to(read_only_view / "registry.db")
+    writer = make_engine(f"sqlite:///{registry_folder}/registry.db")
+    with writer.connect() as held:  # its -shm file beside the registry
+        held.execute(select(func.count()).select_from(Account))
+        monkeypatch.setenv("ROLLOUT_REGISTRY_URL", f"sqlite:///{link}")
+        read = CliRunner().invoke(app, ["notify", "status"])
+        assert read.exit_code == 0, read.stderr
+        refused = CliRunner().invoke(app, list(WRITERS[0]))
+        assert refused.exit_code == 1
+        [said] = refused.stderr.strip().splitlines()
+        assert f"the file system holding {read_only_view} is mounted read-only" in said, said
+        held.rollback()
+    writer.dispose()

@@ -34,8 +34,9 @@ MOUNTINFO = Path("/proc/self/mountinfo")
 
 def why_read_only(database: str | Path) -> str | None:
     """Why this process may not write the SQLite file ``database`` (and the ``-wal`` and
-    ``-shm`` files SQLite writes beside it), or None when it may."""
-    path = Path(database)
+    ``-shm`` files SQLite writes beside it), or None when it may. A symbolic link is
+    followed: SQLite opens the file it names, and writes those files beside that one."""
+    path = _opened(database)
     folder = path.parent
     try:
         if os.statvfs(path).f_flag & os.ST_RDONLY:
@@ -47,6 +48,18 @@ def why_read_only(database: str | Path) -> str | None:
     if not os.access(folder, os.W_OK | os.X_OK):
         return f"its folder {folder} is not writable for this user"
     return None
+
+
+def _opened(database: str | Path) -> Path:
+    """The file SQLite opens for ``database``, its symbolic links followed: SQLite's
+    ``-wal`` and ``-shm`` files are beside it, not beside a link to it."""
+    return Path(os.path.realpath(database))
+
+
+def _file_uri(path: str | Path) -> str:
+    """``path`` as a SQLite ``file:`` URI without options: absolute, every character
+    SQLite's URIs read (``?``, ``#``, ``%``) quoted, so a folder named so stays data."""
+    return "file:" + quote(str(Path(path).absolute()), safe="/")
 
 
 def _unescape(field: str) -> str:
@@ -98,8 +111,8 @@ def read_only_uri(database: str | Path, reason: str) -> str:
     (``reason``, from :func:`why_read_only`). RolloutError, one line, when it cannot be
     read at all (WAL mode, no ``-shm`` file there, none to be made, and the file may
     change under the reader)."""
-    path = Path(database)
-    uri = "file:" + quote(str(path.absolute()), safe="/")
+    path = _opened(database)
+    uri = _file_uri(path)
     shm = path.with_name(path.name + "-shm")
     if not _in_wal_mode(path) or shm.exists():
         return uri + "?mode=ro"
@@ -129,5 +142,5 @@ def reading_uri(database: str | Path) -> str:
     as :func:`read_only_uri` says when this process may not write it."""
     reason = why_read_only(database)
     if reason is None:
-        return "file:" + quote(str(Path(database).absolute()), safe="/") + "?mode=ro"
+        return _file_uri(_opened(database)) + "?mode=ro"
     return read_only_uri(database, reason)
