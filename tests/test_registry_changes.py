@@ -532,3 +532,23 @@ def test_the_copy_is_what_a_full_extract_gives_after_every_run(
             extract.extract_registry(con, Registry(url), ("accounts", "tfa_factors"))
             for table in ("accounts", "tfa_factors"):
                 assert _copy(con, table) == _full_copy(url, table), table
+
+
+def test_a_registry_in_a_folder_named_with_a_hash_is_read_only_where_it_changed(
+    tmp_path: Path, con: duckdb.DuckDBPyConnection, reads: list[tuple[str, ...]]
+) -> None:
+    """The claim opened ``file:<path>?mode=rw`` unquoted: a ``#`` in a folder's name
+    (``C#``) ended SQLite's path there, so it made an empty file ``C`` beside the folder
+    and, finding no change tracking in it, the extract read every table every time."""
+    folder = tmp_path / "C#"
+    folder.mkdir()
+    url = f"sqlite:///{folder / 'registry.db'}"
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    with bound_to(engine):
+        AccountFactory(username="alice")
+    engine.dispose()
+    assert extract.extract_registry(con, Registry(url), TABLES)["accounts"] == 1
+    assert extract.extract_registry(con, Registry(url), TABLES)["accounts"] == 1
+    assert reads == [TABLES]  # the second extract read nothing
+    assert not (tmp_path / "C").exists()

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, text
 
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES
-from rollout.registry.readonly import reading_uri, why_read_only
+from rollout.registry.readonly import file_uri, reading_uri, why_read_only
 
 TRACKED_TABLES: tuple[str, ...] = (*REGISTRY_TABLES, *LEDGER_TABLES)
 OPERATIONS = ("insert", "update", "delete")
@@ -165,7 +165,7 @@ def claim_versions(database: str, tables: Iterable[str]) -> dict[str, Version] |
     marks = ",".join("?" * len(tables))
     # Where a write moved the version (or no stamp was drawn yet).
     unread = f"(read_version <> version OR stamp IS NULL) AND table_name IN ({marks})"
-    connection = sqlite3.connect(f"file:{database}?mode=rw", uri=True, timeout=60)
+    connection = sqlite3.connect(file_uri(database) + "?mode=rw", uri=True, timeout=60)
     connection.isolation_level = None  # explicit transactions only
     try:
         # First a read alone: most days no table an extract reads has changed since it

@@ -56,7 +56,7 @@ def _opened(database: str | Path) -> Path:
     return Path(os.path.realpath(database))
 
 
-def _file_uri(path: str | Path) -> str:
+def file_uri(path: str | Path) -> str:
     """``path`` as a SQLite ``file:`` URI without options: absolute, every character
     SQLite's URIs read (``?``, ``#``, ``%``) quoted, so a folder named so stays data."""
     return "file:" + quote(str(Path(path).absolute()), safe="/")
@@ -112,7 +112,7 @@ def read_only_uri(database: str | Path, reason: str) -> str:
     read at all (WAL mode, no ``-shm`` file there, none to be made, and the file may
     change under the reader)."""
     path = _opened(database)
-    uri = _file_uri(path)
+    uri = file_uri(path)
     shm = path.with_name(path.name + "-shm")
     if not _in_wal_mode(path) or shm.exists():
         return uri + "?mode=ro"
@@ -142,5 +142,5 @@ def reading_uri(database: str | Path) -> str:
     as :func:`read_only_uri` says when this process may not write it."""
     reason = why_read_only(database)
     if reason is None:
-        return _file_uri(_opened(database)) + "?mode=ro"
+        return file_uri(_opened(database)) + "?mode=ro"
     return read_only_uri(database, reason)
