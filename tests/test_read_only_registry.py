@@ -176,3 +176,29 @@ def test_a_registry_named_through_a_symbolic_link_is_read_where_its_file_is(
         assert f"the file system holding {read_only_view} is mounted read-only" in said, said
         held.rollback()
     writer.dispose()
+
+
+@pytest.mark.parametrize("name", ["registry.db", "new/registry.db"])
+def test_a_registry_to_be_made_where_it_may_not_be_written_is_refused_in_one_line(
+    tmp_path: Path, rollout_home: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """``db upgrade`` on a new path on a read-only mount said only 'the registry
+    database: unable to open database file' (why_read_only judged a file not yet made
+    writable), or the folder it could not make."""
+    folder = tmp_path / "mounted"
+    folder.mkdir()
+    _mount("-t", "tmpfs", "-o", "ro", "tmpfs", str(folder))
+    try:
+        database = folder / name
+        monkeypatch.setenv("ROLLOUT_REGISTRY_URL", f"sqlite:///{database}")
+        refused = CliRunner().invoke(app, ["db", "upgrade"])
+        assert refused.exit_code == 1
+        [said] = refused.stderr.strip().splitlines()
+        assert said == (
+            f"error: {database}: this command writes the registry, which may not be "
+            f"written here (the file system holding {folder} is mounted read-only); run "
+            "it as the registry's operator, where it may be written. Nothing was changed"
+        )
+        assert list(folder.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)

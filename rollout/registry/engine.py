@@ -367,6 +367,11 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
             reason = why_read_only(database)
             if reason is None:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
+        if reason is not None and not Path(database).exists():
+            # Only ``db upgrade`` and ``sample`` get here (readers are refused a registry
+            # that is not there): one line saying why it cannot be made, not SQLite's
+            # "unable to open database file" naming neither the file nor why.
+            raise read_only_refusal(database, reason)
         if reason is not None:
             # A file this process may not write (an analyst's read access, a read-only
             # mount): opened read-only, so readers read; writers are refused in one line
