@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.plan import Plan, load_plan, parse_plan
 from rollout.notify.emails import Recipient, TokenLine
 from rollout.notify.render import render
 from rollout.registry import Registry
-from rollout.registry.models import Account, Notification
+from rollout.registry.models import Account, Notification, TfaFactor
 from tests.factories import MembershipFactory, existing_account
 from tests.test_email_parts import parts
 from tests.test_emails import check_golden, parse_html, words
@@ -820,6 +820,40 @@ def _play_rubygems(
         text = " ".join(parsed.get_body(("plain",)).get_content().split())
         told.setdefault(to.username, []).append(text)
     return told
+
+
+def test_a_banner_phase_thanking_compliant_accounts_emails_one_that_drops_2fa_before_the_banner(
+    registry: Registry, factories: None, tmp_path: Path
+) -> None:
+    """A banner phase that asks its notice to go to compliant accounts too
+    (notify_compliant): kim, with TOTP, was thanked ("nothing for you to do"), then
+    dropped TOTP before the banner's day. The banner is shown to kim, and its email is
+    the only word of it kim gets: the thank-you never said a banner comes. sam, without
+    2FA, was told the banner comes, and is not told again."""
+    from tests.factories import AccountFactory
+
+    text = (ROOT / "plans" / "rubygems-2022.yaml").read_text()
+    warn = "    effects: [warn]\n"
+    text = text.replace(warn, f"{warn}    notify_compliant: true\n")
+    plan, problems = parse_plan(text)
+    assert plan is not None and problems == [], problems
+    kim = AccountFactory(username="kim", with_totp=True, in_cohort="recommended")
+    AccountFactory(username="sam", in_cohort="recommended")
+
+    def kim_drops_totp() -> None:
+        with registry.engine.begin() as connection:
+            connection.execute(
+                update(TfaFactor)
+                .where(TfaFactor.account_id == kim.id)
+                .values(removed_at=datetime(2022, 6, 12, 18))
+            )
+
+    told = _play_rubygems(registry, plan, tmp_path / "outbox", kim_drops_totp)
+    thanks, banner = told["kim"]
+    assert "nothing for you to do" in thanks
+    assert "banner" in banner.lower() and "nothing for you to do" not in banner
+    [notice] = told["sam"]  # the banner was in its notice
+    assert "nothing for you to do" not in notice
 
 
 def test_a_recommendation_to_an_account_a_later_phase_requires_says_it_is_required(

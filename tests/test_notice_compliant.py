@@ -109,3 +109,20 @@ def test_notify_compliant_is_true_or_false_refused_at_its_line(tmp_path: Path) -
     path.write_text(text)
     with pytest.raises(BadInput, match=rf"^{path}:{line}: phases\.0\.notify_compliant"):
         load_plan(path)
+
+
+def test_a_phase_with_per_account_deadlines_must_notify_compliant_accounts_too(
+    tmp_path: Path,
+) -> None:
+    """A notice skipped as compliant starts no clock: under per-account deadlines an
+    account with 2FA until last_notice_on that dropped it after had no deadline, and
+    daily enforcement never flagged it. plan check refuses the phase, at its line."""
+    github = REFERENCE.parent / "github-2023.yaml"
+    text = github.read_text().replace("    notify_compliant: true\n", "")
+    path = tmp_path / "plan.yaml"
+    path.write_text(text)
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if "- name: publishers" in row)
+    with pytest.raises(
+        BadInput, match=rf"^{path}:{line}: phases\.0\.notify_compliant: .*never be enforced"
+    ):
+        load_plan(path)

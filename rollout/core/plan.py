@@ -811,6 +811,19 @@ def _deadline_problems(phase: Phase) -> list[tuple[Path_, str]]:
         problems.append(
             (("deadline", "last_notice_on"), "the last notice is before the first (notice_on)")
         )
+    if not phase.notify_compliant:
+        # A notice skipped as compliant starts no clock: an account that meets the phase
+        # until last_notice_on and falls short after it would have no deadline, and an
+        # account with none is never enforced.
+        problems.append(
+            (
+                ("notify_compliant",),
+                "with per-account deadlines the notice starts each account's clock and "
+                "must go to accounts that meet the phase too (notify_compliant: true): "
+                "one that falls short after last_notice_on would have no deadline and "
+                "never be enforced",
+            )
+        )
     return problems
 
 

@@ -75,6 +75,7 @@ from rollout.registry.requirements import (
     TOKENS,
     factor_counts,
     falls_short,
+    lacked_factor_at,
     lacks_factor,
     offending_token,
     phase_reason,
@@ -803,19 +804,26 @@ def _told_of_the_banner(batch: _Batch) -> Any | None:
     phase's notice, which told it the banner comes on its day: the enforcement email
     ("a banner is now shown") would tell it again, a day or two later (PyPI 2023: a
     reminder, the banner's notice and the banner's email on three days running). One
-    the notice did not reach (unverified then, suppressed, a newcomer) still gets it.
-    None for a phase that does anything else: that is news to every account."""
-    if list(batch.phase.effects) != ["warn"]:
+    the notice did not reach (unverified then, suppressed, a newcomer) still gets it,
+    and so does one the notice thanked (``notify_compliant``: it met the phase when the
+    notice went, which said there was nothing to do and no banner), falling short
+    since. None for a phase that does anything else: that is news to every account."""
+    phase = batch.phase
+    if list(phase.effects) != ["warn"]:
         return None
     n = NOTIFICATIONS.c
-    return exists().where(
-        and_(
-            n.account_id == ACCOUNTS.c.id,
-            n.email == NOTICE_EMAIL,
-            n.phase == batch.phase.name,
-            n.state == "sent",
-        )
+    told = and_(
+        n.account_id == ACCOUNTS.c.id,
+        n.email == NOTICE_EMAIL,
+        n.phase == phase.name,
+        n.state == "sent",
     )
+    if phase.notify_compliant:
+        # Told of the banner: short of the phase's factor when the notice went (a
+        # token the phase forbids is not judged as of then: such an account gets the
+        # banner's email again, rather than none).
+        told = and_(told, lacked_factor_at(phase.requires, n.account_id, n.sent_at))
+    return exists().where(told)
 
 
 def _queue_enforcement_emails(batch: _Batch) -> int:

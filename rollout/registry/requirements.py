@@ -37,6 +37,22 @@ def lacks_factor(requires: Requirements, account_id: Any) -> ColumnElement[bool]
     return ~exists().where(and_(FACTORS.c.account_id == account_id, factor_counts(requires)))
 
 
+def lacked_factor_at(requires: Requirements, account_id: Any, at: Any) -> ColumnElement[bool]:
+    """SQL: the account lacked the second factor the phase asks for at ``at`` (a time or
+    a time column): no such factor made by then and not removed by then. Never true
+    when the phase asks for none."""
+    if requires.two_factor == "none":
+        return false()
+    held = and_(
+        FACTORS.c.account_id == account_id,
+        FACTORS.c.created_at <= at,
+        or_(FACTORS.c.removed_at.is_(None), FACTORS.c.removed_at > at),
+    )
+    if requires.two_factor == "phishing_resistant":
+        held = and_(held, FACTORS.c.kind == "webauthn")
+    return ~exists().where(held)
+
+
 def live_token(tokens: Any, now: datetime) -> ColumnElement[bool]:
     """A token that works at ``now``: not revoked, not expired."""
     return and_(
