@@ -7,11 +7,12 @@ safety guard. Messages and progress go to stderr; stdout carries only the listin
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime
 from typing import Annotated, Any, TypeVar
 
@@ -21,7 +22,7 @@ from typer import rich_utils as typer_rich_utils
 
 from rollout import __version__
 from rollout.core.controls import visible
-from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, RolloutError
+from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, GuardRefused, RolloutError
 from rollout.core.output import Format, labelled, stderr
 from rollout.core.stopping import stopped_by_interruption, terminate_as_interrupt
 from rollout.runtime import Runtime
@@ -248,6 +249,20 @@ def _typed_back(acting: str, preview: str, needed: Sequence[tuple[str, str, obje
             f"{acting} needs {', '.join(missing)}: run `{preview}`, check the list, and "
             "copy the command it prints"
         ).with_exit(EXIT_BAD_INPUT)
+
+
+@contextlib.contextmanager
+def _changes_named(naming: Callable[[GuardRefused], GuardRefused]) -> Iterator[None]:
+    """A refusal as not previewed raised inside is told again by ``naming``, with who or
+    what changed since the preview typed back when its saved files are here to say
+    (rollout.phases.previews), or raised as it was."""
+    try:
+        yield
+    except GuardRefused as refused:
+        said = naming(refused)
+        if said is refused:
+            raise
+        raise said from None
 
 
 def _fingerprint(text: str | None, option: str = "--expect-list") -> str | None:

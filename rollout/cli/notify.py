@@ -11,6 +11,7 @@ import typer
 
 from rollout.cli.app import (
     FormatOption,
+    _changes_named,
     _fingerprint,
     _parse_day,
     _runtime,
@@ -19,7 +20,7 @@ from rollout.cli.app import (
     reports_errors,
 )
 from rollout.core.controls import shell_word
-from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput, GuardRefused, RolloutError
+from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput, RolloutError
 from rollout.core.output import (
     Format,
     emit,
@@ -818,7 +819,10 @@ def notify_withdraw(
             highlight=False,
         )
         return
-    try:
+    # Which emails changed since the preview typed back, when its files are here.
+    with _changes_named(
+        lambda refused: naming_email_changes(refused, registry, settings.reports_dir, expect_list)
+    ):
         withdrawn = withdraw(
             registry,
             selection,
@@ -828,12 +832,6 @@ def notify_withdraw(
             expect_list=expect_list,
             preview=preview_command,
         )
-    except GuardRefused as refused:
-        # Which emails changed since the preview typed back, when its files are here.
-        said = naming_email_changes(refused, registry, settings.reports_dir, expect_list)
-        if said is refused:
-            raise
-        raise said from None
     stderr.print(
         f"withdrew {counted(withdrawn.taken, 'queued or failed email')}"
         f"{in_flight_note(withdrawn.in_flight)}",

@@ -10,6 +10,7 @@ import typer
 
 from rollout.cli.app import (
     FormatOption,
+    _changes_named,
     _fingerprint,
     _runtime,
     _typed_back,
@@ -17,7 +18,7 @@ from rollout.cli.app import (
     reports_errors,
 )
 from rollout.core.controls import shell_word, visible
-from rollout.core.errors import EXIT_BAD_INPUT, GuardRefused, RolloutError
+from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 from rollout.core.output import Format, emit, emit_record, stderr
 from rollout.core.words import by_count, counted
 
@@ -203,7 +204,10 @@ def orgs_enforce(
         expect,
         expect_list,
     )
-    try:
+    # Who changed since the preview confirmed, when its files are here to say.
+    with _changes_named(
+        lambda refused: naming_member_changes(refused, settings.reports_dir, expect_list)
+    ):
         result = enforce_org(
             runtime.registry,
             org,
@@ -213,12 +217,6 @@ def orgs_enforce(
             expect=expect,
             expect_list=expect_list,
         )
-    except GuardRefused as refused:
-        # Who changed since the preview confirmed, when its files are here to say.
-        said = naming_member_changes(refused, settings.reports_dir, expect_list)
-        if said is refused:
-            raise
-        raise said from None
     emit_record(
         {
             "org": result.org,
@@ -301,7 +299,9 @@ def orgs_reinvite(
         expect,
         expect_list,
     )
-    try:
+    with _changes_named(
+        lambda refused: naming_member_changes(refused, settings.reports_dir, expect_list)
+    ):
         result = reinvite(
             runtime.registry,
             org,
@@ -312,11 +312,6 @@ def orgs_reinvite(
             actor=settings.actor,
             expect_list=expect_list,
         )
-    except GuardRefused as refused:
-        said = naming_member_changes(refused, settings.reports_dir, expect_list)
-        if said is refused:
-            raise
-        raise said from None
     emit_record(
         {
             "org": result.org,

@@ -9,6 +9,7 @@ import typer
 
 from rollout.cli.app import (
     FormatOption,
+    _changes_named,
     _fingerprint,
     _runtime,
     _typed_back,
@@ -244,27 +245,24 @@ def phase_enforce(
     )
     expect_list = _fingerprint(expect_list)
     settings = runtime.settings
-    try:
-        with progress_for(fmt) as progress:
-            task = progress.add_task(f"phase {phase}: accounts", total=expect)
-            result = enforce_phase(
-                runtime.registry,
-                runtime.plan,
-                phase,
-                expect=expect,
-                expect_tokens=expect_tokens,
-                accept_unreached=accept_unreached,
-                actor=settings.actor,
-                progress=lambda done, total: progress.update(task, completed=done, total=total),
-                early=early,
-                expect_list=expect_list,
-            )
-    except GuardRefused as refused:
-        # Who changed since the preview approved, when its files are here to say.
-        said = naming_changes(refused, settings.reports_dir, expect_list)
-        if said is refused:
-            raise
-        raise said from None
+    # Who changed since the preview approved, when its files are here to say.
+    with (
+        _changes_named(lambda refused: naming_changes(refused, settings.reports_dir, expect_list)),
+        progress_for(fmt) as progress,
+    ):
+        task = progress.add_task(f"phase {phase}: accounts", total=expect)
+        result = enforce_phase(
+            runtime.registry,
+            runtime.plan,
+            phase,
+            expect=expect,
+            expect_tokens=expect_tokens,
+            accept_unreached=accept_unreached,
+            actor=settings.actor,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+            early=early,
+            expect_list=expect_list,
+        )
     emit_record(result.summary(), fmt, title=f"phase {phase} enforced")
 
 
