@@ -823,7 +823,10 @@ def _told_of_the_banner(batch: _Batch) -> Any | None:
         # token the phase forbids is not judged as of then: such an account gets the
         # banner's email again, rather than none).
         told = and_(told, lacked_factor_at(phase.requires, n.account_id, n.sent_at))
-    return exists().where(told)
+    # From the notifications named: a phase asking no factor makes ``told`` a constant
+    # false, which leaves the EXISTS with no table of its own ("SELECT * WHERE false",
+    # refused by both backends).
+    return exists().select_from(NOTIFICATIONS).where(told)
 
 
 def _queue_enforcement_emails(batch: _Batch) -> int:
@@ -974,7 +977,10 @@ def _short_as_previewed(
     listed = _id_set(connection, previewed, "token_ids")
     return or_(
         lacks_factor(phase.requires, ACCOUNTS.c.id),
-        exists().where(
+        # From the tokens named: a rule-less phase's constant false leaves none.
+        exists()
+        .select_from(TOKENS)
+        .where(
             and_(
                 TOKENS.c.account_id == ACCOUNTS.c.id,
                 listed(TOKENS.c.id),

@@ -104,8 +104,10 @@ def holds_offending_token(
 ) -> ColumnElement[bool]:
     if not requires.token_rules:
         return false()
-    return exists().where(
-        and_(TOKENS.c.account_id == account_id, offending_token(requires, TOKENS, now))
+    return (
+        exists()
+        .select_from(TOKENS)
+        .where(and_(TOKENS.c.account_id == account_id, offending_token(requires, TOKENS, now)))
     )
 
 
