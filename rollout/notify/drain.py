@@ -146,6 +146,7 @@ from rollout.registry.models import (
     PlanRun,
     TfaFactor,
     ahead_until,
+    current_members,
     windows_named,
 )
 from rollout.registry.requirements import (
@@ -632,17 +633,10 @@ def _revoked_sooner(
             for token_id, *broken in connection.execute(
                 select(TOKENS.c.id, *(case((rule, 1), else_=0) for rule in rules.values()))
                 .join(ACCOUNTS, ACCOUNTS.c.id == TOKENS.c.account_id)
-                .join(
-                    CohortMembership,
-                    and_(
-                        CohortMembership.account_id == TOKENS.c.account_id,
-                        CohortMembership.cohort == other.cohort,
-                        CohortMembership.left_on.is_(None),
-                    ),
-                )
                 .where(
                     and_(
                         TOKENS.c.account_id.in_(ids),
+                        TOKENS.c.account_id.in_(current_members(other.cohort)),
                         ACCOUNTS.c.username.not_in(exempt),
                         offending_token(other.requires, TOKENS, at),
                     )
@@ -757,18 +751,10 @@ def _required_sooner(
             ids = [a for a, day in days.items() if other.enforce_on < day]
             for chunk in in_chunks(sorted(ids)):
                 for account_id in connection.execute(
-                    select(ACCOUNTS.c.id)
-                    .join(
-                        CohortMembership,
-                        and_(
-                            CohortMembership.account_id == ACCOUNTS.c.id,
-                            CohortMembership.cohort == other.cohort,
-                            CohortMembership.left_on.is_(None),
-                        ),
-                    )
-                    .where(
+                    select(ACCOUNTS.c.id).where(
                         and_(
                             ACCOUNTS.c.id.in_(chunk),
+                            ACCOUNTS.c.id.in_(current_members(other.cohort)),
                             ACCOUNTS.c.username.not_in(exempt),
                             ACCOUNTS.c.tfa_required_at.is_(None),
                             lacks_factor(phase.requires, ACCOUNTS.c.id),

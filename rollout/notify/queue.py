@@ -88,6 +88,7 @@ from rollout.registry.models import (
     CohortMembership,
     PhaseRequirement,
     ahead_until,
+    current_members,
     has_active_factor,
     state_at,
     windows_named,
@@ -224,13 +225,6 @@ def _as_scheduled(
     return kept
 
 
-def _members(cohort: str) -> Select:
-    """The account ids of a cohort's current members."""
-    return select(CohortMembership.account_id).where(
-        and_(CohortMembership.cohort == cohort, CohortMembership.left_on.is_(None))
-    )
-
-
 def audience(spec: str, plan: Plan, day: date) -> Select:
     """The account ids a mailing goes to, queued on ``day``."""
     due_within = audience_due_within(spec)
@@ -238,12 +232,12 @@ def audience(spec: str, plan: Plan, day: date) -> Select:
         name, days = due_within
         phase = plan.phase(name)
         member = CohortMembership.account_id
-        return _members(phase.cohort).where(
+        return current_members(phase.cohort).where(
             due_by(phase, member, day + timedelta(days=days)), ~due_by(phase, member, day)
         )
     cohort = audience_cohort(spec)
     if cohort is not None:
-        return _members(cohort)
+        return current_members(cohort)
     without = select(ACCOUNTS.c.id).where(~has_active_factor(ACCOUNTS.c.id))
     if spec == WITHOUT_2FA:
         return without

@@ -435,6 +435,14 @@ class CohortMembership(Base):
     run_id: Mapped[str | None] = mapped_column(ForeignKey("plan_runs.id"))
 
 
+def current_members(cohort: str) -> Any:
+    """SQL: the account ids of ``cohort``'s current members (not left), a subquery for
+    ``account_id.in_(...)`` or to select from."""
+    return select(CohortMembership.account_id).where(
+        and_(CohortMembership.cohort == cohort, CohortMembership.left_on.is_(None))
+    )
+
+
 class Action(Base):
     """The append-only audit ledger: who changed what, why and when.
 
