@@ -650,13 +650,14 @@ def test_the_first_and_last_supported_days_make_a_valid_plan_and_calendar() -> N
         "    starts: 2021-12-07\n    ends: 2022-01-04",
         "    starts: 1970-01-01\n    ends: 1970-01-02",
     )
-    text = text.replace("enroll_all_on: 2022-03-01", "enroll_all_on: 1970-01-02")
-    text = text.replace("starts_at: 2022-02-23T00:00:00", "starts_at: 2199-12-31T23:00:00")
+    # ELV for all on the last day, a brown-out (which must come before it) ending then.
+    text = text.replace("enroll_all_on: 2022-03-01", "enroll_all_on: 2199-12-31")
+    text = text.replace("starts_at: 2022-02-23T00:00:00", "starts_at: 2199-12-30T23:00:00")
     plan, problems = parse_plan(text, "plan.yaml")
     assert problems == [] and plan is not None
-    assert plan.brownouts[1].ends_at == datetime(2200, 1, 1, 23)
+    assert plan.brownouts[1].ends_at == datetime(2199, 12, 31, 23)
     steps = plan_calendar(plan)
-    assert (steps[0].on, steps[-1].on) == (date(1969, 12, 26), date(2199, 12, 31))
+    assert (steps[0].on, steps[-1].on) == (date(1970, 1, 1), date(2199, 12, 31))
 
 
 @pytest.mark.parametrize("days", [1_000_000, 1_000_000_000_000, -1_000_000_000_000])
@@ -761,3 +762,25 @@ def test_a_cohort_is_told_in_words_by_its_description_or_else_its_rule(
     rule: dict[str, object], said: str
 ) -> None:
     assert CohortRule.model_validate(rule).in_words() == said
+
+
+@pytest.mark.parametrize("starts_at", ["2022-02-23T00:00:00", "2022-02-24T10:00:00+02:00"])
+def test_a_brownout_on_or_after_elv_for_all_is_refused_at_its_line(starts_at: str) -> None:
+    # ELV for everyone from 2022-02-23: brownout-2 that day (or after) would change no
+    # login, while its heads-up told every account without 2FA of "a rehearsal".
+    text = edited("  enroll_all_on: 2022-03-01", "  enroll_all_on: 2022-02-23")
+    text = text.replace("starts_at: 2022-02-23T00:00:00", f"starts_at: {starts_at}", 1)
+    assert problems_in(text) == [
+        (
+            line_of(text, f"starts_at: {starts_at}"),
+            "brownouts.1.starts_at: brown-out brownout-2 starts on or after "
+            "elv.enroll_all_on (2022-02-23), when every account is enrolled in ELV for good: "
+            "it would rehearse nothing, and its heads-up would announce a rehearsal of what "
+            "already applies",
+        )
+    ]
+
+
+def test_a_brownout_ending_as_elv_for_all_begins_is_valid() -> None:
+    text = edited("  enroll_all_on: 2022-03-01", "  enroll_all_on: 2022-02-24")
+    assert problems_in(text) == []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from itertools import combinations, pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -679,6 +679,19 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
                 PlanProblem(
                     ("brownouts", index, "name"),
                     f"brown-out name {ELV_STEPS!r} is taken by ELV's own steps and emails",
+                )
+            )
+        if elv is not None and brownout.starts_at >= datetime.combine(elv.enroll_all_on, time.min):
+            # ELV for all enrols every account for good that day: a window from then on
+            # changes no login, and its heads-up (to every account without 2FA) would
+            # announce "a rehearsal for when this becomes permanent" of what already is.
+            problems.append(
+                PlanProblem(
+                    ("brownouts", index, "starts_at"),
+                    f"brown-out {brownout.name} starts on or after elv.enroll_all_on "
+                    f"({elv.enroll_all_on}), when every account is enrolled in ELV for good: "
+                    "it would rehearse nothing, and its heads-up would announce a rehearsal "
+                    "of what already applies",
                 )
             )
     for (_, earlier), (index, later) in pairwise(ordered):
