@@ -199,6 +199,28 @@ def test_an_exemption_naming_no_account_is_a_warning(
     assert "named 'ann'" not in said
 
 
+def test_a_release_manager_naming_no_account_is_a_warning(
+    registry: Registry,
+    plan: Plan,
+    ids: dict[str, int],
+    tmp_path: Path,
+    check: Callable[[Path], Result],
+) -> None:
+    """The phase summary goes to the accounts `release_managers` names, exactly: `Eve`
+    (the account is `eve`) or `alice` (none yet) would get no summary of enforcement,
+    and nothing said so."""
+    managing = edited(tmp_path, "  release_managers: []", "  release_managers: [Eve, eve, alice]")
+    result = check(managing)
+    assert result.exit_code == 0
+    said = " ".join(result.stderr.split())
+    for username in ("Eve", "alice"):
+        assert (
+            f"warning: notifications.release_managers: no account is named {username!r} in "
+            "the registry (usernames are exact): no phase summary goes to it"
+        ) in said
+    assert "named 'eve'" not in said
+
+
 def test_cohort_packages_from_before_the_day_the_cohort_is_fixed_are_a_warning(
     registry: Registry,
     factories: None,

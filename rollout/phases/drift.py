@@ -29,8 +29,9 @@ A release manager edits the plan mid-campaign. These edits leave the registry be
 
 And edits that need no history: an exemption naming no account (usernames are
 exact: ``U2`` exempts nobody when the account is ``u2``), a lockout of someone meant
-to be spared; a cohort's ``orgs`` naming an org the registry does not have (a warning:
-a plan may be written before its orgs exist; ``cohorts build`` refuses it).
+to be spared; a release manager naming no account (enforcement's summary goes to
+nobody); a cohort's ``orgs`` naming an org the registry does not have (a warning: a
+plan may be written before its orgs exist; ``cohorts build`` refuses it).
 
 ``plan check`` and ``plan show`` say so; ``phase enforce`` refuses before the latest
 date the accounts were told (``told_deadline``), while a phase gives each account
@@ -187,9 +188,10 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
         )
         early = _entered_early(connection, plan)
         exempt = sorted(plan.exempt_usernames)
+        managers = list(plan.notifications.release_managers)
         known = set(
             connection.execute(
-                select(ACCOUNTS.c.username).where(ACCOUNTS.c.username.in_(exempt))
+                select(ACCOUNTS.c.username).where(ACCOUNTS.c.username.in_(exempt + managers))
             ).scalars()
         )
     emailed: Counter[str] = Counter()
@@ -320,6 +322,14 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
             warnings.append(
                 f"exemptions: no account is named {username!r} in the registry (usernames "
                 "are exact): it exempts nobody"
+            )
+    for username in managers:
+        if username not in known:
+            # The phase summary goes to the accounts named: one misspelt (or not made
+            # yet) gets none, and enforcement's summary went to nobody without a word.
+            warnings.append(
+                f"notifications.release_managers: no account is named {username!r} in the "
+                "registry (usernames are exact): no phase summary goes to it"
             )
     with registry.engine.connect() as connection:
         warnings += [
