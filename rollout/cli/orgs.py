@@ -288,7 +288,7 @@ def orgs_reinvite(
             "rollout orgs reinvite "
             f"{shell_word(org)} --team {shell_word(team)} --owner {_owner_word(owner)} "
             f"--confirm {shell_word(org)} "
-            f"--expect {len(invitees)} --expect-list {invitation_fingerprint(invitees)}",
+            f"--expect {len(invitees)} --expect-list {invitation_fingerprint(invitees, team)}",
             highlight=False,
         )
         return
