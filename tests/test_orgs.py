@@ -885,3 +885,20 @@ def test_a_reinvitation_into_another_team_than_previewed_is_refused_as_not_previ
     assert [(i.username, i.team) for i in orgs.invitations(registry, "acme", actor="t")] == [
         ("di", "release")
     ]
+
+
+def test_a_reinvitation_preview_of_nobody_says_so_and_saves_nothing(
+    registry: Registry, enforced: dict[str, int], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """di was invited back already, and bo still has no 2FA: nobody to invite. The
+    preview says so (exit 0) and neither saves a list nor prints an apply that would
+    invite nobody, as notify withdraw's preview of nothing."""
+    orgs.reinvite(registry, "acme", "release", owner="ada", confirm="acme", expect=1, actor="t")
+    preview = cli("orgs", "reinvite", "acme", "--team", "release", "--format", "json")
+    assert preview.exit_code == 0, preview.stderr
+    assert json.loads(preview.stdout) == []
+    said = _said(preview)
+    assert "nobody to invite back" in said
+    assert "--confirm" not in said and "the list:" not in said
+    previews = tmp_path / "reports" / "previews"
+    assert not previews.exists() or not list(previews.iterdir())

@@ -270,6 +270,22 @@ def orgs_reinvite(
     runtime = _runtime(ctx)
     settings = runtime.settings
     invitees = reinvite_preview(runtime.registry, org, team)
+    if confirm is None and not invitees:
+        # Nothing an apply would do: no list kept (reports/previews/ holds what was
+        # approved), no command suggested that would invite nobody.
+        emit(
+            [],
+            fmt,
+            title=f"{org}: no removed member to invite back",
+            columns=["username", "removed_at"],
+        )
+        stderr.print(
+            f"nobody to invite back: no member the enforcement of {visible(org)} removed "
+            "uses 2FA now without an invitation pending",
+            highlight=False,
+            markup=False,
+        )
+        return
     if confirm is None:
         saved = save_reinvite_preview(
             runtime.registry, org, team, invitees, settings.reports_dir, actor=settings.actor
