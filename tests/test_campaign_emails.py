@@ -1323,3 +1323,87 @@ def test_a_token_stopping_sooner_is_said_to_break_only_the_rules_it_breaks(
     for rules in expected.values():
         assert f"(the registry requires {rules}" in said
     assert "no classic tokens; no unnamed tokens" not in said + text
+
+
+# An earlier phase with per-account deadlines (github-2023's publishers: 45 days from
+# each account's notice, one snooze of up to 7), and a later phase of another cohort,
+# announced while the first one's deadlines run: fixed-day, either npm 2022's wording
+# (classic) or asking a security key (the campaign wording).
+_PER_ACCOUNT_THEN_LATER = """
+  - name: everyone
+    cohort: everyone
+    cohort_as_of: 2023-03-19
+    notice_on: 2023-03-20
+    enforce_on: 2023-09-01
+    max_accounts: 1000
+"""
+
+
+@pytest.mark.parametrize("later_asks", ["any", "phishing_resistant"])
+def test_a_later_phase_s_notice_tells_the_own_deadline_an_earlier_phase_set_sooner(
+    registry: Registry, factories: None, tmp_path: Path, later_asks: str
+) -> None:
+    """github-2023's publishers each have their own deadline, 45 days from their notice
+    (2023-03-13: 2023-04-27, a week later for one who snoozed). A later phase for
+    everyone, enforced 2023-09-01 and announced on 2023-03-20, told a publisher in
+    both cohorts "from 1 September": the earlier phase's per-account deadline was
+    never looked at. Its notice says the account's own deadline there, sooner (snoozed
+    or not), in npm 2022's wording and in the campaign's; an account whose own
+    deadline there is not sooner, or that is only in the later cohort, is told no
+    sooner day."""
+    from rollout.notify.drain import drain
+    from rollout.notify.queue import queue_due
+    from rollout.notify.senders import FileSender
+    from tests.factories import AccountFactory, SnoozeFactory
+
+    text = (ROOT / "plans" / "github-2023.yaml").read_text()
+    text = text.replace(
+        "\nphases:\n",
+        "\n  everyone:\n    description: maintainers of any package\n    every_maintainer: true\n"
+        "\nphases:\n",
+    ).replace("\nnotifications:", _PER_ACCOUNT_THEN_LATER + "\nnotifications:")
+    if later_asks != "any":
+        text = text.replace(
+            "    max_accounts: 1000\n",
+            f"    max_accounts: 1000\n    requires: {{two_factor: {later_asks}}}\n"
+            "    effects: [require_2fa]\n",
+        )
+    plan, problems = parse_plan(text, "per-account-then-later.yaml")
+    assert plan is not None and not problems, problems
+    both = ["publishers", "everyone"]
+    AccountFactory(username="in-both", in_cohort=both)
+    snoozer = AccountFactory(username="snoozer", in_cohort=both)
+    AccountFactory(username="later-only", in_cohort="everyone")
+    outbox = tmp_path / "outbox"
+    for day in (date(2023, 3, 13), date(2023, 3, 20)):  # publishers' notice; everyone's
+        if day == date(2023, 3, 20):
+            SnoozeFactory(account=snoozer, phase="publishers", days=7)
+        with use_clock(SimulatedClock(datetime.combine(day, time(9)))):
+            queue_due(registry, plan, day, actor="rm")
+            drain(registry, plan, FileSender(outbox))
+    notices = {
+        username: (text, html)
+        for username in ("in-both", "snoozer", "later-only")
+        for _, text, html in [
+            found
+            for name, found in _sent_texts(outbox).items()
+            if "phase_notice" in name
+            and f"Hi {username}," in found[1]
+            and "1 September 2023" in found[1]
+        ]
+    }
+    assert set(notices) == {"in-both", "snoozer", "later-only"}
+    for username, own in (
+        ("in-both", "Thursday 27 April 2023"),
+        ("snoozer", "Thursday 4 May 2023"),
+    ):
+        text, html = notices[username]
+        assert "also among the maintainers who published a package in the past year" in text
+        assert (
+            "registry requires of your account a second factor (TOTP or a security key) "
+            f"sooner, from {own}, 00:00 UTC, by another step of its campaign (your "
+            "account's own deadline in that step)" in text
+        ), text
+        assert f"<strong>sooner, from {own}, 00:00 UTC</strong>" in html, html
+    text, html = notices["later-only"]
+    assert "sooner" not in text and "sooner" not in html

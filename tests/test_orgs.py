@@ -376,7 +376,9 @@ def test_reinvite_from_the_command_line(
     preview = run("orgs", "reinvite", "acme", "--team", "release", "--format", "json")
     assert preview.exit_code == 0, preview.stderr
     assert [m["username"] for m in json.loads(preview.stdout)] == ["di"]
-    fingerprint = orgs.invitation_fingerprint(orgs.reinvite_preview(registry, "acme", "release"))
+    fingerprint = orgs.invitation_fingerprint(
+        orgs.reinvite_preview(registry, "acme", "release"), "release"
+    )
     assert f"--owner YOU --confirm acme --expect 1 --expect-list {fingerprint}" in " ".join(
         preview.stderr.split()
     )
@@ -534,7 +536,9 @@ def test_reinvite_refuses_another_list_of_the_same_size_than_the_one_previewed(
     """The preview shows di; then di drops 2FA and bo enables it: one to invite either
     way, but not the one the owner confirmed. Nobody is invited."""
     preview = cli("orgs", "reinvite", "acme", "--team", "release")
-    listed = orgs.invitation_fingerprint(orgs.reinvite_preview(registry, "acme", "release"))
+    listed = orgs.invitation_fingerprint(
+        orgs.reinvite_preview(registry, "acme", "release"), "release"
+    )
     assert f"--expect 1 --expect-list {listed}" in " ".join(preview.stderr.split())
     with registry.engine.begin() as connection:
         connection.execute(
@@ -560,7 +564,7 @@ def test_reinvite_refuses_another_list_of_the_same_size_than_the_one_previewed(
     mistyped = cli("orgs", "reinvite", "acme", "--team", "release", *confirm, "1")
     assert mistyped.exit_code == 2
     assert orgs.invitations(registry, "acme", actor="t") == []
-    now = orgs.invitation_fingerprint(orgs.reinvite_preview(registry, "acme", "release"))
+    now = orgs.invitation_fingerprint(orgs.reinvite_preview(registry, "acme", "release"), "release")
     done = cli("orgs", "reinvite", "acme", "--team", "release", *confirm, now)
     assert done.exit_code == 0, done.stderr
     assert [i.username for i in orgs.invitations(registry, "acme", actor="t")] == ["bo"]
@@ -840,3 +844,61 @@ def test_a_reinvitation_refused_as_not_previewed_names_who_changed_since(
     assert f"({path.name}): 1 member no longer listed (di); 1 member newly listed (bo)" in said
     assert "role" not in said
     assert orgs.invitations(registry, "acme", actor="t") == []
+
+
+def test_a_reinvitation_into_another_team_than_previewed_is_refused_as_not_previewed(
+    registry: Registry, enforced: dict[str, int], cli: Callable[..., Any]
+) -> None:
+    """The owner previewed di's invitation back into release, then typed its count and
+    fingerprint back with --team admins: the same member, but another team than the
+    one approved. Refused, naming both teams; nobody is invited. Applied as previewed,
+    di goes into release."""
+    TeamFactory(org_id=_org(registry), name="admins")
+    preview = cli("orgs", "reinvite", "acme", "--team", "release")
+    assert preview.exit_code == 0, preview.stderr
+    listed = re.search(r"--expect-list ([0-9a-f]{12})", _said(preview))
+    assert listed, preview.stderr
+    confirm = ("--owner", "ada", "--confirm", "acme", "--expect", "1")
+    elsewhere = cli(
+        "orgs", "reinvite", "acme", "--team", "admins", *confirm, "--expect-list", listed[1]
+    )
+    assert elsewhere.exit_code == 3, elsewhere.stderr
+    said = _said(elsewhere)
+    assert "not the ones previewed" in said
+    assert "the team: release previewed, admins now" in said
+    assert orgs.invitations(registry, "acme", actor="t") == []
+    with pytest.raises(GuardRefused, match="not the ones previewed"):
+        orgs.reinvite(
+            registry,
+            "acme",
+            "admins",
+            owner="ada",
+            confirm="acme",
+            expect=1,
+            expect_list=listed[1],
+            actor="t",
+        )
+    done = cli(
+        "orgs", "reinvite", "acme", "--team", "release", *confirm, "--expect-list", listed[1]
+    )
+    assert done.exit_code == 0, done.stderr
+    assert [(i.username, i.team) for i in orgs.invitations(registry, "acme", actor="t")] == [
+        ("di", "release")
+    ]
+
+
+def test_a_reinvitation_preview_of_nobody_says_so_and_saves_nothing(
+    registry: Registry, enforced: dict[str, int], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """di was invited back already, and bo still has no 2FA: nobody to invite. The
+    preview says so (exit 0) and neither saves a list nor prints an apply that would
+    invite nobody, as notify withdraw's preview of nothing."""
+    orgs.reinvite(registry, "acme", "release", owner="ada", confirm="acme", expect=1, actor="t")
+    preview = cli("orgs", "reinvite", "acme", "--team", "release", "--format", "json")
+    assert preview.exit_code == 0, preview.stderr
+    assert json.loads(preview.stdout) == []
+    said = _said(preview)
+    assert "nobody to invite back" in said
+    assert "--confirm" not in said and "the list:" not in said
+    previews = tmp_path / "reports" / "previews"
+    assert not previews.exists() or not list(previews.iterdir())

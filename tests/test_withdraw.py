@@ -467,3 +467,26 @@ def test_a_withdrawal_preview_of_a_hostile_phase_stays_in_its_folder(tmp_path: P
     )
     record = json.loads(path.with_suffix(".json").read_text())
     assert (record["phase"], record["email"], record["emails"]) == (phase, "reminder", 0)
+
+
+def test_a_withdrawal_preview_of_nothing_says_so_and_saves_nothing(
+    registry: Registry, cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Only a sent notice is left for top-100: the preview says there is nothing to
+    withdraw (exit 0, an empty list on stdout) and neither saves a list under
+    reports/previews/ nor prints an --apply that would take nothing. A preview of
+    something still saves its list."""
+    NotificationFactory(email="phase_notice", state="sent")
+    previews = tmp_path / "reports" / "previews"
+    for fmt in ("table", "json"):
+        preview = cli("notify", "withdraw", "--phase", "top-100", "--format", fmt)
+        assert preview.exit_code == 0, preview.stderr
+        said = " ".join(preview.stderr.split())
+        assert "nothing to withdraw: no queued or failed emails of phase top-100" in said
+        assert "--apply" not in said and "the list:" not in said
+        assert not previews.exists() or not list(previews.iterdir())
+    assert json.loads(preview.stdout) == []
+    NotificationFactory(email="reminder", occasion="3d")
+    preview = cli("notify", "withdraw", "--phase", "top-100", "--email", "reminder")
+    assert preview.exit_code == 0 and "--apply" in preview.stderr
+    assert len(list(previews.glob("*.csv"))) == 1

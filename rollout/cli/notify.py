@@ -29,6 +29,7 @@ from rollout.core.output import (
     labelled,
     progress_for,
     stderr,
+    visible,
 )
 from rollout.core.words import by_count, counted, them
 
@@ -806,6 +807,20 @@ def notify_withdraw(
         title="emails to withdraw",
         columns=["phase", "email", "queued", "in_flight"],
     )
+    if not apply and not emails:
+        # Nothing an --apply would take: no list kept (reports/previews/ holds what was
+        # approved), no command suggested that would change nothing.
+        which = " and ".join(
+            f"{what} {visible(value) if value else repr(value)}"
+            for what, value in (("phase", phase), ("kind", email))
+            if value is not None
+        )
+        stderr.print(
+            f"nothing to withdraw: no queued or failed emails of {which}",
+            highlight=False,
+            markup=False,
+        )
+        return
     if not apply:
         # Kept as shown: a refused apply names which emails changed since
         # (naming_email_changes).

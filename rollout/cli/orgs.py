@@ -270,6 +270,22 @@ def orgs_reinvite(
     runtime = _runtime(ctx)
     settings = runtime.settings
     invitees = reinvite_preview(runtime.registry, org, team)
+    if confirm is None and not invitees:
+        # Nothing an apply would do: no list kept (reports/previews/ holds what was
+        # approved), no command suggested that would invite nobody.
+        emit(
+            [],
+            fmt,
+            title=f"{org}: no removed member to invite back",
+            columns=["username", "removed_at"],
+        )
+        stderr.print(
+            f"nobody to invite back: no member the enforcement of {visible(org)} removed "
+            "uses 2FA now without an invitation pending",
+            highlight=False,
+            markup=False,
+        )
+        return
     if confirm is None:
         saved = save_reinvite_preview(
             runtime.registry, org, team, invitees, settings.reports_dir, actor=settings.actor
@@ -288,7 +304,7 @@ def orgs_reinvite(
             "rollout orgs reinvite "
             f"{shell_word(org)} --team {shell_word(team)} --owner {_owner_word(owner)} "
             f"--confirm {shell_word(org)} "
-            f"--expect {len(invitees)} --expect-list {invitation_fingerprint(invitees)}",
+            f"--expect {len(invitees)} --expect-list {invitation_fingerprint(invitees, team)}",
             highlight=False,
         )
         return

@@ -5,8 +5,9 @@
 Every value shown here may be hostile (DESIGN.md rule 7), so this module is the one home
 of the rules that keep it data, whatever the output:
 
-- a CSV cell that a spreadsheet would run as a formula gets a leading ``'``
-  (:func:`csv_cell`, and :func:`csv_cells` for a column of an Arrow table);
+- a CSV cell that a spreadsheet would run as a formula, or that starts with ``'``
+  itself, gets a leading ``'`` (:func:`csv_cell`, and :func:`csv_cells` for a column
+  of an Arrow table), taken off again when a saved list is read back (:func:`csv_value`);
 - text for a terminal shows its control characters as escapes (:func:`visible`) and
   is never read as Rich markup (:data:`stderr` and every console made here);
 - text for Markdown shows as the text it is, never as markup, HTML or a link
@@ -88,17 +89,29 @@ def in_words(value: Any) -> Any:
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
 
 
+# What gets the leading ' too: a cell starting with one already (a spreadsheet hides
+# one leading quote, and a reader taking the guard off could not tell "'=x" from "=x").
+GUARDED_PREFIXES = (*FORMULA_PREFIXES, "'")
+
+
 def csv_cell(value: Any) -> Any:
     """A value as a CSV cell: empty for None, ISO for dates, a list's items joined
-    (:data:`LIST_SEPARATOR`), and a string that a
-    spreadsheet would run as a formula prefixed with ``'``. Numbers stay numbers
-    (-5 in a count column is a number, not a formula)."""
+    (:data:`LIST_SEPARATOR`), and a string that a spreadsheet would run as a formula,
+    or that starts with ``'`` itself, prefixed with ``'`` (:func:`csv_value` takes it
+    off again). Numbers stay numbers (-5 in a count column is a number, not a
+    formula)."""
     value = _plain(_joined(value))
     if value is None:
         return ""
-    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+    if isinstance(value, str) and value.startswith(GUARDED_PREFIXES):
         return "'" + value
     return value
+
+
+def csv_value(cell: str) -> str:
+    """The text a CSV cell that :func:`csv_cell` wrote was: its guard (the ``'`` put
+    before a formula or a leading quote) taken off."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(GUARDED_PREFIXES) else cell
 
 
 def csv_cells(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -111,7 +124,7 @@ def csv_cells(column: pa.ChunkedArray) -> pa.ChunkedArray:
         column = pc.cast(column, pa.string())
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         return column
-    formula = functools.reduce(pc.or_, (pc.starts_with(column, p) for p in FORMULA_PREFIXES))
+    formula = functools.reduce(pc.or_, (pc.starts_with(column, p) for p in GUARDED_PREFIXES))
     return pc.if_else(formula, pc.binary_join_element_wise("'", column, ""), column)
 
 

@@ -704,10 +704,13 @@ def _required_sooner(
 ) -> dict[tuple[str, int], Stricter]:
     """{(phase, account): the sooner requirement} for the batch's notices and reminders
     of phases requiring 2FA, to accounts that another phase requires 2FA of before this
-    one's deadline (the phase's ``enforce_on``, or the account's own): one enforced by
-    a fixed day still to come (today included), not rolled back, whose cohort holds the
-    account now, that is not exempt, has not been required 2FA yet (its email says so
-    already) and lacks both phases' factors. The earliest such phase's day and factor.
+    one's deadline (the phase's ``enforce_on``, or the account's own): one enforced on a
+    day still to come (today included), not rolled back, whose cohort holds the account
+    now, that is not exempt, has not been required 2FA yet (its email says so already)
+    and lacks both phases' factors. That day is the other phase's ``enforce_on``, or
+    under per-account deadlines the account's own there (its notice's day plus the
+    phase's days, snooze included; an account never sent that notice has none yet, and
+    that notice will tell it). The earliest such day, its phase's factor.
     The plan language allows a later phase's notice before an earlier phase enforces:
     its "required from" the later day told an account in both cohorts there was time
     until then (the tokens' counterpart: :func:`_revoked_sooner`)."""
@@ -731,6 +734,8 @@ def _required_sooner(
     for name, days in wanted.items():
         phase = phases[name]
         latest = max(days.values())
+        # An own deadline is never before its phase's enforce_on (the first one), and
+        # never after its enforce_until (the last notice's, snoozed).
         earlier = sorted(
             (
                 p
@@ -738,8 +743,8 @@ def _required_sooner(
                 if p.name != name
                 and p.does("require_2fa")
                 and p.requires.two_factor != "none"
-                and p.deadline is None
-                and today <= p.enforce_on < latest
+                and today <= p.enforce_until
+                and p.enforce_on < latest
             ),
             key=lambda p: (p.enforce_on, p.name),
         )
@@ -750,19 +755,28 @@ def _required_sooner(
             asks = other.requires.describe()[0]
             ids = [a for a, day in days.items() if other.enforce_on < day]
             for chunk in in_chunks(sorted(ids)):
-                for account_id in connection.execute(
-                    select(ACCOUNTS.c.id).where(
-                        and_(
-                            ACCOUNTS.c.id.in_(chunk),
-                            ACCOUNTS.c.id.in_(current_members(other.cohort)),
-                            ACCOUNTS.c.username.not_in(exempt),
-                            ACCOUNTS.c.tfa_required_at.is_(None),
-                            lacks_factor(phase.requires, ACCOUNTS.c.id),
-                            lacks_factor(other.requires, ACCOUNTS.c.id),
+                held = list(
+                    connection.execute(
+                        select(ACCOUNTS.c.id).where(
+                            and_(
+                                ACCOUNTS.c.id.in_(chunk),
+                                ACCOUNTS.c.id.in_(current_members(other.cohort)),
+                                ACCOUNTS.c.username.not_in(exempt),
+                                ACCOUNTS.c.tfa_required_at.is_(None),
+                                lacks_factor(phase.requires, ACCOUNTS.c.id),
+                                lacks_factor(other.requires, ACCOUNTS.c.id),
+                            )
                         )
-                    )
-                ).scalars():
-                    sooner.setdefault((name, account_id), Stricter(cohort, other.enforce_on, asks))
+                    ).scalars()
+                )
+                own = deadlines(connection, other, held) if other.deadline is not None else None
+                for account_id in held:
+                    on = other.enforce_on if own is None else own.get(account_id)
+                    if on is None or not today <= on < days[account_id]:
+                        continue  # not noticed there yet (no deadline), or not sooner
+                    told = sooner.get((name, account_id))
+                    if told is None or on < told.on:
+                        sooner[(name, account_id)] = Stricter(cohort, on, asks, own=own is not None)
     return sooner
 
 

@@ -52,6 +52,9 @@ class Stricter:
     cohort: str | None  # its cohort's description; None when it is the same cohort
     on: date  # from when: its enforcement day, or the account's own deadline in it
     asks: str  # the factor it asks, in words (Requirements.describe)
+    # ``on`` is the account's own deadline in that phase (per-account deadlines): for
+    # Recipient.sooner, said so (it is the day that phase's own emails gave it).
+    own: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,10 +89,11 @@ class Recipient:
     # above 180M, a day apart).
     stricter: Stricter | None = None
     # For a notice or reminder of a phase that requires 2FA: another phase of the plan
-    # requires 2FA of the account sooner (enforced on a fixed day still to come, before
-    # this one's deadline), its cohort holding the account, which lacks its factor. The
-    # email's own date alone told its owner there was time until then (a hand-written
-    # plan whose later phase is announced before an earlier one is enforced).
+    # requires 2FA of the account sooner (enforced on a day still to come, before this
+    # one's deadline: its enforce_on, or the account's own deadline there), its cohort
+    # holding the account, which lacks its factor. The email's own date alone told its
+    # owner there was time until then (a hand-written plan whose later phase is
+    # announced before an earlier one is enforced).
     sooner: Stricter | None = None
     # For an enforcement email: the phase was rolled back since it acted (before this
     # email went); what it revoked stays revoked, and the email says so.

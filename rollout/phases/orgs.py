@@ -451,10 +451,11 @@ def _invitees(connection: Connection, org_id: int, org: str, now: datetime) -> l
     return [Invitee(*row) for row in connection.execute(query)]
 
 
-def invitation_fingerprint(invitees: Iterable[Invitee]) -> str:
-    """Which members ``reinvite`` invites, as the preview's ``--expect-list`` (their
-    accounts, as removal_fingerprint)."""
-    return list_fingerprint(i.account_id for i in invitees)
+def invitation_fingerprint(invitees: Iterable[Invitee], team: str) -> str:
+    """Which members ``reinvite`` invites, and into which team, as the preview's
+    ``--expect-list`` (their accounts, as removal_fingerprint, and the team's name): an
+    apply into another team than the one previewed is refused as not previewed."""
+    return list_fingerprint((i.account_id for i in invitees), [team])
 
 
 def settle_invitations(
@@ -526,9 +527,11 @@ def reinvite(
             org,
             ("member", "to invite back", "invite back"),
             (len(invitees), expect),
-            (invitation_fingerprint(invitees), expect_list),
+            (invitation_fingerprint(invitees, team), expect_list),
             f"rollout orgs reinvite {shell_word(org)} --team {shell_word(team)}",
             (REINVITE_PREVIEW, org_id, {i.account_id: (i.username, None) for i in invitees}),
+            now_said="or the team they would go into",
+            team=team,
         )
         expires_at = now + timedelta(days=INVITATION_DAYS)
         with recorded_run(
@@ -664,13 +667,19 @@ class MembersNotAsPreviewed(GuardRefused):
     """Refused: the members an org command would act on now (``listed``: account id to
     name and role, None for a list without roles) are not the ones previewed (their
     count or fingerprint): a caller holding the preview's files can say who changed
-    (:func:`naming_member_changes`)."""
+    (:func:`naming_member_changes`); ``team``: the team a reinvitation would invite them
+    into now (None for enforcement)."""
 
     def __init__(
-        self, message: str, kind: str, org_id: int, listed: dict[int, tuple[str, str | None]]
+        self,
+        message: str,
+        kind: str,
+        org_id: int,
+        listed: dict[int, tuple[str, str | None]],
+        team: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.kind, self.org_id, self.listed = kind, org_id, listed
+        self.kind, self.org_id, self.listed, self.team = kind, org_id, listed, team
 
     def __reduce__(self) -> tuple[type[GuardRefused], tuple[str]]:
         # Passed on as the refusal it is: its message, not the members listed.
@@ -686,6 +695,7 @@ def _as_previewed(
     listed: tuple[str, int, dict[int, tuple[str, str | None]]],
     *,
     now_said: str | None = None,
+    team: str | None = None,
 ) -> None:
     """Refuse (:class:`MembersNotAsPreviewed`) a confirmation that no longer matches
     what the command would do: the count typed back (``counts``: now, expected; None
@@ -693,13 +703,15 @@ def _as_previewed(
     ``words``: whom it acts on (a noun, counted, and the words after it), and what it
     does to them; ``preview``: the command that previews it again; ``listed``: the
     preview's kind, the org's id and the members now (what the refusal carries);
-    ``now_said``: what the refusal of another list says of the list now."""
+    ``now_said``: what the refusal of another list says of the list now; ``team``: the
+    team a reinvitation would invite them into now."""
     (who, why, does), (found, expect), (fingerprint, expect_list) = words, counts, lists
     if expect is not None and found != expect:
         raise MembersNotAsPreviewed(
             f"org {org!r} has {counted(found, who)} {why}, not the {expect} expected: "
             f"run `{preview}` and check",
             *listed,
+            team,
         )
 
     if expect_list is not None and not same_list(fingerprint, expect_list):
@@ -709,6 +721,7 @@ def _as_previewed(
             f"may not have{'' if now_said is None else f' ({now_said})'}; run `{preview}` "
             "and check",
             *listed,
+            team,
         )
 
 
@@ -777,7 +790,7 @@ def save_reinvite_preview(
         "team": team,
         "actor": actor,
         "members": len(invitees),
-        "fingerprint": invitation_fingerprint(invitees),
+        "fingerprint": invitation_fingerprint(invitees, team),
     }
     path, _, _ = save_list(
         reports_dir, _preview_stem(REINVITE_PREVIEW, org), REINVITE_COLUMNS, rows, record
@@ -831,7 +844,10 @@ def members_changed_since(
         for a in then.keys() & now.keys()
         if now[a][1] is not None and then_roles[a] != now[a][1]
     )
-    if not (gone or new or moved):
+    # A reinvitation's team, as the preview's record names it, against the one given now.
+    then_team = record.get("team") if refused.team is not None else None
+    retargeted = isinstance(then_team, str) and then_team != refused.team
+    if not (gone or new or moved or retargeted):
         return None
     parts = [
         f"{counted(len(gone), 'member')} no longer listed"
@@ -841,6 +857,8 @@ def members_changed_since(
     if moved:
         roles = [f"{visible(name)}: {visible(was)} to {visible(role)}" for name, was, role in moved]
         parts.append(f"{counted(len(moved), 'role')} changed ({names_shown(roles)})")
+    if retargeted:
+        parts.append(f"the team: {visible(then_team)} previewed, {visible(refused.team)} now")
     return (
         f"since the preview of {record['at']:%Y-%m-%d %H:%M:%S} UTC ({visible(record['csv'])}): "
         + "; ".join(parts)

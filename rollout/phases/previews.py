@@ -24,7 +24,7 @@ from rollout.core.controls import visible
 from rollout.core.files import write_atomically
 from rollout.core.fingerprints import list_fingerprint
 from rollout.core.names import safe_path_component
-from rollout.core.output import FORMULA_PREFIXES, write_csv
+from rollout.core.output import csv_value, write_csv
 from rollout.core.output import markdown_text as md
 from rollout.core.words import counted
 from rollout.notify.reach import CATEGORIES, NOT_SENT_YET, SEND_FAILED, category
@@ -476,14 +476,12 @@ def saved_previews(
 
 
 def read_rows(path: Path, key: str) -> dict[int, dict[str, str]]:
-    """Each row of a preview's CSV by ``key`` (an id), every cell's formula guard (a
-    leading ``'``, csv_cell) taken off again."""
-
-    def cell(text: str) -> str:
-        return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_PREFIXES) else text
-
+    """Each row of a preview's CSV by ``key`` (an id), every cell as the value it was
+    (csv_value: the guard csv_cell put on taken off again)."""
     with path.open(newline="", encoding="utf-8") as f:
-        return {int(row[key]): {c: cell(v) for c, v in row.items()} for row in csv.DictReader(f)}
+        return {
+            int(row[key]): {c: csv_value(v) for c, v in row.items()} for row in csv.DictReader(f)
+        }
 
 
 def _read_column_pairs(path: Path, key: str, value: str) -> dict[int, str]:
