@@ -504,6 +504,29 @@ def test_a_cancelled_brownout_sends_no_heads_up_and_withdraws_the_queued_ones(
         assert queue_due(registry, drill, heads_up_day, actor="rm") == []
 
 
+def test_a_brownout_heads_up_goes_to_no_account_in_elv_already(
+    registry: Registry, plan: Plan, factories: None
+) -> None:
+    """kim and max have no 2FA, and max opted in to ELV (the trial): every login of his
+    meets an emailed code already, so a window of ELV for all changes nothing for him and
+    "a rehearsal for when this becomes permanent" is false. He is not in the heads-up's
+    audience, as he is not in ELV's own (accounts without 2FA nor ELV); lee uses 2FA."""
+    from rollout.notify.queue import queue_due
+
+    AccountFactory(username="kim")
+    AccountFactory(username="lee", with_totp=True)
+    AccountFactory(username="max", elv_enrolled_at=datetime(2022, 1, 2))
+    in_five_days = utc_now().replace(microsecond=0) + timedelta(days=5)
+    drill = plan.model_copy(
+        update={"brownouts": [Brownout(name="drill", starts_at=in_five_days)], "elv": None}
+    )
+    brownouts.schedule(registry, drill, actor="rm")
+    heads_up_day = in_five_days.date() - timedelta(days=3)
+    with on_the_morning_of(heads_up_day):
+        queue_due(registry, drill, heads_up_day, actor="rm")
+    assert heads_ups(registry) == {"kim": ("queued", None, in_five_days.isoformat())}
+
+
 def test_a_heads_up_gives_the_window_as_scheduled_in_the_registry(
     registry: Registry, plan: Plan, accounts: dict[str, int]
 ) -> None:

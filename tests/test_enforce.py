@@ -982,3 +982,27 @@ def _lock_given_back_on_return(registry: Registry) -> None:
             pass
     finally:
         engine.dispose()
+
+
+def test_the_preview_of_a_phase_recommending_keys_says_it_acted_on_them_not_required_them(
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int], tmp_path: Path
+) -> None:
+    """A banner and new TOTP set-ups closed to the accounts without a security key: it
+    requires nothing of their logins (its emails recommend), so after it was applied its
+    preview counts the accounts it acted on already, not "requires already"."""
+    from rollout.core.plan import Requirements
+
+    phase = plan_exempting_carol.phase("top-100").model_copy(
+        update={
+            "requires": Requirements(two_factor="phishing_resistant"),
+            "effects": ["warn", "close_totp_enrolment"],
+        }
+    )
+    keys = plan_exempting_carol.model_copy(update={"phases": [phase]})
+    enforce.enforce_phase(registry, keys, "top-100", expect=3, actor="rm")
+    after = enforce.preview_phase(registry, keys, phase)
+    assert (after.count, after.required_by_phase, after.newly_required) == (3, 3, 0)
+    markdown = preview_markdown(save_preview(keys, after, tmp_path, actor="rm"))
+    assert "| of which this phase acts on already (enforced) | 3 |" in markdown
+    assert "| of which it would newly act on | 0 |" in markdown
+    assert "requires already" not in markdown and "newly require" not in markdown

@@ -497,3 +497,25 @@ def test_accounts_factors_and_sessions_are_judged_at_the_start_of_the_day_as_tok
     assert made["accounts"] == before["accounts"] - 1
     assert made["accounts_to_require"] == before["accounts_to_require"] - 1
     assert made["sessions_to_revoke"] == before["sessions_to_revoke"] - 2
+
+
+def test_a_phase_recommending_security_keys_requires_nobody_and_counts_the_totp_set_ups_closed(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A banner and new TOTP set-ups closed: it stops no one signing in or publishing (its
+    # emails recommend), so "accounts_to_require" is 0; the accounts without a key are
+    # the ones it warns and whose TOTP set-ups it closes, as enforcement marks them.
+    keys = plan_file(
+        tmp_path,
+        "    max_accounts: 1000\n",
+        "    max_accounts: 1000\n    requires: {two_factor: phishing_resistant}\n"
+        "    effects: [warn, close_totp_enrolment]\n",
+    )
+    monkeypatch.setenv("ROLLOUT_PLAN", str(keys))
+    preview = run("phase", "preview", "top-100", "--format", "json")
+    assert preview.exit_code == 0, preview.output
+    targets = json.loads(preview.stdout)
+    top = simulate(str(keys))["top-100"]
+    assert top["accounts_to_warn"] == top["totp_enrolments_to_close"] == len(targets) > 0
+    assert (top["accounts_to_require"], top["sessions_to_revoke"]) == (0, 0)
+    assert simulate(str(REFERENCE))["top-100"]["totp_enrolments_to_close"] == 0

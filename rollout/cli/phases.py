@@ -49,7 +49,13 @@ def phase_preview(
         fewer_days_than_told,
         preview_phase,
     )
-    from rollout.phases.previews import COLUMNS, preview_rows, reach_verdict, save_preview
+    from rollout.phases.previews import (
+        COLUMNS,
+        acted_word,
+        preview_rows,
+        reach_verdict,
+        save_preview,
+    )
     from rollout.registry.ledger import utc_now
 
     runtime = _runtime(ctx)
@@ -71,13 +77,14 @@ def phase_preview(
         if preview.asks_only_2fa
         else f"short of the phase's requirements ({'; '.join(preview.requirements)})"
     )
+    acted = acted_word(preview.effects)
     if preview.required_by_phase:
         # The phase was applied: its accounts still short stay on the list (the count
         # --expect checks), but enforcing again changes only the new ones.
         who = (
             f"{counted(preview.count, 'account')} {short} in cohort {preview.cohort}: "
-            f"{preview.required_by_phase} already required by this phase (enforced), "
-            f"{preview.newly_required} would be newly required"
+            f"{preview.required_by_phase} already {acted} by this phase (enforced), "
+            f"{preview.newly_required} would be newly {acted}"
             + (
                 f"; {counted(preview.sessions, 'live web session')} would be signed out"
                 if signs_out

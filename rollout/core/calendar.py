@@ -44,7 +44,6 @@ StepKind = Literal[
 ELV = ELV_STEPS
 
 # Audiences of a mailing, as rollout.notify.queue.audience reads them.
-WITHOUT_2FA = "without-2fa"
 WITHOUT_2FA_NOR_ELV = "without-2fa-nor-elv"
 _COHORT_AUDIENCE = "cohort:"
 
@@ -184,7 +183,7 @@ class Mailing:
     email: EmailName
     phase: str  # notifications.phase: "" for an email of no phase
     occasion: str  # notifications.occasion: which mailing of that email ("14d", "elv"...)
-    audience: str  # cohort_audience(name) | WITHOUT_2FA | WITHOUT_2FA_NOR_ELV
+    audience: str  # cohort_audience(name) | WITHOUT_2FA_NOR_ELV | due_within_audience(...)
     # Queued and sent only before this instant (too_late): a warning that arrives after
     # the event is noise. The start (00:00 UTC) of the day it announces, its last day
     # the one before; a brown-out heads-up's is its window's start, to the minute: at
@@ -288,7 +287,7 @@ def plan_calendar(plan: Plan) -> list[Step]:
                     "brownout_heads_up",
                     "",
                     b.name,
-                    WITHOUT_2FA,
+                    WITHOUT_2FA_NOR_ELV,
                     _too_late_at(plan, "brownout_heads_up", "", b.name),
                     {
                         "brownout": b.name,

@@ -43,7 +43,6 @@ from sqlalchemy import (
 )
 
 from rollout.core.calendar import (
-    WITHOUT_2FA,
     WITHOUT_2FA_NOR_ELV,
     audience_cohort,
     audience_due_within,
@@ -238,11 +237,13 @@ def audience(spec: str, plan: Plan, day: date) -> Select:
     cohort = audience_cohort(spec)
     if cohort is not None:
         return current_members(cohort)
-    without = select(ACCOUNTS.c.id).where(~has_active_factor(ACCOUNTS.c.id))
-    if spec == WITHOUT_2FA:
-        return without
     if spec == WITHOUT_2FA_NOR_ELV:
-        return without.where(ACCOUNTS.c.elv_enrolled_at.is_(None))
+        # The heads-ups of a brown-out and of ELV for all: both tell of emailed codes at
+        # login to come, which an account in ELV already (the opt-in trial, an early
+        # `elv enroll-all`) meets at every login now: for it, neither changes anything.
+        return select(ACCOUNTS.c.id).where(
+            ~has_active_factor(ACCOUNTS.c.id), ACCOUNTS.c.elv_enrolled_at.is_(None)
+        )
     raise ValueError(f"unknown audience {spec!r}")
 
 

@@ -15,6 +15,7 @@ import io
 import json
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -616,9 +617,19 @@ def _reach_lines(p: PhasePreview, limit: int) -> list[str]:
     return lines
 
 
+def acted_word(effects: Sequence[str]) -> str:
+    """What enforcing a phase does to an account short of it, in a preview's words:
+    "required" of a phase requiring 2FA; "acted on" of one requiring none (a banner and
+    TOTP set-ups closed, its emails only recommending; tokens revoked), which requires
+    nothing of the account's login."""
+    return "required" if "require_2fa" in effects else "acted on"
+
+
 def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
     """The artifact a release manager reads before approving an enforce run."""
     p = saved.preview
+    requires_2fa = acted_word(p.effects) == "required"
+    acted, acted_verb = ("requires", "require") if requires_2fa else ("acts on", "act on")
     # Every value through md(), never inside `code`: a backtick in a name would end it.
     lines = [
         f"# Phase {md(p.phase)}: preview",
@@ -630,8 +641,8 @@ def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
         "| what | count |",
         "| --- | ---: |",
         f"| {_accounts_label(p)} | {p.count} |",
-        f"| of which this phase requires already (enforced) | {p.required_by_phase} |",
-        f"| of which it would newly require | {p.newly_required} |",
+        f"| of which this phase {acted} already (enforced) | {p.required_by_phase} |",
+        f"| of which it would newly {acted_verb} | {p.newly_required} |",
     ]
     if p.signs_out:
         lines.append(f"| their live web sessions to revoke | {p.sessions} |")

@@ -17,6 +17,7 @@ import duckdb
 
 from rollout import cohorts, warehouse
 from rollout.core.plan import Phase, Plan
+from rollout.notify.emails import recommends_only
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,12 @@ class PhaseWhatIf:
     accounts: int
     # Cohort accounts short of the phase's requirements (without the factor it asks
     # for, or holding a token it forbids) and not exempt, when its effects show them a
-    # banner (warn): all a warn-only phase does to them, which requires nothing of them.
+    # banner (warn): all a recommending phase does to them, which requires nothing.
     accounts_to_warn: int
-    # The same accounts, when enforcement would act on them:
-    # flag, sign out, revoke tokens from, close TOTP to. 0 for a phase that only warns.
+    # The same accounts, when enforcement would require of them: flag them, sign them
+    # out, revoke their tokens. 0 for a phase that only recommends (its effects only
+    # warn and close TOTP enrolment: rollout.notify.emails.recommends_only), whose
+    # emails say so: it stops no one signing in or publishing.
     accounts_to_require: int
     # The live web sessions of those without the factor, when the phase revokes them.
     sessions_to_revoke: int
@@ -39,6 +42,9 @@ class PhaseWhatIf:
     # The live tokens of those accounts that the phase's token rules forbid, when it
     # revokes tokens.
     tokens_to_revoke: int = 0
+    # Of the accounts short of the phase, those without the factor it asks for, when it
+    # closes new authenticator-app (TOTP) set-ups to them (as enforcement marks them).
+    totp_enrolments_to_close: int = 0
 
     def row(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,7 +158,10 @@ def simulate_plan(
                         where list_contains($exempt::varchar[], username)),
                     (select count(*) from offending
                         where $revokes_tokens
-                            and account_id in (select account_id from targets))
+                            and account_id in (select account_id from targets)),
+                    (select count(*) from targets
+                        where $closes_totp
+                            and account_id in (select account_id from lacking))
                 """,
                 {
                     "exempt": exempt,
@@ -161,7 +170,7 @@ def simulate_plan(
                     **selected_params,
                 },
             )
-        accounts, short, sessions, exempted, tokens = counts or (0, 0, 0, 0, 0)
+        accounts, short, sessions, exempted, tokens, totp = counts or (0, 0, 0, 0, 0, 0)
         found.append(
             PhaseWhatIf(
                 phase=phase.name,
@@ -169,10 +178,11 @@ def simulate_plan(
                 packages=packages,
                 accounts=accounts,
                 accounts_to_warn=short if phase.does("warn") else 0,
-                accounts_to_require=short if _requires(phase) else 0,
+                accounts_to_require=0 if recommends_only(phase) else short,
                 sessions_to_revoke=sessions,
                 exempt=exempted,
                 tokens_to_revoke=tokens,
+                totp_enrolments_to_close=totp,
             )
         )
     return found
@@ -191,12 +201,6 @@ def simulate_warnings(con: duckdb.DuckDBPyConnection, plan: Plan) -> list[str]:
     ]
 
 
-def _requires(phase: Phase) -> bool:
-    """Whether enforcing the phase acts on an account short of it (a flag, a sign-out, a
-    revoked token, TOTP closed), not only warns it (a banner)."""
-    return any(effect != "warn" for effect in phase.effects)
-
-
 def _requirement_parameters(phase: Phase) -> dict[str, Any]:
     """The phase's requirements and effects as the query's parameters."""
     requires = phase.requires
@@ -209,4 +213,5 @@ def _requirement_parameters(phase: Phase) -> dict[str, Any]:
         "no_write_without": requires.no_write_tokens_without_2fa,
         "revokes_sessions": phase.does("revoke_sessions"),
         "revokes_tokens": phase.does("revoke_tokens"),
+        "closes_totp": phase.does("close_totp_enrolment"),
     }
