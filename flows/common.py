@@ -138,8 +138,9 @@ def stops_kept() -> Iterator[None]:
     cancelled run ended Crashed (prefect.utilities.engine.capture_sigterm)."""
     try:
         yield
-    except RuntimeError as error:
-        # DuckDB swallows the exception the signal's handler raised and raises this.
+    except Exception as error:
+        # DuckDB swallows the exception the signal's handler raised and raises this
+        # (or its InterruptException, the stop's interrupt: interrupting_on_stop).
         if not interrupted_query(error):
             raise
         raise TerminationSignal(signal.SIGTERM) from error

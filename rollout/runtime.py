@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from rollout.core.config import Settings, load_settings
+from rollout.core.stopping import interrupting_on_stop
 
 if TYPE_CHECKING:
     import duckdb
@@ -144,7 +145,9 @@ class Runtime:
                 told = True
                 time.sleep(min(WAREHOUSE_POLL_SECONDS, left))
         try:
-            yield con
+            # A stop cuts a long statement short rather than wait for its end.
+            with interrupting_on_stop(con.interrupt):
+                yield con
         finally:
             con.close()
 

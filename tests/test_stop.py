@@ -12,12 +12,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 
+import duckdb
 import psutil
 import pytest
 from sqlalchemy import func, select
@@ -454,6 +456,101 @@ def test_sigterm_stops_any_command_as_ctrl_c_does_with_143(work: str) -> None:
     code, errors = _stopped_mid_work(SPIN_SCRIPT, work, started="working", by=signal.SIGTERM)
     assert code == 143, errors
     assert errors.strip() == "stopped by SIGTERM"
+
+
+# A command of the real app copying from PostgreSQL into its warehouse, as the extract
+# does (ADBC's Arrow stream into DuckDB): 20M rows, about 40 s on a 2-core machine.
+# DuckDB's main thread waits on the worker reading the stream and looked for the signal
+# only when the copy ended: a stop took 31-37 s (the extract at npm scale alike).
+COPY_SCRIPT = textwrap.dedent(
+    """
+    import signal, sys, typer
+    from rollout.cli import app
+    from rollout.cli.app import _runtime, reports_errors
+    from rollout.registry.engine import adbc_connect
+
+    # As a shell started it: the default disposition, whatever the test runner's is.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    @app.command("copy")
+    @reports_errors
+    def copy(ctx: typer.Context, url: str) -> None:
+        with _runtime(ctx).warehouse(create=True) as con, adbc_connect(url) as source:
+            with source.cursor() as cursor:
+                cursor.execute(
+                    "select i, md5(i::text) as s from generate_series(1, 20000000) i"
+                )
+                con.register("stream", cursor.fetch_record_batch())
+                print("copying", flush=True)
+                con.execute("create table copied as select * from stream")
+
+    app(["copy", sys.argv[1]])
+    """
+)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("by", [signal.SIGTERM, signal.SIGINT])
+def test_a_copy_from_postgresql_into_the_warehouse_stops_at_once(
+    tmp_path: Path, by: signal.Signals
+) -> None:
+    from tests.conftest import postgres_url_or_skip
+
+    command = subprocess.Popen(
+        [sys.executable, "-c", COPY_SCRIPT, postgres_url_or_skip()],
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "ROLLOUT_HOME": str(tmp_path),
+            "ROLLOUT_WAREHOUSE": str(tmp_path / "warehouse.duckdb"),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert command.stdout is not None
+    assert command.stdout.readline() == "copying\n"
+    time.sleep(1.0)  # inside the copy
+    command.send_signal(by)
+    signalled = time.monotonic()
+    _, errors = command.communicate(timeout=120)
+    took = time.monotonic() - signalled
+    assert (command.returncode, errors.strip()) == (128 + by, f"stopped by {by.name}")
+    assert took < EXITED_WITHIN, f"stopped {took:.1f} s after {by.name}"
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        assert not con.execute(
+            "select * from duckdb_tables() where table_name = 'copied'"
+        ).fetchall()
+
+
+def test_a_stop_signal_interrupts_the_duckdb_statement_in_progress() -> None:
+    """interrupting_on_stop, in this process: the signal's Python handler only records it
+    (as the drain's and the report's do), so nothing but the interrupt it asks of DuckDB
+    from its thread can end the statement (about a minute of work), and that error is
+    taken for the stop it stands for. Afterwards the signal module's wakeup fd is as it
+    was, and a signal interrupts nothing."""
+    from rollout.core.stopping import interrupted_query, interrupting_on_stop
+
+    seen: list[int] = []
+    before = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        con = duckdb.connect()
+        with interrupting_on_stop(con.interrupt):
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+            started = time.monotonic()
+            with pytest.raises(duckdb.Error) as stopped:
+                con.execute("select count(*) from range(1000000000000) t(i) where i % 7 = 3")
+            took = time.monotonic() - started
+        assert interrupted_query(stopped.value), stopped.value
+        assert took < GONE_WITHIN, f"interrupted {took:.1f} s in"
+        assert seen == [signal.SIGINT]
+        assert signal.set_wakeup_fd(-1) == -1
+        os.kill(os.getpid(), signal.SIGINT)  # no interrupt asked of a connection let go
+        assert con.execute("select 42").fetchone() == (42,)
+        con.close()
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 # The console script as Ctrl-C finds it while its imports are still loading.

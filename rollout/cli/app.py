@@ -132,15 +132,16 @@ def reports_errors(function: F) -> F:
         except RolloutError as error:
             stderr.print(labelled("error:", "bold red", error))
             raise typer.Exit(error.exit_code) from error
-        except (KeyboardInterrupt, RuntimeError) as error:  # (Stopped is a KeyboardInterrupt)
+        except (KeyboardInterrupt, Exception) as error:  # (Stopped is a KeyboardInterrupt)
             # SIGTERM/SIGINT: every child is gone, nothing half-done (a transaction a
-            # signal cut short rolls back); DuckDB reports one as a RuntimeError.
+            # signal cut short rolls back); DuckDB reports one as a RuntimeError, or as
+            # its InterruptException when the stop interrupted it (interrupting_on_stop).
             stopped = stopped_by_interruption(error)
-            if stopped is None:
+            if stopped is not None:
+                stderr.print(str(stopped), highlight=False, markup=False)
+                raise typer.Exit(stopped.exit_code) from None
+            if isinstance(error, KeyboardInterrupt):
                 raise
-            stderr.print(str(stopped), highlight=False, markup=False)
-            raise typer.Exit(stopped.exit_code) from None
-        except Exception as error:
             failure = _input_output_failure(error)
             if failure is None:
                 raise

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import os
 import signal
+import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.process import BaseProcess
 from subprocess import Popen
 from types import FrameType
@@ -57,8 +59,13 @@ _last_signal: int | None = None
 
 def interrupted_query(error: BaseException) -> bool:
     """Whether ``error`` is DuckDB's word for a query a signal interrupted (the CLI's
-    stops here, a flow run's in flows.common.stops_kept)."""
-    return isinstance(error, RuntimeError) and str(error) == "Query interrupted"
+    stops here, a flow run's in flows.common.stops_kept): its own check of the signal
+    (RuntimeError "Query interrupted"), or the interrupt :func:`interrupting_on_stop`
+    asked of it (duckdb.InterruptException; named, as this module imports no DuckDB)."""
+    if isinstance(error, RuntimeError) and str(error) == "Query interrupted":
+        return True
+    kind = type(error)
+    return kind.__name__ == "InterruptException" and kind.__module__.lstrip("_") == "duckdb"
 
 
 def stopped_by_interruption(error: BaseException) -> Stopped | None:
@@ -156,6 +163,73 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# What a stop signal interrupts at once (interrupting_on_stop): by token.
+_interrupts: dict[int, Callable[[], None]] = {}
+_tokens = itertools.count()
+# The wakeup socket's write end while the watcher runs, and the wakeup fd it replaced.
+_watching: tuple[socket.socket, int] | None = None
+
+
+@contextlib.contextmanager
+def interrupting_on_stop(interrupt: Callable[[], None]) -> Iterator[None]:
+    """For the duration, SIGINT or SIGTERM calls ``interrupt`` at once, from a thread,
+    whatever the main thread is doing: for work in C that a Python signal handler cannot
+    reach until it returns (a DuckDB statement: ``con.interrupt``). DuckDB looks for the
+    signal itself only when its main thread wakes; one waiting on its workers (a copy of
+    the registry from PostgreSQL over ADBC, a big load on a busy machine) ran on to its
+    end, 20 s and more after the signal. The handlers stay as they are (the stop is
+    still raised or requested by them, as before); this only cuts the statement short.
+
+    Through the signal module's wakeup fd, which Python's own C handler writes each
+    signal's number to, for the signals with a Python handler (SIGINT's default, the
+    handlers here): one already set (an asyncio loop's) gets every byte passed on. Only
+    the main thread can set it; elsewhere (a Prefect task's thread) this does nothing."""
+    global _watching
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    token = next(_tokens)
+    _interrupts[token] = interrupt
+    started = False
+    if _watching is None:
+        reader, writer = socket.socketpair()
+        writer.setblocking(False)
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        _watching = (writer, previous)
+        threading.Thread(
+            target=_watch_signals, args=(reader, previous), name="interrupt-on-stop", daemon=True
+        ).start()
+        started = True
+    try:
+        yield
+    finally:
+        del _interrupts[token]
+        if started:
+            writer, previous = _watching
+            _watching = None
+            # Give back the one it replaced, unless someone set another since.
+            current = signal.set_wakeup_fd(previous, warn_on_full_buffer=False)
+            if current != writer.fileno():
+                signal.set_wakeup_fd(current, warn_on_full_buffer=False)
+            writer.close()  # the watcher reads the end, and ends
+
+
+def _watch_signals(reader: socket.socket, previous: int) -> None:
+    global _last_signal
+    with reader:
+        while data := reader.recv(64):
+            if previous != -1:
+                with contextlib.suppress(OSError):
+                    os.write(previous, data)
+            stops = [signum for signum in data if signum in STOP_SIGNALS]
+            if not stops:
+                continue
+            _last_signal = stops[-1]
+            for interrupt in list(_interrupts.values()):
+                with contextlib.suppress(Exception):  # a connection closed meanwhile
+                    interrupt()
 
 
 @contextlib.contextmanager

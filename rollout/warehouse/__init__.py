@@ -22,6 +22,7 @@ from rollout.core.controls import visible
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 from rollout.core.files import duckdb_path, written_in_place
 from rollout.core.resources import resource_dir
+from rollout.core.stopping import interrupting_on_stop
 from rollout.core.words import counted
 
 # The checkout's sql/ (editable install), or the copy inside the installed wheel.
@@ -176,7 +177,9 @@ def open_warehouse(
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     con = connect(path, read_only=read_only, memory_limit=memory_limit, create=create)
     try:
-        yield con
+        # A stop cuts a long statement short rather than wait for its end.
+        with interrupting_on_stop(con.interrupt):
+            yield con
     finally:
         con.close()
 
