@@ -1407,3 +1407,113 @@ def test_a_later_phase_s_notice_tells_the_own_deadline_an_earlier_phase_set_soon
         assert f"<strong>sooner, from {own}, 00:00 UTC</strong>" in html, html
     text, html = notices["later-only"]
     assert "sooner" not in text and "sooner" not in html
+
+
+def test_a_token_an_earlier_phase_revokes_on_the_account_s_own_deadline_is_said_to_stop_then(
+    registry: Registry, factories: None, tmp_path: Path
+) -> None:
+    """npm 2025's classic-token phase with per-account deadlines (45 days from each
+    account's notice of 2025-09-22: 2025-11-06, a week later for one who snoozed, and no
+    tokens older than 365 days): the bypass-2FA notice of 2025-11-05 (enforced
+    2026-05-19) listed its tokens as stopping in May, since every phase with per-account
+    deadlines was passed over. Each token that phase revokes sooner, judged as its
+    enforcement judges it on the account's own day, is said to stop then, the day said
+    to be the account's own; a token only old enough by a snoozed day stops on that day
+    for the one who snoozed and not sooner for the other; an account never sent that
+    phase's notice has no deadline there (nothing is revoked of it) and keeps May."""
+    from rollout.notify.drain import drain
+    from rollout.notify.queue import queue_due
+    from rollout.notify.senders import FileSender
+    from tests.factories import AccountFactory, SnoozeFactory, TokenFactory
+
+    classic = "requires: {two_factor: none, no_classic_tokens: true}"
+    text = (ROOT / "plans" / "npm-2025-tokens.yaml").read_text()
+    assert classic in text and "    enforce_on: 2025-12-09\n" in text
+    text = text.replace(
+        classic, "requires: {two_factor: none, no_classic_tokens: true, token_max_age_days: 365}"
+    ).replace(
+        "    enforce_on: 2025-12-09\n",
+        "    enforce_on: 2025-11-06\n    deadline:\n      days_after_notice: 45\n"
+        "      snooze_days: 7\n      last_notice_on: 2025-10-31\n    notify_compliant: true\n",
+    )
+    plan, problems = parse_plan(text, "per-account-classic.yaml")
+    assert plan is not None and not problems, problems
+    holders = {
+        name: AccountFactory(username=name, with_totp=True, in_cohort="everyone")
+        for name in ("holder", "snoozer")
+    }
+
+    def tokens_of(account: object) -> None:
+        TokenFactory(
+            account=account, name="ci-classic", kind="automation", created_at=datetime(2025, 6, 1)
+        )
+        # A bypass token 361 days old on 2025-11-06, 368 on 2025-11-13.
+        TokenFactory(
+            account=account,
+            name="ci-aging",
+            granular=True,
+            bypass_2fa=True,
+            created_at=datetime(2024, 11, 10),
+            expires_at=datetime(2026, 9, 1),
+        )
+
+    for account in holders.values():
+        tokens_of(account)
+    outbox = tmp_path / "outbox"
+    with use_clock(SimulatedClock(datetime(2025, 9, 22, 9))):
+        queue_due(registry, plan, date(2025, 9, 22), actor="rm")
+        drain(registry, plan, FileSender(outbox))
+    SnoozeFactory(account=holders["snoozer"], phase="classic-tokens", days=7)
+    # In the cohort after the last classic-token notice: never sent it.
+    tokens_of(AccountFactory(username="late", with_totp=True, in_cohort="everyone"))
+    for path in outbox.iterdir():
+        path.unlink()
+    with use_clock(SimulatedClock(datetime(2025, 11, 5, 9))):
+        queue_due(registry, plan, date(2025, 11, 5), actor="rm")
+        drain(registry, plan, FileSender(outbox))
+    notices = {
+        username: (text, html)
+        for _, text, html in _sent_texts(outbox).values()
+        for username in ("holder", "snoozer", "late")
+        if f"Hi {username}," in text and "bypass 2FA" in text
+    }
+    assert set(notices) == {"holder", "snoozer", "late"}
+
+    def lines(text: str) -> dict[str, str]:
+        found = {
+            token: re.search(rf"- {token}, [^-]*", text) for token in ("ci-classic", "ci-aging")
+        }
+        assert all(found.values()), text
+        return {token: line.group() for token, line in found.items() if line}
+
+    own = ", your account's own deadline in another step of the campaign (the registry requires "
+    expected = {
+        "holder": {
+            "ci-classic": "from Thursday 6 November 2025, 00:00 UTC" + own + "no classic tokens",
+            "ci-aging": None,
+        },
+        "snoozer": {
+            "ci-classic": "from Thursday 13 November 2025, 00:00 UTC" + own + "no classic tokens",
+            "ci-aging": "from Thursday 13 November 2025, 00:00 UTC"
+            + own
+            + "no tokens older than 365 days",
+        },
+        "late": {"ci-classic": None, "ci-aging": None},
+    }
+    for username, said in expected.items():
+        text, html = notices[username]
+        html_said = words(re.sub(r"<[^>]+>", "", html))
+        for token, line in lines(text).items():
+            if said[token] is None:
+                assert "sooner" not in line, (username, token, line)
+            else:
+                assert "stops working sooner, " + said[token] + " from then)" in line, (
+                    username,
+                    token,
+                    line,
+                )
+                assert said[token] in html_said, (username, token, html_said)
+        if username == "late":
+            assert "sooner" not in text and "sooner" not in html
+    html = notices["snoozer"][1]
+    assert "sooner, from <strong>Thursday 13 November 2025, 00:00 UTC</strong>, your" in html

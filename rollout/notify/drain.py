@@ -124,7 +124,7 @@ from rollout.notify.reach import WARNINGS
 from rollout.notify.render import render
 from rollout.notify.withdraw import marked_withdrawn
 from rollout.registry import Registry
-from rollout.registry.batches import in_chunks
+from rollout.registry.batches import IN_LIST_MAX, in_chunks
 from rollout.registry.deadlines import (
     deadlines,
     deadlines_and_snoozes,
@@ -497,17 +497,16 @@ def _standing(
         # The enforcement notice lists what was revoked; a warning, what its account's
         # enforcement will revoke: tokens judged as they will be on that day (judged_at),
         # accounts grouped by the day (one, unless each has its own deadline).
-        lists: list[tuple[list[int], Any, date | None]] = [
-            (accounts, revoked_by_phase(TOKENS, name), None)
-        ]
+        lists: list[tuple[list[int], Any]] = [(accounts, revoked_by_phase(TOKENS, name))]
+        # A warning: each account's day there (the phase's, or its own).
+        warned: dict[int, date] = {}
         if email != ENFORCEMENT_EMAIL:
             by_day: dict[date, list[int]] = {}
             for account_id in accounts:
-                by_day.setdefault(own.get(account_id, (phase.enforce_on,))[0], []).append(
-                    account_id
-                )
+                warned[account_id] = own.get(account_id, (phase.enforce_on,))[0]
+                by_day.setdefault(warned[account_id], []).append(account_id)
             lists = [
-                (group, offending_token(requires, TOKENS, judged_at(day, now)), day)
+                (group, offending_token(requires, TOKENS, judged_at(day, now)))
                 for day, group in by_day.items()
             ]
         # A rerun's own email, to an account an earlier enforcement email of the phase
@@ -518,10 +517,10 @@ def _standing(
         # whose own email never went (skipped, failed, withdrawn).
         told = _told_on(connection, name, accounts) if rerun else {}
         in_run = _revoked_in_run(rerun) if rerun else true()
+        # A warning's token that another phase revokes before its account's day: said so.
+        sooner = _revoked_sooner(connection, plan, name, warned, now)
         tokens: dict[int, list[TokenLine]] = {}
-        for group, which, day in lists:
-            # A warning's token that another phase revokes before ``day``: said so.
-            sooner = {} if day is None else _revoked_sooner(connection, plan, name, group, day, now)
+        for group, which in lists:
             for token_id, account_id, *line in connection.execute(
                 select(
                     TOKENS.c.id,
@@ -539,8 +538,10 @@ def _standing(
                 *line, revoked_at, this_run = line
                 if account_id in told and not this_run and revoked_at <= told[account_id]:
                     continue  # listed by an email that reached its owner
-                stops_on, because = sooner.get(token_id, (None, ""))
-                tokens.setdefault(account_id, []).append(TokenLine(*line, stops_on, because))
+                stops_on, because, own_day = sooner.get(token_id, (None, "", False))
+                tokens.setdefault(account_id, []).append(
+                    TokenLine(*line, stops_on, because, stops_own=own_day)
+                )
         stricter = _stricter(connection, plan, phase, sorted(lacking))
         # Kept through a rollback only for what it revoked (rollback_phase): said so.
         rolled_back = email == ENFORCEMENT_EMAIL and _rolled_back(connection, phase)
@@ -595,58 +596,96 @@ def _told_on(connection: Connection, phase: str, accounts: list[int]) -> dict[in
 
 
 def _revoked_sooner(
-    connection: Connection, plan: Plan, phase: str, accounts: list[int], day: date, now: datetime
-) -> dict[int, tuple[date, str]]:
-    """For a warning of ``phase`` to ``accounts``, whose enforcement comes on ``day``:
-    {token id: (day, rules)} of their tokens that another phase of the plan revokes
-    before that day: one enforced by a date still to come (today included) before this
-    phase's, not rolled back, whose cohort holds the account now and whose token rules
-    forbid the token as its enforcement will judge it (``judged_at``). The earliest such
-    phase's day, and the rules of it (of them, two on that day) that the token breaks,
-    in words: not every token rule of the phase, which told the owner of a token named
-    and new that "no unnamed tokens" and "no tokens older than 90 days" stopped it.
+    connection: Connection, plan: Plan, phase: str, warned: Mapping[int, date], now: datetime
+) -> dict[int, tuple[date, str, bool]]:
+    """For a warning of ``phase`` to the accounts of ``warned``, each enforced there on
+    its day (the phase's, or the account's own): {token id: (day, rules, own)} of their
+    tokens that another phase of the plan revokes before that day: one enforced on a day
+    still to come (today included) before it, not rolled back, whose cohort holds the
+    account now (not exempt) and whose token rules forbid the token as its enforcement
+    will judge it on that day (``judged_at``: its age and expiry then). That day is the
+    other phase's ``enforce_on``, or under per-account deadlines the account's own there
+    (its notice's day plus the phase's days, snooze included: ``own`` is then true; an
+    account never sent that notice has none, and is not enforced there). The earliest
+    such day, and the rules of the phases revoking on it that the token breaks, in
+    words: not every token rule of the phase, which told the owner of a token named and
+    new that "no unnamed tokens" and "no tokens older than 90 days" stopped it.
     npm 2025: the bypass-2FA notice listed a classic automation token as stopping in May
-    2026, while the classic-token phase revoked it in December 2025."""
-    if not accounts:
+    2026, while the classic-token phase revoked it in December 2025. One statement per
+    other phase and chunk of accounts, whatever their days."""
+    if not warned:
         return {}
     today = now.date()
+    accounts = sorted(warned)
+    # An own deadline is never before its phase's enforce_on (the first one), and never
+    # after its enforce_until (the last notice's, snoozed).
     earlier = sorted(
         (
             p
             for p in plan.phases
             if p.name != phase
             and p.does("revoke_tokens")
-            and p.deadline is None
-            and today <= p.enforce_on < day
+            and today <= p.enforce_until
+            and p.enforce_on < max(warned.values())
             and p.requires.token_rules
         ),
         key=lambda p: (p.enforce_on, p.name),
     )
     exempt = sorted(plan.exempt_usernames)
-    found: dict[int, tuple[date, list[str]]] = {}
+    found: dict[int, tuple[date, list[str], bool]] = {}
     for other in earlier:
         if _rolled_back(connection, other):
             continue  # withdrawn: it revokes nothing now
-        at = judged_at(other.enforce_on, now)
-        rules = token_rules(other.requires, TOKENS, at)
-        for ids in in_chunks(accounts):
-            for token_id, *broken in connection.execute(
-                select(TOKENS.c.id, *(case((rule, 1), else_=0) for rule in rules.values()))
+        rule_names = list(token_rules(other.requires, TOKENS, now))
+        # Each account's IN list appears once per rule and once in the WHERE.
+        own = other.deadline is not None
+        for ids in in_chunks(accounts, IN_LIST_MAX // (len(rule_names) + 1)):
+            # An account never sent that phase's notice has no deadline there: not enforced.
+            days = (
+                deadlines(connection, other, ids) if own else dict.fromkeys(ids, other.enforce_on)
+            )
+            by_day: dict[date, list[int]] = {}
+            for account_id, on in days.items():
+                if today <= on < warned[account_id]:  # not sooner, or passed
+                    by_day.setdefault(on, []).append(account_id)
+            if not by_day:
+                continue
+            # Each day's accounts, and the phase's rules as its enforcement judges their
+            # tokens on that day (a token's age and expiry then).
+            judged = [
+                (
+                    TOKENS.c.account_id.in_(group),
+                    list(token_rules(other.requires, TOKENS, judged_at(on, now)).values()),
+                    offending_token(other.requires, TOKENS, judged_at(on, now)),
+                )
+                for on, group in sorted(by_day.items())
+            ]
+            broken = [
+                case(*((and_(theirs, rules[i]), 1) for theirs, rules, _ in judged), else_=0)
+                for i in range(len(rule_names))
+            ]
+            offends = or_(*(and_(theirs, offending) for theirs, _, offending in judged))
+            for token_id, account_id, *hits in connection.execute(
+                select(TOKENS.c.id, TOKENS.c.account_id, *broken)
                 .join(ACCOUNTS, ACCOUNTS.c.id == TOKENS.c.account_id)
                 .where(
                     and_(
-                        TOKENS.c.account_id.in_(ids),
                         TOKENS.c.account_id.in_(current_members(other.cohort)),
                         ACCOUNTS.c.username.not_in(exempt),
-                        offending_token(other.requires, TOKENS, at),
+                        offends,
                     )
                 )
             ):
-                breaks = [rule for rule, hit in zip(rules, broken, strict=True) if hit]
-                day_found, said = found.setdefault(token_id, (other.enforce_on, []))
-                if day_found == other.enforce_on:  # the earliest day's phases, each rule once
+                on = days[account_id]
+                breaks = [rule for rule, hit in zip(rule_names, hits, strict=True) if hit]
+                day_found, said, was_own = found.get(token_id, (on, [], own))
+                if on < day_found:
+                    day_found, said, was_own = on, [], own
+                if on == day_found:  # the earliest day's phases, each rule once
                     said += [rule for rule in breaks if rule not in said]
-    return {token_id: (on, listed(rules)) for token_id, (on, rules) in found.items()}
+                    # Its own deadline only if no phase revokes it that day for everyone.
+                    found[token_id] = (on, said, was_own and own)
+    return {token_id: (on, listed(rules), own) for token_id, (on, rules, own) in found.items()}
 
 
 def _stricter(

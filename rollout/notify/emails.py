@@ -127,11 +127,15 @@ class TokenLine:
     created_at: datetime
     last_used_at: datetime | None
     # In a warning: an earlier phase of the plan revokes the token first, from this day
-    # (its enforcement day), by these requirements (the token rules of it the token
-    # breaks, in words: "no classic tokens and no unnamed tokens"); the
-    # warning's own date would tell its owner there was time until then.
+    # (its enforcement day, or the account's own deadline in it), by these requirements
+    # (the token rules of it the token breaks, in words: "no classic tokens and no
+    # unnamed tokens"); the warning's own date would tell its owner there was time
+    # until then.
     stops_on: date | None = None
     stops_because: str = ""
+    # ``stops_on`` is the account's own deadline in that phase (per-account deadlines):
+    # said so, as Stricter.own (it is the day that phase's own emails gave it).
+    stops_own: bool = False
 
 
 @dataclass(frozen=True)
