@@ -35,6 +35,7 @@ from rollout.registry.migrate import upgrade
 from rollout.runtime import Runtime
 from rollout.warehouse import open_warehouse
 from tests.support.env import without_rollout_settings
+from tests.support.postgres_template import MigratedSchema, dump_migrated_schema
 
 DATA = Path(__file__).parent / "data"
 REFERENCE_PLAN = Path(__file__).resolve().parent.parent / "plans" / "npm-2022.yaml"
@@ -197,19 +198,37 @@ def _migrated_sqlite_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def registry_url(empty_registry_url: str, request: pytest.FixtureRequest) -> str:
-    """A registry at the newest schema, on each backend in turn. On SQLite, a copy of
-    one the migrations made, with an ``instance`` of its own, as migrating it gives
-    (rollout.registry.changes): two registries of one test are never the same one."""
-    if not empty_registry_url.startswith("sqlite:"):
-        engine = make_engine(empty_registry_url)
+@pytest.fixture(scope="session")
+def _migrated_postgres_schema() -> MigratedSchema | None:
+    """What the migrations make of an empty PostgreSQL schema, dumped once per process,
+    so each test's schema is made by one script (about 0.1 s) rather than by running
+    every migration (0.3-0.9 s on each of hundreds of tests). None where pg_dump cannot
+    dump the test server: each test then migrates its own schema."""
+    with fresh_postgres_schema() as url:
+        engine = make_engine(url)
         upgrade(engine)
         engine.dispose()
-        return empty_registry_url
-    template = request.getfixturevalue("_migrated_sqlite_registry")
-    shutil.copyfile(template, make_url(empty_registry_url).database)
-    engine = make_engine(empty_registry_url)
+        return dump_migrated_schema(url)
+
+
+@pytest.fixture
+def registry_url(empty_registry_url: str, request: pytest.FixtureRequest) -> str:
+    """A registry at the newest schema, on each backend in turn: a copy of one the
+    migrations made (a SQLite file, or a PostgreSQL schema's dump replayed), with an
+    ``instance`` of its own, as migrating it gives (rollout.registry.changes): two
+    registries of one test are never the same one."""
+    if empty_registry_url.startswith("sqlite:"):
+        template = request.getfixturevalue("_migrated_sqlite_registry")
+        shutil.copyfile(template, make_url(empty_registry_url).database)
+        engine = make_engine(empty_registry_url)
+    else:
+        engine = make_engine(empty_registry_url)
+        migrated = request.getfixturevalue("_migrated_postgres_schema")
+        if migrated is None:
+            upgrade(engine)
+            engine.dispose()
+            return empty_registry_url
+        migrated.make(engine)
     with engine.begin() as connection:
         connection.execute(
             text("UPDATE registry_changes SET instance = :instance"),
