@@ -954,6 +954,45 @@ def test_a_landing_file_cut_short_is_never_left_under_its_name(
     ]
 
 
+def test_a_sample_stopped_part_way_says_so_when_run_again(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped after the registry was written but before its last landing file, a
+    sample run leaves a registry that looks whole: the next `rollout sample` says the
+    last run did not finish (an ingest would load only part of it), and how to write it
+    whole; once replaced, it no longer says so."""
+    from rollout.demo import sample
+
+    def sample_run(*flags: str) -> Any:
+        return CliRunner().invoke(app, ["sample", "--scale", "tiny", "--seed", "3", *flags])
+
+    real_write = sample._write_parquet
+
+    def stopped_at_the_publishes(table: pa.Table, path: Path) -> None:
+        if Path(path).parent.name == "publishes":
+            raise KeyboardInterrupt  # Ctrl-C before the last landing file
+        real_write(table, path)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sample, "_write_parquet", stopped_at_the_publishes)
+        assert sample_run().exit_code != 0
+    assert not (rollout_home / "landing" / "publishes" / "publishes.parquet").exists()
+
+    preview = sample_run("--format", "json")
+    assert preview.exit_code == 0
+    assert json.loads(preview.stdout)["complete"] is False
+    said = _one_line(preview.stderr)
+    assert "holds an unfinished sample registry" in said
+    assert "an ingest would load only part of the sample" in said
+    assert "--replace --confirm registry.db" in said
+
+    assert sample_run("--replace", "--confirm", "registry.db").exit_code == 0
+    again = sample_run("--format", "json")
+    assert json.loads(again.stdout)["complete"] is True
+    assert "unfinished" not in again.stderr
+    assert "holds a sample registry" in _one_line(again.stderr)
+
+
 @pytest.mark.parametrize("days", [800_000, 30_000])
 def test_a_history_starting_before_the_registry_is_refused_before_anything_is_made(
     tmp_path: Path, days: int

@@ -553,6 +553,36 @@ def test_a_stop_signal_interrupts_the_duckdb_statement_in_progress() -> None:
         signal.signal(signal.SIGINT, before)
 
 
+def test_a_warehouse_connection_still_open_is_interrupted_after_the_first_one_closed() -> None:
+    """Two connections open at once need not close in the order they opened (an
+    ExitStack, a generator holding one): the one still running is interrupted by a stop
+    after the other is let go, and the wakeup fd is given back only when the last goes."""
+    from rollout.core.stopping import interrupted_query, interrupting_on_stop
+
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    first, second = duckdb.connect(), duckdb.connect()
+    try:
+        with contextlib.ExitStack() as outer, contextlib.ExitStack() as inner:
+            outer.enter_context(interrupting_on_stop(first.interrupt))
+            inner.enter_context(interrupting_on_stop(second.interrupt))
+            outer.close()  # the first one opened is let go first
+            watched = signal.set_wakeup_fd(-1)
+            signal.set_wakeup_fd(watched, warn_on_full_buffer=False)
+            assert watched != -1, "the wakeup fd given back while a connection was open"
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            started = time.monotonic()
+            with pytest.raises(duckdb.Error) as stopped:
+                second.execute("select count(*) from range(1000000000000) t(i) where i % 7 = 3")
+            took = time.monotonic() - started
+            assert interrupted_query(stopped.value), stopped.value
+            assert took < GONE_WITHIN, f"interrupted {took:.1f} s in"
+        assert signal.set_wakeup_fd(-1) == -1
+    finally:
+        first.close()
+        second.close()
+        signal.signal(signal.SIGTERM, before)
+
+
 # The console script as Ctrl-C finds it while its imports are still loading.
 STARTUP_SCRIPT = textwrap.dedent(
     """

@@ -94,12 +94,19 @@ def sample(
                 "accounts": contents.accounts,
                 "emails": contents.emails,
                 "runs": contents.runs,
+                "complete": contents.complete,
             },
             fmt,
             title="sample registry: what --replace would lose (preview)",
         )
+        redo = (
+            []
+            if contents.complete
+            else ["To write the whole sample again, replace it (the same options as before)."]
+        )
         stderr.print(
             f"preview only: {contents.describe()}.",
+            *redo,
             "To replace it (and drop its warehouse, outbox and reports), add: "
             f"--replace --confirm {shell_word(contents.name)}",
             sep="\n",

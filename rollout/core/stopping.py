@@ -192,28 +192,40 @@ def interrupting_on_stop(interrupt: Callable[[], None]) -> Iterator[None]:
         return
     token = next(_tokens)
     _interrupts[token] = interrupt
-    started = False
-    if _watching is None:
-        reader, writer = socket.socketpair()
-        writer.setblocking(False)
-        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-        _watching = (writer, previous)
-        threading.Thread(
-            target=_watch_signals, args=(reader, previous), name="interrupt-on-stop", daemon=True
-        ).start()
-        started = True
     try:
+        if _watching is None:
+            _watching = _start_watching()
         yield
     finally:
+        # The watcher stays while any connection is registered, whichever was opened
+        # first: two open at once may close in either order (an ExitStack, a generator
+        # holding one), and the one still running is still interrupted.
         del _interrupts[token]
-        if started:
-            writer, previous = _watching
-            _watching = None
-            # Give back the one it replaced, unless someone set another since.
-            current = signal.set_wakeup_fd(previous, warn_on_full_buffer=False)
-            if current != writer.fileno():
-                signal.set_wakeup_fd(current, warn_on_full_buffer=False)
-            writer.close()  # the watcher reads the end, and ends
+        if not _interrupts and _watching is not None:
+            watching, _watching = _watching, None
+            _stop_watching(*watching)
+
+
+def _start_watching() -> tuple[socket.socket, int]:
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    threading.Thread(
+        target=_watch_signals, args=(reader, previous), name="interrupt-on-stop", daemon=True
+    ).start()
+    return writer, previous
+
+
+def _stop_watching(writer: socket.socket, previous: int) -> None:
+    """Give back the wakeup fd it replaced, unless someone set another since, and end the
+    watcher (it reads the other end): the socket is closed whatever the first step
+    raised (a second signal's Stopped, as a stop unwinds through here)."""
+    try:
+        current = signal.set_wakeup_fd(previous, warn_on_full_buffer=False)
+        if current != writer.fileno():
+            signal.set_wakeup_fd(current, warn_on_full_buffer=False)
+    finally:
+        writer.close()
 
 
 def _watch_signals(reader: socket.socket, previous: int) -> None:

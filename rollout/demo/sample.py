@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from sqlalchemy import delete, insert, inspect, text
+from sqlalchemy import delete, insert, inspect, text, update
 
 from rollout.core.controls import shell_word
 from rollout.core.errors import BadInput, GuardRefused
@@ -50,6 +50,9 @@ LANDING_KINDS = ("manifests", "downloads", "logins", "publishes", "events")
 # (ingest passes over a name starting with a dot): the folder, and its home's outbox and
 # reports, are a sample's (check_locations).
 SAMPLE_MARK = ".rollout-sample"
+# The end of the registry's sample mark's note until the run that wrote it wrote its last
+# landing file: a run stopped part-way leaves a registry that says so (registry_contents).
+UNFINISHED = " (unfinished)"
 
 Progress = Callable[[str, int, int], None]
 
@@ -1443,9 +1446,18 @@ class RegistryContents:
     accounts: int
     emails: int
     runs: int
+    # False for a sample whose `rollout sample` run stopped (or failed) before its last
+    # landing file was written: its registry may be whole, its landing folder is not.
+    complete: bool = True
 
     def describe(self) -> str:
         kind = "a sample registry" if self.is_sample else "a registry `rollout sample` did not make"
+        if self.is_sample and not self.complete:
+            kind = (
+                "an unfinished sample registry (the `rollout sample` run that wrote it "
+                "stopped before its landing files were all written: an ingest would load "
+                "only part of the sample)"
+            )
         return (
             f"{self.url} holds {kind}: {counted(self.accounts, 'account')}, "
             f"{counted(self.emails, 'email')} and {counted(self.runs, 'run')} would be lost"
@@ -1485,12 +1497,14 @@ def registry_contents(registry: Registry) -> RegistryContents:
                 for table in (*REGISTRY_TABLES, *LEDGER_TABLES)
                 if table in tables
             )
-            is_sample = "registry_marks" in tables and (
+            mark = (
                 connection.execute(
-                    text("SELECT 1 FROM registry_marks WHERE kind = 'sample'")
+                    text("SELECT note FROM registry_marks WHERE kind = 'sample'")
                 ).first()
-                is not None
+                if "registry_marks" in tables
+                else None
             )
+            is_sample = mark is not None
             return RegistryContents(
                 url=engine.url.render_as_string(hide_password=True),
                 name=confirm_name(registry),
@@ -1499,6 +1513,7 @@ def registry_contents(registry: Registry) -> RegistryContents:
                 accounts=count("accounts"),
                 emails=count("notifications"),
                 runs=count("plan_runs"),
+                complete=mark is None or not str(mark[0]).endswith(UNFINISHED),
             )
     finally:
         engine.dispose()
@@ -1706,14 +1721,29 @@ def prepare_registry(
             migrate.downgrade(engine, "base")
             migrate.upgrade(engine)
         # Marked before any row goes in: a run that dies half way leaves a registry
-        # that can still be replaced.
+        # that can still be replaced, and says it is unfinished until the last landing
+        # file is written (_mark_finished).
         with engine.begin() as connection:
             connection.execute(delete(RegistryMark))
             connection.execute(
-                insert(RegistryMark).values(kind="sample", created_at=_utc_now(), note=note)
+                insert(RegistryMark).values(
+                    kind="sample", created_at=_utc_now(), note=note + UNFINISHED
+                )
             )
         for kind in LANDING_KINDS:
             shutil.rmtree(landing_dir / kind, ignore_errors=True)
+    finally:
+        engine.dispose()
+
+
+def _mark_finished(registry: Registry, note: str) -> None:
+    """The sample is whole, registry and landing files: its mark loses UNFINISHED."""
+    engine = make_engine(registry.url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                update(RegistryMark).where(RegistryMark.kind == "sample").values(note=note)
+            )
     finally:
         engine.dispose()
 
@@ -1806,13 +1836,8 @@ def generate_sample(
     stage = _Stages(progress)
     stage("Preparing the registry")
     registry.close()
-    prepare_registry(
-        registry,
-        replace,
-        landing_dir,
-        confirm,
-        note=f"rollout sample --scale {sc.name} --seed {seed} --end {end} --days {days}",
-    )
+    note = f"rollout sample --scale {sc.name} --seed {seed} --end {end} --days {days}"
+    prepare_registry(registry, replace, landing_dir, confirm, note=note)
 
     # Independent streams per stage: changing one stage leaves the others' draws alone.
     spawned = np.random.default_rng(seed).spawn(12)
@@ -1874,6 +1899,7 @@ def generate_sample(
     path = landing_dir / "publishes" / "publishes.parquet"
     _write_parquet(publishes, path)
     files.append(path)
+    _mark_finished(registry, note)
     stage.finish()
 
     return SampleSummary(
