@@ -466,12 +466,18 @@ def test_an_approved_enforce_run_applies_exactly_the_previewed_accounts(
 
 def _plan_with_brownouts(home: Home, first: datetime, second: datetime) -> Path:
     """The reference plan with brownout-1 and brownout-2 starting at ``first`` and
-    ``second`` (the real ones are in 2022; the flows read the real clock)."""
+    ``second`` (the real ones are in 2022; the flows read the real clock), and ELV for
+    all the day after the later one (a brown-out rehearses it: none may come after it)."""
     text = (ROOT / "plans" / "npm-2022.yaml").read_text()
     path = home.path / f"plan-brownouts-{first:%Y%m%d%H%M%S}.yaml"
-    for planned, when in (("2022-02-16T00:00:00", first), ("2022-02-23T00:00:00", second)):
+    elv_for_all = (max(first, second) + timedelta(days=1)).date()
+    for planned, when in (
+        ("2022-02-16T00:00:00", first.replace(microsecond=0).isoformat()),
+        ("2022-02-23T00:00:00", second.replace(microsecond=0).isoformat()),
+        ("enroll_all_on: 2022-03-01", f"enroll_all_on: {elv_for_all.isoformat()}"),
+    ):
         assert planned in text
-        text = text.replace(planned, when.replace(microsecond=0).isoformat())
+        text = text.replace(planned, when)
     path.write_text(text)
     return path
 
