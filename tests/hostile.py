@@ -1,7 +1,8 @@
 """Hostile names and addresses, shared by the tests of every output (DESIGN.md rule 7).
 
 Each is a value a registry user could choose for a username, an org or a package: a
-spreadsheet formula, terminal escapes, Rich markup, HTML, Markdown, a header injection.
+spreadsheet formula, terminal escapes, Rich markup, HTML, Markdown, a header injection,
+prose that reads as more of the message around it.
 """
 
 from __future__ import annotations
@@ -47,4 +48,14 @@ HEADERS = [
     # A right-to-left override, never closed: the rest of a line reads reversed.
     "acme\u202e\u2066moc.elgoog//:sptth ta nigol\u2069",
 ]
-EVERYTHING = FORMULAS + TERMINAL + RICH_MARKUP + MARKUP + HEADERS
+# Text that reads as more of the sentence a message puts a name in: other names of its
+# list, a count, a clause of its own. Quoted (rollout.core.controls.quoted), each is one name.
+PROSE = [
+    "bo, di",
+    "bo); 2 accounts newly listed (eve",
+    "di and 40 more",
+    "o'neil', 'x",
+    "back\\slash\\' 'quote",
+    "ada: developer to owner",
+]
+EVERYTHING = FORMULAS + TERMINAL + RICH_MARKUP + MARKUP + HEADERS + PROSE

@@ -22,6 +22,7 @@ from rollout.registry.engine import make_engine, session_scope
 from rollout.registry.locks import exclusive_run
 from rollout.registry.migrate import upgrade
 from rollout.registry.models import Account
+from tests.support.env import without_rollout_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "plans" / "npm-2022.yaml"
@@ -407,6 +408,26 @@ def test_a_mistyped_home_is_refused_and_makes_no_file(
         assert f"{rollout_home / 'landing'}: no such file or folder" in stderr
     assert not rollout_home.exists()
     assert set(files_under(tmp_path)) <= {"elsewhere/downloads-2022-01-10.csv"}
+
+
+@pytest.mark.parametrize("folder", ["runs?old", "50%41", "C#", "a@b:c", "[x] y", "x%"])
+def test_a_home_whose_name_reads_as_url_syntax_keeps_the_registry_in_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folder: str
+) -> None:
+    """ROLLOUT_HOME is a path, not part of a URL: a folder named ``runs?old`` put the
+    registry in a file ``runs`` beside it (the rest read as the URL's query) and
+    ``50%41`` in another folder, ``50A``. The registry and its lock files are made in
+    the home, and nothing outside it."""
+    home = tmp_path / folder
+    without_rollout_settings(monkeypatch)
+    monkeypatch.setenv("ROLLOUT_HOME", str(home))
+    upgraded = run("db", "upgrade")
+    assert upgraded.exit_code == 0, upgraded.stderr
+    assert (home / "registry.db").is_file()
+    assert all(name.startswith(f"{folder}/") for name in files_under(tmp_path))
+    status = run("db", "status", "--format", "json")
+    assert status.exit_code == 0, status.stderr
+    assert json.loads(status.stdout)["up_to_date"] is True
 
 
 def test_db_status_says_a_registry_is_not_there_and_makes_none(

@@ -580,7 +580,7 @@ def test_an_enforcement_refused_as_not_previewed_names_who_changed_since(
     [said] = refused.stderr.splitlines()
     assert "the accounts it would change now are not the ones previewed" in said
     assert (
-        f"({csv_name}): 1 account no longer listed (bob); 1 account newly listed (=carol\\x0ax)"
+        f"({csv_name}): 1 account no longer listed ('bob'); 1 account newly listed ('=carol\\x0ax')"
     ) in said
 
     with engine.begin() as connection:
@@ -593,7 +593,7 @@ def test_an_enforcement_refused_as_not_previewed_names_who_changed_since(
     assert fewer.exit_code == 3
     said = " ".join(fewer.stderr.split())
     assert "phase top-100 would change 1 account, not the 2 expected" in said
-    assert "1 account no longer listed (bob); 0 accounts newly listed" in said
+    assert "1 account no longer listed ('bob'); 0 accounts newly listed" in said
     with engine.connect() as connection:
         assert connection.scalar(select(func.count()).select_from(Action)) == 0
     engine.dispose()

@@ -41,7 +41,9 @@ from tests.factories import (
     existing_account,
     existing_org,
 )
+from tests.hostile import PROSE
 from tests.support.env import without_rollout_settings
+from tests.support.previews import names_read_back
 
 
 @pytest.fixture
@@ -708,7 +710,7 @@ def test_a_member_promoted_to_owner_since_the_preview_is_not_removed_as_previewe
         orgs.enforce_org(
             registry, "acme", confirm="acme", owner="ada", actor="t", expect=2, expect_list=approved
         )
-    assert "2 owners (bo, di)" in str(refused.value)
+    assert "2 owners ('bo', 'di')" in str(refused.value)
     assert [m.username for m in orgs.enforcement_preview(registry, "acme")] == ["bo", "di"]
 
 
@@ -793,8 +795,8 @@ def test_an_org_enforcement_refused_as_not_previewed_names_who_changed_since(
     [said] = refused.stderr.splitlines()
     assert said.count("are not the ones previewed") == 1
     assert (
-        f"({csv_name}): 1 member no longer listed (bo); 1 member newly listed (=fay\\x0ax); "
-        "1 role changed (di: developer to owner)"
+        f"({csv_name}): 1 member no longer listed ('bo'); 1 member newly listed ('=fay\\x0ax'); "
+        "1 role changed ('di': developer to owner)"
     ) in said
     assert preview.exit_code == 0 and _state(registry) == before
 
@@ -808,12 +810,45 @@ def test_an_org_enforcement_refused_as_not_previewed_names_who_changed_since(
     assert fewer.exit_code == 3
     said = _said(fewer)
     assert "org 'acme' has 1 member without 2FA to remove, not the 2 expected" in said
-    assert "2 members no longer listed (bo, di); 1 member newly listed (=fay\\x0ax)" in said
+    assert "2 members no longer listed ('bo', 'di'); 1 member newly listed ('=fay\\x0ax')" in said
     # A fingerprint no preview here showed (another machine's): the refusal alone.
     elsewhere = cli(*apply, "--expect", "1", "--expect-list", "0123456789ab")
     assert elsewhere.exit_code == 3 and "no longer listed" not in elsewhere.stderr
     assert _state(registry)[:3] == before[:3]
     assert [m.username for m in orgs.enforcement_preview(registry, "acme")] == ["=fay\nx"]
+
+
+@pytest.mark.parametrize("name", PROSE)
+def test_an_org_refusal_names_a_hostile_member_as_one_name(
+    registry: Registry, acme: dict[str, int], cli: Callable[..., Any], name: str
+) -> None:
+    """Since the preview, bo enabled 2FA and an admin named as prose joined without it
+    (``bo); 2 accounts newly listed (eve``, ``di and 40 more``): the refusal (exit 3,
+    nobody removed) names them each as one quoted name, who left the list, who joined
+    it and the admin it would now remove, each reading back as exactly the username."""
+    listed = orgs.removal_fingerprint(orgs.enforcement_preview(registry, "acme"))
+    assert cli("orgs", "enforce", "acme").exit_code == 0
+    FactorFactory(account=existing_account(acme["bo"]), kind="totp")
+    OrgMemberFactory(
+        org=existing_org(_org(registry)), account=AccountFactory(username=name), role="admin"
+    )
+    before = _state(registry)
+
+    refused = cli(
+        *("orgs", "enforce", "acme", "--owner", "ada", "--confirm", "acme"),
+        *("--expect", "2", "--expect-list", listed),
+    )
+
+    assert refused.exit_code == 3, refused.stderr
+    [said] = refused.stderr.splitlines()
+    removed, gone, new = re.search(
+        r"\(it would remove 1 admin \((.*)\) now\).*1 member no longer listed \((.*)\); "
+        r"1 member newly listed \((.*)\)$",
+        said,
+    ).groups()
+    assert names_read_back(removed) == [name] and names_read_back(new) == [name]
+    assert names_read_back(gone) == ["bo"]
+    assert _state(registry) == before
 
 
 def test_a_reinvitation_refused_as_not_previewed_names_who_changed_since(
@@ -841,7 +876,7 @@ def test_a_reinvitation_refused_as_not_previewed_names_who_changed_since(
     assert refused.exit_code == 3, refused.stderr
     said = _said(refused)
     assert "not the ones previewed" in said
-    assert f"({path.name}): 1 member no longer listed (di); 1 member newly listed (bo)" in said
+    assert f"({path.name}): 1 member no longer listed ('di'); 1 member newly listed ('bo')" in said
     assert "role" not in said
     assert orgs.invitations(registry, "acme", actor="t") == []
 
@@ -865,7 +900,7 @@ def test_a_reinvitation_into_another_team_than_previewed_is_refused_as_not_previ
     assert elsewhere.exit_code == 3, elsewhere.stderr
     said = _said(elsewhere)
     assert "not the ones previewed" in said
-    assert "the team: release previewed, admins now" in said
+    assert "the team: 'release' previewed, 'admins' now" in said
     assert orgs.invitations(registry, "acme", actor="t") == []
     with pytest.raises(GuardRefused, match="not the ones previewed"):
         orgs.reinvite(

@@ -21,7 +21,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
-from rollout.core.controls import shell_word
+from rollout.core.controls import quoted, shell_word
 from rollout.core.output import (
     FORMULA_PREFIXES,
     Format,
@@ -39,6 +39,7 @@ from rollout.core.output import (
 )
 
 from .hostile import EVERYTHING, FORMULAS, MARKUP, RICH_MARKUP, TERMINAL
+from .support.previews import names_read_back
 
 # CommonMark plus GitHub's tables and strikethrough, as Prefect and GitHub render them.
 MARKDOWN = MarkdownIt("commonmark").enable(["table", "strikethrough"])
@@ -393,3 +394,14 @@ def test_a_csv_cell_reads_back_as_the_value_it_was(value: str) -> None:
         )
         [(account_id, row)] = read_rows(path, "account_id").items()
     assert (account_id, row["username"]) == (1, value.replace("\r\n", "\n"))
+
+
+@given(st.lists(st.text(), min_size=1, max_size=4))
+@example(["bo, di", "o'neil', 'x"])
+@example(["back\\slash\\'", "\x1b[2Kmallory\nx", "right\u202eto-left"])
+def test_quoted_names_read_back_as_exactly_those_names(names: list[str]) -> None:
+    """However a name reads (another name, a quote, a backslash, a control character), a
+    list of quoted names on one line reads back as exactly those names."""
+    listed = ", ".join(quoted(name) for name in names)
+    assert visible(listed) == listed
+    assert names_read_back(listed) == names

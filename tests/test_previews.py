@@ -4,10 +4,12 @@ opens in a spreadsheet and the Markdown they approve in Prefect show them as tex
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from markdown_it import MarkdownIt
 
 from rollout.core.output import FORMULA_PREFIXES
@@ -16,11 +18,13 @@ from rollout.phases.previews import (
     PhasePreview,
     SavedPreview,
     Target,
+    changed_since,
     preview_markdown,
     save_preview,
 )
 
-from .hostile import EVERYTHING, FORMULAS
+from .hostile import EVERYTHING, FORMULAS, PROSE, TERMINAL
+from .support.previews import names_read_back
 
 MARKDOWN = MarkdownIt("commonmark").enable(["table", "strikethrough"])
 
@@ -75,3 +79,29 @@ def test_the_preview_markdown_shows_names_as_text(plan: Plan, tmp_path: Path) ->
     assert html.count("<tr>") == counts + whys + 2 * (1 + len(EVERYTHING))
     assert f"(--accept-unreached {len(EVERYTHING)})" in markdown
     assert "Exempted: =cmd\\|' /C calc'\\!A0, &lt;b&gt;x&lt;/b&gt;" in markdown
+
+
+@pytest.mark.parametrize("name", PROSE + TERMINAL)
+def test_a_refusal_names_a_hostile_username_as_one_name(
+    plan: Plan, tmp_path: Path, name: str
+) -> None:
+    """Since the preview, bob left the list and an account named as prose joined it
+    (``bo); 2 accounts newly listed (eve``, ``di and 40 more``, ``bo, di``): the
+    refusal names each as one quoted name, which reads back as exactly the username,
+    and the sentence around it stays the tool's (one account either way)."""
+    bob = Target(1, "bob", "bob@example.com", None, 0, False)
+    hostile = Target(2, name, "x@example.com", None, 0, False)
+    then = PhasePreview("top-100", "top-100", [bob], 0, [])
+    record = save_preview(plan, then, tmp_path, actor="rm")
+    now = dataclasses.replace(then, targets=[hostile])
+
+    said = changed_since(tmp_path, now, then.fingerprint)
+
+    assert said is not None and "\x1b" not in said and "\n" not in said
+    gone, new = re.fullmatch(
+        rf"since the preview of .* UTC \({re.escape(record.csv_path.name)}\): "
+        r"1 account no longer listed \((.*)\); 1 account newly listed \((.*)\)",
+        said,
+    ).groups()
+    assert names_read_back(gone) == ["bob"]
+    assert names_read_back(new) == [name]

@@ -428,8 +428,8 @@ def test_a_withdrawal_refused_as_not_previewed_names_the_emails_changed_since(
         "error: the queued or failed emails it would withdraw now are not the ones"
     )
     assert (
-        f"({csv_name}): 1 email no longer listed (#{first.id} reminder 3d to alice: now sent); "
-        f"1 email newly listed (#{queued.id} reminder 1d to \\x1b[2Kmallory)"
+        f"({csv_name}): 1 email no longer listed (#{first.id} reminder 3d to 'alice': now sent); "
+        f"1 email newly listed (#{queued.id} reminder 1d to '\\x1b[2Kmallory')"
     ) in said
     assert "\x1b" not in refused.stderr
     assert states(registry)[("top-100", "reminder", "queued")] == 2
@@ -450,7 +450,7 @@ def test_a_withdrawal_refused_as_not_previewed_names_the_emails_changed_since(
     )
     assert "1 email no longer listed" in said
     assert f"7 emails newly listed (#{queued.id} reminder 1d to " in said
-    assert f"#{more[3].id} reminder 1d to m3 and 2 more)" in said
+    assert f"#{more[3].id} reminder 1d to 'm3' and 2 more)" in said
     elsewhere = cli(*apply, "--expect", "3", "--expect-list", "0123456789ab")
     assert elsewhere.exit_code == 3 and "no longer listed" not in elsewhere.stderr
     assert states(registry)[("top-100", "reminder", "queued")] == 8

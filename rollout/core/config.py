@@ -391,7 +391,17 @@ class Settings(BaseSettings):
 
     @property
     def registry_url(self) -> str:
-        return self.registry_url_override or f"sqlite:///{self.home / 'registry.db'}"
+        """ROLLOUT_REGISTRY_URL as given, else the SQLite file ``registry.db`` in the
+        home, its path encoded as a URL's (``?`` as ``%3F``, ``%`` as ``%25``): written
+        as it is, a home named ``runs?old`` put the registry in a file ``runs`` beside
+        it (the rest read as the URL's query), and ``50%41`` in a folder ``50A``."""
+        if self.registry_url_override:
+            return self.registry_url_override
+        # Imported here: SQLAlchemy's URL only when a command asks for the registry.
+        from sqlalchemy.engine import URL
+
+        database = str(self.home / "registry.db")
+        return URL.create("sqlite", database=database).render_as_string(hide_password=False)
 
     @property
     def warehouse_path(self) -> Path:

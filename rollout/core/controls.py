@@ -34,6 +34,14 @@ def visible(text: object, *, lines: bool = False) -> str:
     return (_CONTROLS_BUT_LINES if lines else CONTROL_CHARACTERS).sub(_escape, str(text))
 
 
+def quoted(text: object) -> str:
+    """``text`` in single quotes, as a name in a message's list or sentence: its own
+    quotes and backslashes escaped (``\\'``, ``\\\\``) and its control characters
+    shown (:func:`visible`), so a name holding ``, `` or ``); 2 members newly listed (``
+    reads as one name, never as more of the sentence around it."""
+    return "'" + visible(str(text).replace("\\", "\\\\").replace("'", "\\'")) + "'"
+
+
 def shell_word(value: object) -> str:
     """``value`` as one shell word for a command a message suggests: what a user pastes
     runs with exactly that value, and nothing in it (``$(...)``, a quote, a line break

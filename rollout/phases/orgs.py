@@ -38,14 +38,20 @@ from sqlalchemy import (
 )
 
 from rollout.core.calendar import org_enforcement_step, org_reinvite_step
-from rollout.core.controls import shell_word, visible
+from rollout.core.controls import quoted, shell_word, visible
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.fingerprints import list_fingerprint, same_list
 from rollout.core.names import file_stem_for
 from rollout.core.words import counted
 from rollout.notify.emails import INVITATION_EMAIL
 from rollout.notify.queue import queue_each
-from rollout.phases.previews import names_shown, read_rows, save_list, saved_previews
+from rollout.phases.previews import (
+    names_shown,
+    read_rows,
+    save_list,
+    saved_previews,
+    shown_list,
+)
 from rollout.registry import Registry
 from rollout.registry.batches import in_chunks
 from rollout.registry.engine import begin_writing
@@ -203,7 +209,7 @@ def leading_removed(members: Iterable[Member]) -> str | None:
     if not by_role:
         return None
     return " and ".join(
-        f"{counted(len(names), role)} ({', '.join(visible(n) for n in sorted(names))})"
+        f"{counted(len(names), role)} ({', '.join(quoted(n) for n in sorted(names))})"
         for role, names in sorted(by_role.items(), key=lambda item: item[0] != "owner")
     )
 
@@ -855,10 +861,10 @@ def members_changed_since(
         f"{counted(len(new), 'member')} newly listed" + (f" ({names_shown(new)})" if new else ""),
     ]
     if moved:
-        roles = [f"{visible(name)}: {visible(was)} to {visible(role)}" for name, was, role in moved]
-        parts.append(f"{counted(len(moved), 'role')} changed ({names_shown(roles)})")
+        roles = [f"{quoted(name)}: {visible(was)} to {visible(role)}" for name, was, role in moved]
+        parts.append(f"{counted(len(moved), 'role')} changed ({shown_list(roles)})")
     if retargeted:
-        parts.append(f"the team: {visible(then_team)} previewed, {visible(refused.team)} now")
+        parts.append(f"the team: {quoted(then_team)} previewed, {quoted(refused.team)} now")
     return (
         f"since the preview of {record['at']:%Y-%m-%d %H:%M:%S} UTC ({visible(record['csv'])}): "
         + "; ".join(parts)

@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rollout.core.controls import visible
+from rollout.core.controls import quoted, visible
 from rollout.core.files import write_atomically
 from rollout.core.fingerprints import list_fingerprint
 from rollout.core.names import safe_path_component
@@ -490,11 +490,20 @@ def _read_column_pairs(path: Path, key: str, value: str) -> dict[int, str]:
     return {k: row[value] for k, row in read_rows(path, key).items()}
 
 
+def shown_list(items: list[str], limit: int = 5) -> str:
+    """The first ``limit`` items, then how many more, on one line (a flow run's state
+    message, a log line). Each item is the tool's own words with any value in it quoted
+    already (:func:`rollout.core.controls.quoted`): ``'di': developer to owner``."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
 def names_shown(names: list[str], limit: int = 5) -> str:
-    """The first ``limit`` names, then how many more: each name data, on one line (a
-    flow run's state message, a log line), its control characters shown as escapes."""
-    shown = ", ".join(visible(name) for name in names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    """The first ``limit`` names, then how many more: each name data, quoted (``'bob',
+    'carol'``: :func:`rollout.core.controls.quoted`), so a username holding ``, `` or
+    ``); 1 account newly listed (`` cannot read as other names or more of the sentence;
+    its control characters shown as escapes."""
+    return shown_list([quoted(name) for name in names], limit)
 
 
 def changed_since(reports_dir: Path, fresh: PhasePreview, typed: str) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from rollout.core.controls import visible
+from rollout.core.controls import quoted, visible
 from rollout.core.errors import GuardRefused
 from rollout.core.names import file_stem_for
 from rollout.core.words import counted
@@ -32,7 +32,7 @@ from rollout.notify.withdraw import (
     Selection,
     listed_fingerprint,
 )
-from rollout.phases.previews import names_shown, read_rows, save_list, saved_previews
+from rollout.phases.previews import read_rows, save_list, saved_previews, shown_list
 from rollout.registry import Registry
 
 # A saved record's ``kind`` (rollout.phases.previews.saved_previews reads each kind apart).
@@ -162,10 +162,12 @@ def _emails(registry: Registry, ids: list[int]) -> dict[int, dict[str, Any]]:
 
 def _described(row: Mapping[str, Any]) -> str:
     """One email in a few words: ``#12 reminder 3d to alice`` (its account's id when the
-    account is gone). Its values are the registry's: names_shown shows them as data."""
-    who = row["username"] or f"account {row['account_id']}"
+    account is gone). Its values are the registry's, shown as data: the username quoted
+    (``to 'alice'``: a name holding ``, `` or ``)`` reads as one name), the rest with its
+    control characters shown."""
+    who = quoted(row["username"]) if row["username"] else f"account {row['account_id']}"
     kind = str(row["email"]) + (f" {row['occasion']}" if row["occasion"] else "")
-    return f"#{row['notification_id']} {kind} to {who}"
+    return visible(f"#{row['notification_id']} {kind}") + f" to {who}"
 
 
 def _shown(said: list[str], total: int) -> str:
@@ -173,4 +175,4 @@ def _shown(said: list[str], total: int) -> str:
     if not said:
         return ""
     more = total - len(said)
-    return f" ({names_shown(said)}" + (f" and {more} more" if more > 0 else "") + ")"
+    return f" ({shown_list(said)}" + (f" and {more} more" if more > 0 else "") + ")"

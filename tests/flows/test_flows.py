@@ -429,7 +429,7 @@ def test_an_approval_refused_as_the_list_changed_since_names_who_changed(
     assert state.is_failed() and state.name == "Refused"
     assert f"not the {preview_count} expected" in state.message
     assert "since the preview of " in state.message
-    assert f"1 account no longer listed ({left[0]}); 0 accounts newly listed" in state.message
+    assert f"1 account no longer listed ('{left[0]}'); 0 accounts newly listed" in state.message
     assert "\n" not in state.message
     assert _required(home) == 0
 

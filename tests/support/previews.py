@@ -1,5 +1,6 @@
 """The command a phase preview prints to apply it: what a release manager copies, the
-count and the list's fingerprint typed back (`phase enforce --apply` needs both)."""
+count and the list's fingerprint typed back (`phase enforce --apply` needs both); and the
+names a refusal lists as changed since a preview, read back."""
 
 from __future__ import annotations
 
@@ -16,3 +17,17 @@ def to_apply(preview_stderr: str) -> list[str]:
     found = TO_APPLY.search(said)
     assert found, f"no command to apply in: {said}"
     return found[1].split()
+
+
+_QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'(?:, |$)")
+_ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|.)")
+
+
+def names_read_back(listed: str) -> list[str]:
+    """The names in a message's list (``'bob', 'o\\'neil'``), read back as a reader does:
+    each quoted, ``\\'`` and ``\\\\`` its own quote and backslash, ``\\x1b`` and
+    ``\\u202e`` a control character (rollout.core.controls.quoted)."""
+    return [
+        _ESCAPE.sub(lambda m: chr(int(m[1][1:], 16)) if len(m[1]) > 1 else m[1], name)
+        for name in _QUOTED.findall(listed)
+    ]
