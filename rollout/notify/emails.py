@@ -230,6 +230,7 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         "phase": phase.name,
         "cohort": phase.cohort,
         "cohort_description": plan.cohort(phase.cohort).in_words(),
+        "cohort_by_packages": plan.cohort(phase.cohort).by_packages,
         "deadline": phase.enforce_on,
         "classic": asks_only_2fa(phase),
     }
