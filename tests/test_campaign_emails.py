@@ -1519,6 +1519,63 @@ def test_a_token_an_earlier_phase_revokes_on_the_account_s_own_deadline_is_said_
     assert "sooner, from <strong>Thursday 13 November 2025, 00:00 UTC</strong>, your" in html
 
 
+@pytest.mark.parametrize("email", ["phase_notice", "reminder", "enforcement_notice"])
+@pytest.mark.parametrize("sent_on", ["2022-06-13", "2022-08-20"])
+def test_the_stricter_phase_s_line_is_one_sentence_on_one_line(email: str, sent_on: str) -> None:
+    """The banner's line about the later required phase held the other cohort's
+    description, of any length, then broke the line after "the registry" and again
+    mid-clause: with RubyGems' own description the text part read "... 00:00 UTC the
+    registry" / "requires of it a second factor (TOTP or a security key), to sign in
+    and publish (we wrote to you" / "about that separately).". The sentence is one
+    line, whatever the description and the factor asked, and says what the HTML says."""
+    from rollout.notify.emails import Stricter
+
+    plan = _rubygems(required_asks="phishing_resistant")
+    asks = plan.phase("required").requires.describe()[0]
+    big = Recipient(
+        1,
+        "big",
+        "big@example.com",
+        True,
+        None,
+        ("rails",),
+        stricter=Stricter(plan.cohort("required").in_words(), date(2022, 8, 15), asks),
+    )
+    stored = {"phase": "recommended", "sent_on": sent_on}
+    if email == "reminder":
+        stored["days_before"] = 7
+    rendered = render(email, big, stored, plan)
+    [line] = [x for x in rendered.text.splitlines() if "also among" in x]
+    assert line.startswith("Your account is also among the owners of gems with more than 180M")
+    assert line.endswith("to sign in and publish (we wrote to you about that separately).")
+    assert asks in line
+    html = " ".join(re.sub(r"<[^>]+>", "", rendered.html).split())
+    assert line in html
+
+
+@pytest.mark.parametrize("email", ["phase_notice", "reminder"])
+@pytest.mark.parametrize("phase", ["publishers", "totp-closed"])
+def test_the_sooner_phase_s_line_is_one_sentence_on_one_line(email: str, phase: str) -> None:
+    """The line about another phase requiring a factor sooner broke the same way: after
+    "the registry" (its cohort's description before it) and after "by another"."""
+    from rollout.notify.emails import Stricter
+
+    plan = plan_of(phase)
+    other = "maintainers of the 100 packages with the most dependents, the most depended upon"
+    sooner = Stricter(
+        other, date(2022, 1, 3), "a security key (WebAuthn); TOTP alone is not enough"
+    )
+    r = replace(recipient("no-2fa", phase), sooner=sooner)
+    stored_context = stored(email, phase)
+    stored_context["sent_on"] = "2021-12-01"
+    rendered = render(email, r, stored_context, plan)
+    [line] = [x for x in rendered.text.splitlines() if "also among" in x]
+    assert line.startswith(f"Your account is also among the {other}: the registry requires")
+    assert line.endswith("that earlier day is the one that counts for you.")
+    html = " ".join(re.sub(r"<[^>]+>", "", rendered.html).split())
+    assert line in html
+
+
 @pytest.mark.parametrize("email", EMAILS)
 @pytest.mark.parametrize("description", ["", "maintainers of any package"])
 def test_a_cohort_of_every_maintainer_is_not_said_to_be_reached_by_its_packages(
