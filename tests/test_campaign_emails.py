@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select, update
 
 from rollout.core.clock import SimulatedClock, use_clock
-from rollout.core.plan import Plan, load_plan, parse_plan
+from rollout.core.plan import CohortRule, Plan, load_plan, parse_plan
 from rollout.notify.emails import Recipient, TokenLine
 from rollout.notify.render import render
 from rollout.registry import Registry
@@ -1001,7 +1001,7 @@ def test_a_cohort_the_plan_does_not_describe_is_described_by_its_rule(email: str
         undescribed,
     )
     said = undescribed.cohorts[cohort].in_words()
-    assert said == "maintainers of any package"
+    assert said == "maintainers of packages on the registry"
     _, visible, _, _ = parts(rendered)
     for part in (words(rendered.text), words(visible)):
         assert "among the :" not in part and "among the ." not in part
@@ -1517,3 +1517,117 @@ def test_a_token_an_earlier_phase_revokes_on_the_account_s_own_deadline_is_said_
             assert "sooner" not in text and "sooner" not in html
     html = notices["snoozer"][1]
     assert "sooner, from <strong>Thursday 13 November 2025, 00:00 UTC</strong>, your" in html
+
+
+@pytest.mark.parametrize("email", ["phase_notice", "reminder", "enforcement_notice"])
+@pytest.mark.parametrize("sent_on", ["2022-06-13", "2022-08-20"])
+def test_the_stricter_phase_s_line_is_one_sentence_on_one_line(email: str, sent_on: str) -> None:
+    """The banner's line about the later required phase held the other cohort's
+    description, of any length, then broke the line after "the registry" and again
+    mid-clause: with RubyGems' own description the text part read "... 00:00 UTC the
+    registry" / "requires of it a second factor (TOTP or a security key), to sign in
+    and publish (we wrote to you" / "about that separately).". The sentence is one
+    line, whatever the description and the factor asked, and says what the HTML says."""
+    from rollout.notify.emails import Stricter
+
+    plan = _rubygems(required_asks="phishing_resistant")
+    asks = plan.phase("required").requires.describe()[0]
+    big = Recipient(
+        1,
+        "big",
+        "big@example.com",
+        True,
+        None,
+        ("rails",),
+        stricter=Stricter(plan.cohort("required").in_words(), date(2022, 8, 15), asks),
+    )
+    stored = {"phase": "recommended", "sent_on": sent_on}
+    if email == "reminder":
+        stored["days_before"] = 7
+    rendered = render(email, big, stored, plan)
+    [line] = [x for x in rendered.text.splitlines() if "also among" in x]
+    assert line.startswith("Your account is also among the owners of gems with more than 180M")
+    assert line.endswith("to sign in and publish (we wrote to you about that separately).")
+    assert asks in line
+    html = " ".join(re.sub(r"<[^>]+>", "", rendered.html).split())
+    assert line in html
+
+
+@pytest.mark.parametrize("email", ["phase_notice", "reminder"])
+@pytest.mark.parametrize("phase", ["publishers", "totp-closed"])
+def test_the_sooner_phase_s_line_is_one_sentence_on_one_line(email: str, phase: str) -> None:
+    """The line about another phase requiring a factor sooner broke the same way: after
+    "the registry" (its cohort's description before it) and after "by another"."""
+    from rollout.notify.emails import Stricter
+
+    plan = plan_of(phase)
+    other = "maintainers of the 100 packages with the most dependents, the most depended upon"
+    sooner = Stricter(
+        other, date(2022, 1, 3), "a security key (WebAuthn); TOTP alone is not enough"
+    )
+    r = replace(recipient("no-2fa", phase), sooner=sooner)
+    stored_context = stored(email, phase)
+    stored_context["sent_on"] = "2021-12-01"
+    rendered = render(email, r, stored_context, plan)
+    [line] = [x for x in rendered.text.splitlines() if "also among" in x]
+    assert line.startswith(f"Your account is also among the {other}: the registry requires")
+    assert line.endswith("that earlier day is the one that counts for you.")
+    html = " ".join(re.sub(r"<[^>]+>", "", rendered.html).split())
+    assert line in html
+
+
+@pytest.mark.parametrize("email", EMAILS)
+@pytest.mark.parametrize("description", ["", "maintainers of any package"])
+def test_a_cohort_of_every_maintainer_is_not_said_to_be_reached_by_its_packages(
+    email: str, description: str
+) -> None:
+    """A cohort of every maintainer (npm's token campaign) picks accounts, not packages:
+    "Your account maintains packages that put it among the maintainers of any package"
+    said its packages had put it there. The emails say it is among them, and which
+    packages it maintains, in the text and the HTML alike; a cohort by reach keeps
+    its sentence."""
+    plan = plan_of("totp-closed")
+    cohort = plan.phase("totp-closed").cohort
+    assert plan.cohorts[cohort].every_maintainer
+    plan = plan.model_copy(
+        update={
+            "cohorts": {
+                **plan.cohorts,
+                cohort: plan.cohorts[cohort].model_copy(update={"description": description}),
+            }
+        }
+    )
+    said = plan.cohorts[cohort].in_words()
+    rendered = render(email, recipient("no-2fa", "totp-closed"), stored(email, "totp-closed"), plan)
+    _, visible, _, _ = parts(rendered)
+    for part in (words(rendered.text), words(visible)):
+        assert "put it among" not in part
+        assert "any package among" not in part
+        assert f"Your account is among the {said}" in part
+        if email != "enforcement_notice":
+            assert f"among the {said}, as a maintainer of: left-pad" in part.replace("- ", "")
+    by_reach = render(
+        email,
+        recipient("no-2fa", "recommended"),
+        stored(email, "recommended"),
+        plan_of("recommended"),
+    )
+    if email != "enforcement_notice":
+        assert "put it among the owners of gems" in words(by_reach.text)
+
+
+def test_a_classic_notice_to_every_maintainer_does_not_say_it_is_for_the_reach() -> None:
+    """The npm 2022 wording, for a plan asking any 2FA of every maintainer by one date:
+    "Because so many people depend on them" was said of any package at all."""
+    plan = load_plan(ROOT / "plans" / "npm-2022.yaml")
+    phase = plan.phases[0]
+    plan = plan.model_copy(
+        update={"cohorts": {**plan.cohorts, phase.cohort: CohortRule(every_maintainer=True)}}
+    )
+    r = Recipient(3, "lee-example", "lee@example.com", True, None, ("left-pad",))
+    rendered = render("phase_notice", r, {"phase": phase.name}, plan)
+    _, visible, _, _ = parts(rendered)
+    for part in (words(rendered.text), words(visible)):
+        assert "depend on them" not in part
+        assert "Your account is among the maintainers of packages on the registry" in part
+        assert "maintainers of these packages must use two-factor authentication" in part

@@ -10,7 +10,7 @@ nothing of anyone, so its warnings go again."""
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from sqlalchemy import insert, update
 from rollout.core.plan import Plan
 from rollout.notify.drain import drain, skips_waiting
 from rollout.notify.emails import ENFORCEMENT_EMAIL
-from rollout.notify.outbox import ENFORCED, QUEUED_LATE, TOO_LATE
+from rollout.notify.outbox import ENFORCED, IN_ELV, QUEUED_LATE, TOO_LATE
 from rollout.notify.queue import queue_due
 from rollout.phases import enforce
 from rollout.phases.previews import reach_verdict
@@ -220,7 +220,13 @@ def test_notify_send_says_how_many_would_be_skipped_as_already_enforced(
     preview = run("notify", "send", "--format", "json")
     assert preview.exit_code == 0, preview.stderr
     assert json.loads(preview.stdout) == [
-        {"email": "reminder", "queued": 1, "too_late": 0, "already_enforced": 1}
+        {
+            "email": "reminder",
+            "queued": 1,
+            "too_late": 0,
+            "already_enforced": 1,
+            "already_in_elv": 0,
+        }
     ]
     said = " ".join(preview.stderr.split())
     assert "1 would be skipped as already enforced" in said and "reminder 1;" in said
@@ -275,3 +281,108 @@ def test_a_heads_up_queued_before_the_enforcement_is_skipped_when_sent(
     assert report.skipped[ENFORCED] == 1
     assert rows(registry, "brownout_heads_up", "brownout-1")["ann"] == ("skipped", ENFORCED)
     assert {m.to_name for m in sender.sent if m.email == "brownout_heads_up"} == {"eve"}
+
+
+def _opt_in_to_elv(registry: Registry, account_id: int, at: datetime) -> None:
+    """The account opts in to the ELV trial on the registry's website."""
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(Account).where(Account.id == account_id).values(elv_enrolled_at=at)
+        )
+
+
+def test_a_heads_up_to_an_account_enrolled_in_elv_since_it_was_queued_is_skipped(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """brownout-1's heads-up and ELV's are queued to eve (no 2FA, not in ELV); she opts
+    in to the ELV trial before the send. "During the brown-out every login will need an
+    emailed code" and "from 1 March every login will need one" are false for her now:
+    she has needed one at every login since. The queue leaves such an account out;
+    the send skips hers, ``already in ELV``, and its preview says so beforehand."""
+    sender = Recording()
+    for day in (HEADS_UP_DAY, ELV_HEADS_UP_DAY):
+        with on(day):
+            queue_due(registry, plan, day, actor="rm")
+        assert rows(registry, *_HEADS_UP[day])["eve"] == ("queued", None)
+        with on(day, hour=10):
+            _opt_in_to_elv(registry, ids["eve"], datetime.combine(day, time(10)))
+        with on(day, hour=11):
+            waiting = skips_waiting(registry, plan)
+            report = drain(registry, plan, sender)
+        # (On 02-22 brownout-2's heads-up is queued to her too, and skipped alike.)
+        assert waiting[(IN_ELV, _HEADS_UP[day][0])] == 1
+        assert report.skipped[IN_ELV] == waiting.total()
+        assert {why for why, _ in waiting} == {IN_ELV}
+        assert rows(registry, *_HEADS_UP[day])["eve"] == ("skipped", IN_ELV)
+        _opt_in_to_elv(registry, ids["eve"], None)  # out of the trial again: next one
+    assert not [m for m in sender.sent if m.to_name == "eve"]
+
+
+def test_a_brownout_heads_up_after_an_early_enroll_all_is_skipped(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """`elv enroll-all --early` withdraws the ELV heads-ups not sent yet, not a
+    brown-out's: queued the same morning, it told every enrolled account of a
+    rehearsal of codes it already meets at every login."""
+    from rollout.phases import brownouts
+
+    with on(HEADS_UP_DAY):
+        queue_due(registry, plan, HEADS_UP_DAY, actor="rm")
+    with on(HEADS_UP_DAY, hour=10):
+        brownouts.enroll_all(registry, plan, actor="rm", early=True)
+    sender = Recording()
+    with on(HEADS_UP_DAY, hour=11):
+        report = drain(registry, plan, sender)
+    assert rows(registry, "brownout_heads_up", "brownout-1")["eve"] == ("skipped", IN_ELV)
+    assert report.skipped[IN_ELV] >= 1
+    assert not [m for m in sender.sent if m.email == "brownout_heads_up"]
+
+
+def test_notify_send_says_how_many_heads_ups_would_be_skipped_as_already_in_elv(
+    rollout_home: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from rollout.cli.app import app
+    from rollout.core.config import load_settings
+    from rollout.registry.engine import make_engine
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(app, list(args))
+
+    assert run("db", "upgrade").exit_code == 0
+    engine = make_engine(load_settings().registry_url)
+    with bound_to(engine):
+        heads_up = NotificationFactory(
+            email="brownout_heads_up", occasion="brownout-1", context={"brownout": "brownout-1"}
+        )
+    with engine.begin() as connection:
+        connection.execute(
+            update(Account)
+            .where(Account.id == heads_up.account_id)
+            .values(elv_enrolled_at=datetime(2022, 2, 13, 10))
+        )
+    engine.dispose()
+    with on(HEADS_UP_DAY, hour=11):
+        preview = run("notify", "send", "--format", "json")
+    assert preview.exit_code == 0, preview.stderr
+    assert json.loads(preview.stdout) == [
+        {
+            "email": "brownout_heads_up",
+            "queued": 1,
+            "too_late": 0,
+            "already_enforced": 0,
+            "already_in_elv": 1,
+        }
+    ]
+    assert "1 would be skipped as already in ELV" in " ".join(preview.stderr.split())
+    with on(HEADS_UP_DAY, hour=11):
+        sent = run("notify", "send", "--apply")
+    assert sent.exit_code == 0, sent.stderr
+    assert "sent 0, failed 0, skipped 1 (1 already in ELV)" in " ".join(sent.stderr.split())
+
+
+_HEADS_UP = {
+    HEADS_UP_DAY: ("brownout_heads_up", "brownout-1"),
+    ELV_HEADS_UP_DAY: ("elv_enrollment", "elv"),
+}

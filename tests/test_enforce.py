@@ -1006,3 +1006,43 @@ def test_the_preview_of_a_phase_recommending_keys_says_it_acted_on_them_not_requ
     assert "| of which this phase acts on already (enforced) | 3 |" in markdown
     assert "| of which it would newly act on | 0 |" in markdown
     assert "requires already" not in markdown and "newly require" not in markdown
+
+
+def test_plan_show_and_the_summary_say_a_recommending_phase_acted_on_its_accounts(
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int], tmp_path: Path
+) -> None:
+    """The banner and TOTP set-ups closed, applied: plan show read "accounts_required 3"
+    and the release managers' summary "accounts required 3" of a phase that requires
+    nothing of anyone's login (its emails recommend, its preview says "acted on"). Both
+    say ``accounts_acted_on``; the run's stored summary keeps its key (older runs have
+    it too), and a phase requiring 2FA keeps ``accounts_required``."""
+    from rollout.core.plan import Requirements
+    from rollout.notify.emails import Recipient, phase_summary
+    from rollout.notify.render import render
+
+    phase = plan_exempting_carol.phase("top-100").model_copy(
+        update={
+            "requires": Requirements(two_factor="phishing_resistant"),
+            "effects": ["warn", "close_totp_enrolment"],
+        }
+    )
+    keys = plan_exempting_carol.model_copy(update={"phases": [phase]})
+    result = enforce.enforce_phase(registry, keys, "top-100", expect=3, actor="rm")
+    states = step_states(registry, keys, datetime(2999, 1, 1), tmp_path)
+    [applied] = [s for s in states if s.step.label == "phase top-100 enforced"]
+    assert "accounts_acted_on 3" in applied.detail
+    assert "accounts_required" not in applied.detail
+    with registry.engine.connect() as connection:
+        stored = connection.execute(
+            select(PlanRun.summary).where(PlanRun.id == result.run_id)
+        ).scalar_one()
+    assert stored["accounts_required"] == 3  # as stored, for scripts and older runs
+    manager = Recipient(9, "rm", "rm@example.com", True, "webauthn")
+    summary = {"phase": "top-100", "counts": stored, "run_id": result.run_id}
+    rendered = render("phase_summary", manager, summary, keys)
+    assert "accounts acted on" in rendered.text and "accounts required" not in rendered.text
+    assert "accounts acted on" in rendered.html and "accounts required" not in rendered.html
+    assert rendered.subject.startswith("Phase top-100 enforced: 3 accounts short of its")
+    required = render("phase_summary", manager, summary, plan_exempting_carol)
+    assert "accounts required" in required.text
+    assert phase_summary(manager, summary, plan_exempting_carol)["counts"] == stored

@@ -749,11 +749,11 @@ def test_two_phases_on_one_cohort_on_the_same_days_are_a_warning() -> None:
         ),
         (
             {"every_maintainer": True, "active_within": {"days": 365, "by": ["published"]}},
-            "maintainers of any package who published in the last 365 days",
+            "maintainers of packages on the registry who published in the last 365 days",
         ),
         (
             {"every_maintainer": True, "orgs": ["acme"]},
-            "maintainers of any package in the org acme",
+            "maintainers of packages on the registry in the org acme",
         ),
         ({"every_maintainer": True, "description": "everyone here"}, "everyone here"),
     ],

@@ -298,7 +298,14 @@ def notify_send(
     emails queued by kind, and those it would skip (too late, already enforced: preview),
     or what the send did."""
     from rollout.notify.drain import drain, skips_waiting
-    from rollout.notify.outbox import ENFORCED, TOO_LATE, check_sender, failed_count, pending
+    from rollout.notify.outbox import (
+        ENFORCED,
+        IN_ELV,
+        TOO_LATE,
+        check_sender,
+        failed_count,
+        pending,
+    )
     from rollout.notify.senders import make_sender
 
     runtime = _runtime(ctx)
@@ -329,9 +336,9 @@ def notify_send(
         skips = skips_waiting(registry, plan, include_failed=retry_failed)
         by_reason = {
             reason: Counter({email: n for (why, email), n in skips.items() if why == reason})
-            for reason in (TOO_LATE, ENFORCED)
+            for reason in (TOO_LATE, ENFORCED, IN_ELV)
         }
-        late, enforced = by_reason[TOO_LATE], by_reason[ENFORCED]
+        late, enforced, in_elv = by_reason[TOO_LATE], by_reason[ENFORCED], by_reason[IN_ELV]
         emit(
             [
                 {
@@ -339,18 +346,23 @@ def notify_send(
                     "queued": queued.get(email, 0),
                     "too_late": late.get(email, 0),
                     "already_enforced": enforced.get(email, 0),
+                    "already_in_elv": in_elv.get(email, 0),
                 }
-                for email in sorted({*queued, *late, *enforced})
+                for email in sorted({*queued, *late, *enforced, *in_elv})
             ],
             fmt,
             title=f"emails queued; sender: {sender.name} (preview)",
-            columns=["email", "queued", "too_late", "already_enforced"],
+            columns=["email", "queued", "too_late", "already_enforced", "already_in_elv"],
         )
         for counts, why in (
             (late, "too late (past their last day)"),
             (
                 enforced,
                 "already enforced (2FA has been required of their accounts since they were queued)",
+            ),
+            (
+                in_elv,
+                "already in ELV (heads-ups of emailed login codes to accounts enrolled since)",
             ),
         ):
             if counts:

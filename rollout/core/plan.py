@@ -308,7 +308,9 @@ class CohortRule(_Strict):
         if said:
             return said
         if self.every_maintainer:
-            said = "maintainers of any package"
+            # Not "maintainers of any package": "Your account is among the maintainers of
+            # any package" read as if it were a rule still to be met.
+            said = "maintainers of packages on the registry"
         else:
             criteria = []
             if self.top_by_dependents is not None:
@@ -349,6 +351,14 @@ class CohortRule(_Strict):
             if rule is not None and rule.days is not None
         ]
         return max(windows, default=None)
+
+    @property
+    def by_packages(self) -> bool:
+        """Its packages put an account in the cohort (their reach), not merely having
+        some: the emails say "your account maintains packages that put it among the
+        ..." only then, and a classic notice says why ("so many people depend on
+        them"). A cohort of every maintainer picks accounts, not packages."""
+        return not self.every_maintainer
 
 
 class Window(_Strict):

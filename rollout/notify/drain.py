@@ -107,6 +107,7 @@ from rollout.notify.outbox import (
     DIED_HOLDING,
     ENFORCED,
     FILE_SENDER,
+    IN_ELV,
     NOTIFICATIONS,
     QUEUED_LATE,
     REPEAT,
@@ -1016,7 +1017,7 @@ def _ends_unsent(
     suppressed: Mapping[str, str],
     standing: Mapping[tuple[str, str, int, str], _Standing] | None,
     late: bool,
-    enforced: bool = False,
+    enforced: str | None = None,
 ) -> _Outcome | Recipient:
     """Why the row ends here, whatever else its batch holds: failed (no such email) or
     skipped (its account deleted, an unverified or a suppressed address, already
@@ -1045,11 +1046,11 @@ def _ends_unsent(
     if late:
         return _Outcome(claimed.id, "skipped", TOO_LATE)
     if enforced:
-        return _Outcome(claimed.id, "skipped", ENFORCED)
+        return _Outcome(claimed.id, "skipped", enforced)
     return recipient
 
 
-def _enforced(connection: Connection, claimed: list[_Claimed]) -> set[int]:
+def _enforced(connection: Connection, claimed: list[_Claimed]) -> dict[int, str]:
     """The claimed warnings of a phase (its notice, a reminder) whose account the
     phase's enforcement has flagged (``phase_requirements``) since they were queued: an
     early enforcement (``phase enforce --early``) between the queue and the send, a
@@ -1058,20 +1059,37 @@ def _enforced(connection: Connection, claimed: list[_Claimed]) -> set[int]:
     them (rollout.notify.queue._skip_reason). So are the heads-ups of a brown-out or of
     ELV (LOGIN_HEADS_UPS) to an account the registry requires 2FA of since (any
     phase's enforcement): "you will just be asked for the code at login" to one that
-    must set 2FA up to sign in at all. One query for the batch of each; a rolled-back
-    phase requires nothing of its accounts (its rows are gone), and its warnings go."""
-    found: set[int] = set()
+    must set 2FA up to sign in at all; and those to an account enrolled in ELV since
+    (the opt-in trial, an early ``elv enroll-all``), as the queue leaves it out
+    (queue.audience): "every login will need a code" to one that has needed it at
+    every login already, ``already in ELV``. One query for the batch of each; a
+    rolled-back phase requires nothing of its accounts (its rows are gone), and its
+    warnings go. {row id: the skip reason}."""
+    found: dict[int, str] = {}
     heads_ups = {c.id: c.account_id for c in claimed if c.email in LOGIN_HEADS_UPS}
     if heads_ups:
-        required = set(
-            connection.scalars(
-                select(ACCOUNTS.c.id).where(
+        standing = dict(
+            connection.execute(
+                select(
+                    ACCOUNTS.c.id,
+                    case(
+                        (ACCOUNTS.c.tfa_required_at.is_not(None), ENFORCED),
+                        (ACCOUNTS.c.elv_enrolled_at.is_not(None), IN_ELV),
+                    ),
+                ).where(
                     ACCOUNTS.c.id.in_(sorted(set(heads_ups.values()))),
-                    ACCOUNTS.c.tfa_required_at.is_not(None),
+                    or_(
+                        ACCOUNTS.c.tfa_required_at.is_not(None),
+                        ACCOUNTS.c.elv_enrolled_at.is_not(None),
+                    ),
                 )
-            )
+            ).all()
         )
-        found |= {row for row, account_id in heads_ups.items() if account_id in required}
+        found |= {
+            row: standing[account_id]
+            for row, account_id in heads_ups.items()
+            if account_id in standing
+        }
     wanted = {(c.phase, c.account_id): c.id for c in claimed if c.email in WARNINGS and c.phase}
     if not wanted:
         return found
@@ -1082,12 +1100,12 @@ def _enforced(connection: Connection, claimed: list[_Claimed]) -> set[int]:
             requirements.c.phase.in_(sorted({p for p, _ in wanted})),
         )
     ).all()
-    return found | {wanted[key] for key in map(tuple, rows) if key in wanted}
+    return found | {wanted[key]: ENFORCED for key in map(tuple, rows) if key in wanted}
 
 
 # The skips of a waiting email the send's preview counts (:func:`skips_waiting`): those
 # judged by the day or the registry at the send, which the queue could not foresee.
-PREVIEWED_SKIPS = (TOO_LATE, ENFORCED)
+PREVIEWED_SKIPS = (TOO_LATE, ENFORCED, IN_ELV)
 
 
 def skips_waiting(
@@ -1138,7 +1156,7 @@ def skips_waiting(
                     suppressed,
                     standing,
                     late=w.id in late,
-                    enforced=w.id in enforced,
+                    enforced=enforced.get(w.id),
                 )
                 if isinstance(ended, _Outcome) and ended.reason in PREVIEWED_SKIPS:
                     found[(ended.reason, w.email)] += 1
@@ -1154,7 +1172,7 @@ def _prepare(
     now: datetime,
     standing: Mapping[tuple[str, str, int, str], _Standing] | None = None,
     late: bool = False,
-    enforced: bool = False,
+    enforced: str | None = None,
 ) -> _Outcome | Message:
     """A message to send, or why this row ends here (skipped, or failed to render).
     ``late``: its last day has passed (:func:`_too_late`); ``enforced``: a warning of a
@@ -1554,7 +1572,7 @@ def _next_batch(
             now,
             standing,
             c.id in late,
-            c.id in enforced,
+            enforced.get(c.id),
         )
         for c in claimed
     ]

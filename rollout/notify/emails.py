@@ -185,6 +185,25 @@ def recommends_only(phase: Phase) -> bool:
     return set(phase.effects) <= RECOMMENDING_EFFECTS
 
 
+# A run summary's count of the accounts an enforcement applied to (EnforceResult), and
+# the name it is shown by for a phase that requires no 2FA (a banner and new TOTP
+# set-ups closed, tokens revoked): "required" was false of them, as the phase's preview
+# says "acted on" (rollout.phases.previews.acted_word). Stored runs keep the key, older
+# ones too; only what is shown changes.
+ACCOUNTS_REQUIRED = "accounts_required"
+ACCOUNTS_ACTED_ON = "accounts_acted_on"
+
+
+def counts_as_told(phase: Phase | None, counts: Mapping[str, Any]) -> dict[str, Any]:
+    """A run summary's counts as ``plan show`` and the release managers' summary show
+    them, in their order: ``accounts_required`` as ``accounts_acted_on`` of a phase that
+    does not require 2FA (``require_2fa`` not among its effects); the rest as stored. A
+    phase the plan no longer has (None) keeps the stored names."""
+    if phase is None or phase.does("require_2fa"):
+        return dict(counts)
+    return {(ACCOUNTS_ACTED_ON if k == ACCOUNTS_REQUIRED else k): v for k, v in counts.items()}
+
+
 # The email that tells an account of a phase; to one already meeting the phase, only
 # when the plan asks (Phase.notify_compliant).
 NOTICE_EMAIL = "phase_notice"
@@ -230,6 +249,7 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         "phase": phase.name,
         "cohort": phase.cohort,
         "cohort_description": plan.cohort(phase.cohort).in_words(),
+        "cohort_by_packages": plan.cohort(phase.cohort).by_packages,
         "deadline": phase.enforce_on,
         "classic": asks_only_2fa(phase),
     }
@@ -471,7 +491,8 @@ def phase_summary(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[s
         "own_deadlines": plan.phase(stored["phase"]).deadline is not None,
         # A banner's phase: its accounts fall short of what it recommends.
         "recommends_only": recommends_only(plan.phase(stored["phase"])),
-        "counts": dict(stored.get("counts", {})),
+        # "accounts required" of a banner's phase was false (counts_as_told).
+        "counts": counts_as_told(plan.phase(stored["phase"]), stored.get("counts", {})),
         "run_id": stored.get("run_id", ""),
         # The report of the day the enforcement ran (a summary queued before the day was
         # stored with it: the reports folder).

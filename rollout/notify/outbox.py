@@ -68,6 +68,12 @@ COMPLIANT = "already compliant"
 # without 2FA that any phase requires it of: at queueing (queue._skip_reason) and at
 # sending (drain._enforced).
 ENFORCED = "already enforced"
+# A heads-up of a brown-out or of ELV for all (emails.LOGIN_HEADS_UPS) to an account
+# enrolled in ELV since it was queued (the opt-in trial, an early `elv enroll-all`): it
+# meets the emailed code at every login already, and "from then, every login will need
+# a code" is false: at queueing it is not in the audience (queue.audience), at sending
+# drain._enforced skips it.
+IN_ELV = "already in ELV"
 # A warning of a phase to an account the plan exempts: its enforcement never touches it.
 EXEMPT = "exempt by the plan"
 REPEAT = "inside the repeat window"

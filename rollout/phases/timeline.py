@@ -27,7 +27,7 @@ from rollout.core.calendar import (
     unplanned_kind,
 )
 from rollout.core.plan import Plan
-from rollout.notify.emails import HEADS_UP_EMAIL
+from rollout.notify.emails import HEADS_UP_EMAIL, counts_as_told
 from rollout.phases.brownouts import ELV_PLAN
 from rollout.phases.previews import saved_previews
 from rollout.registry import Registry
@@ -106,11 +106,17 @@ def _state_of(
     return "applied", applies[0]
 
 
-def _detail(run: PlanRun | None) -> str:
+def _detail(run: PlanRun | None, plan: Plan, step: Step) -> str:
     """A run's summary in words: ``accounts_flagged 45, batches 1``, or per part
-    (``top-100: packages 100, accounts 140; high-impact: ...``)."""
+    (``top-100: packages 100, accounts 140; high-impact: ...``). A phase's enforcement
+    run's counts as its summary email shows them (counts_as_told): a banner's phase
+    says ``accounts_acted_on``, not ``accounts_required``."""
     if run is None or not run.summary:
         return ""
+    summary = run.summary
+    if step.kind == "enforce" and not isinstance(run, _PreviewRun):
+        phase = next((p for p in plan.phases if p.name == step.subject), None)
+        summary = counts_as_told(phase, summary)
 
     def words(summary: dict[str, Any]) -> str:
         parts = [
@@ -121,7 +127,7 @@ def _detail(run: PlanRun | None) -> str:
         nested = any(isinstance(value, dict) for value in summary.values())
         return ("; " if nested else ", ").join(parts)
 
-    return words(run.summary)
+    return words(summary)
 
 
 @dataclass(frozen=True)
@@ -238,7 +244,7 @@ def step_states(
                     (run.finished_at or run.started_at) if run else None,
                     run.id if run else None,
                     run.actor if run else None,
-                    _detail(run),
+                    _detail(run, plan, step),
                 )
             )
     return states
