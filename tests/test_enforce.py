@@ -985,12 +985,23 @@ def _lock_given_back_on_return(registry: Registry) -> None:
 
 
 def test_the_preview_of_a_phase_recommending_keys_says_it_acted_on_them_not_required_them(
-    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int], tmp_path: Path
+    registry: Registry,
+    registry_url: str,
+    plan_exempting_carol: Plan,
+    ids: dict[str, int],
+    rollout_home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A banner and new TOTP set-ups closed to the accounts without a security key: it
     requires nothing of their logins (its emails recommend), so after it was applied its
-    preview counts the accounts it acted on already, not "requires already"."""
+    preview counts the accounts it acted on already, not "requires already": in the
+    saved Markdown and in what `phase preview` tells the release manager."""
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
     from rollout.core.plan import Requirements
+    from tests.conftest import REFERENCE_PLAN
 
     phase = plan_exempting_carol.phase("top-100").model_copy(
         update={
@@ -1006,6 +1017,25 @@ def test_the_preview_of_a_phase_recommending_keys_says_it_acted_on_them_not_requ
     assert "| of which this phase acts on already (enforced) | 3 |" in markdown
     assert "| of which it would newly act on | 0 |" in markdown
     assert "requires already" not in markdown and "newly require" not in markdown
+    # The same phase in a plan file, which exempts nobody: carol is new to the list.
+    text = REFERENCE_PLAN.read_text()
+    assert "    max_accounts: 1000\n" in text
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text(
+        text.replace(
+            "    max_accounts: 1000\n",
+            "    max_accounts: 1000\n    requires: {two_factor: phishing_resistant}\n"
+            "    effects: [warn, close_totp_enrolment]\n",
+            1,
+        )
+    )
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    monkeypatch.setenv("ROLLOUT_PLAN", str(keys_file))
+    result = CliRunner().invoke(app, ["phase", "preview", "top-100", "--format", "json"])
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert ": 3 already acted on by this phase (enforced), 1 would be newly acted on" in said, said
+    assert "already required" not in said and "newly required" not in said
 
 
 def test_plan_show_and_the_summary_say_a_recommending_phase_acted_on_its_accounts(
