@@ -8,7 +8,8 @@ of the rules that keep it data, whatever the output:
 - a CSV cell that a spreadsheet would run as a formula, or that starts with ``'``
   itself, gets a leading ``'`` (:func:`csv_cell`, and :func:`csv_cells` for a column
   of an Arrow table), taken off again when a saved list is read back (:func:`csv_value`);
-- text for a terminal shows its control characters as escapes (:func:`visible`) and
+- text for a terminal shows its control characters as escapes, and a value its own
+  backslashes doubled (:func:`visible`; a console escapes controls only) and
   is never read as Rich markup (:data:`stderr` and every console made here);
 - text for Markdown shows as the text it is, never as markup, HTML or a link
   (:func:`markdown_text`);
@@ -36,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from rollout.core.controls import visible
+from rollout.core.controls import controls_shown, visible
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -177,7 +178,7 @@ class DataConsole(Console):
     def render_str(self, text: str, **kwargs: Any) -> Text:
         # Every string printed, in a table cell or a title goes through here.
         kwargs.update(markup=False, emoji=False)
-        return super().render_str(visible(text), **kwargs)
+        return super().render_str(controls_shown(text), **kwargs)
 
 
 # soft_wrap: messages name files and lines; never wrap or cut them.
@@ -237,7 +238,7 @@ def labelled(label: str, style: str, message: object) -> Text:
     from a value (a package name in a landing file, a username in a snooze file, which
     could otherwise print a line of its own, faking a summary) or from a library's
     message."""
-    return Text.assemble((label, style), " ", visible(message))
+    return Text.assemble((label, style), " ", controls_shown(message))
 
 
 def emit(
@@ -263,7 +264,7 @@ def emit(
             rows = [{k: _on_screen(row.get(k)) for k in names} for row in rows]
         write_csv(sys.stdout, names, rows)
     else:
-        table = Table(title=None if title is None else visible(title), show_lines=False)
+        table = Table(title=None if title is None else controls_shown(title), show_lines=False)
         for name in names:
             # Every time the pipeline keeps is UTC, without an offset (rollout.core.clock):
             # a person reading the table is told so in the heading. CSV and JSON keep the
