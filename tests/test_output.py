@@ -416,7 +416,8 @@ def test_a_csv_cell_reads_back_as_the_value_it_was(value: str) -> None:
     """A saved preview's CSV is read back to name who changed since it (read_rows): a
     username "'=x" (a quote, then a formula) was written as it was and read back as
     "=x", one quote taken off that csv_cell had never put on. A value starting with a
-    quote gets one more (a spreadsheet hides a leading quote: it shows the value too)."""
+    quote gets one more, so the guard comes off exactly (a spreadsheet opening the CSV
+    shows it as text: docs/warehouse.md)."""
     from rollout.phases.previews import read_rows, save_list
 
     with tempfile.TemporaryDirectory() as folder:

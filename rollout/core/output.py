@@ -90,8 +90,9 @@ def in_words(value: Any) -> Any:
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
 
 
-# What gets the leading ' too: a cell starting with one already (a spreadsheet hides
-# one leading quote, and a reader taking the guard off could not tell "'=x" from "=x").
+# What gets the leading ' too: a cell starting with one already, so a reader taking the
+# guard off can tell "'=x" from "=x". (A spreadsheet opening the CSV shows the guard as
+# text, "'=x"; it hides a leading quote only when one is typed into a cell.)
 GUARDED_PREFIXES = (*FORMULA_PREFIXES, "'")
 
 
