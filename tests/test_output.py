@@ -81,6 +81,30 @@ def test_numbers_in_an_arrow_column_stay_numbers() -> None:
     assert csv_cells(column).to_pylist() == [-5, 3]
 
 
+@pytest.mark.parametrize(
+    "column",
+    [
+        pa.chunked_array([[b"=HYPERLINK(1)"]], pa.binary()),
+        pa.chunked_array([[b"=HYPERLINK(1)"]], pa.large_binary()),
+        pa.chunked_array([[["=HYPERLINK(1)"]]], pa.list_(pa.string())),
+        pa.chunked_array([[{"org": "=HYPERLINK(1)"}]], pa.struct([("org", pa.string())])),
+    ],
+    ids=["blob", "large blob", "list", "struct"],
+)
+def test_an_arrow_column_without_a_cell_rule_is_refused_by_name(column: pa.ChunkedArray) -> None:
+    """A mart given a BLOB or a list would be written by DuckDB unguarded: refused."""
+    with pytest.raises(TypeError, match=r"adoption_by_org\.org is of type .*no CSV cell rule"):
+        csv_cells(column, "adoption_by_org.org")
+
+
+def test_dates_times_and_booleans_in_an_arrow_column_stay_as_they_are() -> None:
+    column = pa.chunked_array([[date(2022, 3, 1), None]])
+    assert csv_cells(column).to_pylist() == [date(2022, 3, 1), None]
+    when = pa.chunked_array([[datetime(2022, 3, 1, 9, 30)]])
+    assert csv_cells(when).to_pylist() == [datetime(2022, 3, 1, 9, 30)]
+    assert csv_cells(pa.chunked_array([[True, False]])).to_pylist() == [True, False]
+
+
 def read_csv(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text, newline="")))
 

@@ -116,18 +116,49 @@ def csv_value(cell: str) -> str:
     return cell[1:] if cell.startswith("'") and cell[1:].startswith(GUARDED_PREFIXES) else cell
 
 
-def csv_cells(column: pa.ChunkedArray) -> pa.ChunkedArray:
+def csv_cells(column: pa.ChunkedArray, name: str = "a column") -> pa.ChunkedArray:
     """:func:`csv_cell`'s rule over a whole Arrow column at once (vectorised: the report's
-    CSVs are npm-sized). Text columns only: numbers, dates and the rest stay as they are."""
+    CSVs are npm-sized): a text column's cells guarded; numbers, booleans, dates and times
+    as they are. A column of any other type (bytes, a list, a struct, a map, an interval)
+    is refused, naming it (``name``): DuckDB would write its cells unguarded (a BLOB's
+    bytes as ``=x``, a list's items as they are), so a mart given one fails loudly
+    rather than write a cell a spreadsheet runs."""
     import pyarrow as pa  # here: only the report needs it, the CLI starts faster without
     import pyarrow.compute as pc
 
-    if pa.types.is_dictionary(column.type):  # a DuckDB ENUM
-        column = pc.cast(column, pa.string())
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        return column
+    if pa.types.is_dictionary(column.type) and _is_text(column.type.value_type):
+        column = pc.cast(column, pa.string())  # a DuckDB ENUM
+    if not _is_text(column.type):
+        if _written_as_it_is(column.type):
+            return column
+        raise TypeError(
+            f"{name} is of type {column.type}, which has no CSV cell rule (text is guarded, "
+            "numbers, booleans, dates and times are written as they are): cast it to "
+            "text in the mart's SQL, or add its rule to rollout.core.output.csv_cells"
+        )
     formula = functools.reduce(pc.or_, (pc.starts_with(column, p) for p in GUARDED_PREFIXES))
     return pc.if_else(formula, pc.binary_join_element_wise("'", column, ""), column)
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _written_as_it_is(kind: pa.DataType) -> bool:
+    """A type whose cells no spreadsheet runs: a number (a negative one is a number, not
+    a formula), a boolean, a date or a time, or a column of nulls only."""
+    import pyarrow as pa
+
+    t = pa.types
+    return any(
+        is_type(kind)
+        for is_type in (
+            t.is_null, t.is_boolean, t.is_integer, t.is_floating, t.is_decimal,
+            t.is_date, t.is_timestamp, t.is_time,
+        )
+    )  # fmt: skip
 
 
 def write_csv(out: TextIO, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
