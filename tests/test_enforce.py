@@ -190,6 +190,43 @@ def test_an_exemption_added_after_enforcement_is_shown_as_not_undoing_it(
     assert "carol" in required(registry)
 
 
+def test_the_preview_names_each_exempted_account_as_one_name(
+    registry: Registry,
+    plan: Plan,
+    ids: dict[str, int],
+    tmp_path: Path,
+    registry_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A username may hold ", " (the registry and the plan allow it): "exempted: bo, di,
+    carol" would read as three people exempted. Each name is quoted, as in refusals."""
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+
+    AccountFactory(username="bo, di", in_cohort="top-100")
+    exempting = plan.model_copy(
+        update={
+            "exemptions": Exemptions(
+                accounts=[
+                    ExemptAccount(username="bo, di", reason="service account"),
+                    ExemptAccount(username="carol", reason="security team service account"),
+                ]
+            )
+        }
+    )
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(exempting.model_dump_json())
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    monkeypatch.setenv("ROLLOUT_PLAN", str(plan_file))
+    monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path))
+    enforce.enforce_phase(registry, plan, "top-100", expect=4, actor="rm")
+    shown = CliRunner().invoke(app, ["phase", "preview", "top-100"])
+    assert shown.exit_code == 0, shown.output
+    said = " ".join(shown.stderr.split())
+    assert "exempted: 'carol', 'bo, di' ('carol', 'bo, di' required by this phase" in said
+
+
 def test_a_preview_after_enforcement_tells_whom_the_phase_requires_already(
     registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int], tmp_path: Path
 ) -> None:

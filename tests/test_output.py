@@ -21,7 +21,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
-from rollout.core.controls import quoted, shell_word
+from rollout.core.controls import controls_shown, quoted, shell_word
 from rollout.core.output import (
     FORMULA_PREFIXES,
     Format,
@@ -79,6 +79,30 @@ def test_the_arrow_rule_is_the_python_rule(values: list[str | None]) -> None:
 def test_numbers_in_an_arrow_column_stay_numbers() -> None:
     column = pa.chunked_array([[-5, 3]])
     assert csv_cells(column).to_pylist() == [-5, 3]
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        pa.chunked_array([[b"=HYPERLINK(1)"]], pa.binary()),
+        pa.chunked_array([[b"=HYPERLINK(1)"]], pa.large_binary()),
+        pa.chunked_array([[["=HYPERLINK(1)"]]], pa.list_(pa.string())),
+        pa.chunked_array([[{"org": "=HYPERLINK(1)"}]], pa.struct([("org", pa.string())])),
+    ],
+    ids=["blob", "large blob", "list", "struct"],
+)
+def test_an_arrow_column_without_a_cell_rule_is_refused_by_name(column: pa.ChunkedArray) -> None:
+    """A mart given a BLOB or a list would be written by DuckDB unguarded: refused."""
+    with pytest.raises(TypeError, match=r"adoption_by_org\.org is of type .*no CSV cell rule"):
+        csv_cells(column, "adoption_by_org.org")
+
+
+def test_dates_times_and_booleans_in_an_arrow_column_stay_as_they_are() -> None:
+    column = pa.chunked_array([[date(2022, 3, 1), None]])
+    assert csv_cells(column).to_pylist() == [date(2022, 3, 1), None]
+    when = pa.chunked_array([[datetime(2022, 3, 1, 9, 30)]])
+    assert csv_cells(when).to_pylist() == [datetime(2022, 3, 1, 9, 30)]
+    assert csv_cells(pa.chunked_array([[True, False]])).to_pylist() == [True, False]
 
 
 def read_csv(text: str) -> list[dict[str, str]]:
@@ -163,6 +187,41 @@ def test_visible_text_has_no_control_character(value: str) -> None:
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in shown)
 
 
+def test_a_name_typed_as_an_escape_shows_apart_from_the_control_character() -> None:
+    """A username of the four characters \\x1b is not one holding ESC: its backslash is
+    shown doubled, so what a person reads tells the two apart."""
+    assert visible("\\x1b[2Kmallory") == "\\\\x1b[2Kmallory"
+    assert visible("\x1b[2Kmallory") == "\\x1b[2Kmallory"
+    assert visible("C:\\dir\\x0a", lines=True) == "C:\\\\dir\\\\x0a"
+
+
+@given(st.text(), st.text(), st.booleans())
+@example("\\x1b", "\x1b", False)
+@example("\\x0a", "\n", False)
+@example("\\u202e", "\u202e", True)
+@example("\\\\x1b", "\\\x1b", False)
+def test_distinct_values_show_distinctly(one: str, other: str, lines: bool) -> None:
+    if one != other:
+        assert visible(one, lines=lines) != visible(other, lines=lines)
+
+
+@given(st.text())
+def test_a_console_shows_a_shown_value_as_it_is(value: str) -> None:
+    """The console's net (controls_shown) never shows a value twice over: what visible
+    or quoted wrote prints as written."""
+    assert controls_shown(visible(value)) == visible(value)
+    assert controls_shown(quoted(value)) == quoted(value)
+
+
+def test_a_table_tells_a_typed_escape_from_a_control_character(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    emit([{"username": "\\x1b[2K"}, {"username": "\x1b[2K"}], Format.table)
+    out = capsys.readouterr().out
+    assert "\\\\x1b[2K" in out  # typed: its backslash doubled
+    assert out.count("\\x1b[2K") == 2  # and once more within the typed one: ESC's escape
+
+
 def test_a_table_shows_escapes_and_markup_as_text(capsys: pytest.CaptureFixture[str]) -> None:
     emit(ROWS, Format.table, title="members of [bold]\x1b[2Korg")
     out = capsys.readouterr().out
@@ -185,8 +244,8 @@ def test_messages_on_stderr_show_values_as_text(
     assert "\x1b" not in err and "\x07" not in err
     # A message is one line whatever it holds: a line break is shown, not obeyed (a
     # package named "x\n3 loaded, 0 refused" would fake a summary line).
-    assert f"released {visible(value)} from top-100\n" in err
-    assert f"error: no org named {visible(value)}\n" in err
+    assert f"released {controls_shown(value)} from top-100\n" in err
+    assert f"error: no org named {controls_shown(value)}\n" in err
 
 
 def test_a_message_of_several_lines_gives_each_line_and_its_values_stay_on_theirs(
@@ -381,7 +440,8 @@ def test_a_csv_cell_reads_back_as_the_value_it_was(value: str) -> None:
     """A saved preview's CSV is read back to name who changed since it (read_rows): a
     username "'=x" (a quote, then a formula) was written as it was and read back as
     "=x", one quote taken off that csv_cell had never put on. A value starting with a
-    quote gets one more (a spreadsheet hides a leading quote: it shows the value too)."""
+    quote gets one more, so the guard comes off exactly (a spreadsheet opening the CSV
+    shows it as text: docs/warehouse.md)."""
     from rollout.phases.previews import read_rows, save_list
 
     with tempfile.TemporaryDirectory() as folder:
@@ -403,5 +463,5 @@ def test_quoted_names_read_back_as_exactly_those_names(names: list[str]) -> None
     """However a name reads (another name, a quote, a backslash, a control character), a
     list of quoted names on one line reads back as exactly those names."""
     listed = ", ".join(quoted(name) for name in names)
-    assert visible(listed) == listed
+    assert controls_shown(listed) == listed  # a console prints it as it is
     assert names_read_back(listed) == names

@@ -21,7 +21,7 @@ import typer
 from typer import rich_utils as typer_rich_utils
 
 from rollout import __version__
-from rollout.core.controls import visible
+from rollout.core.controls import controls_shown, visible
 from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, GuardRefused, RolloutError
 from rollout.core.output import Format, labelled, stderr
 from rollout.core.stopping import stopped_by_interruption, terminate_as_interrupt
@@ -162,7 +162,7 @@ def _input_output_failure(error: BaseException) -> str | None:
         return f"{visible(error.filename)}: {what}" if error.filename else what
     duckdb = sys.modules.get("duckdb")  # loaded by then if it raised; never imported here
     if duckdb is not None and isinstance(error, duckdb.IOException):
-        return visible(str(error))
+        return controls_shown(error)
     # The registry's server not there, or gone mid-run: one line (the driver's reason;
     # drivers do not repeat a password), not a page of traceback. One that turns the URL
     # down (its login, its database) is a RegistryURLRefused, exit 2.
@@ -171,7 +171,7 @@ def _input_output_failure(error: BaseException) -> str | None:
         error, sqlalchemy.OperationalError | sqlalchemy.InterfaceError
     ):
         reason = " ".join(str(getattr(error, "orig", None) or error).split())
-        return visible(f"the registry database: {reason}")
+        return controls_shown(f"the registry database: {reason}")
     return None
 
 

@@ -39,7 +39,7 @@ def brownout_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> Non
     """Every brown-out window and its state now: scheduled, active, ended, ended early;
     and whether the plan names it (the registry applies a window the plan dropped at its
     times all the same: `brownout schedule --apply` cancels one not started)."""
-    from rollout.core.controls import visible
+    from rollout.core.controls import controls_shown
     from rollout.core.errors import RolloutError
     from rollout.phases.brownouts import status
 
@@ -48,7 +48,7 @@ def brownout_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> Non
     try:
         planned: set[str] | None = {b.name for b in runtime.plan.brownouts}
     except RolloutError as unread:  # the status is what an emergency needs first
-        said = f"the plan could not be read ({visible(str(unread))}): in_plan unknown"
+        said = f"the plan could not be read ({controls_shown(unread)}): in_plan unknown"
         stderr.print(said, markup=False, highlight=False)
         planned = None
     emit(

@@ -62,7 +62,7 @@ def _check_sendgrid_options(record: Path | None, webhook_url: str | None) -> Non
     that is no http(s) URL, a record file that cannot be appended to."""
     from urllib.parse import urlsplit
 
-    from rollout.core.controls import visible
+    from rollout.core.controls import quoted
     from rollout.core.errors import BadInput
 
     if webhook_url is not None:
@@ -76,7 +76,7 @@ def _check_sendgrid_options(record: Path | None, webhook_url: str | None) -> Non
             raise BadInput(
                 None,
                 None,
-                f"--webhook-url {visible(webhook_url)!r} is not an http(s) URL "
+                f"--webhook-url {quoted(webhook_url)} is not an http(s) URL "
                 "(e.g. http://127.0.0.1:3031/sendgrid/events)",
             )
     if record is not None:

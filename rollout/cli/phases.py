@@ -16,7 +16,7 @@ from rollout.cli.app import (
     app,
     reports_errors,
 )
-from rollout.core.controls import shell_word
+from rollout.core.controls import quoted, shell_word
 from rollout.core.errors import EXIT_BAD_INPUT, GuardRefused, RolloutError
 from rollout.core.output import Format, emit, emit_record, progress_for, stderr
 from rollout.core.words import counted, them
@@ -154,10 +154,11 @@ def phase_preview(
     stderr.print(
         f"{who}; {preview.compliant} already "
         f"{'use 2FA' if preview.asks_only_2fa else 'comply'}; "
-        f"exempted: {', '.join(preview.exempted) or 'none'}"
+        f"exempted: {', '.join(map(quoted, preview.exempted)) or 'none'}"
         + (
-            f" ({', '.join(preview.exempt_but_required)} required by this phase before the "
-            "exemption: it does not undo that; `phase rollback` releases the phase's accounts)"
+            f" ({', '.join(map(quoted, preview.exempt_but_required))} required by this phase "
+            "before the exemption: it does not undo that; `phase rollback` releases the "
+            "phase's accounts)"
             if preview.exempt_but_required
             else ""
         )

@@ -28,9 +28,26 @@ def _escape(match: re.Match[str]) -> str:
 
 
 def visible(text: object, *, lines: bool = False) -> str:
-    """``text`` with every control character shown as its escape (ESC as ``\\x1b``), so
-    nothing it holds can move the cursor, erase a line or fake a row. ``lines=True``
-    keeps line breaks and tabs: a message of several lines, not one table cell."""
+    """``text``, a value (a name, a path, a cell), with every control character shown
+    as its escape (ESC as ``\\x1b``), so nothing it holds can move the cursor, erase
+    a line or fake a row; and its own backslashes shown doubled (``\\\\``), so the
+    escape of a control character cannot be mistaken for the same four characters
+    typed (a username ``\\x1b`` shows as ``\\\\x1b``, one holding ESC as
+    ``\\x1b``): two values never show the same. ``lines=True`` keeps line breaks and
+    tabs: a message of several lines, not one table cell.
+
+    Apply it once, to the value, where it goes into a message or a cell: a message
+    made of the tool's words and values already shown goes through
+    :func:`controls_shown` (as every console does), which leaves backslashes be."""
+    return controls_shown(str(text).replace("\\", "\\\\"), lines=lines)
+
+
+def controls_shown(text: object, *, lines: bool = False) -> str:
+    """``text``, a whole message (the tool's words, a library's reason), with its
+    control characters shown as escapes and nothing else changed: the net under every
+    line printed, so what a value held that was not shown with :func:`visible` or
+    :func:`quoted` still cannot act on a terminal. It changes nothing of what those
+    two wrote, so a value is never shown twice over (``\\\\`` stays ``\\\\``)."""
     return (_CONTROLS_BUT_LINES if lines else CONTROL_CHARACTERS).sub(_escape, str(text))
 
 
@@ -39,7 +56,7 @@ def quoted(text: object) -> str:
     quotes and backslashes escaped (``\\'``, ``\\\\``) and its control characters
     shown (:func:`visible`), so a name holding ``, `` or ``); 2 members newly listed (``
     reads as one name, never as more of the sentence around it."""
-    return "'" + visible(str(text).replace("\\", "\\\\").replace("'", "\\'")) + "'"
+    return "'" + controls_shown(str(text).replace("\\", "\\\\").replace("'", "\\'")) + "'"
 
 
 def shell_word(value: object) -> str:

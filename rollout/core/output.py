@@ -8,7 +8,8 @@ of the rules that keep it data, whatever the output:
 - a CSV cell that a spreadsheet would run as a formula, or that starts with ``'``
   itself, gets a leading ``'`` (:func:`csv_cell`, and :func:`csv_cells` for a column
   of an Arrow table), taken off again when a saved list is read back (:func:`csv_value`);
-- text for a terminal shows its control characters as escapes (:func:`visible`) and
+- text for a terminal shows its control characters as escapes, and a value its own
+  backslashes doubled (:func:`visible`; a console escapes controls only) and
   is never read as Rich markup (:data:`stderr` and every console made here);
 - text for Markdown shows as the text it is, never as markup, HTML or a link
   (:func:`markdown_text`);
@@ -36,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from rollout.core.controls import visible
+from rollout.core.controls import controls_shown, visible
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -89,8 +90,9 @@ def in_words(value: Any) -> Any:
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
 
 
-# What gets the leading ' too: a cell starting with one already (a spreadsheet hides
-# one leading quote, and a reader taking the guard off could not tell "'=x" from "=x").
+# What gets the leading ' too: a cell starting with one already, so a reader taking the
+# guard off can tell "'=x" from "=x". (A spreadsheet opening the CSV shows the guard as
+# text, "'=x"; it hides a leading quote only when one is typed into a cell.)
 GUARDED_PREFIXES = (*FORMULA_PREFIXES, "'")
 
 
@@ -114,18 +116,49 @@ def csv_value(cell: str) -> str:
     return cell[1:] if cell.startswith("'") and cell[1:].startswith(GUARDED_PREFIXES) else cell
 
 
-def csv_cells(column: pa.ChunkedArray) -> pa.ChunkedArray:
+def csv_cells(column: pa.ChunkedArray, name: str = "a column") -> pa.ChunkedArray:
     """:func:`csv_cell`'s rule over a whole Arrow column at once (vectorised: the report's
-    CSVs are npm-sized). Text columns only: numbers, dates and the rest stay as they are."""
+    CSVs are npm-sized): a text column's cells guarded; numbers, booleans, dates and times
+    as they are. A column of any other type (bytes, a list, a struct, a map, an interval)
+    is refused, naming it (``name``): DuckDB would write its cells unguarded (a BLOB's
+    bytes as ``=x``, a list's items as they are), so a mart given one fails loudly
+    rather than write a cell a spreadsheet runs."""
     import pyarrow as pa  # here: only the report needs it, the CLI starts faster without
     import pyarrow.compute as pc
 
-    if pa.types.is_dictionary(column.type):  # a DuckDB ENUM
-        column = pc.cast(column, pa.string())
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        return column
+    if pa.types.is_dictionary(column.type) and _is_text(column.type.value_type):
+        column = pc.cast(column, pa.string())  # a DuckDB ENUM
+    if not _is_text(column.type):
+        if _written_as_it_is(column.type):
+            return column
+        raise TypeError(
+            f"{name} is of type {column.type}, which has no CSV cell rule (text is guarded, "
+            "numbers, booleans, dates and times are written as they are): cast it to "
+            "text in the mart's SQL, or add its rule to rollout.core.output.csv_cells"
+        )
     formula = functools.reduce(pc.or_, (pc.starts_with(column, p) for p in GUARDED_PREFIXES))
     return pc.if_else(formula, pc.binary_join_element_wise("'", column, ""), column)
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _written_as_it_is(kind: pa.DataType) -> bool:
+    """A type whose cells no spreadsheet runs: a number (a negative one is a number, not
+    a formula), a boolean, a date or a time, or a column of nulls only."""
+    import pyarrow as pa
+
+    t = pa.types
+    return any(
+        is_type(kind)
+        for is_type in (
+            t.is_null, t.is_boolean, t.is_integer, t.is_floating, t.is_decimal,
+            t.is_date, t.is_timestamp, t.is_time,
+        )
+    )  # fmt: skip
 
 
 def write_csv(out: TextIO, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
@@ -177,7 +210,7 @@ class DataConsole(Console):
     def render_str(self, text: str, **kwargs: Any) -> Text:
         # Every string printed, in a table cell or a title goes through here.
         kwargs.update(markup=False, emoji=False)
-        return super().render_str(visible(text), **kwargs)
+        return super().render_str(controls_shown(text), **kwargs)
 
 
 # soft_wrap: messages name files and lines; never wrap or cut them.
@@ -237,7 +270,7 @@ def labelled(label: str, style: str, message: object) -> Text:
     from a value (a package name in a landing file, a username in a snooze file, which
     could otherwise print a line of its own, faking a summary) or from a library's
     message."""
-    return Text.assemble((label, style), " ", visible(message))
+    return Text.assemble((label, style), " ", controls_shown(message))
 
 
 def emit(
@@ -263,7 +296,7 @@ def emit(
             rows = [{k: _on_screen(row.get(k)) for k in names} for row in rows]
         write_csv(sys.stdout, names, rows)
     else:
-        table = Table(title=None if title is None else visible(title), show_lines=False)
+        table = Table(title=None if title is None else controls_shown(title), show_lines=False)
         for name in names:
             # Every time the pipeline keeps is UTC, without an offset (rollout.core.clock):
             # a person reading the table is told so in the heading. CSV and JSON keep the

@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from rollout.core.config import connection_option_problem
-from rollout.core.controls import visible
+from rollout.core.controls import controls_shown, visible
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 from rollout.registry.readonly import read_only_refusal, read_only_uri, why_read_only
 
@@ -211,7 +211,7 @@ class RegistryURLRefused(RolloutError):
     turned down (drivers never repeat a password)."""
 
     def __init__(self, reason: str) -> None:
-        self.reason = visible(reason)
+        self.reason = controls_shown(reason)
         super().__init__(f"environment variable ROLLOUT_REGISTRY_URL: {self.reason}")
         self.exit_code = EXIT_BAD_INPUT
 
@@ -260,7 +260,7 @@ class RegistryStatementCancelled(RolloutError):
     line naming the server's reason and the setting. ``reason``: the server's words."""
 
     def __init__(self, reason: str) -> None:
-        self.reason = visible(" ".join(reason.split()))
+        self.reason = controls_shown(" ".join(reason.split()))
         super().__init__(
             f"the registry database ended a statement ({self.reason}; SQLSTATE "
             f"{STATEMENT_CANCELLED}): a statement_timeout set for rollout's role or "

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
-from rollout.core.controls import visible
+from rollout.core.controls import controls_shown, visible
 from rollout.core.errors import RolloutError
 
 # File systems another machine (or the host of a virtual machine) may write though this
@@ -133,7 +133,7 @@ def read_only_uri(database: str | Path, reason: str) -> str:
         return uri + "?mode=ro&immutable=1"
     raise RolloutError(
         f"{visible(path)}: cannot read the registry: it may not be written here "
-        f"({visible(reason)}), and SQLite reads a registry in WAL mode only with its "
+        f"({controls_shown(reason)}), and SQLite reads a registry in WAL mode only with its "
         f"{visible(shm.name)} file beside it, which no process has open now and this one "
         "may not make; give this user write access to the folder, or read it on a file "
         "system mounted read-only where nothing writes it, or from a copy "
@@ -145,7 +145,7 @@ def read_only_refusal(database: str | Path, reason: str) -> RolloutError:
     """The one line a writer on a registry this process may not write is refused with."""
     return RolloutError(
         f"{visible(database)}: this command writes the registry, which may not be "
-        f"written here ({visible(reason)}); run it as the registry's operator, where "
+        f"written here ({controls_shown(reason)}); run it as the registry's operator, where "
         "it may be written. Nothing was changed"
     )
 

@@ -958,7 +958,13 @@ def _copy_csv(
     select = ", ".join(f'"{c}"' for c in columns)
     order = report_spec().csv_order[table]
     ordered = con.sql(f"select {select} from {table} order by {order}").to_arrow_table()
-    cells = pa.table([csv_cells(c) for c in ordered.columns], names=ordered.column_names)
+    cells = pa.table(
+        [
+            csv_cells(c, f"{table}.{n}")
+            for n, c in zip(ordered.column_names, ordered.columns, strict=True)
+        ],
+        names=ordered.column_names,
+    )
     view = f"_csv_{secrets.token_hex(8)}"
     target = duckdb_path(path).replace("'", "''")
     con.register(view, cells)

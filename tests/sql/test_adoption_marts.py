@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from rollout import warehouse
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import RolloutError
+from rollout.core.output import csv_cells
 from rollout.core.plan import Plan
 from rollout.registry import Registry
 from rollout.report import adoption
@@ -652,6 +653,19 @@ def test_yml_describes_the_table(
     assert meta["description"] and meta["grain"]
     build_adoption(fresh_warehouse, plan, date(2022, 3, 1))
     assert list(meta["columns"]) == list(column_types(fresh_warehouse, "main", table))
+
+
+def test_every_column_of_a_mart_the_report_writes_as_csv_has_a_cell_rule(
+    fresh_warehouse: duckdb.DuckDBPyConnection, plan: Plan
+) -> None:
+    """The marts' real types (built from their SQL, not the report tests' DDL): a BLOB
+    or a list in one would be refused when the report writes its CSV (csv_cells)."""
+    build_adoption(fresh_warehouse, plan, date(2022, 3, 1))
+    for mart, columns in report_spec().marts.items():
+        select = ", ".join(f'"{c}"' for c in columns)
+        table = fresh_warehouse.sql(f"select {select} from {mart}").to_arrow_table()
+        for name, column in zip(table.column_names, table.columns, strict=True):
+            csv_cells(column, f"{mart}.{name}")
 
 
 def test_a_failing_model_leaves_the_previous_tables(
