@@ -925,18 +925,41 @@ def test_a_recommendation_sent_after_the_stricter_phase_s_day_says_it_is_require
     assert "has required of it a second factor" in " ".join(late.text.split())
 
 
-def test_the_stricter_phase_is_told_as_it_asks(
-    registry: Registry, factories: None, tmp_path: Path
+# The factor another phase asks, as the sentences about it say it: a noun phrase.
+FACTOR_IN_A_SENTENCE = {
+    "any": "a second factor (TOTP or a security key)",
+    "phishing_resistant": "a security key (WebAuthn, not TOTP alone)",
+}
+
+
+@pytest.mark.parametrize("required_asks", ["any", "phishing_resistant"])
+def test_the_stricter_phase_is_told_as_it_asks_in_one_sentence(
+    registry: Registry, factories: None, tmp_path: Path, required_asks: str
 ) -> None:
     """A required phase asking a security key is said as such to an account short of
-    both: "2FA" would have it set up TOTP and still be enforced."""
+    both: "2FA" would have it set up TOTP and still be enforced. The factor is said as
+    a noun phrase the sentence goes on after: the keys demo's banner email read
+    "requires of it a security key (WebAuthn); TOTP alone is not enough, to sign in and
+    publish", a list item's clause pasted into the sentence. In the text and the HTML
+    alike."""
     from tests.factories import AccountFactory
 
     AccountFactory(username="big", in_cohort="required")
-    told = _play_rubygems(
-        registry, _rubygems(required_asks="phishing_resistant"), tmp_path / "a", newcomers=["big"]
+    plan = _rubygems(required_asks=required_asks)
+    _play_rubygems(registry, plan, tmp_path / "a", newcomers=["big"])
+    [(_, text, html)] = [
+        sent
+        for name, sent in _sent_texts(tmp_path / "a").items()
+        if "enforcement_notice" in name and "Hi big," in sent[1]
+    ]
+    said = (
+        f"Your account is also among the {plan.cohort('required').in_words()}: from Monday "
+        f"15 August 2022, 00:00 UTC the registry requires of it "
+        f"{FACTOR_IN_A_SENTENCE[required_asks]}, to sign in and publish (we wrote to you "
+        "about that separately)."
     )
-    assert "requires of it a security key (WebAuthn); TOTP alone is not enough" in told["big"][-1]
+    assert said in text
+    assert said in words(re.sub(r"<[^>]+>", "", html))
 
 
 def test_the_stricter_phase_is_not_told_to_an_account_meeting_it(
@@ -1407,6 +1430,54 @@ def test_a_later_phase_s_notice_tells_the_own_deadline_an_earlier_phase_set_soon
         assert f"<strong>sooner, from {own}, 00:00 UTC</strong>" in html, html
     text, html = notices["later-only"]
     assert "sooner" not in text and "sooner" not in html
+
+
+@pytest.mark.parametrize("earlier_asks", ["any", "phishing_resistant"])
+def test_the_sooner_phase_is_told_as_it_asks_in_one_sentence(
+    registry: Registry, factories: None, tmp_path: Path, earlier_asks: str
+) -> None:
+    """The line about another phase requiring a factor sooner says that factor as a
+    noun phrase too: "requires of your account a security key (WebAuthn); TOTP alone
+    is not enough sooner, from ..." read "not enough sooner". In the text and the HTML
+    alike."""
+    from rollout.notify.drain import drain
+    from rollout.notify.queue import queue_due
+    from rollout.notify.senders import FileSender
+    from tests.factories import AccountFactory
+
+    text = (ROOT / "plans" / "github-2023.yaml").read_text()
+    text = text.replace(
+        "\nphases:\n",
+        "\n  everyone:\n    description: maintainers of any package\n    every_maintainer: true\n"
+        "\nphases:\n",
+    ).replace("\nnotifications:", _PER_ACCOUNT_THEN_LATER + "\nnotifications:")
+    text = text.replace(
+        "    effects: [require_2fa]\n",
+        f"    effects: [require_2fa]\n    requires: {{two_factor: {earlier_asks}}}\n",
+    )
+    plan, problems = parse_plan(text, "per-account-then-later.yaml")
+    assert plan is not None and not problems, problems
+    assert plan.phase("publishers").requires.two_factor == earlier_asks
+    AccountFactory(username="in-both", in_cohort=["publishers", "everyone"])
+    outbox = tmp_path / "outbox"
+    for day in (date(2023, 3, 13), date(2023, 3, 20)):  # publishers' notice; everyone's
+        with use_clock(SimulatedClock(datetime.combine(day, time(9)))):
+            queue_due(registry, plan, day, actor="rm")
+            drain(registry, plan, FileSender(outbox))
+    [(_, text, html)] = [
+        sent
+        for name, sent in _sent_texts(outbox).items()
+        if "phase_notice" in name and "1 September 2023" in sent[1]
+    ]
+    said = (
+        "Your account is also among the maintainers who published a package in the past "
+        f"year: the registry requires of your account {FACTOR_IN_A_SENTENCE[earlier_asks]} "
+        "sooner, from Thursday 27 April 2023, 00:00 UTC, by another step of its campaign "
+        "(your account's own deadline in that step): that earlier day is the one that "
+        "counts for you."
+    )
+    assert said in text
+    assert said in words(re.sub(r"<[^>]+>", "", html))
 
 
 def test_a_token_an_earlier_phase_revokes_on_the_account_s_own_deadline_is_said_to_stop_then(

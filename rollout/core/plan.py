@@ -437,6 +437,18 @@ class Requirements(_Strict):
             raise ValueError("two_factor: none needs a token rule, or the phase asks nothing")
         return self
 
+    def factor_in_words(self) -> str:
+        """The second factor it asks, as a noun phrase that reads inside a sentence of an
+        email ("requires of it ..., to sign in and publish", "requires of your account
+        ... sooner"): :meth:`describe`'s first item is a clause of its own for a list
+        ("a security key (WebAuthn); TOTP alone is not enough"), which broke such a
+        sentence in two. Empty for ``two_factor: none`` (it asks no factor)."""
+        return {
+            "any": "a second factor (TOTP or a security key)",
+            "phishing_resistant": "a security key (WebAuthn, not TOTP alone)",
+            "none": "",
+        }[self.two_factor]
+
     def describe(self) -> list[str]:
         """Each requirement in words, for previews, emails and `plan show`."""
         said = {

@@ -715,7 +715,7 @@ def _stricter(
     for other in requiring:
         if _rolled_back(connection, other):
             continue  # withdrawn: it requires nothing of anyone now
-        asks = other.requires.describe()[0]
+        asks = other.requires.factor_in_words()
         cohort = plan.cohort(other.cohort).in_words() if other.cohort != phase.cohort else None
         for ids in in_chunks([a for a in lacking if a not in found]):
             told = list(
@@ -792,7 +792,7 @@ def _required_sooner(
             if _rolled_back(connection, other):
                 continue  # withdrawn: it requires nothing of anyone now
             cohort = plan.cohort(other.cohort).in_words() if other.cohort != phase.cohort else None
-            asks = other.requires.describe()[0]
+            asks = other.requires.factor_in_words()
             ids = [a for a, day in days.items() if other.enforce_on < day]
             for chunk in in_chunks(sorted(ids)):
                 held = list(

@@ -51,7 +51,7 @@ class Stricter:
 
     cohort: str | None  # its cohort's description; None when it is the same cohort
     on: date  # from when: its enforcement day, or the account's own deadline in it
-    asks: str  # the factor it asks, in words (Requirements.describe)
+    asks: str  # the factor it asks, a noun phrase (Requirements.factor_in_words)
     # ``on`` is the account's own deadline in that phase (per-account deadlines): for
     # Recipient.sooner, said so (it is the day that phase's own emails gave it).
     own: bool = False
