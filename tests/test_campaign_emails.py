@@ -1194,7 +1194,9 @@ def test_a_token_an_earlier_phase_revokes_first_is_said_to_stop_on_that_phase_s_
     classic automation token (it bypasses 2FA) as stopping on 2026-05-19, while the
     classic-token phase revokes it on 2025-12-09: a maintainer who read the latest
     email kept CI on it five months too long. The line says the earlier day and why;
-    a token only this phase revokes keeps the phase's day."""
+    a token only this phase revokes keeps the phase's day. Why in words that say it:
+    "(the registry requires no classic tokens from then)" read as "needs none", as if
+    classic tokens were no longer needed; the registry allows none from then."""
     from rollout.notify.drain import drain
     from rollout.notify.queue import queue_due
     from rollout.notify.senders import FileSender
@@ -1224,7 +1226,7 @@ def test_a_token_an_earlier_phase_revokes_first_is_said_to_stop_on_that_phase_s_
     assert classic_line and granular_line, text
     assert (
         "stops working sooner, from Tuesday 9 December 2025, 00:00 UTC "
-        "(the registry requires no classic tokens from then)" in classic_line.group()
+        "(the registry allows no classic tokens from then)" in classic_line.group()
     )
     assert "sooner" not in granular_line.group()
     assert "stops working sooner, from <strong>Tuesday 9 December 2025, 00:00 UTC" in html
@@ -1331,7 +1333,7 @@ def test_a_token_stopping_sooner_is_said_to_break_only_the_rules_it_breaks(
     [(_, text, html)] = [
         sent for sent in _sent_texts(tmp_path / "outbox").values() if "bypass 2FA" in sent[1]
     ]
-    sooner = "stops working sooner, from Tuesday 9 December 2025, 00:00 UTC (the registry requires "
+    sooner = "stops working sooner, from Tuesday 9 December 2025, 00:00 UTC (the registry allows "
     expected = {
         "ci-classic, automation": "no classic tokens from then)",
         "(unnamed), automation": (
@@ -1344,7 +1346,7 @@ def test_a_token_stopping_sooner_is_said_to_break_only_the_rules_it_breaks(
         assert line and sooner + rules in line.group(), (token, text)
     said = words(re.sub(r"<[^>]+>", "", html))
     for rules in expected.values():
-        assert f"(the registry requires {rules}" in said
+        assert f"(the registry allows {rules}" in said
     assert "no classic tokens; no unnamed tokens" not in said + text
 
 
@@ -1557,7 +1559,7 @@ def test_a_token_an_earlier_phase_revokes_on_the_account_s_own_deadline_is_said_
         assert all(found.values()), text
         return {token: line.group() for token, line in found.items() if line}
 
-    own = ", your account's own deadline in another step of the campaign (the registry requires "
+    own = ", your account's own deadline in another step of the campaign (the registry allows "
     expected = {
         "holder": {
             "ci-classic": "from Thursday 6 November 2025, 00:00 UTC" + own + "no classic tokens",
