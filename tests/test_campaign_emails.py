@@ -1689,6 +1689,62 @@ def test_a_cohort_of_every_maintainer_is_not_said_to_be_reached_by_its_packages(
         assert "put it among the owners of gems" in words(by_reach.text)
 
 
+_NARROWED = {
+    "active_within": {"active_within": {"days": 90, "by": ["published"]}},
+    "orgs": {"orgs": ["wix", "qavajs"]},
+}
+_CLASSIC_CASES = [
+    (email, standing, sent_on)
+    for email in EMAILS
+    for standing in ("lacking", "owing", "compliant")
+    for sent_on in ("2022-09-01", "2022-12-01")
+    if not (email == "reminder" and standing == "compliant")
+]
+
+
+@pytest.mark.parametrize("narrowing", _NARROWED)
+@pytest.mark.parametrize(("email", "standing", "sent_on"), _CLASSIC_CASES)
+def test_a_classic_email_of_a_narrowed_cohort_does_not_say_every_maintainer_is_asked(
+    narrowing: str, email: str, standing: str, sent_on: str
+) -> None:
+    """npm 2022's wording ("From D, maintainers of these packages must use 2FA", the
+    reminder's "2FA becomes required for maintainers of these packages") was said of
+    a cohort its ``active_within`` or ``orgs`` narrow: left-pad's maintainers who did
+    not publish lately, or are in no org named, are not asked, yet a maintainer read
+    that all of them were. The notice and reminder say who is asked as the enforcement
+    email does (the cohort in words, which says the narrowing), that sentence one line
+    of the text part, in the text and the HTML alike; sent before the deadline or after."""
+    plan = load_plan(ROOT / "plans" / "npm-2022.yaml")
+    phase = plan.phases[0]
+    rule = plan.cohorts[phase.cohort].model_copy(update={"description": ""})
+    rule = CohortRule.model_validate({**rule.model_dump(), **_NARROWED[narrowing]})
+    plan = plan.model_copy(update={"cohorts": {**plan.cohorts, phase.cohort: rule}})
+    said = rule.in_words()
+    assert ("published in the last 90 days" if narrowing == "active_within" else "wix") in said
+    r = Recipient(
+        3,
+        "lee-example",
+        "lee@example.com",
+        True,
+        "totp" if standing == "compliant" else None,
+        ("left-pad",),
+        tfa_required=standing == "owing",
+        required_earlier=standing == "owing",
+    )
+    stored = {"phase": phase.name, "sent_on": sent_on}
+    if email == "reminder":
+        stored["days_before"] = 7
+    rendered = render(email, r, stored, plan)
+    _, visible, _, _ = parts(rendered)
+    for part in (words(rendered.text), words(visible)):
+        assert "maintainers of these packages" not in part
+        assert f"required of the {said}" in part
+    [line] = [x for x in rendered.text.splitlines() if f"required of the {said}" in x]
+    ends = (f"{said}.", f"{said} to sign in and publish.", f"{said}, your account included.")
+    assert line.endswith(ends), line
+    assert words(line) in words(visible)
+
+
 def test_a_classic_notice_to_every_maintainer_does_not_say_it_is_for_the_reach() -> None:
     """The npm 2022 wording, for a plan asking any 2FA of every maintainer by one date:
     "Because so many people depend on them" was said of any package at all."""

@@ -353,6 +353,12 @@ class CohortRule(_Strict):
         return max(windows, default=None)
 
     @property
+    def narrowed(self) -> bool:
+        """Its account filters (``active_within``, ``orgs``) leave out some maintainers
+        of its packages: the emails do not say the packages' maintainers are asked."""
+        return self.active_within is not None or self.orgs is not None
+
+    @property
     def by_packages(self) -> bool:
         """Its packages put an account in the cohort (their reach), not merely having
         some: the emails say "your account maintains packages that put it among the

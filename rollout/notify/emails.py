@@ -250,6 +250,10 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         "cohort": phase.cohort,
         "cohort_description": plan.cohort(phase.cohort).in_words(),
         "cohort_by_packages": plan.cohort(phase.cohort).by_packages,
+        # Its accounts are narrowed (active_within, orgs): not every maintainer of the
+        # packages is asked, so npm 2022's "maintainers of these packages must use 2FA"
+        # would be false; the classic emails name the cohort instead.
+        "cohort_narrowed": plan.cohort(phase.cohort).narrowed,
         "deadline": phase.enforce_on,
         "classic": asks_only_2fa(phase),
     }
