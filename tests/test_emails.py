@@ -667,6 +667,40 @@ def test_no_value_starts_a_line_of_its_own_in_the_text_part(name: str, plan: Pla
     assert "\r" not in rendered.text + rendered.html
 
 
+# A value of its owner's choosing, long (a username, an org's or team's name: any one
+# line of text), each marked so its line can be found.
+LONG = "-a-long-name-of-its-owner-s-choosing-that-goes-on-and-on-and-on"
+
+
+@pytest.mark.parametrize("name", list(EMAILS))
+def test_a_sentence_holding_a_value_of_any_length_is_one_line_of_the_text_part(
+    name: str, plan: Plan
+) -> None:
+    """A value its owner chose (the recipient's username, an org's, a team's, an
+    inviter's name) sat inside a hard-wrapped sentence: long, it made the line as
+    long and the next one short, and the client wrapped the long one again ("...
+    invites you back into its" / "team ..."). Each sentence holding one is a line of
+    its own, from its start to its end (the client wraps it), as those holding a
+    cohort's description are."""
+    plan = plan_sending(name, plan)
+    stored = example_stored(name, plan)
+    for key in ("org", "team", "invited_by"):
+        if key in stored:
+            stored[key] = f"{key}{LONG}"
+    recipient = replace(EXAMPLE_RECIPIENTS["non-compliant"], username=f"username{LONG}")
+    text = render(name, recipient, stored, plan).text
+    lines = text.splitlines()
+    found = 0
+    for n, line in enumerate(lines):
+        if LONG not in line or line.startswith("  "):
+            continue  # a list item or link: a line of its own already
+        found += 1
+        before = lines[n - 1].rstrip() if n else ""
+        assert before in ("", "--") or before.endswith((".", ":", "!")), (before, line)
+        assert line.rstrip().endswith((".", ",", ":", "!")), line
+    assert found, text
+
+
 def assert_one_recipient_and_no_injected_header(mime: Any, subject: str) -> None:
     assert len(mime.get_all("To")) == 1
     assert [a.addr_spec for a in mime["To"].addresses] == ["mallory@example.com"]
