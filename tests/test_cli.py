@@ -505,6 +505,7 @@ def test_every_command_printing_a_result_gives_json_alone_on_stdout(rollout_home
         "accounts": 700,
         "emails": 0,
         "runs": 0,
+        "complete": True,
     }
     planned = json_of("brownout", "schedule")
     assert [(w["name"], w["change"], w["starts_at"]) for w in planned] == [
