@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine, Table, and_, case, func, select, upda
 from rollout import warehouse
 from rollout.core.calendar import cohorts_step
 from rollout.core.clock import day_end, require_data_day
+from rollout.core.controls import quoted
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import CohortRule, Plan
 from rollout.core.words import by_count, counted, percent, them
@@ -689,9 +690,9 @@ def _unknown_orgs(
         if not missing:
             continue
         said = ", ".join(
-            repr(org)
+            quoted(org)
             + (
-                f" ({where} has {', '.join(repr(o) for o in sorted(by_folded[org.lower()]))})"
+                f" ({where} has {', '.join(quoted(o) for o in sorted(by_folded[org.lower()]))})"
                 if org.lower() in by_folded
                 else ""
             )
@@ -879,7 +880,7 @@ def release_outlook(registry: Registry, cohort: str, package: str) -> ReleasePre
             )
         ).first()
         if row is None:
-            raise BadInput(None, None, f"{package!r} is not in cohort {cohort}")
+            raise BadInput(None, None, f"{quoted(package)} is not in cohort {cohort}")
         # What keeps an account in once this is out: another package of the cohort
         # not released (one released since the last build no longer does).
         others = {
@@ -959,7 +960,7 @@ def release_package(
             )
         ).first()
         if row is None:
-            raise BadInput(None, None, f"{package!r} is not in cohort {cohort}")
+            raise BadInput(None, None, f"{quoted(package)} is not in cohort {cohort}")
         if row.released_at is not None:
             # Done by an earlier run (this one's, before a crash): the job is finished.
             return Released(

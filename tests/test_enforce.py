@@ -644,7 +644,7 @@ def test_a_saved_preview_keeps_the_list_and_its_record_and_writes_nothing_to_the
     assert "| accounts without 2FA to require it of | 2 |" in markdown
     assert "`alice`" not in markdown and "| alice |" in markdown
     assert "expected count **2**" in markdown and "--apply" not in markdown
-    assert "Exempted: carol" in markdown
+    assert "Exempted: 'carol'" in markdown
     assert required(registry) == set() and count(registry, Action) == 0
 
 

@@ -126,7 +126,7 @@ def test_the_preview_says_who_already_suppressed_the_address(
     preview = rollout("notify", "suppress", "dan@example.com", "--reason", "x", "--format", "json")
     assert preview.exit_code == 0, preview.stderr
     held = json.loads(preview.stdout)["already_suppressed"]
-    assert any(h.startswith("by hand, by ops") and "hard bounce" in h for h in held)
+    assert any(h.startswith("by hand, by 'ops'") and "hard bounce" in h for h in held)
     assert any(h.startswith("on SendGrid's bounces list") for h in held)
     again = rollout("notify", "suppress", "Dan@Example.com", "--reason", "x", "--apply")
     assert again.exit_code == 0 and "was already suppressed" in again.stderr

@@ -430,7 +430,7 @@ def test_an_invitation_to_an_account_deleted_since_is_still_listed_as_deleted(
         for i in json.loads(listed.stdout)
     ] == [(None, enforced["di"], True, "pending")]
     table = cli("orgs", "invitations", "acme")
-    assert re.search(r"acme: 1 invitation\b", table.stdout) and "True" in table.stdout
+    assert re.search(r"'acme': 1 invitation\b", table.stdout) and "True" in table.stdout
 
 
 def test_enforce_from_the_command_line_names_the_owners_going_and_needs_the_count(
@@ -469,7 +469,7 @@ def test_enforce_from_the_command_line_names_the_owners_going_and_needs_the_coun
         )
     alone = run("orgs", "enforce", "acme")
     said = " ".join(alone.stderr.split())
-    assert alone.exit_code == 0 and "no owner of acme uses 2FA" in said
+    assert alone.exit_code == 0 and "no owner of 'acme' uses 2FA" in said
     assert "--confirm" not in said
 
 

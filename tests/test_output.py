@@ -268,8 +268,9 @@ def rendered_text(value: object) -> str:
 
 
 def shown(value: str) -> str:
-    """What the reader should see: the value on one line, controls visible."""
-    return visible(" ".join(value.replace("\t", " ").splitlines())).strip(" ")
+    """What the reader should see: the value on one line, controls (line breaks and
+    tabs too) visible."""
+    return visible(value).strip(" ")
 
 
 @pytest.mark.parametrize("value", EVERYTHING)
@@ -298,6 +299,18 @@ def test_markdown_text_has_no_raw_html_link_or_line_break(value: str) -> None:
     assert "<" not in text and ">" not in text and "\n" not in text
     assert "](" not in text.replace("\\]\\(", "")
     assert "://" not in text.replace("\\://", "")
+
+
+@pytest.mark.parametrize(
+    ("one", "other"), [("a\nb", "a b"), ("a\tb", "a b"), ("a\r\nb", "a\nb"), ("a\\x0ab", "a\nb")]
+)
+def test_values_that_differ_only_in_line_breaks_show_apart_in_markdown(
+    one: str, other: str
+) -> None:
+    """A line break or tab in a value shows as its escape, as on a terminal: a username
+    ``a\\nb`` showed as ``a b``, two accounts read as one."""
+    assert rendered_text(one) != rendered_text(other)
+    assert rendered_text("a\nb") == "<p>a\\x0ab</p>\n"
 
 
 def test_the_tools_own_markdown_passes_through() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import html
 import re
 from datetime import datetime
 from pathlib import Path
@@ -78,7 +79,24 @@ def test_the_preview_markdown_shows_names_as_text(plan: Plan, tmp_path: Path) ->
     counts, whys = 1 + 7, 1 + 1  # the counts' table; the never reached by why (all bounced)
     assert html.count("<tr>") == counts + whys + 2 * (1 + len(EVERYTHING))
     assert f"(--accept-unreached {len(EVERYTHING)})" in markdown
-    assert "Exempted: =cmd\\|' /C calc'\\!A0, &lt;b&gt;x&lt;/b&gt;" in markdown
+    assert "Exempted: '=cmd\\|\\\\' /C calc\\\\'\\!A0', '&lt;b&gt;x&lt;/b&gt;'" in markdown
+
+
+@pytest.mark.parametrize("name", PROSE + TERMINAL)
+def test_the_preview_markdown_names_each_exempted_account_as_one_name(
+    plan: Plan, tmp_path: Path, name: str
+) -> None:
+    """The saved preview's `Exempted:` line quotes each name, as the console does: a
+    username ``bo, di`` joined with ``, `` read as two people exempted, and one holding
+    a line break read as another with a space. Each, rendered, reads back exactly."""
+    exempted = [name, "bob"]
+    preview = dataclasses.replace(hostile_preview(), exempted=exempted)
+    markdown = preview_markdown(save_preview(plan, preview, tmp_path, actor="rm"))
+
+    [line] = [line for line in markdown.splitlines() if line.startswith("Exempted: ")]
+    said = re.fullmatch(r"<p>Exempted: (.*)</p>\n", MARKDOWN.render(line))
+    assert said, MARKDOWN.render(line)
+    assert names_read_back(html.unescape(said[1])) == exempted
 
 
 @pytest.mark.parametrize("name", PROSE + TERMINAL)

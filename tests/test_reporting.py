@@ -283,7 +283,8 @@ def test_only_the_largest_orgs_are_in_the_page(report: ReportFiles) -> None:
     rows = re.findall(r'<th scope="row">(.*?)</th>', table.group(0), re.S)
     assert rows[:3] == [
         "&lt;b&gt;x&lt;/b&gt;&amp;&#34;",
-        "comma, &#34;quote&#34;\nand a new line",
+        # Its line break shown, as the terminal and the Markdown show it: not a space.
+        "comma, &#34;quote&#34;\\x0aand a new line",
         "org-00",
     ]
     assert "32 orgs; 2 enforce 2FA" in html
@@ -423,8 +424,8 @@ def test_user_input_is_escaped_in_the_markdown(report: ReportFiles) -> None:
     markdown = report.markdown.read_text()
     assert "<b>" not in markdown and "<script" not in markdown
     assert '| &lt;b&gt;x&lt;/b&gt;&amp;" | 500 |' in markdown
-    # A new line in a name would end the table row: it becomes a space.
-    assert '| comma, "quote" and a new line | 450 |' in markdown
+    # A new line in a name would end the table row: it shows as \\x0a (rendered \x0a).
+    assert '| comma, "quote"\\\\x0aand a new line | 450 |' in markdown
     assert "email &lt;script&gt;alert\\(1\\)&lt;/script&gt; sent" in markdown
 
 

@@ -482,7 +482,7 @@ def test_a_withdrawal_preview_of_nothing_says_so_and_saves_nothing(
         preview = cli("notify", "withdraw", "--phase", "top-100", "--format", fmt)
         assert preview.exit_code == 0, preview.stderr
         said = " ".join(preview.stderr.split())
-        assert "nothing to withdraw: no queued or failed emails of phase top-100" in said
+        assert "nothing to withdraw: no queued or failed emails of phase 'top-100'" in said
         assert "--apply" not in said and "the list:" not in said
         assert not previews.exists() or not list(previews.iterdir())
     assert json.loads(preview.stdout) == []

@@ -19,7 +19,7 @@ from rollout.cli.app import (
     app,
     reports_errors,
 )
-from rollout.core.controls import shell_word
+from rollout.core.controls import quoted, shell_word
 from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput, RolloutError
 from rollout.core.output import (
     Format,
@@ -29,7 +29,6 @@ from rollout.core.output import (
     labelled,
     progress_for,
     stderr,
-    visible,
 )
 from rollout.core.words import by_count, counted, them
 
@@ -99,9 +98,9 @@ def notify_preview(
     settings, plan = runtime.settings, runtime.plan
     day = _parse_day(on, "--on") if on is not None else None
     if email is not None and email not in EMAILS:
-        raise RolloutError(f"no email named {email!r} (emails: {', '.join(EMAILS)})").with_exit(
-            EXIT_BAD_INPUT
-        )
+        raise RolloutError(
+            f"no email named {quoted(email)} (emails: {', '.join(EMAILS)})"
+        ).with_exit(EXIT_BAD_INPUT)
     # Every email the plan sends, or the one asked for (refused if the plan never sends it).
     names = [email] if email else [name for name in EMAILS if plan_sends(name, plan)]
     if phase is not None:
@@ -532,7 +531,7 @@ def notify_suppress(
         stderr.print(f"already suppressed {held.words()}", highlight=False)
     if apply:
         stderr.print(
-            f"{standing.address!r}: " + ("suppressed" if added else "was already suppressed"),
+            f"{quoted(standing.address)}: " + ("suppressed" if added else "was already suppressed"),
             highlight=False,
         )
         return
@@ -594,7 +593,7 @@ def notify_unsuppress(
         stderr.print(labelled("would be refused:", "bold yellow", refusal), highlight=False)
     elif not standing.manual:
         stderr.print(
-            f"{standing.address!r}: not suppressed by hand: nothing to lift", highlight=False
+            f"{quoted(standing.address)}: not suppressed by hand: nothing to lift", highlight=False
         )
     if standing.skipped and refusal is None:
         skipped = sum(standing.skipped.values())
@@ -612,7 +611,7 @@ def notify_unsuppress(
         )
     if apply:
         if lifted:
-            stderr.print(f"{standing.address!r}: suppression by hand lifted", highlight=False)
+            stderr.print(f"{quoted(standing.address)}: suppression by hand lifted", highlight=False)
         return
     stderr.print("preview only: add --apply to lift it", highlight=False)
 
@@ -778,7 +777,7 @@ def notify_withdraw(
         raise RolloutError("say which emails: --phase, --email or both").with_exit(EXIT_BAD_INPUT)
     if email is not None and email not in EMAILS:
         raise RolloutError(
-            f"no email named {email!r}: one of {', '.join(sorted(EMAILS))}"
+            f"no email named {quoted(email)}: one of {', '.join(sorted(EMAILS))}"
         ).with_exit(EXIT_BAD_INPUT)
     selection = Selection(phase=phase, email=email)
     preview_command = "rollout notify withdraw" + "".join(
@@ -823,7 +822,8 @@ def notify_withdraw(
         # Nothing an --apply would take: no list kept (reports/previews/ holds what was
         # approved), no command suggested that would change nothing.
         which = " and ".join(
-            f"{what} {visible(value) if value else repr(value)}"
+            # The phase is a name (an org's: org:NAME); the kind one of EMAILS.
+            f"{what} {quoted(value) if what == 'phase' else value}"
             for what, value in (("phase", phase), ("kind", email))
             if value is not None
         )

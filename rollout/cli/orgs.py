@@ -17,7 +17,7 @@ from rollout.cli.app import (
     app,
     reports_errors,
 )
-from rollout.core.controls import shell_word, visible
+from rollout.core.controls import quoted, shell_word
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 from rollout.core.output import Format, emit, emit_record, stderr
 from rollout.core.words import by_count, counted
@@ -109,7 +109,7 @@ def orgs_audit(
     emit(
         _members_rows(shown, fmt),
         fmt,
-        title=f"{org}: {len(shown):,} of {counted(len(members), 'member')}",
+        title=f"{quoted(org)}: {len(shown):,} of {counted(len(members), 'member')}",
         columns=["username", "role", "tfa_status", "tfa_methods", "joined_at"],
     )
 
@@ -166,7 +166,7 @@ def orgs_enforce(
         emit(
             _members_rows(members, fmt),
             fmt,
-            title=f"{org}: {counted(len(members), 'member')} would be removed",
+            title=f"{quoted(org)}: {counted(len(members), 'member')} would be removed",
             columns=["username", "role", "tfa_status", "tfa_methods", "joined_at"],
         )
         # Owners and admins go too: said apart, as the org loses who runs it.
@@ -182,7 +182,7 @@ def orgs_enforce(
         if not owners_with_2fa(everyone):
             # Every --owner would be refused: no command to suggest.
             stderr.print(
-                f"preview only: no owner of {visible(org)} uses 2FA, and only an owner with "
+                f"preview only: no owner of {quoted(org)} uses 2FA, and only an owner with "
                 "2FA can turn enforcement on: one of them must enable 2FA first",
                 highlight=False,
                 markup=False,
@@ -227,7 +227,7 @@ def orgs_enforce(
             "was_already_enforced": result.already_enforced,
         },
         fmt,
-        title=f"{org}: 2FA enforced",
+        title=f"{quoted(org)}: 2FA enforced",
     )
 
 
@@ -276,11 +276,11 @@ def orgs_reinvite(
         emit(
             [],
             fmt,
-            title=f"{org}: no removed member to invite back",
+            title=f"{quoted(org)}: no removed member to invite back",
             columns=["username", "removed_at"],
         )
         stderr.print(
-            f"nobody to invite back: no member the enforcement of {visible(org)} removed "
+            f"nobody to invite back: no member the enforcement of {quoted(org)} removed "
             "uses 2FA now without an invitation pending",
             highlight=False,
             markup=False,
@@ -293,14 +293,14 @@ def orgs_reinvite(
         emit(
             [{"username": i.username, "removed_at": i.removed_at} for i in invitees],
             fmt,
-            title=f"{org}: {counted(len(invitees), 'removed member')} now "
+            title=f"{quoted(org)}: {counted(len(invitees), 'removed member')} now "
             f"{by_count(len(invitees), 'uses', 'use')} 2FA",
             columns=["username", "removed_at"],
         )
         stderr.print(f"the list: {saved}", highlight=False, markup=False)
         stderr.print(
             f"preview only: to invite {_these(len(invitees), 'member')} back into team "
-            f"{team!r} (the invitations stay open {counted(INVITATION_DAYS, 'day')}) run "
+            f"{quoted(team)} (the invitations stay open {counted(INVITATION_DAYS, 'day')}) run "
             "rollout orgs reinvite "
             f"{shell_word(org)} --team {shell_word(team)} --owner {_owner_word(owner)} "
             f"--confirm {shell_word(org)} "
@@ -339,7 +339,7 @@ def orgs_reinvite(
             "expires_at": result.expires_at,
         },
         fmt,
-        title=f"{org}: invitations back into team {team}",
+        title=f"{quoted(org)}: invitations back into team {quoted(team)}",
     )
 
 
@@ -371,6 +371,6 @@ def orgs_invitations(
     emit(
         [{c: getattr(i, c) for c in columns} for i in found],
         fmt,
-        title=f"{org}: {counted(len(found), 'invitation')}",
+        title=f"{quoted(org)}: {counted(len(found), 'invitation')}",
         columns=columns,
     )

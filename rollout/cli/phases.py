@@ -534,7 +534,7 @@ def approve(
             accept_unreached=accept_unreached,
         )
         stderr.print(
-            f"approved flow run {waited.run_name} ({run}) as {name} for "
+            f"approved flow run {quoted(waited.run_name)} ({run}) as {quoted(name)} for "
             f"{counted(expect, 'account')} (list {expect_list})",
             highlight=False,
         )

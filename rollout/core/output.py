@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from rollout.core.controls import controls_shown, visible
+from rollout.core.controls import controls_shown, quoted, visible
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -186,10 +186,12 @@ def html_text(value: Any) -> Any:
     """A string for an HTML page, before it is escaped: its control characters shown as
     escapes (:func:`visible`; a right-to-left override ``\\u202e`` in an org's name would
     show the name, and whatever follows it in its cell, reversed; ESC and NUL are not
-    text). Line breaks and tabs stay (HTML shows them as spaces). Anything else (a
-    number, ``Markup`` the page's own code wrote) as it is."""
+    text). Line breaks and tabs are shown too (``\\x0a``, ``\\x09``), as the terminal
+    and the Markdown show them: HTML would show them as spaces, and an org ``a\\nb``
+    read as another, ``a b``. Anything else (a number, ``Markup`` the page's own code
+    wrote) as it is."""
     if isinstance(value, str) and not hasattr(value, "__html__"):
-        return visible(value, lines=True)
+        return visible(value)
     return value
 
 
@@ -407,12 +409,26 @@ def markdown_text(value: Any) -> str:
     """``value`` as Markdown that shows exactly its text, wherever it is put: a table
     cell, a heading, a list item or a sentence (GitHub's and Prefect's renderers). No
     HTML, emphasis, code, link, image, table cell break, autolink, list or heading
-    comes out of it, and it is one line."""
+    comes out of it, and it is one line: a line break or tab it holds shows as its
+    escape (``\\x0a``, ``\\x09``), as on a terminal (:func:`visible`), so ``a\\nb``
+    and ``a b`` never read the same."""
     if isinstance(value, Markdown):
         return str(value)
     text = "" if value is None else str(_plain(in_words(value)))
-    text = " ".join(text.replace("\t", " ").splitlines())
-    text = visible(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _markdown_shown(visible(text))
+
+
+def markdown_quoted(name: object) -> str:
+    """``name`` as one quoted name in a Markdown sentence or list (``'bo, di'``, as
+    :func:`rollout.core.controls.quoted` writes it on a terminal), shown as exactly
+    that text: a name holding ``, `` reads as one name, not two."""
+    return _markdown_shown(quoted(name))
+
+
+def _markdown_shown(text: str) -> str:
+    """``text``, already one line with its controls shown, as Markdown showing it as
+    text (markdown_text)."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
     text = _AUTOLINK.sub(lambda m: f"{m[1] or m[3]}\\{m[2] or m[4]}", text)
     return _BLOCK_START.sub(lambda m: m[1] + m[2][:-1] + "\\" + m[2][-1], text)

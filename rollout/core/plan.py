@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from rollout.core.clock import naive_utc
-from rollout.core.controls import CONTROL_CHARACTERS
+from rollout.core.controls import CONTROL_CHARACTERS, quoted
 from rollout.core.errors import BadInput
 from rollout.core.files import utf8_text
 from rollout.core.names import SAFE_NAME_RULE, is_safe_name
@@ -46,7 +46,7 @@ class _Strict(BaseModel):
 
 def _safe_name(value: str) -> str:
     if not is_safe_name(value):
-        raise ValueError(f"{value!r} cannot be a name: use {SAFE_NAME_RULE} characters")
+        raise ValueError(f"{quoted(value)} cannot be a name: use {SAFE_NAME_RULE} characters")
     return value
 
 
@@ -278,7 +278,7 @@ class CohortRule(_Strict):
             )
         if len(set(orgs)) < len(orgs):
             twice = next(org for org in orgs if orgs.count(org) > 1)
-            raise ValueError(f"org {twice!r} is listed twice")
+            raise ValueError(f"org {quoted(twice)} is listed twice")
         return orgs
 
     @model_validator(mode="after")
@@ -632,12 +632,14 @@ class Plan(_Strict):
             if phase.name == name:
                 return phase
         known = ", ".join(p.name for p in self.phases)
-        raise BadInput(None, None, f"no phase {name!r} in plan {self.name} (phases: {known})")
+        raise BadInput(None, None, f"no phase {quoted(name)} in plan {self.name} (phases: {known})")
 
     def cohort(self, name: str) -> CohortRule:
         if name not in self.cohorts:
             known = ", ".join(self.cohorts)
-            raise BadInput(None, None, f"no cohort {name!r} in plan {self.name} (cohorts: {known})")
+            raise BadInput(
+                None, None, f"no cohort {quoted(name)} in plan {self.name} (cohorts: {known})"
+            )
         return self.cohorts[name]
 
     def cohort_fixed_from(self, name: str) -> tuple[date, str] | None:
@@ -791,7 +793,7 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
             problems.append(
                 PlanProblem(
                     ("exemptions", "accounts", index, "username"),
-                    f"{exempt.username} is exempted twice",
+                    f"{quoted(exempt.username)} is exempted twice",
                 )
             )
         usernames.add(exempt.username)

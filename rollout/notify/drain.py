@@ -65,6 +65,7 @@ from sqlalchemy.sql import Select
 
 from rollout.core.calendar import phase_step, too_late, too_late_by_plan
 from rollout.core.clock import day_start, naive_utc
+from rollout.core.controls import quoted
 from rollout.core.errors import BadInput, RolloutError
 from rollout.core.plan import Phase, Plan
 from rollout.core.stopping import (
@@ -2400,7 +2401,7 @@ def account_recipient(
             select(ACCOUNTS.c.id).where(ACCOUNTS.c.username == username)
         ).scalar()
         if account_id is None:
-            raise BadInput(None, None, f"no account named {username!r}")
+            raise BadInput(None, None, f"no account named {quoted(username)}")
         claimed = [_Claimed(0, account_id, email, phase or "", "", {})]
         recipient = _recipients(connection, claimed)[account_id]
         if phase is None:

@@ -41,6 +41,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, or_, select
 
+from rollout.core.controls import quoted
 from rollout.core.errors import GuardRefused, RolloutError
 from rollout.core.words import counted
 from rollout.notify.message import DeliveryFailed, address_forms, normal_address
@@ -260,12 +261,12 @@ class Suppression:
     def words(self) -> str:
         """Who holds it and why, as a preview says it."""
         if self.source == MANUAL:
-            held = f"by hand, by {self.created_by} on {self.created_at:%Y-%m-%d}"
+            held = f"by hand, by {quoted(self.created_by)} on {self.created_at:%Y-%m-%d}"
         else:
             held = f"on SendGrid's {LIST_OF.get(self.source, self.source)} list"
             if not self.stops_email:
                 held += " (recorded; it does not stop these emails)"
-        return f"{held} ({self.address}): {self.reason}"
+        return f"{held} ({quoted(self.address)}): {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -365,10 +366,10 @@ def sendgrid_refusal(standing: AddressStanding) -> str | None:
         return None
     lists = ", ".join(sorted({LIST_OF.get(s.source, s.source) for s in held}))
     return (
-        f"{standing.address} is on SendGrid's {lists} list: its email stays stopped whatever "
-        "is lifted here, and `rollout notify sync-suppressions` (the notify flow, each day) "
-        "copies SendGrid's lists again. Remove it there first (SendGrid: Suppressions), run "
-        "`rollout notify sync-suppressions`, then lift it here"
+        f"{quoted(standing.address)} is on SendGrid's {lists} list: its email stays stopped "
+        "whatever is lifted here, and `rollout notify sync-suppressions` (the notify flow, "
+        "each day) copies SendGrid's lists again. Remove it there first (SendGrid: "
+        "Suppressions), run `rollout notify sync-suppressions`, then lift it here"
     )
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from rollout.core.calendar import BROWNOUTS_SCHEDULE_STEP, ENROLL_ALL_STEP
 from rollout.core.clock import naive_utc
+from rollout.core.controls import quoted, shell_word
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import Brownout, Plan
 from rollout.core.words import counted, them
@@ -418,7 +419,9 @@ def _change_window(
     # a cohort release or a withdrawal must say why.
     if not reason.strip():
         verb = "start" if action == "brownout_started" else "end"
-        raise BadInput(None, None, f"say why: brownout {verb} {name} --reason '...'")
+        raise BadInput(
+            None, None, f"say why: rollout brownout {verb} {shell_word(name)} --reason '...'"
+        )
     with _changing_windows(registry) as connection:
         # Checked under the lock, on the windows as committed: of two starts at once of
         # windows that would overlap, the second sees the first's and refuses, naming it.
@@ -510,7 +513,7 @@ def _current(registry: Registry, name: str, now: datetime) -> tuple[WindowState,
 def _current_of(windows: list[WindowState], name: str) -> tuple[WindowState, list[WindowState]]:
     current = next((w for w in windows if w.name == name), None)
     if current is None:
-        raise BadInput(None, None, f"no brown-out window named {name!r}")
+        raise BadInput(None, None, f"no brown-out window named {quoted(name)}")
     return current, [w for w in windows if w.name != name]
 
 

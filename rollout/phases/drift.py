@@ -49,6 +49,7 @@ from sqlalchemy import Connection, Select, and_, case, func, or_, select
 
 from rollout.cohorts import orgs_not_in_registry
 from rollout.core.clock import naive_utc
+from rollout.core.controls import quoted
 from rollout.core.plan import Phase, Plan, asks_more_than
 from rollout.core.words import by_count, counted
 from rollout.notify.emails import ELV_HEADS_UP_EMAIL
@@ -212,7 +213,7 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
             told_asks.setdefault(name, Counter())[asks] += count
     for name in sorted((set(required) | set(emailed)) - names):
         errors.append(
-            f"phase {name!r} is not in plan {plan.name}, but the registry has "
+            f"phase {quoted(name)} is not in plan {plan.name}, but the registry has "
             f"{counted(required.get(name, 0), 'account')} it requires and {emailed[name]:,} "
             "of its emails: renamed or deleted after it acted? Its emails no longer "
             "render and it cannot be rolled back; keep its name (roll it back first "
@@ -320,7 +321,7 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
     for username in exempt:
         if username not in known:
             warnings.append(
-                f"exemptions: no account is named {username!r} in the registry (usernames "
+                f"exemptions: no account is named {quoted(username)} in the registry (usernames "
                 "are exact): it exempts nobody"
             )
     for username in managers:
@@ -328,7 +329,7 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
             # The phase summary goes to the accounts named: one misspelt (or not made
             # yet) gets none, and enforcement's summary went to nobody without a word.
             warnings.append(
-                f"notifications.release_managers: no account is named {username!r} in the "
+                f"notifications.release_managers: no account is named {quoted(username)} in the "
                 "registry (usernames are exact): no phase summary goes to it"
             )
     with registry.engine.connect() as connection:

@@ -121,7 +121,7 @@ def _org_id(engine: Engine, org: str) -> tuple[int, datetime | None]:
     with engine.connect() as connection:
         row = connection.execute(select(Org.id, Org.tfa_enforced_at).where(Org.name == org)).first()
     if row is None:
-        raise BadInput(None, None, f"no org named {org!r}")
+        raise BadInput(None, None, f"no org named {quoted(org)}")
     return row[0], row[1]
 
 
@@ -185,9 +185,11 @@ def _acting_owner(members: list[Member], org: str, owner: str, doing: str) -> Me
     """The owner acting, who must be an owner of the org and use 2FA."""
     acting = next((m for m in members if m.username == owner), None)
     if acting is None or acting.role != "owner":
-        raise GuardRefused(f"{owner!r} is not an owner of {org!r}")
+        raise GuardRefused(f"{quoted(owner)} is not an owner of {quoted(org)}")
     if acting.tfa_status == "none":
-        raise GuardRefused(f"{owner!r} has no 2FA: an owner must enable 2FA before {doing} {org!r}")
+        raise GuardRefused(
+            f"{quoted(owner)} has no 2FA: an owner must enable 2FA before {doing} {quoted(org)}"
+        )
     return acting
 
 
@@ -401,8 +403,8 @@ class Reinvitation:
 def _team_id(connection: Connection, org_id: int, org: str, team: str) -> int:
     teams = dict(connection.execute(select(Team.name, Team.id).where(Team.org_id == org_id)).all())
     if team not in teams:
-        known = ", ".join(repr(name) for name in sorted(teams)) or "none"
-        raise BadInput(None, None, f"no team {team!r} in org {org!r} (teams: {known})")
+        known = ", ".join(quoted(name) for name in sorted(teams)) or "none"
+        raise BadInput(None, None, f"no team {quoted(team)} in org {quoted(org)} (teams: {known})")
     return int(teams[team])
 
 
@@ -714,7 +716,7 @@ def _as_previewed(
     (who, why, does), (found, expect), (fingerprint, expect_list) = words, counts, lists
     if expect is not None and found != expect:
         raise MembersNotAsPreviewed(
-            f"org {org!r} has {counted(found, who)} {why}, not the {expect} expected: "
+            f"org {quoted(org)} has {counted(found, who)} {why}, not the {expect} expected: "
             f"run `{preview}` and check",
             *listed,
             team,
@@ -722,7 +724,7 @@ def _as_previewed(
 
     if expect_list is not None and not same_list(fingerprint, expect_list):
         raise MembersNotAsPreviewed(
-            f"org {org!r}: the members it would {does} now are not the ones previewed "
+            f"org {quoted(org)}: the members it would {does} now are not the ones previewed "
             f"(list {fingerprint}, not {expect_list}): some changed since, though the count "
             f"may not have{'' if now_said is None else f' ({now_said})'}; run `{preview}` "
             "and check",

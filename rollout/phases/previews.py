@@ -25,7 +25,7 @@ from rollout.core.controls import quoted, visible
 from rollout.core.files import write_atomically
 from rollout.core.fingerprints import list_fingerprint
 from rollout.core.names import safe_path_component
-from rollout.core.output import csv_value, write_csv
+from rollout.core.output import csv_value, markdown_quoted, write_csv
 from rollout.core.output import markdown_text as md
 from rollout.core.words import counted
 from rollout.notify.reach import CATEGORIES, NOT_SENT_YET, SEND_FAILED, category
@@ -685,11 +685,14 @@ def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
     lines += _table(COLUMNS, preview_rows(p), limit, "the CSV")
     lines += _table(TOKEN_COLUMNS, token_rows(p), limit, "the tokens' CSV")
     if p.exempted:
-        lines += ["", "Exempted: " + ", ".join(md(name) for name in p.exempted)]
+        # Each name quoted, as the console's `exempted:` says it: a username holding
+        # ", " is one person exempted, not two.
+        lines += ["", "Exempted: " + ", ".join(markdown_quoted(name) for name in p.exempted)]
     if p.exempt_but_required:
         lines += [
             "",
             "Exempted but required by this phase before the exemption (a rollback of the "
-            "phase releases them): " + ", ".join(md(name) for name in p.exempt_but_required),
+            "phase releases them): "
+            + ", ".join(markdown_quoted(name) for name in p.exempt_but_required),
         ]
     return "\n".join(lines) + "\n"

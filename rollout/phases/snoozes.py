@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, select
 
 from rollout.core.calendar import REQUESTS_FINGERPRINT, snooze_step
+from rollout.core.controls import quoted
 from rollout.core.counts import in_exponent_notation, whole_count
 from rollout.core.errors import BadInput
 from rollout.core.files import utf8_text
@@ -185,7 +186,7 @@ def read_requests(path: Path, now: datetime, *, read_each_day: bool = False) -> 
         if given:
             at = _requested_at(path, line, values["requested_at"], now)
         if username in seen:
-            raise BadInput(path, line, f"{username!r} already asked on line {seen[username]}")
+            raise BadInput(path, line, f"{quoted(username)} already asked on line {seen[username]}")
         seen[username] = line
         requests.append(
             SnoozeRequest(username, days, at, f"{path.name} line {line}", given, read_as)
