@@ -19,7 +19,7 @@ from rollout.cli.app import (
     app,
     reports_errors,
 )
-from rollout.core.controls import shell_word
+from rollout.core.controls import quoted, shell_word
 from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput, RolloutError
 from rollout.core.output import (
     Format,
@@ -29,7 +29,6 @@ from rollout.core.output import (
     labelled,
     progress_for,
     stderr,
-    visible,
 )
 from rollout.core.words import by_count, counted, them
 
@@ -810,13 +809,14 @@ def notify_withdraw(
     if not apply and not emails:
         # Nothing an --apply would take: no list kept (reports/previews/ holds what was
         # approved), no command suggested that would change nothing.
+        # Each name quoted, as a refusal quotes it (an org's phase is named by the org).
         which = " and ".join(
-            f"{what} {visible(value) if value else repr(value)}"
+            f"{what} {quoted(value)}"
             for what, value in (("phase", phase), ("kind", email))
             if value is not None
         )
         stderr.print(
-            f"nothing to withdraw: no queued or failed emails of {which}",
+            f"nothing to withdraw: no queued, failed or in-flight emails of {which}",
             highlight=False,
             markup=False,
         )
