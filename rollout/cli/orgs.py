@@ -17,7 +17,7 @@ from rollout.cli.app import (
     app,
     reports_errors,
 )
-from rollout.core.controls import shell_word, visible
+from rollout.core.controls import quoted, shell_word
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
 from rollout.core.output import Format, emit, emit_record, stderr
 from rollout.core.words import by_count, counted
@@ -182,7 +182,7 @@ def orgs_enforce(
         if not owners_with_2fa(everyone):
             # Every --owner would be refused: no command to suggest.
             stderr.print(
-                f"preview only: no owner of {visible(org)} uses 2FA, and only an owner with "
+                f"preview only: no owner of {quoted(org)} uses 2FA, and only an owner with "
                 "2FA can turn enforcement on: one of them must enable 2FA first",
                 highlight=False,
                 markup=False,
@@ -280,7 +280,7 @@ def orgs_reinvite(
             columns=["username", "removed_at"],
         )
         stderr.print(
-            f"nobody to invite back: no member the enforcement of {visible(org)} removed "
+            f"nobody to invite back: no member the enforcement of {quoted(org)} removed "
             "uses 2FA now without an invitation pending",
             highlight=False,
             markup=False,
