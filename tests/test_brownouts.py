@@ -920,3 +920,52 @@ def test_enrolling_early_withdraws_the_elv_heads_ups_queued_and_not_sent(
         ).scalar_one()
     assert states == [("skipped", "withdrawn: every account enrolled in ELV", queued)]
     assert withdrawals == 1
+
+
+def test_enrolling_early_withdraws_the_brownout_heads_ups_queued_and_not_sent(
+    registry: Registry,
+    plan: Plan,
+    accounts: dict[str, int],
+    registry_url: str,
+    rollout_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Queued on 20 February for the window of the 23rd, the brown-out's heads-ups had
+    not gone when `elv enroll-all --early` enrolled every account on the 21st: a
+    brown-out's heads-up goes to accounts without 2FA nor ELV (its "rehearsal for when
+    this becomes permanent" is false for one met by an emailed code at every login), and
+    sent after the enrolment it told that to every account it went to. Withdrawn with
+    the enrolment, as the ELV heads-ups are, counted by the preview; none goes."""
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+    from rollout.notify.drain import drain
+    from rollout.notify.queue import queue_due
+    from tests.support.outbox import Recording
+
+    first_phase = plan.model_copy(update={"phases": plan.phases[:1]})
+    with on_the_morning_of(date(2022, 2, 20)):
+        queue_due(registry, first_phase, date(2022, 2, 20), actor="rm")
+    with registry.engine.connect() as connection:
+        queued = connection.execute(
+            select(func.count())
+            .select_from(Notification)
+            .where(Notification.email == "brownout_heads_up", Notification.state == "queued")
+        ).scalar_one()
+    assert queued == 2  # kim and max: lee uses 2FA
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    with use_clock(SimulatedClock(datetime(2022, 2, 21, 9))):
+        preview = CliRunner().invoke(app, ["elv", "enroll-all"])
+        assert preview.exit_code == 0, preview.stderr
+        assert "2 brown-out heads-ups not sent yet are withdrawn with it" in preview.stderr
+        assert brownouts.enroll_all(registry, first_phase, actor="rm", early=True) == 3
+        sender = Recording()
+        drain(registry, first_phase, sender)
+    assert [m for m in sender.sent if m.email == "brownout_heads_up"] == []
+    with registry.engine.connect() as connection:
+        states = connection.execute(
+            select(Notification.state, Notification.skip_reason, func.count())
+            .where(Notification.email == "brownout_heads_up")
+            .group_by(Notification.state, Notification.skip_reason)
+        ).all()
+    assert states == [("skipped", "withdrawn: every account enrolled in ELV", queued)]

@@ -937,3 +937,18 @@ def test_a_reinvitation_preview_of_nobody_says_so_and_saves_nothing(
     assert "--confirm" not in said and "the list:" not in said
     previews = tmp_path / "reports" / "previews"
     assert not previews.exists() or not list(previews.iterdir())
+
+
+@pytest.mark.parametrize("name", PROSE)
+def test_a_reinvitation_preview_of_nobody_quotes_the_org(
+    registry: Registry, factories: None, cli: Callable[..., Any], name: str
+) -> None:
+    """An org's name is the registry's data: 'nobody to invite back' showed it as it
+    was, so an org named ``bo, di`` or ``di and 40 more`` read as more of the sentence.
+    Quoted, as every refusal names it."""
+    from rollout.core.controls import quoted
+
+    TeamFactory(org=OrgFactory(name=name), name="release")
+    preview = cli("orgs", "reinvite", name, "--team", "release")
+    assert preview.exit_code == 0, preview.stderr
+    assert f"no member the enforcement of {quoted(name)} removed" in _said(preview)

@@ -993,6 +993,44 @@ def test_a_sample_stopped_part_way_says_so_when_run_again(
     assert "holds a sample registry" in _one_line(again.stderr)
 
 
+def test_the_demo_is_never_played_on_a_sample_stopped_part_way(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `rollout sample` stopped before its last landing file leaves a whole registry
+    and only part of its landing files: `rollout demo` rewound that registry, then
+    ingested and enforced over part of the sample (no publishes here), as if whole.
+    Refused (exit 3) before anything is changed, saying how to write it whole; once
+    replaced, the demo is played."""
+    from rollout.demo import sample
+
+    real_write = sample._write_parquet
+
+    def stopped_at_the_publishes(table: pa.Table, path: Path) -> None:
+        if Path(path).parent.name == "publishes":
+            raise KeyboardInterrupt  # Ctrl-C before the last landing file
+        real_write(table, path)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sample, "_write_parquet", stopped_at_the_publishes)
+        assert _rollout(*SAMPLE).exit_code != 0
+    url = f"sqlite:///{rollout_home / 'registry.db'}"
+    before = (_landing_bytes(rollout_home / "landing"), _state(url))
+    refused = _rollout(*DEMO)
+    assert refused.exit_code == 3, refused.output
+    said = _one_line(refused.stderr)
+    assert "holds an unfinished sample registry" in said
+    assert "Nothing was changed" in said
+    # The command that wrote it, to write the same sample whole.
+    assert "Write the sample whole first: rollout sample --scale tiny --seed 7 " in said
+    assert "--days 10 --replace --confirm registry.db" in said
+    assert (_landing_bytes(rollout_home / "landing"), _state(url)) == before
+    assert not (rollout_home / "warehouse.duckdb").exists()
+
+    assert _rollout(*REPLACE).exit_code == 0
+    played = _rollout(*DEMO)
+    assert played.exit_code == 0, played.output
+
+
 @pytest.mark.parametrize("days", [800_000, 30_000])
 def test_a_history_starting_before_the_registry_is_refused_before_anything_is_made(
     tmp_path: Path, days: int

@@ -23,6 +23,7 @@ from rollout.phases.withdrawals import save_withdraw_preview
 from rollout.registry import Registry
 from rollout.registry.models import Action, Notification
 from tests.factories import T0, AccountFactory, NotificationFactory, bound_to
+from tests.hostile import PROSE
 from tests.support.env import without_rollout_settings
 
 
@@ -482,7 +483,9 @@ def test_a_withdrawal_preview_of_nothing_says_so_and_saves_nothing(
         preview = cli("notify", "withdraw", "--phase", "top-100", "--format", fmt)
         assert preview.exit_code == 0, preview.stderr
         said = " ".join(preview.stderr.split())
-        assert "nothing to withdraw: no queued or failed emails of phase 'top-100'" in said
+        assert (
+            "nothing to withdraw: no queued, failed or in-flight emails of phase 'top-100'" in said
+        )
         assert "--apply" not in said and "the list:" not in said
         assert not previews.exists() or not list(previews.iterdir())
     assert json.loads(preview.stdout) == []
@@ -490,3 +493,23 @@ def test_a_withdrawal_preview_of_nothing_says_so_and_saves_nothing(
     preview = cli("notify", "withdraw", "--phase", "top-100", "--email", "reminder")
     assert preview.exit_code == 0 and "--apply" in preview.stderr
     assert len(list(previews.glob("*.csv"))) == 1
+
+
+@pytest.mark.parametrize("org", PROSE)
+def test_a_withdrawal_preview_of_nothing_quotes_the_phase_it_names(
+    registry: Registry, cli: Callable[..., Any], org: str
+) -> None:
+    """An org's phase is named by the org (``org:NAME``), which can hold anything: the
+    'nothing to withdraw' of a selection showed it as it was, so an org named
+    ``acme and kind reminder`` read as a selection of another kind, ``bo, di`` as two.
+    Quoted, as a refusal quotes every name: the selection reads back exactly."""
+    from rollout.core.controls import quoted
+
+    phase = f"org:{org}"
+    preview = cli("notify", "withdraw", "--phase", phase, "--email", "org_removal_notice")
+    assert preview.exit_code == 0, preview.stderr
+    said = " ".join(preview.stderr.split())
+    assert (
+        f"nothing to withdraw: no queued, failed or in-flight emails of phase {quoted(phase)} "
+        "and kind org_removal_notice"
+    ) in said

@@ -191,7 +191,7 @@ def elv_enroll_all(
 
     from rollout.core.errors import GuardRefused
     from rollout.notify.withdraw import in_flight_note, withdraw_preview
-    from rollout.phases.brownouts import ELV_HEADS_UPS, enroll_all, enroll_all_guard
+    from rollout.phases.brownouts import WITHDRAWN_BY_ENROLL_ALL, enroll_all, enroll_all_guard
     from rollout.registry.ledger import utc_now
     from rollout.registry.models import Account
 
@@ -201,20 +201,25 @@ def elv_enroll_all(
         pending = connection.execute(
             select(func.count()).select_from(Account).where(Account.elv_enrolled_at.is_(None))
         ).scalar_one()
-        heads_ups = withdraw_preview(connection, ELV_HEADS_UPS)
+        heads_ups = {
+            kind: withdraw_preview(connection, selection)
+            for kind, selection in WITHDRAWN_BY_ENROLL_ALL.items()
+        }
     stderr.print(
         f"{counted(pending, 'account')} {by_count(pending, 'is', 'are')} not enrolled in ELV yet",
         highlight=False,
     )
-    queued = sum(row["queued"] for row in heads_ups)
-    flying = sum(row["in_flight"] for row in heads_ups)
-    if queued or flying:
-        # Each tells of the enrolment as to come: withdrawn before any account is enrolled.
-        stderr.print(
-            f"{counted(queued, 'ELV heads-up')} not sent yet "
-            f"{by_count(queued, 'is', 'are')} withdrawn with it{in_flight_note(flying)}",
-            highlight=False,
-        )
+    for kind, rows in heads_ups.items():
+        queued = sum(row["queued"] for row in rows)
+        flying = sum(row["in_flight"] for row in rows)
+        if queued or flying:
+            # Each tells of emailed codes at login as to come: withdrawn before any
+            # account is enrolled.
+            stderr.print(
+                f"{counted(queued, kind)} not sent yet "
+                f"{by_count(queued, 'is', 'are')} withdrawn with it{in_flight_note(flying)}",
+                highlight=False,
+            )
     if not apply:
         try:
             enroll_all_guard(plan, utc_now().date(), early=early, registry=runtime.registry)

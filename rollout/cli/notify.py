@@ -821,6 +821,7 @@ def notify_withdraw(
     if not apply and not emails:
         # Nothing an --apply would take: no list kept (reports/previews/ holds what was
         # approved), no command suggested that would change nothing.
+        # Each name quoted, as a refusal quotes it (an org's phase is named by the org).
         which = " and ".join(
             # The phase is a name (an org's: org:NAME); the kind one of EMAILS.
             f"{what} {quoted(value) if what == 'phase' else value}"
@@ -828,7 +829,7 @@ def notify_withdraw(
             if value is not None
         )
         stderr.print(
-            f"nothing to withdraw: no queued or failed emails of {which}",
+            f"nothing to withdraw: no queued, failed or in-flight emails of {which}",
             highlight=False,
             markup=False,
         )

@@ -1449,6 +1449,9 @@ class RegistryContents:
     # False for a sample whose `rollout sample` run stopped (or failed) before its last
     # landing file was written: its registry may be whole, its landing folder is not.
     complete: bool = True
+    # The `rollout sample` command that wrote it (its mark's note): run with --replace,
+    # it writes the same sample whole. Empty for a registry it did not make.
+    made_by: str = ""
 
     def describe(self) -> str:
         kind = "a sample registry" if self.is_sample else "a registry `rollout sample` did not make"
@@ -1514,6 +1517,7 @@ def registry_contents(registry: Registry) -> RegistryContents:
                 emails=count("notifications"),
                 runs=count("plan_runs"),
                 complete=mark is None or not str(mark[0]).endswith(UNFINISHED),
+                made_by=str(mark[0] or "").removesuffix(UNFINISHED) if mark else "",
             )
     finally:
         engine.dispose()

@@ -42,6 +42,7 @@ from sqlalchemy import Engine, and_, bindparam, delete, insert, or_, select, upd
 from rollout import cohorts, metrics, warehouse
 from rollout.core.calendar import plan_calendar
 from rollout.core.clock import SimulatedClock, use_clock
+from rollout.core.controls import shell_word
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.files import written_in_place
 from rollout.core.plan import Phase, Plan
@@ -276,6 +277,17 @@ def require_sample(registry: Registry, locations: Locations) -> None:
             "it is given. Nothing was changed. Point ROLLOUT_HOME (and ROLLOUT_REGISTRY_URL, "
             "ROLLOUT_WAREHOUSE) at a scratch home and run `rollout sample` there first, or "
             "`make demo`."
+        )
+    if not contents.complete:
+        # Its registry is whole, its landing folder only part of it: the story would
+        # rewind the registry, then ingest and enforce over part of the sample as if whole.
+        again = contents.made_by or "rollout sample"
+        raise GuardRefused(
+            f"refusing to play the demo on it: {contents.url} holds an unfinished sample "
+            "registry (the `rollout sample` run that wrote it stopped before its landing "
+            "files were all written: the demo would ingest only part of the sample). "
+            f"Nothing was changed. Write the sample whole first: {again} --replace --confirm "
+            f"{shell_word(contents.name)}"
         )
     if not landing_dir.is_dir():
         raise BadInput(landing_dir, None, "no such file or folder (`rollout sample` writes it)")

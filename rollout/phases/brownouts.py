@@ -597,8 +597,13 @@ def end_now(registry: Registry, name: str, *, actor: str, reason: str) -> Window
     return _change_window(registry, name, actor, reason, _end_values, "brownout_ended")
 
 
-# The ELV heads-ups `enroll_all` withdraws (those not gone), and why.
+# The heads-ups `enroll_all` withdraws (those not gone), and why: ELV for all's, which
+# announce the enrolment as to come, and the brown-outs', which go to the same audience
+# (accounts without 2FA nor ELV) and tell of emailed codes at login as a rehearsal; by
+# what the preview calls them.
 ELV_HEADS_UPS = Selection(email=ELV_HEADS_UP_EMAIL)
+BROWNOUT_HEADS_UPS = Selection(email=HEADS_UP_EMAIL)
+WITHDRAWN_BY_ENROLL_ALL = {"ELV heads-up": ELV_HEADS_UPS, "brown-out heads-up": BROWNOUT_HEADS_UPS}
 ENROLLED_ALL = "every account enrolled in ELV"
 
 
@@ -644,9 +649,10 @@ def enroll_all(
     ``enroll_all_on`` or later (``enroll_all_guard``); resumable: a rerun touches only
     accounts still not enrolled. One audit row per batch (first and last id, count): at
     2M accounts a row each would double the work for no more truth, since
-    ``elv_enrolled_at`` itself records each account's change. First the ELV heads-ups
-    not sent yet are withdrawn (``ELV_HEADS_UPS``), audited: each announces the
-    enrolment as to come."""
+    ``elv_enrolled_at`` itself records each account's change. First the heads-ups not
+    sent yet of ELV and of the brown-outs are withdrawn (``WITHDRAWN_BY_ENROLL_ALL``),
+    audited: each announces emailed codes at login as to come, which every account then
+    meets at every login."""
     if batch_size < 1:
         # 0 would enrol nobody and report success; a negative LIMIT means no limit.
         raise BadInput(None, None, f"batch size {batch_size}: must be at least 1")
@@ -671,16 +677,19 @@ def enroll_all(
             run_id = run.id
             # Before any account: enrolled (early), they would still be sent the
             # heads-ups queued and not gone, telling them of a day to come what is done
-            # (as a brown-out's start withdraws its own). A kill between batches leaves
-            # none queued; a rerun withdraws again (nothing left) and goes on.
+            # (as a brown-out's start withdraws its own): ELV for all's, and a coming
+            # brown-out's, whose audience (without 2FA nor ELV) the enrolment empties.
+            # A kill between batches leaves none queued; a rerun withdraws again
+            # (nothing left) and goes on.
             with begin_writing(engine) as connection:
-                withdraw_queued(
-                    connection,
-                    ELV_HEADS_UPS,
-                    reason=ENROLLED_ALL,
-                    actor=actor,
-                    run_id=run_id,
-                )
+                for selection in WITHDRAWN_BY_ENROLL_ALL.values():
+                    withdraw_queued(
+                        connection,
+                        selection,
+                        reason=ENROLLED_ALL,
+                        actor=actor,
+                        run_id=run_id,
+                    )
             enrolled, last_id = 0, -1
             while True:
                 now = utc_now()
