@@ -68,7 +68,9 @@ def test_nothing_to_withdraw_names_the_phase_asked_for_as_one_name(
     result = cli("notify", "withdraw", "--phase", f"org:{name}", "--email", "org_removal_notice")
 
     assert result.exit_code == 0, result.stderr
-    said = named(result, "no queued or failed emails of phase", "and kind org_removal_notice")
+    said = named(
+        result, "no queued, failed or in-flight emails of phase", "and kind org_removal_notice"
+    )
     assert said == [f"org:{name}"]
 
 
