@@ -289,7 +289,7 @@ def test_a_phase_asking_more_than_its_notices_told_is_refused_and_not_enforced(
         "'two_factor=any;effects=require_2fa,revoke_sessions'" in said
     )
     assert (
-        "it now asks more (a security key (WebAuthn); TOTP alone is not enough; effect "
+        "it now asks more (a security key (WebAuthn, not TOTP alone); effect "
         "close_totp_enrolment)" in said
     )
     forced = _previewed_refused_then_forced(
