@@ -29,7 +29,7 @@ from flows.common import (
 )
 from flows.metrics import metrics
 from rollout.cohorts import CohortResult, build_cohorts, cohorts_not_fixed_yet
-from rollout.core.output import labelled_rows
+from rollout.core.output import labelled_rows, markdown_quoted
 
 ENTERED_LISTED = 20
 
@@ -55,7 +55,8 @@ def build_all_cohorts(
 def entered_list(packages: Sequence[str], limit: int = ENTERED_LISTED) -> str:
     if not packages:
         return "none"
-    shown = ", ".join(cell(p) for p in packages[:limit])
+    # Each quoted: a package named "a, b" reads as one (markdown_quoted).
+    shown = ", ".join(markdown_quoted(p) for p in packages[:limit])
     more = len(packages) - limit
     return shown + (f" and {more} more" if more > 0 else "")
 

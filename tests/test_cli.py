@@ -236,7 +236,7 @@ def test_metrics_and_cohorts_from_the_command_line(rollout_home: Path) -> None:
 
 def test_metrics_gives_the_missing_days_as_a_list_scripts_read(rollout_home: Path) -> None:
     """JSON: a list of ISO dates, empty for none (it was "none", or the days in words);
-    CSV: one cell, the days joined as every command joins a list."""
+    CSV: one cell, a JSON array, as every command gives a list there."""
     assert run("sample", "--scale", "tiny", "--seed", "3").exit_code == 0
     assert run("ingest").exit_code == 0  # downloads up to 2022-01-31
     complete = run("metrics", "--as-of", "2022-02-01", "--format", "json")
@@ -250,13 +250,13 @@ def test_metrics_gives_the_missing_days_as_a_list_scripts_read(rollout_home: Pat
             io.StringIO(run("metrics", "--as-of", "2022-02-03", "--format", "csv").stdout)
         )
     )
-    assert cells["missing_days"] == "2022-02-01, 2022-02-02"
+    assert json.loads(cells["missing_days"]) == ["2022-02-01", "2022-02-02"]
     cells = next(
         csv.DictReader(
             io.StringIO(run("metrics", "--as-of", "2022-02-01", "--format", "csv").stdout)
         )
     )
-    assert cells["missing_days"] == ""
+    assert cells["missing_days"] == "[]"
 
 
 def test_metrics_of_the_next_day_equal_a_rebuild(rollout_home: Path) -> None:

@@ -71,7 +71,8 @@ def test_diff_lists_who_entered_and_who_left_through_which_packages(rollout_home
     ]
     csv_lines = run("cohorts", "diff", "2022-01-03", "2022-01-17", "-f", "csv").stdout.splitlines()
     assert csv_lines[0] == "change,cohort,username,tfa_status,packages"
-    assert csv_lines[3] == 'entered,top-100,eve,none,"lodash, lodash.get"'
+    # The packages one cell, a JSON array: a package named "a, b" would read as two.
+    assert csv_lines[3] == 'entered,top-100,eve,none,"[""lodash"", ""lodash.get""]"'
     # Backwards, entered and left swap.
     back = json.loads(run("cohorts", "diff", "2022-01-17", "2022-01-03", "-f", "json").stdout)
     assert {(r["change"], r["cohort"], r["username"]) for r in back} == {

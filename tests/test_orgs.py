@@ -952,3 +952,22 @@ def test_a_reinvitation_preview_of_nobody_quotes_the_org(
     preview = cli("orgs", "reinvite", name, "--team", "release")
     assert preview.exit_code == 0, preview.stderr
     assert f"no member the enforcement of {quoted(name)} removed" in _said(preview)
+
+
+@pytest.mark.parametrize("name", PROSE)
+def test_the_members_enforcement_removed_read_as_those_members_in_its_table(
+    registry: Registry, acme: dict[str, int], cli: Callable[..., Any], name: str
+) -> None:
+    """bo renamed 'bo, di' (or 'di and 40 more'): the record's removed_members cell read
+    'bo, di, di', three people removed where two were. A table quotes each member (CSV
+    gives a JSON array: tests/test_output.py)."""
+    with registry.engine.begin() as connection:
+        connection.execute(update(Account).where(Account.id == acme["bo"]).values(username=name))
+    listed = orgs.removal_fingerprint(orgs.enforcement_preview(registry, "acme"))
+    apply = ("orgs", "enforce", "acme", "--owner", "ada", "--confirm", "acme", "--expect", "2")
+    done = cli(*apply, "--expect-list", listed)
+    assert done.exit_code == 0, done.stderr
+    [cell] = [
+        line.split("│")[2].strip() for line in done.stdout.splitlines() if "removed_members" in line
+    ]
+    assert sorted(names_read_back(cell)) == sorted([name, "di"])

@@ -28,6 +28,7 @@ from rollout.core.output import (
     Markdown,
     csv_cell,
     csv_cells,
+    csv_value,
     emit,
     emit_lines,
     emit_record,
@@ -38,7 +39,7 @@ from rollout.core.output import (
     write_csv,
 )
 
-from .hostile import EVERYTHING, FORMULAS, MARKUP, RICH_MARKUP, TERMINAL
+from .hostile import EVERYTHING, FORMULAS, MARKUP, PROSE, RICH_MARKUP, TERMINAL
 from .support.previews import names_read_back
 
 # CommonMark plus GitHub's tables and strikethrough, as Prefect and GitHub render them.
@@ -331,7 +332,7 @@ def test_a_result_presents_its_summary_with_its_labels() -> None:
         ("as of", date(2022, 1, 3)),
         ("packages", 12),
         ("weekly window complete", False),
-        ("missing download days", "2022-01-01"),
+        ("missing download days", [date(2022, 1, 1)]),
         ("self-dependencies ignored", 1),
         ("dependencies on unknown packages ignored", 2),
         ("unknown packages depended on", 3),
@@ -358,11 +359,12 @@ def test_a_table_says_its_times_are_utc(capsys: pytest.CaptureFixture[str]) -> N
     assert capsys.readouterr().out == "at\n2022-02-16T00:00:00\n"
 
 
-def test_a_list_is_a_list_in_json_one_cell_in_csv_and_words_in_a_table(
+def test_a_list_is_a_list_in_json_a_json_array_in_csv_and_quoted_names_in_a_table(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Scripts read a list from JSON, never prose; CSV puts it in one cell, joined as
-    every command joins a list there, and empty for none; a table says "none"."""
+    """Scripts read a list from JSON, never prose; CSV puts it in one cell as a JSON
+    array (``[]`` for none), which reads back whatever its items hold; a table quotes
+    each name, leaves dates bare, and says "none"."""
     record = {"days": [date(2022, 1, 1), date(2022, 1, 2)], "none": [], "hostile": ["=cmd", "b"]}
     emit_record(record, Format.json)
     assert json.loads(capsys.readouterr().out) == {
@@ -373,13 +375,36 @@ def test_a_list_is_a_list_in_json_one_cell_in_csv_and_words_in_a_table(
     emit_record(record, Format.csv)
     assert list(csv.reader(io.StringIO(capsys.readouterr().out))) == [
         ["days", "none", "hostile"],
-        ["2022-01-01, 2022-01-02", "", "'=cmd, b"],
+        ['["2022-01-01", "2022-01-02"]', "[]", '["=cmd", "b"]'],
     ]
     emit_record(record, Format.table)
     table = capsys.readouterr().out
     cells = [[c.strip() for c in line.split("│")[1:-1]] for line in table.splitlines()]
     assert ["days", "2022-01-01, 2022-01-02"] in cells and ["none", "none"] in cells
-    assert markdown_text([]) == "none" and markdown_text(["a", "b"]) == "a, b"
+    assert ["hostile", "'=cmd', 'b'"] in cells
+    assert markdown_text([]) == "none" and markdown_text(["a", "b"]) == "'a', 'b'"
+
+
+@pytest.mark.parametrize("name", PROSE)
+def test_a_list_of_names_in_one_cell_reads_back_as_those_names(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A member named 'bo, di' among others in `orgs enforce`'s removed_members: the
+    cell read 'bo, di, carol', three people, in a table, in Markdown and in CSV. A
+    table's cell quotes each, as every message does; CSV's is a JSON array."""
+    names = [name, "carol"]
+    emit_record({"removed_members": names}, Format.table)
+    table = capsys.readouterr().out
+    [cell] = [line.split("│")[2].strip() for line in table.splitlines() if "removed" in line]
+    assert names_read_back(cell) == names
+    emit_record({"removed_members": names}, Format.csv)
+    [header, row] = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert header == ["removed_members"] and json.loads(csv_value(row[0])) == names
+    rendered = MarkdownIt().render(markdown_text(names))
+    assert (
+        names_read_back(html.unescape(rendered.strip().removeprefix("<p>").removesuffix("</p>")))
+        == names
+    )
 
 
 # --- JSON keys: snake_case -------------------------------------------------------------

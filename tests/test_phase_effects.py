@@ -209,6 +209,17 @@ def test_phishing_resistant_2fa_counts_only_a_security_key(
     assert marked(registry, "webauthn_required_at") == {"totp-only", "none"}
     assert marked(registry, "totp_enrolment_closed_at") == {"totp-only", "none"}
     assert [count for _, count in audited(registry, "close_totp_enrolment")] == [1, 1]
+    # The ledger's reason lists what the phase asks, items joined by "; ": the security
+    # key is one item ("a security key (WebAuthn); TOTP alone is not enough" read as two).
+    with registry.engine.connect() as connection:
+        reasons = set(
+            connection.execute(
+                select(Action.reason).where(Action.action == "close_totp_enrolment")
+            ).scalars()
+        )
+    assert reasons == {
+        "phase top-100: a security key (WebAuthn, not TOTP alone) required of cohort top-100"
+    }
 
 
 def test_token_rules_list_exactly_the_forbidden_live_tokens_of_the_cohort(

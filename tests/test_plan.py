@@ -15,6 +15,7 @@ from rollout.core.plan import (
     CohortRule,
     EmailName,
     RepeatableEmail,
+    Requirements,
     load_plan,
     parse_plan,
     plan_warnings,
@@ -784,3 +785,24 @@ def test_a_brownout_on_or_after_elv_for_all_is_refused_at_its_line(starts_at: st
 def test_a_brownout_ending_as_elv_for_all_begins_is_valid() -> None:
     text = edited("  enroll_all_on: 2022-03-01", "  enroll_all_on: 2022-02-24")
     assert problems_in(text) == []
+
+
+@pytest.mark.parametrize("two_factor", ["any", "phishing_resistant", "none"])
+def test_each_requirement_in_words_reads_back_from_the_list_joined_by_semicolons(
+    two_factor: str,
+) -> None:
+    """The audit ledger's reason, the report's asks and a preview's "Requires:" join
+    what a phase asks by "; ": an item holding one ("a security key (WebAuthn); TOTP
+    alone is not enough") read as two requirements. Each is a noun phrase, the factor
+    said as the sentences about it say it."""
+    requires = Requirements(
+        two_factor=two_factor,
+        no_classic_tokens=True,
+        no_unnamed_tokens=True,
+        no_bypass_2fa_tokens=True,
+        token_max_age_days=90,
+        no_write_tokens_without_2fa=True,
+    )
+    said = requires.describe()
+    assert "; ".join(said).split("; ") == said and len(said) == 5 + (two_factor != "none")
+    assert said[0] == requires.factor_in_words() or two_factor == "none"

@@ -20,7 +20,9 @@ from rollout.core.plan import Plan
 from rollout.phases import enforce
 from rollout.registry import Registry
 from tests.factories import CohortPackageFactory, OrgFactory, bound_to
+from tests.hostile import PROSE
 from tests.support.outbox import ids, queue_and_send
+from tests.support.previews import names_read_back
 
 __all__ = ["ids"]  # a fixture, used by name
 
@@ -253,7 +255,7 @@ def test_cohort_packages_from_before_the_day_the_cohort_is_fixed_are_a_warning(
         "warning: cohort high-impact: 2 packages entered on a build before 2022-03-14, "
         "the day phase high-impact fixes it (cohort_as_of)" in said
     )
-    assert "early-a, early-b" in said
+    assert "'early-a', 'early-b'" in said
     assert "rollout cohorts release PACKAGE --cohort high-impact --reason" in said
     for named in ("early-released", "on-the-day", "cohort top-100"):
         assert named not in said
@@ -289,7 +291,7 @@ def test_a_phase_asking_more_than_its_notices_told_is_refused_and_not_enforced(
         "'two_factor=any;effects=require_2fa,revoke_sessions'" in said
     )
     assert (
-        "it now asks more (a security key (WebAuthn); TOTP alone is not enough; effect "
+        "it now asks more (a security key (WebAuthn, not TOTP alone); effect "
         "close_totp_enrolment)" in said
     )
     forced = _previewed_refused_then_forced(
@@ -354,3 +356,22 @@ def test_a_cohort_naming_an_org_the_registry_does_not_have_is_a_warning(
         "(`cohorts build` refuses it until the registry has the org)"
     ) in said
     assert "'corp'," not in said
+
+
+@pytest.mark.parametrize("name", PROSE)
+def test_the_early_packages_a_warning_lists_read_as_those_packages(
+    registry: Registry, factories: None, check: Callable[[Path], Result], name: str
+) -> None:
+    """A package named 'bo, di' among those a build put in a cohort before its day: the
+    warning's list read 'bo, di, early', three packages for two."""
+    for package in (name, "early"):
+        CohortPackageFactory(
+            cohort="high-impact", package=package, first_qualified_on=date(2022, 3, 7)
+        )
+    result = check(ROOT / "plans" / "npm-2022.yaml")
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    listed = said.split("stay for good though its rule was not judged on that day: ")[1]
+    assert sorted(names_read_back(listed.split(". Their maintainers")[0])) == sorted(
+        [name, "early"]
+    )

@@ -18,7 +18,7 @@ from rollout.cli.app import (
     reports_errors,
 )
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
-from rollout.core.output import Format, emit, emit_record, labelled, stderr
+from rollout.core.output import Format, Shown, emit, emit_record, in_words, labelled, stderr
 from rollout.core.words import counted
 
 if TYPE_CHECKING:
@@ -153,28 +153,19 @@ def cohorts_show(
         result = con.execute(query, {"cohort": cohort, "as_of": day})
         names = [d[0] for d in result.description]
         rows = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
-    if fmt is not Format.json:
+    if fmt is Format.table:
+        # A long list shows its first few and how many more; each name quoted, as every
+        # list in a cell is (CSV: a JSON array, whole).
         for row in rows:
             for key, value in row.items():
                 if isinstance(value, list):
-                    row[key] = _joined(
-                        value,
-                        "; " if key == "reasons" else ", ",
-                        limit=3 if fmt is Format.table else None,
-                    )
+                    row[key] = Shown(in_words(value, limit=3))
     emit(
         rows,
         fmt,
         title=f"{cohort} on {day}: {counted(len(rows), 'package' if packages else 'account')}",
         columns=names,
     )
-
-
-def _joined(values: list[str], separator: str, limit: int | None) -> str:
-    """A list as one cell; tables show the first few and how many more."""
-    if limit is None or len(values) <= limit:
-        return separator.join(values)
-    return separator.join(values[:limit]) + f" (+{len(values) - limit} more)"
 
 
 @cohorts_app.command("diff")
@@ -216,9 +207,6 @@ def cohorts_diff(
         result = con.execute(warehouse.render("marts/cohort_diff"), days)
         names = [d[0] for d in result.description]
         rows = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
-    if fmt is not Format.json:
-        for row in rows:
-            row["packages"] = ", ".join(row["packages"])
     emit(rows, fmt, title=f"cohort changes {first} → {second}", columns=names)
 
 

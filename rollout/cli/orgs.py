@@ -48,7 +48,8 @@ def _members_rows(members: list[Any], fmt: Format) -> list[dict[str, Any]]:
             "username": m.username,
             "role": m.role,
             "tfa_status": m.tfa_status,
-            "tfa_methods": m.tfa_methods if fmt is Format.json else ", ".join(m.tfa_methods),
+            # Fixed vocabulary (totp, webauthn): bare in a table; a list in JSON and CSV.
+            "tfa_methods": ", ".join(m.tfa_methods) if fmt is Format.table else m.tfa_methods,
             "joined_at": m.joined_at,
         }
         for m in members

@@ -62,24 +62,41 @@ def _plain(value: Any) -> Any:
     return value
 
 
-# A list in one cell (CSV, a table, Markdown): its items joined, as every command puts a
-# list in one (`cohorts show`'s packages, `orgs audit`'s methods); JSON keeps the list.
+# A list in one cell. In CSV, a JSON array (``["bo, di", "carol"]``): a script reads it
+# back with one json.loads, whatever its items hold; a table and Markdown quote each text
+# item (rollout.core.controls.quoted: ``'bo, di', 'carol'``), as every message lists
+# names, so a name holding ", " reads as one; dates and numbers stand bare. JSON keeps
+# the list.
 LIST_SEPARATOR = ", "
 
 
 def _joined(value: Any) -> Any:
-    """A list as one CSV cell: its items joined (empty for none); any other value as it is."""
+    """A list as one CSV cell: a JSON array of its items (``[]`` for none); any other
+    value as it is."""
     if isinstance(value, list | tuple):
-        return LIST_SEPARATOR.join(str(item) for item in _plain(value))
+        return json.dumps(_plain(value), ensure_ascii=False, default=str)
     return value
 
 
-def in_words(value: Any) -> Any:
-    """A value as people read it in a table or Markdown: a list's items joined, or
-    ``none`` for an empty list; any other value as it is."""
+class Shown(str):
+    """A cell's text the command has already shown (:func:`in_words`: its names quoted,
+    its control characters escaped): a table prints it as it is, never shown twice."""
+
+
+def in_words(value: Any, limit: int | None = None) -> str:
+    """A value as people read it in a table or Markdown, its control characters and
+    backslashes shown (:func:`visible`): a list's text items each quoted
+    (:func:`rollout.core.controls.quoted`), its dates and numbers bare, joined by
+    :data:`LIST_SEPARATOR`, or ``none`` for an empty list (with ``limit``, its first
+    items and how many more); any other value as text."""
+    if isinstance(value, Shown):
+        return str(value)
     if isinstance(value, list | tuple):
-        return _joined(value) or "none"
-    return value
+        shown = value if limit is None else value[:limit]
+        items = [quoted(item) if isinstance(item, str) else visible(_plain(item)) for item in shown]
+        more = f" (+{len(value) - len(shown)} more)" if len(value) > len(shown) else ""
+        return (LIST_SEPARATOR.join(items) or "none") + more
+    return visible(_plain(value))
 
 
 # --- CSV: no formulas -------------------------------------------------------------------
@@ -97,8 +114,8 @@ GUARDED_PREFIXES = (*FORMULA_PREFIXES, "'")
 
 
 def csv_cell(value: Any) -> Any:
-    """A value as a CSV cell: empty for None, ISO for dates, a list's items joined
-    (:data:`LIST_SEPARATOR`), and a string that a spreadsheet would run as a formula,
+    """A value as a CSV cell: empty for None, ISO for dates, a list a JSON array of its
+    items (:func:`_joined`), and a string that a spreadsheet would run as a formula,
     or that starts with ``'`` itself, prefixed with ``'`` (:func:`csv_value` takes it
     off again). Numbers stay numbers (-5 in a count column is a number, not a
     formula)."""
@@ -307,12 +324,7 @@ def emit(
             table.add_column(f"{name} (UTC)" if timed else name, overflow="fold")
         for row in rows:
             # One line a cell: a line break in a value would look like another row.
-            table.add_row(
-                *(
-                    "" if row.get(k) is None else visible(_plain(in_words(row.get(k))))
-                    for k in names
-                )
-            )
+            table.add_row(*("" if row.get(k) is None else in_words(row.get(k)) for k in names))
         console = DataConsole()
         if not console.is_terminal:
             # Piped or captured output has no width to respect: print rows whole
@@ -333,7 +345,7 @@ def emit_lines(values: Iterable[object]) -> None:
 
 
 def _on_screen(value: Any) -> Any:
-    plain = _plain(_joined(value))  # a list's items joined: each shown as well
+    plain = _plain(_joined(value))  # a list a JSON array: its items shown as well
     return visible(plain) if isinstance(plain, str) else plain
 
 
@@ -414,8 +426,7 @@ def markdown_text(value: Any) -> str:
     and ``a b`` never read the same."""
     if isinstance(value, Markdown):
         return str(value)
-    text = "" if value is None else str(_plain(in_words(value)))
-    return _markdown_shown(visible(text))
+    return _markdown_shown("" if value is None else in_words(value))
 
 
 def markdown_quoted(name: object) -> str:
@@ -446,8 +457,8 @@ class Presentable(Protocol):
 
 def labelled_rows(result: Presentable) -> list[tuple[str, Any]]:
     """``result``'s summary as (label, value) rows: its LABELS, else the key in words;
-    a list's items joined (:func:`in_words`)."""
+    each value as it is, a list a list (:func:`markdown_text` shows it in words)."""
     return [
-        (result.LABELS.get(key, key.replace("_", " ")), in_words(value))
+        (result.LABELS.get(key, key.replace("_", " ")), value)
         for key, value in result.summary().items()
     ]

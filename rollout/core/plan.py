@@ -446,9 +446,8 @@ class Requirements(_Strict):
     def factor_in_words(self) -> str:
         """The second factor it asks, as a noun phrase that reads inside a sentence of an
         email ("requires of it ..., to sign in and publish", "requires of your account
-        ... sooner"): :meth:`describe`'s first item is a clause of its own for a list
-        ("a security key (WebAuthn); TOTP alone is not enough"), which broke such a
-        sentence in two. Empty for ``two_factor: none`` (it asks no factor)."""
+        ... sooner") and as :meth:`describe`'s first item. Empty for ``two_factor: none``
+        (it asks no factor)."""
         return {
             "any": "a second factor (TOTP or a security key)",
             "phishing_resistant": "a security key (WebAuthn, not TOTP alone)",
@@ -456,12 +455,13 @@ class Requirements(_Strict):
         }[self.two_factor]
 
     def describe(self) -> list[str]:
-        """Each requirement in words, for previews, emails and `plan show`."""
-        said = {
-            "any": ["a second factor (TOTP or a security key)"],
-            "phishing_resistant": ["a security key (WebAuthn); TOTP alone is not enough"],
-            "none": [],
-        }[self.two_factor]
+        """Each requirement in words, for previews, emails and `plan show`: a noun
+        phrase each, holding no ``;``, so a list of them joined by ``; `` (the audit
+        ledger's reason, the report's ``asks``, a preview's "Requires:", the plan-drift
+        refusal) reads back as those items. (It said "a security key (WebAuthn); TOTP
+        alone is not enough": two items where there was one.)"""
+        factor = self.factor_in_words()
+        said = [factor] if factor else []
         if self.no_classic_tokens:
             said.append("no classic tokens")
         if self.no_unnamed_tokens:
@@ -495,7 +495,7 @@ def asks_more_than(told: str, phase: Phase) -> list[str]:
     now = phase.requires
     more: list[str] = []
     if _FACTOR_RANK[now.two_factor] > _FACTOR_RANK[fields["two_factor"]]:
-        more.append(now.describe()[0])
+        more.append(now.factor_in_words())
     every_rule = Requirements(two_factor="none", **dict.fromkeys(_TOKEN_FLAGS, True))
     words = dict(zip(_TOKEN_FLAGS, every_rule.describe(), strict=True))
     more += [words[rule] for rule in _TOKEN_FLAGS if getattr(now, rule) and rule not in fields]

@@ -296,7 +296,8 @@ def plan_drift(registry: Registry, plan: Plan) -> tuple[list[str], list[str]]:
                 f"snooze_days); keep snooze_days at {longest} or more"
             )
     for cohort, (day, phase_name, count, packages) in early.items():
-        shown = ", ".join(packages) + (", ..." if count > len(packages) else "")
+        # Each quoted: a package named "a, b" reads as one (rollout.core.controls.quoted).
+        shown = ", ".join(quoted(p) for p in packages) + (", ..." if count > len(packages) else "")
         warnings.append(
             f"cohort {cohort}: {counted(count, 'package')} entered on a build "
             f"before {day}, the day phase {phase_name} fixes it (cohort_as_of), and "

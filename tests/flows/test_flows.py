@@ -259,7 +259,7 @@ def test_cohorts_markdown_lists_at_most_20_entered_packages() -> None:
     result = CohortResult("top-100", DAY, 30, 25, names, 40, 9, 5, 1, 2)
     markdown = cohorts_markdown(DAY, [result])
     assert "| without 2FA | 9 |" in markdown and "| accounts left | 1 |" in markdown
-    assert "pkg-19 and 3 more" in markdown and "pkg-20" not in markdown
+    assert "'pkg-19' and 3 more" in markdown and "pkg-20" not in markdown
     assert entered_list([]) == "none"
 
 
