@@ -82,6 +82,23 @@ def windows(as_of: date) -> tuple[date, date, date]:
     )
 
 
+def judged_at(as_of: date) -> str:
+    """When a cohort build of ``as_of`` judges each account's 2FA, as rollout does for a
+    past day (``rollout.cohorts._tfa_at``: as the day ended): the sample's registry also
+    holds the factors its later days add and remove, which the registry's current rows
+    (``removed_at is null``) would count. A SQL timestamp literal, as stored."""
+    return f"{as_of + timedelta(days=1):%Y-%m-%d} 00:00:00.000000"
+
+
+def factors_held(as_of: date, table: str = "registry.tfa_factors") -> str:
+    """The accounts holding a factor as a build of ``as_of`` judges them."""
+    at = judged_at(as_of)
+    return (
+        f"select distinct account_id from {table} where created_at < '{at}' "
+        f"and (removed_at is null or removed_at >= '{at}')"
+    )
+
+
 def run_rollout(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
     """As the daily flow runs it: the registry extract belongs to the ingest before
     (timed apart, like pandas' loading), then metrics and cohorts."""
@@ -121,12 +138,7 @@ def run_rollout(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
             "select cohort, account_id from cohort_memberships "
             "where left_on is null and released_at is null"
         ).fetchall()
-        with_2fa = {
-            row[0]
-            for row in db.execute(
-                "select distinct account_id from tfa_factors where removed_at is null"
-            )
-        }
+        with_2fa = {row[0] for row in db.execute(factors_held(as_of, "tfa_factors"))}
     answer: dict[str, Any] = {}
     for r in results:
         accounts = sorted(a for c, a in members if c == r.cohort)
@@ -221,7 +233,7 @@ def run_pandas(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
         return con.sql(query).to_arrow_table().to_pandas(types_mapper=pd.ArrowDtype)
 
     accounts = registry("select id, username from registry.accounts")
-    factors = registry("select account_id from registry.tfa_factors where removed_at is null")
+    factors = registry(factors_held(as_of))
     team_packages = registry(
         "select team_id, package_name from registry.team_packages where permission = 'write'"
     )
@@ -371,10 +383,10 @@ def run_pandas(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
 
 
 # The registry tables every peer's cohorts read, from the warehouse's extract (as
-# pandas reads them above): loading, timed apart, as rollout's extract is.
+# pandas reads them above): loading, timed apart, as rollout's extract is. With the
+# factors held as the day's build judges them (registry_queries).
 REGISTRY_QUERIES = {
     "accounts": "select id, username from registry.accounts",
-    "factors": "select account_id from registry.tfa_factors where removed_at is null",
     "team_packages": "select team_id, package_name from registry.team_packages "
     "where permission = 'write'",
     "teams": "select id as team_id, org_id from registry.teams",
@@ -382,6 +394,10 @@ REGISTRY_QUERIES = {
     "team_members": "select team_id, account_id from registry.team_members",
     "org_members": "select org_id, account_id from registry.org_members where removed_at is null",
 }
+
+
+def registry_queries(as_of: date) -> dict[str, str]:
+    return {**REGISTRY_QUERIES, "factors": factors_held(as_of)}
 
 
 def cohort_answer(package_keys: list[str], members: list[int], without: list[int]) -> dict:
@@ -406,7 +422,7 @@ def run_duckdb(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
     target = str(work / "warehouse.duckdb").replace("'", "''")
     con.execute(f"attach '{target}' as wh (read_only)")
     loading = time.perf_counter()
-    for name, query in REGISTRY_QUERIES.items():
+    for name, query in registry_queries(as_of).items():
         con.execute(f"create temp table {name} as {query.replace('registry.', 'wh.registry.')}")
     load_seconds = time.perf_counter() - loading
     started = time.perf_counter()
@@ -525,7 +541,7 @@ def run_polars(work: Path, as_of: date, landing: Path) -> dict[str, Any]:
     month, week, end = windows(as_of)
     loading = time.perf_counter()
     con = duckdb.connect(str(work / "warehouse.duckdb"), read_only=True)
-    registry = {name: con.sql(query).pl() for name, query in REGISTRY_QUERIES.items()}
+    registry = {name: con.sql(query).pl() for name, query in registry_queries(as_of).items()}
     con.close()
     load_seconds = time.perf_counter() - loading
     started = time.perf_counter()
