@@ -10,11 +10,11 @@ version than the server's), there is no script and each test migrates its own sc
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
@@ -36,10 +36,13 @@ class MigratedSchema:
 
 
 def _pg_dump() -> str | None:
-    # with-postgres's server comes from the newest /usr/lib/postgresql/*/bin: its
-    # pg_dump is the server's own version there.
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_dump"), reverse=True)
-    return next(iter(candidates), None) or shutil.which("pg_dump")
+    # The server's own pg_dump: tests/support/with-postgres names the binaries it chose
+    # (a pg_dump older than the server refuses to dump it). A server of the caller's
+    # own (ROLLOUT_TEST_POSTGRES_URL set beforehand): whichever pg_dump is on PATH.
+    bindir = os.environ.get("ROLLOUT_TEST_POSTGRES_BINDIR")
+    if bindir and os.access(Path(bindir) / "pg_dump", os.X_OK):
+        return str(Path(bindir) / "pg_dump")
+    return shutil.which("pg_dump")
 
 
 def dump_migrated_schema(url: str) -> MigratedSchema | None:
