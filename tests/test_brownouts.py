@@ -870,6 +870,53 @@ def test_plan_check_says_a_window_dated_otherwise_keeps_the_registrys_times(
     assert "the registry's times apply until `rollout brownout schedule --apply` moves it" in said
 
 
+def _withdrawn_by_enrolling_early(
+    registry: Registry,
+    plan: Plan,
+    email: str,
+    queued_on: date,
+    previewed: str,
+    monkeypatch: pytest.MonkeyPatch,
+    registry_url: str,
+) -> None:
+    """EMAIL queued on QUEUED_ON (to kim and max), then `elv enroll-all` previewed
+    (saying PREVIEWED) and run --early the next morning, and the queue drained: none
+    goes, each is skipped as withdrawn with the enrolment."""
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+    from rollout.notify.drain import drain
+    from rollout.notify.queue import queue_due
+    from tests.support.outbox import Recording
+
+    with on_the_morning_of(queued_on):
+        queue_due(registry, plan, queued_on, actor="rm")
+    with registry.engine.connect() as connection:
+        queued = connection.execute(
+            select(func.count())
+            .select_from(Notification)
+            .where(Notification.email == email, Notification.state == "queued")
+        ).scalar_one()
+    assert queued == 2  # kim and max: lee uses 2FA
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    enrolled_on = queued_on + timedelta(days=1)
+    with use_clock(SimulatedClock(datetime.combine(enrolled_on, time(9)))):
+        preview = CliRunner().invoke(app, ["elv", "enroll-all"])
+        assert preview.exit_code == 0, preview.stderr
+        assert previewed in preview.stderr
+        assert brownouts.enroll_all(registry, plan, actor="rm", early=True) == 3
+        sender = Recording()
+        drain(registry, plan, sender)
+    assert [m for m in sender.sent if m.email == email] == []
+    with registry.engine.connect() as connection:
+        states = connection.execute(
+            select(Notification.state, Notification.skip_reason, func.count())
+            .where(Notification.email == email)
+            .group_by(Notification.state, Notification.skip_reason)
+        ).all()
+    assert states == [("skipped", "withdrawn: every account enrolled in ELV", queued)]
+
+
 def test_enrolling_early_withdraws_the_elv_heads_ups_queued_and_not_sent(
     registry: Registry,
     plan: Plan,
@@ -882,43 +929,20 @@ def test_enrolling_early_withdraws_the_elv_heads_ups_queued_and_not_sent(
     gone when `elv enroll-all --early` enrolled them on the 23rd: sent after it, they
     announced as to come what had been done. Withdrawn with the enrolment (the reason
     kept), as a brown-out's start withdraws its heads-up; none goes."""
-    from rollout.notify.drain import drain
-    from rollout.notify.queue import queue_due
-    from tests.support.outbox import Recording
-
     elv_only = plan.model_copy(update={"brownouts": [], "phases": plan.phases[:1]})
-    with on_the_morning_of(date(2022, 2, 22)):
-        queue_due(registry, elv_only, date(2022, 2, 22), actor="rm")
+    _withdrawn_by_enrolling_early(
+        registry,
+        elv_only,
+        "elv_enrollment",
+        date(2022, 2, 22),
+        "2 ELV heads-ups not sent yet are withdrawn with it",
+        monkeypatch,
+        registry_url,
+    )
     with registry.engine.connect() as connection:
-        queued = connection.execute(
-            select(func.count())
-            .select_from(Notification)
-            .where(Notification.email == "elv_enrollment", Notification.state == "queued")
-        ).scalar_one()
-    assert queued == 2  # kim and max: lee uses 2FA
-    from typer.testing import CliRunner
-
-    from rollout.cli import app
-
-    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
-    with use_clock(SimulatedClock(datetime(2022, 2, 23, 9))):
-        preview = CliRunner().invoke(app, ["elv", "enroll-all"])
-        assert preview.exit_code == 0, preview.stderr
-        assert "2 ELV heads-ups not sent yet are withdrawn with it" in preview.stderr
-        assert brownouts.enroll_all(registry, elv_only, actor="rm", early=True) == 3
-        sender = Recording()
-        drain(registry, elv_only, sender)
-    assert [m for m in sender.sent if m.email == "elv_enrollment"] == []
-    with registry.engine.connect() as connection:
-        states = connection.execute(
-            select(Notification.state, Notification.skip_reason, func.count())
-            .where(Notification.email == "elv_enrollment")
-            .group_by(Notification.state, Notification.skip_reason)
-        ).all()
         withdrawals = connection.execute(
             select(func.count()).select_from(Action).where(Action.action == "emails_withdrawn")
         ).scalar_one()
-    assert states == [("skipped", "withdrawn: every account enrolled in ELV", queued)]
     assert withdrawals == 1
 
 
@@ -936,36 +960,13 @@ def test_enrolling_early_withdraws_the_brownout_heads_ups_queued_and_not_sent(
     this becomes permanent" is false for one met by an emailed code at every login), and
     sent after the enrolment it told that to every account it went to. Withdrawn with
     the enrolment, as the ELV heads-ups are, counted by the preview; none goes."""
-    from typer.testing import CliRunner
-
-    from rollout.cli import app
-    from rollout.notify.drain import drain
-    from rollout.notify.queue import queue_due
-    from tests.support.outbox import Recording
-
     first_phase = plan.model_copy(update={"phases": plan.phases[:1]})
-    with on_the_morning_of(date(2022, 2, 20)):
-        queue_due(registry, first_phase, date(2022, 2, 20), actor="rm")
-    with registry.engine.connect() as connection:
-        queued = connection.execute(
-            select(func.count())
-            .select_from(Notification)
-            .where(Notification.email == "brownout_heads_up", Notification.state == "queued")
-        ).scalar_one()
-    assert queued == 2  # kim and max: lee uses 2FA
-    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
-    with use_clock(SimulatedClock(datetime(2022, 2, 21, 9))):
-        preview = CliRunner().invoke(app, ["elv", "enroll-all"])
-        assert preview.exit_code == 0, preview.stderr
-        assert "2 brown-out heads-ups not sent yet are withdrawn with it" in preview.stderr
-        assert brownouts.enroll_all(registry, first_phase, actor="rm", early=True) == 3
-        sender = Recording()
-        drain(registry, first_phase, sender)
-    assert [m for m in sender.sent if m.email == "brownout_heads_up"] == []
-    with registry.engine.connect() as connection:
-        states = connection.execute(
-            select(Notification.state, Notification.skip_reason, func.count())
-            .where(Notification.email == "brownout_heads_up")
-            .group_by(Notification.state, Notification.skip_reason)
-        ).all()
-    assert states == [("skipped", "withdrawn: every account enrolled in ELV", queued)]
+    _withdrawn_by_enrolling_early(
+        registry,
+        first_phase,
+        "brownout_heads_up",
+        date(2022, 2, 20),
+        "2 brown-out heads-ups not sent yet are withdrawn with it",
+        monkeypatch,
+        registry_url,
+    )

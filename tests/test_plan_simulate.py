@@ -60,6 +60,17 @@ def plan_file(tmp_path: Path, old: str, new: str) -> Path:
     return path
 
 
+def previewed_and_simulated(
+    plan: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Under PLAN: what `phase preview top-100` lists (JSON), and `plan simulate`'s row
+    of top-100."""
+    monkeypatch.setenv("ROLLOUT_PLAN", str(plan))
+    preview = run("phase", "preview", "top-100", "--format", "json")
+    assert preview.exit_code == 0, preview.output
+    return json.loads(preview.stdout), simulate(str(plan))["top-100"]
+
+
 def test_a_phase_would_touch_what_its_preview_lists_on_that_day(home: Path) -> None:
     # The top-100 cohort was built on DAY, and nothing in the sample is later than DAY:
     # the what-if and the enforcement preview see the same accounts and sessions.
@@ -135,11 +146,7 @@ def test_token_and_security_key_requirements_count_what_the_preview_lists(
         f"    max_accounts: 1000\n    requires: {requires}\n    effects: {effects}\n"
         "    max_tokens: 100000\n",
     )
-    monkeypatch.setenv("ROLLOUT_PLAN", str(strict))
-    preview = run("phase", "preview", "top-100", "--format", "json")
-    assert preview.exit_code == 0, preview.output
-    targets = json.loads(preview.stdout)
-    top = simulate(str(strict))["top-100"]
+    targets, top = previewed_and_simulated(strict, monkeypatch)
     assert top["accounts_to_require"] == len(targets) > 0
     assert top["tokens_to_revoke"] == sum(t["tokens_to_revoke"] for t in targets) > 0
     assert top["sessions_to_revoke"] == sum(
@@ -162,11 +169,7 @@ def test_a_token_age_rule_counts_the_tokens_enforcement_on_the_day_would_revoke(
             f"    requires: {{two_factor: none, token_max_age_days: {days}}}\n"
             "    effects: [revoke_tokens]\n    max_tokens: 100000\n",
         )
-        monkeypatch.setenv("ROLLOUT_PLAN", str(aged))
-        preview = run("phase", "preview", "top-100", "--format", "json")
-        assert preview.exit_code == 0, preview.output
-        targets = json.loads(preview.stdout)
-        top = simulate(str(aged))["top-100"]
+        targets, top = previewed_and_simulated(aged, monkeypatch)
         assert (top["accounts_to_require"], top["tokens_to_revoke"]) == (
             len(targets),
             sum(t["tokens_to_revoke"] for t in targets),
@@ -316,11 +319,7 @@ def test_a_warn_only_phase_counts_accounts_to_warn_and_requires_nobody(
     warning = plan_file(
         tmp_path, "    max_accounts: 1000\n", "    max_accounts: 1000\n    effects: [warn]\n"
     )
-    monkeypatch.setenv("ROLLOUT_PLAN", str(warning))
-    preview = run("phase", "preview", "top-100", "--format", "json")
-    assert preview.exit_code == 0, preview.output
-    targets = json.loads(preview.stdout)
-    top = simulate(str(warning))["top-100"]
+    targets, top = previewed_and_simulated(warning, monkeypatch)
     assert top["accounts_to_warn"] == len(targets) > 0
     assert (top["accounts_to_require"], top["sessions_to_revoke"]) == (0, 0)
 
@@ -511,11 +510,7 @@ def test_a_phase_recommending_security_keys_requires_nobody_and_counts_the_totp_
         "    max_accounts: 1000\n    requires: {two_factor: phishing_resistant}\n"
         "    effects: [warn, close_totp_enrolment]\n",
     )
-    monkeypatch.setenv("ROLLOUT_PLAN", str(keys))
-    preview = run("phase", "preview", "top-100", "--format", "json")
-    assert preview.exit_code == 0, preview.output
-    targets = json.loads(preview.stdout)
-    top = simulate(str(keys))["top-100"]
+    targets, top = previewed_and_simulated(keys, monkeypatch)
     assert top["accounts_to_warn"] == top["totp_enrolments_to_close"] == len(targets) > 0
     assert (top["accounts_to_require"], top["sessions_to_revoke"]) == (0, 0)
     assert simulate(str(REFERENCE))["top-100"]["totp_enrolments_to_close"] == 0

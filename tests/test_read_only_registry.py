@@ -37,20 +37,23 @@ def _mount(*args: str) -> None:
     subprocess.run(["mount", *args], check=True, capture_output=True)
 
 
+def _registry_with_two_accounts(folder: Path) -> None:
+    """A registry migrated by `db upgrade` in FOLDER, holding two accounts."""
+    url = f"sqlite:///{folder}/registry.db"
+    made = CliRunner().invoke(app, ["db", "upgrade"], env={"ROLLOUT_REGISTRY_URL": url})
+    assert made.exit_code == 0, made.stderr
+    engine = make_engine(url)
+    with bound_to(engine):
+        AccountFactory.create_batch(2)
+    engine.dispose()
+
+
 @pytest.fixture
 def registry_folder(tmp_path: Path, rollout_home: Path) -> Iterator[Path]:
     """A folder holding a migrated registry with two accounts, the home elsewhere."""
     folder = tmp_path / "shared"
     folder.mkdir()
-    runner = CliRunner()
-    made = runner.invoke(
-        app, ["db", "upgrade"], env={"ROLLOUT_REGISTRY_URL": f"sqlite:///{folder}/registry.db"}
-    )
-    assert made.exit_code == 0, made.stderr
-    engine = make_engine(f"sqlite:///{folder}/registry.db")
-    with bound_to(engine):
-        AccountFactory.create_batch(2)
-    engine.dispose()
+    _registry_with_two_accounts(folder)
     yield folder
 
 
@@ -62,15 +65,7 @@ def read_only_file_system(tmp_path: Path, rollout_home: Path) -> Iterator[Path]:
     folder.mkdir()
     _mount("-t", "tmpfs", "tmpfs", str(folder))
     try:
-        runner = CliRunner()
-        url = f"sqlite:///{folder}/registry.db"
-        assert (
-            runner.invoke(app, ["db", "upgrade"], env={"ROLLOUT_REGISTRY_URL": url}).exit_code == 0
-        )
-        engine = make_engine(url)
-        with bound_to(engine):
-            AccountFactory.create_batch(2)
-        engine.dispose()
+        _registry_with_two_accounts(folder)
         _mount("-o", "remount,ro", str(folder))
         yield folder
     finally:

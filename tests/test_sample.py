@@ -16,7 +16,7 @@ import statistics
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -954,17 +954,11 @@ def test_a_landing_file_cut_short_is_never_left_under_its_name(
     ]
 
 
-def test_a_sample_stopped_part_way_says_so_when_run_again(
-    rollout_home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Stopped after the registry was written but before its last landing file, a
-    sample run leaves a registry that looks whole: the next `rollout sample` says the
-    last run did not finish (an ingest would load only part of it), and how to write it
-    whole; once replaced, it no longer says so."""
+@contextmanager
+def _stopped_before_the_publishes(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A `rollout sample` run inside stops (Ctrl-C) before its last landing file, the
+    publishes, after the registry and the other landing files were written."""
     from rollout.demo import sample
-
-    def sample_run(*flags: str) -> Any:
-        return CliRunner().invoke(app, ["sample", "--scale", "tiny", "--seed", "3", *flags])
 
     real_write = sample._write_parquet
 
@@ -975,6 +969,21 @@ def test_a_sample_stopped_part_way_says_so_when_run_again(
 
     with monkeypatch.context() as patched:
         patched.setattr(sample, "_write_parquet", stopped_at_the_publishes)
+        yield
+
+
+def test_a_sample_stopped_part_way_says_so_when_run_again(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped after the registry was written but before its last landing file, a
+    sample run leaves a registry that looks whole: the next `rollout sample` says the
+    last run did not finish (an ingest would load only part of it), and how to write it
+    whole; once replaced, it no longer says so."""
+
+    def sample_run(*flags: str) -> Any:
+        return _rollout("sample", "--scale", "tiny", "--seed", "3", *flags)
+
+    with _stopped_before_the_publishes(monkeypatch):
         assert sample_run().exit_code != 0
     assert not (rollout_home / "landing" / "publishes" / "publishes.parquet").exists()
 
@@ -1001,17 +1010,7 @@ def test_the_demo_is_never_played_on_a_sample_stopped_part_way(
     ingested and enforced over part of the sample (no publishes here), as if whole.
     Refused (exit 3) before anything is changed, saying how to write it whole; once
     replaced, the demo is played."""
-    from rollout.demo import sample
-
-    real_write = sample._write_parquet
-
-    def stopped_at_the_publishes(table: pa.Table, path: Path) -> None:
-        if Path(path).parent.name == "publishes":
-            raise KeyboardInterrupt  # Ctrl-C before the last landing file
-        real_write(table, path)
-
-    with monkeypatch.context() as patched:
-        patched.setattr(sample, "_write_parquet", stopped_at_the_publishes)
+    with _stopped_before_the_publishes(monkeypatch):
         assert _rollout(*SAMPLE).exit_code != 0
     url = f"sqlite:///{rollout_home / 'registry.db'}"
     before = (_landing_bytes(rollout_home / "landing"), _state(url))

@@ -528,26 +528,34 @@ def test_a_copy_from_postgresql_into_the_warehouse_stops_at_once(
         ).fetchall()
 
 
+def _interrupted_by(signum: signal.Signals, con: duckdb.DuckDBPyConnection) -> None:
+    """SIGNUM, sent to this process half a second into a statement of about a minute on
+    CON, ends it promptly with the error interrupted_query takes for the stop."""
+    from rollout.core.stopping import interrupted_query
+
+    threading.Timer(0.5, os.kill, (os.getpid(), signum)).start()
+    started = time.monotonic()
+    with pytest.raises(duckdb.Error) as stopped:
+        con.execute("select count(*) from range(1000000000000) t(i) where i % 7 = 3")
+    took = time.monotonic() - started
+    assert interrupted_query(stopped.value), stopped.value
+    assert took < GONE_WITHIN, f"interrupted {took:.1f} s in"
+
+
 def test_a_stop_signal_interrupts_the_duckdb_statement_in_progress() -> None:
     """interrupting_on_stop, in this process: the signal's Python handler only records it
     (as the drain's and the report's do), so nothing but the interrupt it asks of DuckDB
     from its thread can end the statement (about a minute of work), and that error is
     taken for the stop it stands for. Afterwards the signal module's wakeup fd is as it
     was, and a signal interrupts nothing."""
-    from rollout.core.stopping import interrupted_query, interrupting_on_stop
+    from rollout.core.stopping import interrupting_on_stop
 
     seen: list[int] = []
     before = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
     try:
         con = duckdb.connect()
         with interrupting_on_stop(con.interrupt):
-            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
-            started = time.monotonic()
-            with pytest.raises(duckdb.Error) as stopped:
-                con.execute("select count(*) from range(1000000000000) t(i) where i % 7 = 3")
-            took = time.monotonic() - started
-        assert interrupted_query(stopped.value), stopped.value
-        assert took < GONE_WITHIN, f"interrupted {took:.1f} s in"
+            _interrupted_by(signal.SIGINT, con)
         assert seen == [signal.SIGINT]
         assert signal.set_wakeup_fd(-1) == -1
         os.kill(os.getpid(), signal.SIGINT)  # no interrupt asked of a connection let go
@@ -561,7 +569,7 @@ def test_a_warehouse_connection_still_open_is_interrupted_after_the_first_one_cl
     """Two connections open at once need not close in the order they opened (an
     ExitStack, a generator holding one): the one still running is interrupted by a stop
     after the other is let go, and the wakeup fd is given back only when the last goes."""
-    from rollout.core.stopping import interrupted_query, interrupting_on_stop
+    from rollout.core.stopping import interrupting_on_stop
 
     before = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     first, second = duckdb.connect(), duckdb.connect()
@@ -573,13 +581,7 @@ def test_a_warehouse_connection_still_open_is_interrupted_after_the_first_one_cl
             watched = signal.set_wakeup_fd(-1)
             signal.set_wakeup_fd(watched, warn_on_full_buffer=False)
             assert watched != -1, "the wakeup fd given back while a connection was open"
-            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
-            started = time.monotonic()
-            with pytest.raises(duckdb.Error) as stopped:
-                second.execute("select count(*) from range(1000000000000) t(i) where i % 7 = 3")
-            took = time.monotonic() - started
-            assert interrupted_query(stopped.value), stopped.value
-            assert took < GONE_WITHIN, f"interrupted {took:.1f} s in"
+            _interrupted_by(signal.SIGTERM, second)
         assert signal.set_wakeup_fd(-1) == -1
     finally:
         first.close()
