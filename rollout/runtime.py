@@ -24,7 +24,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from rollout.core.config import Settings, load_settings
-from rollout.core.stopping import interrupting_on_stop
 
 if TYPE_CHECKING:
     import duckdb
@@ -117,7 +116,7 @@ class Runtime:
 
         Held open by another process (DuckDB: one writer, or readers), it is waited for
         up to ``warehouse_wait`` seconds, then refused (WarehouseBusy)."""
-        from rollout.warehouse import WarehouseBusy, connect
+        from rollout.warehouse import WarehouseBusy, connect, held_open
 
         settings = self.settings
         deadline = time.monotonic() + self._warehouse_wait
@@ -144,12 +143,8 @@ class Runtime:
                     )
                 told = True
                 time.sleep(min(WAREHOUSE_POLL_SECONDS, left))
-        try:
-            # A stop cuts a long statement short rather than wait for its end.
-            with interrupting_on_stop(con.interrupt):
-                yield con
-        finally:
-            con.close()
+        with held_open(con):
+            yield con
 
     def close(self) -> None:
         """Close the registry, if it was opened."""

@@ -56,7 +56,7 @@ def quoted(text: object) -> str:
     quotes and backslashes escaped (``\\'``, ``\\\\``) and its control characters
     shown (:func:`visible`), so a name holding ``, `` or ``); 2 members newly listed (``
     reads as one name, never as more of the sentence around it."""
-    return "'" + controls_shown(str(text).replace("\\", "\\\\").replace("'", "\\'")) + "'"
+    return "'" + visible(text).replace("'", "\\'") + "'"
 
 
 def shell_word(value: object) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -382,13 +381,14 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
                 creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False),
                 **kwargs,
             )
-            _READ_ONLY[engine] = (database, reason)
             event.listen(
                 engine,
                 "connect",
                 functools.partial(_sqlite_pragmas, database, read_only=True),
             )
-            event.listen(engine, "handle_error", _refuse_writing)
+            event.listen(
+                engine, "handle_error", functools.partial(_refuse_writing, database, reason)
+            )
             return engine
         engine = create_engine(parsed, **kwargs)
         event.listen(engine, "connect", functools.partial(_sqlite_pragmas, database))
@@ -410,28 +410,18 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     return engine
 
 
-# The SQLite engines opened read-only (make_engine): their file and why.
-_READ_ONLY: weakref.WeakKeyDictionary[Engine, tuple[str, str]] = weakref.WeakKeyDictionary()
-
-
-def read_only_reason(engine: Engine) -> tuple[str, str] | None:
-    """The file and why, when ``engine`` reads a SQLite registry it may not write."""
-    return _READ_ONLY.get(engine)
-
-
-def _refuse_writing(context: ExceptionContext) -> BaseException | None:
-    """``handle_error`` of a read-only SQLite engine: a statement that writes (SQLite's
-    "attempt to write a readonly database") raises the one-line refusal instead."""
-    engine = context.engine
-    known = read_only_reason(engine) if engine is not None else None
+def _refuse_writing(database: str, reason: str, context: ExceptionContext) -> BaseException | None:
+    """``handle_error`` of a SQLite engine reading ``database``, which this process may
+    not write (``reason``): a statement that writes (SQLite's "attempt to write a
+    readonly database") raises the one-line refusal instead."""
     error = context.original_exception
-    if known is None or not isinstance(error, sqlite3.OperationalError):
+    if not isinstance(error, sqlite3.OperationalError):
         return None
     if getattr(error, "sqlite_errorcode", None) is None or (
         error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_READONLY
     ):
         return None
-    return read_only_refusal(*known)
+    return read_only_refusal(database, reason)
 
 
 @contextmanager

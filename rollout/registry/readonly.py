@@ -38,25 +38,18 @@ def why_read_only(database: str | Path) -> str | None:
     followed: SQLite opens the file it names, and writes those files beside that one."""
     path = _opened(database)
     folder = path.parent
-    if not path.exists():
+    made = path.exists()
+    if not made:
         # Still to be made (``db upgrade`` on a new path): in the nearest folder there,
         # where it and the folders between are made.
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
-        try:
-            if os.statvfs(folder).f_flag & os.ST_RDONLY:
-                return f"the file system holding {folder} is mounted read-only"
-        except OSError:
-            return None  # not to be stat'ed: the open says why
-        if not os.access(folder, os.W_OK | os.X_OK):
-            return f"its folder {folder} is not writable for this user"
-        return None
     try:
-        if os.statvfs(path).f_flag & os.ST_RDONLY:
+        if os.statvfs(path if made else folder).f_flag & os.ST_RDONLY:
             return f"the file system holding {folder} is mounted read-only"
     except OSError:
         return None  # not to be stat'ed: the open says why
-    if not os.access(path, os.W_OK):
+    if made and not os.access(path, os.W_OK):
         return f"{path.name} is not writable for this user"
     if not os.access(folder, os.W_OK | os.X_OK):
         return f"its folder {folder} is not writable for this user"

@@ -175,9 +175,18 @@ def open_warehouse(
     memory_limit: str | None = None,
     create: bool = True,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    con = connect(path, read_only=read_only, memory_limit=memory_limit, create=create)
+    with held_open(
+        connect(path, read_only=read_only, memory_limit=memory_limit, create=create)
+    ) as con:
+        yield con
+
+
+@contextmanager
+def held_open(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``con`` for the ``with`` block, closed on leaving; a stop meanwhile cuts a long
+    statement short rather than wait for its end (interrupting_on_stop). Every
+    warehouse connection a command uses (open_warehouse, Runtime.warehouse)."""
     try:
-        # A stop cuts a long statement short rather than wait for its end.
         with interrupting_on_stop(con.interrupt):
             yield con
     finally:
