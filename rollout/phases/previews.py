@@ -637,7 +637,7 @@ def acted_word(effects: Sequence[str]) -> str:
 def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
     """The artifact a release manager reads before approving an enforce run."""
     p = saved.preview
-    requires_2fa = acted_word(p.effects) == "required"
+    requires_2fa = "require_2fa" in p.effects
     acted, acted_verb = ("requires", "require") if requires_2fa else ("acts on", "act on")
     # Every value through md(), never inside `code`: a backtick in a name would end it.
     lines = [
