@@ -33,7 +33,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
@@ -643,9 +643,7 @@ def _revoked_sooner(
         own = other.deadline is not None
         for ids in in_chunks(accounts, IN_LIST_MAX // (len(rule_names) + 1)):
             # An account never sent that phase's notice has no deadline there: not enforced.
-            days = (
-                deadlines(connection, other, ids) if own else dict.fromkeys(ids, other.enforce_on)
-            )
+            days = _days_there(connection, other, ids)
             by_day: dict[date, list[int]] = {}
             for account_id, on in days.items():
                 if today <= on < warned[account_id]:  # not sooner, or passed
@@ -690,6 +688,18 @@ def _revoked_sooner(
     return {token_id: (on, listed(rules), own) for token_id, (on, rules, own) in found.items()}
 
 
+def _days_there(
+    connection: Connection, phase: Phase, account_ids: Sequence[int]
+) -> dict[int, date]:
+    """Each of ``account_ids``' enforcement day in ``phase``: its ``enforce_on``, or
+    under per-account deadlines the account's own (its notice's day plus the phase's
+    days, snooze included; an account never sent that notice has none, and is left
+    out)."""
+    if phase.deadline is None:
+        return dict.fromkeys(account_ids, phase.enforce_on)
+    return deadlines(connection, phase, account_ids)
+
+
 def _stricter(
     connection: Connection, plan: Plan, phase: Phase, lacking: list[int]
 ) -> dict[int, Stricter]:
@@ -730,9 +740,9 @@ def _stricter(
                     )
                 ).scalars()
             )
-            own = deadlines(connection, other, told) if other.deadline is not None else {}
+            days = _days_there(connection, other, told)
             for account_id in told:
-                found[account_id] = Stricter(cohort, own.get(account_id, other.enforce_on), asks)
+                found[account_id] = Stricter(cohort, days.get(account_id, other.enforce_on), asks)
     return found
 
 
@@ -810,14 +820,15 @@ def _required_sooner(
                         )
                     ).scalars()
                 )
-                own = deadlines(connection, other, held) if other.deadline is not None else None
-                for account_id in held:
-                    on = other.enforce_on if own is None else own.get(account_id)
-                    if on is None or not today <= on < days[account_id]:
-                        continue  # not noticed there yet (no deadline), or not sooner
+                there = _days_there(connection, other, held)
+                for account_id, on in there.items():
+                    if not today <= on < days[account_id]:
+                        continue  # not sooner (an account not noticed there has no day yet)
                     told = sooner.get((name, account_id))
                     if told is None or on < told.on:
-                        sooner[(name, account_id)] = Stricter(cohort, on, asks, own=own is not None)
+                        sooner[(name, account_id)] = Stricter(
+                            cohort, on, asks, own=other.deadline is not None
+                        )
     return sooner
 
 

@@ -57,11 +57,14 @@ class Withdrawn:
 
     taken: int
     in_flight: int
-    # Which emails were taken back (withdrawn_fingerprint of their ids): not compared,
-    # two withdrawals of as many emails are the same outcome.
-    fingerprint: str = field(default="", compare=False)
-    # Their ids, for a refusal to say which changed since the preview (not compared either).
+    # Which emails were taken back: not compared, two withdrawals of as many emails are
+    # the same outcome. A refusal says which changed since the preview by them.
     taken_ids: frozenset[int] = field(default=frozenset(), compare=False, repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """Which emails were taken back (withdrawn_fingerprint of their ids)."""
+        return withdrawn_fingerprint(self.taken_ids)
 
 
 def in_flight_note(count: int) -> str:
@@ -231,7 +234,7 @@ def withdraw_queued(
                 }
             ],
         )
-    return Withdrawn(taken, in_flight, withdrawn_fingerprint(taken_ids), frozenset(taken_ids))
+    return Withdrawn(taken, in_flight, frozenset(taken_ids))
 
 
 def withdraw(

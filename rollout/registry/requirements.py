@@ -20,10 +20,13 @@ TOKENS = Token.__table__
 FACTORS = TfaFactor.__table__
 
 
-def factor_counts(requires: Requirements) -> ColumnElement[bool]:
-    """The condition on ``tfa_factors`` rows that count for the phase: active, and a
+def factor_counts(requires: Requirements, at: Any = None) -> ColumnElement[bool]:
+    """The condition on ``tfa_factors`` rows that count for the phase: active (now, or
+    at ``at``, a time or a time column: made by then and not removed by then), and a
     security key when the phase asks for a phishing-resistant factor."""
     active = FACTORS.c.removed_at.is_(None)
+    if at is not None:
+        active = and_(FACTORS.c.created_at <= at, or_(active, FACTORS.c.removed_at > at))
     if requires.two_factor == "phishing_resistant":
         return and_(active, FACTORS.c.kind == "webauthn")
     return active
@@ -43,14 +46,7 @@ def lacked_factor_at(requires: Requirements, account_id: Any, at: Any) -> Column
     when the phase asks for none."""
     if requires.two_factor == "none":
         return false()
-    held = and_(
-        FACTORS.c.account_id == account_id,
-        FACTORS.c.created_at <= at,
-        or_(FACTORS.c.removed_at.is_(None), FACTORS.c.removed_at > at),
-    )
-    if requires.two_factor == "phishing_resistant":
-        held = and_(held, FACTORS.c.kind == "webauthn")
-    return ~exists().where(held)
+    return ~exists().where(and_(FACTORS.c.account_id == account_id, factor_counts(requires, at)))
 
 
 def live_token(tokens: Any, now: datetime) -> ColumnElement[bool]:
