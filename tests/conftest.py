@@ -9,6 +9,7 @@ skipping it: CI must exercise PostgreSQL.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import uuid
@@ -22,6 +23,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import typer.main
+import typer.testing
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -36,6 +39,11 @@ from rollout.runtime import Runtime
 from rollout.warehouse import open_warehouse
 from tests.support.env import without_rollout_settings
 from tests.support.postgres_template import MigratedSchema, dump_migrated_schema
+
+# typer's CliRunner makes the whole click command tree from the app again on every
+# invoke (40-50 ms for rollout's, on each of well over a thousand invocations); the tree
+# is the same every time (commands are registered at import), so make it once per app.
+typer.testing._get_command = functools.cache(typer.main.get_command)
 
 DATA = Path(__file__).parent / "data"
 REFERENCE_PLAN = Path(__file__).resolve().parent.parent / "plans" / "npm-2022.yaml"
@@ -255,13 +263,26 @@ def factories(registry: Registry) -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session")
+def _empty_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A warehouse ``open_warehouse`` made and closed, once per process: each test's
+    ``con`` is a copy of the file (its schema's tables and views made once, not 30 ms of
+    DDL again on each of hundreds of tests), reopened as any existing warehouse is."""
+    path = tmp_path_factory.mktemp("empty-warehouse") / "warehouse.duckdb"
+    with open_warehouse(path):
+        pass
+    return path
+
+
 @pytest.fixture
-def con(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+def con(tmp_path: Path, _empty_warehouse: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A fresh, empty warehouse, ``tmp_path / "warehouse.duckdb"``, closed after the test.
     A module that needs one with rows in it overrides ``con`` on this one (``def
     con(con)``), its docstring saying what it adds (tests/test_warehouse.py,
     tests/test_cohorts.py)."""
-    with open_warehouse(tmp_path / "warehouse.duckdb") as connection:
+    path = tmp_path / "warehouse.duckdb"
+    shutil.copyfile(_empty_warehouse, path)
+    with open_warehouse(path) as connection:
         yield connection
 
 
