@@ -186,6 +186,30 @@ def test_a_post_received_again_is_acknowledged_and_written_once(
     assert written(tmp_path) == first and first[0].read_bytes() == body
 
 
+def test_a_post_the_receiver_cannot_keep_is_answered_503_in_one_line(
+    signer: WebhookSigner, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The landing folder cannot take the file (a full disk, a folder made read-only, a
+    file where the folder should be): the post was answered with Starlette's bare 500,
+    the operator's log a traceback, and nothing said which folder or why. SendGrid
+    posts it again (any 5xx): the answer says so, and the log says what to fix."""
+    (tmp_path / "events").write_text("not a folder")
+    app = create_app(signer.public_key, tmp_path, clock=lambda: NOW)
+    body = body_of()
+    with (
+        served(app) as url,
+        httpx.Client(base_url=url, timeout=10) as client,
+        caplog.at_level("WARNING"),
+    ):
+        answer = client.post(EVENTS_PATH, content=body, headers=signer.headers(body, NOW))
+    assert answer.status_code == 503
+    assert answer.json() == {"error": "the post cannot be kept now"}  # no path to the poster
+    [line] = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert line.exc_info is None
+    assert f"cannot write {tmp_path / 'events'}: " in line.getMessage()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_a_post_with_an_account_event_lands_and_loads_whole(
     client: httpx.Client,
     signer: WebhookSigner,

@@ -21,6 +21,9 @@ events serve``) that, for each post:
    nothing written. Not 409: SendGrid posts again what it got no 2xx for, for 24 hours,
    and every retry of a post already kept was refused again, a warning each time.
 
+A post that cannot be written (a full disk, a folder made read-only) is answered 503,
+which SendGrid posts again, with one warning naming the folder and why.
+
 Nothing is written for a refused post. Ingest loads the files like every landing file.
 """
 
@@ -168,7 +171,18 @@ def create_app(
             received = events_in_post(payload)
         except RefusedPost as refused:
             return _refuse(400, str(refused))
-        if not _write_atomically(folder, event_file_name(timestamp, body), body):
+        try:
+            kept = _write_atomically(folder, event_file_name(timestamp, body), body)
+        except OSError as error:
+            # A full disk, a folder made read-only, a file where the folder should be:
+            # nothing of the post is kept, and a 503 has SendGrid post it again. One line
+            # naming the folder and why, not Starlette's bare 500 and a traceback.
+            # The folder is the operator's to know, not the poster's.
+            log.warning(
+                "event post not kept (503): cannot write %s: %s", folder, error.strerror or error
+            )
+            return JSONResponse({"error": "the post cannot be kept now"}, status_code=503)
+        if not kept:
             # Kept already, whole: acknowledged, so SendGrid stops posting it.
             log.info("event post received before: acknowledged, not written again")
             return JSONResponse({"received": received, "duplicate": True})
