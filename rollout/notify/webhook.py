@@ -6,7 +6,8 @@ by the body. The receiver is a Starlette app (served by uvicorn: ``rollout notif
 events serve``) that, for each post:
 
 1. refuses a body over ``max_bytes`` (413), read in chunks so a lying or missing
-   Content-Length cannot make it hold more;
+   Content-Length cannot make it hold more, and drops, in one line, a post whose poster
+   hangs up before the whole body arrived;
 2. refuses a post without both signature headers, with a timestamp further than
    ``tolerance`` seconds from now (stale, or from the future), or whose signature does
    not verify against the configured key with the official helper
@@ -43,7 +44,7 @@ from pathlib import Path
 
 from sendgrid.helpers.eventwebhook import EventWebhook, EventWebhookHeader
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -150,6 +151,11 @@ def create_app(
             # grace: nothing of it is written, and a 503 (if the client still listens)
             # has SendGrid post it again. One line, not a traceback of uvicorn's cancel.
             return _refuse(503, "the receiver stopped before the whole post arrived")
+        except ClientDisconnect:
+            # The poster hung up (a reset, a proxy's timeout) mid-body: nothing of it is
+            # written, and SendGrid, with no 2xx, posts it again. One line, not
+            # Starlette's "Exception in ASGI application" and a traceback.
+            return _refuse(400, "the connection closed before the whole post arrived")
         signature = request.headers.get(EventWebhookHeader.SIGNATURE)
         timestamp = request.headers.get(EventWebhookHeader.TIMESTAMP)
         if not signature or not timestamp:
