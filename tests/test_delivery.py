@@ -393,3 +393,36 @@ def test_an_email_accepted_without_a_message_id_gets_its_events(
     events.post(event(accepted, "delivered", 1, sg_message_id="abc.filter0001.1.0"))
     events.apply()
     assert states(registry)[accepted] == ("delivered", at(1), None)
+
+
+def test_a_send_that_went_unanswered_in_the_second_it_was_queued_is_recorded_sent(
+    registry: Registry, events: Events
+) -> None:
+    """SendGrid's event times are whole seconds, cut down; the row's creation time has
+    microseconds. An email queued at 08:30:00.6 and sent at once is processed by SendGrid
+    at 08:30:00.9, an event of 08:30:00: it read as from before the row was made, the
+    send stayed failed, and `--retry-failed` sent it a second time."""
+    queued = at(0) + timedelta(milliseconds=600)
+    unanswered = (
+        f"outbox 1: no answer from SendGrid within 10s after the request went: {MAY_HAVE_GONE}"
+    )
+    with bound_to(registry.engine):
+        went = NotificationFactory(
+            state="failed", error=unanswered, created_at=queued, updated_at=queued
+        ).id
+        earlier = NotificationFactory(
+            state="failed",
+            error=unanswered,
+            created_at=at(1) + timedelta(milliseconds=1),
+            updated_at=at(1),
+        ).id
+    events.post(
+        event(went, "processed", 0, email_name="phase_notice"),
+        # A second before the row's: another registry's email of the same outbox id.
+        event(earlier, "processed", 0, email_name="phase_notice"),
+    )
+    assert events.apply().gone == 1
+    with registry.engine.connect() as connection:
+        rows = dict(connection.execute(select(Notification.id, Notification.state)).all())
+    assert (rows[went], rows[earlier]) == ("sent", "failed")
+    assert retry_failed(registry) == 1  # only the one no event shows went

@@ -186,6 +186,59 @@ def test_a_post_received_again_is_acknowledged_and_written_once(
     assert written(tmp_path) == first and first[0].read_bytes() == body
 
 
+def test_a_post_the_receiver_cannot_keep_is_answered_503_in_one_line(
+    signer: WebhookSigner, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The landing folder cannot take the file (a full disk, a folder made read-only, a
+    file where the folder should be): the post was answered with Starlette's bare 500,
+    the operator's log a traceback, and nothing said which folder or why. SendGrid
+    posts it again (any 5xx): the answer says so, and the log says what to fix."""
+    (tmp_path / "events").write_text("not a folder")
+    app = create_app(signer.public_key, tmp_path, clock=lambda: NOW)
+    body = body_of()
+    with (
+        served(app) as url,
+        httpx.Client(base_url=url, timeout=10) as client,
+        caplog.at_level("WARNING"),
+    ):
+        answer = client.post(EVENTS_PATH, content=body, headers=signer.headers(body, NOW))
+    assert answer.status_code == 503
+    assert answer.json() == {"error": "the post cannot be kept now"}  # no path to the poster
+    [line] = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert line.exc_info is None
+    assert f"cannot write {tmp_path / 'events'}: " in line.getMessage()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_post_whose_poster_hangs_up_midway_is_dropped_in_one_line(
+    signer: WebhookSigner, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The connection closes (reset, a proxy's timeout) before the whole body arrived:
+    Starlette's ClientDisconnect went up as 'Exception in ASGI application' and a
+    traceback in the operator's log. Nothing of the post is written; SendGrid got no
+    2xx, so it posts it again."""
+    app = create_app(signer.public_key, tmp_path, clock=lambda: NOW)
+    body = body_of()
+    with served(app) as url, caplog.at_level("WARNING"):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as connection:
+            head = "".join(f"{k}: {v}\r\n" for k, v in signer.headers(body, NOW).items())
+            connection.sendall(
+                f"POST {EVENTS_PATH} HTTP/1.1\r\nHost: {host}\r\n{head}"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body[: len(body) // 2]
+            )
+            time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while not caplog.records and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+    [line] = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert line.exc_info is None
+    assert "before the whole post arrived" in line.getMessage()
+    assert written(tmp_path) == []
+
+
 def test_a_post_with_an_account_event_lands_and_loads_whole(
     client: httpx.Client,
     signer: WebhookSigner,

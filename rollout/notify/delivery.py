@@ -164,11 +164,13 @@ def _settle_gone(con: duckdb.DuckDBPyConnection, registry: Registry) -> int:
     the next drain sent them a second time, and an account so warned counted as never
     sent its notice.
 
-    Only events of the email's own kind, from after the row was made, count (another
-    registry's events of the same outbox id came before). Dated by the pipeline's clock
-    when the attempt ended (held: when it was claimed), or just after SendGrid's first
-    event if later: never before the email was made, so a deadline counted from it is
-    never earlier than the one the email gave. Returns how many."""
+    Only events of the email's own kind, from the second the row was made or after,
+    count (another registry's events of the same outbox id came before; an event's time
+    is whole seconds, cut down, so one of that very second may be this email's). Dated
+    by the pipeline's clock when the attempt ended (held: when it was claimed), or just
+    after SendGrid's first event if later: never before the email was made, so a
+    deadline counted from it is never earlier than the one the email gave. Returns how
+    many."""
     c = NOTIFICATIONS.c
     now = utc_now()
     may_have_gone = and_(
@@ -211,7 +213,10 @@ def _settle_gone(con: duckdb.DuckDBPyConnection, registry: Registry) -> int:
             con.execute(
                 "select outbox_id, min(e.occurred_at) from raw_events as e "
                 "join may_have_gone as m using (outbox_id) "
-                "where e.event in (select unnest($accepted)) and e.occurred_at >= m.created_at "
+                "where e.event in (select unnest($accepted)) "
+                # SendGrid's times are whole seconds, cut down: an event of the second
+                # the row was made in may come after it (queued and sent at once).
+                "and e.occurred_at >= date_trunc('second', m.created_at) "
                 "and (e.email_name is null or e.email_name = m.email_name) group by 1",
                 {"accepted": list(_ACCEPTED_EVENTS)},
             ).fetchall()

@@ -6,7 +6,8 @@ by the body. The receiver is a Starlette app (served by uvicorn: ``rollout notif
 events serve``) that, for each post:
 
 1. refuses a body over ``max_bytes`` (413), read in chunks so a lying or missing
-   Content-Length cannot make it hold more;
+   Content-Length cannot make it hold more, and drops, in one line, a post whose poster
+   hangs up before the whole body arrived;
 2. refuses a post without both signature headers, with a timestamp further than
    ``tolerance`` seconds from now (stale, or from the future), or whose signature does
    not verify against the configured key with the official helper
@@ -20,6 +21,9 @@ events serve``) that, for each post:
    answer did not reach it, or a replay) finds its file there and is answered 200 with
    nothing written. Not 409: SendGrid posts again what it got no 2xx for, for 24 hours,
    and every retry of a post already kept was refused again, a warning each time.
+
+A post that cannot be written (a full disk, a folder made read-only) is answered 503,
+which SendGrid posts again, with one warning naming the folder and why.
 
 Nothing is written for a refused post. Ingest loads the files like every landing file.
 """
@@ -40,7 +44,7 @@ from pathlib import Path
 
 from sendgrid.helpers.eventwebhook import EventWebhook, EventWebhookHeader
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -147,6 +151,11 @@ def create_app(
             # grace: nothing of it is written, and a 503 (if the client still listens)
             # has SendGrid post it again. One line, not a traceback of uvicorn's cancel.
             return _refuse(503, "the receiver stopped before the whole post arrived")
+        except ClientDisconnect:
+            # The poster hung up (a reset, a proxy's timeout) mid-body: nothing of it is
+            # written, and SendGrid, with no 2xx, posts it again. One line, not
+            # Starlette's "Exception in ASGI application" and a traceback.
+            return _refuse(400, "the connection closed before the whole post arrived")
         signature = request.headers.get(EventWebhookHeader.SIGNATURE)
         timestamp = request.headers.get(EventWebhookHeader.TIMESTAMP)
         if not signature or not timestamp:
@@ -168,7 +177,18 @@ def create_app(
             received = events_in_post(payload)
         except RefusedPost as refused:
             return _refuse(400, str(refused))
-        if not _write_atomically(folder, event_file_name(timestamp, body), body):
+        try:
+            kept = _write_atomically(folder, event_file_name(timestamp, body), body)
+        except OSError as error:
+            # A full disk, a folder made read-only, a file where the folder should be:
+            # nothing of the post is kept, and a 503 has SendGrid post it again. One line
+            # naming the folder and why, not Starlette's bare 500 and a traceback.
+            # The folder is the operator's to know, not the poster's.
+            log.warning(
+                "event post not kept (503): cannot write %s: %s", folder, error.strerror or error
+            )
+            return JSONResponse({"error": "the post cannot be kept now"}, status_code=503)
+        if not kept:
             # Kept already, whole: acknowledged, so SendGrid stops posting it.
             log.info("event post received before: acknowledged, not written again")
             return JSONResponse({"received": received, "duplicate": True})
