@@ -478,11 +478,16 @@ def saved_previews(
 
 def read_rows(path: Path, key: str) -> dict[int, dict[str, str]]:
     """Each row of a preview's CSV by ``key`` (an id), every cell as the value it was
-    (csv_value: the guard csv_cell put on taken off again)."""
+    (csv_value: the guard csv_cell put on taken off again). ValueError for a row of more
+    or fewer cells than the header (edited by hand, cut short): not a list as saved."""
+    rows = {}
     with path.open(newline="", encoding="utf-8") as f:
-        return {
-            int(row[key]): {c: csv_value(v) for c, v in row.items()} for row in csv.DictReader(f)
-        }
+        reader = csv.DictReader(f)
+        for row in reader:
+            if None in row or None in row.values():
+                raise ValueError(f"line {reader.line_num}: not as many cells as the header")
+            rows[int(row[key])] = {c: csv_value(v) for c, v in row.items()}
+    return rows
 
 
 def _read_column_pairs(path: Path, key: str, value: str) -> dict[int, str]:
