@@ -53,7 +53,13 @@ from rollout.notify.emails import ENFORCEMENT_EMAIL, NOTICE_EMAIL, RERUN_OCCASIO
 from rollout.notify.queue import queue_phase_summary
 from rollout.notify.withdraw import Selection, withdraw_preview, withdraw_queued, withdrawn_reason
 from rollout.phases.drift import told_days_after_notice, told_deadline, told_less
-from rollout.phases.previews import PhasePreview, Target, TokenTarget, changed_since
+from rollout.phases.previews import (
+    PhasePreview,
+    Target,
+    TokenTarget,
+    changed_since,
+    naming_changes_since,
+)
 from rollout.registry import Registry
 from rollout.registry.deadlines import deadlines
 from rollout.registry.engine import begin_writing
@@ -1316,12 +1322,12 @@ def naming_changes(refused: GuardRefused, reports_dir: Path, typed: str | None) 
     """``refused``, and when it is a list not as previewed (:class:`NotAsPreviewed`)
     whose approved preview (``typed``: its fingerprint) is saved under ``reports_dir``,
     saying who changed since (rollout.phases.previews.changed_since); else as it is."""
-    if not isinstance(refused, NotAsPreviewed) or typed is None:
-        return refused
-    changes = changed_since(reports_dir, refused.preview, typed)
-    if changes is None:
-        return refused
-    return GuardRefused(f"{refused}; {changes}")
+    return naming_changes_since(
+        refused,
+        typed,
+        NotAsPreviewed,
+        lambda refused, typed: changed_since(reports_dir, refused.preview, typed),
+    )
 
 
 def _guard(phase: Phase, preview: PhasePreview, expect: int, expect_tokens: int | None) -> None:
