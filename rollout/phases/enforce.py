@@ -74,6 +74,7 @@ from rollout.registry.models import (
     PhaseRequirement,
     PlanRun,
     WebSession,
+    current_membership,
 )
 from rollout.registry.parallel import connections_for, each_committed
 from rollout.registry.requirements import (
@@ -199,7 +200,6 @@ def preview_phase(
     now = now or utc_now()
     requires = phase.requires
     exempt = plan.exempt_usernames
-    in_cohort = and_(CohortMembership.cohort == phase.cohort, CohortMembership.left_on.is_(None))
     query = (
         select(ACCOUNTS.c.id)
         .join(CohortMembership, CohortMembership.account_id == ACCOUNTS.c.id)
@@ -207,7 +207,7 @@ def preview_phase(
             REQUIREMENTS,
             and_(REQUIREMENTS.c.account_id == ACCOUNTS.c.id, REQUIREMENTS.c.phase == phase.name),
         )
-        .where(in_cohort)
+        .where(current_membership(phase.cohort))
         .order_by(ACCOUNTS.c.id)
     )
     # Aggregated joins, not a correlated subquery per account: one pass over each table,
@@ -373,8 +373,7 @@ def _cohort_tokens(phase: Phase, now: datetime, aged_at: datetime) -> Any:
     age judged at ``aged_at``."""
     return and_(
         CohortMembership.account_id == TOKENS.c.account_id,
-        CohortMembership.cohort == phase.cohort,
-        CohortMembership.left_on.is_(None),
+        current_membership(phase.cohort),
         offending_token(phase.requires, TOKENS, now, aged_at),
     )
 
