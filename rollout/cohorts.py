@@ -37,7 +37,7 @@ from rollout.registry.ledger import (
     upsert,
     utc_now,
 )
-from rollout.registry.models import CohortMembership, CohortPackage, Org
+from rollout.registry.models import CohortMembership, CohortPackage, Org, current_membership
 from rollout.warehouse.extract import extract_registry
 from rollout.warehouse.manifests import latest_manifests
 
@@ -546,6 +546,8 @@ def _snapshot(
                     today.tfa_methods, today.last_login_at, memberships.first_qualified_on,
                     today.packages, today.via
                 from today_accounts as today
+                -- Not only current members (current_members): the day's accounts, each
+                -- with its first day; a backfilled day's may have left since.
                 inner join registry.cohort_memberships as memberships
                     on memberships.cohort = $cohort and memberships.account_id = today.account_id
                 """,
@@ -899,7 +901,7 @@ def release_outlook(registry: Registry, cohort: str, package: str) -> ReleasePre
         members = [
             packages
             for (packages,) in connection.execute(
-                select(m.packages).where(and_(m.cohort == cohort, m.left_on.is_(None)))
+                select(m.packages).where(current_membership(cohort))
             )
         ]
     # By key: an account's packages are named as it publishes them (a team's grant may

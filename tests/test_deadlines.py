@@ -45,7 +45,7 @@ from rollout.phases.snoozes import (
     snooze_preview,
 )
 from rollout.registry import Registry, batches
-from rollout.registry.models import Account, Action, Notification
+from rollout.registry.models import Account, Action, CohortMembership, Notification
 from rollout.report.adoption import build_adoption
 from rollout.warehouse.extract import extract_registry
 from tests.factories import AccountFactory, FactorFactory, TokenFactory, existing_account
@@ -344,6 +344,27 @@ def test_a_snooze_postpones_one_deadline_once_within_the_plans_days(
             select(func.count()).select_from(Action).where(Action.action == "snooze_deadline")
         ).scalar_one()
     assert audited == 1
+
+
+def test_a_snooze_of_an_account_that_left_the_cohort_is_refused_as_not_in_it(
+    campaign: Campaign, registry: Registry, plan: Plan
+) -> None:
+    """eve got her notice, then left the cohort (her packages went elsewhere): the
+    phase no longer applies to her, so there is no deadline to postpone; ann, still a
+    member, is granted hers."""
+    campaign.day(date(2023, 3, 13))
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(CohortMembership)
+            .where(
+                CohortMembership.account_id
+                == select(Account.id).where(Account.username == "eve").scalar_subquery()
+            )
+            .values(left_on=date(2023, 3, 20))
+        )
+    on = date(2023, 4, 1)
+    assert _ask(registry, plan, "eve", 5, on) == ("refused", "not in cohort publishers", None)
+    assert _ask(registry, plan, "ann", 5, on)[0] == "granted"
 
 
 def _reply_to(campaign: Campaign, username: str) -> tuple[str, str]:

@@ -971,3 +971,35 @@ def test_the_members_enforcement_removed_read_as_those_members_in_its_table(
         line.split("│")[2].strip() for line in done.stdout.splitlines() if "removed_members" in line
     ]
     assert sorted(names_read_back(cell)) == sorted([name, "di"])
+
+
+def test_an_org_refusal_stands_on_its_own_where_its_preview_cannot_say_who_changed(
+    registry: Registry, acme: dict[str, int], tmp_path: Path
+) -> None:
+    """The refusal as it is (the same one): no fingerprint typed back, one no preview
+    here was saved with (taken on another machine), the list unchanged since, or the
+    preview's CSV cut short (a row of fewer cells than its header)."""
+    members = orgs.enforcement_preview(registry, "acme")
+    saved = orgs.save_enforcement_preview(registry, "acme", members, tmp_path, actor="ada")
+    typed = orgs.removal_fingerprint(members)
+    listed = {m.account_id: (m.username, m.role) for m in members}
+
+    def refusal(listed: dict[int, tuple[str, str | None]]) -> orgs.MembersNotAsPreviewed:
+        return orgs.MembersNotAsPreviewed(
+            "not the ones previewed", orgs.ENFORCE_PREVIEW, _org(registry), listed
+        )
+
+    unchanged, fewer = refusal(listed), refusal(dict(list(listed.items())[1:]))
+    assert orgs.naming_member_changes(fewer, tmp_path, None) is fewer
+    assert orgs.naming_member_changes(fewer, tmp_path, "0123456789ab") is fewer
+    assert orgs.naming_member_changes(unchanged, tmp_path, typed) is unchanged
+    said = str(orgs.naming_member_changes(fewer, tmp_path, f" {typed.upper()} "))
+    assert said.startswith("not the ones previewed; since the preview of ")
+    assert said.endswith(
+        f"({saved.name}): 1 member no longer listed ('{members[0].username}'); "
+        "0 members newly listed"
+    )
+
+    lines = saved.read_text(encoding="utf-8").splitlines()
+    saved.write_text("\n".join([*lines[:-1], lines[-1].split(",")[0]]) + "\n", encoding="utf-8")
+    assert orgs.naming_member_changes(fewer, tmp_path, typed) is fewer

@@ -123,3 +123,21 @@ def test_a_refusal_names_a_hostile_username_as_one_name(
     ).groups()
     assert names_read_back(gone) == ["bob"]
     assert names_read_back(new) == [name]
+
+
+@pytest.mark.parametrize("edit", ["an extra cell", "cut short"])
+def test_a_refusal_stands_on_its_own_when_the_previews_list_was_edited(
+    plan: Plan, tmp_path: Path, edit: str
+) -> None:
+    """A preview's CSV with a row of more cells than its header, or of fewer (edited by
+    hand, cut short): saying who changed since raised AttributeError, a traceback in
+    place of the refusal. It says nothing, as for any list it cannot read."""
+    bob = Target(1, "bob", "bob@example.com", None, 0, False)
+    then = PhasePreview("top-100", "top-100", [bob], 0, [])
+    record = save_preview(plan, then, tmp_path, actor="rm")
+    lines = record.csv_path.read_text(encoding="utf-8").splitlines()
+    lines[1] = lines[1] + ",extra" if edit == "an extra cell" else lines[1].split(",")[0]
+    record.csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    now = dataclasses.replace(then, targets=[])
+
+    assert changed_since(tmp_path, now, then.fingerprint) is None

@@ -409,7 +409,9 @@ def _packages(
             wanted.setdefault(phases[c.phase], set()).add(c.account_id)
     found = {}
     for cohort, ids in wanted.items():
-        # By cohort first: the (cohort, account) key is the index that finds them.
+        # By cohort first: the (cohort, account) key is the index that finds them. Not
+        # only current members (current_members): an email queued while the account was
+        # one names the packages that put it in, though it has left since.
         for account_id, names in connection.execute(
             select(CohortMembership.account_id, CohortMembership.packages).where(
                 and_(

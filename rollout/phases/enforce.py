@@ -53,7 +53,13 @@ from rollout.notify.emails import ENFORCEMENT_EMAIL, NOTICE_EMAIL, RERUN_OCCASIO
 from rollout.notify.queue import queue_phase_summary
 from rollout.notify.withdraw import Selection, withdraw_preview, withdraw_queued, withdrawn_reason
 from rollout.phases.drift import told_days_after_notice, told_deadline, told_less
-from rollout.phases.previews import PhasePreview, Target, TokenTarget, changed_since
+from rollout.phases.previews import (
+    PhasePreview,
+    Target,
+    TokenTarget,
+    changed_since,
+    naming_changes_since,
+)
 from rollout.registry import Registry
 from rollout.registry.deadlines import deadlines
 from rollout.registry.engine import begin_writing
@@ -68,6 +74,7 @@ from rollout.registry.models import (
     PhaseRequirement,
     PlanRun,
     WebSession,
+    current_membership,
 )
 from rollout.registry.parallel import connections_for, each_committed
 from rollout.registry.requirements import (
@@ -193,7 +200,6 @@ def preview_phase(
     now = now or utc_now()
     requires = phase.requires
     exempt = plan.exempt_usernames
-    in_cohort = and_(CohortMembership.cohort == phase.cohort, CohortMembership.left_on.is_(None))
     query = (
         select(ACCOUNTS.c.id)
         .join(CohortMembership, CohortMembership.account_id == ACCOUNTS.c.id)
@@ -201,7 +207,7 @@ def preview_phase(
             REQUIREMENTS,
             and_(REQUIREMENTS.c.account_id == ACCOUNTS.c.id, REQUIREMENTS.c.phase == phase.name),
         )
-        .where(in_cohort)
+        .where(current_membership(phase.cohort))
         .order_by(ACCOUNTS.c.id)
     )
     # Aggregated joins, not a correlated subquery per account: one pass over each table,
@@ -367,8 +373,7 @@ def _cohort_tokens(phase: Phase, now: datetime, aged_at: datetime) -> Any:
     age judged at ``aged_at``."""
     return and_(
         CohortMembership.account_id == TOKENS.c.account_id,
-        CohortMembership.cohort == phase.cohort,
-        CohortMembership.left_on.is_(None),
+        current_membership(phase.cohort),
         offending_token(phase.requires, TOKENS, now, aged_at),
     )
 
@@ -1316,12 +1321,12 @@ def naming_changes(refused: GuardRefused, reports_dir: Path, typed: str | None) 
     """``refused``, and when it is a list not as previewed (:class:`NotAsPreviewed`)
     whose approved preview (``typed``: its fingerprint) is saved under ``reports_dir``,
     saying who changed since (rollout.phases.previews.changed_since); else as it is."""
-    if not isinstance(refused, NotAsPreviewed) or typed is None:
-        return refused
-    changes = changed_since(reports_dir, refused.preview, typed)
-    if changes is None:
-        return refused
-    return GuardRefused(f"{refused}; {changes}")
+    return naming_changes_since(
+        refused,
+        typed,
+        NotAsPreviewed,
+        lambda refused, typed: changed_since(reports_dir, refused.preview, typed),
+    )
 
 
 def _guard(phase: Phase, preview: PhasePreview, expect: int, expect_tokens: int | None) -> None:

@@ -15,11 +15,11 @@ names who changed since (``naming_member_changes``).
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -46,10 +46,11 @@ from rollout.core.words import counted
 from rollout.notify.emails import INVITATION_EMAIL
 from rollout.notify.queue import queue_each
 from rollout.phases.previews import (
+    changed_since_preview,
     names_shown,
+    naming_changes_since,
     read_rows,
     save_list,
-    saved_previews,
     shown_list,
 )
 from rollout.registry import Registry
@@ -812,12 +813,12 @@ def naming_member_changes(
     """``refused``, and when it is a list not as previewed (:class:`MembersNotAsPreviewed`)
     whose preview (``typed``: its fingerprint) is saved under ``reports_dir``, saying
     who changed since (:func:`members_changed_since`); else as it is."""
-    if not isinstance(refused, MembersNotAsPreviewed) or typed is None:
-        return refused
-    changes = members_changed_since(reports_dir, refused, typed)
-    if changes is None:
-        return refused
-    return GuardRefused(f"{refused}; {changes}")
+    return naming_changes_since(
+        refused,
+        typed,
+        MembersNotAsPreviewed,
+        lambda refused, typed: members_changed_since(reports_dir, refused, typed),
+    )
 
 
 def members_changed_since(
@@ -826,48 +827,50 @@ def members_changed_since(
     """Who changed since the org's preview whose list's fingerprint was typed back (the
     latest of its kind and org saved under ``reports/previews/``), against the members
     now (``refused.listed``): those no longer listed, those newly listed, and those whose
-    role changed, by name, as data (visible), with the preview's time and file. None when
-    no such preview is saved here (taken on another machine, or its files removed), or
-    when it cannot be read or differs in nothing."""
-    typed = typed.strip().lower()
-    found = [
-        r
-        for r in saved_previews(reports_dir, kind=refused.kind, fields=_RECORD_FIELDS)
-        if r["org_id"] == refused.org_id and r["fingerprint"] == typed
-    ]
-    if not found:
-        return None
-    record = found[-1]
-    try:
-        then = read_rows(reports_dir / "previews" / record["csv"], "account_id")
-        then_names = {a: row["username"] for a, row in then.items()}
-        then_roles = {a: row.get("role") for a, row in then.items()}
-    except (OSError, KeyError, ValueError, TypeError, csv.Error):
-        return None  # a file edited or cut short: the refusal stands on its own
-    now = refused.listed
-    gone = sorted(then_names[a] for a in then.keys() - now.keys())
-    new = sorted(now[a][0] for a in now.keys() - then.keys())
-    moved = sorted(
-        (now[a][0], then_roles[a], now[a][1])
-        for a in then.keys() & now.keys()
-        if now[a][1] is not None and then_roles[a] != now[a][1]
-    )
-    # A reinvitation's team, as the preview's record names it, against the one given now.
-    then_team = record.get("team") if refused.team is not None else None
-    retargeted = isinstance(then_team, str) and then_team != refused.team
-    if not (gone or new or moved or retargeted):
-        return None
-    parts = [
-        f"{counted(len(gone), 'member')} no longer listed"
-        + (f" ({names_shown(gone)})" if gone else ""),
-        f"{counted(len(new), 'member')} newly listed" + (f" ({names_shown(new)})" if new else ""),
-    ]
-    if moved:
-        roles = [f"{quoted(name)}: {visible(was)} to {visible(role)}" for name, was, role in moved]
-        parts.append(f"{counted(len(moved), 'role')} changed ({shown_list(roles)})")
-    if retargeted:
-        parts.append(f"the team: {quoted(then_team)} previewed, {quoted(refused.team)} now")
-    return (
-        f"since the preview of {record['at']:%Y-%m-%d %H:%M:%S} UTC ({visible(record['csv'])}): "
-        + "; ".join(parts)
+    role changed, by name, as data (visible), as changed_since_preview says it (None
+    when there is no such preview here, or it cannot be read or differs in nothing)."""
+
+    def read(folder: Path, record: dict[str, Any]) -> dict[int, tuple[str, str | None]]:
+        then = read_rows(folder / record["csv"], "account_id")
+        return {a: (row["username"], row.get("role")) for a, row in then.items()}
+
+    def differences(
+        record: dict[str, Any], then: dict[int, tuple[str, str | None]]
+    ) -> list[str] | None:
+        now = refused.listed
+        gone = sorted(then[a][0] for a in then.keys() - now.keys())
+        new = sorted(now[a][0] for a in now.keys() - then.keys())
+        moved = sorted(
+            (now[a][0], then[a][1], now[a][1])
+            for a in then.keys() & now.keys()
+            if now[a][1] is not None and then[a][1] != now[a][1]
+        )
+        # A reinvitation's team, as the preview's record names it, against the one now.
+        then_team = record.get("team") if refused.team is not None else None
+        retargeted = isinstance(then_team, str) and then_team != refused.team
+        if not (gone or new or moved or retargeted):
+            return None
+        parts = [
+            f"{counted(len(gone), 'member')} no longer listed"
+            + (f" ({names_shown(gone)})" if gone else ""),
+            f"{counted(len(new), 'member')} newly listed"
+            + (f" ({names_shown(new)})" if new else ""),
+        ]
+        if moved:
+            roles = [
+                f"{quoted(name)}: {visible(was)} to {visible(role)}" for name, was, role in moved
+            ]
+            parts.append(f"{counted(len(moved), 'role')} changed ({shown_list(roles)})")
+        if retargeted:
+            parts.append(f"the team: {quoted(then_team)} previewed, {quoted(refused.team)} now")
+        return parts
+
+    return changed_since_preview(
+        reports_dir,
+        typed,
+        kind=refused.kind,
+        fields=_RECORD_FIELDS,
+        matches=lambda record: record["org_id"] == refused.org_id,
+        read=read,
+        differences=differences,
     )

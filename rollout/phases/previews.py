@@ -15,13 +15,14 @@ import io
 import json
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rollout.core.controls import quoted, visible
+from rollout.core.errors import GuardRefused
 from rollout.core.files import write_atomically
 from rollout.core.fingerprints import list_fingerprint
 from rollout.core.names import safe_path_component
@@ -478,11 +479,16 @@ def saved_previews(
 
 def read_rows(path: Path, key: str) -> dict[int, dict[str, str]]:
     """Each row of a preview's CSV by ``key`` (an id), every cell as the value it was
-    (csv_value: the guard csv_cell put on taken off again)."""
+    (csv_value: the guard csv_cell put on taken off again). ValueError for a row of more
+    or fewer cells than the header (edited by hand, cut short): not a list as saved."""
+    rows = {}
     with path.open(newline="", encoding="utf-8") as f:
-        return {
-            int(row[key]): {c: csv_value(v) for c, v in row.items()} for row in csv.DictReader(f)
-        }
+        reader = csv.DictReader(f)
+        for row in reader:
+            if None in row or None in row.values():
+                raise ValueError(f"line {reader.line_num}: not as many cells as the header")
+            rows[int(row[key])] = {c: csv_value(v) for c, v in row.items()}
+    return rows
 
 
 def _read_column_pairs(path: Path, key: str, value: str) -> dict[int, str]:
@@ -506,49 +512,117 @@ def names_shown(names: list[str], limit: int = 5) -> str:
     return shown_list([quoted(name) for name in names], limit)
 
 
-def changed_since(reports_dir: Path, fresh: PhasePreview, typed: str) -> str | None:
-    """Who changed since the preview whose list's fingerprint was typed back (``typed``,
-    the latest of ``fresh``'s phase saved under ``reports/previews/``), against the list
-    taken now (``fresh``): the accounts no longer listed and those newly listed, by
-    name (and the tokens, counted), with the preview's time and file. None when no such
-    preview is saved here (taken on another machine, or its files removed), or when the
-    list has not changed."""
+# What a saved preview's list may fail with when read (edited by hand, cut short,
+# removed): a refusal naming what changed since it then stands on its own.
+UNREADABLE_LIST = (OSError, KeyError, ValueError, TypeError, csv.Error)
+
+_Refused = TypeVar("_Refused", bound=GuardRefused)
+_Then = TypeVar("_Then")
+
+
+def naming_changes_since(
+    refused: GuardRefused,
+    typed: str | None,
+    kind: type[_Refused],
+    changes: Callable[[_Refused, str], str | None],
+) -> GuardRefused:
+    """``refused``, and when it is a list not as previewed (a ``kind``: NotAsPreviewed,
+    MembersNotAsPreviewed, EmailsNotAsPreviewed) whose approved preview's fingerprint was
+    typed back (``typed``), saying what changed since (``changes``, as
+    :func:`changed_since_preview` says it); else, or when that says nothing, as it is."""
+    if not isinstance(refused, kind) or typed is None:
+        return refused
+    changed = changes(refused, typed)
+    if changed is None:
+        return refused
+    return GuardRefused(f"{refused}; {changed}")
+
+
+def changed_since_preview(
+    reports_dir: Path,
+    typed: str,
+    *,
+    matches: Callable[[dict[str, Any]], bool],
+    read: Callable[[Path, dict[str, Any]], _Then],
+    differences: Callable[[dict[str, Any], _Then], list[str] | None],
+    kind: str = PHASE_PREVIEW,
+    fields: dict[str, type] | None = None,
+) -> str | None:
+    """What changed since the saved preview whose list's fingerprint was typed back
+    (``typed``): the latest record of ``kind`` under ``reports/previews/`` holding
+    ``fields`` (saved_previews) that ``matches`` (its phase, org or selection), its list
+    read from that folder (``read``: any of UNREADABLE_LIST for a list it cannot read),
+    and compared with the present (``differences``: the parts to say, none when nothing
+    differs), after the preview's time and file. None when no such preview is saved here
+    (taken on another machine, or its files removed), or when its list cannot be read or
+    differs in nothing: the refusal then stands on its own."""
     typed = typed.strip().lower()
     found = [
         r
-        for r in saved_previews(reports_dir)
-        if r.get("phase") == fresh.phase and r.get("fingerprint") == typed
+        for r in saved_previews(reports_dir, kind=kind, fields=fields)
+        if r.get("fingerprint") == typed and matches(r)
     ]
-    if not found or fresh.fingerprint == typed:
+    if not found:
         return None
     record = found[-1]
-    folder = reports_dir / "previews"
     try:
-        then = _read_column_pairs(folder / record["csv"], "account_id", "username")
-        then_tokens = (
-            set(_read_column_pairs(folder / record["tokens_csv"], "token_id", "username"))
-            if record.get("tokens_csv")
-            else set()
-        )
-    except (OSError, KeyError, ValueError, csv.Error):
-        return None  # a file edited or cut short: the refusal stands on its own
-    now = {t.account_id: t.username for t in fresh.targets}
-    gone = sorted(then[a] for a in then.keys() - now.keys())
-    new = sorted(now[a] for a in now.keys() - then.keys())
-    parts = [
-        f"{counted(len(gone), 'account')} no longer listed"
-        + (f" ({names_shown(gone)})" if gone else ""),
-        f"{counted(len(new), 'account')} newly listed" + (f" ({names_shown(new)})" if new else ""),
-    ]
-    tokens_now = {token_id for token_id, _ in fresh.token_ids}
-    if then_tokens != tokens_now:
-        parts.append(
-            f"{counted(len(then_tokens - tokens_now), 'token')} no longer listed, "
-            f"{len(tokens_now - then_tokens)} newly listed"
-        )
+        then = read(reports_dir / "previews", record)
+    except UNREADABLE_LIST:
+        return None
+    parts = differences(record, then)
+    if not parts:
+        return None
     return (
         f"since the preview of {record['at']:%Y-%m-%d %H:%M:%S} UTC ({visible(record['csv'])}): "
         + "; ".join(parts)
+    )
+
+
+def changed_since(reports_dir: Path, fresh: PhasePreview, typed: str) -> str | None:
+    """Who changed since the phase preview whose list's fingerprint was typed back
+    (``typed``, the latest of ``fresh``'s phase saved under ``reports/previews/``),
+    against the list taken now (``fresh``): the accounts no longer listed and those
+    newly listed, by name (and the tokens, counted), as :func:`changed_since_preview`
+    says it. None when the list taken now is the one typed back."""
+    if fresh.fingerprint == typed.strip().lower():
+        return None
+
+    def read(folder: Path, record: dict[str, Any]) -> tuple[dict[int, str], set[int]]:
+        then = _read_column_pairs(folder / record["csv"], "account_id", "username")
+        tokens_csv = record.get("tokens_csv")
+        then_tokens = (
+            set(_read_column_pairs(folder / tokens_csv, "token_id", "username"))
+            if tokens_csv
+            else set()
+        )
+        return then, then_tokens
+
+    def differences(_: dict[str, Any], listed: tuple[dict[int, str], set[int]]) -> list[str]:
+        then, then_tokens = listed
+        now = {t.account_id: t.username for t in fresh.targets}
+        gone = sorted(then[a] for a in then.keys() - now.keys())
+        new = sorted(now[a] for a in now.keys() - then.keys())
+        # Said even when no account changed: the fingerprint differs, so the tokens did.
+        parts = [
+            f"{counted(len(gone), 'account')} no longer listed"
+            + (f" ({names_shown(gone)})" if gone else ""),
+            f"{counted(len(new), 'account')} newly listed"
+            + (f" ({names_shown(new)})" if new else ""),
+        ]
+        tokens_now = {token_id for token_id, _ in fresh.token_ids}
+        if then_tokens != tokens_now:
+            parts.append(
+                f"{counted(len(then_tokens - tokens_now), 'token')} no longer listed, "
+                f"{len(tokens_now - then_tokens)} newly listed"
+            )
+        return parts
+
+    return changed_since_preview(
+        reports_dir,
+        typed,
+        matches=lambda record: record.get("phase") == fresh.phase,
+        read=read,
+        differences=differences,
     )
 
 

@@ -48,7 +48,13 @@ from rollout.registry.ledger import (
     recorded_run,
     utc_now,
 )
-from rollout.registry.models import Account, CohortMembership, Notification, PhaseRequirement
+from rollout.registry.models import (
+    Account,
+    CohortMembership,
+    Notification,
+    PhaseRequirement,
+    current_members,
+)
 from rollout.warehouse.landing import COMPRESSED_SUFFIXES, shorten
 
 ACCOUNTS = Account.__table__
@@ -397,9 +403,7 @@ def _judge_all(
     for accounts in in_chunks(sorted(ids.values())):
         known.in_cohort.update(
             connection.execute(
-                select(m.account_id).where(
-                    and_(m.cohort == phase.cohort, m.left_on.is_(None), m.account_id.in_(accounts))
-                )
+                current_members(phase.cohort).where(m.account_id.in_(accounts))
             ).scalars()
         )
         known.snoozed.update(

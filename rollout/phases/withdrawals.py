@@ -10,7 +10,6 @@ shown, as data.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,13 @@ from rollout.notify.withdraw import (
     Selection,
     listed_fingerprint,
 )
-from rollout.phases.previews import read_rows, save_list, saved_previews, shown_list
+from rollout.phases.previews import (
+    changed_since_preview,
+    naming_changes_since,
+    read_rows,
+    save_list,
+    shown_list,
+)
 from rollout.registry import Registry
 
 # A saved record's ``kind`` (rollout.phases.previews.saved_previews reads each kind apart).
@@ -86,12 +91,12 @@ def naming_email_changes(
     """``refused``, and when it is a list not as previewed (EmailsNotAsPreviewed) whose
     preview (``typed``: its fingerprint) is saved under ``reports_dir``, saying which
     emails changed since (:func:`emails_changed_since`); else as it is."""
-    if not isinstance(refused, EmailsNotAsPreviewed) or typed is None:
-        return refused
-    changes = emails_changed_since(registry, reports_dir, refused, typed)
-    if changes is None:
-        return refused
-    return GuardRefused(f"{refused}; {changes}")
+    return naming_changes_since(
+        refused,
+        typed,
+        EmailsNotAsPreviewed,
+        lambda refused, typed: emails_changed_since(registry, reports_dir, refused, typed),
+    )
 
 
 def emails_changed_since(
@@ -101,48 +106,46 @@ def emails_changed_since(
     typed back (the latest of the same selection saved under ``reports/previews/``),
     against those it would take now (``refused.taken``): those no longer listed, with
     what they are now (sent, being sent, ...), and those newly listed, counted, the
-    first few shown as data (visible), with the preview's time and file. None when no
-    such preview is saved here (taken on another machine, or its files removed), or when
-    it cannot be read or differs in nothing."""
-    typed = typed.strip().lower()
+    first few shown as data (visible), as changed_since_preview says it (None when there
+    is no such preview here, or it cannot be read or differs in nothing, or the outbox
+    cannot be read)."""
     selection = refused.selection
-    found = [
-        r
-        for r in saved_previews(reports_dir, kind=WITHDRAW_PREVIEW, fields=_RECORD_FIELDS)
-        if r.get("phase") == selection.phase
-        and r.get("email") == selection.email
-        and r["fingerprint"] == typed
-    ]
-    if not found:
-        return None
-    record = found[-1]
-    try:
-        rows = read_rows(reports_dir / "previews" / record["csv"], "notification_id")
+
+    def read(folder: Path, record: dict[str, Any]) -> dict[int, dict[str, str]]:
+        rows = read_rows(folder / record["csv"], "notification_id")
         # Those in flight then were marked, not taken: not in the list typed back.
-        then = {i: row for i, row in rows.items() if row["state"] in NOT_GONE}
-    except (OSError, KeyError, ValueError, TypeError, csv.Error):
-        return None  # a file edited or cut short: the refusal stands on its own
-    gone = sorted(then.keys() - refused.taken)
-    new = sorted(refused.taken - then.keys())
-    if not (gone or new):
-        return None
-    try:
-        now = _emails(registry, [*gone[:SHOWN], *new[:SHOWN]])
-    except SQLAlchemyError:
-        return None  # the refusal stands on its own
-    gone_said = [
-        _described(then[i])
-        + (f": now {now[i]['state']}" if i in now else ": no longer in the outbox")
-        for i in gone[:SHOWN]
-    ]
-    new_said = [_described(now[i]) if i in now else f"#{i}" for i in new[:SHOWN]]
-    parts = [
-        f"{counted(len(gone), 'email')} no longer listed" + _shown(gone_said, len(gone)),
-        f"{counted(len(new), 'email')} newly listed" + _shown(new_said, len(new)),
-    ]
-    return (
-        f"since the preview of {record['at']:%Y-%m-%d %H:%M:%S} UTC ({visible(record['csv'])}): "
-        + "; ".join(parts)
+        return {i: row for i, row in rows.items() if row["state"] in NOT_GONE}
+
+    def differences(_: dict[str, Any], then: dict[int, dict[str, str]]) -> list[str] | None:
+        gone = sorted(then.keys() - refused.taken)
+        new = sorted(refused.taken - then.keys())
+        if not (gone or new):
+            return None
+        try:
+            now = _emails(registry, [*gone[:SHOWN], *new[:SHOWN]])
+        except SQLAlchemyError:
+            return None  # the refusal stands on its own
+        gone_said = [
+            _described(then[i])
+            + (f": now {now[i]['state']}" if i in now else ": no longer in the outbox")
+            for i in gone[:SHOWN]
+        ]
+        new_said = [_described(now[i]) if i in now else f"#{i}" for i in new[:SHOWN]]
+        return [
+            f"{counted(len(gone), 'email')} no longer listed" + _shown(gone_said, len(gone)),
+            f"{counted(len(new), 'email')} newly listed" + _shown(new_said, len(new)),
+        ]
+
+    return changed_since_preview(
+        reports_dir,
+        typed,
+        kind=WITHDRAW_PREVIEW,
+        fields=_RECORD_FIELDS,
+        matches=lambda record: (
+            record.get("phase") == selection.phase and record.get("email") == selection.email
+        ),
+        read=read,
+        differences=differences,
     )
 
 

@@ -435,12 +435,17 @@ class CohortMembership(Base):
     run_id: Mapped[str | None] = mapped_column(ForeignKey("plan_runs.id"))
 
 
+def current_membership(cohort: str) -> Any:
+    """SQL: a ``cohort_memberships`` row is of ``cohort``'s current members (not left):
+    the condition :func:`current_members` selects by, for a query that joins the
+    memberships to other rows instead (a set-based join keeps its plan)."""
+    return and_(CohortMembership.cohort == cohort, CohortMembership.left_on.is_(None))
+
+
 def current_members(cohort: str) -> Any:
     """SQL: the account ids of ``cohort``'s current members (not left), a subquery for
     ``account_id.in_(...)`` or to select from."""
-    return select(CohortMembership.account_id).where(
-        and_(CohortMembership.cohort == cohort, CohortMembership.left_on.is_(None))
-    )
+    return select(CohortMembership.account_id).where(current_membership(cohort))
 
 
 class Action(Base):
