@@ -251,3 +251,76 @@ def test_opening_the_warehouse_while_a_run_writes_it_says_what_to_do(
     assert f"{warehouse} is being written by another process" in message
     assert "run this again in a few minutes" in message
     assert "rollout copy-warehouse FILE" in message and f"(PID {holder.pid})" in message
+
+
+def rollout_cli(home: Path, *args: str, plan: Path | None = None) -> None:
+    """``rollout ARGS`` under ``home``, as an analyst runs it (with ``plan`` as
+    ROLLOUT_PLAN); fails the test with its output if it fails."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("ROLLOUT_")}
+    env.update(ROLLOUT_HOME=str(home), PYTHONPATH=str(ROOT))
+    if plan is not None:
+        env["ROLLOUT_PLAN"] = str(plan)
+    result = subprocess.run(
+        [sys.executable, "-m", "rollout", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, f"rollout {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.mark.slow
+def test_every_notebook_runs_on_a_warehouse_with_no_cohort_built_yet(tmp_path: Path) -> None:
+    # A fresh warehouse: the sample ingested and the marts built before the first cohort
+    # day, no brown-out scheduled yet. Empty cohort views, a chart of no cohorts.
+    home = tmp_path / "home"
+    rollout_cli(home, "sample", "--scale", "tiny", "--seed", "7", "--for-plan")
+    rollout_cli(home, "ingest")
+    rollout_cli(home, "metrics", "--as-of", "2021-12-20")
+    rollout_cli(home, "report", "--as-of", "2021-12-20")
+    notebooks = notebook_paths()
+    returncode, stdout, output = run_nbmake(notebooks, notebook_env(home, tmp_path / "scratch"))
+    assert returncode == 0, output
+    assert f"{len(notebooks)} passed" in stdout, output
+
+
+@pytest.mark.slow
+def test_every_notebook_runs_on_a_warehouse_with_a_cohort_built_empty(tmp_path: Path) -> None:
+    # The reference plan with a high-impact rule no package meets, fixed on 2022-01-10:
+    # its cohort is built on its day with nobody in it (no membership, no history row, no
+    # daily series). The marts are of a day before the brown-outs' heads-ups.
+    plan = tmp_path / "plan.yaml"
+    reference = (ROOT / "plans" / "npm-2022.yaml").read_text()
+    unmet = (
+        reference.replace(
+            "weekly_downloads_gt: 1000000\n", "weekly_downloads_gt: 1000000000000000\n"
+        )
+        .replace("dependents_gte: 500\n", "dependents_gte: 1000000000\n")
+        .replace("cohort_as_of: 2022-03-14\n", "cohort_as_of: 2022-01-10\n")
+        .replace("notice_on: 2022-03-15\n", "notice_on: 2022-01-11\n")
+    )
+    assert unmet.count("2022-01-1") == reference.count("2022-01-1") + 2
+    plan.write_text(unmet)
+    home = tmp_path / "home"
+    rollout_cli(home, "sample", "--scale", "tiny", "--seed", "7", "--for-plan", plan=plan)
+    rollout_cli(home, "brownout", "schedule", "--apply", plan=plan)
+    rollout_cli(home, "ingest", plan=plan)
+    for day in ("2022-01-03", "2022-01-10"):
+        rollout_cli(home, "metrics", "--as-of", day, plan=plan)
+        rollout_cli(home, "cohorts", "build", "--as-of", day, plan=plan)
+    rollout_cli(home, "report", "--as-of", "2022-01-20", plan=plan)
+    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    try:
+        built = con.execute("select count(*) from cohort_builds where cohort = 'high-impact'")
+        assert built.fetchone() == (1,)
+        assert con.execute("select count(*) from cohort_accounts").fetchone() == (111,)
+    finally:
+        con.close()
+    env = notebook_env(home, tmp_path / "scratch")
+    env["ROLLOUT_PLAN"] = str(plan)
+    notebooks = notebook_paths()
+    returncode, stdout, output = run_nbmake(notebooks, env)
+    assert returncode == 0, output
+    assert f"{len(notebooks)} passed" in stdout, output
