@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -21,6 +22,11 @@ import nbformat
 import pytest
 
 from rollout.core.config import load_settings
+from rollout.core.plan import Plan
+from rollout.phases.brownouts import schedule
+from rollout.registry import Registry
+from rollout.report.adoption import registry_inputs
+from rollout.report.reporting import report_from_registry
 from tests.support.warehouse_holder import warehouse_held
 
 from .conftest import tiny_story
@@ -324,3 +330,32 @@ def test_every_notebook_runs_on_a_warehouse_with_a_cohort_built_empty(tmp_path: 
     returncode, stdout, output = run_nbmake(notebooks, env)
     assert returncode == 0, output
     assert f"{len(notebooks)} passed" in stdout, output
+
+
+def notebook_registry_tables() -> set[str]:
+    """The registry.* tables the notebooks read."""
+    return {
+        table
+        for path in notebook_paths()
+        for cell in code_cells(path)
+        for table in re.findall(r"\bregistry\.([a-z_]+)\b", cell)
+    }
+
+
+def test_the_report_refreshes_every_registry_table_the_notebooks_read() -> None:
+    # The notebooks read the marts of a report with these beside them: each copy as fresh.
+    read = notebook_registry_tables()
+    assert {"tfa_factors", "brownout_windows"} <= read, read
+    assert read <= set(registry_inputs()), sorted(read - set(registry_inputs()))
+
+
+def test_a_report_shows_the_notebooks_the_brownouts_scheduled_since_the_last_extract(
+    con: duckdb.DuckDBPyConnection, registry: Registry, plan: Plan, tmp_path: Path
+) -> None:
+    as_of = date(2022, 1, 20)
+    report_from_registry(con, registry, plan, as_of, tmp_path / "reports")
+    assert con.execute("select count(*) from registry.brownout_windows").fetchone() == (0,)
+    schedule(registry, plan, actor="rm")  # `rollout brownout schedule --apply`
+    report_from_registry(con, registry, plan, as_of, tmp_path / "reports")
+    scheduled = con.execute("select name from registry.brownout_windows order by starts_at")
+    assert [name for (name,) in scheduled.fetchall()] == [b.name for b in plan.brownouts]
