@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -21,6 +22,11 @@ import nbformat
 import pytest
 
 from rollout.core.config import load_settings
+from rollout.core.plan import Plan
+from rollout.phases.brownouts import schedule
+from rollout.registry import Registry
+from rollout.report.adoption import registry_inputs
+from rollout.report.reporting import report_from_registry
 from tests.support.warehouse_holder import warehouse_held
 
 from .conftest import tiny_story
@@ -251,3 +257,105 @@ def test_opening_the_warehouse_while_a_run_writes_it_says_what_to_do(
     assert f"{warehouse} is being written by another process" in message
     assert "run this again in a few minutes" in message
     assert "rollout copy-warehouse FILE" in message and f"(PID {holder.pid})" in message
+
+
+def rollout_cli(home: Path, *args: str, plan: Path | None = None) -> None:
+    """``rollout ARGS`` under ``home``, as an analyst runs it (with ``plan`` as
+    ROLLOUT_PLAN); fails the test with its output if it fails."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("ROLLOUT_")}
+    env.update(ROLLOUT_HOME=str(home), PYTHONPATH=str(ROOT))
+    if plan is not None:
+        env["ROLLOUT_PLAN"] = str(plan)
+    result = subprocess.run(
+        [sys.executable, "-m", "rollout", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, f"rollout {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.mark.slow
+def test_every_notebook_runs_on_a_warehouse_with_no_cohort_built_yet(tmp_path: Path) -> None:
+    # A fresh warehouse: the sample ingested and the marts built before the first cohort
+    # day, no brown-out scheduled yet. Empty cohort views, a chart of no cohorts.
+    home = tmp_path / "home"
+    rollout_cli(home, "sample", "--scale", "tiny", "--seed", "7", "--for-plan")
+    rollout_cli(home, "ingest")
+    rollout_cli(home, "metrics", "--as-of", "2021-12-20")
+    rollout_cli(home, "report", "--as-of", "2021-12-20")
+    notebooks = notebook_paths()
+    returncode, stdout, output = run_nbmake(notebooks, notebook_env(home, tmp_path / "scratch"))
+    assert returncode == 0, output
+    assert f"{len(notebooks)} passed" in stdout, output
+
+
+@pytest.mark.slow
+def test_every_notebook_runs_on_a_warehouse_with_a_cohort_built_empty(tmp_path: Path) -> None:
+    # The reference plan with a high-impact rule no package meets, fixed on 2022-01-10:
+    # its cohort is built on its day with nobody in it (no membership, no history row, no
+    # daily series). The marts are of a day before the brown-outs' heads-ups.
+    plan = tmp_path / "plan.yaml"
+    reference = (ROOT / "plans" / "npm-2022.yaml").read_text()
+    unmet = (
+        reference.replace(
+            "weekly_downloads_gt: 1000000\n", "weekly_downloads_gt: 1000000000000000\n"
+        )
+        .replace("dependents_gte: 500\n", "dependents_gte: 1000000000\n")
+        .replace("cohort_as_of: 2022-03-14\n", "cohort_as_of: 2022-01-10\n")
+        .replace("notice_on: 2022-03-15\n", "notice_on: 2022-01-11\n")
+    )
+    assert unmet.count("2022-01-1") == reference.count("2022-01-1") + 2
+    plan.write_text(unmet)
+    home = tmp_path / "home"
+    rollout_cli(home, "sample", "--scale", "tiny", "--seed", "7", "--for-plan", plan=plan)
+    rollout_cli(home, "brownout", "schedule", "--apply", plan=plan)
+    rollout_cli(home, "ingest", plan=plan)
+    for day in ("2022-01-03", "2022-01-10"):
+        rollout_cli(home, "metrics", "--as-of", day, plan=plan)
+        rollout_cli(home, "cohorts", "build", "--as-of", day, plan=plan)
+    rollout_cli(home, "report", "--as-of", "2022-01-20", plan=plan)
+    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    try:
+        built = con.execute("select count(*) from cohort_builds where cohort = 'high-impact'")
+        assert built.fetchone() == (1,)
+        assert con.execute("select count(*) from cohort_accounts").fetchone() == (111,)
+    finally:
+        con.close()
+    env = notebook_env(home, tmp_path / "scratch")
+    env["ROLLOUT_PLAN"] = str(plan)
+    notebooks = notebook_paths()
+    returncode, stdout, output = run_nbmake(notebooks, env)
+    assert returncode == 0, output
+    assert f"{len(notebooks)} passed" in stdout, output
+
+
+def notebook_registry_tables() -> set[str]:
+    """The registry.* tables the notebooks read."""
+    return {
+        table
+        for path in notebook_paths()
+        for cell in code_cells(path)
+        for table in re.findall(r"\bregistry\.([a-z_]+)\b", cell)
+    }
+
+
+def test_the_report_refreshes_every_registry_table_the_notebooks_read() -> None:
+    # The notebooks read the marts of a report with these beside them: each copy as fresh.
+    read = notebook_registry_tables()
+    assert {"tfa_factors", "brownout_windows"} <= read, read
+    assert read <= set(registry_inputs()), sorted(read - set(registry_inputs()))
+
+
+def test_a_report_shows_the_notebooks_the_brownouts_scheduled_since_the_last_extract(
+    con: duckdb.DuckDBPyConnection, registry: Registry, plan: Plan, tmp_path: Path
+) -> None:
+    as_of = date(2022, 1, 20)
+    report_from_registry(con, registry, plan, as_of, tmp_path / "reports")
+    assert con.execute("select count(*) from registry.brownout_windows").fetchone() == (0,)
+    schedule(registry, plan, actor="rm")  # `rollout brownout schedule --apply`
+    report_from_registry(con, registry, plan, as_of, tmp_path / "reports")
+    scheduled = con.execute("select name from registry.brownout_windows order by starts_at")
+    assert [name for (name,) in scheduled.fetchall()] == [b.name for b in plan.brownouts]

@@ -113,9 +113,17 @@ def _create_plan_tables(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
         )
 
 
+# The registry tables the notebooks (notebooks/*.ipynb) read beside the marts that no mart
+# reads: a report copies them too, so that a notebook opened on a report's warehouse reads
+# them as fresh as the marts (tests/test_notebooks.py holds the notebooks to this list).
+NOTEBOOK_INPUTS = ("brownout_windows",)
+
+
 def registry_inputs() -> tuple[str, ...]:
-    """The registry tables the marts read: all a report's extract needs to copy."""
-    return tuple(sorted({t for sql in _models().values() for t in _REGISTRY_TABLE.findall(sql)}))
+    """The registry tables the marts and the notebooks read: all a report's extract needs
+    to copy."""
+    read = {t for sql in _models().values() for t in _REGISTRY_TABLE.findall(sql)}
+    return tuple(sorted(read | set(NOTEBOOK_INPUTS)))
 
 
 def _models() -> dict[str, str]:

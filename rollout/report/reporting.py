@@ -1027,7 +1027,8 @@ def report_from_registry(
 
     require_data_day(as_of)
     if refresh_registry:
-        # Only what the marts read: at npm scale the whole registry is twice the work.
+        # Only what the marts and the notebooks read: at npm scale the whole registry is
+        # twice the work.
         extract_registry(con, registry, registry_inputs())
     build_adoption(con, plan, as_of)
     return build_report(con, plan, as_of, report_dir(reports_dir, as_of))
