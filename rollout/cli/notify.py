@@ -473,7 +473,7 @@ def _accounts_words(standing: AddressStanding) -> str:
         return "no account uses this address"
     n = len(standing.accounts)
     return f"{counted(n, 'account')} {by_count(n, 'uses', 'use')} it: " + ", ".join(
-        standing.usernames
+        quoted(username) for username in standing.usernames
     )
 
 
@@ -512,7 +512,7 @@ def notify_suppress(
         fmt,
         title="suppress" + ("" if apply else " (preview)"),
     )
-    stderr.print(f"{standing.address}: {_accounts_words(standing)}", highlight=False)
+    stderr.print(f"{quoted(standing.address)}: {_accounts_words(standing)}", highlight=False)
     waiting = sum(standing.waiting.values())
     if waiting:
         stderr.print(
@@ -585,7 +585,7 @@ def notify_unsuppress(
         fmt,
         title="unsuppress" + ("" if apply else " (preview)"),
     )
-    stderr.print(f"{standing.address}: {_accounts_words(standing)}", highlight=False)
+    stderr.print(f"{quoted(standing.address)}: {_accounts_words(standing)}", highlight=False)
     for held in standing.suppressions:
         stderr.print(f"suppressed {held.words()}", highlight=False)
     if refusal is not None:
