@@ -1049,7 +1049,7 @@ def test_notify_preview_for_an_account_words_the_email_as_the_send_would_that_da
 
     late, said = preview("phase_notice", "--on", "2022-02-05")
     assert "since Tuesday 1 February 2022" in late and "will be required" not in late
-    assert "phase_notice: on 2022-02-05 it is past its last day (2022-02-01)" in said
+    assert "phase_notice: its last day was 2022-01-31, so on 2022-02-05 the send skips" in said
     assert "notify queue --late" in said
     ahead, said = preview("phase_notice", "--on", "2022-01-04")
     assert "will be required of your account from Tuesday 1 February 2022" in ahead
@@ -1060,6 +1060,36 @@ def test_notify_preview_for_an_account_words_the_email_as_the_send_would_that_da
         today, said = preview("phase_notice")
     assert "since Tuesday 1 February 2022" in today and "2022-03-01" in said
     assert run("notify", "preview", "--on", "2022-02-30").exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("email", "on"), [("phase_notice", "2022-02-01"), ("reminder", "2022-02-01")]
+)
+def test_notify_preview_names_the_last_day_as_queue_and_the_runbook_do(
+    registry_url: str,
+    factories: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    email: str,
+    on: str,
+) -> None:
+    """A mailing's last day is the day before the date it announces (the runbook, section
+    4; `notify queue`'s "its last day was 2022-01-31"): top-100's notice and reminders,
+    before its 2022-02-01 deadline. The preview on the deadline said "on 2022-02-01 it is
+    past its last day (2022-02-01)", the deadline taken for the last day."""
+    without_rollout_settings(monkeypatch)
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path))
+    AccountFactory(username="kim")
+
+    result = run("notify", "preview", email, "--account", "kim", "--on", on)
+
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert f"{email}: its last day was 2022-01-31, so on {on} the send skips it" in said
+    assert "(2022-02-01)" not in said
+    on_the_last_day = run("notify", "preview", email, "--account", "kim", "--on", "2022-01-31")
+    assert "last day" not in on_the_last_day.stderr
 
 
 @pytest.mark.parametrize(

@@ -91,6 +91,7 @@ def notify_preview(
         sent_that_day,
         write_previews,
     )
+    from rollout.notify.queue import last_day_said
     from rollout.notify.render import render
     from rollout.registry.ledger import utc_now
 
@@ -131,9 +132,9 @@ def notify_preview(
             late_from = _too_late_from(plan, name, stored, recipient)
             if late_from is not None and too_late(late_from, now):
                 stderr.print(
-                    f"{name}: on {now.date()} it is past its last day ({late_from.date()}): "
-                    "the send skips it as too late, unless queued with `rollout notify queue "
-                    "--late`; rendered as it would then go",
+                    f"{name}: {last_day_said(late_from)}, so on {now.date()} the send skips "
+                    "it as too late, unless queued with `rollout notify queue --late`; "
+                    "rendered as it would then go",
                     highlight=False,
                     markup=False,
                 )
