@@ -161,3 +161,33 @@ def test_an_address_that_is_none_is_named_as_one_name(
     found = re.search("^error: " + QUOTED + " is not an email address", result.stderr)
     assert found, result.stderr
     assert names_read_back(found[1]) == [typed]
+
+
+@pytest.mark.parametrize("name", PROSE)
+def test_the_owners_and_admins_an_org_enforcement_removes_are_named_each_as_one_name(
+    factories: None, cli: Callable[..., Any], name: str
+) -> None:
+    """`orgs enforce`'s preview says apart who runs the org and goes (docs/security.md:
+    "an org preview names among the owners and admins it removes"): it counted them
+    only, "of them 1 owner and 1 admin, without 2FA, are removed too", naming none."""
+    org = OrgFactory(name="acme")
+    OrgMemberFactory(org=org, account=AccountFactory(username="ada"), role="owner")
+    OrgMemberFactory(org=org, account=AccountFactory(username=name), role="owner")
+    OrgMemberFactory(org=org, account=AccountFactory(username="cy"), role="admin")
+    OrgMemberFactory(org=org, account=AccountFactory(username="di"), role="developer")
+
+    preview = cli("orgs", "enforce", "acme")
+
+    assert preview.exit_code == 0, preview.stderr
+    said = " ".join(preview.stderr.split())
+    found = re.search(
+        r"of them 2 owners and 1 admin, without 2FA, are removed too: owners (?P<owners>(?:"
+        + QUOTED
+        + r"(?:, )?)+); admin (?P<admin>"
+        + QUOTED
+        + ")",
+        said,
+    )
+    assert found, said
+    assert sorted(names_read_back(found["owners"])) == sorted(["ada", name])
+    assert names_read_back(found["admin"]) == ["cy"]
