@@ -131,6 +131,38 @@ def test_summary_csv(rollout_home: Path) -> None:
     assert row["files_loaded"] == "4"
 
 
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        (
+            ("cohorts", "simulate", "--top", "5"),
+            "no package metrics computed yet: run `rollout metrics --as-of YYYY-MM-DD` first",
+        ),
+        (
+            ("plan", "simulate"),
+            "no package metrics computed yet: run `rollout metrics --as-of YYYY-MM-DD` first",
+        ),
+        (
+            ("cohorts", "show", "top-100"),
+            "cohort top-100 was never built: run `rollout cohorts build --as-of YYYY-MM-DD` first",
+        ),
+    ],
+)
+def test_a_command_defaulting_to_the_latest_day_says_what_computes_the_first(
+    rollout_home: Path, command: tuple[str, ...], said: str
+) -> None:
+    """With nothing computed yet they said "nothing computed yet (package_metrics_daily is
+    empty): pass --as-of": a warehouse table's name, and advice that only led to another
+    refusal, as no day has metrics yet. Exit 2, as for a day not computed."""
+    run("db", "upgrade")
+    run("ingest", str(DATA / "good"))
+
+    result = run(*command)
+
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.strip() == f"error: {said}"
+
+
 def _reference_plan_with(tmp_path: Path, old: str, new: str) -> Path:
     """The reference plan with ``old`` replaced by ``new``, as a file of the test's own."""
     edited = tmp_path / "plan.yaml"
