@@ -549,3 +549,31 @@ def test_a_registry_server_gone_by_the_extract_is_the_same_one_line(
     assert line.startswith("error: the registry database: IO: [libpq] Failed to connect")
     assert "Connection refused" in line
     assert "s3cret" not in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (
+            ["--start", "2030-01-01"],
+            "--start 2030-01-01 is after the calendar's last day, 2022-05-17 (14 days after "
+            "the plan's last step): give --end too",
+        ),
+        (
+            ["--end", "2021-01-01"],
+            "--end 2021-01-01 is before the calendar's first day, 2021-11-23 (14 days before "
+            "the plan's first step): give --start too",
+        ),
+        (["--start", "2022-02-01", "--end", "2022-01-01"], "--end 2022-01-01 is before --start"),
+    ],
+    ids=["start-after-the-default-end", "end-before-the-default-start", "end-before-start"],
+)
+def test_demo_names_the_calendar_day_a_start_or_end_falls_outside(
+    rollout_home: Path, options: list[str], said: str
+) -> None:
+    """`rollout demo --start 2030-01-01` said "--end is before --start" of an --end
+    nobody gave: the README's default calendar (the plan's, 14 days either side) is what
+    the day given falls outside, so the refusal names it. Nothing is made."""
+    stderr = refused(run("demo", *options))
+    assert stderr.strip() == f"error: {said}"
+    assert files_under(rollout_home) == {}

@@ -131,6 +131,38 @@ def test_summary_csv(rollout_home: Path) -> None:
     assert row["files_loaded"] == "4"
 
 
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        (
+            ("cohorts", "simulate", "--top", "5"),
+            "no package metrics computed yet: run `rollout metrics --as-of YYYY-MM-DD` first",
+        ),
+        (
+            ("plan", "simulate"),
+            "no package metrics computed yet: run `rollout metrics --as-of YYYY-MM-DD` first",
+        ),
+        (
+            ("cohorts", "show", "top-100"),
+            "cohort top-100 was never built: run `rollout cohorts build --as-of YYYY-MM-DD` first",
+        ),
+    ],
+)
+def test_a_command_defaulting_to_the_latest_day_says_what_computes_the_first(
+    rollout_home: Path, command: tuple[str, ...], said: str
+) -> None:
+    """With nothing computed yet they said "nothing computed yet (package_metrics_daily is
+    empty): pass --as-of": a warehouse table's name, and advice that only led to another
+    refusal, as no day has metrics yet. Exit 2, as for a day not computed."""
+    run("db", "upgrade")
+    run("ingest", str(DATA / "good"))
+
+    result = run(*command)
+
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.strip() == f"error: {said}"
+
+
 def _reference_plan_with(tmp_path: Path, old: str, new: str) -> Path:
     """The reference plan with ``old`` replaced by ``new``, as a file of the test's own."""
     edited = tmp_path / "plan.yaml"
@@ -1049,7 +1081,7 @@ def test_notify_preview_for_an_account_words_the_email_as_the_send_would_that_da
 
     late, said = preview("phase_notice", "--on", "2022-02-05")
     assert "since Tuesday 1 February 2022" in late and "will be required" not in late
-    assert "phase_notice: on 2022-02-05 it is past its last day (2022-02-01)" in said
+    assert "phase_notice: its last day was 2022-01-31, so on 2022-02-05 the send skips" in said
     assert "notify queue --late" in said
     ahead, said = preview("phase_notice", "--on", "2022-01-04")
     assert "will be required of your account from Tuesday 1 February 2022" in ahead
@@ -1060,6 +1092,36 @@ def test_notify_preview_for_an_account_words_the_email_as_the_send_would_that_da
         today, said = preview("phase_notice")
     assert "since Tuesday 1 February 2022" in today and "2022-03-01" in said
     assert run("notify", "preview", "--on", "2022-02-30").exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("email", "on"), [("phase_notice", "2022-02-01"), ("reminder", "2022-02-01")]
+)
+def test_notify_preview_names_the_last_day_as_queue_and_the_runbook_do(
+    registry_url: str,
+    factories: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    email: str,
+    on: str,
+) -> None:
+    """A mailing's last day is the day before the date it announces (the runbook, section
+    4; `notify queue`'s "its last day was 2022-01-31"): top-100's notice and reminders,
+    before its 2022-02-01 deadline. The preview on the deadline said "on 2022-02-01 it is
+    past its last day (2022-02-01)", the deadline taken for the last day."""
+    without_rollout_settings(monkeypatch)
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path))
+    AccountFactory(username="kim")
+
+    result = run("notify", "preview", email, "--account", "kim", "--on", on)
+
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert f"{email}: its last day was 2022-01-31, so on {on} the send skips it" in said
+    assert "(2022-02-01)" not in said
+    on_the_last_day = run("notify", "preview", email, "--account", "kim", "--on", "2022-01-31")
+    assert "last day" not in on_the_last_day.stderr
 
 
 @pytest.mark.parametrize(

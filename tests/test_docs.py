@@ -260,3 +260,26 @@ def test_every_setting_is_in_the_configuration_tables(document: str, heading: st
     elsewhere = {"PREFECT_API_URL", "ROLLOUT_SENDGRID_SECRET_BLOCK", FORCE_PROGRESS}
     assert read <= documented, "read but not documented"
     assert documented <= read | elsewhere, "documented but read by nothing"
+
+
+def test_the_readme_says_a_list_in_csv_is_the_cell_the_cli_writes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The README said a list in CSV was its items joined by `, `: a script splitting the
+    cell so read `["totp"]` as one method, and a member `bo, di` as two. The cell is a
+    JSON array; the README says so, as the release manager's runbook does."""
+    import csv
+    import io
+    import json
+
+    from rollout.core.output import Format, csv_value, emit_record
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    said = readme.split("in CSV a list is one cell", 1)[1].split(". ", 1)[0]
+    assert "JSON array" in said and "joined by" not in said, said
+    example = re.search(r"`(\[.*?\])`", said)
+    assert example, said
+    names = json.loads(example[1])
+    emit_record({"removed_members": names}, Format.csv)
+    [_, row] = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert row[0] == example[1] and json.loads(csv_value(row[0])) == names

@@ -123,3 +123,71 @@ def test_an_account_exempted_twice_is_named_as_one_name(
 
     assert result.exit_code == 2
     assert named(result, "exemptions.accounts.1.username:", "is exempted twice") == [name]
+
+
+@pytest.mark.parametrize("command", ["suppress", "unsuppress"])
+@pytest.mark.parametrize("name", PROSE)
+def test_the_accounts_an_address_reaches_are_named_each_as_one_name(
+    factories: None, cli: Callable[..., Any], name: str, command: str
+) -> None:
+    """`notify suppress` (and `unsuppress`) previews whom the address silences, the
+    usernames to check before `--apply`: as it was, ``shared@example.com: 2 accounts use
+    it: bo, di, carol`` read as three people, and the address was bare."""
+    AccountFactory(username=name, email="shared@example.com")
+    AccountFactory(username="carol", email="Shared@Example.com")
+
+    result = cli("notify", command, "shared@example.com", "--reason", "bounced")
+
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    found = re.search(QUOTED + r": 2 accounts use it: ((?:" + QUOTED + "(?:, )?)+)", said)
+    assert found, said
+    assert names_read_back(found[1]) == ["shared@example.com"]
+    assert sorted(names_read_back(found[2])) == sorted([name, "carol"])
+
+
+@pytest.mark.parametrize("command", ["suppress", "unsuppress"])
+def test_an_address_that_is_none_is_named_as_one_name(
+    registry: Registry, cli: Callable[..., Any], command: str
+) -> None:
+    """A value that is not an email address is refused (exit 2) naming it as every
+    message names a value typed: quoted, a line break shown as ``\\x0a`` (as it was,
+    Python's ``repr``: ``'\\n'``, and another quote when the value held one)."""
+    typed = "o'neil\nerror: x"
+
+    result = cli("notify", command, typed, "--reason", "bounced")
+
+    assert result.exit_code == 2
+    found = re.search("^error: " + QUOTED + " is not an email address", result.stderr)
+    assert found, result.stderr
+    assert names_read_back(found[1]) == [typed]
+
+
+@pytest.mark.parametrize("name", PROSE)
+def test_the_owners_and_admins_an_org_enforcement_removes_are_named_each_as_one_name(
+    factories: None, cli: Callable[..., Any], name: str
+) -> None:
+    """`orgs enforce`'s preview says apart who runs the org and goes (docs/security.md:
+    "an org preview names among the owners and admins it removes"): it counted them
+    only, "of them 1 owner and 1 admin, without 2FA, are removed too", naming none."""
+    org = OrgFactory(name="acme")
+    OrgMemberFactory(org=org, account=AccountFactory(username="ada"), role="owner")
+    OrgMemberFactory(org=org, account=AccountFactory(username=name), role="owner")
+    OrgMemberFactory(org=org, account=AccountFactory(username="cy"), role="admin")
+    OrgMemberFactory(org=org, account=AccountFactory(username="di"), role="developer")
+
+    preview = cli("orgs", "enforce", "acme")
+
+    assert preview.exit_code == 0, preview.stderr
+    said = " ".join(preview.stderr.split())
+    found = re.search(
+        r"of them 2 owners and 1 admin, without 2FA, are removed too: owners (?P<owners>(?:"
+        + QUOTED
+        + r"(?:, )?)+); admin (?P<admin>"
+        + QUOTED
+        + ")",
+        said,
+    )
+    assert found, said
+    assert sorted(names_read_back(found["owners"])) == sorted(["ada", name])
+    assert names_read_back(found["admin"]) == ["cy"]

@@ -439,7 +439,10 @@ def test_enforce_from_the_command_line_names_the_owners_going_and_needs_the_coun
     run = cli
     preview = run("orgs", "enforce", "acme")
     said = " ".join(preview.stderr.split())
-    assert preview.exit_code == 0 and "of them 1 owner, without 2FA, are removed too" in said
+    assert (
+        preview.exit_code == 0
+        and "of them 1 owner, without 2FA, is removed too: owner 'bo'" in said
+    )
     listed = orgs.removal_fingerprint(orgs.enforcement_preview(registry, "acme"))
     assert f"--owner YOU --confirm acme --expect 2 --expect-list {listed}" in said
     by_ada = " ".join(run("orgs", "enforce", "acme", "--owner", "ada").stderr.split())

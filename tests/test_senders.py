@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from rollout.core.config import load_settings
+from rollout.core.controls import quoted
 from rollout.dev.sendgrid_api import DevSendGrid, parse_fault
 from rollout.notify.drain import lease_for
 from rollout.notify.message import MAY_HAVE_GONE, DeliveryFailed, Message, address_forms
@@ -667,7 +668,9 @@ def test_a_domain_idna_cannot_encode_fails_permanently(tmp_path: Path) -> None:
 @pytest.mark.parametrize("address", ["amir@example.com\n", "amir@example.com\r", "a\n@b.example"])
 def test_an_address_with_a_line_break_anywhere_fails_before_any_sender(address: str) -> None:
     """A trailing line feed passed a check ending in `$` and went to SendGrid."""
-    assert header_problem(message(to_address=address)) == (f"invalid recipient address {address!r}")
+    assert header_problem(message(to_address=address)) == (
+        f"invalid recipient address {quoted(address)}"
+    )
 
 
 def test_an_address_the_parser_refuses_fails_permanently(tmp_path: Path) -> None:

@@ -288,9 +288,17 @@ def _day_or_latest(con: Any, text: str | None, table: str, cohort: str | None = 
 
     latest = latest_as_of(con, table, cohort)
     if latest is None:
-        raise RolloutError(f"nothing computed yet ({table} is empty): pass --as-of").with_exit(
-            EXIT_BAD_INPUT
-        )
+        # No day has it yet, so no --as-of helps: say what computes the first, as a
+        # day not computed is refused ("run `rollout metrics --as-of D` first").
+        if table == "cohort_account_snapshots":
+            missing = f"cohort {cohort} was never built" if cohort else "no cohort built yet"
+            command = "rollout cohorts build --as-of YYYY-MM-DD"
+        else:
+            missing, command = (
+                "no package metrics computed yet",
+                "rollout metrics --as-of YYYY-MM-DD",
+            )
+        raise RolloutError(f"{missing}: run `{command}` first").with_exit(EXIT_BAD_INPUT)
     return latest
 
 

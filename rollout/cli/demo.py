@@ -54,7 +54,7 @@ def demo(
     tokens); emails go to the file outbox. Run `rollout sample` first (`--for-plan`
     fits its download history to the plan's cohort days)."""
     from rollout.core.plan import load_plan
-    from rollout.demo.story import Story, story_window
+    from rollout.demo.story import STORY_MARGIN_DAYS, Story, story_window
 
     runtime = _runtime(ctx)
     if plan_file is not None:
@@ -64,7 +64,22 @@ def demo(
     first = _parse_day(start, "--start") if start is not None else first_step
     last = _parse_day(end, "--end") if end is not None else last_step
     if last < first:
-        raise RolloutError("--end is before --start").with_exit(EXIT_BAD_INPUT)
+        # Name the day given against the one it was compared with: a default calendar
+        # day nobody typed is said as such, with the option that moves it.
+        margin = f"{STORY_MARGIN_DAYS} days"
+        if end is None:
+            problem = (
+                f"--start {first} is after the calendar's last day, {last} ({margin} after "
+                "the plan's last step): give --end too"
+            )
+        elif start is None:
+            problem = (
+                f"--end {last} is before the calendar's first day, {first} ({margin} before "
+                "the plan's first step): give --start too"
+            )
+        else:
+            problem = f"--end {last} is before --start"
+        raise RolloutError(problem).with_exit(EXIT_BAD_INPUT)
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
     with progress_for(

@@ -91,6 +91,7 @@ def notify_preview(
         sent_that_day,
         write_previews,
     )
+    from rollout.notify.queue import last_day_said
     from rollout.notify.render import render
     from rollout.registry.ledger import utc_now
 
@@ -131,9 +132,9 @@ def notify_preview(
             late_from = _too_late_from(plan, name, stored, recipient)
             if late_from is not None and too_late(late_from, now):
                 stderr.print(
-                    f"{name}: on {now.date()} it is past its last day ({late_from.date()}): "
-                    "the send skips it as too late, unless queued with `rollout notify queue "
-                    "--late`; rendered as it would then go",
+                    f"{name}: {last_day_said(late_from)}, so on {now.date()} the send skips "
+                    "it as too late, unless queued with `rollout notify queue --late`; "
+                    "rendered as it would then go",
                     highlight=False,
                     markup=False,
                 )
@@ -473,7 +474,7 @@ def _accounts_words(standing: AddressStanding) -> str:
         return "no account uses this address"
     n = len(standing.accounts)
     return f"{counted(n, 'account')} {by_count(n, 'uses', 'use')} it: " + ", ".join(
-        standing.usernames
+        quoted(username) for username in standing.usernames
     )
 
 
@@ -512,7 +513,7 @@ def notify_suppress(
         fmt,
         title="suppress" + ("" if apply else " (preview)"),
     )
-    stderr.print(f"{standing.address}: {_accounts_words(standing)}", highlight=False)
+    stderr.print(f"{quoted(standing.address)}: {_accounts_words(standing)}", highlight=False)
     waiting = sum(standing.waiting.values())
     if waiting:
         stderr.print(
@@ -585,7 +586,7 @@ def notify_unsuppress(
         fmt,
         title="unsuppress" + ("" if apply else " (preview)"),
     )
-    stderr.print(f"{standing.address}: {_accounts_words(standing)}", highlight=False)
+    stderr.print(f"{quoted(standing.address)}: {_accounts_words(standing)}", highlight=False)
     for held in standing.suppressions:
         stderr.print(f"suppressed {held.words()}", highlight=False)
     if refusal is not None:

@@ -3,7 +3,6 @@ members back."""
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Annotated, Any
 
 import typer
@@ -171,12 +170,22 @@ def orgs_enforce(
             columns=["username", "role", "tfa_status", "tfa_methods", "joined_at"],
         )
         # Owners and admins go too: said apart, as the org loses who runs it.
-        leading = Counter(m.role for m in members if m.role in ("owner", "admin"))
+        # Each named (quoted: a username is anyone's choice), after the count by role.
+        leading = {
+            role: [m.username for m in members if m.role == role] for role in ("owner", "admin")
+        }
+        leading = {role: names for role, names in leading.items() if names}
         if leading:
+            going = sum(len(names) for names in leading.values())
             stderr.print(
                 "of them "
-                + " and ".join(counted(n, role) for role, n in leading.items())
-                + ", without 2FA, are removed too",
+                + " and ".join(counted(len(names), role) for role, names in leading.items())
+                + f", without 2FA, {by_count(going, 'is', 'are')} removed too: "
+                + "; ".join(
+                    f"{by_count(len(names), role, role + 's')} "
+                    + ", ".join(quoted(name) for name in names)
+                    for role, names in leading.items()
+                ),
                 highlight=False,
             )
         stderr.print(f"the list: {saved}", highlight=False, markup=False)

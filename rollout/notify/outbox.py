@@ -29,6 +29,7 @@ from sqlalchemy import (
     update,
 )
 
+from rollout.core.controls import quoted
 from rollout.core.errors import BadInput, RolloutError
 from rollout.core.words import by_count, counted
 from rollout.notify.message import address_forms, normal_address
@@ -339,14 +340,14 @@ def checked_address(address: str) -> str:
     2) for what is not an address, or one longer than any account's can be."""
     text = address.strip()
     if not _ADDRESS.fullmatch(text):
-        raise BadInput(None, None, f"{address!r} is not an email address (name@domain.tld)")
+        raise BadInput(None, None, f"{quoted(address)} is not an email address (name@domain.tld)")
     if len(text) > ADDRESS_LIMIT:
         # No account's address is longer (accounts.email holds as many): on PostgreSQL
         # the insert failed with a traceback.
         raise BadInput(
             None,
             None,
-            f"{text[:40]!r}... is {counted(len(text), 'character')}: an address has at most "
+            f"{quoted(text[:40])}... is {counted(len(text), 'character')}: an address has at most "
             f"{ADDRESS_LIMIT}",
         )
     return normal_address(text)

@@ -169,14 +169,23 @@ def past_last_day(o: Occasion, now: datetime) -> bool:
     return too_late(o.too_late_at, now)
 
 
+def last_day_said(too_late_at: datetime) -> str:
+    """The last a mailing too late from ``too_late_at`` could go, as every message says
+    it: ``its last day was 2022-01-31`` (the day before the date it announces: a
+    deadline, ELV's day), or, for a heads-up of a window that begins other than at
+    midnight, ``it had to go before 2022-02-16 14:00 UTC``."""
+    if too_late_at == day_start(too_late_at.date()):
+        return f"its last day was {too_late_at.date() - timedelta(days=1)}"
+    return f"it had to go before {too_late_at:%Y-%m-%d %H:%M} UTC"
+
+
 def last_day_words(o: Occasion, now: datetime) -> str:
     """Why a mailing past its last day is: ``its last day was 2022-01-31, before today
     (2022-02-03)``; a heads-up of a window that begins other than at midnight, to the
     minute."""
     if o.too_late_at == day_start(o.too_late_at.date()):
-        last = o.too_late_at.date() - timedelta(days=1)
-        return f"its last day was {last}, before today ({now.date()})"
-    return f"it had to go before {o.too_late_at:%Y-%m-%d %H:%M} UTC, now {now:%Y-%m-%d %H:%M}"
+        return f"{last_day_said(o.too_late_at)}, before today ({now.date()})"
+    return f"{last_day_said(o.too_late_at)}, now {now:%Y-%m-%d %H:%M}"
 
 
 def _parts(o: Occasion, plan: Plan, day: date, now: datetime) -> list[tuple[Select, bool]]:

@@ -58,6 +58,7 @@ from sendgrid.helpers.mail import (
 
 from rollout.core import clock as pipeline_clock
 from rollout.core.config import url_shown
+from rollout.core.controls import quoted
 from rollout.core.words import counted
 from rollout.notify.message import (
     MAY_HAVE_GONE,
@@ -180,11 +181,11 @@ def header_problem(message: Message) -> str | None:
     mangled. (A name with control characters is left out instead: ``header_name``.)
     """
     if not _ADDRESS_RE.match(message.to_address):
-        return f"invalid recipient address {message.to_address!r}"
+        return f"invalid recipient address {quoted(message.to_address)}"
     try:
         header_address(message.to_address)
     except UnicodeError:
-        return f"invalid recipient address {message.to_address!r} (its domain is not IDNA)"
+        return f"invalid recipient address {quoted(message.to_address)} (its domain is not IDNA)"
     if _CONTROL_RE.search(message.subject):
         return (
             f"subject contains control characters (CR/LF?): {_truncate(repr(message.subject), 120)}"
