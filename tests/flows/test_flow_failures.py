@@ -400,6 +400,60 @@ def test_a_run_stopped_while_duckdb_works_ends_crashed_not_failed(
     assert "Query interrupted" not in (state.message or "")
 
 
+# The same through the runtime's own warehouse connection, as every task opens one, on a
+# statement of minutes: the stop watcher (rollout.core.stopping.interrupting_on_stop)
+# must cut it short under Prefect's own SIGTERM handler, not let it run to its end.
+STOPPED_IN_A_LONG_QUERY = """
+import os, signal, threading, time
+from prefect import flow
+from prefect.runtime import flow_run
+from flows.common import runtime, with_runtime
+
+@flow(name="stopped-in-a-long-query")
+@with_runtime
+def stopped_in_a_long_query() -> None:
+    with runtime().warehouse(create=True) as con:
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        print(flow_run.id, time.time(), flush=True)
+        con.execute("select sum(hash(i)) from range(1000000000000) t(i)").fetchall()
+
+stopped_in_a_long_query()
+"""
+
+
+def test_a_run_stopped_in_a_long_query_of_its_runtime_s_warehouse_ends_it_at_once(
+    prefect_server: None, clean_env: None, tmp_path: Path
+) -> None:
+    """A stopped flow run's query on ``runtime().warehouse`` (hours of work here) is
+    interrupted within seconds of SIGTERM, under Prefect's signal handler, and the run
+    ends Crashed: the watcher on the signal wakeup fd works in a flow run as in a
+    command."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    script = tmp_path / "stopped.py"
+    script.write_text(STOPPED_IN_A_LONG_QUERY)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "ROLLOUT_HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+    }
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    ended = time.time()
+    run_id, started = done.stdout.split()[:2]
+    # The signal lands 1 s after the query starts; the query would take hours. 15 s
+    # leaves room for a loaded machine (the run's state reported, the process ended),
+    # far from a query left to run on.
+    assert ended - float(started) < 15, done.stderr[-2000:]
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run_id).state
+    assert state is not None and state.is_crashed(), (state, done.stderr[-2000:])
+    assert "Query interrupted" not in (state.message or "")
+
+
 # The same, SIGTERM landing while the registry's PostgreSQL works on a statement (an
 # UPDATE of many rows, a lock wait): here a sleep with a marker pg_stat_activity shows.
 STOPPED_IN_A_STATEMENT = """
