@@ -549,6 +549,18 @@ left join first_factors using (account_id)
 group by population
 """
 
+# Every cohort built by the day, members on it or not (adoption_daily's populations,
+# int_cohorts_built): named by a succeeded cohort build for a day up to it, or with a
+# member by then. One with no member on the day has a row of zeros.
+BUILT_COHORTS = """
+select cohorts.value
+from plan_runs, json_each(plan_runs.parameters, '$.cohorts') as cohorts
+where plan_runs.step like 'cohorts %' and plan_runs.mode = 'apply'
+    and plan_runs.state = 'succeeded' and json_extract(plan_runs.parameters, '$.as_of') <= :day
+union
+select cohort from cohort_memberships where first_qualified_on <= :day
+"""
+
 
 def check(work: Path, as_of: date, runs: list[dict[str, Any]]) -> list[str]:
     """The runs against each other and the report against the registry."""
@@ -574,6 +586,8 @@ def check(work: Path, as_of: date, runs: list[dict[str, Any]]) -> list[str]:
             row[0]: [int(v) for v in row[1:]]
             for row in db.execute(ADOPTION_ON_DAY, {"day": day, "next": following})
         }
+        for (cohort,) in db.execute(BUILT_COHORTS, {"day": day}):
+            expected.setdefault(f"cohort:{cohort}", [0, 0, 0, 0, 0])
     with (report_dir(work / "reports", as_of) / "adoption_daily.csv").open(newline="") as f:
         daily = list(csv.DictReader(f))
     days = {row["day"] for row in daily}

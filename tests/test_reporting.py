@@ -733,13 +733,14 @@ def test_degenerate_values_never_reach_the_svg(tmp_path: Path, plan: Plan) -> No
     assert not NAN_IN_ATTRIBUTE.search(html)
     assert "nan%" not in html.lower()
     shares = {p.population: p.share for p in files.populations}
-    assert shares == {"all": 0.0, "cohort:top-100": 0.5, "cohort:odd": 0.5}
+    # No accounts: no share ("—"), not 0%.
+    assert shares == {"all": None, "cohort:top-100": 0.5, "cohort:odd": 0.5}
 
 
 def test_a_cohort_starts_with_its_first_member_not_at_0_percent(tmp_path: Path, plan: Plan) -> None:
     """Before its first build a cohort has no accounts: its rows said 0%, the headline
     "+48.8 pp in 30 days" against such a day, and the demo "0% -> 80%". Its changes,
-    line and rows start with its first member; a cohort not built yet is not shown."""
+    line and rows start with its first member."""
     from datetime import timedelta
 
     path = tmp_path / "warehouse.duckdb"
@@ -752,7 +753,6 @@ def test_a_cohort_starts_with_its_first_member_not_at_0_percent(tmp_path: Path, 
         share = 0.3 + 0.01 * (day - first).days if built else 0.0
         members = 10 if built else 0
         rows.append(f"('{day}', 'cohort:top-100', {members}, 0, 0, 0, {share}, 0)")
-        rows.append(f"('{day}', 'cohort:high-impact', 0, 0, 0, 0, 0.0, 0)")
     with open_warehouse(path) as con:
         create_marts(con)
         con.execute("insert into adoption_daily values " + ", ".join(rows))
@@ -766,7 +766,92 @@ def test_a_cohort_starts_with_its_first_member_not_at_0_percent(tmp_path: Path, 
     # The weekly table: "—" before its first member (it said 0.0%), then its shares.
     assert "| 2022-05-10 | 50.0% | — |" in markdown
     assert "| 2022-05-17 | 50.0% | 36.0% |" in markdown
-    assert "Cohort high-impact" not in markdown
+
+
+def _report_with_high_impact(
+    tmp_path: Path, plan: Plan, as_of: date, *, built: bool
+) -> tuple[ReportFiles, str, str]:
+    """A report of ``as_of`` whose top-100 has 10 accounts and whose high-impact was
+    built with nobody in it (rows of 0 accounts, a token_readiness row of 0
+    maintainers) or not built at all (no rows: adoption_daily has none before a build)."""
+    from datetime import timedelta
+
+    rows = []
+    for n in range(40):
+        day = as_of - timedelta(days=39 - n)
+        rows.append(f"('{day}', 'all', 100, 50, 50, 0, 0.5, 0)")
+        rows.append(f"('{day}', 'cohort:top-100', 10, 5, 4, 1, 0.5, 0)")
+        if built:
+            rows.append(f"('{day}', 'cohort:high-impact', 0, 0, 0, 0, 0.0, 0)")
+    with open_warehouse(tmp_path / "warehouse.duckdb") as con:
+        create_marts(con)
+        con.execute("insert into adoption_daily values " + ", ".join(rows))
+        con.execute("insert into token_readiness values ('top-100', 10, 1, 1, 2, 8, 3, 1, 1)")
+        if built:
+            con.execute(
+                "insert into token_readiness values ('high-impact', 0, 0, 0, 0, 0, 0, 0, 0)"
+            )
+        files = build_report(con, plan, as_of, tmp_path / "out")
+    return files, files.html.read_text(), files.markdown.read_text()
+
+
+def test_a_cohort_built_with_nobody_in_it_has_0_accounts_in_every_section(
+    tmp_path: Path, plan: Plan
+) -> None:
+    """A plan whose high-impact rule no package meets, built on its day: the headline,
+    methods and token sections left it out (the funnel and milestones had it). It is a
+    cohort of 0 accounts, with no share ("—", not 0% nor nan%) and words for its empty
+    line, in the HTML, the Markdown and the CSV alike."""
+    files, html, markdown = _report_with_high_impact(tmp_path, plan, AS_OF, built=True)
+    figures = {p.population: p for p in files.populations}
+    assert list(figures) == ["all", "cohort:top-100", "cohort:high-impact"]
+    empty = figures["cohort:high-impact"]
+    assert (empty.accounts, empty.with_2fa, empty.share, empty.change_7d) == (0, 0, None, None)
+    assert empty.selected_no_one
+    for text in (html, markdown):
+        assert "nan" not in text.lower()
+    tables = table_blocks(markdown)
+    headline, methods = tables[0], tables[2]
+    assert "| Cohort high-impact (built: selected no one) | 0 | 0 | — | — | — | 0 |" in headline
+    assert "| Cohort high-impact (built: selected no one) | 0 | 0 | 0 | — |" in methods
+    assert "| high-impact (no maintainers) | 0 | 0 | 0 | 0 | 0 | — | 0 | 0 | 0 | — |" in markdown
+    assert "Cohort high-impact has no column: its build selected no one." in markdown
+    page = unescape(re.sub(r"<[^>]+>", " ", html))
+    assert "Cohort high-impact: built, its build selected no one" in " ".join(page.split())
+    assert "Cohort high-impact has no line: its build selected no one." in html
+    # The HTML's tables hold what the Markdown's do.
+    html_tables = tables_of(html)
+    assert any(
+        row[:4] == ["Cohort high-impact (built: selected no one)", "0", "0", "—"]
+        for table in html_tables
+        for row in table
+    )
+    assert any(
+        row[0] == "high-impact (no maintainers)" and row[6] == "—"
+        for table in html_tables
+        for row in table
+    )
+    with files.csvs["token_readiness"].open(newline="") as f:
+        assert ["high-impact", "0", "0", "0", "0", "0", "0", "0", "0"] in list(csv.reader(f))
+
+
+def test_a_cohort_not_built_yet_says_so_not_0(tmp_path: Path, plan: Plan) -> None:
+    """A report before high-impact's first build (2022-03-14, its phase's cohort_as_of)
+    says it is not built yet, and when it will be, in each section that lists cohorts:
+    not 0 accounts, and not silence."""
+    files, html, markdown = _report_with_high_impact(tmp_path, plan, date(2022, 2, 1), built=False)
+    assert [p.population for p in files.populations] == ["all", "cohort:top-100"]
+    said = "not built yet (first build 2022-03-14)"
+    headline, _, methods = table_blocks(markdown)[:3]
+    assert f"| Cohort high-impact | {said} | — | — | — | — | — |" in headline
+    assert f"| Cohort high-impact | {said} | — | — | — |" in methods
+    assert f"| high-impact | {said} | — | — | — | — | — | — | — | — | — |" in markdown
+    assert f"Cohort high-impact has no column: {said}." in markdown
+    assert f"Cohort high-impact has no line: {said}." in html
+    rows = [row for table in tables_of(html) for row in table]
+    assert ["Cohort high-impact", said] in rows
+    assert ["high-impact", said] in rows
+    assert "nan" not in (html + markdown).lower()
 
 
 def test_a_missing_mart_is_named(tmp_path: Path, plan: Plan) -> None:

@@ -53,7 +53,7 @@ def report(
             "accounts": everyone.accounts if everyone else 0,
             "with_2fa": everyone.with_2fa if everyone else 0,
             # No share of no accounts: null, not a 0 % adoption.
-            "share": round(everyone.share, 4) if everyone else None,
+            "share": round(everyone.share, 4) if everyone and everyone.share is not None else None,
             "html": files.html,
             "markdown": files.markdown,
         },

@@ -40,6 +40,7 @@ ADOPTION_TABLES: tuple[str, ...] = (
 # Made once per build as temp tables, read by more than one mart.
 ADOPTION_INPUTS: tuple[str, ...] = (
     "int_memberships_known",
+    "int_cohorts_built",
     "int_method_spans",
     "int_first_factors",
     "int_notice_enrolments",

@@ -67,12 +67,16 @@ class PopulationFigures:
     day: date
     accounts: int
     with_2fa: int
-    share: float
+    share: float | None  # with_2fa / accounts; None with no accounts (shown as "—")
     totp: int
     webauthn: int
     change_7d: float | None  # share minus the share 7 days before (None: no such day)
     change_30d: float | None
     enrolled_last_7d: int  # newly_enrolled over the 7 days ending on ``day``
+    # A cohort built with nobody in it (its rule met by no package, or narrowed to no
+    # one): 0 accounts every day, no line on the chart, but a cohort of the plan all the
+    # same (it was in no section but the funnel's and the milestones').
+    selected_no_one: bool = False
 
     @property
     def webauthn_share(self) -> float | None:
@@ -209,6 +213,7 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
         {"as_of": as_of},
     )
     by_population: dict[str, list[dict[str, Any]]] = {}
+    built: set[str] = set()  # every population with rows: a cohort built by as_of
     for row in rows:
         row["day"] = _day(row["day"])
         if row["day"] is None:
@@ -216,6 +221,7 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
         share = finite(row["share"], default=-1.0)
         row["share"] = share if 0.0 <= share <= 1.0 else _share(row["with_2fa"], row["accounts"])
         population = str(row["population"])
+        built.add(population)
         if population != "all" and _int(row["accounts"]) == 0 and population not in by_population:
             # A cohort before its first build has no one: not a share of 0%. Its line,
             # its changes ("+48.8 pp in 7 days" against such a day) and its rows start
@@ -223,6 +229,9 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
             continue
         by_population.setdefault(population, []).append(row)
     order = _population_order(plan, list(by_population))
+    # Cohorts built with nobody in them: rows of 0 accounts only. Shown with 0 accounts
+    # (no share, no line); a cohort of the plan not built yet is said to be so.
+    selected_no_one = _population_order(plan, [p for p in built if p not in by_population])
     data_through = max((r["day"] for r in rows if r["day"] is not None), default=None)
 
     figures: list[PopulationFigures] = []
@@ -232,21 +241,44 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
         share_on = {r["day"]: r["share"] for r in series}
         before_7, before_30 = (share_on.get(last["day"] - timedelta(days=n)) for n in (7, 30))
         week = [r for r in series if r["day"] > last["day"] - timedelta(days=7)]
+        accounts = _int(last["accounts"])
+        # No accounts on the day (a cohort whose members all left, a registry with none):
+        # no share, and no change of share, rather than 0%.
+        share = last["share"] if accounts > 0 else None
         figures.append(
             PopulationFigures(
                 population=population,
                 label=population_label(population),
                 day=last["day"],
-                accounts=_int(last["accounts"]),
+                accounts=accounts,
                 with_2fa=_int(last["with_2fa"]),
-                share=last["share"],
+                share=share,
                 totp=_int(last["totp"]),
                 webauthn=_int(last["webauthn"]),
-                change_7d=None if before_7 is None else last["share"] - before_7,
-                change_30d=None if before_30 is None else last["share"] - before_30,
+                change_7d=None if before_7 is None or share is None else share - before_7,
+                change_30d=None if before_30 is None or share is None else share - before_30,
                 enrolled_last_7d=sum(_int(r["newly_enrolled"]) for r in week),
             )
         )
+    for population in selected_no_one:
+        figures.append(
+            PopulationFigures(
+                population=population,
+                label=population_label(population),
+                day=data_through or as_of,
+                accounts=0,
+                with_2fa=0,
+                share=None,
+                totp=0,
+                webauthn=0,
+                change_7d=None,
+                change_30d=None,
+                enrolled_last_7d=0,
+                selected_no_one=True,
+            )
+        )
+    ranked = _population_order(plan, [f.population for f in figures])
+    figures.sort(key=lambda f: ranked.index(f.population))
 
     start = min(days_[0]["day"] for days_ in by_population.values()) if rows else None
     chart = adoption_chart(
@@ -273,18 +305,43 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
             day -= timedelta(days=7)
     weekly = [row for row in daily if row["day"] in weekly_days]
     methods = method_mix_chart(
-        [MethodMix(f.label, f.with_2fa, f.totp, f.webauthn) for f in figures],
+        [
+            MethodMix(f.label, f.with_2fa, f.totp, f.webauthn)
+            for f in figures
+            if not f.selected_no_one
+        ],
         data_through or as_of,
     )
     return {
         "data_through": data_through,
         "populations": figures,
+        "selected_no_one": [population_label(p) for p in selected_no_one],
+        "not_built": _cohorts_not_built(plan, built),
         "population_labels": [population_label(p) for p in order],
         "daily": daily,
         "weekly": weekly,
         "adoption_chart": chart,
         "methods_chart": methods,
     }
+
+
+def _cohorts_not_built(plan: Plan, built: set[str]) -> list[dict[str, Any]]:
+    """The plan's cohorts no build had made by the report's day (no rows in
+    adoption_daily): not yet built, so no figures, rather than 0 accounts. With the day
+    the plan first builds each (its phase's ``cohort_as_of``), if a phase names it."""
+    out = []
+    for cohort in plan.cohorts:
+        if f"cohort:{cohort}" in built:
+            continue
+        fixed = plan.cohort_fixed_from(cohort)
+        out.append(
+            {
+                "cohort": cohort,
+                "label": population_label(f"cohort:{cohort}"),
+                "first_build": fixed[0] if fixed else None,
+            }
+        )
+    return out
 
 
 # compliance_funnel's columns that are no count: the phase, its days, its rollback.
@@ -627,12 +684,16 @@ def _tokens(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     out = []
     for r in rows:
         counts = {c: _int(r[c]) for c in report_spec().marts["token_readiness"][1:]}
+        # A cohort built with nobody in it: 0 maintainers, and no share of them ("—").
+        some = counts["maintainers"] > 0
         out.append(
             {
                 "cohort": str(r["cohort"]),
                 **counts,
-                "ready_share": _share(counts["ready"], counts["maintainers"]),
-                "webauthn_share": _share(counts["with_webauthn"], counts["maintainers"]),
+                "ready_share": _share(counts["ready"], counts["maintainers"]) if some else None,
+                "webauthn_share": (
+                    _share(counts["with_webauthn"], counts["maintainers"]) if some else None
+                ),
             }
         )
     return out

@@ -16,8 +16,11 @@ memberships as (
     select * from int_memberships_known
 ),
 
+-- Every cohort built by $as_of, its build having selected anyone or not (a temp table
+-- made once by build_adoption from the intermediate model): one that selected no one
+-- has 0 accounts every day, one not built yet has no rows.
 cohorts as (
-    select distinct cohort from registry.cohort_memberships
+    select cohort from int_cohorts_built
 ),
 
 -- Each account's strongest method as spans of days, and its first factor's day

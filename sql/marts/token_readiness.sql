@@ -5,8 +5,11 @@
 -- without a second factor, used lately), and who has a security key.
 with
 
+-- Every cohort built by $as_of, its build having selected anyone or not (a temp table
+-- made once by build_adoption from the intermediate model): one that selected no one
+-- has a row of 0 maintainers, one not built yet no row.
 cohorts as (
-    select distinct cohort from registry.cohort_memberships
+    select cohort from int_cohorts_built
 ),
 
 -- The cohort's accounts on $as_of: each stay of an account in a cohort (a temp table
