@@ -283,7 +283,7 @@ BAD_ENVIRONMENT = [
     ("ROLLOUT_WAREHOUSE", ":memory:"),
     ("ROLLOUT_DUCKDB_MEMORY_LIMIT", "lots"),
     ("ROLLOUT_SENDGRID_URL", "not a url"),
-    ("ROLLOUT_ACTOR", ""),
+    ("ROLLOUT_ACTOR", " "),
     ("ROLLOUT_HOME", ""),
     ("ROLLOUT_PLAN", ""),
 ]

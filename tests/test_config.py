@@ -62,7 +62,7 @@ BAD_VALUES = {
     "ROLLOUT_QUARANTINE_LIMIT": "abc",
     "ROLLOUT_DUCKDB_MEMORY_LIMIT": "lots",
     "ROLLOUT_PLAN": " ",
-    "ROLLOUT_ACTOR": "",
+    "ROLLOUT_ACTOR": " ",
     "SENDGRID_API_KEY": None,  # any text may be a key
     "ROLLOUT_SENDGRID_WEBHOOK_KEY": "not-a-key",
     "ROLLOUT_SENDGRID_TIMEOUT_SECONDS": "0",
@@ -204,3 +204,29 @@ def test_a_leading_tilde_is_the_home_folder_as_duckdb_and_a_shell_read_it(
     assert url == f"sqlite:///{tmp_path / 'reg' / 'registry.db'}"
     with pytest.raises(BadInput, match=r"ROLLOUT_REGISTRY_URL"):
         load_settings({"ROLLOUT_REGISTRY_URL": "sqlite:///~no-such-user-x/r.db"})
+
+
+@pytest.mark.parametrize(
+    ("environ", "actor"),
+    [
+        ({"ROLLOUT_ACTOR": "ana", "USER": "bob"}, "ana"),
+        ({"USER": "bob"}, "bob"),
+        ({}, "rollout"),
+        # Set empty (`ROLLOUT_ACTOR=` in an env file): unset, not a refusal.
+        ({"ROLLOUT_ACTOR": "", "USER": "bob"}, "bob"),
+        ({"ROLLOUT_ACTOR": "", "USER": ""}, "rollout"),
+    ],
+)
+def test_the_actor_is_rollout_actor_else_user_else_rollout(
+    environ: dict[str, str], actor: str
+) -> None:
+    assert load_settings(environ).actor == actor
+
+
+def test_a_worker_with_rollout_actor_set_empty_records_its_flow_runs() -> None:
+    """The flows read an empty ROLLOUT_ACTOR as unset (their run's name), so the
+    settings they load must take it too: refused, every flow run failed."""
+    from flows.common import run_actor
+
+    environ = {"ROLLOUT_ACTOR": "", "USER": "rollout-worker"}
+    assert run_actor(load_settings(environ), environ) == "prefect/local"

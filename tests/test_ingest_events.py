@@ -180,11 +180,32 @@ def test_each_event_is_kept_once_however_often_it_is_posted(
 def test_an_event_is_not_lost_when_the_file_that_brought_it_first_is_refused(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:
-    post(tmp_path, "events-1.json", [event(1), event(2, event="Nope!")])
+    post(tmp_path, "events-1.json", [event(1), 2])  # not an array of events: refused
     post(tmp_path, "events-2.json", [event(1)])
-    report = run(con, tmp_path, limit=0.0)
+    report = run(con, tmp_path)
     assert [f.status for f in report.files] == ["rejected", "loaded"]
     assert [row[0] for row in stored(con)] == ["event-1"]
+
+
+@pytest.mark.parametrize("name", ["events-1.json", "events-1.jsonl"])
+def test_a_bad_event_is_quarantined_whatever_its_share_of_its_file(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, name: str
+) -> None:
+    """Events stand alone and a post holds a handful: one bad event of two (50%, far
+    over the 1% limit) refused the whole file on every run, the good one never loaded."""
+    events = [event(1), event(2, outbox_id="newsletter-7")]
+    path = tmp_path / "events" / name
+    path.parent.mkdir(parents=True)
+    if name.endswith(".jsonl"):
+        path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    else:
+        path.write_text(json.dumps(events))
+    result = load(con, path, limit=0.01)
+    assert (result.status, result.rows_loaded, result.rows_quarantined) == ("loaded", 1, 1)
+    assert [row[0] for row in stored(con)] == ["event-1"]
+    assert con.execute("select line, reason from quarantine").fetchall() == [
+        (2, "outbox_id 'newsletter-7' is not a positive whole number")
+    ]
 
 
 @pytest.mark.parametrize(

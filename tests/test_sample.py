@@ -1030,6 +1030,35 @@ def test_the_demo_is_never_played_on_a_sample_stopped_part_way(
     assert played.exit_code == 0, played.output
 
 
+def test_the_demo_refuses_at_once_a_sample_whose_downloads_stop_before_a_cohort_day(
+    rollout_home: Path,
+) -> None:
+    """A plain `rollout sample` ends its download history on 2022-01-31; the plan builds
+    cohort high-impact on 2022-03-14. The demo computed no metrics past the data, so
+    that cohort was never built, and the story stopped on its day, weeks in, with "has
+    never been built": refused (exit 3) before anything is changed, naming the cohort
+    day and the command that writes a sample fitted to the plan; with it, played."""
+    assert _rollout(*SAMPLE).exit_code == 0
+    url = f"sqlite:///{rollout_home / 'registry.db'}"
+    before = (_landing_bytes(rollout_home / "landing"), _state(url))
+    calendar = ("demo", "--start", "2022-03-13", "--end", "2022-03-14")
+    refused = _rollout(*calendar)
+    assert refused.exit_code == 3, refused.output
+    said = _one_line(refused.stderr)
+    assert "its download history ends on 2022-01-31" in said
+    assert "cohort high-impact cannot be built on its day, 2022-03-14" in said
+    assert "Nothing was changed" in said
+    fitted = "rollout sample --scale tiny --seed 7 --for-plan --replace --confirm registry.db"
+    assert said.endswith(fitted)
+    assert (_landing_bytes(rollout_home / "landing"), _state(url)) == before
+    assert not (rollout_home / "warehouse.duckdb").exists()
+
+    assert _rollout(*fitted.split()[1:]).exit_code == 0
+    played = _rollout(*calendar)
+    assert played.exit_code == 0, played.output
+    assert "high-impact 70 accounts" in played.stderr
+
+
 @pytest.mark.parametrize("days", [800_000, 30_000])
 def test_a_history_starting_before_the_registry_is_refused_before_anything_is_made(
     tmp_path: Path, days: int

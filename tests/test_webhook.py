@@ -277,6 +277,48 @@ def test_a_post_with_an_account_event_lands_and_loads_whole(
     ]
 
 
+def test_an_event_ingest_quarantines_costs_its_post_only_that_event_once(
+    client: httpx.Client,
+    signer: WebhookSigner,
+    tmp_path: Path,
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    """Another sender on the same SendGrid account tags its mail with an outbox_id of
+    its own. The receiver answered 200 (SendGrid will not post it again), then ingest
+    refused the whole small post (1 bad event of 3 is over the 1% limit) on every run,
+    losing the delivery events beside it: the bad event is quarantined once, the others
+    load, and the next run passes the file over."""
+    other = {
+        "sg_event_id": "ev-other",
+        "email": "cy@example.com",
+        "event": "delivered",
+        "outbox_id": "newsletter-7",
+        "timestamp": NOW,
+    }
+    body = body_of([*EVENTS, other])
+    answer = client.post(EVENTS_PATH, content=body, headers=signer.headers(body, NOW))
+    assert (answer.status_code, answer.json()) == (200, {"received": 3})
+    later = datetime.fromtimestamp(NOW + 60, UTC).replace(tzinfo=None)
+
+    def run() -> ingest.IngestReport:
+        return ingest.ingest(
+            con, [tmp_path], quarantine_limit=0.01, landing_root=tmp_path, now=later
+        )
+
+    first = run()
+    assert [(f.status, f.rows_loaded, f.rows_quarantined) for f in first.files] == [
+        ("loaded", 2, 1)
+    ]
+    assert con.execute("select sg_event_id from raw_events order by 1").fetchall() == [
+        ("ev-ann",),
+        ("ev-bob",),
+    ]
+    [(line, reason)] = con.execute("select line, reason from quarantine").fetchall()
+    assert (line, reason) == (3, "outbox_id 'newsletter-7' is not a positive whole number")
+    assert [f.status for f in run().files] == ["skipped"]
+    assert con.execute("select count(*) from quarantine").fetchone() == (1,)
+
+
 def test_an_oversized_post_is_refused_before_it_is_read(
     client: httpx.Client, signer: WebhookSigner, tmp_path: Path
 ) -> None:

@@ -51,8 +51,9 @@ def demo(
 
     Maintainers respond as people do (some enrol after a notice, more after a
     brown-out, most once enforcement signs them out; token holders move CI to granular
-    tokens); emails go to the file outbox. Run `rollout sample` first (`--for-plan`
-    fits its download history to the plan's cohort days)."""
+    tokens); emails go to the file outbox. Run `rollout sample --for-plan` first (it fits
+    its download history to the plan's cohort days: a sample whose history stops before
+    a cohort day of the calendar is refused, exit 3)."""
     from rollout.core.plan import load_plan
     from rollout.demo.story import STORY_MARGIN_DAYS, Story, story_window
 

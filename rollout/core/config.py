@@ -442,8 +442,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     refuses it with one line and exit code 2 rather than a traceback."""
     source = os.environ if environ is None else environ
     values = {name: source[name] for name in _ENV_NAMES if name in source}
-    if "ROLLOUT_ACTOR" not in values and source.get("USER"):
-        values["ROLLOUT_ACTOR"] = source["USER"]
+    # ROLLOUT_ACTOR set empty (`ROLLOUT_ACTOR=` in an env file or a compose template) is
+    # unset, as the flows read it (flows/common.py run_actor): $USER, else "rollout".
+    if not values.get("ROLLOUT_ACTOR"):
+        values.pop("ROLLOUT_ACTOR", None)
+        if source.get("USER"):
+            values["ROLLOUT_ACTOR"] = source["USER"]
     try:
         return Settings(**values)
     except ValidationError as error:

@@ -21,7 +21,9 @@ login events after the start are dropped.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import time
 import uuid
 from collections import Counter
@@ -299,6 +301,49 @@ def require_sample(registry: Registry, locations: Locations) -> None:
             "scratch one (`make demo`)."
         )
     check_locations(locations)
+
+
+_DOWNLOAD_DAY = re.compile(r"downloads-(\d{4}-\d{2}-\d{2})\.")
+
+
+def require_download_history(
+    registry: Registry, landing_dir: Path, plan: Plan, start: date, end: date
+) -> None:
+    """Refuse (GuardRefused), before anything is changed, a sample whose download
+    history stops before a cohort day of the calendar: the story computes metrics and
+    builds cohorts only on days its downloads reach (the day after the last one at
+    most), so that cohort would never be built and its phase would stop the story on
+    its day ("has never been built"), weeks into it. A plain `rollout sample` ends its
+    history on 2022-01-31; `--for-plan` fits it to the plan's cohort days."""
+    days = []
+    downloads = landing_dir / "downloads"
+    if downloads.is_dir():
+        for path in downloads.iterdir():
+            found = _DOWNLOAD_DAY.match(path.name)
+            if found:
+                with contextlib.suppress(ValueError):
+                    days.append(date.fromisoformat(found.group(1)))
+    last = max(days, default=None)
+    short = sorted(
+        {
+            (phase.cohort_as_of, phase.cohort)
+            for phase in plan.phases
+            if start <= phase.cohort_as_of <= end
+            and (last is None or phase.cohort_as_of > last + timedelta(days=1))
+        }
+    )
+    if not short:
+        return
+    day, cohort = short[0]
+    contents = registry_contents(registry)
+    made = re.sub(r" --(end|days|for-plan)\b( \S+)?", "", contents.made_by or "rollout sample")
+    history = f"ends on {last}" if last is not None else f"has no download files in {downloads}"
+    raise GuardRefused(
+        f"refusing to play the demo on this sample: its download history {history}, "
+        f"so cohort {cohort} cannot be built on its day, {day}, and its phase would stop "
+        f"the story there. Nothing was changed. Write a sample fitted to the plan's cohort days: "
+        f"{made} --for-plan --replace --confirm {shell_word(contents.name)}"
+    )
 
 
 def rewind(registry: Registry, landing_dir: Path, start: date) -> HeldBack:
@@ -1094,6 +1139,7 @@ class Story:
         started = time.perf_counter()
         settings, registry = self.settings, self.registry
         require_sample(registry, Locations.of(settings))
+        require_download_history(registry, settings.landing_dir, self.plan, self.start, self.end)
         held = rewind(registry, settings.landing_dir, self.start)
         self.people = _people(registry.engine, self.start)
         ids = self.people.ids

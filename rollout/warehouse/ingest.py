@@ -404,7 +404,7 @@ def _ingest_new(
 ) -> FileResult:
     """``ingest_file`` for a file not loaded before, at a path DuckDB reads as it is."""
     if file.kind == "events":
-        (result,) = _load_new_events(con, [(file, digest)], quarantine_limit, now)
+        (result,) = _load_new_events(con, [(file, digest)], now)
         if result.status == "rejected":
             raise result.refusal or BadInput(file.path, None, result.message)
         return result
@@ -466,14 +466,14 @@ def _refused(file: LandingFile, error: BadInput) -> FileResult:
 
 
 def _event_problems(
-    con: duckdb.DuckDBPyConnection, file: LandingFile, index: int, limit: int | None
+    con: duckdb.DuckDBPyConnection, file: LandingFile, index: int
 ) -> list[RowProblem]:
     """The bad events of the batch's ``index``-th file, by position (a JSON-lines
     file's by physical line)."""
-    query = "select line, problem from flagged where file_index = $index order by ordinal"
-    if limit is not None:
-        query += f" limit {int(limit)}"
-    rows = con.execute(query, {"index": index}).fetchall()
+    rows = con.execute(
+        "select line, problem from flagged where file_index = $index order by ordinal",
+        {"index": index},
+    ).fetchall()
     lines = landing.record_lines(file, [r[0] for r in rows]) if file.format == "jsonl" else {}
     return [RowProblem(lines.get(line, line), problem) for line, problem in rows]
 
@@ -481,14 +481,18 @@ def _event_problems(
 def _load_events(
     con: duckdb.DuckDBPyConnection,
     batch: Sequence[tuple[LandingFile, Fingerprint]],
-    quarantine_limit: float,
     now: datetime,
 ) -> list[FileResult]:
     """Load events files of one format, each with its digest, as one: one read, one
-    check, one transaction. Each file is still judged alone (refused when empty or
-    when its bad share is over the limit, nothing of it loaded) and gets its own
-    ``ingested_files`` row; an event some file brought before, or an earlier file of
-    the batch, counts as a duplicate of the file that repeats it. A file the reader
+    check, one transaction. Each file is still judged alone (refused when empty,
+    nothing of it loaded) and gets its own ``ingested_files`` row. Its bad events are
+    quarantined and the others load whatever their share, ROLLOUT_QUARANTINE_LIMIT
+    notwithstanding: each event stands alone, a post is SendGrid's batch of a handful
+    (one event from another sender on the account was over 1%), and a file refused for
+    it was refused again on every run, its good events never loaded, after the
+    receiver had answered 200 for it (SendGrid posts it no more). An event some file
+    brought before, or an earlier file of the batch, counts as a duplicate of the file
+    that repeats it. A file the reader
     cannot parse splits the batch until it is alone, and is refused naming where."""
     earlier = {
         sha: (file_id, path)
@@ -498,7 +502,7 @@ def _load_events(
         ).fetchall()
     }
     new = [(file, digest) for file, digest in batch if digest.sha256 not in earlier]
-    loaded = iter(_load_new_events(con, new, quarantine_limit, now) if new else [])
+    loaded = iter(_load_new_events(con, new, now) if new else [])
     return [
         _skipped_result(file, *earlier[digest.sha256]) if digest.sha256 in earlier else next(loaded)
         for file, digest in batch
@@ -508,7 +512,6 @@ def _load_events(
 def _load_new_events(
     con: duckdb.DuckDBPyConnection,
     batch: Sequence[tuple[LandingFile, Fingerprint]],
-    quarantine_limit: float,
     now: datetime,
 ) -> list[FileResult]:
     """:func:`_load_events` for files not loaded before."""
@@ -520,9 +523,7 @@ def _load_new_events(
         if len(batch) == 1:
             return [_refused(files[0], error)]
         half = len(batch) // 2
-        return _load_new_events(con, batch[:half], quarantine_limit, now) + _load_new_events(
-            con, batch[half:], quarantine_limit, now
-        )
+        return _load_new_events(con, batch[:half], now) + _load_new_events(con, batch[half:], now)
     warehouse.run(con, "raw/check_events", _check_parameters(files[0], con, now))
     read = dict(con.execute("select file_index, count(*) from incoming group by all").fetchall())
     bad = dict(con.execute("select file_index, count(*) from flagged group by all").fetchall())
@@ -540,16 +541,6 @@ def _load_new_events(
             results[index] = _refused(
                 file, BadInput(file.path, None, "no events: the file is empty")
             )
-        elif rows_bad / rows > quarantine_limit:
-            refusal = FileRejected(
-                file.path,
-                _shown(_event_problems(con, file, index, limit=5)),
-                f"{rows_bad:,} of {counted(rows, file.row_word)} "
-                f"{by_count(rows_bad, 'is', 'are')} bad "
-                f"({rows_bad / rows:.1%}, over the {quarantine_limit:.1%} limit); "
-                "nothing was loaded",
-            )
-            results[index] = _refused(file, refusal)
         else:
             accepted.append(index)
     if accepted:
@@ -582,7 +573,7 @@ def _load_new_events(
                 file, digest = batch[index]
                 file_id, rows, rows_bad = ids[index], read[index], bad.get(index, 0)
                 if rows_bad:
-                    problems = _event_problems(con, file, index, limit=None)
+                    problems = _event_problems(con, file, index)
                     records = con.execute(
                         "select record from flagged where file_index = $index order by ordinal",
                         {"index": index},
@@ -675,7 +666,7 @@ class _Ingest:
         self.batch_digests = set()
         if batch and batch[0][0].kind == "events":
             now = self.now or _utc_now()
-            self.report.files.extend(_load_events(self.con, batch, self.quarantine_limit, now))
+            self.report.files.extend(_load_events(self.con, batch, now))
         else:
             self._load(batch)
 

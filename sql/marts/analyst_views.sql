@@ -21,8 +21,7 @@ from cohort_account_snapshots;
 -- of its snapshots holds (a warehouse built before builds were recorded). A build whose
 -- cohort had packages but no account writes no account row, and one whose packages were
 -- all released writes none at all: its latest accounts and packages are none, not the
--- build before's. (Undocumented, no comment: the two views below and
--- rollout.cohorts.latest_build read it.)
+-- build before's. (The two views below and rollout.cohorts.latest_build read it.)
 create or replace view cohort_latest_builds as
 select cohort, max(as_of) as as_of
 from (
@@ -58,3 +57,6 @@ comment on view cohort_accounts is
 comment on view cohort_packages is
     'The packages of each cohort on its latest built day: when they first qualified, '
     'why, and whether they still qualify (cohorts are sticky).';
+comment on view cohort_latest_builds is
+    'The latest built day (as_of) of each cohort, what cohort_accounts and '
+    'cohort_packages show: a build that put nobody in a cohort is still its latest day.';

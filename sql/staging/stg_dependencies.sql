@@ -16,4 +16,7 @@ final as (
     inner join latest using (file_id, ordinal)
 )
 
-select * from final
+select * from final;
+
+comment on view stg_dependencies is
+    'The dependencies declared by each package''s latest manifest, by kind (prod, dev, peer).';

@@ -18,4 +18,7 @@ final as (
     semi join latest using (file_id, ordinal)
 )
 
-select * from final
+select * from final;
+
+comment on view stg_dependency_edges is
+    'The dependencies of the latest manifests without the dependent''s name: what the metrics count (stg_dependencies has the names).';

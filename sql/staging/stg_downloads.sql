@@ -11,4 +11,7 @@ final as (
     from downloads
 )
 
-select * from final
+select * from final;
+
+comment on view stg_downloads is
+    'Daily downloads per package (one row per package and day), from raw_downloads.';

@@ -11,4 +11,7 @@ final as (
     from logins
 )
 
-select * from final
+select * from final;
+
+comment on view stg_logins is
+    'Login events (UTC) as landed, from raw_logins.';

@@ -22,4 +22,7 @@ final as (
     where recency = 1
 )
 
-select * from final
+select * from final;
+
+comment on view stg_manifests is
+    'The latest manifest of each package (the newest loaded file that holds it), package_key its lower-cased name.';

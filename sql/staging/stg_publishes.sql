@@ -20,4 +20,7 @@ final as (
     from publishes
 )
 
-select * from final
+select * from final;
+
+comment on view stg_publishes is
+    'Publish events (UTC): how each publish proved who made it (token kind, second factor; without_2fa: a token publish no second factor vouched for).';
