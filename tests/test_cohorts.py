@@ -10,7 +10,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from rollout import cohorts, metrics
 from rollout.core.clock import SimulatedClock, use_clock
@@ -979,6 +979,34 @@ def test_a_release_preview_counts_who_leaves_once_their_other_packages_are_relea
     assert "1 account is in top-1 only through it" in preview
     cohorts.release_package(registry, "top-1", "small", reason="test", actor="rm")
     assert build(con, registry, plan, D2)["top-1"].accounts_left == 1
+
+
+def test_a_release_preview_does_not_count_a_member_who_has_left_the_cohort(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+) -> None:
+    """erin is in top-1 only through small once app0..app2 are released, but she has
+    left the cohort since: releasing small takes nobody out at the next build. Her
+    membership row stays (its left_on set); counted, the preview would say she leaves
+    again."""
+    plan = with_cohort(small_cohorts_plan, CohortRule(every_maintainer=True))
+    build(con, registry, plan, D1)
+    for app in ("app0", "app1", "app2"):
+        cohorts.release_package(registry, "top-1", app, reason="test", actor="rm")
+    assert "1 account is in top-1 only through it" in cohorts.release_preview(
+        registry, "top-1", "small"
+    )
+    with registry.engine.begin() as connection:
+        connection.execute(
+            update(CohortMembership)
+            .where(CohortMembership.account_id == people["erin"])
+            .values(left_on=D2)
+        )
+    assert "0 accounts are in top-1 only through it" in cohorts.release_preview(
+        registry, "top-1", "small"
+    )
 
 
 def test_a_day_after_today_is_refused_by_the_library_until_midnight_utc(

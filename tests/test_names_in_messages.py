@@ -191,3 +191,23 @@ def test_the_owners_and_admins_an_org_enforcement_removes_are_named_each_as_one_
     assert found, said
     assert sorted(names_read_back(found["owners"])) == sorted(["ada", name])
     assert names_read_back(found["admin"]) == ["cy"]
+
+
+@pytest.mark.parametrize("command", ["suppress", "unsuppress"])
+def test_an_address_longer_than_any_account_s_is_named_as_one_name(
+    registry: Registry, cli: Callable[..., Any], command: str
+) -> None:
+    """An address past the longest an account's can be is refused (exit 2) naming its
+    start as every message names a value typed: quoted, its quote and backslash each
+    escaped (Python's ``repr`` put it in double quotes and doubled the backslash)."""
+    typed = "o'neil\\" + "a" * 320 + "@example.com"
+
+    result = cli("notify", command, typed, "--reason", "bounced")
+
+    assert result.exit_code == 2
+    found = re.search(
+        "^error: " + QUOTED + r"\.\.\. is 339 characters: an address has at most 320",
+        result.stderr,
+    )
+    assert found, result.stderr
+    assert names_read_back(found[1]) == [typed[:40]]

@@ -321,6 +321,11 @@ def test_every_notebook_runs_on_a_warehouse_with_a_cohort_built_empty(tmp_path: 
     try:
         built = con.execute("select count(*) from cohort_builds where cohort = 'high-impact'")
         assert built.fetchone() == (1,)
+        # Built with nobody in it (the rule above unmet), as the case is, whatever the
+        # reference plan's thresholds become.
+        for view in ("cohort_accounts", "cohort_packages"):
+            empty = con.execute(f"select count(*) from {view} where cohort = 'high-impact'")
+            assert empty.fetchone() == (0,), view
         assert con.execute("select count(*) from cohort_accounts").fetchone() == (111,)
     finally:
         con.close()

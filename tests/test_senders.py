@@ -673,6 +673,15 @@ def test_an_address_with_a_line_break_anywhere_fails_before_any_sender(address: 
     )
 
 
+def test_an_address_whose_domain_idna_cannot_encode_is_named_quoted() -> None:
+    """The failure reason a send's row keeps names the recipient as every message names a
+    value: quoted (Python's ``repr`` put one holding a quote in double quotes)."""
+    address = "o'neil@" + "ü" * 70 + ".example"
+    assert header_problem(message(to_address=address)) == (
+        f"invalid recipient address {quoted(address)} (its domain is not IDNA)"
+    )
+
+
 def test_an_address_the_parser_refuses_fails_permanently(tmp_path: Path) -> None:
     with pytest.raises(DeliveryFailed) as caught:
         FileSender(tmp_path).send(message(to_address="ann@[unclosed"))
