@@ -53,7 +53,9 @@ def demo(
     brown-out, most once enforcement signs them out; token holders move CI to granular
     tokens); emails go to the file outbox. Run `rollout sample --for-plan` first (it fits
     its download history to the plan's cohort days: a sample whose history stops before
-    a cohort day of the calendar is refused, exit 3)."""
+    a cohort day of the calendar is refused, exit 3). A --start after a phase's cohort
+    day, that phase still to play, is refused (exit 2) unless a story played that day
+    before (the registry holds the cohort's build)."""
     from rollout.core.plan import load_plan
     from rollout.demo.story import STORY_MARGIN_DAYS, Story, story_window
 

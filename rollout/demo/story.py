@@ -45,7 +45,7 @@ from rollout import cohorts, metrics, warehouse
 from rollout.core.calendar import plan_calendar
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.controls import shell_word
-from rollout.core.errors import BadInput, GuardRefused
+from rollout.core.errors import EXIT_BAD_INPUT, BadInput, GuardRefused, RolloutError
 from rollout.core.files import written_in_place
 from rollout.core.plan import Phase, Plan
 from rollout.core.words import counted
@@ -301,6 +301,44 @@ def require_sample(registry: Registry, locations: Locations) -> None:
             "scratch one (`make demo`)."
         )
     check_locations(locations)
+
+
+def require_cohorts_before_start(registry: Registry, plan: Plan, start: date, end: date) -> None:
+    """Refuse (exit 2, on --start), before anything is changed, a calendar starting
+    after a phase's cohort day with a step of that phase in it (its notices, reminders
+    or enforcement), unless the registry holds a build of the cohort (a story that
+    played its day): the story builds a cohort on its day only, so those emails would
+    go to no one, silently, and its enforcement would stop the story there ("has never
+    been built"), weeks into it."""
+    phases = {phase.name: phase for phase in plan.phases if phase.cohort_as_of < start}
+    played = [
+        (max(step.on, start), step, phases[step.subject])
+        for step in plan_calendar(plan)
+        if step.kind in ("notice", "reminder", "enforce")
+        and step.subject in phases
+        and max(step.on, start) <= min(step.ends or step.on, end)
+    ]
+    if not played:
+        return
+    with registry.engine.connect() as connection:
+        unbuilt = [
+            (day, step, phase)
+            for day, step, phase in played
+            if not enforce.cohort_built(connection, phase.cohort)
+        ]
+    if not unbuilt:
+        return
+    day, step, phase = min(unbuilt, key=lambda found: (found[2].cohort_as_of, found[0]))
+    works = min(phase.cohort_as_of for _, _, phase in unbuilt)
+    after = max(phase.enforce_until for _, _, phase in unbuilt)
+    raise RolloutError(
+        f"--start {start} is after {phase.cohort_as_of}, the day cohort {phase.cohort} is "
+        f"fixed, and the calendar plays {step.label} on {day} with no build of it in the "
+        "registry: the story builds a cohort on its day only, so the phase's emails would "
+        "reach no one and its enforcement would stop the story. Nothing was changed. Give "
+        f"--start {works} or earlier (once a story has played that day, a later --start "
+        f"plays too), or one after {after}"
+    ).with_exit(EXIT_BAD_INPUT)
 
 
 _DOWNLOAD_DAY = re.compile(r"downloads-(\d{4}-\d{2}-\d{2})\.")
@@ -1139,6 +1177,7 @@ class Story:
         started = time.perf_counter()
         settings, registry = self.settings, self.registry
         require_sample(registry, Locations.of(settings))
+        require_cohorts_before_start(registry, self.plan, self.start, self.end)
         require_download_history(registry, settings.landing_dir, self.plan, self.start, self.end)
         held = rewind(registry, settings.landing_dir, self.start)
         self.people = _people(registry.engine, self.start)
