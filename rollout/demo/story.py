@@ -142,6 +142,8 @@ class StoryReport:
     # The same days' security-key share (webauthn / accounts): what a phase asking a
     # security key (two_factor: phishing_resistant) counts.
     key_shares: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    # Cohorts ("cohort:high-impact") built with nobody in them: no share, 0 accounts.
+    selected_no_one: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """What `rollout demo` prints: snake_case keys, as every --format json record;
@@ -1242,6 +1244,7 @@ class Story:
                 )
             self.report.shares = _shares(con, self.start, self.end)
             self.report.key_shares = _shares(con, self.start, self.end, security_key=True)
+            self.report.selected_no_one = _selected_no_one(con, self.end)
         self.report.seconds = time.perf_counter() - started
         return self.report
 
@@ -1326,6 +1329,19 @@ def _shares(
             before = share
         shares[population] = (before, share)
     return shares
+
+
+def _selected_no_one(con: Any, end: date) -> list[str]:
+    """The cohorts built with nobody in them by ``end``: rows in ``adoption_daily`` (a
+    build made them), none with an account. They have no share, and the report shows
+    them with 0 accounts ("built: selected no one"); a cohort not built by then has no
+    rows at all."""
+    rows = con.execute(
+        "select population from adoption_daily where day <= ? and population <> 'all' "
+        "group by population having max(accounts) = 0 order by population",
+        [end],
+    ).fetchall()
+    return [str(population) for (population,) in rows]
 
 
 def _window_end(window: Any) -> datetime:
