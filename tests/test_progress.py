@@ -208,6 +208,43 @@ def test_the_demo_gives_a_security_key_cohort_its_security_key_share(plan: Plan)
     assert "  cohort high-impact: 2FA 20% -> 60%" in lines
 
 
+def test_the_demo_tells_a_cohort_built_with_nobody_in_it(plan: Plan) -> None:
+    """A cohort whose build selected no one (a rule no package meets) has days of 0
+    accounts and no share: the closing lines left it out, silently, while the report
+    shows it with 0 accounts ("built: selected no one"). It is told, as the report
+    tells it; a cohort with no rows (not built by the end) is still left out."""
+    import duckdb
+
+    from rollout.cli.demo import _story_lines
+    from rollout.demo.story import StoryReport, _selected_no_one, _shares
+
+    con = duckdb.connect()
+    con.execute(
+        "create table adoption_daily (day date, population varchar, accounts int, "
+        "share double, webauthn int)"
+    )
+    con.execute(
+        "insert into adoption_daily values ('2022-01-01', 'all', 10, 0.5, 1), "
+        "('2022-01-03', 'all', 10, 0.8, 4), ('2022-01-01', 'cohort:top-100', 0, 0.0, 0), "
+        "('2022-01-03', 'cohort:top-100', 4, 0.5, 1), "
+        "('2022-01-01', 'cohort:high-impact', 0, 0.0, 0), "
+        "('2022-01-03', 'cohort:high-impact', 0, 0.0, 0), "
+        "('2022-01-04', 'cohort:later', 3, 1.0, 0)"
+    )
+    start, end = date(2022, 1, 1), date(2022, 1, 3)
+    report = StoryReport(start, end)
+    report.shares = _shares(con, start, end)
+    report.selected_no_one = _selected_no_one(con, end)
+    assert report.selected_no_one == ["cohort:high-impact"]
+    lines = _story_lines(report, plan)
+    assert lines[:4] == [
+        "The story:",
+        "  cohort top-100: 2FA 50% -> 50%",
+        "  cohort high-impact: 0 accounts (built: selected no one)",
+        "  all accounts: 2FA 50% -> 80%",
+    ]
+
+
 def test_the_story_security_key_shares_are_webauthn_of_accounts() -> None:
     import duckdb
 

@@ -854,6 +854,30 @@ def test_a_cohort_not_built_yet_says_so_not_0(tmp_path: Path, plan: Plan) -> Non
     assert "nan" not in (html + markdown).lower()
 
 
+def test_a_cohort_no_phase_names_not_built_yet_says_when_it_will_be(
+    tmp_path: Path, plan: Plan
+) -> None:
+    """A cohort no phase names (`plan check` warns of it; analysts may track one) has no
+    first-build day of the plan: every cohort build makes it, from the next. The report
+    said "not built yet" with no date, as if it waited on a day to come; it says that
+    the next cohort build makes it, in every section that lists cohorts."""
+    tracked = plan.model_copy(update={"phases": [plan.phase("top-100")]})
+    files, html, markdown = _report_with_high_impact(
+        tmp_path, tracked, date(2022, 2, 1), built=False
+    )
+    assert [p.population for p in files.populations] == ["all", "cohort:top-100"]
+    said = "not built yet (named by no phase: the next cohort build makes it)"
+    headline, _, methods = table_blocks(markdown)[:3]
+    assert f"| Cohort high-impact | {said} | — | — | — | — | — |" in headline
+    assert f"| Cohort high-impact | {said} | — | — | — |" in methods
+    assert f"| high-impact | {said} | — | — | — | — | — | — | — | — | — |" in markdown
+    assert f"Cohort high-impact has no column: {said}." in markdown
+    assert f"Cohort high-impact has no line: {said}." in html
+    rows = [row for table in tables_of(html) for row in table]
+    assert ["Cohort high-impact", said] in rows
+    assert ["high-impact", said] in rows
+
+
 def test_a_missing_mart_is_named(tmp_path: Path, plan: Plan) -> None:
     warehouse = make_warehouse(tmp_path, plan)
     with open_warehouse(warehouse) as con:

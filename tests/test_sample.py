@@ -1059,6 +1059,40 @@ def test_the_demo_refuses_at_once_a_sample_whose_downloads_stop_before_a_cohort_
     assert "high-impact 70 accounts" in played.stderr
 
 
+def test_the_demo_refuses_a_start_after_a_cohort_day_whose_phase_it_would_play(
+    rollout_home: Path,
+) -> None:
+    """Cohort high-impact is fixed on 2022-03-14; its phase mails from 2022-03-15 and
+    enforces on 2022-05-03. A story starting on 2022-03-20 never builds it (the story
+    builds a cohort on its day), so its reminders went to no one, silently, and the
+    story stopped weeks in on its enforcement day ("has never been built"): refused at
+    once (exit 2 on --start), naming the cohort, its day and the --start that works,
+    nothing changed. Once the registry holds that cohort's build (a story that played
+    its day), the later calendar plays."""
+    fitted = ("sample", "--scale", "tiny", "--seed", "7", "--for-plan")
+    assert _rollout(*fitted).exit_code == 0
+    url = f"sqlite:///{rollout_home / 'registry.db'}"
+    before = (_landing_bytes(rollout_home / "landing"), _state(url))
+    later = ("demo", "--start", "2022-03-20", "--end", "2022-04-03")
+    refused = _rollout(*later)
+    assert refused.exit_code == 2, refused.output
+    said = _one_line(refused.stderr)
+    assert "--start 2022-03-20 is after 2022-03-14, the day cohort high-impact" in said
+    assert "plays phase high-impact reminders (30 days before) on 2022-04-03" in said
+    assert "Nothing was changed" in said
+    assert "Give --start 2022-03-14 or earlier" in said
+    assert said.endswith("or one after 2022-05-03")
+    assert (_landing_bytes(rollout_home / "landing"), _state(url)) == before
+    assert not (rollout_home / "warehouse.duckdb").exists()
+
+    its_day = _rollout("demo", "--start", "2022-03-14", "--end", "2022-03-14")
+    assert its_day.exit_code == 0, its_day.output
+    assert "high-impact 70 accounts" in its_day.stderr
+    played = _rollout(*later)
+    assert played.exit_code == 0, played.output
+    assert "reminders high-impact 30d: " in played.stderr
+
+
 @pytest.mark.parametrize("days", [800_000, 30_000])
 def test_a_history_starting_before_the_registry_is_refused_before_anything_is_made(
     tmp_path: Path, days: int

@@ -53,7 +53,9 @@ def demo(
     brown-out, most once enforcement signs them out; token holders move CI to granular
     tokens); emails go to the file outbox. Run `rollout sample --for-plan` first (it fits
     its download history to the plan's cohort days: a sample whose history stops before
-    a cohort day of the calendar is refused, exit 3)."""
+    a cohort day of the calendar is refused, exit 3). A --start after a phase's cohort
+    day, that phase still to play, is refused (exit 2) unless a story played that day
+    before (the registry holds the cohort's build)."""
     from rollout.core.plan import load_plan
     from rollout.demo.story import STORY_MARGIN_DAYS, Story, story_window
 
@@ -125,8 +127,9 @@ def demo(
 def _story_lines(report: Any, plan: Any) -> list[str]:
     """The few numbers that tell the demo's story: 2FA share before and after, by
     cohort (labelled as the report labels them: "cohort all" is no "all accounts"), and
-    the security-key share of a cohort a phase asks a security key of; who was required
-    to use 2FA; emails; what the brown-outs did."""
+    the security-key share of a cohort a phase asks a security key of (a cohort built
+    with nobody in it: 0 accounts, as the report shows it); who was required to use
+    2FA; emails; what the brown-outs did."""
     from rollout.demo.story import applies_in_words  # lazily, as the command imports it
     from rollout.report.reporting import population_label
 
@@ -146,8 +149,13 @@ def _story_lines(report: Any, plan: Any) -> list[str]:
             if population in asks_a_key:
                 key_before, key_after = report.key_shares.get(population, (None, None))
                 said += f", security key {share(key_before)} -> {share(key_after)}"
-            name = population_label(population)
-            lines.append(f"  {name[:1].lower()}{name[1:]}: {said}")
+        elif population in report.selected_no_one:
+            # As the report shows it: 0 accounts, no share (its days have no one).
+            said = "0 accounts (built: selected no one)"
+        else:
+            continue  # not built by the end: no rows, nothing to tell
+        name = population_label(population)
+        lines.append(f"  {name[:1].lower()}{name[1:]}: {said}")
     for phase in plan.phases:
         if phase.name not in report.enforced:
             continue

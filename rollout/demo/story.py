@@ -45,7 +45,7 @@ from rollout import cohorts, metrics, warehouse
 from rollout.core.calendar import plan_calendar
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.controls import shell_word
-from rollout.core.errors import BadInput, GuardRefused
+from rollout.core.errors import EXIT_BAD_INPUT, BadInput, GuardRefused, RolloutError
 from rollout.core.files import written_in_place
 from rollout.core.plan import Phase, Plan
 from rollout.core.words import counted
@@ -142,6 +142,8 @@ class StoryReport:
     # The same days' security-key share (webauthn / accounts): what a phase asking a
     # security key (two_factor: phishing_resistant) counts.
     key_shares: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    # Cohorts ("cohort:high-impact") built with nobody in them: no share, 0 accounts.
+    selected_no_one: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """What `rollout demo` prints: snake_case keys, as every --format json record;
@@ -301,6 +303,44 @@ def require_sample(registry: Registry, locations: Locations) -> None:
             "scratch one (`make demo`)."
         )
     check_locations(locations)
+
+
+def require_cohorts_before_start(registry: Registry, plan: Plan, start: date, end: date) -> None:
+    """Refuse (exit 2, on --start), before anything is changed, a calendar starting
+    after a phase's cohort day with a step of that phase in it (its notices, reminders
+    or enforcement), unless the registry holds a build of the cohort (a story that
+    played its day): the story builds a cohort on its day only, so those emails would
+    go to no one, silently, and its enforcement would stop the story there ("has never
+    been built"), weeks into it."""
+    phases = {phase.name: phase for phase in plan.phases if phase.cohort_as_of < start}
+    played = [
+        (max(step.on, start), step, phases[step.subject])
+        for step in plan_calendar(plan)
+        if step.kind in ("notice", "reminder", "enforce")
+        and step.subject in phases
+        and max(step.on, start) <= min(step.ends or step.on, end)
+    ]
+    if not played:
+        return
+    with registry.engine.connect() as connection:
+        unbuilt = [
+            (day, step, phase)
+            for day, step, phase in played
+            if not enforce.cohort_built(connection, phase.cohort)
+        ]
+    if not unbuilt:
+        return
+    day, step, phase = min(unbuilt, key=lambda found: (found[2].cohort_as_of, found[0]))
+    works = min(phase.cohort_as_of for _, _, phase in unbuilt)
+    after = max(phase.enforce_until for _, _, phase in unbuilt)
+    raise RolloutError(
+        f"--start {start} is after {phase.cohort_as_of}, the day cohort {phase.cohort} is "
+        f"fixed, and the calendar plays {step.label} on {day} with no build of it in the "
+        "registry: the story builds a cohort on its day only, so the phase's emails would "
+        "reach no one and its enforcement would stop the story. Nothing was changed. Give "
+        f"--start {works} or earlier (once a story has played that day, a later --start "
+        f"plays too), or one after {after}"
+    ).with_exit(EXIT_BAD_INPUT)
 
 
 _DOWNLOAD_DAY = re.compile(r"downloads-(\d{4}-\d{2}-\d{2})\.")
@@ -1139,6 +1179,7 @@ class Story:
         started = time.perf_counter()
         settings, registry = self.settings, self.registry
         require_sample(registry, Locations.of(settings))
+        require_cohorts_before_start(registry, self.plan, self.start, self.end)
         require_download_history(registry, settings.landing_dir, self.plan, self.start, self.end)
         held = rewind(registry, settings.landing_dir, self.start)
         self.people = _people(registry.engine, self.start)
@@ -1203,6 +1244,7 @@ class Story:
                 )
             self.report.shares = _shares(con, self.start, self.end)
             self.report.key_shares = _shares(con, self.start, self.end, security_key=True)
+            self.report.selected_no_one = _selected_no_one(con, self.end)
         self.report.seconds = time.perf_counter() - started
         return self.report
 
@@ -1287,6 +1329,19 @@ def _shares(
             before = share
         shares[population] = (before, share)
     return shares
+
+
+def _selected_no_one(con: Any, end: date) -> list[str]:
+    """The cohorts built with nobody in them by ``end``: rows in ``adoption_daily`` (a
+    build made them), none with an account. They have no share, and the report shows
+    them with 0 accounts ("built: selected no one"); a cohort not built by then has no
+    rows at all."""
+    rows = con.execute(
+        "select population from adoption_daily where day <= ? and population <> 'all' "
+        "group by population having max(accounts) = 0 order by population",
+        [end],
+    ).fetchall()
+    return [str(population) for (population,) in rows]
 
 
 def _window_end(window: Any) -> datetime:

@@ -13,7 +13,9 @@ events serve``) that, for each post:
    not verify against the configured key with the official helper
    (``sendgrid.helpers.eventwebhook``): 401;
 3. refuses a verified post that is not a JSON array of objects, or is an empty one
-   (400);
+   (400): ingest would refuse that file on every run. An event of the array without
+   its sg_event_id, event or timestamp is kept with the post: ingest quarantines it
+   alone, once, and loads the others;
 4. writes the body, byte for byte as signed, as one landing file
    ``events/events-<timestamp>-<digest>.json``: written to a temporary name, flushed
    and linked into place, so ingest never sees half a file. The digest is of the
@@ -172,7 +174,8 @@ def create_app(
         if not verified:
             return _refuse(401, "the signature does not verify")
         # What ingest would refuse, landed, it would refuse every day: an empty post, a
-        # key twice in an event, an event without its id (a nested post was a 500).
+        # key twice in an event (a nested post was a 500). A bad event is no reason:
+        # ingest quarantines it alone, the events beside it load.
         try:
             received = events_in_post(payload)
         except RefusedPost as refused:

@@ -152,17 +152,13 @@ class EnforceResult:
         return asdict(self)
 
 
-def require_cohort_built(connection: Connection, phase: Phase) -> None:
-    """Refuse (exit 2) a phase whose cohort was never built: it has no packages, no
-    accounts and no build recorded. Its preview would read "0 accounts", and an
-    enforcement approved on it would be recorded as applied (`plan show`: applied)
-    having required no one, while the maintainers the build would list go unenforced.
-    A cohort built and found empty is a cohort of none: previewed and enforced as such."""
-    cohort = phase.cohort
+def cohort_built(connection: Connection, cohort: str) -> bool:
+    """Whether the registry holds a build of ``cohort``: packages or accounts of it, or
+    a build recorded (one that found it empty: a cohort of none)."""
     for model in (CohortPackage, CohortMembership):
         found = connection.execute(select(model.id).where(model.cohort == cohort).limit(1))
         if found.first() is not None:
-            return
+            return True
     builds = connection.execute(
         select(PlanRun.parameters).where(
             PlanRun.step.startswith(cohorts_step_prefix()),
@@ -170,7 +166,17 @@ def require_cohort_built(connection: Connection, phase: Phase) -> None:
             PlanRun.mode == "apply",
         )
     )
-    if any(cohort in (parameters or {}).get("cohorts", ()) for (parameters,) in builds):
+    return any(cohort in (parameters or {}).get("cohorts", ()) for (parameters,) in builds)
+
+
+def require_cohort_built(connection: Connection, phase: Phase) -> None:
+    """Refuse (exit 2) a phase whose cohort was never built: it has no packages, no
+    accounts and no build recorded. Its preview would read "0 accounts", and an
+    enforcement approved on it would be recorded as applied (`plan show`: applied)
+    having required no one, while the maintainers the build would list go unenforced.
+    A cohort built and found empty is a cohort of none: previewed and enforced as such."""
+    cohort = phase.cohort
+    if cohort_built(connection, cohort):
         return
     raise BadInput(
         None,

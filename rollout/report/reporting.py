@@ -328,7 +328,9 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
 def _cohorts_not_built(plan: Plan, built: set[str]) -> list[dict[str, Any]]:
     """The plan's cohorts no build had made by the report's day (no rows in
     adoption_daily): not yet built, so no figures, rather than 0 accounts. With the day
-    the plan first builds each (its phase's ``cohort_as_of``), if a phase names it."""
+    the plan first builds each (its phase's ``cohort_as_of``); None for a cohort no
+    phase names (`plan check` warns of it), which the next cohort build makes (the
+    report says so)."""
     out = []
     for cohort in plan.cohorts:
         if f"cohort:{cohort}" in built:
