@@ -74,6 +74,10 @@ def test_a_password_in_prefect_api_url_is_never_shown(monkeypatch: pytest.Monkey
     assert f"http://ops:***@127.0.0.1:{port}/api" in output
     code, output = invoke(monkeypatch, "http://ops:s3cret-pw@[::1/api", "approvals")
     assert code == 2 and "s3cret-pw" not in output and "PREFECT_API_URL" in output
+    # Pasted unencoded, a `/` in the password: the URL cannot be read, and is named.
+    code, output = invoke(monkeypatch, "http://ops:s3cret/pw@127.0.0.1/api", "approvals")
+    assert code == 2 and "PREFECT_API_URL" in output
+    assert "s3cret" not in output and "ops:***@127.0.0.1/api" in output
 
 
 def test_approve_takes_only_a_full_run_id(monkeypatch: pytest.MonkeyPatch) -> None:

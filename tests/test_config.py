@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout.core.config import Settings, load_settings
+from rollout.core.config import Settings, load_settings, url_shown
 from rollout.core.errors import BadInput
 
 
@@ -131,6 +131,42 @@ def test_a_sendgrid_wait_that_is_no_number_of_seconds_is_bad_input(
     endless wait makes an endless lease (rollout.notify.drain.lease_for)."""
     with pytest.raises(BadInput, match=f"^environment variable {name}='{value}': .*{reason}"):
         load_settings({name: value})
+
+
+@pytest.mark.parametrize("separator", ["/", "?", "#", "@"])
+def test_a_password_holding_a_url_delimiter_is_hidden_whole(separator: str) -> None:
+    """A password pasted without encoding (`/`, `?`, `#` as they are): the authority no
+    longer ends at the first of them, so the password was shown whole; and the URL,
+    which the client cannot read then, is what the message names."""
+    url = f"http://ops:s3cr{separator}et-pw@prefect.example:4200/api"
+    assert url_shown(url) == "http://ops:***@prefect.example:4200/api"
+    if separator == "@":
+        return  # a URL the client reads: its last "@" ends the password
+    with pytest.raises(BadInput) as refused:
+        load_settings({"ROLLOUT_SENDGRID_URL": url})
+    message = str(refused.value)
+    assert "s3cr" not in message and "et-pw" not in message
+    assert "ROLLOUT_SENDGRID_URL='http://ops:***@prefect.example:4200/api'" in message
+    assert "encode a '/', '?', '#' or '@' in the password" in message
+
+
+def test_a_sendgrid_url_refused_for_its_port_shows_no_password() -> None:
+    with pytest.raises(BadInput) as refused:
+        load_settings({"ROLLOUT_SENDGRID_URL": "http://proxy:s3cret-pw@mail.example:abc/"})
+    assert "s3cret-pw" not in str(refused.value)
+    assert "'http://proxy:***@mail.example:abc/'" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://prefect.example:4200/api?owner=ops@example.com",
+        "http://prefect.example/api/ops:s3cret@x",
+        "http://ops@prefect.example/api",
+    ],
+)
+def test_a_url_without_a_password_is_shown_as_it_is(url: str) -> None:
+    assert url_shown(url) == url
 
 
 def test_a_refused_database_url_is_not_echoed() -> None:

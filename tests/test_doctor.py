@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from rollout import warehouse
@@ -127,6 +128,45 @@ def test_an_unreachable_server_fails() -> None:
     assert "secret" not in result.detail
     schema = check_schema(Registry("postgresql+psycopg://rollout:secret@127.0.0.1:1/rollout"))
     assert schema.status is Status.fail and "unreachable" in schema.detail
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://rollout@127.0.0.1:1/rollout?password=s3cret-pw",
+        "postgresql://127.0.0.1:1/rollout?user=rollout&password=s3cret-pw",
+        "postgresql://rollout:s3cret-pw@127.0.0.1:1/rollout?sslpassword=s3cret-pw",
+    ],
+    ids=["password", "user-and-password", "sslpassword"],
+)
+def test_a_password_in_the_registry_urls_query_is_not_shown(url: str) -> None:
+    """libpq reads a password from the URL's query as from its authority: hidden alike."""
+    result = check_registry(Registry(url))
+    assert result.status is Status.fail and "cannot connect" in result.detail
+    assert "s3cret-pw" not in result.detail
+    assert "password=***" in result.detail
+
+
+def test_a_registry_reached_with_a_password_in_its_query_is_shown_without_it(
+    postgres_schema_url: str, tmp_path: Path
+) -> None:
+    """The check passing, and `rollout db status`, show the URL: not the password (the
+    test server trusts its socket's users, so any password is let in)."""
+    password = "s3cret-pw"
+    url = make_url(postgres_schema_url).update_query_dict({"password": password})
+    as_text = url.render_as_string(hide_password=False)
+    upgrade(make_engine(as_text))
+    result = check_registry(Registry(as_text))
+    assert result.status is Status.ok, result
+    assert password not in result.detail and "password=***" in result.detail
+    status = CliRunner().invoke(
+        app,
+        ["db", "status", "--format", "json"],
+        env={"ROLLOUT_HOME": str(tmp_path / "home"), "ROLLOUT_REGISTRY_URL": as_text},
+    )
+    assert status.exit_code == 0, status.output
+    assert password not in status.output
+    assert "password=***" in json.loads(status.stdout)["registry"]
 
 
 def test_the_registry_check_connects_with_the_urls_own_connect_timeout(

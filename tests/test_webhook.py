@@ -255,6 +255,95 @@ def test_a_post_whose_poster_hangs_up_midway_is_dropped_in_one_line(
     assert written(tmp_path) == []
 
 
+def _post_head(host: str, headers: dict[str, str], length: int) -> bytes:
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return (
+        f"POST {EVENTS_PATH} HTTP/1.1\r\nHost: {host}\r\n{head}Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def _status_of(connection: socket.socket) -> int:
+    """The status of the answer on ``connection`` (waiting up to its timeout)."""
+    answer = connection.recv(4096)
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_a_post_whose_body_trickles_in_is_cut_off_at_the_deadline(
+    signer: WebhookSigner, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A slow-loris post (a byte now and then, never the whole body) held its connection
+    and its memory for as long as the poster liked: answered 408 once the body has not
+    all arrived within the deadline, in one line, nothing written."""
+    app = create_app(signer.public_key, tmp_path, clock=lambda: NOW, body_timeout=1.0)
+    body = body_of()
+    with served(app) as url, caplog.at_level("WARNING"):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as connection:
+            connection.sendall(_post_head(host, signer.headers(body, NOW), len(body)))
+            connection.settimeout(0.2)
+            started = time.monotonic()
+            status = None
+            for byte in body[:-1]:
+                connection.sendall(bytes([byte]))
+                with contextlib.suppress(TimeoutError):
+                    status = _status_of(connection)
+                    break
+                assert time.monotonic() - started < 10, "the trickle was never cut off"
+        assert status == 408
+        assert time.monotonic() - started < 5
+    [line] = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert line.exc_info is None and "did not arrive within 1 s" in line.getMessage()
+    assert written(tmp_path) == []
+
+
+def test_an_unsigned_or_stale_post_is_refused_before_its_body_arrives(
+    signer: WebhookSigner, tmp_path: Path
+) -> None:
+    """Anyone can post: a post no signature header could verify is refused on its
+    headers, not after the receiver waited for and held up to --max-bytes of its body."""
+    app = create_app(signer.public_key, tmp_path, clock=lambda: NOW)
+    stale = signer.headers(body_of(), NOW - 3600)
+    with served(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        for headers in ({}, stale):
+            with socket.create_connection((host, int(port))) as connection:
+                connection.sendall(_post_head(host, headers, 4_000_000))
+                connection.settimeout(5)
+                assert _status_of(connection) == 401
+    assert written(tmp_path) == []
+
+
+def test_posts_past_the_limit_in_progress_are_answered_503_at_once(
+    signer: WebhookSigner, tmp_path: Path
+) -> None:
+    """Each post in progress holds up to --max-bytes: many at once (a flood of signed-
+    looking posts, whose signatures are checked only once whole) held them all. Past
+    --max-posts, a post is answered 503 at once (SendGrid posts it again later)."""
+    app = create_app(signer.public_key, tmp_path, clock=lambda: NOW, max_posts=2)
+    body = body_of()
+    with served(app) as url, httpx.Client(base_url=url, timeout=10) as poster:
+        host, port = url.removeprefix("http://").split(":")
+        held = [socket.create_connection((host, int(port))) for _ in range(2)]
+        try:
+            for connection in held:
+                connection.sendall(_post_head(host, signer.headers(body, NOW), len(body)))
+            time.sleep(0.3)  # both being read
+            answer = poster.post(EVENTS_PATH, content=body, headers=signer.headers(body, NOW))
+            assert answer.status_code == 503, answer.text
+            assert written(tmp_path) == []
+        finally:
+            for connection in held:
+                connection.close()
+        deadline = time.monotonic() + 10
+        while True:  # the held posts dropped: room again
+            answer = poster.post(EVENTS_PATH, content=body, headers=signer.headers(body, NOW))
+            if answer.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert answer.status_code == 200, answer.text
+    assert len(written(tmp_path)) == 1
+
+
 def test_a_post_with_an_account_event_lands_and_loads_whole(
     client: httpx.Client,
     signer: WebhookSigner,

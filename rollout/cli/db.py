@@ -165,7 +165,7 @@ def db_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
     """Show the registry's schema revision and whether it is up to date."""
     from rollout.core.errors import RolloutError
     from rollout.registry import migrate
-    from rollout.registry.engine import make_engine, normalize_url, require_sqlite_file
+    from rollout.registry.engine import make_engine, registry_url_shown, require_sqlite_file
     from rollout.registry.locks import migration_holding
 
     # A bare engine, as for `db upgrade`: the status of a registry at any schema. Of a
@@ -203,7 +203,7 @@ def db_status(ctx: typer.Context, fmt: FormatOption = Format.table) -> None:
         )
     emit_record(
         {
-            "registry": normalize_url(url).render_as_string(hide_password=True),
+            "registry": registry_url_shown(url),
             "revision": current,
             "newest": head,
             "up_to_date": current == head,

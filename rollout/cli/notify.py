@@ -664,6 +664,22 @@ def notify_events_serve(
     max_bytes: Annotated[int, typer.Option(min=1024, help="The largest post taken, in bytes.")] = 5
     * 1024
     * 1024,
+    body_timeout: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Seconds a post's whole body may take to arrive (a slower one is answered "
+            "408 and not written).",
+        ),
+    ] = 30,
+    max_posts: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Posts received at once, each holding up to --max-bytes (more are answered "
+            "503, which SendGrid posts again).",
+        ),
+    ] = 16,
     grace: Annotated[
         int,
         typer.Option(
@@ -698,6 +714,8 @@ def notify_events_serve(
         settings.landing_dir,
         tolerance=tolerance,
         max_bytes=max_bytes,
+        body_timeout=body_timeout,
+        max_posts=max_posts,
     )
     stderr.print(
         f"receiving SendGrid events on http://{host}:{port}{EVENTS_PATH} into "

@@ -71,17 +71,47 @@ def webhook_public_key(text: str) -> EllipticCurvePublicKey:
 
 def url_shown(url: str) -> str:
     """``url`` as a message may show it: a password in its authority
-    (``https://ops:secret@prefect.example/api``) replaced by ``***``. Read as text, so a
-    URL no parser accepts is hidden alike."""
+    (``https://ops:secret@prefect.example/api``) replaced by ``***``, one holding an
+    unencoded "/", "?" or "#" too. Read as text, so a URL no parser accepts is hidden
+    alike."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    end = _delimited(rest)
     userinfo, at, host = rest[:end].rpartition("@")
-    if not at or ":" not in userinfo:
+    if at:
+        if ":" not in userinfo:
+            return url
+        user = userinfo.partition(":")[0]
+        return f"{scheme}://{user}:***@{host}{rest[end:]}"
+    # A password pasted unencoded, holding a "/", "?" or "#": the authority seemed to end
+    # inside it, and the password was shown whole. Its user holds none of them, and what
+    # follows the ":" up to the first of them is not a port (digits).
+    userinfo, at, after = rest.partition("@")
+    user, colon, password = userinfo.partition(":")
+    if not at or not colon or _delimited(user) < len(user):
         return url
-    user = userinfo.partition(":")[0]
-    return f"{scheme}://{user}:***@{host}{rest[end:]}"
+    if password[: _delimited(password)].isdigit():
+        return url
+    return f"{scheme}://{user}:***@{after}"
+
+
+def url_problem(url: str, error: Exception) -> str:
+    """Why a parser could not read ``url``, as a message may say it: its own words
+    (``Invalid port: 'abc'``) quote part of the URL, and of a URL holding a password
+    that part may be the password's (``Invalid port: 's3cr'`` of an unencoded
+    ``ops:s3cr/et@host``). Then it is said without them."""
+    if url_shown(url) == url:
+        return str(error)
+    return (
+        "its user, password, host or port cannot be read (encode a '/', '?', '#' or '@' "
+        "in the password as %2F, %3F, %23, %40)"
+    )
+
+
+def _delimited(text: str) -> int:
+    """Where the authority at the start of ``text`` ends: its first "/", "?" or "#"."""
+    return min((i for i in (text.find(c) for c in "/?#") if i >= 0), default=len(text))
 
 
 def prefect_api(environ: Mapping[str, str]) -> tuple[str, dict[str, str]] | None:
@@ -104,7 +134,9 @@ def prefect_api(environ: Mapping[str, str]) -> tuple[str, dict[str, str]] | None
     try:
         host = httpx.URL(url).host
     except (httpx.InvalidURL, ValueError) as error:
-        raise BadInput(None, None, f"PREFECT_API_URL={shown!r}: not a URL: {error}") from None
+        raise BadInput(
+            None, None, f"PREFECT_API_URL={shown!r}: not a URL: {url_problem(url, error)}"
+        ) from None
     if not host or any(c.isspace() or not c.isprintable() for c in url):
         raise BadInput(None, None, f"PREFECT_API_URL={shown!r}: expected an http(s) URL")
     auth_string = environ.get("PREFECT_API_AUTH_STRING")
@@ -315,7 +347,9 @@ class Settings(BaseSettings):
             parts = urlsplit(value)
             parts.port  # noqa: B018 (ValueError for a port that is no port)
         except ValueError as error:
-            raise ValueError(f"is not a URL the client can use: {error}") from None
+            raise ValueError(
+                f"is not a URL the client can use: {url_problem(value, error)}"
+            ) from None
         if not parts.hostname:
             raise ValueError("names no host")
         return value
@@ -461,6 +495,7 @@ def _bad_setting(error: ValidationError, values: Mapping[str, str]) -> BadInput:
     if first["type"] == "string_pattern_mismatch":
         reason = f"expected {_DESCRIPTIONS.get(name) or 'another form'}"
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    # The API key, and a database URL's password, are never echoed.
-    shown = "" if name in _MAY_HOLD_SECRETS else f"={values.get(name, '')!r}"
+    # The API key, and a database URL's password, are never echoed; another URL's
+    # password is shown as *** (ROLLOUT_SENDGRID_URL's, of a proxy in front of SendGrid).
+    shown = "" if name in _MAY_HOLD_SECRETS else f"={url_shown(values.get(name, ''))!r}"
     return BadInput(None, None, f"environment variable {name}{shown}: {reason}{more}")

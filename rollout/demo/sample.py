@@ -36,7 +36,7 @@ from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.files import duckdb_path, written_in_place
 from rollout.core.words import counted, them
 from rollout.registry import Registry, bulk, migrate
-from rollout.registry.engine import make_engine, normalize_url
+from rollout.registry.engine import make_engine, normalize_url, registry_url_shown
 from rollout.registry.models import LEDGER_TABLES, REGISTRY_TABLES, RegistryMark
 
 if TYPE_CHECKING:
@@ -1509,7 +1509,7 @@ def registry_contents(registry: Registry) -> RegistryContents:
             )
             is_sample = mark is not None
             return RegistryContents(
-                url=engine.url.render_as_string(hide_password=True),
+                url=registry_url_shown(engine.url),
                 name=confirm_name(registry),
                 is_sample=is_sample,
                 has_rows=has_rows,

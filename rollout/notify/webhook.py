@@ -5,18 +5,23 @@ spamreport, ...) as a JSON array, signed with ECDSA over the timestamp header fo
 by the body. The receiver is a Starlette app (served by uvicorn: ``rollout notify
 events serve``) that, for each post:
 
-1. refuses a body over ``max_bytes`` (413), read in chunks so a lying or missing
-   Content-Length cannot make it hold more, and drops, in one line, a post whose poster
-   hangs up before the whole body arrived;
-2. refuses a post without both signature headers, with a timestamp further than
-   ``tolerance`` seconds from now (stale, or from the future), or whose signature does
-   not verify against the configured key with the official helper
-   (``sendgrid.helpers.eventwebhook``): 401;
-3. refuses a verified post that is not a JSON array of objects, or is an empty one
+1. refuses, on its headers and before any of its body is read, a post without both
+   signature headers or with a timestamp further than ``tolerance`` seconds from now
+   (stale, or from the future): 401;
+2. answers 503 at once (SendGrid posts it again) when ``max_posts`` posts are in
+   progress already: each holds up to ``max_bytes``, so the receiver's memory is
+   bounded whatever the number of posters;
+3. refuses a body over ``max_bytes`` (413), read in chunks so a lying or missing
+   Content-Length cannot make it hold more; answers 408 to a post whose body has not
+   all arrived within ``body_timeout`` seconds (a slow-loris poster cannot hold a post
+   open); drops, in one line, a post whose poster hangs up before the whole body
+   arrived; and refuses a post whose signature does not verify against the configured
+   key with the official helper (``sendgrid.helpers.eventwebhook``): 401;
+4. refuses a verified post that is not a JSON array of objects, or is an empty one
    (400): ingest would refuse that file on every run. An event of the array without
    its sg_event_id, event or timestamp is kept with the post: ingest quarantines it
    alone, once, and loads the others;
-4. writes the body, byte for byte as signed, as one landing file
+5. writes the body, byte for byte as signed, as one landing file
    ``events/events-<timestamp>-<digest>.json``: written to a temporary name, flushed
    and linked into place, so ingest never sees half a file. The digest is of the
    timestamp and body: the same signed post again (SendGrid posting it again when our
@@ -61,6 +66,11 @@ EVENTS_PATH = "/sendgrid/events"
 MAX_BYTES = 5 * 1024 * 1024
 # How far a post's timestamp may be from the receiver's clock, either way.
 TOLERANCE_SECONDS = 300
+# How long a post's whole body may take to arrive: SendGrid's posts (5 MB at most) take
+# well under a second; a poster trickling a byte now and then is cut off.
+BODY_TIMEOUT_SECONDS = 30.0
+# Posts received at once, each holding up to max_bytes: more are answered 503.
+MAX_POSTS = 16
 EVENTS_FOLDER = "events"
 
 
@@ -133,6 +143,8 @@ def create_app(
     *,
     tolerance: float = TOLERANCE_SECONDS,
     max_bytes: int = MAX_BYTES,
+    body_timeout: float = BODY_TIMEOUT_SECONDS,
+    max_posts: int = MAX_POSTS,
     clock: Callable[[], float] = time.time,
 ) -> Starlette:
     """The receiver: ``POST /sendgrid/events`` and ``GET /healthz``."""
@@ -143,11 +155,37 @@ def create_app(
     verifier = EventWebhook()
     folder = landing_dir / EVENTS_FOLDER
 
+    in_progress = 0
+
     async def receive(request: Request) -> JSONResponse:
+        # On the headers alone, before a byte of the body is read or held.
+        signature = request.headers.get(EventWebhookHeader.SIGNATURE)
+        timestamp = request.headers.get(EventWebhookHeader.TIMESTAMP)
+        if not signature or not timestamp:
+            return _refuse(401, "the post is not signed")
+        # ASCII digits, and not more than a Unix time has: isdigit() also takes "²",
+        # and int() refuses past 4300 digits; either was a 500 with a traceback.
+        if not _UNIX_TIME.fullmatch(timestamp) or abs(clock() - int(timestamp)) > tolerance:
+            return _refuse(401, "the post's timestamp is not within the tolerance")
+        nonlocal in_progress
+        if in_progress >= max_posts:
+            return _refuse(503, f"{counted(max_posts, 'post')} in progress already")
+        in_progress += 1
         try:
-            body = await _read_capped(request, max_bytes)
+            return await _received(request, signature, timestamp)
+        finally:
+            in_progress -= 1
+
+    async def _received(request: Request, signature: str, timestamp: str) -> JSONResponse:
+        try:
+            async with asyncio.timeout(body_timeout):
+                body = await _read_capped(request, max_bytes)
         except _TooLarge:
             return _refuse(413, f"the post is over {counted(max_bytes, 'byte')}")
+        except TimeoutError:
+            # A slow-loris poster, or a link too slow for SendGrid's posts: nothing of it
+            # is written, and SendGrid, with no 2xx, posts it again.
+            return _refuse(408, f"the whole post did not arrive within {body_timeout:g} s")
         except asyncio.CancelledError:
             # The receiver is stopping and this post's body is still arriving after the
             # grace: nothing of it is written, and a 503 (if the client still listens)
@@ -158,14 +196,6 @@ def create_app(
             # written, and SendGrid, with no 2xx, posts it again. One line, not
             # Starlette's "Exception in ASGI application" and a traceback.
             return _refuse(400, "the connection closed before the whole post arrived")
-        signature = request.headers.get(EventWebhookHeader.SIGNATURE)
-        timestamp = request.headers.get(EventWebhookHeader.TIMESTAMP)
-        if not signature or not timestamp:
-            return _refuse(401, "the post is not signed")
-        # ASCII digits, and not more than a Unix time has: isdigit() also takes "²",
-        # and int() refuses past 4300 digits; either was a 500 with a traceback.
-        if not _UNIX_TIME.fullmatch(timestamp) or abs(clock() - int(timestamp)) > tolerance:
-            return _refuse(401, "the post's timestamp is not within the tolerance")
         try:
             payload = body.decode("utf-8")
             verified = verifier.verify_signature(payload, signature, timestamp, key)

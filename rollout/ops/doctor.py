@@ -172,10 +172,14 @@ def check_registry(registry: Registry) -> CheckResult:
             f"{unwritable} is read-only for this user: no command can record anything "
             "in the registry (check its permissions and the file system)",
         )
-    from rollout.registry.engine import RegistryStatementCancelled, RegistryURLRefused
+    from rollout.registry.engine import (
+        RegistryStatementCancelled,
+        RegistryURLRefused,
+        registry_url_shown,
+    )
 
     engine = _registry_engine(registry_url)
-    shown = engine.url.render_as_string(hide_password=True)
+    shown = registry_url_shown(engine.url)
     try:
         with engine.connect() as connection:
             connection.execute(text("select 1"))

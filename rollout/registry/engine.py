@@ -30,6 +30,27 @@ def normalize_url(url: str | URL) -> URL:
     return parsed
 
 
+# libpq's connection parameters that hold a secret: a URL may give them in its query
+# (``postgresql://rollout@db/rollout?password=...``) as well as in its authority.
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
+def registry_url_shown(url: str | URL) -> str:
+    """``url`` as a message, a table or JSON may show it: the password in its authority
+    and every secret parameter of its query (``password``, ``sslpassword``) as ``***``
+    (SQLAlchemy's ``hide_password`` hides the first alone)."""
+    parsed = normalize_url(url)
+    shown = parsed._replace(query={}).render_as_string(hide_password=True)
+    if not parsed.query:
+        return shown
+    pairs = [
+        (key, "***" if key.lower() in _SECRET_PARAMETERS else value)
+        for key, values in sorted(parsed.query.items())
+        for value in ((values,) if isinstance(values, str) else values)
+    ]
+    return f"{shown}?{urlencode(pairs, quote_via=quote, safe='*')}"
+
+
 def is_sqlite(url: str | URL) -> bool:
     return normalize_url(url).get_backend_name() == "sqlite"
 

@@ -24,7 +24,7 @@ from types import TracebackType
 from sqlalchemy import Connection, Engine
 
 from rollout.core.errors import GuardRefused
-from rollout.registry.engine import begin_writing, is_sqlite, make_engine, normalize_url
+from rollout.registry.engine import begin_writing, is_sqlite, make_engine, registry_url_shown
 from rollout.registry.locks import (
     RUN_LOCKS,
     WRITING_DURING_MIGRATION,
@@ -153,5 +153,4 @@ class Registry:
         self.close()
 
     def __repr__(self) -> str:
-        shown = normalize_url(self.url).render_as_string(hide_password=True)
-        return f"Registry({shown!r})"
+        return f"Registry({registry_url_shown(self.url)!r})"
