@@ -114,6 +114,9 @@ def test_every_plan_plays_through_its_calendar(
                 assert result.tokens_revoked == len(listed_tokens)
                 assert _marks(registry, untouched) == before, phase.name
                 assert result.accounts_required == preview.newly_required
+                # The banner and TOTP closing as the preview counted them, too.
+                assert result.accounts_warned == preview.newly_warned, phase.name
+                assert result.totp_enrolment_closed == preview.newly_totp_closed, phase.name
                 drain(registry, plan, sender)
     # Every email the plan queued was sent or skipped with a reason; none failed.
     assert _count(registry, Notification, Notification.state.in_(("queued", "failed"))) == 0

@@ -747,6 +747,44 @@ def test_marks_are_cleared_by_what_the_other_applied_phases_set(
     assert marked(registry, "warned_at") == {"both"}  # high-impact still warns
 
 
+def test_the_preview_counts_the_banner_and_totp_closing_as_enforcement_then_does(
+    registry: Registry, plan: Plan, factories: None
+) -> None:
+    """PyPI 2023: a banner phase after an earlier one showed it. The preview of the
+    second names how many it newly shows the banner to (and closes to TOTP set-ups),
+    the very numbers enforcement then reports, not only the accounts it acts on."""
+    AccountFactory(username="seen", in_cohort=["top-100", "high-impact"])
+    AccountFactory(username="fresh", in_cohort="top-100")
+    AccountFactory(username="keyless", with_totp=True, in_cohort=["top-100", "high-impact"])
+    earlier = Phase.model_validate(
+        {
+            **plan.phase("high-impact").model_dump(),
+            "requires": {"two_factor": "phishing_resistant"},
+            "effects": ["warn", "close_totp_enrolment"],
+        }
+    )
+    later = phase_of(
+        plan,
+        requires={"two_factor": "phishing_resistant"},
+        effects=["warn", "close_totp_enrolment"],
+    )
+    both = later.model_copy(update={"phases": [later.phase("top-100"), earlier]})
+    enforce.enforce_phase(registry, both, "high-impact", expect=2, actor="rm")
+
+    preview = enforce.preview_phase(registry, both, both.phase("top-100"))
+    assert preview.count == 3
+    assert (preview.newly_warned, preview.newly_totp_closed) == (1, 1)
+    assert preview.effects_in_words() == (
+        "warn (the banner newly shown to 1; 2 see it already), "
+        "close_totp_enrolment (newly closed to 1; 2 closed already)"
+    )
+    result = enforce.enforce_phase(registry, both, "top-100", expect=3, actor="rm")
+    assert (result.accounts_warned, result.totp_enrolment_closed) == (
+        preview.newly_warned,
+        preview.newly_totp_closed,
+    )
+
+
 # --- the command line -------------------------------------------------------------------
 
 

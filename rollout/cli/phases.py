@@ -163,7 +163,7 @@ def phase_preview(
             else ""
         )
         + ".",
-        f"Enforcement does: {', '.join(preview.effects)}.",
+        f"Enforcement does: {preview.effects_in_words()}.",
         reach_verdict(preview)
         + (
             " Why: "

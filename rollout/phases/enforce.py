@@ -253,6 +253,8 @@ def preview_phase(
         has_factor,
         REQUIREMENTS.c.account_id.is_not(None),
         got.c.account_id.is_not(None),
+        ACCOUNTS.c.warned_at.is_not(None),
+        ACCOUNTS.c.totp_enrolment_closed_at.is_not(None),
         maintain_column_froms=True,
     )
     asks_factor = requires.two_factor != "none"
@@ -302,6 +304,8 @@ def preview_phase(
                 factor,
                 required_by_phase,
                 notice_reached,
+                warned,
+                totp_closed,
             ) = row
             offending_tokens = held.get(account_id, 0)
             lacks = asks_factor and not factor
@@ -329,6 +333,8 @@ def preview_phase(
                         lacks,
                         offending_tokens,
                         own_deadlines.get(account_id),
+                        bool(warned),
+                        bool(totp_closed),
                     )
                 )
                 if not notice_reached:

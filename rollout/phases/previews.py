@@ -91,6 +91,10 @@ class Target:
     offending_tokens: int = 0
     # Its own deadline, in a phase with per-account deadlines (rollout.registry.deadlines).
     deadline: date | None = None
+    # It sees the warning banner already (another phase, or an earlier run, set it), and
+    # is closed to new TOTP set-ups already: enforcement sets neither again, nor counts it.
+    warned_already: bool = False
+    totp_closed_already: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,42 @@ class PhasePreview:
     def required_by_phase(self) -> int:
         """Of the targets, how many this phase requires already (it was applied)."""
         return sum(t.required_by_phase for t in self.targets)
+
+    @property
+    def newly_warned(self) -> int:
+        """Of the targets, how many enforcing the phase would newly show the banner (its
+        ``accounts_warned``): not those who see it already."""
+        if "warn" not in self.effects:
+            return 0
+        return sum(not t.warned_already for t in self.targets)
+
+    @property
+    def newly_totp_closed(self) -> int:
+        """Of the targets, how many enforcing the phase would newly close to TOTP set-ups
+        (its ``totp_enrolment_closed``): those lacking the factor asked, not closed yet."""
+        if "close_totp_enrolment" not in self.effects:
+            return 0
+        return sum(t.lacks_factor and not t.totp_closed_already for t in self.targets)
+
+    def effects_in_words(self) -> str:
+        """The effects, the banner and TOTP closing each with how many accounts it newly
+        reaches (what enforcement then counts), and how many it reaches already."""
+        said = []
+        for effect in self.effects:
+            if effect == "warn":
+                new = self.newly_warned
+                said.append(
+                    f"warn (the banner newly shown to {new}; {self.count - new} see it already)"
+                )
+            elif effect == "close_totp_enrolment":
+                new = self.newly_totp_closed
+                lacking = sum(t.lacks_factor for t in self.targets)
+                said.append(
+                    f"close_totp_enrolment (newly closed to {new}; {lacking - new} closed already)"
+                )
+            else:
+                said.append(effect)
+        return ", ".join(said)
 
     @property
     def newly_required(self) -> int:
@@ -364,6 +404,9 @@ def save_preview(
         # enrol): those are not changed again, only the newly required are.
         "required_by_phase": preview.required_by_phase,
         "newly_required": preview.newly_required,
+        # Of the banner and TOTP closing, those it newly reaches: what enforcement counts.
+        "newly_warned": preview.newly_warned,
+        "newly_totp_closed": preview.newly_totp_closed,
         "compliant": preview.compliant,
         "exempted": len(preview.exempted),
         "effects": list(preview.effects),
@@ -727,6 +770,10 @@ def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
         f"| of which this phase {acted} already (enforced) | {p.required_by_phase} |",
         f"| of which it would newly {acted_verb} | {p.newly_required} |",
     ]
+    if "warn" in p.effects:
+        lines.append(f"| of which the banner would newly be shown to | {p.newly_warned} |")
+    if "close_totp_enrolment" in p.effects:
+        lines.append(f"| of which newly closed to TOTP set-ups | {p.newly_totp_closed} |")
     if p.signs_out:
         lines.append(f"| their live web sessions to revoke | {p.sessions} |")
     if p.revokes_tokens:
