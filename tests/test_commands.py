@@ -181,7 +181,8 @@ def test_report_exit_codes(
 
 def _copy_where_it_cannot(con: Any, table: str, columns: Any, path: Path) -> None:
     # DuckDB's own input/output error: a "folder" that is a file takes no file.
-    blocker = Path(path).parent.parent / "not-a-folder"  # beside the report's folder
+    # Beside the report's folder (the path is in the report's hidden staging folder).
+    blocker = Path(path).parent.parent.parent / "not-a-folder"
     blocker.write_text("")
     con.execute(f"copy (select 1 as x) to '{blocker}/{Path(path).name}' (format csv)")
 

@@ -64,6 +64,7 @@ def _check_sendgrid_options(record: Path | None, webhook_url: str | None) -> Non
 
     from rollout.core.controls import quoted
     from rollout.core.errors import BadInput
+    from rollout.core.files import open_appending
 
     if webhook_url is not None:
         try:
@@ -81,8 +82,7 @@ def _check_sendgrid_options(record: Path | None, webhook_url: str | None) -> Non
             )
     if record is not None:
         try:
-            record.parent.mkdir(parents=True, exist_ok=True)
-            with record.open("a", encoding="utf-8"):
+            with open_appending(record):
                 pass
         except OSError as error:
             raise BadInput(record, None, f"cannot record messages here: {error.strerror}") from None

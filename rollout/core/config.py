@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from rollout.core.errors import BadInput
+from rollout.core.files import make_folder
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
@@ -454,7 +455,7 @@ class Settings(BaseSettings):
         return self.home / "reports"
 
     def ensure_home(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
+        make_folder(self.home)
 
 
 _ENV_NAMES = {

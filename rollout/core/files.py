@@ -1,44 +1,148 @@
-"""Files written whole or not at all: a reader, or a crash, never sees half of one."""
+"""Files written whole or not at all: a reader, or a crash, never sees half of one.
+
+And never seen by everyone. Files rollout writes hold personal data (email addresses,
+usernames, who has 2FA), so every file and folder it makes is closed to others: a file
+gets the permissions the umask leaves, less every bit for others (0640 under umask 022,
+0660 under 002, 0600 under 077), a folder the same (0750, 0770, 0700). The owner and
+group are the operator's to choose, with the umask (docs/runbook-operator.md); others
+never read. Temporary files are made exclusively, at a name nobody could guess, and a
+link already there is never followed."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import stat
+import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import IO
 
 from rollout.core.errors import BadInput
 
+# Asked for when a file or folder is made; the umask then takes away what it takes away.
+# Never a bit for others.
+FILE_MODE = 0o660
+FOLDER_MODE = 0o770
+_OTHERS = stat.S_IRWXO
+_TEMP_SUFFIX = ".tmp"
 
-def write_atomically(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to a hidden temp file beside ``path`` (:func:`written_in_place`:
-    the umask's permissions, as ``open`` gives), flush it to disk, then rename it into
-    place (a rename within one directory is atomic)."""
-    with written_in_place(path) as temporary, temporary.open("xb") as out:
-        out.write(data.encode() if isinstance(data, str) else data)
-        out.flush()
-        os.fsync(out.fileno())
+
+def make_folder(path: Path) -> None:
+    """``path`` and each missing folder above it, made closed to others (FOLDER_MODE, less
+    the umask; ``Path.mkdir(parents=True)`` makes the ones above with the umask's
+    permissions alone). A folder already there is left as it is: its permissions are
+    its owner's."""
+    path = Path(path)
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for folder in reversed(missing):
+        with suppress(FileExistsError):  # made meanwhile by another process
+            folder.mkdir(FOLDER_MODE)
+        if not folder.is_dir():  # a file, or a link to none: mkdir's own error
+            folder.mkdir(FOLDER_MODE)
+
+
+def temp_name(path: Path) -> Path:
+    """A hidden name beside ``path`` nobody can guess: ``.<name>.<random>.tmp``."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(8)}{_TEMP_SUFFIX}")
+
+
+def open_temporary(path: Path) -> tuple[int, Path]:
+    """A new temp file beside ``path`` (:func:`temp_name`), open for writing: made by this
+    call and no other (``O_EXCL``: a file or link planted at the name is an error, never
+    written through), closed to others (FILE_MODE less the umask). Its folder is made if
+    missing (:func:`make_folder`)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for attempt in range(100):
+        temp = temp_name(path)
+        try:
+            return os.open(temp, flags, FILE_MODE), temp
+        except FileNotFoundError:
+            if attempt:
+                raise
+            make_folder(path.parent)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary name beside {path.name}")
+
+
+def close_to_others(path: Path) -> None:
+    """Take every bit for others off ``path``, a file a writer rollout does not control
+    made (DuckDB, Arrow: with the umask's permissions); a link is refused, not followed."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & _OTHERS:
+            os.fchmod(fd, mode & ~_OTHERS)
+    finally:
+        os.close(fd)
+
+
+def open_appending(path: Path) -> IO[str]:
+    """``path`` open to append text to (a record of messages, one JSON line each), made
+    if missing, closed to others, and its folder too (:func:`make_folder`); a link
+    there is refused, not followed."""
+    make_folder(path.parent)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.fdopen(os.open(path, flags, FILE_MODE), "a", encoding="utf-8")
+
+
+def write_atomically(path: Path, data: bytes | str, *, sync: bool = True) -> None:
+    """Write ``data`` to a temp file beside ``path`` (:func:`open_temporary`: made
+    exclusively, closed to others), flush it to disk (unless not ``sync``), then rename
+    it into place (a rename within one directory is atomic)."""
+    fd, temp = open_temporary(path)
+    try:
+        try:
+            view = memoryview(data.encode() if isinstance(data, str) else data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+
+
+@contextmanager
+def private_folder_beside(path: Path) -> Iterator[Path]:
+    """A new hidden folder beside ``path`` (:func:`temp_name`), only this user's (0700,
+    made by ``mkdtemp``: exclusively, a link planted there never followed), removed with
+    all it holds when the block ends."""
+    make_folder(path.parent)
+    folder = Path(tempfile.mkdtemp(suffix=_TEMP_SUFFIX, prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager
 def written_in_place(path: Path) -> Iterator[Path]:
-    """A hidden temp path beside ``path`` for a writer that takes a path (Arrow's CSV
-    and Parquet writers, DuckDB's COPY), renamed into place when the block ends and
-    removed if it fails: a landing file is never seen half written, by an ingest
-    running meanwhile or after a kill (ingest passes hidden files over). Not flushed
-    to disk first, unlike :func:`write_atomically`: these are the sample's and the
-    demo's gigabytes, made again by running them again."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Named, not made: the writer makes it, with the umask's permissions (mkstemp's
-    # would be 0600, and the worker reading the landing folder may be another user).
-    temp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    try:
+    """A path for a writer that takes a path (Arrow's CSV and Parquet writers, DuckDB's
+    COPY and ATTACH), renamed onto ``path`` when the block ends, and removed if it
+    fails: a landing file is never seen half written, by an ingest running meanwhile or
+    after a kill (ingest passes hidden files and folders over). The path is inside a
+    hidden folder of this user's alone (:func:`private_folder_beside`), so nobody can
+    plant a link where the writer writes; what it wrote is closed to others before it
+    moves. Not flushed to disk first, unlike :func:`write_atomically`: these are the
+    sample's and the demo's gigabytes, made again by running them again."""
+    with private_folder_beside(path) as folder:
+        temp = folder / path.name
         yield temp
+        close_to_others(temp)
         os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 # What a compressed file starts with, by the tool that made it: such a file given where

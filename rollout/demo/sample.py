@@ -33,7 +33,7 @@ from sqlalchemy import delete, insert, inspect, text, update
 
 from rollout.core.controls import shell_word
 from rollout.core.errors import BadInput, GuardRefused
-from rollout.core.files import duckdb_path, written_in_place
+from rollout.core.files import duckdb_path, make_folder, written_in_place
 from rollout.core.words import counted, them
 from rollout.registry import Registry, bulk, migrate
 from rollout.registry.engine import make_engine, normalize_url, registry_url_shown
@@ -1344,7 +1344,7 @@ def write_downloads(
 
     A package without downloads on a day has no row that day, as in npm's dumps.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     csv_days = len(days) // 2 if mixed else 0
     files: list[Path] = []
     rows = 0
@@ -1712,7 +1712,7 @@ def prepare_registry(
     # Marked before any landing file is written: a run that dies half way leaves a
     # folder the next sample can replace.
     if not mark.is_file():
-        landing_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(landing_dir)
         with written_in_place(mark) as temporary:
             temporary.write_text(f"written by {note}\n", encoding="utf-8")
     # A bare engine, not registry.engine: migrations work on any schema, or none.
@@ -1872,7 +1872,7 @@ def generate_sample(
     mixed = sc.formats == "mixed"
     files: list[Path] = []
     stage("Writing manifests")
-    (landing_dir / "manifests").mkdir(parents=True, exist_ok=True)
+    make_folder(landing_dir / "manifests")
     manifests = manifests_table(pk, deps, dev, peer, mt, acc)
     path = landing_dir / "manifests" / ("manifests.jsonl" if mixed else "manifests.parquet")
     (_write_jsonl if mixed else _write_parquet)(manifests, path)
@@ -1892,14 +1892,14 @@ def generate_sample(
 
     stage("Writing login events")
     logins = make_logins(next(streams), acc, fac, _us(day_list[0]), end_us)
-    (landing_dir / "logins").mkdir(parents=True, exist_ok=True)
+    make_folder(landing_dir / "logins")
     path = landing_dir / "logins" / "logins.parquet"
     _write_parquet(logins, path)
     files.append(path)
     stage("Writing publish events")
     # The stream after the logins' (its own: the earlier stages' draws stay the same).
     publishes = make_publishes(spawned[10], mt, pk, acc, fac, tok, _us(day_list[0]), end_us)
-    (landing_dir / "publishes").mkdir(parents=True, exist_ok=True)
+    make_folder(landing_dir / "publishes")
     path = landing_dir / "publishes" / "publishes.parquet"
     _write_parquet(publishes, path)
     files.append(path)

@@ -46,7 +46,7 @@ from rollout.core.calendar import plan_calendar
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.controls import shell_word
 from rollout.core.errors import EXIT_BAD_INPUT, BadInput, GuardRefused, RolloutError
-from rollout.core.files import written_in_place
+from rollout.core.files import make_folder, written_in_place
 from rollout.core.plan import Phase, Plan
 from rollout.core.words import counted
 from rollout.demo.sample import (
@@ -1159,7 +1159,7 @@ class Story:
         """The story's events of one kind as a landing file (``occurred_at`` UTC, every
         other column text), whole or not at all."""
         path = self.settings.landing_dir / folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)
         table = pa.table(
             {
                 column: pa.array(

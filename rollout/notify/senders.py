@@ -21,7 +21,6 @@ import http.client
 import json
 import logging
 import math
-import os
 import random
 import re
 import secrets
@@ -59,6 +58,7 @@ from sendgrid.helpers.mail import (
 from rollout.core import clock as pipeline_clock
 from rollout.core.config import url_shown
 from rollout.core.controls import quoted
+from rollout.core.files import write_atomically
 from rollout.core.words import counted
 from rollout.notify.message import (
     MAY_HAVE_GONE,
@@ -653,8 +653,8 @@ class FileSender:
 
     def remove_leftovers(self) -> int:
         """Remove the temporary files of writes a drain killed in the middle left behind
-        (a SIGKILL runs no clean-up; the rerun writes each such email again under a name
-        of its own process): half a message each, never to be moved into place. Only
+        (a SIGKILL runs no clean-up; the rerun writes each such email again under a new
+        name): half a message each, never to be moved into place. Only
         while no drain writes here: under the ``notify`` lock, before any send. Returns
         how many."""
         removed = 0
@@ -863,32 +863,16 @@ def _eml(
     return b"".join(out)
 
 
-# The end of a temporary file's name (_write_replacing; FileSender.remove_leftovers).
+# The end of a temporary file's name (rollout.core.files.temp_name; remove_leftovers).
 _TEMP_SUFFIX = ".tmp"
 
 
 def _write_replacing(path: Path, data: bytes) -> None:
     """Write ``data`` to a hidden temp file beside ``path`` and rename it into place: a
-    reader never sees half a file. No fsync (see FileSender). The temp name is this
-    process's and thread's own, so concurrent sends never share one."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{_TEMP_SUFFIX}")
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    except FileNotFoundError:  # the first email: no outbox folder yet
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
+    reader never sees half a file. No fsync (see FileSender). The temp file is made
+    exclusively at a random name (``write_atomically``), so concurrent sends never
+    share one, and a link planted in the outbox is never written through."""
+    write_atomically(path, data, sync=False)
 
 
 # --- choosing ---------------------------------------------------------------------------

@@ -44,7 +44,6 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +55,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from rollout.core.config import webhook_public_key
+from rollout.core.files import make_folder, open_temporary
 from rollout.core.words import counted
 from rollout.warehouse.landing import RefusedPost, events_in_post
 
@@ -112,11 +112,13 @@ def _refuse(status: int, reason: str) -> JSONResponse:
 
 def _write_atomically(folder: Path, name: str, body: bytes) -> bool:
     """The body as ``folder/name``, whole or not at all; False when it was there."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     final = folder / name
     if final.exists():
         return False
-    fd, temporary = tempfile.mkstemp(dir=folder, prefix=".incoming-", suffix=".part")
+    # Made exclusively, closed to others but open to the group the umask gives it (the
+    # ingest reading it may be another user): rollout.core.files.
+    fd, temporary = open_temporary(final)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(body)

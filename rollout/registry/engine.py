@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from rollout.core.config import connection_option_problem
 from rollout.core.controls import controls_shown, visible
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
+from rollout.core.files import make_folder
 from rollout.registry.readonly import read_only_refusal, read_only_uri, why_read_only
 
 
@@ -386,7 +387,7 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         if database and database != ":memory:" and not database.startswith("file:"):
             reason = why_read_only(database)
             if reason is None:
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                make_folder(Path(database).parent)
         if reason is not None and not Path(database).exists():
             # Only ``db upgrade`` and ``sample`` get here (readers are refused a registry
             # that is not there): one line saying why it cannot be made, not SQLite's

@@ -31,6 +31,7 @@ from sqlalchemy.exc import OperationalError
 
 from rollout.core.controls import visible
 from rollout.core.errors import GuardRefused, RolloutError
+from rollout.core.files import FILE_MODE
 from rollout.core.names import safe_path_component
 from rollout.registry.engine import is_sqlite, make_engine, normalize_url, require_sqlite_file
 from rollout.registry.models import Account
@@ -238,7 +239,8 @@ def _open_lock_file(url: URL, path: Path) -> int:
     process may not write, the writer's one-line refusal, not the lock file's EROFS."""
     if (reason := why_read_only(url.database or "")) is not None:
         raise read_only_refusal(url.database or "", reason)
-    return os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    # FILE_MODE: every user of the group the umask leaves it to can take the lock.
+    return os.open(path, os.O_CREAT | os.O_RDWR, FILE_MODE)
 
 
 @contextmanager

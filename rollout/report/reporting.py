@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, Undefined
 from rollout.core.calendar import plan_calendar
 from rollout.core.clock import require_data_day
 from rollout.core.errors import RolloutError
-from rollout.core.files import duckdb_path
+from rollout.core.files import close_to_others, duckdb_path, make_folder, private_folder_beside
 from rollout.core.links import REPORT_HTML, report_folder
 from rollout.core.output import csv_cells, html_text, markdown_text
 from rollout.core.plan import Phase, Plan
@@ -965,16 +966,18 @@ def render_markdown(context: Mapping[str, Any]) -> str:
 
 
 class _Staging:
-    """Temporary files beside their targets, moved into place together."""
+    """Temporary files in one hidden folder of this user's beside their targets
+    (``rollout.core.files.private_folder_beside``: nobody else can plant a link where
+    DuckDB's COPY writes), closed to others and moved into place together."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, folder: Path) -> None:
         self.out_dir = out_dir
+        self.folder = folder
         self.moves: list[tuple[Path, Path]] = []
 
     def temporary(self, name: str) -> Path:
-        """A fresh path beside ``name`` (not created: DuckDB's COPY creates its own file,
-        and files made by ``open`` get the umask's permissions, unlike ``mkstemp``'s 0600)."""
-        path = self.out_dir / f".{name}.{secrets.token_hex(8)}.tmp"
+        """A fresh path for ``name``, not made: DuckDB's COPY makes its own file."""
+        path = self.folder / name
         self.moves.append((path, self.out_dir / name))
         return path
 
@@ -987,6 +990,8 @@ class _Staging:
         return self.out_dir / name
 
     def commit(self) -> None:
+        for temporary, _ in self.moves:
+            close_to_others(temporary)
         # Ctrl-C or SIGTERM between two moves would leave a new CSV beside an old page:
         # taken as a request, and acted on once every file is in place (a move takes
         # microseconds). Not by blocking the signals: another thread (DuckDB's) would
@@ -997,20 +1002,14 @@ class _Staging:
             self.moves = []
         stop.raise_if_set()
 
-    def discard(self) -> None:
-        for temporary, _ in self.moves:
-            temporary.unlink(missing_ok=True)
-        self.moves = []
-
 
 @contextmanager
 def _staged(out_dir: Path) -> Iterator[_Staging]:
-    staging = _Staging(out_dir)
-    try:
+    """What is not moved into place goes with the folder."""
+    with private_folder_beside(out_dir / "report") as folder:
+        staging = _Staging(out_dir, folder)
         yield staging
         staging.commit()
-    finally:
-        staging.discard()
 
 
 def _copy_csv(
@@ -1046,10 +1045,14 @@ def build_report(
     context = build_context(con, plan, as_of)
     html = render_html(context)
     markdown = render_markdown(context)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # What a killed report left beside its files (the warehouse's one writer is this).
+    make_folder(out_dir)
+    # What a killed report left beside its files (the warehouse's one writer is this):
+    # its staging folder, or an older rollout's temporary files.
     for left in out_dir.glob(".*.tmp"):
-        left.unlink(missing_ok=True)
+        if left.is_dir() and not left.is_symlink():
+            shutil.rmtree(left, ignore_errors=True)
+        else:
+            left.unlink(missing_ok=True)
     csvs: dict[str, Path] = {}
     with _staged(out_dir) as staging:
         for table, columns in context["columns"].items():

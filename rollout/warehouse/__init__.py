@@ -20,7 +20,7 @@ import duckdb
 
 from rollout.core.controls import visible
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
-from rollout.core.files import duckdb_path, written_in_place
+from rollout.core.files import close_to_others, duckdb_path, make_folder, written_in_place
 from rollout.core.resources import resource_dir
 from rollout.core.stopping import interrupting_on_stop
 from rollout.core.words import counted
@@ -109,13 +109,14 @@ def connect(
         ).with_exit(EXIT_BAD_INPUT)  # the setting names a place with none, as a typo does
     _require_duckdb_file(path)
     if not read_only:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)
     # Never fetch an extension: DuckDB would download one over the network to read a
     # file of another kind (a SQLite registry named as the warehouse). What rollout
     # uses (Parquet, JSON, ICU) is built in.
     config: dict[str, Any] = {"autoinstall_known_extensions": False}
     if memory_limit:
         config["memory_limit"] = memory_limit
+    made = not read_only and not path.exists()
     try:
         con = duckdb.connect(duckdb_path(path), read_only=read_only, config=config)
     except duckdb.IOException as error:
@@ -128,6 +129,10 @@ def connect(
         # DuckDB allows one writer, or readers, not both: say so, not a traceback.
         holder = re.search(r"\(PID (\d+)\)", str(error))
         raise WarehouseBusy(path, holder.group(1) if holder else None) from None
+    if made and path.is_file():
+        # DuckDB makes the file with the umask's permissions: it holds who has 2FA, so
+        # it is closed to others as every file rollout makes (rollout.core.files).
+        close_to_others(path)
     # Every time in the pipeline is UTC; never let the machine's zone leak in.
     con.execute("set TimeZone = 'UTC'")
     # DuckDB draws a progress bar on stdout for a query past two seconds, piped or not:
