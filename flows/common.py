@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, date, datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import python_http_client.exceptions
 from prefect import Task, get_run_logger
@@ -25,6 +25,7 @@ from prefect.exceptions import ParameterTypeError, TerminationSignal
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
+from pydantic import Field
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from rollout.core.clock import require_data_day
@@ -33,6 +34,7 @@ from rollout.core.errors import RolloutError
 from rollout.core.output import markdown_text as cell
 from rollout.core.plan import Day
 from rollout.core.stopping import interrupted_query
+from rollout.notify.drain import MAX_CONCURRENCY
 from rollout.runtime import Runtime
 
 P = ParamSpec("P")
@@ -44,6 +46,15 @@ R = TypeVar("R")
 # typed or quoted) as seconds since 1970 and a midnight with an offset as its calendar
 # day: a run of another day than asked, its data written under it.
 FlowDay = Day
+
+# The counts the flows take, bounded as the CLI's options are: refused before the run
+# starts (and by the server when the run is made: the bound is in the deployment's
+# schema), naming the parameter. A 0 typed for ``concurrency`` ran a notify run that sent
+# nothing through SendGrid and ended Completed, every email left queued.
+Concurrency = Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)]
+AtLeastOne = Annotated[int, Field(ge=1)]
+Seconds = Annotated[int, Field(ge=1)]
+NotNegativeSeconds = Annotated[float, Field(ge=0)]
 
 
 def day_or_today(as_of: date | None) -> date:
