@@ -26,10 +26,11 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 from pydantic import Field
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from rollout.core.clock import require_data_day
 from rollout.core.config import Settings
+from rollout.core.controls import controls_shown
 from rollout.core.errors import RolloutError
 from rollout.core.output import markdown_text as cell
 from rollout.core.plan import Day
@@ -195,10 +196,12 @@ def table(rows: Sequence[tuple[Any, ...]], header: tuple[str, ...] = ("what", "v
 def fail_on_user_error(fn: Callable[P, R]) -> Callable[P, R | State]:
     """For every flow function, under ``@flow``: a RolloutError (bad input, a guard's
     refusal, missing download days) ends the run Failed with the error's message as the
-    state message, and nothing more. It is the user's to fix, so no traceback and no
-    "engine exited with unexpected exception". The error is the state's data: a parent
-    flow calling this one (or ``state.result()``) gets it raised as it was. Anything else
-    still fails the run the way a crash should, traceback and all.
+    state message, and nothing more; so does a registry database that did not answer
+    through the tasks' retries (``registry_away``), in the one line the CLI prints. It is
+    the user's to fix, so no traceback and no "engine exited with unexpected exception".
+    The error is the state's data: a parent flow calling this one (or
+    ``state.result()``) gets it raised as it was. Anything else still fails the run the
+    way a crash should, traceback and all.
 
     Not for tasks: a task returning a Failed state hands the state itself to the flow.
     A task with ``IO_RETRIES`` raises instead; its retry condition turns a RolloutError
@@ -206,11 +209,17 @@ def fail_on_user_error(fn: Callable[P, R]) -> Callable[P, R | State]:
 
     @functools.wraps(fn)
     def run(*args: P.args, **kwargs: P.kwargs) -> R | State:
+        failure: BaseException
         try:
             return fn(*args, **kwargs)
         except RolloutError as error:
-            failure = error
-        return Failed(message=str(failure), data=failure)
+            failure, message = error, str(error)
+        except Exception as error:
+            away = registry_away(error)
+            if away is None:
+                raise
+            failure, message = error, away
+        return Failed(message=message, data=failure)
 
     # Prefect validates parameters against this wrapper, resolving string annotations
     # in this module's globals: hand it the function's own, already resolved.
@@ -223,10 +232,31 @@ def fail_on_user_error(fn: Callable[P, R]) -> Callable[P, R | State]:
 ENGINE_EXIT_MESSAGE = "Engine execution exited with unexpected exception"
 
 
+def registry_away(error: BaseException) -> str | None:
+    """One line for a registry database that did not answer, or dropped the connection
+    (the error, or one it came from, is SQLAlchemy's OperationalError or InterfaceError,
+    through an engine or ADBC): the driver's reason, as the CLI gives it, and what to do.
+    By the time a flow sees one, its task was retried (IO_RETRIES) and the server stayed
+    away: SQLAlchemy's own text (three lines, a link to its docs) and a traceback read as
+    a bug in rollout. None for any other error."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OperationalError | InterfaceError):
+            reason = " ".join(str(current.orig or current).split())
+            return controls_shown(
+                f"the registry database: {reason}; run the deployment again once it answers"
+            )
+        current = current.__cause__ or current.__context__
+    return None
+
+
 class _NoTracebackForUserErrors(logging.Filter):
     """No traceback in a run's log for a user error: a RolloutError (bad input, a
     guard's refusal: ``fail_on_user_error``) or parameters that do not fit the flow (an
-    ``as_of`` of 2022-13-01 typed in the UI). The state's message says what in one line;
+    ``as_of`` of 2022-13-01 typed in the UI); nor for a registry database away through
+    every retry (``registry_away``). The state's message says what in one line;
     a traceback made it read as a bug, and a bug's traceback is what the release
     manager's runbook says to look for. Any other error keeps it.
 
@@ -242,7 +272,9 @@ class _NoTracebackForUserErrors(logging.Filter):
         if record.msg == ENGINE_EXIT_MESSAGE and isinstance(error, ParameterTypeError):
             record.msg = "the run's parameters were refused, the flow did not start: %s"
             record.args = (str(error),)
-        elif not isinstance(error, RolloutError):
+        elif not isinstance(error, RolloutError) and (
+            error is None or registry_away(error) is None
+        ):
             return True
         elif record.msg == ENGINE_EXIT_MESSAGE:
             return False
