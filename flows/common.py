@@ -31,7 +31,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from rollout.core.clock import require_data_day
 from rollout.core.config import Settings
 from rollout.core.controls import controls_shown
-from rollout.core.errors import RolloutError
+from rollout.core.errors import RolloutError, input_output_failure
 from rollout.core.output import markdown_text as cell
 from rollout.core.plan import Day
 from rollout.core.stopping import interrupted_query
@@ -196,8 +196,9 @@ def table(rows: Sequence[tuple[Any, ...]], header: tuple[str, ...] = ("what", "v
 def fail_on_user_error(fn: Callable[P, R]) -> Callable[P, R | State]:
     """For every flow function, under ``@flow``: a RolloutError (bad input, a guard's
     refusal, missing download days) ends the run Failed with the error's message as the
-    state message, and nothing more; so does a registry database that did not answer
-    through the tasks' retries (``registry_away``), in the one line the CLI prints. It is
+    state message, and nothing more; so does an error of the run's surroundings, in the
+    one line the CLI prints (``failure_line``: a registry database that did not answer
+    through the tasks' retries, a file the run could not write). It is
     the user's to fix, so no traceback and no "engine exited with unexpected exception".
     The error is the state's data: a parent flow calling this one (or
     ``state.result()``) gets it raised as it was. Anything else still fails the run the
@@ -215,10 +216,10 @@ def fail_on_user_error(fn: Callable[P, R]) -> Callable[P, R | State]:
         except RolloutError as error:
             failure, message = error, str(error)
         except Exception as error:
-            away = registry_away(error)
-            if away is None:
+            line = failure_line(error)
+            if line is None:
                 raise
-            failure, message = error, away
+            failure, message = error, line
         return Failed(message=message, data=failure)
 
     # Prefect validates parameters against this wrapper, resolving string annotations
@@ -252,11 +253,20 @@ def registry_away(error: BaseException) -> str | None:
     return None
 
 
+def failure_line(error: BaseException) -> str | None:
+    """The one line a run fails with for an error of its surroundings, as the CLI says
+    it: the registry away (``registry_away``), or an operating-system or DuckDB
+    input/output error naming its file (a full disk, a folder this user may not write:
+    ``input_output_failure``). None for anything else, a bug, which keeps its traceback."""
+    return registry_away(error) or input_output_failure(error)
+
+
 class _NoTracebackForUserErrors(logging.Filter):
     """No traceback in a run's log for a user error: a RolloutError (bad input, a
     guard's refusal: ``fail_on_user_error``) or parameters that do not fit the flow (an
-    ``as_of`` of 2022-13-01 typed in the UI); nor for a registry database away through
-    every retry (``registry_away``). The state's message says what in one line;
+    ``as_of`` of 2022-13-01 typed in the UI); nor for an error of the run's surroundings
+    that the CLI tells in one line (``failure_line``: the registry away through every
+    retry, a file it could not write). The state's message says what in one line;
     a traceback made it read as a bug, and a bug's traceback is what the release
     manager's runbook says to look for. Any other error keeps it.
 
@@ -272,9 +282,7 @@ class _NoTracebackForUserErrors(logging.Filter):
         if record.msg == ENGINE_EXIT_MESSAGE and isinstance(error, ParameterTypeError):
             record.msg = "the run's parameters were refused, the flow did not start: %s"
             record.args = (str(error),)
-        elif not isinstance(error, RolloutError) and (
-            error is None or registry_away(error) is None
-        ):
+        elif not isinstance(error, RolloutError) and (error is None or failure_line(error) is None):
             return True
         elif record.msg == ENGINE_EXIT_MESSAGE:
             return False

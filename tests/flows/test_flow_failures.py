@@ -226,6 +226,21 @@ def test_a_registry_away_through_every_retry_fails_the_run_in_one_line_and_no_tr
     assert "s3cret" not in logs
 
 
+def test_a_file_the_run_cannot_write_fails_it_in_one_line_as_the_cli_says_it(
+    prefect_server: None, tmp_path: Path, sample_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`reports` made a file (a full disk, a permission: an operating-system error the
+    run cannot get past): `rollout report` says so in one line naming the path; the
+    report flow ended with three tracebacks, "Engine execution exited with unexpected
+    exception" the last, read as a bug."""
+    (sample_home / "reports").write_text("not a folder")
+    error, logs = run_as_deployed(report_flows.report, as_of=DATA_ENDS.isoformat())
+    assert isinstance(error, NotADirectoryError)
+    shown = f"{sample_home / 'reports' / DATA_ENDS.isoformat()}: Not a directory"
+    assert f"Finished in state Failed({shown!r})" in logs
+    assert "Traceback" not in logs and "unexpected exception" not in logs
+
+
 def test_a_turned_down_registry_url_is_not_transient_and_a_refused_connection_is(
     turned_down_postgres_urls: dict[str, str],
 ) -> None:
