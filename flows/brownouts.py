@@ -29,6 +29,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import (
     IO_RETRIES,
+    AtLeastOne,
     cell,
     fail_on_user_error,
     key_for,
@@ -184,7 +185,7 @@ def brownout_end(name: str) -> str:
 @flow(name="elv-enroll-all", description="Enrol every account in enhanced login verification.")
 @fail_on_user_error
 @with_runtime
-def elv_enroll_all(batch_size: int = 50_000) -> int:
+def elv_enroll_all(batch_size: AtLeastOne = 50_000) -> int:
     """On the plan's enroll_all_on or later (refused before it, or under a plan without
     ELV). Resumable: a rerun enrols only accounts still not enrolled."""
     logger = get_run_logger()

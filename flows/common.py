@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, date, datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import python_http_client.exceptions
 from prefect import Task, get_run_logger
@@ -25,14 +25,17 @@ from prefect.exceptions import ParameterTypeError, TerminationSignal
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
-from sqlalchemy.exc import DBAPIError, OperationalError
+from pydantic import Field
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from rollout.core.clock import require_data_day
 from rollout.core.config import Settings
-from rollout.core.errors import RolloutError
+from rollout.core.controls import controls_shown
+from rollout.core.errors import RolloutError, input_output_failure
 from rollout.core.output import markdown_text as cell
 from rollout.core.plan import Day
 from rollout.core.stopping import interrupted_query
+from rollout.notify.drain import MAX_CONCURRENCY
 from rollout.runtime import Runtime
 
 P = ParamSpec("P")
@@ -44,6 +47,15 @@ R = TypeVar("R")
 # typed or quoted) as seconds since 1970 and a midnight with an offset as its calendar
 # day: a run of another day than asked, its data written under it.
 FlowDay = Day
+
+# The counts the flows take, bounded as the CLI's options are: refused before the run
+# starts (and by the server when the run is made: the bound is in the deployment's
+# schema), naming the parameter. A 0 typed for ``concurrency`` ran a notify run that sent
+# nothing through SendGrid and ended Completed, every email left queued.
+Concurrency = Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)]
+AtLeastOne = Annotated[int, Field(ge=1)]
+Seconds = Annotated[int, Field(ge=1)]
+NotNegativeSeconds = Annotated[float, Field(ge=0)]
 
 
 def day_or_today(as_of: date | None) -> date:
@@ -184,10 +196,13 @@ def table(rows: Sequence[tuple[Any, ...]], header: tuple[str, ...] = ("what", "v
 def fail_on_user_error(fn: Callable[P, R]) -> Callable[P, R | State]:
     """For every flow function, under ``@flow``: a RolloutError (bad input, a guard's
     refusal, missing download days) ends the run Failed with the error's message as the
-    state message, and nothing more. It is the user's to fix, so no traceback and no
-    "engine exited with unexpected exception". The error is the state's data: a parent
-    flow calling this one (or ``state.result()``) gets it raised as it was. Anything else
-    still fails the run the way a crash should, traceback and all.
+    state message, and nothing more; so does an error of the run's surroundings, in the
+    one line the CLI prints (``failure_line``: a registry database that did not answer
+    through the tasks' retries, a file the run could not write). It is
+    the user's to fix, so no traceback and no "engine exited with unexpected exception".
+    The error is the state's data: a parent flow calling this one (or
+    ``state.result()``) gets it raised as it was. Anything else still fails the run the
+    way a crash should, traceback and all.
 
     Not for tasks: a task returning a Failed state hands the state itself to the flow.
     A task with ``IO_RETRIES`` raises instead; its retry condition turns a RolloutError
@@ -195,11 +210,17 @@ def fail_on_user_error(fn: Callable[P, R]) -> Callable[P, R | State]:
 
     @functools.wraps(fn)
     def run(*args: P.args, **kwargs: P.kwargs) -> R | State:
+        failure: BaseException
         try:
             return fn(*args, **kwargs)
         except RolloutError as error:
-            failure = error
-        return Failed(message=str(failure), data=failure)
+            failure, message = error, str(error)
+        except Exception as error:
+            line = failure_line(error)
+            if line is None:
+                raise
+            failure, message = error, line
+        return Failed(message=message, data=failure)
 
     # Prefect validates parameters against this wrapper, resolving string annotations
     # in this module's globals: hand it the function's own, already resolved.
@@ -212,10 +233,40 @@ def fail_on_user_error(fn: Callable[P, R]) -> Callable[P, R | State]:
 ENGINE_EXIT_MESSAGE = "Engine execution exited with unexpected exception"
 
 
+def registry_away(error: BaseException) -> str | None:
+    """One line for a registry database that did not answer, or dropped the connection
+    (the error, or one it came from, is SQLAlchemy's OperationalError or InterfaceError,
+    through an engine or ADBC): the driver's reason, as the CLI gives it, and what to do.
+    By the time a flow sees one, its task was retried (IO_RETRIES) and the server stayed
+    away: SQLAlchemy's own text (three lines, a link to its docs) and a traceback read as
+    a bug in rollout. None for any other error."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OperationalError | InterfaceError):
+            reason = " ".join(str(current.orig or current).split())
+            return controls_shown(
+                f"the registry database: {reason}; run the deployment again once it answers"
+            )
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def failure_line(error: BaseException) -> str | None:
+    """The one line a run fails with for an error of its surroundings, as the CLI says
+    it: the registry away (``registry_away``), or an operating-system or DuckDB
+    input/output error naming its file (a full disk, a folder this user may not write:
+    ``input_output_failure``). None for anything else, a bug, which keeps its traceback."""
+    return registry_away(error) or input_output_failure(error)
+
+
 class _NoTracebackForUserErrors(logging.Filter):
     """No traceback in a run's log for a user error: a RolloutError (bad input, a
     guard's refusal: ``fail_on_user_error``) or parameters that do not fit the flow (an
-    ``as_of`` of 2022-13-01 typed in the UI). The state's message says what in one line;
+    ``as_of`` of 2022-13-01 typed in the UI); nor for an error of the run's surroundings
+    that the CLI tells in one line (``failure_line``: the registry away through every
+    retry, a file it could not write). The state's message says what in one line;
     a traceback made it read as a bug, and a bug's traceback is what the release
     manager's runbook says to look for. Any other error keeps it.
 
@@ -231,7 +282,7 @@ class _NoTracebackForUserErrors(logging.Filter):
         if record.msg == ENGINE_EXIT_MESSAGE and isinstance(error, ParameterTypeError):
             record.msg = "the run's parameters were refused, the flow did not start: %s"
             record.args = (str(error),)
-        elif not isinstance(error, RolloutError):
+        elif not isinstance(error, RolloutError) and (error is None or failure_line(error) is None):
             return True
         elif record.msg == ENGINE_EXIT_MESSAGE:
             return False

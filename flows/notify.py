@@ -56,7 +56,11 @@ from pydantic import SecretStr
 
 from flows.common import (
     IO_RETRIES,
+    AtLeastOne,
+    Concurrency,
     FlowDay,
+    NotNegativeSeconds,
+    Seconds,
     artifact_key,
     day_or_today,
     fail_on_user_error,
@@ -227,7 +231,7 @@ STRAGGLER_GRACE_SECONDS = 30.0
 @fail_on_user_error
 @with_runtime
 def notify_shard(
-    concurrency: int = 8, lease_seconds: int = int(DEFAULT_LEASE.total_seconds())
+    concurrency: Concurrency = 8, lease_seconds: Seconds = int(DEFAULT_LEASE.total_seconds())
 ) -> dict | State:
     """Claim, send and record queued emails beside the run's other shards until none
     is queued or held; started by a ``notify`` run with ``shards`` (never on its own:
@@ -451,11 +455,11 @@ def notify_markdown(
 def notify(
     as_of: FlowDay | None = None,
     send: bool = True,
-    concurrency: int = 8,
+    concurrency: Concurrency = 8,
     retry_failed: bool = False,
-    shards: int = 1,
-    lease_seconds: int = int(DEFAULT_LEASE.total_seconds()),
-    straggler_grace_seconds: float = STRAGGLER_GRACE_SECONDS,
+    shards: AtLeastOne = 1,
+    lease_seconds: Seconds = int(DEFAULT_LEASE.total_seconds()),
+    straggler_grace_seconds: NotNegativeSeconds = STRAGGLER_GRACE_SECONDS,
     late: bool = False,
 ) -> dict:
     """Queue the emails due on ``as_of`` (default: today, UTC), then send the outbox,

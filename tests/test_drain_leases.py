@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import select
 
+from rollout.core.errors import BadInput
 from rollout.core.plan import Plan
 from rollout.demo.crowd import NOTICE_DAY
 from rollout.dev.sendgrid_api import DevSendGrid
@@ -36,6 +37,8 @@ from rollout.notify.drain import (
     _record,
     _release,
     _renew,
+    drain,
+    drain_shard,
     lease_for,
 )
 from rollout.notify.drain import _Outcome as Outcome
@@ -369,3 +372,23 @@ def test_a_heartbeat_that_finds_its_rows_taken_over_leaves_them_unsent(
             )
         )
     assert leases == {clock.at + DEFAULT_LEASE}  # the taker's, as its claim set it
+
+
+@pytest.mark.parametrize("concurrency", [0, -1, 65])
+def test_a_drain_refuses_a_concurrency_it_could_not_send_with_and_claims_nothing(
+    registry: Registry, plan: Plan, ids: dict[str, int], concurrency: int
+) -> None:
+    """Through SendGrid a batch is ``concurrency`` emails: with 0 the drain claimed none,
+    took the outbox for empty and ended as a success, every email left queued (a notify
+    run given ``concurrency: 0`` ended Completed, having sent nothing)."""
+    cohort_of(registry, 3)
+    queue_late(registry, plan, NOTICE_DAY)
+    before = ledger(registry)
+    with DevSendGrid() as server:
+        sender = SendGridSender(server.api_key, server.url)
+        with pytest.raises(BadInput, match=rf"concurrency {concurrency}: must be from 1 to 64"):
+            drain(registry, plan, sender, concurrency=concurrency)
+        with pytest.raises(BadInput, match=rf"concurrency {concurrency}: must be from 1 to 64"):
+            drain_shard(registry, plan, sender, concurrency=concurrency)
+        assert server.messages == []
+    assert ledger(registry) == before and "queued" in {s for s, _ in before.values()}

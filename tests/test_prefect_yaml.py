@@ -224,3 +224,39 @@ def test_a_day_parameter_is_a_day_written_yyyy_mm_dd_not_digits_or_a_time(
         flow.validate_parameters({**base, parameter: typed})
     taken = flow.validate_parameters({**base, parameter: "2022-03-01"})
     assert taken[parameter] == date(2022, 3, 1)
+
+
+# Every count a deployment takes, with the values the CLI's own options refuse.
+COUNT_PARAMETERS = [
+    ("notify", "concurrency", [0, -1, 65]),
+    ("notify", "shards", [0, -2]),
+    ("notify", "lease_seconds", [0, -300]),
+    ("notify", "straggler_grace_seconds", [-1]),
+    ("notify-shard", "concurrency", [0, -1, 65]),
+    ("notify-shard", "lease_seconds", [0, -300]),
+    ("elv-enroll-all", "batch_size", [0, -5]),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "parameter", "typed"),
+    [(n, p, v) for n, p, values in COUNT_PARAMETERS for v in values],
+)
+def test_a_count_parameter_out_of_its_range_is_refused_before_the_run_starts(
+    name: str, parameter: str, typed: int
+) -> None:
+    """`prefect deployment run notify/notify --param concurrency=0` (or a 0 typed in the
+    UI's form) ran: through SendGrid the drain claimed batches of no email, found none,
+    and the run ended Completed with every email left queued. Each count is refused
+    before the flow starts, naming the parameter, as `rollout notify send --concurrency
+    0` is refused; and the deployment's schema carries the bound, so the server refuses
+    it when the run is made."""
+    from prefect.exceptions import ParameterTypeError
+
+    flow = load_entrypoint(DEPLOYMENTS[name]["entrypoint"])
+    base = dict(DEPLOYMENTS[name].get("parameters") or {})
+    with pytest.raises(ParameterTypeError, match=rf"{parameter}: Input should be"):
+        flow.validate_parameters({**base, parameter: typed})
+    schema = flow.parameters.model_dump()["properties"][parameter]
+    assert {"minimum", "exclusiveMinimum"} & set(schema), schema
+    flow.validate_parameters(base)  # the deployment's own values still pass

@@ -11,7 +11,6 @@ import contextlib
 import functools
 import inspect
 import re
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime
 from typing import Annotated, Any, TypeVar
@@ -21,8 +20,13 @@ import typer
 from typer import rich_utils as typer_rich_utils
 
 from rollout import __version__
-from rollout.core.controls import controls_shown, visible
-from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, GuardRefused, RolloutError
+from rollout.core.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    GuardRefused,
+    RolloutError,
+    input_output_failure,
+)
 from rollout.core.output import Format, labelled, stderr
 from rollout.core.stopping import stopped_by_interruption, terminate_as_interrupt
 from rollout.runtime import Runtime
@@ -142,7 +146,7 @@ def reports_errors(function: F) -> F:
                 raise typer.Exit(stopped.exit_code) from None
             if isinstance(error, KeyboardInterrupt):
                 raise
-            failure = _input_output_failure(error)
+            failure = input_output_failure(error)
             if failure is None:
                 raise
             # A file the command could not read or write (a full disk, a permission): one
@@ -152,27 +156,6 @@ def reports_errors(function: F) -> F:
             raise typer.Exit(EXIT_FAILURE) from error
 
     return wrapper  # type: ignore[return-value]
-
-
-def _input_output_failure(error: BaseException) -> str | None:
-    """What an operating-system or DuckDB input/output error says, naming the file when
-    it knows it; None for any other error (a bug keeps its traceback)."""
-    if isinstance(error, OSError) and not isinstance(error, ConnectionError | TimeoutError):
-        what = error.strerror or str(error)
-        return f"{visible(error.filename)}: {what}" if error.filename else what
-    duckdb = sys.modules.get("duckdb")  # loaded by then if it raised; never imported here
-    if duckdb is not None and isinstance(error, duckdb.IOException):
-        return controls_shown(error)
-    # The registry's server not there, or gone mid-run: one line (the driver's reason;
-    # drivers do not repeat a password), not a page of traceback. One that turns the URL
-    # down (its login, its database) is a RegistryURLRefused, exit 2.
-    sqlalchemy = sys.modules.get("sqlalchemy.exc")
-    if sqlalchemy is not None and isinstance(
-        error, sqlalchemy.OperationalError | sqlalchemy.InterfaceError
-    ):
-        reason = " ".join(str(getattr(error, "orig", None) or error).split())
-        return controls_shown(f"the registry database: {reason}")
-    return None
 
 
 @app.callback(invoke_without_command=True)

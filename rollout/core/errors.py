@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rollout.core.controls import visible
+from rollout.core.controls import controls_shown, visible
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -69,3 +70,26 @@ class GuardRefused(RolloutError):
     """A safety guard refused the run (count mismatch, blast radius, lock held)."""
 
     exit_code = EXIT_REFUSED
+
+
+def input_output_failure(error: BaseException) -> str | None:
+    """What an operating-system or DuckDB input/output error says, in one line naming
+    the file when it knows it, or the registry's server not answering; None for any
+    other error (a bug keeps its traceback). The CLI prints it (exit 1), and a flow run
+    ends Failed with it as its message (flows/common.py), rather than a traceback."""
+    if isinstance(error, OSError) and not isinstance(error, ConnectionError | TimeoutError):
+        what = error.strerror or str(error)
+        return f"{visible(error.filename)}: {what}" if error.filename else what
+    duckdb = sys.modules.get("duckdb")  # loaded by then if it raised; never imported here
+    if duckdb is not None and isinstance(error, duckdb.IOException):
+        return controls_shown(error)
+    # The registry's server not there, or gone mid-run: one line (the driver's reason;
+    # drivers do not repeat a password), not a page of traceback. One that turns the URL
+    # down (its login, its database) is a RegistryURLRefused, exit 2.
+    sqlalchemy = sys.modules.get("sqlalchemy.exc")
+    if sqlalchemy is not None and isinstance(
+        error, sqlalchemy.OperationalError | sqlalchemy.InterfaceError
+    ):
+        reason = " ".join(str(getattr(error, "orig", None) or error).split())
+        return controls_shown(f"the registry database: {reason}")
+    return None

@@ -166,6 +166,9 @@ ACTIONS = Action.__table__
 
 # Messages sent at once, and so at most claimed at once: the most a crash can resend.
 DEFAULT_CONCURRENCY = 8
+# The most the notify flows' ``concurrency`` takes, as `notify send --concurrency`
+# (rollout/cli/notify.py, which does not import this module to start quickly).
+MAX_CONCURRENCY = 64
 # What the file outbox claims at once, and writes in the drain's own thread: there is no
 # network to wait on, so threads only add overhead, and a crash that leaves a batch in
 # flight makes its rows be written again, replacing their own files (no duplicates).
@@ -2150,6 +2153,16 @@ def _merge(reports: Iterable[DrainReport], into: DrainReport) -> DrainReport:
     return into
 
 
+def check_concurrency(concurrency: int) -> None:
+    """Refuse a concurrency outside 1..MAX_CONCURRENCY before anything is claimed: with
+    0 (or less) a SendGrid drain claimed batches of no email, found none, and ended as if
+    the outbox were empty, every email left queued."""
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise BadInput(
+            None, None, f"concurrency {concurrency}: must be from 1 to {MAX_CONCURRENCY}"
+        )
+
+
 def drain(
     registry: Registry,
     plan: Plan,
@@ -2182,6 +2195,7 @@ def drain(
     SIGTERM or SIGINT (from the main thread's point of view) stops the drain: what was
     in flight is recorded or put back, every worker is gone before the run lock is let
     go, and then :class:`rollout.core.stopping.Stopped` is raised with the counts."""
+    check_concurrency(concurrency)
     report = DrainReport(sender.name)
     with (
         stop_requested_by_signals() as stop,
@@ -2266,6 +2280,7 @@ def drain_shard(
     died, and the next drain, which puts back whatever is held, may start any time): it
     stops within OWNER_POLL_SECONDS and raises ShardOrphaned, as it does at once when
     nobody holds the lock as it starts."""
+    check_concurrency(concurrency)
     if not registry.lock_held("notify"):
         raise ShardOrphaned(
             "no notify run holds the notify lock: a shard sends only for the notify run "

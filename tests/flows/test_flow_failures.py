@@ -43,7 +43,7 @@ from rollout.registry.engine import (
 )
 from rollout.registry.migrate import upgrade
 from tests.factories import LATE_NOTICE, NotificationFactory, bound_to
-from tests.support.artifacts import logs_since, read_markdown
+from tests.support.artifacts import logs_since, read_markdown, run_as_deployed
 from tests.support.env import without_rollout_settings
 
 # Nothing listens on port 1: connecting is refused at once.
@@ -188,6 +188,57 @@ def test_a_registry_url_the_server_turns_down_fails_the_run_at_once_in_one_line(
     logs = logs_since(start)
     assert "AwaitingRetry" not in logs
     assert "Traceback" not in logs and "s3cret" not in logs
+
+
+def test_a_registry_away_through_every_retry_fails_the_run_in_one_line_and_no_traceback(
+    prefect_server: None,
+    clean_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The registry's server stopped (a failover that did not come back, a restart that
+    took too long) is retried, and once the retries are spent the run fails as the CLI
+    does, in one line naming the registry database and the driver's reason: it ended
+    with SQLAlchemy's message over three lines (a link to its docs among them) and three
+    tracebacks in the run's log, "Engine execution exited with unexpected exception"
+    the last, which read as a bug in rollout."""
+    monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path))
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", SERVER_AWAY)
+    # The same task, without the waits between attempts.
+    monkeypatch.setattr(
+        report_flows, "build", report_flows.build.with_options(retry_delay_seconds=0)
+    )
+    start = datetime.now(UTC)
+    state = report_flows.report(as_of=DATA_ENDS, return_state=True)
+    assert state.is_failed()
+    message = state.message
+    assert message.startswith("the registry database: ") and "Connection refused" in message
+    assert message.endswith("run the deployment again once it answers")
+    assert "\n" not in message and "sqlalche.me" not in message and "s3cret" not in message
+    assert "Retry 3/3" in logs_since(start)  # retried all the same
+    with pytest.raises(OperationalError):  # a parent flow gets the error as raised
+        state.result()
+
+    error, logs = run_as_deployed(report_flows.report, as_of=DATA_ENDS.isoformat())
+    assert isinstance(error, OperationalError)
+    assert f"Finished in state Failed({message!r})" in logs or message in logs
+    assert "Traceback" not in logs and "unexpected exception" not in logs
+    assert "s3cret" not in logs
+
+
+def test_a_file_the_run_cannot_write_fails_it_in_one_line_as_the_cli_says_it(
+    prefect_server: None, tmp_path: Path, sample_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`reports` made a file (a full disk, a permission: an operating-system error the
+    run cannot get past): `rollout report` says so in one line naming the path; the
+    report flow ended with three tracebacks, "Engine execution exited with unexpected
+    exception" the last, read as a bug."""
+    (sample_home / "reports").write_text("not a folder")
+    error, logs = run_as_deployed(report_flows.report, as_of=DATA_ENDS.isoformat())
+    assert isinstance(error, NotADirectoryError)
+    shown = f"{sample_home / 'reports' / DATA_ENDS.isoformat()}: Not a directory"
+    assert f"Finished in state Failed({shown!r})" in logs
+    assert "Traceback" not in logs and "unexpected exception" not in logs
 
 
 def test_a_turned_down_registry_url_is_not_transient_and_a_refused_connection_is(

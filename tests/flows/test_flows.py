@@ -44,7 +44,7 @@ from rollout.registry import Registry
 from rollout.warehouse import open_warehouse
 from rollout.warehouse.ingest import FileResult, IngestReport
 from tests.factories import AccountFactory, bound_to
-from tests.support.artifacts import logs_since, read_artifact
+from tests.support.artifacts import logs_since, read_artifact, run_as_deployed
 from tests.support.env import without_rollout_settings
 from tests.support.outbox import on
 from tests.support.warehouse_holder import warehouse_held
@@ -842,24 +842,6 @@ def test_a_run_fails_naming_the_holder_once_it_has_waited_long_enough(
 
 
 # --- how a deployed run that fails ends its log ----------------------------------------
-
-
-def run_as_deployed(flow_fn: Any, **parameters: Any) -> tuple[BaseException, str]:
-    """Run ``flow_fn`` as a worker's flow-run process does (Prefect's ``run_flow`` with
-    the run's logger for the engine's last word): the error it ends with, and the run's
-    log on the server."""
-    from prefect import get_client
-    from prefect.client.orchestration import SyncPrefectClient
-    from prefect.flow_engine import run_flow
-    from prefect.logging.loggers import flow_run_logger
-
-    start = datetime.now(UTC)
-    client: SyncPrefectClient
-    with get_client(sync_client=True) as client:
-        made = client.create_flow_run(flow_fn, parameters=parameters)
-    with pytest.raises(Exception) as raised:
-        run_flow(flow_fn, flow_run=made, error_logger=flow_run_logger(made))
-    return raised.value, logs_since(start)
 
 
 def test_a_deployed_run_failed_by_bad_input_logs_its_line_and_no_traceback(

@@ -3,8 +3,10 @@ the flow tests."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+
+import pytest
 
 
 def read_artifact(key: str) -> Any:
@@ -41,3 +43,21 @@ def logs_since(start: datetime) -> str:
             log_filter=LogFilter(timestamp=LogFilterTimestamp(after_=start)), limit=200
         )
     return "\n".join(log.message for log in logs)
+
+
+def run_as_deployed(flow_fn: Any, **parameters: Any) -> tuple[BaseException, str]:
+    """Run ``flow_fn`` as a worker's flow-run process does (Prefect's ``run_flow`` with
+    the run's logger for the engine's last word): the error it ends with, and the run's
+    log on the server."""
+    from prefect import get_client
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.flow_engine import run_flow
+    from prefect.logging.loggers import flow_run_logger
+
+    start = datetime.now(UTC)
+    client: SyncPrefectClient
+    with get_client(sync_client=True) as client:
+        made = client.create_flow_run(flow_fn, parameters=parameters)
+    with pytest.raises(Exception) as raised:
+        run_flow(flow_fn, flow_run=made, error_logger=flow_run_logger(made))
+    return raised.value, logs_since(start)
