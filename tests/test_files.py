@@ -71,6 +71,23 @@ def test_a_folder_already_there_is_left_as_its_owner_made_it(tmp_path: Path) -> 
     assert stat.S_IMODE(shared.stat().st_mode) == 0o2775
 
 
+def test_a_file_where_a_folder_should_be_is_named_as_making_the_folder_in_it_says(
+    tmp_path: Path,
+) -> None:
+    """A file where a folder above the one asked for should be (`reports` made a file):
+    "Not a directory", naming the folder that cannot be made in it, as
+    Path.mkdir(parents=True) said (a command's and a flow run's one line read it); a
+    file at the folder itself: "File exists", as before."""
+    (tmp_path / "reports").write_text("not a folder")
+    with pytest.raises(NotADirectoryError) as in_a_file:
+        rollout.core.files.make_folder(tmp_path / "reports" / "2022-05-10" / "previews")
+    assert in_a_file.value.filename == str(tmp_path / "reports" / "2022-05-10")
+    with pytest.raises(FileExistsError):
+        rollout.core.files.make_folder(tmp_path / "reports")
+    rollout.core.files.make_folder(tmp_path / "a" / "b")  # what is missing is made
+    assert (tmp_path / "a" / "b").is_dir()
+
+
 def test_a_link_planted_at_the_temporary_name_is_not_followed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,7 @@ link already there is never followed."""
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -42,11 +43,21 @@ def make_folder(path: Path) -> None:
         if path.parent == path:
             break
         path = path.parent
-    for folder in reversed(missing):
-        with suppress(FileExistsError):  # made meanwhile by another process
+    missing.reverse()
+    for index, folder in enumerate(missing):
+        try:
             folder.mkdir(FOLDER_MODE)
-        if not folder.is_dir():  # a file, or a link to none: mkdir's own error
-            folder.mkdir(FOLDER_MODE)
+        except FileExistsError:
+            if folder.is_dir():
+                continue  # made meanwhile by another process
+            if index + 1 < len(missing):
+                # A file where a folder above ``path`` should be: what making the next
+                # one in it says, naming it (as Path.mkdir(parents=True) says it), not
+                # "File exists" of a name the caller never asked for.
+                raise NotADirectoryError(
+                    errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(missing[index + 1])
+                ) from None
+            raise  # ``path`` itself a file, or a link to none: mkdir's own error
 
 
 def temp_name(path: Path) -> Path:
