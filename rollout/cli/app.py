@@ -21,7 +21,7 @@ import typer
 from typer import rich_utils as typer_rich_utils
 
 from rollout import __version__
-from rollout.core.controls import controls_shown, visible
+from rollout.core.controls import controls_shown, quoted, visible
 from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, GuardRefused, RolloutError
 from rollout.core.output import Format, labelled, stderr
 from rollout.core.stopping import stopped_by_interruption, terminate_as_interrupt
@@ -209,7 +209,7 @@ def _parse_day(text: str, option: str) -> date:
     from rollout.core.plan import SUPPORTED_DAYS, is_supported_day
 
     def refused(reason: str) -> RolloutError:
-        return RolloutError(f"{option}: {text!r} {reason}").with_exit(EXIT_BAD_INPUT)
+        return RolloutError(f"{option}: {quoted(text)} {reason}").with_exit(EXIT_BAD_INPUT)
 
     try:
         day = date.fromisoformat(text)
@@ -274,7 +274,7 @@ def _fingerprint(text: str | None, option: str = "--expect-list") -> str | None:
 
     if text is not None and not is_fingerprint(text):
         raise RolloutError(
-            f"{option}: {text!r} is not a list's fingerprint (12 hex digits, as the preview "
+            f"{option}: {quoted(text)} is not a list's fingerprint (12 hex digits, as the preview "
             "printed it)"
         ).with_exit(EXIT_BAD_INPUT)
     return text
@@ -317,7 +317,7 @@ def _parse_time(text: str, option: str = "--at") -> datetime:
     offset; stored naive UTC, as the registry keeps it."""
 
     def refused(reason: str) -> RolloutError:
-        return RolloutError(f"{option}: {text!r} {reason}").with_exit(EXIT_BAD_INPUT)
+        return RolloutError(f"{option}: {quoted(text)} {reason}").with_exit(EXIT_BAD_INPUT)
 
     try:
         moment = datetime.fromisoformat(text)

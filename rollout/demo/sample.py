@@ -31,7 +31,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from sqlalchemy import delete, insert, inspect, text, update
 
-from rollout.core.controls import shell_word
+from rollout.core.controls import quoted, shell_word
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.files import duckdb_path, written_in_place
 from rollout.core.words import counted, them
@@ -1408,7 +1408,7 @@ def _resolve_scale(scale: str | Scale) -> Scale:
     if isinstance(scale, Scale):
         return scale
     if scale not in SCALES:
-        raise BadInput(None, None, f"unknown scale {scale!r}; one of {', '.join(SCALES)}")
+        raise BadInput(None, None, f"unknown scale {quoted(scale)}; one of {', '.join(SCALES)}")
     return SCALES[scale]
 
 
