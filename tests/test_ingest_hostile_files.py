@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from rollout import warehouse
 from rollout.cli import app
+from rollout.core.controls import quoted
 from rollout.core.errors import BadInput
 from rollout.warehouse import ingest
 from tests.support.ingest import LIMIT, NOTHING, NOW, load, row_counts
@@ -992,6 +993,18 @@ def test_a_key_named_twice_in_one_object_is_refused_by_line(
     root = landing_with_a_good_file(tmp_path)
     path = put(root, relative, text.encode())
     assert the_one_refused(run(con, root), path) == f"{path}:{line}: {reason}"
+
+
+def test_a_key_named_twice_is_named_quoted(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    """The key, a value of the file, is named as every value is (rollout.core.controls
+    .quoted): a quote or an ESC it holds reads one way, not as Python's repr had it."""
+    root = landing_with_a_good_file(tmp_path)
+    key = "o'neil\x1b\\x1b"
+    row = '{"package": "react", "day": "2022-01-10", "downloads": 1, %s: 1, %s: 2}'
+    named = json.dumps(key)
+    path = put(root, "downloads/twice.jsonl", (row % (named, named)).encode())
+    refused = the_one_refused(run(con, root), path)
+    assert refused == f"{path}:1: malformed JSON: key {quoted(key)} appears twice in one object"
 
 
 # --- names and links -----------------------------------------------------------------

@@ -7,6 +7,7 @@ messages (docs/security.md, terminals)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,12 @@ from typer.testing import CliRunner
 
 from rollout.cli import app
 from rollout.core.controls import quoted
+from rollout.core.errors import BadInput
+from rollout.core.names import safe_path_component
+from rollout.core.plan import parse_plan
+from rollout.core.resources import resource_dir
+from rollout.phases.snoozes import read_requests
+from rollout.report.spec import load_report_spec
 from tests.hostile import PROSE, TERMINAL
 
 # Values holding a quote (repr's switch to double quotes), a control character, a
@@ -74,3 +81,80 @@ def test_a_run_id_and_a_fingerprint_typed_back_are_named_quoted(
     assert bad_id.exit_code == 2 and bad_list.exit_code == 2
     assert f"{one_line(quoted(value))} is not a flow run id" in said(bad_id)
     assert f"--expect-list: {one_line(quoted(value))} is not a list's fingerprint" in said(bad_list)
+
+
+# A cell of a file, as a YAML double-quoted string writes it: a quote, ESC, a backslash.
+CELL = "o'neil\x1b[2K\\x1b"
+YAML_CELL = '"o\'neil\\e[2K\\\\x1b"'
+PLAN = Path(__file__).resolve().parent.parent / "plans" / "npm-2022.yaml"
+
+
+def plan_problems(old: str, new: str) -> list[str]:
+    text = PLAN.read_text()
+    assert old in text, old
+    _, problems = parse_plan(text.replace(old, new, 1), "plan.yaml")
+    return [p.reason for p in problems]
+
+
+def test_a_value_of_a_snooze_file_is_named_quoted(tmp_path: Path) -> None:
+    """A snooze file's days or requested_at that is none is named the one way."""
+    now = datetime(2023, 6, 1)
+    requests = tmp_path / "requests.csv"
+    for body, reason in [
+        (f"username,days\nann,{CELL}\n", f"days must be a whole number, not {quoted(CELL)}"),
+        (
+            f"username,days,requested_at\nann,3,{CELL}\n",
+            f"requested_at is not a time: {quoted(CELL)}",
+        ),
+        (
+            "username,days,requested_at\nann,3,0001-01-01T00:00:00+05:00\n",
+            f"requested_at {quoted('0001-01-01T00:00:00+05:00')} is not between",
+        ),
+    ]:
+        requests.write_text(body)
+        with pytest.raises(BadInput) as refused:
+            read_requests(requests, now)
+        assert (refused.value.line, refused.value.reason.startswith(reason)) == (2, True), (
+            refused.value.reason
+        )
+
+
+def test_a_key_or_a_date_of_a_plan_is_named_quoted() -> None:
+    """A plan's key written twice, or a date that is none, is named the one way."""
+    twice = plan_problems(
+        "    batch_size: 500\n", f"    batch_size: 500\n    {YAML_CELL}: 1\n    {YAML_CELL}: 2\n"
+    )
+    assert len(twice) == 1 and twice[0].startswith(f"{quoted(CELL)} appears twice"), twice
+    not_a_date = plan_problems("notice_on: 2022-01-04", f"notice_on: {YAML_CELL}")
+    assert [r for r in not_a_date if f"expected a date, YYYY-MM-DD, not {quoted(CELL)}" in r]
+    impossible = plan_problems("notice_on: 2022-01-04", "notice_on: 2022-02-30")
+    assert [r for r in impossible if r.startswith("'2022-02-30' is not a real date")]
+
+
+def test_a_row_order_and_a_mart_of_the_report_definition_are_named_quoted(
+    tmp_path: Path,
+) -> None:
+    """The report's definition (reports/adoption.yml), edited by hand: a mart's name and
+    a row order it refuses are named the one way."""
+    shipped = (resource_dir("reports") / "adoption.yml").read_text()
+    spec = tmp_path / "adoption.yml"
+    for old, new, reason in [
+        (
+            "  notice_reach: phase",
+            f'  notice_reach: {YAML_CELL[:-1]}; drop table x"',
+            f"not {quoted(CELL + '; drop table x')}",
+        ),
+        ("  token_readiness: cohort", f"  {YAML_CELL}: phase", f"csvs: {quoted(CELL)} is no"),
+    ]:
+        assert old in shipped, old
+        spec.write_text(shipped.replace(old, new, 1))
+        with pytest.raises(BadInput) as refused:
+            load_report_spec(spec, resource_dir("sql") / "marts")
+        assert reason in refused.value.reason, refused.value.reason
+
+
+def test_a_name_that_cannot_be_a_file_name_is_named_quoted() -> None:
+    """A name a path would be built from, refused, is named the one way."""
+    with pytest.raises(BadInput) as refused:
+        safe_path_component(CELL, "phase")
+    assert refused.value.reason.startswith(f"phase {quoted(CELL)} cannot be used in a file name")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+from rollout.core.controls import quoted
 from rollout.core.errors import BadInput
 
 # Characters encodeURIComponent leaves alone; a scope is @scope/ before the name.
@@ -57,7 +58,7 @@ def safe_path_component(value: str, what: str = "name") -> str:
     source (plan, command line, database), so none can leave its folder."""
     if not is_safe_name(value):
         raise BadInput(
-            None, None, f"{what} {value!r} cannot be used in a file name: {SAFE_NAME_RULE}"
+            None, None, f"{what} {quoted(value)} cannot be used in a file name: {SAFE_NAME_RULE}"
         )
     return value
 

@@ -230,7 +230,7 @@ def _days(path: Path, line: int, value: str) -> int:
         raise BadInput(path, line, f"days must be at most 9 digits, not {len(digits)}")
     days = whole_count(value)
     if days is None:
-        reason = f"days must be a whole number, not {value!r}"
+        reason = f"days must be a whole number, not {quoted(value)}"
         if in_exponent_notation(value):
             reason += " (exponent notation: write the days in digits)"
         raise BadInput(path, line, reason)
@@ -244,11 +244,12 @@ def _requested_at(path: Path, line: int, value: str, now: datetime) -> datetime:
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise BadInput(path, line, f"requested_at is not a time: {value!r}") from None
+        raise BadInput(path, line, f"requested_at is not a time: {quoted(value)}") from None
     # Its UTC from 1970 on (a time past the supported days is past now too).
     at = supported_utc(moment)
     if at is None:
-        raise BadInput(path, line, f"requested_at {value!r} is not between {FIRST_DAY} and now")
+        reason = f"requested_at {quoted(value)} is not between {FIRST_DAY} and now"
+        raise BadInput(path, line, reason)
     if at > now:
         raise BadInput(path, line, f"requested_at {at} is in the future")
     return at

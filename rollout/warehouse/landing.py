@@ -25,6 +25,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rollout.core.controls import quoted
 from rollout.core.counts import WHOLE_COUNT_PATTERN
 from rollout.core.errors import BadInput
 from rollout.core.files import compressed_as, duckdb_path
@@ -748,7 +749,7 @@ class _DuplicateKey(ValueError):
     line the object starts on, where known."""
 
     def __init__(self, key: str) -> None:
-        super().__init__(f"key {key!r} appears twice in one object")
+        super().__init__(f"key {quoted(key)} appears twice in one object")
         self.line: int | None = None
 
 
