@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rollout.cli import app
+from rollout.core.config import load_settings, prefect_api
 from rollout.core.controls import quoted
 from rollout.core.errors import BadInput
 from rollout.core.names import safe_path_component
@@ -158,3 +159,21 @@ def test_a_name_that_cannot_be_a_file_name_is_named_quoted() -> None:
     with pytest.raises(BadInput) as refused:
         safe_path_component(CELL, "phase")
     assert refused.value.reason.startswith(f"phase {quoted(CELL)} cannot be used in a file name")
+
+
+@pytest.mark.parametrize(
+    ("environ", "said"),
+    [
+        ({"ROLLOUT_QUARANTINE_LIMIT": CELL}, f"ROLLOUT_QUARANTINE_LIMIT={quoted(CELL)}: "),
+        ({"PREFECT_API_URL": CELL}, f"PREFECT_API_URL={quoted(CELL)}: expected an http(s) URL"),
+    ],
+)
+def test_a_setting_s_value_is_named_quoted(environ: dict[str, str], said: str) -> None:
+    """A setting's value refused (a ``ROLLOUT_*`` variable, ``PREFECT_API_URL``) is
+    named the one way."""
+    with pytest.raises(BadInput) as refused:
+        if "PREFECT_API_URL" in environ:
+            prefect_api(environ)
+        else:
+            load_settings(environ)
+    assert said in str(refused.value)

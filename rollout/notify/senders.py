@@ -467,7 +467,9 @@ class SendGridSender:
         except (http.client.InvalidURL, ValueError) as exc:
             # The request could not even be made ("host:abc", a broken IPv6 host): the
             # URL is wrong for every message, and nothing went.
-            reason = f"cannot send to {url_shown(self.base_url)!r}: the URL is unusable ({exc})"
+            reason = (
+                f"cannot send to {quoted(url_shown(self.base_url))}: the URL is unusable ({exc})"
+            )
             return _Outcome(reason=_redactor.scrub(reason), misconfigured=True)
         except urllib.error.URLError as exc:
             # urllib wraps in URLError what fails before the request is whole (refused,
