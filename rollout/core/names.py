@@ -22,15 +22,16 @@ _RESERVED = frozenset({"node_modules", "favicon.ico"})
 
 
 def package_name_problem(name: object) -> str | None:
-    """Why ``name`` is not a valid package name, or None when it is."""
+    """Why ``name`` is not a valid package name, or None when it is: in the words the
+    warehouse's checks quarantine a row with (sql/raw/check_*.sql), the name quoted."""
     if not isinstance(name, str) or name == "":
         return "package name is empty"
     if name != name.strip():
-        return f"package name {name!r} has leading or trailing spaces"
+        return f"package name {quoted(name)} has leading or trailing spaces"
     if name.lower() in _RESERVED:
-        return f"package name {name!r} is reserved"
+        return f"package name {quoted(name)} is reserved"
     if not _PACKAGE_NAME.fullmatch(name):
-        return f"package name {name!r} is not a valid npm package name"
+        return f"package name {quoted(name)} is not a valid npm package name"
     return None
 
 
