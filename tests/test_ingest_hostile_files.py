@@ -794,8 +794,9 @@ def test_a_csv_file_mixing_line_ends_is_refused_at_the_first_odd_line(
         ("Package,day,downloads,package", "'Package', 'package'"),
         ("package,DAY,downloads,day", "'DAY', 'day'"),
         ("\npackage,day,downloads,Note,note", "'Note', 'note'"),
+        ("package,day,downloads,O'Neil,o'neil", "'O\\'Neil', 'o\\'neil'"),
     ],
-    ids=["package", "day", "column-nobody-reads-below-a-blank-line"],
+    ids=["package", "day", "column-nobody-reads-below-a-blank-line", "holding-a-quote"],
 )
 def test_a_csv_column_named_twice_in_another_case_is_refused_at_the_header(
     con: duckdb.DuckDBPyConnection, tmp_path: Path, header: str, named: str
@@ -902,6 +903,11 @@ def test_a_broken_json_array_is_refused_at_the_line_json_names(
         ('"start": null, "end": "2022-01-11"', "start null is not a YYYY-MM-DD date"),
         ('"start": "2022-01-10", "end": 20220111', "end 20220111 is not a YYYY-MM-DD date"),
         ('"start": ["2022-01-10"]', 'start ["2022-01-10"] is not a YYYY-MM-DD date'),
+        # Named as every value is (rollout.core.controls.quoted), not in repr's quotes.
+        (
+            '"start": "o\'neil\\u001b\\\\x", "end": "2022-01-11"',
+            "start 'o\\'neil\\x1b\\\\x' is not a YYYY-MM-DD date",
+        ),
     ],
     ids=[
         "day-after-end",
@@ -912,6 +918,7 @@ def test_a_broken_json_array_is_refused_at_the_line_json_names(
         "start-null",
         "end-a-number",
         "start-an-array",
+        "start-holding-a-quote-and-esc",
     ],
 )
 def test_a_range_object_whose_days_contradict_its_start_and_end_is_refused_on_its_line(

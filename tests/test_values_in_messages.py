@@ -98,7 +98,8 @@ def plan_problems(old: str, new: str) -> list[str]:
 
 
 def test_a_value_of_a_snooze_file_is_named_quoted(tmp_path: Path) -> None:
-    """A snooze file's days or requested_at that is none is named the one way."""
+    """A snooze file's days or requested_at that is none, or a column of its header, is
+    named the one way."""
     now = datetime(2023, 6, 1)
     requests = tmp_path / "requests.csv"
     for body, reason in [
@@ -106,6 +107,12 @@ def test_a_value_of_a_snooze_file_is_named_quoted(tmp_path: Path) -> None:
         (
             f"username,days,requested_at\nann,3,{CELL}\n",
             f"requested_at is not a time: {quoted(CELL)}",
+        ),
+        (f"username,days,{CELL}\nann,3,x\n", f"unknown columns: {quoted(CELL)}"),
+        (f"{CELL},days\nann,3\n", "the header must name the columns username and days"),
+        (
+            f"username,days,{CELL},{CELL}\nann,3,x,y\n",
+            f"column {quoted(CELL.casefold())} appears twice",
         ),
         (
             "username,days,requested_at\nann,3,0001-01-01T00:00:00+05:00\n",
@@ -115,9 +122,12 @@ def test_a_value_of_a_snooze_file_is_named_quoted(tmp_path: Path) -> None:
         requests.write_text(body)
         with pytest.raises(BadInput) as refused:
             read_requests(requests, now)
-        assert (refused.value.line, refused.value.reason.startswith(reason)) == (2, True), (
+        line = 1 if "column" in reason or "header" in reason else 2
+        assert (refused.value.line, refused.value.reason.startswith(reason)) == (line, True), (
             refused.value.reason
         )
+        if "header" in reason:
+            assert refused.value.reason.endswith(f"found {quoted(CELL)}, 'days'")
 
 
 def test_a_key_or_a_date_of_a_plan_is_named_quoted() -> None:

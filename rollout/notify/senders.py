@@ -187,9 +187,8 @@ def header_problem(message: Message) -> str | None:
     except UnicodeError:
         return f"invalid recipient address {quoted(message.to_address)} (its domain is not IDNA)"
     if _CONTROL_RE.search(message.subject):
-        return (
-            f"subject contains control characters (CR/LF?): {_truncate(repr(message.subject), 120)}"
-        )
+        shown = _truncate(quoted(message.subject), 120)
+        return f"subject contains control characters (CR/LF?): {shown}"
     if not message.subject.strip():
         return "empty subject"
     if not message.text and not message.html:

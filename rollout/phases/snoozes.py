@@ -157,7 +157,7 @@ def read_requests(path: Path, now: datetime, *, read_each_day: bool = False) -> 
     written = first[1] if first is not None else []
     header = [name.strip().casefold() for name in written]
     if not {"username", "days"} <= set(header):
-        found = ", ".join(repr(name) for name in written) or "nothing"
+        found = ", ".join(quoted(name) for name in written) or "nothing"
         raise BadInput(
             path,
             1,
@@ -167,12 +167,12 @@ def read_requests(path: Path, now: datetime, *, read_each_day: bool = False) -> 
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:  # which one would be read? (a dict keeps the last, silently)
         raise BadInput(
-            path, 1, f"column {repeated[0]} appears twice (names are not case-sensitive)"
+            path, 1, f"column {quoted(repeated[0])} appears twice (names are not case-sensitive)"
         )
     unknown = [w for w, name in zip(written, header, strict=True) if name not in _COLUMNS]
     if unknown:
         raise BadInput(
-            path, 1, f"unknown columns: {shorten(', '.join(repr(name) for name in unknown))}"
+            path, 1, f"unknown columns: {shorten(', '.join(quoted(name) for name in unknown))}"
         )
     requests: list[SnoozeRequest] = []
     seen: dict[str, int] = {}
