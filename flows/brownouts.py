@@ -38,6 +38,7 @@ from flows.common import (
     table,
     with_runtime,
 )
+from rollout.core.controls import quoted
 from rollout.core.errors import GuardRefused
 from rollout.phases import brownouts
 from rollout.registry.ledger import utc_now
@@ -54,7 +55,9 @@ def _find(name: str) -> brownouts.WindowState | None:
 def _window(name: str) -> brownouts.WindowState:
     window = _find(name)
     if window is None:
-        raise GuardRefused(f"no brown-out window named {name!r}: run `rollout brownout schedule`")
+        raise GuardRefused(
+            f"no brown-out window named {quoted(name)}: run `rollout brownout schedule`"
+        )
     return window
 
 

@@ -71,6 +71,7 @@ from flows.common import (
     with_runtime,
 )
 from rollout.core.config import Settings, api_key
+from rollout.core.controls import quoted
 from rollout.core.errors import RolloutError
 from rollout.core.output import markdown_text
 from rollout.notify.drain import (
@@ -107,7 +108,7 @@ def settings_with_secret(settings: Settings, environ: Mapping[str, str] = os.env
     try:
         key = api_key(stored)
     except ValueError as error:
-        raise RolloutError(f"the Secret block {name!r} {error}") from None
+        raise RolloutError(f"the Secret block {quoted(name)} {error}") from None
     return settings.model_copy(update={"sendgrid_api_key": SecretStr(key) if key else None})
 
 

@@ -564,7 +564,10 @@ def test_a_registry_server_gone_by_the_extract_is_the_same_one_line(
             "--end 2021-01-01 is before the calendar's first day, 2021-11-23 (14 days before "
             "the plan's first step): give --start too",
         ),
-        (["--start", "2022-02-01", "--end", "2022-01-01"], "--end 2022-01-01 is before --start"),
+        (
+            ["--start", "2022-02-01", "--end", "2022-01-01"],
+            "--end 2022-01-01 is before --start 2022-02-01",
+        ),
     ],
     ids=["start-after-the-default-end", "end-before-the-default-start", "end-before-start"],
 )

@@ -18,6 +18,7 @@ from rollout import warehouse
 from rollout.cli import app
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.config import load_settings
+from rollout.core.controls import quoted
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.phases.orgs import Member, removal_fingerprint
 from rollout.registry.engine import make_engine
@@ -959,7 +960,7 @@ def test_a_mistyped_list_fingerprint_is_a_usage_error(rollout_home: Path, typed:
     for refused in (phase, org):
         assert refused.exit_code == 2, refused.stderr
         said = _one_line(refused.stderr)
-        assert f"--expect-list: {typed!r} is not a list's fingerprint (12 hex digits" in said
+        assert f"--expect-list: {quoted(typed)} is not a list's fingerprint (12 hex digits" in said
     # As typed back from the preview (any case, spaces around): taken.
     taken = run(
         *("orgs", "enforce", "acme", "--owner", "o", "--confirm", "acme", "--expect", "1"),

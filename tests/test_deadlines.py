@@ -567,7 +567,7 @@ def test_a_request_file_with_a_bad_line_is_refused_whole(tmp_path: Path) -> None
         ("username,days\nann,3\neve,seven\n", 3, "days must be a whole number, not 'seven'"),
         ("username,days\nann,0\n", 2, "days must be at least 1"),
         ("username,days\nann,3\nann,2\n", 3, "'ann' already asked on line 2"),
-        ("username,days,days\nann,3,99\n", 1, "column days appears twice"),
+        ("username,days,days\nann,3,99\n", 1, "column 'days' appears twice"),
         ("username,days,requested_at\nann,3,2023-05-01\n", 2, "is in the future"),
         ("username,days\nann,3,4\n", 2, "expected 2 values, found 3"),
     ]:
@@ -909,7 +909,7 @@ def test_a_request_file_s_header_from_a_spreadsheet_is_read_trimmed_and_in_any_c
             "the header must name the columns username and days "
             "(and optionally requested_at); found 'user', 'days'",
         ),
-        ("username,Days,days", "column days appears twice (names are not case-sensitive)"),
+        ("username,Days,days", "column 'days' appears twice (names are not case-sensitive)"),
         ("username,days,Note", "unknown columns: 'Note'"),
     ]:
         path.write_text(f"{header}\nann,3,4\n")

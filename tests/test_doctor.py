@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from rollout import warehouse
 from rollout.cli import app
 from rollout.core.config import Settings, load_settings
+from rollout.core.controls import quoted
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.ops.doctor import (
     Status,
@@ -453,6 +454,10 @@ def test_without_prefect_to_ask_the_secret_block_is_said_unchecked_not_ok(tmp_pa
     assert "file outbox" in result.detail  # what the CLI here would do
     named = check_sendgrid(settings_for(tmp_path), {"ROLLOUT_SENDGRID_SECRET_BLOCK": "ops-key"})
     assert named.status is Status.warn and "'ops-key' was not checked" in named.detail
+    # A name holding a quote and a control character is named as every value is.
+    odd = "o'neil\x1b[2K"
+    named = check_sendgrid(settings_for(tmp_path), {"ROLLOUT_SENDGRID_SECRET_BLOCK": odd})
+    assert f"Secret block {quoted(odd)} was not checked" in named.detail
 
 
 def test_the_environment_s_key_goes_first_and_no_block_is_read(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rollout import warehouse
+from rollout.core.controls import controls_shown, quoted
 from rollout.core.errors import BadInput
 from rollout.warehouse import ingest, landing
 from tests.support.ingest import LIMIT, NOTHING, NOW, load, row_counts
@@ -556,6 +557,22 @@ def test_one_bad_file_in_a_backfill_is_named_and_the_others_load(
         )
     ]
     assert len(loaded_rows(con)) == 16
+
+
+@pytest.mark.parametrize(
+    "name", ["it's bad", "o'neil', 'x bad", "back\\slash' bad", "esc\x1b[2K bad"]
+)
+def test_a_quarantined_row_s_value_is_named_quoted(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, name: str
+) -> None:
+    """A reason names the row's value as every message names one
+    (rollout.core.controls.quoted): its own quote and backslash escaped, so a package
+    name holding a ``'`` (npm allows it) reads as one name; a control character it holds
+    is shown as its escape on a terminal (the net under every console)."""
+    rows = [("react", DAY, 1), (name, DAY, 3), ("zod", DAY, 2)]
+    load(con, typed_parquet(tmp_path, "one-bad.parquet", rows), limit=0.5)
+    [(reason,)] = con.execute("select reason from quarantine").fetchall()
+    assert controls_shown(reason) == f"package name {quoted(name)} is not a valid npm package name"
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from rollout import warehouse
 from rollout.cli import app
+from rollout.core.controls import quoted
 from rollout.core.errors import BadInput
 from rollout.warehouse import ingest
 from tests.support.ingest import LIMIT, NOTHING, NOW, load, row_counts
@@ -793,8 +794,9 @@ def test_a_csv_file_mixing_line_ends_is_refused_at_the_first_odd_line(
         ("Package,day,downloads,package", "'Package', 'package'"),
         ("package,DAY,downloads,day", "'DAY', 'day'"),
         ("\npackage,day,downloads,Note,note", "'Note', 'note'"),
+        ("package,day,downloads,O'Neil,o'neil", "'O\\'Neil', 'o\\'neil'"),
     ],
-    ids=["package", "day", "column-nobody-reads-below-a-blank-line"],
+    ids=["package", "day", "column-nobody-reads-below-a-blank-line", "holding-a-quote"],
 )
 def test_a_csv_column_named_twice_in_another_case_is_refused_at_the_header(
     con: duckdb.DuckDBPyConnection, tmp_path: Path, header: str, named: str
@@ -901,6 +903,11 @@ def test_a_broken_json_array_is_refused_at_the_line_json_names(
         ('"start": null, "end": "2022-01-11"', "start null is not a YYYY-MM-DD date"),
         ('"start": "2022-01-10", "end": 20220111', "end 20220111 is not a YYYY-MM-DD date"),
         ('"start": ["2022-01-10"]', 'start ["2022-01-10"] is not a YYYY-MM-DD date'),
+        # Named as every value is (rollout.core.controls.quoted), not in repr's quotes.
+        (
+            '"start": "o\'neil\\u001b\\\\x", "end": "2022-01-11"',
+            "start 'o\\'neil\\x1b\\\\x' is not a YYYY-MM-DD date",
+        ),
     ],
     ids=[
         "day-after-end",
@@ -911,6 +918,7 @@ def test_a_broken_json_array_is_refused_at_the_line_json_names(
         "start-null",
         "end-a-number",
         "start-an-array",
+        "start-holding-a-quote-and-esc",
     ],
 )
 def test_a_range_object_whose_days_contradict_its_start_and_end_is_refused_on_its_line(
@@ -992,6 +1000,18 @@ def test_a_key_named_twice_in_one_object_is_refused_by_line(
     root = landing_with_a_good_file(tmp_path)
     path = put(root, relative, text.encode())
     assert the_one_refused(run(con, root), path) == f"{path}:{line}: {reason}"
+
+
+def test_a_key_named_twice_is_named_quoted(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    """The key, a value of the file, is named as every value is (rollout.core.controls
+    .quoted): a quote or an ESC it holds reads one way, not as Python's repr had it."""
+    root = landing_with_a_good_file(tmp_path)
+    key = "o'neil\x1b\\x1b"
+    row = '{"package": "react", "day": "2022-01-10", "downloads": 1, %s: 1, %s: 2}'
+    named = json.dumps(key)
+    path = put(root, "downloads/twice.jsonl", (row % (named, named)).encode())
+    refused = the_one_refused(run(con, root), path)
+    assert refused == f"{path}:1: malformed JSON: key {quoted(key)} appears twice in one object"
 
 
 # --- names and links -----------------------------------------------------------------

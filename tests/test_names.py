@@ -175,3 +175,13 @@ def test_any_text_maps_to_a_safe_distinct_file_stem(text: str) -> None:
     stem = file_stem_for(text)
     assert is_safe_name(stem)
     assert stem == text or stem != file_stem_for(text + "/")
+
+
+def test_a_package_name_s_problem_names_it_quoted_as_the_warehouse_checks_do() -> None:
+    """Python's reason and the quarantine's (sql/raw/check_downloads.sql) name a package
+    the one way (rollout.core.controls.quoted): as repr had it, a name holding a ``'``
+    was in double quotes here and in single ones there."""
+    assert package_name_problem("it's bad") == (
+        "package name 'it\\'s bad' is not a valid npm package name"
+    )
+    assert package_name_problem(" it's") == "package name ' it\\'s' has leading or trailing spaces"

@@ -12,13 +12,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from rollout.cli import app
+from rollout.core.controls import quoted
+from rollout.core.plan import Plan
+from rollout.notify.drain import drain
 from rollout.registry import Registry
-from tests.factories import AccountFactory, OrgFactory, OrgMemberFactory
+from rollout.registry.models import Notification
+from tests.factories import (
+    AccountFactory,
+    NotificationFactory,
+    OrgFactory,
+    OrgMemberFactory,
+)
 from tests.hostile import PROSE
 from tests.support.env import without_rollout_settings
+from tests.support.outbox import Recording
 from tests.support.previews import names_read_back
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,3 +222,19 @@ def test_an_address_longer_than_any_account_s_is_named_as_one_name(
     )
     assert found, result.stderr
     assert names_read_back(found[1]) == [typed[:40]]
+
+
+@pytest.mark.parametrize("kind", ["o'neil\x1b[2K", "back\\slash"])
+def test_a_queued_email_of_no_kind_this_code_has_fails_naming_it_as_one_name(
+    factories: None, registry: Registry, plan: Plan, kind: str
+) -> None:
+    """An email queued under a kind this code does not know (a newer rollout's, a row
+    edited by hand) fails, naming the kind as `notify status --email` names one: quoted,
+    not in Python's repr (which put this one in double quotes)."""
+    NotificationFactory(email=kind, account=AccountFactory(username="ann"))
+
+    drain(registry, plan, Recording())
+
+    with registry.engine.connect() as connection:
+        [(state, error)] = connection.execute(select(Notification.state, Notification.error))
+    assert (state, error) == ("failed", f"no email named {quoted(kind)}")

@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from rollout.cli import app
+from rollout.core.controls import visible
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.names import is_valid_package_name
 from rollout.demo.sample import (
@@ -461,12 +462,15 @@ def test_the_command_previews_then_needs_the_name(rollout_home: Path) -> None:
 # --- the sample and the demo touch only their own --------------------------------------
 
 
+DOWNLOADS_FILE = "downloads-2022-01-30.parquet"
+
+
 def _production_home(root: Path) -> Path:
     """A worker's home `rollout sample` made none of: a landing file, the warehouse it
     was loaded into, an email in the outbox and a report."""
     home = root / "production"
     typed_parquet_downloads(
-        home / "landing" / "downloads" / "downloads-2022-01-30.parquet",
+        home / "landing" / "downloads" / DOWNLOADS_FILE,
         [("left-pad", date(2022, 1, 30), 10)],
     )
     loaded = CliRunner().invoke(
@@ -494,7 +498,7 @@ def test_a_sample_home_with_the_warehouse_still_on_productions_is_refused(
 ) -> None:
     """ROLLOUT_HOME on a demo home, ROLLOUT_WAREHOUSE still on production's: `sample
     --replace` deleted production's warehouse, and the demo loaded the sample into it."""
-    production = _production_home(tmp_path)
+    production = _production_home(tmp_path / "o'neil")
     assert _rollout(*SAMPLE).exit_code == 0
     warehouse = production / "warehouse.duckdb"
     monkeypatch.setenv("ROLLOUT_WAREHOUSE", str(warehouse))
@@ -504,8 +508,11 @@ def test_a_sample_home_with_the_warehouse_still_on_productions_is_refused(
         result = _rollout(*command)
         assert result.exit_code == 3, (command, result.output)
         said = _one_line(result.stderr)
-        assert f"ROLLOUT_WAREHOUSE's warehouse '{warehouse}'" in said, command
-        assert "from outside the sample's landing folder" in said
+        assert f"ROLLOUT_WAREHOUSE's warehouse {visible(warehouse)}: " in said, command
+        assert (
+            f"from outside the sample's landing folder {visible(rollout_home / 'landing')}, "
+            f"such as {visible(production / 'landing' / 'downloads' / DOWNLOADS_FILE)}"
+        ) in said
         assert "Nothing was changed" in said
     after = (_landing_bytes(production), _landing_bytes(rollout_home / "landing"), _state(url))
     assert after == before
@@ -519,7 +526,9 @@ def test_a_sample_registry_with_the_home_still_on_productions_is_refused(
     --replace` deleted production's landing files (even with an empty registry, nothing
     typed back) and its warehouse, and the demo rewrote its login events and wrote its
     emails, reports and previews among production's."""
-    production = _production_home(tmp_path)
+    # A home whose path holds a quote is named as a path is (visible): as it was,
+    # Python's repr put this one in double quotes, the others in single ones.
+    production = _production_home(tmp_path / "o'neil")
     assert _rollout(*SAMPLE).exit_code == 0
     url = f"sqlite:///{rollout_home / 'registry.db'}"
     monkeypatch.setenv("ROLLOUT_HOME", str(production))
@@ -530,7 +539,8 @@ def test_a_sample_registry_with_the_home_still_on_productions_is_refused(
         result = _rollout(*command)
         assert result.exit_code == 3, (command, result.output)
         said = _one_line(result.stderr)
-        assert f"ROLLOUT_HOME's landing folder '{production / 'landing'}'" in said, command
+        landing = visible(production / "landing")
+        assert f"ROLLOUT_HOME's landing folder {landing}: " in said, command
         assert f"no {SAMPLE_MARK}" in said and "Nothing was changed" in said
     assert (_landing_bytes(production), _state(url)) == before
 

@@ -682,6 +682,15 @@ def test_an_address_whose_domain_idna_cannot_encode_is_named_quoted() -> None:
     )
 
 
+def test_a_subject_holding_a_line_break_is_named_quoted() -> None:
+    """The failure reason names the subject as every message names a value (quoted):
+    Python's repr put one holding a quote in double quotes and showed CR as ``\\r``."""
+    subject = "Ann's 2FA\r\nBcc: victim@example.com"
+    assert header_problem(message(subject=subject)) == (
+        f"subject contains control characters (CR/LF?): {quoted(subject)}"
+    )
+
+
 def test_an_address_the_parser_refuses_fails_permanently(tmp_path: Path) -> None:
     with pytest.raises(DeliveryFailed) as caught:
         FileSender(tmp_path).send(message(to_address="ann@[unclosed"))

@@ -20,6 +20,7 @@ import typer
 from typer import rich_utils as typer_rich_utils
 
 from rollout import __version__
+from rollout.core.controls import quoted
 from rollout.core.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILURE,
@@ -192,7 +193,7 @@ def _parse_day(text: str, option: str) -> date:
     from rollout.core.plan import SUPPORTED_DAYS, is_supported_day
 
     def refused(reason: str) -> RolloutError:
-        return RolloutError(f"{option}: {text!r} {reason}").with_exit(EXIT_BAD_INPUT)
+        return RolloutError(f"{option}: {quoted(text)} {reason}").with_exit(EXIT_BAD_INPUT)
 
     try:
         day = date.fromisoformat(text)
@@ -257,7 +258,7 @@ def _fingerprint(text: str | None, option: str = "--expect-list") -> str | None:
 
     if text is not None and not is_fingerprint(text):
         raise RolloutError(
-            f"{option}: {text!r} is not a list's fingerprint (12 hex digits, as the preview "
+            f"{option}: {quoted(text)} is not a list's fingerprint (12 hex digits, as the preview "
             "printed it)"
         ).with_exit(EXIT_BAD_INPUT)
     return text
@@ -300,7 +301,7 @@ def _parse_time(text: str, option: str = "--at") -> datetime:
     offset; stored naive UTC, as the registry keeps it."""
 
     def refused(reason: str) -> RolloutError:
-        return RolloutError(f"{option}: {text!r} {reason}").with_exit(EXIT_BAD_INPUT)
+        return RolloutError(f"{option}: {quoted(text)} {reason}").with_exit(EXIT_BAD_INPUT)
 
     try:
         moment = datetime.fromisoformat(text)

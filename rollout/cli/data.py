@@ -15,7 +15,7 @@ from rollout.cli.app import (
     app,
     reports_errors,
 )
-from rollout.core.controls import shell_word
+from rollout.core.controls import quoted, shell_word
 from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, RolloutError
 from rollout.core.output import Format, emit, emit_record, labelled, progress_for, stderr, visible
 from rollout.core.words import counted
@@ -66,7 +66,7 @@ def sample(
 
     if scale not in sample_module.SCALES:
         raise RolloutError(
-            f"unknown scale {scale!r}: use one of {', '.join(sample_module.SCALES)}"
+            f"unknown scale {quoted(scale)}: use one of {', '.join(sample_module.SCALES)}"
         ).with_exit(EXIT_BAD_INPUT)
     if confirm is not None and not replace:
         raise RolloutError("--confirm goes with --replace").with_exit(EXIT_BAD_INPUT)

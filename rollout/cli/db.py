@@ -13,6 +13,7 @@ from rollout.cli.app import (
     app,
     reports_errors,
 )
+from rollout.core.controls import quoted
 from rollout.core.output import Format, emit_record, labelled, stderr
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ def db_downgrade(
         migrate.require_known_revision(current)
         if not migrate.is_known(revision):
             raise RolloutError(
-                f"revision {revision!r} is not one of this code's migrations"
+                f"revision {quoted(revision)} is not one of this code's migrations"
             ).with_exit(EXIT_BAD_INPUT)
         if current is None or not migrate.is_before(revision, current):
             raise RolloutError(

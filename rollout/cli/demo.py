@@ -81,7 +81,7 @@ def demo(
                 "the plan's first step): give --start too"
             )
         else:
-            problem = f"--end {last} is before --start"
+            problem = f"--end {last} is before --start {first}"
         raise RolloutError(problem).with_exit(EXIT_BAD_INPUT)
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 

@@ -97,7 +97,7 @@ def orgs_audit(
     from rollout.phases.orgs import audit_org
 
     if role is not None and role not in ("owner", "admin", "developer"):
-        raise RolloutError(f"--role {role!r}: use owner, admin or developer").with_exit(
+        raise RolloutError(f"--role {quoted(role)}: use owner, admin or developer").with_exit(
             EXIT_BAD_INPUT
         )
     members = audit_org(_runtime(ctx).registry, org)

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from rollout.core.controls import quoted
 from rollout.core.errors import BadInput
 from rollout.core.files import make_folder
 
@@ -128,7 +129,7 @@ def prefect_api(environ: Mapping[str, str]) -> tuple[str, dict[str, str]] | None
         return None
     shown = url_shown(url)
     if not url.startswith(("http://", "https://")):
-        raise BadInput(None, None, f"PREFECT_API_URL={shown!r}: expected an http(s) URL")
+        raise BadInput(None, None, f"PREFECT_API_URL={quoted(shown)}: expected an http(s) URL")
     # Imported here: only the commands that talk to Prefect need it.
     import httpx
 
@@ -136,10 +137,10 @@ def prefect_api(environ: Mapping[str, str]) -> tuple[str, dict[str, str]] | None
         host = httpx.URL(url).host
     except (httpx.InvalidURL, ValueError) as error:
         raise BadInput(
-            None, None, f"PREFECT_API_URL={shown!r}: not a URL: {url_problem(url, error)}"
+            None, None, f"PREFECT_API_URL={quoted(shown)}: not a URL: {url_problem(url, error)}"
         ) from None
     if not host or any(c.isspace() or not c.isprintable() for c in url):
-        raise BadInput(None, None, f"PREFECT_API_URL={shown!r}: expected an http(s) URL")
+        raise BadInput(None, None, f"PREFECT_API_URL={quoted(shown)}: expected an http(s) URL")
     auth_string = environ.get("PREFECT_API_AUTH_STRING")
     if auth_string:
         token = base64.b64encode(auth_string.encode()).decode()
@@ -372,13 +373,13 @@ class Settings(BaseSettings):
                 "is not a database URL (sqlite:///PATH or postgresql://...)"
             ) from error
         if backend not in _REGISTRY_BACKENDS:
-            raise ValueError(f"names {backend!r}: the registry runs on sqlite or postgresql")
+            raise ValueError(f"names {quoted(backend)}: the registry runs on sqlite or postgresql")
         # The drivers rollout connects with; another (asyncpg, as Prefect's own database
         # URL has it, or psycopg2) crashed every command with a traceback.
         driver = url.drivername.partition("+")[2]
         if driver and driver not in _REGISTRY_DRIVERS[backend]:
             raise ValueError(
-                f"names the driver {driver!r}: rollout connects to {backend} with "
+                f"names the driver {quoted(driver)}: rollout connects to {backend} with "
                 f"{' or '.join(_REGISTRY_DRIVERS[backend])} (write {backend}://...)"
             )
         if backend == "postgresql":
@@ -498,5 +499,5 @@ def _bad_setting(error: ValidationError, values: Mapping[str, str]) -> BadInput:
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
     # The API key, and a database URL's password, are never echoed; another URL's
     # password is shown as *** (ROLLOUT_SENDGRID_URL's, of a proxy in front of SendGrid).
-    shown = "" if name in _MAY_HOLD_SECRETS else f"={url_shown(values.get(name, ''))!r}"
+    shown = "" if name in _MAY_HOLD_SECRETS else f"={quoted(url_shown(values.get(name, '')))}"
     return BadInput(None, None, f"environment variable {name}{shown}: {reason}{more}")

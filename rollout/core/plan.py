@@ -122,7 +122,7 @@ def _day_as_written(value: object) -> object:
             "given without a time or offset"
         )
     if isinstance(value, str) and not _DAY_TEXT.fullmatch(value):
-        raise ValueError(f"expected a date, YYYY-MM-DD, not {value!r}")
+        raise ValueError(f"expected a date, YYYY-MM-DD, not {quoted(value)}")
     return value
 
 
@@ -979,7 +979,7 @@ class _PlanLoader(yaml.SafeLoader):
                 raise _PlanYamlError(
                     None,
                     None,
-                    f"{key!r} appears twice in one mapping (first on line {earlier})",
+                    f"{quoted(key)} appears twice in one mapping (first on line {earlier})",
                     key_node.start_mark,
                 )
             first_line[key] = line
@@ -990,7 +990,10 @@ class _PlanLoader(yaml.SafeLoader):
             return super().construct_yaml_timestamp(node)
         except ValueError as error:
             raise _PlanYamlError(
-                None, None, f"{node.value!r} is not a real date or time: {error}", node.start_mark
+                None,
+                None,
+                f"{quoted(node.value)} is not a real date or time: {error}",
+                node.start_mark,
             ) from error
 
 
@@ -1059,7 +1062,7 @@ def parse_plan(text: str, path: Path | str = "<plan>") -> tuple[Plan | None, lis
         character = error.character
         if isinstance(character, int):  # (a code point, when the text was a str)
             character = chr(character)
-        reason = f"not valid YAML: character {character!r} is not allowed in a plan"
+        reason = f"not valid YAML: character {quoted(character)} is not allowed in a plan"
         return None, [BadInput(path, line, reason)]
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)

@@ -31,7 +31,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from sqlalchemy import delete, insert, inspect, text, update
 
-from rollout.core.controls import shell_word
+from rollout.core.controls import quoted, shell_word, visible
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.files import duckdb_path, make_folder, written_in_place
 from rollout.core.words import counted, them
@@ -1408,7 +1408,7 @@ def _resolve_scale(scale: str | Scale) -> Scale:
     if isinstance(scale, Scale):
         return scale
     if scale not in SCALES:
-        raise BadInput(None, None, f"unknown scale {scale!r}; one of {', '.join(SCALES)}")
+        raise BadInput(None, None, f"unknown scale {quoted(scale)}; one of {', '.join(SCALES)}")
     return SCALES[scale]
 
 
@@ -1594,7 +1594,7 @@ def _files_in(folder: Path) -> int:
 
 def _not_the_samples(setting: str, what: str, path: Path, why: str) -> GuardRefused:
     return GuardRefused(
-        f"refusing to touch {setting}'s {what} {str(path)!r}: {why}, so `rollout sample` "
+        f"refusing to touch {setting}'s {what} {visible(path)}: {why}, so `rollout sample` "
         f"did not make it. Nothing was changed. Point {setting} at a scratch location "
         "(`make demo` uses its own home), or, if an older rollout's sample made it, "
         "delete it yourself."
@@ -1681,7 +1681,7 @@ def _foreign_warehouse(locations: Locations, marked: bool) -> str | None:
         return (
             f"it loaded {counted(len(foreign or loaded), 'file')} from outside the sample's "
             "landing "
-            f"folder {str(locations.landing)!r}, such as {example!r}"
+            f"folder {visible(locations.landing)}, such as {visible(example)}"
         )
     return None
 

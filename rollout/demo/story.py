@@ -44,7 +44,7 @@ from sqlalchemy import Engine, and_, bindparam, delete, insert, or_, select, upd
 from rollout import cohorts, metrics, warehouse
 from rollout.core.calendar import plan_calendar
 from rollout.core.clock import SimulatedClock, use_clock
-from rollout.core.controls import shell_word
+from rollout.core.controls import shell_word, visible
 from rollout.core.errors import EXIT_BAD_INPUT, BadInput, GuardRefused, RolloutError
 from rollout.core.files import make_folder, written_in_place
 from rollout.core.plan import Phase, Plan
@@ -297,7 +297,7 @@ def require_sample(registry: Registry, locations: Locations) -> None:
         raise BadInput(landing_dir, None, "no such file or folder (`rollout sample` writes it)")
     if not is_marked(landing_dir):
         raise GuardRefused(
-            f"refusing to play the demo on ROLLOUT_HOME's landing folder {str(landing_dir)!r}: "
+            f"refusing to play the demo on ROLLOUT_HOME's landing folder {visible(landing_dir)}: "
             f"it has no {SAMPLE_MARK}, so `rollout sample` did not write it. Nothing was "
             "changed. Point ROLLOUT_HOME at the sample's home, or run `rollout sample` in a "
             "scratch one (`make demo`)."

@@ -408,7 +408,9 @@ def _packages(
     phases = {p.name: p.cohort for p in plan.phases}
     wanted: dict[str, set[int]] = {}
     for c in claimed:
-        if EMAILS[c.email].needs_packages and c.phase in phases:
+        # An email this code has no definition of needs none: it fails, named (_ends_unsent).
+        definition = EMAILS.get(c.email)
+        if definition is not None and definition.needs_packages and c.phase in phases:
             wanted.setdefault(phases[c.phase], set()).add(c.account_id)
     found = {}
     for cohort, ids in wanted.items():
@@ -1045,7 +1047,7 @@ def _ends_unsent(
     (:func:`skips_waiting`): one judgement, so the preview tells what the send does."""
     definition = EMAILS.get(claimed.email)
     if definition is None:
-        return _Outcome(claimed.id, "failed", f"no email named {claimed.email!r}")
+        return _Outcome(claimed.id, "failed", f"no email named {quoted(claimed.email)}")
     if recipient is None:
         # Deleted by the registry since it was queued: there is no one to send it to,
         # and retrying would not bring the account back.

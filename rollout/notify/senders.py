@@ -187,9 +187,8 @@ def header_problem(message: Message) -> str | None:
     except UnicodeError:
         return f"invalid recipient address {quoted(message.to_address)} (its domain is not IDNA)"
     if _CONTROL_RE.search(message.subject):
-        return (
-            f"subject contains control characters (CR/LF?): {_truncate(repr(message.subject), 120)}"
-        )
+        shown = _truncate(quoted(message.subject), 120)
+        return f"subject contains control characters (CR/LF?): {shown}"
     if not message.subject.strip():
         return "empty subject"
     if not message.text and not message.html:
@@ -467,7 +466,9 @@ class SendGridSender:
         except (http.client.InvalidURL, ValueError) as exc:
             # The request could not even be made ("host:abc", a broken IPv6 host): the
             # URL is wrong for every message, and nothing went.
-            reason = f"cannot send to {url_shown(self.base_url)!r}: the URL is unusable ({exc})"
+            reason = (
+                f"cannot send to {quoted(url_shown(self.base_url))}: the URL is unusable ({exc})"
+            )
             return _Outcome(reason=_redactor.scrub(reason), misconfigured=True)
         except urllib.error.URLError as exc:
             # urllib wraps in URLError what fails before the request is whole (refused,

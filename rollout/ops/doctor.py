@@ -24,6 +24,7 @@ from urllib.parse import quote
 import httpx
 
 from rollout.core.config import prefect_api, url_shown
+from rollout.core.controls import quoted
 from rollout.core.errors import BadInput, RolloutError
 from rollout.core.files import duckdb_path
 from rollout.core.words import counted
@@ -450,17 +451,21 @@ def check_sendgrid(
             unchecked = _secret_block_unchecked(environ)
         name, stored = block if block is not None else ("", None)
         if block is not None and stored is None:
-            no_key = f" and Prefect has no Secret block {name!r}"
+            no_key = f" and Prefect has no Secret block {quoted(name)}"
         elif stored is not None:
-            no_key = f" and the Secret block {name!r} is empty"
+            no_key = f" and the Secret block {quoted(name)} is empty"
             try:
                 key = api_key(stored)
             except ValueError as error:
                 # The notify flow refuses it alike (flows/notify.py, settings_with_secret).
-                return CheckResult("sendgrid", Status.fail, f"the Secret block {name!r} {error}")
+                return CheckResult(
+                    "sendgrid", Status.fail, f"the Secret block {quoted(name)} {error}"
+                )
             if key is not None:
                 settings = settings.model_copy(update={"sendgrid_api_key": SecretStr(key)})
-                from_block = f" (the key of the Secret block {name!r}, as the notify flow takes it)"
+                from_block = (
+                    f" (the key of the Secret block {quoted(name)}, as the notify flow takes it)"
+                )
     sender = make_sender(settings)
     if not isinstance(sender, SendGridSender):
         problem = _folder_unusable(settings.outbox_dir)
@@ -528,7 +533,7 @@ def _secret_block_unchecked(environ: Mapping[str, str]) -> str:
 
     name = environ.get(SECRET_BLOCK_SETTING) or SECRET_BLOCK
     return (
-        f"the notify flow's Secret block {name!r} was not checked: PREFECT_API_URL is not "
+        f"the notify flow's Secret block {quoted(name)} was not checked: PREFECT_API_URL is not "
         "set (set it as the worker has it to check the key the deployed notify flow "
         "sends with)"
     )
@@ -552,12 +557,14 @@ def _secret_block_key(
         return CheckResult(
             "sendgrid",
             Status.warn,
-            _short(f"the notify flow's Secret block {name!r} was not checked: {error.reason}"),
+            _short(
+                f"the notify flow's Secret block {quoted(name)} was not checked: {error.reason}"
+            ),
         )
     if api is None:
         return None
     api_url, headers = api
-    unread = f"the notify flow's Secret block {name!r} was not checked: {url_shown(api_url)}"
+    unread = f"the notify flow's Secret block {quoted(name)} was not checked: {url_shown(api_url)}"
     with _prefect_client(api_url, headers, transport) as client:
         try:
             answer = client.get(

@@ -29,6 +29,7 @@ import httpx
 
 from rollout.core.clock import naive_utc
 from rollout.core.config import prefect_api, url_shown
+from rollout.core.controls import quoted
 from rollout.core.errors import EXIT_BAD_INPUT, BadInput, GuardRefused, RolloutError
 
 if TYPE_CHECKING:
@@ -296,7 +297,7 @@ def parse_run_id(text: str) -> str:
         raise BadInput(
             None,
             None,
-            f"{text!r} is not a flow run id: give the full id `rollout approvals` lists",
+            f"{quoted(text)} is not a flow run id: give the full id `rollout approvals` lists",
         ) from None
 
 

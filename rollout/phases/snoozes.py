@@ -157,7 +157,7 @@ def read_requests(path: Path, now: datetime, *, read_each_day: bool = False) -> 
     written = first[1] if first is not None else []
     header = [name.strip().casefold() for name in written]
     if not {"username", "days"} <= set(header):
-        found = ", ".join(repr(name) for name in written) or "nothing"
+        found = ", ".join(quoted(name) for name in written) or "nothing"
         raise BadInput(
             path,
             1,
@@ -167,12 +167,12 @@ def read_requests(path: Path, now: datetime, *, read_each_day: bool = False) -> 
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:  # which one would be read? (a dict keeps the last, silently)
         raise BadInput(
-            path, 1, f"column {repeated[0]} appears twice (names are not case-sensitive)"
+            path, 1, f"column {quoted(repeated[0])} appears twice (names are not case-sensitive)"
         )
     unknown = [w for w, name in zip(written, header, strict=True) if name not in _COLUMNS]
     if unknown:
         raise BadInput(
-            path, 1, f"unknown columns: {shorten(', '.join(repr(name) for name in unknown))}"
+            path, 1, f"unknown columns: {shorten(', '.join(quoted(name) for name in unknown))}"
         )
     requests: list[SnoozeRequest] = []
     seen: dict[str, int] = {}
@@ -230,7 +230,7 @@ def _days(path: Path, line: int, value: str) -> int:
         raise BadInput(path, line, f"days must be at most 9 digits, not {len(digits)}")
     days = whole_count(value)
     if days is None:
-        reason = f"days must be a whole number, not {value!r}"
+        reason = f"days must be a whole number, not {quoted(value)}"
         if in_exponent_notation(value):
             reason += " (exponent notation: write the days in digits)"
         raise BadInput(path, line, reason)
@@ -244,11 +244,12 @@ def _requested_at(path: Path, line: int, value: str, now: datetime) -> datetime:
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise BadInput(path, line, f"requested_at is not a time: {value!r}") from None
+        raise BadInput(path, line, f"requested_at is not a time: {quoted(value)}") from None
     # Its UTC from 1970 on (a time past the supported days is past now too).
     at = supported_utc(moment)
     if at is None:
-        raise BadInput(path, line, f"requested_at {value!r} is not between {FIRST_DAY} and now")
+        reason = f"requested_at {quoted(value)} is not between {FIRST_DAY} and now"
+        raise BadInput(path, line, reason)
     if at > now:
         raise BadInput(path, line, f"requested_at {at} is in the future")
     return at

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rollout.core.controls import quoted
 from rollout.core.errors import BadInput
 from rollout.core.names import SAFE_NAME_RULE, is_safe_name
 from rollout.core.resources import resource_dir
@@ -61,7 +62,7 @@ class ReportSpec:
         return BadInput(
             self.path,
             self.order_lines.get(mart, 1),
-            f"csvs: {mart}: the row order {self.csv_order[mart]!r} does not run on "
+            f"csvs: {mart}: the row order {quoted(self.csv_order[mart])} does not run on "
             f"{mart}: {problem}",
         )
 
@@ -89,7 +90,7 @@ def load_report_spec(path: Path, marts_dir: Path) -> ReportSpec:
             raise BadInput(
                 path,
                 _line(node, ["csvs", mart]),
-                f"csvs: {mart!r} is no mart's name ({SAFE_NAME_RULE})",
+                f"csvs: {quoted(mart)} is no mart's name ({SAFE_NAME_RULE})",
             )
     marts = {
         mart: _mart_columns(marts_dir, mart, path, _line(node, ["csvs", mart]))
@@ -102,7 +103,7 @@ def load_report_spec(path: Path, marts_dir: Path) -> ReportSpec:
                 path,
                 _line(node, ["csvs", mart]),
                 f"csvs: {mart}: a row order is one `order by` list (columns, no ';'), "
-                f"not {order!r}",
+                f"not {quoted(order)}",
             )
     for section, mart in (("brownout_measures", BROWNOUT_MART), ("funnel_stages", FUNNEL_MART)):
         columns = marts.get(mart)

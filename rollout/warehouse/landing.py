@@ -25,6 +25,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rollout.core.controls import quoted
 from rollout.core.counts import WHOLE_COUNT_PATTERN
 from rollout.core.errors import BadInput
 from rollout.core.files import compressed_as, duckdb_path
@@ -748,7 +749,7 @@ class _DuplicateKey(ValueError):
     line the object starts on, where known."""
 
     def __init__(self, key: str) -> None:
-        super().__init__(f"key {key!r} appears twice in one object")
+        super().__init__(f"key {quoted(key)} appears twice in one object")
         self.line: int | None = None
 
 
@@ -909,7 +910,7 @@ def _stage_csv_as_text(con: duckdb.DuckDBPyConnection, file: LandingFile) -> Non
             file.path,
             header_line,
             "a column name appears twice in the header "
-            f"({shorten(', '.join(repr(name) for name in repeated))}; names are not "
+            f"({shorten(', '.join(quoted(name) for name in repeated))}; names are not "
             "case-sensitive)",
         )
     columns = {name: "VARCHAR" for name in header}
@@ -1288,9 +1289,10 @@ def _range_day(value: object) -> date | None:
 
 def _quoted(value: object) -> str:
     """A JSON value as a message quotes it: a string in quotes (as the row checks quote
-    a value), anything else as its JSON text (null, not Python's None), shortened."""
+    a value: rollout.core.controls.quoted), anything else as its JSON text (null, not
+    Python's None), shortened."""
     if isinstance(value, str):
-        return shorten(repr(value))
+        return shorten(quoted(value))
     return shorten(json.dumps(value))
 
 

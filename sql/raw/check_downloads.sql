@@ -17,12 +17,17 @@ row_problems as (
                 then 'package name ' || package_raw || ' is not a string'
             when package is null or package = '' then 'package name is missing'
             when lower(package) in ('node_modules', 'favicon.ico')
-                then 'package name ''' || package || ''' is reserved'
+                then 'package name '''
+                    || replace(replace(package, '\', '\\'), '''', '\''')
+                    || ''' is reserved'
             when not regexp_full_match(package, $name_pattern)
-                then 'package name ''' || package || ''' is not a valid npm package name'
+                then 'package name '''
+                    || replace(replace(package, '\', '\\'), '''', '\''')
+                    || ''' is not a valid npm package name'
             when day is null and day_raw is null then 'day is missing'
             when day is null
-                then 'day ''' || cast(day_raw as varchar)
+                then 'day '''
+                    || replace(replace(cast(day_raw as varchar), '\', '\\'), '''', '\''')
                     || ''' is not a real date (expected YYYY-MM-DD)'
             when day > $today then 'day ' || day || ' is in the future'
             when day < $earliest then 'day ' || day || ' is before 2000'
@@ -34,10 +39,12 @@ row_problems as (
                     || ' is out of range (at most 9223372036854775807)'
             when downloads is null
                 and regexp_full_match(trim(cast(downloads_raw as varchar)), $exponent_pattern)
-                then 'downloads ''' || cast(downloads_raw as varchar)
+                then 'downloads '''
+                    || replace(replace(cast(downloads_raw as varchar), '\', '\\'), '''', '\''')
                     || ''' is in exponent notation: write the count in digits'
             when downloads is null
-                then 'downloads ''' || cast(downloads_raw as varchar)
+                then 'downloads '''
+                    || replace(replace(cast(downloads_raw as varchar), '\', '\\'), '''', '\''')
                     || ''' is not a whole number'
             when downloads < 0 then 'downloads ' || downloads || ' is negative'
         end as problem

@@ -19,15 +19,20 @@ judged as (
             -- account_status_change) is loaded and says nothing of delivery: only a
             -- name unlike any event type is bad.
             when not regexp_full_match(event, '[a-z][a-z_]{0,49}')
-                then 'event ''' || event || ''' is not an event type (lowercase letters and _)'
+                then 'event '''
+                    || replace(replace(event, '\', '\\'), '''', '\''')
+                    || ''' is not an event type (lowercase letters and _)'
             when timestamp_text is null or timestamp_text = '' then 'timestamp is missing'
             when occurred_at is null
-                then 'timestamp ''' || timestamp_text
+                then 'timestamp '''
+                    || replace(replace(timestamp_text, '\', '\\'), '''', '\''')
                     || ''' is not a Unix time in whole seconds'
             when occurred_at > $latest then 'timestamp ' || occurred_at || ' is in the future'
             when occurred_at < $earliest then 'timestamp ' || occurred_at || ' is before 2000'
             when outbox_id_text is not null and outbox_id is null
-                then 'outbox_id ''' || outbox_id_text || ''' is not a positive whole number'
+                then 'outbox_id '''
+                    || replace(replace(outbox_id_text, '\', '\\'), '''', '\''')
+                    || ''' is not a positive whole number'
         end as problem
     from staged
 ),

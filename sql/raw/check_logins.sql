@@ -25,16 +25,20 @@ judged as (
         case
             when occurred_at_text is null then 'occurred_at is missing'
             when occurred_at is null
-                then 'occurred_at ''' || occurred_at_text || ''' is not an ISO 8601 timestamp'
+                then 'occurred_at '''
+                    || replace(replace(occurred_at_text, '\', '\\'), '''', '\''')
+                    || ''' is not an ISO 8601 timestamp'
             when occurred_at > $now then 'occurred_at ' || occurred_at || ' is in the future'
             when occurred_at < $earliest then 'occurred_at ' || occurred_at || ' is before 2000'
             when username is null or username = '' then 'username is missing'
             when second_factor is null
                 or second_factor not in ('none', 'elv', 'totp', 'webauthn')
-                then 'second_factor ''' || coalesce(second_factor, '')
+                then 'second_factor '''
+                    || replace(replace(coalesce(second_factor, ''), '\', '\\'), '''', '\''')
                     || ''' is not one of none, elv, totp, webauthn'
             when outcome is null or outcome not in ('success', 'failed', 'abandoned')
-                then 'outcome ''' || coalesce(outcome, '')
+                then 'outcome '''
+                    || replace(replace(coalesce(outcome, ''), '\', '\\'), '''', '\''')
                     || ''' is not one of success, failed, abandoned'
         end as problem
     from staged

@@ -15,9 +15,13 @@ row_checks as (
             when name is null then 'name is missing or not a string'
             when name = '' then 'name is empty'
             when lower(name) in ('node_modules', 'favicon.ico')
-                then 'package name ''' || name || ''' is reserved'
+                then 'package name '''
+                    || replace(replace(name, '\', '\\'), '''', '\''')
+                    || ''' is reserved'
             when not regexp_full_match(name, $name_pattern)
-                then 'package name ''' || name || ''' is not a valid npm package name'
+                then 'package name '''
+                    || replace(replace(name, '\', '\\'), '''', '\''')
+                    || ''' is not a valid npm package name'
             when version is null or trim(version) = ''
                 then 'version is missing or not a string'
             when maintainers_malformed or maintainers is null or len(maintainers) = 0
@@ -68,7 +72,8 @@ final as (
             row_checks.row_problem,
             case
                 when bad_dependency_names.dependency is not null
-                    then 'dependency name ''' || bad_dependency_names.dependency
+                    then 'dependency name '''
+                        || replace(replace(bad_dependency_names.dependency, '\', '\\'), '''', '\''')
                         || ''' is not a valid npm package name'
                 when repeated_in_file.copies > 1
                     then 'package ' || row_checks.name || ' appears '

@@ -32,24 +32,34 @@ judged as (
         case
             when occurred_at_text is null then 'occurred_at is missing'
             when occurred_at is null
-                then 'occurred_at ''' || occurred_at_text || ''' is not an ISO 8601 timestamp'
+                then 'occurred_at '''
+                    || replace(replace(occurred_at_text, '\', '\\'), '''', '\''')
+                    || ''' is not an ISO 8601 timestamp'
             when occurred_at > $now then 'occurred_at ' || occurred_at || ' is in the future'
             when occurred_at < $earliest then 'occurred_at ' || occurred_at || ' is before 2000'
             when package is null or package = '' then 'package name is missing'
             when not regexp_full_match(package, $name_pattern)
-                then 'package name ''' || package || ''' is not a valid npm package name'
+                then 'package name '''
+                    || replace(replace(package, '\', '\\'), '''', '\''')
+                    || ''' is not a valid npm package name'
             when username is null or username = '' then 'username is missing'
             when via is null or via not in ('token', 'session', 'trusted')
-                then 'via ''' || coalesce(via, '') || ''' is not one of token, session, trusted'
+                then 'via '''
+                    || replace(replace(coalesce(via, ''), '\', '\\'), '''', '\''')
+                    || ''' is not one of token, session, trusted'
             when via = 'token' and token_kind is null
                 then 'token_kind is missing (via is token)'
             when via = 'token' and token_kind not in ('publish', 'automation', 'granular')
-                then 'token_kind ''' || token_kind
+                then 'token_kind '''
+                    || replace(replace(token_kind, '\', '\\'), '''', '\''')
                     || ''' is not one of publish, automation, granular (a token that publishes)'
             when via <> 'token' and token_kind is not null
-                then 'token_kind ''' || token_kind || ''' given, but via is ' || via
+                then 'token_kind '''
+                    || replace(replace(token_kind, '\', '\\'), '''', '\''')
+                    || ''' given, but via is ' || via
             when second_factor is null or second_factor not in ('none', 'totp', 'webauthn')
-                then 'second_factor ''' || coalesce(second_factor, '')
+                then 'second_factor '''
+                    || replace(replace(coalesce(second_factor, ''), '\', '\\'), '''', '\''')
                     || ''' is not one of none, totp, webauthn'
             when token_kind = 'automation' and second_factor <> 'none'
                 then 'second_factor ' || second_factor
