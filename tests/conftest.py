@@ -351,6 +351,7 @@ SLOW_TESTS = (
     "tests/test_stop.py::test_a_stopped_send_in_processes_ends_them_all_and_finishes_later",
     "tests/test_stop.py::test_the_extract_s_exporters_end_with_the_command",
     "tests/test_stop.py::test_workers_whose_parent_is_killed_stop_and_put_back_what_they_held",
+    "tests/test_progress.py::test_a_demo_played_over_a_cohort_built_with_nobody_in_it_tells_it",
 )
 
 

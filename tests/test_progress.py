@@ -18,7 +18,7 @@ from rollout.phases import enforce
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 
-from .conftest import DATA
+from .conftest import DATA, REFERENCE_PLAN
 from .factories import LATE_NOTICE, AccountFactory, NotificationFactory, bound_to
 from .support.previews import to_apply
 
@@ -243,6 +243,35 @@ def test_the_demo_tells_a_cohort_built_with_nobody_in_it(plan: Plan) -> None:
         "  cohort high-impact: 0 accounts (built: selected no one)",
         "  all accounts: 2FA 50% -> 80%",
     ]
+
+
+def test_a_demo_played_over_a_cohort_built_with_nobody_in_it_tells_it(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole demo, not its closing lines alone: a plan whose high-impact rule no
+    package meets builds that cohort with nobody in it on 2022-03-14, and the story's
+    closing lines tell it with 0 accounts, as the report does (the test above builds
+    the lines from a report it fills itself: a story that never filled it passed)."""
+    plan = rollout_home.parent / "nobody-high-impact.yaml"
+    unmet = REFERENCE_PLAN.read_text()
+    for rule, nobody in [
+        ("weekly_downloads_gt: 1000000\n", "weekly_downloads_gt: 1000000000000000\n"),
+        ("dependents_gte: 500\n", "dependents_gte: 1000000000\n"),
+    ]:
+        assert unmet.count(rule) == 1, f"the reference plan's high-impact rule: {rule}"
+        unmet = unmet.replace(rule, nobody)
+    plan.write_text(unmet)
+    monkeypatch.setenv("ROLLOUT_PLAN", str(plan))
+    runner = CliRunner()
+    sampled = runner.invoke(app, ["sample", "--scale", "tiny", "--seed", "7", "--for-plan"])
+    assert sampled.exit_code == 0, sampled.output
+
+    played = runner.invoke(app, ["demo", "--start", "2022-03-14", "--end", "2022-03-14"])
+
+    assert played.exit_code == 0, played.output
+    lines = played.stderr.splitlines()
+    assert "  cohort high-impact: 0 accounts (built: selected no one)" in lines
+    assert any(line.startswith("  cohort top-100: 2FA ") for line in lines)
 
 
 def test_the_story_security_key_shares_are_webauthn_of_accounts() -> None:
