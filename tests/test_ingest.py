@@ -559,6 +559,147 @@ def test_one_bad_file_in_a_backfill_is_named_and_the_others_load(
     assert len(loaded_rows(con)) == 16
 
 
+# Every value a raw check names quoted (sql/raw/check_*.sql): (kind, file name, its
+# lines with {v} where the bad value goes, what the reason names before the value).
+QUOTED_IN_REASONS = [
+    ("downloads", "d.csv", ["package,day,downloads", "{v},2022-01-10,1"], "package name"),
+    ("downloads", "d.csv", ["package,day,downloads", "react,{v},1"], "day"),
+    ("downloads", "d.csv", ["package,day,downloads", "react,2022-01-10,{v}"], "downloads"),
+    (
+        "logins",
+        "l.csv",
+        ["occurred_at,username,second_factor,outcome", "{v},ann,none,success"],
+        "occurred_at",
+    ),
+    (
+        "logins",
+        "l.csv",
+        ["occurred_at,username,second_factor,outcome", "2022-01-10T10:00:00Z,ann,{v},success"],
+        "second_factor",
+    ),
+    (
+        "logins",
+        "l.csv",
+        ["occurred_at,username,second_factor,outcome", "2022-01-10T10:00:00Z,ann,none,{v}"],
+        "outcome",
+    ),
+    (
+        "publishes",
+        "p.csv",
+        [
+            "occurred_at,package,username,via,token_kind,second_factor",
+            "{v},react,ann,session,,totp",
+        ],
+        "occurred_at",
+    ),
+    (
+        "publishes",
+        "p.csv",
+        [
+            "occurred_at,package,username,via,token_kind,second_factor",
+            "2022-01-10T10:00:00Z,{v},ann,session,,totp",
+        ],
+        "package name",
+    ),
+    (
+        "publishes",
+        "p.csv",
+        [
+            "occurred_at,package,username,via,token_kind,second_factor",
+            "2022-01-10T10:00:00Z,react,ann,{v},,totp",
+        ],
+        "via",
+    ),
+    (
+        "publishes",
+        "p.csv",
+        [
+            "occurred_at,package,username,via,token_kind,second_factor",
+            "2022-01-10T10:00:00Z,react,ann,token,{v},none",
+        ],
+        "token_kind",
+    ),
+    (
+        "publishes",
+        "p.csv",
+        [
+            "occurred_at,package,username,via,token_kind,second_factor",
+            "2022-01-10T10:00:00Z,react,ann,session,,{v}",
+        ],
+        "second_factor",
+    ),
+    (
+        "manifests",
+        "m.jsonl",
+        ['{"name": {j}, "version": "1.0.0", "maintainers": ["ann"]}'],
+        "package name",
+    ),
+    (
+        "manifests",
+        "m.jsonl",
+        [
+            '{"name": "react", "version": "1.0.0", "maintainers": ["ann"],'
+            ' "dependencies": {{j}: "^1.0.0"}}'
+        ],
+        "dependency name",
+    ),
+    (
+        "events",
+        "e.jsonl",
+        [
+            '{"sg_event_id": "e1", "event": {j}, "timestamp": 1641808800,'
+            ' "email": "ann@example.com", "outbox_id": "7"}'
+        ],
+        "event",
+    ),
+    (
+        "events",
+        "e.jsonl",
+        [
+            '{"sg_event_id": "e1", "event": "open", "timestamp": {j},'
+            ' "email": "ann@example.com", "outbox_id": "7"}'
+        ],
+        "timestamp",
+    ),
+    (
+        "events",
+        "e.jsonl",
+        [
+            '{"sg_event_id": "e1", "event": "open", "timestamp": 1641808800,'
+            ' "email": "ann@example.com", "outbox_id": {j}}'
+        ],
+        "outbox_id",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "lines", "named"),
+    QUOTED_IN_REASONS,
+    ids=[f"{kind}-{named.replace(' ', '_')}" for kind, _, _, named in QUOTED_IN_REASONS],
+)
+def test_every_raw_check_names_the_row_s_value_quoted(
+    con: duckdb.DuckDBPyConnection,
+    tmp_path: Path,
+    kind: str,
+    name: str,
+    lines: list[str],
+    named: str,
+) -> None:
+    """Each check of every kind (sql/raw/check_*.sql) names a bad value as
+    rollout.core.controls.quoted does, its quote and backslash escaped: one value read
+    as one, whichever field holds it (the test below tries the downloads' package
+    alone)."""
+    value = "o'neil\\x"
+    text = "\n".join(lines).replace("{v}", value).replace("{j}", json.dumps(value))
+    path = tmp_path / "landing" / kind / f"{kind}-2022-01-10-{name}"
+    path.parent.mkdir(parents=True)
+    path.write_text(text + "\n")
+    load(con, path, limit=1.0)
+    reasons = [reason for (reason,) in con.execute("select reason from quarantine").fetchall()]
+    assert reasons and all(r.startswith(f"{named} {quoted(value)} ") for r in reasons), reasons
+
+
 @pytest.mark.parametrize(
     "name", ["it's bad", "o'neil', 'x bad", "back\\slash' bad", "esc\x1b[2K bad"]
 )
