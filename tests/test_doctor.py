@@ -26,6 +26,8 @@ from rollout import warehouse
 from rollout.cli import app
 from rollout.core.config import Settings, load_settings
 from rollout.core.controls import quoted
+from rollout.core.errors import GuardRefused
+from rollout.demo.sample import generate_sample
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.ops.doctor import (
     Status,
@@ -41,6 +43,7 @@ from rollout.ops.doctor import (
 from rollout.registry import Registry
 from rollout.registry.engine import make_engine
 from rollout.registry.migrate import upgrade
+from tests.factories import AccountFactory, bound_to
 from tests.support.warehouse_holder import warehouse_held
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,6 +149,8 @@ def test_a_password_in_the_registry_urls_query_is_not_shown(url: str) -> None:
     assert result.status is Status.fail and "cannot connect" in result.detail
     assert "s3cret-pw" not in result.detail
     assert "password=***" in result.detail
+    # A Registry in a log line or a traceback's locals: the same URL, the same way.
+    assert "s3cret-pw" not in repr(Registry(url)) and "password=***" in repr(Registry(url))
 
 
 def test_a_registry_reached_with_a_password_in_its_query_is_shown_without_it(
@@ -168,6 +173,13 @@ def test_a_registry_reached_with_a_password_in_its_query_is_shown_without_it(
     assert status.exit_code == 0, status.output
     assert password not in status.output
     assert "password=***" in json.loads(status.stdout)["registry"]
+    # `rollout sample` refusing a registry it did not make names it the same way.
+    with bound_to(make_engine(as_text)):
+        AccountFactory()
+    with pytest.raises(GuardRefused) as refused:
+        generate_sample("tiny", 7, registry=Registry(as_text), landing_dir=tmp_path / "landing")
+    assert "did not make" in str(refused.value)
+    assert password not in str(refused.value) and "password=***" in str(refused.value)
 
 
 def test_the_registry_check_connects_with_the_urls_own_connect_timeout(
