@@ -169,6 +169,9 @@ def test_ending_a_window_that_is_not_there_names_the_windows_that_are(
         "no brown-out window named 'brownout-3': the registry has none (`rollout brownout "
         "schedule --apply` creates the plan's windows)"
     )
+    started = CliRunner().invoke(app, ["brownout", "start", "dril", "--reason", "drill"])
+    assert started.exit_code == 2
+    assert " ".join(started.stderr.split()).endswith("'brownout-2' (ended) and 'drill' (active)")
     unscheduled = plan.model_copy(
         update={
             "brownouts": [*plan.brownouts, Brownout(name="late", starts_at=datetime(2022, 4, 1))]
