@@ -38,8 +38,8 @@ from flows.common import (
     table,
     with_runtime,
 )
-from rollout.core.controls import quoted
-from rollout.core.errors import GuardRefused
+from rollout.core.errors import GuardRefused, RolloutError
+from rollout.core.plan import Plan
 from rollout.phases import brownouts
 from rollout.registry.ledger import utc_now
 
@@ -53,12 +53,20 @@ def _find(name: str) -> brownouts.WindowState | None:
 
 
 def _window(name: str) -> brownouts.WindowState:
-    window = _find(name)
+    windows = brownouts.status(runtime().registry)
+    window = next((w for w in windows if w.name == name), None)
     if window is None:
-        raise GuardRefused(
-            f"no brown-out window named {quoted(name)}: run `rollout brownout schedule`"
-        )
+        raise GuardRefused(brownouts.no_window_named(name, windows, _plan_if_readable()))
     return window
+
+
+def _plan_if_readable() -> Plan | None:
+    """The plan, to say whether it names a window nobody scheduled; None when it does
+    not load (the refusal then names the registry's windows alone)."""
+    try:
+        return runtime().plan
+    except RolloutError:
+        return None
 
 
 @task(name="schedule-brownouts", cache_policy=NO_CACHE, **IO_RETRIES)

@@ -45,8 +45,13 @@ R = TypeVar("R")
 # the UI, `prefect deployment run --param` or a schedule: a day written YYYY-MM-DD, as
 # a plan's dates and the CLI's --as-of are. pydantic alone read digits (1646092800,
 # typed or quoted) as seconds since 1970 and a midnight with an offset as its calendar
-# day: a run of another day than asked, its data written under it.
-FlowDay = Day
+# day: a run of another day than asked, its data written under it. The server checks
+# the deployment's schema when a run is made (the UI's form, `prefect deployment run`,
+# the API), but its "format: date" only as a note: the pattern makes it refuse there,
+# naming the parameter, a day not written YYYY-MM-DD with a month 01-12 and a day 01-31
+# (a 2022-02-30 gets by it: the run refuses it when it starts, as it did every day).
+DAY_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
+FlowDay = Annotated[Day, Field(json_schema_extra={"pattern": DAY_PATTERN})]
 
 # The counts the flows take, bounded as the CLI's options are: refused before the run
 # starts (and by the server when the run is made: the bound is in the deployment's

@@ -142,6 +142,47 @@ def test_start_early_and_the_emergency_end(
         brownouts.end_now(registry, "nope", actor="rm", reason="x")
 
 
+def test_ending_a_window_that_is_not_there_names_the_windows_that_are(
+    registry: Registry, plan: Plan, registry_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped emergency stop says which windows there are, and in what state, so the
+    release manager sees the name to type (not a command that cannot help)."""
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+
+    monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
+    with pytest.raises(BadInput, match="no brown-out window named 'drill': the registry has none"):
+        brownouts.end_now(registry, "drill", actor="rm", reason="x")
+    brownouts.schedule(registry, plan, actor="rm")
+    brownouts.schedule(registry, soon(plan), actor="rm")
+    brownouts.start_now(registry, "drill", actor="rm", reason="rehearsal")
+
+    result = CliRunner().invoke(app, ["brownout", "end", "dril", "--reason", "stop"])
+
+    assert result.exit_code == 2
+    assert " ".join(result.stderr.split()).endswith(
+        "no brown-out window named 'dril': the registry has 'brownout-1' (ended), "
+        "'brownout-2' (ended) and 'drill' (active)"
+    )
+    assert brownouts.no_window_named("brownout-3", [], plan) == (
+        "no brown-out window named 'brownout-3': the registry has none (`rollout brownout "
+        "schedule --apply` creates the plan's windows)"
+    )
+    started = CliRunner().invoke(app, ["brownout", "start", "dril", "--reason", "drill"])
+    assert started.exit_code == 2
+    assert " ".join(started.stderr.split()).endswith("'brownout-2' (ended) and 'drill' (active)")
+    unscheduled = plan.model_copy(
+        update={
+            "brownouts": [*plan.brownouts, Brownout(name="late", starts_at=datetime(2022, 4, 1))]
+        }
+    )
+    assert brownouts.no_window_named("late", brownouts.status(registry), unscheduled) == (
+        "no brown-out window named 'late' in the registry: plan npm-2022 names it, but nobody "
+        "scheduled it yet (`rollout brownout schedule --apply` creates the plan's windows)"
+    )
+
+
 def _at_once(
     monkeypatch: pytest.MonkeyPatch,
     decide: str,

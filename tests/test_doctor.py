@@ -31,6 +31,7 @@ from rollout.demo.sample import generate_sample
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.ops.doctor import (
     Status,
+    check_home,
     check_landing,
     check_plan,
     check_registry,
@@ -697,6 +698,7 @@ def test_doctor_lists_every_check_and_exits_0_when_none_fails(healthy_home: Path
         "registry",
         "schema",
         "warehouse",
+        "home",
         "landing",
         "reports",
         "plan",
@@ -707,8 +709,8 @@ def test_doctor_lists_every_check_and_exits_0_when_none_fails(healthy_home: Path
     # No PREFECT_API_URL here: neither the worker nor the notify flow's Secret block was
     # checked, a warning each, not a failure.
     assert statuses["worker"] == statuses["sendgrid"] == "warn"
-    checks = ("registry", "schema", "warehouse", "landing", "reports", "plan")
-    assert {statuses[c] for c in checks} == {"ok"}
+    checks = ("registry", "schema", "warehouse", "home", "landing", "reports", "plan")
+    assert {statuses[c] for c in checks} == {"ok"}, rows
 
 
 def test_doctor_exits_1_when_a_check_fails(healthy_home: Path, tmp_path: Path) -> None:
@@ -743,3 +745,78 @@ def test_a_relative_plan_missing_from_the_working_folder_names_that_folder(
     assert result.status is Status.fail
     assert "plans/npm-2022.yaml" in result.detail
     assert f"a relative path, read from the working folder {tmp_path}" in result.detail
+
+
+# --- who may read the home ------------------------------------------------------------------
+
+
+def test_a_home_closed_to_others_passes(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    assert check_home(settings).status is Status.ok  # not there yet
+    settings.home.mkdir(mode=0o750)
+    (settings.home / "registry.db").write_text("")
+    (settings.home / "registry.db").chmod(0o640)
+    result = check_home(settings)
+    assert result.status is Status.ok and result.check == "home", result
+
+
+def test_a_home_an_older_rollout_left_open_to_others_warns_naming_each_path(
+    tmp_path: Path,
+) -> None:
+    """A home made at 0755 (an older rollout, an operator's mkdir) with its outbox folder
+    0755, and the files SQLite and DuckDB make beside their databases with the umask
+    alone (0644): anyone on the host could read the registry and the emails. rollout
+    makes its own files closed, but nothing said these were not."""
+    settings = settings_for(tmp_path)
+    home = settings.home
+    home.mkdir()
+    home.chmod(0o755)
+    (home / "outbox").mkdir(mode=0o750)
+    (home / "outbox").chmod(0o755)
+    for name, mode in [
+        ("registry.db", 0o640),
+        ("registry.db-wal", 0o644),
+        ("registry.db-shm", 0o644),
+        ("warehouse.duckdb", 0o640),
+        ("warehouse.duckdb.wal", 0o604),
+    ]:
+        (home / name).write_text("")
+        (home / name).chmod(mode)
+
+    result = check_home(settings)
+
+    assert result.status is Status.warn, result
+    assert result.detail.startswith(
+        f"5 paths open to others, personal data anyone on the host may read: "
+        f"`chmod -R o-rwx {home}` closes them"
+    )
+    assert result.detail.endswith(
+        f": {home} (0755), outbox/ (0755), registry.db-shm (0644), registry.db-wal (0644), "
+        "warehouse.duckdb.wal (0604)"
+    )
+    subprocess.run(["chmod", "-R", "o-rwx", str(home)], check=True)  # the advice
+    assert check_home(settings).status is Status.ok
+
+
+def test_files_the_databases_make_with_the_umask_in_a_closed_home_pass(tmp_path: Path) -> None:
+    """SQLite's and DuckDB's files take the umask (0644): the closed folder keeps them
+    closed, as the runbook says, and is not worth a warning."""
+    settings = settings_for(tmp_path)
+    settings.home.mkdir(mode=0o750)
+    for name in ("registry.db", "registry.db-wal", "warehouse.duckdb.wal"):
+        (settings.home / name).write_text("")
+        (settings.home / name).chmod(0o644)
+    assert check_home(settings).status is Status.ok
+
+
+def test_a_warehouse_outside_the_home_is_checked_with_its_wal(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "data" / "warehouse.duckdb"
+    elsewhere.parent.mkdir(mode=0o751)
+    elsewhere.parent.chmod(0o751)
+    settings = settings_for(tmp_path, ROLLOUT_WAREHOUSE=str(elsewhere))
+    settings.home.mkdir(mode=0o700)
+    Path(f"{elsewhere}.wal").write_text("")
+    Path(f"{elsewhere}.wal").chmod(0o644)
+    result = check_home(settings)
+    assert result.status is Status.warn, result
+    assert result.detail.endswith(f": {elsewhere.parent} (0751), {elsewhere}.wal (0644)")

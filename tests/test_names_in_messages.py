@@ -113,7 +113,7 @@ def test_a_brownout_window_there_is_not_is_named_as_one_name(
 
     assert result.exit_code == 2
     said = " ".join(result.stderr.split())
-    found = re.search("no brown-out window named " + QUOTED + "$", said)
+    found = re.search("no brown-out window named " + QUOTED + ": the registry has none", said)
     assert found, said
     assert names_read_back(found[1]) == [name]
 

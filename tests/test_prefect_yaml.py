@@ -260,3 +260,26 @@ def test_a_count_parameter_out_of_its_range_is_refused_before_the_run_starts(
     schema = flow.parameters.model_dump()["properties"][parameter]
     assert {"minimum", "exclusiveMinimum"} & set(schema), schema
     flow.validate_parameters(base)  # the deployment's own values still pass
+
+
+@pytest.mark.parametrize(("name", "parameter"), _day_parameters())
+@pytest.mark.parametrize(
+    "typed", ["2022-13-01", "2022-3-1", "20220301", "1646092800", "2022-03-01T00:00:00Z", "today"]
+)
+def test_a_malformed_day_is_refused_by_the_server_when_the_run_is_made(
+    name: str, parameter: str, typed: str
+) -> None:
+    """The server checks a run's parameters against the deployment's schema when the run
+    is made (the UI's form, `prefect deployment run --param`, the API), with the check
+    used here; "format: date" it takes as a note only, so a 2022-13-01 made a run that
+    failed only once a worker started it. The schema's pattern refuses it there, naming
+    the parameter; YYYY-MM-DD (and no day: today) is taken."""
+    from prefect.utilities.schema_tools.validation import ValidationError, validate
+
+    flow = load_entrypoint(DEPLOYMENTS[name]["entrypoint"])
+    schema = flow.parameters.model_dump()
+    base = dict(DEPLOYMENTS[name].get("parameters") or {})
+    with pytest.raises(ValidationError, match=rf"field '{parameter}'.*does not match"):
+        validate({**base, parameter: typed}, schema, raise_on_error=True, ignore_required=True)
+    for taken in ("2022-03-01", None):
+        validate({**base, parameter: taken}, schema, raise_on_error=True, ignore_required=True)

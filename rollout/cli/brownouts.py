@@ -119,13 +119,22 @@ def brownout_start(
     """Begin a scheduled brown-out now (it keeps its planned length); one begun or
     ended, or one the plan does not name, is refused (exit 3), in the preview too. Lists
     the window: as it is (preview), or as started."""
-    from rollout.phases.brownouts import change_preview, refuse_unplanned, start_now
+    from rollout.core.errors import BadInput
+    from rollout.phases.brownouts import (
+        change_preview,
+        no_window_named,
+        refuse_unplanned,
+        start_now,
+        status,
+    )
 
     runtime = _runtime(ctx)
     settings, plan = runtime.settings, runtime.plan
-    found = _window_now(runtime.registry, name)
-    if found is not None:  # a name nowhere is refused below as unknown (exit 2)
-        refuse_unplanned(plan, name, found)
+    windows = status(runtime.registry)
+    found = next((w for w in windows if w.name == name), None)
+    if found is None:  # named with the windows there are, and the plan's if it names it
+        raise BadInput(None, None, no_window_named(name, windows, plan))
+    refuse_unplanned(plan, name, found)
     if not apply:
         preview = change_preview(runtime.registry, name, "start")
         _emit_window(found, fmt, f"{name} (preview)")

@@ -24,7 +24,7 @@ from urllib.parse import quote
 import httpx
 
 from rollout.core.config import prefect_api, url_shown
-from rollout.core.controls import quoted
+from rollout.core.controls import quoted, shell_word
 from rollout.core.errors import BadInput, RolloutError
 from rollout.core.files import duckdb_path
 from rollout.core.words import counted
@@ -89,6 +89,7 @@ def run_checks(
         _guarded("registry", lambda: check_registry(runtime.registry)),
         _guarded("schema", lambda: check_schema(runtime.registry)),
         _guarded("warehouse", lambda: check_warehouse(settings.warehouse_path)),
+        _guarded("home", lambda: check_home(settings)),
         _guarded("landing", lambda: check_landing(settings.landing_dir)),
         _guarded("reports", lambda: check_reports(settings.reports_dir)),
         _guarded("plan", lambda: check_plan(settings.plan_path)),
@@ -342,6 +343,81 @@ def _unwritable(path: Path) -> Path | None:
         if not os.access(where, os.W_OK):
             return where
     return None
+
+
+# --- who may read the home ------------------------------------------------------------------
+
+# The files beside a database that hold its data too: SQLite's rollback journal or WAL
+# and shared memory, DuckDB's WAL. Each takes the umask of the process that makes it.
+SQLITE_SIDECARS = ("-journal", "-wal", "-shm")
+DUCKDB_SIDECARS = (".wal",)
+SHOWN_OPEN = 8
+
+
+def check_home(settings: Settings) -> CheckResult:
+    """Others (neither the owner nor the group) can read nothing of ROLLOUT_HOME: the
+    home itself, what is directly in it, and the databases with the files beside them
+    that hold their data (wherever ROLLOUT_WAREHOUSE or a SQLite URL puts them). rollout
+    makes its files and folders closed to others; a home made by an older rollout, or
+    by hand at 0755, is not, and what SQLite and DuckDB make beside a database takes the
+    umask alone (0644), which a closed folder keeps closed. So a path is reported when it
+    gives others any permission and its folder lets them through (x): nothing above the
+    home (or a database's folder) is judged. A warning: nothing fails for it."""
+    home = settings.home
+    if not home.exists():
+        return CheckResult("home", Status.ok, f"{home} (not there yet: the first run makes it)")
+    folders = [(home, sorted(home.iterdir()))]
+    databases = [(settings.warehouse_path, DUCKDB_SIDECARS)]
+    registry_file = _sqlite_file(settings.registry_url)
+    if registry_file is not None:
+        databases.append((registry_file, SQLITE_SIDECARS))
+    for database, sidecars in databases:
+        folders.append(
+            (database.parent, [database, *(Path(f"{database}{end}") for end in sidecars)])
+        )
+    open_to_others: dict[Path, int] = {}
+    for folder, inside in folders:
+        folder_mode = _mode(folder)
+        if folder_mode is None:
+            continue
+        if folder_mode & 0o007:
+            open_to_others.setdefault(folder, folder_mode)
+        if not folder_mode & 0o001:  # others cannot get through it to what is inside
+            continue
+        for path in inside:
+            mode = _mode(path)
+            if mode is not None and mode & 0o007:
+                open_to_others.setdefault(path, mode)
+    if not open_to_others:
+        return CheckResult("home", Status.ok, f"{home}: closed to others")
+    # In the home, by their names there (the row stays short); elsewhere, in full.
+    # Not cut short as other rows are: each path is one to close. At most SHOWN_OPEN.
+    shown = [f"{_in_home(path, home)} ({mode:04o})" for path, mode in open_to_others.items()]
+    if len(shown) > SHOWN_OPEN:
+        shown = [*shown[:SHOWN_OPEN], f"{len(shown) - SHOWN_OPEN:,} more"]
+    return CheckResult(
+        "home",
+        Status.warn,
+        f"{counted(len(open_to_others), 'path')} open to others, personal data anyone "
+        f"on the host may read: `chmod -R o-rwx {shell_word(str(home))}` closes them "
+        f"(a database elsewhere: chmod o-rwx it and the files beside it): {', '.join(shown)}",
+    )
+
+
+def _mode(path: Path) -> int | None:
+    """Its permission bits; None when it is not there (a sidecar), or gone meanwhile."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return None
+
+
+def _in_home(path: Path, home: Path) -> str:
+    if path == home:
+        return str(home)
+    if path.parent == home:
+        return path.name + ("/" if path.is_dir() else "")
+    return str(path)
 
 
 # --- the folders the runs write -------------------------------------------------------------

@@ -23,7 +23,7 @@ from rollout.core.clock import naive_utc
 from rollout.core.controls import quoted, shell_word
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import Brownout, Plan
-from rollout.core.words import counted, them
+from rollout.core.words import counted, listed, them
 from rollout.notify.emails import ELV_HEADS_UP_EMAIL, HEADS_UP_EMAIL
 from rollout.notify.outbox import NOTIFICATIONS
 from rollout.notify.withdraw import Selection, withdraw_queued
@@ -513,8 +513,29 @@ def _current(registry: Registry, name: str, now: datetime) -> tuple[WindowState,
 def _current_of(windows: list[WindowState], name: str) -> tuple[WindowState, list[WindowState]]:
     current = next((w for w in windows if w.name == name), None)
     if current is None:
-        raise BadInput(None, None, f"no brown-out window named {quoted(name)}")
+        raise BadInput(None, None, no_window_named(name, windows))
     return current, [w for w in windows if w.name != name]
+
+
+def no_window_named(name: str, windows: list[WindowState], plan: Plan | None = None) -> str:
+    """Why a window ``name`` cannot be started or ended: the windows there are, each with
+    its state (what `brownout start|end` can act on), so whoever mistyped one sees the
+    name to type. ``plan``, when known: a window it names that nobody scheduled yet is
+    said to be so, with the command that creates it. The plan is not read otherwise:
+    the emergency end must not depend on it loading."""
+    said = f"no brown-out window named {quoted(name)}"
+    if plan is not None and name in {b.name for b in plan.brownouts}:
+        return (
+            f"{said} in the registry: plan {plan.name} names it, but nobody scheduled "
+            "it yet (`rollout brownout schedule --apply` creates the plan's windows)"
+        )
+    if not windows:
+        return (
+            f"{said}: the registry has none (`rollout brownout schedule --apply` creates "
+            "the plan's windows)"
+        )
+    there = [f"{quoted(w.name)} ({w.state})" for w in windows]
+    return f"{said}: the registry has {listed(there)}"
 
 
 def change_preview(registry: Registry, name: str, change: str) -> str:

@@ -114,6 +114,7 @@ def test_deploy_creates_every_deployment_of_prefect_yaml(
         assert created["pull_steps"] == CONFIG["pull"], where
         assert set(created["tags"]) == set(expected["tags"]), where
         assert created["parameters"] == (expected.get("parameters") or {}), where
+        assert created["job_variables"] == expected["work_pool"]["job_variables"], where
         assert schedules(created["schedules"]) == schedules(expected.get("schedules") or []), where
     # Each answers to the flow/deployment name operators type.
     for name, created in deployed.deployments.items():
@@ -141,6 +142,32 @@ def test_the_preview_run_completes_on_a_worker(
     )
     assert flow_run["parameters"] == {"phase": PHASE}
     assert preview_run.worker_exit == 0, processes.diagnostics()
+
+
+def test_the_run_sends_heartbeats_that_the_stopped_run_automation_matches(
+    processes: Processes, preview_run: PreviewRun
+) -> None:
+    """A run killed with its worker says nothing more; its heartbeats stopping is what
+    the automation `rollout: flow run stopped reporting` marks Crashed. The run on the
+    worker sends them (prefect.yaml's PREFECT_FLOWS_HEARTBEAT_FREQUENCY reached its
+    process), each carrying the tag the automation matches."""
+    run_id = preview_run.flow_run["id"]
+    query = {
+        "filter": {
+            "any_resource": {"id": [f"prefect.flow-run.{run_id}"]},
+            "event": {"name": ["prefect.flow-run.heartbeat"]},
+            "occurred": {"since": preview_run.flow_run["created"]},
+        },
+        "limit": 10,
+    }
+    deadline = time.monotonic() + 20  # the server stores events in batches
+    beats = processes.api("POST", "/events/filter", query)["events"]
+    while not beats and time.monotonic() < deadline:
+        time.sleep(1)
+        beats = processes.api("POST", "/events/filter", query)["events"]
+    assert beats, f"no heartbeat from run {run_id}\n{processes.diagnostics()}"
+    related = {(r["prefect.resource.role"], r["prefect.resource.id"]) for r in beats[0]["related"]}
+    assert ("tag", "prefect.tag.rollout") in related
 
 
 def test_its_artifact_names_the_account_count(

@@ -54,6 +54,8 @@ def test_each_automation_is_valid_and_nothing_in_it_is_ignored(name: str) -> Non
 def test_every_action_notifies_through_the_block_the_runbook_fills_in() -> None:
     for raw in automations():
         for action in raw["actions"]:
+            if action["type"] == "change-flow-run-state":  # the stopped runs' (below)
+                continue
             assert action["type"] == "send-notification"
             assert action["block_document_id"] == PLACEHOLDER
     runbook = (ROOT / "docs" / "runbook-operator.md").read_text()
@@ -75,7 +77,7 @@ def test_flow_run_alerts_match_the_tag_every_deployment_carries() -> None:
 def test_failed_runs_alert_at_once_and_paused_runs_after_four_hours() -> None:
     from prefect.events.schemas.automations import Posture
 
-    failed, paused, no_worker = (as_installed(raw).trigger for raw in automations())
+    failed, _, paused, no_worker = (as_installed(raw).trigger for raw in automations())
     assert failed.posture is Posture.Reactive
     assert {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"} <= failed.expect
 
@@ -105,3 +107,41 @@ def test_failed_runs_alert_at_once_and_paused_runs_after_four_hours() -> None:
         "prefect.resource.role": "work-pool",
         "prefect.resource.name": "rollout-process",
     }
+
+
+def test_a_run_that_stops_sending_heartbeats_is_marked_crashed_so_the_failed_alert_fires() -> None:
+    """A run killed with its worker (systemd's final SIGKILL) reports nothing and stayed
+    Running for ever: Prefect's server does not look for such runs by itself. Every run
+    sends a heartbeat (the frequency prefect.yaml pins for every deployment); a run
+    whose heartbeats stop, with none of the states that end it or its process, is set
+    Crashed, a state the failed-run alert fires on."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import Posture
+
+    [raw] = [a for a in automations() if a["name"] == "rollout: flow run stopped reporting"]
+    automation = as_installed(raw)
+    trigger = automation.trigger
+    assert trigger.posture is Posture.Proactive
+    assert trigger.after == {"prefect.flow-run.heartbeat"}
+    final = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Crashed", "Cancelled")}
+    # A deployed phase-enforce run waiting for approval is Suspended, its process gone:
+    # no heartbeat comes, and it must not be crashed for that.
+    waiting = {"prefect.flow-run.Paused", "prefect.flow-run.Suspended"}
+    assert {"prefect.flow-run.heartbeat"} | final | waiting <= trigger.expect
+    assert not {"prefect.flow-run.Running", "prefect.flow-run.Pending"} & trigger.expect
+    assert trigger.for_each == {"prefect.resource.id"}
+    [action] = automation.actions
+    assert isinstance(action, ChangeFlowRunState) and action.state is StateType.CRASHED
+    assert not action.force  # a run that ended meanwhile keeps its state
+    failed = as_installed(automations()[0]).trigger
+    assert "prefect.flow-run.Crashed" in failed.expect
+
+    deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    for deployment in deployments:
+        env = deployment["work_pool"]["job_variables"]["env"]
+        frequency = int(env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"])
+        # Several heartbeats missed, not one late: a blip must not crash a live run.
+        assert trigger.within.total_seconds() >= 5 * frequency, deployment["name"]
+    runbook = (ROOT / "docs" / "runbook-operator.md").read_text()
+    assert "rollout: flow run stopped reporting" in runbook

@@ -528,6 +528,26 @@ def test_the_brownout_flows_start_and_end_a_window_at_its_planned_times(
     assert refused.is_failed() and "cannot start again" in refused.message
 
 
+def test_a_brownout_end_run_for_a_window_there_is_not_names_the_windows_there_are(
+    daily_state: Any, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rollout.core.plan import load_plan
+    from rollout.phases.brownouts import schedule
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    plan = _plan_with_brownouts(home, now + timedelta(days=10), now + timedelta(days=20))
+    monkeypatch.setenv("ROLLOUT_PLAN", str(plan))
+    schedule(Registry(home.settings.registry_url), load_plan(plan), actor="rm")
+
+    refused = brownout_flows.brownout_end("brownout-9", return_state=True)
+
+    assert refused.is_failed()
+    assert refused.message == (
+        "no brown-out window named 'brownout-9': the registry has 'brownout-1' (scheduled) "
+        "and 'brownout-2' (scheduled)"
+    )
+
+
 def test_a_brownout_run_well_before_the_window_s_planned_times_changes_nothing(
     daily_state: Any, home: Home, monkeypatch: pytest.MonkeyPatch
 ) -> None:
