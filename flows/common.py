@@ -225,7 +225,9 @@ def fail_on_user_error(fn: Callable[P, R]) -> Callable[P, R | State]:
             if line is None:
                 raise
             failure, message = error, line
-        return Failed(message=message, data=failure)
+        # One line, as the CLI prints it (``labelled``): a value or a library's words
+        # holding a line break or an ESC are shown escaped, in the UI and on a terminal.
+        return Failed(message=controls_shown(message), data=failure)
 
     # Prefect validates parameters against this wrapper, resolving string annotations
     # in this module's globals: hand it the function's own, already resolved.

@@ -466,7 +466,7 @@ def test_brownouts_and_elv_from_the_command_line(
     for extra in ((), ("--apply",)):
         dropped = run("brownout", "start", "brownout-2", "--reason", "x", *extra)
         assert dropped.exit_code == 3, dropped.stderr
-        assert "brown-out brownout-2 is not in plan npm-2022" in _one_line(dropped.stderr)
+        assert "brown-out 'brownout-2' is not in plan npm-2022" in _one_line(dropped.stderr)
     assert run("brownout", "start", "brownout-9", "--reason", "x").exit_code == 2
     listed = json.loads(run("brownout", "status", "--format", "json").stdout)
     assert [w["in_plan"] for w in listed] == [True, False]

@@ -25,6 +25,7 @@ from rollout import warehouse
 from rollout.cli import app
 from rollout.core.controls import quoted
 from rollout.core.errors import BadInput
+from rollout.core.files import written_in_place
 from rollout.warehouse import ingest
 from tests.support.ingest import LIMIT, NOTHING, NOW, load, row_counts
 
@@ -662,6 +663,40 @@ def test_a_file_still_being_fetched_beside_its_landing_name_is_left_alone(
     put(root, "downloads/downloads-2022-01-11.csv.sha256", b"0" * 64)
     report = run(con, root)
     assert [(f.path.name, f.status) for f in report.files] == [(GOOD_CSV.name, "loaded")]
+
+
+def test_a_file_a_writer_has_not_moved_into_place_yet_is_never_read(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """The sample and the demo write each landing file inside a hidden folder beside it
+    (rollout.core.files.written_in_place) and rename it into place: ingest walked into
+    that folder and loaded the file there, half written (an ingest running meanwhile) or
+    left by a killed sample, and would load it again under its real name. A hidden
+    folder another user's writer made (0700) is not refused as unlistable either."""
+    root = landing_with_a_good_file(tmp_path)
+    final = root / "downloads" / "downloads-2022-01-11.csv"
+    with pytest.raises(KeyboardInterrupt), written_in_place(final) as temporary:
+        temporary.write_bytes(b"package,day,downloads\nvue,2022-01-11,7\nreact,2022-01")
+        report = run(con, root)
+        raise KeyboardInterrupt  # stopped there: nothing moves into place
+    assert not final.exists()
+    assert [(f.path.name, f.status) for f in report.files] == [(GOOD_CSV.name, "loaded")]
+    # A killed writer's folder, left behind, is passed over too, readable or not.
+    left = root / "downloads" / ".downloads-2022-01-12.csv.0123456789abcdef.tmp"
+    put(left, "downloads-2022-01-12.csv", b"package,day,downl")
+    report = run(con, root)
+    assert [f.path.name for f in report.files] == [GOOD_CSV.name] and report.rejected == []
+    real_scandir = os.scandir
+
+    def listing(path: object) -> object:
+        if Path(os.fsdecode(path)) == left:  # type: ignore[arg-type]
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "scandir", listing)
+        report = run(con, root)
+    assert [f.path.name for f in report.files] == [GOOD_CSV.name] and report.rejected == []
 
 
 def test_a_named_file_that_is_no_landing_file_is_refused_and_the_other_named_files_load(

@@ -313,6 +313,41 @@ def test_an_unsigned_or_stale_post_is_refused_before_its_body_arrives(
     assert written(tmp_path) == []
 
 
+def test_a_post_refused_before_its_body_arrived_has_its_connection_closed(
+    signer: WebhookSigner, tmp_path: Path
+) -> None:
+    """Answered on its headers (401) or over --max-bytes (413), a post's body is never
+    read: its poster trickling the rest kept the connection open as long as it liked
+    (each byte put off uvicorn's keep-alive deadline, the body thrown away). The answer
+    says `Connection: close`, and the connection is closed after it."""
+    app = create_app(signer.public_key, tmp_path, clock=lambda: NOW, max_bytes=1024)
+    body = body_of()
+    with served(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        for headers, length, status in (
+            ({}, 4_000_000, 401),
+            (signer.headers(body, NOW), 2048, 413),
+        ):
+            with socket.create_connection((host, int(port))) as connection:
+                connection.sendall(_post_head(host, headers, length))
+                connection.settimeout(5)
+                answer = connection.recv(4096)
+                assert int(answer.split(b" ", 2)[1]) == status
+                assert b"connection: close" in answer.lower()
+                connection.settimeout(0.2)
+                started, closed = time.monotonic(), False
+                while not closed and time.monotonic() - started < 8:
+                    try:
+                        connection.sendall(b"[")
+                        closed = connection.recv(4096) == b""
+                    except TimeoutError:
+                        continue
+                    except OSError:  # reset: closed
+                        closed = True
+                assert closed, "the refused post's connection was held open"
+    assert written(tmp_path) == []
+
+
 def test_posts_past_the_limit_in_progress_are_answered_503_at_once(
     signer: WebhookSigner, tmp_path: Path
 ) -> None:

@@ -29,6 +29,9 @@ events serve``) that, for each post:
    nothing written. Not 409: SendGrid posts again what it got no 2xx for, for 24 hours,
    and every retry of a post already kept was refused again, a warning each time.
 
+A post answered before its whole body arrived (steps 1 to 3 but the signature) is
+answered ``Connection: close``, and its connection closed after the answer.
+
 A post that cannot be written (a full disk, a folder made read-only) is answered 503,
 which SendGrid posts again, with one warning naming the folder and why.
 
@@ -105,9 +108,15 @@ async def _read_capped(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _refuse(status: int, reason: str) -> JSONResponse:
+def _refuse(status: int, reason: str, *, body_unread: bool = False) -> JSONResponse:
+    """The refusal, logged in one line. ``body_unread``: answered before the whole body
+    arrived (on the headers, over max_bytes, past the deadline, when stopping): the
+    connection is closed after the answer, or a poster trickling the rest of a body
+    nobody reads held it open as long as it liked (each byte put off uvicorn's
+    keep-alive deadline)."""
     log.warning("event post refused (%d): %s", status, reason)
-    return JSONResponse({"error": reason}, status_code=status)
+    headers = {"Connection": "close"} if body_unread else None
+    return JSONResponse({"error": reason}, status_code=status, headers=headers)
 
 
 def _write_atomically(folder: Path, name: str, body: bytes) -> bool:
@@ -164,14 +173,18 @@ def create_app(
         signature = request.headers.get(EventWebhookHeader.SIGNATURE)
         timestamp = request.headers.get(EventWebhookHeader.TIMESTAMP)
         if not signature or not timestamp:
-            return _refuse(401, "the post is not signed")
+            return _refuse(401, "the post is not signed", body_unread=True)
         # ASCII digits, and not more than a Unix time has: isdigit() also takes "²",
         # and int() refuses past 4300 digits; either was a 500 with a traceback.
         if not _UNIX_TIME.fullmatch(timestamp) or abs(clock() - int(timestamp)) > tolerance:
-            return _refuse(401, "the post's timestamp is not within the tolerance")
+            return _refuse(
+                401, "the post's timestamp is not within the tolerance", body_unread=True
+            )
         nonlocal in_progress
         if in_progress >= max_posts:
-            return _refuse(503, f"{counted(max_posts, 'post')} in progress already")
+            return _refuse(
+                503, f"{counted(max_posts, 'post')} in progress already", body_unread=True
+            )
         in_progress += 1
         try:
             return await _received(request, signature, timestamp)
@@ -183,16 +196,20 @@ def create_app(
             async with asyncio.timeout(body_timeout):
                 body = await _read_capped(request, max_bytes)
         except _TooLarge:
-            return _refuse(413, f"the post is over {counted(max_bytes, 'byte')}")
+            return _refuse(413, f"the post is over {counted(max_bytes, 'byte')}", body_unread=True)
         except TimeoutError:
             # A slow-loris poster, or a link too slow for SendGrid's posts: nothing of it
             # is written, and SendGrid, with no 2xx, posts it again.
-            return _refuse(408, f"the whole post did not arrive within {body_timeout:g} s")
+            return _refuse(
+                408, f"the whole post did not arrive within {body_timeout:g} s", body_unread=True
+            )
         except asyncio.CancelledError:
             # The receiver is stopping and this post's body is still arriving after the
             # grace: nothing of it is written, and a 503 (if the client still listens)
             # has SendGrid post it again. One line, not a traceback of uvicorn's cancel.
-            return _refuse(503, "the receiver stopped before the whole post arrived")
+            return _refuse(
+                503, "the receiver stopped before the whole post arrived", body_unread=True
+            )
         except ClientDisconnect:
             # The poster hung up (a reset, a proxy's timeout) mid-body: nothing of it is
             # written, and SendGrid, with no 2xx, posts it again. One line, not

@@ -558,12 +558,14 @@ def refuse_unplanned(plan: Plan, name: str, found: WindowState | None) -> None:
     deployment's schedule; scheduling the plan cancels it if not started."""
     if name in {b.name for b in plan.brownouts}:
         return
+    # The name as typed (a run's parameter in Prefect's UI, a command's argument): quoted
+    # in the sentence, one shell word in the command it suggests.
     raise GuardRefused(
-        f"brown-out {name} is not in plan {plan.name}"
+        f"brown-out {quoted(name)} is not in plan {plan.name}"
         + (f" (it is {found.state} in the registry)" if found else "")
         + ": nothing was started. `rollout brownout schedule --apply` cancels a window "
-        f"the plan dropped that has not started, `rollout brownout end {name} --reason "
-        "... --apply` one under way"
+        f"the plan dropped that has not started, `rollout brownout end {shell_word(name)} "
+        "--reason ... --apply` one under way"
     )
 
 

@@ -246,8 +246,12 @@ def survey(
             # hold a file ingest reads, or the day it names would be missing unsaid.
             named_like_files = [path] if _named_like_landing(path) else []
             for folder, subfolders, names in os.walk(path, onerror=unlisted.append):
+                # A hidden folder is never walked into: a writer's, holding a file not
+                # moved into place yet (rollout.core.files.written_in_place: half
+                # written, or left by a kill), under its landing name.
+                subfolders[:] = [name for name in subfolders if not name.startswith(".")]
                 for child in (Path(folder) / name for name in subfolders):
-                    if child.name.startswith(".") or _owned_by_another_reader(child / "-", path):
+                    if _owned_by_another_reader(child / "-", path):
                         continue
                     if child.is_symlink():
                         # os.walk does not follow it: its files would be passed over.

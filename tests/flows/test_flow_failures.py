@@ -19,6 +19,8 @@ from typing import Any
 
 import duckdb
 import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from python_http_client.exceptions import HTTPError
 from sqlalchemy import text
@@ -29,11 +31,14 @@ from flows import cohorts as cohort_flows
 from flows import metrics as metrics_flows
 from flows import notify as notify_flows
 from flows import report as report_flows
-from flows.common import is_transient
+from flows.common import fail_on_user_error, is_transient
 from rollout.core.config import load_settings
+from rollout.core.controls import CONTROL_CHARACTERS, controls_shown, quoted, shell_word
 from rollout.core.errors import BadInput, GuardRefused
+from rollout.core.plan import load_plan
 from rollout.demo.sample import generate_sample
 from rollout.dev.sendgrid_api import DevSendGrid
+from rollout.phases.brownouts import refuse_unplanned
 from rollout.registry import Registry
 from rollout.registry.engine import (
     RegistryStatementCancelled,
@@ -43,6 +48,7 @@ from rollout.registry.engine import (
 )
 from rollout.registry.migrate import upgrade
 from tests.factories import LATE_NOTICE, NotificationFactory, bound_to
+from tests.hostile import PROSE, TERMINAL
 from tests.support.artifacts import logs_since, read_markdown, run_as_deployed
 from tests.support.env import without_rollout_settings
 
@@ -239,6 +245,43 @@ def test_a_file_the_run_cannot_write_fails_it_in_one_line_as_the_cli_says_it(
     shown = f"{sample_home / 'reports' / DATA_ENDS.isoformat()}: Not a directory"
     assert f"Finished in state Failed({shown!r})" in logs
     assert "Traceback" not in logs and "unexpected exception" not in logs
+
+
+@pytest.mark.parametrize("value", TERMINAL + PROSE[:2])
+def test_a_failure_naming_a_hostile_value_is_one_line_in_the_state_message(
+    value: str, tmp_path: Path
+) -> None:
+    """The state's message is the run's one line (the UI's, `prefect flow-run ls`'s), as
+    the CLI's line is: a brown-out name typed into a run's parameters, a path an
+    operating-system error names in its own words (Arrow's, with no file name apart)
+    held a line break that started a line of its own, an ESC that acted on the
+    operator's terminal. Shown escaped, as the CLI shows them (`labelled`)."""
+    plan = load_plan(ROOT / "plans" / "npm-2022.yaml")
+
+    @fail_on_user_error
+    def start(name: str) -> None:
+        refuse_unplanned(plan, name, None)
+
+    @fail_on_user_error
+    def write(folder: Path) -> None:
+        pq.write_table(pa.table({"n": [1]}), str(folder / "part-0.parquet"))
+
+    @fail_on_user_error
+    def read_plan(words: str) -> None:
+        # A parser's own words, quoting the line it read, as they came.
+        raise BadInput(None, None, f"the plan cannot be read: {words}")
+
+    refused = start(value)
+    assert refused.is_failed() and not CONTROL_CHARACTERS.search(refused.message)
+    assert refused.message.startswith(f"brown-out {quoted(value)} is not in plan npm-2022")
+    assert shell_word(value) in refused.message  # the command it suggests, as one word
+    unread = read_plan(value)
+    assert unread.message == f"the plan cannot be read: {controls_shown(value)}"
+    if "\x00" not in value:  # (a path cannot hold NUL: a ValueError, a bug's traceback)
+        failed = write(tmp_path / value / "gone")
+        assert failed.is_failed() and not CONTROL_CHARACTERS.search(failed.message)
+        assert isinstance(failed.data, FileNotFoundError)
+        assert controls_shown(str(tmp_path / value / "gone")) in failed.message
 
 
 def test_a_turned_down_registry_url_is_not_transient_and_a_refused_connection_is(

@@ -610,7 +610,7 @@ def test_a_brownout_start_left_over_for_a_window_the_plan_dropped_calls_it_off(
     # Again (a retry, a second old schedule): it is over, nothing to call off.
     again = brownout_flows.brownout_start("drill-2", return_state=True)
     assert again.is_failed() and again.message.startswith(
-        "brown-out drill-2 is not in plan npm-2022 (it is ended early in the registry): "
+        "brown-out 'drill-2' is not in plan npm-2022 (it is ended early in the registry): "
         "nothing was started"
     )
 
