@@ -467,29 +467,43 @@ stopped_in_a_query()
 """
 
 
+def _run_flow_script(tmp_path: Path, source: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``source`` run as a flow run of its own process, as a worker starts one, on the
+    session's Prefect server, with ROLLOUT_HOME in ``tmp_path`` (and ``env``)."""
+    from prefect.settings import PREFECT_API_URL
+
+    script = tmp_path / "stopped.py"
+    script.write_text(source)
+    return subprocess.run(
+        [sys.executable, str(script)],
+        env={
+            **os.environ,
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "ROLLOUT_HOME": str(tmp_path),
+            "PYTHONPATH": str(ROOT),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _run_state(run_id: str) -> Any:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id).state
+
+
 def test_a_run_stopped_while_duckdb_works_ends_crashed_not_failed(
     prefect_server: None, clean_env: None, tmp_path: Path
 ) -> None:
     """DuckDB turns the signal's exception into RuntimeError("Query interrupted"): the
     run ended Failed with a traceback (the failed-run alert read a bug), not Crashed as
     Prefect ends a stopped run, nor Cancelled when it was cancelled."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
-
-    script = tmp_path / "stopped.py"
-    script.write_text(STOPPED_IN_A_QUERY)
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "ROLLOUT_HOME": str(tmp_path),
-        "PYTHONPATH": str(ROOT),
-    }
-    done = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
-    )
-    run_id = done.stdout.split()[0]
-    with get_client(sync_client=True) as client:
-        state = client.read_flow_run(run_id).state
+    done = _run_flow_script(tmp_path, STOPPED_IN_A_QUERY)
+    state = _run_state(done.stdout.split()[0])
     assert state is not None and state.is_crashed(), (state, done.stderr[-2000:])
     assert "Query interrupted" not in (state.message or "")
 
@@ -522,20 +536,7 @@ def test_a_run_stopped_in_a_long_query_of_its_runtime_s_warehouse_ends_it_at_onc
     interrupted within seconds of SIGTERM, under Prefect's signal handler, and the run
     ends Crashed: the watcher on the signal wakeup fd works in a flow run as in a
     command."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
-
-    script = tmp_path / "stopped.py"
-    script.write_text(STOPPED_IN_A_LONG_QUERY)
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "ROLLOUT_HOME": str(tmp_path),
-        "PYTHONPATH": str(ROOT),
-    }
-    done = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
-    )
+    done = _run_flow_script(tmp_path, STOPPED_IN_A_LONG_QUERY)
     ended = time.time()
     run_id, started = done.stdout.split()[:2]
     # The signal lands 1 s after the query starts; the query would take hours (left to
@@ -543,8 +544,7 @@ def test_a_run_stopped_in_a_long_query_of_its_runtime_s_warehouse_ends_it_at_onc
     # machine; 60 s leaves room for a loaded one (3 test workers, PostgreSQL and the
     # Prefect server on 2 cores: the run's state reported, the process ended).
     assert ended - float(started) < 60, done.stderr[-2000:]
-    with get_client(sync_client=True) as client:
-        state = client.read_flow_run(run_id).state
+    state = _run_state(run_id)
     assert state is not None and state.is_crashed(), (state, done.stderr[-2000:])
     assert "Query interrupted" not in (state.message or "")
 
@@ -578,26 +578,12 @@ def test_a_run_stopped_while_postgresql_works_ends_its_statement_on_the_server(
     the statement in flight: the run ended Crashed, but its statement went on in the
     server after the process was gone, holding its locks (a batch's rows, the writers'
     lock) against the next run for as long as it took."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
-
-    script = tmp_path / "stopped.py"
-    script.write_text(STOPPED_IN_A_STATEMENT)
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "ROLLOUT_HOME": str(tmp_path),
-        "ROLLOUT_REGISTRY_URL": postgres_schema_url,
-        "PYTHONPATH": str(ROOT),
-    }
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    done = _run_flow_script(
+        tmp_path, STOPPED_IN_A_STATEMENT, ROLLOUT_REGISTRY_URL=postgres_schema_url
     )
     assert time.monotonic() - started < 45  # not after the statement's 60 s
-    run_id = done.stdout.split()[0]
-    with get_client(sync_client=True) as client:
-        state = client.read_flow_run(run_id).state
+    state = _run_state(done.stdout.split()[0])
     assert state is not None and state.is_crashed(), (state, done.stderr[-2000:])
     assert "Execution was aborted by a termination signal" in (state.message or "")
     engine = make_engine(postgres_schema_url)
