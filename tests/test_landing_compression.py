@@ -222,6 +222,19 @@ def test_a_clean_file_loads_the_rows_its_plain_copy_loads(
     assert row_counts(con) == before
 
 
+def quarantined_one(
+    con: duckdb.DuckDBPyConnection, path: Path, line: int, reason: str, table: str
+) -> None:
+    """Two rows of the three in ``table``, the bad one in the quarantine, named by its
+    file and line, for its reason."""
+    assert warehouse.scalar(con, f"select count(*) from {table}") == 2
+    [(quarantined_path, quarantined_line, quarantined_reason)] = con.execute(
+        "select path, line, reason from quarantine"
+    ).fetchall()
+    assert (quarantined_path, quarantined_line) == (str(path), line)
+    assert reason in quarantined_reason
+
+
 @pytest.mark.parametrize("compression", COMPRESSIONS)
 @pytest.mark.parametrize("case", CASES)
 def test_a_bad_row_within_the_limit_is_quarantined_with_its_file_and_line(
@@ -236,12 +249,7 @@ def test_a_bad_row_within_the_limit_is_quarantined_with_its_file_and_line(
         2,
         1,
     )
-    assert warehouse.scalar(con, f"select count(*) from {table}") == 2
-    [(quarantined_path, quarantined_line, quarantined_reason)] = con.execute(
-        "select path, line, reason from quarantine"
-    ).fetchall()
-    assert (quarantined_path, quarantined_line) == (str(path), line)
-    assert reason in quarantined_reason
+    quarantined_one(con, path, line, reason, table)
 
 
 # An events file is a signed post nobody can correct: its bad events are quarantined
@@ -276,12 +284,7 @@ def test_a_bad_event_over_the_limit_is_quarantined_with_its_file_and_line(
     path = write(tmp_path, case, compression, BAD)
     result = load(con, path)  # the default limit, 1%: one event in three is 33%
     assert (result.status, result.rows_loaded, result.rows_quarantined) == ("loaded", 2, 1)
-    assert warehouse.scalar(con, f"select count(*) from {table}") == 2
-    [(quarantined_path, quarantined_line, quarantined_reason)] = con.execute(
-        "select path, line, reason from quarantine"
-    ).fetchall()
-    assert (quarantined_path, quarantined_line) == (str(path), line)
-    assert reason in quarantined_reason
+    quarantined_one(con, path, line, reason, table)
 
 
 # Files that cannot be parsed are refused whole, wherever the parse happens (the CSV
