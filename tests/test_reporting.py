@@ -836,6 +836,20 @@ def test_a_cohort_built_with_nobody_in_it_has_0_accounts_in_every_section(
         assert ["high-impact", "0", "0", "0", "0", "0", "0", "0", "0"] in list(csv.reader(f))
 
 
+def said_in_every_section(html: str, markdown: str, cohort: str, said: str) -> None:
+    """``said`` stands for ``cohort``'s figures in each section that lists cohorts: the
+    headline, methods and token tables (Markdown and HTML), and under the chart."""
+    headline, _, methods = table_blocks(markdown)[:3]
+    assert f"| Cohort {cohort} | {said} | — | — | — | — | — |" in headline
+    assert f"| Cohort {cohort} | {said} | — | — | — |" in methods
+    assert f"| {cohort} | {said} | — | — | — | — | — | — | — | — | — |" in markdown
+    assert f"Cohort {cohort} has no column: {said}." in markdown
+    assert f"Cohort {cohort} has no line: {said}." in html
+    rows = [row for table in tables_of(html) for row in table]
+    assert [f"Cohort {cohort}", said] in rows
+    assert [cohort, said] in rows
+
+
 def test_a_cohort_not_built_yet_says_so_not_0(tmp_path: Path, plan: Plan) -> None:
     """A report before high-impact's first build (2022-03-14, its phase's cohort_as_of)
     says it is not built yet, and when it will be, in each section that lists cohorts:
@@ -843,15 +857,7 @@ def test_a_cohort_not_built_yet_says_so_not_0(tmp_path: Path, plan: Plan) -> Non
     files, html, markdown = _report_with_high_impact(tmp_path, plan, date(2022, 2, 1), built=False)
     assert [p.population for p in files.populations] == ["all", "cohort:top-100"]
     said = "not built yet (first build 2022-03-14)"
-    headline, _, methods = table_blocks(markdown)[:3]
-    assert f"| Cohort high-impact | {said} | — | — | — | — | — |" in headline
-    assert f"| Cohort high-impact | {said} | — | — | — |" in methods
-    assert f"| high-impact | {said} | — | — | — | — | — | — | — | — | — |" in markdown
-    assert f"Cohort high-impact has no column: {said}." in markdown
-    assert f"Cohort high-impact has no line: {said}." in html
-    rows = [row for table in tables_of(html) for row in table]
-    assert ["Cohort high-impact", said] in rows
-    assert ["high-impact", said] in rows
+    said_in_every_section(html, markdown, "high-impact", said)
     assert "nan" not in (html + markdown).lower()
 
 
@@ -868,15 +874,7 @@ def test_a_cohort_no_phase_names_not_built_yet_says_when_it_will_be(
     )
     assert [p.population for p in files.populations] == ["all", "cohort:top-100"]
     said = "not built yet (named by no phase: the next cohort build makes it)"
-    headline, _, methods = table_blocks(markdown)[:3]
-    assert f"| Cohort high-impact | {said} | — | — | — | — | — |" in headline
-    assert f"| Cohort high-impact | {said} | — | — | — |" in methods
-    assert f"| high-impact | {said} | — | — | — | — | — | — | — | — | — |" in markdown
-    assert f"Cohort high-impact has no column: {said}." in markdown
-    assert f"Cohort high-impact has no line: {said}." in html
-    rows = [row for table in tables_of(html) for row in table]
-    assert ["Cohort high-impact", said] in rows
-    assert ["high-impact", said] in rows
+    said_in_every_section(html, markdown, "high-impact", said)
 
 
 def test_a_missing_mart_is_named(tmp_path: Path, plan: Plan) -> None:
