@@ -58,7 +58,7 @@ from sendgrid.helpers.mail import (
 from rollout.core import clock as pipeline_clock
 from rollout.core.config import url_shown
 from rollout.core.controls import quoted
-from rollout.core.files import write_atomically
+from rollout.core.files import TEMP_SUFFIX, write_atomically
 from rollout.core.words import counted
 from rollout.notify.message import (
     MAY_HAVE_GONE,
@@ -659,7 +659,7 @@ class FileSender:
         while no drain writes here: under the ``notify`` lock, before any send. Returns
         how many."""
         removed = 0
-        for leftover in self.outbox_dir.glob(f".*.eml.*{_TEMP_SUFFIX}"):
+        for leftover in self.outbox_dir.glob(f".*.eml.*{TEMP_SUFFIX}"):
             with suppress(FileNotFoundError):
                 leftover.unlink()
                 removed += 1
@@ -862,10 +862,6 @@ def _eml(
         out += [f"--{boundary}\n".encode(), part_head, b"\n", data, b"\n"]
     out.append(f"--{boundary}--\n".encode())
     return b"".join(out)
-
-
-# The end of a temporary file's name (rollout.core.files.temp_name; remove_leftovers).
-_TEMP_SUFFIX = ".tmp"
 
 
 def _write_replacing(path: Path, data: bytes) -> None:
