@@ -681,7 +681,10 @@ class FileSender:
             reason = f"outbox {message.outbox_id}: cannot build the email: {exc}"
             raise DeliveryFailed(_truncate(reason), permanent=True) from None
         try:
-            _write_replacing(self.path_for(message), data)
+            # Whole or not at all, at a temp name made exclusively (concurrent sends never
+            # share one, a link planted in the outbox is never written through); no fsync
+            # (see FileSender).
+            write_atomically(self.path_for(message), data, sync=False)
         except OSError as exc:
             # The system's words without the file they name (each email's own temporary
             # name): every email the outbox refused alike then reads as one reason.
@@ -862,14 +865,6 @@ def _eml(
         out += [f"--{boundary}\n".encode(), part_head, b"\n", data, b"\n"]
     out.append(f"--{boundary}--\n".encode())
     return b"".join(out)
-
-
-def _write_replacing(path: Path, data: bytes) -> None:
-    """Write ``data`` to a hidden temp file beside ``path`` and rename it into place: a
-    reader never sees half a file. No fsync (see FileSender). The temp file is made
-    exclusively at a random name (``write_atomically``), so concurrent sends never
-    share one, and a link planted in the outbox is never written through."""
-    write_atomically(path, data, sync=False)
 
 
 # --- choosing ---------------------------------------------------------------------------
