@@ -28,7 +28,8 @@ from rollout.core.errors import BadInput
 FILE_MODE = 0o660
 FOLDER_MODE = 0o770
 _OTHERS = stat.S_IRWXO
-_TEMP_SUFFIX = ".tmp"
+# The end of every temporary name made here (FileSender.remove_leftovers finds them by it).
+TEMP_SUFFIX = ".tmp"
 
 
 def make_folder(path: Path) -> None:
@@ -62,7 +63,7 @@ def make_folder(path: Path) -> None:
 
 def temp_name(path: Path) -> Path:
     """A hidden name beside ``path`` nobody can guess: ``.<name>.<random>.tmp``."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(8)}{_TEMP_SUFFIX}")
+    return path.with_name(f".{path.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}")
 
 
 def open_temporary(path: Path) -> tuple[int, Path]:
@@ -132,7 +133,7 @@ def private_folder_beside(path: Path) -> Iterator[Path]:
     made by ``mkdtemp``: exclusively, a link planted there never followed), removed with
     all it holds when the block ends."""
     make_folder(path.parent)
-    folder = Path(tempfile.mkdtemp(suffix=_TEMP_SUFFIX, prefix=f".{path.name}.", dir=path.parent))
+    folder = Path(tempfile.mkdtemp(suffix=TEMP_SUFFIX, prefix=f".{path.name}.", dir=path.parent))
     try:
         yield folder
     finally:

@@ -245,15 +245,16 @@ _FACTOR_EFFECTS = ("require_2fa", "revoke_sessions", "close_totp_enrolment")
 
 def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) -> dict[str, Any]:
     phase = plan.phase(stored["phase"])
+    cohort = plan.cohort(phase.cohort)
     found = {
         "phase": phase.name,
         "cohort": phase.cohort,
-        "cohort_description": plan.cohort(phase.cohort).in_words(),
-        "cohort_by_packages": plan.cohort(phase.cohort).by_packages,
+        "cohort_description": cohort.in_words(),
+        "cohort_by_packages": cohort.by_packages,
         # Its accounts are narrowed (active_within, orgs): not every maintainer of the
         # packages is asked, so npm 2022's "maintainers of these packages must use 2FA"
         # would be false; the classic emails name the cohort instead.
-        "cohort_narrowed": plan.cohort(phase.cohort).narrowed,
+        "cohort_narrowed": cohort.narrowed,
         "deadline": phase.enforce_on,
         "classic": asks_only_2fa(phase),
     }

@@ -58,7 +58,7 @@ from sendgrid.helpers.mail import (
 from rollout.core import clock as pipeline_clock
 from rollout.core.config import url_shown
 from rollout.core.controls import quoted
-from rollout.core.files import write_atomically
+from rollout.core.files import TEMP_SUFFIX, write_atomically
 from rollout.core.words import counted
 from rollout.notify.message import (
     MAY_HAVE_GONE,
@@ -659,7 +659,7 @@ class FileSender:
         while no drain writes here: under the ``notify`` lock, before any send. Returns
         how many."""
         removed = 0
-        for leftover in self.outbox_dir.glob(f".*.eml.*{_TEMP_SUFFIX}"):
+        for leftover in self.outbox_dir.glob(f".*.eml.*{TEMP_SUFFIX}"):
             with suppress(FileNotFoundError):
                 leftover.unlink()
                 removed += 1
@@ -681,7 +681,10 @@ class FileSender:
             reason = f"outbox {message.outbox_id}: cannot build the email: {exc}"
             raise DeliveryFailed(_truncate(reason), permanent=True) from None
         try:
-            _write_replacing(self.path_for(message), data)
+            # Whole or not at all, at a temp name made exclusively (concurrent sends never
+            # share one, a link planted in the outbox is never written through); no fsync
+            # (see FileSender).
+            write_atomically(self.path_for(message), data, sync=False)
         except OSError as exc:
             # The system's words without the file they name (each email's own temporary
             # name): every email the outbox refused alike then reads as one reason.
@@ -862,18 +865,6 @@ def _eml(
         out += [f"--{boundary}\n".encode(), part_head, b"\n", data, b"\n"]
     out.append(f"--{boundary}--\n".encode())
     return b"".join(out)
-
-
-# The end of a temporary file's name (rollout.core.files.temp_name; remove_leftovers).
-_TEMP_SUFFIX = ".tmp"
-
-
-def _write_replacing(path: Path, data: bytes) -> None:
-    """Write ``data`` to a hidden temp file beside ``path`` and rename it into place: a
-    reader never sees half a file. No fsync (see FileSender). The temp file is made
-    exclusively at a random name (``write_atomically``), so concurrent sends never
-    share one, and a link planted in the outbox is never written through."""
-    write_atomically(path, data, sync=False)
 
 
 # --- choosing ---------------------------------------------------------------------------
