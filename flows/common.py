@@ -252,10 +252,8 @@ def registry_away(error: BaseException) -> str | None:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, OperationalError | InterfaceError):
-            reason = " ".join(str(current.orig or current).split())
-            return controls_shown(
-                f"the registry database: {reason}; run the deployment again once it answers"
-            )
+            # The CLI's line for it (input_output_failure), and what a run's reader does.
+            return f"{input_output_failure(current)}; run the deployment again once it answers"
         current = current.__cause__ or current.__context__
     return None
 
