@@ -172,9 +172,10 @@ def orgs_enforce(
         # Owners and admins go too: said apart, as the org loses who runs it.
         # Each named (quoted: a username is anyone's choice), after the count by role.
         leading = {
-            role: [m.username for m in members if m.role == role] for role in ("owner", "admin")
+            role: names
+            for role in ("owner", "admin")
+            if (names := [m.username for m in members if m.role == role])
         }
-        leading = {role: names for role, names in leading.items() if names}
         if leading:
             going = sum(len(names) for names in leading.values())
             stderr.print(
