@@ -5,11 +5,13 @@ other's, and keeps (renews) the lease on the rows nobody took. While a batch's r
 are under way a heartbeat renews its lease, however long one takes (a server answering
 a byte at a time); no attempt of a send starts with less of the lease ahead than it and
 the wait after it may take (its sender's longest attempt, and a margin), nor once the
-row was taken over during a pause, so each email goes at most once between live
-drainers, but for a request paused mid-way past the lease (a stopped process)."""
+row was taken over during a pause (looked at again once its connection is made, just
+before the request is written), so each email goes at most once between live drainers,
+but for a request paused mid-way past the lease (a stopped process)."""
 
 from __future__ import annotations
 
+import http.client
 import math
 import threading
 import time
@@ -392,3 +394,35 @@ def test_a_drain_refuses_a_concurrency_it_could_not_send_with_and_claims_nothing
             drain_shard(registry, plan, sender, concurrency=concurrency)
         assert server.messages == []
     assert ledger(registry) == before and "queued" in {s for s, _ in before.values()}
+
+
+def test_a_send_paused_while_connecting_past_its_lease_does_not_go_once_taken_over(
+    registry: Registry, plan: Plan, ids: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process is paused 10 minutes (SIGSTOP, a VM frozen) while a send connects to
+    SendGrid (DNS, TCP, TLS: after the drain looked at its hold, before the request is
+    written), past its lease: another drainer takes the rows over and sends them. The
+    paused one, resumed with its connection made, looks again before writing the
+    request, and sends nothing: each email goes once, the taker's."""
+    queue_late(registry, plan, NOTICE_DAY)  # ann and ben
+    clock = Clock(T0)
+    taken: list[int] = []
+    paused = threading.Lock()
+    connect = http.client.HTTPConnection.connect
+
+    def paused_connecting(connection: http.client.HTTPConnection) -> None:
+        with paused:
+            if not taken:
+                clock.at += timedelta(minutes=10)
+                taken.extend(c.id for c in _claim(registry.engine, 20, clock.at, "sendgrid"))
+        connect(connection)
+
+    with DevSendGrid(api_key=KEY) as server:
+        monkeypatch.setattr(http.client.HTTPConnection, "connect", paused_connecting)
+        sender = SendGridSender(KEY, server.url, timeout=5)
+        report = drain_with(registry, plan, sender, clock, concurrency=2)
+        went = len(server.messages)
+    assert len(taken) == 2  # both leases ran out during the pause
+    assert went == 0  # neither request was written
+    assert report.sent == 0 and report.overtaken == 2
+    assert {ledger(registry)[i] for i in taken} == {("sending", None)}  # the taker's to send

@@ -1644,10 +1644,12 @@ class _Hold:
     ahead than the attempt may take and a margin (``send_hold``: a process paused or a
     heartbeat that could not reach the registry). Each renewal checks and extends at
     once (_renew); a row this drainer no longer holds (it outlived its lease, paused,
-    and another drainer took the row over) is not sent, nor tried again. So a row is
-    taken over only while no request of it is under way, but for one whose process was
-    paused mid-request past the lease (its heartbeat paused too). Shared by the batch's
-    send threads and its heartbeat."""
+    and another drainer took the row over) is not sent, nor tried again: looked at before
+    the send, before each attempt after the first, and once an attempt's connection is
+    made, just before its request is written (rollout.notify.senders._refuse_unheld). So
+    a row is taken over only while no request of it is under way, but for one whose
+    process was paused mid-request past the lease (its heartbeat paused too). Shared by
+    the batch's send threads and its heartbeat."""
 
     def __init__(
         self,

@@ -156,8 +156,9 @@ class Sender(Protocol):
 
 
 class SendAbandoned(Exception):
-    """A send given up before its next attempt: the drain no longer holds its row (its
-    lease ran out during a wait, and another drainer took it over). Nothing of this
+    """A send given up before its next attempt, or before an attempt's request is
+    written once its connection is made: the drain no longer holds its row (its lease
+    ran out during a wait or a pause, and another drainer took it over). Nothing of this
     attempt went; the row is the other drainer's to send and record."""
 
 

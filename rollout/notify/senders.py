@@ -519,6 +519,42 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
+def _refuse_unheld(connection: http.client.HTTPConnection) -> None:
+    """Once a send's connection is made, just before its request is written: whether the
+    drain still holds the row (still_held: looked up in the registry when the drainer's
+    clock says a pause may have outlasted the lease). The connection (DNS, TCP, TLS) is
+    where a send spends its time before anything went: a process paused there past its
+    lease, its row taken over and sent by another drainer meanwhile, sent it a second
+    time once resumed, though the drain had looked at its hold just before connecting."""
+    if not still_held():
+        connection.close()
+        raise SendAbandoned(
+            "not sent: another sender took it over while this one connected to SendGrid"
+        )
+
+
+class _HeldHTTPConnection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _refuse_unheld(self)
+
+
+class _HeldHTTPSConnection(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()  # the TLS handshake too
+        _refuse_unheld(self)
+
+
+class _HeldHTTPHandler(urllib.request.HTTPHandler):
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        return super().do_open(_HeldHTTPConnection, req, **kwargs)
+
+
+class _HeldHTTPSHandler(urllib.request.HTTPSHandler):
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        return super().do_open(_HeldHTTPSConnection, req, **kwargs)
+
+
 class _NoRedirectClient(python_http_client.Client):
     """The official client, but answering a redirect with its status, not following it.
 
@@ -527,7 +563,10 @@ class _NoRedirectClient(python_http_client.Client):
     taken for SendGrid accepting the email, recorded as sent though none went. It also
     sent the ``Authorization`` header (the key) on to wherever the redirect pointed. A
     redirect says the URL is wrong (``ROLLOUT_SENDGRID_URL``): the sender stops as
-    misconfigured, the emails kept queued."""
+    misconfigured, the emails kept queued.
+
+    Each connection, once made, looks whether the drain still holds the row before the
+    request is written (_refuse_unheld)."""
 
     def _build_client(self, name: str | None = None) -> _NoRedirectClient:
         url_path = [*self._url_path, name] if name else self._url_path
@@ -543,7 +582,9 @@ class _NoRedirectClient(python_http_client.Client):
     def _make_request(self, opener: Any, request: Any, timeout: Any = None) -> Any:
         del opener  # urllib's default one, which follows redirects
         return super()._make_request(
-            urllib.request.build_opener(_RefuseRedirects), request, timeout=timeout
+            urllib.request.build_opener(_RefuseRedirects, _HeldHTTPHandler, _HeldHTTPSHandler),
+            request,
+            timeout=timeout,
         )
 
 
