@@ -1016,3 +1016,49 @@ def test_logins_sent_again_in_another_file_are_duplicates_not_counted_twice(
     again = load(con, resent)
     assert (again.status, again.rows_loaded, again.rows_duplicate) == ("loaded", 0, 4)
     assert con.execute("select count(*) from stg_logins").fetchone() == (4,)
+
+
+# Registries export manifests by day, named the old way (manifests-2022-01-05.jsonl) or
+# in Hive's layout, Spark's random part names in each day's folder, or both mixed: the
+# newest day's manifest is each package's latest, whatever the names sort as.
+MANIFESTS_BY_DAY = [
+    [
+        "manifests/day=2022-01-05/part-00000-f1c2.jsonl",
+        "manifests/day=2022-01-06/part-00000-a7b9.jsonl",
+    ],
+    ["manifests/day=2022-01-05/part-00000-0000.jsonl", "manifests/manifests-2022-01-06.jsonl"],
+    ["manifests/manifests-2022-01-05.jsonl", "manifests/day=2022-01-06/part-0.jsonl"],
+    [
+        "manifests/year=2022/month=1/day=9/part-1.jsonl",
+        "manifests/year=2022/month=1/day=10/part-0.jsonl",
+    ],
+    ["manifests/manifests-2022-01-05.jsonl", "manifests/2022-01-06/manifests.jsonl"],
+]
+
+
+@pytest.mark.parametrize("older_newer", MANIFESTS_BY_DAY, ids=lambda p: f"{p[0]} then {p[1]}")
+def test_the_newest_days_manifest_is_the_latest_however_the_files_are_named(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, older_newer: list[str]
+) -> None:
+    root = tmp_path / "landing"
+    for name, owner in zip(older_newer, ("old-owner", "new-owner"), strict=True):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        manifest = {"name": "react", "version": "1.0.0", "maintainers": [owner]}
+        path.write_text(json.dumps(manifest) + "\n")
+    report = ingest.ingest(con, [root], quarantine_limit=0.0, landing_root=root)
+    assert (report.loaded, report.rejected) == (2, [])
+    latest = con.execute("select maintainers from stg_manifests where package = 'react'")
+    assert latest.fetchall() == [(["new-owner"],)]
+
+
+def test_a_file_named_for_no_day_loads_after_those_named_for_one(tmp_path: Path) -> None:
+    root = tmp_path / "landing"
+    for name in ("manifests/manifests.jsonl", "manifests/day=2022-01-06/part-9.jsonl"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text('{"name": "a", "version": "1", "maintainers": ["x"]}\n')
+    found = landing.discover([root], root)
+    assert [f.path.relative_to(root).as_posix() for f in found] == [
+        "manifests/day=2022-01-06/part-9.jsonl",
+        "manifests/manifests.jsonl",
+    ]

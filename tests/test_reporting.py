@@ -1475,3 +1475,39 @@ def test_a_per_account_deadline_phase_is_enforced_at_each_account_s_own_deadline
     )
     assert "- Phase top-100 (enforced 2022-02-01)" in plain.markdown.read_text()
     assert judged not in plain.markdown.read_text() and judged not in plain.html.read_text()
+
+
+def test_a_share_of_no_one_is_shown_as_a_dash_in_every_table_and_on_the_chart(
+    tmp_path: Path, plan: Plan
+) -> None:
+    """One rule for a share whose whole is empty: no share ("—"), never 0%. A cohort
+    whose members all left (a rebuild that kept no one) and an org whose members were
+    all removed said 0.0% in the daily tables, the chart's legend and the org table,
+    while the headline said "—" for the same day."""
+    from datetime import timedelta
+
+    rows = []
+    for n in range(40):
+        day = AS_OF - timedelta(days=39 - n)
+        members = 10 if n < 30 else 0  # everyone left 10 days ago
+        rows.append(f"('{day}', 'all', 100, 50, 50, 0, 0.5, 0)")
+        rows.append(f"('{day}', 'cohort:top-100', {members}, 0, 0, 0, 0.0, 0)")
+    with open_warehouse(tmp_path / "warehouse.duckdb") as con:
+        create_marts(con)
+        con.execute("insert into adoption_daily values " + ", ".join(rows))
+        con.execute("insert into adoption_by_org values ('emptied', 0, 0, 0.0, 0, 0, null)")
+        files = build_report(con, plan, AS_OF, tmp_path / "out")
+    top = next(p for p in files.populations if p.population == "cohort:top-100")
+    assert (top.accounts, top.share, top.change_7d) == (0, None, None)
+    markdown, html = files.markdown.read_text(), files.html.read_text()
+    assert f"| {AS_OF} | 50.0% | — |" in markdown
+    assert f"| {AS_OF - timedelta(days=7)} | 50.0% | — |" in markdown
+    assert f"| {AS_OF - timedelta(days=14)} | 50.0% | 0.0% |" in markdown
+    assert "| emptied | 0 | 0 | — | 0 | 0 | — |" in markdown
+    daily = next(t for t in tables_of(html) if t and t[0][:1] == ["day"])
+    assert [str(AS_OF), "50.0%", "—"] in daily
+    assert ["emptied", "0", "0", "—", "0", "0", "—"] in [
+        row for table in tables_of(html) for row in table
+    ]
+    legend = html.split('id="chart-adoption"')[1].split("</svg>")[0]
+    assert "Cohort top-100: —" in legend and "Cohort top-100: 0.0%" not in legend

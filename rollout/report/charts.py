@@ -71,8 +71,9 @@ def compact(value: float) -> str:
     return f"{value:,.0f}"
 
 
-def percent(value: float) -> str:
-    return f"{finite(value) * 100:.1f}%"
+def percent(value: float | None) -> str:
+    """A share as the report's tables show it: "—" for none (a share of no one)."""
+    return "—" if value is None else f"{finite(value) * 100:.1f}%"
 
 
 def _escaped(text: str) -> Markup:
@@ -169,7 +170,9 @@ def _legend(svg: Svg, items: Sequence[tuple[str, dict[str, object]]], top: float
 @dataclass(frozen=True)
 class Series:
     name: str
-    points: Sequence[tuple[date, float]]  # (day, share 0..1)
+    # (day, share 0..1); None: a day with no one in the population, no share (a gap
+    # in its line, not a fall to 0%).
+    points: Sequence[tuple[date, float | None]]
 
 
 @dataclass(frozen=True)
@@ -345,24 +348,35 @@ def adoption_chart(
     # The data.
     drawn = 0
     for i, s in enumerate(series):
-        points = [(d, v) for d, v in s.points if start <= d <= end]
-        if not points:
+        # One line a run of days with a share; a day with no one breaks it.
+        runs: list[list[tuple[date, float]]] = [[]]
+        for d, v in s.points:
+            if not start <= d <= end:
+                continue
+            if v is None:
+                if runs[-1]:
+                    runs.append([])
+            else:
+                runs[-1].append((d, v))
+        runs = [run for run in runs if run]
+        if not runs:
             continue
         drawn += 1
         colour = PALETTE[i % len(PALETTE)]
         svg.open("g", class_="series")
         svg.tip(s.name)
-        path = " ".join(f"{_n(x_of(d))},{_n(y_of(v))}" for d, v in points)
-        svg.el(
-            "polyline",
-            points=path,
-            fill="none",
-            stroke=colour,
-            stroke_width=2.5,
-            stroke_linejoin="round",
-            stroke_dasharray=DASHES[i % len(DASHES)] or None,
-        )
-        last_day, last_share = points[-1]
+        for run in runs:
+            path = " ".join(f"{_n(x_of(d))},{_n(y_of(v))}" for d, v in run)
+            svg.el(
+                "polyline",
+                points=path,
+                fill="none",
+                stroke=colour,
+                stroke_width=2.5,
+                stroke_linejoin="round",
+                stroke_dasharray=DASHES[i % len(DASHES)] or None,
+            )
+        last_day, last_share = runs[-1][-1]
         svg.el("circle", cx=x_of(last_day), cy=y_of(last_share), r=3.5, fill=colour)
         svg.close("g")
     if not drawn:

@@ -177,9 +177,11 @@ def _int(value: object) -> int:
     return int(finite(value))
 
 
-def _share(part: object, whole: object) -> float:
+def _share(part: object, whole: object) -> float | None:
+    """``part`` of ``whole``; None of an empty whole (no accounts, members, maintainers,
+    publishes...): the report's one rule for a share of no one, shown as "—", never 0%."""
     whole_ = finite(whole)
-    return finite(part) / whole_ if whole_ > 0 else 0.0
+    return finite(part) / whole_ if whole_ > 0 else None
 
 
 def _day(value: object) -> date | None:
@@ -219,8 +221,17 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
         row["day"] = _day(row["day"])
         if row["day"] is None:
             continue
+        # A day with no accounts has no share (the mart's 0 there is no 0%: "—", and
+        # no point on the chart); else the mart's, or with_2fa / accounts when it is
+        # not a share (NULL, NaN).
         share = finite(row["share"], default=-1.0)
-        row["share"] = share if 0.0 <= share <= 1.0 else _share(row["with_2fa"], row["accounts"])
+        row["share"] = (
+            None
+            if _int(row["accounts"]) <= 0
+            else share
+            if 0.0 <= share <= 1.0
+            else _share(row["with_2fa"], row["accounts"])
+        )
         population = str(row["population"])
         built.add(population)
         if population != "all" and _int(row["accounts"]) == 0 and population not in by_population:
@@ -292,7 +303,7 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
         data_through or as_of,
     )
     # The chart's data table: one row a day, the share of each population.
-    shares: dict[date, dict[str, float]] = {}
+    shares: dict[date, dict[str, float | None]] = {}
     for population in order:
         for r in by_population[population]:
             shares.setdefault(r["day"], {})[population] = r["share"]
@@ -629,9 +640,7 @@ def _brownouts(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
                 "enrolments_note": (
                     ("so far" if period == "brownout" else "as many days") if so_far else ""
                 ),
-                "completion": _share(r["elv_completed"], r["elv_challenges"])
-                if measured and finite(r["elv_challenges"]) > 0
-                else None,
+                "completion": _share(r["elv_completed"], r["elv_challenges"]) if measured else None,
             }
         )
     bars = [
@@ -688,15 +697,12 @@ def _tokens(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     for r in rows:
         counts = {c: _int(r[c]) for c in report_spec().marts["token_readiness"][1:]}
         # A cohort built with nobody in it: 0 maintainers, and no share of them ("—").
-        some = counts["maintainers"] > 0
         out.append(
             {
                 "cohort": str(r["cohort"]),
                 **counts,
-                "ready_share": _share(counts["ready"], counts["maintainers"]) if some else None,
-                "webauthn_share": (
-                    _share(counts["with_webauthn"], counts["maintainers"]) if some else None
-                ),
+                "ready_share": _share(counts["ready"], counts["maintainers"]),
+                "webauthn_share": _share(counts["with_webauthn"], counts["maintainers"]),
             }
         )
     return out
@@ -742,7 +748,7 @@ def _publishing(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, Any]:
         "publishing": methods,
         "publishing_days": days,
         "publishing_total": total,
-        "publishing_without_2fa": _share(without, total) if total else None,
+        "publishing_without_2fa": _share(without, total),
     }
 
 
@@ -776,9 +782,7 @@ def _publishing_weeks(con: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, 
         methods[method] = methods.get(method, 0) + count
     for week in weeks:
         # No publishes that week: no share to show ("—"), not 0%.
-        week["without_2fa_share"] = (
-            _share(week["without_2fa"], week["total"]) if week["total"] else None
-        )
+        week["without_2fa_share"] = _share(week["without_2fa"], week["total"])
     return {
         "publishing_methods": sorted(methods, key=lambda m: (-methods[m], m)),
         "publishing_weeks": list(reversed(weeks)) if methods else [],

@@ -224,6 +224,7 @@ def survey(
     (a mistyped argument: there is no file to judge)."""
     found: list[LandingFile] = []
     strays: list[Unreadable] = []
+    days: dict[Path, str | None] = {}
 
     def add(path: Path, root: Path | None, scanned: Path | None = None) -> None:
         try:
@@ -231,6 +232,7 @@ def survey(
             if scanned is not None:
                 _require_inside(path, scanned)
             found.append(classify(path, root))
+            days[path] = day_named(path, scanned)
         except BadInput as error:
             strays.append(Unreadable(path, _kind_of(path, root) or "unknown", error))
 
@@ -292,11 +294,49 @@ def survey(
             add(path, root)
         else:
             require_existing([path])
-    # Older downloads and manifests first: file names carry the day, so sorting by
-    # name within a kind loads history in order.
-    found.sort(key=lambda f: (KINDS.index(f.kind), f.path.name, str(f.path)))
+    # Older downloads and manifests first (the newest manifests file loaded holds each
+    # package's latest manifest): by the day the file's name or its folders name, as
+    # exports lay them out (downloads-2022-01-31.csv, Hive's day=2022-01-31/part-0.parquet,
+    # Spark's part-00000-<uuid>.parquet in it, or both ways mixed), then by name. A file
+    # naming no day comes after those that do, as its name sorted before.
+    found.sort(
+        key=lambda f: (
+            KINDS.index(f.kind),
+            days[f.path] is None,
+            days[f.path] or "",
+            f.path.name,
+            str(f.path),
+        )
+    )
     strays.sort(key=lambda stray: str(stray.path))
     return found, strays
+
+
+_DAY = re.compile(r"(?<![0-9])([0-9]{4})-([0-9]{2})-([0-9]{2})(?![0-9])")
+_HIVE_DAY = re.compile(
+    r"(?:^|/)year=([0-9]{4})/month=([0-9]{1,2})/day=([0-9]{1,2})(?=/|$)", re.IGNORECASE
+)
+
+
+def day_named(path: Path, scanned: Path | None = None) -> str | None:
+    """The day (``YYYY-MM-DD``) a landing file's path names, below the folder scanned:
+    the last one written ``YYYY-MM-DD`` in its name or, failing that, in its folders
+    (``downloads-2022-01-31.csv``, ``day=2022-01-31/part-0.parquet``), or Hive's
+    ``year=2022/month=1/day=31/`` folders. None when it names none. Only what orders
+    the files of a run: a file's rows are what it holds, whatever day it names."""
+    try:
+        relative = path.relative_to(scanned) if scanned is not None else Path(path.name)
+    except ValueError:
+        relative = Path(path.name)
+    for text in (relative.name, relative.as_posix()):
+        found = _DAY.findall(text)
+        if found:
+            return "-".join(found[-1])
+    parts = _HIVE_DAY.findall(relative.parent.as_posix())
+    if parts:
+        year, month, day = parts[-1]
+        return f"{year}-{int(month):02d}-{int(day):02d}"
+    return None
 
 
 def _require_utf8_name(path: Path) -> None:
