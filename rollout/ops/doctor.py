@@ -24,7 +24,7 @@ from urllib.parse import quote
 import httpx
 
 from rollout.core.config import prefect_api, url_shown
-from rollout.core.controls import quoted, shell_word
+from rollout.core.controls import quoted, shell_word, visible
 from rollout.core.errors import BadInput, RolloutError
 from rollout.core.files import duckdb_path
 from rollout.core.words import counted
@@ -89,6 +89,7 @@ def run_checks(
         _guarded("registry", lambda: check_registry(runtime.registry)),
         _guarded("schema", lambda: check_schema(runtime.registry)),
         _guarded("warehouse", lambda: check_warehouse(settings.warehouse_path)),
+        _guarded("quarantine", lambda: check_quarantine(settings.warehouse_path, now())),
         _guarded("home", lambda: check_home(settings)),
         _guarded("landing", lambda: check_landing(settings.landing_dir)),
         _guarded("reports", lambda: check_reports(settings.reports_dir)),
@@ -333,6 +334,69 @@ def check_warehouse(path: Path) -> CheckResult:
             "upgrade): run `rollout ingest`, or wait for the daily run",
         )
     return CheckResult("warehouse", Status.ok, f"{path} (schema version {version}, read-only)")
+
+
+# How far back the quarantine check looks: a week of daily runs, so a row a run
+# quarantined on Friday is still named on Monday, and one fixed at the source drops out.
+QUARANTINE_DAYS = 7
+
+
+def check_quarantine(path: Path, now: datetime) -> CheckResult:
+    """Rows ingest quarantined in the last QUARANTINE_DAYS days: a warning naming how
+    many of each kind, and each file nothing of which loaded (a SendGrid post whose
+    every event is bad is loaded all the same, each event judged alone: its delivery
+    states are lost unless someone looks). Read-only and only for a moment, as the
+    warehouse check; a warehouse a run holds is not waited for."""
+    import duckdb
+
+    from rollout.warehouse import SCHEMA_VERSION, schema_version
+
+    if not path.exists():
+        return CheckResult("quarantine", Status.ok, "no warehouse yet: nothing quarantined")
+    try:
+        con = duckdb.connect(duckdb_path(path), read_only=True)
+    except duckdb.Error:
+        return CheckResult(
+            "quarantine", Status.warn, "not checked: the warehouse did not open (its row says why)"
+        )
+    since = now.astimezone(UTC).replace(tzinfo=None) - timedelta(days=QUARANTINE_DAYS)
+    try:
+        if schema_version(con) != SCHEMA_VERSION:
+            return CheckResult("quarantine", Status.warn, "not checked: the warehouse row says why")
+        by_kind = con.execute(
+            "select kind, count(*) from quarantine where quarantined_at >= $since "
+            "group by kind order by kind",
+            {"since": since},
+        ).fetchall()
+        wholly = [
+            row[0]
+            for row in con.execute(
+                "select path from ingested_files where rows_quarantined > 0 "
+                "and rows_loaded = 0 and loaded_at >= $since order by loaded_at, path",
+                {"since": since},
+            ).fetchall()
+        ]
+    finally:
+        con.close()
+    if not by_kind:
+        return CheckResult(
+            "quarantine", Status.ok, f"no row quarantined in the last {QUARANTINE_DAYS} days"
+        )
+    total = sum(count for _, count in by_kind)
+    kinds = ", ".join(f"{count:,} {kind}" for kind, count in by_kind)
+    detail = (
+        f"{counted(total, 'row')} quarantined in the last {QUARANTINE_DAYS} days ({kinds}): "
+        f"`rollout quarantine --days {QUARANTINE_DAYS}` lists them"
+    )
+    if wholly:
+        shown = [visible(name) for name in wholly[:SHOWN_OPEN]]
+        if len(wholly) > SHOWN_OPEN:
+            shown.append(f"{len(wholly) - SHOWN_OPEN:,} more")
+        detail += (
+            f"; {counted(len(wholly), 'file')} nothing of which loaded, every row bad: "
+            + ", ".join(shown)
+        )
+    return CheckResult("quarantine", Status.warn, detail)
 
 
 def _unwritable(path: Path) -> Path | None:
