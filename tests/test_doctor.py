@@ -702,6 +702,7 @@ def test_doctor_lists_every_check_and_exits_0_when_none_fails(healthy_home: Path
         "home",
         "landing",
         "reports",
+        "leftovers",
         "plan",
         "sendgrid",
         "worker",
@@ -711,7 +712,7 @@ def test_doctor_lists_every_check_and_exits_0_when_none_fails(healthy_home: Path
     # checked, a warning each, not a failure.
     assert statuses["worker"] == statuses["sendgrid"] == "warn"
     checks = ("registry", "schema", "warehouse", "quarantine", "home", "landing", "reports")
-    checks += ("plan",)
+    checks += ("leftovers", "plan")
     assert {statuses[c] for c in checks} == {"ok"}, rows
 
 

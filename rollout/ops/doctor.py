@@ -93,6 +93,7 @@ def run_checks(
         _guarded("home", lambda: check_home(settings)),
         _guarded("landing", lambda: check_landing(settings.landing_dir)),
         _guarded("reports", lambda: check_reports(settings.reports_dir)),
+        _guarded("leftovers", lambda: check_leftovers(settings, now())),
         _guarded("plan", lambda: check_plan(settings.plan_path)),
         _guarded(
             "sendgrid",
@@ -536,6 +537,52 @@ def check_reports(folder: Path) -> CheckResult:
         folder,
         "`rollout phase preview` cannot save its list (so no phase can be enforced) and "
         "`rollout report` cannot write the report",
+    )
+
+
+# --- what killed processes left ------------------------------------------------------------
+
+
+def check_leftovers(settings: Settings, now: datetime) -> CheckResult:
+    """Temporary files and private folders (``.<name>.<random>.tmp``) no write has
+    touched for an hour (``STALE_TEMPORARY_SECONDS``), in the folders runs write: the
+    landing folder, the outbox, the reports and the warehouse's folder. A process
+    killed mid-write (SIGKILL, the OOM killer, a host gone) leaves them: never seen as
+    data (ingest and every listing pass hidden names over), and most are removed by
+    the next writer of their folder, but a folder nobody writes again keeps them, a
+    copy of personal data each. A warning with the command that removes them; the
+    doctor writes nothing."""
+    from rollout.core.files import STALE_TEMPORARY_SECONDS, stale_temporaries
+
+    roots = [settings.landing_dir, settings.outbox_dir, settings.reports_dir]
+    roots.append(settings.warehouse_path.parent)
+    found: dict[Path, None] = {}
+    for index, root in enumerate(roots):
+        # The warehouse's folder (the home, by default) alone, not the folders below.
+        below = index < len(roots) - 1
+        for path in stale_temporaries(root, below=below, now=now.timestamp()):
+            found.setdefault(path)
+    hours = STALE_TEMPORARY_SECONDS / 3600
+    if not found:
+        return CheckResult(
+            "leftovers",
+            Status.ok,
+            f"no temporary file older than {hours:g} hour{'s' if hours != 1 else ''}",
+        )
+    paths = list(found)
+    shown = paths[:SHOWN_OPEN]
+    more = (
+        f" ({len(paths) - SHOWN_OPEN:,} more: run the doctor again after)"
+        if (len(paths) > SHOWN_OPEN)
+        else ""
+    )
+    command = "rm -rf -- " + " ".join(shell_word(str(path)) for path in shown)
+    return CheckResult(
+        "leftovers",
+        Status.warn,
+        f"{counted(len(paths), 'temporary file')} of writes killed midway, untouched for "
+        f"over {hours:g} hour{'s' if hours != 1 else ''} (half-written, personal data "
+        f"each): `{command}` removes them{more}",
     )
 
 
