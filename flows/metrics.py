@@ -61,6 +61,8 @@ def ingest_landing() -> IngestReport:
         logger.warning("landing file refused, nothing of it loaded: %s", refused.message)
     for repaired in report.repairs:
         logger.warning("%s", repaired)
+    for warning in report.quarantine_warnings():
+        logger.warning("%s", warning)
     if delivered.notifications or delivered.unknown:
         logger.info(
             "delivery events: %d notifications' states written, %d outbox ids unknown",
@@ -102,6 +104,13 @@ def metrics_markdown(report: MetricsReport, ingested: IngestReport | None) -> st
         parts.append(
             f"> **Warning: {len(ingested.rejected)} landing file(s) refused**, nothing of "
             "them loaded; the metrics use the files that did load."
+        )
+    if ingested is not None and ingested.wholly_quarantined:
+        names = ", ".join(cell(f.path.name) for f in ingested.wholly_quarantined)
+        parts.append(
+            f"> **Warning: {len(ingested.wholly_quarantined)} landing file(s) wholly "
+            f"quarantined**, every row bad, nothing of them loaded: {names}. "
+            "`rollout quarantine --days 1` lists the rows."
         )
     complete = "yes" if report.weekly_window_complete else Markdown("**no**")
     rows: list[tuple[str, object]] = [

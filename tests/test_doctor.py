@@ -698,9 +698,11 @@ def test_doctor_lists_every_check_and_exits_0_when_none_fails(healthy_home: Path
         "registry",
         "schema",
         "warehouse",
+        "quarantine",
         "home",
         "landing",
         "reports",
+        "leftovers",
         "plan",
         "sendgrid",
         "worker",
@@ -709,7 +711,8 @@ def test_doctor_lists_every_check_and_exits_0_when_none_fails(healthy_home: Path
     # No PREFECT_API_URL here: neither the worker nor the notify flow's Secret block was
     # checked, a warning each, not a failure.
     assert statuses["worker"] == statuses["sendgrid"] == "warn"
-    checks = ("registry", "schema", "warehouse", "home", "landing", "reports", "plan")
+    checks = ("registry", "schema", "warehouse", "quarantine", "home", "landing", "reports")
+    checks += ("leftovers", "plan")
     assert {statuses[c] for c in checks} == {"ok"}, rows
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -276,6 +277,8 @@ def ingest(
         )
     for repaired in result.repairs:
         stderr.print(labelled("note:", "bold yellow", repaired))
+    for warning in result.quarantine_warnings():
+        stderr.print(labelled("warning:", "bold yellow", warning))
     for refused in result.rejected:
         stderr.print(labelled("refused:", "bold red", refused.message))
     if result.rejected:
@@ -298,15 +301,28 @@ def _short(path: Path, roots: list[Path]) -> str:
 def quarantine(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many rows.")] = 100,
+    days: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Only the rows quarantined in the last this many days (what `rollout "
+            "doctor`'s quarantine row counts), not every row since the warehouse was built.",
+        ),
+    ] = None,
     fmt: FormatOption = Format.table,
 ) -> None:
     """List rows refused by ingest validation, with file, line and reason."""
-
+    since = (
+        datetime(1, 1, 1)
+        if days is None
+        else datetime.now(UTC).replace(tzinfo=None) - timedelta(days=days)
+    )
     with _runtime(ctx).warehouse(read_only=True) as con:
         rows = con.execute(
             "select path as file, line, reason, record from quarantine "
+            "where quarantined_at >= $since "
             "order by quarantined_at, path, line limit $limit",
-            {"limit": limit},
+            {"limit": limit, "since": since},
         ).fetchall()
     emit(
         [{"file": r[0], "line": r[1], "reason": r[2], "record": r[3]} for r in rows],

@@ -16,6 +16,7 @@ import secrets
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -83,6 +84,78 @@ def open_temporary(path: Path) -> tuple[int, Path]:
         except FileExistsError:
             continue
     raise FileExistsError(f"{path.parent}: no free temporary name beside {path.name}")
+
+
+# A temporary file or private folder no write has touched for this long is a killed
+# writer's (a SIGKILL runs no clean-up): a live one is written as it goes, and the
+# slowest, a sample's gigabytes, touch theirs every few seconds.
+STALE_TEMPORARY_SECONDS = 3600.0
+
+
+def is_temporary_name(name: str) -> bool:
+    """A name :func:`temp_name` or :func:`private_folder_beside` makes:
+    ``.<name>.<random>.tmp``."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def _last_touched(path: Path) -> float | None:
+    """When ``path`` was last written: a folder's newest entry counts (a writer inside
+    it changes the file, not the folder). None when it is gone meanwhile."""
+    try:
+        newest = path.lstat().st_mtime
+        if path.is_dir() and not path.is_symlink():
+            for entry in os.scandir(path):
+                with suppress(OSError):
+                    newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+    except OSError:
+        return None
+    return newest
+
+
+def stale_temporaries(
+    root: Path,
+    *,
+    below: bool = True,
+    older_than: float = STALE_TEMPORARY_SECONDS,
+    now: float | None = None,
+) -> list[Path]:
+    """The temporary files and private folders in ``root`` (and, ``below``, in every
+    folder below it, but not inside one of them) no write has touched for
+    ``older_than`` seconds: what processes killed mid-write left. Sorted; none when
+    ``root`` is not there."""
+    now = time.time() if now is None else now
+    found: list[Path] = []
+    for folder, folders, files in os.walk(root):
+        here = Path(folder)
+        for name in [*folders, *files]:
+            if not is_temporary_name(name):
+                continue
+            touched = _last_touched(here / name)
+            if touched is not None and now - touched > older_than:
+                found.append(here / name)
+        folders[:] = [name for name in folders if below and not name.startswith(".")]
+    return sorted(found)
+
+
+def remove_stale_temporaries(
+    folder: Path, *, older_than: float = STALE_TEMPORARY_SECONDS, now: float | None = None
+) -> int:
+    """Remove what :func:`stale_temporaries` finds directly in ``folder`` (a writer's
+    own folder, before it writes: never a live writer's, by the age rule); a link is
+    removed, never followed. Returns how many."""
+    removed = 0
+    for path in stale_temporaries(folder, below=False, older_than=older_than, now=now):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass  # removed meanwhile by another writer
+            except OSError:
+                continue  # a folder made read-only: the writer says so when it writes
+        removed += 1
+    return removed
 
 
 def close_to_others(path: Path) -> None:

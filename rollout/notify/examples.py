@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
-from rollout.core.files import write_atomically
+from rollout.core.files import remove_stale_temporaries, write_atomically
 from rollout.core.names import file_stem_for
 from rollout.core.plan import Phase, Plan
 from rollout.notify.emails import EMAILS, Recipient, TokenLine, asks_only_2fa, skips_compliant
@@ -166,6 +166,7 @@ def write_previews(directory: Path, previews: Sequence[tuple[str, Rendered]]) ->
 
     A ``name`` may carry a username from the registry: it is made a safe file name (a
     hash stands in for what is not), so the files stay in ``directory``."""
+    remove_stale_temporaries(directory)  # a killed preview's half-written files
     files: dict[Path, str] = {}
     for name, rendered in previews:
         stem = file_stem_for(name)

@@ -58,7 +58,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from rollout.core.config import webhook_public_key
-from rollout.core.files import make_folder, open_temporary
+from rollout.core.files import make_folder, open_temporary, remove_stale_temporaries
 from rollout.core.words import counted
 from rollout.warehouse.landing import RefusedPost, events_in_post
 
@@ -165,6 +165,9 @@ def create_app(
         raise ValueError(f"the verification key {error}") from None
     verifier = EventWebhook()
     folder = landing_dir / EVENTS_FOLDER
+    # What a receiver killed mid-write (SIGKILL, the OOM killer) left: half a post each,
+    # which SendGrid, never answered, posts again. Never a live receiver's (by age).
+    remove_stale_temporaries(folder)
 
     in_progress = 0
 

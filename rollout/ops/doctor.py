@@ -24,7 +24,7 @@ from urllib.parse import quote
 import httpx
 
 from rollout.core.config import prefect_api, url_shown
-from rollout.core.controls import quoted, shell_word
+from rollout.core.controls import quoted, shell_word, visible
 from rollout.core.errors import BadInput, RolloutError
 from rollout.core.files import duckdb_path
 from rollout.core.words import counted
@@ -89,9 +89,11 @@ def run_checks(
         _guarded("registry", lambda: check_registry(runtime.registry)),
         _guarded("schema", lambda: check_schema(runtime.registry)),
         _guarded("warehouse", lambda: check_warehouse(settings.warehouse_path)),
+        _guarded("quarantine", lambda: check_quarantine(settings.warehouse_path, now())),
         _guarded("home", lambda: check_home(settings)),
         _guarded("landing", lambda: check_landing(settings.landing_dir)),
         _guarded("reports", lambda: check_reports(settings.reports_dir)),
+        _guarded("leftovers", lambda: check_leftovers(settings, now())),
         _guarded("plan", lambda: check_plan(settings.plan_path)),
         _guarded(
             "sendgrid",
@@ -335,6 +337,69 @@ def check_warehouse(path: Path) -> CheckResult:
     return CheckResult("warehouse", Status.ok, f"{path} (schema version {version}, read-only)")
 
 
+# How far back the quarantine check looks: a week of daily runs, so a row a run
+# quarantined on Friday is still named on Monday, and one fixed at the source drops out.
+QUARANTINE_DAYS = 7
+
+
+def check_quarantine(path: Path, now: datetime) -> CheckResult:
+    """Rows ingest quarantined in the last QUARANTINE_DAYS days: a warning naming how
+    many of each kind, and each file nothing of which loaded (a SendGrid post whose
+    every event is bad is loaded all the same, each event judged alone: its delivery
+    states are lost unless someone looks). Read-only and only for a moment, as the
+    warehouse check; a warehouse a run holds is not waited for."""
+    import duckdb
+
+    from rollout.warehouse import SCHEMA_VERSION, schema_version
+
+    if not path.exists():
+        return CheckResult("quarantine", Status.ok, "no warehouse yet: nothing quarantined")
+    try:
+        con = duckdb.connect(duckdb_path(path), read_only=True)
+    except duckdb.Error:
+        return CheckResult(
+            "quarantine", Status.warn, "not checked: the warehouse did not open (its row says why)"
+        )
+    since = now.astimezone(UTC).replace(tzinfo=None) - timedelta(days=QUARANTINE_DAYS)
+    try:
+        if schema_version(con) != SCHEMA_VERSION:
+            return CheckResult("quarantine", Status.warn, "not checked: the warehouse row says why")
+        by_kind = con.execute(
+            "select kind, count(*) from quarantine where quarantined_at >= $since "
+            "group by kind order by kind",
+            {"since": since},
+        ).fetchall()
+        wholly = [
+            row[0]
+            for row in con.execute(
+                "select path from ingested_files where rows_quarantined > 0 "
+                "and rows_loaded = 0 and loaded_at >= $since order by loaded_at, path",
+                {"since": since},
+            ).fetchall()
+        ]
+    finally:
+        con.close()
+    if not by_kind:
+        return CheckResult(
+            "quarantine", Status.ok, f"no row quarantined in the last {QUARANTINE_DAYS} days"
+        )
+    total = sum(count for _, count in by_kind)
+    kinds = ", ".join(f"{count:,} {kind}" for kind, count in by_kind)
+    detail = (
+        f"{counted(total, 'row')} quarantined in the last {QUARANTINE_DAYS} days ({kinds}): "
+        f"`rollout quarantine --days {QUARANTINE_DAYS}` lists them"
+    )
+    if wholly:
+        shown = [visible(name) for name in wholly[:SHOWN_OPEN]]
+        if len(wholly) > SHOWN_OPEN:
+            shown.append(f"{len(wholly) - SHOWN_OPEN:,} more")
+        detail += (
+            f"; {counted(len(wholly), 'file')} nothing of which loaded, every row bad: "
+            + ", ".join(shown)
+        )
+    return CheckResult("quarantine", Status.warn, detail)
+
+
 def _unwritable(path: Path) -> Path | None:
     """A database file, or its folder (DuckDB's WAL file, SQLite's journal and the
     registry's lock file go beside it), when this user cannot write it; None when both
@@ -472,6 +537,52 @@ def check_reports(folder: Path) -> CheckResult:
         folder,
         "`rollout phase preview` cannot save its list (so no phase can be enforced) and "
         "`rollout report` cannot write the report",
+    )
+
+
+# --- what killed processes left ------------------------------------------------------------
+
+
+def check_leftovers(settings: Settings, now: datetime) -> CheckResult:
+    """Temporary files and private folders (``.<name>.<random>.tmp``) no write has
+    touched for an hour (``STALE_TEMPORARY_SECONDS``), in the folders runs write: the
+    landing folder, the outbox, the reports and the warehouse's folder. A process
+    killed mid-write (SIGKILL, the OOM killer, a host gone) leaves them: never seen as
+    data (ingest and every listing pass hidden names over), and most are removed by
+    the next writer of their folder, but a folder nobody writes again keeps them, a
+    copy of personal data each. A warning with the command that removes them; the
+    doctor writes nothing."""
+    from rollout.core.files import STALE_TEMPORARY_SECONDS, stale_temporaries
+
+    roots = [settings.landing_dir, settings.outbox_dir, settings.reports_dir]
+    roots.append(settings.warehouse_path.parent)
+    found: dict[Path, None] = {}
+    for index, root in enumerate(roots):
+        # The warehouse's folder (the home, by default) alone, not the folders below.
+        below = index < len(roots) - 1
+        for path in stale_temporaries(root, below=below, now=now.timestamp()):
+            found.setdefault(path)
+    hours = STALE_TEMPORARY_SECONDS / 3600
+    if not found:
+        return CheckResult(
+            "leftovers",
+            Status.ok,
+            f"no temporary file older than {hours:g} hour{'s' if hours != 1 else ''}",
+        )
+    paths = list(found)
+    shown = paths[:SHOWN_OPEN]
+    more = (
+        f" ({len(paths) - SHOWN_OPEN:,} more: run the doctor again after)"
+        if (len(paths) > SHOWN_OPEN)
+        else ""
+    )
+    command = "rm -rf -- " + " ".join(shell_word(str(path)) for path in shown)
+    return CheckResult(
+        "leftovers",
+        Status.warn,
+        f"{counted(len(paths), 'temporary file')} of writes killed midway, untouched for "
+        f"over {hours:g} hour{'s' if hours != 1 else ''} (half-written, personal data "
+        f"each): `{command}` removes them{more}",
     )
 
 

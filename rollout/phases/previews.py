@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from rollout.core.controls import quoted, visible
 from rollout.core.errors import GuardRefused
-from rollout.core.files import write_atomically
+from rollout.core.files import remove_stale_temporaries, write_atomically
 from rollout.core.fingerprints import list_fingerprint
 from rollout.core.names import safe_path_component
 from rollout.core.output import csv_value, markdown_quoted, write_csv
@@ -372,6 +372,7 @@ def save_list(
     at = utc_now()
     run_id = uuid.uuid4().hex
     path = preview_path(reports_dir, stem, at, run_id)
+    remove_stale_temporaries(path.parent)  # a killed preview's half-written lists
     write_atomically(path, csv_text(columns, rows))
     record = {**record, "run_id": run_id, "at": at.isoformat(), "csv": path.name}
     write_atomically(path.with_suffix(".json"), json.dumps(record, indent=2))
@@ -386,6 +387,7 @@ def save_preview(
     at = utc_now()
     run_id = uuid.uuid4().hex
     path = preview_path(reports_dir, safe_path_component(preview.phase, "phase"), at, run_id)
+    remove_stale_temporaries(path.parent)  # a killed preview's half-written lists
     write_atomically(path, csv_text(COLUMNS, preview_rows(preview)))
     tokens_csv = None
     if preview.revokes_tokens:

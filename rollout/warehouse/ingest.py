@@ -24,6 +24,7 @@ import duckdb
 import pyarrow as pa
 
 from rollout import warehouse
+from rollout.core.controls import visible
 from rollout.core.counts import EXPONENT_PATTERN, WHOLE_COUNT_PATTERN
 from rollout.core.errors import BadInput, FileRejected, RowProblem
 from rollout.core.files import duckdb_path
@@ -80,6 +81,33 @@ class IngestReport:
     @property
     def rows_quarantined(self) -> int:
         return sum(f.rows_quarantined for f in self.files)
+
+    @property
+    def wholly_quarantined(self) -> list[FileResult]:
+        """Files taken whose every row is bad, so nothing of them loaded: an events file
+        (SendGrid's post is loaded whatever its share of bad events, each judged
+        alone) whose delivery states are all lost unless someone looks."""
+        return [
+            f
+            for f in self.files
+            if f.status == "loaded" and f.rows_quarantined and not f.rows_loaded
+        ]
+
+    def quarantine_warnings(self) -> list[str]:
+        """What the CLI and the flow say of this run's quarantined rows: each file
+        nothing of which loaded, then where to see the rows (``rollout doctor``'s
+        quarantine row names them for a week after)."""
+        warnings = [
+            f"{visible(f.path)}: every one of its {counted(f.rows_read, 'row')} is "
+            "quarantined, nothing of it loaded"
+            for f in self.wholly_quarantined
+        ]
+        if self.rows_quarantined:
+            warnings.append(
+                f"{counted(self.rows_quarantined, 'row')} quarantined: "
+                "`rollout quarantine --days 1` lists them with their file, line and reason"
+            )
+        return warnings
 
 
 def _utc_now() -> datetime:

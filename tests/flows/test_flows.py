@@ -254,6 +254,21 @@ def test_metrics_markdown_puts_gaps_and_refused_files_first() -> None:
     assert "| files skipped \\(already loaded\\) | 1 |" in markdown
 
 
+def test_metrics_markdown_names_a_file_nothing_of_which_loaded_first() -> None:
+    """A SendGrid post whose every event is bad is taken, not refused: said all the same."""
+    ingested = IngestReport(
+        [
+            FileResult(Path("x/events-a.json"), "events", "loaded", 3, 3),
+            FileResult(Path("x/events-|b.json"), "events", "loaded", 2, 0, 0, 2),
+        ]
+    )
+    markdown = metrics_markdown(metrics_report(), ingested)
+    warning = markdown.index("**Warning: 1 landing file(s) wholly quarantined**")
+    assert warning < markdown.index("| packages |")
+    assert "events-\\|b.json" in markdown[warning:]
+    assert "events-a.json" not in markdown
+
+
 def test_cohorts_markdown_lists_at_most_20_entered_packages() -> None:
     names = [f"pkg-{i}" for i in range(23)]
     result = CohortResult("top-100", DAY, 30, 25, names, 40, 9, 5, 1, 2)
