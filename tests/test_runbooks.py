@@ -550,33 +550,49 @@ def test_the_release_manager_rehearsal_runs_as_the_runbook_gives_it(
 
 
 def test_the_doctor_runs_from_cron_as_the_runbook_gives_it(tmp_path: Path) -> None:
-    """The runbook's cron line for `rollout doctor`, run as cron runs it: by sh, from
-    the home folder, with nothing in the environment but PATH and HOME. Its settings
-    file names the plan as the runbook's /etc/rollout.env does, relative to the
-    checkout: without a cd into the checkout the plan check failed every time."""
+    """The runbook's cron lines for `rollout doctor` (every 5 minutes, mailing a failed
+    check; daily, mailing any warning), run as cron runs them: by sh, from the home
+    folder, with nothing in the environment but PATH and HOME. Its settings file names
+    the plan as the runbook's /etc/rollout.env does, relative to the checkout: without a
+    cd into the checkout the plan check failed every time."""
     blocks = shell_blocks(ROOT / "docs" / "runbook-operator.md", {"crontab"})
     lines = [text for _, _, body in blocks for _, text in body if "rollout doctor" in text]
-    assert len(lines) == 1, "the operator's runbook gives one cron line for the doctor"
-    *schedule, user, command = lines[0].split(None, 6)
-    assert len(schedule) == 5 and user == "rollout"
+    assert len(lines) == 2, "the operator's runbook gives a frequent and a daily doctor line"
     settings = tmp_path / "rollout.env"
     settings.write_text(f"ROLLOUT_HOME={tmp_path / 'home'}\nROLLOUT_PLAN=plans/npm-2022.yaml\n")
-    # The checkout and its .venv are this test's: this checkout, this interpreter.
-    command = (
-        command.replace("/srv/rollout", shlex.quote(str(ROOT)))
-        .replace("/etc/rollout.env", shlex.quote(str(settings)))
-        .replace(".venv/bin/rollout", f"{shlex.quote(sys.executable)} -m rollout")
-    )
     home = tmp_path / "home-folder"
     home.mkdir()
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "COLUMNS": "200"}
-    done = subprocess.run(
-        ["/bin/sh", "-c", command], cwd=home, env=env, capture_output=True, text=True, timeout=120
+    for line in lines:
+        *schedule, user, command = line.split(None, 6)
+        assert len(schedule) == 5 and user == "rollout"
+        # The checkout and its .venv are this test's: this checkout, this interpreter.
+        command = (
+            command.replace("/srv/rollout", shlex.quote(str(ROOT)))
+            .replace("/etc/rollout.env", shlex.quote(str(settings)))
+            .replace(".venv/bin/rollout", f"{shlex.quote(sys.executable)} -m rollout")
+        )
+        done = subprocess.run(
+            ["/bin/sh", "-c", command],
+            cwd=home,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        # No registry in this home: a check fails and the warehouse warns, so each line
+        # prints the table (cron mails it), the plan found from the checkout.
+        assert done.returncode == 0, done.stderr
+        plan_row = next(row for row in done.stdout.splitlines() if re.search(r"\bplan\b", row))
+        assert re.search(r"plan\s*\S\s*ok\s|^plan,ok,", plan_row), done.stdout
+    # The daily line stays quiet when nothing warns: its test is the CSV's status column.
+    quiet = 'check,status,detail\nregistry,ok,fine\nplan,ok,"a, warn, b"\n'
+    daily = lines[1].split(None, 6)[-1]
+    test_part = daily[daily.index("grep") :].split("&&")[0].strip()
+    probe = subprocess.run(
+        ["/bin/sh", "-c", test_part], input=quiet, capture_output=True, text=True, timeout=30
     )
-    # No registry in this home: a check fails, so the line prints the table (cron mails it).
-    assert done.returncode == 0, done.stderr
-    plan_row = next(line for line in done.stdout.splitlines() if re.search(r"\bplan\b", line))
-    assert re.search(r"plan\s*\S\s*ok\s", plan_row), done.stdout
+    assert probe.returncode == 1, "the daily line would mail a table with no warning"
 
 
 def test_the_worker_unit_stops_every_flow_run_with_the_worker_still_there() -> None:
