@@ -20,6 +20,7 @@ deployment, nothing could reschedule it) it pauses in its own process instead.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from prefect import flow, get_run_logger, task
@@ -95,6 +96,7 @@ def enforce_task(
     expect_tokens: int | None = None,
     accept_unreached: int | None = None,
     expect_list: str | None = None,
+    previewed_at: datetime | None = None,
 ) -> EnforceResult:
     run = runtime()
     return enforce_phase(
@@ -106,6 +108,7 @@ def enforce_task(
         accept_unreached=accept_unreached,
         actor=actor,
         expect_list=expect_list,
+        previewed_at=previewed_at,
     )
 
 
@@ -245,6 +248,8 @@ def phase_enforce(
             request.tokens,
             approval.accept_unreached,
             expect_list=request.fingerprint or approval.expect_list,
+            # Its sessions signed in since this run's preview, counted apart.
+            previewed_at=datetime.fromisoformat(request.previewed_at),
         )
     except GuardRefused as guard:
         # Who changed since this run's preview, when the list is not the one it listed.

@@ -7,7 +7,7 @@ import io
 import json
 import re
 import shutil
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -1146,3 +1146,37 @@ def test_a_usage_error_shows_the_value_typed_as_data(
     assert "\x1b" not in result.stderr and "\u202e" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("error: ")
+
+
+def test_phase_enforce_counts_apart_the_sessions_signed_in_since_the_preview(
+    rollout_home: Path,
+) -> None:
+    """The preview said "signed out of 3 web sessions"; an account signed in again before
+    the release manager applied it, and the run's JSON said ``sessions_revoked 4`` with
+    nothing to tell the session the preview never showed. The preview says the rule
+    (every live session when enforced, any signed in since too), and the run counts
+    those signed in since the approved preview apart."""
+    from rollout.registry.ledger import utc_now
+
+    from .factories import SessionFactory
+
+    run("db", "upgrade")
+    engine = make_engine(f"sqlite:///{rollout_home / 'registry.db'}")
+    with bound_to(engine):
+        alice = AccountFactory(username="alice", in_cohort="top-100", sessions=1)
+        AccountFactory(username="dave", in_cohort="top-100", sessions=2)
+    preview = run("phase", "preview", "top-100")
+    assert preview.exit_code == 0, preview.stderr
+    said = " ".join(preview.stderr.split())
+    assert "signed out of 3 web sessions" in said
+    assert (
+        "revoke_sessions (every live web session of the accounts when enforced: 3 now, "
+        "and any signed in since)"
+    ) in said
+    with bound_to(engine):
+        SessionFactory(account=alice, created_at=utc_now() + timedelta(minutes=1))
+    done = run(*to_apply(preview.stderr), "--format", "json")
+    assert done.exit_code == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["sessions_revoked"], result["sessions_signed_in_since_preview"]) == (4, 1)
+    engine.dispose()

@@ -228,6 +228,7 @@ def phase_enforce(
     """Apply the phase's effects to its non-compliant accounts (by default: require 2FA
     and revoke their web sessions; a plan may add the banner, token revocation, ...)."""
     from rollout.phases.enforce import enforce_phase, naming_changes
+    from rollout.phases.previews import approved_preview_at
 
     if not apply:
         phase_preview(ctx, phase, fmt)
@@ -270,6 +271,8 @@ def phase_enforce(
             progress=lambda done, total: progress.update(task, completed=done, total=total),
             early=early,
             expect_list=expect_list,
+            # The sessions signed in since the approved preview, counted apart.
+            previewed_at=approved_preview_at(settings.reports_dir, phase, expect_list),
         )
     emit_record(result.summary(), fmt, title=f"phase {phase} enforced")
 

@@ -452,6 +452,8 @@ def test_an_approved_enforce_run_applies_exactly_the_previewed_accounts(
     state = _enforce_with_approval(monkeypatch, {"expect": preview_count, "approved_by": "rita"})
     assert state.is_completed(), state.message
     assert state.result()["accounts_flagged"] == preview_count
+    # Its own preview's time is known: no session was signed in since it.
+    assert state.result()["sessions_signed_in_since_preview"] == 0
     assert _required(home) == preview_count
     [(actor,)] = home.registry_rows(
         "select distinct actor from actions where action = 'tfa_required'"
