@@ -1180,3 +1180,41 @@ def test_phase_enforce_counts_apart_the_sessions_signed_in_since_the_preview(
     result = json.loads(done.stdout)
     assert (result["sessions_revoked"], result["sessions_signed_in_since_preview"]) == (4, 1)
     engine.dispose()
+
+
+def test_phase_enforce_of_a_recommending_phase_says_it_acted_on_accounts_not_required_them(
+    rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """top-100 as a banner and TOTP set-ups closed: its preview says "acted on", plan
+    show and the summary email ``accounts_acted_on``, and `phase enforce` printed
+    ``accounts_required 2`` (table and JSON alike) of a phase that requires nothing of
+    anyone's login. The table says ``accounts_acted_on``; the JSON too, keeping
+    ``accounts_required`` beside it, the stored key scripts read (as documented)."""
+    text = (ROOT / "plans" / "npm-2022.yaml").read_text()
+    banner = tmp_path / "banner.yaml"
+    banner.write_text(
+        text.replace(
+            "    max_accounts: 1000\n",
+            "    max_accounts: 1000\n    requires: {two_factor: phishing_resistant}\n"
+            "    effects: [warn, close_totp_enrolment]\n",
+            1,
+        )
+    )
+    monkeypatch.setenv("ROLLOUT_PLAN", str(banner))
+    run("db", "upgrade")
+    engine = make_engine(f"sqlite:///{rollout_home / 'registry.db'}")
+    with bound_to(engine):
+        AccountFactory(username="alice", in_cohort="top-100", sessions=1)
+        AccountFactory(username="dave", in_cohort="top-100")
+    engine.dispose()
+    preview = run("phase", "preview", "top-100")
+    assert preview.exit_code == 0, preview.stderr
+    done = run(*to_apply(preview.stderr), "--format", "json")
+    assert done.exit_code == 0, done.stderr
+    said = json.loads(done.stdout)
+    assert (said["accounts_acted_on"], said["accounts_required"]) == (2, 2)
+    assert (said["accounts_flagged"], said["sessions_revoked"]) == (0, 0)
+    # Run again (a rerun passes over them): the table names no requirement either.
+    table = run(*to_apply(run("phase", "preview", "top-100").stderr))
+    assert table.exit_code == 0, table.stderr
+    assert "accounts_acted_on" in table.stdout and "accounts_required" not in table.stdout
