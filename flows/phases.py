@@ -170,32 +170,41 @@ def approved_list(request: ApprovalRequest, typed: str) -> None:
     )
 
 
+def approval_description(request: ApprovalRequest, run_id: object) -> str:
+    """What the approval form says: the preview's counts (the sessions as the rule they
+    are: every live one when enforced), and what to type back."""
+    return (
+        f"Enforce phase **{cell(request.phase)}**: {request.accounts} accounts"
+        + (
+            # A rule, not a list: every live one when enforced (counted apart then).
+            f", {request.sessions} web sessions signed out (live now; any signed in since too)"
+            if request.sessions is not None
+            else ""
+        )
+        + (f", {request.tokens} tokens revoked" if request.tokens is not None else "")
+        + (
+            f"; {request.unreached} of the accounts were never reached by a notice or "
+            "reminder"
+            + (
+                ", over the plan's limit: type that count back too (accept_unreached)"
+                if request.over_unreached_limit
+                else ""
+            )
+            if request.unreached
+            else ""
+        )
+        + ". Type back the account count (expect) and the list's fingerprint "
+        + (f"(expect_list: {request.fingerprint})" if request.fingerprint else "(expect_list)")
+        + f" to approve (list: {cell(request.csv_path)}), or run `rollout approve "
+        f"{run_id} --expect {request.accounts} --expect-list "
+        f"{request.fingerprint or 'F'} --as NAME`."
+    )
+
+
 def wait_for_approval(request: ApprovalRequest, timeout: int) -> Approval:
     """Suspend when deployed (the process exits; resuming reschedules the run), pause
     in-process otherwise. Either way the server checks the input against the schema."""
-    form = Approval.with_initial_data(
-        description=(
-            f"Enforce phase **{cell(request.phase)}**: {request.accounts} accounts"
-            + (f", {request.sessions} web sessions" if request.sessions is not None else "")
-            + (f", {request.tokens} tokens revoked" if request.tokens is not None else "")
-            + (
-                f"; {request.unreached} of the accounts were never reached by a notice or "
-                "reminder"
-                + (
-                    ", over the plan's limit: type that count back too (accept_unreached)"
-                    if request.over_unreached_limit
-                    else ""
-                )
-                if request.unreached
-                else ""
-            )
-            + ". Type back the account count (expect) and the list's fingerprint "
-            + (f"(expect_list: {request.fingerprint})" if request.fingerprint else "(expect_list)")
-            + f" to approve (list: {cell(request.csv_path)}), or run `rollout approve "
-            f"{flow_run.id} --expect {request.accounts} --expect-list "
-            f"{request.fingerprint or 'F'} --as NAME`."
-        )
-    )
+    form = Approval.with_initial_data(description=approval_description(request, flow_run.id))
     key = key_for("approve", request.phase)
     if deployment.id:
         return suspend_flow_run(wait_for_input=form, timeout=timeout, key=key)

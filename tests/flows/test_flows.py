@@ -401,6 +401,22 @@ def test_an_approval_types_back_the_list_s_fingerprint_the_form_shows() -> None:
     approved_list(replace(request, fingerprint=None), "0123456789ab")
 
 
+def test_the_approval_form_says_the_sessions_are_every_live_one_when_enforced() -> None:
+    """The form said "29 web sessions" as a list approved; enforcement signs out every
+    session live when it runs, one signed in since too (counted apart in its result)."""
+    from flows.phases import approval_description
+    from rollout.phases.approvals import ApprovalRequest
+
+    request = ApprovalRequest(
+        "top-100", 87, 29, 24, "/r/a.csv", "k", "t", fingerprint="7d1e40b2c9a3"
+    )
+    said = approval_description(request, "run-1")
+    assert "87 accounts, 29 web sessions signed out (live now; any signed in since too)" in said
+    assert "rollout approve run-1 --expect 87 --expect-list 7d1e40b2c9a3" in said
+    no_sessions = approval_description(replace(request, sessions=None), "run-1")
+    assert "web session" not in no_sessions
+
+
 def test_an_approval_refused_as_the_list_changed_since_names_who_changed(
     preview_count: int, home: Home, monkeypatch: pytest.MonkeyPatch
 ) -> None:
