@@ -555,9 +555,14 @@ def test_every_command_printing_a_result_gives_json_alone_on_stdout(rollout_home
         assert json_of("brownout", "end", *moved)["state"] == "active"
         ended = json_of("brownout", "end", *moved, "--apply")
         assert ended["state"] == "ended early" and ended["ended_early_at"].startswith("2022-02-01")
-    assert json_of("elv", "enroll-all") == {"not_enrolled": 700, "enrolled": 0, "applied": False}
+    # Not "not_enrolled 700" beside "enrolled 700" once applied: the count is of before.
+    assert json_of("elv", "enroll-all") == {
+        "not_enrolled_before": 700,
+        "enrolled": 0,
+        "applied": False,
+    }
     assert json_of("elv", "enroll-all", "--apply") == {
-        "not_enrolled": 700,
+        "not_enrolled_before": 700,
         "enrolled": 700,
         "applied": True,
     }
