@@ -20,6 +20,7 @@ deployment, nothing could reschedule it) it pauses in its own process instead.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from prefect import flow, get_run_logger, task
@@ -95,6 +96,7 @@ def enforce_task(
     expect_tokens: int | None = None,
     accept_unreached: int | None = None,
     expect_list: str | None = None,
+    previewed_at: datetime | None = None,
 ) -> EnforceResult:
     run = runtime()
     return enforce_phase(
@@ -106,6 +108,7 @@ def enforce_task(
         accept_unreached=accept_unreached,
         actor=actor,
         expect_list=expect_list,
+        previewed_at=previewed_at,
     )
 
 
@@ -167,32 +170,41 @@ def approved_list(request: ApprovalRequest, typed: str) -> None:
     )
 
 
+def approval_description(request: ApprovalRequest, run_id: object) -> str:
+    """What the approval form says: the preview's counts (the sessions as the rule they
+    are: every live one when enforced), and what to type back."""
+    return (
+        f"Enforce phase **{cell(request.phase)}**: {request.accounts} accounts"
+        + (
+            # A rule, not a list: every live one when enforced (counted apart then).
+            f", {request.sessions} web sessions signed out (live now; any signed in since too)"
+            if request.sessions is not None
+            else ""
+        )
+        + (f", {request.tokens} tokens revoked" if request.tokens is not None else "")
+        + (
+            f"; {request.unreached} of the accounts were never reached by a notice or "
+            "reminder"
+            + (
+                ", over the plan's limit: type that count back too (accept_unreached)"
+                if request.over_unreached_limit
+                else ""
+            )
+            if request.unreached
+            else ""
+        )
+        + ". Type back the account count (expect) and the list's fingerprint "
+        + (f"(expect_list: {request.fingerprint})" if request.fingerprint else "(expect_list)")
+        + f" to approve (list: {cell(request.csv_path)}), or run `rollout approve "
+        f"{run_id} --expect {request.accounts} --expect-list "
+        f"{request.fingerprint or 'F'} --as NAME`."
+    )
+
+
 def wait_for_approval(request: ApprovalRequest, timeout: int) -> Approval:
     """Suspend when deployed (the process exits; resuming reschedules the run), pause
     in-process otherwise. Either way the server checks the input against the schema."""
-    form = Approval.with_initial_data(
-        description=(
-            f"Enforce phase **{cell(request.phase)}**: {request.accounts} accounts"
-            + (f", {request.sessions} web sessions" if request.sessions is not None else "")
-            + (f", {request.tokens} tokens revoked" if request.tokens is not None else "")
-            + (
-                f"; {request.unreached} of the accounts were never reached by a notice or "
-                "reminder"
-                + (
-                    ", over the plan's limit: type that count back too (accept_unreached)"
-                    if request.over_unreached_limit
-                    else ""
-                )
-                if request.unreached
-                else ""
-            )
-            + ". Type back the account count (expect) and the list's fingerprint "
-            + (f"(expect_list: {request.fingerprint})" if request.fingerprint else "(expect_list)")
-            + f" to approve (list: {cell(request.csv_path)}), or run `rollout approve "
-            f"{flow_run.id} --expect {request.accounts} --expect-list "
-            f"{request.fingerprint or 'F'} --as NAME`."
-        )
-    )
+    form = Approval.with_initial_data(description=approval_description(request, flow_run.id))
     key = key_for("approve", request.phase)
     if deployment.id:
         return suspend_flow_run(wait_for_input=form, timeout=timeout, key=key)
@@ -245,6 +257,8 @@ def phase_enforce(
             request.tokens,
             approval.accept_unreached,
             expect_list=request.fingerprint or approval.expect_list,
+            # Its sessions signed in since this run's preview, counted apart.
+            previewed_at=datetime.fromisoformat(request.previewed_at),
         )
     except GuardRefused as guard:
         # Who changed since this run's preview, when the list is not the one it listed.

@@ -7,7 +7,7 @@ import io
 import json
 import re
 import shutil
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -555,9 +555,14 @@ def test_every_command_printing_a_result_gives_json_alone_on_stdout(rollout_home
         assert json_of("brownout", "end", *moved)["state"] == "active"
         ended = json_of("brownout", "end", *moved, "--apply")
         assert ended["state"] == "ended early" and ended["ended_early_at"].startswith("2022-02-01")
-    assert json_of("elv", "enroll-all") == {"not_enrolled": 700, "enrolled": 0, "applied": False}
+    # Not "not_enrolled 700" beside "enrolled 700" once applied: the count is of before.
+    assert json_of("elv", "enroll-all") == {
+        "not_enrolled_before": 700,
+        "enrolled": 0,
+        "applied": False,
+    }
     assert json_of("elv", "enroll-all", "--apply") == {
-        "not_enrolled": 700,
+        "not_enrolled_before": 700,
         "enrolled": 700,
         "applied": True,
     }
@@ -1146,3 +1151,75 @@ def test_a_usage_error_shows_the_value_typed_as_data(
     assert "\x1b" not in result.stderr and "\u202e" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("error: ")
+
+
+def test_phase_enforce_counts_apart_the_sessions_signed_in_since_the_preview(
+    rollout_home: Path,
+) -> None:
+    """The preview said "signed out of 3 web sessions"; an account signed in again before
+    the release manager applied it, and the run's JSON said ``sessions_revoked 4`` with
+    nothing to tell the session the preview never showed. The preview says the rule
+    (every live session when enforced, any signed in since too), and the run counts
+    those signed in since the approved preview apart."""
+    from rollout.registry.ledger import utc_now
+
+    from .factories import SessionFactory
+
+    run("db", "upgrade")
+    engine = make_engine(f"sqlite:///{rollout_home / 'registry.db'}")
+    with bound_to(engine):
+        alice = AccountFactory(username="alice", in_cohort="top-100", sessions=1)
+        AccountFactory(username="dave", in_cohort="top-100", sessions=2)
+    preview = run("phase", "preview", "top-100")
+    assert preview.exit_code == 0, preview.stderr
+    said = " ".join(preview.stderr.split())
+    assert "signed out of 3 web sessions" in said
+    assert (
+        "revoke_sessions (every live web session of the accounts when enforced: 3 now, "
+        "and any signed in since)"
+    ) in said
+    with bound_to(engine):
+        SessionFactory(account=alice, created_at=utc_now() + timedelta(minutes=1))
+    done = run(*to_apply(preview.stderr), "--format", "json")
+    assert done.exit_code == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["sessions_revoked"], result["sessions_signed_in_since_preview"]) == (4, 1)
+    engine.dispose()
+
+
+def test_phase_enforce_of_a_recommending_phase_says_it_acted_on_accounts_not_required_them(
+    rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """top-100 as a banner and TOTP set-ups closed: its preview says "acted on", plan
+    show and the summary email ``accounts_acted_on``, and `phase enforce` printed
+    ``accounts_required 2`` (table and JSON alike) of a phase that requires nothing of
+    anyone's login. The table says ``accounts_acted_on``; the JSON too, keeping
+    ``accounts_required`` beside it, the stored key scripts read (as documented)."""
+    text = (ROOT / "plans" / "npm-2022.yaml").read_text()
+    banner = tmp_path / "banner.yaml"
+    banner.write_text(
+        text.replace(
+            "    max_accounts: 1000\n",
+            "    max_accounts: 1000\n    requires: {two_factor: phishing_resistant}\n"
+            "    effects: [warn, close_totp_enrolment]\n",
+            1,
+        )
+    )
+    monkeypatch.setenv("ROLLOUT_PLAN", str(banner))
+    run("db", "upgrade")
+    engine = make_engine(f"sqlite:///{rollout_home / 'registry.db'}")
+    with bound_to(engine):
+        AccountFactory(username="alice", in_cohort="top-100", sessions=1)
+        AccountFactory(username="dave", in_cohort="top-100")
+    engine.dispose()
+    preview = run("phase", "preview", "top-100")
+    assert preview.exit_code == 0, preview.stderr
+    done = run(*to_apply(preview.stderr), "--format", "json")
+    assert done.exit_code == 0, done.stderr
+    said = json.loads(done.stdout)
+    assert (said["accounts_acted_on"], said["accounts_required"]) == (2, 2)
+    assert (said["accounts_flagged"], said["sessions_revoked"]) == (0, 0)
+    # Run again (a rerun passes over them): the table names no requirement either.
+    table = run(*to_apply(run("phase", "preview", "top-100").stderr))
+    assert table.exit_code == 0, table.stderr
+    assert "accounts_acted_on" in table.stdout and "accounts_required" not in table.stdout

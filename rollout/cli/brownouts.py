@@ -238,7 +238,9 @@ def elv_enroll_all(
             # As `phase preview` says it: not in the command to copy.
             stderr.print(f"Not due yet: {refused}", highlight=False, markup=False)
         emit_record(
-            {"not_enrolled": pending, "enrolled": 0, "applied": False}, fmt, title="ELV (preview)"
+            {"not_enrolled_before": pending, "enrolled": 0, "applied": False},
+            fmt,
+            title="ELV (preview)",
         )
         stderr.print(f"preview only: add --apply to enrol {them(pending)}", highlight=False)
         return
@@ -253,6 +255,8 @@ def elv_enroll_all(
             early=early,
         )
     emit_record(
-        {"not_enrolled": pending, "enrolled": enrolled, "applied": True}, fmt, title="ELV for all"
+        {"not_enrolled_before": pending, "enrolled": enrolled, "applied": True},
+        fmt,
+        title="ELV for all",
     )
     stderr.print(f"enrolled {counted(enrolled, 'account')}", highlight=False)

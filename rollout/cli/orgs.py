@@ -234,7 +234,7 @@ def orgs_enforce(
             "run_id": result.run_id,
             "removed": len(result.removed),
             "removed_members": list(result.removed),
-            "owners_notified": result.owners_notified,
+            "owner_summaries_queued": result.owner_summaries_queued,
             "was_already_enforced": result.already_enforced,
         },
         fmt,

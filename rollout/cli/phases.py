@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -20,6 +20,9 @@ from rollout.core.controls import quoted, shell_word
 from rollout.core.errors import EXIT_BAD_INPUT, GuardRefused, RolloutError
 from rollout.core.output import Format, emit, emit_record, progress_for, stderr
 from rollout.core.words import counted, them
+
+if TYPE_CHECKING:
+    from rollout.core.plan import Phase
 
 # --- phases ------------------------------------------------------------------------------
 
@@ -228,6 +231,7 @@ def phase_enforce(
     """Apply the phase's effects to its non-compliant accounts (by default: require 2FA
     and revoke their web sessions; a plan may add the banner, token revocation, ...)."""
     from rollout.phases.enforce import enforce_phase, naming_changes
+    from rollout.phases.previews import approved_preview_at
 
     if not apply:
         phase_preview(ctx, phase, fmt)
@@ -270,8 +274,29 @@ def phase_enforce(
             progress=lambda done, total: progress.update(task, completed=done, total=total),
             early=early,
             expect_list=expect_list,
+            # The sessions signed in since the approved preview, counted apart.
+            previewed_at=approved_preview_at(settings.reports_dir, phase, expect_list),
         )
-    emit_record(result.summary(), fmt, title=f"phase {phase} enforced")
+    emit_record(
+        enforced_record(runtime.plan.phase(phase), result.summary(), fmt),
+        fmt,
+        title=f"phase {phase} enforced",
+    )
+
+
+def enforced_record(phase: Phase, summary: dict[str, Any], fmt: Format) -> dict[str, Any]:
+    """An enforcement run's summary as `phase enforce` prints it: of a phase requiring
+    no 2FA (a banner, TOTP set-ups closed, tokens revoked), the accounts it applied to
+    as ``accounts_acted_on``, as its preview says "acted on" and `plan show` and the
+    summary email say it (counts_as_told): it required nothing of their logins. The
+    JSON keeps ``accounts_required`` beside it, the stored summary's key, which scripts
+    read (docs/runbook-release-manager.md)."""
+    from rollout.notify.emails import ACCOUNTS_ACTED_ON, ACCOUNTS_REQUIRED, counts_as_told
+
+    told = counts_as_told(phase, summary)
+    if fmt is Format.json and ACCOUNTS_ACTED_ON in told:
+        told[ACCOUNTS_REQUIRED] = summary[ACCOUNTS_REQUIRED]
+    return told
 
 
 @phase_app.command("snooze")

@@ -109,6 +109,11 @@ class EnforceResult:
     accounts_required: int = 0
     accounts_flagged: int = 0
     sessions_revoked: int = 0
+    # Of them, those signed in after the approved preview (given its time): the preview
+    # counted every live session of its accounts then, and enforcement signs out every
+    # live one when their batch runs, so ``sessions_revoked`` is the preview's count
+    # plus these, less any that ended meanwhile.
+    sessions_signed_in_since_preview: int = 0
     emails_queued: int = 0
     skipped_now_compliant: int = 0
     # Previewed, then deleted from the registry before their batch: nothing done.
@@ -134,6 +139,7 @@ class EnforceResult:
         "accounts_required": "accounts the phase now applies to",
         "accounts_flagged": "of them, newly required to use 2FA",
         "sessions_revoked": "web sessions revoked",
+        "sessions_signed_in_since_preview": "of them, signed in since the preview",
         "tokens_revoked": "tokens revoked",
         "accounts_warned": "accounts shown the warning banner",
         "totp_enrolment_closed": "accounts closed to new TOTP set-ups",
@@ -549,6 +555,7 @@ class BatchOutcome:
     accounts_required: int = 0
     accounts_flagged: int = 0
     sessions_revoked: int = 0
+    sessions_signed_in_since_preview: int = 0
     emails_queued: int = 0
     skipped_now_compliant: int = 0
     skipped_deleted: int = 0
@@ -570,6 +577,9 @@ class _Batch:
     run_id: str
     actor: str
     now: datetime
+    # When the approved preview was taken (None: not known): the sessions signed in
+    # since are counted apart (EnforceResult.sessions_signed_in_since_preview).
+    previewed_at: datetime | None = None
 
     @property
     def reason(self) -> str:
@@ -918,9 +928,12 @@ def _queue_notices_of_tokens_revoked_again(batch: _Batch) -> int:
     )
 
 
-def _revoke_sessions(batch: _Batch) -> int:
-    """The live web sessions of the accounts that lack the factor."""
-    return _update_audited(
+def _revoke_sessions(batch: _Batch) -> tuple[int, int]:
+    """The live web sessions of the accounts that lack the factor: every one live now,
+    as the preview's rule says (a session signed in since the preview too, or the
+    account would keep a session the phase signs out). Returns how many, and of them how
+    many were signed in after the approved preview (``batch.previewed_at``)."""
+    revoked = _update_audited(
         batch,
         update(SESSIONS)
         .where(and_(batch.lacking(SESSIONS.c.account_id), SESSIONS.c.revoked_at.is_(None)))
@@ -931,6 +944,23 @@ def _revoke_sessions(batch: _Batch) -> int:
         subject=lambda rows: literal("web_session:") + cast(rows.c.id, String),
         account_id=lambda rows: rows.c.account_id,
     )
+    if not revoked or batch.previewed_at is None:
+        return revoked, 0
+    # Revoked at this batch's instant with its reason, of its accounts: exactly those
+    # this UPDATE revoked (the run holds the lock; no other run revokes meanwhile).
+    since = batch.connection.execute(
+        select(func.count())
+        .select_from(SESSIONS)
+        .where(
+            and_(
+                batch.among(SESSIONS.c.account_id),
+                SESSIONS.c.revoked_at == batch.now,
+                SESSIONS.c.revoked_reason == batch.reason[:300],
+                SESSIONS.c.created_at > batch.previewed_at,
+            )
+        )
+    ).scalar_one()
+    return revoked, int(since)
 
 
 def _revoke_tokens(batch: _Batch, token_ids: list[int]) -> int:
@@ -1017,6 +1047,7 @@ def _enforce_batch(
     tokens_of: Mapping[int, list[int]] | None = None,
     unreached: Collection[int] = (),
     acted_on: list[int] | None = None,
+    previewed_at: datetime | None = None,
 ) -> BatchOutcome:
     """One transaction: record the phase's application to each account still short of
     its requirements, apply each of its effects, queue the enforcement email, and do the
@@ -1062,7 +1093,7 @@ def _enforce_batch(
         # A batch commits or vanishes whole either way; not waiting for its WAL flush
         # cannot lose half a batch, only delay when a server crash would lose it all.
         connection.execute(text("set local synchronous_commit to off"))
-    batch = _Batch(connection, phase, among, run_id, actor, now)
+    batch = _Batch(connection, phase, among, run_id, actor, now, previewed_at)
     required = _record_requirement(batch)
     # Those this run applies the phase to: not those a run that died had (a rerun
     # passes over them again, finding their effects done), whom the unreached count and
@@ -1095,7 +1126,7 @@ def _enforce_batch(
         else 0
     )
     queued = _queue_enforcement_emails(batch)
-    revoked = _revoke_sessions(batch) if phase.does("revoke_sessions") else 0
+    revoked, signed_in_since = _revoke_sessions(batch) if phase.does("revoke_sessions") else (0, 0)
     tokens = (
         _revoke_tokens(batch, [t for a in still_short for t in (tokens_of or {}).get(a, ())])
         if phase.does("revoke_tokens")
@@ -1107,6 +1138,7 @@ def _enforce_batch(
         accounts_required=required,
         accounts_flagged=flagged,
         sessions_revoked=revoked,
+        sessions_signed_in_since_preview=signed_in_since,
         emails_queued=queued,
         skipped_now_compliant=skipped,
         skipped_deleted=deleted,
@@ -1131,6 +1163,7 @@ def enforce_phase(
     progress: Callable[[int, int], None] | None = None,
     early: bool = False,
     expect_list: str | None = None,
+    previewed_at: datetime | None = None,
 ) -> EnforceResult:
     """Apply a phase to exactly the previewed accounts (and, when it revokes tokens,
     exactly the previewed tokens), refusing on any mismatch (the counts, and with
@@ -1139,7 +1172,13 @@ def enforce_phase(
     their count), and before the phase's ``enforce_on`` (unless ``early``).
 
     ``progress(done, total)``, if given, is called after each batch commits: the
-    accounts done so far, of the previewed total."""
+    accounts done so far, of the previewed total.
+
+    Every live web session of the accounts is signed out, as the preview's rule says
+    (its count is of those live then); given ``previewed_at``, the approved preview's
+    time, the result counts apart those signed in since
+    (``sessions_signed_in_since_preview``), so its ``sessions_revoked`` reconciles with
+    the count the preview showed."""
     phase = plan.phase(phase_name)
     if expect_tokens is not None and not phase.does("revoke_tokens"):
         # A count typed back from another phase's preview, most likely: not ignored.
@@ -1195,6 +1234,7 @@ def enforce_phase(
                     tokens_of,
                     unreached,
                     acted_on,
+                    previewed_at,
                 )
 
             def committed(accounts: list[int], outcome: BatchOutcome) -> None:

@@ -114,7 +114,9 @@ class OrgEnforcement:
     org: str
     run_id: str
     removed: list[str]
-    owners_notified: int
+    # The enforcement summaries queued to the org's owners with 2FA: queued, not sent
+    # (the send may still skip one: suppressed, unverified).
+    owner_summaries_queued: int
     already_enforced: bool
 
 
@@ -348,7 +350,7 @@ def enforce_org(
                         ),
                     ],
                 )
-            run.summary = {"removed": len(removed), "owners_notified": notified}
+            run.summary = {"removed": len(removed), "owner_summaries_queued": notified}
         return OrgEnforcement(org, run_id, removed_names, notified, enforced_at is not None)
 
 

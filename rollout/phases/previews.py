@@ -229,13 +229,22 @@ class PhasePreview:
 
     def effects_in_words(self) -> str:
         """The effects, the banner and TOTP closing each with how many accounts it newly
-        reaches (what enforcement then counts), and how many it reaches already."""
+        reaches (what enforcement then counts), and how many it reaches already; the
+        sessions' revocation as the rule it is (every live one when enforced), with how
+        many are live now."""
         said = []
         for effect in self.effects:
             if effect == "warn":
                 new = self.newly_warned
                 said.append(
                     f"warn (the banner newly shown to {new}; {self.count - new} see it already)"
+                )
+            elif effect == "revoke_sessions":
+                # A rule, not a list: every session live when the account's batch runs
+                # (EnforceResult.sessions_signed_in_since_preview counts the newer ones).
+                said.append(
+                    f"revoke_sessions (every live web session of the accounts when "
+                    f"enforced: {self.sessions} now, and any signed in since)"
                 )
             elif effect == "close_totp_enrolment":
                 new = self.newly_totp_closed
@@ -671,6 +680,21 @@ def changed_since(reports_dir: Path, fresh: PhasePreview, typed: str) -> str | N
     )
 
 
+def approved_preview_at(reports_dir: Path, phase: str, typed: str | None) -> datetime | None:
+    """When the phase's preview whose list's fingerprint was typed back (``typed``) was
+    taken: the latest such record saved under ``reports/previews/``. None when none is
+    saved here (taken on another machine, its files removed) or nothing was typed."""
+    if typed is None:
+        return None
+    typed = typed.strip().lower()
+    found = [
+        r["at"]
+        for r in saved_previews(reports_dir)
+        if r.get("fingerprint") == typed and r.get("phase") == phase
+    ]
+    return found[-1] if found else None
+
+
 def _accounts_label(p: PhasePreview) -> str:
     # The npm 2022 wording where the phase asks only for 2FA, which every artifact and
     # runbook so far quotes.
@@ -777,7 +801,10 @@ def preview_markdown(saved: SavedPreview, limit: int = MARKDOWN_ROWS) -> str:
     if "close_totp_enrolment" in p.effects:
         lines.append(f"| of which newly closed to TOTP set-ups | {p.newly_totp_closed} |")
     if p.signs_out:
-        lines.append(f"| their live web sessions to revoke | {p.sessions} |")
+        # Every live one when enforced: one signed in since too (counted apart then).
+        lines.append(
+            f"| their live web sessions to revoke (now; any signed in since too) | {p.sessions} |"
+        )
     if p.revokes_tokens:
         lines.append(f"| their tokens to revoke (irreversible) | {p.token_count} |")
         lines += [

@@ -416,6 +416,22 @@ def test_an_approval_types_back_the_list_s_fingerprint_the_form_shows() -> None:
     approved_list(replace(request, fingerprint=None), "0123456789ab")
 
 
+def test_the_approval_form_says_the_sessions_are_every_live_one_when_enforced() -> None:
+    """The form said "29 web sessions" as a list approved; enforcement signs out every
+    session live when it runs, one signed in since too (counted apart in its result)."""
+    from flows.phases import approval_description
+    from rollout.phases.approvals import ApprovalRequest
+
+    request = ApprovalRequest(
+        "top-100", 87, 29, 24, "/r/a.csv", "k", "t", fingerprint="7d1e40b2c9a3"
+    )
+    said = approval_description(request, "run-1")
+    assert "87 accounts, 29 web sessions signed out (live now; any signed in since too)" in said
+    assert "rollout approve run-1 --expect 87 --expect-list 7d1e40b2c9a3" in said
+    no_sessions = approval_description(replace(request, sessions=None), "run-1")
+    assert "web session" not in no_sessions
+
+
 def test_an_approval_refused_as_the_list_changed_since_names_who_changed(
     preview_count: int, home: Home, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -467,6 +483,8 @@ def test_an_approved_enforce_run_applies_exactly_the_previewed_accounts(
     state = _enforce_with_approval(monkeypatch, {"expect": preview_count, "approved_by": "rita"})
     assert state.is_completed(), state.message
     assert state.result()["accounts_flagged"] == preview_count
+    # Its own preview's time is known: no session was signed in since it.
+    assert state.result()["sessions_signed_in_since_preview"] == 0
     assert _required(home) == preview_count
     [(actor,)] = home.registry_rows(
         "select distinct actor from actions where action = 'tfa_required'"

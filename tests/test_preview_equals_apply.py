@@ -1,0 +1,113 @@
+"""What enforcement reports against what its approved preview showed, on SQLite and
+PostgreSQL: the sessions it signs out and the tokens it revokes, when nothing changed
+between the two, and when an account signed in or made a token meanwhile."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rollout.core.errors import GuardRefused
+from rollout.core.plan import Phase, Plan
+from rollout.phases import enforce
+from rollout.phases.previews import SavedPreview, approved_preview_at, save_preview
+from rollout.registry import Registry
+from tests.factories import AccountFactory, SessionFactory, TokenFactory
+
+
+@pytest.fixture
+def revoking_plan(plan: Plan) -> Plan:
+    """top-100 requires 2FA and holds no classic token: it flags, signs out and revokes."""
+    phase = plan.phase("top-100")
+    changed = Phase.model_validate(
+        {
+            **phase.model_dump(),
+            "requires": {"two_factor": "any", "no_classic_tokens": True},
+            "effects": ["require_2fa", "revoke_sessions", "revoke_tokens"],
+            "max_tokens": 100,
+        }
+    )
+    return plan.model_copy(update={"phases": [changed, *plan.phases[1:]]})
+
+
+@pytest.fixture
+def accounts(factories: None) -> dict[str, Any]:
+    """alice: no 2FA, two live sessions, a classic token. dave: no 2FA, one session."""
+    alice = AccountFactory(username="alice", sessions=2, in_cohort="top-100")
+    TokenFactory(account=alice)
+    dave = AccountFactory(username="dave", sessions=1, in_cohort="top-100")
+    return {"alice": alice, "dave": dave}
+
+
+def previewed(registry: Registry, plan: Plan, reports: Path) -> SavedPreview:
+    preview = enforce.preview_phase(registry, plan, plan.phase("top-100"))
+    return save_preview(plan, preview, reports, actor="rm")
+
+
+def enforced(registry: Registry, plan: Plan, saved: SavedPreview) -> enforce.EnforceResult:
+    p = saved.preview
+    return enforce.enforce_phase(
+        registry,
+        plan,
+        "top-100",
+        expect=p.count,
+        expect_tokens=p.token_count,
+        expect_list=p.fingerprint,
+        actor="rm",
+        early=True,
+        previewed_at=saved.at,
+    )
+
+
+def test_enforcement_signs_out_and_revokes_what_its_preview_counted(
+    registry: Registry, revoking_plan: Plan, accounts: dict[str, Any], tmp_path: Path
+) -> None:
+    saved = previewed(registry, revoking_plan, tmp_path)
+    assert (saved.preview.sessions, saved.preview.token_count) == (3, 1)
+    result = enforced(registry, revoking_plan, saved)
+    assert (result.sessions_revoked, result.tokens_revoked) == (3, 1)
+    assert result.sessions_signed_in_since_preview == 0
+
+
+def test_a_session_signed_in_since_the_preview_is_signed_out_and_counted_apart(
+    registry: Registry, revoking_plan: Plan, accounts: dict[str, Any], tmp_path: Path
+) -> None:
+    """The preview said "3 web sessions"; alice signed in again before the approval.
+    Enforcement signs every live session of its accounts out (the phase's rule: a
+    session left live would be one the phase exists to end), and its report said
+    ``sessions_revoked 4`` against the preview's 3 with nothing to reconcile them by:
+    the session signed in since is counted apart."""
+    saved = previewed(registry, revoking_plan, tmp_path)
+    SessionFactory(account=accounts["alice"], created_at=saved.at + timedelta(seconds=1))
+    result = enforced(registry, revoking_plan, saved)
+    assert result.sessions_revoked == saved.preview.sessions + 1
+    assert result.sessions_signed_in_since_preview == 1
+    summary = result.summary()
+    assert summary["sessions_revoked"] - summary["sessions_signed_in_since_preview"] == 3
+
+
+def test_a_token_made_since_the_preview_refuses_rather_than_being_revoked_unseen(
+    registry: Registry, revoking_plan: Plan, accounts: dict[str, Any], tmp_path: Path
+) -> None:
+    """Tokens are revoked by the list the preview showed: one made since changes the
+    list's fingerprint (and the count), and enforcement refuses, revoking nothing."""
+    saved = previewed(registry, revoking_plan, tmp_path)
+    TokenFactory(account=accounts["dave"], created_at=saved.at)
+    with pytest.raises(GuardRefused, match="would revoke 2 tokens, not the 1 expected") as refused:
+        enforced(registry, revoking_plan, saved)
+    named = enforce.naming_changes(refused.value, tmp_path, saved.preview.fingerprint)
+    assert "0 tokens no longer listed, 1 newly listed" in str(named)
+
+
+def test_the_approved_preview_s_time_is_found_by_its_list(
+    registry: Registry, revoking_plan: Plan, accounts: dict[str, Any], tmp_path: Path
+) -> None:
+    saved = previewed(registry, revoking_plan, tmp_path)
+    fingerprint = saved.preview.fingerprint
+    assert approved_preview_at(tmp_path, "top-100", f" {fingerprint.upper()} ") == saved.at
+    assert approved_preview_at(tmp_path, "high-impact", fingerprint) is None
+    assert approved_preview_at(tmp_path, "top-100", "000000000000") is None
+    assert approved_preview_at(tmp_path, "top-100", None) is None
