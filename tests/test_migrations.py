@@ -32,8 +32,8 @@ from rollout.notify.queue import queue_due
 from rollout.phases import brownouts, enforce, orgs
 from rollout.registry import Registry, migrate
 from rollout.registry.engine import make_engine
-from rollout.registry.ledger import start_run
-from rollout.registry.models import Base
+from rollout.registry.ledger import start_run, utc_now
+from rollout.registry.models import Action, Base
 from tests.factories import (
     AccountFactory,
     CohortPackageFactory,
@@ -397,6 +397,52 @@ def test_a_granular_token_holds_the_registry_at_0009(registry: Registry) -> None
     assert not _step_down(registry.engine, "0008")
     assert migrate.current_revision(registry.engine) == REVISIONS[0]
     _assert_matches_the_models(registry.engine)
+
+
+def test_an_org_phase_in_the_audit_holds_the_registry_at_0017(registry: Registry) -> None:
+    """`notify withdraw --phase org:<name>` audits a phase of up to 218 characters,
+    which 0016's actions.phase (100) cannot hold: on PostgreSQL the narrower column
+    failed with a page of traceback ("value too long"); now refused whole, on either
+    backend, as the other downgrades that cannot."""
+    with registry.engine.begin() as connection:
+        connection.execute(
+            Action.__table__.insert().values(
+                effect_key="withdraw:1",
+                action="withdraw_notification",
+                phase=f"org:{'o' * 214}",
+                reason="withdrawn",
+                actor="test",
+                created_at=utc_now(),
+                details={},
+            )
+        )
+    assert not _step_down(registry.engine, "0016")
+    assert migrate.current_revision(registry.engine) == REVISIONS[0]
+    _assert_matches_the_models(registry.engine)
+
+
+def test_a_downgrade_that_cannot_is_one_line_exit_3_from_the_cli(rollout_home: Path) -> None:
+    """The documented refusal ("cannot downgrade below ...; nothing was changed") was a
+    RuntimeError: 70 lines of traceback and exit 1, the preview's as the apply's. It is
+    a safety guard's refusal: one line, exit 3 (the README's exit codes)."""
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    engine = make_engine(f"sqlite:///{rollout_home / 'registry.db'}")
+    with bound_to(engine):
+        TokenFactory(granular=True)
+    newest = REVISIONS[0]
+    for args in (["0008"], ["0008", "--apply", "--from", newest]):
+        result = runner.invoke(app, ["db", "downgrade", *args])
+        assert result.exit_code == 3, (result.stderr, result.exception)
+        assert result.stderr.startswith("error: cannot downgrade below 0009: 1 granular")
+        assert "nothing was changed" in " ".join(result.stderr.split())
+        assert "Traceback" not in result.stderr and "RuntimeError" not in result.stderr
+        assert migrate.current_revision(engine) == newest
+    engine.dispose()
 
 
 def test_below_0013_an_address_keeps_one_suppression_and_unsubscribes_go(
