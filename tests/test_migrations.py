@@ -280,6 +280,49 @@ def test_a_downgrade_that_cannot_says_so_and_changes_nothing(registry: Registry)
     _assert_matches_the_models(registry.engine)
 
 
+def test_an_upgrade_over_rows_with_broken_keys_names_them_and_changes_nothing(
+    rollout_home: Path,
+) -> None:
+    """A SQLite registry edited outside rollout with foreign keys off (the sqlite3
+    shell's default: an account deleted by hand leaves its tokens) failed `db upgrade`
+    with a traceback blaming the migration ("the migration broke foreign keys:
+    [('tokens', 2, 'accounts', 0)]"). Now refused before anything changes, as bad input
+    (exit 2): the file, each row and the key it holds."""
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+
+    path = rollout_home / "registry.db"
+    rollout_home.mkdir(parents=True)
+    engine = make_engine(f"sqlite:///{path}")
+    migrate.upgrade(engine, REVISIONS[1])
+    with bound_to(engine):
+        kept = TokenFactory()
+    engine.dispose()
+    shell = sqlite3.connect(path)  # foreign keys off, as in the sqlite3 shell
+    with shell:
+        shell.execute(
+            "INSERT INTO tokens (account_id, name, kind, created_at, writes, bypass_2fa) "
+            "VALUES (99, 'left behind', 'publish', '2022-01-01', 1, 0)"
+        )
+    orphan = shell.execute("SELECT max(id) FROM tokens").fetchone()[0]
+    shell.close()
+
+    result = CliRunner().invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 2, (result.stderr, result.exception)
+    said = " ".join(result.stderr.split())
+    assert said.startswith(f"error: {path}: 1 row(s) name a row that is not there")
+    assert f"tokens rowid {orphan} (account_id 99: no such accounts row)" in said
+    assert "nothing was changed" in said
+    assert "Traceback" not in result.stderr
+    engine = make_engine(f"sqlite:///{path}")
+    assert migrate.current_revision(engine) == REVISIONS[1]
+    assert _counts(engine)["tokens"] == 2 and kept.id != orphan
+    engine.dispose()
+
+
 def test_a_registry_a_newer_rollout_migrated_is_refused_by_upgrade_and_use(
     tmp_path: Path,
 ) -> None:
