@@ -32,8 +32,8 @@ from rollout.notify.queue import queue_due
 from rollout.phases import brownouts, enforce, orgs
 from rollout.registry import Registry, migrate
 from rollout.registry.engine import make_engine
-from rollout.registry.ledger import start_run
-from rollout.registry.models import Base
+from rollout.registry.ledger import start_run, utc_now
+from rollout.registry.models import Action, Base
 from tests.factories import (
     AccountFactory,
     CohortPackageFactory,
@@ -280,6 +280,49 @@ def test_a_downgrade_that_cannot_says_so_and_changes_nothing(registry: Registry)
     _assert_matches_the_models(registry.engine)
 
 
+def test_an_upgrade_over_rows_with_broken_keys_names_them_and_changes_nothing(
+    rollout_home: Path,
+) -> None:
+    """A SQLite registry edited outside rollout with foreign keys off (the sqlite3
+    shell's default: an account deleted by hand leaves its tokens) failed `db upgrade`
+    with a traceback blaming the migration ("the migration broke foreign keys:
+    [('tokens', 2, 'accounts', 0)]"). Now refused before anything changes, as bad input
+    (exit 2): the file, each row and the key it holds."""
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+
+    path = rollout_home / "registry.db"
+    rollout_home.mkdir(parents=True)
+    engine = make_engine(f"sqlite:///{path}")
+    migrate.upgrade(engine, REVISIONS[1])
+    with bound_to(engine):
+        kept = TokenFactory()
+    engine.dispose()
+    shell = sqlite3.connect(path)  # foreign keys off, as in the sqlite3 shell
+    with shell:
+        shell.execute(
+            "INSERT INTO tokens (account_id, name, kind, created_at, writes, bypass_2fa) "
+            "VALUES (99, 'left behind', 'publish', '2022-01-01', 1, 0)"
+        )
+    orphan = shell.execute("SELECT max(id) FROM tokens").fetchone()[0]
+    shell.close()
+
+    result = CliRunner().invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 2, (result.stderr, result.exception)
+    said = " ".join(result.stderr.split())
+    assert said.startswith(f"error: {path}: 1 row(s) name a row that is not there")
+    assert f"tokens rowid {orphan} (account_id 99: no such accounts row)" in said
+    assert "nothing was changed" in said
+    assert "Traceback" not in result.stderr
+    engine = make_engine(f"sqlite:///{path}")
+    assert migrate.current_revision(engine) == REVISIONS[1]
+    assert _counts(engine)["tokens"] == 2 and kept.id != orphan
+    engine.dispose()
+
+
 def test_a_registry_a_newer_rollout_migrated_is_refused_by_upgrade_and_use(
     tmp_path: Path,
 ) -> None:
@@ -397,6 +440,52 @@ def test_a_granular_token_holds_the_registry_at_0009(registry: Registry) -> None
     assert not _step_down(registry.engine, "0008")
     assert migrate.current_revision(registry.engine) == REVISIONS[0]
     _assert_matches_the_models(registry.engine)
+
+
+def test_an_org_phase_in_the_audit_holds_the_registry_at_0017(registry: Registry) -> None:
+    """`notify withdraw --phase org:<name>` audits a phase of up to 218 characters,
+    which 0016's actions.phase (100) cannot hold: on PostgreSQL the narrower column
+    failed with a page of traceback ("value too long"); now refused whole, on either
+    backend, as the other downgrades that cannot."""
+    with registry.engine.begin() as connection:
+        connection.execute(
+            Action.__table__.insert().values(
+                effect_key="withdraw:1",
+                action="withdraw_notification",
+                phase=f"org:{'o' * 214}",
+                reason="withdrawn",
+                actor="test",
+                created_at=utc_now(),
+                details={},
+            )
+        )
+    assert not _step_down(registry.engine, "0016")
+    assert migrate.current_revision(registry.engine) == REVISIONS[0]
+    _assert_matches_the_models(registry.engine)
+
+
+def test_a_downgrade_that_cannot_is_one_line_exit_3_from_the_cli(rollout_home: Path) -> None:
+    """The documented refusal ("cannot downgrade below ...; nothing was changed") was a
+    RuntimeError: 70 lines of traceback and exit 1, the preview's as the apply's. It is
+    a safety guard's refusal: one line, exit 3 (the README's exit codes)."""
+    from typer.testing import CliRunner
+
+    from rollout.cli import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    engine = make_engine(f"sqlite:///{rollout_home / 'registry.db'}")
+    with bound_to(engine):
+        TokenFactory(granular=True)
+    newest = REVISIONS[0]
+    for args in (["0008"], ["0008", "--apply", "--from", newest]):
+        result = runner.invoke(app, ["db", "downgrade", *args])
+        assert result.exit_code == 3, (result.stderr, result.exception)
+        assert result.stderr.startswith("error: cannot downgrade below 0009: 1 granular")
+        assert "nothing was changed" in " ".join(result.stderr.split())
+        assert "Traceback" not in result.stderr and "RuntimeError" not in result.stderr
+        assert migrate.current_revision(engine) == newest
+    engine.dispose()
 
 
 def test_below_0013_an_address_keeps_one_suppression_and_unsubscribes_go(

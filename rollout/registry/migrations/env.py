@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
+from rollout.core.controls import quoted
+from rollout.core.errors import BadInput
 from rollout.registry import changes
 from rollout.registry.locks import hold_migration_lock
 from rollout.registry.models import Base
@@ -54,6 +56,10 @@ def run_migrations_online() -> None:
                     connection.exec_driver_sql("BEGIN IMMEDIATE")
                 else:
                     hold_migration_lock(connection)
+                if sqlite:
+                    # Rows written with the keys off (the sqlite3 shell's default) were
+                    # blamed on the migration below, in a traceback: named here, first.
+                    _refuse_broken_foreign_keys(connection)
                 preview = config.attributes.get("preview")
                 if preview is not None:
                     # `rollout db downgrade` without --apply: the migrations run, are
@@ -80,6 +86,42 @@ def run_migrations_online() -> None:
                 driver.isolation_level = isolation
                 connection.exec_driver_sql("PRAGMA foreign_keys=ON")
                 connection.commit()
+
+
+def _refuse_broken_foreign_keys(connection: sa.Connection) -> None:
+    """SQLite: BadInput (exit 2) naming the rows (table, rowid, the key's values and the
+    table they should be in) whose foreign key points at no row, before the migration
+    changes anything. Rollout never writes such rows (its connections check the keys);
+    an edit made outside it, with the keys off, can."""
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if not broken:
+        return
+    quote = connection.dialect.identifier_preparer.quote
+    shown = []
+    for table, rowid, parent, key in broken[:5]:
+        columns = [
+            row[3]
+            for row in connection.exec_driver_sql(f"PRAGMA foreign_key_list({quote(table)})")
+            if row[0] == key
+        ]
+        values = connection.exec_driver_sql(
+            f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table)} WHERE rowid = ?",
+            (rowid,),
+        ).first()
+        named = ", ".join(
+            f"{c} {quoted(v) if isinstance(v, str) else v}"
+            for c, v in zip(columns, values or (), strict=False)
+        )
+        shown.append(f"{table} rowid {rowid} ({named}: no such {parent} row)")
+    more = f", and {len(broken) - 5} more" if len(broken) > 5 else ""
+    raise BadInput(
+        connection.engine.url.database,
+        None,
+        f"{len(broken)} row(s) name a row that is not there, which the migration cannot "
+        f"carry over: {'; '.join(shown)}{more}. Written with foreign keys off (the sqlite3 "
+        "shell's default), not by rollout: delete or mend them (`PRAGMA foreign_key_check` "
+        "lists them all), then migrate again; nothing was changed",
+    )
 
 
 run_migrations_online()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from rollout.core.errors import GuardRefused
+
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
@@ -128,7 +130,7 @@ def downgrade() -> None:
             sa.text(f"SELECT coalesce(max(length({column})), 0) FROM {table}")
         ).scalar_one()
         if longest > width:
-            raise RuntimeError(
+            raise GuardRefused(
                 f"cannot downgrade below 0005: a {table}.{column} is {longest} characters "
                 f"long, over the {width} revision 0004 allows (an org or plan name this "
                 "revision made possible); nothing was changed"

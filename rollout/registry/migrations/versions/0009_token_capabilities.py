@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from rollout.core.errors import GuardRefused
+
 revision = "0009"
 down_revision = "0008"
 branch_labels = None
@@ -61,7 +63,7 @@ def downgrade() -> None:
         .scalar_one()
     )
     if granular:
-        raise RuntimeError(
+        raise GuardRefused(
             f"cannot downgrade below 0009: {granular} granular token(s), a kind revision "
             "0008 does not know (revoke and delete them first); nothing was changed"
         )

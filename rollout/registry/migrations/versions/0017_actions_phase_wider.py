@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from rollout.core.errors import GuardRefused
+
 revision = "0017"
 down_revision = "0016"
 branch_labels = None
@@ -52,4 +54,17 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Checked before anything changes: PostgreSQL refused the narrower column over a
+    # longer phase with a page of traceback ("value too long"), SQLite kept it unseen.
+    longest = (
+        op.get_bind()
+        .exec_driver_sql("SELECT coalesce(max(length(phase)), 0) FROM actions")
+        .scalar_one()
+    )
+    if longest > 100:
+        raise GuardRefused(
+            f"cannot downgrade below 0017: an actions.phase is {longest} characters long, "
+            "over the 100 revision 0016 allows (an org's phase, `org:<name>`, audited by "
+            "`notify withdraw`); nothing was changed"
+        )
     _alter(300, 100)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from alembic import op
 
+from rollout.core.errors import GuardRefused
+
 revision = "0021"
 down_revision = "0020"
 branch_labels = None
@@ -50,7 +52,7 @@ def downgrade() -> None:
         .scalar_one()
     )
     if orphans:
-        raise RuntimeError(
+        raise GuardRefused(
             f"cannot downgrade below 0021: {orphans} email(s) in the outbox name an account "
             "the registry has since deleted, which revision 0020's foreign key to accounts "
             "refuses; nothing was changed"
