@@ -136,6 +136,9 @@ class TokenLine:
     # ``stops_on`` is the account's own deadline in that phase (per-account deadlines):
     # said so, as Stricter.own (it is the day that phase's own emails gave it).
     stops_own: bool = False
+    # The token publishes (tokens.writes): under a rule on publishing tokens without 2FA,
+    # enrolling spares it, so the email says to enrol; it spares no other token.
+    writes: bool = True
 
 
 @dataclass(frozen=True)
@@ -302,9 +305,16 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         "told_on": r.told_on,
         "security_key": phase.requires.two_factor == "phishing_resistant",
         # Enrolling is also the way out of PyPI's rule, even where the phase asks no
-        # factor: its tokens offend only while the account has none.
+        # factor: its tokens offend only while the account has none. Only for an account
+        # with no factor, and a listed token that publishes: one with TOTP was told to
+        # "enable two-factor authentication" for its classic or old tokens, which no
+        # factor spares.
         "lacks_factor": (lacks and phase.requires.two_factor != "none")
-        or (phase.requires.no_write_tokens_without_2fa and bool(r.tokens)),
+        or (
+            phase.requires.no_write_tokens_without_2fa
+            and r.method is None
+            and any(t.writes for t in r.tokens)
+        ),
         "tokens": list(r.tokens),
         "token_replacement": token_replacement(phase.requires),
         "your_effects": [words[e] for e in phase.effects if e in applies],
