@@ -1799,3 +1799,36 @@ def test_an_account_with_2fa_is_not_told_to_enable_it_for_its_classic_or_old_tok
     assert advice(no_2fa) == ((True, True) if two_factor == "any" else (False, False))
     publishing = replace(no_2fa, tokens=CLASSIC_TOKENS[1:])
     assert advice(publishing) == (True, True)
+
+
+@pytest.mark.parametrize("email", EMAILS)
+def test_a_requirement_an_earlier_phase_enforced_is_said_to_be_required_already(
+    email: str,
+) -> None:
+    """Thresholds that fall (1M weekly downloads required first, then 100k): an account
+    in both, required 2FA by the first phase's enforcement and still without it, was
+    told by the second phase's notice and reminder that 2FA "will be" required from its
+    later day ("If it still does not on that day ... 2FA required to sign in and
+    publish"), and by its enforcement email that this step required it. The registry
+    required it weeks before: the emails say so, as npm 2022's own wording does."""
+    plan = plan_of("recommended")  # rubygems-2022: its `required` phase, [require_2fa]
+    context = {**stored(email, "recommended"), "phase": "required"}
+    owing = replace(RECIPIENTS["no-2fa"], lacks_factor=True, tfa_required=True)
+    if email == ENFORCEMENT:
+        owing = replace(owing, required_earlier=True)
+    rendered = render(email, owing, context, plan)
+    text, html = words(rendered.text), words(rendered.html)
+    already = "already requires two-factor authentication (2FA) of your account"
+    assert already in text and already in html.replace("<strong>", "").replace("</strong>", "")
+    assert "2FA) required to sign in and publish" not in text
+    assert "for your account:" not in text
+    assert "already required" in rendered.subject or "still required" in rendered.subject
+    # This phase's own enforcement of an account it flagged, and a warning to one no
+    # phase has flagged yet, say what the phase does, as before.
+    first = replace(owing, required_earlier=False, tfa_required=email == ENFORCEMENT)
+    again = render(email, first, context, plan)
+    assert "2FA) required to sign in and publish" in words(again.text)
+    assert already not in words(again.text)
+
+
+ENFORCEMENT = "enforcement_notice"

@@ -246,7 +246,9 @@ EFFECT_WORDS = {
 _FACTOR_EFFECTS = ("require_2fa", "revoke_sessions", "close_totp_enrolment")
 
 
-def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) -> dict[str, Any]:
+def _phase(
+    plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None, *, enforced: bool = False
+) -> dict[str, Any]:
     phase = plan.phase(stored["phase"])
     cohort = plan.cohort(phase.cohort)
     found = {
@@ -267,6 +269,7 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
     found["already_required"] = r is not None and r.owes_2fa
     found["required_earlier"] = r is not None and r.required_earlier
     found["sooner"] = r.sooner if r is not None else None
+    found["factor_required_already"] = False
     if found["classic"] or r is None:
         return found
     lacks = r.lacks_factor if r.lacks_factor is not None else r.method is None
@@ -277,6 +280,20 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         or (effect == "revoke_tokens" and r.tokens)
         or effect == "warn"
     }
+    # Another phase's enforcement required 2FA of the account already (its flag), and it
+    # has none: this phase's "2FA required to sign in and publish" is no change, and "if
+    # it still does not on that day" told it there was time until then (a plan whose
+    # thresholds fall: req-1m enforced, then req-100k's notice). A warning judges the
+    # flag as it is; an enforcement email, whether it came before this phase's
+    # (``required_earlier``), since this phase sets it too.
+    required_already = (
+        phase.requires.two_factor == "any"
+        and "require_2fa" in phase.effects
+        and lacks
+        and (r.required_earlier if enforced else r.owes_2fa)
+    )
+    if required_already:
+        applies.discard("require_2fa")
     if r.told_on is not None:
         # A rerun's own email: the rest was told by ``told_on``; reruns revoked tokens.
         applies &= {"revoke_tokens"}
@@ -318,6 +335,7 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         "tokens": list(r.tokens),
         "token_replacement": token_replacement(phase.requires),
         "your_effects": [words[e] for e in phase.effects if e in applies],
+        "factor_required_already": required_already and r.told_on is None,
     }
 
 
@@ -414,7 +432,7 @@ def how_soon(days_left: int) -> str | None:
 def enforcement_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
     return {
         **common(r, plan),
-        **_phase(plan, stored, r),
+        **_phase(plan, stored, r, enforced=True),
         "stage": "enforced",
         "passed": True,
         "stricter_passed": _stricter_passed(r, stored.get(SENT_ON) or stored.get(RUN_DAY)),
