@@ -1760,3 +1760,75 @@ def test_a_classic_notice_to_every_maintainer_does_not_say_it_is_for_the_reach()
         assert "depend on them" not in part
         assert "Your account is among the maintainers of packages on the registry" in part
         assert "maintainers of these packages must use two-factor authentication" in part
+
+
+@pytest.mark.parametrize("two_factor", ["none", "any"])
+@pytest.mark.parametrize("email", EMAILS)
+def test_an_account_with_2fa_is_not_told_to_enable_it_for_its_classic_or_old_tokens(
+    email: str, two_factor: str
+) -> None:
+    """A phase hardening tokens that also forbids publishing tokens without 2FA (npm
+    2025's classic tokens revoked, PyPI 2024's rule, and 2FA for publishing): an account
+    with TOTP, whose classic token is revoked whatever its factors, was told to "enable
+    two-factor authentication" in its notice and its enforcement email. It has 2FA;
+    enrolling saves none of its tokens. Enrolling is the advice only to an account
+    without any factor holding a token that publishes; one whose only listed token is
+    read-only is not spared by it either."""
+    text = (ROOT / "plans" / "pypi-2023.yaml").read_text()
+    text = text.replace(
+        "requires: {two_factor: none, no_write_tokens_without_2fa: true}",
+        f"requires: {{two_factor: {two_factor}, no_classic_tokens: true,"
+        " no_write_tokens_without_2fa: true}",
+    )
+    if two_factor == "any":
+        text = text.replace("effects: [revoke_tokens]", "effects: [require_2fa, revoke_tokens]")
+    plan, problems = parse_plan(text)
+    assert plan is not None and problems == [], problems
+    context = stored(email, "tokens-without-2fa")
+
+    def advice(r: Recipient) -> tuple[bool, bool]:
+        rendered = render(email, r, context, plan)
+        said = "enable two-factor authentication"
+        return said in words(rendered.text).lower(), said in words(rendered.html).lower()
+
+    holder = replace(RECIPIENTS["holder"], lacks_factor=False, tokens=CLASSIC_TOKENS)
+    assert advice(holder) == (False, False)
+    # Read-only: a classic token its owner keeps for installs, which 2FA does not spare.
+    reader = TokenLine("install", "read_only", datetime(2021, 3, 4), None, writes=False)
+    no_2fa = replace(RECIPIENTS["no-2fa"], lacks_factor=two_factor == "any", tokens=(reader,))
+    assert advice(no_2fa) == ((True, True) if two_factor == "any" else (False, False))
+    publishing = replace(no_2fa, tokens=CLASSIC_TOKENS[1:])
+    assert advice(publishing) == (True, True)
+
+
+@pytest.mark.parametrize("email", EMAILS)
+def test_a_requirement_an_earlier_phase_enforced_is_said_to_be_required_already(
+    email: str,
+) -> None:
+    """Thresholds that fall (1M weekly downloads required first, then 100k): an account
+    in both, required 2FA by the first phase's enforcement and still without it, was
+    told by the second phase's notice and reminder that 2FA "will be" required from its
+    later day ("If it still does not on that day ... 2FA required to sign in and
+    publish"), and by its enforcement email that this step required it. The registry
+    required it weeks before: the emails say so, as npm 2022's own wording does."""
+    plan = plan_of("recommended")  # rubygems-2022: its `required` phase, [require_2fa]
+    context = {**stored(email, "recommended"), "phase": "required"}
+    owing = replace(RECIPIENTS["no-2fa"], lacks_factor=True, tfa_required=True)
+    if email == ENFORCEMENT:
+        owing = replace(owing, required_earlier=True)
+    rendered = render(email, owing, context, plan)
+    text, html = words(rendered.text), words(rendered.html)
+    already = "already requires two-factor authentication (2FA) of your account"
+    assert already in text and already in html.replace("<strong>", "").replace("</strong>", "")
+    assert "2FA) required to sign in and publish" not in text
+    assert "for your account:" not in text
+    assert "already required" in rendered.subject or "still required" in rendered.subject
+    # This phase's own enforcement of an account it flagged, and a warning to one no
+    # phase has flagged yet, say what the phase does, as before.
+    first = replace(owing, required_earlier=False, tfa_required=email == ENFORCEMENT)
+    again = render(email, first, context, plan)
+    assert "2FA) required to sign in and publish" in words(again.text)
+    assert already not in words(again.text)
+
+
+ENFORCEMENT = "enforcement_notice"

@@ -136,6 +136,9 @@ class TokenLine:
     # ``stops_on`` is the account's own deadline in that phase (per-account deadlines):
     # said so, as Stricter.own (it is the day that phase's own emails gave it).
     stops_own: bool = False
+    # The token publishes (tokens.writes): under a rule on publishing tokens without 2FA,
+    # enrolling spares it, so the email says to enrol; it spares no other token.
+    writes: bool = True
 
 
 @dataclass(frozen=True)
@@ -243,7 +246,9 @@ EFFECT_WORDS = {
 _FACTOR_EFFECTS = ("require_2fa", "revoke_sessions", "close_totp_enrolment")
 
 
-def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) -> dict[str, Any]:
+def _phase(
+    plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None, *, enforced: bool = False
+) -> dict[str, Any]:
     phase = plan.phase(stored["phase"])
     cohort = plan.cohort(phase.cohort)
     found = {
@@ -264,6 +269,7 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
     found["already_required"] = r is not None and r.owes_2fa
     found["required_earlier"] = r is not None and r.required_earlier
     found["sooner"] = r.sooner if r is not None else None
+    found["factor_required_already"] = False
     if found["classic"] or r is None:
         return found
     lacks = r.lacks_factor if r.lacks_factor is not None else r.method is None
@@ -274,6 +280,20 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         or (effect == "revoke_tokens" and r.tokens)
         or effect == "warn"
     }
+    # Another phase's enforcement required 2FA of the account already (its flag), and it
+    # has none: this phase's "2FA required to sign in and publish" is no change, and "if
+    # it still does not on that day" told it there was time until then (a plan whose
+    # thresholds fall: req-1m enforced, then req-100k's notice). A warning judges the
+    # flag as it is; an enforcement email, whether it came before this phase's
+    # (``required_earlier``), since this phase sets it too.
+    required_already = (
+        phase.requires.two_factor == "any"
+        and "require_2fa" in phase.effects
+        and lacks
+        and (r.required_earlier if enforced else r.owes_2fa)
+    )
+    if required_already:
+        applies.discard("require_2fa")
     if r.told_on is not None:
         # A rerun's own email: the rest was told by ``told_on``; reruns revoked tokens.
         applies &= {"revoke_tokens"}
@@ -302,12 +322,20 @@ def _phase(plan: Plan, stored: Mapping[str, Any], r: Recipient | None = None) ->
         "told_on": r.told_on,
         "security_key": phase.requires.two_factor == "phishing_resistant",
         # Enrolling is also the way out of PyPI's rule, even where the phase asks no
-        # factor: its tokens offend only while the account has none.
+        # factor: its tokens offend only while the account has none. Only for an account
+        # with no factor, and a listed token that publishes: one with TOTP was told to
+        # "enable two-factor authentication" for its classic or old tokens, which no
+        # factor spares.
         "lacks_factor": (lacks and phase.requires.two_factor != "none")
-        or (phase.requires.no_write_tokens_without_2fa and bool(r.tokens)),
+        or (
+            phase.requires.no_write_tokens_without_2fa
+            and r.method is None
+            and any(t.writes for t in r.tokens)
+        ),
         "tokens": list(r.tokens),
         "token_replacement": token_replacement(phase.requires),
         "your_effects": [words[e] for e in phase.effects if e in applies],
+        "factor_required_already": required_already and r.told_on is None,
     }
 
 
@@ -404,7 +432,7 @@ def how_soon(days_left: int) -> str | None:
 def enforcement_notice(r: Recipient, stored: Mapping[str, Any], plan: Plan) -> dict[str, Any]:
     return {
         **common(r, plan),
-        **_phase(plan, stored, r),
+        **_phase(plan, stored, r, enforced=True),
         "stage": "enforced",
         "passed": True,
         "stricter_passed": _stricter_passed(r, stored.get(SENT_ON) or stored.get(RUN_DAY)),
