@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +24,7 @@ from rollout.registry.locks import exclusive_run
 from rollout.registry.migrate import upgrade
 from rollout.registry.models import Account
 from tests.support.env import without_rollout_settings
+from tests.support.pipes import UNBLOCKED_AFTER_SECONDS, pipe_without_writer
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "plans" / "npm-2022.yaml"
@@ -118,6 +120,47 @@ def test_plan_check_refuses_a_bad_plan(
     path, line = bad_plan(tmp_path, edit)
     stderr = refused(run("plan", "check", str(path)))
     assert f"{path}:{line}: " in stderr and reason in stderr
+
+
+def a_file_too_large(path: Path, size: int) -> Path:
+    """A file of ``size`` bytes (sparse: it takes no disk), as a log named by mistake."""
+    with path.open("wb") as file:
+        file.truncate(size)
+    return path
+
+
+@pytest.mark.parametrize("given", ["argument", "ROLLOUT_PLAN"])
+def test_a_plan_that_is_no_file_to_read_is_refused_at_once_unread(
+    rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    # A pipe was waited on for ever (cron's run never ended), /dev/zero read until the
+    # memory ran out (a MemoryError's traceback), a huge file read whole.
+    def check(path: Path) -> str:
+        if given == "argument":
+            result = run("plan", "check", str(path))
+        else:
+            monkeypatch.setenv("ROLLOUT_PLAN", str(path))
+            result = run("plan", "show")
+        return " ".join(refused(result).split())  # (a long path may wrap)
+
+    with pipe_without_writer(tmp_path / "plan.yaml") as pipe:
+        started = time.monotonic()
+        stderr = check(pipe)
+        assert time.monotonic() - started < UNBLOCKED_AFTER_SECONDS
+    assert stderr == (
+        f"error: {pipe}: not a regular file (a pipe, a socket or a device), not a plan"
+    )
+    assert check(Path("/dev/null")) == (
+        "error: /dev/null: not a regular file (a pipe, a socket or a device), not a plan"
+    )
+    huge = a_file_too_large(tmp_path / "huge.yaml", 4 * 2**20 + 1)
+    assert check(huge) == (
+        f"error: {huge}: larger than 4 MiB, more than any plan holds: nothing read"
+    )
+    folder = tmp_path / "plans"
+    folder.mkdir()
+    assert check(folder) == f"error: {folder}: a folder, not a plan: name the file in it"
+    assert not rollout_home.exists()
 
 
 def test_a_plan_mixing_utc_and_offset_times_is_valid(rollout_home: Path, tmp_path: Path) -> None:

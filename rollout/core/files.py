@@ -177,6 +177,41 @@ def compressed_as(data: bytes) -> str | None:
     return next((name for magic, name in COMPRESSED_MAGIC if data.startswith(magic)), None)
 
 
+MIB = 1 << 20
+
+
+def read_whole(path: Path, what: str, limit: int) -> bytes:
+    """The bytes of a file a user hands rollout to read whole (a plan, a file of snooze
+    requests), or ``BadInput`` naming it when it is not one a reader could finish: a
+    folder, a pipe (whose reader waits for a writer that may never come), a device
+    (``/dev/zero`` never ends), or more than ``limit`` bytes (read no further: a log or
+    a warehouse given by mistake filled the memory). ``what`` names the file in the
+    reason ("plan"). An ``OSError`` opening or reading it is the caller's to word.
+
+    Opened without blocking, so a pipe is refused rather than waited on; a regular
+    file reads as ever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise BadInput(path, None, f"a folder, not a {what}: name the file in it")
+        if not stat.S_ISREG(mode):
+            raise BadInput(
+                path, None, f"not a regular file (a pipe, a socket or a device), not a {what}"
+            )
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise BadInput(
+            path, None, f"larger than {limit // MIB} MiB, more than any {what} holds: nothing read"
+        )
+    return data
+
+
 def utf8_text(path: Path, data: bytes) -> str:
     """``data``, read from ``path``, as UTF-8 text (a byte-order mark skipped, as
     spreadsheets write one), or BadInput naming the line and byte where it is not, or,

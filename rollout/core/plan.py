@@ -29,7 +29,7 @@ from pydantic import (
 from rollout.core.clock import naive_utc
 from rollout.core.controls import CONTROL_CHARACTERS, quoted
 from rollout.core.errors import BadInput
-from rollout.core.files import utf8_text
+from rollout.core.files import MIB, read_whole, utf8_text
 from rollout.core.names import SAFE_NAME_RULE, is_safe_name
 from rollout.core.words import counted, percent
 
@@ -1093,10 +1093,15 @@ def parse_plan(text: str, path: Path | str = "<plan>") -> tuple[Plan | None, lis
     ]
 
 
+# The most a plan file may hold: the reference plan is 4 KB; this leaves room for tens of
+# thousands of exemptions, and refuses a log or a database named by mistake at once.
+MAX_PLAN_BYTES = 4 * MIB
+
+
 def read_plan_text(path: Path) -> str:
     """The plan file's text, or BadInput saying why it cannot be read."""
     try:
-        data = path.read_bytes()
+        data = read_whole(path, "plan", MAX_PLAN_BYTES)
     except OSError as error:
         reason = f"cannot read the plan: {error.strerror}"
         if not path.is_absolute():
