@@ -69,6 +69,11 @@ BAD_PLANS = [
     ("negative repeat_days", ("reminder: 7", "reminder: -7"), "repeat_days.reminder"),
     ("misspelt repeat_days", ("reminder: 7", "remidner: 7"), "repeat_days.remidner"),
     ("phase name with a path", ("  - name: top-100", "  - name: ../../x"), "phases.0.name"),
+    (
+        "number past int()'s 4300 digits",
+        ("max_accounts: 1000", "max_accounts: 1" + "0" * 5000),
+        "a number of 5,001 digits is larger than any value of a plan",
+    ),
 ]
 
 

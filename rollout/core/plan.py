@@ -1022,9 +1022,27 @@ _PlanLoader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
-_PlanLoader.add_constructor(
-    _INT, lambda loader, node: int(loader.construct_scalar(node).replace("_", ""))
-)
+# The most digits a plan's number may have: no count or threshold of a plan comes near
+# (the largest bound is a download count), and Python's int() refuses past 4,300 digits
+# with a bare ValueError, which ended the command in a traceback.
+MAX_NUMBER_DIGITS = 100
+
+
+def _construct_int(loader: _PlanLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node).replace("_", "")
+    digits = len(text.lstrip("+-"))
+    if digits > MAX_NUMBER_DIGITS:
+        raise _PlanYamlError(
+            None,
+            None,
+            f"a number of {digits:,} digits is larger than any value of a plan (at most "
+            f"{MAX_NUMBER_DIGITS} digits)",
+            node.start_mark,
+        )
+    return int(text)
+
+
+_PlanLoader.add_constructor(_INT, _construct_int)
 
 
 def _line_of(node: yaml.Node | None, path: Path_) -> int | None:
