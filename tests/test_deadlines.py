@@ -793,6 +793,36 @@ def test_a_pipe_landed_as_a_request_file_is_refused_and_the_others_are_granted(
     ]
 
 
+def test_a_request_file_linked_to_a_file_outside_the_landing_folder_is_refused_unread(
+    campaign: Campaign, registry: Registry, plan: Plan, tmp_path: Path
+) -> None:
+    # Read, the refusal quoted its header: a link to /proc/self/environ put the
+    # process's secrets (SENDGRID_API_KEY) in the flow's artifact. Ingest reads no such
+    # link either (tests/test_ingest_hostile_files.py).
+    from rollout.phases.snoozes import grant_landed
+
+    campaign.day(date(2023, 3, 13))
+    snoozes = tmp_path / "landing" / "snoozes"
+    (snoozes / PHASE).mkdir(parents=True)
+    secret = tmp_path / "secrets.env"
+    secret.write_text("SENDGRID_API_KEY=SG.not-for-the-artifact\n")
+    (snoozes / PHASE / "2023-04-01.csv").symlink_to(secret)
+    (snoozes / PHASE / "2023-04-02.csv").write_text("username,days\neve,5\n")
+    # A link to a file inside is the file it links to.
+    (snoozes / PHASE / "2023-04-03.csv").symlink_to(snoozes / PHASE / "2023-04-02.csv")
+
+    done = grant_landed(
+        registry, plan, tmp_path / "landing", actor="flow", now=datetime(2023, 4, 2, 6)
+    )
+
+    assert (done.granted, done.already) == (1, 1)
+    assert done.rejected == [
+        f"{snoozes / PHASE / '2023-04-01.csv'}: a symbolic link to a file outside {snoozes}: "
+        "request files are read only from there; copy the file there instead"
+    ]
+    assert "not-for-the-artifact" not in repr(done)
+
+
 def test_a_landed_file_without_request_times_read_again_the_next_day_grants_nothing_new(
     campaign: Campaign, registry: Registry, plan: Plan, tmp_path: Path
 ) -> None:

@@ -157,6 +157,19 @@ def written_in_place(path: Path) -> Iterator[Path]:
         os.replace(temp, path)
 
 
+def links_outside(path: Path, folder: Path) -> bool:
+    """Whether ``path``, found in ``folder``, is a symbolic link to something outside it
+    (or to nothing that resolves): a reader of a landing folder reads that folder, not
+    what a link there points to anywhere (a link to /proc/self/environ put the process's
+    secrets in a refusal's message, which quotes what it read)."""
+    if not path.is_symlink():
+        return False
+    try:
+        return not path.resolve(strict=True).is_relative_to(folder.resolve(strict=True))
+    except OSError:
+        return True
+
+
 # What a compressed file starts with, by the tool that made it: such a file given where
 # text is read (a plan, a file of snooze requests) is said to be compressed, not "not
 # UTF-8 text: byte 0x8b" (gzip's second byte).

@@ -32,7 +32,7 @@ from rollout.core.calendar import REQUESTS_FINGERPRINT, snooze_step
 from rollout.core.controls import quoted
 from rollout.core.counts import in_exponent_notation, whole_count
 from rollout.core.errors import BadInput
-from rollout.core.files import MIB, read_whole, utf8_text
+from rollout.core.files import MIB, links_outside, read_whole, utf8_text
 from rollout.core.fingerprints import list_fingerprint
 from rollout.core.plan import FIRST_DAY, Phase, Plan, supported_utc
 from rollout.core.words import counted
@@ -619,7 +619,13 @@ def _landed_files(root: Path) -> tuple[list[Path], list[str]]:
                         f"{path}: compressed as {suffixes[-1]}: a request file is plain CSV"
                     )
                 continue
-            if depth == 1:
+            if links_outside(path, root):
+                # Never read: its refusal would quote what it points to (a secret).
+                misplaced.append(
+                    f"{path}: a symbolic link to a file outside {root}: request files are "
+                    "read only from there; copy the file there instead"
+                )
+            elif depth == 1:
                 files.append(path)
             else:
                 where = "directly under" if depth == 0 else "in a folder below a phase's in"
