@@ -823,6 +823,31 @@ def test_a_request_file_linked_to_a_file_outside_the_landing_folder_is_refused_u
     assert "not-for-the-artifact" not in repr(done)
 
 
+def test_a_phase_folder_linked_to_another_folder_is_refused_not_passed_over(
+    campaign: Campaign, registry: Registry, plan: Plan, tmp_path: Path
+) -> None:
+    # os.walk does not follow a link to a folder: its requests went unanswered, unsaid.
+    from rollout.phases.snoozes import grant_landed
+
+    campaign.day(date(2023, 3, 13))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "2023-04-01.csv").write_text("username,days\neve,5\n")
+    snoozes = tmp_path / "landing" / "snoozes"
+    snoozes.mkdir(parents=True)
+    (snoozes / PHASE).symlink_to(elsewhere)
+
+    done = grant_landed(
+        registry, plan, tmp_path / "landing", actor="flow", now=datetime(2023, 4, 2, 6)
+    )
+
+    assert done.granted == 0
+    assert done.rejected == [
+        f"{snoozes / PHASE}: a symbolic link to a folder: request files are read only from "
+        f"the folders in {snoozes} themselves; move the files into {snoozes}/<phase>/"
+    ]
+
+
 def test_a_landed_file_without_request_times_read_again_the_next_day_grants_nothing_new(
     campaign: Campaign, registry: Registry, plan: Plan, tmp_path: Path
 ) -> None:

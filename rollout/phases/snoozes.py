@@ -608,6 +608,12 @@ def _landed_files(root: Path) -> tuple[list[Path], list[str]]:
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = sorted(s for s in subfolders if not s.startswith("."))
         depth = len(Path(folder).relative_to(root).parts)
+        for link in [Path(folder) / s for s in subfolders if (Path(folder) / s).is_symlink()]:
+            # os.walk does not follow it: its request files were passed over, unsaid.
+            misplaced.append(
+                f"{link}: a symbolic link to a folder: request files are read only from the "
+                f"folders in {root} themselves; move the files into {root}/<phase>/"
+            )
         for name in sorted(names):
             path = Path(folder) / name
             suffixes = [s.lower() for s in path.suffixes]
