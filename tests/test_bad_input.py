@@ -16,6 +16,7 @@ import typer
 from typer.testing import CliRunner, Result
 
 from rollout.cli import app
+from rollout.cli.app import path_given
 from rollout.core.errors import BadInput
 from rollout.core.plan import Plan
 from rollout.phases.previews import save_preview
@@ -310,6 +311,54 @@ def test_every_numeric_option_has_a_lower_bound() -> None:
     parameters = numeric_parameters(typer.main.get_command(app))
     assert len(parameters) >= 10
     assert [name for name, param in parameters if param.min is None] == []
+
+
+EMPTY_PATHS = [
+    ["ingest", ""],
+    ["copy-warehouse", ""],
+    ["plan", "check", ""],
+    ["plan", "simulate", "", "--as-of", "2022-01-03"],
+    ["phase", "snooze", "top-100", "--file", " "],
+    ["demo", "--plan", ""],
+    ["dev", "sendgrid", "--record", ""],
+]
+
+
+@pytest.mark.parametrize("command", EMPTY_PATHS, ids=" ".join)
+def test_an_empty_path_is_refused_not_read_as_the_working_folder(
+    rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    # `rollout ingest "$LANDING"` with the variable unset scanned the working folder
+    # (Path("") is "."), copy-warehouse wrote its copy there.
+    folder = tmp_path / "working"
+    folder.mkdir()
+    (folder / "downloads-2022-01-03.csv").write_text("package,day,downloads\nx,2022-01-03,1\n")
+    monkeypatch.chdir(folder)
+    before = files_under(tmp_path)
+    stderr = " ".join(refused(run(*command)).split())
+    assert "is empty: name a file or folder (an unset variable?)" in stderr
+    assert files_under(tmp_path) == before
+
+
+def path_parameters(command: Any, path: str = "rollout") -> list[tuple[str, Any]]:
+    """Every option and argument of every command that takes a path, by its command path."""
+    found = []
+    for name, sub in getattr(command, "commands", {}).items():
+        found += path_parameters(sub, f"{path} {name}")
+    for param in command.params:
+        if param.type_descriptor.annotation in (Path, list[Path]):
+            found.append((f"{path} {param.opts[0]}", param))
+    return found
+
+
+def test_every_path_a_command_takes_is_parsed_as_one_given() -> None:
+    parameters = path_parameters(typer.main.get_command(app))
+    assert len(parameters) == len(EMPTY_PATHS)
+    assert [
+        name
+        for name, param in parameters
+        if param.type_descriptor.parameter_info.parser is not path_given
+    ] == []
 
 
 # --- environment ----------------------------------------------------------------------
