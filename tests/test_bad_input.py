@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ import typer
 from typer.testing import CliRunner, Result
 
 from rollout.cli import app
+from rollout.cli.app import path_given
 from rollout.core.errors import BadInput
 from rollout.core.plan import Plan
 from rollout.phases.previews import save_preview
@@ -23,6 +25,7 @@ from rollout.registry.locks import exclusive_run
 from rollout.registry.migrate import upgrade
 from rollout.registry.models import Account
 from tests.support.env import without_rollout_settings
+from tests.support.pipes import UNBLOCKED_AFTER_SECONDS, pipe_without_writer
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "plans" / "npm-2022.yaml"
@@ -67,6 +70,11 @@ BAD_PLANS = [
     ("negative repeat_days", ("reminder: 7", "reminder: -7"), "repeat_days.reminder"),
     ("misspelt repeat_days", ("reminder: 7", "remidner: 7"), "repeat_days.remidner"),
     ("phase name with a path", ("  - name: top-100", "  - name: ../../x"), "phases.0.name"),
+    (
+        "number past int()'s 4300 digits",
+        ("max_accounts: 1000", "max_accounts: 1" + "0" * 5000),
+        "a number of 5,001 digits is larger than any value of a plan",
+    ),
 ]
 
 
@@ -118,6 +126,47 @@ def test_plan_check_refuses_a_bad_plan(
     path, line = bad_plan(tmp_path, edit)
     stderr = refused(run("plan", "check", str(path)))
     assert f"{path}:{line}: " in stderr and reason in stderr
+
+
+def a_file_too_large(path: Path, size: int) -> Path:
+    """A file of ``size`` bytes (sparse: it takes no disk), as a log named by mistake."""
+    with path.open("wb") as file:
+        file.truncate(size)
+    return path
+
+
+@pytest.mark.parametrize("given", ["argument", "ROLLOUT_PLAN"])
+def test_a_plan_that_is_no_file_to_read_is_refused_at_once_unread(
+    rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    # A pipe was waited on for ever (cron's run never ended), /dev/zero read until the
+    # memory ran out (a MemoryError's traceback), a huge file read whole.
+    def check(path: Path) -> str:
+        if given == "argument":
+            result = run("plan", "check", str(path))
+        else:
+            monkeypatch.setenv("ROLLOUT_PLAN", str(path))
+            result = run("plan", "show")
+        return " ".join(refused(result).split())  # (a long path may wrap)
+
+    with pipe_without_writer(tmp_path / "plan.yaml") as pipe:
+        started = time.monotonic()
+        stderr = check(pipe)
+        assert time.monotonic() - started < UNBLOCKED_AFTER_SECONDS
+    assert stderr == (
+        f"error: {pipe}: not a regular file (a pipe, a socket or a device), not a plan"
+    )
+    assert check(Path("/dev/null")) == (
+        "error: /dev/null: not a regular file (a pipe, a socket or a device), not a plan"
+    )
+    huge = a_file_too_large(tmp_path / "huge.yaml", 4 * 2**20 + 1)
+    assert check(huge) == (
+        f"error: {huge}: larger than 4 MiB, more than any plan holds: nothing read"
+    )
+    folder = tmp_path / "plans"
+    folder.mkdir()
+    assert check(folder) == f"error: {folder}: a folder, not a plan: name the file in it"
+    assert not rollout_home.exists()
 
 
 def test_a_plan_mixing_utc_and_offset_times_is_valid(rollout_home: Path, tmp_path: Path) -> None:
@@ -262,6 +311,54 @@ def test_every_numeric_option_has_a_lower_bound() -> None:
     parameters = numeric_parameters(typer.main.get_command(app))
     assert len(parameters) >= 10
     assert [name for name, param in parameters if param.min is None] == []
+
+
+EMPTY_PATHS = [
+    ["ingest", ""],
+    ["copy-warehouse", ""],
+    ["plan", "check", ""],
+    ["plan", "simulate", "", "--as-of", "2022-01-03"],
+    ["phase", "snooze", "top-100", "--file", " "],
+    ["demo", "--plan", ""],
+    ["dev", "sendgrid", "--record", ""],
+]
+
+
+@pytest.mark.parametrize("command", EMPTY_PATHS, ids=" ".join)
+def test_an_empty_path_is_refused_not_read_as_the_working_folder(
+    rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    # `rollout ingest "$LANDING"` with the variable unset scanned the working folder
+    # (Path("") is "."), copy-warehouse wrote its copy there.
+    folder = tmp_path / "working"
+    folder.mkdir()
+    (folder / "downloads-2022-01-03.csv").write_text("package,day,downloads\nx,2022-01-03,1\n")
+    monkeypatch.chdir(folder)
+    before = files_under(tmp_path)
+    stderr = " ".join(refused(run(*command)).split())
+    assert "is empty: name a file or folder (an unset variable?)" in stderr
+    assert files_under(tmp_path) == before
+
+
+def path_parameters(command: Any, path: str = "rollout") -> list[tuple[str, Any]]:
+    """Every option and argument of every command that takes a path, by its command path."""
+    found = []
+    for name, sub in getattr(command, "commands", {}).items():
+        found += path_parameters(sub, f"{path} {name}")
+    for param in command.params:
+        if param.type_descriptor.annotation in (Path, list[Path]):
+            found.append((f"{path} {param.opts[0]}", param))
+    return found
+
+
+def test_every_path_a_command_takes_is_parsed_as_one_given() -> None:
+    parameters = path_parameters(typer.main.get_command(app))
+    assert len(parameters) == len(EMPTY_PATHS)
+    assert [
+        name
+        for name, param in parameters
+        if param.type_descriptor.parameter_info.parser is not path_given
+    ] == []
 
 
 # --- environment ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ import re
 from datetime import date, datetime, time, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 import pytest
@@ -49,6 +50,7 @@ from rollout.registry.models import Account, Action, CohortMembership, Notificat
 from rollout.report.adoption import build_adoption
 from rollout.warehouse.extract import extract_registry
 from tests.factories import AccountFactory, FactorFactory, TokenFactory, existing_account
+from tests.support.pipes import UNBLOCKED_AFTER_SECONDS, pipe_without_writer
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASE = "publishers"
@@ -578,6 +580,35 @@ def test_a_request_file_with_a_bad_line_is_refused_whole(tmp_path: Path) -> None
         assert (refused.value.path, refused.value.line) == (bad, line)
 
 
+def test_a_request_file_that_is_no_file_to_read_is_refused_at_once_unread(
+    tmp_path: Path,
+) -> None:
+    # A pipe was waited on for ever (the daily flow never ended), /dev/zero read until
+    # the memory ran out, a huge file read whole.
+    now = datetime(2023, 4, 1, 12)
+
+    def reason(path: Path) -> str:
+        with pytest.raises(BadInput) as refused:
+            read_requests(path, now)
+        assert (refused.value.path, refused.value.line) == (path, None)
+        return refused.value.reason
+
+    with pipe_without_writer(tmp_path / "requests.csv") as pipe:
+        started = monotonic()
+        said = reason(pipe)
+        assert monotonic() - started < UNBLOCKED_AFTER_SECONDS
+    not_a_file = "not a regular file (a pipe, a socket or a device), not a file of snooze requests"
+    assert said == not_a_file
+    assert reason(Path("/dev/null")) == not_a_file
+    huge = tmp_path / "huge.csv"
+    with huge.open("wb") as file:
+        file.truncate(64 * 2**20 + 1)  # sparse: a log named by mistake
+    assert reason(huge) == (
+        "larger than 64 MiB, more than any file of snooze requests holds: nothing read"
+    )
+    assert reason(tmp_path) == "a folder, not a file of snooze requests: name the file in it"
+
+
 def test_snooze_from_the_command_line_previews_then_grants_and_exits_3_on_refusals(
     rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -737,6 +768,83 @@ def test_a_request_file_landed_where_or_as_no_request_file_is_refused_not_passed
         f"{snoozes / PHASE / '2023-04-01.csv.gz'}: compressed as .gz: a request file is plain CSV",
         f"{snoozes / PHASE / '2023-04' / '01.csv'}: in a folder below a phase's in "
         f"{snoozes}: a request file goes in the folder of its phase, {snoozes}/<phase>/",
+    ]
+
+
+def test_a_pipe_landed_as_a_request_file_is_refused_and_the_others_are_granted(
+    campaign: Campaign, registry: Registry, plan: Plan, tmp_path: Path
+) -> None:
+    # The daily flow waited on it for ever: no request of any file was answered.
+    from rollout.phases.snoozes import grant_landed
+
+    campaign.day(date(2023, 3, 13))
+    folder = tmp_path / "landing" / "snoozes" / PHASE
+    folder.mkdir(parents=True)
+    (folder / "2023-04-02.csv").write_text("username,days\neve,5\n")
+    with pipe_without_writer(folder / "2023-04-01.csv") as pipe:
+        started = monotonic()
+        done = grant_landed(
+            registry, plan, tmp_path / "landing", actor="flow", now=datetime(2023, 4, 2, 6)
+        )
+        assert monotonic() - started < UNBLOCKED_AFTER_SECONDS
+    assert done.granted == 1
+    assert done.rejected == [
+        f"{pipe}: not a regular file (a pipe, a socket or a device), not a file of snooze requests"
+    ]
+
+
+def test_a_request_file_linked_to_a_file_outside_the_landing_folder_is_refused_unread(
+    campaign: Campaign, registry: Registry, plan: Plan, tmp_path: Path
+) -> None:
+    # Read, the refusal quoted its header: a link to /proc/self/environ put the
+    # process's secrets (SENDGRID_API_KEY) in the flow's artifact. Ingest reads no such
+    # link either (tests/test_ingest_hostile_files.py).
+    from rollout.phases.snoozes import grant_landed
+
+    campaign.day(date(2023, 3, 13))
+    snoozes = tmp_path / "landing" / "snoozes"
+    (snoozes / PHASE).mkdir(parents=True)
+    secret = tmp_path / "secrets.env"
+    secret.write_text("SENDGRID_API_KEY=SG.not-for-the-artifact\n")
+    (snoozes / PHASE / "2023-04-01.csv").symlink_to(secret)
+    (snoozes / PHASE / "2023-04-02.csv").write_text("username,days\neve,5\n")
+    # A link to a file inside is the file it links to.
+    (snoozes / PHASE / "2023-04-03.csv").symlink_to(snoozes / PHASE / "2023-04-02.csv")
+
+    done = grant_landed(
+        registry, plan, tmp_path / "landing", actor="flow", now=datetime(2023, 4, 2, 6)
+    )
+
+    assert (done.granted, done.already) == (1, 1)
+    assert done.rejected == [
+        f"{snoozes / PHASE / '2023-04-01.csv'}: a symbolic link to a file outside {snoozes}: "
+        "request files are read only from there; copy the file there instead"
+    ]
+    assert "not-for-the-artifact" not in repr(done)
+
+
+def test_a_phase_folder_linked_to_another_folder_is_refused_not_passed_over(
+    campaign: Campaign, registry: Registry, plan: Plan, tmp_path: Path
+) -> None:
+    # os.walk does not follow a link to a folder: its requests went unanswered, unsaid.
+    from rollout.phases.snoozes import grant_landed
+
+    campaign.day(date(2023, 3, 13))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "2023-04-01.csv").write_text("username,days\neve,5\n")
+    snoozes = tmp_path / "landing" / "snoozes"
+    snoozes.mkdir(parents=True)
+    (snoozes / PHASE).symlink_to(elsewhere)
+
+    done = grant_landed(
+        registry, plan, tmp_path / "landing", actor="flow", now=datetime(2023, 4, 2, 6)
+    )
+
+    assert done.granted == 0
+    assert done.rejected == [
+        f"{snoozes / PHASE}: a symbolic link to a folder: request files are read only from "
+        f"the folders in {snoozes} themselves; move the files into {snoozes}/<phase>/"
     ]
 
 

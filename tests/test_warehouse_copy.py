@@ -121,6 +121,28 @@ def test_an_existing_file_is_replaced_only_when_asked_and_only_a_duckdb_one(
     assert itself.exit_code == 2 and "the warehouse itself" in itself.stderr
 
 
+@pytest.mark.parametrize("below", ["copy.duckdb", "copies/copy.duckdb"])
+def test_a_copy_where_none_can_be_written_is_bad_input_naming_the_path(
+    warehouse_file: Path, tmp_path: Path, below: str
+) -> None:
+    # A file where the copy's folder should be: said as a failure (exit 1) naming
+    # "File exists", or the hidden folder the copy is first written in.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    notes = mine / "notes.txt"
+    notes.write_text("mine")
+    target = notes / below
+
+    result = run("copy-warehouse", str(target))
+
+    assert result.exit_code == 2, result.stderr
+    assert " ".join(result.stderr.split()) == (
+        f"error: {target}: cannot write a copy there: {notes} is a file, not a folder"
+    )
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert notes.read_text() == "mine"
+
+
 # Every terminal trick a file name can hold (not NUL: no file name can).
 NAMES = ['it\'s "mine".duckdb', *(name for name in TERMINAL if "\x00" not in name)]
 

@@ -13,6 +13,7 @@ import inspect
 import re
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import click
@@ -107,6 +108,16 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def path_given(text: str) -> Path:
+    """The parser of every path a command takes. An empty one (``rollout ingest
+    "$LANDING"`` with the variable unset) is refused: ``Path("")`` is the working folder,
+    which ingest scanned and copy-warehouse wrote its copy into."""
+    if not text.strip():
+        raise typer.BadParameter("is empty: name a file or folder (an unset variable?)")
+    return Path(text)
+
 
 FormatOption = Annotated[
     Format, typer.Option("--format", "-f", help="Output format: table, csv or json.")

@@ -14,6 +14,7 @@ from rollout.cli.app import (
     _parse_day,
     _runtime,
     app,
+    path_given,
     reports_errors,
 )
 from rollout.core.controls import quoted, shell_word
@@ -174,7 +175,9 @@ def ingest(
     ctx: typer.Context,
     paths: Annotated[
         list[Path] | None,
-        typer.Argument(help="Landing files or folders (default: $ROLLOUT_HOME/landing)."),
+        typer.Argument(
+            parser=path_given, help="Landing files or folders (default: $ROLLOUT_HOME/landing)."
+        ),
     ] = None,
     registry: Annotated[
         bool,
@@ -351,7 +354,9 @@ def copy_warehouse(
     ctx: typer.Context,
     target: Annotated[
         Path,
-        typer.Argument(help="The copy: a new DuckDB file, or a folder to make it in."),
+        typer.Argument(
+            parser=path_given, help="The copy: a new DuckDB file, or a folder to make it in."
+        ),
     ],
     replace: Annotated[
         bool, typer.Option(help="Replace an earlier copy there (a DuckDB file only).")

@@ -13,6 +13,7 @@ from rollout.cli.app import (
     _parse_day,
     _runtime,
     app,
+    path_given,
     reports_errors,
 )
 from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
@@ -28,7 +29,9 @@ def demo(
     ctx: typer.Context,
     plan_file: Annotated[
         Path | None,
-        typer.Option("--plan", help="The plan to play (default: $ROLLOUT_PLAN's)."),
+        typer.Option(
+            "--plan", parser=path_given, help="The plan to play (default: $ROLLOUT_PLAN's)."
+        ),
     ] = None,
     start: Annotated[
         str | None,

@@ -10,6 +10,7 @@ import typer
 from rollout.cli.app import (
     _runtime,
     app,
+    path_given,
     reports_errors,
 )
 
@@ -30,7 +31,10 @@ def dev_sendgrid(
         typer.Option(help="The key clients must send (default: $SENDGRID_API_KEY or a dev key)."),
     ] = None,
     record: Annotated[
-        Path | None, typer.Option(help="Append each accepted message to this JSON lines file.")
+        Path | None,
+        typer.Option(
+            parser=path_given, help="Append each accepted message to this JSON lines file."
+        ),
     ] = None,
     webhook_url: Annotated[
         str | None,

@@ -14,6 +14,7 @@ from rollout.cli.app import (
     _runtime,
     _typed_back,
     app,
+    path_given,
     reports_errors,
 )
 from rollout.core.controls import quoted, shell_word
@@ -314,6 +315,7 @@ def phase_snooze(
         Path | None,
         typer.Option(
             "--file",
+            parser=path_given,
             help="A CSV of requests: username,days and an optional requested_at (UTC).",
         ),
     ] = None,

@@ -14,6 +14,7 @@ from rollout.cli.app import (
     _parse_time,
     _runtime,
     app,
+    path_given,
     reports_errors,
 )
 from rollout.core.controls import shell_word, visible
@@ -36,7 +37,10 @@ app.add_typer(plan_app, name="plan")
 def plan_check(
     ctx: typer.Context,
     file: Annotated[
-        Path | None, typer.Argument(help="The plan (default: $ROLLOUT_PLAN, plans/npm-2022.yaml).")
+        Path | None,
+        typer.Argument(
+            parser=path_given, help="The plan (default: $ROLLOUT_PLAN, plans/npm-2022.yaml)."
+        ),
     ] = None,
 ) -> None:
     """Validate a plan file: dates in order, known cohorts, no overlapping brown-outs."""
@@ -188,7 +192,10 @@ def plan_simulate(
     ctx: typer.Context,
     file: Annotated[
         Path | None,
-        typer.Argument(help="The plan to try (default: $ROLLOUT_PLAN, plans/npm-2022.yaml)."),
+        typer.Argument(
+            parser=path_given,
+            help="The plan to try (default: $ROLLOUT_PLAN, plans/npm-2022.yaml).",
+        ),
     ] = None,
     as_of: AsOfOption = None,
     allow_gaps: Annotated[

@@ -230,6 +230,19 @@ def written_in_place(path: Path) -> Iterator[Path]:
         os.replace(temp, path)
 
 
+def links_outside(path: Path, folder: Path) -> bool:
+    """Whether ``path``, found in ``folder``, is a symbolic link to something outside it
+    (or to nothing that resolves): a reader of a landing folder reads that folder, not
+    what a link there points to anywhere (a link to /proc/self/environ put the process's
+    secrets in a refusal's message, which quotes what it read)."""
+    if not path.is_symlink():
+        return False
+    try:
+        return not path.resolve(strict=True).is_relative_to(folder.resolve(strict=True))
+    except OSError:
+        return True
+
+
 # What a compressed file starts with, by the tool that made it: such a file given where
 # text is read (a plan, a file of snooze requests) is said to be compressed, not "not
 # UTF-8 text: byte 0x8b" (gzip's second byte).
@@ -248,6 +261,41 @@ COMPRESSED_MAGIC = (
 def compressed_as(data: bytes) -> str | None:
     """The compression ``data`` starts with (``gzip``, ``zstd``, ...), or None."""
     return next((name for magic, name in COMPRESSED_MAGIC if data.startswith(magic)), None)
+
+
+MIB = 1 << 20
+
+
+def read_whole(path: Path, what: str, limit: int) -> bytes:
+    """The bytes of a file a user hands rollout to read whole (a plan, a file of snooze
+    requests), or ``BadInput`` naming it when it is not one a reader could finish: a
+    folder, a pipe (whose reader waits for a writer that may never come), a device
+    (``/dev/zero`` never ends), or more than ``limit`` bytes (read no further: a log or
+    a warehouse given by mistake filled the memory). ``what`` names the file in the
+    reason ("plan"). An ``OSError`` opening or reading it is the caller's to word.
+
+    Opened without blocking, so a pipe is refused rather than waited on; a regular
+    file reads as ever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise BadInput(path, None, f"a folder, not a {what}: name the file in it")
+        if not stat.S_ISREG(mode):
+            raise BadInput(
+                path, None, f"not a regular file (a pipe, a socket or a device), not a {what}"
+            )
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise BadInput(
+            path, None, f"larger than {limit // MIB} MiB, more than any {what} holds: nothing read"
+        )
+    return data
 
 
 def utf8_text(path: Path, data: bytes) -> str:

@@ -29,7 +29,7 @@ from pydantic import (
 from rollout.core.clock import naive_utc
 from rollout.core.controls import CONTROL_CHARACTERS, quoted
 from rollout.core.errors import BadInput
-from rollout.core.files import utf8_text
+from rollout.core.files import MIB, read_whole, utf8_text
 from rollout.core.names import SAFE_NAME_RULE, is_safe_name
 from rollout.core.words import counted, percent
 
@@ -1022,9 +1022,27 @@ _PlanLoader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
-_PlanLoader.add_constructor(
-    _INT, lambda loader, node: int(loader.construct_scalar(node).replace("_", ""))
-)
+# The most digits a plan's number may have: no count or threshold of a plan comes near
+# (the largest bound is a download count), and Python's int() refuses past 4,300 digits
+# with a bare ValueError, which ended the command in a traceback.
+MAX_NUMBER_DIGITS = 100
+
+
+def _construct_int(loader: _PlanLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node).replace("_", "")
+    digits = len(text.lstrip("+-"))
+    if digits > MAX_NUMBER_DIGITS:
+        raise _PlanYamlError(
+            None,
+            None,
+            f"a number of {digits:,} digits is larger than any value of a plan (at most "
+            f"{MAX_NUMBER_DIGITS} digits)",
+            node.start_mark,
+        )
+    return int(text)
+
+
+_PlanLoader.add_constructor(_INT, _construct_int)
 
 
 def _line_of(node: yaml.Node | None, path: Path_) -> int | None:
@@ -1093,10 +1111,15 @@ def parse_plan(text: str, path: Path | str = "<plan>") -> tuple[Plan | None, lis
     ]
 
 
+# The most a plan file may hold: the reference plan is 4 KB; this leaves room for tens of
+# thousands of exemptions, and refuses a log or a database named by mistake at once.
+MAX_PLAN_BYTES = 4 * MIB
+
+
 def read_plan_text(path: Path) -> str:
     """The plan file's text, or BadInput saying why it cannot be read."""
     try:
-        data = path.read_bytes()
+        data = read_whole(path, "plan", MAX_PLAN_BYTES)
     except OSError as error:
         reason = f"cannot read the plan: {error.strerror}"
         if not path.is_absolute():

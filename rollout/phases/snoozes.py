@@ -32,7 +32,7 @@ from rollout.core.calendar import REQUESTS_FINGERPRINT, snooze_step
 from rollout.core.controls import quoted
 from rollout.core.counts import in_exponent_notation, whole_count
 from rollout.core.errors import BadInput
-from rollout.core.files import utf8_text
+from rollout.core.files import MIB, links_outside, read_whole, utf8_text
 from rollout.core.fingerprints import list_fingerprint
 from rollout.core.plan import FIRST_DAY, Phase, Plan, supported_utc
 from rollout.core.words import counted
@@ -135,6 +135,9 @@ def requests_fingerprint(requests: list[SnoozeRequest]) -> str:
 
 
 _COLUMNS = ("username", "days", "requested_at")
+# The most a file of requests may hold (read whole): a million requests fit in a third of
+# it; a file larger is no file of requests, and is refused before it fills the memory.
+MAX_REQUEST_FILE_BYTES = 64 * MIB
 
 
 def read_requests(path: Path, now: datetime, *, read_each_day: bool = False) -> list[SnoozeRequest]:
@@ -145,7 +148,7 @@ def read_requests(path: Path, now: datetime, *, read_each_day: bool = False) -> 
     given to the command: next week's file of the same name asks anew)."""
     read_as = f"{path.name}|{now.date()}" if read_each_day else path.name
     try:
-        data = path.read_bytes()
+        data = read_whole(path, "file of snooze requests", MAX_REQUEST_FILE_BYTES)
     except OSError as error:
         raise BadInput(path, None, f"cannot read the file: {error.strerror}") from error
     # A byte-order mark (what spreadsheets write first) is skipped, as in landing files
@@ -605,6 +608,12 @@ def _landed_files(root: Path) -> tuple[list[Path], list[str]]:
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = sorted(s for s in subfolders if not s.startswith("."))
         depth = len(Path(folder).relative_to(root).parts)
+        for link in [Path(folder) / s for s in subfolders if (Path(folder) / s).is_symlink()]:
+            # os.walk does not follow it: its request files were passed over, unsaid.
+            misplaced.append(
+                f"{link}: a symbolic link to a folder: request files are read only from the "
+                f"folders in {root} themselves; move the files into {root}/<phase>/"
+            )
         for name in sorted(names):
             path = Path(folder) / name
             suffixes = [s.lower() for s in path.suffixes]
@@ -616,7 +625,13 @@ def _landed_files(root: Path) -> tuple[list[Path], list[str]]:
                         f"{path}: compressed as {suffixes[-1]}: a request file is plain CSV"
                     )
                 continue
-            if depth == 1:
+            if links_outside(path, root):
+                # Never read: its refusal would quote what it points to (a secret).
+                misplaced.append(
+                    f"{path}: a symbolic link to a file outside {root}: request files are "
+                    "read only from there; copy the file there instead"
+                )
+            elif depth == 1:
                 files.append(path)
             else:
                 where = "directly under" if depth == 0 else "in a folder below a phase's in"

@@ -19,8 +19,14 @@ from typing import Any
 import duckdb
 
 from rollout.core.controls import visible
-from rollout.core.errors import EXIT_BAD_INPUT, RolloutError
-from rollout.core.files import close_to_others, duckdb_path, make_folder, written_in_place
+from rollout.core.errors import EXIT_BAD_INPUT, BadInput, RolloutError
+from rollout.core.files import (
+    close_to_others,
+    duckdb_path,
+    make_folder,
+    private_folder_beside,
+    written_in_place,
+)
 from rollout.core.resources import resource_dir
 from rollout.core.stopping import interrupting_on_stop
 from rollout.core.words import counted
@@ -650,6 +656,7 @@ def copy_warehouse(con: duckdb.DuckDBPyConnection, target: Path, *, replace: boo
             f"{visible(target)}: not a DuckDB file, so not an earlier copy: --replace "
             "replaces only a warehouse copy; name another file"
         ).with_exit(EXIT_BAD_INPUT)
+    _require_writable_beside(target)
     name = scalar(con, "select current_database()")
     with _not_written_elsewhere(target), written_in_place(target) as temporary:
         attached = duckdb_path(temporary).replace("'", "''")
@@ -669,6 +676,29 @@ def copy_warehouse(con: duckdb.DuckDBPyConnection, target: Path, *, replace: boo
         # to open it ("WAL does not match database file"). It goes with its copy.
         Path(f"{target}.wal").unlink(missing_ok=True)
     return target
+
+
+def _require_writable_beside(target: Path) -> None:
+    """``BadInput`` (exit 2, naming ``target``) when no copy can be written there: a
+    file where its folder should be, a folder this user cannot write to, a file system
+    that makes no files (/proc). Tried as the copy is written, in a hidden folder beside
+    it, made and removed: this said the hidden folder's name, as a failure (exit 1)."""
+    try:
+        with private_folder_beside(target):
+            pass
+    except OSError as error:
+        if isinstance(error, FileExistsError | NotADirectoryError) and error.filename:
+            where = Path(error.filename)
+            while not where.exists() and where.parent != where:
+                where = where.parent  # (NotADirectoryError names the folder not made)
+            reason = f"{visible(where)} is a file, not a folder"
+        else:
+            # Not the hidden folder's name (mkdtemp's): a folder above is named if it failed.
+            named = Path(error.filename) if error.filename else None
+            reason = error.strerror or str(error)
+            if named is not None and named in target.parents:
+                reason = f"{visible(named)}: {reason}"
+        raise BadInput(target, None, f"cannot write a copy there: {reason}") from None
 
 
 @contextmanager

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from rollout.core.controls import quoted
 from rollout.core.counts import WHOLE_COUNT_PATTERN
 from rollout.core.errors import BadInput
-from rollout.core.files import compressed_as, duckdb_path
+from rollout.core.files import compressed_as, duckdb_path, links_outside
 from rollout.core.words import counted
 
 Kind = Literal["downloads", "manifests", "logins", "publishes", "events"]
@@ -355,14 +355,7 @@ def _require_inside(path: Path, scanned: Path, what: str = "file") -> None:
     it: ingest reads the landing folder, not what a link there points to anywhere (a
     link to /proc/self/environ put the process's secrets in the refusal's message).
     ``what``: "folder" for a link to a folder, which ingest does not follow."""
-    if not path.is_symlink():
-        return
-    try:
-        target = path.resolve(strict=True)
-        inside = target.is_relative_to(scanned.resolve(strict=True))
-    except OSError:
-        inside = False
-    if not inside:
+    if links_outside(path, scanned):
         raise BadInput(
             path,
             None,
