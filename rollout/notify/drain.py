@@ -239,8 +239,9 @@ class EmailsFailed(RolloutError):
 
 
 class ShardOrphaned(RolloutError):
-    """A shard's notify run is gone (nobody holds the ``notify`` lock): the shard sends
-    nothing more, having put back what it held, for the next notify run."""
+    """A shard's notify run is gone (nobody holds the ``notify`` lock, or another run
+    does): the shard sends nothing more, having put back what it held, for the next
+    notify run."""
 
 
 @dataclass(frozen=True)
@@ -1887,11 +1888,13 @@ def _drain_loop(
     stop: StopRequest | None = None,
     lease: timedelta = DEFAULT_LEASE,
     wait_for_leases: bool = False,
+    before_batch: Callable[[], None] | None = None,
 ) -> DrainReport:
     """Claim, send and record batches until nothing is queued (or ``limit`` is reached,
     or a stop is asked for: then the batch in flight is recorded or put back). With
     ``wait_for_leases``, rows other drainers hold are waited for: recorded by them, or
-    taken over once their lease runs out (a drainer that died).
+    taken over once their lease runs out (a drainer that died). ``before_batch`` is
+    called before each claim, and may ask ``stop`` (a shard whose run is gone).
 
     A batch is ``concurrency`` rows sent by as many threads; for the file outbox it is
     FILE_BATCH rows written one after the other in this thread (see drain)."""
@@ -1922,6 +1925,10 @@ def _drain_loop(
     outage = 0  # batches in a row nothing of which went, the provider unavailable
     try:
         while (limit is None or claimed < limit) and not stop.is_set():
+            if before_batch is not None:
+                before_batch()
+                if stop.is_set():
+                    break
             size = batch_size if limit is None else min(batch_size, limit - claimed)
             batch = _next_batch(engine, plan, size, clock, sender.name, lease)
             if batch is None:
@@ -2281,16 +2288,22 @@ def drain_shard(
     SIGTERM or SIGINT stops it as it stops a drain (what was in flight recorded or put
     back), then raises :class:`rollout.core.stopping.Stopped`. So does its run going
     away (nobody holds the ``notify`` lock any more: the process that started the shards
-    died, and the next drain, which puts back whatever is held, may start any time): it
-    stops within OWNER_POLL_SECONDS and raises ShardOrphaned, as it does at once when
-    nobody holds the lock as it starts."""
+    died, and the next drain, which puts back whatever is held, may start any time; or
+    another run holds it: this shard was frozen past its run's end): it stops within
+    OWNER_POLL_SECONDS, and before it claims again, and raises ShardOrphaned, as it does
+    at once when nobody holds the lock as it starts. Its run is the one holding the lock
+    as it starts (Registry.lock_holder: a token each run draws as it takes the lock)."""
     check_concurrency(concurrency)
-    if not registry.lock_held("notify"):
+    owner = registry.lock_holder("notify")
+    if owner is None:
         raise ShardOrphaned(
             "no notify run holds the notify lock: a shard sends only for the notify run "
             "that started it (its run is gone; the next notify run sends what is left)"
         )
-    with stop_requested_by_signals() as stop, _owner_watched(registry, stop) as orphaned:
+    with (
+        stop_requested_by_signals() as stop,
+        _owner_watched(registry, owner, stop) as watch,
+    ):
         check_sender(registry, sender.name, include_failed=False)
         report = _drain_loop(
             registry.engine,
@@ -2302,41 +2315,65 @@ def drain_shard(
             stop=stop,
             lease=lease,
             wait_for_leases=True,
+            before_batch=watch.look,
         )
-    if orphaned.is_set():
+    if watch.gone is not None:
         raise ShardOrphaned(
-            "its notify run is gone (nobody holds the notify lock): stopped after "
-            f"{report.sent} sent, {report.put_back} put back for the next run"
+            f"its notify run is gone ({watch.gone}): stopped after {report.sent} sent, "
+            f"{report.put_back} put back for the next run"
         )
     stop.raise_if_set(_stopped(report))
     return report
 
 
-# How often a shard looks whether its notify run still holds the notify lock.
+# How often a shard looks whether its notify run still holds the notify lock (and
+# before each batch it claims).
 OWNER_POLL_SECONDS = 2.0
 
 
+class _OwnerWatch:
+    """Whether the run holding the ``notify`` lock is still the shard's own (the token
+    ``owner`` it found as it started: Registry.lock_holder). Not only whether some run
+    holds it: a shard frozen (SIGSTOP, a paused VM) while its run ended, resumed while
+    the next `notify send` or notify run holds the lock, would go on sending under that
+    run with its old plan and settings, and that run's restart would queue again the
+    rows the shard holds (sent twice). ``look`` sets ``gone`` (why) and asks ``stop``."""
+
+    def __init__(self, registry: Registry, owner: str, stop: StopRequest) -> None:
+        self._registry, self._owner, self._stop = registry, owner, stop
+        self.gone: str | None = None
+
+    def look(self) -> None:
+        try:
+            holder = self._registry.lock_holder("notify")
+        except (SQLAlchemyError, RegistryURLRefused, RegistryStatementCancelled):
+            return  # the registry unreachable: the drain itself will say so
+        if holder == self._owner:
+            return
+        self.gone = (
+            "nobody holds the notify lock"
+            if holder is None
+            else "another notify run holds the notify lock"
+        )
+        self._stop.set()
+
+
 @contextlib.contextmanager
-def _owner_watched(registry: Registry, stop: StopRequest) -> Iterator[threading.Event]:
-    """While inside, a thread looks every OWNER_POLL_SECONDS whether some run holds the
-    ``notify`` lock, and when none does sets the yielded event and asks ``stop``."""
-    orphaned, done = threading.Event(), threading.Event()
+def _owner_watched(registry: Registry, owner: str, stop: StopRequest) -> Iterator[_OwnerWatch]:
+    """While inside, a thread looks every OWNER_POLL_SECONDS whether the ``notify``
+    lock is still held by the run ``owner`` (see _OwnerWatch), and when not asks ``stop``;
+    the drain looks too, before each batch it claims (the thread may be paused with it,
+    and wake after the drain claimed)."""
+    watch, done = _OwnerWatch(registry, owner, stop), threading.Event()
 
-    def watch() -> None:
-        while not done.wait(OWNER_POLL_SECONDS):
-            try:
-                held = registry.lock_held("notify")
-            except (SQLAlchemyError, RegistryURLRefused, RegistryStatementCancelled):
-                continue  # the registry unreachable: the drain itself will say so
-            if not held:
-                orphaned.set()
-                stop.set()
-                return
+    def beat() -> None:
+        while not done.wait(OWNER_POLL_SECONDS) and watch.gone is None:
+            watch.look()
 
-    watcher = threading.Thread(target=watch, name="shard-owner", daemon=True)
+    watcher = threading.Thread(target=beat, name="shard-owner", daemon=True)
     watcher.start()
     try:
-        yield orphaned
+        yield watch
     finally:
         done.set()
         watcher.join()

@@ -33,6 +33,7 @@ from rollout.registry.locks import (
     migration_at_work,
     refuse_writing_during_migration,
     run_lock_held,
+    run_lock_holder,
 )
 from rollout.registry.migrate import current_revision, head_revision, require_current_schema
 
@@ -129,6 +130,11 @@ class Registry:
     def lock_held(self, name: str) -> bool:
         """Whether some run, in any process, holds the ``name`` lock now."""
         return run_lock_held(self.url, self.engine, name)
+
+    def lock_holder(self, name: str) -> str | None:
+        """Which run, in any process, holds the ``name`` lock now (a token drawn as it
+        took it: the next run's differs); None when none does."""
+        return run_lock_holder(self.url, self.engine, name)
 
     def close(self) -> None:
         """Dispose of the engine, if one was made: its pooled connections close. A later

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -148,7 +149,14 @@ def exclusive_run(
                 raise GuardRefused(
                     _refusal(registry_url, None, name, f"another {name} run holds {path}")
                 ) from error
-            yield
+            # This run's token in the file, while it holds the lock: what tells it from
+            # the next run holding the same lock (run_lock_holder).
+            os.ftruncate(handle, 0)
+            os.pwrite(handle, secrets.token_hex(16).encode("ascii"), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(handle, 0)  # a lock let go names no run
         finally:
             os.close(handle)
         return
@@ -170,7 +178,18 @@ def exclusive_run(
                     f"another {name} run holds the registry's advisory lock",
                 )
             )
+        # This run's token beside it, on the same session (an advisory lock of two keys,
+        # drawn at random): what tells it from the next run holding the same lock, on
+        # a session of its own or this one again from the pool (run_lock_holder).
+        connection.execute(
+            text("select pg_advisory_lock(:a, :b)"),
+            {"a": _random_int4(), "b": _random_int4()},
+        )
         yield
+
+
+def _random_int4() -> int:
+    return int.from_bytes(secrets.token_bytes(4), "big", signed=True)
 
 
 def _refusal(registry_url: str, connection: Connection | None, name: str, held: str) -> str:
@@ -395,10 +414,8 @@ def make_lock_engine(registry_url: str) -> Engine:
 
 def run_lock_held(registry_url: str, engine: Engine, name: str) -> bool:
     """Whether some run holds the ``name`` run lock (taking nothing; ``engine`` is the
-    registry's): how a notify run's shards, on other machines, tell that their run is
-    still there, and `plan show` a run at work from one interrupted. Not while a schema
-    migration holds it (migration_exclusive): no run is at work then, and a shard of a
-    notify run that died stops rather than send under a schema changing."""
+    registry's): how `plan show` tells a run at work from one interrupted. Not while a
+    schema migration holds it (migration_exclusive): no run is at work then."""
     url = normalize_url(registry_url)
     if url.get_backend_name() == "sqlite":
         return _file_lock_held(_lock_path(url, name)) and not _file_lock_held(
@@ -408,6 +425,41 @@ def run_lock_held(registry_url: str, engine: Engine, name: str) -> bool:
         return bool(advisory_lock_holders(connection, name)) and not advisory_lock_holders(
             connection, MIGRATION_LOCK
         )
+
+
+def run_lock_holder(registry_url: str, engine: Engine, name: str) -> str | None:
+    """Which run holds the ``name`` run lock (taking nothing): a token of its own, drawn
+    as it took the lock (exclusive_run), so that the next run holding the lock, even
+    from the same process and pooled session, is told from it; None when no run holds
+    it, or a schema migration does (as run_lock_held). How a notify run's shards, on
+    other machines, tell that the run holding the lock is still theirs: one frozen past
+    its run's end (SIGSTOP, a paused VM) must not go on under the next run."""
+    url = normalize_url(registry_url)
+    if url.get_backend_name() == "sqlite":
+        path = _lock_path(url, name)
+        if not run_lock_held(registry_url, engine, name):
+            return None
+        try:
+            token = path.read_text(encoding="ascii", errors="replace")
+        except OSError:
+            token = ""  # held, by a run this user cannot tell apart
+        # Read again: the run may have let it go (its token cleared) meanwhile.
+        return token if _file_lock_held(path) else None
+    with engine.connect() as connection:
+        holders = advisory_lock_holders(connection, name)
+        if not holders or advisory_lock_holders(connection, MIGRATION_LOCK):
+            return None
+        tokens = connection.execute(
+            text(
+                "select pid, classid, objid from pg_locks where locktype = 'advisory'"
+                " and granted and objsubid = 2 and pid = any(:pids)"
+                " and database = (select oid from pg_database"
+                " where datname = current_database())"
+                " order by pid, classid, objid"
+            ),
+            {"pids": holders},
+        ).all()
+    return ",".join(f"{pid}:{a}:{b}" for pid, a, b in tokens) or ",".join(map(str, holders))
 
 
 # The kernel's table of the file locks held (Linux): where a reader that may not open a
