@@ -178,6 +178,9 @@ FILE_BATCH = 500
 # report before it is killed. Together they bound how long a stop takes.
 IN_FLIGHT_GRACE = 0.5
 WORKER_GRACE = 1.0
+# How often a drain in processes looks that its run lock is still its own (a single
+# process drain looks before each batch).
+LOCK_CHECK_SECONDS = 1.0
 _POLL = 0.05  # seconds between looks at a stop request while waiting
 # Batches in a row of which nothing went and a send found the provider unavailable
 # (SenderUnavailable: SendGrid down through every retry, the outbox folder unwritable)
@@ -2116,17 +2119,22 @@ def _drain_in_processes(
     limit: int | None,
     stop: StopRequest,
     progress: Callable[[], None] | None,
+    check: Callable[[], None] | None = None,
 ) -> list[DrainReport]:
     """Run the drain in ``processes`` workers and wait for them, looking at ``stop``; on
     a stop or an error, tell them to wind down, then kill what is left. No worker is left
-    when this returns, however it returns."""
+    when this returns, however it returns. ``check`` is called every LOCK_CHECK_SECONDS
+    (the run lock still held), and what it raises stops the workers likewise."""
     workers = _start_workers(
         [(registry_url, plan, sender, concurrency, share) for share in _shares(limit, processes)]
     )
     try:
-        shown = time.monotonic()
+        shown = checked = time.monotonic()
         while not stop.is_set() and not all(w.reported for w in workers):
             _gather(workers, 4 * _POLL)
+            if check and time.monotonic() - checked >= LOCK_CHECK_SECONDS:
+                check()
+                checked = time.monotonic()
             if any(w.reported and not isinstance(w.outcome, DrainReport) for w in workers):
                 break  # a worker failed: stop the others rather than drain on half-manned
             if progress and time.monotonic() - shown >= 0.5:
@@ -2210,7 +2218,7 @@ def drain(
     report = DrainReport(sender.name)
     with (
         stop_requested_by_signals() as stop,
-        registry.lock("notify"),
+        registry.lock("notify") as held,
     ):
         engine = registry.engine
         check_sender(registry, sender.name, include_failed=retry_failed)
@@ -2233,6 +2241,9 @@ def drain(
                         clock=clock,
                         progress=(lambda r: progress(r.done, total)) if progress else None,
                         stop=stop,
+                        # The lock gone (its PostgreSQL session ended), the next run may
+                        # be at work, putting back the rows this one holds: no more.
+                        before_batch=held.check,
                     )
                 ],
                 report,
@@ -2255,6 +2266,7 @@ def drain(
                     limit=limit,
                     stop=stop,
                     progress=advance,
+                    check=held.check,
                 )
                 _merge(reports, report)
                 # Once more at the end: the workers are looked at every half second, and a
@@ -2262,8 +2274,10 @@ def drain(
                 # short of what it came to, or never shown at all.
                 advance()
             finally:
-                # What killed workers held: no drain process is left, the lock still held.
-                report.put_back += _requeue_in_flight(engine, clock(), cut_short=True)
+                # What killed workers held: no drain process is left, the lock still held
+                # (one lost may be another run's now, and so may the rows in flight).
+                if held.holds():
+                    report.put_back += _requeue_in_flight(engine, clock(), cut_short=True)
     stop.raise_if_set(_stopped(report))
     return report
 

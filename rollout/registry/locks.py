@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, event, select, text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from rollout.core.controls import visible
 from rollout.core.errors import GuardRefused, RolloutError
@@ -129,14 +129,64 @@ def lock_accounts(
     return list(connection.execute(query.with_for_update(key_share=True)).scalars())
 
 
+class RunLockLost(RolloutError):
+    """A run's lock went while it held it: on PostgreSQL its session ended (a server
+    restart, a connection pooler, a network or keepalive timeout), and with it the
+    advisory lock; another run may have started since."""
+
+
+class HeldRunLock:
+    """A run lock held (what ``exclusive_run`` yields): ``check`` before each batch of
+    work. A lock file (SQLite) is the process's until it lets it go; a PostgreSQL
+    advisory lock is its session's, and goes, silently, with the session: a run that
+    went on without it would work beside the next run of its kind."""
+
+    def __init__(self, name: str, connection: Connection | None = None, key: int = 0) -> None:
+        self.name, self._connection, self._key = name, connection, key
+        self._lost = False
+
+    def holds(self) -> bool:
+        """Whether the lock is still this run's (asked on the lock's own connection;
+        once lost, lost for good: a session that ended took the lock with it)."""
+        if self._connection is None:
+            return True
+        if self._lost:
+            return False
+        try:
+            self._lost = not bool(
+                self._connection.execute(
+                    text(
+                        "select exists(select 1 from pg_locks where locktype = 'advisory'"
+                        " and granted and pid = pg_backend_pid() and objsubid = 1"
+                        " and classid = cast(:high as oid) and objid = cast(:low as oid))"
+                    ),
+                    {"high": (self._key >> 32) & 0xFFFFFFFF, "low": self._key & 0xFFFFFFFF},
+                ).scalar()
+            )
+        except SQLAlchemyError:  # the connection gone, or left unusable by its loss
+            self._lost = True
+        return not self._lost
+
+    def check(self) -> None:
+        """RunLockLost when the lock is no longer this run's."""
+        if not self.holds():
+            raise RunLockLost(
+                f"the {self.name} run lock was lost: its connection to PostgreSQL ended (a "
+                "server restart, a connection pooler, a network or keepalive timeout), and "
+                f"another {self.name} run may have started since: this run stopped before "
+                "its next batch (what it had done is recorded); run it again"
+            )
+
+
 @contextmanager
 def exclusive_run(
     registry_url: str, name: str, lock_engine: Engine | None, *, settle: float | None = None
-) -> Iterator[None]:
+) -> Iterator[HeldRunLock]:
     """Refuse a second concurrent run: an advisory lock on PostgreSQL, taken on a
     connection of ``lock_engine`` (:func:`make_lock_engine`; None on SQLite), a lock
     file next to the database on SQLite. Both vanish with the process that held them,
-    so a crash never leaves a stale lock behind."""
+    so a crash never leaves a stale lock behind. Yields the lock, for the run to check
+    it is still its own (HeldRunLock.check) before each batch of work."""
     url = normalize_url(registry_url)
     if url.get_backend_name() == "sqlite":
         path = _lock_path(url, name)
@@ -154,7 +204,7 @@ def exclusive_run(
             os.ftruncate(handle, 0)
             os.pwrite(handle, secrets.token_hex(16).encode("ascii"), 0)
             try:
-                yield
+                yield HeldRunLock(name)
             finally:
                 os.ftruncate(handle, 0)  # a lock let go names no run
         finally:
@@ -185,7 +235,7 @@ def exclusive_run(
             text("select pg_advisory_lock(:a, :b)"),
             {"a": _random_int4(), "b": _random_int4()},
         )
-        yield
+        yield HeldRunLock(name, connection, key)
 
 
 def _random_int4() -> int:
