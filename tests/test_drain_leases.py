@@ -462,7 +462,8 @@ def test_a_drain_whose_run_lock_session_ends_stops_before_its_next_batch(
         with registry.engine.connect() as connection:
             holders = advisory_lock_holders(connection, "notify")
             connection.execute(
-                text("select pg_terminate_backend(p) from unnest(:p) p"), {"p": holders}
+                text("select pg_terminate_backend(p) from unnest(cast(:p as int[])) p"),
+                {"p": holders},
             )
         assert holders
         deadline = time.monotonic() + 10  # the backend exits as it gets the signal

@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import os
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -144,14 +145,20 @@ class HeldRunLock:
     def __init__(self, name: str, connection: Connection | None = None, key: int = 0) -> None:
         self.name, self._connection, self._key = name, connection, key
         self._lost = False
+        self._asking = threading.Lock()  # a run's batches may check from several threads
 
     def holds(self) -> bool:
         """Whether the lock is still this run's (asked on the lock's own connection;
         once lost, lost for good: a session that ended took the lock with it)."""
         if self._connection is None:
             return True
+        with self._asking:
+            return self._ask()
+
+    def _ask(self) -> bool:
         if self._lost:
             return False
+        assert self._connection is not None
         try:
             self._lost = not bool(
                 self._connection.execute(
