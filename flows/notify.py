@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, timedelta
 from uuid import UUID
 
@@ -302,15 +302,20 @@ def read_shard_counts(ids: list[UUID]) -> dict[UUID, dict[str, int]]:
     return counts
 
 
-def _wait_for_shards(ids: list[UUID], grace: float) -> dict[UUID, StateType]:
+def _wait_for_shards(
+    ids: list[UUID], grace: float, check: Callable[[], None] | None = None
+) -> dict[UUID, StateType]:
     """Wait until every shard run ended. Once the outbox is drained (nothing queued or
     held) a live shard ends within a poll, and one not started yet finds nothing to do:
     a shard still not ended ``grace`` seconds later never will (its machine died; its
-    rows were taken over), and its run is set Cancelled. Returns each run's final state."""
+    rows were taken over), and its run is set Cancelled. Returns each run's final state.
+    ``check`` is called each poll (the notify lock still this run's: RunLockLost)."""
     registry = runtime().registry
     drained_at: float | None = None
     with get_client(sync_client=True) as client:
         while True:
+            if check is not None:
+                check()
             states = {i: client.read_flow_run(i).state_type for i in ids}
             if all(t in TERMINAL_STATES for t in states.values()):
                 return states
@@ -349,7 +354,7 @@ def send_in_shards(
     logger = get_run_logger()
     run = runtime()
     sender = run_sender()
-    with run.registry.lock("notify"):
+    with run.registry.lock("notify") as held:
         begun = begin_shards(run.registry, sender.name, retry_failed=retry_failed)
         children = [
             run_deployment(
@@ -364,10 +369,13 @@ def send_in_shards(
                     ", ".join(c.name for c in children))  # fmt: skip
         ids = [c.id for c in children]
         try:
-            states = _wait_for_shards(ids, grace)
+            # Its lock lost (its PostgreSQL session ended): the shards stop by
+            # themselves (their run is gone), and are cancelled here as well.
+            states = _wait_for_shards(ids, grace, held.check)
         except BaseException:
-            # This run is being stopped (cancelled: its worker's SIGTERM): so are its
-            # shards, now, rather than when the server's cleanup next looks.
+            # This run is being stopped (cancelled: its worker's SIGTERM), or its lock
+            # is lost: so are its shards, now, rather than when the server's cleanup
+            # next looks.
             _cancel_shards(ids)
             raise
         report = shards_report(run.registry, begun)

@@ -8,16 +8,17 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from pathlib import Path
+from time import monotonic, sleep
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
 from rollout.core.plan import Brownout, Plan, load_plan
 from rollout.phases import brownouts, drift
-from rollout.registry import Registry
+from rollout.registry import Registry, locks
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import Account, Action, BrownoutWindow, Notification, PlanRun
 from tests.factories import AccountFactory
@@ -437,6 +438,34 @@ def test_a_plan_built_in_code_with_an_offset_is_compared_in_utc(
     aware = plan.model_copy(update={"brownouts": [shifted]})
     assert brownouts.schedule_preview(registry, aware) == [("brownout-1", "unchanged (ended)")]
     assert datetime(2022, 2, 16, tzinfo=UTC) == shifted.starts_at
+
+
+def test_enroll_all_whose_run_lock_session_ends_stops_before_its_next_batch(
+    registry: Registry, plan: Plan, accounts: dict[str, int]
+) -> None:
+    """PostgreSQL: the elv lock went with its session (a server restart, a pooler, a
+    keepalive timeout), silently; another enrolment may be at work: no batch more."""
+    if registry.is_sqlite:
+        pytest.skip("a lock file is the process's until it lets it go")
+
+    def end_the_lock_session(done: int, total: int) -> None:
+        with registry.engine.connect() as connection:
+            holders = locks.advisory_lock_holders(connection, "elv")
+            connection.execute(
+                text("select pg_terminate_backend(p) from unnest(cast(:p as int[])) p"),
+                {"p": holders},
+            )
+        deadline = monotonic() + 10
+        while registry.lock_held("elv") and monotonic() < deadline:
+            sleep(0.01)
+
+    with pytest.raises(locks.RunLockLost, match="the elv run lock was lost"):
+        brownouts.enroll_all(
+            registry, plan, actor="rm", batch_size=2, progress=end_the_lock_session
+        )
+    enrolled = _enrolled_at(registry)
+    assert enrolled["kim"] is not None and enrolled["max"] is None  # the first batch only
+    assert brownouts.enroll_all(registry, plan, actor="rm", batch_size=2) == 1
 
 
 def test_enroll_all_waits_for_the_plans_day_and_refuses_a_plan_without_elv(

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from rollout.core.errors import BadInput
 from rollout.core.plan import Plan
@@ -49,6 +49,7 @@ from rollout.notify.outbox import FILE_SENDER, UNVERIFIED
 from rollout.notify.senders import SendGridSender
 from rollout.registry import Registry
 from rollout.registry.ledger import utc_now
+from rollout.registry.locks import RunLockLost, advisory_lock_holders
 from rollout.registry.models import Notification
 from tests.factories import AccountFactory, bound_to
 from tests.support.outbox import ids, queue_late
@@ -426,3 +427,58 @@ def test_a_send_paused_while_connecting_past_its_lease_does_not_go_once_taken_ov
     assert went == 0  # neither request was written
     assert report.sent == 0 and report.overtaken == 2
     assert {ledger(registry)[i] for i in taken} == {("sending", None)}  # the taker's to send
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_drain_whose_run_lock_session_ends_stops_before_its_next_batch(
+    registry: Registry, plan: Plan, ids: dict[str, int], processes: int
+) -> None:
+    """PostgreSQL: the notify lock is an advisory lock of the lock's session. The
+    session ended (a server restart, a pooler, a keepalive timeout: here its backend
+    terminated), the lock went with it, silently, and another `notify send` may start
+    and put back the rows this one holds: the drain stops before it claims again."""
+    if registry.is_sqlite:
+        pytest.skip("a lock file is the process's until it lets it go")
+    with bound_to(registry.engine, batch=True):
+        for i in range(30):
+            AccountFactory(username=f"user{i:04d}", in_cohort="top-100")
+    queue_late(registry, plan, NOTICE_DAY)
+    errors: list[BaseException] = []
+    with DevSendGrid(api_key=KEY) as server:
+        server.script([{"stall": 0.2}] * 100)
+        sender = SendGridSender(KEY, server.url, timeout=5)
+
+        def send() -> None:
+            try:
+                drain(registry, plan, sender, concurrency=2, processes=processes)
+            except BaseException as error:
+                errors.append(error)
+
+        thread = threading.Thread(target=send)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while len(server.messages) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with registry.engine.connect() as connection:
+            holders = advisory_lock_holders(connection, "notify")
+            connection.execute(
+                text("select pg_terminate_backend(p) from unnest(cast(:p as int[])) p"),
+                {"p": holders},
+            )
+        assert holders
+        deadline = time.monotonic() + 10  # the backend exits as it gets the signal
+        while registry.lock_held("notify") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not registry.lock_held("notify")  # gone, silently, the drain still at work
+        thread.join(timeout=30)
+        sent = len(server.messages)
+    assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], RunLockLost), errors
+    assert "the notify run lock was lost" in str(errors[0])
+    if processes == 1:  # the batch in flight, and at most the one claimed meanwhile
+        assert sent <= 2 + 2
+    else:  # the workers' batches until the parent looks (every LOCK_CHECK_SECONDS)
+        assert sent < 30
+    with registry.engine.connect() as connection:
+        left = Counter(connection.execute(select(Notification.state)).scalars())
+    assert left["sending"] == 0 and left["queued"] > 0

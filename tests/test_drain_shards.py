@@ -6,6 +6,7 @@ while their notify run holds the ``notify`` lock (this test process plays it).""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -194,6 +195,20 @@ def test_lock_held_tells_whether_any_process_holds_the_run_lock(registry: Regist
         pass
 
 
+def test_lock_holder_tells_one_run_from_the_next_holding_the_same_lock(
+    registry: Registry,
+) -> None:
+    assert registry.lock_holder("notify") is None
+    with registry.lock("notify"):
+        first = registry.lock_holder("notify")
+        with Registry(registry.url) as elsewhere:  # another machine's connections
+            assert elsewhere.lock_holder("notify") == first is not None
+        assert registry.lock_holder("enforce") is None
+    assert registry.lock_holder("notify") is None
+    with registry.lock("notify"):  # the next run: on PostgreSQL, the same pooled session
+        assert registry.lock_holder("notify") not in (None, first)
+
+
 def test_a_shard_without_a_notify_run_sends_nothing(
     registry: Registry, plan: Plan, ids: dict[str, int]
 ) -> None:
@@ -294,3 +309,46 @@ def test_rows_a_drain_before_leases_left_in_flight_are_sent_by_the_shards(
     assert len(sent) == queued and set(sent.values()) == {1}
     assert report.sent == queued and report.resumed == queued  # they may have gone out
     assert states(registry)["sending"] == 0
+
+
+def test_a_shard_frozen_past_its_run_sends_nothing_under_the_next_run(
+    registry: Registry, plan: Plan, ids: dict[str, int]
+) -> None:
+    """A shard frozen (SIGSTOP, a paused VM) while its notify run ended, resumed while a
+    later run holds the notify lock: that lock is not its run's. Going on, it would send
+    with its old plan and settings, beside a run whose restart puts back every held row
+    (the shard's live ones too: sent twice). It stops at once, claiming nothing more."""
+    root = Path(__file__).resolve().parents[1]
+    cohort_of(registry, 60)
+    queue_late(registry, plan, NOTICE_DAY)
+    queued = states(registry)["queued"]
+    with DevSendGrid(api_key=KEY) as server:
+        server.script([{"stall": 0.2}] * 1000)
+        with registry.lock("notify"):  # its run
+            shard = subprocess.Popen(
+                [
+                    sys.executable, "-c", SHARD_SCRIPT, registry.url, server.url, KEY,
+                    str(root / "plans" / "npm-2022.yaml"),
+                ],
+                stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            deadline = time.monotonic() + 60
+            while len(server.messages) < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            shard.send_signal(signal.SIGSTOP)
+        with registry.lock("notify"):  # the next run, the shard still frozen
+            time.sleep(5)  # past the shard's lease (4 s): what it held is no longer its
+            before = len(server.messages)
+            shard.send_signal(signal.SIGCONT)
+            try:
+                _, stderr = shard.communicate(timeout=OWNER_POLL_SECONDS + 20)
+            finally:
+                shard.kill()
+            after = len(server.messages)
+    assert shard.returncode != 0 and "ShardOrphaned" in stderr, stderr[-2000:]
+    assert "another notify run holds the notify lock" in stderr
+    # Nothing claimed under the other run: at most its batch in flight went (rows still
+    # its own, under their claim: a run that had queued them again drew another).
+    assert after - before <= 4, stderr
+    now = states(registry)
+    assert now["queued"] > 0 and now["sent"] < queued

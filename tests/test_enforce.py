@@ -532,6 +532,44 @@ def test_a_crash_between_batches_then_a_rerun_finishes_exactly_once(
     assert count(registry, Notification) == 2
 
 
+def test_an_enforcement_whose_run_lock_session_ends_stops_before_its_next_batch(
+    registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
+) -> None:
+    """PostgreSQL: the enforce lock is an advisory lock of the lock's session; the
+    session ended (a server restart, a pooler, a keepalive timeout), the lock went
+    with it, silently, and another enforcement may be at work: no batch more."""
+    if registry.is_sqlite:
+        pytest.skip("a lock file is the process's until it lets it go")
+
+    def end_the_lock_session(done: int, total: int) -> None:
+        with registry.engine.connect() as connection:
+            holders = locks.advisory_lock_holders(connection, "enforce")
+            connection.execute(
+                text("select pg_terminate_backend(p) from unnest(cast(:p as int[])) p"),
+                {"p": holders},
+            )
+        deadline = time.monotonic() + 10
+        while registry.lock_held("enforce") and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    with pytest.raises(locks.RunLockLost, match="the enforce run lock was lost"):
+        enforce.enforce_phase(
+            registry,
+            plan_exempting_carol,
+            "top-100",
+            expect=2,
+            actor="rm",
+            batch_size=1,
+            progress=end_the_lock_session,
+        )
+    assert required(registry) == {"alice"}  # the first batch, committed before
+    enforce.enforce_phase(
+        registry, plan_exempting_carol, "top-100", expect=2, actor="rm", batch_size=1
+    )
+    assert required(registry) == {"alice", "dave"}
+    assert count(registry, Action, Action.action == "tfa_required") == 2
+
+
 def test_an_account_deleted_during_the_run_is_neither_acted_on_nor_called_compliant(
     registry: Registry, plan: Plan, factories: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -178,6 +178,9 @@ FILE_BATCH = 500
 # report before it is killed. Together they bound how long a stop takes.
 IN_FLIGHT_GRACE = 0.5
 WORKER_GRACE = 1.0
+# How often a drain in processes looks that its run lock is still its own (a single
+# process drain looks before each batch).
+LOCK_CHECK_SECONDS = 1.0
 _POLL = 0.05  # seconds between looks at a stop request while waiting
 # Batches in a row of which nothing went and a send found the provider unavailable
 # (SenderUnavailable: SendGrid down through every retry, the outbox folder unwritable)
@@ -239,8 +242,9 @@ class EmailsFailed(RolloutError):
 
 
 class ShardOrphaned(RolloutError):
-    """A shard's notify run is gone (nobody holds the ``notify`` lock): the shard sends
-    nothing more, having put back what it held, for the next notify run."""
+    """A shard's notify run is gone (nobody holds the ``notify`` lock, or another run
+    does): the shard sends nothing more, having put back what it held, for the next
+    notify run."""
 
 
 @dataclass(frozen=True)
@@ -1888,11 +1892,13 @@ def _drain_loop(
     stop: StopRequest | None = None,
     lease: timedelta = DEFAULT_LEASE,
     wait_for_leases: bool = False,
+    before_batch: Callable[[], None] | None = None,
 ) -> DrainReport:
     """Claim, send and record batches until nothing is queued (or ``limit`` is reached,
     or a stop is asked for: then the batch in flight is recorded or put back). With
     ``wait_for_leases``, rows other drainers hold are waited for: recorded by them, or
-    taken over once their lease runs out (a drainer that died).
+    taken over once their lease runs out (a drainer that died). ``before_batch`` is
+    called before each claim, and may ask ``stop`` (a shard whose run is gone).
 
     A batch is ``concurrency`` rows sent by as many threads; for the file outbox it is
     FILE_BATCH rows written one after the other in this thread (see drain)."""
@@ -1923,6 +1929,10 @@ def _drain_loop(
     outage = 0  # batches in a row nothing of which went, the provider unavailable
     try:
         while (limit is None or claimed < limit) and not stop.is_set():
+            if before_batch is not None:
+                before_batch()
+                if stop.is_set():
+                    break
             size = batch_size if limit is None else min(batch_size, limit - claimed)
             batch = _next_batch(engine, plan, size, clock, sender.name, lease)
             if batch is None:
@@ -2110,17 +2120,22 @@ def _drain_in_processes(
     limit: int | None,
     stop: StopRequest,
     progress: Callable[[], None] | None,
+    check: Callable[[], None] | None = None,
 ) -> list[DrainReport]:
     """Run the drain in ``processes`` workers and wait for them, looking at ``stop``; on
     a stop or an error, tell them to wind down, then kill what is left. No worker is left
-    when this returns, however it returns."""
+    when this returns, however it returns. ``check`` is called every LOCK_CHECK_SECONDS
+    (the run lock still held), and what it raises stops the workers likewise."""
     workers = _start_workers(
         [(registry_url, plan, sender, concurrency, share) for share in _shares(limit, processes)]
     )
     try:
-        shown = time.monotonic()
+        shown = checked = time.monotonic()
         while not stop.is_set() and not all(w.reported for w in workers):
             _gather(workers, 4 * _POLL)
+            if check and time.monotonic() - checked >= LOCK_CHECK_SECONDS:
+                check()
+                checked = time.monotonic()
             if any(w.reported and not isinstance(w.outcome, DrainReport) for w in workers):
                 break  # a worker failed: stop the others rather than drain on half-manned
             if progress and time.monotonic() - shown >= 0.5:
@@ -2204,7 +2219,7 @@ def drain(
     report = DrainReport(sender.name)
     with (
         stop_requested_by_signals() as stop,
-        registry.lock("notify"),
+        registry.lock("notify") as held,
     ):
         engine = registry.engine
         check_sender(registry, sender.name, include_failed=retry_failed)
@@ -2227,6 +2242,9 @@ def drain(
                         clock=clock,
                         progress=(lambda r: progress(r.done, total)) if progress else None,
                         stop=stop,
+                        # The lock gone (its PostgreSQL session ended), the next run may
+                        # be at work, putting back the rows this one holds: no more.
+                        before_batch=held.check,
                     )
                 ],
                 report,
@@ -2249,6 +2267,7 @@ def drain(
                     limit=limit,
                     stop=stop,
                     progress=advance,
+                    check=held.check,
                 )
                 _merge(reports, report)
                 # Once more at the end: the workers are looked at every half second, and a
@@ -2256,8 +2275,10 @@ def drain(
                 # short of what it came to, or never shown at all.
                 advance()
             finally:
-                # What killed workers held: no drain process is left, the lock still held.
-                report.put_back += _requeue_in_flight(engine, clock(), cut_short=True)
+                # What killed workers held: no drain process is left, the lock still held
+                # (one lost may be another run's now, and so may the rows in flight).
+                if held.holds():
+                    report.put_back += _requeue_in_flight(engine, clock(), cut_short=True)
     stop.raise_if_set(_stopped(report))
     return report
 
@@ -2282,16 +2303,22 @@ def drain_shard(
     SIGTERM or SIGINT stops it as it stops a drain (what was in flight recorded or put
     back), then raises :class:`rollout.core.stopping.Stopped`. So does its run going
     away (nobody holds the ``notify`` lock any more: the process that started the shards
-    died, and the next drain, which puts back whatever is held, may start any time): it
-    stops within OWNER_POLL_SECONDS and raises ShardOrphaned, as it does at once when
-    nobody holds the lock as it starts."""
+    died, and the next drain, which puts back whatever is held, may start any time; or
+    another run holds it: this shard was frozen past its run's end): it stops within
+    OWNER_POLL_SECONDS, and before it claims again, and raises ShardOrphaned, as it does
+    at once when nobody holds the lock as it starts. Its run is the one holding the lock
+    as it starts (Registry.lock_holder: a token each run draws as it takes the lock)."""
     check_concurrency(concurrency)
-    if not registry.lock_held("notify"):
+    owner = registry.lock_holder("notify")
+    if owner is None:
         raise ShardOrphaned(
             "no notify run holds the notify lock: a shard sends only for the notify run "
             "that started it (its run is gone; the next notify run sends what is left)"
         )
-    with stop_requested_by_signals() as stop, _owner_watched(registry, stop) as orphaned:
+    with (
+        stop_requested_by_signals() as stop,
+        _owner_watched(registry, owner, stop) as watch,
+    ):
         check_sender(registry, sender.name, include_failed=False)
         report = _drain_loop(
             registry.engine,
@@ -2303,41 +2330,65 @@ def drain_shard(
             stop=stop,
             lease=lease,
             wait_for_leases=True,
+            before_batch=watch.look,
         )
-    if orphaned.is_set():
+    if watch.gone is not None:
         raise ShardOrphaned(
-            "its notify run is gone (nobody holds the notify lock): stopped after "
-            f"{report.sent} sent, {report.put_back} put back for the next run"
+            f"its notify run is gone ({watch.gone}): stopped after {report.sent} sent, "
+            f"{report.put_back} put back for the next run"
         )
     stop.raise_if_set(_stopped(report))
     return report
 
 
-# How often a shard looks whether its notify run still holds the notify lock.
+# How often a shard looks whether its notify run still holds the notify lock (and
+# before each batch it claims).
 OWNER_POLL_SECONDS = 2.0
 
 
+class _OwnerWatch:
+    """Whether the run holding the ``notify`` lock is still the shard's own (the token
+    ``owner`` it found as it started: Registry.lock_holder). Not only whether some run
+    holds it: a shard frozen (SIGSTOP, a paused VM) while its run ended, resumed while
+    the next `notify send` or notify run holds the lock, would go on sending under that
+    run with its old plan and settings, and that run's restart would queue again the
+    rows the shard holds (sent twice). ``look`` sets ``gone`` (why) and asks ``stop``."""
+
+    def __init__(self, registry: Registry, owner: str, stop: StopRequest) -> None:
+        self._registry, self._owner, self._stop = registry, owner, stop
+        self.gone: str | None = None
+
+    def look(self) -> None:
+        try:
+            holder = self._registry.lock_holder("notify")
+        except (SQLAlchemyError, RegistryURLRefused, RegistryStatementCancelled):
+            return  # the registry unreachable: the drain itself will say so
+        if holder == self._owner:
+            return
+        self.gone = (
+            "nobody holds the notify lock"
+            if holder is None
+            else "another notify run holds the notify lock"
+        )
+        self._stop.set()
+
+
 @contextlib.contextmanager
-def _owner_watched(registry: Registry, stop: StopRequest) -> Iterator[threading.Event]:
-    """While inside, a thread looks every OWNER_POLL_SECONDS whether some run holds the
-    ``notify`` lock, and when none does sets the yielded event and asks ``stop``."""
-    orphaned, done = threading.Event(), threading.Event()
+def _owner_watched(registry: Registry, owner: str, stop: StopRequest) -> Iterator[_OwnerWatch]:
+    """While inside, a thread looks every OWNER_POLL_SECONDS whether the ``notify``
+    lock is still held by the run ``owner`` (see _OwnerWatch), and when not asks ``stop``;
+    the drain looks too, before each batch it claims (the thread may be paused with it,
+    and wake after the drain claimed)."""
+    watch, done = _OwnerWatch(registry, owner, stop), threading.Event()
 
-    def watch() -> None:
-        while not done.wait(OWNER_POLL_SECONDS):
-            try:
-                held = registry.lock_held("notify")
-            except (SQLAlchemyError, RegistryURLRefused, RegistryStatementCancelled):
-                continue  # the registry unreachable: the drain itself will say so
-            if not held:
-                orphaned.set()
-                stop.set()
-                return
+    def beat() -> None:
+        while not done.wait(OWNER_POLL_SECONDS) and watch.gone is None:
+            watch.look()
 
-    watcher = threading.Thread(target=watch, name="shard-owner", daemon=True)
+    watcher = threading.Thread(target=beat, name="shard-owner", daemon=True)
     watcher.start()
     try:
-        yield orphaned
+        yield watch
     finally:
         done.set()
         watcher.join()

@@ -680,7 +680,7 @@ def enroll_all(
         # 0 would enrol nobody and report success; a negative LIMIT means no limit.
         raise BadInput(None, None, f"batch size {batch_size}: must be at least 1")
     enroll_all_guard(plan, utc_now().date(), early=early, registry=registry)
-    with registry.lock("elv"):
+    with registry.lock("elv") as held:
         engine = registry.engine
         with engine.connect() as connection:
             total = connection.execute(
@@ -715,6 +715,7 @@ def enroll_all(
                     )
             enrolled, last_id = 0, -1
             while True:
+                held.check()  # its lock lost (the session ended): no batch more
                 now = utc_now()
                 with begin_writing(engine) as connection:
                     # Locked first, in order of id, as enforcement locks its batch's

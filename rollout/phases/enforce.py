@@ -1185,7 +1185,7 @@ def enforce_phase(
         raise BadInput(
             None, None, f"--expect-tokens {expect_tokens}: phase {phase.name} revokes no tokens"
         )
-    with registry.lock(LOCK):
+    with registry.lock(LOCK) as held:
         engine = registry.engine
         if not early:
             _date_guard(phase, utc_now().date(), enforceable_from(registry, plan, phase))
@@ -1224,6 +1224,9 @@ def enforce_phase(
             accounts_done = 0
 
             def apply(connection: Connection, accounts: list[int]) -> BatchOutcome:
+                # The lock gone (its PostgreSQL session ended), another enforcement may
+                # be at work: no batch more (a rerun goes on from where this one ended).
+                held.check()
                 return _enforce_batch(
                     connection,
                     phase,
@@ -1720,7 +1723,7 @@ def rollback_phase(
     applied phase requires, and withdraw the emails its enforcement queued and has not
     sent (recorded as skipped, with the reason). Revoked sessions stay revoked."""
     phase = plan.phase(phase_name)
-    with registry.lock(LOCK):
+    with registry.lock(LOCK) as held:
         engine = registry.engine
         require_enforced(registry, phase.name)
         ids = [a.account_id for a in rollback_preview(registry, phase.name, plan).accounts]
@@ -1750,6 +1753,7 @@ def rollback_phase(
             with engine.connect() as connection:
                 set_by_phase = _marks_set(connection, phase)
             for start in range(0, len(ids), phase.batch_size):
+                held.check()  # as enforce_phase's batches
                 with begin_writing(engine) as connection:
                     withdrawn, cleared, marks = _rollback_batch(
                         connection,

@@ -28,11 +28,13 @@ from rollout.registry.engine import begin_writing, is_sqlite, make_engine, regis
 from rollout.registry.locks import (
     RUN_LOCKS,
     WRITING_DURING_MIGRATION,
+    HeldRunLock,
     exclusive_run,
     make_lock_engine,
     migration_at_work,
     refuse_writing_during_migration,
     run_lock_held,
+    run_lock_holder,
 )
 from rollout.registry.migrate import current_revision, head_revision, require_current_schema
 
@@ -79,7 +81,7 @@ class Registry:
                 engine = self._engine
         return engine
 
-    def lock(self, name: str) -> AbstractContextManager[None]:
+    def lock(self, name: str) -> AbstractContextManager[HeldRunLock]:
         """Run exclusively as ``name`` (``enforce``, ``notify``...): GuardRefused if
         another run holds it. An advisory lock on PostgreSQL, a lock file next to the
         database on SQLite (rollout.registry.locks); either goes with its process."""
@@ -90,7 +92,7 @@ class Registry:
         return self._locked(name)
 
     @contextmanager
-    def _locked(self, name: str) -> Iterator[None]:
+    def _locked(self, name: str) -> Iterator[HeldRunLock]:
         if self.is_sqlite:
             lock_engine = None
         else:
@@ -98,7 +100,7 @@ class Registry:
                 if self._lock_engine is None:  # its own pool: rollout.registry.locks says why
                     self._lock_engine = make_lock_engine(self.url)
                 lock_engine = self._lock_engine
-        with exclusive_run(self.url, name, lock_engine):
+        with exclusive_run(self.url, name, lock_engine) as held:
             # The schema again, now that no migration can change it before the run
             # ends: one checked before the lock (when the run began) may have been
             # migrated since, by `rollout db upgrade` of a newer rollout or `db
@@ -107,7 +109,7 @@ class Registry:
             # use); the full check, and its message, only when the revision moved.
             if current_revision(self.engine) != head_revision():
                 require_current_schema(self.url)
-            yield
+            yield held
 
     @contextmanager
     def writing(self) -> Iterator[Connection]:
@@ -129,6 +131,11 @@ class Registry:
     def lock_held(self, name: str) -> bool:
         """Whether some run, in any process, holds the ``name`` lock now."""
         return run_lock_held(self.url, self.engine, name)
+
+    def lock_holder(self, name: str) -> str | None:
+        """Which run, in any process, holds the ``name`` lock now (a token drawn as it
+        took it: the next run's differs); None when none does."""
+        return run_lock_holder(self.url, self.engine, name)
 
     def close(self) -> None:
         """Dispose of the engine, if one was made: its pooled connections close. A later

@@ -19,6 +19,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -27,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, event, select, text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from rollout.core.controls import visible
 from rollout.core.errors import GuardRefused, RolloutError
@@ -128,14 +130,70 @@ def lock_accounts(
     return list(connection.execute(query.with_for_update(key_share=True)).scalars())
 
 
+class RunLockLost(RolloutError):
+    """A run's lock went while it held it: on PostgreSQL its session ended (a server
+    restart, a connection pooler, a network or keepalive timeout), and with it the
+    advisory lock; another run may have started since."""
+
+
+class HeldRunLock:
+    """A run lock held (what ``exclusive_run`` yields): ``check`` before each batch of
+    work. A lock file (SQLite) is the process's until it lets it go; a PostgreSQL
+    advisory lock is its session's, and goes, silently, with the session: a run that
+    went on without it would work beside the next run of its kind."""
+
+    def __init__(self, name: str, connection: Connection | None = None, key: int = 0) -> None:
+        self.name, self._connection, self._key = name, connection, key
+        self._lost = False
+        self._asking = threading.Lock()  # a run's batches may check from several threads
+
+    def holds(self) -> bool:
+        """Whether the lock is still this run's (asked on the lock's own connection;
+        once lost, lost for good: a session that ended took the lock with it)."""
+        if self._connection is None:
+            return True
+        with self._asking:
+            return self._ask()
+
+    def _ask(self) -> bool:
+        if self._lost:
+            return False
+        assert self._connection is not None
+        try:
+            self._lost = not bool(
+                self._connection.execute(
+                    text(
+                        "select exists(select 1 from pg_locks where locktype = 'advisory'"
+                        " and granted and pid = pg_backend_pid() and objsubid = 1"
+                        " and classid = cast(:high as oid) and objid = cast(:low as oid))"
+                    ),
+                    {"high": (self._key >> 32) & 0xFFFFFFFF, "low": self._key & 0xFFFFFFFF},
+                ).scalar()
+            )
+        except SQLAlchemyError:  # the connection gone, or left unusable by its loss
+            self._lost = True
+        return not self._lost
+
+    def check(self) -> None:
+        """RunLockLost when the lock is no longer this run's."""
+        if not self.holds():
+            raise RunLockLost(
+                f"the {self.name} run lock was lost: its connection to PostgreSQL ended (a "
+                "server restart, a connection pooler, a network or keepalive timeout), and "
+                f"another {self.name} run may have started since: this run stopped before "
+                "its next batch (what it had done is recorded); run it again"
+            )
+
+
 @contextmanager
 def exclusive_run(
     registry_url: str, name: str, lock_engine: Engine | None, *, settle: float | None = None
-) -> Iterator[None]:
+) -> Iterator[HeldRunLock]:
     """Refuse a second concurrent run: an advisory lock on PostgreSQL, taken on a
     connection of ``lock_engine`` (:func:`make_lock_engine`; None on SQLite), a lock
     file next to the database on SQLite. Both vanish with the process that held them,
-    so a crash never leaves a stale lock behind."""
+    so a crash never leaves a stale lock behind. Yields the lock, for the run to check
+    it is still its own (HeldRunLock.check) before each batch of work."""
     url = normalize_url(registry_url)
     if url.get_backend_name() == "sqlite":
         path = _lock_path(url, name)
@@ -148,7 +206,14 @@ def exclusive_run(
                 raise GuardRefused(
                     _refusal(registry_url, None, name, f"another {name} run holds {path}")
                 ) from error
-            yield
+            # This run's token in the file, while it holds the lock: what tells it from
+            # the next run holding the same lock (run_lock_holder).
+            os.ftruncate(handle, 0)
+            os.pwrite(handle, secrets.token_hex(16).encode("ascii"), 0)
+            try:
+                yield HeldRunLock(name)
+            finally:
+                os.ftruncate(handle, 0)  # a lock let go names no run
         finally:
             os.close(handle)
         return
@@ -170,7 +235,18 @@ def exclusive_run(
                     f"another {name} run holds the registry's advisory lock",
                 )
             )
-        yield
+        # This run's token beside it, on the same session (an advisory lock of two keys,
+        # drawn at random): what tells it from the next run holding the same lock, on
+        # a session of its own or this one again from the pool (run_lock_holder).
+        connection.execute(
+            text("select pg_advisory_lock(:a, :b)"),
+            {"a": _random_int4(), "b": _random_int4()},
+        )
+        yield HeldRunLock(name, connection, key)
+
+
+def _random_int4() -> int:
+    return int.from_bytes(secrets.token_bytes(4), "big", signed=True)
 
 
 def _refusal(registry_url: str, connection: Connection | None, name: str, held: str) -> str:
@@ -395,10 +471,8 @@ def make_lock_engine(registry_url: str) -> Engine:
 
 def run_lock_held(registry_url: str, engine: Engine, name: str) -> bool:
     """Whether some run holds the ``name`` run lock (taking nothing; ``engine`` is the
-    registry's): how a notify run's shards, on other machines, tell that their run is
-    still there, and `plan show` a run at work from one interrupted. Not while a schema
-    migration holds it (migration_exclusive): no run is at work then, and a shard of a
-    notify run that died stops rather than send under a schema changing."""
+    registry's): how `plan show` tells a run at work from one interrupted. Not while a
+    schema migration holds it (migration_exclusive): no run is at work then."""
     url = normalize_url(registry_url)
     if url.get_backend_name() == "sqlite":
         return _file_lock_held(_lock_path(url, name)) and not _file_lock_held(
@@ -408,6 +482,41 @@ def run_lock_held(registry_url: str, engine: Engine, name: str) -> bool:
         return bool(advisory_lock_holders(connection, name)) and not advisory_lock_holders(
             connection, MIGRATION_LOCK
         )
+
+
+def run_lock_holder(registry_url: str, engine: Engine, name: str) -> str | None:
+    """Which run holds the ``name`` run lock (taking nothing): a token of its own, drawn
+    as it took the lock (exclusive_run), so that the next run holding the lock, even
+    from the same process and pooled session, is told from it; None when no run holds
+    it, or a schema migration does (as run_lock_held). How a notify run's shards, on
+    other machines, tell that the run holding the lock is still theirs: one frozen past
+    its run's end (SIGSTOP, a paused VM) must not go on under the next run."""
+    url = normalize_url(registry_url)
+    if url.get_backend_name() == "sqlite":
+        path = _lock_path(url, name)
+        if not run_lock_held(registry_url, engine, name):
+            return None
+        try:
+            token = path.read_text(encoding="ascii", errors="replace")
+        except OSError:
+            token = ""  # held, by a run this user cannot tell apart
+        # Read again: the run may have let it go (its token cleared) meanwhile.
+        return token if _file_lock_held(path) else None
+    with engine.connect() as connection:
+        holders = advisory_lock_holders(connection, name)
+        if not holders or advisory_lock_holders(connection, MIGRATION_LOCK):
+            return None
+        tokens = connection.execute(
+            text(
+                "select pid, classid, objid from pg_locks where locktype = 'advisory'"
+                " and granted and objsubid = 2 and pid = any(:pids)"
+                " and database = (select oid from pg_database"
+                " where datname = current_database())"
+                " order by pid, classid, objid"
+            ),
+            {"pids": holders},
+        ).all()
+    return ",".join(f"{pid}:{a}:{b}" for pid, a, b in tokens) or ",".join(map(str, holders))
 
 
 # The kernel's table of the file locks held (Linux): where a reader that may not open a
