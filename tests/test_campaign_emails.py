@@ -745,6 +745,49 @@ def test_a_phase_forbidding_tokens_that_bypass_2fa_never_advises_such_a_token() 
     assert "with a granular token or trusted publishing" not in " ".join(rendered.text.split())
 
 
+def test_a_token_lifetime_cap_lists_each_token_with_its_expiry_and_advises_a_short_one(
+    registry: Registry, plan: Plan, factories: None, tmp_path: Path
+) -> None:
+    """npm 2025's cap on how long a token lasts: the warning lists each token that
+    breaks it with when it expires ("never expires" for one that does not), which is
+    why it stops working, and advises a token within the cap, in text and HTML alike; a
+    token within the cap is not listed."""
+    from rollout.notify.drain import drain
+    from rollout.notify.queue import queue_due
+    from rollout.notify.senders import FileSender
+    from tests.factories import AccountFactory, TokenFactory
+
+    capping = _top_100_as(
+        plan, {"two_factor": "none", "token_max_lifetime_days": 90}, ["revoke_tokens"]
+    )
+    notice_on = capping.phase("top-100").notice_on
+    made = datetime.combine(notice_on, time()) - timedelta(days=5)
+    holder = AccountFactory(username="holder", with_totp=True, in_cohort="top-100")
+    TokenFactory(account=holder, name="ci-forever", granular=True, created_at=made, expires_at=None)
+    TokenFactory(
+        account=holder,
+        name="ci-year",
+        granular=True,
+        created_at=made,
+        expires_at=datetime(2030, 1, 2, 3),
+    )
+    TokenFactory(account=holder, name="ci-short", granular=True, created_at=made)
+    with use_clock(SimulatedClock(datetime.combine(notice_on, time(9)))):
+        queue_due(registry, capping, notice_on, actor="rm")
+        drain(registry, capping, FileSender(tmp_path / "outbox"))
+    [(_, text, html)] = list(_sent_texts(tmp_path / "outbox").values())
+    text, html = " ".join(text.split()), " ".join(html.split())
+    assert "ci-forever, granular, created" in text and "ci-year, granular" in text
+    assert "ci-short" not in text and "ci-short" not in html
+    assert re.search(r"- ci-forever, granular, [^-]*never expires", text)
+    assert re.search(r"- ci-year, granular, [^-]*expires Wednesday 2 January 2030", text)
+    assert re.search(r"ci-forever</td>.*?never expires", html)
+    assert re.search(r"ci-year</td>.*?expires Wednesday 2 January 2030", html)
+    advice = "a granular token that expires within 90 days of its creation"
+    assert advice in text and advice in html
+    assert "no tokens valid for more than 90 days" in text
+
+
 def test_a_token_only_notice_does_not_thank_an_account_owing_2fa() -> None:
     """pypi 2024: an account another phase required 2FA of, still without it and with no
     token the rule forbids, was told it "meets the registry's new security requirements

@@ -163,6 +163,10 @@ def marked(registry: Registry, column: str) -> set[str]:
         ("requires: {two_factor: none}", "needs a token rule"),
         ("requires: {no_classic_tokens: true}", "need the revoke_tokens or warn effect"),
         ("requires: {token_max_age_days: 0}\n    effects: [warn]", "greater than or equal to 1"),
+        (
+            "requires: {token_max_lifetime_days: 0}\n    effects: [warn]",
+            "greater than or equal to 1",
+        ),
     ],
 )
 def test_a_plan_whose_effects_cannot_act_is_refused_on_the_line(
@@ -280,6 +284,80 @@ def test_the_token_age_and_pypis_publishing_without_2fa_rules(
     )
     preview = enforce.preview_phase(registry, strict, strict.phase("top-100"))
     assert [t.username for t in preview.tokens] == ["no-2fa"]
+
+
+def test_a_token_lifetime_cap_forbids_tokens_that_never_expire_or_outlive_it(
+    registry: Registry, plan: Plan, factories: None, tmp_path: Path
+) -> None:
+    """npm 2025: a write token lasts 90 days at most. A live token breaks the cap when it
+    never expires or expires more than 90 days after it was made (exactly 90 is
+    allowed); a revoked or expired one is left alone. The preview lists exactly those
+    (its CSV saying the rule), enforcement revokes exactly those, once."""
+    import csv
+
+    holder = AccountFactory(username="holder", with_totp=True, in_cohort="top-100")
+    capped = AccountFactory(username="capped", with_totp=True, in_cohort="top-100")
+    made = NOW - timedelta(days=10)
+    forever = TokenFactory(account=holder, granular=True, created_at=made, expires_at=None).id
+    classic = TokenFactory(account=holder, kind="publish", created_at=made).id
+    too_long = TokenFactory(
+        account=holder,
+        granular=True,
+        created_at=made,
+        expires_at=made + timedelta(days=90, microseconds=1),
+    ).id
+    TokenFactory(account=capped, granular=True, created_at=made)  # exactly 90 days
+    TokenFactory(account=capped, granular=True, created_at=made, expires_at=None, revoked_at=made)
+    TokenFactory(
+        account=capped,
+        kind="publish",
+        created_at=NOW - timedelta(days=400),
+        expires_at=NOW - timedelta(days=1),
+    )
+    capping = phase_of(
+        plan,
+        requires={"two_factor": "none", "token_max_lifetime_days": 90},
+        effects=["revoke_tokens"],
+        max_tokens=10,
+        enforce_on=NOW.date(),
+    )
+    phase = capping.phase("top-100")
+    rule = "no tokens valid for more than 90 days"
+    preview = enforce.preview_phase(registry, capping, phase, now=NOW)
+    assert [t.username for t in preview.targets] == ["holder"]
+    assert {t.token_id: t.breaks for t in preview.tokens} == dict.fromkeys(
+        (forever, classic, too_long), rule
+    )
+    saved = save_preview(capping, preview, tmp_path, actor="rm")
+    tokens_csv = saved.csv_path.with_name(saved.csv_path.stem + "-tokens.csv")
+    rows = list(csv.DictReader(tokens_csv.open(newline="")))
+    assert {int(r["token_id"]): r["breaks"] for r in rows} == dict.fromkeys(
+        (forever, classic, too_long), rule
+    )
+    # A lifetime does not grow: a week on, the same tokens and no others.
+    later = enforce.preview_phase(registry, capping, phase, now=NOW + timedelta(days=7))
+    assert later.fingerprint == preview.fingerprint
+
+    before = live_tokens(registry)
+    result = enforce.enforce_phase(
+        registry, capping, "top-100", expect=1, expect_tokens=3, actor="rm"
+    )
+    assert result.tokens_revoked == 3
+    assert live_tokens(registry) == before - {forever, classic, too_long}
+    with registry.engine.connect() as connection:
+        reasons = set(
+            connection.execute(
+                select(Token.revoked_reason).where(Token.id.in_([forever, classic, too_long]))
+            ).scalars()
+        )
+    assert reasons == {f"phase top-100: {rule} required of cohort top-100"}
+    again = enforce.enforce_phase(
+        registry, capping, "top-100", expect=0, expect_tokens=0, actor="rm"
+    )
+    assert again.tokens_revoked == 0
+    assert audited(registry, "revoke_token") == sorted(
+        (f"token:{t}", 1) for t in (forever, classic, too_long)
+    )
 
 
 def test_a_token_is_aged_as_at_the_day_the_phase_announced_not_at_a_later_rerun(

@@ -806,3 +806,41 @@ def test_each_requirement_in_words_reads_back_from_the_list_joined_by_semicolons
     said = requires.describe()
     assert "; ".join(said).split("; ") == said and len(said) == 5 + (two_factor != "none")
     assert said[0] == requires.factor_in_words() or two_factor == "none"
+
+
+def test_a_token_lifetime_cap_is_said_recorded_and_a_shorter_one_asks_more() -> None:
+    """token_max_lifetime_days: N (npm 2025's cap on write tokens) reads as one rule in
+    words, is recorded in what the notices told (Phase.asks), and a cap made shorter
+    after the notices went, or added, is asking more than they told; a longer one is
+    not."""
+    from rollout.core.plan import Phase, asks_more_than
+
+    def phase(**requires: object) -> Phase:
+        return Phase(
+            name="cap",
+            cohort="c",
+            cohort_as_of=date(2025, 9, 1),
+            notice_on=date(2025, 9, 2),
+            enforce_on=date(2025, 12, 1),
+            max_accounts=10,
+            requires=Requirements(two_factor="none", **requires),
+            effects=["revoke_tokens"],
+            max_tokens=10,
+        )
+
+    capped = phase(token_max_lifetime_days=90)
+    assert capped.requires.token_rules
+    assert capped.requires.describe() == ["no tokens valid for more than 90 days"]
+    assert capped.asks() == "two_factor=none;token_max_lifetime_days=90;effects=revoke_tokens"
+    assert asks_more_than(capped.asks(), capped) == []
+    assert asks_more_than(phase(token_max_lifetime_days=120).asks(), capped) == [
+        "no tokens valid for more than 90 days"
+    ]
+    assert asks_more_than(phase(token_max_lifetime_days=30).asks(), capped) == []
+    assert asks_more_than(phase(no_classic_tokens=True).asks(), capped) == [
+        "no tokens valid for more than 90 days"
+    ]
+    # A plan may not set a cap of no days, nor one beyond ten years.
+    for days in (0, 3661):
+        with pytest.raises(ValueError, match="token_max_lifetime_days"):
+            Requirements(two_factor="none", token_max_lifetime_days=days)

@@ -413,11 +413,14 @@ class Requirements(_Strict):
     # short). none: the phase asks nothing of the factors (a token-only campaign).
     two_factor: TwoFactor = "any"
     # Live tokens that fall short, each rule on its own (npm 2025: classic tokens;
-    # tokens that publish without a second factor; tokens older than N days).
+    # tokens that publish without a second factor; tokens older than N days; tokens
+    # valid for more than N days, from their creation to their expiry, or never expiring:
+    # npm's 90-day cap on write tokens of 2025-10-13).
     no_classic_tokens: bool = Field(False, strict=True)
     no_unnamed_tokens: bool = Field(False, strict=True)
     no_bypass_2fa_tokens: bool = Field(False, strict=True)
     token_max_age_days: int | None = Field(None, strict=True, ge=1, le=3660)
+    token_max_lifetime_days: int | None = Field(None, strict=True, ge=1, le=3660)
     # PyPI 2024: an account without any second factor may hold no token that publishes
     # (with two_factor: none, the phase asks only that).
     no_write_tokens_without_2fa: bool = Field(False, strict=True)
@@ -429,6 +432,7 @@ class Requirements(_Strict):
             or self.no_unnamed_tokens
             or self.no_bypass_2fa_tokens
             or self.token_max_age_days is not None
+            or self.token_max_lifetime_days is not None
             or self.no_write_tokens_without_2fa
         )
 
@@ -470,9 +474,17 @@ class Requirements(_Strict):
             said.append("no tokens that bypass 2FA")
         if self.token_max_age_days is not None:
             said.append(f"no tokens older than {counted(self.token_max_age_days, 'day')}")
+        if self.token_max_lifetime_days is not None:
+            said.append(lifetime_in_words(self.token_max_lifetime_days))
         if self.no_write_tokens_without_2fa:
             said.append("no publishing tokens without 2FA")
         return said
+
+
+def lifetime_in_words(days: int) -> str:
+    """``token_max_lifetime_days`` as a rule in words: a token that never expires is
+    valid for more than any number of days."""
+    return f"no tokens valid for more than {counted(days, 'day')}"
 
 
 # The token rules that are on or off, as Phase.asks records them.
@@ -488,7 +500,8 @@ _FACTOR_RANK = {"none": 0, "any": 1, "phishing_resistant": 2}
 def asks_more_than(told: str, phase: Phase) -> list[str]:
     """What ``phase`` asks or does now beyond ``told`` (a :meth:`Phase.asks` its emails
     recorded), in words: a stronger factor, a token rule it did not have (or a shorter
-    age), an effect it did not do. Empty when it asks no more, or ``told`` is not one."""
+    age or lifetime), an effect it did not do. Empty when it asks no more, or ``told`` is
+    not one."""
     fields = dict(part.partition("=")[::2] for part in told.split(";"))
     if fields.get("two_factor") not in _FACTOR_RANK or "effects" not in fields:
         return []
@@ -503,6 +516,10 @@ def asks_more_than(told: str, phase: Phase) -> list[str]:
     told_age = fields.get("token_max_age_days")
     if age is not None and (told_age is None or not told_age.isdigit() or age < int(told_age)):
         more.append(f"no tokens older than {counted(age, 'day')}")
+    cap = now.token_max_lifetime_days
+    told_cap = fields.get("token_max_lifetime_days")
+    if cap is not None and (told_cap is None or not told_cap.isdigit() or cap < int(told_cap)):
+        more.append(lifetime_in_words(cap))
     told_effects = set(fields["effects"].split(","))
     more += [f"effect {e}" for e in phase.effects if e not in told_effects]
     return more
@@ -561,6 +578,8 @@ class Phase(_Strict):
         parts += [rule for rule in _TOKEN_FLAGS if getattr(r, rule)]
         if r.token_max_age_days is not None:
             parts.append(f"token_max_age_days={r.token_max_age_days}")
+        if r.token_max_lifetime_days is not None:
+            parts.append(f"token_max_lifetime_days={r.token_max_lifetime_days}")
         parts.append("effects=" + ",".join(sorted(self.effects)))
         return ";".join(parts)
 

@@ -543,18 +543,26 @@ def _standing(
                     TOKENS.c.created_at,
                     TOKENS.c.last_used_at,
                     TOKENS.c.writes,
+                    TOKENS.c.expires_at,
                     TOKENS.c.revoked_at,
                     in_run.label("in_run"),
                 )
                 .where(and_(TOKENS.c.account_id.in_(group), which))
                 .order_by(TOKENS.c.account_id, TOKENS.c.created_at, TOKENS.c.id)
             ):
-                *line, writes, revoked_at, this_run = line
+                *line, writes, expires_at, revoked_at, this_run = line
                 if account_id in told and not this_run and revoked_at <= told[account_id]:
                     continue  # listed by an email that reached its owner
                 stops_on, because, own_day = sooner.get(token_id, (None, "", False))
                 tokens.setdefault(account_id, []).append(
-                    TokenLine(*line, stops_on, because, stops_own=own_day, writes=writes)
+                    TokenLine(
+                        *line,
+                        stops_on,
+                        because,
+                        stops_own=own_day,
+                        writes=writes,
+                        expires_at=expires_at,
+                    )
                 )
         stricter = _stricter(connection, plan, phase, sorted(lacking))
         # Kept through a rollback only for what it revoked (rollback_phase): said so.

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from rollout.core.links import invitation_link, report_link
 from rollout.core.plan import DEFAULT_EFFECTS, Phase, Plan, Requirements
+from rollout.core.words import counted
 from rollout.notify.outbox import RUN_DAY, SENT_ON, run_day
 
 ContextFunction = Callable[["Recipient", Mapping[str, Any], Plan], dict[str, Any]]
@@ -139,6 +140,9 @@ class TokenLine:
     # The token publishes (tokens.writes): under a rule on publishing tokens without 2FA,
     # enrolling spares it, so the email says to enrol; it spares no other token.
     writes: bool = True
+    # When it expires (None: never), said when the phase caps how long a token lasts
+    # (token_max_lifetime_days): why such a token stops working.
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -334,6 +338,7 @@ def _phase(
         ),
         "tokens": list(r.tokens),
         "token_replacement": token_replacement(phase.requires),
+        "lifetime_capped": phase.requires.token_max_lifetime_days is not None,
         "your_effects": [words[e] for e in phase.effects if e in applies],
         "factor_required_already": required_already and r.told_on is None,
     }
@@ -342,9 +347,14 @@ def _phase(
 def token_replacement(requires: Requirements) -> str:
     """What to publish with instead of the tokens a phase forbids, in a few words that
     fit after "publish from CI with": never a kind of token the phase forbids (a
-    granular token may bypass 2FA too)."""
+    granular token may bypass 2FA too, or last longer than the phase allows)."""
+    cap = requires.token_max_lifetime_days
+    lasting = "" if cap is None else f" that expires within {counted(cap, 'day')} of its creation"
     if requires.no_bypass_2fa_tokens:
-        return "trusted publishing or a granular token that does not bypass 2FA"
+        also = " and" if lasting else ""
+        return f"trusted publishing or a granular token{lasting}{also} that does not bypass 2FA"
+    if lasting:
+        return f"trusted publishing or a granular token{lasting}"
     return "a granular token or trusted publishing"
 
 

@@ -126,6 +126,12 @@ def simulate_plan(
                             or (tokens.created_at
                                 < $day_start - to_days(coalesce($max_age_days, 0)::integer)
                                 and $max_age_days is not null)
+                            -- valid for longer than the cap, from creation to expiry
+                            -- (to the microsecond), or never expiring
+                            or ($max_lifetime_days is not null
+                                and (tokens.expires_at is null
+                                    or tokens.expires_at > tokens.created_at
+                                        + to_days(coalesce($max_lifetime_days, 0)::integer)))
                             -- without any second factor, whatever the phase asks:
                             -- at the day's start too, when enforcement judges the token
                             or ($no_write_without and tokens.writes
@@ -210,6 +216,7 @@ def _requirement_parameters(phase: Phase) -> dict[str, Any]:
         "no_unnamed": requires.no_unnamed_tokens,
         "no_bypass": requires.no_bypass_2fa_tokens,
         "max_age_days": requires.token_max_age_days,
+        "max_lifetime_days": requires.token_max_lifetime_days,
         "no_write_without": requires.no_write_tokens_without_2fa,
         "revokes_sessions": phase.does("revoke_sessions"),
         "revokes_tokens": phase.does("revoke_tokens"),

@@ -11,7 +11,8 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, or_, true
+from sqlalchemy import Boolean, ColumnElement, and_, exists, false, or_, true
+from sqlalchemy.ext.compiler import compiles
 
 from rollout.core.plan import Requirements
 from rollout.registry.models import CLASSIC_TOKEN_KINDS, TfaFactor, Token, has_active_factor
@@ -87,12 +88,61 @@ def token_rules(
         rules[next(said)] = tokens.c.created_at < aged_at - timedelta(
             days=requires.token_max_age_days
         )
+    if requires.token_max_lifetime_days is not None:
+        # Valid for longer than the cap, from its creation to its expiry (exactly the cap
+        # is allowed), or never expiring: npm 2025's 90-day cap on write tokens. A
+        # token's lifetime does not change with the day it is judged on.
+        rules[next(said)] = or_(
+            tokens.c.expires_at.is_(None),
+            _LastsLonger(
+                tokens.c.created_at, tokens.c.expires_at, requires.token_max_lifetime_days
+            ),
+        )
     if requires.no_write_tokens_without_2fa:
         # "Without 2FA" is without any second factor, whatever the phase asks of the
         # factors: PyPI's 2024 rule stopped the tokens of accounts with no 2FA at all,
         # and a token-only phase (two_factor: none) applies it on its own.
         rules[next(said)] = and_(tokens.c.writes == true(), ~has_active_factor(tokens.c.account_id))
     return rules
+
+
+class _LastsLonger(ColumnElement[bool]):
+    """SQL: ``expires`` is more than ``days`` days after ``created`` (two time columns),
+    to the microsecond on both backends. SQLite stores a time as text, which neither
+    ``+`` nor its datetime() (whole seconds, "2025-01-01 00:00:00" sorting before the
+    same instant stored with ".000000") compares right: there, the whole seconds and the
+    microseconds are counted apart, as integers."""
+
+    inherit_cache = True
+    type = Boolean()
+
+    def __init__(self, created: Any, expires: Any, days: int) -> None:
+        self.created, self.expires, self.days = created, expires, int(days)
+
+
+@compiles(_LastsLonger)
+def _lasts_longer(element: _LastsLonger, compiler: Any, **kw: Any) -> str:
+    created, expires = (
+        compiler.process(element.created, **kw),
+        compiler.process(element.expires, **kw),
+    )
+    return f"({expires} > {created} + INTERVAL '{element.days} days')"
+
+
+@compiles(_LastsLonger, "sqlite")
+def _lasts_longer_sqlite(element: _LastsLonger, compiler: Any, **kw: Any) -> str:
+    def micros(column: str) -> str:
+        # "YYYY-MM-DD HH:MM:SS[.ffffff]": seconds since the epoch, then the fraction.
+        return (
+            f"(CAST(strftime('%s', substr({column}, 1, 19)) AS INTEGER) * 1000000"
+            f" + CAST(substr(substr({column}, 21) || '000000', 1, 6) AS INTEGER))"
+        )
+
+    created, expires = (
+        compiler.process(element.created, **kw),
+        compiler.process(element.expires, **kw),
+    )
+    return f"({micros(expires)} - {micros(created)} > {element.days * 86_400_000_000})"
 
 
 def holds_offending_token(
