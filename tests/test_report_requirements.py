@@ -8,17 +8,20 @@ that counted keys; and the token section spoke npm 2022's words of any plan."""
 from __future__ import annotations
 
 import re
+from datetime import date
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from rollout.core.plan import Phase, Plan
+from rollout.core.plan import Phase, Plan, load_plan
 from rollout.registry import Registry
-from rollout.report.reporting import report_from_registry
+from rollout.report.reporting import build_report, report_from_registry, token_notes
+from rollout.warehouse import open_warehouse
 from tests.factories import AccountFactory, FactorFactory
-from tests.support.reports import AS_OF, run_report
+from tests.support.reports import AS_OF, create_marts, run_report
 
+REPO = Path(__file__).resolve().parents[1]
 KEY_NOTE = "the accounts with a security key (phase top-100 requires one: TOTP alone falls short)"
 
 
@@ -121,3 +124,34 @@ def test_the_daily_shares_of_a_security_key_cohort_are_of_keys(
     for text in (plain.markdown.read_text(), plain.html.read_text()):
         assert "share compliant" not in text and "(a security key)" not in text
         assert "compliant: a security key" not in text
+
+
+def test_the_token_section_follows_the_plan_not_npm_2022(tmp_path: Path, plan: Plan) -> None:
+    """npm 2025's plan requires no 2FA to publish: no enforcement of it stops a CI for
+    a legacy or personal token. Its phases revoke classic tokens and tokens that bypass
+    2FA, and one requires a security key: the section says so, by the phases' names."""
+    tokens = load_plan(REPO / "plans" / "npm-2025-tokens.yaml")
+    as_of = date(2025, 12, 15)
+    notes = " ".join(token_notes(tokens, as_of))
+    assert "would stop their CI" not in notes
+    assert "No phase of plan npm-2025-tokens requires 2FA" in notes
+    assert "Phase classic-tokens revokes classic tokens" in notes
+    assert "Phase bypass-tokens revokes tokens that bypass 2FA" in notes
+    assert "Phase totp-closed requires a security key (TOTP alone falls short)" in notes
+    with open_warehouse(tmp_path / "warehouse.duckdb") as con:
+        create_marts(con)
+        con.execute("insert into token_readiness values ('everyone', 10, 1, 1, 2, 8, 3, 1, 6)")
+        files = build_report(con, tokens, as_of, tmp_path / "out")
+    section = files.markdown.read_text().split("## Token readiness")[1].split("## ")[0]
+    assert "Phase classic-tokens revokes classic tokens" in section
+    assert "would stop their CI" not in section
+    assert "Phase classic-tokens revokes classic tokens" in files.html.read_text()
+
+    # The reference plan's two phases require 2FA: its words are npm 2022's.
+    reference = " ".join(token_notes(plan, AS_OF))
+    assert reference.startswith(
+        "Phases top-100, high-impact require 2FA: maintainers who published in the 90 days "
+        "to 2022-05-31 with a legacy (unnamed) or a personal publish token are not ready, "
+        "as their enforcement would stop their CI."
+    )
+    assert "classic" not in reference and "security key" not in reference

@@ -761,6 +761,57 @@ def _tokens(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     return out
 
 
+def _phase_names(phases: Sequence[Phase]) -> str:
+    return ("Phase " if len(phases) == 1 else "Phases ") + ", ".join(p.name for p in phases)
+
+
+def token_notes(plan: Plan, as_of: date) -> list[str]:
+    """What the token readiness table says of this plan, a sentence a column group, as
+    its phases use them: the ready columns stop the CI of a phase requiring 2FA
+    (npm 2022), the classic and bypass columns are what a token phase revokes, the
+    security key share what a security-key phase asks. (The section said npm 2022's
+    "enforcement would stop their CI" of every plan: of npm 2025's, which requires no
+    2FA to publish, too.)"""
+    phases = plan.phases
+    two_factor = [p for p in phases if p.does("require_2fa")]
+    window = f"in the 90 days to {as_of}"
+    if two_factor:
+        one = len(two_factor) == 1
+        notes = [
+            f"{_phase_names(two_factor)} require{'s' if one else ''} 2FA: maintainers who "
+            f"published {window} with a legacy (unnamed) or a personal publish token are "
+            f"not ready, as {'its' if one else 'their'} enforcement would stop their CI. "
+            "Automation tokens keep working."
+        ]
+    else:
+        notes = [
+            f"No phase of plan {plan.name} requires 2FA: the ready columns (maintainers "
+            f"who published {window} with a legacy (unnamed) or a personal publish token "
+            "are not ready) say whose CI a phase requiring it would stop, not what this "
+            "plan does."
+        ]
+    for flag, tokens in (
+        ("no_classic_tokens", "classic tokens"),
+        ("no_bypass_2fa_tokens", "tokens that bypass 2FA"),
+    ):
+        asking = [p for p in phases if getattr(p.requires, flag)]
+        if not asking:
+            continue
+        revoking = all(p.does("revoke_tokens") for p in asking)
+        verb = ("revoke" if revoking else "forbid") + ("s" if len(asking) == 1 else "")
+        notes.append(
+            f"{_phase_names(asking)} {verb} {tokens}: using {tokens} counts the maintainers "
+            f"who used one {window}, whose publishing it stops."
+        )
+    keys = [p for p in phases if p.requires.two_factor == "phishing_resistant"]
+    if keys:
+        notes.append(
+            f"{_phase_names(keys)} require{'s' if len(keys) == 1 else ''} a security key "
+            "(TOTP alone falls short): the security key share is of the maintainers with one."
+        )
+    return notes
+
+
 _VIA_LABELS = {"session": "a logged-in session", "trusted": "trusted publishing"}
 
 
@@ -934,6 +985,7 @@ def build_context(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> di
     context.update(_brownouts(con, as_of))
     context.update(_orgs(con))
     context["tokens"] = _tokens(con)
+    context["token_notes"] = token_notes(plan, as_of)
     context.update(_publishing(con, as_of))
     context.update(_publishing_weeks(con, as_of))
     context["deadlines"] = _deadlines(con, plan)
