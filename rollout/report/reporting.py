@@ -78,6 +78,26 @@ class PopulationFigures:
     # one): 0 accounts every day, no line on the chart, but a cohort of the plan all the
     # same (it was in no section but the funnel's and the milestones').
     selected_no_one: bool = False
+    # The phases of the plan that require a security key (two_factor:
+    # phishing_resistant) of this cohort: then ``share`` and its changes count the
+    # accounts with one (``webauthn``), TOTP alone falling short, and ``with_2fa`` keeps
+    # any factor. Empty: ``share`` is of any 2FA.
+    key_phases: tuple[str, ...] = ()
+
+    @property
+    def counts_a_key(self) -> bool:
+        return bool(self.key_phases)
+
+    @property
+    def compliant(self) -> int:
+        """The accounts with what the cohort's phases require: a security key, or any
+        second factor."""
+        return self.webauthn if self.counts_a_key else self.with_2fa
+
+    @property
+    def any_2fa_share(self) -> float | None:
+        """with_2fa / accounts (None with no accounts), whatever the phases require."""
+        return _share(self.with_2fa, self.accounts)
 
     @property
     def webauthn_share(self) -> float | None:
@@ -198,6 +218,26 @@ def population_label(population: str) -> str:
     return population
 
 
+def key_phases(plan: Plan) -> dict[str, tuple[str, ...]]:
+    """Per population (``cohort:<name>``), the phases that require a security key of it
+    (``two_factor: phishing_resistant``): its adoption is measured as the share with one,
+    as those phases count it (compliance_funnel, enforcement). A cohort no such phase
+    names, and ``all``, are measured by any 2FA."""
+    out: dict[str, tuple[str, ...]] = {}
+    for phase in plan.phases:
+        if phase.requires.two_factor == "phishing_resistant":
+            key = f"cohort:{phase.cohort}"
+            out[key] = (*out.get(key, ()), phase.name)
+    return out
+
+
+def _series_label(population: str, keys: Mapping[str, tuple[str, ...]]) -> str:
+    """A population's name on the chart and in the daily tables, which show one share:
+    "(a security key)" where that share is of the accounts with one."""
+    label = population_label(population)
+    return f"{label} (a security key)" if population in keys else label
+
+
 def _population_order(plan: Plan, populations: Sequence[str]) -> list[str]:
     rank = {"all": (0, 0)}
     for index, cohort in enumerate(plan.cohorts):
@@ -217,22 +257,27 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
     )
     by_population: dict[str, list[dict[str, Any]]] = {}
     built: set[str] = set()  # every population with rows: a cohort built by as_of
+    keys = key_phases(plan)
     for row in rows:
         row["day"] = _day(row["day"])
         if row["day"] is None:
             continue
+        population = str(row["population"])
         # A day with no accounts has no share (the mart's 0 there is no 0%: "—", and
         # no point on the chart); else the mart's, or with_2fa / accounts when it is
-        # not a share (NULL, NaN).
+        # not a share (NULL, NaN). A cohort a phase requires a security key of: the
+        # share with one (webauthn: an account with both kinds counts once), as its
+        # phase counts it, not the mart's share of any 2FA.
         share = finite(row["share"], default=-1.0)
         row["share"] = (
             None
             if _int(row["accounts"]) <= 0
+            else _share(row["webauthn"], row["accounts"])
+            if population in keys
             else share
             if 0.0 <= share <= 1.0
             else _share(row["with_2fa"], row["accounts"])
         )
-        population = str(row["population"])
         built.add(population)
         if population != "all" and _int(row["accounts"]) == 0 and population not in by_population:
             # A cohort before its first build has no one: not a share of 0%. Its line,
@@ -270,6 +315,7 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
                 change_7d=None if before_7 is None or share is None else share - before_7,
                 change_30d=None if before_30 is None or share is None else share - before_30,
                 enrolled_last_7d=sum(_int(r["newly_enrolled"]) for r in week),
+                key_phases=keys.get(population, ()),
             )
         )
     for population in selected_no_one:
@@ -287,6 +333,7 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
                 change_30d=None,
                 enrolled_last_7d=0,
                 selected_no_one=True,
+                key_phases=keys.get(population, ()),
             )
         )
     ranked = _population_order(plan, [f.population for f in figures])
@@ -295,7 +342,7 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
     start = min(days_[0]["day"] for days_ in by_population.values()) if rows else None
     chart = adoption_chart(
         [
-            Series(population_label(p), [(r["day"], r["share"]) for r in by_population[p]])
+            Series(_series_label(p, keys), [(r["day"], r["share"]) for r in by_population[p]])
             for p in order
         ],
         plan_milestones(plan),
@@ -329,7 +376,13 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
         "populations": figures,
         "selected_no_one": [population_label(p) for p in selected_no_one],
         "not_built": _cohorts_not_built(plan, built),
-        "population_labels": [population_label(p) for p in order],
+        "population_labels": [_series_label(p, keys) for p in order],
+        # The populations measured by a security key: their label, and the phases that
+        # require one of them (the headline, the chart and its tables say so).
+        "key_populations": [
+            {"label": population_label(p), "phases": ", ".join(keys[p])}
+            for p in _population_order(plan, list(built & set(keys)))
+        ],
         "daily": daily,
         "weekly": weekly,
         "adoption_chart": chart,
@@ -708,6 +761,57 @@ def _tokens(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     return out
 
 
+def _phase_names(phases: Sequence[Phase]) -> str:
+    return ("Phase " if len(phases) == 1 else "Phases ") + ", ".join(p.name for p in phases)
+
+
+def token_notes(plan: Plan, as_of: date) -> list[str]:
+    """What the token readiness table says of this plan, a sentence a column group, as
+    its phases use them: the ready columns stop the CI of a phase requiring 2FA
+    (npm 2022), the classic and bypass columns are what a token phase revokes, the
+    security key share what a security-key phase asks. (The section said npm 2022's
+    "enforcement would stop their CI" of every plan: of npm 2025's, which requires no
+    2FA to publish, too.)"""
+    phases = plan.phases
+    two_factor = [p for p in phases if p.does("require_2fa")]
+    window = f"in the 90 days to {as_of}"
+    if two_factor:
+        one = len(two_factor) == 1
+        notes = [
+            f"{_phase_names(two_factor)} require{'s' if one else ''} 2FA: maintainers who "
+            f"published {window} with a legacy (unnamed) or a personal publish token are "
+            f"not ready, as {'its' if one else 'their'} enforcement would stop their CI. "
+            "Automation tokens keep working."
+        ]
+    else:
+        notes = [
+            f"No phase of plan {plan.name} requires 2FA: the ready columns (maintainers "
+            f"who published {window} with a legacy (unnamed) or a personal publish token "
+            "are not ready) say whose CI a phase requiring it would stop, not what this "
+            "plan does."
+        ]
+    for flag, tokens in (
+        ("no_classic_tokens", "classic tokens"),
+        ("no_bypass_2fa_tokens", "tokens that bypass 2FA"),
+    ):
+        asking = [p for p in phases if getattr(p.requires, flag)]
+        if not asking:
+            continue
+        revoking = all(p.does("revoke_tokens") for p in asking)
+        verb = ("revoke" if revoking else "forbid") + ("s" if len(asking) == 1 else "")
+        notes.append(
+            f"{_phase_names(asking)} {verb} {tokens}: using {tokens} counts the maintainers "
+            f"who used one {window}, whose publishing it stops."
+        )
+    keys = [p for p in phases if p.requires.two_factor == "phishing_resistant"]
+    if keys:
+        notes.append(
+            f"{_phase_names(keys)} require{'s' if len(keys) == 1 else ''} a security key "
+            "(TOTP alone falls short): the security key share is of the maintainers with one."
+        )
+    return notes
+
+
 _VIA_LABELS = {"session": "a logged-in session", "trusted": "trusted publishing"}
 
 
@@ -881,6 +985,7 @@ def build_context(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> di
     context.update(_brownouts(con, as_of))
     context.update(_orgs(con))
     context["tokens"] = _tokens(con)
+    context["token_notes"] = token_notes(plan, as_of)
     context.update(_publishing(con, as_of))
     context.update(_publishing_weeks(con, as_of))
     context["deadlines"] = _deadlines(con, plan)

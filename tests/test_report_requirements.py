@@ -1,0 +1,157 @@
+"""The adoption report measures each cohort against what its phases require, and tells
+the plan's own story: a cohort a phase requires a security key of (``two_factor:
+phishing_resistant``: npm 2025's totp-closed, "a security key of the top 50 packages'
+maintainers") is compliant with a key, not with any 2FA. Its headline read "Cohort
+everyone with 2FA 87.7%" while 68% held a key, beside a funnel and a methods table
+that counted keys; and the token section spoke npm 2022's words of any plan."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from rollout.core.plan import Phase, Plan, load_plan
+from rollout.registry import Registry
+from rollout.report.reporting import build_report, report_from_registry, token_notes
+from rollout.warehouse import open_warehouse
+from tests.factories import AccountFactory, FactorFactory
+from tests.support.reports import AS_OF, create_marts, run_report
+
+REPO = Path(__file__).resolve().parents[1]
+KEY_NOTE = "the accounts with a security key (phase top-100 requires one: TOTP alone falls short)"
+
+
+@pytest.fixture
+def key_plan(plan: Plan) -> Plan:
+    """The reference plan whose top-100 phase requires a security key; high-impact
+    still asks any 2FA."""
+    top = plan.phase("top-100")
+    keys = Phase.model_validate(
+        {
+            **top.model_dump(),
+            "requires": {"two_factor": "phishing_resistant"},
+            "effects": ["require_2fa", "close_totp_enrolment"],
+        }
+    )
+    return plan.model_copy(update={"phases": [keys, *plan.phases[1:]]})
+
+
+def test_a_cohort_asked_for_a_security_key_is_measured_by_security_keys(
+    registry: Registry,
+    factories: None,
+    key_plan: Plan,
+    con: duckdb.DuckDBPyConnection,
+    tmp_path: Path,
+) -> None:
+    """Of top-100's 10 maintainers 8 have 2FA, 2 of them a security key (one with TOTP
+    too, counted once): 20% compliant, not 80%. high-impact asks any 2FA: 2 of 3."""
+    for n in range(6):
+        AccountFactory(username=f"totp-{n}", with_totp=True, in_cohort="top-100")
+    AccountFactory(username="key", with_webauthn=True, in_cohort="top-100")
+    both = AccountFactory(username="both", with_webauthn=True, in_cohort="top-100")
+    FactorFactory(account=both, kind="totp")
+    AccountFactory(username="none-1", in_cohort="top-100")
+    AccountFactory(username="none-2", in_cohort="top-100")
+    AccountFactory(username="wide-totp", with_totp=True, in_cohort="high-impact")
+    AccountFactory(username="wide-key", with_webauthn=True, in_cohort="high-impact")
+    AccountFactory(username="wide-none", in_cohort="high-impact")
+
+    files = report_from_registry(con, registry, key_plan, AS_OF, tmp_path / "reports")
+
+    figures = {p.population: p for p in files.populations}
+    top, wide = figures["cohort:top-100"], figures["cohort:high-impact"]
+    assert (top.accounts, top.with_2fa, top.webauthn, top.compliant) == (10, 8, 2, 2)
+    assert top.share == pytest.approx(0.2)
+    assert top.any_2fa_share == pytest.approx(0.8)  # still shown beside it
+    assert (wide.accounts, wide.compliant) == (3, 2)
+    assert wide.share == pytest.approx(2 / 3)
+    everyone = figures["all"]
+    assert everyone.share == pytest.approx(everyone.with_2fa / everyone.accounts)
+
+    markdown = files.markdown.read_text()
+    assert (
+        "| population | accounts | with 2FA | with a security key | share compliant "
+        "| change, 7 days |" in markdown
+    )
+    assert "| Cohort top-100 (compliant: a security key) | 10 | 8 | 2 | 20.0% |" in markdown
+    assert "| Cohort high-impact | 3 | 2 | 1 | 66.7% |" in markdown
+    assert KEY_NOTE in markdown
+    # The funnel's note no longer sets its security-key counts against a headline of
+    # any 2FA: both count keys.
+    assert "as the headline measures its cohort (share compliant: with a security key)" in (
+        markdown
+    )
+    assert "can exceed the headline" not in markdown
+    html = files.html.read_text()
+    card = re.search(r"Cohort top-100 with a security key[^<]*", html)
+    assert card is not None
+    assert card.group(0).startswith(
+        "Cohort top-100 with a security key, as phase top-100 requires (2 of 10; "
+        "with any 2FA 80.0%)"
+    )
+    assert "Cohort top-100 with 2FA" not in html
+    assert KEY_NOTE in html
+    # The chart and its daily table: top-100's line is its share with a key.
+    assert "Cohort top-100 (a security key)" in html
+    assert "Cohort top-100: the share with a security key, as phase top-100 requires" in html
+
+
+def test_the_daily_shares_of_a_security_key_cohort_are_of_keys(
+    tmp_path: Path, key_plan: Plan, plan: Plan
+) -> None:
+    """Every day of the chart's table and of the weekly Markdown follows the share with
+    a key (the hand-made marts: a fifth of the accounts with 2FA hold one)."""
+    files = run_report(tmp_path / "keys", key_plan)
+    top = next(p for p in files.populations if p.population == "cohort:top-100")
+    assert top.counts_a_key and top.key_phases == ("top-100",)
+    assert top.share == pytest.approx(top.webauthn / top.accounts)
+    assert top.share < top.any_2fa_share - 0.5  # type: ignore[operator]
+    plain = run_report(tmp_path / "plain", plan)
+    plain_top = next(p for p in plain.populations if p.population == "cohort:top-100")
+    assert plain_top.share == pytest.approx(top.any_2fa_share)
+    weekly = files.markdown.read_text().split("## Adoption over time")[1].split("## ")[0]
+    # (The Markdown escapes a value's parentheses.)
+    assert r"| day | All accounts | Cohort top-100 \(a security key\) | Cohort high-impact |" in (
+        weekly
+    )
+    last = weekly.strip().splitlines()[-1]
+    assert f"| {top.share * 100:.1f}% |" in last
+    # The reference plan (any 2FA everywhere) reads as before: nothing of keys.
+    for text in (plain.markdown.read_text(), plain.html.read_text()):
+        assert "share compliant" not in text and "(a security key)" not in text
+        assert "compliant: a security key" not in text
+
+
+def test_the_token_section_follows_the_plan_not_npm_2022(tmp_path: Path, plan: Plan) -> None:
+    """npm 2025's plan requires no 2FA to publish: no enforcement of it stops a CI for
+    a legacy or personal token. Its phases revoke classic tokens and tokens that bypass
+    2FA, and one requires a security key: the section says so, by the phases' names."""
+    tokens = load_plan(REPO / "plans" / "npm-2025-tokens.yaml")
+    as_of = date(2025, 12, 15)
+    notes = " ".join(token_notes(tokens, as_of))
+    assert "would stop their CI" not in notes
+    assert "No phase of plan npm-2025-tokens requires 2FA" in notes
+    assert "Phase classic-tokens revokes classic tokens" in notes
+    assert "Phase bypass-tokens revokes tokens that bypass 2FA" in notes
+    assert "Phase totp-closed requires a security key (TOTP alone falls short)" in notes
+    with open_warehouse(tmp_path / "warehouse.duckdb") as con:
+        create_marts(con)
+        con.execute("insert into token_readiness values ('everyone', 10, 1, 1, 2, 8, 3, 1, 6)")
+        files = build_report(con, tokens, as_of, tmp_path / "out")
+    section = files.markdown.read_text().split("## Token readiness")[1].split("## ")[0]
+    assert "Phase classic-tokens revokes classic tokens" in section
+    assert "would stop their CI" not in section
+    assert "Phase classic-tokens revokes classic tokens" in files.html.read_text()
+
+    # The reference plan's two phases require 2FA: its words are npm 2022's.
+    reference = " ".join(token_notes(plan, AS_OF))
+    assert reference.startswith(
+        "Phases top-100, high-impact require 2FA: maintainers who published in the 90 days "
+        "to 2022-05-31 with a legacy (unnamed) or a personal publish token are not ready, "
+        "as their enforcement would stop their CI."
+    )
+    assert "classic" not in reference and "security key" not in reference
