@@ -155,3 +155,37 @@ def test_the_token_section_follows_the_plan_not_npm_2022(tmp_path: Path, plan: P
         "as their enforcement would stop their CI."
     )
     assert "classic" not in reference and "security key" not in reference
+
+
+def test_automation_tokens_are_not_said_to_keep_working_where_a_token_rule_stops_them(
+    plan: Plan,
+) -> None:
+    """A phase that requires 2FA and caps how long a token lasts (npm's 90-day cap):
+    an automation token gets through 2FA, but one that never expires is revoked all the
+    same, so "Automation tokens keep working" was false of the phase's CI. The note
+    names the phase's token rule; a phase with none, or one revoking no token, still says
+    they keep working."""
+    top = plan.phase("top-100")
+    capped = Phase.model_validate(
+        {
+            **top.model_dump(),
+            "requires": {"two_factor": "any", "token_max_lifetime_days": 90},
+            "effects": ["require_2fa", "revoke_sessions", "revoke_tokens"],
+        }
+    )
+    notes = " ".join(
+        token_notes(plan.model_copy(update={"phases": [capped, *plan.phases[1:]]}), AS_OF)
+    )
+    assert "Automation tokens keep working." not in notes
+    assert "Phase top-100 revokes tokens against: no tokens valid for more than 90 days" in notes
+    assert "high-impact" not in notes.split("Automation tokens")[1]
+
+    # The same rule without revoke_tokens stops no token: they keep working.
+    kept = Phase.model_validate({**capped.model_dump(), "effects": ["require_2fa"]})
+    notes = " ".join(
+        token_notes(plan.model_copy(update={"phases": [kept, *plan.phases[1:]]}), AS_OF)
+    )
+    assert "Automation tokens keep working." in notes
+
+    # The reference plan's phases ask only 2FA: automation tokens keep working.
+    assert "Automation tokens keep working." in " ".join(token_notes(plan, AS_OF))

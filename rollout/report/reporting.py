@@ -777,11 +777,27 @@ def token_notes(plan: Plan, as_of: date) -> list[str]:
     window = f"in the 90 days to {as_of}"
     if two_factor:
         one = len(two_factor) == 1
+        # An automation token gets through 2FA, not through a token rule of the same
+        # phase that revokes (a cap on a token's lifetime or age, classic tokens...):
+        # "keep working" was false of one it revokes, whose maintainer counts as ready.
+        ruled = [p for p in two_factor if p.requires.token_rules and p.does("revoke_tokens")]
+        automation = (
+            "Automation tokens keep working."
+            if not ruled
+            else "Automation tokens get through 2FA, but not through a token rule, so a "
+            "maintainer counted ready may still see CI stop: "
+            + "; ".join(
+                f"{_phase_names([p])} revokes tokens against: "
+                + ", ".join(r for r in p.requires.describe() if r.startswith("no "))
+                for p in ruled
+            )
+            + "."
+        )
         notes = [
             f"{_phase_names(two_factor)} require{'s' if one else ''} 2FA: maintainers who "
             f"published {window} with a legacy (unnamed) or a personal publish token are "
             f"not ready, as {'its' if one else 'their'} enforcement would stop their CI. "
-            "Automation tokens keep working."
+            + automation
         ]
     else:
         notes = [
