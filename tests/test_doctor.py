@@ -699,6 +699,7 @@ def test_doctor_lists_every_check_and_exits_0_when_none_fails(healthy_home: Path
         "schema",
         "warehouse",
         "quarantine",
+        "sends",
         "home",
         "landing",
         "reports",
@@ -711,7 +712,8 @@ def test_doctor_lists_every_check_and_exits_0_when_none_fails(healthy_home: Path
     # No PREFECT_API_URL here: neither the worker nor the notify flow's Secret block was
     # checked, a warning each, not a failure.
     assert statuses["worker"] == statuses["sendgrid"] == "warn"
-    checks = ("registry", "schema", "warehouse", "quarantine", "home", "landing", "reports")
+    checks = ("registry", "schema", "warehouse", "quarantine", "sends", "home", "landing")
+    checks += ("reports",)
     checks += ("leftovers", "plan")
     assert {statuses[c] for c in checks} == {"ok"}, rows
 

@@ -364,3 +364,100 @@ def test_a_report_shows_the_notebooks_the_brownouts_scheduled_since_the_last_ext
     report_from_registry(con, registry, plan, as_of, tmp_path / "reports")
     scheduled = con.execute("select name from registry.brownout_windows order by starts_at")
     assert [name for (name,) in scheduled.fetchall()] == [b.name for b in plan.brownouts]
+
+
+TOKENS_PLAN = ROOT / "plans" / "npm-2025-tokens.yaml"
+
+
+@pytest.fixture(scope="module")
+def tokens_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """npm-2025-tokens told as a story (`make demo PLAN=plans/npm-2025-tokens.yaml`) on
+    the tiny sample fitted to it: its totp-closed phase requires a security key of
+    everyone. A SQLite registry, the warehouse with its marts and the report, in one home."""
+    from rollout.core.plan import load_plan
+    from rollout.demo.sample import generate_sample
+    from rollout.demo.story import Story, sample_window, story_window
+    from rollout.runtime import Runtime
+
+    home = tmp_path_factory.mktemp("tokens") / "home"
+    settings = load_settings({"ROLLOUT_HOME": str(home)})
+    settings.ensure_home()
+    plan = load_plan(TOKENS_PLAN)
+    end, days = sample_window(plan)
+    generate_sample(
+        "tiny",
+        7,
+        registry=Registry(settings.registry_url),
+        landing_dir=settings.landing_dir,
+        end=end,
+        days=days,
+    )
+    start, last = story_window(plan)
+    story = Story(Runtime(settings, plan=plan), start, last, metrics_every=28, cohorts_every=28)
+    with story.runtime:
+        story.run()
+    return home
+
+
+# Appended to a copy of adoption_trends: what its chart and its weekly table show.
+SHOWN = """
+import json
+
+drawn = ax.get_lines()[: len(share.columns)]
+chart = {line.get_label(): float(line.get_ydata()[-1]) for line in drawn}
+weeks = {p: float(rows["share"].iloc[-1]) for p, rows in weekly.groupby("population")}
+Path(os.environ["SHOWN_TO"]).write_text(json.dumps({"chart": chart, "weekly": weeks}))
+"""
+
+
+def report_shares(report_md: Path) -> dict[str, str]:
+    """The share compliant of each population in the report's population table."""
+    shares = {}
+    for line in report_md.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 8 and cells[4].endswith("%") and cells[0].startswith(("All", "Cohort")):
+            shares[cells[0]] = cells[4]
+    return shares
+
+
+@pytest.mark.slow
+def test_adoption_trends_measures_a_cohort_a_phase_requires_a_key_of_as_the_report_does(
+    tokens_home: Path, tmp_path: Path
+) -> None:
+    """npm-2025-tokens' totp-closed requires a security key of everyone: the report shows
+    everyone's share compliant as the share with a key (158 of 397, 39.8%), while the
+    notebook drew its share with any 2FA (48.9%) under "Share of accounts with 2FA", and
+    its weekly changes of it. Both measure it by keys now, all accounts by any 2FA."""
+    copy = tmp_path / "adoption_trends.ipynb"
+    notebook = nbformat.read(NOTEBOOKS / "adoption_trends.ipynb", as_version=4)
+    notebook.cells.append(nbformat.v4.new_code_cell(SHOWN))
+    nbformat.write(notebook, copy)
+    env = notebook_env(tokens_home, tmp_path / "scratch")
+    env.update(ROLLOUT_PLAN=str(TOKENS_PLAN), SHOWN_TO=str(tmp_path / "shown.json"))
+    returncode, _, output = run_nbmake([copy], env)
+    assert returncode == 0, output
+    shown = json.loads((tmp_path / "shown.json").read_text())
+
+    [report_md] = (tokens_home / "reports").glob("*/adoption.md")
+    in_report = report_shares(report_md)
+    assert set(in_report) == {"All accounts", "Cohort everyone (compliant: a security key)"}
+    assert shown["chart"].keys() == {"all", "cohort:everyone (a security key)"}
+    for population, label in [
+        ("all", "All accounts"),
+        ("cohort:everyone (a security key)", "Cohort everyone (compliant: a security key)"),
+    ]:
+        assert f"{shown['chart'][population]:.1%}" == in_report[label], population
+    assert shown["weekly"] == {
+        "all": shown["chart"]["all"],
+        "cohort:everyone": shown["chart"]["cohort:everyone (a security key)"],
+    }
+    con = duckdb.connect(str(tokens_home / "warehouse.duckdb"), read_only=True)
+    try:
+        keys, anyone = con.execute(
+            "select webauthn / accounts, share from adoption_daily "
+            "where population = 'cohort:everyone' order by day desc limit 1"
+        ).fetchone()
+    finally:
+        con.close()
+    assert keys < anyone  # TOTP users: the two shares differ in this story
+    assert shown["chart"]["cohort:everyone (a security key)"] == keys

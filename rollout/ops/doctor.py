@@ -90,6 +90,7 @@ def run_checks(
         _guarded("schema", lambda: check_schema(runtime.registry)),
         _guarded("warehouse", lambda: check_warehouse(settings.warehouse_path)),
         _guarded("quarantine", lambda: check_quarantine(settings.warehouse_path, now())),
+        _guarded("sends", lambda: check_duplicate_sends(settings.warehouse_path, now())),
         _guarded("home", lambda: check_home(settings)),
         _guarded("landing", lambda: check_landing(settings.landing_dir)),
         _guarded("reports", lambda: check_reports(settings.reports_dir)),
@@ -398,6 +399,62 @@ def check_quarantine(path: Path, now: datetime) -> CheckResult:
             + ", ".join(shown)
         )
     return CheckResult("quarantine", Status.warn, detail)
+
+
+# How far back the sends check looks: as the quarantine check, a week of daily runs.
+DUPLICATE_SENDS_DAYS = 7
+SHOWN_SENDS = 8
+
+
+def check_duplicate_sends(path: Path, now: datetime) -> CheckResult:
+    """Outbox rows sent more than once in the last DUPLICATE_SENDS_DAYS days: SendGrid's
+    events of one notification (its outbox id and address) under two or more message
+    ids (sql/marts/duplicate_sends.sql). The registry records one send, and its delivery
+    state counts only that one's events, so nothing else shows the others (a sender
+    paused past its lease, its row taken over and sent again). Read-only and only for a
+    moment, as the warehouse check."""
+    import duckdb
+
+    from rollout import warehouse
+    from rollout.warehouse import SCHEMA_VERSION, schema_version
+
+    if not path.exists():
+        return CheckResult("sends", Status.ok, "no warehouse yet: no delivery event loaded")
+    try:
+        con = duckdb.connect(duckdb_path(path), read_only=True)
+    except duckdb.Error:
+        return CheckResult(
+            "sends", Status.warn, "not checked: the warehouse did not open (its row says why)"
+        )
+    since = now.astimezone(UTC).replace(tzinfo=None) - timedelta(days=DUPLICATE_SENDS_DAYS)
+    try:
+        if schema_version(con) != SCHEMA_VERSION:
+            return CheckResult("sends", Status.warn, "not checked: the warehouse row says why")
+        rows = con.execute(warehouse.render("marts/duplicate_sends"), {"since": since}).fetchall()
+    finally:
+        con.close()
+    if not rows:
+        return CheckResult(
+            "sends",
+            Status.ok,
+            f"no email sent twice in the last {DUPLICATE_SENDS_DAYS} days "
+            "(by SendGrid's events loaded)",
+        )
+    extra = sum(row[3] - 1 for row in rows)
+    shown = [
+        f"{row[0]} ({visible(str(row[2] or 'email'))} x{row[3]})" for row in rows[:SHOWN_SENDS]
+    ]
+    if len(rows) > SHOWN_SENDS:
+        shown.append(f"{len(rows) - SHOWN_SENDS:,} more")
+    return CheckResult(
+        "sends",
+        Status.warn,
+        f"{counted(len(rows), 'outbox row')} sent more than once in the last "
+        f"{DUPLICATE_SENDS_DAYS} days ({counted(extra, 'extra email')}; SendGrid's events "
+        f"name several message ids): outbox ids {', '.join(shown)}; each maintainer got "
+        "the email again (a sender paused past its lease: its log names the message id); "
+        "the warehouse's duplicate_sends lists them",
+    )
 
 
 def _unwritable(path: Path) -> Path | None:

@@ -347,6 +347,17 @@ def _cohort_diff(run: Run) -> Rows:
     )
 
 
+# duplicate_sends: sql/marts/duplicate_sends (`rollout doctor`'s sends row), over raw_events.
+
+
+def _duplicate_sends(run: Run) -> Rows:
+    return _query(
+        run.con,
+        warehouse.render("marts/duplicate_sends"),
+        {"since": run.case.parameters["since"]},
+    )
+
+
 MODELS: dict[str, Model] = {
     "package_metrics": Model(
         run=lambda con, case: compute_metrics(con, case.parameters["as_of"], _windows(case)),
@@ -380,6 +391,11 @@ MODELS: dict[str, Model] = {
         outputs={"cohort_diff": Output(_cohort_diff, ordered=True)},
         required=frozenset({"d1", "d2", "cohort"}),
         dates=("d1", "d2"),
+    ),
+    "duplicate_sends": Model(
+        run=lambda con, case: None,
+        outputs={"duplicate_sends": Output(_duplicate_sends, ordered=True)},
+        required=frozenset({"since"}),
     ),
 }
 

@@ -26,7 +26,7 @@ from .golden_harness import (
 
 # The cases each model had when the harnesses were merged into one: fewer means a case
 # folder was lost on the way.
-AT_LEAST = {"package_metrics": 9, "adoption": 5, "cohort_diff": 2}
+AT_LEAST = {"package_metrics": 9, "adoption": 5, "cohort_diff": 2, "duplicate_sends": 1}
 
 
 @pytest.mark.parametrize("case", case_params())
