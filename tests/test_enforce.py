@@ -532,6 +532,22 @@ def test_a_crash_between_batches_then_a_rerun_finishes_exactly_once(
     assert count(registry, Notification) == 2
 
 
+def end_the_enforce_lock_session(registry: Registry) -> None:
+    """End the PostgreSQL session holding the enforce run's advisory lock (a server
+    restart, a pooler, a keepalive timeout), and wait until the lock is gone with it."""
+    with registry.engine.connect() as connection:
+        holders = locks.advisory_lock_holders(connection, "enforce")
+        connection.execute(
+            text("select pg_terminate_backend(p) from unnest(cast(:p as int[])) p"),
+            {"p": holders},
+        )
+    assert holders
+    deadline = time.monotonic() + 30  # the backend exits as it gets the signal
+    while registry.lock_held("enforce") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not registry.lock_held("enforce")
+
+
 def test_an_enforcement_whose_run_lock_session_ends_stops_before_its_next_batch(
     registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
 ) -> None:
@@ -542,15 +558,7 @@ def test_an_enforcement_whose_run_lock_session_ends_stops_before_its_next_batch(
         pytest.skip("a lock file is the process's until it lets it go")
 
     def end_the_lock_session(done: int, total: int) -> None:
-        with registry.engine.connect() as connection:
-            holders = locks.advisory_lock_holders(connection, "enforce")
-            connection.execute(
-                text("select pg_terminate_backend(p) from unnest(cast(:p as int[])) p"),
-                {"p": holders},
-            )
-        deadline = time.monotonic() + 10
-        while registry.lock_held("enforce") and time.monotonic() < deadline:
-            time.sleep(0.01)
+        end_the_enforce_lock_session(registry)
 
     with pytest.raises(locks.RunLockLost, match="the enforce run lock was lost"):
         enforce.enforce_phase(
@@ -568,6 +576,40 @@ def test_an_enforcement_whose_run_lock_session_ends_stops_before_its_next_batch(
     )
     assert required(registry) == {"alice", "dave"}
     assert count(registry, Action, Action.action == "tfa_required") == 2
+
+
+def test_a_rollback_whose_run_lock_session_ends_stops_before_its_next_batch(
+    registry: Registry,
+    plan_exempting_carol: Plan,
+    ids: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As an enforcement: a rollback whose enforce lock went with its PostgreSQL
+    session clears no batch more; a rerun finishes what it left."""
+    if registry.is_sqlite:
+        pytest.skip("a lock file is the process's until it lets it go")
+    phase = plan_exempting_carol.phase("top-100").model_copy(update={"batch_size": 1})
+    plan = plan_exempting_carol.model_copy(update={"phases": [phase]})
+    enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")
+    rollback_batch = enforce._rollback_batch
+
+    batches: list[int] = []
+
+    def then_the_lock_session_ends(*args: Any, **kwargs: Any) -> Any:
+        outcome = rollback_batch(*args, **kwargs)
+        batches.append(1)
+        if len(batches) == 1:
+            end_the_enforce_lock_session(registry)
+        return outcome
+
+    monkeypatch.setattr(enforce, "_rollback_batch", then_the_lock_session_ends)
+    with pytest.raises(locks.RunLockLost, match="the enforce run lock was lost"):
+        enforce.rollback_phase(registry, plan, "top-100", actor="rm")
+    assert len(batches) == 1 and len(required(registry)) == 1  # the first, committed
+    monkeypatch.setattr(enforce, "_rollback_batch", rollback_batch)
+    enforce.rollback_phase(registry, plan, "top-100", actor="rm")
+    assert required(registry) == set()
+    assert count(registry, Action, Action.action == "tfa_required_cleared") == 2
 
 
 def test_an_account_deleted_during_the_run_is_neither_acted_on_nor_called_compliant(
