@@ -23,6 +23,8 @@ from rollout.registry.ledger import utc_now
 from rollout.registry.models import Account, Action, BrownoutWindow, Notification, PlanRun
 from tests.factories import AccountFactory
 
+from .conftest import postgres_only
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -440,13 +442,12 @@ def test_a_plan_built_in_code_with_an_offset_is_compared_in_utc(
     assert datetime(2022, 2, 16, tzinfo=UTC) == shifted.starts_at
 
 
+@postgres_only
 def test_enroll_all_whose_run_lock_session_ends_stops_before_its_next_batch(
     registry: Registry, plan: Plan, accounts: dict[str, int]
 ) -> None:
     """PostgreSQL: the elv lock went with its session (a server restart, a pooler, a
     keepalive timeout), silently; another enrolment may be at work: no batch more."""
-    if registry.is_sqlite:
-        pytest.skip("a lock file is the process's until it lets it go")
 
     def end_the_lock_session(done: int, total: int) -> None:
         with registry.engine.connect() as connection:

@@ -54,6 +54,8 @@ from rollout.registry.models import Notification
 from tests.factories import AccountFactory, bound_to
 from tests.support.outbox import ids, queue_late
 
+from .conftest import postgres_only
+
 __all__ = ["ids"]  # a fixture, used by name
 
 T0 = datetime(2026, 1, 5, 9)
@@ -429,6 +431,7 @@ def test_a_send_paused_while_connecting_past_its_lease_does_not_go_once_taken_ov
     assert {ledger(registry)[i] for i in taken} == {("sending", None)}  # the taker's to send
 
 
+@postgres_only
 @pytest.mark.parametrize("processes", [1, 2])
 def test_a_drain_whose_run_lock_session_ends_stops_before_its_next_batch(
     registry: Registry, plan: Plan, ids: dict[str, int], processes: int
@@ -437,8 +440,6 @@ def test_a_drain_whose_run_lock_session_ends_stops_before_its_next_batch(
     session ended (a server restart, a pooler, a keepalive timeout: here its backend
     terminated), the lock went with it, silently, and another `notify send` may start
     and put back the rows this one holds: the drain stops before it claims again."""
-    if registry.is_sqlite:
-        pytest.skip("a lock file is the process's until it lets it go")
     # Sending every row takes seconds past the lock's loss (20 a second: 4 at once,
     # 0.2 s each), however late a loaded machine lets the parent look.
     total = 100

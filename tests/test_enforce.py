@@ -36,6 +36,8 @@ from rollout.registry.models import (
 from tests.factories import AccountFactory, FactorFactory, existing_account
 from tests.support.previews import to_apply
 
+from .conftest import postgres_only
+
 
 @pytest.fixture
 def plan_exempting_carol(plan: Plan) -> Plan:
@@ -548,14 +550,13 @@ def end_the_enforce_lock_session(registry: Registry) -> None:
     assert not registry.lock_held("enforce")
 
 
+@postgres_only
 def test_an_enforcement_whose_run_lock_session_ends_stops_before_its_next_batch(
     registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
 ) -> None:
     """PostgreSQL: the enforce lock is an advisory lock of the lock's session; the
     session ended (a server restart, a pooler, a keepalive timeout), the lock went
     with it, silently, and another enforcement may be at work: no batch more."""
-    if registry.is_sqlite:
-        pytest.skip("a lock file is the process's until it lets it go")
 
     def end_the_lock_session(done: int, total: int) -> None:
         end_the_enforce_lock_session(registry)
@@ -578,6 +579,7 @@ def test_an_enforcement_whose_run_lock_session_ends_stops_before_its_next_batch(
     assert count(registry, Action, Action.action == "tfa_required") == 2
 
 
+@postgres_only
 def test_a_rollback_whose_run_lock_session_ends_stops_before_its_next_batch(
     registry: Registry,
     plan_exempting_carol: Plan,
@@ -586,8 +588,6 @@ def test_a_rollback_whose_run_lock_session_ends_stops_before_its_next_batch(
 ) -> None:
     """As an enforcement: a rollback whose enforce lock went with its PostgreSQL
     session clears no batch more; a rerun finishes what it left."""
-    if registry.is_sqlite:
-        pytest.skip("a lock file is the process's until it lets it go")
     phase = plan_exempting_carol.phase("top-100").model_copy(update={"batch_size": 1})
     plan = plan_exempting_carol.model_copy(update={"phases": [phase]})
     enforce.enforce_phase(registry, plan, "top-100", expect=2, actor="rm")

@@ -29,6 +29,8 @@ from rollout.registry.models import Account, Action, EmailSuppression
 from tests.support.env import without_rollout_settings
 from tests.support.outbox import Recording, ids, queue_late, rows
 
+from .conftest import postgres_only
+
 __all__ = ["ids"]  # a fixture, used by name
 
 ANN = "ann@xn--bcher-kva.example"
@@ -356,9 +358,7 @@ def test_the_queue_its_preview_and_the_send_agree_on_addresses_beyond_ascii(
     assert sender.sent == []
 
 
-@pytest.mark.parametrize(
-    "empty_registry_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
-)
+@postgres_only
 def test_the_queue_skips_a_suppressed_address_whatever_the_databases_locale(
     registry: Registry, plan: Plan, ids: dict[str, int], rollout: Any
 ) -> None:

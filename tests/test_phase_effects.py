@@ -29,6 +29,8 @@ from rollout.registry.models import Account, Action, Notification, Token, WebSes
 from tests.factories import T0, AccountFactory, FactorFactory, TokenFactory
 from tests.support.previews import to_apply
 
+from .conftest import postgres_only
+
 NOW = datetime(2025, 12, 9, 12)
 
 
@@ -1008,7 +1010,7 @@ def _waiting_on_a_row_lock(registry: Registry) -> bool:
         )
 
 
-@pytest.mark.parametrize("empty_registry_url", ["postgresql"], indirect=True)
+@postgres_only
 def test_an_enforcement_and_elv_enrolment_at_once_both_finish(
     registry: Registry, plan: Plan, factories: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,6 +17,8 @@ from rollout.registry.migrate import upgrade
 from tests.conftest import fresh_postgres_schema
 from tests.support.postgres_template import MigratedSchema, dump_migrated_schema
 
+from .conftest import postgres_only
+
 pytestmark = pytest.mark.postgres
 
 
@@ -81,7 +83,7 @@ def test_a_copy_missing_a_trigger_an_index_or_a_row_is_told_from_the_migrated_on
     assert _normalised(copied) != _normalised(migrated)
 
 
-@pytest.mark.parametrize("empty_registry_url", ["postgresql"], indirect=True)
+@postgres_only
 def test_a_copied_schema_needs_no_migration(registry_url: str) -> None:
     engine = make_engine(registry_url)
     try:
