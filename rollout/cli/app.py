@@ -119,6 +119,39 @@ def path_given(text: str) -> Path:
     return Path(text)
 
 
+def listen_host(text: str) -> str:
+    """The parser of every interface a server listens on (``--host``): an IP address, or
+    a name this machine resolves (``localhost``). Refused here, naming the option (exit
+    2), what the server would fail to listen on as an error of its own words ("Name or
+    service not known", exit 1): ``999.1.1.1``, an empty value, a URL given for a host."""
+    import ipaddress
+    import socket
+
+    from rollout.core.controls import quoted
+
+    host = text.strip()
+    if not host:
+        raise typer.BadParameter("is empty: name an interface, such as 127.0.0.1")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return host
+    looks_like = "/" in host or ":" in host or any(not c.isprintable() for c in host)
+    if not looks_like:
+        try:
+            socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except (OSError, UnicodeError):
+            looks_like = True
+    if looks_like:
+        raise typer.BadParameter(
+            f"{quoted(text)} is not an IP address nor a name this machine resolves "
+            "(e.g. 127.0.0.1, 0.0.0.0, ::1, localhost)"
+        )
+    return host
+
+
 FormatOption = Annotated[
     Format, typer.Option("--format", "-f", help="Output format: table, csv or json.")
 ]

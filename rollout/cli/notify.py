@@ -17,6 +17,7 @@ from rollout.cli.app import (
     _runtime,
     _typed_back,
     app,
+    listen_host,
     reports_errors,
 )
 from rollout.core.controls import quoted, shell_word
@@ -656,7 +657,9 @@ notify_app.add_typer(events_app, name="events")
 @reports_errors
 def notify_events_serve(
     ctx: typer.Context,
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(parser=listen_host, help="Interface to listen on.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 3031,
     tolerance: Annotated[
         int, typer.Option(min=1, help="Seconds a post's timestamp may be from now.")
