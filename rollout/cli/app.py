@@ -308,10 +308,17 @@ def _fingerprint(text: str | None, option: str = "--expect-list") -> str | None:
     return text
 
 
-def _day_or_latest(con: Any, text: str | None, table: str, cohort: str | None = None) -> date:
-    """The ``--as-of`` day given, or else the latest day ``table`` holds (of ``cohort``)."""
-    if text is not None:
-        return _parse_day(text, "--as-of")
+def _given_day(text: str | None, option: str = "--as-of") -> date | None:
+    """The day an option gives, parsed before the command reads its plan, warehouse or
+    registry (a bad --as-of is said as that, not as "no warehouse yet"), or None."""
+    return _parse_day(text, option) if text is not None else None
+
+
+def _day_or_latest(con: Any, day: date | None, table: str, cohort: str | None = None) -> date:
+    """The ``--as-of`` day given (``_given_day``), or else the latest day ``table`` holds
+    (of ``cohort``)."""
+    if day is not None:
+        return day
     from rollout.cohorts import latest_as_of
 
     latest = latest_as_of(con, table, cohort)

@@ -97,8 +97,8 @@ def notify_preview(
     from rollout.registry.ledger import utc_now
 
     runtime = _runtime(ctx)
+    day = _parse_day(on, "--on") if on is not None else None  # before the plan is read
     settings, plan = runtime.settings, runtime.plan
-    day = _parse_day(on, "--on") if on is not None else None
     if email is not None and email not in EMAILS:
         raise RolloutError(
             f"no email named {quoted(email)} (emails: {', '.join(EMAILS)})"
@@ -188,8 +188,8 @@ def notify_queue(
     from rollout.registry.ledger import utc_now
 
     runtime = _runtime(ctx)
-    settings, plan = runtime.settings, runtime.plan
     day = _parse_day(as_of, "--as-of") if as_of is not None else utc_now().date()
+    settings, plan = runtime.settings, runtime.plan
     if apply:
         outcomes = queue_due(runtime.registry, plan, day, actor=settings.actor, late=late)
     else:
