@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, select
 
 from rollout.core.calendar import REQUESTS_FINGERPRINT, snooze_step
-from rollout.core.controls import quoted
+from rollout.core.controls import CONTROL_CHARACTERS, quoted
 from rollout.core.counts import in_exponent_notation, whole_count
 from rollout.core.errors import BadInput
 from rollout.core.files import MIB, csv_reason, links_outside, read_whole, utf8_text
@@ -105,9 +105,32 @@ class SnoozeOutcome:
 REPLY_EMAIL = "snooze_reply"
 
 
+def username_problem(username: str) -> str | None:
+    """Why ``username`` cannot be an account asking for a snooze, or None: empty, or
+    holding a control character (a line break, NUL, ESC, a bidi override), which a
+    plan's usernames may not hold either (rollout.core.plan.Username) and PostgreSQL
+    cannot even compare (NUL). Such a request is a broken file, or a typo, said at its
+    line (exit 2), not looked up and refused as "no such account" (exit 3)."""
+    if not username:
+        return "username is empty"
+    found = CONTROL_CHARACTERS.search(username)
+    if found is not None:
+        return (
+            f"username {quoted(username)} holds a control character "
+            f"(U+{ord(found.group()):04X} at character {found.start() + 1}): a username is "
+            "one line without control characters"
+        )
+    return None
+
+
 def command_request(username: str, days: int, now: datetime) -> SnoozeRequest:
     """A request given on the command line, read ``now``: the same command again the
-    same day (after a kill) is the same request."""
+    same day (after a kill) is the same request. A USERNAME no account can have is bad
+    input (``username_problem``); spaces around it are dropped, as in a file's."""
+    username = username.strip()
+    problem = username_problem(username)
+    if problem is not None:
+        raise BadInput(None, None, f"USERNAME: {problem}")
     return SnoozeRequest(username, days, now, COMMAND, False, f"{COMMAND}|{now.date()}")
 
 
@@ -189,8 +212,9 @@ def read_requests(path: Path, now: datetime, *, read_each_day: bool = False) -> 
             )
         values = dict(zip(header, row, strict=True))
         username = values["username"].strip()
-        if not username:
-            raise BadInput(path, line, "username is empty")
+        problem = username_problem(username)
+        if problem is not None:
+            raise BadInput(path, line, problem)
         days = _days(path, line, values["days"])
         at, given = now, bool(values.get("requested_at", "").strip())
         if given:
