@@ -30,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import (
     IO_RETRIES,
     AtLeastOne,
+    FlowName,
     cell,
     fail_on_user_error,
     key_for,
@@ -133,7 +134,7 @@ def _report(name: str, what: str) -> brownouts.WindowState:
 @flow(name="brownout-start", description="Begin a brown-out window at its planned start.")
 @fail_on_user_error
 @with_runtime
-def brownout_start(name: str) -> str:
+def brownout_start(name: FlowName) -> str:
     logger = get_run_logger()
     actor = run_actor(runtime().settings)
     plan = runtime().plan
@@ -174,7 +175,7 @@ def brownout_start(name: str) -> str:
 @flow(name="brownout-end", description="Close a brown-out window at its planned end.")
 @fail_on_user_error
 @with_runtime
-def brownout_end(name: str) -> str:
+def brownout_end(name: FlowName) -> str:
     logger = get_run_logger()
     window = _window(name)
     if window.state == "scheduled":

@@ -32,6 +32,7 @@ from rollout.core.clock import require_data_day
 from rollout.core.config import Settings
 from rollout.core.controls import controls_shown
 from rollout.core.errors import RolloutError, input_output_failure
+from rollout.core.names import SAFE_NAME_PATTERN
 from rollout.core.output import markdown_text as cell
 from rollout.core.plan import Day
 from rollout.core.stopping import interrupted_query
@@ -52,6 +53,13 @@ R = TypeVar("R")
 # (a 2022-02-30 gets by it: the run refuses it when it starts, as it did every day).
 DAY_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
 FlowDay = Annotated[Day, Field(json_schema_extra={"pattern": DAY_PATTERN})]
+
+# Every flow's name parameter (a phase's, a brown-out's), as a plan writes one
+# (rollout.core.names.SAFE_NAME_PATTERN): refused before the run starts and, the pattern
+# in the deployment's schema, by the server when the run is made, naming the parameter.
+# An empty or blank value (`--param phase=""`, the UI's form left empty) made a run that
+# failed once a worker started it, as the CLI refuses an empty path at once (path_given).
+FlowName = Annotated[str, Field(pattern=SAFE_NAME_PATTERN)]
 
 # The counts the flows take, bounded as the CLI's options are: refused before the run
 # starts (and by the server when the run is made: the bound is in the deployment's

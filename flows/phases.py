@@ -34,6 +34,7 @@ from pydantic import Field
 
 from flows.common import (
     IO_RETRIES,
+    FlowName,
     cell,
     fail_on_user_error,
     key_for,
@@ -126,7 +127,7 @@ def publish_preview(saved: SavedPreview) -> str:
 @flow(name="phase-preview", description="Preview a phase: exactly who enforcing it would change.")
 @fail_on_user_error
 @with_runtime
-def phase_preview(phase: str) -> int:
+def phase_preview(phase: FlowName) -> int:
     """The preview as an artifact and a CSV; changes no account. Returns the count."""
     saved = preview_task(phase, run_actor(runtime().settings))
     publish_preview(saved)
@@ -220,7 +221,7 @@ def wait_for_approval(request: ApprovalRequest, timeout: int) -> Approval:
 @fail_on_user_error
 @with_runtime
 def phase_enforce(
-    phase: str,
+    phase: FlowName,
     approval_timeout_seconds: Annotated[int, Field(ge=60)] = APPROVAL_TIMEOUT_SECONDS,
 ) -> dict | State:
     """Preview, wait for an :class:`Approval`, then enforce exactly the approved count.

@@ -235,6 +235,33 @@ def test_the_dev_sendgrid_server_refuses_at_start_what_would_fail_at_the_first_m
     assert said in stderr
 
 
+@pytest.mark.parametrize("server", [["dev", "sendgrid"], ["notify", "events", "serve"]])
+@pytest.mark.parametrize("host", ["999.1.1.1", " ", "http://127.0.0.1", "no-such-host.invalid"])
+def test_a_server_refuses_an_interface_it_cannot_listen_on_naming_the_option(
+    rollout_home: Path, server: list[str], host: str
+) -> None:
+    # Said as the socket's own words before, naming nothing: "error: Name or service
+    # not known" (exit 1).
+    stderr = " ".join(refused(run(*server, "--port", "0", "--host", host)).split())
+    assert "Invalid value for '--host'" in stderr
+
+
+def test_the_dev_sendgrid_server_listens_on_an_ipv6_address(rollout_home: Path) -> None:
+    from rollout.dev.sendgrid_api import DevSendGrid
+
+    with DevSendGrid(host="::1") as server:
+        assert server.url.startswith("http://[::1]:")
+
+
+def test_the_dev_sendgrid_server_says_which_address_it_cannot_listen_on(
+    rollout_home: Path,
+) -> None:
+    # An address of another machine: a host the option takes, but not this machine's.
+    result = run("dev", "sendgrid", "--port", "0", "--host", "192.0.2.1")
+    assert result.exit_code == 1, result.stderr
+    assert "cannot listen on 192.0.2.1 port 0: " in result.stderr
+
+
 @pytest.fixture
 def registry_with_accounts(rollout_home: Path) -> Path:
     """A registry of three accounts none of which is enrolled in ELV."""

@@ -96,6 +96,14 @@ DAY_COMMANDS = [
     ["notify", "queue", "--as-of"],
     ["cohorts", "build", "--as-of"],
     ["sample", "--scale", "tiny", "--end"],
+    # Each of these read its plan, or opened the warehouse, before the day: with none
+    # there it said "no warehouse yet" of a day it would refuse anyway.
+    ["plan", "simulate", "--as-of"],
+    ["cohorts", "simulate", "--top", "10", "--as-of"],
+    ["cohorts", "show", "top-100", "--as-of"],
+    ["notify", "preview", "--on"],
+    ["demo", "--start"],
+    ["demo", "--end"],
 ]
 
 
@@ -107,6 +115,27 @@ def test_a_day_option_beyond_the_supported_years_is_refused_naming_the_option(
     stderr = refused(run(*command, day))
     assert stderr == f"error: {command[-1]}: '{day}' is out of range: days are {RANGE}"
     assert not rollout_home.exists()
+
+
+@pytest.mark.parametrize(
+    "command", [*DAY_COMMANDS, ["cohorts", "diff", "2022-01-03"]], ids=" ".join
+)
+def test_a_bad_day_is_said_before_a_plan_or_warehouse_that_is_not_there(
+    rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """Options are read before the environment is looked at: the day is what to fix
+    first, and a missing plan or warehouse would only hide it."""
+    monkeypatch.setenv("ROLLOUT_PLAN", str(tmp_path / "no-such-plan.yaml"))
+    stderr = refused(run(*command, "1969-12-31"))
+    assert stderr.startswith("error: ") and "'1969-12-31' is out of range" in stderr
+
+
+def test_a_bad_time_is_said_before_a_plan_that_is_not_there(
+    rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROLLOUT_PLAN", str(tmp_path / "no-such-plan.yaml"))
+    stderr = refused(run("plan", "show", "--at", "tomorrow"))
+    assert stderr.startswith("error: --at: 'tomorrow'")
 
 
 def test_both_days_of_a_cohort_diff_are_bounded(rollout_home: Path) -> None:

@@ -572,12 +572,25 @@ def test_a_request_file_with_a_bad_line_is_refused_whole(tmp_path: Path) -> None
         ("username,days,days\nann,3,99\n", 1, "column 'days' appears twice"),
         ("username,days,requested_at\nann,3,2023-05-01\n", 2, "is in the future"),
         ("username,days\nann,3,4\n", 2, "expected 2 values, found 3"),
+        # Read leniently, the quote took every line below it for one value: "expected 2
+        # values, found 1".
+        ('username,days\nann,3\n"bob,2\ncid,4\n', 3, "^a quote opened on this line is never"),
+        ('username,days\n"bob"by,2\n', 2, "^a quoted value is followed by more text"),
+        # A username no account has, nor a plan's usernames may: a broken file, said at
+        # its line (exit 2), not looked up and refused as "no such account" (exit 3).
+        ("username,days\nnu\x00l,2\n", 2, r"^username 'nu\\x00l' holds a control character"),
+        ("username,days\nann,3\nb\x1b[2Ko,2\n", 3, r"U\+001B at character 2"),
+        ('username,days\n"two\nlines",2\n', 2, "holds a control character"),
+        ("username,days\n\u202eann,2\n", 2, "holds a control character"),
+        # A name written twice, not a header missing days.
+        ("username,username\nann,ann\n", 1, "^column 'username' appears twice"),
     ]:
         bad = tmp_path / "bad.csv"
         bad.write_text(body)
-        with pytest.raises(BadInput, match=reason) as refused:
+        with pytest.raises(BadInput) as refused:
             read_requests(bad, now)
         assert (refused.value.path, refused.value.line) == (bad, line)
+        assert re.search(reason, refused.value.reason), refused.value.reason
 
 
 def test_a_request_file_that_is_no_file_to_read_is_refused_at_once_unread(
@@ -626,6 +639,19 @@ def test_snooze_from_the_command_line_previews_then_grants_and_exits_3_on_refusa
     assert f"{requests}:2: days must be a whole number" in " ".join(bad.stderr.split())
     both = runner.invoke(app, ["phase", "snooze", PHASE, "ann", "--days", "2", "--file", "x"])
     assert both.exit_code == 2
+
+
+@pytest.mark.parametrize("username", ["nu\x00l", "b\x1b[2Ko", "two\nlines", ""])
+def test_a_username_no_account_can_have_is_bad_input_on_the_command_line(
+    rollout_home: Path, monkeypatch: pytest.MonkeyPatch, username: str
+) -> None:
+    monkeypatch.setenv("ROLLOUT_PLAN", str(ROOT / "plans" / "github-2023.yaml"))
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(app, ["phase", "snooze", PHASE, username, "--days", "2"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: USERNAME: username ")
+    assert "\x1b" not in result.stderr and "\x00" not in result.stderr
 
 
 def test_a_per_account_deadline_starts_enforcement_on_the_first_deadline() -> None:
@@ -1048,16 +1074,26 @@ def test_a_quoted_value_over_several_lines_keeps_the_line_numbers_after_it(
 ) -> None:
     path = tmp_path / "requests.csv"
     now = datetime(2023, 4, 1, 12)
-    path.write_text('username,days\n"ann\nsmith",3\neve,2\n')
+    # (A time with a line break after it, as a spreadsheet may export a cell: the
+    # spaces around a value are not read.)
+    path.write_text('username,days,requested_at\nann,3,"2023-04-01T08:00\n"\neve,2,\n')
     assert [(r.username, r.source) for r in read_requests(path, now)] == [
-        ("ann\nsmith", "requests.csv line 2"),
+        ("ann", "requests.csv line 2"),
         ("eve", "requests.csv line 4"),
     ]
     # A line separator csv does not break at (U+2028) is no new line either.
-    path.write_text('username,days\n"ann\nsmith",3\nbob\u2028,1\neve,x\n')
+    path.write_text(
+        'username,days,requested_at\nann,3,"2023-04-01T08:00\n"\n'
+        "bob,1,2023-04-01T08:00\u2028\neve,x,\n"
+    )
     with pytest.raises(BadInput, match="days must be a whole number, not 'x'") as refused:
         read_requests(path, now)
     assert refused.value.line == 5
+    # A username spanning lines is no account's: refused at the line it starts on.
+    path.write_text('username,days\n"ann\nsmith",3\neve,2\n')
+    with pytest.raises(BadInput, match="holds a control character") as refused:
+        read_requests(path, now)
+    assert refused.value.line == 2
 
 
 @pytest.mark.parametrize("days", ["1_000", "+7", "\u0663", "1e3", "7.5", "1" * 5000])

@@ -849,6 +849,55 @@ def test_a_csv_column_named_twice_in_another_case_is_refused_at_the_header(
     assert row_counts(con) == NOTHING
 
 
+LOGINS_HEADER = "occurred_at,username,second_factor,outcome"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "reason"),
+    [
+        # Read leniently, the quote took the whole file for the header's one name: "missing
+        # columns ... (found: <every row of the file>)".
+        (
+            f'"{LOGINS_HEADER}\n2022-01-10T10:00:00Z,ann,none,success\n',
+            1,
+            "malformed CSV header: a quote opened on this line is never closed",
+        ),
+        (
+            '\n"occurred_at"x,username,second_factor,outcome\n',
+            2,
+            "malformed CSV header: a quoted value is followed by more text before its comma",
+        ),
+        # A name written twice, not a header missing three.
+        (
+            "username,username\nann,ann\n",
+            1,
+            "a column name appears twice in the header ('username'; names are not case-sensitive)",
+        ),
+    ],
+    ids=["quote-never-closed", "text-after-a-closing-quote", "username-twice"],
+)
+def test_a_csv_header_is_refused_for_what_is_wrong_with_it(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, text: str, line: int, reason: str
+) -> None:
+    path = put(tmp_path, "logins/logins-2022-01-10.csv", text.encode())
+    with pytest.raises(BadInput) as refused:
+        load(con, path)
+    assert str(refused.value).startswith(f"{path}:{line}: {reason}")
+    assert row_counts(con) == NOTHING
+
+
+def test_a_parquet_file_naming_a_column_twice_is_refused_for_that_not_for_the_others(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    path = tmp_path / "logins" / "logins-2022-01-10.parquet"
+    path.parent.mkdir()
+    table = pa.Table.from_arrays([pa.array(["ann"]), pa.array(["ann"])], ["username", "Username"])
+    pq.write_table(table, path)
+    with pytest.raises(BadInput) as refused:
+        load(con, path)
+    assert str(refused.value) == f"{path}: column username appears twice"
+
+
 def test_a_csv_row_with_too_many_columns_quotes_only_the_start_of_a_huge_line(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:

@@ -262,6 +262,49 @@ def test_a_count_parameter_out_of_its_range_is_refused_before_the_run_starts(
     flow.validate_parameters(base)  # the deployment's own values still pass
 
 
+def _name_parameters() -> list[tuple[str, str]]:
+    """Every (deployment, parameter) whose flow takes text: a phase's or brown-out's name."""
+    found = []
+    for name in sorted(DEPLOYMENTS):
+        flow = load_entrypoint(DEPLOYMENTS[name]["entrypoint"])
+        for parameter in inspect.signature(flow.fn, eval_str=True).parameters.values():
+            if str in _types_in(parameter.annotation):
+                found.append((name, parameter.name))
+    return found
+
+
+def test_every_flow_taking_a_name_is_found() -> None:
+    assert set(_name_parameters()) >= {
+        ("phase-preview", "phase"),
+        ("phase-enforce", "phase"),
+        ("brownout-start", "name"),
+        ("brownout-end", "name"),
+    }
+
+
+@pytest.mark.parametrize(("name", "parameter"), _name_parameters())
+@pytest.mark.parametrize("typed", ["", " ", "top-100 ", "../top-100", "top\n100"])
+def test_an_empty_or_malformed_name_is_refused_before_the_run_starts(
+    name: str, parameter: str, typed: str
+) -> None:
+    """`prefect deployment run phase-preview/phase-preview --param phase=""` (the UI's
+    form left empty) made a run that failed only once a worker started it and read the
+    plan. A name is refused before the flow starts, naming the parameter, as the CLI
+    refuses an empty path (path_given); the pattern in the deployment's schema makes the
+    server refuse it when the run is made."""
+    from prefect.exceptions import ParameterTypeError
+    from prefect.utilities.schema_tools.validation import ValidationError, validate
+
+    flow = load_entrypoint(DEPLOYMENTS[name]["entrypoint"])
+    base = dict(DEPLOYMENTS[name].get("parameters") or {})
+    with pytest.raises(ParameterTypeError, match=rf"{parameter}: String should match"):
+        flow.validate_parameters({**base, parameter: typed})
+    schema = flow.parameters.model_dump()
+    with pytest.raises(ValidationError, match=rf"field '{parameter}'.*does not match"):
+        validate({**base, parameter: typed}, schema, raise_on_error=True, ignore_required=True)
+    validate({**base, parameter: "top-100"}, schema, raise_on_error=True, ignore_required=True)
+
+
 @pytest.mark.parametrize(("name", "parameter"), _day_parameters())
 @pytest.mark.parametrize(
     "typed", ["2022-13-01", "2022-3-1", "20220301", "1646092800", "2022-03-01T00:00:00Z", "today"]

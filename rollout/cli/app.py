@@ -119,6 +119,39 @@ def path_given(text: str) -> Path:
     return Path(text)
 
 
+def listen_host(text: str) -> str:
+    """The parser of every interface a server listens on (``--host``): an IP address, or
+    a name this machine resolves (``localhost``). Refused here, naming the option (exit
+    2), what the server would fail to listen on as an error of its own words ("Name or
+    service not known", exit 1): ``999.1.1.1``, an empty value, a URL given for a host."""
+    import ipaddress
+    import socket
+
+    from rollout.core.controls import quoted
+
+    host = text.strip()
+    if not host:
+        raise typer.BadParameter("is empty: name an interface, such as 127.0.0.1")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return host
+    looks_like = "/" in host or ":" in host or any(not c.isprintable() for c in host)
+    if not looks_like:
+        try:
+            socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except (OSError, UnicodeError):
+            looks_like = True
+    if looks_like:
+        raise typer.BadParameter(
+            f"{quoted(text)} is not an IP address nor a name this machine resolves "
+            "(e.g. 127.0.0.1, 0.0.0.0, ::1, localhost)"
+        )
+    return host
+
+
 FormatOption = Annotated[
     Format, typer.Option("--format", "-f", help="Output format: table, csv or json.")
 ]
@@ -275,10 +308,17 @@ def _fingerprint(text: str | None, option: str = "--expect-list") -> str | None:
     return text
 
 
-def _day_or_latest(con: Any, text: str | None, table: str, cohort: str | None = None) -> date:
-    """The ``--as-of`` day given, or else the latest day ``table`` holds (of ``cohort``)."""
-    if text is not None:
-        return _parse_day(text, "--as-of")
+def _given_day(text: str | None, option: str = "--as-of") -> date | None:
+    """The day an option gives, parsed before the command reads its plan, warehouse or
+    registry (a bad --as-of is said as that, not as "no warehouse yet"), or None."""
+    return _parse_day(text, option) if text is not None else None
+
+
+def _day_or_latest(con: Any, day: date | None, table: str, cohort: str | None = None) -> date:
+    """The ``--as-of`` day given (``_given_day``), or else the latest day ``table`` holds
+    (of ``cohort``)."""
+    if day is not None:
+        return day
     from rollout.cohorts import latest_as_of
 
     latest = latest_as_of(con, table, cohort)

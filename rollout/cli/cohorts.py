@@ -12,6 +12,7 @@ from rollout.cli.app import (
     FormatOption,
     _data_day,
     _day_or_latest,
+    _given_day,
     _parse_day,
     _runtime,
     app,
@@ -124,12 +125,13 @@ def cohorts_show(
             "--without-2fa filters accounts; --packages lists packages: give one"
         ).with_exit(EXIT_BAD_INPUT)
     runtime = _runtime(ctx)
+    given = _given_day(as_of)
     runtime.plan.cohort(cohort)
     with runtime.warehouse(read_only=True) as con:
         # The cohort's latest build, of its packages or its accounts alike: one that put
         # no account in it has no account row, and its accounts are none that day.
         latest = latest_build(con, cohort) if as_of is None else None
-        day = latest or _day_or_latest(con, as_of, "cohort_account_snapshots", cohort)
+        day = latest or _day_or_latest(con, given, "cohort_account_snapshots", cohort)
         if not snapshot_exists(con, day, cohort):
             # Zeros would read as an empty cohort, not as a day never built.
             raise RolloutError(
@@ -181,11 +183,11 @@ def cohorts_diff(
     from rollout import warehouse
 
     runtime = _runtime(ctx)
+    days = {"d1": _parse_day(first, "D1"), "d2": _parse_day(second, "D2"), "cohort": cohort}
     if cohort is not None:
         runtime.plan.cohort(cohort)  # an unknown cohort is a typo, not an empty diff
     from rollout.cohorts import snapshot_exists
 
-    days = {"d1": _parse_day(first, "D1"), "d2": _parse_day(second, "D2"), "cohort": cohort}
     with runtime.warehouse(read_only=True) as con:
         for day in (days["d1"], days["d2"]):
             # A day no build wrote (of this cohort, when one is named) would show everyone
@@ -274,8 +276,9 @@ def cohorts_simulate(
         top_by_dependents=top,
     )
     runtime = _runtime(ctx)
+    given = _given_day(as_of)
     with runtime.warehouse(read_only=True) as con:
-        day = _day_or_latest(con, as_of, "package_metrics_daily")
+        day = _day_or_latest(con, given, "package_metrics_daily")
         weekly_days = runtime.plan.metrics.weekly_window_days
         sizes = simulate(con, rule, day, allow_gaps=allow_gaps, weekly_days=weekly_days)
     emit_record(

@@ -63,12 +63,15 @@ def demo(
     from rollout.demo.story import STORY_MARGIN_DAYS, Story, story_window
 
     runtime = _runtime(ctx)
+    # The days given are read before the plan (a bad --start is said as that).
+    start_day = _parse_day(start, "--start") if start is not None else None
+    end_day = _parse_day(end, "--end") if end is not None else None
     if plan_file is not None:
         runtime.use_plan(load_plan(plan_file))
     settings, plan = runtime.settings, runtime.plan
     first_step, last_step = story_window(plan)
-    first = _parse_day(start, "--start") if start is not None else first_step
-    last = _parse_day(end, "--end") if end is not None else last_step
+    first = start_day or first_step
+    last = end_day or last_step
     if last < first:
         # Name the day given against the one it was compared with: a default calendar
         # day nobody typed is said as such, with the option that moves it.

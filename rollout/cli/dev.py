@@ -10,6 +10,7 @@ import typer
 from rollout.cli.app import (
     _runtime,
     app,
+    listen_host,
     path_given,
     reports_errors,
 )
@@ -24,7 +25,9 @@ app.add_typer(dev_app, name="dev")
 @reports_errors
 def dev_sendgrid(
     ctx: typer.Context,
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(parser=listen_host, help="Interface to listen on.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 3030,
     api_key: Annotated[
         str | None,
@@ -58,7 +61,15 @@ def dev_sendgrid(
     key = api_key or (
         settings.sendgrid_api_key.get_secret_value() if settings.sendgrid_api_key else None
     )
-    serve(host, port, key or DEFAULT_API_KEY, record, webhook_url)
+    from rollout.core.errors import RolloutError
+
+    try:
+        serve(host, port, key or DEFAULT_API_KEY, record, webhook_url)
+    except OSError as error:
+        # The port taken, an address not this machine's: said with what was asked for,
+        # not as the socket's bare words ("error: Cannot assign requested address").
+        reason = error.strerror or str(error)
+        raise RolloutError(f"cannot listen on {host} port {port}: {reason}") from None
 
 
 def _check_sendgrid_options(record: Path | None, webhook_url: str | None) -> None:

@@ -17,6 +17,7 @@ from rollout.cli.app import (
     _runtime,
     _typed_back,
     app,
+    listen_host,
     reports_errors,
 )
 from rollout.core.controls import quoted, shell_word
@@ -96,8 +97,8 @@ def notify_preview(
     from rollout.registry.ledger import utc_now
 
     runtime = _runtime(ctx)
+    day = _parse_day(on, "--on") if on is not None else None  # before the plan is read
     settings, plan = runtime.settings, runtime.plan
-    day = _parse_day(on, "--on") if on is not None else None
     if email is not None and email not in EMAILS:
         raise RolloutError(
             f"no email named {quoted(email)} (emails: {', '.join(EMAILS)})"
@@ -187,8 +188,8 @@ def notify_queue(
     from rollout.registry.ledger import utc_now
 
     runtime = _runtime(ctx)
-    settings, plan = runtime.settings, runtime.plan
     day = _parse_day(as_of, "--as-of") if as_of is not None else utc_now().date()
+    settings, plan = runtime.settings, runtime.plan
     if apply:
         outcomes = queue_due(runtime.registry, plan, day, actor=settings.actor, late=late)
     else:
@@ -656,7 +657,9 @@ notify_app.add_typer(events_app, name="events")
 @reports_errors
 def notify_events_serve(
     ctx: typer.Context,
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(parser=listen_host, help="Interface to listen on.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 3031,
     tolerance: Annotated[
         int, typer.Option(min=1, help="Seconds a post's timestamp may be from now.")

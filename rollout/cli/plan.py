@@ -11,6 +11,7 @@ from rollout.cli.app import (
     AsOfOption,
     FormatOption,
     _day_or_latest,
+    _given_day,
     _parse_time,
     _runtime,
     app,
@@ -115,8 +116,8 @@ def plan_show(
     from rollout.phases.timeline import interrupted_off_calendar, step_states
 
     runtime = _runtime(ctx)
+    moment = _parse_time(at) if at is not None else None  # before the plan is read
     settings, plan = runtime.settings, runtime.plan
-    moment = _parse_time(at) if at is not None else None
     skipped: list[str] = []
     states = step_states(runtime.registry, plan, moment, settings.reports_dir, skipped)
     elsewhere = interrupted_off_calendar(runtime.registry, plan, moment)
@@ -215,9 +216,10 @@ def plan_simulate(
     from rollout.phases.simulate import PhaseWhatIf, simulate_plan, simulate_warnings
 
     runtime = _runtime(ctx)
+    given = _given_day(as_of)
     plan = load_plan(file) if file is not None else runtime.plan
     with runtime.warehouse(read_only=True) as con:
-        day = _day_or_latest(con, as_of, "package_metrics_daily")
+        day = _day_or_latest(con, given, "package_metrics_daily")
         found = simulate_plan(con, plan, day, allow_gaps=allow_gaps)
         warnings = simulate_warnings(con, plan)
     _say_drift([], warnings)

@@ -35,8 +35,8 @@ def report(
     from rollout.report.reporting import report_from_registry
 
     runtime = _runtime(ctx)
-    settings, plan = runtime.settings, runtime.plan
     day = _data_day(as_of, "--as-of") if as_of is not None else utc_now().date()
+    settings, plan = runtime.settings, runtime.plan
     # The registry is checked before the warehouse is made (on a first report).
     runtime.registry.check_schema()
     with runtime.warehouse(create=True) as con:

@@ -329,3 +329,22 @@ def duckdb_path(path: Path | str) -> str:
     not: such a path is made absolute, so both name one file."""
     text = str(path)
     return os.path.abspath(text) if text.startswith("~") else text
+
+
+# --- CSV read strictly --------------------------------------------------------------
+# Python's csv module, left lenient, reads a quote never closed (`"bob,2`) as one value
+# running to the end of the file: a file's last request, or its header, swallowed every
+# line below it, refused as a row of 1 value or a header naming none of its columns.
+# Read strictly (csv.reader(..., strict=True)), it raises csv.Error; its words are the
+# parser's, said here as what is wrong with the file.
+_CSV_REASONS = {
+    "unexpected end of data": "a quote opened on this line is never closed",
+    "',' expected after '\"'": "a quoted value is followed by more text before its comma "
+    '(a quote inside a quoted value is written twice: "")',
+}
+
+
+def csv_reason(error: Exception) -> str:
+    """Why a CSV file the csv module (strict) refused is not valid CSV, one line."""
+    said = str(error)
+    return _CSV_REASONS.get(said, f"not valid CSV: {said}")

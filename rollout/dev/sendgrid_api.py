@@ -997,6 +997,8 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], state: _State) -> None:
         self.state = state
+        if ":" in address[0]:  # an IPv6 address (`--host ::1`): an IPv4 socket refused it
+            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -1081,6 +1083,8 @@ class DevSendGrid:
         if self._server is None:
             raise RuntimeError("DevSendGrid is not running")
         host, port = self._server.server_address[:2]
+        if ":" in host:
+            host = f"[{host}]"
         return f"http://{host}:{port}"
 
     @property

@@ -29,10 +29,10 @@ from typing import Any
 from sqlalchemy import Connection, and_, select
 
 from rollout.core.calendar import REQUESTS_FINGERPRINT, snooze_step
-from rollout.core.controls import quoted
+from rollout.core.controls import CONTROL_CHARACTERS, quoted
 from rollout.core.counts import in_exponent_notation, whole_count
 from rollout.core.errors import BadInput
-from rollout.core.files import MIB, links_outside, read_whole, utf8_text
+from rollout.core.files import MIB, csv_reason, links_outside, read_whole, utf8_text
 from rollout.core.fingerprints import list_fingerprint
 from rollout.core.plan import FIRST_DAY, Phase, Plan, supported_utc
 from rollout.core.words import counted
@@ -105,9 +105,32 @@ class SnoozeOutcome:
 REPLY_EMAIL = "snooze_reply"
 
 
+def username_problem(username: str) -> str | None:
+    """Why ``username`` cannot be an account asking for a snooze, or None: empty, or
+    holding a control character (a line break, NUL, ESC, a bidi override), which a
+    plan's usernames may not hold either (rollout.core.plan.Username) and PostgreSQL
+    cannot even compare (NUL). Such a request is a broken file, or a typo, said at its
+    line (exit 2), not looked up and refused as "no such account" (exit 3)."""
+    if not username:
+        return "username is empty"
+    found = CONTROL_CHARACTERS.search(username)
+    if found is not None:
+        return (
+            f"username {quoted(username)} holds a control character "
+            f"(U+{ord(found.group()):04X} at character {found.start() + 1}): a username is "
+            "one line without control characters"
+        )
+    return None
+
+
 def command_request(username: str, days: int, now: datetime) -> SnoozeRequest:
     """A request given on the command line, read ``now``: the same command again the
-    same day (after a kill) is the same request."""
+    same day (after a kill) is the same request. A USERNAME no account can have is bad
+    input (``username_problem``); spaces around it are dropped, as in a file's."""
+    username = username.strip()
+    problem = username_problem(username)
+    if problem is not None:
+        raise BadInput(None, None, f"USERNAME: {problem}")
     return SnoozeRequest(username, days, now, COMMAND, False, f"{COMMAND}|{now.date()}")
 
 
@@ -159,6 +182,12 @@ def read_requests(path: Path, now: datetime, *, read_each_day: bool = False) -> 
     # trimmed and in any case (the message shows the header as written).
     written = first[1] if first is not None else []
     header = [name.strip().casefold() for name in written]
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:  # which one would be read? (a dict keeps the last, silently)
+        # Said before what is missing: `username,username` is a name written twice.
+        raise BadInput(
+            path, 1, f"column {quoted(repeated[0])} appears twice (names are not case-sensitive)"
+        )
     if not {"username", "days"} <= set(header):
         found = ", ".join(quoted(name) for name in written) or "nothing"
         raise BadInput(
@@ -166,11 +195,6 @@ def read_requests(path: Path, now: datetime, *, read_each_day: bool = False) -> 
             1,
             "the header must name the columns username and days "
             f"(and optionally requested_at); found {shorten(found)}",
-        )
-    repeated = sorted({name for name in header if header.count(name) > 1})
-    if repeated:  # which one would be read? (a dict keeps the last, silently)
-        raise BadInput(
-            path, 1, f"column {quoted(repeated[0])} appears twice (names are not case-sensitive)"
         )
     unknown = [w for w, name in zip(written, header, strict=True) if name not in _COLUMNS]
     if unknown:
@@ -188,8 +212,9 @@ def read_requests(path: Path, now: datetime, *, read_each_day: bool = False) -> 
             )
         values = dict(zip(header, row, strict=True))
         username = values["username"].strip()
-        if not username:
-            raise BadInput(path, line, "username is empty")
+        problem = username_problem(username)
+        if problem is not None:
+            raise BadInput(path, line, problem)
         days = _days(path, line, values["days"])
         at, given = now, bool(values.get("requested_at", "").strip())
         if given:
@@ -207,9 +232,10 @@ def _rows(path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
     """Each row of a CSV file's text with the line it starts on. The text is parsed
     whole, not split into lines first: a quoted value may span lines (and splitlines()
     also breaks at characters csv does not, such as U+2028), which shifted every line
-    number after it. A malformed row (a value beyond the csv module's limit) is bad
-    input at its line."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+    number after it. A malformed row (a quote never closed, text after a closing quote,
+    a value beyond the csv module's limit) is bad input at the line it starts on: read
+    leniently, a quote never closed took every line below it for one value."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     line = 1
     while True:
         try:
@@ -217,7 +243,7 @@ def _rows(path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
         except StopIteration:
             return
         except csv.Error as error:
-            raise BadInput(path, line, f"not valid CSV: {error}") from None
+            raise BadInput(path, line, csv_reason(error)) from None
         yield line, row
         line = reader.line_num + 1
 

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from rollout.core.controls import quoted
 from rollout.core.counts import WHOLE_COUNT_PATTERN
 from rollout.core.errors import BadInput
-from rollout.core.files import compressed_as, duckdb_path, links_outside
+from rollout.core.files import compressed_as, csv_reason, duckdb_path, links_outside
 from rollout.core.words import counted
 
 Kind = Literal["downloads", "manifests", "logins", "publishes", "events"]
@@ -903,15 +903,19 @@ def _csv_header(file: LandingFile) -> tuple[list[str], int]:
     with open_text(file.path) as handle:
         try:
             _allow_fields_duckdb_reads()
-            for line, row in enumerate(
-                csv.reader(text_lines(file.path, handle, CSV_LINE_LIMIT)), start=1
-            ):
+            # Strict: read leniently, a quote never closed took the rest of the file
+            # for the header's one name ("missing columns", the file's rows quoted).
+            reader = csv.reader(text_lines(file.path, handle, CSV_LINE_LIMIT), strict=True)
+            line = 1
+            for row in reader:
                 if row:  # (a blank line is one empty row: no quoted value spans it)
                     return [c.strip() for c in row], line
+                line = reader.line_num + 1
         # Bytes that are not UTF-8 are open_text's to name: the reader decodes 8 KB at
         # a time, so they may be far below the header.
         except csv.Error as error:
-            raise BadInput(file.path, 1, f"malformed CSV header: {error}") from error
+            reason = csv_reason(error).removeprefix("not valid CSV: ")
+            raise BadInput(file.path, line, f"malformed CSV header: {reason}") from error
     raise BadInput(file.path, 1, "empty file: expected a CSV header")
 
 
@@ -938,8 +942,9 @@ FOUND_SHOWN = 120
 
 def _stage_csv_as_text(con: duckdb.DuckDBPyConnection, file: LandingFile) -> None:
     header, header_line = _csv_header(file)
-    _require_columns(file, header, header_line)
     # DuckDB's names are not case-sensitive: `package` and `PACKAGE` are one name twice.
+    # Said before what is missing: `username,username` is a name written twice (a
+    # spreadsheet's column pasted over the one beside it), not a header without one.
     folded = [name.lower() for name in header]
     repeated = sorted({name for name in header if folded.count(name.lower()) > 1})
     if repeated:
@@ -950,6 +955,7 @@ def _stage_csv_as_text(con: duckdb.DuckDBPyConnection, file: LandingFile) -> Non
             f"({shorten(', '.join(quoted(name) for name in repeated))}; names are not "
             "case-sensitive)",
         )
+    _require_columns(file, header, header_line)
     columns = {name: "VARCHAR" for name in header}
     wanted = ", ".join(f'"{c}"' for c in REQUIRED_COLUMNS[file.kind])
     try:
@@ -1010,14 +1016,15 @@ def _stage_parquet(con: duckdb.DuckDBPyConnection, file: LandingFile) -> dict[st
         schema = pq.read_schema(file.path)
     except (pa.ArrowInvalid, OSError) as error:
         raise BadInput(file.path, None, f"not a readable Parquet file: {error}") from error
-    _require_columns(file, schema.names, None)
     names = [c for c in (*REQUIRED_COLUMNS[file.kind], *MANIFEST_MAPS) if c in schema.names]
     # DuckDB matches column names whatever their case, and reads the first of two (the
     # other becomes "<name>_1"): which one is meant? A column nobody reads may repeat.
+    # Said before what is missing, as for a CSV header.
     folded = [name.lower() for name in schema.names]
     repeated = [name for name in names if folded.count(name.lower()) > 1]
     if repeated:
         raise BadInput(file.path, None, f"column {', '.join(repeated)} appears twice")
+    _require_columns(file, schema.names, None)
     wanted = ", ".join(f'"{c}"' for c in names)
     try:
         # A view: Parquet is already columnar and typed, so the one copy made is
