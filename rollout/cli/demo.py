@@ -10,7 +10,7 @@ import typer
 
 from rollout.cli.app import (
     FormatOption,
-    _parse_day,
+    _given_day,
     _runtime,
     app,
     path_given,
@@ -64,8 +64,8 @@ def demo(
 
     runtime = _runtime(ctx)
     # The days given are read before the plan (a bad --start is said as that).
-    start_day = _parse_day(start, "--start") if start is not None else None
-    end_day = _parse_day(end, "--end") if end is not None else None
+    start_day = _given_day(start, "--start")
+    end_day = _given_day(end, "--end")
     if plan_file is not None:
         runtime.use_plan(load_plan(plan_file))
     settings, plan = runtime.settings, runtime.plan

@@ -13,6 +13,7 @@ from rollout.cli.app import (
     FormatOption,
     _changes_named,
     _fingerprint,
+    _given_day,
     _parse_day,
     _runtime,
     _typed_back,
@@ -97,7 +98,7 @@ def notify_preview(
     from rollout.registry.ledger import utc_now
 
     runtime = _runtime(ctx)
-    day = _parse_day(on, "--on") if on is not None else None  # before the plan is read
+    day = _given_day(on, "--on")  # before the plan is read
     settings, plan = runtime.settings, runtime.plan
     if email is not None and email not in EMAILS:
         raise RolloutError(
