@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -30,6 +30,8 @@ from rollout.core.files import duckdb_path
 from rollout.core.words import counted
 
 if TYPE_CHECKING:
+    import duckdb
+
     from rollout.core.config import Settings
     from rollout.registry import Registry
     from rollout.runtime import Runtime
@@ -338,6 +340,36 @@ def check_warehouse(path: Path) -> CheckResult:
     return CheckResult("warehouse", Status.ok, f"{path} (schema version {version}, read-only)")
 
 
+_T = TypeVar("_T")
+
+
+def _read_warehouse(
+    path: Path, name: str, absent: str, read: Callable[[duckdb.DuckDBPyConnection], _T]
+) -> _T | CheckResult:
+    """What ``read`` finds in the warehouse, opened read-only and only for a moment, as
+    the warehouse check opens it (a warehouse a run holds is not waited for); or row
+    ``name``'s result when it is not there (ok: "no warehouse yet: ``absent``"), does not
+    open or is of another schema version (a warning: the warehouse row says why)."""
+    import duckdb
+
+    from rollout.warehouse import SCHEMA_VERSION, schema_version
+
+    if not path.exists():
+        return CheckResult(name, Status.ok, f"no warehouse yet: {absent}")
+    try:
+        con = duckdb.connect(duckdb_path(path), read_only=True)
+    except duckdb.Error:
+        return CheckResult(
+            name, Status.warn, "not checked: the warehouse did not open (its row says why)"
+        )
+    try:
+        if schema_version(con) != SCHEMA_VERSION:
+            return CheckResult(name, Status.warn, "not checked: the warehouse row says why")
+        return read(con)
+    finally:
+        con.close()
+
+
 # How far back the quarantine check looks: a week of daily runs, so a row a run
 # quarantined on Friday is still named on Monday, and one fixed at the source drops out.
 QUARANTINE_DAYS = 7
@@ -349,22 +381,9 @@ def check_quarantine(path: Path, now: datetime) -> CheckResult:
     every event is bad is loaded all the same, each event judged alone: its delivery
     states are lost unless someone looks). Read-only and only for a moment, as the
     warehouse check; a warehouse a run holds is not waited for."""
-    import duckdb
-
-    from rollout.warehouse import SCHEMA_VERSION, schema_version
-
-    if not path.exists():
-        return CheckResult("quarantine", Status.ok, "no warehouse yet: nothing quarantined")
-    try:
-        con = duckdb.connect(duckdb_path(path), read_only=True)
-    except duckdb.Error:
-        return CheckResult(
-            "quarantine", Status.warn, "not checked: the warehouse did not open (its row says why)"
-        )
     since = now.astimezone(UTC).replace(tzinfo=None) - timedelta(days=QUARANTINE_DAYS)
-    try:
-        if schema_version(con) != SCHEMA_VERSION:
-            return CheckResult("quarantine", Status.warn, "not checked: the warehouse row says why")
+
+    def read(con: duckdb.DuckDBPyConnection) -> tuple[list[Any], list[str]]:
         by_kind = con.execute(
             "select kind, count(*) from quarantine where quarantined_at >= $since "
             "group by kind order by kind",
@@ -378,8 +397,12 @@ def check_quarantine(path: Path, now: datetime) -> CheckResult:
                 {"since": since},
             ).fetchall()
         ]
-    finally:
-        con.close()
+        return by_kind, wholly
+
+    found = _read_warehouse(path, "quarantine", "nothing quarantined", read)
+    if isinstance(found, CheckResult):
+        return found
+    by_kind, wholly = found
     if not by_kind:
         return CheckResult(
             "quarantine", Status.ok, f"no row quarantined in the last {QUARANTINE_DAYS} days"
@@ -413,26 +436,19 @@ def check_duplicate_sends(path: Path, now: datetime) -> CheckResult:
     state counts only that one's events, so nothing else shows the others (a sender
     paused past its lease, its row taken over and sent again). Read-only and only for a
     moment, as the warehouse check."""
-    import duckdb
-
     from rollout import warehouse
-    from rollout.warehouse import SCHEMA_VERSION, schema_version
 
-    if not path.exists():
-        return CheckResult("sends", Status.ok, "no warehouse yet: no delivery event loaded")
-    try:
-        con = duckdb.connect(duckdb_path(path), read_only=True)
-    except duckdb.Error:
-        return CheckResult(
-            "sends", Status.warn, "not checked: the warehouse did not open (its row says why)"
-        )
     since = now.astimezone(UTC).replace(tzinfo=None) - timedelta(days=DUPLICATE_SENDS_DAYS)
-    try:
-        if schema_version(con) != SCHEMA_VERSION:
-            return CheckResult("sends", Status.warn, "not checked: the warehouse row says why")
-        rows = con.execute(warehouse.render("marts/duplicate_sends"), {"since": since}).fetchall()
-    finally:
-        con.close()
+    rows = _read_warehouse(
+        path,
+        "sends",
+        "no delivery event loaded",
+        lambda con: con.execute(
+            warehouse.render("marts/duplicate_sends"), {"since": since}
+        ).fetchall(),
+    )
+    if isinstance(rows, CheckResult):
+        return rows
     if not rows:
         return CheckResult(
             "sends",
