@@ -414,9 +414,7 @@ def check_quarantine(path: Path, now: datetime) -> CheckResult:
         f"`rollout quarantine --days {QUARANTINE_DAYS}` lists them"
     )
     if wholly:
-        shown = [visible(name) for name in wholly[:SHOWN_OPEN]]
-        if len(wholly) > SHOWN_OPEN:
-            shown.append(f"{len(wholly) - SHOWN_OPEN:,} more")
+        shown = _cut([visible(name) for name in wholly])
         detail += (
             f"; {counted(len(wholly), 'file')} nothing of which loaded, every row bad: "
             + ", ".join(shown)
@@ -457,11 +455,9 @@ def check_duplicate_sends(path: Path, now: datetime) -> CheckResult:
             "(by SendGrid's events loaded)",
         )
     extra = sum(row[3] - 1 for row in rows)
-    shown = [
-        f"{row[0]} ({visible(str(row[2] or 'email'))} x{row[3]})" for row in rows[:SHOWN_SENDS]
-    ]
-    if len(rows) > SHOWN_SENDS:
-        shown.append(f"{len(rows) - SHOWN_SENDS:,} more")
+    shown = _cut(
+        [f"{row[0]} ({visible(str(row[2] or 'email'))} x{row[3]})" for row in rows], SHOWN_SENDS
+    )
     return CheckResult(
         "sends",
         Status.warn,
@@ -490,6 +486,12 @@ def _unwritable(path: Path) -> Path | None:
 SQLITE_SIDECARS = ("-journal", "-wal", "-shm")
 DUCKDB_SIDECARS = (".wal",)
 SHOWN_OPEN = 8
+
+
+def _cut(shown: list[str], limit: int = SHOWN_OPEN) -> list[str]:
+    """The first ``limit`` of ``shown``, and how many more when there are more: a row's
+    list kept short."""
+    return shown if len(shown) <= limit else [*shown[:limit], f"{len(shown) - limit:,} more"]
 
 
 def check_home(settings: Settings) -> CheckResult:
@@ -530,9 +532,7 @@ def check_home(settings: Settings) -> CheckResult:
         return CheckResult("home", Status.ok, f"{home}: closed to others")
     # In the home, by their names there (the row stays short); elsewhere, in full.
     # Not cut short as other rows are: each path is one to close. At most SHOWN_OPEN.
-    shown = [f"{_in_home(path, home)} ({mode:04o})" for path, mode in open_to_others.items()]
-    if len(shown) > SHOWN_OPEN:
-        shown = [*shown[:SHOWN_OPEN], f"{len(shown) - SHOWN_OPEN:,} more"]
+    shown = _cut([f"{_in_home(path, home)} ({mode:04o})" for path, mode in open_to_others.items()])
     return CheckResult(
         "home",
         Status.warn,
