@@ -627,21 +627,17 @@ def check_leftovers(settings: Settings, now: datetime) -> CheckResult:
     doctor writes nothing."""
     from rollout.core.files import STALE_TEMPORARY_SECONDS, stale_temporaries
 
-    roots = [settings.landing_dir, settings.outbox_dir, settings.reports_dir]
-    roots.append(settings.warehouse_path.parent)
+    # The warehouse's folder (the home, by default) alone, not the folders below.
+    roots = [(settings.landing_dir, True), (settings.outbox_dir, True)]
+    roots += [(settings.reports_dir, True), (settings.warehouse_path.parent, False)]
     found: dict[Path, None] = {}
-    for index, root in enumerate(roots):
-        # The warehouse's folder (the home, by default) alone, not the folders below.
-        below = index < len(roots) - 1
+    for root, below in roots:
         for path in stale_temporaries(root, below=below, now=now.timestamp()):
             found.setdefault(path)
     hours = STALE_TEMPORARY_SECONDS / 3600
+    span = f"{hours:g} hour{'s' if hours != 1 else ''}"
     if not found:
-        return CheckResult(
-            "leftovers",
-            Status.ok,
-            f"no temporary file older than {hours:g} hour{'s' if hours != 1 else ''}",
-        )
+        return CheckResult("leftovers", Status.ok, f"no temporary file older than {span}")
     paths = list(found)
     shown = paths[:SHOWN_OPEN]
     more = (
@@ -654,7 +650,7 @@ def check_leftovers(settings: Settings, now: datetime) -> CheckResult:
         "leftovers",
         Status.warn,
         f"{counted(len(paths), 'temporary file')} of writes killed midway, untouched for "
-        f"over {hours:g} hour{'s' if hours != 1 else ''} (half-written, personal data "
+        f"over {span} (half-written, personal data "
         f"each): `{command}` removes them{more}",
     )
 
