@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +17,7 @@ from rollout.cli.app import (
     path_given,
     reports_errors,
 )
+from rollout.core.clock import real_now
 from rollout.core.controls import quoted, shell_word
 from rollout.core.errors import EXIT_BAD_INPUT, EXIT_FAILURE, RolloutError
 from rollout.core.output import Format, emit, emit_record, labelled, progress_for, stderr, visible
@@ -315,11 +316,7 @@ def quarantine(
     fmt: FormatOption = Format.table,
 ) -> None:
     """List rows refused by ingest validation, with file, line and reason."""
-    since = (
-        datetime(1, 1, 1)
-        if days is None
-        else datetime.now(UTC).replace(tzinfo=None) - timedelta(days=days)
-    )
+    since = datetime(1, 1, 1) if days is None else real_now() - timedelta(days=days)
     with _runtime(ctx).warehouse(read_only=True) as con:
         rows = con.execute(
             "select path as file, line, reason, record from quarantine "

@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
+from rollout.core.clock import naive_utc
 from rollout.core.config import prefect_api, url_shown
 from rollout.core.controls import quoted, shell_word, visible
 from rollout.core.errors import BadInput, RolloutError
@@ -381,7 +382,7 @@ def check_quarantine(path: Path, now: datetime) -> CheckResult:
     every event is bad is loaded all the same, each event judged alone: its delivery
     states are lost unless someone looks). Read-only and only for a moment, as the
     warehouse check; a warehouse a run holds is not waited for."""
-    since = now.astimezone(UTC).replace(tzinfo=None) - timedelta(days=QUARANTINE_DAYS)
+    since = naive_utc(now) - timedelta(days=QUARANTINE_DAYS)
 
     def read(con: duckdb.DuckDBPyConnection) -> tuple[list[Any], list[str]]:
         by_kind = con.execute(
@@ -436,7 +437,7 @@ def check_duplicate_sends(path: Path, now: datetime) -> CheckResult:
     moment, as the warehouse check."""
     from rollout import warehouse
 
-    since = now.astimezone(UTC).replace(tzinfo=None) - timedelta(days=DUPLICATE_SENDS_DAYS)
+    since = naive_utc(now) - timedelta(days=DUPLICATE_SENDS_DAYS)
     rows = _read_warehouse(
         path,
         "sends",
