@@ -22,6 +22,15 @@ CONTROL_CHARACTERS = re.compile(rf"[\t\n{_OTHER_CONTROLS}]")
 _CONTROLS_BUT_LINES = re.compile(rf"[{_OTHER_CONTROLS}]")
 
 
+def control_found(text: str) -> str | None:
+    """Where ``text``'s first control character (CONTROL_CHARACTERS) is, as a message
+    says it ("U+000A at character 4"); None when it holds none."""
+    found = CONTROL_CHARACTERS.search(text)
+    if found is None:
+        return None
+    return f"U+{ord(found.group()):04X} at character {found.start() + 1}"
+
+
 def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"

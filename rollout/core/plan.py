@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from rollout.core.clock import naive_utc
-from rollout.core.controls import CONTROL_CHARACTERS, quoted
+from rollout.core.controls import control_found, quoted
 from rollout.core.errors import BadInput
 from rollout.core.files import MIB, read_whole, utf8_text
 from rollout.core.names import SAFE_NAME_RULE, is_safe_name
@@ -163,12 +163,9 @@ def _one_line(value: str) -> str:
     # a header; a C1 control, a line separator or a bidi override (U+202E: the From name
     # read reversed) acts in a mail reader or a terminal, unseen in the plan as written.
     # The terminal's and the emails' set (rollout.core.controls), refused here.
-    found = CONTROL_CHARACTERS.search(value)
+    found = control_found(value)
     if found is not None:
-        raise ValueError(
-            f"must be one line without control characters (U+{ord(found.group()):04X} "
-            f"at character {found.start() + 1})"
-        )
+        raise ValueError(f"must be one line without control characters ({found})")
     return value
 
 

@@ -592,6 +592,26 @@ def naming_changes_since(
     return GuardRefused(f"{refused}; {changed}")
 
 
+def _typed_preview(
+    reports_dir: Path,
+    typed: str,
+    matches: Callable[[dict[str, Any]], bool],
+    *,
+    kind: str = PHASE_PREVIEW,
+    fields: dict[str, type] | None = None,
+) -> dict[str, Any] | None:
+    """The latest preview record of ``kind`` under ``reports/previews/`` (saved_previews)
+    whose list's fingerprint was typed back (``typed``) and that ``matches``; None when
+    none is saved here."""
+    typed = typed.strip().lower()
+    found = [
+        r
+        for r in saved_previews(reports_dir, kind=kind, fields=fields)
+        if r.get("fingerprint") == typed and matches(r)
+    ]
+    return found[-1] if found else None
+
+
 def changed_since_preview(
     reports_dir: Path,
     typed: str,
@@ -610,15 +630,9 @@ def changed_since_preview(
     differs), after the preview's time and file. None when no such preview is saved here
     (taken on another machine, or its files removed), or when its list cannot be read or
     differs in nothing: the refusal then stands on its own."""
-    typed = typed.strip().lower()
-    found = [
-        r
-        for r in saved_previews(reports_dir, kind=kind, fields=fields)
-        if r.get("fingerprint") == typed and matches(r)
-    ]
-    if not found:
+    record = _typed_preview(reports_dir, typed, matches, kind=kind, fields=fields)
+    if record is None:
         return None
-    record = found[-1]
     try:
         then = read(reports_dir / "previews", record)
     except UNREADABLE_LIST:
@@ -686,13 +700,8 @@ def approved_preview_at(reports_dir: Path, phase: str, typed: str | None) -> dat
     saved here (taken on another machine, its files removed) or nothing was typed."""
     if typed is None:
         return None
-    typed = typed.strip().lower()
-    found = [
-        r["at"]
-        for r in saved_previews(reports_dir)
-        if r.get("fingerprint") == typed and r.get("phase") == phase
-    ]
-    return found[-1] if found else None
+    record = _typed_preview(reports_dir, typed, lambda r: r.get("phase") == phase)
+    return record["at"] if record is not None else None
 
 
 def _accounts_label(p: PhasePreview) -> str:

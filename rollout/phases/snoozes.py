@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, select
 
 from rollout.core.calendar import REQUESTS_FINGERPRINT, snooze_step
-from rollout.core.controls import CONTROL_CHARACTERS, quoted
+from rollout.core.controls import control_found, quoted
 from rollout.core.counts import in_exponent_notation, whole_count
 from rollout.core.errors import BadInput
 from rollout.core.files import MIB, csv_reason, links_outside, read_whole, utf8_text
@@ -113,12 +113,11 @@ def username_problem(username: str) -> str | None:
     line (exit 2), not looked up and refused as "no such account" (exit 3)."""
     if not username:
         return "username is empty"
-    found = CONTROL_CHARACTERS.search(username)
+    found = control_found(username)
     if found is not None:
         return (
-            f"username {quoted(username)} holds a control character "
-            f"(U+{ord(found.group()):04X} at character {found.start() + 1}): a username is "
-            "one line without control characters"
+            f"username {quoted(username)} holds a control character ({found}): a username "
+            "is one line without control characters"
         )
     return None
 

@@ -163,11 +163,10 @@ class HeldRunLock:
             self._lost = not bool(
                 self._connection.execute(
                     text(
-                        "select exists(select 1 from pg_locks where locktype = 'advisory'"
-                        " and granted and pid = pg_backend_pid() and objsubid = 1"
-                        " and classid = cast(:high as oid) and objid = cast(:low as oid))"
+                        f"select exists(select 1 from pg_locks where {_KEY_GRANTED}"
+                        " and pid = pg_backend_pid())"
                     ),
-                    {"high": (self._key >> 32) & 0xFFFFFFFF, "low": self._key & 0xFFFFFFFF},
+                    _key_halves(self._key),
                 ).scalar()
             )
         except SQLAlchemyError:  # the connection gone, or left unusable by its loss
@@ -578,17 +577,25 @@ def _held_in_proc_locks(path: Path) -> bool | None:
 def advisory_lock_holders(connection: Connection, name: str) -> list[int]:
     """The server processes (pids) holding this registry's ``name`` run lock, on
     PostgreSQL."""
-    key = _advisory_key(connection, name)
-    # A bigint advisory key shows in pg_locks as its high and low 32 bits.
     return list(
         connection.execute(
             text(
-                "select pid from pg_locks where locktype = 'advisory' and granted"
-                " and objsubid = 1 and classid = cast(:high as oid)"
-                " and objid = cast(:low as oid)"
+                f"select pid from pg_locks where {_KEY_GRANTED}"
                 " and database = (select oid from pg_database"
                 " where datname = current_database())"
             ),
-            {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF},
+            _key_halves(_advisory_key(connection, name)),
         ).scalars()
     )
+
+
+# A bigint advisory key granted, as pg_locks shows it: its high and low 32 bits
+# (_key_halves), objsubid 1 (a two-int4 key, a run's token, shows as 2).
+_KEY_GRANTED = (
+    "locktype = 'advisory' and granted and objsubid = 1"
+    " and classid = cast(:high as oid) and objid = cast(:low as oid)"
+)
+
+
+def _key_halves(key: int) -> dict[str, int]:
+    return {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF}
