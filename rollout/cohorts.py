@@ -69,10 +69,17 @@ class CohortResult:
     accounts_entered: int = 0
     accounts_left: int = 0
     unresolved_maintainers: int = 0
+    # Where the plan requires a security key of some cohort (Plan.security_key_phases):
+    # of this cohort's accounts, those without one (TOTP alone falls short), as its
+    # phases, the report and the notebooks count them; None for a cohort asked any 2FA.
+    # A plan requiring no key shows no such count (``plan_asks_keys``).
+    accounts_short_of_a_key: int | None = None
+    plan_asks_keys: bool = False
 
     LABELS: ClassVar[dict[str, str]] = {
         "qualifying_today": "qualifying today",
         "without_2fa": "without 2FA",
+        "short_of_a_security_key": "short of a security key",
     }
 
     def summary(self) -> dict[str, Any]:
@@ -85,6 +92,11 @@ class CohortResult:
             "packages_entered": len(self.packages_entered),
             "accounts": self.accounts,
             "without_2fa": self.accounts_without_2fa,
+            **(
+                {"short_of_a_security_key": self.accounts_short_of_a_key}
+                if self.plan_asks_keys
+                else {}
+            ),
             "accounts_entered": self.accounts_entered,
             "accounts_left": self.accounts_left,
             "unresolved_maintainers": self.unresolved_maintainers,
@@ -750,6 +762,7 @@ def build_cohorts(
     for name in names:
         require_download_window(con, plan.cohort(name), as_of, allow_gaps=allow_gaps)
     rules = {name: plan.cohorts[name] for name in names}
+    key_phases = plan.security_key_phases()
     require_known_orgs(registry, rules)
     engine = registry.engine
     with registry.lock("cohorts"):
@@ -821,6 +834,11 @@ def build_cohorts(
                     accounts_left=moved[name][1],
                     unresolved_maintainers=unresolved,
                 )
+                if key_phases:
+                    result.plan_asks_keys = True
+                    if name in key_phases:
+                        statuses = today.column("tfa_status").to_pylist()
+                        result.accounts_short_of_a_key = len(statuses) - statuses.count("webauthn")
                 results.append(result)
                 run.summary[name] = {
                     "packages": result.packages,

@@ -1223,3 +1223,53 @@ def test_phase_enforce_of_a_recommending_phase_says_it_acted_on_accounts_not_req
     table = run(*to_apply(run("phase", "preview", "top-100").stderr))
     assert table.exit_code == 0, table.stderr
     assert "accounts_acted_on" in table.stdout and "accounts_required" not in table.stdout
+
+
+def test_cohorts_show_short_lists_who_falls_short_of_what_the_phases_require(
+    rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runbook's "who still has to act" was `--without-2fa`: where top-100's phase
+    requires a security key, its TOTP users have to act too. `--short` lists the
+    accounts short of what the cohort's phases require, and `--without-2fa` there says
+    that it leaves them out."""
+    keys = _reference_plan_with(
+        tmp_path,
+        "    notify_compliant: true\n",
+        "    notify_compliant: true\n    requires: {two_factor: phishing_resistant}\n",
+    )
+    monkeypatch.setenv("ROLLOUT_PLAN", str(keys))
+    assert run("sample", "--scale", "tiny", "--seed", "3").exit_code == 0
+    assert run("ingest").exit_code == 0
+    assert run("metrics", "--as-of", "2022-02-01").exit_code == 0
+    assert run("cohorts", "build", "--as-of", "2022-02-01").exit_code == 0
+
+    def shown(*options: str) -> tuple[dict[str, str], str]:
+        result = run("cohorts", "show", "top-100", *options, "--format", "json")
+        assert result.exit_code == 0, result.stderr
+        return {a["username"]: a["tfa_status"] for a in json.loads(result.stdout)}, " ".join(
+            result.stderr.split()
+        )
+
+    everyone, _ = shown()
+    short, _ = shown("--short")
+    assert short == {u: s for u, s in everyone.items() if s != "webauthn"}
+    assert set(short.values()) == {"none", "totp"}
+    without, said = shown("--without-2fa")
+    assert without == {u: s for u, s in everyone.items() if s == "none"}
+    assert "phase top-100 requires a security key of cohort top-100" in said
+    assert "--short" in said
+    refused = run("cohorts", "show", "top-100", "--short", "--without-2fa")
+    assert refused.exit_code == 2
+
+
+def test_cohorts_show_short_is_without_2fa_where_the_phases_ask_any_2fa(
+    rollout_home: Path,
+) -> None:
+    assert run("sample", "--scale", "tiny", "--seed", "3").exit_code == 0
+    assert run("ingest").exit_code == 0
+    assert run("metrics", "--as-of", "2022-02-01").exit_code == 0
+    assert run("cohorts", "build", "--as-of", "2022-02-01").exit_code == 0
+    short = run("cohorts", "show", "top-100", "--short", "--format", "json")
+    without = run("cohorts", "show", "top-100", "--without-2fa", "--format", "json")
+    assert short.exit_code == 0 and short.stdout == without.stdout
+    assert "security key" not in without.stderr

@@ -15,6 +15,7 @@ from sqlalchemy import func, select, update
 from rollout import cohorts, metrics
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
+from rollout.core.output import labelled_rows
 from rollout.core.plan import ActiveWithin, CohortRule, DownloadsOver, Plan, TopShare
 from rollout.phases.simulate import simulate_plan
 from rollout.registry import Registry, batches
@@ -1108,3 +1109,46 @@ def test_the_daily_cohort_step_goes_beside_a_phase_run_and_is_refused_by_a_cohor
     assert refused.value.exit_code == 3
     assert action_count(registry) == before
     assert "high-impact" in build(con, registry, small_cohorts_plan, D2)  # once it has gone
+
+
+def test_a_cohort_a_phase_requires_a_security_key_of_counts_its_accounts_short_of_one(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+) -> None:
+    """high-impact's phase requires a security key (two_factor: phishing_resistant): of
+    alice (no 2FA), bob (TOTP) and carol (a key and TOTP), one is without 2FA but two
+    fall short, as the phase and the report count them. The build says both, each
+    named; top-1, asked any 2FA, has no such count."""
+    plan = small_cohorts_plan.model_copy(
+        update={
+            "phases": [
+                phase.model_copy(
+                    update={
+                        "requires": phase.requires.model_copy(
+                            update={"two_factor": "phishing_resistant"}
+                        )
+                    }
+                )
+                if phase.cohort == "high-impact"
+                else phase
+                for phase in small_cohorts_plan.phases
+            ]
+        }
+    )
+    results = build(con, registry, plan, D1)
+    wide = results["high-impact"].summary()
+    assert (wide["without_2fa"], wide["short_of_a_security_key"]) == (1, 2)
+    assert results["top-1"].summary()["short_of_a_security_key"] is None
+    assert ("short of a security key", 2) in labelled_rows(results["high-impact"])
+
+
+def test_a_plan_requiring_no_security_key_builds_cohorts_said_as_before(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+) -> None:
+    results = build(con, registry, small_cohorts_plan, D1)
+    assert "short_of_a_security_key" not in results["high-impact"].summary()

@@ -461,3 +461,66 @@ def test_adoption_trends_measures_a_cohort_a_phase_requires_a_key_of_as_the_repo
         con.close()
     assert keys < anyone  # TOTP users: the two shares differ in this story
     assert shown["chart"]["cohort:everyone (a security key)"] == keys
+
+
+# Appended to a copy of cohort_explorer: its sizes and who it lists as falling short.
+EXPLORED = """
+import json
+
+Path(os.environ["SHOWN_TO"]).write_text(
+    json.dumps(
+        {
+            "sizes": sizes.set_index("cohort").to_dict("index"),
+            "short": short_now.set_index("username")[["short_in", "tfa_now"]].to_dict("index"),
+        },
+        default=str,
+    )
+)
+"""
+
+
+@pytest.mark.slow
+def test_cohort_explorer_counts_a_cohort_a_phase_requires_a_key_of_compliant_with_a_key(
+    tokens_home: Path, tmp_path: Path
+) -> None:
+    """npm-2025-tokens' totp-closed requires a security key of everyone: the explorer's
+    share of everyone "now" counted any 2FA, and its "Who lacks 2FA" left out the TOTP
+    users the phase finds short. It measures such a cohort as the report does: compliant
+    with a security key, the rule named (`requires`), every short account listed."""
+    copy = tmp_path / "cohort_explorer.ipynb"
+    notebook = nbformat.read(NOTEBOOKS / "cohort_explorer.ipynb", as_version=4)
+    notebook.cells.append(nbformat.v4.new_code_cell(EXPLORED))
+    nbformat.write(notebook, copy)
+    env = notebook_env(tokens_home, tmp_path / "scratch")
+    env.update(ROLLOUT_PLAN=str(TOKENS_PLAN), SHOWN_TO=str(tmp_path / "shown.json"))
+    returncode, _, output = run_nbmake([copy], env)
+    assert returncode == 0, output
+    shown = json.loads((tmp_path / "shown.json").read_text())
+
+    con = duckdb.connect(str(tokens_home / "warehouse.duckdb"), read_only=True)
+    try:
+        methods = dict(
+            con.execute(
+                "select accounts.username, coalesce(max(factors.kind), 'none') "
+                "from cohort_accounts as accounts "
+                "left join registry.tfa_factors as factors "
+                "on factors.account_id = accounts.account_id and factors.removed_at is null "
+                "where accounts.cohort = 'everyone' group by accounts.username"
+            ).fetchall()
+        )  # 'webauthn' > 'totp' > 'none': the strongest
+    finally:
+        con.close()
+    with_a_key = sorted(u for u, kind in methods.items() if kind == "webauthn")
+    totp_only = sorted(u for u, kind in methods.items() if kind == "totp")
+    assert with_a_key and totp_only  # the story has both: the measures differ
+
+    everyone = shown["sizes"]["everyone"]
+    assert everyone["requires"] == "a security key (totp-closed)"
+    assert everyone["accounts"] == len(methods)
+    assert everyone["with_2fa_now"] == len(with_a_key) + len(totp_only)
+    assert everyone["compliant_now"] == len(with_a_key)
+    assert everyone["share_compliant_now"] == round(len(with_a_key) / len(methods), 3)
+    short = shown["short"]
+    assert sorted(short) == sorted(u for u in methods if u not in with_a_key)
+    assert {short[u]["tfa_now"] for u in totp_only} == {"totp"}
+    assert {short[u]["short_in"] for u in short} == {"everyone"}

@@ -114,19 +114,36 @@ def cohorts_show(
     without_2fa: Annotated[
         bool, typer.Option("--without-2fa", help="Only accounts with no 2FA factor.")
     ] = False,
+    short: Annotated[
+        bool,
+        typer.Option(
+            "--short",
+            help="Only accounts short of what the cohort's phases require: no 2FA, or no "
+            "security key where a phase requires one (TOTP alone falls short).",
+        ),
+    ] = False,
     fmt: FormatOption = Format.table,
 ) -> None:
     """The accounts (or packages) of a cohort on a day, with 2FA status and why."""
 
     from rollout.cohorts import latest_build, snapshot_exists
 
-    if packages and without_2fa:
+    filters = [name for name, on in (("--without-2fa", without_2fa), ("--short", short)) if on]
+    if packages and filters:
         raise RolloutError(
-            "--without-2fa filters accounts; --packages lists packages: give one"
+            f"{filters[0]} filters accounts; --packages lists packages: give one"
+        ).with_exit(EXIT_BAD_INPUT)
+    if len(filters) > 1:
+        raise RolloutError(
+            "--without-2fa lists the accounts with no 2FA; --short those short of what the "
+            "cohort's phases require: give one"
         ).with_exit(EXIT_BAD_INPUT)
     runtime = _runtime(ctx)
     given = _given_day(as_of)
     runtime.plan.cohort(cohort)
+    # The one rule for "compliant" (Plan.security_key_phases, as the report's): a
+    # cohort a phase requires a security key of is compliant with one.
+    key_phases = runtime.plan.security_key_phases().get(cohort, ())
     with runtime.warehouse(read_only=True) as con:
         # The cohort's latest build, of its packages or its accounts alike: one that put
         # no account in it has no account row, and its accounts are none that day.
@@ -150,6 +167,11 @@ def cohorts_show(
                 "packages, via from cohort_account_snapshots where cohort = $cohort "
                 "and as_of = $as_of"
                 + (" and tfa_status = 'none'" if without_2fa else "")
+                + (
+                    (" and tfa_status <> 'webauthn'" if key_phases else " and tfa_status = 'none'")
+                    if short
+                    else ""
+                )
                 + " order by username"
             )
         result = con.execute(query, {"cohort": cohort, "as_of": day})
@@ -168,6 +190,16 @@ def cohorts_show(
         title=f"{cohort} on {day}: {counted(len(rows), 'package' if packages else 'account')}",
         columns=names,
     )
+    if without_2fa and key_phases:
+        # Not who has to act: a TOTP user falls short of such a phase too.
+        stderr.print(
+            f"phase{'s' if len(key_phases) > 1 else ''} {', '.join(key_phases)} "
+            f"require{'' if len(key_phases) > 1 else 's'} a security key of cohort {cohort}: "
+            "its accounts with TOTP alone fall short too, and are not listed; --short lists "
+            "every account short of it",
+            highlight=False,
+            markup=False,
+        )
 
 
 @cohorts_app.command("diff")

@@ -142,11 +142,8 @@ def _story_lines(report: Any, plan: Any) -> list[str]:
     def share(value: float | None) -> str:
         return "?" if value is None else f"{value:.0%}"
 
-    asks_a_key = {
-        f"cohort:{phase.cohort}"
-        for phase in plan.phases
-        if phase.requires.two_factor == "phishing_resistant"
-    }
+    # The one rule for "compliant", the report's (Plan.security_key_phases).
+    asks_a_key = {f"cohort:{cohort}" for cohort in plan.security_key_phases()}
     lines = ["The story:"]
     for population in [*(f"cohort:{c}" for c in plan.cohorts), "all"]:
         if population in report.shares:

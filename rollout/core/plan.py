@@ -670,6 +670,18 @@ class Plan(_Strict):
     def exempt_usernames(self) -> frozenset[str]:
         return frozenset(a.username for a in self.exemptions.accounts)
 
+    def security_key_phases(self) -> dict[str, tuple[str, ...]]:
+        """Per cohort, the phases that require a security key of it (``two_factor:
+        phishing_resistant``), in the plan's order: the one rule for "compliant" of every
+        reader (the report's ``key_phases``, the notebooks, a cohort build's counts). Such
+        a cohort is compliant with a security key, TOTP alone falling short; a cohort no
+        such phase names, with any 2FA (another phase naming it does not lower it)."""
+        out: dict[str, tuple[str, ...]] = {}
+        for phase in self.phases:
+            if phase.requires.two_factor == "phishing_resistant":
+                out[phase.cohort] = (*out.get(phase.cohort, ()), phase.name)
+        return out
+
 
 Path_ = tuple[str | int, ...]
 

@@ -222,13 +222,9 @@ def key_phases(plan: Plan) -> dict[str, tuple[str, ...]]:
     """Per population (``cohort:<name>``), the phases that require a security key of it
     (``two_factor: phishing_resistant``): its adoption is measured as the share with one,
     as those phases count it (compliance_funnel, enforcement). A cohort no such phase
-    names, and ``all``, are measured by any 2FA."""
-    out: dict[str, tuple[str, ...]] = {}
-    for phase in plan.phases:
-        if phase.requires.two_factor == "phishing_resistant":
-            key = f"cohort:{phase.cohort}"
-            out[key] = (*out.get(key, ()), phase.name)
-    return out
+    names, and ``all``, are measured by any 2FA (``Plan.security_key_phases``, the rule
+    every reader shares)."""
+    return {f"cohort:{cohort}": phases for cohort, phases in plan.security_key_phases().items()}
 
 
 def _series_label(population: str, keys: Mapping[str, tuple[str, ...]]) -> str:

@@ -278,6 +278,18 @@ def test_cohorts_markdown_lists_at_most_20_entered_packages() -> None:
     assert entered_list([]) == "none"
 
 
+def test_cohorts_markdown_counts_a_key_cohort_short_of_a_security_key() -> None:
+    """A cohort a phase requires a security key of: the artifact says how many of its
+    accounts lack one (TOTP users too) beside those without 2FA; another cohort of the
+    plan has no such count (an empty cell, not a 0)."""
+    keys = CohortResult("everyone", DAY, 30, 25, [], 40, 9, 5, 1, 2, 22, plan_asks_keys=True)
+    other = CohortResult("top-100", DAY, 30, 25, [], 40, 9, 5, 1, 2, plan_asks_keys=True)
+    markdown = cohorts_markdown(DAY, [keys, other])
+    everyone, top = markdown.split("## top-100")
+    assert "| without 2FA | 9 |" in everyone and "| short of a security key | 22 |" in everyone
+    assert "| short of a security key |  |" in top
+
+
 def test_cohorts_markdown_names_the_cohorts_not_built_before_their_day() -> None:
     """A daily run before a phase's cohort_as_of builds no cohort of it: an artifact
     with no table would read as a build that found nothing."""
