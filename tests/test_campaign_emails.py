@@ -788,6 +788,41 @@ def test_a_token_lifetime_cap_lists_each_token_with_its_expiry_and_advises_a_sho
     assert "no tokens valid for more than 90 days" in text
 
 
+def test_a_lifetime_cap_on_publishing_tokens_lists_them_and_not_read_only_ones(
+    registry: Registry, plan: Plan, factories: None, tmp_path: Path
+) -> None:
+    """write_token_max_lifetime_days (npm's cap of 2025-10-13, on write tokens): the
+    warning lists the publishing token that never expires with its expiry, not the
+    read-only one that never expires either, says the rule as one on publishing tokens,
+    and advises a replacement within the cap, in text and HTML alike."""
+    from rollout.notify.drain import drain
+    from rollout.notify.queue import queue_due
+    from rollout.notify.senders import FileSender
+    from tests.factories import AccountFactory, TokenFactory
+
+    capping = _top_100_as(
+        plan, {"two_factor": "none", "write_token_max_lifetime_days": 30}, ["revoke_tokens"]
+    )
+    notice_on = capping.phase("top-100").notice_on
+    made = datetime.combine(notice_on, time()) - timedelta(days=5)
+    holder = AccountFactory(username="holder", with_totp=True, in_cohort="top-100")
+    TokenFactory(account=holder, name="ci-forever", granular=True, created_at=made, expires_at=None)
+    TokenFactory(
+        account=holder, name="mirror-read", kind="read_only", writes=False, created_at=made
+    )
+    with use_clock(SimulatedClock(datetime.combine(notice_on, time(9)))):
+        queue_due(registry, capping, notice_on, actor="rm")
+        drain(registry, capping, FileSender(tmp_path / "outbox"))
+    [(_, text, html)] = list(_sent_texts(tmp_path / "outbox").values())
+    text, html = " ".join(text.split()), " ".join(html.split())
+    assert re.search(r"- ci-forever, granular, [^-]*never expires", text)
+    assert re.search(r"ci-forever</td>.*?never expires", html)
+    assert "mirror-read" not in text and "mirror-read" not in html
+    advice = "a granular token that expires within 30 days of its creation"
+    assert advice in text and advice in html
+    assert "no publishing tokens valid for more than 30 days" in text
+
+
 def test_a_token_only_notice_does_not_thank_an_account_owing_2fa() -> None:
     """pypi 2024: an account another phase required 2FA of, still without it and with no
     token the rule forbids, was told it "meets the registry's new security requirements

@@ -362,6 +362,59 @@ def test_a_token_lifetime_cap_forbids_tokens_that_never_expire_or_outlive_it(
     )
 
 
+def test_a_lifetime_cap_on_publishing_tokens_leaves_read_only_tokens_alone(
+    registry: Registry, plan: Plan, factories: None, tmp_path: Path
+) -> None:
+    """npm's 90-day cap of 2025-10-13 was on write tokens: a phase with
+    write_token_max_lifetime_days revokes a publishing token that never expires or
+    outlives the cap, and leaves a read-only one of any lifetime (an account holding only
+    those is not a target). The preview's CSV says the rule; enforcement revokes exactly
+    those, once."""
+    import csv
+
+    writer = AccountFactory(username="writer", with_totp=True, in_cohort="top-100")
+    reader = AccountFactory(username="reader", with_totp=True, in_cohort="top-100")
+    made = NOW - timedelta(days=10)
+    forever = TokenFactory(account=writer, granular=True, created_at=made, expires_at=None).id
+    classic = TokenFactory(account=writer, kind="publish", created_at=made).id
+    too_long = TokenFactory(
+        account=writer,
+        granular=True,
+        created_at=made,
+        expires_at=made + timedelta(days=90, microseconds=1),
+    ).id
+    TokenFactory(account=writer, granular=True, created_at=made)  # exactly 90 days
+    TokenFactory(account=reader, kind="read_only", writes=False, created_at=made)
+    TokenFactory(account=reader, granular=True, writes=False, created_at=made, expires_at=None)
+    capping = phase_of(
+        plan,
+        requires={"two_factor": "none", "write_token_max_lifetime_days": 90},
+        effects=["revoke_tokens"],
+        max_tokens=10,
+        enforce_on=NOW.date(),
+    )
+    phase = capping.phase("top-100")
+    rule = "no publishing tokens valid for more than 90 days"
+    preview = enforce.preview_phase(registry, capping, phase, now=NOW)
+    assert [t.username for t in preview.targets] == ["writer"]
+    saved = save_preview(capping, preview, tmp_path, actor="rm")
+    tokens_csv = saved.csv_path.with_name(saved.csv_path.stem + "-tokens.csv")
+    rows = list(csv.DictReader(tokens_csv.open(newline="")))
+    assert {int(r["token_id"]): r["breaks"] for r in rows} == dict.fromkeys(
+        (forever, classic, too_long), rule
+    )
+    before = live_tokens(registry)
+    result = enforce.enforce_phase(
+        registry, capping, "top-100", expect=1, expect_tokens=3, actor="rm"
+    )
+    assert result.tokens_revoked == 3
+    assert live_tokens(registry) == before - {forever, classic, too_long}
+    again = enforce.enforce_phase(
+        registry, capping, "top-100", expect=0, expect_tokens=0, actor="rm"
+    )
+    assert again.tokens_revoked == 0
+
+
 def test_a_token_is_aged_as_at_the_day_the_phase_announced_not_at_a_later_rerun(
     registry: Registry, plan: Plan, factories: None
 ) -> None:

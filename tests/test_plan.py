@@ -844,3 +844,50 @@ def test_a_token_lifetime_cap_is_said_recorded_and_a_shorter_one_asks_more() -> 
     for days in (0, 3661):
         with pytest.raises(ValueError, match="token_max_lifetime_days"):
             Requirements(two_factor="none", token_max_lifetime_days=days)
+
+
+def test_a_lifetime_cap_on_publishing_tokens_alone_is_said_recorded_and_compared() -> None:
+    """npm's cap of 2025-10-13 was on write tokens (read-only ones kept no expiry):
+    write_token_max_lifetime_days: N says so, in words of its own, recorded in what the
+    notices told. A publishing token may not last longer than either cap; a plan asks
+    more when a publishing token may now last less than the notices allowed it, or when
+    a cap on every token replaces one on publishing tokens (read-only tokens then
+    break it too)."""
+    from rollout.core.plan import Phase, asks_more_than
+
+    def phase(**requires: object) -> Phase:
+        return Phase(
+            name="cap",
+            cohort="c",
+            cohort_as_of=date(2025, 9, 1),
+            notice_on=date(2025, 9, 2),
+            enforce_on=date(2025, 12, 1),
+            max_accounts=10,
+            requires=Requirements(two_factor="none", **requires),
+            effects=["revoke_tokens"],
+            max_tokens=10,
+        )
+
+    writes = phase(write_token_max_lifetime_days=90)
+    said = "no publishing tokens valid for more than 90 days"
+    assert writes.requires.token_rules
+    assert writes.requires.describe() == [said]
+    assert writes.requires.write_token_cap == 90
+    assert writes.asks() == (
+        "two_factor=none;write_token_max_lifetime_days=90;effects=revoke_tokens"
+    )
+    assert asks_more_than(writes.asks(), writes) == []
+    assert asks_more_than(phase(write_token_max_lifetime_days=120).asks(), writes) == [said]
+    assert asks_more_than(phase(token_max_lifetime_days=120).asks(), writes) == [said]
+    assert asks_more_than(phase(token_max_lifetime_days=90).asks(), writes) == []
+    assert asks_more_than(phase(no_classic_tokens=True).asks(), writes) == [said]
+    # The cap on every token, after notices told of publishing tokens only: more.
+    assert asks_more_than(writes.asks(), phase(token_max_lifetime_days=90)) == [
+        "no tokens valid for more than 90 days"
+    ]
+    both = phase(token_max_lifetime_days=365, write_token_max_lifetime_days=90)
+    assert both.requires.write_token_cap == 90
+    assert both.requires.describe() == ["no tokens valid for more than 365 days", said]
+    for days in (0, 3661, True, "90"):
+        with pytest.raises(ValueError, match="write_token_max_lifetime_days"):
+            Requirements(two_factor="none", write_token_max_lifetime_days=days)

@@ -133,6 +133,7 @@ def test_a_bad_plan_file_exits_2_naming_it(home: Path, tmp_path: Path) -> None:
         "{two_factor: phishing_resistant, no_write_tokens_without_2fa: true}",
         "{two_factor: none, no_write_tokens_without_2fa: true}",
         "{two_factor: none, token_max_lifetime_days: 30}",
+        "{two_factor: none, write_token_max_lifetime_days: 30}",
     ],
 )
 def test_token_and_security_key_requirements_count_what_the_preview_lists(

@@ -140,7 +140,10 @@ def test_the_token_section_follows_the_plan_not_npm_2022(tmp_path: Path, plan: P
     assert "Phase totp-closed requires a security key (TOTP alone falls short)" in notes
     with open_warehouse(tmp_path / "warehouse.duckdb") as con:
         create_marts(con)
-        con.execute("insert into token_readiness values ('everyone', 10, 1, 1, 2, 8, 3, 1, 6)")
+        con.execute(
+            "insert into token_readiness values "
+            "('everyone', 10, 1, 1, 2, 8, 3, 1, 6, 3, null, null)"
+        )
         files = build_report(con, tokens, as_of, tmp_path / "out")
     section = files.markdown.read_text().split("## Token readiness")[1].split("## ")[0]
     assert "Phase classic-tokens revokes classic tokens" in section
@@ -189,3 +192,49 @@ def test_automation_tokens_are_not_said_to_keep_working_where_a_token_rule_stops
 
     # The reference plan's phases ask only 2FA: automation tokens keep working.
     assert "Automation tokens keep working." in " ".join(token_notes(plan, AS_OF))
+
+
+def test_the_token_section_shows_expiry_readiness_when_the_plan_caps_a_token_s_life(
+    tmp_path: Path, plan: Plan
+) -> None:
+    """A plan capping how long a publishing token is valid (npm's 90 days on write
+    tokens): the token section shows who uses a token that never expires, the cohort's
+    cap and who uses a token over it (a cohort no phase caps: "—", not 0), and says what
+    they count, naming the phase and its cap, in Markdown and HTML alike. A plan with no
+    cap shows none of it (the shipped plans' reports are as before)."""
+    top = plan.phase("top-100")
+    capped = Phase.model_validate(
+        {
+            **top.model_dump(),
+            "requires": {"two_factor": "none", "write_token_max_lifetime_days": 90},
+            "effects": ["revoke_tokens"],
+            "max_tokens": 100,
+        }
+    )
+    capping = plan.model_copy(update={"phases": [capped, *plan.phases[1:]]})
+    with open_warehouse(tmp_path / "warehouse.duckdb") as con:
+        create_marts(con)
+        con.execute("delete from token_readiness")
+        con.execute(
+            "insert into token_readiness values "
+            "('high-impact', 40, 1, 1, 2, 38, 3, 1, 6, 17, null, null), "
+            "('top-100', 10, 1, 1, 2, 8, 3, 1, 6, 4, 90, 7)"
+        )
+        files = build_report(con, capping, AS_OF, tmp_path / "out")
+        plain = build_report(con, plan, AS_OF, tmp_path / "plain")
+    markdown = files.markdown.read_text().split("## Token readiness")[1].split("\n## ")[0]
+    html = files.html.read_text().split('id="tokens-h"')[1].split("</section>")[0]
+    header = "| using tokens that never expire | token cap (days) | using tokens over the cap |"
+    assert header in markdown
+    assert "| 6 | 60.0% | 4 | 90 | 7 |" in markdown
+    assert "| 6 | 15.0% | 17 | — | — |" in markdown
+    assert '<th scope="col" class="num">using tokens over the cap</th>' in html
+    said = (
+        "Phase top-100 caps how long a token is valid (top-100: no publishing tokens valid "
+        "for more than 90 days), and revokes the tokens over it"
+    )
+    # The Markdown escapes its parentheses.
+    assert said in " ".join(markdown.replace("\\", "").split())
+    assert said in " ".join(html.split())
+    for text in (plain.markdown.read_text(), plain.html.read_text()):
+        assert "over the cap" not in text and "never expire" not in text

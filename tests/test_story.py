@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 
 from rollout.core.calendar import plan_calendar, unplanned_kind
 from rollout.core.config import load_settings
-from rollout.demo.story import Story, StoryReport
+from rollout.core.plan import Phase, Plan
+from rollout.demo.story import Story, StoryReport, story_token, story_token_days
 from rollout.notify.outbox import outbox_status
 from rollout.phases.timeline import step_states
 from rollout.registry import Registry
 from rollout.registry.models import Account, Notification, PlanRun, Token
+from rollout.registry.requirements import offending_token
 from rollout.warehouse import open_warehouse
 
 from .conftest import STORY_START, tiny_story
@@ -182,3 +184,43 @@ def test_the_demo_s_record_keys_counts_by_phase_under_one_snake_case_key() -> No
     assert summary["enrolled_after"] == {"brown-out": 2, "notice": 3}
     assert summary["job_seconds"] == {"metrics": 1.2}
     assert all(key.replace("_", "").isalpha() and key.islower() for key in summary)
+
+
+@pytest.mark.parametrize(
+    "requires",
+    [
+        {"two_factor": "none", "token_max_lifetime_days": 30},
+        {"two_factor": "none", "write_token_max_lifetime_days": 7},
+        {"two_factor": "none", "token_max_age_days": 14},
+        {"two_factor": "none", "no_classic_tokens": True, "no_bypass_2fa_tokens": True},
+    ],
+)
+def test_the_demo_s_replacement_token_breaks_none_of_the_plan_s_token_rules(
+    registry: Registry, plan: Plan, factories: None, requires: dict[str, object]
+) -> None:
+    """The demo's maintainers move their CI to a granular token when told theirs will
+    stop working. It lasted 90 days whatever the plan said, so under a 30-day cap the
+    replacement broke the rule it replaced a token for (revoked in turn at enforcement).
+    It lasts what the plan allows (90 days when nothing is shorter), and no phase of
+    the plan forbids it, at any moment of its life."""
+    from tests.factories import AccountFactory
+
+    top = plan.phase("top-100")
+    phase = Phase.model_validate(
+        {**top.model_dump(), "requires": requires, "effects": ["revoke_tokens"], "max_tokens": 9}
+    )
+    strict = plan.model_copy(update={"phases": [phase, *plan.phases[1:]]})
+    days = story_token_days(strict)
+    expected = min([90, *(d for k, d in requires.items() if k.endswith("_days"))])
+    assert days == expected
+    assert story_token_days(plan) == 90
+    holder = AccountFactory(username="holder", with_totp=True)
+    made = datetime(2025, 10, 14, 9)
+    with registry.engine.begin() as connection:
+        connection.execute(insert(Token), [story_token(holder.id, made, days)])
+    for moment in (made, made + timedelta(days=days) - timedelta(microseconds=1)):
+        with registry.engine.connect() as connection:
+            forbidden = connection.execute(
+                select(Token.id).where(offending_token(phase.requires, Token.__table__, moment))
+            ).all()
+        assert forbidden == [], (moment, requires)

@@ -412,12 +412,14 @@ class Requirements(_Strict):
     # Live tokens that fall short, each rule on its own (npm 2025: classic tokens;
     # tokens that publish without a second factor; tokens older than N days; tokens
     # valid for more than N days, from their creation to their expiry, or never expiring:
-    # npm's 90-day cap on write tokens of 2025-10-13).
+    # npm's 90-day cap of 2025-10-13, which applied to write tokens only: the same cap on
+    # the tokens that publish alone, read-only tokens uncapped).
     no_classic_tokens: bool = Field(False, strict=True)
     no_unnamed_tokens: bool = Field(False, strict=True)
     no_bypass_2fa_tokens: bool = Field(False, strict=True)
     token_max_age_days: int | None = Field(None, strict=True, ge=1, le=3660)
     token_max_lifetime_days: int | None = Field(None, strict=True, ge=1, le=3660)
+    write_token_max_lifetime_days: int | None = Field(None, strict=True, ge=1, le=3660)
     # PyPI 2024: an account without any second factor may hold no token that publishes
     # (with two_factor: none, the phase asks only that).
     no_write_tokens_without_2fa: bool = Field(False, strict=True)
@@ -430,8 +432,16 @@ class Requirements(_Strict):
             or self.no_bypass_2fa_tokens
             or self.token_max_age_days is not None
             or self.token_max_lifetime_days is not None
+            or self.write_token_max_lifetime_days is not None
             or self.no_write_tokens_without_2fa
         )
+
+    @property
+    def write_token_cap(self) -> int | None:
+        """The most days a token that publishes may be valid for (the shorter of the
+        caps on every token and on publishing tokens), or None when uncapped."""
+        caps = [self.token_max_lifetime_days, self.write_token_max_lifetime_days]
+        return min((c for c in caps if c is not None), default=None)
 
     @property
     def asks_only_2fa(self) -> bool:
@@ -473,15 +483,19 @@ class Requirements(_Strict):
             said.append(f"no tokens older than {counted(self.token_max_age_days, 'day')}")
         if self.token_max_lifetime_days is not None:
             said.append(lifetime_in_words(self.token_max_lifetime_days))
+        if self.write_token_max_lifetime_days is not None:
+            said.append(lifetime_in_words(self.write_token_max_lifetime_days, writes=True))
         if self.no_write_tokens_without_2fa:
             said.append("no publishing tokens without 2FA")
         return said
 
 
-def lifetime_in_words(days: int) -> str:
-    """``token_max_lifetime_days`` as a rule in words: a token that never expires is
-    valid for more than any number of days."""
-    return f"no tokens valid for more than {counted(days, 'day')}"
+def lifetime_in_words(days: int, writes: bool = False) -> str:
+    """``token_max_lifetime_days`` (or, ``writes``, ``write_token_max_lifetime_days``)
+    as a rule in words: a token that never expires is valid for more than any number
+    of days."""
+    tokens = "publishing tokens" if writes else "tokens"
+    return f"no {tokens} valid for more than {counted(days, 'day')}"
 
 
 # The token rules that are on or off, as Phase.asks records them.
@@ -517,6 +531,16 @@ def asks_more_than(told: str, phase: Phase) -> list[str]:
     told_cap = fields.get("token_max_lifetime_days")
     if cap is not None and (told_cap is None or not told_cap.isdigit() or cap < int(told_cap)):
         more.append(lifetime_in_words(cap))
+    # A cap on publishing tokens asks more when a publishing token may now last less
+    # than the caps told allowed it (on every token, or on publishing tokens).
+    write_cap = now.write_token_max_lifetime_days
+    told_caps = [
+        int(c)
+        for c in (told_cap, fields.get("write_token_max_lifetime_days"))
+        if c is not None and c.isdigit()
+    ]
+    if write_cap is not None and (not told_caps or write_cap < min(told_caps)):
+        more.append(lifetime_in_words(write_cap, writes=True))
     told_effects = set(fields["effects"].split(","))
     more += [f"effect {e}" for e in phase.effects if e not in told_effects]
     return more
@@ -577,6 +601,8 @@ class Phase(_Strict):
             parts.append(f"token_max_age_days={r.token_max_age_days}")
         if r.token_max_lifetime_days is not None:
             parts.append(f"token_max_lifetime_days={r.token_max_lifetime_days}")
+        if r.write_token_max_lifetime_days is not None:
+            parts.append(f"write_token_max_lifetime_days={r.write_token_max_lifetime_days}")
         parts.append("effects=" + ",".join(sorted(self.effects)))
         return ";".join(parts)
 

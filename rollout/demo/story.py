@@ -575,6 +575,7 @@ class Story:
         self.runtime = runtime
         self.settings = settings = runtime.settings
         self.plan = plan = runtime.plan
+        self.token_days = story_token_days(plan)  # how long a replacement token lasts
         self.registry = runtime.registry
         self.start, self.end = start, end
         self.rng = np.random.default_rng(seed)
@@ -957,8 +958,9 @@ class Story:
 
     def replace_tokens(self, day: date, notified: set[int], reminded: set[int]) -> None:
         """Maintainers told their tokens will stop working move their CI to a granular
-        token (90 days, no 2FA bypass) and revoke the old ones themselves, with the odds
-        of enrolling after a notice or a reminder. Only for the phases whose fix is a new
+        token (no 2FA bypass, lasting as long as the plan allows: story_token_days) and
+        revoke the old ones themselves, with the odds of enrolling after a notice or a
+        reminder. Only for the phases whose fix is a new
         token: not PyPI's, where an account's tokens stop for want of 2FA."""
         p, r, rng = self.people, self.responses, self.rng
         phases = [
@@ -970,6 +972,7 @@ class Story:
                 or phase.requires.no_bypass_2fa_tokens
                 or phase.requires.token_max_age_days is not None
                 or phase.requires.token_max_lifetime_days is not None
+                or phase.requires.write_token_max_lifetime_days is not None
             )
         ]
         readers = notified | reminded
@@ -1004,7 +1007,7 @@ class Story:
             )
             new_ids = connection.execute(
                 insert(tokens).returning(tokens.c.id),
-                [_story_token(account_id, at) for account_id in movers],
+                [story_token(account_id, at, self.token_days) for account_id in movers],
             ).scalars()
             fresh = np.fromiter(new_ids, np.int64)
         keep = ~np.isin(p.token_ids, np.array(old, np.int64))
@@ -1014,14 +1017,15 @@ class Story:
         self.report.tokens_replaced += len(old)
 
     def renew_tokens(self, day: date) -> None:
-        """A granular token the story made lasts 90 days: in its last week its
-        maintainer makes the next one, as CI keeps publishing (the old one just
-        expires). Without this the token plans' stories fell silent 90 days after the
-        replacements."""
+        """A granular token the story made lasts ``token_days`` (90): in its last week
+        (its last quarter, when it lasts less than four weeks) its maintainer makes the
+        next one, as CI keeps publishing (the old one just expires). Without this the
+        token plans' stories fell silent 90 days after the replacements."""
         p = self.people
         at = _at(day, DAY_FROM)
         tokens = Token.__table__
         newer = Token.__table__.alias("newer")
+        renew_within = min(7, -(-self.token_days // 4))
         with self.registry.engine.begin() as connection:
             expiring = (
                 connection.execute(
@@ -1030,7 +1034,7 @@ class Story:
                             tokens.c.name == STORY_TOKEN,
                             tokens.c.revoked_at.is_(None),
                             tokens.c.expires_at >= at,
-                            tokens.c.expires_at < at + timedelta(days=7),
+                            tokens.c.expires_at < at + timedelta(days=renew_within),
                             ~select(newer.c.id)
                             .where(
                                 and_(
@@ -1051,7 +1055,10 @@ class Story:
             fresh = np.fromiter(
                 connection.execute(
                     insert(tokens).returning(tokens.c.id),
-                    [_story_token(account_id, at) for account_id in sorted(set(expiring))],
+                    [
+                        story_token(account_id, at, self.token_days)
+                        for account_id in sorted(set(expiring))
+                    ],
                 ).scalars(),
                 np.int64,
             )
@@ -1251,11 +1258,26 @@ class Story:
 
 
 # The granular token a maintainer moves its CI to in the story (and renews before it
-# expires): 90 days, no 2FA bypass, as npm's 2025 rules allow.
+# expires): no 2FA bypass, lasting 90 days (npm's 2025 cap on write tokens), or less
+# when the plan allows less (story_token_days).
 STORY_TOKEN = "ci-granular"
+STORY_TOKEN_DAYS = 90
 
 
-def _story_token(account_id: int, at: datetime) -> dict[str, Any]:
+def story_token_days(plan: Plan) -> int:
+    """How many days the story's granular token lasts: 90, or the fewest a token rule of
+    the plan allows a publishing token (a cap on how long it is valid for, on every token
+    or on publishing ones; a maximum age, which a token that expires by then never
+    reaches while it works). A replacement lasting 90 days under a 30-day cap broke the
+    very rule it replaced a token for, and was revoked in turn."""
+    days = [STORY_TOKEN_DAYS]
+    for phase in plan.phases:
+        r = phase.requires
+        days += [d for d in (r.write_token_cap, r.token_max_age_days) if d is not None]
+    return min(days)
+
+
+def story_token(account_id: int, at: datetime, days: int) -> dict[str, Any]:
     return {
         "account_id": account_id,
         "name": STORY_TOKEN,
@@ -1263,7 +1285,7 @@ def _story_token(account_id: int, at: datetime) -> dict[str, Any]:
         "writes": True,
         "bypass_2fa": False,
         "created_at": at,
-        "expires_at": at + timedelta(days=90),
+        "expires_at": at + timedelta(days=days),
     }
 
 

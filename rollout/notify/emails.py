@@ -141,7 +141,8 @@ class TokenLine:
     # enrolling spares it, so the email says to enrol; it spares no other token.
     writes: bool = True
     # When it expires (None: never), said when the phase caps how long a token lasts
-    # (token_max_lifetime_days): why such a token stops working.
+    # (token_max_lifetime_days, write_token_max_lifetime_days): why such a token stops
+    # working.
     expires_at: datetime | None = None
 
 
@@ -338,7 +339,10 @@ def _phase(
         ),
         "tokens": list(r.tokens),
         "token_replacement": token_replacement(phase.requires),
-        "lifetime_capped": phase.requires.token_max_lifetime_days is not None,
+        "lifetime_capped": (
+            phase.requires.token_max_lifetime_days is not None
+            or phase.requires.write_token_max_lifetime_days is not None
+        ),
         "your_effects": [words[e] for e in phase.effects if e in applies],
         "factor_required_already": required_already and r.told_on is None,
     }
@@ -348,7 +352,8 @@ def token_replacement(requires: Requirements) -> str:
     """What to publish with instead of the tokens a phase forbids, in a few words that
     fit after "publish from CI with": never a kind of token the phase forbids (a
     granular token may bypass 2FA too, or last longer than the phase allows)."""
-    cap = requires.token_max_lifetime_days
+    # The replacement publishes: the cap on publishing tokens is the one it must meet.
+    cap = requires.write_token_cap
     lasting = "" if cap is None else f" that expires within {counted(cap, 'day')} of its creation"
     if requires.no_bypass_2fa_tokens:
         also = " and" if lasting else ""

@@ -132,6 +132,12 @@ def simulate_plan(
                                 and (tokens.expires_at is null
                                     or tokens.expires_at > tokens.created_at
                                         + to_days(coalesce($max_lifetime_days, 0)::integer)))
+                            -- the same cap on the tokens that publish alone
+                            or ($max_write_lifetime_days is not null and tokens.writes
+                                and (tokens.expires_at is null
+                                    or tokens.expires_at > tokens.created_at
+                                        + to_days(
+                                            coalesce($max_write_lifetime_days, 0)::integer)))
                             -- without any second factor, whatever the phase asks:
                             -- at the day's start too, when enforcement judges the token
                             or ($no_write_without and tokens.writes
@@ -217,6 +223,7 @@ def _requirement_parameters(phase: Phase) -> dict[str, Any]:
         "no_bypass": requires.no_bypass_2fa_tokens,
         "max_age_days": requires.token_max_age_days,
         "max_lifetime_days": requires.token_max_lifetime_days,
+        "max_write_lifetime_days": requires.write_token_max_lifetime_days,
         "no_write_without": requires.no_write_tokens_without_2fa,
         "revokes_sessions": phase.does("revoke_sessions"),
         "revokes_tokens": phase.does("revoke_tokens"),

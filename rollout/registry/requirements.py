@@ -98,6 +98,20 @@ def token_rules(
                 tokens.c.created_at, tokens.c.expires_at, requires.token_max_lifetime_days
             ),
         )
+    if requires.write_token_max_lifetime_days is not None:
+        # The same cap on the tokens that publish alone (npm's of 2025-10-13 was on
+        # write tokens; read-only ones were not capped).
+        rules[next(said)] = and_(
+            tokens.c.writes == true(),
+            or_(
+                tokens.c.expires_at.is_(None),
+                _LastsLonger(
+                    tokens.c.created_at,
+                    tokens.c.expires_at,
+                    requires.write_token_max_lifetime_days,
+                ),
+            ),
+        )
     if requires.no_write_tokens_without_2fa:
         # "Without 2FA" is without any second factor, whatever the phase asks of the
         # factors: PyPI's 2024 rule stopped the tokens of accounts with no 2FA at all,

@@ -78,13 +78,15 @@ def _create_plan_tables(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
     con.execute(
         "create or replace temp table plan_phases "
         "(phase varchar, cohort varchar, notice_on date, enforce_on date, step varchar, "
-        "two_factor varchar, days_after_notice integer, snooze_days integer)"
+        "two_factor varchar, days_after_notice integer, snooze_days integer, "
+        "token_max_lifetime_days integer, write_token_max_lifetime_days integer)"
     )
     for phase in plan.phases:
         deadline = phase.deadline
         con.execute(
             "insert into plan_phases values ($phase, $cohort, $notice_on, $enforce_on, $step, "
-            "$two_factor, $days_after_notice, $snooze_days)",
+            "$two_factor, $days_after_notice, $snooze_days, $token_max_lifetime_days, "
+            "$write_token_max_lifetime_days)",
             {
                 "phase": phase.name,
                 "cohort": phase.cohort,
@@ -97,6 +99,9 @@ def _create_plan_tables(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
                 # Per-account deadlines (null: one date for everyone).
                 "days_after_notice": deadline.days_after_notice if deadline else None,
                 "snooze_days": deadline.snooze_days if deadline else None,
+                # Its caps on how long a token is valid (token_readiness; null: none).
+                "token_max_lifetime_days": phase.requires.token_max_lifetime_days,
+                "write_token_max_lifetime_days": phase.requires.write_token_max_lifetime_days,
             },
         )
     con.execute(

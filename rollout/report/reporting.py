@@ -740,11 +740,26 @@ def _orgs(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     return {"orgs": top, "org_totals": {k: _int(v) for k, v in totals.items()}}
 
 
+# token_readiness's columns that are null for a cohort no phase caps a token's lifetime of.
+_UNCAPPED_NULL = frozenset({"token_cap_days", "over_cap_in_use"})
+
+
+def lifetime_capped(plan: Plan) -> bool:
+    """A phase of the plan caps how long a token is valid (token_max_lifetime_days,
+    write_token_max_lifetime_days): the token readiness table then shows the columns of
+    token expiry."""
+    return any(p.requires.write_token_cap is not None for p in plan.phases)
+
+
 def _tokens(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     rows = _rows(con, "select * from token_readiness order by cohort")
     out = []
     for r in rows:
-        counts = {c: _int(r[c]) for c in report_spec().marts["token_readiness"][1:]}
+        # A cohort no phase caps has no cap, and no count over it (null, shown "—").
+        counts = {
+            c: None if r[c] is None and c in _UNCAPPED_NULL else _int(r[c])
+            for c in report_spec().marts["token_readiness"][1:]
+        }
         # A cohort built with nobody in it: 0 maintainers, and no share of them ("—").
         out.append(
             {
@@ -814,6 +829,28 @@ def token_notes(plan: Plan, as_of: date) -> list[str]:
         notes.append(
             f"{_phase_names(asking)} {verb} {tokens}: using {tokens} counts the maintainers "
             f"who used one {window}, whose publishing it stops."
+        )
+    capping = [p for p in phases if p.requires.write_token_cap is not None]
+    if capping:
+        revoking = all(p.does("revoke_tokens") for p in capping)
+        verb = ("revoke" if revoking else "forbid") + ("s" if len(capping) == 1 else "")
+        rules = "; ".join(
+            f"{p.name}: "
+            + ", ".join(
+                r
+                for r in p.requires.describe()
+                if r.startswith(("no tokens valid", "no publishing tokens valid"))
+            )
+            for p in capping
+        )
+        notes.append(
+            f"{_phase_names(capping)} cap{'s' if len(capping) == 1 else ''} how long a token "
+            f"is valid ({rules}), and {verb} the tokens over it: using tokens over the cap "
+            f"counts the maintainers who used one {window} that never expires or expires "
+            "more days after it was made than a cap of their cohort's phases allows (the "
+            "token cap: the fewest days for a publishing token), whose publishing or "
+            "reading it stops; using tokens that never expire, those who used one that "
+            "never expires. A cohort no phase caps has neither figure (—)."
         )
     keys = [p for p in phases if p.requires.two_factor == "phishing_resistant"]
     if keys:
@@ -998,6 +1035,7 @@ def build_context(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> di
     context.update(_orgs(con))
     context["tokens"] = _tokens(con)
     context["token_notes"] = token_notes(plan, as_of)
+    context["lifetime_capped"] = lifetime_capped(plan)
     context.update(_publishing(con, as_of))
     context.update(_publishing_weeks(con, as_of))
     context["deadlines"] = _deadlines(con, plan)

@@ -48,7 +48,8 @@ MART_DDL = {
     "enrolments_complete boolean",
     "token_readiness": "cohort varchar, maintainers bigint, publishing_legacy bigint, "
     "publishing_personal bigint, with_automation bigint, ready bigint, "
-    "classic_in_use bigint, bypass_in_use bigint, with_webauthn bigint",
+    "classic_in_use bigint, bypass_in_use bigint, with_webauthn bigint, "
+    "never_expiring_in_use bigint, token_cap_days integer, over_cap_in_use bigint",
     "deadline_survival": "phase varchar, days_since_notice integer, accounts bigint, "
     "still_without bigint, snoozed bigint, share_still_without double",
     "ledger_activity": "day date, activity varchar, count bigint",
@@ -158,8 +159,8 @@ def fill_marts(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date = AS_OF) 
     )
     con.execute(
         "insert into token_readiness values "
-        "('high-impact', 8000, 900, 1400, 2600, 5700, 3100, 2500, 1900), "
-        "('top-100', 250, 12, 30, 160, 208, 140, 150, 120)"
+        "('high-impact', 8000, 900, 1400, 2600, 5700, 3100, 2500, 1900, 2900, null, null), "
+        "('top-100', 250, 12, 30, 160, 208, 140, 150, 120, 130, null, null)"
     )
     con.executemany(
         "insert into ledger_activity values (?, ?, ?)",
