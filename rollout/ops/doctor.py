@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -280,7 +282,7 @@ def check_warehouse(path: Path) -> CheckResult:
     try:
         # Read-only and closed at once, so a run starting meanwhile is not kept out
         # for longer than this query.
-        con = duckdb.connect(duckdb_path(path), read_only=True)
+        con = _warehouse_read_only(path)
     except duckdb.IOException as error:
         if "lock" not in str(error).lower():
             return CheckResult("warehouse", Status.fail, _short(f"{path}: cannot open: {error}"))
@@ -294,9 +296,12 @@ def check_warehouse(path: Path) -> CheckResult:
     except duckdb.Error as error:
         return CheckResult("warehouse", Status.fail, _short(f"{path}: cannot open: {error}"))
     try:
-        version = schema_version(con)
-        current_sql = made_by_this_sql(con)
-        pending = repairs_pending(con) if version == SCHEMA_VERSION else []
+        with _bounded(con):
+            version = schema_version(con)
+            current_sql = made_by_this_sql(con)
+            pending = repairs_pending(con) if version == SCHEMA_VERSION else []
+    except duckdb.InterruptException:
+        return CheckResult("warehouse", Status.warn, f"{path}: {_too_long()}")
     finally:
         con.close()
     if version != SCHEMA_VERSION:
@@ -356,28 +361,37 @@ def check_quarantine(path: Path, now: datetime) -> CheckResult:
     if not path.exists():
         return CheckResult("quarantine", Status.ok, "no warehouse yet: nothing quarantined")
     try:
-        con = duckdb.connect(duckdb_path(path), read_only=True)
+        con = _warehouse_read_only(path)
     except duckdb.Error:
         return CheckResult(
             "quarantine", Status.warn, "not checked: the warehouse did not open (its row says why)"
         )
     since = now.astimezone(UTC).replace(tzinfo=None) - timedelta(days=QUARANTINE_DAYS)
     try:
-        if schema_version(con) != SCHEMA_VERSION:
-            return CheckResult("quarantine", Status.warn, "not checked: the warehouse row says why")
-        by_kind = con.execute(
-            "select kind, count(*) from quarantine where quarantined_at >= $since "
-            "group by kind order by kind",
-            {"since": since},
-        ).fetchall()
-        wholly = [
-            row[0]
-            for row in con.execute(
-                "select path from ingested_files where rows_quarantined > 0 "
-                "and rows_loaded = 0 and loaded_at >= $since order by loaded_at, path",
+        with _bounded(con):
+            if schema_version(con) != SCHEMA_VERSION:
+                return CheckResult(
+                    "quarantine", Status.warn, "not checked: the warehouse row says why"
+                )
+            by_kind = con.execute(
+                "select kind, count(*) from quarantine where quarantined_at >= $since "
+                "group by kind order by kind",
                 {"since": since},
             ).fetchall()
-        ]
+            wholly = [
+                row[0]
+                for row in con.execute(
+                    "select path from ingested_files where rows_quarantined > 0 "
+                    "and rows_loaded = 0 and loaded_at >= $since order by loaded_at, path",
+                    {"since": since},
+                ).fetchall()
+            ]
+    except duckdb.InterruptException:
+        return CheckResult(
+            "quarantine",
+            Status.warn,
+            f"{_too_long()}; `rollout quarantine --days {QUARANTINE_DAYS}` lists the rows",
+        )
     finally:
         con.close()
     if not by_kind:
@@ -421,16 +435,26 @@ def check_duplicate_sends(path: Path, now: datetime) -> CheckResult:
     if not path.exists():
         return CheckResult("sends", Status.ok, "no warehouse yet: no delivery event loaded")
     try:
-        con = duckdb.connect(duckdb_path(path), read_only=True)
+        con = _warehouse_read_only(path)
     except duckdb.Error:
         return CheckResult(
             "sends", Status.warn, "not checked: the warehouse did not open (its row says why)"
         )
     since = now.astimezone(UTC).replace(tzinfo=None) - timedelta(days=DUPLICATE_SENDS_DAYS)
     try:
-        if schema_version(con) != SCHEMA_VERSION:
-            return CheckResult("sends", Status.warn, "not checked: the warehouse row says why")
-        rows = con.execute(warehouse.render("marts/duplicate_sends"), {"since": since}).fetchall()
+        with _bounded(con):
+            if schema_version(con) != SCHEMA_VERSION:
+                return CheckResult("sends", Status.warn, "not checked: the warehouse row says why")
+            rows = con.execute(
+                warehouse.render("marts/duplicate_sends"), {"since": since}
+            ).fetchall()
+    except duckdb.InterruptException:
+        return CheckResult(
+            "sends",
+            Status.warn,
+            f"{_too_long()}; the warehouse's duplicate_sends lists the rows (query a copy: "
+            "`rollout copy-warehouse`)",
+        )
     finally:
         con.close()
     if not rows:
@@ -455,6 +479,44 @@ def check_duplicate_sends(path: Path, now: datetime) -> CheckResult:
         "the email again (a sender paused past its lease: its log names the message id); "
         "the warehouse's duplicate_sends lists them",
     )
+
+
+# How long each warehouse row may read before it gives up (its query interrupted, the
+# warehouse let go): DuckDB lets no run write it while the doctor reads it, and cron
+# runs the doctor every 5 minutes. Scanning a season of SendGrid events (millions) for
+# duplicate sends takes longer than a health check may.
+WAREHOUSE_SECONDS = 2.0
+
+
+def _too_long() -> str:
+    return (
+        f"not checked: reading the warehouse took over {WAREHOUSE_SECONDS:g} s, and the "
+        "doctor let it go rather than keep a run out of it"
+    )
+
+
+def _warehouse_read_only(path: Path) -> Any:
+    """The warehouse at ``path`` opened read-only, as rollout.warehouse.connect opens it:
+    never fetching a DuckDB extension over the network (a SQLite file named as the
+    warehouse would make DuckDB download one: no answer for as long as that takes)."""
+    import duckdb
+
+    return duckdb.connect(
+        duckdb_path(path), read_only=True, config={"autoinstall_known_extensions": False}
+    )
+
+
+@contextmanager
+def _bounded(con: Any) -> Iterator[None]:
+    """The block's queries on ``con`` interrupted (duckdb.InterruptException) once they
+    have run WAREHOUSE_SECONDS."""
+    timer = threading.Timer(WAREHOUSE_SECONDS, con.interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _unwritable(path: Path) -> Path | None:
