@@ -50,6 +50,9 @@ COLUMNS = ("check", "status", "detail")
 # Seconds to wait for a database, SendGrid or Prefect before calling it unreachable:
 # a health check that hangs is worse than one that says "no answer".
 TIMEOUT = 10.0
+# How long the registry checks wait for a SQLite registry's lock (a writer committing):
+# the doctor answers in seconds, and says "locked" rather than wait as a command does.
+REGISTRY_BUSY_SECONDS = 2.0
 # Prefect's own rule for an online worker (server/schemas/responses.py): a heartbeat
 # within 3 of its intervals, 30 s when the worker did not say.
 HEARTBEAT_MULTIPLE = 3
@@ -131,7 +134,9 @@ def _registry_engine(registry_url: str) -> Any:
     from rollout.registry.engine import is_sqlite, make_engine, normalize_url
 
     if is_sqlite(registry_url):
-        return make_engine(registry_url)
+        # Only looked at: its journal mode left as it is, nothing written, a lock
+        # waited for REGISTRY_BUSY_SECONDS at most.
+        return make_engine(registry_url, query_only=True, busy_seconds=REGISTRY_BUSY_SECONDS)
     if "connect_timeout" in normalize_url(registry_url).query:
         # The URL's own, as every command connects with it: one no number fails here as
         # there (it was overridden, and the check passed while every command refused).
