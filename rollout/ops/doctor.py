@@ -666,6 +666,10 @@ def check_reports(folder: Path) -> CheckResult:
 
 # --- what killed processes left ------------------------------------------------------------
 
+# How long the leftovers row looks through the folders: a file outbox holds a season's
+# emails (hundreds of thousands of .eml files), and the doctor answers in seconds.
+LEFTOVERS_SECONDS = 2.0
+
 
 def check_leftovers(settings: Settings, now: datetime) -> CheckResult:
     """Temporary files and private folders (``.<name>.<random>.tmp``) no write has
@@ -676,17 +680,29 @@ def check_leftovers(settings: Settings, now: datetime) -> CheckResult:
     the next writer of their folder, but a folder nobody writes again keeps them, a
     copy of personal data each. A warning with the command that removes them; the
     doctor writes nothing."""
-    from rollout.core.files import STALE_TEMPORARY_SECONDS, stale_temporaries
+    import time
+
+    from rollout.core.files import STALE_TEMPORARY_SECONDS, stale_temporaries_by
 
     roots = [settings.landing_dir, settings.outbox_dir, settings.reports_dir]
     roots.append(settings.warehouse_path.parent)
     found: dict[Path, None] = {}
+    unseen: list[Path] = []
+    deadline = time.monotonic() + LEFTOVERS_SECONDS
     for index, root in enumerate(roots):
         # The warehouse's folder (the home, by default) alone, not the folders below.
         below = index < len(roots) - 1
-        for path in stale_temporaries(root, below=below, now=now.timestamp()):
+        paths, whole = stale_temporaries_by(
+            root, below=below, now=now.timestamp(), deadline=deadline
+        )
+        for path in paths:
             found.setdefault(path)
+        if not whole:
+            unseen = roots[index:]
+            break
     hours = STALE_TEMPORARY_SECONDS / 3600
+    if unseen:
+        return _leftovers_unseen(unseen, roots, list(found), hours)
     if not found:
         return CheckResult(
             "leftovers",
@@ -707,6 +723,33 @@ def check_leftovers(settings: Settings, now: datetime) -> CheckResult:
         f"{counted(len(paths), 'temporary file')} of writes killed midway, untouched for "
         f"over {hours:g} hour{'s' if hours != 1 else ''} (half-written, personal data "
         f"each): `{command}` removes them{more}",
+    )
+
+
+def _leftovers_unseen(
+    unseen: list[Path], roots: list[Path], found: list[Path], hours: float
+) -> CheckResult:
+    """The leftovers row when the folders held more than LEFTOVERS_SECONDS could look
+    through: a warning naming the folders not looked through to the end, with the
+    `find` that lists their stale temporaries (and those found so far)."""
+    minutes = int(hours * 60)
+    finds = [
+        f"find {shell_word(str(root))}{'' if root in roots[:-1] else ' -maxdepth 1'} "
+        f"-name '.*.tmp' -mmin +{minutes}"
+        for root in unseen
+    ]
+    so_far = (
+        f"; found so far: {', '.join(visible(str(path)) for path in found[:SHOWN_OPEN])}"
+        if found
+        else ""
+    )
+    return CheckResult(
+        "leftovers",
+        Status.warn,
+        f"not checked to the end: {', '.join(visible(str(root)) for root in unseen)} "
+        f"held more than {LEFTOVERS_SECONDS:g} s of files to look through (`"
+        + "; ".join(finds)
+        + f"` lists the temporary files of killed writes there){so_far}",
     )
 
 
