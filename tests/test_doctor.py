@@ -7,9 +7,12 @@ mail.send); Prefect's REST API is stood in for by httpx's MockTransport.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -30,6 +33,7 @@ from rollout.core.errors import GuardRefused
 from rollout.demo.sample import generate_sample
 from rollout.dev.sendgrid_api import DevSendGrid
 from rollout.ops.doctor import (
+    REGISTRY_BUSY_SECONDS,
     Status,
     check_home,
     check_landing,
@@ -124,6 +128,54 @@ def test_a_sqlite_registry_no_command_can_write_fails(tmp_path: Path, which: str
     assert result.status is Status.fail, result
     assert "read-only" in result.detail
     assert check_registry(Registry(url)).status is Status.ok
+
+
+def sqlite_registry_in_rollback_mode(tmp_path: Path) -> tuple[str, Path]:
+    """A SQLite registry at the newest schema, its journal a rollback one (DELETE), as
+    a registry copied or restored by another tool may be."""
+    path = tmp_path / "home" / "registry.db"
+    path.parent.mkdir()
+    url = f"sqlite:///{path}"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    connection = sqlite3.connect(path)
+    assert connection.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
+    connection.close()
+    return url, path
+
+
+def test_the_doctor_leaves_a_sqlite_registry_as_it_is(tmp_path: Path) -> None:
+    """The doctor only looks: it set the registry's journal mode to WAL, rewriting the
+    file's header (and waiting for its write lock) from a cron job every 5 minutes."""
+    url, path = sqlite_registry_in_rollback_mode(tmp_path)
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    assert check_registry(Registry(url)).status is Status.ok
+    assert check_schema(Registry(url)).status is Status.ok
+
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    connection = sqlite3.connect(path)
+    assert connection.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    connection.close()
+
+
+def test_a_sqlite_registry_a_writer_locks_is_answered_within_seconds(tmp_path: Path) -> None:
+    """A writer holding the registry's lock: each row answers within
+    REGISTRY_BUSY_SECONDS, not a command's 30 s busy wait, nor SQLite's own 5."""
+    url, path = sqlite_registry_in_rollback_mode(tmp_path)
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")
+    try:
+        for check in (check_registry, check_schema):
+            started = time.monotonic()
+            result = check(Registry(url))
+            took = time.monotonic() - started
+            assert result.status is Status.fail, result
+            assert took < REGISTRY_BUSY_SECONDS + 1.5, (check, took)
+    finally:
+        writer.rollback()
+        writer.close()
 
 
 def test_an_unreachable_server_fails() -> None:

@@ -123,18 +123,53 @@ def stale_temporaries(
     folder below it, but not inside one of them) no write has touched for
     ``older_than`` seconds: what processes killed mid-write left. Sorted; none when
     ``root`` is not there."""
+    found, _ = stale_temporaries_by(root, below=below, older_than=older_than, now=now)
+    return found
+
+
+# How many entries of a folder are read between two looks at the clock.
+_ENTRIES_BETWEEN_LOOKS = 1024
+
+
+def stale_temporaries_by(
+    root: Path,
+    *,
+    below: bool = True,
+    older_than: float = STALE_TEMPORARY_SECONDS,
+    now: float | None = None,
+    deadline: float | None = None,
+) -> tuple[list[Path], bool]:
+    """:func:`stale_temporaries`, looking until ``deadline`` (``time.monotonic()``) at
+    most, even inside one folder of a million files (a file outbox of a season's
+    emails): (what was found, sorted; whether every folder was looked through). Links
+    are not followed, folders whose names start with a dot not entered."""
     now = time.time() if now is None else now
     found: list[Path] = []
-    for folder, folders, files in os.walk(root):
-        here = Path(folder)
-        for name in [*folders, *files]:
-            if not is_temporary_name(name):
-                continue
-            touched = _last_touched(here / name)
-            if touched is not None and now - touched > older_than:
-                found.append(here / name)
-        folders[:] = [name for name in folders if below and not name.startswith(".")]
-    return sorted(found)
+    folders = [Path(root)]
+    while folders:
+        here = folders.pop()
+        try:
+            entries = os.scandir(here)
+        except OSError:
+            continue  # not there, gone meanwhile, unreadable: as os.walk passes it over
+        with entries:
+            for count, entry in enumerate(entries):
+                if (
+                    deadline is not None
+                    and count % _ENTRIES_BETWEEN_LOOKS == 0
+                    and time.monotonic() > deadline
+                ):
+                    return sorted(found), False
+                name = entry.name
+                if is_temporary_name(name):
+                    touched = _last_touched(here / name)
+                    if touched is not None and now - touched > older_than:
+                        found.append(here / name)
+                elif below and not name.startswith("."):
+                    with suppress(OSError):
+                        if entry.is_dir(follow_symlinks=False):
+                            folders.append(here / name)
+    return sorted(found), True
 
 
 def remove_stale_temporaries(

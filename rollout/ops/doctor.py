@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -51,6 +53,9 @@ COLUMNS = ("check", "status", "detail")
 # Seconds to wait for a database, SendGrid or Prefect before calling it unreachable:
 # a health check that hangs is worse than one that says "no answer".
 TIMEOUT = 10.0
+# How long the registry checks wait for a SQLite registry's lock (a writer committing):
+# the doctor answers in seconds, and says "locked" rather than wait as a command does.
+REGISTRY_BUSY_SECONDS = 2.0
 # Prefect's own rule for an online worker (server/schemas/responses.py): a heartbeat
 # within 3 of its intervals, 30 s when the worker did not say.
 HEARTBEAT_MULTIPLE = 3
@@ -132,7 +137,9 @@ def _registry_engine(registry_url: str) -> Any:
     from rollout.registry.engine import is_sqlite, make_engine, normalize_url
 
     if is_sqlite(registry_url):
-        return make_engine(registry_url)
+        # Only looked at: its journal mode left as it is, nothing written, a lock
+        # waited for REGISTRY_BUSY_SECONDS at most.
+        return make_engine(registry_url, query_only=True, busy_seconds=REGISTRY_BUSY_SECONDS)
     if "connect_timeout" in normalize_url(registry_url).query:
         # The URL's own, as every command connects with it: one no number fails here as
         # there (it was overridden, and the check passed while every command refused).
@@ -283,7 +290,7 @@ def check_warehouse(path: Path) -> CheckResult:
     try:
         # Read-only and closed at once, so a run starting meanwhile is not kept out
         # for longer than this query.
-        con = duckdb.connect(duckdb_path(path), read_only=True)
+        con = _warehouse_read_only(path)
     except duckdb.IOException as error:
         if "lock" not in str(error).lower():
             return CheckResult("warehouse", Status.fail, _short(f"{path}: cannot open: {error}"))
@@ -297,9 +304,12 @@ def check_warehouse(path: Path) -> CheckResult:
     except duckdb.Error as error:
         return CheckResult("warehouse", Status.fail, _short(f"{path}: cannot open: {error}"))
     try:
-        version = schema_version(con)
-        current_sql = made_by_this_sql(con)
-        pending = repairs_pending(con) if version == SCHEMA_VERSION else []
+        with _bounded(con):
+            version = schema_version(con)
+            current_sql = made_by_this_sql(con)
+            pending = repairs_pending(con) if version == SCHEMA_VERSION else []
+    except duckdb.InterruptException:
+        return CheckResult("warehouse", Status.warn, f"{path}: {_too_long()}")
     finally:
         con.close()
     if version != SCHEMA_VERSION:
@@ -345,12 +355,18 @@ _T = TypeVar("_T")
 
 
 def _read_warehouse(
-    path: Path, name: str, absent: str, read: Callable[[duckdb.DuckDBPyConnection], _T]
+    path: Path,
+    name: str,
+    absent: str,
+    read: Callable[[duckdb.DuckDBPyConnection], _T],
+    instead: str,
 ) -> _T | CheckResult:
     """What ``read`` finds in the warehouse, opened read-only and only for a moment, as
     the warehouse check opens it (a warehouse a run holds is not waited for); or row
     ``name``'s result when it is not there (ok: "no warehouse yet: ``absent``"), does not
-    open or is of another schema version (a warning: the warehouse row says why)."""
+    open or is of another schema version (a warning: the warehouse row says why), or
+    ``read`` runs past WAREHOUSE_SECONDS (a warning: interrupted, so no run waits on the
+    doctor; ``instead`` says where to look)."""
     import duckdb
 
     from rollout.warehouse import SCHEMA_VERSION, schema_version
@@ -358,15 +374,18 @@ def _read_warehouse(
     if not path.exists():
         return CheckResult(name, Status.ok, f"no warehouse yet: {absent}")
     try:
-        con = duckdb.connect(duckdb_path(path), read_only=True)
+        con = _warehouse_read_only(path)
     except duckdb.Error:
         return CheckResult(
             name, Status.warn, "not checked: the warehouse did not open (its row says why)"
         )
     try:
-        if schema_version(con) != SCHEMA_VERSION:
-            return CheckResult(name, Status.warn, "not checked: the warehouse row says why")
-        return read(con)
+        with _bounded(con):
+            if schema_version(con) != SCHEMA_VERSION:
+                return CheckResult(name, Status.warn, "not checked: the warehouse row says why")
+            return read(con)
+    except duckdb.InterruptException:
+        return CheckResult(name, Status.warn, f"{_too_long()}; {instead}")
     finally:
         con.close()
 
@@ -400,7 +419,13 @@ def check_quarantine(path: Path, now: datetime) -> CheckResult:
         ]
         return by_kind, wholly
 
-    found = _read_warehouse(path, "quarantine", "nothing quarantined", read)
+    found = _read_warehouse(
+        path,
+        "quarantine",
+        "nothing quarantined",
+        read,
+        f"`rollout quarantine --days {QUARANTINE_DAYS}` lists the rows",
+    )
     if isinstance(found, CheckResult):
         return found
     by_kind, wholly = found
@@ -445,6 +470,7 @@ def check_duplicate_sends(path: Path, now: datetime) -> CheckResult:
         lambda con: con.execute(
             warehouse.render("marts/duplicate_sends"), {"since": since}
         ).fetchall(),
+        "the warehouse's duplicate_sends lists the rows (query a copy: `rollout copy-warehouse`)",
     )
     if isinstance(rows, CheckResult):
         return rows
@@ -468,6 +494,44 @@ def check_duplicate_sends(path: Path, now: datetime) -> CheckResult:
         "the email again (a sender paused past its lease: its log names the message id); "
         "the warehouse's duplicate_sends lists them",
     )
+
+
+# How long each warehouse row may read before it gives up (its query interrupted, the
+# warehouse let go): DuckDB lets no run write it while the doctor reads it, and cron
+# runs the doctor every 5 minutes. Scanning a season of SendGrid events (millions) for
+# duplicate sends takes longer than a health check may.
+WAREHOUSE_SECONDS = 2.0
+
+
+def _too_long() -> str:
+    return (
+        f"not checked: reading the warehouse took over {WAREHOUSE_SECONDS:g} s, and the "
+        "doctor let it go rather than keep a run out of it"
+    )
+
+
+def _warehouse_read_only(path: Path) -> Any:
+    """The warehouse at ``path`` opened read-only, as rollout.warehouse.connect opens it:
+    never fetching a DuckDB extension over the network (a SQLite file named as the
+    warehouse would make DuckDB download one: no answer for as long as that takes)."""
+    import duckdb
+
+    return duckdb.connect(
+        duckdb_path(path), read_only=True, config={"autoinstall_known_extensions": False}
+    )
+
+
+@contextmanager
+def _bounded(con: Any) -> Iterator[None]:
+    """The block's queries on ``con`` interrupted (duckdb.InterruptException) once they
+    have run WAREHOUSE_SECONDS."""
+    timer = threading.Timer(WAREHOUSE_SECONDS, con.interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _unwritable(path: Path) -> Path | None:
@@ -616,6 +680,10 @@ def check_reports(folder: Path) -> CheckResult:
 
 # --- what killed processes left ------------------------------------------------------------
 
+# How long the leftovers row looks through the folders: a file outbox holds a season's
+# emails (hundreds of thousands of .eml files), and the doctor answers in seconds.
+LEFTOVERS_SECONDS = 2.0
+
 
 def check_leftovers(settings: Settings, now: datetime) -> CheckResult:
     """Temporary files and private folders (``.<name>.<random>.tmp``) no write has
@@ -626,16 +694,28 @@ def check_leftovers(settings: Settings, now: datetime) -> CheckResult:
     the next writer of their folder, but a folder nobody writes again keeps them, a
     copy of personal data each. A warning with the command that removes them; the
     doctor writes nothing."""
-    from rollout.core.files import STALE_TEMPORARY_SECONDS, stale_temporaries
+    import time
+
+    from rollout.core.files import STALE_TEMPORARY_SECONDS, stale_temporaries_by
 
     # The warehouse's folder (the home, by default) alone, not the folders below.
     roots = [(settings.landing_dir, True), (settings.outbox_dir, True)]
     roots += [(settings.reports_dir, True), (settings.warehouse_path.parent, False)]
     found: dict[Path, None] = {}
-    for root, below in roots:
-        for path in stale_temporaries(root, below=below, now=now.timestamp()):
+    unseen: list[tuple[Path, bool]] = []
+    deadline = time.monotonic() + LEFTOVERS_SECONDS
+    for index, (root, below) in enumerate(roots):
+        paths, whole = stale_temporaries_by(
+            root, below=below, now=now.timestamp(), deadline=deadline
+        )
+        for path in paths:
             found.setdefault(path)
+        if not whole:
+            unseen = roots[index:]
+            break
     hours = STALE_TEMPORARY_SECONDS / 3600
+    if unseen:
+        return _leftovers_unseen(unseen, list(found), hours)
     span = f"{hours:g} hour{'s' if hours != 1 else ''}"
     if not found:
         return CheckResult("leftovers", Status.ok, f"no temporary file older than {span}")
@@ -653,6 +733,33 @@ def check_leftovers(settings: Settings, now: datetime) -> CheckResult:
         f"{counted(len(paths), 'temporary file')} of writes killed midway, untouched for "
         f"over {span} (half-written, personal data "
         f"each): `{command}` removes them{more}",
+    )
+
+
+def _leftovers_unseen(
+    unseen: list[tuple[Path, bool]], found: list[Path], hours: float
+) -> CheckResult:
+    """The leftovers row when the folders held more than LEFTOVERS_SECONDS could look
+    through: a warning naming the folders not looked through to the end, with the
+    `find` that lists their stale temporaries (and those found so far)."""
+    minutes = int(hours * 60)
+    finds = [
+        f"find {shell_word(str(root))}{'' if below else ' -maxdepth 1'} "
+        f"-name '.*.tmp' -mmin +{minutes}"
+        for root, below in unseen
+    ]
+    so_far = (
+        f"; found so far: {', '.join(visible(str(path)) for path in found[:SHOWN_OPEN])}"
+        if found
+        else ""
+    )
+    return CheckResult(
+        "leftovers",
+        Status.warn,
+        f"not checked to the end: {', '.join(visible(str(root)) for root, _ in unseen)} "
+        f"held more than {LEFTOVERS_SECONDS:g} s of files to look through (`"
+        + "; ".join(finds)
+        + f"` lists the temporary files of killed writes there){so_far}",
     )
 
 

@@ -78,17 +78,26 @@ def adbc_uri(url: str | URL) -> str:
 
 
 def _sqlite_pragmas(
-    database: str, dbapi_connection: Any, _record: Any, *, read_only: bool = False
+    database: str,
+    dbapi_connection: Any,
+    _record: Any,
+    *,
+    read_only: bool = False,
+    query_only: bool = False,
+    busy_ms: int = 30000,
 ) -> None:
     cursor = dbapi_connection.cursor()
     try:
         # WAL lets the warehouse extract read while an action writes; foreign keys are
         # off by default in SQLite; the busy timeout turns lock contention into waiting.
-        # A file opened read-only keeps the journal mode it has (setting one writes).
-        if not read_only:
+        # A file opened read-only keeps the journal mode it has (setting one writes), and
+        # so does one opened only to look at it (query_only: `rollout doctor`).
+        if not (read_only or query_only):
             cursor.execute("PRAGMA journal_mode=WAL")
+        if query_only:
+            cursor.execute("PRAGMA query_only=ON")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
         cursor.execute("PRAGMA synchronous=NORMAL")
     except sqlite3.DatabaseError as error:
         # Not a SQLite file, or a damaged one: the first statement on it says so. A
@@ -379,7 +388,13 @@ def adbc_connect(url: str | URL) -> Iterator[Any]:
         connection.close()
 
 
-def make_engine(url: str | URL, **kwargs: Any) -> Engine:
+def make_engine(
+    url: str | URL, *, query_only: bool = False, busy_seconds: float = 30, **kwargs: Any
+) -> Engine:
+    """The engine of the registry at ``url``. ``query_only`` (SQLite; `rollout doctor`,
+    which only looks): no statement may write, the file's journal mode is left as it is
+    (setting WAL rewrote the header of a registry in another mode, waiting for its write
+    lock), and a lock is waited for ``busy_seconds`` at most."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
@@ -412,8 +427,19 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
                 engine, "handle_error", functools.partial(_refuse_writing, database, reason)
             )
             return engine
+        if query_only:
+            kwargs.setdefault("connect_args", {}).setdefault("timeout", busy_seconds)
         engine = create_engine(parsed, **kwargs)
-        event.listen(engine, "connect", functools.partial(_sqlite_pragmas, database))
+        event.listen(
+            engine,
+            "connect",
+            functools.partial(
+                _sqlite_pragmas,
+                database,
+                query_only=query_only,
+                busy_ms=int(busy_seconds * 1000),
+            ),
+        )
         return engine
     if (problem := connection_option_problem(parsed)) is not None:
         raise RegistryURLRefused(problem)
