@@ -21,6 +21,7 @@ from rollout.phases.timeline import step_states
 from rollout.registry import Registry
 from rollout.registry.models import Account, Notification, PlanRun, Token
 from rollout.registry.requirements import offending_token
+from rollout.runtime import Runtime
 from rollout.warehouse import open_warehouse
 
 from .conftest import STORY_START, tiny_story
@@ -196,7 +197,12 @@ def test_the_demo_s_record_keys_counts_by_phase_under_one_snake_case_key() -> No
     ],
 )
 def test_the_demo_s_replacement_token_breaks_none_of_the_plan_s_token_rules(
-    registry: Registry, plan: Plan, factories: None, requires: dict[str, object]
+    registry: Registry,
+    plan: Plan,
+    factories: None,
+    requires: dict[str, object],
+    registry_url: str,
+    tmp_path: Path,
 ) -> None:
     """The demo's maintainers move their CI to a granular token when told theirs will
     stop working. It lasted 90 days whatever the plan said, so under a 30-day cap the
@@ -214,6 +220,12 @@ def test_the_demo_s_replacement_token_breaks_none_of_the_plan_s_token_rules(
     expected = min([90, *(d for k, d in requires.items() if k.endswith("_days"))])
     assert days == expected
     assert story_token_days(plan) == 90
+    # The story `rollout demo` tells under the plan makes its tokens for that long.
+    settings = load_settings(
+        {"ROLLOUT_HOME": str(tmp_path / "home"), "ROLLOUT_REGISTRY_URL": registry_url}
+    )
+    with Runtime(settings, plan=strict) as runtime:
+        assert Story(runtime, STORY_START, STORY_START).token_days == expected
     holder = AccountFactory(username="holder", with_totp=True)
     made = datetime(2025, 10, 14, 9)
     with registry.engine.begin() as connection:
