@@ -877,3 +877,25 @@ def test_a_warehouse_outside_the_home_is_checked_with_its_wal(tmp_path: Path) ->
     result = check_home(settings)
     assert result.status is Status.warn, result
     assert result.detail.endswith(f": {elsewhere.parent} (0751), {elsewhere}.wal (0644)")
+
+
+def test_a_warehouse_read_past_its_time_is_stopped_even_when_the_time_ran_out_between_queries(
+    tmp_path: Path,
+) -> None:
+    """DuckDB drops an interrupt that comes while no statement runs: a doctor row whose
+    time ran out between two of its queries (the schema version read, then the scan)
+    ran the scan to its end, holding the warehouse from every run meanwhile. The deadline
+    interrupts again until the row's block ends."""
+    import duckdb
+
+    from rollout.ops import doctor
+
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    try:
+        started = time.monotonic()
+        with pytest.raises(duckdb.InterruptException), doctor._bounded(con, 0.05):
+            time.sleep(0.3)  # the deadline passes here, no statement running
+            con.execute("select count(*) from range(100000000000)").fetchone()
+        assert time.monotonic() - started < 30  # the scan alone runs for minutes
+    finally:
+        con.close()

@@ -521,17 +521,32 @@ def _warehouse_read_only(path: Path) -> Any:
     )
 
 
+# How often the block is interrupted again once past its time: DuckDB drops an interrupt
+# that comes while no statement runs (between two of the block's queries), so one alone
+# could let the next query run to its end.
+INTERRUPT_AGAIN_SECONDS = 0.05
+
+
 @contextmanager
-def _bounded(con: Any) -> Iterator[None]:
-    """The block's queries on ``con`` interrupted (duckdb.InterruptException) once they
-    have run WAREHOUSE_SECONDS."""
-    timer = threading.Timer(WAREHOUSE_SECONDS, con.interrupt)
-    timer.daemon = True
-    timer.start()
+def _bounded(con: Any, seconds: float | None = None) -> Iterator[None]:
+    """The block's queries on ``con`` interrupted (duckdb.InterruptException) once the
+    block has run ``seconds`` (WAREHOUSE_SECONDS), and again and again until it ends."""
+    done = threading.Event()
+
+    def interrupt_when_late() -> None:
+        if done.wait(WAREHOUSE_SECONDS if seconds is None else seconds):
+            return
+        while not done.is_set():
+            con.interrupt()
+            done.wait(INTERRUPT_AGAIN_SECONDS)
+
+    watcher = threading.Thread(target=interrupt_when_late, name="doctor-deadline", daemon=True)
+    watcher.start()
     try:
         yield
     finally:
-        timer.cancel()
+        done.set()
+        watcher.join()
 
 
 def _unwritable(path: Path) -> Path | None:
