@@ -127,3 +127,15 @@ def test_no_quarantine_and_no_warehouse_are_fine(rollout_home: Path) -> None:
     ingested = run("ingest")
     assert ingested.exit_code == 0 and "quarantined:" not in ingested.stderr
     assert quarantine_row(rollout_home).status is Status.ok
+
+
+@pytest.mark.parametrize("days", ["800000", "1000000000", "99999999999999999999"])
+def test_days_reaching_before_any_date_list_every_row(rollout_home: Path, days: str) -> None:
+    """`quarantine --days N` of more days than the calendar holds asks for the rows of
+    every day: it lists them, where it stopped in a traceback of the date's overflow."""
+    run("db", "upgrade")
+    bad = sendgrid_post(rollout_home / "landing", "events-foreign.json", 2, outbox_id="x")
+    assert run("ingest").exit_code == 0
+    listed = run("quarantine", "--days", days, "--format", "json")
+    assert listed.exit_code == 0, (listed.stderr, listed.exception)
+    assert [r["file"] for r in json.loads(listed.stdout)] == [str(bad), str(bad)]

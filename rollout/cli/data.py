@@ -316,7 +316,7 @@ def quarantine(
     fmt: FormatOption = Format.table,
 ) -> None:
     """List rows refused by ingest validation, with file, line and reason."""
-    since = datetime(1, 1, 1) if days is None else real_now() - timedelta(days=days)
+    since = datetime.min if days is None else _days_ago(days)
     with _runtime(ctx).warehouse(read_only=True) as con:
         rows = con.execute(
             "select path as file, line, reason, record from quarantine "
@@ -330,6 +330,16 @@ def quarantine(
         title="quarantine",
         columns=["file", "line", "reason", "record"],
     )
+
+
+def _days_ago(days: int) -> datetime:
+    """The moment ``days`` days before now, naive UTC; the first moment there is when that
+    is before it (`--days 1000000000`: the rows of every day, as asked, not a traceback
+    of the date's overflow)."""
+    try:
+        return real_now() - timedelta(days=days)
+    except OverflowError:
+        return datetime.min
 
 
 @app.command()
