@@ -324,12 +324,29 @@ def quarantine(
             "order by quarantined_at, path, line limit $limit",
             {"limit": limit, "since": since},
         ).fetchall()
+        total = (
+            len(rows)
+            if len(rows) < limit
+            else con.execute(
+                "select count(*) from quarantine where quarantined_at >= $since",
+                {"since": since},
+            ).fetchone()[0]
+        )
     emit(
         [{"file": r[0], "line": r[1], "reason": r[2], "record": r[3]} for r in rows],
         fmt,
         title="quarantine",
         columns=["file", "line", "reason", "record"],
     )
+    if total > len(rows):
+        # The doctor says "`rollout quarantine --days 7` lists them" of thousands: the
+        # first 100 alone, said nowhere, read as all of them.
+        span = "" if days is None else f" in the last {counted(days, 'day')}"
+        stderr.print(
+            f"the first {len(rows):,} of {counted(total, 'row')} quarantined{span}: "
+            f"--limit {total} lists them all",
+            highlight=False,
+        )
 
 
 def _days_ago(days: int) -> datetime:
