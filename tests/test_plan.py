@@ -891,3 +891,31 @@ def test_a_lifetime_cap_on_publishing_tokens_alone_is_said_recorded_and_compared
     for days in (0, 3661, True, "90"):
         with pytest.raises(ValueError, match="write_token_max_lifetime_days"):
             Requirements(two_factor="none", write_token_max_lifetime_days=days)
+
+
+@pytest.mark.parametrize(("every", "writes"), [(90, 365), (90, 90)])
+def test_a_cap_on_publishing_tokens_no_shorter_than_the_cap_on_every_token_is_a_warning(
+    every: int, writes: int
+) -> None:
+    """A publishing token is a token: with a cap on every token of 90 days, one on
+    publishing tokens of 365 (or 90) holds nothing back the other does not, yet the
+    notices would tell maintainers of both. `plan check` says it does nothing; a
+    publishing cap shorter than the other (a year for every token, 90 days for those
+    that publish) is what it is for, and draws no warning."""
+    text = (ROOT / "plans" / "npm-2025-tokens.yaml").read_text()
+    rules = "{two_factor: none, no_classic_tokens: true}"
+    assert rules in text
+
+    def capped(every: int, writes: int) -> str:
+        return text.replace(
+            rules,
+            "{two_factor: none, no_classic_tokens: true, "
+            f"token_max_lifetime_days: {every}, write_token_max_lifetime_days: {writes}}}",
+        )
+
+    assert warnings_in(capped(every, writes)) == [
+        f"phase classic-tokens: write_token_max_lifetime_days ({writes} days) does nothing: "
+        f"token_max_lifetime_days ({every} days) already caps every token, publishing ones "
+        "too, and the notices would tell of both (drop it, or make it the shorter)"
+    ]
+    assert warnings_in(capped(365, 90)) == []

@@ -127,3 +127,34 @@ def test_no_quarantine_and_no_warehouse_are_fine(rollout_home: Path) -> None:
     ingested = run("ingest")
     assert ingested.exit_code == 0 and "quarantined:" not in ingested.stderr
     assert quarantine_row(rollout_home).status is Status.ok
+
+
+@pytest.mark.parametrize("days", ["800000", "1000000000", "99999999999999999999"])
+def test_days_reaching_before_any_date_list_every_row(rollout_home: Path, days: str) -> None:
+    """`quarantine --days N` of more days than the calendar holds asks for the rows of
+    every day: it lists them, where it stopped in a traceback of the date's overflow."""
+    run("db", "upgrade")
+    bad = sendgrid_post(rollout_home / "landing", "events-foreign.json", 2, outbox_id="x")
+    assert run("ingest").exit_code == 0
+    listed = run("quarantine", "--days", days, "--format", "json")
+    assert listed.exit_code == 0, (listed.stderr, listed.exception)
+    assert [r["file"] for r in json.loads(listed.stdout)] == [str(bad), str(bad)]
+
+
+def test_a_listing_cut_at_its_limit_says_how_many_rows_there_are(rollout_home: Path) -> None:
+    """`rollout quarantine` shows 100 rows unless --limit says otherwise: the doctor's
+    "`rollout quarantine --days 7` lists them" of thousands listed the first 100, said
+    nowhere. Cut, it says on stderr how many there are and how to list them all; JSON
+    on stdout stays the rows alone."""
+    run("db", "upgrade")
+    sendgrid_post(rollout_home / "landing", "events-foreign.json", 3, outbox_id="x")
+    assert run("ingest").exit_code == 0
+    cut = run("quarantine", "--days", "7", "--limit", "2", "--format", "json")
+    assert cut.exit_code == 0, cut.stderr
+    assert len(json.loads(cut.stdout)) == 2
+    assert "the first 2 of 3 rows quarantined in the last 7 days: --limit 3 lists them all" in (
+        " ".join(cut.stderr.split())
+    )
+    whole = run("quarantine", "--limit", "3", "--format", "json")
+    assert len(json.loads(whole.stdout)) == 3
+    assert "--limit" not in whole.stderr

@@ -316,7 +316,7 @@ def quarantine(
     fmt: FormatOption = Format.table,
 ) -> None:
     """List rows refused by ingest validation, with file, line and reason."""
-    since = datetime(1, 1, 1) if days is None else real_now() - timedelta(days=days)
+    since = datetime.min if days is None else _days_ago(days)
     with _runtime(ctx).warehouse(read_only=True) as con:
         rows = con.execute(
             "select path as file, line, reason, record from quarantine "
@@ -324,12 +324,39 @@ def quarantine(
             "order by quarantined_at, path, line limit $limit",
             {"limit": limit, "since": since},
         ).fetchall()
+        total = (
+            len(rows)
+            if len(rows) < limit
+            else con.execute(
+                "select count(*) from quarantine where quarantined_at >= $since",
+                {"since": since},
+            ).fetchone()[0]
+        )
     emit(
         [{"file": r[0], "line": r[1], "reason": r[2], "record": r[3]} for r in rows],
         fmt,
         title="quarantine",
         columns=["file", "line", "reason", "record"],
     )
+    if total > len(rows):
+        # The doctor says "`rollout quarantine --days 7` lists them" of thousands: the
+        # first 100 alone, said nowhere, read as all of them.
+        span = "" if days is None else f" in the last {counted(days, 'day')}"
+        stderr.print(
+            f"the first {len(rows):,} of {counted(total, 'row')} quarantined{span}: "
+            f"--limit {total} lists them all",
+            highlight=False,
+        )
+
+
+def _days_ago(days: int) -> datetime:
+    """The moment ``days`` days before now, naive UTC; the first moment there is when that
+    is before it (`--days 1000000000`: the rows of every day, as asked, not a traceback
+    of the date's overflow)."""
+    try:
+        return real_now() - timedelta(days=days)
+    except OverflowError:
+        return datetime.min
 
 
 @app.command()

@@ -856,15 +856,30 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
 
 def plan_warnings(plan: Plan) -> list[str]:
     """What a valid plan may well not mean: a cohort no phase names (built and reported,
-    yet nobody in it is warned or enforced), and two phases on one cohort with the same
-    notice and enforcement days (each of its maintainers gets two notices the same day,
-    and is enforced twice the same day)."""
+    yet nobody in it is warned or enforced), a phase's cap on publishing tokens no
+    shorter than its cap on every token (a publishing token is a token: the cap on every
+    token already holds it to less, and the notices would tell of both), and two phases
+    on one cohort with the same notice and enforcement days (each of its maintainers
+    gets two notices the same day, and is enforced twice the same day)."""
     warnings = [
         f"cohort {name} is named by no phase: it is built and reported, but nobody in it "
         "is warned or enforced"
         for name in plan.cohorts
         if all(phase.cohort != name for phase in plan.phases)
     ]
+    for phase in plan.phases:
+        every, writes = (
+            phase.requires.token_max_lifetime_days,
+            phase.requires.write_token_max_lifetime_days,
+        )
+        if every is not None and writes is not None and writes >= every:
+            warnings.append(
+                f"phase {phase.name}: write_token_max_lifetime_days "
+                f"({counted(writes, 'day')}) does nothing: token_max_lifetime_days "
+                f"({counted(every, 'day')}) already caps every token, publishing ones "
+                "too, and the notices would tell of both (drop it, or make it the "
+                "shorter)"
+            )
     for earlier, later in combinations(plan.phases, 2):
         if (earlier.cohort, earlier.notice_on, earlier.enforce_on) == (
             later.cohort,
