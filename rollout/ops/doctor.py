@@ -143,9 +143,47 @@ def _registry_engine(registry_url: str) -> Any:
     if "connect_timeout" in normalize_url(registry_url).query:
         # The URL's own, as every command connects with it: one no number fails here as
         # there (it was overridden, and the check passed while every command refused).
-        return make_engine(registry_url)
-    # libpq waits as long as the OS does for a host that drops packets.
-    return make_engine(registry_url, connect_args={"connect_timeout": int(TIMEOUT)})
+        engine = make_engine(registry_url)
+    else:
+        # libpq waits as long as the OS does for a host that drops packets.
+        engine = make_engine(registry_url, connect_args={"connect_timeout": int(TIMEOUT)})
+    from sqlalchemy import event
+
+    # Connected, a statement still waits as long as a lock is held: a migration's
+    # ACCESS EXCLUSIVE on alembic_version, say. Each transaction of the doctor's is
+    # read-only and bounded, as SQLite's by its busy timeout.
+    event.listen(engine, "begin", _bounded_transaction)
+    return engine
+
+
+def _bounded_transaction(connection: Any) -> None:
+    connection.exec_driver_sql("set transaction read only")
+    connection.exec_driver_sql(f"set local lock_timeout = {int(REGISTRY_BUSY_SECONDS * 1000)}")
+    connection.exec_driver_sql(f"set local statement_timeout = {int(TIMEOUT * 1000)}")
+
+
+# SQLSTATEs of PostgreSQL ending a statement of the doctor's own bounds.
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def _waited(error: BaseException) -> str | None:
+    """What the registry row says when PostgreSQL ended a statement on the doctor's own
+    bounds (lock_timeout, statement_timeout); None for any other error."""
+    from rollout.registry.engine import RegistryStatementCancelled
+
+    if isinstance(error, RegistryStatementCancelled):
+        return (
+            f"the server ended a statement ({error.reason}; the doctor bounds each at "
+            f"{TIMEOUT:g} s): not checked; the registry is slow or busy, run again later"
+        )
+    orig = getattr(error, "orig", None)
+    if getattr(orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+        return (
+            f"waited over {REGISTRY_BUSY_SECONDS:g} s for a lock another session holds on "
+            "a registry table it reads (a schema migration, or a long transaction: see "
+            "pg_locks): not checked; run again later"
+        )
+    return None
 
 
 def _sqlite_file(registry_url: str) -> Path | None:
@@ -198,13 +236,20 @@ def check_registry(registry: Registry) -> CheckResult:
     try:
         with engine.connect() as connection:
             connection.execute(text("select 1"))
-    except (SQLAlchemyError, RegistryURLRefused, RegistryStatementCancelled) as error:
+    except (SQLAlchemyError, RegistryStatementCancelled) as error:
+        waited = _waited(error)
+        if waited is not None:
+            return CheckResult("registry", Status.warn, _short(f"{shown}: {waited}"))
         reason = (
             error.reason
-            if isinstance(error, RegistryURLRefused | RegistryStatementCancelled)
+            if isinstance(error, RegistryStatementCancelled)
             else str(getattr(error, "orig", None) or error).strip()
         )
         return CheckResult("registry", Status.fail, _short(f"{shown}: cannot connect: {reason}"))
+    except RegistryURLRefused as error:
+        return CheckResult(
+            "registry", Status.fail, _short(f"{shown}: cannot connect: {error.reason}")
+        )
     finally:
         engine.dispose()
     return CheckResult("registry", Status.ok, shown)
@@ -225,7 +270,10 @@ def check_schema(registry: Registry) -> CheckResult:
         with engine.connect() as connection:
             migrating = migration_holding(registry_url, connection)
         current = migrate.current_revision(engine)
-    except (SQLAlchemyError, RegistryURLRefused, RegistryStatementCancelled):
+    except (SQLAlchemyError, RegistryURLRefused, RegistryStatementCancelled) as error:
+        waited = _waited(error)
+        if waited is not None:
+            return CheckResult("schema", Status.warn, _short(waited))
         return CheckResult("schema", Status.fail, "cannot read it: the registry is unreachable")
     finally:
         engine.dispose()
