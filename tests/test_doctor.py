@@ -32,6 +32,7 @@ from rollout.core.controls import quoted
 from rollout.core.errors import GuardRefused
 from rollout.demo.sample import generate_sample
 from rollout.dev.sendgrid_api import DevSendGrid
+from rollout.ops import doctor
 from rollout.ops.doctor import (
     REGISTRY_BUSY_SECONDS,
     Status,
@@ -899,3 +900,24 @@ def test_a_warehouse_read_past_its_time_is_stopped_even_when_the_time_ran_out_be
         assert time.monotonic() - started < 30  # the scan alone runs for minutes
     finally:
         con.close()
+
+
+def test_a_table_locked_by_another_session_is_a_warning_naming_the_wait_not_a_hang(
+    postgres_schema_url: str,
+) -> None:
+    """Connecting was bounded, the statements not: a migration's ACCESS EXCLUSIVE lock
+    on alembic_version held the schema row (and the doctor's cron job) for as long."""
+    upgrade(make_engine(postgres_schema_url))
+    holder = make_engine(postgres_schema_url)
+    try:
+        with holder.begin() as connection:
+            connection.execute(text("lock table alembic_version in access exclusive mode"))
+            started = time.monotonic()
+            schema = check_schema(Registry(postgres_schema_url))
+            took = time.monotonic() - started
+    finally:
+        holder.dispose()
+    assert schema.status is Status.warn, schema
+    assert "waited over 2 s for a lock" in schema.detail and "not checked" in schema.detail
+    assert took < doctor.TIMEOUT, took
+    assert check_schema(Registry(postgres_schema_url)).status is Status.ok

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +292,10 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     if kept is None or kept[0] != fingerprint or kept[1] != _objects(con):
         _make_schema(con, statements, fingerprint)
     _repair(con)
+    if sends_as_of(con) is None:
+        # Made before the sends were kept: filled once from every event loaded.
+        with transaction(con):
+            keep_sends(con, 0, datetime.now(UTC).replace(tzinfo=None))
 
 
 def _make_schema(
@@ -353,6 +357,35 @@ def _objects(con: duckdb.DuckDBPyConnection) -> str:
             """,
         )
     )
+
+
+# --- the sends SendGrid's events name ------------------------------------------------
+
+
+def keep_sends(con: duckdb.DuckDBPyConnection, from_file_id: int, now: datetime) -> None:
+    """Merge the sends named by the events of the files numbered from ``from_file_id``
+    into ``event_sends`` and ``duplicate_sends_kept`` (sql/raw/keep_sends.sql), and
+    record the load in ``sends_kept``: what ``duplicate_sends`` and `rollout doctor`'s
+    sends row read. Inside the caller's transaction: kept with the events or not at all.
+    0 merges every event (a warehouse made before the sends were kept)."""
+    run(con, "raw/stage_new_sends", {"from_file_id": from_file_id})
+    con.execute(render("raw/keep_sends"))
+    con.execute("delete from sends_kept")
+    con.execute(
+        "insert into sends_kept select max(file_id), $now from ingested_files "
+        "where kind = 'events'",
+        {"now": now},
+    )
+
+
+def sends_as_of(con: duckdb.DuckDBPyConnection) -> tuple[int | None, datetime] | None:
+    """(the newest events file merged, when) of ``keep_sends``; None when the warehouse
+    has never kept them (made by an older rollout, not written since)."""
+    try:
+        row = con.execute("select through_file_id, kept_at from sends_kept").fetchone()
+    except duckdb.CatalogException:
+        return None
+    return (row[0], row[1]) if row else None
 
 
 # --- repairs of what an older rollout loaded -------------------------------------------

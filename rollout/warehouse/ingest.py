@@ -614,6 +614,9 @@ def _load_new_events(
                     file.path, file.kind, "loaded", *counts, file_id=file_id
                 )
             _record_files(con, recorded, now, check_unchanged=False)
+            # The sends these events name, kept with them: `rollout doctor` reads the
+            # duplicate sends from a small table, not from every event loaded.
+            warehouse.keep_sends(con, min(ids.values()), now)
     _drop_staging(con)
     return [r for r in results if r is not None]
 

@@ -9,39 +9,19 @@
 -- address is another row, not a second send. The message id of an event is its
 -- sg_message_id up to SendGrid's suffix (the first '.'); events without one (empty:
 -- SendGrid's answer had no X-Message-Id) or without an outbox id or address say nothing.
+-- Read from duplicate_sends_kept, which ingest keeps as it loads events
+-- (sql/raw/keep_sends.sql over int_event_sends): a small table, not millions of events.
 -- $since: only rows whose latest send's first event came at or after it.
 with
 
-events as (
-    select * from raw_events
-),
-
-sends as (
-    select
-        outbox_id,
-        email,
-        email_name,
-        split_part(sg_message_id, '.', 1) as message_id,
-        min(occurred_at) as first_event_at
-    from events
-    where outbox_id is not null
-        and nullif(email, '') is not null
-        and nullif(split_part(sg_message_id, '.', 1), '') is not null
-    group by outbox_id, email, email_name, split_part(sg_message_id, '.', 1)
+kept as (
+    select * from duplicate_sends_kept
 ),
 
 final as (
-    select
-        outbox_id,
-        email,
-        email_name,
-        count(*) as sends,
-        min(first_event_at) as first_sent_at,
-        max(first_event_at) as last_sent_at,
-        list(message_id order by first_event_at, message_id) as message_ids
-    from sends
-    group by outbox_id, email, email_name
-    having count(*) > 1 and max(first_event_at) >= $since
+    select outbox_id, email, email_name, sends, first_sent_at, last_sent_at, message_ids
+    from kept
+    where last_sent_at >= $since
 )
 
 select * from final

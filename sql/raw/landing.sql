@@ -86,6 +86,33 @@ create table if not exists raw_events (
 -- A warehouse made before account events were taken required an email of every event.
 alter table raw_events alter column email drop not null;
 
+-- Kept by ingest as it loads events (sql/raw/keep_sends.sql), so that `rollout doctor`
+-- reads a small table instead of grouping millions of events: each send the events
+-- name (an outbox row under one message id, int_event_sends), the outbox rows among them
+-- under two or more message ids (duplicate_sends reads them), and as of which load.
+-- A warehouse made before them is filled from all its events by the first run that
+-- writes it (rollout.warehouse.keep_sends).
+create table if not exists event_sends (
+    outbox_id      bigint not null,
+    email          varchar not null,
+    email_name     varchar,
+    message_id     varchar not null,
+    first_event_at timestamp not null
+);
+create table if not exists duplicate_sends_kept (
+    outbox_id     bigint not null,
+    email         varchar not null,
+    email_name    varchar,
+    sends         bigint not null,
+    first_sent_at timestamp not null,
+    last_sent_at  timestamp not null,
+    message_ids   varchar[] not null
+);
+create table if not exists sends_kept (
+    through_file_id bigint,              -- the newest events file merged (NULL: none yet)
+    kept_at         timestamp not null   -- when (the load's time, UTC)
+);
+
 -- Rows refused by validation, kept with the reason so they can be fixed and re-sent.
 create table if not exists quarantine (
     file_id   bigint,

@@ -347,10 +347,14 @@ def _cohort_diff(run: Run) -> Rows:
     )
 
 
-# duplicate_sends: sql/marts/duplicate_sends (`rollout doctor`'s sends row), over raw_events.
+# duplicate_sends: sql/marts/duplicate_sends (`rollout doctor`'s sends row), over the
+# sends ingest keeps from raw_events (rollout.warehouse.keep_sends).
 
 
 def _duplicate_sends(run: Run) -> Rows:
+    # The case's events as one load: ingest keeps the sends they name (from file 0).
+    with warehouse.transaction(run.con):
+        warehouse.keep_sends(run.con, 0, datetime(2022, 2, 1))
     return _query(
         run.con,
         warehouse.render("marts/duplicate_sends"),
