@@ -48,7 +48,13 @@ from rollout.core.fingerprints import same_list
 from rollout.core.output import labelled_rows
 from rollout.core.words import counted
 from rollout.phases.approvals import REFUSED_STATE, REQUEST_INPUT_KEY, ApprovalRequest
-from rollout.phases.enforce import EnforceResult, enforce_phase, naming_changes, preview_phase
+from rollout.phases.enforce import (
+    NOT_KNOWN,
+    EnforceResult,
+    enforce_phase,
+    naming_changes,
+    preview_phase,
+)
 from rollout.phases.previews import SavedPreview, preview_markdown, save_preview
 
 # A day is long enough to reach a release manager; after it the run fails unapplied.
@@ -136,7 +142,12 @@ def phase_preview(phase: FlowName) -> int:
 
 def enforce_markdown(result: EnforceResult, approval: Approval) -> str:
     # The phase and the run are the heading's and the sentence's.
-    rows = [(k, v) for k, v in labelled_rows(result) if k not in ("phase", "run id")]
+    # A count not known (None) said so, not a blank cell.
+    rows = [
+        (k, NOT_KNOWN if v is None else v)
+        for k, v in labelled_rows(result)
+        if k not in ("phase", "run id")
+    ]
     return (
         f"# Phase {cell(result.phase)}: enforced\n\n"
         f"Approved by {cell(approval.approved_by)} for {counted(approval.expect, 'account')}"

@@ -1187,6 +1187,32 @@ def test_phase_enforce_counts_apart_the_sessions_signed_in_since_the_preview(
     engine.dispose()
 
 
+def test_phase_enforce_without_a_saved_preview_says_the_sessions_since_are_not_known(
+    rollout_home: Path,
+) -> None:
+    """Previewed on another machine (no record under reports/previews here), the run
+    printed ``sessions_signed_in_since_preview 0``: a count it never took, read as
+    measured. The table says it is not known, and why (the JSON gives null: the run's
+    summary, tests/test_preview_equals_apply.py)."""
+    import shutil
+
+    run("db", "upgrade")
+    engine = make_engine(f"sqlite:///{rollout_home / 'registry.db'}")
+    with bound_to(engine):
+        AccountFactory(username="alice", in_cohort="top-100", sessions=2)
+    preview = run("phase", "preview", "top-100")
+    assert preview.exit_code == 0, preview.stderr
+    shutil.rmtree(rollout_home / "reports" / "previews")
+    done = run(*to_apply(preview.stderr))
+    assert done.exit_code == 0, done.stderr
+    [row] = [
+        line for line in done.stdout.splitlines() if "sessions_signed_in_since_preview" in line
+    ]
+    assert "not known: no saved preview here" in " ".join(row.split())
+    assert " 0 " not in f"{row} "
+    engine.dispose()
+
+
 def test_phase_enforce_of_a_recommending_phase_says_it_acted_on_accounts_not_required_them(
     rollout_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

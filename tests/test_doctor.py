@@ -849,8 +849,8 @@ def test_a_home_an_older_rollout_left_open_to_others_warns_naming_each_path(
         f"`chmod -R o-rwx {home}` closes them"
     )
     assert result.detail.endswith(
-        f": {home} (0755), outbox/ (0755), registry.db-shm (0644), registry.db-wal (0644), "
-        "warehouse.duckdb.wal (0604)"
+        f": '{home}' (0755), 'outbox/' (0755), 'registry.db-shm' (0644), "
+        "'registry.db-wal' (0644), 'warehouse.duckdb.wal' (0604)"
     )
     subprocess.run(["chmod", "-R", "o-rwx", str(home)], check=True)  # the advice
     assert check_home(settings).status is Status.ok
@@ -877,7 +877,7 @@ def test_a_warehouse_outside_the_home_is_checked_with_its_wal(tmp_path: Path) ->
     Path(f"{elsewhere}.wal").chmod(0o644)
     result = check_home(settings)
     assert result.status is Status.warn, result
-    assert result.detail.endswith(f": {elsewhere.parent} (0751), {elsewhere}.wal (0644)")
+    assert result.detail.endswith(f": '{elsewhere.parent}' (0751), '{elsewhere}.wal' (0644)")
 
 
 def test_a_warehouse_read_past_its_time_is_stopped_even_when_the_time_ran_out_between_queries(

@@ -919,3 +919,35 @@ def test_a_cap_on_publishing_tokens_no_shorter_than_the_cap_on_every_token_is_a_
         "too, and the notices would tell of both (drop it, or make it the shorter)"
     ]
     assert warnings_in(capped(365, 90)) == []
+
+
+@pytest.mark.parametrize(("lifetime", "age"), [(90, 365), (90, 90)])
+def test_an_age_cap_no_shorter_than_the_lifetime_cap_is_a_warning(lifetime: int, age: int) -> None:
+    """A live token older than 365 (or 90) days has lasted more than 90 already: with
+    every token capped at 90 days of lifetime, an age cap of 365 (or 90) forbids no
+    token the lifetime cap does not, yet the notices would tell of both. An age cap
+    shorter than the lifetime cap, or one beside a cap on publishing tokens alone (it
+    still forbids old read-only tokens), draws no warning."""
+    text = (ROOT / "plans" / "npm-2025-tokens.yaml").read_text()
+    rules = "{two_factor: none, no_classic_tokens: true}"
+    assert rules in text
+
+    def capped(caps: str) -> str:
+        return text.replace(rules, f"{{two_factor: none, no_classic_tokens: true, {caps}}}")
+
+    said = (
+        f"phase classic-tokens: token_max_age_days ({age} days) does nothing: "
+        f"token_max_lifetime_days ({lifetime} days) already holds every live token older "
+        "than that to less, and the notices would tell of both (drop it, or make it the "
+        "shorter)"
+    )
+    caps = f"token_max_lifetime_days: {lifetime}, token_max_age_days: {age}"
+    assert warnings_in(capped(caps)) == [said]
+    both = f"{caps}, write_token_max_lifetime_days: {age}"
+    assert len(warnings_in(capped(both))) == 2
+    assert said in warnings_in(capped(both))
+    assert warnings_in(capped("token_max_lifetime_days: 365, token_max_age_days: 90")) == []
+    assert (
+        warnings_in(capped(f"write_token_max_lifetime_days: {lifetime}, token_max_age_days: {age}"))
+        == []
+    )

@@ -89,6 +89,60 @@ def test_a_session_signed_in_since_the_preview_is_signed_out_and_counted_apart(
     assert summary["sessions_revoked"] - summary["sessions_signed_in_since_preview"] == 3
 
 
+def test_sessions_signed_in_since_an_unknown_preview_are_not_known_not_zero(
+    registry: Registry, revoking_plan: Plan, accounts: dict[str, Any], tmp_path: Path
+) -> None:
+    """Approved on another machine (no saved preview here, so no time to count against),
+    the run signed out 3 sessions and said 0 of them were signed in since the preview: a
+    count it never took, read as measured. It is not known: None in the result, left out
+    of the run's stored summary (not stored as 0)."""
+    from sqlalchemy import select
+
+    from rollout.registry.models import PlanRun
+
+    saved = previewed(registry, revoking_plan, tmp_path)
+    p = saved.preview
+    result = enforce.enforce_phase(
+        registry,
+        revoking_plan,
+        "top-100",
+        expect=p.count,
+        expect_tokens=p.token_count,
+        expect_list=p.fingerprint,
+        actor="rm",
+        early=True,
+    )
+    assert result.sessions_revoked == 3
+    assert result.sessions_signed_in_since_preview is None
+    assert result.summary()["sessions_signed_in_since_preview"] is None
+    with registry.engine.connect() as connection:
+        stored = connection.execute(
+            select(PlanRun.summary).where(PlanRun.id == result.run_id)
+        ).scalar_one()
+    assert stored["sessions_revoked"] == 3
+    assert "sessions_signed_in_since_preview" not in stored
+
+
+def test_a_run_that_signs_out_no_session_knows_none_was_signed_in_since(
+    registry: Registry, revoking_plan: Plan, factories: None
+) -> None:
+    """No preview time, but no session to sign out either: 0 of none is a measured 0."""
+    AccountFactory(username="erin", sessions=0, in_cohort="top-100")
+    p = enforce.preview_phase(registry, revoking_plan, revoking_plan.phase("top-100"))
+    result = enforce.enforce_phase(
+        registry,
+        revoking_plan,
+        "top-100",
+        expect=p.count,
+        expect_tokens=p.token_count,
+        expect_list=p.fingerprint,
+        actor="rm",
+        early=True,
+    )
+    assert (result.accounts_required, result.sessions_revoked) == (1, 0)
+    assert result.sessions_signed_in_since_preview == 0
+
+
 def test_a_token_made_since_the_preview_refuses_rather_than_being_revoked_unseen(
     registry: Registry, revoking_plan: Plan, accounts: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -67,7 +67,7 @@ def test_a_post_whose_every_event_is_bad_is_told_by_ingest_and_doctor(rollout_ho
     assert row.status is Status.warn
     assert f"3 rows quarantined in the last {QUARANTINE_DAYS} days (3 events)" in row.detail
     assert f"`rollout quarantine --days {QUARANTINE_DAYS}`" in row.detail
-    assert f"1 file nothing of which loaded, every row bad: {bad}" in row.detail
+    assert f"1 file nothing of which loaded, every row bad: '{bad}'" in row.detail
 
     listed = run("quarantine", "--days", str(QUARANTINE_DAYS), "--format", "json")
     assert listed.exit_code == 0, listed.stderr
@@ -76,6 +76,23 @@ def test_a_post_whose_every_event_is_bad_is_told_by_ingest_and_doctor(rollout_ho
     doctor = run("doctor", "--format", "json")
     rows = {r["check"]: r for r in json.loads(doctor.stdout)}
     assert rows["quarantine"]["status"] == "warn"
+
+
+def test_the_doctor_names_each_wholly_bad_file_as_one_even_one_holding_a_comma(
+    rollout_home: Path,
+) -> None:
+    """A post named "events-a, events-b.json" read, in the doctor's list joined by
+    ", ", as two files (neither of which exists): each name is quoted, whole."""
+    run("db", "upgrade")
+    landing = rollout_home / "landing"
+    commas = sendgrid_post(landing, "events-a, events-b.json", 1, outbox_id="x")
+    other = sendgrid_post(landing, "events-c.json", 1, outbox_id="y")
+    assert run("ingest").exit_code == 0
+    row = quarantine_row(rollout_home)
+    assert row.status is Status.warn
+    assert "2 files nothing of which loaded, every row bad: " in row.detail
+    named = row.detail.split("every row bad: ", 1)[1]
+    assert sorted(named.split(", '")) == sorted([f"'{commas}'", f"{other}'"])
 
 
 def test_rows_quarantined_longer_ago_than_the_check_looks_are_not_named(

@@ -293,11 +293,14 @@ def enforced_record(phase: Phase, summary: dict[str, Any], fmt: Format) -> dict[
     JSON keeps ``accounts_required`` beside it, the stored summary's key, which scripts
     read (docs/runbook-release-manager.md)."""
     from rollout.notify.emails import ACCOUNTS_ACTED_ON, ACCOUNTS_REQUIRED, counts_as_told
+    from rollout.phases.enforce import with_unknowns_said
 
     told = counts_as_told(phase, summary)
     if fmt is Format.json and ACCOUNTS_ACTED_ON in told:
         told[ACCOUNTS_REQUIRED] = summary[ACCOUNTS_REQUIRED]
-    return told
+    # A count not known (no saved preview here to count sessions against): null in
+    # JSON, said in words elsewhere, never a 0 that reads as measured.
+    return told if fmt is Format.json else with_unknowns_said(told)
 
 
 @phase_app.command("snooze")

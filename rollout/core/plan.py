@@ -856,11 +856,11 @@ def plan_problems(plan: Plan) -> list[PlanProblem]:
 
 def plan_warnings(plan: Plan) -> list[str]:
     """What a valid plan may well not mean: a cohort no phase names (built and reported,
-    yet nobody in it is warned or enforced), a phase's cap on publishing tokens no
-    shorter than its cap on every token (a publishing token is a token: the cap on every
-    token already holds it to less, and the notices would tell of both), and two phases
-    on one cohort with the same notice and enforcement days (each of its maintainers
-    gets two notices the same day, and is enforced twice the same day)."""
+    yet nobody in it is warned or enforced), a phase's token rule that another of its
+    rules already holds to more (:func:`_rules_doing_nothing`: the notices would tell
+    of both), and two phases on one cohort with the same notice and enforcement days
+    (each of its maintainers gets two notices the same day, and is enforced twice the
+    same day)."""
     warnings = [
         f"cohort {name} is named by no phase: it is built and reported, but nobody in it "
         "is warned or enforced"
@@ -868,18 +868,7 @@ def plan_warnings(plan: Plan) -> list[str]:
         if all(phase.cohort != name for phase in plan.phases)
     ]
     for phase in plan.phases:
-        every, writes = (
-            phase.requires.token_max_lifetime_days,
-            phase.requires.write_token_max_lifetime_days,
-        )
-        if every is not None and writes is not None and writes >= every:
-            warnings.append(
-                f"phase {phase.name}: write_token_max_lifetime_days "
-                f"({counted(writes, 'day')}) does nothing: token_max_lifetime_days "
-                f"({counted(every, 'day')}) already caps every token, publishing ones "
-                "too, and the notices would tell of both (drop it, or make it the "
-                "shorter)"
-            )
+        warnings += [f"phase {phase.name}: {said}" for said in _rules_doing_nothing(phase)]
     for earlier, later in combinations(plan.phases, 2):
         if (earlier.cohort, earlier.notice_on, earlier.enforce_on) == (
             later.cohort,
@@ -893,6 +882,42 @@ def plan_warnings(plan: Plan) -> list[str]:
                 "both phases' effects)"
             )
     return warnings
+
+
+def _rules_doing_nothing(phase: Phase) -> list[str]:
+    """A phase's token rules that another of its rules already holds to more, so they
+    forbid no token the other does not while the notices tell of both: a cap on
+    publishing tokens no shorter than the cap on every token (a publishing token is a
+    token), and an age cap no shorter than the cap on every token's lifetime (a live
+    token older than N days has lasted more than N days already, so it breaks a
+    lifetime cap of N days or less). An age cap no shorter than the cap on publishing
+    tokens alone still forbids old read-only tokens, and draws nothing."""
+    requires = phase.requires
+    every = requires.token_max_lifetime_days
+    if every is None:
+        return []
+    covered = [
+        (field, days, kind)
+        for field, days, kind in (
+            (
+                "write_token_max_lifetime_days",
+                requires.write_token_max_lifetime_days,
+                "caps every token, publishing ones too",
+            ),
+            (
+                "token_max_age_days",
+                requires.token_max_age_days,
+                "holds every live token older than that to less",
+            ),
+        )
+        if days is not None and days >= every
+    ]
+    return [
+        f"{field} ({counted(days, 'day')}) does nothing: token_max_lifetime_days "
+        f"({counted(every, 'day')}) already {kind}, and the notices would tell of both "
+        "(drop it, or make it the shorter)"
+        for field, days, kind in covered
+    ]
 
 
 def _day_before(phase: Phase, days: int) -> str:

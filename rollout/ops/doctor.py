@@ -27,7 +27,7 @@ import httpx
 
 from rollout.core.clock import naive_utc
 from rollout.core.config import prefect_api, url_shown
-from rollout.core.controls import quoted, shell_word, visible
+from rollout.core.controls import quoted, shell_word
 from rollout.core.errors import BadInput, RolloutError
 from rollout.core.files import duckdb_path
 from rollout.core.words import counted
@@ -488,7 +488,7 @@ def check_quarantine(path: Path, now: datetime) -> CheckResult:
         f"`rollout quarantine --days {QUARANTINE_DAYS}` lists them"
     )
     if wholly:
-        shown = _cut([visible(name) for name in wholly])
+        shown = _cut([quoted(name) for name in wholly])
         detail += (
             f"; {counted(len(wholly), 'file')} nothing of which loaded, every row bad: "
             + ", ".join(shown)
@@ -553,9 +553,7 @@ def check_duplicate_sends(path: Path, now: datetime) -> CheckResult:
             f"(by SendGrid's events, {as_of})",
         )
     extra = sum(row[3] - 1 for row in rows)
-    shown = _cut(
-        [f"{row[0]} ({visible(str(row[2] or 'email'))} x{row[3]})" for row in rows], SHOWN_SENDS
-    )
+    shown = _cut([f"{row[0]} ({quoted(row[2] or 'email')} x{row[3]})" for row in rows], SHOWN_SENDS)
     return CheckResult(
         "sends",
         Status.warn,
@@ -684,7 +682,9 @@ def check_home(settings: Settings) -> CheckResult:
         return CheckResult("home", Status.ok, f"{home}: closed to others")
     # In the home, by their names there (the row stays short); elsewhere, in full.
     # Not cut short as other rows are: each path is one to close. At most SHOWN_OPEN.
-    shown = _cut([f"{_in_home(path, home)} ({mode:04o})" for path, mode in open_to_others.items()])
+    shown = _cut(
+        [f"{quoted(_in_home(path, home))} ({mode:04o})" for path, mode in open_to_others.items()]
+    )
     return CheckResult(
         "home",
         Status.warn,
@@ -836,14 +836,12 @@ def _leftovers_unseen(
         for root, below in unseen
     ]
     so_far = (
-        f"; found so far: {', '.join(visible(str(path)) for path in found[:SHOWN_OPEN])}"
-        if found
-        else ""
+        f"; found so far: {', '.join(quoted(path) for path in found[:SHOWN_OPEN])}" if found else ""
     )
     return CheckResult(
         "leftovers",
         Status.warn,
-        f"not checked to the end: {', '.join(visible(str(root)) for root, _ in unseen)} "
+        f"not checked to the end: {', '.join(quoted(root) for root, _ in unseen)} "
         f"held more than {LEFTOVERS_SECONDS:g} s of files to look through (`"
         + "; ".join(finds)
         + f"` lists the temporary files of killed writes there){so_far}",
@@ -1161,7 +1159,7 @@ def _judge_workers(
         )
     live = [w for w in workers.json() if _is_live(w, now)]
     if not live:
-        known = ", ".join(w.get("name", "?") for w in workers.json()) or "none ever"
+        known = ", ".join(quoted(w.get("name", "?")) for w in workers.json()) or "none ever"
         return CheckResult(
             "worker",
             Status.fail,
@@ -1196,7 +1194,7 @@ def _judge_queues(
                 f"`prefect work-queue resume {name} --pool {WORK_POOL}`",
             )
     live = [w for w in (workers.json() if workers is not None else []) if _is_live(w, now)]
-    names = ", ".join(str(w.get("name", "?")) for w in live)
+    names = ", ".join(quoted(w.get("name", "?")) for w in live)
     home = queues.get(HOME_QUEUE)
     polled = _when(home.json().get("last_polled")) if home is not None else None
     if polled is None or now - polled > QUEUE_POLLED_WITHIN:

@@ -112,8 +112,10 @@ class EnforceResult:
     # Of them, those signed in after the approved preview (given its time): the preview
     # counted every live session of its accounts then, and enforcement signs out every
     # live one when their batch runs, so ``sessions_revoked`` is the preview's count
-    # plus these, less any that ended meanwhile.
-    sessions_signed_in_since_preview: int = 0
+    # plus these, less any that ended meanwhile. None (not known) when sessions were
+    # revoked and no approved preview's time was found here to count them against: not
+    # a measured 0 (left out of the stored summary, null in JSON, "not known" in words).
+    sessions_signed_in_since_preview: int | None = 0
     emails_queued: int = 0
     skipped_now_compliant: int = 0
     # Previewed, then deleted from the registry before their batch: nothing done.
@@ -132,7 +134,9 @@ class EnforceResult:
 
     def add(self, batch: BatchOutcome) -> None:
         for name, value in asdict(batch).items():
-            setattr(self, name, getattr(self, name) + value)
+            now = getattr(self, name)
+            # Not known in one batch is not known in the sum.
+            setattr(self, name, None if now is None or value is None else now + value)
         self.batches += 1
 
     LABELS: ClassVar[dict[str, str]] = {
@@ -156,6 +160,18 @@ class EnforceResult:
     def summary(self) -> dict[str, Any]:
         """The result as one record: what the CLI prints, flows return, runs store."""
         return asdict(self)
+
+
+# A count of the run's summary it could not take, in words for people (a table, the
+# flow's artifact): the only one is sessions_signed_in_since_preview, with no approved
+# preview's time here. JSON says null and the stored summary leaves it out (_counts).
+NOT_KNOWN = "not known: no saved preview here"
+
+
+def with_unknowns_said(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``summary`` (:meth:`EnforceResult.summary`) for people: a count not known (None)
+    said so, never shown as 0 or left blank."""
+    return {k: NOT_KNOWN if v is None else v for k, v in summary.items()}
 
 
 def cohort_built(connection: Connection, cohort: str) -> bool:
@@ -555,7 +571,7 @@ class BatchOutcome:
     accounts_required: int = 0
     accounts_flagged: int = 0
     sessions_revoked: int = 0
-    sessions_signed_in_since_preview: int = 0
+    sessions_signed_in_since_preview: int | None = 0  # None: not known (no preview time)
     emails_queued: int = 0
     skipped_now_compliant: int = 0
     skipped_deleted: int = 0
@@ -928,11 +944,12 @@ def _queue_notices_of_tokens_revoked_again(batch: _Batch) -> int:
     )
 
 
-def _revoke_sessions(batch: _Batch) -> tuple[int, int]:
+def _revoke_sessions(batch: _Batch) -> tuple[int, int | None]:
     """The live web sessions of the accounts that lack the factor: every one live now,
     as the preview's rule says (a session signed in since the preview too, or the
     account would keep a session the phase signs out). Returns how many, and of them how
-    many were signed in after the approved preview (``batch.previewed_at``)."""
+    many were signed in after the approved preview (``batch.previewed_at``): None when
+    it revoked some and that time is not known (no count to give, not 0)."""
     revoked = _update_audited(
         batch,
         update(SESSIONS)
@@ -944,8 +961,10 @@ def _revoke_sessions(batch: _Batch) -> tuple[int, int]:
         subject=lambda rows: literal("web_session:") + cast(rows.c.id, String),
         account_id=lambda rows: rows.c.account_id,
     )
-    if not revoked or batch.previewed_at is None:
+    if not revoked:
         return revoked, 0
+    if batch.previewed_at is None:
+        return revoked, None
     # Revoked at this batch's instant with its reason, of its accounts: exactly those
     # this UPDATE revoked (the run holds the lock; no other run revokes meanwhile).
     since = batch.connection.execute(
@@ -1452,7 +1471,8 @@ def _reach_guard(phase: Phase, preview: PhasePreview, accept: int | None) -> Non
 
 def _counts(result: EnforceResult | RollbackResult) -> dict[str, int]:
     """A result's counts: what its plan_runs row (and the release managers' summary
-    email) keep, without the phase and run id they already carry."""
+    email) keep, without the phase and run id they already carry, nor a count not
+    known (None: left out, never stored as 0)."""
     return {k: v for k, v in result.summary().items() if isinstance(v, int)}
 
 

@@ -957,3 +957,17 @@ def test_a_deployed_run_failed_by_a_bug_keeps_its_traceback(prefect_server: None
     assert isinstance(error, ZeroDivisionError)
     assert "Engine execution exited with unexpected exception" in logs
     assert "ZeroDivisionError: a bug" in logs
+
+
+def test_the_enforcement_artifact_says_a_count_it_could_not_take_is_not_known() -> None:
+    """A run that signed out sessions with no approved preview's time to count against
+    has no count of those signed in since: the artifact says so, not a blank or 0."""
+    from rollout.phases.enforce import EnforceResult
+
+    result = EnforceResult(
+        "top-100", "run-1", sessions_revoked=3, sessions_signed_in_since_preview=None
+    )
+    approval = phases.Approval(expect=1, expect_list="0123456789ab", approved_by="rm")
+    markdown = phases.enforce_markdown(result, approval)
+    [row] = [line for line in markdown.splitlines() if "signed in since the preview" in line]
+    assert "not known: no saved preview here" in row
