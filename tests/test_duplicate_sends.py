@@ -68,7 +68,7 @@ def test_an_outbox_row_sent_twice_is_listed_and_the_doctor_warns(tmp_path: Path)
     result = check_duplicate_sends(path, NOW.replace(tzinfo=UTC))
     assert result.status is Status.warn, result
     assert "1 outbox row sent more than once" in result.detail
-    assert "outbox ids 5 (phase_notice x2)" in result.detail
+    assert "outbox ids 5 ('phase_notice' x2)" in result.detail
     assert "user5@example.com" not in result.detail  # no address in a monitor's mail
 
     # A week later it is no longer news.
@@ -151,7 +151,7 @@ def test_a_season_of_events_is_answered_from_the_kept_table_in_milliseconds(
     took = time.monotonic() - started
 
     assert result.status is Status.warn, result
-    assert "outbox ids 12345 (phase_notice x2)" in result.detail
+    assert "outbox ids 12345 ('phase_notice' x2)" in result.detail
     assert f"as of the events loaded at {NOW:%Y-%m-%d %H:%M} UTC" in result.detail
     assert took < doctor.WAREHOUSE_SECONDS / 4, took
     warehouse.connect(path).close()  # a run opens it for writing at once
@@ -237,4 +237,4 @@ def test_a_warehouse_made_before_the_sends_were_kept_is_filled_by_the_next_run(
 
     after = check_duplicate_sends(path, NOW.replace(tzinfo=UTC))
     assert after.status is Status.warn, after
-    assert "outbox ids 5 (phase_notice x2)" in after.detail
+    assert "outbox ids 5 ('phase_notice' x2)" in after.detail
