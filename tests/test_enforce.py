@@ -658,6 +658,8 @@ def test_an_account_that_enrolled_since_the_preview_is_left_alone(
         accounts_required=1,
         accounts_flagged=1,
         sessions_revoked=1,
+        # No approved preview's time given: how many signed in since is not known.
+        sessions_signed_in_since_preview=None,
         emails_queued=1,
         skipped_now_compliant=1,
     )
