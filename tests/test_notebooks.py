@@ -27,6 +27,7 @@ from rollout.phases.brownouts import schedule
 from rollout.registry import Registry
 from rollout.report.adoption import registry_inputs
 from rollout.report.reporting import report_from_registry
+from tests.support.stories import play_fitted_story
 from tests.support.warehouse_holder import warehouse_held
 
 from .conftest import tiny_story
@@ -375,27 +376,11 @@ def tokens_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     the tiny sample fitted to it: its totp-closed phase requires a security key of
     everyone. A SQLite registry, the warehouse with its marts and the report, in one home."""
     from rollout.core.plan import load_plan
-    from rollout.demo.sample import generate_sample
-    from rollout.demo.story import Story, sample_window, story_window
-    from rollout.runtime import Runtime
 
     home = tmp_path_factory.mktemp("tokens") / "home"
     settings = load_settings({"ROLLOUT_HOME": str(home)})
     settings.ensure_home()
-    plan = load_plan(TOKENS_PLAN)
-    end, days = sample_window(plan)
-    generate_sample(
-        "tiny",
-        7,
-        registry=Registry(settings.registry_url),
-        landing_dir=settings.landing_dir,
-        end=end,
-        days=days,
-    )
-    start, last = story_window(plan)
-    story = Story(Runtime(settings, plan=plan), start, last, metrics_every=28, cohorts_every=28)
-    with story.runtime:
-        story.run()
+    play_fitted_story(settings, load_plan(TOKENS_PLAN))
     return home
 
 

@@ -14,10 +14,11 @@ import pytest
 from sqlalchemy import select, text
 
 from rollout.core.config import load_settings
-from rollout.demo.story import STORY_PUBLISHES, Story
+from rollout.demo.story import STORY_PUBLISHES
 from rollout.phases import enforce
 from rollout.registry import Registry
 from rollout.registry.models import Account, Token
+from tests.support.stories import play_fitted_story
 
 OTHER_PLANS = sorted(
     path
@@ -53,28 +54,15 @@ def test_every_shipped_plan_tells_its_story_on_a_sample_fitted_to_it(
         else request.getfixturevalue("postgres_schema_url")
     )
     from rollout.core.plan import load_plan
-    from rollout.demo.sample import generate_sample
-    from rollout.demo.story import sample_window, story_window
-    from rollout.runtime import Runtime
+    from rollout.demo.story import sample_window
 
     monkeypatch.setenv("ROLLOUT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("ROLLOUT_REGISTRY_URL", registry_url)
     settings = load_settings()
     plan = load_plan(path)
-    end, days = sample_window(plan)
+    end, _ = sample_window(plan)
     assert end == max(p.cohort_as_of for p in plan.phases)
-    generate_sample(
-        "tiny",
-        7,
-        registry=Registry(settings.registry_url),
-        landing_dir=settings.landing_dir,
-        end=end,
-        days=days,
-    )
-    start, last = story_window(plan)
-    story = Story(Runtime(settings, plan=plan), start, last, metrics_every=28, cohorts_every=28)
-    with story.runtime:
-        report = story.run()
+    report = play_fitted_story(settings, plan)
     assert set(report.enforced) == {p.name for p in plan.phases}
     with Registry(settings.registry_url) as registry:
         for phase in plan.phases:
