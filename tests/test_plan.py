@@ -14,6 +14,7 @@ from rollout.core.errors import BadInput
 from rollout.core.plan import (
     CohortRule,
     EmailName,
+    Phase,
     RepeatableEmail,
     Requirements,
     load_plan,
@@ -808,36 +809,39 @@ def test_each_requirement_in_words_reads_back_from_the_list_joined_by_semicolons
     assert said[0] == requires.factor_in_words() or two_factor == "none"
 
 
+def token_phase(**requires: object) -> Phase:
+    """A phase revoking tokens under ``requires`` (with no 2FA asked), for the token
+    rules' words, records and comparisons."""
+    return Phase(
+        name="cap",
+        cohort="c",
+        cohort_as_of=date(2025, 9, 1),
+        notice_on=date(2025, 9, 2),
+        enforce_on=date(2025, 12, 1),
+        max_accounts=10,
+        requires=Requirements(two_factor="none", **requires),
+        effects=["revoke_tokens"],
+        max_tokens=10,
+    )
+
+
 def test_a_token_lifetime_cap_is_said_recorded_and_a_shorter_one_asks_more() -> None:
     """token_max_lifetime_days: N (npm 2025's cap on write tokens) reads as one rule in
     words, is recorded in what the notices told (Phase.asks), and a cap made shorter
     after the notices went, or added, is asking more than they told; a longer one is
     not."""
-    from rollout.core.plan import Phase, asks_more_than
+    from rollout.core.plan import asks_more_than
 
-    def phase(**requires: object) -> Phase:
-        return Phase(
-            name="cap",
-            cohort="c",
-            cohort_as_of=date(2025, 9, 1),
-            notice_on=date(2025, 9, 2),
-            enforce_on=date(2025, 12, 1),
-            max_accounts=10,
-            requires=Requirements(two_factor="none", **requires),
-            effects=["revoke_tokens"],
-            max_tokens=10,
-        )
-
-    capped = phase(token_max_lifetime_days=90)
+    capped = token_phase(token_max_lifetime_days=90)
     assert capped.requires.token_rules
     assert capped.requires.describe() == ["no tokens valid for more than 90 days"]
     assert capped.asks() == "two_factor=none;token_max_lifetime_days=90;effects=revoke_tokens"
     assert asks_more_than(capped.asks(), capped) == []
-    assert asks_more_than(phase(token_max_lifetime_days=120).asks(), capped) == [
+    assert asks_more_than(token_phase(token_max_lifetime_days=120).asks(), capped) == [
         "no tokens valid for more than 90 days"
     ]
-    assert asks_more_than(phase(token_max_lifetime_days=30).asks(), capped) == []
-    assert asks_more_than(phase(no_classic_tokens=True).asks(), capped) == [
+    assert asks_more_than(token_phase(token_max_lifetime_days=30).asks(), capped) == []
+    assert asks_more_than(token_phase(no_classic_tokens=True).asks(), capped) == [
         "no tokens valid for more than 90 days"
     ]
     # A plan may not set a cap of no days, nor one beyond ten years.
@@ -853,22 +857,9 @@ def test_a_lifetime_cap_on_publishing_tokens_alone_is_said_recorded_and_compared
     more when a publishing token may now last less than the notices allowed it, or when
     a cap on every token replaces one on publishing tokens (read-only tokens then
     break it too)."""
-    from rollout.core.plan import Phase, asks_more_than
+    from rollout.core.plan import asks_more_than
 
-    def phase(**requires: object) -> Phase:
-        return Phase(
-            name="cap",
-            cohort="c",
-            cohort_as_of=date(2025, 9, 1),
-            notice_on=date(2025, 9, 2),
-            enforce_on=date(2025, 12, 1),
-            max_accounts=10,
-            requires=Requirements(two_factor="none", **requires),
-            effects=["revoke_tokens"],
-            max_tokens=10,
-        )
-
-    writes = phase(write_token_max_lifetime_days=90)
+    writes = token_phase(write_token_max_lifetime_days=90)
     said = "no publishing tokens valid for more than 90 days"
     assert writes.requires.token_rules
     assert writes.requires.describe() == [said]
@@ -877,15 +868,15 @@ def test_a_lifetime_cap_on_publishing_tokens_alone_is_said_recorded_and_compared
         "two_factor=none;write_token_max_lifetime_days=90;effects=revoke_tokens"
     )
     assert asks_more_than(writes.asks(), writes) == []
-    assert asks_more_than(phase(write_token_max_lifetime_days=120).asks(), writes) == [said]
-    assert asks_more_than(phase(token_max_lifetime_days=120).asks(), writes) == [said]
-    assert asks_more_than(phase(token_max_lifetime_days=90).asks(), writes) == []
-    assert asks_more_than(phase(no_classic_tokens=True).asks(), writes) == [said]
+    assert asks_more_than(token_phase(write_token_max_lifetime_days=120).asks(), writes) == [said]
+    assert asks_more_than(token_phase(token_max_lifetime_days=120).asks(), writes) == [said]
+    assert asks_more_than(token_phase(token_max_lifetime_days=90).asks(), writes) == []
+    assert asks_more_than(token_phase(no_classic_tokens=True).asks(), writes) == [said]
     # The cap on every token, after notices told of publishing tokens only: more.
-    assert asks_more_than(writes.asks(), phase(token_max_lifetime_days=90)) == [
+    assert asks_more_than(writes.asks(), token_phase(token_max_lifetime_days=90)) == [
         "no tokens valid for more than 90 days"
     ]
-    both = phase(token_max_lifetime_days=365, write_token_max_lifetime_days=90)
+    both = token_phase(token_max_lifetime_days=365, write_token_max_lifetime_days=90)
     assert both.requires.write_token_cap == 90
     assert both.requires.describe() == ["no tokens valid for more than 365 days", said]
     for days in (0, 3661, True, "90"):
