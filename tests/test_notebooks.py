@@ -16,6 +16,7 @@ import subprocess
 import sys
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import nbformat
@@ -384,6 +385,21 @@ def tokens_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+def shown_by_tokens_story(name: str, cell: str, home: Path, tmp_path: Path) -> Any:
+    """Run a copy of notebook ``name`` on the npm-2025-tokens story's ``home`` with
+    ``cell`` appended (it writes what the notebook shows as JSON to $SHOWN_TO); the
+    notebook must pass: what the cell wrote."""
+    copy = tmp_path / name
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    notebook.cells.append(nbformat.v4.new_code_cell(cell))
+    nbformat.write(notebook, copy)
+    env = notebook_env(home, tmp_path / "scratch")
+    env.update(ROLLOUT_PLAN=str(TOKENS_PLAN), SHOWN_TO=str(tmp_path / "shown.json"))
+    returncode, _, output = run_nbmake([copy], env)
+    assert returncode == 0, output
+    return json.loads((tmp_path / "shown.json").read_text())
+
+
 # Appended to a copy of adoption_trends: what its chart and its weekly table show.
 SHOWN = """
 import json
@@ -413,15 +429,7 @@ def test_adoption_trends_measures_a_cohort_a_phase_requires_a_key_of_as_the_repo
     everyone's share compliant as the share with a key (158 of 397, 39.8%), while the
     notebook drew its share with any 2FA (48.9%) under "Share of accounts with 2FA", and
     its weekly changes of it. Both measure it by keys now, all accounts by any 2FA."""
-    copy = tmp_path / "adoption_trends.ipynb"
-    notebook = nbformat.read(NOTEBOOKS / "adoption_trends.ipynb", as_version=4)
-    notebook.cells.append(nbformat.v4.new_code_cell(SHOWN))
-    nbformat.write(notebook, copy)
-    env = notebook_env(tokens_home, tmp_path / "scratch")
-    env.update(ROLLOUT_PLAN=str(TOKENS_PLAN), SHOWN_TO=str(tmp_path / "shown.json"))
-    returncode, _, output = run_nbmake([copy], env)
-    assert returncode == 0, output
-    shown = json.loads((tmp_path / "shown.json").read_text())
+    shown = shown_by_tokens_story("adoption_trends.ipynb", SHOWN, tokens_home, tmp_path)
 
     [report_md] = (tokens_home / "reports").glob("*/adoption.md")
     in_report = report_shares(report_md)
@@ -472,15 +480,7 @@ def test_cohort_explorer_counts_a_cohort_a_phase_requires_a_key_of_compliant_wit
     share of everyone "now" counted any 2FA, and its "Who lacks 2FA" left out the TOTP
     users the phase finds short. It measures such a cohort as the report does: compliant
     with a security key, the rule named (`requires`), every short account listed."""
-    copy = tmp_path / "cohort_explorer.ipynb"
-    notebook = nbformat.read(NOTEBOOKS / "cohort_explorer.ipynb", as_version=4)
-    notebook.cells.append(nbformat.v4.new_code_cell(EXPLORED))
-    nbformat.write(notebook, copy)
-    env = notebook_env(tokens_home, tmp_path / "scratch")
-    env.update(ROLLOUT_PLAN=str(TOKENS_PLAN), SHOWN_TO=str(tmp_path / "shown.json"))
-    returncode, _, output = run_nbmake([copy], env)
-    assert returncode == 0, output
-    shown = json.loads((tmp_path / "shown.json").read_text())
+    shown = shown_by_tokens_story("cohort_explorer.ipynb", EXPLORED, tokens_home, tmp_path)
 
     con = duckdb.connect(str(tokens_home / "warehouse.duckdb"), read_only=True)
     try:
