@@ -8,11 +8,10 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from pathlib import Path
-from time import monotonic, sleep
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from rollout.core.clock import SimulatedClock, use_clock
 from rollout.core.errors import BadInput, GuardRefused
@@ -22,6 +21,7 @@ from rollout.registry import Registry, locks
 from rollout.registry.ledger import utc_now
 from rollout.registry.models import Account, Action, BrownoutWindow, Notification, PlanRun
 from tests.factories import AccountFactory
+from tests.support.run_locks import end_run_lock_session
 
 from .conftest import postgres_only
 
@@ -450,15 +450,7 @@ def test_enroll_all_whose_run_lock_session_ends_stops_before_its_next_batch(
     keepalive timeout), silently; another enrolment may be at work: no batch more."""
 
     def end_the_lock_session(done: int, total: int) -> None:
-        with registry.engine.connect() as connection:
-            holders = locks.advisory_lock_holders(connection, "elv")
-            connection.execute(
-                text("select pg_terminate_backend(p) from unnest(cast(:p as int[])) p"),
-                {"p": holders},
-            )
-        deadline = monotonic() + 10
-        while registry.lock_held("elv") and monotonic() < deadline:
-            sleep(0.01)
+        end_run_lock_session(registry, "elv")
 
     with pytest.raises(locks.RunLockLost, match="the elv run lock was lost"):
         brownouts.enroll_all(

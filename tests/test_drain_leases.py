@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from rollout.core.errors import BadInput
 from rollout.core.plan import Plan
@@ -49,10 +49,11 @@ from rollout.notify.outbox import FILE_SENDER, UNVERIFIED
 from rollout.notify.senders import SendGridSender
 from rollout.registry import Registry
 from rollout.registry.ledger import utc_now
-from rollout.registry.locks import RunLockLost, advisory_lock_holders
+from rollout.registry.locks import RunLockLost
 from rollout.registry.models import Notification
 from tests.factories import AccountFactory, bound_to
 from tests.support.outbox import ids, queue_late
+from tests.support.run_locks import end_run_lock_session
 
 from .conftest import postgres_only
 
@@ -463,17 +464,7 @@ def test_a_drain_whose_run_lock_session_ends_stops_before_its_next_batch(
         deadline = time.monotonic() + 30
         while len(server.messages) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
-        with registry.engine.connect() as connection:
-            holders = advisory_lock_holders(connection, "notify")
-            connection.execute(
-                text("select pg_terminate_backend(p) from unnest(cast(:p as int[])) p"),
-                {"p": holders},
-            )
-        assert holders
-        deadline = time.monotonic() + 10  # the backend exits as it gets the signal
-        while registry.lock_held("notify") and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert not registry.lock_held("notify")  # gone, silently, the drain still at work
+        end_run_lock_session(registry, "notify")  # gone, silently, the drain still at work
         thread.join(timeout=30)
         sent = len(server.messages)
     assert not thread.is_alive()

@@ -35,6 +35,7 @@ from rollout.registry.models import (
 )
 from tests.factories import AccountFactory, FactorFactory, existing_account
 from tests.support.previews import to_apply
+from tests.support.run_locks import end_run_lock_session
 
 from .conftest import postgres_only
 
@@ -534,22 +535,6 @@ def test_a_crash_between_batches_then_a_rerun_finishes_exactly_once(
     assert count(registry, Notification) == 2
 
 
-def end_the_enforce_lock_session(registry: Registry) -> None:
-    """End the PostgreSQL session holding the enforce run's advisory lock (a server
-    restart, a pooler, a keepalive timeout), and wait until the lock is gone with it."""
-    with registry.engine.connect() as connection:
-        holders = locks.advisory_lock_holders(connection, "enforce")
-        connection.execute(
-            text("select pg_terminate_backend(p) from unnest(cast(:p as int[])) p"),
-            {"p": holders},
-        )
-    assert holders
-    deadline = time.monotonic() + 30  # the backend exits as it gets the signal
-    while registry.lock_held("enforce") and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not registry.lock_held("enforce")
-
-
 @postgres_only
 def test_an_enforcement_whose_run_lock_session_ends_stops_before_its_next_batch(
     registry: Registry, plan_exempting_carol: Plan, ids: dict[str, int]
@@ -559,7 +544,7 @@ def test_an_enforcement_whose_run_lock_session_ends_stops_before_its_next_batch(
     with it, silently, and another enforcement may be at work: no batch more."""
 
     def end_the_lock_session(done: int, total: int) -> None:
-        end_the_enforce_lock_session(registry)
+        end_run_lock_session(registry, "enforce")
 
     with pytest.raises(locks.RunLockLost, match="the enforce run lock was lost"):
         enforce.enforce_phase(
@@ -599,7 +584,7 @@ def test_a_rollback_whose_run_lock_session_ends_stops_before_its_next_batch(
         outcome = rollback_batch(*args, **kwargs)
         batches.append(1)
         if len(batches) == 1:
-            end_the_enforce_lock_session(registry)
+            end_run_lock_session(registry, "enforce")
         return outcome
 
     monkeypatch.setattr(enforce, "_rollback_batch", then_the_lock_session_ends)
