@@ -127,8 +127,6 @@ def listen_host(text: str) -> str:
     import ipaddress
     import socket
 
-    from rollout.core.controls import quoted
-
     host = text.strip()
     if not host:
         raise typer.BadParameter("is empty: name an interface, such as 127.0.0.1")

@@ -236,20 +236,17 @@ def check_registry(registry: Registry) -> CheckResult:
     try:
         with engine.connect() as connection:
             connection.execute(text("select 1"))
-    except (SQLAlchemyError, RegistryStatementCancelled) as error:
+    except (SQLAlchemyError, RegistryURLRefused, RegistryStatementCancelled) as error:
+        # A statement cancelled is always one _waited words.
         waited = _waited(error)
         if waited is not None:
             return CheckResult("registry", Status.warn, _short(f"{shown}: {waited}"))
         reason = (
             error.reason
-            if isinstance(error, RegistryStatementCancelled)
+            if isinstance(error, RegistryURLRefused)
             else str(getattr(error, "orig", None) or error).strip()
         )
         return CheckResult("registry", Status.fail, _short(f"{shown}: cannot connect: {reason}"))
-    except RegistryURLRefused as error:
-        return CheckResult(
-            "registry", Status.fail, _short(f"{shown}: cannot connect: {error.reason}")
-        )
     finally:
         engine.dispose()
     return CheckResult("registry", Status.ok, shown)
