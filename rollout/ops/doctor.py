@@ -678,7 +678,7 @@ def check_home(settings: Settings) -> CheckResult:
     if not open_to_others:
         return CheckResult("home", Status.ok, f"{home}: closed to others")
     # In the home, by their names there (the row stays short); elsewhere, in full.
-    # Not cut short as other rows are: each path is one to close. At most SHOWN_OPEN.
+    # At most SHOWN_OPEN of them, then how many more: the row's chmod closes every one.
     shown = _cut(
         [f"{quoted(_in_home(path, home))} ({mode:04o})" for path, mode in open_to_others.items()]
     )
