@@ -14,7 +14,6 @@ from rollout.cli.app import (
     _changes_named,
     _fingerprint,
     _given_day,
-    _parse_day,
     _runtime,
     _typed_back,
     app,
@@ -189,7 +188,7 @@ def notify_queue(
     from rollout.registry.ledger import utc_now
 
     runtime = _runtime(ctx)
-    day = _parse_day(as_of, "--as-of") if as_of is not None else utc_now().date()
+    day = _given_day(as_of) or utc_now().date()
     settings, plan = runtime.settings, runtime.plan
     if apply:
         outcomes = queue_due(runtime.registry, plan, day, actor=settings.actor, late=late)
