@@ -255,15 +255,21 @@ def registry_away(error: BaseException) -> str | None:
     By the time a flow sees one, its task was retried (IO_RETRIES) and the server stayed
     away: SQLAlchemy's own text (three lines, a link to its docs) and a traceback read as
     a bug in rollout. None for any other error."""
+    for current in _chain(error):
+        if isinstance(current, OperationalError | InterfaceError):
+            # The CLI's line for it (input_output_failure), and what a run's reader does.
+            return f"{input_output_failure(current)}; run the deployment again once it answers"
+    return None
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error``, then each error it came from (its cause, else its context), each once."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OperationalError | InterfaceError):
-            # The CLI's line for it (input_output_failure), and what a run's reader does.
-            return f"{input_output_failure(current)}; run the deployment again once it answers"
+        yield current
         current = current.__cause__ or current.__context__
-    return None
 
 
 def failure_line(error: BaseException) -> str | None:
@@ -318,10 +324,7 @@ def is_transient(error: BaseException) -> bool:
     is (bad input, a refusal: the same run fails the same way), whatever caused it."""
     if isinstance(error, RolloutError):
         return False
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(error):
         if isinstance(current, OperationalError) or (
             isinstance(current, DBAPIError) and current.connection_invalidated
         ):
@@ -333,7 +336,6 @@ def is_transient(error: BaseException) -> bool:
             urllib.error.URLError | TimeoutError | ConnectionError | http.client.HTTPException,
         ):
             return True
-        current = current.__cause__ or current.__context__
     return False
 
 

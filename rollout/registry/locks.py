@@ -153,25 +153,21 @@ class HeldRunLock:
         if self._connection is None:
             return True
         with self._asking:
-            return self._ask()
-
-    def _ask(self) -> bool:
-        if self._lost:
-            return False
-        assert self._connection is not None
-        try:
-            self._lost = not bool(
-                self._connection.execute(
-                    text(
-                        f"select exists(select 1 from pg_locks where {_KEY_GRANTED}"
-                        " and pid = pg_backend_pid())"
-                    ),
-                    _key_halves(self._key),
-                ).scalar()
-            )
-        except SQLAlchemyError:  # the connection gone, or left unusable by its loss
-            self._lost = True
-        return not self._lost
+            if self._lost:
+                return False
+            try:
+                self._lost = not bool(
+                    self._connection.execute(
+                        text(
+                            f"select exists(select 1 from pg_locks where {_KEY_GRANTED}"
+                            " and pid = pg_backend_pid())"
+                        ),
+                        _key_halves(self._key),
+                    ).scalar()
+                )
+            except SQLAlchemyError:  # the connection gone, or left unusable by its loss
+                self._lost = True
+            return not self._lost
 
     def check(self) -> None:
         """RunLockLost when the lock is no longer this run's."""

@@ -92,25 +92,12 @@ def token_rules(
         # Valid for longer than the cap, from its creation to its expiry (exactly the cap
         # is allowed), or never expiring: npm 2025's 90-day cap on write tokens. A
         # token's lifetime does not change with the day it is judged on.
-        rules[next(said)] = or_(
-            tokens.c.expires_at.is_(None),
-            _LastsLonger(
-                tokens.c.created_at, tokens.c.expires_at, requires.token_max_lifetime_days
-            ),
-        )
+        rules[next(said)] = _outlives(tokens, requires.token_max_lifetime_days)
     if requires.write_token_max_lifetime_days is not None:
         # The same cap on the tokens that publish alone (npm's of 2025-10-13 was on
         # write tokens; read-only ones were not capped).
         rules[next(said)] = and_(
-            tokens.c.writes == true(),
-            or_(
-                tokens.c.expires_at.is_(None),
-                _LastsLonger(
-                    tokens.c.created_at,
-                    tokens.c.expires_at,
-                    requires.write_token_max_lifetime_days,
-                ),
-            ),
+            tokens.c.writes == true(), _outlives(tokens, requires.write_token_max_lifetime_days)
         )
     if requires.no_write_tokens_without_2fa:
         # "Without 2FA" is without any second factor, whatever the phase asks of the
@@ -118,6 +105,14 @@ def token_rules(
         # and a token-only phase (two_factor: none) applies it on its own.
         rules[next(said)] = and_(tokens.c.writes == true(), ~has_active_factor(tokens.c.account_id))
     return rules
+
+
+def _outlives(tokens: Any, days: int) -> ColumnElement[bool]:
+    """A token valid for more than ``days`` days from its creation, or never expiring."""
+    return or_(
+        tokens.c.expires_at.is_(None),
+        _LastsLonger(tokens.c.created_at, tokens.c.expires_at, days),
+    )
 
 
 class _LastsLonger(ColumnElement[bool]):
