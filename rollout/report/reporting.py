@@ -296,8 +296,8 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
         week = [r for r in series if r["day"] > last["day"] - timedelta(days=7)]
         accounts = _int(last["accounts"])
         # No accounts on the day (a cohort whose members all left, a registry with none):
-        # no share, and no change of share, rather than 0%.
-        share = last["share"] if accounts > 0 else None
+        # no share (the row's, None), and no change of share, rather than 0%.
+        share = last["share"]
         figures.append(
             PopulationFigures(
                 population=population,
