@@ -971,8 +971,7 @@ class Story:
                 or phase.requires.no_unnamed_tokens
                 or phase.requires.no_bypass_2fa_tokens
                 or phase.requires.token_max_age_days is not None
-                or phase.requires.token_max_lifetime_days is not None
-                or phase.requires.write_token_max_lifetime_days is not None
+                or phase.requires.write_token_cap is not None
             )
         ]
         readers = notified | reminded
