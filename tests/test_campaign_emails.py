@@ -745,6 +745,22 @@ def test_a_phase_forbidding_tokens_that_bypass_2fa_never_advises_such_a_token() 
     assert "with a granular token or trusted publishing" not in " ".join(rendered.text.split())
 
 
+def _the_one_notice(
+    registry: Registry, plan: Plan, notice_on: date, outbox: Path
+) -> tuple[str, str]:
+    """The one email queued and sent on ``notice_on`` at 9:00: its text and HTML, each
+    with its whitespace runs made single spaces."""
+    from rollout.notify.drain import drain
+    from rollout.notify.queue import queue_due
+    from rollout.notify.senders import FileSender
+
+    with use_clock(SimulatedClock(datetime.combine(notice_on, time(9)))):
+        queue_due(registry, plan, notice_on, actor="rm")
+        drain(registry, plan, FileSender(outbox))
+    [(_, text, html)] = list(_sent_texts(outbox).values())
+    return words(text), words(html)
+
+
 def test_a_token_lifetime_cap_lists_each_token_with_its_expiry_and_advises_a_short_one(
     registry: Registry, plan: Plan, factories: None, tmp_path: Path
 ) -> None:
@@ -752,9 +768,6 @@ def test_a_token_lifetime_cap_lists_each_token_with_its_expiry_and_advises_a_sho
     breaks it with when it expires ("never expires" for one that does not), which is
     why it stops working, and advises a token within the cap, in text and HTML alike; a
     token within the cap is not listed."""
-    from rollout.notify.drain import drain
-    from rollout.notify.queue import queue_due
-    from rollout.notify.senders import FileSender
     from tests.factories import AccountFactory, TokenFactory
 
     capping = _top_100_as(
@@ -772,11 +785,7 @@ def test_a_token_lifetime_cap_lists_each_token_with_its_expiry_and_advises_a_sho
         expires_at=datetime(2030, 1, 2, 3),
     )
     TokenFactory(account=holder, name="ci-short", granular=True, created_at=made)
-    with use_clock(SimulatedClock(datetime.combine(notice_on, time(9)))):
-        queue_due(registry, capping, notice_on, actor="rm")
-        drain(registry, capping, FileSender(tmp_path / "outbox"))
-    [(_, text, html)] = list(_sent_texts(tmp_path / "outbox").values())
-    text, html = " ".join(text.split()), " ".join(html.split())
+    text, html = _the_one_notice(registry, capping, notice_on, tmp_path / "outbox")
     assert "ci-forever, granular, created" in text and "ci-year, granular" in text
     assert "ci-short" not in text and "ci-short" not in html
     assert re.search(r"- ci-forever, granular, [^-]*never expires", text)
@@ -795,9 +804,6 @@ def test_a_lifetime_cap_on_publishing_tokens_lists_them_and_not_read_only_ones(
     warning lists the publishing token that never expires with its expiry, not the
     read-only one that never expires either, says the rule as one on publishing tokens,
     and advises a replacement within the cap, in text and HTML alike."""
-    from rollout.notify.drain import drain
-    from rollout.notify.queue import queue_due
-    from rollout.notify.senders import FileSender
     from tests.factories import AccountFactory, TokenFactory
 
     capping = _top_100_as(
@@ -810,11 +816,7 @@ def test_a_lifetime_cap_on_publishing_tokens_lists_them_and_not_read_only_ones(
     TokenFactory(
         account=holder, name="mirror-read", kind="read_only", writes=False, created_at=made
     )
-    with use_clock(SimulatedClock(datetime.combine(notice_on, time(9)))):
-        queue_due(registry, capping, notice_on, actor="rm")
-        drain(registry, capping, FileSender(tmp_path / "outbox"))
-    [(_, text, html)] = list(_sent_texts(tmp_path / "outbox").values())
-    text, html = " ".join(text.split()), " ".join(html.split())
+    text, html = _the_one_notice(registry, capping, notice_on, tmp_path / "outbox")
     assert re.search(r"- ci-forever, granular, [^-]*never expires", text)
     assert re.search(r"ci-forever</td>.*?never expires", html)
     assert "mirror-read" not in text and "mirror-read" not in html

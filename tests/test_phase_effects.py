@@ -288,6 +288,31 @@ def test_the_token_age_and_pypis_publishing_without_2fa_rules(
     assert [t.username for t in preview.tokens] == ["no-2fa"]
 
 
+def over_a_90_day_cap(account: Account, made: datetime) -> tuple[int, int, int]:
+    """Three publishing tokens of ``account`` made at ``made`` that break a 90-day cap
+    on how long a token is valid: a granular one that never expires, a classic one (no
+    expiry), and a granular one valid 90 days and a microsecond. Their ids."""
+    forever = TokenFactory(account=account, granular=True, created_at=made, expires_at=None)
+    classic = TokenFactory(account=account, kind="publish", created_at=made)
+    too_long = TokenFactory(
+        account=account,
+        granular=True,
+        created_at=made,
+        expires_at=made + timedelta(days=90, microseconds=1),
+    )
+    return forever.id, classic.id, too_long.id
+
+
+def saved_breaks(plan: Plan, preview: enforce.PhasePreview, reports: Path) -> dict[int, str]:
+    """The rule each token breaks, as the saved preview's tokens CSV says it."""
+    import csv
+
+    saved = save_preview(plan, preview, reports, actor="rm")
+    tokens_csv = saved.csv_path.with_name(saved.csv_path.stem + "-tokens.csv")
+    rows = list(csv.DictReader(tokens_csv.open(newline="")))
+    return {int(r["token_id"]): r["breaks"] for r in rows}
+
+
 def test_a_token_lifetime_cap_forbids_tokens_that_never_expire_or_outlive_it(
     registry: Registry, plan: Plan, factories: None, tmp_path: Path
 ) -> None:
@@ -295,19 +320,10 @@ def test_a_token_lifetime_cap_forbids_tokens_that_never_expire_or_outlive_it(
     never expires or expires more than 90 days after it was made (exactly 90 is
     allowed); a revoked or expired one is left alone. The preview lists exactly those
     (its CSV saying the rule), enforcement revokes exactly those, once."""
-    import csv
-
     holder = AccountFactory(username="holder", with_totp=True, in_cohort="top-100")
     capped = AccountFactory(username="capped", with_totp=True, in_cohort="top-100")
     made = NOW - timedelta(days=10)
-    forever = TokenFactory(account=holder, granular=True, created_at=made, expires_at=None).id
-    classic = TokenFactory(account=holder, kind="publish", created_at=made).id
-    too_long = TokenFactory(
-        account=holder,
-        granular=True,
-        created_at=made,
-        expires_at=made + timedelta(days=90, microseconds=1),
-    ).id
+    forever, classic, too_long = over_a_90_day_cap(holder, made)
     TokenFactory(account=capped, granular=True, created_at=made)  # exactly 90 days
     TokenFactory(account=capped, granular=True, created_at=made, expires_at=None, revoked_at=made)
     TokenFactory(
@@ -330,10 +346,7 @@ def test_a_token_lifetime_cap_forbids_tokens_that_never_expire_or_outlive_it(
     assert {t.token_id: t.breaks for t in preview.tokens} == dict.fromkeys(
         (forever, classic, too_long), rule
     )
-    saved = save_preview(capping, preview, tmp_path, actor="rm")
-    tokens_csv = saved.csv_path.with_name(saved.csv_path.stem + "-tokens.csv")
-    rows = list(csv.DictReader(tokens_csv.open(newline="")))
-    assert {int(r["token_id"]): r["breaks"] for r in rows} == dict.fromkeys(
+    assert saved_breaks(capping, preview, tmp_path) == dict.fromkeys(
         (forever, classic, too_long), rule
     )
     # A lifetime does not grow: a week on, the same tokens and no others.
@@ -370,19 +383,10 @@ def test_a_lifetime_cap_on_publishing_tokens_leaves_read_only_tokens_alone(
     outlives the cap, and leaves a read-only one of any lifetime (an account holding only
     those is not a target). The preview's CSV says the rule; enforcement revokes exactly
     those, once."""
-    import csv
-
     writer = AccountFactory(username="writer", with_totp=True, in_cohort="top-100")
     reader = AccountFactory(username="reader", with_totp=True, in_cohort="top-100")
     made = NOW - timedelta(days=10)
-    forever = TokenFactory(account=writer, granular=True, created_at=made, expires_at=None).id
-    classic = TokenFactory(account=writer, kind="publish", created_at=made).id
-    too_long = TokenFactory(
-        account=writer,
-        granular=True,
-        created_at=made,
-        expires_at=made + timedelta(days=90, microseconds=1),
-    ).id
+    forever, classic, too_long = over_a_90_day_cap(writer, made)
     TokenFactory(account=writer, granular=True, created_at=made)  # exactly 90 days
     TokenFactory(account=reader, kind="read_only", writes=False, created_at=made)
     TokenFactory(account=reader, granular=True, writes=False, created_at=made, expires_at=None)
@@ -397,10 +401,7 @@ def test_a_lifetime_cap_on_publishing_tokens_leaves_read_only_tokens_alone(
     rule = "no publishing tokens valid for more than 90 days"
     preview = enforce.preview_phase(registry, capping, phase, now=NOW)
     assert [t.username for t in preview.targets] == ["writer"]
-    saved = save_preview(capping, preview, tmp_path, actor="rm")
-    tokens_csv = saved.csv_path.with_name(saved.csv_path.stem + "-tokens.csv")
-    rows = list(csv.DictReader(tokens_csv.open(newline="")))
-    assert {int(r["token_id"]): r["breaks"] for r in rows} == dict.fromkeys(
+    assert saved_breaks(capping, preview, tmp_path) == dict.fromkeys(
         (forever, classic, too_long), rule
     )
     before = live_tokens(registry)

@@ -4,7 +4,7 @@ between the two, and when an account signed in or made a token meanwhile."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import pytest
 from rollout.core.errors import GuardRefused
 from rollout.core.plan import Phase, Plan
 from rollout.phases import enforce
-from rollout.phases.previews import SavedPreview, approved_preview_at, save_preview
+from rollout.phases.previews import PhasePreview, SavedPreview, approved_preview_at, save_preview
 from rollout.registry import Registry
 from tests.factories import AccountFactory, SessionFactory, TokenFactory
 
@@ -48,7 +48,14 @@ def previewed(registry: Registry, plan: Plan, reports: Path) -> SavedPreview:
 
 
 def enforced(registry: Registry, plan: Plan, saved: SavedPreview) -> enforce.EnforceResult:
-    p = saved.preview
+    return enforced_as(registry, plan, saved.preview, previewed_at=saved.at)
+
+
+def enforced_as(
+    registry: Registry, plan: Plan, p: PhasePreview, previewed_at: datetime | None = None
+) -> enforce.EnforceResult:
+    """top-100 enforced early, as ``p`` counted it (approved at ``previewed_at``; None:
+    no time known, approved on another machine)."""
     return enforce.enforce_phase(
         registry,
         plan,
@@ -58,7 +65,7 @@ def enforced(registry: Registry, plan: Plan, saved: SavedPreview) -> enforce.Enf
         expect_list=p.fingerprint,
         actor="rm",
         early=True,
-        previewed_at=saved.at,
+        previewed_at=previewed_at,
     )
 
 
@@ -101,17 +108,7 @@ def test_sessions_signed_in_since_an_unknown_preview_are_not_known_not_zero(
     from rollout.registry.models import PlanRun
 
     saved = previewed(registry, revoking_plan, tmp_path)
-    p = saved.preview
-    result = enforce.enforce_phase(
-        registry,
-        revoking_plan,
-        "top-100",
-        expect=p.count,
-        expect_tokens=p.token_count,
-        expect_list=p.fingerprint,
-        actor="rm",
-        early=True,
-    )
+    result = enforced_as(registry, revoking_plan, saved.preview)
     assert result.sessions_revoked == 3
     assert result.sessions_signed_in_since_preview is None
     assert result.summary()["sessions_signed_in_since_preview"] is None
@@ -129,16 +126,7 @@ def test_a_run_that_signs_out_no_session_knows_none_was_signed_in_since(
     """No preview time, but no session to sign out either: 0 of none is a measured 0."""
     AccountFactory(username="erin", sessions=0, in_cohort="top-100")
     p = enforce.preview_phase(registry, revoking_plan, revoking_plan.phase("top-100"))
-    result = enforce.enforce_phase(
-        registry,
-        revoking_plan,
-        "top-100",
-        expect=p.count,
-        expect_tokens=p.token_count,
-        expect_list=p.fingerprint,
-        actor="rm",
-        early=True,
-    )
+    result = enforced_as(registry, revoking_plan, p)
     assert (result.accounts_required, result.sessions_revoked) == (1, 0)
     assert result.sessions_signed_in_since_preview == 0
 

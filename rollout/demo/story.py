@@ -330,16 +330,16 @@ def require_cohorts_before_start(registry: Registry, plan: Plan, start: date, en
         ]
     if not unbuilt:
         return
+    # The earliest cohort day: the latest --start that plays every such step.
     day, step, phase = min(unbuilt, key=lambda found: (found[2].cohort_as_of, found[0]))
-    works = min(phase.cohort_as_of for _, _, phase in unbuilt)
     after = max(phase.enforce_until for _, _, phase in unbuilt)
     raise RolloutError(
         f"--start {start} is after {phase.cohort_as_of}, the day cohort {phase.cohort} is "
         f"fixed, and the calendar plays {step.label} on {day} with no build of it in the "
         "registry: the story builds a cohort on its day only, so the phase's emails would "
         "reach no one and its enforcement would stop the story. Nothing was changed. Give "
-        f"--start {works} or earlier (once a story has played that day, a later --start "
-        f"plays too), or one after {after}"
+        f"--start {phase.cohort_as_of} or earlier (once a story has played that day, a later "
+        f"--start plays too), or one after {after}"
     ).with_exit(EXIT_BAD_INPUT)
 
 
@@ -971,8 +971,7 @@ class Story:
                 or phase.requires.no_unnamed_tokens
                 or phase.requires.no_bypass_2fa_tokens
                 or phase.requires.token_max_age_days is not None
-                or phase.requires.token_max_lifetime_days is not None
-                or phase.requires.write_token_max_lifetime_days is not None
+                or phase.requires.write_token_cap is not None
             )
         ]
         readers = notified | reminded

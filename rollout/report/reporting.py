@@ -296,8 +296,8 @@ def _adoption(con: duckdb.DuckDBPyConnection, plan: Plan, as_of: date) -> dict[s
         week = [r for r in series if r["day"] > last["day"] - timedelta(days=7)]
         accounts = _int(last["accounts"])
         # No accounts on the day (a cohort whose members all left, a registry with none):
-        # no share, and no change of share, rather than 0%.
-        share = last["share"] if accounts > 0 else None
+        # no share (the row's, None), and no change of share, rather than 0%.
+        share = last["share"]
         figures.append(
             PopulationFigures(
                 population=population,
@@ -776,6 +776,12 @@ def _phase_names(phases: Sequence[Phase]) -> str:
     return ("Phase " if len(phases) == 1 else "Phases ") + ", ".join(p.name for p in phases)
 
 
+def _revoke_or_forbid(phases: Sequence[Phase]) -> str:
+    """What ``phases`` do to the tokens their rule names, agreeing with their count."""
+    verb = "revoke" if all(p.does("revoke_tokens") for p in phases) else "forbid"
+    return verb + ("s" if len(phases) == 1 else "")
+
+
 def token_notes(plan: Plan, as_of: date) -> list[str]:
     """What the token readiness table says of this plan, a sentence a column group, as
     its phases use them: the ready columns stop the CI of a phase requiring 2FA
@@ -824,16 +830,13 @@ def token_notes(plan: Plan, as_of: date) -> list[str]:
         asking = [p for p in phases if getattr(p.requires, flag)]
         if not asking:
             continue
-        revoking = all(p.does("revoke_tokens") for p in asking)
-        verb = ("revoke" if revoking else "forbid") + ("s" if len(asking) == 1 else "")
         notes.append(
-            f"{_phase_names(asking)} {verb} {tokens}: using {tokens} counts the maintainers "
-            f"who used one {window}, whose publishing it stops."
+            f"{_phase_names(asking)} {_revoke_or_forbid(asking)} {tokens}: using {tokens} "
+            f"counts the maintainers who used one {window}, whose publishing it stops."
         )
     capping = [p for p in phases if p.requires.write_token_cap is not None]
     if capping:
-        revoking = all(p.does("revoke_tokens") for p in capping)
-        verb = ("revoke" if revoking else "forbid") + ("s" if len(capping) == 1 else "")
+        verb = _revoke_or_forbid(capping)
         rules = "; ".join(
             f"{p.name}: "
             + ", ".join(
