@@ -110,7 +110,8 @@ class Stack:
             **SENDGRID_WAITS,
             WORKER_VARIABLE: name,
         }
-        # Room for the notify run and two shards each: the shards spread over both.
+        # Room for the notify run and two shards each (or three shards on the shards-only
+        # worker, when it polls first): the shards spread over both.
         queues = ["--work-queue", SHARD_QUEUE] if shards_only else []
         return self.processes.start(
             f"worker-{name}",
@@ -302,8 +303,11 @@ def test_a_worker_killed_mid_run_leaves_the_run_to_complete(
     assert {i for i, s in outbox.items() if s == "sent"} <= set(delivered)
     httpx.delete(f"{stack.sendgrid}/dev/faults", timeout=30)
     twice = [i for i, n in delivered.items() if n > 1]
-    # At most what the dead machine's shards had in flight: two shards, CONCURRENCY each.
-    assert len(twice) <= 2 * CONCURRENCY and max(delivered.values()) <= 2
+    # At most what the dead machine's shards had in flight: CONCURRENCY each. How many
+    # shards it ran is the pool's choice (up to its worker's limit of 3), not always two:
+    # the shard runs that did not complete are the ones that died with it.
+    dead_shards = SHARDS - len(completed)
+    assert len(twice) <= dead_shards * CONCURRENCY and max(delivered.values()) <= 2
     assert queued == len(outbox)
 
 
