@@ -765,7 +765,7 @@ def build_cohorts(
     key_phases = plan.security_key_phases()
     require_known_orgs(registry, rules)
     engine = registry.engine
-    with registry.lock("cohorts"):
+    with registry.lock("cohorts") as held:
         # Each cohort's account models read the latest manifests: the kept ones.
         with (
             recorded_run(
@@ -789,10 +789,12 @@ def build_cohorts(
             qualified = {
                 name: _qualified_today(con, rules[name], as_of, resummed) for name in names
             }
-            entered = {
-                name: _add_packages(engine, name, as_of, qualified[name], run.id, actor)
-                for name in names
-            }
+            # Before each cohort's writes: the lock gone with its PostgreSQL session,
+            # another build may be at work (a rerun of the day finishes this one's).
+            entered = {}
+            for name in names:
+                held.check()
+                entered[name] = _add_packages(engine, name, as_of, qualified[name], run.id, actor)
             extract_registry(
                 con,
                 registry,
@@ -804,10 +806,12 @@ def build_cohorts(
                 name: _accounts(con, name, rules[name], as_of, _tfa_at(con, name, as_of))
                 for name in names
             }
-            moved = {
-                name: _update_memberships(engine, name, as_of, found[name][0], run.id, actor)
-                for name in names
-            }
+            moved = {}
+            for name in names:
+                held.check()
+                moved[name] = _update_memberships(
+                    engine, name, as_of, found[name][0], run.id, actor
+                )
             # The snapshots take each account's first day from the memberships.
             extract_registry(con, registry, ("cohort_memberships",))
             results: list[CohortResult] = []
@@ -972,7 +976,7 @@ def release_package(
     if not reason.strip():
         raise BadInput(None, None, "a release needs a --reason")
     key = package.lower()
-    with registry.lock("cohorts"), begin_writing(registry.engine) as connection:
+    with registry.lock("cohorts") as held, begin_writing(registry.engine) as connection:
         c = COHORT_PACKAGES.c
         row = connection.execute(
             select(c.id, c.package, c.released_at, c.released_reason, c.released_by).where(
@@ -1016,6 +1020,7 @@ def release_package(
                 }
             ],
         )
+        held.check()  # before the commit: no release beside a build that began since
         return Released(row.package, now, reason, actor, True)
 
 

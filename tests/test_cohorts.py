@@ -20,6 +20,7 @@ from rollout.core.plan import ActiveWithin, CohortRule, DownloadsOver, Plan, Top
 from rollout.phases.simulate import simulate_plan
 from rollout.registry import Registry, batches
 from rollout.registry.engine import session_scope
+from rollout.registry.locks import RunLockLost
 from rollout.registry.models import (
     Account,
     Action,
@@ -35,6 +36,9 @@ from rollout.registry.models import (
 from rollout.report.reporting import report_from_registry
 from rollout.warehouse import ingest
 from rollout.warehouse.extract import extract_registry
+from tests.support.run_locks import lose_run_lock_during
+
+from .conftest import postgres_only
 
 T0 = datetime(2021, 6, 1)
 D1 = date(2022, 2, 1)
@@ -462,6 +466,65 @@ def test_release_previews_then_takes_the_package_out_with_an_audit_row(
             connection.scalar(select(func.count()).where(Action.action == "cohort_package_release"))
             == 1
         )
+
+
+@postgres_only
+def test_a_build_whose_run_lock_session_ends_writes_no_cohort_more(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL: the cohorts lock went with its session (a server restart, a pooler,
+    a keepalive timeout) while the first cohort's packages were written, and another
+    build may be at work: no cohort's write more, no member taken in; the day built
+    again finishes it, as a build never stopped would have."""
+    metrics.compute_metrics(con, D1, small_cohorts_plan.metrics)
+    with (
+        monkeypatch.context() as patched,
+        pytest.raises(RunLockLost, match="the cohorts run lock was lost"),
+    ):
+        lose_run_lock_during(patched, cohorts, "_add_packages", registry, "cohorts")
+        cohorts.build_cohorts(con, registry, small_cohorts_plan, D1, actor="test")
+    with registry.engine.connect() as connection:
+        assert (
+            connection.execute(select(func.count()).select_from(CohortMembership)).scalar_one() == 0
+        )
+        written = connection.execute(select(CohortPackage.cohort).distinct()).scalars().all()
+    assert len(written) == 1  # the first cohort's packages, committed before the loss
+    results = build(con, registry, small_cohorts_plan, D1)
+    assert sorted(results["high-impact"].packages_entered) == ["big", "core"]
+    assert accounts_of(con, "high-impact", D1).keys() == {"alice", "bob", "carol"}
+    assert accounts_of(con, "top-1", D1).keys() == {"bob", "carol"}
+
+
+@postgres_only
+def test_a_release_whose_run_lock_session_ends_releases_nothing(
+    con: duckdb.DuckDBPyConnection,
+    registry: Registry,
+    small_cohorts_plan: Plan,
+    people: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As a build: a release whose lock went (a build may have begun since, reading the
+    package in) commits nothing, no audit row; run again, it releases the package."""
+    build(con, registry, small_cohorts_plan, D1)
+    with (
+        monkeypatch.context() as patched,
+        pytest.raises(RunLockLost, match="the cohorts run lock was lost"),
+    ):
+        lose_run_lock_during(patched, cohorts, "record_actions", registry, "cohorts")
+        cohorts.release_package(registry, "high-impact", "big", reason="inflated", actor="rm")
+    with registry.engine.connect() as connection:
+        assert (
+            connection.execute(
+                select(CohortPackage.released_at).where(CohortPackage.package == "big")
+            ).scalar_one()
+            is None
+        )
+    done = cohorts.release_package(registry, "high-impact", "big", reason="inflated", actor="rm")
+    assert (done.now, done.reason) == (True, "inflated")
 
 
 def test_a_release_while_a_build_is_at_work_is_refused_until_it_ends(

@@ -36,7 +36,7 @@ from rollout.notify.drain import account_recipient, drain
 from rollout.notify.message import Message
 from rollout.notify.queue import queue_due, queue_preview
 from rollout.notify.senders import FileSender
-from rollout.phases import enforce
+from rollout.phases import enforce, snoozes
 from rollout.phases.snoozes import (
     COMMAND,
     SnoozeRequest,
@@ -46,11 +46,15 @@ from rollout.phases.snoozes import (
     snooze_preview,
 )
 from rollout.registry import Registry, batches
+from rollout.registry.locks import RunLockLost
 from rollout.registry.models import Account, Action, CohortMembership, Notification
 from rollout.report.adoption import build_adoption
 from rollout.warehouse.extract import extract_registry
 from tests.factories import AccountFactory, FactorFactory, TokenFactory, existing_account
 from tests.support.pipes import UNBLOCKED_AFTER_SECONDS, pipe_without_writer
+from tests.support.run_locks import lose_run_lock_during
+
+from .conftest import postgres_only
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASE = "publishers"
@@ -910,6 +914,31 @@ def test_the_snooze_command_run_again_after_a_kill_says_already(
         "granted before",
         date(2023, 5, 2),
     )
+    assert _replies(registry) == [("eve", "granted", True, "")]
+
+
+@postgres_only
+def test_a_snooze_whose_run_lock_session_ends_grants_nothing(
+    campaign: Campaign, registry: Registry, plan: Plan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: the lock a snooze holds (enforcement's) went with its session while
+    the grant was being written, and an enforcement may be at work: nothing commits (no postponed
+    deadline, no reply, no audit row); the command run again grants it once."""
+    campaign.day(date(2023, 3, 13))
+    asked = [command_request("eve", 5, datetime(2023, 4, 1, 8))]
+    with monkeypatch.context() as patched, pytest.raises(RunLockLost, match="run lock was lost"):
+        lose_run_lock_during(patched, snoozes, "_queue_replies", registry, snoozes.LOCK)
+        snooze(registry, plan, PHASE, asked, actor="rm", now=datetime(2023, 4, 1, 8))
+    assert _replies(registry) == []
+    with registry.engine.connect() as connection:
+        assert (
+            connection.execute(
+                select(func.count()).select_from(Action).where(Action.action == "snooze_deadline")
+            ).scalar_one()
+            == 0
+        )
+    [granted] = snooze(registry, plan, PHASE, asked, actor="rm", now=datetime(2023, 4, 1, 8))
+    assert (granted.outcome, granted.deadline) == ("granted", date(2023, 5, 2))
     assert _replies(registry) == [("eve", "granted", True, "")]
 
 

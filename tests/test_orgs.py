@@ -21,6 +21,7 @@ from rollout.core.plan import Plan
 from rollout.phases import orgs
 from rollout.registry import Registry, batches
 from rollout.registry.ledger import start_run
+from rollout.registry.locks import RunLockLost
 from rollout.registry.models import (
     Account,
     Action,
@@ -44,6 +45,9 @@ from tests.factories import (
 from tests.hostile import PROSE
 from tests.support.env import without_rollout_settings
 from tests.support.previews import names_read_back
+from tests.support.run_locks import lose_run_lock_during
+
+from .conftest import postgres_only
 
 
 @pytest.fixture
@@ -1014,3 +1018,60 @@ def test_an_org_refusal_stands_on_its_own_where_its_preview_cannot_say_who_chang
     lines = saved.read_text(encoding="utf-8").splitlines()
     saved.write_text("\n".join([*lines[:-1], lines[-1].split(",")[0]]) + "\n", encoding="utf-8")
     assert orgs.naming_member_changes(fewer, tmp_path, typed) is fewer
+
+
+@postgres_only
+def test_an_org_command_whose_run_lock_session_ends_commits_nothing(
+    registry: Registry, acme: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: the orgs lock went with its session (a server restart, a pooler, a
+    keepalive timeout) while enforcement worked, and another org command may be at
+    work: nothing of this run commits (no removal, no email, no audit row); its rerun
+    does the job once."""
+    with monkeypatch.context() as patched, pytest.raises(RunLockLost, match="orgs run lock"):
+        lose_run_lock_during(patched, orgs, "queue_each", registry, "orgs")
+        orgs.enforce_org(registry, "acme", confirm="acme", owner="ada", actor="t")
+    assert [m.username for m in orgs.audit_org(registry, "acme")] == ["ada", "bo", "cy", "di"]
+    with registry.engine.connect() as connection:
+        assert connection.execute(select(Org.tfa_enforced_at)).scalar_one() is None
+        assert connection.execute(select(func.count()).select_from(Notification)).scalar_one() == 0
+        assert connection.execute(select(func.count()).select_from(Action)).scalar_one() == 0
+    done = orgs.enforce_org(registry, "acme", confirm="acme", owner="ada", actor="t")
+    assert (done.removed, done.already_enforced) == (["bo", "di"], False)
+
+
+@postgres_only
+def test_a_reinvitation_whose_run_lock_session_ends_invites_no_one(
+    registry: Registry, enforced: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As enforcement: reinvite with its lock lost commits no invitation and no email;
+    and listing the invitations (which records those settled) commits nothing either."""
+    start = datetime(2022, 3, 1, 10)
+    with (
+        monkeypatch.context() as patched,
+        use_clock(SimulatedClock(start)),
+        pytest.raises(RunLockLost, match="the orgs run lock was lost"),
+    ):
+        lose_run_lock_during(patched, orgs, "queue_each", registry, "orgs")
+        orgs.reinvite(registry, "acme", "release", owner="ada", confirm="acme", expect=1, actor="t")
+    with registry.engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(OrgInvitation)).scalar_one() == 0
+        assert connection.execute(select(func.count()).select_from(Notification)).scalar_one() == 3
+    with use_clock(SimulatedClock(start)):
+        again = orgs.reinvite(
+            registry, "acme", "release", owner="ada", confirm="acme", expect=1, actor="t"
+        )
+    assert again.invited == ["di"]
+    # Past its days, the invitation has expired: listing records it, unless the lock went.
+    late = SimulatedClock(start + timedelta(days=orgs.INVITATION_DAYS, seconds=1))
+    with (
+        monkeypatch.context() as patched,
+        use_clock(late),
+        pytest.raises(RunLockLost, match="the orgs run lock was lost"),
+    ):
+        lose_run_lock_during(patched, orgs, "settle_invitations", registry, "orgs")
+        orgs.invitations(registry, "acme", actor="t")
+    with registry.engine.connect() as connection:
+        assert connection.execute(select(OrgInvitation.state)).scalars().all() == ["pending"]
+    with use_clock(late):
+        assert [i.state for i in orgs.invitations(registry, "acme", actor="t")] == ["expired"]

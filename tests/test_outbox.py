@@ -23,12 +23,13 @@ from rollout.core.errors import RolloutError
 from rollout.core.plan import ExemptAccount, Exemptions, Plan
 from rollout.demo.crowd import NOTICE_DAY
 from rollout.dev.sendgrid_api import DevSendGrid
-from rollout.notify import outbox
+from rollout.notify import outbox, queue
 from rollout.notify.drain import DrainReport, _claim, _shares, drain
 from rollout.notify.message import DeliveryFailed, Message
 from rollout.notify.queue import due_occasions, plan_occasions, queue_due, queue_preview
 from rollout.notify.senders import FileSender, SendGridSender
 from rollout.registry import Registry
+from rollout.registry.locks import RunLockLost
 from rollout.registry.models import Account, Notification
 from tests.factories import (
     AccountFactory,
@@ -38,6 +39,9 @@ from tests.factories import (
     existing_account,
 )
 from tests.support.outbox import Recording, ids, on, queue_and_send, queue_late, rows
+from tests.support.run_locks import lose_run_lock_during
+
+from .conftest import postgres_only
 
 ROOT = Path(__file__).resolve().parent.parent
 REPEAT = "inside the repeat window"
@@ -83,6 +87,26 @@ def test_notices_reach_the_cohort_and_record_why_some_get_nothing(
         [previewed_again] = queue_preview(registry, plan, NOTICE_DAY)
         assert (previewed_again.added, previewed_again.skipped) == (0, 0)
     assert len(rows(registry)) == 4
+
+
+@postgres_only
+def test_a_queue_run_whose_run_lock_session_ends_queues_nothing(
+    registry: Registry, plan: Plan, ids: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: the queue lock went with its session (a server restart, a pooler, a
+    keepalive timeout) while the notices were being queued, and another queue run may
+    be at work: none of this run's rows commit; run again, it queues each once."""
+    with (
+        on(NOTICE_DAY),
+        monkeypatch.context() as patched,
+        pytest.raises(RunLockLost, match="the queue run lock was lost"),
+    ):
+        lose_run_lock_during(patched, queue, "queue_email", registry, "queue")
+        queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    assert rows(registry) == {}
+    with on(NOTICE_DAY):
+        [outcome] = queue_due(registry, plan, NOTICE_DAY, actor="rm")
+    assert (outcome.added, outcome.already, outcome.skipped) == (4, 0, 2)
 
 
 def test_an_account_the_plan_exempts_gets_no_warning_of_its_phases(

@@ -614,7 +614,7 @@ def queue_due(
             "(preview them without --apply)",
         )
     outcomes = []
-    with registry.lock("queue"):
+    with registry.lock("queue") as held:
         engine = registry.engine
         with engine.connect() as connection:
             occasions = _due_as_scheduled(connection, plan, day, now)
@@ -673,6 +673,9 @@ def queue_due(
                         outcome.already += total - added
                         if past:
                             outcome.late += added
+                    # Before the commit: the lock gone with its PostgreSQL session,
+                    # another queue run may be at work (a rerun queues what this left).
+                    held.check()
                 run.summary = {
                     "audience": outcome.audience,
                     "added": outcome.added,

@@ -234,7 +234,7 @@ def enforce_org(
     with ``expect_list`` (its fingerprint: removal_fingerprint), only those same members."""
     if confirm != org:
         raise GuardRefused(f"type the org's name back to confirm: --confirm {shell_word(org)}")
-    with registry.lock("orgs"):
+    with registry.lock("orgs") as held:
         engine = registry.engine
         org_id, enforced_at = _org_id(engine, org)
         members = audit_org(registry, org)
@@ -350,6 +350,9 @@ def enforce_org(
                         ),
                     ],
                 )
+                # Before the commit: the lock gone with its PostgreSQL session, another
+                # org command may be at work on this org (a rerun finishes the job).
+                held.check()
             run.summary = {"removed": len(removed), "owner_summaries_queued": notified}
         return OrgEnforcement(org, run_id, removed_names, notified, enforced_at is not None)
 
@@ -526,7 +529,7 @@ def reinvite(
     the count the preview showed, and ``expect_list`` (invitation_fingerprint) who."""
     if confirm != org:
         raise GuardRefused(f"type the org's name back to confirm: --confirm {shell_word(org)}")
-    with registry.lock("orgs"):
+    with registry.lock("orgs") as held:
         engine = registry.engine
         org_id, _ = _org_id(engine, org)
         _acting_owner(audit_org(registry, org), org, owner, "inviting members back to")
@@ -619,6 +622,7 @@ def reinvite(
                         for invitation_id, account_id in rows
                     ],
                 )
+                held.check()  # before the commit, as enforcement's
             run.summary = {"invited": invited, "emails_queued": emails}
         by_id = {i.account_id: i.username for i in invitees}
         names = sorted(by_id[account_id] for _, account_id in rows)
@@ -651,8 +655,9 @@ def invitations(registry: Registry, org: str, *, actor: str) -> list[Invitation]
     registry deleted since included (no name: :class:`Invitation`)."""
     engine = registry.engine
     org_id, _ = _org_id(engine, org)
-    with registry.lock("orgs"), begin_writing(engine) as connection:
+    with registry.lock("orgs") as held, begin_writing(engine) as connection:
         settle_invitations(connection, org_id, org, now=utc_now(), actor=actor, run_id=None)
+        held.check()  # before the commit, as enforcement's
     query = (
         select(
             INVITATIONS.c.account_id,

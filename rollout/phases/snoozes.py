@@ -493,7 +493,7 @@ def snooze(
     """Grant or refuse each request, in one transaction; one audit row per grant."""
     phase = snooze_phase(plan.phase(phase_name))
     now = now or utc_now()
-    with registry.lock(LOCK):
+    with registry.lock(LOCK) as held:
         engine = registry.engine
         with recorded_run(
             engine,
@@ -555,6 +555,7 @@ def snooze(
                         ],
                     )
                 _queue_replies(connection, phase, outcomes, run.id, now)
+                held.check()  # before the commit: no grant beside another snooze run
             run.summary = {
                 kind: sum(o.outcome == kind for o in outcomes)
                 for kind in ("granted", "already", "refused")

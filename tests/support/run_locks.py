@@ -4,7 +4,9 @@ keepalive timeout loses it: silently, the holder still at work."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from rollout.registry import Registry
@@ -25,3 +27,20 @@ def end_run_lock_session(registry: Registry, lock: str) -> None:
     while registry.lock_held(lock) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not registry.lock_held(lock)
+
+
+def lose_run_lock_during(
+    monkeypatch: pytest.MonkeyPatch, owner: object, name: str, registry: Registry, lock: str
+) -> None:
+    """Make ``owner.name`` end run lock ``lock``'s session on its first call, then do
+    its work: the lock lost in the middle of a run, its holder still at work."""
+    real = getattr(owner, name)
+    calls: list[int] = []
+
+    def losing(*args: Any, **kwargs: Any) -> Any:
+        if not calls:
+            calls.append(1)
+            end_run_lock_session(registry, lock)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, losing)
