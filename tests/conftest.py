@@ -375,7 +375,7 @@ def _work_unit(nodeid: str) -> str:
     """The tests an xdist worker takes together: a whole module, so a module-scoped
     fixture (a demo, a wheel, a sample) is built once, not on each worker that gets one
     of its tests; all of tests/e2e, which shares one Prefect server and deploy
-    (tests/e2e/conftest.py); all of tests/flows, so the session's Prefect harness
+    (tests/e2e/conftest.py); all of tests/flows, so the package's Prefect harness
     (~14 s) starts on one worker only."""
     path = nodeid.split("::", 1)[0]
     for shared in ("tests/e2e/", "tests/flows/"):
@@ -434,7 +434,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.postgres)
         if _listed(item, BROWSER_TESTS):
             item.add_marker(pytest.mark.browser)
-        # prefect_server is the session's prefect_test_harness.
+        # prefect_server is the package's prefect_test_harness.
         if _listed(item, PREFECT_TESTS) or "prefect_server" in fixtures:
             item.add_marker(pytest.mark.prefect)
         if _listed(item, SLOW_TESTS):

@@ -1,10 +1,13 @@
-"""Fixtures of the end-to-end tests (helpers in stack.py): for the session, one Prefect
+"""Fixtures of the end-to-end tests (helpers in stack.py): for the package, one Prefect
 server, its work pool and `prefect deploy --all`; a prepared
 ROLLOUT_HOME; per test module, a copy of that home and the module's own processes
 (workers, commands), stopped with it.
 
-All of tests/e2e runs on one xdist worker (tests/conftest.py groups it), so the server
-boots and the project deploys once, not once per module (about 15-25 s each on 2 cores).
+All of tests/e2e runs on one xdist worker, at a stretch (tests/conftest.py groups it),
+so the server boots and the project deploys once, not once per module (about 15-25 s
+each on 2 cores); scoped to the package, not the session, the server stops after the
+package's last test rather than idle to the end of the run (an idle Prefect server's
+services still poll its database: about 3% of a core).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from tests.e2e.stack import (
 )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def prefect_database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The Prefect server's database: one of its own on the test PostgreSQL server, as
     operators run Prefect in production (on SQLite, a server under the load of a whole
@@ -54,11 +57,11 @@ def prefect_database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server_processes(
     tmp_path_factory: pytest.TempPathFactory, prefect_database_url: str
 ) -> Iterator[Processes]:
-    """The session's processes: the Prefect server and the deploy (stopped before its
+    """The package's processes: the Prefect server and the deploy (stopped before its
     database is dropped: this fixture is torn down first)."""
     processes = Processes(tmp_path_factory.mktemp("e2e-server"))
     (processes.dir / "prefect-home").mkdir()
@@ -75,7 +78,7 @@ def processes(
     server: subprocess.Popen[bytes],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Processes]:
-    """This module's processes on the session's server. (``server`` only so that it
+    """This module's processes on the package's server. (``server`` only so that it
     boots while the first module's home is prepared.)"""
     processes = server_processes.for_module(tmp_path_factory.mktemp("e2e"))
     (processes.dir / "prefect-home").mkdir()
@@ -88,9 +91,9 @@ def processes(
     assert not left, f"processes left running after teardown: {left}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def prepared_home(server_processes: Processes) -> tuple[Path, int]:
-    """Once for the session: a ROLLOUT_HOME with the tiny sample ingested, metrics and
+    """Once for the package: a ROLLOUT_HOME with the tiny sample ingested, metrics and
     cohorts built for DAY, and how many accounts the PHASE preview should list. Each
     module gets a copy (``home``): five rollout commands cost about 4 s a module."""
     path = server_processes.dir / "rollout-home"
@@ -114,7 +117,7 @@ def prepared_home(server_processes: Processes) -> tuple[Path, int]:
 
 @pytest.fixture(scope="module")
 def home(processes: Processes, prepared_home: tuple[Path, int]) -> Home:
-    """This module's ROLLOUT_HOME: a copy of the session's prepared one, so what one
+    """This module's ROLLOUT_HOME: a copy of the package's prepared one, so what one
     module's runs write (previews, outbox rows, enforcement) no other module sees."""
     template, count = prepared_home
     path = processes.dir / "rollout-home"
@@ -122,7 +125,7 @@ def home(processes: Processes, prepared_home: tuple[Path, int]) -> Home:
     return Home(path, processes.env(ROLLOUT_HOME=str(path), ROLLOUT_PLAN=str(PLAN)), count)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(server_processes: Processes, prefect_database_url: str) -> subprocess.Popen[bytes]:
     """`prefect server start`, not waited for (``deployed`` waits)."""
     processes = server_processes
@@ -140,7 +143,7 @@ def server(server_processes: Processes, prefect_database_url: str) -> subprocess
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def deployed(server_processes: Processes, server: subprocess.Popen[bytes]) -> Deployed:
     """The server up, the work pool, and `prefect deploy --all` from the repo root."""
     processes = server_processes

@@ -95,14 +95,14 @@ def marked_pids(marker: str) -> list[int]:
 
 @dataclass
 class Processes:
-    """The processes a test module (or the session: the server) starts, their logs, and
+    """The processes a test module (or the package: the server) starts, their logs, and
     the one Prefect server's address."""
 
     dir: Path
     marker: str = field(default_factory=lambda: uuid.uuid4().hex)
     port: int = field(default_factory=free_port)
     started: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
-    server_log: Path | None = None  # the session's server, for a module's diagnostics
+    server_log: Path | None = None  # the package's server, for a module's diagnostics
 
     def for_module(self, folder: Path) -> Processes:
         """A module's own processes on this server: its own marker, so its teardown

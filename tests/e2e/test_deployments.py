@@ -174,7 +174,7 @@ def test_its_artifact_names_the_account_count(
     processes: Processes, preview_run: PreviewRun, home: Home
 ) -> None:
     key = f"phase-preview-{PHASE}"
-    # This run's: the server is the session's, and other modules' runs preview too.
+    # This run's: the server is the package's, and other modules' runs preview too.
     run_id = preview_run.flow_run["id"]
     artifacts = processes.api(
         "POST",

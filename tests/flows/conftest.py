@@ -1,4 +1,6 @@
-"""One temporary Prefect server for all flow tests (starting one costs ~14 s).
+"""One temporary Prefect server for all flow tests (starting one costs ~14 s), which run
+on one xdist worker at a stretch (tests/conftest.py): scoped to the package, it stops
+after their last test rather than idle to the end of the run.
 
 Prefect reads its settings when first imported, so the environment is set here, before
 anything under tests/flows imports prefect: its own PREFECT_HOME, no analytics, and a
@@ -27,9 +29,9 @@ os.environ.update(
 )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def prefect_server() -> Iterator[None]:
-    """A temporary Prefect server and database for the whole session."""
+    """A temporary Prefect server and database for all of tests/flows."""
     from prefect.testing.utilities import prefect_test_harness
 
     # None: use PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (the default is 30 s).

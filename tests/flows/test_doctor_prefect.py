@@ -1,5 +1,5 @@
 """rollout doctor's worker and SendGrid checks against a real Prefect server (the
-session's harness), so the REST calls they make are the ones Prefect answers, not only
+package's harness), so the REST calls they make are the ones Prefect answers, not only
 what a stub says."""
 
 from __future__ import annotations

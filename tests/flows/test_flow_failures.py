@@ -469,7 +469,7 @@ stopped_in_a_query()
 
 def _run_flow_script(tmp_path: Path, source: str, **env: str) -> subprocess.CompletedProcess[str]:
     """``source`` run as a flow run of its own process, as a worker starts one, on the
-    session's Prefect server, with ROLLOUT_HOME in ``tmp_path`` (and ``env``)."""
+    package's Prefect server, with ROLLOUT_HOME in ``tmp_path`` (and ``env``)."""
     from prefect.settings import PREFECT_API_URL
 
     script = tmp_path / "stopped.py"
