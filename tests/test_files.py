@@ -88,6 +88,29 @@ def test_a_file_where_a_folder_should_be_is_named_as_making_the_folder_in_it_say
     assert (tmp_path / "a" / "b").is_dir()
 
 
+@pytest.mark.parametrize(
+    ("in_the_way", "target", "error", "named"),
+    [
+        # `reports/previews` made a file: the folder the list goes in.
+        ("previews", "previews/top-100.csv", FileExistsError, "previews"),
+        # `outbox` made a file: a folder above the one the examples go in.
+        ("outbox", "outbox/preview/notice.txt", NotADirectoryError, "outbox/preview"),
+    ],
+)
+def test_a_file_where_a_written_file_s_folder_should_be_is_named_not_the_temporary_name(
+    tmp_path: Path, in_the_way: str, target: str, error: type[OSError], named: str
+) -> None:
+    """A phase preview, an email preview or the events receiver writing where a file
+    stands in for its folder: the one line names that folder, as making it says it, not
+    the hidden `.<name>.<random>.tmp` nobody asked for and that is not there."""
+    (tmp_path / in_the_way).write_text("not a folder")
+    with pytest.raises(error) as refused:
+        write_atomically(tmp_path / target, "username\nann\n")
+    assert refused.value.filename == str(tmp_path / named)
+    assert [p.name for p in tmp_path.iterdir()] == [in_the_way]
+    assert (tmp_path / in_the_way).read_text() == "not a folder"
+
+
 def test_a_link_planted_at_the_temporary_name_is_not_followed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -81,6 +81,12 @@ def open_temporary(path: Path) -> tuple[int, Path]:
             if attempt:
                 raise
             make_folder(path.parent)
+        except NotADirectoryError:
+            # A file where the folder (or one above it) should be: os.open names the
+            # hidden temporary name, which nobody asked for and which is not there. Said
+            # as making the folder says it, naming what is in the way.
+            make_folder(path.parent)
+            raise
         except FileExistsError:
             continue
     raise FileExistsError(f"{path.parent}: no free temporary name beside {path.name}")
