@@ -266,3 +266,42 @@ def test_a_worker_with_rollout_actor_set_empty_records_its_flow_runs() -> None:
 
     environ = {"ROLLOUT_ACTOR": "", "USER": "rollout-worker"}
     assert run_actor(load_settings(environ), environ) == "prefect/local"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("ROLLOUT_HOME", "{file}", "'{file}' is a file, not a folder"),
+        ("ROLLOUT_HOME", "{file}/home", "'{file}' is a file, not a folder"),
+        ("ROLLOUT_WAREHOUSE", "{file}/w/warehouse.duckdb", "'{file}' is a file, not a folder"),
+        ("ROLLOUT_REGISTRY_URL", "sqlite:///{file}/registry.db", "'{file}', a folder of its"),
+        ("ROLLOUT_REGISTRY_URL", "sqlite:///{folder}", "names the folder '{folder}'"),
+    ],
+)
+def test_a_file_where_a_folder_should_be_or_a_folder_for_the_registry_is_bad_input(
+    tmp_path: Path, name: str, value: str, said: str
+) -> None:
+    """Said at start, naming what is in the way: a registry writer said the folder was
+    "not writable for this user", SQLite "unable to open database file", ingest "File
+    exists" (exit 1)."""
+    file, folder = tmp_path / "a-file", tmp_path / "a-folder"
+    file.write_text("")
+    folder.mkdir()
+    where = {"file": file, "folder": folder}
+    with pytest.raises(BadInput) as refused:
+        load_settings({name: value.format(**where)})
+    message = str(refused.value)
+    assert message.startswith(f"environment variable {name}")
+    assert said.format(**where) in message
+
+
+def test_folders_still_to_be_made_are_no_problem(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "ROLLOUT_HOME": str(tmp_path / "new" / "home"),
+            "ROLLOUT_WAREHOUSE": str(tmp_path / "new" / "w" / "warehouse.duckdb"),
+            "ROLLOUT_REGISTRY_URL": f"sqlite:///{tmp_path / 'new' / 'r' / 'registry.db'}",
+        }
+    )
+    assert settings.home == tmp_path / "new" / "home"
+    assert not (tmp_path / "new").exists()  # nothing made by reading the settings

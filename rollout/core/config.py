@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from rollout.core.controls import quoted
@@ -193,6 +193,25 @@ def _machine_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The file standing where ``folder``, or the nearest folder above it that is there,
+    should be a folder; None when there is none (folders still to be made are made)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder if folder.exists() and not folder.is_dir() else None
+
+
+def _not_a_file_path(database: Path) -> str | None:
+    """Why no SQLite file can be at ``database``: a folder in its place, or a file where a
+    folder above it should be. SQLite said only "unable to open database file", and a
+    writer blamed the user's permissions."""
+    if database.is_dir():
+        return f"names the folder {quoted(str(database))}: write sqlite:///PATH/registry.db"
+    if (above := _file_in_the_way(database.parent)) is not None:
+        return f"{quoted(str(above))}, a folder of its path, is a file"
+    return None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
@@ -339,6 +358,20 @@ class Settings(BaseSettings):
         except RuntimeError as error:  # HOME unset, or no such user for ~name
             raise ValueError(f"starts with ~, which cannot be expanded here: {error}") from None
 
+    @field_validator("home", "warehouse_path_override")
+    @classmethod
+    def _no_file_in_the_way(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # A file where the home folder (or the warehouse's) should be: said once, here,
+        # for every command. A registry writer said "its folder ... is not writable for
+        # this user" (a file has no search permission), sending the user to look for
+        # rights they had, and ingest "File exists", exit 1.
+        if value is None:
+            return None
+        folder = value if info.field_name == "home" else value.parent
+        if (above := _file_in_the_way(folder)) is not None:
+            raise ValueError(f"{quoted(str(above))} is a file, not a folder")
+        return value
+
     @field_validator("sendgrid_url")
     @classmethod
     def _sendgrid_url(cls, value: str) -> str:
@@ -403,14 +436,19 @@ class Settings(BaseSettings):
                 "names no database file (a SQLite database in memory is gone when the "
                 "command ends): write sqlite:///PATH"
             )
+        if backend != "sqlite" or not url.database or url.database.startswith("file:"):
+            return value
         # sqlite:///~/registry.db: SQLite opens a folder named ~ in the working folder,
         # where ROLLOUT_HOME and ROLLOUT_WAREHOUSE read the home folder (as a shell).
-        if backend == "sqlite" and url.database and url.database.startswith("~"):
+        if url.database.startswith("~"):
             try:
                 expanded = str(Path(url.database).expanduser())
             except RuntimeError as error:  # HOME unset, or no such user for ~name
                 raise ValueError(f"starts with ~, which cannot be expanded here: {error}") from None
-            return url.set(database=expanded).render_as_string(hide_password=False)
+            value = url.set(database=expanded).render_as_string(hide_password=False)
+            url = make_url(value)
+        if (problem := _not_a_file_path(Path(url.database or ""))) is not None:
+            raise ValueError(problem)
         return value
 
     @classmethod
