@@ -428,7 +428,10 @@ def test_the_release_manager_rehearsal_runs_as_the_runbook_gives_it(
     # 1. Check the plan.
     check_the_plan = section_commands("1. Check the plan")
     checked = run(pick(check_the_plan, "plan", "check"))
-    assert "plan npm-2022 is valid: 2 cohorts, 2 phases, 2 brown-outs" in checked.stderr
+    # The line the runbook quotes, the plan's file first (here given as an absolute path).
+    verdict = "plan npm-2022 is valid: 2 cohorts, 2 phases, 2 brown-outs"
+    assert f"`plans/npm-2022.yaml: {verdict}`" in " ".join(RUNBOOK.read_text().split())
+    assert f"{ROOT / 'plans' / 'npm-2022.yaml'}: {verdict}" in checked.stderr
     run(pick(check_the_plan, "plan", "show"))
     show_csv = pick(check_the_plan, "plan", "show", "--format", "csv")
     enforced_step = f"phase {phase.name} enforced"
