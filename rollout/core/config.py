@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from rollout.core.controls import quoted
 from rollout.core.errors import BadInput
-from rollout.core.files import make_folder
+from rollout.core.files import file_in_the_way, make_folder
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
@@ -193,21 +193,13 @@ def _machine_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _file_in_the_way(folder: Path) -> Path | None:
-    """The file standing where ``folder``, or the nearest folder above it that is there,
-    should be a folder; None when there is none (folders still to be made are made)."""
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder if folder.exists() and not folder.is_dir() else None
-
-
 def _not_a_file_path(database: Path) -> str | None:
     """Why no SQLite file can be at ``database``: a folder in its place, or a file where a
     folder above it should be. SQLite said only "unable to open database file", and a
     writer blamed the user's permissions."""
     if database.is_dir():
         return f"names the folder {quoted(str(database))}: write sqlite:///PATH/registry.db"
-    if (above := _file_in_the_way(database.parent)) is not None:
+    if (above := file_in_the_way(database.parent)) is not None:
         return f"{quoted(str(above))}, a folder of its path, is a file"
     return None
 
@@ -360,7 +352,7 @@ class Settings(BaseSettings):
 
     @field_validator("home", "warehouse_path_override")
     @classmethod
-    def _no_file_in_the_way(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+    def _nofile_in_the_way(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         # A file where the home folder (or the warehouse's) should be: said once, here,
         # for every command. A registry writer said "its folder ... is not writable for
         # this user" (a file has no search permission), sending the user to look for
@@ -368,7 +360,7 @@ class Settings(BaseSettings):
         if value is None:
             return None
         folder = value if info.field_name == "home" else value.parent
-        if (above := _file_in_the_way(folder)) is not None:
+        if (above := file_in_the_way(folder)) is not None:
             raise ValueError(f"{quoted(str(above))} is a file, not a folder")
         return value
 

@@ -62,6 +62,15 @@ def make_folder(path: Path) -> None:
             raise  # ``path`` itself a file, or a link to none: mkdir's own error
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file standing where ``folder``, or the nearest folder above it that is there,
+    should be a folder; None when there is none (the folders missing can be made)."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder if folder.exists() and not folder.is_dir() else None
+
+
 def temp_name(path: Path) -> Path:
     """A hidden name beside ``path`` nobody can guess: ``.<name>.<random>.tmp``."""
     return path.with_name(f".{path.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}")
@@ -83,10 +92,12 @@ def open_temporary(path: Path) -> tuple[int, Path]:
             make_folder(path.parent)
         except NotADirectoryError:
             # A file where the folder (or one above it) should be: os.open names the
-            # hidden temporary name, which nobody asked for and which is not there. Said
-            # as making the folder says it, naming what is in the way.
-            make_folder(path.parent)
-            raise
+            # hidden temporary name, which nobody asked for and which is not there.
+            # Said of the file in the way, which is not a directory.
+            in_the_way = file_in_the_way(path.parent) or path.parent
+            raise NotADirectoryError(
+                errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(in_the_way)
+            ) from None
         except FileExistsError:
             continue
     raise FileExistsError(f"{path.parent}: no free temporary name beside {path.name}")
