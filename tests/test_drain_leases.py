@@ -290,8 +290,12 @@ def test_a_send_whose_row_was_taken_over_during_a_wait_is_not_tried_again(
     def wait(seconds: float) -> None:  # both sends wait; the first wait is the long one
         with paused:
             if not taken:
-                clock.at += timedelta(seconds=seconds, minutes=10)
-                taken.extend(c.id for c in _claim(registry.engine, 20, clock.at, "sendgrid"))
+                # The taker claims at its time, and only then does this process resume
+                # there: moved first, the drainer's clock let its other send renew the
+                # lease (as no paused process does) before the claim, which took nothing.
+                resumed_at = clock.at + timedelta(seconds=seconds, minutes=10)
+                taken.extend(c.id for c in _claim(registry.engine, 20, resumed_at, "sendgrid"))
+                clock.at = resumed_at
 
     with DevSendGrid(api_key=KEY) as server:
         server.script([{"status": 429, "retry_after": 30}] * 2)
@@ -417,8 +421,10 @@ def test_a_send_paused_while_connecting_past_its_lease_does_not_go_once_taken_ov
     def paused_connecting(connection: http.client.HTTPConnection) -> None:
         with paused:
             if not taken:
-                clock.at += timedelta(minutes=10)
-                taken.extend(c.id for c in _claim(registry.engine, 20, clock.at, "sendgrid"))
+                # As above: the taker claims at its time, then this process resumes there.
+                resumed_at = clock.at + timedelta(minutes=10)
+                taken.extend(c.id for c in _claim(registry.engine, 20, resumed_at, "sendgrid"))
+                clock.at = resumed_at
         connect(connection)
 
     with DevSendGrid(api_key=KEY) as server:
