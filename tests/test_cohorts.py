@@ -508,7 +508,7 @@ def test_a_release_whose_run_lock_session_ends_releases_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As a build: a release whose lock went (a build may have begun since, reading the
-    package in) commits nothing, no audit row; run again, it releases the package."""
+    package in) commits nothing: the package is not released; run again, it is."""
     build(con, registry, small_cohorts_plan, D1)
     with (
         monkeypatch.context() as patched,

@@ -345,11 +345,7 @@ def test_a_snooze_postpones_one_deadline_once_within_the_plans_days(
     assert (late.outcome, late.reason) == ("refused", "the phase was enforced on it already")
     assert campaign.enforce(date(2023, 5, 1)) == set()
     assert campaign.enforce(date(2023, 5, 2)) == {"eve"}
-    with registry.engine.connect() as connection:
-        audited = connection.execute(
-            select(func.count()).select_from(Action).where(Action.action == "snooze_deadline")
-        ).scalar_one()
-    assert audited == 1
+    assert _postponements_audited(registry) == 1
 
 
 def test_a_snooze_of_an_account_that_left_the_cohort_is_refused_as_not_in_it(
@@ -930,16 +926,18 @@ def test_a_snooze_whose_run_lock_session_ends_grants_nothing(
         lose_run_lock_during(patched, snoozes, "_queue_replies", registry, snoozes.LOCK)
         snooze(registry, plan, PHASE, asked, actor="rm", now=datetime(2023, 4, 1, 8))
     assert _replies(registry) == []
-    with registry.engine.connect() as connection:
-        assert (
-            connection.execute(
-                select(func.count()).select_from(Action).where(Action.action == "snooze_deadline")
-            ).scalar_one()
-            == 0
-        )
+    assert _postponements_audited(registry) == 0
     [granted] = snooze(registry, plan, PHASE, asked, actor="rm", now=datetime(2023, 4, 1, 8))
     assert (granted.outcome, granted.deadline) == ("granted", date(2023, 5, 2))
     assert _replies(registry) == [("eve", "granted", True, "")]
+
+
+def _postponements_audited(registry: Registry) -> int:
+    """How many snooze_deadline audit rows the registry holds: one a grant."""
+    with registry.engine.connect() as connection:
+        return connection.execute(
+            select(func.count()).select_from(Action).where(Action.action == "snooze_deadline")
+        ).scalar_one()
 
 
 def _replies(registry: Registry) -> list[tuple[str, str, bool, str]]:

@@ -352,7 +352,7 @@ class Settings(BaseSettings):
 
     @field_validator("home", "warehouse_path_override")
     @classmethod
-    def _nofile_in_the_way(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+    def _no_file_in_the_way(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         # A file where the home folder (or the warehouse's) should be: said once, here,
         # for every command. A registry writer said "its folder ... is not writable for
         # this user" (a file has no search permission), sending the user to look for
@@ -437,8 +437,8 @@ class Settings(BaseSettings):
                 expanded = str(Path(url.database).expanduser())
             except RuntimeError as error:  # HOME unset, or no such user for ~name
                 raise ValueError(f"starts with ~, which cannot be expanded here: {error}") from None
-            value = url.set(database=expanded).render_as_string(hide_password=False)
-            url = make_url(value)
+            url = url.set(database=expanded)
+            value = url.render_as_string(hide_password=False)
         if (problem := _not_a_file_path(Path(url.database or ""))) is not None:
             raise ValueError(problem)
         return value
